@@ -1,0 +1,117 @@
+"""The engine-neutral logic protocol and the thin bytewax adapter over it.
+
+Every stateful operator in riskguard is a plain class with
+
+- ``on_event(event) -> list[out]``: handle one input, return outputs;
+- ``snapshot() -> state``: an independent, picklable copy of its state;
+- optionally ``on_batch(events)``, ``on_eof()`` and ``next_deadline_ns()``.
+
+It is built by a ``builder(state | None)`` that closes over configuration,
+so resuming is ``builder(snapshot)``. No logic class imports bytewax; the
+:func:`stateful_logic` operator below is the only bridge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, Protocol, TypeVar
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream, operator
+from bytewax.operators import KeyedStream, StatefulBatchLogic
+
+from riskguard.schemas.audit import DeadLetter
+
+V = TypeVar("V")
+W = TypeVar("W")
+S = TypeVar("S")
+V_contra = TypeVar("V_contra", contravariant=True)
+W_co = TypeVar("W_co", covariant=True)
+
+
+class Logic(Protocol[V_contra, W_co]):
+    """What every riskguard logic class provides."""
+
+    def on_event(self, event: V_contra) -> list[W_co]: ...
+
+    def snapshot(self) -> Any: ...
+
+
+Builder = Callable[[Any], Logic[Any, Any]]
+
+
+class _Shim(StatefulBatchLogic[Any, Any, Any]):
+    """Adapts a riskguard logic object to bytewax's batch logic."""
+
+    __slots__ = ("_batch", "_deadline", "_eof", "logic")
+
+    def __init__(self, logic: Any) -> None:
+        self.logic = logic
+        self._batch = getattr(logic, "on_batch", None)
+        self._eof = getattr(logic, "on_eof", None)
+        self._deadline = getattr(logic, "next_deadline_ns", None)
+
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
+        if self._batch is not None:
+            return self._batch(values), False
+        on_event = self.logic.on_event
+        if len(values) == 1:
+            return on_event(values[0]), False
+        out: list[Any] = []
+        for v in values:
+            out.extend(on_event(v))
+        return out, False
+
+    def on_notify(self) -> tuple[Iterable[Any], bool]:
+        return self.logic.on_deadline(), False
+
+    def on_eof(self) -> tuple[Iterable[Any], bool]:
+        if self._eof is not None:
+            return self._eof(), False
+        return (), False
+
+    def notify_at(self) -> datetime | None:
+        if self._deadline is None:
+            return None
+        ns = self._deadline()
+        return None if ns is None else datetime.fromtimestamp(ns / 1e9, tz=UTC)
+
+    def snapshot(self) -> Any:
+        return self.logic.snapshot()
+
+
+@operator
+def stateful_logic(step_id: str, up: KeyedStream[V], builder: Builder) -> KeyedStream[Any]:
+    """Run one riskguard logic object per key.
+
+    ``builder(None)`` makes fresh logic for a new key; ``builder(state)``
+    resumes it from a snapshot taken by bytewax recovery.
+    """
+
+    def shim_builder(resume_state: Any) -> _Shim:
+        return _Shim(builder(resume_state))
+
+    return op.stateful_batch("stateful", up, shim_builder)
+
+
+@dataclass(frozen=True)
+class SplitOut(Generic[W]):
+    """Good outputs and dead letters of one step."""
+
+    oks: Stream[W]
+    errs: Stream[DeadLetter]
+
+
+def _is_dead(item: Any) -> bool:
+    value = item[1] if isinstance(item, tuple) and len(item) == 2 else item
+    return isinstance(value, DeadLetter)
+
+
+@operator
+def split_dead_letters(step_id: str, up: Stream[Any]) -> SplitOut[Any]:
+    """Route ``DeadLetter`` items (bare or as ``(key, DeadLetter)``) to ``errs``."""
+    b = op.branch("branch", up, _is_dead)
+    errs = op.map("unkey", b.trues, lambda x: x[1] if isinstance(x, tuple) else x)
+    return SplitOut(oks=b.falses, errs=errs)

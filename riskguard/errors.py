@@ -1,0 +1,77 @@
+"""The one exception hierarchy of riskguard.
+
+Every error riskguard raises on purpose derives from :class:`RiskguardError`;
+each subclass is also the matching built-in, so callers may catch either.
+Messages follow "where: what was expected; got what", and the offending values
+ride along as attributes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RiskguardError(Exception):
+    """Base class of every error riskguard raises on purpose."""
+
+
+class ConfigError(RiskguardError, ValueError):
+    """A configuration value is missing or wrong.
+
+    >>> err = ConfigError("limits.counterparty.okx.gross_notional", "must be > 0", -5)
+    >>> str(err)
+    'limits.counterparty.okx.gross_notional: must be > 0; got -5'
+    >>> err.path, err.found
+    ('limits.counterparty.okx.gross_notional', -5)
+    """
+
+    def __init__(self, path: str, expected: str, found: Any = None) -> None:
+        self.path = path
+        self.expected = expected
+        self.found = found
+        found_text = "nothing" if found is None else repr(found)
+        super().__init__(f"{path}: {expected}; got {found_text}")
+
+
+class DeliveryError(RiskguardError, RuntimeError):
+    """A Kafka message was not acknowledged by the broker."""
+
+    def __init__(self, message: str, *, undelivered: int, reasons: list[str]) -> None:
+        self.undelivered = undelivered
+        self.reasons = reasons
+        super().__init__(message)
+
+
+class BrokerError(RiskguardError, RuntimeError):
+    """The Kafka broker could not be reached or refused an admin request."""
+
+
+class SigningError(RiskguardError, RuntimeError):
+    """A signing key is missing, unreadable or invalid; nothing was signed."""
+
+
+class VerificationError(RiskguardError, ValueError):
+    """A signed message failed verification.
+
+    ``reason`` is a short machine-readable code such as ``bad_signature``.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class TrustError(RiskguardError, ValueError):
+    """The trust file is malformed, unsigned or lacks its root threshold."""
+
+
+class AuditError(RiskguardError, ValueError):
+    """An audit log failed verification; ``index`` names the first bad record."""
+
+    def __init__(self, reason: str, *, chain: str = "", index: int | None = None) -> None:
+        self.reason = reason
+        self.chain = chain
+        self.index = index
+        where = f"chain {chain!r} record {index}: " if index is not None else ""
+        super().__init__(f"{where}{reason}")

@@ -1,0 +1,54 @@
+"""The typed wire contract: every record that crosses a topic.
+
+Records are frozen, tagged, versioned ``msgspec.Struct`` types. Decode bytes
+with :func:`decode` (or a :class:`Codec`), encode with :func:`encode`.
+"""
+
+from riskguard.schemas.audit import AuditCheckpoint, AuditRecord, DeadLetter
+from riskguard.schemas.base import Record
+from riskguard.schemas.codec import ALL_TYPES, Codec, decode, encode, tag_of
+from riskguard.schemas.commands import (
+    Action,
+    Audience,
+    LimitUpdate,
+    MitigationCommand,
+    Signature,
+    SignedEnvelope,
+)
+from riskguard.schemas.market import (
+    FundingRate,
+    IndexPrice,
+    MarketEvent,
+    OptionQuote,
+    OptionType,
+    Quote,
+    Side,
+    Trade,
+    VenueState,
+    VenueStatus,
+)
+from riskguard.schemas.signals import (
+    FIRM,
+    AnomalySignal,
+    Contribution,
+    Exposure,
+    FeatureVector,
+    LimitBreach,
+    LimitLevel,
+    RiskAlert,
+    Scope,
+    ScopeKind,
+    Severity,
+    Utilization,
+)
+from riskguard.schemas.trading import Balance, Fill, OpenOrders, PositionSnapshot
+
+__all__ = [
+    "ALL_TYPES", "FIRM", "Action", "AnomalySignal", "AuditCheckpoint", "AuditRecord",
+    "Audience", "Balance", "Codec", "Contribution", "DeadLetter", "Exposure",
+    "FeatureVector", "Fill", "FundingRate", "IndexPrice", "LimitBreach", "LimitLevel",
+    "LimitUpdate", "MarketEvent", "MitigationCommand", "OpenOrders", "OptionQuote",
+    "OptionType", "PositionSnapshot", "Quote", "Record", "RiskAlert", "Scope", "ScopeKind",
+    "Severity", "Side", "Signature", "SignedEnvelope", "Trade", "Utilization", "VenueState",
+    "VenueStatus", "decode", "encode", "tag_of",
+]

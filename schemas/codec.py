@@ -1,0 +1,173 @@
+"""The one decode boundary: bytes in, a typed record or a :class:`DeadLetter` out.
+
+Decoding and validation happen in a single msgspec pass. Nothing raises for
+bad input: every failure comes back as a ``DeadLetter`` carrying the raw
+bytes, where it came from, and why (field path, what was expected, what was
+found).
+
+>>> codec = Codec(clock=lambda: 7)
+>>> codec.decode("t", b'{"type":"index_price","id":"i1","venue":"oracle",'
+...                   b'"instrument":"BTC-USD","ts":1,"price":50000.0}').price
+50000.0
+>>> dl = codec.decode("t", b'{"type":"index_price","id":"i1","venue":"oracle",'
+...                        b'"instrument":"BTC-USD","ts":1,"price":"high"}', offset=42)
+>>> (dl.reason, dl.path, dl.expected, dl.found, dl.offset, dl.ts)
+('validation', '$.price', 'float', 'str', 42, 7)
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Union
+
+import msgspec
+
+from riskguard.schemas.audit import AUDIT_TYPES, DeadLetter
+from riskguard.schemas.base import SUPPORTED_MAJOR, Record
+from riskguard.schemas.commands import COMMAND_TYPES
+from riskguard.schemas.market import MARKET_TYPES
+from riskguard.schemas.signals import SIGNAL_TYPES
+from riskguard.schemas.trading import TRADING_TYPES
+
+ALL_TYPES: tuple[type[Record], ...] = (
+    MARKET_TYPES + TRADING_TYPES + SIGNAL_TYPES + COMMAND_TYPES + AUDIT_TYPES
+)
+DEFAULT_MAX_BYTES = 64 * 1024
+
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.S)
+_EXPECTED_GOT = re.compile(r"^Expected `(?P<exp>[^`]*)`, got `(?P<got>[^`]*)`")
+_EXPECTED_CMP = re.compile(r"^Expected `(?P<exp>[^`]*)` (?P<cmp>[<>]=?) (?P<bound>\S+)")
+_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]*)`")
+_INVALID_VALUE = re.compile(r"^Invalid (?:enum )?value (?P<val>.*)$")
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(record: msgspec.Struct) -> bytes:
+    """Encode a record as compact JSON bytes (the wire form)."""
+    return _encoder.encode(record)
+
+
+def tag_of(cls: type[Record]) -> str:
+    """The wire tag (``type`` value) of a record class."""
+    return str(cls.__struct_config__.tag)
+
+
+class Codec:
+    """A reusable decoder for a fixed set of record types.
+
+    ``clock`` returns the current time in ns; it stamps dead letters only.
+    """
+
+    def __init__(
+        self,
+        types: Iterable[type[Record]] = ALL_TYPES,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.types = tuple(types)
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self._tags = {tag_of(t) for t in self.types}
+        union: Any = Union[self.types] if len(self.types) > 1 else self.types[0]  # noqa: UP007
+        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(union)
+
+    def decode(
+        self, topic: str, data: bytes, *, partition: int = -1, offset: int = -1
+    ) -> Record | DeadLetter:
+        """Decode one message; never raises for bad input."""
+        size = len(data)
+        if size > self.max_bytes:
+            return self._dead(
+                topic, data, partition, offset, "oversize", "$",
+                f"at most {self.max_bytes} bytes", f"{size} bytes",
+            )
+        try:
+            return self._decoder.decode(data)  # type: ignore[no-any-return]
+        except msgspec.ValidationError as err:
+            return self._classify_validation(topic, data, partition, offset, str(err))
+        except msgspec.DecodeError as err:
+            detail = str(err)
+            if data[:3] == b"\xef\xbb\xbf":
+                detail = "byte-order mark before JSON; " + detail
+            return self._dead(
+                topic, data, partition, offset, "malformed", "$", "JSON object", detail
+            )
+        except UnicodeDecodeError as err:
+            return self._dead(
+                topic, data, partition, offset, "non_utf8", "$", "UTF-8 text",
+                f"byte 0x{data[err.start]:02x} at {err.start}" if err.start < size else str(err),
+            )
+
+    def _classify_validation(
+        self, topic: str, data: bytes, partition: int, offset: int, text: str
+    ) -> DeadLetter:
+        m = _AT.match(text)
+        msg = m.group("msg") if m else text
+        path = (m.group("path") if m else None) or "$"
+        if path == "$.type":
+            found = _found_value(msg)
+            return self._dead(
+                topic, data, partition, offset, "unknown_type", path,
+                "one of " + ", ".join(sorted(self._tags)), found,
+            )
+        if path == "$.v":
+            return self._dead(
+                topic, data, partition, offset, "unknown_version", path,
+                f"major version {SUPPORTED_MAJOR}", _found_value(msg),
+            )
+        if msg.startswith("Number out of range"):
+            return self._dead(
+                topic, data, partition, offset, "non_finite", path,
+                "finite number", "out-of-range number",
+            )
+        if mm := _EXPECTED_GOT.match(msg):
+            return self._dead(
+                topic, data, partition, offset, "validation", path, mm["exp"], mm["got"]
+            )
+        if mm := _EXPECTED_CMP.match(msg):
+            return self._dead(
+                topic, data, partition, offset, "validation", path,
+                f"{mm['exp']} {mm['cmp']} {mm['bound']}", msg,
+            )
+        if mm := _MISSING.match(msg):
+            field = mm["field"]
+            where = f"{path}.{field}"
+            if field == "type":
+                return self._dead(
+                    topic, data, partition, offset, "unknown_type", where,
+                    "a `type` tag", "no tag",
+                )
+            return self._dead(
+                topic, data, partition, offset, "validation", where,
+                f"required field `{field}`", "missing",
+            )
+        return self._dead(topic, data, partition, offset, "validation", path, "", msg)
+
+    def _dead(
+        self, topic: str, data: bytes, partition: int, offset: int,
+        reason: str, path: str, expected: str, found: str,
+    ) -> DeadLetter:
+        return DeadLetter(
+            topic=topic or "unknown", partition=partition, offset=max(offset, -2),
+            ts=self.clock(), reason=reason, path=path[:4096],
+            expected=expected[:4096], found=found[:4096], raw=bytes(data),
+        )
+
+
+def _found_value(msg: str) -> str:
+    mm = _INVALID_VALUE.match(msg)
+    return mm["val"] if mm else msg
+
+
+_default_codec = Codec()
+
+
+def decode(
+    topic: str, data: bytes, *, partition: int = -1, offset: int = -1
+) -> Record | DeadLetter:
+    """Decode with the default codec (every record type, 64 KiB cap, system clock)."""
+    return _default_codec.decode(topic, data, partition=partition, offset=offset)

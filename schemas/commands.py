@@ -1,0 +1,113 @@
+"""Mitigation commands, limit updates, and the signed envelope that carries them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import msgspec
+
+from riskguard.schemas.base import Record
+from riskguard.schemas.signals import Scope
+from riskguard.schemas.types import Finite, HexDigest, Name, Nanos, NonNegative, RecordId, Seq, Text
+
+
+class Action(StrEnum):
+    """The closed set of mitigation actions."""
+
+    ALERT = "alert"
+    WIDEN_QUOTES = "widen_quotes"
+    REDUCE_LIMITS = "reduce_limits"
+    REDUCE_ONLY = "reduce_only"
+    CANCEL_ALL = "cancel_all"
+    HALT_TRADING = "halt_trading"
+    REROUTE_ORDER_FLOW = "reroute_order_flow"
+    HEDGE_DELTA = "hedge_delta"
+    PAUSE_WITHDRAWALS = "pause_withdrawals"
+    FAILOVER_FEED = "failover_feed"
+    RESUME = "resume"
+
+
+class Audience(msgspec.Struct, frozen=True, kw_only=True):
+    """Who a signed message is for: an environment and a topic."""
+
+    env: Name
+    topic: Name
+
+
+class MitigationCommand(Record, frozen=True, kw_only=True, tag="command"):
+    """A mitigation command. ``command_id`` is the idempotency key.
+
+    ``protective_orders_allowed`` states that risk-reducing orders stay allowed
+    (true for ``reduce_only`` and ``halt_trading``).
+    """
+
+    command_id: RecordId
+    issuer: Name
+    seq: Seq = 0
+    issued_at: Nanos
+    expires_at: Nanos
+    audience: Audience
+    action: Action
+    scope: Scope
+    params: dict[str, Finite | str | list[str]] = {}
+    reason: Text
+    evidence_hash: HexDigest | None = None
+    evidence_hashes: list[HexDigest] = []
+    protective_orders_allowed: bool = False
+    recv_ts: Nanos | None = None
+
+
+class LimitUpdate(Record, frozen=True, kw_only=True, tag="limit_update"):
+    """A runtime change to one limit, its scaling rule or its latch.
+
+    ``limit_path`` is ``firm``, ``counterparty.<cp>``, ``counterparty.<cp>.asset.<a>``
+    or ``counterparty.<cp>.instrument.<i>``; ``kind`` is the limit kind.
+    ``reset_latch`` clears a manual-reset latch.
+    """
+
+    update_id: RecordId
+    issuer: Name
+    seq: Seq = 0
+    issued_at: Nanos
+    expires_at: Nanos
+    audience: Audience
+    limit_path: Name
+    kind: Name
+    limit: NonNegative | None = None
+    warn: NonNegative | None = None
+    hard: NonNegative | None = None
+    vol_scaling: dict[str, Finite] | None = None
+    manual_reset: bool | None = None
+    reset_latch: bool = False
+    reason: Text = ""
+
+
+class Signature(msgspec.Struct, frozen=True, kw_only=True):
+    """One Ed25519 signature. ``key_id`` is a hint only, never authority."""
+
+    key_id: Name
+    sig: bytes
+
+
+class SignedEnvelope(Record, frozen=True, kw_only=True, tag="envelope"):
+    """A DSSE-style envelope: the signatures cover
+    ``riskguard-v1 0x00 payload_type 0x00 payload`` over the exact payload bytes.
+    """
+
+    payload_type: Name
+    payload: bytes
+    signatures: list[Signature]
+
+
+class ActionParams(msgspec.Struct, frozen=True, kw_only=True):
+    """Typed view of common command parameters (documentation only)."""
+
+    bps: NonNegative | None = None
+    factor: NonNegative | None = None
+    targets: list[Name] | None = None
+    target_delta: Finite | None = None
+    hedge_instrument: Name | None = None
+    backup_feed: Name | None = None
+
+
+COMMAND_TYPES = (MitigationCommand, LimitUpdate, SignedEnvelope)

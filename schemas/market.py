@@ -1,0 +1,111 @@
+"""Market data: trades, quotes, option quotes, index prices, funding, venue status."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from riskguard.schemas.base import Record
+from riskguard.schemas.types import Finite, Name, Nanos, NonNegative, Positive, RecordId, Seq
+
+
+class Side(StrEnum):
+    """Aggressor or order side."""
+
+    BUY = "buy"
+    SELL = "sell"
+
+
+class OptionType(StrEnum):
+    CALL = "call"
+    PUT = "put"
+
+
+class VenueState(StrEnum):
+    """A venue's self-reported or observed health."""
+
+    OK = "ok"
+    DEGRADED = "degraded"
+    DOWN = "down"
+    MAINTENANCE = "maintenance"
+
+
+class MarketEvent(Record, frozen=True, kw_only=True):
+    """Fields every market event carries.
+
+    ``ts`` is the exchange (event) time; ``recv_ts`` is when we received it.
+    ``feed`` names the feed it came through (``primary`` or ``backup``).
+    """
+
+    id: RecordId
+    venue: Name
+    instrument: Name
+    ts: Nanos
+    recv_ts: Nanos | None = None
+    feed: Name = "primary"
+
+
+class Trade(MarketEvent, frozen=True, kw_only=True, tag="trade"):
+    price: Positive
+    qty: Positive
+    side: Side
+
+
+class Quote(MarketEvent, frozen=True, kw_only=True, tag="quote"):
+    """Top of book."""
+
+    bid: Positive
+    bid_size: NonNegative
+    ask: Positive
+    ask_size: NonNegative
+
+
+class OptionQuote(MarketEvent, frozen=True, kw_only=True, tag="option_quote"):
+    """An option's quote with mark implied volatility and greeks.
+
+    ``delta`` is per unit of underlying; ``mark_price`` is in the quote currency.
+    """
+
+    underlying: Name
+    expiry: Nanos
+    strike: Positive
+    option_type: OptionType
+    bid: NonNegative
+    ask: NonNegative
+    mark_price: NonNegative
+    mark_iv: NonNegative
+    underlying_price: Positive
+    delta: Finite
+    gamma: Finite = 0.0
+    vega: Finite = 0.0
+    theta: Finite = 0.0
+
+
+class IndexPrice(MarketEvent, frozen=True, kw_only=True, tag="index_price"):
+    """An index or oracle price. ``venue`` names the index provider."""
+
+    price: Positive
+
+
+class FundingRate(MarketEvent, frozen=True, kw_only=True, tag="funding_rate"):
+    """A perpetual's funding rate (per funding interval) with its mark and index."""
+
+    rate: Finite
+    mark_price: Positive | None = None
+    index_price: Positive | None = None
+    next_funding_ts: Nanos | None = None
+
+
+class VenueStatus(Record, frozen=True, kw_only=True, tag="venue_status"):
+    """A venue heartbeat or status change on one feed."""
+
+    id: RecordId
+    venue: Name
+    ts: Nanos
+    recv_ts: Nanos | None = None
+    feed: Name = "primary"
+    state: VenueState = VenueState.OK
+    seq: Seq = 0
+    withdrawals_enabled: bool = True
+
+
+MARKET_TYPES = (Trade, Quote, OptionQuote, IndexPrice, FundingRate, VenueStatus)

@@ -1,0 +1,32 @@
+"""Constrained scalar types shared by every wire record.
+
+Times are integer nanoseconds since the Unix epoch, UTC. Amounts are floats
+that must be finite: the JSON decoder already refuses ``NaN``/``Infinity``
+literals and overflowing numbers, and the bounds below keep JSON Schema
+consumers honest too.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+MAX_FLOAT = 1.7976931348623157e308
+INT64_MAX = 2**63 - 1
+
+Nanos = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX, description="ns since epoch, UTC")]
+DurationNs = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX, description="duration in ns")]
+Finite = Annotated[float, msgspec.Meta(ge=-MAX_FLOAT, le=MAX_FLOAT)]
+Positive = Annotated[float, msgspec.Meta(gt=0.0, le=MAX_FLOAT)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_FLOAT)]
+Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+Offset = Annotated[int, msgspec.Meta(ge=-2, le=INT64_MAX)]
+RecordId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Name = Annotated[
+    str,
+    msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/@+-]+$"),
+]
+Text = Annotated[str, msgspec.Meta(max_length=4096)]
+HexDigest = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
