@@ -8,7 +8,7 @@ from typing import Literal
 import msgspec
 
 from riskguard.schemas.base import Record
-from riskguard.schemas.types import Finite, Name, Nanos, NonNegative, RecordId, Text
+from riskguard.schemas.types import Finite, Name, Nanos, NonNegative, RecordId, Seq, Text
 
 
 class Severity(StrEnum):
@@ -132,6 +132,8 @@ class Exposure(Record, frozen=True, kw_only=True, tag="exposure"):
     stale: bool = False
     stale_instruments: list[Name] = []
     evidence_ids: list[RecordId] = []
+    seq: Seq = 0
+    vol_by_underlying: dict[str, Finite] = {}
 
 
 class LimitLevel(StrEnum):

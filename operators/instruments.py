@@ -1,0 +1,110 @@
+"""The instrument registry and reporting-currency conversion.
+
+Each instrument we may hold is declared once: its kind (``spot``, ``perp``,
+``future``, ``option``), base and quote assets, underlying and contract
+multiplier. Every asset other than the reporting currency is converted
+through an index price named in ``fx_index`` (``{"USDC": "USDC-USD"}``), so a
+stablecoin depeg moves every USDC-quoted mark. An instrument or asset that
+is not declared is never valued at zero: callers dead-letter it.
+
+>>> reg = InstrumentRegistry(InstrumentsConfig(
+...     instruments={"BTC-USDC": InstrumentSpec(kind="spot", base="BTC", quote="USDC")},
+...     fx_index={"USDC": "USDC-USD"}))
+>>> reg.get("BTC-USDC").underlying_asset
+'BTC'
+>>> reg.fx_assets_of("USDC-USD")
+('USDC',)
+>>> reg.instruments_needing_fx("USDC")
+('BTC-USDC',)
+>>> reg.get("DOGE-USDC") is None
+True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import msgspec
+
+from riskguard.errors import ConfigError
+
+InstrumentKind = Literal["spot", "perp", "future", "option"]
+
+
+class InstrumentSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One instrument.
+
+    ``underlying`` defaults to ``base``. ``multiplier`` is the contract size in
+    units of the underlying. ``underlying_quote`` is the currency an option
+    quote's ``underlying_price`` is stated in (defaults to ``quote``).
+    """
+
+    kind: InstrumentKind = "spot"
+    base: str
+    quote: str
+    underlying: str | None = None
+    multiplier: float = 1.0
+    underlying_quote: str | None = None
+
+    @property
+    def underlying_asset(self) -> str:
+        return self.underlying or self.base
+
+    @property
+    def underlying_ccy(self) -> str:
+        return self.underlying_quote or self.quote
+
+
+class InstrumentsConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Registry config: instruments, the reporting currency and FX index names."""
+
+    instruments: dict[str, InstrumentSpec] = {}
+    reporting_currency: str = "USD"
+    fx_index: dict[str, str] = {}
+
+
+class InstrumentRegistry:
+    """Validated lookups over an :class:`InstrumentsConfig`."""
+
+    def __init__(self, config: InstrumentsConfig, *, path: str = "instruments") -> None:
+        self.config = config
+        self.reporting = config.reporting_currency
+        for name, spec in config.instruments.items():
+            m = spec.multiplier
+            if not (isinstance(m, float | int) and math.isfinite(m) and m > 0):
+                raise ConfigError(
+                    f"{path}.instruments.{name}.multiplier", "must be a positive number", m
+                )
+            for ccy in {spec.quote, spec.underlying_ccy}:
+                if ccy != self.reporting and ccy not in config.fx_index:
+                    raise ConfigError(
+                        f"{path}.fx_index.{ccy}",
+                        f"an index instrument converting {ccy} to {self.reporting} "
+                        f"(needed by instrument {name!r})",
+                    )
+        self._fx_by_index: dict[str, tuple[str, ...]] = {}
+        for asset, index in config.fx_index.items():
+            self._fx_by_index[index] = (*self._fx_by_index.get(index, ()), asset)
+        needing: dict[str, list[str]] = {}
+        for name, spec in config.instruments.items():
+            for ccy in sorted({spec.quote, spec.underlying_ccy}):
+                if ccy != self.reporting:
+                    needing.setdefault(ccy, []).append(name)
+        self._needing = {k: tuple(v) for k, v in needing.items()}
+
+    def get(self, instrument: str) -> InstrumentSpec | None:
+        """The spec of ``instrument``, or ``None`` if it is not declared."""
+        return self.config.instruments.get(instrument)
+
+    def fx_assets_of(self, index_instrument: str) -> tuple[str, ...]:
+        """The assets whose reporting-currency rate is the price of ``index_instrument``."""
+        return self._fx_by_index.get(index_instrument, ())
+
+    def instruments_needing_fx(self, asset: str) -> tuple[str, ...]:
+        """Instruments whose quote (or option underlying) currency is ``asset``."""
+        return self._needing.get(asset, ())
+
+    def convertible(self, asset: str) -> bool:
+        """Whether ``asset`` can be converted to the reporting currency at all."""
+        return asset == self.reporting or asset in self.config.fx_index
