@@ -1,0 +1,617 @@
+"""The trust file: which keys may sign what, and the verifier that enforces it.
+
+The trust file is TOML. Its exact bytes are signed by root keys (payload type
+:data:`~riskguard.operators.crypto.PAYLOAD_TRUST`); the signatures live in a
+sidecar ``<trust file>.sig`` (a JSON list of ``{"key_id", "sig"}``). Loading
+checks that a threshold of distinct root keys signed the bytes *before* the
+TOML is parsed. The roots and their threshold are pinned separately
+(``roots.toml``), out of band.
+
+An example trust file::
+
+    version = 1
+    serial = 7                      # raise on every change; rollbacks are refused
+
+    [two_person]
+    actions = ["resume"]            # these need two distinct authorized keys
+    scopes = ["firm:*"]             # ... when the scope matches one of these
+    limit_cap = 5000000.0           # a limit update above this needs two keys
+
+    [[keys]]
+    name = "engine-1"               # the issuer this key speaks for
+    public_key = "<64 hex digits>"
+    role = "risk-engine"            # risk-engine | limit-admin | operator
+    actions = ["*"]                 # action names, or "*"
+    scopes = ["*"]                  # scope patterns ("venue:*", "counterparty:okx", ...)
+    not_before = 2025-01-01T00:00:00Z
+    not_after = 2026-01-01T00:00:00Z
+    revoked = false
+
+Authorization always comes from this file. An envelope's ``key_id`` is only
+a hint for which key to try first.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from riskguard.operators.crypto import (
+    PAYLOAD_AUDIT_CHECKPOINT,
+    PAYLOAD_COMMAND,
+    PAYLOAD_LIMIT_UPDATE,
+    PAYLOAD_TRUST,
+    Reason,
+    Signer,
+    VerifyKey,
+    check_signature_shapes,
+    pae,
+    rejection,
+)
+from riskguard.schemas.commands import Audience, LimitUpdate, MitigationCommand, Signature
+from riskguard.schemas.signals import Scope
+
+from riskguard.errors import ConfigError, TrustError, VerificationError
+
+NS_PER_S = 1_000_000_000
+DEFAULT_LEEWAY_NS = 10 * NS_PER_S
+LIMIT_UPDATE_ACTION = "limit_update"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Role(StrEnum):
+    """What kind of signer a key is."""
+
+    RISK_ENGINE = "risk-engine"
+    LIMIT_ADMIN = "limit-admin"
+    OPERATOR = "operator"
+
+
+ROLE_PAYLOADS: dict[Role, frozenset[str]] = {
+    Role.RISK_ENGINE: frozenset({PAYLOAD_COMMAND, PAYLOAD_AUDIT_CHECKPOINT}),
+    Role.LIMIT_ADMIN: frozenset({PAYLOAD_LIMIT_UPDATE}),
+    Role.OPERATOR: frozenset({PAYLOAD_COMMAND}),
+}
+"""Which payload types each role may sign."""
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    """One key's entry in the trust file."""
+
+    name: str
+    key: VerifyKey
+    role: Role
+    actions: frozenset[str]
+    scopes: tuple[str, ...]
+    not_before: int | None = None
+    not_after: int | None = None
+    revoked: bool = False
+
+    @property
+    def key_id(self) -> str:
+        return self.key.key_id
+
+    def may_act(self, action: str) -> bool:
+        return "*" in self.actions or action in self.actions
+
+    def may_scope(self, label: str) -> bool:
+        return any(fnmatch.fnmatchcase(label, p) for p in self.scopes)
+
+
+@dataclass(frozen=True)
+class TwoPersonRule:
+    """Actions (and limit raises) that need two distinct authorized keys."""
+
+    actions: frozenset[str] = frozenset()
+    scopes: tuple[str, ...] = ("*",)
+    limit_cap: float | None = None
+
+    def applies_to_command(self, action: str, scope_label: str) -> bool:
+        return action in self.actions and any(
+            fnmatch.fnmatchcase(scope_label, p) for p in self.scopes
+        )
+
+    def applies_to_limit(self, update: LimitUpdate) -> bool:
+        if self.limit_cap is None:
+            return False
+        values = (update.limit, update.warn, update.hard)
+        return any(v is not None and v > self.limit_cap for v in values)
+
+
+@dataclass(frozen=True)
+class TrustDoc:
+    """A parsed trust file."""
+
+    keys: tuple[TrustedKey, ...]
+    two_person: TwoPersonRule = field(default_factory=TwoPersonRule)
+    serial: int = 0
+
+
+@dataclass(frozen=True)
+class RootSet:
+    """The pinned root keys and how many of them must sign the trust file."""
+
+    keys: tuple[VerifyKey, ...]
+    threshold: int = 1
+
+    def __post_init__(self) -> None:
+        distinct = len({k.raw for k in self.keys})
+        if not 1 <= self.threshold <= distinct:
+            raise ConfigError(
+                "roots.threshold", f"an integer between 1 and {distinct} (the root count)",
+                self.threshold,
+            )
+
+    @classmethod
+    def load(cls, path: str | Path) -> RootSet:
+        """Read ``roots.toml``: ``threshold = k`` and ``[[roots]] public_key = "hex"``."""
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+            msg = f"roots file {str(p)!r} cannot be read: {err}"
+            raise TrustError(msg) from None
+        roots = data.get("roots")
+        if not isinstance(roots, list) or not roots:
+            msg = f"{p}:roots"
+            raise ConfigError(msg, "a non-empty array of [[roots]] tables", roots)
+        keys = []
+        for i, r in enumerate(roots):
+            if not isinstance(r, dict) or not isinstance(r.get("public_key"), str):
+                msg = f"{p}:roots[{i}].public_key"
+                raise ConfigError(msg, "64 hex digits", r)
+            keys.append(VerifyKey.from_hex(r["public_key"], path=f"{p}:roots[{i}].public_key"))
+        threshold = data.get("threshold", 1)
+        if not isinstance(threshold, int) or isinstance(threshold, bool):
+            msg = f"{p}:threshold"
+            raise ConfigError(msg, "an integer", threshold)
+        return cls(keys=tuple(keys), threshold=threshold)
+
+
+@dataclass(frozen=True)
+class VerifiedMessage:
+    """What :meth:`TrustStore.verify` returns once every check passed."""
+
+    payload_type: str
+    message: MitigationCommand | LimitUpdate
+    issuer: str
+    signers: tuple[str, ...]
+    payload: bytes
+
+
+_sig_list = msgspec.json.Decoder(list[Signature])
+_sig_enc = msgspec.json.Encoder()
+_cmd_decoder = msgspec.json.Decoder(MitigationCommand)
+_limit_decoder = msgspec.json.Decoder(LimitUpdate)
+
+
+def _ns(value: Any, path: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ConfigError(path, "an offset date-time or integer ns", value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ConfigError(path, "a date-time with a UTC offset (e.g. ...T00:00:00Z)", value)
+        return (value - _EPOCH) // timedelta(microseconds=1) * 1000
+    raise ConfigError(path, "an offset date-time or integer ns", value)
+
+
+def _str_list(value: Any, path: str, default: Sequence[str]) -> tuple[str, ...]:
+    if value is None:
+        return tuple(default)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(path, "an array of strings", value)
+    return tuple(value)
+
+
+def parse_trust(text: str, *, source: str = "trust") -> TrustDoc:
+    """Parse trust-file TOML (already signature-checked) into a :class:`TrustDoc`."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        msg = f"{source}: not valid TOML: {err}"
+        raise TrustError(msg) from None
+    version = data.get("version", 1)
+    if version != 1:
+        msg = f"{source}:version"
+        raise ConfigError(msg, "1", version)
+    serial = data.get("serial", 0)
+    if not isinstance(serial, int) or isinstance(serial, bool) or serial < 0:
+        msg = f"{source}:serial"
+        raise ConfigError(msg, "a non-negative integer", serial)
+    keys: list[TrustedKey] = []
+    seen: set[bytes] = set()
+    raw_keys = data.get("keys", [])
+    if not isinstance(raw_keys, list):
+        msg = f"{source}:keys"
+        raise ConfigError(msg, "an array of [[keys]] tables", raw_keys)
+    for i, k in enumerate(raw_keys):
+        where = f"{source}:keys[{i}]"
+        if not isinstance(k, dict):
+            raise ConfigError(where, "a table", k)
+        unknown = set(k) - {
+            "name", "public_key", "key_id", "role", "actions", "scopes",
+            "not_before", "not_after", "revoked", "comment",
+        }
+        if unknown:
+            raise ConfigError(where, "only known fields", sorted(unknown))
+        name = k.get("name")
+        if not isinstance(name, str) or not name:
+            msg = f"{where}.name"
+            raise ConfigError(msg, "the issuer name (non-empty string)", name)
+        pk = k.get("public_key")
+        if not isinstance(pk, str):
+            msg = f"{where}.public_key"
+            raise ConfigError(msg, "64 hex digits", pk)
+        vk = VerifyKey.from_hex(pk, path=f"{where}.public_key")
+        if "key_id" in k and k["key_id"] != vk.key_id:
+            msg = f"{where}.key_id"
+            raise ConfigError(msg, f"{vk.key_id} (derived from public_key)",
+                              k["key_id"])
+        if vk.raw in seen:
+            msg = f"{where}.public_key"
+            raise ConfigError(msg, "each key listed once", vk.key_id)
+        seen.add(vk.raw)
+        try:
+            role = Role(str(k.get("role")))
+        except ValueError:
+            msg = f"{where}.role"
+            raise ConfigError(msg, "one of " + ", ".join(r.value for r in Role),
+                              k.get("role")) from None
+        revoked = k.get("revoked", False)
+        if not isinstance(revoked, bool):
+            msg = f"{where}.revoked"
+            raise ConfigError(msg, "true or false", revoked)
+        nb = _ns(k.get("not_before"), f"{where}.not_before")
+        na = _ns(k.get("not_after"), f"{where}.not_after")
+        if nb is not None and na is not None and na <= nb:
+            msg = f"{where}.not_after"
+            raise ConfigError(msg, "later than not_before", k.get("not_after"))
+        keys.append(TrustedKey(
+            name=name, key=vk, role=role,
+            actions=frozenset(_str_list(k.get("actions"), f"{where}.actions", ())),
+            scopes=_str_list(k.get("scopes"), f"{where}.scopes", ()),
+            not_before=nb, not_after=na, revoked=revoked,
+        ))
+    tp = data.get("two_person", {})
+    if not isinstance(tp, dict):
+        msg = f"{source}:two_person"
+        raise ConfigError(msg, "a table", tp)
+    cap = tp.get("limit_cap")
+    if cap is not None and (not isinstance(cap, int | float) or isinstance(cap, bool) or cap < 0):
+        msg = f"{source}:two_person.limit_cap"
+        raise ConfigError(msg, "a non-negative number", cap)
+    rule = TwoPersonRule(
+        actions=frozenset(_str_list(tp.get("actions"), f"{source}:two_person.actions", ())),
+        scopes=_str_list(tp.get("scopes"), f"{source}:two_person.scopes", ("*",)),
+        limit_cap=None if cap is None else float(cap),
+    )
+    return TrustDoc(keys=tuple(keys), two_person=rule, serial=serial)
+
+
+def sig_path(trust_path: str | Path) -> Path:
+    """The sidecar holding the root signatures of a trust file."""
+    p = Path(trust_path)
+    return p.with_name(p.name + ".sig")
+
+
+def sign_trust_file(trust_path: str | Path, signer: Signer) -> Path:
+    """Add ``signer``'s root signature over the trust file's exact bytes.
+
+    Appends to an existing sidecar (k-of-n: each root holder signs in turn);
+    an earlier signature by the same key is replaced.
+    """
+    data = Path(trust_path).read_bytes()
+    sp = sig_path(trust_path)
+    sigs: list[Signature] = []
+    if sp.exists():
+        try:
+            sigs = _sig_list.decode(sp.read_bytes())
+        except msgspec.DecodeError as err:
+            msg = f"{sp}: not a JSON list of signatures: {err}"
+            raise TrustError(msg) from None
+    sigs = [s for s in sigs if s.key_id != signer.key_id]
+    sigs.append(signer.sign(PAYLOAD_TRUST, data))
+    sp.write_bytes(_sig_enc.encode(sigs))
+    return sp
+
+
+def check_root_threshold(data: bytes, sigs: Sequence[Signature], roots: RootSet,
+                         *, source: str = "trust") -> set[str]:
+    """Return the key ids of roots that signed ``data``; raise ``TrustError`` below threshold."""
+    good: set[str] = set()
+    msg = pae(PAYLOAD_TRUST, data)
+    for s in sigs:
+        for root in roots.keys:
+            if root.key_id in good:
+                continue
+            try:
+                root.verify_raw(msg, s.sig)
+            except VerificationError:
+                continue
+            good.add(root.key_id)
+            break
+    if len(good) < roots.threshold:
+        msg = (
+            f"{source}: needs signatures from {roots.threshold} distinct root key(s); "
+            f"got {len(good)} valid of {len(sigs)}"
+        )
+        raise TrustError(msg)
+    return good
+
+
+class TrustStore:
+    """The verified trust file, and the verifier for signed envelopes.
+
+    Build it with :meth:`load` (checks root signatures) or, in tests, directly
+    from a :class:`TrustDoc`.
+    """
+
+    def __init__(self, doc: TrustDoc) -> None:
+        self.doc = doc
+        self._by_id: dict[str, TrustedKey] = {k.key_id: k for k in doc.keys}
+
+    @property
+    def serial(self) -> int:
+        return self.doc.serial
+
+    @classmethod
+    def load(cls, trust_path: str | Path, roots: RootSet) -> TrustStore:
+        """Load a trust file after checking its root signatures (``TrustError`` if short)."""
+        p = Path(trust_path)
+        try:
+            data = p.read_bytes()
+        except OSError as err:
+            msg = f"trust file {str(p)!r} cannot be read: {err.strerror}"
+            raise TrustError(msg) from None
+        sp = sig_path(p)
+        try:
+            sigs = _sig_list.decode(sp.read_bytes())
+        except OSError:
+            msg = f"trust file {str(p)!r} is unsigned: no {sp.name}"
+            raise TrustError(msg) from None
+        except msgspec.DecodeError as err:
+            msg = f"{sp}: not a JSON list of signatures: {err}"
+            raise TrustError(msg) from None
+        return cls.from_signed_bytes(data, sigs, roots, source=str(p))
+
+    @classmethod
+    def from_signed_bytes(cls, data: bytes, sigs: Sequence[Signature], roots: RootSet,
+                          *, source: str = "trust") -> TrustStore:
+        """Check the root threshold over ``data``, then parse it."""
+        check_root_threshold(data, sigs, roots, source=source)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            msg = f"{source}: not UTF-8"
+            raise TrustError(msg) from None
+        return cls(parse_trust(text, source=source))
+
+    def key(self, key_id: str) -> TrustedKey | None:
+        """The trust entry for ``key_id``, if listed."""
+        return self._by_id.get(key_id)
+
+    def keys(self) -> Iterable[TrustedKey]:
+        return self.doc.keys
+
+    # -- verification ---------------------------------------------------
+
+    def identify(self, payload_type: str, payload: bytes, sig: Signature) -> TrustedKey:
+        """Find the trusted key that made ``sig``; the hint is tried first.
+
+        Raises ``bad_signature`` when no listed key verifies and the hint names
+        a listed key, ``unknown_key`` when the hint names no listed key, and
+        ``key_id_mismatch`` when a different listed key than the hinted one
+        made the signature.
+        """
+        msg = pae(payload_type, payload)
+        hinted = self._by_id.get(sig.key_id)
+        if hinted is not None:
+            try:
+                hinted.key.verify_raw(msg, sig.sig)
+            except VerificationError:
+                pass
+            else:
+                return hinted
+        for k in self.doc.keys:
+            if k is hinted:
+                continue
+            try:
+                k.key.verify_raw(msg, sig.sig)
+            except VerificationError:
+                continue
+            raise rejection(Reason.KEY_ID_MISMATCH,
+                   f"key_id names {sig.key_id!r} but key {k.key_id!r} made the signature")
+        if hinted is None:
+            raise rejection(Reason.UNKNOWN_KEY, f"key {sig.key_id!r} is not in the trust file")
+        raise rejection(Reason.BAD_SIGNATURE, f"signature does not verify under key {sig.key_id!r}")
+
+    def check_key_status(self, k: TrustedKey, now_ns: int) -> None:
+        """Revoked, not yet valid or expired keys are rejected."""
+        if k.revoked:
+            raise rejection(Reason.REVOKED_KEY, f"key {k.key_id!r} ({k.name}) is revoked")
+        if k.not_before is not None and now_ns < k.not_before:
+            raise rejection(Reason.KEY_NOT_YET_VALID, f"key {k.key_id!r} valid from {k.not_before}")
+        if k.not_after is not None and now_ns >= k.not_after:
+            raise rejection(Reason.KEY_EXPIRED, f"key {k.key_id!r} expired at {k.not_after}")
+
+    def signing_keys(self, payload_type: str, payload: bytes, sigs: Sequence[Signature],
+                     now_ns: int) -> list[TrustedKey]:
+        """Verify every signature over the exact bytes; return distinct trusted keys."""
+        check_signature_shapes(sigs)
+        out: dict[str, TrustedKey] = {}
+        for s in sigs:
+            k = self.identify(payload_type, payload, s)
+            self.check_key_status(k, now_ns)
+            if k.key_id not in out:
+                out[k.key_id] = k
+        return list(out.values())
+
+    def verify(
+        self,
+        envelope: Any,
+        *,
+        expected_payload_type: str,
+        audience: Audience,
+        now_ns: int,
+        leeway_ns: int = DEFAULT_LEEWAY_NS,
+    ) -> VerifiedMessage:
+        """Check an envelope end to end; return the typed message or raise.
+
+        Order: payload type, signatures over the exact bytes, key status,
+        then (only now) parse the payload, then issuer binding, role, action,
+        scope, two-person rule, audience and freshness. Replay is the
+        subscriber's job (it needs durable state).
+        """
+        if envelope.payload_type != expected_payload_type:
+            raise rejection(Reason.WRONG_PAYLOAD_TYPE,
+                   f"expected {expected_payload_type!r}; got {envelope.payload_type!r}")
+        payload: bytes = envelope.payload
+        signers = self.signing_keys(expected_payload_type, payload, envelope.signatures, now_ns)
+        msg: MitigationCommand | LimitUpdate
+        try:
+            if expected_payload_type == PAYLOAD_COMMAND:
+                msg = _cmd_decoder.decode(payload)
+            elif expected_payload_type == PAYLOAD_LIMIT_UPDATE:
+                msg = _limit_decoder.decode(payload)
+            else:
+                raise rejection(Reason.WRONG_PAYLOAD_TYPE,
+                       f"{expected_payload_type!r} is not a command or limit update")
+        except (msgspec.DecodeError, UnicodeDecodeError) as err:
+            raise rejection(Reason.MALFORMED_PAYLOAD, str(err)[:200]) from None
+        if not any(k.name == msg.issuer for k in signers):
+            raise rejection(Reason.ISSUER_MISMATCH,
+                   f"issuer {msg.issuer!r} is not bound to any signing key "
+                   f"({', '.join(k.name for k in signers)})")
+        if isinstance(msg, MitigationCommand):
+            action, scope_label = msg.action.value, msg.scope.label()
+            two = self.doc.two_person.applies_to_command(action, scope_label)
+        else:
+            action, scope_label = LIMIT_UPDATE_ACTION, limit_scope_label(msg.limit_path)
+            two = self.doc.two_person.applies_to_limit(msg)
+        authorized: list[TrustedKey] = []
+        first_refusal: tuple[Reason, str] | None = None
+        for k in signers:
+            refusal = self._refusal(k, expected_payload_type, action, scope_label)
+            if refusal is None:
+                authorized.append(k)
+            elif first_refusal is None:
+                first_refusal = refusal
+        if not authorized and first_refusal is not None:
+            raise rejection(*first_refusal)
+        if two and len(authorized) < 2:
+            raise rejection(Reason.TWO_PERSON_REQUIRED,
+                   f"{action} on {scope_label} needs two distinct authorized keys; "
+                   f"got {len(authorized)}")
+        if msg.audience != audience:
+            raise rejection(Reason.WRONG_AUDIENCE,
+                   f"expected env={audience.env!r} topic={audience.topic!r}; got "
+                   f"env={msg.audience.env!r} topic={msg.audience.topic!r}")
+        check_freshness(msg.issued_at, msg.expires_at, now_ns, leeway_ns)
+        return VerifiedMessage(
+            payload_type=expected_payload_type, message=msg, issuer=msg.issuer,
+            signers=tuple(k.key_id for k in authorized), payload=payload,
+        )
+
+    @staticmethod
+    def _refusal(k: TrustedKey, payload_type: str, action: str,
+                 scope_label: str) -> tuple[Reason, str] | None:
+        """Why ``k`` may not sign this, or None if it may."""
+        if payload_type not in ROLE_PAYLOADS[k.role]:
+            return (Reason.ROLE_NOT_PERMITTED,
+                    f"role {k.role.value!r} of key {k.key_id!r} may not sign {payload_type}")
+        if not k.may_act(action):
+            return (Reason.ACTION_NOT_AUTHORIZED,
+                    f"key {k.key_id!r} ({k.role.value}) may not sign action {action!r}")
+        if not k.may_scope(scope_label):
+            return (Reason.SCOPE_NOT_AUTHORIZED,
+                    f"key {k.key_id!r} may not sign for scope {scope_label!r}")
+        return None
+
+    def checkpoint_key(self, key_id: str, now_ns: int | None = None) -> VerifyKey:
+        """The public key allowed to sign audit checkpoints under ``key_id``."""
+        k = self._by_id.get(key_id)
+        if k is None:
+            raise rejection(Reason.UNKNOWN_KEY, f"key {key_id!r} is not in the trust file")
+        if PAYLOAD_AUDIT_CHECKPOINT not in ROLE_PAYLOADS[k.role]:
+            raise rejection(Reason.ROLE_NOT_PERMITTED,
+                            f"role {k.role.value!r} may not sign checkpoints")
+        if now_ns is not None:
+            self.check_key_status(k, now_ns)
+        elif k.revoked:
+            raise rejection(Reason.REVOKED_KEY, f"key {k.key_id!r} ({k.name}) is revoked")
+        return k.key
+
+
+def check_freshness(issued_at: int, expires_at: int, now_ns: int, leeway_ns: int) -> None:
+    """Reject messages past their expiry or issued beyond the clock-skew leeway."""
+    if expires_at <= issued_at:
+        raise rejection(Reason.BAD_VALIDITY,
+                        f"expires_at {expires_at} is not after issued_at {issued_at}")
+    if issued_at > now_ns + leeway_ns:
+        raise rejection(Reason.FROM_FUTURE,
+               f"issued_at is {(issued_at - now_ns) / NS_PER_S:.3f} s ahead; leeway "
+               f"{leeway_ns / NS_PER_S:.3f} s")
+    if now_ns > expires_at + leeway_ns:
+        raise rejection(Reason.EXPIRED, f"expired {(now_ns - expires_at) / NS_PER_S:.3f} s ago")
+
+
+def limit_scope_label(limit_path: str) -> str:
+    """The scope label a limit path falls under, for authorization.
+
+    >>> limit_scope_label("counterparty.okx.asset.BTC"), limit_scope_label("firm")
+    ('counterparty:okx', 'firm:*')
+    """
+    parts = limit_path.split(".")
+    if parts[0] == "counterparty" and len(parts) >= 2:
+        return f"counterparty:{parts[1]}"
+    if parts[0] == "firm":
+        return "firm:*"
+    return f"limit:{limit_path}"
+
+
+def scope_label(scope: Scope) -> str:
+    """Alias of ``Scope.label`` (the string key scopes are matched against)."""
+    return scope.label()
+
+
+def trust_doc_to_toml(doc_keys: Iterable[Mapping[str, Any]], *, serial: int = 1,
+                      two_person: Mapping[str, Any] | None = None) -> str:
+    """Render a simple trust file (used by tests and ``riskguard keys trust-init``)."""
+    lines = ["version = 1", f"serial = {serial}", ""]
+    if two_person:
+        lines.append("[two_person]")
+        for name, value in two_person.items():
+            lines.append(f"{name} = {_toml_value(value)}")
+        lines.append("")
+    for k in doc_keys:
+        lines.append("[[keys]]")
+        for name, value in k.items():
+            lines.append(f"{name} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, list | tuple | frozenset | set):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ConfigError("trust", "a TOML scalar or array", value)

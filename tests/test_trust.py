@@ -1,0 +1,279 @@
+"""Trust file, root threshold and the envelope verifier: each rejection has its exact reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+from riskguard.operators.crypto import (
+    PAYLOAD_AUDIT_CHECKPOINT,
+    PAYLOAD_COMMAND,
+    PAYLOAD_LIMIT_UPDATE,
+    Signer,
+    sign_envelope,
+)
+from riskguard.operators.trust import (
+    RootSet,
+    TrustStore,
+    parse_trust,
+    sign_trust_file,
+)
+from riskguard.schemas.commands import (
+    Action,
+    Audience,
+    LimitUpdate,
+    MitigationCommand,
+    Signature,
+    SignedEnvelope,
+)
+from signing_fixtures import (
+    ADMIN,
+    AUD,
+    ENGINE,
+    ENGINE2,
+    EXPIRED,
+    FIRM,
+    OP1,
+    OP2,
+    OUTSIDER,
+    REVOKED,
+    ROOTS,
+    T0,
+    VENUE_X,
+    S,
+    command,
+    payload,
+    root_set,
+    trust_store,
+    trust_text,
+    write_signed_trust,
+)
+
+from riskguard.errors import ConfigError, TrustError, VerificationError
+
+TRUST = trust_store()
+
+
+def verify(env: SignedEnvelope, *, pt: str = PAYLOAD_COMMAND, aud: Audience = AUD,
+           now: int = T0, leeway: int = 10 * S) -> object:
+    return TRUST.verify(env, expected_payload_type=pt, audience=aud, now_ns=now, leeway_ns=leeway)
+
+
+def reason_of(env: SignedEnvelope, **kw: object) -> str:
+    with pytest.raises(VerificationError) as err:
+        verify(env, **kw)  # type: ignore[arg-type]
+    return err.value.reason
+
+
+def signed(cmd: MitigationCommand | LimitUpdate, *signers: Signer,
+           pt: str = PAYLOAD_COMMAND) -> SignedEnvelope:
+    return sign_envelope(pt, payload(cmd), list(signers))
+
+
+def test_valid_command_verifies_to_the_typed_command_and_its_signers() -> None:
+    cmd = command()
+    out = verify(signed(cmd, ENGINE))
+    assert out.message == cmd  # type: ignore[attr-defined]
+    assert out.signers == (ENGINE.key_id,)  # type: ignore[attr-defined]
+    assert out.issuer == "engine-1"  # type: ignore[attr-defined]
+
+
+def test_tampered_payload_is_rejected_as_bad_signature() -> None:
+    env = signed(command(), ENGINE)
+    tampered = env.payload.replace(b"halt_trading", b"cancel_all")
+    forged = msgspec.structs.replace(env, payload=tampered)
+    assert reason_of(forged) == "bad_signature"
+
+
+def test_tampered_header_payload_type_is_rejected_as_bad_signature() -> None:
+    """A limit-update signature relabelled as a command fails over the PAE bytes."""
+    env = signed(command(), ENGINE, pt=PAYLOAD_LIMIT_UPDATE)
+    relabelled = msgspec.structs.replace(env, payload_type=PAYLOAD_COMMAND)
+    assert reason_of(relabelled) == "bad_signature"
+
+
+def test_truncated_signature_is_rejected_as_malformed_signature() -> None:
+    env = signed(command(), ENGINE)
+    s = env.signatures[0]
+    cut = msgspec.structs.replace(env, signatures=[Signature(key_id=s.key_id, sig=s.sig[:40])])
+    assert reason_of(cut) == "malformed_signature"
+
+
+def test_signature_from_an_untrusted_key_is_rejected_as_unknown_key() -> None:
+    assert reason_of(signed(command(issuer="mallory"), OUTSIDER)) == "unknown_key"
+
+
+def test_key_id_naming_one_trusted_key_while_another_signed_is_key_id_mismatch() -> None:
+    env = signed(command(issuer="engine-2", scope=VENUE_X), ENGINE2)
+    lying = msgspec.structs.replace(
+        env, signatures=[Signature(key_id=ENGINE.key_id, sig=env.signatures[0].sig)]
+    )
+    assert reason_of(lying) == "key_id_mismatch"
+
+
+def test_key_id_naming_a_trusted_key_while_an_untrusted_key_signed_is_bad_signature() -> None:
+    env = signed(command(), OUTSIDER)
+    lying = msgspec.structs.replace(
+        env, signatures=[Signature(key_id=ENGINE.key_id, sig=env.signatures[0].sig)]
+    )
+    assert reason_of(lying) == "bad_signature"
+
+
+def test_revoked_key_is_rejected_as_revoked_key() -> None:
+    assert reason_of(signed(command(issuer="engine-old"), REVOKED)) == "revoked_key"
+
+
+def test_expired_key_is_rejected_as_key_expired() -> None:
+    assert reason_of(signed(command(issuer="engine-expired"), EXPIRED)) == "key_expired"
+
+
+def test_action_outside_the_keys_role_is_action_not_authorized() -> None:
+    """engine-1 may not sign ``resume`` (an operator action)."""
+    cmd = command(action=Action.RESUME, scope=VENUE_X)
+    assert reason_of(signed(cmd, ENGINE)) == "action_not_authorized"
+
+
+def test_scope_outside_the_keys_scopes_is_scope_not_authorized() -> None:
+    cmd = command(issuer="engine-2", scope=FIRM)
+    assert reason_of(signed(cmd, ENGINE2)) == "scope_not_authorized"
+
+
+def test_limit_admin_key_may_not_sign_a_command_role_not_permitted() -> None:
+    cmd = command(issuer="limits-admin")
+    assert reason_of(signed(cmd, ADMIN)) == "role_not_permitted"
+
+
+def test_issuer_not_bound_to_the_signing_key_is_issuer_mismatch() -> None:
+    assert reason_of(signed(command(issuer="engine-2"), ENGINE)) == "issuer_mismatch"
+
+
+def test_wrong_audience_is_rejected_as_wrong_audience() -> None:
+    env = signed(command(), ENGINE)
+    assert reason_of(env, aud=Audience(env="staging", topic=AUD.topic)) == "wrong_audience"
+    assert reason_of(env, aud=Audience(env="prod", topic="other")) == "wrong_audience"
+
+
+def test_expired_command_is_rejected_as_expired_beyond_leeway_only() -> None:
+    env = signed(command(ttl=60 * S), ENGINE)
+    verify(env, now=T0 + 69 * S)  # inside the 10 s leeway
+    assert reason_of(env, now=T0 + 71 * S) == "expired"
+
+
+def test_command_from_the_future_beyond_leeway_is_from_future() -> None:
+    env = signed(command(issued_at=T0 + 11 * S), ENGINE)
+    assert reason_of(env, now=T0) == "from_future"
+    verify(signed(command(issued_at=T0 + 9 * S), ENGINE), now=T0)
+
+
+def test_limit_update_presented_as_a_command_is_wrong_payload_type() -> None:
+    upd = LimitUpdate(update_id="u1", issuer="limits-admin", seq=1, issued_at=T0,
+                      expires_at=T0 + 60 * S, audience=AUD, limit_path="firm",
+                      kind="gross_notional", limit=10.0)
+    env = signed(upd, ADMIN, pt=PAYLOAD_LIMIT_UPDATE)
+    assert reason_of(env) == "wrong_payload_type"
+    out = verify(env, pt=PAYLOAD_LIMIT_UPDATE)
+    assert out.message == upd  # type: ignore[attr-defined]
+
+
+def test_limit_update_bytes_inside_a_command_envelope_is_malformed_payload() -> None:
+    upd = LimitUpdate(update_id="u1", issuer="engine-1", issued_at=T0, expires_at=T0 + S,
+                      audience=AUD, limit_path="firm", kind="k", limit=1.0)
+    assert reason_of(signed(upd, ENGINE)) == "malformed_payload"
+
+
+def test_two_person_action_with_one_signature_is_two_person_required() -> None:
+    cmd = command(issuer="op-alice", action=Action.RESUME, scope=FIRM)
+    assert reason_of(signed(cmd, OP1)) == "two_person_required"
+
+
+def test_two_person_action_with_the_same_signature_twice_is_two_person_required() -> None:
+    cmd = command(issuer="op-alice", action=Action.RESUME, scope=FIRM)
+    env = signed(cmd, OP1)
+    doubled = msgspec.structs.replace(env, signatures=[env.signatures[0], env.signatures[0]])
+    assert reason_of(doubled) == "two_person_required"
+
+
+def test_two_person_action_with_two_distinct_operator_keys_verifies() -> None:
+    cmd = command(issuer="op-alice", action=Action.RESUME, scope=FIRM)
+    out = verify(signed(cmd, OP1, OP2))
+    assert set(out.signers) == {OP1.key_id, OP2.key_id}  # type: ignore[attr-defined]
+
+
+def test_resume_on_a_venue_scope_needs_only_one_operator() -> None:
+    cmd = command(issuer="op-alice", action=Action.RESUME, scope=VENUE_X)
+    assert verify(signed(cmd, OP1)).signers == (OP1.key_id,)  # type: ignore[attr-defined]
+
+
+def test_limit_raise_above_cap_needs_two_limit_admins() -> None:
+    upd = LimitUpdate(update_id="u2", issuer="limits-admin", issued_at=T0, expires_at=T0 + S,
+                      audience=AUD, limit_path="counterparty.okx", kind="gross", limit=2e6)
+    env = signed(upd, ADMIN, pt=PAYLOAD_LIMIT_UPDATE)
+    assert reason_of(env, pt=PAYLOAD_LIMIT_UPDATE) == "two_person_required"
+
+
+def test_unsigned_envelope_is_rejected_as_unsigned() -> None:
+    env = SignedEnvelope(payload_type=PAYLOAD_COMMAND, payload=payload(command()), signatures=[])
+    assert reason_of(env) == "unsigned"
+
+
+def test_checkpoint_payload_type_cannot_be_verified_as_command_message() -> None:
+    env = signed(command(), ENGINE, pt=PAYLOAD_AUDIT_CHECKPOINT)
+    assert reason_of(env, pt=PAYLOAD_AUDIT_CHECKPOINT) == "wrong_payload_type"
+
+
+# -- trust file loading -----------------------------------------------------
+
+
+def test_trust_file_signed_by_the_root_loads(tmp_path: Path) -> None:
+    trust, roots = write_signed_trust(tmp_path)
+    store = TrustStore.load(trust, RootSet.load(roots))
+    assert store.serial == 1
+    assert store.key(ENGINE.key_id).name == "engine-1"  # type: ignore[union-attr]
+
+
+def test_unsigned_or_edited_trust_file_is_refused(tmp_path: Path) -> None:
+    trust, roots = write_signed_trust(tmp_path)
+    trust.write_text(trust.read_text().replace("revoked = true", "revoked = false"))
+    with pytest.raises(TrustError, match="needs signatures from 1 distinct root"):
+        TrustStore.load(trust, RootSet.load(roots))
+    (tmp_path / "trust.toml.sig").unlink()
+    with pytest.raises(TrustError, match="unsigned"):
+        TrustStore.load(trust, RootSet.load(roots))
+
+
+def test_k_of_n_root_threshold_counts_distinct_roots(tmp_path: Path) -> None:
+    """2 of 3: one root (even signing twice) is refused; two distinct roots load."""
+    trust, roots = write_signed_trust(tmp_path, roots=ROOTS, threshold=2, signers=[ROOTS[0]])
+    sign_trust_file(trust, ROOTS[0])
+    with pytest.raises(TrustError, match="needs signatures from 2 distinct root key"):
+        TrustStore.load(trust, RootSet.load(roots))
+    sign_trust_file(trust, ROOTS[2])
+    assert TrustStore.load(trust, RootSet.load(roots)).serial == 1
+
+
+def test_trust_file_signed_by_a_non_root_is_refused(tmp_path: Path) -> None:
+    trust, roots = write_signed_trust(tmp_path, signers=[ENGINE])
+    with pytest.raises(TrustError, match="got 0 valid of 1"):
+        TrustStore.load(trust, RootSet.load(roots))
+
+
+def test_root_threshold_above_root_count_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"roots\.threshold"):
+        root_set(ROOTS[:1], threshold=2)
+
+
+@pytest.mark.parametrize(
+    "edit,path",
+    [
+        (('role = "risk-engine"', 'role = "god"'), "keys[0].role"),
+        (("version = 1", "version = 2"), "version"),
+        (('name = "engine-1"', 'name = ""'), "keys[0].name"),
+    ],
+)
+def test_bad_trust_entries_raise_config_error_naming_the_key_path(
+    edit: tuple[str, str], path: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_trust(trust_text().replace(*edit, 1))
+    assert path in err.value.path
