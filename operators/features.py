@@ -1,0 +1,493 @@
+"""Engine-neutral feature extraction for market and venue-health keys.
+
+One :class:`FeatureLogic` runs per key. The key is ``venue/instrument`` for
+market features (trades, quotes, option quotes, funding, and the index and
+oracle prices fanned out to that key by :func:`route`) and ``venue`` for
+venue health (``VenueStatus`` heartbeats).
+
+Features update on every event. With ``cadence="bar"`` (the default) one
+``FeatureVector`` is emitted per key per event-time bar: the snapshot taken
+at the bar's last event, emitted when the first event of a later bar arrives.
+Bars close on event time only, never on the wall clock, so replays are
+deterministic. With ``cadence="event"`` a vector is emitted after every event.
+
+Lateness policy: the key's watermark is the largest event time it has seen.
+An event older than ``watermark - allowed_lateness_ns`` goes to the dead
+letters with reason ``late``; an older event within that bound still updates
+the features and counts in the open bar. An event more than
+``allowed_skew_ns`` ahead of the injected clock is rejected with reason
+``future``. Records carrying NaN or infinity are rejected with reason
+``non_finite`` and never reach the state.
+
+>>> from riskguard.schemas import Quote
+>>> cfg = FeatureConfig(venues=("okx",), cadence="event")
+>>> logic = FeatureLogic(cfg, clock=lambda: 10**19)
+>>> q = Quote(id="q1", venue="okx", instrument="BTC-USDT", ts=1_000_000_000,
+...           bid=99.99, bid_size=1.0, ask=100.01, ask_size=3.0)
+>>> fv = logic.on_event(q)[0]
+>>> (fv.key, round(fv.values["spread_bps"], 3), fv.values["depth_imb"], fv.evidence_ids)
+('okx/BTC-USDT', 2.0, -0.5, ['q1'])
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+
+from riskguard.errors import ConfigError
+from riskguard.schemas.audit import DeadLetter
+from riskguard.schemas.codec import encode
+from riskguard.schemas.market import (
+    FundingRate,
+    IndexPrice,
+    OptionQuote,
+    Quote,
+    Trade,
+    VenueStatus,
+)
+from riskguard.schemas.signals import FeatureVector, Scope, ScopeKind
+
+NS = 1_000_000_000
+SECONDS_PER_YEAR = 31_536_000.0
+
+MARKET_FEATURES = (
+    "ret_bps", "rv_bps", "trade_rate", "volume_z", "ofi", "spread_bps", "depth_imb",
+    "quote_age_s", "price_age_s", "index_dev_bps", "oracle_dev_bps", "basis_bps",
+    "funding_bps",
+)
+OPTION_FEATURES = (
+    "iv", "iv_change", "iv_rv_gap", "delta", "gamma", "vega", "spread_bps", "quote_age_s",
+)
+VENUE_FEATURES = ("hb_gap_s", "seq_gap", "latency_ms", "msg_rate_ratio")
+
+
+class FeatureConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Settings of ``extract_features``.
+
+    ``venues`` lists the venues whose ``venue/instrument`` keys receive each
+    index or oracle price (the fan-out that brings the reference price to
+    every key without a per-event exchange). ``index_map`` maps an index
+    instrument name to the instruments it prices when the names differ.
+    """
+
+    venues: tuple[str, ...] = ()
+    index_sources: tuple[str, ...] = ("index",)
+    oracle_sources: tuple[str, ...] = ("oracle",)
+    index_map: dict[str, tuple[str, ...]] = {}
+    cadence: Literal["bar", "event"] = "bar"
+    bar_ns: int = NS
+    allowed_lateness_ns: int = 2 * NS
+    allowed_skew_ns: int = 5 * NS
+    return_window_ns: int = 5 * NS
+    iv_window_ns: int = 30 * NS
+    fast_alpha: float = 0.3
+    slow_alpha: float = 0.01
+    rate_halflife_ns: int = 10 * NS
+    max_evidence: int = 8
+    topic: str = "market"
+    step: str = "features"
+
+    def validate(self, path: str = "features") -> FeatureConfig:
+        """Raise ``ConfigError`` naming the key of the first bad value."""
+        for name in ("bar_ns", "return_window_ns", "iv_window_ns", "rate_halflife_ns"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{path}.{name}", "must be a positive duration in ns",
+                                  getattr(self, name))
+        for name in ("allowed_lateness_ns", "allowed_skew_ns"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{path}.{name}", "must be >= 0 ns", getattr(self, name))
+        for name in ("fast_alpha", "slow_alpha"):
+            a = getattr(self, name)
+            if not 0.0 < a <= 1.0:
+                raise ConfigError(f"{path}.{name}", "must be in (0, 1]", a)
+        if self.max_evidence < 1:
+            raise ConfigError(f"{path}.max_evidence", "must be >= 1", self.max_evidence)
+        if self.cadence not in ("bar", "event"):
+            raise ConfigError(f"{path}.cadence", "must be 'bar' or 'event'", self.cadence)
+        return self
+
+
+def route(record: Any, config: FeatureConfig) -> list[tuple[str, Any]]:
+    """Key a raw market record: ``venue/instrument``, ``venue``, or a fan-out.
+
+    Index and oracle prices go to every configured venue's key of the
+    instrument (``index_map`` lets one index price several instruments).
+
+    >>> from riskguard.schemas import IndexPrice
+    >>> ip = IndexPrice(id="i", venue="index", instrument="BTC-USDT", ts=1, price=5.0)
+    >>> [k for k, _ in route(ip, FeatureConfig(venues=("a", "b")))]
+    ['a/BTC-USDT', 'b/BTC-USDT']
+    """
+    if isinstance(record, IndexPrice):
+        targets = config.index_map.get(record.instrument, (record.instrument,))
+        return [(f"{v}/{inst}", record) for inst in targets for v in config.venues]
+    if isinstance(record, VenueStatus):
+        return [(record.venue, record)]
+    return [(f"{record.venue}/{record.instrument}", record)]
+
+
+@dataclass
+class FeatureState:
+    """Everything one key remembers. Plain data; see :meth:`FeatureLogic.snapshot`."""
+
+    version: int = 1
+    key: str = ""
+    kind: str = ""
+    watermark: int = -1
+    bar: int = -1
+    pending: bool = False
+    last_ts: int = 0
+    evidence: list[str] = field(default_factory=list)
+    recv_lag_ns: int = 0
+    # price
+    mid: float = 0.0
+    logp: float = 0.0
+    quote_ts: int = -1
+    change_ts: int = -1
+    spread_bps: float = 0.0
+    depth_imb: float = 0.0
+    hist: deque[tuple[int, float]] = field(default_factory=deque)
+    rv_var: float = 0.0
+    last_trade: float = 0.0
+    # trades
+    rate: float = 0.0
+    rate_ts: int = -1
+    vol_fast: float = 0.0
+    vol_mean: float = 0.0
+    vol_var: float = 0.0
+    n_trades: int = 0
+    ofi_num: float = 0.0
+    ofi_den: float = 0.0
+    # references
+    index_px: float = 0.0
+    oracle_px: float = 0.0
+    basis_bps: float = 0.0
+    funding_bps: float = 0.0
+    # options
+    iv: float = 0.0
+    iv_hist: deque[tuple[int, float]] = field(default_factory=deque)
+    under_logp: float = 0.0
+    under_ts: int = -1
+    under_var_rate: float = 0.0
+    delta: float = 0.0
+    gamma: float = 0.0
+    vega: float = 0.0
+    # venue health
+    hb_ts: int = -1
+    hb_gap_s: float = 0.0
+    hb_seq: int = -1
+    seq_gap: float = 0.0
+    latency_ms: float = 0.0
+    hb_rate_fast: float = 0.0
+    hb_rate_slow: float = 0.0
+
+
+def _finite(*xs: float) -> bool:
+    return all(math.isfinite(x) for x in xs)
+
+
+_CHECKS: dict[type, tuple[str, ...]] = {
+    Trade: ("price", "qty"),
+    Quote: ("bid", "ask", "bid_size", "ask_size"),
+    OptionQuote: ("bid", "ask", "mark_price", "mark_iv", "underlying_price", "delta", "gamma",
+                  "vega", "theta", "strike"),
+    IndexPrice: ("price",),
+    FundingRate: ("rate",),
+    VenueStatus: (),
+}
+_POSITIVE = {"price", "bid", "ask", "underlying_price", "strike"}
+
+
+class FeatureLogic:
+    """Per-key feature state machine; ``on_event`` returns vectors or dead letters."""
+
+    def __init__(self, config: FeatureConfig, clock: Callable[[], int],
+                 state: FeatureState | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.s = state if state is not None else FeatureState()
+        self._fast = config.fast_alpha
+        self._slow = config.slow_alpha
+        self._rate_tau = config.rate_halflife_ns / math.log(2.0)
+
+    # -- public ------------------------------------------------------------
+    def snapshot(self) -> FeatureState:
+        """An independent copy of the state."""
+        s = self.s
+        snap = FeatureState(**{k: getattr(s, k) for k in s.__dataclass_fields__})
+        snap.evidence = list(s.evidence)
+        snap.hist = deque(s.hist)
+        snap.iv_hist = deque(s.iv_hist)
+        return snap
+
+    def on_event(self, rec: Any) -> list[FeatureVector | DeadLetter]:
+        bad = self._reject(rec)
+        if bad is not None:
+            return [bad]
+        s = self.s
+        ts = rec.ts
+        out: list[FeatureVector | DeadLetter] = []
+        bar = ts // self.config.bar_ns
+        by_bar = self.config.cadence == "bar"
+        if by_bar and s.pending and bar > s.bar and s.kind:
+            out.append(self._vector(s.last_ts))
+            s.evidence = []
+            s.pending = False
+        if ts > s.watermark:
+            s.watermark = ts
+            s.bar = max(s.bar, bar)
+        s.last_ts = s.watermark
+        self._apply(rec, ts)
+        ev = s.evidence
+        ev.append(rec.id)
+        if len(ev) > self.config.max_evidence:
+            del ev[0]
+        s.pending = True
+        if not s.kind:
+            return out
+        if not by_bar:
+            out.append(self._vector(s.last_ts))
+            s.evidence = []
+            s.pending = False
+        return out
+
+    def on_eof(self) -> list[FeatureVector | DeadLetter]:
+        """Flush the open bar at end of input (backtests)."""
+        s = self.s
+        if self.config.cadence == "bar" and s.pending and s.kind:
+            s.pending = False
+            vec = self._vector(s.last_ts)
+            s.evidence = []
+            return [vec]
+        return []
+
+    # -- internals ---------------------------------------------------------
+    def _dead(self, rec: Any, reason: str, path: str, expected: str, found: str) -> DeadLetter:
+        try:
+            raw = encode(rec)
+        except (TypeError, ValueError, msgspec.EncodeError):
+            raw = repr(rec).encode()
+        return DeadLetter(
+            topic=self.config.topic, ts=self.clock(), reason=reason, path=path,
+            expected=expected, found=found, step=self.config.step, raw=raw,
+        )
+
+    def _reject(self, rec: Any) -> DeadLetter | None:
+        fields = _CHECKS.get(type(rec))
+        if fields is None:
+            return self._dead(rec, "unknown_type", "$.type", "a market record",
+                              type(rec).__name__)
+        for name in fields:
+            x = getattr(rec, name)
+            if not math.isfinite(x):
+                return self._dead(rec, "non_finite", f"$.{name}", "finite number", repr(x))
+            if name in _POSITIVE and x <= 0.0 and not (isinstance(rec, OptionQuote)
+                                                       and name in ("bid", "ask")):
+                return self._dead(rec, "validation", f"$.{name}", "float > 0", repr(x))
+        ts = rec.ts
+        wm = self.s.watermark
+        lateness = self.config.allowed_lateness_ns
+        if wm >= 0 and ts < wm - lateness:
+            return self._dead(rec, "late", "$.ts", f"ts >= {wm - lateness} (watermark "
+                              f"{wm} minus allowed lateness {lateness} ns)", str(ts))
+        limit = self.clock() + self.config.allowed_skew_ns
+        if ts > limit:
+            return self._dead(rec, "future", "$.ts", f"ts <= {limit} (clock plus allowed "
+                              f"skew {self.config.allowed_skew_ns} ns)", str(ts))
+        return None
+
+    def _apply(self, rec: Any, ts: int) -> None:
+        s = self.s
+        t = type(rec)
+        if t is Quote:
+            if not s.kind:
+                s.kind = "market"
+            if not s.key:
+                s.key = f"{rec.venue}/{rec.instrument}"
+            mid = 0.5 * (rec.bid + rec.ask)
+            s.spread_bps = (rec.ask - rec.bid) / mid * 1e4
+            depth = rec.bid_size + rec.ask_size
+            s.depth_imb = (rec.bid_size - rec.ask_size) / depth if depth > 0 else 0.0
+            s.quote_ts = max(s.quote_ts, ts)
+            self._price(mid, ts)
+        elif t is Trade:
+            if not s.kind:
+                s.kind = "market"
+            if not s.key:
+                s.key = f"{rec.venue}/{rec.instrument}"
+            s.last_trade = rec.price
+            self._trade(rec.qty, 1.0 if rec.side == "buy" else -1.0, ts)
+            if s.quote_ts < 0:
+                self._price(rec.price, ts)
+        elif t is IndexPrice:
+            if rec.venue in self.config.oracle_sources:
+                s.oracle_px = rec.price
+            else:
+                s.index_px = rec.price
+        elif t is FundingRate:
+            if not s.kind:
+                s.kind = "market"
+            if not s.key:
+                s.key = f"{rec.venue}/{rec.instrument}"
+            s.funding_bps = rec.rate * 1e4
+            if rec.mark_price and rec.index_price:
+                s.basis_bps = (rec.mark_price - rec.index_price) / rec.index_price * 1e4
+        elif t is OptionQuote:
+            s.kind = "option"
+            if not s.key:
+                s.key = f"{rec.venue}/{rec.instrument}"
+            self._option(rec, ts)
+        elif t is VenueStatus:
+            self._venue(rec, ts)
+        if getattr(rec, "recv_ts", None) is not None:
+            s.recv_lag_ns = rec.recv_ts - ts
+
+    def _price(self, mid: float, ts: int) -> None:
+        s = self.s
+        logp = math.log(mid)
+        if s.mid > 0.0:
+            r = logp - s.logp
+            s.rv_var += self._fast * 0.3 * (r * r - s.rv_var)
+            if mid != s.mid:
+                s.change_ts = max(s.change_ts, ts)
+        else:
+            s.change_ts = ts
+        s.mid = mid
+        s.logp = logp
+        h = s.hist
+        h.append((ts, logp))
+        horizon = ts - self.config.return_window_ns
+        while len(h) > 2 and h[1][0] <= horizon:
+            h.popleft()
+
+    def _trade(self, qty: float, sign: float, ts: int) -> None:
+        s = self.s
+        if s.rate_ts >= 0:
+            dt = max(0, ts - s.rate_ts)
+            s.rate = s.rate * math.exp(-dt / self._rate_tau)
+        s.rate += NS / self._rate_tau
+        s.rate_ts = max(s.rate_ts, ts)
+        f = self._fast
+        s.vol_fast += f * (qty - s.vol_fast) if s.n_trades else qty
+        if s.n_trades == 0:
+            s.vol_mean = qty
+        else:
+            a = self._slow if s.n_trades > 50 else 1.0 / (s.n_trades + 1)
+            d = qty - s.vol_mean
+            s.vol_mean += a * d
+            s.vol_var = (1 - a) * (s.vol_var + a * d * d)
+        s.n_trades += 1
+        s.ofi_num += f * (sign * qty - s.ofi_num)
+        s.ofi_den += f * (qty - s.ofi_den)
+
+    def _option(self, rec: OptionQuote, ts: int) -> None:
+        s = self.s
+        s.iv = rec.mark_iv
+        s.delta, s.gamma, s.vega = rec.delta, rec.gamma, rec.vega
+        mid = 0.5 * (rec.bid + rec.ask)
+        s.spread_bps = (rec.ask - rec.bid) / mid * 1e4 if mid > 0 else 0.0
+        s.quote_ts = max(s.quote_ts, ts)
+        h = s.iv_hist
+        h.append((ts, rec.mark_iv))
+        horizon = ts - self.config.iv_window_ns
+        while len(h) > 2 and h[1][0] <= horizon:
+            h.popleft()
+        lp = math.log(rec.underlying_price)
+        if s.under_ts >= 0 and ts > s.under_ts:
+            r = lp - s.under_logp
+            dt_s = (ts - s.under_ts) / NS
+            s.under_var_rate += self._slow * 3 * (r * r / dt_s - s.under_var_rate)
+        s.under_logp = lp
+        s.under_ts = max(s.under_ts, ts)
+
+    def _venue(self, rec: VenueStatus, ts: int) -> None:
+        s = self.s
+        s.kind = "venue"
+        s.key = rec.venue
+        if s.hb_ts >= 0 and ts > s.hb_ts:
+            gap = (ts - s.hb_ts) / NS
+            s.hb_gap_s = gap
+            inst = 1.0 / gap
+            s.hb_rate_fast += self._fast * (inst - s.hb_rate_fast)
+            s.hb_rate_slow += self._slow * (inst - s.hb_rate_slow)
+        elif s.hb_ts < 0:
+            s.hb_rate_fast = s.hb_rate_slow = 0.0
+        if s.hb_seq >= 0:
+            s.seq_gap = float(max(0, rec.seq - s.hb_seq - 1))
+        s.hb_seq = max(s.hb_seq, rec.seq)
+        s.hb_ts = max(s.hb_ts, ts)
+        if rec.recv_ts is not None:
+            s.latency_ms = (rec.recv_ts - ts) / 1e6
+
+    def values(self, now: int) -> dict[str, float]:
+        """The current feature values of this key, evaluated at event time ``now``."""
+        s = self.s
+        if s.kind == "venue":
+            gap = max(s.hb_gap_s, (now - s.hb_ts) / NS) if s.hb_ts >= 0 else 0.0
+            ratio = s.hb_rate_fast / s.hb_rate_slow if s.hb_rate_slow > 0 else 1.0
+            vals = {"hb_gap_s": gap, "seq_gap": s.seq_gap, "latency_ms": s.latency_ms,
+                    "msg_rate_ratio": ratio}
+        elif s.kind == "option":
+            h = s.iv_hist
+            iv_change = s.iv - h[0][1] if h else 0.0
+            rv = math.sqrt(max(0.0, s.under_var_rate) * SECONDS_PER_YEAR)
+            vals = {"iv": s.iv, "iv_change": iv_change, "iv_rv_gap": s.iv - rv,
+                    "delta": s.delta, "gamma": s.gamma, "vega": s.vega,
+                    "spread_bps": s.spread_bps,
+                    "quote_age_s": (now - s.quote_ts) / NS if s.quote_ts >= 0 else 0.0}
+        else:
+            h = s.hist
+            ret = (s.logp - h[0][1]) * 1e4 if h else 0.0
+            rate = s.rate
+            if s.rate_ts >= 0 and now > s.rate_ts:
+                rate *= math.exp(-(now - s.rate_ts) / self._rate_tau)
+            std = math.sqrt(s.vol_var)
+            vz = (s.vol_fast - s.vol_mean) / std if std > 0 else 0.0
+            ofi = s.ofi_num / s.ofi_den if s.ofi_den > 0 else 0.0
+            last = s.last_trade or s.mid
+            idx = ((s.mid - s.index_px) / s.index_px * 1e4
+                   if s.index_px > 0 and s.mid > 0 else 0.0)
+            ora = (s.oracle_px - last) / last * 1e4 if s.oracle_px > 0 and last > 0 else 0.0
+            qts = s.quote_ts if s.quote_ts >= 0 else s.change_ts
+            vals = {
+                "ret_bps": ret, "rv_bps": math.sqrt(max(0.0, s.rv_var)) * 1e4,
+                "trade_rate": rate, "volume_z": vz, "ofi": ofi,
+                "spread_bps": s.spread_bps, "depth_imb": s.depth_imb,
+                "quote_age_s": (now - qts) / NS if qts >= 0 else 0.0,
+                "price_age_s": (now - s.change_ts) / NS if s.change_ts >= 0 else 0.0,
+                "index_dev_bps": idx, "oracle_dev_bps": ora,
+                "basis_bps": s.basis_bps, "funding_bps": s.funding_bps,
+            }
+        for k, v in vals.items():
+            if not math.isfinite(v):
+                vals[k] = 0.0
+        return vals
+
+    def _vector(self, now: int) -> FeatureVector:
+        s = self.s
+        key = s.key
+        if s.kind == "venue":
+            scope = Scope(kind=ScopeKind.VENUE, value=key)
+        else:
+            venue, _, inst = key.partition("/")
+            scope = Scope(kind=ScopeKind.INSTRUMENT, value=inst or key, venue=venue or None)
+        return FeatureVector(
+            key=key, scope=scope, ts=now, recv_ts=now + s.recv_lag_ns if s.recv_lag_ns else None,
+            values=self.values(now), evidence_ids=list(s.evidence),
+        )
+
+
+def feature_builder(config: FeatureConfig, clock: Callable[[], int]
+                    ) -> Callable[[FeatureState | None], FeatureLogic]:
+    """``builder(state_or_None) -> FeatureLogic`` for ``stateful_logic``."""
+    config.validate()
+
+    def build(state: FeatureState | None) -> FeatureLogic:
+        return FeatureLogic(config, clock, state)
+
+    return build
