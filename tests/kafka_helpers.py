@@ -1,0 +1,58 @@
+"""Small helpers for tests that talk to the real broker."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from riskguard.connectors.kafka import list_partitions
+from riskguard.connectors.settings import KafkaSettings
+
+
+def produce(bootstrap: str, topic: str, values: Iterable[bytes], partition: int | None = None) -> int:
+    """Produce raw values and wait for every ack; returns how many were sent."""
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
+    n = 0
+    for v in values:
+        if partition is None:
+            p.produce(topic, v)
+        else:
+            p.produce(topic, v, partition=partition)
+        n += 1
+    assert p.flush(30) == 0, "test producer could not deliver"
+    return n
+
+
+def consume_all(bootstrap: str, topic: str, expect: int | None = None, idle_s: float = 1.5,
+                timeout_s: float = 30.0) -> list[tuple[int, int, bytes]]:
+    """Every message of ``topic`` as ``(partition, offset, value)``.
+
+    Stops after ``expect`` messages, or after ``idle_s`` without new ones.
+    (The dev broker's high watermark under-reports, so it is never used here.)
+    """
+    parts = list_partitions(KafkaSettings(bootstrap=bootstrap), topic)
+    c = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": "tests", "enable.auto.commit": False,
+        "fetch.wait.max.ms": 20,
+    })
+    c.assign([TopicPartition(topic, p, 0) for p in parts])
+    out: list[tuple[int, int, bytes]] = []
+    deadline = time.monotonic() + timeout_s
+    last = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            msgs = c.consume(1000, 0.1)
+            for m in msgs:
+                if m.error() is None:
+                    out.append((m.partition(), m.offset(), m.value()))
+            if msgs:
+                last = time.monotonic()
+            if expect is not None and len(out) >= expect:
+                break
+            if expect is None and time.monotonic() - last > idle_s:
+                break
+    finally:
+        c.close()
+    return out
