@@ -1,0 +1,510 @@
+"""Engine-neutral limit enforcement: levels, hysteresis, latches, dynamic limits.
+
+:class:`LimitsLogic` is keyed by counterparty (the firm rollup uses key
+``"*"``). It receives ``("exp", Exposure)`` and ``("upd", LimitUpdate)``
+items (updates are verified *before* they reach it) and emits
+:class:`~riskguard.schemas.Utilization`, :class:`~riskguard.schemas.LimitBreach`
+and :class:`~riskguard.schemas.RiskAlert` records.
+
+Limit paths: ``firm``, ``firm.asset.<a>``, ``counterparty.<cp>``,
+``counterparty.<cp>.asset.<a>``, ``counterparty.<cp>.instrument.<i>``.
+
+The effective limit is ``base * clamp((ref_vol / vol) ** exponent, lo, hi)``
+when the limit has a ``vol_scaling`` rule, else ``base``.
+
+>>> from riskguard.schemas import Exposure
+>>> cfg = LimitsConfig(counterparties={"okx": CounterpartyLimits(
+...     limits={"gross_notional": LimitSpec(limit=100.0)})})
+>>> logic = LimitsLogic(cfg)
+>>> outs = logic.on_event(("exp", Exposure(counterparty="okx", ts=1, gross_notional=85.0,
+...                                        net_notional=85.0)))
+>>> [(type(o).__name__, o.level.value, o.utilization) for o in outs]
+[('Utilization', 'warn', 0.85)]
+>>> outs = logic.on_event(("exp", Exposure(counterparty="okx", ts=2, gross_notional=120.0,
+...                                        net_notional=120.0)))
+>>> [(type(o).__name__, o.level.value) for o in outs]
+[('Utilization', 'breach'), ('LimitBreach', 'breach')]
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from riskguard.errors import ConfigError
+from riskguard.schemas import (
+    Exposure,
+    LimitBreach,
+    LimitLevel,
+    LimitUpdate,
+    RiskAlert,
+    Scope,
+    ScopeKind,
+    Severity,
+    Utilization,
+)
+
+STATE_VERSION = 1
+KINDS = (
+    "gross_notional", "net_notional", "delta", "collateral", "concentration",
+    "open_order_notional",
+)
+UTIL_CAP = 1e6
+_NS = uuid.UUID("3d2b8c41-6a0e-4b8e-a4a9-5c7f1e0d2b77")
+_ORDER = {LimitLevel.OK: 0, LimitLevel.WARN: 1, LimitLevel.BREACH: 2, LimitLevel.HARD: 3}
+
+
+class VolScaling(msgspec.Struct, frozen=True, kw_only=True):
+    """``factor = clamp((ref_vol / vol) ** exponent, lo, hi)``; vol of ``underlying``."""
+
+    underlying: str
+    ref_vol: float
+    exponent: float = 1.0
+    lo: float = 0.25
+    hi: float = 1.0
+
+
+class LimitSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One limit. ``warn`` and ``hard`` are utilization levels (breach is 1.0)."""
+
+    limit: float
+    warn: float = 0.8
+    hard: float | None = None
+    hysteresis: float = 0.05
+    manual_reset: bool = False
+    vol_scaling: VolScaling | None = None
+
+
+class CounterpartyLimits(msgspec.Struct, frozen=True, kw_only=True):
+    limits: dict[str, LimitSpec] = {}
+    assets: dict[str, dict[str, LimitSpec]] = {}
+    instruments: dict[str, dict[str, LimitSpec]] = {}
+
+
+class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Configuration of ``enforce_limits``.
+
+    A counterparty missing from ``counterparties`` fails closed: it gets a
+    zero limit of each kind in ``unknown_counterparty_kinds`` and an alert.
+    ``utilization_interval_ns`` rate-limits utilization output per limit (in
+    event time); level changes are always emitted. ``missing_vol_factor`` is
+    the scaling factor used while no realized vol is known.
+    """
+
+    firm: dict[str, LimitSpec] = {}
+    firm_assets: dict[str, dict[str, LimitSpec]] = {}
+    counterparties: dict[str, CounterpartyLimits] = {}
+    unknown_counterparty_kinds: tuple[str, ...] = ("gross_notional", "collateral")
+    utilization_interval_ns: int = 1_000_000_000
+    missing_vol_factor: float = 1.0
+
+    def validate(self, path: str = "limits") -> None:
+        def check(p: str, kinds: dict[str, LimitSpec]) -> None:
+            for kind, spec in kinds.items():
+                check_spec(f"{p}.{kind}", kind, spec)
+
+        check(f"{path}.firm", self.firm)
+        for a, kinds in self.firm_assets.items():
+            check(f"{path}.firm_assets.{a}", kinds)
+        for cp, cl in self.counterparties.items():
+            check(f"{path}.counterparties.{cp}.limits", cl.limits)
+            for a, kinds in cl.assets.items():
+                check(f"{path}.counterparties.{cp}.assets.{a}", kinds)
+            for i, kinds in cl.instruments.items():
+                check(f"{path}.counterparties.{cp}.instruments.{i}", kinds)
+        for k in self.unknown_counterparty_kinds:
+            if k not in KINDS:
+                raise ConfigError(f"{path}.unknown_counterparty_kinds", f"one of {KINDS}", k)
+        if self.utilization_interval_ns < 0:
+            raise ConfigError(f"{path}.utilization_interval_ns", "must be >= 0",
+                              self.utilization_interval_ns)
+        if not (math.isfinite(self.missing_vol_factor) and self.missing_vol_factor > 0):
+            raise ConfigError(f"{path}.missing_vol_factor", "must be > 0",
+                              self.missing_vol_factor)
+
+
+def check_spec(path: str, kind: str, spec: LimitSpec) -> None:
+    """Raise :class:`ConfigError` naming ``path`` if ``spec`` is invalid."""
+    if kind not in KINDS:
+        raise ConfigError(path, f"a limit kind, one of {', '.join(KINDS)}", kind)
+    if not (math.isfinite(spec.limit) and spec.limit >= 0):
+        raise ConfigError(f"{path}.limit", "must be a non-negative number", spec.limit)
+    if not 0 < spec.warn <= 1:
+        raise ConfigError(f"{path}.warn", "must be in (0, 1]", spec.warn)
+    if spec.hard is not None and not (math.isfinite(spec.hard) and spec.hard > 1):
+        raise ConfigError(f"{path}.hard", "must be > 1 (breach is 1.0)", spec.hard)
+    if not 0 <= spec.hysteresis < spec.warn:
+        raise ConfigError(f"{path}.hysteresis", "must be in [0, warn)", spec.hysteresis)
+    vs = spec.vol_scaling
+    if vs is not None:
+        if not (math.isfinite(vs.ref_vol) and vs.ref_vol > 0):
+            raise ConfigError(f"{path}.vol_scaling.ref_vol", "must be > 0", vs.ref_vol)
+        if not (0 < vs.lo <= vs.hi and math.isfinite(vs.hi)):
+            raise ConfigError(f"{path}.vol_scaling", "needs 0 < lo <= hi", (vs.lo, vs.hi))
+        if not math.isfinite(vs.exponent):
+            raise ConfigError(f"{path}.vol_scaling.exponent", "must be finite", vs.exponent)
+
+
+def vol_factor(spec: LimitSpec, vols: dict[str, float], missing: float) -> tuple[float, dict[str, float]]:
+    """The dynamic scaling factor and the inputs that produced it.
+
+    >>> vs = VolScaling(underlying="BTC", ref_vol=0.5, lo=0.25, hi=1.5)
+    >>> vol_factor(LimitSpec(limit=1.0, vol_scaling=vs), {"BTC": 1.0}, 1.0)[0]
+    0.5
+    >>> vol_factor(LimitSpec(limit=1.0, vol_scaling=vs), {"BTC": 0.1}, 1.0)[0]
+    1.5
+    """
+    vs = spec.vol_scaling
+    if vs is None:
+        return 1.0, {}
+    inputs = {"ref_vol": vs.ref_vol, "exponent": vs.exponent, "lo": vs.lo, "hi": vs.hi}
+    vol = vols.get(vs.underlying)
+    if vol is None:
+        inputs["vol_known"] = 0.0
+        inputs["factor"] = missing
+        return missing, inputs
+    raw = vs.hi if vol <= 0 else (vs.ref_vol / vol) ** vs.exponent
+    factor = min(max(raw, vs.lo), vs.hi)
+    inputs.update(vol_known=1.0, realized_vol=vol, raw_factor=min(raw, 1e300), factor=factor)
+    return factor, inputs
+
+
+def level_of(u: float, prev: LimitLevel, spec: LimitSpec) -> LimitLevel:
+    """Level of utilization ``u`` given the previous level (hysteresis on the way down).
+
+    >>> s = LimitSpec(limit=1.0, warn=0.8, hysteresis=0.05)
+    >>> level_of(0.79, LimitLevel.OK, s).value, level_of(0.81, LimitLevel.OK, s).value
+    ('ok', 'warn')
+    >>> level_of(0.77, LimitLevel.WARN, s).value, level_of(0.74, LimitLevel.WARN, s).value
+    ('warn', 'ok')
+    """
+    thresholds = [(LimitLevel.WARN, spec.warn), (LimitLevel.BREACH, 1.0)]
+    if spec.hard is not None:
+        thresholds.append((LimitLevel.HARD, spec.hard))
+    up = LimitLevel.OK
+    for lvl, thr in thresholds:
+        if u >= thr:
+            up = lvl
+    if _ORDER[up] >= _ORDER[prev]:
+        return up
+    level = LimitLevel.OK
+    for lvl, thr in thresholds:
+        if _ORDER[lvl] <= _ORDER[prev] and u >= thr - spec.hysteresis:
+            level = lvl
+    return level
+
+
+@dataclass
+class _Track:
+    level: LimitLevel = LimitLevel.OK
+    latched: bool = False
+    last_emit_ts: int = -1
+    changes: int = 0
+
+
+@dataclass
+class LimitsState:
+    """State of one counterparty's (or the firm's) limits."""
+
+    version: int = STATE_VERSION
+    key: str = ""
+    overrides: dict[tuple[str, str], LimitSpec] = field(default_factory=dict)
+    tracks: dict[tuple[str, str], _Track] = field(default_factory=dict)
+    last: Exposure | None = None
+    unknown_alerted: bool = False
+    seen_updates: dict[str, None] = field(default_factory=dict)
+
+
+Measure = Callable[[Exposure], tuple[float, dict[str, float]]]
+
+
+def _measure(level: str, name: str, kind: str) -> Measure:
+    if level in ("cp", "firm"):
+        if kind == "gross_notional":
+            return lambda e: (e.gross_notional, {})
+        if kind == "net_notional":
+            return lambda e: (abs(e.net_notional), {})
+        if kind == "collateral":
+            return lambda e: (max(e.collateral, 0.0), {})
+        if kind == "concentration":
+            return lambda e: (e.concentration, {})
+        if kind == "open_order_notional":
+            return lambda e: (e.open_order_notional, {})
+
+        def max_delta(e: Exposure) -> tuple[float, dict[str, float]]:
+            return max((abs(v) for v in e.delta_by_underlying.values()), default=0.0), {}
+
+        return max_delta
+    if level == "asset":
+        if kind == "delta":
+            return lambda e: (abs(e.delta_by_underlying.get(name, 0.0)), {})
+        return lambda e: (abs(e.notional_by_asset.get(name, 0.0)), {})
+    return lambda e: (abs(e.notional_by_instrument.get(name, 0.0)), {})
+
+
+def parse_path(path: str) -> tuple[str, str, str]:
+    """``(key, level, name)`` of a limit path; raises ``ValueError`` if malformed.
+
+    >>> parse_path("counterparty.okx.asset.BTC")
+    ('okx', 'asset', 'BTC')
+    >>> parse_path("firm")
+    ('*', 'firm', '*')
+    """
+    if path == "firm":
+        return "*", "firm", "*"
+    if path.startswith("firm.asset."):
+        return "*", "asset", path[len("firm.asset."):]
+    if not path.startswith("counterparty.") or len(path) <= len("counterparty."):
+        msg = f"limit path must be firm[.asset.<a>] or counterparty.<cp>[...]; got {path!r}"
+        raise ValueError(msg)
+    rest = path[len("counterparty."):]
+    for level in ("instrument", "asset"):
+        sep = f".{level}."
+        if sep in rest:
+            cp, name = rest.rsplit(sep, 1)
+            if cp and name:
+                return cp, level, name
+    return rest, "cp", rest
+
+
+class LimitsLogic:
+    """Limits of one counterparty (or of the firm, key ``"*"``)."""
+
+    def __init__(self, config: LimitsConfig, state: LimitsState | None = None) -> None:
+        self.config = config
+        self.state = state if state is not None else LimitsState()
+
+    def snapshot(self) -> LimitsState:
+        return copy.deepcopy(self.state)
+
+    # -- the limits that apply to this key
+
+    def _configured(self, key: str) -> tuple[bool, list[tuple[str, str, str, str, LimitSpec]]]:
+        """``(known, [(path, level, name, kind, spec)])`` for ``key``."""
+        cfg = self.config
+        rows: list[tuple[str, str, str, str, LimitSpec]] = []
+        if key == "*":
+            rows.extend(("firm", "firm", "*", k, s) for k, s in cfg.firm.items())
+            for a, kinds in cfg.firm_assets.items():
+                rows.extend((f"firm.asset.{a}", "asset", a, k, s) for k, s in kinds.items())
+            known = True
+        else:
+            cl = cfg.counterparties.get(key)
+            known = cl is not None
+            base = f"counterparty.{key}"
+            if cl is None:
+                rows.extend((base, "cp", key, k, LimitSpec(limit=0.0))
+                            for k in cfg.unknown_counterparty_kinds)
+            else:
+                rows.extend((base, "cp", key, k, s) for k, s in cl.limits.items())
+                for a, kinds in cl.assets.items():
+                    rows.extend((f"{base}.asset.{a}", "asset", a, k, s) for k, s in kinds.items())
+                for i, kinds in cl.instruments.items():
+                    rows.extend((f"{base}.instrument.{i}", "instrument", i, k, s)
+                                for k, s in kinds.items())
+        over = self.state.overrides
+        seen = {(p, k) for p, _l, _n, k, _s in rows}
+        out = [(p, lv, n, k, over.get((p, k), s)) for p, lv, n, k, s in rows]
+        for (p, k), s in sorted(over.items()):
+            if (p, k) not in seen:
+                _key, lv, n = parse_path(p)
+                out.append((p, lv, n, k, s))
+        return known, out
+
+    def current_spec(self, path: str, kind: str) -> LimitSpec | None:
+        key, _lv, _n = parse_path(path)
+        for p, _l, _nm, k, s in self._configured(key)[1]:
+            if p == path and k == kind:
+                return s
+        return None
+
+    # -- events
+
+    def on_event(self, item: tuple[str, Any]) -> list[Any]:
+        tag, rec = item
+        if tag == "exp":
+            return self._on_exposure(rec)
+        return self._on_update(rec)
+
+    def _on_update(self, upd: LimitUpdate) -> list[Any]:
+        st = self.state
+        key, _lv, _n = parse_path(upd.limit_path)
+        st.key = key
+        if upd.update_id in st.seen_updates:
+            return []
+        st.seen_updates[upd.update_id] = None
+        if len(st.seen_updates) > 1024:
+            del st.seen_updates[next(iter(st.seen_updates))]
+        old = self.current_spec(upd.limit_path, upd.kind)
+        base = old if old is not None else LimitSpec(limit=0.0)
+        changes: dict[str, Any] = {}
+        if upd.limit is not None:
+            changes["limit"] = upd.limit
+        if upd.warn is not None:
+            changes["warn"] = upd.warn
+        if upd.hard is not None:
+            changes["hard"] = upd.hard
+        if upd.manual_reset is not None:
+            changes["manual_reset"] = upd.manual_reset
+        if upd.vol_scaling is not None:
+            vs = dict(upd.vol_scaling)
+            und = base.vol_scaling.underlying if base.vol_scaling else ""
+            try:
+                changes["vol_scaling"] = (
+                    None if not vs else VolScaling(
+                        underlying=und,
+                        ref_vol=float(vs["ref_vol"]),
+                        exponent=float(vs.get("exponent", 1.0)),
+                        lo=float(vs.get("lo", 0.25)), hi=float(vs.get("hi", 1.0)),
+                    ))
+            except KeyError as err:
+                return [self._reject(upd, "invalid_update", f"vol_scaling needs {err}")]
+        new = msgspec.structs.replace(base, **changes)
+        try:
+            check_spec(f"{upd.limit_path}.{upd.kind}", upd.kind, new)
+        except ConfigError as err:
+            return [self._reject(upd, "invalid_update", str(err))]
+        if new.vol_scaling is not None and not new.vol_scaling.underlying:
+            return [self._reject(upd, "invalid_update",
+                                 "vol_scaling needs an underlying (configure it first)")]
+        st.overrides[(upd.limit_path, upd.kind)] = new
+        track = st.tracks.get((upd.limit_path, upd.kind))
+        latch_reset = bool(upd.reset_latch and track is not None and track.latched)
+        if upd.reset_latch and track is not None:
+            track.latched = False
+        details: dict[str, float | str] = {
+            "limit_path": upd.limit_path, "limit_kind": upd.kind, "issuer": upd.issuer,
+            "old_limit": old.limit if old is not None else -1.0, "new_limit": new.limit,
+            "old_warn": base.warn, "new_warn": new.warn,
+            "old_hard": base.hard if base.hard is not None else -1.0,
+            "new_hard": new.hard if new.hard is not None else -1.0,
+            "old_manual_reset": str(base.manual_reset), "new_manual_reset": str(new.manual_reset),
+            "latch_reset": str(latch_reset),
+        }
+        out: list[Any] = [RiskAlert(
+            id=str(uuid.uuid5(_NS, f"accepted|{upd.update_id}")), kind="limit_update_accepted",
+            scope=self._scope(upd.limit_path), ts=upd.issued_at, severity=Severity.INFO,
+            reason=upd.reason or f"limit update {upd.update_id} accepted", details=details,
+            evidence_ids=[upd.update_id],
+        )]
+        if st.last is not None:
+            out.extend(self._evaluate(st.last, force_path=(upd.limit_path, upd.kind)))
+        return out
+
+    def _reject(self, upd: LimitUpdate, reason: str, detail: str) -> RiskAlert:
+        return rejection_alert(reason, detail, upd.update_id, upd.issued_at,
+                               self._scope(upd.limit_path))
+
+    def _scope(self, path: str) -> Scope:
+        key, level, name = parse_path(path)
+        if key == "*" and level == "firm":
+            return Scope(kind=ScopeKind.FIRM, value="*")
+        if level == "asset":
+            return Scope(kind=ScopeKind.UNDERLYING, value=name,
+                         venue=None if key == "*" else key)
+        if level == "instrument":
+            return Scope(kind=ScopeKind.INSTRUMENT, value=name, venue=key)
+        return Scope(kind=ScopeKind.COUNTERPARTY, value=key)
+
+    def _on_exposure(self, e: Exposure) -> list[Any]:
+        st = self.state
+        st.key = e.counterparty
+        st.last = e
+        return self._evaluate(e)
+
+    def _evaluate(self, e: Exposure, force_path: tuple[str, str] | None = None) -> list[Any]:
+        st = self.state
+        cfg = self.config
+        known, rows = self._configured(e.counterparty)
+        out: list[Any] = []
+        if not known and not st.unknown_alerted:
+            st.unknown_alerted = True
+            out.append(RiskAlert(
+                id=str(uuid.uuid5(_NS, f"unknown|{e.counterparty}")), kind="unknown_counterparty",
+                scope=Scope(kind=ScopeKind.COUNTERPARTY, value=e.counterparty), ts=e.ts,
+                severity=Severity.CRITICAL,
+                reason=(f"counterparty {e.counterparty!r} has no configured limits; "
+                        "failing closed with zero limits"),
+                evidence_ids=list(e.evidence_ids),
+            ))
+        for path, level, name, kind, spec in rows:
+            factor, inputs = vol_factor(spec, e.vol_by_underlying, cfg.missing_vol_factor)
+            eff = spec.limit * factor
+            x, extra = _measure(level, name, kind)(e)
+            inputs.update(extra)
+            inputs["base_limit"] = spec.limit
+            if eff > 0:
+                u = min(x / eff, UTIL_CAP)
+            else:
+                u = 0.0 if x <= 0 else UTIL_CAP
+            tkey = (path, kind)
+            tr = st.tracks.get(tkey)
+            first = tr is None
+            if tr is None:
+                tr = st.tracks[tkey] = _Track()
+            new = level_of(u, tr.level, spec)
+            if spec.manual_reset and _ORDER[new] >= _ORDER[LimitLevel.BREACH]:
+                tr.latched = True
+            if tr.latched and _ORDER[new] < _ORDER[LimitLevel.BREACH]:
+                new = LimitLevel.BREACH
+            if not spec.manual_reset:
+                tr.latched = False
+            old = tr.level
+            changed = new != old
+            scope = self._scope(path)
+            if (changed or first or force_path == tkey
+                    or e.ts - tr.last_emit_ts >= cfg.utilization_interval_ns):
+                tr.last_emit_ts = e.ts
+                out.append(Utilization(
+                    limit_path=path, kind=kind, scope=scope, ts=e.ts, exposure=x,
+                    base_limit=spec.limit, effective_limit=eff, utilization=u, level=new,
+                    latched=tr.latched, inputs=inputs,
+                ))
+            tr.level = new
+            if changed and (_ORDER[new] >= 2 or _ORDER[old] >= 2):
+                tr.changes += 1
+                sev = Severity.CRITICAL if _ORDER[new] >= 2 else Severity.INFO
+                out.append(LimitBreach(
+                    id=str(uuid.uuid5(_NS, f"{path}|{kind}|{tr.changes}|{new.value}|{e.ts}")),
+                    limit_path=path, kind=kind, scope=scope, ts=e.ts, exposure=x,
+                    base_limit=spec.limit, effective_limit=eff, utilization=u, level=new,
+                    severity=sev, inputs=inputs, evidence_ids=list(e.evidence_ids),
+                ))
+        return out
+
+
+def rejection_alert(reason: str, detail: str, evidence: str, ts: int, scope: Scope) -> RiskAlert:
+    """The audit-able alert for a rejected limit update (the old limit stays)."""
+    return RiskAlert(
+        id=str(uuid.uuid5(_NS, f"rejected|{evidence}|{reason}")), kind="limit_update_rejected",
+        scope=scope, ts=ts, severity=Severity.WARN,
+        reason=f"limit update rejected: {reason}", details={"reason": reason, "detail": detail[:1000]},
+        evidence_ids=[evidence[:128]],
+    )
+
+
+def route_update(upd: LimitUpdate, ts: int) -> tuple[str, tuple[str, Any]] | RiskAlert:
+    """The limits key a verified update goes to, or a rejection alert."""
+    try:
+        key, _lv, _n = parse_path(upd.limit_path)
+    except ValueError as err:
+        return rejection_alert("bad_path", str(err), upd.update_id, ts,
+                               Scope(kind=ScopeKind.FIRM, value="*"))
+    if upd.kind not in KINDS:
+        return rejection_alert("bad_kind", f"kind must be one of {KINDS}; got {upd.kind!r}",
+                               upd.update_id, ts, Scope(kind=ScopeKind.FIRM, value="*"))
+    return key, ("upd", upd)
+
+
+def drive(logic: LimitsLogic, items: Iterable[tuple[str, Any]]) -> list[Any]:
+    """Feed ``items`` in order (tests)."""
+    out: list[Any] = []
+    for it in items:
+        out.extend(logic.on_event(it))
+    return out

@@ -1,0 +1,235 @@
+"""Thin bytewax adapters: ``aggregate_exposure`` and ``enforce_limits``.
+
+The logic lives in :mod:`riskguard.operators.exposure` and
+:mod:`riskguard.operators.limits`; this module only routes records between
+keyed stages:
+
+- ``valuation``: keyed by instrument / collateral asset (positions of every
+  counterparty in it meet its mark here);
+- ``counterparty``: keyed by counterparty (exposure per counterparty);
+- ``firm``: keyed by ``"firm"`` (rollup and concentration, correct however
+  counterparties are spread over workers);
+- ``limits``: keyed by counterparty (``"*"`` for the firm).
+
+Each record crosses between workers at most once per stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream, operator
+
+from riskguard.errors import VerificationError
+from riskguard.operators.base import stateful_logic
+from riskguard.operators.clock import Clock, system_clock
+from riskguard.operators.exposure import (
+    Contrib,
+    CounterpartyLogic,
+    ExposureConfig,
+    FirmLogic,
+    ValuationLogic,
+    route,
+)
+from riskguard.operators.limits import (
+    LimitsConfig,
+    LimitsLogic,
+    rejection_alert,
+    route_update,
+)
+from riskguard.schemas import (
+    DeadLetter,
+    Exposure,
+    LimitBreach,
+    LimitUpdate,
+    RiskAlert,
+    Scope,
+    ScopeKind,
+    SignedEnvelope,
+    Utilization,
+    encode,
+)
+
+Verifier = Callable[[SignedEnvelope, int], LimitUpdate]
+
+
+@dataclass(frozen=True)
+class ExposureOut:
+    """Outputs of :func:`aggregate_exposure`."""
+
+    exposures: Stream[Exposure]
+    alerts: Stream[RiskAlert]
+    errs: Stream[DeadLetter]
+
+
+@dataclass(frozen=True)
+class LimitsOut:
+    """Outputs of :func:`enforce_limits`."""
+
+    utilizations: Stream[Utilization]
+    breaches: Stream[LimitBreach]
+    alerts: Stream[RiskAlert]
+    errs: Stream[DeadLetter]
+
+
+def _is(t: type) -> Callable[[Any], bool]:
+    return lambda x: isinstance(x, t)
+
+
+@operator
+def aggregate_exposure(
+    step_id: str,
+    up: Stream[Any],
+    *more: Stream[Any],
+    config: ExposureConfig,
+    clock: Clock = system_clock,
+) -> ExposureOut:
+    """Per-counterparty and firm-wide exposure from fills, positions, balances and marks.
+
+    Emits an :class:`~riskguard.schemas.Exposure` per counterparty (with its
+    concentration) and the firm rollup (``counterparty == "*"``).
+
+    >>> from bytewax.dataflow import Dataflow
+    >>> from bytewax.testing import TestingSink, TestingSource, run_main
+    >>> from riskguard.operators.exposure import InstrumentSpec, InstrumentsConfig
+    >>> from riskguard.schemas import Fill, Quote
+    >>> cfg = ExposureConfig(instruments=InstrumentsConfig(instruments={
+    ...     "ETH-PERP": InstrumentSpec(kind="perp", base="ETH", quote="USD")}))
+    >>> flow = Dataflow("doc")
+    >>> inp = op.input("in", flow, TestingSource([
+    ...     Quote(id="q1", venue="okx", instrument="ETH-PERP", ts=1, bid=99.0, bid_size=1.0,
+    ...           ask=101.0, ask_size=1.0),
+    ...     Fill(id="f1", venue="okx", counterparty="okx", instrument="ETH-PERP",
+    ...          side="sell", qty=3.0, price=110.0, ts=2),
+    ...     Fill(id="f2", venue="okx", counterparty="okx", instrument="NOPE",
+    ...          side="buy", qty=1.0, price=1.0, ts=3)]))
+    >>> out = aggregate_exposure("exposure", inp, config=cfg, clock=lambda: 0)
+    >>> exps, errs = [], []
+    >>> op.output("exps", out.exposures, TestingSink(exps))
+    >>> op.output("errs", out.errs, TestingSink(errs))
+    >>> run_main(flow)
+    >>> [(e.counterparty, e.net_notional, e.unrealized_pnl, e.concentration) for e in exps]
+    [('okx', -300.0, 30.0, 1.0), ('*', -300.0, 30.0, 1.0)]
+    >>> [(d.reason, d.found) for d in errs]
+    [('unknown_instrument', 'NOPE')]
+    """
+    reg = config.validate(f"step '{step_id}'")
+    merged = op.merge("merge", up, *more) if more else up
+
+    def do_route(ev: Any) -> list[Any]:
+        r = route(ev, reg, config, step=step_id, now=clock())
+        return [r] if isinstance(r, DeadLetter) else r
+
+    routed = op.flat_map("route", merged, do_route)
+    errs = op.filter("errs", routed, _is(DeadLetter))
+    keyed = op.filter("routed", routed, _is(tuple))
+
+    def build_val(state: Any) -> ValuationLogic:
+        return ValuationLogic(config, reg, state)
+
+    s1 = op.map("unkey1", stateful_logic("valuation", keyed, build_val), lambda kv: kv[1])
+    alerts1 = op.filter("alerts1", s1, _is(RiskAlert))
+    contribs = op.filter_map(
+        "contribs", s1, lambda c: (c.counterparty, c) if isinstance(c, Contrib) else None
+    )
+
+    def build_cp(state: Any) -> CounterpartyLogic:
+        return CounterpartyLogic(config, state)
+
+    s2 = op.map("unkey2", stateful_logic("counterparty", contribs, build_cp), lambda kv: kv[1])
+    alerts2 = op.filter("alerts2", s2, _is(RiskAlert))
+    to_firm = op.filter_map(
+        "to_firm", s2, lambda e: ("firm", e) if isinstance(e, Exposure) else None
+    )
+
+    def build_firm(state: Any) -> FirmLogic:
+        return FirmLogic(config, state)
+
+    exposures = op.map("unkey3", stateful_logic("firm", to_firm, build_firm), lambda kv: kv[1])
+    alerts = op.merge("alerts", alerts1, alerts2)
+    return ExposureOut(exposures=exposures, alerts=alerts, errs=errs)
+
+
+@operator
+def enforce_limits(
+    step_id: str,
+    exposures: Stream[Exposure],
+    updates: Stream[SignedEnvelope] | None = None,
+    *,
+    config: LimitsConfig,
+    verifier: Verifier,
+    clock: Clock = system_clock,
+) -> LimitsOut:
+    """Utilizations and breaches of the limit hierarchy, with signed runtime updates.
+
+    ``verifier(envelope, now_ns)`` returns the verified
+    :class:`~riskguard.schemas.LimitUpdate` or raises
+    :class:`~riskguard.errors.VerificationError`; rejected updates become
+    ``limit_update_rejected`` alerts and the old limit stays.
+
+    >>> from bytewax.dataflow import Dataflow
+    >>> from bytewax.testing import TestingSink, TestingSource, run_main
+    >>> from riskguard.operators.limits import CounterpartyLimits, LimitSpec
+    >>> cfg = LimitsConfig(counterparties={"okx": CounterpartyLimits(
+    ...     limits={"gross_notional": LimitSpec(limit=100.0)})})
+    >>> def refuse(env, now):
+    ...     raise VerificationError("unsigned")
+    >>> flow = Dataflow("doc")
+    >>> exps = op.input("in", flow, TestingSource([
+    ...     Exposure(counterparty="okx", ts=1, gross_notional=50.0, net_notional=50.0),
+    ...     Exposure(counterparty="okx", ts=2, gross_notional=150.0, net_notional=150.0,
+    ...              evidence_ids=["f9"]),
+    ...     Exposure(counterparty="kraken", ts=3, gross_notional=1.0, net_notional=1.0)]))
+    >>> out = enforce_limits("limits", exps, None, config=cfg, verifier=refuse, clock=lambda: 0)
+    >>> br, al = [], []
+    >>> op.output("br", out.breaches, TestingSink(br))
+    >>> op.output("al", out.alerts, TestingSink(al))
+    >>> run_main(flow)
+    >>> [(b.limit_path, b.kind, b.level.value, b.utilization, b.evidence_ids) for b in br]
+    [('counterparty.okx', 'gross_notional', 'breach', 1.5, ['f9']), ('counterparty.kraken', 'gross_notional', 'breach', 1000000.0, [])]
+    >>> [a.kind for a in al]
+    ['unknown_counterparty']
+    """
+    config.validate(f"step '{step_id}'")
+    firm_scope = Scope(kind=ScopeKind.FIRM, value="*")
+
+    def key_exposure(e: Any) -> Any:
+        if isinstance(e, Exposure):
+            return (e.counterparty, ("exp", e))
+        return DeadLetter(topic="exposure", ts=clock(), reason="unexpected_type",
+                          expected="exposure", found=type(e).__name__, step=step_id,
+                          raw=encode(e) if hasattr(e, "__struct_fields__") else b"")
+
+    streams = [op.map("key_exp", exposures, key_exposure)]
+    if updates is not None:
+        def verify(env: Any) -> Any:
+            now = clock()
+            if not isinstance(env, SignedEnvelope):
+                return rejection_alert("not_an_envelope", type(env).__name__,
+                                       "unsigned", now, firm_scope)
+            try:
+                upd = verifier(env, now)
+            except VerificationError as err:
+                import hashlib
+
+                digest = hashlib.sha256(env.payload).hexdigest()
+                return rejection_alert(err.reason, err.detail, digest, now, firm_scope)
+            return route_update(upd, now)
+
+        streams.append(op.map("verify", updates, verify))
+    merged = op.merge("merge", *streams) if len(streams) > 1 else streams[0]
+    errs = op.filter("errs", merged, _is(DeadLetter))
+    pre_alerts = op.filter("rejected", merged, _is(RiskAlert))
+    keyed = op.filter("keyed", merged, _is(tuple))
+
+    def build(state: Any) -> LimitsLogic:
+        return LimitsLogic(config, state)
+
+    outs = op.map("unkey", stateful_logic("limits", keyed, build), lambda kv: kv[1])
+    utils = op.filter("utils", outs, _is(Utilization))
+    breaches = op.filter("breaches", outs, _is(LimitBreach))
+    alerts = op.merge("alerts", pre_alerts, op.filter("limit_alerts", outs, _is(RiskAlert)))
+    return LimitsOut(utilizations=utils, breaches=breaches, alerts=alerts, errs=errs)
