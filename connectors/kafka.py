@@ -190,6 +190,7 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
 class _SinkPartition(StatefulSinkPartition[tuple[bytes | None, bytes], None]):
     def __init__(self, config: dict[str, Any], topic: str, idx: int, flush_timeout_s: float) -> None:
         self._errors: list[str] = []
+        self._failed = False
         config = dict(config)
         config["on_delivery"] = self._on_delivery
         self._producer = Producer(config)
@@ -229,6 +230,7 @@ class _SinkPartition(StatefulSinkPartition[tuple[bytes | None, bytes], None]):
                 f"{undelivered} still queued after {self._flush_timeout_s:.0f} s); "
                 f"reasons: {reasons or ['flush timeout']}"
             )
+            self._failed = True
             raise DeliveryError(msg, undelivered=total, reasons=reasons)
 
     def _flush(self) -> None:
@@ -239,6 +241,11 @@ class _SinkPartition(StatefulSinkPartition[tuple[bytes | None, bytes], None]):
         self._flush()
 
     def close(self) -> None:
+        # After a failure bytewax closes the partition while unwinding; raising
+        # again there would abort the process instead of surfacing the first error.
+        if self._failed:
+            self._producer.purge()
+            return
         self._flush()
 
 
