@@ -79,6 +79,8 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     model: Literal["auto", "hst", "gaussian", "oneclass_svm", "lof"] = "auto"
     model_version: str = "1"
     features: tuple[str, ...] = ()
+    scaler: Literal["squash", "minmax"] = "squash"
+    squash_scale: float = 4.0
     hst_trees: int = 10
     hst_height: int = 8
     hst_window: int = 250
@@ -137,8 +139,9 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
         return self
 
 
-def make_model(config: DetectorConfig, n_features: int) -> tuple[Any, str]:
-    """Build a fresh River model and its name for ``n_features`` features."""
+def make_model(config: DetectorConfig, features: tuple[str, ...]) -> tuple[Any, str]:
+    """Build a fresh River model and its name for these features."""
+    n_features = len(features)
     from river import anomaly, preprocessing  # noqa: PLC0415  # river import is slow; lazy
 
     kind = config.model
@@ -152,6 +155,13 @@ def make_model(config: DetectorConfig, n_features: int) -> tuple[Any, str]:
             "StandardScaler|OneClassSVM"
     if kind == "lof":
         return anomaly.LocalOutlierFactor(n_neighbors=10), "LocalOutlierFactor"
+    if config.scaler == "squash":
+        # the detector feeds tanh-squashed running z-scores in [0, 1]
+        return anomaly.HalfSpaceTrees(
+            n_trees=config.hst_trees, height=config.hst_height,
+            window_size=config.hst_window, seed=config.seed,
+            limits={f: (0.0, 1.0) for f in features},
+        ), f"ZSquash|HalfSpaceTrees(h={config.hst_height},t={config.hst_trees})"
     return (preprocessing.MinMaxScaler() | anomaly.HalfSpaceTrees(
         n_trees=config.hst_trees, height=config.hst_height,
         window_size=config.hst_window, seed=config.seed,
@@ -224,8 +234,14 @@ class DetectorLogic:
         self.drift: Any = (pickle.loads(s.drift) if s.drift  # noqa: S301
                            else _make_drift(config))
         self._univariate = False
+        self._squashing = False
         if s.features:
-            self._univariate = self.model_kind() == "gaussian"
+            self._set_kind()
+
+    def _set_kind(self) -> None:
+        kind = self.model_kind()
+        self._univariate = kind == "gaussian"
+        self._squashing = kind == "hst" and self.config.scaler == "squash"
 
     def model_kind(self) -> str:
         k = self.config.model
@@ -266,14 +282,15 @@ class DetectorLogic:
         if not s.features:
             s.key = fv.key
             s.features = tuple(sorted(c.features or fv.values))
-            self.model, s.model_name = make_model(c, len(s.features))
-            self._univariate = self.model_kind() == "gaussian"
+            self.model, s.model_name = make_model(c, s.features)
+            self._set_kind()
         if s.first_ts < 0:
             s.first_ts = fv.ts
         get = fv.values.get
         x = {f: get(f, 0.0) for f in s.features}
         s.n_seen += 1
-        score = self._score(self.model, x)
+        xm = self._squash(x) if self._squashing else x
+        score = self._score(self.model, xm)
         warming = (s.n_learned < c.warmup_events or fv.ts - s.first_ts < c.warmup_ns)
         thr = self.threshold()
         anomalous = score > thr
@@ -284,7 +301,7 @@ class DetectorLogic:
             s.protected_run += 1
         else:
             s.protected_run = 0
-            self._learn(x, score)
+            self._learn(x, xm, score)
         out.extend(self._episode(fv, score, thr, anomalous, warming, contributions))
         if self.drift is not None:
             self.drift.update(score)
@@ -305,7 +322,19 @@ class DetectorLogic:
             return float(model.score_one({}, next(iter(x.values()))))
         return float(model.score_one(x))
 
-    def _learn(self, x: dict[str, float], score: float) -> None:
+    def _squash(self, x: dict[str, float]) -> dict[str, float]:
+        s = self.s
+        k = 0.5 / self.config.squash_scale
+        out = {}
+        for f, v in x.items():
+            var = s.var.get(f, 0.0)
+            if var > 1e-18:
+                out[f] = 0.5 + 0.5 * math.tanh((v - s.mean[f]) * k * 2.0 / math.sqrt(var))
+            else:
+                out[f] = 0.5 if v == s.mean.get(f, v) else (1.0 if v > s.mean[f] else 0.0)
+        return out
+
+    def _learn(self, x: dict[str, float], xm: dict[str, float], score: float) -> None:
         s = self.s
         if self._univariate:
             y = next(iter(x.values()))
@@ -313,9 +342,9 @@ class DetectorLogic:
             if self.fresh is not None:
                 self.fresh.learn_one({}, y)
         else:
-            self.model.learn_one(x)
+            self.model.learn_one(xm)
             if self.fresh is not None:
-                self.fresh.learn_one(x)
+                self.fresh.learn_one(xm)
         s.n_learned += 1
         if s.n_learned > self.config.warmup_events // 2:
             # the first half of warm-up scores a model that has barely learned
@@ -339,14 +368,14 @@ class DetectorLogic:
         s = self.s
         policy = self.config.drift_policy
         if policy == "reset":
-            self.model, _ = make_model(self.config, len(s.features))
+            self.model, _ = make_model(self.config, s.features)
             self.fresh = None
             self.quantile = _make_quantile(self.config)
             s.n_learned = 0
             s.n_scores = 0
             s.first_ts = ts
         elif policy == "blend":
-            self.fresh, _ = make_model(self.config, len(s.features))
+            self.fresh, _ = make_model(self.config, s.features)
             s.n_fresh = 0
 
     def _explain(self, x: dict[str, float]) -> list[Contribution]:
