@@ -19,9 +19,10 @@ import hashlib
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
+import msgspec.inspect as mi
 
 from riskguard.connectors.settings import KafkaSettings
 from riskguard.errors import ConfigError
@@ -62,6 +63,77 @@ def _lookup(data: Any, path: str) -> Any:
     return cur
 
 
+_SEG = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
+
+
+def _concrete_path(data: Any, cls: Any, rel: str) -> str:
+    """Resolve msgspec's ``[...]`` dict placeholders to the offending keys."""
+    if "[...]" not in rel:
+        return rel
+    t: Any = mi.type_info(cls)
+    cur, out = data, ""
+    for m in _SEG.finditer(rel):
+        field, idx = m.groups()
+        while isinstance(t, mi.Metadata):
+            t = t.type
+        if isinstance(t, mi.UnionType):
+            t = next((x for x in t.types if not isinstance(x, mi.NoneType)), t)
+        if field is not None and isinstance(t, mi.StructType):
+            t = next((f.type for f in t.fields if f.encode_name == field), mi.AnyType())
+            cur = cur.get(field) if isinstance(cur, dict) else None
+            out += f".{field}"
+        elif idx == "..." and isinstance(t, mi.DictType) and isinstance(cur, dict):
+            value_type = t.value_type
+            bad = next(
+                (k for k, v in cur.items() if not _converts(v, value_type)), next(iter(cur), "?")
+            )
+            cur, t = cur.get(bad), value_type
+            out += f".{bad}"
+        elif idx is not None and idx != "..." and isinstance(t, mi.ListType | mi.DictType):
+            cur = cur[int(idx)] if isinstance(cur, list) and int(idx) < len(cur) else None
+            t = t.item_type if isinstance(t, mi.ListType) else t.value_type
+            out += f"[{idx}]"
+        else:
+            return rel
+    return out
+
+
+def _converts(value: Any, t: Any) -> bool:
+    try:
+        msgspec.convert(value, _python_type(t), strict=True)
+    except (msgspec.ValidationError, TypeError):
+        return False
+    return True
+
+
+def _python_type(t: Any) -> Any:
+    """Rebuild a Python annotation from msgspec type info (enough for validation)."""
+    if isinstance(t, mi.Metadata):
+        inner = _python_type(t.type)
+        return Annotated[inner, msgspec.Meta(**_constraints(t.type))] if _constraints(t.type) else inner
+    if isinstance(t, mi.StructType):
+        return t.cls
+    if isinstance(t, mi.DictType):
+        return dict[_python_type(t.key_type), _python_type(t.value_type)]  # type: ignore[misc]
+    if isinstance(t, mi.ListType):
+        return list[_python_type(t.item_type)]  # type: ignore[misc]
+    simple = {mi.IntType: int, mi.FloatType: float, mi.StrType: str, mi.BoolType: bool}
+    return simple.get(type(t), Any)
+
+
+def _constraints(t: Any) -> dict[str, Any]:
+    names = ("gt", "ge", "lt", "le", "min_length", "max_length", "pattern")
+    return {n: getattr(t, n) for n in names if getattr(t, n, None) is not None}
+
+
+def _bound(text: str) -> str:
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return str(int(value)) if value.is_integer() and "." in text else text
+
+
 def decode_section(data: Any, cls: type[T], prefix: str = "") -> T:
     """Convert a TOML table into ``cls``, raising ConfigError that names the key path."""
     try:
@@ -77,12 +149,12 @@ def decode_section(data: Any, cls: type[T], prefix: str = "") -> T:
             raise ConfigError(path, inner.expected, inner.found) from None
         m = _MSG.match(str(err))
         msg = m.group("msg") if m else str(err)
-        rel = (m.group("path") if m else "") or ""
+        rel = _concrete_path(data, cls, (m.group("path") if m else "") or "")
         found = _lookup(data, rel)
         dotted = rel.lstrip(".").replace("[", ".").replace("]", "")
         path = ".".join(p for p in (prefix, dotted) if p) or "(root)"
         if mm := _CMP.match(msg):
-            expected = f"must be {mm['op']} {mm['bound']}"
+            expected = f"must be {mm['op']} {_bound(mm['bound'])}"
         elif mm := _TYPE.match(msg):
             expected, found = f"must be {mm['exp']}", found if found is not None else mm["got"]
         elif mm := _MISSING.match(msg):

@@ -1,0 +1,118 @@
+"""Config errors name the key path; the CLI answers --help and --version; topics get created."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+import pytest
+
+from riskguard import __version__
+from riskguard.config import CommonConfig, decode_section, load_common, read_toml
+from riskguard.connectors.settings import KafkaSettings
+from riskguard.errors import ConfigError
+
+
+class _Limit(msgspec.Struct, frozen=True, kw_only=True):
+    gross_notional: float = msgspec.field(default=1.0)
+
+
+class _Limits(msgspec.Struct, frozen=True, kw_only=True):
+    counterparty: dict[str, dict[str, float]] = {}
+
+
+def test_constraint_error_names_path_expectation_and_value() -> None:
+    """A negative limit is reported as 'limits....gross_notional: must be > 0; got -5'."""
+    class Limits(msgspec.Struct, frozen=True):
+        counterparty: dict[str, dict[str, Annotated[float, msgspec.Meta(gt=0)]]]
+
+    with pytest.raises(ConfigError) as err:
+        decode_section({"counterparty": {"okx": {"gross_notional": -5}}}, Limits, "limits")
+    assert str(err.value) == "limits.counterparty.okx.gross_notional: must be > 0; got -5"
+    assert err.value.path == "limits.counterparty.okx.gross_notional" and err.value.found == -5
+
+
+def test_wrong_type_and_missing_and_unknown_keys_are_named(tmp_path: Path) -> None:
+    """Type errors, missing keys and unknown keys each name the key path."""
+    with pytest.raises(ConfigError, match=r"^kafka\.bootstrap: must be str; got 9092$"):
+        decode_section({"kafka": {"bootstrap": 9092}}, CommonConfig)
+    with pytest.raises(ConfigError, match=r"^kafka\.bootstrap: is required"):
+        decode_section({"kafka": {}}, CommonConfig)
+    with pytest.raises(ConfigError, match=r"^topics\.partitionz: is not a known setting"):
+        decode_section({"topics": {"partitionz": {}}}, CommonConfig)
+
+
+def test_toml_syntax_error_and_missing_file_are_config_errors(tmp_path: Path) -> None:
+    """Unreadable config files stop start-up with the file named."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("env = \n")
+    with pytest.raises(ConfigError, match="bad.toml: valid TOML"):
+        read_toml(bad)
+    with pytest.raises(ConfigError, match="missing.toml"):
+        read_toml(tmp_path / "missing.toml")
+
+
+def test_secrets_never_appear_in_repr_or_redacted_config() -> None:
+    """SASL and TLS secrets pass through to clients but are masked everywhere printable."""
+    s = KafkaSettings(bootstrap="b:1", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+                      sasl_username="u", sasl_password="s3cret", ssl_key_password="k3y",
+                      extra={"sasl.oauthbearer.client.secret": "t0ken-value"})
+    cfg = s.client_config()
+    assert cfg["sasl.password"] == "s3cret" and cfg["ssl.key.password"] == "k3y"
+    for text in (repr(s), str(s), str(s.redacted())):
+        assert "s3cret" not in text and "k3y" not in text and "t0ken-value" not in text
+
+
+def test_cli_help_and_version() -> None:
+    """`riskguard --version` prints the version; `--help` lists subcommands."""
+    v = subprocess.run([sys.executable, "-m", "riskguard.cli", "--version"],
+                       capture_output=True, text=True, check=True)
+    assert v.stdout.strip() == f"riskguard {__version__}"
+    h = subprocess.run([sys.executable, "-m", "riskguard.cli", "--help"],
+                       capture_output=True, text=True, check=True)
+    assert "broker" in h.stdout and "topics" in h.stdout
+
+
+@pytest.mark.kafka
+def test_topics_create_makes_every_stream_topic_with_configured_partitions(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """`riskguard topics create` creates <env>.riskguard.<stream>.v1 with partition counts from config."""
+    import uuid
+
+    from riskguard.connectors.kafka import list_partitions
+
+    env = f"t{uuid.uuid4().hex[:6]}"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'env = "{env}"\n[kafka]\nbootstrap = "{kafka_bootstrap}"\n'
+        '[topics]\ndefault_partitions = 1\npartitions = { market = 3 }\n'
+    )
+    assert load_common(cfg).env == env
+    r = subprocess.run([sys.executable, "-m", "riskguard.cli", "topics", "create", "--config", str(cfg)],
+                       capture_output=True, text=True, check=True)
+    assert f"{env}.riskguard.commands.v1" in r.stdout
+    s = KafkaSettings(bootstrap=kafka_bootstrap)
+    assert len(list_partitions(s, f"{env}.riskguard.market.v1")) == 3
+    assert len(list_partitions(s, f"{env}.riskguard.commands.v1")) == 1
+    again = subprocess.run([sys.executable, "-m", "riskguard.cli", "topics", "create", "--config", str(cfg)],
+                           capture_output=True, text=True, check=True)
+    assert "exists" in again.stdout
+
+
+def test_cli_broker_start_status_stop(tmp_path: Path) -> None:
+    """`riskguard broker start` prints an address that answers; `stop` ends only that broker."""
+    base = [sys.executable, "-m", "riskguard.cli", "broker"]
+    started = subprocess.run([*base, "start", "--state-dir", str(tmp_path)],
+                             capture_output=True, text=True, check=True)
+    address = started.stdout.strip()
+    assert address.startswith("127.0.0.1:")
+    status = subprocess.run([*base, "status", "--state-dir", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert status.returncode == 0 and status.stdout.strip() == address
+    subprocess.run([*base, "stop", "--state-dir", str(tmp_path)], check=True, capture_output=True)
+    after = subprocess.run([*base, "status", "--state-dir", str(tmp_path)], capture_output=True, text=True)
+    assert after.returncode == 1
