@@ -80,17 +80,17 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     model_version: str = "1"
     features: tuple[str, ...] = ()
     scaler: Literal["squash", "minmax"] = "squash"
-    squash_scale: float = 4.0
+    squash_scale: float = 8.0
     hst_trees: int = 10
     hst_height: int = 8
     hst_window: int = 250
     seed: int = 42
     warmup_events: int = 300
     warmup_ns: int = 300 * NS
-    target_alarm_rate: float = 0.001
-    threshold_window: int = 2000
+    target_alarm_rate: float = 0.0002
+    threshold_window: int = 4000
     threshold_floor: float | None = None
-    threshold_margin: float = 0.0
+    threshold_margin: float = 0.05
     protect_model: bool = True
     protect_max_points: int = 120
     drift: Literal["adwin", "page_hinkley", "none"] = "adwin"
@@ -238,6 +238,12 @@ class DetectorLogic:
         if s.features:
             self._set_kind()
 
+    @property
+    def min_scores(self) -> int:
+        """Scores needed before the rolling quantile is trusted as a threshold."""
+        c = self.config
+        return min(c.threshold_window, max(50, c.warmup_events // 2))
+
     def _set_kind(self) -> None:
         kind = self.model_kind()
         self._univariate = kind == "gaussian"
@@ -265,7 +271,7 @@ class DetectorLogic:
     def threshold(self) -> float:
         """The key's current alarm threshold (``inf`` before it has scores)."""
         c = self.config
-        if self.s.n_scores < min(50, c.threshold_window):
+        if self.s.n_scores < 50:
             thr = math.inf
         else:
             thr = float(self.quantile.get()) + c.threshold_margin
@@ -291,7 +297,8 @@ class DetectorLogic:
         s.n_seen += 1
         xm = self._squash(x) if self._squashing else x
         score = self._score(self.model, xm)
-        warming = (s.n_learned < c.warmup_events or fv.ts - s.first_ts < c.warmup_ns)
+        warming = (s.n_learned < c.warmup_events or fv.ts - s.first_ts < c.warmup_ns
+                   or s.n_scores < self.min_scores)
         thr = self.threshold()
         anomalous = score > thr
         out: list[AnomalySignal | DeadLetter] = []
@@ -300,7 +307,8 @@ class DetectorLogic:
         if protect and s.protected_run < c.protect_max_points:
             s.protected_run += 1
         else:
-            s.protected_run = 0
+            if not anomalous:
+                s.protected_run = 0
             self._learn(x, xm, score)
         out.extend(self._episode(fv, score, thr, anomalous, warming, contributions))
         if self.drift is not None:
@@ -319,7 +327,10 @@ class DetectorLogic:
         if model is None:
             return 0.0
         if self._univariate:
-            return float(model.score_one({}, next(iter(x.values()))))
+            # GaussianScorer gives 2|cdf - 0.5|, which saturates near 1; its surprise
+            # -log10(two-sided tail probability) keeps resolution in the tail
+            p = float(model.score_one({}, next(iter(x.values()))))
+            return -math.log10(max(1e-300, 1.0 - p))
         return float(model.score_one(x))
 
     def _squash(self, x: dict[str, float]) -> dict[str, float]:

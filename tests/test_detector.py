@@ -1,0 +1,200 @@
+"""Logic-level tests of the online anomaly detector, with a fixed clock."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from riskguard.errors import ConfigError
+from riskguard.operators.clock import ManualClock
+from riskguard.operators.detector import DetectorConfig, DetectorLogic
+from riskguard.schemas import AnomalySignal, DeadLetter, FeatureVector, Scope, ScopeKind
+
+NS = 1_000_000_000
+SCOPE = Scope(kind=ScopeKind.INSTRUMENT, value="BTC-USDT", venue="okx")
+
+
+def fv(i: int, values: dict[str, float]) -> FeatureVector:
+    return FeatureVector(key="okx/BTC-USDT", scope=SCOPE, ts=i * NS, values=values,
+                         evidence_ids=[f"e{i}"])
+
+
+def feed(logic: DetectorLogic, start: int, xs: list[dict[str, float]]) -> list:
+    out = []
+    for j, x in enumerate(xs):
+        out.extend(logic.on_event(fv(start + j, x)))
+    return out
+
+
+def noise(n: int, seed: int = 1, scale: float = 1.0, level: float = 10.0) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"x": level + scale * rng.gauss(0.0, 1.0)} for _ in range(n)]
+
+
+UNI = DetectorConfig(model="gaussian", warmup_events=100, warmup_ns=0, drift="none",
+                     target_alarm_rate=0.01, threshold_margin=1.5,
+                     close_quiet_points=3, close_quiet_ns=3 * NS)
+
+
+def test_signals_during_warm_up_carry_warming_up_true() -> None:
+    """A spike before the warm-up has passed yields warming_up=True signals only."""
+    logic = DetectorLogic(DetectorConfig(model="gaussian", warmup_events=500, warmup_ns=0,
+                                         drift="none"), ManualClock())
+    feed(logic, 0, noise(300))
+    sigs = [s for s in feed(logic, 300, [{"x": 1000.0}]) if isinstance(s, AnomalySignal)]
+    assert len(sigs) == 1
+    assert sigs[0].warming_up is True
+
+
+def test_warm_up_also_counts_event_time() -> None:
+    """Enough events but too little event time still counts as warming up."""
+    logic = DetectorLogic(DetectorConfig(model="gaussian", warmup_events=100,
+                                         warmup_ns=10_000 * NS, drift="none"), ManualClock())
+    feed(logic, 0, noise(300))
+    sigs = feed(logic, 300, [{"x": 1000.0}])
+    assert [s.warming_up for s in sigs] == [True]
+
+
+def test_episode_opens_escalates_and_closes_with_hysteresis() -> None:
+    """One episode: open, escalate on a bigger excess or duration, close after quiet points."""
+    cfg = DetectorConfig(model="gaussian", warmup_events=100, warmup_ns=0, drift="none",
+                         target_alarm_rate=0.01, threshold_margin=1.5, close_quiet_points=3,
+                         close_quiet_ns=3 * NS, warn_excess=1e9, critical_excess=1e9,
+                         warn_duration_ns=3 * NS, critical_duration_ns=8 * NS)
+    logic = DetectorLogic(cfg, ManualClock())
+    assert feed(logic, 0, noise(400)) == []
+    sigs = feed(logic, 400, [{"x": 60.0}] * 14)
+    phases = [s.phase for s in sigs]
+    assert phases[0] == "open"
+    assert phases == ["open", "escalate", "escalate"]
+    assert [s.severity.value for s in sigs] == ["info", "warn", "critical"]
+    assert len({s.episode_id for s in sigs}) == 1
+    # back to normal: it needs close_quiet_points quiet points and 3 s of quiet to close
+    quiet = feed(logic, 414, [{"x": 10.0}] * 2)
+    assert quiet == []
+    closing = feed(logic, 416, [{"x": 10.0}] * 5)
+    assert [s.phase for s in closing] == ["close"]
+    assert closing[0].episode_id == sigs[0].episode_id
+    sev = [s.severity.value for s in sigs]
+    assert sev == sorted(sev, key=["info", "warn", "critical"].index)
+
+
+def test_a_score_in_the_hysteresis_band_keeps_the_episode_open() -> None:
+    """Scores between hysteresis*threshold and threshold neither alarm nor count as quiet."""
+    logic = DetectorLogic(UNI, ManualClock())
+    feed(logic, 0, noise(400))
+    opened = feed(logic, 400, [{"x": 100.0}])
+    assert [s.phase for s in opened] == ["open"]
+    thr = logic.threshold()
+    # find a value whose score lies in the band [0.9 thr, thr)
+    band = None
+    for k in range(1000):
+        v = 10.0 + k * 0.005
+        s = logic._score(logic.model, {"x": v})
+        if UNI.hysteresis * thr <= s < thr:
+            band = v
+            break
+    assert band is not None
+    assert feed(logic, 401, [{"x": band}]) == []
+    assert logic.s.ep_open is True
+    assert logic.s.ep_quiet == 0
+
+
+def test_threshold_adapts_to_a_change_of_scale_without_an_alarm_flood() -> None:
+    """After the noise scale grows tenfold, a handful of episodes open (not a flood of
+    thousands of per-tick alarms) and then the alarms stop."""
+    cfg = DetectorConfig(model="gaussian", warmup_events=100, warmup_ns=0, drift="none",
+                         protect_max_points=50, threshold_window=500)
+    logic = DetectorLogic(cfg, ManualClock())
+    feed(logic, 0, noise(600, seed=2))
+    thr_before = logic.threshold()
+    out = feed(logic, 600, noise(3000, seed=3, scale=10.0))
+    opens = [s for s in out if isinstance(s, AnomalySignal) and s.phase == "open"]
+    assert len(opens) <= 10
+    tail = feed(logic, 3600, noise(500, seed=4, scale=10.0))
+    assert len([s for s in tail if s.phase == "open"]) <= 3
+    assert logic.threshold() >= thr_before
+
+
+def test_drift_signal_fires_on_a_level_shift() -> None:
+    """A sustained level shift makes ADWIN emit a regime_change signal."""
+    cfg = DetectorConfig(model="gaussian", warmup_events=100, warmup_ns=0, drift="adwin",
+                         drift_policy="reset", drift_cooldown_points=100)
+    logic = DetectorLogic(cfg, ManualClock())
+    before = feed(logic, 0, noise(1000, seed=5))
+    assert all(s.kind in ("anomaly", "regime_change") for s in before)
+    after = feed(logic, 1000, noise(400, seed=6, level=14.0))
+    changes = [s for s in after if s.kind == "regime_change"]
+    assert len(changes) >= 1
+    assert changes[0].phase == "open"
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_input_is_rejected_and_not_learned(bad: float) -> None:
+    """NaN and infinities become non_finite dead letters and never reach the model."""
+    clock = ManualClock(77)
+    logic = DetectorLogic(UNI, clock)
+    feed(logic, 0, noise(50))
+    learned = logic.s.n_learned
+    out = logic.on_event(fv(50, {"x": bad}))
+    assert len(out) == 1
+    dl = out[0]
+    assert isinstance(dl, DeadLetter)
+    assert (dl.reason, dl.path, dl.ts, dl.step) == ("non_finite", "$.values.x", 77, "detect")
+    assert logic.s.n_learned == learned
+
+
+def test_explanation_names_the_perturbed_feature() -> None:
+    """A multivariate anomaly in one feature lists that feature first with a large z-score."""
+    rng = random.Random(9)
+    names = ("spread_bps", "ret_bps", "quote_age_s")
+    logic = DetectorLogic(DetectorConfig(warmup_events=300, warmup_ns=0, drift="none",
+                                         threshold_margin=0.0, target_alarm_rate=0.001),
+                          ManualClock())
+    xs = [{n: rng.gauss(0.0, 1.0) for n in names} for _ in range(1500)]
+    feed(logic, 0, xs)
+    spike = {n: 0.0 for n in names}
+    spike["quote_age_s"] = 40.0
+    sigs = [s for s in logic.on_event(fv(1500, spike)) if isinstance(s, AnomalySignal)]
+    assert sigs and sigs[0].phase == "open"
+    top = sigs[0].top_features[0]
+    assert top.feature == "quote_age_s"
+    assert top.zscore > 10
+    assert sigs[0].evidence_ids == ["e1500"]
+    assert sigs[0].model.startswith("ZSquash|HalfSpaceTrees")
+
+
+def test_protect_model_does_not_learn_flagged_points() -> None:
+    """With protect_model on, a flagged point leaves the learned count unchanged."""
+    logic = DetectorLogic(UNI, ManualClock())
+    feed(logic, 0, noise(400))
+    n = logic.s.n_learned
+    logic.on_event(fv(400, {"x": 500.0}))
+    assert logic.s.n_learned == n
+    off = DetectorLogic(DetectorConfig(model="gaussian", warmup_events=100, warmup_ns=0,
+                                       drift="none", protect_model=False), ManualClock())
+    feed(off, 0, noise(400))
+    n = off.s.n_learned
+    off.on_event(fv(400, {"x": 500.0}))
+    assert off.s.n_learned == n + 1
+
+
+def test_signal_ids_are_deterministic() -> None:
+    """Two runs over the same input give the same signal ids."""
+    runs = []
+    for _ in range(2):
+        logic = DetectorLogic(UNI, ManualClock())
+        runs.append([s.id for s in feed(logic, 0, noise(400) + [{"x": 999.0}])])
+    assert runs[0] == runs[1]
+    assert len(runs[0]) == 1
+
+
+def test_bad_config_names_the_key() -> None:
+    """Config errors name the offending key path and value."""
+    with pytest.raises(ConfigError, match=r"detector.target_alarm_rate: must be in") as ei:
+        DetectorConfig(target_alarm_rate=0.9).validate()
+    assert ei.value.found == 0.9
+    with pytest.raises(ConfigError, match="hst_height"):
+        DetectorConfig(hst_height=15).validate()
