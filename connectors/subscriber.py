@@ -1,0 +1,316 @@
+"""A verifying subscriber for signed mitigation commands.
+
+:class:`CommandSubscriber` reads a command topic (``assign()``, no consumer
+group) and for each message, in this order:
+
+1. parses only the outer envelope, then verifies the signature over the
+   exact payload bytes (nothing in the payload is trusted before this);
+2. checks the key is trusted, not revoked and inside its validity window;
+3. checks the key may sign that action for that scope (and the two-person rule);
+4. checks the audience (environment and topic);
+5. checks freshness, with a clock-skew leeway (10 s by default);
+6. drops replays: a ``seq`` at or below the issuer's high-water mark, or a
+   ``command_id`` already executed, is a no-op;
+7. raises a :class:`GapAlert` when ``seq`` jumps (a command may have been lost);
+8. only then calls the user's callback with the typed
+   :class:`~riskguard.schemas.MitigationCommand`.
+
+Its state (per-issuer ``seq`` high-water marks, executed ``command_id``s,
+consumed offsets and the highest trust-file serial seen) lives in SQLite and
+is committed in one transaction *after* the callback returns, so a crash
+re-delivers at most the command being executed (make the executor
+idempotent on ``command_id``; it always gets one). Every rejection carries
+a machine-readable ``reason``, is counted, and goes to ``on_reject``, an
+optional rejections topic and an optional JSONL log.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from riskguard.operators.clock import Clock, system_clock
+from riskguard.operators.crypto import PAYLOAD_COMMAND, Reason, decode_envelope
+from riskguard.operators.trust import DEFAULT_LEEWAY_NS, TrustStore
+from riskguard.schemas.commands import Audience, MitigationCommand
+
+from riskguard.errors import BrokerError, DeliveryError, TrustError, VerificationError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS seq_hw (issuer TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS seen (command_id TEXT PRIMARY KEY, issuer TEXT NOT NULL,
+                                 seq INTEGER NOT NULL, expires_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS offsets (topic TEXT NOT NULL, part INTEGER NOT NULL,
+                                    next_offset INTEGER NOT NULL, PRIMARY KEY (topic, part));
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a message was not executed."""
+
+    reason: str
+    detail: str
+    topic: str
+    partition: int
+    offset: int
+    issuer: str = ""
+    command_id: str = ""
+    seq: int = -1
+
+
+@dataclass(frozen=True)
+class GapAlert:
+    """``seq`` jumped: commands between ``expected`` and ``got - 1`` were not seen."""
+
+    issuer: str
+    expected: int
+    got: int
+    partition: int
+    offset: int
+
+
+class SubscriberState:
+    """Durable replay state in SQLite."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self.db = sqlite3.connect(self.path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(_SCHEMA)
+
+    def high_water(self, issuer: str) -> int | None:
+        row = self.db.execute("SELECT seq FROM seq_hw WHERE issuer=?", (issuer,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def seen(self, command_id: str) -> bool:
+        q = "SELECT 1 FROM seen WHERE command_id=?"
+        return self.db.execute(q, (command_id,)).fetchone() is not None
+
+    def next_offsets(self, topic: str) -> dict[int, int]:
+        rows = self.db.execute("SELECT part, next_offset FROM offsets WHERE topic=?", (topic,))
+        return {int(p): int(o) for p, o in rows}
+
+    def trust_serial(self) -> int | None:
+        row = self.db.execute("SELECT v FROM meta WHERE k='trust_serial'").fetchone()
+        return None if row is None else int(row[0])
+
+    def set_trust_serial(self, serial: int) -> None:
+        self.db.execute("INSERT INTO meta VALUES ('trust_serial', ?) ON CONFLICT(k) "
+                        "DO UPDATE SET v=excluded.v", (serial,))
+
+    def commit(self, *, topic: str, partition: int, offset: int,
+               cmd: MitigationCommand | None) -> None:
+        """Record an executed command (if any) and the consumed offset atomically."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            if cmd is not None:
+                self.db.execute(
+                    "INSERT INTO seq_hw VALUES (?, ?) ON CONFLICT(issuer) DO UPDATE SET "
+                    "seq=max(seq, excluded.seq)", (cmd.issuer, cmd.seq))
+                self.db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?, ?, ?)",
+                                (cmd.command_id, cmd.issuer, cmd.seq, cmd.expires_at))
+            if offset >= 0:
+                self.db.execute(
+                    "INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT(topic, part) DO UPDATE "
+                    "SET next_offset=max(next_offset, excluded.next_offset)",
+                    (topic, partition, offset + 1))
+
+    def prune(self, before_ns: int) -> int:
+        """Forget executed ids that expired before ``before_ns`` (freshness rejects them)."""
+        cur = self.db.execute("DELETE FROM seen WHERE expires_at < ?", (before_ns,))
+        return cur.rowcount
+
+    def close(self) -> None:
+        self.db.close()
+
+
+Outcome = MitigationCommand | Rejection
+
+
+class CommandSubscriber:
+    """Consume, verify, de-duplicate and hand over signed mitigation commands."""
+
+    def __init__(
+        self,
+        *,
+        trust: TrustStore,
+        audience: Audience,
+        state_path: str | Path,
+        on_command: Callable[[MitigationCommand], None],
+        on_reject: Callable[[Rejection], None] | None = None,
+        on_alert: Callable[[GapAlert], None] | None = None,
+        brokers: str = "",
+        topic: str = "",
+        rejections_topic: str | None = None,
+        rejection_log: str | Path | None = None,
+        leeway_ns: int = DEFAULT_LEEWAY_NS,
+        clock: Clock = system_clock,
+    ) -> None:
+        self.trust = trust
+        self.audience = audience
+        self.on_command = on_command
+        self.on_reject = on_reject
+        self.on_alert = on_alert
+        self.brokers = brokers
+        self.topic = topic or audience.topic
+        self.rejections_topic = rejections_topic
+        self.rejection_log = Path(rejection_log) if rejection_log else None
+        self.leeway_ns = leeway_ns
+        self.clock = clock
+        self.state = SubscriberState(state_path)
+        self.stats: Counter[str] = Counter()
+        old = self.state.trust_serial()
+        if old is not None and trust.serial < old:
+            self.state.close()
+            msg = (f"trust file serial {trust.serial} is older than serial {old} already "
+                   "accepted by this subscriber (rollback refused)")
+            raise TrustError(msg)
+        self.state.set_trust_serial(trust.serial)
+        self._consumer: Any = None
+        self._producer: Any = None
+
+    # -- one message ---------------------------------------------------------
+
+    def handle(self, data: bytes, *, partition: int = -1, offset: int = -1) -> Outcome:
+        """Verify and (maybe) execute one message; returns the command or the rejection."""
+        now = self.clock()
+        try:
+            env = decode_envelope(data)
+            verified = self.trust.verify(env, expected_payload_type=PAYLOAD_COMMAND,
+                                         audience=self.audience, now_ns=now,
+                                         leeway_ns=self.leeway_ns)
+        except VerificationError as err:
+            return self._reject(err.reason, err.detail, partition, offset)
+        cmd = verified.message
+        assert isinstance(cmd, MitigationCommand)  # PAYLOAD_COMMAND decodes to a command
+        hw = self.state.high_water(cmd.issuer)
+        if hw is not None and cmd.seq <= hw:
+            return self._reject(Reason.REPLAYED_SEQ.value,
+                                f"seq {cmd.seq} <= high-water {hw} of {cmd.issuer!r}",
+                                partition, offset, cmd)
+        if self.state.seen(cmd.command_id):
+            return self._reject(Reason.REPLAYED_COMMAND_ID.value,
+                                f"command_id {cmd.command_id!r} already executed",
+                                partition, offset, cmd)
+        expected = (hw or 0) + 1
+        if cmd.seq > expected:
+            self.stats["gaps"] += 1
+            alert = GapAlert(issuer=cmd.issuer, expected=expected, got=cmd.seq,
+                             partition=partition, offset=offset)
+            if self.on_alert is not None:
+                self.on_alert(alert)
+        self.on_command(cmd)
+        self.state.commit(topic=self.topic, partition=partition, offset=offset, cmd=cmd)
+        self.stats["accepted"] += 1
+        return cmd
+
+    def _reject(self, reason: str, detail: str, partition: int, offset: int,
+                cmd: MitigationCommand | None = None) -> Rejection:
+        rej = Rejection(
+            reason=reason, detail=detail[:500], topic=self.topic, partition=partition,
+            offset=offset, issuer=cmd.issuer if cmd else "",
+            command_id=cmd.command_id if cmd else "", seq=cmd.seq if cmd else -1,
+        )
+        self.stats["rejected"] += 1
+        self.stats[f"rejected.{reason}"] += 1
+        if self.on_reject is not None:
+            self.on_reject(rej)
+        line = msgspec.json.encode(asdict(rej))
+        if self.rejection_log is not None:
+            with self.rejection_log.open("ab") as fh:
+                fh.write(line + b"\n")
+        if self._producer is not None and self.rejections_topic:
+            self._producer.produce(self.rejections_topic, value=line,
+                                   key=rej.issuer.encode() or None)
+        self.state.commit(topic=self.topic, partition=partition, offset=offset, cmd=None)
+        return rej
+
+    # -- Kafka -----------------------------------------------------------------
+
+    def _connect(self) -> None:
+        if not self.brokers:
+            raise BrokerError("subscriber: no brokers configured")
+        conf: dict[str, Any] = {"bootstrap.servers": self.brokers}
+        try:
+            md = AdminClient(conf).list_topics(self.topic, timeout=10)
+        except Exception as err:
+            msg = f"subscriber: cannot reach Kafka at {self.brokers}: {err}"
+            raise BrokerError(msg) from err
+        tmd = md.topics.get(self.topic)
+        if tmd is None or tmd.error is not None or not tmd.partitions:
+            msg = f"subscriber: topic {self.topic!r} does not exist at {self.brokers}"
+            raise BrokerError(msg)
+        stored = self.state.next_offsets(self.topic)
+        self._consumer = Consumer({
+            **conf, "group.id": f"riskguard-subscriber-{id(self)}",
+            "enable.auto.commit": False, "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+        })
+        self._consumer.assign([
+            TopicPartition(self.topic, p, stored.get(p, OFFSET_BEGINNING))
+            for p in sorted(tmd.partitions)
+        ])
+        if self.rejections_topic:
+            self._producer = Producer({**conf, "enable.idempotence": True, "acks": "all"})
+
+    def poll(self, *, max_messages: int | None = None, idle_timeout_s: float = 2.0,
+             poll_timeout_s: float = 0.2) -> int:
+        """Consume until ``max_messages`` handled or nothing arrives for ``idle_timeout_s``.
+
+        Returns how many messages were handled (accepted or rejected).
+        """
+        if self._consumer is None:
+            self._connect()
+        handled = 0
+        idle_since = time.monotonic()
+        while max_messages is None or handled < max_messages:
+            msg = self._consumer.poll(poll_timeout_s)
+            if msg is None:
+                if time.monotonic() - idle_since >= idle_timeout_s:
+                    break
+                continue
+            if msg.error() is not None:
+                self.stats["consumer_errors"] += 1
+                continue
+            idle_since = time.monotonic()
+            self.handle(msg.value() or b"", partition=msg.partition(), offset=msg.offset())
+            handled += 1
+        self._flush_rejections()
+        self.state.prune(self.clock() - self.leeway_ns - 3600 * 1_000_000_000)
+        return handled
+
+    def _flush_rejections(self) -> None:
+        if self._producer is not None:
+            left = self._producer.flush(10)
+            if left:
+                msg = f"subscriber: {left} rejection record(s) not delivered"
+                raise DeliveryError(msg, undelivered=left, reasons=["flush timeout"])
+
+    def summary(self) -> dict[str, int]:
+        """Counters: accepted, rejected, rejected.<reason>, gaps, consumer_errors."""
+        return dict(sorted(self.stats.items()))
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+        self._flush_rejections()
+        self._producer = None
+        self.state.close()
+
+    def __enter__(self) -> CommandSubscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
