@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
@@ -135,7 +135,7 @@ class SubscriberState:
         self.db.close()
 
 
-Outcome = MitigationCommand | Rejection
+Outcome: TypeAlias = MitigationCommand | Rejection
 
 
 class CommandSubscriber:
