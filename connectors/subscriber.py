@@ -314,3 +314,28 @@ class CommandSubscriber:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_topic_bytes(brokers: str, topic: str, *, idle_timeout_s: float = 3.0) -> list[bytes]:
+    """Every message value of ``topic`` from the beginning (assign, no group), in order."""
+    conf: dict[str, Any] = {"bootstrap.servers": brokers}
+    md = AdminClient(conf).list_topics(topic, timeout=10)
+    tmd = md.topics.get(topic)
+    if tmd is None or tmd.error is not None:
+        msg = f"topic {topic!r} does not exist at {brokers}"
+        raise BrokerError(msg)
+    consumer = Consumer({**conf, "group.id": f"riskguard-reader-{id(conf)}",
+                         "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(tmd.partitions)])
+    out: list[bytes] = []
+    idle = time.monotonic()
+    try:
+        while time.monotonic() - idle < idle_timeout_s:
+            m = consumer.poll(0.2)
+            if m is None or m.error() is not None:
+                continue
+            out.append(m.value() or b"")
+            idle = time.monotonic()
+    finally:
+        consumer.close()
+    return out

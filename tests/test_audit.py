@@ -241,3 +241,30 @@ def test_prove_gives_a_proof_a_third_party_can_check() -> None:
     doc["proof"][0] = "00" * 32
     with pytest.raises(AuditError):
         check_proof(doc, KEYS)
+
+
+def test_cli_audit_verify_names_the_first_bad_record_and_prove_checks(tmp_path: Path) -> None:
+    from riskguard.operators.crypto import save_public_key
+
+    from riskguard.cli import main
+
+    log = run_log(10)
+    pub = tmp_path / "engine.pub"
+    save_public_key(pub, ENGINE.public_key)
+    good = tmp_path / "audit.jsonl"
+    good.write_bytes(b"\n".join(msgspec.json.encode(x) for x in log) + b"\n")
+    assert main(["audit", "verify", "--file", str(good), "--pubkey", str(pub)]) == 0
+    bad = tmp_path / "bad.jsonl"
+    del log[3]
+    bad.write_bytes(b"\n".join(msgspec.json.encode(x) for x in log) + b"\n")
+    assert main(["audit", "verify", "--file", str(bad), "--pubkey", str(pub)]) == 1
+
+
+def test_cli_subscribe_exits_non_zero_on_a_trust_file_error(tmp_path: Path) -> None:
+    from riskguard.cli import main
+
+    (tmp_path / "trust.toml").write_text("version = 1\n")
+    (tmp_path / "roots.toml").write_text("threshold = 1\n")
+    rc = main(["subscribe", "--topic", "t", "--env", "prod", "--trust",
+               str(tmp_path / "trust.toml"), "--roots", str(tmp_path / "roots.toml")])
+    assert rc == 3

@@ -1,0 +1,61 @@
+"""``riskguard subscribe``: verify a command topic, print commands, rejections and a summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from riskguard.connectors.subscriber import CommandSubscriber, GapAlert, Rejection
+from riskguard.errors import ConfigError, RiskguardError
+from riskguard.operators.trust import RootSet, TrustStore
+from riskguard.schemas.codec import encode
+from riskguard.schemas.commands import Audience, MitigationCommand
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        trust = TrustStore.load(args.trust, RootSet.load(args.roots))
+    except (RiskguardError, ConfigError) as err:
+        sys.stderr.write(f"riskguard subscribe: trust file error: {err}\n")
+        return 3
+
+    def show(cmd: MitigationCommand) -> None:
+        sys.stdout.write("COMMAND " + encode(cmd).decode() + "\n")
+
+    def rejected(r: Rejection) -> None:
+        sys.stdout.write(f"REJECT  {r.reason} partition={r.partition} offset={r.offset} "
+                         f"{r.detail}\n")
+
+    def alert(a: GapAlert) -> None:
+        sys.stdout.write(f"ALERT   seq gap from {a.issuer}: expected {a.expected}, "
+                         f"got {a.got}\n")
+
+    sub = CommandSubscriber(
+        trust=trust, audience=Audience(env=args.env, topic=args.topic),
+        state_path=args.state, on_command=show, on_reject=rejected, on_alert=alert,
+        brokers=args.brokers, topic=args.topic, rejections_topic=args.rejections_topic,
+        rejection_log=args.rejection_log, leeway_ns=int(args.leeway * 1e9),
+    )
+    try:
+        sub.poll(max_messages=args.max_messages, idle_timeout_s=args.idle_timeout)
+        sys.stdout.write("SUMMARY " + json.dumps(sub.summary(), sort_keys=True) + "\n")
+    finally:
+        sub.close()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("subscribe", help="verify and print signed commands from a topic")
+    p.add_argument("--brokers", default="127.0.0.1:9092")
+    p.add_argument("--topic", required=True, help="command topic (also the audience topic)")
+    p.add_argument("--env", required=True, help="audience environment, e.g. prod")
+    p.add_argument("--trust", required=True)
+    p.add_argument("--roots", required=True)
+    p.add_argument("--state", default="riskguard-subscriber.sqlite")
+    p.add_argument("--rejections-topic")
+    p.add_argument("--rejection-log")
+    p.add_argument("--leeway", type=float, default=10.0, help="clock-skew leeway, seconds")
+    p.add_argument("--max-messages", type=int)
+    p.add_argument("--idle-timeout", type=float, default=5.0)
+    p.set_defaults(func=_run)
