@@ -28,6 +28,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Producer, TopicPartition
 from confluent_kafka import KafkaError as _KE
 from confluent_kafka.admin import AdminClient
+from msgspec.structs import replace
 
 from riskguard.connectors.settings import KafkaSettings, as_settings
 from riskguard.errors import BrokerError, ConfigError, DeliveryError
@@ -63,7 +64,9 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         self, config: dict[str, Any], topic: str, idx: int, offset: int,
         codec: Codec, batch_size: int, idle_eof_ns: int | None,
         policy: EventTimePolicy | None, clock: Clock, watermark: int = -1,
+        stamp_recv_ts: bool = False,
     ) -> None:
+        self._stamp = stamp_recv_ts
         self._consumer = Consumer(config)
         self._consumer.assign([TopicPartition(topic, idx, offset)])
         self._topic = topic
@@ -87,6 +90,8 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
             return []
         self._awake = None
         topic, idx, decode, policy = self._topic, self._idx, self._decode, self._policy
+        stamp = self._stamp
+        received = self._clock() if stamp else 0
         out: list[Any] = []
         append = out.append
         for m in msgs:
@@ -107,6 +112,8 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
                 rec = decode(topic, value, partition=idx, offset=off)
                 if policy is not None and type(rec) is not DeadLetter:
                     rec = policy.check(rec, value, topic, idx, off)
+                if stamp and type(rec) is not DeadLetter and getattr(rec, "recv_ts", 0) is None:
+                    rec = replace(rec, recv_ts=received)
             if type(rec) is DeadLetter:
                 DEAD_LETTERS.labels(topic, rec.reason).inc()
             append(rec)
@@ -130,7 +137,8 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
 
     ``starting_offset`` (``earliest`` or ``latest``) applies to a fresh start
     only; a resumed partition continues at its recovered offset, and fails
-    loudly if that offset no longer exists. ``idle_eof_s`` ends a partition
+    loudly if that offset no longer exists. ``stamp_recv_ts`` sets a record's
+    missing ``recv_ts`` to the time its batch was consumed (for latency). ``idle_eof_s`` ends a partition
     after that long without messages (tests, demos, bounded replays).
     """
 
@@ -146,7 +154,9 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
         time_policy: EventTimePolicy | None = None,
         fetch_wait_max_ms: int = 10,
         clock: Clock = system_clock,
+        stamp_recv_ts: bool = False,
     ) -> None:
+        self.stamp_recv_ts = stamp_recv_ts
         if isinstance(topics, str):
             raise ConfigError("kafka.topics", "a list of topic names", topics)
         if starting_offset not in _STARTS:
@@ -183,7 +193,7 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
         )
         return _SourcePartition(
             config, topic, int(idx_text), offset, self.codec, self.batch_size,
-            self.idle_eof_ns, self.time_policy, self.clock, watermark,
+            self.idle_eof_ns, self.time_policy, self.clock, watermark, self.stamp_recv_ts,
         )
 
 

@@ -1,0 +1,196 @@
+"""Primary/backup feed selection per venue, with heartbeat-gap failover.
+
+Each venue may publish the same market data on a ``primary`` and a ``backup``
+feed. While the primary's heartbeat gap (event time since its last ``ok``
+heartbeat) stays within ``max_gap_ns``, only primary records pass. When the
+gap exceeds it, or the primary reports ``down``, the venue fails over to the
+backup; it switches back once the primary has been healthy again for
+``restore_after_ns`` (hysteresis).
+
+Two logic classes share one decision rule (:class:`FeedState`):
+
+- :class:`FeedSelectLogic`, keyed like the features (``venue/instrument``),
+  filters records to the active feed. Heartbeats are fanned out to it, so
+  market data never changes worker for this step.
+- :class:`FeedMonitorLogic`, keyed by venue, sees only heartbeats and ticks
+  and emits the ``heartbeat_loss``, ``feed_failover``, ``feed_restored`` and
+  ``heartbeat_restored`` alerts, once per venue.
+
+>>> cfg = FeedConfig(venues={"okx": VenueFeeds(max_gap_ns=3, restore_after_ns=5)})
+>>> mon = FeedMonitorLogic(cfg, "okx")
+>>> hb = lambda ts, feed="primary": VenueStatus(id=f"{feed}{ts}", venue="okx", ts=ts, feed=feed)
+>>> [a.kind for e in (hb(0), hb(1, "backup"), hb(5, "backup")) for a in mon.on_event(e)]
+['heartbeat_loss', 'feed_failover']
+>>> [a.kind for e in (hb(6), hb(9), hb(12)) for a in mon.on_event(e)]
+['heartbeat_restored', 'feed_restored']
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from dataclasses import dataclass
+
+import msgspec
+
+from riskguard.errors import ConfigError
+from riskguard.schemas.market import VenueState, VenueStatus
+from riskguard.schemas.signals import RiskAlert, Scope, ScopeKind, Severity
+
+NS = 1_000_000_000
+_NAMESPACE = uuid.UUID("5b0f3f4e-5c55-4f0e-9f1c-0a9c3e0f7a11")
+
+
+class Tick(msgspec.Struct, frozen=True, kw_only=True):
+    """Event-time progress (no data): lets time-based rules advance."""
+
+    ts: int
+
+
+class VenueFeeds(msgspec.Struct, frozen=True, kw_only=True):
+    """One venue's feeds and failover timing."""
+
+    primary: str = "primary"
+    backup: str = "backup"
+    max_gap_ns: int = 3 * NS
+    restore_after_ns: int = 10 * NS
+
+
+class FeedConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Venues with a backup feed. Venues not listed pass every feed through."""
+
+    venues: dict[str, VenueFeeds] = {}
+
+    def validate(self, path: str = "feeds") -> FeedConfig:
+        for venue, vf in self.venues.items():
+            if vf.max_gap_ns <= 0:
+                raise ConfigError(f"{path}.venues.{venue}.max_gap_ns", "must be > 0", vf.max_gap_ns)
+            if vf.restore_after_ns < 0:
+                raise ConfigError(
+                    f"{path}.venues.{venue}.restore_after_ns", "must be >= 0", vf.restore_after_ns
+                )
+            if vf.primary == vf.backup:
+                raise ConfigError(f"{path}.venues.{venue}.backup", "must differ from primary",
+                                  vf.backup)
+        return self
+
+
+@dataclass
+class FeedState:
+    """The failover decision for one venue; plain data."""
+
+    version: int = 1
+    venue: str = ""
+    active: str = "primary"
+    now: int = -1
+    last_ok: int = -1
+    down: bool = False
+    healthy_since: int = -1
+    failovers: int = 0
+
+    def step(self, vf: VenueFeeds, ts: int, status: VenueStatus | None) -> str | None:
+        """Advance to event time ``ts`` (with a primary heartbeat if given).
+
+        Returns ``"failover"``, ``"restore"`` or None.
+        """
+        self.now = max(self.now, ts)
+        if status is not None and status.feed == vf.primary:
+            if status.state in (VenueState.OK, VenueState.DEGRADED):
+                self.last_ok = max(self.last_ok, status.ts)
+                self.down = False
+            else:
+                self.down = True
+        if self.last_ok < 0:
+            return None  # never heard from the primary: nothing to fail over from
+        healthy = not self.down and self.now - self.last_ok <= vf.max_gap_ns
+        if self.active == vf.primary:
+            if not healthy:
+                self.active = vf.backup
+                self.healthy_since = -1
+                self.failovers += 1
+                return "failover"
+            return None
+        if not healthy:
+            self.healthy_since = -1
+            return None
+        if self.healthy_since < 0:
+            self.healthy_since = self.now
+        if self.now - self.healthy_since >= vf.restore_after_ns:
+            self.active = vf.primary
+            return "restore"
+        return None
+
+
+class FeedSelectLogic:
+    """Pass only the active feed's records for one ``venue/instrument`` key."""
+
+    def __init__(self, config: FeedConfig, venue: str, state: FeedState | None = None) -> None:
+        self.vf = config.venues.get(venue)
+        self.state = state or FeedState(venue=venue, active=self.vf.primary if self.vf else "")
+
+    def on_event(self, event: object) -> list[object]:
+        vf = self.vf
+        if vf is None:
+            return [] if isinstance(event, Tick | VenueStatus) else [event]
+        ts = event.ts  # type: ignore[attr-defined]
+        if isinstance(event, VenueStatus):
+            self.state.step(vf, ts, event)
+            return []
+        self.state.step(vf, ts, None)
+        if isinstance(event, Tick):
+            return []
+        return [event] if getattr(event, "feed", vf.primary) == self.state.active else []
+
+    def snapshot(self) -> FeedState:
+        return copy.copy(self.state)
+
+
+class FeedMonitorLogic:
+    """Emit heartbeat-loss and failover alerts for one venue."""
+
+    def __init__(self, config: FeedConfig, venue: str, state: FeedState | None = None) -> None:
+        self.vf = config.venues.get(venue, VenueFeeds())
+        self.state = state or FeedState(venue=venue, active=self.vf.primary)
+
+    def on_event(self, event: object) -> list[RiskAlert]:
+        ts = event.ts  # type: ignore[attr-defined]
+        status = event if isinstance(event, VenueStatus) else None
+        before_gap = self.state.now - self.state.last_ok
+        change = self.state.step(self.vf, ts, status)
+        if change is None:
+            return []
+        st = self.state
+        scope = Scope(kind=ScopeKind.VENUE, value=st.venue)
+        gap_s = max(st.now - st.last_ok, before_gap) / NS if st.last_ok >= 0 else 0.0
+        evidence = [status.id] if status is not None else []
+
+        def alert(kind: str, severity: Severity, reason: str) -> RiskAlert:
+            rid = uuid.uuid5(_NAMESPACE, f"{st.venue}|{kind}|{st.now}|{st.failovers}")
+            return RiskAlert(
+                id=str(rid), kind=kind, scope=scope, ts=st.now, severity=severity, reason=reason,
+                details={"gap_s": round(gap_s, 3), "from": self._other(st.active),
+                         "to": st.active, "backup_feed": self.vf.backup},
+                evidence_ids=evidence,
+            )
+
+        if change == "failover":
+            why = "reported down" if st.down else f"no heartbeat for {gap_s:.1f}s"
+            return [
+                alert("heartbeat_loss", Severity.CRITICAL,
+                      f"venue {st.venue} primary feed {why} (limit {self.vf.max_gap_ns / NS:.1f}s)"),
+                alert("feed_failover", Severity.WARN,
+                      f"venue {st.venue}: switched from {self.vf.primary} to {self.vf.backup} feed"),
+            ]
+        return [
+            alert("heartbeat_restored", Severity.INFO,
+                  f"venue {st.venue} primary feed healthy for "
+                  f"{self.vf.restore_after_ns / NS:.1f}s"),
+            alert("feed_restored", Severity.INFO,
+                  f"venue {st.venue}: switched back to {self.vf.primary} feed"),
+        ]
+
+    def _other(self, active: str) -> str:
+        return self.vf.primary if active == self.vf.backup else self.vf.backup
+
+    def snapshot(self) -> FeedState:
+        return copy.copy(self.state)
