@@ -8,7 +8,7 @@ from typing import Literal
 import msgspec
 
 from riskguard.schemas.base import Record
-from riskguard.schemas.types import Finite, Name, Nanos, NonNegative, RecordId, Seq, Text
+from riskguard.schemas.types import Finite, Name, Nanos, NonNegative, RecordId, ScopeValue, Seq, Text
 
 
 class Severity(StrEnum):
@@ -34,7 +34,7 @@ class Scope(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     kind: ScopeKind
-    value: Name
+    value: ScopeValue
     venue: Name | None = None
 
     def label(self) -> str:

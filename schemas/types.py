@@ -28,5 +28,10 @@ Name = Annotated[
     str,
     msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/@+-]+$"),
 ]
+ScopeValue = Annotated[
+    str,
+    msgspec.Meta(min_length=1, max_length=64, pattern=r"^(\*|[A-Za-z0-9_.:/@+-]+)$",
+                 description="a name, or * for firm-wide"),
+]
 Text = Annotated[str, msgspec.Meta(max_length=4096)]
 HexDigest = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
