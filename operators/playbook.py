@@ -1,0 +1,737 @@
+"""Engine-neutral mitigation playbook: signals in, graduated mitigation commands out.
+
+A playbook is a list of :class:`Rule`. A rule matches a signal by kind
+(``anomaly``, ``regime_change``, ``breach`` or a :class:`~riskguard.schemas.RiskAlert`
+kind), minimum severity, an fnmatch pattern on :meth:`Scope.label` and optional
+conditions, then climbs a ladder of :class:`Rung` actions while the incident
+persists (``after_s`` of event time since it opened) or worsens (its severity
+reaches a rung's ``min_severity``). Repeated trips within ``repeat_window_s``
+start one rung higher per earlier trip.
+
+:class:`PlaybookLogic` holds the whole firm's playbook state in one place
+(it runs under a single key): incidents and their ladders, mitigations in
+force (so the same action on the same scope is never re-issued while in
+force), repeat history, venue health, breached names and the global
+command-rate window. Event time comes from the records and from
+:class:`Tick`; ``issued_at`` comes from the injected processing clock.
+
+>>> from riskguard.schemas import AnomalySignal, Scope, ScopeKind, Severity
+>>> cfg = PlaybookConfig(issuer="guard", rules=(Rule(
+...     name="flash", signal="anomaly", scope="instrument:*", target="venue",
+...     ladder=(Rung(action=Action.ALERT), Rung(action=Action.REDUCE_ONLY, after_s=10),
+...             Rung(action=Action.HALT_TRADING, after_s=30))),))
+>>> logic = PlaybookLogic(cfg, clock=lambda: 5)
+>>> sig = AnomalySignal(id="a1", key="okx/BTC-USDT", ts=S,
+...     scope=Scope(kind=ScopeKind.INSTRUMENT, value="BTC-USDT", venue="okx"),
+...     score=9.0, threshold=3.0, severity=Severity.WARN, model="hst", model_version="1")
+>>> [(c.action.value, c.scope.label()) for c in logic.on_event(sig)]
+[('alert', 'venue:okx')]
+>>> logic.on_event(Tick(ts=5 * S))
+[]
+>>> [(c.action.value, c.protective_orders_allowed) for c in logic.on_event(Tick(ts=11 * S))]
+[('reduce_only', True)]
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import hashlib
+import math
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias
+
+import msgspec
+from riskguard.schemas import (
+    FIRM,
+    Action,
+    AnomalySignal,
+    Audience,
+    DeadLetter,
+    LimitBreach,
+    LimitLevel,
+    MitigationCommand,
+    RiskAlert,
+    Scope,
+    ScopeKind,
+    Severity,
+    encode,
+)
+
+from riskguard.errors import ConfigError
+
+STATE_VERSION = 1
+S = 1_000_000_000
+"""Nanoseconds per second."""
+
+_NS = uuid.UUID("6f1c2f0e-3a57-4f43-9a39-2b5d6f0c9e11")
+_RANK = {Severity.INFO: 0, Severity.WARN: 1, Severity.CRITICAL: 2}
+_NAME = re.compile(r"^[A-Za-z0-9_.:/@+-]{1,64}$")
+_MAX_EVIDENCE = 16
+#: RiskAlert kinds that close an incident opened by another kind.
+CLOSERS = {"heartbeat_restored": "heartbeat_loss", "feed_restored": "feed_failover"}
+#: Signal kinds whose incidents stay open until an explicit close arrives.
+#: Every other kind is momentary: its incident counts as closed right after
+#: each signal, so the quiet period starts at once and a repeat reopens it.
+OPENERS = frozenset({"anomaly", "breach", "heartbeat_loss", "feed_failover"})
+TARGETS = ("same", "venue", "counterparty", "underlying", "firm")
+_PROTECTIVE = frozenset({Action.REDUCE_ONLY, Action.HALT_TRADING})
+_REQUIRED: dict[Action, tuple[str, ...]] = {
+    Action.WIDEN_QUOTES: ("bps",),
+    Action.REDUCE_LIMITS: ("factor",),
+    Action.HEDGE_DELTA: ("target_delta", "hedge_instrument"),
+    Action.FAILOVER_FEED: ("backup_feed",),
+}
+
+ParamValue = float | str | list[str]
+
+
+class Tick(msgspec.Struct, frozen=True, kw_only=True):
+    """Event-time progress (ns) so ladders and quiet periods advance without signals."""
+
+    ts: int
+
+
+class Rung(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One step of a ladder.
+
+    It is reached when the incident has been open ``after_s`` seconds of event
+    time, or (if ``min_severity`` is set) as soon as the incident's severity
+    reaches it.
+    """
+
+    action: Action
+    after_s: float = 0.0
+    min_severity: Severity | None = None
+    params: dict[str, ParamValue] = {}
+
+
+class Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Signal match plus the action ladder it climbs.
+
+    ``target`` maps the signal's scope to the commands' scope: ``same``,
+    ``venue`` (the venue scope itself, an instrument's ``scope.venue``, or a
+    counterparty named in ``PlaybookConfig.venues``), ``counterparty``,
+    ``underlying`` (an instrument's prefix before ``-``, venue kept) or
+    ``firm``. A signal whose scope cannot be mapped does not match the rule.
+    """
+
+    name: str
+    signal: str
+    ladder: tuple[Rung, ...]
+    min_severity: Severity = Severity.INFO
+    scope: str = "*"
+    target: Literal["same", "venue", "counterparty", "underlying", "firm"] = "same"
+    min_score_ratio: float | None = None
+    min_utilization: float | None = None
+    recovery: Literal["auto", "manual"] = "auto"
+    quiet_s: float = 60.0
+    repeat_window_s: float = 900.0
+    alternatives: tuple[str, ...] = ()
+
+
+class PlaybookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Configuration of ``plan_mitigation`` (TOML section ``[playbook]``).
+
+    ``venues`` are the known venues (reroute candidates when a rule names no
+    ``alternatives``). At most ``max_commands`` commands are issued per
+    ``rate_window_s`` of event time; ``ttl_s`` sets ``expires_at``.
+    """
+
+    issuer: str = "riskguard"
+    env: str = "dev"
+    topic: str = "commands"
+    ttl_s: float = 300.0
+    max_commands: int = 20
+    rate_window_s: float = 10.0
+    venues: tuple[str, ...] = ()
+    rules: tuple[Rule, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, path: str = "playbook") -> None:
+        """Raise :class:`ConfigError` naming the key path of the first bad value."""
+        for key in ("issuer", "env", "topic"):
+            value = getattr(self, key)
+            if not _NAME.match(value):
+                where = f"{path}.{key}"
+                raise ConfigError(where, "must be a name of 1-64 [A-Za-z0-9_.:/@+-]",
+                                  value)
+        _positive(f"{path}.ttl_s", self.ttl_s)
+        _positive(f"{path}.rate_window_s", self.rate_window_s)
+        if self.max_commands < 1:
+            where = f"{path}.max_commands"
+            raise ConfigError(where, "must be >= 1", self.max_commands)
+        for v in self.venues:
+            if not _NAME.match(v):
+                where = f"{path}.venues"
+                raise ConfigError(where, "must hold venue names", v)
+        seen: set[str] = set()
+        for i, rule in enumerate(self.rules):
+            _check_rule(f"{path}.rules[{i}]", rule, seen)
+
+
+def _positive(path: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(path, "must be a positive number", value)
+
+
+def _check_rule(p: str, rule: Rule, seen: set[str]) -> None:
+    if not rule.name or rule.name in seen:
+        where = f"{p}.name"
+        raise ConfigError(where, "must be a unique, non-empty rule name", rule.name)
+    seen.add(rule.name)
+    if rule.signal in CLOSERS:
+        where = f"{p}.signal"
+        raise ConfigError(where, "must be a signal that opens an incident (closers "
+                          f"{sorted(CLOSERS)} only close one)", rule.signal)
+    if not rule.ladder:
+        where = f"{p}.ladder"
+        raise ConfigError(where, "must have at least one rung", [])
+    for x in ("quiet_s", "repeat_window_s"):
+        if not (math.isfinite(getattr(rule, x)) and getattr(rule, x) >= 0):
+            where = f"{p}.{x}"
+            raise ConfigError(where, "must be a non-negative number", getattr(rule, x))
+    for x in ("min_score_ratio", "min_utilization"):
+        v = getattr(rule, x)
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            where = f"{p}.{x}"
+            raise ConfigError(where, "must be a non-negative number", v)
+    for v in rule.alternatives:
+        if not _NAME.match(v):
+            where = f"{p}.alternatives"
+            raise ConfigError(where, "must hold venue names", v)
+    last = -1.0
+    for j, rung in enumerate(rule.ladder):
+        rp = f"{p}.ladder[{j}]"
+        if rung.action is Action.RESUME:
+            where = f"{rp}.action"
+            raise ConfigError(where, "must not be resume (recovery resumes)", "resume")
+        if not (math.isfinite(rung.after_s) and rung.after_s >= 0):
+            where = f"{rp}.after_s"
+            raise ConfigError(where, "must be a non-negative number", rung.after_s)
+        if rung.after_s < last:
+            where = f"{rp}.after_s"
+            raise ConfigError(where, f"must not be below the previous rung's {last}",
+                              rung.after_s)
+        last = rung.after_s
+        for key in _REQUIRED.get(rung.action, ()):
+            if key not in rung.params:
+                where = f"{rp}.params.{key}"
+                raise ConfigError(where, f"is required for {rung.action.value}")
+        for key, v in rung.params.items():
+            if isinstance(v, float | int) and not math.isfinite(v):
+                where = f"{rp}.params.{key}"
+                raise ConfigError(where, "must be a finite number", v)
+        if rung.action is Action.WIDEN_QUOTES:
+            bps = rung.params["bps"]
+            if not isinstance(bps, float | int) or bps <= 0:
+                where = f"{rp}.params.bps"
+                raise ConfigError(where, "must be a positive number", bps)
+        if rung.action is Action.REDUCE_LIMITS:
+            f = rung.params["factor"]
+            if not isinstance(f, float | int) or not 0 < f <= 1:
+                where = f"{rp}.params.factor"
+                raise ConfigError(where, "must be a number in (0, 1]", f)
+
+
+# -- state ---------------------------------------------------------------------
+
+
+@dataclass
+class Incident:
+    """One rule's episode for one signal source (``key = rule|source``)."""
+
+    key: str
+    rule: str
+    kind: str
+    signal_scope: Scope
+    target: Scope
+    opened_at: int
+    severity: Severity
+    start_rung: int
+    rung: int = -1
+    closed_at: int | None = None
+    evidence: list[str] = field(default_factory=list)
+    detail: str = ""
+
+
+@dataclass
+class Mitigation:
+    """An action in force on one exact scope, and the incidents that hold it."""
+
+    action: Action
+    scope: Scope
+    params: dict[str, Any]
+    owners: list[str]
+    rule: str
+    command_id: str
+    since: int
+    manual: bool = False
+    held_notified: bool = False
+
+
+@dataclass
+class PlaybookState:
+    """Everything the playbook remembers; snapshots are deep copies."""
+
+    version: int = STATE_VERSION
+    now: int = 0
+    incidents: dict[str, Incident] = field(default_factory=dict)
+    active: dict[str, Mitigation] = field(default_factory=dict)
+    history: dict[str, list[int]] = field(default_factory=dict)
+    unhealthy: dict[str, list[str]] = field(default_factory=dict)
+    breached: dict[str, list[str]] = field(default_factory=dict)
+    window_start: int = 0
+    window_count: int = 0
+    suppressed: list[str] = field(default_factory=list)
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def evidence_digest(record: msgspec.Struct) -> str:
+    """SHA-256 hex of the record's wire bytes: the audit log's ``input_digest``."""
+    return hashlib.sha256(encode(record)).hexdigest()
+
+
+def _venue_of(scope: Scope, venues: tuple[str, ...]) -> str | None:
+    if scope.kind is ScopeKind.VENUE:
+        return scope.value
+    if scope.venue:
+        return scope.venue
+    if scope.kind is ScopeKind.COUNTERPARTY and scope.value in venues:
+        return scope.value
+    return None
+
+
+def map_scope(scope: Scope, target: str, venues: tuple[str, ...] = ()) -> Scope | None:
+    """The command scope for a signal scope under a rule's ``target``.
+
+    >>> map_scope(Scope(kind=ScopeKind.INSTRUMENT, value="BTC-USDT", venue="okx"),
+    ...           "underlying").label()
+    'underlying:okx/BTC'
+    """
+    if target == "same":
+        return scope
+    if target == "firm":
+        return FIRM
+    if target == "venue":
+        v = _venue_of(scope, venues)
+        return None if v is None else Scope(kind=ScopeKind.VENUE, value=v)
+    if target == "counterparty":
+        if scope.kind is ScopeKind.COUNTERPARTY:
+            return scope
+        v = scope.value if scope.kind is ScopeKind.VENUE else scope.venue
+        return None if v is None else Scope(kind=ScopeKind.COUNTERPARTY, value=v)
+    if target == "underlying":
+        if scope.kind is ScopeKind.UNDERLYING:
+            return scope
+        if scope.kind is ScopeKind.INSTRUMENT:
+            base = re.split(r"[-/_]", scope.value, maxsplit=1)[0] or scope.value
+            return Scope(kind=ScopeKind.UNDERLYING, value=base, venue=scope.venue)
+    return None
+
+
+def _signal_kind(sig: Any) -> str:
+    if isinstance(sig, AnomalySignal):
+        return sig.kind
+    if isinstance(sig, LimitBreach):
+        return "breach"
+    return str(sig.kind)
+
+
+def _source_key(sig: Any, kind: str) -> str:
+    label = sig.scope.label()
+    if isinstance(sig, LimitBreach):
+        return f"breach|{label}|{sig.limit_path}|{sig.kind}"
+    return f"{CLOSERS.get(kind, kind)}|{label}"
+
+
+def _describe(sig: Any) -> str:
+    kind = _signal_kind(sig)
+    head = f"{kind} {sig.severity.value} on {sig.scope.label()}"
+    if isinstance(sig, AnomalySignal):
+        ratio = sig.score / sig.threshold if sig.threshold > 0 else math.inf
+        feats = ", ".join(f"{c.feature} z={c.zscore:.1f}" for c in sig.top_features[:3])
+        return (f"{head} ({sig.phase}): score {sig.score:.3g} / threshold {sig.threshold:.3g}"
+                f" = {ratio:.2f}x" + (f"; top {feats}" if feats else ""))
+    if isinstance(sig, LimitBreach):
+        return (f"{head}: {sig.kind} {sig.limit_path} at {sig.utilization:.0%} of limit "
+                f"{sig.effective_limit:.6g} (exposure {sig.exposure:.6g}, level "
+                f"{sig.level.value})")
+    return f"{head}: {sig.reason}"[:512]
+
+
+def _ratio(sig: AnomalySignal) -> float:
+    return sig.score / sig.threshold if sig.threshold > 0 else math.inf
+
+
+# -- logic ---------------------------------------------------------------------
+
+Input: TypeAlias = AnomalySignal | RiskAlert | LimitBreach | MitigationCommand | Tick
+Output: TypeAlias = MitigationCommand | DeadLetter
+
+
+class PlaybookLogic:
+    """Plans mitigation commands for the whole firm (run it under one key)."""
+
+    def __init__(self, config: PlaybookConfig, clock: Callable[[], int],
+                 state: PlaybookState | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.rules = {r.name: r for r in config.rules}
+        if state is None:
+            state = PlaybookState()
+        elif state.version != STATE_VERSION:
+            raise ConfigError("playbook.state.version", str(STATE_VERSION), state.version)
+        self.state = state
+        self._out: list[Output] = []
+
+    # -- public ----------------------------------------------------------------
+
+    def on_event(self, event: Any) -> list[Output]:
+        """Handle one signal, resume, or tick; return the commands it causes."""
+        self._out = []
+        if isinstance(event, Tick):
+            self._advance(event.ts)
+        elif isinstance(event, MitigationCommand):
+            if event.action is not Action.RESUME:
+                return [self._dead(event, "unexpected_command", "$.action", "resume",
+                                   event.action.value)]
+            self._advance(event.issued_at)
+            self._manual_resume(event)
+        elif isinstance(event, AnomalySignal | RiskAlert | LimitBreach):
+            self._advance(event.ts)
+            if not (isinstance(event, AnomalySignal) and event.warming_up):
+                self._signal(event)
+        else:
+            return [self._dead(event, "unexpected_type", "$", "a signal, resume or Tick",
+                               type(event).__name__)]
+        self._evaluate()
+        return self._out
+
+    def on_eof(self) -> list[Output]:
+        """Report commands suppressed by the rate cap in the unfinished window."""
+        self._out = []
+        self._flush_window(force=True)
+        return self._out
+
+    def snapshot(self) -> PlaybookState:
+        return copy.deepcopy(self.state)
+
+    # -- inputs ------------------------------------------------------------------
+
+    def _advance(self, ts: int) -> None:
+        st = self.state
+        st.now = max(st.now, ts)
+        self._flush_window()
+
+    def _signal(self, sig: Any) -> None:
+        st = self.state
+        kind = _signal_kind(sig)
+        digest = evidence_digest(sig)
+        detail = _describe(sig)
+        closing = (
+            kind in CLOSERS
+            or (isinstance(sig, AnomalySignal) and sig.phase == "close")
+            or (isinstance(sig, LimitBreach) and sig.level in (LimitLevel.OK, LimitLevel.WARN))
+        )
+        self._track_health(sig, kind, closing)
+        source = _source_key(sig, kind)
+        if closing:
+            for inc in st.incidents.values():
+                if inc.key == f"{inc.rule}|{source}":
+                    if inc.closed_at is None:
+                        inc.closed_at = st.now
+                    _push(inc.evidence, digest)
+                    inc.detail = detail
+            return
+        for rule in self.config.rules:
+            if not self._matches(rule, sig, kind):
+                continue
+            target = map_scope(sig.scope, rule.target, self.config.venues)
+            if target is None:
+                continue
+            key = f"{rule.name}|{source}"
+            found = st.incidents.get(key)
+            if found is None:
+                hist = [t for t in st.history.get(key, [])
+                        if st.now - t <= rule.repeat_window_s * S]
+                hist.append(st.now)
+                st.history[key] = hist
+                inc = Incident(key=key, rule=rule.name, kind=kind, signal_scope=sig.scope,
+                               target=target, opened_at=st.now, severity=sig.severity,
+                               start_rung=min(len(hist) - 1, len(rule.ladder) - 1))
+                st.incidents[key] = inc
+            else:
+                inc = found
+                if _RANK[sig.severity] > _RANK[inc.severity]:
+                    inc.severity = sig.severity
+            inc.closed_at = None if kind in OPENERS else st.now
+            _push(inc.evidence, digest)
+            inc.detail = detail
+
+    def _matches(self, rule: Rule, sig: Any, kind: str) -> bool:
+        if rule.signal != kind or _RANK[sig.severity] < _RANK[rule.min_severity]:
+            return False
+        if not fnmatch.fnmatchcase(sig.scope.label(), rule.scope):
+            return False
+        if rule.min_score_ratio is not None and (
+                not isinstance(sig, AnomalySignal) or _ratio(sig) < rule.min_score_ratio):
+            return False
+        return rule.min_utilization is None or (
+            isinstance(sig, LimitBreach) and sig.utilization >= rule.min_utilization)
+
+    def _track_health(self, sig: Any, kind: str, closing: bool) -> None:
+        st = self.state
+        if kind in ("heartbeat_loss", "heartbeat_restored"):
+            venue = _venue_of(sig.scope, self.config.venues)
+            if venue is not None:
+                _mark(st.unhealthy, venue, "heartbeat_loss", not closing)
+        elif isinstance(sig, LimitBreach) and sig.scope.kind in (ScopeKind.VENUE,
+                                                                 ScopeKind.COUNTERPARTY):
+            _mark(st.breached, sig.scope.value, f"{sig.limit_path}#{sig.kind}", not closing)
+
+    def _manual_resume(self, cmd: MitigationCommand) -> None:
+        st = self.state
+        wanted = cmd.params.get("actions")
+        approvals = cmd.params.get("approvals", 0)
+        label = cmd.scope.label()
+        for key in sorted(st.active):
+            m = st.active[key]
+            if m.scope.label() != label:
+                continue
+            if isinstance(wanted, list) and m.action.value not in wanted:
+                continue
+            if (m.action is Action.HALT_TRADING and m.scope.kind is ScopeKind.FIRM
+                    and not (isinstance(approvals, float | int) and approvals >= 2)):
+                self._emit(self._command(
+                    "firm_halt_refused", FIRM, Action.ALERT, {"resume_id": cmd.command_id},
+                    f"resume {cmd.command_id} of firm-wide halt_trading refused: it needs two "
+                    f"approvals (two-person rule); got {approvals}", []),
+                    capped=False)
+                continue
+            del st.active[key]
+
+    # -- evaluation --------------------------------------------------------------
+
+    def _evaluate(self) -> None:
+        st = self.state
+        for key in sorted(st.incidents):
+            inc = st.incidents[key]
+            rule = self.rules.get(inc.rule)
+            if rule is None:
+                continue
+            # Open incidents climb on any event; momentary ones only when a signal arrives.
+            if inc.closed_at is None or (inc.kind not in OPENERS and inc.closed_at == st.now):
+                self._climb(inc, rule)
+            if inc.closed_at is not None and st.now - inc.closed_at >= rule.quiet_s * S:
+                self._end(inc, rule)
+
+    def _reached(self, inc: Incident, rule: Rule) -> int:
+        elapsed = self.state.now - inc.opened_at
+        top = inc.start_rung
+        for i, rung in enumerate(rule.ladder):
+            if elapsed >= rung.after_s * S or (
+                    rung.min_severity is not None
+                    and _RANK[inc.severity] >= _RANK[rung.min_severity]):
+                top = max(top, i)
+        return top
+
+    def _climb(self, inc: Incident, rule: Rule) -> None:
+        target = self._reached(inc, rule)
+        while inc.rung < target:
+            i = inc.rung + 1
+            status = self._apply(inc, rule, i, rule.ladder[i])
+            if status == "suppressed":
+                return  # the rate cap held it back: retried on a later event
+            inc.rung = i
+            if status == "no_route":
+                target = max(target, i + 1)  # no healthy alternative: escalate instead
+
+    def _why(self, inc: Incident, rule: Rule, index: int) -> str:
+        rung = rule.ladder[index]
+        if index == 0:
+            return "opened"
+        if index <= inc.start_rung:
+            return f"repeat trip {inc.start_rung + 1} within {rule.repeat_window_s:g}s"
+        if self.state.now - inc.opened_at >= rung.after_s * S:
+            return f"persisted {rung.after_s:g}s"
+        if rung.min_severity is not None and _RANK[inc.severity] >= _RANK[rung.min_severity]:
+            return f"worsened to {inc.severity.value}"
+        return "escalated: previous rung had no healthy reroute target"
+
+    def _apply(self, inc: Incident, rule: Rule, index: int, rung: Rung) -> str:
+        """Issue one rung; ``issued``, ``held`` (already in force), ``no_route`` or
+        ``suppressed``."""
+        st = self.state
+        action = rung.action
+        params: dict[str, Any] = dict(rung.params)
+        scope = inc.target
+        if action is Action.REROUTE_ORDER_FLOW:
+            targets = self._healthy_alternatives(rule, scope)
+            if not targets:
+                if index + 1 < len(rule.ladder):
+                    return "no_route"
+                action, params = Action.ALERT, {"failed_action": "reroute_order_flow"}
+            else:
+                params["targets"] = targets
+                failing = _venue_of(scope, self.config.venues)
+                if failing:
+                    params["from"] = failing
+        key = f"{action.value}|{scope.label()}"
+        if action is not Action.ALERT and key in st.active:
+            m = st.active[key]
+            if inc.key not in m.owners:
+                m.owners = sorted({*m.owners, inc.key})
+            m.manual = m.manual or rule.recovery == "manual"
+            return "held"
+        reason = (f"rule '{rule.name}' rung {index + 1}/{len(rule.ladder)} {action.value} on "
+                  f"{scope.label()} ({self._why(inc, rule, index)}; open "
+                  f"{(st.now - inc.opened_at) / S:.0f}s, severity {inc.severity.value}); "
+                  f"signal: {inc.detail}")
+        if action is Action.REROUTE_ORDER_FLOW:
+            reason += f"; reroute to {', '.join(params['targets'])}"
+        elif params.get("failed_action"):
+            reason += "; reroute_order_flow found no healthy alternative venue"
+        seed = f"{rule.name}|{scope.label()}|{action.value}|{inc.opened_at}|{index}"
+        cmd = self._command(seed, scope, action, params, reason, inc.evidence)
+        if not self._emit(cmd, capped=True):
+            return "suppressed"
+        if action is not Action.ALERT:
+            st.active[key] = Mitigation(action=action, scope=scope, params=params,
+                                        owners=[inc.key], rule=rule.name,
+                                        command_id=cmd.command_id, since=st.now,
+                                        manual=rule.recovery == "manual")
+        return "issued"
+
+    def _healthy_alternatives(self, rule: Rule, scope: Scope) -> list[str]:
+        st = self.state
+        failing = _venue_of(scope, self.config.venues)
+        down = set(st.unhealthy) | set(st.breached)
+        for m in st.active.values():
+            if m.scope.kind is ScopeKind.VENUE and m.action in (
+                    Action.HALT_TRADING, Action.CANCEL_ALL, Action.REROUTE_ORDER_FLOW):
+                down.add(m.scope.value)
+        candidates = rule.alternatives or self.config.venues
+        return [v for v in candidates if v != failing and v not in down]
+
+    def _end(self, inc: Incident, rule: Rule) -> None:
+        """The quiet period passed: release the incident's mitigations."""
+        st = self.state
+        del st.incidents[inc.key]
+        freed: dict[str, list[Mitigation]] = {}
+        for key in sorted(st.active):
+            m = st.active[key]
+            if inc.key not in m.owners:
+                continue
+            m.owners = [o for o in m.owners if o != inc.key]
+            if m.owners:
+                continue
+            if m.action is Action.HALT_TRADING and m.scope.kind is ScopeKind.FIRM:
+                if not m.held_notified:
+                    m.held_notified = True
+                    self._emit(self._command(
+                        f"firm_halt_held|{m.command_id}", FIRM, Action.ALERT,
+                        {"held_command": m.command_id},
+                        f"rule '{rule.name}': incident on {inc.signal_scope.label()} is quiet "
+                        "but the firm-wide halt_trading stays in force: it is never resumed "
+                        "automatically and needs a manual resume with two approvals",
+                        inc.evidence), capped=False)
+                continue
+            if m.manual or rule.recovery == "manual":
+                continue
+            freed.setdefault(m.scope.label(), []).append(m)
+            del st.active[key]
+        for label in sorted(freed):
+            ms = freed[label]
+            actions = sorted(m.action.value for m in ms)
+            reason = (f"rule '{rule.name}': {inc.kind} on {inc.signal_scope.label()} quiet for "
+                      f"{rule.quiet_s:g}s; resuming {', '.join(actions)} on {label}")
+            seed = f"resume|{label}|{','.join(m.command_id for m in ms)}|{st.now}"
+            self._emit(self._command(seed, ms[0].scope, Action.RESUME,
+                                     {"actions": actions,
+                                      "resumes": sorted(m.command_id for m in ms)},
+                                     reason, inc.evidence), capped=False)
+
+    # -- output ------------------------------------------------------------------
+
+    def _command(self, seed: str, scope: Scope, action: Action,  # noqa: PLR0917 (internal)
+                 params: dict[str, Any], reason: str, evidence: list[str]) -> MitigationCommand:
+        cfg = self.config
+        now = self.clock()
+        return MitigationCommand(
+            command_id=str(uuid.uuid5(_NS, seed)), issuer=cfg.issuer, seq=0, issued_at=now,
+            expires_at=now + int(cfg.ttl_s * S),
+            audience=Audience(env=cfg.env, topic=cfg.topic), action=action, scope=scope,
+            params=params, reason=reason[:4096], evidence_hashes=list(evidence),
+            evidence_hash=evidence[-1] if evidence else None,
+            protective_orders_allowed=action in _PROTECTIVE,
+        )
+
+    def _emit(self, cmd: MitigationCommand, *, capped: bool) -> bool:
+        st = self.state
+        if capped:
+            if st.window_count >= self.config.max_commands:
+                if cmd.command_id not in st.suppressed:
+                    st.suppressed.append(cmd.command_id)
+                return False
+            st.window_count += 1
+        self._out.append(cmd)
+        return True
+
+    def _flush_window(self, *, force: bool = False) -> None:
+        st = self.state
+        width = int(self.config.rate_window_s * S)
+        start = st.now - st.now % width
+        if start == st.window_start and not force:
+            return
+        if st.suppressed:
+            n = len(st.suppressed)
+            self._emit(self._command(
+                f"rate_cap|{st.window_start}", FIRM, Action.ALERT,
+                {"suppressed": float(n), "window_start": float(st.window_start)},
+                f"command-rate cap hit: {n} command(s) suppressed in the "
+                f"{self.config.rate_window_s:g}s window from {st.window_start} ns "
+                f"(max {self.config.max_commands}); they are retried while their incidents "
+                "stay open", []), capped=False)
+        st.suppressed = []
+        if start != st.window_start:
+            st.window_start = start
+            st.window_count = 0
+
+    def _dead(self, event: Any, reason: str, path: str, expected: str, found: str) -> DeadLetter:
+        raw = encode(event) if isinstance(event, msgspec.Struct) else repr(event).encode()
+        return DeadLetter(topic="playbook", ts=self.clock(), reason=reason, path=path,
+                          expected=expected, found=found[:256], raw=raw[:65536])
+
+
+def _push(evidence: list[str], digest: str) -> None:
+    if digest not in evidence:
+        evidence.append(digest)
+        del evidence[:-_MAX_EVIDENCE]
+
+
+def _mark(table: dict[str, list[str]], name: str, why: str, on: bool) -> None:
+    reasons = [r for r in table.get(name, []) if r != why]
+    if on:
+        reasons.append(why)
+    if reasons:
+        table[name] = sorted(reasons)
+    else:
+        table.pop(name, None)
+
+
+def playbook_builder(config: PlaybookConfig,
+                     clock: Callable[[], int]) -> Callable[[PlaybookState | None], PlaybookLogic]:
+    """``builder(state | None)`` for :func:`~riskguard.operators.stateful_logic`."""
+
+    def build(state: PlaybookState | None) -> PlaybookLogic:
+        return PlaybookLogic(config, clock, state)
+
+    return build
