@@ -1,0 +1,70 @@
+"""Bytewax adapter for :mod:`riskguard.operators.playbook`.
+
+>>> import bytewax.operators as op
+>>> from bytewax.dataflow import Dataflow
+>>> from bytewax.testing import TestingSink, TestingSource, run_main
+>>> from riskguard.operators.playbook import S, Rule, Rung, Tick
+>>> from riskguard.schemas import Action, RiskAlert, Scope, ScopeKind, Severity
+>>> cfg = PlaybookConfig(issuer="guard", venues=("okx", "binance", "kraken"), rules=(Rule(
+...     name="venue_down", signal="heartbeat_loss", scope="venue:*", quiet_s=30,
+...     ladder=(Rung(action=Action.REROUTE_ORDER_FLOW),
+...             Rung(action=Action.CANCEL_ALL, after_s=20))),))
+>>> okx = Scope(kind=ScopeKind.VENUE, value="okx")
+>>> events = [
+...     RiskAlert(id="h1", kind="heartbeat_loss", scope=okx, ts=1 * S, reason="gap 5s"),
+...     Tick(ts=10 * S),
+...     RiskAlert(id="h2", kind="heartbeat_restored", scope=okx, ts=12 * S, reason="back"),
+...     Tick(ts=43 * S),
+... ]
+>>> flow = Dataflow("playbook_demo")
+>>> planned = plan_mitigation("playbook", op.input("in", flow, TestingSource(events)),
+...                           config=cfg, clock=lambda: 7)
+>>> out = []
+>>> op.output("out", planned.oks, TestingSink(out))
+>>> run_main(flow)
+>>> for c in out:
+...     print(c.action.value, c.scope.label(), c.params.get("targets") or c.params["actions"])
+reroute_order_flow venue:okx ['binance', 'kraken']
+resume venue:okx ['reroute_order_flow']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream, operator
+from riskguard.operators.base import SplitOut, split_dead_letters, stateful_logic
+from riskguard.operators.clock import system_clock
+from riskguard.operators.playbook import PlaybookConfig, Tick, playbook_builder
+from riskguard.schemas.commands import MitigationCommand
+
+__all__ = ["PlaybookConfig", "Tick", "plan_mitigation"]
+
+FIRM_KEY = "firm"
+
+
+@operator
+def plan_mitigation(
+    step_id: str,
+    signals: Stream[Any],
+    *,
+    config: PlaybookConfig,
+    clock: Callable[[], int] = system_clock,
+) -> SplitOut[MitigationCommand]:
+    """Turn signals into graduated, de-duplicated, rate-capped mitigation commands.
+
+    ``signals`` carries :class:`~riskguard.schemas.AnomalySignal`,
+    :class:`~riskguard.schemas.RiskAlert`, :class:`~riskguard.schemas.LimitBreach`,
+    verified manual ``resume`` :class:`~riskguard.schemas.MitigationCommand` and
+    :class:`~riskguard.operators.playbook.Tick` items. Everything runs under one
+    key (``"firm"``) so the command-rate cap, the mitigations in force and
+    venue health live in one place; signals are rare, so this is cheap.
+    Commands leave with ``seq=0`` for the signing step to number. Anything
+    else goes to ``errs`` as a dead letter.
+    """
+    config.validate(f"step '{step_id}'")
+    keyed = op.key_on("key", signals, lambda _s: FIRM_KEY)
+    out = stateful_logic("stateful", keyed, playbook_builder(config, clock))
+    return split_dead_letters("split", op.key_rm("unkey", out))
