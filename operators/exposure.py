@@ -36,16 +36,14 @@ adapter in :mod:`riskguard.operators.risk`.
 
 from __future__ import annotations
 
-import copy
 import math
+import pickle
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
-
-from riskguard.errors import ConfigError
 from riskguard.operators.instruments import (
     InstrumentRegistry,
     InstrumentsConfig,
@@ -72,6 +70,8 @@ from riskguard.schemas import (
     tag_of,
 )
 
+from riskguard.errors import ConfigError
+
 __all__ = [
     "Contrib",
     "CounterpartyLogic",
@@ -85,6 +85,12 @@ __all__ = [
 ]
 
 STATE_VERSION = 1
+
+
+def _copy(state: Any) -> Any:
+    """An independent copy (a pickle round trip: several times faster than deepcopy)."""
+    return pickle.loads(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+
 NS_PER_S = 1_000_000_000
 SECONDS_PER_YEAR = 365.0 * 24 * 3600
 FIRM_KEY = "firm"
@@ -307,7 +313,7 @@ class ValuationLogic:
             self._spec = reg.get(self.state.target)
 
     def snapshot(self) -> ValuationState:
-        return copy.deepcopy(self.state)
+        return _copy(self.state)
 
     def on_event(self, item: tuple[str, str, str, Any]) -> list[Any]:
         return self.on_batch([item])
@@ -322,8 +328,7 @@ class ValuationLogic:
                 st.target, st.is_asset = key[2:], key.startswith("a:")
                 if not st.is_asset:
                     self._spec = self.reg.get(st.target)
-            if ev.ts > st.last_ts:
-                st.last_ts = ev.ts
+            st.last_ts = max(st.last_ts, ev.ts)
             if role == "mark":
                 if ev.ts >= st.mark_ts:
                     self._on_mark(ev)
@@ -580,7 +585,7 @@ class CounterpartyLogic:
         self.state = state if state is not None else CounterpartyState()
 
     def snapshot(self) -> CounterpartyState:
-        return copy.deepcopy(self.state)
+        return _copy(self.state)
 
     def on_event(self, c: Contrib) -> list[Any]:
         return self.on_batch([c])
@@ -595,8 +600,7 @@ class CounterpartyLogic:
             if old is not None and old.seq >= c.seq:
                 continue
             changed = True
-            if c.ts > st.watermark:
-                st.watermark = c.ts
+            st.watermark = max(st.watermark, c.ts)
             if c.what == "i" and c.qty == 0.0 and c.orders == 0.0:
                 st.contribs.pop(key, None)
             else:
@@ -691,7 +695,7 @@ class FirmLogic:
         self.state = state if state is not None else FirmState()
 
     def snapshot(self) -> FirmState:
-        return copy.deepcopy(self.state)
+        return _copy(self.state)
 
     def on_event(self, e: Exposure) -> list[Exposure]:
         return self.on_batch([e])

@@ -31,9 +31,9 @@ from collections.abc import Mapping
 import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from riskguard.schemas import LimitUpdate, Signature, SignedEnvelope
 
 from riskguard.errors import VerificationError
-from riskguard.schemas import LimitUpdate, Signature, SignedEnvelope
 
 DOMAIN = b"riskguard-v1\x00"
 LIMIT_UPDATE_TYPE = "application/vnd.riskguard.limit-update+json"

@@ -28,16 +28,14 @@ when the limit has a ``vol_scaling`` rule, else ``base``.
 
 from __future__ import annotations
 
-import copy
 import math
+import pickle
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-
-from riskguard.errors import ConfigError
 from riskguard.schemas import (
     Exposure,
     LimitBreach,
@@ -50,7 +48,15 @@ from riskguard.schemas import (
     Utilization,
 )
 
+from riskguard.errors import ConfigError
+
 STATE_VERSION = 1
+
+
+def _copy(state: Any) -> Any:
+    """An independent copy (a pickle round trip: several times faster than deepcopy)."""
+    return pickle.loads(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+
 KINDS = (
     "gross_notional", "net_notional", "delta", "collateral", "concentration",
     "open_order_notional",
@@ -281,7 +287,7 @@ class LimitsLogic:
         self.state = state if state is not None else LimitsState()
 
     def snapshot(self) -> LimitsState:
-        return copy.deepcopy(self.state)
+        return _copy(self.state)
 
     # -- the limits that apply to this key
 

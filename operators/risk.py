@@ -22,8 +22,6 @@ from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
-
-from riskguard.errors import VerificationError
 from riskguard.operators.base import stateful_logic
 from riskguard.operators.clock import Clock, system_clock
 from riskguard.operators.exposure import (
@@ -52,6 +50,8 @@ from riskguard.schemas import (
     Utilization,
     encode,
 )
+
+from riskguard.errors import VerificationError
 
 Verifier = Callable[[SignedEnvelope, int], LimitUpdate]
 

@@ -16,12 +16,11 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource
-from test_exposure import fill, idx, oq, worked_config, worked_events
-
 from riskguard.operators.keyring import LocalKeyring
 from riskguard.operators.limits import CounterpartyLimits, LimitsConfig, LimitSpec, VolScaling
 from riskguard.operators.risk import aggregate_exposure, enforce_limits
-from riskguard.schemas import Balance, Codec, Quote, Trade, encode
+from riskguard.schemas import Balance, Codec, Quote, Trade
+from test_exposure import fill, idx, oq, worked_config, worked_events
 
 S = 1_000_000_000
 CPS = ("binance", "okx", "deribit", "bybit", "kraken")

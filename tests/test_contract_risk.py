@@ -7,8 +7,6 @@ from typing import Any
 import pytest
 from contract import CHECKS, Case
 from risk_flow_app import limits_config, make_events
-from test_exposure import worked_config
-
 from riskguard.operators.exposure import (
     Contrib,
     CounterpartyLogic,
@@ -19,6 +17,7 @@ from riskguard.operators.exposure import (
 )
 from riskguard.operators.limits import LimitsLogic
 from riskguard.schemas import DeadLetter, Exposure, RiskAlert
+from test_exposure import worked_config
 
 CFG = worked_config()
 REG = CFG.validate()

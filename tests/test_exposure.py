@@ -8,12 +8,10 @@ import pickle
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from riskguard.errors import ConfigError
 from riskguard.operators.exposure import (
     ExposureConfig,
-    InstrumentSpec,
     InstrumentsConfig,
+    InstrumentSpec,
     LocalPipeline,
     apply_fill,
 )
@@ -30,6 +28,8 @@ from riskguard.schemas import (
     ScopeKind,
     Trade,
 )
+
+from riskguard.errors import ConfigError
 
 S = 1_000_000_000
 

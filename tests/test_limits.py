@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from riskguard.errors import ConfigError, VerificationError
 from riskguard.operators.keyring import (
     LIMIT_UPDATE_TYPE,
     LocalKeyring,
@@ -32,6 +30,8 @@ from riskguard.schemas import (
     Utilization,
     encode,
 )
+
+from riskguard.errors import ConfigError, VerificationError
 
 ADMIN = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 TRADER = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))

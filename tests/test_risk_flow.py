@@ -16,7 +16,6 @@ import pytest
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from risk_flow_app import build, make_events
-
 from riskguard.schemas import DeadLetter, Exposure, LimitBreach, RiskAlert, encode
 
 HERE = Path(__file__).resolve().parent
