@@ -1,0 +1,412 @@
+"""Playbook logic: ladders, repeat trips, de-dup, reroute health, rate cap, recovery."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any
+
+import pytest
+from riskguard.operators.clock import ManualClock
+from riskguard.operators.playbook import (
+    PlaybookConfig,
+    PlaybookLogic,
+    Rule,
+    Rung,
+    S,
+    Tick,
+    evidence_digest,
+)
+from riskguard.schemas import (
+    FIRM,
+    Action,
+    AnomalySignal,
+    Audience,
+    DeadLetter,
+    LimitBreach,
+    LimitLevel,
+    MitigationCommand,
+    RiskAlert,
+    Scope,
+    ScopeKind,
+    Severity,
+    encode,
+)
+
+from riskguard.config import decode_section, read_toml
+from riskguard.errors import ConfigError
+
+A, RO, HALT = Action.ALERT, Action.REDUCE_ONLY, Action.HALT_TRADING
+LADDER = (Rung(action=A), Rung(action=RO, after_s=10, min_severity=Severity.CRITICAL),
+          Rung(action=HALT, after_s=30))
+VENUES = ("okx", "binance", "deribit")
+
+
+def venue(v: str) -> Scope:
+    return Scope(kind=ScopeKind.VENUE, value=v)
+
+
+def cp(v: str) -> Scope:
+    return Scope(kind=ScopeKind.COUNTERPARTY, value=v)
+
+
+def anomaly(t: float, *, phase: str = "open", sev: Severity = Severity.WARN,
+            inst: str = "BTC-USDT", v: str = "okx", warming: bool = False,
+            score: float = 9.0, kind: str = "anomaly") -> AnomalySignal:
+    return AnomalySignal(
+        id=f"a-{inst}-{v}-{t}-{phase}", kind=kind, phase=phase, key=f"{v}/{inst}",
+        scope=Scope(kind=ScopeKind.INSTRUMENT, value=inst, venue=v), ts=int(t * S),
+        score=score, threshold=3.0, severity=sev, warming_up=warming, model="hst",
+        model_version="1")
+
+
+def alert(kind: str, scope: Scope, t: float, sev: Severity = Severity.WARN) -> RiskAlert:
+    return RiskAlert(id=f"r-{kind}-{scope.label()}-{t}", kind=kind, scope=scope, ts=int(t * S),
+                     severity=sev, reason=f"{kind} seen")
+
+
+def breach(name: str, t: float, level: LimitLevel = LimitLevel.BREACH,
+           sev: Severity = Severity.WARN, util: float = 1.2) -> LimitBreach:
+    return LimitBreach(id=f"b-{name}-{t}-{level}", limit_path=f"counterparty.{name}",
+                       kind="gross_notional", scope=cp(name), ts=int(t * S), exposure=util * 100,
+                       base_limit=100.0, effective_limit=100.0, utilization=util, level=level,
+                       severity=sev)
+
+
+def resume(scope: Scope, t: float, approvals: int = 0) -> MitigationCommand:
+    return MitigationCommand(
+        command_id=f"manual-{scope.label()}-{t}", issuer="ops", issued_at=int(t * S),
+        expires_at=int(t * S) + 60 * S, audience=Audience(env="dev", topic="commands"),
+        action=Action.RESUME, scope=scope, params={"approvals": float(approvals)},
+        reason="operator resume")
+
+
+def make(*rules: Rule, clock: Any = None, **kw: Any) -> PlaybookLogic:
+    cfg = PlaybookConfig(issuer="guard", venues=kw.pop("venues", VENUES), rules=rules, **kw)
+    return PlaybookLogic(cfg, clock or ManualClock(1_000))
+
+
+def feed(logic: PlaybookLogic, events: list[Any]) -> list[MitigationCommand]:
+    out: list[Any] = []
+    for e in events:
+        out.extend(logic.on_event(e))
+    return out
+
+
+def acts(cmds: list[MitigationCommand]) -> list[tuple[str, str]]:
+    return [(c.action.value, c.scope.label()) for c in cmds]
+
+
+FLASH = Rule(name="flash", signal="anomaly", scope="instrument:*", target="venue", ladder=LADDER,
+             quiet_s=20, repeat_window_s=600)
+
+
+def test_ladder_climbs_on_persistence_one_command_per_rung_not_per_tick() -> None:
+    """alert at open, reduce_only after 10 s, halt_trading after 30 s; ticks between are silent."""
+    logic = make(FLASH)
+    assert acts(logic.on_event(anomaly(0))) == [("alert", "venue:okx")]
+    per_tick = [acts(logic.on_event(Tick(ts=s * S))) for s in range(1, 41)]
+    assert per_tick[9 - 1] == []
+    assert per_tick[10 - 1] == [("reduce_only", "venue:okx")]
+    assert per_tick[30 - 1] == [("halt_trading", "venue:okx")]
+    assert sum(len(x) for x in per_tick) == 2
+
+
+def test_ladder_climbs_at_once_when_severity_worsens() -> None:
+    """An escalate to critical reaches the rung whose min_severity is critical before its time."""
+    logic = make(FLASH)
+    feed(logic, [anomaly(0), Tick(ts=2 * S)])
+    out = logic.on_event(anomaly(3, phase="escalate", sev=Severity.CRITICAL))
+    assert acts(out) == [("reduce_only", "venue:okx")]
+    assert "worsened to critical" in out[0].reason
+
+
+def test_repeated_trips_start_one_rung_higher_each_time() -> None:
+    """The second trip within the window starts at rung 2, the third at rung 3."""
+    logic = make(FLASH)
+    trip1 = feed(logic, [anomaly(0), anomaly(2, phase="close"), Tick(ts=22 * S)])
+    assert acts(trip1) == [("alert", "venue:okx")]  # an alert is not "in force": no resume
+    trip2 = feed(logic, [anomaly(30), anomaly(31, phase="close"), Tick(ts=51 * S)])
+    assert acts(trip2) == [("alert", "venue:okx"), ("reduce_only", "venue:okx"),
+                           ("resume", "venue:okx")]
+    assert "repeat trip 2" in trip2[1].reason
+    trip3 = feed(logic, [anomaly(60)])
+    assert acts(trip3) == [("alert", "venue:okx"), ("reduce_only", "venue:okx"),
+                           ("halt_trading", "venue:okx")]
+
+
+def test_trips_outside_the_repeat_window_start_at_the_bottom() -> None:
+    """A trip after repeat_window_s has passed starts again at rung 1."""
+    rule = Rule(name="flash", signal="anomaly", target="venue", ladder=LADDER, quiet_s=0,
+                repeat_window_s=100)
+    logic = make(rule)
+    feed(logic, [anomaly(0), anomaly(1, phase="close"), Tick(ts=2 * S)])
+    assert acts(logic.on_event(anomaly(200))) == [("alert", "venue:okx")]
+
+
+def test_same_action_on_same_scope_is_not_reissued_while_in_force() -> None:
+    """Two instruments of one venue share the venue's reduce_only; ticks never repeat it."""
+    rule = Rule(name="flash", signal="anomaly", target="venue", quiet_s=10,
+                ladder=(Rung(action=RO),))
+    logic = make(rule)
+    out = feed(logic, [anomaly(0, inst="BTC-USDT"), anomaly(1, inst="ETH-USDT"),
+                       *[Tick(ts=s * S) for s in range(2, 30)]])
+    assert acts(out) == [("reduce_only", "venue:okx")]
+    # Only when both incidents are quiet does the shared mitigation lift.
+    out = feed(logic, [anomaly(30, inst="BTC-USDT", phase="close"), Tick(ts=45 * S)])
+    assert out == []
+    out = feed(logic, [anomaly(46, inst="ETH-USDT", phase="close"), Tick(ts=56 * S)])
+    assert acts(out) == [("resume", "venue:okx")]
+    assert out[0].params["actions"] == ["reduce_only"]
+
+
+def test_warming_up_signals_never_trigger_anything() -> None:
+    """A detector still warming up is ignored, even at critical severity."""
+    logic = make(FLASH)
+    out = feed(logic, [anomaly(0, warming=True, sev=Severity.CRITICAL),
+                       *[Tick(ts=s * S) for s in range(1, 60, 5)]])
+    assert out == []
+    assert logic.snapshot().incidents == {}
+
+
+def test_rule_conditions_filter_signals() -> None:
+    """min_severity, scope pattern and min_score_ratio must all hold for a rule to match."""
+    rule = Rule(name="okx_only", signal="anomaly", scope="instrument:okx/*",
+                min_severity=Severity.WARN, min_score_ratio=2.0, ladder=(Rung(action=A),))
+    logic = make(rule)
+    assert logic.on_event(anomaly(0, v="binance")) == []
+    assert logic.on_event(anomaly(1, sev=Severity.INFO)) == []
+    assert logic.on_event(anomaly(2, score=5.0)) == []  # ratio 1.67 < 2
+    assert acts(logic.on_event(anomaly(3, score=7.0))) == [("alert", "instrument:okx/BTC-USDT")]
+
+
+HB = Rule(name="hb", signal="heartbeat_loss", scope="venue:*", target="venue", quiet_s=10,
+          ladder=(Rung(action=Action.REROUTE_ORDER_FLOW), Rung(action=Action.CANCEL_ALL,
+                                                               after_s=60)))
+
+
+def test_reroute_picks_only_healthy_unbreached_alternatives() -> None:
+    """okx goes down while binance is in breach: flow goes to deribit only."""
+    logic = make(HB, venues=("okx", "binance", "deribit", "kraken"))
+    feed(logic, [breach("binance", 0), alert("heartbeat_loss", venue("kraken"), 1)])
+    out = logic.on_event(alert("heartbeat_loss", venue("okx"), 2))
+    # kraken's own heartbeat loss reroutes kraken first; okx's reroute avoids kraken.
+    assert acts(out) == [("reroute_order_flow", "venue:okx")]
+    assert out[0].params == {"targets": ["deribit"], "from": "okx"}
+    assert "deribit" in out[0].reason
+
+
+def test_reroute_escalates_to_next_rung_when_no_alternative_qualifies() -> None:
+    """With every other venue unhealthy or breached, cancel_all is issued at once instead."""
+    logic = make(HB, venues=("okx", "binance"))
+    logic.on_event(breach("binance", 0))
+    out = logic.on_event(alert("heartbeat_loss", venue("okx"), 1))
+    assert acts(out) == [("cancel_all", "venue:okx")]
+    assert "no healthy reroute target" in out[0].reason
+
+
+def test_cascade_reroutes_away_then_halts_never_rerouting_into_a_bad_venue() -> None:
+    """A loses heartbeat -> reroute to B; B breaches -> B is halted, never rerouted to A or B."""
+    hb = Rule(name="hb", signal="heartbeat_loss", scope="venue:*", target="venue",
+              alternatives=("A", "B"), ladder=(Rung(action=Action.REROUTE_ORDER_FLOW),
+                                               Rung(action=HALT, after_s=300)))
+    br = Rule(name="cp", signal="breach", scope="counterparty:*", target="venue",
+              alternatives=("A", "B"), ladder=(Rung(action=Action.REROUTE_ORDER_FLOW),
+                                               Rung(action=HALT, after_s=300)))
+    logic = make(hb, br, venues=("A", "B"))
+    first = logic.on_event(alert("heartbeat_loss", venue("A"), 0))
+    assert acts(first) == [("reroute_order_flow", "venue:A")]
+    assert first[0].params["targets"] == ["B"]
+    second = logic.on_event(breach("B", 5))
+    assert acts(second) == [("halt_trading", "venue:B")]
+    assert second[0].protective_orders_allowed is True
+    everything = first + second + feed(logic, [Tick(ts=s * S) for s in range(6, 400, 7)])
+    for c in everything:
+        if c.action is Action.REROUTE_ORDER_FLOW and c.scope.value == "B":
+            pytest.fail(f"rerouted B: {c.params}")
+    assert acts(everything) == [("reroute_order_flow", "venue:A"), ("halt_trading", "venue:B"),
+                                ("halt_trading", "venue:A")]
+
+
+def test_rate_cap_suppresses_and_emits_exactly_one_firm_alert_per_window() -> None:
+    """A storm of 5 signals with a cap of 2 per 10 s yields 2 commands then one firm alert."""
+    rule = Rule(name="any", signal="anomaly", target="same", ladder=(Rung(action=RO),))
+    logic = make(rule, max_commands=2, rate_window_s=10)
+    storm = [anomaly(1 + i / 10, inst=f"I{i}-USD") for i in range(5)]
+    out = feed(logic, [*storm, *[Tick(ts=s * S) for s in range(2, 10)]])
+    assert [c.action for c in out] == [RO, RO]
+    out = logic.on_event(Tick(ts=10 * S))
+    cap = [c for c in out if c.scope == FIRM]
+    assert len(cap) == 1
+    assert cap[0].action is A and cap[0].params["suppressed"] == 3.0
+    assert "3 command(s) suppressed" in cap[0].reason
+    # The held-back commands are retried in the next window, under the same cap.
+    assert [c.action for c in out if c.scope != FIRM] == [RO, RO]
+    later = feed(logic, [Tick(ts=s * S) for s in range(11, 21)])
+    assert [(c.action, c.params.get("suppressed")) for c in later] == [(A, 1.0), (RO, None)]
+
+
+def test_auto_recovery_waits_for_quiet_period_and_reopen_cancels_it() -> None:
+    """Resume comes quiet_s after the last close; a reopen inside the quiet period resets it."""
+    rule = Rule(name="flash", signal="anomaly", target="venue", quiet_s=30,
+                ladder=(Rung(action=RO),))
+    logic = make(rule)
+    assert acts(logic.on_event(anomaly(0))) == [("reduce_only", "venue:okx")]
+    assert feed(logic, [anomaly(5, phase="close"), Tick(ts=20 * S)]) == []
+    assert feed(logic, [anomaly(25), anomaly(40, phase="close")]) == []  # same incident
+    assert feed(logic, [Tick(ts=36 * S), Tick(ts=69 * S)]) == []
+    out = logic.on_event(Tick(ts=70 * S))
+    assert acts(out) == [("resume", "venue:okx")]
+    assert out[0].params["actions"] == ["reduce_only"]
+    assert "quiet for 30s" in out[0].reason
+    assert logic.snapshot().active == {}
+
+
+def test_manual_recovery_waits_for_a_resume_input() -> None:
+    """recovery="manual" keeps the mitigation after the quiet period until a resume arrives."""
+    rule = Rule(name="recon", signal="reconciliation_break", scope="counterparty:*",
+                recovery="manual", quiet_s=5, ladder=(Rung(action=Action.PAUSE_WITHDRAWALS),))
+    logic = make(rule)
+    out = feed(logic, [alert("reconciliation_break", cp("okx"), 0), Tick(ts=100 * S)])
+    assert acts(out) == [("pause_withdrawals", "counterparty:okx")]
+    assert list(logic.snapshot().active) == ["pause_withdrawals|counterparty:okx"]
+    assert logic.on_event(resume(cp("binance"), 101)) == []
+    assert list(logic.snapshot().active) == ["pause_withdrawals|counterparty:okx"]
+    assert logic.on_event(resume(cp("okx"), 102)) == []
+    assert logic.snapshot().active == {}
+
+
+def test_firm_halt_needs_manual_resume_with_two_approvals() -> None:
+    """A firm halt is never auto-resumed; one approval is refused, two clear it."""
+    rule = Rule(name="firm", signal="breach", scope="counterparty:*", target="firm", quiet_s=5,
+                ladder=(Rung(action=HALT),))
+    logic = make(rule)
+    out = logic.on_event(breach("okx", 0, sev=Severity.CRITICAL))
+    assert acts(out) == [("halt_trading", "firm:*")]
+    out = feed(logic, [breach("okx", 1, level=LimitLevel.OK), Tick(ts=10 * S),
+                       Tick(ts=20 * S)])
+    assert acts(out) == [("alert", "firm:*")]
+    assert "two approvals" in out[0].reason
+    out = logic.on_event(resume(FIRM, 30, approvals=1))
+    assert acts(out) == [("alert", "firm:*")] and "refused" in out[0].reason
+    assert list(logic.snapshot().active) == ["halt_trading|firm:*"]
+    assert logic.on_event(resume(FIRM, 31, approvals=2)) == []
+    assert logic.snapshot().active == {}
+    # A fresh incident can halt again.
+    assert acts(logic.on_event(breach("okx", 40, sev=Severity.CRITICAL))) == \
+        [("halt_trading", "firm:*")]
+
+
+def test_protective_orders_allowed_only_on_reduce_only_and_halt() -> None:
+    """reduce_only and halt_trading say risk-reducing orders stay allowed; others do not."""
+    ladder = tuple(Rung(action=a) for a in (A, Action.CANCEL_ALL, RO, HALT,
+                                            Action.PAUSE_WITHDRAWALS))
+    logic = make(Rule(name="all", signal="stale_mark", ladder=ladder))
+    out = logic.on_event(alert("stale_mark", venue("okx"), 0))
+    assert {c.action.value: c.protective_orders_allowed for c in out} == {
+        "alert": False, "cancel_all": False, "reduce_only": True, "halt_trading": True,
+        "pause_withdrawals": False}
+
+
+def test_scopes_are_exact() -> None:
+    """cancel_all for one venue names exactly that venue; resuming another leaves it in force."""
+    rule = Rule(name="hb", signal="heartbeat_loss", target="venue", recovery="manual",
+                ladder=(Rung(action=Action.CANCEL_ALL),))
+    logic = make(rule)
+    out = logic.on_event(alert("heartbeat_loss", venue("okx"), 0))
+    assert [c.scope for c in out] == [Scope(kind=ScopeKind.VENUE, value="okx")]
+    logic.on_event(resume(venue("okx-perp"), 1))
+    logic.on_event(resume(Scope(kind=ScopeKind.INSTRUMENT, value="BTC", venue="okx"), 2))
+    assert list(logic.snapshot().active) == ["cancel_all|venue:okx"]
+
+
+def test_target_maps_scopes() -> None:
+    """Targets map an instrument signal to its venue, counterparty, underlying or the firm."""
+    rules = [Rule(name=t, signal="anomaly", target=t, ladder=(Rung(action=A),))
+             for t in ("same", "venue", "counterparty", "underlying", "firm")]
+    out = make(*rules).on_event(anomaly(0, inst="ETH-PERP", v="deribit"))
+    assert {c.reason.split("'")[1]: c.scope.label() for c in out} == {
+        "same": "instrument:deribit/ETH-PERP", "venue": "venue:deribit",
+        "counterparty": "counterparty:deribit", "underlying": "underlying:deribit/ETH",
+        "firm": "firm:*"}
+
+
+def test_command_fields_ids_and_evidence() -> None:
+    """Commands carry issuer, seq 0, clock times, audience, reason and the signals' digests."""
+    clock = ManualClock(5_000)
+    logic = make(FLASH, clock=clock, ttl_s=60)
+    sig = anomaly(0)
+    (cmd,) = logic.on_event(sig)
+    assert (cmd.issuer, cmd.seq, cmd.issued_at, cmd.expires_at) == ("guard", 0, 5_000,
+                                                                     5_000 + 60 * S)
+    assert cmd.audience == Audience(env="dev", topic="commands")
+    digest = hashlib.sha256(encode(sig)).hexdigest()
+    assert cmd.evidence_hashes == [digest] and cmd.evidence_hash == digest
+    assert "rule 'flash'" in cmd.reason and "score 9 / threshold 3 = 3.00x" in cmd.reason
+    assert uuid.UUID(cmd.command_id).version == 5
+    clock.advance(10)
+    esc = anomaly(3, phase="escalate", sev=Severity.CRITICAL)
+    (ro,) = logic.on_event(esc)
+    assert ro.issued_at == 5_010
+    assert ro.evidence_hashes == [digest, evidence_digest(esc)]
+    assert ro.evidence_hash == evidence_digest(esc)
+    # The same inputs give the same ids in a fresh logic (never random).
+    again = make(FLASH, clock=ManualClock(9))
+    assert [c.command_id for c in feed(again, [sig, esc])] == [cmd.command_id, ro.command_id]
+
+
+def test_evidence_digest_matches_audit_input_digest() -> None:
+    """The digest a command cites is the audit record's input_digest of that signal."""
+    from riskguard.operators.audit import AuditConfig, AuditLogic
+    from riskguard.operators.crypto import Signer
+
+    sig = anomaly(0)
+    audit = AuditLogic("c", Signer.from_private_bytes(bytes(32), issuer="a"), AuditConfig())
+    (rec,) = audit.on_event(sig)
+    assert rec.input_digest == evidence_digest(sig)
+
+
+def test_unexpected_inputs_become_dead_letters() -> None:
+    """Non-resume commands and unknown items go to errs with a reason, not raised."""
+    logic = make(FLASH)
+    cmd = resume(venue("okx"), 0)
+    cmd = MitigationCommand(**{**{f: getattr(cmd, f) for f in cmd.__struct_fields__},
+                               "action": Action.HALT_TRADING})
+    (dl,) = logic.on_event(cmd)
+    assert isinstance(dl, DeadLetter) and dl.reason == "unexpected_command"
+    assert (dl.expected, dl.found) == ("resume", "halt_trading")
+    (dl,) = logic.on_event("junk")
+    assert isinstance(dl, DeadLetter) and dl.reason == "unexpected_type" and dl.found == "str"
+
+
+def test_config_errors_name_the_key_path() -> None:
+    """Bad playbook values raise ConfigError naming where they are."""
+    with pytest.raises(ConfigError, match=r"playbook\.rules\[0\]\.ladder\[1\]\.params\.bps"):
+        PlaybookConfig(rules=(Rule(name="x", signal="anomaly", ladder=(
+            Rung(action=A), Rung(action=Action.WIDEN_QUOTES, params={"bps": -5.0}))),))
+    with pytest.raises(ConfigError, match=r"playbook\.rules\[0\]\.ladder\[0\]\.params"
+                                          r"\.hedge_instrument: is required"):
+        PlaybookConfig(rules=(Rule(name="x", signal="anomaly", ladder=(
+            Rung(action=Action.HEDGE_DELTA, params={"target_delta": 0.0}),)),))
+    with pytest.raises(ConfigError, match=r"playbook\.rules\[1\]\.name"):
+        PlaybookConfig(rules=(Rule(name="x", signal="anomaly", ladder=(Rung(action=A),)),
+                              Rule(name="x", signal="anomaly", ladder=(Rung(action=A),))))
+    with pytest.raises(ConfigError, match=r"playbook\.max_commands: must be >= 1; got 0"):
+        PlaybookConfig(max_commands=0)
+    with pytest.raises(ConfigError, match=r"ladder\[0\]\.action: must not be resume"):
+        PlaybookConfig(rules=(Rule(name="x", signal="anomaly", ladder=(
+            Rung(action=Action.RESUME),)),))
+
+
+def test_default_playbook_toml_decodes_and_runs() -> None:
+    """dataflows/playbook.toml is a valid [playbook] section and its heartbeat rule reroutes."""
+    data = read_toml("dataflows/playbook.toml")["playbook"]
+    cfg = decode_section(data, PlaybookConfig, "playbook")
+    assert {r.name for r in cfg.rules} >= {"flash_crash", "venue_heartbeat", "firm_breach"}
+    logic = PlaybookLogic(cfg, ManualClock(0))
+    out = logic.on_event(alert("heartbeat_loss", venue("okx"), 0))
+    assert [(c.action.value, c.params.get("targets")) for c in out] == [
+        ("reroute_order_flow", ["binance", "deribit"])]
+    bad = {**data, "rules": [{**data["rules"][0], "ladder": [{"action": "explode"}]}]}
+    with pytest.raises(ConfigError, match=r"playbook\.rules\.0\.ladder\.0\.action"):
+        decode_section(bad, PlaybookConfig, "playbook")
