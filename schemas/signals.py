@@ -117,7 +117,7 @@ class Exposure(Record, frozen=True, kw_only=True, tag="exposure"):
     Amounts are in the reporting currency.
     """
 
-    counterparty: Name
+    counterparty: ScopeValue
     ts: Nanos
     recv_ts: Nanos | None = None
     gross_notional: NonNegative
