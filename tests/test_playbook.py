@@ -419,7 +419,6 @@ def _flow(events: list[Any], oks: list[Any], errs: list[Any]) -> Any:
     import bytewax.operators as op
     from bytewax.dataflow import Dataflow
     from bytewax.testing import TestingSink, TestingSource
-
     from riskguard.operators.playbook_op import plan_mitigation
 
     flow = Dataflow("playbook_test")
