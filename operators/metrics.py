@@ -1,15 +1,38 @@
 """Prometheus metrics shared by every riskguard operator and connector.
 
-They register on prometheus-client's default registry, which is the one
-bytewax serves on its own metrics endpoint (``BYTEWAX_DATAFLOW_API_ENABLED``).
-Label values are bounded: streams, reasons, actions and scope kinds, never
-per-record ids.
+They register on prometheus-client's default registry. Two ways to serve it:
+
+- bytewax's own Dataflow API server. With ``BYTEWAX_DATAFLOW_API_ENABLED=true``
+  every bytewax process (``run_main``, ``cli_main``, ``python -m bytewax.run``)
+  serves ``/metrics`` on ``0.0.0.0:$BYTEWAX_DATAFLOW_API_PORT`` (default
+  3030). bytewax 0.21.1's ``bytewax._metrics.generate_python_metrics`` renders
+  ``prometheus_client.REGISTRY`` there next to bytewax's own per-step
+  metrics (``bytewax_item_inp_count_total`` ...). This is the one to use on
+  a cluster: one endpoint per process, nothing extra to start.
+- :func:`start_metrics_server` (``prometheus_client.start_http_server``) for
+  processes that are not bytewax runs (the command subscriber) or when the
+  bytewax API must stay off. ``RISKGUARD_METRICS_PORT`` makes
+  :func:`start_metrics_server_from_env` start it.
+
+Label values are bounded: streams (topics), reasons, actions, scope kinds,
+key *classes* (``market``, ``option``, ``venue`` ...), configured limit paths
+and venues; never per-record ids or per-instrument keys.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import os
+import pickle
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
 
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from riskguard.errors import ConfigError
+
+# -- boundary: in, out, dead letters, Kafka delivery ------------------------------------------
 EVENTS_IN = Counter(
     "riskguard_events_in_total", "Records decoded at the input boundary", ["stream"]
 )
@@ -23,7 +46,46 @@ DELIVERY_ERRORS = Counter(
     "riskguard_kafka_delivery_errors_total", "Kafka messages the broker did not acknowledge",
     ["stream"],
 )
+CONSUMER_LAG = Gauge(
+    "riskguard_kafka_consumer_lag",
+    "Messages between the high watermark and the next offset this process reads",
+    ["stream", "partition"],
+)
 
+# -- detection ---------------------------------------------------------------------------------
+SCORE_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 50.0, 100.0)
+ANOMALY_SCORE = Histogram(
+    "riskguard_anomaly_score", "Anomaly scores of emitted signals, per key class",
+    ["key_class"], buckets=SCORE_BUCKETS,
+)
+ANOMALY_THRESHOLD = Histogram(
+    "riskguard_anomaly_threshold", "Thresholds in force for emitted signals, per key class",
+    ["key_class"], buckets=SCORE_BUCKETS,
+)
+ANOMALY_SIGNALS = Counter(
+    "riskguard_anomaly_signals_total", "Anomaly signals by key class, kind and phase",
+    ["key_class", "kind", "phase"],
+)
+EPISODES_OPEN = Gauge(
+    "riskguard_episodes_open", "Anomaly episodes currently open, per key class", ["key_class"]
+)
+RISK_ALERTS = Counter(
+    "riskguard_risk_alerts_total", "Discrete risk alerts by kind and severity",
+    ["kind", "severity"],
+)
+
+# -- limits ------------------------------------------------------------------------------------
+UTILIZATION = Gauge(
+    "riskguard_limit_utilization",
+    "Exposure / effective limit (1.0 = at the limit), per counterparty, limit path and kind",
+    ["counterparty", "limit", "kind"],
+)
+BREACHES = Counter(
+    "riskguard_limit_breaches_total", "Limit level changes at or from breach, by kind and level",
+    ["kind", "level"],
+)
+
+# -- commands ----------------------------------------------------------------------------------
 DETECTION_TO_COMMAND = Histogram(
     "riskguard_detection_to_command_seconds",
     "From the triggering event's receive time to the signed command's emit time",
@@ -32,3 +94,119 @@ DETECTION_TO_COMMAND = Histogram(
 COMMANDS = Counter(
     "riskguard_commands_total", "Signed mitigation commands emitted", ["action", "scope_kind"]
 )
+LAST_COMMAND = Gauge(
+    "riskguard_last_command_timestamp_seconds",
+    "Wall time of the last signed command, per action and scope kind",
+    ["action", "scope_kind"],
+)
+
+# -- subscribers -------------------------------------------------------------------------------
+SUBSCRIBER_REJECTIONS = Counter(
+    "riskguard_subscriber_rejections_total", "Command messages a subscriber refused, by reason",
+    ["reason"],
+)
+SUBSCRIBER_GAPS = Counter(
+    "riskguard_subscriber_gaps_total", "Command sequence gaps a subscriber detected", ["issuer"]
+)
+
+# -- audit, recovery, feeds --------------------------------------------------------------------
+AUDIT_LAST_CHECKPOINT = Gauge(
+    "riskguard_audit_last_checkpoint_timestamp_seconds",
+    "Event time of the last signed audit checkpoint seen by this process",
+)
+AUDIT_CHECKPOINT_AGE = Gauge(
+    "riskguard_audit_checkpoint_age_seconds",
+    "Seconds since the last audit checkpoint (since process start if none yet)",
+)
+SNAPSHOT_SECONDS = Histogram(
+    "riskguard_snapshot_duration_seconds", "Time to take one logic snapshot, per step",
+    ["step"], buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0),
+)
+SNAPSHOT_BYTES = Histogram(
+    "riskguard_snapshot_size_bytes", "Pickled size of one logic snapshot, per step",
+    ["step"], buckets=(256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216),
+)
+FEED_ON_BACKUP = Gauge(
+    "riskguard_feed_failover_state", "Feed in use per venue: 0 primary, 1 backup", ["venue"]
+)
+FEED_STALE = Gauge(
+    "riskguard_feed_stale", "1 while a venue's heartbeat is lost or its marks are stale",
+    ["venue"],
+)
+
+_checkpoint_lock = threading.Lock()
+_checkpoint: dict[str, Any] = {"last_s": time.time(), "seen": False}  # start until the first
+
+
+def _checkpoint_age() -> float:
+    with _checkpoint_lock:
+        return max(time.time() - _checkpoint["last_s"], 0.0)
+
+
+AUDIT_CHECKPOINT_AGE.set_function(_checkpoint_age)
+
+
+def record_checkpoint(ts_ns: int) -> None:
+    """Note an audit checkpoint's event time (the age gauge counts from the newest one)."""
+    seconds = ts_ns / 1e9
+    with _checkpoint_lock:
+        if not _checkpoint["seen"] or seconds > _checkpoint["last_s"]:
+            _checkpoint["last_s"] = seconds
+            _checkpoint["seen"] = True
+        AUDIT_LAST_CHECKPOINT.set(_checkpoint["last_s"])
+
+
+def record_command(action: str, scope_kind: str, recv_ts_ns: int | None, now_ns: int) -> None:
+    """Count one signed command and its detection-to-command latency.
+
+    ``now_ns`` is the processing clock at emit time; ``recv_ts_ns`` the
+    triggering event's receive time (``None`` for manual commands).
+    """
+    COMMANDS.labels(action, scope_kind).inc()
+    LAST_COMMAND.labels(action, scope_kind).set(now_ns / 1e9)
+    if recv_ts_ns is not None:
+        DETECTION_TO_COMMAND.observe(max(now_ns - recv_ts_ns, 0) / 1e9)
+
+
+def measured_snapshot(step: str, take: Callable[[], Any]) -> Any:
+    """Call ``take()`` (a logic's ``snapshot``) and record its duration and pickled size."""
+    start = time.perf_counter()
+    state = take()
+    SNAPSHOT_SECONDS.labels(step).observe(time.perf_counter() - start)
+    SNAPSHOT_BYTES.labels(step).observe(len(pickle.dumps(state, pickle.HIGHEST_PROTOCOL)))
+    return state
+
+
+_server_lock = threading.Lock()
+_servers: dict[tuple[str, int], Any] = {}
+
+
+def start_metrics_server(port: int, addr: str = "0.0.0.0") -> int:  # pods expose metrics
+    """Serve the default registry on ``http://addr:port/metrics``; returns the bound port.
+
+    Idempotent per process: a second call with the same address does nothing,
+    so every worker thread may call it. ``port=0`` picks a free port.
+    """
+    if not 0 <= port <= 65535:
+        raise ConfigError("metrics.port", "must be a TCP port 0..65535", port)
+    with _server_lock:
+        if (addr, port) in _servers and port != 0:
+            return int(_servers[(addr, port)].server_port)
+        server, _thread = start_http_server(port, addr=addr)
+        bound = int(server.server_port)
+        _servers[(addr, port)] = server
+        _servers[(addr, bound)] = server
+        return bound
+
+
+def start_metrics_server_from_env(env: Any = None) -> int | None:
+    """Start :func:`start_metrics_server` on ``$RISKGUARD_METRICS_PORT`` if set."""
+    env = os.environ if env is None else env
+    raw = env.get("RISKGUARD_METRICS_PORT")
+    if not raw:
+        return None
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ConfigError("RISKGUARD_METRICS_PORT", "a TCP port number", raw) from None
+    return start_metrics_server(port, env.get("RISKGUARD_METRICS_ADDR", "0.0.0.0"))
