@@ -532,6 +532,55 @@ class PlaybookLogic:
                 self._climb(inc, rule)
             if inc.closed_at is not None and st.now - inc.closed_at >= rule.quiet_s * S:
                 self._end(inc, rule)
+        self._retarget()
+
+    def _retarget(self) -> None:
+        """Move live reroutes off targets that have since gone bad.
+
+        A reroute whose targets lost a venue (heartbeat loss, halt, breach) is
+        re-issued with the remaining ones; with none left, its incident climbs
+        to the next rung. Targets are only narrowed, never widened, so a
+        flapping venue does not churn commands.
+        """
+        st = self.state
+        for key in sorted(st.active):
+            m = st.active.get(key)
+            if m is None or m.action is not Action.REROUTE_ORDER_FLOW:
+                continue
+            owner = next((st.incidents[o] for o in m.owners if o in st.incidents), None)
+            rule = self.rules.get(owner.rule) if owner else None
+            if owner is None or rule is None:
+                continue
+            good = set(self._healthy_alternatives(rule, m.scope, exclude_self=key))
+            old = list(m.params.get("targets", []))
+            keep = [t for t in old if t in good]
+            if keep == old:
+                continue
+            if keep:
+                params = {**m.params, "targets": keep}
+                reason = (f"rule '{rule.name}': reroute_order_flow on {m.scope.label()} "
+                          f"retargeted to {', '.join(keep)}; {', '.join(sorted(set(old) - good))}"
+                          f" no longer healthy or below limits; signal: {owner.detail}")
+                cmd = self._command(f"retarget|{key}|{','.join(keep)}|{st.now}", m.scope,
+                                    Action.REROUTE_ORDER_FLOW, params, reason, owner.evidence)
+                if self._emit(cmd, capped=True):
+                    m.params, m.command_id = params, cmd.command_id
+                continue
+            # No target left: lift nothing, climb the owner to its next rung instead.
+            nxt = owner.rung + 1
+            if nxt < len(rule.ladder):
+                st.active[key].params = {**m.params, "targets": []}
+                self._climb_to(owner, rule, nxt)
+
+    def _climb_to(self, inc: Incident, rule: Rule, target: int) -> None:
+        while inc.rung < target:
+            i = inc.rung + 1
+            status = self._apply(inc, rule, i, rule.ladder[i])
+            if status == "suppressed":
+                return
+            inc.rung = i
+            if status == "no_route":
+                target = max(target, i + 1)
 
     def _reached(self, inc: Incident, rule: Rule) -> int:
         elapsed = self.state.now - inc.opened_at
@@ -544,15 +593,9 @@ class PlaybookLogic:
         return top
 
     def _climb(self, inc: Incident, rule: Rule) -> None:
-        target = self._reached(inc, rule)
-        while inc.rung < target:
-            i = inc.rung + 1
-            status = self._apply(inc, rule, i, rule.ladder[i])
-            if status == "suppressed":
-                return  # the rate cap held it back: retried on a later event
-            inc.rung = i
-            if status == "no_route":
-                target = max(target, i + 1)  # no healthy alternative: escalate instead
+        # A suppressed rung (rate cap) stops the climb; it is retried on a later event.
+        # A reroute with no healthy alternative escalates to the next rung instead.
+        self._climb_to(inc, rule, self._reached(inc, rule))
 
     def _why(self, inc: Incident, rule: Rule, index: int) -> str:
         rung = rule.ladder[index]
@@ -610,12 +653,12 @@ class PlaybookLogic:
                                         manual=rule.recovery == "manual")
         return "issued"
 
-    def _healthy_alternatives(self, rule: Rule, scope: Scope) -> list[str]:
+    def _healthy_alternatives(self, rule: Rule, scope: Scope, exclude_self: str = "") -> list[str]:
         st = self.state
         failing = _venue_of(scope, self.config.venues)
         down = set(st.unhealthy) | set(st.breached)
-        for m in st.active.values():
-            if m.scope.kind is ScopeKind.VENUE and m.action in (
+        for key, m in st.active.items():
+            if key != exclude_self and m.scope.kind is ScopeKind.VENUE and m.action in (
                     Action.HALT_TRADING, Action.CANCEL_ALL, Action.REROUTE_ORDER_FLOW):
                 down.add(m.scope.value)
         candidates = rule.alternatives or self.config.venues
@@ -704,6 +747,19 @@ class PlaybookLogic:
         if start != st.window_start:
             st.window_start = start
             st.window_count = 0
+            self._prune_history()
+
+    def _prune_history(self) -> None:
+        """Forget trips older than their rule's repeat window (bounded state)."""
+        st = self.state
+        for key in list(st.history):
+            rule = self.rules.get(key.split("|", 1)[0])
+            horizon = (rule.repeat_window_s if rule else 0.0) * S
+            kept = [t for t in st.history[key] if st.now - t <= horizon]
+            if kept:
+                st.history[key] = kept
+            else:
+                del st.history[key]
 
     def _dead(self, event: Any, reason: str, path: str, expected: str, found: str) -> DeadLetter:
         raw = encode(event) if isinstance(event, msgspec.Struct) else repr(event).encode()

@@ -142,6 +142,7 @@ def test_trips_outside_the_repeat_window_start_at_the_bottom() -> None:
     logic = make(rule)
     feed(logic, [anomaly(0), anomaly(1, phase="close"), Tick(ts=2 * S)])
     assert acts(logic.on_event(anomaly(200))) == [("alert", "venue:okx")]
+    assert logic.snapshot().history == {"flash|anomaly|instrument:okx/BTC-USDT": [200 * S]}
 
 
 def test_same_action_on_same_scope_is_not_reissued_while_in_force() -> None:
@@ -190,10 +191,14 @@ def test_reroute_picks_only_healthy_unbreached_alternatives() -> None:
     logic = make(HB, venues=("okx", "binance", "deribit", "kraken"))
     feed(logic, [breach("binance", 0), alert("heartbeat_loss", venue("kraken"), 1)])
     out = logic.on_event(alert("heartbeat_loss", venue("okx"), 2))
-    # kraken's own heartbeat loss reroutes kraken first; okx's reroute avoids kraken.
-    assert acts(out) == [("reroute_order_flow", "venue:okx")]
+    # okx's reroute avoids kraken (down) and binance (breached); kraken's earlier reroute
+    # to okx and deribit is narrowed to deribit now that okx is down too.
+    assert acts(out) == [("reroute_order_flow", "venue:okx"),
+                         ("reroute_order_flow", "venue:kraken")]
     assert out[0].params == {"targets": ["deribit"], "from": "okx"}
     assert "deribit" in out[0].reason
+    assert out[1].params == {"targets": ["deribit"], "from": "kraken"}
+    assert "retargeted to deribit; okx no longer healthy" in out[1].reason
 
 
 def test_reroute_escalates_to_next_rung_when_no_alternative_qualifies() -> None:
@@ -218,14 +223,18 @@ def test_cascade_reroutes_away_then_halts_never_rerouting_into_a_bad_venue() -> 
     assert acts(first) == [("reroute_order_flow", "venue:A")]
     assert first[0].params["targets"] == ["B"]
     second = logic.on_event(breach("B", 5))
-    assert acts(second) == [("halt_trading", "venue:B")]
+    # B cannot be rerouted (A is down) so it halts; A's reroute has lost its only
+    # target, so A's ladder climbs to its halt at once instead of waiting 300 s.
+    assert acts(second) == [("halt_trading", "venue:B"), ("halt_trading", "venue:A")]
     assert second[0].protective_orders_allowed is True
+    assert "no healthy reroute target" in second[0].reason
     everything = first + second + feed(logic, [Tick(ts=s * S) for s in range(6, 400, 7)])
     for c in everything:
         if c.action is Action.REROUTE_ORDER_FLOW and c.scope.value == "B":
             pytest.fail(f"rerouted B: {c.params}")
     assert acts(everything) == [("reroute_order_flow", "venue:A"), ("halt_trading", "venue:B"),
                                 ("halt_trading", "venue:A")]
+    assert logic.snapshot().active["reroute_order_flow|venue:A"].params["targets"] == []
 
 
 def test_rate_cap_suppresses_and_emits_exactly_one_firm_alert_per_window() -> None:
@@ -439,6 +448,7 @@ FLOW_EVENTS: list[Any] = [
 ]
 FLOW_EXPECTED = [("alert", "venue:okx"), ("reroute_order_flow", "venue:binance"),
                  ("reduce_only", "venue:okx"), ("halt_trading", "venue:okx"),
+                 ("reroute_order_flow", "venue:binance"),  # narrowed: okx is halted
                  ("resume", "venue:binance"), ("resume", "venue:okx")]
 
 
@@ -451,6 +461,7 @@ def test_flow_plans_commands_and_routes_bad_items_to_errs() -> None:
     run_main(_flow(FLOW_EVENTS, oks, errs))
     assert acts(oks) == FLOW_EXPECTED
     assert oks[-1].params["actions"] == ["halt_trading", "reduce_only"]
+    assert oks[4].params["targets"] == ["deribit"]
     assert all(c.issued_at == 77 and c.seq == 0 for c in oks)
     assert [(e.reason, e.found) for e in errs] == [("unexpected_type", "str")]
 
