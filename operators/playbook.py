@@ -403,7 +403,8 @@ class PlaybookLogic:
             if event.action is not Action.RESUME:
                 return [self._dead(event, "unexpected_command", "$.action", "resume",
                                    event.action.value)]
-            self._advance(event.issued_at)
+            # A resume carries processing time (issued_at), not event time: no clock step.
+            self._advance(self.state.now)
             self._manual_resume(event)
         elif isinstance(event, AnomalySignal | RiskAlert | LimitBreach):
             self._advance(event.ts)

@@ -497,3 +497,25 @@ def test_flow_resume_after_abort_equals_uninterrupted(tmp_path: Any) -> None:
     uninterrupted: list[Any] = []
     run_main(_flow(FLOW_EVENTS, uninterrupted, []))
     assert [c.command_id for c in oks] == [c.command_id for c in uninterrupted]
+
+
+def test_eof_reports_suppressed_commands_of_the_unfinished_window() -> None:
+    """At end of input the pending rate-cap alert is still emitted, once."""
+    rule = Rule(name="any", signal="anomaly", target="same", ladder=(Rung(action=RO),))
+    logic = make(rule, max_commands=1, rate_window_s=60)
+    out = feed(logic, [anomaly(1, inst="X-USD"), anomaly(2, inst="Y-USD")])
+    assert [c.action for c in out] == [RO]
+    (cap,) = logic.on_eof()
+    assert (cap.action, cap.scope, cap.params["suppressed"]) == (A, FIRM, 1.0)
+    assert logic.on_eof() == []
+
+
+def test_resume_input_does_not_move_event_time() -> None:
+    """A resume's issued_at is processing time: it must not expire quiet periods early."""
+    rule = Rule(name="flash", signal="anomaly", target="venue", quiet_s=30,
+                ladder=(Rung(action=RO),))
+    logic = make(rule)
+    feed(logic, [anomaly(0), anomaly(1, phase="close")])
+    assert logic.on_event(resume(venue("binance"), 10_000)) == []
+    assert logic.snapshot().now == 1 * S
+    assert list(logic.snapshot().active) == ["reduce_only|venue:okx"]
