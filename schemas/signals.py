@@ -8,7 +8,17 @@ from typing import Literal
 import msgspec
 
 from riskguard.schemas.base import Record
-from riskguard.schemas.types import Finite, Name, Nanos, NonNegative, RecordId, ScopeValue, Seq, Text
+from riskguard.schemas.types import (
+    Finite,
+    Label,
+    Name,
+    Nanos,
+    NonNegative,
+    RecordId,
+    ScopeValue,
+    Seq,
+    Text,
+)
 
 
 class Severity(StrEnum):
@@ -86,8 +96,8 @@ class AnomalySignal(Record, frozen=True, kw_only=True, tag="anomaly"):
     severity: Severity
     warming_up: bool = False
     top_features: list[Contribution] = []
-    model: Name
-    model_version: Name
+    model: Label
+    model_version: Label
     evidence_ids: list[RecordId] = []
 
 

@@ -33,5 +33,6 @@ ScopeValue = Annotated[
     msgspec.Meta(min_length=1, max_length=64, pattern=r"^(\*|[A-Za-z0-9_.:/@+-]+)$",
                  description="a name, or * for firm-wide"),
 ]
+Label = Annotated[str, msgspec.Meta(min_length=1, max_length=128, description="free-form label")]
 Text = Annotated[str, msgspec.Meta(max_length=4096)]
 HexDigest = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
