@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
-
 from riskguard.operators.anomaly import (
     DetectorConfig,
     FeatureConfig,
@@ -87,7 +86,7 @@ def per_key_costs(events: list[Quote], keys: int) -> tuple[float, float, float]:
         fl = feats.setdefault(key, FeatureLogic(fcfg, lambda: 2**62))
         dl = dets.setdefault(key, DetectorLogic(dcfg, lambda: 0))
         for fv in fl.on_event(q):
-            dl.on_event(fv)  # type: ignore[arg-type]  # only vectors in this bench
+            dl.on_event(fv)  # only vectors in this bench
     mem = (tracemalloc.get_traced_memory()[0] - base) / keys
     tracemalloc.stop()
     fsnap = sum(len(pickle.dumps(f.snapshot())) for f in feats.values()) / keys

@@ -46,13 +46,13 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
-
-from riskguard.errors import ConfigError
 from riskguard.operators.base import split_dead_letters, stateful_logic
 from riskguard.operators.detector import DetectorConfig, detector_builder
 from riskguard.operators.features import FeatureConfig, feature_builder, route
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.signals import AnomalySignal, FeatureVector
+
+from riskguard.errors import ConfigError
 
 __all__ = [
     "DetectOut", "DetectorConfig", "FeatureConfig", "FeaturesOut", "detect_anomalies",
@@ -86,7 +86,7 @@ def extract_features(step_id: str, up: Stream[Any], *, config: FeatureConfig,
     module example.
     """
     if not config.venues:
-        raise ConfigError(f"step {step_id!r}: features.venues",
+        raise ConfigError("step " + repr(step_id) + ": features.venues",
                           "must list the venues that receive index prices", config.venues)
     config.validate(f"step {step_id!r}: features")
     keyed = op.flat_map("route", up, lambda rec: route(rec, config))

@@ -54,11 +54,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
-
-from riskguard.errors import ConfigError
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import encode
 from riskguard.schemas.signals import AnomalySignal, Contribution, FeatureVector, Severity
+
+from riskguard.errors import ConfigError
 
 NS = 1_000_000_000
 _NAMESPACE = uuid.UUID("6f1d3c1e-6a57-5d8e-9a55-7c1b0a2e4d11")
@@ -112,29 +112,29 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     def validate(self, path: str = "detector") -> DetectorConfig:
         """Raise ``ConfigError`` naming the key of the first bad value."""
         if self.model not in ("auto", "hst", "gaussian", "oneclass_svm", "lof"):
-            raise ConfigError(f"{path}.model",
+            raise ConfigError(path + ".model",
                               "must be one of auto, hst, gaussian, oneclass_svm, lof", self.model)
         if not 0.0 < self.target_alarm_rate < 0.5:
-            raise ConfigError(f"{path}.target_alarm_rate", "must be in (0, 0.5)",
+            raise ConfigError(path + ".target_alarm_rate", "must be in (0, 0.5)",
                               self.target_alarm_rate)
         for name in ("hst_trees", "hst_height", "hst_window", "threshold_window",
                      "blend_points", "top_k", "close_quiet_points", "protect_max_points"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{path}.{name}", "must be a positive integer",
+                raise ConfigError(path + "." + name, "must be a positive integer",
                                   getattr(self, name))
         if self.hst_height > 12:
-            raise ConfigError(f"{path}.hst_height",
+            raise ConfigError(path + ".hst_height",
                               "must be <= 12 (height 15 costs > 500 us per event)",
                               self.hst_height)
         for name in ("warmup_events", "warmup_ns", "close_quiet_ns", "drift_cooldown_points"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{path}.{name}", "must be >= 0", getattr(self, name))
+                raise ConfigError(path + "." + name, "must be >= 0", getattr(self, name))
         if not 0.0 < self.hysteresis <= 1.0:
-            raise ConfigError(f"{path}.hysteresis", "must be in (0, 1]", self.hysteresis)
+            raise ConfigError(path + ".hysteresis", "must be in (0, 1]", self.hysteresis)
         if self.drift not in ("adwin", "page_hinkley", "none"):
-            raise ConfigError(f"{path}.drift", "must be adwin, page_hinkley or none", self.drift)
+            raise ConfigError(path + ".drift", "must be adwin, page_hinkley or none", self.drift)
         if self.drift_policy not in ("keep", "reset", "blend"):
-            raise ConfigError(f"{path}.drift_policy", "must be keep, reset or blend",
+            raise ConfigError(path + ".drift_policy", "must be keep, reset or blend",
                               self.drift_policy)
         return self
 
@@ -160,7 +160,7 @@ def make_model(config: DetectorConfig, features: tuple[str, ...]) -> tuple[Any, 
         return anomaly.HalfSpaceTrees(
             n_trees=config.hst_trees, height=config.hst_height,
             window_size=config.hst_window, seed=config.seed,
-            limits={f: (0.0, 1.0) for f in features},
+            limits=dict.fromkeys(features, (0.0, 1.0)),
         ), f"ZSquash|HalfSpaceTrees(h={config.hst_height},t={config.hst_trees})"
     return (preprocessing.MinMaxScaler() | anomaly.HalfSpaceTrees(
         n_trees=config.hst_trees, height=config.hst_height,
@@ -227,11 +227,11 @@ class DetectorLogic:
         self.clock = clock
         self.s = state if state is not None else DetectorState()
         s = self.s
-        self.model: Any = pickle.loads(s.model) if s.model else None  # noqa: S301  # own state
-        self.fresh: Any = pickle.loads(s.fresh) if s.fresh else None  # noqa: S301
-        self.quantile: Any = (pickle.loads(s.quantile) if s.quantile  # noqa: S301
+        self.model: Any = pickle.loads(s.model) if s.model else None  # own state
+        self.fresh: Any = pickle.loads(s.fresh) if s.fresh else None
+        self.quantile: Any = (pickle.loads(s.quantile) if s.quantile
                               else _make_quantile(config))
-        self.drift: Any = (pickle.loads(s.drift) if s.drift  # noqa: S301
+        self.drift: Any = (pickle.loads(s.drift) if s.drift
                            else _make_drift(config))
         self._univariate = False
         self._squashing = False
@@ -271,10 +271,7 @@ class DetectorLogic:
     def threshold(self) -> float:
         """The key's current alarm threshold (``inf`` before it has scores)."""
         c = self.config
-        if self.s.n_scores < 50:
-            thr = math.inf
-        else:
-            thr = float(self.quantile.get()) + c.threshold_margin
+        thr = math.inf if self.s.n_scores < 50 else float(self.quantile.get()) + c.threshold_margin
         if c.threshold_floor is not None:
             thr = max(thr, c.threshold_floor) if thr != math.inf else thr
         return thr
@@ -409,7 +406,7 @@ class DetectorLogic:
             return Severity.WARN
         return Severity.INFO
 
-    def _episode(self, fv: FeatureVector, score: float, thr: float, anomalous: bool,
+    def _episode(self, fv: FeatureVector, score: float, thr: float, anomalous: bool,  # noqa: PLR0917  # private hot-path helper
                  warming: bool, contributions: list[Contribution]) -> list[AnomalySignal]:
         s = self.s
         c = self.config
@@ -453,7 +450,7 @@ class DetectorLogic:
     def _episode_id(self) -> str:
         return f"{self.s.key}#{self.s.episodes}"
 
-    def _signal(self, fv: FeatureVector, kind: Literal["anomaly", "regime_change"],
+    def _signal(self, fv: FeatureVector, kind: Literal["anomaly", "regime_change"],  # noqa: PLR0917  # private helper
                 phase: Literal["open", "escalate", "close"], score: float, thr: float,
                 severity: Severity, warming: bool, contributions: list[Contribution],
                 episode_id: str | None) -> AnomalySignal:

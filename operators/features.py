@@ -38,8 +38,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
-
-from riskguard.errors import ConfigError
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import encode
 from riskguard.schemas.market import (
@@ -51,6 +49,8 @@ from riskguard.schemas.market import (
     VenueStatus,
 )
 from riskguard.schemas.signals import FeatureVector, Scope, ScopeKind
+
+from riskguard.errors import ConfigError
 
 NS = 1_000_000_000
 SECONDS_PER_YEAR = 31_536_000.0
@@ -96,19 +96,19 @@ class FeatureConfig(msgspec.Struct, frozen=True, kw_only=True):
         """Raise ``ConfigError`` naming the key of the first bad value."""
         for name in ("bar_ns", "return_window_ns", "iv_window_ns", "rate_halflife_ns"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"{path}.{name}", "must be a positive duration in ns",
+                raise ConfigError(path + "." + name, "must be a positive duration in ns",
                                   getattr(self, name))
         for name in ("allowed_lateness_ns", "allowed_skew_ns"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{path}.{name}", "must be >= 0 ns", getattr(self, name))
+                raise ConfigError(path + "." + name, "must be >= 0 ns", getattr(self, name))
         for name in ("fast_alpha", "slow_alpha"):
             a = getattr(self, name)
             if not 0.0 < a <= 1.0:
-                raise ConfigError(f"{path}.{name}", "must be in (0, 1]", a)
+                raise ConfigError(path + "." + name, "must be in (0, 1]", a)
         if self.max_evidence < 1:
-            raise ConfigError(f"{path}.max_evidence", "must be >= 1", self.max_evidence)
+            raise ConfigError(path + ".max_evidence", "must be >= 1", self.max_evidence)
         if self.cadence not in ("bar", "event"):
-            raise ConfigError(f"{path}.cadence", "must be 'bar' or 'event'", self.cadence)
+            raise ConfigError(path + ".cadence", "must be 'bar' or 'event'", self.cadence)
         return self
 
 

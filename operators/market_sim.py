@@ -33,6 +33,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
+from riskguard.schemas.base import Record
 from riskguard.schemas.market import (
     FundingRate,
     IndexPrice,
@@ -43,7 +44,6 @@ from riskguard.schemas.market import (
     Trade,
     VenueStatus,
 )
-from riskguard.schemas.base import Record
 
 NS = 1_000_000_000
 INCIDENT_KINDS = (
@@ -354,5 +354,5 @@ def generate(cfg: SimConfig | None = None) -> Scenario:
                         id=nid("i"), venue=ORACLE_SOURCE, instrument=name, ts=ts,
                         recv_ts=ts + 1_000_000, price=oracle,
                     ))
-    events.sort(key=lambda e: e.ts)  # type: ignore[attr-defined]  # every record here has ts
+    events.sort(key=lambda e: e.ts)  # every record here has ts
     return Scenario(cfg, tuple(cfg.venues), tuple(instruments), events, incidents)

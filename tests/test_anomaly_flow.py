@@ -9,7 +9,6 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
-
 from riskguard.operators.anomaly import (
     DetectorConfig,
     FeatureConfig,

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-
 from riskguard.operators.detector import DetectorConfig, detector_builder
 from riskguard.operators.features import FeatureConfig, FeatureLogic, feature_builder, route
 from riskguard.operators.market_sim import SimConfig, generate
+
 from tests.contract import CHECKS, Case
 
 SC = generate(SimConfig(duration_s=120, seed=3, incidents_per_kind=0, warmup_s=0))

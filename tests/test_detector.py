@@ -6,11 +6,11 @@ import math
 import random
 
 import pytest
-
-from riskguard.errors import ConfigError
 from riskguard.operators.clock import ManualClock
 from riskguard.operators.detector import DetectorConfig, DetectorLogic
 from riskguard.schemas import AnomalySignal, DeadLetter, FeatureVector, Scope, ScopeKind
+
+from riskguard.errors import ConfigError
 
 NS = 1_000_000_000
 SCOPE = Scope(kind=ScopeKind.INSTRUMENT, value="BTC-USDT", venue="okx")
@@ -155,7 +155,7 @@ def test_explanation_names_the_perturbed_feature() -> None:
                           ManualClock())
     xs = [{n: rng.gauss(0.0, 1.0) for n in names} for _ in range(1500)]
     feed(logic, 0, xs)
-    spike = {n: 0.0 for n in names}
+    spike = dict.fromkeys(names, 0.0)
     spike["quote_age_s"] = 40.0
     sigs = [s for s in logic.on_event(fv(1500, spike)) if isinstance(s, AnomalySignal)]
     assert sigs and sigs[0].phase == "open"
@@ -186,7 +186,7 @@ def test_signal_ids_are_deterministic() -> None:
     runs = []
     for _ in range(2):
         logic = DetectorLogic(UNI, ManualClock())
-        runs.append([s.id for s in feed(logic, 0, noise(400) + [{"x": 999.0}])])
+        runs.append([s.id for s in feed(logic, 0, [*noise(400), {"x": 999.0}])])
     assert runs[0] == runs[1]
     assert len(runs[0]) == 1
 

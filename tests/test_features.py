@@ -5,12 +5,21 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from riskguard.errors import ConfigError
 from riskguard.operators.clock import ManualClock
 from riskguard.operators.features import FeatureConfig, FeatureLogic, route
-from riskguard.schemas import DeadLetter, FeatureVector, IndexPrice, Quote, Trade, VenueStatus
-from riskguard.schemas import Side, decode, encode
+from riskguard.schemas import (
+    DeadLetter,
+    FeatureVector,
+    IndexPrice,
+    Quote,
+    Side,
+    Trade,
+    VenueStatus,
+    decode,
+    encode,
+)
+
+from riskguard.errors import ConfigError
 
 NS = 1_000_000_000
 EV = FeatureConfig(venues=("okx", "binance"), cadence="event")
