@@ -14,9 +14,7 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main
 from prometheus_client import REGISTRY
-
 from riskguard.connectors.subscriber import GapAlert, Rejection
-from riskguard.errors import ConfigError
 from riskguard.operators import metrics
 from riskguard.operators.observe import ObserveConfig, Observer, key_class, observe
 from riskguard.schemas import (
@@ -31,6 +29,8 @@ from riskguard.schemas import (
     Utilization,
 )
 from riskguard.schemas.signals import LimitLevel
+
+from riskguard.errors import ConfigError
 
 NS = 1_000_000_000
 
@@ -168,7 +168,7 @@ def test_audit_checkpoint_sets_last_time_and_the_age_counts_from_it() -> None:
     assert value("riskguard_audit_checkpoint_age_seconds") == 0.0
 
 
-def test_dead_letters_from_operators_count_but_source_decode_failures_are_not_double_counted() -> None:
+def test_operator_dead_letters_count_but_source_decode_failures_are_not_double_counted() -> None:
     """kafka_input already counts decode failures (partition >= 0); operator ones count here."""
     before_op = value("riskguard_dead_letters_total", stream="dl-features", reason="non_finite")
     before_src = value("riskguard_dead_letters_total", stream="dl-src", reason="bad_json")
@@ -244,7 +244,7 @@ def test_metrics_server_port_from_env_is_validated() -> None:
     assert metrics.start_metrics_server_from_env({}) is None
     with pytest.raises(ConfigError, match="RISKGUARD_METRICS_PORT"):
         metrics.start_metrics_server_from_env({"RISKGUARD_METRICS_PORT": "http"})
-    with pytest.raises(ConfigError, match="metrics.port"):
+    with pytest.raises(ConfigError, match=r"metrics\.port"):
         metrics.start_metrics_server(70000)
 
 
