@@ -643,7 +643,7 @@ class PlaybookLogic:
             reason += f"; reroute to {', '.join(params['targets'])}"
         elif params.get("failed_action"):
             reason += "; reroute_order_flow found no healthy alternative venue"
-        seed = f"{rule.name}|{scope.label()}|{action.value}|{inc.opened_at}|{index}"
+        seed = f"{inc.key}|{scope.label()}|{action.value}|{inc.opened_at}|{index}"
         cmd = self._command(seed, scope, action, params, reason, inc.evidence)
         if not self._emit(cmd, capped=True):
             return "suppressed"

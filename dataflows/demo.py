@@ -1,0 +1,325 @@
+"""``riskguard demo``: the guard dataflow on the bundled scenario, end to end.
+
+Steps: start the dev broker (unless one is given); create the topics; make
+demo keys, a root-signed trust file and a guard config in a work directory;
+publish the bundled scenario (see :mod:`riskguard.dataflows.demo_scenario`);
+run the guard dataflow (``python -m bytewax.run riskguard.dataflows.guard``);
+meanwhile verify every command with the subscriber and print signals, commands
+and rejections as they come; inject one forged command to show it is refused;
+print a summary; and finish with ``riskguard audit verify`` on the audit topic.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, TextIO
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from riskguard.config import CommonConfig, TopicsConfig
+from riskguard.connectors.broker import DevBroker
+from riskguard.connectors.settings import KafkaSettings
+from riskguard.connectors.subscriber import CommandSubscriber, GapAlert, Rejection
+from riskguard.connectors.topics import create_topics, topic_name
+from riskguard.dataflows.demo_scenario import DURATION_S, build_scenario
+from riskguard.operators.crypto import (
+    PAYLOAD_COMMAND,
+    Signer,
+    encode_envelope,
+    generate_key_file,
+    sign_envelope,
+)
+from riskguard.operators.trust import RootSet, TrustStore, sign_trust_file, trust_doc_to_toml
+from riskguard.schemas import (
+    AnomalySignal,
+    Audience,
+    Balance,
+    Fill,
+    LimitBreach,
+    MitigationCommand,
+    OpenOrders,
+    PositionSnapshot,
+    RiskAlert,
+    Scope,
+    ScopeKind,
+    VenueStatus,
+    decode,
+    encode,
+)
+
+NS = 1_000_000_000
+ISSUER = "riskguard-guard"
+ENV = "demo"
+
+
+def stream_of(rec: Any) -> str:
+    """Which input topic a scenario record is published to."""
+    if isinstance(rec, VenueStatus):
+        return "venue_status"
+    if isinstance(rec, Fill):
+        return "fills"
+    if isinstance(rec, PositionSnapshot):
+        return "positions"
+    if isinstance(rec, Balance | OpenOrders):
+        return "balances"
+    return "market"
+
+
+@dataclass
+class DemoKeys:
+    signing_key: Path
+    trust_file: Path
+    roots_file: Path
+    admin_key: Path
+
+
+def init_keys(workdir: Path) -> DemoKeys:
+    """Engine, limit-admin and root keys; a trust file signed by the root."""
+    engine = generate_key_file(workdir / "engine.key")
+    admin = generate_key_file(workdir / "limit-admin.key")
+    root = generate_key_file(workdir / "root.key")
+    keys = [
+        {"name": ISSUER, "public_key": engine.public_key.raw.hex(), "role": "risk-engine",
+         "actions": ["*"], "scopes": ["*"]},
+        {"name": "limit-admin", "public_key": admin.public_key.raw.hex(), "role": "limit-admin",
+         "actions": ["limit_update"], "scopes": ["*"]},
+    ]
+    trust = workdir / "trust.toml"
+    trust.write_text(trust_doc_to_toml(keys, two_person={"actions": ["resume"],
+                                                         "scopes": ["firm:*"]}))
+    sign_trust_file(trust, Signer.from_file(workdir / "root.key"))
+    roots = workdir / "roots.toml"
+    roots.write_text(f'threshold = 1\n\n[[roots]]\npublic_key = "{root.public_key.raw.hex()}"\n')
+    return DemoKeys(workdir / "engine.key", trust, roots, workdir / "limit-admin.key")
+
+
+def write_config(workdir: Path, bootstrap: str, keys: DemoKeys) -> Path:
+    """The demo guard config: the bundled template plus [kafka] and [keys]."""
+    pkg = resources.files("riskguard.dataflows")
+    (workdir / "playbook.toml").write_text(pkg.joinpath("playbook.toml").read_text())
+    text = pkg.joinpath("demo.toml").read_text()
+    text += (
+        f'\n[kafka]\nbootstrap = "{bootstrap}"\n\n[keys]\nissuer = "{ISSUER}"\n'
+        f'signing_key = "{keys.signing_key.name}"\ntrust_file = "{keys.trust_file.name}"\n'
+        f'roots_file = "{keys.roots_file.name}"\n'
+    )
+    path = workdir / "guard.toml"
+    path.write_text(text)
+    return path
+
+
+def publish_scenario(bootstrap: str, start_ns: int) -> int:
+    """Produce the scenario to the input topics; returns the record count."""
+    sc = build_scenario(start_ns)
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True})
+    for rec in sc.events:
+        key = f"{getattr(rec, 'venue', '')}/{getattr(rec, 'instrument', '')}".encode()
+        while True:
+            try:
+                p.produce(topic_name(ENV, stream_of(rec)), encode(rec), key)
+                break
+            except BufferError:
+                p.poll(0.05)
+    left = p.flush(60)
+    if left:
+        msg = f"could not publish {left} scenario records"
+        raise RuntimeError(msg)
+    return len(sc.events)
+
+
+@dataclass
+class Tally:
+    signals: Counter[str] = field(default_factory=Counter)
+    commands: Counter[tuple[str, str]] = field(default_factory=Counter)
+    rejections: Counter[str] = field(default_factory=Counter)
+    executed: list[MitigationCommand] = field(default_factory=list)
+
+
+def _clock_s(ts: int, start_ns: int) -> str:
+    return f"t+{(ts - start_ns) / NS:6.1f}s"
+
+
+def describe_signal(rec: Any, start_ns: int) -> str | None:
+    """One line for a signal worth showing (warm-up and utilization noise are skipped)."""
+    if isinstance(rec, AnomalySignal):
+        if rec.warming_up:
+            return None
+        top = ", ".join(f"{c.feature} z={c.zscore:+.1f}" for c in rec.top_features[:2])
+        return (f"{_clock_s(rec.ts, start_ns)} SIGNAL  {rec.kind}/{rec.phase:<8} "
+                f"{rec.scope.label():<34} {rec.severity.value:<8} score {rec.score:.3f} > "
+                f"{rec.threshold:.3f}  [{top}]")
+    if isinstance(rec, LimitBreach):
+        return (f"{_clock_s(rec.ts, start_ns)} SIGNAL  breach/{rec.level.value:<8} "
+                f"{rec.limit_path:<34} util {rec.utilization:.0%} of "
+                f"{rec.effective_limit:,.0f}")
+    if isinstance(rec, RiskAlert):
+        return (f"{_clock_s(rec.ts, start_ns)} SIGNAL  {rec.kind:<17} {rec.scope.label():<34} "
+                f"{rec.reason}")
+    return None
+
+
+def run_demo(
+    *,
+    bootstrap: str | None = None,
+    workdir: Path | None = None,
+    out: TextIO = sys.stdout,
+    timeout_s: float = 110.0,
+    on_command: Callable[[MitigationCommand], None] | None = None,
+) -> tuple[int, Tally]:
+    """Run the whole demo; returns (exit code, tally)."""
+    say = out.write
+    broker = None
+    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="riskguard-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if bootstrap is None:
+        broker = DevBroker(work / "broker")
+        bootstrap = broker.start().bootstrap
+        say(f"dev broker (in memory only) on {bootstrap}\n")
+    try:
+        return _run(bootstrap, work, say, timeout_s, on_command)
+    finally:
+        if broker is not None:
+            broker.stop()
+            say("dev broker stopped\n")
+
+
+def _run(bootstrap: str, work: Path, say: Callable[[str], Any], timeout_s: float,
+         on_command: Callable[[MitigationCommand], None] | None) -> tuple[int, Tally]:
+    from riskguard.cli_topics import topic_specs  # noqa: PLC0415  (CLI helper, imported late)
+
+    common = CommonConfig(env=ENV, kafka=KafkaSettings(bootstrap=bootstrap),
+                          topics=TopicsConfig(default_partitions=2))
+    create_topics(common.kafka.client_config(), topic_specs(common))
+    keys = init_keys(work)
+    config = write_config(work, bootstrap, keys)
+    start_ns = time.time_ns() - (DURATION_S + 5) * NS
+    n = publish_scenario(bootstrap, start_ns)
+    say(f"published {n:,} scenario records ({DURATION_S} s of market time, 3 venues)\n")
+    say(f"work dir {work}\n\n")
+
+    env = {**os.environ, "RISKGUARD_CONFIG": str(config)}
+    guard = subprocess.Popen(  # noqa: S603  (our own module)
+        [sys.executable, "-m", "bytewax.run", "riskguard.dataflows.guard"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    tally = Tally()
+    trust = TrustStore.load(keys.trust_file, RootSet.load(keys.roots_file))
+    cmd_topic = topic_name(ENV, "commands")
+
+    def accepted(cmd: MitigationCommand) -> None:
+        tally.executed.append(cmd)
+        tally.commands[(cmd.action.value, cmd.scope.label())] += 1
+        extra = f" {dict(cmd.params)}" if cmd.params else ""
+        say(f"{_clock_s(cmd.recv_ts or cmd.issued_at, start_ns)} COMMAND {cmd.action.value:<17} "
+            f"{cmd.scope.label():<34} seq {cmd.seq:<3} verified{extra}\n        reason: {cmd.reason}\n")
+        if on_command is not None:
+            on_command(cmd)
+
+    def rejected(rej: Rejection) -> None:
+        tally.rejections[rej.reason] += 1
+        say(f"          REJECTED {rej.reason}: {rej.detail}\n")
+
+    def gap(alert: GapAlert) -> None:
+        say(f"          GAP ALERT {alert}\n")
+
+    sub = CommandSubscriber(
+        trust=trust, audience=Audience(env=ENV, topic=cmd_topic), state_path=work / "sub.sqlite",
+        on_command=accepted, on_reject=rejected, on_alert=gap, brokers=bootstrap, topic=cmd_topic,
+    )
+    signals = _SignalTail(bootstrap, topic_name(ENV, "signals"))
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            for rec in signals.poll():
+                line = describe_signal(rec, start_ns)
+                if line:
+                    tally.signals[type(rec).__name__] += 1
+                    say(line + "\n")
+            sub.poll(idle_timeout_s=0.3)
+            if guard.poll() is not None:
+                break
+        if guard.poll() is None:
+            guard.kill()
+            say("guard did not finish in time\n")
+            return 1, tally
+        if guard.returncode != 0:
+            log = guard.stdout.read().decode(errors="replace") if guard.stdout else ""
+            say(f"guard dataflow failed (exit {guard.returncode}):\n{log[-3000:]}\n")
+            return 1, tally
+        for rec in signals.poll(drain=True):
+            line = describe_signal(rec, start_ns)
+            if line:
+                tally.signals[type(rec).__name__] += 1
+                say(line + "\n")
+        sub.poll(idle_timeout_s=1.0)
+        say("\ninjecting a forged command (signed by a key the trust file does not list)\n")
+        _inject_forged(bootstrap, cmd_topic)
+        sub.poll(idle_timeout_s=1.5)
+    finally:
+        sub.close()
+        signals.close()
+    _summary(tally, say)
+    say("\nriskguard audit verify --topic " + topic_name(ENV, "audit") + "\n")
+    from riskguard.cli import main as cli_main  # noqa: PLC0415  (avoid an import cycle)
+
+    rc = cli_main(["audit", "verify", "--topic", topic_name(ENV, "audit"), "--brokers", bootstrap,
+                   "--trust", str(keys.trust_file), "--roots", str(keys.roots_file)])
+    return (0 if rc == 0 else 1), tally
+
+
+def _inject_forged(bootstrap: str, topic: str) -> None:
+    forger = Signer.from_private_bytes(b"\x07" * 32, issuer=ISSUER)
+    now = time.time_ns()
+    cmd = MitigationCommand(
+        command_id="forged-0001", issuer=ISSUER, seq=10_000, issued_at=now, expires_at=now + 60 * NS,
+        audience=Audience(env=ENV, topic=topic), action="halt_trading",
+        scope=Scope(kind=ScopeKind.FIRM, value="*"), reason="not from riskguard",
+    )
+    env = sign_envelope(PAYLOAD_COMMAND, encode(cmd), [forger])
+    p = Producer({"bootstrap.servers": bootstrap})
+    p.produce(topic, encode_envelope(env), ISSUER.encode())
+    p.flush(10)
+
+
+def _summary(t: Tally, say: Callable[[str], Any]) -> None:
+    say("\nSUMMARY\n")
+    say(f"  signals shown: {sum(t.signals.values())}  ({dict(t.signals)})\n")
+    say(f"  {'action':<20} {'scope':<36} {'count':>5}\n")
+    for (action, scope), c in sorted(t.commands.items()):
+        say(f"  {action:<20} {scope:<36} {c:>5}\n")
+    say(f"  verified and executed: {len(t.executed)}   rejected: {sum(t.rejections.values())} "
+        f"{dict(t.rejections)}\n")
+
+
+class _SignalTail:
+    """Reads the signals topic from the beginning (assign, no group)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": "riskguard-demo",
+                           "enable.auto.commit": False, "fetch.wait.max.ms": 20})
+        self.c.assign([TopicPartition(topic, p, 0) for p in range(2)])
+
+    def poll(self, drain: bool = False) -> list[Any]:
+        out = []
+        idle = 0
+        while True:
+            msgs = self.c.consume(500, 0.1)
+            out.extend(decode("signals", m.value()) for m in msgs if m.error() is None)
+            if msgs:
+                idle = 0
+                continue
+            idle += 1
+            if not drain or idle >= 5:
+                return out
+
+    def close(self) -> None:
+        self.c.close()

@@ -1,0 +1,379 @@
+"""The reference guard dataflow: raw feeds in, signed mitigation commands out.
+
+Wiring::
+
+    Kafka (market, venue_status, fills, positions, balances, limit_updates)
+      -> decode (bad records -> dead-letter topic)
+      -> feed selection (primary/backup failover)   keyed venue/instrument
+      -> features -> anomalies                      same key: no extra exchange
+      -> exposures -> limits (signed limit updates verified against the trust file)
+      -> playbook (one key: global state, rare signals)
+      -> sign -> commands topic
+      -> audit log with signed checkpoints -> audit topic
+
+Run it with ``riskguard run --config guard.toml`` or
+``RISKGUARD_CONFIG=guard.toml python -m bytewax.run riskguard.dataflows.guard``
+(add ``-w``/``-p``/``-i -a`` and ``-r`` for recovery). Every parameter comes
+from that one TOML file; ``dataflows/guard.example.toml`` documents them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bytewax.operators as op
+import msgspec
+from bytewax.dataflow import Dataflow, Stream, operator
+
+from riskguard.config import CommonConfig, config_hash, decode_section, read_toml
+from riskguard.connectors.kafka import kafka_input, kafka_output
+from riskguard.connectors.topics import topic_name
+from riskguard.errors import ConfigError
+from riskguard.operators.anomaly import detect_anomalies, extract_features
+from riskguard.operators.audit import AuditConfig
+from riskguard.operators.audit_op import audit_log
+from riskguard.operators.base import stateful_logic
+from riskguard.operators.clock import Clock, system_clock
+from riskguard.operators.crypto import PAYLOAD_LIMIT_UPDATE, Signer
+from riskguard.operators.detector import DetectorConfig
+from riskguard.operators.exposure import ExposureConfig
+from riskguard.operators.features import FeatureConfig
+from riskguard.operators.feeds import FeedConfig, FeedMonitorLogic, FeedSelectLogic, Tick
+from riskguard.operators.limits import LimitsConfig
+from riskguard.operators.metrics import COMMANDS, DETECTION_TO_COMMAND
+from riskguard.operators.playbook import PlaybookConfig
+from riskguard.operators.playbook import Tick as PlaybookTick
+from riskguard.operators.playbook_op import plan_mitigation
+from riskguard.operators.risk import aggregate_exposure, enforce_limits
+from riskguard.operators.signing import SignConfig, decode_command
+from riskguard.operators.signing_op import sign_commands
+from riskguard.operators.trust import RootSet, TrustStore
+from riskguard.schemas import (
+    Audience,
+    Balance,
+    DeadLetter,
+    Fill,
+    FundingRate,
+    IndexPrice,
+    LimitUpdate,
+    MitigationCommand,
+    OpenOrders,
+    OptionQuote,
+    PositionSnapshot,
+    Quote,
+    SignedEnvelope,
+    Trade,
+    VenueStatus,
+)
+from riskguard.schemas.time_policy import EventTimePolicy
+
+NS = 1_000_000_000
+MARKET = (Trade, Quote, OptionQuote, IndexPrice, FundingRate)
+TRADING = (Fill, PositionSnapshot, Balance, OpenOrders)
+INPUT_STREAMS = ("market", "venue_status", "fills", "positions", "balances", "limit_updates")
+
+
+class InputConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """How the guard reads its topics."""
+
+    starting_offset: str = "earliest"
+    idle_eof_s: float | None = None
+    max_lateness_ns: int = 10 * NS
+    max_future_skew_ns: int = 5 * NS
+    check_future: bool = True
+    batch_size: int = 1000
+
+
+class KeysConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """The signing key and the trust file that authorizes keys.
+
+    ``roots_file`` pins the trust file's root public keys and how many of
+    them must have signed it (``threshold = k`` plus ``[[roots]]`` tables).
+    Relative paths are relative to the config file.
+    """
+
+    signing_key: str
+    issuer: str = "riskguard"
+    trust_file: str
+    roots_file: str
+
+
+class GuardConfig(CommonConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The whole guard config (one TOML file)."""
+
+    keys: KeysConfig
+    input: InputConfig = InputConfig()
+    feeds: FeedConfig = FeedConfig()
+    features: FeatureConfig = FeatureConfig()
+    detector: DetectorConfig = DetectorConfig()
+    exposure: ExposureConfig = ExposureConfig()
+    limits: LimitsConfig = LimitsConfig()
+    playbook: PlaybookConfig = PlaybookConfig()
+    sign: SignConfig = SignConfig()
+    audit: AuditConfig = AuditConfig()
+    tick_ns: int = NS
+    playbook_file: str | None = None
+
+    def topic(self, stream: str) -> str:
+        return topic_name(self.env, stream)
+
+
+def load_guard_config(path: str | Path) -> tuple[GuardConfig, str]:
+    """Decode and validate the guard config; returns it and its hash."""
+    data = read_toml(path)
+    base = Path(path).resolve().parent
+    if "playbook_file" in data and "playbook" not in data:
+        included = read_toml(base / str(data["playbook_file"]))
+        data = {**data, "playbook": included.get("playbook", {})}
+    cfg = decode_section(data, GuardConfig)
+    keys = cfg.keys
+    resolved = KeysConfig(
+        signing_key=str(base / keys.signing_key), issuer=keys.issuer,
+        trust_file=str(base / keys.trust_file), roots_file=str(base / keys.roots_file),
+    )
+    playbook = msgspec.structs.replace(
+        cfg.playbook, env=cfg.env, topic=topic_name(cfg.env, "commands"), issuer=keys.issuer,
+    )
+    cfg = msgspec.structs.replace(cfg, keys=resolved, playbook=playbook)
+    cfg.features.validate("features")
+    cfg.detector.validate("detector")
+    cfg.exposure.validate("exposure")
+    cfg.limits.validate("limits")
+    cfg.feeds.validate("feeds")
+    return cfg, config_hash(data)
+
+
+def _tick_fn(tick_ns: int) -> Any:
+    """Per-worker: emit a Tick when event time crosses a new ``tick_ns`` boundary."""
+    last = [-1]
+
+    def tick(rec: Any) -> Tick | None:
+        bucket = rec.ts // tick_ns
+        if bucket > last[0]:
+            last[0] = bucket
+            return Tick(ts=rec.ts)
+        return None
+
+    return tick
+
+
+@dataclass(frozen=True)
+class GuardOut:
+    """Every output stream of the guard core."""
+
+    commands: Stream[SignedEnvelope]
+    audit: Stream[Any]
+    signals: Stream[Any]
+    exposures: Stream[Any]
+    dead_letters: Stream[DeadLetter]
+
+
+@operator
+def guard_core(
+    step_id: str,
+    records: Stream[Any],
+    *,
+    cfg: GuardConfig,
+    cfg_hash: str,
+    clock: Clock,
+    signer: Signer,
+    trust: TrustStore,
+) -> GuardOut:
+    """The whole guard over a stream of decoded records, whatever their source.
+
+    The live flow feeds it from Kafka; backtests and stress runs feed it from
+    files or generators. It is the single implementation of the guard logic.
+    """
+    market = op.filter("market", records, lambda r: isinstance(r, MARKET))
+    status = op.filter("status", records, lambda r: isinstance(r, VenueStatus))
+    trading = op.filter("trading", records, lambda r: isinstance(r, TRADING))
+    updates = op.filter("updates", records, lambda r: isinstance(r, SignedEnvelope))
+    manual = op.filter("manual", records, lambda r: isinstance(r, MitigationCommand))
+    ticks = op.filter_map("ticks", market, _tick_fn(cfg.tick_ns))
+
+    # Feed selection on the features' key (venue/instrument), so market data
+    # changes worker at most once before features; heartbeats and ticks fan out.
+    fcfg = cfg.feeds
+    instruments = _instruments_of(cfg)
+    feed_venues = tuple(fcfg.venues)
+
+    def feed_keys(rec: Any) -> list[tuple[str, Any]]:
+        if isinstance(rec, VenueStatus):
+            if rec.venue not in fcfg.venues:
+                return []
+            return [(f"{rec.venue}/{i}", rec) for i in instruments]
+        return [(f"{rec.venue}/{rec.instrument}", rec)]
+
+    keyed = op.flat_map("feed_key", op.merge("feed_in", market, status), feed_keys)
+    market_ok = op.map(
+        "feed_unkey", stateful_logic("feed_select", keyed, _bind_venue(fcfg)), lambda kv: kv[1]
+    )
+    monitor_in = op.flat_map(
+        "monitor_key", op.merge("monitor_src", status, ticks),
+        lambda r: [(r.venue, r)] if isinstance(r, VenueStatus) else [(v, r) for v in feed_venues],
+    )
+    feed_alerts = op.map(
+        "monitor_unkey", stateful_logic("feed_monitor", monitor_in, _monitor_builder(fcfg)),
+        lambda kv: kv[1],
+    )
+
+    feats = extract_features("features", op.merge("feat_in", market_ok, status),
+                             config=cfg.features, clock=clock)
+    detected = detect_anomalies("detect", feats.oks, config=cfg.detector, clock=clock)
+    anomalies = op.key_rm("anomalies", detected.oks)
+
+    exposure = aggregate_exposure("exposure", market_ok, trading, config=cfg.exposure, clock=clock)
+    audience = Audience(env=cfg.env, topic=cfg.topic("limit_updates"))
+
+    def verify(env: SignedEnvelope, now_ns: int) -> LimitUpdate:
+        msg = trust.verify(env, expected_payload_type=PAYLOAD_LIMIT_UPDATE, audience=audience,
+                           now_ns=now_ns)
+        return msg.record  # type: ignore[no-any-return]
+
+    limits = enforce_limits("limits", exposure.exposures, updates, config=cfg.limits,
+                            verifier=verify, clock=clock)
+
+    signals = op.merge(
+        "signals", anomalies, exposure.alerts, limits.breaches, limits.alerts, feed_alerts,
+    )
+    playbook_ticks = op.map("pb_ticks", ticks, lambda t: PlaybookTick(ts=t.ts))
+    planned = plan_mitigation(
+        "playbook", op.merge("playbook_in", signals, playbook_ticks, manual),
+        config=cfg.playbook, clock=clock,
+    )
+    commands = planned.oks
+    signed = sign_commands("sign", commands, signer, config=cfg.sign)
+
+    def observe(env: SignedEnvelope) -> SignedEnvelope:
+        cmd = decode_command(env)
+        COMMANDS.labels(cmd.action.value, cmd.scope.kind.value).inc()
+        if cmd.recv_ts is not None:
+            DETECTION_TO_COMMAND.observe(max(clock() - cmd.recv_ts, 0) / 1e9)
+        return env
+
+    out_cmds = op.map("observe", signed.oks, observe)
+    errs: Stream[DeadLetter] = op.merge(
+        "errs", feats.errs, detected.errs, exposure.errs, limits.errs, planned.errs, signed.errs,
+    )
+    audit_cfg = msgspec.structs.replace(cfg.audit, config_hash=cfg_hash)
+    decisions = op.merge("decisions", signals, commands, errs)
+    audit = audit_log("audit", decisions, signer=signer, config=audit_cfg)
+    exposures = op.merge("exp_util", exposure.exposures, limits.utilizations)
+    return GuardOut(commands=out_cmds, audit=audit, signals=signals, exposures=exposures,
+                    dead_letters=errs)
+
+
+def load_keys(cfg: GuardConfig) -> tuple[Signer, TrustStore]:
+    """Load the signing key and the root-verified trust file named in ``[keys]``."""
+    signer = Signer.from_file(cfg.keys.signing_key, issuer=cfg.keys.issuer)
+    trust = TrustStore.load(cfg.keys.trust_file, RootSet.load(cfg.keys.roots_file))
+    return signer, trust
+
+
+def build_flow(
+    cfg: GuardConfig,
+    cfg_hash: str = "0" * 64,
+    *,
+    clock: Clock = system_clock,
+    signer: Signer | None = None,
+    trust: TrustStore | None = None,
+) -> Dataflow:
+    """The live guard: Kafka topics in, the guard core, Kafka topics out."""
+    if signer is None or trust is None:
+        signer, trust = load_keys(cfg)
+    brokers = cfg.kafka
+    flow = Dataflow("riskguard_guard")
+    policy = EventTimePolicy(
+        max_lateness_ns=cfg.input.max_lateness_ns,
+        max_future_skew_ns=cfg.input.max_future_skew_ns,
+        clock=clock if cfg.input.check_future else None,
+    )
+    src = kafka_input(
+        "in", flow, brokers=brokers, topics=[cfg.topic(s) for s in INPUT_STREAMS],
+        starting_offset=cfg.input.starting_offset, idle_eof_s=cfg.input.idle_eof_s,
+        time_policy=policy, clock=clock, stamp_recv_ts=True, batch_size=cfg.input.batch_size,
+    )
+    out = guard_core("guard", src.oks, cfg=cfg, cfg_hash=cfg_hash, clock=clock, signer=signer,
+                     trust=trust)
+    issuer = cfg.sign.issuer or signer.issuer
+    kafka_output("commands", out.commands, brokers=brokers, topic=cfg.topic("commands"),
+                 key=lambda _env: issuer)
+    dead = op.merge("dead", src.errs, out.dead_letters)
+    kafka_output("dead_letters", dead, brokers=brokers, topic=cfg.topic("dead_letters"))
+    kafka_output("signals", out.signals, brokers=brokers, topic=cfg.topic("signals"))
+    kafka_output("exposures", out.exposures, brokers=brokers, topic=cfg.topic("exposures"))
+    kafka_output("audit", out.audit, brokers=brokers, topic=cfg.topic("audit"),
+                 key=lambda rec: getattr(rec, "chain", None) or getattr(rec, "origin", ""))
+    return flow
+
+
+def _instruments_of(cfg: GuardConfig) -> tuple[str, ...]:
+    """Instruments whose feed-selection keys receive each venue heartbeat."""
+    return tuple(sorted(cfg.exposure.instruments.instruments))
+
+
+def _bind_venue(fcfg: FeedConfig) -> Any:
+    def build(state: Any) -> Any:
+        return _LazyFeedSelect(fcfg, state)
+
+    return build
+
+
+class _LazyFeedSelect:
+    """Learns its venue from the first record (bytewax builders don't see the key)."""
+
+    def __init__(self, fcfg: FeedConfig, state: Any) -> None:
+        self.fcfg = fcfg
+        self.logic = None if state is None else FeedSelectLogic(fcfg, state.venue, state)
+
+    def on_event(self, event: Any) -> list[Any]:
+        if self.logic is None:
+            self.logic = FeedSelectLogic(self.fcfg, getattr(event, "venue", ""))
+        return self.logic.on_event(event)
+
+    def snapshot(self) -> Any:
+        return None if self.logic is None else self.logic.snapshot()
+
+
+def _monitor_builder(fcfg: FeedConfig) -> Any:
+    def build(state: Any) -> Any:
+        return _LazyMonitor(fcfg, state)
+
+    return build
+
+
+class _LazyMonitor:
+    def __init__(self, fcfg: FeedConfig, state: Any) -> None:
+        self.fcfg = fcfg
+        self.logic = None if state is None else FeedMonitorLogic(fcfg, state.venue, state)
+
+    def on_event(self, event: Any) -> list[Any]:
+        if self.logic is None:
+            if isinstance(event, Tick):
+                return []  # a venue we have not heard from yet
+            self.logic = FeedMonitorLogic(self.fcfg, event.venue)
+        return self.logic.on_event(event)
+
+    def snapshot(self) -> Any:
+        return None if self.logic is None else self.logic.snapshot()
+
+
+def from_env() -> Dataflow:
+    """Build from ``$RISKGUARD_CONFIG`` (used by ``python -m bytewax.run``)."""
+    path = os.environ.get("RISKGUARD_CONFIG")
+    if not path:
+        raise ConfigError("RISKGUARD_CONFIG", "the path of a guard TOML config", None)
+    cfg, digest = load_guard_config(path)
+    return build_flow(cfg, digest)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "flow":
+        return from_env()
+    raise AttributeError(name)
+
+
+__all__ = ["GuardConfig", "GuardOut", "build_flow", "from_env", "guard_core", "load_guard_config"]
