@@ -164,7 +164,7 @@ def test_same_action_on_same_scope_is_not_reissued_while_in_force() -> None:
 def test_simultaneous_incidents_on_one_venue_get_distinct_command_ids() -> None:
     """Two instruments of one venue opening at the same instant each get their own alert id
     (the signing step refuses one id with two contents)."""
-    rule = Rule(name="flash", signal="anomaly", target="venue", ladder=(Rung(action="alert"),))
+    rule = Rule(name="flash", signal="anomaly", target="venue", ladder=(Rung(action=Action.ALERT),))
     out = feed(make(rule), [anomaly(5, inst="BTC-PERP"), anomaly(5, inst="ETH-PERP")])
     assert acts(out) == [("alert", "venue:okx"), ("alert", "venue:okx")]
     assert out[0].command_id != out[1].command_id
