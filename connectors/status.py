@@ -1,0 +1,390 @@
+"""Read riskguard's Prometheus endpoints and summarize them (``riskguard status``).
+
+:func:`scrape` fetches one ``/metrics`` text and parses it with
+``prometheus_client.parser``; :func:`summarize` folds one or more scrapes
+(one per guard process) into a plain-dict summary: health, lag, open
+episodes, active mitigations, the top utilizations, feeds on backup,
+audit checkpoint age. :func:`render_text` prints it on one screen and
+:class:`StatusServer` serves it as a self-contained HTML page that polls
+``/api/status`` (JSON) and keeps a command timeline.
+
+Across processes, counters and episode gauges are summed, utilizations and
+failover states take the maximum, and the checkpoint age the minimum (only
+the process that owns an audit chain sees its checkpoints).
+
+>>> text = '''# TYPE riskguard_events_in_total counter
+... riskguard_events_in_total{stream="dev.riskguard.market.v1"} 100.0
+... # TYPE riskguard_dead_letters_total counter
+... riskguard_dead_letters_total{stream="dev.riskguard.market.v1",reason="bad_json"} 10.0
+... # TYPE riskguard_limit_utilization gauge
+... riskguard_limit_utilization{counterparty="okx",limit="counterparty.okx",kind="gross"} 0.5
+... '''
+>>> s = summarize([Scrape(url="u", samples=parse_metrics(text))])
+>>> s["health"]["events_in"], s["health"]["dead_letter_ratio"], s["utilizations"][0]["limit"]
+(100.0, 0.1, 'counterparty.okx')
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from riskguard.errors import RiskguardError
+
+Labels = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One parsed sample: metric sample name, sorted labels, value."""
+
+    name: str
+    labels: Labels
+    value: float
+
+
+@dataclass
+class Scrape:
+    """One endpoint's samples, or the error that stopped the scrape."""
+
+    url: str
+    samples: list[Sample] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def up(self) -> bool:
+        return not self.error
+
+
+def parse_metrics(text: str) -> list[Sample]:
+    """Parse Prometheus text exposition into samples."""
+    out = []
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out.append(Sample(s.name, tuple(sorted(s.labels.items())), float(s.value)))
+    return out
+
+
+def scrape(url: str, timeout_s: float = 5.0) -> Scrape:
+    """Fetch and parse one ``/metrics`` endpoint; a failure is recorded, not raised."""
+    if not url.startswith(("http://", "https://")):
+        msg = f"status: metrics URL must start with http:// or https://; got {url!r}"
+        raise RiskguardError(msg)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # scheme checked above
+            text = resp.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError, TimeoutError) as err:
+        return Scrape(url=url, error=f"{type(err).__name__}: {getattr(err, 'reason', err)}")
+    try:
+        return Scrape(url=url, samples=parse_metrics(text))
+    except ValueError as err:
+        return Scrape(url=url, error=f"not Prometheus text: {err}")
+
+
+def _fold(
+    scrapes: Iterable[Scrape], name: str, keys: Sequence[str],
+    combine: Callable[[float, float], float] = float.__add__,
+) -> dict[tuple[str, ...], float]:
+    out: dict[tuple[str, ...], float] = {}
+    for sc in scrapes:
+        for s in sc.samples:
+            if s.name != name or math.isnan(s.value):
+                continue
+            lab = dict(s.labels)
+            k = tuple(lab.get(x, "") for x in keys)
+            out[k] = combine(out[k], s.value) if k in out else s.value
+    return out
+
+
+def _total(scrapes: Sequence[Scrape], name: str) -> float:
+    return sum(_fold(scrapes, name, ()).values())
+
+
+def _by(scrapes: Sequence[Scrape], name: str, key: str) -> dict[str, float]:
+    return {k[0]: v for k, v in sorted(_fold(scrapes, name, (key,)).items())}
+
+
+def summarize(scrapes: Sequence[Scrape], top: int = 5) -> dict[str, Any]:
+    """Fold scrapes of one or more processes into the status summary (plain JSON-able dict)."""
+    ok = [s for s in scrapes if s.up]
+    events_in = _total(ok, "riskguard_events_in_total")
+    dead = _total(ok, "riskguard_dead_letters_total")
+    lag = _by(ok, "riskguard_kafka_consumer_lag", "stream") or _by(
+        ok, "bytewax_kafka_consumer_lag", "topic")
+    episodes = _by(ok, "riskguard_episodes_open", "key_class")
+    commands = _fold(ok, "riskguard_commands_total", ("action", "scope_kind"))
+    last = _fold(ok, "riskguard_last_command_timestamp_seconds", ("action", "scope_kind"), max)
+    by_action: dict[str, float] = {}
+    for (action, _), n in sorted(commands.items()):
+        by_action[action] = by_action.get(action, 0.0) + n
+    util = _fold(ok, "riskguard_limit_utilization", ("counterparty", "limit", "kind"), max)
+    ranked = sorted(util.items(), key=lambda kv: (-kv[1], kv[0][1], kv[0][2]))
+    utils = [{"counterparty": c, "limit": lim, "kind": k, "utilization": v}
+             for (c, lim, k), v in ranked]
+    ages = [s.value for sc in ok for s in sc.samples
+            if s.name == "riskguard_audit_checkpoint_age_seconds"]
+    lat_n = _total(ok, "riskguard_detection_to_command_seconds_count")
+    lat_sum = _total(ok, "riskguard_detection_to_command_seconds_sum")
+    return {
+        "health": {
+            "up": bool(scrapes) and len(ok) == len(scrapes),
+            "targets": [{"url": s.url, "up": s.up, "error": s.error} for s in scrapes],
+            "events_in": events_in,
+            "events_out": _total(ok, "riskguard_events_out_total"),
+            "dead_letters": dead,
+            "dead_letter_ratio": min(dead / events_in, 1.0) if events_in else 0.0,
+            "delivery_errors": _total(ok, "riskguard_kafka_delivery_errors_total"),
+        },
+        "lag": {"total": sum(lag.values()), "by_stream": lag} if lag else None,
+        "episodes_open": {"total": sum(episodes.values()), "by_class": episodes},
+        "commands": {
+            "total": sum(by_action.values()),
+            "by_action": by_action,
+            "by_action_scope": [
+                {"action": a, "scope_kind": k, "count": n,
+                 "last_ts": last.get((a, k))}
+                for (a, k), n in sorted(commands.items())
+            ],
+        },
+        "breaches": _by(ok, "riskguard_limit_breaches_total", "level"),
+        "utilizations": utils[:top],
+        "feeds": {
+            "on_backup": sorted(v for (v,), x in _fold(
+                ok, "riskguard_feed_failover_state", ("venue",), max).items() if x >= 1),
+            "stale": sorted(v for (v,), x in _fold(
+                ok, "riskguard_feed_stale", ("venue",), max).items() if x >= 1),
+        },
+        "rejections": _by(ok, "riskguard_subscriber_rejections_total", "reason"),
+        "checkpoint_age_s": min(ages) if ages else None,
+        "detection_to_command_mean_s": lat_sum / lat_n if lat_n else None,
+    }
+
+
+def _num(x: float) -> str:
+    return f"{x:.0f}" if float(x).is_integer() else f"{x:.4g}"
+
+
+def render_text(s: dict[str, Any], width: int = 30) -> str:
+    """The one-screen text summary."""
+    h = s["health"]
+    lines = []
+    state = "UP" if h["up"] else "DOWN"
+    down = [t["url"] + " (" + t["error"] + ")" for t in h["targets"] if not t["up"]]
+    lines.append(f"health      {state}  targets {len(h['targets']) - len(down)}/"
+                 f"{len(h['targets'])} up" + (f"  down: {', '.join(down)}" if down else ""))
+    lines.append(f"events      in {_num(h['events_in'])}  out {_num(h['events_out'])}  "
+                 f"dead-lettered {_num(h['dead_letters'])} "
+                 f"({h['dead_letter_ratio'] * 100:.2f}%)  "
+                 f"delivery errors {_num(h['delivery_errors'])}")
+    lag = s["lag"]
+    lines.append("lag         " + ("not exposed" if lag is None else
+                                   f"{_num(lag['total'])} messages " + "  ".join(
+                                       f"{k}={_num(v)}" for k, v in lag["by_stream"].items())))
+    ep = s["episodes_open"]
+    lines.append(f"episodes    {_num(ep['total'])} open  " + "  ".join(
+        f"{k}={_num(v)}" for k, v in ep["by_class"].items()))
+    cmds = s["commands"]
+    lines.append(f"mitigations {_num(cmds['total'])} commands  " + "  ".join(
+        f"{k}={_num(v)}" for k, v in cmds["by_action"].items()))
+    feeds = s["feeds"]
+    lines.append(f"feeds       on backup: {', '.join(feeds['on_backup']) or 'none'}  "
+                 f"stale: {', '.join(feeds['stale']) or 'none'}")
+    age = s["checkpoint_age_s"]
+    lines.append("audit       " + ("no checkpoint age exposed" if age is None
+                                   else f"last checkpoint {age:.0f} s ago"))
+    if s["breaches"]:
+        lines.append("breaches    " + "  ".join(f"{k}={_num(v)}" for k, v in s["breaches"].items()))
+    lines.append("top utilizations")
+    if not s["utilizations"]:
+        lines.append("  (none)")
+    for u in s["utilizations"]:
+        filled = min(round(u["utilization"] * width), width)
+        bar = "#" * filled + "." * (width - filled)
+        lines.append(f"  {u['limit'] + ' ' + u['kind']:<40} [{bar}] {u['utilization'] * 100:6.1f}%")
+    return "\n".join(lines) + "\n"
+
+
+class StatusPoller:
+    """Scrapes the endpoints on demand and keeps a command timeline between scrapes."""
+
+    def __init__(self, urls: Sequence[str], *, top: int = 10, timeout_s: float = 5.0,
+                 max_timeline: int = 100, now: Callable[[], float] = time.time) -> None:
+        self.urls = list(urls)
+        self.top = top
+        self.timeout_s = timeout_s
+        self.max_timeline = max_timeline
+        self.now = now
+        self.timeline: list[dict[str, Any]] = []
+        self._prev: dict[tuple[str, str], float] | None = None
+        self._lock = threading.Lock()
+
+    def poll(self) -> dict[str, Any]:
+        """Scrape every endpoint and return the summary with the timeline (newest first)."""
+        with self._lock:
+            summary = summarize([scrape(u, self.timeout_s) for u in self.urls], top=self.top)
+            at = self.now()
+            counts = {(c["action"], c["scope_kind"]): c for c in
+                      summary["commands"]["by_action_scope"]}
+            for key, c in sorted(counts.items(), key=lambda kv: kv[1]["last_ts"] or at):
+                before = 0.0 if self._prev is None else self._prev.get(key, 0.0)
+                if c["count"] > before:
+                    self.timeline.insert(0, {
+                        "ts": c["last_ts"] or at, "action": key[0], "scope_kind": key[1],
+                        "count": c["count"] - before, "initial": self._prev is None,
+                    })
+            if summary["health"]["up"]:
+                self._prev = {k: c["count"] for k, c in counts.items()}
+            del self.timeline[self.max_timeline:]
+            summary["timeline"] = list(self.timeline)
+            summary["scraped_at"] = at
+            return summary
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>riskguard status</title>
+<style>
+body{font:14px system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
+h1{font-size:1.3em;margin:0 0 .6em} h2{font-size:1em;margin:1.2em 0 .4em}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(160px,1fr));gap:.6em}
+.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.6em}
+.card b{display:block;font-size:1.4em}
+.up{color:#1a7f37}.down{color:#cf222e}
+.util{display:grid;grid-template-columns:18em 1fr 5em;gap:.5em;align-items:center;margin:.2em 0}
+.bar{background:#eee;height:1em;border-radius:3px;overflow:hidden}
+.fill{height:100%;background:#2da44e}.warn .fill{background:#bf8700}.hot .fill{background:#cf222e}
+ol,ul{margin:.2em 0;padding-left:1.4em} small{color:#666}
+</style></head>
+<body data-polls="0">
+<h1>riskguard status <small id="scraped"></small></h1>
+<div class="grid">
+ <div class="card">health<b id="health">?</b><small id="targets"></small></div>
+ <div class="card">events in<b id="events-in">?</b></div>
+ <div class="card">dead-lettered<b id="dead-letters">?</b><small id="dl-ratio"></small></div>
+ <div class="card">consumer lag<b id="lag">?</b></div>
+ <div class="card">open episodes<b id="episodes-open">?</b>
+  <small id="episodes-by-class"></small></div>
+ <div class="card">commands<b id="commands-total">?</b></div>
+ <div class="card">checkpoint age<b id="checkpoint-age">?</b></div>
+ <div class="card">feeds on backup<b id="feeds-backup">?</b></div>
+</div>
+<h2>Active mitigations</h2><ul id="mitigations"></ul>
+<h2>Top utilizations</h2><div id="utilizations"></div>
+<h2>Command timeline</h2><ol id="timeline"></ol>
+<script>
+"use strict";
+const POLL_MS = __POLL_MS__;
+function fmt(x){return Number.isInteger(x)?String(x):(+x.toPrecision(4)).toString();}
+function el(tag, attrs, text){const e=document.createElement(tag);
+  for(const k in attrs){e.setAttribute(k, attrs[k]);} if(text!==undefined){e.textContent=text;}
+  return e;}
+function set(id, text){document.getElementById(id).textContent=text;}
+function render(s){
+  const h=s.health;
+  const he=document.getElementById("health");
+  he.textContent=h.up?"UP":"DOWN"; he.className=h.up?"up":"down";
+  set("targets", h.targets.filter(t=>t.up).length+"/"+h.targets.length+" targets up");
+  set("events-in", fmt(h.events_in));
+  set("dead-letters", fmt(h.dead_letters));
+  set("dl-ratio", (h.dead_letter_ratio*100).toFixed(2)+"%");
+  set("lag", s.lag===null?"not exposed":fmt(s.lag.total));
+  set("episodes-open", fmt(s.episodes_open.total));
+  set("episodes-by-class", Object.entries(s.episodes_open.by_class)
+      .map(([k,v])=>k+"="+fmt(v)).join(" "));
+  set("commands-total", fmt(s.commands.total));
+  set("checkpoint-age", s.checkpoint_age_s===null?"n/a":Math.round(s.checkpoint_age_s)+" s");
+  set("feeds-backup", s.feeds.on_backup.length?s.feeds.on_backup.join(", "):"none");
+  const m=document.getElementById("mitigations"); m.replaceChildren();
+  for(const [a,n] of Object.entries(s.commands.by_action)){
+    m.appendChild(el("li", {"data-action":a, "data-count":String(n)}, a+": "+fmt(n)));}
+  const u=document.getElementById("utilizations"); u.replaceChildren();
+  for(const x of s.utilizations){
+    const pct=x.utilization*100;
+    const row=el("div", {"class":"util"+(pct>=100?" hot":pct>=80?" warn":""),
+      "data-limit":x.limit, "data-kind":x.kind, "data-value":String(x.utilization)});
+    row.appendChild(el("span", {}, x.limit+" "+x.kind));
+    const bar=el("div", {"class":"bar"});
+    bar.appendChild(el("div", {"class":"fill", "style":"width:"+Math.min(pct,100)+"%"}));
+    row.appendChild(bar); row.appendChild(el("span", {"class":"pct"}, pct.toFixed(1)+"%"));
+    u.appendChild(row);}
+  const t=document.getElementById("timeline"); t.replaceChildren();
+  for(const e of s.timeline){
+    const when=new Date(e.ts*1000).toISOString().replace("T"," ").slice(0,19);
+    t.appendChild(el("li", {"data-action":e.action, "data-scope":e.scope_kind,
+      "data-count":String(e.count)}, when+"  "+e.action+" ("+e.scope_kind+") x"+fmt(e.count)
+      +(e.initial?" (since start)":"")));}
+  set("scraped", "scraped "+new Date(s.scraped_at*1000).toISOString());
+  document.body.dataset.polls=String(Number(document.body.dataset.polls)+1);
+}
+async function poll(){
+  try{const r=await fetch("api/status",{cache:"no-store"}); render(await r.json());}
+  catch(e){const he=document.getElementById("health"); he.textContent="UNREACHABLE";
+    he.className="down";}
+  setTimeout(poll, POLL_MS);
+}
+poll();
+</script></body></html>
+"""
+
+
+def page(poll_ms: int = 2000) -> bytes:
+    """The self-contained status page (inline CSS and JS; no external assets)."""
+    return PAGE.replace("__POLL_MS__", str(int(poll_ms))).encode()
+
+
+class StatusServer:
+    """Serves ``/`` (the page), ``/api/status`` (JSON summary) and ``/healthz``."""
+
+    def __init__(self, poller: StatusPoller, *, host: str = "127.0.0.1", port: int = 0,
+                 poll_ms: int = 2000) -> None:
+        body = page(poll_ms)
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path in ("/", "/index.html"):
+                    self._send(200, "text/html; charset=utf-8", body)
+                elif path == "/api/status":
+                    data = json.dumps(poller.poll(), sort_keys=True).encode()
+                    self._send(200, "application/json", data)
+                elif path == "/healthz":
+                    self._send(200, "text/plain", b"ok\n")
+                else:
+                    self._send(404, "text/plain", b"not found\n")
+
+            def _send(self, code: int, ctype: str, data: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  # base signature
+                return
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.port = int(self.httpd.server_address[1])
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> StatusServer:
+        """Serve in a daemon thread."""
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self.httpd.serve_forever()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
