@@ -33,7 +33,7 @@ def _status(args: argparse.Namespace) -> int:
     return 0 if summary["health"]["up"] else 1
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]  # argparse private generic
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "status", help="one-screen summary of the guard's metrics (or --serve a live page)",
         description="Scrape one or more Prometheus endpoints of the guard (one per process) "
