@@ -250,7 +250,7 @@ def test_status_page_in_headless_chromium_shows_the_numbers_of_the_metrics() -> 
     server = StatusServer(StatusPoller([g.url]), port=0, poll_ms=500).start()
     try:
         proc = subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+            [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
              "--disable-background-networking", "--disable-dev-shm-usage",
              "--virtual-time-budget=3000", "--dump-dom", f"http://127.0.0.1:{server.port}/"],
             capture_output=True, text=True, timeout=120, check=False,
