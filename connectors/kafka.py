@@ -17,6 +17,7 @@ commits the epoch) and on close. Any unacknowledged message raises
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -59,12 +60,60 @@ def list_partitions(settings: KafkaSettings, topic: str, timeout_s: float = 10.0
     return sorted(tmd.partitions)
 
 
+class EventTimeAlignment:
+    """Bounds event-time skew between the source partitions of one process.
+
+    Kafka partitions start and run at different speeds, so one can race
+    minutes of event time ahead of another and make every event-time window
+    downstream see the other's records as late. With alignment, a partition
+    holds its records back while they are more than ``max_skew_ns`` ahead of
+    the slowest partition that still has data (Flink's watermark alignment).
+    A partition that has had no data for ``idle_ns`` (or none at all within
+    ``grace_ns`` of starting) stops holding the others back.
+    """
+
+    def __init__(self, max_skew_ns: int, *, idle_ns: int = 200_000_000,
+                 grace_ns: int = 1_000_000_000) -> None:
+        self.max_skew_ns = max_skew_ns
+        self.idle_ns = idle_ns
+        self.grace_ns = grace_ns
+        # part -> [next ts to emit or None, last emitted ts, started_at, last data at]
+        self.parts: dict[str, list[Any]] = {}
+
+    def register(self, part: str, now: int, watermark: int) -> None:
+        self.parts[part] = [None, watermark, now, -1]
+
+    def frontier(self, part: str, now: int) -> int:
+        """The lowest event time the other live partitions stand at."""
+        low = None
+        for name, (head, last, started, seen) in self.parts.items():
+            if name == part:
+                continue
+            if head is None:
+                fresh = now - seen < self.idle_ns if seen >= 0 else now - started < self.grace_ns
+                if not fresh:
+                    continue
+                head = last
+            if low is None or head < low:
+                low = head
+        return 2**63 if low is None else low
+
+    def update(self, part: str, head: int | None, last: int, got_data: bool, now: int) -> None:
+        entry = self.parts[part]
+        entry[0], entry[1] = head, last
+        if got_data:
+            entry[3] = now
+
+    def remove(self, part: str) -> None:
+        self.parts.pop(part, None)
+
+
 class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
     def __init__(
         self, config: dict[str, Any], topic: str, idx: int, offset: int,
         codec: Codec, batch_size: int, idle_eof_ns: int | None,
         policy: EventTimePolicy | None, clock: Clock, watermark: int = -1,
-        stamp_recv_ts: bool = False,
+        stamp_recv_ts: bool = False, align: EventTimeAlignment | None = None,
     ) -> None:
         self._stamp = stamp_recv_ts
         self._consumer = Consumer(config)
@@ -80,19 +129,24 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         self._last_msg_ns = clock()
         self._awake: datetime | None = None
         self._in = EVENTS_IN.labels(topic)
+        self._align = align
+        self._name = f"{idx}-{topic}"
+        self._buf: deque[tuple[Any, int]] = deque()
+        self._emitted_ts = watermark
+        if align is not None:
+            align.register(self._name, clock(), watermark)
 
-    def next_batch(self) -> list[Any]:
+    def _fetch(self) -> list[tuple[Any, int]] | None:
+        """Decode the next Kafka batch into ``(record, offset)``; None when nothing came."""
         msgs = self._consumer.consume(self._batch_size, 0.001)
         if not msgs:
             if self._idle_eof_ns is not None and self._clock() - self._last_msg_ns > self._idle_eof_ns:
                 raise StopIteration
-            self._awake = datetime.now(UTC) + _IDLE_BACKOFF
-            return []
-        self._awake = None
+            return None
         topic, idx, decode, policy = self._topic, self._idx, self._decode, self._policy
         stamp = self._stamp
         received = self._clock() if stamp else 0
-        out: list[Any] = []
+        out: list[tuple[Any, int]] = []
         append = out.append
         for m in msgs:
             err = m.error()
@@ -116,19 +170,60 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
                     rec = replace(rec, recv_ts=received)
             if type(rec) is DeadLetter:
                 DEAD_LETTERS.labels(topic, rec.reason).inc()
-            append(rec)
-        self._offset = msgs[-1].offset() + 1
+            append((rec, off))
         self._last_msg_ns = self._clock()
         self._in.inc(len(out))
+        return out
+
+    def next_batch(self) -> list[Any]:
+        if self._align is not None:
+            return self._next_aligned(self._align)
+        fetched = self._fetch()
+        if not fetched:
+            self._awake = datetime.now(UTC) + _IDLE_BACKOFF
+            return []
+        self._awake = None
+        self._offset = fetched[-1][1] + 1
+        return [rec for rec, _ in fetched]
+
+    def _next_aligned(self, align: EventTimeAlignment) -> list[Any]:
+        buf = self._buf
+        got = False
+        if not buf:
+            fetched = self._fetch()
+            if fetched:
+                buf.extend(fetched)
+                self._offset = fetched[-1][1] + 1
+                got = True
+        now = self._clock()
+        limit = align.frontier(self._name, now) + align.max_skew_ns
+        out: list[Any] = []
+        while buf:
+            rec, _off = buf[0]
+            ts = getattr(rec, "ts", None)
+            if type(rec) is not DeadLetter and ts is not None:
+                if ts > limit:
+                    break
+                self._emitted_ts = max(self._emitted_ts, ts)
+            out.append(buf.popleft()[0])
+        head = None
+        if buf:
+            head = getattr(buf[0][0], "ts", None)
+        align.update(self._name, head, self._emitted_ts, got, now)
+        self._awake = None if out else datetime.now(UTC) + _IDLE_BACKOFF
         return out
 
     def next_awake(self) -> datetime | None:
         return self._awake
 
     def snapshot(self) -> tuple[int, int]:
-        return self._offset, (self._policy.max_ts if self._policy is not None else -1)
+        # Records still held back by alignment are re-read on resume.
+        offset = self._buf[0][1] if self._buf else self._offset
+        return offset, (self._policy.max_ts if self._policy is not None else -1)
 
     def close(self) -> None:
+        if self._align is not None:
+            self._align.remove(self._name)
         self._consumer.close()
 
 
@@ -138,7 +233,9 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
     ``starting_offset`` (``earliest`` or ``latest``) applies to a fresh start
     only; a resumed partition continues at its recovered offset, and fails
     loudly if that offset no longer exists. ``stamp_recv_ts`` sets a record's
-    missing ``recv_ts`` to the time its batch was consumed (for latency). ``idle_eof_s`` ends a partition
+    missing ``recv_ts`` to the time its batch was consumed (for latency).
+    ``align_skew_s`` turns on :class:`EventTimeAlignment` between this
+    process's partitions. ``idle_eof_s`` ends a partition
     after that long without messages (tests, demos, bounded replays).
     """
 
@@ -155,8 +252,12 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
         fetch_wait_max_ms: int = 10,
         clock: Clock = system_clock,
         stamp_recv_ts: bool = False,
+        align_skew_s: float | None = None,
     ) -> None:
         self.stamp_recv_ts = stamp_recv_ts
+        self.alignment = (
+            None if align_skew_s is None else EventTimeAlignment(int(align_skew_s * 1e9))
+        )
         if isinstance(topics, str):
             raise ConfigError("kafka.topics", "a list of topic names", topics)
         if starting_offset not in _STARTS:
@@ -194,6 +295,7 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
         return _SourcePartition(
             config, topic, int(idx_text), offset, self.codec, self.batch_size,
             self.idle_eof_ns, self.time_policy, self.clock, watermark, self.stamp_recv_ts,
+            self.alignment,
         )
 
 

@@ -85,6 +85,7 @@ class InputConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_future_skew_ns: int = 5 * NS
     check_future: bool = True
     batch_size: int = 1000
+    align_skew_s: float | None = 2.0
 
 
 class KeysConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -295,6 +296,7 @@ def build_flow(
         "in", flow, brokers=brokers, topics=[cfg.topic(s) for s in INPUT_STREAMS],
         starting_offset=cfg.input.starting_offset, idle_eof_s=cfg.input.idle_eof_s,
         time_policy=policy, clock=clock, stamp_recv_ts=True, batch_size=cfg.input.batch_size,
+        align_skew_s=cfg.input.align_skew_s,
     )
     out = guard_core("guard", src.oks, cfg=cfg, cfg_hash=cfg_hash, clock=clock, signer=signer,
                      trust=trust)
