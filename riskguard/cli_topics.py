@@ -1,54 +1,156 @@
-"""``riskguard topics create``: create every riskguard topic with its partitions."""
+"""``riskguard topics create``: create every riskguard topic, with its settings and ACLs.
+
+Each topic gets its partition count, replication factor, ``min.insync.replicas``
+and retention; ``limit_updates`` is compacted (the latest signed update per
+limit key is what a restarted guard must see) and the audit log is kept
+forever. ``--acls`` prints the Kafka ACLs to apply: only the riskguard
+principal may write the commands and the other guard outputs (audit,
+signals ...); command consumers may only read the commands topic (and write
+rejections); only the risk officers' principal may write limit updates. The ACLs only
+protect anything when the brokers run with ``allow.everyone.if.no.acl.found=false``
+(the default-deny that makes a forgotten ACL fail closed).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 
 from riskguard.config import CommonConfig, load_common
 from riskguard.connectors.settings import KafkaSettings
 from riskguard.connectors.topics import STREAMS, TopicSpec, create_topics, topic_name
 
+DAY_MS = 24 * 3600 * 1000
+
+# Retention when [topics] retention_ms does not say: raw inputs are replayable for a week,
+# decisions and rejections for 30 days, the audit log forever (-1), limit updates compacted.
+DEFAULT_RETENTION_MS = {
+    "market": 7 * DAY_MS, "fills": 30 * DAY_MS, "positions": 7 * DAY_MS,
+    "balances": 7 * DAY_MS, "venue_status": 7 * DAY_MS, "features": 2 * DAY_MS,
+    "signals": 30 * DAY_MS, "exposures": 7 * DAY_MS, "commands": 30 * DAY_MS,
+    "audit": -1, "rejections": 30 * DAY_MS, "dead_letters": 30 * DAY_MS,
+}
+COMPACTED = ("limit_updates",)
+# Streams the guard itself writes (riskguard principal needs WRITE) and reads.
+GUARD_WRITES = ("features", "signals", "exposures", "commands", "audit", "dead_letters")
+GUARD_READS = ("market", "fills", "positions", "balances", "venue_status", "limit_updates")
+# Never lose an acknowledged command or audit record to an out-of-sync leader.
+STRICT = ("commands", "audit", "limit_updates")
+
 
 def topic_specs(cfg: CommonConfig) -> list[TopicSpec]:
-    """One spec per riskguard stream, with partitions and retention from config."""
+    """One spec per riskguard stream, with partitions, replication and retention from config.
+
+    >>> specs = {s.name: s for s in topic_specs(CommonConfig(env="prod"))}
+    >>> dict(specs["prod.riskguard.limit_updates.v1"].config)["cleanup.policy"]
+    'compact'
+    >>> dict(specs["prod.riskguard.audit.v1"].config)["retention.ms"]
+    '-1'
+    """
     t = cfg.topics
+    rf = t.replication_factor
+    min_isr = t.min_insync_replicas if t.min_insync_replicas is not None else max(1, rf - 1)
     specs = []
     for stream in STREAMS:
-        settings: dict[str, str] = {}
-        if t.min_insync_replicas is not None:
-            settings["min.insync.replicas"] = str(t.min_insync_replicas)
-        if stream in t.retention_ms:
-            settings["retention.ms"] = str(t.retention_ms[stream])
-        if stream == "limit_updates":
+        settings: dict[str, str] = {"min.insync.replicas": str(min(min_isr, rf))}
+        if stream in COMPACTED:
             settings["cleanup.policy"] = "compact"
+            settings["min.compaction.lag.ms"] = str(3600 * 1000)
+        else:
+            settings["cleanup.policy"] = "delete"
+            retention = t.retention_ms.get(stream, DEFAULT_RETENTION_MS.get(stream, 7 * DAY_MS))
+            settings["retention.ms"] = str(retention)
+        if stream in STRICT:
+            settings["unclean.leader.election.enable"] = "false"
         specs.append(TopicSpec(
             topic_name(cfg.env, stream), partitions=t.partitions.get(stream, t.default_partitions),
-            replication_factor=t.replication_factor, config=settings,
+            replication_factor=rf, config=settings,
         ))
     return specs
 
 
-def _create(args: argparse.Namespace) -> int:
+def acl_commands(
+    cfg: CommonConfig, *, principal: str = "User:riskguard",
+    consumers: Sequence[str] = ("User:trading",), bootstrap: str | None = None,
+    limit_writer: str = "User:risk-officer",
+) -> list[str]:
+    """The ``kafka-acls.sh`` commands that lock the topics down (prefix-free, per topic).
+
+    >>> cmds = acl_commands(CommonConfig(env="prod"), bootstrap="b:9092")
+    >>> [c for c in cmds if "commands.v1" in c and "Write" in c]  # doctest: +NORMALIZE_WHITESPACE
+    ['kafka-acls.sh --bootstrap-server b:9092 --add --allow-principal User:riskguard
+      --operation Write --operation Describe --topic prod.riskguard.commands.v1']
+    """
+    base = f"kafka-acls.sh --bootstrap-server {bootstrap or cfg.kafka.bootstrap} --add"
+    out = []
+    for stream in GUARD_READS:
+        out.append(f"{base} --allow-principal {principal} --operation Read --operation Describe "
+                   f"--topic {topic_name(cfg.env, stream)}")
+    for stream in GUARD_WRITES:
+        out.append(f"{base} --allow-principal {principal} --operation Write --operation Describe "
+                   f"--topic {topic_name(cfg.env, stream)}")
+    # Idempotent producers on brokers older than 2.8 also need IdempotentWrite on the cluster.
+    out.append(f"{base} --allow-principal {principal} --operation IdempotentWrite --cluster")
+    out.append(f"{base} --allow-principal {limit_writer} --operation Write --operation Describe "
+               f"--topic {topic_name(cfg.env, 'limit_updates')}")
+    commands = topic_name(cfg.env, "commands")
+    for consumer in consumers:
+        out.append(f"{base} --allow-principal {consumer} --operation Read --operation Describe "
+                   f"--topic {commands}")
+        out.append(f"{base} --allow-principal {consumer} --operation Write --operation Describe "
+                   f"--topic {topic_name(cfg.env, 'rejections')}")
+    return out
+
+
+def _config(args: argparse.Namespace) -> CommonConfig:
     cfg = load_common(args.config) if args.config else CommonConfig()
-    if args.bootstrap:
-        cfg = CommonConfig(
-            env=args.env or cfg.env, kafka=KafkaSettings(bootstrap=args.bootstrap),
-            topics=cfg.topics,
-        )
-    elif args.env:
-        cfg = CommonConfig(env=args.env, kafka=cfg.kafka, topics=cfg.topics)
-    result = create_topics(cfg.kafka.client_config(), topic_specs(cfg))
-    for spec in topic_specs(cfg):
-        sys.stdout.write(f"{result[spec.name]:8} {spec.name} partitions={spec.partitions}\n")
+    kafka = KafkaSettings(bootstrap=args.bootstrap) if args.bootstrap else cfg.kafka
+    return CommonConfig(env=args.env or cfg.env, kafka=kafka, topics=cfg.topics)
+
+
+def _settings(spec: TopicSpec) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(spec.config.items()))
+
+
+def _create(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    specs = topic_specs(cfg)
+    if args.dry_run:
+        result = dict.fromkeys((s.name for s in specs), "plan")
+    else:
+        result = create_topics(cfg.kafka.client_config(), specs)
+    for spec in specs:
+        sys.stdout.write(f"{result[spec.name]:8} {spec.name} partitions={spec.partitions} "
+                         f"replication={spec.replication_factor} {_settings(spec)}\n")
+    if args.acls:
+        sys.stdout.write("# ACLs (brokers must run with allow.everyone.if.no.acl.found=false)\n")
+        for line in acl_commands(cfg, principal=args.principal,
+                                 consumers=args.consumer or ["User:trading"],
+                                 limit_writer=args.limit_writer):
+            sys.stdout.write(line + "\n")
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]  (argparse private generic)
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("topics", help="provision Kafka topics")
     tsub = p.add_subparsers(dest="topics_command", required=True)
-    c = tsub.add_parser("create", help="create every riskguard topic (idempotent)")
+    c = tsub.add_parser(
+        "create", help="create every riskguard topic (idempotent) and print its ACLs",
+        description="Create <env>.riskguard.<stream>.v1 for every stream with partitions, "
+                    "replication factor, min.insync.replicas, retention (compaction for "
+                    "limit_updates). Existing topics are left as they are.",
+    )
     c.add_argument("--config", help="TOML config (env, kafka, topics sections)")
     c.add_argument("--bootstrap", help="override kafka.bootstrap")
     c.add_argument("--env", help="override env (topic prefix)")
+    c.add_argument("--dry-run", action="store_true",
+                   help="print the topics and settings without contacting the broker")
+    c.add_argument("--acls", action="store_true", help="also print the kafka-acls.sh commands")
+    c.add_argument("--principal", default="User:riskguard",
+                   help="the guard's Kafka principal (sole writer of the commands topic)")
+    c.add_argument("--consumer", action="append",
+                   help="a command consumer's principal (READ commands); repeatable")
+    c.add_argument("--limit-writer", default="User:risk-officer",
+                   help="principal that publishes signed limit updates (WRITE limit_updates)")
     c.set_defaults(func=_create)
