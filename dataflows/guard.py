@@ -41,11 +41,11 @@ from riskguard.operators.crypto import PAYLOAD_LIMIT_UPDATE, Signer
 from riskguard.operators.detector import DetectorConfig
 from riskguard.operators.exposure import ExposureConfig
 from riskguard.operators.features import FeatureConfig
-from riskguard.operators.feeds import FeedConfig, FeedMonitorLogic, FeedSelectLogic, Tick
+from riskguard.operators.clock import Tick
+from riskguard.operators.feeds import FeedConfig, FeedMonitorLogic, FeedSelectLogic
 from riskguard.operators.limits import LimitsConfig
 from riskguard.operators.metrics import COMMANDS, DETECTION_TO_COMMAND
 from riskguard.operators.playbook import PlaybookConfig
-from riskguard.operators.playbook import Tick as PlaybookTick
 from riskguard.operators.playbook_op import plan_mitigation
 from riskguard.operators.risk import aggregate_exposure, enforce_limits
 from riskguard.operators.signing import SignConfig, decode_command
@@ -240,9 +240,8 @@ def guard_core(
     signals = op.merge(
         "signals", anomalies, exposure.alerts, limits.breaches, limits.alerts, feed_alerts,
     )
-    playbook_ticks = op.map("pb_ticks", ticks, lambda t: PlaybookTick(ts=t.ts))
     planned = plan_mitigation(
-        "playbook", op.merge("playbook_in", signals, playbook_ticks, manual),
+        "playbook", op.merge("playbook_in", signals, ticks, manual),
         config=cfg.playbook, clock=clock,
     )
     commands = planned.oks

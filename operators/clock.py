@@ -15,6 +15,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import msgspec
+
 Clock = Callable[[], int]
 
 NS_PER_S = 1_000_000_000
@@ -42,3 +44,10 @@ class ManualClock:
     def set(self, now_ns: int) -> None:
         """Jump to ``now_ns`` (never backwards)."""
         self.now_ns = max(self.now_ns, now_ns)
+
+
+class Tick(msgspec.Struct, frozen=True, kw_only=True):
+    """Event-time progress (ns), with no data: lets time-based rules advance
+    (ladders, quiet periods, heartbeat gaps) when no signal arrives."""
+
+    ts: int

@@ -34,17 +34,12 @@ from dataclasses import dataclass
 import msgspec
 
 from riskguard.errors import ConfigError
+from riskguard.operators.clock import Tick
 from riskguard.schemas.market import VenueState, VenueStatus
 from riskguard.schemas.signals import RiskAlert, Scope, ScopeKind, Severity
 
 NS = 1_000_000_000
 _NAMESPACE = uuid.UUID("5b0f3f4e-5c55-4f0e-9f1c-0a9c3e0f7a11")
-
-
-class Tick(msgspec.Struct, frozen=True, kw_only=True):
-    """Event-time progress (no data): lets time-based rules advance."""
-
-    ts: int
 
 
 class VenueFeeds(msgspec.Struct, frozen=True, kw_only=True):

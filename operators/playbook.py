@@ -62,6 +62,7 @@ from riskguard.schemas import (
 )
 
 from riskguard.errors import ConfigError
+from riskguard.operators.clock import Tick
 
 STATE_VERSION = 1
 S = 1_000_000_000
@@ -87,12 +88,6 @@ _REQUIRED: dict[Action, tuple[str, ...]] = {
 }
 
 ParamValue = float | str | list[str]
-
-
-class Tick(msgspec.Struct, frozen=True, kw_only=True):
-    """Event-time progress (ns) so ladders and quiet periods advance without signals."""
-
-    ts: int
 
 
 class Rung(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
