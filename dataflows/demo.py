@@ -102,11 +102,17 @@ def init_keys(workdir: Path) -> DemoKeys:
     return DemoKeys(workdir / "engine.key", trust, roots, workdir / "limit-admin.key")
 
 
-def write_config(workdir: Path, bootstrap: str, keys: DemoKeys) -> Path:
-    """The demo guard config: the bundled template plus [kafka] and [keys]."""
+def write_config(workdir: Path, bootstrap: str, keys: DemoKeys, env: str = ENV,
+                 overrides: str = "") -> Path:
+    """The demo guard config: the bundled template plus [kafka] and [keys].
+
+    ``overrides`` is TOML text placed before the template's own tables
+    (top-level keys only), e.g. ``'env = "t1"'`` is set via ``env``.
+    """
     pkg = resources.files("riskguard.dataflows")
     (workdir / "playbook.toml").write_text(pkg.joinpath("playbook.toml").read_text())
-    text = pkg.joinpath("demo.toml").read_text()
+    text = pkg.joinpath("demo.toml").read_text().replace(f'env = "{ENV}"', f'env = "{env}"', 1)
+    text = overrides + "\n" + text if overrides else text
     text += (
         f'\n[kafka]\nbootstrap = "{bootstrap}"\n\n[keys]\nissuer = "{ISSUER}"\n'
         f'signing_key = "{keys.signing_key.name}"\ntrust_file = "{keys.trust_file.name}"\n'
@@ -117,7 +123,7 @@ def write_config(workdir: Path, bootstrap: str, keys: DemoKeys) -> Path:
     return path
 
 
-def publish_scenario(bootstrap: str, start_ns: int) -> int:
+def publish_scenario(bootstrap: str, start_ns: int, env: str = ENV) -> int:
     """Produce the scenario to the input topics; returns the record count."""
     sc = build_scenario(start_ns)
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True})
@@ -125,7 +131,7 @@ def publish_scenario(bootstrap: str, start_ns: int) -> int:
         key = f"{getattr(rec, 'venue', '')}/{getattr(rec, 'instrument', '')}".encode()
         while True:
             try:
-                p.produce(topic_name(ENV, stream_of(rec)), encode(rec), key)
+                p.produce(topic_name(env, stream_of(rec)), encode(rec), key)
                 break
             except BufferError:
                 p.poll(0.05)
@@ -192,28 +198,64 @@ def run_demo(
             say("dev broker stopped\n")
 
 
-def _run(bootstrap: str, work: Path, say: Callable[[str], Any], timeout_s: float,
-         on_command: Callable[[MitigationCommand], None] | None) -> tuple[int, Tally]:
+@dataclass(frozen=True)
+class PreparedRun:
+    """Everything a guard run over the bundled scenario needs."""
+
+    bootstrap: str
+    env: str
+    workdir: Path
+    config: Path
+    keys: DemoKeys
+    start_ns: int
+    records: int
+
+    def topic(self, stream: str) -> str:
+        return topic_name(self.env, stream)
+
+
+def prepare_run(bootstrap: str, workdir: Path, *, env: str = ENV, partitions: int = 2,
+                overrides: str = "") -> PreparedRun:
+    """Create topics, keys, trust file and config; publish the scenario."""
     from riskguard.cli_topics import topic_specs  # noqa: PLC0415  (CLI helper, imported late)
 
-    common = CommonConfig(env=ENV, kafka=KafkaSettings(bootstrap=bootstrap),
-                          topics=TopicsConfig(default_partitions=2))
+    workdir.mkdir(parents=True, exist_ok=True)
+    common = CommonConfig(env=env, kafka=KafkaSettings(bootstrap=bootstrap),
+                          topics=TopicsConfig(default_partitions=partitions))
     create_topics(common.kafka.client_config(), topic_specs(common))
-    keys = init_keys(work)
-    config = write_config(work, bootstrap, keys)
+    keys = init_keys(workdir)
+    config = write_config(workdir, bootstrap, keys, env, overrides)
     start_ns = time.time_ns() - (DURATION_S + 5) * NS
-    n = publish_scenario(bootstrap, start_ns)
-    say(f"published {n:,} scenario records ({DURATION_S} s of market time, 3 venues)\n")
-    say(f"work dir {work}\n\n")
+    n = publish_scenario(bootstrap, start_ns, env)
+    return PreparedRun(bootstrap, env, workdir, config, keys, start_ns, n)
 
-    env = {**os.environ, "RISKGUARD_CONFIG": str(config)}
-    guard = subprocess.Popen(  # noqa: S603  (our own module)
-        [sys.executable, "-m", "bytewax.run", "riskguard.dataflows.guard"],
+
+def start_guard(run: PreparedRun, *bytewax_args: str) -> subprocess.Popen[bytes]:
+    """Start the guard dataflow as ``python -m bytewax.run`` with extra arguments."""
+    env = {**os.environ, "RISKGUARD_CONFIG": str(run.config)}
+    return subprocess.Popen(  # noqa: S603  (our own module)
+        [sys.executable, "-m", "bytewax.run", "riskguard.dataflows.guard", *bytewax_args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
+
+
+def subscriber_for(run: PreparedRun, state: Path, **callbacks: Any) -> CommandSubscriber:
+    """A verifying subscriber on the run's commands topic."""
+    trust = TrustStore.load(run.keys.trust_file, RootSet.load(run.keys.roots_file))
+    topic = run.topic("commands")
+    return CommandSubscriber(trust=trust, audience=Audience(env=run.env, topic=topic),
+                             state_path=state, brokers=run.bootstrap, topic=topic, **callbacks)
+
+
+def _run(bootstrap: str, work: Path, say: Callable[[str], Any], timeout_s: float,
+         on_command: Callable[[MitigationCommand], None] | None) -> tuple[int, Tally]:
+    run = prepare_run(bootstrap, work)
+    keys, start_ns = run.keys, run.start_ns
+    say(f"published {run.records:,} scenario records ({DURATION_S} s of market time, 3 venues)\n")
+    say(f"work dir {work}\n\n")
+    guard = start_guard(run)
     tally = Tally()
-    trust = TrustStore.load(keys.trust_file, RootSet.load(keys.roots_file))
-    cmd_topic = topic_name(ENV, "commands")
+    cmd_topic = run.topic("commands")
 
     def accepted(cmd: MitigationCommand) -> None:
         tally.executed.append(cmd)
@@ -231,10 +273,8 @@ def _run(bootstrap: str, work: Path, say: Callable[[str], Any], timeout_s: float
     def gap(alert: GapAlert) -> None:
         say(f"          GAP ALERT {alert}\n")
 
-    sub = CommandSubscriber(
-        trust=trust, audience=Audience(env=ENV, topic=cmd_topic), state_path=work / "sub.sqlite",
-        on_command=accepted, on_reject=rejected, on_alert=gap, brokers=bootstrap, topic=cmd_topic,
-    )
+    sub = subscriber_for(run, work / "sub.sqlite", on_command=accepted, on_reject=rejected,
+                         on_alert=gap)
     signals = _SignalTail(bootstrap, topic_name(ENV, "signals"))
     deadline = time.monotonic() + timeout_s
     try:
