@@ -392,6 +392,8 @@ class PlaybookLogic:
     def on_event(self, event: Any) -> list[Output]:
         """Handle one signal, resume, or tick; return the commands it causes."""
         self._out = []
+        # Commands caused by this event carry its receive time (detection-to-command latency).
+        self._trigger_recv_ts = getattr(event, "recv_ts", None)
         if isinstance(event, Tick):
             self._advance(event.ts)
         elif isinstance(event, MitigationCommand):
@@ -711,6 +713,7 @@ class PlaybookLogic:
             params=params, reason=reason[:4096], evidence_hashes=list(evidence),
             evidence_hash=evidence[-1] if evidence else None,
             protective_orders_allowed=action in _PROTECTIVE,
+            recv_ts=getattr(self, "_trigger_recv_ts", None),
         )
 
     def _emit(self, cmd: MitigationCommand, *, capped: bool) -> bool:
