@@ -386,6 +386,7 @@ class PlaybookLogic:
             raise ConfigError("playbook.state.version", str(STATE_VERSION), state.version)
         self.state = state
         self._out: list[Output] = []
+        self._trigger_recv_ts: int | None = None
 
     # -- public ----------------------------------------------------------------
 
@@ -713,7 +714,7 @@ class PlaybookLogic:
             params=params, reason=reason[:4096], evidence_hashes=list(evidence),
             evidence_hash=evidence[-1] if evidence else None,
             protective_orders_allowed=action in _PROTECTIVE,
-            recv_ts=getattr(self, "_trigger_recv_ts", None),
+            recv_ts=self._trigger_recv_ts,
         )
 
     def _emit(self, cmd: MitigationCommand, *, capped: bool) -> bool:
