@@ -1,0 +1,415 @@
+"""Backtests: historical or generated records through the guard core, into files.
+
+This is the *same* guard as the live flow: :func:`run_backtest` builds a
+dataflow whose input is a file replay (:class:`~riskguard.connectors.replay.ReplaySource`)
+or an in-memory list, feeds it to :func:`riskguard.dataflows.guard.guard_core`,
+and writes what comes out to JSONL files instead of topics. There is no
+second implementation of any guard logic here.
+
+Determinism: the run uses one worker, the input is replayed in event-time
+order as fast as possible, and the processing clock is an :class:`EventClock`
+advanced by a map step on the input (the event-time high-water mark of what
+the input has delivered so far). So ``issued_at`` / ``expires_at`` of every
+command are functions of the data, and Ed25519 signatures are deterministic:
+two runs over the same files give byte-identical command files and reports
+(apart from the ``run`` section, which holds wall-clock facts about the run).
+
+>>> clock = EventClock()
+>>> clock.observe(Trade(id="t", venue="v", instrument="i", ts=5, price=1.0, qty=1.0, side="buy"))
+Trade(id='t', venue='v', instrument='i', ts=5, recv_ts=None, feed='primary', price=1.0, qty=1.0, side=<Side.BUY: 'buy'>)
+>>> clock()
+5
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.testing import TestingSink, TestingSource, run_main
+
+from riskguard.connectors.replay import ReplayFile, replay_input
+from riskguard.dataflows.guard import GuardConfig, guard_core, load_guard_config, load_keys
+from riskguard.errors import ConfigError
+from riskguard.operators.crypto import Signer
+from riskguard.operators.signing import decode_command
+from riskguard.operators.trust import TrustStore
+from riskguard.schemas import (
+    AnomalySignal,
+    DeadLetter,
+    IndexPrice,
+    LimitBreach,
+    MitigationCommand,
+    Quote,
+    RiskAlert,
+    Trade,
+    Utilization,
+    encode,
+)
+
+NS = 1_000_000_000
+
+
+class EventClock:
+    """Processing clock of a backtest: the largest event time seen so far."""
+
+    def __init__(self, start_ns: int = 0) -> None:
+        self.now_ns = start_ns
+
+    def __call__(self) -> int:
+        return self.now_ns
+
+    def observe(self, rec: Any) -> Any:
+        """Map step: advance to ``rec.ts`` (never backwards) and pass the record on."""
+        ts = getattr(rec, "ts", 0)
+        if ts > self.now_ns:
+            self.now_ns = ts
+        return rec
+
+
+# -- labels ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Label:
+    """One labelled incident window: ``[start_ns, end_ns)`` of ``kind`` on ``scope``.
+
+    ``scope`` is a scope label (``venue:okx``, ``instrument:okx/BTC-USDT``,
+    ``counterparty:deribit``, ``firm:*``) and may use fnmatch wildcards.
+    """
+
+    kind: str
+    scope: str
+    start_ns: int
+    end_ns: int
+
+
+def _time_ns(value: Any, where: str) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(where, "a time: int ns since the epoch or an ISO-8601 string", value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError as err:
+            raise ConfigError(where, "an ISO-8601 time", value) from err
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        return int(dt.timestamp()) * NS + dt.microsecond * 1000
+    raise ConfigError(where, "a time: int ns since the epoch or an ISO-8601 string", value)
+
+
+def parse_labels(doc: Any, where: str = "labels") -> list[Label]:
+    """Labels from a decoded JSON document: ``{"incidents": [...]}`` or a bare list.
+
+    >>> parse_labels({"incidents": [{"kind": "flash_crash", "scope": "venue:okx",
+    ...                              "start": 10, "end": "1970-01-01T00:00:01Z"}]})
+    [Label(kind='flash_crash', scope='venue:okx', start_ns=10, end_ns=1000000000)]
+    """
+    items = doc.get("incidents") if isinstance(doc, dict) else doc
+    if not isinstance(items, list):
+        raise ConfigError(where, 'a list of incidents or {"incidents": [...]}', type(doc).__name__)
+    out = []
+    for i, item in enumerate(items):
+        p = f"{where}.incidents[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(p, "an object with kind, scope, start, end", item)
+        for key in ("kind", "scope", "start", "end"):
+            if key not in item:
+                raise ConfigError(f"{p}.{key}", "a value (required)", None)
+        start = _time_ns(item["start"], f"{p}.start")
+        end = _time_ns(item["end"], f"{p}.end")
+        if end < start:
+            raise ConfigError(f"{p}.end", f"a time >= start ({start})", end)
+        out.append(Label(str(item["kind"]), str(item["scope"]), start, end))
+    return sorted(out, key=lambda lab: (lab.start_ns, lab.kind, lab.scope))
+
+
+def load_labels(path: str | Path) -> list[Label]:
+    """Read a labels JSON file (see :func:`parse_labels`)."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(str(path), "a readable labels JSON file", str(err)) from err
+    return parse_labels(doc, str(path))
+
+
+def labels_to_json(labels: Iterable[Label]) -> dict[str, Any]:
+    return {"incidents": [{"kind": lab.kind, "scope": lab.scope, "start": lab.start_ns,
+                           "end": lab.end_ns} for lab in labels]}
+
+
+# -- sinks -----------------------------------------------------------------------
+
+
+class _JsonlPartition(StatelessSinkPartition[Any]):
+    def __init__(self, path: Path) -> None:
+        self._fh = path.open("wb")
+
+    def write_batch(self, items: list[Any]) -> None:
+        self._fh.write(b"".join(encode(it) + b"\n" for it in items))
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class JsonlSink(DynamicSink[Any]):
+    """Write wire-contract records, one JSON object per line (single worker)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _JsonlPartition:
+        if worker_count != 1:
+            raise ConfigError("backtest.workers", "1 (backtests are single-worker)", worker_count)
+        return _JsonlPartition(self.path)
+
+
+# -- running -----------------------------------------------------------------------
+
+
+@dataclass
+class BacktestResult:
+    """What one guard run over a finite input produced."""
+
+    commands: list[MitigationCommand] = field(default_factory=list)
+    signals: list[Any] = field(default_factory=list)
+    utilizations: list[Utilization] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    prices: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    keys: set[str] = field(default_factory=set)
+    n_events: int = 0
+    n_audit: int = 0
+    start_ns: int = 0
+    end_ns: int = 0
+    wall_s: float = 0.0
+
+
+class _Tap:
+    """Input-side bookkeeping for the report: event count, span, sampled prices."""
+
+    def __init__(self, res: BacktestResult, every_ns: int) -> None:
+        self.res = res
+        self.every = every_ns
+        self.last: dict[str, int] = {}
+
+    def __call__(self, rec: Any) -> Any:
+        res = self.res
+        ts = getattr(rec, "ts", None)
+        if ts is None:
+            return rec
+        if res.n_events == 0:
+            res.start_ns = ts
+        res.n_events += 1
+        res.end_ns = max(res.end_ns, ts)
+        px = None
+        if isinstance(rec, Trade):
+            px = rec.price
+        elif isinstance(rec, Quote):
+            px = (rec.bid + rec.ask) / 2
+        elif isinstance(rec, IndexPrice):
+            px = rec.price
+        if px is not None:
+            key = f"{rec.venue}/{rec.instrument}"
+            if not isinstance(rec, IndexPrice):
+                res.keys.add(key)
+            if ts - self.last.get(key, -self.every) >= self.every:
+                self.last[key] = ts
+                res.prices.setdefault(key, []).append((ts, px))
+        return rec
+
+
+def run_backtest(
+    cfg: GuardConfig,
+    cfg_hash: str,
+    *,
+    files: Sequence[ReplayFile] = (),
+    records: Sequence[Any] | None = None,
+    out_dir: str | Path | None = None,
+    signer: Signer | None = None,
+    trust: TrustStore | None = None,
+    batch_size: int = 100,
+    price_every_ns: int = NS,
+) -> BacktestResult:
+    """Run the guard core over ``files`` (replayed in event time) or ``records``.
+
+    With ``out_dir``, commands (signed envelopes), signals, utilizations,
+    audit records and dead letters are written there as JSONL
+    (``commands.jsonl``, ``signals.jsonl``, ``utilization.jsonl``,
+    ``audit.jsonl``, ``dead_letters.jsonl``). ``batch_size`` is the input
+    batch; the event clock moves once per record as the batch passes the
+    clock step, so ``issued_at`` has that resolution.
+    """
+    if (records is None) == (not files):
+        raise ConfigError("backtest.input", "either files or records (exactly one)",
+                          "both" if files else "neither")
+    if signer is None or trust is None:
+        signer, trust = load_keys(cfg)
+    res = BacktestResult()
+    clock = EventClock()
+    flow = Dataflow("riskguard_backtest")
+    if records is not None:
+        src = op.input("in", flow, TestingSource(list(records), batch_size=batch_size))
+        inputs = src
+        errs_in: Any = None
+    else:
+        split = replay_input("in", flow, files=list(files), batch_size=batch_size)
+        inputs, errs_in = split.oks, split.errs
+    tapped = op.map("tap", op.map("clock", inputs, clock.observe),
+                    _Tap(res, price_every_ns))
+    out = guard_core("guard", tapped, cfg=cfg, cfg_hash=cfg_hash, clock=clock, signer=signer,
+                     trust=trust)
+    dead = out.dead_letters if errs_in is None else op.merge("dead", errs_in, out.dead_letters)
+    envs: list[Any] = []
+    sigs: list[Any] = []
+    exps: list[Any] = []
+    deads: list[Any] = []
+    audit_n = [0]
+
+    def count(_x: Any) -> None:
+        audit_n[0] += 1
+
+    op.output("commands_mem", out.commands, TestingSink(envs))
+    op.output("signals_mem", out.signals, TestingSink(sigs))
+    utils = op.filter("utils", out.exposures, lambda r: isinstance(r, Utilization))
+    op.output("util_mem", utils, TestingSink(exps))
+    op.output("dead_mem", dead, TestingSink(deads))
+    op.inspect("audit_count", out.audit, lambda _s, x: count(x))
+    if out_dir is not None:
+        d = Path(out_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        op.output("commands", out.commands, JsonlSink(d / "commands.jsonl"))
+        op.output("signals", out.signals, JsonlSink(d / "signals.jsonl"))
+        op.output("utilization", utils, JsonlSink(d / "utilization.jsonl"))
+        op.output("audit", out.audit, JsonlSink(d / "audit.jsonl"))
+        op.output("dead_letters", dead, JsonlSink(d / "dead_letters.jsonl"))
+    t0 = time.perf_counter()
+    run_main(flow)
+    res.wall_s = time.perf_counter() - t0
+    res.commands = [decode_command(e) for e in envs]
+    res.signals = sigs
+    res.utilizations = exps
+    res.dead_letters = deads
+    res.n_audit = audit_n[0]
+    return res
+
+
+def backtest_files(
+    config: str | Path,
+    data: Sequence[str | Path],
+    *,
+    labels: str | Path | None = None,
+    out_dir: str | Path,
+    venue: str = "file",
+    instrument: str = "unknown",
+    batch_size: int = 100,
+) -> dict[str, Any]:
+    """``riskguard backtest``: replay ``data`` through the guard, write the report.
+
+    Returns the report dict (also written as ``report.json`` and ``report.html``).
+    """
+    from riskguard.dataflows.report import build_report, write_report  # noqa: PLC0415 (cycle)
+
+    cfg, digest = load_guard_config(config)
+    files = [ReplayFile(p, venue=venue, instrument=instrument) for p in data]
+    res = run_backtest(cfg, digest, files=files, out_dir=out_dir, batch_size=batch_size)
+    labs = load_labels(labels) if labels else []
+    report = build_report(res, labs, title="riskguard backtest", config_hash=digest,
+                          inputs=[Path(p).name for p in data])
+    write_report(report, out_dir)
+    return report
+
+
+# -- TOML ------------------------------------------------------------------------
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError("toml", "a finite number", v)
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    if v is None:
+        raise ConfigError("toml", "a value (TOML has no null)", None)
+    return _toml_value(str(v))
+
+
+def _toml_key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """A small TOML writer: scalars first, then one ``[table]`` per nested dict.
+
+    Deeper tables and arrays of tables are written inline, which ``tomllib``
+    reads back unchanged. ``None`` values are left out.
+
+    >>> import tomllib
+    >>> doc = {"env": "x", "playbook": {"rules": [{"name": "r", "ladder": [{"action": "alert"}]}]}}
+    >>> tomllib.loads(dump_toml(doc)) == doc
+    True
+    """
+    lines: list[str] = []
+    tables: list[tuple[str, dict[str, Any]]] = []
+    for k, v in data.items():
+        if v is None:
+            continue
+        if isinstance(v, dict):
+            tables.append((k, v))
+        else:
+            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+    for name, table in tables:
+        lines.append(f"\n[{_toml_key(name)}]")
+        lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items()
+                     if v is not None)
+    return "\n".join(lines) + "\n"
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base`` (nested dicts merge; others replace)."""
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def run_info(wall_s: float, n_events: int) -> dict[str, Any]:
+    """The only wall-clock facts in a report (excluded from determinism checks)."""
+    return {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "wall_s": round(wall_s, 3),
+            "events_per_s": round(n_events / wall_s, 1) if wall_s > 0 else None}
+
+
+__all__ = [
+    "BacktestResult", "EventClock", "JsonlSink", "Label", "backtest_files", "deep_merge",
+    "dump_toml", "labels_to_json", "load_labels", "parse_labels", "run_backtest", "run_info",
+]
+
+
+def _signal_ts(sig: Any) -> int:  # used by report/stress
+    return int(getattr(sig, "ts", 0))
+
+
+SIGNAL_TYPES = (AnomalySignal, RiskAlert, LimitBreach)
