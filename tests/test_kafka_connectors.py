@@ -163,3 +163,21 @@ def test_resumed_source_continues_from_its_recovered_offset(
              epoch_interval=timedelta(milliseconds=200), recovery_config=RecoveryConfig(str(rec)))
     ids = [decode(out, v).id for _, _, v in consume_all(kafka_bootstrap, out, expect=80)]
     assert sorted(ids) == sorted([f"a{i}" for i in range(50)] + [f"b{i}" for i in range(30)])
+
+
+def test_event_time_alignment_holds_a_partition_that_runs_ahead() -> None:
+    """With alignment, a partition may not emit records more than the skew ahead of the
+    slowest live partition; an idle partition stops holding it back."""
+    from riskguard.connectors.kafka import EventTimeAlignment
+
+    al = EventTimeAlignment(2, idle_ns=100, grace_ns=50)
+    al.register("a", now=0, watermark=-1)
+    al.register("b", now=0, watermark=-1)
+    al.update("b", head=10, last=-1, got_data=True, now=0)
+    assert al.frontier("a", now=1) == 10           # a may emit up to 10 + 2
+    al.update("b", head=None, last=10, got_data=False, now=0)
+    assert al.frontier("a", now=50) == 10          # b is fresh: it still holds a back
+    assert al.frontier("a", now=200) == 2**63      # b idle: a runs free
+    al.register("c", now=300, watermark=-1)
+    assert al.frontier("a", now=310) == -1         # c just started, no data yet: grace
+    assert al.frontier("a", now=400) == 2**63

@@ -1,0 +1,89 @@
+"""Primary/backup feed failover: selection, alerts with hysteresis, and the logic contract."""
+
+from __future__ import annotations
+
+import pytest
+
+from contract import CHECKS, Case
+from riskguard.operators.clock import Tick
+from riskguard.operators.feeds import FeedConfig, FeedMonitorLogic, FeedSelectLogic, VenueFeeds
+from riskguard.schemas import Quote, VenueState, VenueStatus
+
+S = 1_000_000_000
+CFG = FeedConfig(venues={"okx": VenueFeeds(max_gap_ns=3 * S, restore_after_ns=5 * S)})
+
+
+def hb(t: float, feed: str = "primary", state: VenueState = VenueState.OK) -> VenueStatus:
+    return VenueStatus(id=f"hb-{feed}-{t}", venue="okx", ts=int(t * S), feed=feed, state=state)
+
+
+def quote(t: float, feed: str) -> Quote:
+    return Quote(id=f"q-{feed}-{t}", venue="okx", instrument="BTC-USDT", ts=int(t * S), feed=feed,
+                 bid=99.0, bid_size=1.0, ask=101.0, ask_size=1.0)
+
+
+def both(t: float) -> list[object]:
+    return [quote(t, "primary"), quote(t, "backup")]
+
+
+def test_only_the_primary_passes_while_its_heartbeat_is_fresh() -> None:
+    """Backup duplicates are dropped while the primary is healthy."""
+    sel = FeedSelectLogic(CFG, "okx")
+    out = [r for e in [hb(0), *both(0.5), hb(1), *both(1.5)] for r in sel.on_event(e)]
+    assert [r.id for r in out] == ["q-primary-0.5", "q-primary-1.5"]
+
+
+def test_heartbeat_gap_fails_over_to_backup_and_hysteresis_delays_the_switch_back() -> None:
+    """After a gap over 3 s only backup records pass; the primary must be healthy for 5 s
+    before selection returns to it."""
+    sel = FeedSelectLogic(CFG, "okx")
+    events = [hb(0), *both(1), hb(1, "backup"), *both(4.5), hb(6), *both(7), hb(9), *both(10),
+              hb(11), *both(11.5)]
+    out = [r.id for e in events for r in sel.on_event(e)]
+    assert out == ["q-primary-1", "q-backup-4.5", "q-backup-7", "q-backup-10", "q-primary-11.5"]
+
+
+def test_monitor_emits_one_loss_and_failover_then_one_restore_per_outage() -> None:
+    """The venue monitor speaks once per transition, with the gap in its details."""
+    mon = FeedMonitorLogic(CFG, "okx")
+    events = [hb(0), hb(1, "backup"), Tick(ts=2 * S), Tick(ts=4 * S), Tick(ts=5 * S),
+              hb(6), hb(8), hb(11), hb(12), Tick(ts=13 * S)]
+    alerts = [a for e in events for a in mon.on_event(e)]
+    assert [a.kind for a in alerts] == [
+        "heartbeat_loss", "feed_failover", "heartbeat_restored", "feed_restored",
+    ]
+    loss = alerts[0]
+    assert loss.scope.label() == "venue:okx" and loss.details["gap_s"] == pytest.approx(4.0)
+    assert alerts[1].details["to"] == "backup" and alerts[3].details["to"] == "primary"
+
+
+def test_a_down_status_fails_over_at_once() -> None:
+    """A primary that reports itself down is abandoned without waiting for the gap."""
+    mon = FeedMonitorLogic(CFG, "okx")
+    alerts = [a for e in [hb(0), hb(0.5, state=VenueState.DOWN)] for a in mon.on_event(e)]
+    assert [a.kind for a in alerts] == ["heartbeat_loss", "feed_failover"]
+    assert "reported down" in alerts[0].reason
+
+
+def test_venues_without_a_backup_pass_everything_and_never_alert() -> None:
+    """Unconfigured venues are pass-through; ticks and heartbeats produce nothing."""
+    sel = FeedSelectLogic(CFG, "binance")
+    q = Quote(id="b", venue="binance", instrument="X", ts=1, bid=1.0, bid_size=1.0, ask=2.0,
+              ask_size=1.0)
+    assert sel.on_event(q) == [q]
+    assert sel.on_event(Tick(ts=99 * S)) == []
+
+
+EVENTS = [hb(0), *both(1), hb(1, "backup"), Tick(ts=3 * S), *both(4.5), Tick(ts=5 * S), hb(6),
+          *both(7), hb(9), *both(10), hb(11), *both(11.5), Tick(ts=12 * S)]
+CASES = [
+    Case("feed_select", lambda st: FeedSelectLogic(CFG, "okx", st), EVENTS),
+    Case("feed_monitor", lambda st: FeedMonitorLogic(CFG, "okx", st), EVENTS),
+]
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_feed_logic_meets_the_stateful_contract(case: Case, check) -> None:
+    """Snapshots pickle, are independent, resume exactly, and never mutate input."""
+    check(case)
