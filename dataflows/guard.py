@@ -44,7 +44,8 @@ from riskguard.operators.features import FeatureConfig
 from riskguard.operators.clock import Tick
 from riskguard.operators.feeds import FeedConfig, FeedMonitorLogic, FeedSelectLogic
 from riskguard.operators.limits import LimitsConfig
-from riskguard.operators.metrics import COMMANDS, DETECTION_TO_COMMAND
+from riskguard.operators.metrics import record_command, start_metrics_server_from_env
+from riskguard.operators.observe import ObserveConfig, configure, observe
 from riskguard.operators.playbook import PlaybookConfig
 from riskguard.operators.playbook_op import plan_mitigation
 from riskguard.operators.risk import aggregate_exposure, enforce_limits
@@ -237,9 +238,9 @@ def guard_core(
     limits = enforce_limits("limits", exposure.exposures, updates, config=cfg.limits,
                             verifier=verify, clock=clock)
 
-    signals = op.merge(
+    signals = op.map("observe_signals", op.merge(
         "signals", anomalies, exposure.alerts, limits.breaches, limits.alerts, feed_alerts,
-    )
+    ), observe)
     planned = plan_mitigation(
         "playbook", op.merge("playbook_in", signals, ticks, manual),
         config=cfg.playbook, clock=clock,
@@ -247,21 +248,21 @@ def guard_core(
     commands = planned.oks
     signed = sign_commands("sign", commands, signer, config=cfg.sign)
 
-    def observe(env: SignedEnvelope) -> SignedEnvelope:
+    def observe_command(env: SignedEnvelope) -> SignedEnvelope:
         cmd = decode_command(env)
-        COMMANDS.labels(cmd.action.value, cmd.scope.kind.value).inc()
-        if cmd.recv_ts is not None:
-            DETECTION_TO_COMMAND.observe(max(clock() - cmd.recv_ts, 0) / 1e9)
+        record_command(cmd.action.value, cmd.scope.kind.value, cmd.recv_ts, clock())
         return env
 
-    out_cmds = op.map("observe", signed.oks, observe)
-    errs: Stream[DeadLetter] = op.merge(
+    out_cmds = op.map("observe_commands", signed.oks, observe_command)
+    errs: Stream[DeadLetter] = op.map("observe_errs", op.merge(
         "errs", feats.errs, detected.errs, exposure.errs, limits.errs, planned.errs, signed.errs,
-    )
+    ), observe)
     audit_cfg = msgspec.structs.replace(cfg.audit, config_hash=cfg_hash)
     decisions = op.merge("decisions", signals, commands, errs)
-    audit = audit_log("audit", decisions, signer=signer, config=audit_cfg)
-    exposures = op.merge("exp_util", exposure.exposures, limits.utilizations)
+    audit = op.map("observe_audit",
+                   audit_log("audit", decisions, signer=signer, config=audit_cfg), observe)
+    exposures = op.map("observe_exposures",
+                       op.merge("exp_util", exposure.exposures, limits.utilizations), observe)
     return GuardOut(commands=out_cmds, audit=audit, signals=signals, exposures=exposures,
                     dead_letters=errs)
 
@@ -282,6 +283,9 @@ def build_flow(
     trust: TrustStore | None = None,
 ) -> Dataflow:
     """The live guard: Kafka topics in, the guard core, Kafka topics out."""
+    configure(ObserveConfig(option_instruments=frozenset(
+        n for n, spec in cfg.exposure.instruments.instruments.items() if spec.kind == "option"
+    )))
     if signer is None or trust is None:
         signer, trust = load_keys(cfg)
     brokers = cfg.kafka
@@ -368,6 +372,7 @@ def from_env() -> Dataflow:
     if not path:
         raise ConfigError("RISKGUARD_CONFIG", "the path of a guard TOML config", None)
     cfg, digest = load_guard_config(path)
+    start_metrics_server_from_env()
     return build_flow(cfg, digest)
 
 
