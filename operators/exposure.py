@@ -84,7 +84,7 @@ __all__ = [
     "route",
 ]
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 def _copy(state: Any) -> Any:
@@ -309,8 +309,19 @@ class ValuationLogic:
         self.reg = reg
         self.state = state if state is not None else ValuationState()
         self._spec: InstrumentSpec | None = None
+        self._ev_tail = -(config.max_evidence - 1)
         if self.state.target and not self.state.is_asset:
-            self._spec = reg.get(self.state.target)
+            self._set_spec(reg.get(self.state.target))
+
+    def _set_spec(self, spec: InstrumentSpec | None) -> None:
+        """Cache what every re-valuation needs from the instrument's spec."""
+        self._spec = spec
+        if spec is None:
+            return
+        self._is_option = spec.kind == "option"
+        self._same_ccy = spec.underlying_ccy == spec.quote
+        self._asset = spec.underlying_asset if self._is_option else spec.base
+        self._underlying = spec.underlying_asset
 
     def snapshot(self) -> ValuationState:
         return _copy(self.state)
@@ -327,7 +338,7 @@ class ValuationLogic:
             if not st.target:
                 st.target, st.is_asset = key[2:], key.startswith("a:")
                 if not st.is_asset:
-                    self._spec = self.reg.get(st.target)
+                    self._set_spec(self.reg.get(st.target))
             st.last_ts = max(st.last_ts, ev.ts)
             if role == "mark":
                 if ev.ts >= st.mark_ts:
@@ -372,8 +383,9 @@ class ValuationLogic:
                 for cp, rid in dirty.items():
                     out.extend(self._emit_collateral(cp, rid))
             elif self._spec is not None:
+                vol, vol_ts = self._vol()
                 for cp, rid in dirty.items():
-                    out.extend(self._emit_position(cp, rid))
+                    out.extend(self._emit_position(cp, rid, vol, vol_ts))
         return out
 
     # -- helpers
@@ -470,49 +482,47 @@ class ValuationLogic:
             details={"counterparty": cp}, evidence_ids=[rid],
         )]
 
-    def _emit_position(self, cp: str, rid: str) -> list[Any]:
+    def _emit_position(self, cp: str, rid: str, vol: float, vol_ts: int) -> list[Any]:
         st = self.state
         spec = self._spec
         assert spec is not None
         pos = st.positions[cp]
-        out: list[Any] = []
-        mult = spec.multiplier
-        fxq = self._fx(spec.quote)
-        fxu = self._fx(spec.underlying_ccy)
         reason = ""
         notional = delta = upnl = orders = 0.0
-        if st.mark is None:
+        mark = st.mark
+        if mark is None:
             reason = "missing_mark"
-            out.extend(self._missing("mark", "missing_mark", cp, rid,
-                                     f"no mark yet for {st.target}; position of {cp} is unvalued"))
-        elif fxq is None or fxu is None:
-            reason = "missing_fx"
-            ccy = spec.quote if fxq is None else spec.underlying_ccy
-            out.extend(self._missing("fx", "missing_fx", cp, rid,
-                                     f"no FX rate {ccy}->{self.reg.reporting} for {st.target}"))
+            out = self._missing("mark", "missing_mark", cp, rid,
+                                f"no mark yet for {st.target}; position of {cp} is unvalued")
         else:
-            st.alerted.clear()
-            qm = pos.qty * mult
-            mark = st.mark
-            if spec.kind == "option":
-                notional = qm * st.und_price * fxu[0]
-                delta = qm * st.opt_delta * st.und_price * fxu[0]
+            fxq = self._fx(spec.quote)
+            fxu = fxq if self._same_ccy else self._fx(spec.underlying_ccy)
+            if fxq is None or fxu is None:
+                reason = "missing_fx"
+                ccy = spec.quote if fxq is None else spec.underlying_ccy
+                out = self._missing("fx", "missing_fx", cp, rid,
+                                    f"no FX rate {ccy}->{self.reg.reporting} for {st.target}")
             else:
-                notional = qm * mark * fxq[0]
-                delta = notional
-            avg = pos.avg if pos.avg is not None else mark
-            upnl = qm * (mark - avg) * fxq[0]
-            orders = pos.orders * fxq[0]
-        vol, vol_ts = self._vol()
+                out = []
+                if st.alerted:
+                    st.alerted.clear()
+                qm = pos.qty * spec.multiplier
+                q_fx = fxq[0]
+                if self._is_option:
+                    notional = qm * st.und_price * fxu[0]
+                    delta = qm * st.opt_delta * st.und_price * fxu[0]
+                else:
+                    notional = delta = qm * mark * q_fx
+                avg = pos.avg
+                upnl = 0.0 if avg is None else qm * (mark - avg) * q_fx
+                orders = pos.orders * q_fx
         st.seq += 1
+        ev = pos.evidence
+        evidence = tuple(ev) if rid in ev else (*ev[self._ev_tail:], rid)
         out.append(Contrib(
-            counterparty=cp, what="i", name=st.target, seq=st.seq, ts=st.last_ts,
-            asset=spec.base if spec.kind != "option" else spec.underlying_asset,
-            underlying=spec.underlying_asset, qty=pos.qty, notional=notional, delta=delta,
-            upnl=upnl, orders=orders, collateral=0.0, mark_ts=st.mark_ts,
-            valued=not reason, reason=reason, vol=vol, vol_ts=vol_ts,
-            evidence=(*pos.evidence[-(self.config.max_evidence - 1):], rid)
-            if rid not in pos.evidence else tuple(pos.evidence),
+            cp, "i", st.target, st.seq, st.last_ts, self._asset, self._underlying, pos.qty,
+            notional, delta, upnl, orders, 0.0, st.mark_ts, not reason, reason, vol, vol_ts,
+            evidence,
         ))
         return out
 
@@ -568,6 +578,13 @@ def apply_fill(qty: float, avg: float | None, signed: float, price: float) -> tu
 
 @dataclass
 class CounterpartyState:
+    """State of one counterparty: its latest contributions and their running sums.
+
+    The sums (``gross`` ... ``by_inst``) are kept incrementally, so an update
+    costs O(1) instead of a pass over every position; they are re-summed
+    exactly from ``contribs`` every ``RESUM_EVERY`` updates to bound float drift.
+    """
+
     version: int = STATE_VERSION
     counterparty: str = ""
     contribs: dict[tuple[str, str], Contrib] = field(default_factory=dict)
@@ -575,6 +592,22 @@ class CounterpartyState:
     seq: int = 0
     stale: dict[str, int] = field(default_factory=dict)
     evidence: list[str] = field(default_factory=list)
+    gross: float = 0.0
+    net: float = 0.0
+    upnl: float = 0.0
+    orders: float = 0.0
+    collateral: float = 0.0
+    delta: dict[str, float] = field(default_factory=dict)
+    by_asset: dict[str, float] = field(default_factory=dict)
+    by_inst: dict[str, float] = field(default_factory=dict)
+    refs: dict[str, int] = field(default_factory=dict)
+    marks: dict[str, int] = field(default_factory=dict)
+    unvalued: dict[str, None] = field(default_factory=dict)
+    vols: dict[str, tuple[float, int]] = field(default_factory=dict)
+    updates: int = 0
+
+
+RESUM_EVERY = 4096
 
 
 class CounterpartyLogic:
@@ -582,6 +615,8 @@ class CounterpartyLogic:
 
     def __init__(self, config: ExposureConfig, state: CounterpartyState | None = None) -> None:
         self.config = config
+        if state is not None and state.version < STATE_VERSION:
+            state = _migrate_cp(state)
         self.state = state if state is not None else CounterpartyState()
 
     def snapshot(self) -> CounterpartyState:
@@ -592,87 +627,220 @@ class CounterpartyLogic:
 
     def on_batch(self, items: Iterable[Contrib]) -> list[Any]:
         st = self.state
-        changed = False
+        contribs = st.contribs
+        changed: list[Contrib] = []
+        gross, net, upnl, orders = st.gross, st.net, st.upnl, st.orders
+        delta, by_asset, by_inst = st.delta, st.by_asset, st.by_inst
+        marks, unvalued, vols = st.marks, st.unvalued, st.vols
+        watermark = st.watermark
         for c in items:
-            st.counterparty = c.counterparty
             key = (c.what, c.name)
-            old = st.contribs.get(key)
+            old = contribs.get(key)
             if old is not None and old.seq >= c.seq:
                 continue
-            changed = True
-            st.watermark = max(st.watermark, c.ts)
-            if c.what == "i" and c.qty == 0.0 and c.orders == 0.0:
-                st.contribs.pop(key, None)
-            else:
-                st.contribs[key] = c
-            for rid in c.evidence:
-                _evidence_add(st.evidence, rid, self.config.max_evidence)
+            changed.append(c)
+            if c.ts > watermark:
+                watermark = c.ts
+            if c.what != "i" or old is None or (c.qty == 0.0 and c.orders == 0.0):
+                # collateral, a new position or a closed one: the general path
+                st.gross, st.net, st.upnl, st.orders = gross, net, upnl, orders
+                if old is not None:
+                    self._add(old, -1)
+                if c.what == "i" and c.qty == 0.0 and c.orders == 0.0:
+                    contribs.pop(key, None)
+                else:
+                    contribs[key] = c
+                    self._add(c, 1)
+                gross, net, upnl, orders = st.gross, st.net, st.upnl, st.orders
+                continue
+            # the hot path: a held position re-valued (same instrument, asset, underlying)
+            contribs[key] = c
+            name, n, on = c.name, c.notional, old.notional
+            gross += abs(n) - abs(on)
+            net += n - on
+            upnl += c.upnl - old.upnl
+            orders += c.orders - old.orders
+            delta[c.underlying] += c.delta - old.delta
+            by_asset[c.asset] += n - on
+            by_inst[name] = n
+            if c.valued:
+                marks[name] = c.mark_ts
+                if not old.valued:
+                    unvalued.pop(name, None)
+            elif old.valued:
+                unvalued[name] = None
+                marks.pop(name, None)
+            if c.vol >= 0:
+                cur = vols.get(c.underlying)
+                if cur is None or c.vol_ts > cur[1]:
+                    vols[c.underlying] = (c.vol, c.vol_ts)
+        st.gross, st.net, st.upnl, st.orders = gross, net, upnl, orders
+        st.watermark = watermark
         if not changed:
             return []
+        st.counterparty = changed[-1].counterparty
+        st.updates += len(changed)
+        if st.updates >= RESUM_EVERY:
+            _resum(st)
+        self._note_evidence(changed)
         return self._emit()
+
+    def _note_evidence(self, changed: list[Contrib]) -> None:
+        """Keep the newest ``max_evidence`` distinct record ids that moved the exposure."""
+        st = self.state
+        cap = self.config.max_evidence
+        if len(changed) == 1:
+            for rid in changed[0].evidence:
+                _evidence_add(st.evidence, rid, cap)
+            return
+        recent: dict[str, None] = {}
+        for c in reversed(changed):
+            for rid in reversed(c.evidence):
+                recent[rid] = None
+            if len(recent) >= cap:
+                break
+        for rid in reversed(list(recent)[:cap]):
+            _evidence_add(st.evidence, rid, cap)
+
+    def _add(self, c: Contrib, sign: int) -> None:
+        """Add (``sign=1``) or remove (``-1``) one contribution from the running sums."""
+        st = self.state
+        name = c.name
+        if c.what == "a":
+            st.collateral += sign * c.collateral
+            if not c.valued:
+                _toggle(st.unvalued, name, sign)
+            return
+        n = c.notional
+        st.gross += sign * abs(n)
+        st.net += sign * n
+        st.upnl += sign * c.upnl
+        st.orders += sign * c.orders
+        refs = st.refs
+        for table, k, v in ((st.delta, c.underlying, c.delta), (st.by_asset, c.asset, n)):
+            rk = ("d:" if table is st.delta else "a:") + k
+            left = refs.get(rk, 0) + sign
+            if left:
+                refs[rk] = left
+                table[k] = table.get(k, 0.0) + sign * v
+            else:
+                refs.pop(rk, None)
+                table.pop(k, None)
+        if sign > 0:
+            st.by_inst[name] = n
+            if c.valued:
+                st.marks[name] = c.mark_ts
+            else:
+                st.unvalued[name] = None
+            if c.vol >= 0:
+                cur = st.vols.get(c.underlying)
+                if cur is None or c.vol_ts > cur[1]:
+                    st.vols[c.underlying] = (c.vol, c.vol_ts)
+        else:
+            st.by_inst.pop(name, None)
+            st.marks.pop(name, None)
+            st.unvalued.pop(name, None)
 
     def _emit(self) -> list[Any]:
         st = self.state
         cfg = self.config
         out: list[Any] = []
-        gross = net = upnl = orders = collateral = 0.0
-        delta: dict[str, float] = {}
-        by_asset: dict[str, float] = {}
-        by_inst: dict[str, float] = {}
-        vols: dict[str, tuple[float, int]] = {}
-        stale: list[str] = []
         horizon = st.watermark - cfg.max_mark_age_ns
-        for (what, name), c in st.contribs.items():
-            if what == "a":
-                collateral += c.collateral
-                if not c.valued:
-                    stale.append(name)
+        marks = st.marks
+        old: dict[str, int] = {}
+        if marks and min(marks.values()) < horizon:
+            old = {name: ts for name, ts in marks.items() if ts < horizon}
+        for name, mark_ts in old.items():
+            if name in st.stale:
                 continue
-            if not c.valued:
-                stale.append(name)
-            elif c.mark_ts < horizon:
-                stale.append(name)
-                if name not in st.stale:
-                    st.stale[name] = c.mark_ts
-                    out.append(RiskAlert(
-                        id=_alert_id("stale_mark", st.counterparty, name, c.mark_ts, st.watermark),
-                        kind="stale_mark",
-                        scope=Scope(kind=ScopeKind.INSTRUMENT, value=name),
-                        ts=st.watermark, severity=Severity.WARN,
-                        reason=(f"mark of {name} is {(st.watermark - c.mark_ts) / NS_PER_S:.3f}s "
-                                f"old (max {cfg.max_mark_age_ns / NS_PER_S:g}s); exposure of "
-                                f"{st.counterparty} is stale"),
-                        details={"counterparty": st.counterparty, "mark_ts": c.mark_ts,
-                                 "watermark": st.watermark},
-                        evidence_ids=list(c.evidence[-4:]),
-                    ))
-            if c.valued and name in st.stale and c.mark_ts >= horizon:
+            st.stale[name] = mark_ts
+            c = st.contribs[("i", name)]
+            out.append(RiskAlert(
+                id=_alert_id("stale_mark", st.counterparty, name, mark_ts, st.watermark),
+                kind="stale_mark",
+                scope=Scope(kind=ScopeKind.INSTRUMENT, value=name),
+                ts=st.watermark, severity=Severity.WARN,
+                reason=(f"mark of {name} is {(st.watermark - mark_ts) / NS_PER_S:.3f}s "
+                        f"old (max {cfg.max_mark_age_ns / NS_PER_S:g}s); exposure of "
+                        f"{st.counterparty} is stale"),
+                details={"counterparty": st.counterparty, "mark_ts": mark_ts,
+                         "watermark": st.watermark},
+                evidence_ids=list(c.evidence[-4:]),
+            ))
+        if st.stale:
+            for name in [n for n in st.stale if n not in old]:
                 del st.stale[name]
-            gross += abs(c.notional)
-            net += c.notional
-            upnl += c.upnl
-            orders += c.orders
-            delta[c.underlying] = delta.get(c.underlying, 0.0) + c.delta
-            by_asset[c.asset] = by_asset.get(c.asset, 0.0) + c.notional
-            by_inst[name] = c.notional
-            if c.vol >= 0:
-                cur = vols.get(c.underlying)
-                if cur is None or c.vol_ts > cur[1]:
-                    vols[c.underlying] = (c.vol, c.vol_ts)
-        for name in list(st.stale):
-            if (("i", name) not in st.contribs):
-                del st.stale[name]
+        stale = sorted({*st.unvalued, *old}) if st.unvalued or old else []
         st.seq += 1
         out.append(Exposure(
-            counterparty=st.counterparty, ts=st.watermark, gross_notional=gross,
-            net_notional=net, delta_by_underlying=delta, notional_by_asset=by_asset,
-            notional_by_instrument=by_inst, collateral=collateral, unrealized_pnl=upnl,
-            open_order_notional=orders, stale=bool(stale), stale_instruments=sorted(stale),
-            evidence_ids=list(st.evidence), seq=st.seq,
-            vol_by_underlying={k: v for k, (v, _t) in sorted(vols.items())},
+            counterparty=st.counterparty, ts=st.watermark, gross_notional=st.gross,
+            net_notional=st.net, delta_by_underlying=dict(st.delta),
+            notional_by_asset=dict(st.by_asset), notional_by_instrument=dict(st.by_inst),
+            collateral=st.collateral, unrealized_pnl=st.upnl, open_order_notional=st.orders,
+            stale=bool(stale), stale_instruments=stale, evidence_ids=st.evidence,
+            seq=st.seq, vol_by_underlying={k: v for k, (v, _t) in sorted(st.vols.items())},
         ))
         st.evidence = []
         return out
+
+
+def _toggle(table: dict[str, None], name: str, sign: int) -> None:
+    if sign > 0:
+        table[name] = None
+    else:
+        table.pop(name, None)
+
+
+def _resum(st: CounterpartyState) -> None:
+    """Recompute every running sum of ``st`` exactly from its contributions."""
+    st.updates = 0
+    st.gross = st.net = st.upnl = st.orders = st.collateral = 0.0
+    for table in (st.delta, st.by_asset, st.by_inst, st.refs, st.marks, st.unvalued):
+        table.clear()
+    parts: dict[str, list[float]] = {}
+    for (what, name), c in st.contribs.items():
+        if what == "a":
+            parts.setdefault("collateral", []).append(c.collateral)
+            if not c.valued:
+                st.unvalued[name] = None
+            continue
+        parts.setdefault("gross", []).append(abs(c.notional))
+        parts.setdefault("net", []).append(c.notional)
+        parts.setdefault("upnl", []).append(c.upnl)
+        parts.setdefault("orders", []).append(c.orders)
+        parts.setdefault("d:" + c.underlying, []).append(c.delta)
+        parts.setdefault("a:" + c.asset, []).append(c.notional)
+        st.by_inst[name] = c.notional
+        if c.valued:
+            st.marks[name] = c.mark_ts
+        else:
+            st.unvalued[name] = None
+    for k, vals in parts.items():
+        total = math.fsum(vals)
+        if k.startswith("d:"):
+            st.delta[k[2:]] = total
+            st.refs[k] = len(vals)
+        elif k.startswith("a:"):
+            st.by_asset[k[2:]] = total
+            st.refs[k] = len(vals)
+        else:
+            setattr(st, k, total)
+
+
+def _migrate_cp(state: CounterpartyState) -> CounterpartyState:
+    """A version-1 snapshot (no running sums) upgraded to the current layout."""
+    new = CounterpartyState(
+        counterparty=state.counterparty, contribs=dict(state.contribs),
+        watermark=state.watermark, seq=state.seq, stale=dict(state.stale),
+        evidence=list(state.evidence),
+    )
+    for c in new.contribs.values():
+        if c.what == "i" and c.vol >= 0:
+            cur = new.vols.get(c.underlying)
+            if cur is None or c.vol_ts > cur[1]:
+                new.vols[c.underlying] = (c.vol, c.vol_ts)
+    _resum(new)
+    return new
 
 
 # --------------------------------------------------------------------- stage 3

@@ -27,6 +27,7 @@ from riskguard.operators.clock import Clock, system_clock
 from riskguard.operators.exposure import (
     Contrib,
     CounterpartyLogic,
+    FIRM_KEY,
     ExposureConfig,
     FirmLogic,
     ValuationLogic,
@@ -79,6 +80,32 @@ def _is(t: type) -> Callable[[Any], bool]:
     return lambda x: isinstance(x, t)
 
 
+# Per-item predicates run once per record on the hot path, so they are
+# C-level (``tuple.__instancecheck__``) or one-line lambdas; everything else
+# is done a whole batch per Python call with ``flat_map_batch``.
+_IS_TUPLE: Callable[[Any], bool] = tuple.__instancecheck__
+
+
+def _IS_CONTRIB(kv: tuple[str, Any]) -> bool:  # noqa: N802 - a constant-like predicate
+    return type(kv[1]) is Contrib
+
+
+def _IS_EXPOSURE(kv: tuple[str, Any]) -> bool:  # noqa: N802 - a constant-like predicate
+    return type(kv[1]) is Exposure
+
+
+def _values(kvs: list[tuple[str, Any]]) -> list[Any]:
+    return [v for _k, v in kvs]
+
+
+def _by_counterparty(kvs: list[tuple[str, Contrib]]) -> list[tuple[str, Contrib]]:
+    return [(c.counterparty, c) for _k, c in kvs]
+
+
+def _to_firm(kvs: list[tuple[str, Exposure]]) -> list[tuple[str, Exposure]]:
+    return [(FIRM_KEY, e) for _k, e in kvs]
+
+
 @operator
 def aggregate_exposure(
     step_id: str,
@@ -119,38 +146,39 @@ def aggregate_exposure(
     reg = config.validate(f"step '{step_id}'")
     merged = op.merge("merge", up, *more) if more else up
 
-    def do_route(ev: Any) -> list[Any]:
-        r = route(ev, reg, config, step=step_id, now=clock())
-        return [r] if isinstance(r, DeadLetter) else r
+    def route_batch(evs: list[Any]) -> list[Any]:
+        out: list[Any] = []
+        now = clock()
+        for ev in evs:
+            r = route(ev, reg, config, step=step_id, now=now)
+            if type(r) is list:
+                out.extend(r)
+            else:
+                out.append(r)
+        return out
 
-    routed = op.flat_map("route", merged, do_route)
-    errs = op.filter("errs", routed, _is(DeadLetter))
-    keyed = op.filter("routed", routed, _is(tuple))
+    routed = op.branch("split", op.flat_map_batch("route", merged, route_batch), _IS_TUPLE)
 
     def build_val(state: Any) -> ValuationLogic:
         return ValuationLogic(config, reg, state)
 
-    s1 = op.map("unkey1", stateful_logic("valuation", keyed, build_val), lambda kv: kv[1])
-    alerts1 = op.filter("alerts1", s1, _is(RiskAlert))
-    contribs = op.filter_map(
-        "contribs", s1, lambda c: (c.counterparty, c) if isinstance(c, Contrib) else None
-    )
+    s1 = op.branch("contribs", stateful_logic("valuation", routed.trues, build_val), _IS_CONTRIB)
+    alerts1 = op.flat_map_batch("alerts1", s1.falses, _values)
+    contribs = op.flat_map_batch("by_cp", s1.trues, _by_counterparty)
 
     def build_cp(state: Any) -> CounterpartyLogic:
         return CounterpartyLogic(config, state)
 
-    s2 = op.map("unkey2", stateful_logic("counterparty", contribs, build_cp), lambda kv: kv[1])
-    alerts2 = op.filter("alerts2", s2, _is(RiskAlert))
-    to_firm = op.filter_map(
-        "to_firm", s2, lambda e: ("firm", e) if isinstance(e, Exposure) else None
-    )
+    s2 = op.branch("exposures", stateful_logic("counterparty", contribs, build_cp), _IS_EXPOSURE)
+    alerts2 = op.flat_map_batch("alerts2", s2.falses, _values)
+    to_firm = op.flat_map_batch("to_firm", s2.trues, _to_firm)
 
     def build_firm(state: Any) -> FirmLogic:
         return FirmLogic(config, state)
 
-    exposures = op.map("unkey3", stateful_logic("firm", to_firm, build_firm), lambda kv: kv[1])
+    exposures = op.flat_map_batch("unkey3", stateful_logic("firm", to_firm, build_firm), _values)
     alerts = op.merge("alerts", alerts1, alerts2)
-    return ExposureOut(exposures=exposures, alerts=alerts, errs=errs)
+    return ExposureOut(exposures=exposures, alerts=alerts, errs=routed.falses)
 
 
 @operator
