@@ -1,0 +1,800 @@
+"""Stress scenarios: a base market plus shocks, run through the guard core, checked.
+
+A scenario (TOML, see ``dataflows/scenarios/*.toml``) is:
+
+- ``[market]``: a generated base market (venues, instruments with start price
+  and per-tick volatility, backup feeds, fx rates) or ``file`` = a JSONL
+  recording to overlay shocks on;
+- ``[[positions]]``: opening fills and balances (so exposures and limits act);
+- ``[[shocks]]``: what goes wrong, each with ``onset_s`` and a shape
+  (``ramp_s``, ``hold_s``, ``recover_s``) and a ``kind``: ``price``,
+  ``cascade``, ``heartbeat_stop``, ``freeze``, ``venue_down``,
+  ``withdrawals_halt``, ``balance_freeze``, ``depeg``, ``index_diverge``,
+  ``latency``, ``storm`` or ``fills``;
+- ``[[expect]]``: mitigations the guard must issue: ``action``, ``scope``
+  (fnmatch on the scope label), ``within_s`` of the onset of shock ``shock``;
+  ``never = true`` forbids a command instead; ``known_gap = "why"`` marks an
+  expectation the guard cannot meet yet (reported as GAP, not counted);
+- ``[[end_state]]``: scopes that must end in at least a given state;
+- ``[guard]``: overrides merged into the generated guard config.
+
+Every run also checks two invariants: the guard never reroutes order flow
+into a venue it already knew to be unhealthy or breached, and every venue
+that is still unhealthy or breached at the end is under a protective
+mitigation (reduce_only, reroute, cancel_all or halt) - the *safe state*.
+
+The guard is :func:`riskguard.dataflows.guard.guard_core`, run by
+:func:`riskguard.dataflows.backtest.run_backtest`; nothing here decides a
+mitigation itself.
+
+>>> sc = load_scenario(scenario_path("flash_crash"))
+>>> sc.name, [s.kind for s in sc.shocks]
+('flash_crash', ['price'])
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import random
+import statistics
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from riskguard.config import decode_section
+from riskguard.connectors.replay import ReplayFile, ReplaySource, read_all
+from riskguard.dataflows.backtest import (
+    BacktestResult,
+    Label,
+    deep_merge,
+    dump_toml,
+    run_backtest,
+)
+from riskguard.dataflows.demo import DemoKeys, init_keys
+from riskguard.dataflows.guard import load_guard_config, load_keys
+from riskguard.dataflows.report import (
+    STATE_ORDER,
+    alarms_of,
+    build_report,
+    scope_related,
+    state_timeline,
+    states_at,
+    write_report,
+)
+from riskguard.errors import ConfigError
+from riskguard.schemas import (
+    Action,
+    Balance,
+    Fill,
+    IndexPrice,
+    LimitBreach,
+    LimitLevel,
+    MitigationCommand,
+    Quote,
+    RiskAlert,
+    Trade,
+    VenueStatus,
+)
+
+NS = 1_000_000_000
+MS = 1_000_000
+START_NS = 1_767_225_600 * NS  # 2026-01-01T00:00:00Z
+PROTECTIVE = frozenset({"reduce_only", "reroute_order_flow", "cancel_all", "halt_trading"})
+_RANK = {s: i for i, s in enumerate(STATE_ORDER)}
+ShockKind = Literal["price", "cascade", "heartbeat_stop", "freeze", "venue_down",
+                    "withdrawals_halt", "balance_freeze", "depeg", "index_diverge", "latency",
+                    "storm", "fills"]
+
+
+class InstrumentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    price: float
+    vol: float = 0.0002
+    kind: Literal["spot", "perp"] = "spot"
+
+
+class MarketSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The base market. ``instruments`` are ``BASE-QUOTE`` names (``-PERP`` is USD)."""
+
+    venues: tuple[str, ...] = ("binance", "okx", "deribit")
+    instruments: dict[str, InstrumentSpec] = {}
+    listings: dict[str, tuple[str, ...]] = {}
+    backup_feeds: tuple[str, ...] = ()
+    tick_ms: int = 500
+    trade_every: int = 2
+    fx: dict[str, float] = msgspec.field(default_factory=lambda: {"USDT": 1.0, "USDC": 1.0})
+    file: str | None = None
+
+
+class PositionSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An opening fill (``instrument``) or a balance (``asset``) at ``at_s``."""
+
+    venue: str
+    instrument: str = ""
+    side: Literal["buy", "sell"] = "buy"
+    qty: float = 0.0
+    asset: str = ""
+    total: float = 0.0
+    at_s: float = 2.0
+
+
+class Shock(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One shock. ``magnitude`` means: price/index move fraction (-0.3 = -30 %),
+    depeg target price (0.87), latency seconds, storm multiplier, cascade
+    first-tranche move."""
+
+    kind: ShockKind
+    onset_s: float
+    venues: tuple[str, ...] = ()
+    instruments: tuple[str, ...] = ()
+    ramp_s: float = 0.0
+    hold_s: float = math.inf
+    recover_s: float = 0.0
+    magnitude: float = 0.0
+    asset: str = ""
+    label: str = ""
+    # cascade
+    tranches: int = 3
+    gap_s: float = 30.0
+    feedback: float = 1.5
+    volume: float = 1.0
+    # fills
+    side: Literal["buy", "sell"] = "buy"
+    qty: float = 0.0
+    count: int = 1
+    every_s: float = 1.0
+
+    def fraction(self, t_s: float) -> float:
+        """0 before onset, ramps to 1, holds, recovers to 0."""
+        dt = t_s - self.onset_s
+        if dt < 0:
+            return 0.0
+        if dt < self.ramp_s:
+            return dt / self.ramp_s
+        dt -= self.ramp_s
+        if dt < self.hold_s:
+            return 1.0
+        dt -= self.hold_s
+        if self.recover_s > 0 and dt < self.recover_s:
+            return 1.0 - dt / self.recover_s
+        return 0.0
+
+    def end_s(self, duration_s: float) -> float:
+        if self.kind == "fills":
+            return self.onset_s + self.count * self.every_s
+        if self.kind == "cascade":
+            return self.onset_s + self.tranches * (self.gap_s + self.ramp_s)
+        return min(duration_s, self.onset_s + self.ramp_s + self.hold_s + self.recover_s)
+
+    def hits(self, venue: str, instrument: str) -> bool:
+        return (not self.venues or venue in self.venues) and (
+            not self.instruments or any(fnmatch.fnmatchcase(instrument, p)
+                                        for p in self.instruments))
+
+
+class Expect(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    action: str
+    scope: str
+    within_s: float = math.inf
+    shock: int = 0
+    never: bool = False
+    known_gap: str = ""
+
+
+class EndState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    scope: str
+    at_least: str
+
+
+class Scenario(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    description: str = ""
+    duration_s: int = 600
+    seed: int = 1
+    market: MarketSpec = MarketSpec()
+    limits: dict[str, float] = {}
+    positions: tuple[PositionSpec, ...] = ()
+    shocks: tuple[Shock, ...] = ()
+    expect: tuple[Expect, ...] = ()
+    end_state: tuple[EndState, ...] = ()
+    guard: dict[str, Any] = {}
+
+
+# -- loading ---------------------------------------------------------------------
+
+
+def scenario_dir() -> Path:
+    return Path(str(resources.files("riskguard.dataflows").joinpath("scenarios")))
+
+
+def bundled() -> list[str]:
+    """Names of the bundled scenarios."""
+    return sorted(p.stem for p in scenario_dir().glob("*.toml"))
+
+
+def scenario_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" and p.is_file():
+        return p
+    q = scenario_dir() / f"{name_or_path}.toml"
+    if not q.is_file():
+        raise ConfigError("stress.scenario", f"a scenario file or one of {bundled()}",
+                          name_or_path)
+    return q
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    with Path(path).open("rb") as fh:
+        data = tomllib.load(fh)
+    sc = decode_section(data, Scenario, "")
+    for i, e in enumerate(sc.expect):
+        if e.action not in {a.value for a in Action}:
+            raise ConfigError(f"expect[{i}].action", "a command action", e.action)
+        if not e.never and not 0 <= e.shock < len(sc.shocks):
+            raise ConfigError(f"expect[{i}].shock", f"a shock index < {len(sc.shocks)}",
+                              e.shock)
+    for i, es in enumerate(sc.end_state):
+        if es.at_least not in _RANK:
+            raise ConfigError(f"end_state[{i}].at_least", f"one of {STATE_ORDER}", es.at_least)
+    return sc
+
+
+# -- market generation -----------------------------------------------------------------
+
+
+def _quote_ccy(inst: str) -> str:
+    parts = inst.split("-")
+    return "USD" if len(parts) < 2 or parts[1] == "PERP" else parts[1]
+
+
+def _base(inst: str) -> str:
+    return inst.split("-")[0]
+
+
+@dataclass
+class _Gen:
+    sc: Scenario
+    rng: random.Random
+    n: int = 0
+
+    def nid(self, p: str) -> str:
+        self.n += 1
+        return f"{p}-{self.n}"
+
+
+def _price_mult(sc: Scenario, venue: str, inst: str, t_s: float) -> float:
+    m = 1.0
+    for s in sc.shocks:
+        if not s.hits(venue, inst):
+            continue
+        if s.kind == "price":
+            m *= 1.0 + s.magnitude * s.fraction(t_s)
+        elif s.kind == "cascade":
+            for k in range(s.tranches):
+                on = s.onset_s + k * (s.gap_s + s.ramp_s)
+                size = s.magnitude * s.feedback ** k
+                dt = t_s - on
+                if dt >= 0:
+                    m *= 1.0 + size * (min(1.0, dt / s.ramp_s) if s.ramp_s > 0 else 1.0)
+    return m
+
+
+def _market_mult(sc: Scenario, underlying: str, t_s: float) -> float:
+    m = 1.0
+    for s in sc.shocks:
+        if s.kind == "price" and not s.venues and any(
+                _base(i) == underlying and s.hits("", i) for i in sc.market.instruments):
+            m *= 1.0 + s.magnitude * s.fraction(t_s)
+    return m
+
+
+def _fx(sc: Scenario, ccy: str, t_s: float) -> float:
+    px = sc.market.fx.get(ccy, 1.0)
+    for s in sc.shocks:
+        if s.kind == "depeg" and s.asset == ccy:
+            px += (s.magnitude - px) * s.fraction(t_s)
+    return px
+
+
+def _active(sc: Scenario, kind: str, venue: str, inst: str, t_s: float) -> Shock | None:
+    for s in sc.shocks:
+        kinds = (kind, "venue_down") if kind in ("heartbeat_stop", "freeze") else (kind,)
+        if s.kind in kinds and s.hits(venue, inst) and s.fraction(t_s) > 0:
+            return s
+    return None
+
+
+def generate_market(sc: Scenario, start_ns: int = START_NS) -> list[Any]:
+    """The scenario's records, shocks applied, in arrival (``recv_ts``) order."""
+    m = sc.market
+    g = _Gen(sc, random.Random(sc.seed))
+    rng = g.rng
+    if m.file:
+        base = list(read_all(ReplaySource([ReplayFile(m.file)])))
+        out = _overlay(sc, base, start_ns)
+    else:
+        out = _generate(sc, g, start_ns)
+    out.extend(_positions(sc, g, start_ns))
+    out.extend(_fill_shocks(sc, g, start_ns))
+    del rng
+    order = {id(r): i for i, r in enumerate(out)}
+    out.sort(key=lambda r: (r.recv_ts if getattr(r, "recv_ts", None) is not None else r.ts,
+                            order[id(r)]))
+    return out
+
+
+def _generate(sc: Scenario, g: _Gen, start_ns: int) -> list[Any]:
+    m = sc.market
+    rng = g.rng
+    insts = list(m.instruments)
+    unders = sorted({_base(i) for i in insts})
+    fair = {u: next(spec.price for i, spec in m.instruments.items() if _base(i) == u)
+            for u in unders}
+    vol = {u: next(spec.vol for i, spec in m.instruments.items() if _base(i) == u)
+           for u in unders}
+    out: list[Any] = []
+    frozen: dict[tuple[str, str], tuple[float, float]] = {}
+    tick_ns = m.tick_ms * MS
+    per_s = max(1, 1000 // m.tick_ms)
+    n_ticks = sc.duration_s * 1000 // m.tick_ms
+    for k in range(n_ticks):
+        ts = start_ns + k * tick_ns
+        t_s = k * m.tick_ms / 1000
+        for u in unders:
+            fair[u] *= math.exp(rng.gauss(0.0, vol[u]))
+        for venue in m.venues:
+            listed = m.listings.get(venue, tuple(insts))
+            feeds = ("primary", "backup") if venue in m.backup_feeds else ("primary",)
+            delay = _delay(sc, venue, t_s)
+            storm = _active(sc, "storm", venue, "*", t_s)
+            reps = max(1, int(storm.magnitude)) if storm else 1
+            for inst in listed:
+                u = _base(inst)
+                mid = fair[u] / _fx(sc, _quote_ccy(inst), t_s) * _price_mult(sc, venue, inst, t_s)
+                mid *= 1.0 + rng.gauss(0.0, 0.00005)
+                spread = mid * 0.0001 * (1.0 + rng.random())
+                key = (venue, inst)
+                frz = _active(sc, "freeze", venue, inst, t_s)
+                if frz is None:
+                    frozen.pop(key, None)
+                elif key not in frozen:
+                    frozen[key] = (mid, spread)
+                for feed in feeds:
+                    if feed == "primary" and venue in m.backup_feeds and _active(
+                            sc, "heartbeat_stop", venue, inst, t_s):
+                        continue  # the primary is down; the backup keeps publishing
+                    qmid, qspread = frozen.get(key, (mid, spread))
+                    for _r in range(reps):
+                        out.append(Quote(
+                            id=g.nid("q"), venue=venue, instrument=inst, ts=ts, feed=feed,
+                            recv_ts=ts + 2 * MS + delay, bid=round(qmid - qspread / 2, 8),
+                            ask=round(qmid + qspread / 2, 8),
+                            bid_size=round(1 + 4 * rng.random(), 3),
+                            ask_size=round(1 + 4 * rng.random(), 3)))
+                    if frz is None and k % m.trade_every == 0:
+                        qty = 0.01 + 0.5 * rng.random()
+                        casc = _active(sc, "cascade", venue, inst, t_s)
+                        if casc is not None:
+                            qty *= casc.volume
+                        out.append(Trade(
+                            id=g.nid("t"), venue=venue, instrument=inst, ts=ts + MS, feed=feed,
+                            recv_ts=ts + 3 * MS + delay, price=round(mid, 8), qty=round(qty, 6),
+                            side="sell" if casc is not None or rng.random() < 0.5 else "buy"))
+            if k % per_s == 0:
+                wd = _active(sc, "withdrawals_halt", venue, "*", t_s) is None
+                for feed in feeds:
+                    if _active(sc, "heartbeat_stop", venue, "*", t_s) and feed == "primary":
+                        continue
+                    out.append(VenueStatus(id=g.nid("hb"), venue=venue, feed=feed, ts=ts,
+                                           recv_ts=ts + 3 * MS + delay, seq=k // per_s,
+                                           withdrawals_enabled=wd))
+        if k % per_s == 0:
+            for u in unders:
+                # A market-wide move (a price shock on every venue) moves the index too.
+                px = fair[u] * _market_mult(sc, u, t_s)
+                for s in sc.shocks:
+                    if s.kind == "index_diverge" and (not s.instruments or any(
+                            fnmatch.fnmatchcase(f"{u}-USD", p) for p in s.instruments)):
+                        px *= 1.0 + s.magnitude * s.fraction(t_s)
+                out.append(IndexPrice(id=g.nid("ix"), venue="index", instrument=f"{u}-USD",
+                                      ts=ts, recv_ts=ts + MS, price=round(px, 8)))
+            for ccy in sorted(m.fx):
+                out.append(IndexPrice(id=g.nid("fx"), venue="index", instrument=f"{ccy}-USD",
+                                      ts=ts, recv_ts=ts + MS,
+                                      price=round(_fx(sc, ccy, t_s), 8)))
+            for s in sc.shocks:
+                if s.kind == "balance_freeze" and abs(t_s - s.onset_s) < 1e-9:
+                    out.extend(_frozen_balances(sc, g, s, ts))
+    return out
+
+
+def _delay(sc: Scenario, venue: str, t_s: float) -> int:
+    s = _active(sc, "latency", venue, "*", t_s)
+    return int(s.magnitude * s.fraction(t_s) * NS) if s else 0
+
+
+def _frozen_balances(sc: Scenario, g: _Gen, s: Shock, ts: int) -> list[Any]:
+    out = []
+    for p in sc.positions:
+        if p.asset and (not s.venues or p.venue in s.venues):
+            out.append(Balance(id=g.nid("bal"), venue=p.venue, counterparty=p.venue,
+                               asset=p.asset, total=p.total, available=0.0, locked=p.total,
+                               ts=ts, recv_ts=ts + 2 * MS))
+    return out
+
+
+def _overlay(sc: Scenario, base: list[Any], start_ns: int) -> list[Any]:
+    """Shocks on a recorded base: price moves, heartbeat stops, latency (time-shifted)."""
+    out = []
+    t0 = min((r.ts for r in base if hasattr(r, "ts")), default=start_ns)
+    for r in base:
+        ts = getattr(r, "ts", None)
+        if ts is None:
+            continue
+        t_s = (ts - t0) / NS
+        venue = getattr(r, "venue", "")
+        inst = getattr(r, "instrument", "")
+        if isinstance(r, VenueStatus) and _active(sc, "heartbeat_stop", venue, "*", t_s):
+            continue
+        mult = _price_mult(sc, venue, inst, t_s)
+        if isinstance(r, Trade) and mult != 1.0:
+            r = msgspec.structs.replace(r, price=r.price * mult)
+        elif isinstance(r, Quote) and mult != 1.0:
+            r = msgspec.structs.replace(r, bid=r.bid * mult, ask=r.ask * mult)
+        delay = _delay(sc, venue, t_s)
+        recv = (getattr(r, "recv_ts", None) or ts) + delay
+        out.append(msgspec.structs.replace(r, recv_ts=recv))
+    return out
+
+
+def _positions(sc: Scenario, g: _Gen, start_ns: int) -> list[Any]:
+    out: list[Any] = []
+    for p in sc.positions:
+        ts = start_ns + int(p.at_s * NS)
+        if p.asset:
+            out.append(Balance(id=g.nid("bal"), venue=p.venue, counterparty=p.venue,
+                               asset=p.asset, total=p.total, ts=ts, recv_ts=ts + 2 * MS))
+        else:
+            out.append(Fill(id=g.nid("fill"), venue=p.venue, counterparty=p.venue,
+                            instrument=p.instrument, side=p.side, qty=p.qty,
+                            price=_spot(sc, p.instrument), ts=ts, recv_ts=ts + 2 * MS))
+    return out
+
+
+def _spot(sc: Scenario, inst: str) -> float:
+    u = _base(inst)
+    return next((s.price for i, s in sc.market.instruments.items() if _base(i) == u), 1.0)
+
+
+def _fill_shocks(sc: Scenario, g: _Gen, start_ns: int) -> list[Any]:
+    out: list[Any] = []
+    for s in sc.shocks:
+        if s.kind != "fills":
+            continue
+        for k in range(s.count):
+            ts = start_ns + int((s.onset_s + k * s.every_s) * NS) + 7 * MS
+            for venue in s.venues:
+                for inst in s.instruments:
+                    out.append(Fill(id=g.nid("fill"), venue=venue, counterparty=venue,
+                                    instrument=inst, side=s.side, qty=s.qty,
+                                    price=_spot(sc, inst), ts=ts, recv_ts=ts + 2 * MS))
+    return out
+
+
+def scenario_labels(sc: Scenario, start_ns: int = START_NS) -> list[Label]:
+    """One label per shock (the report shades it)."""
+    out = []
+    for s in sc.shocks:
+        scope = "firm:*" if not s.venues else (
+            f"venue:{s.venues[0]}" if len(s.venues) == 1 else f"venue:[{''.join(s.venues)}]")
+        if len(s.venues) > 1:
+            scope = "venue:*"
+        out.append(Label(s.label or s.kind, scope, start_ns + int(s.onset_s * NS),
+                         start_ns + int(s.end_s(sc.duration_s) * NS)))
+    return out
+
+
+# -- the guard config ---------------------------------------------------------------
+
+
+def guard_config_doc(sc: Scenario, keys: DemoKeys, playbook: dict[str, Any] | None = None
+                     ) -> dict[str, Any]:
+    """The guard config for a scenario: defaults derived from its market, then ``[guard]``."""
+    pkg = resources.files("riskguard.dataflows")
+    pb = playbook if playbook is not None else tomllib.loads(
+        pkg.joinpath("playbook.toml").read_text())["playbook"]
+    m = sc.market
+    insts = {i: {"kind": "perp" if i.endswith("-PERP") else s.kind, "base": _base(i),
+                 "quote": _quote_ccy(i)} for i, s in m.instruments.items()}
+    index_map: dict[str, list[str]] = {}
+    for i in m.instruments:
+        index_map.setdefault(f"{_base(i)}-USD", []).append(i)
+    limits = {v: {"limits": {"gross_notional": {"limit": sc.limits.get(v, 5_000_000.0),
+                                                "hard": 1.25}}} for v in m.venues}
+    doc: dict[str, Any] = {
+        "env": "stress",
+        "tick_ns": NS,
+        "input": {"max_lateness_ns": 10 * NS},
+        "feeds": {"venues": {v: {"primary": "primary", "backup": "backup",
+                                 "max_gap_ns": 3 * NS, "restore_after_ns": 10 * NS}
+                             for v in m.venues}},
+        "features": {"venues": list(m.venues), "index_sources": ["index"],
+                     "index_map": index_map, "allowed_lateness_ns": 5 * NS},
+        "detector": {"warmup_events": 60, "warmup_ns": 60 * NS},
+        "exposure": {"max_mark_age_ns": 30 * NS, "instruments": {
+            "reporting_currency": "USD",
+            "fx_index": {c: f"{c}-USD" for c in sorted(m.fx)},
+            "instruments": insts}},
+        "limits": {"counterparties": limits},
+        "playbook": {**pb, "venues": list(m.venues)},
+        "audit": {"checkpoint_every": 1000, "checkpoint_interval_ns": 60 * NS},
+        "keys": {"issuer": "riskguard-guard", "signing_key": keys.signing_key.name,
+                 "trust_file": keys.trust_file.name, "roots_file": keys.roots_file.name},
+    }
+    return deep_merge(doc, sc.guard)
+
+
+def disable_escalation(playbook: dict[str, Any]) -> dict[str, Any]:
+    """A deliberately broken playbook: every ladder keeps only its first rung."""
+    rules = [{**r, "ladder": r["ladder"][:1]} for r in playbook.get("rules", [])]
+    return {**playbook, "rules": rules}
+
+
+# -- checks ------------------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    action: str
+    scope: str
+    deadline_s: float | None
+    actual_s: float | None
+    result: str  # PASS | FAIL | GAP
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "scope": self.scope, "deadline_s": self.deadline_s,
+                "actual_s": self.actual_s, "result": self.result, "detail": self.detail}
+
+
+def _bad_intervals(signals: Iterable[Any]) -> dict[str, list[tuple[int, int | None, str]]]:
+    """Per venue: when the guard knew it was unhealthy (heartbeat) or breached."""
+    out: dict[str, list[tuple[int, int | None, str]]] = {}
+    open_: dict[tuple[str, str], int] = {}
+    for s in sorted(signals, key=lambda s: s.ts):
+        if isinstance(s, RiskAlert) and s.kind in ("heartbeat_loss", "heartbeat_restored"):
+            key = (s.scope.value, "heartbeat_loss")
+            on = s.kind == "heartbeat_loss"
+        elif isinstance(s, LimitBreach) and s.scope.kind.value in ("venue", "counterparty"):
+            key = (s.scope.value, f"breach {s.limit_path}")
+            on = s.level in (LimitLevel.BREACH, LimitLevel.HARD)
+        else:
+            continue
+        if on and key not in open_:
+            open_[key] = s.ts
+        elif not on and key in open_:
+            out.setdefault(key[0], []).append((open_.pop(key), s.ts, key[1]))
+    for (v, why), t in open_.items():
+        out.setdefault(v, []).append((t, None, why))
+    return out
+
+
+def check_run(sc: Scenario, res: BacktestResult, start_ns: int = START_NS,
+              shocks: tuple[Shock, ...] | None = None, tolerance_ns: int = 2 * NS
+              ) -> list[Check]:
+    """Expected mitigations, forbidden commands and the safe-state invariants."""
+    shocks = shocks if shocks is not None else sc.shocks
+    cmds = sorted(res.commands, key=lambda c: c.issued_at)
+    checks: list[Check] = []
+    for e in sc.expect:
+        match = [c for c in cmds if c.action.value == e.action
+                 and fnmatch.fnmatchcase(c.scope.label(), e.scope)]
+        if e.never:
+            checks.append(Check(e.action, e.scope, None, None,
+                                "FAIL" if match else "PASS",
+                                f"forbidden but issued at t+{(match[0].issued_at - start_ns) / NS:.1f}s:"
+                                f" {match[0].reason[:160]}" if match else "never issued"))
+            continue
+        ref = start_ns + int(shocks[e.shock].onset_s * NS)
+        after = [c for c in match if c.issued_at >= ref]
+        deadline = None if math.isinf(e.within_s) else e.within_s
+        if after:
+            c = after[0]
+            actual = round((c.issued_at - ref) / NS, 3)
+            ok = actual <= e.within_s
+            detail = f"{c.scope.label()}: {c.reason[:160]}"
+            if not ok:
+                detail = f"too late ({actual:.1f}s > {e.within_s:g}s); " + detail
+        else:
+            actual, ok = None, False
+            seen = sorted({(c.action.value, c.scope.label()) for c in cmds if c.issued_at >= ref})
+            detail = (f"no {e.action} on {e.scope} after shock {e.shock} onset; commands "
+                      f"issued after it: {seen[:8] or 'none'}")
+        result = "PASS" if ok else ("GAP" if e.known_gap else "FAIL")
+        if e.known_gap and not ok:
+            detail = f"known gap: {e.known_gap}; {detail}"
+        checks.append(Check(e.action, e.scope, deadline, actual, result, detail))
+    checks.extend(_invariants(sc, res, cmds, start_ns, tolerance_ns))
+    return checks
+
+
+def _invariants(sc: Scenario, res: BacktestResult, cmds: list[MitigationCommand],
+                start_ns: int, tol: int) -> list[Check]:
+    bad = _bad_intervals(res.signals)
+    timeline = state_timeline(cmds)
+    out = []
+    # 1. Never reroute into a venue known to be unhealthy, breached, or itself mitigated.
+    violations = []
+    for c in cmds:
+        if c.action is not Action.REROUTE_ORDER_FLOW:
+            continue
+        targets = c.params.get("targets", [])
+        known = c.issued_at - tol
+        states = states_at(timeline, known)
+        for t in targets if isinstance(targets, list) else []:
+            for a, b, why in bad.get(t, []):
+                if a <= known and (b is None or b > c.issued_at):
+                    violations.append(f"t+{(c.issued_at - start_ns) / NS:.1f}s reroute from "
+                                      f"{c.scope.value} to {t} while {t} had {why}")
+            st = max((states.get(f"venue:{t}", "normal"),
+                      states.get(f"counterparty:{t}", "normal")), key=lambda s: _RANK[s])
+            if st in ("halt_trading", "cancel_all", "reroute_order_flow"):
+                violations.append(f"t+{(c.issued_at - start_ns) / NS:.1f}s reroute from "
+                                  f"{c.scope.value} to {t} while {t} was under {st}")
+    out.append(Check("invariant", "no reroute into a breached or unhealthy venue", None, None,
+                     "FAIL" if violations else "PASS",
+                     "; ".join(violations[:3]) or
+                     f"{sum(c.action is Action.REROUTE_ORDER_FLOW for c in cmds)} reroute(s), "
+                     "all to healthy venues below their limits"))
+    # 2. Safe end state: whatever is still bad at the end is under protection.
+    end = states_at(timeline, res.end_ns + NS)
+    firm = end.get("firm:*", "normal")
+    unsafe = []
+    for v, spans in sorted(bad.items()):
+        still = [why for a, b, why in spans if b is None]
+        if not still:
+            continue
+        st = max((end.get(f"venue:{v}", "normal"), end.get(f"counterparty:{v}", "normal"),
+                  firm), key=lambda s: _RANK[s])
+        if st not in PROTECTIVE:
+            unsafe.append(f"{v} still has {', '.join(still)} but is only in state {st}")
+    for es in sc.end_state:
+        states = [s for lab, s in end.items() if fnmatch.fnmatchcase(lab, es.scope)]
+        best = max(states, key=lambda s: _RANK[s], default="normal")
+        if _RANK[best] < _RANK[es.at_least]:
+            unsafe.append(f"{es.scope} ends in {best}, expected at least {es.at_least}")
+    out.append(Check("invariant", "ends in a safe state", None, None,
+                     "FAIL" if unsafe else "PASS",
+                     "; ".join(unsafe) or "end states: " + ", ".join(
+                         f"{k}={v}" for k, v in sorted(end.items()) if v != "normal")))
+    return out
+
+
+# -- running ---------------------------------------------------------------------
+
+
+@dataclass
+class StressOutcome:
+    scenario: str
+    checks: list[Check]
+    result: BacktestResult
+    report: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.result != "FAIL" for c in self.checks)
+
+    @property
+    def safe(self) -> bool:
+        return all(c.result == "PASS" for c in self.checks if c.action == "invariant")
+
+
+_KEYS: dict[str, DemoKeys] = {}
+
+
+def _keys(workdir: Path) -> DemoKeys:
+    k = str(workdir)
+    if k not in _KEYS:
+        workdir.mkdir(parents=True, exist_ok=True)
+        existing = DemoKeys(workdir / "engine.key", workdir / "trust.toml",
+                            workdir / "roots.toml", workdir / "limit-admin.key")
+        _KEYS[k] = existing if all(Path(p).is_file() for p in (
+            existing.signing_key, existing.trust_file, existing.roots_file,
+            existing.admin_key)) else init_keys(workdir)
+    return _KEYS[k]
+
+
+def run_scenario(sc: Scenario, workdir: str | Path, *, playbook: dict[str, Any] | None = None,
+                 out_dir: str | Path | None = None, start_ns: int = START_NS) -> StressOutcome:
+    """Generate the scenario, run the guard over it, check it, build the report."""
+    work = Path(workdir)
+    keys = _keys(work)
+    cfg_path = work / f"guard-{sc.name}.toml"
+    cfg_path.write_text(dump_toml(guard_config_doc(sc, keys, playbook)))
+    cfg, digest = load_guard_config(cfg_path)
+    signer, trust = load_keys(cfg)
+    records = generate_market(sc, start_ns)
+    res = run_backtest(cfg, digest, records=records, signer=signer, trust=trust,
+                       out_dir=out_dir, batch_size=20)
+    checks = check_run(sc, res, start_ns)
+    passed = all(c.result != "FAIL" for c in checks)
+    extra = {"stress": {"scenario": sc.name, "description": sc.description, "passed": passed,
+                        "checks": [c.as_dict() for c in checks]}}
+    report = build_report(res, scenario_labels(sc, start_ns), title=f"stress: {sc.name}",
+                          config_hash=digest, inputs=[sc.name], extra=extra)
+    if out_dir is not None:
+        write_report(report, out_dir)
+    return StressOutcome(sc.name, checks, res, report)
+
+
+def perturb(sc: Scenario, rng: random.Random, size_jitter: float = 0.3,
+            time_jitter_s: float = 20.0) -> Scenario:
+    """A Monte Carlo variant: shock sizes x U(1 - j, 1 + j), onsets +- U(0, t) seconds."""
+    shocks = []
+    for s in sc.shocks:
+        mag = s.magnitude
+        if s.kind == "depeg":
+            mag = 1.0 - (1.0 - mag) * rng.uniform(1 - size_jitter, 1 + size_jitter)
+        elif s.kind != "storm":
+            mag *= rng.uniform(1 - size_jitter, 1 + size_jitter)
+        qty = s.qty * rng.uniform(1 - size_jitter / 2, 1 + size_jitter)
+        onset = max(60.0, s.onset_s + rng.uniform(-time_jitter_s, time_jitter_s))
+        shocks.append(msgspec.structs.replace(s, magnitude=mag, onset_s=round(onset, 3),
+                                              qty=qty))
+    return msgspec.structs.replace(sc, shocks=tuple(shocks), seed=rng.randrange(1 << 30))
+
+
+def monte_carlo(sc: Scenario, workdir: str | Path, *, runs: int, seed: int,
+                playbook: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run ``runs`` perturbed variants; the distribution of delays and the safe share."""
+    rng = random.Random(seed)
+    det: list[float] = []
+    mit: list[float] = []
+    safe = passed = 0
+    rows = []
+    for i in range(runs):
+        var = perturb(sc, rng)
+        o = run_scenario(var, workdir, playbook=playbook)
+        onset = START_NS + int(var.shocks[0].onset_s * NS) if var.shocks else START_NS
+        lab = scenario_labels(var)[0] if var.shocks else None
+        first = next((a for a in alarms_of(o.result.signals) if a[0] >= onset and (
+            lab is None or scope_related(lab.scope, a[2]))), None)
+        d = (first[0] - onset) / NS if first else None
+        firsts = [c.actual_s for c in o.checks if c.actual_s is not None]
+        mdel = min(firsts) if firsts else None
+        if d is not None:
+            det.append(d)
+        if mdel is not None:
+            mit.append(mdel)
+        safe += o.safe
+        passed += o.passed
+        rows.append({"run": i, "detection_delay_s": d, "mitigation_delay_s": mdel,
+                     "safe": o.safe, "passed": o.passed,
+                     "failed": [f"{c.action} {c.scope}" for c in o.checks
+                                if c.result == "FAIL"]})
+    return {"scenario": sc.name, "runs": runs, "seed": seed,
+            "safe_share": round(safe / runs, 4) if runs else None,
+            "pass_share": round(passed / runs, 4) if runs else None,
+            "detection_delay_s": _dist(det), "mitigation_delay_s": _dist(mit), "per_run": rows}
+
+
+def _dist(xs: list[float]) -> dict[str, Any]:
+    from riskguard.dataflows.report import pct  # noqa: PLC0415 (small helper)
+
+    if not xs:
+        return {"n": 0}
+    return {"n": len(xs), "min": round(min(xs), 3), "p50": pct(xs, 50), "p95": pct(xs, 95),
+            "max": round(max(xs), 3), "mean": round(statistics.fmean(xs), 3)}
+
+
+__all__ = [
+    "Check", "EndState", "Expect", "MarketSpec", "Scenario", "Shock", "StressOutcome",
+    "bundled", "check_run", "disable_escalation", "generate_market", "guard_config_doc",
+    "load_scenario", "monte_carlo", "perturb", "run_scenario", "scenario_labels",
+    "scenario_path",
+]
