@@ -25,13 +25,19 @@ from riskguard.operators.exposure import (
     InstrumentSpec,
     LocalPipeline,
 )
-from riskguard.operators.keyring import LocalKeyring
 from riskguard.operators.limits import CounterpartyLimits, LimitsConfig, LimitSpec
 from riskguard.operators.risk import aggregate_exposure, enforce_limits
-from riskguard.schemas import Fill, Trade
+from riskguard.schemas import Fill, LimitUpdate, SignedEnvelope, Trade
+
+from riskguard.errors import VerificationError
 
 N_CP, N_INST = 50, 500
 S = 1_000_000_000
+
+
+def refuse_updates(envelope: SignedEnvelope, now_ns: int) -> LimitUpdate:
+    """This flow has no update stream; a verifier that accepts nothing."""
+    raise VerificationError("unsigned", "no trust file in this flow")
 
 
 def config() -> tuple[ExposureConfig, LimitsConfig]:
@@ -88,7 +94,7 @@ def run_guard(evs: list[Any], batch: int) -> tuple[float, int]:
     inp = op.input("in", flow, TestingSource(evs, batch_size=batch))
     ex = aggregate_exposure("exposure", inp, config=exp_cfg, clock=lambda: 0)
     lim = enforce_limits("limits", ex.exposures, None, config=lim_cfg,
-                         verifier=LocalKeyring({}), clock=lambda: 0)
+                         verifier=refuse_updates, clock=lambda: 0)
     sink = CountSink()
     op.output("out", op.merge("all", lim.utilizations, lim.breaches, lim.alerts, ex.alerts,
                               ex.errs), sink)

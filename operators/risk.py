@@ -24,6 +24,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from riskguard.operators.base import stateful_logic
 from riskguard.operators.clock import Clock, system_clock
+from riskguard.operators.crypto import PAYLOAD_LIMIT_UPDATE
 from riskguard.operators.exposure import (
     Contrib,
     CounterpartyLogic,
@@ -39,7 +40,9 @@ from riskguard.operators.limits import (
     rejection_alert,
     route_update,
 )
+from riskguard.operators.trust import DEFAULT_LEEWAY_NS, TrustStore
 from riskguard.schemas import (
+    Audience,
     DeadLetter,
     Exposure,
     LimitBreach,
@@ -55,6 +58,28 @@ from riskguard.schemas import (
 from riskguard.errors import VerificationError
 
 Verifier = Callable[[SignedEnvelope, int], LimitUpdate]
+
+
+def trust_verifier(
+    trust: TrustStore, audience: Audience, *, leeway_ns: int = DEFAULT_LEEWAY_NS
+) -> Verifier:
+    """The ``verifier`` :func:`enforce_limits` needs, backed by the trust file.
+
+    Checks the envelope against the trust file's keys and roles (only a
+    ``limit-admin`` key may sign :data:`PAYLOAD_LIMIT_UPDATE`), the audience
+    and freshness; returns the :class:`~riskguard.schemas.LimitUpdate` or
+    raises :class:`~riskguard.errors.VerificationError`.
+    """
+
+    def verify(envelope: SignedEnvelope, now_ns: int) -> LimitUpdate:
+        msg = trust.verify(envelope, expected_payload_type=PAYLOAD_LIMIT_UPDATE,
+                           audience=audience, now_ns=now_ns, leeway_ns=leeway_ns).message
+        if not isinstance(msg, LimitUpdate):  # pragma: no cover - verify() decoded by type
+            detail = f"expected a limit update; got {type(msg).__name__}"
+            raise VerificationError("malformed_payload", detail)
+        return msg
+
+    return verify
 
 
 @dataclass(frozen=True)

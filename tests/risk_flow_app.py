@@ -16,13 +16,19 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource
-from riskguard.operators.keyring import LocalKeyring
 from riskguard.operators.limits import CounterpartyLimits, LimitsConfig, LimitSpec, VolScaling
 from riskguard.operators.risk import aggregate_exposure, enforce_limits
-from riskguard.schemas import Balance, Codec, Quote, Trade
+from riskguard.schemas import Balance, Codec, LimitUpdate, Quote, SignedEnvelope, Trade
 from test_exposure import fill, idx, oq, worked_config, worked_events
 
+from riskguard.errors import VerificationError
+
 S = 1_000_000_000
+
+
+def refuse_updates(envelope: SignedEnvelope, now_ns: int) -> LimitUpdate:
+    """This flow has no update stream; a verifier that accepts nothing."""
+    raise VerificationError("unsigned", "no trust file in this flow")
 CPS = ("binance", "okx", "deribit", "bybit", "kraken")
 LINEAR = ("BTC-USDC", "BTC-PERP", "ETH-PERP")
 OPTIONS = (("BTC-27JUN-60000-C", "BTC", 60_000.0, 0.05, 0.5, "call"),
@@ -114,7 +120,7 @@ def build(records: list[Any], sink: Any) -> Dataflow:
     inp = op.input("in", flow, TestingSource(records, batch_size=16))
     exp = aggregate_exposure("exposure", inp, config=worked_config(), clock=lambda: 0)
     lim = enforce_limits("limits", exp.exposures, None, config=limits_config(),
-                         verifier=LocalKeyring({}), clock=lambda: 0)
+                         verifier=refuse_updates, clock=lambda: 0)
     op.output("out", op.merge("all", exp.exposures, exp.alerts, exp.errs, lim.utilizations,
                               lim.breaches, lim.alerts), sink)
     return flow

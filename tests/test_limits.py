@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from riskguard.operators.keyring import (
-    LIMIT_UPDATE_TYPE,
-    LocalKeyring,
-    sign_envelope,
-)
+from riskguard.operators.crypto import PAYLOAD_LIMIT_UPDATE, Signer, sign_envelope
 from riskguard.operators.limits import (
     CounterpartyLimits,
     LimitsConfig,
@@ -18,8 +16,9 @@ from riskguard.operators.limits import (
     drive,
     route_update,
 )
+from riskguard.operators.risk import Verifier, trust_verifier
+from riskguard.operators.trust import RootSet, TrustStore
 from riskguard.schemas import (
-    Audience,
     Exposure,
     LimitBreach,
     LimitLevel,
@@ -32,14 +31,9 @@ from riskguard.schemas import (
 )
 
 from riskguard.errors import ConfigError, VerificationError
+from signing_fixtures import ADMIN, AUD, ENGINE, OP1, OUTSIDER, T0, write_signed_trust
 
-ADMIN = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
-TRADER = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
-STRANGER = Ed25519PrivateKey.from_private_bytes(bytes(range(2, 34)))
-RING = LocalKeyring({
-    "admin": (ADMIN.public_key(), frozenset({"limit-admin"})),
-    "trader": (TRADER.public_key(), frozenset({"trader"})),
-})
+S = 1_000_000_000
 
 
 def exp(ts: int, gross: float, cp: str = "okx", **kw: object) -> tuple[str, Exposure]:
@@ -61,9 +55,8 @@ def levels(outs: list[object]) -> list[str]:
 
 def update(**kw: object) -> LimitUpdate:
     base: dict[str, object] = dict(
-        update_id="u1", issuer="ops", issued_at=5, expires_at=10**18,
-        audience=Audience(env="test", topic="limits"), limit_path="counterparty.okx",
-        kind="gross_notional")
+        update_id="u1", issuer="limits-admin", issued_at=5, expires_at=10**18,
+        audience=AUD, limit_path="counterparty.okx", kind="gross_notional")
     base.update(kw)
     return LimitUpdate(**base)  # type: ignore[arg-type]
 
@@ -181,42 +174,102 @@ def test_limit_config_errors_name_the_key() -> None:
         bad.validate()
 
 
-# ----------------------------------------------------------------- keyring
+# ------------------------------------------------- trust-file verifier
 
 
-def test_keyring_accepts_limit_admin_signature() -> None:
-    """A limit-admin signature over the PAE verifies and returns the update."""
-    env = sign_envelope(ADMIN, "admin", LIMIT_UPDATE_TYPE, encode(update(limit=7.0)))
-    assert RING(env, 6).limit == 7.0
+@pytest.fixture(scope="module")
+def verifier(tmp_path_factory: pytest.TempPathFactory) -> Verifier:
+    """The real verifier over a root-signed trust file written to disk."""
+    trust, roots = write_signed_trust(Path(tmp_path_factory.mktemp("trust")))
+    return trust_verifier(TrustStore.load(trust, RootSet.load(roots)), AUD)
+
+
+def fresh(**kw: object) -> LimitUpdate:
+    return update(issued_at=T0, expires_at=T0 + 60 * S, **kw)
+
+
+def test_trust_verifier_accepts_a_limit_admin_signature(verifier: Verifier) -> None:
+    """A limit update signed by the trust file's limit-admin key verifies to the update."""
+    env = sign_envelope(PAYLOAD_LIMIT_UPDATE, encode(fresh(limit=7.0)), [ADMIN])
+    upd = verifier(env, T0 + S)
+    assert (upd.limit_path, upd.kind, upd.limit) == ("counterparty.okx", "gross_notional", 7.0)
+
+
+def _forged(p: bytes) -> SignedEnvelope:
+    real = sign_envelope(PAYLOAD_LIMIT_UPDATE, p, [OUTSIDER]).signatures[0]
+    admin_id = sign_envelope(PAYLOAD_LIMIT_UPDATE, p, [ADMIN]).signatures[0].key_id
+    return SignedEnvelope(payload_type=PAYLOAD_LIMIT_UPDATE, payload=p,
+                          signatures=[Signature(key_id=admin_id, sig=real.sig)])
+
+
+def _tampered(p: bytes) -> SignedEnvelope:
+    sigs = sign_envelope(PAYLOAD_LIMIT_UPDATE, p, [ADMIN]).signatures
+    return SignedEnvelope(payload_type=PAYLOAD_LIMIT_UPDATE, payload=p + b" ", signatures=sigs)
+
+
+def _signed_by(signer: Signer, payload_type: str = PAYLOAD_LIMIT_UPDATE) -> Callable[
+        [bytes], SignedEnvelope]:
+    return lambda p: sign_envelope(payload_type, p, [signer])
 
 
 @pytest.mark.parametrize(
-    ("make", "reason"),
+    ("make", "issuer", "reason"),
     [
-        (lambda p: SignedEnvelope(payload_type=LIMIT_UPDATE_TYPE, payload=p, signatures=[]),
-         "unsigned"),
-        (lambda p: sign_envelope(STRANGER, "admin", LIMIT_UPDATE_TYPE, p), "bad_signature"),
-        (lambda p: sign_envelope(TRADER, "trader", LIMIT_UPDATE_TYPE, p), "wrong_role"),
-        (lambda p: sign_envelope(ADMIN, "admin", "application/json", p), "wrong_payload_type"),
-        (lambda p: SignedEnvelope(
-            payload_type=LIMIT_UPDATE_TYPE, payload=p + b" ",
-            signatures=sign_envelope(ADMIN, "admin", LIMIT_UPDATE_TYPE, p).signatures),
-         "bad_signature"),
-        (lambda p: SignedEnvelope(
-            payload_type=LIMIT_UPDATE_TYPE, payload=p,
-            signatures=[Signature(key_id="admin", sig=b"\x00" * 64)]), "bad_signature"),
+        (lambda p: SignedEnvelope(payload_type=PAYLOAD_LIMIT_UPDATE, payload=p, signatures=[]),
+         "limits-admin", "unsigned"),
+        (_forged, "limits-admin", "bad_signature"),
+        (_signed_by(OUTSIDER), "mallory", "unknown_key"),
+        (_signed_by(OP1), "op-alice", "role_not_permitted"),
+        (_signed_by(ENGINE), "engine-1", "role_not_permitted"),
+        (_signed_by(ADMIN, "application/json"), "limits-admin", "wrong_payload_type"),
+        (_tampered, "limits-admin", "bad_signature"),
     ],
-    ids=["unsigned", "forged", "wrong-role", "wrong-type", "tampered", "zero-sig"],
+    ids=["unsigned", "forged", "unknown-key", "operator-role", "engine-role", "wrong-type",
+         "tampered"],
 )
-def test_keyring_rejects_unsigned_forged_and_wrong_role(make, reason) -> None:  # type: ignore[no-untyped-def]
-    """Each way an envelope can be bad raises VerificationError with its reason code."""
+def test_trust_verifier_rejects_unsigned_forged_and_wrong_role(
+    verifier: Verifier, make: Callable[[bytes], SignedEnvelope], issuer: str, reason: str
+) -> None:
+    """Each way an update envelope can be bad raises VerificationError with its reason."""
     with pytest.raises(VerificationError) as info:
-        RING(make(encode(update(limit=7.0))), 6)
+        verifier(make(encode(fresh(limit=7.0, issuer=issuer))), T0 + S)
     assert info.value.reason == reason
 
 
-def test_keyring_rejects_expired_updates() -> None:
-    """An update past expires_at is refused as expired."""
-    env = sign_envelope(ADMIN, "admin", LIMIT_UPDATE_TYPE, encode(update(expires_at=6)))
-    with pytest.raises(VerificationError, match="expired"):
-        RING(env, 6)
+def test_trust_verifier_rejects_expired_updates(verifier: Verifier) -> None:
+    """An update past expires_at (beyond the leeway) is refused as expired."""
+    env = sign_envelope(PAYLOAD_LIMIT_UPDATE, encode(fresh(limit=7.0)), [ADMIN])
+    with pytest.raises(VerificationError) as info:
+        verifier(env, T0 + 3600 * S)
+    assert info.value.reason == "expired"
+
+
+def test_rejected_update_in_the_flow_is_audited_and_the_old_limit_stays(
+    verifier: Verifier,
+) -> None:
+    """Through enforce_limits: a forged update becomes a rejection alert, a signed one
+    is accepted and audited, and only the accepted one changes the limit."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink, TestingSource, run_main
+    from riskguard.operators.risk import enforce_limits
+
+    good = sign_envelope(PAYLOAD_LIMIT_UPDATE, encode(fresh(update_id="u9", limit=300.0)),
+                         [ADMIN])
+    bad = _signed_by(OP1)(encode(fresh(update_id="u8", limit=1e9, issuer="op-alice")))
+    flow = Dataflow("limits_trust")
+    exps = op.input("exp", flow, TestingSource([Exposure(
+        counterparty="okx", ts=1, gross_notional=150.0, net_notional=150.0)]))
+    upds = op.input("upd", flow, TestingSource([bad, good]))
+    out = enforce_limits("limits", exps, upds, config=cfg(), verifier=verifier,
+                         clock=lambda: T0 + S)
+    alerts: list[RiskAlert] = []
+    utils: list[Utilization] = []
+    op.output("a", out.alerts, TestingSink(alerts))
+    op.output("u", out.utilizations, TestingSink(utils))
+    run_main(flow)
+    kinds = sorted((a.kind, a.details.get("reason", "")) for a in alerts)
+    assert kinds == [("limit_update_accepted", ""),
+                     ("limit_update_rejected", "role_not_permitted")]
+    assert {u.effective_limit for u in utils} <= {100.0, 300.0}
+    assert 1e9 not in {u.effective_limit for u in utils}
