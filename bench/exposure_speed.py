@@ -55,7 +55,7 @@ def config() -> tuple[ExposureConfig, LimitsConfig]:
 def events(n: int, seed: int = 1) -> list[Any]:
     rng = random.Random(seed)
     out: list[Any] = [Trade(id=f"m-{k}", venue="x", instrument=f"I{k}", ts=1, price=100.0,
-                            qty=1.0, side="buy") for k in range(N_INST)]  # type: ignore[arg-type]
+                            qty=1.0, side="buy") for k in range(N_INST)]
     t = 10 * S
     for k in range(n):
         t += 1_000_000
@@ -63,12 +63,12 @@ def events(n: int, seed: int = 1) -> list[Any]:
         if k % 11 == 0:
             c = rng.randrange(N_CP)
             out.append(Fill(id=f"f{k}", venue=f"C{c}", counterparty=f"C{c}", instrument=f"I{i}",
-                            side=rng.choice(["buy", "sell"]),  # type: ignore[arg-type]
+                            side=rng.choice(["buy", "sell"]),
                             qty=1.0, price=100.0, ts=t))
         else:
             out.append(Trade(id=f"m{k}", venue="x", instrument=f"I{i}", ts=t,
                              price=100.0 * (1 + rng.gauss(0, 0.01)), qty=1.0,
-                             side="buy"))  # type: ignore[arg-type]
+                             side="buy"))
     return out
 
 
@@ -119,9 +119,9 @@ def memory_per_position() -> float:
     """Bytes of exposure state (all three stages) per (counterparty, instrument) position."""
     exp_cfg, _ = config()
     marks = [Trade(id=f"m{k}", venue="x", instrument=f"I{k}", ts=1, price=100.0, qty=1.0,
-                   side="buy") for k in range(N_INST)]  # type: ignore[arg-type]
+                   side="buy") for k in range(N_INST)]
     fills = [Fill(id=f"f{c}-{k}", venue=f"C{c}", counterparty=f"C{c}", instrument=f"I{k}",
-                  side="buy", qty=1.0, price=100.0, ts=2)  # type: ignore[arg-type]
+                  side="buy", qty=1.0, price=100.0, ts=2)
              for c in range(N_CP) for k in range(N_INST)]
     gc.collect()
     pipe = LocalPipeline(exp_cfg)

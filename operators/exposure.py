@@ -134,17 +134,22 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
     def validate(self, path: str = "exposure") -> InstrumentRegistry:
         """Check every value; return the registry built from ``instruments``."""
         if self.max_mark_age_ns <= 0:
-            raise ConfigError(f"{path}.max_mark_age_ns", "must be > 0", self.max_mark_age_ns)
+            where = f"{path}.max_mark_age_ns"
+            raise ConfigError(where, "must be > 0", self.max_mark_age_ns)
         for name in ("recon_abs_tol", "recon_rel_tol", "concentration_epsilon"):
             val = getattr(self, name)
             if not (math.isfinite(val) and val >= 0):
-                raise ConfigError(f"{path}.{name}", "must be a finite number >= 0", val)
+                where = f"{path}.{name}"
+                raise ConfigError(where, "must be a finite number >= 0", val)
         if not 0 < self.vol_alpha <= 1:
-            raise ConfigError(f"{path}.vol_alpha", "must be in (0, 1]", self.vol_alpha)
+            where = f"{path}.vol_alpha"
+            raise ConfigError(where, "must be in (0, 1]", self.vol_alpha)
         if self.vol_min_samples < 1:
-            raise ConfigError(f"{path}.vol_min_samples", "must be >= 1", self.vol_min_samples)
+            where = f"{path}.vol_min_samples"
+            raise ConfigError(where, "must be >= 1", self.vol_min_samples)
         if self.max_evidence < 1:
-            raise ConfigError(f"{path}.max_evidence", "must be >= 1", self.max_evidence)
+            where = f"{path}.max_evidence"
+            raise ConfigError(where, "must be >= 1", self.max_evidence)
         return InstrumentRegistry(self.instruments, path=f"{path}.instruments")
 
 
@@ -193,7 +198,9 @@ def _price_of(ev: Any) -> float | None:
     return None
 
 
-def _dead(ev: Any, reason: str, path: str, expected: str, found: str, step: str, now: int) -> DeadLetter:
+def _dead(
+    ev: Any, reason: str, *, path: str, expected: str, found: str, step: str, now: int
+) -> DeadLetter:
     topic = tag_of(type(ev)) if isinstance(ev, msgspec.Struct) and hasattr(ev, "v") else "unknown"
     raw = encode(ev) if isinstance(ev, msgspec.Struct) else repr(ev).encode()
     return DeadLetter(
@@ -203,7 +210,12 @@ def _dead(ev: Any, reason: str, path: str, expected: str, found: str, step: str,
 
 
 def route(
-    ev: Any, reg: InstrumentRegistry, config: ExposureConfig, *, step: str = "exposure", now: int = 0
+    ev: Any,
+    reg: InstrumentRegistry,
+    config: ExposureConfig,
+    *,
+    step: str = "exposure",
+    now: int = 0,
 ) -> list[tuple[str, tuple[str, str, str, Any]]] | DeadLetter:
     """Where an input record goes in stage 1: ``[(key, (role, key, target, record))]``.
 
@@ -213,15 +225,17 @@ def route(
     """
     if isinstance(ev, Fill | PositionSnapshot | OpenOrders):
         if reg.get(ev.instrument) is None:
-            return _dead(ev, "unknown_instrument", "$.instrument", "a declared instrument",
-                         ev.instrument, step, now)
-        role = "fill" if isinstance(ev, Fill) else "snap" if isinstance(ev, PositionSnapshot) else "orders"
+            return _dead(ev, "unknown_instrument", path="$.instrument",
+                         expected="a declared instrument", found=ev.instrument, step=step, now=now)
+        role = ("fill" if isinstance(ev, Fill)
+                else "snap" if isinstance(ev, PositionSnapshot) else "orders")
         key = "i:" + ev.instrument
         return [(key, (role, key, ev.instrument, ev))]
     if isinstance(ev, Balance):
         if not reg.convertible(ev.asset):
-            return _dead(ev, "missing_fx", "$.asset",
-                         f"an asset with an FX index to {reg.reporting}", ev.asset, step, now)
+            return _dead(ev, "missing_fx", path="$.asset",
+                         expected=f"an asset with an FX index to {reg.reporting}",
+                         found=ev.asset, step=step, now=now)
         key = "a:" + ev.asset
         return [(key, ("bal", key, ev.asset, ev))]
     if isinstance(ev, FeatureVector):
@@ -243,9 +257,9 @@ def route(
             out.extend(("i:" + inst, ("fx", "i:" + inst, asset, ev))
                        for inst in reg.instruments_needing_fx(asset))
         return out
-    return _dead(ev, "unexpected_type", "$.type",
-                 "fill, position, open_orders, balance, features or market data",
-                 type(ev).__name__, step, now)
+    return _dead(ev, "unexpected_type", path="$.type",
+                 expected="fill, position, open_orders, balance, features or market data",
+                 found=type(ev).__name__, step=step, now=now)
 
 
 def _alert_id(*parts: object) -> str:
@@ -535,8 +549,8 @@ class ValuationLogic:
         value = 0.0
         if fx is None:
             reason = "missing_fx"
-            out.extend(self._missing("fx", "missing_fx", cp, rid,
-                                     f"no FX rate {st.target}->{self.reg.reporting} for collateral"))
+            why = f"no FX rate {st.target}->{self.reg.reporting} for collateral"
+            out.extend(self._missing("fx", "missing_fx", cp, rid, why))
         else:
             value = total * fx[0]
         st.seq += 1
@@ -549,7 +563,9 @@ class ValuationLogic:
         return out
 
 
-def apply_fill(qty: float, avg: float | None, signed: float, price: float) -> tuple[float, float | None]:
+def apply_fill(
+    qty: float, avg: float | None, signed: float, price: float
+) -> tuple[float, float | None]:
     """Average-cost position accounting: new ``(qty, avg_entry_price)``.
 
     >>> apply_fill(0.0, None, 2.0, 10.0)
@@ -639,8 +655,7 @@ class CounterpartyLogic:
             if old is not None and old.seq >= c.seq:
                 continue
             changed.append(c)
-            if c.ts > watermark:
-                watermark = c.ts
+            watermark = max(watermark, c.ts)
             if c.what != "i" or old is None or (c.qty == 0.0 and c.orders == 0.0):
                 # collateral, a new position or a closed one: the general path
                 st.gross, st.net, st.upnl, st.orders = gross, net, upnl, orders

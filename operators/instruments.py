@@ -73,13 +73,15 @@ class InstrumentRegistry:
         for name, spec in config.instruments.items():
             m = spec.multiplier
             if not (isinstance(m, float | int) and math.isfinite(m) and m > 0):
+                where = f"{path}.instruments.{name}.multiplier"
                 raise ConfigError(
-                    f"{path}.instruments.{name}.multiplier", "must be a positive number", m
+                    where, "must be a positive number", m
                 )
             for ccy in {spec.quote, spec.underlying_ccy}:
                 if ccy != self.reporting and ccy not in config.fx_index:
+                    where = f"{path}.fx_index.{ccy}"
                     raise ConfigError(
-                        f"{path}.fx_index.{ccy}",
+                        where,
                         f"an index instrument converting {ccy} to {self.reporting} "
                         f"(needed by instrument {name!r})",
                     )

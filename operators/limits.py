@@ -126,12 +126,15 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True):
                 check(f"{path}.counterparties.{cp}.instruments.{i}", kinds)
         for k in self.unknown_counterparty_kinds:
             if k not in KINDS:
-                raise ConfigError(f"{path}.unknown_counterparty_kinds", f"one of {KINDS}", k)
+                where = f"{path}.unknown_counterparty_kinds"
+                raise ConfigError(where, f"one of {KINDS}", k)
         if self.utilization_interval_ns < 0:
-            raise ConfigError(f"{path}.utilization_interval_ns", "must be >= 0",
+            where = f"{path}.utilization_interval_ns"
+            raise ConfigError(where, "must be >= 0",
                               self.utilization_interval_ns)
         if not (math.isfinite(self.missing_vol_factor) and self.missing_vol_factor > 0):
-            raise ConfigError(f"{path}.missing_vol_factor", "must be > 0",
+            where = f"{path}.missing_vol_factor"
+            raise ConfigError(where, "must be > 0",
                               self.missing_vol_factor)
 
 
@@ -140,24 +143,33 @@ def check_spec(path: str, kind: str, spec: LimitSpec) -> None:
     if kind not in KINDS:
         raise ConfigError(path, f"a limit kind, one of {', '.join(KINDS)}", kind)
     if not (math.isfinite(spec.limit) and spec.limit >= 0):
-        raise ConfigError(f"{path}.limit", "must be a non-negative number", spec.limit)
+        where = f"{path}.limit"
+        raise ConfigError(where, "must be a non-negative number", spec.limit)
     if not 0 < spec.warn <= 1:
-        raise ConfigError(f"{path}.warn", "must be in (0, 1]", spec.warn)
+        where = f"{path}.warn"
+        raise ConfigError(where, "must be in (0, 1]", spec.warn)
     if spec.hard is not None and not (math.isfinite(spec.hard) and spec.hard > 1):
-        raise ConfigError(f"{path}.hard", "must be > 1 (breach is 1.0)", spec.hard)
+        where = f"{path}.hard"
+        raise ConfigError(where, "must be > 1 (breach is 1.0)", spec.hard)
     if not 0 <= spec.hysteresis < spec.warn:
-        raise ConfigError(f"{path}.hysteresis", "must be in [0, warn)", spec.hysteresis)
+        where = f"{path}.hysteresis"
+        raise ConfigError(where, "must be in [0, warn)", spec.hysteresis)
     vs = spec.vol_scaling
     if vs is not None:
         if not (math.isfinite(vs.ref_vol) and vs.ref_vol > 0):
-            raise ConfigError(f"{path}.vol_scaling.ref_vol", "must be > 0", vs.ref_vol)
+            where = f"{path}.vol_scaling.ref_vol"
+            raise ConfigError(where, "must be > 0", vs.ref_vol)
         if not (0 < vs.lo <= vs.hi and math.isfinite(vs.hi)):
-            raise ConfigError(f"{path}.vol_scaling", "needs 0 < lo <= hi", (vs.lo, vs.hi))
+            where = f"{path}.vol_scaling"
+            raise ConfigError(where, "needs 0 < lo <= hi", (vs.lo, vs.hi))
         if not math.isfinite(vs.exponent):
-            raise ConfigError(f"{path}.vol_scaling.exponent", "must be finite", vs.exponent)
+            where = f"{path}.vol_scaling.exponent"
+            raise ConfigError(where, "must be finite", vs.exponent)
 
 
-def vol_factor(spec: LimitSpec, vols: dict[str, float], missing: float) -> tuple[float, dict[str, float]]:
+def vol_factor(
+    spec: LimitSpec, vols: dict[str, float], missing: float
+) -> tuple[float, dict[str, float]]:
     """The dynamic scaling factor and the inputs that produced it.
 
     >>> vs = VolScaling(underlying="BTC", ref_vol=0.5, lo=0.25, hi=1.5)
@@ -445,10 +457,7 @@ class LimitsLogic:
             x, extra = _measure(level, name, kind)(e)
             inputs.update(extra)
             inputs["base_limit"] = spec.limit
-            if eff > 0:
-                u = min(x / eff, UTIL_CAP)
-            else:
-                u = 0.0 if x <= 0 else UTIL_CAP
+            u = min(x / eff, UTIL_CAP) if eff > 0 else (0.0 if x <= 0 else UTIL_CAP)
             tkey = (path, kind)
             tr = st.tracks.get(tkey)
             first = tr is None
@@ -490,7 +499,8 @@ def rejection_alert(reason: str, detail: str, evidence: str, ts: int, scope: Sco
     return RiskAlert(
         id=str(uuid.uuid5(_NS, f"rejected|{evidence}|{reason}")), kind="limit_update_rejected",
         scope=scope, ts=ts, severity=Severity.WARN,
-        reason=f"limit update rejected: {reason}", details={"reason": reason, "detail": detail[:1000]},
+        reason=f"limit update rejected: {reason}",
+        details={"reason": reason, "detail": detail[:1000]},
         evidence_ids=[evidence[:128]],
     )
 

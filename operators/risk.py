@@ -16,6 +16,7 @@ Each record crosses between workers at most once per stage.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +27,9 @@ from riskguard.operators.base import stateful_logic
 from riskguard.operators.clock import Clock, system_clock
 from riskguard.operators.crypto import PAYLOAD_LIMIT_UPDATE
 from riskguard.operators.exposure import (
+    FIRM_KEY,
     Contrib,
     CounterpartyLogic,
-    FIRM_KEY,
     ExposureConfig,
     FirmLogic,
     ValuationLogic,
@@ -111,11 +112,11 @@ def _is(t: type) -> Callable[[Any], bool]:
 _IS_TUPLE: Callable[[Any], bool] = tuple.__instancecheck__
 
 
-def _IS_CONTRIB(kv: tuple[str, Any]) -> bool:  # noqa: N802 - a constant-like predicate
+def _IS_CONTRIB(kv: tuple[str, Any]) -> bool:
     return type(kv[1]) is Contrib
 
 
-def _IS_EXPOSURE(kv: tuple[str, Any]) -> bool:  # noqa: N802 - a constant-like predicate
+def _IS_EXPOSURE(kv: tuple[str, Any]) -> bool:
     return type(kv[1]) is Exposure
 
 
@@ -241,8 +242,10 @@ def enforce_limits(
     >>> op.output("br", out.breaches, TestingSink(br))
     >>> op.output("al", out.alerts, TestingSink(al))
     >>> run_main(flow)
-    >>> [(b.limit_path, b.kind, b.level.value, b.utilization, b.evidence_ids) for b in br]
-    [('counterparty.okx', 'gross_notional', 'breach', 1.5, ['f9']), ('counterparty.kraken', 'gross_notional', 'breach', 1000000.0, [])]
+    >>> for b in br:
+    ...     print(b.limit_path, b.kind, b.level.value, b.utilization, b.evidence_ids)
+    counterparty.okx gross_notional breach 1.5 ['f9']
+    counterparty.kraken gross_notional breach 1000000.0 []
     >>> [a.kind for a in al]
     ['unknown_counterparty']
     """
@@ -266,8 +269,6 @@ def enforce_limits(
             try:
                 upd = verifier(env, now)
             except VerificationError as err:
-                import hashlib
-
                 digest = hashlib.sha256(env.payload).hexdigest()
                 return rejection_alert(err.reason, err.detail, digest, now, firm_scope)
             return route_update(upd, now)

@@ -65,7 +65,7 @@ def make_events(n: int, seed: int = 7) -> list[Any]:
                                  bid=px[inst] - 1, bid_size=1.0, ask=px[inst] + 1, ask_size=1.0))
             else:
                 evs.append(Trade(id=f"t{k}", venue="okx", instrument=inst, ts=t,
-                                 price=px[inst], qty=1.0, side="buy"))  # type: ignore[arg-type]
+                                 price=px[inst], qty=1.0, side="buy"))
         elif r < 0.62:
             name, und, upx, mark, delta, kind = rng.choice(OPTIONS)
             evs.append(oq(f"o{k}", name, und, t, mark * (1 + rng.gauss(0, 0.01)), delta,

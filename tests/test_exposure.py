@@ -52,7 +52,7 @@ def worked_config(**kw: object) -> ExposureConfig:
                     underlying_quote="USD"),
             },
         ),
-        **kw,  # type: ignore[arg-type]  # test helper passes config fields through
+        **kw,
     )
 
 
@@ -60,15 +60,19 @@ def idx(i: str, name: str, ts: int, price: float) -> IndexPrice:
     return IndexPrice(id=i, venue="index", instrument=name, ts=ts, price=price)
 
 
-def fill(i: str, cp: str, inst: str, side: str, qty: float, price: float, ts: int) -> Fill:
+def fill(  # noqa: PLR0917 - test-data builder; call sites read as table rows
+    i: str, cp: str, inst: str, side: str, qty: float, price: float, ts: int
+) -> Fill:
     return Fill(id=i, venue=cp, counterparty=cp, instrument=inst, side=side, qty=qty,
-                price=price, ts=ts)  # type: ignore[arg-type]  # str side is decoded to Side
+                price=price, ts=ts)
 
 
-def oq(i: str, inst: str, und: str, ts: int, mark: float, delta: float, und_px: float,
-       opt: str) -> OptionQuote:
+def oq(  # noqa: PLR0917 - test-data builder; call sites read as table rows
+    i: str, inst: str, und: str, ts: int, mark: float, delta: float, und_px: float,
+    opt: str,
+) -> OptionQuote:
     return OptionQuote(id=i, venue="deribit", instrument=inst, ts=ts, underlying=und,
-                       expiry=10**18, strike=und_px, option_type=opt,  # type: ignore[arg-type]
+                       expiry=10**18, strike=und_px, option_type=opt,
                        bid=mark * 0.99, ask=mark * 1.01, mark_price=mark, mark_iv=0.6,
                        underlying_price=und_px, delta=delta)
 
@@ -84,9 +88,9 @@ def worked_events() -> list[object]:
         Quote(id="q1", venue="binance", instrument="BTC-USDC", ts=t + 1, bid=59_990.0,
               bid_size=1.0, ask=60_010.0, ask_size=1.0),
         Trade(id="t1", venue="okx", instrument="BTC-PERP", ts=t + 2, price=60_000.0, qty=1.0,
-              side="buy"),  # type: ignore[arg-type]
+              side="buy"),
         Trade(id="t2", venue="okx", instrument="ETH-PERP", ts=t + 3, price=3_000.0, qty=1.0,
-              side="buy"),  # type: ignore[arg-type]
+              side="buy"),
         oq("o1", "BTC-27JUN-60000-C", "BTC", t + 4, 0.05, 0.5, 60_000.0, "call"),
         oq("o2", "ETH-27JUN-3000-P", "ETH", t + 5, 0.02, -0.3, 3_000.0, "put"),
         fill("f1", "binance", "BTC-USDC", "buy", 2.0, 58_000.0, t + 10),
@@ -145,7 +149,7 @@ def test_mark_update_remarks_positions_and_names_the_mark_as_evidence() -> None:
     pipe = LocalPipeline(worked_config())
     pipe.feed_all(worked_events())
     out = pipe.feed(Trade(id="t9", venue="okx", instrument="BTC-PERP", ts=1_001 * S,
-                          price=62_000.0, qty=1.0, side="buy"))  # type: ignore[arg-type]
+                          price=62_000.0, qty=1.0, side="buy"))
     okx = next(e for e in out.exposures if e.counterparty == "okx")
     assert okx.notional_by_instrument["BTC-PERP"] == pytest.approx(-62_000.0)
     assert okx.unrealized_pnl == pytest.approx(-1_000.0 + 1_000.0)
@@ -157,15 +161,15 @@ def test_stale_mark_flags_exposure_and_raises_one_alert() -> None:
     pipe = LocalPipeline(worked_config(max_mark_age_ns=60 * S))
     pipe.feed_all(worked_events())
     out = pipe.feed(Trade(id="t5", venue="okx", instrument="ETH-PERP", ts=1_200 * S,
-                          price=3_100.0, qty=1.0, side="buy"))  # type: ignore[arg-type]
+                          price=3_100.0, qty=1.0, side="buy"))
     okx = next(e for e in out.exposures if e.counterparty == "okx")
     assert okx.stale and okx.stale_instruments == ["BTC-PERP"]
     assert [(a.kind, a.scope.value) for a in out.alerts] == [("stale_mark", "BTC-PERP")]
     again = pipe.feed(Trade(id="t6", venue="okx", instrument="ETH-PERP", ts=1_201 * S,
-                            price=3_100.0, qty=1.0, side="buy"))  # type: ignore[arg-type]
+                            price=3_100.0, qty=1.0, side="buy"))
     assert again.alerts == []
     fresh = pipe.feed(Trade(id="t7", venue="okx", instrument="BTC-PERP", ts=1_202 * S,
-                            price=60_000.0, qty=1.0, side="buy"))  # type: ignore[arg-type]
+                            price=60_000.0, qty=1.0, side="buy"))
     assert not next(e for e in fresh.exposures if e.counterparty == "okx").stale
 
 
@@ -284,7 +288,7 @@ def sequences(draw: st.DrawFn) -> list[object]:
                                         qty=draw(st.floats(-10.0, 10.0)), avg_price=px, ts=ts))
         elif kind == "mark":
             evs.append(Trade(id=f"m{k}", venue="x", instrument=inst, ts=ts, price=px, qty=1.0,
-                             side="buy"))  # type: ignore[arg-type]
+                             side="buy"))
         else:
             evs.append(idx(f"x{k}", "USDC-IDX", ts, draw(st.floats(0.9, 1.1))))
     return evs

@@ -29,22 +29,22 @@ from riskguard.schemas import (
     Utilization,
     encode,
 )
+from signing_fixtures import ADMIN, AUD, ENGINE, OP1, OUTSIDER, T0, write_signed_trust
 
 from riskguard.errors import ConfigError, VerificationError
-from signing_fixtures import ADMIN, AUD, ENGINE, OP1, OUTSIDER, T0, write_signed_trust
 
 S = 1_000_000_000
 
 
 def exp(ts: int, gross: float, cp: str = "okx", **kw: object) -> tuple[str, Exposure]:
     return ("exp", Exposure(counterparty=cp, ts=ts, gross_notional=gross, net_notional=gross,
-                            evidence_ids=[f"e{ts}"], **kw))  # type: ignore[arg-type]
+                            evidence_ids=[f"e{ts}"], **kw))
 
 
 def cfg(**spec: object) -> LimitsConfig:
     return LimitsConfig(
         counterparties={"okx": CounterpartyLimits(
-            limits={"gross_notional": LimitSpec(limit=100.0, **spec)})},  # type: ignore[arg-type]
+            limits={"gross_notional": LimitSpec(limit=100.0, **spec)})},
         utilization_interval_ns=10,
     )
 
@@ -54,11 +54,11 @@ def levels(outs: list[object]) -> list[str]:
 
 
 def update(**kw: object) -> LimitUpdate:
-    base: dict[str, object] = dict(
-        update_id="u1", issuer="limits-admin", issued_at=5, expires_at=10**18,
-        audience=AUD, limit_path="counterparty.okx", kind="gross_notional")
+    base: dict[str, object] = {
+        "update_id": "u1", "issuer": "limits-admin", "issued_at": 5, "expires_at": 10**18,
+        "audience": AUD, "limit_path": "counterparty.okx", "kind": "gross_notional"}
     base.update(kw)
-    return LimitUpdate(**base)  # type: ignore[arg-type]
+    return LimitUpdate(**base)
 
 
 def test_hysteresis_stops_flapping_around_the_warn_level() -> None:
@@ -158,8 +158,8 @@ def test_invalid_update_values_are_rejected_and_the_old_limit_stays() -> None:
 
 def test_route_update_rejects_bad_paths_and_kinds() -> None:
     """Malformed limit paths and unknown kinds never reach the keyed state."""
-    assert route_update(update(), 0)[0] == "okx"  # type: ignore[index]
-    assert route_update(update(limit_path="firm.asset.BTC", kind="delta"), 0)[0] == "*"  # type: ignore[index]
+    assert route_update(update(), 0)[0] == "okx"
+    assert route_update(update(limit_path="firm.asset.BTC", kind="delta"), 0)[0] == "*"
     bad = route_update(update(limit_path="desk.x"), 0)
     assert isinstance(bad, RiskAlert) and bad.details["reason"] == "bad_path"
     bad = route_update(update(kind="vibes"), 0)

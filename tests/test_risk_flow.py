@@ -35,8 +35,8 @@ def final_exposures(items: list[Any]) -> dict[str, Exposure]:
 
 def assert_same(a: dict[str, Exposure], b: dict[str, Exposure], eps: float = 0.005) -> None:
     assert sorted(a) == sorted(b)
-    for cp in a:
-        x, y = a[cp], b[cp]
+    for cp, x in a.items():
+        y = b[cp]
         for f in ("gross_notional", "net_notional", "collateral", "unrealized_pnl",
                   "open_order_notional"):
             assert getattr(x, f) == pytest.approx(getattr(y, f), rel=1e-9, abs=1e-6), (cp, f)
