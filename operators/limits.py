@@ -297,6 +297,7 @@ class LimitsLogic:
     def __init__(self, config: LimitsConfig, state: LimitsState | None = None) -> None:
         self.config = config
         self.state = state if state is not None else LimitsState()
+        self._rows: dict[str, tuple[bool, list[tuple[str, str, str, str, LimitSpec]]]] = {}
 
     def snapshot(self) -> LimitsState:
         return _copy(self.state)
@@ -304,7 +305,15 @@ class LimitsLogic:
     # -- the limits that apply to this key
 
     def _configured(self, key: str) -> tuple[bool, list[tuple[str, str, str, str, LimitSpec]]]:
-        """``(known, [(path, level, name, kind, spec)])`` for ``key``."""
+        """``(known, [(path, level, name, kind, spec)])`` for ``key`` (cached until an update)."""
+        hit = self._rows.get(key)
+        if hit is None:
+            hit = self._rows[key] = self._configured_uncached(key)
+        return hit
+
+    def _configured_uncached(
+        self, key: str
+    ) -> tuple[bool, list[tuple[str, str, str, str, LimitSpec]]]:
         cfg = self.config
         rows: list[tuple[str, str, str, str, LimitSpec]] = []
         if key == "*":
@@ -392,6 +401,7 @@ class LimitsLogic:
             return [self._reject(upd, "invalid_update",
                                  "vol_scaling needs an underlying (configure it first)")]
         st.overrides[(upd.limit_path, upd.kind)] = new
+        self._rows.clear()
         track = st.tracks.get((upd.limit_path, upd.kind))
         latch_reset = bool(upd.reset_latch and track is not None and track.latched)
         if upd.reset_latch and track is not None:
