@@ -10,7 +10,11 @@ group) and for each message, in this order:
 4. checks the audience (environment and topic);
 5. checks freshness, with a clock-skew leeway (10 s by default);
 6. drops replays: a ``seq`` at or below the issuer's high-water mark, or a
-   ``command_id`` already executed, is a no-op;
+   ``command_id`` already executed, is a no-op; and (``dedupe_in_force``, on by
+   default) so is a mitigation already in force on the same exact scope until
+   a ``resume`` lifts it, reason ``already_in_force``: a guard restarted from
+   recovery may re-derive a mitigation under a new id, and an executor must
+   not act twice;
 7. raises a :class:`GapAlert` when ``seq`` jumps (a command may have been lost);
 8. only then calls the user's callback with the typed
    :class:`~riskguard.schemas.MitigationCommand`.
@@ -51,7 +55,11 @@ CREATE TABLE IF NOT EXISTS seen (command_id TEXT PRIMARY KEY, issuer TEXT NOT NU
 CREATE TABLE IF NOT EXISTS offsets (topic TEXT NOT NULL, part INTEGER NOT NULL,
                                     next_offset INTEGER NOT NULL, PRIMARY KEY (topic, part));
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS in_force (action TEXT NOT NULL, scope TEXT NOT NULL,
+                                     command_id TEXT NOT NULL, PRIMARY KEY (action, scope));
 """
+# Actions that are momentary, not a state an executor holds.
+_MOMENTARY = frozenset({"alert", "resume"})
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,12 @@ class SubscriberState:
         q = "SELECT 1 FROM seen WHERE command_id=?"
         return self.db.execute(q, (command_id,)).fetchone() is not None
 
+    def in_force(self, action: str, scope: str) -> str | None:
+        """The command_id holding ``action`` on ``scope``, if it is in force."""
+        row = self.db.execute("SELECT command_id FROM in_force WHERE action=? AND scope=?",
+                              (action, scope)).fetchone()
+        return None if row is None else str(row[0])
+
     def next_offsets(self, topic: str) -> dict[int, int]:
         rows = self.db.execute("SELECT part, next_offset FROM offsets WHERE topic=?", (topic,))
         return {int(p): int(o) for p, o in rows}
@@ -110,10 +124,25 @@ class SubscriberState:
                         "DO UPDATE SET v=excluded.v", (serial,))
 
     def commit(self, *, topic: str, partition: int, offset: int,
-               cmd: MitigationCommand | None) -> None:
-        """Record an executed command (if any) and the consumed offset atomically."""
+               cmd: MitigationCommand | None, executed: bool = True) -> None:
+        """Record a handled command (if any), what it leaves in force, and the consumed
+        offset, atomically."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
+            if cmd is not None and executed:
+                scope = cmd.scope.label()
+                action = cmd.action.value
+                if action == "resume":
+                    lifted = cmd.params.get("actions")
+                    if isinstance(lifted, list) and lifted:
+                        self.db.executemany(
+                            "DELETE FROM in_force WHERE action=? AND scope=?",
+                            [(str(a), scope) for a in lifted])
+                    else:
+                        self.db.execute("DELETE FROM in_force WHERE scope=?", (scope,))
+                elif action not in _MOMENTARY:
+                    self.db.execute("INSERT OR REPLACE INTO in_force VALUES (?, ?, ?)",
+                                    (action, scope, cmd.command_id))
             if cmd is not None:
                 self.db.execute(
                     "INSERT INTO seq_hw VALUES (?, ?) ON CONFLICT(issuer) DO UPDATE SET "
@@ -156,7 +185,9 @@ class CommandSubscriber:
         rejection_log: str | Path | None = None,
         leeway_ns: int = DEFAULT_LEEWAY_NS,
         clock: Clock = system_clock,
+        dedupe_in_force: bool = True,
     ) -> None:
+        self.dedupe_in_force = dedupe_in_force
         self.trust = trust
         self.audience = audience
         self.on_command = on_command
@@ -210,13 +241,23 @@ class CommandSubscriber:
                              partition=partition, offset=offset)
             if self.on_alert is not None:
                 self.on_alert(alert)
+        holder = None
+        if self.dedupe_in_force and cmd.action.value not in _MOMENTARY:
+            holder = self.state.in_force(cmd.action.value, cmd.scope.label())
+        if holder is not None:
+            # Authentic, but the same mitigation already holds on this exact scope (for
+            # example re-derived after a restart): executing it again would act twice.
+            return self._reject("already_in_force",
+                                f"{cmd.action.value} on {cmd.scope.label()} is in force "
+                                f"since command {holder}", partition, offset, cmd, record=True)
         self.on_command(cmd)
         self.state.commit(topic=self.topic, partition=partition, offset=offset, cmd=cmd)
         self.stats["accepted"] += 1
         return cmd
 
     def _reject(self, reason: str, detail: str, partition: int, offset: int,
-                cmd: MitigationCommand | None = None) -> Rejection:
+                cmd: MitigationCommand | None = None, *, record: bool = False) -> Rejection:
+        """Refuse ``cmd``; with ``record`` its seq and id still count as seen (a no-op)."""
         rej = Rejection(
             reason=reason, detail=detail[:500], topic=self.topic, partition=partition,
             offset=offset, issuer=cmd.issuer if cmd else "",
@@ -233,7 +274,8 @@ class CommandSubscriber:
         if self._producer is not None and self.rejections_topic:
             self._producer.produce(self.rejections_topic, value=line,
                                    key=rej.issuer.encode() or None)
-        self.state.commit(topic=self.topic, partition=partition, offset=offset, cmd=None)
+        self.state.commit(topic=self.topic, partition=partition, offset=offset,
+                          cmd=cmd if record else None, executed=False)
         return rej
 
     # -- Kafka -----------------------------------------------------------------

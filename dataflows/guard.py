@@ -118,6 +118,7 @@ class GuardConfig(CommonConfig, frozen=True, kw_only=True, forbid_unknown_fields
     audit: AuditConfig = AuditConfig()
     tick_ns: int = NS
     playbook_file: str | None = None
+    sink_delivery_timeout_s: float = 30.0
 
     def topic(self, stream: str) -> str:
         return topic_name(self.env, stream)
@@ -303,14 +304,18 @@ def build_flow(
     )
     out = guard_core("guard", src.oks, cfg=cfg, cfg_hash=cfg_hash, clock=clock, signer=signer,
                      trust=trust)
+    timeout = cfg.sink_delivery_timeout_s
     issuer = cfg.sign.issuer or signer.issuer
-    kafka_output("commands", out.commands, brokers=brokers, topic=cfg.topic("commands"),
+    kafka_output("commands", out.commands, brokers=brokers, topic=cfg.topic("commands"), delivery_timeout_s=timeout,
                  key=lambda _env: issuer)
     dead = op.merge("dead", src.errs, out.dead_letters)
-    kafka_output("dead_letters", dead, brokers=brokers, topic=cfg.topic("dead_letters"))
-    kafka_output("signals", out.signals, brokers=brokers, topic=cfg.topic("signals"))
-    kafka_output("exposures", out.exposures, brokers=brokers, topic=cfg.topic("exposures"))
-    kafka_output("audit", out.audit, brokers=brokers, topic=cfg.topic("audit"),
+    kafka_output("dead_letters", dead, brokers=brokers, topic=cfg.topic("dead_letters"),
+                 delivery_timeout_s=timeout)
+    kafka_output("signals", out.signals, brokers=brokers, topic=cfg.topic("signals"),
+                 delivery_timeout_s=timeout)
+    kafka_output("exposures", out.exposures, brokers=brokers, topic=cfg.topic("exposures"),
+                 delivery_timeout_s=timeout)
+    kafka_output("audit", out.audit, brokers=brokers, topic=cfg.topic("audit"), delivery_timeout_s=timeout,
                  key=lambda rec: getattr(rec, "chain", None) or getattr(rec, "origin", ""))
     return flow
 

@@ -16,7 +16,7 @@ from riskguard.operators.crypto import PAYLOAD_COMMAND, encode_envelope, sign_en
 from riskguard.operators.signing import SignConfig, SignLogic
 from riskguard.operators.trust import TrustStore, parse_trust
 from riskguard.schemas.commands import MitigationCommand
-from signing_fixtures import AUD, ENGINE, OP1, T0, S, command, trust_store
+from signing_fixtures import AUD, ENGINE, ENGINE2, FIRM, OP1, T0, VENUE_X, S, command, trust_store
 
 from riskguard.errors import TrustError
 
@@ -27,7 +27,8 @@ def env_bytes(cmd: MitigationCommand, signer=ENGINE) -> bytes:  # type: ignore[n
 
 class Harness:
     def __init__(self, path: Path, clock: ManualClock | None = None,
-                 trust: TrustStore | None = None) -> None:
+                 trust: TrustStore | None = None, *, dedupe_in_force: bool = False) -> None:
+        # The generic tests reuse one halt command shape; in-force dedup has its own tests.
         self.executed: list[MitigationCommand] = []
         self.rejected: list[Rejection] = []
         self.alerts: list[GapAlert] = []
@@ -35,7 +36,7 @@ class Harness:
             trust=trust or trust_store(), audience=AUD, state_path=path / "sub.sqlite",
             on_command=self.executed.append, on_reject=self.rejected.append,
             on_alert=self.alerts.append, clock=clock or ManualClock(T0),
-            rejection_log=path / "rejections.jsonl",
+            rejection_log=path / "rejections.jsonl", dedupe_in_force=dedupe_in_force,
         )
 
 
@@ -179,7 +180,8 @@ def test_end_to_end_sign_topic_subscriber_with_restart_executes_each_once(
         return CommandSubscriber(trust=trust_store(), audience=aud, state_path=state,
                                  on_command=lambda c: executed.append(c.command_id),
                                  brokers=kafka_bootstrap, topic=topic,
-                                 rejections_topic=rej_topic, clock=ManualClock(T0))
+                                 rejections_topic=rej_topic, clock=ManualClock(T0),
+                                 dedupe_in_force=False)
 
     first = make()
     assert first.poll(max_messages=5, idle_timeout_s=10) == 5
@@ -190,3 +192,36 @@ def test_end_to_end_sign_topic_subscriber_with_restart_executes_each_once(
     second.close()
     assert executed == [c.command_id for c in cmds]
     assert summary == {"accepted": 7, "rejected": 3, "rejected.replayed_seq": 3}
+
+
+def test_a_mitigation_already_in_force_on_the_same_scope_is_a_no_op_until_resumed(
+    tmp_path: Path,
+) -> None:
+    """A re-derived halt on a scope already halted is not executed again (reason
+    already_in_force); after a resume lifts it, a new halt executes."""
+    from riskguard.schemas import Action
+
+    h = Harness(tmp_path, dedupe_in_force=True)
+    h.sub.handle(env_bytes(command(1, seq=1, scope=VENUE_X)), partition=0, offset=0)
+    h.sub.handle(env_bytes(command(2, seq=2, scope=VENUE_X)), partition=0, offset=1)
+    h.sub.handle(env_bytes(command(3, seq=3, scope=FIRM)), partition=0, offset=2)
+    assert [c.seq for c in h.executed] == [1, 3]
+    assert [r.reason for r in h.rejected] == ["already_in_force"]
+    resume = command(1, issuer="engine-2", seq=1, scope=VENUE_X, action=Action.RESUME,
+                     params={"actions": ["halt_trading"]})
+    h.sub.handle(env_bytes(resume, ENGINE2), partition=0, offset=3)
+    h.sub.handle(env_bytes(command(5, seq=4, scope=VENUE_X)), partition=0, offset=4)
+    assert [r.reason for r in h.rejected] == ["already_in_force"], h.rejected
+    assert [(c.issuer, c.seq) for c in h.executed] == [
+        ("engine-1", 1), ("engine-1", 3), ("engine-2", 1), ("engine-1", 4)]
+
+
+def test_in_force_state_survives_a_subscriber_restart(tmp_path: Path) -> None:
+    """The in-force table is durable: a new subscriber on the same state file still
+    refuses to act twice."""
+    h = Harness(tmp_path, dedupe_in_force=True)
+    h.sub.handle(env_bytes(command(1, seq=1, scope=VENUE_X)), partition=0, offset=0)
+    h.sub.close()
+    h2 = Harness(tmp_path, dedupe_in_force=True)
+    h2.sub.handle(env_bytes(command(2, seq=2, scope=VENUE_X)), partition=0, offset=1)
+    assert h2.executed == [] and [r.reason for r in h2.rejected] == ["already_in_force"]
