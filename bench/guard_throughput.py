@@ -1,0 +1,232 @@
+"""Sustained events/s of the whole guard dataflow on the dev broker (issue 6).
+
+What runs, each as its own ``python -m bytewax.run`` subprocess over the same
+input (``--copies`` back-to-back copies of the bundled demo scenario, ids made
+unique and shifted in time, about 27k records per copy, published once to the
+six guard input topics with ``--partitions`` partitions each):
+
+- **baseline**: stock bytewax ``KafkaSource`` (``tail=False``) -> ``op.key_on``
+  (Kafka key) -> keyed ``op.stateful_map`` (a counter) -> ``KafkaSink``, one
+  worker, reading the same six topics;
+- **guard, 1 worker**: ``riskguard.dataflows.guard`` with ``input.idle_eof_s``;
+- **guard, 2 processes**: the same with ``-i 0 -a "p1;p2"`` and ``-i 1 -a ...``.
+
+Method. The guard emits few outputs, so its rate cannot be read off its
+output. Every flow runs to its own end of input (bounded: ``tail=False`` for
+the baseline, ``idle_eof_s`` for the guard) and its wall time (process start
+to exit; for 2 processes, until both exited) is taken twice: over the workload
+and over an otherwise identical environment whose input topics are empty. The
+empty run costs start-up, partition assignment, the idle EOF wait and
+shutdown; the difference is the time spent processing the workload::
+
+    rate = events / (T(workload) - T(empty))
+
+The same subtraction is applied to the baseline so both figures are measured
+alike. As a cross-check, the baseline's rate is also read from its output
+messages' own producer timestamps (first to last), as ``kafka_passthrough.py``
+does, and the guard's from the span of its exposures/audit output timestamps
+(exposures are emitted from the first copy's opening balances to the last
+copy's fills, so the span covers nearly all of the processing).
+
+    python bench/guard_throughput.py [--copies 8] [--partitions 4] [--skip-2p]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from confluent_kafka import Consumer, TopicPartition
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from guard_workload import (
+    NS,
+    BenchEnv,
+    publish,
+    scenario_copies,
+    setup_env,
+    start_guard,
+)
+from riskguard.connectors.broker import DevBroker, free_port
+from riskguard.connectors.topics import TopicSpec, create_topics
+from riskguard.dataflows.demo_scenario import DURATION_S
+
+HERE = Path(__file__).resolve().parent
+
+
+def passthrough(bootstrap: str, topics: list[str], out: str) -> Dataflow:
+    """Stock bytewax: KafkaSource -> key_on -> keyed stateful_map -> KafkaSink."""
+    from bytewax.connectors.kafka import (
+        KafkaSink,
+        KafkaSinkMessage,
+        KafkaSource,
+        KafkaSourceMessage,
+    )
+
+    flow = Dataflow("stock_keyed_passthrough")
+    msgs = op.input("in", flow, KafkaSource([bootstrap], topics, tail=False))
+
+    def key_of(m: KafkaSourceMessage[bytes | None, bytes | None]) -> str:
+        return m.key.decode() if m.key else ""
+
+    # raise_on_errors=True (the default): the stream never carries KafkaError items.
+    keyed = op.key_on("key", msgs, key_of)  # type: ignore[arg-type]
+
+    def count(
+        n: int | None, m: KafkaSourceMessage[bytes | None, bytes | None],
+    ) -> tuple[int, KafkaSourceMessage[bytes | None, bytes | None]]:
+        return (n or 0) + 1, m
+
+    counted = op.stateful_map("count", keyed, count)  # type: ignore[arg-type]  (as above)
+    out_msgs = op.map("to_sink", counted, lambda kv: KafkaSinkMessage(kv[1].key, kv[1].value))
+    op.output("out", out_msgs, KafkaSink([bootstrap], out))
+    return flow
+
+
+def _wait(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> float:
+    """Seconds until every process exited (raises if one failed or timed out)."""
+    t0 = time.monotonic()
+    for p in procs:
+        left = max(timeout_s - (time.monotonic() - t0), 1.0)
+        try:
+            rc = p.wait(left)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            msg = f"flow did not finish within {timeout_s:.0f} s"
+            raise SystemExit(msg) from None
+        if rc != 0:
+            for q in procs:
+                q.kill()
+            msg = f"flow {p.args!r} exited with {rc} (see its log)"
+            raise SystemExit(msg)
+    return time.monotonic() - t0
+
+
+def run_guard(bench: BenchEnv, procs: int, timeout_s: float = 600.0) -> tuple[float, float]:
+    """Wall time of one guard run (1 worker, or ``procs`` processes); and its start (epoch s)."""
+    started = time.time()
+    t0 = time.monotonic()
+    if procs == 1:
+        ps = [start_guard(bench)]
+    else:
+        addrs = ";".join(f"127.0.0.1:{free_port()}" for _ in range(procs))
+        ps = [start_guard(bench, "-i", str(i), "-a", addrs) for i in range(procs)]
+    _wait(ps, timeout_s)
+    return time.monotonic() - t0, started
+
+
+def run_passthrough(bootstrap: str, topics: list[str], out: str,
+                    timeout_s: float = 600.0) -> float:
+    spec = f"guard_throughput:passthrough({bootstrap!r}, {topics!r}, {out!r})"
+    t0 = time.monotonic()
+    p = subprocess.Popen(
+        [sys.executable, "-m", "bytewax.run", spec], cwd=str(HERE),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    _wait([p], timeout_s)
+    return time.monotonic() - t0
+
+
+def output_span(bootstrap: str, topics: list[str], partitions: int,
+                after_ms: int = 0) -> tuple[int, float]:
+    """(count, seconds between first and last producer timestamp) of messages after ``after_ms``."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-span",
+                  "enable.auto.commit": False, "fetch.wait.max.ms": 20})
+    c.assign([TopicPartition(t, p, 0) for t in topics for p in range(partitions)])
+    first = last = None
+    n = idle = 0
+    try:
+        while idle < 5:
+            msgs = c.consume(10000, 0.2)
+            if not msgs:
+                idle += 1
+                continue
+            idle = 0
+            for m in msgs:
+                if m.error() is not None:
+                    continue
+                ts = m.timestamp()[1]
+                if ts < after_ms:
+                    continue
+                n += 1
+                first = ts if first is None else min(first, ts)
+                last = ts if last is None else max(last, ts)
+    finally:
+        c.close()
+    if first is None or last is None:
+        return 0, 0.0
+    return n, (last - first) / 1000.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--copies", type=int, default=8, help="scenario copies (~27k events each)")
+    ap.add_argument("--partitions", type=int, default=4, help="partitions per input topic")
+    ap.add_argument("--batch-size", type=int, default=1000, help="guard input.batch_size")
+    ap.add_argument("--idle-eof-s", type=float, default=2.0)
+    ap.add_argument("--skip-2p", action="store_true", help="skip the 2-process guard run")
+    ap.add_argument("--bootstrap", default=None, help="use this broker instead of a dev broker")
+    args = ap.parse_args()
+    broker = None
+    bootstrap = args.bootstrap
+    work = Path(tempfile.mkdtemp(prefix="guard-bench-"))
+    if bootstrap is None:
+        broker = DevBroker(work / "broker")
+        bootstrap = broker.start().bootstrap
+    try:
+        tag = uuid.uuid4().hex[:6]
+        kw = {"partitions": args.partitions, "idle_eof_s": args.idle_eof_s,
+              "batch_size": args.batch_size}
+        full = setup_env(bootstrap, work / "full", f"bw{tag}", **kw)
+        empty = setup_env(bootstrap, work / "empty", f"be{tag}", **kw)
+        start_ns = time.time_ns() - (args.copies * DURATION_S + 30) * NS
+        records = scenario_copies(args.copies, start_ns)
+        n = publish(full, records)
+        del records
+        out_full, out_empty = f"pt-out-{tag}", f"pt-out-empty-{tag}"
+        create_topics({"bootstrap.servers": bootstrap}, [
+            TopicSpec(out_full, args.partitions), TopicSpec(out_empty, args.partitions),
+        ])
+        print(f"workload: {n:,} events ({args.copies} scenario copies), "
+              f"{args.partitions} partitions per input topic; load: {os.getloadavg()}")
+
+        pt_full = run_passthrough(bootstrap, full.input_topics(), out_full)
+        pt_empty = run_passthrough(bootstrap, empty.input_topics(), out_empty)
+        pt_rate = n / (pt_full - pt_empty)
+        pt_n, pt_span = output_span(bootstrap, [out_full], args.partitions)
+        print(f"baseline stock keyed pass-through, 1 worker: {pt_rate:10,.0f} events/s  "
+              f"(wall {pt_full:.1f} s - empty {pt_empty:.1f} s; output timestamps: "
+              f"{pt_n / pt_span if pt_span else float('nan'):,.0f} events/s over {pt_n:,})")
+
+        rates: dict[int, float] = {}
+        for procs in ([1] if args.skip_2p else [1, 2]):
+            t_full, started = run_guard(full, procs)
+            t_empty, _ = run_guard(empty, procs)
+            rate = n / (t_full - t_empty)
+            rates[procs] = rate
+            _out_n, span = output_span(bootstrap, [full.topic("exposures"), full.topic("audit")],
+                                      args.partitions, after_ms=int(started * 1000))
+            label = "1 worker   " if procs == 1 else f"{procs} processes"
+            print(f"guard, {label}:              {rate:10,.0f} events/s  ratio "
+                  f"{rate / pt_rate:.2f}x of baseline (goal >= 0.5x)  (wall {t_full:.1f} s - "
+                  f"empty {t_empty:.1f} s; output span {span:.1f} s -> "
+                  f"{n / span if span else float('nan'):,.0f} events/s; "
+                  f"load {os.getloadavg()[0]:.2f})")
+        if 2 in rates:
+            print(f"scaling, 2 processes / 1 worker: {rates[2] / rates[1]:.2f}x (goal >= 1.5x)")
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""Shared workload for the guard benchmarks (``guard_throughput.py``, ``guard_latency.py``).
+
+- :func:`setup_env`: topics (``partitions`` per topic), demo keys, a root-signed
+  trust file and a guard config derived from ``dataflows/demo.toml`` with
+  bench overrides (``[input]`` values, ``playbook.max_commands``).
+- :func:`scenario_copies`: ``copies`` concatenated copies of the bundled demo
+  scenario, each shifted by the scenario's duration and with ids made unique
+  per copy (about 27k records per copy).
+- :func:`publish`: produce records to the guard's input topics, keyed by
+  ``venue/instrument`` as ``riskguard demo`` does.
+- :func:`LiveLoad`: the same records re-stamped to the wall clock and produced
+  at a steady rate, with fills from fresh (unconfigured) counterparties mixed
+  in at a fixed rate; each of those makes one ``reduce_only`` command.
+- :func:`start_guard`: the guard as ``python -m bytewax.run riskguard.dataflows.guard``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from confluent_kafka import Consumer, Producer, TopicPartition
+from riskguard.connectors.settings import KafkaSettings
+from riskguard.connectors.topics import create_topics, topic_name
+from riskguard.dataflows.demo import DemoKeys, init_keys, stream_of, write_config
+from riskguard.dataflows.demo_scenario import DURATION_S, build_scenario
+from riskguard.schemas import Fill, encode
+
+from riskguard.cli_topics import topic_specs
+from riskguard.config import CommonConfig, TopicsConfig
+
+NS = 1_000_000_000
+INPUTS = ("market", "venue_status", "fills", "positions", "balances", "limit_updates")
+
+
+@dataclass(frozen=True)
+class BenchEnv:
+    """One guard environment: its topics (by ``env``), keys and config."""
+
+    bootstrap: str
+    env: str
+    config: Path
+    keys: DemoKeys
+    partitions: int
+
+    def topic(self, stream: str) -> str:
+        return topic_name(self.env, stream)
+
+    def input_topics(self) -> list[str]:
+        return [self.topic(s) for s in INPUTS]
+
+
+def setup_env(
+    bootstrap: str, workdir: Path, env: str, *, partitions: int = 4,
+    idle_eof_s: float | None = 2.0, batch_size: int = 1000, max_commands: int | None = None,
+    starting_offset: str = "earliest",
+) -> BenchEnv:
+    """Create the env's topics, keys, trust file and guard config."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    common = CommonConfig(env=env, kafka=KafkaSettings(bootstrap=bootstrap),
+                          topics=TopicsConfig(default_partitions=partitions))
+    create_topics(common.kafka.client_config(), topic_specs(common))
+    keys = init_keys(workdir)
+    path = write_config(workdir, bootstrap, keys, env)
+    text = path.read_text()
+    idle = None if idle_eof_s is None else f"idle_eof_s = {float(idle_eof_s)}"
+    text = _set_key(text, "input", "idle_eof_s", idle)
+    text = _set_key(text, "input", "batch_size", f"batch_size = {batch_size}")
+    text = _set_key(text, "input", "starting_offset", f'starting_offset = "{starting_offset}"')
+    text = _set_key(text, "topics", "default_partitions", f"default_partitions = {partitions}")
+    path.write_text(text)
+    if max_commands is not None:
+        pb = workdir / "playbook.toml"
+        pb.write_text(re.sub(r"(?m)^max_commands = \d+", f"max_commands = {max_commands}",
+                             pb.read_text()))
+    return BenchEnv(bootstrap, env, path, keys, partitions)
+
+
+def _set_key(text: str, table: str, key: str, line: str | None) -> str:
+    """Replace (or drop, when ``line`` is None) ``key`` in ``[table]``, adding it if absent."""
+    head = f"[{table}]\n"
+    start = text.index(head) + len(head)
+    nxt = text.find("\n[", start)
+    end = len(text) if nxt < 0 else nxt + 1
+    body = text[start:end]
+    pat = re.compile(rf"(?m)^{re.escape(key)}\s*=.*\n")
+    if pat.search(body):
+        body = pat.sub("" if line is None else line + "\n", body)
+    elif line is not None:
+        body = line + "\n" + body
+    return text[:start] + body + text[end:]
+
+
+def scenario_copies(copies: int, start_ns: int) -> list[Any]:
+    """``copies`` back-to-back copies of the demo scenario starting at ``start_ns``."""
+    base = build_scenario(0).events
+    span = DURATION_S * NS
+    out: list[Any] = []
+    replace = msgspec.structs.replace
+    for k in range(copies):
+        shift = start_ns + k * span
+        out.extend(replace(r, id=f"c{k}-{r.id}", ts=r.ts + shift) for r in base)
+    return out
+
+
+def _key(rec: Any) -> bytes:
+    return f"{getattr(rec, 'venue', '')}/{getattr(rec, 'instrument', '')}".encode()
+
+
+def producer(bootstrap: str, linger_ms: int = 20) -> Producer:
+    return Producer({"bootstrap.servers": bootstrap, "linger.ms": linger_ms,
+                     "queue.buffering.max.messages": 1_000_000})
+
+
+def publish(bench: BenchEnv, records: list[Any]) -> int:
+    """Produce ``records`` to the env's input topics; returns how many."""
+    p = producer(bench.bootstrap)
+    topics = {s: bench.topic(s) for s in INPUTS}
+    for rec in records:
+        topic = topics[stream_of(rec)]
+        data, key = encode(rec), _key(rec)
+        while True:
+            try:
+                p.produce(topic, data, key)
+                break
+            except BufferError:
+                p.poll(0.05)
+    left = p.flush(120)
+    if left:
+        msg = f"could not publish {left} records"
+        raise RuntimeError(msg)
+    return len(records)
+
+
+def start_guard(
+    bench: BenchEnv, *bytewax_args: str, log: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """``python -m bytewax.run riskguard.dataflows.guard`` on the env's config.
+
+    Its output goes to ``log`` (default: ``guard-<n>.log`` beside the config).
+    """
+    env = {**os.environ, "RISKGUARD_CONFIG": str(bench.config)}
+    if log is None:
+        n = len(list(bench.config.parent.glob("guard-*.log")))
+        log = bench.config.parent / f"guard-{n}.log"
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "bytewax.run", "riskguard.dataflows.guard", *bytewax_args],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+
+
+def unknown_fill(i: int, ts: int) -> Fill:
+    """A fill from a counterparty no config names (fails closed: one reduce_only)."""
+    return Fill(id=f"unk-fill-{i}", venue="binance", counterparty=f"cp-unknown-{i}",
+                instrument="BTC-PERP", side="buy", qty=0.01, price=65_000.0, ts=ts)
+
+
+class LiveLoad:
+    """Scenario records re-stamped to now, produced at ``rate`` events/s.
+
+    Every ``1 / incident_rate`` s one :func:`unknown_fill` is produced as well
+    (once ``incidents_on`` is set). ``sent_at[counterparty]`` keeps when each
+    incident fill was handed to the producer (ns).
+    """
+
+    def __init__(self, bench: BenchEnv, rate: float, incident_rate: float) -> None:
+        self.bench = bench
+        self.rate = rate
+        self.incident_rate = incident_rate
+        self.p = producer(bench.bootstrap, linger_ms=1)
+        self.topics = {s: bench.topic(s) for s in INPUTS}
+        self.sent = 0
+        self.incidents = 0
+        self.incidents_on = False
+        self.sent_at: dict[str, int] = {}
+        self._records = self._cycle()
+
+    def _cycle(self) -> Iterator[Any]:
+        base = build_scenario(0).events
+        k = 0
+        while True:
+            for r in base:
+                yield r, f"l{k}-{r.id}"
+            k += 1
+
+    def _produce(self, rec: Any) -> None:
+        topic = self.topics[stream_of(rec)]
+        data, key = encode(rec), _key(rec)
+        while True:
+            try:
+                self.p.produce(topic, data, key)
+                return
+            except BufferError:
+                self.p.poll(0.01)
+
+    def run(self, seconds: float, *, step_s: float = 0.005) -> None:
+        """Produce at the steady rate for ``seconds`` of wall time."""
+        replace = msgspec.structs.replace
+        t0 = time.monotonic()
+        end = t0 + seconds
+        done = 0
+        inc_done = 0
+        while True:
+            now = time.monotonic()
+            if now >= end:
+                break
+            due = int((now - t0) * self.rate)
+            ts = time.time_ns()
+            while done < due:
+                rec, rid = next(self._records)
+                self._produce(replace(rec, id=rid, ts=ts))
+                done += 1
+            if self.incidents_on:
+                inc_due = int((now - t0) * self.incident_rate)
+                while inc_done < inc_due:
+                    i = self.incidents
+                    fill = unknown_fill(i, ts)
+                    self.sent_at[fill.counterparty] = time.time_ns()
+                    self._produce(fill)
+                    self.incidents += 1
+                    inc_done += 1
+            self.p.poll(0)
+            sleep = step_s - (time.monotonic() - now)
+            if sleep > 0:
+                time.sleep(sleep)
+        self.sent += done
+        self.p.flush(30)
+
+
+class Tail:
+    """Reads a topic from the beginning (assign, no group)."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": "riskguard-bench",
+                           "enable.auto.commit": False, "fetch.wait.max.ms": 20})
+        self.c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+
+    def poll(self, timeout_s: float = 0.1) -> list[Any]:
+        msgs = self.c.consume(5000, timeout_s)
+        return [m for m in msgs if m.error() is None]
+
+    def close(self) -> None:
+        self.c.close()
