@@ -1,0 +1,336 @@
+"""Calibrate detector and playbook thresholds on labelled history, without look-ahead.
+
+The data (files replayed in event time) is split by time: the first
+``train_frac`` of the span is the training fold, the rest is held out. Each
+candidate config (a grid over dotted config keys) runs through the guard core
+(:func:`riskguard.dataflows.backtest.run_backtest`) on the training records
+only, and is scored on the training labels only (labels that start before the
+split, clipped to it). The best candidate and the defaults are then run over
+the whole data and scored on the held-out fold only. Nothing at or after the
+split can influence the choice: the search never receives those records or
+labels (``tests/test_calibrate.py`` plants a leak and proves it).
+
+Objective: episode-level F1 over all incident kinds, or (``objective =
+"recall"``) recall subject to ``fa_budget`` false alarms per instrument-day.
+Ties go to fewer mitigation commands outside labelled windows, then to the
+earlier candidate (the defaults come first).
+
+Grid keys are dotted config paths (``detector.target_alarm_rate``) plus two
+conveniences: ``feeds.max_gap_s`` (every venue's heartbeat-gap limit, seconds)
+and ``playbook.escalation_scale`` (multiplies every rung's ``after_s``).
+
+Continuous calibration (:func:`propose`) reruns this over the latest window
+and writes proposals: a calibrated config file and ``LimitUpdate`` envelopes
+signed by a ``limit-admin`` key. It never changes a running flow.
+
+>>> expand_grid({"a.b": [1, 2], "c": [3]})
+[{'a.b': 1, 'c': 3}, {'a.b': 2, 'c': 3}]
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from riskguard.connectors.replay import ReplayFile, ReplaySource, read_all
+from riskguard.dataflows.backtest import (
+    BacktestResult,
+    Label,
+    dump_toml,
+    load_labels,
+    run_backtest,
+)
+from riskguard.dataflows.guard import GuardConfig, load_guard_config, load_keys
+from riskguard.dataflows.report import alarms_of, episode_metrics, scope_related
+from riskguard.operators.crypto import PAYLOAD_LIMIT_UPDATE, Signer, sign_envelope
+from riskguard.schemas import Action, Audience, LimitUpdate, SignedEnvelope, encode
+
+from riskguard.config import read_toml
+from riskguard.errors import ConfigError
+
+NS = 1_000_000_000
+DAY_NS = 86_400 * NS
+DEFAULT_GRID: dict[str, list[Any]] = {
+    "detector.target_alarm_rate": [0.0002, 0.001, 0.005],
+    "detector.warmup_events": [60, 300],
+    "playbook.escalation_scale": [1.0, 0.5],
+}
+_LIMIT_NS = uuid.UUID("0c4bd7f6-7f0a-4d55-b8d3-5f2b3f1e9a21")
+
+
+def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Cartesian product of the grid, in key order."""
+    keys = list(grid)
+    return [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*grid.values())]
+
+
+def config_doc(path: str | Path) -> dict[str, Any]:
+    """The config file as a dict, with ``playbook_file`` inlined and key paths absolute."""
+    p = Path(path).resolve()
+    data = read_toml(p)
+    if "playbook_file" in data and "playbook" not in data:
+        data = {**data, "playbook": read_toml(p.parent / str(data["playbook_file"]))["playbook"]}
+    data.pop("playbook_file", None)
+    keys = dict(data.get("keys", {}))
+    for k in ("signing_key", "trust_file", "roots_file"):
+        if k in keys:
+            keys[k] = str((p.parent / keys[k]).resolve())
+    data["keys"] = keys
+    return data
+
+
+def apply_overrides(doc: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Apply dotted-key overrides (and the two conveniences) to a config doc."""
+    out = json.loads(json.dumps(doc))
+    for key, value in over.items():
+        if key == "feeds.max_gap_s":
+            venues = out.setdefault("feeds", {}).setdefault("venues", {})
+            for vf in venues.values():
+                vf["max_gap_ns"] = int(value * NS)
+            continue
+        if key == "playbook.escalation_scale":
+            for rule in out.get("playbook", {}).get("rules", []):
+                rule["ladder"] = [{**r, "after_s": float(r.get("after_s", 0.0)) * value}
+                                  for r in rule["ladder"]]
+            continue
+        parts = key.split(".")
+        cur = out
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+            if not isinstance(cur, dict):
+                raise ConfigError(f"calibrate.grid.{key}", "a path to a config table", p)
+        cur[parts[-1]] = value
+    return out
+
+
+def _load(doc: dict[str, Any], work: Path, name: str) -> tuple[GuardConfig, str]:
+    path = work / f"{name}.toml"
+    path.write_text(dump_toml(doc))
+    return load_guard_config(path)
+
+
+def _false_mitigations(res: BacktestResult, labels: Sequence[Label], grace_ns: int) -> int:
+    n = 0
+    for c in res.commands:
+        if c.action in (Action.ALERT, Action.RESUME):
+            continue
+        if not any(lab.start_ns <= c.issued_at <= lab.end_ns + grace_ns
+                   and scope_related(lab.scope, c.scope) for lab in labels):
+            n += 1
+    return n
+
+
+def score(res: BacktestResult, labels: Sequence[Label], *, start_ns: int | None = None,
+          end_ns: int | None = None, objective: str = "f1", fa_budget: float | None = None,
+          grace_ns: int = 60 * NS) -> dict[str, Any]:
+    """Metrics of one run within ``[start_ns, end_ns)`` and its objective value."""
+    ep = episode_metrics(alarms_of(res.signals), labels, grace_ns=grace_ns, start_ns=start_ns,
+                         end_ns=end_ns)
+    lo = res.start_ns if start_ns is None else start_ns
+    hi = res.end_ns if end_ns is None else end_ns
+    inst_days = max(len(res.keys), 1) * max(hi - lo, NS) / DAY_NS
+    fa_rate = ep["false_alarms"] / inst_days
+    a = ep["all"]
+    if objective == "recall":
+        value = (a["recall"] or 0.0) if fa_budget is None or fa_rate <= fa_budget else -fa_rate
+    else:
+        value = a["f1"] or 0.0
+    window = [lab for lab in labels if lo <= lab.start_ns < hi]
+    cmds = [c for c in res.commands if lo <= c.issued_at < hi]
+    fm = _false_mitigations(BacktestResult(commands=cmds), window, grace_ns)
+    return {"objective": round(value, 6), "precision": a["precision"], "recall": a["recall"],
+            "f1": a["f1"], "labels": a["labels"], "detected": a["detected"],
+            "false_alarms": ep["false_alarms"], "false_alarms_per_instrument_day": round(fa_rate, 4),
+            "false_mitigations": fm, "detection_delay_s": a["detection_delay_s"],
+            "by_kind": {k: {"f1": v["f1"], "recall": v["recall"], "precision": v["precision"]}
+                        for k, v in ep["by_kind"].items()}}
+
+
+Runner = Callable[..., BacktestResult]
+
+
+def calibrate(
+    config: str | Path,
+    records: Sequence[Any],
+    labels: Sequence[Label],
+    *,
+    work: str | Path,
+    grid: dict[str, list[Any]] | None = None,
+    train_frac: float = 0.7,
+    objective: str = "f1",
+    fa_budget: float | None = None,
+    runner: Runner = run_backtest,
+    batch_size: int = 20,
+) -> dict[str, Any]:
+    """Choose config values on the training fold; report held-out metrics.
+
+    Returns the calibration report (``chosen``, ``candidates``, ``held_out``
+    for chosen and defaults, ``split_ns``) and writes ``calibrated.toml`` to
+    ``work``. ``batch_size`` is the input batch of each run: smaller batches
+    keep heartbeats and event-time ticks closer to event order (see the report).
+    """
+    if not 0 < train_frac < 1:
+        raise ConfigError("calibrate.train_frac", "a fraction in (0, 1)", train_frac)
+    if objective not in ("f1", "recall"):
+        raise ConfigError("calibrate.objective", "f1 or recall", objective)
+    w = Path(work)
+    w.mkdir(parents=True, exist_ok=True)
+    recs = sorted(records, key=lambda r: r.ts)
+    if not recs:
+        raise ConfigError("calibrate.data", "at least one record", 0)
+    t0, t1 = recs[0].ts, recs[-1].ts
+    split = t0 + int((t1 - t0) * train_frac)
+    # The training fold: records strictly before the split; labels that start
+    # before it, clipped to it. Nothing later is passed to the search.
+    train = [r for r in recs if r.ts < split]
+    train_labels = [Label(lab.kind, lab.scope, lab.start_ns, min(lab.end_ns, split - 1))
+                    for lab in labels if lab.start_ns < split]
+    base = config_doc(config)
+    cfg0, _ = _load(base, w, "defaults")
+    signer, trust = load_keys(cfg0)
+    grid = DEFAULT_GRID if grid is None else grid
+    cands = [{}, *expand_grid(grid)]
+    rows = []
+    best: tuple[Any, ...] | None = None
+    for i, over in enumerate(cands):
+        cfg, digest = _load(apply_overrides(base, over), w, f"candidate-{i}")
+        res = runner(cfg, digest, records=train, signer=signer, trust=trust,
+                     batch_size=batch_size)
+        s = score(res, train_labels, end_ns=split, objective=objective, fa_budget=fa_budget)
+        rows.append({"overrides": over, "train": s})
+        key = (s["objective"], -s["false_mitigations"], -i)
+        if best is None or key > best[0]:
+            best = (key, i)
+    assert best is not None
+    chosen = cands[best[1]]
+    chosen_doc = apply_overrides(base, chosen)
+    held: dict[str, Any] = {}
+    for name, over in (("defaults", {}), ("chosen", chosen)):
+        cfg, digest = _load(apply_overrides(base, over), w, f"heldout-{name}")
+        res = runner(cfg, digest, records=recs, signer=signer, trust=trust,
+                     batch_size=batch_size)
+        held[name] = score(res, labels, start_ns=split, objective=objective,
+                           fa_budget=fa_budget)
+    (w / "calibrated.toml").write_text(
+        "# written by riskguard calibrate (time-ordered split; see calibration.json)\n"
+        + dump_toml(chosen_doc))
+    return {"split_ns": split, "train_frac": train_frac, "objective": objective,
+            "fa_budget": fa_budget, "train_records": len(train), "records": len(recs),
+            "train_labels": len(train_labels), "held_out_labels": sum(
+                1 for lab in labels if lab.start_ns >= split),
+            "chosen": chosen, "chosen_index": best[1], "candidates": rows, "held_out": held,
+            "calibrated_config": str(w / "calibrated.toml")}
+
+
+def read_records(data: Sequence[str | Path], venue: str = "file",
+                 instrument: str = "unknown") -> list[Any]:
+    """Every good record of the files, in event time (dead letters dropped and counted)."""
+    src = ReplaySource([ReplayFile(p, venue=venue, instrument=instrument) for p in data])
+    return [r for r in read_all(src) if type(r).__name__ != "DeadLetter"]
+
+
+def calibrate_files(config: str | Path, data: Sequence[str | Path], labels: str | Path, *,
+                    out_dir: str | Path, **kw: Any) -> dict[str, Any]:
+    """``riskguard calibrate`` (one shot): writes calibrated.toml and calibration.json."""
+    rep = calibrate(config, read_records(data), load_labels(labels), work=out_dir, **kw)
+    Path(out_dir, "calibration.json").write_text(json.dumps(rep, indent=1, sort_keys=True) + "\n")
+    return rep
+
+
+# -- continuous calibration -------------------------------------------------------------
+
+
+def propose_limits(cfg: GuardConfig, res: BacktestResult, *, admin: Signer, now_ns: int,
+                   headroom: float = 1.5, max_change: float = 0.5, min_change: float = 0.1,
+                   ttl_s: float = 3600.0) -> list[SignedEnvelope]:
+    """Signed ``LimitUpdate`` proposals: right-size counterparty gross-notional limits.
+
+    Each proposal is ``peak exposure x headroom`` over the window, moved at most
+    ``max_change`` (fraction) from the configured limit, and only when it differs
+    by more than ``min_change``. Ids derive from the inputs (uuid5).
+    """
+    peak: dict[str, float] = {}
+    for u in res.utilizations:
+        if u.kind == "gross_notional" and u.limit_path.startswith("counterparty."):
+            peak[u.limit_path] = max(peak.get(u.limit_path, 0.0), abs(u.exposure))
+    out = []
+    audience = Audience(env=cfg.env, topic=cfg.topic("limit_updates"))
+    for cp, cl in sorted(cfg.limits.counterparties.items()):
+        spec = cl.limits.get("gross_notional")
+        path = f"counterparty.{cp}"
+        if spec is None or path not in peak:
+            continue
+        want = peak[path] * headroom
+        lo, hi = spec.limit * (1 - max_change), spec.limit * (1 + max_change)
+        new = round(min(max(want, lo), hi), 2)
+        if abs(new - spec.limit) <= min_change * spec.limit:
+            continue
+        upd = LimitUpdate(
+            update_id=str(uuid.uuid5(_LIMIT_NS, f"{path}|{new}|{res.end_ns}")),
+            issuer=admin.issuer, issued_at=now_ns, expires_at=now_ns + int(ttl_s * NS),
+            audience=audience, limit_path=path, kind="gross_notional", limit=new,
+            reason=(f"riskguard calibrate: peak gross notional {peak[path]:,.0f} over the window "
+                    f"x headroom {headroom:g} -> {new:,.0f} (configured {spec.limit:,.0f}); "
+                    "proposal, apply after review"))
+        out.append(sign_envelope(PAYLOAD_LIMIT_UPDATE, encode(upd), [admin]))
+    return out
+
+
+def propose(config: str | Path, data: Sequence[str | Path], labels: str | Path | None, *,
+            out_dir: str | Path, admin_key: str | Path, window_s: float,
+            now_ns: int, iteration: int = 0, **kw: Any) -> dict[str, Any]:
+    """One continuous-calibration round over the latest ``window_s`` of the data.
+
+    Writes ``proposal-<n>/calibrated.toml`` (threshold changes) and appends the
+    signed limit updates to ``limit_updates.jsonl``. Nothing is applied.
+    """
+    from riskguard.operators.crypto import encode_envelope  # noqa: PLC0415
+
+    recs = read_records(data)
+    if not recs:
+        raise ConfigError("calibrate.data", "at least one record", 0)
+    end = max(r.ts for r in recs)
+    window = [r for r in recs if r.ts >= end - int(window_s * NS)]
+    labs = [lab for lab in (load_labels(labels) if labels else [])
+            if lab.start_ns >= end - int(window_s * NS)]
+    d = Path(out_dir) / f"proposal-{iteration}"
+    rep = calibrate(config, window, labs, work=d, **kw) if labs else {"chosen": {},
+                                                                         "note": "no labels in window; thresholds unchanged"}
+    cfg, digest = load_guard_config(config)
+    res = run_backtest(cfg, digest, records=window)
+    admin = Signer.from_file(admin_key, issuer="limit-admin")
+    envs = propose_limits(cfg, res, admin=admin, now_ns=now_ns)
+    out = Path(out_dir) / "limit_updates.jsonl"
+    with out.open("ab") as fh:
+        for env in envs:
+            fh.write(encode_envelope(env) + b"\n")
+    rep = {**rep, "window_start_ns": end - int(window_s * NS), "window_end_ns": end,
+           "limit_updates": len(envs), "limit_updates_file": str(out)}
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "calibration.json").write_text(json.dumps(rep, indent=1, sort_keys=True) + "\n")
+    return rep
+
+
+def run_every(every_s: float, iterations: int | None, fn: Callable[[int], Any],
+              sleep: Callable[[float], None] = time.sleep) -> int:
+    """Call ``fn(i)`` every ``every_s`` seconds, ``iterations`` times (None: forever)."""
+    i = 0
+    while iterations is None or i < iterations:
+        fn(i)
+        i += 1
+        if iterations is None or i < iterations:
+            sleep(every_s)
+    return i
+
+
+__all__ = [
+    "DEFAULT_GRID", "apply_overrides", "calibrate", "calibrate_files", "config_doc",
+    "expand_grid", "propose", "propose_limits", "read_records", "run_every", "score",
+]
+_ = math

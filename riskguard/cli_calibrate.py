@@ -1,0 +1,72 @@
+"""``riskguard calibrate``: choose thresholds on labelled history (time-ordered splits).
+
+One shot writes ``calibrated.toml`` and ``calibration.json``. With ``--every``
+it reruns over the latest ``--window`` of the data on a schedule and writes
+proposals only: a calibrated config per round and LimitUpdate envelopes
+signed by the ``limit-admin`` key. It never changes a running flow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from riskguard.dataflows import calibrate as cal  # noqa: PLC0415  (heavy imports)
+
+    grid = json.loads(Path(args.grid).read_text()) if args.grid else None
+    kw = {"grid": grid, "train_frac": args.train_frac, "objective": args.objective,
+          "fa_budget": args.fa_budget}
+    out = Path(args.out)
+    if args.every is None:
+        if not args.labels:
+            sys.stderr.write("riskguard calibrate: --labels is required (one-shot mode)\n")
+            return 2
+        rep = cal.calibrate_files(args.config, args.data, args.labels, out_dir=out, **kw)
+        h = rep["held_out"]
+        print(f"chosen {rep['chosen'] or 'the defaults'} (train {rep['train_records']:,} of "
+              f"{rep['records']:,} records; split at {rep['split_ns']} ns)")
+        for name in ("defaults", "chosen"):
+            s = h[name]
+            print(f"  held-out {name:<8} F1 {s['f1']}  precision {s['precision']}  recall "
+                  f"{s['recall']}  false alarms/instrument-day "
+                  f"{s['false_alarms_per_instrument_day']}")
+        print(f"wrote {out / 'calibrated.toml'} and {out / 'calibration.json'}")
+        return 0
+    if not args.admin_key or not args.window:
+        sys.stderr.write("riskguard calibrate --every: needs --window and --admin-key\n")
+        return 2
+
+    def round_(i: int) -> None:
+        rep = cal.propose(args.config, args.data, args.labels, out_dir=out,
+                          admin_key=args.admin_key, window_s=args.window,
+                          now_ns=time.time_ns(), iteration=i, **kw)
+        print(f"round {i}: thresholds {rep.get('chosen') or 'unchanged'}; "
+              f"{rep['limit_updates']} signed limit update(s) -> {rep['limit_updates_file']}",
+              flush=True)
+
+    cal.run_every(args.every, args.iterations, round_)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]  (argparse private generic)
+    p = sub.add_parser("calibrate", help="calibrate thresholds on labelled history")
+    p.add_argument("--config", required=True, help="guard TOML config")
+    p.add_argument("--data", nargs="+", required=True, help="JSONL / Binance CSV files")
+    p.add_argument("--labels", help="labels JSON (incident windows)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--grid", help='JSON: {"detector.target_alarm_rate": [0.0002, 0.001], ...}')
+    p.add_argument("--train-frac", type=float, default=0.7,
+                   help="fraction of the time span used for the search (default 0.7)")
+    p.add_argument("--objective", choices=("f1", "recall"), default="f1")
+    p.add_argument("--fa-budget", type=float,
+                   help="with --objective recall: max false alarms per instrument-day")
+    p.add_argument("--every", type=float, help="continuous: rerun every SECONDS")
+    p.add_argument("--window", type=float, help="continuous: latest SECONDS of the data")
+    p.add_argument("--iterations", type=int, help="continuous: stop after N rounds")
+    p.add_argument("--admin-key", help="continuous: the limit-admin private key file")
+    p.set_defaults(func=_calibrate)

@@ -1,0 +1,200 @@
+"""Calibration: time-ordered splits, no look-ahead, calibrated config, signed proposals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from riskguard.dataflows.backtest import Label, dump_toml
+from riskguard.dataflows.calibrate import (
+    apply_overrides,
+    calibrate,
+    config_doc,
+    propose,
+    run_every,
+)
+from riskguard.dataflows.demo import init_keys
+from riskguard.dataflows.guard import load_guard_config
+from riskguard.dataflows.stress import (
+    START_NS,
+    MarketSpec,
+    Scenario,
+    Shock,
+    generate_market,
+    guard_config_doc,
+)
+from riskguard.operators.crypto import PAYLOAD_LIMIT_UPDATE, decode_envelope
+from riskguard.operators.trust import RootSet, TrustStore
+from riskguard.schemas import Audience, LimitUpdate, decode
+
+NS = 1_000_000_000
+GRID = {"feeds.max_gap_s": [20.0, 3.0]}
+#: Short heartbeat jitter (unlabelled) and one long labelled outage before the
+#: split; medium outages (labelled) only after it.
+JITTER = (200.0, 300.0)
+TRAIN_OUTAGE = 400.0
+FUTURE_OUTAGES = (650.0, 750.0, 850.0)
+
+
+def _scenario(future: bool = True) -> Scenario:
+    shocks = [Shock(kind="heartbeat_stop", venues=("okx",), onset_s=t, hold_s=6.0)
+              for t in JITTER]
+    shocks.append(Shock(kind="heartbeat_stop", venues=("okx",), onset_s=TRAIN_OUTAGE,
+                        hold_s=40.0))
+    if future:
+        shocks += [Shock(kind="heartbeat_stop", venues=("okx",), onset_s=t, hold_s=7.0)
+                   for t in FUTURE_OUTAGES]
+    return Scenario(name="calib", duration_s=950, seed=3, shocks=tuple(shocks),
+                    market=MarketSpec(venues=("binance", "okx"), instruments={
+                        "BTC-USDT": msgspec.convert({"price": 65000.0}, type=_inst())}))
+
+
+def _inst() -> type:
+    from riskguard.dataflows.stress import InstrumentSpec  # noqa: PLC0415
+
+    return InstrumentSpec
+
+
+def _labels(future: bool = True) -> list[Label]:
+    def lab(t: float, hold: float) -> Label:
+        return Label("outage", "venue:okx", START_NS + int(t * NS),
+                     START_NS + int((t + hold) * NS))
+
+    out = [lab(TRAIN_OUTAGE, 40.0)]
+    if future:
+        out += [lab(t, 7.0) for t in FUTURE_OUTAGES]
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
+    work = tmp_path_factory.mktemp("calib")
+    keys = init_keys(work)
+    cfg = work / "guard.toml"
+    doc = guard_config_doc(_scenario(), keys)
+    # Keep the learned detector out of this test: alarms come from the
+    # heartbeat-gap threshold being calibrated only.
+    doc["detector"] = {"warmup_events": 10**9, "warmup_ns": 10**15}
+    cfg.write_text(dump_toml(doc))
+    return cfg, generate_market(_scenario())
+
+
+def test_split_stops_future_labels_from_changing_the_choice(setup, tmp_path):
+    """The planted leak: future-fold outages favour the 3 s gap limit. A
+    look-ahead search (scored over all data) would pick 3 s; the time-ordered
+    split sees only the training fold (jitter false alarms, one long outage)
+    and picks 20 s, whether or not the future labels exist."""
+    cfg, recs = setup
+    split = calibrate(cfg, recs, _labels(), work=tmp_path / "a", grid=GRID, train_frac=0.6)
+    no_future = calibrate(cfg, recs, _labels(future=False), work=tmp_path / "b", grid=GRID,
+                          train_frac=0.6)
+    assert split["chosen"] == {"feeds.max_gap_s": 20.0}
+    assert no_future["chosen"] == split["chosen"]
+    assert [c["train"] for c in split["candidates"]] == \
+        [c["train"] for c in no_future["candidates"]]
+    # The leak would have helped: on the held-out fold the 3 s limit scores higher.
+    look_ahead = calibrate(cfg, recs, _labels(), work=tmp_path / "c", grid=GRID,
+                           train_frac=0.999)
+    assert look_ahead["chosen"] in ({}, {"feeds.max_gap_s": 3.0})  # the config default is 3 s
+    held = split["held_out"]
+    assert held["chosen"]["recall"] == 0.0
+    assert held["defaults"]["recall"] == 1.0
+
+
+def test_search_never_receives_records_at_or_after_the_split(setup, tmp_path):
+    """Every record the search runs on is before the split; only the two
+    held-out runs (after the choice is made) see the whole data."""
+    from riskguard.dataflows.backtest import run_backtest  # noqa: PLC0415
+
+    cfg, recs = setup
+    seen: list[int] = []
+
+    def spy(*args, records, **kw):
+        seen.append(max(r.ts for r in records))
+        return run_backtest(*args, records=records, **kw)
+
+    rep = calibrate(cfg, recs, _labels(), work=tmp_path, grid=GRID, train_frac=0.6, runner=spy)
+    n_search = 1 + 2  # defaults + the grid
+    assert all(ts < rep["split_ns"] for ts in seen[:n_search])
+    assert all(ts >= rep["split_ns"] for ts in seen[n_search:])
+    assert rep["train_labels"] == 1 and rep["held_out_labels"] == 3
+
+
+def test_future_data_changes_do_not_change_the_choice(setup, tmp_path):
+    """Changing only records after the split (no future outages at all) gives
+    the same training scores and the same choice."""
+    cfg, recs = setup
+    quiet = generate_market(_scenario(future=False))
+    a = calibrate(cfg, recs, _labels(False), work=tmp_path / "a", grid=GRID, train_frac=0.6)
+    b = calibrate(cfg, quiet, _labels(False), work=tmp_path / "b", grid=GRID, train_frac=0.6)
+    assert a["split_ns"] == b["split_ns"]
+    assert a["chosen"] == b["chosen"]
+    assert [c["train"] for c in a["candidates"]] == [c["train"] for c in b["candidates"]]
+
+
+def test_calibrated_config_loads_and_carries_the_chosen_values(setup, tmp_path):
+    """calibrated.toml is a valid guard config with the chosen heartbeat-gap limit."""
+    cfg, recs = setup
+    rep = calibrate(cfg, recs, _labels(), work=tmp_path, grid=GRID, train_frac=0.6)
+    calibrated, _ = load_guard_config(rep["calibrated_config"])
+    assert {v.max_gap_ns for v in calibrated.feeds.venues.values()} == {20 * NS}
+    assert set(rep["held_out"]) == {"defaults", "chosen"}
+
+
+def test_escalation_scale_multiplies_every_rung_time(setup):
+    """playbook.escalation_scale scales after_s of each rung; dotted keys set values."""
+    cfg, _ = setup
+    doc = config_doc(cfg)
+    out = apply_overrides(doc, {"playbook.escalation_scale": 0.5,
+                                "detector.target_alarm_rate": 0.01})
+    before = [r.get("after_s", 0.0) for rule in doc["playbook"]["rules"] for r in rule["ladder"]]
+    after = [r["after_s"] for rule in out["playbook"]["rules"] for r in rule["ladder"]]
+    assert after == [b * 0.5 for b in before]
+    assert out["detector"]["target_alarm_rate"] == 0.01
+
+
+def test_continuous_calibration_writes_signed_limit_updates_not_applied(setup, tmp_path):
+    """Each scheduled round over the latest window writes LimitUpdate envelopes
+    signed by the limit-admin key (verifiable with the trust file) and a
+    proposal config; the guard config file itself is unchanged."""
+    from riskguard.schemas import Balance, Fill  # noqa: F401, PLC0415
+
+    cfg, recs = setup
+    before = cfg.read_text()
+    fills = [Fill(id=f"f{i}", venue="binance", counterparty="binance", instrument="BTC-USDT",
+                  side="buy", qty=1.0, price=65000.0, ts=START_NS + (100 + i) * NS)
+             for i in range(3)]
+    data = tmp_path / "data.jsonl"
+    from riskguard.schemas import encode  # noqa: PLC0415
+
+    allrecs = sorted([*recs, *fills], key=lambda r: r.ts)
+    data.write_bytes(b"".join(encode(r) + b"\n" for r in allrecs))
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"incidents": [
+        {"kind": lab.kind, "scope": lab.scope, "start": lab.start_ns, "end": lab.end_ns}
+        for lab in _labels()]}))
+    now = START_NS + 1000 * NS
+    sleeps: list[float] = []
+    n = run_every(30.0, 2, lambda i: propose(
+        cfg, [data], labels, out_dir=tmp_path / "out", admin_key=cfg.parent / "limit-admin.key",
+        window_s=900.0, now_ns=now, iteration=i, grid=GRID, train_frac=0.6),
+        sleep=sleeps.append)
+    assert n == 2 and sleeps == [30.0]
+    lines = (tmp_path / "out" / "limit_updates.jsonl").read_bytes().splitlines()
+    assert len(lines) == 2  # one binance proposal per round
+    trust = TrustStore.load(cfg.parent / "trust.toml", RootSet.load(cfg.parent / "roots.toml"))
+    gcfg, _ = load_guard_config(cfg)
+    env = decode_envelope(lines[0])
+    msg = trust.verify(env, expected_payload_type=PAYLOAD_LIMIT_UPDATE,
+                       audience=Audience(env=gcfg.env, topic=gcfg.topic("limit_updates")),
+                       now_ns=now)
+    upd = msg.message
+    assert isinstance(upd, LimitUpdate)
+    assert upd.limit_path == "counterparty.binance" and upd.issuer == "limit-admin"
+    assert upd.limit == 2_500_000.0  # configured 5M, peak 195k x 1.5, moved at most 50 %
+    assert cfg.read_text() == before
+    assert (tmp_path / "out" / "proposal-1" / "calibrated.toml").is_file()
+    assert decode("limit_updates", lines[0]) is not None
