@@ -65,7 +65,7 @@ def wait_until_ready(bootstrap: str, timeout_s: float = 20.0) -> None:
         try:
             admin.list_topics(timeout=1.0)
             return
-        except Exception as err:  # noqa: BLE001  (librdkafka raises KafkaException variants)
+        except Exception as err:
             last = err
             time.sleep(0.1)
     msg = f"broker at {bootstrap} did not answer within {timeout_s:.0f} s: {last}"
@@ -112,7 +112,7 @@ class DevBroker:
         url = f"tcp://{bootstrap}"
         log_path = self.state_dir / "broker.log"
         log = log_path.open("ab")
-        proc = subprocess.Popen(  # noqa: S603  (fixed binary, no shell)
+        proc = subprocess.Popen(
             [
                 tansu_binary(), "broker",
                 "--listener-url", url,

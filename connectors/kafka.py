@@ -30,15 +30,15 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Producer, To
 from confluent_kafka import KafkaError as _KE
 from confluent_kafka.admin import AdminClient
 from msgspec.structs import replace
-
 from riskguard.connectors.settings import KafkaSettings, as_settings
-from riskguard.errors import BrokerError, ConfigError, DeliveryError
 from riskguard.operators.base import SplitOut, split_dead_letters
 from riskguard.operators.clock import Clock, system_clock
 from riskguard.operators.metrics import DEAD_LETTERS, DELIVERY_ERRORS, EVENTS_IN, EVENTS_OUT
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import Codec, encode
 from riskguard.schemas.time_policy import EventTimePolicy
+
+from riskguard.errors import BrokerError, ConfigError, DeliveryError
 
 _STARTS = {"earliest": OFFSET_BEGINNING, "latest": OFFSET_END}
 _IDLE_BACKOFF = timedelta(milliseconds=2)

@@ -22,7 +22,7 @@ records whose ``offset`` is the row's byte offset in its file.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,13 +31,13 @@ from typing import Any, BinaryIO
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, operator
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-
-from riskguard.errors import ConfigError
 from riskguard.operators.base import SplitOut, split_dead_letters
 from riskguard.operators.clock import Clock, system_clock
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import Codec
 from riskguard.schemas.market import FundingRate, Side, Trade
+
+from riskguard.errors import ConfigError
 
 FORMATS = ("jsonl", "binance_klines", "binance_trades", "binance_funding", "auto")
 

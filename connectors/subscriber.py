@@ -11,8 +11,8 @@ group) and for each message, in this order:
 5. checks freshness, with a clock-skew leeway (10 s by default);
 6. drops replays: a ``seq`` at or below the issuer's high-water mark, or a
    ``command_id`` already executed, is a no-op; and (``dedupe_in_force``, on by
-   default) so is a mitigation already in force on the same exact scope until
-   a ``resume`` lifts it, reason ``already_in_force``: a guard restarted from
+   default) so is a mitigation already in force on the same exact scope with
+   the same params until a ``resume`` lifts it, reason ``already_in_force``: a guard restarted from
    recovery may re-derive a mitigation under a new id, and an executor must
    not act twice;
 7. raises a :class:`GapAlert` when ``seq`` jumps (a command may have been lost);
@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS offsets (topic TEXT NOT NULL, part INTEGER NOT NULL,
                                     next_offset INTEGER NOT NULL, PRIMARY KEY (topic, part));
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS in_force (action TEXT NOT NULL, scope TEXT NOT NULL,
-                                     command_id TEXT NOT NULL, PRIMARY KEY (action, scope));
+                                     command_id TEXT NOT NULL, params BLOB NOT NULL,
+                                     PRIMARY KEY (action, scope));
 """
 # Actions that are momentary, not a state an executor holds.
 _MOMENTARY = frozenset({"alert", "resume"})
@@ -105,10 +106,11 @@ class SubscriberState:
         q = "SELECT 1 FROM seen WHERE command_id=?"
         return self.db.execute(q, (command_id,)).fetchone() is not None
 
-    def in_force(self, action: str, scope: str) -> str | None:
-        """The command_id holding ``action`` on ``scope``, if it is in force."""
-        row = self.db.execute("SELECT command_id FROM in_force WHERE action=? AND scope=?",
-                              (action, scope)).fetchone()
+    def in_force(self, action: str, scope: str, params: bytes) -> str | None:
+        """The command_id holding ``action`` on ``scope`` with these exact params, if any."""
+        row = self.db.execute(
+            "SELECT command_id FROM in_force WHERE action=? AND scope=? AND params=?",
+            (action, scope, params)).fetchone()
         return None if row is None else str(row[0])
 
     def next_offsets(self, topic: str) -> dict[int, int]:
@@ -141,8 +143,8 @@ class SubscriberState:
                     else:
                         self.db.execute("DELETE FROM in_force WHERE scope=?", (scope,))
                 elif action not in _MOMENTARY:
-                    self.db.execute("INSERT OR REPLACE INTO in_force VALUES (?, ?, ?)",
-                                    (action, scope, cmd.command_id))
+                    self.db.execute("INSERT OR REPLACE INTO in_force VALUES (?, ?, ?, ?)",
+                                    (action, scope, cmd.command_id, _params_key(cmd)))
             if cmd is not None:
                 self.db.execute(
                     "INSERT INTO seq_hw VALUES (?, ?) ON CONFLICT(issuer) DO UPDATE SET "
@@ -165,6 +167,11 @@ class SubscriberState:
 
 
 Outcome: TypeAlias = MitigationCommand | Rejection
+
+
+def _params_key(cmd: MitigationCommand) -> bytes:
+    """Canonical bytes of a command's params (an update with new params is not a repeat)."""
+    return msgspec.json.encode(cmd.params, order="sorted")
 
 
 class CommandSubscriber:
@@ -243,7 +250,7 @@ class CommandSubscriber:
                 self.on_alert(alert)
         holder = None
         if self.dedupe_in_force and cmd.action.value not in _MOMENTARY:
-            holder = self.state.in_force(cmd.action.value, cmd.scope.label())
+            holder = self.state.in_force(cmd.action.value, cmd.scope.label(), _params_key(cmd))
         if holder is not None:
             # Authentic, but the same mitigation already holds on this exact scope (for
             # example re-derived after a restart): executing it again would act twice.

@@ -11,6 +11,7 @@ print a summary; and finish with ``riskguard audit verify`` on the audit topic.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -24,8 +25,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from confluent_kafka import Consumer, Producer, TopicPartition
-
-from riskguard.config import CommonConfig, TopicsConfig
 from riskguard.connectors.broker import DevBroker
 from riskguard.connectors.settings import KafkaSettings
 from riskguard.connectors.subscriber import CommandSubscriber, GapAlert, Rejection
@@ -55,6 +54,8 @@ from riskguard.schemas import (
     decode,
     encode,
 )
+
+from riskguard.config import CommonConfig, TopicsConfig
 
 NS = 1_000_000_000
 ISSUER = "riskguard-guard"
@@ -233,7 +234,7 @@ def prepare_run(bootstrap: str, workdir: Path, *, env: str = ENV, partitions: in
 def start_guard(run: PreparedRun, *bytewax_args: str) -> subprocess.Popen[bytes]:
     """Start the guard dataflow as ``python -m bytewax.run`` with extra arguments."""
     env = {**os.environ, "RISKGUARD_CONFIG": str(run.config)}
-    return subprocess.Popen(  # noqa: S603  (our own module)
+    return subprocess.Popen(
         [sys.executable, "-m", "bytewax.run", "riskguard.dataflows.guard", *bytewax_args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
@@ -247,6 +248,47 @@ def subscriber_for(run: PreparedRun, state: Path, **callbacks: Any) -> CommandSu
                              state_path=state, brokers=run.bootstrap, topic=topic, **callbacks)
 
 
+class _Timeline:
+    """Prints signals, commands and rejections in event-time order, round by round.
+
+    A command is held until the signal it cites (by evidence hash) has been
+    read, so it prints right after its cause; one that waits too long prints
+    without a time.
+    """
+
+    def __init__(self, say: Callable[[str], Any], start_ns: int, signals: _SignalTail) -> None:
+        self.say = say
+        self.start_ns = start_ns
+        self.signals = signals
+        self.pending: list[tuple[int, int, str]] = []
+        self.waiting: list[tuple[MitigationCommand, int]] = []
+        self.n = 0
+
+    def add(self, ts: int, text: str) -> None:
+        self.n += 1
+        self.pending.append((ts, self.n, text))
+
+    def command(self, cmd: MitigationCommand) -> None:
+        self.waiting.append((cmd, 0))
+
+    def flush(self, final: bool = False) -> None:
+        still = []
+        for cmd, rounds in self.waiting:
+            when = self.signals.event_time.get(cmd.evidence_hash or "")
+            if when is None and rounds < 5 and not final:
+                still.append((cmd, rounds + 1))
+                continue
+            extra = f" {dict(cmd.params)}" if cmd.params else ""
+            stamp = _clock_s(when, self.start_ns) if when is not None else " " * 9
+            self.add(when if when is not None else 2**62,
+                     f"{stamp} COMMAND {cmd.action.value:<17} {cmd.scope.label():<34} "
+                     f"seq {cmd.seq:<3} verified{extra}\n          reason: {cmd.reason}")
+        self.waiting = still
+        for _ts, _n, text in sorted(self.pending):
+            self.say(text + "\n")
+        self.pending = []
+
+
 def _run(bootstrap: str, work: Path, say: Callable[[str], Any], timeout_s: float,
          on_command: Callable[[MitigationCommand], None] | None) -> tuple[int, Tally]:
     run = prepare_run(bootstrap, work)
@@ -255,36 +297,38 @@ def _run(bootstrap: str, work: Path, say: Callable[[str], Any], timeout_s: float
     say(f"work dir {work}\n\n")
     guard = start_guard(run)
     tally = Tally()
-    cmd_topic = run.topic("commands")
+    signals = _SignalTail(bootstrap, run.topic("signals"))
+    timeline = _Timeline(say, start_ns, signals)
 
     def accepted(cmd: MitigationCommand) -> None:
         tally.executed.append(cmd)
         tally.commands[(cmd.action.value, cmd.scope.label())] += 1
-        extra = f" {dict(cmd.params)}" if cmd.params else ""
-        say(f"{_clock_s(cmd.recv_ts or cmd.issued_at, start_ns)} COMMAND {cmd.action.value:<17} "
-            f"{cmd.scope.label():<34} seq {cmd.seq:<3} verified{extra}\n        reason: {cmd.reason}\n")
+        timeline.command(cmd)
         if on_command is not None:
             on_command(cmd)
 
     def rejected(rej: Rejection) -> None:
         tally.rejections[rej.reason] += 1
-        say(f"          REJECTED {rej.reason}: {rej.detail}\n")
+        timeline.add(2**62, f"          REJECTED {rej.reason}: {rej.detail}")
 
     def gap(alert: GapAlert) -> None:
-        say(f"          GAP ALERT {alert}\n")
+        timeline.add(2**62, f"          GAP ALERT {alert}")
+
+    def read_signals(drain: bool = False) -> None:
+        for rec in signals.poll(drain=drain):
+            line = describe_signal(rec, start_ns)
+            if line:
+                tally.signals[type(rec).__name__] += 1
+                timeline.add(rec.ts, line)
 
     sub = subscriber_for(run, work / "sub.sqlite", on_command=accepted, on_reject=rejected,
                          on_alert=gap)
-    signals = _SignalTail(bootstrap, topic_name(ENV, "signals"))
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
-            for rec in signals.poll():
-                line = describe_signal(rec, start_ns)
-                if line:
-                    tally.signals[type(rec).__name__] += 1
-                    say(line + "\n")
+            read_signals()
             sub.poll(idle_timeout_s=0.3)
+            timeline.flush()
             if guard.poll() is not None:
                 break
         if guard.poll() is None:
@@ -295,23 +339,21 @@ def _run(bootstrap: str, work: Path, say: Callable[[str], Any], timeout_s: float
             log = guard.stdout.read().decode(errors="replace") if guard.stdout else ""
             say(f"guard dataflow failed (exit {guard.returncode}):\n{log[-3000:]}\n")
             return 1, tally
-        for rec in signals.poll(drain=True):
-            line = describe_signal(rec, start_ns)
-            if line:
-                tally.signals[type(rec).__name__] += 1
-                say(line + "\n")
+        read_signals(drain=True)
         sub.poll(idle_timeout_s=1.0)
+        timeline.flush(final=True)
         say("\ninjecting a forged command (signed by a key the trust file does not list)\n")
-        _inject_forged(bootstrap, cmd_topic)
+        _inject_forged(bootstrap, run.topic("commands"))
         sub.poll(idle_timeout_s=1.5)
+        timeline.flush(final=True)
     finally:
         sub.close()
         signals.close()
     _summary(tally, say)
-    say("\nriskguard audit verify --topic " + topic_name(ENV, "audit") + "\n")
+    say("\nriskguard audit verify --topic " + run.topic("audit") + "\n")
     from riskguard.cli import main as cli_main  # noqa: PLC0415  (avoid an import cycle)
 
-    rc = cli_main(["audit", "verify", "--topic", topic_name(ENV, "audit"), "--brokers", bootstrap,
+    rc = cli_main(["audit", "verify", "--topic", run.topic("audit"), "--brokers", bootstrap,
                    "--trust", str(keys.trust_file), "--roots", str(keys.roots_file)])
     return (0 if rc == 0 else 1), tally
 
@@ -347,13 +389,19 @@ class _SignalTail:
         self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": "riskguard-demo",
                            "enable.auto.commit": False, "fetch.wait.max.ms": 20})
         self.c.assign([TopicPartition(topic, p, 0) for p in range(2)])
+        self.event_time: dict[str, int] = {}
 
     def poll(self, drain: bool = False) -> list[Any]:
         out = []
         idle = 0
         while True:
             msgs = self.c.consume(500, 0.1)
-            out.extend(decode("signals", m.value()) for m in msgs if m.error() is None)
+            for m in msgs:
+                if m.error() is None:
+                    rec = decode("signals", m.value())
+                    # Commands cite their signals by the sha256 of these exact bytes.
+                    self.event_time[hashlib.sha256(m.value()).hexdigest()] = getattr(rec, "ts", 0)
+                    out.append(rec)
             if msgs:
                 idle = 0
                 continue

@@ -27,28 +27,24 @@ from typing import Any
 import bytewax.operators as op
 import msgspec
 from bytewax.dataflow import Dataflow, Stream, operator
-
-from riskguard.config import CommonConfig, config_hash, decode_section, read_toml
 from riskguard.connectors.kafka import kafka_input, kafka_output
 from riskguard.connectors.topics import topic_name
-from riskguard.errors import ConfigError
 from riskguard.operators.anomaly import detect_anomalies, extract_features
 from riskguard.operators.audit import AuditConfig
 from riskguard.operators.audit_op import audit_log
 from riskguard.operators.base import stateful_logic
-from riskguard.operators.clock import Clock, system_clock
-from riskguard.operators.crypto import PAYLOAD_LIMIT_UPDATE, Signer
+from riskguard.operators.clock import Clock, Tick, system_clock
+from riskguard.operators.crypto import Signer
 from riskguard.operators.detector import DetectorConfig
 from riskguard.operators.exposure import ExposureConfig
 from riskguard.operators.features import FeatureConfig
-from riskguard.operators.clock import Tick
 from riskguard.operators.feeds import FeedConfig, FeedMonitorLogic, FeedSelectLogic
 from riskguard.operators.limits import LimitsConfig
 from riskguard.operators.metrics import record_command, start_metrics_server_from_env
 from riskguard.operators.observe import ObserveConfig, configure, observe
 from riskguard.operators.playbook import PlaybookConfig
 from riskguard.operators.playbook_op import plan_mitigation
-from riskguard.operators.risk import aggregate_exposure, enforce_limits
+from riskguard.operators.risk import aggregate_exposure, enforce_limits, trust_verifier
 from riskguard.operators.signing import SignConfig, decode_command
 from riskguard.operators.signing_op import sign_commands
 from riskguard.operators.trust import RootSet, TrustStore
@@ -59,7 +55,6 @@ from riskguard.schemas import (
     Fill,
     FundingRate,
     IndexPrice,
-    LimitUpdate,
     MitigationCommand,
     OpenOrders,
     OptionQuote,
@@ -70,6 +65,9 @@ from riskguard.schemas import (
     VenueStatus,
 )
 from riskguard.schemas.time_policy import EventTimePolicy
+
+from riskguard.config import CommonConfig, config_hash, decode_section, read_toml
+from riskguard.errors import ConfigError
 
 NS = 1_000_000_000
 MARKET = (Trade, Quote, OptionQuote, IndexPrice, FundingRate)
@@ -230,14 +228,8 @@ def guard_core(
 
     exposure = aggregate_exposure("exposure", market_ok, trading, config=cfg.exposure, clock=clock)
     audience = Audience(env=cfg.env, topic=cfg.topic("limit_updates"))
-
-    def verify(env: SignedEnvelope, now_ns: int) -> LimitUpdate:
-        msg = trust.verify(env, expected_payload_type=PAYLOAD_LIMIT_UPDATE, audience=audience,
-                           now_ns=now_ns)
-        return msg.record  # type: ignore[no-any-return]
-
     limits = enforce_limits("limits", exposure.exposures, updates, config=cfg.limits,
-                            verifier=verify, clock=clock)
+                            verifier=trust_verifier(trust, audience), clock=clock)
 
     signals = op.map("observe_signals", op.merge(
         "signals", anomalies, exposure.alerts, limits.breaches, limits.alerts, feed_alerts,
@@ -306,8 +298,8 @@ def build_flow(
                      trust=trust)
     timeout = cfg.sink_delivery_timeout_s
     issuer = cfg.sign.issuer or signer.issuer
-    kafka_output("commands", out.commands, brokers=brokers, topic=cfg.topic("commands"), delivery_timeout_s=timeout,
-                 key=lambda _env: issuer)
+    kafka_output("commands", out.commands, brokers=brokers, topic=cfg.topic("commands"),
+                 delivery_timeout_s=timeout, key=lambda _env: issuer)
     dead = op.merge("dead", src.errs, out.dead_letters)
     kafka_output("dead_letters", dead, brokers=brokers, topic=cfg.topic("dead_letters"),
                  delivery_timeout_s=timeout)
@@ -315,7 +307,8 @@ def build_flow(
                  delivery_timeout_s=timeout)
     kafka_output("exposures", out.exposures, brokers=brokers, topic=cfg.topic("exposures"),
                  delivery_timeout_s=timeout)
-    kafka_output("audit", out.audit, brokers=brokers, topic=cfg.topic("audit"), delivery_timeout_s=timeout,
+    kafka_output("audit", out.audit, brokers=brokers, topic=cfg.topic("audit"),
+                 delivery_timeout_s=timeout,
                  key=lambda rec: getattr(rec, "chain", None) or getattr(rec, "origin", ""))
     return flow
 

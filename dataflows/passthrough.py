@@ -9,7 +9,6 @@ goes to ``dlq_topic`` as a dead letter. Run it on a cluster with, e.g.::
 from __future__ import annotations
 
 from bytewax.dataflow import Dataflow
-
 from riskguard.connectors.kafka import kafka_input, kafka_output
 
 

@@ -14,7 +14,7 @@ def _run(args: argparse.Namespace) -> int:
     load_guard_config(args.config)  # fail fast, naming the bad key, before bytewax starts
     cmd = [sys.executable, "-m", "bytewax.run", "riskguard.dataflows.guard", *args.bytewax]
     env = {**os.environ, "RISKGUARD_CONFIG": os.path.abspath(args.config)}
-    return subprocess.call(cmd, env=env)  # noqa: S603  (our own module)
+    return subprocess.call(cmd, env=env)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]  (argparse private generic)

@@ -225,3 +225,20 @@ def test_in_force_state_survives_a_subscriber_restart(tmp_path: Path) -> None:
     h2 = Harness(tmp_path, dedupe_in_force=True)
     h2.sub.handle(env_bytes(command(2, seq=2, scope=VENUE_X)), partition=0, offset=1)
     assert h2.executed == [] and [r.reason for r in h2.rejected] == ["already_in_force"]
+
+
+def test_the_same_action_with_new_params_is_an_update_and_executes(tmp_path: Path) -> None:
+    """A reroute narrowed to new targets is not a repeat: it executes."""
+    from riskguard.schemas import Action
+
+    h = Harness(tmp_path, dedupe_in_force=True)
+    first = command(1, issuer="engine-2", seq=1, scope=VENUE_X,
+                    action=Action.REROUTE_ORDER_FLOW, params={"targets": ["okx", "deribit"]})
+    narrowed = command(2, issuer="engine-2", seq=2, scope=VENUE_X,
+                       action=Action.REROUTE_ORDER_FLOW, params={"targets": ["okx"]})
+    again = command(3, issuer="engine-2", seq=3, scope=VENUE_X,
+                    action=Action.REROUTE_ORDER_FLOW, params={"targets": ["okx"]})
+    for i, c in enumerate((first, narrowed, again)):
+        h.sub.handle(env_bytes(c, ENGINE2), partition=0, offset=i)
+    assert [c.seq for c in h.executed] == [1, 2]
+    assert [r.reason for r in h.rejected] == ["already_in_force"]
