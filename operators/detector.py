@@ -1,33 +1,66 @@
-"""Engine-neutral online anomaly detector: one River model per key.
+"""Engine-neutral online anomaly detector: one model per key.
 
 :class:`DetectorLogic` consumes a key's ``FeatureVector`` stream and emits
 ``AnomalySignal`` episode events. For each vector it
 
 1. rejects non-finite values (dead letter ``non_finite``; never learned);
-2. **scores first**, with the key's River model (``MinMaxScaler |
-   HalfSpaceTrees`` for multivariate features, ``GaussianScorer`` for a single
-   feature; ``OneClassSVM`` and ``LocalOutlierFactor`` are selectable, LOF
-   manages only about 160 events/s so it is for low-rate keys);
-3. compares the score with an **adaptive threshold**: a rolling quantile of
-   the key's recent scores that targets ``target_alarm_rate``, never below
-   ``threshold_floor``;
-4. **then learns**, except (``protect_model``, the default) from points it
+2. **scores first** with the key's model and a calibrated tail score, then
+   compares the result with the key's **adaptive threshold**;
+3. **then learns**, except (``protect_model``, the default) from points it
    flagged, so an attack is not learned as normal; after
-   ``protect_max_points`` consecutive flagged points it learns again so a
-   lasting change of scale is eventually absorbed;
-5. feeds the score to an ADWIN (or PageHinkley) **drift** detector; a
+   ``protect_max_points`` consecutive flagged points, or while more than
+   ``protect_max_episodes`` episodes opened within about ``threshold_window / 2``
+   points (episodes that keep opening mean a change of scale, not an
+   incident), it learns again so a lasting change is absorbed;
+4. feeds the model score to an ADWIN (or PageHinkley) **drift** detector; a
    detected change emits a ``regime_change`` signal and re-adapts by
    ``drift_policy``: ``keep``, ``reset`` (fresh model, new warm-up) or
    ``blend`` (a fresh model learns beside the old one and replaces it after
    ``blend_points``);
-6. runs the **episode** state machine: one ``open`` signal when a run of
+5. runs the **episode** state machine: one ``open`` signal when a run of
    anomalous points starts, ``escalate`` when severity rises, ``close`` once
    the score has stayed below ``hysteresis * threshold`` for
    ``close_quiet_points`` points and ``close_quiet_ns`` of event time.
 
+Models (``model``):
+
+- ``hst`` (the default for several features): River's ``HalfSpaceTrees``
+  behind a scaler, in array form (:mod:`riskguard.operators.anomaly_hst`:
+  River's trees and scores, masses in 10 KiB of bytes per key, so building a
+  key's model and snapshotting it are cheap). ``scaler="minmax"`` is the
+  issue's ``MinMaxScaler | HalfSpaceTrees``; ``scaler="squash"`` (the
+  default) feeds ``0.5 + 0.5 * tanh(z / squash_scale)`` of the running
+  z-scores, which keeps resolution where a min-max range stretched by one
+  old outlier would squeeze every later point into a corner;
+- ``river_hst``: River's own ``HalfSpaceTrees`` objects (same scores; about
+  170 KiB per snapshot and 15 ms to build per key; for comparison);
+- ``gaussian`` (the default for one feature): River's ``GaussianScorer``,
+  scored as the surprise ``-log10`` of its two-sided tail probability;
+- ``oneclass_svm``: ``StandardScaler | OneClassSVM``;
+- ``lof``: River's ``LocalOutlierFactor``, about 160 events/s: **low-rate
+  keys only**.
+
+Hybrid score (``tail=True``, the default for multivariate models). Half-Space
+Trees only see which cell of the feature space a point falls in, so a
+feature at 50 standard deviations scores about the same as one at 5. The
+detector therefore also computes, per feature, the running z-score against
+the key's learned statistics, divides it by a streaming ``tail_quantile``
+(0.999) of that feature's normal ``|z|`` (never below ``tail_min_z``), and
+takes the largest ratio ``t``. The
+reported score is ``max(model score, threshold * t / tail_cut)``: it crosses
+the threshold when the model does, or when some feature deviates
+``tail_cut`` times further than its 99.9 % quantile in normal data. Half-Space
+Trees stay the multivariate model; the tail gives "how far".
+
+Adaptive threshold: a rolling quantile (``1 - target_alarm_rate``) of the
+model's recent scores (exact counts in 256 bins over the last
+``threshold_window / 2`` to ``threshold_window`` scores), plus
+``threshold_margin``, never below ``threshold_floor``.
+
 Warm-up is explicit: until a key has learned ``warmup_events`` points and
-``warmup_ns`` of event time, its signals carry ``warming_up=True`` and must
-not trigger mitigation.
+``warmup_ns`` of event time, its model has finished its first window (Half
+Space Trees score 0 until then), and the threshold has ``min_scores`` scores,
+its signals carry ``warming_up=True`` and must not trigger mitigation.
 
 >>> from riskguard.schemas import FeatureVector, Scope, ScopeKind
 >>> cfg = DetectorConfig(model="gaussian", warmup_events=50, warmup_ns=0)
@@ -49,11 +82,13 @@ from __future__ import annotations
 import math
 import pickle
 import uuid
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
+from riskguard.operators.anomaly_hst import ArrayHST, hst_shape
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import encode
 from riskguard.schemas.signals import AnomalySignal, Contribution, FeatureVector, Severity
@@ -63,21 +98,20 @@ from riskguard.errors import ConfigError
 NS = 1_000_000_000
 _NAMESPACE = uuid.UUID("6f1d3c1e-6a57-5d8e-9a55-7c1b0a2e4d11")
 _SEVERITY_RANK = {Severity.INFO: 0, Severity.WARN: 1, Severity.CRITICAL: 2}
+_MODELS = ("auto", "hst", "river_hst", "gaussian", "oneclass_svm", "lof")
+_BINS = 256
+_MAX_FINITE = 1.7976931348623157e308
 
 
 class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """Settings of ``detect_anomalies``.
+    """Settings of ``detect_anomalies``; see the module docstring for the model choices.
 
-    ``model``: ``auto`` picks ``hst`` (``MinMaxScaler | HalfSpaceTrees``) for
-    several features and ``gaussian`` (``GaussianScorer``) for one;
-    ``oneclass_svm`` (``StandardScaler | OneClassSVM``) and ``lof``
-    (``LocalOutlierFactor``, about 160 events/s: low-rate keys only) are
-    selectable. Keep ``hst_height`` near 8: height 15 costs over 500 us per
-    event and seconds to build.
+    Keep ``hst_height`` near 8: height 15 costs over 500 us per event and
+    seconds to build. ``lof`` manages about 160 events/s: low-rate keys only.
     """
 
-    model: Literal["auto", "hst", "gaussian", "oneclass_svm", "lof"] = "auto"
-    model_version: str = "1"
+    model: Literal["auto", "hst", "river_hst", "gaussian", "oneclass_svm", "lof"] = "auto"
+    model_version: str = "2"
     features: tuple[str, ...] = ()
     scaler: Literal["squash", "minmax"] = "squash"
     squash_scale: float = 8.0
@@ -85,14 +119,22 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     hst_height: int = 8
     hst_window: int = 250
     seed: int = 42
+    tail: bool = True
+    tail_cut: float = 2.0
+    tail_min_z: float = 4.0
+    tail_quantile: float = 0.999
+    tail_step: float = 0.05
+    stats_alpha: float = 0.002
+    stats_clip: float = 4.0
     warmup_events: int = 300
     warmup_ns: int = 300 * NS
     target_alarm_rate: float = 0.0002
     threshold_window: int = 4000
     threshold_floor: float | None = None
-    threshold_margin: float = 0.05
+    threshold_margin: float = 0.15
     protect_model: bool = True
     protect_max_points: int = 120
+    protect_max_episodes: float = 3.0
     drift: Literal["adwin", "page_hinkley", "none"] = "adwin"
     drift_delta: float = 0.0001
     drift_policy: Literal["keep", "reset", "blend"] = "blend"
@@ -109,11 +151,13 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     topic: str = "features"
     step: str = "detect"
 
-    def validate(self, path: str = "detector") -> DetectorConfig:
+    def validate(self, path: str = "detector") -> DetectorConfig:  # flat list of checks
         """Raise ``ConfigError`` naming the key of the first bad value."""
-        if self.model not in ("auto", "hst", "gaussian", "oneclass_svm", "lof"):
-            raise ConfigError(path + ".model",
-                              "must be one of auto, hst, gaussian, oneclass_svm, lof", self.model)
+        if self.model not in _MODELS:
+            raise ConfigError(path + ".model", "must be one of " + ", ".join(_MODELS),
+                              self.model)
+        if self.scaler not in ("squash", "minmax"):
+            raise ConfigError(path + ".scaler", "must be squash or minmax", self.scaler)
         if not 0.0 < self.target_alarm_rate < 0.5:
             raise ConfigError(path + ".target_alarm_rate", "must be in (0, 0.5)",
                               self.target_alarm_rate)
@@ -129,6 +173,14 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
         for name in ("warmup_events", "warmup_ns", "close_quiet_ns", "drift_cooldown_points"):
             if getattr(self, name) < 0:
                 raise ConfigError(path + "." + name, "must be >= 0", getattr(self, name))
+        if not 0.5 <= self.tail_quantile < 1.0:
+            raise ConfigError(path + ".tail_quantile", "must be in [0.5, 1)", self.tail_quantile)
+        for name in ("tail_cut", "tail_min_z", "squash_scale", "tail_step", "stats_clip"):
+            if not getattr(self, name) > 0.0:
+                raise ConfigError(path + "." + name, "must be a positive number",
+                                  getattr(self, name))
+        if not 0.0 < self.stats_alpha <= 1.0:
+            raise ConfigError(path + ".stats_alpha", "must be in (0, 1]", self.stats_alpha)
         if not 0.0 < self.hysteresis <= 1.0:
             raise ConfigError(path + ".hysteresis", "must be in (0, 1]", self.hysteresis)
         if self.drift not in ("adwin", "page_hinkley", "none"):
@@ -139,33 +191,46 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
         return self
 
 
-def make_model(config: DetectorConfig, features: tuple[str, ...]) -> tuple[Any, str]:
-    """Build a fresh River model and its name for these features."""
-    n_features = len(features)
+def model_kind(config: DetectorConfig, n_features: int) -> str:
+    """The model kind ``auto`` resolves to for ``n_features`` features."""
+    if config.model == "auto":
+        return "gaussian" if n_features == 1 else "hst"
+    return config.model
+
+
+def model_name(config: DetectorConfig, features: tuple[str, ...]) -> str:
+    """The label carried by signals: scaler, model, size and ``+tail`` for the hybrid."""
+    kind = model_kind(config, len(features))
+    scaler = "ZSquash" if config.scaler == "squash" else "MinMaxScaler"
+    size = f"(h={config.hst_height},t={config.hst_trees})"
+    name = {
+        "hst": f"{scaler}|HalfSpaceTrees{size}",
+        "river_hst": f"{scaler}|river.HalfSpaceTrees{size}",
+        "gaussian": "GaussianScorer",
+        "oneclass_svm": "StandardScaler|OneClassSVM",
+        "lof": "LocalOutlierFactor",
+    }[kind]
+    return name + "+tail" if config.tail and kind != "gaussian" else name
+
+
+def make_model(config: DetectorConfig, features: tuple[str, ...]) -> Any:
+    """A fresh model for these features: an :class:`ArrayHST` or a River estimator."""
+    kind = model_kind(config, len(features))
+    if kind == "hst":
+        return ArrayHST(hst_shape(tuple(sorted(features)), config.hst_trees, config.hst_height,
+                                  config.hst_window, config.seed))
     from river import anomaly, preprocessing  # noqa: PLC0415  # river import is slow; lazy
 
-    kind = config.model
-    if kind == "auto":
-        kind = "gaussian" if n_features == 1 else "hst"
     if kind == "gaussian":
-        return anomaly.GaussianScorer(grace_period=min(100, max(1, config.warmup_events))), \
-            "GaussianScorer"
+        return anomaly.GaussianScorer(grace_period=min(100, max(1, config.warmup_events)))
     if kind == "oneclass_svm":
-        return preprocessing.StandardScaler() | anomaly.OneClassSVM(nu=0.1), \
-            "StandardScaler|OneClassSVM"
+        return preprocessing.StandardScaler() | anomaly.OneClassSVM(nu=0.1)
     if kind == "lof":
-        return anomaly.LocalOutlierFactor(n_neighbors=10), "LocalOutlierFactor"
-    if config.scaler == "squash":
-        # the detector feeds tanh-squashed running z-scores in [0, 1]
-        return anomaly.HalfSpaceTrees(
-            n_trees=config.hst_trees, height=config.hst_height,
-            window_size=config.hst_window, seed=config.seed,
-            limits=dict.fromkeys(features, (0.0, 1.0)),
-        ), f"ZSquash|HalfSpaceTrees(h={config.hst_height},t={config.hst_trees})"
-    return (preprocessing.MinMaxScaler() | anomaly.HalfSpaceTrees(
-        n_trees=config.hst_trees, height=config.hst_height,
-        window_size=config.hst_window, seed=config.seed,
-    )), f"MinMaxScaler|HalfSpaceTrees(h={config.hst_height},t={config.hst_trees})"
+        return anomaly.LocalOutlierFactor(n_neighbors=10)
+    # river_hst: the detector scales (squash or min-max) and feeds values in [0, 1]
+    return anomaly.HalfSpaceTrees(n_trees=config.hst_trees, height=config.hst_height,
+                                  window_size=config.hst_window, seed=config.seed,
+                                  limits=dict.fromkeys(features, (0.0, 1.0)))
 
 
 def _make_drift(config: DetectorConfig) -> Any:
@@ -178,34 +243,103 @@ def _make_drift(config: DetectorConfig) -> Any:
     return None
 
 
-def _make_quantile(config: DetectorConfig) -> Any:
-    from river import stats  # noqa: PLC0415  # lazy, as above
+class ScoreQuantile:
+    """A rolling quantile in fixed memory: exact counts in 256 bins, two half windows.
 
-    return stats.RollingQuantile(q=1.0 - config.target_alarm_rate,
-                                 window_size=config.threshold_window)
+    Scores of the last ``window / 2`` to ``window`` points are counted (the
+    older half is dropped whole when the newer one fills). ``get(q)`` returns
+    the upper edge of the bin holding the ``q`` quantile, so it errs high by at
+    most one bin. Model scores in ``[lo, hi]`` are binned linearly; others
+    are mapped by ``s / (1 + |s|)`` first.
+    """
+
+    __slots__ = ("bounded", "cur", "half", "n_cur", "n_old", "old")
+
+    def __init__(self, window: int, bounded: bool, state: tuple[Any, ...] | None = None) -> None:
+        self.half = max(1, window // 2)
+        self.bounded = bounded
+        if state is None:
+            self.cur = array("I", bytes(4 * _BINS))
+            self.old = array("I", bytes(4 * _BINS))
+            self.n_cur = self.n_old = 0
+        else:
+            cur, old, self.n_cur, self.n_old = state
+            self.cur = array("I", cur)
+            self.old = array("I", old)
+
+    def state(self) -> tuple[bytes, bytes, int, int]:
+        return self.cur.tobytes(), self.old.tobytes(), self.n_cur, self.n_old
+
+    @property
+    def count(self) -> int:
+        return self.n_cur + self.n_old
+
+    def _bin(self, s: float) -> int:
+        u = s if self.bounded else 0.5 + 0.5 * s / (1.0 + abs(s))
+        return min(_BINS - 1, max(0, int(u * _BINS)))
+
+    def _edge(self, b: int) -> float:
+        u = (b + 1) / _BINS
+        if self.bounded:
+            return u
+        v = 2.0 * u - 1.0
+        return v / (1.0 - abs(v)) if abs(v) < 1.0 else _MAX_FINITE
+
+    def update(self, s: float) -> None:
+        self.cur[self._bin(s)] += 1
+        self.n_cur += 1
+        if self.n_cur >= self.half:
+            self.old, self.cur = self.cur, self.old
+            self.n_old = self.n_cur
+            self.n_cur = 0
+            for i in range(_BINS):
+                self.cur[i] = 0
+
+    def get(self, q: float) -> float:
+        n = self.n_cur + self.n_old
+        if n == 0:
+            return math.inf
+        tail = (1.0 - q) * n
+        cum = 0
+        cur, old = self.cur, self.old
+        for b in range(_BINS - 1, -1, -1):
+            cum += cur[b] + old[b]
+            if cum > tail:
+                return self._edge(b)
+        return self._edge(0)
 
 
 @dataclass
 class DetectorState:
-    """One key's detector state. River objects are held as pickled bytes."""
+    """One key's detector state: plain data, masses and counters as bytes.
 
-    version: int = 1
+    ``hst``/``fresh_hst`` hold :meth:`ArrayHST.state` tuples; other models are
+    pickled into ``model``/``fresh``; ``quantile`` is a
+    :meth:`ScoreQuantile.state` tuple.
+    """
+
+    version: int = 2
     key: str = ""
     features: tuple[str, ...] = ()
+    model_name: str = ""
+    hst: tuple[Any, ...] = ()
+    fresh_hst: tuple[Any, ...] = ()
     model: bytes = b""
     fresh: bytes = b""
-    quantile: bytes = b""
+    quantile: tuple[Any, ...] = ()
     drift: bytes = b""
-    model_name: str = ""
     n_seen: int = 0
     n_learned: int = 0
     n_fresh: int = 0
     first_ts: int = -1
     since_drift: int = 0
     protected_run: int = 0
-    n_scores: int = 0
-    mean: dict[str, float] = field(default_factory=dict)
-    var: dict[str, float] = field(default_factory=dict)
+    recent_opens: float = 0.0
+    mean: list[float] = field(default_factory=list)
+    var: list[float] = field(default_factory=list)
+    peak: list[float] = field(default_factory=list)
+    lo: list[float] = field(default_factory=list)
+    hi: list[float] = field(default_factory=list)
     n_stats: int = 0
     episodes: int = 0
     signals: int = 0
@@ -225,91 +359,192 @@ class DetectorLogic:
                  state: DetectorState | None = None) -> None:
         self.config = config
         self.clock = clock
+        if state is not None and state.version != 2:
+            raise ConfigError("detector state.version", "2 (this release's snapshots)",
+                              state.version)
         self.s = state if state is not None else DetectorState()
         s = self.s
-        self.model: Any = pickle.loads(s.model) if s.model else None  # own state
-        self.fresh: Any = pickle.loads(s.fresh) if s.fresh else None
-        self.quantile: Any = (pickle.loads(s.quantile) if s.quantile
-                              else _make_quantile(config))
-        self.drift: Any = (pickle.loads(s.drift) if s.drift
-                           else _make_drift(config))
-        self._univariate = False
-        self._squashing = False
+        self.model: Any = None
+        self.fresh: Any = None
+        self.kind = ""
+        self._array = False
+        self._tailing = False
+        self._dirty = True
+        self._pickled: tuple[bytes, bytes, bytes] = (b"", b"", b"")
+        self.quantile = ScoreQuantile(config.threshold_window, True, s.quantile or None)
+        self.drift: Any = pickle.loads(s.drift) if s.drift else _make_drift(config)  # own state
+        self._up = 1.0 + config.tail_step
+        self._open_decay = 1.0 - 2.0 / config.threshold_window
+        self._down = 1.0 - config.tail_step * (1.0 - config.tail_quantile) / config.tail_quantile
         if s.features:
             self._set_kind()
+            if self._array:
+                shape = self._new_model().shape
+                self.model = ArrayHST(shape, *s.hst) if s.hst else ArrayHST(shape)
+                self.fresh = ArrayHST(shape, *s.fresh_hst) if s.fresh_hst else None
+            else:
+                self.model = pickle.loads(s.model) if s.model else self._new_model()
+                self.fresh = pickle.loads(s.fresh) if s.fresh else None
+
+    def _set_kind(self) -> None:
+        self.kind = model_kind(self.config, len(self.s.features))
+        self._array = self.kind == "hst"
+        self._tailing = self.config.tail and self.kind != "gaussian"
+        self.quantile.bounded = self.kind in ("hst", "river_hst")
+
+    def _new_model(self) -> Any:
+        return make_model(self.config, self.s.features)
 
     @property
     def min_scores(self) -> int:
         """Scores needed before the rolling quantile is trusted as a threshold."""
         c = self.config
-        return min(c.threshold_window, max(50, c.warmup_events // 2))
+        return min(c.threshold_window // 2, max(50, c.warmup_events // 2))
 
-    def _set_kind(self) -> None:
-        kind = self.model_kind()
-        self._univariate = kind == "gaussian"
-        self._squashing = kind == "hst" and self.config.scaler == "squash"
-
-    def model_kind(self) -> str:
-        k = self.config.model
-        if k == "auto":
-            return "gaussian" if len(self.s.features) == 1 else "hst"
-        return k
+    def model_ready(self) -> bool:
+        """False while the model cannot score yet (Half-Space Trees' first window)."""
+        m = self.model
+        if m is None:
+            return False
+        if self._array:
+            return bool(m.ready)
+        if self.kind == "river_hst":
+            return not m._first_window  # River's own flag
+        if self.kind == "gaussian":
+            # GaussianScorer scores 0 during its grace period
+            return bool(m.gaussian.n_samples >= m.grace_period)
+        return True
 
     # -- public ------------------------------------------------------------
     def snapshot(self) -> DetectorState:
-        """An independent copy: River objects are pickled into bytes."""
+        """An independent copy. Array masses are copied as bytes; River models are
+        pickled only when they changed since the last snapshot."""
         s = self.s
         snap = DetectorState(**{k: getattr(s, k) for k in s.__dataclass_fields__})
-        snap.model = pickle.dumps(self.model) if self.model is not None else b""
-        snap.fresh = pickle.dumps(self.fresh) if self.fresh is not None else b""
-        snap.quantile = pickle.dumps(self.quantile)
-        snap.drift = pickle.dumps(self.drift) if self.drift is not None else b""
-        snap.mean = dict(s.mean)
-        snap.var = dict(s.var)
+        if self._array:
+            snap.hst = self.model.state()
+            snap.fresh_hst = self.fresh.state() if self.fresh is not None else ()
+        if self._dirty or not self._array:
+            if not self._array and self.model is not None:
+                snap.model = pickle.dumps(self.model)
+                snap.fresh = pickle.dumps(self.fresh) if self.fresh is not None else b""
+            snap.drift = pickle.dumps(self.drift) if self.drift is not None else b""
+            self._pickled = (snap.model, snap.fresh, snap.drift)
+            self._dirty = False
+        else:
+            snap.model, snap.fresh, snap.drift = self._pickled
+        snap.quantile = self.quantile.state()
+        snap.mean = list(s.mean)
+        snap.var = list(s.var)
+        snap.peak = list(s.peak)
+        snap.lo = list(s.lo)
+        snap.hi = list(s.hi)
         return snap
 
     def threshold(self) -> float:
         """The key's current alarm threshold (``inf`` before it has scores)."""
         c = self.config
-        thr = math.inf if self.s.n_scores < 50 else float(self.quantile.get()) + c.threshold_margin
-        if c.threshold_floor is not None:
-            thr = max(thr, c.threshold_floor) if thr != math.inf else thr
+        q = self.quantile.get(1.0 - c.target_alarm_rate)
+        enough = self.quantile.count >= min(50, self.min_scores)
+        thr = q + c.threshold_margin if enough else math.inf
+        if c.threshold_floor is not None and thr != math.inf:
+            thr = max(thr, c.threshold_floor)
         return thr
 
     def on_event(self, fv: FeatureVector) -> list[AnomalySignal | DeadLetter]:
         s = self.s
         c = self.config
-        for name, val in fv.values.items():
+        values = fv.values
+        for name, val in values.items():
             if not math.isfinite(val):
                 return [self._dead(fv, name, val)]
+        self._dirty = True
         if not s.features:
-            s.key = fv.key
-            s.features = tuple(sorted(c.features or fv.values))
-            self.model, s.model_name = make_model(c, s.features)
-            self._set_kind()
+            self._init_key(fv)
         if s.first_ts < 0:
             s.first_ts = fv.ts
-        get = fv.values.get
-        x = {f: get(f, 0.0) for f in s.features}
+        get = values.get
+        feats = s.features
+        x = [get(f, 0.0) for f in feats]
         s.n_seen += 1
-        xm = self._squash(x) if self._squashing else x
-        score = self._score(self.model, xm)
+        # running z-scores against the learned statistics (score before learning)
+        mean, var = s.mean, s.var
+        n_stats = s.n_stats
+        z = [0.0] * len(x)
+        if n_stats:
+            for i, v in enumerate(x):
+                m = mean[i]
+                d = v - m
+                # rounding noise of a constant feature is not a deviation
+                floor = 1e-9 * (abs(m) + 1e-9)
+                vv = var[i]
+                if vv > floor * floor:
+                    z[i] = d / math.sqrt(vv)
+                elif abs(d) > 1e3 * floor:
+                    z[i] = math.copysign(1e6, d)
+        # the model's score; an ArrayHST also counts the point (taken back if not learned)
+        leaves: list[int] | None = None
+        fresh_leaves: list[int] | None = None
+        if self._array or self.kind == "river_hst":
+            xm = self._scaled(x, z)
+            if self._array:
+                score, leaves = self.model.score(xm, True)
+            else:
+                xd = dict(zip(feats, xm, strict=True))
+                score = float(self.model.score_one(xd))
+        else:
+            xm = x
+            score = self._score_river(x)
+        ready = self.model_ready()
         warming = (s.n_learned < c.warmup_events or fv.ts - s.first_ts < c.warmup_ns
-                   or s.n_scores < self.min_scores)
+                   or not ready or self.quantile.count < self.min_scores)
         thr = self.threshold()
+        model_score = score
+        # calibrated univariate tail: worst |z| over that feature's recent normal peak
+        tail = 0.0
+        if self._tailing and n_stats >= 30:
+            peak = s.peak
+            mz = c.tail_min_z
+            for i, zi in enumerate(z):
+                p = peak[i]
+                t = abs(zi) / (p if p > mz else mz)
+                tail = max(tail, t)
+            if tail > c.tail_cut and thr != math.inf:
+                score = max(score, thr + abs(thr) * (tail / c.tail_cut - 1.0))
         anomalous = score > thr
-        out: list[AnomalySignal | DeadLetter] = []
-        contributions = self._explain(x) if anomalous or s.ep_open else []
-        protect = c.protect_model and anomalous and not warming
+        contributions = self._explain(x, z) if anomalous or s.ep_open else []
+        # protection holds for an incident (one episode, even a long one) but not when
+        # episodes keep opening: that is a change of scale the model must absorb
+        s.recent_opens *= self._open_decay
+        protect = (c.protect_model and anomalous and not warming
+                   and s.recent_opens < c.protect_max_episodes)
         if protect and s.protected_run < c.protect_max_points:
             s.protected_run += 1
+            if leaves is not None:
+                self.model.uncount(leaves)
         else:
             if not anomalous:
                 s.protected_run = 0
-            self._learn(x, xm, score)
+            if self._array:
+                self.model.commit()
+                if self.fresh is not None:
+                    fresh_leaves = self.fresh.score(xm, True)[1]
+                    self.fresh.commit()
+            else:
+                self._learn_river(x, xm)
+            s.n_learned += 1
+            if ready:
+                self.quantile.update(model_score)
+            self._learn_stats(x, z)
+            if self.fresh is not None:
+                s.n_fresh += 1
+                if s.n_fresh >= c.blend_points:
+                    self.model, self.fresh, s.n_fresh = self.fresh, None, 0
+        del fresh_leaves
+        out: list[AnomalySignal | DeadLetter] = []
         out.extend(self._episode(fv, score, thr, anomalous, warming, contributions))
-        if self.drift is not None:
-            self.drift.update(score)
+        if self.drift is not None and ready:
+            self.drift.update(model_score)
             s.since_drift += 1
             if self.drift.drift_detected and not warming and \
                     s.since_drift >= c.drift_cooldown_points:
@@ -320,83 +555,114 @@ class DetectorLogic:
         return out
 
     # -- internals ---------------------------------------------------------
-    def _score(self, model: Any, x: dict[str, float]) -> float:
-        if model is None:
-            return 0.0
-        if self._univariate:
-            # GaussianScorer gives 2|cdf - 0.5|, which saturates near 1; its surprise
-            # -log10(two-sided tail probability) keeps resolution in the tail
-            p = float(model.score_one({}, next(iter(x.values()))))
-            return -math.log10(max(1e-300, 1.0 - p))
-        return float(model.score_one(x))
-
-    def _squash(self, x: dict[str, float]) -> dict[str, float]:
+    def _init_key(self, fv: FeatureVector) -> None:
         s = self.s
-        k = 0.5 / self.config.squash_scale
-        out = {}
-        for f, v in x.items():
-            var = s.var.get(f, 0.0)
-            if var > 1e-18:
-                out[f] = 0.5 + 0.5 * math.tanh((v - s.mean[f]) * k * 2.0 / math.sqrt(var))
-            else:
-                out[f] = 0.5 if v == s.mean.get(f, v) else (1.0 if v > s.mean[f] else 0.0)
+        c = self.config
+        s.key = fv.key
+        s.features = tuple(sorted(c.features or fv.values))
+        n = len(s.features)
+        s.mean = [0.0] * n
+        s.var = [0.0] * n
+        s.peak = [c.tail_min_z] * n
+        s.lo = [math.inf] * n
+        s.hi = [-math.inf] * n
+        self._set_kind()
+        self.model = self._new_model()
+        s.model_name = model_name(c, s.features)
+
+    def _scaled(self, x: list[float], z: list[float]) -> list[float]:
+        """Model input in [0, 1]: squashed z-scores, or River's MinMaxScaler transform."""
+        s = self.s
+        if self.config.scaler == "squash":
+            k = 1.0 / self.config.squash_scale
+            tanh = math.tanh
+            return [0.5 + 0.5 * tanh(zi * k) for zi in z]
+        lo, hi = s.lo, s.hi
+        out = []
+        for i, v in enumerate(x):
+            a, b = lo[i], hi[i]
+            # MinMaxScaler: min/max include the point being learned (River learns, then
+            # transforms); an unseen range maps to 0
+            a = min(a, v)
+            b = max(b, v)
+            out.append((v - a) / (b - a) if b > a else 0.0)
         return out
 
-    def _learn(self, x: dict[str, float], xm: dict[str, float], score: float) -> None:
+    def _score_river(self, x: list[float]) -> float:
+        m = self.model
+        if self.kind == "gaussian":
+            # GaussianScorer gives 2|cdf - 0.5|, which saturates near 1; its surprise
+            # -log10(two-sided tail probability) keeps resolution in the tail
+            p = float(m.score_one({}, x[0]))
+            return -math.log10(max(1e-300, 1.0 - p))
+        return float(m.score_one(dict(zip(self.s.features, x, strict=True))))
+
+    def _learn_river(self, x: list[float], xm: list[float]) -> None:
+        feats = self.s.features
+        for m in (self.model, self.fresh):
+            if m is None:
+                continue
+            if self.kind == "gaussian":
+                m.learn_one({}, x[0])
+            elif self.kind == "river_hst":
+                m.learn_one(dict(zip(feats, xm, strict=True)))
+            else:
+                m.learn_one(dict(zip(feats, x, strict=True)))
+
+    def _learn_stats(self, x: list[float], z: list[float]) -> None:
+        """Welford, then exponential forgetting; a streaming ``tail_quantile`` of |z|.
+
+        The quantile of each feature's |z| moves up by ``tail_step`` (relative)
+        when a learned point exceeds it and down by a matching small step
+        otherwise, so it settles where a ``1 - tail_quantile`` share of points
+        exceed it, and a slow ramp cannot drag it up faster than that.
+        """
         s = self.s
-        if self._univariate:
-            y = next(iter(x.values()))
-            self.model.learn_one({}, y)
-            if self.fresh is not None:
-                self.fresh.learn_one({}, y)
-        else:
-            self.model.learn_one(xm)
-            if self.fresh is not None:
-                self.fresh.learn_one(xm)
-        s.n_learned += 1
-        if s.n_learned > self.config.warmup_events // 2:
-            # the first half of warm-up scores a model that has barely learned
-            self.quantile.update(score)
-            s.n_scores += 1
-        if self.fresh is not None:
-            s.n_fresh += 1
-            if s.n_fresh >= self.config.blend_points:
-                self.model, self.fresh, s.n_fresh = self.fresh, None, 0
-        # running statistics for explanations (Welford, then exponential forgetting)
+        c = self.config
         s.n_stats += 1
-        a = 1.0 / s.n_stats if s.n_stats < 1000 else 0.001
-        mean, var = s.mean, s.var
-        for f, v in x.items():
-            m = mean.get(f, v)
-            d = v - m
-            mean[f] = m + a * d
-            var[f] = (1.0 - a) * (var.get(f, 0.0) + a * d * d)
+        n = s.n_stats
+        a = 1.0 / n if n * c.stats_alpha < 1.0 else c.stats_alpha
+        mean, var, lo, hi = s.mean, s.var, s.lo, s.hi
+        track_peak = n > 30
+        peak = s.peak
+        up, down = self._up, self._down
+        clip = c.stats_clip
+        for i, v in enumerate(x):
+            d = v - mean[i]
+            if track_peak:
+                # Huber-style: a learned point moves the statistics at most as far as
+                # one ``stats_clip`` standard deviations away would, so a slow ramp
+                # (a freezing feed) cannot inflate the variance it is measured by
+                lim = clip * math.sqrt(var[i])
+                if d > lim:
+                    d = lim
+                elif d < -lim:
+                    d = -lim
+            mean[i] += a * d
+            var[i] = (1.0 - a) * (var[i] + a * d * d)
+            lo[i] = min(lo[i], v)
+            hi[i] = max(hi[i], v)
+            if track_peak:
+                peak[i] *= up if abs(z[i]) > peak[i] else down
 
     def _adapt(self, ts: int) -> None:
         s = self.s
         policy = self.config.drift_policy
         if policy == "reset":
-            self.model, _ = make_model(self.config, s.features)
+            self.model = self._new_model()
             self.fresh = None
-            self.quantile = _make_quantile(self.config)
+            self.quantile = ScoreQuantile(self.config.threshold_window, self.quantile.bounded)
             s.n_learned = 0
-            s.n_scores = 0
             s.first_ts = ts
         elif policy == "blend":
-            self.fresh, _ = make_model(self.config, s.features)
+            self.fresh = self._new_model()
             s.n_fresh = 0
 
-    def _explain(self, x: dict[str, float]) -> list[Contribution]:
-        s = self.s
-        zs = []
-        for f, v in x.items():
-            sd = math.sqrt(s.var.get(f, 0.0))
-            m = s.mean.get(f, v)
-            z = (v - m) / sd if sd > 1e-12 else (0.0 if v == m else math.copysign(1e6, v - m))
-            zs.append((abs(z), f, v, z))
-        zs.sort(key=lambda t: (-t[0], t[1]))
-        return [Contribution(feature=f, value=v, zscore=max(-1e12, min(1e12, z)))
-                for _, f, v, z in zs[: self.config.top_k]]
+    def _explain(self, x: list[float], z: list[float]) -> list[Contribution]:
+        feats = self.s.features
+        order = sorted(range(len(x)), key=lambda i: (-abs(z[i]), feats[i]))
+        return [Contribution(feature=feats[i], value=x[i], zscore=max(-1e12, min(1e12, z[i])))
+                for i in order[: self.config.top_k]]
 
     def _severity(self, excess: float, duration: int) -> Severity:
         c = self.config
@@ -415,6 +681,7 @@ class DetectorLogic:
             excess = (score - thr) / max(abs(thr), 1e-12)
             if not s.ep_open:
                 s.episodes += 1
+                s.recent_opens += 1.0
                 s.ep_open = True
                 s.ep_start = ts
                 s.ep_quiet = 0
@@ -457,10 +724,10 @@ class DetectorLogic:
         s = self.s
         s.signals += 1
         sid = str(uuid.uuid5(_NAMESPACE, f"{s.key}:{s.signals}:{kind}:{phase}:{fv.ts}"))
-        finite_thr = thr if math.isfinite(thr) else 1.7976931348623157e308
         return AnomalySignal(
             id=sid, kind=kind, phase=phase, key=s.key, scope=fv.scope, ts=fv.ts,
-            recv_ts=fv.recv_ts, episode_id=episode_id, score=score, threshold=finite_thr,
+            recv_ts=fv.recv_ts, episode_id=episode_id,
+            score=min(score, _MAX_FINITE), threshold=min(thr, _MAX_FINITE),
             severity=severity, warming_up=warming, top_features=contributions,
             model=s.model_name, model_version=self.config.model_version,
             evidence_ids=list(fv.evidence_ids),

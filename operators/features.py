@@ -11,6 +11,14 @@ at the bar's last event, emitted when the first event of a later bar arrives.
 Bars close on event time only, never on the wall clock, so replays are
 deterministic. With ``cadence="event"`` a vector is emitted after every event.
 
+Staleness: ``quote_age_s`` is the time since the key's last quote or trade
+(any market update), ``price_age_s`` the time since its price last changed
+(a frozen feed keeps quoting the same price); both are measured at the
+vector's event time, so index ticks reveal a feed that has gone quiet.
+``volume_z`` compares a fast EWMA of trade size with slow statistics that
+are winsorized at 4 standard deviations, so a burst does not become its own
+yardstick.
+
 Lateness policy: the key's watermark is the largest event time it has seen.
 An event older than ``watermark - allowed_lateness_ns`` goes to the dead
 letters with reason ``late``; an older event within that bound still updates
@@ -84,7 +92,7 @@ class FeatureConfig(msgspec.Struct, frozen=True, kw_only=True):
     allowed_lateness_ns: int = 2 * NS
     allowed_skew_ns: int = 5 * NS
     return_window_ns: int = 5 * NS
-    iv_window_ns: int = 30 * NS
+    iv_window_ns: int = 10 * NS
     fast_alpha: float = 0.3
     slow_alpha: float = 0.01
     rate_halflife_ns: int = 10 * NS
@@ -147,7 +155,8 @@ class FeatureState:
     # price
     mid: float = 0.0
     logp: float = 0.0
-    quote_ts: int = -1
+    quote_ts: int = -1  # last quote or trade
+    has_quotes: bool = False
     change_ts: int = -1
     spread_bps: float = 0.0
     depth_imb: float = 0.0
@@ -314,15 +323,19 @@ class FeatureLogic:
             depth = rec.bid_size + rec.ask_size
             s.depth_imb = (rec.bid_size - rec.ask_size) / depth if depth > 0 else 0.0
             s.quote_ts = max(s.quote_ts, ts)
+            s.has_quotes = True
             self._price(mid, ts)
         elif t is Trade:
             if not s.kind:
                 s.kind = "market"
             if not s.key:
                 s.key = f"{rec.venue}/{rec.instrument}"
+            if rec.price != s.last_trade:
+                s.change_ts = max(s.change_ts, ts)
             s.last_trade = rec.price
+            s.quote_ts = max(s.quote_ts, ts)
             self._trade(rec.qty, 1.0 if rec.side == "buy" else -1.0, ts)
-            if s.quote_ts < 0:
+            if not s.has_quotes:
                 self._price(rec.price, ts)
         elif t is IndexPrice:
             if rec.venue in self.config.oracle_sources:
@@ -379,6 +392,10 @@ class FeatureLogic:
         else:
             a = self._slow if s.n_trades > 50 else 1.0 / (s.n_trades + 1)
             d = qty - s.vol_mean
+            if s.n_trades > 50:
+                # winsorized at 4 sd: a burst of huge trades must not become its own yardstick
+                lim = 4.0 * math.sqrt(s.vol_var)
+                d = lim if d > lim else d
             s.vol_mean += a * d
             s.vol_var = (1 - a) * (s.vol_var + a * d * d)
         s.n_trades += 1
