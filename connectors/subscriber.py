@@ -43,6 +43,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from riskguard.operators.clock import Clock, system_clock
 from riskguard.operators.crypto import PAYLOAD_COMMAND, Reason, decode_envelope
+from riskguard.operators.observe import observe_gap, observe_rejection
 from riskguard.operators.trust import DEFAULT_LEEWAY_NS, TrustStore
 from riskguard.schemas.commands import Audience, MitigationCommand
 
@@ -246,6 +247,7 @@ class CommandSubscriber:
             self.stats["gaps"] += 1
             alert = GapAlert(issuer=cmd.issuer, expected=expected, got=cmd.seq,
                              partition=partition, offset=offset)
+            observe_gap(alert)
             if self.on_alert is not None:
                 self.on_alert(alert)
         holder = None
@@ -272,6 +274,7 @@ class CommandSubscriber:
         )
         self.stats["rejected"] += 1
         self.stats[f"rejected.{reason}"] += 1
+        observe_rejection(rej)
         if self.on_reject is not None:
             self.on_reject(rej)
         line = msgspec.json.encode(asdict(rej))

@@ -8,12 +8,14 @@ import sys
 
 from riskguard.connectors.subscriber import CommandSubscriber, GapAlert, Rejection
 from riskguard.errors import ConfigError, RiskguardError
+from riskguard.operators.metrics import start_metrics_server_from_env
 from riskguard.operators.trust import RootSet, TrustStore
 from riskguard.schemas.codec import encode
 from riskguard.schemas.commands import Audience, MitigationCommand
 
 
 def _run(args: argparse.Namespace) -> int:
+    start_metrics_server_from_env()  # RISKGUARD_METRICS_PORT: rejections and gaps
     try:
         trust = TrustStore.load(args.trust, RootSet.load(args.roots))
     except (RiskguardError, ConfigError) as err:
