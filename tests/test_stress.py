@@ -1,0 +1,86 @@
+"""Stress scenarios: every bundled scenario passes; a broken playbook fails the cascade."""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+
+import pytest
+
+from riskguard.dataflows.stress import (
+    bundled,
+    disable_escalation,
+    load_scenario,
+    monte_carlo,
+    run_scenario,
+    scenario_path,
+)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory):
+    return tmp_path_factory.mktemp("stress")
+
+
+def test_the_library_ships_the_required_scenarios():
+    """The nine scenarios the issue names are bundled."""
+    assert set(bundled()) >= {
+        "flash_crash", "venue_outage", "ftx_insolvency", "usdc_depeg", "liquidation_cascade",
+        "oracle_failure", "latency_storm", "correlated_crash", "cascading_failure"}
+
+
+@pytest.mark.parametrize("name", bundled())
+def test_bundled_scenario_passes_and_ends_safe(name, work):
+    """No expectation FAILs (known gaps are reported as GAP), both invariants hold."""
+    o = run_scenario(load_scenario(scenario_path(name)), work)
+    failed = [(c.action, c.scope, c.detail) for c in o.checks if c.result == "FAIL"]
+    assert failed == []
+    assert o.safe
+    assert o.report["stress"]["passed"] is True
+
+
+def test_cascade_mitigations_meet_their_deadlines(work):
+    """okx reroutes to binance, binance breaches, both end halted, in time."""
+    o = run_scenario(load_scenario(scenario_path("cascading_failure")), work)
+    got = {(c.action, c.scope): c.actual_s for c in o.checks if c.action != "invariant"}
+    assert got[("reroute_order_flow", "venue:okx")] <= 10
+    assert got[("halt_trading", "counterparty:binance")] <= 340
+    reroutes = [c for c in o.result.commands if c.action.value == "reroute_order_flow"]
+    assert [c.params["targets"] for c in reroutes] == [["binance"]]
+
+
+def test_broken_playbook_fails_the_cascade_with_a_clear_message(work):
+    """With escalation disabled (first rung only) the cascade never halts
+    anything: the halt expectations and the safe-end invariant FAIL and say why."""
+    pb = tomllib.loads(resources.files("riskguard.dataflows").joinpath(
+        "playbook.toml").read_text())["playbook"]
+    o = run_scenario(load_scenario(scenario_path("cascading_failure")), work,
+                     playbook=disable_escalation(pb))
+    assert not o.passed
+    fails = {(c.action, c.scope): c.detail for c in o.checks if c.result == "FAIL"}
+    assert "no halt_trading on counterparty:binance after shock 1 onset" in \
+        fails[("halt_trading", "counterparty:binance")]
+    assert "counterparty:binance ends in reduce_only, expected at least halt_trading" in \
+        fails[("invariant", "ends in a safe state")]
+
+
+def test_cli_stress_exit_codes(work, tmp_path, capsys):
+    """`riskguard stress run` exits 0 when a scenario passes, 1 with --no-escalation."""
+    from riskguard.cli import main  # noqa: PLC0415
+
+    assert main(["stress", "run", "venue_outage", "--out", str(tmp_path / "a"),
+                 "--workdir", str(work)]) == 0
+    assert main(["stress", "run", "cascading_failure", "--no-escalation", "--out",
+                 str(tmp_path / "b"), "--workdir", str(work)]) == 1
+    out = capsys.readouterr().out
+    assert "PASS venue_outage" in out and "FAIL cascading_failure" in out
+    assert (tmp_path / "a" / "venue_outage" / "report.html").is_file()
+
+
+def test_monte_carlo_reports_delay_distribution_and_safe_share(work):
+    """Perturbed runs of the outage: every run ends safe; delays are measured."""
+    mc = monte_carlo(load_scenario(scenario_path("venue_outage")), work, runs=3, seed=7)
+    assert mc["runs"] == 3 and mc["safe_share"] == 1.0
+    assert mc["detection_delay_s"]["n"] == 3
+    assert 0 < mc["detection_delay_s"]["p95"] < 10
+    assert len({r["detection_delay_s"] for r in mc["per_run"]}) >= 1
