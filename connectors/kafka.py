@@ -275,11 +275,13 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
     def list_parts(self) -> list[str]:
         return [f"{i}-{t}" for t in self.topics for i in list_partitions(self.settings, t)]
 
-    def build_part(
-        self, step_id: str, for_part: str, resume_state: tuple[int, int] | None
-    ) -> _SourcePartition:
-        idx_text, topic = for_part.split("-", 1)
-        resuming = resume_state is not None
+    def consumer_config(self, *, resuming: bool) -> dict[str, Any]:
+        """The librdkafka config of each partition's consumer.
+
+        A resumed partition uses ``auto.offset.reset=error``: if its recovered
+        offset no longer exists (retention, a recreated topic), consuming fails
+        loudly instead of silently skipping to the end or the start.
+        """
         config = self.settings.client_config()
         config.update({
             "group.id": "riskguard-assigned",  # required by librdkafka; no group is joined
@@ -289,6 +291,13 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
             "fetch.wait.max.ms": self.fetch_wait_max_ms,
             "auto.offset.reset": "error" if resuming else self.starting_offset,
         })
+        return config
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: tuple[int, int] | None
+    ) -> _SourcePartition:
+        idx_text, topic = for_part.split("-", 1)
+        config = self.consumer_config(resuming=resume_state is not None)
         offset, watermark = resume_state if resume_state is not None else (
             _STARTS[self.starting_offset], -1
         )
