@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=40.0, help="measured load duration")
     ap.add_argument("--warmup", type=float, default=8.0, help="load seconds before incidents")
     ap.add_argument("--incident-rate", type=float, default=15.0, help="unknown-cp fills per s")
-    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--partitions", type=int, default=2, help="partitions per input topic")
     ap.add_argument("--bootstrap", default=None)
     args = ap.parse_args()
     broker = None
