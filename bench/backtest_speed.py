@@ -15,7 +15,6 @@ from pathlib import Path
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
-
 from riskguard.dataflows.backtest import run_backtest
 from riskguard.dataflows.demo import init_keys, write_config
 from riskguard.dataflows.demo_scenario import build_scenario
@@ -46,7 +45,7 @@ def main() -> int:
         rate = res.n_events / res.wall_s
         print(f"backtest (demo scenario, {res.n_events:,} events, batch {batch}): "
               f"{rate:,.0f} events/s; pass-through {base:,.0f} events/s; ratio {rate / base:.3f}")
-    from riskguard.dataflows import stress  # noqa: PLC0415
+    from riskguard.dataflows import stress
 
     t = time.perf_counter()
     n = 0

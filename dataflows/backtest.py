@@ -15,8 +15,9 @@ two runs over the same files give byte-identical command files and reports
 (apart from the ``run`` section, which holds wall-clock facts about the run).
 
 >>> clock = EventClock()
->>> clock.observe(Trade(id="t", venue="v", instrument="i", ts=5, price=1.0, qty=1.0, side="buy"))
-Trade(id='t', venue='v', instrument='i', ts=5, recv_ts=None, feed='primary', price=1.0, qty=1.0, side=<Side.BUY: 'buy'>)
+>>> rec = Trade(id="t", venue="v", instrument="i", ts=5, price=1.0, qty=1.0, side="buy")
+>>> clock.observe(rec) is rec
+True
 >>> clock()
 5
 """
@@ -36,10 +37,8 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSink, TestingSource, run_main
-
 from riskguard.connectors.replay import ReplayFile, replay_input
 from riskguard.dataflows.guard import GuardConfig, guard_core, load_guard_config, load_keys
-from riskguard.errors import ConfigError
 from riskguard.operators.crypto import Signer
 from riskguard.operators.signing import decode_command
 from riskguard.operators.trust import TrustStore
@@ -56,6 +55,8 @@ from riskguard.schemas import (
     encode,
 )
 
+from riskguard.errors import ConfigError
+
 NS = 1_000_000_000
 
 
@@ -71,8 +72,7 @@ class EventClock:
     def observe(self, rec: Any) -> Any:
         """Map step: advance to ``rec.ts`` (never backwards) and pass the record on."""
         ts = getattr(rec, "ts", 0)
-        if ts > self.now_ns:
-            self.now_ns = ts
+        self.now_ns = max(self.now_ns, ts)
         return rec
 
 
@@ -125,14 +125,17 @@ def parse_labels(doc: Any, where: str = "labels") -> list[Label]:
     for i, item in enumerate(items):
         p = f"{where}.incidents[{i}]"
         if not isinstance(item, dict):
-            raise ConfigError(p, "an object with kind, scope, start, end", item)
+            where = p
+            raise ConfigError(where, "an object with kind, scope, start, end", item)
         for key in ("kind", "scope", "start", "end"):
             if key not in item:
-                raise ConfigError(f"{p}.{key}", "a value (required)", None)
+                where = f"{p}.{key}"
+                raise ConfigError(where, "a value (required)", None)
         start = _time_ns(item["start"], f"{p}.start")
         end = _time_ns(item["end"], f"{p}.end")
         if end < start:
-            raise ConfigError(f"{p}.end", f"a time >= start ({start})", end)
+            where = f"{p}.end"
+            raise ConfigError(where, f"a time >= start ({start})", end)
         out.append(Label(str(item["kind"]), str(item["scope"]), start, end))
     return sorted(out, key=lambda lab: (lab.start_ns, lab.kind, lab.scope))
 

@@ -104,7 +104,8 @@ def apply_overrides(doc: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]
         for p in parts[:-1]:
             cur = cur.setdefault(p, {})
             if not isinstance(cur, dict):
-                raise ConfigError(f"calibrate.grid.{key}", "a path to a config table", p)
+                where = f"calibrate.grid.{key}"
+                raise ConfigError(where, "a path to a config table", p)
         cur[parts[-1]] = value
     return out
 
@@ -146,7 +147,8 @@ def score(res: BacktestResult, labels: Sequence[Label], *, start_ns: int | None 
     fm = _false_mitigations(BacktestResult(commands=cmds), window, grace_ns)
     return {"objective": round(value, 6), "precision": a["precision"], "recall": a["recall"],
             "f1": a["f1"], "labels": a["labels"], "detected": a["detected"],
-            "false_alarms": ep["false_alarms"], "false_alarms_per_instrument_day": round(fa_rate, 4),
+            "false_alarms": ep["false_alarms"],
+            "false_alarms_per_instrument_day": round(fa_rate, 4),
             "false_mitigations": fm, "detection_delay_s": a["detection_delay_s"],
             "by_kind": {k: {"f1": v["f1"], "recall": v["recall"], "precision": v["precision"]}
                         for k, v in ep["by_kind"].items()}}
@@ -300,8 +302,8 @@ def propose(config: str | Path, data: Sequence[str | Path], labels: str | Path |
     labs = [lab for lab in (load_labels(labels) if labels else [])
             if lab.start_ns >= end - int(window_s * NS)]
     d = Path(out_dir) / f"proposal-{iteration}"
-    rep = calibrate(config, window, labs, work=d, **kw) if labs else {"chosen": {},
-                                                                         "note": "no labels in window; thresholds unchanged"}
+    rep = (calibrate(config, window, labs, work=d, **kw) if labs else
+           {"chosen": {}, "note": "no labels in window; thresholds unchanged"})
     cfg, digest = load_guard_config(config)
     res = run_backtest(cfg, digest, records=window)
     admin = Signer.from_file(admin_key, issuer="limit-admin")

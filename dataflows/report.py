@@ -253,24 +253,25 @@ def states_at(timeline: Sequence[tuple[int, str, str]], ts: int) -> dict[str, st
 def time_in_states(timeline: Sequence[tuple[int, str, str]], start_ns: int,
                    end_ns: int) -> dict[str, Any]:
     """Seconds each scope (and the firm's worst state) spent in each state."""
-    by_scope: dict[str, Counter[str]] = {}
+    by_scope: dict[str, dict[str, float]] = {}
     last: dict[str, tuple[int, str]] = {}
-    worst: Counter[str] = Counter()
+    worst: dict[str, float] = {}
     cur: dict[str, str] = {}
-    prev_t = start_ns
-    for t, label, state in [*timeline, (end_ns, "", "")]:
-        t = max(min(t, end_ns), start_ns)
+    prev_t: int = start_ns
+    for t_raw, label, state in [*timeline, (end_ns, "", "")]:
+        t: int = max(min(t_raw, end_ns), start_ns)
         w = max(cur.values(), key=lambda s: _RANK[s], default="normal")
-        worst[w] += (t - prev_t) / NS
+        worst[w] = worst.get(w, 0.0) + (t - prev_t) / NS
         prev_t = t
         if not label:
             break
         t0, s0 = last.get(label, (start_ns, "normal"))
-        by_scope.setdefault(label, Counter())[s0] += (t - t0) / NS
+        sc = by_scope.setdefault(label, {})
+        sc[s0] = sc.get(s0, 0.0) + (t - t0) / NS
         last[label] = (t, state)
         cur[label] = state
     for label, (t0, s0) in last.items():
-        by_scope[label][s0] += (end_ns - t0) / NS
+        by_scope[label][s0] = by_scope[label].get(s0, 0.0) + (end_ns - t0) / NS
     return {
         "worst": {s: round(v, 3) for s, v in sorted(worst.items(), key=lambda x: _RANK[x[0]])
                   if v > 0},
@@ -408,8 +409,8 @@ class _Axes:
         return round(H - PAD_B - (v - self.y0) / (self.y1 - self.y0) * (H - PAD_T - PAD_B), 2)
 
 
-def _frame(ax: _Axes, pid: str, title: str, body: list[str], legend: list[tuple[str, str]],
-           fmt: str = "{:.4g}") -> str:
+def _frame(ax: _Axes, pid: str, title: str, body: list[str],  # noqa: PLR0917 (internal)
+           legend: list[tuple[str, str]], fmt: str = "{:.4g}") -> str:
     parts = [f'<svg class="plot" id="{pid}" xmlns="http://www.w3.org/2000/svg" '
              f'width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img" '
              f'aria-label="{_esc(title)}">',
@@ -513,7 +514,8 @@ def _command_plot(rep: dict[str, Any], t0: int, t1: int) -> str:
         if c["scope"] not in row:
             continue
         color = _ACTION_COLORS.get(c["action"], "#333")
-        body.append(f'<rect class="cmd" x="{ax.x(c["t"]) - 3}" y="{ax.y(row[c["scope"]] + 0.5) - 5}"'
+        y = ax.y(row[c["scope"]] + 0.5) - 5
+        body.append(f'<rect class="cmd" x="{ax.x(c["t"]) - 3}" y="{y}"'
                     f' width="6" height="10" fill="{color}"><title>{_esc(c["action"])} '
                     f'{_esc(c["scope"])}: {_esc(c["reason"])}</title></rect>')
     legend = [(a, _ACTION_COLORS.get(a, "#333")) for a in rep["commands"]["by_action"]]

@@ -46,8 +46,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
-
-from riskguard.config import decode_section
 from riskguard.connectors.replay import ReplayFile, ReplaySource, read_all
 from riskguard.dataflows.backtest import (
     BacktestResult,
@@ -67,7 +65,6 @@ from riskguard.dataflows.report import (
     states_at,
     write_report,
 )
-from riskguard.errors import ConfigError
 from riskguard.schemas import (
     Action,
     Balance,
@@ -81,6 +78,9 @@ from riskguard.schemas import (
     Trade,
     VenueStatus,
 )
+
+from riskguard.config import decode_section
+from riskguard.errors import ConfigError
 
 NS = 1_000_000_000
 MS = 1_000_000
@@ -234,13 +234,15 @@ def load_scenario(path: str | Path) -> Scenario:
     sc = decode_section(data, Scenario, "")
     for i, e in enumerate(sc.expect):
         if e.action not in {a.value for a in Action}:
-            raise ConfigError(f"expect[{i}].action", "a command action", e.action)
+            where = f"expect[{i}].action"
+            raise ConfigError(where, "a command action", e.action)
         if not e.never and not 0 <= e.shock < len(sc.shocks):
-            raise ConfigError(f"expect[{i}].shock", f"a shock index < {len(sc.shocks)}",
-                              e.shock)
+            where = f"expect[{i}].shock"
+            raise ConfigError(where, f"a shock index < {len(sc.shocks)}", e.shock)
     for i, es in enumerate(sc.end_state):
         if es.at_least not in _RANK:
-            raise ConfigError(f"end_state[{i}].at_least", f"one of {STATE_ORDER}", es.at_least)
+            where = f"end_state[{i}].at_least"
+            raise ConfigError(where, f"one of {STATE_ORDER}", es.at_least)
     return sc
 
 
@@ -253,7 +255,7 @@ def _quote_ccy(inst: str) -> str:
 
 
 def _base(inst: str) -> str:
-    return inst.split("-")[0]
+    return inst.split("-", maxsplit=1)[0]
 
 
 @dataclass
@@ -442,13 +444,14 @@ def _overlay(sc: Scenario, base: list[Any], start_ns: int) -> list[Any]:
         if isinstance(r, VenueStatus) and _active(sc, "heartbeat_stop", venue, "*", t_s):
             continue
         mult = _price_mult(sc, venue, inst, t_s)
+        rec = r
         if isinstance(r, Trade) and mult != 1.0:
-            r = msgspec.structs.replace(r, price=r.price * mult)
+            rec = msgspec.structs.replace(r, price=r.price * mult)
         elif isinstance(r, Quote) and mult != 1.0:
-            r = msgspec.structs.replace(r, bid=r.bid * mult, ask=r.ask * mult)
+            rec = msgspec.structs.replace(r, bid=r.bid * mult, ask=r.ask * mult)
         delay = _delay(sc, venue, t_s)
-        recv = (getattr(r, "recv_ts", None) or ts) + delay
-        out.append(msgspec.structs.replace(r, recv_ts=recv))
+        recv = (getattr(rec, "recv_ts", None) or ts) + delay
+        out.append(msgspec.structs.replace(rec, recv_ts=recv))
     return out
 
 
@@ -597,8 +600,7 @@ def check_run(sc: Scenario, res: BacktestResult, start_ns: int = START_NS,
         if e.never:
             checks.append(Check(e.action, e.scope, None, None,
                                 "FAIL" if match else "PASS",
-                                f"forbidden but issued at t+{(match[0].issued_at - start_ns) / NS:.1f}s:"
-                                f" {match[0].reason[:160]}" if match else "never issued"))
+                                _forbidden(match[0], start_ns) if match else "never issued"))
             continue
         ref = start_ns + int(shocks[e.shock].onset_s * NS)
         after = [c for c in match if c.issued_at >= ref]
@@ -621,6 +623,10 @@ def check_run(sc: Scenario, res: BacktestResult, start_ns: int = START_NS,
         checks.append(Check(e.action, e.scope, deadline, actual, result, detail))
     checks.extend(_invariants(sc, res, cmds, start_ns, tolerance_ns))
     return checks
+
+
+def _forbidden(c: MitigationCommand, start_ns: int) -> str:
+    return f"forbidden but issued at t+{(c.issued_at - start_ns) / NS:.1f}s: {c.reason[:160]}"
 
 
 def _invariants(sc: Scenario, res: BacktestResult, cmds: list[MitigationCommand],

@@ -28,7 +28,7 @@ def _backtest(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]  (argparse private generic)
+def register(sub: argparse._SubParsersAction) -> None:  # argparse private generic
     p = sub.add_parser("backtest", help="replay historical files through the guard, report")
     p.add_argument("--config", required=True, help="guard TOML config (its [keys] sign)")
     p.add_argument("--data", nargs="+", required=True,

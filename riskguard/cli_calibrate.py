@@ -53,7 +53,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]  (argparse private generic)
+def register(sub: argparse._SubParsersAction) -> None:  # argparse private generic
     p = sub.add_parser("calibrate", help="calibrate thresholds on labelled history")
     p.add_argument("--config", required=True, help="guard TOML config")
     p.add_argument("--data", nargs="+", required=True, help="JSONL / Binance CSV files")

@@ -84,7 +84,7 @@ def _list(_args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]  (argparse private generic)
+def register(sub: argparse._SubParsersAction) -> None:  # argparse private generic
     p = sub.add_parser("stress", help="stress scenarios through the guard")
     ss = p.add_subparsers(dest="stress_cmd", required=True)
     r = ss.add_parser("run", help="run scenarios; exit 1 on any failed expectation")

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-
 from riskguard.connectors.topics import TopicSpec, create_topics, topic_name
 from riskguard.dataflows.backtest import (
     backtest_files,
@@ -27,10 +25,11 @@ from riskguard.dataflows.stress import (
     scenario_labels,
     scenario_path,
 )
-from riskguard.errors import ConfigError
 from riskguard.operators.crypto import decode_envelope
 from riskguard.operators.signing import decode_command
 from riskguard.schemas import encode
+
+from riskguard.errors import ConfigError
 
 NS = 1_000_000_000
 
@@ -108,7 +107,7 @@ def test_labels_accept_iso_times_and_reject_bad_windows():
 
 def test_cli_backtest_writes_report_files(cascade, tmp_path, capsys):
     """`riskguard backtest` prints the summary and writes the three outputs."""
-    from riskguard.cli import main  # noqa: PLC0415
+    from riskguard.cli import main
 
     rc = main(["backtest", "--config", str(cascade["cfg"]), "--data", str(cascade["data"]),
                "--labels", str(cascade["labels"]), "--out", str(tmp_path)])
@@ -146,7 +145,7 @@ def test_backtest_equals_live_run_through_the_broker(cascade, kafka_bootstrap, t
         p.produce(topic_name(env, stream_of(rec)), encode(rec))
         p.poll(0)
     assert p.flush(30) == 0
-    from bytewax.testing import run_main  # noqa: PLC0415
+    from bytewax.testing import run_main
 
     run_main(build_flow(cfg, digest))
     c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": env,

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import msgspec
 import pytest
-
 from riskguard.dataflows.backtest import Label, dump_toml
 from riskguard.dataflows.calibrate import (
     apply_overrides,
@@ -53,7 +52,7 @@ def _scenario(future: bool = True) -> Scenario:
 
 
 def _inst() -> type:
-    from riskguard.dataflows.stress import InstrumentSpec  # noqa: PLC0415
+    from riskguard.dataflows.stress import InstrumentSpec
 
     return InstrumentSpec
 
@@ -107,7 +106,7 @@ def test_split_stops_future_labels_from_changing_the_choice(setup, tmp_path):
 def test_search_never_receives_records_at_or_after_the_split(setup, tmp_path):
     """Every record the search runs on is before the split; only the two
     held-out runs (after the choice is made) see the whole data."""
-    from riskguard.dataflows.backtest import run_backtest  # noqa: PLC0415
+    from riskguard.dataflows.backtest import run_backtest
 
     cfg, recs = setup
     seen: list[int] = []
@@ -160,7 +159,7 @@ def test_continuous_calibration_writes_signed_limit_updates_not_applied(setup, t
     """Each scheduled round over the latest window writes LimitUpdate envelopes
     signed by the limit-admin key (verifiable with the trust file) and a
     proposal config; the guard config file itself is unchanged."""
-    from riskguard.schemas import Balance, Fill  # noqa: F401, PLC0415
+    from riskguard.schemas import Balance, Fill  # noqa: F401
 
     cfg, recs = setup
     before = cfg.read_text()
@@ -168,7 +167,7 @@ def test_continuous_calibration_writes_signed_limit_updates_not_applied(setup, t
                   side="buy", qty=1.0, price=65000.0, ts=START_NS + (100 + i) * NS)
              for i in range(3)]
     data = tmp_path / "data.jsonl"
-    from riskguard.schemas import encode  # noqa: PLC0415
+    from riskguard.schemas import encode
 
     allrecs = sorted([*recs, *fills], key=lambda r: r.ts)
     data.write_bytes(b"".join(encode(r) + b"\n" for r in allrecs))

@@ -7,7 +7,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from riskguard.dataflows.stress import load_scenario, run_scenario, scenario_path
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -22,7 +21,7 @@ def test_report_page_renders_plots_and_tables(tmp_path):
     o = run_scenario(load_scenario(scenario_path("cascading_failure")), tmp_path / "w",
                      out_dir=tmp_path / "out")
     page = tmp_path / "out" / "report.html"
-    dom = subprocess.run(  # noqa: S603  (fixed argv)
+    dom = subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
          "--disable-background-networking", "--dump-dom", page.as_uri()],
         capture_output=True, text=True, timeout=120, check=True).stdout
@@ -46,7 +45,7 @@ def test_report_page_screenshot_is_not_blank(tmp_path):
     run_scenario(load_scenario(scenario_path("venue_outage")), tmp_path / "w",
                  out_dir=tmp_path / "out")
     shot = tmp_path / "shot.png"
-    subprocess.run(  # noqa: S603  (fixed argv)
+    subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
          "--disable-background-networking", f"--screenshot={shot}", "--window-size=1100,1400",
          (tmp_path / "out" / "report.html").as_uri()],

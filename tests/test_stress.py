@@ -6,7 +6,6 @@ import tomllib
 from importlib import resources
 
 import pytest
-
 from riskguard.dataflows.stress import (
     bundled,
     disable_escalation,
@@ -66,7 +65,7 @@ def test_broken_playbook_fails_the_cascade_with_a_clear_message(work):
 
 def test_cli_stress_exit_codes(work, tmp_path, capsys):
     """`riskguard stress run` exits 0 when a scenario passes, 1 with --no-escalation."""
-    from riskguard.cli import main  # noqa: PLC0415
+    from riskguard.cli import main
 
     assert main(["stress", "run", "venue_outage", "--out", str(tmp_path / "a"),
                  "--workdir", str(work)]) == 0
