@@ -185,12 +185,12 @@ def run(args: argparse.Namespace) -> int:
         stopped = broker.stop()
         sys.stderr.write("stopped\n" if stopped else "no dev broker running here\n")
         return 0
-    info = broker.status()
-    if info is None:
+    status = broker.status()
+    if status is None:
         sys.stderr.write("not running\n")
         return 1
-    sys.stdout.write(f"{info.bootstrap}\n")
-    sys.stderr.write(f"running, pid {info.pid}\n")
+    sys.stdout.write(f"{status.bootstrap}\n")
+    sys.stderr.write(f"running, pid {status.pid}\n")
     return 0
 
 

@@ -155,7 +155,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
                     continue
                 msg = f"consuming Kafka topic {topic!r} partition {idx} near offset {self._offset}: {err.str()}"
                 raise BrokerError(msg)
-            off = m.offset()
+            off = m.offset() or 0
             value = m.value()
             if value is None:
                 rec: Any = DeadLetter(

@@ -39,6 +39,7 @@ from riskguard.operators.crypto import (
 )
 from riskguard.operators.trust import RootSet, TrustStore, sign_trust_file, trust_doc_to_toml
 from riskguard.schemas import (
+    Action,
     AnomalySignal,
     Audience,
     Balance,
@@ -363,7 +364,7 @@ def _inject_forged(bootstrap: str, topic: str) -> None:
     now = time.time_ns()
     cmd = MitigationCommand(
         command_id="forged-0001", issuer=ISSUER, seq=10_000, issued_at=now, expires_at=now + 60 * NS,
-        audience=Audience(env=ENV, topic=topic), action="halt_trading",
+        audience=Audience(env=ENV, topic=topic), action=Action.HALT_TRADING,
         scope=Scope(kind=ScopeKind.FIRM, value="*"), reason="not from riskguard",
     )
     env = sign_envelope(PAYLOAD_COMMAND, encode(cmd), [forger])
@@ -397,10 +398,11 @@ class _SignalTail:
         while True:
             msgs = self.c.consume(500, 0.1)
             for m in msgs:
-                if m.error() is None:
-                    rec = decode("signals", m.value())
+                value = m.value()
+                if m.error() is None and value is not None:
+                    rec = decode("signals", value)
                     # Commands cite their signals by the sha256 of these exact bytes.
-                    self.event_time[hashlib.sha256(m.value()).hexdigest()] = getattr(rec, "ts", 0)
+                    self.event_time[hashlib.sha256(value).hexdigest()] = getattr(rec, "ts", 0)
                     out.append(rec)
             if msgs:
                 idle = 0

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 from riskguard.schemas import (
     Balance,
+    OptionType,
+    Side,
     Fill,
     IndexPrice,
     OptionQuote,
@@ -123,7 +125,7 @@ def build_scenario(start_ns: int, seed: int = 7) -> Scenario:
                         add(Trade(id=f"t-{rid}", venue=venue, instrument=inst, ts=ts + MS,
                                   feed=feed, price=round(px, 2),
                                   qty=round(0.01 + 0.5 * rng.random(), 4),
-                                  side="buy" if rng.random() < 0.5 else "sell"))
+                                  side=Side.BUY if rng.random() < 0.5 else Side.SELL))
         if tick % 4 == 2:
             for inst, (u, strike) in OPTIONS.items():
                 spot = fair[u]
@@ -131,7 +133,7 @@ def build_scenario(start_ns: int, seed: int = 7) -> Scenario:
                 mark = max(spot - strike, 0) + spot * iv * 0.08
                 add(OptionQuote(id=f"o-{inst}-{tick}", venue="deribit", instrument=inst, ts=ts,
                                 underlying=u, expiry=EXPIRY_NS, strike=strike,
-                                option_type="call", bid=round(mark * 0.99, 2),
+                                option_type=OptionType.CALL, bid=round(mark * 0.99, 2),
                                 ask=round(mark * 1.01, 2), mark_price=round(mark, 2),
                                 mark_iv=round(iv, 4), underlying_price=round(spot, 2),
                                 delta=0.45, gamma=0.0001, vega=round(spot * 0.002, 3),
@@ -142,16 +144,16 @@ def build_scenario(start_ns: int, seed: int = 7) -> Scenario:
         add(Balance(id=f"bal-{venue}", venue=venue, counterparty=venue, asset="USDT",
                     total=2_000_000.0, ts=t0))
     add(Fill(id="f-open-binance", venue="binance", counterparty="binance", instrument="BTC-PERP",
-             side="buy", qty=2.0, price=START_PX["BTC"], ts=t0 + MS))
+             side=Side.BUY, qty=2.0, price=START_PX["BTC"], ts=t0 + MS))
     add(Fill(id="f-open-okx", venue="okx", counterparty="okx", instrument="ETH-USDT",
-             side="buy", qty=40.0, price=START_PX["ETH"], ts=t0 + 2 * MS))
+             side=Side.BUY, qty=40.0, price=START_PX["ETH"], ts=t0 + 2 * MS))
     add(Fill(id="f-open-deribit-opt", venue="deribit", counterparty="deribit",
-             instrument="BTC-27DEC26-70000-C", side="buy", qty=10.0, price=4_000.0,
+             instrument="BTC-27DEC26-70000-C", side=Side.BUY, qty=10.0, price=4_000.0,
              ts=t0 + 3 * MS))
     # The fills that breach deribit's gross notional limit.
     for k in range(12):
         add(Fill(id=f"f-deribit-{k}", venue="deribit", counterparty="deribit",
-                 instrument="BTC-PERP", side="buy", qty=5.0, price=START_PX["BTC"],
+                 instrument="BTC-PERP", side=Side.BUY, qty=5.0, price=START_PX["BTC"],
                  ts=start_ns + (225 + 2 * k) * NS + 7 * MS))
     ev.sort(key=lambda x: (x[0], x[1]))
     incidents = [

@@ -309,8 +309,13 @@ def build_flow(
                  delivery_timeout_s=timeout)
     kafka_output("audit", out.audit, brokers=brokers, topic=cfg.topic("audit"),
                  delivery_timeout_s=timeout,
-                 key=lambda rec: getattr(rec, "chain", None) or getattr(rec, "origin", ""))
+                 key=_audit_key)
     return flow
+
+
+def _audit_key(rec: Any) -> str:
+    """Audit records and checkpoints of one chain share a Kafka partition, in order."""
+    return str(getattr(rec, "chain", None) or getattr(rec, "origin", ""))
 
 
 def _instruments_of(cfg: GuardConfig) -> tuple[str, ...]:

@@ -28,13 +28,12 @@ V = TypeVar("V")
 W = TypeVar("W")
 S = TypeVar("S")
 V_contra = TypeVar("V_contra", contravariant=True)
-W_co = TypeVar("W_co", covariant=True)
 
 
-class Logic(Protocol[V_contra, W_co]):
+class Logic(Protocol[V_contra, W]):
     """What every riskguard logic class provides."""
 
-    def on_event(self, event: V_contra) -> list[W_co]: ...
+    def on_event(self, event: V_contra) -> list[W]: ...
 
     def snapshot(self) -> Any: ...
 

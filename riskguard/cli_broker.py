@@ -7,7 +7,7 @@ import argparse
 from riskguard.connectors import broker
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]  (argparse private generic)
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("broker", help="start, stop or check the in-memory dev broker (Tansu)")
     broker.add_arguments(p)
     p.set_defaults(func=broker.run)

@@ -14,7 +14,7 @@ def _demo(args: argparse.Namespace) -> int:
     return rc
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]  (argparse private generic)
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the guard on the bundled scenario (starts a dev broker)")
     p.add_argument("--bootstrap", help="use this Kafka instead of starting the dev broker")
     p.add_argument("--workdir", help="keep keys, config and state here (default: a temp dir)")

@@ -17,7 +17,7 @@ def _run(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, env=env)
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]  (argparse private generic)
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run the guard dataflow from a TOML config")
     p.add_argument("--config", required=True, help="guard TOML config")
     p.add_argument("bytewax", nargs=argparse.REMAINDER,

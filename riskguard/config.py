@@ -117,7 +117,8 @@ def _python_type(t: Any) -> Any:
         return dict[_python_type(t.key_type), _python_type(t.value_type)]  # type: ignore[misc]
     if isinstance(t, mi.ListType):
         return list[_python_type(t.item_type)]  # type: ignore[misc]
-    simple = {mi.IntType: int, mi.FloatType: float, mi.StrType: str, mi.BoolType: bool}
+    simple: dict[type, Any] = {mi.IntType: int, mi.FloatType: float, mi.StrType: str,
+                               mi.BoolType: bool}
     return simple.get(type(t), Any)
 
 
@@ -145,7 +146,9 @@ def decode_section(data: Any, cls: type[T], prefix: str = "") -> T:
     except msgspec.ValidationError as err:
         inner = err.__cause__ or err.__context__
         if isinstance(inner, ConfigError):
-            path = inner.path if not prefix or inner.path.startswith(prefix) else f"{prefix}.{inner.path}"
+            path = inner.path
+            if prefix and not path.startswith(prefix):
+                path = f"{prefix}.{path}"
             raise ConfigError(path, inner.expected, inner.found) from None
         m = _MSG.match(str(err))
         msg = m.group("msg") if m else str(err)

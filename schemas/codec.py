@@ -92,7 +92,7 @@ class Codec:
                 dl, detail=f"raw truncated to the first {self.max_bytes} of {size} bytes"
             )
         try:
-            return self._decoder.decode(data)  # type: ignore[no-any-return]
+            return self._decoder.decode(data)
         except msgspec.ValidationError as err:
             return self._classify_validation(topic, data, partition, offset, str(err))
         except msgspec.DecodeError as err:
