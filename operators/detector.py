@@ -253,7 +253,7 @@ class ScoreQuantile:
     are mapped by ``s / (1 + |s|)`` first.
     """
 
-    __slots__ = ("bounded", "cur", "half", "n_cur", "n_old", "old")
+    __slots__ = ("bounded", "cur", "half", "n_cur", "n_old", "old", "top")
 
     def __init__(self, window: int, bounded: bool, state: tuple[Any, ...] | None = None) -> None:
         self.half = max(1, window // 2)
@@ -264,8 +264,20 @@ class ScoreQuantile:
             self.n_cur = self.n_old = 0
         else:
             cur, old, self.n_cur, self.n_old = state
-            self.cur = array("I", cur)
-            self.old = array("I", old)
+            self.cur = array("I")
+            self.cur.frombytes(cur)
+            self.old = array("I")
+            self.old.frombytes(old)
+        self._find_top()
+
+    def _find_top(self) -> None:
+        """The highest non-empty bin: ``get`` scans down from there."""
+        cur, old = self.cur, self.old
+        self.top = 0
+        for b in range(_BINS - 1, -1, -1):
+            if cur[b] or old[b]:
+                self.top = b
+                break
 
     def state(self) -> tuple[bytes, bytes, int, int]:
         return self.cur.tobytes(), self.old.tobytes(), self.n_cur, self.n_old
@@ -286,14 +298,17 @@ class ScoreQuantile:
         return v / (1.0 - abs(v)) if abs(v) < 1.0 else _MAX_FINITE
 
     def update(self, s: float) -> None:
-        self.cur[self._bin(s)] += 1
+        b = self._bin(s)
+        self.cur[b] += 1
+        if b > self.top:
+            self.top = b
         self.n_cur += 1
         if self.n_cur >= self.half:
             self.old, self.cur = self.cur, self.old
             self.n_old = self.n_cur
             self.n_cur = 0
-            for i in range(_BINS):
-                self.cur[i] = 0
+            self.cur = array("I", bytes(4 * _BINS))
+            self._find_top()
 
     def get(self, q: float) -> float:
         n = self.n_cur + self.n_old
@@ -302,7 +317,7 @@ class ScoreQuantile:
         tail = (1.0 - q) * n
         cum = 0
         cur, old = self.cur, self.old
-        for b in range(_BINS - 1, -1, -1):
+        for b in range(self.top, -1, -1):
             cum += cur[b] + old[b]
             if cum > tail:
                 return self._edge(b)
@@ -370,6 +385,7 @@ class DetectorLogic:
         self._array = False
         self._tailing = False
         self._dirty = True
+        self._ready = False
         self._pickled: tuple[bytes, bytes, bytes] = (b"", b"", b"")
         self.quantile = ScoreQuantile(config.threshold_window, True, s.quantile or None)
         self.drift: Any = pickle.loads(s.drift) if s.drift else _make_drift(config)  # own state
@@ -455,9 +471,10 @@ class DetectorLogic:
         s = self.s
         c = self.config
         values = fv.values
-        for name, val in values.items():
-            if not math.isfinite(val):
-                return [self._dead(fv, name, val)]
+        if not math.isfinite(sum(values.values())):  # NaN/inf anywhere (or an overflow)
+            for name, val in values.items():
+                if not math.isfinite(val):
+                    return [self._dead(fv, name, val)]
         self._dirty = True
         if not s.features:
             self._init_key(fv)
@@ -495,7 +512,8 @@ class DetectorLogic:
         else:
             xm = x
             score = self._score_river(x)
-        ready = self.model_ready()
+        ready = self._ready or self.model_ready()
+        self._ready = ready
         warming = (s.n_learned < c.warmup_events or fv.ts - s.first_ts < c.warmup_ns
                    or not ready or self.quantile.count < self.min_scores)
         thr = self.threshold()
@@ -540,6 +558,7 @@ class DetectorLogic:
                 s.n_fresh += 1
                 if s.n_fresh >= c.blend_points:
                     self.model, self.fresh, s.n_fresh = self.fresh, None, 0
+                self._ready = False
         del fresh_leaves
         out: list[AnomalySignal | DeadLetter] = []
         out.extend(self._episode(fv, score, thr, anomalous, warming, contributions))
@@ -622,33 +641,37 @@ class DetectorLogic:
         s.n_stats += 1
         n = s.n_stats
         a = 1.0 / n if n * c.stats_alpha < 1.0 else c.stats_alpha
-        mean, var, lo, hi = s.mean, s.var, s.lo, s.hi
+        mean, var = s.mean, s.var
         track_peak = n > 30
         peak = s.peak
         up, down = self._up, self._down
         clip = c.stats_clip
+        sqrt = math.sqrt
         for i, v in enumerate(x):
             d = v - mean[i]
             if track_peak:
                 # Huber-style: a learned point moves the statistics at most as far as
                 # one ``stats_clip`` standard deviations away would, so a slow ramp
                 # (a freezing feed) cannot inflate the variance it is measured by
-                lim = clip * math.sqrt(var[i])
+                lim = clip * sqrt(var[i])
                 if d > lim:
                     d = lim
                 elif d < -lim:
                     d = -lim
+                peak[i] *= up if abs(z[i]) > peak[i] else down
             mean[i] += a * d
             var[i] = (1.0 - a) * (var[i] + a * d * d)
-            lo[i] = min(lo[i], v)
-            hi[i] = max(hi[i], v)
-            if track_peak:
-                peak[i] *= up if abs(z[i]) > peak[i] else down
+        if c.scaler == "minmax":
+            lo, hi = s.lo, s.hi
+            for i, v in enumerate(x):
+                lo[i] = min(lo[i], v)
+                hi[i] = max(hi[i], v)
 
     def _adapt(self, ts: int) -> None:
         s = self.s
         policy = self.config.drift_policy
         if policy == "reset":
+            self._ready = False
             self.model = self._new_model()
             self.fresh = None
             self.quantile = ScoreQuantile(self.config.threshold_window, self.quantile.bounded)

@@ -223,6 +223,11 @@ class FeatureLogic:
         self._fast = config.fast_alpha
         self._slow = config.slow_alpha
         self._rate_tau = config.rate_halflife_ns / math.log(2.0)
+        self._lateness = config.allowed_lateness_ns
+        self._skew = config.allowed_skew_ns
+        self._bar_ns = config.bar_ns
+        self._by_bar = config.cadence == "bar"
+        self._max_evidence = config.max_evidence
 
     # -- public ------------------------------------------------------------
     def snapshot(self) -> FeatureState:
@@ -241,8 +246,8 @@ class FeatureLogic:
         s = self.s
         ts = rec.ts
         out: list[FeatureVector | DeadLetter] = []
-        bar = ts // self.config.bar_ns
-        by_bar = self.config.cadence == "bar"
+        bar = ts // self._bar_ns
+        by_bar = self._by_bar
         if by_bar and s.pending and bar > s.bar and s.kind:
             out.append(self._vector(s.last_ts))
             s.evidence = []
@@ -254,7 +259,7 @@ class FeatureLogic:
         self._apply(rec, ts)
         ev = s.evidence
         ev.append(rec.id)
-        if len(ev) > self.config.max_evidence:
+        if len(ev) > self._max_evidence:
             del ev[0]
         s.pending = True
         if not s.kind:
@@ -287,7 +292,23 @@ class FeatureLogic:
         )
 
     def _reject(self, rec: Any) -> DeadLetter | None:
-        fields = _CHECKS.get(type(rec))
+        t = type(rec)
+        # fast path for the common records: one finiteness test of a sum (NaN or inf in
+        # any term makes it non-finite; a rare overflow falls through to the full check)
+        if t is Quote:
+            bid, ask = rec.bid, rec.ask
+            ok = (math.isfinite(bid + ask + rec.bid_size + rec.ask_size)
+                  and bid > 0.0 and ask > 0.0)
+        elif t is Trade:
+            ok = math.isfinite(rec.price + rec.qty) and rec.price > 0.0
+        else:
+            ok = False
+        if ok:
+            ts = rec.ts
+            wm = self.s.watermark
+            if (wm < 0 or ts >= wm - self._lateness) and ts <= self.clock() + self._skew:
+                return None
+        fields = _CHECKS.get(t)
         if fields is None:
             return self._dead(rec, "unknown_type", "$.type", "a market record",
                               type(rec).__name__)
