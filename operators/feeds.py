@@ -7,6 +7,12 @@ gap exceeds it, or the primary reports ``down``, the venue fails over to the
 backup; it switches back once the primary has been healthy again for
 ``restore_after_ns`` (hysteresis).
 
+Heartbeats (of either feed; they share the venue's partition) move the feed
+clock exactly. Market records and ticks come from other topics and may be up
+to ``skew_ns`` ahead in arrival (the source's event-time alignment bounds
+it), so they move the clock only to ``ts - skew_ns``: a heartbeat still in
+flight on its own topic never looks missing.
+
 Two logic classes share one decision rule (:class:`FeedState`):
 
 - :class:`FeedSelectLogic`, keyed like the features (``venue/instrument``),
@@ -16,7 +22,7 @@ Two logic classes share one decision rule (:class:`FeedState`):
   and emits the ``heartbeat_loss``, ``feed_failover``, ``feed_restored`` and
   ``heartbeat_restored`` alerts, once per venue.
 
->>> cfg = FeedConfig(venues={"okx": VenueFeeds(max_gap_ns=3, restore_after_ns=5)})
+>>> cfg = FeedConfig(venues={"okx": VenueFeeds(max_gap_ns=3, restore_after_ns=5, skew_ns=0)})
 >>> mon = FeedMonitorLogic(cfg, "okx")
 >>> hb = lambda ts, feed="primary": VenueStatus(id=f"{feed}{ts}", venue="okx", ts=ts, feed=feed)
 >>> [a.kind for e in (hb(0), hb(1, "backup"), hb(5, "backup")) for a in mon.on_event(e)]
@@ -49,6 +55,7 @@ class VenueFeeds(msgspec.Struct, frozen=True, kw_only=True):
     backup: str = "backup"
     max_gap_ns: int = 3 * NS
     restore_after_ns: int = 10 * NS
+    skew_ns: int = 2 * NS
 
 
 class FeedConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,6 +71,8 @@ class FeedConfig(msgspec.Struct, frozen=True, kw_only=True):
                 raise ConfigError(
                     f"{path}.venues.{venue}.restore_after_ns", "must be >= 0", vf.restore_after_ns
                 )
+            if vf.skew_ns < 0:
+                raise ConfigError(f"{path}.venues.{venue}.skew_ns", "must be >= 0", vf.skew_ns)
             if vf.primary == vf.backup:
                 raise ConfigError(f"{path}.venues.{venue}.backup", "must differ from primary",
                                   vf.backup)
@@ -131,7 +140,7 @@ class FeedSelectLogic:
         if isinstance(event, VenueStatus):
             self.state.step(vf, ts, event)
             return []
-        self.state.step(vf, ts, None)
+        self.state.step(vf, ts - vf.skew_ns, None)
         if isinstance(event, Tick):
             return []
         return [event] if getattr(event, "feed", vf.primary) == self.state.active else []
@@ -148,8 +157,8 @@ class FeedMonitorLogic:
         self.state = state or FeedState(venue=venue, active=self.vf.primary)
 
     def on_event(self, event: object) -> list[RiskAlert]:
-        ts = event.ts  # type: ignore[attr-defined]
         status = event if isinstance(event, VenueStatus) else None
+        ts = event.ts if status is not None else event.ts - self.vf.skew_ns  # type: ignore[attr-defined]
         before_gap = self.state.now - self.state.last_ok
         change = self.state.step(self.vf, ts, status)
         if change is None:

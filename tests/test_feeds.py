@@ -10,7 +10,7 @@ from riskguard.operators.feeds import FeedConfig, FeedMonitorLogic, FeedSelectLo
 from riskguard.schemas import Quote, VenueState, VenueStatus
 
 S = 1_000_000_000
-CFG = FeedConfig(venues={"okx": VenueFeeds(max_gap_ns=3 * S, restore_after_ns=5 * S)})
+CFG = FeedConfig(venues={"okx": VenueFeeds(max_gap_ns=3 * S, restore_after_ns=5 * S, skew_ns=0)})
 
 
 def hb(t: float, feed: str = "primary", state: VenueState = VenueState.OK) -> VenueStatus:
@@ -87,3 +87,19 @@ CASES = [
 def test_feed_logic_meets_the_stateful_contract(case: Case, check) -> None:
     """Snapshots pickle, are independent, resume exactly, and never mutate input."""
     check(case)
+
+
+def test_ticks_and_market_data_from_other_topics_cannot_fake_a_heartbeat_gap() -> None:
+    """Records up to skew_ns ahead of the heartbeat topic do not fail the venue over; a
+    genuine gap still does, measured on heartbeat time."""
+    cfg = FeedConfig(venues={"okx": VenueFeeds(max_gap_ns=3 * S, restore_after_ns=5 * S,
+                                               skew_ns=2 * S)})
+    mon = FeedMonitorLogic(cfg, "okx")
+    sel = FeedSelectLogic(cfg, "okx")
+    # A tick and a quote 4.5 s past the last heartbeat arrive before the next heartbeat.
+    events = [hb(0), Tick(ts=int(4.5 * S)), quote(4.5, "primary"), hb(1), hb(2)]
+    assert [a.kind for e in events for a in mon.on_event(e)] == []
+    assert [r.id for e in events for r in sel.on_event(e)] == ["q-primary-4.5"]
+    # Ticks 5.5 s past the last heartbeat (beyond the skew) are a real gap.
+    assert [a.kind for a in mon.on_event(Tick(ts=int(7.5 * S)))] == [
+        "heartbeat_loss", "feed_failover"]
