@@ -14,12 +14,12 @@ The machine is shared: numbers are noisy.
 from __future__ import annotations
 
 import argparse
-from datetime import timedelta
 import pickle
 import random
 import sys
 import time
 import tracemalloc
+from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

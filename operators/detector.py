@@ -300,8 +300,7 @@ class ScoreQuantile:
     def update(self, s: float) -> None:
         b = self._bin(s)
         self.cur[b] += 1
-        if b > self.top:
-            self.top = b
+        self.top = max(self.top, b)
         self.n_cur += 1
         if self.n_cur >= self.half:
             self.old, self.cur = self.cur, self.old
@@ -492,13 +491,12 @@ class DetectorLogic:
             for i, v in enumerate(x):
                 m = mean[i]
                 d = v - m
-                # rounding noise of a constant feature is not a deviation
+                # a feature that has not varied yet has no scale: it scores 0 until
+                # it has (one learned deviation gives it one)
                 floor = 1e-9 * (abs(m) + 1e-9)
                 vv = var[i]
                 if vv > floor * floor:
                     z[i] = d / math.sqrt(vv)
-                elif abs(d) > 1e3 * floor:
-                    z[i] = math.copysign(1e6, d)
         # the model's score; an ArrayHST also counts the point (taken back if not learned)
         leaves: list[int] | None = None
         fresh_leaves: list[int] | None = None
