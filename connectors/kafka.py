@@ -17,6 +17,7 @@ commits the epoch) and on close. Any unacknowledged message raises
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -108,16 +109,85 @@ class EventTimeAlignment:
         self.parts.pop(part, None)
 
 
+class SharedConsumer:
+    """One Kafka consumer for all of a source's partitions in this process.
+
+    A consumer per partition means a fetch loop per partition: with a few
+    topics of several partitions each, that multiplies broker load and
+    fetch waits. Here partitions are added with ``incremental_assign``, each
+    ``consume`` is demultiplexed into per-partition queues, and a partition
+    whose queue is full is paused until its reader catches up.
+    """
+
+    def __init__(self, config: dict[str, Any], batch_size: int) -> None:
+        self._config = config
+        self._consumer: Any = None
+        self._queues: dict[tuple[str, int], deque[Any]] = {}
+        self._paused: set[tuple[str, int]] = set()
+        self._lock = threading.Lock()
+        self._batch_size = batch_size
+        self._high = 4 * batch_size
+
+    def add(self, topic: str, idx: int, offset: int) -> None:
+        with self._lock:
+            if self._consumer is None:
+                self._consumer = Consumer(self._config)
+            self._queues[(topic, idx)] = deque()
+            self._consumer.incremental_assign([TopicPartition(topic, idx, offset)])
+
+    def take(self, topic: str, idx: int, n: int) -> list[Any]:
+        """Up to ``n`` messages (or error events) of one partition."""
+        key = (topic, idx)
+        with self._lock:
+            queue = self._queues[key]
+            if not queue:
+                self._fill()
+            out = [queue.popleft() for _ in range(min(n, len(queue)))]
+            if key in self._paused and len(queue) < self._batch_size:
+                self._consumer.resume([TopicPartition(topic, idx)])
+                self._paused.discard(key)
+            return out
+
+    def _fill(self) -> None:
+        msgs = self._consumer.consume(self._batch_size * max(1, len(self._queues)), 0.001)
+        queues = self._queues
+        for m in msgs:
+            key = (m.topic(), m.partition())
+            queue = queues.get(key)  # type: ignore[arg-type]
+            if queue is None:
+                # A client-level error has no partition: every reader must see it.
+                for q in queues.values():
+                    q.append(m)
+                continue
+            queue.append(m)
+        for key, queue in queues.items():
+            if len(queue) > self._high and key not in self._paused:
+                self._consumer.pause([TopicPartition(*key)])
+                self._paused.add(key)
+
+    def remove(self, topic: str, idx: int) -> None:
+        with self._lock:
+            self._queues.pop((topic, idx), None)
+            self._paused.discard((topic, idx))
+            if self._consumer is None:
+                return
+            if self._queues:
+                self._consumer.incremental_unassign([TopicPartition(topic, idx)])
+            else:
+                self._consumer.close()
+                self._consumer = None
+
+
 class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
     def __init__(
-        self, config: dict[str, Any], topic: str, idx: int, offset: int,
+        self, shared: SharedConsumer, topic: str, idx: int, offset: int,
         codec: Codec, batch_size: int, idle_eof_ns: int | None,
         policy: EventTimePolicy | None, clock: Clock, watermark: int = -1,
         stamp_recv_ts: bool = False, align: EventTimeAlignment | None = None,
     ) -> None:
         self._stamp = stamp_recv_ts
-        self._consumer = Consumer(config)
-        self._consumer.assign([TopicPartition(topic, idx, offset)])
+        self._shared = shared
+        shared.add(topic, idx, offset)
         self._topic = topic
         self._idx = idx
         self._offset = offset
@@ -138,7 +208,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
 
     def _fetch(self) -> list[tuple[Any, int]] | None:
         """Decode the next Kafka batch into ``(record, offset)``; None when nothing came."""
-        msgs = self._consumer.consume(self._batch_size, 0.001)
+        msgs = self._shared.take(self._topic, self._idx, self._batch_size)
         if not msgs:
             if self._idle_eof_ns is not None and self._clock() - self._last_msg_ns > self._idle_eof_ns:
                 raise StopIteration
@@ -224,7 +294,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
     def close(self) -> None:
         if self._align is not None:
             self._align.remove(self._name)
-        self._consumer.close()
+        self._shared.remove(self._topic, self._idx)
 
 
 class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
@@ -258,6 +328,7 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
         self.alignment = (
             None if align_skew_s is None else EventTimeAlignment(int(align_skew_s * 1e9))
         )
+        self._shared: SharedConsumer | None = None
         if isinstance(topics, str):
             raise ConfigError("kafka.topics", "a list of topic names", topics)
         if starting_offset not in _STARTS:
@@ -275,12 +346,13 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
     def list_parts(self) -> list[str]:
         return [f"{i}-{t}" for t in self.topics for i in list_partitions(self.settings, t)]
 
-    def consumer_config(self, *, resuming: bool) -> dict[str, Any]:
-        """The librdkafka config of each partition's consumer.
+    def consumer_config(self) -> dict[str, Any]:
+        """The librdkafka config of this process's consumer.
 
-        A resumed partition uses ``auto.offset.reset=error``: if its recovered
-        offset no longer exists (retention, a recreated topic), consuming fails
-        loudly instead of silently skipping to the end or the start.
+        Fresh partitions start at the logical ``starting_offset``; resumed ones
+        at their recovered offset, with ``auto.offset.reset=error``: if that
+        offset no longer exists (retention, a recreated topic), consuming
+        fails loudly instead of silently skipping to the end or the start.
         """
         config = self.settings.client_config()
         config.update({
@@ -289,7 +361,7 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
             "enable.auto.offset.store": False,
             "enable.partition.eof": False,
             "fetch.wait.max.ms": self.fetch_wait_max_ms,
-            "auto.offset.reset": "error" if resuming else self.starting_offset,
+            "auto.offset.reset": "error",
         })
         return config
 
@@ -297,12 +369,13 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
         self, step_id: str, for_part: str, resume_state: tuple[int, int] | None
     ) -> _SourcePartition:
         idx_text, topic = for_part.split("-", 1)
-        config = self.consumer_config(resuming=resume_state is not None)
+        if self._shared is None:
+            self._shared = SharedConsumer(self.consumer_config(), self.batch_size)
         offset, watermark = resume_state if resume_state is not None else (
             _STARTS[self.starting_offset], -1
         )
         return _SourcePartition(
-            config, topic, int(idx_text), offset, self.codec, self.batch_size,
+            self._shared, topic, int(idx_text), offset, self.codec, self.batch_size,
             self.idle_eof_ns, self.time_policy, self.clock, watermark, self.stamp_recv_ts,
             self.alignment,
         )

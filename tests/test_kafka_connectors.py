@@ -184,12 +184,13 @@ def test_event_time_alignment_holds_a_partition_that_runs_ahead() -> None:
 
 
 def test_a_resumed_partition_fails_loudly_on_a_lost_offset_instead_of_skipping() -> None:
-    """Fresh starts honour starting_offset; resumed partitions use auto.offset.reset=error.
+    """Fresh partitions start at the logical starting_offset; a lost resumed offset is an
+    error (auto.offset.reset=error), never a silent skip.
     (The dev broker never reports an out-of-range offset, so this is checked on the config
     the consumer is built with; a real cluster answers OFFSET_OUT_OF_RANGE.)"""
     from riskguard.connectors.kafka import KafkaInput
 
     src = KafkaInput("127.0.0.1:1", ["t"], starting_offset="latest")
-    assert src.consumer_config(resuming=False)["auto.offset.reset"] == "latest"
-    assert src.consumer_config(resuming=True)["auto.offset.reset"] == "error"
-    assert src.consumer_config(resuming=True)["enable.auto.commit"] is False
+    config = src.consumer_config()
+    assert config["auto.offset.reset"] == "error"  # fresh starts use logical offsets
+    assert config["enable.auto.commit"] is False
