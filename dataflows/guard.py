@@ -115,6 +115,8 @@ class GuardConfig(CommonConfig, frozen=True, kw_only=True, forbid_unknown_fields
     sign: SignConfig = SignConfig()
     audit: AuditConfig = AuditConfig()
     tick_ns: int = NS
+    mark_interval_ns: int = 250_000_000
+    mark_move_bps: float = 5.0
     playbook_file: str | None = None
     sink_delivery_timeout_s: float = 30.0
 
@@ -145,6 +147,43 @@ def load_guard_config(path: str | Path) -> tuple[GuardConfig, str]:
     cfg.limits.validate("limits")
     cfg.feeds.validate("feeds")
     return cfg, config_hash(data)
+
+
+class MarkFilter:
+    """Per worker: pass a price to exposure valuation when it moved or aged enough.
+
+    Exposure is keyed by instrument, not ``venue/instrument``, so every price
+    it sees crosses workers a second time. A price passes when the
+    instrument's last forwarded price (from the same venue and record type)
+    is ``min_interval_ns`` old in event time, or when it moved by at least
+    ``move_bps``, so the mark is never staler than ``min_interval_ns`` and big
+    moves pass at once. ``min_interval_ns=0`` forwards every price. Not
+    snapshotted: after a restart the first price of each instrument passes.
+
+    >>> f = MarkFilter(1_000, 5.0)
+    >>> from riskguard.schemas import Trade
+    >>> t = lambda ts, px: Trade(id="x", venue="v", instrument="i", ts=ts, price=px, qty=1.0,
+    ...                          side="buy")
+    >>> [f(t(0, 100.0)), f(t(10, 100.01)), f(t(20, 100.2)), f(t(1_500, 100.2))]
+    [True, False, True, True]
+    """
+
+    def __init__(self, min_interval_ns: int, move_bps: float) -> None:
+        self.min_interval_ns = min_interval_ns
+        self.move = move_bps / 10_000
+        self.last: dict[tuple[str, str, type], tuple[int, float]] = {}
+
+    def __call__(self, rec: Any) -> bool:
+        if self.min_interval_ns <= 0 or not isinstance(rec, Trade | Quote | IndexPrice):
+            return True
+        price = rec.price if not isinstance(rec, Quote) else (rec.bid + rec.ask) / 2
+        key = (rec.venue, rec.instrument, type(rec))
+        prev = self.last.get(key)
+        if (prev is None or rec.ts - prev[0] >= self.min_interval_ns
+                or abs(price - prev[1]) >= self.move * prev[1]):
+            self.last[key] = (rec.ts, price)
+            return True
+        return False
 
 
 def _tick_fn(tick_ns: int) -> Any:
@@ -226,7 +265,8 @@ def guard_core(
     detected = detect_anomalies("detect", feats.oks, config=cfg.detector, clock=clock)
     anomalies = op.key_rm("anomalies", detected.oks)
 
-    exposure = aggregate_exposure("exposure", market_ok, trading, config=cfg.exposure, clock=clock)
+    marks = op.filter("marks", market_ok, MarkFilter(cfg.mark_interval_ns, cfg.mark_move_bps))
+    exposure = aggregate_exposure("exposure", marks, trading, config=cfg.exposure, clock=clock)
     audience = Audience(env=cfg.env, topic=cfg.topic("limit_updates"))
     limits = enforce_limits("limits", exposure.exposures, updates, config=cfg.limits,
                             verifier=trust_verifier(trust, audience), clock=clock)
