@@ -148,13 +148,19 @@ class VerifyKey:
 
     def verify(self, payload_type: str, payload: bytes, sig: bytes) -> None:
         """Return nothing if ``sig`` signs ``pae(payload_type, payload)``; raise otherwise."""
-        if not isinstance(sig, bytes) or len(sig) != SIGNATURE_LEN:
-            n = len(sig) if isinstance(sig, bytes) else type(sig).__name__
-            reject(Reason.MALFORMED_SIGNATURE, f"expected {SIGNATURE_LEN} bytes; got {n}")
         self.verify_raw(pae(payload_type, payload), sig)
 
     def verify_raw(self, message: bytes, sig: bytes) -> None:
-        """Verify a signature over raw bytes (no PAE); for test vectors only."""
+        """Return nothing if ``sig`` signs the raw bytes ``message`` (no PAE); raise otherwise.
+
+        The primitive under :meth:`verify` (which passes the PAE bytes); the
+        Wycheproof vectors are checked against it. A ``sig`` that is not
+        exactly 64 bytes raises ``malformed_signature``; one that does not
+        verify raises ``bad_signature``.
+        """
+        if not isinstance(sig, bytes) or len(sig) != SIGNATURE_LEN:
+            n = len(sig) if isinstance(sig, bytes) else type(sig).__name__
+            reject(Reason.MALFORMED_SIGNATURE, f"expected {SIGNATURE_LEN} bytes; got {n}")
         try:
             self._key.verify(sig, message)
         except InvalidSignature:
