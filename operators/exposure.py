@@ -1,17 +1,19 @@
 """Engine-neutral exposure aggregation in three keyed stages.
 
-Stage 1, :class:`ValuationLogic`, is keyed by *what is being valued*: an
-instrument (``i:<instrument>``) or a collateral asset (``a:<asset>``). It
-holds that instrument's mark, FX rates and realized-vol estimate together
-with the positions (and open orders) of *every* counterparty in it, so a
-mark update meets the positions it re-marks without any all-to-all
-exchange. It emits one :class:`Contrib` per (counterparty, instrument) whose
-value changed, at most once per batch.
+Stage 1, :class:`ShardLogic`, is keyed by a *shard of what is being valued*
+(``s<k>``, a stable hash of the instrument or collateral asset over
+``valuation_shards`` shards). It holds its instruments' marks, FX rates and
+realized-vol estimates together with the positions (and open orders) of
+*every* counterparty in them, as dense ``counterparty x instrument`` arrays,
+so a mark update meets the positions it re-marks without any all-to-all
+exchange. Once per batch it re-values, with whole-array operations, every
+counterparty whose positions or marks moved, and emits one :class:`Part` per
+such counterparty: its complete sums over the shard.
 
 Stage 2, :class:`CounterpartyLogic`, is keyed by counterparty. It keeps the
-latest contribution per instrument and per collateral asset, detects stale
-marks against the counterparty's event-time watermark, and emits the
-counterparty's :class:`~riskguard.schemas.Exposure` (at most once per batch).
+latest part per shard, re-sums them exactly, detects stale marks against the
+counterparty's event-time watermark, and emits the counterparty's
+:class:`~riskguard.schemas.Exposure` (at most once per batch).
 
 Stage 3, :class:`FirmLogic`, is keyed by the constant ``"firm"``. It keeps
 the latest exposure per counterparty, computes each one's concentration
@@ -39,11 +41,13 @@ from __future__ import annotations
 import math
 import pickle
 import uuid
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
+import numpy as np
 from riskguard.operators.instruments import (
     InstrumentRegistry,
     InstrumentsConfig,
@@ -73,18 +77,19 @@ from riskguard.schemas import (
 from riskguard.errors import ConfigError
 
 __all__ = [
-    "Contrib",
     "CounterpartyLogic",
     "ExposureConfig",
     "FirmLogic",
     "InstrumentSpec",
     "InstrumentsConfig",
     "LocalPipeline",
-    "ValuationLogic",
+    "Part",
+    "Router",
+    "ShardLogic",
     "route",
 ]
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 
 
 def _copy(state: Any) -> Any:
@@ -112,6 +117,9 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
       re-emitted when it moves by more than this (absolute share).
     - ``vol_alpha`` / ``vol_min_samples``: EWMA realized vol of marks (used
       when no feature-stream vol ``vol_feature`` is present).
+    - ``valuation_shards``: how many stage-1 keys the instruments are hashed
+      over (the unit of parallelism of re-valuation; each shard sends one
+      part per touched counterparty per batch, so a few is enough).
     """
 
     instruments: InstrumentsConfig = InstrumentsConfig()
@@ -130,6 +138,7 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
     )
     max_evidence: int = 8
     dedup_window: int = 4096
+    valuation_shards: int = 2
 
     def validate(self, path: str = "exposure") -> InstrumentRegistry:
         """Check every value; return the registry built from ``instruments``."""
@@ -147,54 +156,26 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
         if self.vol_min_samples < 1:
             where = f"{path}.vol_min_samples"
             raise ConfigError(where, "must be >= 1", self.vol_min_samples)
+        if not 1 <= self.valuation_shards <= 4096:
+            where = f"{path}.valuation_shards"
+            raise ConfigError(where, "must be in [1, 4096]", self.valuation_shards)
         if self.max_evidence < 1:
             where = f"{path}.max_evidence"
             raise ConfigError(where, "must be >= 1", self.max_evidence)
         return InstrumentRegistry(self.instruments, path=f"{path}.instruments")
 
 
-class Contrib(msgspec.Struct, frozen=True, array_like=True):
-    """One (counterparty, instrument-or-asset) contribution, stage 1 -> stage 2.
-
-    ``what`` is ``"i"`` (instrument position) or ``"a"`` (collateral asset).
-    Amounts are in the reporting currency. ``valued`` is false when the mark
-    or FX rate is missing (``reason`` says which); such a contribution is
-    never summed as zero silently, it makes the exposure ``stale``.
-    """
-
-    counterparty: str
-    what: str
-    name: str
-    seq: int
-    ts: int
-    asset: str
-    underlying: str
-    qty: float
-    notional: float
-    delta: float
-    upnl: float
-    orders: float
-    collateral: float
-    mark_ts: int
-    valued: bool
-    reason: str
-    vol: float
-    vol_ts: int
-    evidence: tuple[str, ...]
-
-
 # --------------------------------------------------------------------- routing
 
 
 def _price_of(ev: Any) -> float | None:
-    if isinstance(ev, Trade | IndexPrice):
-        return ev.price
-    if isinstance(ev, Quote):
-        return (ev.bid + ev.ask) / 2.0
-    if isinstance(ev, OptionQuote):
-        return ev.mark_price
-    if isinstance(ev, FundingRate):
-        return ev.mark_price
+    t = type(ev)
+    if t is Trade or t is IndexPrice:
+        return ev.price  # type: ignore[no-any-return] - Trade/IndexPrice.price is a float
+    if t is Quote:
+        return (ev.bid + ev.ask) / 2.0  # type: ignore[no-any-return] - floats
+    if t is OptionQuote or t is FundingRate:
+        return ev.mark_price  # type: ignore[no-any-return] - a float
     return None
 
 
@@ -209,6 +190,114 @@ def _dead(
     )
 
 
+def shard_key(name: str, shards: int) -> str:
+    """The stage-1 key of an instrument (``"i:<name>"``) or collateral asset (``"a:<name>"``).
+
+    A stable hash (crc32), so every worker and every run agrees.
+
+    >>> shard_key("i:BTC-PERP", 1)
+    's0'
+    """
+    return f"s{zlib.crc32(name.encode()) % shards}"
+
+
+Item = tuple[str, str, str, Any]
+"""A stage-1 item: ``(role, shard_key, target, record)``."""
+
+_MARK_TYPES = (Trade, Quote, IndexPrice, OptionQuote, FundingRate)
+_OWN_ROLES = {Fill: "fill", PositionSnapshot: "snap", OpenOrders: "orders"}
+
+
+class Router:
+    """Stateless routing of input records to stage-1 shards, with per-name caches."""
+
+    def __init__(self, reg: InstrumentRegistry, config: ExposureConfig,
+                 step: str = "exposure") -> None:
+        self.reg, self.config, self.step = reg, config, step
+        self.shards = config.valuation_shards
+        self._inst_key = {name: shard_key("i:" + name, self.shards)
+                          for name in config.instruments.instruments}
+        self._mark_ok = {t: tag_of(t) in config.mark_sources for t in _MARK_TYPES}
+        self._market: dict[tuple[str, bool], list[tuple[str, str, str]]] = {}
+
+    def asset_key(self, asset: str) -> str:
+        return shard_key("a:" + asset, self.shards)
+
+    def _market_routes(self, inst: str, is_oq: bool) -> list[tuple[str, str, str]]:
+        """``[(key, role, target)]`` for a market-data record on ``inst``."""
+        reg = self.reg
+        out: list[tuple[str, str, str]] = []
+        spec = reg.get(inst)
+        if spec is not None and (spec.kind == "option") == is_oq:
+            out.append((self._inst_key[inst], "mark", inst))
+        for asset in reg.fx_assets_of(inst):
+            keys = {self.asset_key(asset)}
+            keys.update(self._inst_key[i] for i in reg.instruments_needing_fx(asset))
+            out.extend((k, "fx", asset) for k in sorted(keys))
+        return out
+
+    def route(self, ev: Any, now: int = 0) -> list[tuple[str, Item]] | DeadLetter:
+        """Where ``ev`` goes in stage 1: ``[(key, (role, key, target, record))]``.
+
+        Our own records (fills, snapshots, orders, balances) for an undeclared
+        instrument or asset are dead letters. Market data for instruments we do
+        not track is not ours to judge and routes nowhere (``[]``).
+        """
+        t = type(ev)
+        ok = self._mark_ok.get(t)
+        if ok is not None:
+            if not ok:
+                return []
+            ck = (ev.instrument, t is OptionQuote)
+            routes = self._market.get(ck)
+            if routes is None:
+                routes = self._market[ck] = self._market_routes(*ck)
+            return [(k, (role, k, target, ev)) for k, role, target in routes]
+        role = _OWN_ROLES.get(t)
+        if role is not None:
+            key = self._inst_key.get(ev.instrument)
+            if key is None:
+                return _dead(ev, "unknown_instrument", path="$.instrument",
+                             expected="a declared instrument", found=ev.instrument,
+                             step=self.step, now=now)
+            return [(key, (role, key, ev.instrument, ev))]
+        if t is Balance:
+            if not self.reg.convertible(ev.asset):
+                return _dead(ev, "missing_fx", path="$.asset",
+                             expected=f"an asset with an FX index to {self.reg.reporting}",
+                             found=ev.asset, step=self.step, now=now)
+            key = self.asset_key(ev.asset)
+            return [(key, ("bal", key, ev.asset, ev))]
+        if t is FeatureVector:
+            inst = ev.key.rsplit("/", 1)[-1]
+            key = self._inst_key.get(inst)
+            if key is None or self.config.vol_feature not in ev.values:
+                return []
+            return [(key, ("vol", key, inst, ev))]
+        return _dead(ev, "unexpected_type", path="$.type",
+                     expected="fill, position, open_orders, balance, features or market data",
+                     found=type(ev).__name__, step=self.step, now=now)
+
+    def route_batch(self, evs: list[Any], now: int = 0) -> list[Any]:
+        """A whole input batch: one ``(key, [items])`` pack per shard, plus dead letters."""
+        packs: dict[str, list[Item]] = {}
+        out: list[Any] = []
+        route = self.route
+        for ev in evs:
+            r = route(ev, now)
+            if type(r) is list:
+                for k, item in r:
+                    pack = packs.get(k)
+                    if pack is None:
+                        packs[k] = [item]
+                    else:
+                        pack.append(item)
+            else:
+                out.append(r)
+        out.extend(packs.items())
+        return out
+
+
 def route(
     ev: Any,
     reg: InstrumentRegistry,
@@ -216,50 +305,9 @@ def route(
     *,
     step: str = "exposure",
     now: int = 0,
-) -> list[tuple[str, tuple[str, str, str, Any]]] | DeadLetter:
-    """Where an input record goes in stage 1: ``[(key, (role, key, target, record))]``.
-
-    Our own records (fills, snapshots, orders, balances) for an undeclared
-    instrument or asset are dead letters. Market data for instruments we do
-    not track is not ours to judge and routes nowhere (``[]``).
-    """
-    if isinstance(ev, Fill | PositionSnapshot | OpenOrders):
-        if reg.get(ev.instrument) is None:
-            return _dead(ev, "unknown_instrument", path="$.instrument",
-                         expected="a declared instrument", found=ev.instrument, step=step, now=now)
-        role = ("fill" if isinstance(ev, Fill)
-                else "snap" if isinstance(ev, PositionSnapshot) else "orders")
-        key = "i:" + ev.instrument
-        return [(key, (role, key, ev.instrument, ev))]
-    if isinstance(ev, Balance):
-        if not reg.convertible(ev.asset):
-            return _dead(ev, "missing_fx", path="$.asset",
-                         expected=f"an asset with an FX index to {reg.reporting}",
-                         found=ev.asset, step=step, now=now)
-        key = "a:" + ev.asset
-        return [(key, ("bal", key, ev.asset, ev))]
-    if isinstance(ev, FeatureVector):
-        inst = ev.key.rsplit("/", 1)[-1]
-        if reg.get(inst) is None or config.vol_feature not in ev.values:
-            return []
-        key = "i:" + inst
-        return [(key, ("vol", key, inst, ev))]
-    if isinstance(ev, Trade | Quote | IndexPrice | OptionQuote | FundingRate):
-        if tag_of(type(ev)) not in config.mark_sources or _price_of(ev) is None:
-            return []
-        out: list[tuple[str, tuple[str, str, str, Any]]] = []
-        spec = reg.get(ev.instrument)
-        if spec is not None and (spec.kind != "option") == (not isinstance(ev, OptionQuote)):
-            key = "i:" + ev.instrument
-            out.append((key, ("mark", key, ev.instrument, ev)))
-        for asset in reg.fx_assets_of(ev.instrument):
-            out.append(("a:" + asset, ("fx", "a:" + asset, asset, ev)))
-            out.extend(("i:" + inst, ("fx", "i:" + inst, asset, ev))
-                       for inst in reg.instruments_needing_fx(asset))
-        return out
-    return _dead(ev, "unexpected_type", path="$.type",
-                 expected="fill, position, open_orders, balance, features or market data",
-                 found=type(ev).__name__, step=step, now=now)
+) -> list[tuple[str, Item]] | DeadLetter:
+    """:meth:`Router.route` without keeping a router (tests, one-off use)."""
+    return Router(reg, config, step).route(ev, now)
 
 
 def _alert_id(*parts: object) -> str:
@@ -277,180 +325,358 @@ def _evidence_add(buf: list[str], rid: str, cap: int) -> None:
 # --------------------------------------------------------------------- stage 1
 
 
-@dataclass
-class _Pos:
-    qty: float = 0.0
-    avg: float | None = None
-    venue: str = ""
-    snap_ts: int = -1
-    orders: float = 0.0
-    evidence: list[str] = field(default_factory=list)
+class Part(msgspec.Struct, frozen=True, array_like=True):
+    """One counterparty's complete partial exposure in one shard, stage 1 -> stage 2.
+
+    Amounts are in the reporting currency. ``names`` / ``notionals`` / ``mark_ts``
+    list its open positions (``mark_ts`` is ``NEVER_STALE`` for an unvalued one);
+    ``unvalued`` names positions and collateral assets whose mark or FX rate is
+    missing: they are never summed as zero silently, they make the exposure
+    ``stale``. ``oldest`` is the oldest mark among the valued positions.
+    """
+
+    counterparty: str
+    shard: str
+    seq: int
+    ts: int
+    gross: float
+    net: float
+    upnl: float
+    orders: float
+    collateral: float
+    delta: dict[str, float]
+    by_asset: dict[str, float]
+    names: list[str]
+    notionals: list[float]
+    mark_ts: list[int]
+    oldest: int
+    unvalued: list[str]
+    vols: dict[str, tuple[float, int]]
+    evidence: list[str]
+
+
+NEVER_STALE = 2**62
+
+
+def _groups(codes: Any) -> tuple[Any, Any]:
+    """Column permutation and group starts that sort ``codes`` (0..g-1, each present)."""
+    perm = np.argsort(codes, kind="stable")
+    starts = np.flatnonzero(np.r_[True, codes[perm][1:] != codes[perm][:-1]]) if len(
+        codes) else np.zeros(0, dtype=np.int64)
+    return perm, starts
+
+
+def _group_sum(a: Any, perm: Any, starts: Any, ufunc: Any) -> Any:
+    """Per-group reduction of the columns of ``a`` (groups from :func:`_groups`)."""
+    if not len(starts):
+        return np.zeros((a.shape[0], 0), dtype=a.dtype)
+    return ufunc.reduceat(a[:, perm], starts, axis=1)
 
 
 @dataclass
-class ValuationState:
-    """State of one stage-1 key (an instrument or a collateral asset)."""
+class ShardState:
+    """State of one stage-1 shard: its instruments' marks and every counterparty's
+    positions in them (dense ``counterparty x instrument`` arrays), plus the
+    balances held in its collateral assets."""
 
     version: int = STATE_VERSION
-    target: str = ""
-    is_asset: bool = False
-    mark: float | None = None
-    mark_ts: int = -1
-    mark_id: str = ""
-    opt_delta: float = 0.0
-    und_price: float = 0.0
+    key: str = ""
+    insts: list[str] = field(default_factory=list)
+    cps: list[str] = field(default_factory=list)
+    qty: Any = None
+    avg: Any = None  # nan: no average entry price
+    orders: Any = None
+    snap_ts: Any = None
+    mark: list[float] = field(default_factory=list)  # nan: no mark yet
+    mark_ts: list[int] = field(default_factory=list)
+    mark_id: list[str] = field(default_factory=list)
+    opt_delta: list[float] = field(default_factory=list)
+    und_price: list[float] = field(default_factory=list)
+    last_ts: list[int] = field(default_factory=list)
+    ewma_price: list[float] = field(default_factory=list)
+    ewma_ts: list[int] = field(default_factory=list)
+    ewma_var: list[float] = field(default_factory=list)
+    ewma_n: list[int] = field(default_factory=list)
+    feature_vol: list[float] = field(default_factory=list)
+    feature_vol_ts: list[int] = field(default_factory=list)
+    seen: list[dict[str, None]] = field(default_factory=list)
+    alerted: dict[str, dict[str, str]] = field(default_factory=dict)
+    evidence: dict[tuple[int, int], list[str]] = field(default_factory=dict)
     fx: dict[str, tuple[float, int]] = field(default_factory=dict)
-    positions: dict[str, _Pos] = field(default_factory=dict)
-    balances: dict[str, tuple[float, int]] = field(default_factory=dict)
+    balances: dict[str, dict[str, tuple[float, int]]] = field(default_factory=dict)
+    asset_ts: dict[str, int] = field(default_factory=dict)
     seq: int = 0
-    last_ts: int = 0
-    alerted: dict[str, str] = field(default_factory=dict)
-    seen: dict[str, None] = field(default_factory=dict)
-    ewma_price: float = 0.0
-    ewma_ts: int = -1
-    ewma_var: float = 0.0
-    ewma_n: int = 0
-    feature_vol: float = -1.0
-    feature_vol_ts: int = -1
 
 
-class ValuationLogic:
-    """Stage 1: positions of all counterparties in one instrument, plus its mark."""
+class ShardLogic:
+    """Stage 1: the positions of all counterparties in one shard of instruments.
+
+    Records are applied one by one (fills, snapshots, marks, FX, vol); then,
+    once per batch, every counterparty whose positions or marks changed is
+    re-valued with whole-array operations and gets one :class:`Part`.
+    Coalescing is per batch: the part reflects every record of the batch.
+    """
 
     def __init__(self, config: ExposureConfig, reg: InstrumentRegistry,
-                 state: ValuationState | None = None) -> None:
+                 state: ShardState | None = None) -> None:
         self.config = config
         self.reg = reg
-        self.state = state if state is not None else ValuationState()
-        self._spec: InstrumentSpec | None = None
-        self._ev_tail = -(config.max_evidence - 1)
-        if self.state.target and not self.state.is_asset:
-            self._set_spec(reg.get(self.state.target))
+        self.state = state if state is not None else ShardState()
+        self._ready = False
+        if self.state.key:
+            self._derive()
 
-    def _set_spec(self, spec: InstrumentSpec | None) -> None:
-        """Cache what every re-valuation needs from the instrument's spec."""
-        self._spec = spec
-        if spec is None:
-            return
-        self._is_option = spec.kind == "option"
-        self._same_ccy = spec.underlying_ccy == spec.quote
-        self._asset = spec.underlying_asset if self._is_option else spec.base
-        self._underlying = spec.underlying_asset
-
-    def snapshot(self) -> ValuationState:
+    def snapshot(self) -> ShardState:
         return _copy(self.state)
 
-    def on_event(self, item: tuple[str, str, str, Any]) -> list[Any]:
-        return self.on_batch([item])
+    # -- layout
 
-    def on_batch(self, items: Iterable[tuple[str, str, str, Any]]) -> list[Any]:
+    def _init(self, key: str) -> None:
         st = self.state
+        st.key = key
+        n = self.config.valuation_shards
+        st.insts = sorted(i for i in self.config.instruments.instruments
+                          if shard_key("i:" + i, n) == key)
+        k = len(st.insts)
+        st.qty = np.zeros((0, k))
+        st.avg = np.zeros((0, k))
+        st.orders = np.zeros((0, k))
+        st.snap_ts = np.zeros((0, k), dtype=np.int64)
+        st.mark = [math.nan] * k
+        st.mark_ts = [-1] * k
+        st.mark_id = [""] * k
+        st.opt_delta = [0.0] * k
+        st.und_price = [0.0] * k
+        st.last_ts = [0] * k
+        st.ewma_price = [0.0] * k
+        st.ewma_ts = [-1] * k
+        st.ewma_var = [0.0] * k
+        st.ewma_n = [0] * k
+        st.feature_vol = [-1.0] * k
+        st.feature_vol_ts = [-1] * k
+        st.seen = [{} for _ in range(k)]
+        self._derive()
+
+    def _derive(self) -> None:
+        """Per-instrument constants and caches derived from config + state (not state)."""
+        st = self.state
+        reg = self.reg
+        specs = [reg.get(i) for i in st.insts]
+        if any(s is None for s in specs):
+            missing = [i for i, s in zip(st.insts, specs, strict=True) if s is None]
+            where = "exposure.instruments"
+            raise ConfigError(where, "every instrument held in a resumed snapshot",
+                              ", ".join(missing))
+        sp: list[InstrumentSpec] = [s for s in specs if s is not None]
+        self._col = {name: j for j, name in enumerate(st.insts)}
+        self._names = np.array(st.insts, dtype=object)
+        self._mult = np.array([s.multiplier for s in sp], dtype=float)
+        self._is_opt_list = [s.kind == "option" for s in sp]
+        self._is_opt = np.array(self._is_opt_list, dtype=bool)
+        self._quote = [s.quote for s in sp]
+        self._uccy = [s.underlying_ccy for s in sp]
+        und = [s.underlying_asset for s in sp]
+        asset = [s.underlying_asset if s.kind == "option" else s.base for s in sp]
+        self._und_names = sorted(set(und))
+        self._asset_names = sorted(set(asset))
+        ux = {u: k for k, u in enumerate(self._und_names)}
+        ax = {a: k for k, a in enumerate(self._asset_names)}
+        k = len(sp)
+        self._und_code = np.array([ux[u] for u in und], dtype=np.int64)
+        # group sums by column permutation + reduceat (no BLAS: a threaded matmul
+        # fights the dataflow's own threads for the cores)
+        self._u_perm, self._u_starts = _groups(self._und_code)
+        self._a_perm, self._a_starts = _groups(np.array([ax[a] for a in asset], dtype=np.int64))
+        self._und_arr = np.array(self._und_names, dtype=object)
+        self._asset_arr = np.array(self._asset_names, dtype=object)
+        needing: dict[str, list[int]] = {}
+        for j, s in enumerate(sp):
+            for ccy in {s.quote, s.underlying_ccy}:
+                if ccy != reg.reporting:
+                    needing.setdefault(ccy, []).append(j)
+        self._needing = needing
+        self._row = {cp: i for i, cp in enumerate(st.cps)}
+        self._vol = np.full(k, -1.0)
+        self._vol_ts = np.full(k, -1, dtype=np.int64)
+        for j in range(k):
+            self._vol[j], self._vol_ts[j] = self._vol_of(j)
+        self._refresh_fx()
+        self._ready = True
+
+    def _refresh_fx(self) -> None:
+        fx = self.state.fx
+        rep = self.reg.reporting
+
+        def rate(ccy: str) -> float:
+            if ccy == rep:
+                return 1.0
+            cur = fx.get(ccy)
+            return math.nan if cur is None else cur[0]
+
+        self._fxq = np.array([rate(c) for c in self._quote], dtype=float)
+        self._fxu = np.array([rate(c) for c in self._uccy], dtype=float)
+
+    def _row_of(self, cp: str) -> int:
+        i = self._row.get(cp)
+        if i is not None:
+            return i
+        st = self.state
+        i = self._row[cp] = len(st.cps)
+        st.cps.append(cp)
+        if i >= st.qty.shape[0]:
+            cap = max(8, 2 * st.qty.shape[0])
+            k = len(st.insts)
+
+            def grow(a: Any, fill: float) -> Any:
+                b = np.full((cap, k), fill, dtype=a.dtype)
+                b[: a.shape[0]] = a
+                return b
+
+            st.qty, st.orders = grow(st.qty, 0.0), grow(st.orders, 0.0)
+            st.avg, st.snap_ts = grow(st.avg, math.nan), grow(st.snap_ts, -1)
+        return i
+
+    def _vol_of(self, j: int) -> tuple[float, int]:
+        st = self.state
+        if st.feature_vol[j] >= 0:
+            return st.feature_vol[j], st.feature_vol_ts[j]
+        if st.ewma_n[j] >= self.config.vol_min_samples:
+            return math.sqrt(st.ewma_var[j] * SECONDS_PER_YEAR), st.ewma_ts[j]
+        return -1.0, -1
+
+    # -- events
+
+    def on_event(self, item: Item) -> list[Any]:
+        return self._process([item])
+
+    def on_batch(self, packs: Iterable[list[Item]]) -> list[Any]:
+        """The dataflow hands over packs (one per upstream batch); apply them in order."""
+        packs = list(packs)
+        if len(packs) == 1:
+            return self._process(packs[0])
+        return self._process([it for p in packs for it in p])
+
+    def _process(self, items: Sequence[Item]) -> list[Any]:  # noqa: C901, PLR0912, PLR0915 - the per-record hot loop, kept in one frame on purpose
+        st = self.state
+        if not st.key and items:
+            self._init(items[0][1])
         out: list[Any] = []
-        dirty: dict[str, str] = {}
-        everyone = ""
-        for role, key, target, ev in items:
-            if not st.target:
-                st.target, st.is_asset = key[2:], key.startswith("a:")
-                if not st.is_asset:
-                    self._set_spec(self.reg.get(st.target))
-            st.last_ts = max(st.last_ts, ev.ts)
+        col = self._col
+        mark, mark_ts, mark_id, last_ts = st.mark, st.mark_ts, st.mark_id, st.last_ts
+        ewma_price, ewma_ts, ewma_var, ewma_n = (st.ewma_price, st.ewma_ts, st.ewma_var,
+                                                 st.ewma_n)
+        is_opt = self._is_opt_list
+        alpha = self.config.vol_alpha
+        changed: dict[int, str] = {}  # column -> id of the record that re-valued it
+        touched: dict[int, list[str]] = {}  # row -> ids of own records, oldest first
+        touched_ts: dict[int, int] = {}
+        touched_cols: dict[int, str] = {}
+        coll_dirty: dict[int, str] = {}
+        fx_dirty = False
+        for role, _key, target, ev in items:
+            ts = ev.ts
             if role == "mark":
-                if ev.ts >= st.mark_ts:
-                    self._on_mark(ev)
-                    everyone = ev.id
-            elif role == "fx":
+                j = col[target]
+                if ts > last_ts[j]:
+                    last_ts[j] = ts
+                if ts < mark_ts[j]:
+                    continue
+                price = _price_of(ev)
+                if price is None:  # pragma: no cover - routed marks always have a price
+                    continue
+                mark[j], mark_ts[j], mark_id[j] = price, ts, ev.id
+                changed[j] = ev.id
+                if is_opt[j]:
+                    st.opt_delta[j], st.und_price[j] = ev.delta, ev.underlying_price
+                elif price > 0:
+                    ets = ewma_ts[j]
+                    if ets >= 0 and ts > ets and ewma_price[j] > 0:
+                        r = math.log(price / ewma_price[j])
+                        inst = r * r / ((ts - ets) / NS_PER_S)
+                        ewma_var[j] = (inst if ewma_n[j] == 0
+                                       else (1 - alpha) * ewma_var[j] + alpha * inst)
+                        ewma_n[j] += 1
+                    if ts > ets:
+                        ewma_price[j], ewma_ts[j] = price, ts
+                continue
+            if role == "fx":
                 cur = st.fx.get(target)
                 price = _price_of(ev)
-                if price is not None and (cur is None or ev.ts >= cur[1]):
-                    st.fx[target] = (price, ev.ts)
-                    everyone = ev.id
-            elif role == "vol":
-                if ev.ts >= st.feature_vol_ts:
-                    st.feature_vol = float(ev.values[self.config.vol_feature])
-                    st.feature_vol_ts = ev.ts
-            elif role == "bal":
-                cur_b = st.balances.get(ev.counterparty)
-                if cur_b is None or ev.ts >= cur_b[1]:
-                    st.balances[ev.counterparty] = (ev.total, ev.ts)
-                    dirty[ev.counterparty] = ev.id
-            elif role == "fill":
-                if self._on_fill(ev):
-                    dirty[ev.counterparty] = ev.id
+                for j in self._needing.get(target, ()):
+                    if ts > last_ts[j]:
+                        last_ts[j] = ts
+                if target in st.balances:
+                    st.asset_ts[target] = max(st.asset_ts.get(target, 0), ts)
+                if price is not None and (cur is None or ts >= cur[1]):
+                    st.fx[target] = (price, ts)
+                    fx_dirty = True
+                    for j in self._needing.get(target, ()):
+                        changed[j] = ev.id
+                    for cp in st.balances.get(target, {}):
+                        coll_dirty[self._row_of(cp)] = ev.id
+                continue
+            if role == "vol":
+                j = col[target]
+                last_ts[j] = max(last_ts[j], ts)
+                if ts >= st.feature_vol_ts[j]:
+                    st.feature_vol[j] = float(ev.values[self.config.vol_feature])
+                    st.feature_vol_ts[j] = ts
+                    self._vol[j], self._vol_ts[j] = self._vol_of(j)
+                continue
+            i = self._row_of(ev.counterparty)
+            if role == "bal":
+                held = st.balances.setdefault(target, {})
+                st.asset_ts[target] = max(st.asset_ts.get(target, 0), ts)
+                cur_b = held.get(ev.counterparty)
+                if cur_b is None or ts >= cur_b[1]:
+                    held[ev.counterparty] = (ev.total, ts)
+                    coll_dirty[i] = ev.id
+                    touched.setdefault(i, []).append(ev.id)
+                    touched_ts[i] = max(touched_ts.get(i, 0), ts)
+                continue
+            j = col[target]
+            if ts > last_ts[j]:
+                last_ts[j] = ts
+            if role == "fill":
+                seen = st.seen[j]
+                if ev.id in seen:
+                    continue
+                seen[ev.id] = None
+                if len(seen) > self.config.dedup_window:
+                    del seen[next(iter(seen))]
+                if ts > st.snap_ts[i, j]:  # else already in the authoritative snapshot
+                    signed = ev.qty if ev.side == "buy" else -ev.qty
+                    a = float(st.avg[i, j])
+                    q, new_avg = apply_fill(float(st.qty[i, j]), None if a != a else a,
+                                            signed, ev.price)
+                    st.qty[i, j] = q
+                    st.avg[i, j] = math.nan if new_avg is None else new_avg
             elif role == "snap":
-                out.extend(self._on_snapshot(ev))
-                dirty[ev.counterparty] = ev.id
-            elif role == "orders":
-                pos = self._pos(ev.counterparty, ev.venue)
-                pos.orders = ev.notional
-                _evidence_add(pos.evidence, ev.id, self.config.max_evidence)
-                dirty[ev.counterparty] = ev.id
-        if everyone:
-            if st.is_asset:
-                for cp in st.balances:
-                    dirty.setdefault(cp, everyone)
-            else:
-                for cp, pos in st.positions.items():
-                    if pos.qty != 0.0 or pos.orders != 0.0:
-                        dirty.setdefault(cp, everyone)
-        if dirty:
-            if st.is_asset:
-                for cp, rid in dirty.items():
-                    out.extend(self._emit_collateral(cp, rid))
-            elif self._spec is not None:
-                vol, vol_ts = self._vol()
-                for cp, rid in dirty.items():
-                    out.extend(self._emit_position(cp, rid, vol, vol_ts))
-        return out
+                out.extend(self._on_snapshot(ev, i, j))
+            else:  # orders
+                st.orders[i, j] = ev.notional
+            _evidence_add(st.evidence.setdefault((i, j), []), ev.id, self.config.max_evidence)
+            touched.setdefault(i, []).append(ev.id)
+            touched_ts[i] = max(touched_ts.get(i, 0), ts)
+            touched_cols.setdefault(j, ev.id)
+        if fx_dirty:
+            self._refresh_fx()
+        for j in changed:
+            if not is_opt[j]:
+                self._vol[j], self._vol_ts[j] = self._vol_of(j)
+        if not (changed or touched or coll_dirty):
+            return out
+        return self._revalue(out, changed, touched, touched_ts, touched_cols, coll_dirty)
 
-    # -- helpers
-
-    def _pos(self, cp: str, venue: str) -> _Pos:
-        pos = self.state.positions.get(cp)
-        if pos is None:
-            pos = self.state.positions[cp] = _Pos(venue=venue)
-        return pos
-
-    def _on_mark(self, ev: Any) -> None:
+    def _on_snapshot(self, ev: PositionSnapshot, i: int, j: int) -> list[Any]:
         st = self.state
-        price = _price_of(ev)
-        if price is None:
-            return
-        st.mark, st.mark_ts, st.mark_id = price, ev.ts, ev.id
-        if isinstance(ev, OptionQuote):
-            st.opt_delta, st.und_price = ev.delta, ev.underlying_price
-            return
-        if price > 0:
-            if st.ewma_ts >= 0 and ev.ts > st.ewma_ts and st.ewma_price > 0:
-                r = math.log(price / st.ewma_price)
-                inst = r * r / ((ev.ts - st.ewma_ts) / NS_PER_S)
-                a = self.config.vol_alpha
-                st.ewma_var = inst if st.ewma_n == 0 else (1 - a) * st.ewma_var + a * inst
-                st.ewma_n += 1
-            if ev.ts > st.ewma_ts:
-                st.ewma_price, st.ewma_ts = price, ev.ts
-
-    def _on_fill(self, ev: Fill) -> bool:
-        st = self.state
-        if ev.id in st.seen:
-            return False
-        st.seen[ev.id] = None
-        if len(st.seen) > self.config.dedup_window:
-            del st.seen[next(iter(st.seen))]
-        pos = self._pos(ev.counterparty, ev.venue)
-        _evidence_add(pos.evidence, ev.id, self.config.max_evidence)
-        if ev.ts <= pos.snap_ts:
-            return True  # already reflected in the authoritative snapshot
-        signed = ev.qty if ev.side == "buy" else -ev.qty
-        pos.qty, pos.avg = apply_fill(pos.qty, pos.avg, signed, ev.price)
-        return True
-
-    def _on_snapshot(self, ev: PositionSnapshot) -> list[Any]:
-        st = self.state
-        pos = self._pos(ev.counterparty, ev.venue)
-        _evidence_add(pos.evidence, ev.id, self.config.max_evidence)
+        ev_buf = st.evidence.setdefault((i, j), [])
+        _evidence_add(ev_buf, ev.id, self.config.max_evidence)
         out: list[Any] = []
-        diff = ev.qty - pos.qty
-        tol = self.config.recon_abs_tol + self.config.recon_rel_tol * max(abs(ev.qty), abs(pos.qty))
+        qty = float(st.qty[i, j])
+        diff = ev.qty - qty
+        cfg = self.config
+        tol = cfg.recon_abs_tol + cfg.recon_rel_tol * max(abs(ev.qty), abs(qty))
         if abs(diff) > tol:
             out.append(RiskAlert(
                 id=_alert_id("reconciliation_break", ev.counterparty, ev.instrument, ev.id),
@@ -458,109 +684,219 @@ class ValuationLogic:
                 scope=Scope(kind=ScopeKind.INSTRUMENT, value=ev.instrument, venue=ev.venue),
                 ts=ev.ts, severity=Severity.WARN,
                 reason=(f"position snapshot {ev.qty} of {ev.instrument} at {ev.counterparty} "
-                        f"differs from fills {pos.qty} by {diff}; adopted the snapshot"),
+                        f"differs from fills {qty} by {diff}; adopted the snapshot"),
                 details={"counterparty": ev.counterparty, "snapshot_qty": ev.qty,
-                         "fills_qty": pos.qty, "diff": diff, "tolerance": tol},
-                evidence_ids=[ev.id, *pos.evidence[-4:]][: self.config.max_evidence],
+                         "fills_qty": qty, "diff": diff, "tolerance": tol},
+                evidence_ids=[ev.id, *ev_buf[-4:]][: cfg.max_evidence],
             ))
+        avg = float(st.avg[i, j])
         if ev.avg_price is not None:
-            pos.avg = ev.avg_price
-        elif pos.avg is None or (pos.qty == 0.0) or (pos.qty > 0) != (ev.qty > 0):
-            pos.avg = st.mark
-        pos.qty = ev.qty
-        pos.snap_ts = max(pos.snap_ts, ev.ts)
+            st.avg[i, j] = ev.avg_price
+        elif avg != avg or qty == 0.0 or (qty > 0) != (ev.qty > 0):
+            st.avg[i, j] = st.mark[j]
+        st.qty[i, j] = ev.qty
+        st.snap_ts[i, j] = max(int(st.snap_ts[i, j]), ev.ts)
         return out
 
-    def _fx(self, ccy: str) -> tuple[float, int] | None:
-        if ccy == self.reg.reporting:
-            return (1.0, -1)
-        return self.state.fx.get(ccy)
-
-    def _vol(self) -> tuple[float, int]:
+    def _missing_alerts(self, valued: Any, held_cols: Any, touched_cols: dict[int, str],
+                        changed: dict[int, str], first_holder: Any) -> list[Any]:
+        """``missing_mark`` / ``missing_fx`` once per instrument until it is valued again."""
         st = self.state
-        if st.feature_vol >= 0:
-            return st.feature_vol, st.feature_vol_ts
-        if st.ewma_n >= self.config.vol_min_samples:
-            return math.sqrt(st.ewma_var * SECONDS_PER_YEAR), st.ewma_ts
-        return -1.0, -1
-
-    def _missing(self, key: str, kind: str, cp: str, rid: str, reason: str) -> list[Any]:
-        st = self.state
-        if st.alerted.get(key) == kind:
-            return []
-        st.alerted[key] = kind
-        return [RiskAlert(
-            id=_alert_id(kind, st.target, cp, rid), kind=kind,
-            scope=Scope(kind=ScopeKind.INSTRUMENT, value=st.target), ts=st.last_ts,
-            severity=Severity.WARN, reason=reason,
-            details={"counterparty": cp}, evidence_ids=[rid],
-        )]
-
-    def _emit_position(self, cp: str, rid: str, vol: float, vol_ts: int) -> list[Any]:
-        st = self.state
-        spec = self._spec
-        assert spec is not None
-        pos = st.positions[cp]
-        reason = ""
-        notional = delta = upnl = orders = 0.0
-        mark = st.mark
-        if mark is None:
-            reason = "missing_mark"
-            out = self._missing("mark", "missing_mark", cp, rid,
-                                f"no mark yet for {st.target}; position of {cp} is unvalued")
-        else:
-            fxq = self._fx(spec.quote)
-            fxu = fxq if self._same_ccy else self._fx(spec.underlying_ccy)
-            if fxq is None or fxu is None:
-                reason = "missing_fx"
-                ccy = spec.quote if fxq is None else spec.underlying_ccy
-                out = self._missing("fx", "missing_fx", cp, rid,
-                                    f"no FX rate {ccy}->{self.reg.reporting} for {st.target}")
-            else:
-                out = []
-                if st.alerted:
-                    st.alerted.clear()
-                qm = pos.qty * spec.multiplier
-                q_fx = fxq[0]
-                if self._is_option:
-                    notional = qm * st.und_price * fxu[0]
-                    delta = qm * st.opt_delta * st.und_price * fxu[0]
-                else:
-                    notional = delta = qm * mark * q_fx
-                avg = pos.avg
-                upnl = 0.0 if avg is None else qm * (mark - avg) * q_fx
-                orders = pos.orders * q_fx
-        st.seq += 1
-        ev = pos.evidence
-        evidence = tuple(ev) if rid in ev else (*ev[self._ev_tail:], rid)
-        out.append(Contrib(
-            cp, "i", st.target, st.seq, st.last_ts, self._asset, self._underlying, pos.qty,
-            notional, delta, upnl, orders, 0.0, st.mark_ts, not reason, reason, vol, vol_ts,
-            evidence,
-        ))
-        return out
-
-    def _emit_collateral(self, cp: str, rid: str) -> list[Any]:
-        st = self.state
-        total, _bts = st.balances[cp]
-        fx = self._fx(st.target)
         out: list[Any] = []
-        reason = ""
-        value = 0.0
-        if fx is None:
-            reason = "missing_fx"
-            why = f"no FX rate {st.target}->{self.reg.reporting} for collateral"
-            out.extend(self._missing("fx", "missing_fx", cp, rid, why))
-        else:
-            value = total * fx[0]
-        st.seq += 1
-        out.append(Contrib(
-            counterparty=cp, what="a", name=st.target, seq=st.seq, ts=st.last_ts,
-            asset=st.target, underlying=st.target, qty=total, notional=0.0, delta=0.0,
-            upnl=0.0, orders=0.0, collateral=value, mark_ts=fx[1] if fx else -1,
-            valued=not reason, reason=reason, vol=-1.0, vol_ts=-1, evidence=(rid,),
-        ))
+        cand = [j for j in (*touched_cols, *changed) if j in touched_cols or held_cols[j]]
+        for j in dict.fromkeys(cand):
+            name = st.insts[j]
+            if valued[j]:
+                st.alerted.pop(name, None)
+                continue
+            if mark_missing := st.mark[j] != st.mark[j]:
+                kind, why = "missing_mark", f"no mark yet for {name}"
+            else:
+                fxq = self._fxq[j]
+                ccy = self._quote[j] if fxq != fxq else self._uccy[j]
+                kind, why = "missing_fx", f"no FX rate {ccy}->{self.reg.reporting} for {name}"
+            seen = st.alerted.setdefault(name, {})
+            slot = "mark" if mark_missing else "fx"
+            if seen.get(slot) == kind:
+                continue
+            seen[slot] = kind
+            cp = st.cps[int(first_holder[j])]
+            rid = touched_cols.get(j) or changed.get(j) or st.mark_id[j]
+            reason = (f"{why}; position of {cp} is unvalued" if mark_missing else why)
+            out.append(RiskAlert(
+                id=_alert_id(kind, name, cp, rid), kind=kind,
+                scope=Scope(kind=ScopeKind.INSTRUMENT, value=name), ts=st.last_ts[j],
+                severity=Severity.WARN, reason=reason,
+                details={"counterparty": cp}, evidence_ids=[rid],
+            ))
         return out
+
+    def _collateral(self, cp: str) -> tuple[float, list[str], int, list[Any]]:
+        """``(value, unvalued assets, newest ts, alerts)`` of ``cp``'s balances here."""
+        st = self.state
+        value = 0.0
+        unvalued: list[str] = []
+        ts = 0
+        alerts: list[Any] = []
+        rep = self.reg.reporting
+        for asset, held in st.balances.items():
+            cur = held.get(cp)
+            if cur is None:
+                continue
+            ts = max(ts, st.asset_ts.get(asset, 0))
+            fx = (1.0, -1) if asset == rep else st.fx.get(asset)
+            key = "a:" + asset
+            if fx is None:
+                unvalued.append(asset)
+                seen = st.alerted.setdefault(key, {})
+                if seen.get("fx") != "missing_fx":
+                    seen["fx"] = "missing_fx"
+                    alerts.append(RiskAlert(
+                        id=_alert_id("missing_fx", asset, cp, cur[1]), kind="missing_fx",
+                        scope=Scope(kind=ScopeKind.INSTRUMENT, value=asset),
+                        ts=st.asset_ts.get(asset, 0), severity=Severity.WARN,
+                        reason=f"no FX rate {asset}->{rep} for collateral",
+                        details={"counterparty": cp}, evidence_ids=[str(cur[1])],
+                    ))
+            else:
+                st.alerted.pop(key, None)
+                value += cur[0] * fx[0]
+        return value, unvalued, ts, alerts
+
+    def _revalue(  # noqa: PLR0913, PLR0917 - internal step of _process, called once
+        self, out: list[Any], changed: dict[int, str], touched: dict[int, list[str]],
+        touched_ts: dict[int, int], touched_cols: dict[int, str], coll_dirty: dict[int, str],
+    ) -> list[Any]:
+        """One :class:`Part` per counterparty whose value may have moved in this batch."""
+        st = self.state
+        n = len(st.cps)
+        if n == 0:
+            return out
+        cap = self.config.max_evidence
+        qty, orders = st.qty[:n], st.orders[:n]
+        active_all = (qty != 0.0) | (orders != 0.0)
+        mark = np.array(st.mark)
+        fxq, fxu = self._fxq, self._fxu
+        valued = ~(np.isnan(mark) | np.isnan(fxq) | np.isnan(fxu))
+        dirty = np.zeros(n, dtype=bool)
+        jc = np.fromiter(changed, dtype=np.int64, count=len(changed))
+        if len(jc):
+            dirty |= active_all[:, jc].any(axis=1)
+        for i in touched:
+            dirty[i] = True
+        for i in coll_dirty:
+            dirty[i] = True
+        if touched_cols or changed:
+            held_cols = active_all.any(axis=0)
+            first_holder = np.argmax(active_all, axis=0)
+            for j, _rid in touched_cols.items():
+                if not held_cols[j]:
+                    first_holder[j] = min((i for i in touched if st.qty[i, j] == 0.0),
+                                          default=0)
+            out.extend(self._missing_alerts(valued, held_cols, touched_cols, changed,
+                                            first_holder))
+        rows = np.flatnonzero(dirty)
+        if not len(rows):
+            return out
+        opt = self._is_opt
+        und_px = np.array(st.und_price)
+        nf = np.where(opt, und_px * fxu, mark * fxq)
+        df = np.where(opt, np.array(st.opt_delta) * und_px * fxu, nf)
+        nf = np.where(valued, nf, 0.0)
+        df = np.where(valued, df, 0.0)
+        qm = qty[rows] * self._mult
+        notional = qm * nf
+        delta = qm * df
+        avg = st.avg[rows]
+        upnl = np.where(valued & ~np.isnan(avg),
+                        qm * (np.where(valued, mark, 0.0) - avg) * np.where(valued, fxq, 0.0),
+                        0.0)
+        ords = orders[rows] * np.where(valued, fxq, 0.0)
+        act = active_all[rows]
+        gross = np.abs(notional).sum(axis=1).tolist()
+        net = notional.sum(axis=1).tolist()
+        upnl_s = upnl.sum(axis=1).tolist()
+        ord_s = ords.sum(axis=1).tolist()
+        d_u = _group_sum(delta, self._u_perm, self._u_starts, np.add)
+        held_u = _group_sum(act, self._u_perm, self._u_starts, np.logical_or)
+        n_a = _group_sum(notional, self._a_perm, self._a_starts, np.add)
+        held_a = _group_sum(act, self._a_perm, self._a_starts, np.logical_or)
+        last = np.array(st.last_ts, dtype=np.int64)
+        ts_rows = np.where(act, last, 0).max(axis=1, initial=0).tolist()
+        mts = np.where(valued, np.array(st.mark_ts, dtype=np.int64), NEVER_STALE)
+        # every per-row list in one pass each: row-major nonzero, then slice per row
+        r_i, c_i = np.nonzero(act)
+        names_all = self._names[c_i].tolist()
+        not_all = notional[r_i, c_i].tolist()
+        mts_sel = mts[c_i]
+        mts_all = mts_sel.tolist()
+        unv_all = (~valued[c_i]).tolist()
+        bounds = np.searchsorted(r_i, np.arange(len(rows) + 1)).tolist()
+        ru, ku = np.nonzero(held_u)
+        du_names = self._und_arr[ku].tolist()
+        du_vals = d_u[ru, ku].tolist()
+        ubounds = np.searchsorted(ru, np.arange(len(rows) + 1)).tolist()
+        ra, ka = np.nonzero(held_a)
+        da_names = self._asset_arr[ka].tolist()
+        da_vals = n_a[ra, ka].tolist()
+        abounds = np.searchsorted(ra, np.arange(len(rows) + 1)).tolist()
+        uvol = self._und_vols(active_all)
+        held_changed = act[:, jc] if len(jc) else None
+        mark_ids = list(changed.values())
+        for k, i in enumerate(rows.tolist()):
+            cp = st.cps[i]
+            lo, hi = bounds[k], bounds[k + 1]
+            names = names_all[lo:hi]
+            unvalued = [nm for nm, u in zip(names, unv_all[lo:hi], strict=True) if u]
+            oldest = int(mts_sel[lo:hi].min()) if hi > lo else NEVER_STALE
+            ulo, uhi = ubounds[k], ubounds[k + 1]
+            unds = du_names[ulo:uhi]
+            vols = {u: uvol[u] for u in unds if u in uvol}
+            evidence: list[str] = []
+            if held_changed is not None:
+                hc = np.flatnonzero(held_changed[k])
+                evidence = [mark_ids[x] for x in hc[-cap:].tolist()]
+            own = touched.get(i)
+            if own:
+                evidence = [e for e in evidence if e not in own][-(cap - min(cap, len(own))):] \
+                    if len(evidence) + len(own) > cap else evidence
+                evidence.extend(own[-cap:])
+            ts = max(ts_rows[k], touched_ts.get(i, 0))
+            coll = 0.0
+            if st.balances:
+                coll, unv_coll, cts, alerts = self._collateral(cp)
+                out.extend(alerts)
+                unvalued.extend(unv_coll)
+                ts = max(ts, cts)
+            if i in coll_dirty and coll_dirty[i] not in evidence:
+                evidence.append(coll_dirty[i])
+            st.seq += 1
+            out.append(Part(
+                cp, st.key, st.seq, ts, gross[k], net[k], upnl_s[k], ord_s[k], coll,
+                dict(zip(unds, du_vals[ulo:uhi], strict=True)),
+                dict(zip(da_names[abounds[k]:abounds[k + 1]],
+                         da_vals[abounds[k]:abounds[k + 1]], strict=True)),
+                names, not_all[lo:hi], mts_all[lo:hi], oldest, unvalued, vols,
+                evidence[-cap:],
+            ))
+        return out
+
+    def _und_vols(self, active_all: Any) -> dict[str, tuple[float, int]]:
+        """Newest realized vol per underlying among the instruments anyone holds here."""
+        held = active_all.any(axis=0) & (self._vol_ts >= 0)
+        idx = np.flatnonzero(held)
+        uv: dict[str, tuple[float, int]] = {}
+        if len(idx):
+            codes = self._und_code[idx]
+            vts = self._vol_ts[idx]
+            order = np.lexsort((vts, codes))
+            sc = codes[order]
+            last = np.flatnonzero(np.r_[sc[1:] != sc[:-1], True])
+            best = idx[order[last]]
+            for j, v, t in zip(best.tolist(), self._vol[best].tolist(),
+                               self._vol_ts[best].tolist(), strict=True):
+                uv[self._und_names[int(self._und_code[j])]] = (v, t)
+        return uv
 
 
 def apply_fill(
@@ -594,182 +930,112 @@ def apply_fill(
 
 @dataclass
 class CounterpartyState:
-    """State of one counterparty: its latest contributions and their running sums.
-
-    The sums (``gross`` ... ``by_inst``) are kept incrementally, so an update
-    costs O(1) instead of a pass over every position; they are re-summed
-    exactly from ``contribs`` every ``RESUM_EVERY`` updates to bound float drift.
-    """
+    """State of one counterparty: its latest :class:`Part` per shard."""
 
     version: int = STATE_VERSION
     counterparty: str = ""
-    contribs: dict[tuple[str, str], Contrib] = field(default_factory=dict)
+    parts: dict[str, Part] = field(default_factory=dict)
     watermark: int = 0
     seq: int = 0
     stale: dict[str, int] = field(default_factory=dict)
     evidence: list[str] = field(default_factory=list)
-    gross: float = 0.0
-    net: float = 0.0
-    upnl: float = 0.0
-    orders: float = 0.0
-    collateral: float = 0.0
-    delta: dict[str, float] = field(default_factory=dict)
-    by_asset: dict[str, float] = field(default_factory=dict)
-    by_inst: dict[str, float] = field(default_factory=dict)
-    refs: dict[str, int] = field(default_factory=dict)
-    marks: dict[str, int] = field(default_factory=dict)
-    unvalued: dict[str, None] = field(default_factory=dict)
-    vols: dict[str, tuple[float, int]] = field(default_factory=dict)
-    updates: int = 0
-
-
-RESUM_EVERY = 4096
 
 
 class CounterpartyLogic:
-    """Stage 2: one counterparty's contributions -> its :class:`Exposure`."""
+    """Stage 2: one counterparty's parts (one per shard) -> its :class:`Exposure`.
+
+    Each part is the counterparty's complete sum over one shard, so the
+    exposure is an exact re-sum over at most ``valuation_shards`` parts (no
+    running sums, no drift). At most one exposure per batch.
+    """
 
     def __init__(self, config: ExposureConfig, state: CounterpartyState | None = None) -> None:
         self.config = config
-        if state is not None and state.version < STATE_VERSION:
-            state = _migrate_cp(state)
+        if state is not None and state.version != STATE_VERSION:
+            where = "exposure.counterparty"
+            raise ConfigError(where, f"a version-{STATE_VERSION} snapshot (start a fresh "
+                              "recovery store after upgrading)", state.version)
         self.state = state if state is not None else CounterpartyState()
 
     def snapshot(self) -> CounterpartyState:
-        return _copy(self.state)
-
-    def on_event(self, c: Contrib) -> list[Any]:
-        return self.on_batch([c])
-
-    def on_batch(self, items: Iterable[Contrib]) -> list[Any]:
+        # parts are frozen and never mutated: a shallow rebuild is an independent copy
         st = self.state
-        contribs = st.contribs
-        changed: list[Contrib] = []
-        gross, net, upnl, orders = st.gross, st.net, st.upnl, st.orders
-        delta, by_asset, by_inst = st.delta, st.by_asset, st.by_inst
-        marks, unvalued, vols = st.marks, st.unvalued, st.vols
-        watermark = st.watermark
-        for c in items:
-            key = (c.what, c.name)
-            old = contribs.get(key)
-            if old is not None and old.seq >= c.seq:
+        return CounterpartyState(
+            version=st.version, counterparty=st.counterparty, parts=dict(st.parts),
+            watermark=st.watermark, seq=st.seq, stale=dict(st.stale),
+            evidence=list(st.evidence),
+        )
+
+    def on_event(self, p: Part) -> list[Any]:
+        return self.on_batch([p])
+
+    def on_batch(self, items: Iterable[Part]) -> list[Any]:
+        st = self.state
+        parts = st.parts
+        cap = self.config.max_evidence
+        changed = False
+        for p in items:
+            old = parts.get(p.shard)
+            if old is not None and old.seq >= p.seq:
                 continue
-            changed.append(c)
-            watermark = max(watermark, c.ts)
-            if c.what != "i" or old is None or (c.qty == 0.0 and c.orders == 0.0):
-                # collateral, a new position or a closed one: the general path
-                st.gross, st.net, st.upnl, st.orders = gross, net, upnl, orders
-                if old is not None:
-                    self._add(old, -1)
-                if c.what == "i" and c.qty == 0.0 and c.orders == 0.0:
-                    contribs.pop(key, None)
-                else:
-                    contribs[key] = c
-                    self._add(c, 1)
-                gross, net, upnl, orders = st.gross, st.net, st.upnl, st.orders
-                continue
-            # the hot path: a held position re-valued (same instrument, asset, underlying)
-            contribs[key] = c
-            name, n, on = c.name, c.notional, old.notional
-            gross += abs(n) - abs(on)
-            net += n - on
-            upnl += c.upnl - old.upnl
-            orders += c.orders - old.orders
-            delta[c.underlying] += c.delta - old.delta
-            by_asset[c.asset] += n - on
-            by_inst[name] = n
-            if c.valued:
-                marks[name] = c.mark_ts
-                if not old.valued:
-                    unvalued.pop(name, None)
-            elif old.valued:
-                unvalued[name] = None
-                marks.pop(name, None)
-            if c.vol >= 0:
-                cur = vols.get(c.underlying)
-                if cur is None or c.vol_ts > cur[1]:
-                    vols[c.underlying] = (c.vol, c.vol_ts)
-        st.gross, st.net, st.upnl, st.orders = gross, net, upnl, orders
-        st.watermark = watermark
+            parts[p.shard] = p
+            changed = True
+            st.counterparty = p.counterparty
+            if p.ts > st.watermark:
+                st.watermark = p.ts
+            for rid in p.evidence:
+                _evidence_add(st.evidence, rid, cap)
         if not changed:
             return []
-        st.counterparty = changed[-1].counterparty
-        st.updates += len(changed)
-        if st.updates >= RESUM_EVERY:
-            _resum(st)
-        self._note_evidence(changed)
         return self._emit()
 
-    def _note_evidence(self, changed: list[Contrib]) -> None:
-        """Keep the newest ``max_evidence`` distinct record ids that moved the exposure."""
-        st = self.state
-        cap = self.config.max_evidence
-        if len(changed) == 1:
-            for rid in changed[0].evidence:
-                _evidence_add(st.evidence, rid, cap)
-            return
-        recent: dict[str, None] = {}
-        for c in reversed(changed):
-            for rid in reversed(c.evidence):
-                recent[rid] = None
-            if len(recent) >= cap:
-                break
-        for rid in reversed(list(recent)[:cap]):
-            _evidence_add(st.evidence, rid, cap)
-
-    def _add(self, c: Contrib, sign: int) -> None:
-        """Add (``sign=1``) or remove (``-1``) one contribution from the running sums."""
-        st = self.state
-        name = c.name
-        if c.what == "a":
-            st.collateral += sign * c.collateral
-            if not c.valued:
-                _toggle(st.unvalued, name, sign)
-            return
-        n = c.notional
-        st.gross += sign * abs(n)
-        st.net += sign * n
-        st.upnl += sign * c.upnl
-        st.orders += sign * c.orders
-        refs = st.refs
-        for table, k, v in ((st.delta, c.underlying, c.delta), (st.by_asset, c.asset, n)):
-            rk = ("d:" if table is st.delta else "a:") + k
-            left = refs.get(rk, 0) + sign
-            if left:
-                refs[rk] = left
-                table[k] = table.get(k, 0.0) + sign * v
-            else:
-                refs.pop(rk, None)
-                table.pop(k, None)
-        if sign > 0:
-            st.by_inst[name] = n
-            if c.valued:
-                st.marks[name] = c.mark_ts
-            else:
-                st.unvalued[name] = None
-            if c.vol >= 0:
-                cur = st.vols.get(c.underlying)
-                if cur is None or c.vol_ts > cur[1]:
-                    st.vols[c.underlying] = (c.vol, c.vol_ts)
-        else:
-            st.by_inst.pop(name, None)
-            st.marks.pop(name, None)
-            st.unvalued.pop(name, None)
-
-    def _emit(self) -> list[Any]:
+    def _emit(self) -> list[Any]:  # noqa: C901 - one pass over the parts
         st = self.state
         cfg = self.config
+        ps = [st.parts[k] for k in sorted(st.parts)] if len(st.parts) > 1 else list(
+            st.parts.values())
+        gross = net = upnl = orders = coll = 0.0
+        by_inst: dict[str, float] = {}
+        vols: dict[str, tuple[float, int]] = {}
+        unvalued: list[str] = []
+        if len(ps) == 1:
+            p = ps[0]
+            gross, net, upnl, orders, coll = p.gross, p.net, p.upnl, p.orders, p.collateral
+            delta, by_asset = dict(p.delta), dict(p.by_asset)
+            by_inst = dict(zip(p.names, p.notionals, strict=True))
+            vols = p.vols
+            unvalued = p.unvalued
+        else:
+            delta, by_asset = {}, {}
+            for p in ps:
+                gross += p.gross
+                net += p.net
+                upnl += p.upnl
+                orders += p.orders
+                coll += p.collateral
+                for k, v in p.delta.items():
+                    delta[k] = delta.get(k, 0.0) + v
+                for k, v in p.by_asset.items():
+                    by_asset[k] = by_asset.get(k, 0.0) + v
+                by_inst.update(zip(p.names, p.notionals, strict=True))
+                for k, vt in p.vols.items():
+                    cur = vols.get(k)
+                    if cur is None or vt[1] > cur[1]:
+                        vols[k] = vt
+                if p.unvalued:
+                    unvalued.extend(p.unvalued)
         out: list[Any] = []
         horizon = st.watermark - cfg.max_mark_age_ns
-        marks = st.marks
         old: dict[str, int] = {}
-        if marks and min(marks.values()) < horizon:
-            old = {name: ts for name, ts in marks.items() if ts < horizon}
+        if min((p.oldest for p in ps), default=NEVER_STALE) < horizon:
+            for p in ps:
+                if p.oldest < horizon:
+                    old.update((nm, t) for nm, t in zip(p.names, p.mark_ts, strict=True)
+                               if t < horizon)
         for name, mark_ts in old.items():
             if name in st.stale:
                 continue
             st.stale[name] = mark_ts
-            c = st.contribs[("i", name)]
             out.append(RiskAlert(
                 id=_alert_id("stale_mark", st.counterparty, name, mark_ts, st.watermark),
                 kind="stale_mark",
@@ -780,82 +1046,23 @@ class CounterpartyLogic:
                         f"{st.counterparty} is stale"),
                 details={"counterparty": st.counterparty, "mark_ts": mark_ts,
                          "watermark": st.watermark},
-                evidence_ids=list(c.evidence[-4:]),
+                evidence_ids=list(st.evidence[-4:]),
             ))
         if st.stale:
             for name in [n for n in st.stale if n not in old]:
                 del st.stale[name]
-        stale = sorted({*st.unvalued, *old}) if st.unvalued or old else []
+        stale = sorted({*unvalued, *old}) if unvalued or old else []
         st.seq += 1
         out.append(Exposure(
-            counterparty=st.counterparty, ts=st.watermark, gross_notional=st.gross,
-            net_notional=st.net, delta_by_underlying=dict(st.delta),
-            notional_by_asset=dict(st.by_asset), notional_by_instrument=dict(st.by_inst),
-            collateral=st.collateral, unrealized_pnl=st.upnl, open_order_notional=st.orders,
+            counterparty=st.counterparty, ts=st.watermark, gross_notional=gross,
+            net_notional=net, delta_by_underlying=delta,
+            notional_by_asset=by_asset, notional_by_instrument=by_inst,
+            collateral=coll, unrealized_pnl=upnl, open_order_notional=orders,
             stale=bool(stale), stale_instruments=stale, evidence_ids=st.evidence,
-            seq=st.seq, vol_by_underlying={k: v for k, (v, _t) in sorted(st.vols.items())},
+            seq=st.seq, vol_by_underlying={k: v for k, (v, _t) in sorted(vols.items())},
         ))
         st.evidence = []
         return out
-
-
-def _toggle(table: dict[str, None], name: str, sign: int) -> None:
-    if sign > 0:
-        table[name] = None
-    else:
-        table.pop(name, None)
-
-
-def _resum(st: CounterpartyState) -> None:
-    """Recompute every running sum of ``st`` exactly from its contributions."""
-    st.updates = 0
-    st.gross = st.net = st.upnl = st.orders = st.collateral = 0.0
-    for table in (st.delta, st.by_asset, st.by_inst, st.refs, st.marks, st.unvalued):
-        table.clear()
-    parts: dict[str, list[float]] = {}
-    for (what, name), c in st.contribs.items():
-        if what == "a":
-            parts.setdefault("collateral", []).append(c.collateral)
-            if not c.valued:
-                st.unvalued[name] = None
-            continue
-        parts.setdefault("gross", []).append(abs(c.notional))
-        parts.setdefault("net", []).append(c.notional)
-        parts.setdefault("upnl", []).append(c.upnl)
-        parts.setdefault("orders", []).append(c.orders)
-        parts.setdefault("d:" + c.underlying, []).append(c.delta)
-        parts.setdefault("a:" + c.asset, []).append(c.notional)
-        st.by_inst[name] = c.notional
-        if c.valued:
-            st.marks[name] = c.mark_ts
-        else:
-            st.unvalued[name] = None
-    for k, vals in parts.items():
-        total = math.fsum(vals)
-        if k.startswith("d:"):
-            st.delta[k[2:]] = total
-            st.refs[k] = len(vals)
-        elif k.startswith("a:"):
-            st.by_asset[k[2:]] = total
-            st.refs[k] = len(vals)
-        else:
-            setattr(st, k, total)
-
-
-def _migrate_cp(state: CounterpartyState) -> CounterpartyState:
-    """A version-1 snapshot (no running sums) upgraded to the current layout."""
-    new = CounterpartyState(
-        counterparty=state.counterparty, contribs=dict(state.contribs),
-        watermark=state.watermark, seq=state.seq, stale=dict(state.stale),
-        evidence=list(state.evidence),
-    )
-    for c in new.contribs.values():
-        if c.what == "i" and c.vol >= 0:
-            cur = new.vols.get(c.underlying)
-            if cur is None or c.vol_ts > cur[1]:
-                new.vols[c.underlying] = (c.vol, c.vol_ts)
-    _resum(new)
-    return new
 
 
 # --------------------------------------------------------------------- stage 3
@@ -965,7 +1172,7 @@ class PipelineOut:
 @dataclass
 class PipelineState:
     version: int = STATE_VERSION
-    valuation: dict[str, ValuationState] = field(default_factory=dict)
+    valuation: dict[str, ShardState] = field(default_factory=dict)
     counterparty: dict[str, CounterpartyState] = field(default_factory=dict)
     firm: FirmState | None = None
 
@@ -980,8 +1187,9 @@ class LocalPipeline:
     def __init__(self, config: ExposureConfig, state: PipelineState | None = None) -> None:
         self.config = config
         self.reg = config.validate()
+        self.router = Router(self.reg, config)
         st = state if state is not None else PipelineState()
-        self.val = {k: ValuationLogic(config, self.reg, s) for k, s in st.valuation.items()}
+        self.val = {k: ShardLogic(config, self.reg, s) for k, s in st.valuation.items()}
         self.cps = {k: CounterpartyLogic(config, s) for k, s in st.counterparty.items()}
         self.firm = FirmLogic(config, st.firm)
 
@@ -994,7 +1202,7 @@ class LocalPipeline:
 
     def feed(self, ev: Any) -> PipelineOut:
         out = PipelineOut()
-        routed = route(ev, self.reg, self.config)
+        routed = self.router.route(ev)
         if isinstance(routed, DeadLetter):
             out.errs.append(routed)
             return out
@@ -1002,7 +1210,7 @@ class LocalPipeline:
         for key, item in routed:
             logic = self.val.get(key)
             if logic is None:
-                logic = self.val[key] = ValuationLogic(self.config, self.reg)
+                logic = self.val[key] = ShardLogic(self.config, self.reg)
             for x in logic.on_event(item):
                 if isinstance(x, RiskAlert):
                     out.alerts.append(x)

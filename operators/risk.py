@@ -4,8 +4,9 @@ The logic lives in :mod:`riskguard.operators.exposure` and
 :mod:`riskguard.operators.limits`; this module only routes records between
 keyed stages:
 
-- ``valuation``: keyed by instrument / collateral asset (positions of every
-  counterparty in it meet its mark here);
+- ``valuation``: keyed by a shard of instruments / collateral assets (the
+  positions of every counterparty in them meet their marks here; input
+  records reach it as one pack per shard per batch);
 - ``counterparty``: keyed by counterparty (exposure per counterparty);
 - ``firm``: keyed by ``"firm"`` (rollup and concentration, correct however
   counterparties are spread over workers);
@@ -28,12 +29,12 @@ from riskguard.operators.clock import Clock, system_clock
 from riskguard.operators.crypto import PAYLOAD_LIMIT_UPDATE
 from riskguard.operators.exposure import (
     FIRM_KEY,
-    Contrib,
     CounterpartyLogic,
     ExposureConfig,
     FirmLogic,
-    ValuationLogic,
-    route,
+    Part,
+    Router,
+    ShardLogic,
 )
 from riskguard.operators.limits import (
     LimitsConfig,
@@ -112,8 +113,8 @@ def _is(t: type) -> Callable[[Any], bool]:
 _IS_TUPLE: Callable[[Any], bool] = tuple.__instancecheck__
 
 
-def _IS_CONTRIB(kv: tuple[str, Any]) -> bool:
-    return type(kv[1]) is Contrib
+def _IS_PART(kv: tuple[str, Any]) -> bool:
+    return type(kv[1]) is Part
 
 
 def _IS_EXPOSURE(kv: tuple[str, Any]) -> bool:
@@ -124,7 +125,7 @@ def _values(kvs: list[tuple[str, Any]]) -> list[Any]:
     return [v for _k, v in kvs]
 
 
-def _by_counterparty(kvs: list[tuple[str, Contrib]]) -> list[tuple[str, Contrib]]:
+def _by_counterparty(kvs: list[tuple[str, Part]]) -> list[tuple[str, Part]]:
     return [(c.counterparty, c) for _k, c in kvs]
 
 
@@ -172,23 +173,17 @@ def aggregate_exposure(
     reg = config.validate(f"step '{step_id}'")
     merged = op.merge("merge", up, *more) if more else up
 
+    router = Router(reg, config, step_id)
+
     def route_batch(evs: list[Any]) -> list[Any]:
-        out: list[Any] = []
-        now = clock()
-        for ev in evs:
-            r = route(ev, reg, config, step=step_id, now=now)
-            if type(r) is list:
-                out.extend(r)
-            else:
-                out.append(r)
-        return out
+        return router.route_batch(evs, clock())
 
     routed = op.branch("split", op.flat_map_batch("route", merged, route_batch), _IS_TUPLE)
 
-    def build_val(state: Any) -> ValuationLogic:
-        return ValuationLogic(config, reg, state)
+    def build_val(state: Any) -> ShardLogic:
+        return ShardLogic(config, reg, state)
 
-    s1 = op.branch("contribs", stateful_logic("valuation", routed.trues, build_val), _IS_CONTRIB)
+    s1 = op.branch("parts", stateful_logic("valuation", routed.trues, build_val), _IS_PART)
     alerts1 = op.flat_map_batch("alerts1", s1.falses, _values)
     contribs = op.flat_map_batch("by_cp", s1.trues, _by_counterparty)
 

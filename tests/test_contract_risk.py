@@ -8,12 +8,12 @@ import pytest
 from contract import CHECKS, Case
 from risk_flow_app import limits_config, make_events
 from riskguard.operators.exposure import (
-    Contrib,
     CounterpartyLogic,
     FirmLogic,
     LocalPipeline,
-    ValuationLogic,
-    route,
+    Part,
+    Router,
+    ShardLogic,
 )
 from riskguard.operators.limits import LimitsLogic
 from riskguard.schemas import DeadLetter, Exposure, RiskAlert
@@ -24,21 +24,23 @@ REG = CFG.validate()
 EVENTS = make_events(300, seed=3)
 
 
-def _stage_inputs() -> tuple[list[Any], list[Contrib], list[Exposure], list[Exposure]]:
-    """Inputs of one stage-1 key, one counterparty, the firm and one limits key."""
+def _stage_inputs() -> tuple[list[Any], list[Part], list[Exposure], list[Exposure]]:
+    """Inputs of one stage-1 shard, one counterparty, the firm and one limits key."""
     val: list[Any] = []
     pipe = LocalPipeline(CFG)
-    contribs: list[Contrib] = []
+    router = Router(REG, CFG)
+    btc_shard = router.route(EVENTS[5])[0][0]  # the shard of BTC-PERP
+    contribs: list[Part] = []
     for ev in EVENTS:
-        r = route(ev, REG, CFG)
+        r = router.route(ev)
         if isinstance(r, DeadLetter):
             continue
         for key, item in r:
-            if key == "i:BTC-PERP":
+            if key == btc_shard:
                 val.append(item)
-            logic = pipe.val.setdefault(key, ValuationLogic(CFG, REG))
+            logic = pipe.val.setdefault(key, ShardLogic(CFG, REG))
             contribs.extend(c for c in logic.on_event(item)
-                            if isinstance(c, Contrib) and c.counterparty == "okx")
+                            if isinstance(c, Part) and c.counterparty == "okx")
     firm_in = LocalPipeline(CFG).feed_all(EVENTS).exposures
     cp_out = [e for e in firm_in if e.counterparty != "*"]
     return val, contribs, cp_out, [e for e in firm_in if e.counterparty == "okx"]
@@ -47,7 +49,7 @@ def _stage_inputs() -> tuple[list[Any], list[Contrib], list[Exposure], list[Expo
 VAL, CONTRIBS, CP_EXPOSURES, OKX = _stage_inputs()
 
 CASES = [
-    Case("exposure.valuation", lambda s: ValuationLogic(CFG, REG, s), VAL),
+    Case("exposure.valuation", lambda s: ShardLogic(CFG, REG, s), VAL),
     Case("exposure.counterparty", lambda s: CounterpartyLogic(CFG, s), CONTRIBS),
     Case("exposure.firm", lambda s: FirmLogic(CFG, s), CP_EXPOSURES),
     Case("limits", lambda s: LimitsLogic(limits_config(), s), [("exp", e) for e in OKX]),
@@ -68,5 +70,5 @@ def test_cases_produce_output() -> None:
         logic = case.builder(None)
         outs = [o for e in case.events for o in logic.on_event(e)]
         assert outs, case.name
-        assert all(isinstance(o, Contrib | Exposure | RiskAlert) or hasattr(o, "level")
+        assert all(isinstance(o, Part | Exposure | RiskAlert) or hasattr(o, "level")
                    for o in outs)
