@@ -34,8 +34,10 @@ a hint for which key to try first.
 from __future__ import annotations
 
 import fnmatch
+import functools
+import re
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -53,6 +55,7 @@ from riskguard.operators.crypto import (
     VerifyKey,
     check_signature_shapes,
     pae,
+    pae_prefix,
     rejection,
 )
 from riskguard.schemas.commands import Audience, LimitUpdate, MitigationCommand, Signature
@@ -82,6 +85,33 @@ ROLE_PAYLOADS: dict[Role, frozenset[str]] = {
 """Which payload types each role may sign."""
 
 
+def _match_any(_label: str) -> bool:
+    return True
+
+
+def _match_none(_label: str) -> bool:
+    return False
+
+
+@functools.lru_cache(maxsize=1024)
+def scope_matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """A cached predicate: does a label match any of ``patterns`` (``fnmatchcase`` rules)?
+
+    One compiled regex per distinct pattern tuple, so verifying a message
+    does no pattern work beyond one ``match``.
+
+    >>> m = scope_matcher(("venue:*", "counterparty:okx"))
+    >>> m("venue:binance"), m("counterparty:okx"), m("counterparty:deribit")
+    (True, True, False)
+    """
+    if "*" in patterns:
+        return _match_any
+    if not patterns:
+        return _match_none
+    rx = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+    return lambda label: rx.match(label) is not None
+
+
 @dataclass(frozen=True)
 class TrustedKey:
     """One key's entry in the trust file."""
@@ -103,7 +133,7 @@ class TrustedKey:
         return "*" in self.actions or action in self.actions
 
     def may_scope(self, label: str) -> bool:
-        return any(fnmatch.fnmatchcase(label, p) for p in self.scopes)
+        return scope_matcher(self.scopes)(label)
 
 
 @dataclass(frozen=True)
@@ -115,9 +145,7 @@ class TwoPersonRule:
     limit_cap: float | None = None
 
     def applies_to_command(self, action: str, scope_label: str) -> bool:
-        return action in self.actions and any(
-            fnmatch.fnmatchcase(scope_label, p) for p in self.scopes
-        )
+        return action in self.actions and scope_matcher(self.scopes)(scope_label)
 
     def applies_to_limit(self, update: LimitUpdate) -> bool:
         if self.limit_cap is None:
@@ -415,7 +443,7 @@ class TrustStore:
         ``key_id_mismatch`` when a different listed key than the hinted one
         made the signature.
         """
-        msg = pae(payload_type, payload)
+        msg = pae_prefix(payload_type) + payload
         hinted = self._by_id.get(sig.key_id)
         if hinted is not None:
             try:
@@ -450,6 +478,10 @@ class TrustStore:
                      now_ns: int) -> list[TrustedKey]:
         """Verify every signature over the exact bytes; return distinct trusted keys."""
         check_signature_shapes(sigs)
+        if len(sigs) == 1:
+            k = self.identify(payload_type, payload, sigs[0])
+            self.check_key_status(k, now_ns)
+            return [k]
         out: dict[str, TrustedKey] = {}
         for s in sigs:
             k = self.identify(payload_type, payload, s)
@@ -490,7 +522,11 @@ class TrustStore:
                        f"{expected_payload_type!r} is not a command or limit update")
         except (msgspec.DecodeError, UnicodeDecodeError) as err:
             raise rejection(Reason.MALFORMED_PAYLOAD, str(err)[:200]) from None
-        if not any(k.name == msg.issuer for k in signers):
+        issuer = msg.issuer
+        for k in signers:
+            if k.name == issuer:
+                break
+        else:
             raise rejection(Reason.ISSUER_MISMATCH,
                    f"issuer {msg.issuer!r} is not bound to any signing key "
                    f"({', '.join(k.name for k in signers)})")
@@ -521,7 +557,7 @@ class TrustStore:
         check_freshness(msg.issued_at, msg.expires_at, now_ns, leeway_ns)
         return VerifiedMessage(
             payload_type=expected_payload_type, message=msg, issuer=msg.issuer,
-            signers=tuple(k.key_id for k in authorized), payload=payload,
+            signers=tuple([k.key.key_id for k in authorized]), payload=payload,
         )
 
     @staticmethod
