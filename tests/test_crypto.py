@@ -230,3 +230,23 @@ def test_cryptography_agrees_with_our_signatures() -> None:
     env = SignedEnvelope(payload_type=PAYLOAD_COMMAND, payload=b"p",
                          signatures=[Signature(key_id=sig.key_id, sig=sig.sig)])
     assert env.signatures[0].key_id == ENGINE.key_id
+
+
+def test_cached_scope_matcher_agrees_with_fnmatchcase() -> None:
+    """The compiled, cached scope matcher accepts exactly what any(fnmatchcase) accepts."""
+    import fnmatch
+
+    from riskguard.operators.trust import scope_matcher
+
+    patterns = [(), ("*",), ("venue:*",), ("venue:*", "counterparty:okx"),
+                ("instrument:binance/BTC-*",), ("counterparty:o?x",), ("firm:[*]",),
+                ("venue:a|b",), ("limit:firm.*", "*:okx")]
+    labels = ["venue:binance", "counterparty:okx", "counterparty:oxx", "firm:*", "firm:x",
+              "instrument:binance/BTC-USDT", "instrument:okx/BTC-USDT", "venue:a|b",
+              "venue:a", "", "venue:\nbinance", "limit:firm.max", "counterparty:okx\n"]
+    for pats in patterns:
+        m = scope_matcher(pats)
+        assert scope_matcher(pats) is m
+        for label in labels:
+            want = any(fnmatch.fnmatchcase(label, p) for p in pats)
+            assert m(label) is want, (pats, label)
