@@ -68,13 +68,16 @@ class EventTimeAlignment:
     minutes of event time ahead of another and make every event-time window
     downstream see the other's records as late. With alignment, a partition
     holds its records back while they are more than ``max_skew_ns`` ahead of
-    the slowest partition that still has data (Flink's watermark alignment).
-    A partition that has had no data for ``idle_ns`` (or none at all within
-    ``grace_ns`` of starting) stops holding the others back.
+    the slowest live partition (Flink's watermark alignment). A partition is
+    live while it has records waiting, or had some within ``idle_ns``, or has
+    not had any yet within ``grace_ns`` of starting (a consumer slow to
+    start must not be overtaken by minutes of event time). In live operation
+    every partition is near wall-clock time, so nothing is held; the bound
+    bites on backlogs, replays and start-up.
     """
 
-    def __init__(self, max_skew_ns: int, *, idle_ns: int = 200_000_000,
-                 grace_ns: int = 1_000_000_000) -> None:
+    def __init__(self, max_skew_ns: int, *, idle_ns: int = 1_000_000_000,
+                 grace_ns: int = 3_000_000_000) -> None:
         self.max_skew_ns = max_skew_ns
         self.idle_ns = idle_ns
         self.grace_ns = grace_ns
@@ -93,7 +96,7 @@ class EventTimeAlignment:
             if head is None:
                 fresh = now - seen < self.idle_ns if seen >= 0 else now - started < self.grace_ns
                 if not fresh:
-                    continue
+                    continue  # idle: caught up
                 head = last
             if low is None or head < low:
                 low = head

@@ -167,20 +167,22 @@ def test_resumed_source_continues_from_its_recovered_offset(
 
 def test_event_time_alignment_holds_a_partition_that_runs_ahead() -> None:
     """With alignment, a partition may not emit records more than the skew ahead of the
-    slowest live partition; an idle partition stops holding it back."""
+    slowest live partition; an idle one (no records for idle_ns) holds no one back, and one
+    that has not received its first records holds the others during the start-up grace."""
     from riskguard.connectors.kafka import EventTimeAlignment
 
     al = EventTimeAlignment(2, idle_ns=100, grace_ns=50)
     al.register("a", now=0, watermark=-1)
     al.register("b", now=0, watermark=-1)
-    al.update("b", head=10, last=-1, got_data=True, now=0)
-    assert al.frontier("a", now=1) == 10           # a may emit up to 10 + 2
-    al.update("b", head=None, last=10, got_data=False, now=0)
-    assert al.frontier("a", now=50) == 10          # b is fresh: it still holds a back
+    assert al.frontier("a", now=10) == -1          # b has not started: grace
+    al.update("b", head=10, last=-1, got_data=True, now=20)
+    assert al.frontier("a", now=20) == 10          # a may emit up to 10 + 2
+    al.update("b", head=None, last=10, got_data=False, now=30)
+    assert al.frontier("a", now=60) == 10          # b had data 40 ago: still live
     assert al.frontier("a", now=200) == 2**63      # b idle: a runs free
-    al.register("c", now=300, watermark=-1)
-    assert al.frontier("a", now=310) == -1         # c just started, no data yet: grace
-    assert al.frontier("a", now=400) == 2**63
+    al.register("c", now=300, watermark=7)
+    assert al.frontier("a", now=310) == 7          # c just started, no data yet
+    assert al.frontier("a", now=400) == 2**63      # grace over
 
 
 def test_a_resumed_partition_fails_loudly_on_a_lost_offset_instead_of_skipping() -> None:
