@@ -138,7 +138,7 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
     )
     max_evidence: int = 8
     dedup_window: int = 4096
-    valuation_shards: int = 2
+    valuation_shards: int = 1
 
     def validate(self, path: str = "exposure") -> InstrumentRegistry:
         """Check every value; return the registry built from ``instruments``."""
@@ -283,7 +283,20 @@ class Router:
         packs: dict[str, list[Item]] = {}
         out: list[Any] = []
         route = self.route
+        mark_ok, market = self._mark_ok, self._market
         for ev in evs:
+            t = type(ev)
+            if mark_ok.get(t):  # the hot path: market data, routes cached per instrument
+                routes = market.get((ev.instrument, t is OptionQuote))
+                if routes is not None:
+                    for k, role, target in routes:
+                        item = (role, k, target, ev)
+                        pack = packs.get(k)
+                        if pack is None:
+                            packs[k] = [item]
+                        else:
+                            pack.append(item)
+                    continue
             r = route(ev, now)
             if type(r) is list:
                 for k, item in r:
@@ -352,6 +365,7 @@ class Part(msgspec.Struct, frozen=True, array_like=True):
     oldest: int
     unvalued: list[str]
     vols: dict[str, tuple[float, int]]
+    vol_values: dict[str, float]
     evidence: list[str]
 
 
@@ -496,10 +510,6 @@ class ShardLogic:
                     needing.setdefault(ccy, []).append(j)
         self._needing = needing
         self._row = {cp: i for i, cp in enumerate(st.cps)}
-        self._vol = np.full(k, -1.0)
-        self._vol_ts = np.full(k, -1, dtype=np.int64)
-        for j in range(k):
-            self._vol[j], self._vol_ts[j] = self._vol_of(j)
         self._refresh_fx()
         self._ready = True
 
@@ -536,13 +546,18 @@ class ShardLogic:
             st.avg, st.snap_ts = grow(st.avg, math.nan), grow(st.snap_ts, -1)
         return i
 
-    def _vol_of(self, j: int) -> tuple[float, int]:
+    def _vols(self) -> tuple[Any, Any]:
+        """Realized vol and its time per instrument (feature stream first, else EWMA)."""
         st = self.state
-        if st.feature_vol[j] >= 0:
-            return st.feature_vol[j], st.feature_vol_ts[j]
-        if st.ewma_n[j] >= self.config.vol_min_samples:
-            return math.sqrt(st.ewma_var[j] * SECONDS_PER_YEAR), st.ewma_ts[j]
-        return -1.0, -1
+        fv = np.array(st.feature_vol)
+        fts = np.array(st.feature_vol_ts, dtype=np.int64)
+        ewma_ok = np.array(st.ewma_n) >= self.config.vol_min_samples
+        ev = np.sqrt(np.array(st.ewma_var) * SECONDS_PER_YEAR)
+        ets = np.array(st.ewma_ts, dtype=np.int64)
+        use_f = fv >= 0
+        vol = np.where(use_f, fv, np.where(ewma_ok, ev, -1.0))
+        vts = np.where(use_f, fts, np.where(ewma_ok, ets, -1))
+        return vol, vts
 
     # -- events
 
@@ -570,7 +585,7 @@ class ShardLogic:
         changed: dict[int, str] = {}  # column -> id of the record that re-valued it
         touched: dict[int, list[str]] = {}  # row -> ids of own records, oldest first
         touched_ts: dict[int, int] = {}
-        touched_cols: dict[int, str] = {}
+        touched_cols: dict[int, tuple[str, int]] = {}  # column -> (first id, its row)
         coll_dirty: dict[int, str] = {}
         fx_dirty = False
         for role, _key, target, ev in items:
@@ -621,7 +636,6 @@ class ShardLogic:
                 if ts >= st.feature_vol_ts[j]:
                     st.feature_vol[j] = float(ev.values[self.config.vol_feature])
                     st.feature_vol_ts[j] = ts
-                    self._vol[j], self._vol_ts[j] = self._vol_of(j)
                 continue
             i = self._row_of(ev.counterparty)
             if role == "bal":
@@ -658,12 +672,9 @@ class ShardLogic:
             _evidence_add(st.evidence.setdefault((i, j), []), ev.id, self.config.max_evidence)
             touched.setdefault(i, []).append(ev.id)
             touched_ts[i] = max(touched_ts.get(i, 0), ts)
-            touched_cols.setdefault(j, ev.id)
+            touched_cols.setdefault(j, (ev.id, i))
         if fx_dirty:
             self._refresh_fx()
-        for j in changed:
-            if not is_opt[j]:
-                self._vol[j], self._vol_ts[j] = self._vol_of(j)
         if not (changed or touched or coll_dirty):
             return out
         return self._revalue(out, changed, touched, touched_ts, touched_cols, coll_dirty)
@@ -698,17 +709,21 @@ class ShardLogic:
         st.snap_ts[i, j] = max(int(st.snap_ts[i, j]), ev.ts)
         return out
 
-    def _missing_alerts(self, valued: Any, held_cols: Any, touched_cols: dict[int, str],
-                        changed: dict[int, str], first_holder: Any) -> list[Any]:
-        """``missing_mark`` / ``missing_fx`` once per instrument until it is valued again."""
+    def _missing_alerts(self, bad: list[int], good: Any, active_all: Any,
+                        touched_cols: dict[int, tuple[str, int]],
+                        changed: dict[int, str]) -> list[Any]:
+        """``missing_mark`` / ``missing_fx`` once per instrument until it is valued again.
+
+        ``bad``: columns re-valued or touched in this batch that cannot be valued;
+        ``good``: mask of those that were valued (their alert latch is cleared).
+        """
         st = self.state
         out: list[Any] = []
-        cand = [j for j in (*touched_cols, *changed) if j in touched_cols or held_cols[j]]
-        for j in dict.fromkeys(cand):
+        if st.alerted:
+            for name in [nm for nm in st.alerted if nm in self._col and good[self._col[nm]]]:
+                del st.alerted[name]
+        for j in bad:
             name = st.insts[j]
-            if valued[j]:
-                st.alerted.pop(name, None)
-                continue
             if mark_missing := st.mark[j] != st.mark[j]:
                 kind, why = "missing_mark", f"no mark yet for {name}"
             else:
@@ -720,8 +735,12 @@ class ShardLogic:
             if seen.get(slot) == kind:
                 continue
             seen[slot] = kind
-            cp = st.cps[int(first_holder[j])]
-            rid = touched_cols.get(j) or changed.get(j) or st.mark_id[j]
+            hit = touched_cols.get(j)
+            if hit is not None:
+                rid, row = hit
+            else:
+                rid, row = changed.get(j) or st.mark_id[j], int(np.argmax(active_all[:, j]))
+            cp = st.cps[row]
             reason = (f"{why}; position of {cp} is unvalued" if mark_missing else why)
             out.append(RiskAlert(
                 id=_alert_id(kind, name, cp, rid), kind=kind,
@@ -765,7 +784,7 @@ class ShardLogic:
 
     def _revalue(  # noqa: PLR0913, PLR0917 - internal step of _process, called once
         self, out: list[Any], changed: dict[int, str], touched: dict[int, list[str]],
-        touched_ts: dict[int, int], touched_cols: dict[int, str], coll_dirty: dict[int, str],
+        touched_ts: dict[int, int], touched_cols: dict[int, tuple[str, int]], coll_dirty: dict[int, str],
     ) -> list[Any]:
         """One :class:`Part` per counterparty whose value may have moved in this batch."""
         st = self.state
@@ -787,14 +806,15 @@ class ShardLogic:
         for i in coll_dirty:
             dirty[i] = True
         if touched_cols or changed:
-            held_cols = active_all.any(axis=0)
-            first_holder = np.argmax(active_all, axis=0)
-            for j, _rid in touched_cols.items():
-                if not held_cols[j]:
-                    first_holder[j] = min((i for i in touched if st.qty[i, j] == 0.0),
-                                          default=0)
-            out.extend(self._missing_alerts(valued, held_cols, touched_cols, changed,
-                                            first_holder))
+            cand = np.zeros(len(st.insts), dtype=bool)
+            if len(jc):
+                cand[jc] = active_all[:, jc].any(axis=0)
+            if touched_cols:
+                cand[list(touched_cols)] = True
+            bad = np.flatnonzero(cand & ~valued).tolist()
+            if bad or st.alerted:
+                out.extend(self._missing_alerts(bad, cand & valued, active_all, touched_cols,
+                                                changed))
         rows = np.flatnonzero(dirty)
         if not len(rows):
             return out
@@ -828,8 +848,7 @@ class ShardLogic:
         r_i, c_i = np.nonzero(act)
         names_all = self._names[c_i].tolist()
         not_all = notional[r_i, c_i].tolist()
-        mts_sel = mts[c_i]
-        mts_all = mts_sel.tolist()
+        mts_all = mts[c_i].tolist()
         unv_all = (~valued[c_i]).tolist()
         bounds = np.searchsorted(r_i, np.arange(len(rows) + 1)).tolist()
         ru, ku = np.nonzero(held_u)
@@ -840,22 +859,28 @@ class ShardLogic:
         da_names = self._asset_arr[ka].tolist()
         da_vals = n_a[ra, ka].tolist()
         abounds = np.searchsorted(ra, np.arange(len(rows) + 1)).tolist()
+        # realized vol per underlying is a market property: one dict shared by every part
         uvol = self._und_vols(active_all)
-        held_changed = act[:, jc] if len(jc) else None
+        uvol_values = {u: v for u, (v, _t) in sorted(uvol.items())}
+        oldest_rows = np.where(act, mts, NEVER_STALE).min(axis=1, initial=NEVER_STALE).tolist()
+        any_unvalued = (act & ~valued).any(axis=1).tolist()
         mark_ids = list(changed.values())
+        if len(jc):
+            rc, cc = np.nonzero(act[:, jc])
+            cc_all = cc.tolist()
+            cbounds = np.searchsorted(rc, np.arange(len(rows) + 1)).tolist()
         for k, i in enumerate(rows.tolist()):
             cp = st.cps[i]
             lo, hi = bounds[k], bounds[k + 1]
             names = names_all[lo:hi]
-            unvalued = [nm for nm, u in zip(names, unv_all[lo:hi], strict=True) if u]
-            oldest = int(mts_sel[lo:hi].min()) if hi > lo else NEVER_STALE
+            unvalued = ([nm for nm, u in zip(names, unv_all[lo:hi], strict=True) if u]
+                        if any_unvalued[k] else [])
             ulo, uhi = ubounds[k], ubounds[k + 1]
             unds = du_names[ulo:uhi]
-            vols = {u: uvol[u] for u in unds if u in uvol}
             evidence: list[str] = []
-            if held_changed is not None:
-                hc = np.flatnonzero(held_changed[k])
-                evidence = [mark_ids[x] for x in hc[-cap:].tolist()]
+            if len(jc):
+                clo, chi = cbounds[k], cbounds[k + 1]
+                evidence = [mark_ids[x] for x in cc_all[max(clo, chi - cap):chi]]
             own = touched.get(i)
             if own:
                 evidence = [e for e in evidence if e not in own][-(cap - min(cap, len(own))):] \
@@ -876,25 +901,26 @@ class ShardLogic:
                 dict(zip(unds, du_vals[ulo:uhi], strict=True)),
                 dict(zip(da_names[abounds[k]:abounds[k + 1]],
                          da_vals[abounds[k]:abounds[k + 1]], strict=True)),
-                names, not_all[lo:hi], mts_all[lo:hi], oldest, unvalued, vols,
-                evidence[-cap:],
+                names, not_all[lo:hi], mts_all[lo:hi], oldest_rows[k], unvalued, uvol,
+                uvol_values, evidence[-cap:],
             ))
         return out
 
     def _und_vols(self, active_all: Any) -> dict[str, tuple[float, int]]:
         """Newest realized vol per underlying among the instruments anyone holds here."""
-        held = active_all.any(axis=0) & (self._vol_ts >= 0)
+        vol, vol_ts = self._vols()
+        held = active_all.any(axis=0) & (vol_ts >= 0)
         idx = np.flatnonzero(held)
         uv: dict[str, tuple[float, int]] = {}
         if len(idx):
             codes = self._und_code[idx]
-            vts = self._vol_ts[idx]
+            vts = vol_ts[idx]
             order = np.lexsort((vts, codes))
             sc = codes[order]
             last = np.flatnonzero(np.r_[sc[1:] != sc[:-1], True])
             best = idx[order[last]]
-            for j, v, t in zip(best.tolist(), self._vol[best].tolist(),
-                               self._vol_ts[best].tolist(), strict=True):
+            for j, v, t in zip(best.tolist(), vol[best].tolist(),
+                               vol_ts[best].tolist(), strict=True):
                 uv[self._und_names[int(self._und_code[j])]] = (v, t)
         return uv
 
@@ -998,12 +1024,14 @@ class CounterpartyLogic:
         by_inst: dict[str, float] = {}
         vols: dict[str, tuple[float, int]] = {}
         unvalued: list[str] = []
+        vol_values: dict[str, float] | None = None
         if len(ps) == 1:
+            # a part's dicts are built for it alone and never mutated: share them
             p = ps[0]
             gross, net, upnl, orders, coll = p.gross, p.net, p.upnl, p.orders, p.collateral
-            delta, by_asset = dict(p.delta), dict(p.by_asset)
+            delta, by_asset = p.delta, p.by_asset
             by_inst = dict(zip(p.names, p.notionals, strict=True))
-            vols = p.vols
+            vol_values = p.vol_values
             unvalued = p.unvalued
         else:
             delta, by_asset = {}, {}
@@ -1059,7 +1087,9 @@ class CounterpartyLogic:
             notional_by_asset=by_asset, notional_by_instrument=by_inst,
             collateral=coll, unrealized_pnl=upnl, open_order_notional=orders,
             stale=bool(stale), stale_instruments=stale, evidence_ids=st.evidence,
-            seq=st.seq, vol_by_underlying={k: v for k, (v, _t) in sorted(vols.items())},
+            seq=st.seq, vol_by_underlying=(
+                vol_values if vol_values is not None
+                else {k: v for k, (v, _t) in sorted(vols.items())}),
         ))
         st.evidence = []
         return out

@@ -298,6 +298,7 @@ class LimitsLogic:
         self.config = config
         self.state = state if state is not None else LimitsState()
         self._rows: dict[str, tuple[bool, list[tuple[str, str, str, str, LimitSpec]]]] = {}
+        self._plans: dict[str, tuple[bool, list[tuple[Any, ...]]]] = {}
 
     def snapshot(self) -> LimitsState:
         return _copy(self.state)
@@ -402,6 +403,7 @@ class LimitsLogic:
                                  "vol_scaling needs an underlying (configure it first)")]
         st.overrides[(upd.limit_path, upd.kind)] = new
         self._rows.clear()
+        self._plans.clear()
         track = st.tracks.get((upd.limit_path, upd.kind))
         latch_reset = bool(upd.reset_latch and track is not None and track.latched)
         if upd.reset_latch and track is not None:
@@ -446,10 +448,25 @@ class LimitsLogic:
         st.last = e
         return self._evaluate(e)
 
+    def _plan(self, key: str) -> tuple[bool, list[tuple[Any, ...]]]:
+        """``_configured`` rows with what evaluating them needs, cached until an update."""
+        hit = self._plans.get(key)
+        if hit is None:
+            known, rows = self._configured(key)
+            plan = []
+            for path, level, name, kind, spec in rows:
+                thresholds = [(LimitLevel.WARN, spec.warn), (LimitLevel.BREACH, 1.0)]
+                if spec.hard is not None:
+                    thresholds.append((LimitLevel.HARD, spec.hard))
+                plan.append((path, level, name, kind, spec, _measure(level, name, kind),
+                             self._scope(path), thresholds[0][1]))
+            hit = self._plans[key] = (known, plan)
+        return hit
+
     def _evaluate(self, e: Exposure, force_path: tuple[str, str] | None = None) -> list[Any]:
         st = self.state
         cfg = self.config
-        known, rows = self._configured(e.counterparty)
+        known, plan = self._plan(e.counterparty)
         out: list[Any] = []
         if not known and not st.unknown_alerted:
             st.unknown_alerted = True
@@ -461,30 +478,42 @@ class LimitsLogic:
                         "failing closed with zero limits"),
                 evidence_ids=list(e.evidence_ids),
             ))
-        for path, level, name, kind, spec in rows:
-            factor, inputs = vol_factor(spec, e.vol_by_underlying, cfg.missing_vol_factor)
+        tracks = st.tracks
+        interval = cfg.utilization_interval_ns
+        ok = LimitLevel.OK
+        for path, level, name, kind, spec, measure, scope, warn in plan:
+            if spec.vol_scaling is None:
+                factor, inputs = 1.0, None
+            else:
+                factor, inputs = vol_factor(spec, e.vol_by_underlying, cfg.missing_vol_factor)
             eff = spec.limit * factor
-            x, extra = _measure(level, name, kind)(e)
-            inputs.update(extra)
-            inputs["base_limit"] = spec.limit
+            x, extra = measure(e)
             u = min(x / eff, UTIL_CAP) if eff > 0 else (0.0 if x <= 0 else UTIL_CAP)
             tkey = (path, kind)
-            tr = st.tracks.get(tkey)
+            tr = tracks.get(tkey)
             first = tr is None
             if tr is None:
-                tr = st.tracks[tkey] = _Track()
-            new = level_of(u, tr.level, spec)
-            if spec.manual_reset and _ORDER[new] >= _ORDER[LimitLevel.BREACH]:
-                tr.latched = True
-            if tr.latched and _ORDER[new] < _ORDER[LimitLevel.BREACH]:
-                new = LimitLevel.BREACH
-            if not spec.manual_reset:
-                tr.latched = False
+                tr = tracks[tkey] = _Track()
+            # fast path: below warn, was OK, no latch -> still OK (same as level_of)
+            if u < warn and tr.level is ok and not tr.latched:
+                new = ok
+            else:
+                new = level_of(u, tr.level, spec)
+                if spec.manual_reset and _ORDER[new] >= _ORDER[LimitLevel.BREACH]:
+                    tr.latched = True
+                if tr.latched and _ORDER[new] < _ORDER[LimitLevel.BREACH]:
+                    new = LimitLevel.BREACH
+                if not spec.manual_reset:
+                    tr.latched = False
             old = tr.level
-            changed = new != old
-            scope = self._scope(path)
-            if (changed or first or force_path == tkey
-                    or e.ts - tr.last_emit_ts >= cfg.utilization_interval_ns):
+            changed = new is not old
+            emit = (changed or first or force_path == tkey
+                    or e.ts - tr.last_emit_ts >= interval)
+            if emit or (changed and (_ORDER[new] >= 2 or _ORDER[old] >= 2)):
+                inputs = {} if inputs is None else inputs
+                inputs.update(extra)
+                inputs["base_limit"] = spec.limit
+            if emit:
                 tr.last_emit_ts = e.ts
                 out.append(Utilization(
                     limit_path=path, kind=kind, scope=scope, ts=e.ts, exposure=x,
@@ -499,7 +528,7 @@ class LimitsLogic:
                     id=str(uuid.uuid5(_NS, f"{path}|{kind}|{tr.changes}|{new.value}|{e.ts}")),
                     limit_path=path, kind=kind, scope=scope, ts=e.ts, exposure=x,
                     base_limit=spec.limit, effective_limit=eff, utilization=u, level=new,
-                    severity=sev, inputs=inputs, evidence_ids=list(e.evidence_ids),
+                    severity=sev, inputs=inputs or {}, evidence_ids=list(e.evidence_ids),
                 ))
         return out
 
