@@ -380,6 +380,16 @@ def _groups(codes: Any) -> tuple[Any, Any]:
     return perm, starts
 
 
+def _row_reduce(ufunc: Any, flat: Any, bounds: Any, empty: int) -> list[int]:
+    """Per-row ``ufunc`` reduction of row-major ``flat`` values split at ``bounds``."""
+    n = len(bounds) - 1
+    if not len(flat):
+        return [empty] * n
+    starts = np.minimum(bounds[:-1], len(flat) - 1)
+    red = ufunc.reduceat(flat, starts)
+    return np.where(bounds[1:] > bounds[:-1], red, empty).tolist()  # type: ignore[no-any-return] - tolist of an int array
+
+
 def _group_sum(a: Any, perm: Any, starts: Any, ufunc: Any) -> Any:
     """Per-group reduction of the columns of ``a`` (groups from :func:`_groups`)."""
     if not len(starts):
@@ -827,30 +837,31 @@ class ShardLogic:
         qm = qty[rows] * self._mult
         notional = qm * nf
         delta = qm * df
-        avg = st.avg[rows]
-        upnl = np.where(valued & ~np.isnan(avg),
-                        qm * (np.where(valued, mark, 0.0) - avg) * np.where(valued, fxq, 0.0),
-                        0.0)
-        ords = orders[rows] * np.where(valued, fxq, 0.0)
+        fx_v = np.where(valued, fxq, 0.0)
+        upnl = qm * (np.where(valued, mark, 0.0) - st.avg[rows]) * fx_v
+        upnl[np.isnan(upnl)] = 0.0  # no average entry price (nan): no unrealized PnL
+        upnl_s = upnl.sum(axis=1).tolist()
+        ord_s = (orders[rows] * fx_v).sum(axis=1).tolist()
         act = active_all[rows]
         gross = np.abs(notional).sum(axis=1).tolist()
         net = notional.sum(axis=1).tolist()
-        upnl_s = upnl.sum(axis=1).tolist()
-        ord_s = ords.sum(axis=1).tolist()
         d_u = _group_sum(delta, self._u_perm, self._u_starts, np.add)
         held_u = _group_sum(act, self._u_perm, self._u_starts, np.logical_or)
         n_a = _group_sum(notional, self._a_perm, self._a_starts, np.add)
         held_a = _group_sum(act, self._a_perm, self._a_starts, np.logical_or)
-        last = np.array(st.last_ts, dtype=np.int64)
-        ts_rows = np.where(act, last, 0).max(axis=1, initial=0).tolist()
         mts = np.where(valued, np.array(st.mark_ts, dtype=np.int64), NEVER_STALE)
         # every per-row list in one pass each: row-major nonzero, then slice per row
         r_i, c_i = np.nonzero(act)
         names_all = self._names[c_i].tolist()
         not_all = notional[r_i, c_i].tolist()
-        mts_all = mts[c_i].tolist()
+        mts_c = mts[c_i]
+        mts_all = mts_c.tolist()
         unv_all = (~valued[c_i]).tolist()
-        bounds = np.searchsorted(r_i, np.arange(len(rows) + 1)).tolist()
+        bounds_a = np.searchsorted(r_i, np.arange(len(rows) + 1))
+        bounds = bounds_a.tolist()
+        ts_rows = _row_reduce(np.maximum, np.array(st.last_ts, dtype=np.int64)[c_i],
+                              bounds_a, 0)
+        oldest_rows = _row_reduce(np.minimum, mts_c, bounds_a, NEVER_STALE)
         ru, ku = np.nonzero(held_u)
         du_names = self._und_arr[ku].tolist()
         du_vals = d_u[ru, ku].tolist()
@@ -862,13 +873,15 @@ class ShardLogic:
         # realized vol per underlying is a market property: one dict shared by every part
         uvol = self._und_vols(active_all)
         uvol_values = {u: v for u, (v, _t) in sorted(uvol.items())}
-        oldest_rows = np.where(act, mts, NEVER_STALE).min(axis=1, initial=NEVER_STALE).tolist()
         any_unvalued = (act & ~valued).any(axis=1).tolist()
-        mark_ids = list(changed.values())
         if len(jc):
-            rc, cc = np.nonzero(act[:, jc])
-            cc_all = cc.tolist()
-            cbounds = np.searchsorted(rc, np.arange(len(rows) + 1)).tolist()
+            cmask = np.zeros(len(st.insts), dtype=bool)
+            cmask[jc] = True
+            trig = np.empty(len(st.insts), dtype=object)
+            trig[jc] = list(changed.values())
+            flags = cmask[c_i]
+            cc_all = trig[c_i[flags]].tolist()
+            cbounds = np.r_[0, np.cumsum(flags)][bounds_a].tolist()
         for k, i in enumerate(rows.tolist()):
             cp = st.cps[i]
             lo, hi = bounds[k], bounds[k + 1]
@@ -880,7 +893,7 @@ class ShardLogic:
             evidence: list[str] = []
             if len(jc):
                 clo, chi = cbounds[k], cbounds[k + 1]
-                evidence = [mark_ids[x] for x in cc_all[max(clo, chi - cap):chi]]
+                evidence = cc_all[max(clo, chi - cap):chi]
             own = touched.get(i)
             if own:
                 evidence = [e for e in evidence if e not in own][-(cap - min(cap, len(own))):] \

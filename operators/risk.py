@@ -247,14 +247,13 @@ def enforce_limits(
     config.validate(f"step '{step_id}'")
     firm_scope = Scope(kind=ScopeKind.FIRM, value="*")
 
-    def key_exposure(e: Any) -> Any:
-        if isinstance(e, Exposure):
-            return (e.counterparty, ("exp", e))
-        return DeadLetter(topic="exposure", ts=clock(), reason="unexpected_type",
-                          expected="exposure", found=type(e).__name__, step=step_id,
-                          raw=encode(e) if hasattr(e, "__struct_fields__") else b"")
+    def key_exposures(es: list[Any]) -> list[Any]:
+        return [(e.counterparty, ("exp", e)) if type(e) is Exposure else DeadLetter(
+            topic="exposure", ts=clock(), reason="unexpected_type", expected="exposure",
+            found=type(e).__name__, step=step_id,
+            raw=encode(e) if hasattr(e, "__struct_fields__") else b"") for e in es]
 
-    streams = [op.map("key_exp", exposures, key_exposure)]
+    streams = [op.flat_map_batch("key_exp", exposures, key_exposures)]
     if updates is not None:
         def verify(env: Any) -> Any:
             now = clock()
@@ -270,15 +269,17 @@ def enforce_limits(
 
         streams.append(op.map("verify", updates, verify))
     merged = op.merge("merge", *streams) if len(streams) > 1 else streams[0]
-    errs = op.filter("errs", merged, _is(DeadLetter))
-    pre_alerts = op.filter("rejected", merged, _is(RiskAlert))
-    keyed = op.filter("keyed", merged, _is(tuple))
+    # per-item predicates are C-level isinstance checks (the hot path is per record)
+    keyed = op.branch("keyed", merged, _IS_TUPLE)
+    unkeyed = op.branch("errs", keyed.falses, DeadLetter.__instancecheck__)
+    errs, pre_alerts = unkeyed.trues, unkeyed.falses
 
     def build(state: Any) -> LimitsLogic:
         return LimitsLogic(config, state)
 
-    outs = op.map("unkey", stateful_logic("limits", keyed, build), lambda kv: kv[1])
-    utils = op.filter("utils", outs, _is(Utilization))
-    breaches = op.filter("breaches", outs, _is(LimitBreach))
-    alerts = op.merge("alerts", pre_alerts, op.filter("limit_alerts", outs, _is(RiskAlert)))
+    outs = op.flat_map_batch("unkey", stateful_logic("limits", keyed.trues, build), _values)
+    u = op.branch("utils", outs, Utilization.__instancecheck__)
+    b = op.branch("breaches", u.falses, LimitBreach.__instancecheck__)
+    utils, breaches = u.trues, b.trues
+    alerts = op.merge("alerts", pre_alerts, b.falses)
     return LimitsOut(utilizations=utils, breaches=breaches, alerts=alerts, errs=errs)
