@@ -342,7 +342,8 @@ class Part(msgspec.Struct, frozen=True, array_like=True):
     """One counterparty's complete partial exposure in one shard, stage 1 -> stage 2.
 
     Amounts are in the reporting currency. ``names`` / ``notionals`` / ``mark_ts``
-    list its open positions (``mark_ts`` is ``NEVER_STALE`` for an unvalued one);
+    list its open positions (``mark_ts`` is ``NEVER_STALE`` for an unvalued one;
+    it is packed int64s, so a part holds no per-position int objects);
     ``unvalued`` names positions and collateral assets whose mark or FX rate is
     missing: they are never summed as zero silently, they make the exposure
     ``stale``. ``oldest`` is the oldest mark among the valued positions.
@@ -361,7 +362,7 @@ class Part(msgspec.Struct, frozen=True, array_like=True):
     by_asset: dict[str, float]
     names: list[str]
     notionals: list[float]
-    mark_ts: list[int]
+    mark_ts: bytes  # packed native int64s aligned with ``names``
     oldest: int
     unvalued: list[str]
     vols: dict[str, tuple[float, int]]
@@ -855,8 +856,7 @@ class ShardLogic:
         names_all = self._names[c_i].tolist()
         not_all = notional[r_i, c_i].tolist()
         mts_c = mts[c_i]
-        mts_all = mts_c.tolist()
-        unv_all = (~valued[c_i]).tolist()
+        mts_b = mts_c.tobytes()  # parts carry packed int64s, not per-position int objects
         bounds_a = np.searchsorted(r_i, np.arange(len(rows) + 1))
         bounds = bounds_a.tolist()
         ts_rows = _row_reduce(np.maximum, np.array(st.last_ts, dtype=np.int64)[c_i],
@@ -875,30 +875,32 @@ class ShardLogic:
         uvol_values = {u: v for u, (v, _t) in sorted(uvol.items())}
         any_unvalued = (act & ~valued).any(axis=1).tolist()
         if len(jc):
+            # evidence: ids of the newest ``cap`` re-valuing records per row
             cmask = np.zeros(len(st.insts), dtype=bool)
             cmask[jc] = True
             trig = np.empty(len(st.insts), dtype=object)
             trig[jc] = list(changed.values())
-            flags = cmask[c_i]
-            cc_all = trig[c_i[flags]].tolist()
-            cbounds = np.r_[0, np.cumsum(flags)][bounds_a].tolist()
+            flagged = np.flatnonzero(cmask[c_i])
+            ends = np.searchsorted(flagged, bounds_a[1:])[r_i[flagged]]
+            kept = flagged[ends - np.arange(len(flagged)) <= cap]
+            cc_all = trig[c_i[kept]].tolist()
+            cbounds = np.searchsorted(kept, bounds_a).tolist()
+        valued_l = valued.tolist() if any(any_unvalued) else []
+        c_l = c_i.tolist() if valued_l else []
         for k, i in enumerate(rows.tolist()):
             cp = st.cps[i]
             lo, hi = bounds[k], bounds[k + 1]
             names = names_all[lo:hi]
-            unvalued = ([nm for nm, u in zip(names, unv_all[lo:hi], strict=True) if u]
-                        if any_unvalued[k] else [])
+            unvalued = ([nm for nm, c in zip(names, c_l[lo:hi], strict=True)
+                         if not valued_l[c]] if any_unvalued[k] else [])
             ulo, uhi = ubounds[k], ubounds[k + 1]
             unds = du_names[ulo:uhi]
             evidence: list[str] = []
             if len(jc):
-                clo, chi = cbounds[k], cbounds[k + 1]
-                evidence = cc_all[max(clo, chi - cap):chi]
+                evidence = cc_all[cbounds[k]:cbounds[k + 1]]
             own = touched.get(i)
             if own:
-                evidence = [e for e in evidence if e not in own][-(cap - min(cap, len(own))):] \
-                    if len(evidence) + len(own) > cap else evidence
-                evidence.extend(own[-cap:])
+                evidence = [e for e in evidence if e not in own] + own
             ts = max(ts_rows[k], touched_ts.get(i, 0))
             coll = 0.0
             if st.balances:
@@ -914,7 +916,7 @@ class ShardLogic:
                 dict(zip(unds, du_vals[ulo:uhi], strict=True)),
                 dict(zip(da_names[abounds[k]:abounds[k + 1]],
                          da_vals[abounds[k]:abounds[k + 1]], strict=True)),
-                names, not_all[lo:hi], mts_all[lo:hi], oldest_rows[k], unvalued, uvol,
+                names, not_all[lo:hi], mts_b[8 * lo:8 * hi], oldest_rows[k], unvalued, uvol,
                 uvol_values, evidence[-cap:],
             ))
         return out
@@ -1071,8 +1073,9 @@ class CounterpartyLogic:
         if min((p.oldest for p in ps), default=NEVER_STALE) < horizon:
             for p in ps:
                 if p.oldest < horizon:
-                    old.update((nm, t) for nm, t in zip(p.names, p.mark_ts, strict=True)
-                               if t < horizon)
+                    mts = np.frombuffer(p.mark_ts, dtype=np.int64)
+                    stale_ix = np.flatnonzero(mts < horizon).tolist()
+                    old.update((p.names[x], int(mts[x])) for x in stale_ix)
         for name, mark_ts in old.items():
             if name in st.stale:
                 continue
