@@ -20,6 +20,7 @@ from that one TOML file; ``dataflows/guard.example.toml`` documents them.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,14 +188,16 @@ class MarkFilter:
 
 
 def _tick_fn(tick_ns: int) -> Any:
-    """Per-worker: emit a Tick when event time crosses a new ``tick_ns`` boundary."""
+    """Per process: a Tick, named after this process, each time its event time crosses
+    a new ``tick_ns`` boundary. Consumers take the minimum over processes (a watermark)."""
     last = [-1]
+    source = f"{socket.gethostname()}/{os.getpid()}"
 
     def tick(rec: Any) -> Tick | None:
         bucket = rec.ts // tick_ns
         if bucket > last[0]:
             last[0] = bucket
-            return Tick(ts=rec.ts)
+            return Tick(ts=rec.ts, source=source)
         return None
 
     return tick

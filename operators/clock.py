@@ -48,6 +48,38 @@ class ManualClock:
 
 class Tick(msgspec.Struct, frozen=True, kw_only=True):
     """Event-time progress (ns), with no data: lets time-based rules advance
-    (ladders, quiet periods, heartbeat gaps) when no signal arrives."""
+    (ladders, quiet periods, heartbeat gaps) when no signal arrives.
+
+    ``source`` names the input that made it (e.g. one guard process). A
+    consumer that sees named sources takes the *minimum* over the live ones
+    as its watermark, so a fast process cannot carry time past records a
+    slow one has not delivered yet.
+    """
 
     ts: int
+    source: str = ""
+
+
+class Watermark:
+    """Minimum event time over live tick sources; ``idle_ns`` of processing time
+    without a tick makes a source stop holding the watermark back.
+
+    >>> wm = Watermark(idle_ns=10)
+    >>> wm.update("a", 100, now_ns=0), wm.update("b", 40, now_ns=1), wm.update("a", 120, now_ns=2)
+    (100, 40, 40)
+    >>> wm.update("a", 130, now_ns=20)   # b has been silent for 19 ns: idle
+    130
+    """
+
+    def __init__(self, idle_ns: int, sources: dict[str, list[int]] | None = None) -> None:
+        self.idle_ns = idle_ns
+        self.sources: dict[str, list[int]] = sources if sources is not None else {}
+
+    def update(self, source: str, ts: int, now_ns: int) -> int:
+        entry = self.sources.get(source)
+        if entry is None:
+            self.sources[source] = [ts, now_ns]
+        else:
+            entry[0], entry[1] = max(entry[0], ts), now_ns
+        live = [t for t, seen in self.sources.values() if now_ns - seen < self.idle_ns]
+        return min(live) if live else max(t for t, _ in self.sources.values())

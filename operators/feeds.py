@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import copy
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -91,6 +91,16 @@ class FeedState:
     down: bool = False
     healthy_since: int = -1
     failovers: int = 0
+    sources: dict[str, int] = field(default_factory=dict)
+
+    def tick_time(self, tick: Tick, stale_ns: int) -> int:
+        """Event time a tick stands for: with named sources (guard processes), the
+        slowest one still within ``stale_ns`` of the fastest."""
+        if not tick.source:
+            return tick.ts
+        self.sources[tick.source] = max(self.sources.get(tick.source, tick.ts), tick.ts)
+        top = max(self.sources.values())
+        return min(t for t in self.sources.values() if t >= top - stale_ns)
 
     def step(self, vf: VenueFeeds, ts: int, status: VenueStatus | None) -> str | None:
         """Advance to event time ``ts`` (with a primary heartbeat if given).
@@ -146,7 +156,7 @@ class FeedSelectLogic:
         return [event] if getattr(event, "feed", vf.primary) == self.state.active else []
 
     def snapshot(self) -> FeedState:
-        return copy.copy(self.state)
+        return copy.deepcopy(self.state)
 
 
 class FeedMonitorLogic:
@@ -158,7 +168,12 @@ class FeedMonitorLogic:
 
     def on_event(self, event: object) -> list[RiskAlert]:
         status = event if isinstance(event, VenueStatus) else None
-        ts = event.ts if status is not None else event.ts - self.vf.skew_ns  # type: ignore[attr-defined]
+        if status is not None:
+            ts = status.ts
+        elif isinstance(event, Tick):
+            ts = self.state.tick_time(event, 30 * NS) - self.vf.skew_ns
+        else:
+            ts = event.ts - self.vf.skew_ns  # type: ignore[attr-defined]
         before_gap = self.state.now - self.state.last_ok
         change = self.state.step(self.vf, ts, status)
         if change is None:
@@ -197,4 +212,4 @@ class FeedMonitorLogic:
         return self.vf.primary if active == self.vf.backup else self.vf.backup
 
     def snapshot(self) -> FeedState:
-        return copy.copy(self.state)
+        return copy.deepcopy(self.state)

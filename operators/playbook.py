@@ -62,9 +62,10 @@ from riskguard.schemas import (
 )
 
 from riskguard.errors import ConfigError
-from riskguard.operators.clock import Tick
+from riskguard.operators.clock import Tick, Watermark
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+WATERMARK_IDLE_NS = 5 * 1_000_000_000
 S = 1_000_000_000
 """Nanoseconds per second."""
 
@@ -284,6 +285,9 @@ class PlaybookState:
     window_start: int = 0
     window_count: int = 0
     suppressed: list[str] = field(default_factory=list)
+    # Named tick sources (one per guard process): latest ts and processing time seen.
+    sources: dict[str, list[int]] = field(default_factory=dict)
+    watermark: int = -1
 
 
 # -- helpers -------------------------------------------------------------------
@@ -382,6 +386,8 @@ class PlaybookLogic:
         self.rules = {r.name: r for r in config.rules}
         if state is None:
             state = PlaybookState()
+        elif state.version == 1:
+            state.sources, state.watermark, state.version = {}, -1, STATE_VERSION
         elif state.version != STATE_VERSION:
             raise ConfigError("playbook.state.version", str(STATE_VERSION), state.version)
         self.state = state
@@ -396,6 +402,10 @@ class PlaybookLogic:
         # Commands caused by this event carry its receive time (detection-to-command latency).
         self._trigger_recv_ts = getattr(event, "recv_ts", None)
         if isinstance(event, Tick):
+            if event.source:
+                wm = Watermark(WATERMARK_IDLE_NS, self.state.sources)
+                self.state.watermark = max(
+                    self.state.watermark, wm.update(event.source, event.ts, self.clock()))
             self._advance(event.ts)
         elif isinstance(event, MitigationCommand):
             if event.action is not Action.RESUME:
@@ -425,6 +435,17 @@ class PlaybookLogic:
 
     # -- inputs ------------------------------------------------------------------
 
+    def _time(self) -> int:
+        """The clock for time-driven rungs and quiet periods.
+
+        With named tick sources it is their watermark (the slowest live
+        source), so escalation never outruns a slow process's records; rungs a
+        signal reaches at once (``after_s = 0``, severity) do not wait for it.
+        Without named sources, every signal and tick moves it.
+        """
+        st = self.state
+        return st.now if not st.sources else max(st.watermark, -1)
+
     def _advance(self, ts: int) -> None:
         st = self.state
         st.now = max(st.now, ts)
@@ -446,7 +467,7 @@ class PlaybookLogic:
             for inc in st.incidents.values():
                 if inc.key == f"{inc.rule}|{source}":
                     if inc.closed_at is None:
-                        inc.closed_at = st.now
+                        inc.closed_at = sig.ts  # the signal's own event time
                     _push(inc.evidence, digest)
                     inc.detail = detail
             return
@@ -464,7 +485,7 @@ class PlaybookLogic:
                 hist.append(st.now)
                 st.history[key] = hist
                 inc = Incident(key=key, rule=rule.name, kind=kind, signal_scope=sig.scope,
-                               target=target, opened_at=st.now, severity=sig.severity,
+                               target=target, opened_at=sig.ts, severity=sig.severity,
                                start_rung=min(len(hist) - 1, len(rule.ladder) - 1))
                 st.incidents[key] = inc
             else:
@@ -529,7 +550,7 @@ class PlaybookLogic:
             # Open incidents climb on any event; momentary ones only when a signal arrives.
             if inc.closed_at is None or (inc.kind not in OPENERS and inc.closed_at == st.now):
                 self._climb(inc, rule)
-            if inc.closed_at is not None and st.now - inc.closed_at >= rule.quiet_s * S:
+            if inc.closed_at is not None and self._time() - inc.closed_at >= rule.quiet_s * S:
                 self._end(inc, rule)
         self._retarget()
 
@@ -582,10 +603,10 @@ class PlaybookLogic:
                 target = max(target, i + 1)
 
     def _reached(self, inc: Incident, rule: Rule) -> int:
-        elapsed = self.state.now - inc.opened_at
+        elapsed = self._time() - inc.opened_at
         top = inc.start_rung
         for i, rung in enumerate(rule.ladder):
-            if elapsed >= rung.after_s * S or (
+            if rung.after_s <= 0 or elapsed >= rung.after_s * S or (
                     rung.min_severity is not None
                     and _RANK[inc.severity] >= _RANK[rung.min_severity]):
                 top = max(top, i)
@@ -602,7 +623,7 @@ class PlaybookLogic:
             return "opened"
         if index <= inc.start_rung:
             return f"repeat trip {inc.start_rung + 1} within {rule.repeat_window_s:g}s"
-        if self.state.now - inc.opened_at >= rung.after_s * S:
+        if self._time() - inc.opened_at >= rung.after_s * S:
             return f"persisted {rung.after_s:g}s"
         if rung.min_severity is not None and _RANK[inc.severity] >= _RANK[rung.min_severity]:
             return f"worsened to {inc.severity.value}"

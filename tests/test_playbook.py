@@ -528,3 +528,31 @@ def test_resume_input_does_not_move_event_time() -> None:
     assert logic.on_event(resume(venue("binance"), 10_000)) == []
     assert logic.snapshot().now == 1 * S
     assert list(logic.snapshot().active) == ["reduce_only|venue:okx"]
+
+
+def test_time_driven_rungs_wait_for_the_slowest_tick_source() -> None:
+    """With ticks from two guard processes, a 60 s rung climbs only when the slower one's
+    event time has passed it; an immediate rung still fires on the signal itself."""
+    rule = Rule(name="hb", signal="heartbeat_loss", target="venue", quiet_s=30,
+                ladder=(Rung(action=Action.REROUTE_ORDER_FLOW),
+                        Rung(action=Action.CANCEL_ALL, after_s=60)))
+    logic = make(rule)
+    out = feed(logic, [Tick(ts=100 * S, source="p1"), Tick(ts=100 * S, source="p2"),
+                       alert("heartbeat_loss", venue("binance"), 103)])
+    assert acts(out) == [("reroute_order_flow", "venue:binance")]
+    # p1 races ahead to t=200; p2 (which carries binance's heartbeats) is still at 110.
+    out = feed(logic, [Tick(ts=110 * S, source="p2"), Tick(ts=200 * S, source="p1")])
+    assert out == []
+    # p2 delivers the restore at 140 and then moves on: the incident closed before 163.
+    out = feed(logic, [alert("heartbeat_restored", venue("binance"), 140),
+                       Tick(ts=200 * S, source="p2")])
+    assert acts(out) == [("resume", "venue:binance")]
+
+
+def test_without_named_sources_signals_move_the_clock() -> None:
+    """Unnamed ticks and signals drive time as before (backtests, single process)."""
+    rule = Rule(name="hb", signal="heartbeat_loss", target="venue",
+                ladder=(Rung(action=Action.REROUTE_ORDER_FLOW),
+                        Rung(action=Action.CANCEL_ALL, after_s=60)))
+    out = feed(make(rule), [alert("heartbeat_loss", venue("binance"), 100), Tick(ts=161 * S)])
+    assert acts(out) == [("reroute_order_flow", "venue:binance"), ("cancel_all", "venue:binance")]
