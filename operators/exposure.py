@@ -171,11 +171,11 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
 def _price_of(ev: Any) -> float | None:
     t = type(ev)
     if t is Trade or t is IndexPrice:
-        return ev.price  # type: ignore[no-any-return] - Trade/IndexPrice.price is a float
+        return ev.price
     if t is Quote:
-        return (ev.bid + ev.ask) / 2.0  # type: ignore[no-any-return] - floats
+        return (ev.bid + ev.ask) / 2.0
     if t is OptionQuote or t is FundingRate:
-        return ev.mark_price  # type: ignore[no-any-return] - a float
+        return ev.mark_price
     return None
 
 
@@ -388,7 +388,7 @@ def _row_reduce(ufunc: Any, flat: Any, bounds: Any, empty: int) -> list[int]:
         return [empty] * n
     starts = np.minimum(bounds[:-1], len(flat) - 1)
     red = ufunc.reduceat(flat, starts)
-    return np.where(bounds[1:] > bounds[:-1], red, empty).tolist()  # type: ignore[no-any-return] - tolist of an int array
+    return np.where(bounds[1:] > bounds[:-1], red, empty).tolist()
 
 
 def _group_sum(a: Any, perm: Any, starts: Any, ufunc: Any) -> Any:
@@ -506,7 +506,6 @@ class ShardLogic:
         self._asset_names = sorted(set(asset))
         ux = {u: k for k, u in enumerate(self._und_names)}
         ax = {a: k for k, a in enumerate(self._asset_names)}
-        k = len(sp)
         self._und_code = np.array([ux[u] for u in und], dtype=np.int64)
         # group sums by column permutation + reduceat (no BLAS: a threaded matmul
         # fights the dataflow's own threads for the cores)
@@ -582,7 +581,7 @@ class ShardLogic:
             return self._process(packs[0])
         return self._process([it for p in packs for it in p])
 
-    def _process(self, items: Sequence[Item]) -> list[Any]:  # noqa: C901, PLR0912, PLR0915 - the per-record hot loop, kept in one frame on purpose
+    def _process(self, items: Sequence[Item]) -> list[Any]:
         st = self.state
         if not st.key and items:
             self._init(items[0][1])
@@ -603,7 +602,7 @@ class ShardLogic:
             ts = ev.ts
             if role == "mark":
                 j = col[target]
-                if ts > last_ts[j]:
+                if ts > last_ts[j]:  # noqa: PLR1730 - cheaper than max() per record
                     last_ts[j] = ts
                 if ts < mark_ts[j]:
                     continue
@@ -629,7 +628,7 @@ class ShardLogic:
                 cur = st.fx.get(target)
                 price = _price_of(ev)
                 for j in self._needing.get(target, ()):
-                    if ts > last_ts[j]:
+                    if ts > last_ts[j]:  # noqa: PLR1730 - cheaper than max() per record
                         last_ts[j] = ts
                 if target in st.balances:
                     st.asset_ts[target] = max(st.asset_ts.get(target, 0), ts)
@@ -660,7 +659,7 @@ class ShardLogic:
                     touched_ts[i] = max(touched_ts.get(i, 0), ts)
                 continue
             j = col[target]
-            if ts > last_ts[j]:
+            if ts > last_ts[j]:  # noqa: PLR1730 - cheaper than max() per record
                 last_ts[j] = ts
             if role == "fill":
                 seen = st.seen[j]
@@ -672,7 +671,7 @@ class ShardLogic:
                 if ts > st.snap_ts[i, j]:  # else already in the authoritative snapshot
                     signed = ev.qty if ev.side == "buy" else -ev.qty
                     a = float(st.avg[i, j])
-                    q, new_avg = apply_fill(float(st.qty[i, j]), None if a != a else a,
+                    q, new_avg = apply_fill(float(st.qty[i, j]), None if math.isnan(a) else a,
                                             signed, ev.price)
                     st.qty[i, j] = q
                     st.avg[i, j] = math.nan if new_avg is None else new_avg
@@ -714,7 +713,7 @@ class ShardLogic:
         avg = float(st.avg[i, j])
         if ev.avg_price is not None:
             st.avg[i, j] = ev.avg_price
-        elif avg != avg or qty == 0.0 or (qty > 0) != (ev.qty > 0):
+        elif math.isnan(avg) or qty == 0.0 or (qty > 0) != (ev.qty > 0):
             st.avg[i, j] = st.mark[j]
         st.qty[i, j] = ev.qty
         st.snap_ts[i, j] = max(int(st.snap_ts[i, j]), ev.ts)
@@ -735,11 +734,11 @@ class ShardLogic:
                 del st.alerted[name]
         for j in bad:
             name = st.insts[j]
-            if mark_missing := st.mark[j] != st.mark[j]:
+            if mark_missing := math.isnan(st.mark[j]):
                 kind, why = "missing_mark", f"no mark yet for {name}"
             else:
                 fxq = self._fxq[j]
-                ccy = self._quote[j] if fxq != fxq else self._uccy[j]
+                ccy = self._quote[j] if math.isnan(fxq) else self._uccy[j]
                 kind, why = "missing_fx", f"no FX rate {ccy}->{self.reg.reporting} for {name}"
             seen = st.alerted.setdefault(name, {})
             slot = "mark" if mark_missing else "fx"
@@ -793,9 +792,10 @@ class ShardLogic:
                 value += cur[0] * fx[0]
         return value, unvalued, ts, alerts
 
-    def _revalue(  # noqa: PLR0913, PLR0917 - internal step of _process, called once
+    def _revalue(  # noqa: PLR0917 - internal step of _process, called once
         self, out: list[Any], changed: dict[int, str], touched: dict[int, list[str]],
-        touched_ts: dict[int, int], touched_cols: dict[int, tuple[str, int]], coll_dirty: dict[int, str],
+        touched_ts: dict[int, int], touched_cols: dict[int, tuple[str, int]],
+        coll_dirty: dict[int, str],
     ) -> list[Any]:
         """One :class:`Part` per counterparty whose value may have moved in this batch."""
         st = self.state
@@ -1022,15 +1022,14 @@ class CounterpartyLogic:
             parts[p.shard] = p
             changed = True
             st.counterparty = p.counterparty
-            if p.ts > st.watermark:
-                st.watermark = p.ts
+            st.watermark = max(st.watermark, p.ts)
             for rid in p.evidence:
                 _evidence_add(st.evidence, rid, cap)
         if not changed:
             return []
         return self._emit()
 
-    def _emit(self) -> list[Any]:  # noqa: C901 - one pass over the parts
+    def _emit(self) -> list[Any]:
         st = self.state
         cfg = self.config
         ps = [st.parts[k] for k in sorted(st.parts)] if len(st.parts) > 1 else list(

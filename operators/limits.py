@@ -481,7 +481,7 @@ class LimitsLogic:
         tracks = st.tracks
         interval = cfg.utilization_interval_ns
         ok = LimitLevel.OK
-        for path, level, name, kind, spec, measure, scope, warn in plan:
+        for path, _level, _name, kind, spec, measure, scope, warn in plan:
             if spec.vol_scaling is None:
                 factor, inputs = 1.0, None
             else:

@@ -103,10 +103,6 @@ class LimitsOut:
     errs: Stream[DeadLetter]
 
 
-def _is(t: type) -> Callable[[Any], bool]:
-    return lambda x: isinstance(x, t)
-
-
 # Per-item predicates run once per record on the hot path, so they are
 # C-level (``tuple.__instancecheck__``) or one-line lambdas; everything else
 # is done a whole batch per Python call with ``flat_map_batch``.

@@ -114,11 +114,12 @@ class JsonlDirSink(DynamicSink[Any]):
         return _Part(self.out_dir / f"out-{worker_index}.pkl")
 
 
-def build(records: list[Any], sink: Any) -> Dataflow:
+def build(records: list[Any], sink: Any, *, shards: int = 1) -> Dataflow:
     """aggregate_exposure -> enforce_limits, every output to ``sink``."""
     flow = Dataflow("risk_flow")
     inp = op.input("in", flow, TestingSource(records, batch_size=16))
-    exp = aggregate_exposure("exposure", inp, config=worked_config(), clock=lambda: 0)
+    exp = aggregate_exposure("exposure", inp, config=worked_config(valuation_shards=shards),
+                             clock=lambda: 0)
     lim = enforce_limits("limits", exp.exposures, None, config=limits_config(),
                          verifier=refuse_updates, clock=lambda: 0)
     op.output("out", op.merge("all", exp.exposures, exp.alerts, exp.errs, lim.utilizations,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,6 +14,9 @@ from riskguard.operators.exposure import (
     InstrumentsConfig,
     InstrumentSpec,
     LocalPipeline,
+    Part,
+    Router,
+    ShardLogic,
     apply_fill,
 )
 from riskguard.schemas import (
@@ -334,20 +338,23 @@ def _close(x: float, y: float) -> bool:
 
 
 @settings(max_examples=60, deadline=None)
-@given(events=sequences(), cuts=st.lists(st.integers(0, 40), max_size=3))
+@given(events=sequences(), cuts=st.lists(st.integers(0, 40), max_size=3),
+       shards=st.sampled_from([1, 3]))
 def test_exposures_equal_from_scratch_recomputation_across_resumes(
-    events: list[object], cuts: list[int]
+    events: list[object], cuts: list[int], shards: int
 ) -> None:
-    """For any fills/snapshots/marks/FX sequence, split across any resumes, the final
-    exposures equal a direct recomputation, and the outputs equal an uninterrupted run."""
-    whole = LocalPipeline(PROP_CFG)
+    """For any fills/snapshots/marks/FX sequence, split across any resumes, with the
+    instruments on one or several valuation shards, the final exposures equal a direct
+    recomputation, and the outputs equal an uninterrupted run."""
+    cfg = msgspec.structs.replace(PROP_CFG, valuation_shards=shards)
+    whole = LocalPipeline(cfg)
     whole_out = whole.feed_all(events)
-    pipe = LocalPipeline(PROP_CFG)
+    pipe = LocalPipeline(cfg)
     outs = []
     start = 0
     for cut in [*sorted(c for c in cuts if c <= len(events)), len(events)]:
         outs.extend(pipe.feed_all(events[start:cut]).exposures)
-        pipe = LocalPipeline(PROP_CFG, pickle.loads(pickle.dumps(pipe.snapshot())))
+        pipe = LocalPipeline(cfg, pickle.loads(pickle.dumps(pipe.snapshot())))
         start = max(start, cut)
     assert outs == whole_out.exposures
     expected = from_scratch(events)
@@ -365,3 +372,32 @@ def test_exposures_equal_from_scratch_recomputation_across_resumes(
         f = latest["*"]
         assert _close(f.gross_notional, firm[0]) and _close(f.net_notional, firm[1])
         assert _close(f.unrealized_pnl, firm[2])
+
+
+def test_a_batch_is_revalued_once_and_reflects_every_record() -> None:
+    """ShardLogic fed a whole batch emits one part per counterparty whose sums equal
+    feeding the same records one at a time (the last part of each counterparty)."""
+    cfg = worked_config()
+    reg = cfg.validate()
+    router = Router(reg, cfg)
+    items = [it for ev in worked_events() for _k, it in router.route(ev)]
+    one = ShardLogic(cfg, reg)
+    last: dict[str, Part] = {}
+    for it in items:
+        for p in one.on_event(it):
+            if isinstance(p, Part):
+                last[p.counterparty] = p
+    batched = [p for p in ShardLogic(cfg, reg).on_batch([items]) if isinstance(p, Part)]
+    assert sorted(p.counterparty for p in batched) == ["binance", "deribit", "okx"]
+    for p in batched:
+        q = last[p.counterparty]
+        assert (p.gross, p.net, p.upnl, p.collateral) == pytest.approx(
+            (q.gross, q.net, q.upnl, q.collateral))
+        assert dict(zip(p.names, p.notionals, strict=True)) == pytest.approx(
+            dict(zip(q.names, q.notionals, strict=True)))
+
+
+def test_valuation_shards_must_be_positive() -> None:
+    """valuation_shards = 0 is a config error naming the key."""
+    with pytest.raises(ConfigError, match="valuation_shards"):
+        LocalPipeline(worked_config(valuation_shards=0))
