@@ -384,6 +384,10 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
         )
 
 
+# Topics whose sink has raised in this process: once one has, the flow is failing.
+_FAILED_SINKS: set[str] = set()
+
+
 class _SinkPartition(StatefulSinkPartition[tuple[bytes | None, bytes], None]):
     def __init__(self, config: dict[str, Any], topic: str, idx: int, flush_timeout_s: float) -> None:
         self._errors: list[str] = []
@@ -428,6 +432,7 @@ class _SinkPartition(StatefulSinkPartition[tuple[bytes | None, bytes], None]):
                 f"reasons: {reasons or ['flush timeout']}"
             )
             self._failed = True
+            _FAILED_SINKS.add(self._topic)
             raise DeliveryError(msg, undelivered=total, reasons=reasons)
 
     def _flush(self) -> None:
@@ -438,10 +443,12 @@ class _SinkPartition(StatefulSinkPartition[tuple[bytes | None, bytes], None]):
         self._flush()
 
     def close(self) -> None:
-        # After a failure bytewax closes the partition while unwinding; raising
-        # again there would abort the process instead of surfacing the first error.
-        if self._failed:
+        # After a failure (of this or any sink in the process) bytewax closes the
+        # partitions while unwinding, some from destructors; raising again there
+        # would abort the process instead of surfacing the first error.
+        if self._failed or _FAILED_SINKS:
             self._producer.purge()
+            self._producer.flush(0)
             return
         self._flush()
 
@@ -473,6 +480,7 @@ class KafkaOutput(FixedPartitionedSink[tuple[bytes | None, bytes], None]):
         return [str(i) for i in list_partitions(self.settings, self.topic)]
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _SinkPartition:
+        _FAILED_SINKS.clear()  # a new execution starts healthy
         config = self.settings.client_config()
         config.update({
             "enable.idempotence": True,
