@@ -511,6 +511,8 @@ class ShardLogic:
         # fights the dataflow's own threads for the cores)
         self._u_perm, self._u_starts = _groups(self._und_code)
         self._a_perm, self._a_starts = _groups(np.array([ax[a] for a in asset], dtype=np.int64))
+        # no options and asset == underlying everywhere: notional by asset is the delta
+        self._asset_is_delta = not any(self._is_opt_list) and asset == und
         self._und_arr = np.array(self._und_names, dtype=object)
         self._asset_arr = np.array(self._asset_names, dtype=object)
         needing: dict[str, list[int]] = {}
@@ -848,8 +850,10 @@ class ShardLogic:
         net = notional.sum(axis=1).tolist()
         d_u = _group_sum(delta, self._u_perm, self._u_starts, np.add)
         held_u = _group_sum(act, self._u_perm, self._u_starts, np.logical_or)
-        n_a = _group_sum(notional, self._a_perm, self._a_starts, np.add)
-        held_a = _group_sum(act, self._a_perm, self._a_starts, np.logical_or)
+        same = self._asset_is_delta
+        if not same:
+            n_a = _group_sum(notional, self._a_perm, self._a_starts, np.add)
+            held_a = _group_sum(act, self._a_perm, self._a_starts, np.logical_or)
         mts = np.where(valued, np.array(st.mark_ts, dtype=np.int64), NEVER_STALE)
         # every per-row list in one pass each: row-major nonzero, then slice per row
         r_i, c_i = np.nonzero(act)
@@ -866,10 +870,11 @@ class ShardLogic:
         du_names = self._und_arr[ku].tolist()
         du_vals = d_u[ru, ku].tolist()
         ubounds = np.searchsorted(ru, np.arange(len(rows) + 1)).tolist()
-        ra, ka = np.nonzero(held_a)
-        da_names = self._asset_arr[ka].tolist()
-        da_vals = n_a[ra, ka].tolist()
-        abounds = np.searchsorted(ra, np.arange(len(rows) + 1)).tolist()
+        if not same:
+            ra, ka = np.nonzero(held_a)
+            da_names = self._asset_arr[ka].tolist()
+            da_vals = n_a[ra, ka].tolist()
+            abounds = np.searchsorted(ra, np.arange(len(rows) + 1)).tolist()
         # realized vol per underlying is a market property: one dict shared by every part
         uvol = self._und_vols(active_all)
         uvol_values = {u: v for u, (v, _t) in sorted(uvol.items())}
@@ -911,11 +916,12 @@ class ShardLogic:
             if i in coll_dirty and coll_dirty[i] not in evidence:
                 evidence.append(coll_dirty[i])
             st.seq += 1
+            d = dict(zip(unds, du_vals[ulo:uhi], strict=True))
+            # sharing one dict for both is safe: parts and exposures never mutate them
+            a = d if same else dict(zip(da_names[abounds[k]:abounds[k + 1]],
+                                        da_vals[abounds[k]:abounds[k + 1]], strict=True))
             out.append(Part(
-                cp, st.key, st.seq, ts, gross[k], net[k], upnl_s[k], ord_s[k], coll,
-                dict(zip(unds, du_vals[ulo:uhi], strict=True)),
-                dict(zip(da_names[abounds[k]:abounds[k + 1]],
-                         da_vals[abounds[k]:abounds[k + 1]], strict=True)),
+                cp, st.key, st.seq, ts, gross[k], net[k], upnl_s[k], ord_s[k], coll, d, a,
                 names, not_all[lo:hi], mts_b[8 * lo:8 * hi], oldest_rows[k], unvalued, uvol,
                 uvol_values, evidence[-cap:],
             ))
