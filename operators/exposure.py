@@ -1029,8 +1029,11 @@ class CounterpartyLogic:
             changed = True
             st.counterparty = p.counterparty
             st.watermark = max(st.watermark, p.ts)
-            for rid in p.evidence:
-                _evidence_add(st.evidence, rid, cap)
+            if st.evidence:
+                for rid in p.evidence:
+                    _evidence_add(st.evidence, rid, cap)
+            else:  # the common case: the first part since the last emit
+                st.evidence = list(dict.fromkeys(p.evidence))[-cap:]
         if not changed:
             return []
         return self._emit()
@@ -1169,6 +1172,8 @@ class FirmLogic:
         stale: set[str] = set()
         ts = 0
         evidence: list[str] = []
+        # every by-asset dict is its delta dict (linear books): the same sums, done once
+        shared = all(e.notional_by_asset is e.delta_by_underlying for e in st.latest.values())
         for cp in sorted(st.latest):
             e = st.latest[cp]
             gross += e.gross_notional
@@ -1179,14 +1184,17 @@ class FirmLogic:
             ts = max(ts, e.ts)
             for k, v in e.delta_by_underlying.items():
                 delta[k] = delta.get(k, 0.0) + v
-            for k, v in e.notional_by_asset.items():
-                by_asset[k] = by_asset.get(k, 0.0) + v
+            if not shared:
+                for k, v in e.notional_by_asset.items():
+                    by_asset[k] = by_asset.get(k, 0.0) + v
             for k, v in e.vol_by_underlying.items():
                 if k not in vols or e.ts > vols[k][1]:
                     vols[k] = (v, e.ts)
             stale.update(e.stale_instruments)
         for cp in updated:
             evidence.extend(st.latest[cp].evidence_ids)
+        if shared:
+            by_asset = dict(delta)
         firm_vols = {k: v for k, (v, _t) in sorted(vols.items())}
         out: list[Exposure] = []
         eps = self.config.concentration_epsilon
