@@ -524,7 +524,9 @@ def guard_config_doc(sc: Scenario, keys: DemoKeys, playbook: dict[str, Any] | No
         "tick_ns": NS,
         "input": {"max_lateness_ns": 10 * NS},
         "feeds": {"venues": {v: {"primary": "primary", "backup": "backup",
-                                 "max_gap_ns": 3 * NS, "restore_after_ns": 10 * NS}
+                                 "max_gap_ns": 3 * NS, "restore_after_ns": 10 * NS,
+                                 # one event-ordered stream: no cross-topic skew to allow for
+                                 "skew_ns": 0}
                              for v in m.venues}},
         "features": {"venues": list(m.venues), "index_sources": ["index"],
                      "index_map": index_map, "allowed_lateness_ns": 5 * NS},
