@@ -1174,7 +1174,11 @@ class FirmLogic:
         evidence: list[str] = []
         # every by-asset dict is its delta dict (linear books): the same sums, done once
         shared = all(e.notional_by_asset is e.delta_by_underlying for e in st.latest.values())
-        for cp in sorted(st.latest):
+        # vols: per underlying, the value of the newest exposure (first in cp order on a
+        # tie). Exposures of one batch share one vol dict, so rank each distinct dict by
+        # (newest ts, first position reaching it) and let the best rank set each key.
+        seen_vols: dict[int, list[Any]] = {}
+        for pos, cp in enumerate(sorted(st.latest)):
             e = st.latest[cp]
             gross += e.gross_notional
             net += e.net_notional
@@ -1187,14 +1191,22 @@ class FirmLogic:
             if not shared:
                 for k, v in e.notional_by_asset.items():
                     by_asset[k] = by_asset.get(k, 0.0) + v
-            for k, v in e.vol_by_underlying.items():
-                if k not in vols or e.ts > vols[k][1]:
-                    vols[k] = (v, e.ts)
+            vd = e.vol_by_underlying
+            if vd:
+                cur = seen_vols.get(id(vd))
+                if cur is None:
+                    seen_vols[id(vd)] = [e.ts, pos, vd]
+                elif e.ts > cur[0]:
+                    cur[0], cur[1] = e.ts, pos
             stale.update(e.stale_instruments)
         for cp in updated:
             evidence.extend(st.latest[cp].evidence_ids)
         if shared:
             by_asset = dict(delta)
+        for t, _pos, vd in sorted(seen_vols.values(), key=lambda r: (-r[0], r[1])):
+            for k, v in vd.items():
+                if k not in vols:
+                    vols[k] = (v, t)
         firm_vols = {k: v for k, (v, _t) in sorted(vols.items())}
         out: list[Exposure] = []
         eps = self.config.concentration_epsilon

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from riskguard.operators.exposure import (
     ExposureConfig,
+    FirmLogic,
     InstrumentsConfig,
     InstrumentSpec,
     LocalPipeline,
@@ -21,6 +22,7 @@ from riskguard.operators.exposure import (
 )
 from riskguard.schemas import (
     Balance,
+    Exposure,
     FeatureVector,
     Fill,
     IndexPrice,
@@ -401,3 +403,26 @@ def test_valuation_shards_must_be_positive() -> None:
     """valuation_shards = 0 is a config error naming the key."""
     with pytest.raises(ConfigError, match="valuation_shards"):
         LocalPipeline(worked_config(valuation_shards=0))
+
+
+def test_firm_vol_per_underlying_is_the_newest_exposures_first_in_order_on_ties() -> None:
+    """The firm's vol per underlying comes from the newest exposure holding it; on a tie
+    the first counterparty in name order wins, whether or not exposures share a dict."""
+    shared = {"BTC": 0.5}
+    exps = [
+        Exposure(counterparty="a", ts=5, gross_notional=1.0, net_notional=1.0,
+                 vol_by_underlying={"BTC": 0.1, "ETH": 0.2}, seq=1),
+        Exposure(counterparty="b", ts=5, gross_notional=1.0, net_notional=1.0,
+                 vol_by_underlying={"BTC": 0.3}, seq=1),
+        Exposure(counterparty="c", ts=4, gross_notional=1.0, net_notional=1.0,
+                 vol_by_underlying=shared, seq=1),
+        Exposure(counterparty="d", ts=6, gross_notional=1.0, net_notional=1.0,
+                 vol_by_underlying={"ETH": 0.9}, seq=1),
+    ]
+    firm = FirmLogic(worked_config()).on_batch(exps)[-1]
+    assert firm.counterparty == "*"
+    assert firm.vol_by_underlying == {"BTC": 0.1, "ETH": 0.9}
+    later = Exposure(counterparty="e", ts=7, gross_notional=1.0, net_notional=1.0,
+                     vol_by_underlying=shared, seq=1)
+    firm = FirmLogic(worked_config()).on_batch([*exps, later])[-1]
+    assert firm.vol_by_underlying == {"BTC": 0.5, "ETH": 0.9}
