@@ -289,13 +289,18 @@ class Router:
             if mark_ok.get(t):  # the hot path: market data, routes cached per instrument
                 routes = market.get((ev.instrument, t is OptionQuote))
                 if routes is not None:
-                    for k, role, target in routes:
-                        item = (role, k, target, ev)
-                        pack = packs.get(k)
-                        if pack is None:
-                            packs[k] = [item]
+                    if len(routes) == 1:
+                        k, role, target = routes[0]
+                        if k in packs:
+                            packs[k].append((role, k, target, ev))
                         else:
-                            pack.append(item)
+                            packs[k] = [(role, k, target, ev)]
+                        continue
+                    for k, role, target in routes:
+                        if k in packs:
+                            packs[k].append((role, k, target, ev))
+                        else:
+                            packs[k] = [(role, k, target, ev)]
                     continue
             r = route(ev, now)
             if type(r) is list:
@@ -794,7 +799,7 @@ class ShardLogic:
                 value += cur[0] * fx[0]
         return value, unvalued, ts, alerts
 
-    def _revalue(  # noqa: PLR0917 - internal step of _process, called once
+    def _revalue(
         self, out: list[Any], changed: dict[int, str], touched: dict[int, list[str]],
         touched_ts: dict[int, int], touched_cols: dict[int, tuple[str, int]],
         coll_dirty: dict[int, str],

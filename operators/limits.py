@@ -256,7 +256,7 @@ def _measure(level: str, name: str, kind: str) -> Measure:
             return lambda e: (e.open_order_notional, {})
 
         def max_delta(e: Exposure) -> tuple[float, dict[str, float]]:
-            return max((abs(v) for v in e.delta_by_underlying.values()), default=0.0), {}
+            return max(map(abs, e.delta_by_underlying.values()), default=0.0), {}
 
         return max_delta
     if level == "asset":
