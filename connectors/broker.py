@@ -60,7 +60,9 @@ def wait_until_ready(bootstrap: str, timeout_s: float = 20.0) -> None:
 
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 1000})
+    admin = AdminClient(
+        {"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 1000}
+    )
     while time.monotonic() < deadline:
         try:
             admin.list_topics(timeout=1.0)

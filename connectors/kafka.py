@@ -93,13 +93,14 @@ class EventTimeAlignment:
         for name, (head, last, started, seen) in self.parts.items():
             if name == part:
                 continue
-            if head is None:
+            stand = head
+            if stand is None:
                 fresh = now - seen < self.idle_ns if seen >= 0 else now - started < self.grace_ns
                 if not fresh:
                     continue  # idle: caught up
-                head = last
-            if low is None or head < low:
-                low = head
+                stand = last
+            if low is None or stand < low:
+                low = stand
         return 2**63 if low is None else low
 
     def update(self, part: str, head: int | None, last: int, got_data: bool, now: int) -> None:
@@ -156,7 +157,7 @@ class SharedConsumer:
         queues = self._queues
         for m in msgs:
             key = (m.topic(), m.partition())
-            queue = queues.get(key)  # type: ignore[arg-type]
+            queue = queues.get(key)
             if queue is None:
                 # A client-level error has no partition: every reader must see it.
                 for q in queues.values():
@@ -213,7 +214,8 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         """Decode the next Kafka batch into ``(record, offset)``; None when nothing came."""
         msgs = self._shared.take(self._topic, self._idx, self._batch_size)
         if not msgs:
-            if self._idle_eof_ns is not None and self._clock() - self._last_msg_ns > self._idle_eof_ns:
+            idle_eof = self._idle_eof_ns
+            if idle_eof is not None and self._clock() - self._last_msg_ns > idle_eof:
                 raise StopIteration
             return None
         topic, idx, decode, policy = self._topic, self._idx, self._decode, self._policy
@@ -226,7 +228,8 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
             if err is not None:
                 if err.code() == _KE._PARTITION_EOF:
                     continue
-                msg = f"consuming Kafka topic {topic!r} partition {idx} near offset {self._offset}: {err.str()}"
+                msg = (f"consuming Kafka topic {topic!r} partition {idx} near offset "
+                       f"{self._offset}: {err.str()}")
                 raise BrokerError(msg)
             off = m.offset() or 0
             value = m.value()
@@ -389,7 +392,9 @@ _FAILED_SINKS: set[str] = set()
 
 
 class _SinkPartition(StatefulSinkPartition[tuple[bytes | None, bytes], None]):
-    def __init__(self, config: dict[str, Any], topic: str, idx: int, flush_timeout_s: float) -> None:
+    def __init__(
+        self, config: dict[str, Any], topic: str, idx: int, flush_timeout_s: float
+    ) -> None:
         self._errors: list[str] = []
         self._failed = False
         config = dict(config)

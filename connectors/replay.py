@@ -22,6 +22,7 @@ records whose ``offset`` is the row's byte offset in its file.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -152,7 +153,7 @@ class _Reader:
 
 def _finite(text: str) -> float:
     value = float(text)
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         msg = f"non-finite number {text!r}"
         raise ValueError(msg)
     return value
@@ -171,7 +172,10 @@ class _ReplayPartition(StatefulSourcePartition[Any, list[int]]):
         self, files: list[ReplayFile], offsets: list[int], codec: Codec,
         batch_size: int, speed: float | None, clock: Clock,
     ) -> None:
-        self._readers = [_Reader(f, i, off, codec) for i, (f, off) in enumerate(zip(files, offsets, strict=True))]
+        self._readers = [
+            _Reader(f, i, off, codec)
+            for i, (f, off) in enumerate(zip(files, offsets, strict=True))
+        ]
         self._offsets = list(offsets)
         self._heap: list[tuple[int, int, int, Any]] = []
         for r in self._readers:

@@ -363,7 +363,8 @@ def _inject_forged(bootstrap: str, topic: str) -> None:
     forger = Signer.from_private_bytes(b"\x07" * 32, issuer=ISSUER)
     now = time.time_ns()
     cmd = MitigationCommand(
-        command_id="forged-0001", issuer=ISSUER, seq=10_000, issued_at=now, expires_at=now + 60 * NS,
+        command_id="forged-0001", issuer=ISSUER, seq=10_000, issued_at=now,
+        expires_at=now + 60 * NS,
         audience=Audience(env=ENV, topic=topic), action=Action.HALT_TRADING,
         scope=Scope(kind=ScopeKind.FIRM, value="*"), reason="not from riskguard",
     )

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 
 from riskguard.schemas import (
     Balance,
-    OptionType,
-    Side,
     Fill,
     IndexPrice,
     OptionQuote,
+    OptionType,
     Quote,
     Record,
+    Side,
     Trade,
     VenueStatus,
 )
@@ -157,7 +157,8 @@ def build_scenario(start_ns: int, seed: int = 7) -> Scenario:
                  ts=start_ns + (225 + 2 * k) * NS + 7 * MS))
     ev.sort(key=lambda x: (x[0], x[1]))
     incidents = [
-        Incident("flash_crash", "instrument:okx/BTC-USDT", start_ns + 150 * NS, start_ns + 183 * NS),
+        Incident("flash_crash", "instrument:okx/BTC-USDT",
+                 start_ns + 150 * NS, start_ns + 183 * NS),
         Incident("heartbeat_loss", "venue:binance", start_ns + 200 * NS, start_ns + 240 * NS),
         Incident("exposure_breach", "counterparty:deribit", start_ns + 225 * NS,
                  start_ns + DURATION_S * NS),

@@ -3,7 +3,8 @@
 Good records go to ``out_topic``; everything that fails the wire contract
 goes to ``dlq_topic`` as a dead letter. Run it on a cluster with, e.g.::
 
-    python -m bytewax.run "riskguard.dataflows.passthrough:build('127.0.0.1:9092', ['in'], 'out', 'dlq')" -w 2
+    python -m bytewax.run \\
+      "riskguard.dataflows.passthrough:build('127.0.0.1:9092', ['in'], 'out', 'dlq')" -w 2
 """
 
 from __future__ import annotations

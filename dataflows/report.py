@@ -409,7 +409,7 @@ class _Axes:
         return round(H - PAD_B - (v - self.y0) / (self.y1 - self.y0) * (H - PAD_T - PAD_B), 2)
 
 
-def _frame(ax: _Axes, pid: str, title: str, body: list[str],  # noqa: PLR0917 (internal)
+def _frame(ax: _Axes, pid: str, title: str, body: list[str],
            legend: list[tuple[str, str]], fmt: str = "{:.4g}") -> str:
     parts = [f'<svg class="plot" id="{pid}" xmlns="http://www.w3.org/2000/svg" '
              f'width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img" '

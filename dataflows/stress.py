@@ -75,6 +75,7 @@ from riskguard.schemas import (
     MitigationCommand,
     Quote,
     RiskAlert,
+    Side,
     Trade,
     VenueStatus,
 )
@@ -386,7 +387,7 @@ def _generate(sc: Scenario, g: _Gen, start_ns: int) -> list[Any]:
                         out.append(Trade(
                             id=g.nid("t"), venue=venue, instrument=inst, ts=ts + MS, feed=feed,
                             recv_ts=ts + 3 * MS + delay, price=round(mid, 8), qty=round(qty, 6),
-                            side="sell" if casc is not None or rng.random() < 0.5 else "buy"))
+                            side=Side.SELL if casc is not None or rng.random() < 0.5 else Side.BUY))
             if k % per_s == 0:
                 wd = _active(sc, "withdrawals_halt", venue, "*", t_s) is None
                 for feed in feeds:
@@ -464,7 +465,7 @@ def _positions(sc: Scenario, g: _Gen, start_ns: int) -> list[Any]:
                                asset=p.asset, total=p.total, ts=ts, recv_ts=ts + 2 * MS))
         else:
             out.append(Fill(id=g.nid("fill"), venue=p.venue, counterparty=p.venue,
-                            instrument=p.instrument, side=p.side, qty=p.qty,
+                            instrument=p.instrument, side=Side(p.side), qty=p.qty,
                             price=_spot(sc, p.instrument), ts=ts, recv_ts=ts + 2 * MS))
     return out
 
@@ -484,7 +485,7 @@ def _fill_shocks(sc: Scenario, g: _Gen, start_ns: int) -> list[Any]:
             for venue in s.venues:
                 for inst in s.instruments:
                     out.append(Fill(id=g.nid("fill"), venue=venue, counterparty=venue,
-                                    instrument=inst, side=s.side, qty=s.qty,
+                                    instrument=inst, side=Side(s.side), qty=s.qty,
                                     price=_spot(sc, inst), ts=ts, recv_ts=ts + 2 * MS))
     return out
 
@@ -672,8 +673,8 @@ def _invariants(sc: Scenario, res: BacktestResult, cmds: list[MitigationCommand]
         if st not in PROTECTIVE:
             unsafe.append(f"{v} still has {', '.join(still)} but is only in state {st}")
     for es in sc.end_state:
-        states = [s for lab, s in end.items() if fnmatch.fnmatchcase(lab, es.scope)]
-        best = max(states, key=lambda s: _RANK[s], default="normal")
+        matched = [s for lab, s in end.items() if fnmatch.fnmatchcase(lab, es.scope)]
+        best = max(matched, key=lambda s: _RANK[s], default="normal")
         if _RANK[best] < _RANK[es.at_least]:
             unsafe.append(f"{es.scope} ends in {best}, expected at least {es.at_least}")
     out.append(Check("invariant", "ends in a safe state", None, None,

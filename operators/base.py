@@ -21,7 +21,6 @@ from typing import Any, Generic, Protocol, TypeVar
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
-
 from riskguard.schemas.audit import DeadLetter
 
 V = TypeVar("V")

@@ -693,7 +693,8 @@ class DetectorLogic:
             return Severity.WARN
         return Severity.INFO
 
-    def _episode(self, fv: FeatureVector, score: float, thr: float, anomalous: bool,  # noqa: PLR0917  # private hot-path helper
+    # private hot-path helper
+    def _episode(self, fv: FeatureVector, score: float, thr: float, anomalous: bool,
                  warming: bool, contributions: list[Contribution]) -> list[AnomalySignal]:
         s = self.s
         c = self.config
@@ -738,7 +739,7 @@ class DetectorLogic:
     def _episode_id(self) -> str:
         return f"{self.s.key}#{self.s.episodes}"
 
-    def _signal(self, fv: FeatureVector, kind: Literal["anomaly", "regime_change"],  # noqa: PLR0917  # private helper
+    def _signal(self, fv: FeatureVector, kind: Literal["anomaly", "regime_change"],
                 phase: Literal["open", "escalate", "close"], score: float, thr: float,
                 severity: Severity, warming: bool, contributions: list[Contribution],
                 episode_id: str | None) -> AnomalySignal:

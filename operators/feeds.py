@@ -38,11 +38,11 @@ import uuid
 from dataclasses import dataclass, field
 
 import msgspec
-
-from riskguard.errors import ConfigError
 from riskguard.operators.clock import Tick
 from riskguard.schemas.market import VenueState, VenueStatus
 from riskguard.schemas.signals import RiskAlert, Scope, ScopeKind, Severity
+
+from riskguard.errors import ConfigError
 
 NS = 1_000_000_000
 _NAMESPACE = uuid.UUID("5b0f3f4e-5c55-4f0e-9f1c-0a9c3e0f7a11")
@@ -196,9 +196,11 @@ class FeedMonitorLogic:
             why = "reported down" if st.down else f"no heartbeat for {gap_s:.1f}s"
             return [
                 alert("heartbeat_loss", Severity.CRITICAL,
-                      f"venue {st.venue} primary feed {why} (limit {self.vf.max_gap_ns / NS:.1f}s)"),
+                      f"venue {st.venue} primary feed {why} "
+                      f"(limit {self.vf.max_gap_ns / NS:.1f}s)"),
                 alert("feed_failover", Severity.WARN,
-                      f"venue {st.venue}: switched from {self.vf.primary} to {self.vf.backup} feed"),
+                      f"venue {st.venue}: switched from {self.vf.primary} "
+                      f"to {self.vf.backup} feed"),
             ]
         return [
             alert("heartbeat_restored", Severity.INFO,

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from riskguard.schemas.base import Record
 from riskguard.schemas.market import (
@@ -354,5 +355,5 @@ def generate(cfg: SimConfig | None = None) -> Scenario:
                         id=nid("i"), venue=ORACLE_SOURCE, instrument=name, ts=ts,
                         recv_ts=ts + 1_000_000, price=oracle,
                     ))
-    events.sort(key=lambda e: e.ts)  # every record here has ts
+    events.sort(key=attrgetter("ts"))  # every record here has ts
     return Scenario(cfg, tuple(cfg.venues), tuple(instruments), events, incidents)

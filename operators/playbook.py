@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
 import msgspec
+from riskguard.operators.clock import Tick, Watermark
 from riskguard.schemas import (
     FIRM,
     Action,
@@ -62,7 +63,6 @@ from riskguard.schemas import (
 )
 
 from riskguard.errors import ConfigError
-from riskguard.operators.clock import Tick, Watermark
 
 STATE_VERSION = 2
 WATERMARK_IDLE_NS = 5 * 1_000_000_000
@@ -724,7 +724,7 @@ class PlaybookLogic:
 
     # -- output ------------------------------------------------------------------
 
-    def _command(self, seed: str, scope: Scope, action: Action,  # noqa: PLR0917 (internal)
+    def _command(self, seed: str, scope: Scope, action: Action,
                  params: dict[str, Any], reason: str, evidence: list[str]) -> MitigationCommand:
         cfg = self.config
         now = self.clock()

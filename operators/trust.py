@@ -371,11 +371,11 @@ def check_root_threshold(data: bytes, sigs: Sequence[Signature], roots: RootSet,
             good.add(root.key_id)
             break
     if len(good) < roots.threshold:
-        msg = (
+        text = (
             f"{source}: needs signatures from {roots.threshold} distinct root key(s); "
             f"got {len(good)} valid of {len(sigs)}"
         )
-        raise TrustError(msg)
+        raise TrustError(text)
     return good
 
 

@@ -110,7 +110,8 @@ def _python_type(t: Any) -> Any:
     """Rebuild a Python annotation from msgspec type info (enough for validation)."""
     if isinstance(t, mi.Metadata):
         inner = _python_type(t.type)
-        return Annotated[inner, msgspec.Meta(**_constraints(t.type))] if _constraints(t.type) else inner
+        limits = _constraints(t.type)
+        return Annotated[inner, msgspec.Meta(**limits)] if limits else inner
     if isinstance(t, mi.StructType):
         return t.cls
     if isinstance(t, mi.DictType):

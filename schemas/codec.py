@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterable
 from typing import Any, Union
 
 import msgspec
-
 from riskguard.schemas.audit import AUDIT_TYPES, DeadLetter
 from riskguard.schemas.base import SUPPORTED_MAJOR, Record
 from riskguard.schemas.commands import COMMAND_TYPES

@@ -5,7 +5,6 @@ from __future__ import annotations
 from enum import StrEnum
 
 import msgspec
-
 from riskguard.schemas.base import Record
 from riskguard.schemas.signals import Scope
 from riskguard.schemas.types import Finite, HexDigest, Name, Nanos, NonNegative, RecordId, Seq, Text

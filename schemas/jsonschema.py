@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import msgspec
-
 from riskguard.schemas.codec import ALL_TYPES, tag_of
 
 JSON_DIR = Path(__file__).parent / "json"

@@ -6,7 +6,6 @@ from enum import StrEnum
 from typing import Literal
 
 import msgspec
-
 from riskguard.schemas.base import Record
 from riskguard.schemas.types import (
     Finite,

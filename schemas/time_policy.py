@@ -56,6 +56,5 @@ class PartitionWatermark:
                 path="$.ts", expected=f"ts >= {self.max_ts - p.max_lateness_ns}", found=str(ts),
                 raw=raw,
             )
-        if ts > self.max_ts:
-            self.max_ts = ts
+        self.max_ts = max(self.max_ts, ts)
         return rec
