@@ -599,6 +599,7 @@ class ShardLogic:
                                                  st.ewma_n)
         is_opt = self._is_opt_list
         alpha = self.config.vol_alpha
+        beta = 1 - alpha
         changed: dict[int, str] = {}  # column -> id of the record that re-valued it
         touched: dict[int, list[str]] = {}  # row -> ids of own records, oldest first
         touched_ts: dict[int, int] = {}
@@ -613,11 +614,13 @@ class ShardLogic:
                     last_ts[j] = ts
                 if ts < mark_ts[j]:
                     continue
-                price = _price_of(ev)
+                t = type(ev)
+                price = ev.price if t is Trade or t is IndexPrice else _price_of(ev)
                 if price is None:  # pragma: no cover - routed marks always have a price
                     continue
-                mark[j], mark_ts[j], mark_id[j] = price, ts, ev.id
-                changed[j] = ev.id
+                rid = ev.id
+                mark[j], mark_ts[j], mark_id[j] = price, ts, rid
+                changed[j] = rid
                 if is_opt[j]:
                     st.opt_delta[j], st.und_price[j] = ev.delta, ev.underlying_price
                 elif price > 0:
@@ -626,7 +629,7 @@ class ShardLogic:
                         r = math.log(price / ewma_price[j])
                         inst = r * r / ((ts - ets) / NS_PER_S)
                         ewma_var[j] = (inst if ewma_n[j] == 0
-                                       else (1 - alpha) * ewma_var[j] + alpha * inst)
+                                       else beta * ewma_var[j] + alpha * inst)
                         ewma_n[j] += 1
                     if ts > ets:
                         ewma_price[j], ewma_ts[j] = price, ts
