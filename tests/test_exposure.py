@@ -66,14 +66,14 @@ def idx(i: str, name: str, ts: int, price: float) -> IndexPrice:
     return IndexPrice(id=i, venue="index", instrument=name, ts=ts, price=price)
 
 
-def fill(  # noqa: PLR0917 - test-data builder; call sites read as table rows
+def fill(
     i: str, cp: str, inst: str, side: str, qty: float, price: float, ts: int
 ) -> Fill:
     return Fill(id=i, venue=cp, counterparty=cp, instrument=inst, side=side, qty=qty,
                 price=price, ts=ts)
 
 
-def oq(  # noqa: PLR0917 - test-data builder; call sites read as table rows
+def oq(
     i: str, inst: str, und: str, ts: int, mark: float, delta: float, und_px: float,
     opt: str,
 ) -> OptionQuote:
