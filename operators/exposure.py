@@ -845,15 +845,17 @@ class ShardLogic:
         df = np.where(opt, np.array(st.opt_delta) * und_px * fxu, nf)
         nf = np.where(valued, nf, 0.0)
         df = np.where(valued, df, 0.0)
-        qm = qty[rows] * self._mult
+        # every row dirty (the common case under a steady mark stream): views, not copies
+        sel: Any = slice(0, n) if len(rows) == n else rows
+        qm = qty[sel] * self._mult
         notional = qm * nf
         delta = qm * df
         fx_v = np.where(valued, fxq, 0.0)
-        upnl = qm * (np.where(valued, mark, 0.0) - st.avg[rows]) * fx_v
+        upnl = qm * (np.where(valued, mark, 0.0) - st.avg[sel]) * fx_v
         upnl[np.isnan(upnl)] = 0.0  # no average entry price (nan): no unrealized PnL
         upnl_s = upnl.sum(axis=1).tolist()
-        ord_s = (orders[rows] * fx_v).sum(axis=1).tolist()
-        act = active_all[rows]
+        ord_s = (orders[sel] * fx_v).sum(axis=1).tolist()
+        act = active_all[sel]
         gross = np.abs(notional).sum(axis=1).tolist()
         net = notional.sum(axis=1).tolist()
         d_u = _group_sum(delta, self._u_perm, self._u_starts, np.add)
