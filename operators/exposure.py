@@ -414,7 +414,7 @@ class ShardState:
     insts: list[str] = field(default_factory=list)
     cps: list[str] = field(default_factory=list)
     qty: Any = None
-    avg: Any = None  # nan: no average entry price
+    avg: Any = None  # nan: no average entry price (any value while flat)
     orders: Any = None
     snap_ts: Any = None
     mark: list[float] = field(default_factory=list)  # nan: no mark yet
@@ -527,6 +527,7 @@ class ShardLogic:
                     needing.setdefault(ccy, []).append(j)
         self._needing = needing
         self._row = {cp: i for i, cp in enumerate(st.cps)}
+        self._fv: tuple[Any, Any] | None = None
         self._refresh_fx()
         self._ready = True
 
@@ -560,14 +561,15 @@ class ShardLogic:
                 return b
 
             st.qty, st.orders = grow(st.qty, 0.0), grow(st.orders, 0.0)
-            st.avg, st.snap_ts = grow(st.avg, math.nan), grow(st.snap_ts, -1)
+            st.avg, st.snap_ts = grow(st.avg, 0.0), grow(st.snap_ts, -1)
         return i
 
     def _vols(self) -> tuple[Any, Any]:
         """Realized vol and its time per instrument (feature stream first, else EWMA)."""
         st = self.state
-        fv = np.array(st.feature_vol)
-        fts = np.array(st.feature_vol_ts, dtype=np.int64)
+        if self._fv is None:  # feature vols change rarely: rebuilt only after one arrives
+            self._fv = (np.array(st.feature_vol), np.array(st.feature_vol_ts, dtype=np.int64))
+        fv, fts = self._fv
         ewma_ok = np.array(st.ewma_n) >= self.config.vol_min_samples
         ev = np.sqrt(np.array(st.ewma_var) * SECONDS_PER_YEAR)
         ets = np.array(st.ewma_ts, dtype=np.int64)
@@ -656,6 +658,7 @@ class ShardLogic:
                 if ts >= st.feature_vol_ts[j]:
                     st.feature_vol[j] = float(ev.values[self.config.vol_feature])
                     st.feature_vol_ts[j] = ts
+                    self._fv = None
                 continue
             i = self._row_of(ev.counterparty)
             if role == "bal":
@@ -681,10 +684,13 @@ class ShardLogic:
                 if ts > st.snap_ts[i, j]:  # else already in the authoritative snapshot
                     signed = ev.qty if ev.side == "buy" else -ev.qty
                     a = float(st.avg[i, j])
-                    q, new_avg = apply_fill(float(st.qty[i, j]), None if math.isnan(a) else a,
+                    q0 = float(st.qty[i, j])
+                    q, new_avg = apply_fill(q0, None if q0 == 0.0 or math.isnan(a) else a,
                                             signed, ev.price)
                     st.qty[i, j] = q
-                    st.avg[i, j] = math.nan if new_avg is None else new_avg
+                    # flat: no average (0.0 rather than nan keeps the PnL sums nan-free;
+                    # a flat position's average is never read)
+                    st.avg[i, j] = (0.0 if q == 0.0 else math.nan) if new_avg is None else new_avg
             elif role == "snap":
                 out.extend(self._on_snapshot(ev, i, j))
             else:  # orders
@@ -852,8 +858,11 @@ class ShardLogic:
         delta = qm * df
         fx_v = np.where(valued, fxq, 0.0)
         upnl = qm * (np.where(valued, mark, 0.0) - st.avg[sel]) * fx_v
-        upnl[np.isnan(upnl)] = 0.0  # no average entry price (nan): no unrealized PnL
-        upnl_s = upnl.sum(axis=1).tolist()
+        upnl_r = upnl.sum(axis=1)
+        bad = np.isnan(upnl_r)
+        if bad.any():  # no average entry price (nan): no unrealized PnL for that position
+            upnl_r[bad] = np.nansum(upnl[bad], axis=1)
+        upnl_s = upnl_r.tolist()
         ord_s = (orders[sel] * fx_v).sum(axis=1).tolist()
         act = active_all[sel]
         gross = np.abs(notional).sum(axis=1).tolist()
