@@ -20,6 +20,14 @@ the latest exposure per counterparty, computes each one's concentration
 (share of the firm-wide total) and emits the firm rollup
 (``counterparty == "*"``).
 
+**Granularity.** Every record is applied in order, and every counterparty
+whose value moved is re-valued once per batch, after the batch's last record:
+the emitted exposure always reflects every mark. An excursion that starts and
+ends *inside* one input batch (a price spike and its reversal among the same
+``batch_size`` records) is therefore not seen by ``enforce_limits``; the
+limit levels move at batch boundaries. Fed one record at a time
+(:class:`LocalPipeline`, or a source with ``batch_size=1``) it is per record.
+
 All three are driven by :func:`route` (stateless) and can be chained in
 memory with :class:`LocalPipeline` (tests, backtests) or by the bytewax
 adapter in :mod:`riskguard.operators.risk`.
