@@ -459,6 +459,12 @@ class ShardLogic:
                  state: ShardState | None = None) -> None:
         self.config = config
         self.reg = reg
+        if state is not None and (not isinstance(state, ShardState)
+                                  or state.version != STATE_VERSION):
+            where = "exposure.valuation"
+            raise ConfigError(where, f"a version-{STATE_VERSION} shard snapshot (start a "
+                              "fresh recovery store after upgrading)",
+                              getattr(state, "version", type(state).__name__))
         self.state = state if state is not None else ShardState()
         self._ready = False
         if self.state.key:

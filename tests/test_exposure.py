@@ -10,6 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from riskguard.operators.exposure import (
+    CounterpartyLogic,
+    CounterpartyState,
     ExposureConfig,
     FirmLogic,
     InstrumentsConfig,
@@ -18,6 +20,7 @@ from riskguard.operators.exposure import (
     Part,
     Router,
     ShardLogic,
+    ShardState,
     apply_fill,
 )
 from riskguard.schemas import (
@@ -426,3 +429,14 @@ def test_firm_vol_per_underlying_is_the_newest_exposures_first_in_order_on_ties(
                      vol_by_underlying=shared, seq=1)
     firm = FirmLogic(worked_config()).on_batch([*exps, later])[-1]
     assert firm.vol_by_underlying == {"BTC": 0.5, "ETH": 0.9}
+
+
+def test_an_old_layout_snapshot_is_refused_with_a_config_error() -> None:
+    """Resuming stage 1 or 2 from a pre-shard (version 2) snapshot names the step and asks
+    for a fresh recovery store instead of failing obscurely."""
+    cfg = worked_config()
+    old = ShardState(version=2)
+    with pytest.raises(ConfigError, match="fresh recovery store"):
+        ShardLogic(cfg, cfg.validate(), old)
+    with pytest.raises(ConfigError, match="fresh recovery store"):
+        CounterpartyLogic(cfg, CounterpartyState(version=2))
