@@ -118,64 +118,61 @@ class SharedConsumer:
 
     A consumer per partition means a fetch loop per partition: with a few
     topics of several partitions each, that multiplies broker load and
-    fetch waits. Here partitions are added with ``incremental_assign``, each
-    ``consume`` is demultiplexed into per-partition queues, and a partition
-    whose queue is full is paused until its reader catches up.
+    fetch waits. Here partitions are added with ``incremental_assign`` and
+    each ``consume`` is split into per-partition lists. A list grows only
+    while its reader is held back by event-time alignment (bounded by the
+    skew) or between two reads (bounded by librdkafka's prefetch queue).
+    No pause/resume: resuming a partition discards what was prefetched.
     """
 
     def __init__(self, config: dict[str, Any], batch_size: int) -> None:
         self._config = config
         self._consumer: Any = None
-        self._queues: dict[tuple[str, int], deque[Any]] = {}
-        self._paused: set[tuple[str, int]] = set()
+        self._pending: dict[tuple[str, int], list[Any]] = {}
         self._lock = threading.Lock()
         self._batch_size = batch_size
-        self._high = 4 * batch_size
 
     def add(self, topic: str, idx: int, offset: int) -> None:
         with self._lock:
             if self._consumer is None:
                 self._consumer = Consumer(self._config)
-            self._queues[(topic, idx)] = deque()
+            self._pending[(topic, idx)] = []
             self._consumer.incremental_assign([TopicPartition(topic, idx, offset)])
 
-    def take(self, topic: str, idx: int, n: int) -> list[Any]:
-        """Up to ``n`` messages (or error events) of one partition."""
+    def take(self, topic: str, idx: int) -> list[Any]:
+        """Every message (or error event) pending for one partition, oldest first."""
         key = (topic, idx)
         with self._lock:
-            queue = self._queues[key]
-            if not queue:
+            if not self._pending[key]:
                 self._fill()
-            out = [queue.popleft() for _ in range(min(n, len(queue)))]
-            if key in self._paused and len(queue) < self._batch_size:
-                self._consumer.resume([TopicPartition(topic, idx)])
-                self._paused.discard(key)
+            out = self._pending[key]
+            self._pending[key] = []
             return out
 
     def _fill(self) -> None:
-        msgs = self._consumer.consume(self._batch_size * max(1, len(self._queues)), 0.001)
-        queues = self._queues
+        # Timeout 0: take what librdkafka has prefetched. A positive timeout makes
+        # consume() wait it out whenever fewer than the asked-for messages are ready.
+        pending = self._pending
+        msgs = self._consumer.consume(self._batch_size * max(1, len(pending)), 0)
+        if len(pending) == 1:
+            for out in pending.values():
+                out.extend(msgs)
+            return
         for m in msgs:
-            key = (m.topic(), m.partition())
-            queue = queues.get(key)
-            if queue is None:
+            out = pending.get((m.topic(), m.partition()))  # type: ignore[arg-type]
+            if out is None:
                 # A client-level error has no partition: every reader must see it.
-                for q in queues.values():
-                    q.append(m)
-                continue
-            queue.append(m)
-        for key, queue in queues.items():
-            if len(queue) > self._high and key not in self._paused:
-                self._consumer.pause([TopicPartition(*key)])
-                self._paused.add(key)
+                for lst in pending.values():
+                    lst.append(m)
+            else:
+                out.append(m)
 
     def remove(self, topic: str, idx: int) -> None:
         with self._lock:
-            self._queues.pop((topic, idx), None)
-            self._paused.discard((topic, idx))
+            self._pending.pop((topic, idx), None)
             if self._consumer is None:
                 return
-            if self._queues:
+            if self._pending:
                 self._consumer.incremental_unassign([TopicPartition(topic, idx)])
             else:
                 self._consumer.close()
@@ -210,9 +207,9 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         if align is not None:
             align.register(self._name, clock(), watermark)
 
-    def _fetch(self) -> list[tuple[Any, int]] | None:
-        """Decode the next Kafka batch into ``(record, offset)``; None when nothing came."""
-        msgs = self._shared.take(self._topic, self._idx, self._batch_size)
+    def _fetch(self) -> tuple[list[Any], list[int]] | None:
+        """Decode the pending Kafka messages: ``(records, offsets)``; None when none came."""
+        msgs = self._shared.take(self._topic, self._idx)
         if not msgs:
             idle_eof = self._idle_eof_ns
             if idle_eof is not None and self._clock() - self._last_msg_ns > idle_eof:
@@ -221,8 +218,9 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         topic, idx, decode, policy = self._topic, self._idx, self._decode, self._policy
         stamp = self._stamp
         received = self._clock() if stamp else 0
-        out: list[tuple[Any, int]] = []
-        append = out.append
+        out: list[Any] = []
+        offsets: list[int] = []
+        append, append_off = out.append, offsets.append
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -246,30 +244,32 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
                     rec = replace(rec, recv_ts=received)
             if type(rec) is DeadLetter:
                 DEAD_LETTERS.labels(topic, rec.reason).inc()
-            append((rec, off))
+            append(rec)
+            append_off(off)
         self._last_msg_ns = self._clock()
         self._in.inc(len(out))
-        return out
+        return out, offsets
 
     def next_batch(self) -> list[Any]:
         if self._align is not None:
             return self._next_aligned(self._align)
         fetched = self._fetch()
-        if not fetched:
+        if not fetched or not fetched[0]:
             self._awake = datetime.now(UTC) + _IDLE_BACKOFF
             return []
         self._awake = None
-        self._offset = fetched[-1][1] + 1
-        return [rec for rec, _ in fetched]
+        recs, offsets = fetched
+        self._offset = offsets[-1] + 1
+        return recs
 
     def _next_aligned(self, align: EventTimeAlignment) -> list[Any]:
         buf = self._buf
         got = False
         if not buf:
             fetched = self._fetch()
-            if fetched:
-                buf.extend(fetched)
-                self._offset = fetched[-1][1] + 1
+            if fetched and fetched[0]:
+                buf.extend(zip(*fetched, strict=True))
+                self._offset = fetched[1][-1] + 1
                 got = True
         now = self._clock()
         limit = align.frontier(self._name, now) + align.max_skew_ns
@@ -311,7 +311,11 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
     loudly if that offset no longer exists. ``stamp_recv_ts`` sets a record's
     missing ``recv_ts`` to the time its batch was consumed (for latency).
     ``align_skew_s`` turns on :class:`EventTimeAlignment` between this
-    process's partitions. ``idle_eof_s`` ends a partition
+    process's partitions. By default each partition has its own consumer,
+    fetching in parallel (highest throughput); ``share_consumer`` reads all of
+    this process's partitions through one (:class:`SharedConsumer`): one
+    fetch loop instead of one per partition, which spares the broker and
+    idle-fetch latency when a flow reads many low-rate partitions. ``idle_eof_s`` ends a partition
     after that long without messages (tests, demos, bounded replays).
     """
 
@@ -329,7 +333,9 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
         clock: Clock = system_clock,
         stamp_recv_ts: bool = False,
         align_skew_s: float | None = None,
+        share_consumer: bool = False,
     ) -> None:
+        self.share_consumer = share_consumer
         self.stamp_recv_ts = stamp_recv_ts
         self.alignment = (
             None if align_skew_s is None else EventTimeAlignment(int(align_skew_s * 1e9))
@@ -375,13 +381,17 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
         self, step_id: str, for_part: str, resume_state: tuple[int, int] | None
     ) -> _SourcePartition:
         idx_text, topic = for_part.split("-", 1)
-        if self._shared is None:
-            self._shared = SharedConsumer(self.consumer_config(), self.batch_size)
+        if self.share_consumer:
+            if self._shared is None:
+                self._shared = SharedConsumer(self.consumer_config(), self.batch_size)
+            consumer = self._shared
+        else:
+            consumer = SharedConsumer(self.consumer_config(), self.batch_size)
         offset, watermark = resume_state if resume_state is not None else (
             _STARTS[self.starting_offset], -1
         )
         return _SourcePartition(
-            self._shared, topic, int(idx_text), offset, self.codec, self.batch_size,
+            consumer, topic, int(idx_text), offset, self.codec, self.batch_size,
             self.idle_eof_ns, self.time_policy, self.clock, watermark, self.stamp_recv_ts,
             self.alignment,
         )

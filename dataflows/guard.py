@@ -86,6 +86,7 @@ class InputConfig(msgspec.Struct, frozen=True, kw_only=True):
     check_future: bool = True
     batch_size: int = 1000
     align_skew_s: float | None = 2.0
+    share_consumer: bool = True
 
 
 class KeysConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -335,7 +336,7 @@ def build_flow(
         "in", flow, brokers=brokers, topics=[cfg.topic(s) for s in INPUT_STREAMS],
         starting_offset=cfg.input.starting_offset, idle_eof_s=cfg.input.idle_eof_s,
         time_policy=policy, clock=clock, stamp_recv_ts=True, batch_size=cfg.input.batch_size,
-        align_skew_s=cfg.input.align_skew_s,
+        align_skew_s=cfg.input.align_skew_s, share_consumer=cfg.input.share_consumer,
     )
     out = guard_core("guard", src.oks, cfg=cfg, cfg_hash=cfg_hash, clock=clock, signer=signer,
                      trust=trust)

@@ -20,12 +20,13 @@ def build(
     dlq_topic: str,
     idle_eof_s: float | None = None,
     batch_size: int = 1000,
+    share_consumer: bool = False,
 ) -> Dataflow:
     """A validated pass-through from ``topics`` to ``out_topic`` (bad input to ``dlq_topic``)."""
     flow = Dataflow("riskguard_passthrough")
     src = kafka_input(
         "in", flow, brokers=bootstrap, topics=topics, idle_eof_s=idle_eof_s,
-        batch_size=batch_size,
+        batch_size=batch_size, share_consumer=share_consumer,
     )
     kafka_output("out", src.oks, brokers=bootstrap, topic=out_topic)
     kafka_output("dlq", src.errs, brokers=bootstrap, topic=dlq_topic)

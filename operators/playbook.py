@@ -65,7 +65,9 @@ from riskguard.schemas import (
 from riskguard.errors import ConfigError
 
 STATE_VERSION = 2
-WATERMARK_IDLE_NS = 5 * 1_000_000_000
+# A tick source silent this long (processing time) stops holding time back. In a bytewax
+# cluster a dead process stops every process, so only a source with no input goes quiet.
+WATERMARK_IDLE_NS = 30 * 1_000_000_000
 S = 1_000_000_000
 """Nanoseconds per second."""
 

@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from riskguard.connectors.broker import DevBroker
 from riskguard.connectors.topics import TopicSpec, create_topics
 

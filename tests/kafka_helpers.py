@@ -6,7 +6,6 @@ import time
 from collections.abc import Iterable
 
 from confluent_kafka import Consumer, Producer, TopicPartition
-
 from riskguard.connectors.kafka import list_partitions
 from riskguard.connectors.settings import KafkaSettings
 

@@ -9,10 +9,10 @@ from typing import Annotated
 
 import msgspec
 import pytest
+from riskguard.connectors.settings import KafkaSettings
 
 from riskguard import __version__
 from riskguard.config import CommonConfig, decode_section, load_common, read_toml
-from riskguard.connectors.settings import KafkaSettings
 from riskguard.errors import ConfigError
 
 

@@ -11,12 +11,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from riskguard.connectors.broker import DevBroker
 from riskguard.dataflows.demo import PreparedRun, prepare_run, start_guard, subscriber_for
 from riskguard.schemas import MitigationCommand
+
 from tests.kafka_helpers import consume_all
-from tests.test_guard_e2e import _finish, _free_ports, _mitigations
+from tests.test_guard_e2e import _assert_same_outcome, _finish, _free_ports
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -45,7 +45,7 @@ def reference(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("reference")
     run = _prepare(kafka_bootstrap, tmp, "ref")
     _finish(start_guard(run))
-    return _mitigations(_executed(run, tmp / "sub.sqlite"))
+    return _executed(run, tmp / "sub.sqlite")
 
 
 def test_two_process_cluster_killed_and_restarted_from_recovery(
@@ -75,17 +75,9 @@ def test_two_process_cluster_killed_and_restarted_from_recovery(
     executed += _executed(run, tmp_path / "sub.sqlite")
     ids = [c.command_id for c in executed]
     assert len(ids) == len(set(ids)), "a command was executed twice"
-    done, held = _mitigations(executed)
-    ref_done, ref_held = reference
-    # Nothing the uninterrupted run did is lost, and it ends at least as protected. While a
-    # restarted cluster catches up, its processes' event times can drift apart, so the
-    # detector may add protective actions (never a reroute or a resume).
-    assert ref_done <= done, f"lost mitigations: {ref_done - done}"
-    assert ref_held <= held
-    assert {a for a, _ in done - ref_done} <= PROTECTIVE, done - ref_done
-
-
-PROTECTIVE = {"widen_quotes", "reduce_limits", "reduce_only", "cancel_all", "halt_trading"}
+    # While a restarted cluster catches up its processes' event times drift apart, and the
+    # detector may add protective rungs elsewhere; nothing the reference did may be missing.
+    _assert_same_outcome(executed, reference, extra_scopes_ok=True)
 
 
 @pytest.fixture
@@ -94,7 +86,7 @@ def small_disk(tmp_path: Path):
     mnt = tmp_path / "disk"
     mnt.mkdir()
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}); no full-disk drill")
     try:
@@ -132,7 +124,7 @@ def test_full_recovery_disk_stops_the_flow_loudly_and_resumes_after_space_is_fre
     _finish(start_guard(run, "-r", str(rec), "-s", "1", "-b", "10"))
     executed += _executed(run, tmp_path / "sub.sqlite")
     assert len({c.command_id for c in executed}) == len(executed)
-    assert _mitigations(executed) == reference
+    _assert_same_outcome(executed, reference)
 
 
 def test_unreachable_broker_at_start_is_a_clear_error_within_the_timeout(tmp_path) -> None:
@@ -144,7 +136,7 @@ def test_unreachable_broker_at_start_is_a_clear_error_within_the_timeout(tmp_pat
     env = {**os.environ, "RISKGUARD_CONFIG": str(config)}
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, "-m", "bytewax.run", "riskguard.dataflows.guard"],
-                       env=env, capture_output=True, text=True, timeout=60)
+                       env=env, capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode != 0
     assert "cannot reach Kafka at 127.0.0.1:1" in r.stdout + r.stderr
     assert time.monotonic() - t0 < 40
@@ -176,7 +168,7 @@ def test_broker_gone_mid_run_fails_loudly_and_restart_resumes_from_recovery(
         _finish(start_guard(run, "-r", str(rec), "-s", "1", "-b", "10"))
         executed += _executed(run, tmp_path / "sub.sqlite")
         assert len({c.command_id for c in executed}) == len(executed)
-        assert _mitigations(executed) == reference
+        _assert_same_outcome(executed, reference)
     finally:
         broker.stop()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from contract import CHECKS, Case
 from riskguard.operators.clock import Tick
 from riskguard.operators.feeds import FeedConfig, FeedMonitorLogic, FeedSelectLogic, VenueFeeds

@@ -10,11 +10,10 @@ from datetime import timedelta
 import pytest
 from bytewax.testing import run_main
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from riskguard.dataflows.passthrough import build
 from riskguard.schemas import ALL_TYPES, Codec, DeadLetter, decode, encode
 from riskguard.schemas.codec import DEAD_LETTER_MAX_BYTES
+
 from tests.kafka_helpers import consume_all, produce
 from tests.strategies import records
 

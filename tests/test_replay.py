@@ -10,11 +10,11 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig
 from bytewax.testing import TestingSink, run_main
-
 from riskguard.connectors.replay import ReplayFile, ReplaySource, read_all, replay_input
-from riskguard.errors import ConfigError
 from riskguard.operators.clock import ManualClock
 from riskguard.schemas import DeadLetter, FundingRate, Trade, encode
+
+from riskguard.errors import ConfigError
 from tests.errors_util import chain_text
 
 

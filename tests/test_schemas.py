@@ -6,9 +6,9 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from riskguard.schemas import ALL_TYPES, Codec, DeadLetter, Trade, decode, encode, tag_of
 from riskguard.schemas.jsonschema import JSON_DIR, drift
+
 from tests.strategies import records
 
 

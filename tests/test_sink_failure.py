@@ -6,16 +6,16 @@ import threading
 import time
 from collections.abc import Iterator
 
+import bytewax.operators as op
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
-
-import bytewax.operators as op
 from riskguard.connectors.broker import DevBroker
 from riskguard.connectors.kafka import kafka_output
 from riskguard.connectors.topics import TopicSpec, create_topics
-from riskguard.errors import BrokerError, DeliveryError
 from riskguard.schemas import Trade
+
+from riskguard.errors import BrokerError, DeliveryError
 from tests.errors_util import chain, chain_text
 
 pytestmark = pytest.mark.kafka
