@@ -159,13 +159,13 @@ class SharedConsumer:
                 out.extend(msgs)
             return
         for m in msgs:
-            out = pending.get((m.topic(), m.partition()))  # type: ignore[arg-type]
-            if out is None:
+            target = pending.get((m.topic() or "", m.partition() or 0))
+            if target is None:
                 # A client-level error has no partition: every reader must see it.
                 for lst in pending.values():
                     lst.append(m)
             else:
-                out.append(m)
+                target.append(m)
 
     def remove(self, topic: str, idx: int) -> None:
         with self._lock:

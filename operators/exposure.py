@@ -73,6 +73,7 @@ from riskguard.schemas import (
     OptionQuote,
     PositionSnapshot,
     Quote,
+    Record,
     RiskAlert,
     Scope,
     ScopeKind,
@@ -190,7 +191,7 @@ def _price_of(ev: Any) -> float | None:
 def _dead(
     ev: Any, reason: str, *, path: str, expected: str, found: str, step: str, now: int
 ) -> DeadLetter:
-    topic = tag_of(type(ev)) if isinstance(ev, msgspec.Struct) and hasattr(ev, "v") else "unknown"
+    topic = tag_of(type(ev)) if isinstance(ev, Record) else "unknown"
     raw = encode(ev) if isinstance(ev, msgspec.Struct) else repr(ev).encode()
     return DeadLetter(
         topic=topic, ts=now, reason=reason, path=path, expected=expected,
@@ -213,7 +214,7 @@ Item = tuple[str, str, str, Any]
 """A stage-1 item: ``(role, shard_key, target, record)``."""
 
 _MARK_TYPES = (Trade, Quote, IndexPrice, OptionQuote, FundingRate)
-_OWN_ROLES = {Fill: "fill", PositionSnapshot: "snap", OpenOrders: "orders"}
+_OWN_ROLES: dict[type, str] = {Fill: "fill", PositionSnapshot: "snap", OpenOrders: "orders"}
 
 
 class Router:
@@ -225,7 +226,9 @@ class Router:
         self.shards = config.valuation_shards
         self._inst_key = {name: shard_key("i:" + name, self.shards)
                           for name in config.instruments.instruments}
-        self._mark_ok = {t: tag_of(t) in config.mark_sources for t in _MARK_TYPES}
+        self._mark_ok: dict[type, bool] = {
+            t: tag_of(t) in config.mark_sources for t in _MARK_TYPES
+        }
         self._market: dict[tuple[str, bool], list[tuple[str, str, str]]] = {}
 
     def asset_key(self, asset: str) -> str:

@@ -518,7 +518,7 @@ class LimitsLogic:
                 out.append(Utilization(
                     limit_path=path, kind=kind, scope=scope, ts=e.ts, exposure=x,
                     base_limit=spec.limit, effective_limit=eff, utilization=u, level=new,
-                    latched=tr.latched, inputs=inputs,
+                    latched=tr.latched, inputs=inputs or {},
                 ))
             tr.level = new
             if changed and (_ORDER[new] >= 2 or _ORDER[old] >= 2):
