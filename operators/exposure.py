@@ -384,6 +384,7 @@ class Part(msgspec.Struct, frozen=True, array_like=True):
     vols: dict[str, tuple[float, int]]
     vol_values: dict[str, float]
     evidence: list[str]
+    recv_ts: int | None = None  # newest receive time of the batch that moved it (latency)
 
 
 NEVER_STALE = 2**62
@@ -720,7 +721,10 @@ class ShardLogic:
             self._refresh_fx()
         if not (changed or touched or coll_dirty):
             return out
-        return self._revalue(out, changed, touched, touched_ts, touched_cols, coll_dirty)
+        recv = max((r for it in items if (r := getattr(it[3], "recv_ts", None)) is not None),
+                   default=None)
+        return self._revalue(out, changed, touched, touched_ts, touched_cols, coll_dirty,
+                             recv)
 
     def _on_snapshot(self, ev: PositionSnapshot, i: int, j: int) -> list[Any]:
         st = self.state
@@ -828,7 +832,7 @@ class ShardLogic:
     def _revalue(
         self, out: list[Any], changed: dict[int, str], touched: dict[int, list[str]],
         touched_ts: dict[int, int], touched_cols: dict[int, tuple[str, int]],
-        coll_dirty: dict[int, str],
+        coll_dirty: dict[int, str], recv_ts: int | None = None,
     ) -> list[Any]:
         """One :class:`Part` per counterparty whose value may have moved in this batch."""
         st = self.state
@@ -959,7 +963,7 @@ class ShardLogic:
             out.append(Part(
                 cp, st.key, st.seq, ts, gross[k], net[k], upnl_s[k], ord_s[k], coll, d, a,
                 names, not_all[lo:hi], mts_b[8 * lo:8 * hi], oldest_rows[k], unvalued, uvol,
-                uvol_values, evidence[-cap:],
+                uvol_values, evidence[-cap:], recv_ts,
             ))
         return out
 
@@ -1039,6 +1043,7 @@ class CounterpartyLogic:
             raise ConfigError(where, f"a version-{STATE_VERSION} snapshot (start a fresh "
                               "recovery store after upgrading)", state.version)
         self.state = state if state is not None else CounterpartyState()
+        self._recv_ts: int | None = None  # newest receive time among this batch's parts
 
     def snapshot(self) -> CounterpartyState:
         # parts are frozen and never mutated: a shallow rebuild is an independent copy
@@ -1057,12 +1062,15 @@ class CounterpartyLogic:
         parts = st.parts
         cap = self.config.max_evidence
         changed = False
+        self._recv_ts = None
         for p in items:
             old = parts.get(p.shard)
             if old is not None and old.seq >= p.seq:
                 continue
             parts[p.shard] = p
             changed = True
+            if p.recv_ts is not None and (self._recv_ts is None or p.recv_ts > self._recv_ts):
+                self._recv_ts = p.recv_ts
             st.counterparty = p.counterparty
             st.watermark = max(st.watermark, p.ts)
             if st.evidence:
@@ -1147,7 +1155,7 @@ class CounterpartyLogic:
             notional_by_asset=by_asset, notional_by_instrument=by_inst,
             collateral=coll, unrealized_pnl=upnl, open_order_notional=orders,
             stale=bool(stale), stale_instruments=stale, evidence_ids=st.evidence,
-            seq=st.seq, vol_by_underlying=(
+            seq=st.seq, recv_ts=self._recv_ts, vol_by_underlying=(
                 vol_values if vol_values is not None
                 else {k: v for k, (v, _t) in sorted(vols.items())}),
         ))

@@ -187,6 +187,7 @@ class FeedMonitorLogic:
             rid = uuid.uuid5(_NAMESPACE, f"{st.venue}|{kind}|{st.now}|{st.failovers}")
             return RiskAlert(
                 id=str(rid), kind=kind, scope=scope, ts=st.now, severity=severity, reason=reason,
+                recv_ts=getattr(event, "recv_ts", None),
                 details={"gap_s": round(gap_s, 3), "from": self._other(st.active),
                          "to": st.active, "backup_feed": self.vf.backup},
                 evidence_ids=evidence,

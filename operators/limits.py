@@ -473,7 +473,7 @@ class LimitsLogic:
             out.append(RiskAlert(
                 id=str(uuid.uuid5(_NS, f"unknown|{e.counterparty}")), kind="unknown_counterparty",
                 scope=Scope(kind=ScopeKind.COUNTERPARTY, value=e.counterparty), ts=e.ts,
-                severity=Severity.CRITICAL,
+                recv_ts=e.recv_ts, severity=Severity.CRITICAL,
                 reason=(f"counterparty {e.counterparty!r} has no configured limits; "
                         "failing closed with zero limits"),
                 evidence_ids=list(e.evidence_ids),
@@ -526,9 +526,10 @@ class LimitsLogic:
                 sev = Severity.CRITICAL if _ORDER[new] >= 2 else Severity.INFO
                 out.append(LimitBreach(
                     id=str(uuid.uuid5(_NS, f"{path}|{kind}|{tr.changes}|{new.value}|{e.ts}")),
-                    limit_path=path, kind=kind, scope=scope, ts=e.ts, exposure=x,
-                    base_limit=spec.limit, effective_limit=eff, utilization=u, level=new,
-                    severity=sev, inputs=inputs or {}, evidence_ids=list(e.evidence_ids),
+                    limit_path=path, kind=kind, scope=scope, ts=e.ts, recv_ts=e.recv_ts,
+                    exposure=x, base_limit=spec.limit, effective_limit=eff, utilization=u,
+                    level=new, severity=sev, inputs=inputs or {},
+                    evidence_ids=list(e.evidence_ids),
                 ))
         return out
 
