@@ -721,7 +721,7 @@ class ShardLogic:
             self._refresh_fx()
         if not (changed or touched or coll_dirty):
             return out
-        recv = max((r for it in items if (r := getattr(it[3], "recv_ts", None)) is not None),
+        recv = max((rt for it in items if (rt := getattr(it[3], "recv_ts", None)) is not None),
                    default=None)
         return self._revalue(out, changed, touched, touched_ts, touched_cols, coll_dirty,
                              recv)
