@@ -56,23 +56,17 @@ from riskguard.schemas import (
 )
 
 from riskguard.errors import ConfigError
+from riskguard.operators.clock import ManualClock
 
 NS = 1_000_000_000
 
 
-class EventClock:
+class EventClock(ManualClock):
     """Processing clock of a backtest: the largest event time seen so far."""
-
-    def __init__(self, start_ns: int = 0) -> None:
-        self.now_ns = start_ns
-
-    def __call__(self) -> int:
-        return self.now_ns
 
     def observe(self, rec: Any) -> Any:
         """Map step: advance to ``rec.ts`` (never backwards) and pass the record on."""
-        ts = getattr(rec, "ts", 0)
-        self.now_ns = max(self.now_ns, ts)
+        self.set(getattr(rec, "ts", 0))
         return rec
 
 

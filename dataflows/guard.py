@@ -368,45 +368,28 @@ def _instruments_of(cfg: GuardConfig) -> tuple[str, ...]:
 
 
 def _bind_venue(fcfg: FeedConfig) -> Any:
-    def build(state: Any) -> Any:
-        return _LazyFeedSelect(fcfg, state)
-
-    return build
-
-
-class _LazyFeedSelect:
-    """Learns its venue from the first record (bytewax builders don't see the key)."""
-
-    def __init__(self, fcfg: FeedConfig, state: Any) -> None:
-        self.fcfg = fcfg
-        self.logic = None if state is None else FeedSelectLogic(fcfg, state.venue, state)
-
-    def on_event(self, event: Any) -> list[Any]:
-        if self.logic is None:
-            self.logic = FeedSelectLogic(self.fcfg, getattr(event, "venue", ""))
-        return self.logic.on_event(event)
-
-    def snapshot(self) -> Any:
-        return None if self.logic is None else self.logic.snapshot()
+    return lambda state: _PerVenue(FeedSelectLogic, fcfg, state)
 
 
 def _monitor_builder(fcfg: FeedConfig) -> Any:
-    def build(state: Any) -> Any:
-        return _LazyMonitor(fcfg, state)
-
-    return build
+    return lambda state: _PerVenue(FeedMonitorLogic, fcfg, state)
 
 
-class _LazyMonitor:
-    def __init__(self, fcfg: FeedConfig, state: Any) -> None:
+class _PerVenue:
+    """Builds a feed logic for its key's venue, learned from the first record it gets
+    (bytewax builders do not see the key). A tick before any venue record is dropped:
+    there is no venue yet to advance."""
+
+    def __init__(self, cls: Any, fcfg: FeedConfig, state: Any) -> None:
+        self.cls = cls
         self.fcfg = fcfg
-        self.logic = None if state is None else FeedMonitorLogic(fcfg, state.venue, state)
+        self.logic = None if state is None else cls(fcfg, state.venue, state)
 
     def on_event(self, event: Any) -> list[Any]:
         if self.logic is None:
             if isinstance(event, Tick):
-                return []  # a venue we have not heard from yet
-            self.logic = FeedMonitorLogic(self.fcfg, event.venue)
+                return []
+            self.logic = self.cls(self.fcfg, event.venue)
         return self.logic.on_event(event)
 
     def snapshot(self) -> Any:

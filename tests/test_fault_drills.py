@@ -55,7 +55,7 @@ def test_two_process_cluster_killed_and_restarted_from_recovery(
     subscriber's executed commands equal an uninterrupted run's."""
     run = _prepare(kafka_bootstrap, tmp_path, "p2")
     rec = recovery_dir(2)
-    addresses = ";".join(f"127.0.0.1:{p}" for p in _free_ports(2))
+    addresses = ";".join(f"127.0.0.1:{p}" for p in free_ports(2))
     args = ("-r", str(rec), "-s", "1", "-b", "10", "-a", addresses)
     procs = [start_guard(run, "-i", str(i), *args) for i in range(2)]
     _wait_for_commands(run, procs)
@@ -67,7 +67,7 @@ def test_two_process_cluster_killed_and_restarted_from_recovery(
             p.kill()
             p.wait()
     executed: list[MitigationCommand] = _executed(run, tmp_path / "sub.sqlite")
-    addresses = ";".join(f"127.0.0.1:{p}" for p in _free_ports(2))
+    addresses = ";".join(f"127.0.0.1:{p}" for p in free_ports(2))
     args = ("-r", str(rec), "-s", "1", "-b", "10", "-a", addresses)
     procs = [start_guard(run, "-i", str(i), *args) for i in range(2)]
     for p in procs:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -16,7 +15,7 @@ from riskguard.dataflows.demo import PreparedRun, prepare_run, start_guard, subs
 from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer, encode_envelope, sign_envelope
 from riskguard.schemas import Audience, MitigationCommand, Scope, ScopeKind, encode
 
-from tests.kafka_helpers import consume_all
+from tests.kafka_helpers import consume_all, free_ports
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -85,16 +84,6 @@ def test_the_audit_topic_verifies(baseline) -> None:
     rc = main(["audit", "verify", "--topic", run.topic("audit"), "--brokers", run.bootstrap,
                "--trust", str(run.keys.trust_file), "--roots", str(run.keys.roots_file)])
     assert rc == 0
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 Pairs = set[tuple[str, str]]
@@ -193,7 +182,7 @@ def test_two_processes_give_the_same_commands(baseline, kafka_bootstrap, tmp_pat
     the same state as one worker."""
     _, base, _ = baseline
     run = _prepare(kafka_bootstrap, tmp_path, "p2")
-    addresses = ";".join(f"127.0.0.1:{p}" for p in _free_ports(2))
+    addresses = ";".join(f"127.0.0.1:{p}" for p in free_ports(2))
     procs = [start_guard(run, "-i", str(i), "-a", addresses) for i in range(2)]
     for p in procs:
         _finish(p)

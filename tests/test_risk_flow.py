@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
+from kafka_helpers import free_ports
 import subprocess
 import sys
 from datetime import timedelta
@@ -98,16 +98,6 @@ def test_batched_flow_ends_where_the_record_at_a_time_pipeline_ends(single: list
         final_exposures(single)["okx"].notional_by_instrument, rel=1e-9)
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.mark.slow
 def test_two_processes_equal_one_worker(single: list[Any], tmp_path: Path) -> None:
     """Two bytewax processes over file input/output give the same final exposures."""
@@ -115,7 +105,7 @@ def test_two_processes_equal_one_worker(single: list[Any], tmp_path: Path) -> No
     inp.write_bytes(b"".join(encode(e) + b"\n" for e in EVENTS))
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    addrs = ";".join(f"127.0.0.1:{p}" for p in _free_ports(2))
+    addrs = ";".join(f"127.0.0.1:{p}" for p in free_ports(2))
     env = dict(os.environ, RISK_FLOW_IN=str(inp), RISK_FLOW_OUT=str(out_dir),
                PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
     procs = [subprocess.Popen(
