@@ -16,7 +16,7 @@ from riskguard.dataflows.demo import PreparedRun, prepare_run, start_guard, subs
 from riskguard.schemas import MitigationCommand
 
 from tests.kafka_helpers import consume_all
-from tests.test_guard_e2e import _assert_same_outcome, _finish, _free_ports
+from tests.test_guard_e2e import _assert_same_outcome, _finish
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import pickle
-from kafka_helpers import free_ports
 import subprocess
 import sys
 from datetime import timedelta
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
+from kafka_helpers import free_ports
 from risk_flow_app import build, make_events
 from riskguard.operators.exposure import LocalPipeline
 from riskguard.schemas import DeadLetter, Exposure, LimitBreach, RiskAlert, encode
