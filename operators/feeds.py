@@ -92,6 +92,7 @@ class FeedState:
     healthy_since: int = -1
     failovers: int = 0
     sources: dict[str, int] = field(default_factory=dict)
+    withdrawals_ok: bool = True
 
     def tick_time(self, tick: Tick, stale_ns: int) -> int:
         """Event time a tick stands for: with named sources (guard processes), the
@@ -168,6 +169,7 @@ class FeedMonitorLogic:
 
     def on_event(self, event: object) -> list[RiskAlert]:
         status = event if isinstance(event, VenueStatus) else None
+        extra = self._withdrawals(status) if status is not None else []
         if status is not None:
             ts = status.ts
         elif isinstance(event, Tick):
@@ -177,7 +179,7 @@ class FeedMonitorLogic:
         before_gap = self.state.now - self.state.last_ok
         change = self.state.step(self.vf, ts, status)
         if change is None:
-            return []
+            return extra
         st = self.state
         scope = Scope(kind=ScopeKind.VENUE, value=st.venue)
         gap_s = max(st.now - st.last_ok, before_gap) / NS if st.last_ok >= 0 else 0.0
@@ -195,7 +197,7 @@ class FeedMonitorLogic:
 
         if change == "failover":
             why = "reported down" if st.down else f"no heartbeat for {gap_s:.1f}s"
-            return [
+            return [*extra, 
                 alert("heartbeat_loss", Severity.CRITICAL,
                       f"venue {st.venue} primary feed {why} "
                       f"(limit {self.vf.max_gap_ns / NS:.1f}s)"),
@@ -204,12 +206,30 @@ class FeedMonitorLogic:
                       f"to {self.vf.backup} feed"),
             ]
         return [
+            *extra,
             alert("heartbeat_restored", Severity.INFO,
                   f"venue {st.venue} primary feed healthy for "
                   f"{self.vf.restore_after_ns / NS:.1f}s"),
             alert("feed_restored", Severity.INFO,
                   f"venue {st.venue}: switched back to {self.vf.primary} feed"),
         ]
+
+    def _withdrawals(self, status: VenueStatus) -> list[RiskAlert]:
+        """A venue that stops (or resumes) withdrawals is a counterparty-credit signal."""
+        st = self.state
+        if status.withdrawals_enabled == st.withdrawals_ok:
+            return []
+        st.withdrawals_ok = status.withdrawals_enabled
+        kind = "withdrawals_resumed" if status.withdrawals_enabled else "withdrawals_halted"
+        rid = uuid.uuid5(_NAMESPACE, f"{st.venue}|{kind}|{status.ts}")
+        return [RiskAlert(
+            id=str(rid), kind=kind, scope=Scope(kind=ScopeKind.VENUE, value=st.venue),
+            ts=status.ts, recv_ts=status.recv_ts,
+            severity=Severity.INFO if status.withdrawals_enabled else Severity.CRITICAL,
+            reason=(f"venue {st.venue} reports withdrawals "
+                    f"{'enabled again' if status.withdrawals_enabled else 'halted'}"),
+            evidence_ids=[status.id],
+        )]
 
     def _other(self, active: str) -> str:
         return self.vf.primary if active == self.vf.backup else self.vf.backup

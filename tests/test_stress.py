@@ -30,9 +30,10 @@ def test_the_library_ships_the_required_scenarios():
 
 @pytest.mark.parametrize("name", bundled())
 def test_bundled_scenario_passes_and_ends_safe(name, work):
-    """No expectation FAILs (known gaps are reported as GAP), both invariants hold."""
+    """Every expected mitigation happens within its deadline (no FAIL and no known GAP),
+    and both invariants hold."""
     o = run_scenario(load_scenario(scenario_path(name)), work)
-    failed = [(c.action, c.scope, c.detail) for c in o.checks if c.result == "FAIL"]
+    failed = [(c.action, c.scope, c.detail) for c in o.checks if c.result in ("FAIL", "GAP")]
     assert failed == []
     assert o.safe
     assert o.report["stress"]["passed"] is True
