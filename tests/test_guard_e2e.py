@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -240,3 +243,68 @@ def test_a_forged_command_on_the_topic_is_rejected_with_its_reason(baseline, tmp
         sub.poll(idle_timeout_s=2.0)
     assert [r.reason for r in rejections if r.seq in (-1, 999_999)] == ["unknown_key"]
     assert all(c.command_id != cmd.command_id for c in executed)
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="Debian package 'chromium' is not installed (.ci/run installs it)")
+def test_status_page_against_a_running_guard_shows_its_metrics(
+    kafka_bootstrap, tmp_path, monkeypatch
+) -> None:
+    """`riskguard status --serve` in headless Chromium, against a live guard run on the demo
+    scenario: the page shows the guard's own numbers (events, commands, mitigations)."""
+    from riskguard.connectors.status import scrape, summarize
+
+    port = free_ports(1)[0]
+    monkeypatch.setenv("RISKGUARD_METRICS_PORT", str(port))
+    run = _prepare(kafka_bootstrap, tmp_path, "status")
+    # Keep the guard up after the scenario is drained, so the page can be read.
+    run.config.write_text(run.config.read_text().replace("idle_eof_s = 4.0", "idle_eof_s = 60.0"))
+    guard = start_guard(run)
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        deadline = time.monotonic() + 120
+        last = None
+        while time.monotonic() < deadline:
+            time.sleep(2)
+            try:
+                s = summarize([scrape(url)])
+            except Exception:
+                continue
+            now = (s["health"]["events_in"], s["commands"]["total"])
+            if now == last and now[0] >= run.records:
+                break
+            last = now
+        want = summarize([scrape(url)])
+        dom = _status_dom(url)
+    finally:
+        guard.kill()
+        guard.wait()
+    t = dom.text
+    assert t["health"] == "UP"
+    assert t["events-in"] == str(int(want["health"]["events_in"]))
+    assert int(t["events-in"]) >= run.records
+    mit = {r["data-action"]: float(r["data-count"]) for r in dom.rows["mit"]}
+    assert mit and mit == {a: float(n) for a, n in want["commands"]["by_action"].items()}
+    assert "reduce_only" in mit and "failover_feed" in mit
+
+
+def _status_dom(url: str) -> Any:
+    """Serve the status page for ``url`` and return Chromium's rendered DOM."""
+    from riskguard.connectors.status import StatusPoller, StatusServer
+
+    from tests.test_status import _Dom
+
+    server = StatusServer(StatusPoller([url]), port=0, poll_ms=300).start()
+    try:
+        proc = subprocess.run(
+            [str(shutil.which("chromium")), "--headless", "--no-sandbox", "--disable-gpu",
+             "--disable-background-networking", "--disable-dev-shm-usage",
+             "--virtual-time-budget=2000", "--dump-dom", f"http://127.0.0.1:{server.port}/"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+    finally:
+        server.close()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dom = _Dom()
+    dom.feed(proc.stdout)
+    return dom
