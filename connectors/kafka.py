@@ -34,7 +34,13 @@ from msgspec.structs import replace
 from riskguard.connectors.settings import KafkaSettings, as_settings
 from riskguard.operators.base import SplitOut, split_dead_letters
 from riskguard.operators.clock import Clock, system_clock
-from riskguard.operators.metrics import DEAD_LETTERS, DELIVERY_ERRORS, EVENTS_IN, EVENTS_OUT
+from riskguard.operators.metrics import (
+    CONSUMER_LAG,
+    DEAD_LETTERS,
+    DELIVERY_ERRORS,
+    EVENTS_IN,
+    EVENTS_OUT,
+)
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import Codec, encode
 from riskguard.schemas.time_policy import EventTimePolicy
@@ -167,6 +173,18 @@ class SharedConsumer:
             else:
                 target.append(m)
 
+    def high_watermark(self, topic: str, idx: int) -> int | None:
+        """The partition's high watermark from the last fetch (no broker round trip)."""
+        with self._lock:
+            if self._consumer is None:
+                return None
+            try:
+                _lo, hi = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, idx), cached=True)
+            except Exception:
+                return None
+            return int(hi) if hi is not None and hi >= 0 else None
+
     def remove(self, topic: str, idx: int) -> None:
         with self._lock:
             self._pending.pop((topic, idx), None)
@@ -200,6 +218,8 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         self._last_msg_ns = clock()
         self._awake: datetime | None = None
         self._in = EVENTS_IN.labels(topic)
+        self._lag = CONSUMER_LAG.labels(topic, str(idx))
+        self._lag_due = 0
         self._align = align
         self._name = f"{idx}-{topic}"
         self._buf: deque[tuple[Any, int]] = deque()
@@ -246,8 +266,13 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
                 DEAD_LETTERS.labels(topic, rec.reason).inc()
             append(rec)
             append_off(off)
-        self._last_msg_ns = self._clock()
+        self._last_msg_ns = now = self._clock()
         self._in.inc(len(out))
+        if now >= self._lag_due:  # every 5 s: messages behind the partition's end
+            self._lag_due = now + 5_000_000_000
+            hi = self._shared.high_watermark(topic, idx)
+            if hi is not None:
+                self._lag.set(max(hi - (offsets[-1] + 1 if offsets else self._offset), 0))
         return out, offsets
 
     def next_batch(self) -> list[Any]:

@@ -21,6 +21,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
+from riskguard.operators.metrics import measured_snapshot
 from riskguard.schemas.audit import DeadLetter
 
 V = TypeVar("V")
@@ -43,10 +44,15 @@ Builder = Callable[[Any], Logic[Any, Any]]
 class _Shim(StatefulBatchLogic[Any, Any, Any]):
     """Adapts a riskguard logic object to bytewax's batch logic."""
 
-    __slots__ = ("_batch", "_deadline", "_eof", "logic")
+    __slots__ = ("_batch", "_deadline", "_eof", "_snaps", "_step", "logic")
 
-    def __init__(self, logic: Any) -> None:
+    # One snapshot in this many is also pickled to record its size.
+    SIZE_SAMPLE = 16
+
+    def __init__(self, logic: Any, step: str = "") -> None:
         self.logic = logic
+        self._step = step
+        self._snaps = 0
         self._batch = getattr(logic, "on_batch", None)
         self._eof = getattr(logic, "on_eof", None)
         self._deadline = getattr(logic, "next_deadline_ns", None)
@@ -77,7 +83,9 @@ class _Shim(StatefulBatchLogic[Any, Any, Any]):
         return None if ns is None else datetime.fromtimestamp(ns / 1e9, tz=UTC)
 
     def snapshot(self) -> Any:
-        return self.logic.snapshot()
+        self._snaps += 1
+        return measured_snapshot(self._step, self.logic.snapshot,
+                                 size=self._snaps % self.SIZE_SAMPLE == 1)
 
 
 @operator
@@ -89,7 +97,7 @@ def stateful_logic(step_id: str, up: KeyedStream[V], builder: Builder) -> KeyedS
     """
 
     def shim_builder(resume_state: Any) -> _Shim:
-        return _Shim(builder(resume_state))
+        return _Shim(builder(resume_state), step_id)
 
     return op.stateful_batch("stateful", up, shim_builder)
 

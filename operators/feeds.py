@@ -197,7 +197,7 @@ class FeedMonitorLogic:
 
         if change == "failover":
             why = "reported down" if st.down else f"no heartbeat for {gap_s:.1f}s"
-            return [*extra, 
+            return [*extra,
                 alert("heartbeat_loss", Severity.CRITICAL,
                       f"venue {st.venue} primary feed {why} "
                       f"(limit {self.vf.max_gap_ns / NS:.1f}s)"),

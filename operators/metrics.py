@@ -168,12 +168,14 @@ def record_command(action: str, scope_kind: str, recv_ts_ns: int | None, now_ns:
         DETECTION_TO_COMMAND.observe(max(now_ns - recv_ts_ns, 0) / 1e9)
 
 
-def measured_snapshot(step: str, take: Callable[[], Any]) -> Any:
-    """Call ``take()`` (a logic's ``snapshot``) and record its duration and pickled size."""
+def measured_snapshot(step: str, take: Callable[[], Any], *, size: bool = True) -> Any:
+    """Call ``take()`` (a logic's ``snapshot``) and record its duration and, with ``size``,
+    its pickled size (that pickles it once more: sample it on hot paths)."""
     start = time.perf_counter()
     state = take()
     SNAPSHOT_SECONDS.labels(step).observe(time.perf_counter() - start)
-    SNAPSHOT_BYTES.labels(step).observe(len(pickle.dumps(state, pickle.HIGHEST_PROTOCOL)))
+    if size:
+        SNAPSHOT_BYTES.labels(step).observe(len(pickle.dumps(state, pickle.HIGHEST_PROTOCOL)))
     return state
 
 
