@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pytest
@@ -254,6 +252,8 @@ def test_status_page_against_a_running_guard_shows_its_metrics(
     scenario: the page shows the guard's own numbers (events, commands, mitigations)."""
     from riskguard.connectors.status import scrape, summarize
 
+    from tests.test_status import status_page_dom
+
     port = free_ports(1)[0]
     monkeypatch.setenv("RISKGUARD_METRICS_PORT", str(port))
     run = _prepare(kafka_bootstrap, tmp_path, "status")
@@ -275,7 +275,7 @@ def test_status_page_against_a_running_guard_shows_its_metrics(
                 break
             last = now
         want = summarize([scrape(url)])
-        dom = _status_dom(url)
+        dom = status_page_dom(url)
     finally:
         guard.kill()
         guard.wait()
@@ -286,25 +286,3 @@ def test_status_page_against_a_running_guard_shows_its_metrics(
     mit = {r["data-action"]: float(r["data-count"]) for r in dom.rows["mit"]}
     assert mit and mit == {a: float(n) for a, n in want["commands"]["by_action"].items()}
     assert "reduce_only" in mit and "failover_feed" in mit
-
-
-def _status_dom(url: str) -> Any:
-    """Serve the status page for ``url`` and return Chromium's rendered DOM."""
-    from riskguard.connectors.status import StatusPoller, StatusServer
-
-    from tests.test_status import _Dom
-
-    server = StatusServer(StatusPoller([url]), port=0, poll_ms=300).start()
-    try:
-        proc = subprocess.run(
-            [str(shutil.which("chromium")), "--headless", "--no-sandbox", "--disable-gpu",
-             "--disable-background-networking", "--disable-dev-shm-usage",
-             "--virtual-time-budget=2000", "--dump-dom", f"http://127.0.0.1:{server.port}/"],
-            capture_output=True, text=True, timeout=120, check=False,
-        )
-    finally:
-        server.close()
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    dom = _Dom()
-    dom.feed(proc.stdout)
-    return dom

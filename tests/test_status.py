@@ -234,6 +234,25 @@ class _Dom(html.parser.HTMLParser):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def status_page_dom(url: str, *, poll_ms: int = 300, budget_ms: int = 2000) -> _Dom:
+    """Serve the status page for metrics ``url``; return the DOM headless Chromium renders."""
+    server = StatusServer(StatusPoller([url]), port=0, poll_ms=poll_ms).start()
+    try:
+        proc = subprocess.run(
+            [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
+             "--disable-background-networking", "--disable-dev-shm-usage",
+             f"--virtual-time-budget={budget_ms}", "--dump-dom",
+             f"http://127.0.0.1:{server.port}/"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+    finally:
+        server.close()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dom = _Dom()
+    dom.feed(proc.stdout)
+    return dom
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian package 'chromium' is not installed "
                     "(.ci/run installs it: apt-get install -y chromium)")
 def test_status_page_in_headless_chromium_shows_the_numbers_of_the_metrics() -> None:
@@ -247,19 +266,7 @@ def test_status_page_in_headless_chromium_shows_the_numbers_of_the_metrics() -> 
     g.commands.labels("halt_trading", "firm").inc(1)
     g.last_command.labels("halt_trading", "firm").set(1_700_000_000)
     g.failover.labels("bybit").set(1)
-    server = StatusServer(StatusPoller([g.url]), port=0, poll_ms=500).start()
-    try:
-        proc = subprocess.run(
-            [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
-             "--disable-background-networking", "--disable-dev-shm-usage",
-             "--virtual-time-budget=3000", "--dump-dom", f"http://127.0.0.1:{server.port}/"],
-            capture_output=True, text=True, timeout=120, check=False,
-        )
-    finally:
-        server.close()
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    dom = _Dom()
-    dom.feed(proc.stdout)
+    dom = status_page_dom(g.url, poll_ms=500, budget_ms=3000)
     assert int(dom.body["data-polls"]) >= 2, "the page polls /api/status repeatedly"
     t = dom.text
     assert t["health"] == "UP"
