@@ -15,7 +15,7 @@ from riskguard.connectors.broker import DevBroker
 from riskguard.dataflows.demo import PreparedRun, prepare_run, start_guard, subscriber_for
 from riskguard.schemas import MitigationCommand
 
-from tests.kafka_helpers import consume_all
+from tests.kafka_helpers import consume_all, free_ports
 from tests.test_guard_e2e import _assert_same_outcome, _finish
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
