@@ -48,11 +48,15 @@ class SignConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``issuer`` overrides the signer's issuer name (default: the signer's);
     ``recent_ids`` bounds how many signed ``command_id``s are remembered for
     idempotent re-emission; ``topic`` names the step in dead letters.
+    ``resume_seq_gap``: on a restart from recovery the operator's ``seq``
+    jumps by this much, so no seq delivered before the crash is ever reused
+    for a different command (0 turns it off).
     """
 
     issuer: str = ""
     recent_ids: int = 10_000
     topic: str = "commands"
+    resume_seq_gap: int = 1_000_000
 
     def __post_init__(self) -> None:
         if self.recent_ids < 1:

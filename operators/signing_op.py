@@ -21,11 +21,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from riskguard.operators.base import SplitOut, split_dead_letters, stateful_logic
 from riskguard.operators.crypto import Signer
-from riskguard.operators.signing import SignConfig, sign_builder
+from riskguard.operators.signing import SignConfig, SignState, sign_builder
 from riskguard.schemas.commands import MitigationCommand, SignedEnvelope
 
 
@@ -45,7 +48,17 @@ def sign_commands(
     """
     cfg = config or SignConfig()
     issuer = cfg.issuer or signer.issuer
-    builder = sign_builder(signer, cfg)
+    exact = sign_builder(signer, cfg)
+
+    def builder(state: SignState | None) -> Any:
+        # A restart replays input from the last snapshot. Commands signed after it were
+        # delivered but are re-derived now, maybe in another order (several processes):
+        # reusing their seqs for different commands would make subscribers drop those as
+        # replays. So a resumed counter jumps past anything that window could have used;
+        # subscribers see a gap (a restart) and drop re-emitted identical commands by id.
+        if state is not None and cfg.resume_seq_gap:
+            state = dataclasses.replace(state, last_seq=state.last_seq + cfg.resume_seq_gap)
+        return exact(state)
     keyed = op.key_on("key", commands, lambda _c: issuer)
     out = stateful_logic("stateful", keyed, builder)
     return split_dead_letters("split", op.key_rm("unkey", out))

@@ -91,7 +91,8 @@ def test_missing_or_invalid_key_stops_before_anything_is_emitted(tmp_path: Path)
 
 
 def test_bytewax_flow_signs_with_recovery_resume_equal_to_uninterrupted(tmp_path: Path) -> None:
-    """Abort halfway with recovery on; the resumed run continues seq with no reuse."""
+    """Abort halfway with recovery on: each command is signed under one seq, and the resumed
+    run's seqs jump past every seq the crashed run could have delivered (no reuse)."""
     import subprocess
     import sys
 
@@ -113,8 +114,9 @@ def test_bytewax_flow_signs_with_recovery_resume_equal_to_uninterrupted(tmp_path
     for e in out:
         c = decode_command(e)
         by_id.setdefault(c.command_id, set()).add(c.seq)
+    gap = SignConfig().resume_seq_gap
     assert {cid: sorted(s) for cid, s in by_id.items()} == {
-        c.command_id: [i] for i, c in enumerate(cmds, start=1)
+        c.command_id: [i if i <= 3 else gap + i] for i, c in enumerate(cmds, start=1)
     }
 
 
