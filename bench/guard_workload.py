@@ -32,13 +32,13 @@ from riskguard.connectors.settings import KafkaSettings
 from riskguard.connectors.topics import create_topics, topic_name
 from riskguard.dataflows.demo import DemoKeys, init_keys, stream_of, write_config
 from riskguard.dataflows.demo_scenario import DURATION_S, build_scenario
+from riskguard.dataflows.guard import INPUT_STREAMS
 from riskguard.schemas import Fill, encode
 
 from riskguard.cli_topics import topic_specs
 from riskguard.config import CommonConfig, TopicsConfig
 
 NS = 1_000_000_000
-INPUTS = ("market", "venue_status", "fills", "positions", "balances", "limit_updates")
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class BenchEnv:
         return topic_name(self.env, stream)
 
     def input_topics(self) -> list[str]:
-        return [self.topic(s) for s in INPUTS]
+        return [self.topic(s) for s in INPUT_STREAMS]
 
 
 def setup_env(
@@ -123,7 +123,7 @@ def producer(bootstrap: str, linger_ms: int = 20) -> Producer:
 def publish(bench: BenchEnv, records: list[Any]) -> int:
     """Produce ``records`` to the env's input topics; returns how many."""
     p = producer(bench.bootstrap)
-    topics = {s: bench.topic(s) for s in INPUTS}
+    topics = {s: bench.topic(s) for s in INPUT_STREAMS}
     for rec in records:
         topic = topics[stream_of(rec)]
         data, key = encode(rec), _key(rec)
@@ -177,7 +177,7 @@ class LiveLoad:
         self.rate = rate
         self.incident_rate = incident_rate
         self.p = producer(bench.bootstrap, linger_ms=1)
-        self.topics = {s: bench.topic(s) for s in INPUTS}
+        self.topics = {s: bench.topic(s) for s in INPUT_STREAMS}
         self.sent = 0
         self.incidents = 0
         self.incidents_on = False

@@ -26,7 +26,6 @@ from riskguard.schemas.audit import DeadLetter
 
 V = TypeVar("V")
 W = TypeVar("W")
-S = TypeVar("S")
 V_contra = TypeVar("V_contra", contravariant=True)
 
 

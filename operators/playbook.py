@@ -448,7 +448,7 @@ class PlaybookLogic:
         Without named sources, every signal and tick moves it.
         """
         st = self.state
-        return st.now if not st.sources else max(st.watermark, -1)
+        return st.now if not st.sources else st.watermark
 
     def _advance(self, ts: int) -> None:
         st = self.state

@@ -98,15 +98,4 @@ class SignedEnvelope(Record, frozen=True, kw_only=True, tag="envelope"):
     signatures: list[Signature]
 
 
-class ActionParams(msgspec.Struct, frozen=True, kw_only=True):
-    """Typed view of common command parameters (documentation only)."""
-
-    bps: NonNegative | None = None
-    factor: NonNegative | None = None
-    targets: list[Name] | None = None
-    target_delta: Finite | None = None
-    hedge_instrument: Name | None = None
-    backup_feed: Name | None = None
-
-
 COMMAND_TYPES = (MitigationCommand, LimitUpdate, SignedEnvelope)
