@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 import bytewax.operators as op
 import msgspec
 from bytewax.dataflow import Dataflow, Stream, operator
+from riskguard.connectors.command_log import last_signed_seq
 from riskguard.connectors.kafka import kafka_input, kafka_output
 from riskguard.connectors.topics import topic_name
 from riskguard.operators.anomaly import detect_anomalies, extract_features
@@ -225,11 +227,13 @@ def guard_core(
     clock: Clock,
     signer: Signer,
     trust: TrustStore,
+    seq_floor: Callable[[str], int] | None = None,
 ) -> GuardOut:
     """The whole guard over a stream of decoded records, whatever their source.
 
     The live flow feeds it from Kafka; backtests and stress runs feed it from
     files or generators. It is the single implementation of the guard logic.
+    ``seq_floor`` is the signing step's (the highest seq already delivered).
     """
     market = op.filter("market", records, lambda r: isinstance(r, MARKET))
     status = op.filter("status", records, lambda r: isinstance(r, VenueStatus))
@@ -283,7 +287,7 @@ def guard_core(
         config=cfg.playbook, clock=clock,
     )
     commands = planned.oks
-    signed = sign_commands("sign", commands, signer, config=cfg.sign)
+    signed = sign_commands("sign", commands, signer, config=cfg.sign, seq_floor=seq_floor)
 
     def observe_command(env: SignedEnvelope) -> SignedEnvelope:
         cmd = decode_command(env)
@@ -338,10 +342,13 @@ def build_flow(
         time_policy=policy, clock=clock, stamp_recv_ts=True, batch_size=cfg.input.batch_size,
         align_skew_s=cfg.input.align_skew_s, share_consumer=cfg.input.share_consumer,
     )
-    out = guard_core("guard", src.oks, cfg=cfg, cfg_hash=cfg_hash, clock=clock, signer=signer,
-                     trust=trust)
-    timeout = cfg.sink_delivery_timeout_s
     issuer = cfg.sign.issuer or signer.issuer
+    # Read once, before any worker signs: the killed run this may resume is gone.
+    delivered = last_signed_seq(brokers, cfg.topic("commands"), signer.public_key,
+                                issuer)
+    out = guard_core("guard", src.oks, cfg=cfg, cfg_hash=cfg_hash, clock=clock, signer=signer,
+                     trust=trust, seq_floor=lambda _issuer: delivered)
+    timeout = cfg.sink_delivery_timeout_s
     kafka_output("commands", out.commands, brokers=brokers, topic=cfg.topic("commands"),
                  delivery_timeout_s=timeout, key=lambda _env: issuer)
     dead = op.merge("dead", src.errs, out.dead_letters)

@@ -48,9 +48,10 @@ class SignConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``issuer`` overrides the signer's issuer name (default: the signer's);
     ``recent_ids`` bounds how many signed ``command_id``s are remembered for
     idempotent re-emission; ``topic`` names the step in dead letters.
-    ``resume_seq_gap``: on a restart from recovery the operator's ``seq``
-    jumps by this much, so no seq delivered before the crash is ever reused
-    for a different command (0 turns it off).
+    ``resume_seq_gap``: when the operator has no ``seq_floor`` (the guard
+    reads one from the commands topic), a restart from recovery jumps its
+    ``seq`` by this much, so no seq delivered before the crash is reused for
+    a different command (0 turns it off).
     """
 
     issuer: str = ""

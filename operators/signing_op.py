@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import bytewax.operators as op
@@ -39,12 +40,21 @@ def sign_commands(
     signer: Signer,
     *,
     config: SignConfig | None = None,
+    seq_floor: Callable[[str], int] | None = None,
 ) -> SplitOut[SignedEnvelope]:
     """Sign commands into envelopes with a monotonic per-issuer ``seq``.
 
     All commands of one issuer go through one key (so one worker), which is
     what makes ``seq`` monotonic. Non-commands and reused ``command_id``s go
     to ``errs``. A signing failure raises ``SigningError`` and stops the flow.
+
+    ``seq_floor(issuer)`` returns the highest ``seq`` already delivered (e.g.
+    :func:`riskguard.connectors.command_log.last_signed_seq` over the commands
+    topic). It is asked whenever the step starts, fresh or resumed, and the
+    counter continues above it: a restart whose snapshot predates commands it
+    had delivered, or a fresh run onto a topic with older commands, never
+    reuses a ``seq``. Without it, a resumed counter jumps by
+    ``config.resume_seq_gap`` instead (a fresh start then begins at 1).
     """
     cfg = config or SignConfig()
     issuer = cfg.issuer or signer.issuer
@@ -54,9 +64,15 @@ def sign_commands(
         # A restart replays input from the last snapshot. Commands signed after it were
         # delivered but are re-derived now, maybe in another order (several processes):
         # reusing their seqs for different commands would make subscribers drop those as
-        # replays. So a resumed counter jumps past anything that window could have used;
-        # subscribers see a gap (a restart) and drop re-emitted identical commands by id.
-        if state is not None and cfg.resume_seq_gap:
+        # replays. So the counter starts above everything delivered; subscribers drop
+        # re-emitted identical commands by id (or as already in force).
+        if seq_floor is not None:
+            floor = seq_floor(issuer)
+            if state is None:
+                state = SignState(issuer=issuer, last_seq=floor)
+            elif floor > state.last_seq:
+                state = dataclasses.replace(state, last_seq=floor)
+        elif state is not None and cfg.resume_seq_gap:
             state = dataclasses.replace(state, last_seq=state.last_seq + cfg.resume_seq_gap)
         return exact(state)
     keyed = op.key_on("key", commands, lambda _c: issuer)
