@@ -10,11 +10,19 @@ which dominates a keyed flow with many keys and frequent epochs.
 - the tree *shape* (split feature and threshold of every node) is drawn once
   by River's own ``make_padded_tree`` with River's random sequence for the
   given seed, and is shared (read-only) by every key with the same features
-  and settings;
-- each key owns only the node masses: two ``bytearray`` (or ``array('I')``
-  when ``window_size`` exceeds 255) of ``n_trees * (2 ** (height + 1) - 1)``
-  counters; with 10 trees of height 8 that is 10 KiB, and a snapshot is a
-  byte copy.
+  and settings; it is also compiled once into a Python function of nested
+  comparisons that finds the leaf of a point in every tree;
+- each key owns only counters: the latest window's mass of every *leaf*
+  (the mass of an inner node is the sum of its leaves', so learning a point
+  is one increment per tree; inner masses are summed at the window pivot and
+  for snapshots), the reference window's masses of every node, and, once the
+  first window has pivoted, the score contribution of every leaf (River's
+  score of a point in one tree depends only on its leaf, and the reference
+  masses change only at a pivot), so scoring a point is one look-up per tree;
+- a snapshot is the per-node masses as bytes (``bytearray``, or
+  ``array('I')`` when ``window_size`` exceeds 255, of
+  ``n_trees * (2 ** (height + 1) - 1)`` counters; 10 KiB for 10 trees of
+  height 8), the same layout as River's nodes in breadth-first order.
 
 Scores equal River's for the same seed, features and input (a test checks
 this), so the model *is* River's HST; only its storage differs.
@@ -38,15 +46,26 @@ from __future__ import annotations
 
 import random
 from array import array
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
+
+import numpy as np
 
 __all__ = ["ArrayHST", "HSTShape", "hst_shape"]
+
+Walk = Callable[[Sequence[float]], tuple[int, ...]]
 
 
 @dataclass(frozen=True)
 class HSTShape:
-    """The read-only structure shared by every key: split features and thresholds."""
+    """The read-only structure shared by every key: split features and thresholds.
+
+    ``walk(xs)`` returns the leaf of ``xs`` in every tree as a leaf number
+    ``tree * 2 ** height + position``. A pickled shape is rebuilt by
+    :func:`hst_shape` from its settings.
+    """
 
     features: tuple[str, ...]
     n_trees: int
@@ -59,6 +78,48 @@ class HSTShape:
     bases: tuple[int, ...]  # offset of each tree in the flat arrays
     size_limit: float
     max_score: float
+    walk: Walk = field(compare=False, repr=False)
+
+    @property
+    def n_leaves(self) -> int:
+        """Leaves per tree."""
+        return 1 << self.height
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return hst_shape, (self.features, self.n_trees, self.height, self.window_size,
+                           self.seed)
+
+
+def _compile_walk(feat: list[int], thr: list[float], n_features: int, n_trees: int,
+                  height: int) -> Walk:
+    """One function of nested ``if x < threshold`` per tree, returning the leaves.
+
+    The source holds only feature indices, float literals (``repr`` round-trips
+    exactly) and leaf numbers, all drawn from the shape above.
+    """
+    n_nodes = 2 ** (height + 1) - 1
+    first_leaf = 2**height - 1
+    lines = ["def walk(xs):", "    " + "".join(f"x{k}, " for k in range(n_features)) + "= xs"]
+
+    def node(t: int, i: int, depth: int) -> None:
+        pad = "    " * (depth + 1)
+        if depth == height:
+            lines.append(f"{pad}l{t} = {t * (first_leaf + 1) + i - first_leaf}")
+            return
+        j = t * n_nodes + i
+        lines.append(f"{pad}if x{feat[j]} < {thr[j]!r}:")
+        node(t, 2 * i + 1, depth + 1)
+        lines.append(f"{pad}else:")
+        node(t, 2 * i + 2, depth + 1)
+
+    for t in range(n_trees):
+        node(t, 0, 0)
+    lines.append("    return (" + "".join(f"l{t}, " for t in range(n_trees)) + ")")
+    namespace: dict[str, Any] = {}
+    # the source is generated from numbers only (see above), never from input
+    exec(compile("\n".join(lines), "<hst walk>", "exec"), namespace)
+    walk: Walk = namespace["walk"]
+    return walk
 
 
 @lru_cache(maxsize=64)
@@ -90,7 +151,12 @@ def hst_shape(features: tuple[str, ...], n_trees: int = 10, height: int = 8,
         thr=tuple(thr), bases=tuple(t * n_nodes for t in range(n_trees)),
         size_limit=0.1 * window_size,
         max_score=float(n_trees * window_size * (2 ** (height + 1) - 1)),
+        walk=_compile_walk(feat, thr, len(index), n_trees, height),
     )
+
+
+def _dtype(window_size: int) -> type[np.unsignedinteger[Any]]:
+    return np.uint8 if window_size <= 255 else np.uint32
 
 
 def _counters(n: int, window_size: int) -> bytearray | array[int]:
@@ -106,112 +172,116 @@ def _load(raw: bytes, window_size: int) -> bytearray | array[int]:
 
 
 class ArrayHST:
-    """One key's Half-Space Trees: masses only; ``xs`` lists values in ``shape.features`` order.
+    """One key's Half-Space Trees; ``xs`` lists values in ``shape.features`` order.
 
     ``score(xs)`` returns ``(score, leaves)`` where ``leaves`` lets a following
-    ``learn(xs, leaves)`` skip the walk down. Inputs are expected in ``[0, 1]``
-    (River's default limits).
+    :meth:`uncount` take back a counted point. Inputs are expected in
+    ``[0, 1]`` (River's default limits).
     """
 
-    __slots__ = ("counter", "first_window", "l_mass", "r_mass", "shape")
-    l_mass: bytearray | array[int]
-    r_mass: bytearray | array[int]
+    __slots__ = ("counter", "first_window", "leaf_mass", "r_mass", "shape", "table")
+    leaf_mass: bytearray | array[int]
+    r_mass: np.ndarray[Any, Any] | None
+    table: array[int] | None
 
     def __init__(self, shape: HSTShape, l_mass: bytes | None = None,
                  r_mass: bytes | None = None, counter: int = 0,
                  first_window: bool = True) -> None:
         self.shape = shape
-        n = shape.n_trees * shape.n_nodes
-        self.l_mass = _counters(n, shape.window_size)
-        self.r_mass = _counters(n, shape.window_size)
+        dtype = _dtype(shape.window_size)
         if l_mass:
-            self.l_mass = _load(l_mass, shape.window_size)
-        if r_mass:
-            self.r_mass = _load(r_mass, shape.window_size)
+            nodes = np.frombuffer(l_mass, dtype=dtype).reshape(shape.n_trees, shape.n_nodes)
+            self.leaf_mass = _load(nodes[:, shape.n_leaves - 1:].tobytes(), shape.window_size)
+        else:
+            self.leaf_mass = _counters(shape.n_trees * shape.n_leaves, shape.window_size)
+        self.r_mass = np.frombuffer(r_mass, dtype=dtype).copy() if r_mass else None
         self.counter = counter
         self.first_window = first_window
+        self.table = None if first_window else self._table()
+
+    def _nodes(self) -> np.ndarray[Any, Any]:
+        """The latest window's mass of every node, summed up from the leaves."""
+        sh = self.shape
+        out = np.zeros((sh.n_trees, sh.n_nodes), dtype=_dtype(sh.window_size))
+        first = sh.n_leaves - 1
+        out[:, first:] = np.frombuffer(self.leaf_mass, dtype=out.dtype).reshape(sh.n_trees, -1)
+        while first:
+            parent = (first - 1) >> 1
+            out[:, parent:first] = out[:, first:2 * first + 1:2] + out[:, first + 1:2 * first + 1:2]
+            first = parent
+        return out.reshape(-1)
+
+    def _table(self) -> array[int]:
+        """River's score of each leaf's points in its tree, from the reference masses."""
+        sh = self.shape
+        if self.r_mass is None:
+            self.r_mass = np.zeros(sh.n_trees * sh.n_nodes, dtype=_dtype(sh.window_size))
+        r = self.r_mass.reshape(sh.n_trees, sh.n_nodes).astype(np.int64)
+        lim = sh.size_limit
+        # level by level: a node adds ``mass * 2 ** depth`` while every node above it
+        # on the path had mass >= size_limit (River's walk stops after the first that
+        # has not)
+        total = r[:, :1]
+        going = total >= lim
+        for depth in range(1, sh.height + 1):
+            level = r[:, (1 << depth) - 1:(2 << depth) - 1]
+            going = going.repeat(2, axis=1)
+            total = total.repeat(2, axis=1) + np.where(going, level << depth, 0)
+            going &= level >= lim
+        total = total.reshape(-1)
+        code = "I" if total.max(initial=0) < 2**32 else "q"
+        return array(code, total.astype(np.uint32 if code == "I" else np.int64).tobytes())
 
     def state(self) -> tuple[bytes, bytes, int, bool]:
-        """Masses as bytes plus the window counter: a cheap, independent copy."""
-        return bytes(self.l_mass), bytes(self.r_mass), self.counter, self.first_window
+        """Masses of every node as bytes plus the window counter: an independent copy."""
+        sh = self.shape
+        r = (self.r_mass.tobytes() if self.r_mass is not None else
+             bytes(sh.n_trees * sh.n_nodes * np.dtype(_dtype(sh.window_size)).itemsize))
+        return self._nodes().tobytes(), r, self.counter, self.first_window
 
     @property
     def ready(self) -> bool:
         """False until the first window has been learned (River scores 0 until then)."""
         return not self.first_window
 
-    def score(self, xs: list[float], count: bool = False) -> tuple[float, list[int]]:
-        """River's HST score of ``xs`` (0 during the first window) and the leaf per tree.
+    def score(self, xs: Sequence[float], count: bool = False) -> tuple[float, tuple[int, ...]]:
+        """River's HST score of ``xs`` (0 during the first window) and its leaf per tree.
 
-        With ``count=True`` the walk also counts ``xs`` in the latest window
+        With ``count=True`` the point is also counted in the latest window
         (the learning half of River's ``learn_one``); follow it with
         :meth:`commit` to keep that, or :meth:`uncount` to take it back.
         Score first, then learn, in one walk.
         """
-        sh = self.shape
-        feat = sh.feat
-        thr = sh.thr
-        r = self.r_mass
-        lm = self.l_mass
-        lim = sh.size_limit
-        height = sh.height
-        total = 0
-        leaves = []
-        for base in sh.bases:
-            i = 0
-            p = 1
-            d = 0
-            while True:
-                j = base + i
-                if count:
-                    lm[j] += 1
-                m = r[j]
-                total += m * p
-                if d == height:
-                    break
-                i = i + i + 1 if xs[feat[j]] < thr[j] else i + i + 2
-                d += 1
-                if m < lim:
-                    # the score stops here (River's size limit); the walk goes on for the leaf
-                    while True:
-                        j = base + i
-                        if count:
-                            lm[j] += 1
-                        if d == height:
-                            break
-                        i = i + i + 1 if xs[feat[j]] < thr[j] else i + i + 2
-                        d += 1
-                    break
-                p <<= 1
-            leaves.append(base + i)
-        if self.first_window:
+        leaves = self.shape.walk(xs)
+        if count:
+            lm = self.leaf_mass
+            for leaf in leaves:
+                lm[leaf] += 1
+        table = self.table
+        if table is None:
             return 0.0, leaves
-        return 1.0 - total / sh.max_score, leaves
-
-    def uncount(self, leaves: list[int]) -> None:
-        """Take back a ``score(..., count=True)`` that should not be learned."""
-        lm = self.l_mass
-        n_nodes = self.shape.n_nodes
-        height = self.shape.height
+        total = 0
         for leaf in leaves:
-            base = (leaf // n_nodes) * n_nodes
-            i = leaf - base
-            lm[base + i] -= 1
-            for _ in range(height):
-                i = (i - 1) >> 1
-                lm[base + i] -= 1
+            total += table[leaf]
+        return 1.0 - total / self.shape.max_score, leaves
+
+    def uncount(self, leaves: Sequence[int]) -> None:
+        """Take back a ``score(..., count=True)`` that should not be learned."""
+        lm = self.leaf_mass
+        for leaf in leaves:
+            lm[leaf] -= 1
 
     def commit(self) -> None:
         """Finish learning one counted point: pivot the window when it is full."""
-        sh = self.shape
         self.counter += 1
-        if self.counter == sh.window_size:
-            self.r_mass = self.l_mass
-            self.l_mass = _counters(len(self.r_mass), sh.window_size)
+        if self.counter == self.shape.window_size:
+            self.r_mass = self._nodes()
+            self.leaf_mass = _counters(len(self.leaf_mass), self.shape.window_size)
             self.first_window = False
             self.counter = 0
+            self.table = self._table()
 
-    def learn(self, xs: list[float]) -> None:
+    def learn(self, xs: Sequence[float]) -> None:
         """River's ``learn_one``: count ``xs`` along its path in every tree."""
         self.score(xs, count=True)
         self.commit()

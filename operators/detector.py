@@ -498,8 +498,8 @@ class DetectorLogic:
                 if vv > floor * floor:
                     z[i] = d / math.sqrt(vv)
         # the model's score; an ArrayHST also counts the point (taken back if not learned)
-        leaves: list[int] | None = None
-        fresh_leaves: list[int] | None = None
+        leaves: tuple[int, ...] | None = None
+        fresh_leaves: tuple[int, ...] | None = None
         if self._array or self.kind == "river_hst":
             xm = self._scaled(x, z)
             if self._array:
