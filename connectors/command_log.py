@@ -57,7 +57,7 @@ def last_signed_seq(
     within ``timeout_s``: a signer that cannot tell where its sequence stands
     must not start.
     """
-    parts = list_partitions(settings, topic)
+    parts = list_partitions(settings, topic, timeout_s=min(10.0, timeout_s))
     consumer = Consumer({
         **settings.client_config(),
         "group.id": f"riskguard-seq-scan-{uuid.uuid4().hex[:8]}",

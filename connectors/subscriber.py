@@ -239,9 +239,10 @@ class CommandSubscriber:
                                 f"seq {cmd.seq} <= high-water {hw} of {cmd.issuer!r}",
                                 partition, offset, cmd)
         if self.state.seen(cmd.command_id):
+            # Authentic under a new seq (re-derived after a restart): the seq is used up.
             return self._reject(Reason.REPLAYED_COMMAND_ID.value,
                                 f"command_id {cmd.command_id!r} already executed",
-                                partition, offset, cmd)
+                                partition, offset, cmd, record=True)
         expected = (hw or 0) + 1
         if cmd.seq > expected:
             self.stats["gaps"] += 1

@@ -67,6 +67,17 @@ def test_replayed_command_id_under_a_new_seq_is_replayed_command_id(tmp_path: Pa
     assert len(h.executed) == 1
 
 
+def test_a_rederived_command_uses_up_its_seq_so_the_next_one_is_no_gap(tmp_path: Path) -> None:
+    """After a restart the signer re-sends an executed command under a new seq: it is
+    refused as a replayed id, and the command after it continues the sequence."""
+    h = Harness(tmp_path)
+    h.sub.handle(env_bytes(command(1, seq=1)))
+    h.sub.handle(env_bytes(command(1, seq=2)))
+    assert h.sub.handle(env_bytes(command(2, seq=3))) == command(2, seq=3)
+    assert h.alerts == []
+    assert [c.seq for c in h.executed] == [1, 3]
+
+
 def test_seq_jump_raises_a_gap_alert_and_still_executes(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     h.sub.handle(env_bytes(command(1, seq=1)), partition=0, offset=0)
