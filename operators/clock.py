@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -81,5 +82,34 @@ class Watermark:
             self.sources[source] = [ts, now_ns]
         else:
             entry[0], entry[1] = max(entry[0], ts), now_ns
+        return self.value(now_ns)
+
+    def value(self, now_ns: int) -> int:
+        """The watermark now, without a new tick."""
         live = [t for t, seen in self.sources.values() if now_ns - seen < self.idle_ns]
         return min(live) if live else max(t for t, _ in self.sources.values())
+
+
+class RestoredSources:
+    """Tick sources named in a restored snapshot belong to processes that are gone: a
+    bytewax restart restarts every process, and each names its ticks afresh. They go on
+    holding time back only until as many new sources have ticked, then are forgotten;
+    otherwise a dead source would pin the watermark where the crash left it.
+
+    >>> sources = {"host/11": 500, "host/12": 480}
+    >>> restored = RestoredSources(sources)
+    >>> sources["host/21"] = 490; restored.retire(sources); sorted(sources)
+    ['host/11', 'host/12', 'host/21']
+    >>> sources["host/22"] = 485; restored.retire(sources); sorted(sources)
+    ['host/21', 'host/22']
+    """
+
+    def __init__(self, sources: dict[str, Any]) -> None:
+        self.old = set(sources)
+
+    def retire(self, sources: dict[str, Any]) -> None:
+        """Drop the restored sources once enough new ones are live (call after each tick)."""
+        if self.old and len(sources.keys() - self.old) >= len(self.old):
+            for name in self.old:
+                sources.pop(name, None)
+            self.old = set()

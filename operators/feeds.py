@@ -38,7 +38,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import msgspec
-from riskguard.operators.clock import Tick
+from riskguard.operators.clock import RestoredSources, Tick
 from riskguard.schemas.market import VenueState, VenueStatus
 from riskguard.schemas.signals import RiskAlert, Scope, ScopeKind, Severity
 
@@ -94,12 +94,15 @@ class FeedState:
     sources: dict[str, int] = field(default_factory=dict)
     withdrawals_ok: bool = True
 
-    def tick_time(self, tick: Tick, stale_ns: int) -> int:
+    def tick_time(self, tick: Tick, stale_ns: int, restored: RestoredSources | None = None) -> int:
         """Event time a tick stands for: with named sources (guard processes), the
-        slowest one still within ``stale_ns`` of the fastest."""
+        slowest one still within ``stale_ns`` of the fastest. Sources of a restored
+        snapshot stop counting once as many new ones tick (``restored``)."""
         if not tick.source:
             return tick.ts
         self.sources[tick.source] = max(self.sources.get(tick.source, tick.ts), tick.ts)
+        if restored is not None:
+            restored.retire(self.sources)
         top = max(self.sources.values())
         return min(t for t in self.sources.values() if t >= top - stale_ns)
 
@@ -166,6 +169,7 @@ class FeedMonitorLogic:
     def __init__(self, config: FeedConfig, venue: str, state: FeedState | None = None) -> None:
         self.vf = config.venues.get(venue, VenueFeeds())
         self.state = state or FeedState(venue=venue, active=self.vf.primary)
+        self._restored = RestoredSources(self.state.sources)
 
     def on_event(self, event: object) -> list[RiskAlert]:
         status = event if isinstance(event, VenueStatus) else None
@@ -173,7 +177,7 @@ class FeedMonitorLogic:
         if status is not None:
             ts = status.ts
         elif isinstance(event, Tick):
-            ts = self.state.tick_time(event, 30 * NS) - self.vf.skew_ns
+            ts = self.state.tick_time(event, 30 * NS, self._restored) - self.vf.skew_ns
         else:
             ts = event.ts - self.vf.skew_ns  # type: ignore[attr-defined]
         before_gap = self.state.now - self.state.last_ok

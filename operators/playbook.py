@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
 import msgspec
-from riskguard.operators.clock import Tick, Watermark
+from riskguard.operators.clock import RestoredSources, Tick, Watermark
 from riskguard.schemas import (
     FIRM,
     Action,
@@ -395,6 +395,7 @@ class PlaybookLogic:
         elif state.version != STATE_VERSION:
             raise ConfigError("playbook.state.version", str(STATE_VERSION), state.version)
         self.state = state
+        self._restored = RestoredSources(state.sources)
         self._out: list[Output] = []
         self._trigger_recv_ts: int | None = None
 
@@ -407,9 +408,11 @@ class PlaybookLogic:
         self._trigger_recv_ts = getattr(event, "recv_ts", None)
         if isinstance(event, Tick):
             if event.source:
+                now = self.clock()
                 wm = Watermark(WATERMARK_IDLE_NS, self.state.sources)
-                self.state.watermark = max(
-                    self.state.watermark, wm.update(event.source, event.ts, self.clock()))
+                wm.update(event.source, event.ts, now)
+                self._restored.retire(self.state.sources)
+                self.state.watermark = max(self.state.watermark, wm.value(now))
             self._advance(event.ts)
         elif isinstance(event, MitigationCommand):
             if event.action is not Action.RESUME:

@@ -549,6 +549,23 @@ def test_time_driven_rungs_wait_for_the_slowest_tick_source() -> None:
     assert acts(out) == [("resume", "venue:binance")]
 
 
+def test_after_a_restart_the_dead_processes_tick_sources_stop_holding_time() -> None:
+    """Restored from a snapshot, the tick sources it names are gone (every process restarts
+    under a new name): once the new process ticks, time-driven rungs follow it at once,
+    instead of waiting for the dead source to go idle."""
+    rule = Rule(name="hb", signal="heartbeat_loss", target="venue", quiet_s=30,
+                ladder=(Rung(action=Action.REROUTE_ORDER_FLOW),
+                        Rung(action=Action.CANCEL_ALL, after_s=60)))
+    clock = ManualClock(1_000)
+    logic = make(rule, clock=clock)
+    feed(logic, [Tick(ts=100 * S, source="old"), alert("heartbeat_loss", venue("binance"), 101)])
+    resumed = PlaybookLogic(logic.config, clock, logic.snapshot())
+    clock.advance(S)  # well inside the 30 s idle window of the dead source
+    out = feed(resumed, [Tick(ts=100 * S, source="new"), Tick(ts=162 * S, source="new")])
+    assert acts(out) == [("cancel_all", "venue:binance")]
+    assert set(resumed.snapshot().sources) == {"new"}
+
+
 def test_without_named_sources_signals_move_the_clock() -> None:
     """Unnamed ticks and signals drive time as before (backtests, single process)."""
     rule = Rule(name="hb", signal="heartbeat_loss", target="venue",
