@@ -51,7 +51,8 @@ import pickle
 import uuid
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from itertools import compress
 from typing import Any, Literal
 
 import msgspec
@@ -98,7 +99,9 @@ __all__ = [
     "route",
 ]
 
-STATE_VERSION = 3
+STATE_VERSION = 4
+"""Version 4: stage-1 per-instrument columns are numpy arrays (version 3 held lists and
+is migrated on resume; stage-2 and stage-3 states are unchanged since version 3)."""
 
 
 def _copy(state: Any) -> Any:
@@ -230,6 +233,14 @@ class Router:
             t: tag_of(t) in config.mark_sources for t in _MARK_TYPES
         }
         self._market: dict[tuple[str, bool], list[tuple[str, str, str]]] = {}
+        # instruments whose plain marks re-mark only their own (non-option) column: the
+        # shard key they go to, in runs (see route_batch)
+        self._plain: dict[str, str] = {}
+        for name in config.instruments.instruments:
+            routes = self._market_routes(name, False)
+            if routes == [(self._inst_key[name], "mark", name)]:
+                self._plain[name] = routes[0][0]
+        self._plain_types = frozenset(t for t in (Trade, IndexPrice, Quote) if self._mark_ok[t])
 
     def asset_key(self, asset: str) -> str:
         return shard_key("a:" + asset, self.shards)
@@ -290,32 +301,37 @@ class Router:
                      found=type(ev).__name__, step=self.step, now=now)
 
     def route_batch(self, evs: list[Any], now: int = 0) -> list[Any]:
-        """A whole input batch: one ``(key, [items])`` pack per shard, plus dead letters."""
-        packs: dict[str, list[Item]] = {}
+        """A whole input batch: one ``(key, [items])`` pack per shard, plus dead letters.
+
+        Consecutive plain marks (trades, index prices and quotes of an instrument that is
+        nobody's FX index and not an option) travel as one ``("marks", key, "", [records])``
+        item per run, which stage 1 applies whole-array; everything else is one
+        :data:`Item` per record, in order.
+        """
+        packs: dict[str, list[Any]] = {}
+        runs: dict[str, list[Any]] = {}  # the open run of plain marks per shard key
         out: list[Any] = []
         route = self.route
-        mark_ok, market = self._mark_ok, self._market
+        plain, plain_types = self._plain, self._plain_types
         for ev in evs:
-            t = type(ev)
-            if mark_ok.get(t):  # the hot path: market data, routes cached per instrument
-                routes = market.get((ev.instrument, t is OptionQuote))
-                if routes is not None:
-                    if len(routes) == 1:
-                        k, role, target = routes[0]
-                        if k in packs:
-                            packs[k].append((role, k, target, ev))
-                        else:
-                            packs[k] = [(role, k, target, ev)]
+            if type(ev) in plain_types:
+                k = plain.get(ev.instrument)
+                if k is not None:
+                    run = runs.get(k)
+                    if run is not None:
+                        run.append(ev)
                         continue
-                    for k, role, target in routes:
-                        if k in packs:
-                            packs[k].append((role, k, target, ev))
-                        else:
-                            packs[k] = [(role, k, target, ev)]
+                    run = runs[k] = [ev]
+                    pack = packs.get(k)
+                    if pack is None:
+                        packs[k] = [("marks", k, "", run)]
+                    else:
+                        pack.append(("marks", k, "", run))
                     continue
             r = route(ev, now)
             if type(r) is list:
                 for k, item in r:
+                    runs.pop(k, None)
                     pack = packs.get(k)
                     if pack is None:
                         packs[k] = [item]
@@ -357,9 +373,10 @@ def _evidence_add(buf: list[str], rid: str, cap: int) -> None:
 class Part(msgspec.Struct, frozen=True, array_like=True):
     """One counterparty's complete partial exposure in one shard, stage 1 -> stage 2.
 
-    Amounts are in the reporting currency. ``names`` / ``notionals`` / ``mark_ts``
-    list its open positions (``mark_ts`` is ``NEVER_STALE`` for an unvalued one;
-    it is packed int64s, so a part holds no per-position int objects);
+    Amounts are in the reporting currency. ``by_inst`` (or, in parts from older
+    snapshots, ``names`` / ``notionals``) and ``mark_ts`` list its open positions
+    (``mark_ts`` is ``NEVER_STALE`` for an unvalued one; it is packed int64s, so a
+    part holds no per-position int objects);
     ``unvalued`` names positions and collateral assets whose mark or FX rate is
     missing: they are never summed as zero silently, they make the exposure
     ``stale``. ``oldest`` is the oldest mark among the valued positions.
@@ -385,17 +402,19 @@ class Part(msgspec.Struct, frozen=True, array_like=True):
     vol_values: dict[str, float]
     evidence: list[str]
     recv_ts: int | None = None  # newest receive time of the batch that moved it (latency)
+    # notional per open position, keyed in ``mark_ts`` order; when set (parts made since
+    # state version 4), ``names`` and ``notionals`` are empty
+    by_inst: dict[str, float] | None = None
+
+    def positions(self) -> dict[str, float]:
+        """Notional per open position (either layout)."""
+        if self.by_inst is not None:
+            return self.by_inst
+        return dict(zip(self.names, self.notionals, strict=True))
 
 
 NEVER_STALE = 2**62
-
-
-def _groups(codes: Any) -> tuple[Any, Any]:
-    """Column permutation and group starts that sort ``codes`` (0..g-1, each present)."""
-    perm = np.argsort(codes, kind="stable")
-    starts = np.flatnonzero(np.r_[True, codes[perm][1:] != codes[perm][:-1]]) if len(
-        codes) else np.zeros(0, dtype=np.int64)
-    return perm, starts
+_VECTOR_MIN = 16  # fewer plain marks than this are applied one by one
 
 
 def _row_reduce(ufunc: Any, flat: Any, bounds: Any, empty: int) -> list[int]:
@@ -406,13 +425,6 @@ def _row_reduce(ufunc: Any, flat: Any, bounds: Any, empty: int) -> list[int]:
     starts = np.minimum(bounds[:-1], len(flat) - 1)
     red = ufunc.reduceat(flat, starts)
     return np.where(bounds[1:] > bounds[:-1], red, empty).tolist()
-
-
-def _group_sum(a: Any, perm: Any, starts: Any, ufunc: Any) -> Any:
-    """Per-group reduction of the columns of ``a`` (groups from :func:`_groups`)."""
-    if not len(starts):
-        return np.zeros((a.shape[0], 0), dtype=a.dtype)
-    return ufunc.reduceat(a[:, perm], starts, axis=1)
 
 
 @dataclass
@@ -429,18 +441,19 @@ class ShardState:
     avg: Any = None  # nan: no average entry price (any value while flat)
     orders: Any = None
     snap_ts: Any = None
-    mark: list[float] = field(default_factory=list)  # nan: no mark yet
-    mark_ts: list[int] = field(default_factory=list)
-    mark_id: list[str] = field(default_factory=list)
-    opt_delta: list[float] = field(default_factory=list)
-    und_price: list[float] = field(default_factory=list)
-    last_ts: list[int] = field(default_factory=list)
-    ewma_price: list[float] = field(default_factory=list)
-    ewma_ts: list[int] = field(default_factory=list)
-    ewma_var: list[float] = field(default_factory=list)
-    ewma_n: list[int] = field(default_factory=list)
-    feature_vol: list[float] = field(default_factory=list)
-    feature_vol_ts: list[int] = field(default_factory=list)
+    # per instrument (column), numpy arrays since version 4 (lists before)
+    mark: Any = None  # float64; nan: no mark yet
+    mark_ts: Any = None  # int64
+    mark_id: Any = None  # object (str)
+    opt_delta: Any = None
+    und_price: Any = None
+    last_ts: Any = None  # int64
+    ewma_price: Any = None
+    ewma_ts: Any = None  # int64
+    ewma_var: Any = None
+    ewma_n: Any = None  # int64
+    feature_vol: Any = None
+    feature_vol_ts: Any = None  # int64
     seen: list[dict[str, None]] = field(default_factory=list)
     alerted: dict[str, dict[str, str]] = field(default_factory=dict)
     evidence: dict[tuple[int, int], list[str]] = field(default_factory=dict)
@@ -448,6 +461,21 @@ class ShardState:
     balances: dict[str, dict[str, tuple[float, int]]] = field(default_factory=dict)
     asset_ts: dict[str, int] = field(default_factory=dict)
     seq: int = 0
+
+
+_COLUMNS: dict[str, Any] = {
+    "mark": np.float64, "mark_ts": np.int64, "mark_id": object, "opt_delta": np.float64,
+    "und_price": np.float64, "last_ts": np.int64, "ewma_price": np.float64,
+    "ewma_ts": np.int64, "ewma_var": np.float64, "ewma_n": np.int64,
+    "feature_vol": np.float64, "feature_vol_ts": np.int64,
+}
+
+
+def _migrate_shard_v3(state: ShardState) -> ShardState:
+    """A version-3 shard state (per-instrument lists) as version 4 (numpy columns)."""
+    cols: dict[str, Any] = {name: np.array(getattr(state, name) or [], dtype=dt)
+                            for name, dt in _COLUMNS.items()}
+    return replace(state, version=4, **cols)
 
 
 class ShardLogic:
@@ -463,6 +491,8 @@ class ShardLogic:
                  state: ShardState | None = None) -> None:
         self.config = config
         self.reg = reg
+        if isinstance(state, ShardState) and state.version == 3:
+            state = _migrate_shard_v3(state)
         if state is not None and (not isinstance(state, ShardState)
                                   or state.version != STATE_VERSION):
             where = "exposure.valuation"
@@ -490,18 +520,18 @@ class ShardLogic:
         st.avg = np.zeros((0, k))
         st.orders = np.zeros((0, k))
         st.snap_ts = np.zeros((0, k), dtype=np.int64)
-        st.mark = [math.nan] * k
-        st.mark_ts = [-1] * k
-        st.mark_id = [""] * k
-        st.opt_delta = [0.0] * k
-        st.und_price = [0.0] * k
-        st.last_ts = [0] * k
-        st.ewma_price = [0.0] * k
-        st.ewma_ts = [-1] * k
-        st.ewma_var = [0.0] * k
-        st.ewma_n = [0] * k
-        st.feature_vol = [-1.0] * k
-        st.feature_vol_ts = [-1] * k
+        st.mark = np.full(k, math.nan)
+        st.mark_ts = np.full(k, -1, dtype=np.int64)
+        st.mark_id = np.full(k, "", dtype=object)
+        st.opt_delta = np.zeros(k)
+        st.und_price = np.zeros(k)
+        st.last_ts = np.zeros(k, dtype=np.int64)
+        st.ewma_price = np.zeros(k)
+        st.ewma_ts = np.full(k, -1, dtype=np.int64)
+        st.ewma_var = np.zeros(k)
+        st.ewma_n = np.zeros(k, dtype=np.int64)
+        st.feature_vol = np.full(k, -1.0)
+        st.feature_vol_ts = np.full(k, -1, dtype=np.int64)
         st.seen = [{} for _ in range(k)]
         self._derive()
 
@@ -530,14 +560,9 @@ class ShardLogic:
         ux = {u: k for k, u in enumerate(self._und_names)}
         ax = {a: k for k, a in enumerate(self._asset_names)}
         self._und_code = np.array([ux[u] for u in und], dtype=np.int64)
-        # group sums by column permutation + reduceat (no BLAS: a threaded matmul
-        # fights the dataflow's own threads for the cores)
-        self._u_perm, self._u_starts = _groups(self._und_code)
-        self._a_perm, self._a_starts = _groups(np.array([ax[a] for a in asset], dtype=np.int64))
+        self._asset_code = np.array([ax[a] for a in asset], dtype=np.int64)
         # no options and asset == underlying everywhere: notional by asset is the delta
         self._asset_is_delta = not any(self._is_opt_list) and asset == und
-        self._und_arr = np.array(self._und_names, dtype=object)
-        self._asset_arr = np.array(self._asset_names, dtype=object)
         needing: dict[str, list[int]] = {}
         for j, s in enumerate(sp):
             for ccy in {s.quote, s.underlying_ccy}:
@@ -545,7 +570,7 @@ class ShardLogic:
                     needing.setdefault(ccy, []).append(j)
         self._needing = needing
         self._row = {cp: i for i, cp in enumerate(st.cps)}
-        self._fv: tuple[Any, Any] | None = None
+        self._any_orders = bool(st.orders.any())  # else open-order sums are skipped
         self._refresh_fx()
         self._ready = True
 
@@ -585,15 +610,12 @@ class ShardLogic:
     def _vols(self) -> tuple[Any, Any]:
         """Realized vol and its time per instrument (feature stream first, else EWMA)."""
         st = self.state
-        if self._fv is None:  # feature vols change rarely: rebuilt only after one arrives
-            self._fv = (np.array(st.feature_vol), np.array(st.feature_vol_ts, dtype=np.int64))
-        fv, fts = self._fv
-        ewma_ok = np.array(st.ewma_n) >= self.config.vol_min_samples
-        ev = np.sqrt(np.array(st.ewma_var) * SECONDS_PER_YEAR)
-        ets = np.array(st.ewma_ts, dtype=np.int64)
+        fv, fts = st.feature_vol, st.feature_vol_ts
+        ewma_ok = st.ewma_n >= self.config.vol_min_samples
+        ev = np.sqrt(st.ewma_var * SECONDS_PER_YEAR)
         use_f = fv >= 0
         vol = np.where(use_f, fv, np.where(ewma_ok, ev, -1.0))
-        vts = np.where(use_f, fts, np.where(ewma_ok, ets, -1))
+        vts = np.where(use_f, fts, np.where(ewma_ok, st.ewma_ts, -1))
         return vol, vts
 
     # -- events
@@ -608,51 +630,149 @@ class ShardLogic:
             return self._process(packs[0])
         return self._process([it for p in packs for it in p])
 
+    def _mark_one(self, j: int, ev: Any, changed: dict[int, str]) -> None:
+        """Apply one mark to column ``j`` (the reference semantics of :meth:`_apply_marks`)."""
+        st = self.state
+        ts = ev.ts
+        if ts > st.last_ts[j]:  # noqa: PLR1730 - cheaper than max() per record
+            st.last_ts[j] = ts
+        if ts < st.mark_ts[j]:
+            return
+        price = _price_of(ev)
+        if price is None:  # a funding rate without a mark price
+            return
+        st.mark[j], st.mark_ts[j], st.mark_id[j] = price, ts, ev.id
+        changed[j] = ev.id
+        if self._is_opt_list[j]:
+            st.opt_delta[j], st.und_price[j] = ev.delta, ev.underlying_price
+        elif price > 0:
+            ets = int(st.ewma_ts[j])
+            if ets >= 0 and ts > ets and st.ewma_price[j] > 0:
+                r = math.log(price / st.ewma_price[j])
+                inst = r * r / ((ts - ets) / NS_PER_S)
+                alpha = self.config.vol_alpha
+                st.ewma_var[j] = (inst if st.ewma_n[j] == 0
+                                  else (1 - alpha) * st.ewma_var[j] + alpha * inst)
+                st.ewma_n[j] += 1
+            if ts > ets:
+                st.ewma_price[j], st.ewma_ts[j] = price, ts
+
+    def _apply_marks(self, runs: list[list[Any]], changed: dict[int, str]) -> int | None:
+        """Apply runs of plain marks (trades, index prices, quotes on non-option columns,
+        see :meth:`Router.route_batch`) in order, whole-array; newest receive time.
+
+        Marks on different columns commute, so grouping by column keeps the per-record
+        semantics of :meth:`_mark_one` exactly (the same float operations in the same
+        order, so the EWMA is bit-identical however the records were batched). A column
+        whose marks are out of time order within the runs is applied one by one.
+        """
+        ms = runs[0] if len(runs) == 1 else [e for r in runs for e in r]
+        rts = [e.recv_ts for e in ms]
+        recv = (max(r for r in rts if r is not None) if rts.count(None) != len(rts)
+                else None)
+        col = self._col
+        if len(ms) < _VECTOR_MIN:
+            for ev in ms:
+                self._mark_one(col[ev.instrument], ev, changed)
+            return recv
+        st = self.state
+        cj = np.array([col[e.instrument] for e in ms], dtype=np.int64)
+        order = np.argsort(cj, kind="stable")
+        js = cj[order]
+        ts = np.array([e.ts for e in ms], dtype=np.int64)[order]
+        try:
+            px = np.array([e.price for e in ms], dtype=np.float64)[order]
+        except AttributeError:  # quotes: the mid
+            px = np.array([_price_of(e) for e in ms], dtype=np.float64)[order]
+        brk = js[1:] != js[:-1]
+        if not (brk | (ts[1:] >= ts[:-1])).all():
+            for ev in ms:
+                self._mark_one(col[ev.instrument], ev, changed)
+            return recv
+        last = np.flatnonzero(np.r_[brk, True])  # each column's last (newest) mark
+        cols = js[last]
+        st.last_ts[cols] = np.maximum(st.last_ts[cols], ts[last])
+        # accepted: not older than the column's mark (time-ordered: a suffix per column)
+        acc = ts >= st.mark_ts[js]
+        hit = acc[last]
+        if not hit.any():
+            return recv
+        al = last[hit]
+        ac = cols[hit]
+        st.mark[ac] = px[al]
+        st.mark_ts[ac] = ts[al]
+        ids = [ms[k].id for k in order[al].tolist()]
+        st.mark_id[ac] = ids
+        changed.update(zip(ac.tolist(), ids, strict=True))
+        self._ewma(js, ts, px, acc)
+        return recv
+
+    def _ewma(self, js: Any, ts: Any, px: Any, acc: Any) -> None:
+        """The EWMA of realized variance over accepted marks grouped by column, in order."""
+        st = self.state
+        f = np.flatnonzero(acc & (px > 0))
+        if not len(f):
+            return
+        fj, ft, fp = js[f], ts[f], px[f]
+        new_f = np.r_[True, fj[1:] != fj[:-1]]
+        # an update needs a strictly newer time than the column's previous update
+        keep = ft > np.where(new_f, st.ewma_ts[fj], np.r_[0, ft[:-1]])
+        kj, kt, kp = fj[keep], ft[keep], fp[keep]
+        if not len(kj):
+            return
+        new_k = np.r_[True, kj[1:] != kj[:-1]]
+        pt = np.where(new_k, st.ewma_ts[kj], np.r_[0, kt[:-1]])
+        pp = np.where(new_k, st.ewma_price[kj], np.r_[0.0, kp[:-1]])
+        h = np.flatnonzero((pt >= 0) & (pp > 0))
+        if len(h):
+            r = np.array(list(map(math.log, (kp[h] / pp[h]).tolist())))
+            x = r * r / ((kt[h] - pt[h]) / NS_PER_S)
+            hj = kj[h]
+            starts = np.flatnonzero(np.r_[True, hj[1:] != hj[:-1]])
+            rank = np.arange(len(hj)) - np.repeat(starts, np.diff(np.r_[starts, len(hj)]))
+            alpha = self.config.vol_alpha
+            beta = 1 - alpha
+            var, cnt = st.ewma_var, st.ewma_n
+            for step in range(int(rank.max()) + 1):  # the recursion, one update per column
+                sel = np.flatnonzero(rank == step)
+                sj, sx = hj[sel], x[sel]
+                n0 = cnt[sj]
+                var[sj] = np.where(n0 == 0, sx, beta * var[sj] + alpha * sx)
+                cnt[sj] = n0 + 1
+        lk = np.flatnonzero(np.r_[kj[1:] != kj[:-1], True])
+        st.ewma_price[kj[lk]] = kp[lk]
+        st.ewma_ts[kj[lk]] = kt[lk]
+
     def _process(self, items: Sequence[Item]) -> list[Any]:
         st = self.state
         if not st.key and items:
             self._init(items[0][1])
         out: list[Any] = []
         col = self._col
-        mark, mark_ts, mark_id, last_ts = st.mark, st.mark_ts, st.mark_id, st.last_ts
-        ewma_price, ewma_ts, ewma_var, ewma_n = (st.ewma_price, st.ewma_ts, st.ewma_var,
-                                                 st.ewma_n)
-        is_opt = self._is_opt_list
-        alpha = self.config.vol_alpha
-        beta = 1 - alpha
+        last_ts = st.last_ts
         changed: dict[int, str] = {}  # column -> id of the record that re-valued it
         touched: dict[int, list[str]] = {}  # row -> ids of own records, oldest first
         touched_ts: dict[int, int] = {}
         touched_cols: dict[int, tuple[str, int]] = {}  # column -> (first id, its row)
         coll_dirty: dict[int, str] = {}
         fx_dirty = False
+        runs: list[list[Any]] = []  # plain marks not applied yet (they commute with fills)
+        recv: int | None = None
         for role, _key, target, ev in items:
+            if role == "marks":
+                runs.append(ev)
+                continue
+            if runs and role in ("fx", "snap"):  # these read or re-value marks
+                rt = self._apply_marks(runs, changed)
+                if rt is not None and (recv is None or rt > recv):
+                    recv = rt
+                runs = []
+            rt = getattr(ev, "recv_ts", None)
+            if rt is not None and (recv is None or rt > recv):
+                recv = rt
             ts = ev.ts
             if role == "mark":
-                j = col[target]
-                if ts > last_ts[j]:  # noqa: PLR1730 - cheaper than max() per record
-                    last_ts[j] = ts
-                if ts < mark_ts[j]:
-                    continue
-                t = type(ev)
-                price = ev.price if t is Trade or t is IndexPrice else _price_of(ev)
-                if price is None:  # pragma: no cover - routed marks always have a price
-                    continue
-                rid = ev.id
-                mark[j], mark_ts[j], mark_id[j] = price, ts, rid
-                changed[j] = rid
-                if is_opt[j]:
-                    st.opt_delta[j], st.und_price[j] = ev.delta, ev.underlying_price
-                elif price > 0:
-                    ets = ewma_ts[j]
-                    if ets >= 0 and ts > ets and ewma_price[j] > 0:
-                        r = math.log(price / ewma_price[j])
-                        inst = r * r / ((ts - ets) / NS_PER_S)
-                        ewma_var[j] = (inst if ewma_n[j] == 0
-                                       else beta * ewma_var[j] + alpha * inst)
-                        ewma_n[j] += 1
-                    if ts > ets:
-                        ewma_price[j], ewma_ts[j] = price, ts
+                self._mark_one(col[target], ev, changed)
                 continue
             if role == "fx":
                 cur = st.fx.get(target)
@@ -672,11 +792,11 @@ class ShardLogic:
                 continue
             if role == "vol":
                 j = col[target]
-                last_ts[j] = max(last_ts[j], ts)
+                if ts > last_ts[j]:  # noqa: PLR1730 - cheaper than max() per record
+                    last_ts[j] = ts
                 if ts >= st.feature_vol_ts[j]:
                     st.feature_vol[j] = float(ev.values[self.config.vol_feature])
                     st.feature_vol_ts[j] = ts
-                    self._fv = None
                 continue
             i = self._row_of(ev.counterparty)
             if role == "bal":
@@ -713,16 +833,19 @@ class ShardLogic:
                 out.extend(self._on_snapshot(ev, i, j))
             else:  # orders
                 st.orders[i, j] = ev.notional
+                self._any_orders = True
             _evidence_add(st.evidence.setdefault((i, j), []), ev.id, self.config.max_evidence)
             touched.setdefault(i, []).append(ev.id)
             touched_ts[i] = max(touched_ts.get(i, 0), ts)
             touched_cols.setdefault(j, (ev.id, i))
+        if runs:
+            rt = self._apply_marks(runs, changed)
+            if rt is not None and (recv is None or rt > recv):
+                recv = rt
         if fx_dirty:
             self._refresh_fx()
         if not (changed or touched or coll_dirty):
             return out
-        recv = max((rt for it in items if (rt := getattr(it[3], "recv_ts", None)) is not None),
-                   default=None)
         return self._revalue(out, changed, touched, touched_ts, touched_cols, coll_dirty,
                              recv)
 
@@ -791,7 +914,7 @@ class ShardLogic:
             reason = (f"{why}; position of {cp} is unvalued" if mark_missing else why)
             out.append(RiskAlert(
                 id=_alert_id(kind, name, cp, rid), kind=kind,
-                scope=Scope(kind=ScopeKind.INSTRUMENT, value=name), ts=st.last_ts[j],
+                scope=Scope(kind=ScopeKind.INSTRUMENT, value=name), ts=int(st.last_ts[j]),
                 severity=Severity.WARN, reason=reason,
                 details={"counterparty": cp}, evidence_ids=[rid],
             ))
@@ -842,21 +965,22 @@ class ShardLogic:
         cap = self.config.max_evidence
         qty, orders = st.qty[:n], st.orders[:n]
         active_all = (qty != 0.0) | (orders != 0.0)
-        mark = np.array(st.mark)
+        mark = st.mark
         fxq, fxu = self._fxq, self._fxu
         valued = ~(np.isnan(mark) | np.isnan(fxq) | np.isnan(fxu))
         dirty = np.zeros(n, dtype=bool)
         jc = np.fromiter(changed, dtype=np.int64, count=len(changed))
         if len(jc):
-            dirty |= active_all[:, jc].any(axis=1)
-        for i in touched:
-            dirty[i] = True
-        for i in coll_dirty:
-            dirty[i] = True
+            held_jc = active_all[:, jc]
+            dirty |= held_jc.any(axis=1)
+        if touched:
+            dirty[list(touched)] = True
+        if coll_dirty:
+            dirty[list(coll_dirty)] = True
         if touched_cols or changed:
             cand = np.zeros(len(st.insts), dtype=bool)
             if len(jc):
-                cand[jc] = active_all[:, jc].any(axis=0)
+                cand[jc] = held_jc.any(axis=0)
             if touched_cols:
                 cand[list(touched_cols)] = True
             bad = np.flatnonzero(cand & ~valued).tolist()
@@ -867,54 +991,52 @@ class ShardLogic:
         if not len(rows):
             return out
         opt = self._is_opt
-        und_px = np.array(st.und_price)
-        nf = np.where(opt, und_px * fxu, mark * fxq)
-        df = np.where(opt, np.array(st.opt_delta) * und_px * fxu, nf)
-        nf = np.where(valued, nf, 0.0)
-        df = np.where(valued, df, 0.0)
-        # every row dirty (the common case under a steady mark stream): views, not copies
-        sel: Any = slice(0, n) if len(rows) == n else rows
-        qm = qty[sel] * self._mult
-        notional = qm * nf
-        delta = qm * df
+        und_px = st.und_price
+        nf = np.where(valued, np.where(opt, und_px * fxu, mark * fxq), 0.0)
+        df = np.where(valued, np.where(opt, st.opt_delta * und_px * fxu, nf), 0.0)
         fx_v = np.where(valued, fxq, 0.0)
-        upnl = qm * (np.where(valued, mark, 0.0) - st.avg[sel]) * fx_v
-        upnl_r = upnl.sum(axis=1)
-        bad = np.isnan(upnl_r)
-        if bad.any():  # no average entry price (nan): no unrealized PnL for that position
-            upnl_r[bad] = np.nansum(upnl[bad], axis=1)
-        upnl_s = upnl_r.tolist()
-        ord_s = (orders[sel] * fx_v).sum(axis=1).tolist()
-        act = active_all[sel]
-        gross = np.abs(notional).sum(axis=1).tolist()
-        net = notional.sum(axis=1).tolist()
-        d_u = _group_sum(delta, self._u_perm, self._u_starts, np.add)
-        held_u = _group_sum(act, self._u_perm, self._u_starts, np.logical_or)
+        mark_v = np.where(valued, mark, 0.0)
+        # the held positions of the dirty rows only, row-major (a few thousand cells rather
+        # than the whole counterparty x instrument grid)
+        m = len(rows)
+        act = active_all if m == n else active_all[rows]
+        k_all = len(st.insts)
+        r_i, c_i = np.divmod(np.flatnonzero(act), k_all)
+        flat = (r_i if m == n else rows[r_i]) * k_all + c_i
+        qm = st.qty.ravel()[flat] * self._mult[c_i]
+        notional = qm * nf[c_i]
+        upnl = qm * (mark_v[c_i] - st.avg.ravel()[flat]) * fx_v[c_i]
+        # no average entry price (nan): no unrealized PnL for that position
+        upnl[np.isnan(upnl)] = 0.0
+        gross = np.bincount(r_i, np.abs(notional), m).tolist()
+        net = np.bincount(r_i, notional, m).tolist()
+        upnl_s = np.bincount(r_i, upnl, m).tolist()
+        ord_s = (np.bincount(r_i, st.orders.ravel()[flat] * fx_v[c_i], m).tolist()
+                 if self._any_orders else [0.0] * m)
+        n_u = len(self._und_names)
+        ug = r_i * n_u + self._und_code[c_i]
+        d_u: Any = np.bincount(ug, qm * df[c_i], m * n_u).reshape(m, n_u).tolist()
+        held_u = np.bincount(ug, None, m * n_u).reshape(m, n_u) > 0
+        held_all_u: Any = held_u.all(axis=1).tolist()
+        held_u_l = held_u.tolist()
         same = self._asset_is_delta
         if not same:
-            n_a = _group_sum(notional, self._a_perm, self._a_starts, np.add)
-            held_a = _group_sum(act, self._a_perm, self._a_starts, np.logical_or)
-        mts = np.where(valued, np.array(st.mark_ts, dtype=np.int64), NEVER_STALE)
-        # every per-row list in one pass each: row-major nonzero, then slice per row
-        r_i, c_i = np.nonzero(act)
+            n_a = len(self._asset_names)
+            ag = r_i * n_a + self._asset_code[c_i]
+            d_a: Any = np.bincount(ag, notional, m * n_a).reshape(m, n_a).tolist()
+            held_a = np.bincount(ag, None, m * n_a).reshape(m, n_a) > 0
+            held_all_a: Any = held_a.all(axis=1).tolist()
+            held_a_l = held_a.tolist()
+        mts_c = np.where(valued, st.mark_ts, NEVER_STALE)[c_i]
+        # every per-row list in one pass each, then sliced per row
         names_all = self._names[c_i].tolist()
-        not_all = notional[r_i, c_i].tolist()
-        mts_c = mts[c_i]
+        not_all = notional.tolist()
         mts_b = mts_c.tobytes()  # parts carry packed int64s, not per-position int objects
-        bounds_a = np.searchsorted(r_i, np.arange(len(rows) + 1))
+        bounds_a = np.r_[0, np.cumsum(np.bincount(r_i, None, m))]
         bounds = bounds_a.tolist()
-        ts_rows = _row_reduce(np.maximum, np.array(st.last_ts, dtype=np.int64)[c_i],
-                              bounds_a, 0)
+        ts_rows = _row_reduce(np.maximum, st.last_ts[c_i], bounds_a, 0)
         oldest_rows = _row_reduce(np.minimum, mts_c, bounds_a, NEVER_STALE)
-        ru, ku = np.nonzero(held_u)
-        du_names = self._und_arr[ku].tolist()
-        du_vals = d_u[ru, ku].tolist()
-        ubounds = np.searchsorted(ru, np.arange(len(rows) + 1)).tolist()
-        if not same:
-            ra, ka = np.nonzero(held_a)
-            da_names = self._asset_arr[ka].tolist()
-            da_vals = n_a[ra, ka].tolist()
-            abounds = np.searchsorted(ra, np.arange(len(rows) + 1)).tolist()
+        und_names = self._und_names
         # realized vol per underlying is a market property: one dict shared by every part
         uvol = self._und_vols(active_all)
         uvol_values = {u: v for u, (v, _t) in sorted(uvol.items())}
@@ -929,7 +1051,7 @@ class ShardLogic:
             ends = np.searchsorted(flagged, bounds_a[1:])[r_i[flagged]]
             kept = flagged[ends - np.arange(len(flagged)) <= cap]
             cc_all = trig[c_i[kept]].tolist()
-            cbounds = np.searchsorted(kept, bounds_a).tolist()
+            cbounds: Any = np.searchsorted(kept, bounds_a).tolist()
         valued_l = valued.tolist() if any(any_unvalued) else []
         c_l = c_i.tolist() if valued_l else []
         for k, i in enumerate(rows.tolist()):
@@ -938,8 +1060,6 @@ class ShardLogic:
             names = names_all[lo:hi]
             unvalued = ([nm for nm, c in zip(names, c_l[lo:hi], strict=True)
                          if not valued_l[c]] if any_unvalued[k] else [])
-            ulo, uhi = ubounds[k], ubounds[k + 1]
-            unds = du_names[ulo:uhi]
             evidence: list[str] = []
             if len(jc):
                 evidence = cc_all[cbounds[k]:cbounds[k + 1]]
@@ -956,14 +1076,20 @@ class ShardLogic:
             if i in coll_dirty and coll_dirty[i] not in evidence:
                 evidence.append(coll_dirty[i])
             st.seq += 1
-            d = dict(zip(unds, du_vals[ulo:uhi], strict=True))
+            d = (dict(zip(und_names, d_u[k], strict=True)) if held_all_u[k]
+                 else dict(compress(zip(und_names, d_u[k], strict=True), held_u_l[k])))
             # sharing one dict for both is safe: parts and exposures never mutate them
-            a = d if same else dict(zip(da_names[abounds[k]:abounds[k + 1]],
-                                        da_vals[abounds[k]:abounds[k + 1]], strict=True))
+            if same:
+                a = d
+            else:
+                a = (dict(zip(self._asset_names, d_a[k], strict=True)) if held_all_a[k]
+                     else dict(compress(zip(self._asset_names, d_a[k], strict=True),
+                                        held_a_l[k])))
             out.append(Part(
                 cp, st.key, st.seq, ts, gross[k], net[k], upnl_s[k], ord_s[k], coll, d, a,
-                names, not_all[lo:hi], mts_b[8 * lo:8 * hi], oldest_rows[k], unvalued, uvol,
+                [], [], mts_b[8 * lo:8 * hi], oldest_rows[k], unvalued, uvol,
                 uvol_values, evidence[-cap:], recv_ts,
+                dict(zip(names, not_all[lo:hi], strict=True)),
             ))
         return out
 
@@ -1097,7 +1223,7 @@ class CounterpartyLogic:
             p = ps[0]
             gross, net, upnl, orders, coll = p.gross, p.net, p.upnl, p.orders, p.collateral
             delta, by_asset = p.delta, p.by_asset
-            by_inst = dict(zip(p.names, p.notionals, strict=True))
+            by_inst = p.positions()
             vol_values = p.vol_values
             unvalued = p.unvalued
         else:
@@ -1112,7 +1238,7 @@ class CounterpartyLogic:
                     delta[k] = delta.get(k, 0.0) + v
                 for k, v in p.by_asset.items():
                     by_asset[k] = by_asset.get(k, 0.0) + v
-                by_inst.update(zip(p.names, p.notionals, strict=True))
+                by_inst.update(p.positions())
                 for k, vt in p.vols.items():
                     cur = vols.get(k)
                     if cur is None or vt[1] > cur[1]:
@@ -1127,7 +1253,8 @@ class CounterpartyLogic:
                 if p.oldest < horizon:
                     mts = np.frombuffer(p.mark_ts, dtype=np.int64)
                     stale_ix = np.flatnonzero(mts < horizon).tolist()
-                    old.update((p.names[x], int(mts[x])) for x in stale_ix)
+                    names = p.names or list(p.positions())
+                    old.update((names[x], int(mts[x])) for x in stale_ix)
         for name, mark_ts in old.items():
             if name in st.stale:
                 continue
