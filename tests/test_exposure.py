@@ -514,7 +514,7 @@ def test_a_long_run_of_marks_is_applied_whole_array_like_one_by_one() -> None:
                   price=10.0 + (k % 7) * 0.1, qty=1.0, side="buy") for k in range(200)]
     evs.insert(50, Trade(id="late", venue="v", instrument="P1", ts=3 * S, price=50.0,
                          qty=1.0, side="buy"))
-    evs.insert(80, Trade(id="same", venue="v", instrument="P0", ts=evs[79].ts, price=12.0,
+    evs.insert(80, Trade(id="same", venue="v", instrument="P0", ts=79 * S, price=12.0,
                          qty=1.0, side="buy"))
     packs = router.route_batch(evs)
     assert [it[0] for it in packs[0][1]] == ["fill", "marks"]
@@ -545,8 +545,8 @@ def test_a_version_3_shard_snapshot_is_migrated_and_resumes_identically() -> Non
     out = [o for it in mine[:8] for o in half.on_event(it)]
     snap = half.snapshot()
     v3 = ShardState(**{**snap.__dict__, "version": 3,
-                       **{k: getattr(snap, k).tolist() for k in COLUMNS + (
-                           "opt_delta", "und_price", "feature_vol", "feature_vol_ts")}})
+                       **{k: getattr(snap, k).tolist() for k in (
+                           *COLUMNS, "opt_delta", "und_price", "feature_vol", "feature_vol_ts")}})
     resumed = ShardLogic(cfg, reg, pickle.loads(pickle.dumps(v3)))
     assert resumed.state.version == 4
     out += [o for it in mine[8:] for o in resumed.on_event(it)]
