@@ -386,6 +386,8 @@ class DetectorLogic:
         self._dirty = True
         self._ready = False
         self._pickled: tuple[bytes, bytes, bytes] = (b"", b"", b"")
+        self._thr: float | None = None  # threshold() until the quantile next changes
+        self._min_scores = self.min_scores
         self.quantile = ScoreQuantile(config.threshold_window, True, s.quantile or None)
         self.drift: Any = pickle.loads(s.drift) if s.drift else _make_drift(config)  # own state
         self._up = 1.0 + config.tail_step
@@ -484,19 +486,21 @@ class DetectorLogic:
         x = [get(f, 0.0) for f in feats]
         s.n_seen += 1
         # running z-scores against the learned statistics (score before learning)
-        mean, var = s.mean, s.var
         n_stats = s.n_stats
-        z = [0.0] * len(x)
+        sd: list[float] | None = None
         if n_stats:
-            for i, v in enumerate(x):
-                m = mean[i]
-                d = v - m
+            sqrt = math.sqrt
+            z = []
+            sd = []
+            for v, m, vv in zip(x, s.mean, s.var, strict=True):
                 # a feature that has not varied yet has no scale: it scores 0 until
                 # it has (one learned deviation gives it one)
                 floor = 1e-9 * (abs(m) + 1e-9)
-                vv = var[i]
-                if vv > floor * floor:
-                    z[i] = d / math.sqrt(vv)
+                r = sqrt(vv)
+                sd.append(r)
+                z.append((v - m) / r if vv > floor * floor else 0.0)
+        else:
+            z = [0.0] * len(x)
         # the model's score; an ArrayHST also counts the point (taken back if not learned)
         leaves: tuple[int, ...] | None = None
         fresh_leaves: tuple[int, ...] | None = None
@@ -513,18 +517,19 @@ class DetectorLogic:
         ready = self._ready or self.model_ready()
         self._ready = ready
         warming = (s.n_learned < c.warmup_events or fv.ts - s.first_ts < c.warmup_ns
-                   or not ready or self.quantile.count < self.min_scores)
-        thr = self.threshold()
+                   or not ready or self.quantile.count < self._min_scores)
+        thr = self._thr
+        if thr is None:
+            thr = self._thr = self.threshold()
         model_score = score
         # calibrated univariate tail: worst |z| over that feature's recent normal peak
         tail = 0.0
         if self._tailing and n_stats >= 30:
-            peak = s.peak
             mz = c.tail_min_z
-            for i, zi in enumerate(z):
-                p = peak[i]
+            for zi, p in zip(z, s.peak, strict=True):
                 t = abs(zi) / (p if p > mz else mz)
-                tail = max(tail, t)
+                if t > tail:  # noqa: PLR1730  # hot loop: a compare beats a max() call
+                    tail = t
             if tail > c.tail_cut and thr != math.inf:
                 score = max(score, thr + abs(thr) * (tail / c.tail_cut - 1.0))
         anomalous = score > thr
@@ -551,7 +556,8 @@ class DetectorLogic:
             s.n_learned += 1
             if ready:
                 self.quantile.update(model_score)
-            self._learn_stats(x, z)
+                self._thr = None
+            self._learn_stats(x, z, sd)
             if self.fresh is not None:
                 s.n_fresh += 1
                 if s.n_fresh >= c.blend_points:
@@ -626,13 +632,14 @@ class DetectorLogic:
             else:
                 m.learn_one(dict(zip(feats, x, strict=True)))
 
-    def _learn_stats(self, x: list[float], z: list[float]) -> None:
+    def _learn_stats(self, x: list[float], z: list[float], sd: list[float] | None) -> None:
         """Welford, then exponential forgetting; a streaming ``tail_quantile`` of |z|.
 
         The quantile of each feature's |z| moves up by ``tail_step`` (relative)
         when a learned point exceeds it and down by a matching small step
         otherwise, so it settles where a ``1 - tail_quantile`` share of points
-        exceed it, and a slow ramp cannot drag it up faster than that.
+        exceed it, and a slow ramp cannot drag it up faster than that. ``sd``
+        holds the standard deviations before this point (``None`` for the first).
         """
         s = self.s
         c = self.config
@@ -644,21 +651,27 @@ class DetectorLogic:
         peak = s.peak
         up, down = self._up, self._down
         clip = c.stats_clip
-        sqrt = math.sqrt
-        for i, v in enumerate(x):
-            d = v - mean[i]
-            if track_peak:
+        b = 1.0 - a
+        if track_peak and sd is not None:
+            for i, v in enumerate(x):
+                d = v - mean[i]
                 # Huber-style: a learned point moves the statistics at most as far as
                 # one ``stats_clip`` standard deviations away would, so a slow ramp
                 # (a freezing feed) cannot inflate the variance it is measured by
-                lim = clip * sqrt(var[i])
+                lim = clip * sd[i]
                 if d > lim:
                     d = lim
                 elif d < -lim:
                     d = -lim
-                peak[i] *= up if abs(z[i]) > peak[i] else down
-            mean[i] += a * d
-            var[i] = (1.0 - a) * (var[i] + a * d * d)
+                p = peak[i]
+                peak[i] = p * (up if abs(z[i]) > p else down)
+                mean[i] += a * d
+                var[i] = b * (var[i] + a * d * d)
+        else:
+            for i, v in enumerate(x):
+                d = v - mean[i]
+                mean[i] += a * d
+                var[i] = b * (var[i] + a * d * d)
         if c.scaler == "minmax":
             lo, hi = s.lo, s.hi
             for i, v in enumerate(x):
@@ -673,6 +686,7 @@ class DetectorLogic:
             self.model = self._new_model()
             self.fresh = None
             self.quantile = ScoreQuantile(self.config.threshold_window, self.quantile.bounded)
+            self._thr = None
             s.n_learned = 0
             s.first_ts = ts
         elif policy == "blend":

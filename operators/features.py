@@ -228,6 +228,9 @@ class FeatureLogic:
         self._bar_ns = config.bar_ns
         self._by_bar = config.cadence == "bar"
         self._max_evidence = config.max_evidence
+        self._return_window = config.return_window_ns
+        self._rv_alpha = config.fast_alpha * 0.3
+        self._scope: tuple[str, bool, Scope] | None = None  # (key, is_venue, scope)
 
     # -- public ------------------------------------------------------------
     def snapshot(self) -> FeatureState:
@@ -254,9 +257,14 @@ class FeatureLogic:
             s.pending = False
         if ts > s.watermark:
             s.watermark = ts
-            s.bar = max(s.bar, bar)
+            if bar > s.bar:  # noqa: PLR1730  # hot path: a compare beats a max() call
+                s.bar = bar
         s.last_ts = s.watermark
-        self._apply(rec, ts)
+        t = type(rec)
+        if t is Quote:
+            self._quote(rec, ts)
+        else:
+            self._apply(rec, ts)
         ev = s.evidence
         ev.append(rec.id)
         if len(ev) > self._max_evidence:
@@ -331,22 +339,33 @@ class FeatureLogic:
                               f"skew {self.config.allowed_skew_ns} ns)", str(ts))
         return None
 
+    def _quote(self, rec: Quote, ts: int) -> None:
+        """The most common record, on its own short path (same steps as ``_apply``)."""
+        s = self.s
+        if not s.kind:
+            s.kind = "market"
+        if not s.key:
+            s.key = f"{rec.venue}/{rec.instrument}"
+        bid, ask = rec.bid, rec.ask
+        mid = 0.5 * (bid + ask)
+        s.spread_bps = (ask - bid) / mid * 1e4
+        bsz, asz = rec.bid_size, rec.ask_size
+        depth = bsz + asz
+        s.depth_imb = (bsz - asz) / depth if depth > 0 else 0.0
+        if ts > s.quote_ts:  # noqa: PLR1730  # hot path: a compare beats a max() call
+            s.quote_ts = ts
+        s.has_quotes = True
+        self._price(mid, ts)
+        if rec.recv_ts is not None:
+            s.recv_lag_ns = rec.recv_ts - ts
+
     def _apply(self, rec: Any, ts: int) -> None:
         s = self.s
         t = type(rec)
         if t is Quote:
-            if not s.kind:
-                s.kind = "market"
-            if not s.key:
-                s.key = f"{rec.venue}/{rec.instrument}"
-            mid = 0.5 * (rec.bid + rec.ask)
-            s.spread_bps = (rec.ask - rec.bid) / mid * 1e4
-            depth = rec.bid_size + rec.ask_size
-            s.depth_imb = (rec.bid_size - rec.ask_size) / depth if depth > 0 else 0.0
-            s.quote_ts = max(s.quote_ts, ts)
-            s.has_quotes = True
-            self._price(mid, ts)
-        elif t is Trade:
+            self._quote(rec, ts)
+            return
+        if t is Trade:
             if not s.kind:
                 s.kind = "market"
             if not s.key:
@@ -386,16 +405,16 @@ class FeatureLogic:
         logp = math.log(mid)
         if s.mid > 0.0:
             r = logp - s.logp
-            s.rv_var += self._fast * 0.3 * (r * r - s.rv_var)
-            if mid != s.mid:
-                s.change_ts = max(s.change_ts, ts)
+            s.rv_var += self._rv_alpha * (r * r - s.rv_var)
+            if mid != s.mid and ts > s.change_ts:
+                s.change_ts = ts
         else:
             s.change_ts = ts
         s.mid = mid
         s.logp = logp
         h = s.hist
         h.append((ts, logp))
-        horizon = ts - self.config.return_window_ns
+        horizon = ts - self._return_window
         while len(h) > 2 and h[1][0] <= horizon:
             h.popleft()
 
@@ -509,11 +528,18 @@ class FeatureLogic:
     def _vector(self, now: int) -> FeatureVector:
         s = self.s
         key = s.key
-        if s.kind == "venue":
-            scope = Scope(kind=ScopeKind.VENUE, value=key)
+        is_venue = s.kind == "venue"
+        cached = self._scope
+        if cached is not None and cached[0] == key and cached[1] is is_venue:
+            scope = cached[2]
         else:
-            venue, _, inst = key.partition("/")
-            scope = Scope(kind=ScopeKind.INSTRUMENT, value=inst or key, venue=venue or None)
+            if is_venue:
+                scope = Scope(kind=ScopeKind.VENUE, value=key)
+            else:
+                venue, _, inst = key.partition("/")
+                scope = Scope(kind=ScopeKind.INSTRUMENT, value=inst or key,
+                              venue=venue or None)
+            self._scope = (key, is_venue, scope)  # frozen: shared by this key's vectors
         return FeatureVector(
             key=key, scope=scope, ts=now, recv_ts=now + s.recv_lag_ns if s.recv_lag_ns else None,
             values=self.values(now), evidence_ids=list(s.evidence),
