@@ -8,7 +8,10 @@ cadence, the same in per-event mode, each as a ratio to bytewax's keyed
 rate (the detector runs once per key per bar, so its cost per raw event falls
 as keys get busier), and memory and snapshot size per key. Model construction
 is included (it is cheap now: the tree shape is drawn once per feature set).
-The machine is shared: numbers are noisy.
+River itself is imported before timing, like bytewax: the detector imports it
+lazily on its first key, a one-off ~0.6 s per process that would otherwise
+land in the first measured run only. The machine is shared, so numbers are
+noisy: each figure is the best of ``--repeat`` interleaved runs (default 3).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bytewax.operators as op
+import river.drift  # noqa: F401  # one-off import outside the timed runs (see above)
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 from riskguard.operators.anomaly import (
@@ -106,19 +110,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keys", type=int, default=1000)
     ap.add_argument("--rates", type=str, default="4,20",
                     help="events per second per key to measure, comma-separated")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="interleaved runs per figure; the best is printed")
     args = ap.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
     print(f"{args.events} quotes over {args.keys} keys, 1 worker, epoch interval "
-          f"{EPOCH.total_seconds():.0f} s (machine shared: numbers are noisy)")
+          f"{EPOCH.total_seconds():.0f} s, best of {args.repeat} runs "
+          "(machine shared: numbers are noisy)")
     for rate in rates:
         events = make_events(args.events, args.keys, rate)
-        base = run_passthrough(events)
+        base = bar = per_event = 0.0
+        for _ in range(args.repeat):
+            base = max(base, run_passthrough(events))
+            bar = max(bar, run_guard(events, "bar"))
+            per_event = max(per_event, run_guard(events[: args.events // 4], "event"))
         print(f"\n{rate:g} events/s per key ({rate:g} raw events per 1 s bar per key)")
         print(f"  keyed stateful_map pass-through: {base:,.0f} events/s")
-        bar = run_guard(events, "bar")
         print(f"  features + detect_anomalies, 1 s bars: {bar:,.0f} events/s "
               f"(ratio {bar / base:.3f}; goal >= 0.25)")
-        per_event = run_guard(events[: args.events // 4], "event")
         print(f"  features + detect_anomalies, per event: {per_event:,.0f} events/s "
               f"(ratio {per_event / base:.3f})")
     events = make_events(args.events, args.keys)
