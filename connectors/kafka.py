@@ -5,7 +5,8 @@ assigned (no consumer group) and with offsets kept in bytewax recovery state.
 Messages are decoded in batches straight into typed records through the wire
 contract; bad ones become :class:`~riskguard.schemas.DeadLetter` on ``errs``.
 On resume the consumer uses ``auto.offset.reset=error`` so a lost offset is
-loud rather than a silent skip.
+loud rather than a silent skip. ``key_split_topics`` makes a topic's records
+stay on the worker that reads them (see :class:`KafkaInput`).
 
 **Sink** (:func:`kafka_output`): our own, because bytewax's ``KafkaSink``
 ignores delivery failures. It produces with ``enable.idempotence=true`` and
@@ -17,6 +18,7 @@ commits the epoch) and on close. Any unacknowledged message raises
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -25,7 +27,12 @@ from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream, operator
-from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.inputs import (
+    DynamicSource,
+    FixedPartitionedSource,
+    StatefulSourcePartition,
+    StatelessSourcePartition,
+)
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Producer, TopicPartition
 from confluent_kafka import KafkaError as _KE
@@ -49,6 +56,102 @@ from riskguard.errors import BrokerError, ConfigError, DeliveryError
 
 _STARTS = {"earliest": OFFSET_BEGINNING, "latest": OFFSET_END}
 _IDLE_BACKOFF = timedelta(milliseconds=2)
+_M64 = (1 << 64) - 1
+
+
+def _siphash13(data: bytes) -> int:
+    """SipHash-1-3 with a zero key: Rust's ``DefaultHasher::new()``."""
+    v0, v1 = 0x736F6D6570736575, 0x646F72616E646F6D
+    v2, v3 = 0x6C7967656E657261, 0x7465646279746573
+
+    def rounds(v0: int, v1: int, v2: int, v3: int, n: int) -> tuple[int, int, int, int]:
+        for _ in range(n):
+            v0 = (v0 + v1) & _M64
+            v1 = ((v1 << 13) | (v1 >> 51)) & _M64 ^ v0
+            v0 = ((v0 << 32) | (v0 >> 32)) & _M64
+            v2 = (v2 + v3) & _M64
+            v3 = ((v3 << 16) | (v3 >> 48)) & _M64 ^ v2
+            v0 = (v0 + v3) & _M64
+            v3 = ((v3 << 21) | (v3 >> 43)) & _M64 ^ v0
+            v2 = (v2 + v1) & _M64
+            v1 = ((v1 << 17) | (v1 >> 47)) & _M64 ^ v2
+            v2 = ((v2 << 32) | (v2 >> 32)) & _M64
+        return v0, v1, v2, v3
+
+    n = len(data)
+    end = n - n % 8
+    for i in range(0, end, 8):
+        (m,) = struct.unpack_from("<Q", data, i)
+        v3 ^= m
+        v0, v1, v2, v3 = rounds(v0, v1, v2, v3, 1)
+        v0 ^= m
+    last = (n & 0xFF) << 56
+    for j, byte in enumerate(data[end:]):
+        last |= byte << (8 * j)
+    v3 ^= last
+    v0, v1, v2, v3 = rounds(v0, v1, v2, v3, 1)
+    v0 ^= last
+    v2 ^= 0xFF
+    v0, v1, v2, v3 = rounds(v0, v1, v2, v3, 3)
+    return v0 ^ v1 ^ v2 ^ v3
+
+
+def route_worker(key: str | bytes, workers: int) -> int:
+    """The worker bytewax 0.21 routes state key ``key`` to, out of ``workers``.
+
+    bytewax hashes a ``StateKey(String)`` with Rust's derived ``Hash`` (the
+    UTF-8 bytes, then ``0xff``) under ``DefaultHasher`` (SipHash-1-3, zero
+    key), and timely's exchange takes it modulo the worker count.
+    ``tests/test_guard_scaling.py`` checks this against a 3-worker run.
+
+    >>> [route_worker(k, 3) for k in ("k0", "k1", "binance/BTC-PERP")]
+    [1, 1, 2]
+    """
+    data = key.encode() if isinstance(key, str) else key
+    return _siphash13(data + b"\xff") % workers
+
+
+# Per process: the cluster's worker count and, per worker thread, its index, as
+# seen by the ``workers`` probe step that kafka_input adds before its source.
+_CLUSTER: dict[str, int] = {}
+_THREAD_WORKER: dict[int, int] = {}
+
+
+class _NoItems(StatelessSourcePartition[Any]):
+    def next_batch(self) -> list[Any]:
+        raise StopIteration
+
+
+class WorkerProbe(DynamicSource[Any]):
+    """Emits nothing; records the worker count before the next source lists its parts.
+
+    bytewax builds a worker's steps in flow order, so a probe placed before a
+    :class:`KafkaInput` has run on that worker when the source lists its parts.
+    """
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _NoItems:
+        _CLUSTER["workers"] = worker_count
+        _THREAD_WORKER[threading.get_ident()] = worker_index
+        return _NoItems()
+
+
+class _KeyOwner:
+    """Keeps a message when its Kafka key routes to ``replica`` (cached per key)."""
+
+    _MAX_KEYS = 100_000
+
+    def __init__(self, replica: int, workers: int) -> None:
+        self.replica = replica
+        self.workers = workers
+        self.owner: dict[bytes | None, int] = {}
+
+    def __call__(self, key: bytes | None) -> bool:
+        owner = self.owner.get(key)
+        if owner is None:
+            if len(self.owner) >= self._MAX_KEYS:
+                self.owner.clear()
+            owner = self.owner[key] = 0 if key is None else route_worker(key, self.workers)
+        return owner == self.replica
 
 
 def list_partitions(settings: KafkaSettings, topic: str, timeout_s: float = 10.0) -> list[int]:
@@ -203,8 +306,10 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         codec: Codec, batch_size: int, idle_eof_ns: int | None,
         policy: EventTimePolicy | None, clock: Clock, watermark: int = -1,
         stamp_recv_ts: bool = False, align: EventTimeAlignment | None = None,
+        name: str | None = None, keep: Callable[[bytes | None], bool] | None = None,
     ) -> None:
         self._stamp = stamp_recv_ts
+        self._keep = keep
         self._shared = shared
         shared.add(topic, idx, offset)
         self._topic = topic
@@ -221,14 +326,18 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         self._lag = CONSUMER_LAG.labels(topic, str(idx))
         self._lag_due = 0
         self._align = align
-        self._name = f"{idx}-{topic}"
+        self._name = name or f"{idx}-{topic}"
         self._buf: deque[tuple[Any, int]] = deque()
         self._emitted_ts = watermark
         if align is not None:
             align.register(self._name, clock(), watermark)
 
     def _fetch(self) -> tuple[list[Any], list[int]] | None:
-        """Decode the pending Kafka messages: ``(records, offsets)``; None when none came."""
+        """Decode the pending Kafka messages: ``(records, offsets)``; None when none came.
+
+        Messages that ``keep`` rejects (another replica's keys) are skipped
+        undecoded; ``self._offset`` moves past every message taken.
+        """
         msgs = self._shared.take(self._topic, self._idx)
         if not msgs:
             idle_eof = self._idle_eof_ns
@@ -241,6 +350,8 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         out: list[Any] = []
         offsets: list[int] = []
         append, append_off = out.append, offsets.append
+        keep = self._keep
+        last_off = -1
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -249,7 +360,9 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
                 msg = (f"consuming Kafka topic {topic!r} partition {idx} near offset "
                        f"{self._offset}: {err.str()}")
                 raise BrokerError(msg)
-            off = m.offset() or 0
+            off = last_off = m.offset() or 0
+            if keep is not None and not keep(m.key()):
+                continue
             value = m.value()
             if value is None:
                 rec: Any = DeadLetter(
@@ -267,25 +380,25 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
             append(rec)
             append_off(off)
         self._last_msg_ns = now = self._clock()
+        if last_off >= 0:
+            self._offset = last_off + 1
         self._in.inc(len(out))
         if now >= self._lag_due:  # every 5 s: messages behind the partition's end
             self._lag_due = now + 5_000_000_000
             hi = self._shared.high_watermark(topic, idx)
             if hi is not None:
-                self._lag.set(max(hi - (offsets[-1] + 1 if offsets else self._offset), 0))
+                self._lag.set(max(hi - self._offset, 0))
         return out, offsets
 
     def next_batch(self) -> list[Any]:
         if self._align is not None:
             return self._next_aligned(self._align)
         fetched = self._fetch()
-        if not fetched or not fetched[0]:
+        if fetched is None:
             self._awake = datetime.now(UTC) + _IDLE_BACKOFF
             return []
         self._awake = None
-        recs, offsets = fetched
-        self._offset = offsets[-1] + 1
-        return recs
+        return fetched[0]
 
     def _next_aligned(self, align: EventTimeAlignment) -> list[Any]:
         buf = self._buf
@@ -294,7 +407,6 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
             fetched = self._fetch()
             if fetched and fetched[0]:
                 buf.extend(zip(*fetched, strict=True))
-                self._offset = fetched[1][-1] + 1
                 got = True
         now = self._clock()
         limit = align.frontier(self._name, now) + align.max_skew_ns
@@ -342,6 +454,22 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
     fetch loop instead of one per partition, which spares the broker and
     idle-fetch latency when a flow reads many low-rate partitions. ``idle_eof_s`` ends a partition
     after that long without messages (tests, demos, bounded replays).
+
+    ``key_split_topics``: with ``W`` workers, each Kafka partition of these
+    topics becomes ``W`` source partitions (replicas) ``r = 0..W-1``, named
+    so that bytewax places replica ``r`` on worker ``r``. Replica ``r`` keeps
+    the messages whose Kafka key bytewax would route, as a state key, to
+    worker ``r`` (:func:`route_worker`) and skips the rest undecoded. When
+    the records are keyed downstream by the same string as their Kafka key
+    (market data: ``venue/instrument``), they never change worker, so no
+    record of the topic is pickled between processes. Every message is kept
+    by exactly one replica whatever the keys are; keys only decide locality.
+    Each replica has its own consumer and offset, so each worker fetches the
+    whole topic: worth it for a topic whose records are costly downstream.
+    The worker count comes from the ``workers`` probe step
+    :func:`kafka_input` adds; with one worker the topic is read as usual.
+    Changing the worker count renames the replicas (re-initialise recovery,
+    as for any change of worker count).
     """
 
     def __init__(
@@ -359,8 +487,10 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
         stamp_recv_ts: bool = False,
         align_skew_s: float | None = None,
         share_consumer: bool = False,
+        key_split_topics: Iterable[str] = (),
     ) -> None:
         self.share_consumer = share_consumer
+        self.key_split_topics = frozenset(key_split_topics)
         self.stamp_recv_ts = stamp_recv_ts
         self.alignment = (
             None if align_skew_s is None else EventTimeAlignment(int(align_skew_s * 1e9))
@@ -381,7 +511,24 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
         self.clock = clock
 
     def list_parts(self) -> list[str]:
-        return [f"{i}-{t}" for t in self.topics for i in list_partitions(self.settings, t)]
+        workers = 1
+        if self.key_split_topics:
+            if "workers" not in _CLUSTER:
+                msg = ("KafkaInput(key_split_topics=...) needs the worker count: build it with "
+                       "kafka_input(), which adds the 'workers' probe step before the source")
+                raise ConfigError("kafka.key_split_topics", msg, sorted(self.key_split_topics))
+            workers = _CLUSTER["workers"]
+        parts: list[str] = []
+        for t in self.topics:
+            for i in list_partitions(self.settings, t):
+                if t in self.key_split_topics and workers > 1:
+                    # '+' sorts before the digits that start plain part names, and
+                    # bytewax hands sorted parts to workers round-robin: replica r
+                    # of each (topic, partition) lands on worker r.
+                    parts.extend(f"+{t}:{i:06d}:{r:04d}/{workers}" for r in range(workers))
+                else:
+                    parts.append(f"{i}-{t}")
+        return parts
 
     def consumer_config(self) -> dict[str, Any]:
         """The librdkafka config of this process's consumer.
@@ -405,12 +552,19 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
     def build_part(
         self, step_id: str, for_part: str, resume_state: tuple[int, int] | None
     ) -> _SourcePartition:
-        idx_text, topic = for_part.split("-", 1)
-        if self.share_consumer:
+        keep: _KeyOwner | None = None
+        if for_part.startswith("+"):  # a key-split replica: "+topic:partition:replica/workers"
+            topic, idx_text, replica = for_part[1:].split(":")
+            r_text, w_text = replica.split("/")
+            keep = _KeyOwner(int(r_text), int(w_text))
+        else:
+            idx_text, topic = for_part.split("-", 1)
+        if self.share_consumer and keep is None:
             if self._shared is None:
                 self._shared = SharedConsumer(self.consumer_config(), self.batch_size)
             consumer = self._shared
         else:
+            # Replicas of one Kafka partition may share a process, each at its own offset.
             consumer = SharedConsumer(self.consumer_config(), self.batch_size)
         offset, watermark = resume_state if resume_state is not None else (
             _STARTS[self.starting_offset], -1
@@ -418,7 +572,7 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
         return _SourcePartition(
             consumer, topic, int(idx_text), offset, self.codec, self.batch_size,
             self.idle_eof_ns, self.time_policy, self.clock, watermark, self.stamp_recv_ts,
-            self.alignment,
+            self.alignment, name=for_part, keep=keep,
         )
 
 
@@ -560,8 +714,12 @@ def kafka_input(
 ) -> SplitOut[Any]:
     """Read typed records from Kafka; ``errs`` carries the dead letters.
 
-    Keyword arguments are those of :class:`KafkaInput`.
+    Keyword arguments are those of :class:`KafkaInput`. With
+    ``key_split_topics``, a ``workers`` probe step (it emits nothing) comes
+    first, to tell the source the worker count.
     """
+    if kwargs.get("key_split_topics"):
+        op.input("workers", flow, WorkerProbe())
     items = op.input("kafka_input", flow, KafkaInput(brokers, topics, **kwargs))
     return split_dead_letters("split", items)
 

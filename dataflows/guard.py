@@ -3,7 +3,7 @@
 Wiring::
 
     Kafka (market, venue_status, fills, positions, balances, limit_updates)
-      -> decode (bad records -> dead-letter topic)
+      -> decode (bad records -> dead-letter topic)   market: read on its key's worker
       -> feed selection (primary/backup failover)   keyed venue/instrument
       -> features -> anomalies                      same key: no extra exchange
       -> exposures -> limits (signed limit updates verified against the trust file)
@@ -89,6 +89,12 @@ class InputConfig(msgspec.Struct, frozen=True, kw_only=True):
     batch_size: int = 1000
     align_skew_s: float | None = 2.0
     share_consumer: bool = True
+    # Each worker reads the whole market topic and keeps the records whose Kafka key
+    # (``venue/instrument``) bytewax routes to it: market data never crosses processes.
+    # Off by default: event-time alignment is per process, so on a backlog (replay,
+    # resume) one process's venue status and index prices run ahead of the other's
+    # market data and the features stage dead-letters it as late. Safe with one process.
+    split_market_by_key: bool = False
 
 
 class KeysConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -329,6 +335,10 @@ def build_flow(
     )))
     if signer is None or trust is None:
         signer, trust = load_keys(cfg)
+    if cfg.detector.drift != "none":
+        # Start-up, not the first market record, pays for River's drift module (~1 s:
+        # it pulls in scipy); the detector imports it lazily when it builds a key.
+        import river.drift  # noqa: F401, PLC0415
     brokers = cfg.kafka
     flow = Dataflow("riskguard_guard")
     policy = EventTimePolicy(
@@ -341,6 +351,7 @@ def build_flow(
         starting_offset=cfg.input.starting_offset, idle_eof_s=cfg.input.idle_eof_s,
         time_policy=policy, clock=clock, stamp_recv_ts=True, batch_size=cfg.input.batch_size,
         align_skew_s=cfg.input.align_skew_s, share_consumer=cfg.input.share_consumer,
+        key_split_topics=[cfg.topic("market")] if cfg.input.split_market_by_key else [],
     )
     issuer = cfg.sign.issuer or signer.issuer
     # Read once, before any worker signs: the killed run this may resume is gone.
