@@ -80,10 +80,11 @@ its signals carry ``warming_up=True`` and must not trigger mitigation.
 from __future__ import annotations
 
 import math
+import operator
 import pickle
 import uuid
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -101,6 +102,7 @@ _SEVERITY_RANK = {Severity.INFO: 0, Severity.WARN: 1, Severity.CRITICAL: 2}
 _MODELS = ("auto", "hst", "river_hst", "gaussian", "oneclass_svm", "lof")
 _BINS = 256
 _MAX_FINITE = 1.7976931348623157e308
+_EMPTY_BINS = bytes(4 * _BINS)
 
 
 class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -259,16 +261,17 @@ class ScoreQuantile:
         self.half = max(1, window // 2)
         self.bounded = bounded
         if state is None:
-            self.cur = array("I", bytes(4 * _BINS))
-            self.old = array("I", bytes(4 * _BINS))
+            self.cur = array("I", _EMPTY_BINS)
+            self.old = array("I", _EMPTY_BINS)
             self.n_cur = self.n_old = 0
+            self.top = 0
         else:
             cur, old, self.n_cur, self.n_old = state
             self.cur = array("I")
             self.cur.frombytes(cur)
             self.old = array("I")
             self.old.frombytes(old)
-        self._find_top()
+            self._find_top()
 
     def _find_top(self) -> None:
         """The highest non-empty bin: ``get`` scans down from there."""
@@ -306,7 +309,7 @@ class ScoreQuantile:
             self.old, self.cur = self.cur, self.old
             self.n_old = self.n_cur
             self.n_cur = 0
-            self.cur = array("I", bytes(4 * _BINS))
+            self.cur = array("I", _EMPTY_BINS)
             self._find_top()
 
     def get(self, q: float) -> float:
@@ -387,6 +390,9 @@ class DetectorLogic:
         self._ready = False
         self._pickled: tuple[bytes, bytes, bytes] = (b"", b"", b"")
         self._thr: float | None = None  # threshold() until the quantile next changes
+        self._pick: Callable[[dict[str, float]], Sequence[float]] = lambda values: []
+        self._squash = config.scaler == "squash"
+        self._squash_k = 1.0 / config.squash_scale
         self._min_scores = self.min_scores
         self.quantile = ScoreQuantile(config.threshold_window, True, s.quantile or None)
         self.drift: Any = pickle.loads(s.drift) if s.drift else _make_drift(config)  # own state
@@ -406,6 +412,12 @@ class DetectorLogic:
     def _set_kind(self) -> None:
         self.kind = model_kind(self.config, len(self.s.features))
         self._array = self.kind == "hst"
+        feats = self.s.features
+        # the model input in feature order, from a vector's values (a tuple, at C speed)
+        if len(feats) > 1:
+            self._pick = operator.itemgetter(*feats)
+        else:  # itemgetter of one key returns the value itself, not a tuple
+            self._pick = lambda values: [values[f] for f in feats]
         self._tailing = self.config.tail and self.kind != "gaussian"
         self.quantile.bounded = self.kind in ("hst", "river_hst")
 
@@ -481,9 +493,12 @@ class DetectorLogic:
             self._init_key(fv)
         if s.first_ts < 0:
             s.first_ts = fv.ts
-        get = values.get
         feats = s.features
-        x = [get(f, 0.0) for f in feats]
+        try:
+            x = self._pick(values)
+        except KeyError:  # a feature missing from this vector counts as 0
+            get = values.get
+            x = [get(f, 0.0) for f in feats]
         s.n_seen += 1
         # running z-scores against the learned statistics (score before learning)
         n_stats = s.n_stats
@@ -504,8 +519,14 @@ class DetectorLogic:
         # the model's score; an ArrayHST also counts the point (taken back if not learned)
         leaves: tuple[int, ...] | None = None
         fresh_leaves: tuple[int, ...] | None = None
+        xm: Sequence[float]
         if self._array or self.kind == "river_hst":
-            xm = self._scaled(x, z)
+            if self._squash:
+                k = self._squash_k
+                tanh = math.tanh
+                xm = [0.5 + 0.5 * tanh(zi * k) for zi in z]
+            else:
+                xm = self._scaled(x, z)
             if self._array:
                 score, leaves = self.model.score(xm, True)
             else:
@@ -593,7 +614,7 @@ class DetectorLogic:
         self.model = self._new_model()
         s.model_name = model_name(c, s.features)
 
-    def _scaled(self, x: list[float], z: list[float]) -> list[float]:
+    def _scaled(self, x: Sequence[float], z: list[float]) -> list[float]:
         """Model input in [0, 1]: squashed z-scores, or River's MinMaxScaler transform."""
         s = self.s
         if self.config.scaler == "squash":
@@ -611,7 +632,7 @@ class DetectorLogic:
             out.append((v - a) / (b - a) if b > a else 0.0)
         return out
 
-    def _score_river(self, x: list[float]) -> float:
+    def _score_river(self, x: Sequence[float]) -> float:
         m = self.model
         if self.kind == "gaussian":
             # GaussianScorer gives 2|cdf - 0.5|, which saturates near 1; its surprise
@@ -620,7 +641,7 @@ class DetectorLogic:
             return -math.log10(max(1e-300, 1.0 - p))
         return float(m.score_one(dict(zip(self.s.features, x, strict=True))))
 
-    def _learn_river(self, x: list[float], xm: list[float]) -> None:
+    def _learn_river(self, x: Sequence[float], xm: Sequence[float]) -> None:
         feats = self.s.features
         for m in (self.model, self.fresh):
             if m is None:
@@ -632,7 +653,7 @@ class DetectorLogic:
             else:
                 m.learn_one(dict(zip(feats, x, strict=True)))
 
-    def _learn_stats(self, x: list[float], z: list[float], sd: list[float] | None) -> None:
+    def _learn_stats(self, x: Sequence[float], z: list[float], sd: list[float] | None) -> None:
         """Welford, then exponential forgetting; a streaming ``tail_quantile`` of |z|.
 
         The quantile of each feature's |z| moves up by ``tail_step`` (relative)
@@ -693,7 +714,7 @@ class DetectorLogic:
             self.fresh = self._new_model()
             s.n_fresh = 0
 
-    def _explain(self, x: list[float], z: list[float]) -> list[Contribution]:
+    def _explain(self, x: Sequence[float], z: list[float]) -> list[Contribution]:
         feats = self.s.features
         order = sorted(range(len(x)), key=lambda i: (-abs(z[i]), feats[i]))
         return [Contribution(feature=feats[i], value=x[i], zscore=max(-1e12, min(1e12, z[i])))

@@ -201,3 +201,16 @@ def test_bad_config_names_the_key() -> None:
     assert ei.value.found == 0.9
     with pytest.raises(ConfigError, match="hst_height"):
         DetectorConfig(hst_height=15).validate()
+
+
+def test_a_configured_feature_missing_from_a_vector_counts_as_zero() -> None:
+    """A feature listed in the config but absent from the vectors is learned as 0.0."""
+    cfg = DetectorConfig(features=("a", "b", "c"), warmup_events=50, warmup_ns=0)
+    logic = DetectorLogic(cfg, ManualClock())
+    rng = random.Random(4)
+    for i in range(120):
+        logic.on_event(fv(i, {"a": rng.gauss(5.0, 1.0), "c": rng.gauss(1.0, 0.1)}))
+    assert logic.s.features == ("a", "b", "c")
+    assert logic.s.mean[1] == 0.0
+    assert logic.s.n_learned == 120
+    assert 4.0 < logic.s.mean[0] < 6.0
