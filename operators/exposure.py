@@ -771,6 +771,9 @@ class ShardLogic:
         coll_dirty: dict[int, str] = {}
         fx_dirty = False
         runs: list[list[Any]] = []  # plain marks not applied yet (they commute with fills)
+        row_get = self._row.get
+        evidence = st.evidence
+        cap, dedup = self.config.max_evidence, self.config.dedup_window
         recv: int | None = None
         for role, _key, target, ev in items:
             if role == "marks":
@@ -812,7 +815,9 @@ class ShardLogic:
                     st.feature_vol[j] = float(ev.values[self.config.vol_feature])
                     st.feature_vol_ts[j] = ts
                 continue
-            i = self._row_of(ev.counterparty)
+            i = row_get(ev.counterparty)
+            if i is None:
+                i = self._row_of(ev.counterparty)
             if role == "bal":
                 held = st.balances.setdefault(target, {})
                 st.asset_ts[target] = max(st.asset_ts.get(target, 0), ts)
@@ -826,17 +831,18 @@ class ShardLogic:
             j = col[target]
             if ts > last_ts[j]:  # noqa: PLR1730 - cheaper than max() per record
                 last_ts[j] = ts
+            rid = ev.id
             if role == "fill":
                 seen = st.seen[j]
-                if ev.id in seen:
+                if rid in seen:
                     continue
-                seen[ev.id] = None
-                if len(seen) > self.config.dedup_window:
+                seen[rid] = None
+                if len(seen) > dedup:
                     del seen[next(iter(seen))]
-                if ts > st.snap_ts[i, j]:  # else already in the authoritative snapshot
+                if ts > st.snap_ts.item(i, j):  # else already in the authoritative snapshot
                     signed = ev.qty if ev.side == "buy" else -ev.qty
-                    a = float(st.avg[i, j])
-                    q0 = float(st.qty[i, j])
+                    a = st.avg.item(i, j)
+                    q0 = st.qty.item(i, j)
                     q, new_avg = apply_fill(q0, None if q0 == 0.0 or math.isnan(a) else a,
                                             signed, ev.price)
                     st.qty[i, j] = q
@@ -848,10 +854,21 @@ class ShardLogic:
             else:  # orders
                 st.orders[i, j] = ev.notional
                 self._any_orders = True
-            _evidence_add(st.evidence.setdefault((i, j), []), ev.id, self.config.max_evidence)
-            touched.setdefault(i, []).append(ev.id)
-            touched_ts[i] = max(touched_ts.get(i, 0), ts)
-            touched_cols.setdefault(j, (ev.id, i))
+            buf = evidence.get((i, j))
+            if buf is None:
+                evidence[(i, j)] = [rid]
+            else:
+                _evidence_add(buf, rid, cap)
+            own = touched.get(i)
+            if own is None:
+                touched[i] = [rid]
+                touched_ts[i] = ts
+            else:
+                own.append(rid)
+                if ts > touched_ts[i]:  # noqa: PLR1730 - cheaper than max() per record
+                    touched_ts[i] = ts
+            if j not in touched_cols:
+                touched_cols[j] = (rid, i)
         if runs:
             rt = self._apply_marks(runs, changed)
             if rt is not None and (recv is None or rt > recv):

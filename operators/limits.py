@@ -239,31 +239,32 @@ class LimitsState:
     seen_updates: dict[str, None] = field(default_factory=dict)
 
 
-Measure = Callable[[Exposure], tuple[float, dict[str, float]]]
+Measure = Callable[[Exposure], float]
+
+
+def _max_abs(d: dict[str, float]) -> float:
+    return max(map(abs, d.values()), default=0.0)
 
 
 def _measure(level: str, name: str, kind: str) -> Measure:
+    """What a limit of ``kind`` at ``level`` measures in an exposure."""
     if level in ("cp", "firm"):
         if kind == "gross_notional":
-            return lambda e: (e.gross_notional, {})
+            return lambda e: e.gross_notional
         if kind == "net_notional":
-            return lambda e: (abs(e.net_notional), {})
+            return lambda e: abs(e.net_notional)
         if kind == "collateral":
-            return lambda e: (max(e.collateral, 0.0), {})
+            return lambda e: max(e.collateral, 0.0)
         if kind == "concentration":
-            return lambda e: (e.concentration, {})
+            return lambda e: e.concentration
         if kind == "open_order_notional":
-            return lambda e: (e.open_order_notional, {})
-
-        def max_delta(e: Exposure) -> tuple[float, dict[str, float]]:
-            return max(map(abs, e.delta_by_underlying.values()), default=0.0), {}
-
-        return max_delta
+            return lambda e: e.open_order_notional
+        return lambda e: _max_abs(e.delta_by_underlying)
     if level == "asset":
         if kind == "delta":
-            return lambda e: (abs(e.delta_by_underlying.get(name, 0.0)), {})
-        return lambda e: (abs(e.notional_by_asset.get(name, 0.0)), {})
-    return lambda e: (abs(e.notional_by_instrument.get(name, 0.0)), {})
+            return lambda e: abs(e.delta_by_underlying.get(name, 0.0))
+        return lambda e: abs(e.notional_by_asset.get(name, 0.0))
+    return lambda e: abs(e.notional_by_instrument.get(name, 0.0))
 
 
 def parse_path(path: str) -> tuple[str, str, str]:
@@ -458,7 +459,7 @@ class LimitsLogic:
                 thresholds = [(LimitLevel.WARN, spec.warn), (LimitLevel.BREACH, 1.0)]
                 if spec.hard is not None:
                     thresholds.append((LimitLevel.HARD, spec.hard))
-                plan.append((path, level, name, kind, spec, _measure(level, name, kind),
+                plan.append(((path, kind), spec, _measure(level, name, kind),
                              self._scope(path), thresholds[0][1]))
             hit = self._plans[key] = (known, plan)
         return hit
@@ -480,53 +481,56 @@ class LimitsLogic:
             ))
         tracks = st.tracks
         interval = cfg.utilization_interval_ns
+        ts = e.ts
         ok = LimitLevel.OK
-        for path, _level, _name, kind, spec, measure, scope, warn in plan:
+        for tkey, spec, measure, scope, warn in plan:
             if spec.vol_scaling is None:
-                factor, inputs = 1.0, None
+                eff = spec.limit
+                inputs = None
             else:
                 factor, inputs = vol_factor(spec, e.vol_by_underlying, cfg.missing_vol_factor)
-            eff = spec.limit * factor
-            x, extra = measure(e)
+                eff = spec.limit * factor
+            x = measure(e)
             u = min(x / eff, UTIL_CAP) if eff > 0 else (0.0 if x <= 0 else UTIL_CAP)
-            tkey = (path, kind)
             tr = tracks.get(tkey)
             first = tr is None
             if tr is None:
                 tr = tracks[tkey] = _Track()
+            old = tr.level
             # fast path: below warn, was OK, no latch -> still OK (same as level_of)
-            if u < warn and tr.level is ok and not tr.latched:
+            if u < warn and old is ok and not tr.latched:
+                if not (first or ts - tr.last_emit_ts >= interval or force_path == tkey):
+                    continue
                 new = ok
             else:
-                new = level_of(u, tr.level, spec)
+                new = level_of(u, old, spec)
                 if spec.manual_reset and _ORDER[new] >= _ORDER[LimitLevel.BREACH]:
                     tr.latched = True
                 if tr.latched and _ORDER[new] < _ORDER[LimitLevel.BREACH]:
                     new = LimitLevel.BREACH
                 if not spec.manual_reset:
                     tr.latched = False
-            old = tr.level
             changed = new is not old
-            emit = (changed or first or force_path == tkey
-                    or e.ts - tr.last_emit_ts >= interval)
-            if emit or (changed and (_ORDER[new] >= 2 or _ORDER[old] >= 2)):
+            big = changed and (_ORDER[new] >= 2 or _ORDER[old] >= 2)  # noqa: PLR2004 - breach
+            emit = changed or first or force_path == tkey or ts - tr.last_emit_ts >= interval
+            if emit or big:
                 inputs = {} if inputs is None else inputs
-                inputs.update(extra)
                 inputs["base_limit"] = spec.limit
+            path, kind = tkey
             if emit:
-                tr.last_emit_ts = e.ts
+                tr.last_emit_ts = ts
                 out.append(Utilization(
-                    limit_path=path, kind=kind, scope=scope, ts=e.ts, exposure=x,
+                    limit_path=path, kind=kind, scope=scope, ts=ts, exposure=x,
                     base_limit=spec.limit, effective_limit=eff, utilization=u, level=new,
                     latched=tr.latched, inputs=inputs or {},
                 ))
             tr.level = new
-            if changed and (_ORDER[new] >= 2 or _ORDER[old] >= 2):
+            if big:
                 tr.changes += 1
-                sev = Severity.CRITICAL if _ORDER[new] >= 2 else Severity.INFO
+                sev = Severity.CRITICAL if _ORDER[new] >= 2 else Severity.INFO  # noqa: PLR2004
                 out.append(LimitBreach(
-                    id=str(uuid.uuid5(_NS, f"{path}|{kind}|{tr.changes}|{new.value}|{e.ts}")),
-                    limit_path=path, kind=kind, scope=scope, ts=e.ts, recv_ts=e.recv_ts,
+                    id=str(uuid.uuid5(_NS, f"{path}|{kind}|{tr.changes}|{new.value}|{ts}")),
+                    limit_path=path, kind=kind, scope=scope, ts=ts, recv_ts=e.recv_ts,
                     exposure=x, base_limit=spec.limit, effective_limit=eff, utilization=u,
                     level=new, severity=sev, inputs=inputs or {},
                     evidence_ids=list(e.evidence_ids),
