@@ -511,7 +511,7 @@ class LimitsLogic:
                 if not spec.manual_reset:
                     tr.latched = False
             changed = new is not old
-            big = changed and (_ORDER[new] >= 2 or _ORDER[old] >= 2)  # noqa: PLR2004 - breach
+            big = changed and (_ORDER[new] >= 2 or _ORDER[old] >= 2)
             emit = changed or first or force_path == tkey or ts - tr.last_emit_ts >= interval
             if emit or big:
                 inputs = {} if inputs is None else inputs
@@ -527,7 +527,7 @@ class LimitsLogic:
             tr.level = new
             if big:
                 tr.changes += 1
-                sev = Severity.CRITICAL if _ORDER[new] >= 2 else Severity.INFO  # noqa: PLR2004
+                sev = Severity.CRITICAL if _ORDER[new] >= 2 else Severity.INFO
                 out.append(LimitBreach(
                     id=str(uuid.uuid5(_NS, f"{path}|{kind}|{tr.changes}|{new.value}|{ts}")),
                     limit_path=path, kind=kind, scope=scope, ts=ts, recv_ts=e.recv_ts,
