@@ -28,7 +28,17 @@ does, and the guard's from the span of its exposures/audit output timestamps
 (exposures are emitted from the first copy's opening balances to the last
 copy's fills, so the span covers nearly all of the processing).
 
-    python bench/guard_throughput.py [--copies 8] [--partitions 4] [--skip-2p]
+Each guard line also counts the dead letters the run wrote: a run that
+dead-letters records (e.g. as late) did less work, so its rate is not
+comparable. ``--split-market`` turns on ``input.split_market_by_key``.
+
+Placement with 2 processes (bytewax 0.21): source partitions go to workers
+round-robin over their sorted names (``{partition}-{topic}``), so with the
+six guard topics every partition of a topic lands on the same worker: one
+process reads all of market, fills and venue_status, and pickles every
+market record whose ``venue/instrument`` key hashes to the other process.
+
+    python bench/guard_throughput.py [--copies 8] [--partitions 4] [--skip-2p] [--split-market]
 """
 
 from __future__ import annotations
@@ -176,6 +186,8 @@ def main() -> None:
     ap.add_argument("--idle-eof-s", type=float, default=2.0)
     ap.add_argument("--skip-2p", action="store_true", help="skip the 2-process guard run")
     ap.add_argument("--bootstrap", default=None, help="use this broker instead of a dev broker")
+    ap.add_argument("--split-market", action="store_true",
+                    help="guard input.split_market_by_key = true")
     args = ap.parse_args()
     broker = None
     bootstrap = args.bootstrap
@@ -186,7 +198,7 @@ def main() -> None:
     try:
         tag = uuid.uuid4().hex[:6]
         kw = {"partitions": args.partitions, "idle_eof_s": args.idle_eof_s,
-              "batch_size": args.batch_size}
+              "batch_size": args.batch_size, "split_market": args.split_market}
         full = setup_env(bootstrap, work / "full", f"bw{tag}", **kw)
         empty = setup_env(bootstrap, work / "empty", f"be{tag}", **kw)
         start_ns = time.time_ns() - (args.copies * DURATION_S + 30) * NS
@@ -222,12 +234,14 @@ def main() -> None:
             rates[procs] = rate
             _out_n, span = output_span(bootstrap, [full.topic("exposures"), full.topic("audit")],
                                       args.partitions, after_ms=int(started * 1000))
+            dead, _ = output_span(bootstrap, [full.topic("dead_letters")], args.partitions,
+                                  after_ms=int(started * 1000))
             label = "1 worker   " if procs == 1 else f"{procs} processes"
             print(f"guard, {label}:              {rate:10,.0f} events/s  ratio "
                   f"{rate / pt_rate:.2f}x of baseline (goal >= 0.5x)  (wall {t_full:.1f} s - "
                   f"empty {t_empty:.1f} s; output span {span:.1f} s -> "
                   f"{n / span if span else float('nan'):,.0f} events/s; "
-                  f"load {os.getloadavg()[0]:.2f})")
+                  f"{dead:,} dead letters; load {os.getloadavg()[0]:.2f})")
         if 2 in rates:
             print(f"scaling, 2 processes / 1 worker: {rates[2] / rates[1]:.2f}x (goal >= 1.5x)")
     finally:

@@ -61,7 +61,7 @@ class BenchEnv:
 def setup_env(
     bootstrap: str, workdir: Path, env: str, *, partitions: int = 4,
     idle_eof_s: float | None = 2.0, batch_size: int = 1000, max_commands: int | None = None,
-    starting_offset: str = "earliest",
+    starting_offset: str = "earliest", split_market: bool = False,
 ) -> BenchEnv:
     """Create the env's topics, keys, trust file and guard config."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -76,6 +76,8 @@ def setup_env(
     text = _set_key(text, "input", "batch_size", f"batch_size = {batch_size}")
     text = _set_key(text, "input", "starting_offset", f'starting_offset = "{starting_offset}"')
     text = _set_key(text, "topics", "default_partitions", f"default_partitions = {partitions}")
+    text = _set_key(text, "input", "split_market_by_key",
+                    f"split_market_by_key = {str(split_market).lower()}")
     path.write_text(text)
     if max_commands is not None:
         pb = workdir / "playbook.toml"
