@@ -1209,6 +1209,8 @@ class CounterpartyLogic:
 
     def __init__(self, config: ExposureConfig, state: CounterpartyState | None = None) -> None:
         self.config = config
+        if state is not None and state.version == 3:
+            state = replace(state, version=STATE_VERSION)
         if state is not None and state.version != STATE_VERSION:
             where = "exposure.counterparty"
             raise ConfigError(where, f"a version-{STATE_VERSION} snapshot (start a fresh "
