@@ -481,8 +481,10 @@ def _migrate_shard_v3(state: ShardState) -> ShardState:
 class ShardLogic:
     """Stage 1: the positions of all counterparties in one shard of instruments.
 
-    Records are applied one by one (fills, snapshots, marks, FX, vol); then,
-    once per batch, every counterparty whose positions or marks changed is
+    Records are applied in order (fills, snapshots, FX, vol and option marks one by one;
+    runs of plain marks whole-array per column, which gives the same state because marks
+    on different instruments commute, and runs are flushed before any snapshot or FX
+    record); then, once per batch, every counterparty whose positions or marks changed is
     re-valued with whole-array operations and gets one :class:`Part`.
     Coalescing is per batch: the part reflects every record of the batch.
     """
