@@ -104,14 +104,13 @@ def _read(consumer: Consumer, topic: str, partition: int, start: int, end: int |
     while True:
         now = time.monotonic()
         if now > deadline:
-            msg = f"reading {topic}[{partition}] for the last signed seq timed out"
-            raise BrokerError(msg)
+            raise BrokerError(f"reading {topic}[{partition}] for the last signed seq timed out")
         if at_end and now - quiet_since >= idle_s:
             return best
-        msg = consumer.poll(0.05)
-        if msg is None:
+        m = consumer.poll(0.05)
+        if m is None:
             continue
-        err = msg.error()
+        err = m.error()
         if err is not None:
             if err.code() == KafkaError._PARTITION_EOF:
                 at_end = True
@@ -120,10 +119,10 @@ def _read(consumer: Consumer, topic: str, partition: int, start: int, end: int |
                 continue
             raise BrokerError(f"reading {topic}[{partition}]: {err.str()}")
         quiet_since = time.monotonic()
-        offset = msg.offset()
+        offset = m.offset() or 0
         if end is not None and offset >= end:
             return best
-        best = max(best, _seq_of(msg.value(), key, issuer))
+        best = max(best, _seq_of(m.value(), key, issuer))
 
 
 def _seq_of(raw: bytes | None, key: VerifyKey, issuer: str) -> int:
