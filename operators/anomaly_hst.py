@@ -202,14 +202,13 @@ class ArrayHST:
     def _nodes(self) -> np.ndarray[Any, Any]:
         """The latest window's mass of every node, summed up from the leaves."""
         sh = self.shape
-        out = np.zeros((sh.n_trees, sh.n_nodes), dtype=_dtype(sh.window_size))
-        first = sh.n_leaves - 1
-        out[:, first:] = np.frombuffer(self.leaf_mass, dtype=out.dtype).reshape(sh.n_trees, -1)
-        while first:
-            parent = (first - 1) >> 1
-            out[:, parent:first] = out[:, first:2 * first + 1:2] + out[:, first + 1:2 * first + 1:2]
-            first = parent
-        return out.reshape(-1)
+        level = np.frombuffer(self.leaf_mass, dtype=_dtype(sh.window_size))
+        level = level.reshape(sh.n_trees, sh.n_leaves)
+        levels = [level]
+        while level.shape[1] > 1:  # each parent is the sum of its two children
+            level = level[:, ::2] + level[:, 1::2]
+            levels.append(level)
+        return np.concatenate(levels[::-1], axis=1).reshape(-1)
 
     def _table(self) -> array[int]:
         """River's score of each leaf's points in its tree, from the reference masses."""

@@ -388,7 +388,9 @@ class DetectorLogic:
         self._tailing = False
         self._dirty = True
         self._ready = False
-        self._pickled: tuple[bytes, bytes, bytes] = (b"", b"", b"")
+        # the last pickles of model, fresh model and drift detector (reused while unchanged)
+        self._pickled: tuple[bytes, bytes, bytes] = (b"", b"", s.drift)
+        self._drift_dirty = False
         self._thr: float | None = None  # threshold() until the quantile next changes
         self._pick: Callable[[dict[str, float]], Sequence[float]] = lambda values: []
         self._squash = config.scaler == "squash"
@@ -446,22 +448,29 @@ class DetectorLogic:
 
     # -- public ------------------------------------------------------------
     def snapshot(self) -> DetectorState:
-        """An independent copy. Array masses are copied as bytes; River models are
-        pickled only when they changed since the last snapshot."""
+        """An independent copy. Array masses are copied as bytes; River models and
+        the drift detector are pickled only when they changed since the last
+        snapshot, and a drift detector that has seen no score yet is left out
+        (``drift=b""``: a resumed key builds the same fresh one)."""
         s = self.s
-        snap = DetectorState(**{k: getattr(s, k) for k in s.__dataclass_fields__})
+        snap = DetectorState.__new__(DetectorState)
+        snap.__dict__.update(s.__dict__)  # scalars, strings, tuples; lists copied below
         if self._array:
             snap.hst = self.model.state()
             snap.fresh_hst = self.fresh.state() if self.fresh is not None else ()
-        if self._dirty or not self._array:
-            if not self._array and self.model is not None:
+        elif self._dirty:
+            if self.model is not None:
                 snap.model = pickle.dumps(self.model)
                 snap.fresh = pickle.dumps(self.fresh) if self.fresh is not None else b""
-            snap.drift = pickle.dumps(self.drift) if self.drift is not None else b""
-            self._pickled = (snap.model, snap.fresh, snap.drift)
+            self._pickled = (snap.model, snap.fresh, self._pickled[2])
             self._dirty = False
         else:
-            snap.model, snap.fresh, snap.drift = self._pickled
+            snap.model, snap.fresh = self._pickled[:2]
+        if self._drift_dirty:
+            drift = pickle.dumps(self.drift) if self.drift is not None else b""
+            self._pickled = (*self._pickled[:2], drift)
+            self._drift_dirty = False
+        snap.drift = self._pickled[2]
         snap.quantile = self.quantile.state()
         snap.mean = list(s.mean)
         snap.var = list(s.var)
@@ -589,6 +598,7 @@ class DetectorLogic:
         out.extend(self._episode(fv, score, thr, anomalous, warming, contributions))
         if self.drift is not None and ready:
             self.drift.update(model_score)
+            self._drift_dirty = True
             s.since_drift += 1
             if self.drift.drift_detected and not warming and \
                     s.since_drift >= c.drift_cooldown_points:

@@ -236,7 +236,8 @@ class FeatureLogic:
     def snapshot(self) -> FeatureState:
         """An independent copy of the state."""
         s = self.s
-        snap = FeatureState(**{k: getattr(s, k) for k in s.__dataclass_fields__})
+        snap = FeatureState.__new__(FeatureState)
+        snap.__dict__.update(s.__dict__)  # scalars and strings; containers copied below
         snap.evidence = list(s.evidence)
         snap.hist = deque(s.hist)
         snap.iv_hist = deque(s.iv_hist)

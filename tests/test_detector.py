@@ -214,3 +214,18 @@ def test_a_configured_feature_missing_from_a_vector_counts_as_zero() -> None:
     assert logic.s.mean[1] == 0.0
     assert logic.s.n_learned == 120
     assert 4.0 < logic.s.mean[0] < 6.0
+
+
+def test_snapshot_leaves_out_a_drift_detector_that_has_seen_no_score() -> None:
+    """Before the model scores, the snapshot carries drift=b'' (a resumed key builds the
+    same fresh detector); once scores reach the drift detector, it is pickled."""
+    cfg = DetectorConfig(features=("a", "b"), hst_window=20, warmup_events=10, warmup_ns=0)
+    logic = DetectorLogic(cfg, ManualClock())
+    rng = random.Random(9)
+    points = [{"a": rng.gauss(0.0, 1.0), "b": rng.gauss(3.0, 0.5)} for _ in range(60)]
+    feed(logic, 0, points[:10])
+    assert logic.snapshot().drift == b""
+    feed(logic, 10, points[10:])
+    snap = logic.snapshot()
+    assert snap.drift != b""
+    assert logic.snapshot().drift is snap.drift  # unchanged since: the pickle is reused
