@@ -177,46 +177,57 @@ class EventTimeAlignment:
     minutes of event time ahead of another and make every event-time window
     downstream see the other's records as late. With alignment, a partition
     holds its records back while they are more than ``max_skew_ns`` ahead of
-    the slowest live partition (Flink's watermark alignment). A partition is
-    live while it has records waiting, or had some within ``idle_ns``, or has
-    not had any yet within ``grace_ns`` of starting (a consumer slow to
-    start must not be overtaken by minutes of event time). In live operation
-    every partition is near wall-clock time, so nothing is held; the bound
-    bites on backlogs, replays and start-up.
+    the slowest live partition (Flink's watermark alignment).
+
+    A partition with nothing buffered stops holding the others back only when
+    it is known to be caught up: its consumer reached the end of the
+    partition (librdkafka's end-of-partition event) and has had no data
+    since. Time alone never makes it idle while it may still have a backlog:
+    on a loaded machine a fetch can take seconds, and letting the others run
+    on then would make the backlog late downstream (and results depend on
+    load). Only a partition that delivers neither data nor its end for
+    ``stall_ns`` (a broker in trouble), or that never starts within
+    ``grace_ns``, is passed by, so one bad partition cannot stop the guard.
+    In live operation every partition reaches its end after each fetch, so
+    nothing is held; the bound bites on backlogs, replays and start-up.
     """
 
-    def __init__(self, max_skew_ns: int, *, idle_ns: int = 1_000_000_000,
-                 grace_ns: int = 3_000_000_000) -> None:
+    def __init__(self, max_skew_ns: int, *, stall_ns: int = 10_000_000_000,
+                 grace_ns: int = 10_000_000_000) -> None:
         self.max_skew_ns = max_skew_ns
-        self.idle_ns = idle_ns
+        self.stall_ns = stall_ns
         self.grace_ns = grace_ns
-        # part -> [next ts to emit or None, last emitted ts, started_at, last data at]
+        # part -> [next ts to emit or None, last emitted ts, started_at, last data at, at end]
         self.parts: dict[str, list[Any]] = {}
 
     def register(self, part: str, now: int, watermark: int) -> None:
-        self.parts[part] = [None, watermark, now, -1]
+        self.parts[part] = [None, watermark, now, -1, False]
 
     def frontier(self, part: str, now: int) -> int:
         """The lowest event time the other live partitions stand at."""
         low = None
-        for name, (head, last, started, seen) in self.parts.items():
+        for name, (head, last, started, seen, at_end) in self.parts.items():
             if name == part:
                 continue
             stand = head
             if stand is None:
-                fresh = now - seen < self.idle_ns if seen >= 0 else now - started < self.grace_ns
-                if not fresh:
-                    continue  # idle: caught up
+                if at_end:
+                    continue  # caught up: nothing more to wait for
+                waited = now - seen if seen >= 0 else now - started
+                if waited >= (self.stall_ns if seen >= 0 else self.grace_ns):
+                    continue  # stalled: do not let it stop the others
                 stand = last
             if low is None or stand < low:
                 low = stand
         return 2**63 if low is None else low
 
-    def update(self, part: str, head: int | None, last: int, got_data: bool, now: int) -> None:
+    def update(self, part: str, head: int | None, last: int, got_data: bool, now: int,
+               at_end: bool = False) -> None:
         entry = self.parts[part]
         entry[0], entry[1] = head, last
         if got_data:
             entry[3] = now
+        entry[4] = at_end
 
     def remove(self, part: str) -> None:
         self.parts.pop(part, None)
@@ -321,6 +332,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         self._policy = policy.start(watermark) if policy is not None else None
         self._clock = clock
         self._last_msg_ns = clock()
+        self._at_end = False  # reached the partition's end with no data since
         self._awake: datetime | None = None
         self._in = EVENTS_IN.labels(topic)
         self._lag = CONSUMER_LAG.labels(topic, str(idx))
@@ -352,15 +364,18 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         append, append_off = out.append, offsets.append
         keep = self._keep
         last_off = -1
+        at_end = self._at_end
         for m in msgs:
             err = m.error()
             if err is not None:
                 if err.code() == _KE._PARTITION_EOF:
+                    at_end = True
                     continue
                 msg = (f"consuming Kafka topic {topic!r} partition {idx} near offset "
                        f"{self._offset}: {err.str()}")
                 raise BrokerError(msg)
             off = last_off = m.offset() or 0
+            at_end = False
             if keep is not None and not keep(m.key()):
                 continue
             value = m.value()
@@ -379,8 +394,10 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
                 DEAD_LETTERS.labels(topic, rec.reason).inc()
             append(rec)
             append_off(off)
-        self._last_msg_ns = now = self._clock()
+        self._at_end = at_end
+        now = self._clock()
         if last_off >= 0:
+            self._last_msg_ns = now
             self._offset = last_off + 1
         self._in.inc(len(out))
         if now >= self._lag_due:  # every 5 s: messages behind the partition's end
@@ -422,7 +439,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         head = None
         if buf:
             head = getattr(buf[0][0], "ts", None)
-        align.update(self._name, head, self._emitted_ts, got, now)
+        align.update(self._name, head, self._emitted_ts, got, now, self._at_end)
         self._awake = None if out else datetime.now(UTC) + _IDLE_BACKOFF
         return out
 
@@ -543,7 +560,7 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
             "group.id": "riskguard-assigned",  # required by librdkafka; no group is joined
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
-            "enable.partition.eof": False,
+            "enable.partition.eof": True,  # event-time alignment needs "caught up"
             "fetch.wait.max.ms": self.fetch_wait_max_ms,
             "auto.offset.reset": "error",
         })

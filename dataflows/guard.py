@@ -89,6 +89,10 @@ class InputConfig(msgspec.Struct, frozen=True, kw_only=True):
     batch_size: int = 1000
     align_skew_s: float | None = 2.0
     share_consumer: bool = True
+    # Stamp records that carry no ``recv_ts`` with this process's receive time (it feeds
+    # detection-to-command latency and the venue-latency feature). Turn it off to replay
+    # historical data through the live path: old events would look days late.
+    stamp_recv_ts: bool = True
     # Each worker reads the whole market topic and keeps the records whose Kafka key
     # (``venue/instrument``) bytewax routes to it: market data never crosses processes.
     # Off by default: event-time alignment is per process, so on a backlog (replay,
@@ -349,7 +353,8 @@ def build_flow(
     src = kafka_input(
         "in", flow, brokers=brokers, topics=[cfg.topic(s) for s in INPUT_STREAMS],
         starting_offset=cfg.input.starting_offset, idle_eof_s=cfg.input.idle_eof_s,
-        time_policy=policy, clock=clock, stamp_recv_ts=True, batch_size=cfg.input.batch_size,
+        time_policy=policy, clock=clock, stamp_recv_ts=cfg.input.stamp_recv_ts,
+        batch_size=cfg.input.batch_size,
         align_skew_s=cfg.input.align_skew_s, share_consumer=cfg.input.share_consumer,
         key_split_topics=[cfg.topic("market")] if cfg.input.split_market_by_key else [],
     )

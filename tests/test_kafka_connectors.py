@@ -166,22 +166,29 @@ def test_resumed_source_continues_from_its_recovered_offset(
 
 def test_event_time_alignment_holds_a_partition_that_runs_ahead() -> None:
     """With alignment, a partition may not emit records more than the skew ahead of the
-    slowest live partition; an idle one (no records for idle_ns) holds no one back, and one
-    that has not received its first records holds the others during the start-up grace."""
+    slowest live partition. One that reached its end holds no one back; one that is merely
+    slow (a loaded machine, a long fetch) keeps holding until it stalls for stall_ns; one
+    that has not received anything yet holds the others during the start-up grace."""
     from riskguard.connectors.kafka import EventTimeAlignment
 
-    al = EventTimeAlignment(2, idle_ns=100, grace_ns=50)
+    al = EventTimeAlignment(2, stall_ns=100, grace_ns=50)
     al.register("a", now=0, watermark=-1)
     al.register("b", now=0, watermark=-1)
     assert al.frontier("a", now=10) == -1          # b has not started: grace
     al.update("b", head=10, last=-1, got_data=True, now=20)
     assert al.frontier("a", now=20) == 10          # a may emit up to 10 + 2
     al.update("b", head=None, last=10, got_data=False, now=30)
-    assert al.frontier("a", now=60) == 10          # b had data 40 ago: still live
-    assert al.frontier("a", now=200) == 2**63      # b idle: a runs free
+    assert al.frontier("a", now=60) == 10          # b drained its buffer, not at its end
+    assert al.frontier("a", now=110) == 10         # 90 without data: slow, still held
+    assert al.frontier("a", now=200) == 2**63      # stalled past stall_ns: a runs free
+    al.update("b", head=None, last=10, got_data=False, now=210, at_end=True)
+    assert al.frontier("a", now=211) == 2**63      # b is caught up: nothing to wait for
     al.register("c", now=300, watermark=7)
     assert al.frontier("a", now=310) == 7          # c just started, no data yet
-    assert al.frontier("a", now=400) == 2**63      # grace over
+    al.update("c", head=None, last=7, got_data=False, now=320, at_end=True)
+    assert al.frontier("a", now=320) == 2**63      # c is empty: free at once
+    al.register("d", now=400, watermark=5)
+    assert al.frontier("a", now=460) == 2**63      # d never started: grace over
 
 
 def test_a_resumed_partition_fails_loudly_on_a_lost_offset_instead_of_skipping() -> None:
