@@ -521,9 +521,10 @@ class FeatureLogic:
                 "index_dev_bps": idx, "oracle_dev_bps": ora,
                 "basis_bps": s.basis_bps, "funding_bps": s.funding_bps,
             }
-        for k, v in vals.items():
-            if not math.isfinite(v):
-                vals[k] = 0.0
+        if not math.isfinite(sum(vals.values())):  # NaN/inf in any (or a rare overflow)
+            for k, v in vals.items():
+                if not math.isfinite(v):
+                    vals[k] = 0.0
         return vals
 
     def _vector(self, now: int) -> FeatureVector:
