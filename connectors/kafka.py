@@ -447,9 +447,14 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         return self._awake
 
     def snapshot(self) -> tuple[int, int]:
-        # Records still held back by alignment are re-read on resume.
-        offset = self._buf[0][1] if self._buf else self._offset
-        return offset, (self._policy.max_ts if self._policy is not None else -1)
+        # Records still held back by alignment are re-read on resume, so the lateness
+        # watermark resumes at what was emitted: the fetch that read them already moved
+        # the policy past them, and they must not come back as "late".
+        if self._policy is None:
+            return self._offset, -1
+        if self._buf:
+            return self._buf[0][1], min(self._policy.max_ts, self._emitted_ts)
+        return self._offset, self._policy.max_ts
 
     def close(self) -> None:
         if self._align is not None:
