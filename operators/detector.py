@@ -396,6 +396,8 @@ class DetectorLogic:
         self._squash = config.scaler == "squash"
         self._squash_k = 1.0 / config.squash_scale
         self._min_scores = self.min_scores
+        self._enough = min(50, self._min_scores)  # scores before the quantile is used
+        self._tail_share = 1.0 - (1.0 - config.target_alarm_rate)  # as ScoreQuantile.get
         self.quantile = ScoreQuantile(config.threshold_window, True, s.quantile or None)
         self.drift: Any = pickle.loads(s.drift) if s.drift else _make_drift(config)  # own state
         self._up = 1.0 + config.tail_step
@@ -479,11 +481,27 @@ class DetectorLogic:
         snap.hi = list(s.hi)
         return snap
 
+    def _update_quantile(self, score: float) -> None:
+        """Count a score; forget the cached threshold unless it provably stands.
+
+        While ``target_alarm_rate * count < 1`` the quantile is the upper edge
+        of the highest non-empty bin, so a score that leaves that bin, the
+        half-window swap and the "enough scores" test unchanged leaves the
+        threshold as it was.
+        """
+        q = self.quantile
+        top, n = q.top, q.n_cur + q.n_old
+        q.update(score)
+        m = q.n_cur + q.n_old
+        if (n == 0 or q.top != top or m != n + 1 or (n >= self._enough) != (m >= self._enough)
+                or self._tail_share * m >= 1.0):
+            self._thr = None
+
     def threshold(self) -> float:
         """The key's current alarm threshold (``inf`` before it has scores)."""
         c = self.config
         q = self.quantile.get(1.0 - c.target_alarm_rate)
-        enough = self.quantile.count >= min(50, self.min_scores)
+        enough = self.quantile.count >= self._enough
         thr = q + c.threshold_margin if enough else math.inf
         if c.threshold_floor is not None and thr != math.inf:
             thr = max(thr, c.threshold_floor)
@@ -585,8 +603,7 @@ class DetectorLogic:
                 self._learn_river(x, xm)
             s.n_learned += 1
             if ready:
-                self.quantile.update(model_score)
-                self._thr = None
+                self._update_quantile(model_score)
             self._learn_stats(x, z, sd)
             if self.fresh is not None:
                 s.n_fresh += 1

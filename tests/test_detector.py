@@ -229,3 +229,22 @@ def test_snapshot_leaves_out_a_drift_detector_that_has_seen_no_score() -> None:
     snap = logic.snapshot()
     assert snap.drift != b""
     assert logic.snapshot().drift is snap.drift  # unchanged since: the pickle is reused
+
+
+@pytest.mark.parametrize(("rate", "kept"), [(0.0002, 500), (0.05, 1)])
+def test_cached_threshold_always_equals_a_fresh_computation(rate: float, kept: int) -> None:
+    """The threshold kept between quantile updates equals threshold() after every point,
+    with a small target alarm rate (one-bin shortcut: mostly kept) and a large one
+    (recomputed after nearly every learned point)."""
+    cfg = DetectorConfig(features=("a", "b"), hst_window=20, warmup_events=10, warmup_ns=0,
+                         threshold_window=200, target_alarm_rate=rate)
+    logic = DetectorLogic(cfg, ManualClock())
+    rng = random.Random(12)
+    checked = 0
+    for i in range(700):
+        scale = 1.0 if i < 400 else 3.0  # a change of scale moves the quantile
+        logic.on_event(fv(i, {"a": rng.gauss(0.0, scale), "b": rng.gauss(3.0, 0.5)}))
+        if logic._thr is not None:  # the cache under test
+            assert logic._thr == logic.threshold()
+            checked += 1
+    assert checked >= kept
