@@ -26,8 +26,9 @@ Models (``model``):
 
 - ``hst`` (the default for several features): River's ``HalfSpaceTrees``
   behind a scaler, in array form (:mod:`riskguard.operators.anomaly_hst`:
-  River's trees and scores, masses in 10 KiB of bytes per key, so building a
-  key's model and snapshotting it are cheap). ``scaler="minmax"`` is the
+  River's trees and scores; per key, leaf counts, reference masses and a
+  per-leaf score table, about 17 KiB, so scoring and learning cost one leaf
+  look-up per tree and a snapshot is 10 KiB of bytes). ``scaler="minmax"`` is the
   issue's ``MinMaxScaler | HalfSpaceTrees``; ``scaler="squash"`` (the
   default) feeds ``0.5 + 0.5 * tanh(z / squash_scale)`` of the running
   z-scores, which keeps resolution where a min-max range stretched by one
