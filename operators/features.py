@@ -254,7 +254,6 @@ class FeatureLogic:
         by_bar = self._by_bar
         if by_bar and s.pending and bar > s.bar and s.kind:
             out.append(self._vector(s.last_ts))
-            s.evidence = []
             s.pending = False
         if ts > s.watermark:
             s.watermark = ts
@@ -275,7 +274,6 @@ class FeatureLogic:
             return out
         if not by_bar:
             out.append(self._vector(s.last_ts))
-            s.evidence = []
             s.pending = False
         return out
 
@@ -285,7 +283,6 @@ class FeatureLogic:
         if self.config.cadence == "bar" and s.pending and s.kind:
             s.pending = False
             vec = self._vector(s.last_ts)
-            s.evidence = []
             return [vec]
         return []
 
@@ -528,6 +525,7 @@ class FeatureLogic:
         return vals
 
     def _vector(self, now: int) -> FeatureVector:
+        """The key's vector at ``now``, carrying (and clearing) the pending evidence ids."""
         s = self.s
         key = s.key
         is_venue = s.kind == "venue"
@@ -542,10 +540,12 @@ class FeatureLogic:
                 scope = Scope(kind=ScopeKind.INSTRUMENT, value=inst or key,
                               venue=venue or None)
             self._scope = (key, is_venue, scope)  # frozen: shared by this key's vectors
-        return FeatureVector(
+        vec = FeatureVector(
             key=key, scope=scope, ts=now, recv_ts=now + s.recv_lag_ns if s.recv_lag_ns else None,
-            values=self.values(now), evidence_ids=list(s.evidence),
+            values=self.values(now), evidence_ids=s.evidence,
         )
+        s.evidence = []  # the vector owns the list now
+        return vec
 
 
 def feature_builder(config: FeatureConfig, clock: Callable[[], int]
