@@ -48,11 +48,6 @@ def reference(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):
     return _executed(run, tmp / "sub.sqlite")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known bug, under investigation: after SIGKILL of one of two processes and a restart from "
-    "recovery, a run was seen to never execute failover_feed on venue:binance (the re-derived "
-    "commands after the restart did not include it); the one-process SIGKILL test shows the "
-    "same intermittent symptom."))
 def test_two_process_cluster_killed_and_restarted_from_recovery(
     reference, kafka_bootstrap, tmp_path, recovery_dir
 ) -> None:

@@ -191,10 +191,6 @@ def test_two_processes_give_the_same_commands(baseline, kafka_bootstrap, tmp_pat
     _assert_same_outcome(cmds, base)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known bug, under investigation (intermittent): after SIGKILL and resume from recovery, "
-    "the binance heartbeat-loss reroute_order_flow and failover_feed were sometimes never "
-    "executed by the subscriber; nothing is executed twice. See the closing note."))
 def test_sigkill_halfway_then_resume_executes_every_command_exactly_once(
     baseline, kafka_bootstrap, tmp_path, recovery_dir
 ) -> None:
