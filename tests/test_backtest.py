@@ -120,9 +120,13 @@ def test_cli_backtest_writes_report_files(cascade, tmp_path, capsys):
 
 @pytest.mark.kafka
 @pytest.mark.xfail(strict=False, reason=(
-    "live guard reads six topics in batches (align_skew_s=2): the binance breach and the "
-    "okx heartbeat loss reach the playbook in a different order than in event time, so "
-    "incident opened_at (part of command ids) and the reroute decision differ; see report"))
+    "order within a batch: bytewax's keyed steps hand each key its share of a batch, so an "
+    "instrument key sees its quotes and the fanned-out index prices in an order set by batch "
+    "boundaries (Kafka batches per topic live, one merged batch in the backtest): feature "
+    "bars differ, and limit breaches are stamped at the end of the exposure batch that "
+    "crossed them. Mechanism-driven commands (reroute, failover, halts) agree; anomaly-driven "
+    "rungs and breach-driven command ids differ. Sorting each key's batch by ts makes the "
+    "features identical but changed detection in the usdc_depeg stress scenario"))
 def test_backtest_equals_live_run_through_the_broker(cascade, kafka_bootstrap, tmp_path):
     """The same events published to the guard's input topics and run through
     build_flow (Kafka source, event-time alignment, system clock) give the same
@@ -133,7 +137,7 @@ def test_backtest_equals_live_run_through_the_broker(cascade, kafka_bootstrap, t
     doc["env"] = env
     doc["kafka"] = {"bootstrap": kafka_bootstrap}
     doc["input"] = {"idle_eof_s": 4.0, "batch_size": 20, "check_future": False,
-                    "max_lateness_ns": 60 * NS}
+                    "max_lateness_ns": 60 * NS, "stamp_recv_ts": False}
     cfg_path = cascade["work"] / f"live-{env}.toml"
     cfg_path.write_text(dump_toml(doc))
     cfg, digest = load_guard_config(cfg_path)
