@@ -35,9 +35,9 @@ from riskguard.connectors.topics import topic_name
 from riskguard.operators.anomaly import detect_anomalies, extract_features
 from riskguard.operators.audit import AuditConfig
 from riskguard.operators.audit_op import audit_log
-from riskguard.operators.base import stateful_logic
+from riskguard.operators.base import split_dead_letters, stateful_logic
 from riskguard.operators.clock import Clock, Tick, system_clock
-from riskguard.operators.crypto import Signer
+from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer, encode_envelope
 from riskguard.operators.detector import DetectorConfig
 from riskguard.operators.exposure import ExposureConfig
 from riskguard.operators.features import FeatureConfig
@@ -70,7 +70,7 @@ from riskguard.schemas import (
 from riskguard.schemas.time_policy import EventTimePolicy
 
 from riskguard.config import CommonConfig, config_hash, decode_section, read_toml
-from riskguard.errors import ConfigError
+from riskguard.errors import ConfigError, VerificationError
 
 NS = 1_000_000_000
 MARKET = (Trade, Quote, OptionQuote, IndexPrice, FundingRate)
@@ -216,6 +216,43 @@ def _tick_fn(tick_ns: int) -> Any:
     return tick
 
 
+class OperatorCommands:
+    """Verify an operator's signed command envelope for the playbook.
+
+    The envelope must verify against the trust file exactly as a subscriber
+    would check it (key, role, action, scope, two-person rule, audience of
+    the commands topic, freshness). The command that passes carries
+    ``params["approvals"]`` = the number of distinct authorized signers,
+    whatever the payload claimed. Anything else becomes a dead letter with
+    the verification reason (``command_<reason>``), which is audited.
+    """
+
+    def __init__(self, trust: TrustStore, env: str, topic: str, clock: Clock) -> None:
+        self.trust = trust
+        self.audience = Audience(env=env, topic=topic)
+        self.clock = clock
+
+    def __call__(self, env: SignedEnvelope) -> MitigationCommand | DeadLetter:
+        now = self.clock()
+        try:
+            v = self.trust.verify(env, expected_payload_type=PAYLOAD_COMMAND,
+                                  audience=self.audience, now_ns=now)
+        except VerificationError as err:
+            return DeadLetter(topic="limit_updates", ts=now, reason=f"command_{err.reason}",
+                              expected="a verified operator command", found=err.detail[:4096],
+                              step="verify_operator", raw=encode_envelope(env)[:65536])
+        cmd = v.message
+        assert isinstance(cmd, MitigationCommand)  # PAYLOAD_COMMAND decodes to a command
+        params = {**cmd.params, "approvals": float(len(v.signers))}
+        return msgspec.structs.replace(cmd, params=params)
+
+
+def _refuse_unsigned(cmd: MitigationCommand) -> DeadLetter:
+    return DeadLetter(topic="limit_updates", ts=cmd.issued_at, reason="unsigned_command",
+                      expected="a signed command envelope", found="a bare command record",
+                      step="verify_operator", raw=msgspec.json.encode(cmd)[:65536])
+
+
 @dataclass(frozen=True)
 class GuardOut:
     """Every output stream of the guard core."""
@@ -248,8 +285,19 @@ def guard_core(
     market = op.filter("market", records, lambda r: isinstance(r, MARKET))
     status = op.filter("status", records, lambda r: isinstance(r, VenueStatus))
     trading = op.filter("trading", records, lambda r: isinstance(r, TRADING))
-    updates = op.filter("updates", records, lambda r: isinstance(r, SignedEnvelope))
-    manual = op.filter("manual", records, lambda r: isinstance(r, MitigationCommand))
+    updates = op.filter("updates", records, lambda r: isinstance(r, SignedEnvelope)
+                        and r.payload_type != PAYLOAD_COMMAND)
+    # Operator commands (a resume) come signed, on the limit-updates topic; they reach the
+    # playbook only once verified against the trust file, with their approvals counted
+    # from the signatures. A bare command record is refused: nothing unsigned acts.
+    operator_cmds = op.filter("operator_cmds", records, lambda r: isinstance(r, SignedEnvelope)
+                              and r.payload_type == PAYLOAD_COMMAND)
+    bare = op.filter("bare_cmds", records, lambda r: isinstance(r, MitigationCommand))
+    verified = split_dead_letters("verify_operator", op.merge(
+        "operator_in", op.map("verify_cmd", operator_cmds,
+                              OperatorCommands(trust, cfg.env, cfg.topic("commands"), clock)),
+        op.map("refuse_bare", bare, _refuse_unsigned)))
+    manual = verified.oks
     ticks = op.filter_map("ticks", market, _tick_fn(cfg.tick_ns))
 
     # Feed selection on the features' key (venue/instrument), so market data
@@ -307,6 +355,7 @@ def guard_core(
     out_cmds = op.map("observe_commands", signed.oks, observe_command)
     errs: Stream[DeadLetter] = op.map("observe_errs", op.merge(
         "errs", feats.errs, detected.errs, exposure.errs, limits.errs, planned.errs, signed.errs,
+        verified.errs,
     ), observe)
     audit_cfg = msgspec.structs.replace(cfg.audit, config_hash=cfg_hash)
     decisions = op.merge("decisions", signals, commands, errs)

@@ -15,7 +15,7 @@ from riskguard import __version__
 from riskguard.errors import RiskguardError
 
 AREAS = (
-    "broker", "topics", "keys", "audit", "subscribe", "run", "demo",
+    "broker", "topics", "keys", "audit", "subscribe", "command", "run", "demo",
     "backtest", "calibrate", "stress", "status",
 )
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from riskguard.operators.crypto import decode_envelope
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNBOOKS = ROOT / "ops" / "runbooks"
@@ -101,8 +102,11 @@ def test_firm_wide_halt_runbook(tmp_path: Path) -> None:
     """Against a halted guard's metrics: status shows halt_trading; the trust file needs two."""
     sys.path.insert(0, str(ROOT / "tests"))
     from signing_fixtures import ROOTS, write_signed_trust
+    from test_operator_commands import _key_file
 
     write_signed_trust(tmp_path, roots=ROOTS[:1])
+    os.replace(_key_file(tmp_path, "op-alice"), tmp_path / "alice.pem")
+    os.replace(_key_file(tmp_path, "op-bob"), tmp_path / "bob.pem")
     reg = CollectorRegistry()
     cmds = Counter("riskguard_commands_total", "c", ["action", "scope_kind"], registry=reg)
     Counter("riskguard_events_in_total", "in", ["stream"], registry=reg).labels("m").inc(50)
@@ -111,10 +115,11 @@ def test_firm_wide_halt_runbook(tmp_path: Path) -> None:
     server, _thread = start_http_server(0, addr="127.0.0.1", registry=reg)
     url = f"http://127.0.0.1:{server.server_port}/metrics"
     try:
-        ran = run_all("firm-wide-halt.md", tmp_path, {"METRICS_URL": url})
+        ran = run_all("firm-wide-halt.md", tmp_path, {"METRICS_URL": url, "NEXT_SEQ": "1"})
     finally:
         server.shutdown()
-    assert len(ran) == 2
+    assert len(ran) == 3
+    assert len(decode_envelope((tmp_path / "resume.json").read_bytes()).signatures) == 2
     assert '"halt_trading": 1.0' in (tmp_path / "status.json").read_text()
 
 

@@ -1,0 +1,217 @@
+"""``riskguard command new|cosign|show|publish``: operators' signed commands, e.g. the
+two-person resume of a firm-wide halt.
+
+Operator A writes and signs the command into a file; operator B reviews the
+exact payload (``show``) and adds a second signature over the same bytes
+(``cosign``); either publishes it (``publish``) to the commands topic, where
+executors verify it, and to the guard's limit-updates topic, where the guard
+verifies it before its playbook lifts the mitigation. The two-person rule is
+enforced by the verifiers (the trust file's ``[two_person]`` section), never
+by the file: the approvals the guard counts are the distinct authorized
+signatures, whatever the payload says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from confluent_kafka import KafkaError, Producer
+
+from riskguard.connectors.command_log import last_signed_seq
+from riskguard.connectors.settings import KafkaSettings
+from riskguard.errors import ConfigError, RiskguardError, VerificationError
+from riskguard.operators.crypto import (
+    PAYLOAD_COMMAND,
+    Signer,
+    decode_envelope,
+    encode_envelope,
+    sign_envelope,
+)
+from riskguard.operators.trust import RootSet, TrustStore
+from riskguard.schemas.commands import Action, Audience, MitigationCommand, SignedEnvelope
+from riskguard.schemas.signals import Scope, ScopeKind
+
+_cmd_decoder = msgspec.json.Decoder(MitigationCommand)
+
+
+def parse_scope(label: str) -> Scope:
+    """``kind:value`` or ``kind:venue/value``, as :meth:`Scope.label` writes it.
+
+    >>> parse_scope("firm:*").label(), parse_scope("instrument:okx/BTC-USDT").venue
+    ('firm:*', 'okx')
+    """
+    kind, sep, rest = label.partition(":")
+    if not sep or kind not in {k.value for k in ScopeKind} or not rest:
+        kinds = "|".join(k.value for k in ScopeKind)
+        raise ConfigError("--scope", f"{kinds}:VALUE (e.g. firm:* or venue:okx)", label)
+    venue, slash, value = rest.partition("/")
+    if slash and kind in ("instrument", "underlying"):
+        return Scope(kind=ScopeKind(kind), value=value, venue=venue)
+    return Scope(kind=ScopeKind(kind), value=rest)
+
+
+def _param(text: str) -> tuple[str, Any]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise ConfigError("--param", "NAME=VALUE (numbers become floats; a,b,c a list)", text)
+    if "," in value:
+        return name, [v for v in value.split(",") if v]
+    try:
+        return name, float(value)
+    except ValueError:
+        return name, value
+
+
+def _read(path: str) -> SignedEnvelope:
+    env = decode_envelope(Path(path).read_bytes())
+    if env.payload_type != PAYLOAD_COMMAND:
+        raise VerificationError("wrong_payload_type", f"{path} holds {env.payload_type!r}")
+    return env
+
+
+def _write(path: str, env: SignedEnvelope) -> None:
+    Path(path).write_bytes(encode_envelope(env) + b"\n")
+
+
+def _new(args: argparse.Namespace) -> int:
+    signer = Signer.from_file(args.key, issuer=args.issuer)
+    settings = KafkaSettings(bootstrap=args.brokers) if args.brokers else None
+    if args.seq is not None:
+        seq = args.seq
+    elif settings is not None:  # continue this issuer's sequence on the commands topic
+        seq = last_signed_seq(settings, args.topic, signer.public_key, args.issuer) + 1
+    else:
+        raise ConfigError("--seq", "a sequence number, or --brokers to read the last one",
+                          "neither")
+    now = time.time_ns()
+    params = dict(_param(p) for p in args.param)
+    if args.lift:
+        params["actions"] = list(args.lift)
+    cmd = MitigationCommand(
+        command_id=str(uuid.uuid4()), issuer=args.issuer, seq=seq, issued_at=now,
+        expires_at=now + int(args.ttl * 1e9), audience=Audience(env=args.env, topic=args.topic),
+        action=Action(args.action), scope=parse_scope(args.scope), params=params,
+        reason=args.reason,
+    )
+    env = sign_envelope(PAYLOAD_COMMAND, msgspec.json.encode(cmd), [signer])
+    _write(args.out, env)
+    sys.stdout.write(f"wrote {args.out}: {cmd.action.value} on {cmd.scope.label()} seq {seq}, "
+                     f"signed by {signer.key_id} ({args.issuer}); expires in {args.ttl:g}s\n")
+    return 0
+
+
+def _describe(env: SignedEnvelope) -> str:
+    cmd = _cmd_decoder.decode(env.payload)
+    body = json.dumps(msgspec.to_builtins(cmd), indent=2, sort_keys=True)
+    sigs = ", ".join(s.key_id for s in env.signatures)
+    left = (cmd.expires_at - time.time_ns()) / 1e9
+    return f"{body}\nsignatures: {sigs}\nexpires in: {left:.0f}s\n"
+
+
+def _show(args: argparse.Namespace) -> int:
+    env = _read(args.file)
+    sys.stdout.write(_describe(env))
+    if args.trust:
+        trust = TrustStore.load(args.trust, RootSet.load(args.roots))
+        cmd = _cmd_decoder.decode(env.payload)
+        try:
+            v = trust.verify(env, expected_payload_type=PAYLOAD_COMMAND, audience=cmd.audience,
+                             now_ns=time.time_ns())
+        except VerificationError as err:
+            sys.stdout.write(f"NOT VALID: {err.reason}: {err.detail}\n")
+            return 1
+        sys.stdout.write(f"valid: {len(v.signers)} authorized signer(s)\n")
+    return 0
+
+
+def _cosign(args: argparse.Namespace) -> int:
+    env = _read(args.file)
+    signer = Signer.from_file(args.key)
+    if any(s.key_id == signer.key_id for s in env.signatures):
+        raise ConfigError("--key", "a key that has not signed this command yet", signer.key_id)
+    sys.stdout.write(_describe(env))  # what is being approved, byte for byte
+    sig = signer.sign(PAYLOAD_COMMAND, env.payload)
+    _write(args.out or args.file, msgspec.structs.replace(
+        env, signatures=[*env.signatures, sig]))
+    sys.stdout.write(f"added signature {signer.key_id}; "
+                     f"{len(env.signatures) + 1} signature(s) now\n")
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    env = _read(args.file)
+    data = encode_envelope(env)
+    cmd = _cmd_decoder.decode(env.payload)
+    producer = Producer({**KafkaSettings(bootstrap=args.brokers).client_config(),
+                         "enable.idempotence": True, "acks": "all"})
+    failed: list[str] = []
+
+    def delivered(err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            failed.append(f"{msg.topic()}: {err.str()}")
+
+    for topic in args.topic:
+        producer.produce(topic, data, key=cmd.issuer.encode(), on_delivery=delivered)
+    left = producer.flush(30)
+    if left or failed:
+        sys.stderr.write(f"riskguard command publish: NOT delivered ({left} pending): "
+                         f"{'; '.join(failed)}\n")
+        return 1
+    sys.stdout.write(f"published {cmd.command_id} to {', '.join(args.topic)}\n")
+    return 0
+
+
+def _guarded(func: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(func(args))
+        except (RiskguardError, ConfigError, OSError) as err:
+            sys.stderr.write(f"riskguard command {args.command_action}: {err}\n")
+            return 2
+    return run
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    cmd = sub.add_parser("command", help="write, co-sign, show and publish an operator's "
+                         "signed command (e.g. a two-person resume)")
+    cs = cmd.add_subparsers(dest="command_action", metavar="ACTION", required=True)
+    n = cs.add_parser("new", help="write a command signed by your key")
+    n.add_argument("--action", required=True, choices=[a.value for a in Action])
+    n.add_argument("--scope", required=True, help="e.g. firm:*, venue:okx")
+    n.add_argument("--reason", required=True, help="why (the incident id)")
+    n.add_argument("--key", required=True, help="your private key")
+    n.add_argument("--issuer", required=True, help="your name in the trust file")
+    n.add_argument("--env", required=True)
+    n.add_argument("--topic", required=True, help="the commands topic (the audience)")
+    n.add_argument("--ttl", type=float, default=300.0, help="seconds until it expires")
+    n.add_argument("--lift", action="append", default=[], metavar="ACTION",
+                   help="for a resume: an action it lifts (repeatable; default all)")
+    n.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    n.add_argument("--seq", type=int, help="sequence number (default: next after the "
+                   "issuer's last on --topic, read from --brokers)")
+    n.add_argument("--brokers", help="Kafka bootstrap, to read the issuer's last seq")
+    n.add_argument("--out", required=True, help="envelope file to write")
+    n.set_defaults(func=_guarded(_new))
+    c = cs.add_parser("cosign", help="review a command and add your signature")
+    c.add_argument("file")
+    c.add_argument("--key", required=True, help="your private key")
+    c.add_argument("--out", help="write here instead of in place")
+    c.set_defaults(func=_guarded(_cosign))
+    s = cs.add_parser("show", help="print a command file; with --trust, verify it")
+    s.add_argument("file")
+    s.add_argument("--trust")
+    s.add_argument("--roots")
+    s.set_defaults(func=_guarded(_show))
+    p = cs.add_parser("publish", help="produce the envelope to topics, delivery checked")
+    p.add_argument("file")
+    p.add_argument("--brokers", required=True)
+    p.add_argument("--topic", action="append", required=True,
+                   help="repeatable: the commands topic and the guard's limit-updates topic")
+    p.set_defaults(func=_guarded(_publish))
