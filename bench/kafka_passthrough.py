@@ -21,10 +21,9 @@ import time
 import uuid
 from pathlib import Path
 
+import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from confluent_kafka import Consumer, Producer, TopicPartition
-
-import bytewax.operators as op
 from riskguard.connectors.broker import DevBroker
 from riskguard.connectors.topics import TopicSpec, create_topics
 

@@ -33,7 +33,9 @@ class Case:
         return sorted(set(self.splits) | {0, n // 3, n // 2, (2 * n) // 3, n})
 
 
-def run(builder: Callable[[Any], Any], events: Sequence[Any], state: Any = None) -> tuple[list[Any], Any]:
+def run(
+    builder: Callable[[Any], Any], events: Sequence[Any], state: Any = None
+) -> tuple[list[Any], Any]:
     logic = builder(state)
     outs: list[Any] = []
     for e in events:

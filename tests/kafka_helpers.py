@@ -11,7 +11,9 @@ from riskguard.connectors.kafka import list_partitions
 from riskguard.connectors.settings import KafkaSettings
 
 
-def produce(bootstrap: str, topic: str, values: Iterable[bytes], partition: int | None = None) -> int:
+def produce(
+    bootstrap: str, topic: str, values: Iterable[bytes], partition: int | None = None
+) -> int:
     """Produce raw values and wait for every ack; returns how many were sent."""
     p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
     n = 0

@@ -114,7 +114,10 @@ def test_malformed_corpus_lands_in_dead_letter_topic_and_flow_keeps_running(
     run_main(build(kafka_bootstrap, [src], out, dlq, idle_eof_s=1.0))
 
     dlq_codec = Codec(max_bytes=DEAD_LETTER_MAX_BYTES)
-    dead = [dlq_codec.decode(dlq, v) for _, _, v in consume_all(kafka_bootstrap, dlq, expect=len(MALFORMED))]
+    dead = [
+        dlq_codec.decode(dlq, v)
+        for _, _, v in consume_all(kafka_bootstrap, dlq, expect=len(MALFORMED))
+    ]
     assert all(isinstance(d, DeadLetter) for d in dead)
     by_offset = {d.offset: d for d in dead}
     for i, (label, raw, reason, path) in enumerate(MALFORMED):
@@ -122,8 +125,13 @@ def test_malformed_corpus_lands_in_dead_letter_topic_and_flow_keeps_running(
         assert d is not None, f"{label}: no dead letter at offset {2 * i + 1}"
         assert (d.reason, d.path) == (reason, path), f"{label}: got {d.reason} at {d.path}"
         assert d.raw == raw[:65536] and d.topic == src and d.partition == 0, label
-    goods = [decode(out, v) for _, _, v in consume_all(kafka_bootstrap, out, expect=len(MALFORMED) + 1)]
-    assert sorted(g.id for g in goods) == sorted([f"good{i}" for i in range(len(MALFORMED))] + ["last"])
+    goods = [
+        decode(out, v)
+        for _, _, v in consume_all(kafka_bootstrap, out, expect=len(MALFORMED) + 1)
+    ]
+    assert sorted(g.id for g in goods) == sorted(
+        [f"good{i}" for i in range(len(MALFORMED))] + ["last"]
+    )
 
 
 def test_two_workers_give_the_same_multiset_as_one(kafka_bootstrap: str, new_topic) -> None:
@@ -134,13 +142,18 @@ def test_two_workers_give_the_same_multiset_as_one(kafka_bootstrap: str, new_top
     results = []
     for workers in (1, 2):
         out, dlq = new_topic(3), new_topic(1)
-        spec = f"riskguard.dataflows.passthrough:build({kafka_bootstrap!r}, [{src!r}], {out!r}, {dlq!r}, 1.5)"
+        spec = (
+            "riskguard.dataflows.passthrough:"
+            f"build({kafka_bootstrap!r}, [{src!r}], {out!r}, {dlq!r}, 1.5)"
+        )
         subprocess.run(
             [sys.executable, "-m", "bytewax.run", spec, "-w", str(workers)],
             check=True, timeout=120, capture_output=True,
         )
         oks = Counter(v for _, _, v in consume_all(kafka_bootstrap, out, expect=400))
-        errs = Counter(decode(dlq, v).raw for _, _, v in consume_all(kafka_bootstrap, dlq, expect=7))
+        errs = Counter(
+            decode(dlq, v).raw for _, _, v in consume_all(kafka_bootstrap, dlq, expect=7)
+        )
         results.append((oks, errs))
     assert results[0] == results[1]
     assert sum(results[0][0].values()) == 400 and results[0][1] == Counter({b"junk": 7})

@@ -63,15 +63,20 @@ def test_files_are_merged_in_event_time_order(files: list[ReplayFile]) -> None:
 
 
 def test_bad_rows_become_dead_letters_with_their_byte_offset(tmp_path: Path) -> None:
-    """A malformed CSV row and a bad JSONL line are dead letters, not crashes; rows after them still come."""
+    """A malformed CSV row and a bad JSONL line are dead letters, not crashes; rows after them
+    still come."""
     p = tmp_path / "x-trades.csv"
     good = "1,100.0,0.5,50,1700000000000,false,true\n"
     p.write_text(good + "2,NaN,0.5,50,1700000000001,false,true\n" + good.replace("1,", "3,", 1))
     j = tmp_path / "y.jsonl"
     j.write_bytes(b'{"type":"trade","oops"\n')
-    recs = list(read_all(ReplaySource([ReplayFile(p, venue="binance", instrument="X"), ReplayFile(j)])))
+    recs = list(read_all(ReplaySource(
+        [ReplayFile(p, venue="binance", instrument="X"), ReplayFile(j)]
+    )))
     dead = [r for r in recs if isinstance(r, DeadLetter)]
-    assert sorted((d.reason, d.offset) for d in dead) == [("malformed", 0), ("validation", len(good))]
+    assert sorted((d.reason, d.offset) for d in dead) == [
+        ("malformed", 0), ("validation", len(good)),
+    ]
     assert sum(isinstance(r, Trade) for r in recs) == 2
 
 
@@ -143,5 +148,5 @@ def test_real_time_pacing_waits_for_event_time(tmp_path: Path) -> None:
 
 def test_missing_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
     """A replay file that does not exist stops start-up with its path in the message."""
-    with pytest.raises(ConfigError, match="nope.jsonl"):
+    with pytest.raises(ConfigError, match=r"nope\.jsonl"):
         ReplaySource([ReplayFile(tmp_path / "nope.jsonl")])

@@ -53,5 +53,5 @@ def test_unreachable_broker_at_start_is_a_clear_error() -> None:
     from riskguard.connectors.kafka import list_partitions
     from riskguard.connectors.settings import KafkaSettings
 
-    with pytest.raises(BrokerError, match="127.0.0.1:1"):
+    with pytest.raises(BrokerError, match=r"127\.0\.0\.1:1"):
         list_partitions(KafkaSettings(bootstrap="127.0.0.1:1"), "any", timeout_s=1.0)
