@@ -75,6 +75,8 @@ from riskguard.errors import ConfigError, VerificationError
 NS = 1_000_000_000
 MARKET = (Trade, Quote, OptionQuote, IndexPrice, FundingRate)
 TRADING = (Fill, PositionSnapshot, Balance, OpenOrders)
+# Everything the guard core consumes; any other record type is a dead letter.
+HANDLED = (*MARKET, VenueStatus, *TRADING, SignedEnvelope, MitigationCommand)
 INPUT_STREAMS = ("market", "venue_status", "fills", "positions", "balances", "limit_updates")
 
 
@@ -247,6 +249,14 @@ class OperatorCommands:
         return msgspec.structs.replace(cmd, params=params)
 
 
+def _unhandled(rec: Any) -> DeadLetter:
+    """A valid record of a type the guard does not consume (e.g. on the wrong topic)."""
+    return DeadLetter(topic=getattr(rec, "topic", "") or "input", ts=getattr(rec, "ts", 0) or 0,
+                      reason="unexpected_type", expected="a guard input record",
+                      found=type(rec).__name__, step="guard",
+                      raw=msgspec.json.encode(rec)[:65536])
+
+
 def _refuse_unsigned(cmd: MitigationCommand) -> DeadLetter:
     return DeadLetter(topic="limit_updates", ts=cmd.issued_at, reason="unsigned_command",
                       expected="a signed command envelope", found="a bare command record",
@@ -282,7 +292,10 @@ def guard_core(
     files or generators. It is the single implementation of the guard logic.
     ``seq_floor`` is the signing step's (the highest seq already delivered).
     """
-    market = op.filter("market", records, lambda r: isinstance(r, MARKET))
+    # Market data is most of the input: split it off first, so the other filters only
+    # see the rest.
+    by_kind = op.branch("is_market", records, lambda r: isinstance(r, MARKET))
+    market, records = by_kind.trues, by_kind.falses
     status = op.filter("status", records, lambda r: isinstance(r, VenueStatus))
     trading = op.filter("trading", records, lambda r: isinstance(r, TRADING))
     updates = op.filter("updates", records, lambda r: isinstance(r, SignedEnvelope)
@@ -293,6 +306,8 @@ def guard_core(
     operator_cmds = op.filter("operator_cmds", records, lambda r: isinstance(r, SignedEnvelope)
                               and r.payload_type == PAYLOAD_COMMAND)
     bare = op.filter("bare_cmds", records, lambda r: isinstance(r, MitigationCommand))
+    unhandled = op.map("unhandled", op.filter(
+        "other", records, lambda r: not isinstance(r, HANDLED)), _unhandled)
     verified = split_dead_letters("verify_operator", op.merge(
         "operator_in", op.map("verify_cmd", operator_cmds,
                               OperatorCommands(trust, cfg.env, cfg.topic("commands"), clock)),
@@ -355,7 +370,7 @@ def guard_core(
     out_cmds = op.map("observe_commands", signed.oks, observe_command)
     errs: Stream[DeadLetter] = op.map("observe_errs", op.merge(
         "errs", feats.errs, detected.errs, exposure.errs, limits.errs, planned.errs, signed.errs,
-        verified.errs,
+        verified.errs, unhandled,
     ), observe)
     audit_cfg = msgspec.structs.replace(cfg.audit, config_hash=cfg_hash)
     decisions = op.merge("decisions", signals, commands, errs)

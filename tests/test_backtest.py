@@ -171,3 +171,24 @@ def test_backtest_equals_live_run_through_the_broker(cascade, kafka_bootstrap, t
 
     assert sorted(map(key, live)) == sorted(map(key, back.commands))
     assert len(live) >= 7
+
+
+def test_a_record_the_guard_does_not_consume_is_a_dead_letter_not_dropped(cascade):
+    """A valid wire record of a type no guard step consumes (here a feature vector on an
+    input topic) goes to the dead letters with reason unexpected_type, and a bare
+    (unsigned) command record with reason unsigned_command."""
+    from riskguard.schemas import FeatureVector, MitigationCommand, Scope, ScopeKind
+    from riskguard.schemas.commands import Action, Audience
+
+    recs = cascade["recs"][:200]
+    ts = recs[-1].ts
+    stray = FeatureVector(key="okx/BTC-USDT", ts=ts, values={"x": 1.0},
+                          scope=Scope(kind=ScopeKind.INSTRUMENT, value="BTC-USDT", venue="okx"))
+    bare = MitigationCommand(command_id="bare-1", issuer="someone", issued_at=ts,
+                             expires_at=ts + 60 * NS, audience=Audience(env="x", topic="y"),
+                             action=Action.RESUME, scope=Scope(kind=ScopeKind.FIRM, value="*"),
+                             reason="not signed")
+    res = run_backtest(*load_guard_config(cascade["cfg"]), records=[*recs, stray, bare])
+    reasons = sorted((d.reason, d.found) for d in res.dead_letters)
+    assert ("unexpected_type", "FeatureVector") in reasons
+    assert any(r == "unsigned_command" for r, _ in reasons)
