@@ -111,10 +111,9 @@ def route_worker(key: str | bytes, workers: int) -> int:
     return _siphash13(data + b"\xff") % workers
 
 
-# Per process: the cluster's worker count and, per worker thread, its index, as
-# seen by the ``workers`` probe step that kafka_input adds before its source.
+# Per process: the cluster's worker count, as seen by the ``workers`` probe step that
+# kafka_input adds before its source.
 _CLUSTER: dict[str, int] = {}
-_THREAD_WORKER: dict[int, int] = {}
 
 
 class _NoItems(StatelessSourcePartition[Any]):
@@ -131,7 +130,6 @@ class WorkerProbe(DynamicSource[Any]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _NoItems:
         _CLUSTER["workers"] = worker_count
-        _THREAD_WORKER[threading.get_ident()] = worker_index
         return _NoItems()
 
 
