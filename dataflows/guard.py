@@ -3,7 +3,7 @@
 Wiring::
 
     Kafka (market, venue_status, fills, positions, balances, limit_updates)
-      -> decode (bad records -> dead-letter topic)   market: read on its key's worker
+      -> decode (bad records -> dead-letter topic)
       -> feed selection (primary/backup failover)   keyed venue/instrument
       -> features -> anomalies                      same key: no extra exchange
       -> exposures -> limits (signed limit updates verified against the trust file)
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,8 +74,9 @@ from riskguard.errors import ConfigError, VerificationError
 NS = 1_000_000_000
 MARKET = (Trade, Quote, OptionQuote, IndexPrice, FundingRate)
 TRADING = (Fill, PositionSnapshot, Balance, OpenOrders)
-# Everything the guard core consumes; any other record type is a dead letter.
-HANDLED = (*MARKET, VenueStatus, *TRADING, SignedEnvelope, MitigationCommand)
+# Everything the guard core consumes; any other record type (a bare, unsigned command
+# included) is a dead letter.
+HANDLED = (*MARKET, VenueStatus, *TRADING, SignedEnvelope)
 INPUT_STREAMS = ("market", "venue_status", "fills", "positions", "balances", "limit_updates")
 
 
@@ -250,17 +250,15 @@ class OperatorCommands:
 
 
 def _unhandled(rec: Any) -> DeadLetter:
-    """A valid record of a type the guard does not consume (e.g. on the wrong topic)."""
-    return DeadLetter(topic=getattr(rec, "topic", "") or "input", ts=getattr(rec, "ts", 0) or 0,
-                      reason="unexpected_type", expected="a guard input record",
-                      found=type(rec).__name__, step="guard",
-                      raw=msgspec.json.encode(rec)[:65536])
-
-
-def _refuse_unsigned(cmd: MitigationCommand) -> DeadLetter:
-    return DeadLetter(topic="limit_updates", ts=cmd.issued_at, reason="unsigned_command",
-                      expected="a signed command envelope", found="a bare command record",
-                      step="verify_operator", raw=msgspec.json.encode(cmd)[:65536])
+    """A valid record of a type the guard does not consume (e.g. on the wrong topic); a
+    bare command record is refused as unsigned: nothing unsigned acts."""
+    unsigned = isinstance(rec, MitigationCommand)
+    return DeadLetter(
+        topic="input", ts=getattr(rec, "ts", 0) or 0,
+        reason="unsigned_command" if unsigned else "unexpected_type",
+        expected="a signed command envelope" if unsigned else "a guard input record",
+        found=type(rec).__name__, step="guard", raw=msgspec.json.encode(rec)[:65536],
+    )
 
 
 @dataclass(frozen=True)
@@ -284,7 +282,7 @@ def guard_core(
     clock: Clock,
     signer: Signer,
     trust: TrustStore,
-    seq_floor: Callable[[str], int] | None = None,
+    seq_floor: int | None = None,
 ) -> GuardOut:
     """The whole guard over a stream of decoded records, whatever their source.
 
@@ -305,14 +303,11 @@ def guard_core(
     # from the signatures. A bare command record is refused: nothing unsigned acts.
     operator_cmds = op.filter("operator_cmds", records, lambda r: isinstance(r, SignedEnvelope)
                               and r.payload_type == PAYLOAD_COMMAND)
-    bare = op.filter("bare_cmds", records, lambda r: isinstance(r, MitigationCommand))
+    verify = OperatorCommands(trust, cfg.env, cfg.topic("commands"), clock)
+    verified = split_dead_letters("verify_operator", op.map("verify_cmd", operator_cmds, verify))
+    manual = verified.oks
     unhandled = op.map("unhandled", op.filter(
         "other", records, lambda r: not isinstance(r, HANDLED)), _unhandled)
-    verified = split_dead_letters("verify_operator", op.merge(
-        "operator_in", op.map("verify_cmd", operator_cmds,
-                              OperatorCommands(trust, cfg.env, cfg.topic("commands"), clock)),
-        op.map("refuse_bare", bare, _refuse_unsigned)))
-    manual = verified.oks
     ticks = op.filter_map("ticks", market, _tick_fn(cfg.tick_ns))
 
     # Feed selection on the features' key (venue/instrument), so market data
@@ -427,7 +422,7 @@ def build_flow(
     delivered = last_signed_seq(brokers, cfg.topic("commands"), signer.public_key,
                                 issuer)
     out = guard_core("guard", src.oks, cfg=cfg, cfg_hash=cfg_hash, clock=clock, signer=signer,
-                     trust=trust, seq_floor=lambda _issuer: delivered)
+                     trust=trust, seq_floor=delivered)
     timeout = cfg.sink_delivery_timeout_s
     kafka_output("commands", out.commands, brokers=brokers, topic=cfg.topic("commands"),
                  delivery_timeout_s=timeout, key=lambda _env: issuer)

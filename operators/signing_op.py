@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import bytewax.operators as op
@@ -40,7 +39,7 @@ def sign_commands(
     signer: Signer,
     *,
     config: SignConfig | None = None,
-    seq_floor: Callable[[str], int] | None = None,
+    seq_floor: int | None = None,
 ) -> SplitOut[SignedEnvelope]:
     """Sign commands into envelopes with a monotonic per-issuer ``seq``.
 
@@ -48,9 +47,9 @@ def sign_commands(
     what makes ``seq`` monotonic. Non-commands and reused ``command_id``s go
     to ``errs``. A signing failure raises ``SigningError`` and stops the flow.
 
-    ``seq_floor(issuer)`` returns the highest ``seq`` already delivered (e.g.
+    ``seq_floor`` is the highest ``seq`` this issuer already delivered (e.g.
     :func:`riskguard.connectors.command_log.last_signed_seq` over the commands
-    topic). It is asked whenever the step starts, fresh or resumed, and the
+    topic, read at start-up). Whenever the step starts, fresh or resumed, the
     counter continues above it: a restart whose snapshot predates commands it
     had delivered, or a fresh run onto a topic with older commands, never
     reuses a ``seq``. Without it, a resumed counter jumps by
@@ -67,11 +66,10 @@ def sign_commands(
         # replays. So the counter starts above everything delivered; subscribers drop
         # re-emitted identical commands by id (or as already in force).
         if seq_floor is not None:
-            floor = seq_floor(issuer)
             if state is None:
-                state = SignState(issuer=issuer, last_seq=floor)
-            elif floor > state.last_seq:
-                state = dataclasses.replace(state, last_seq=floor)
+                state = SignState(issuer=issuer, last_seq=seq_floor)
+            elif seq_floor > state.last_seq:
+                state = dataclasses.replace(state, last_seq=seq_floor)
         elif state is not None and cfg.resume_seq_gap:
             state = dataclasses.replace(state, last_seq=state.last_seq + cfg.resume_seq_gap)
         return exact(state)

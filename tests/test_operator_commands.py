@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from riskguard.connectors.subscriber import CommandSubscriber
-from riskguard.dataflows.guard import OperatorCommands, _refuse_unsigned
+from riskguard.dataflows.guard import OperatorCommands, _unhandled
 from riskguard.operators.clock import ManualClock
 from riskguard.operators.crypto import PAYLOAD_COMMAND, decode_envelope, sign_envelope
 from riskguard.operators.trust import RootSet, TrustStore
@@ -64,8 +64,8 @@ def test_a_key_not_allowed_to_resume_is_refused_with_its_reason() -> None:
 
 
 def test_a_bare_command_record_is_refused_as_unsigned() -> None:
-    out = _refuse_unsigned(command(4, action=Action.RESUME))
-    assert (out.reason, out.step) == ("unsigned_command", "verify_operator")
+    out = _unhandled(command(4, action=Action.RESUME))
+    assert (out.reason, out.found) == ("unsigned_command", "MitigationCommand")
 
 
 def _key_file(tmp: Path, name: str) -> Path:

@@ -141,7 +141,7 @@ def _signed_with_floor(cmds: list, floor: int, tmp_path: Path | None = None) -> 
     out: list[SignedEnvelope] = []
     flow = Dataflow("sign_floor")
     s = sign_commands("sign", op.input("in", flow, TestingSource(cmds)), ENGINE,
-                      seq_floor=lambda issuer: floor if issuer == ENGINE.issuer else -1)
+                      seq_floor=floor)
     op.output("out", s.oks, TestingSink(out))
     rc = RecoveryConfig(str(tmp_path)) if tmp_path is not None else None
     run_main(flow, epoch_interval=timedelta(0), recovery_config=rc)
