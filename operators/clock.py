@@ -72,9 +72,11 @@ class Watermark:
     130
     """
 
-    def __init__(self, idle_ns: int, sources: dict[str, list[int]] | None = None) -> None:
+    def __init__(self, idle_ns: int, sources: dict[str, list[int]] | None = None,
+                 restored: RestoredSources | None = None) -> None:
         self.idle_ns = idle_ns
         self.sources: dict[str, list[int]] = sources if sources is not None else {}
+        self.restored = restored
 
     def update(self, source: str, ts: int, now_ns: int) -> int:
         entry = self.sources.get(source)
@@ -82,10 +84,8 @@ class Watermark:
             self.sources[source] = [ts, now_ns]
         else:
             entry[0], entry[1] = max(entry[0], ts), now_ns
-        return self.value(now_ns)
-
-    def value(self, now_ns: int) -> int:
-        """The watermark now, without a new tick."""
+        if self.restored is not None:
+            self.restored.retire(self.sources)
         live = [t for t, seen in self.sources.values() if now_ns - seen < self.idle_ns]
         return min(live) if live else max(t for t, _ in self.sources.values())
 

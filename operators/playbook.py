@@ -408,11 +408,9 @@ class PlaybookLogic:
         self._trigger_recv_ts = getattr(event, "recv_ts", None)
         if isinstance(event, Tick):
             if event.source:
-                now = self.clock()
-                wm = Watermark(WATERMARK_IDLE_NS, self.state.sources)
-                wm.update(event.source, event.ts, now)
-                self._restored.retire(self.state.sources)
-                self.state.watermark = max(self.state.watermark, wm.value(now))
+                wm = Watermark(WATERMARK_IDLE_NS, self.state.sources, self._restored)
+                self.state.watermark = max(
+                    self.state.watermark, wm.update(event.source, event.ts, self.clock()))
             self._advance(event.ts)
         elif isinstance(event, MitigationCommand):
             if event.action is not Action.RESUME:
