@@ -24,6 +24,7 @@ from signing_fixtures import (
     OP1,
     OP2,
     T0,
+    VENUE_X,
     command,
     seed,
     trust_store,
@@ -56,8 +57,7 @@ def test_approvals_are_the_verified_signers_whatever_the_payload_claims() -> Non
 
 
 def test_a_key_not_allowed_to_resume_is_refused_with_its_reason() -> None:
-    cmd = command(3, issuer="engine-1", action=Action.RESUME,
-                  scope=FIRM.__class__(kind="venue", value="okx"))
+    cmd = command(3, issuer="engine-1", action=Action.RESUME, scope=VENUE_X)
     out = CMDS(sign_envelope(PAYLOAD_COMMAND, msgspec.json.encode(cmd), [ENGINE]))
     assert isinstance(out, DeadLetter) and out.reason.startswith("command_")
     assert out.reason != "command_two_person_required"
