@@ -549,12 +549,7 @@ class DetectorLogic:
         fresh_leaves: tuple[int, ...] | None = None
         xm: Sequence[float]
         if self._array or self.kind == "river_hst":
-            if self._squash:
-                k = self._squash_k
-                tanh = math.tanh
-                xm = [0.5 + 0.5 * tanh(zi * k) for zi in z]
-            else:
-                xm = self._scaled(x, z)
+            xm = self._scaled(x, z)
             if self._array:
                 score, leaves = self.model.score(xm, True)
             else:
@@ -644,11 +639,11 @@ class DetectorLogic:
 
     def _scaled(self, x: Sequence[float], z: list[float]) -> list[float]:
         """Model input in [0, 1]: squashed z-scores, or River's MinMaxScaler transform."""
-        s = self.s
-        if self.config.scaler == "squash":
-            k = 1.0 / self.config.squash_scale
+        if self._squash:
+            k = self._squash_k
             tanh = math.tanh
             return [0.5 + 0.5 * tanh(zi * k) for zi in z]
+        s = self.s
         lo, hi = s.lo, s.hi
         out = []
         for i, v in enumerate(x):
