@@ -358,11 +358,9 @@ class FeatureLogic:
             s.recv_lag_ns = rec.recv_ts - ts
 
     def _apply(self, rec: Any, ts: int) -> None:
+        """Every record but a quote (``on_event`` sends those to :meth:`_quote`)."""
         s = self.s
         t = type(rec)
-        if t is Quote:
-            self._quote(rec, ts)
-            return
         if t is Trade:
             if not s.kind:
                 s.kind = "market"
