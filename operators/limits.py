@@ -513,7 +513,7 @@ class LimitsLogic:
             changed = new is not old
             big = changed and (_ORDER[new] >= 2 or _ORDER[old] >= 2)
             emit = changed or first or force_path == tkey or ts - tr.last_emit_ts >= interval
-            if emit or big:
+            if emit:  # a level change (so any breach, "big") always emits
                 inputs = {} if inputs is None else inputs
                 inputs["base_limit"] = spec.limit
             path, kind = tkey
