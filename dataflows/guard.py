@@ -34,7 +34,7 @@ from riskguard.connectors.topics import topic_name
 from riskguard.operators.anomaly import detect_anomalies, extract_features
 from riskguard.operators.audit import AuditConfig
 from riskguard.operators.audit_op import audit_log
-from riskguard.operators.base import split_dead_letters, stateful_logic
+from riskguard.operators.base import event_time, split_dead_letters, stateful_logic
 from riskguard.operators.clock import Clock, Tick, system_clock
 from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer, encode_envelope
 from riskguard.operators.detector import DetectorConfig
@@ -209,10 +209,13 @@ def _tick_fn(tick_ns: int) -> Any:
     source = f"{socket.gethostname()}/{os.getpid()}"
 
     def tick(rec: Any) -> Tick | None:
-        bucket = rec.ts // tick_ns
+        ts = getattr(rec, "ts", None)
+        if type(ts) is not int:  # a signed envelope: no event time
+            return None
+        bucket = ts // tick_ns
         if bucket > last[0]:
             last[0] = bucket
-            return Tick(ts=rec.ts, source=source)
+            return Tick(ts=ts, source=source)
         return None
 
     return tick
@@ -292,6 +295,9 @@ def guard_core(
     """
     # Market data is most of the input: split it off first, so the other filters only
     # see the rest.
+    # Event-time progress from every record (not only market data: fills during a market
+    # data outage must still be valued).
+    ticks = op.filter_map("ticks", records, _tick_fn(cfg.tick_ns))
     by_kind = op.branch("is_market", records, lambda r: isinstance(r, MARKET))
     market, records = by_kind.trues, by_kind.falses
     status = op.filter("status", records, lambda r: isinstance(r, VenueStatus))
@@ -308,7 +314,6 @@ def guard_core(
     manual = verified.oks
     unhandled = op.map("unhandled", op.filter(
         "other", records, lambda r: not isinstance(r, HANDLED)), _unhandled)
-    ticks = op.filter_map("ticks", market, _tick_fn(cfg.tick_ns))
 
     # Feed selection on the features' key (venue/instrument), so market data
     # changes worker at most once before features; heartbeats and ticks fan out.
@@ -325,14 +330,17 @@ def guard_core(
 
     keyed = op.flat_map("feed_key", op.merge("feed_in", market, status), feed_keys)
     market_ok = op.map(
-        "feed_unkey", stateful_logic("feed_select", keyed, _bind_venue(fcfg)), lambda kv: kv[1]
+        "feed_unkey",
+        stateful_logic("feed_select", keyed, _bind_venue(fcfg), order=event_time),
+        lambda kv: kv[1],
     )
     monitor_in = op.flat_map(
         "monitor_key", op.merge("monitor_src", status, ticks),
         lambda r: [(r.venue, r)] if isinstance(r, VenueStatus) else [(v, r) for v in feed_venues],
     )
     feed_alerts = op.map(
-        "monitor_unkey", stateful_logic("feed_monitor", monitor_in, _monitor_builder(fcfg)),
+        "monitor_unkey", stateful_logic("feed_monitor", monitor_in, _monitor_builder(fcfg),
+                                      order=event_time),
         lambda kv: kv[1],
     )
 
@@ -342,7 +350,8 @@ def guard_core(
     anomalies = op.key_rm("anomalies", detected.oks)
 
     marks = op.filter("marks", market_ok, MarkFilter(cfg.mark_interval_ns, cfg.mark_move_bps))
-    exposure = aggregate_exposure("exposure", marks, trading, config=cfg.exposure, clock=clock)
+    exposure = aggregate_exposure("exposure", marks, trading, config=cfg.exposure, clock=clock,
+                                  ticks=ticks)
     audience = Audience(env=cfg.env, topic=cfg.topic("limit_updates"))
     limits = enforce_limits("limits", exposure.exposures, updates, config=cfg.limits,
                             verifier=trust_verifier(trust, audience), clock=clock)

@@ -532,7 +532,8 @@ def guard_config_doc(sc: Scenario, keys: DemoKeys, playbook: dict[str, Any] | No
         "features": {"venues": list(m.venues), "index_sources": ["index"],
                      "index_map": index_map, "allowed_lateness_ns": 5 * NS},
         "detector": {"warmup_events": 60, "warmup_ns": 60 * NS, "hst_window": 50},
-        "exposure": {"max_mark_age_ns": 30 * NS, "instruments": {
+        "exposure": {"max_mark_age_ns": 30 * NS, "pegs": dict(sorted(m.fx.items())),
+                     "instruments": {
             "reporting_currency": "USD",
             "fx_index": {c: f"{c}-USD" for c in sorted(m.fx)},
             "instruments": insts}},

@@ -46,7 +46,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
-from riskguard.operators.base import split_dead_letters, stateful_logic
+from riskguard.operators.base import event_time, split_dead_letters, stateful_logic
 from riskguard.operators.detector import DetectorConfig, detector_builder
 from riskguard.operators.features import FeatureConfig, feature_builder, route
 from riskguard.schemas.audit import DeadLetter
@@ -90,7 +90,7 @@ def extract_features(step_id: str, up: Stream[Any], *, config: FeatureConfig,
                           "must list the venues that receive index prices", config.venues)
     config.validate(f"step {step_id!r}: features")
     keyed = op.flat_map("route", up, lambda rec: route(rec, config))
-    out = stateful_logic("features", keyed, feature_builder(config, clock))
+    out = stateful_logic("features", keyed, feature_builder(config, clock), order=event_time)
     split = split_dead_letters("split", out)
     return FeaturesOut(oks=split.oks, errs=split.errs)
 

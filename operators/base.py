@@ -43,20 +43,24 @@ Builder = Callable[[Any], Logic[Any, Any]]
 class _Shim(StatefulBatchLogic[Any, Any, Any]):
     """Adapts a riskguard logic object to bytewax's batch logic."""
 
-    __slots__ = ("_batch", "_deadline", "_eof", "_snaps", "_step", "logic")
+    __slots__ = ("_batch", "_deadline", "_eof", "_order", "_snaps", "_step", "logic")
 
     # One snapshot in this many is also pickled to record its size.
     SIZE_SAMPLE = 16
 
-    def __init__(self, logic: Any, step: str = "") -> None:
+    def __init__(self, logic: Any, step: str = "",
+                 order: Callable[[Any], Any] | None = None) -> None:
         self.logic = logic
         self._step = step
+        self._order = order
         self._snaps = 0
         self._batch = getattr(logic, "on_batch", None)
         self._eof = getattr(logic, "on_eof", None)
         self._deadline = getattr(logic, "next_deadline_ns", None)
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
+        if self._order is not None and len(values) > 1:
+            values.sort(key=self._order)  # stable: equal keys keep their arrival order
         if self._batch is not None:
             return self._batch(values), False
         on_event = self.logic.on_event
@@ -87,16 +91,32 @@ class _Shim(StatefulBatchLogic[Any, Any, Any]):
                                  size=self._snaps % self.SIZE_SAMPLE == 1)
 
 
+def event_time(value: Any) -> int:
+    """A record's event time, the usual ``order`` of :func:`stateful_logic`: its ``ts``,
+    else a command's ``issued_at``, else 0 (it goes first)."""
+    ts = getattr(value, "ts", None)
+    return ts if ts is not None else getattr(value, "issued_at", 0)
+
+
 @operator
-def stateful_logic(step_id: str, up: KeyedStream[V], builder: Builder) -> KeyedStream[Any]:
+def stateful_logic(
+    step_id: str, up: KeyedStream[V], builder: Builder,
+    order: Callable[[Any], Any] | None = None,
+) -> KeyedStream[Any]:
     """Run one riskguard logic object per key.
 
     ``builder(None)`` makes fresh logic for a new key; ``builder(state)``
     resumes it from a snapshot taken by bytewax recovery.
+
+    bytewax hands a step each key's share of a batch, and where several
+    streams merge into the step that share's order depends on how the input
+    was cut into batches. With ``order`` (for example :func:`event_time`)
+    each share is first sorted by it, so a key sees its records in event-time
+    order however they were batched: a backtest and a live run agree.
     """
 
     def shim_builder(resume_state: Any) -> _Shim:
-        return _Shim(builder(resume_state), step_id)
+        return _Shim(builder(resume_state), step_id, order)
 
     return op.stateful_batch("stateful", up, shim_builder)
 

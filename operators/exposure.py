@@ -28,6 +28,14 @@ ends *inside* one input batch (a price spike and its reversal among the same
 limit levels move at batch boundaries. Fed one record at a time
 (:class:`LocalPipeline`, or a source with ``batch_size=1``) it is per record.
 
+**Ticked mode** (``ticked=True``, what ``aggregate_exposure(..., ticks=...)``
+builds): stage 1 re-values on each :class:`~riskguard.operators.clock.Tick`
+instead, stamping its parts with the tick's time; records before a tick (by
+``ts``) are in, later ones wait for the next tick, even when they share a
+batch. Stages 2 and 3 emit once per tick time rather than once per batch. The
+outputs then depend on the event-time order of records and ticks only, not on
+how the input was batched.
+
 All three are driven by :func:`route` (stateless) and can be chained in
 memory with :class:`LocalPipeline` (tests, backtests) or by the bytewax
 adapter in :mod:`riskguard.operators.risk`.
@@ -50,6 +58,7 @@ import math
 import pickle
 import uuid
 import zlib
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import chain, compress, pairwise, repeat
@@ -57,6 +66,7 @@ from typing import Any, Literal
 
 import msgspec
 import numpy as np
+from riskguard.operators.clock import Tick
 from riskguard.operators.instruments import (
     InstrumentRegistry,
     InstrumentsConfig,
@@ -132,6 +142,12 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
     - ``valuation_shards``: how many stage-1 keys the instruments are hashed
       over (the unit of parallelism of re-valuation; each shard sends one
       part per touched counterparty per batch, so a few is enough).
+    - ``pegs``: asset -> peg price in the reporting currency (e.g. ``{"USDC": 1.0}``).
+      When an asset's FX index leaves its peg by ``peg_warn_bps`` a ``depeg``
+      alert (warn) opens on ``underlying:<asset>``; past ``peg_critical_bps`` it
+      turns critical; back within half of ``peg_warn_bps`` a ``peg_restored``
+      closes it. Every USDC-quoted mark and USDC balance moves with the rate, so
+      a slow slide the anomaly detector adapts to is still caught here.
     """
 
     instruments: InstrumentsConfig = InstrumentsConfig()
@@ -151,6 +167,9 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_evidence: int = 8
     dedup_window: int = 4096
     valuation_shards: int = 1
+    pegs: dict[str, float] = {}
+    peg_warn_bps: float = 50.0
+    peg_critical_bps: float = 200.0
 
     def validate(self, path: str = "exposure") -> InstrumentRegistry:
         """Check every value; return the registry built from ``instruments``."""
@@ -171,6 +190,13 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
         if not 1 <= self.valuation_shards <= 4096:
             where = f"{path}.valuation_shards"
             raise ConfigError(where, "must be in [1, 4096]", self.valuation_shards)
+        for asset, peg in self.pegs.items():
+            if not (math.isfinite(peg) and peg > 0):
+                raise ConfigError(f"{path}.pegs.{asset}", "a finite peg price > 0", peg)
+        if not 0 < self.peg_warn_bps <= self.peg_critical_bps:
+            where = f"{path}.peg_warn_bps"
+            raise ConfigError(where, "> 0 and <= peg_critical_bps",
+                              (self.peg_warn_bps, self.peg_critical_bps))
         if self.max_evidence < 1:
             where = f"{path}.max_evidence"
             raise ConfigError(where, "must be >= 1", self.max_evidence)
@@ -227,6 +253,7 @@ class Router:
                  step: str = "exposure") -> None:
         self.reg, self.config, self.step = reg, config, step
         self.shards = config.valuation_shards
+        self._all_keys = [f"s{k}" for k in range(self.shards)]
         self._inst_key = {name: shard_key("i:" + name, self.shards)
                           for name in config.instruments.instruments}
         self._mark_ok: dict[type, bool] = {
@@ -275,6 +302,8 @@ class Router:
             if routes is None:
                 routes = self._market[ck] = self._market_routes(*ck)
             return [(k, (role, k, target, ev)) for k, role, target in routes]
+        if t is Tick:  # event-time progress: every shard re-values what moved before it
+            return [(k, ("tick", k, "", ev)) for k in self._all_keys]
         role = _OWN_ROLES.get(t)
         if role is not None:
             key = self._inst_key.get(ev.instrument)
@@ -413,6 +442,26 @@ class Part(msgspec.Struct, frozen=True, array_like=True):
         return dict(zip(self.names, self.notionals, strict=True))
 
 
+@dataclass
+class Pending:
+    """What the records applied since the last re-valuation moved (stage 1)."""
+
+    changed: dict[int, str] = field(default_factory=dict)  # column -> id that re-valued it
+    touched: dict[int, list[str]] = field(default_factory=dict)  # row -> own ids, oldest 1st
+    touched_ts: dict[int, int] = field(default_factory=dict)
+    touched_cols: dict[int, tuple[str, int]] = field(default_factory=dict)  # col -> (id, row)
+    coll_dirty: dict[int, str] = field(default_factory=dict)
+    recv: int | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.changed or self.touched or self.coll_dirty)
+
+    def copy(self) -> Pending:
+        return Pending(dict(self.changed), {k: list(v) for k, v in self.touched.items()},
+                       dict(self.touched_ts), dict(self.touched_cols), dict(self.coll_dirty),
+                       self.recv)
+
+
 NEVER_STALE = 2**62
 _VECTOR_MIN = 16  # fewer plain marks than this are applied one by one
 
@@ -461,6 +510,10 @@ class ShardState:
     balances: dict[str, dict[str, tuple[float, int]]] = field(default_factory=dict)
     asset_ts: dict[str, int] = field(default_factory=dict)
     seq: int = 0
+    # ticked mode: applied but not yet re-valued, and the newest tick that re-valued
+    pending: Pending | None = None
+    tick_ts: int = 0
+    peg_level: dict[str, str] = field(default_factory=dict)  # asset -> "warn" | "critical"
 
 
 _COLUMNS: dict[str, Any] = {
@@ -490,9 +543,10 @@ class ShardLogic:
     """
 
     def __init__(self, config: ExposureConfig, reg: InstrumentRegistry,
-                 state: ShardState | None = None) -> None:
+                 state: ShardState | None = None, *, ticked: bool = False) -> None:
         self.config = config
         self.reg = reg
+        self.ticked = ticked
         if isinstance(state, ShardState) and state.version == 3:
             state = _migrate_shard_v3(state)
         if state is not None and (not isinstance(state, ShardState)
@@ -503,6 +557,7 @@ class ShardLogic:
                               getattr(state, "version", type(state).__name__))
         self.state = state if state is not None else ShardState()
         self._ready = False
+        self._peg_here: frozenset[str] = frozenset()
         if self.state.key:
             self._derive()
 
@@ -520,7 +575,10 @@ class ShardLogic:
             alerted={k: v.copy() for k, v in st.alerted.items()},
             evidence={k: v.copy() for k, v in st.evidence.items()}, fx=st.fx.copy(),
             balances={k: v.copy() for k, v in st.balances.items()},
-            asset_ts=st.asset_ts.copy(), seq=st.seq, **cols,
+            asset_ts=st.asset_ts.copy(), seq=st.seq,
+            pending=None if st.pending is None else st.pending.copy(), tick_ts=st.tick_ts,
+            peg_level=dict(st.peg_level),
+            **cols,
         )
 
     # -- layout
@@ -585,6 +643,9 @@ class ShardLogic:
                 if ccy != reg.reporting:
                     needing.setdefault(ccy, []).append(j)
         self._needing = needing
+        shards = self.config.valuation_shards
+        self._peg_here = frozenset(a for a in self.config.pegs
+                                   if shard_key("a:" + a, shards) == st.key)
         self._row = {cp: i for i, cp in enumerate(st.cps)}
         self._any_orders = bool(st.orders.any())  # else open-order sums are skipped
         self._refresh_fx()
@@ -637,14 +698,69 @@ class ShardLogic:
     # -- events
 
     def on_event(self, item: Item) -> list[Any]:
+        if self.ticked:
+            return self._on_ticked([item])
         return self._process([item])
 
     def on_batch(self, packs: Iterable[list[Item]]) -> list[Any]:
         """The dataflow hands over packs (one per upstream batch); apply them in order."""
         packs = list(packs)
-        if len(packs) == 1:
-            return self._process(packs[0])
-        return self._process([it for p in packs for it in p])
+        items = packs[0] if len(packs) == 1 else [it for p in packs for it in p]
+        if self.ticked:
+            return self._on_ticked(items)
+        return self._process(items)
+
+    def on_eof(self) -> list[Any]:
+        """Ticked: re-value what the records after the last tick moved."""
+        st = self.state
+        if not self.ticked or not st.pending:
+            return []
+        return self._flush(max(st.tick_ts, int(st.last_ts.max(initial=0))))
+
+    def _flush(self, ts: int) -> list[Any]:
+        st = self.state
+        acc = st.pending
+        st.pending = Pending()
+        st.tick_ts = ts
+        if not acc:
+            return []
+        return self._revalue([], acc.changed, acc.touched, acc.touched_ts, acc.touched_cols,
+                             acc.coll_dirty, acc.recv, ts=ts)
+
+    def _on_ticked(self, items: list[Item]) -> list[Any]:
+        """Ticked mode: records are applied as they come and re-valued once per tick, so
+        parts are a function of the event-time order of the records and the ticks, not of
+        how they were cut into batches. A record is before a tick when its ``ts`` is
+        smaller (the tick is made by the first record at or past its ``ts``)."""
+        st = self.state
+        if st.pending is None:
+            st.pending = Pending()
+        ticks = sorted(it[3].ts for it in items if it[0] == "tick")
+        if not ticks:
+            return self._apply(items, st.pending)
+        if not st.key:
+            self._init(items[0][1])
+        segments: list[list[Item]] = [[] for _ in range(len(ticks) + 1)]
+        for it in items:
+            role = it[0]
+            if role == "tick":
+                continue
+            if role == "marks":  # a run of plain marks may straddle a tick: split it
+                run = it[3]
+                parts: dict[int, list[Any]] = {}
+                for ev in run:
+                    parts.setdefault(bisect_right(ticks, ev.ts), []).append(ev)
+                for k, evs in parts.items():
+                    segments[k].append(("marks", it[1], it[2], evs))
+                continue
+            segments[bisect_right(ticks, it[3].ts)].append(it)
+        out: list[Any] = []
+        for k, seg in enumerate(segments):
+            if seg:
+                out.extend(self._apply(seg, st.pending))
+            if k < len(ticks):
+                out.extend(self._flush(max(st.tick_ts, ticks[k])))
+        return out
 
     def _mark_one(self, j: int, ev: Any, changed: dict[int, str]) -> None:
         """Apply one mark to column ``j`` (the reference semantics of :meth:`_apply_marks`)."""
@@ -760,23 +876,30 @@ class ShardLogic:
         st.ewma_ts[kj[lk]] = kt[lk]
 
     def _process(self, items: Sequence[Item]) -> list[Any]:
+        """Apply ``items`` and re-value what they moved (one part per moved counterparty)."""
+        acc = Pending()
+        out = self._apply(items, acc)
+        if not acc:
+            return out
+        return self._revalue(out, acc.changed, acc.touched, acc.touched_ts, acc.touched_cols,
+                             acc.coll_dirty, acc.recv)
+
+    def _apply(self, items: Sequence[Item], acc: Pending) -> list[Any]:
+        """Apply ``items`` in order, noting in ``acc`` what they moved; return alerts."""
         st = self.state
         if not st.key and items:
             self._init(items[0][1])
         out: list[Any] = []
         col = self._col
         last_ts = st.last_ts
-        changed: dict[int, str] = {}  # column -> id of the record that re-valued it
-        touched: dict[int, list[str]] = {}  # row -> ids of own records, oldest first
-        touched_ts: dict[int, int] = {}
-        touched_cols: dict[int, tuple[str, int]] = {}  # column -> (first id, its row)
-        coll_dirty: dict[int, str] = {}
+        changed, touched, touched_ts = acc.changed, acc.touched, acc.touched_ts
+        touched_cols, coll_dirty = acc.touched_cols, acc.coll_dirty
         fx_dirty = False
         runs: list[list[Any]] = []  # plain marks not applied yet (they commute with fills)
         row_get = self._row.get
         evidence = st.evidence
         cap, dedup = self.config.max_evidence, self.config.dedup_window
-        recv: int | None = None
+        recv = acc.recv
         for role, _key, target, ev in items:
             if role == "marks":
                 runs.append(ev)
@@ -804,6 +927,8 @@ class ShardLogic:
                 if price is not None and (cur is None or ts >= cur[1]):
                     st.fx[target] = (price, ts)
                     fx_dirty = True
+                    if target in self._peg_here:
+                        out.extend(self._peg_check(target, price, ev))
                     for j in self._needing.get(target, ()):
                         changed[j] = ev.id
                     for cp in st.balances.get(target, {}):
@@ -877,10 +1002,44 @@ class ShardLogic:
                 recv = rt
         if fx_dirty:
             self._refresh_fx()
-        if not (changed or touched or coll_dirty):
-            return out
-        return self._revalue(out, changed, touched, touched_ts, touched_cols, coll_dirty,
-                             recv)
+        acc.recv = recv
+        return out
+
+    def _peg_check(self, asset: str, price: float, ev: Any) -> list[RiskAlert]:
+        """A ``depeg`` alert when ``asset``'s rate leaves its peg (levels with hysteresis),
+        ``peg_restored`` when it is back; raised by the asset's own shard only."""
+        cfg = self.config
+        peg = cfg.pegs[asset]
+        off = abs(price / peg - 1.0) * 1e4
+        levels = self.state.peg_level
+        old = levels.get(asset)
+        w, c = cfg.peg_warn_bps, cfg.peg_critical_bps
+        # enter at the level, leave below half of it
+        if off >= c or (old == "critical" and off >= c / 2):
+            new: str | None = "critical"
+        elif off >= w or (old is not None and off >= w / 2):
+            new = "warn"
+        else:
+            new = None
+        if new is None:
+            if old is None:
+                return []
+            del levels[asset]
+            kind, sev = "peg_restored", Severity.INFO
+        else:
+            levels[asset] = new
+            if old in (new, "critical"):  # no rise: the open incident stands
+                return []
+            kind, sev = "depeg", Severity.CRITICAL if new == "critical" else Severity.WARN
+        return [RiskAlert(
+            id=_alert_id(kind, asset, ev.id), kind=kind,
+            scope=Scope(kind=ScopeKind.UNDERLYING, value=asset), ts=ev.ts, recv_ts=ev.recv_ts,
+            severity=sev,
+            reason=(f"{asset} at {price:g} is {off:.0f} bps off its peg {peg:g} "
+                    f"(warn {cfg.peg_warn_bps:g}, critical {cfg.peg_critical_bps:g} bps)"),
+            details={"price": price, "peg": peg, "deviation_bps": off},
+            evidence_ids=[ev.id],
+        )]
 
     def _on_snapshot(self, ev: PositionSnapshot, i: int, j: int) -> list[Any]:
         st = self.state
@@ -988,9 +1147,10 @@ class ShardLogic:
     def _revalue(
         self, out: list[Any], changed: dict[int, str], touched: dict[int, list[str]],
         touched_ts: dict[int, int], touched_cols: dict[int, tuple[str, int]],
-        coll_dirty: dict[int, str], recv_ts: int | None = None,
+        coll_dirty: dict[int, str], recv_ts: int | None = None, ts: int | None = None,
     ) -> list[Any]:
-        """One :class:`Part` per counterparty whose value may have moved in this batch."""
+        """One :class:`Part` per counterparty whose value may have moved in this batch
+        (stamped ``ts`` when given: the tick that re-valued it)."""
         st = self.state
         n = len(st.cps)
         if n == 0:
@@ -1129,6 +1289,8 @@ class ShardLogic:
                 evid[k].append(rid)
         if touched or coll_dirty:
             evid = [e[-cap:] for e in evid]
+        if ts is not None:
+            ts_rows = [ts] * m
         seq0 = st.seq
         st.seq += m
         key = st.key
@@ -1209,8 +1371,10 @@ class CounterpartyLogic:
     running sums, no drift). At most one exposure per batch.
     """
 
-    def __init__(self, config: ExposureConfig, state: CounterpartyState | None = None) -> None:
+    def __init__(self, config: ExposureConfig, state: CounterpartyState | None = None, *,
+                 ticked: bool = False) -> None:
         self.config = config
+        self.ticked = ticked
         if state is not None and state.version == 3:
             state = replace(state, version=STATE_VERSION)
         if state is not None and state.version != STATE_VERSION:
@@ -1233,6 +1397,11 @@ class CounterpartyLogic:
         return self.on_batch([p])
 
     def on_batch(self, items: Iterable[Part]) -> list[Any]:
+        if self.ticked:
+            return list(chain.from_iterable(self._batch(g) for g in _by_ts(items)))
+        return self._batch(items)
+
+    def _batch(self, items: Iterable[Part]) -> list[Any]:
         st = self.state
         parts = st.parts
         cap = self.config.max_evidence
@@ -1339,6 +1508,14 @@ class CounterpartyLogic:
         return out
 
 
+def _by_ts(items: Iterable[Any]) -> list[list[Any]]:
+    """Ticked mode: a batch's items grouped by ``ts`` (one group per tick), oldest first."""
+    groups: dict[int, list[Any]] = {}
+    for it in items:
+        groups.setdefault(it.ts, []).append(it)
+    return [groups[t] for t in sorted(groups)]
+
+
 # --------------------------------------------------------------------- stage 3
 
 
@@ -1366,8 +1543,10 @@ class FirmState:
 class FirmLogic:
     """Stage 3: latest exposure per counterparty -> concentration + firm rollup."""
 
-    def __init__(self, config: ExposureConfig, state: FirmState | None = None) -> None:
+    def __init__(self, config: ExposureConfig, state: FirmState | None = None, *,
+                 ticked: bool = False) -> None:
         self.config = config
+        self.ticked = ticked
         self.state = state if state is not None else FirmState()
 
     def snapshot(self) -> FirmState:
@@ -1385,6 +1564,11 @@ class FirmLogic:
         return e.gross_notional + max(e.collateral, 0.0)
 
     def on_batch(self, items: Iterable[Exposure]) -> list[Exposure]:
+        if self.ticked:
+            return list(chain.from_iterable(self._batch(g) for g in _by_ts(items)))
+        return self._batch(items)
+
+    def _batch(self, items: Iterable[Exposure]) -> list[Exposure]:
         st = self.state
         updated: list[str] = []
         for e in items:

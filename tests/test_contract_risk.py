@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 from contract import CHECKS, Case
 from risk_flow_app import limits_config, make_events
+from riskguard.operators.clock import Tick
 from riskguard.operators.exposure import (
     CounterpartyLogic,
     FirmLogic,
@@ -48,11 +50,32 @@ def _stage_inputs() -> tuple[list[Any], list[Part], list[Exposure], list[Exposur
 
 VAL, CONTRIBS, CP_EXPOSURES, OKX = _stage_inputs()
 
+
+def _with_ticks(items: list[Any], every: int = 15) -> list[Any]:
+    """Stage-1 items with a tick (at the next item's time) before every ``every``-th."""
+    out: list[Any] = []
+    for k, it in enumerate(items):
+        if k and k % every == 0:
+            out.append(("tick", it[1], "", Tick(ts=it[3].ts, source="p")))
+        out.append(it)
+    return out
+
+
+def _by_tick(parts: list[Any], every: int = 4) -> list[Any]:
+    """Parts or exposures re-stamped so that runs of ``every`` share a tick time."""
+    return [msgspec.structs.replace(p, ts=parts[k - k % every].ts) for k, p in enumerate(parts)]
+
 CASES = [
     Case("exposure.valuation", lambda s: ShardLogic(CFG, REG, s), VAL),
     Case("exposure.counterparty", lambda s: CounterpartyLogic(CFG, s), CONTRIBS),
     Case("exposure.firm", lambda s: FirmLogic(CFG, s), CP_EXPOSURES),
     Case("limits", lambda s: LimitsLogic(limits_config(), s), [("exp", e) for e in OKX]),
+    Case("exposure.valuation.ticked", lambda s: ShardLogic(CFG, REG, s, ticked=True),
+         _with_ticks(VAL)),
+    Case("exposure.counterparty.ticked", lambda s: CounterpartyLogic(CFG, s, ticked=True),
+         _by_tick(CONTRIBS)),
+    Case("exposure.firm.ticked", lambda s: FirmLogic(CFG, s, ticked=True),
+         _by_tick(CP_EXPOSURES)),
 ]
 
 
@@ -72,3 +95,29 @@ def test_cases_produce_output() -> None:
         assert outs, case.name
         assert all(isinstance(o, Part | Exposure | RiskAlert) or hasattr(o, "level")
                    for o in outs)
+
+
+def test_ticked_valuation_does_not_depend_on_how_the_input_is_batched() -> None:
+    """Ticked stage 1 fed the same records and ticks through Router.route_batch in
+    batches of 1, 9 or 100 (so runs of plain marks straddle ticks) gives the same parts."""
+    router = Router(REG, CFG)
+    shard = router.route(EVENTS[5])[0][0]
+    stream: list[Any] = []
+    for k, ev in enumerate(EVENTS):
+        if k and k % 25 == 0:
+            stream.append(Tick(ts=ev.ts, source="p"))
+        stream.append(ev)
+
+    def run(size: int) -> list[Any]:
+        logic = ShardLogic(CFG, REG, ticked=True)
+        out: list[Any] = []
+        for lo in range(0, len(stream), size):
+            for item in router.route_batch(stream[lo:lo + size]):
+                if isinstance(item, tuple) and item[0] == shard:
+                    out.extend(logic.on_batch([item[1]]))
+        return out + logic.on_eof()
+
+    one = run(1)
+    assert [p for p in one if isinstance(p, Part)]
+    assert run(9) == one
+    assert run(100) == one

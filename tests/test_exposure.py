@@ -561,3 +561,25 @@ def test_a_version_3_shard_snapshot_is_migrated_and_resumes_identically() -> Non
     cp_resumed = CounterpartyLogic(cfg, cp_snap)
     cp_out += [o for p in parts[2:] for o in cp_resumed.on_event(p)]
     assert cp_out == cp_ref and cp_resumed.state.version == 4
+
+
+def test_a_stablecoin_leaving_its_peg_raises_depeg_then_critical_then_restored():
+    """The peg check on the FX index: warn at 50 bps, critical at 200, hysteresis at half
+    of each level (no flapping), peg_restored once back within 25 bps; each change once."""
+    pipe = LocalPipeline(worked_config(pegs={"USDC": 1.0}))
+    path = [1.0, 0.9952, 0.9949, 0.996, 0.9949, 0.979, 0.985, 0.9895, 0.996, 0.9976, 0.999]
+    alerts = []
+    for k, px in enumerate(path):
+        alerts += [(a.kind, a.severity.value, a.scope.label())
+                   for a in pipe.feed(idx(f"u{k}", "USDC-USD-INDEX", k + 1, px)).alerts]
+    assert alerts == [("depeg", "warn", "underlying:USDC"),
+                      ("depeg", "critical", "underlying:USDC"),
+                      ("peg_restored", "info", "underlying:USDC")]
+
+
+def test_peg_levels_are_checked_at_start_up():
+    """A bad peg or level stops start-up naming the field."""
+    with pytest.raises(ConfigError, match=r"exposure\.pegs\.USDC"):
+        worked_config(pegs={"USDC": 0.0}).validate()
+    with pytest.raises(ConfigError, match=r"exposure\.peg_warn_bps"):
+        worked_config(peg_warn_bps=300.0).validate()
