@@ -451,7 +451,8 @@ class Pending:
     touched_ts: dict[int, int] = field(default_factory=dict)
     touched_cols: dict[int, tuple[str, int]] = field(default_factory=dict)  # col -> (id, row)
     coll_dirty: dict[int, str] = field(default_factory=dict)
-    recv: int | None = None
+    recv: int | None = None  # newest receive time among them
+    first_recv: int | None = None  # receive time of the first of them (ticked mode)
 
     def __bool__(self) -> bool:
         return bool(self.changed or self.touched or self.coll_dirty)
@@ -459,7 +460,15 @@ class Pending:
     def copy(self) -> Pending:
         return Pending(dict(self.changed), {k: list(v) for k, v in self.touched.items()},
                        dict(self.touched_ts), dict(self.touched_cols), dict(self.coll_dirty),
-                       self.recv)
+                       self.recv, self.first_recv)
+
+
+def _note_first(acc: Pending, items: Sequence[Any]) -> None:
+    """Ticked mode: the receive time of the first record since the last tick."""
+    if acc.first_recv is None and items:
+        it = items[0]
+        ev = it[3][0] if it[0] == "marks" else it[3]
+        acc.first_recv = getattr(ev, "recv_ts", None)
 
 
 NEVER_STALE = 2**62
@@ -724,8 +733,11 @@ class ShardLogic:
         st.tick_ts = ts
         if not acc:
             return []
+        # the receive time of the first record this re-valuation covers: a command it
+        # leads to measures its latency from there, the wait for the tick included
+        recv = acc.first_recv if acc.first_recv is not None else acc.recv
         return self._revalue([], acc.changed, acc.touched, acc.touched_ts, acc.touched_cols,
-                             acc.coll_dirty, acc.recv, ts=ts)
+                             acc.coll_dirty, recv, ts=ts)
 
     def _on_ticked(self, items: list[Item]) -> list[Any]:
         """Ticked mode: records are applied as they come and re-valued once per tick, so
@@ -737,6 +749,7 @@ class ShardLogic:
             st.pending = Pending()
         ticks = sorted(it[3].ts for it in items if it[0] == "tick")
         if not ticks:
+            _note_first(st.pending, items)
             return self._apply(items, st.pending)
         if not st.key:
             self._init(items[0][1])
@@ -757,6 +770,7 @@ class ShardLogic:
         out: list[Any] = []
         for k, seg in enumerate(segments):
             if seg:
+                _note_first(st.pending, seg)
                 out.extend(self._apply(seg, st.pending))
             if k < len(ticks):
                 out.extend(self._flush(max(st.tick_ts, ticks[k])))
