@@ -118,3 +118,37 @@ def test_cli_broker_start_status_stop(tmp_path: Path) -> None:
     after = subprocess.run([*base, "status", "--state-dir", str(tmp_path)],
                            capture_output=True, text=True, check=False)
     assert after.returncode == 1
+
+
+def test_the_documented_example_config_loads_and_names_every_setting() -> None:
+    """dataflows/guard.example.toml decodes and validates as a GuardConfig, and every
+    field of every config section appears in it or in the playbook file it includes
+    (set, or commented out), so the documented example cannot fall behind the code."""
+    import re
+    from importlib import resources
+
+    import msgspec
+    from riskguard.dataflows.guard import GuardConfig, load_guard_config
+
+    path = resources.files("riskguard.dataflows").joinpath("guard.example.toml")
+    cfg, _ = load_guard_config(str(path))
+    assert cfg.env == "prod" and cfg.playbook.rules and cfg.exposure.pegs
+    text = path.read_text() + path.parent.joinpath("playbook.toml").read_text()
+    named = set(re.findall(r"^#?\s*\"?([a-z_]+)\"?\s*=", text, flags=re.M))
+    named |= set(re.findall(r"\b([a-z_]+)\s*=", text))
+    named |= set(re.findall(r"\[([a-z_.]+)", text.replace("[[", "[")))
+    named = {n.rsplit(".", 1)[-1] for n in named} | {
+        p for n in named for p in n.split(".")}
+
+    def fields(t: type, where: str) -> list[str]:
+        out = []
+        for f in msgspec.structs.fields(t):
+            out.append(f"{where}{f.name}")
+            default = (f.default if f.default is not msgspec.NODEFAULT else None)
+            if isinstance(default, msgspec.Struct):
+                out += fields(type(default), f"{where}{f.name}.")
+        return out
+
+    missing = [p for p in fields(GuardConfig, "") if p.rsplit(".", 1)[-1] not in named
+               and p != "audit.config_hash"]
+    assert missing == [], f"guard.example.toml does not document: {missing}"
