@@ -83,7 +83,7 @@ def main() -> None:
     ap.add_argument("--bootstrap", default=None)
     ap.add_argument("--tick-ms", type=float, default=None,
                     help="guard tick_ns in ms (exposure re-values once per tick; default: "
-                         "the demo config's 100)")
+                         "the demo config's 1000)")
     args = ap.parse_args()
     broker = None
     bootstrap = args.bootstrap
@@ -107,7 +107,7 @@ def main() -> None:
             line = next(ln for ln in text.splitlines() if ln.startswith("tick_ns"))
             bench.config.write_text(text.replace(line, f"tick_ns = {int(args.tick_ms * 1e6)}"))
         guard = start_guard(bench)
-        print(f"guard pid {guard.pid} (tick_ns {args.tick_ms or 100:g} ms)", flush=True)
+        print(f"guard pid {guard.pid} (tick_ns {args.tick_ms or 1000:g} ms)", flush=True)
         load = LiveLoad(bench, rate, args.incident_rate)
         load.run(args.warmup)
         load.incidents_on = True

@@ -130,7 +130,7 @@ class GuardConfig(CommonConfig, frozen=True, kw_only=True, forbid_unknown_fields
     playbook: PlaybookConfig = PlaybookConfig()
     sign: SignConfig = SignConfig()
     audit: AuditConfig = AuditConfig()
-    tick_ns: int = NS // 10
+    tick_ns: int = NS
     mark_interval_ns: int = 250_000_000
     mark_move_bps: float = 5.0
     playbook_file: str | None = None
