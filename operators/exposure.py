@@ -72,6 +72,7 @@ from riskguard.operators.instruments import (
     InstrumentsConfig,
     InstrumentSpec,
 )
+from riskguard.operators.limits import LimitSpec, level_of
 from riskguard.schemas import (
     Balance,
     DeadLetter,
@@ -80,6 +81,7 @@ from riskguard.schemas import (
     Fill,
     FundingRate,
     IndexPrice,
+    LimitLevel,
     OpenOrders,
     OptionQuote,
     PositionSnapshot,
@@ -146,8 +148,9 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
       When an asset's FX index leaves its peg by ``peg_warn_bps`` a ``depeg``
       alert (warn) opens on ``underlying:<asset>``; past ``peg_critical_bps`` it
       turns critical; back within half of ``peg_warn_bps`` a ``peg_restored``
-      closes it. Every USDC-quoted mark and USDC balance moves with the rate, so
-      a slow slide the anomaly detector adapts to is still caught here.
+      closes it (each level is left only ``peg_warn_bps / 2`` below it). Every
+      USDC-quoted mark and USDC balance moves with the rate, so a slow slide the
+      anomaly detector adapts to is still caught here.
     """
 
     instruments: InstrumentsConfig = InstrumentsConfig()
@@ -472,6 +475,7 @@ def _note_first(acc: Pending, items: Sequence[Any]) -> None:
 
 
 NEVER_STALE = 2**62
+_LEVEL_RANK = {LimitLevel.OK: 0, LimitLevel.WARN: 1, LimitLevel.BREACH: 2}
 _VECTOR_MIN = 16  # fewer plain marks than this are applied one by one
 
 
@@ -522,7 +526,7 @@ class ShardState:
     # ticked mode: applied but not yet re-valued, and the newest tick that re-valued
     pending: Pending | None = None
     tick_ts: int = 0
-    peg_level: dict[str, str] = field(default_factory=dict)  # asset -> "warn" | "critical"
+    peg_level: dict[str, str] = field(default_factory=dict)  # asset -> "warn" | "breach"
 
 
 _COLUMNS: dict[str, Any] = {
@@ -652,9 +656,11 @@ class ShardLogic:
                 if ccy != reg.reporting:
                     needing.setdefault(ccy, []).append(j)
         self._needing = needing
-        shards = self.config.valuation_shards
-        self._peg_here = frozenset(a for a in self.config.pegs
-                                   if shard_key("a:" + a, shards) == st.key)
+        cfg = self.config
+        self._peg_here = frozenset(a for a in cfg.pegs
+                                   if shard_key("a:" + a, cfg.valuation_shards) == st.key)
+        w = cfg.peg_warn_bps / cfg.peg_critical_bps
+        self._peg_spec = LimitSpec(limit=1.0, warn=w, hysteresis=w / 2)
         self._row = {cp: i for i, cp in enumerate(st.cps)}
         self._any_orders = bool(st.orders.any())  # else open-order sums are skipped
         self._refresh_fx()
@@ -1020,31 +1026,27 @@ class ShardLogic:
         return out
 
     def _peg_check(self, asset: str, price: float, ev: Any) -> list[RiskAlert]:
-        """A ``depeg`` alert when ``asset``'s rate leaves its peg (levels with hysteresis),
-        ``peg_restored`` when it is back; raised by the asset's own shard only."""
+        """A ``depeg`` alert when ``asset``'s rate leaves its peg, ``peg_restored`` when it
+        is back; raised by the asset's own shard only. The levels are the limits' own
+        (:func:`~riskguard.operators.limits.level_of`): critical at ``peg_critical_bps``,
+        warn at ``peg_warn_bps``, each left only half ``peg_warn_bps`` below it."""
         cfg = self.config
         peg = cfg.pegs[asset]
         off = abs(price / peg - 1.0) * 1e4
         levels = self.state.peg_level
-        old = levels.get(asset)
-        w, c = cfg.peg_warn_bps, cfg.peg_critical_bps
-        # enter at the level, leave below half of it
-        if off >= c or (old == "critical" and off >= c / 2):
-            new: str | None = "critical"
-        elif off >= w or (old is not None and off >= w / 2):
-            new = "warn"
-        else:
-            new = None
-        if new is None:
-            if old is None:
+        old = LimitLevel(levels.get(asset, LimitLevel.OK))
+        new = level_of(off / cfg.peg_critical_bps, old, self._peg_spec)
+        if new is LimitLevel.OK:
+            if old is LimitLevel.OK:
                 return []
             del levels[asset]
             kind, sev = "peg_restored", Severity.INFO
         else:
-            levels[asset] = new
-            if old in (new, "critical"):  # no rise: the open incident stands
+            levels[asset] = new.value
+            if _LEVEL_RANK[new] <= _LEVEL_RANK[old]:  # no rise: the open incident stands
                 return []
-            kind, sev = "depeg", Severity.CRITICAL if new == "critical" else Severity.WARN
+            kind = "depeg"
+            sev = Severity.CRITICAL if new is LimitLevel.BREACH else Severity.WARN
         return [RiskAlert(
             id=_alert_id(kind, asset, ev.id), kind=kind,
             scope=Scope(kind=ScopeKind.UNDERLYING, value=asset), ts=ev.ts, recv_ts=ev.recv_ts,
