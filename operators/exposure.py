@@ -742,8 +742,7 @@ class ShardLogic:
         # the receive time of the first record this re-valuation covers: a command it
         # leads to measures its latency from there, the wait for the tick included
         recv = acc.first_recv if acc.first_recv is not None else acc.recv
-        return self._revalue([], acc.changed, acc.touched, acc.touched_ts, acc.touched_cols,
-                             acc.coll_dirty, recv, ts=ts)
+        return self._revalue([], acc, recv, ts)
 
     def _on_ticked(self, items: list[Item]) -> list[Any]:
         """Ticked mode: records are applied as they come and re-valued once per tick, so
@@ -901,8 +900,7 @@ class ShardLogic:
         out = self._apply(items, acc)
         if not acc:
             return out
-        return self._revalue(out, acc.changed, acc.touched, acc.touched_ts, acc.touched_cols,
-                             acc.coll_dirty, acc.recv)
+        return self._revalue(out, acc, acc.recv)
 
     def _apply(self, items: Sequence[Item], acc: Pending) -> list[Any]:
         """Apply ``items`` in order, noting in ``acc`` what they moved; return alerts."""
@@ -1160,13 +1158,12 @@ class ShardLogic:
                 value += cur[0] * fx[0]
         return value, unvalued, ts, alerts
 
-    def _revalue(
-        self, out: list[Any], changed: dict[int, str], touched: dict[int, list[str]],
-        touched_ts: dict[int, int], touched_cols: dict[int, tuple[str, int]],
-        coll_dirty: dict[int, str], recv_ts: int | None = None, ts: int | None = None,
-    ) -> list[Any]:
-        """One :class:`Part` per counterparty whose value may have moved in this batch
+    def _revalue(self, out: list[Any], acc: Pending, recv_ts: int | None,
+                 ts: int | None = None) -> list[Any]:
+        """One :class:`Part` per counterparty whose value ``acc`` says may have moved
         (stamped ``ts`` when given: the tick that re-valued it)."""
+        changed, touched, touched_ts = acc.changed, acc.touched, acc.touched_ts
+        touched_cols, coll_dirty = acc.touched_cols, acc.coll_dirty
         st = self.state
         n = len(st.cps)
         if n == 0:

@@ -564,8 +564,9 @@ def test_a_version_3_shard_snapshot_is_migrated_and_resumes_identically() -> Non
 
 
 def test_a_stablecoin_leaving_its_peg_raises_depeg_then_critical_then_restored():
-    """The peg check on the FX index: warn at 50 bps, critical at 200, hysteresis at half
-    of each level (no flapping), peg_restored once back within 25 bps; each change once."""
+    """The peg check on the FX index: warn at 50 bps, critical at 200, each level left
+    only 25 bps below it (no flapping), peg_restored once back within 25 bps; each rise
+    and the return are alerted once."""
     pipe = LocalPipeline(worked_config(pegs={"USDC": 1.0}))
     path = [1.0, 0.9952, 0.9949, 0.996, 0.9949, 0.979, 0.985, 0.9895, 0.996, 0.9976, 0.999]
     alerts = []
