@@ -35,7 +35,7 @@ from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
-from riskguard.operators.base import SplitOut, event_time, split_dead_letters, stateful_logic
+from riskguard.operators.base import SplitOut, split_dead_letters, stateful_logic
 from riskguard.operators.clock import system_clock
 from riskguard.operators.playbook import PlaybookConfig, Tick, playbook_builder
 from riskguard.schemas.commands import MitigationCommand
@@ -43,6 +43,13 @@ from riskguard.schemas.commands import MitigationCommand
 __all__ = ["PlaybookConfig", "Tick", "plan_mitigation"]
 
 FIRM_KEY = "firm"
+
+
+def _input_time(value: Any) -> int:
+    """Event time of a playbook input: ``ts``, a resume's ``issued_at``, or 0 for anything
+    else (it goes first, and is dead-lettered)."""
+    ts = getattr(value, "ts", None)
+    return ts if ts is not None else getattr(value, "issued_at", 0)
 
 
 @operator
@@ -66,5 +73,5 @@ def plan_mitigation(
     """
     config.validate(f"step '{step_id}'")
     keyed = op.key_on("key", signals, lambda _s: FIRM_KEY)
-    out = stateful_logic("stateful", keyed, playbook_builder(config, clock), order=event_time)
+    out = stateful_logic("stateful", keyed, playbook_builder(config, clock), order=_input_time)
     return split_dead_letters("split", op.key_rm("unkey", out))
