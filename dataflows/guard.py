@@ -293,11 +293,11 @@ def guard_core(
     files or generators. It is the single implementation of the guard logic.
     ``seq_floor`` is the signing step's (the highest seq already delivered).
     """
-    # Market data is most of the input: split it off first, so the other filters only
-    # see the rest.
     # Event-time progress from every record (not only market data: fills during a market
     # data outage must still be valued).
     ticks = op.filter_map("ticks", records, _tick_fn(cfg.tick_ns))
+    # Market data is most of the input: split it off first, so the other filters only
+    # see the rest.
     by_kind = op.branch("is_market", records, lambda r: isinstance(r, MARKET))
     market, records = by_kind.trues, by_kind.falses
     status = op.filter("status", records, lambda r: isinstance(r, VenueStatus))
