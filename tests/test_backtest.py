@@ -96,20 +96,27 @@ def test_commands_file_holds_signed_envelopes_with_event_time_issued_at(cascade,
     assert [c.seq for c in cmds] == list(range(1, len(cmds) + 1))
 
 
+def _commands_and_signals(cascade: dict, batch_size: int) -> tuple[list, list]:
+    res = run_backtest(*load_guard_config(cascade["cfg"]), records=cascade["recs"],
+                       batch_size=batch_size)
+    cmds = sorted((c.command_id, c.action.value, c.scope.label(),
+                   tuple(c.params.get("targets", []))) for c in res.commands)
+    return cmds, sorted(s.id for s in res.signals)
+
+
+@pytest.fixture(scope="module")
+def batch20(cascade: dict) -> tuple[list, list]:
+    """The cascade's commands and signal ids at batch size 20 (the reference)."""
+    return _commands_and_signals(cascade, 20)
+
+
 @pytest.mark.parametrize("batch_size", [1, 7, 250])
-def test_backtest_commands_do_not_depend_on_how_the_input_is_batched(cascade, batch_size):
+def test_backtest_commands_do_not_depend_on_how_the_input_is_batched(
+        cascade, batch20, batch_size):
     """Keyed steps see each key's records in event-time order and exposures are re-valued
     on event-time ticks, so the commands (ids, actions, scopes, targets) and signal ids
     are the same whatever the input batch size."""
-    cfg = load_guard_config(cascade["cfg"])
-
-    def run(bs: int) -> tuple[list, list]:
-        res = run_backtest(*cfg, records=cascade["recs"], batch_size=bs)
-        cmds = sorted((c.command_id, c.action.value, c.scope.label(),
-                       tuple(c.params.get("targets", []))) for c in res.commands)
-        return cmds, sorted(s.id for s in res.signals)
-
-    assert run(batch_size) == run(20)
+    assert _commands_and_signals(cascade, batch_size) == batch20
 
 
 def test_labels_accept_iso_times_and_reject_bad_windows():

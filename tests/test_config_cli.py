@@ -122,9 +122,10 @@ def test_cli_broker_start_status_stop(tmp_path: Path) -> None:
 
 def test_the_documented_example_config_loads_and_names_every_setting() -> None:
     """dataflows/guard.example.toml decodes and validates as a GuardConfig, and every
-    field of every config section appears in it or in the playbook file it includes
-    (set, or commented out), so the documented example cannot fall behind the code."""
+    field of every config section is a key in it or in the playbook file it includes,
+    set or commented out (``# name = ...``), so the example cannot fall behind the code."""
     import re
+    import tomllib
     from importlib import resources
 
     import msgspec
@@ -133,20 +134,24 @@ def test_the_documented_example_config_loads_and_names_every_setting() -> None:
     path = resources.files("riskguard.dataflows").joinpath("guard.example.toml")
     cfg, _ = load_guard_config(str(path))
     assert cfg.env == "prod" and cfg.playbook.rules and cfg.exposure.pegs
-    text = path.read_text() + path.parent.joinpath("playbook.toml").read_text()
-    named = set(re.findall(r"^#?\s*\"?([a-z_]+)\"?\s*=", text, flags=re.M))
-    named |= set(re.findall(r"\b([a-z_]+)\s*=", text))
-    named |= set(re.findall(r"\[([a-z_.]+)", text.replace("[[", "[")))
-    named = {n.rsplit(".", 1)[-1] for n in named} | {
-        p for n in named for p in n.split(".")}
+    texts = [path.read_text(), path.parent.joinpath("playbook.toml").read_text()]
+
+    def keys(node: object) -> set[str]:
+        if isinstance(node, dict):
+            return set(node) | {k for v in node.values() for k in keys(v)}
+        if isinstance(node, list):
+            return {k for v in node for k in keys(v)}
+        return set()
+
+    named = {k for t in texts for k in keys(tomllib.loads(t))}
+    named |= {m for t in texts for m in re.findall(r"^#\s*([a-z_]+)\s*=", t, flags=re.M)}
 
     def fields(t: type, where: str) -> list[str]:
         out = []
         for f in msgspec.structs.fields(t):
             out.append(f"{where}{f.name}")
-            default = (f.default if f.default is not msgspec.NODEFAULT else None)
-            if isinstance(default, msgspec.Struct):
-                out += fields(type(default), f"{where}{f.name}.")
+            if isinstance(f.default, msgspec.Struct):
+                out += fields(type(f.default), f"{where}{f.name}.")
         return out
 
     missing = [p for p in fields(GuardConfig, "") if p.rsplit(".", 1)[-1] not in named
