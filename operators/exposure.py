@@ -1410,9 +1410,7 @@ class CounterpartyLogic:
         return self.on_batch([p])
 
     def on_batch(self, items: Iterable[Part]) -> list[Any]:
-        if self.ticked:
-            return list(chain.from_iterable(self._batch(g) for g in _by_ts(items)))
-        return self._batch(items)
+        return _per_tick(self._batch, items) if self.ticked else self._batch(items)
 
     def _batch(self, items: Iterable[Part]) -> list[Any]:
         st = self.state
@@ -1521,12 +1519,13 @@ class CounterpartyLogic:
         return out
 
 
-def _by_ts(items: Iterable[Any]) -> list[list[Any]]:
-    """Ticked mode: a batch's items grouped by ``ts`` (one group per tick), oldest first."""
+def _per_tick(batch: Any, items: Iterable[Any]) -> list[Any]:
+    """Ticked mode: ``batch`` once per ``ts`` among ``items`` (one tick each), oldest
+    first; the outputs concatenated."""
     groups: dict[int, list[Any]] = {}
     for it in items:
         groups.setdefault(it.ts, []).append(it)
-    return [groups[t] for t in sorted(groups)]
+    return [out for t in sorted(groups) for out in batch(groups[t])]
 
 
 # --------------------------------------------------------------------- stage 3
@@ -1577,9 +1576,7 @@ class FirmLogic:
         return e.gross_notional + max(e.collateral, 0.0)
 
     def on_batch(self, items: Iterable[Exposure]) -> list[Exposure]:
-        if self.ticked:
-            return list(chain.from_iterable(self._batch(g) for g in _by_ts(items)))
-        return self._batch(items)
+        return _per_tick(self._batch, items) if self.ticked else self._batch(items)
 
     def _batch(self, items: Iterable[Exposure]) -> list[Exposure]:
         st = self.state
