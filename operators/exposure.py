@@ -144,6 +144,13 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
     - ``valuation_shards``: how many stage-1 keys the instruments are hashed
       over (the unit of parallelism of re-valuation; each shard sends one
       part per touched counterparty per batch, so a few is enough).
+    - ``position_revalue_ns`` (ticked mode only): a counterparty whose positions,
+      balances or open orders changed (a fill, position snapshot, balance or orders
+      record) is re-valued at the next multiple of this in event time, as soon as its
+      shard sees any record or tick at or past it, instead of waiting for the next
+      tick; price moves still re-value once per tick. A breach caused by a fill then
+      reaches the limits within milliseconds, and still falls on the same event time
+      however the input was batched. ``0``: wait for the tick.
     - ``pegs``: asset -> peg price in the reporting currency (e.g. ``{"USDC": 1.0}``).
       When an asset's FX index leaves its peg by ``peg_warn_bps`` a ``depeg``
       alert (warn) opens on ``underlying:<asset>``; past ``peg_critical_bps`` it
@@ -170,6 +177,7 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_evidence: int = 8
     dedup_window: int = 4096
     valuation_shards: int = 1
+    position_revalue_ns: int = 10_000_000
     pegs: dict[str, float] = {}
     peg_warn_bps: float = 50.0
     peg_critical_bps: float = 200.0
@@ -193,6 +201,10 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
         if not 1 <= self.valuation_shards <= 4096:
             where = f"{path}.valuation_shards"
             raise ConfigError(where, "must be in [1, 4096]", self.valuation_shards)
+        if self.position_revalue_ns < 0:
+            where = f"{path}.position_revalue_ns"
+            raise ConfigError(where, "must be >= 0 (0: re-value per tick only)",
+                              self.position_revalue_ns)
         for asset, peg in self.pegs.items():
             if not (math.isfinite(peg) and peg > 0):
                 raise ConfigError(f"{path}.pegs.{asset}", "a finite peg price > 0", peg)
@@ -474,6 +486,25 @@ def _note_first(acc: Pending, items: Sequence[Any]) -> None:
         acc.first_recv = getattr(ev, "recv_ts", None)
 
 
+_OWN_ITEM_ROLES = frozenset(("fill", "snap", "orders", "bal"))
+
+
+def _split_at(items: list[Item], due: int) -> tuple[list[Item], list[Item] | None]:
+    """``items`` before the first record (or tick) with ``ts >= due``, and the rest from
+    it (``None``: none reaches ``due``); a run of plain marks is split inside."""
+    for n, it in enumerate(items):
+        if it[0] == "marks":
+            run = it[3]
+            if run[-1].ts < due and max(e.ts for e in run) < due:
+                continue
+            m = next(x for x, e in enumerate(run) if e.ts >= due)
+            head = [*items[:n], ("marks", it[1], it[2], run[:m])] if m else items[:n]
+            return head, [("marks", it[1], it[2], run[m:]), *items[n + 1:]]
+        if it[3].ts >= due:
+            return items[:n], items[n:]
+    return items, None
+
+
 NEVER_STALE = 2**62
 _LEVEL_RANK = {LimitLevel.OK: 0, LimitLevel.WARN: 1, LimitLevel.BREACH: 2}
 _VECTOR_MIN = 16  # fewer plain marks than this are applied one by one
@@ -526,6 +557,10 @@ class ShardState:
     # ticked mode: applied but not yet re-valued, and the newest tick that re-valued
     pending: Pending | None = None
     tick_ts: int = 0
+    # ticked mode: when the rows moved by own records re-value (0: none pending), and the
+    # receive time of the first of those records
+    fast_due: int = 0
+    fast_recv: int | None = None
     peg_level: dict[str, str] = field(default_factory=dict)  # asset -> "warn" | "breach"
 
 
@@ -590,6 +625,7 @@ class ShardLogic:
             balances={k: v.copy() for k, v in st.balances.items()},
             asset_ts=st.asset_ts.copy(), seq=st.seq,
             pending=None if st.pending is None else st.pending.copy(), tick_ts=st.tick_ts,
+            fast_due=st.fast_due, fast_recv=st.fast_recv,
             peg_level=dict(st.peg_level),
             **cols,
         )
@@ -737,6 +773,7 @@ class ShardLogic:
         acc = st.pending
         st.pending = Pending()
         st.tick_ts = ts
+        st.fast_due, st.fast_recv = 0, None
         if not acc:
             return []
         # the receive time of the first record this re-valuation covers: a command it
@@ -754,8 +791,7 @@ class ShardLogic:
             st.pending = Pending()
         ticks = sorted(it[3].ts for it in items if it[0] == "tick")
         if not ticks:
-            _note_first(st.pending, items)
-            return self._apply(items, st.pending)
+            return self._apply_segment(items)
         if not st.key:
             self._init(items[0][1])
         segments: list[list[Item]] = [[] for _ in range(len(ticks) + 1)]
@@ -775,11 +811,60 @@ class ShardLogic:
         out: list[Any] = []
         for k, seg in enumerate(segments):
             if seg:
-                _note_first(st.pending, seg)
-                out.extend(self._apply(seg, st.pending))
+                out.extend(self._apply_segment(seg))
             if k < len(ticks):
+                if st.fast_due and st.fast_due <= ticks[k]:  # it fell due before the tick
+                    out.extend(self._flush_fast())
                 out.extend(self._flush(max(st.tick_ts, ticks[k])))
         return out
+
+    def _apply_segment(self, items: list[Item]) -> list[Any]:
+        """Ticked mode: apply records between two ticks, re-valuing the rows that own
+        records moved at each ``position_revalue_ns`` boundary the records cross."""
+        st = self.state
+        step = self.config.position_revalue_ns
+        out: list[Any] = []
+        rest = items
+        while rest:
+            if st.fast_due:
+                head, tail = _split_at(rest, st.fast_due)
+                if head:
+                    _note_first(st.pending, head)
+                    out.extend(self._apply(head, st.pending))
+                if tail is None:
+                    return out
+                out.extend(self._flush_fast())
+                rest = tail
+                continue
+            k = next((n for n, it in enumerate(rest) if it[0] in _OWN_ITEM_ROLES), -1) \
+                if step else -1
+            head = rest if k < 0 else rest[:k + 1]
+            _note_first(st.pending, head)
+            out.extend(self._apply(head, st.pending))
+            if k < 0:
+                return out
+            ev = rest[k][3]
+            st.fast_due = (ev.ts // step + 1) * step
+            st.fast_recv = getattr(ev, "recv_ts", None)
+            rest = rest[k + 1:]
+        return out
+
+    def _flush_fast(self) -> list[Any]:
+        """Re-value only the rows own records moved since the last tick (or fast flush),
+        stamped with the boundary; price moves stay pending for the tick."""
+        st = self.state
+        acc = st.pending
+        due, recv = st.fast_due, st.fast_recv
+        st.fast_due, st.fast_recv = 0, None
+        if acc is None or not acc.touched:
+            return []
+        rows = acc.touched
+        fast = Pending(touched=rows, touched_ts=acc.touched_ts, touched_cols=acc.touched_cols,
+                       coll_dirty={i: r for i, r in acc.coll_dirty.items() if i in rows},
+                       recv=recv, first_recv=recv)
+        acc.touched, acc.touched_ts, acc.touched_cols = {}, {}, {}
+        acc.coll_dirty = {i: r for i, r in acc.coll_dirty.items() if i not in rows}
+        return self._revalue([], fast, recv, max(due, st.tick_ts))
 
     def _mark_one(self, j: int, ev: Any, changed: dict[int, str]) -> None:
         """Apply one mark to column ``j`` (the reference semantics of :meth:`_apply_marks`)."""

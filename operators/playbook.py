@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import hashlib
+import heapq
 import math
 import re
 import uuid
@@ -398,6 +399,11 @@ class PlaybookLogic:
         self._restored = RestoredSources(state.sources)
         self._out: list[Output] = []
         self._trigger_recv_ts: int | None = None
+        # Derived, not state (a resume wakes every incident). Awake: visited by every
+        # event. Sleeping: ``(time, key)``, woken once the clock reaches the time its next
+        # time-driven rung or quiet-period end falls due. The rest wait for a signal.
+        self._awake: set[str] = set(state.incidents)
+        self._sleeping: list[tuple[int, str]] = []
 
     # -- public ----------------------------------------------------------------
 
@@ -469,12 +475,15 @@ class PlaybookLogic:
         self._track_health(sig, kind, closing)
         source = _source_key(sig, kind)
         if closing:
-            for inc in st.incidents.values():
-                if inc.key == f"{inc.rule}|{source}":
-                    if inc.closed_at is None:
-                        inc.closed_at = sig.ts  # the signal's own event time
-                    _push(inc.evidence, digest)
-                    inc.detail = detail
+            for name in self.rules:
+                inc = st.incidents.get(f"{name}|{source}")
+                if inc is None:
+                    continue
+                if inc.closed_at is None:
+                    inc.closed_at = sig.ts  # the signal's own event time
+                _push(inc.evidence, digest)
+                inc.detail = detail
+                self._awake.add(inc.key)
             return
         for rule in self.config.rules:
             if not self._matches(rule, sig, kind):
@@ -500,6 +509,7 @@ class PlaybookLogic:
             inc.closed_at = None if kind in OPENERS else st.now
             _push(inc.evidence, digest)
             inc.detail = detail
+            self._awake.add(key)
 
     def _matches(self, rule: Rule, sig: Any, kind: str) -> bool:
         if rule.signal != kind or _RANK[sig.severity] < _RANK[rule.min_severity]:
@@ -546,18 +556,49 @@ class PlaybookLogic:
     # -- evaluation --------------------------------------------------------------
 
     def _evaluate(self) -> None:
+        """Climb and end incidents, in key order. Only awake ones are visited: an open
+        incident already on its last rung can neither climb nor end until a signal on it
+        arrives (which wakes it), so skipping it changes nothing and keeps an event's cost
+        independent of how many incidents are open."""
         st = self.state
-        for key in sorted(st.incidents):
-            inc = st.incidents[key]
-            rule = self.rules.get(inc.rule)
-            if rule is None:
+        awake, sleeping = self._awake, self._sleeping
+        now = self._time()
+        while sleeping and sleeping[0][0] <= now:
+            awake.add(heapq.heappop(sleeping)[1])
+        for key in sorted(awake):
+            inc = st.incidents.get(key)
+            rule = None if inc is None else self.rules.get(inc.rule)
+            if inc is None or rule is None:
+                awake.discard(key)
                 continue
             # Open incidents climb on any event; momentary ones only when a signal arrives.
             if inc.closed_at is None or (inc.kind not in OPENERS and inc.closed_at == st.now):
                 self._climb(inc, rule)
             if inc.closed_at is not None and self._time() - inc.closed_at >= rule.quiet_s * S:
                 self._end(inc, rule)
+                awake.discard(key)
+                continue
+            due = self._next_due(inc, rule)
+            if due is not None:
+                awake.discard(key)
+                if due > 0:
+                    heapq.heappush(sleeping, (due, key))
         self._retarget()
+
+    def _next_due(self, inc: Incident, rule: Rule) -> int | None:
+        """When ``inc`` can next move without a signal on it: ``None`` if it may move on
+        any event (a rung it reached is still to be issued, e.g. after the rate cap),
+        ``0`` if only a signal can move it, else the time its next time-driven rung or
+        its quiet-period end falls due."""
+        if inc.closed_at is not None:
+            if (inc.kind not in OPENERS and inc.closed_at == self.state.now
+                    and self._reached(inc, rule) > inc.rung):
+                return None  # a momentary incident retries its climb at the same time
+            return inc.closed_at + int(rule.quiet_s * S)
+        if self._reached(inc, rule) > inc.rung:
+            return None
+        later = [rung.after_s for rung in rule.ladder[inc.rung + 1:] if rung.after_s > 0]
+        return inc.opened_at + int(min(later) * S) if later else 0
 
     def _retarget(self) -> None:
         """Move live reroutes off targets that have since gone bad.
@@ -568,7 +609,8 @@ class PlaybookLogic:
         flapping venue does not churn commands.
         """
         st = self.state
-        for key in sorted(st.active):
+        reroutes = [k for k, m in st.active.items() if m.action is Action.REROUTE_ORDER_FLOW]
+        for key in sorted(reroutes):
             m = st.active.get(key)
             if m is None or m.action is not Action.REROUTE_ORDER_FLOW:
                 continue

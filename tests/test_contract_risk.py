@@ -99,7 +99,8 @@ def test_cases_produce_output() -> None:
 
 def test_ticked_valuation_does_not_depend_on_how_the_input_is_batched() -> None:
     """Ticked stage 1 fed the same records and ticks through Router.route_batch in
-    batches of 1, 9 or 100 (so runs of plain marks straddle ticks) gives the same parts."""
+    batches of 1, 9 or 100 (so runs of plain marks straddle ticks and position
+    re-valuation boundaries) gives the same parts."""
     router = Router(REG, CFG)
     shard = router.route(EVENTS[5])[0][0]
     stream: list[Any] = []
@@ -119,5 +120,8 @@ def test_ticked_valuation_does_not_depend_on_how_the_input_is_batched() -> None:
 
     one = run(1)
     assert [p for p in one if isinstance(p, Part)]
+    # fills re-value their counterparty between ticks (position_revalue_ns), in every run
+    ticks = {ev.ts for ev in stream if isinstance(ev, Tick)}
+    assert sum(isinstance(p, Part) and p.ts not in ticks for p in one) > 5
     assert run(9) == one
     assert run(100) == one

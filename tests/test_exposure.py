@@ -584,3 +584,50 @@ def test_peg_levels_are_checked_at_start_up():
         worked_config(pegs={"USDC": 0.0}).validate()
     with pytest.raises(ConfigError, match=r"exposure\.peg_warn_bps"):
         worked_config(peg_warn_bps=300.0).validate()
+
+
+def _ticked_parts(cfg: ExposureConfig, stream: list[object]) -> list[Part]:
+    """Stage-1 parts of a ticked single-shard run over ``stream`` (records and ticks)."""
+    reg = cfg.validate()
+    router = Router(reg, cfg)
+    logic = ShardLogic(cfg, reg, ticked=True)
+    out: list[object] = []
+    for ev in stream:
+        for _key, item in router.route(ev):
+            out.extend(logic.on_event(item))
+    return [p for p in out if isinstance(p, Part)]
+
+
+def test_ticked_fill_revalues_its_counterparty_at_the_next_position_boundary() -> None:
+    """In ticked mode a fill does not wait for the tick: its counterparty is re-valued at
+    the next ``position_revalue_ns`` boundary (as soon as a record at or past it
+    arrives), stamped with the boundary; price moves still wait for the tick."""
+    from riskguard.operators.clock import Tick
+
+    t = 1_000 * S
+    ms = 1_000_000
+    stream: list[object] = [
+        Trade(id="t1", venue="okx", instrument="BTC-PERP", ts=t, price=60_000.0, qty=1.0,
+              side="buy"),
+        Tick(ts=t, source="p"),
+        fill("f1", "okx", "BTC-PERP", "buy", 2.0, 60_000.0, t + 3 * ms),
+        Trade(id="t2", venue="okx", instrument="BTC-PERP", ts=t + 5 * ms, price=61_000.0,
+              qty=1.0, side="buy"),
+        # crosses the 10 ms boundary: okx is re-valued (with t2's price) before t3 applies
+        Trade(id="t3", venue="okx", instrument="BTC-PERP", ts=t + 12 * ms, price=62_000.0,
+              qty=1.0, side="buy"),
+        Tick(ts=t + S, source="p"),
+    ]
+    fast = _ticked_parts(worked_config(), stream)
+    assert [(p.counterparty, p.ts, p.net, p.evidence) for p in fast] == [
+        ("okx", t + 10 * ms, 2 * 61_000.0, ["f1"]),  # the fill's boundary, mark t2
+        ("okx", t + S, 2 * 62_000.0, ["t3"]),  # the tick re-values the price move
+    ]
+    # 0 turns it off: the fill waits for the tick
+    slow = _ticked_parts(worked_config(position_revalue_ns=0), stream)
+    assert [(p.ts, p.net, p.evidence) for p in slow] == [(t + S, 2 * 62_000.0, ["t3", "f1"])]
+
+
+def test_position_revalue_ns_must_not_be_negative() -> None:
+    with pytest.raises(ConfigError, match="position_revalue_ns"):
+        worked_config(position_revalue_ns=-1).validate()

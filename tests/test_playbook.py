@@ -280,6 +280,27 @@ def test_auto_recovery_waits_for_quiet_period_and_reopen_cancels_it() -> None:
     assert logic.snapshot().active == {}
 
 
+def test_incidents_that_cannot_move_are_not_revisited_by_every_event() -> None:
+    """An event's cost does not grow with the open incidents that cannot move: 200
+    counterparties on their last rung are skipped by later events; a close on one puts it
+    to sleep until its quiet period ends, and it resumes then."""
+    rule = Rule(name="cp", signal="breach", scope="counterparty:*", target="counterparty",
+                quiet_s=30, ladder=(Rung(action=RO),))
+    logic = make(rule, max_commands=1_000)
+    opened = feed(logic, [breach(f"c{k}", 1 + k / 1_000) for k in range(200)])
+    assert len(opened) == 200
+    assert logic._awake == set()  # all on their last rung
+    assert feed(logic, [Tick(ts=100 * S)]) == []
+    assert feed(logic, [breach("c7", 101, level=LimitLevel.OK)]) == []
+    # closed: asleep until its quiet period ends
+    c7 = "cp|breach|counterparty:c7|counterparty.c7|gross_notional"
+    assert logic._awake == set()
+    assert logic._sleeping == [(131 * S, c7)]
+    assert acts(feed(logic, [Tick(ts=131 * S)])) == [("resume", "counterparty:c7")]
+    assert logic._awake == set()
+    assert len(logic.snapshot().incidents) == 199
+
+
 def test_manual_recovery_waits_for_a_resume_input() -> None:
     """recovery="manual" keeps the mitigation after the quiet period until a resume arrives."""
     rule = Rule(name="recon", signal="reconciliation_break", scope="counterparty:*",
