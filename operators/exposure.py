@@ -61,7 +61,9 @@ import zlib
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import reduce
 from itertools import chain, compress, pairwise, repeat
+from operator import add, attrgetter, is_
 from typing import Any, Literal
 
 import msgspec
@@ -1638,13 +1640,27 @@ class FirmState:
 
 
 class FirmLogic:
-    """Stage 3: latest exposure per counterparty -> concentration + firm rollup."""
+    """Stage 3: latest exposure per counterparty -> concentration + firm rollup.
+
+    Each rollup is an exact re-sum over every counterparty in name order (no running
+    sums, no drift, the same whatever order they arrived in), done with C-level loops;
+    per-counterparty Python work is only for the updated ones and those whose share moved
+    by more than ``concentration_epsilon``.
+    """
 
     def __init__(self, config: ExposureConfig, state: FirmState | None = None, *,
                  ticked: bool = False) -> None:
         self.config = config
         self.ticked = ticked
         self.state = state if state is not None else FirmState()
+        # derived from state, in counterparty name order: names, latest exposures, the
+        # concentration basis and the share last emitted
+        st = self.state
+        self._names = sorted(st.latest)
+        self._exps = [st.latest[cp] for cp in self._names]
+        self._at = {cp: k for k, cp in enumerate(self._names)}
+        self._basis_v = np.array([self._basis(e) for e in self._exps], dtype=float)
+        self._shares = np.array([st.shares.get(cp, 0.0) for cp in self._names], dtype=float)
 
     def snapshot(self) -> FirmState:
         return _copy(self.state)
@@ -1663,6 +1679,20 @@ class FirmLogic:
     def on_batch(self, items: Iterable[Exposure]) -> list[Exposure]:
         return _per_tick(self._batch, items) if self.ticked else self._batch(items)
 
+    def _store(self, e: Exposure) -> None:
+        cp = e.counterparty
+        k = self._at.get(cp)
+        if k is None:  # a new counterparty: insert it in name order
+            k = bisect_right(self._names, cp)
+            self._names.insert(k, cp)
+            self._exps.insert(k, e)
+            self._at = {c: n for n, c in enumerate(self._names)}
+            self._basis_v = np.insert(self._basis_v, k, self._basis(e))
+            self._shares = np.insert(self._shares, k, 0.0)
+        else:
+            self._exps[k] = e
+            self._basis_v[k] = self._basis(e)
+
     def _batch(self, items: Iterable[Exposure]) -> list[Exposure]:
         st = self.state
         updated: list[str] = []
@@ -1671,60 +1701,40 @@ class FirmLogic:
             if old is not None and old.seq >= e.seq:
                 continue
             st.latest[e.counterparty] = e
+            self._store(e)
             if e.counterparty not in updated:
                 updated.append(e.counterparty)
         if not updated:
             return []
-        total = sum(self._basis(e) for e in st.latest.values())
-        gross = net = coll = upnl = orders = 0.0
-        by_asset: dict[str, float] = {}
-        vols: dict[str, tuple[float, int]] = {}
-        stale: set[str] = set()
-        ts = 0
-        evidence: list[str] = []
+        exps = self._exps
+        total = float(np.add.reduce(self._basis_v))
+
+        def add_up(field: str) -> float:
+            return reduce(add, map(attrgetter(field), exps), 0.0)
+
+        gross, net, coll = add_up("gross_notional"), add_up("net_notional"), add_up("collateral")
+        upnl, orders = add_up("unrealized_pnl"), add_up("open_order_notional")
+        ts = max(0, *map(attrgetter("ts"), exps))
         # every by-asset dict is its delta dict (linear books): the same sums, done once
-        shared = all(e.notional_by_asset is e.delta_by_underlying for e in st.latest.values())
-        # vols: per underlying, the value of the newest exposure (first in cp order on a
-        # tie). Exposures of one batch share one vol dict, so rank each distinct dict by
-        # (newest ts, first position reaching it) and let the best rank set each key.
-        seen_vols: dict[int, list[Any]] = {}
-        exps = [st.latest[cp] for cp in sorted(st.latest)]
-        delta = _sum_dicts([e.delta_by_underlying for e in exps])
-        if not shared:
-            by_asset = _sum_dicts([e.notional_by_asset for e in exps])
-        for pos, e in enumerate(exps):
-            gross += e.gross_notional
-            net += e.net_notional
-            coll += e.collateral
-            upnl += e.unrealized_pnl
-            orders += e.open_order_notional
-            ts = max(ts, e.ts)
-            vd = e.vol_by_underlying
-            if vd:
-                cur = seen_vols.get(id(vd))
-                if cur is None:
-                    seen_vols[id(vd)] = [e.ts, pos, vd]
-                elif e.ts > cur[0]:
-                    cur[0], cur[1] = e.ts, pos
-            stale.update(e.stale_instruments)
-        for cp in updated:
-            evidence.extend(st.latest[cp].evidence_ids)
-        if shared:
-            by_asset = dict(delta)
-        for t, _pos, vd in sorted(seen_vols.values(), key=lambda r: (-r[0], r[1])):
-            for k, v in vd.items():
-                if k not in vols:
-                    vols[k] = (v, t)
-        firm_vols = {k: v for k, (v, _t) in sorted(vols.items())}
+        deltas = list(map(attrgetter("delta_by_underlying"), exps))
+        assets = list(map(attrgetter("notional_by_asset"), exps))
+        shared = all(map(is_, assets, deltas))
+        delta = _sum_dicts(deltas)
+        by_asset = dict(delta) if shared else _sum_dicts(assets)
+        firm_vols = _newest_vols(exps)
+        stale = set(chain.from_iterable(map(attrgetter("stale_instruments"), exps)))
+        evidence = [rid for cp in updated for rid in st.latest[cp].evidence_ids]
+        shares = self._basis_v / total if total > 0 else np.zeros(len(exps))
+        emit = np.abs(shares - self._shares) > self.config.concentration_epsilon
+        at = self._at
+        emit[[at[cp] for cp in updated]] = True
         out: list[Exposure] = []
-        eps = self.config.concentration_epsilon
-        for cp in sorted(st.latest):
-            e = st.latest[cp]
-            share = self._basis(e) / total if total > 0 else 0.0
-            if cp in updated or abs(share - st.shares.get(cp, 0.0)) > eps:
-                st.shares[cp] = share
-                out.append(msgspec.structs.replace(
-                    e, concentration=share, vol_by_underlying=firm_vols))
+        for k in np.flatnonzero(emit).tolist():
+            share = float(shares[k])
+            self._shares[k] = share
+            st.shares[self._names[k]] = share
+            out.append(msgspec.structs.replace(exps[k], concentration=share,
+                                               vol_by_underlying=firm_vols))
         st.seq += 1
         st.firm = Exposure(
             counterparty="*", ts=ts, gross_notional=gross, net_notional=net,
@@ -1736,6 +1746,29 @@ class FirmLogic:
         )
         out.append(st.firm)
         return out
+
+
+def _newest_vols(exps: list[Exposure]) -> dict[str, float]:
+    """Per underlying, the vol of the newest exposure (first in name order on a tie).
+
+    Exposures of one batch share one vol dict, so each distinct dict is ranked by
+    (newest ts, first position reaching it) and the best rank sets each key.
+    """
+    seen: dict[int, list[Any]] = {}
+    for pos, e in enumerate(exps):
+        vd = e.vol_by_underlying
+        if vd:
+            cur = seen.get(id(vd))
+            if cur is None:
+                seen[id(vd)] = [e.ts, pos, vd]
+            elif e.ts > cur[0]:
+                cur[0], cur[1] = e.ts, pos
+    vols: dict[str, tuple[float, int]] = {}
+    for t, _pos, vd in sorted(seen.values(), key=lambda r: (-r[0], r[1])):
+        for k, v in vd.items():
+            if k not in vols:
+                vols[k] = (v, t)
+    return {k: v for k, (v, _t) in sorted(vols.items())}
 
 
 # --------------------------------------------------------------------- in memory
