@@ -825,14 +825,17 @@ class ShardLogic:
         records moved at each ``position_revalue_ns`` boundary the records cross."""
         st = self.state
         step = self.config.position_revalue_ns
+        if st.pending is None:
+            st.pending = Pending()
+        acc = st.pending  # fast flushes take rows out of it; only ticks replace it
         out: list[Any] = []
         rest = items
         while rest:
             if st.fast_due:
                 head, tail = _split_at(rest, st.fast_due)
                 if head:
-                    _note_first(st.pending, head)
-                    out.extend(self._apply(head, st.pending))
+                    _note_first(acc, head)
+                    out.extend(self._apply(head, acc))
                 if tail is None:
                     return out
                 out.extend(self._flush_fast())
@@ -841,8 +844,8 @@ class ShardLogic:
             k = next((n for n, it in enumerate(rest) if it[0] in _OWN_ITEM_ROLES), -1) \
                 if step else -1
             head = rest if k < 0 else rest[:k + 1]
-            _note_first(st.pending, head)
-            out.extend(self._apply(head, st.pending))
+            _note_first(acc, head)
+            out.extend(self._apply(head, acc))
             if k < 0:
                 return out
             ev = rest[k][3]
