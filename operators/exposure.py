@@ -32,7 +32,9 @@ limit levels move at batch boundaries. Fed one record at a time
 builds): stage 1 re-values on each :class:`~riskguard.operators.clock.Tick`
 instead, stamping its parts with the tick's time; records before a tick (by
 ``ts``) are in, later ones wait for the next tick, even when they share a
-batch. Stages 2 and 3 emit once per tick time rather than once per batch. The
+batch. A fill, snapshot, balance or orders record does not wait for the tick:
+its counterparty re-values at the next ``position_revalue_ns`` boundary. Stages
+2 and 3 emit once per tick (or boundary) time rather than once per batch. The
 outputs then depend on the event-time order of records and ticks only, not on
 how the input was batched.
 
@@ -497,9 +499,9 @@ def _split_at(items: list[Item], due: int) -> tuple[list[Item], list[Item] | Non
     for n, it in enumerate(items):
         if it[0] == "marks":
             run = it[3]
-            if run[-1].ts < due and max(e.ts for e in run) < due:
+            m = next((x for x, e in enumerate(run) if e.ts >= due), -1)
+            if m < 0:
                 continue
-            m = next(x for x, e in enumerate(run) if e.ts >= due)
             head = [*items[:n], ("marks", it[1], it[2], run[:m])] if m else items[:n]
             return head, [("marks", it[1], it[2], run[m:]), *items[n + 1:]]
         if it[3].ts >= due:
@@ -789,8 +791,6 @@ class ShardLogic:
         how they were cut into batches. A record is before a tick when its ``ts`` is
         smaller (the tick is made by the first record at or past its ``ts``)."""
         st = self.state
-        if st.pending is None:
-            st.pending = Pending()
         ticks = sorted(it[3].ts for it in items if it[0] == "tick")
         if not ticks:
             return self._apply_segment(items)
@@ -865,8 +865,7 @@ class ShardLogic:
             return []
         rows = acc.touched
         fast = Pending(touched=rows, touched_ts=acc.touched_ts, touched_cols=acc.touched_cols,
-                       coll_dirty={i: r for i, r in acc.coll_dirty.items() if i in rows},
-                       recv=recv, first_recv=recv)
+                       coll_dirty={i: r for i, r in acc.coll_dirty.items() if i in rows})
         acc.touched, acc.touched_ts, acc.touched_cols = {}, {}, {}
         acc.coll_dirty = {i: r for i, r in acc.coll_dirty.items() if i not in rows}
         return self._revalue([], fast, recv, max(due, st.tick_ts))
@@ -1632,7 +1631,6 @@ def _sum_dicts(ds: list[dict[str, float]]) -> dict[str, float]:
     return dict(zip(keys, map(sum, cols), strict=True))
 
 
-
 @dataclass
 class FirmState:
     version: int = STATE_VERSION
@@ -1683,7 +1681,9 @@ class FirmLogic:
         return _per_tick(self._batch, items) if self.ticked else self._batch(items)
 
     def _store(self, e: Exposure) -> None:
+        """``e`` is ``cp``'s latest: in the state and in the name-ordered layout."""
         cp = e.counterparty
+        self.state.latest[cp] = e
         k = self._at.get(cp)
         if k is None:  # a new counterparty: insert it in name order
             k = bisect_right(self._names, cp)
@@ -1703,7 +1703,6 @@ class FirmLogic:
             old = st.latest.get(e.counterparty)
             if old is not None and old.seq >= e.seq:
                 continue
-            st.latest[e.counterparty] = e
             self._store(e)
             if e.counterparty not in updated:
                 updated.append(e.counterparty)

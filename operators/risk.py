@@ -149,7 +149,9 @@ def aggregate_exposure(
     event-time progress), records are applied as they come and re-valued once
     per tick, stamped with the tick's time, so a replay gives the same
     exposures (and limit breaches) however it is batched: a backtest equals a
-    live run. The cost is latency: up to one tick interval of event time.
+    live run. The cost is latency: a price move waits up to one tick interval of
+    event time; a fill, snapshot, balance or orders record only until the next
+    ``config.position_revalue_ns`` boundary.
 
     >>> from bytewax.dataflow import Dataflow
     >>> from bytewax.testing import TestingSink, TestingSource, run_main
