@@ -574,7 +574,7 @@ class PlaybookLogic:
             # Open incidents climb on any event; momentary ones only when a signal arrives.
             if inc.closed_at is None or (inc.kind not in OPENERS and inc.closed_at == st.now):
                 self._climb(inc, rule)
-            if inc.closed_at is not None and self._time() - inc.closed_at >= rule.quiet_s * S:
+            if inc.closed_at is not None and now - inc.closed_at >= rule.quiet_s * S:
                 self._end(inc, rule)
                 awake.discard(key)
                 continue
@@ -611,9 +611,7 @@ class PlaybookLogic:
         st = self.state
         reroutes = [k for k, m in st.active.items() if m.action is Action.REROUTE_ORDER_FLOW]
         for key in sorted(reroutes):
-            m = st.active.get(key)
-            if m is None or m.action is not Action.REROUTE_ORDER_FLOW:
-                continue
+            m = st.active[key]
             owner = next((st.incidents[o] for o in m.owners if o in st.incidents), None)
             rule = self.rules.get(owner.rule) if owner else None
             if owner is None or rule is None:
