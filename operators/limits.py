@@ -513,16 +513,15 @@ class LimitsLogic:
             changed = new is not old
             big = changed and (_ORDER[new] >= 2 or _ORDER[old] >= 2)
             emit = changed or first or force_path == tkey or ts - tr.last_emit_ts >= interval
+            path, kind = tkey
             if emit:  # a level change (so any breach, "big") always emits
                 inputs = {} if inputs is None else inputs
                 inputs["base_limit"] = spec.limit
-            path, kind = tkey
-            if emit:
                 tr.last_emit_ts = ts
                 out.append(Utilization(
                     limit_path=path, kind=kind, scope=scope, ts=ts, exposure=x,
                     base_limit=spec.limit, effective_limit=eff, utilization=u, level=new,
-                    latched=tr.latched, inputs=inputs or {},
+                    latched=tr.latched, inputs=inputs,
                 ))
             tr.level = new
             if big:
