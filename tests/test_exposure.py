@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from riskguard.operators.clock import Tick
 from riskguard.operators.exposure import (
     CounterpartyLogic,
     CounterpartyState,
@@ -602,8 +603,6 @@ def test_ticked_fill_revalues_its_counterparty_at_the_next_position_boundary() -
     """In ticked mode a fill does not wait for the tick: its counterparty is re-valued at
     the next ``position_revalue_ns`` boundary (as soon as a record at or past it
     arrives), stamped with the boundary; price moves still wait for the tick."""
-    from riskguard.operators.clock import Tick
-
     t = 1_000 * S
     ms = 1_000_000
     stream: list[object] = [
