@@ -421,8 +421,8 @@ def _evidence_add(buf: list[str], rid: str, cap: int) -> None:
 class Part(msgspec.Struct, frozen=True, array_like=True):
     """One counterparty's complete partial exposure in one shard, stage 1 -> stage 2.
 
-    Amounts are in the reporting currency. ``by_inst`` (or, in parts from older
-    snapshots, ``names`` / ``notionals``) and ``mark_ts`` list its open positions
+    Amounts are in the reporting currency. ``names`` / ``notionals`` (or, in parts
+    from state-version-4 snapshots, ``by_inst``) and ``mark_ts`` list its open positions
     (``mark_ts`` is ``NEVER_STALE`` for an unvalued one; it is packed int64s, so a
     part holds no per-position int objects);
     ``unvalued`` names positions and collateral assets whose mark or FX rate is
@@ -450,15 +450,19 @@ class Part(msgspec.Struct, frozen=True, array_like=True):
     vol_values: dict[str, float]
     evidence: list[str]
     recv_ts: int | None = None  # newest receive time of the batch that moved it (latency)
-    # notional per open position, keyed in ``mark_ts`` order; when set (parts made since
-    # state version 4), ``names`` and ``notionals`` are empty
+    # notional per open position in ``mark_ts`` order, in parts of state-version-4
+    # snapshots (``names`` and ``notionals`` are empty there)
     by_inst: dict[str, float] | None = None
 
-    def positions(self) -> dict[str, float]:
-        """Notional per open position (either layout)."""
+    def position_lists(self) -> tuple[list[str], list[float]]:
+        """``(names, notionals)`` of the open positions (either layout)."""
         if self.by_inst is not None:
-            return self.by_inst
-        return dict(zip(self.names, self.notionals, strict=True))
+            return list(self.by_inst), list(self.by_inst.values())
+        return self.names, self.notionals
+
+    def positions(self) -> dict[str, float]:
+        """Notional per open position."""
+        return dict(zip(*self.position_lists(), strict=True))
 
 
 @dataclass
@@ -1351,7 +1355,8 @@ class ShardLogic:
         rows_l = rows.tolist()
         cps = st.cps if m == n else [st.cps[i] for i in rows_l]
         spans = list(pairwise(bounds))
-        by_inst = [dict(zip(names_all[lo:hi], not_all[lo:hi], strict=True)) for lo, hi in spans]
+        names_rows = [names_all[lo:hi] for lo, hi in spans]
+        not_rows = [not_all[lo:hi] for lo, hi in spans]
         mts_rows = [mts_b[8 * lo:8 * hi] for lo, hi in spans]
         ds = [dict(zip(und_names, row, strict=True)) if full
               else dict(compress(zip(und_names, row, strict=True), held))
@@ -1397,11 +1402,12 @@ class ShardLogic:
         st.seq += m
         key = st.key
         out.extend(
-            Part(cp, key, seq, ts, g, nt, u, o, c, d, a, [], [], mb, old, unv, uvol,
-                 uvol_values, ev, recv_ts, bi)
-            for cp, seq, ts, g, nt, u, o, c, d, a, mb, old, unv, ev, bi in zip(
+            Part(cp, key, seq, ts, g, nt, u, o, c, d, a, nm, no, mb, old, unv, uvol,
+                 uvol_values, ev, recv_ts)
+            for cp, seq, ts, g, nt, u, o, c, d, a, nm, no, mb, old, unv, ev in zip(
                 cps, range(seq0 + 1, seq0 + m + 1), ts_rows, gross, net, upnl_s, ord_s, colls,
-                ds, as_, mts_rows, oldest_rows, unvalued, evid, by_inst, strict=True))
+                ds, as_, names_rows, not_rows, mts_rows, oldest_rows, unvalued, evid,
+                strict=True))
         return out
 
     def _und_vols(self, active_all: Any) -> dict[str, tuple[float, int]]:
@@ -1532,7 +1538,8 @@ class CounterpartyLogic:
         ps = [st.parts[k] for k in sorted(st.parts)] if len(st.parts) > 1 else list(
             st.parts.values())
         gross = net = upnl = orders = coll = 0.0
-        by_inst: dict[str, float] = {}
+        names: list[str] = []
+        notionals: list[float] = []
         vols: dict[str, tuple[float, int]] = {}
         unvalued: list[str] = []
         vol_values: dict[str, float] | None = None
@@ -1541,7 +1548,7 @@ class CounterpartyLogic:
             p = ps[0]
             gross, net, upnl, orders, coll = p.gross, p.net, p.upnl, p.orders, p.collateral
             delta, by_asset = p.delta, p.by_asset
-            by_inst = p.positions()
+            names, notionals = p.position_lists()
             vol_values = p.vol_values
             unvalued = p.unvalued
         else:
@@ -1556,7 +1563,9 @@ class CounterpartyLogic:
                     delta[k] = delta.get(k, 0.0) + v
                 for k, v in p.by_asset.items():
                     by_asset[k] = by_asset.get(k, 0.0) + v
-                by_inst.update(p.positions())
+                pn, pv = p.position_lists()  # shards hold disjoint instruments
+                names.extend(pn)
+                notionals.extend(pv)
                 for k, vt in p.vols.items():
                     cur = vols.get(k)
                     if cur is None or vt[1] > cur[1]:
@@ -1571,8 +1580,8 @@ class CounterpartyLogic:
                 if p.oldest < horizon:
                     mts = np.frombuffer(p.mark_ts, dtype=np.int64)
                     stale_ix = np.flatnonzero(mts < horizon).tolist()
-                    names = p.names or list(p.positions())
-                    old.update((names[x], int(mts[x])) for x in stale_ix)
+                    held = p.position_lists()[0]
+                    old.update((held[x], int(mts[x])) for x in stale_ix)
         for name, mark_ts in old.items():
             if name in st.stale:
                 continue
@@ -1597,7 +1606,7 @@ class CounterpartyLogic:
         out.append(Exposure(
             counterparty=st.counterparty, ts=st.watermark, gross_notional=gross,
             net_notional=net, delta_by_underlying=delta,
-            notional_by_asset=by_asset, notional_by_instrument=by_inst,
+            notional_by_asset=by_asset, instruments=names, instrument_notionals=notionals,
             collateral=coll, unrealized_pnl=upnl, open_order_notional=orders,
             stale=bool(stale), stale_instruments=stale, evidence_ids=st.evidence,
             seq=st.seq, recv_ts=self._recv_ts, vol_by_underlying=(

@@ -264,7 +264,7 @@ def _measure(level: str, name: str, kind: str) -> Measure:
         if kind == "delta":
             return lambda e: abs(e.delta_by_underlying.get(name, 0.0))
         return lambda e: abs(e.notional_by_asset.get(name, 0.0))
-    return lambda e: abs(e.notional_by_instrument.get(name, 0.0))
+    return lambda e: abs(e.instrument_notional(name))
 
 
 def parse_path(path: str) -> tuple[str, str, str]:

@@ -123,7 +123,16 @@ class RiskAlert(Record, frozen=True, kw_only=True, tag="risk_alert"):
 class Exposure(Record, frozen=True, kw_only=True, tag="exposure"):
     """One counterparty's exposure (or the firm rollup when ``counterparty == "*"``).
 
-    Amounts are in the reporting currency.
+    Amounts are in the reporting currency. The notional per open position is carried
+    as two aligned lists, ``instruments`` and ``instrument_notionals`` (columnar: a
+    counterparty holds hundreds of positions and every price move re-values them all);
+    :attr:`notional_by_instrument` is the same as a dict, and
+    :meth:`instrument_notional` looks one up.
+
+    >>> e = Exposure(counterparty="okx", ts=1, gross_notional=3.0, net_notional=-1.0,
+    ...              instruments=["BTC-PERP", "ETH-PERP"], instrument_notionals=[-2.0, 1.0])
+    >>> e.notional_by_instrument, e.instrument_notional("ETH-PERP"), e.instrument_notional("X")
+    ({'BTC-PERP': -2.0, 'ETH-PERP': 1.0}, 1.0, 0.0)
     """
 
     counterparty: ScopeValue
@@ -133,7 +142,8 @@ class Exposure(Record, frozen=True, kw_only=True, tag="exposure"):
     net_notional: Finite
     delta_by_underlying: dict[str, Finite] = {}
     notional_by_asset: dict[str, Finite] = {}
-    notional_by_instrument: dict[str, Finite] = {}
+    instruments: list[Name] = []
+    instrument_notionals: list[Finite] = []
     collateral: Finite = 0.0
     unrealized_pnl: Finite = 0.0
     open_order_notional: NonNegative = 0.0
@@ -143,6 +153,24 @@ class Exposure(Record, frozen=True, kw_only=True, tag="exposure"):
     evidence_ids: list[RecordId] = []
     seq: Seq = 0
     vol_by_underlying: dict[str, Finite] = {}
+
+    def __post_init__(self) -> None:
+        if len(self.instruments) != len(self.instrument_notionals):
+            raise ValueError(f"instruments ({len(self.instruments)}) and "
+                             f"instrument_notionals ({len(self.instrument_notionals)}) "
+                             "must have the same length")
+
+    @property
+    def notional_by_instrument(self) -> dict[str, float]:
+        """Notional per open position, by instrument name."""
+        return dict(zip(self.instruments, self.instrument_notionals, strict=True))
+
+    def instrument_notional(self, name: str) -> float:
+        """The notional held in ``name`` (0.0 when no position is open in it)."""
+        try:
+            return self.instrument_notionals[self.instruments.index(name)]
+        except ValueError:
+            return 0.0
 
 
 class LimitLevel(StrEnum):

@@ -7,6 +7,7 @@ are covered without editing this file.
 from __future__ import annotations
 
 import enum
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -35,13 +36,25 @@ def _str(t: mi.StrType) -> st.SearchStrategy[str]:
     return st.text(min_size=lo, max_size=hi)
 
 
+def _valid_or_none(cls: type, **fields: Any) -> Any:
+    try:
+        return cls(**fields)
+    except ValueError:
+        return None
+
+
+def _is_not_none(x: Any) -> bool:
+    return x is not None
+
+
 def strategy_for(t: mi.Type) -> st.SearchStrategy[Any]:
     """A strategy producing valid Python values for msgspec type ``t``."""
     if isinstance(t, mi.Metadata):
         return strategy_for(t.type)
     if isinstance(t, mi.StructType):
         fields = {f.name: strategy_for(f.type) for f in t.fields}
-        return st.builds(t.cls, **fields)
+        # a struct's own cross-field checks (``__post_init__``) reject some draws
+        return st.builds(partial(_valid_or_none, t.cls), **fields).filter(_is_not_none)
     if isinstance(t, mi.IntType):
         lo = t.ge if t.ge is not None else -(2**63)
         hi = t.le if t.le is not None else 2**63 - 1

@@ -63,3 +63,14 @@ def test_decoding_validates_in_one_pass_to_the_typed_record() -> None:
     rec = decode("t", raw)
     assert isinstance(rec, Trade)
     assert rec.qty == 2.0 and rec.side.value == "sell"
+
+
+def test_an_exposure_whose_instrument_lists_disagree_is_a_dead_letter() -> None:
+    """The per-instrument notionals are two aligned lists; a misaligned pair is refused."""
+    raw = (b'{"type":"exposure","counterparty":"okx","ts":1,"gross_notional":1.0,'
+           b'"net_notional":1.0,"instruments":["BTC-PERP","ETH-PERP"],'
+           b'"instrument_notionals":[1.0]}')
+    dl = Codec(clock=lambda: 3).decode("exposures", raw, offset=4)
+    assert isinstance(dl, DeadLetter)
+    assert (dl.reason, dl.offset, dl.raw) == ("validation", 4, raw)
+    assert "instruments (2) and instrument_notionals (1)" in dl.found
