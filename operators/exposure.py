@@ -529,6 +529,20 @@ def _row_reduce(ufunc: Any, flat: Any, bounds: Any, empty: int) -> list[int]:
 
 
 @dataclass
+class _Layout:
+    """Where a shard's open positions are (derived from its state, not state): rebuilt
+    only when a position opens or closes, not on every re-valuation."""
+
+    active: Any  # bool, rows x columns: a position or open orders in the cell
+    r: Any  # row of each open position, row-major
+    c: Any  # its column
+    flat: Any  # its index in the row-major grid
+    counts: Any  # open positions per row
+    bounds: Any  # row r's positions are [bounds[r], bounds[r + 1])
+    names: list[list[str]]  # per row, its positions' instrument names (shared by parts)
+
+
+@dataclass
 class ShardState:
     """State of one stage-1 shard: its instruments' marks and every counterparty's
     positions in them (dense ``counterparty x instrument`` arrays), plus the
@@ -707,6 +721,7 @@ class ShardLogic:
         self._peg_spec = LimitSpec(limit=1.0, warn=w, hysteresis=w / 2)
         self._row = {cp: i for i, cp in enumerate(st.cps)}
         self._any_orders = bool(st.orders.any())  # else open-order sums are skipped
+        self._lay: _Layout | None = None
         self._refresh_fx()
         self._ready = True
 
@@ -730,6 +745,7 @@ class ShardLogic:
         st = self.state
         i = self._row[cp] = len(st.cps)
         st.cps.append(cp)
+        self._lay = None
         if i >= st.qty.shape[0]:
             cap = max(8, 2 * st.qty.shape[0])
             k = len(st.insts)
@@ -742,6 +758,25 @@ class ShardLogic:
             st.qty, st.orders = grow(st.qty, 0.0), grow(st.orders, 0.0)
             st.avg, st.snap_ts = grow(st.avg, 0.0), grow(st.snap_ts, -1)
         return i
+
+    def _layout(self) -> _Layout:
+        """The open positions' layout, rebuilt after a position opened or closed."""
+        lay = self._lay
+        if lay is not None:
+            return lay
+        st = self.state
+        n, k = len(st.cps), len(st.insts)
+        active = (st.qty[:n] != 0.0) | (st.orders[:n] != 0.0)
+        flat = np.flatnonzero(active)
+        r, c = np.divmod(flat, k)
+        counts = np.bincount(r, None, n)
+        bounds = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(counts, out=bounds[1:])
+        names_all = self._names[c].tolist()
+        b = bounds.tolist()
+        names = [names_all[lo:hi] for lo, hi in pairwise(b)]
+        self._lay = lay = _Layout(active, r, c, flat, counts, bounds, names)
+        return lay
 
     def _vols(self) -> tuple[Any, Any]:
         """Realized vol and its time per instrument (feature stream first, else EWMA)."""
@@ -1084,12 +1119,16 @@ class ShardLogic:
                     q, new_avg = apply_fill(q0, None if q0 == 0.0 or math.isnan(a) else a,
                                             signed, ev.price)
                     st.qty[i, j] = q
+                    if (q == 0.0) is not (q0 == 0.0):  # a position opened or closed
+                        self._lay = None
                     # flat: no average (0.0 rather than nan keeps the PnL sums nan-free;
                     # a flat position's average is never read)
                     st.avg[i, j] = (0.0 if q == 0.0 else math.nan) if new_avg is None else new_avg
             elif role == "snap":
                 out.extend(self._on_snapshot(ev, i, j))
             else:  # orders
+                if (ev.notional == 0.0) is not (st.orders.item(i, j) == 0.0):
+                    self._lay = None
                 st.orders[i, j] = ev.notional
                 self._any_orders = True
             buf = evidence.get((i, j))
@@ -1174,6 +1213,8 @@ class ShardLogic:
             st.avg[i, j] = ev.avg_price
         elif math.isnan(avg) or qty == 0.0 or (qty > 0) != (ev.qty > 0):
             st.avg[i, j] = st.mark[j]
+        if (ev.qty == 0.0) is not (qty == 0.0):
+            self._lay = None
         st.qty[i, j] = ev.qty
         st.snap_ts[i, j] = max(int(st.snap_ts[i, j]), ev.ts)
         return out
@@ -1262,8 +1303,8 @@ class ShardLogic:
         if n == 0:
             return out
         cap = self.config.max_evidence
-        qty, orders = st.qty[:n], st.orders[:n]
-        active_all = (qty != 0.0) | (orders != 0.0)
+        lay = self._layout()
+        active_all = lay.active
         mark = st.mark
         fxq, fxu = self._fxq, self._fxu
         valued = ~(np.isnan(mark) | np.isnan(fxq) | np.isnan(fxu))
@@ -1298,10 +1339,18 @@ class ShardLogic:
         # the held positions of the dirty rows only, row-major (a few thousand cells rather
         # than the whole counterparty x instrument grid)
         m = len(rows)
-        act = active_all if m == n else active_all[rows]
-        k_all = len(st.insts)
-        r_i, c_i = np.divmod(np.flatnonzero(act), k_all)
-        flat = (r_i if m == n else rows[r_i]) * k_all + c_i
+        rows_l = rows.tolist()
+        if m == n:
+            act, r_i, c_i, flat, bounds_a = active_all, lay.r, lay.c, lay.flat, lay.bounds
+            names_rows = lay.names
+        else:
+            act = active_all[rows]
+            pick = np.flatnonzero(dirty[lay.r])
+            c_i, flat = lay.c[pick], lay.flat[pick]
+            r_i = (np.cumsum(dirty) - 1)[lay.r[pick]]
+            bounds_a = np.zeros(m + 1, dtype=np.int64)
+            np.cumsum(lay.counts[rows], out=bounds_a[1:])
+            names_rows = [lay.names[i] for i in rows_l]
         qm = st.qty.ravel()[flat] * self._mult[c_i]
         notional = qm * nf[c_i]
         upnl = qm * (mark_v[c_i] - st.avg.ravel()[flat]) * fx_v[c_i]
@@ -1328,10 +1377,8 @@ class ShardLogic:
             held_a_l = held_a.tolist()
         mts_c = np.where(valued, st.mark_ts, NEVER_STALE)[c_i]
         # every per-row list in one pass each, then sliced per row
-        names_all = self._names[c_i].tolist()
         not_all = notional.tolist()
         mts_b = mts_c.tobytes()  # parts carry packed int64s, not per-position int objects
-        bounds_a = np.r_[0, np.cumsum(np.bincount(r_i, None, m))]
         bounds = bounds_a.tolist()
         ts_rows = _row_reduce(np.maximum, st.last_ts[c_i], bounds_a, 0)
         oldest_rows = _row_reduce(np.minimum, mts_c, bounds_a, NEVER_STALE)
@@ -1352,10 +1399,8 @@ class ShardLogic:
             cc_all = trig[c_i[kept]].tolist()
             cbounds: Any = np.searchsorted(kept, bounds_a).tolist()
         # the per-row lists, one comprehension each
-        rows_l = rows.tolist()
         cps = st.cps if m == n else [st.cps[i] for i in rows_l]
         spans = list(pairwise(bounds))
-        names_rows = [names_all[lo:hi] for lo, hi in spans]
         not_rows = [not_all[lo:hi] for lo, hi in spans]
         mts_rows = [mts_b[8 * lo:8 * hi] for lo, hi in spans]
         ds = [dict(zip(und_names, row, strict=True)) if full
@@ -1376,7 +1421,7 @@ class ShardLogic:
             c_l = c_i.tolist()
             for k, (lo, hi) in enumerate(spans):
                 if any_unvalued[k]:
-                    unvalued[k] = [nm for nm, c in zip(names_all[lo:hi], c_l[lo:hi], strict=True)
+                    unvalued[k] = [nm for nm, c in zip(names_rows[k], c_l[lo:hi], strict=True)
                                    if not valued_l[c]]
         where = {i: k for k, i in enumerate(rows_l)} if m != n else None
         for i, own in touched.items():  # own records last, newest kept
