@@ -518,6 +518,29 @@ _LEVEL_RANK = {LimitLevel.OK: 0, LimitLevel.WARN: 1, LimitLevel.BREACH: 2}
 _VECTOR_MIN = 16  # fewer plain marks than this are applied one by one
 
 
+def _run_starts(a: Any) -> Any:
+    """Mask of the positions where a run of equal values in ``a`` starts."""
+    out = np.ones(len(a), dtype=bool)
+    np.not_equal(a[1:], a[:-1], out=out[1:])
+    return out
+
+
+def _run_ends(a: Any) -> Any:
+    """Mask of the positions where a run of equal values in ``a`` ends."""
+    out = np.ones(len(a), dtype=bool)
+    np.not_equal(a[1:], a[:-1], out=out[:-1])
+    return out
+
+
+def _shifted(a: Any, first: Any) -> Any:
+    """``a`` moved one place right, ``first`` in front (its last value dropped)."""
+    out = np.empty_like(a)
+    if len(a):
+        out[0] = first
+        out[1:] = a[:-1]
+    return out
+
+
 def _row_reduce(ufunc: Any, flat: Any, bounds: Any, empty: int) -> list[int]:
     """Per-row ``ufunc`` reduction of row-major ``flat`` values split at ``bounds``."""
     n = len(bounds) - 1
@@ -968,7 +991,7 @@ class ShardLogic:
             for ev in ms:
                 self._mark_one(col[ev.instrument], ev, changed)
             return recv
-        last = np.flatnonzero(np.r_[brk, True])  # each column's last (newest) mark
+        last = np.flatnonzero(_run_ends(js))  # each column's last (newest) mark
         cols = js[last]
         st.last_ts[cols] = np.maximum(st.last_ts[cols], ts[last])
         # accepted: not older than the column's mark (time-ordered: a suffix per column)
@@ -993,22 +1016,23 @@ class ShardLogic:
         if not len(f):
             return
         fj, ft, fp = js[f], ts[f], px[f]
-        new_f = np.r_[True, fj[1:] != fj[:-1]]
+        new_f = _run_starts(fj)
         # an update needs a strictly newer time than the column's previous update
-        keep = ft > np.where(new_f, st.ewma_ts[fj], np.r_[0, ft[:-1]])
+        keep = ft > np.where(new_f, st.ewma_ts[fj], _shifted(ft, 0))
         kj, kt, kp = fj[keep], ft[keep], fp[keep]
         if not len(kj):
             return
-        new_k = np.r_[True, kj[1:] != kj[:-1]]
-        pt = np.where(new_k, st.ewma_ts[kj], np.r_[0, kt[:-1]])
-        pp = np.where(new_k, st.ewma_price[kj], np.r_[0.0, kp[:-1]])
+        new_k = _run_starts(kj)
+        pt = np.where(new_k, st.ewma_ts[kj], _shifted(kt, 0))
+        pp = np.where(new_k, st.ewma_price[kj], _shifted(kp, 0.0))
         h = np.flatnonzero((pt >= 0) & (pp > 0))
         if len(h):
             r = np.array(list(map(math.log, (kp[h] / pp[h]).tolist())))
             x = r * r / ((kt[h] - pt[h]) / NS_PER_S)
             hj = kj[h]
-            starts = np.flatnonzero(np.r_[True, hj[1:] != hj[:-1]])
-            rank = np.arange(len(hj)) - np.repeat(starts, np.diff(np.r_[starts, len(hj)]))
+            pos = np.arange(len(hj))
+            # each update's place in its column's sequence
+            rank = pos - np.maximum.accumulate(np.where(_run_starts(hj), pos, 0))
             alpha = self.config.vol_alpha
             beta = 1 - alpha
             var, cnt = st.ewma_var, st.ewma_n
@@ -1018,7 +1042,7 @@ class ShardLogic:
                 n0 = cnt[sj]
                 var[sj] = np.where(n0 == 0, sx, beta * var[sj] + alpha * sx)
                 cnt[sj] = n0 + 1
-        lk = np.flatnonzero(np.r_[kj[1:] != kj[:-1], True])
+        lk = np.flatnonzero(_run_ends(kj))
         st.ewma_price[kj[lk]] = kp[lk]
         st.ewma_ts[kj[lk]] = kt[lk]
 
@@ -1426,7 +1450,7 @@ class ShardLogic:
         where = {i: k for k, i in enumerate(rows_l)} if m != n else None
         for i, own in touched.items():  # own records last, newest kept
             k = i if where is None else where[i]
-            evid[k] = [e for e in evid[k] if e not in own] + own
+            evid[k] = ([e for e in evid[k] if e not in own] + own)[-cap:]
             ts_rows[k] = max(ts_rows[k], touched_ts.get(i, 0))
         colls = [0.0] * m
         if st.balances:
@@ -1438,9 +1462,7 @@ class ShardLogic:
         for i, rid in coll_dirty.items():
             k = i if where is None else where[i]
             if rid not in evid[k]:
-                evid[k].append(rid)
-        if touched or coll_dirty:
-            evid = [e[-cap:] for e in evid]
+                evid[k] = [*evid[k][1 - cap:], rid] if cap > 1 else [rid]
         if ts is not None:
             ts_rows = [ts] * m
         seq0 = st.seq
@@ -1466,7 +1488,7 @@ class ShardLogic:
             vts = vol_ts[idx]
             order = np.lexsort((vts, codes))
             sc = codes[order]
-            last = np.flatnonzero(np.r_[sc[1:] != sc[:-1], True])
+            last = np.flatnonzero(_run_ends(sc))
             best = idx[order[last]]
             for j, v, t in zip(best.tolist(), vol[best].tolist(),
                                vol_ts[best].tolist(), strict=True):
