@@ -78,6 +78,9 @@ def setup_env(
     text = _set_key(text, "topics", "default_partitions", f"default_partitions = {partitions}")
     text = _set_key(text, "input", "split_market_by_key",
                     f"split_market_by_key = {str(split_market).lower()}")
+    # The guard's default alignment skew, not demo.toml's strict merge (set there so demo
+    # runs are reproducible): the benchmarks measure the production default.
+    text = _set_key(text, "input", "align_skew_s", None)
     path.write_text(text)
     if max_commands is not None:
         pb = workdir / "playbook.toml"
