@@ -536,4 +536,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["GuardConfig", "GuardOut", "apply_gc_policy", "build_flow", "from_env", "guard_core", "load_guard_config"]
+__all__ = ["GuardConfig", "GuardOut", "apply_gc_policy", "build_flow", "from_env", "guard_core",
+           "load_guard_config"]
