@@ -560,7 +560,6 @@ class _Layout:
     r: Any  # row of each open position, row-major
     c: Any  # its column
     flat: Any  # its index in the row-major grid
-    counts: Any  # open positions per row
     bounds: Any  # row r's positions are [bounds[r], bounds[r + 1])
     names: list[list[str]]  # per row, its positions' instrument names (shared by parts)
 
@@ -798,8 +797,14 @@ class ShardLogic:
         names_all = self._names[c].tolist()
         b = bounds.tolist()
         names = [names_all[lo:hi] for lo, hi in pairwise(b)]
-        self._lay = lay = _Layout(active, r, c, flat, counts, bounds, names)
+        self._lay = lay = _Layout(active, r, c, flat, bounds, names)
         return lay
+
+    def _opened_or_closed(self, old: float, new: float) -> None:
+        """A cell's quantity (or open orders) went from ``old`` to ``new``: when one of
+        them is zero and the other is not, the layout is rebuilt at the next re-valuation."""
+        if (old == 0.0) is not (new == 0.0):
+            self._lay = None
 
     def _vols(self) -> tuple[Any, Any]:
         """Realized vol and its time per instrument (feature stream first, else EWMA)."""
@@ -1143,16 +1148,14 @@ class ShardLogic:
                     q, new_avg = apply_fill(q0, None if q0 == 0.0 or math.isnan(a) else a,
                                             signed, ev.price)
                     st.qty[i, j] = q
-                    if (q == 0.0) is not (q0 == 0.0):  # a position opened or closed
-                        self._lay = None
+                    self._opened_or_closed(q0, q)
                     # flat: no average (0.0 rather than nan keeps the PnL sums nan-free;
                     # a flat position's average is never read)
                     st.avg[i, j] = (0.0 if q == 0.0 else math.nan) if new_avg is None else new_avg
             elif role == "snap":
                 out.extend(self._on_snapshot(ev, i, j))
             else:  # orders
-                if (ev.notional == 0.0) is not (st.orders.item(i, j) == 0.0):
-                    self._lay = None
+                self._opened_or_closed(st.orders.item(i, j), ev.notional)
                 st.orders[i, j] = ev.notional
                 self._any_orders = True
             buf = evidence.get((i, j))
@@ -1237,8 +1240,7 @@ class ShardLogic:
             st.avg[i, j] = ev.avg_price
         elif math.isnan(avg) or qty == 0.0 or (qty > 0) != (ev.qty > 0):
             st.avg[i, j] = st.mark[j]
-        if (ev.qty == 0.0) is not (qty == 0.0):
-            self._lay = None
+        self._opened_or_closed(qty, ev.qty)
         st.qty[i, j] = ev.qty
         st.snap_ts[i, j] = max(int(st.snap_ts[i, j]), ev.ts)
         return out
@@ -1373,7 +1375,7 @@ class ShardLogic:
             c_i, flat = lay.c[pick], lay.flat[pick]
             r_i = (np.cumsum(dirty) - 1)[lay.r[pick]]
             bounds_a = np.zeros(m + 1, dtype=np.int64)
-            np.cumsum(lay.counts[rows], out=bounds_a[1:])
+            np.cumsum(np.diff(lay.bounds)[rows], out=bounds_a[1:])
             names_rows = [lay.names[i] for i in rows_l]
         qm = st.qty.ravel()[flat] * self._mult[c_i]
         notional = qm * nf[c_i]
