@@ -1131,16 +1131,17 @@ class ShardLogic:
                     touched_ts[i] = max(touched_ts.get(i, 0), ts)
                 continue
             j = col[target]
-            if ts > last_ts[j]:  # noqa: PLR1730 - cheaper than max() per record
-                last_ts[j] = ts
             rid = ev.id
             if role == "fill":
                 seen = st.seen[j]
-                if rid in seen:
-                    continue
+                if rid in seen:  # a replayed fill is dropped whole: it moves nothing, not
+                    continue     # even the instrument's event time
                 seen[rid] = None
                 if len(seen) > dedup:
                     del seen[next(iter(seen))]
+            if ts > last_ts[j]:  # noqa: PLR1730 - cheaper than max() per record
+                last_ts[j] = ts
+            if role == "fill":
                 if ts > st.snap_ts.item(i, j):  # else already in the authoritative snapshot
                     signed = ev.qty if ev.side == "buy" else -ev.qty
                     a = st.avg.item(i, j)

@@ -8,7 +8,7 @@ import pickle
 import msgspec
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from riskguard.operators.clock import Tick
 from riskguard.operators.exposure import (
@@ -474,8 +474,18 @@ def mark_batches(draw: st.DrawFn) -> list[object]:
     return evs
 
 
+def _dup_fill_later() -> tuple[list[object], list[object]]:
+    """Found by Hypothesis: a replayed fill (same id, later ts) after marks in its batch."""
+    def trades() -> list[object]:
+        return [Trade(id=f"t{k}", venue="v", instrument="P0", ts=S, price=10.0, qty=1.0,
+                      side="buy") for k in range(2)]
+    return ([*trades(), fill("f2", "a", "P0", "buy", 1.0, 10.0, S)],
+            [*trades(), fill("f2", "a", "P0", "buy", 1.0, 10.0, 2 * S)])
+
+
 @settings(max_examples=80, deadline=None)
 @given(first=mark_batches(), second=mark_batches())
+@example(*_dup_fill_later())
 def test_batched_plain_marks_equal_marks_applied_one_by_one(
     first: list[object], second: list[object]
 ) -> None:
