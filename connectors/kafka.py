@@ -18,7 +18,6 @@ commits the epoch) and on close. Any unacknowledged message raises
 
 from __future__ import annotations
 
-import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -27,17 +26,18 @@ from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream, operator
-from bytewax.inputs import (
-    DynamicSource,
-    FixedPartitionedSource,
-    StatefulSourcePartition,
-    StatelessSourcePartition,
-)
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Producer, TopicPartition
 from confluent_kafka import KafkaError as _KE
 from confluent_kafka.admin import AdminClient
 from msgspec.structs import replace
+from riskguard.connectors.placement import (
+    _CLUSTER,
+    Broadcast,
+    Replica,
+    WorkerProbe,
+)
 from riskguard.connectors.settings import KafkaSettings, as_settings
 from riskguard.operators.base import SplitOut, split_dead_letters
 from riskguard.operators.clock import Clock, system_clock
@@ -56,100 +56,6 @@ from riskguard.errors import BrokerError, ConfigError, DeliveryError
 
 _STARTS = {"earliest": OFFSET_BEGINNING, "latest": OFFSET_END}
 _IDLE_BACKOFF = timedelta(milliseconds=2)
-_M64 = (1 << 64) - 1
-
-
-def _siphash13(data: bytes) -> int:
-    """SipHash-1-3 with a zero key: Rust's ``DefaultHasher::new()``."""
-    v0, v1 = 0x736F6D6570736575, 0x646F72616E646F6D
-    v2, v3 = 0x6C7967656E657261, 0x7465646279746573
-
-    def rounds(v0: int, v1: int, v2: int, v3: int, n: int) -> tuple[int, int, int, int]:
-        for _ in range(n):
-            v0 = (v0 + v1) & _M64
-            v1 = ((v1 << 13) | (v1 >> 51)) & _M64 ^ v0
-            v0 = ((v0 << 32) | (v0 >> 32)) & _M64
-            v2 = (v2 + v3) & _M64
-            v3 = ((v3 << 16) | (v3 >> 48)) & _M64 ^ v2
-            v0 = (v0 + v3) & _M64
-            v3 = ((v3 << 21) | (v3 >> 43)) & _M64 ^ v0
-            v2 = (v2 + v1) & _M64
-            v1 = ((v1 << 17) | (v1 >> 47)) & _M64 ^ v2
-            v2 = ((v2 << 32) | (v2 >> 32)) & _M64
-        return v0, v1, v2, v3
-
-    n = len(data)
-    end = n - n % 8
-    for i in range(0, end, 8):
-        (m,) = struct.unpack_from("<Q", data, i)
-        v3 ^= m
-        v0, v1, v2, v3 = rounds(v0, v1, v2, v3, 1)
-        v0 ^= m
-    last = (n & 0xFF) << 56
-    for j, byte in enumerate(data[end:]):
-        last |= byte << (8 * j)
-    v3 ^= last
-    v0, v1, v2, v3 = rounds(v0, v1, v2, v3, 1)
-    v0 ^= last
-    v2 ^= 0xFF
-    v0, v1, v2, v3 = rounds(v0, v1, v2, v3, 3)
-    return v0 ^ v1 ^ v2 ^ v3
-
-
-def route_worker(key: str | bytes, workers: int) -> int:
-    """The worker bytewax 0.21 routes state key ``key`` to, out of ``workers``.
-
-    bytewax hashes a ``StateKey(String)`` with Rust's derived ``Hash`` (the
-    UTF-8 bytes, then ``0xff``) under ``DefaultHasher`` (SipHash-1-3, zero
-    key), and timely's exchange takes it modulo the worker count.
-    ``tests/test_guard_scaling.py`` checks this against a 3-worker run.
-
-    >>> [route_worker(k, 3) for k in ("k0", "k1", "binance/BTC-PERP")]
-    [1, 1, 2]
-    """
-    data = key.encode() if isinstance(key, str) else key
-    return _siphash13(data + b"\xff") % workers
-
-
-# Per process: the cluster's worker count, as seen by the ``workers`` probe step that
-# kafka_input adds before its source.
-_CLUSTER: dict[str, int] = {}
-
-
-class _NoItems(StatelessSourcePartition[Any]):
-    def next_batch(self) -> list[Any]:
-        raise StopIteration
-
-
-class WorkerProbe(DynamicSource[Any]):
-    """Emits nothing; records the worker count before the next source lists its parts.
-
-    bytewax builds a worker's steps in flow order, so a probe placed before a
-    :class:`KafkaInput` has run on that worker when the source lists its parts.
-    """
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _NoItems:
-        _CLUSTER["workers"] = worker_count
-        return _NoItems()
-
-
-class _KeyOwner:
-    """Keeps a message when its Kafka key routes to ``replica`` (cached per key)."""
-
-    _MAX_KEYS = 100_000
-
-    def __init__(self, replica: int, workers: int) -> None:
-        self.replica = replica
-        self.workers = workers
-        self.owner: dict[bytes | None, int] = {}
-
-    def __call__(self, key: bytes | None) -> bool:
-        owner = self.owner.get(key)
-        if owner is None:
-            if len(self.owner) >= self._MAX_KEYS:
-                self.owner.clear()
-            owner = self.owner[key] = 0 if key is None else route_worker(key, self.workers)
-        return owner == self.replica
 
 
 def list_partitions(settings: KafkaSettings, topic: str, timeout_s: float = 10.0) -> list[int]:
@@ -315,10 +221,10 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         codec: Codec, batch_size: int, idle_eof_ns: int | None,
         policy: EventTimePolicy | None, clock: Clock, watermark: int = -1,
         stamp_recv_ts: bool = False, align: EventTimeAlignment | None = None,
-        name: str | None = None, keep: Callable[[bytes | None], bool] | None = None,
+        name: str | None = None, replica: Replica | None = None,
     ) -> None:
         self._stamp = stamp_recv_ts
-        self._keep = keep
+        self._replica = replica
         self._shared = shared
         shared.add(topic, idx, offset)
         self._topic = topic
@@ -345,8 +251,10 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
     def _fetch(self) -> tuple[list[Any], list[int]] | None:
         """Decode the pending Kafka messages: ``(records, offsets)``; None when none came.
 
-        Messages that ``keep`` rejects (another replica's keys) are skipped
-        undecoded; ``self._offset`` moves past every message taken.
+        A replica (:class:`~riskguard.connectors.placement.Replica`) skips
+        other replicas' keys undecoded, and after decoding emits a record only
+        if it is this replica's to emit; ``self._offset`` moves past every
+        message taken.
         """
         msgs = self._shared.take(self._topic, self._idx)
         if not msgs:
@@ -360,7 +268,8 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         out: list[Any] = []
         offsets: list[int] = []
         append, append_off = out.append, offsets.append
-        keep = self._keep
+        replica = self._replica
+        key: bytes | None = None
         last_off = -1
         at_end = self._at_end
         for m in msgs:
@@ -374,7 +283,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
                 raise BrokerError(msg)
             off = last_off = m.offset() or 0
             at_end = False
-            if keep is not None and not keep(m.key()):
+            if replica is not None and not replica.wants(key := m.key()):
                 continue
             value = m.value()
             if value is None:
@@ -388,6 +297,12 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
                     rec = policy.check(rec, value, topic, idx, off)
                 if stamp and type(rec) is not DeadLetter and getattr(rec, "recv_ts", 0) is None:
                     rec = replace(rec, recv_ts=received)
+            if replica is not None:
+                verdict = replica.admit(rec, key, dead=type(rec) is DeadLetter)
+                if verdict == "skip":
+                    continue
+                if verdict == "not_broadcast":
+                    rec = self._not_broadcast(rec, key, value, off)
             if type(rec) is DeadLetter:
                 DEAD_LETTERS.labels(topic, rec.reason).inc()
             append(rec)
@@ -404,6 +319,18 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
             if hi is not None:
                 self._lag.set(max(hi - self._offset, 0))
         return out, offsets
+
+    def _not_broadcast(self, rec: Any, key: bytes | None, value: bytes | None,
+                       off: int) -> DeadLetter:
+        assert self._replica is not None  # only replicas broadcast
+        prefixes = [p.decode(errors="replace") for p in self._replica.key_prefixes]
+        return DeadLetter(
+            topic=self._topic, partition=self._idx, offset=off, ts=self._clock(),
+            reason="not_broadcast", path="$.key",
+            expected=f"a Kafka key starting with one of {prefixes}: every worker must read a "
+                     f"{type(rec).__name__}, and only those keys are read by every worker",
+            found=repr(key)[:200], step="kafka_input", raw=(value or b"")[:65536],
+        )
 
     def next_batch(self) -> list[Any]:
         if self._align is not None:
@@ -470,24 +397,35 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
     ``align_skew_s`` turns on :class:`EventTimeAlignment` between this
     process's partitions. By default each partition has its own consumer,
     fetching in parallel (highest throughput); ``share_consumer`` reads all of
-    this process's partitions through one (:class:`SharedConsumer`): one
-    fetch loop instead of one per partition, which spares the broker and
-    idle-fetch latency when a flow reads many low-rate partitions. ``idle_eof_s`` ends a partition
-    after that long without messages (tests, demos, bounded replays).
+    this process's partitions through one (:class:`SharedConsumer`; replicas,
+    below, through one more per replica index): one fetch loop instead of one
+    per partition, which spares the broker and idle-fetch latency when a flow
+    reads many low-rate partitions. ``idle_eof_s`` ends a partition after
+    that long without messages (tests, demos, bounded replays).
 
     ``key_split_topics``: with ``W`` workers, each Kafka partition of these
     topics becomes ``W`` source partitions (replicas) ``r = 0..W-1``, named
     so that bytewax places replica ``r`` on worker ``r``. Replica ``r`` keeps
     the messages whose Kafka key bytewax would route, as a state key, to
-    worker ``r`` (:func:`route_worker`) and skips the rest undecoded. When
-    the records are keyed downstream by the same string as their Kafka key
-    (market data: ``venue/instrument``), they never change worker, so no
+    worker ``r`` (``placement.route_worker``) and skips the rest undecoded.
+    When the records are keyed downstream by the same string as their Kafka
+    key (market data: ``venue/instrument``), they never change worker, so no
     record of the topic is pickled between processes. Every message is kept
-    by exactly one replica whatever the keys are; keys only decide locality.
+    by exactly one replica whatever the keys are (broadcast records aside);
+    keys only decide locality.
     Each replica has its own consumer and offset, so each worker fetches the
     whole topic: worth it for a topic whose records are costly downstream.
+
+    ``broadcast`` (:class:`~riskguard.connectors.placement.Broadcast`): records
+    every worker needs its own copy of. Its ``topics`` are replicated the same
+    way, but every replica emits every broadcast record; on key-split topics,
+    messages under its ``key_prefixes`` are emitted by every replica too. A
+    fan-out of such a record keeps only the keys local to its worker
+    (:class:`~riskguard.connectors.placement.LocalKeys`), so it never crosses
+    a process and each process sees it in its own event-time order.
+
     The worker count comes from the ``workers`` probe step
-    :func:`kafka_input` adds; with one worker the topic is read as usual.
+    :func:`kafka_input` adds; with one worker the topics are read as usual.
     Changing the worker count renames the replicas (re-initialise recovery,
     as for any change of worker count).
     """
@@ -508,14 +446,18 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
         align_skew_s: float | None = None,
         share_consumer: bool = False,
         key_split_topics: Iterable[str] = (),
+        broadcast: Broadcast | None = None,
     ) -> None:
         self.share_consumer = share_consumer
         self.key_split_topics = frozenset(key_split_topics)
+        self.broadcast = broadcast or Broadcast()
         self.stamp_recv_ts = stamp_recv_ts
         self.alignment = (
             None if align_skew_s is None else EventTimeAlignment(int(align_skew_s * 1e9))
         )
-        self._shared: SharedConsumer | None = None
+        # share_consumer: one consumer per process for the plain partitions (key None)
+        # and one per replica index (a process holds replica r of a partition at most once)
+        self._shared: dict[int | None, SharedConsumer] = {}
         if isinstance(topics, str):
             raise ConfigError("kafka.topics", "a list of topic names", topics)
         if starting_offset not in _STARTS:
@@ -532,16 +474,18 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
 
     def list_parts(self) -> list[str]:
         workers = 1
-        if self.key_split_topics:
+        replicated = self.key_split_topics | self.broadcast.topics
+        if replicated:
             if "workers" not in _CLUSTER:
-                msg = ("KafkaInput(key_split_topics=...) needs the worker count: build it with "
-                       "kafka_input(), which adds the 'workers' probe step before the source")
-                raise ConfigError("kafka.key_split_topics", msg, sorted(self.key_split_topics))
+                msg = ("KafkaInput(key_split_topics=..., broadcast=...) needs the worker count: "
+                       "build it with kafka_input(), which adds the 'workers' probe step "
+                       "before the source")
+                raise ConfigError("kafka.key_split_topics", msg, sorted(replicated))
             workers = _CLUSTER["workers"]
         parts: list[str] = []
         for t in self.topics:
             for i in list_partitions(self.settings, t):
-                if t in self.key_split_topics and workers > 1:
+                if t in replicated and workers > 1:
                     # '+' sorts before the digits that start plain part names, and
                     # bytewax hands sorted parts to workers round-robin: replica r
                     # of each (topic, partition) lands on worker r.
@@ -572,19 +516,26 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
     def build_part(
         self, step_id: str, for_part: str, resume_state: tuple[int, int] | None
     ) -> _SourcePartition:
-        keep: _KeyOwner | None = None
-        if for_part.startswith("+"):  # a key-split replica: "+topic:partition:replica/workers"
-            topic, idx_text, replica = for_part[1:].split(":")
-            r_text, w_text = replica.split("/")
-            keep = _KeyOwner(int(r_text), int(w_text))
+        replica: Replica | None = None
+        if for_part.startswith("+"):  # a replica: "+topic:partition:replica/workers"
+            topic, idx_text, r_name = for_part[1:].split(":")
+            r_text, w_text = r_name.split("/")
+            b = self.broadcast
+            whole = topic in b.topics
+            replica = Replica(int(r_text), int(w_text), whole_topic=whole,
+                              key_prefixes=() if whole else b.key_prefixes,
+                              is_broadcast=b.records)
         else:
             idx_text, topic = for_part.split("-", 1)
-        if self.share_consumer and keep is None:
-            if self._shared is None:
-                self._shared = SharedConsumer(self.consumer_config(), self.batch_size)
-            consumer = self._shared
+        if self.share_consumer:
+            # Replicas of one Kafka partition may share a process (several workers), each
+            # at its own offset: they never share a consumer.
+            group = None if replica is None else replica.replica
+            consumer = self._shared.get(group)
+            if consumer is None:
+                consumer = self._shared[group] = SharedConsumer(self.consumer_config(),
+                                                                self.batch_size)
         else:
-            # Replicas of one Kafka partition may share a process, each at its own offset.
             consumer = SharedConsumer(self.consumer_config(), self.batch_size)
         offset, watermark = resume_state if resume_state is not None else (
             _STARTS[self.starting_offset], -1
@@ -592,7 +543,7 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
         return _SourcePartition(
             consumer, topic, int(idx_text), offset, self.codec, self.batch_size,
             self.idle_eof_ns, self.time_policy, self.clock, watermark, self.stamp_recv_ts,
-            self.alignment, name=for_part, keep=keep,
+            self.alignment, name=for_part, replica=replica,
         )
 
 
@@ -735,10 +686,12 @@ def kafka_input(
     """Read typed records from Kafka; ``errs`` carries the dead letters.
 
     Keyword arguments are those of :class:`KafkaInput`. With
-    ``key_split_topics``, a ``workers`` probe step (it emits nothing) comes
-    first, to tell the source the worker count.
+    ``key_split_topics`` or broadcast topics, a ``workers`` probe step (it
+    emits nothing) comes first, to tell the source the worker count and each
+    worker its index.
     """
-    if kwargs.get("key_split_topics"):
+    broadcast = kwargs.get("broadcast")
+    if kwargs.get("key_split_topics") or (broadcast is not None and broadcast.topics):
         op.input("workers", flow, WorkerProbe())
     items = op.input("kafka_input", flow, KafkaInput(brokers, topics, **kwargs))
     return split_dead_letters("split", items)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,6 +32,7 @@ import msgspec
 from bytewax.dataflow import Dataflow, Stream, operator
 from riskguard.connectors.command_log import last_signed_seq
 from riskguard.connectors.kafka import kafka_input, kafka_output
+from riskguard.connectors.placement import Broadcast, LocalKeys
 from riskguard.connectors.topics import topic_name
 from riskguard.operators.anomaly import detect_anomalies, extract_features
 from riskguard.operators.audit import AuditConfig
@@ -97,10 +99,10 @@ class InputConfig(msgspec.Struct, frozen=True, kw_only=True):
     # historical data through the live path: old events would look days late.
     stamp_recv_ts: bool = True
     # Each worker reads the whole market topic and keeps the records whose Kafka key
-    # (``venue/instrument``) bytewax routes to it: market data never crosses processes.
-    # Off by default: event-time alignment is per process, so on a backlog (replay,
-    # resume) one process's venue status and index prices run ahead of the other's
-    # market data and the features stage dead-letters it as late. Safe with one process.
+    # (``venue/instrument``) bytewax routes to it, plus its own copy of every index and
+    # oracle price and venue heartbeat, which it fans out to its own keys only: market
+    # data never crosses processes, and each process sees its inputs in one event-time
+    # order. See the README's "Scaling".
     split_market_by_key: bool = False
 
 
@@ -166,7 +168,28 @@ def load_guard_config(path: str | Path) -> tuple[GuardConfig, str]:
     cfg.exposure.validate("exposure")
     cfg.limits.validate("limits")
     cfg.feeds.validate("feeds")
+    _check_split(cfg)
     return cfg, config_hash(data)
+
+
+def _check_split(cfg: GuardConfig) -> None:
+    """With split market data each worker routes its own copy of an index price
+    around feed selection, so an index source must not have a feed failover pair."""
+    if not cfg.input.split_market_by_key:
+        return
+    sources = (*cfg.features.index_sources, *cfg.features.oracle_sources)
+    both = sorted(set(sources) & set(cfg.feeds.venues))
+    if both:
+        raise ConfigError("input.split_market_by_key",
+                          "index and oracle sources without a [feeds.venues] failover pair "
+                          "(each worker reads its own copy of their prices)", both)
+
+
+def is_broadcast(rec: Any) -> bool:
+    """Records every worker reads its own copy of when market data is split by key:
+    index and oracle prices and venue heartbeats fan out to many keys."""
+    t = type(rec)
+    return t is IndexPrice or t is VenueStatus
 
 
 class MarkFilter:
@@ -290,12 +313,17 @@ def guard_core(
     signer: Signer,
     trust: TrustStore,
     seq_floor: int | None = None,
+    local_keys: Callable[[str], bool] | None = None,
 ) -> GuardOut:
     """The whole guard over a stream of decoded records, whatever their source.
 
     The live flow feeds it from Kafka; backtests and stress runs feed it from
     files or generators. It is the single implementation of the guard logic.
     ``seq_floor`` is the signing step's (the highest seq already delivered).
+    ``local_keys``: every worker gets its own copy of each index price and
+    venue heartbeat (:func:`is_broadcast`), and fans it out to the keys
+    ``local_keys`` says live on it; one copy (its key's owner's) goes on to
+    feed selection, the feed monitor and exposure marks.
     """
     # Event-time progress from every record (not only market data: fills during a market
     # data outage must still be valued).
@@ -325,12 +353,18 @@ def guard_core(
     instruments = _instruments_of(cfg)
     feed_venues = tuple(fcfg.venues)
 
+    local = local_keys
+
     def feed_keys(rec: Any) -> list[tuple[str, Any]]:
         if isinstance(rec, VenueStatus):
             if rec.venue not in fcfg.venues:
                 return []
-            return [(f"{rec.venue}/{i}", rec) for i in instruments]
-        return [(f"{rec.venue}/{rec.instrument}", rec)]
+            keys = [f"{rec.venue}/{i}" for i in instruments]
+            return [(k, rec) for k in keys if local is None or local(k)]
+        key = f"{rec.venue}/{rec.instrument}"
+        if local is not None and type(rec) is IndexPrice and not local(key):
+            return []  # another worker's copy of this index price goes on
+        return [(key, rec)]
 
     keyed = op.flat_map("feed_key", op.merge("feed_in", market, status), feed_keys)
     market_ok = op.map(
@@ -338,18 +372,29 @@ def guard_core(
         stateful_logic("feed_select", keyed, _bind_venue(fcfg), order=event_time),
         lambda kv: kv[1],
     )
-    monitor_in = op.flat_map(
-        "monitor_key", op.merge("monitor_src", status, ticks),
-        lambda r: [(r.venue, r)] if isinstance(r, VenueStatus) else [(v, r) for v in feed_venues],
-    )
+    def monitor_keys(r: Any) -> list[tuple[str, Any]]:
+        if isinstance(r, VenueStatus):
+            return [(r.venue, r)] if local is None or local(r.venue) else []
+        return [(v, r) for v in feed_venues]
+
+    monitor_in = op.flat_map("monitor_key", op.merge("monitor_src", status, ticks), monitor_keys)
     feed_alerts = op.map(
         "monitor_unkey", stateful_logic("feed_monitor", monitor_in, _monitor_builder(fcfg),
                                       order=event_time),
         lambda kv: kv[1],
     )
 
-    feats = extract_features("features", op.merge("feat_in", market_ok, status),
-                             config=cfg.features, clock=clock)
+    feat_market = market_ok
+    if local is not None:
+        # Each worker's own copy of an index price feeds its own keys; the one copy that
+        # passed feed selection only marks exposure.
+        feat_market = op.merge(
+            "feat_market",
+            op.filter("selected_not_index", market_ok, lambda r: type(r) is not IndexPrice),
+            op.filter("index_copies", market, lambda r: type(r) is IndexPrice),
+        )
+    feats = extract_features("features", op.merge("feat_in", feat_market, status),
+                             config=cfg.features, clock=clock, local_keys=local)
     detected = detect_anomalies("detect", feats.oks, config=cfg.detector, clock=clock)
     anomalies = op.key_rm("anomalies", detected.oks)
 
@@ -428,14 +473,15 @@ def build_flow(
         time_policy=policy, clock=clock, stamp_recv_ts=cfg.input.stamp_recv_ts,
         batch_size=cfg.input.batch_size,
         align_skew_s=cfg.input.align_skew_s, share_consumer=cfg.input.share_consumer,
-        key_split_topics=[cfg.topic("market")] if cfg.input.split_market_by_key else [],
+        **_split_options(cfg),
     )
     issuer = cfg.sign.issuer or signer.issuer
     # Read once, before any worker signs: the killed run this may resume is gone.
     delivered = last_signed_seq(brokers, cfg.topic("commands"), signer.public_key,
                                 issuer)
     out = guard_core("guard", src.oks, cfg=cfg, cfg_hash=cfg_hash, clock=clock, signer=signer,
-                     trust=trust, seq_floor=delivered)
+                     trust=trust, seq_floor=delivered,
+                     local_keys=LocalKeys() if cfg.input.split_market_by_key else None)
     timeout = cfg.sink_delivery_timeout_s
     kafka_output("commands", out.commands, brokers=brokers, topic=cfg.topic("commands"),
                  delivery_timeout_s=timeout, key=lambda _env: issuer)
@@ -450,6 +496,20 @@ def build_flow(
                  delivery_timeout_s=timeout,
                  key=_audit_key)
     return flow
+
+
+def _split_options(cfg: GuardConfig) -> dict[str, Any]:
+    """kafka_input options for ``input.split_market_by_key``: the market topic split by
+    Kafka key, and heartbeats plus index and oracle prices read by every worker."""
+    if not cfg.input.split_market_by_key:
+        return {}
+    sources = (*cfg.features.index_sources, *cfg.features.oracle_sources)
+    return {
+        "key_split_topics": [cfg.topic("market")],
+        "broadcast": Broadcast(topics=frozenset({cfg.topic("venue_status")}),
+                               key_prefixes=tuple(f"{s}/".encode() for s in sources),
+                               records=is_broadcast),
+    }
 
 
 def _audit_key(rec: Any) -> str:

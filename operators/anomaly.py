@@ -78,18 +78,21 @@ class DetectOut:
 
 @operator
 def extract_features(step_id: str, up: Stream[Any], *, config: FeatureConfig,
-                     clock: Callable[[], int]) -> FeaturesOut:
+                     clock: Callable[[], int],
+                     local_keys: Callable[[str], bool] | None = None) -> FeaturesOut:
     """Per-key market and venue-health features from raw market records.
 
     ``up`` carries unkeyed ``Trade``, ``Quote``, ``OptionQuote``,
     ``IndexPrice``, ``FundingRate`` and ``VenueStatus`` records. See the
-    module example.
+    module example. ``local_keys``: when each worker gets its own copy of
+    every index price and heartbeat (a broadcast source), it routes its copy
+    to its own keys only (see :func:`riskguard.operators.features.route`).
     """
     if not config.venues:
         raise ConfigError("step " + repr(step_id) + ": features.venues",
                           "must list the venues that receive index prices", config.venues)
     config.validate(f"step {step_id!r}: features")
-    keyed = op.flat_map("route", up, lambda rec: route(rec, config))
+    keyed = op.flat_map("route", up, lambda rec: route(rec, config, local_keys))
     out = stateful_logic("features", keyed, feature_builder(config, clock), order=event_time)
     split = split_dead_letters("split", out)
     return FeaturesOut(oks=split.oks, errs=split.errs)

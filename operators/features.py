@@ -120,22 +120,29 @@ class FeatureConfig(msgspec.Struct, frozen=True, kw_only=True):
         return self
 
 
-def route(record: Any, config: FeatureConfig) -> list[tuple[str, Any]]:
+def route(record: Any, config: FeatureConfig,
+          local: Callable[[str], bool] | None = None) -> list[tuple[str, Any]]:
     """Key a raw market record: ``venue/instrument``, ``venue``, or a fan-out.
 
     Index and oracle prices go to every configured venue's key of the
     instrument (``index_map`` lets one index price several instruments).
+    ``local``: when every worker reads its own copy of index prices and
+    venue heartbeats (a broadcast source), each copy goes only to the keys
+    ``local`` says live on this worker.
 
     >>> from riskguard.schemas import IndexPrice
     >>> ip = IndexPrice(id="i", venue="index", instrument="BTC-USDT", ts=1, price=5.0)
     >>> [k for k, _ in route(ip, FeatureConfig(venues=("a", "b")))]
     ['a/BTC-USDT', 'b/BTC-USDT']
+    >>> [k for k, _ in route(ip, FeatureConfig(venues=("a", "b")), lambda k: k[0] == "b")]
+    ['b/BTC-USDT']
     """
     if isinstance(record, IndexPrice):
         targets = config.index_map.get(record.instrument, (record.instrument,))
-        return [(f"{v}/{inst}", record) for inst in targets for v in config.venues]
+        keys = [f"{v}/{inst}" for inst in targets for v in config.venues]
+        return [(k, record) for k in keys if local is None or local(k)]
     if isinstance(record, VenueStatus):
-        return [(record.venue, record)]
+        return [(record.venue, record)] if local is None or local(record.venue) else []
     return [(f"{record.venue}/{record.instrument}", record)]
 
 

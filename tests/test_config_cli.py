@@ -157,3 +157,24 @@ def test_the_documented_example_config_loads_and_names_every_setting() -> None:
     missing = [p for p in fields(GuardConfig, "") if p.rsplit(".", 1)[-1] not in named
                and p != "audit.config_hash"]
     assert missing == [], f"guard.example.toml does not document: {missing}"
+
+
+def test_split_market_data_refuses_an_index_source_with_a_feed_failover_pair(
+    tmp_path: Path,
+) -> None:
+    """With input.split_market_by_key, each worker routes its own copy of an index price
+    around feed selection, so an index source with a [feeds.venues] pair stops start-up
+    naming the setting and the venue."""
+    from importlib import resources
+
+    from riskguard.dataflows.guard import load_guard_config
+
+    src = resources.files("riskguard.dataflows").joinpath("guard.example.toml")
+    text = src.read_text().replace("split_market_by_key = false", "split_market_by_key = true")
+    text = text.replace('index_sources = ["index"]', 'index_sources = ["binance"]', 1)
+    for name in ("playbook.toml",):
+        (tmp_path / name).write_text(src.parent.joinpath(name).read_text())
+    path = tmp_path / "guard.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"^input\.split_market_by_key: .*binance"):
+        load_guard_config(path)

@@ -191,6 +191,29 @@ def test_two_processes_give_the_same_commands(baseline, kafka_bootstrap, tmp_pat
     _assert_same_outcome(cmds, base)
 
 
+def test_two_processes_with_market_data_split_by_key_give_the_same_commands(
+    baseline, kafka_bootstrap, tmp_path
+) -> None:
+    """With ``input.split_market_by_key`` each process reads its own keys' market data
+    and its own copy of every index price and heartbeat: the same mitigations as one
+    worker, and nothing dead-lettered as late (each process sees its keys' inputs in one
+    event-time order) or half-delivered."""
+    _, base, _ = baseline
+    run = _prepare(kafka_bootstrap, tmp_path, "p2split")
+    text = run.config.read_text()
+    run.config.write_text(text.replace("[input]\n", "[input]\nsplit_market_by_key = true\n", 1))
+    assert "split_market_by_key = true" in run.config.read_text()
+    addresses = ";".join(f"127.0.0.1:{p}" for p in free_ports(2))
+    procs = [start_guard(run, "-i", str(i), "-a", addresses) for i in range(2)]
+    for p in procs:
+        _finish(p)
+    cmds, _ = _executed(run, tmp_path / "sub.sqlite")
+    _assert_same_outcome(cmds, base)
+    dead = [msgspec.json.decode(v) for _p, _o, v in consume_all(kafka_bootstrap,
+                                                                 run.topic("dead_letters"))]
+    assert not [d for d in dead if d.get("reason") in ("late", "not_broadcast")], dead[:3]
+
+
 def test_sigkill_halfway_then_resume_executes_every_command_exactly_once(
     baseline, kafka_bootstrap, tmp_path, recovery_dir
 ) -> None:

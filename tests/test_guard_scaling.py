@@ -11,8 +11,9 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, cluster_main
 from confluent_kafka import Producer
-from riskguard.connectors.kafka import KafkaInput, kafka_input, route_worker
-from riskguard.schemas import Trade, encode
+from riskguard.connectors.kafka import KafkaInput, kafka_input
+from riskguard.connectors.placement import Broadcast, LocalKeys, route_worker
+from riskguard.schemas import IndexPrice, Trade, VenueState, VenueStatus, encode
 
 from riskguard.errors import ConfigError
 
@@ -39,16 +40,16 @@ def test_route_worker_names_the_worker_bytewax_routes_each_state_key_to(workers:
 
 def test_a_key_split_source_without_the_probe_step_refuses_to_list_its_parts() -> None:
     """KafkaInput(key_split_topics=...) used without kafka_input's probe names the fix."""
-    from riskguard.connectors import kafka
+    from riskguard.connectors import placement
 
-    saved = dict(kafka._CLUSTER)
-    kafka._CLUSTER.clear()
+    saved = dict(placement._CLUSTER)
+    placement._CLUSTER.clear()
     try:
         src = KafkaInput("127.0.0.1:1", ["t"], key_split_topics=["t"])
         with pytest.raises(ConfigError, match="probe"):
             src.list_parts()
     finally:
-        kafka._CLUSTER.update(saved)
+        placement._CLUSTER.update(saved)
 
 
 @pytest.mark.kafka
@@ -89,3 +90,64 @@ def test_key_split_topic_records_are_read_once_on_the_worker_that_holds_their_ke
     assert {rid: ws[0] for rid, ws in read_on.items()} == state_on
     assert state_on == {rid: route_worker(key, 2) for rid, key in sent.items()}
     assert set(state_on.values()) == {0, 1}
+
+
+@pytest.mark.kafka
+def test_broadcast_records_reach_every_worker_once_and_fan_out_to_local_keys_only(
+    kafka_bootstrap: str, new_topic
+) -> None:
+    """With 2 workers: every worker emits its own copy of each index price (a broadcast
+    key on the key-split topic) and of each heartbeat (a broadcast topic); a fan-out
+    through LocalKeys reaches every key exactly once in all; market records and a
+    malformed heartbeat are emitted once; an index price under a non-broadcast key
+    becomes one ``not_broadcast`` dead letter instead of reaching one worker only."""
+    market, status = new_topic(partitions=2), new_topic(partitions=2)
+    p = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
+    trades = [Trade(id=f"t{i}", venue=v, instrument="BTC-PERP", ts=1_000 + i, price=1.0,
+                    qty=1.0, side="buy") for i, v in enumerate(["okx", "binance", "deribit"] * 4)]
+    for t in trades:
+        p.produce(market, encode(t), f"{t.venue}/{t.instrument}".encode())
+    for i in range(6):
+        ip = IndexPrice(id=f"i{i}", venue="index", instrument="BTC-PERP", ts=2_000 + i,
+                        price=1.0)
+        p.produce(market, encode(ip), b"index/BTC-PERP")
+    stray = IndexPrice(id="stray", venue="index", instrument="BTC-PERP", ts=3_000, price=1.0)
+    p.produce(market, encode(stray), b"okx/BTC-PERP")
+    for i in range(4):
+        hb = VenueStatus(id=f"h{i}", venue="okx", ts=4_000 + i, state=VenueState.OK)
+        p.produce(status, encode(hb), b"okx/")
+    p.produce(status, b"{not json", b"okx/")
+    assert p.flush(30) == 0
+
+    flow = Dataflow("broadcast")
+    src = kafka_input(
+        "in", flow, brokers=kafka_bootstrap, topics=[market, status], idle_eof_s=1.5,
+        key_split_topics=[market],
+        broadcast=Broadcast(topics=frozenset({status}), key_prefixes=(b"index/",),
+                            records=lambda r: isinstance(r, IndexPrice | VenueStatus)),
+    )
+    read_on: dict[str, list[int]] = {}
+    op.inspect_debug("read", src.oks, inspector=lambda _s, rec, _e, worker:
+                     read_on.setdefault(rec.id, []).append(worker))
+    dead: list[tuple[str, int]] = []
+    op.inspect_debug("dead", src.errs, inspector=lambda _s, d, _e, worker:
+                     dead.append((d.reason, worker)))
+    targets = [f"k{n}" for n in range(20)]
+    local = LocalKeys()
+    fanned = op.flat_map("fan", op.filter("idx", src.oks, lambda r: isinstance(r, IndexPrice)),
+                         lambda r: [(k, r.id) for k in targets if local(k)])
+    got: list[tuple[str, str, int]] = []
+    op.inspect_debug("landed", op.stateful_map("at", fanned, lambda s, v: (s, v)),
+                     inspector=lambda _s, kv, _e, worker: got.append((kv[0], kv[1], worker)))
+    cluster_main(flow, [], 0, worker_count_per_proc=2)
+
+    for t in trades:
+        assert len(read_on[t.id]) == 1, t.id
+    for rid in [f"i{i}" for i in range(6)] + [f"h{i}" for i in range(4)]:
+        assert sorted(read_on[rid]) == [0, 1], rid
+    assert "stray" not in read_on
+    assert sorted(r for r, _w in dead) == ["malformed", "not_broadcast"]
+    # each (key, index price) once in all, on the worker that holds the key
+    assert sorted((k, rid) for k, rid, _w in got) == sorted(
+        (k, f"i{i}") for k in targets for i in range(6))
+    assert all(w == route_worker(k, 2) for k, _rid, w in got)

@@ -1,0 +1,217 @@
+"""Where records are read and where keyed state lives, on a bytewax cluster.
+
+bytewax 0.21 sends a keyed record to worker ``SipHash-1-3(key) % workers``
+(:func:`route_worker` reproduces it) and hands source partitions to workers
+round-robin over their sorted names. :class:`~riskguard.connectors.kafka.KafkaInput`
+uses both to read a topic where its records' state lives (key-split
+replicas) and to give every worker its own copy of the few records every
+worker needs (broadcast). :class:`Replica` decides, per message, which
+replica emits it; :class:`LocalKeys` lets a fan-out of a broadcast record
+emit only the keys that live on the worker it runs on, so the union over
+workers is exactly the single-worker fan-out and nothing crosses processes.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bytewax.inputs import DynamicSource, StatelessSourcePartition
+
+_M64 = (1 << 64) - 1
+
+
+def _siphash13(data: bytes) -> int:
+    """SipHash-1-3 with a zero key: Rust's ``DefaultHasher::new()``."""
+    v0, v1 = 0x736F6D6570736575, 0x646F72616E646F6D
+    v2, v3 = 0x6C7967656E657261, 0x7465646279746573
+
+    def rounds(v0: int, v1: int, v2: int, v3: int, n: int) -> tuple[int, int, int, int]:
+        for _ in range(n):
+            v0 = (v0 + v1) & _M64
+            v1 = ((v1 << 13) | (v1 >> 51)) & _M64 ^ v0
+            v0 = ((v0 << 32) | (v0 >> 32)) & _M64
+            v2 = (v2 + v3) & _M64
+            v3 = ((v3 << 16) | (v3 >> 48)) & _M64 ^ v2
+            v0 = (v0 + v3) & _M64
+            v3 = ((v3 << 21) | (v3 >> 43)) & _M64 ^ v0
+            v2 = (v2 + v1) & _M64
+            v1 = ((v1 << 17) | (v1 >> 47)) & _M64 ^ v2
+            v2 = ((v2 << 32) | (v2 >> 32)) & _M64
+        return v0, v1, v2, v3
+
+    n = len(data)
+    end = n - n % 8
+    for i in range(0, end, 8):
+        (m,) = struct.unpack_from("<Q", data, i)
+        v3 ^= m
+        v0, v1, v2, v3 = rounds(v0, v1, v2, v3, 1)
+        v0 ^= m
+    last = (n & 0xFF) << 56
+    for j, byte in enumerate(data[end:]):
+        last |= byte << (8 * j)
+    v3 ^= last
+    v0, v1, v2, v3 = rounds(v0, v1, v2, v3, 1)
+    v0 ^= last
+    v2 ^= 0xFF
+    v0, v1, v2, v3 = rounds(v0, v1, v2, v3, 3)
+    return v0 ^ v1 ^ v2 ^ v3
+
+
+def route_worker(key: str | bytes, workers: int) -> int:
+    """The worker bytewax 0.21 routes state key ``key`` to, out of ``workers``.
+
+    bytewax hashes a ``StateKey(String)`` with Rust's derived ``Hash`` (the
+    UTF-8 bytes, then ``0xff``) under ``DefaultHasher`` (SipHash-1-3, zero
+    key), and timely's exchange takes it modulo the worker count.
+    ``tests/test_guard_scaling.py`` checks this against a 3-worker run.
+
+    >>> [route_worker(k, 3) for k in ("k0", "k1", "binance/BTC-PERP")]
+    [1, 1, 2]
+    """
+    data = key.encode() if isinstance(key, str) else key
+    return _siphash13(data + b"\xff") % workers
+
+
+# Per process: the cluster's worker count, and each worker thread's (index, count), as
+# seen by the ``workers`` probe step that kafka_input adds before its source. Keyed by
+# OS thread id: bytewax calls Python from its own threads with a fresh thread state
+# each time, so a threading.local would not survive between calls.
+_CLUSTER: dict[str, int] = {}
+_WORKER_OF_THREAD: dict[int, tuple[int, int]] = {}
+
+
+class _NoItems(StatelessSourcePartition[Any]):
+    def next_batch(self) -> list[Any]:
+        raise StopIteration
+
+
+class WorkerProbe(DynamicSource[Any]):
+    """Emits nothing; records the worker count and the calling worker's index.
+
+    bytewax builds a worker's steps in flow order, on that worker's thread, so
+    a probe placed before a :class:`~riskguard.connectors.kafka.KafkaInput`
+    has run when the source lists its parts, and :class:`LocalKeys` can tell
+    later which worker it runs on.
+    """
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _NoItems:
+        _CLUSTER["workers"] = worker_count
+        _WORKER_OF_THREAD[threading.get_ident()] = (worker_index, worker_count)
+        return _NoItems()
+
+
+class LocalKeys:
+    """``local(key)``: does state key ``key`` live on the worker calling this?
+
+    For fanning out a broadcast record (one every worker reads its own copy
+    of): each worker emits only its own keys, so the union over workers is
+    the whole fan-out and no copy crosses a process. Valid only inside a flow
+    whose source has the ``workers`` probe step (``kafka_input`` adds it
+    whenever it splits or broadcasts a topic).
+
+    >>> import threading
+    >>> _WORKER_OF_THREAD[threading.get_ident()] = (1, 3)
+    >>> local = LocalKeys()
+    >>> [local(k) for k in ("k0", "binance/BTC-PERP")]
+    [True, False]
+    >>> del _WORKER_OF_THREAD[threading.get_ident()]
+    """
+
+    _MAX_KEYS = 100_000
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[int, str], bool] = {}
+
+    def __call__(self, key: str) -> bool:
+        where = _WORKER_OF_THREAD.get(threading.get_ident())
+        if where is None:
+            msg = ("LocalKeys called outside a bytewax worker of a flow with the 'workers' "
+                   "probe step (kafka_input adds it when it splits or broadcasts a topic)")
+            raise RuntimeError(msg)
+        index, count = where
+        cache = self._cache
+        hit = cache.get((index, key))
+        if hit is None:
+            if len(cache) >= self._MAX_KEYS:
+                cache.clear()
+            hit = cache[(index, key)] = route_worker(key, count) == index
+        return hit
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    """Records every worker reads its own copy of.
+
+    ``topics`` are read whole by every worker (small topics, e.g. venue
+    heartbeats). On a key-split topic, messages whose Kafka key starts with
+    one of ``key_prefixes`` (e.g. ``b"index/"``) are read by every worker
+    too. ``records`` names the decoded records that must be broadcast: such a
+    record that arrives under another key would reach one worker only, so it
+    becomes a dead letter (``not_broadcast``) rather than half-delivered.
+    Everything else on these topics is emitted once, by the replica its key
+    routes to.
+    """
+
+    topics: frozenset[str] = frozenset()
+    key_prefixes: tuple[bytes, ...] = ()
+    records: Callable[[Any], bool] | None = None
+
+
+class Replica:
+    """Which messages replica ``r`` (of ``workers``) of a split or broadcast partition emits.
+
+    Before decoding, :meth:`wants` skips what this replica can never emit;
+    after decoding, :meth:`admit` settles it: a broadcast record under a
+    broadcast key is emitted by every replica, anything else (dead letters
+    included) only by the replica its key routes to.
+
+    >>> rep = Replica(0, 2, whole_topic=False, key_prefixes=(b"index/",),
+    ...               is_broadcast=lambda rec: rec == "index price")
+    >>> [route_worker(k, 2) for k in (b"okx/BTC-PERP", b"binance/BTC-USDT")]
+    [0, 1]
+    >>> [rep.wants(k) for k in (b"okx/BTC-PERP", b"binance/BTC-USDT", b"index/BTC-USD")]
+    [True, False, True]
+    >>> rep.admit("index price", b"index/BTC-USD"), rep.admit("trade", b"index/BTC-USD")
+    ('keep', 'skip')
+    >>> rep.admit("index price", b"okx/BTC-PERP")
+    'not_broadcast'
+    """
+
+    _MAX_KEYS = 100_000
+
+    def __init__(self, replica: int, workers: int, *, whole_topic: bool,
+                 key_prefixes: tuple[bytes, ...] = (),
+                 is_broadcast: Callable[[Any], bool] | None = None) -> None:
+        self.replica = replica
+        self.workers = workers
+        self.whole_topic = whole_topic
+        self.key_prefixes = key_prefixes
+        self.is_broadcast = is_broadcast
+        self._owner: dict[bytes | None, int] = {}
+
+    def owns(self, key: bytes | None) -> bool:
+        owner = self._owner.get(key)
+        if owner is None:
+            if len(self._owner) >= self._MAX_KEYS:
+                self._owner.clear()
+            owner = self._owner[key] = 0 if key is None else route_worker(key, self.workers)
+        return owner == self.replica
+
+    def shared(self, key: bytes | None) -> bool:
+        """Is a message under ``key`` read by every replica?"""
+        return self.whole_topic or (
+            bool(self.key_prefixes) and key is not None and key.startswith(self.key_prefixes))
+
+    def wants(self, key: bytes | None) -> bool:
+        return self.owns(key) or self.shared(key)
+
+    def admit(self, rec: Any, key: bytes | None, *, dead: bool = False) -> str:
+        """``keep``, ``skip`` (another replica emits it) or ``not_broadcast``."""
+        broadcast = not dead and self.is_broadcast is not None and self.is_broadcast(rec)
+        if broadcast:
+            return "keep" if self.shared(key) else "not_broadcast" if self.owns(key) else "skip"
+        return "keep" if self.owns(key) else "skip"
