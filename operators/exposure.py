@@ -70,7 +70,7 @@ from typing import Any, Literal
 
 import msgspec
 import numpy as np
-from riskguard.operators.clock import Tick
+from riskguard.operators.clock import RestoredSources, Tick
 from riskguard.operators.instruments import (
     InstrumentRegistry,
     InstrumentsConfig,
@@ -118,6 +118,10 @@ __all__ = [
 STATE_VERSION = 4
 """Version 4: stage-1 per-instrument columns are numpy arrays (version 3 held lists and
 is migrated on resume; stage-2 and stage-3 states are unchanged since version 3)."""
+
+# A guard process whose newest tick is this far behind the newest of all stops holding
+# the shards' re-valuation time back (as for the feed monitor)
+TICK_STALE_NS = 30_000_000_000
 
 
 def _copy(state: Any) -> Any:
@@ -601,6 +605,10 @@ class ShardState:
     # ticked mode: applied but not yet re-valued, and the newest tick that re-valued
     pending: Pending | None = None
     tick_ts: int = 0
+    # ticked mode: the newest tick of each guard process, and their watermark at the last
+    # re-valuation (see ShardLogic._tick_time)
+    tick_sources: dict[str, int] = field(default_factory=dict)
+    tick_wm: int = -1
     # ticked mode: when the rows moved by own records re-value (0: none pending), and the
     # receive time of the first of those records
     fast_due: int = 0
@@ -648,6 +656,9 @@ class ShardLogic:
                               "fresh recovery store after upgrading)",
                               getattr(state, "version", type(state).__name__))
         self.state = state if state is not None else ShardState()
+        if not hasattr(self.state, "tick_sources"):  # a snapshot from before the field
+            self.state.tick_sources = {}
+        self._restored = RestoredSources(self.state.tick_sources)
         self._ready = False
         self._peg_here: frozenset[str] = frozenset()
         if self.state.key:
@@ -669,8 +680,8 @@ class ShardLogic:
             balances={k: v.copy() for k, v in st.balances.items()},
             asset_ts=st.asset_ts.copy(), seq=st.seq,
             pending=None if st.pending is None else st.pending.copy(), tick_ts=st.tick_ts,
-            fast_due=st.fast_due, fast_recv=st.fast_recv,
-            peg_level=dict(st.peg_level),
+            tick_sources=dict(st.tick_sources), tick_wm=st.tick_wm, fast_due=st.fast_due,
+            fast_recv=st.fast_recv, peg_level=dict(st.peg_level),
             **cols,
         )
 
@@ -858,7 +869,9 @@ class ShardLogic:
         how they were cut into batches. A record is before a tick when its ``ts`` is
         smaller (the tick is made by the first record at or past its ``ts``)."""
         st = self.state
-        ticks = sorted(it[3].ts for it in items if it[0] == "tick")
+        tick_recs = sorted((it[3] for it in items if it[0] == "tick"), key=lambda t: t.ts)
+        ticks = [t.ts for t in tick_recs]
+        sources = [t.source for t in tick_recs]
         if not ticks:
             return self._apply_segment(items)
         if not st.key:
@@ -884,8 +897,24 @@ class ShardLogic:
             if k < len(ticks):
                 if st.fast_due and st.fast_due <= ticks[k]:  # it fell due before the tick
                     out.extend(self._flush_fast())
-                out.extend(self._flush(max(st.tick_ts, ticks[k])))
+                wm = self._tick_time(sources[k], ticks[k])
+                if wm > st.tick_wm:
+                    st.tick_wm = wm
+                    out.extend(self._flush(max(st.tick_ts, wm)))
         return out
+
+    def _tick_time(self, source: str, ts: int) -> int:
+        """The event time the guard's processes have all reached: the oldest newest tick
+        over the processes within ``TICK_STALE_NS`` of the newest. Every process ticks
+        each ``tick_ns`` bucket, so with several the shard re-values once per bucket (when
+        the slowest one's tick comes), not once per process. With one it is that tick."""
+        if not source:
+            return ts
+        seen = self.state.tick_sources
+        seen[source] = max(seen.get(source, ts), ts)
+        self._restored.retire(seen)
+        top = max(seen.values())
+        return min(t for t in seen.values() if t >= top - TICK_STALE_NS)
 
     def _apply_segment(self, items: list[Item]) -> list[Any]:
         """Ticked mode: apply records between two ticks, re-valuing the rows that own

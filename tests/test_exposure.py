@@ -637,6 +637,33 @@ def test_ticked_fill_revalues_its_counterparty_at_the_next_position_boundary() -
     assert [(p.ts, p.net, p.evidence) for p in slow] == [(t + S, 2 * 62_000.0, ["t3", "f1"])]
 
 
+def test_ticked_shard_revalues_once_per_tick_of_the_slowest_process() -> None:
+    """With two guard processes ticking, a price move is re-valued once per tick
+    bucket, when the slower process's tick arrives (the processes' watermark), and
+    gives the same parts as one process ticking; a process more than 30 s behind stops
+    holding re-valuation back."""
+    t = 1_000 * S
+
+    def trade(i: int, ts: int, px: float) -> Trade:
+        return Trade(id=f"t{i}", venue="okx", instrument="BTC-PERP", ts=ts, price=px,
+                     qty=1.0, side="buy")
+
+    head: list[object] = [fill("f1", "okx", "BTC-PERP", "buy", 1.0, 60_000.0, t - S)]
+    one = [*head, trade(1, t, 60_000.0), Tick(ts=t, source="a"),
+           trade(2, t + 1, 61_000.0), Tick(ts=t + S, source="a")]
+    two = [*head, trade(1, t, 60_000.0), Tick(ts=t, source="a"), Tick(ts=t, source="b"),
+           trade(2, t + 1, 61_000.0), Tick(ts=t + S, source="a"),
+           Tick(ts=t + S, source="b")]
+    cfg = worked_config(position_revalue_ns=0)
+    single = [(p.ts, p.net, p.evidence) for p in _ticked_parts(cfg, one)]
+    assert [(p.ts, p.net, p.evidence) for p in _ticked_parts(cfg, two)] == single
+    assert len(single) == 2
+    # b falls silent: once a is more than 30 s ahead, its ticks alone re-value
+    stale = [*two, trade(3, t + 2 * S, 62_000.0), Tick(ts=t + 32 * S, source="a")]
+    parts = _ticked_parts(cfg, stale)
+    assert [(p.ts, p.net) for p in parts[2:]] == [(t + 32 * S, 62_000.0)]
+
+
 def test_position_revalue_ns_must_not_be_negative() -> None:
     with pytest.raises(ConfigError, match="position_revalue_ns"):
         worked_config(position_revalue_ns=-1).validate()
