@@ -30,15 +30,18 @@ copy's fills, so the span covers nearly all of the processing).
 
 Each guard line also counts the dead letters the run wrote: a run that
 dead-letters records (e.g. as late) did less work, so its rate is not
-comparable. ``--split-market`` turns on ``input.split_market_by_key``.
+comparable. ``--no-split-market`` turns ``input.split_market_by_key`` (the
+default) off: market data is then read where bytewax places each partition.
 
-Placement with 2 processes (bytewax 0.21): source partitions go to workers
-round-robin over their sorted names (``{partition}-{topic}``), so with the
-six guard topics every partition of a topic lands on the same worker: one
-process reads all of market, fills and venue_status, and pickles every
-market record whose ``venue/instrument`` key hashes to the other process.
+Placement with 2 processes (bytewax 0.21): with the split (default), each
+process reads the whole market topic and keeps its own keys' records plus
+its own copy of every index price and heartbeat, so market data is not
+pickled between processes. Without it, source partitions go to workers
+round-robin over their sorted names (``{partition}-{topic}``): one process
+reads all of market, fills and venue_status, and pickles every market record
+whose ``venue/instrument`` key hashes to the other process.
 
-    python bench/guard_throughput.py [--copies 8] [--partitions 4] [--skip-2p] [--split-market]
+    python bench/guard_throughput.py [--copies 8] [--partitions 4] [--skip-2p] [--no-split-market]
 """
 
 from __future__ import annotations
@@ -186,8 +189,8 @@ def main() -> None:
     ap.add_argument("--idle-eof-s", type=float, default=2.0)
     ap.add_argument("--skip-2p", action="store_true", help="skip the 2-process guard run")
     ap.add_argument("--bootstrap", default=None, help="use this broker instead of a dev broker")
-    ap.add_argument("--split-market", action="store_true",
-                    help="guard input.split_market_by_key = true")
+    ap.add_argument("--no-split-market", action="store_true",
+                    help="guard input.split_market_by_key = false")
     args = ap.parse_args()
     broker = None
     bootstrap = args.bootstrap
@@ -198,7 +201,7 @@ def main() -> None:
     try:
         tag = uuid.uuid4().hex[:6]
         kw = {"partitions": args.partitions, "idle_eof_s": args.idle_eof_s,
-              "batch_size": args.batch_size, "split_market": args.split_market}
+              "batch_size": args.batch_size, "split_market": not args.no_split_market}
         full = setup_env(bootstrap, work / "full", f"bw{tag}", **kw)
         empty = setup_env(bootstrap, work / "empty", f"be{tag}", **kw)
         start_ns = time.time_ns() - (args.copies * DURATION_S + 30) * NS

@@ -61,7 +61,7 @@ class BenchEnv:
 def setup_env(
     bootstrap: str, workdir: Path, env: str, *, partitions: int = 4,
     idle_eof_s: float | None = 2.0, batch_size: int = 1000, max_commands: int | None = None,
-    starting_offset: str = "earliest", split_market: bool = False,
+    starting_offset: str = "earliest", split_market: bool = True,
 ) -> BenchEnv:
     """Create the env's topics, keys, trust file and guard config."""
     workdir.mkdir(parents=True, exist_ok=True)

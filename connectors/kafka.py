@@ -34,6 +34,7 @@ from confluent_kafka.admin import AdminClient
 from msgspec.structs import replace
 from riskguard.connectors.placement import (
     _CLUSTER,
+    _WORKER_OF_THREAD,
     Broadcast,
     Replica,
     WorkerProbe,
@@ -573,7 +574,7 @@ class _SinkPartition(StatefulSinkPartition[tuple[bytes | None, bytes], None]):
 
     def write_batch(self, values: list[tuple[bytes | None, bytes]]) -> None:
         produce = self._producer.produce
-        topic, idx = self._topic, self._idx
+        topic, idx = self._topic, self._idx  # idx -1: librdkafka's partitioner picks
         for key, value in values:
             while True:
                 try:
@@ -591,7 +592,7 @@ class _SinkPartition(StatefulSinkPartition[tuple[bytes | None, bytes], None]):
             reasons = sorted(set(self._errors))[:5]
             total = len(self._errors) + undelivered
             msg = (
-                f"Kafka sink for topic {self._topic!r} partition {self._idx}: "
+                f"Kafka sink for topic {self._topic!r} partition {self._idx} (-1: by key): "
                 f"{total} message(s) not acknowledged ({len(self._errors)} failed, "
                 f"{undelivered} still queued after {self._flush_timeout_s:.0f} s); "
                 f"reasons: {reasons or ['flush timeout']}"
@@ -624,6 +625,13 @@ class KafkaOutput(FixedPartitionedSink[tuple[bytes | None, bytes], None]):
     Items are ``(route_key, (kafka_key, value_bytes))``; :func:`kafka_output`
     builds them. ``delivery_timeout_s`` bounds how long librdkafka retries a
     message before reporting it failed.
+
+    ``worker_local``: one bytewax partition per worker instead, and every
+    item is written by the worker that made it, librdkafka choosing the Kafka
+    partition from the Kafka key. Nothing is pickled to another process to be
+    written; a key's messages stay in order as long as one worker makes them
+    all (true of every keyed output of the guard). Needs the ``workers`` probe
+    step (:func:`kafka_input` adds it when it splits or broadcasts a topic).
     """
 
     def __init__(
@@ -634,7 +642,9 @@ class KafkaOutput(FixedPartitionedSink[tuple[bytes | None, bytes], None]):
         delivery_timeout_s: float = 30.0,
         linger_ms: int = 5,
         flush_timeout_s: float | None = None,
+        worker_local: bool = False,
     ) -> None:
+        self.worker_local = worker_local
         self.settings = as_settings(brokers)
         self.topic = topic
         self.delivery_timeout_s = delivery_timeout_s
@@ -642,7 +652,23 @@ class KafkaOutput(FixedPartitionedSink[tuple[bytes | None, bytes], None]):
         self.flush_timeout_s = flush_timeout_s or delivery_timeout_s + 5.0
 
     def list_parts(self) -> list[str]:
+        if self.worker_local:  # only this worker's own part: bytewax makes it its primary
+            return [f"w{self._this_worker():04d}"]
         return [str(i) for i in list_partitions(self.settings, self.topic)]
+
+    def part_fn(self, item_key: str) -> int:
+        """Worker-local: the calling worker's part (the parts sort by worker index)."""
+        if self.worker_local:
+            return self._this_worker()
+        return super().part_fn(item_key)
+
+    def _this_worker(self) -> int:
+        where = _WORKER_OF_THREAD.get(threading.get_ident())
+        if where is None:
+            msg = ("a worker-local Kafka sink needs the 'workers' probe step before it "
+                   "(kafka_input adds it when it splits or broadcasts a topic)")
+            raise ConfigError("kafka_output.worker_local", msg, self.topic)
+        return where[0]
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _SinkPartition:
         _FAILED_SINKS.clear()  # a new execution starts healthy
@@ -654,7 +680,8 @@ class KafkaOutput(FixedPartitionedSink[tuple[bytes | None, bytes], None]):
             "message.timeout.ms": int(self.delivery_timeout_s * 1000),
             "linger.ms": self.linger_ms,
         })
-        return _SinkPartition(config, self.topic, int(for_part), self.flush_timeout_s)
+        idx = -1 if for_part.startswith("w") else int(for_part)
+        return _SinkPartition(config, self.topic, idx, self.flush_timeout_s)
 
 
 def _route_key(record: Any) -> str:

@@ -103,7 +103,7 @@ class InputConfig(msgspec.Struct, frozen=True, kw_only=True):
     # oracle price and venue heartbeat, which it fans out to its own keys only: market
     # data never crosses processes, and each process sees its inputs in one event-time
     # order. See the README's "Scaling".
-    split_market_by_key: bool = False
+    split_market_by_key: bool = True
 
 
 class KeysConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -483,17 +483,19 @@ def build_flow(
                      trust=trust, seq_floor=delivered,
                      local_keys=LocalKeys() if cfg.input.split_market_by_key else None)
     timeout = cfg.sink_delivery_timeout_s
+    # split market data: every output is written by the worker that made it
+    local = cfg.input.split_market_by_key
     kafka_output("commands", out.commands, brokers=brokers, topic=cfg.topic("commands"),
-                 delivery_timeout_s=timeout, key=lambda _env: issuer)
+                 delivery_timeout_s=timeout, worker_local=local, key=lambda _env: issuer)
     dead = op.merge("dead", src.errs, out.dead_letters)
     kafka_output("dead_letters", dead, brokers=brokers, topic=cfg.topic("dead_letters"),
-                 delivery_timeout_s=timeout)
+                 delivery_timeout_s=timeout, worker_local=local)
     kafka_output("signals", out.signals, brokers=brokers, topic=cfg.topic("signals"),
-                 delivery_timeout_s=timeout)
+                 delivery_timeout_s=timeout, worker_local=local)
     kafka_output("exposures", out.exposures, brokers=brokers, topic=cfg.topic("exposures"),
-                 delivery_timeout_s=timeout)
+                 delivery_timeout_s=timeout, worker_local=local)
     kafka_output("audit", out.audit, brokers=brokers, topic=cfg.topic("audit"),
-                 delivery_timeout_s=timeout,
+                 delivery_timeout_s=timeout, worker_local=local,
                  key=_audit_key)
     return flow
 
