@@ -270,7 +270,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         offsets: list[int] = []
         append, append_off = out.append, offsets.append
         replica = self._replica
-        key: bytes | None = None
+        owned = shared = False
         last_off = -1
         at_end = self._at_end
         for m in msgs:
@@ -284,8 +284,10 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
                 raise BrokerError(msg)
             off = last_off = m.offset() or 0
             at_end = False
-            if replica is not None and not replica.wants(key := m.key()):
-                continue
+            if replica is not None:
+                owned, shared = replica.place(m.key())
+                if not (owned or shared):
+                    continue
             value = m.value()
             if value is None:
                 rec: Any = DeadLetter(
@@ -299,11 +301,11 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
                 if stamp and type(rec) is not DeadLetter and getattr(rec, "recv_ts", 0) is None:
                     rec = replace(rec, recv_ts=received)
             if replica is not None:
-                verdict = replica.admit(rec, key, dead=type(rec) is DeadLetter)
+                verdict = replica.admit(rec, owned, shared, dead=type(rec) is DeadLetter)
                 if verdict == "skip":
                     continue
                 if verdict == "not_broadcast":
-                    rec = self._not_broadcast(rec, key, value, off)
+                    rec = self._not_broadcast(rec, m.key(), value, off)
             if type(rec) is DeadLetter:
                 DEAD_LETTERS.labels(topic, rec.reason).inc()
             append(rec)

@@ -13,6 +13,7 @@ workers is exactly the single-worker fan-out and nothing crosses processes.
 
 from __future__ import annotations
 
+import functools
 import struct
 import threading
 from collections.abc import Callable
@@ -61,8 +62,10 @@ def _siphash13(data: bytes) -> int:
     return v0 ^ v1 ^ v2 ^ v3
 
 
+@functools.lru_cache(maxsize=100_000)
 def route_worker(key: str | bytes, workers: int) -> int:
-    """The worker bytewax 0.21 routes state key ``key`` to, out of ``workers``.
+    """The worker bytewax 0.21 routes state key ``key`` to, out of ``workers``
+    (memoized: the placement checks ask it for every record of a split topic).
 
     bytewax hashes a ``StateKey(String)`` with Rust's derived ``Hash`` (the
     UTF-8 bytes, then ``0xff``) under ``DefaultHasher`` (SipHash-1-3, zero
@@ -121,11 +124,6 @@ class LocalKeys:
     >>> del _WORKER_OF_THREAD[threading.get_ident()]
     """
 
-    _MAX_KEYS = 100_000
-
-    def __init__(self) -> None:
-        self._cache: dict[tuple[int, str], bool] = {}
-
     def __call__(self, key: str) -> bool:
         where = _WORKER_OF_THREAD.get(threading.get_ident())
         if where is None:
@@ -133,13 +131,7 @@ class LocalKeys:
                    "probe step (kafka_input adds it when it splits or broadcasts a topic)")
             raise RuntimeError(msg)
         index, count = where
-        cache = self._cache
-        hit = cache.get((index, key))
-        if hit is None:
-            if len(cache) >= self._MAX_KEYS:
-                cache.clear()
-            hit = cache[(index, key)] = route_worker(key, count) == index
-        return hit
+        return route_worker(key, count) == index
 
 
 @dataclass(frozen=True)
@@ -164,24 +156,23 @@ class Broadcast:
 class Replica:
     """Which messages replica ``r`` (of ``workers``) of a split or broadcast partition emits.
 
-    Before decoding, :meth:`wants` skips what this replica can never emit;
-    after decoding, :meth:`admit` settles it: a broadcast record under a
-    broadcast key is emitted by every replica, anything else (dead letters
-    included) only by the replica its key routes to.
+    Before decoding, :meth:`place` says whether a key routes to this replica
+    (``owned``) and whether every replica reads it (``shared``): a message
+    that is neither is skipped undecoded. After decoding, :meth:`admit`
+    settles it: a broadcast record under a shared key is emitted by every
+    replica, anything else (dead letters included) only by its key's owner.
 
     >>> rep = Replica(0, 2, whole_topic=False, key_prefixes=(b"index/",),
     ...               is_broadcast=lambda rec: rec == "index price")
     >>> [route_worker(k, 2) for k in (b"okx/BTC-PERP", b"binance/BTC-USDT")]
     [0, 1]
-    >>> [rep.wants(k) for k in (b"okx/BTC-PERP", b"binance/BTC-USDT", b"index/BTC-USD")]
-    [True, False, True]
-    >>> rep.admit("index price", b"index/BTC-USD"), rep.admit("trade", b"index/BTC-USD")
+    >>> [rep.place(k) for k in (b"okx/BTC-PERP", b"binance/BTC-USDT", b"index/BTC-USD")]
+    [(True, False), (False, False), (False, True)]
+    >>> rep.admit("index price", False, True), rep.admit("trade", False, True)
     ('keep', 'skip')
-    >>> rep.admit("index price", b"okx/BTC-PERP")
+    >>> rep.admit("index price", True, False)
     'not_broadcast'
     """
-
-    _MAX_KEYS = 100_000
 
     def __init__(self, replica: int, workers: int, *, whole_topic: bool,
                  key_prefixes: tuple[bytes, ...] = (),
@@ -191,27 +182,16 @@ class Replica:
         self.whole_topic = whole_topic
         self.key_prefixes = key_prefixes
         self.is_broadcast = is_broadcast
-        self._owner: dict[bytes | None, int] = {}
 
-    def owns(self, key: bytes | None) -> bool:
-        owner = self._owner.get(key)
-        if owner is None:
-            if len(self._owner) >= self._MAX_KEYS:
-                self._owner.clear()
-            owner = self._owner[key] = 0 if key is None else route_worker(key, self.workers)
-        return owner == self.replica
-
-    def shared(self, key: bytes | None) -> bool:
-        """Is a message under ``key`` read by every replica?"""
-        return self.whole_topic or (
+    def place(self, key: bytes | None) -> tuple[bool, bool]:
+        """``(owned, shared)`` for a message under ``key`` (a null key belongs to 0)."""
+        owned = (0 if key is None else route_worker(key, self.workers)) == self.replica
+        shared = self.whole_topic or (
             bool(self.key_prefixes) and key is not None and key.startswith(self.key_prefixes))
+        return owned, shared
 
-    def wants(self, key: bytes | None) -> bool:
-        return self.owns(key) or self.shared(key)
-
-    def admit(self, rec: Any, key: bytes | None, *, dead: bool = False) -> str:
+    def admit(self, rec: Any, owned: bool, shared: bool, *, dead: bool = False) -> str:
         """``keep``, ``skip`` (another replica emits it) or ``not_broadcast``."""
-        broadcast = not dead and self.is_broadcast is not None and self.is_broadcast(rec)
-        if broadcast:
-            return "keep" if self.shared(key) else "not_broadcast" if self.owns(key) else "skip"
-        return "keep" if self.owns(key) else "skip"
+        if not dead and self.is_broadcast is not None and self.is_broadcast(rec):
+            return "keep" if shared else "not_broadcast" if owned else "skip"
+        return "keep" if owned else "skip"
