@@ -90,6 +90,30 @@ class Watermark:
         return min(live) if live else max(t for t, _ in self.sources.values())
 
 
+def slowest_source_time(sources: dict[str, int], tick: Tick, stale_ns: int,
+                        restored: RestoredSources | None = None) -> int:
+    """Event time every live tick source (guard process) has reached, after ``tick``.
+
+    ``sources`` holds each named source's newest tick and is updated in place;
+    the result is the oldest of them within ``stale_ns`` of the newest, so a
+    source that has fallen that far behind stops holding time back. A tick
+    without a source name stands for itself. Sources of a restored snapshot
+    are retired as soon as as many new ones tick (``restored``).
+
+    >>> seen = {}
+    >>> [slowest_source_time(seen, Tick(ts=t, source=s), 30)
+    ...  for s, t in (("a", 10), ("b", 8), ("a", 20), ("b", 20), ("a", 60))]
+    [10, 8, 8, 20, 60]
+    """
+    if not tick.source:
+        return tick.ts
+    sources[tick.source] = max(sources.get(tick.source, tick.ts), tick.ts)
+    if restored is not None:
+        restored.retire(sources)
+    top = max(sources.values())
+    return min(t for t in sources.values() if t >= top - stale_ns)
+
+
 class RestoredSources:
     """Tick sources named in a restored snapshot belong to processes that are gone: a
     bytewax restart restarts every process, and each names its ticks afresh. They go on

@@ -70,7 +70,7 @@ from typing import Any, Literal
 
 import msgspec
 import numpy as np
-from riskguard.operators.clock import RestoredSources, Tick
+from riskguard.operators.clock import RestoredSources, Tick, slowest_source_time
 from riskguard.operators.instruments import (
     InstrumentRegistry,
     InstrumentsConfig,
@@ -606,7 +606,7 @@ class ShardState:
     pending: Pending | None = None
     tick_ts: int = 0
     # ticked mode: the newest tick of each guard process, and their watermark at the last
-    # re-valuation (see ShardLogic._tick_time)
+    # re-valuation (clock.slowest_source_time)
     tick_sources: dict[str, int] = field(default_factory=dict)
     tick_wm: int = -1
     # ticked mode: when the rows moved by own records re-value (0: none pending), and the
@@ -871,7 +871,6 @@ class ShardLogic:
         st = self.state
         tick_recs = sorted((it[3] for it in items if it[0] == "tick"), key=lambda t: t.ts)
         ticks = [t.ts for t in tick_recs]
-        sources = [t.source for t in tick_recs]
         if not ticks:
             return self._apply_segment(items)
         if not st.key:
@@ -897,24 +896,14 @@ class ShardLogic:
             if k < len(ticks):
                 if st.fast_due and st.fast_due <= ticks[k]:  # it fell due before the tick
                     out.extend(self._flush_fast())
-                wm = self._tick_time(sources[k], ticks[k])
+                # the processes' watermark: with several, every one ticks each bucket, so
+                # the shard re-values once per bucket (at the slowest's tick), not per process
+                wm = slowest_source_time(st.tick_sources, tick_recs[k], TICK_STALE_NS,
+                                         self._restored)
                 if wm > st.tick_wm:
                     st.tick_wm = wm
                     out.extend(self._flush(max(st.tick_ts, wm)))
         return out
-
-    def _tick_time(self, source: str, ts: int) -> int:
-        """The event time the guard's processes have all reached: the oldest newest tick
-        over the processes within ``TICK_STALE_NS`` of the newest. Every process ticks
-        each ``tick_ns`` bucket, so with several the shard re-values once per bucket (when
-        the slowest one's tick comes), not once per process. With one it is that tick."""
-        if not source:
-            return ts
-        seen = self.state.tick_sources
-        seen[source] = max(seen.get(source, ts), ts)
-        self._restored.retire(seen)
-        top = max(seen.values())
-        return min(t for t in seen.values() if t >= top - TICK_STALE_NS)
 
     def _apply_segment(self, items: list[Item]) -> list[Any]:
         """Ticked mode: apply records between two ticks, re-valuing the rows that own

@@ -38,7 +38,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import msgspec
-from riskguard.operators.clock import RestoredSources, Tick
+from riskguard.operators.clock import RestoredSources, Tick, slowest_source_time
 from riskguard.schemas.market import VenueState, VenueStatus
 from riskguard.schemas.signals import RiskAlert, Scope, ScopeKind, Severity
 
@@ -98,13 +98,7 @@ class FeedState:
         """Event time a tick stands for: with named sources (guard processes), the
         slowest one still within ``stale_ns`` of the fastest. Sources of a restored
         snapshot stop counting once as many new ones tick (``restored``)."""
-        if not tick.source:
-            return tick.ts
-        self.sources[tick.source] = max(self.sources.get(tick.source, tick.ts), tick.ts)
-        if restored is not None:
-            restored.retire(self.sources)
-        top = max(self.sources.values())
-        return min(t for t in self.sources.values() if t >= top - stale_ns)
+        return slowest_source_time(self.sources, tick, stale_ns, restored)
 
     def step(self, vf: VenueFeeds, ts: int, status: VenueStatus | None) -> str | None:
         """Advance to event time ``ts`` (with a primary heartbeat if given).
