@@ -177,12 +177,16 @@ def _check_split(cfg: GuardConfig) -> None:
     around feed selection, so an index source must not have a feed failover pair."""
     if not cfg.input.split_market_by_key:
         return
-    sources = (*cfg.features.index_sources, *cfg.features.oracle_sources)
-    both = sorted(set(sources) & set(cfg.feeds.venues))
+    both = sorted(set(_price_sources(cfg)) & set(cfg.feeds.venues))
     if both:
         raise ConfigError("input.split_market_by_key",
                           "index and oracle sources without a [feeds.venues] failover pair "
                           "(each worker reads its own copy of their prices)", both)
+
+
+def _price_sources(cfg: GuardConfig) -> tuple[str, ...]:
+    """The venues whose prices fan out to every venue's key: index and oracle sources."""
+    return (*cfg.features.index_sources, *cfg.features.oracle_sources)
 
 
 def is_broadcast(rec: Any) -> bool:
@@ -353,16 +357,14 @@ def guard_core(
     instruments = _instruments_of(cfg)
     feed_venues = tuple(fcfg.venues)
 
-    local = local_keys
-
     def feed_keys(rec: Any) -> list[tuple[str, Any]]:
         if isinstance(rec, VenueStatus):
             if rec.venue not in fcfg.venues:
                 return []
             keys = [f"{rec.venue}/{i}" for i in instruments]
-            return [(k, rec) for k in keys if local is None or local(k)]
+            return [(k, rec) for k in keys if local_keys is None or local_keys(k)]
         key = f"{rec.venue}/{rec.instrument}"
-        if local is not None and type(rec) is IndexPrice and not local(key):
+        if local_keys is not None and type(rec) is IndexPrice and not local_keys(key):
             return []  # another worker's copy of this index price goes on
         return [(key, rec)]
 
@@ -374,7 +376,7 @@ def guard_core(
     )
     def monitor_keys(r: Any) -> list[tuple[str, Any]]:
         if isinstance(r, VenueStatus):
-            return [(r.venue, r)] if local is None or local(r.venue) else []
+            return [(r.venue, r)] if local_keys is None or local_keys(r.venue) else []
         return [(v, r) for v in feed_venues]
 
     monitor_in = op.flat_map("monitor_key", op.merge("monitor_src", status, ticks), monitor_keys)
@@ -385,7 +387,7 @@ def guard_core(
     )
 
     feat_market = market_ok
-    if local is not None:
+    if local_keys is not None:
         # Each worker's own copy of an index price feeds its own keys; the one copy that
         # passed feed selection only marks exposure.
         feat_market = op.merge(
@@ -394,7 +396,7 @@ def guard_core(
             op.filter("index_copies", market, lambda r: type(r) is IndexPrice),
         )
     feats = extract_features("features", op.merge("feat_in", feat_market, status),
-                             config=cfg.features, clock=clock, local_keys=local)
+                             config=cfg.features, clock=clock, local_keys=local_keys)
     detected = detect_anomalies("detect", feats.oks, config=cfg.detector, clock=clock)
     anomalies = op.key_rm("anomalies", detected.oks)
 
@@ -505,11 +507,10 @@ def _split_options(cfg: GuardConfig) -> dict[str, Any]:
     Kafka key, and heartbeats plus index and oracle prices read by every worker."""
     if not cfg.input.split_market_by_key:
         return {}
-    sources = (*cfg.features.index_sources, *cfg.features.oracle_sources)
     return {
         "key_split_topics": [cfg.topic("market")],
         "broadcast": Broadcast(topics=frozenset({cfg.topic("venue_status")}),
-                               key_prefixes=tuple(f"{s}/".encode() for s in sources),
+                               key_prefixes=tuple(f"{s}/".encode() for s in _price_sources(cfg)),
                                records=is_broadcast),
     }
 
