@@ -178,36 +178,40 @@ def test_two_worker_threads_give_the_same_commands(baseline, kafka_bootstrap, tm
     _assert_same_outcome(cmds, base)
 
 
-def test_two_processes_give_the_same_commands(baseline, kafka_bootstrap, tmp_path) -> None:
-    """Two bytewax processes wired with -i/-a put the same mitigations in force and end in
-    the same state as one worker."""
-    _, base, _ = baseline
-    run = _prepare(kafka_bootstrap, tmp_path, "p2")
+def _two_processes(kafka_bootstrap: str, tmp_path: Path, *,
+                   split: bool) -> tuple[PreparedRun, list[MitigationCommand]]:
+    """The scenario through two bytewax processes wired with -i/-a, with
+    ``input.split_market_by_key`` set to ``split``; the commands a subscriber executes."""
+    run = _prepare(kafka_bootstrap, tmp_path, f"p2-{split}")
+    line = f"split_market_by_key = {str(split).lower()}"
+    run.config.write_text(run.config.read_text().replace("[input]\n", f"[input]\n{line}\n", 1))
+    assert line in run.config.read_text()
     addresses = ";".join(f"127.0.0.1:{p}" for p in free_ports(2))
     procs = [start_guard(run, "-i", str(i), "-a", addresses) for i in range(2)]
     for p in procs:
         _finish(p)
     cmds, _ = _executed(run, tmp_path / "sub.sqlite")
+    return run, cmds
+
+
+def test_two_processes_give_the_same_commands(baseline, kafka_bootstrap, tmp_path) -> None:
+    """Two bytewax processes wired with -i/-a, market data read where bytewax places each
+    partition (``split_market_by_key = false``), put the same mitigations in force and end
+    in the same state as one worker."""
+    _, base, _ = baseline
+    _run, cmds = _two_processes(kafka_bootstrap, tmp_path, split=False)
     _assert_same_outcome(cmds, base)
 
 
 def test_two_processes_with_market_data_split_by_key_give_the_same_commands(
     baseline, kafka_bootstrap, tmp_path
 ) -> None:
-    """With ``input.split_market_by_key`` each process reads its own keys' market data
-    and its own copy of every index price and heartbeat: the same mitigations as one
-    worker, and nothing dead-lettered as late (each process sees its keys' inputs in one
-    event-time order) or half-delivered."""
+    """With ``input.split_market_by_key`` (the default) each process reads its own keys'
+    market data and its own copy of every index price and heartbeat: the same mitigations
+    as one worker, and nothing dead-lettered as late (each process sees its keys' inputs
+    in one event-time order) or half-delivered."""
     _, base, _ = baseline
-    run = _prepare(kafka_bootstrap, tmp_path, "p2split")
-    text = run.config.read_text()
-    run.config.write_text(text.replace("[input]\n", "[input]\nsplit_market_by_key = true\n", 1))
-    assert "split_market_by_key = true" in run.config.read_text()
-    addresses = ";".join(f"127.0.0.1:{p}" for p in free_ports(2))
-    procs = [start_guard(run, "-i", str(i), "-a", addresses) for i in range(2)]
-    for p in procs:
-        _finish(p)
-    cmds, _ = _executed(run, tmp_path / "sub.sqlite")
+    run, cmds = _two_processes(kafka_bootstrap, tmp_path, split=True)
     _assert_same_outcome(cmds, base)
     dead = [msgspec.json.decode(v) for _p, _o, v in consume_all(kafka_bootstrap,
                                                                  run.topic("dead_letters"))]
