@@ -714,14 +714,12 @@ def kafka_input(
 ) -> SplitOut[Any]:
     """Read typed records from Kafka; ``errs`` carries the dead letters.
 
-    Keyword arguments are those of :class:`KafkaInput`. With
-    ``key_split_topics`` or broadcast topics, a ``workers`` probe step (it
-    emits nothing) comes first, to tell the source the worker count and each
-    worker its index.
+    Keyword arguments are those of :class:`KafkaInput`. A ``workers`` probe
+    step (it emits nothing) comes first, to tell the source (and steps that
+    ask :func:`~riskguard.connectors.placement.worker_of_thread`) the worker
+    count and each worker its index.
     """
-    broadcast = kwargs.get("broadcast")
-    if kwargs.get("key_split_topics") or (broadcast is not None and broadcast.topics):
-        op.input("workers", flow, WorkerProbe())
+    op.input("workers", flow, WorkerProbe())
     items = op.input("kafka_input", flow, KafkaInput(brokers, topics, **kwargs))
     return split_dead_letters("split", items)
 

@@ -87,6 +87,12 @@ _CLUSTER: dict[str, int] = {}
 _WORKER_OF_THREAD: dict[int, tuple[int, int]] = {}
 
 
+def worker_of_thread() -> tuple[int, int] | None:
+    """``(index, count)`` of the bytewax worker calling this, if the flow has the
+    ``workers`` probe step; else None."""
+    return _WORKER_OF_THREAD.get(threading.get_ident())
+
+
 class _NoItems(StatelessSourcePartition[Any]):
     def next_batch(self) -> list[Any]:
         raise StopIteration
@@ -125,7 +131,7 @@ class LocalKeys:
     """
 
     def __call__(self, key: str) -> bool:
-        where = _WORKER_OF_THREAD.get(threading.get_ident())
+        where = worker_of_thread()
         if where is None:
             msg = ("LocalKeys called outside a bytewax worker of a flow with the 'workers' "
                    "probe step (kafka_input adds it when it splits or broadcasts a topic)")

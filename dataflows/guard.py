@@ -19,9 +19,11 @@ from that one TOML file; ``dataflows/guard.example.toml`` documents them.
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,7 @@ import msgspec
 from bytewax.dataflow import Dataflow, Stream, operator
 from riskguard.connectors.command_log import last_signed_seq
 from riskguard.connectors.kafka import kafka_input, kafka_output
-from riskguard.connectors.placement import Broadcast, LocalKeys
+from riskguard.connectors.placement import Broadcast, LocalKeys, worker_of_thread
 from riskguard.connectors.topics import topic_name
 from riskguard.operators.anomaly import detect_anomalies, extract_features
 from riskguard.operators.audit import AuditConfig
@@ -234,19 +236,28 @@ class MarkFilter:
 
 
 def _tick_fn(tick_ns: int) -> Any:
-    """Per process: a Tick, named after this process, each time its event time crosses
-    a new ``tick_ns`` boundary. Consumers take the minimum over processes (a watermark)."""
-    last = [-1]
-    source = f"{socket.gethostname()}/{os.getpid()}"
+    """Per worker: a Tick, named after the worker, each time its event time crosses a
+    new ``tick_ns`` boundary. Consumers take the minimum over workers (a watermark), and
+    hold time until all of them (``Tick.of``) have ticked. Outside a flow with the
+    ``workers`` probe step the worker is unknown: one source per process, ``of`` 0."""
+    last: dict[int, int] = {}
+    process = f"{socket.gethostname()}/{os.getpid()}"
+    names: dict[int, tuple[str, int]] = {}
 
     def tick(rec: Any) -> Tick | None:
         ts = getattr(rec, "ts", None)
         if type(ts) is not int:  # a signed envelope: no event time
             return None
+        thread = threading.get_ident()
         bucket = ts // tick_ns
-        if bucket > last[0]:
-            last[0] = bucket
-            return Tick(ts=ts, source=source)
+        if bucket > last.get(thread, -1):
+            last[thread] = bucket
+            name = names.get(thread)
+            if name is None:
+                where = worker_of_thread()
+                name = names[thread] = ((f"{process}/w{where[0]}", where[1]) if where
+                                        else (process, 0))
+            return Tick(ts=ts, source=name[0], of=name[1])
         return None
 
     return tick
@@ -381,8 +392,9 @@ def guard_core(
 
     monitor_in = op.flat_map("monitor_key", op.merge("monitor_src", status, ticks), monitor_keys)
     feed_alerts = op.map(
-        "monitor_unkey", stateful_logic("feed_monitor", monitor_in, _monitor_builder(fcfg),
-                                      order=event_time),
+        "monitor_unkey",
+        stateful_logic("feed_monitor", monitor_in, _monitor_builder(fcfg, clock),
+                       order=event_time),
         lambda kv: kv[1],
     )
 
@@ -529,8 +541,9 @@ def _bind_venue(fcfg: FeedConfig) -> Any:
     return lambda state: _PerVenue(FeedSelectLogic, fcfg, state)
 
 
-def _monitor_builder(fcfg: FeedConfig) -> Any:
-    return lambda state: _PerVenue(FeedMonitorLogic, fcfg, state)
+def _monitor_builder(fcfg: FeedConfig, clock: Clock) -> Any:
+    monitor = functools.partial(FeedMonitorLogic, clock=clock)
+    return lambda state: _PerVenue(monitor, fcfg, state)
 
 
 class _PerVenue:

@@ -51,25 +51,49 @@ class Tick(msgspec.Struct, frozen=True, kw_only=True):
     """Event-time progress (ns), with no data: lets time-based rules advance
     (ladders, quiet periods, heartbeat gaps) when no signal arrives.
 
-    ``source`` names the input that made it (e.g. one guard process). A
-    consumer that sees named sources takes the *minimum* over the live ones
-    as its watermark, so a fast process cannot carry time past records a
-    slow one has not delivered yet.
+    ``source`` names the input that made it (one guard worker). A consumer
+    that sees named sources takes the *minimum* over the live ones as its
+    watermark (:class:`Watermark`), so a fast worker cannot carry time past
+    records a slow one has not delivered yet. ``of`` is how many sources the
+    cluster has (0: unknown); until that many have ticked, time holds.
     """
 
     ts: int
     source: str = ""
+    of: int = 0
+
+
+# A tick source silent this long (processing time) stops holding time back, and a
+# source expected but not yet heard from stops holding the start back. In a bytewax
+# cluster a dead process stops every process, so only a source with no input goes quiet.
+TICK_IDLE_NS = 10 * NS_PER_S
 
 
 class Watermark:
-    """Minimum event time over live tick sources; ``idle_ns`` of processing time
-    without a tick makes a source stop holding the watermark back.
+    """Minimum event time over live tick sources.
+
+    ``sources`` (name -> ``[newest ts, processing time of that tick]``) is the
+    caller's state, updated in place. A source without a tick for ``idle_ns``
+    of processing time stops holding the watermark back; a source far behind
+    in *event* time does not: in a replay, event time runs many times faster
+    than processing time, so a worker a second late is still live. With
+    ``expected`` sources, the watermark stays at -1 until that many have
+    ticked or ``idle_ns`` has passed since the first tick, so a worker still
+    starting cannot be overtaken. Sources of a restored snapshot are retired
+    as soon as as many new ones tick (``restored``).
 
     >>> wm = Watermark(idle_ns=10)
     >>> wm.update("a", 100, now_ns=0), wm.update("b", 40, now_ns=1), wm.update("a", 120, now_ns=2)
     (100, 40, 40)
     >>> wm.update("a", 130, now_ns=20)   # b has been silent for 19 ns: idle
     130
+    >>> start = Watermark(idle_ns=10)
+    >>> [start.update(s, t, now_ns=n, expected=2) for s, t, n in (("a", 50, 0), ("a", 90, 5),
+    ...                                                            ("b", 20, 6))]
+    [-1, -1, 20]
+    >>> late = Watermark(idle_ns=10)  # b never comes: the start holds for idle_ns only
+    >>> [late.update("a", t, now_ns=n, expected=2) for t, n in ((50, 0), (90, 12))]
+    [-1, 90]
     """
 
     def __init__(self, idle_ns: int, sources: dict[str, list[int]] | None = None,
@@ -77,41 +101,35 @@ class Watermark:
         self.idle_ns = idle_ns
         self.sources: dict[str, list[int]] = sources if sources is not None else {}
         self.restored = restored
+        self._first_ns: int | None = None
+        self._started = False
 
-    def update(self, source: str, ts: int, now_ns: int) -> int:
-        entry = self.sources.get(source)
+    def update(self, source: str, ts: int, now_ns: int, expected: int = 0) -> int:
+        """Record ``source``'s tick at ``ts`` (seen at ``now_ns``); the watermark after it."""
+        sources = self.sources
+        entry = sources.get(source)
         if entry is None:
-            self.sources[source] = [ts, now_ns]
+            sources[source] = [ts, now_ns]
         else:
             entry[0], entry[1] = max(entry[0], ts), now_ns
-        if self.restored is not None:
-            self.restored.retire(self.sources)
-        live = [t for t, seen in self.sources.values() if now_ns - seen < self.idle_ns]
-        return min(live) if live else max(t for t, _ in self.sources.values())
+        restored = self.restored
+        if restored is not None:
+            restored.retire(sources)
+        if not self._started:
+            if self._first_ns is None:
+                self._first_ns = now_ns
+            fresh = len(sources) - (len(restored.old) if restored is not None else 0)
+            if fresh < expected and now_ns - self._first_ns < self.idle_ns:
+                return -1
+            self._started = True
+        live = [t for t, seen in sources.values() if now_ns - seen < self.idle_ns]
+        return min(live) if live else max(t for t, _ in sources.values())
 
 
-def slowest_source_time(sources: dict[str, int], tick: Tick, stale_ns: int,
-                        restored: RestoredSources | None = None) -> int:
-    """Event time every live tick source (guard process) has reached, after ``tick``.
-
-    ``sources`` holds each named source's newest tick and is updated in place;
-    the result is the oldest of them within ``stale_ns`` of the newest, so a
-    source that has fallen that far behind stops holding time back. A tick
-    without a source name stands for itself. Sources of a restored snapshot
-    are retired as soon as as many new ones tick (``restored``).
-
-    >>> seen = {}
-    >>> [slowest_source_time(seen, Tick(ts=t, source=s), 30)
-    ...  for s, t in (("a", 10), ("b", 8), ("a", 20), ("b", 20), ("a", 60))]
-    [10, 8, 8, 20, 60]
-    """
-    if not tick.source:
-        return tick.ts
-    sources[tick.source] = max(sources.get(tick.source, tick.ts), tick.ts)
-    if restored is not None:
-        restored.retire(sources)
-    top = max(sources.values())
-    return min(t for t in sources.values() if t >= top - stale_ns)
+def tick_sources(sources: dict[str, Any]) -> dict[str, list[int]]:
+    """Tick sources of a snapshot in :class:`Watermark`'s form: snapshots before it kept
+    only each source's newest ts (they get processing time 0: idle until they tick)."""
+    return {name: v if isinstance(v, list) else [int(v), 0] for name, v in sources.items()}
 
 
 class RestoredSources:

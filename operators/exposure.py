@@ -70,7 +70,15 @@ from typing import Any, Literal
 
 import msgspec
 import numpy as np
-from riskguard.operators.clock import RestoredSources, Tick, slowest_source_time
+from riskguard.operators.clock import (
+    TICK_IDLE_NS,
+    Clock,
+    RestoredSources,
+    Tick,
+    Watermark,
+    system_clock,
+    tick_sources,
+)
 from riskguard.operators.instruments import (
     InstrumentRegistry,
     InstrumentsConfig,
@@ -118,10 +126,6 @@ __all__ = [
 STATE_VERSION = 4
 """Version 4: stage-1 per-instrument columns are numpy arrays (version 3 held lists and
 is migrated on resume; stage-2 and stage-3 states are unchanged since version 3)."""
-
-# A guard process whose newest tick is this far behind the newest of all stops holding
-# the shards' re-valuation time back (as for the feed monitor)
-TICK_STALE_NS = 30_000_000_000
 
 
 def _copy(state: Any) -> Any:
@@ -605,9 +609,9 @@ class ShardState:
     # ticked mode: applied but not yet re-valued, and the newest tick that re-valued
     pending: Pending | None = None
     tick_ts: int = 0
-    # ticked mode: the newest tick of each guard process, and their watermark at the last
-    # re-valuation (clock.slowest_source_time)
-    tick_sources: dict[str, int] = field(default_factory=dict)
+    # ticked mode: each guard worker's [newest tick, processing time seen], and their
+    # watermark at the last re-valuation (clock.Watermark)
+    tick_sources: dict[str, list[int]] = field(default_factory=dict)
     tick_wm: int = -1
     # ticked mode: when the rows moved by own records re-value (0: none pending), and the
     # receive time of the first of those records
@@ -643,8 +647,10 @@ class ShardLogic:
     """
 
     def __init__(self, config: ExposureConfig, reg: InstrumentRegistry,
-                 state: ShardState | None = None, *, ticked: bool = False) -> None:
+                 state: ShardState | None = None, *, ticked: bool = False,
+                 clock: Clock = system_clock) -> None:
         self.config = config
+        self.clock = clock
         self.reg = reg
         self.ticked = ticked
         if isinstance(state, ShardState) and state.version == 3:
@@ -656,9 +662,10 @@ class ShardLogic:
                               "fresh recovery store after upgrading)",
                               getattr(state, "version", type(state).__name__))
         self.state = state if state is not None else ShardState()
-        if not hasattr(self.state, "tick_sources"):  # a snapshot from before the field
-            self.state.tick_sources = {}
-        self._restored = RestoredSources(self.state.tick_sources)
+        # a snapshot from before the field, or from before processing times were kept
+        self.state.tick_sources = tick_sources(getattr(self.state, "tick_sources", {}))
+        self._watermark = Watermark(TICK_IDLE_NS, self.state.tick_sources,
+                                    RestoredSources(self.state.tick_sources))
         self._ready = False
         self._peg_here: frozenset[str] = frozenset()
         if self.state.key:
@@ -680,7 +687,8 @@ class ShardLogic:
             balances={k: v.copy() for k, v in st.balances.items()},
             asset_ts=st.asset_ts.copy(), seq=st.seq,
             pending=None if st.pending is None else st.pending.copy(), tick_ts=st.tick_ts,
-            tick_sources=dict(st.tick_sources), tick_wm=st.tick_wm, fast_due=st.fast_due,
+            tick_sources={k: list(v) for k, v in st.tick_sources.items()},
+            tick_wm=st.tick_wm, fast_due=st.fast_due,
             fast_recv=st.fast_recv, peg_level=dict(st.peg_level),
             **cols,
         )
@@ -898,8 +906,9 @@ class ShardLogic:
                     out.extend(self._flush_fast())
                 # the processes' watermark: with several, every one ticks each bucket, so
                 # the shard re-values once per bucket (at the slowest's tick), not per process
-                wm = slowest_source_time(st.tick_sources, tick_recs[k], TICK_STALE_NS,
-                                         self._restored)
+                t = tick_recs[k]
+                wm = (self._watermark.update(t.source, t.ts, self.clock(), t.of) if t.source
+                      else t.ts)
                 if wm > st.tick_wm:
                     st.tick_wm = wm
                     out.extend(self._flush(max(st.tick_ts, wm)))

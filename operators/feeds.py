@@ -38,7 +38,15 @@ import uuid
 from dataclasses import dataclass, field
 
 import msgspec
-from riskguard.operators.clock import RestoredSources, Tick, slowest_source_time
+from riskguard.operators.clock import (
+    TICK_IDLE_NS,
+    Clock,
+    RestoredSources,
+    Tick,
+    Watermark,
+    system_clock,
+    tick_sources,
+)
 from riskguard.schemas.market import VenueState, VenueStatus
 from riskguard.schemas.signals import RiskAlert, Scope, ScopeKind, Severity
 
@@ -91,14 +99,9 @@ class FeedState:
     down: bool = False
     healthy_since: int = -1
     failovers: int = 0
-    sources: dict[str, int] = field(default_factory=dict)
+    # named tick sources (guard workers): [newest ts, processing time seen]
+    sources: dict[str, list[int]] = field(default_factory=dict)
     withdrawals_ok: bool = True
-
-    def tick_time(self, tick: Tick, stale_ns: int, restored: RestoredSources | None = None) -> int:
-        """Event time a tick stands for: with named sources (guard processes), the
-        slowest one still within ``stale_ns`` of the fastest. Sources of a restored
-        snapshot stop counting once as many new ones tick (``restored``)."""
-        return slowest_source_time(self.sources, tick, stale_ns, restored)
 
     def step(self, vf: VenueFeeds, ts: int, status: VenueStatus | None) -> str | None:
         """Advance to event time ``ts`` (with a primary heartbeat if given).
@@ -158,12 +161,20 @@ class FeedSelectLogic:
 
 
 class FeedMonitorLogic:
-    """Emit heartbeat-loss and failover alerts for one venue."""
+    """Emit heartbeat-loss and failover alerts for one venue.
 
-    def __init__(self, config: FeedConfig, venue: str, state: FeedState | None = None) -> None:
+    Ticks from named sources move its clock to their :class:`Watermark`
+    (``clock`` is processing time, for the sources' idle rule).
+    """
+
+    def __init__(self, config: FeedConfig, venue: str, state: FeedState | None = None, *,
+                 clock: Clock = system_clock) -> None:
         self.vf = config.venues.get(venue, VenueFeeds())
         self.state = state or FeedState(venue=venue, active=self.vf.primary)
-        self._restored = RestoredSources(self.state.sources)
+        self.state.sources = tick_sources(self.state.sources)
+        self.clock = clock
+        self._watermark = Watermark(TICK_IDLE_NS, self.state.sources,
+                                    RestoredSources(self.state.sources))
 
     def on_event(self, event: object) -> list[RiskAlert]:
         status = event if isinstance(event, VenueStatus) else None
@@ -171,7 +182,7 @@ class FeedMonitorLogic:
         if status is not None:
             ts = status.ts
         elif isinstance(event, Tick):
-            ts = self.state.tick_time(event, 30 * NS, self._restored) - self.vf.skew_ns
+            ts = self._tick_time(event) - self.vf.skew_ns
         else:
             ts = event.ts - self.vf.skew_ns  # type: ignore[attr-defined]
         before_gap = self.state.now - self.state.last_ok
@@ -228,6 +239,12 @@ class FeedMonitorLogic:
                     f"{'enabled again' if status.withdrawals_enabled else 'halted'}"),
             evidence_ids=[status.id],
         )]
+
+    def _tick_time(self, tick: Tick) -> int:
+        """Event time a tick stands for: its own, or with named sources their watermark."""
+        if not tick.source:
+            return tick.ts
+        return self._watermark.update(tick.source, tick.ts, self.clock(), tick.of)
 
     def _other(self, active: str) -> str:
         return self.vf.primary if active == self.vf.backup else self.vf.backup

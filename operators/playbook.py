@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
 import msgspec
-from riskguard.operators.clock import RestoredSources, Tick, Watermark
+from riskguard.operators.clock import TICK_IDLE_NS, RestoredSources, Tick, Watermark
 from riskguard.schemas import (
     FIRM,
     Action,
@@ -66,9 +66,6 @@ from riskguard.schemas import (
 from riskguard.errors import ConfigError
 
 STATE_VERSION = 2
-# A tick source silent this long (processing time) stops holding time back. In a bytewax
-# cluster a dead process stops every process, so only a source with no input goes quiet.
-WATERMARK_IDLE_NS = 30 * 1_000_000_000
 S = 1_000_000_000
 """Nanoseconds per second."""
 
@@ -290,7 +287,7 @@ class PlaybookState:
     window_start: int = 0
     window_count: int = 0
     suppressed: list[str] = field(default_factory=list)
-    # Named tick sources (one per guard process): latest ts and processing time seen.
+    # Named tick sources (one per guard worker): latest ts and processing time seen.
     sources: dict[str, list[int]] = field(default_factory=dict)
     watermark: int = -1
 
@@ -396,7 +393,7 @@ class PlaybookLogic:
         elif state.version != STATE_VERSION:
             raise ConfigError("playbook.state.version", str(STATE_VERSION), state.version)
         self.state = state
-        self._restored = RestoredSources(state.sources)
+        self._watermark = Watermark(TICK_IDLE_NS, state.sources, RestoredSources(state.sources))
         self._out: list[Output] = []
         self._trigger_recv_ts: int | None = None
         # Derived, not state (a resume wakes every incident). Awake: visited by every
@@ -414,9 +411,8 @@ class PlaybookLogic:
         self._trigger_recv_ts = getattr(event, "recv_ts", None)
         if isinstance(event, Tick):
             if event.source:
-                wm = Watermark(WATERMARK_IDLE_NS, self.state.sources, self._restored)
-                self.state.watermark = max(
-                    self.state.watermark, wm.update(event.source, event.ts, self.clock()))
+                wm = self._watermark.update(event.source, event.ts, self.clock(), event.of)
+                self.state.watermark = max(self.state.watermark, wm)
             self._advance(event.ts)
         elif isinstance(event, MitigationCommand):
             if event.action is not Action.RESUME:

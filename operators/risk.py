@@ -191,7 +191,7 @@ def aggregate_exposure(
     routed = op.branch("split", op.flat_map_batch("route", merged, route_batch), _IS_TUPLE)
 
     def build_val(state: Any) -> ShardLogic:
-        return ShardLogic(config, reg, state, ticked=ticked)
+        return ShardLogic(config, reg, state, ticked=ticked, clock=clock)
 
     s1 = op.branch("parts", stateful_logic("valuation", routed.trues, build_val), _IS_PART)
     alerts1 = op.flat_map_batch("alerts1", s1.falses, _values)

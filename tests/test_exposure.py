@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from riskguard.operators.clock import Tick
+from riskguard.operators.clock import TICK_IDLE_NS, ManualClock, Tick
 from riskguard.operators.exposure import (
     CounterpartyLogic,
     CounterpartyState,
@@ -598,12 +598,17 @@ def test_peg_levels_are_checked_at_start_up():
 
 
 def _ticked_parts(cfg: ExposureConfig, stream: list[object]) -> list[Part]:
-    """Stage-1 parts of a ticked single-shard run over ``stream`` (records and ticks)."""
+    """Stage-1 parts of a ticked single-shard run over ``stream`` (records and ticks; an
+    int moves the processing clock on by that many ns)."""
     reg = cfg.validate()
     router = Router(reg, cfg)
-    logic = ShardLogic(cfg, reg, ticked=True)
+    clock = ManualClock(0)
+    logic = ShardLogic(cfg, reg, ticked=True, clock=clock)
     out: list[object] = []
     for ev in stream:
+        if isinstance(ev, int):
+            clock.advance(ev)
+            continue
         for _key, item in router.route(ev):
             out.extend(logic.on_event(item))
     return [p for p in out if isinstance(p, Part)]
@@ -640,8 +645,9 @@ def test_ticked_fill_revalues_its_counterparty_at_the_next_position_boundary() -
 def test_ticked_shard_revalues_once_per_tick_of_the_slowest_process() -> None:
     """With two guard processes ticking, a price move is re-valued once per tick
     bucket, when the slower process's tick arrives (the processes' watermark), and
-    gives the same parts as one process ticking; a process more than 30 s behind stops
-    holding re-valuation back."""
+    gives the same parts as one process ticking. A process far behind in event time
+    still holds it back (in a replay event time runs faster than processing time); one
+    silent for ``TICK_IDLE_NS`` of processing time no longer does."""
     t = 1_000 * S
 
     def trade(i: int, ts: int, px: float) -> Trade:
@@ -658,8 +664,12 @@ def test_ticked_shard_revalues_once_per_tick_of_the_slowest_process() -> None:
     single = [(p.ts, p.net, p.evidence) for p in _ticked_parts(cfg, one)]
     assert [(p.ts, p.net, p.evidence) for p in _ticked_parts(cfg, two)] == single
     assert len(single) == 2
-    # b falls silent: once a is more than 30 s ahead, its ticks alone re-value
-    stale = [*two, trade(3, t + 2 * S, 62_000.0), Tick(ts=t + 32 * S, source="a")]
+    # a runs 31 s ahead of b in event time: b still holds re-valuation back
+    behind = [*two, trade(3, t + 2 * S, 62_000.0), Tick(ts=t + 32 * S, source="a")]
+    assert _ticked_parts(cfg, behind)[2:] == []
+    # b falls silent for TICK_IDLE_NS of processing time: a's ticks alone re-value
+    stale = [*two, trade(3, t + 2 * S, 62_000.0), TICK_IDLE_NS,
+             Tick(ts=t + 32 * S, source="a")]
     parts = _ticked_parts(cfg, stale)
     assert [(p.ts, p.net) for p in parts[2:]] == [(t + 32 * S, 62_000.0)]
 

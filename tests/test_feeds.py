@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from contract import CHECKS, Case
-from riskguard.operators.clock import Tick
+from riskguard.operators.clock import TICK_IDLE_NS, ManualClock, Tick
 from riskguard.operators.feeds import FeedConfig, FeedMonitorLogic, FeedSelectLogic, VenueFeeds
 from riskguard.schemas import Quote, VenueState, VenueStatus
 
@@ -66,6 +66,34 @@ def test_after_a_restart_a_dead_processes_ticks_do_not_pin_the_monitors_clock() 
               for a in resumed.on_event(e)]
     assert alerts == ["heartbeat_loss", "feed_failover"]
     assert set(resumed.snapshot().sources) == {"new"}
+
+
+def test_a_worker_far_behind_in_event_time_still_holds_the_monitors_clock() -> None:
+    """In a replay a worker a second late is tens of seconds behind in event time. Its
+    ticks still hold the clock back (the heartbeats it delivers are not late), until it
+    is silent for TICK_IDLE_NS of processing time."""
+    clock = ManualClock(0)
+    mon = FeedMonitorLogic(CFG, "okx", clock=clock)
+    events = [Tick(ts=0, source="a"), Tick(ts=0, source="b"), hb(0), Tick(ts=31 * S, source="a")]
+    assert [a.kind for e in events for a in mon.on_event(e)] == []
+    clock.advance(TICK_IDLE_NS)
+    assert [a.kind for a in mon.on_event(Tick(ts=32 * S, source="a"))] == [
+        "heartbeat_loss", "feed_failover"]
+
+
+def test_ticks_hold_until_every_worker_of_the_cluster_has_ticked() -> None:
+    """With ``Tick.of`` workers, one that started first cannot move the clock past
+    heartbeats a worker still starting will deliver; the start holds TICK_IDLE_NS at most."""
+    clock = ManualClock(0)
+    mon = FeedMonitorLogic(CFG, "okx", clock=clock)
+    early = [hb(0), Tick(ts=0, source="a", of=2), Tick(ts=20 * S, source="a", of=2)]
+    assert [a.kind for e in early for a in mon.on_event(e)] == []
+    assert [a.kind for a in mon.on_event(Tick(ts=1, source="b", of=2))] == []
+    late = FeedMonitorLogic(CFG, "okx", clock=clock)
+    assert [a.kind for e in early for a in late.on_event(e)] == []
+    clock.advance(TICK_IDLE_NS)  # b never comes: a alone moves the clock
+    assert [a.kind for a in late.on_event(Tick(ts=21 * S, source="a", of=2))] == [
+        "heartbeat_loss", "feed_failover"]
 
 
 def test_a_down_status_fails_over_at_once() -> None:
