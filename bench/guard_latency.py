@@ -80,6 +80,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=8.0, help="load seconds before incidents")
     ap.add_argument("--incident-rate", type=float, default=15.0, help="unknown-cp fills per s")
     ap.add_argument("--partitions", type=int, default=2, help="partitions per input topic")
+    ap.add_argument("--batch-size", type=int, default=1000,
+                    help="the live guard's input.batch_size (the rate run keeps 1000)")
     ap.add_argument("--bootstrap", default=None)
     ap.add_argument("--tick-ms", type=float, default=None,
                     help="guard tick_ns in ms (exposure re-values once per tick; default: "
@@ -101,13 +103,15 @@ def main() -> None:
         else:
             rate = args.rate
         bench = setup_env(bootstrap, work / "live", f"lv{tag}", partitions=args.partitions,
-                          idle_eof_s=None, max_commands=1_000_000, starting_offset="earliest")
+                          idle_eof_s=None, max_commands=1_000_000, starting_offset="earliest",
+                          batch_size=args.batch_size)
         if args.tick_ms is not None:
             text = bench.config.read_text()
             line = next(ln for ln in text.splitlines() if ln.startswith("tick_ns"))
             bench.config.write_text(text.replace(line, f"tick_ns = {int(args.tick_ms * 1e6)}"))
         guard = start_guard(bench)
-        print(f"guard pid {guard.pid} (tick_ns {args.tick_ms or 1000:g} ms)", flush=True)
+        print(f"guard pid {guard.pid} (tick_ns {args.tick_ms or 1000:g} ms, "
+              f"batch_size {args.batch_size})", flush=True)
         load = LiveLoad(bench, rate, args.incident_rate)
         load.run(args.warmup)
         load.incidents_on = True

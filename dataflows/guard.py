@@ -329,6 +329,7 @@ def guard_core(
     trust: TrustStore,
     seq_floor: int | None = None,
     local_keys: Callable[[str], bool] | None = None,
+    wall_clock: Clock | None = None,
 ) -> GuardOut:
     """The whole guard over a stream of decoded records, whatever their source.
 
@@ -338,7 +339,10 @@ def guard_core(
     ``local_keys``: every worker gets its own copy of each index price and
     venue heartbeat (:func:`is_broadcast`), and fans it out to the keys
     ``local_keys`` says live on it; one copy (its key's owner's) goes on to
-    feed selection, the feed monitor and exposure marks.
+    feed selection, the feed monitor and exposure marks. ``wall_clock`` (live runs
+    only; a replay must not depend on wall time) lets a fill's re-valuation boundary
+    pass by wall time on a shard no later record reaches
+    (:func:`~riskguard.operators.risk.aggregate_exposure`).
     """
     # Event-time progress from every record (not only market data: fills during a market
     # data outage must still be valued).
@@ -414,7 +418,7 @@ def guard_core(
 
     marks = op.filter("marks", market_ok, MarkFilter(cfg.mark_interval_ns, cfg.mark_move_bps))
     exposure = aggregate_exposure("exposure", marks, trading, config=cfg.exposure, clock=clock,
-                                  ticks=ticks)
+                                  ticks=ticks, wall_clock=wall_clock)
     audience = Audience(env=cfg.env, topic=cfg.topic("limit_updates"))
     limits = enforce_limits("limits", exposure.exposures, updates, config=cfg.limits,
                             verifier=trust_verifier(trust, audience), clock=clock)
@@ -494,7 +498,7 @@ def build_flow(
     delivered = last_signed_seq(brokers, cfg.topic("commands"), signer.public_key,
                                 issuer)
     out = guard_core("guard", src.oks, cfg=cfg, cfg_hash=cfg_hash, clock=clock, signer=signer,
-                     trust=trust, seq_floor=delivered,
+                     trust=trust, seq_floor=delivered, wall_clock=clock,
                      local_keys=LocalKeys() if cfg.input.split_market_by_key else None)
     timeout = cfg.sink_delivery_timeout_s
     # split market data: every output is written by the worker that made it

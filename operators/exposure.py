@@ -648,9 +648,12 @@ class ShardLogic:
 
     def __init__(self, config: ExposureConfig, reg: InstrumentRegistry,
                  state: ShardState | None = None, *, ticked: bool = False,
-                 clock: Clock = system_clock) -> None:
+                 clock: Clock = system_clock, wall_clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock
+        # live runs: a fill's position boundary also passes by wall time (on_deadline)
+        self.wall_clock = wall_clock
+        self._fast_deadline: int | None = None
         self.reg = reg
         self.ticked = ticked
         if isinstance(state, ShardState) and state.version == 3:
@@ -945,8 +948,28 @@ class ShardLogic:
             ev = rest[k][3]
             st.fast_due = (ev.ts // step + 1) * step
             st.fast_recv = getattr(ev, "recv_ts", None)
+            if self.wall_clock is not None:
+                self._fast_deadline = self.wall_clock() + min(step, st.fast_due - ev.ts)
             rest = rest[k + 1:]
         return out
+
+    def next_deadline_ns(self) -> int | None:
+        """Live runs (``wall_clock``): when, in wall time, the pending position boundary
+        passes even if no record at or past it arrives (event time taken to run at wall
+        speed from the record that set it). None: nothing pending, or a replay."""
+        if self.wall_clock is None or not self.state.fast_due:
+            return None
+        if self._fast_deadline is None:  # resumed with a boundary pending: flush now
+            self._fast_deadline = self.wall_clock()
+        return self._fast_deadline
+
+    def on_deadline(self) -> list[Any]:
+        """The wall-time deadline passed: re-value the rows own records moved, stamped
+        with their boundary, as a record crossing it would have."""
+        self._fast_deadline = None
+        if not self.state.fast_due:
+            return []
+        return self._flush_fast()
 
     def _flush_fast(self) -> list[Any]:
         """Re-value only the rows own records moved since the last tick (or fast flush),

@@ -137,6 +137,7 @@ def aggregate_exposure(
     config: ExposureConfig,
     clock: Clock = system_clock,
     ticks: Stream[Tick] | None = None,
+    wall_clock: Clock | None = None,
 ) -> ExposureOut:
     """Per-counterparty and firm-wide exposure from fills, positions, balances and marks.
 
@@ -151,7 +152,11 @@ def aggregate_exposure(
     exposures (and limit breaches) however it is batched: a backtest equals a
     live run. The cost is latency: a price move waits up to one tick interval of
     event time; a fill, snapshot, balance or orders record only until the next
-    ``config.position_revalue_ns`` boundary.
+    ``config.position_revalue_ns`` boundary. That boundary passes when a record at or
+    past it arrives; in a live run (``wall_clock`` given, e.g. the system clock) also
+    when that much wall time has gone by, so a fill on a quiet shard is not held until
+    the next record. Replays leave ``wall_clock`` out: their output must not depend on
+    wall time.
 
     >>> from bytewax.dataflow import Dataflow
     >>> from bytewax.testing import TestingSink, TestingSource, run_main
@@ -191,7 +196,8 @@ def aggregate_exposure(
     routed = op.branch("split", op.flat_map_batch("route", merged, route_batch), _IS_TUPLE)
 
     def build_val(state: Any) -> ShardLogic:
-        return ShardLogic(config, reg, state, ticked=ticked, clock=clock)
+        return ShardLogic(config, reg, state, ticked=ticked, clock=clock,
+                          wall_clock=wall_clock)
 
     s1 = op.branch("parts", stateful_logic("valuation", routed.trues, build_val), _IS_PART)
     alerts1 = op.flat_map_batch("alerts1", s1.falses, _values)

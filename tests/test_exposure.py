@@ -642,6 +642,36 @@ def test_ticked_fill_revalues_its_counterparty_at_the_next_position_boundary() -
     assert [(p.ts, p.net, p.evidence) for p in slow] == [(t + S, 2 * 62_000.0, ["t3", "f1"])]
 
 
+def test_in_a_live_run_a_fills_boundary_also_passes_by_wall_time() -> None:
+    """With a wall clock (live runs), a fill on a shard no later record reaches is still
+    re-valued once its boundary's wall time has gone by (the dataflow calls
+    ``on_deadline``), stamped with the boundary as a crossing record would be. Without
+    one (replays) nothing is due by wall time."""
+    t = 1_000 * S
+    ms = 1_000_000
+    cfg = worked_config()
+    reg = cfg.validate()
+    router = Router(reg, cfg)
+    wall = ManualClock(5 * S)
+    live = ShardLogic(cfg, reg, ticked=True, wall_clock=wall)
+    replay = ShardLogic(cfg, reg, ticked=True)
+    stream = [Trade(id="t1", venue="okx", instrument="BTC-PERP", ts=t, price=60_000.0,
+                    qty=1.0, side="buy"),
+              Tick(ts=t, source="p"),
+              fill("f1", "okx", "BTC-PERP", "buy", 2.0, 60_000.0, t + 3 * ms)]
+    for logic in (live, replay):
+        for ev in stream:
+            for _key, item in router.route(ev):
+                assert logic.on_event(item) == []
+    assert replay.next_deadline_ns() is None
+    assert live.next_deadline_ns() == 5 * S + 7 * ms  # 7 ms of event time to the boundary
+    wall.advance(7 * ms)
+    parts = [p for p in live.on_deadline() if isinstance(p, Part)]
+    assert [(p.counterparty, p.ts, p.net, p.evidence) for p in parts] == [
+        ("okx", t + 10 * ms, 2 * 60_000.0, ["f1"])]
+    assert live.next_deadline_ns() is None and live.on_deadline() == []
+
+
 def test_ticked_shard_revalues_once_per_tick_of_the_slowest_process() -> None:
     """With two guard processes ticking, a price move is re-valued once per tick
     bucket, when the slower process's tick arrives (the processes' watermark), and
