@@ -633,7 +633,7 @@ class KafkaOutput(FixedPartitionedSink[tuple[bytes | None, bytes], None]):
     partition from the Kafka key. Nothing is pickled to another process to be
     written; a key's messages stay in order as long as one worker makes them
     all (true of every keyed output of the guard). Needs the ``workers`` probe
-    step (:func:`kafka_input` adds it when it splits or broadcasts a topic).
+    step (:func:`kafka_input` always adds it).
     """
 
     def __init__(
@@ -668,7 +668,7 @@ class KafkaOutput(FixedPartitionedSink[tuple[bytes | None, bytes], None]):
         where = _WORKER_OF_THREAD.get(threading.get_ident())
         if where is None:
             msg = ("a worker-local Kafka sink needs the 'workers' probe step before it "
-                   "(kafka_input adds it when it splits or broadcasts a topic)")
+                   "(kafka_input always adds it)")
             raise ConfigError("kafka_output.worker_local", msg, self.topic)
         return where[0]
 

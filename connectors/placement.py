@@ -119,8 +119,8 @@ class LocalKeys:
     For fanning out a broadcast record (one every worker reads its own copy
     of): each worker emits only its own keys, so the union over workers is
     the whole fan-out and no copy crosses a process. Valid only inside a flow
-    whose source has the ``workers`` probe step (``kafka_input`` adds it
-    whenever it splits or broadcasts a topic).
+    whose source has the ``workers`` probe step (``kafka_input`` always adds
+    it).
 
     >>> import threading
     >>> _WORKER_OF_THREAD[threading.get_ident()] = (1, 3)
@@ -134,7 +134,7 @@ class LocalKeys:
         where = worker_of_thread()
         if where is None:
             msg = ("LocalKeys called outside a bytewax worker of a flow with the 'workers' "
-                   "probe step (kafka_input adds it when it splits or broadcasts a topic)")
+                   "probe step (kafka_input always adds it)")
             raise RuntimeError(msg)
         index, count = where
         return route_worker(key, count) == index
