@@ -104,6 +104,27 @@ class Watermark:
         self._first_ns: int | None = None
         self._started = False
 
+    @classmethod
+    def resume(cls, sources: dict[str, Any], idle_ns: int = TICK_IDLE_NS) -> Watermark:
+        """The watermark over a logic's (possibly restored) ``sources``, converted in place
+        where a snapshot from before processing times were kept has an int per source
+        (processing time 0: idle until it ticks); restored sources retire as new ones tick.
+
+        >>> sources = {"host/1/w0": 500}
+        >>> wm = Watermark.resume(sources)
+        >>> sources, wm.tick_time(Tick(ts=7), now_ns=0)
+        ({'host/1/w0': [500, 0]}, 7)
+        """
+        for name, v in sources.items():
+            if not isinstance(v, list):
+                sources[name] = [int(v), 0]
+        return cls(idle_ns, sources, RestoredSources(sources))
+
+    def tick_time(self, tick: Tick, now_ns: int) -> int:
+        """Event time ``tick`` stands for: its own without a source name, else the
+        watermark after it (seen at ``now_ns``)."""
+        return self.update(tick.source, tick.ts, now_ns, tick.of) if tick.source else tick.ts
+
     def update(self, source: str, ts: int, now_ns: int, expected: int = 0) -> int:
         """Record ``source``'s tick at ``ts`` (seen at ``now_ns``); the watermark after it."""
         sources = self.sources
@@ -124,12 +145,6 @@ class Watermark:
             self._started = True
         live = [t for t, seen in sources.values() if now_ns - seen < self.idle_ns]
         return min(live) if live else max(t for t, _ in sources.values())
-
-
-def tick_sources(sources: dict[str, Any]) -> dict[str, list[int]]:
-    """Tick sources of a snapshot in :class:`Watermark`'s form: snapshots before it kept
-    only each source's newest ts (they get processing time 0: idle until they tick)."""
-    return {name: v if isinstance(v, list) else [int(v), 0] for name, v in sources.items()}
 
 
 class RestoredSources:

@@ -70,15 +70,7 @@ from typing import Any, Literal
 
 import msgspec
 import numpy as np
-from riskguard.operators.clock import (
-    TICK_IDLE_NS,
-    Clock,
-    RestoredSources,
-    Tick,
-    Watermark,
-    system_clock,
-    tick_sources,
-)
+from riskguard.operators.clock import Clock, Tick, Watermark, system_clock
 from riskguard.operators.instruments import (
     InstrumentRegistry,
     InstrumentsConfig,
@@ -665,10 +657,9 @@ class ShardLogic:
                               "fresh recovery store after upgrading)",
                               getattr(state, "version", type(state).__name__))
         self.state = state if state is not None else ShardState()
-        # a snapshot from before the field, or from before processing times were kept
-        self.state.tick_sources = tick_sources(getattr(self.state, "tick_sources", {}))
-        self._watermark = Watermark(TICK_IDLE_NS, self.state.tick_sources,
-                                    RestoredSources(self.state.tick_sources))
+        if not hasattr(self.state, "tick_sources"):  # a snapshot from before the field
+            self.state.tick_sources = {}
+        self._watermark = Watermark.resume(self.state.tick_sources)
         self._ready = False
         self._peg_here: frozenset[str] = frozenset()
         if self.state.key:
@@ -909,9 +900,7 @@ class ShardLogic:
                     out.extend(self._flush_fast())
                 # the processes' watermark: with several, every one ticks each bucket, so
                 # the shard re-values once per bucket (at the slowest's tick), not per process
-                t = tick_recs[k]
-                wm = (self._watermark.update(t.source, t.ts, self.clock(), t.of) if t.source
-                      else t.ts)
+                wm = self._watermark.tick_time(tick_recs[k], self.clock())
                 if wm > st.tick_wm:
                     st.tick_wm = wm
                     out.extend(self._flush(max(st.tick_ts, wm)))

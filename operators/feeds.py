@@ -38,15 +38,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import msgspec
-from riskguard.operators.clock import (
-    TICK_IDLE_NS,
-    Clock,
-    RestoredSources,
-    Tick,
-    Watermark,
-    system_clock,
-    tick_sources,
-)
+from riskguard.operators.clock import Clock, Tick, Watermark, system_clock
 from riskguard.schemas.market import VenueState, VenueStatus
 from riskguard.schemas.signals import RiskAlert, Scope, ScopeKind, Severity
 
@@ -171,10 +163,8 @@ class FeedMonitorLogic:
                  clock: Clock = system_clock) -> None:
         self.vf = config.venues.get(venue, VenueFeeds())
         self.state = state or FeedState(venue=venue, active=self.vf.primary)
-        self.state.sources = tick_sources(self.state.sources)
         self.clock = clock
-        self._watermark = Watermark(TICK_IDLE_NS, self.state.sources,
-                                    RestoredSources(self.state.sources))
+        self._watermark = Watermark.resume(self.state.sources)
 
     def on_event(self, event: object) -> list[RiskAlert]:
         status = event if isinstance(event, VenueStatus) else None
@@ -182,7 +172,7 @@ class FeedMonitorLogic:
         if status is not None:
             ts = status.ts
         elif isinstance(event, Tick):
-            ts = self._tick_time(event) - self.vf.skew_ns
+            ts = self._watermark.tick_time(event, self.clock()) - self.vf.skew_ns
         else:
             ts = event.ts - self.vf.skew_ns  # type: ignore[attr-defined]
         before_gap = self.state.now - self.state.last_ok
@@ -239,12 +229,6 @@ class FeedMonitorLogic:
                     f"{'enabled again' if status.withdrawals_enabled else 'halted'}"),
             evidence_ids=[status.id],
         )]
-
-    def _tick_time(self, tick: Tick) -> int:
-        """Event time a tick stands for: its own, or with named sources their watermark."""
-        if not tick.source:
-            return tick.ts
-        return self._watermark.update(tick.source, tick.ts, self.clock(), tick.of)
 
     def _other(self, active: str) -> str:
         return self.vf.primary if active == self.vf.backup else self.vf.backup

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
 import msgspec
-from riskguard.operators.clock import TICK_IDLE_NS, RestoredSources, Tick, Watermark
+from riskguard.operators.clock import Tick, Watermark
 from riskguard.schemas import (
     FIRM,
     Action,
@@ -393,7 +393,7 @@ class PlaybookLogic:
         elif state.version != STATE_VERSION:
             raise ConfigError("playbook.state.version", str(STATE_VERSION), state.version)
         self.state = state
-        self._watermark = Watermark(TICK_IDLE_NS, state.sources, RestoredSources(state.sources))
+        self._watermark = Watermark.resume(state.sources)
         self._out: list[Output] = []
         self._trigger_recv_ts: int | None = None
         # Derived, not state (a resume wakes every incident). Awake: visited by every
@@ -411,7 +411,7 @@ class PlaybookLogic:
         self._trigger_recv_ts = getattr(event, "recv_ts", None)
         if isinstance(event, Tick):
             if event.source:
-                wm = self._watermark.update(event.source, event.ts, self.clock(), event.of)
+                wm = self._watermark.tick_time(event, self.clock())
                 self.state.watermark = max(self.state.watermark, wm)
             self._advance(event.ts)
         elif isinstance(event, MitigationCommand):
