@@ -1816,14 +1816,13 @@ class FirmLogic:
 
     def _batch(self, items: Iterable[Exposure]) -> list[Exposure]:
         st = self.state
-        updated: list[str] = []
+        updated: dict[str, None] = {}  # in first-update order (the evidence order)
         for e in items:
             old = st.latest.get(e.counterparty)
             if old is not None and old.seq >= e.seq:
                 continue
             self._store(e)
-            if e.counterparty not in updated:
-                updated.append(e.counterparty)
+            updated[e.counterparty] = None
         if not updated:
             return []
         exps = self._exps
