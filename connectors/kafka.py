@@ -144,10 +144,15 @@ class SharedConsumer:
     A consumer per partition means a fetch loop per partition: with a few
     topics of several partitions each, that multiplies broker load and
     fetch waits. Here partitions are added with ``incremental_assign`` and
-    each ``consume`` is split into per-partition lists. A list grows only
-    while its reader is held back by event-time alignment (bounded by the
-    skew) or between two reads (bounded by librdkafka's prefetch queue).
-    No pause/resume: resuming a partition discards what was prefetched.
+    each ``consume`` is split into per-partition lists.
+
+    A read takes at most ``batch_size`` messages of its partition, so one worker
+    step handles at most ``batch_size`` per partition: a burst on a busy topic
+    (market data) is spread over several steps instead of making a quiet one
+    (fills) wait behind all of it. A read whose list is empty consumes more only
+    while fewer than ``batch_size`` per partition are buffered in all, so the
+    lists stay bounded however far behind the busy topics are. No pause/resume:
+    resuming a partition discards what was prefetched.
     """
 
     def __init__(self, config: dict[str, Any], batch_size: int) -> None:
@@ -156,6 +161,7 @@ class SharedConsumer:
         self._pending: dict[tuple[str, int], list[Any]] = {}
         self._lock = threading.Lock()
         self._batch_size = batch_size
+        self._held: set[tuple[str, int]] = set()  # readers held back by alignment
 
     def add(self, topic: str, idx: int, offset: int) -> None:
         with self._lock:
@@ -165,14 +171,37 @@ class SharedConsumer:
             self._consumer.incremental_assign([TopicPartition(topic, idx, offset)])
 
     def take(self, topic: str, idx: int) -> list[Any]:
-        """Every message (or error event) pending for one partition, oldest first."""
+        """Up to ``batch_size`` messages (or error events) pending for one partition,
+        oldest first."""
         key = (topic, idx)
         with self._lock:
-            if not self._pending[key]:
+            pending = self._pending[key]
+            if not pending and self._room() > 0:
                 self._fill()
-            out = self._pending[key]
-            self._pending[key] = []
-            return out
+                pending = self._pending[key]
+            n = self._batch_size
+            if len(pending) <= n:
+                self._pending[key] = []
+            else:
+                self._pending[key] = pending[n:]
+                pending = pending[:n]
+            return pending
+
+    def hold(self, topic: str, idx: int, held: bool) -> None:
+        """Mark a partition's reader as held back by event-time alignment (or not): a
+        held reader does not drain its list, so that list does not count against the
+        others' reads (it is bounded by the skew instead)."""
+        with self._lock:
+            if held:
+                self._held.add((topic, idx))
+            else:
+                self._held.discard((topic, idx))
+
+    def _room(self) -> int:
+        """How many more messages the lists of readers that drain may take."""
+        held = self._held
+        return self._batch_size * len(self._pending) - sum(
+            len(lst) for k, lst in self._pending.items() if k not in held)
 
     def _fill(self) -> None:
         # Timeout 0: take what librdkafka has prefetched. A positive timeout makes
@@ -207,6 +236,7 @@ class SharedConsumer:
     def remove(self, topic: str, idx: int) -> None:
         with self._lock:
             self._pending.pop((topic, idx), None)
+            self._held.discard((topic, idx))
             if self._consumer is None:
                 return
             if self._pending:
@@ -367,6 +397,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         head = None
         if buf:
             head = getattr(buf[0][0], "ts", None)
+        self._shared.hold(self._topic, self._idx, bool(buf))
         align.update(self._name, head, self._emitted_ts, got, now, self._at_end)
         self._awake = None if out else datetime.now(UTC) + _IDLE_BACKOFF
         return out

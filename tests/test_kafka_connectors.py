@@ -247,6 +247,42 @@ def test_records_held_back_by_alignment_are_not_late_after_a_resume(kafka_bootst
     assert [r.id for r in rest] == [f"f{i}" for i in range(20, 60)]
 
 
+@pytest.mark.kafka
+@pytest.mark.parametrize("align_skew_s", [None, 0.0])
+def test_a_shared_consumer_reads_at_most_a_batch_per_partition_per_read(
+        kafka_bootstrap, new_topic, align_skew_s) -> None:
+    """With one shared consumer, each read takes at most ``batch_size`` of its partition,
+    so a 1,000-record burst on a busy topic is spread over ten worker steps instead of
+    one, and a quiet topic's record is not processed behind all of it. With event-time
+    alignment, the reader held back does not stop the other from reading. Nothing is
+    lost or reordered."""
+    import time
+
+    from riskguard.connectors.kafka import KafkaInput
+
+    busy, quiet = new_topic(), new_topic()
+    produce(kafka_bootstrap, busy, [_trade(id=f"m{i}", ts=i) for i in range(1000)])
+    produce(kafka_bootstrap, quiet, [_trade(id=f"q{i}", ts=i * 100) for i in range(10)])
+    src = KafkaInput(kafka_bootstrap, [busy, quiet], batch_size=100, share_consumer=True,
+                     align_skew_s=align_skew_s)
+    a, b = src.build_part("in", f"0-{busy}", None), src.build_part("in", f"0-{quiet}", None)
+    got_busy: list = []
+    got_quiet: list = []
+    sizes: list[int] = []
+    deadline = time.monotonic() + 20
+    while (len(got_busy) < 1000 or len(got_quiet) < 10) and time.monotonic() < deadline:
+        for part, got in ((a, got_busy), (b, got_quiet)):
+            batch = part.next_batch()
+            sizes.append(len(batch))
+            got.extend(batch)
+    a.close()
+    b.close()
+    assert [r.id for r in got_busy] == [f"m{i}" for i in range(1000)]
+    assert [r.id for r in got_quiet] == [f"q{i}" for i in range(10)]
+    assert max(sizes) <= 100
+    assert len([n for n in sizes if n]) >= 11
+
+
 def test_a_resumed_partition_fails_loudly_on_a_lost_offset_instead_of_skipping() -> None:
     """Fresh partitions start at the logical starting_offset; a lost resumed offset is an
     error (auto.offset.reset=error), never a silent skip.
