@@ -4,7 +4,10 @@ Method. One guard process (1 worker) reads live topics on the dev broker. A
 producer in this process replays the bundled demo scenario re-stamped to the
 wall clock (event ts = now) at a steady ``--rate`` events/s; by default that
 rate is 50 % of the sustained 1-worker rate, measured first with the method of
-``guard_throughput.py`` over two scenario copies. After a warm-up, fills from
+``guard_throughput.py`` over two scenario copies. The live guard runs with
+``input.fair_reads`` (each read at most ``batch_size`` per partition, so a fill is not
+processed behind a whole market-data burst; ``--unfair-reads`` turns it off); the
+sustained rate is measured without it, as a replay runs. After a warm-up, fills from
 fresh counterparty names that no limits config names are mixed in at
 ``--incident-rate``/s. Each fails closed: an ``unknown_counterparty`` alert ->
 the playbook's ``unknown_counterparty`` rule -> one signed ``reduce_only``
@@ -82,6 +85,8 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=2, help="partitions per input topic")
     ap.add_argument("--batch-size", type=int, default=1000,
                     help="the live guard's input.batch_size (the rate run keeps 1000)")
+    ap.add_argument("--unfair-reads", action="store_true",
+                    help="input.fair_reads off for the live guard (the replay default)")
     ap.add_argument("--bootstrap", default=None)
     ap.add_argument("--tick-ms", type=float, default=None,
                     help="guard tick_ns in ms (exposure re-values once per tick; default: "
@@ -104,14 +109,14 @@ def main() -> None:
             rate = args.rate
         bench = setup_env(bootstrap, work / "live", f"lv{tag}", partitions=args.partitions,
                           idle_eof_s=None, max_commands=1_000_000, starting_offset="earliest",
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, fair_reads=not args.unfair_reads)
         if args.tick_ms is not None:
             text = bench.config.read_text()
             line = next(ln for ln in text.splitlines() if ln.startswith("tick_ns"))
             bench.config.write_text(text.replace(line, f"tick_ns = {int(args.tick_ms * 1e6)}"))
         guard = start_guard(bench)
         print(f"guard pid {guard.pid} (tick_ns {args.tick_ms or 1000:g} ms, "
-              f"batch_size {args.batch_size})", flush=True)
+              f"batch_size {args.batch_size}, fair_reads {not args.unfair_reads})", flush=True)
         load = LiveLoad(bench, rate, args.incident_rate)
         load.run(args.warmup)
         load.incidents_on = True

@@ -61,7 +61,7 @@ class BenchEnv:
 def setup_env(
     bootstrap: str, workdir: Path, env: str, *, partitions: int = 4,
     idle_eof_s: float | None = 2.0, batch_size: int = 1000, max_commands: int | None = None,
-    starting_offset: str = "earliest", split_market: bool = True,
+    starting_offset: str = "earliest", split_market: bool = True, fair_reads: bool = False,
 ) -> BenchEnv:
     """Create the env's topics, keys, trust file and guard config."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -81,6 +81,7 @@ def setup_env(
     # The guard's default alignment skew, not demo.toml's strict merge (set there so demo
     # runs are reproducible): the benchmarks measure the production default.
     text = _set_key(text, "input", "align_skew_s", None)
+    text = _set_key(text, "input", "fair_reads", f"fair_reads = {str(fair_reads).lower()}")
     path.write_text(text)
     if max_commands is not None:
         pb = workdir / "playbook.toml"

@@ -96,6 +96,9 @@ class InputConfig(msgspec.Struct, frozen=True, kw_only=True):
     batch_size: int = 1000
     align_skew_s: float | None = 2.0
     share_consumer: bool = True
+    # Live, latency first: each read takes at most batch_size per partition, so a fill
+    # is not processed behind a whole market-data burst (costs replay throughput).
+    fair_reads: bool = False
     # Stamp records that carry no ``recv_ts`` with this process's receive time (it feeds
     # detection-to-command latency and the venue-latency feature). Turn it off to replay
     # historical data through the live path: old events would look days late.
@@ -491,6 +494,7 @@ def build_flow(
         time_policy=policy, clock=clock, stamp_recv_ts=cfg.input.stamp_recv_ts,
         batch_size=cfg.input.batch_size,
         align_skew_s=cfg.input.align_skew_s, share_consumer=cfg.input.share_consumer,
+        fair_reads=cfg.input.fair_reads,
         **_split_options(cfg),
     )
     issuer = cfg.sign.issuer or signer.issuer

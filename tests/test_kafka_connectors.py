@@ -251,7 +251,8 @@ def test_records_held_back_by_alignment_are_not_late_after_a_resume(kafka_bootst
 @pytest.mark.parametrize("align_skew_s", [None, 0.0])
 def test_a_shared_consumer_reads_at_most_a_batch_per_partition_per_read(
         kafka_bootstrap, new_topic, align_skew_s) -> None:
-    """With one shared consumer, each read takes at most ``batch_size`` of its partition,
+    """With one shared consumer and ``fair_reads``, each read takes at most ``batch_size`` of
+    its partition,
     so a 1,000-record burst on a busy topic is spread over ten worker steps instead of
     one, and a quiet topic's record is not processed behind all of it. With event-time
     alignment, the reader held back does not stop the other from reading. Nothing is
@@ -264,7 +265,7 @@ def test_a_shared_consumer_reads_at_most_a_batch_per_partition_per_read(
     produce(kafka_bootstrap, busy, [_trade(id=f"m{i}", ts=i) for i in range(1000)])
     produce(kafka_bootstrap, quiet, [_trade(id=f"q{i}", ts=i * 100) for i in range(10)])
     src = KafkaInput(kafka_bootstrap, [busy, quiet], batch_size=100, share_consumer=True,
-                     align_skew_s=align_skew_s)
+                     fair_reads=True, align_skew_s=align_skew_s)
     a, b = src.build_part("in", f"0-{busy}", None), src.build_part("in", f"0-{quiet}", None)
     got_busy: list = []
     got_quiet: list = []
