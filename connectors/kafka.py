@@ -33,11 +33,11 @@ from confluent_kafka import KafkaError as _KE
 from confluent_kafka.admin import AdminClient
 from msgspec.structs import replace
 from riskguard.connectors.placement import (
-    _CLUSTER,
-    _WORKER_OF_THREAD,
     Broadcast,
     Replica,
     WorkerProbe,
+    cluster_workers,
+    worker_of_thread,
 )
 from riskguard.connectors.settings import KafkaSettings, as_settings
 from riskguard.operators.base import SplitOut, split_dead_letters
@@ -156,8 +156,8 @@ class SharedConsumer:
     partition, so they stay bounded however far behind the busy topics are; a reader
     held back by alignment does not drain, and its list does not count (it is bounded
     by the skew), so alignment cannot starve the partition it waits for. The cost is
-    throughput on a backlog (a replay): more, smaller steps (measured: the guard's
-    1-worker replay rate fell from about 72k to 41k events/s).
+    throughput on a backlog (a replay): more, smaller steps (measured, 8 scenario copies:
+    the guard's 1-worker replay rate fell from 52-72k to about 41k events/s).
 
     No pause/resume: resuming a partition discards what was prefetched.
     """
@@ -199,7 +199,9 @@ class SharedConsumer:
     def hold(self, topic: str, idx: int, held: bool) -> None:
         """Mark a partition's reader as held back by event-time alignment (or not): a
         held reader does not drain its list, so that list does not count against the
-        others' reads (it is bounded by the skew instead)."""
+        others' reads (it is bounded by the skew instead). Only ``fair_reads`` uses it."""
+        if not self._fair:
+            return
         with self._lock:
             if held:
                 self._held.add((topic, idx))
@@ -523,12 +525,13 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
         workers = 1
         replicated = self.key_split_topics | self.broadcast.topics
         if replicated:
-            if "workers" not in _CLUSTER:
+            count = cluster_workers()
+            if count is None:
                 msg = ("KafkaInput(key_split_topics=..., broadcast=...) needs the worker count: "
                        "build it with kafka_input(), which adds the 'workers' probe step "
                        "before the source")
                 raise ConfigError("kafka.key_split_topics", msg, sorted(replicated))
-            workers = _CLUSTER["workers"]
+            workers = count
         parts: list[str] = []
         for t in self.topics:
             for i in list_partitions(self.settings, t):
@@ -709,7 +712,7 @@ class KafkaOutput(FixedPartitionedSink[tuple[bytes | None, bytes], None]):
         return super().part_fn(item_key)
 
     def _this_worker(self) -> int:
-        where = _WORKER_OF_THREAD.get(threading.get_ident())
+        where = worker_of_thread()
         if where is None:
             msg = ("a worker-local Kafka sink needs the 'workers' probe step before it "
                    "(kafka_input always adds it)")

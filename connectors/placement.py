@@ -87,6 +87,12 @@ _CLUSTER: dict[str, int] = {}
 _WORKER_OF_THREAD: dict[int, tuple[int, int]] = {}
 
 
+def cluster_workers() -> int | None:
+    """The cluster's worker count, once the ``workers`` probe step has run in this
+    process; else None."""
+    return _CLUSTER.get("workers")
+
+
 def worker_of_thread() -> tuple[int, int] | None:
     """``(index, count)`` of the bytewax worker calling this, if the flow has the
     ``workers`` probe step; else None."""

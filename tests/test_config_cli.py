@@ -170,10 +170,10 @@ def test_split_market_data_refuses_an_index_source_with_a_feed_failover_pair(
     from riskguard.dataflows.guard import load_guard_config
 
     src = resources.files("riskguard.dataflows").joinpath("guard.example.toml")
-    text = src.read_text().replace("split_market_by_key = false", "split_market_by_key = true")
+    text = src.read_text()
+    assert "split_market_by_key = true" in text  # the example's (and the default) setting
     text = text.replace('index_sources = ["index"]', 'index_sources = ["binance"]', 1)
-    for name in ("playbook.toml",):
-        (tmp_path / name).write_text(src.parent.joinpath(name).read_text())
+    (tmp_path / "playbook.toml").write_text(src.parent.joinpath("playbook.toml").read_text())
     path = tmp_path / "guard.toml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=r"^input\.split_market_by_key: .*binance"):

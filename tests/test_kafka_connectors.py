@@ -251,12 +251,10 @@ def test_records_held_back_by_alignment_are_not_late_after_a_resume(kafka_bootst
 @pytest.mark.parametrize("align_skew_s", [None, 0.0])
 def test_a_shared_consumer_reads_at_most_a_batch_per_partition_per_read(
         kafka_bootstrap, new_topic, align_skew_s) -> None:
-    """With one shared consumer and ``fair_reads``, each read takes at most ``batch_size`` of
-    its partition,
-    so a 1,000-record burst on a busy topic is spread over ten worker steps instead of
-    one, and a quiet topic's record is not processed behind all of it. With event-time
-    alignment, the reader held back does not stop the other from reading. Nothing is
-    lost or reordered."""
+    """With one shared consumer and ``fair_reads``, each read takes at most ``batch_size``
+    of its partition, so a 1,000-record burst on a busy topic is spread over ten or more
+    reads (worker steps) instead of one. With event-time alignment, the reader held back
+    does not stop the other from reading. Nothing is lost or reordered."""
     import time
 
     from riskguard.connectors.kafka import KafkaInput
