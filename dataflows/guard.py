@@ -39,7 +39,12 @@ from riskguard.connectors.topics import topic_name
 from riskguard.operators.anomaly import detect_anomalies, extract_features
 from riskguard.operators.audit import AuditConfig
 from riskguard.operators.audit_op import audit_log
-from riskguard.operators.base import event_time, split_dead_letters, stateful_logic
+from riskguard.operators.base import (
+    event_time,
+    split_dead_letters,
+    stateful_logic,
+    values_of,
+)
 from riskguard.operators.clock import Clock, Tick, system_clock
 from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer, encode_envelope
 from riskguard.operators.detector import DetectorConfig
@@ -237,33 +242,43 @@ class MarkFilter:
             return True
         return False
 
+    def passed(self, recs: list[Any]) -> list[Any]:
+        """The records of a batch that pass, in order (one dataflow call per batch)."""
+        return [r for r in recs if self(r)]
+
 
 def _tick_fn(tick_ns: int) -> Any:
     """Per worker: a Tick, named after the worker, each time its event time crosses a
     new ``tick_ns`` boundary. Consumers take the minimum over workers (a watermark), and
     hold time until all of them (``Tick.of``) have ticked. Outside a flow with the
-    ``workers`` probe step the worker is unknown: one source per process, ``of`` 0."""
+    ``workers`` probe step the worker is unknown: one source per process, ``of`` 0.
+
+    Takes a whole batch (one dataflow call per batch, not per record) and returns its
+    ticks, in order."""
     last: dict[int, int] = {}
     process = f"{socket.gethostname()}/{os.getpid()}"
     names: dict[int, tuple[str, int]] = {}
 
-    def tick(rec: Any) -> Tick | None:
-        ts = getattr(rec, "ts", None)
-        if type(ts) is not int:  # a signed envelope: no event time
-            return None
+    def ticks(recs: list[Any]) -> list[Tick]:
         thread = threading.get_ident()
-        bucket = ts // tick_ns
-        if bucket > last.get(thread, -1):
-            last[thread] = bucket
-            name = names.get(thread)
-            if name is None:
-                where = worker_of_thread()
-                name = names[thread] = ((f"{process}/w{where[0]}", where[1]) if where
-                                        else (process, 0))
-            return Tick(ts=ts, source=name[0], of=name[1])
-        return None
+        top = last.get(thread, -1)
+        out: list[Tick] = []
+        for rec in recs:
+            ts = getattr(rec, "ts", None)
+            if type(ts) is not int:  # a signed envelope: no event time
+                continue
+            bucket = ts // tick_ns
+            if bucket > top:
+                top = last[thread] = bucket
+                name = names.get(thread)
+                if name is None:
+                    where = worker_of_thread()
+                    name = names[thread] = ((f"{process}/w{where[0]}", where[1]) if where
+                                            else (process, 0))
+                out.append(Tick(ts=ts, source=name[0], of=name[1]))
+        return out
 
-    return tick
+    return ticks
 
 
 class OperatorCommands:
@@ -349,7 +364,7 @@ def guard_core(
     """
     # Event-time progress from every record (not only market data: fills during a market
     # data outage must still be valued).
-    ticks = op.filter_map("ticks", records, _tick_fn(cfg.tick_ns))
+    ticks = op.flat_map_batch("ticks", records, _tick_fn(cfg.tick_ns))
     # Market data is most of the input: split it off first, so the other filters only
     # see the rest.
     by_kind = op.branch("is_market", records, lambda r: isinstance(r, MARKET))
@@ -375,22 +390,27 @@ def guard_core(
     instruments = _instruments_of(cfg)
     feed_venues = tuple(fcfg.venues)
 
-    def feed_keys(rec: Any) -> list[tuple[str, Any]]:
-        if isinstance(rec, VenueStatus):
-            if rec.venue not in fcfg.venues:
-                return []
-            keys = [f"{rec.venue}/{i}" for i in instruments]
-            return [(k, rec) for k in keys if local_keys is None or local_keys(k)]
-        key = f"{rec.venue}/{rec.instrument}"
-        if local_keys is not None and type(rec) is IndexPrice and not local_keys(key):
-            return []  # another worker's copy of this index price goes on
-        return [(key, rec)]
+    def feed_keys(recs: list[Any]) -> list[tuple[str, Any]]:
+        out: list[tuple[str, Any]] = []
+        for rec in recs:
+            if type(rec) is VenueStatus:
+                if rec.venue in fcfg.venues:
+                    keys = [f"{rec.venue}/{i}" for i in instruments]
+                    out.extend((k, rec) for k in keys if local_keys is None or local_keys(k))
+                continue
+            key = f"{rec.venue}/{rec.instrument}"
+            if local_keys is not None and type(rec) is IndexPrice and not local_keys(key):
+                continue  # another worker's copy of this index price goes on
+            out.append((key, rec))
+        return out
 
-    keyed = op.flat_map("feed_key", op.merge("feed_in", market, status), feed_keys)
-    market_ok = op.map(
+    # Per-record steps on the market path run as one call per batch (flat_map_batch):
+    # bytewax's per-item filter and map cost 0.04-0.12 µs per record and step.
+    keyed = op.flat_map_batch("feed_key", op.merge("feed_in", market, status), feed_keys)
+    market_ok = op.flat_map_batch(
         "feed_unkey",
         stateful_logic("feed_select", keyed, _bind_venue(fcfg), order=event_time),
-        lambda kv: kv[1],
+        values_of,
     )
     def monitor_keys(r: Any) -> list[tuple[str, Any]]:
         if isinstance(r, VenueStatus):
@@ -411,15 +431,18 @@ def guard_core(
         # passed feed selection only marks exposure.
         feat_market = op.merge(
             "feat_market",
-            op.filter("selected_not_index", market_ok, lambda r: type(r) is not IndexPrice),
-            op.filter("index_copies", market, lambda r: type(r) is IndexPrice),
+            op.flat_map_batch("selected_not_index", market_ok,
+                              lambda rs: [r for r in rs if type(r) is not IndexPrice]),
+            op.flat_map_batch("index_copies", market,
+                              lambda rs: [r for r in rs if type(r) is IndexPrice]),
         )
     feats = extract_features("features", op.merge("feat_in", feat_market, status),
                              config=cfg.features, clock=clock, local_keys=local_keys)
     detected = detect_anomalies("detect", feats.oks, config=cfg.detector, clock=clock)
     anomalies = op.key_rm("anomalies", detected.oks)
 
-    marks = op.filter("marks", market_ok, MarkFilter(cfg.mark_interval_ns, cfg.mark_move_bps))
+    marks = op.flat_map_batch("marks", market_ok,
+                              MarkFilter(cfg.mark_interval_ns, cfg.mark_move_bps).passed)
     exposure = aggregate_exposure("exposure", marks, trading, config=cfg.exposure, clock=clock,
                                   ticks=ticks, wall_clock=wall_clock)
     audience = Audience(env=cfg.env, topic=cfg.topic("limit_updates"))

@@ -48,7 +48,7 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
 from riskguard.operators.base import event_time, split_dead_letters, stateful_logic
 from riskguard.operators.detector import DetectorConfig, detector_builder
-from riskguard.operators.features import FeatureConfig, feature_builder, route
+from riskguard.operators.features import FeatureConfig, feature_builder, route_batch
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.signals import AnomalySignal, FeatureVector
 
@@ -92,7 +92,7 @@ def extract_features(step_id: str, up: Stream[Any], *, config: FeatureConfig,
         raise ConfigError("step " + repr(step_id) + ": features.venues",
                           "must list the venues that receive index prices", config.venues)
     config.validate(f"step {step_id!r}: features")
-    keyed = op.flat_map("route", up, lambda rec: route(rec, config, local_keys))
+    keyed = op.flat_map_batch("route", up, lambda recs: route_batch(recs, config, local_keys))
     out = stateful_logic("features", keyed, feature_builder(config, clock), order=event_time)
     split = split_dead_letters("split", out)
     return FeaturesOut(oks=split.oks, errs=split.errs)

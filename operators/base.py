@@ -97,6 +97,16 @@ event_time: Callable[[Any], int] = attrgetter("ts")
 (C-level: it runs once per record where market data merges)."""
 
 
+def values_of(kvs: list[tuple[Any, V]]) -> list[V]:
+    """The values of a batch of ``(key, value)`` pairs: a keyed stream's ``key_rm``, one
+    dataflow call per batch (``op.flat_map_batch(step_id, up, values_of)``).
+
+    >>> values_of([("a", 1), ("b", 2)])
+    [1, 2]
+    """
+    return [v for _k, v in kvs]
+
+
 @operator
 def stateful_logic(
     step_id: str, up: KeyedStream[V], builder: Builder,

@@ -146,6 +146,26 @@ def route(record: Any, config: FeatureConfig,
     return [(f"{record.venue}/{record.instrument}", record)]
 
 
+def route_batch(records: list[Any], config: FeatureConfig,
+                local: Callable[[str], bool] | None = None) -> list[tuple[str, Any]]:
+    """:func:`route` over a whole batch, in order (one dataflow call per batch).
+
+    >>> from riskguard.schemas import Trade
+    >>> t = Trade(id="t", venue="a", instrument="BTC-USDT", ts=1, price=5.0, qty=1.0,
+    ...           side="buy")
+    >>> [k for k, _ in route_batch([t, t], FeatureConfig(venues=("a",)))]
+    ['a/BTC-USDT', 'a/BTC-USDT']
+    """
+    out: list[tuple[str, Any]] = []
+    fanned = (IndexPrice, VenueStatus)
+    for rec in records:
+        if type(rec) in fanned:
+            out.extend(route(rec, config, local))
+        else:
+            out.append((f"{rec.venue}/{rec.instrument}", rec))
+    return out
+
+
 @dataclass
 class FeatureState:
     """Everything one key remembers. Plain data; see :meth:`FeatureLogic.snapshot`."""

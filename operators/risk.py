@@ -24,7 +24,7 @@ from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
-from riskguard.operators.base import stateful_logic
+from riskguard.operators.base import stateful_logic, values_of
 from riskguard.operators.clock import Clock, Tick, system_clock
 from riskguard.operators.crypto import PAYLOAD_LIMIT_UPDATE
 from riskguard.operators.exposure import (
@@ -117,10 +117,6 @@ def _IS_EXPOSURE(kv: tuple[str, Any]) -> bool:
     return type(kv[1]) is Exposure
 
 
-def _values(kvs: list[tuple[str, Any]]) -> list[Any]:
-    return [v for _k, v in kvs]
-
-
 def _by_counterparty(kvs: list[tuple[str, Part]]) -> list[tuple[str, Part]]:
     return [(c.counterparty, c) for _k, c in kvs]
 
@@ -200,20 +196,20 @@ def aggregate_exposure(
                           wall_clock=wall_clock)
 
     s1 = op.branch("parts", stateful_logic("valuation", routed.trues, build_val), _IS_PART)
-    alerts1 = op.flat_map_batch("alerts1", s1.falses, _values)
+    alerts1 = op.flat_map_batch("alerts1", s1.falses, values_of)
     contribs = op.flat_map_batch("by_cp", s1.trues, _by_counterparty)
 
     def build_cp(state: Any) -> CounterpartyLogic:
         return CounterpartyLogic(config, state, ticked=ticked)
 
     s2 = op.branch("exposures", stateful_logic("counterparty", contribs, build_cp), _IS_EXPOSURE)
-    alerts2 = op.flat_map_batch("alerts2", s2.falses, _values)
+    alerts2 = op.flat_map_batch("alerts2", s2.falses, values_of)
     to_firm = op.flat_map_batch("to_firm", s2.trues, _to_firm)
 
     def build_firm(state: Any) -> FirmLogic:
         return FirmLogic(config, state, ticked=ticked)
 
-    exposures = op.flat_map_batch("unkey3", stateful_logic("firm", to_firm, build_firm), _values)
+    exposures = op.flat_map_batch("unkey3", stateful_logic("firm", to_firm, build_firm), values_of)
     alerts = op.merge("alerts", alerts1, alerts2)
     return ExposureOut(exposures=exposures, alerts=alerts, errs=routed.falses)
 
@@ -293,7 +289,7 @@ def enforce_limits(
     def build(state: Any) -> LimitsLogic:
         return LimitsLogic(config, state)
 
-    outs = op.flat_map_batch("unkey", stateful_logic("limits", keyed.trues, build), _values)
+    outs = op.flat_map_batch("unkey", stateful_logic("limits", keyed.trues, build), values_of)
     u = op.branch("utils", outs, Utilization.__instancecheck__)
     b = op.branch("breaches", u.falses, LimitBreach.__instancecheck__)
     utils, breaches = u.trues, b.trues
