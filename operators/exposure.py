@@ -562,6 +562,10 @@ class _Layout:
     flat: Any  # its index in the row-major grid
     bounds: Any  # row r's positions are [bounds[r], bounds[r + 1])
     names: list[list[str]]  # per row, its positions' instrument names (shared by parts)
+    mult: Any  # each position's contract multiplier
+    und: Any  # row * underlyings + its underlying's code (the delta bincount's bins)
+    held_u: Any  # bool, rows x underlyings: the row holds that underlying
+    held_cols: Any  # the columns anyone holds
 
 
 @dataclass
@@ -810,7 +814,11 @@ class ShardLogic:
         names_all = self._names[c].tolist()
         b = bounds.tolist()
         names = [names_all[lo:hi] for lo, hi in pairwise(b)]
-        self._lay = lay = _Layout(active, r, c, flat, bounds, names)
+        n_u = len(self._und_names)
+        und = r * n_u + self._und_code[c]
+        held_u = np.bincount(und, None, n * n_u).reshape(n, n_u) > 0
+        self._lay = lay = _Layout(active, r, c, flat, bounds, names, self._mult[c], und,
+                                  held_u, np.flatnonzero(active.any(axis=0)))
         return lay
 
     def _opened_or_closed(self, old: float, new: float) -> None:
@@ -1406,9 +1414,11 @@ class ShardLogic:
         # than the whole counterparty x instrument grid)
         m = len(rows)
         rows_l = rows.tolist()
-        if m == n:
+        n_u = len(self._und_names)
+        if m == n:  # every row: the layout's cached gathers
             act, r_i, c_i, flat, bounds_a = active_all, lay.r, lay.c, lay.flat, lay.bounds
             names_rows = lay.names
+            mult, ug, held_u = lay.mult, lay.und, lay.held_u
         else:
             act = active_all[rows]
             pick = np.flatnonzero(dirty[lay.r])
@@ -1417,7 +1427,8 @@ class ShardLogic:
             bounds_a = np.zeros(m + 1, dtype=np.int64)
             np.cumsum(np.diff(lay.bounds)[rows], out=bounds_a[1:])
             names_rows = [lay.names[i] for i in rows_l]
-        qm = st.qty.ravel()[flat] * self._mult[c_i]
+            mult, ug, held_u = lay.mult[pick], r_i * n_u + self._und_code[c_i], lay.held_u[rows]
+        qm = st.qty.ravel()[flat] * mult
         notional = qm * nf[c_i]
         upnl = qm * (mark_v[c_i] - st.avg.ravel()[flat]) * fx_v[c_i]
         # no average entry price (nan): no unrealized PnL for that position
@@ -1427,10 +1438,7 @@ class ShardLogic:
         upnl_s = np.bincount(r_i, upnl, m).tolist()
         ord_s = (np.bincount(r_i, st.orders.ravel()[flat] * fx_v[c_i], m).tolist()
                  if self._any_orders else [0.0] * m)
-        n_u = len(self._und_names)
-        ug = r_i * n_u + self._und_code[c_i]
         d_u: Any = np.bincount(ug, qm * df[c_i], m * n_u).reshape(m, n_u).tolist()
-        held_u = np.bincount(ug, None, m * n_u).reshape(m, n_u) > 0
         held_all_u: Any = held_u.all(axis=1).tolist()
         held_u_l = held_u.tolist()
         same = self._asset_is_delta
@@ -1450,7 +1458,7 @@ class ShardLogic:
         oldest_rows = _row_reduce(np.minimum, mts_c, bounds_a, NEVER_STALE)
         und_names = self._und_names
         # realized vol per underlying is a market property: one dict shared by every part
-        uvol = self._und_vols(active_all)
+        uvol = self._und_vols(lay.held_cols)
         uvol_values = {u: v for u, (v, _t) in sorted(uvol.items())}
         any_unvalued = (act & ~valued).any(axis=1).tolist()
         if len(jc):
@@ -1519,11 +1527,11 @@ class ShardLogic:
                 strict=True))
         return out
 
-    def _und_vols(self, active_all: Any) -> dict[str, tuple[float, int]]:
-        """Newest realized vol per underlying among the instruments anyone holds here."""
+    def _und_vols(self, held_cols: Any) -> dict[str, tuple[float, int]]:
+        """Newest realized vol per underlying among ``held_cols`` (the instruments anyone
+        holds here)."""
         vol, vol_ts = self._vols()
-        held = active_all.any(axis=0) & (vol_ts >= 0)
-        idx = np.flatnonzero(held)
+        idx = held_cols[vol_ts[held_cols] >= 0]
         uv: dict[str, tuple[float, int]] = {}
         if len(idx):
             codes = self._und_code[idx]
