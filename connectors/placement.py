@@ -165,6 +165,9 @@ class Broadcast:
     records: Callable[[Any], bool] | None = None
 
 
+_PLACED_MAX = 100_000
+
+
 class Replica:
     """Which messages replica ``r`` (of ``workers``) of a split or broadcast partition emits.
 
@@ -194,13 +197,23 @@ class Replica:
         self.whole_topic = whole_topic
         self.key_prefixes = key_prefixes
         self.is_broadcast = is_broadcast
+        self._placed: dict[bytes | None, tuple[bool, bool]] = {}
 
     def place(self, key: bytes | None) -> tuple[bool, bool]:
-        """``(owned, shared)`` for a message under ``key`` (a null key belongs to 0)."""
+        """``(owned, shared)`` for a message under ``key`` (a null key belongs to 0).
+
+        Asked for every message of a split topic, most of them skipped: the answer is
+        kept per key (at most ``_PLACED_MAX`` keys, then the memo starts over)."""
+        got = self._placed.get(key)
+        if got is not None:
+            return got
         owned = (0 if key is None else route_worker(key, self.workers)) == self.replica
         shared = self.whole_topic or (
             bool(self.key_prefixes) and key is not None and key.startswith(self.key_prefixes))
-        return owned, shared
+        if len(self._placed) >= _PLACED_MAX:
+            self._placed.clear()
+        got = self._placed[key] = (owned, shared)
+        return got
 
     def admit(self, rec: Any, owned: bool, shared: bool, *, dead: bool = False) -> str:
         """``keep``, ``skip`` (another replica emits it) or ``not_broadcast``."""

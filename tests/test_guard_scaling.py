@@ -11,8 +11,9 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, cluster_main
 from confluent_kafka import Producer
+from riskguard.connectors import placement
 from riskguard.connectors.kafka import KafkaInput, kafka_input
-from riskguard.connectors.placement import Broadcast, LocalKeys, route_worker
+from riskguard.connectors.placement import Broadcast, LocalKeys, Replica, route_worker
 from riskguard.schemas import IndexPrice, Trade, VenueState, VenueStatus, encode
 
 from riskguard.errors import ConfigError
@@ -29,6 +30,20 @@ def _worker_of_each_key(workers: int) -> dict[str, int]:
                      inspector=lambda _s, kv, _e, worker: seen.__setitem__(kv[0], worker))
     cluster_main(flow, [], 0, worker_count_per_proc=workers)
     return seen
+
+
+def test_a_replica_answers_the_same_from_its_memo_and_when_the_memo_starts_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """place() per key is memoized; answers match the direct rule, also past the cap."""
+    monkeypatch.setattr(placement, "_PLACED_MAX", 5)
+    rep = Replica(1, 3, whole_topic=False, key_prefixes=(b"index/",))
+    keys = [None, b"index/BTC-USD", *(f"v{k % 4}/I{k}".encode() for k in range(12))]
+    want = [((0 if k is None else route_worker(k, 3)) == 1,
+             k is not None and k.startswith(b"index/")) for k in keys]
+    for _ in range(3):  # first answers, memo hits, and again after the memo was cleared
+        assert [rep.place(k) for k in keys] == want
+    assert len(rep._placed) <= 5
 
 
 @pytest.mark.parametrize("workers", [2, 3])
