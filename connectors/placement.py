@@ -171,7 +171,7 @@ _PLACED_MAX = 100_000
 class Replica:
     """Which messages replica ``r`` (of ``workers``) of a split or broadcast partition emits.
 
-    Before decoding, :meth:`place` says whether a key routes to this replica
+    Before decoding, ``place(key)`` says whether a key routes to this replica
     (``owned``) and whether every replica reads it (``shared``): a message
     that is neither is skipped undecoded. After decoding, :meth:`admit`
     settles it: a broadcast record under a shared key is emitted by every
@@ -197,23 +197,18 @@ class Replica:
         self.whole_topic = whole_topic
         self.key_prefixes = key_prefixes
         self.is_broadcast = is_broadcast
-        self._placed: dict[bytes | None, tuple[bool, bool]] = {}
+        # Asked for every message of a split topic, most of them skipped: the answer
+        # depends on the key only, so it is memoized per key, as route_worker is.
+        self.place: Callable[[bytes | None], tuple[bool, bool]] = functools.lru_cache(
+            maxsize=_PLACED_MAX)(self._place)
 
-    def place(self, key: bytes | None) -> tuple[bool, bool]:
-        """``(owned, shared)`` for a message under ``key`` (a null key belongs to 0).
-
-        Asked for every message of a split topic, most of them skipped: the answer is
-        kept per key (at most ``_PLACED_MAX`` keys, then the memo starts over)."""
-        got = self._placed.get(key)
-        if got is not None:
-            return got
+    def _place(self, key: bytes | None) -> tuple[bool, bool]:
+        """``(owned, shared)`` for a message under ``key`` (a null key belongs to 0);
+        called as ``place``."""
         owned = (0 if key is None else route_worker(key, self.workers)) == self.replica
         shared = self.whole_topic or (
             bool(self.key_prefixes) and key is not None and key.startswith(self.key_prefixes))
-        if len(self._placed) >= _PLACED_MAX:
-            self._placed.clear()
-        got = self._placed[key] = (owned, shared)
-        return got
+        return owned, shared
 
     def admit(self, rec: Any, owned: bool, shared: bool, *, dead: bool = False) -> str:
         """``keep``, ``skip`` (another replica emits it) or ``not_broadcast``."""
