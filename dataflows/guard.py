@@ -230,8 +230,10 @@ class MarkFilter:
         self.move = move_bps / 10_000
         self.last: dict[tuple[str, str, type], tuple[int, float]] = {}
 
+    _PRICED = (Trade, Quote, IndexPrice)  # built once: a union built per call costs 0.1 µs
+
     def __call__(self, rec: Any) -> bool:
-        if self.min_interval_ns <= 0 or not isinstance(rec, Trade | Quote | IndexPrice):
+        if self.min_interval_ns <= 0 or not isinstance(rec, self._PRICED):
             return True
         price = rec.price if not isinstance(rec, Quote) else (rec.bid + rec.ask) / 2
         key = (rec.venue, rec.instrument, type(rec))
@@ -244,6 +246,8 @@ class MarkFilter:
 
     def passed(self, recs: list[Any]) -> list[Any]:
         """The records of a batch that pass, in order (one dataflow call per batch)."""
+        if self.min_interval_ns <= 0:
+            return recs
         return [r for r in recs if self(r)]
 
 
