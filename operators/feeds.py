@@ -128,6 +128,9 @@ class FeedState:
         return None
 
 
+_NOT_MARKET = (Tick, VenueStatus)  # built once: the check runs per market record
+
+
 class FeedSelectLogic:
     """Pass only the active feed's records for one ``venue/instrument`` key."""
 
@@ -138,7 +141,7 @@ class FeedSelectLogic:
     def on_event(self, event: object) -> list[object]:
         vf = self.vf
         if vf is None:
-            return [] if isinstance(event, Tick | VenueStatus) else [event]
+            return [] if isinstance(event, _NOT_MARKET) else [event]
         ts = event.ts  # type: ignore[attr-defined]
         if isinstance(event, VenueStatus):
             self.state.step(vf, ts, event)
