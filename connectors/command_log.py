@@ -10,11 +10,13 @@ the record of what was delivered, so the signer starts after the highest
 Only envelopes whose signature verifies under the signer's own public key
 count: a forged message cannot push the sequence anywhere.
 
-The scan reads each partition backwards in windows from its end until it
-finds a command of the issuer (one issuer's commands are produced in ``seq``
-order, so the last one has the highest ``seq``), and reads on past the end
+The scan reads the newest window of every partition at once, on past the end
 the broker reports until the topic is quiet for ``idle_s`` (some brokers,
-like the dev broker, under-report the high watermark).
+like the dev broker, under-report the high watermark): one quiet period for
+the topic, not one per partition, so a restart is not held up a fraction of
+a second per partition. A partition with no command of the issuer there is
+then read backwards in windows until one is found (one issuer's commands are
+produced in ``seq`` order, so the last one has the highest ``seq``).
 """
 
 from __future__ import annotations
@@ -67,60 +69,84 @@ def last_signed_seq(
     })
     deadline = time.monotonic() + timeout_s
     try:
-        best = 0
+        starts: dict[int, tuple[int, int]] = {}  # partition -> (low, first window's start)
         for p in parts:
-            best = max(best, _scan_partition(consumer, topic, p, key, issuer, window, idle_s,
-                                             deadline))
+            low, high = _watermarks(consumer, topic, p, deadline)
+            starts[p] = (low, max(low, high - window))
+        # The newest windows of all partitions in one read: one quiet period, not one each.
+        found = _read_tails(consumer, topic, {p: s for p, (_low, s) in starts.items()}, key,
+                            issuer, idle_s, deadline)
+        best = 0
+        for p, (low, tail) in starts.items():
+            seq, end = found.get(p, 0), tail
+            while not seq and end > low:  # nothing of ours there: older windows, backwards
+                begin = max(low, end - window)
+                seq = _read(consumer, topic, p, begin, end, key, issuer, deadline)
+                end = begin
+            best = max(best, seq)
         return best
     finally:
         consumer.close()
 
 
-def _scan_partition(consumer: Consumer, topic: str, partition: int, key: VerifyKey, issuer: str,
-                    window: int, idle_s: float, deadline: float) -> int:
+def _watermarks(consumer: Consumer, topic: str, partition: int, deadline: float) -> tuple[int, int]:
     try:
         low, high = consumer.get_watermark_offsets(
             TopicPartition(topic, partition), timeout=max(0.1, deadline - time.monotonic()))
     except Exception as err:
         msg = f"cannot read the watermarks of {topic}[{partition}]: {err}"
         raise BrokerError(msg) from None
-    end: int | None = None  # the first window reads past the reported end
-    start = max(low, high - window)
-    while True:
-        found = _read(consumer, topic, partition, start, end, key, issuer, idle_s, deadline)
-        if found or start <= low:
-            return found
-        end, start = start, max(low, start - window)
+    return int(low), int(high)
 
 
-def _read(consumer: Consumer, topic: str, partition: int, start: int, end: int | None,
-          key: VerifyKey, issuer: str, idle_s: float, deadline: float) -> int:
-    """Highest verified ``seq`` of ``issuer`` in offsets ``[start, end)`` (open-ended: until
-    the partition is quiet for ``idle_s`` after its end)."""
-    consumer.assign([TopicPartition(topic, partition, start)])
-    best = 0
-    at_end = False
+def _read_tails(consumer: Consumer, topic: str, starts: dict[int, int], key: VerifyKey,
+                issuer: str, idle_s: float, deadline: float) -> dict[int, int]:
+    """Highest verified ``seq`` of ``issuer`` per partition from ``starts[p]`` on, read
+    past each partition's reported end until every one reached its end and the topic
+    was quiet for ``idle_s``."""
+    consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
+    best = dict.fromkeys(starts, 0)
+    at_end: set[int] = set()
     quiet_since = time.monotonic()
     while True:
         now = time.monotonic()
         if now > deadline:
-            raise BrokerError(f"reading {topic}[{partition}] for the last signed seq timed out")
-        if at_end and now - quiet_since >= idle_s:
+            raise BrokerError(f"reading {topic} for the last signed seq timed out")
+        if len(at_end) == len(starts) and now - quiet_since >= idle_s:
             return best
+        m = consumer.poll(0.05)
+        if m is None:
+            continue
+        err = m.error()
+        p = m.partition() or 0
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                at_end.add(p)
+                continue
+            raise BrokerError(f"reading {topic}[{p}]: {err.str()}")
+        quiet_since = time.monotonic()
+        at_end.discard(p)
+        best[p] = max(best.get(p, 0), _seq_of(m.value(), key, issuer))
+
+
+def _read(consumer: Consumer, topic: str, partition: int, start: int, end: int,
+          key: VerifyKey, issuer: str, deadline: float) -> int:
+    """Highest verified ``seq`` of ``issuer`` in offsets ``[start, end)``."""
+    consumer.assign([TopicPartition(topic, partition, start)])
+    best = 0
+    while True:
+        if time.monotonic() > deadline:
+            raise BrokerError(f"reading {topic}[{partition}] for the last signed seq timed out")
         m = consumer.poll(0.05)
         if m is None:
             continue
         err = m.error()
         if err is not None:
             if err.code() == KafkaError._PARTITION_EOF:
-                at_end = True
-                if end is not None:
-                    return best
-                continue
+                return best
             raise BrokerError(f"reading {topic}[{partition}]: {err.str()}")
-        quiet_since = time.monotonic()
         offset = m.offset() or 0
-        if end is not None and offset >= end:
+        if offset >= end:
             return best
         best = max(best, _seq_of(m.value(), key, issuer))
 

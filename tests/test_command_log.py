@@ -54,3 +54,17 @@ def test_an_unreachable_broker_stops_start_up_with_a_broker_error() -> None:
     with pytest.raises(BrokerError, match=r"cannot reach Kafka at 127\.0\.0\.1:1"):
         last_signed_seq(KafkaSettings(bootstrap="127.0.0.1:1"), "commands",
                         ENGINE.public_key, ENGINE.issuer, timeout_s=2)
+
+
+def test_all_partitions_are_read_together_and_each_walks_back_on_its_own(
+        kafka_bootstrap, new_topic) -> None:
+    """The newest windows are read in one pass; a partition whose window holds only other
+    traffic walks back, an empty one counts as nothing."""
+    topic = new_topic(partitions=3)
+    other = Signer.from_private_bytes(b"\x05" * 32, issuer="other-engine")
+    produce(kafka_bootstrap, topic, _envelopes(ENGINE, 1, 3), partition=0)
+    produce(kafka_bootstrap, topic, _envelopes(ENGINE, 10, 3), partition=1)
+    produce(kafka_bootstrap, topic, _envelopes(other, 1, 25), partition=1)
+    got = last_signed_seq(KafkaSettings(bootstrap=kafka_bootstrap), topic, ENGINE.public_key,
+                          ENGINE.issuer, window=10, idle_s=0.2)
+    assert got == 12
