@@ -432,7 +432,67 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         self._shared.remove(self._topic, self._idx)
 
 
-class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
+class _Bundle(StatefulSourcePartition[Any, dict[str, tuple[int, int]]]):
+    """All of one worker's source partitions as one bytewax partition.
+
+    bytewax passes each partition's batch downstream as its own message, and
+    every step pays per message (in a cluster, progress tracking between
+    processes too). On a backlog, event-time alignment cuts each partition's
+    read to the few records within the skew, so a worker's reads were about
+    40 records each. A bundle reads its partitions in rounds, each round
+    asking every partition once (so alignment sees the same calls as
+    before), until about ``cap`` records are gathered or a round brings
+    nothing, and emits them as one batch. With ``one_round`` (``fair_reads``:
+    latency first) it stops after one round. Its state is each partition's
+    own, by name; a partition that ended keeps its last state.
+    """
+
+    def __init__(self, parts: dict[str, _SourcePartition], done: dict[str, tuple[int, int]],
+                 cap: int, *, one_round: bool = False) -> None:
+        self._parts = parts
+        self._done = done
+        self._cap = cap
+        self._one_round = one_round
+        self._awake: datetime | None = None
+
+    def next_batch(self) -> list[Any]:
+        parts = self._parts
+        if not parts:
+            raise StopIteration
+        out: list[Any] = []
+        while True:
+            progressed = False
+            for name, part in list(parts.items()):
+                try:
+                    got = part.next_batch()
+                except StopIteration:
+                    self._done[name] = part.snapshot()
+                    part.close()
+                    del parts[name]
+                    continue
+                if got:
+                    out.extend(got)
+                    progressed = True
+            if not progressed or self._one_round or len(out) >= self._cap or not parts:
+                break
+        if not parts and not out:
+            raise StopIteration
+        self._awake = None if out else datetime.now(UTC) + _IDLE_BACKOFF
+        return out
+
+    def next_awake(self) -> datetime | None:
+        return self._awake
+
+    def snapshot(self) -> dict[str, tuple[int, int]]:
+        return {**self._done, **{name: p.snapshot() for name, p in self._parts.items()}}
+
+    def close(self) -> None:
+        for part in self._parts.values():
+            part.close()
+        self._parts = {}
+
+
+class KafkaInput(FixedPartitionedSource[Any, Any]):
     """Typed records (or dead letters) from Kafka topics.
 
     ``starting_offset`` (``earliest`` or ``latest``) applies to a fresh start
@@ -475,6 +535,15 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
     :func:`kafka_input` adds; with one worker the topics are read as usual.
     Changing the worker count renames the replicas (re-initialise recovery,
     as for any change of worker count).
+
+    ``bundle``: each worker gets one bytewax source partition holding all of
+    its Kafka partitions and replicas (the same ones it would hold without),
+    read in rounds into batches of about ``batch_size`` records
+    (:class:`_Bundle`), instead of one small message per partition per read.
+    Its recovery state is the partitions' own, by name. It needs the
+    worker count (the ``workers`` probe step of :func:`kafka_input`), and it
+    renames the source partitions: a recovery store made with the other
+    setting, or another worker count, must be re-initialised.
     """
 
     def __init__(
@@ -495,7 +564,9 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
         fair_reads: bool = False,
         key_split_topics: Iterable[str] = (),
         broadcast: Broadcast | None = None,
+        bundle: bool = False,
     ) -> None:
+        self.bundle = bundle
         self.share_consumer = share_consumer
         self.fair_reads = fair_reads
         self.key_split_topics = frozenset(key_split_topics)
@@ -521,7 +592,23 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
         self.fetch_wait_max_ms = fetch_wait_max_ms
         self.clock = clock
 
+    def _workers(self, why: str) -> int:
+        count = cluster_workers()
+        if count is None:
+            msg = (f"KafkaInput({why}=...) needs the worker count: build it with "
+                   "kafka_input(), which adds the 'workers' probe step before the source")
+            raise ConfigError(f"kafka.{why}", msg, None)
+        return count
+
     def list_parts(self) -> list[str]:
+        if self.bundle:
+            # one per worker; bytewax hands sorted parts out round-robin: @w lands on w
+            workers = self._workers("bundle")
+            return [f"@{w:04d}/{workers}" for w in range(workers)]
+        return self._kafka_parts()
+
+    def _kafka_parts(self) -> list[str]:
+        """One source partition per Kafka partition, or per replica of a replicated one."""
         workers = 1
         replicated = self.key_split_topics | self.broadcast.topics
         if replicated:
@@ -544,6 +631,11 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
                     parts.append(f"{i}-{t}")
         return parts
 
+    def bundled_parts(self, worker: int, workers: int) -> list[str]:
+        """The source partitions worker ``worker`` of ``workers`` holds: the ones bytewax
+        would hand it unbundled (round-robin over the sorted names)."""
+        return sorted(self._kafka_parts())[worker::workers]
+
     def consumer_config(self) -> dict[str, Any]:
         """The librdkafka config of this process's consumer.
 
@@ -563,9 +655,20 @@ class KafkaInput(FixedPartitionedSource[Any, tuple[int, int]]):
         })
         return config
 
-    def build_part(
-        self, step_id: str, for_part: str, resume_state: tuple[int, int] | None
-    ) -> _SourcePartition:
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> Any:
+        if for_part.startswith("@"):  # a bundle: "@worker/workers"
+            w_text, n_text = for_part[1:].split("/")
+            states: dict[str, tuple[int, int]] = dict(resume_state or {})
+            names = self.bundled_parts(int(w_text), int(n_text))
+            parts = {name: self._build_one(name, states.pop(name, None)) for name in names}
+            if states:
+                msg = (f"source partition {for_part} resumes partitions it no longer holds "
+                       "(topics or partitions changed): re-initialise recovery")
+                raise ConfigError("kafka.bundle", msg, sorted(states))
+            return _Bundle(parts, {}, self.batch_size, one_round=self.fair_reads)
+        return self._build_one(for_part, resume_state)
+
+    def _build_one(self, for_part: str, resume_state: tuple[int, int] | None) -> _SourcePartition:
         replica: Replica | None = None
         if for_part.startswith("+"):  # a replica: "+topic:partition:replica/workers"
             topic, idx_text, r_name = for_part[1:].split(":")

@@ -114,6 +114,11 @@ class InputConfig(msgspec.Struct, frozen=True, kw_only=True):
     # data never crosses processes, and each process sees its inputs in one event-time
     # order. See the README's "Scaling".
     split_market_by_key: bool = True
+    # One bytewax source partition per worker, holding all of its Kafka partitions, read
+    # into batches of about batch_size: every step downstream pays per batch, and on a
+    # backlog alignment cut the per-partition reads to ~40 records. Renames the source
+    # partitions (a recovery store made with the other setting must be re-initialised).
+    bundle_partitions: bool = True
 
 
 class KeysConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -521,7 +526,7 @@ def build_flow(
         time_policy=policy, clock=clock, stamp_recv_ts=cfg.input.stamp_recv_ts,
         batch_size=cfg.input.batch_size,
         align_skew_s=cfg.input.align_skew_s, share_consumer=cfg.input.share_consumer,
-        fair_reads=cfg.input.fair_reads,
+        fair_reads=cfg.input.fair_reads, bundle=cfg.input.bundle_partitions,
         **_split_options(cfg),
     )
     issuer = cfg.sign.issuer or signer.issuer

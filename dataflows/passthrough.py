@@ -21,12 +21,13 @@ def build(
     idle_eof_s: float | None = None,
     batch_size: int = 1000,
     share_consumer: bool = False,
+    bundle: bool = False,
 ) -> Dataflow:
     """A validated pass-through from ``topics`` to ``out_topic`` (bad input to ``dlq_topic``)."""
     flow = Dataflow("riskguard_passthrough")
     src = kafka_input(
         "in", flow, brokers=bootstrap, topics=topics, idle_eof_s=idle_eof_s,
-        batch_size=batch_size, share_consumer=share_consumer,
+        batch_size=batch_size, share_consumer=share_consumer, bundle=bundle,
     )
     kafka_output("out", src.oks, brokers=bootstrap, topic=out_topic)
     kafka_output("dlq", src.errs, brokers=bootstrap, topic=dlq_topic)

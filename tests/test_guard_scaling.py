@@ -68,11 +68,13 @@ def test_a_key_split_source_without_the_probe_step_refuses_to_list_its_parts() -
 
 
 @pytest.mark.kafka
+@pytest.mark.parametrize("bundle", [False, True])
 def test_key_split_topic_records_are_read_once_on_the_worker_that_holds_their_key(
-    kafka_bootstrap: str, new_topic
+    kafka_bootstrap: str, new_topic, bundle: bool
 ) -> None:
     """With 2 workers, each record of a key-split topic is emitted exactly once, by the
-    worker its Kafka key routes to, so keying by that string never moves it."""
+    worker its Kafka key routes to, so keying by that string never moves it (also when
+    each worker's replicas are bundled into one source partition)."""
     topic = new_topic(partitions=2)
     keys = ["binance/BTC-PERP", "okx/ETH-USDT", "deribit/ETH-PERP", "okx/BTC-USDT",
             "binance/ETH-USDT", "deribit/BTC-PERP"]
@@ -89,7 +91,7 @@ def test_key_split_topic_records_are_read_once_on_the_worker_that_holds_their_ke
 
     flow = Dataflow("split")
     src = kafka_input("in", flow, brokers=kafka_bootstrap, topics=[topic], idle_eof_s=1.5,
-                      key_split_topics=[topic])
+                      key_split_topics=[topic], bundle=bundle)
     read_on: dict[str, list[int]] = {}
     op.inspect_debug("read", src.oks, inspector=lambda _s, rec, _e, worker:
                      read_on.setdefault(rec.id, []).append(worker))
@@ -108,8 +110,9 @@ def test_key_split_topic_records_are_read_once_on_the_worker_that_holds_their_ke
 
 
 @pytest.mark.kafka
+@pytest.mark.parametrize("bundle", [False, True])
 def test_broadcast_records_reach_every_worker_once_and_fan_out_to_local_keys_only(
-    kafka_bootstrap: str, new_topic
+    kafka_bootstrap: str, new_topic, bundle: bool
 ) -> None:
     """With 2 workers: every worker emits its own copy of each index price (a broadcast
     key on the key-split topic) and of each heartbeat (a broadcast topic); a fan-out
@@ -140,6 +143,7 @@ def test_broadcast_records_reach_every_worker_once_and_fan_out_to_local_keys_onl
         key_split_topics=[market],
         broadcast=Broadcast(topics=frozenset({status}), key_prefixes=(b"index/",),
                             records=lambda r: isinstance(r, IndexPrice | VenueStatus)),
+        bundle=bundle,
     )
     read_on: dict[str, list[int]] = {}
     op.inspect_debug("read", src.oks, inspector=lambda _s, rec, _e, worker:

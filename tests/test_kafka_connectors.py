@@ -6,6 +6,7 @@ import subprocess
 import sys
 from collections import Counter
 from datetime import timedelta
+from typing import Any, cast
 
 import pytest
 from bytewax.testing import run_main
@@ -14,6 +15,7 @@ from riskguard.dataflows.passthrough import build
 from riskguard.schemas import ALL_TYPES, Codec, DeadLetter, decode, encode
 from riskguard.schemas.codec import DEAD_LETTER_MAX_BYTES
 
+from riskguard.errors import ConfigError
 from tests.kafka_helpers import consume_all, produce
 from tests.strategies import records
 
@@ -134,8 +136,11 @@ def test_malformed_corpus_lands_in_dead_letter_topic_and_flow_keeps_running(
     )
 
 
-def test_two_workers_give_the_same_multiset_as_one(kafka_bootstrap: str, new_topic) -> None:
-    """`python -m bytewax.run -w 2` of the source-to-sink flow equals a one-worker run."""
+@pytest.mark.parametrize("bundle", [False, True])
+def test_two_workers_give_the_same_multiset_as_one(kafka_bootstrap: str, new_topic,
+                                                   bundle: bool) -> None:
+    """`python -m bytewax.run -w 2` of the source-to-sink flow equals a one-worker run
+    (also with each worker's partitions bundled into one source partition)."""
     src = new_topic(4)
     values = [_trade(id=f"r{i}", ts=i) for i in range(400)] + [b"junk"] * 7
     produce(kafka_bootstrap, src, values)
@@ -144,7 +149,7 @@ def test_two_workers_give_the_same_multiset_as_one(kafka_bootstrap: str, new_top
         out, dlq = new_topic(3), new_topic(1)
         spec = (
             "riskguard.dataflows.passthrough:"
-            f"build({kafka_bootstrap!r}, [{src!r}], {out!r}, {dlq!r}, 1.5)"
+            f"build({kafka_bootstrap!r}, [{src!r}], {out!r}, {dlq!r}, 1.5, bundle={bundle})"
         )
         subprocess.run(
             [sys.executable, "-m", "bytewax.run", spec, "-w", str(workers)],
@@ -159,19 +164,21 @@ def test_two_workers_give_the_same_multiset_as_one(kafka_bootstrap: str, new_top
     assert sum(results[0][0].values()) == 400 and results[0][1] == Counter({b"junk": 7})
 
 
+@pytest.mark.parametrize("bundle", [False, True])
 def test_resumed_source_continues_from_its_recovered_offset(
-    kafka_bootstrap: str, new_topic, recovery_dir
+    kafka_bootstrap: str, new_topic, recovery_dir, bundle: bool
 ) -> None:
-    """With recovery on, a second run reads only what arrived after the first; nothing twice."""
+    """With recovery on, a second run reads only what arrived after the first; nothing twice
+    (a bundle resumes each of its partitions from its own offset)."""
     src, out, dlq = new_topic(2), new_topic(1), new_topic(1)
     rec = recovery_dir(1)
     from bytewax.recovery import RecoveryConfig
 
     produce(kafka_bootstrap, src, [_trade(id=f"a{i}") for i in range(50)])
-    run_main(build(kafka_bootstrap, [src], out, dlq, idle_eof_s=1.0),
+    run_main(build(kafka_bootstrap, [src], out, dlq, idle_eof_s=1.0, bundle=bundle),
              epoch_interval=timedelta(milliseconds=200), recovery_config=RecoveryConfig(str(rec)))
     produce(kafka_bootstrap, src, [_trade(id=f"b{i}") for i in range(30)])
-    run_main(build(kafka_bootstrap, [src], out, dlq, idle_eof_s=1.0),
+    run_main(build(kafka_bootstrap, [src], out, dlq, idle_eof_s=1.0, bundle=bundle),
              epoch_interval=timedelta(milliseconds=200), recovery_config=RecoveryConfig(str(rec)))
     ids = [decode(out, v).id for _, _, v in consume_all(kafka_bootstrap, out, expect=80)]
     assert sorted(ids) == sorted([f"a{i}" for i in range(50)] + [f"b{i}" for i in range(30)])
@@ -293,3 +300,82 @@ def test_a_resumed_partition_fails_loudly_on_a_lost_offset_instead_of_skipping()
     config = src.consumer_config()
     assert config["auto.offset.reset"] == "error"  # fresh starts use logical offsets
     assert config["enable.auto.commit"] is False
+
+
+class _FakePart:
+    """A source partition that serves preset batches, then ends."""
+
+    def __init__(self, batches: list[list[str]]) -> None:
+        self.batches = list(batches)
+        self.read = 0
+        self.closed = False
+
+    def next_batch(self) -> list[str]:
+        if not self.batches:
+            raise StopIteration
+        got = self.batches.pop(0)
+        self.read += len(got)
+        return got
+
+    def snapshot(self) -> tuple[int, int]:
+        return self.read, -1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _bundle(parts: dict[str, _FakePart], cap: int, one_round: bool = False) -> Any:
+    from riskguard.connectors.kafka import _Bundle
+
+    return _Bundle(cast(Any, parts), {}, cap, one_round=one_round)
+
+
+def test_a_bundle_gathers_rounds_of_small_reads_into_one_batch() -> None:
+    """Each round asks every partition once; rounds go on until the cap or a round with
+    nothing; partitions that end keep their last state and are closed."""
+    a = _FakePart([["a1"], ["a2"], [], ["a3"]])
+    b = _FakePart([["b1", "b2"], [], []])
+    bundle = _bundle({"a": a, "b": b}, cap=4)
+    assert bundle.next_batch() == ["a1", "b1", "b2", "a2"]  # 2 rounds: cap reached
+    assert bundle.next_batch() == []  # a round with nothing ends the read
+    assert bundle.next_awake() is not None  # and backs off
+    assert bundle.next_batch() == ["a3"]  # both end in this read's second round
+    assert a.closed and b.closed
+    with pytest.raises(StopIteration):
+        bundle.next_batch()
+    assert bundle.snapshot() == {"a": (3, -1), "b": (2, -1)}
+
+
+def test_a_latency_first_bundle_reads_one_round() -> None:
+    a, b = _FakePart([["a1"], ["a2"]]), _FakePart([["b1"]])
+    bundle = _bundle({"a": a, "b": b}, cap=100, one_round=True)
+    assert bundle.next_batch() == ["a1", "b1"]
+    assert bundle.next_batch() == ["a2"]
+    assert b.closed and not a.closed
+    assert bundle.snapshot() == {"a": (2, -1), "b": (1, -1)}
+
+
+def test_bundles_split_the_partitions_between_workers_as_bytewax_would() -> None:
+    """Worker w's bundle holds what bytewax would hand worker w unbundled; a resume state
+    naming a partition the bundle no longer holds stops start-up."""
+    from riskguard.connectors.kafka import KafkaInput
+
+    class Listed(KafkaInput):
+        def _kafka_parts(self) -> list[str]:
+            return ["+m:000000:0000/2", "+m:000000:0001/2", "0-f", "1-f", "2-f"]
+
+    src = Listed("127.0.0.1:1", ["m", "f"], bundle=True)
+    held = [src.bundled_parts(w, 2) for w in range(2)]
+    assert held == [["+m:000000:0000/2", "0-f", "2-f"], ["+m:000000:0001/2", "1-f"]]
+    with pytest.raises(ConfigError, match="no longer holds"):
+        src.build_part("in", "@0001/0002", {"1-f": (5, -1), "9-f": (1, -1)})
+
+
+def test_a_bundled_source_without_the_probe_step_refuses_to_list_its_parts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from riskguard.connectors import placement
+    from riskguard.connectors.kafka import KafkaInput
+
+    monkeypatch.setattr(placement, "_CLUSTER", {})  # no probe step has run
+    with pytest.raises(ConfigError, match="probe"):
+        KafkaInput("127.0.0.1:1", ["t"], bundle=True).list_parts()
