@@ -538,7 +538,7 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
 
     ``bundle``: each worker gets one bytewax source partition holding all of
     its Kafka partitions and replicas (the same ones it would hold without),
-    read in rounds into batches of about ``batch_size`` records
+    read in rounds into batches of up to ``batch_size`` records per partition
     (:class:`_Bundle`), instead of one small message per partition per read.
     Its recovery state is the partitions' own, by name. It needs the
     worker count (the ``workers`` probe step of :func:`kafka_input`), and it
@@ -665,7 +665,9 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
                 msg = (f"source partition {for_part} resumes partitions it no longer holds "
                        "(topics or partitions changed): re-initialise recovery")
                 raise ConfigError("kafka.bundle", msg, sorted(states))
-            return _Bundle(parts, {}, self.batch_size, one_round=self.fair_reads)
+            # at most batch_size per partition per read, as unbundled partitions read
+            cap = self.batch_size * max(1, len(parts))
+            return _Bundle(parts, {}, cap, one_round=self.fair_reads)
         return self._build_one(for_part, resume_state)
 
     def _build_one(self, for_part: str, resume_state: tuple[int, int] | None) -> _SourcePartition:

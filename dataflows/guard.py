@@ -115,7 +115,7 @@ class InputConfig(msgspec.Struct, frozen=True, kw_only=True):
     # order. See the README's "Scaling".
     split_market_by_key: bool = True
     # One bytewax source partition per worker, holding all of its Kafka partitions, read
-    # into batches of about batch_size: every step downstream pays per batch, and on a
+    # into batches of up to batch_size per partition: every step pays per batch, and on a
     # backlog alignment cut the per-partition reads to ~40 records. Renames the source
     # partitions (a recovery store made with the other setting must be re-initialised).
     bundle_partitions: bool = True
