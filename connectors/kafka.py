@@ -447,10 +447,10 @@ class _Bundle(StatefulSourcePartition[Any, dict[str, tuple[int, int]]]):
     own, by name; a partition that ended keeps its last state.
     """
 
-    def __init__(self, parts: dict[str, _SourcePartition], done: dict[str, tuple[int, int]],
-                 cap: int, *, one_round: bool = False) -> None:
+    def __init__(self, parts: dict[str, _SourcePartition], cap: int, *,
+                 one_round: bool = False) -> None:
         self._parts = parts
-        self._done = done
+        self._done: dict[str, tuple[int, int]] = {}  # last states of partitions that ended
         self._cap = cap
         self._one_round = one_round
         self._awake: datetime | None = None
@@ -592,18 +592,20 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
         self.fetch_wait_max_ms = fetch_wait_max_ms
         self.clock = clock
 
-    def _workers(self, why: str) -> int:
+    @staticmethod
+    def _workers(options: str, field: str, found: Any) -> int:
+        """The cluster's worker count, which ``options`` need (from the probe step)."""
         count = cluster_workers()
         if count is None:
-            msg = (f"KafkaInput({why}=...) needs the worker count: build it with "
+            msg = (f"KafkaInput({options}=...) needs the worker count: build it with "
                    "kafka_input(), which adds the 'workers' probe step before the source")
-            raise ConfigError(f"kafka.{why}", msg, None)
+            raise ConfigError(field, msg, found)
         return count
 
     def list_parts(self) -> list[str]:
         if self.bundle:
             # one per worker; bytewax hands sorted parts out round-robin: @w lands on w
-            workers = self._workers("bundle")
+            workers = self._workers("bundle", "kafka.bundle", None)
             return [f"@{w:04d}/{workers}" for w in range(workers)]
         return self._kafka_parts()
 
@@ -612,13 +614,8 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
         workers = 1
         replicated = self.key_split_topics | self.broadcast.topics
         if replicated:
-            count = cluster_workers()
-            if count is None:
-                msg = ("KafkaInput(key_split_topics=..., broadcast=...) needs the worker count: "
-                       "build it with kafka_input(), which adds the 'workers' probe step "
-                       "before the source")
-                raise ConfigError("kafka.key_split_topics", msg, sorted(replicated))
-            workers = count
+            workers = self._workers("key_split_topics=..., broadcast", "kafka.key_split_topics",
+                                    sorted(replicated))
         parts: list[str] = []
         for t in self.topics:
             for i in list_partitions(self.settings, t):
@@ -667,7 +664,7 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
                 raise ConfigError("kafka.bundle", msg, sorted(states))
             # at most batch_size per partition per read, as unbundled partitions read
             cap = self.batch_size * max(1, len(parts))
-            return _Bundle(parts, {}, cap, one_round=self.fair_reads)
+            return _Bundle(parts, cap, one_round=self.fair_reads)
         return self._build_one(for_part, resume_state)
 
     def _build_one(self, for_part: str, resume_state: tuple[int, int] | None) -> _SourcePartition:
