@@ -74,14 +74,15 @@ def last_signed_seq(
             low, high = _watermarks(consumer, topic, p, deadline)
             starts[p] = (low, max(low, high - window))
         # The newest windows of all partitions in one read: one quiet period, not one each.
-        found = _read_tails(consumer, topic, {p: s for p, (_low, s) in starts.items()}, key,
-                            issuer, idle_s, deadline)
+        found = _read(consumer, topic, {p: (s, None) for p, (_low, s) in starts.items()}, key,
+                      issuer, idle_s, deadline)
         best = 0
         for p, (low, tail) in starts.items():
-            seq, end = found.get(p, 0), tail
+            seq, end = found[p], tail
             while not seq and end > low:  # nothing of ours there: older windows, backwards
                 begin = max(low, end - window)
-                seq = _read(consumer, topic, p, begin, end, key, issuer, deadline)
+                seq = _read(consumer, topic, {p: (begin, end)}, key, issuer, idle_s,
+                            deadline)[p]
                 end = begin
             best = max(best, seq)
         return best
@@ -99,20 +100,21 @@ def _watermarks(consumer: Consumer, topic: str, partition: int, deadline: float)
     return int(low), int(high)
 
 
-def _read_tails(consumer: Consumer, topic: str, starts: dict[int, int], key: VerifyKey,
-                issuer: str, idle_s: float, deadline: float) -> dict[int, int]:
-    """Highest verified ``seq`` of ``issuer`` per partition from ``starts[p]`` on, read
-    past each partition's reported end until every one reached its end and the topic
-    was quiet for ``idle_s``."""
-    consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
-    best = dict.fromkeys(starts, 0)
-    at_end: set[int] = set()
+def _read(consumer: Consumer, topic: str, windows: dict[int, tuple[int, int | None]],
+          key: VerifyKey, issuer: str, idle_s: float, deadline: float) -> dict[int, int]:
+    """Highest verified ``seq`` of ``issuer`` per partition in its window of offsets
+    ``[start, end)``. An open window (``end`` None) reads on past the partition's
+    reported end, until every partition is done and the topic was quiet for ``idle_s``."""
+    consumer.assign([TopicPartition(topic, p, start) for p, (start, _end) in windows.items()])
+    best = dict.fromkeys(windows, 0)
+    done: set[int] = set()  # read to the window's end, or (open) to the partition's end
+    wait = idle_s if any(end is None for _start, end in windows.values()) else 0.0
     quiet_since = time.monotonic()
     while True:
         now = time.monotonic()
         if now > deadline:
             raise BrokerError(f"reading {topic} for the last signed seq timed out")
-        if len(at_end) == len(starts) and now - quiet_since >= idle_s:
+        if len(done) == len(windows) and now - quiet_since >= wait:
             return best
         m = consumer.poll(0.05)
         if m is None:
@@ -121,34 +123,16 @@ def _read_tails(consumer: Consumer, topic: str, starts: dict[int, int], key: Ver
         p = m.partition() or 0
         if err is not None:
             if err.code() == KafkaError._PARTITION_EOF:
-                at_end.add(p)
+                done.add(p)
                 continue
             raise BrokerError(f"reading {topic}[{p}]: {err.str()}")
-        quiet_since = time.monotonic()
-        at_end.discard(p)
-        best[p] = max(best.get(p, 0), _seq_of(m.value(), key, issuer))
-
-
-def _read(consumer: Consumer, topic: str, partition: int, start: int, end: int,
-          key: VerifyKey, issuer: str, deadline: float) -> int:
-    """Highest verified ``seq`` of ``issuer`` in offsets ``[start, end)``."""
-    consumer.assign([TopicPartition(topic, partition, start)])
-    best = 0
-    while True:
-        if time.monotonic() > deadline:
-            raise BrokerError(f"reading {topic}[{partition}] for the last signed seq timed out")
-        m = consumer.poll(0.05)
-        if m is None:
+        end = windows[p][1]
+        if end is not None and (m.offset() or 0) >= end:
+            done.add(p)
             continue
-        err = m.error()
-        if err is not None:
-            if err.code() == KafkaError._PARTITION_EOF:
-                return best
-            raise BrokerError(f"reading {topic}[{partition}]: {err.str()}")
-        offset = m.offset() or 0
-        if offset >= end:
-            return best
-        best = max(best, _seq_of(m.value(), key, issuer))
+        quiet_since = time.monotonic()
+        done.discard(p)
+        best[p] = max(best[p], _seq_of(m.value(), key, issuer))
 
 
 def _seq_of(raw: bytes | None, key: VerifyKey, issuer: str) -> int:

@@ -58,8 +58,9 @@ def test_an_unreachable_broker_stops_start_up_with_a_broker_error() -> None:
 
 def test_all_partitions_are_read_together_and_each_walks_back_on_its_own(
         kafka_bootstrap, new_topic) -> None:
-    """The newest windows are read in one pass; a partition whose window holds only other
-    traffic walks back, an empty one counts as nothing."""
+    """With the newest windows of all partitions read together, a partition whose window
+    holds only other traffic still walks back on its own, and an empty one counts as
+    nothing."""
     topic = new_topic(partitions=3)
     other = Signer.from_private_bytes(b"\x05" * 32, issuer="other-engine")
     produce(kafka_bootstrap, topic, _envelopes(ENGINE, 1, 3), partition=0)
