@@ -1,6 +1,8 @@
 """The one decode boundary: bytes in, a typed record or a :class:`DeadLetter` out.
 
-Decoding and validation happen in a single msgspec pass. Nothing raises for
+Decoding and validation happen in a single msgspec pass; only market data's
+names (``CachedName``) are matched against their pattern right after it, once
+per distinct name (see :data:`~riskguard.schemas.types.CachedName`). Nothing raises for
 bad input: every failure comes back as a ``DeadLetter`` carrying the raw
 bytes, where it came from, and why (field path, what was expected, what was
 found).
@@ -20,15 +22,18 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable
+from operator import attrgetter
 from typing import Any, Union
 
 import msgspec
+import msgspec.inspect as mi
 from riskguard.schemas.audit import AUDIT_TYPES, DeadLetter
 from riskguard.schemas.base import SUPPORTED_MAJOR, Record
 from riskguard.schemas.commands import COMMAND_TYPES
 from riskguard.schemas.market import MARKET_TYPES
 from riskguard.schemas.signals import SIGNAL_TYPES
 from riskguard.schemas.trading import TRADING_TYPES
+from riskguard.schemas.types import NAME_PATTERN
 
 ALL_TYPES: tuple[type[Record], ...] = (
     MARKET_TYPES + TRADING_TYPES + SIGNAL_TYPES + COMMAND_TYPES + AUDIT_TYPES
@@ -43,6 +48,9 @@ _EXPECTED_GOT = re.compile(r"^Expected `(?P<exp>[^`]*)`, got `(?P<got>[^`]*)`")
 _EXPECTED_CMP = re.compile(r"^Expected `(?P<exp>[^`]*)` (?P<cmp>[<>]=?) (?P<bound>\S+)")
 _MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]*)`")
 _INVALID_VALUE = re.compile(r"^Invalid (?:enum )?value (?P<val>.*)$")
+_NAME = re.compile(NAME_PATTERN)
+#: Names (``CachedName`` fields) a codec remembers as valid; the set is emptied when full.
+NAMES_CACHED = 65_536
 
 _encoder = msgspec.json.Encoder()
 
@@ -76,6 +84,11 @@ class Codec:
         self._tags = {tag_of(t) for t in self.types}
         union: Any = Union[self.types] if len(self.types) > 1 else self.types[0]  # noqa: UP007
         self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(union)
+        # CachedName fields per type: checked after decoding, against the names seen
+        self._name_fields = {t: f for t in self.types if (f := cached_name_fields(t))}
+        self._names_of = {t: attrgetter(*f) if len(f) > 1 else _one(f[0])
+                          for t, f in self._name_fields.items()}
+        self._names_ok: set[str] = set()
 
     def decode(
         self, topic: str, data: bytes, *, partition: int = -1, offset: int = -1
@@ -91,7 +104,7 @@ class Codec:
                 dl, detail=f"raw truncated to the first {self.max_bytes} of {size} bytes"
             )
         try:
-            return self._decoder.decode(data)
+            rec = self._decoder.decode(data)
         except msgspec.ValidationError as err:
             return self._classify_validation(topic, data, partition, offset, str(err))
         except msgspec.DecodeError as err:
@@ -106,6 +119,31 @@ class Codec:
                 topic, data, partition, offset, "non_utf8", "$", "UTF-8 text",
                 f"byte 0x{data[err.start]:02x} at {err.start}" if err.start < size else str(err),
             )
+        names = self._names_of.get(type(rec))
+        if names is not None and not self._names_ok.issuperset(names(rec)):
+            return self._check_names(rec, topic, data, partition, offset)
+        return rec
+
+    def _check_names(
+        self, rec: Record, topic: str, data: bytes, partition: int, offset: int
+    ) -> Record | DeadLetter:
+        """``rec`` if its CachedName fields match ``NAME_PATTERN`` (remembering them),
+        else a dead letter naming the first that does not."""
+        ok = self._names_ok
+        for field in self._name_fields[type(rec)]:
+            value = getattr(rec, field)
+            if value in ok:
+                continue
+            m = _NAME.search(value)
+            if m is None or m.end() != len(value):  # "$" alone would let "x\n" through
+                return self._dead(
+                    topic, data, partition, offset, "validation", f"$.{field}",
+                    f"str matching regex '{NAME_PATTERN}'", value,
+                )
+            if len(ok) >= NAMES_CACHED:
+                ok.clear()
+            ok.add(value)
+        return rec
 
     def _classify_validation(
         self, topic: str, data: bytes, partition: int, offset: int, text: str
@@ -161,6 +199,29 @@ class Codec:
             ts=self.clock(), reason=reason, path=path[:4096],
             expected=expected[:4096], found=found[:4096], raw=bytes(data),
         )
+
+
+def cached_name_fields(cls: type[Record]) -> tuple[str, ...]:
+    """The fields of ``cls`` typed :data:`~riskguard.schemas.types.CachedName` (their
+    pattern is in the JSON Schema, and the :class:`Codec` checks it after decoding).
+
+    >>> from riskguard.schemas import Fill, Trade
+    >>> cached_name_fields(Trade), cached_name_fields(Fill)
+    (('venue', 'instrument', 'feed'), ())
+    """
+    out = []
+    for f in mi.type_info(cls).fields:  # type: ignore[attr-defined]
+        t = f.type
+        if (isinstance(t, mi.Metadata) and isinstance(t.type, mi.StrType)
+                and t.type.pattern is None
+                and (t.extra_json_schema or {}).get("pattern") == NAME_PATTERN):
+            out.append(f.name)
+    return tuple(out)
+
+
+def _one(field: str) -> Callable[[Any], tuple[str]]:
+    get = attrgetter(field)
+    return lambda rec: (get(rec),)
 
 
 def _found_value(msg: str) -> str:

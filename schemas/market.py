@@ -5,7 +5,16 @@ from __future__ import annotations
 from enum import StrEnum
 
 from riskguard.schemas.base import Record
-from riskguard.schemas.types import Finite, Name, Nanos, NonNegative, Positive, RecordId, Seq
+from riskguard.schemas.types import (
+    CachedName,
+    Finite,
+    Name,
+    Nanos,
+    NonNegative,
+    Positive,
+    RecordId,
+    Seq,
+)
 
 
 class Side(StrEnum):
@@ -37,11 +46,11 @@ class MarketEvent(Record, frozen=True, kw_only=True):
     """
 
     id: RecordId
-    venue: Name
-    instrument: Name
+    venue: CachedName
+    instrument: CachedName
     ts: Nanos
     recv_ts: Nanos | None = None
-    feed: Name = "primary"
+    feed: CachedName = "primary"
 
 
 class Trade(MarketEvent, frozen=True, kw_only=True, tag="trade"):
@@ -65,7 +74,7 @@ class OptionQuote(MarketEvent, frozen=True, kw_only=True, tag="option_quote"):
     ``delta`` is per unit of underlying; ``mark_price`` is in the quote currency.
     """
 
-    underlying: Name
+    underlying: CachedName
     expiry: Nanos
     strike: Positive
     option_type: OptionType

@@ -50,6 +50,10 @@ def _is_not_none(x: Any) -> bool:
 def strategy_for(t: mi.Type) -> st.SearchStrategy[Any]:
     """A strategy producing valid Python values for msgspec type ``t``."""
     if isinstance(t, mi.Metadata):
+        pattern = (t.extra_json_schema or {}).get("pattern")
+        if isinstance(t.type, mi.StrType) and pattern and not t.type.pattern:
+            # a CachedName: the pattern lives in the JSON Schema, the Codec checks it
+            return _str(msgspec.structs.replace(t.type, pattern=pattern))
         return strategy_for(t.type)
     if isinstance(t, mi.StructType):
         fields = {f.name: strategy_for(f.type) for f in t.fields}

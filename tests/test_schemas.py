@@ -74,3 +74,44 @@ def test_an_exposure_whose_instrument_lists_disagree_is_a_dead_letter() -> None:
     assert isinstance(dl, DeadLetter)
     assert (dl.reason, dl.offset, dl.raw) == ("validation", 4, raw)
     assert "instruments (2) and instrument_notionals (1)" in dl.found
+
+
+def _trade_with(**names: str) -> bytes:
+    doc = {"type": "trade", "id": "x", "venue": "okx", "instrument": "BTC-USDT", "ts": 10,
+           "price": 1.5, "qty": 2, "side": "sell", **names}
+    return msgspec.json.encode(doc)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("venue", "ok x"), ("instrument", "BTC/USDT\n"), ("feed", "prim*ary"), ("venue", "é"),
+])
+def test_a_market_name_outside_the_name_pattern_is_a_dead_letter(field: str, value: str) -> None:
+    """Market data's names (checked after decoding, cached) refuse what ``Name`` refuses,
+    a trailing newline included, with the field, the pattern and the value."""
+    codec = Codec(clock=lambda: 3)
+    raw = _trade_with(**{field: value})
+    dl = codec.decode("market", raw, partition=1, offset=8)
+    assert isinstance(dl, DeadLetter)
+    assert (dl.reason, dl.path, dl.found, dl.raw, dl.offset) == (
+        "validation", f"$.{field}", value, raw, 8)
+    assert dl.expected == "str matching regex '^[A-Za-z0-9_.:/@+-]+$'"
+    # a bad name is never remembered: the same record is refused again
+    assert isinstance(codec.decode("market", raw), DeadLetter)
+
+
+def test_market_names_are_checked_once_and_the_cache_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Valid names are remembered per codec; a full cache is emptied, never grown past
+    its bound, and names are checked again after that."""
+    import riskguard.schemas.codec as codec_mod
+
+    monkeypatch.setattr(codec_mod, "NAMES_CACHED", 4)
+    codec = Codec()
+    assert isinstance(codec.decode("market", _trade_with()), Trade)
+    assert codec._names_ok == {"okx", "BTC-USDT", "primary"}
+    for k in range(5):
+        rec = codec.decode("market", _trade_with(instrument=f"I{k}"))
+        assert isinstance(rec, Trade) and rec.instrument == f"I{k}"
+        assert len(codec._names_ok) <= 4
+    assert isinstance(codec.decode("market", _trade_with(venue="bad venue")), DeadLetter)
