@@ -307,6 +307,9 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         topic, idx, decode, policy = self._topic, self._idx, self._decode, self._policy
         stamp = self._stamp
         received = self._clock() if stamp else 0
+        # the future-skew check's processing time: read once per fetch, not per record
+        now = (policy.policy.clock() if policy is not None and policy.policy.clock is not None
+               else None)
         out: list[Any] = []
         offsets: list[int] = []
         append, append_off = out.append, offsets.append
@@ -338,7 +341,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
             else:
                 rec = decode(topic, value, partition=idx, offset=off)
                 if policy is not None and type(rec) is not DeadLetter:
-                    rec = policy.check(rec, value, topic, idx, off)
+                    rec = policy.check(rec, value, topic, idx, off, now)
                 if stamp and type(rec) is not DeadLetter and getattr(rec, "recv_ts", 0) is None:
                     rec = replace(rec, recv_ts=received)
             if replica is not None:

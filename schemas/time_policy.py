@@ -35,14 +35,19 @@ class PartitionWatermark:
     policy: EventTimePolicy
     max_ts: int = field(default=-1)
 
-    def check(self, rec: Any, raw: bytes, topic: str, partition: int, offset: int) -> Any:
-        """Return ``rec`` if admissible, else a ``DeadLetter`` saying why."""
+    def check(self, rec: Any, raw: bytes, topic: str, partition: int, offset: int,
+              now: int | None = None) -> Any:
+        """Return ``rec`` if admissible, else a ``DeadLetter`` saying why.
+
+        ``now``: the processing time, when the caller read the policy's clock once for a
+        whole fetch (default: read it here)."""
         ts = getattr(rec, "ts", None)
         if ts is None:
             return rec
         p = self.policy
         if p.clock is not None:
-            now = p.clock()
+            if now is None:
+                now = p.clock()
             if ts > now + p.max_future_skew_ns:
                 return DeadLetter(
                     topic=topic, partition=partition, offset=offset, ts=now, reason="future",
@@ -52,9 +57,10 @@ class PartitionWatermark:
         if self.max_ts >= 0 and ts < self.max_ts - p.max_lateness_ns:
             return DeadLetter(
                 topic=topic, partition=partition, offset=offset,
-                ts=p.clock() if p.clock is not None else self.max_ts, reason="late",
+                ts=now if now is not None else self.max_ts, reason="late",
                 path="$.ts", expected=f"ts >= {self.max_ts - p.max_lateness_ns}", found=str(ts),
                 raw=raw,
             )
-        self.max_ts = max(self.max_ts, ts)
+        if ts > self.max_ts:
+            self.max_ts = ts
         return rec

@@ -115,3 +115,21 @@ def test_market_names_are_checked_once_and_the_cache_is_bounded(
         assert isinstance(rec, Trade) and rec.instrument == f"I{k}"
         assert len(codec._names_ok) <= 4
     assert isinstance(codec.decode("market", _trade_with(venue="bad venue")), DeadLetter)
+
+
+def test_the_future_check_can_take_one_clock_reading_for_a_whole_fetch() -> None:
+    """``check(..., now)`` uses the caller's reading (the Kafka source reads the clock once
+    per fetch) and judges late and future records as a per-record reading would."""
+    from riskguard.schemas.time_policy import EventTimePolicy
+
+    def no_clock() -> int:
+        raise AssertionError("the clock is read once per fetch by the caller")
+
+    wm = EventTimePolicy(max_lateness_ns=10, max_future_skew_ns=5, clock=no_clock).start()
+    t = lambda ts: Trade(id="a", venue="v", instrument="i", ts=ts, price=1.0, qty=1.0,  # noqa: E731
+                         side="buy")
+    assert wm.check(t(100), b"r", "m", 0, 1, now=100) == t(100)
+    future = wm.check(t(106), b"r", "m", 0, 2, now=100)
+    late = wm.check(t(89), b"r", "m", 0, 3, now=100)
+    assert (future.reason, future.offset, late.reason, late.offset) == ("future", 2, "late", 3)
+    assert wm.check(t(105), b"r", "m", 0, 4, now=100) == t(105) and wm.max_ts == 105
