@@ -24,7 +24,13 @@ Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 Seq = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
 Offset = Annotated[int, msgspec.Meta(ge=-2, le=INT64_MAX)]
 RecordId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-NAME_PATTERN = r"^[A-Za-z0-9_.:/@+-]+$"
+# "$" alone also matches before a final newline in Python's re (msgspec's, and Python
+# JSON Schema validators'): "(?!\n)" makes every pattern end at the end of the string,
+# as "$" does in the ECMA regexes JSON Schema names.
+_END = r"$(?!\n)"
+_NAME_CHARS = r"[A-Za-z0-9_.:/@+-]+"
+NAME_PATTERN = rf"^{_NAME_CHARS}{_END}"
+HEX_DIGEST_PATTERN = rf"^[0-9a-f]{{64}}{_END}"
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NAME_PATTERN)]
 CachedName = Annotated[
     str,
@@ -37,9 +43,9 @@ record (that was 0.8 µs of a trade's 1.1 µs decode). Decoded any other way tha
 ``Codec``, the pattern is not checked."""
 ScopeValue = Annotated[
     str,
-    msgspec.Meta(min_length=1, max_length=64, pattern=r"^(\*|[A-Za-z0-9_.:/@+-]+)$",
+    msgspec.Meta(min_length=1, max_length=64, pattern=rf"^(\*|{_NAME_CHARS}){_END}",
                  description="a name, or * for firm-wide"),
 ]
 Label = Annotated[str, msgspec.Meta(min_length=1, max_length=128, description="free-form label")]
 Text = Annotated[str, msgspec.Meta(max_length=4096)]
-HexDigest = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+HexDigest = Annotated[str, msgspec.Meta(pattern=HEX_DIGEST_PATTERN)]

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 import msgspec.inspect as mi
 from hypothesis import strategies as st
+from riskguard.schemas.types import HEX_DIGEST_PATTERN
 
 _NAME_ALPHABET = st.sampled_from("abcxyzABC019_.:/@+-")
 
@@ -29,7 +30,7 @@ def _float(t: mi.FloatType) -> st.SearchStrategy[float]:
 
 def _str(t: mi.StrType) -> st.SearchStrategy[str]:
     lo, hi = t.min_length or 0, min(t.max_length or 20, 20)
-    if t.pattern == r"^[0-9a-f]{64}$":
+    if t.pattern == HEX_DIGEST_PATTERN:
         return st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
     if t.pattern:
         return st.text(alphabet=_NAME_ALPHABET, min_size=max(lo, 1), max_size=max(hi, 1))
