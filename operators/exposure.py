@@ -541,6 +541,23 @@ def _shifted(a: Any, first: Any) -> Any:
     return out
 
 
+def _not_before_earlier(js: Any, ts: Any, starts: Any) -> Any:
+    """Mask: ``ts`` is not older than any earlier ``ts`` of its run of equal ``js``
+    (``starts``: where those runs start), a per-run running maximum in one pass.
+
+    >>> js, ts = np.array([0, 0, 0, 1, 1]), np.array([5, 3, 5, 9, 8])
+    >>> _not_before_earlier(js, ts, _run_starts(js)).tolist()
+    [True, False, True, True, False]
+    """
+    _u, rank = np.unique(ts, return_inverse=True)  # times as ranks: room for a run offset
+    n = len(ts)
+    g = np.cumsum(starts) - 1
+    top = np.maximum.accumulate(g * n + rank) - g * n  # the running max rank per run
+    prev = _shifted(top, -1)
+    prev[starts] = -1
+    return rank >= prev
+
+
 def _row_reduce(ufunc: Any, flat: Any, bounds: Any, empty: int) -> list[int]:
     """Per-row ``ufunc`` reduction of row-major ``flat`` values split at ``bounds``."""
     n = len(bounds) - 1
@@ -1017,8 +1034,10 @@ class ShardLogic:
 
         Marks on different columns commute, so grouping by column keeps the per-record
         semantics of :meth:`_mark_one` exactly (the same float operations in the same
-        order, so the EWMA is bit-identical however the records were batched). A column
-        whose marks are out of time order within the runs is applied one by one.
+        order, so the EWMA is bit-identical however the records were batched). Within a
+        column, a mark is accepted when it is not older than the column's mark nor than
+        any earlier mark of the column in the runs, so the accepted ones are in time order
+        whatever the arrival order.
         """
         ms = runs[0] if len(runs) == 1 else [e for r in runs for e in r]
         rts = [e.recv_ts for e in ms]
@@ -1038,33 +1057,35 @@ class ShardLogic:
             px = np.array([e.price for e in ms], dtype=np.float64)[order]
         except AttributeError:  # quotes: the mid
             px = np.array([_price_of(e) for e in ms], dtype=np.float64)[order]
-        brk = js[1:] != js[:-1]
-        if not (brk | (ts[1:] >= ts[:-1])).all():
-            for ev in ms:
-                self._mark_one(col[ev.instrument], ev, changed)
-            return recv
-        last = np.flatnonzero(_run_ends(js))  # each column's last (newest) mark
-        cols = js[last]
-        st.last_ts[cols] = np.maximum(st.last_ts[cols], ts[last])
-        # accepted: not older than the column's mark (time-ordered: a suffix per column)
+        starts = _run_starts(js)
+        cols = js[starts]
+        st.last_ts[cols] = np.maximum(st.last_ts[cols],
+                                      np.maximum.reduceat(ts, np.flatnonzero(starts)))
+        # accepted: not older than the column's mark, nor than any earlier mark of the run
+        # on that column (several venues' prices of one instrument interleave)
         acc = ts >= st.mark_ts[js]
-        hit = acc[last]
-        if not hit.any():
+        if ((js[1:] == js[:-1]) & (ts[1:] < ts[:-1])).any():
+            acc &= _not_before_earlier(js, ts, starts)
+        a = np.flatnonzero(acc)
+        if not len(a):
             return recv
-        al = last[hit]
-        ac = cols[hit]
-        st.mark[ac] = px[al]
-        st.mark_ts[ac] = ts[al]
-        ids = [ms[k].id for k in order[al].tolist()]
+        # the accepted marks are in time order per column: the last one is the mark
+        js, ts, px, order = js[a], ts[a], px[a], order[a]
+        last = np.flatnonzero(_run_ends(js))
+        ac = js[last]
+        st.mark[ac] = px[last]
+        st.mark_ts[ac] = ts[last]
+        ids = [ms[k].id for k in order[last].tolist()]
         st.mark_id[ac] = ids
         changed.update(zip(ac.tolist(), ids, strict=True))
-        self._ewma(js, ts, px, acc)
+        self._ewma(js, ts, px)
         return recv
 
-    def _ewma(self, js: Any, ts: Any, px: Any, acc: Any) -> None:
-        """The EWMA of realized variance over accepted marks grouped by column, in order."""
+    def _ewma(self, js: Any, ts: Any, px: Any) -> None:
+        """The EWMA of realized variance over accepted marks grouped by column, each
+        column's in time order."""
         st = self.state
-        f = np.flatnonzero(acc & (px > 0))
+        f = np.flatnonzero(px > 0)
         if not len(f):
             return
         fj, ft, fp = js[f], ts[f], px[f]

@@ -4,6 +4,7 @@ bad input, and a Hypothesis property against a from-scratch recomputation."""
 from __future__ import annotations
 
 import pickle
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -517,7 +518,8 @@ def test_batched_plain_marks_equal_marks_applied_one_by_one(
 
 def test_a_long_run_of_marks_is_applied_whole_array_like_one_by_one() -> None:
     """A batch of 200 trades (above the whole-array threshold) with an out-of-order and a
-    repeated time re-marks and updates the EWMA exactly as record-at-a-time does."""
+    repeated time re-marks and updates the EWMA exactly as record-at-a-time does, without
+    falling back to one-by-one for the column whose marks go back in time."""
     reg = BATCH_CFG.validate()
     router = Router(reg, BATCH_CFG)
     evs: list[object] = [fill("f", "a", "P0", "buy", 1.0, 10.0, 1)]
@@ -529,8 +531,16 @@ def test_a_long_run_of_marks_is_applied_whole_array_like_one_by_one() -> None:
                          qty=1.0, side="buy"))
     packs = router.route_batch(evs)
     assert [it[0] for it in packs[0][1]] == ["fill", "marks"]
-    batched = ShardLogic(BATCH_CFG, reg)
+    one_by_one: list[str] = []
+
+    class Counted(ShardLogic):
+        def _mark_one(self, j: int, ev: Any, changed: dict[int, str]) -> None:
+            one_by_one.append(ev.instrument)
+            super()._mark_one(j, ev, changed)
+
+    batched = Counted(BATCH_CFG, reg)
     batched.on_batch([packs[0][1]])
+    assert one_by_one == []  # the column whose marks go back in time too
     single = ShardLogic(BATCH_CFG, reg)
     for ev in evs:
         for _k, item in router.route(ev):
