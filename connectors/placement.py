@@ -146,6 +146,36 @@ class LocalKeys:
         return route_worker(key, count) == index
 
 
+class OtherProcessKeys:
+    """``remote(key)``: does state key ``key`` live on a worker in another process
+    than the one calling this?
+
+    A step can then encode what it sends there once, compactly, instead of
+    leaving it to bytewax's pickling (see
+    :func:`~riskguard.operators.exposure.pack_for_wire`). The workers of this
+    process are those the ``workers`` probe step has seen; one not seen yet
+    counts as remote, which costs an encoding, never a wrong answer. Outside a
+    flow with the probe nothing is remote.
+
+    >>> import threading
+    >>> _WORKER_OF_THREAD[threading.get_ident()] = (0, 2)
+    >>> remote = OtherProcessKeys()
+    >>> [(route_worker(k, 2), remote(k)) for k in ("okx/BTC-PERP", "binance/BTC-USDT")]
+    [(0, False), (1, True)]
+    >>> del _WORKER_OF_THREAD[threading.get_ident()]
+    >>> remote("binance/BTC-USDT")
+    False
+    """
+
+    def __call__(self, key: str) -> bool:
+        where = worker_of_thread()
+        if where is None:
+            return False
+        here = {index for index, _count in _WORKER_OF_THREAD.values()}
+        count = where[1]
+        return len(here) < count and route_worker(key, count) not in here
+
+
 @dataclass(frozen=True)
 class Broadcast:
     """Records every worker reads its own copy of.

@@ -34,7 +34,12 @@ import msgspec
 from bytewax.dataflow import Dataflow, Stream, operator
 from riskguard.connectors.command_log import last_signed_seq
 from riskguard.connectors.kafka import kafka_input, kafka_output
-from riskguard.connectors.placement import Broadcast, LocalKeys, worker_of_thread
+from riskguard.connectors.placement import (
+    Broadcast,
+    LocalKeys,
+    OtherProcessKeys,
+    worker_of_thread,
+)
 from riskguard.connectors.topics import topic_name
 from riskguard.operators.anomaly import detect_anomalies, extract_features
 from riskguard.operators.audit import AuditConfig
@@ -357,6 +362,7 @@ def guard_core(
     seq_floor: int | None = None,
     local_keys: Callable[[str], bool] | None = None,
     wall_clock: Clock | None = None,
+    remote_keys: Callable[[str], bool] | None = None,
 ) -> GuardOut:
     """The whole guard over a stream of decoded records, whatever their source.
 
@@ -369,7 +375,9 @@ def guard_core(
     feed selection, the feed monitor and exposure marks. ``wall_clock`` (live runs
     only; a replay must not depend on wall time) lets a fill's re-valuation boundary
     pass by wall time on a shard no later record reaches
-    (:func:`~riskguard.operators.risk.aggregate_exposure`).
+    (:func:`~riskguard.operators.risk.aggregate_exposure`). ``remote_keys`` says
+    which exposure valuation keys live in another process (packs bound there go
+    msgpack-encoded, not pickled).
     """
     # Event-time progress from every record (not only market data: fills during a market
     # data outage must still be valued).
@@ -453,7 +461,8 @@ def guard_core(
     marks = op.flat_map_batch("marks", market_ok,
                               MarkFilter(cfg.mark_interval_ns, cfg.mark_move_bps).passed)
     exposure = aggregate_exposure("exposure", marks, trading, config=cfg.exposure, clock=clock,
-                                  ticks=ticks, wall_clock=wall_clock)
+                                  ticks=ticks, wall_clock=wall_clock,
+                                  remote_keys=remote_keys)
     audience = Audience(env=cfg.env, topic=cfg.topic("limit_updates"))
     limits = enforce_limits("limits", exposure.exposures, updates, config=cfg.limits,
                             verifier=trust_verifier(trust, audience), clock=clock)
@@ -535,7 +544,8 @@ def build_flow(
                                 issuer)
     out = guard_core("guard", src.oks, cfg=cfg, cfg_hash=cfg_hash, clock=clock, signer=signer,
                      trust=trust, seq_floor=delivered, wall_clock=clock,
-                     local_keys=LocalKeys() if cfg.input.split_market_by_key else None)
+                     local_keys=LocalKeys() if cfg.input.split_market_by_key else None,
+                     remote_keys=OtherProcessKeys())
     timeout = cfg.sink_delivery_timeout_s
     # split market data: every output is written by the worker that made it
     local = cfg.input.split_market_by_key

@@ -403,6 +403,36 @@ def route(
     return Router(reg, config, step).route(ev, now)
 
 
+_WIRE_ENCODER = msgspec.msgpack.Encoder()
+_RUN_DECODER = msgspec.msgpack.Decoder(list[Trade | Quote | IndexPrice])
+
+
+def pack_for_wire(pack: list[Item]) -> list[Item]:
+    """A pack bound for a worker in another process, its runs of plain marks (most
+    of a pack) each encoded once as msgpack bytes (:func:`unpack_from_wire` reverses it).
+
+    bytewax pickles what crosses a process, and timely pickles each message twice
+    (to size it, then to write it): about 2.5 µs a mark one by one, 1 µs inside a
+    list, against 0.1 µs to encode and 0.4 µs to decode here. Other items (ticks,
+    fills, FX) are few and travel as they are.
+
+    >>> from riskguard.schemas import Trade
+    >>> t = Trade(id="t1", venue="okx", instrument="BTC-PERP", ts=1, price=9.5, qty=1.0,
+    ...           side="buy")
+    >>> wire = pack_for_wire([("marks", "s0", "", [t])])
+    >>> type(wire[0][3]).__name__, unpack_from_wire(wire) == [("marks", "s0", "", [t])]
+    ('bytes', True)
+    """
+    return [("marks", it[1], it[2], _WIRE_ENCODER.encode(it[3])) if it[0] == "marks" else it
+            for it in pack]
+
+
+def unpack_from_wire(items: list[Item]) -> list[Item]:
+    """``items`` with every run :func:`pack_for_wire` encoded decoded again."""
+    return [("marks", it[1], it[2], _RUN_DECODER.decode(it[3]))
+            if it[0] == "marks" and type(it[3]) is bytes else it for it in items]
+
+
 def _alert_id(*parts: object) -> str:
     return str(uuid.uuid5(_NS, "|".join(str(p) for p in parts)))
 
@@ -515,7 +545,7 @@ def _split_at(items: list[Item], due: int) -> tuple[list[Item], list[Item] | Non
 
 NEVER_STALE = 2**62
 _LEVEL_RANK = {LimitLevel.OK: 0, LimitLevel.WARN: 1, LimitLevel.BREACH: 2}
-_VECTOR_MIN = 16  # fewer plain marks than this are applied one by one
+_VECTOR_MIN = 64  # fewer plain marks than this are applied one by one (measured crossover)
 
 
 def _run_starts(a: Any) -> Any:
@@ -866,6 +896,8 @@ class ShardLogic:
         """The dataflow hands over packs (one per upstream batch); apply them in order."""
         packs = list(packs)
         items = packs[0] if len(packs) == 1 else [it for p in packs for it in p]
+        if any(type(it[3]) is bytes for it in items):  # from another process
+            items = unpack_from_wire(items)
         if self.ticked:
             return self._on_ticked(items)
         return self._process(items)
@@ -1103,18 +1135,26 @@ class ShardLogic:
             r = np.array(list(map(math.log, (kp[h] / pp[h]).tolist())))
             x = r * r / ((kt[h] - pt[h]) / NS_PER_S)
             hj = kj[h]
-            pos = np.arange(len(hj))
-            # each update's place in its column's sequence
-            rank = pos - np.maximum.accumulate(np.where(_run_starts(hj), pos, 0))
+            first = np.flatnonzero(_run_starts(hj))
+            cols = hj[first]
+            bounds = [*first.tolist(), len(hj)]
             alpha = self.config.vol_alpha
             beta = 1 - alpha
-            var, cnt = st.ewma_var, st.ewma_n
-            for step in range(int(rank.max()) + 1):  # the recursion, one update per column
-                sel = np.flatnonzero(rank == step)
-                sj, sx = hj[sel], x[sel]
-                n0 = cnt[sj]
-                var[sj] = np.where(n0 == 0, sx, beta * var[sj] + alpha * sx)
-                cnt[sj] = n0 + 1
+            xs = x.tolist()
+            var_l, cnt_l = st.ewma_var[cols].tolist(), st.ewma_n[cols].tolist()
+            # the recursion, column by column on Python floats (the same IEEE operations
+            # as numpy's, so bit-identical; a numpy step per update costs more)
+            for c, (lo, hi) in enumerate(pairwise(bounds)):
+                start = lo
+                v = var_l[c]
+                if cnt_l[c] == 0:
+                    v, start = xs[lo], lo + 1
+                for xv in xs[start:hi]:
+                    v = beta * v + alpha * xv
+                var_l[c] = v
+                cnt_l[c] += hi - lo
+            st.ewma_var[cols] = var_l
+            st.ewma_n[cols] = cnt_l
         lk = np.flatnonzero(_run_ends(kj))
         st.ewma_price[kj[lk]] = kp[lk]
         st.ewma_ts[kj[lk]] = kt[lk]

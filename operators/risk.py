@@ -35,6 +35,7 @@ from riskguard.operators.exposure import (
     Part,
     Router,
     ShardLogic,
+    pack_for_wire,
 )
 from riskguard.operators.limits import (
     LimitsConfig,
@@ -134,6 +135,7 @@ def aggregate_exposure(
     clock: Clock = system_clock,
     ticks: Stream[Tick] | None = None,
     wall_clock: Clock | None = None,
+    remote_keys: Callable[[str], bool] | None = None,
 ) -> ExposureOut:
     """Per-counterparty and firm-wide exposure from fills, positions, balances and marks.
 
@@ -153,6 +155,11 @@ def aggregate_exposure(
     when that much wall time has gone by, so a fill on a quiet shard is not held until
     the next record. Replays leave ``wall_clock`` out: their output must not depend on
     wall time.
+
+    ``remote_keys(key)`` (e.g. :class:`~riskguard.connectors.placement.OtherProcessKeys`)
+    says which valuation keys live in another process: packs bound there carry their
+    runs of marks msgpack-encoded once
+    (:func:`~riskguard.operators.exposure.pack_for_wire`), not pickled record by record.
 
     >>> from bytewax.dataflow import Dataflow
     >>> from bytewax.testing import TestingSink, TestingSource, run_main
@@ -187,7 +194,12 @@ def aggregate_exposure(
     router = Router(reg, config, step_id)
 
     def route_batch(evs: list[Any]) -> list[Any]:
-        return router.route_batch(evs, clock())
+        out = router.route_batch(evs, clock())
+        if remote_keys is not None:
+            for n, kv in enumerate(out):
+                if type(kv) is tuple and remote_keys(kv[0]):
+                    out[n] = (kv[0], pack_for_wire(kv[1]))
+        return out
 
     routed = op.branch("split", op.flat_map_batch("route", merged, route_batch), _IS_TUPLE)
 
