@@ -17,7 +17,10 @@ the baseline, ``idle_eof_s`` for the guard) and its wall time (process start
 to exit; for 2 processes, until both exited) is taken twice: over the workload
 and over an otherwise identical environment whose input topics are empty. The
 empty run costs start-up, partition assignment, the idle EOF wait and
-shutdown; the difference is the time spent processing the workload::
+shutdown; the difference is the time spent processing the workload (with 2
+processes, process 1 starts once process 0 listens on its cluster port: one
+that connects too early waits out timely's 1 s retry, which made the empty
+run's start-up 3.7 s in some runs and 4.7 s in others)::
 
     rate = events / (T(workload) - T(empty))
 
@@ -132,10 +135,30 @@ def run_guard(bench: BenchEnv, procs: int, timeout_s: float = 600.0) -> tuple[fl
     if procs == 1:
         ps = [start_guard(bench)]
     else:
-        addrs = ";".join(f"127.0.0.1:{free_port()}" for _ in range(procs))
-        ps = [start_guard(bench, "-i", str(i), "-a", addrs) for i in range(procs)]
+        ports = [free_port() for _ in range(procs)]
+        addrs = ";".join(f"127.0.0.1:{port}" for port in ports)
+        # The others start once process 0 listens: a process that connects too early
+        # waits out timely's 1 s retry, which would add a second to some runs only.
+        ps = [start_guard(bench, "-i", "0", "-a", addrs)]
+        _await_listening(ports[0], ps[0])
+        ps += [start_guard(bench, "-i", str(i), "-a", addrs) for i in range(1, procs)]
     _wait(ps, timeout_s)
     return time.monotonic() - t0, started
+
+
+def _await_listening(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    """Until a socket listens on 127.0.0.1:``port`` (read from ``/proc/net/tcp``, without
+    connecting: timely would take a probe connection for a peer)."""
+    want = f":{port:04X}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        with open("/proc/net/tcp") as f:
+            rows = [ln.split() for ln in f.readlines()[1:]]
+        if any(r[1].endswith(want) and r[3] == "0A" for r in rows):  # 0A: LISTEN
+            return
+        time.sleep(0.01)
+    msg = f"process 0 did not listen on port {port} within {timeout_s:.0f} s"
+    raise SystemExit(msg)
 
 
 def run_passthrough(bootstrap: str, topics: list[str], out: str,
