@@ -308,8 +308,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         stamp = self._stamp
         received = self._clock() if stamp else 0
         # the future-skew check's processing time: read once per fetch, not per record
-        now = (policy.policy.clock() if policy is not None and policy.policy.clock is not None
-               else None)
+        now = None if policy is None else policy.policy.now()
         out: list[Any] = []
         offsets: list[int] = []
         append, append_off = out.append, offsets.append

@@ -158,6 +158,8 @@ class OtherProcessKeys:
     flow with the probe nothing is remote.
 
     >>> import threading
+    >>> saved = dict(_WORKER_OF_THREAD)  # workers other flows in this process registered
+    >>> _WORKER_OF_THREAD.clear()
     >>> _WORKER_OF_THREAD[threading.get_ident()] = (0, 2)
     >>> remote = OtherProcessKeys()
     >>> [(route_worker(k, 2), remote(k)) for k in ("okx/BTC-PERP", "binance/BTC-USDT")]
@@ -165,6 +167,7 @@ class OtherProcessKeys:
     >>> del _WORKER_OF_THREAD[threading.get_ident()]
     >>> remote("binance/BTC-USDT")
     False
+    >>> _WORKER_OF_THREAD.update(saved)
     """
 
     def __call__(self, key: str) -> bool:

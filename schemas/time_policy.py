@@ -27,6 +27,11 @@ class EventTimePolicy:
         """A per-partition tracker, resumed at ``max_ts`` if given."""
         return PartitionWatermark(self, max_ts)
 
+    def now(self) -> int | None:
+        """The processing time :meth:`PartitionWatermark.check` compares with (None: no
+        clock), for a caller that reads it once for a whole fetch."""
+        return None if self.clock is None else self.clock()
+
 
 @dataclass
 class PartitionWatermark:

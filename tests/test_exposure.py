@@ -559,6 +559,7 @@ def test_a_long_run_of_marks_is_applied_whole_array_like_one_by_one() -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(first=mark_batches(), second=mark_batches())
+@example(*_dup_fill_later())  # runs of marks and a fill: the wire path is taken
 def test_packs_sent_to_another_process_value_exactly_as_local_ones(
     first: list[object], second: list[object]
 ) -> None:

@@ -32,7 +32,7 @@ def _worker_of_each_key(workers: int) -> dict[str, int]:
     return seen
 
 
-def test_a_replica_answers_the_same_from_its_memo_and_when_the_memo_starts_over(
+def test_a_replica_answers_the_same_from_its_memo_and_past_the_memo_cap(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """place() per key is memoized; answers match the direct rule, also past the cap."""
@@ -41,7 +41,7 @@ def test_a_replica_answers_the_same_from_its_memo_and_when_the_memo_starts_over(
     keys = [None, b"index/BTC-USD", *(f"v{k % 4}/I{k}".encode() for k in range(12))]
     want = [((0 if k is None else route_worker(k, 3)) == 1,
              k is not None and k.startswith(b"index/")) for k in keys]
-    for _ in range(3):  # first answers, memo hits, and again after the memo was cleared
+    for _ in range(3):  # first answers, then memo hits and answers recomputed after eviction
         assert [rep.place(k) for k in keys] == want
     assert rep.place.cache_info().currsize <= 5  # type: ignore[attr-defined]
 
