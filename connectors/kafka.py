@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
+import msgspec
 from bytewax.dataflow import Dataflow, Stream, operator
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
@@ -57,6 +58,27 @@ from riskguard.errors import BrokerError, ConfigError, DeliveryError
 
 _STARTS = {"earliest": OFFSET_BEGINNING, "latest": OFFSET_END}
 _IDLE_BACKOFF = timedelta(milliseconds=2)
+
+
+class _Stamp(msgspec.Struct):
+    """Just a record's event time: where a replica that skips others' messages stands."""
+
+    ts: int = -1
+
+
+_read_stamp = msgspec.json.Decoder(_Stamp).decode
+
+
+def _stamp_of(value: bytes | None) -> int:
+    """The ``ts`` of an undecoded message value, or -1 if it has none.
+
+    >>> _stamp_of(b'{"type": "trade", "ts": 42, "price": 1.0}'), _stamp_of(b"not json")
+    (42, -1)
+    """
+    try:
+        return _read_stamp(value).ts if value else -1
+    except (msgspec.DecodeError, TypeError):
+        return -1
 
 
 def list_partitions(settings: KafkaSettings, topic: str, timeout_s: float = 10.0) -> list[int]:
@@ -95,6 +117,12 @@ class EventTimeAlignment:
     ``grace_ns``, is passed by, so one bad partition cannot stop the guard.
     In live operation every partition reaches its end after each fetch, so
     nothing is held; the bound bites on backlogs, replays and start-up.
+
+    A replica of a key-split partition (see :class:`KafkaInput`) passes over
+    the other replicas' messages undecoded. With nothing of its own buffered
+    it stands at the event time of the last message it passed over (read from
+    that one message), so it holds the others back only as far as its own
+    progress through the partition, never until the partition's end.
     """
 
     def __init__(self, max_skew_ns: int, *, stall_ns: int = 10_000_000_000,
@@ -287,6 +315,10 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         self._name = name or f"{idx}-{topic}"
         self._buf: deque[tuple[Any, int]] = deque()
         self._emitted_ts = watermark
+        # event time of the last message a replica skipped (another replica's key) with
+        # none of its own after it: where the partition stands for alignment
+        self._skipped_ts = watermark
+        self._skipped_any = False
         if align is not None:
             align.register(self._name, clock(), watermark)
 
@@ -316,6 +348,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         owned = shared = False
         last_off = -1
         at_end = self._at_end
+        skipped: Any = None  # the last message skipped after the last one taken
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -330,6 +363,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
             if replica is not None:
                 owned, shared = replica.place(m.key())
                 if not (owned or shared):
+                    skipped = m
                     continue
             value = m.value()
             if value is None:
@@ -346,6 +380,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
             if replica is not None:
                 verdict = replica.admit(rec, owned, shared, dead=type(rec) is DeadLetter)
                 if verdict == "skip":
+                    skipped = m
                     continue
                 if verdict == "not_broadcast":
                     rec = self._not_broadcast(rec, m.key(), value, off)
@@ -353,6 +388,10 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
                 DEAD_LETTERS.labels(topic, rec.reason).inc()
             append(rec)
             append_off(off)
+            skipped = None
+        if skipped is not None:
+            self._skipped_any = True
+            self._skipped_ts = max(self._skipped_ts, _stamp_of(skipped.value()))
         self._at_end = at_end
         now = self._clock()
         if last_off >= 0:
@@ -411,7 +450,12 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         if buf:
             head = getattr(buf[0][0], "ts", None)
         self._shared.hold(self._topic, self._idx, bool(buf))
-        align.update(self._name, head, self._emitted_ts, got, now, self._at_end)
+        # a replica that only skipped messages (others' keys) stands where it skipped to,
+        # not where it last emitted: else it holds the process back until the end of a
+        # partition none of whose keys are its own
+        stand = max(self._emitted_ts, self._skipped_ts)
+        align.update(self._name, head, stand, got or self._skipped_any, now, self._at_end)
+        self._skipped_any = False
         self._awake = None if out else datetime.now(UTC) + _IDLE_BACKOFF
         return out
 
