@@ -546,6 +546,9 @@ def _split_at(items: list[Item], due: int) -> tuple[list[Item], list[Item] | Non
 NEVER_STALE = 2**62
 _LEVEL_RANK = {LimitLevel.OK: 0, LimitLevel.WARN: 1, LimitLevel.BREACH: 2}
 _VECTOR_MIN = 64  # fewer plain marks than this are applied one by one (measured crossover)
+# the EWMA recursion's cost in Python-loop steps: one numpy step across every column,
+# and the per-column overhead of the loop (measured, see :func:`_ewma_runs`)
+_STEP_COST, _COLUMN_COST = 130, 6
 
 
 def _run_starts(a: Any) -> Any:
@@ -586,6 +589,44 @@ def _not_before_earlier(js: Any, ts: Any, starts: Any) -> Any:
     prev = _shifted(top, -1)
     prev[starts] = -1
     return rank >= prev
+
+
+def _ewma_runs(var: Any, fresh: Any, x: Any, first: Any, lens: Any, alpha: float) -> Any:
+    """``var`` after the EWMA recursion ``v = (1 - alpha) * v + alpha * x`` over each
+    column's run of ``x`` (run ``k`` is ``x[first[k]:first[k] + lens[k]]``; a ``fresh``
+    column starts from its first ``x``). Bit-identical either way it is computed: step
+    by step across all runs at once when runs are short (many columns, few marks each),
+    else run by run on Python floats (the same IEEE operations as numpy's).
+
+    >>> v = _ewma_runs(np.array([1.0, 0.0]), np.array([False, True]),
+    ...                np.array([2.0, 4.0, 3.0, 5.0]), np.array([0, 2]), np.array([2, 2]), 0.5)
+    >>> v.tolist()
+    [2.75, 4.0]
+    """
+    beta = 1 - alpha
+    steps = int(lens.max())
+    if steps * _STEP_COST < len(x) + _COLUMN_COST * len(lens):
+        v = var.copy()
+        v[fresh] = x[first[fresh]]
+        done = fresh.astype(np.int64)  # a fresh column used its first x already
+        for s in range(steps):
+            k = np.flatnonzero(lens > done + s)
+            if not len(k):
+                break
+            v[k] = beta * v[k] + alpha * x[first[k] + done[k] + s]
+        return v
+    xs = x.tolist()
+    out = var.tolist()
+    for c, (start, n, new) in enumerate(zip(first.tolist(), lens.tolist(), fresh.tolist(),
+                                            strict=True)):
+        v = out[c]
+        lo = start + 1 if new else start
+        if new:
+            v = xs[start]
+        for xv in xs[lo:start + n]:
+            v = beta * v + alpha * xv
+        out[c] = v
+    return np.array(out, dtype=np.float64)
 
 
 def _row_reduce(ufunc: Any, flat: Any, bounds: Any, empty: int) -> list[int]:
@@ -1137,24 +1178,11 @@ class ShardLogic:
             hj = kj[h]
             first = np.flatnonzero(_run_starts(hj))
             cols = hj[first]
-            bounds = [*first.tolist(), len(hj)]
-            alpha = self.config.vol_alpha
-            beta = 1 - alpha
-            xs = x.tolist()
-            var_l, cnt_l = st.ewma_var[cols].tolist(), st.ewma_n[cols].tolist()
-            # the recursion, column by column on Python floats (the same IEEE operations
-            # as numpy's, so bit-identical; a numpy step per update costs more)
-            for c, (lo, hi) in enumerate(pairwise(bounds)):
-                start = lo
-                v = var_l[c]
-                if cnt_l[c] == 0:
-                    v, start = xs[lo], lo + 1
-                for xv in xs[start:hi]:
-                    v = beta * v + alpha * xv
-                var_l[c] = v
-                cnt_l[c] += hi - lo
-            st.ewma_var[cols] = var_l
-            st.ewma_n[cols] = cnt_l
+            lens = np.diff(np.append(first, len(hj)))
+            cnt = st.ewma_n[cols]
+            st.ewma_var[cols] = _ewma_runs(st.ewma_var[cols], cnt == 0, x, first, lens,
+                                           self.config.vol_alpha)
+            st.ewma_n[cols] = cnt + lens
         lk = np.flatnonzero(_run_ends(kj))
         st.ewma_price[kj[lk]] = kp[lk]
         st.ewma_ts[kj[lk]] = kt[lk]

@@ -487,22 +487,29 @@ def _dup_fill_later() -> tuple[list[object], list[object]]:
             [*trades(), fill("f2", "a", "P0", "buy", 1.0, 10.0, 2 * S)])
 
 
+# the EWMA recursion over a run: step by step across columns, or column by column
+_RECURSIONS = {"steps": {"_STEP_COST": 0, "_COLUMN_COST": 10**9},
+               "columns": {"_STEP_COST": 10**9, "_COLUMN_COST": 0}}
+
+
+@pytest.mark.parametrize("recursion", sorted(_RECURSIONS))
 @settings(max_examples=80, deadline=None)
 @given(first=mark_batches(), second=mark_batches())
-@example(*_dup_fill_later())
+@example(**dict(zip(("first", "second"), _dup_fill_later(), strict=True)))
 def test_batched_plain_marks_equal_marks_applied_one_by_one(
-    first: list[object], second: list[object]
+    first: list[object], second: list[object], recursion: str
 ) -> None:
     """Runs of plain marks applied whole-array (two batches) leave every mark and EWMA
     column bit-identical to the same records applied one at a time, and the parts agree.
-    The whole-array threshold is lowered to 1 here so that every run takes that path."""
+    The whole-array threshold is lowered to 1 here so that every run takes that path,
+    and the EWMA recursion is forced down each of its two ways of computing."""
     reg = BATCH_CFG.validate()
     router = Router(reg, BATCH_CFG)
     batched = ShardLogic(BATCH_CFG, reg)
     single = ShardLogic(BATCH_CFG, reg)
     last: dict[str, Part] = {}
     for evs in (first, second):
-        with patch.object(exposure_module, "_VECTOR_MIN", 1):
+        with patch.multiple(exposure_module, _VECTOR_MIN=1, **_RECURSIONS[recursion]):
             parts = [p for _k, pack in router.route_batch(evs)
                      for p in batched.on_batch([pack])]
         for ev in evs:
