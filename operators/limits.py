@@ -243,7 +243,15 @@ Measure = Callable[[Exposure], float]
 
 
 def _max_abs(d: dict[str, float]) -> float:
-    return max(map(abs, d.values()), default=0.0)
+    """The largest magnitude among ``d``'s values (0.0 when empty), without a call per value.
+
+    >>> _max_abs({"BTC": -3.0, "ETH": 2.0}), _max_abs({}), _max_abs({"BTC": -0.0})
+    (3.0, 0.0, 0.0)
+    """
+    if not d:
+        return 0.0
+    values = d.values()
+    return max(max(values), -min(values)) + 0.0  # + 0.0: never -0.0
 
 
 def _measure(level: str, name: str, kind: str) -> Measure:
