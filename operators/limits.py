@@ -250,8 +250,8 @@ def _max_abs(d: dict[str, float]) -> float:
     """
     if not d:
         return 0.0
-    values = d.values()
-    return max(max(values), -min(values)) + 0.0  # + 0.0: never -0.0
+    top, low = max(d.values()), -min(d.values())
+    return (top if top >= low else low) + 0.0  # + 0.0: never -0.0
 
 
 def _measure(level: str, name: str, kind: str) -> Measure:
