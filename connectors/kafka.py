@@ -389,7 +389,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
             append(rec)
             append_off(off)
             skipped = None
-        if skipped is not None:
+        if skipped is not None and self._align is not None:  # only alignment asks
             self._skipped_any = True
             self._skipped_ts = max(self._skipped_ts, _stamp_of(skipped.value()))
         self._at_end = at_end

@@ -619,10 +619,7 @@ def _ewma_runs(var: Any, fresh: Any, x: Any, first: Any, lens: Any, alpha: float
     out = var.tolist()
     for c, (start, n, new) in enumerate(zip(first.tolist(), lens.tolist(), fresh.tolist(),
                                             strict=True)):
-        v = out[c]
-        lo = start + 1 if new else start
-        if new:
-            v = xs[start]
+        v, lo = (xs[start], start + 1) if new else (out[c], start)
         for xv in xs[lo:start + n]:
             v = beta * v + alpha * xv
         out[c] = v
