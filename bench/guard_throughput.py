@@ -42,9 +42,14 @@ its own copy of every index price and heartbeat, so market data is not
 pickled between processes. Without it, source partitions go to workers
 round-robin over their sorted names (``{partition}-{topic}``): one process
 reads all of market, fills and venue_status, and pickles every market record
-whose ``venue/instrument`` key hashes to the other process.
+whose ``venue/instrument`` key hashes to the other process. With
+``--aligned-market`` (``input.aligned_market``) market data is produced with
+``placement.aligned_partitions`` and each process reads only its own
+partitions; the baseline then reads a second, unaligned copy of the workload
+(the aligned topic holds one copy of each index price per partition).
 
-    python bench/guard_throughput.py [--copies 8] [--partitions 4] [--skip-2p] [--no-split-market]
+    python bench/guard_throughput.py [--copies 8] [--partitions 4] [--skip-2p]
+                                     [--no-split-market | --aligned-market]
 """
 
 from __future__ import annotations
@@ -214,6 +219,9 @@ def main() -> None:
     ap.add_argument("--bootstrap", default=None, help="use this broker instead of a dev broker")
     ap.add_argument("--no-split-market", action="store_true",
                     help="guard input.split_market_by_key = false")
+    ap.add_argument("--aligned-market", action="store_true",
+                    help="guard input.aligned_market = true (market data produced with "
+                         "placement.aligned_partitions)")
     args = ap.parse_args()
     broker = None
     bootstrap = args.bootstrap
@@ -224,12 +232,20 @@ def main() -> None:
     try:
         tag = uuid.uuid4().hex[:6]
         kw = {"partitions": args.partitions, "idle_eof_s": args.idle_eof_s,
-              "batch_size": args.batch_size, "split_market": not args.no_split_market}
+              "batch_size": args.batch_size, "split_market": not args.no_split_market,
+              "aligned_market": args.aligned_market}
         full = setup_env(bootstrap, work / "full", f"bw{tag}", **kw)
         empty = setup_env(bootstrap, work / "empty", f"be{tag}", **kw)
         start_ns = time.time_ns() - (args.copies * DURATION_S + 30) * NS
         records = scenario_copies(args.copies, start_ns)
         n = publish(full, records)
+        # Aligned market data holds a copy of each index price per partition: the baseline
+        # reads the records once each, as published without alignment.
+        base = full
+        if args.aligned_market:
+            base = setup_env(bootstrap, work / "base", f"bb{tag}",
+                             **{**kw, "aligned_market": False})
+            publish(base, records)
         del records
         out_full, out_empty = f"pt-out-{tag}", f"pt-out-empty-{tag}"
         create_topics({"bootstrap.servers": bootstrap}, [
@@ -241,7 +257,7 @@ def main() -> None:
 
         # The baseline is fast (a few seconds), so take the median of three runs.
         pt_runs = sorted(
-            (run_passthrough(bootstrap, full.input_topics(), f"{out_full}-{i}"),
+            (run_passthrough(bootstrap, base.input_topics(), f"{out_full}-{i}"),
              run_passthrough(bootstrap, empty.input_topics(), out_empty))
             for i in range(3)
         )

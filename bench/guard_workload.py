@@ -7,7 +7,9 @@
   scenario, each shifted by the scenario's duration and with ids made unique
   per copy (about 27k records per copy).
 - :func:`publish`: produce records to the guard's input topics, keyed by
-  ``venue/instrument`` as ``riskguard demo`` does.
+  ``venue/instrument`` as ``riskguard demo`` does (market data to the partition
+  :func:`~riskguard.connectors.placement.aligned_partition` names, when the env's
+  config has ``input.aligned_market``).
 - :func:`LiveLoad`: the same records re-stamped to the wall clock and produced
   at a steady rate, with fills from fresh (unconfigured) counterparties mixed
   in at a fixed rate; each of those makes one ``reduce_only`` command.
@@ -28,11 +30,12 @@ from typing import Any
 
 import msgspec
 from confluent_kafka import Consumer, Producer, TopicPartition
+from riskguard.connectors.placement import aligned_partitions
 from riskguard.connectors.settings import KafkaSettings
 from riskguard.connectors.topics import create_topics, topic_name
 from riskguard.dataflows.demo import DemoKeys, init_keys, stream_of, write_config
 from riskguard.dataflows.demo_scenario import DURATION_S, build_scenario
-from riskguard.dataflows.guard import INPUT_STREAMS
+from riskguard.dataflows.guard import INPUT_STREAMS, load_guard_config, price_key_prefixes
 from riskguard.schemas import Fill, encode
 
 from riskguard.cli_topics import topic_specs
@@ -50,6 +53,7 @@ class BenchEnv:
     config: Path
     keys: DemoKeys
     partitions: int
+    aligned_market: bool = False
 
     def topic(self, stream: str) -> str:
         return topic_name(self.env, stream)
@@ -62,6 +66,7 @@ def setup_env(
     bootstrap: str, workdir: Path, env: str, *, partitions: int = 4,
     idle_eof_s: float | None = 2.0, batch_size: int = 1000, max_commands: int | None = None,
     starting_offset: str = "earliest", split_market: bool = True, fair_reads: bool = False,
+    aligned_market: bool = False,
 ) -> BenchEnv:
     """Create the env's topics, keys, trust file and guard config."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -82,12 +87,14 @@ def setup_env(
     # runs are reproducible): the benchmarks measure the production default.
     text = _set_key(text, "input", "align_skew_s", None)
     text = _set_key(text, "input", "fair_reads", f"fair_reads = {str(fair_reads).lower()}")
+    text = _set_key(text, "input", "aligned_market",
+                    f"aligned_market = {str(aligned_market).lower()}")
     path.write_text(text)
     if max_commands is not None:
         pb = workdir / "playbook.toml"
         pb.write_text(re.sub(r"(?m)^max_commands = \d+", f"max_commands = {max_commands}",
                              pb.read_text()))
-    return BenchEnv(bootstrap, env, path, keys, partitions)
+    return BenchEnv(bootstrap, env, path, keys, partitions, aligned_market)
 
 
 def _set_key(text: str, table: str, key: str, line: str | None) -> str:
@@ -130,15 +137,20 @@ def publish(bench: BenchEnv, records: list[Any]) -> int:
     """Produce ``records`` to the env's input topics; returns how many."""
     p = producer(bench.bootstrap)
     topics = {s: bench.topic(s) for s in INPUT_STREAMS}
+    aligned = bench.topic("market") if bench.aligned_market else None
+    prefixes = price_key_prefixes(load_guard_config(bench.config)[0])
     for rec in records:
         topic = topics[stream_of(rec)]
         data, key = encode(rec), _key(rec)
-        while True:
-            try:
-                p.produce(topic, data, key)
-                break
-            except BufferError:
-                p.poll(0.05)
+        parts = [-1] if topic != aligned else aligned_partitions(  # -1: librdkafka's
+            key, bench.partitions, prefixes)
+        for part in parts:
+            while True:
+                try:
+                    p.produce(topic, data, key, partition=part)
+                    break
+                except BufferError:
+                    p.poll(0.05)
     left = p.flush(120)
     if left:
         msg = f"could not publish {left} records"

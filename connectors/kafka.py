@@ -18,6 +18,7 @@ commits the epoch) and on close. Any unacknowledged message raises
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -34,6 +35,7 @@ from confluent_kafka import KafkaError as _KE
 from confluent_kafka.admin import AdminClient
 from msgspec.structs import replace
 from riskguard.connectors.placement import (
+    AlignedReader,
     Broadcast,
     Replica,
     WorkerProbe,
@@ -49,6 +51,7 @@ from riskguard.operators.metrics import (
     DELIVERY_ERRORS,
     EVENTS_IN,
     EVENTS_OUT,
+    MISALIGNED,
 )
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import Codec, encode
@@ -56,6 +59,7 @@ from riskguard.schemas.time_policy import EventTimePolicy
 
 from riskguard.errors import BrokerError, ConfigError, DeliveryError
 
+_log = logging.getLogger(__name__)
 _STARTS = {"earliest": OFFSET_BEGINNING, "latest": OFFSET_END}
 _IDLE_BACKOFF = timedelta(milliseconds=2)
 
@@ -291,7 +295,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         codec: Codec, batch_size: int, idle_eof_ns: int | None,
         policy: EventTimePolicy | None, clock: Clock, watermark: int = -1,
         stamp_recv_ts: bool = False, align: EventTimeAlignment | None = None,
-        name: str | None = None, replica: Replica | None = None,
+        name: str | None = None, replica: Replica | AlignedReader | None = None,
     ) -> None:
         self._stamp = stamp_recv_ts
         self._replica = replica
@@ -319,8 +323,30 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         # none of its own after it: where the partition stands for alignment
         self._skipped_ts = watermark
         self._skipped_any = False
+        self._aligned = replica if isinstance(replica, AlignedReader) else None
+        self._misaligned = MISALIGNED.labels(topic)
+        self._warned = False
         if align is not None:
             align.register(self._name, clock(), watermark)
+
+    def _check_aligned(self, msgs: list[Any]) -> None:
+        """Count (and log once) messages of an aligned partition whose key routes to
+        another worker: still emitted, they only cost a move downstream."""
+        reader = self._aligned
+        if reader is None:
+            return
+        misplaced = reader.misplaced
+        bad = [k for m in msgs if misplaced(k := m.key()) and m.error() is None]
+        if not bad:
+            return
+        self._misaligned.inc(len(bad))
+        if not self._warned:
+            self._warned = True
+            _log.warning(
+                "topic %r partition %d is read by worker %d of %d, but key %r routes to "
+                "another worker: produce it with riskguard.connectors.placement."
+                "aligned_partitions (counted in riskguard_misaligned_records_total)",
+                self._topic, self._idx, reader.worker, reader.workers, bad[0])
 
     def _fetch(self) -> tuple[list[Any], list[int]] | None:
         """Decode the pending Kafka messages: ``(records, offsets)``; None when none came.
@@ -337,6 +363,8 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
                 raise StopIteration
             return None
         topic, idx, decode, policy = self._topic, self._idx, self._decode, self._policy
+        if self._aligned is not None:
+            self._check_aligned(msgs)
         stamp = self._stamp
         received = self._clock() if stamp else 0
         # the future-skew check's processing time: read once per fetch, not per record
@@ -582,6 +610,21 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
     Changing the worker count renames the replicas (re-initialise recovery,
     as for any change of worker count).
 
+    ``aligned_topics``: topics produced with
+    :func:`~riskguard.connectors.placement.aligned_partition`, whose partition
+    ``i`` holds only keys that bytewax routes to worker ``i % W``. Worker
+    ``i % W`` reads partition ``i``, once, and emits every record: keyed
+    downstream by the Kafka key's string, no record of the topic changes
+    worker, and no worker fetches another's messages (unlike key-split
+    replicas, where each worker fetches the whole topic). The partition count
+    must be a multiple of ``W`` (a config error at start-up otherwise). A
+    record under a key that routes elsewhere (a producer that does not use
+    ``aligned_partition``) is still emitted, and bytewax moves it to its key's
+    worker downstream, so results never depend on the producer; it is counted in
+    ``riskguard_misaligned_records_total`` and logged once per partition.
+    Switching a topic to or from aligned renames its source partitions
+    (re-initialise recovery).
+
     ``bundle``: each worker gets one bytewax source partition holding all of
     its Kafka partitions and replicas (the same ones it would hold without),
     read in rounds into batches of up to ``batch_size`` records per partition
@@ -611,12 +654,18 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
         key_split_topics: Iterable[str] = (),
         broadcast: Broadcast | None = None,
         bundle: bool = False,
+        aligned_topics: Iterable[str] = (),
     ) -> None:
         self.bundle = bundle
+        self.aligned_topics = frozenset(aligned_topics)
         self.share_consumer = share_consumer
         self.fair_reads = fair_reads
         self.key_split_topics = frozenset(key_split_topics)
         self.broadcast = broadcast or Broadcast()
+        both = self.aligned_topics & (self.key_split_topics | self.broadcast.topics)
+        if both:
+            raise ConfigError("kafka.aligned_topics",
+                              "topics that are neither key-split nor broadcast", sorted(both))
         self.stamp_recv_ts = stamp_recv_ts
         self.alignment = (
             None if align_skew_s is None else EventTimeAlignment(int(align_skew_s * 1e9))
@@ -662,9 +711,24 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
         if replicated:
             workers = self._workers("key_split_topics=..., broadcast", "kafka.key_split_topics",
                                     sorted(replicated))
+        if self.aligned_topics:
+            workers = self._workers("aligned_topics", "kafka.aligned_topics",
+                                    sorted(self.aligned_topics))
         parts: list[str] = []
         for t in self.topics:
-            for i in list_partitions(self.settings, t):
+            ids = list_partitions(self.settings, t)
+            if t in self.aligned_topics:
+                if len(ids) % workers:
+                    raise ConfigError(
+                        "kafka.aligned_topics",
+                        f"a partition count that is a multiple of the {workers} workers",
+                        f"{t}: {len(ids)} partitions")
+                # '*' sorts before every other part name, and each aligned topic's block
+                # is a multiple of the worker count: bytewax's round-robin over the
+                # sorted names hands partition i to worker i % workers.
+                parts.extend(f"*{t}:{i:06d}:{i % workers:04d}/{workers}" for i in ids)
+                continue
+            for i in ids:
                 if t in replicated and workers > 1:
                     # '+' sorts before the digits that start plain part names, and
                     # bytewax hands sorted parts to workers round-robin: replica r
@@ -714,8 +778,13 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
         return self._build_one(for_part, resume_state)
 
     def _build_one(self, for_part: str, resume_state: tuple[int, int] | None) -> _SourcePartition:
-        replica: Replica | None = None
-        if for_part.startswith("+"):  # a replica: "+topic:partition:replica/workers"
+        replica: Replica | AlignedReader | None = None
+        if for_part.startswith("*"):  # aligned: "*topic:partition:worker/workers"
+            topic, idx_text, w_name = for_part[1:].split(":")
+            replica = AlignedReader(int(idx_text), int(w_name.split("/")[1]),
+                                    key_prefixes=self.broadcast.key_prefixes,
+                                    is_broadcast=self.broadcast.records)
+        elif for_part.startswith("+"):  # a replica: "+topic:partition:replica/workers"
             topic, idx_text, r_name = for_part[1:].split(":")
             r_text, w_text = r_name.split("/")
             b = self.broadcast
@@ -728,7 +797,7 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
         if self.share_consumer:
             # Replicas of one Kafka partition may share a process (several workers), each
             # at its own offset: they never share a consumer.
-            group = None if replica is None else replica.replica
+            group = replica.replica if isinstance(replica, Replica) else None
             consumer = self._shared.get(group)
             if consumer is None:
                 consumer = self._shared[group] = SharedConsumer(

@@ -79,6 +79,27 @@ def route_worker(key: str | bytes, workers: int) -> int:
     return _siphash13(data + b"\xff") % workers
 
 
+@functools.lru_cache(maxsize=100_000)
+def aligned_partition(key: str | bytes, partitions: int) -> int:
+    """The partition of an aligned topic a producer writes a record keyed ``key`` to.
+
+    It hashes the key as bytewax routes state keys (:func:`route_worker`), modulo the
+    partition count instead of the worker count. An aligned topic's partition ``i`` is
+    read by worker ``i % W`` (``KafkaInput(aligned_topics=...)``), and when ``W``
+    divides the partition count, ``i % W == route_worker(key, W)``: each record is
+    read on the worker that holds its key's state, for every such ``W`` (4 partitions
+    serve 1, 2 or 4 workers), so keying it downstream by the same string never moves it.
+
+    >>> [aligned_partition(k, 4) for k in ("okx/BTC-PERP", "binance/BTC-USDT")]
+    [2, 1]
+    >>> [aligned_partition(k, 4) % 2 == route_worker(k, 2)
+    ...  for k in ("okx/BTC-PERP", "binance/BTC-USDT")]
+    [True, True]
+    """
+    data = key.encode() if isinstance(key, str) else key
+    return _siphash13(data + b"\xff") % partitions
+
+
 # Per process: the cluster's worker count, and each worker thread's (index, count), as
 # seen by the ``workers`` probe step that kafka_input adds before its source. Keyed by
 # OS thread id: bytewax calls Python from its own threads with a fresh thread state
@@ -179,6 +200,77 @@ class OtherProcessKeys:
         return len(here) < count and route_worker(key, count) not in here
 
 
+def aligned_partitions(key: str | bytes, partitions: int,
+                       broadcast_prefixes: tuple[bytes, ...] = ()) -> list[int]:
+    """Every partition of an aligned topic a producer writes a record keyed ``key`` to.
+
+    A key under one of ``broadcast_prefixes`` (index and oracle prices) goes to
+    every partition: each worker keeps the copy in its first partition
+    (:class:`AlignedReader`), read in event-time order with its own market data.
+    Any other key goes to :func:`aligned_partition` only.
+
+    >>> aligned_partitions("okx/BTC-PERP", 4, (b"index/",))
+    [2]
+    >>> aligned_partitions("index/BTC-USD", 4, (b"index/",))
+    [0, 1, 2, 3]
+    """
+    data = key.encode() if isinstance(key, str) else key
+    if broadcast_prefixes and data.startswith(broadcast_prefixes):
+        return list(range(partitions))
+    return [aligned_partition(data, partitions)]
+
+
+class AlignedReader:
+    """Which messages of an aligned topic's partition ``partition`` its reader (worker
+    ``partition % workers``) emits; the same interface as :class:`Replica`.
+
+    Every message under an ordinary key is emitted: the producer put it where its key's
+    state lives (:func:`aligned_partition`); ``misplaced(key)`` says when it did not.
+    Messages under ``key_prefixes`` are written to every partition
+    (:func:`aligned_partitions`): each worker emits the broadcast records of its first
+    partition (``partition < workers``) and skips the other copies undecoded; a
+    non-broadcast record under such a key is emitted once, from the partition its key
+    routes to.
+
+    >>> r0, r2 = (AlignedReader(p, 2, key_prefixes=(b"index/",),
+    ...                         is_broadcast=lambda rec: rec == "index price") for p in (0, 2))
+    >>> [r0.place(k) for k in (b"okx/BTC-PERP", b"index/BTC-USD")]
+    [(True, False), (False, True)]
+    >>> r2.place(b"index/BTC-USD"), r0.admit("index price", False, True)
+    ((False, False), 'keep')
+    >>> r0.misplaced(b"okx/BTC-PERP"), r0.misplaced(b"binance/BTC-USDT")
+    (False, True)
+    """
+
+    def __init__(self, partition: int, workers: int, *, key_prefixes: tuple[bytes, ...] = (),
+                 is_broadcast: Callable[[Any], bool] | None = None) -> None:
+        self.partition = partition
+        self.worker = partition % workers
+        self.workers = workers
+        self.key_prefixes = key_prefixes
+        self.is_broadcast = is_broadcast
+        self.place: Callable[[bytes | None], tuple[bool, bool]] = functools.lru_cache(
+            maxsize=_PLACED_MAX)(self._place)
+        self.misplaced: Callable[[bytes | None], bool] = functools.lru_cache(
+            maxsize=_PLACED_MAX)(self._misplaced)
+
+    def _shared_key(self, key: bytes | None) -> bool:
+        return bool(self.key_prefixes) and key is not None and key.startswith(self.key_prefixes)
+
+    def _place(self, key: bytes | None) -> tuple[bool, bool]:
+        if self._shared_key(key):
+            return (route_worker(key or b"", self.workers) == self.partition,
+                    self.partition < self.workers)
+        return True, False
+
+    def _misplaced(self, key: bytes | None) -> bool:
+        return not self._shared_key(key) and route_worker(key or b"", self.workers) != self.worker
+
+    def admit(self, rec: Any, owned: bool, shared: bool, *, dead: bool = False) -> str:
+        """``keep``, ``skip`` (another copy is emitted) or ``not_broadcast``."""
+        return _admit(self.is_broadcast, rec, owned, shared, dead=dead)
+
+
 @dataclass(frozen=True)
 class Broadcast:
     """Records every worker reads its own copy of.
@@ -245,6 +337,13 @@ class Replica:
 
     def admit(self, rec: Any, owned: bool, shared: bool, *, dead: bool = False) -> str:
         """``keep``, ``skip`` (another replica emits it) or ``not_broadcast``."""
-        if not dead and self.is_broadcast is not None and self.is_broadcast(rec):
-            return "keep" if shared else "not_broadcast" if owned else "skip"
-        return "keep" if owned else "skip"
+        return _admit(self.is_broadcast, rec, owned, shared, dead=dead)
+
+
+def _admit(is_broadcast: Callable[[Any], bool] | None, rec: Any, owned: bool, shared: bool,
+           *, dead: bool) -> str:
+    """A broadcast record under a shared key is kept by every reader; anything else (dead
+    letters included) only by its key's owner."""
+    if not dead and is_broadcast is not None and is_broadcast(rec):
+        return "keep" if shared else "not_broadcast" if owned else "skip"
+    return "keep" if owned else "skip"

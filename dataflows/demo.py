@@ -26,10 +26,12 @@ from typing import Any, TextIO
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from riskguard.connectors.broker import DevBroker
+from riskguard.connectors.placement import aligned_partitions
 from riskguard.connectors.settings import KafkaSettings
 from riskguard.connectors.subscriber import CommandSubscriber, GapAlert, Rejection
 from riskguard.connectors.topics import create_topics, topic_name
 from riskguard.dataflows.demo_scenario import DURATION_S, build_scenario
+from riskguard.dataflows.guard import load_guard_config, price_key_prefixes
 from riskguard.operators.crypto import (
     PAYLOAD_COMMAND,
     Signer,
@@ -125,18 +127,30 @@ def write_config(workdir: Path, bootstrap: str, keys: DemoKeys, env: str = ENV,
     return path
 
 
-def publish_scenario(bootstrap: str, start_ns: int, env: str = ENV) -> int:
-    """Produce the scenario to the input topics; returns the record count."""
+def publish_scenario(bootstrap: str, start_ns: int, env: str = ENV, *,
+                     aligned: tuple[int, tuple[bytes, ...]] | None = None) -> int:
+    """Produce the scenario to the input topics; returns the record count.
+
+    ``aligned``: ``(partitions, broadcast key prefixes)`` of an aligned market topic
+    (``input.aligned_market``): market data goes where
+    :func:`~riskguard.connectors.placement.aligned_partitions` puts it.
+    """
     sc = build_scenario(start_ns)
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True})
+    market = topic_name(env, "market")
     for rec in sc.events:
         key = f"{getattr(rec, 'venue', '')}/{getattr(rec, 'instrument', '')}".encode()
-        while True:
-            try:
-                p.produce(topic_name(env, stream_of(rec)), encode(rec), key)
-                break
-            except BufferError:
-                p.poll(0.05)
+        topic = topic_name(env, stream_of(rec))
+        parts = [-1]  # librdkafka's partitioner
+        if aligned is not None and topic == market:
+            parts = aligned_partitions(key, *aligned)
+        for part in parts:
+            while True:
+                try:
+                    p.produce(topic, encode(rec), key, partition=part)
+                    break
+                except BufferError:
+                    p.poll(0.05)
     left = p.flush(60)
     if left:
         msg = f"could not publish {left} scenario records"
@@ -217,8 +231,10 @@ class PreparedRun:
 
 
 def prepare_run(bootstrap: str, workdir: Path, *, env: str = ENV, partitions: int = 2,
-                overrides: str = "") -> PreparedRun:
-    """Create topics, keys, trust file and config; publish the scenario."""
+                overrides: str = "", aligned_market: bool = False) -> PreparedRun:
+    """Create topics, keys, trust file and config; publish the scenario (with
+    ``aligned_market``, the config sets ``input.aligned_market`` and market data is
+    produced aligned)."""
     from riskguard.cli_topics import topic_specs  # noqa: PLC0415  (CLI helper, imported late)
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -227,10 +243,15 @@ def prepare_run(bootstrap: str, workdir: Path, *, env: str = ENV, partitions: in
     create_topics(common.kafka.client_config(), topic_specs(common))
     keys = init_keys(workdir)
     config = write_config(workdir, bootstrap, keys, env, overrides)
+    aligned = None
+    if aligned_market:
+        config.write_text(config.read_text().replace(
+            "[input]\n", "[input]\naligned_market = true\n", 1))
+        aligned = (partitions, price_key_prefixes(load_guard_config(config)[0]))
     # On a whole second: bars and ticks are cut on whole seconds of event time, so every
     # prepared run sees the scenario cut the same way (a run is comparable with another).
     start_ns = (time.time_ns() // NS - DURATION_S - 5) * NS
-    n = publish_scenario(bootstrap, start_ns, env)
+    n = publish_scenario(bootstrap, start_ns, env, aligned=aligned)
     return PreparedRun(bootstrap, env, workdir, config, keys, start_ns, n)
 
 

@@ -119,6 +119,13 @@ class InputConfig(msgspec.Struct, frozen=True, kw_only=True):
     # data never crosses processes, and each process sees its inputs in one event-time
     # order. See the README's "Scaling".
     split_market_by_key: bool = True
+    # The market topic is produced with riskguard.connectors.placement.aligned_partitions
+    # (partitions a multiple of the worker count; index and oracle prices to every
+    # partition): each worker reads only its own partitions, whose keys all route to it,
+    # so market data is fetched once, never crosses processes, and each process still
+    # has its own copy of every index price and heartbeat. Takes precedence over
+    # split_market_by_key. See the README's "Scaling".
+    aligned_market: bool = False
     # One bytewax source partition per worker, holding all of its Kafka partitions, read
     # into batches of up to batch_size per partition: every step pays per batch, and on a
     # backlog alignment cut the per-partition reads to ~40 records. Renames the source
@@ -195,13 +202,28 @@ def load_guard_config(path: str | Path) -> tuple[GuardConfig, str]:
 def _check_split(cfg: GuardConfig) -> None:
     """With split market data each worker routes its own copy of an index price
     around feed selection, so an index source must not have a feed failover pair."""
-    if not cfg.input.split_market_by_key:
+    if not _split(cfg):
         return
     both = sorted(set(_price_sources(cfg)) & set(cfg.feeds.venues))
     if both:
-        raise ConfigError("input.split_market_by_key",
+        field = "aligned_market" if cfg.input.aligned_market else "split_market_by_key"
+        raise ConfigError(f"input.{field}",
                           "index and oracle sources without a [feeds.venues] failover pair "
                           "(each worker reads its own copy of their prices)", both)
+
+
+def _split(cfg: GuardConfig) -> bool:
+    """Does each worker read its own keys' market data (split by key, or aligned) and its
+    own copy of every index price and heartbeat?"""
+    return cfg.input.split_market_by_key or cfg.input.aligned_market
+
+
+def price_key_prefixes(cfg: GuardConfig) -> tuple[bytes, ...]:
+    """The Kafka key prefixes (``<source>/``) of index and oracle prices on the market
+    topic: every worker reads its own copy of them (with ``input.aligned_market``, a
+    producer writes them to every partition:
+    :func:`~riskguard.connectors.placement.aligned_partitions`)."""
+    return tuple(f"{s}/".encode() for s in _price_sources(cfg))
 
 
 def _price_sources(cfg: GuardConfig) -> tuple[str, ...]:
@@ -544,11 +566,11 @@ def build_flow(
                                 issuer)
     out = guard_core("guard", src.oks, cfg=cfg, cfg_hash=cfg_hash, clock=clock, signer=signer,
                      trust=trust, seq_floor=delivered, wall_clock=clock,
-                     local_keys=LocalKeys() if cfg.input.split_market_by_key else None,
+                     local_keys=LocalKeys() if _split(cfg) else None,
                      remote_keys=OtherProcessKeys())
     timeout = cfg.sink_delivery_timeout_s
     # split market data: every output is written by the worker that made it
-    local = cfg.input.split_market_by_key
+    local = _split(cfg)
     kafka_output("commands", out.commands, brokers=brokers, topic=cfg.topic("commands"),
                  delivery_timeout_s=timeout, worker_local=local, key=lambda _env: issuer)
     dead = op.merge("dead", src.errs, out.dead_letters)
@@ -566,13 +588,15 @@ def build_flow(
 
 def _split_options(cfg: GuardConfig) -> dict[str, Any]:
     """kafka_input options for ``input.split_market_by_key``: the market topic split by
-    Kafka key, and heartbeats plus index and oracle prices read by every worker."""
-    if not cfg.input.split_market_by_key:
+    Kafka key, and heartbeats plus index and oracle prices read by every worker; for
+    ``input.aligned_market``: the market topic's partitions read where their keys live."""
+    if not _split(cfg):
         return {}
+    market = "aligned_topics" if cfg.input.aligned_market else "key_split_topics"
     return {
-        "key_split_topics": [cfg.topic("market")],
+        market: [cfg.topic("market")],
         "broadcast": Broadcast(topics=frozenset({cfg.topic("venue_status")}),
-                               key_prefixes=tuple(f"{s}/".encode() for s in _price_sources(cfg)),
+                               key_prefixes=price_key_prefixes(cfg),
                                records=is_broadcast),
     }
 

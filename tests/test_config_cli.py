@@ -178,3 +178,7 @@ def test_split_market_data_refuses_an_index_source_with_a_feed_failover_pair(
     path.write_text(text)
     with pytest.raises(ConfigError, match=r"^input\.split_market_by_key: .*binance"):
         load_guard_config(path)
+    # aligned market data gives each worker its own index copies too: the same rule
+    path.write_text(text.replace("aligned_market = false", "aligned_market = true", 1))
+    with pytest.raises(ConfigError, match=r"^input\.aligned_market: .*binance"):
+        load_guard_config(path)

@@ -178,11 +178,14 @@ def test_two_worker_threads_give_the_same_commands(baseline, kafka_bootstrap, tm
     _assert_same_outcome(cmds, base)
 
 
-def _two_processes(kafka_bootstrap: str, tmp_path: Path, *,
-                   split: bool) -> tuple[PreparedRun, list[MitigationCommand]]:
+def _two_processes(kafka_bootstrap: str, tmp_path: Path, *, split: bool,
+                   aligned: bool = False) -> tuple[PreparedRun, list[MitigationCommand]]:
     """The scenario through two bytewax processes wired with -i/-a, with
-    ``input.split_market_by_key`` set to ``split``; the commands a subscriber executes."""
-    run = _prepare(kafka_bootstrap, tmp_path, f"p2-{split}")
+    ``input.split_market_by_key`` set to ``split`` (and ``input.aligned_market`` to
+    ``aligned``, market data produced aligned); the commands a subscriber executes."""
+    env = f"e{uuid.uuid4().hex[:8]}"
+    run = prepare_run(kafka_bootstrap, tmp_path / f"p2-{split}-{aligned}", env=env,
+                      aligned_market=aligned)
     line = f"split_market_by_key = {str(split).lower()}"
     run.config.write_text(run.config.read_text().replace("[input]\n", f"[input]\n{line}\n", 1))
     assert line in run.config.read_text()
@@ -212,6 +215,20 @@ def test_two_processes_with_market_data_split_by_key_give_the_same_commands(
     in one event-time order) or half-delivered."""
     _, base, _ = baseline
     run, cmds = _two_processes(kafka_bootstrap, tmp_path, split=True)
+    _assert_same_outcome(cmds, base)
+    dead = [msgspec.json.decode(v) for _p, _o, v in consume_all(kafka_bootstrap,
+                                                                 run.topic("dead_letters"))]
+    assert not [d for d in dead if d.get("reason") in ("late", "not_broadcast")], dead[:3]
+
+
+def test_two_processes_with_aligned_market_data_give_the_same_commands(
+    baseline, kafka_bootstrap, tmp_path
+) -> None:
+    """With ``input.aligned_market`` (market data produced with ``aligned_partitions``)
+    each process reads only its own partitions: the same mitigations as one worker, and
+    nothing dead-lettered as late or half-delivered."""
+    _, base, _ = baseline
+    run, cmds = _two_processes(kafka_bootstrap, tmp_path, split=True, aligned=True)
     _assert_same_outcome(cmds, base)
     dead = [msgspec.json.decode(v) for _p, _o, v in consume_all(kafka_bootstrap,
                                                                  run.topic("dead_letters"))]

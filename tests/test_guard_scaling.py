@@ -170,3 +170,140 @@ def test_broadcast_records_reach_every_worker_once_and_fan_out_to_local_keys_onl
     assert sorted((k, rid) for k, rid, _w in got) == sorted(
         (k, f"i{i}") for k in targets for i in range(6))
     assert all(w == route_worker(k, 2) for k, _rid, w in got)
+
+
+@pytest.mark.parametrize(("workers", "partitions"), [(1, 4), (2, 4), (4, 4), (3, 6), (2, 8)])
+def test_an_aligned_partition_is_read_by_the_worker_its_keys_route_to(
+    workers: int, partitions: int
+) -> None:
+    """With W dividing the partition count, partition i (read by worker i % W) holds only
+    keys that bytewax routes to worker i % W, for every such W."""
+    for key in KEYS:
+        assert placement.aligned_partition(key, partitions) % workers == route_worker(key, workers)
+    assert placement.aligned_partitions(b"index/BTC", partitions, (b"index/",)) == list(
+        range(partitions))
+
+
+def _aligned_flow(bootstrap: str, market: str, status: str, bundle: bool) -> tuple[
+        Dataflow, dict[str, list[int]], list[tuple[str, int]], dict[str, int]]:
+    flow = Dataflow("aligned")
+    src = kafka_input(
+        "in", flow, brokers=bootstrap, topics=[market, status], idle_eof_s=1.5,
+        aligned_topics=[market],
+        broadcast=Broadcast(topics=frozenset({status}), key_prefixes=(b"index/",),
+                            records=lambda r: isinstance(r, IndexPrice | VenueStatus)),
+        bundle=bundle,
+    )
+    read_on: dict[str, list[int]] = {}
+    op.inspect_debug("read", src.oks, inspector=lambda _s, rec, _e, worker:
+                     read_on.setdefault(rec.id, []).append(worker))
+    dead: list[tuple[str, int]] = []
+    op.inspect_debug("dead", src.errs, inspector=lambda _s, d, _e, worker:
+                     dead.append((d.reason, worker)))
+    keyed = op.key_on("key", op.filter("trades", src.oks, lambda r: isinstance(r, Trade)),
+                      lambda r: f"{r.venue}/{r.instrument}")
+    state_on: dict[str, int] = {}
+    op.inspect_debug("state_on", op.stateful_map("state", keyed, lambda s, r: (s, r)),
+                     inspector=lambda _s, kv, _e, worker: state_on.__setitem__(kv[1].id, worker))
+    return flow, read_on, dead, state_on
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("bundle", [False, True])
+def test_aligned_topic_records_are_read_once_where_their_key_lives(
+    kafka_bootstrap: str, new_topic, bundle: bool
+) -> None:
+    """With 2 workers and a 4-partition topic produced with aligned_partitions: each
+    market record is read exactly once, on the worker that holds its key's state (so
+    keying never moves it); each worker emits one copy of every index price (written to
+    every partition) and of every heartbeat; nothing is counted as misaligned."""
+    market, status = new_topic(partitions=4), new_topic(partitions=2)
+    keys = ["binance/BTC-PERP", "okx/ETH-USDT", "deribit/ETH-PERP", "okx/BTC-USDT",
+            "binance/ETH-USDT", "deribit/BTC-PERP"]
+    p = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
+    sent = {}
+    for i in range(120):
+        key = keys[i % len(keys)]
+        venue, instrument = key.split("/")
+        rec = Trade(id=f"t{i}", venue=venue, instrument=instrument, ts=1_000 + i, price=1.0,
+                    qty=1.0, side="buy")
+        for part in placement.aligned_partitions(key, 4, (b"index/",)):
+            p.produce(market, encode(rec), key.encode(), partition=part)
+        sent[rec.id] = key
+    for i in range(5):
+        ip = IndexPrice(id=f"i{i}", venue="index", instrument="BTC-PERP", ts=2_000 + i,
+                        price=1.0)
+        for part in placement.aligned_partitions(b"index/BTC-PERP", 4, (b"index/",)):
+            p.produce(market, encode(ip), b"index/BTC-PERP", partition=part)
+    for i in range(3):
+        p.produce(status, encode(VenueStatus(id=f"h{i}", venue="okx", ts=4_000 + i,
+                                             state=VenueState.OK)), b"okx/")
+    assert p.flush(30) == 0
+    before = _misaligned(market)
+
+    flow, read_on, dead, state_on = _aligned_flow(kafka_bootstrap, market, status, bundle)
+    cluster_main(flow, [], 0, worker_count_per_proc=2)
+
+    assert not dead
+    assert all(len(read_on[rid]) == 1 for rid in sent), "a record was read twice"
+    assert {rid: read_on[rid][0] for rid in sent} == state_on
+    assert state_on == {rid: route_worker(key, 2) for rid, key in sent.items()}
+    assert set(state_on.values()) == {0, 1}
+    for rid in [f"i{i}" for i in range(5)] + [f"h{i}" for i in range(3)]:
+        assert sorted(read_on[rid]) == [0, 1], rid
+    assert _misaligned(market) == before
+
+
+def _misaligned(topic: str) -> float:
+    from riskguard.operators.metrics import MISALIGNED
+
+    return MISALIGNED.labels(topic)._value.get()
+
+
+@pytest.mark.kafka
+def test_a_record_produced_to_the_wrong_aligned_partition_is_still_read_once_and_counted(
+    kafka_bootstrap: str, new_topic
+) -> None:
+    """A producer that ignores aligned_partitions costs a move downstream, never a record:
+    each is read once, its state still lives where its key routes, and the source counts
+    it in riskguard_misaligned_records_total."""
+    market, status = new_topic(partitions=2), new_topic(partitions=1)
+    key = "okx/BTC-PERP"
+    wrong = 1 - placement.aligned_partition(key, 2)
+    p = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
+    ids = [f"w{i}" for i in range(7)]
+    for i, rid in enumerate(ids):
+        rec = Trade(id=rid, venue="okx", instrument="BTC-PERP", ts=1_000 + i, price=1.0,
+                    qty=1.0, side="buy")
+        p.produce(market, encode(rec), key.encode(), partition=wrong)
+    assert p.flush(30) == 0
+    before = _misaligned(market)
+
+    flow, read_on, dead, state_on = _aligned_flow(kafka_bootstrap, market, status, False)
+    cluster_main(flow, [], 0, worker_count_per_proc=2)
+
+    assert not dead
+    assert read_on == {rid: [wrong] for rid in ids}
+    assert state_on == dict.fromkeys(ids, route_worker(key, 2))
+    assert _misaligned(market) == before + len(ids)
+
+
+@pytest.mark.kafka
+def test_an_aligned_topic_whose_partitions_the_workers_do_not_divide_is_a_config_error(
+    kafka_bootstrap: str, new_topic
+) -> None:
+    """3 partitions cannot be aligned with 2 workers: start-up names the topic and count."""
+    market = new_topic(partitions=3)
+    saved = dict(placement._CLUSTER)
+    placement._CLUSTER["workers"] = 2
+    try:
+        src = KafkaInput(kafka_bootstrap, [market], aligned_topics=[market])
+        with pytest.raises(ConfigError, match=r"^kafka\.aligned_topics: .*multiple of the 2 "
+                           rf"workers.*{market}: 3 partitions"):
+            src.list_parts()
+    finally:
+        placement._CLUSTER.clear()
+        placement._CLUSTER.update(saved)
+    with pytest.raises(ConfigError, match="neither key-split nor broadcast"):
+        KafkaInput(kafka_bootstrap, [market], aligned_topics=[market],
+                   key_split_topics=[market])
