@@ -52,9 +52,14 @@ from riskguard.operators.base import (
 )
 from riskguard.operators.clock import Clock, Tick, system_clock
 from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer, encode_envelope
-from riskguard.operators.detector import DetectorConfig
+from riskguard.operators.detector import DetectorConfig, prepare_models
 from riskguard.operators.exposure import ExposureConfig
-from riskguard.operators.features import FeatureConfig
+from riskguard.operators.features import (
+    MARKET_FEATURES,
+    OPTION_FEATURES,
+    VENUE_FEATURES,
+    FeatureConfig,
+)
 from riskguard.operators.feeds import FeedConfig, FeedMonitorLogic, FeedSelectLogic
 from riskguard.operators.limits import LimitsConfig
 from riskguard.operators.metrics import record_command, start_metrics_server_from_env
@@ -544,6 +549,8 @@ def build_flow(
         # Start-up, not the first market record, pays for River's drift module (~1 s:
         # it pulls in scipy); the detector imports it lazily when it builds a key.
         import river.drift  # noqa: F401, PLC0415
+    # and for each key class's models (the first market record would wait ~0.1 s per class)
+    prepare_models(cfg.detector, (MARKET_FEATURES, OPTION_FEATURES, VENUE_FEATURES))
     brokers = cfg.kafka
     flow = Dataflow("riskguard_guard")
     policy = EventTimePolicy(

@@ -129,3 +129,22 @@ def test_bad_feature_config_names_the_key() -> None:
     """Config errors name the offending key path."""
     with pytest.raises(ConfigError, match=r"features.bar_ns: must be a positive duration"):
         FeatureConfig(bar_ns=0).validate()
+
+
+def test_each_key_class_emits_exactly_its_named_feature_set() -> None:
+    """Market, option and venue vectors carry MARKET_FEATURES, OPTION_FEATURES and
+    VENUE_FEATURES: the sets the guard builds detector models for at start-up."""
+    from riskguard.operators.features import MARKET_FEATURES, OPTION_FEATURES, VENUE_FEATURES
+    from riskguard.schemas import OptionQuote
+
+    logic = FeatureLogic(EV, ManualClock(10**19))
+    market = logic.on_event(quote(1, NS))[0]
+    venue = FeatureLogic(EV, ManualClock(10**19)).on_event(
+        VenueStatus(id="h1", venue="okx", ts=NS, seq=1))
+    opt = FeatureLogic(EV, ManualClock(10**19)).on_event(OptionQuote(
+        id="o1", venue="okx", instrument="BTC-27DEC26-70000-C", ts=NS, underlying="BTC",
+        expiry=10**18, strike=70_000.0, option_type="call", bid=0.05, ask=0.06,
+        mark_price=0.055, mark_iv=0.6, underlying_price=60_000.0, delta=0.4))
+    assert set(market.values) == set(MARKET_FEATURES)
+    assert [set(v.values) for v in venue] == [set(VENUE_FEATURES)]
+    assert [set(v.values) for v in opt] == [set(OPTION_FEATURES)]
