@@ -323,7 +323,9 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         # none of its own after it: where the partition stands for alignment
         self._skipped_ts = watermark
         self._skipped_any = False
-        self._aligned = replica if isinstance(replica, AlignedReader) else None
+        # an aligned partition's keys should route to its reader (with one worker they do)
+        self._aligned = (replica if isinstance(replica, AlignedReader) and replica.workers > 1
+                         else None)
         self._misaligned = MISALIGNED.labels(topic)
         self._warned = False
         if align is not None:

@@ -411,8 +411,11 @@ def guard_core(
     ticks = op.flat_map_batch("ticks", records, _tick_fn(cfg.tick_ns))
     # Market data is most of the input: split it off first, so the other filters only
     # see the rest.
-    by_kind = op.branch("is_market", records, lambda r: isinstance(r, MARKET))
-    market, records = by_kind.trues, by_kind.falses
+    # (one comprehension per batch each, not bytewax's per-item branch predicate)
+    market = op.flat_map_batch("market", records,
+                               lambda rs: [r for r in rs if isinstance(r, MARKET)])
+    records = op.flat_map_batch("not_market", records,
+                                lambda rs: [r for r in rs if not isinstance(r, MARKET)])
     status = op.filter("status", records, lambda r: isinstance(r, VenueStatus))
     trading = op.filter("trading", records, lambda r: isinstance(r, TRADING))
     updates = op.filter("updates", records, lambda r: isinstance(r, SignedEnvelope)
