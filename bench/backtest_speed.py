@@ -24,11 +24,8 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 from riskguard.dataflows.backtest import run_backtest
 from riskguard.dataflows.demo import init_keys, write_config
-from riskguard.dataflows.demo_scenario import build_scenario
+from riskguard.dataflows.demo_scenario import build_scenario, scenario_copies
 from riskguard.dataflows.guard import load_guard_config, load_keys
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from guard_workload import scenario_copies
 
 
 def passthrough(records: list) -> float:

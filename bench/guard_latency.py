@@ -45,12 +45,11 @@ from guard_workload import (
     LiveLoad,
     Tail,
     publish,
-    scenario_copies,
     setup_env,
     start_guard,
 )
 from riskguard.connectors.broker import DevBroker
-from riskguard.dataflows.demo_scenario import DURATION_S
+from riskguard.dataflows.demo_scenario import DURATION_S, scenario_copies
 from riskguard.operators.crypto import decode_envelope
 from riskguard.operators.signing import decode_command
 

@@ -73,13 +73,12 @@ from guard_workload import (
     NS,
     BenchEnv,
     publish,
-    scenario_copies,
     setup_env,
     start_guard,
 )
 from riskguard.connectors.broker import DevBroker, free_port
 from riskguard.connectors.topics import TopicSpec, create_topics
-from riskguard.dataflows.demo_scenario import DURATION_S
+from riskguard.dataflows.demo_scenario import DURATION_S, scenario_copies
 
 HERE = Path(__file__).resolve().parent
 

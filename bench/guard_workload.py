@@ -3,9 +3,6 @@
 - :func:`setup_env`: topics (``partitions`` per topic), demo keys, a root-signed
   trust file and a guard config derived from ``dataflows/demo.toml`` with
   bench overrides (``[input]`` values, ``playbook.max_commands``).
-- :func:`scenario_copies`: ``copies`` concatenated copies of the bundled demo
-  scenario, each shifted by the scenario's duration and with ids made unique
-  per copy (about 27k records per copy).
 - :func:`publish`: produce records to the guard's input topics, keyed by
   ``venue/instrument`` as ``riskguard demo`` does (market data to the partition
   :func:`~riskguard.connectors.placement.aligned_partition` names, when the env's
@@ -34,7 +31,7 @@ from riskguard.connectors.placement import aligned_partitions
 from riskguard.connectors.settings import KafkaSettings
 from riskguard.connectors.topics import create_topics, topic_name
 from riskguard.dataflows.demo import DemoKeys, init_keys, stream_of, write_config
-from riskguard.dataflows.demo_scenario import DURATION_S, build_scenario
+from riskguard.dataflows.demo_scenario import build_scenario
 from riskguard.dataflows.guard import INPUT_STREAMS, load_guard_config, price_key_prefixes
 from riskguard.schemas import Fill, encode
 
@@ -112,16 +109,6 @@ def _set_key(text: str, table: str, key: str, line: str | None) -> str:
     return text[:start] + body + text[end:]
 
 
-def scenario_copies(copies: int, start_ns: int) -> list[Any]:
-    """``copies`` back-to-back copies of the demo scenario starting at ``start_ns``."""
-    base = build_scenario(0).events
-    span = DURATION_S * NS
-    out: list[Any] = []
-    replace = msgspec.structs.replace
-    for k in range(copies):
-        shift = start_ns + k * span
-        out.extend(replace(r, id=f"c{k}-{r.id}", ts=r.ts + shift) for r in base)
-    return out
 
 
 def _key(rec: Any) -> bytes:

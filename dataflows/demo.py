@@ -30,7 +30,7 @@ from riskguard.connectors.placement import aligned_partitions
 from riskguard.connectors.settings import KafkaSettings
 from riskguard.connectors.subscriber import CommandSubscriber, GapAlert, Rejection
 from riskguard.connectors.topics import create_topics, topic_name
-from riskguard.dataflows.demo_scenario import DURATION_S, build_scenario
+from riskguard.dataflows.demo_scenario import DURATION_S, build_scenario, scenario_copies
 from riskguard.dataflows.guard import load_guard_config, price_key_prefixes
 from riskguard.operators.crypto import (
     PAYLOAD_COMMAND,
@@ -128,17 +128,20 @@ def write_config(workdir: Path, bootstrap: str, keys: DemoKeys, env: str = ENV,
 
 
 def publish_scenario(bootstrap: str, start_ns: int, env: str = ENV, *,
-                     aligned: tuple[int, tuple[bytes, ...]] | None = None) -> int:
+                     aligned: tuple[int, tuple[bytes, ...]] | None = None,
+                     copies: int = 1) -> int:
     """Produce the scenario to the input topics; returns the record count.
 
+    ``copies`` > 1: that many back-to-back copies (:func:`scenario_copies`).
     ``aligned``: ``(partitions, broadcast key prefixes)`` of an aligned market topic
     (``input.aligned_market``): market data goes where
     :func:`~riskguard.connectors.placement.aligned_partitions` puts it.
     """
-    sc = build_scenario(start_ns)
+    events = build_scenario(start_ns).events if copies == 1 else scenario_copies(
+        copies, start_ns)
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True})
     market = topic_name(env, "market")
-    for rec in sc.events:
+    for rec in events:
         key = f"{getattr(rec, 'venue', '')}/{getattr(rec, 'instrument', '')}".encode()
         topic = topic_name(env, stream_of(rec))
         parts = [-1]  # librdkafka's partitioner
@@ -155,7 +158,7 @@ def publish_scenario(bootstrap: str, start_ns: int, env: str = ENV, *,
     if left:
         msg = f"could not publish {left} scenario records"
         raise RuntimeError(msg)
-    return len(sc.events)
+    return len(events)
 
 
 @dataclass
@@ -231,10 +234,11 @@ class PreparedRun:
 
 
 def prepare_run(bootstrap: str, workdir: Path, *, env: str = ENV, partitions: int = 2,
-                overrides: str = "", aligned_market: bool = False) -> PreparedRun:
-    """Create topics, keys, trust file and config; publish the scenario (with
-    ``aligned_market``, the config sets ``input.aligned_market`` and market data is
-    produced aligned)."""
+                overrides: str = "", aligned_market: bool = False,
+                copies: int = 1) -> PreparedRun:
+    """Create topics, keys, trust file and config; publish the scenario (``copies``
+    back-to-back copies of it; with ``aligned_market``, the config sets
+    ``input.aligned_market`` and market data is produced aligned)."""
     from riskguard.cli_topics import topic_specs  # noqa: PLC0415  (CLI helper, imported late)
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -250,8 +254,8 @@ def prepare_run(bootstrap: str, workdir: Path, *, env: str = ENV, partitions: in
         aligned = (partitions, price_key_prefixes(load_guard_config(config)[0]))
     # On a whole second: bars and ticks are cut on whole seconds of event time, so every
     # prepared run sees the scenario cut the same way (a run is comparable with another).
-    start_ns = (time.time_ns() // NS - DURATION_S - 5) * NS
-    n = publish_scenario(bootstrap, start_ns, env, aligned=aligned)
+    start_ns = (time.time_ns() // NS - copies * DURATION_S - 5) * NS
+    n = publish_scenario(bootstrap, start_ns, env, aligned=aligned, copies=copies)
     return PreparedRun(bootstrap, env, workdir, config, keys, start_ns, n)
 
 

@@ -22,6 +22,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
+import msgspec
 from riskguard.schemas import (
     Balance,
     Fill,
@@ -164,3 +165,23 @@ def build_scenario(start_ns: int, seed: int = 7) -> Scenario:
                  start_ns + DURATION_S * NS),
     ]
     return Scenario(events=[e for _, _, e in ev], incidents=incidents)
+
+
+def scenario_copies(copies: int, start_ns: int) -> list[Record]:
+    """``copies`` back-to-back copies of the scenario starting at ``start_ns``, each
+    shifted by ``DURATION_S`` and with ids made unique per copy (``c<k>-<id>``): a
+    backlog of several incidents, as after an outage.
+
+    >>> evs = scenario_copies(2, 0)
+    >>> len(evs) == 2 * len(build_scenario(0).events), evs[0].id.startswith("c0-")
+    (True, True)
+    """
+    base = build_scenario(0).events
+    span = DURATION_S * NS
+    out: list[Record] = []
+    replace = msgspec.structs.replace
+    for k in range(copies):
+        shift = start_ns + k * span
+        out.extend(replace(r, id=f"c{k}-{r.id}", ts=r.ts + shift)  # type: ignore[attr-defined]
+                   for r in base)
+    return out
