@@ -331,16 +331,9 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         if align is not None:
             align.register(self._name, clock(), watermark)
 
-    def _check_aligned(self, msgs: list[Any]) -> None:
+    def _report_misaligned(self, reader: AlignedReader, bad: list[bytes | None]) -> None:
         """Count (and log once) messages of an aligned partition whose key routes to
         another worker: still emitted, they only cost a move downstream."""
-        reader = self._aligned
-        if reader is None:
-            return
-        misplaced = reader.misplaced
-        bad = [k for m in msgs if misplaced(k := m.key()) and m.error() is None]
-        if not bad:
-            return
         self._misaligned.inc(len(bad))
         if not self._warned:
             self._warned = True
@@ -365,8 +358,9 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
                 raise StopIteration
             return None
         topic, idx, decode, policy = self._topic, self._idx, self._decode, self._policy
-        if self._aligned is not None:
-            self._check_aligned(msgs)
+        aligned = self._aligned
+        misplaced = None if aligned is None else aligned.misplaced
+        bad: list[bytes | None] = []  # keys of an aligned partition's misplaced messages
         stamp = self._stamp
         received = self._clock() if stamp else 0
         # the future-skew check's processing time: read once per fetch, not per record
@@ -391,7 +385,10 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
             off = last_off = m.offset() or 0
             at_end = False
             if replica is not None:
-                owned, shared = replica.place(m.key())
+                key = m.key()
+                owned, shared = replica.place(key)
+                if misplaced is not None and misplaced(key):
+                    bad.append(key)
                 if not (owned or shared):
                     skipped = m
                     continue
@@ -419,6 +416,8 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
             append(rec)
             append_off(off)
             skipped = None
+        if bad and aligned is not None:
+            self._report_misaligned(aligned, bad)
         if skipped is not None and self._align is not None:  # only alignment asks
             self._skipped_any = True
             self._skipped_ts = max(self._skipped_ts, _stamp_of(skipped.value()))

@@ -79,7 +79,6 @@ def route_worker(key: str | bytes, workers: int) -> int:
     return _siphash13(data + b"\xff") % workers
 
 
-@functools.lru_cache(maxsize=100_000)
 def aligned_partition(key: str | bytes, partitions: int) -> int:
     """The partition of an aligned topic a producer writes a record keyed ``key`` to.
 
@@ -96,8 +95,7 @@ def aligned_partition(key: str | bytes, partitions: int) -> int:
     ...  for k in ("okx/BTC-PERP", "binance/BTC-USDT")]
     [True, True]
     """
-    data = key.encode() if isinstance(key, str) else key
-    return _siphash13(data + b"\xff") % partitions
+    return route_worker(key, partitions)  # the same hash, modulo the partitions
 
 
 # Per process: the cluster's worker count, and each worker thread's (index, count), as
@@ -217,7 +215,7 @@ def aligned_partitions(key: str | bytes, partitions: int,
     data = key.encode() if isinstance(key, str) else key
     if broadcast_prefixes and data.startswith(broadcast_prefixes):
         return list(range(partitions))
-    return [aligned_partition(data, partitions)]
+    return [route_worker(data, partitions)]
 
 
 class AlignedReader:

@@ -6,6 +6,8 @@ on the worker that holds their key's state, each exactly once.
 
 from __future__ import annotations
 
+from typing import Any
+
 import bytewax.operators as op
 import pytest
 from bytewax.dataflow import Dataflow
@@ -109,6 +111,27 @@ def test_key_split_topic_records_are_read_once_on_the_worker_that_holds_their_ke
     assert set(state_on.values()) == {0, 1}
 
 
+def _read_with_broadcast(flow: Dataflow, bootstrap: str, market: str, status: str,
+                         bundle: bool, **placement_options: Any) -> tuple[
+        Any, dict[str, list[int]], list[tuple[str, int]]]:
+    """``market`` (placed by ``placement_options``) and the broadcast topic ``status``
+    (index prices under ``index/`` on ``market`` too) read into ``flow``; the source,
+    the workers each record was read on, and the dead letters' reasons and workers."""
+    src = kafka_input(
+        "in", flow, brokers=bootstrap, topics=[market, status], idle_eof_s=1.5,
+        broadcast=Broadcast(topics=frozenset({status}), key_prefixes=(b"index/",),
+                            records=lambda r: isinstance(r, IndexPrice | VenueStatus)),
+        bundle=bundle, **placement_options,
+    )
+    read_on: dict[str, list[int]] = {}
+    op.inspect_debug("read", src.oks, inspector=lambda _s, rec, _e, worker:
+                     read_on.setdefault(rec.id, []).append(worker))
+    dead: list[tuple[str, int]] = []
+    op.inspect_debug("dead", src.errs, inspector=lambda _s, d, _e, worker:
+                     dead.append((d.reason, worker)))
+    return src, read_on, dead
+
+
 @pytest.mark.kafka
 @pytest.mark.parametrize("bundle", [False, True])
 def test_broadcast_records_reach_every_worker_once_and_fan_out_to_local_keys_only(
@@ -138,19 +161,8 @@ def test_broadcast_records_reach_every_worker_once_and_fan_out_to_local_keys_onl
     assert p.flush(30) == 0
 
     flow = Dataflow("broadcast")
-    src = kafka_input(
-        "in", flow, brokers=kafka_bootstrap, topics=[market, status], idle_eof_s=1.5,
-        key_split_topics=[market],
-        broadcast=Broadcast(topics=frozenset({status}), key_prefixes=(b"index/",),
-                            records=lambda r: isinstance(r, IndexPrice | VenueStatus)),
-        bundle=bundle,
-    )
-    read_on: dict[str, list[int]] = {}
-    op.inspect_debug("read", src.oks, inspector=lambda _s, rec, _e, worker:
-                     read_on.setdefault(rec.id, []).append(worker))
-    dead: list[tuple[str, int]] = []
-    op.inspect_debug("dead", src.errs, inspector=lambda _s, d, _e, worker:
-                     dead.append((d.reason, worker)))
+    src, read_on, dead = _read_with_broadcast(flow, kafka_bootstrap, market, status, bundle,
+                                              key_split_topics=[market])
     targets = [f"k{n}" for n in range(20)]
     local = LocalKeys()
     fanned = op.flat_map("fan", op.filter("idx", src.oks, lambda r: isinstance(r, IndexPrice)),
@@ -187,19 +199,8 @@ def test_an_aligned_partition_is_read_by_the_worker_its_keys_route_to(
 def _aligned_flow(bootstrap: str, market: str, status: str, bundle: bool) -> tuple[
         Dataflow, dict[str, list[int]], list[tuple[str, int]], dict[str, int]]:
     flow = Dataflow("aligned")
-    src = kafka_input(
-        "in", flow, brokers=bootstrap, topics=[market, status], idle_eof_s=1.5,
-        aligned_topics=[market],
-        broadcast=Broadcast(topics=frozenset({status}), key_prefixes=(b"index/",),
-                            records=lambda r: isinstance(r, IndexPrice | VenueStatus)),
-        bundle=bundle,
-    )
-    read_on: dict[str, list[int]] = {}
-    op.inspect_debug("read", src.oks, inspector=lambda _s, rec, _e, worker:
-                     read_on.setdefault(rec.id, []).append(worker))
-    dead: list[tuple[str, int]] = []
-    op.inspect_debug("dead", src.errs, inspector=lambda _s, d, _e, worker:
-                     dead.append((d.reason, worker)))
+    src, read_on, dead = _read_with_broadcast(flow, bootstrap, market, status, bundle,
+                                              aligned_topics=[market])
     keyed = op.key_on("key", op.filter("trades", src.oks, lambda r: isinstance(r, Trade)),
                       lambda r: f"{r.venue}/{r.instrument}")
     state_on: dict[str, int] = {}
