@@ -410,7 +410,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
                     skipped = m
                     continue
                 if verdict == "not_broadcast":
-                    rec = self._not_broadcast(rec, m.key(), value, off)
+                    rec = self._not_broadcast(rec, key, value, off)
             if type(rec) is DeadLetter:
                 DEAD_LETTERS.labels(topic, rec.reason).inc()
             append(rec)
