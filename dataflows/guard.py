@@ -495,13 +495,18 @@ def guard_core(
                                   remote_keys=remote_keys)
     audience = Audience(env=cfg.env, topic=cfg.topic("limit_updates"))
     limits = enforce_limits("limits", exposure.exposures, updates, config=cfg.limits,
-                            verifier=trust_verifier(trust, audience), clock=clock)
+                            verifier=trust_verifier(trust, audience), clock=clock,
+                            progress=exposure.progress)
 
     signals = op.map("observe_signals", op.merge(
         "signals", anomalies, exposure.alerts, limits.breaches, limits.alerts, feed_alerts,
     ), observe)
+    # The playbook's clock: the ticks as the exposure path passes them on (valuation,
+    # counterparty, firm, limits), not as the sources make them. In a backlog that path's
+    # queues are the longest, and a breach must not reach the playbook after time has
+    # moved past it.
     planned = plan_mitigation(
-        "playbook", op.merge("playbook_in", signals, ticks, manual),
+        "playbook", op.merge("playbook_in", signals, limits.ticks, manual),
         config=cfg.playbook, clock=clock,
     )
     commands = planned.oks

@@ -74,12 +74,15 @@ class Watermark:
 
     ``sources`` (name -> ``[newest ts, processing time of that tick]``) is the
     caller's state, updated in place. A source without a tick for ``idle_ns``
-    of processing time stops holding the watermark back; a source far behind
+    of processing time stops holding the watermark back (noticed within another
+    ``idle_ns / 4``: the minimum is kept up as sources tick, so a tick costs
+    O(1), not O(sources), and is re-scanned at least that often); a source far behind
     in *event* time does not: in a replay, event time runs many times faster
     than processing time, so a worker a second late is still live. With
-    ``expected`` sources, the watermark stays at -1 until that many have
-    ticked or ``idle_ns`` has passed since the first tick, so a worker still
-    starting cannot be overtaken. Sources of a restored snapshot are retired
+    ``expected`` sources (the most any tick announced), the watermark stays
+    where it was (-1 at the start) until that many have ticked or ``idle_ns``
+    has passed, so a worker still starting, or a source that just joined and
+    whose first tick is on its way, cannot be overtaken. Sources of a restored snapshot are retired
     as soon as as many new ones tick (``restored``).
 
     >>> wm = Watermark(idle_ns=10)
@@ -94,6 +97,10 @@ class Watermark:
     >>> late = Watermark(idle_ns=10)  # b never comes: the start holds for idle_ns only
     >>> [late.update("a", t, now_ns=n, expected=2) for t, n in ((50, 0), (90, 12))]
     [-1, 90]
+    >>> grow = Watermark(idle_ns=10)  # a third source is announced: time holds for it
+    >>> [grow.update(s, t, now_ns=0, expected=e) for s, t, e in (("a", 50, 1), ("a", 60, 2),
+    ...                                                          ("b", 70, 2))]
+    [50, 50, 60]
     """
 
     def __init__(self, idle_ns: int, sources: dict[str, list[int]] | None = None,
@@ -101,8 +108,14 @@ class Watermark:
         self.idle_ns = idle_ns
         self.sources: dict[str, list[int]] = sources if sources is not None else {}
         self.restored = restored
-        self._first_ns: int | None = None
-        self._started = False
+        self._short_since: int | None = None
+        self._last = -1
+        self._expected = 0
+        # the minimum over live sources, how many live sources are at it, and when it was
+        # computed: kept up as sources tick, so a tick costs O(1), not O(sources)
+        self._min: int | None = None
+        self._at_min = 0
+        self._computed_ns = 0
 
     @classmethod
     def resume(cls, sources: dict[str, Any], idle_ns: int = TICK_IDLE_NS) -> Watermark:
@@ -125,26 +138,62 @@ class Watermark:
         watermark after it (seen at ``now_ns``)."""
         return self.update(tick.source, tick.ts, now_ns, tick.of) if tick.source else tick.ts
 
+    def several(self) -> bool:
+        """Do several sources make the watermark (as ticked, or as their ticks announce)?
+        Only then can one source's records run ahead of it.
+
+        >>> wm = Watermark(idle_ns=10)
+        >>> wm.update("a", 5, now_ns=0), wm.several(), wm.update("b", 7, now_ns=0), wm.several()
+        (5, False, 5, True)
+        """
+        return self._expected > 1 or len(self.sources) > 1
+
     def update(self, source: str, ts: int, now_ns: int, expected: int = 0) -> int:
         """Record ``source``'s tick at ``ts`` (seen at ``now_ns``); the watermark after it."""
+        self._expected = max(self._expected, expected)
         sources = self.sources
         entry = sources.get(source)
+        stale = self._min is None or now_ns - self._computed_ns >= self.idle_ns // 4
         if entry is None:
             sources[source] = [ts, now_ns]
+            stale = True
         else:
-            entry[0], entry[1] = max(entry[0], ts), now_ns
+            old, seen = entry
+            if now_ns - seen >= self.idle_ns:  # back from idle: it counts again
+                stale = True
+            elif ts > old and old == self._min:
+                self._at_min -= 1
+                stale = stale or self._at_min <= 0
+            entry[0], entry[1] = max(old, ts), now_ns
         restored = self.restored
-        if restored is not None:
+        if restored is not None and restored.old:
             restored.retire(sources)
-        if not self._started:
-            if self._first_ns is None:
-                self._first_ns = now_ns
-            fresh = len(sources) - (len(restored.old) if restored is not None else 0)
-            if fresh < expected and now_ns - self._first_ns < self.idle_ns:
-                return -1
-            self._started = True
-        live = [t for t, seen in sources.values() if now_ns - seen < self.idle_ns]
-        return min(live) if live else max(t for t, _ in sources.values())
+            stale = True
+        if stale:
+            self._recompute(now_ns)
+        fresh = len(sources) - (len(restored.old) if restored is not None else 0)
+        if fresh < self._expected:
+            # fewer sources than announced (a worker still starting, a new counterparty's
+            # first tick still on its way): time holds, for idle_ns at most
+            if self._short_since is None:
+                self._short_since = now_ns
+            if now_ns - self._short_since < self.idle_ns:
+                return self._last
+        else:
+            self._short_since = None
+        self._last = self._min if self._min is not None else -1
+        return self._last
+
+    def _recompute(self, now_ns: int) -> None:
+        """The minimum over sources that ticked within ``idle_ns`` (all idle: the newest)."""
+        live = [t for t, seen in self.sources.values() if now_ns - seen < self.idle_ns]
+        if live:
+            self._min = min(live)
+            self._at_min = live.count(self._min)
+        else:
+            self._min = max(t for t, _ in self.sources.values())
+            self._at_min = 0
+        self._computed_ns = now_ns
 
 
 class RestoredSources:

@@ -36,7 +36,10 @@ batch. A fill, snapshot, balance or orders record does not wait for the tick:
 its counterparty re-values at the next ``position_revalue_ns`` boundary. Stages
 2 and 3 emit once per tick (or boundary) time rather than once per batch. The
 outputs then depend on the event-time order of records and ticks only, not on
-how the input was batched.
+how the input was batched. With several tick sources (guard workers), a record
+further than ``reorder_slack_ns`` ahead of their watermark waits in the shard.
+Each stage passes the ticks on behind its outputs (:class:`Progress`), so a
+consumer of the limits stage can take its clock from the end of the path.
 
 All three are driven by :func:`route` (stateless) and can be chained in
 memory with :class:`LocalPipeline` (tests, backtests) or by the bytewax
@@ -56,11 +59,12 @@ adapter in :mod:`riskguard.operators.risk`.
 
 from __future__ import annotations
 
+import heapq
 import math
 import pickle
 import uuid
 import zlib
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import reduce
@@ -155,6 +159,14 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
       tick; price moves still re-value once per tick. A breach caused by a fill then
       reaches the limits within milliseconds, and still falls on the same event time
       however the input was batched. ``0``: wait for the tick.
+    - ``reorder_slack_ns`` (ticked mode, several tick sources: one per guard worker): a
+      record more than this ahead of the sources' watermark waits in the shard until the
+      watermark comes that close. A backlog replayed through several processes, where
+      one runs minutes of event time ahead of the other, is then applied in the order
+      one worker applies it: a fill is not valued against marks the slower process has
+      not sent yet, nor marks against a future the watermark has not reached. Live, the
+      workers are within a tick of each other and nothing waits. Keep it at least two
+      tick intervals; ``0``: never wait.
     - ``pegs``: asset -> peg price in the reporting currency (e.g. ``{"USDC": 1.0}``).
       When an asset's FX index leaves its peg by ``peg_warn_bps`` a ``depeg``
       alert (warn) opens on ``underlying:<asset>``; past ``peg_critical_bps`` it
@@ -182,6 +194,7 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
     dedup_window: int = 4096
     valuation_shards: int = 1
     position_revalue_ns: int = 10_000_000
+    reorder_slack_ns: int = 2 * NS_PER_S
     pegs: dict[str, float] = {}
     peg_warn_bps: float = 50.0
     peg_critical_bps: float = 200.0
@@ -209,6 +222,10 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
             where = f"{path}.position_revalue_ns"
             raise ConfigError(where, "must be >= 0 (0: re-value per tick only)",
                               self.position_revalue_ns)
+        if self.reorder_slack_ns < 0:
+            where = f"{path}.reorder_slack_ns"
+            raise ConfigError(where, "must be >= 0 (0: never hold records back)",
+                              self.reorder_slack_ns)
         for asset, peg in self.pegs.items():
             if not (math.isfinite(peg) and peg > 0):
                 raise ConfigError(f"{path}.pegs.{asset}", "a finite peg price > 0", peg)
@@ -445,6 +462,38 @@ def _evidence_add(buf: list[str], rid: str, cap: int) -> None:
         del buf[0]
 
 
+# ------------------------------------------------------------- event-time progress
+
+# The stage-2 key every shard's progress reaches, counterparties or not: the firm, the
+# limits and the playbook hear time advance even before any position exists.
+PROGRESS_KEY = "~progress"
+
+
+class Progress(msgspec.Struct, frozen=True):
+    """Ticked mode: a tick passed down the exposure path, behind everything its stage
+    sent before it on the same key (bytewax delivers in order between two workers).
+
+    ``source`` (``<worker>@<shard>``) reached ``ts`` at every stage before, for the
+    stage-2 or limits key ``counterparty``. A consumer that takes its clock from the
+    limits stage's ticks (the playbook) never runs ahead of a breach still on its way:
+    in a backlogged cluster the exposure path's queues are the longest. ``of``: how many
+    sources the receiving stage should expect.
+    """
+
+    counterparty: str
+    ts: int
+    source: str
+    of: int = 0
+
+
+def split_progress(items: list[Any]) -> tuple[list[Any], list[Progress]]:
+    """``items`` without, and with only, their :class:`Progress` (one scan when none)."""
+    if not any(type(it) is Progress for it in items):
+        return items, []
+    return ([it for it in items if type(it) is not Progress],
+            [it for it in items if type(it) is Progress])
+
+
 # --------------------------------------------------------------------- stage 1
 
 
@@ -525,6 +574,11 @@ def _note_first(acc: Pending, items: Sequence[Any]) -> None:
 
 
 _OWN_ITEM_ROLES = frozenset(("fill", "snap", "orders", "bal"))
+
+
+def _item_ts(it: Item) -> int:
+    """Event time of a stage-1 item (a run of plain marks: its first mark's)."""
+    return it[3][0].ts if it[0] == "marks" else it[3].ts
 
 
 def _split_at(items: list[Item], due: int) -> tuple[list[Item], list[Item] | None]:
@@ -698,6 +752,10 @@ class ShardState:
     # receive time of the first of those records
     fast_due: int = 0
     fast_recv: int | None = None
+    # ticked mode, several tick sources: items too far ahead of the watermark, waiting
+    # (a heap of (ts, arrival, item))
+    held: list[tuple[int, int, Item]] = field(default_factory=list)
+    arrivals: int = 0
     peg_level: dict[str, str] = field(default_factory=dict)  # asset -> "warn" | "breach"
 
 
@@ -729,8 +787,11 @@ class ShardLogic:
 
     def __init__(self, config: ExposureConfig, reg: InstrumentRegistry,
                  state: ShardState | None = None, *, ticked: bool = False,
-                 clock: Clock = system_clock, wall_clock: Clock | None = None) -> None:
+                 clock: Clock = system_clock, wall_clock: Clock | None = None,
+                 forward_ticks: bool = False) -> None:
         self.config = config
+        # ticked mode: pass each tick on once it is applied (see _forwarded)
+        self.forward_ticks = forward_ticks
         self.clock = clock
         # live runs: a fill's position boundary also passes by wall time (on_deadline)
         self.wall_clock = wall_clock
@@ -748,6 +809,9 @@ class ShardLogic:
         self.state = state if state is not None else ShardState()
         if not hasattr(self.state, "tick_sources"):  # a snapshot from before the field
             self.state.tick_sources = {}
+        if not hasattr(self.state, "held"):  # a snapshot from before records could wait
+            self.state.held, self.state.arrivals = [], 0
+        self._slack = config.reorder_slack_ns
         self._watermark = Watermark.resume(self.state.tick_sources)
         self._ready = False
         self._peg_here: frozenset[str] = frozenset()
@@ -771,7 +835,7 @@ class ShardLogic:
             asset_ts=st.asset_ts.copy(), seq=st.seq,
             pending=None if st.pending is None else st.pending.copy(), tick_ts=st.tick_ts,
             tick_sources={k: list(v) for k, v in st.tick_sources.items()},
-            tick_wm=st.tick_wm, fast_due=st.fast_due,
+            tick_wm=st.tick_wm, fast_due=st.fast_due, held=list(st.held), arrivals=st.arrivals,
             fast_recv=st.fast_recv, peg_level=dict(st.peg_level),
             **cols,
         )
@@ -941,11 +1005,18 @@ class ShardLogic:
         return self._process(items)
 
     def on_eof(self) -> list[Any]:
-        """Ticked: re-value what the records after the last tick moved."""
+        """Ticked: apply the records still waiting for the watermark (in event-time
+        order), then re-value what the records after the last tick moved."""
         st = self.state
-        if not self.ticked or not st.pending:
+        if not self.ticked:
             return []
-        return self._flush(max(st.tick_ts, int(st.last_ts.max(initial=0))))
+        out: list[Any] = []
+        if st.held:
+            held, st.held = st.held, []
+            out.extend(self._apply_segment([it for _, _, it in sorted(held)]))
+        if not st.pending:
+            return out
+        return out + self._flush(max(st.tick_ts, int(st.last_ts.max(initial=0))))
 
     def _flush(self, ts: int) -> list[Any]:
         st = self.state
@@ -968,10 +1039,27 @@ class ShardLogic:
         st = self.state
         tick_recs = sorted((it[3] for it in items if it[0] == "tick"), key=lambda t: t.ts)
         ticks = [t.ts for t in tick_recs]
-        if not ticks:
+        # the processes' watermark after each tick: with several, every one ticks each
+        # bucket, so the shard re-values once per bucket (at the slowest's tick)
+        now = self.clock() if tick_recs else 0
+        wms = [self._watermark.tick_time(t, now) for t in tick_recs]
+        holding = self._slack > 0 and self._watermark.several()
+        if not ticks and not holding:
             return self._apply_segment(items)
         if not st.key:
             self._init(items[0][1])
+        # with several sources, an item waits until the watermark is within the slack of
+        # it: ``admit[k]`` is how far segment k (after tick k - 1) lets items in
+        admit: list[int] = []
+        if holding:
+            admit.append(st.tick_wm + self._slack)
+            for wm in wms:
+                admit.append(max(admit[-1], wm + self._slack))
+            held, top, released = st.held, admit[-1], []
+            while held and held[0][0] <= top:
+                released.append(heapq.heappop(held)[2])
+            if released:
+                items = [*released, *items]
         segments: list[list[Item]] = [[] for _ in range(len(ticks) + 1)]
         for it in items:
             role = it[0]
@@ -981,11 +1069,19 @@ class ShardLogic:
                 run = it[3]
                 parts: dict[int, list[Any]] = {}
                 for ev in run:
-                    parts.setdefault(bisect_right(ticks, ev.ts), []).append(ev)
+                    parts.setdefault(self._segment(ev.ts, ticks, admit), []).append(ev)
                 for k, evs in parts.items():
-                    segments[k].append(("marks", it[1], it[2], evs))
+                    part = ("marks", it[1], it[2], evs)
+                    if k < 0:
+                        self._hold(part)
+                    else:
+                        segments[k].append(part)
                 continue
-            segments[bisect_right(ticks, it[3].ts)].append(it)
+            k = self._segment(it[3].ts, ticks, admit)
+            if k < 0:
+                self._hold(it)
+            else:
+                segments[k].append(it)
         out: list[Any] = []
         for k, seg in enumerate(segments):
             if seg:
@@ -993,13 +1089,37 @@ class ShardLogic:
             if k < len(ticks):
                 if st.fast_due and st.fast_due <= ticks[k]:  # it fell due before the tick
                     out.extend(self._flush_fast())
-                # the processes' watermark: with several, every one ticks each bucket, so
-                # the shard re-values once per bucket (at the slowest's tick), not per process
-                wm = self._watermark.tick_time(tick_recs[k], self.clock())
+                wm = wms[k]
                 if wm > st.tick_wm:
                     st.tick_wm = wm
                     out.extend(self._flush(max(st.tick_ts, wm)))
+                if self.forward_ticks:
+                    out.extend(self._progress(tick_recs[k]))
         return out
+
+    def _progress(self, tick: Tick) -> list[Progress]:
+        """``tick`` passed on once everything before it is valued, to every counterparty
+        this shard may send parts to and to :data:`PROGRESS_KEY`; named per shard
+        (``<worker>@<shard>``), counting every shard's copies in ``of``."""
+        source = f"{tick.source}@{self.state.key}" if tick.source else ""
+        of = tick.of * self.config.valuation_shards
+        return [Progress(counterparty=cp, ts=tick.ts, source=source, of=of)
+                for cp in (PROGRESS_KEY, *self.state.cps)]
+
+    def _hold(self, it: Item) -> None:
+        st = self.state
+        st.arrivals += 1
+        heapq.heappush(st.held, (_item_ts(it), st.arrivals, it))
+
+    @staticmethod
+    def _segment(ts: int, ticks: list[int], admit: list[int]) -> int:
+        """The segment a record at ``ts`` is applied in: before the first tick past it,
+        and not before the watermark admits it (-1: it waits for a later batch)."""
+        k = bisect_right(ticks, ts)
+        if not admit or ts <= admit[k]:
+            return k
+        k = bisect_left(admit, ts, k)
+        return k if k < len(admit) else -1
 
     def _apply_segment(self, items: list[Item]) -> list[Any]:
         """Ticked mode: apply records between two ticks, re-valuing the rows that own
@@ -1708,7 +1828,12 @@ class CounterpartyLogic:
         return self.on_batch([p])
 
     def on_batch(self, items: Iterable[Part]) -> list[Any]:
-        return _per_tick(self._batch, items) if self.ticked else self._batch(items)
+        if not self.ticked:
+            return self._batch(items)
+        parts, progress = split_progress(list(items))
+        out = _per_tick(self._batch, parts) if parts else []
+        out.extend(progress)  # behind the exposures they follow
+        return out
 
     def _batch(self, items: Iterable[Part]) -> list[Any]:
         st = self.state
@@ -1850,6 +1975,9 @@ class FirmState:
     shares: dict[str, float] = field(default_factory=dict)
     firm: Exposure | None = None
     seq: int = 0
+    # ticked mode: per progress source, each stage-2 key's newest ts, and what was passed on
+    progress: dict[str, dict[str, int]] = field(default_factory=dict)
+    passed: dict[str, int] = field(default_factory=dict)
 
 
 class FirmLogic:
@@ -1866,6 +1994,8 @@ class FirmLogic:
         self.config = config
         self.ticked = ticked
         self.state = state if state is not None else FirmState()
+        if not hasattr(self.state, "progress"):  # a snapshot from before progress
+            self.state.progress, self.state.passed = {}, {}
         # derived from state, in counterparty name order: names, latest exposures, the
         # concentration basis and the share last emitted
         st = self.state
@@ -1889,8 +2019,34 @@ class FirmLogic:
             return max(e.collateral, 0.0)
         return e.gross_notional + max(e.collateral, 0.0)
 
-    def on_batch(self, items: Iterable[Exposure]) -> list[Exposure]:
-        return _per_tick(self._batch, items) if self.ticked else self._batch(items)
+    def on_batch(self, items: Iterable[Exposure]) -> list[Any]:
+        if not self.ticked:
+            return self._batch(items)
+        exps, progress = split_progress(list(items))
+        out: list[Any] = _per_tick(self._batch, exps) if exps else []
+        if progress:
+            out.extend(self._progress(progress))
+        return out
+
+    def _progress(self, items: list[Progress]) -> list[Progress]:
+        """Each source's progress once every stage-2 key it reaches has passed it (the
+        minimum over them), to every limits key: each counterparty with an exposure, and
+        the firm's (``"*"``)."""
+        st = self.state
+        moved: dict[str, int] = {}
+        for p in items:
+            seen = st.progress.setdefault(p.source, {})
+            if p.ts > seen.get(p.counterparty, -1):
+                seen[p.counterparty] = p.ts
+                low = min(seen.values())
+                if low > st.passed.get(p.source, -1):
+                    st.passed[p.source] = moved[p.source] = low
+        if not moved:
+            return []
+        keys = ["*", *self._names]
+        of = max(p.of for p in items) * len(keys)
+        return [Progress(counterparty=k, ts=ts, source=src, of=of)
+                for src, ts in moved.items() for k in keys]
 
     def _store(self, e: Exposure) -> None:
         """``e`` is ``cp``'s latest: in the state and in the name-ordered layout."""
@@ -1945,9 +2101,12 @@ class FirmLogic:
         for k in np.flatnonzero(emit).tolist():
             share = float(shares[k])
             self._shares[k] = share
-            st.shares[self._names[k]] = share
-            out.append(msgspec.structs.replace(exps[k], concentration=share,
-                                               vol_by_underlying=firm_vols))
+            name = self._names[k]
+            st.shares[name] = share
+            # an exposure re-emitted because others moved its share is as of now
+            out.append(msgspec.structs.replace(
+                exps[k], concentration=share, vol_by_underlying=firm_vols,
+                ts=exps[k].ts if name in updated else ts))
         st.seq += 1
         st.firm = Exposure(
             counterparty="*", ts=ts, gross_notional=gross, net_notional=net,

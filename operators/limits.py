@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from riskguard.operators.clock import Tick
 from riskguard.schemas import (
     Exposure,
     LimitBreach,
@@ -367,6 +368,9 @@ class LimitsLogic:
         tag, rec = item
         if tag == "exp":
             return self._on_exposure(rec)
+        if tag == "tick":  # exposure-path progress: passed on behind what came before
+            name = f"{rec.source}/{rec.counterparty}" if rec.source else ""
+            return [Tick(ts=rec.ts, source=name, of=rec.of)]
         return self._on_update(rec)
 
     def _on_update(self, upd: LimitUpdate) -> list[Any]:

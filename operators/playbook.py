@@ -137,6 +137,13 @@ class PlaybookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     ``venues`` are the known venues (reroute candidates when a rule names no
     ``alternatives``). At most ``max_commands`` commands are issued per
     ``rate_window_s`` of event time; ``ttl_s`` sets ``expires_at``.
+
+    ``reorder_slack_s``: with named tick sources (several guard workers), a
+    signal more than this ahead of their watermark waits until the watermark
+    comes that close, and waiting signals are applied in event-time order. A
+    backlog replayed through several processes then meets its signals in the
+    order one worker would; live, the workers are within a tick of each other
+    and no signal waits. Keep it at least two tick intervals.
     """
 
     issuer: str = "riskguard"
@@ -145,6 +152,7 @@ class PlaybookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     ttl_s: float = 300.0
     max_commands: int = 20
     rate_window_s: float = 10.0
+    reorder_slack_s: float = 2.0
     venues: tuple[str, ...] = ()
     rules: tuple[Rule, ...] = ()
 
@@ -161,6 +169,7 @@ class PlaybookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
                                   value)
         _positive(f"{path}.ttl_s", self.ttl_s)
         _positive(f"{path}.rate_window_s", self.rate_window_s)
+        _positive(f"{path}.reorder_slack_s", self.reorder_slack_s)
         if self.max_commands < 1:
             where = f"{path}.max_commands"
             raise ConfigError(where, "must be >= 1", self.max_commands)
@@ -290,6 +299,9 @@ class PlaybookState:
     # Named tick sources (one per guard worker): latest ts and processing time seen.
     sources: dict[str, list[int]] = field(default_factory=dict)
     watermark: int = -1
+    # Signals too far ahead of the watermark, waiting: a heap of (ts, arrival, signal).
+    held: list[tuple[int, int, Any]] = field(default_factory=list)
+    arrivals: int = 0
 
 
 # -- helpers -------------------------------------------------------------------
@@ -392,7 +404,10 @@ class PlaybookLogic:
             state.sources, state.watermark, state.version = {}, -1, STATE_VERSION
         elif state.version != STATE_VERSION:
             raise ConfigError("playbook.state.version", str(STATE_VERSION), state.version)
+        if not hasattr(state, "held"):  # a snapshot from before signals could wait
+            state.held, state.arrivals = [], 0
         self.state = state
+        self._slack = int(config.reorder_slack_s * S)
         self._watermark = Watermark.resume(state.sources)
         self._out: list[Output] = []
         self._trigger_recv_ts: int | None = None
@@ -412,8 +427,18 @@ class PlaybookLogic:
         if isinstance(event, Tick):
             if event.source:
                 wm = self._watermark.tick_time(event, self.clock())
+                if wm <= self.state.watermark:
+                    # time did not move (one source of many ticked): nothing can be due,
+                    # and a tick per source and limits key costs O(1), not an evaluation
+                    return self._out
+                self._release(wm)
+                # a named tick moves time to the sources' watermark, not its own ts: a
+                # process ahead of the others does not carry the rate window or repeat
+                # history past signals still to come
                 self.state.watermark = max(self.state.watermark, wm)
-            self._advance(event.ts)
+                self._advance(self.state.watermark)
+            else:
+                self._advance(event.ts)
         elif isinstance(event, MitigationCommand):
             if event.action is not Action.RESUME:
                 return [self._dead(event, "unexpected_command", "$.action", "resume",
@@ -422,9 +447,12 @@ class PlaybookLogic:
             self._advance(self.state.now)
             self._manual_resume(event)
         elif isinstance(event, AnomalySignal | RiskAlert | LimitBreach):
-            self._advance(event.ts)
-            if not (isinstance(event, AnomalySignal) and event.warming_up):
-                self._signal(event)
+            st = self.state
+            if self._watermark.several() and event.ts > st.watermark + self._slack:
+                st.arrivals += 1
+                heapq.heappush(st.held, (event.ts, st.arrivals, event))
+                return self._out
+            self._apply_signal(event)
         else:
             return [self._dead(event, "unexpected_type", "$", "a signal, resume or Tick",
                                type(event).__name__)]
@@ -432,8 +460,14 @@ class PlaybookLogic:
         return self._out
 
     def on_eof(self) -> list[Output]:
-        """Report commands suppressed by the rate cap in the unfinished window."""
+        """Apply the signals still waiting (in event-time order), then report commands
+        suppressed by the rate cap in the unfinished window."""
         self._out = []
+        self._trigger_recv_ts = None
+        held = self.state.held
+        while held:
+            self._apply_signal(heapq.heappop(held)[2])
+            self._evaluate()
         self._flush_window(force=True)
         return self._out
 
@@ -452,6 +486,25 @@ class PlaybookLogic:
         """
         st = self.state
         return st.now if not st.sources else st.watermark
+
+    def _apply_signal(self, sig: Any) -> None:
+        self._advance(sig.ts)
+        if not (isinstance(sig, AnomalySignal) and sig.warming_up):
+            self._signal(sig)
+
+    def _release(self, wm: int) -> None:
+        """Apply the waiting signals the watermark ``wm`` has come close enough to, in
+        event-time order, with the clock stepping up to each (as one worker meets them)."""
+        st = self.state
+        held = st.held
+        while held and held[0][0] <= wm + self._slack:
+            sig = heapq.heappop(held)[2]
+            st.watermark = max(st.watermark, min(wm, sig.ts))
+            self._trigger_recv_ts = getattr(sig, "recv_ts", None)
+            self._evaluate()
+            self._apply_signal(sig)
+            self._evaluate()
+        self._trigger_recv_ts = None
 
     def _advance(self, ts: int) -> None:
         st = self.state

@@ -33,6 +33,7 @@ from riskguard.operators.exposure import (
     ExposureConfig,
     FirmLogic,
     Part,
+    Progress,
     Router,
     ShardLogic,
     pack_for_wire,
@@ -92,6 +93,10 @@ class ExposureOut:
     exposures: Stream[Exposure]
     alerts: Stream[RiskAlert]
     errs: Stream[DeadLetter]
+    # with ``ticks``: each tick passed down the exposure path, to every limits key, behind
+    # the exposures before it (:class:`~riskguard.operators.exposure.Progress`; give it
+    # to :func:`enforce_limits`); else empty
+    progress: Stream[Progress]
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,9 @@ class LimitsOut:
     breaches: Stream[LimitBreach]
     alerts: Stream[RiskAlert]
     errs: Stream[DeadLetter]
+    # each ``progress`` tick once its limits key has handled what came before it, named
+    # ``<source>/<key>``: the clock of a consumer of the breaches (the playbook)
+    ticks: Stream[Tick]
 
 
 # Per-item predicates run once per record on the hot path, so they are
@@ -111,11 +119,13 @@ _IS_TUPLE: Callable[[Any], bool] = tuple.__instancecheck__
 
 
 def _IS_PART(kv: tuple[str, Any]) -> bool:
-    return type(kv[1]) is Part
+    t = type(kv[1])
+    return t is Part or t is Progress
 
 
 def _IS_EXPOSURE(kv: tuple[str, Any]) -> bool:
-    return type(kv[1]) is Exposure
+    t = type(kv[1])
+    return t is Exposure or t is Progress
 
 
 def _by_counterparty(kvs: list[tuple[str, Part]]) -> list[tuple[str, Part]]:
@@ -146,9 +156,10 @@ def aggregate_exposure(
     lowest latency, but where the levels move depends on how the input was
     batched. With a ``ticks`` stream (:class:`~riskguard.operators.clock.Tick`,
     event-time progress), records are applied as they come and re-valued once
-    per tick, stamped with the tick's time, so a replay gives the same
-    exposures (and limit breaches) however it is batched: a backtest equals a
-    live run. The cost is latency: a price move waits up to one tick interval of
+    per tick, stamped with the tick's time (and ``progress`` carries each tick on,
+    behind everything each stage sent before it: feed it to :func:`enforce_limits`),
+    so a replay gives the same exposures (and limit breaches) however it is batched:
+    a backtest equals a live run. The cost is latency: a price move waits up to one tick interval of
     event time; a fill, snapshot, balance or orders record only until the next
     ``config.position_revalue_ns`` boundary. That boundary passes when a record at or
     past it arrives; in a live run (``wall_clock`` given, e.g. the system clock) also
@@ -205,7 +216,7 @@ def aggregate_exposure(
 
     def build_val(state: Any) -> ShardLogic:
         return ShardLogic(config, reg, state, ticked=ticked, clock=clock,
-                          wall_clock=wall_clock)
+                          wall_clock=wall_clock, forward_ticks=ticked)
 
     s1 = op.branch("parts", stateful_logic("valuation", routed.trues, build_val), _IS_PART)
     alerts1 = op.flat_map_batch("alerts1", s1.falses, values_of)
@@ -221,9 +232,15 @@ def aggregate_exposure(
     def build_firm(state: Any) -> FirmLogic:
         return FirmLogic(config, state, ticked=ticked)
 
-    exposures = op.flat_map_batch("unkey3", stateful_logic("firm", to_firm, build_firm), values_of)
+    firm_out = op.flat_map_batch("unkey3", stateful_logic("firm", to_firm, build_firm),
+                                 values_of)
+    exposures = op.flat_map_batch("exposures_only", firm_out,
+                                  lambda xs: [x for x in xs if type(x) is not Progress])
+    progress = op.flat_map_batch("firm_progress", firm_out,
+                                 lambda xs: [x for x in xs if type(x) is Progress])
     alerts = op.merge("alerts", alerts1, alerts2)
-    return ExposureOut(exposures=exposures, alerts=alerts, errs=routed.falses)
+    return ExposureOut(exposures=exposures, alerts=alerts, errs=routed.falses,
+                       progress=progress)
 
 
 @operator
@@ -235,8 +252,13 @@ def enforce_limits(
     config: LimitsConfig,
     verifier: Verifier,
     clock: Clock = system_clock,
+    progress: Stream[Progress] | None = None,
 ) -> LimitsOut:
     """Utilizations and breaches of the limit hierarchy, with signed runtime updates.
+
+    ``progress`` (``aggregate_exposure(..., ticks=...).progress``) comes out again on
+    ``LimitsOut.ticks`` as :class:`~riskguard.operators.clock.Tick` items, each
+    behind the utilizations and breaches its key made before it.
 
     ``verifier(envelope, now_ns)`` returns the verified
     :class:`~riskguard.schemas.LimitUpdate` or raises
@@ -278,6 +300,9 @@ def enforce_limits(
             raw=encode(e) if hasattr(e, "__struct_fields__") else b"") for e in es]
 
     streams = [op.flat_map_batch("key_exp", exposures, key_exposures)]
+    if progress is not None:
+        streams.append(op.flat_map_batch(
+            "key_progress", progress, lambda ps: [(p.counterparty, ("tick", p)) for p in ps]))
     if updates is not None:
         def verify(env: Any) -> Any:
             now = clock()
@@ -301,9 +326,13 @@ def enforce_limits(
     def build(state: Any) -> LimitsLogic:
         return LimitsLogic(config, state)
 
-    outs = op.flat_map_batch("unkey", stateful_logic("limits", keyed.trues, build), values_of)
+    done = op.flat_map_batch("unkey", stateful_logic("limits", keyed.trues, build), values_of)
+    ticks = op.flat_map_batch("limits_progress", done,
+                              lambda xs: [x for x in xs if type(x) is Tick])
+    outs = op.flat_map_batch("results", done, lambda xs: [x for x in xs if type(x) is not Tick])
     u = op.branch("utils", outs, Utilization.__instancecheck__)
     b = op.branch("breaches", u.falses, LimitBreach.__instancecheck__)
     utils, breaches = u.trues, b.trues
     alerts = op.merge("alerts", pre_alerts, b.falses)
-    return LimitsOut(utilizations=utils, breaches=breaches, alerts=alerts, errs=errs)
+    return LimitsOut(utilizations=utils, breaches=breaches, alerts=alerts, errs=errs,
+                     ticks=ticks)

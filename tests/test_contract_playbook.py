@@ -8,7 +8,7 @@ import pytest
 from contract import CHECKS, Case
 from riskguard.operators.playbook import PlaybookConfig, Rule, Rung, S, Tick, playbook_builder
 from riskguard.schemas import Action, LimitLevel, Severity
-from test_playbook import FLASH, HB, alert, anomaly, breach, cp, resume, venue
+from test_playbook import FLASH, HB, _two_incidents, alert, anomaly, breach, cp, resume, venue
 
 RULES = (
     FLASH, HB,
@@ -34,7 +34,14 @@ EVENTS = [
     *[Tick(ts=s * S) for s in range(64, 100, 4)],
 ]
 
-CASES = [Case("playbook", playbook_builder(CFG, lambda: 42), EVENTS, splits=(3, 14, 20))]
+# Two guard processes; once the first has ticked, the second runs a whole incident ahead:
+# its signals wait for the watermark (state a snapshot must keep). Expected-source counts
+# are left out: a resumed logic meets the same source names here, not new ones.
+P1, P2 = _two_incidents(of=0)
+CASES = [Case("playbook", playbook_builder(CFG, lambda: 42), EVENTS, splits=(3, 14, 20)),
+         Case("playbook_two_processes", playbook_builder(CFG, lambda: 42),
+              P1[:1] + P2[:300] + P1[1:],
+              splits=(150, 305, 420))]
 
 
 def test_case_exercises_state() -> None:

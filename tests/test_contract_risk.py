@@ -19,7 +19,7 @@ from riskguard.operators.exposure import (
 )
 from riskguard.operators.limits import LimitsLogic
 from riskguard.schemas import DeadLetter, Exposure, RiskAlert
-from test_exposure import worked_config
+from test_exposure import _worker_stream, worked_config
 
 CFG = worked_config()
 REG = CFG.validate()
@@ -65,6 +65,15 @@ def _by_tick(parts: list[Any], every: int = 4) -> list[Any]:
     """Parts or exposures re-stamped so that runs of ``every`` share a tick time."""
     return [msgspec.structs.replace(p, ts=parts[k - k % every].ts) for k, p in enumerate(parts)]
 
+def _two_processes() -> list[Any]:
+    """Stage-1 items from two guard workers: b ticks once, then a runs 40 s ahead (its
+    records wait in the shard for b), then b follows."""
+    a = _worker_stream("a", "okx", "BTC-PERP", 60_000.0, 20, 40, of=0)
+    b = _worker_stream("b", "binance", "ETH-PERP", 3_000.0, 7, 40, of=0)
+    router = Router(REG, CFG)
+    return [item for ev in [b[0], *a, *b[1:]] for _k, item in router.route(ev)]
+
+
 CASES = [
     Case("exposure.valuation", lambda s: ShardLogic(CFG, REG, s), VAL),
     Case("exposure.counterparty", lambda s: CounterpartyLogic(CFG, s), CONTRIBS),
@@ -72,6 +81,9 @@ CASES = [
     Case("limits", lambda s: LimitsLogic(limits_config(), s), [("exp", e) for e in OKX]),
     Case("exposure.valuation.ticked", lambda s: ShardLogic(CFG, REG, s, ticked=True),
          _with_ticks(VAL)),
+    Case("exposure.valuation.two_processes",
+         lambda s: ShardLogic(CFG, REG, s, ticked=True, clock=lambda: 0), _two_processes(),
+         splits=(100, 300, 400)),
     Case("exposure.counterparty.ticked", lambda s: CounterpartyLogic(CFG, s, ticked=True),
          _by_tick(CONTRIBS)),
     Case("exposure.firm.ticked", lambda s: FirmLogic(CFG, s, ticked=True),

@@ -559,7 +559,7 @@ def test_time_driven_rungs_wait_for_the_slowest_tick_source() -> None:
                         Rung(action=Action.CANCEL_ALL, after_s=60)))
     logic = make(rule)
     out = feed(logic, [Tick(ts=100 * S, source="p1"), Tick(ts=100 * S, source="p2"),
-                       alert("heartbeat_loss", venue("binance"), 103)])
+                       alert("heartbeat_loss", venue("binance"), 101)])
     assert acts(out) == [("reroute_order_flow", "venue:binance")]
     # p1 races ahead to t=200; p2 (which carries binance's heartbeats) is still at 110.
     out = feed(logic, [Tick(ts=110 * S, source="p2"), Tick(ts=200 * S, source="p1")])
@@ -568,6 +568,86 @@ def test_time_driven_rungs_wait_for_the_slowest_tick_source() -> None:
     out = feed(logic, [alert("heartbeat_restored", venue("binance"), 140),
                        Tick(ts=200 * S, source="p2")])
     assert acts(out) == [("resume", "venue:binance")]
+
+
+def _stream(source: str, signals: list[Any], until_s: int, of: int = 2) -> list[Any]:
+    """One guard worker's playbook input: a tick at each second it reaches, then its
+    signals of that second."""
+    out: list[Any] = []
+    for t in range(until_s + 1):
+        out.append(Tick(ts=t * S, source=source, of=of))
+        out.extend(sig for sig in signals if t * S <= sig.ts < (t + 1) * S)
+    return out
+
+
+def _one_worker(*streams: list[Any]) -> list[Any]:
+    """The same inputs as one worker meets them: one tick source, everything in event-time
+    order (a tick before the signals of its second)."""
+    merged = [e for s in streams for e in s]
+    ticks = {e.ts: Tick(ts=e.ts, source="w", of=1) for e in merged if isinstance(e, Tick)}
+    signals = [e for e in merged if not isinstance(e, Tick)]
+    return sorted([*ticks.values(), *signals], key=lambda e: (e.ts, not isinstance(e, Tick)))
+
+
+def _two_incidents(of: int = 2) -> tuple[list[Any], list[Any]]:
+    """binance's heartbeats (worker 1) fail twice; okx flash-crashes in between (worker 2)."""
+    hb = [alert("heartbeat_loss", venue("binance"), 10, Severity.CRITICAL),
+          alert("heartbeat_restored", venue("binance"), 25),
+          alert("heartbeat_loss", venue("binance"), 110, Severity.CRITICAL),
+          alert("heartbeat_restored", venue("binance"), 200)]
+    crash = [anomaly(40), anomaly(41, phase="escalate", sev=Severity.CRITICAL),
+             anomaly(45, phase="close"), anomaly(150, v="binance"),
+             anomaly(152, v="binance", phase="close")]
+    return _stream("p1", hb, 260, of), _stream("p2", crash, 260, of)
+
+
+def _planned(logic: PlaybookLogic, events: list[Any]) -> list[tuple[str, str, str]]:
+    cmds = [*feed(logic, events), *logic.on_eof()]
+    return [(c.action.value, c.scope.label(), c.reason) for c in cmds]
+
+
+def test_a_process_far_ahead_waits_so_two_processes_plan_what_one_worker_does() -> None:
+    """Replaying a backlog, one process can run minutes of event time ahead of the other.
+    Its signals wait for the watermark and are applied in event-time order, so any
+    interleaving of the two processes' inputs plans exactly the one-worker commands."""
+    import random
+
+    p1, p2 = _two_incidents()
+    rules = (FLASH, HB)
+    reference = _planned(make(*rules), _one_worker(p1, p2))
+    assert ("cancel_all", "venue:binance") in [c[:2] for c in reference]
+    rng = random.Random(7)
+    for order in ("p2 first", "p1 first", *(f"shuffle {i}" for i in range(20))):
+        if order == "p2 first":
+            events = p2 + p1
+        elif order == "p1 first":
+            events = p1 + p2
+        else:  # each process's own order kept, the two interleaved at random
+            a, b, events = list(p1), list(p2), []
+            while a or b:
+                events.append((a if a and (not b or rng.random() < 0.5) else b).pop(0))
+        assert _planned(make(*rules), events) == reference, order
+
+
+def test_signals_ahead_of_the_watermark_wait_only_beyond_the_slack() -> None:
+    """Live, the workers are within a tick of each other: a signal up to
+    ``reorder_slack_s`` ahead of the watermark acts at once; one further ahead waits for
+    the watermark, and end of input applies whatever still waits."""
+    rule = Rule(name="hb", signal="heartbeat_loss", target="venue",
+                ladder=(Rung(action=Action.REROUTE_ORDER_FLOW),))
+    logic = make(rule, reorder_slack_s=2.0)
+    feed(logic, [Tick(ts=100 * S, source="p1", of=2), Tick(ts=100 * S, source="p2", of=2)])
+    assert acts(logic.on_event(alert("heartbeat_loss", venue("okx"), 101.9))) == [
+        ("reroute_order_flow", "venue:okx")]
+    assert logic.on_event(alert("heartbeat_loss", venue("binance"), 105)) == []
+    assert logic.on_event(Tick(ts=103 * S, source="p1", of=2)) == []  # p2 still at 100
+    # (okx's flow, rerouted partly to binance, is retargeted too)
+    assert ("reroute_order_flow", "venue:binance") in acts(
+        logic.on_event(Tick(ts=103 * S, source="p2", of=2)))
+    assert logic.on_event(alert("heartbeat_loss", venue("deribit"), 200)) == []
+    resumed = PlaybookLogic(logic.config, logic.clock, logic.snapshot())
+    # (no healthy venue is left to reroute to: the rule escalates to an alert)
+    assert acts(resumed.on_eof()) == [("alert", "venue:deribit")]
 
 
 def test_after_a_restart_the_dead_processes_tick_sources_stop_holding_time() -> None:

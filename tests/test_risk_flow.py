@@ -15,7 +15,7 @@ import pytest
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from kafka_helpers import free_ports
-from risk_flow_app import build, make_events
+from risk_flow_app import S, build, make_events
 from riskguard.operators.exposure import LocalPipeline
 from riskguard.schemas import DeadLetter, Exposure, LimitBreach, RiskAlert, encode
 from test_exposure import worked_config
@@ -141,3 +141,62 @@ def test_resume_after_abort_equals_uninterrupted(single: list[Any], tmp_path: Pa
     assert partial["*"].gross_notional != pytest.approx(final_exposures(single)["*"].gross_notional)
     run_main(flow, epoch_interval=timedelta(0), recovery_config=rc)
     assert_same(final_exposures(out), final_exposures(single))
+
+
+def test_limits_pass_the_ticks_on_behind_every_breach_they_follow() -> None:
+    """With ticks, the exposure path passes each tick down valuation, counterparty, firm
+    and limits, and the limits stage emits it (``LimitsOut.ticks``, named
+    ``<worker>@<shard>/<limits key>``) behind the breaches it made before it: a consumer
+    that takes its clock from them (the playbook) never sees a breach arrive after its
+    time passed it, on 1 worker or 2."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from risk_flow_app import limits_config, refuse_updates
+    from riskguard.operators.clock import Tick, Watermark
+    from riskguard.operators.risk import aggregate_exposure, enforce_limits
+
+    events = [e for e in EVENTS if getattr(e, "ts", 0) > 0]
+    first, last = min(e.ts for e in events) // S, max(e.ts for e in events) // S
+    ticks = {s: Tick(ts=s * S, source="w", of=1) for s in range(first, last + 2)}
+    stream: list[Any] = []
+    for e in sorted(events, key=lambda e: e.ts):
+        while ticks and min(ticks) * S <= e.ts:
+            stream.append(ticks.pop(min(ticks)))
+        stream.append(e)
+    stream.extend(ticks[k] for k in sorted(ticks))
+
+    def late_breaches(workers: int) -> tuple[list[int], set[str], int]:
+        flow = Dataflow("progress")
+        inp = op.input("in", flow, TestingSource(stream))
+        tick_in = op.filter("ticks", inp, lambda x: isinstance(x, Tick))
+        exp = aggregate_exposure("exposure", op.filter("recs", inp,
+                                 lambda x: not isinstance(x, Tick)), config=worked_config(),
+                                 clock=lambda: 0, ticks=tick_in)
+        lim = enforce_limits("limits", exp.exposures, None, config=limits_config(),
+                             verifier=refuse_updates, clock=lambda: 0,
+                             progress=exp.progress)
+        merged = op.key_on("one", op.merge("m", lim.breaches, lim.ticks), lambda _x: "k")
+
+        def watch(wm: Any, x: Any) -> tuple[Any, Any]:
+            wm = wm or [Watermark(idle_ns=10**18), -1]
+            if isinstance(x, Tick):
+                wm[1] = max(wm[1], wm[0].tick_time(x, 0))
+                return wm, ("tick", x.source)
+            return wm, ("breach", wm[1] - x.ts)
+
+        out: list[Any] = []
+        op.output("out", op.stateful_map("watch", merged, watch), TestingSink(out))
+        if workers == 1:
+            run_main(flow)
+        else:
+            cluster_main(flow, [], 0, worker_count_per_proc=workers)
+        seen = [v for _k, v in out]
+        late = [d for kind, d in seen if kind == "breach" and d > 0]
+        names = {n for kind, n in seen if kind == "tick"}
+        return late, names, sum(1 for kind, _ in seen if kind == "breach")
+
+    for workers in (1, 2):
+        late, names, breaches = late_breaches(workers)
+        assert breaches > 0 and late == [], workers
+        assert {"w@s0/*", "w@s0/okx"} <= names, workers
+
