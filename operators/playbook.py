@@ -143,7 +143,10 @@ class PlaybookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     comes that close, and waiting signals are applied in event-time order. A
     backlog replayed through several processes then meets its signals in the
     order one worker would; live, the workers are within a tick of each other
-    and no signal waits. Keep it at least two tick intervals.
+    and no signal waits. Keep it at least two tick intervals. ``max_hold_s``
+    (processing time) bounds that wait: live, a cluster whose exposure path
+    falls behind must still act within seconds, so a signal held that long is
+    applied without waiting further (counted in ``PlaybookState.forced``).
     """
 
     issuer: str = "riskguard"
@@ -153,6 +156,7 @@ class PlaybookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     max_commands: int = 20
     rate_window_s: float = 10.0
     reorder_slack_s: float = 2.0
+    max_hold_s: float = 5.0
     venues: tuple[str, ...] = ()
     rules: tuple[Rule, ...] = ()
 
@@ -170,6 +174,7 @@ class PlaybookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         _positive(f"{path}.ttl_s", self.ttl_s)
         _positive(f"{path}.rate_window_s", self.rate_window_s)
         _positive(f"{path}.reorder_slack_s", self.reorder_slack_s)
+        _positive(f"{path}.max_hold_s", self.max_hold_s)
         if self.max_commands < 1:
             where = f"{path}.max_commands"
             raise ConfigError(where, "must be >= 1", self.max_commands)
@@ -299,9 +304,11 @@ class PlaybookState:
     # Named tick sources (one per guard worker): latest ts and processing time seen.
     sources: dict[str, list[int]] = field(default_factory=dict)
     watermark: int = -1
-    # Signals too far ahead of the watermark, waiting: a heap of (ts, arrival, signal).
-    held: list[tuple[int, int, Any]] = field(default_factory=list)
+    # Signals too far ahead of the watermark, waiting: a heap of
+    # (ts, arrival, signal, processing time it arrived)
+    held: list[tuple[int, int, Any, int]] = field(default_factory=list)
     arrivals: int = 0
+    forced: int = 0  # held signals applied after max_hold_s, the watermark still behind
 
 
 # -- helpers -------------------------------------------------------------------
@@ -406,8 +413,15 @@ class PlaybookLogic:
             raise ConfigError("playbook.state.version", str(STATE_VERSION), state.version)
         if not hasattr(state, "held"):  # a snapshot from before signals could wait
             state.held, state.arrivals = [], 0
+        if not hasattr(state, "forced"):
+            state.forced = 0
+            # held before max_hold_s existed: due now
+            state.held = [(h[0], h[1], h[2], 0) for h in state.held]
         self.state = state
         self._slack = int(config.reorder_slack_s * S)
+        self._max_hold = int(config.max_hold_s * S)
+        # derived: when the oldest held signal is due regardless of the watermark
+        self._hold_due = min((h[3] for h in state.held), default=None)
         self._watermark = Watermark.resume(state.sources)
         self._out: list[Output] = []
         self._trigger_recv_ts: int | None = None
@@ -422,6 +436,8 @@ class PlaybookLogic:
     def on_event(self, event: Any) -> list[Output]:
         """Handle one signal, resume, or tick; return the commands it causes."""
         self._out = []
+        if self._hold_due is not None:
+            self._release_overdue()
         # Commands caused by this event carry its receive time (detection-to-command latency).
         self._trigger_recv_ts = getattr(event, "recv_ts", None)
         if isinstance(event, Tick):
@@ -450,7 +466,10 @@ class PlaybookLogic:
             st = self.state
             if self._watermark.several() and event.ts > st.watermark + self._slack:
                 st.arrivals += 1
-                heapq.heappush(st.held, (event.ts, st.arrivals, event))
+                due = self.clock() + self._max_hold
+                heapq.heappush(st.held, (event.ts, st.arrivals, event, due))
+                if self._hold_due is None or due < self._hold_due:
+                    self._hold_due = due
                 return self._out
             self._apply_signal(event)
         else:
@@ -468,6 +487,7 @@ class PlaybookLogic:
         while held:
             self._apply_signal(heapq.heappop(held)[2])
             self._evaluate()
+        self._hold_due = None
         self._flush_window(force=True)
         return self._out
 
@@ -505,6 +525,26 @@ class PlaybookLogic:
             self._apply_signal(sig)
             self._evaluate()
         self._trigger_recv_ts = None
+        self._hold_due = min((h[3] for h in held), default=None)
+
+    def _release_overdue(self) -> None:
+        """Apply, in event-time order, every held signal up to the newest one held for
+        ``max_hold_s`` of processing time; the watermark (the clock of time-driven rungs)
+        stays where the sources have it."""
+        st = self.state
+        now = self.clock()
+        if self._hold_due is None or now < self._hold_due:
+            return
+        held = st.held
+        upto = max(h[0] for h in held if h[3] <= now)
+        while held and held[0][0] <= upto:
+            sig = heapq.heappop(held)[2]
+            st.forced += 1
+            self._trigger_recv_ts = getattr(sig, "recv_ts", None)
+            self._apply_signal(sig)
+            self._evaluate()
+        self._trigger_recv_ts = None
+        self._hold_due = min((h[3] for h in held), default=None)
 
     def _advance(self, ts: int) -> None:
         st = self.state

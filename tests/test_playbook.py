@@ -650,6 +650,25 @@ def test_signals_ahead_of_the_watermark_wait_only_beyond_the_slack() -> None:
     assert acts(resumed.on_eof()) == [("alert", "venue:deribit")]
 
 
+def test_a_signal_waits_for_the_watermark_at_most_max_hold_s_of_processing_time() -> None:
+    """Live, a cluster whose exposure path falls behind must still act within seconds: a
+    signal held for ``max_hold_s`` of processing time is applied at the next event,
+    without moving the watermark that times ladders and quiet periods."""
+    rule = Rule(name="hb", signal="heartbeat_loss", target="venue",
+                ladder=(Rung(action=Action.REROUTE_ORDER_FLOW),))
+    clock = ManualClock(0)
+    logic = make(rule, clock=clock, max_hold_s=5.0)
+    feed(logic, [Tick(ts=100 * S, source="p1", of=2), Tick(ts=100 * S, source="p2", of=2)])
+    assert logic.on_event(alert("heartbeat_loss", venue("binance"), 110)) == []
+    clock.advance(4 * S)
+    assert logic.on_event(Tick(ts=100 * S, source="p1", of=2)) == []
+    clock.advance(S)
+    assert acts(logic.on_event(Tick(ts=100 * S, source="p1", of=2))) == [
+        ("reroute_order_flow", "venue:binance")]
+    st = logic.snapshot()
+    assert (st.forced, st.held, st.watermark) == (1, [], 100 * S)
+
+
 def test_after_a_restart_the_dead_processes_tick_sources_stop_holding_time() -> None:
     """Restored from a snapshot, the tick sources it names are gone (every process restarts
     under a new name): once the new process ticks, time-driven rungs follow it at once,
