@@ -1975,9 +1975,12 @@ class FirmState:
     shares: dict[str, float] = field(default_factory=dict)
     firm: Exposure | None = None
     seq: int = 0
-    # ticked mode: per progress source, each stage-2 key's newest ts, and what was passed on
+    # ticked mode: per progress source, each stage-2 key's newest ts, and what was passed
+    # on; the limits keys progress has reached, and how many sources each one hears
     progress: dict[str, dict[str, int]] = field(default_factory=dict)
     passed: dict[str, int] = field(default_factory=dict)
+    reached: dict[str, None] = field(default_factory=dict)
+    sources_of: int = 0
 
 
 class FirmLogic:
@@ -1996,6 +1999,8 @@ class FirmLogic:
         self.state = state if state is not None else FirmState()
         if not hasattr(self.state, "progress"):  # a snapshot from before progress
             self.state.progress, self.state.passed = {}, {}
+        if not hasattr(self.state, "reached"):
+            self.state.reached, self.state.sources_of = {}, 0
         # derived from state, in counterparty name order: names, latest exposures, the
         # concentration basis and the share last emitted
         st = self.state
@@ -2026,7 +2031,23 @@ class FirmLogic:
         out: list[Any] = _per_tick(self._batch, exps) if exps else []
         if progress:
             out.extend(self._progress(progress))
+        if len(self.state.reached) < len(self._names) + 1:
+            out.extend(self._reach_new_keys())
         return out
+
+    def _reach_new_keys(self) -> list[Progress]:
+        """A counterparty's first exposure makes a new limits key: it hears every
+        source's progress at once, behind that exposure, so a consumer waiting for its
+        ticks (the tick count ``of`` announced it) waits one hop, not a tick interval."""
+        st = self.state
+        keys = ["*", *self._names]
+        new = [k for k in keys if k not in st.reached]
+        st.reached.update(dict.fromkeys(new))
+        if not st.passed:
+            return []
+        of = st.sources_of * len(keys)
+        return [Progress(counterparty=k, ts=ts, source=src, of=of)
+                for k in new for src, ts in st.passed.items()]
 
     def _progress(self, items: list[Progress]) -> list[Progress]:
         """Each source's progress once every stage-2 key it reaches has passed it (the
@@ -2041,10 +2062,12 @@ class FirmLogic:
                 low = min(seen.values())
                 if low > st.passed.get(p.source, -1):
                     st.passed[p.source] = moved[p.source] = low
+        st.sources_of = max(st.sources_of, *(p.of for p in items))
         if not moved:
             return []
         keys = ["*", *self._names]
-        of = max(p.of for p in items) * len(keys)
+        st.reached.update(dict.fromkeys(keys))
+        of = st.sources_of * len(keys)
         return [Progress(counterparty=k, ts=ts, source=src, of=of)
                 for src, ts in moved.items() for k in keys]
 

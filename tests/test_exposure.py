@@ -842,7 +842,8 @@ def test_progress_passes_the_firm_at_the_slowest_counterparty_to_every_limits_ke
     """Ticked mode: a shard passes each tick on to every counterparty it holds and to
     PROGRESS_KEY; the firm passes a source's progress on only once every stage-2 key
     that carries it has passed it (behind that key's exposures), to the firm's limits
-    key and each counterparty's; the state survives a snapshot."""
+    key and each counterparty's, and a new counterparty's key hears it at once; the
+    state survives a snapshot."""
     cfg = worked_config()
     firm = FirmLogic(cfg, ticked=True)
 
@@ -857,6 +858,12 @@ def test_progress_passes_the_firm_at_the_slowest_counterparty_to_every_limits_ke
     resumed = FirmLogic(cfg, pickle.loads(pickle.dumps(firm.snapshot())), ticked=True)
     out = resumed.on_batch([prog("okx", 6)])
     assert [(p.counterparty, p.ts) for p in out] == [("*", 6 * S), ("okx", 6 * S)]
+    # a new counterparty's key hears the progress so far at once, behind its exposure
+    new = Exposure(counterparty="deribit", ts=6 * S, gross_notional=1.0, net_notional=1.0,
+                   seq=1)
+    out = resumed.on_batch([new])
+    assert [(type(x).__name__, x.counterparty) for x in out][-1] == ("Progress", "deribit")
+    assert (out[-1].ts, out[-1].of) == (6 * S, 3)
     # a shard names its progress per shard and reaches every counterparty it holds
     reg = cfg.validate()
     router = Router(reg, cfg)
