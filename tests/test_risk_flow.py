@@ -143,12 +143,13 @@ def test_resume_after_abort_equals_uninterrupted(single: list[Any], tmp_path: Pa
     assert_same(final_exposures(out), final_exposures(single))
 
 
-def test_limits_pass_the_ticks_on_behind_every_breach_they_follow() -> None:
+@pytest.mark.parametrize("shards", [1, 3])
+def test_limits_pass_the_ticks_on_behind_every_breach_they_follow(shards: int) -> None:
     """With ticks, the exposure path passes each tick down valuation, counterparty, firm
     and limits, and the limits stage emits it (``LimitsOut.ticks``, named
     ``<worker>@<shard>/<limits key>``) behind the breaches it made before it: a consumer
     that takes its clock from them (the playbook) never sees a breach arrive after its
-    time passed it, on 1 worker or 2."""
+    time passed it, on 1 worker or 2, with 1 valuation shard or 3."""
     import bytewax.operators as op
     from bytewax.dataflow import Dataflow
     from risk_flow_app import limits_config, refuse_updates
@@ -170,7 +171,8 @@ def test_limits_pass_the_ticks_on_behind_every_breach_they_follow() -> None:
         inp = op.input("in", flow, TestingSource(stream))
         tick_in = op.filter("ticks", inp, lambda x: isinstance(x, Tick))
         exp = aggregate_exposure("exposure", op.filter("recs", inp,
-                                 lambda x: not isinstance(x, Tick)), config=worked_config(),
+                                 lambda x: not isinstance(x, Tick)),
+                                 config=worked_config(valuation_shards=shards),
                                  clock=lambda: 0, ticks=tick_in)
         lim = enforce_limits("limits", exp.exposures, None, config=limits_config(),
                              verifier=refuse_updates, clock=lambda: 0,
@@ -198,5 +200,5 @@ def test_limits_pass_the_ticks_on_behind_every_breach_they_follow() -> None:
     for workers in (1, 2):
         late, names, breaches = late_breaches(workers)
         assert breaches > 0 and late == [], workers
-        assert {"w@s0/*", "w@s0/okx"} <= names, workers
+        assert {f"w@s{k}/{key}" for k in range(shards) for key in ("*", "okx")} <= names
 
