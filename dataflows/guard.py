@@ -7,7 +7,8 @@ Wiring::
       -> feed selection (primary/backup failover)   keyed venue/instrument
       -> features -> anomalies                      same key: no extra exchange
       -> exposures -> limits (signed limit updates verified against the trust file)
-      -> playbook (one key: global state, rare signals)
+      -> playbook (one key: global state, rare signals; its clock is the
+         event-time ticks as the exposure path passes them on)
       -> sign -> commands topic
       -> audit log with signed checkpoints -> audit topic
 
