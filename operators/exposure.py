@@ -484,6 +484,9 @@ class Progress(msgspec.Struct, frozen=True):
     ts: int
     source: str
     of: int = 0
+    # on the PROGRESS_KEY copy: every counterparty the shard sends ``source`` to, so the
+    # firm waits for one that just joined (its first part is still on its way)
+    via: tuple[str, ...] = ()
 
 
 def split_progress(items: list[Any]) -> tuple[list[Any], list[Progress]]:
@@ -1103,8 +1106,10 @@ class ShardLogic:
         (``<worker>@<shard>``), counting every shard's copies in ``of``."""
         source = f"{tick.source}@{self.state.key}" if tick.source else ""
         of = tick.of * self.config.valuation_shards
-        return [Progress(counterparty=cp, ts=tick.ts, source=source, of=of)
-                for cp in (PROGRESS_KEY, *self.state.cps)]
+        cps = self.state.cps
+        return [Progress(counterparty=PROGRESS_KEY, ts=tick.ts, source=source, of=of,
+                         via=tuple(cps)),
+                *(Progress(counterparty=cp, ts=tick.ts, source=source, of=of) for cp in cps)]
 
     def _hold(self, it: Item) -> None:
         st = self.state
@@ -2057,6 +2062,9 @@ class FirmLogic:
         moved: dict[str, int] = {}
         for p in items:
             seen = st.progress.setdefault(p.source, {})
+            if len(p.via) > len(seen) - 1:  # a counterparty joined: hold for its copy
+                for cp in p.via:
+                    seen.setdefault(cp, -1)
             if p.ts > seen.get(p.counterparty, -1):
                 seen[p.counterparty] = p.ts
                 low = min(seen.values())

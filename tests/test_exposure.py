@@ -864,6 +864,12 @@ def test_progress_passes_the_firm_at_the_slowest_counterparty_to_every_limits_ke
     out = resumed.on_batch([new])
     assert [(type(x).__name__, x.counterparty) for x in out][-1] == ("Progress", "deribit")
     assert (out[-1].ts, out[-1].of) == (6 * S, 3)
+    # a counterparty that just joined a shard holds the source until its own copy comes
+    # (its first part is on its way on that key, behind which its copy travels)
+    joined = FirmLogic(cfg, ticked=True)
+    assert joined.on_batch([Progress(counterparty=PROGRESS_KEY, ts=5 * S, source="w0@s0",
+                                     of=1, via=("okx",))]) == []
+    assert [p.ts for p in joined.on_batch([prog("okx", 5)])] == [5 * S]
     # a shard names its progress per shard and reaches every counterparty it holds
     reg = cfg.validate()
     router = Router(reg, cfg)

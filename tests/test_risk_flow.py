@@ -149,7 +149,8 @@ def test_limits_pass_the_ticks_on_behind_every_breach_they_follow(shards: int) -
     and limits, and the limits stage emits it (``LimitsOut.ticks``, named
     ``<worker>@<shard>/<limits key>``) behind the breaches it made before it: a consumer
     that takes its clock from them (the playbook) never sees a breach arrive after its
-    time passed it, on 1 worker or 2, with 1 valuation shard or 3."""
+    time passed it, on 1, 2 or 4 workers, with 1 valuation shard or 3 (a counterparty
+    new to a shard makes the firm wait for its copy: ``Progress.via``)."""
     import bytewax.operators as op
     from bytewax.dataflow import Dataflow
     from risk_flow_app import limits_config, refuse_updates
@@ -197,7 +198,7 @@ def test_limits_pass_the_ticks_on_behind_every_breach_they_follow(shards: int) -
         names = {n for kind, n in seen if kind == "tick"}
         return late, names, sum(1 for kind, _ in seen if kind == "breach")
 
-    for workers in (1, 2):
+    for workers in (1, 2, 4):
         late, names, breaches = late_breaches(workers)
         assert breaches > 0 and late == [], workers
         assert {f"w@s{k}/{key}" for k in range(shards) for key in ("*", "okx")} <= names
