@@ -166,7 +166,9 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
       one worker applies it: a fill is not valued against marks the slower process has
       not sent yet, nor marks against a future the watermark has not reached. Live, the
       workers are within a tick of each other and nothing waits. Keep it at least two
-      tick intervals; ``0``: never wait.
+      tick intervals; ``0``: never wait. ``max_hold_ns`` (live runs, wall time) bounds
+      the wait of a fill, snapshot, balance or orders record: a cluster whose slower
+      process lags still sees a breach within seconds.
     - ``pegs``: asset -> peg price in the reporting currency (e.g. ``{"USDC": 1.0}``).
       When an asset's FX index leaves its peg by ``peg_warn_bps`` a ``depeg``
       alert (warn) opens on ``underlying:<asset>``; past ``peg_critical_bps`` it
@@ -195,6 +197,7 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
     valuation_shards: int = 1
     position_revalue_ns: int = 10_000_000
     reorder_slack_ns: int = 2 * NS_PER_S
+    max_hold_ns: int = 5 * NS_PER_S
     pegs: dict[str, float] = {}
     peg_warn_bps: float = 50.0
     peg_critical_bps: float = 200.0
@@ -222,6 +225,9 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
             where = f"{path}.position_revalue_ns"
             raise ConfigError(where, "must be >= 0 (0: re-value per tick only)",
                               self.position_revalue_ns)
+        if self.max_hold_ns <= 0:
+            where = f"{path}.max_hold_ns"
+            raise ConfigError(where, "must be > 0", self.max_hold_ns)
         if self.reorder_slack_ns < 0:
             where = f"{path}.reorder_slack_ns"
             raise ConfigError(where, "must be >= 0 (0: never hold records back)",
@@ -756,9 +762,10 @@ class ShardState:
     fast_due: int = 0
     fast_recv: int | None = None
     # ticked mode, several tick sources: items too far ahead of the watermark, waiting
-    # (a heap of (ts, arrival, item))
-    held: list[tuple[int, int, Item]] = field(default_factory=list)
+    # (a heap of (ts, arrival, item, wall time it is due regardless; -1: none))
+    held: list[tuple[int, int, Item, int]] = field(default_factory=list)
     arrivals: int = 0
+    forced: int = 0  # live: held items applied after max_hold_ns, the watermark behind
     peg_level: dict[str, str] = field(default_factory=dict)  # asset -> "warn" | "breach"
 
 
@@ -814,7 +821,18 @@ class ShardLogic:
             self.state.tick_sources = {}
         if not hasattr(self.state, "held"):  # a snapshot from before records could wait
             self.state.held, self.state.arrivals = [], 0
+        if not hasattr(self.state, "forced"):
+            self.state.forced = 0
+            self.state.held = [(h[0], h[1], h[2], -1) for h in self.state.held]
         self._slack = config.reorder_slack_ns
+        # live runs: when the oldest held own record (fill, snapshot, balance, orders) is
+        # due regardless of the watermark (derived: a resumed shard releases them at once)
+        self._held_due: int | None = None
+        if self.wall_clock is not None and self.state.held:
+            now = self.wall_clock()
+            self.state.held = [(h[0], h[1], h[2], now if h[2][0] in _OWN_ITEM_ROLES else -1)
+                               for h in self.state.held]
+            self._held_due = self._next_held_due()
         self._watermark = Watermark.resume(self.state.tick_sources)
         self._ready = False
         self._peg_here: frozenset[str] = frozenset()
@@ -838,7 +856,8 @@ class ShardLogic:
             asset_ts=st.asset_ts.copy(), seq=st.seq,
             pending=None if st.pending is None else st.pending.copy(), tick_ts=st.tick_ts,
             tick_sources={k: list(v) for k, v in st.tick_sources.items()},
-            tick_wm=st.tick_wm, fast_due=st.fast_due, held=list(st.held), arrivals=st.arrivals,
+            tick_wm=st.tick_wm, fast_due=st.fast_due, held=list(st.held),
+            arrivals=st.arrivals, forced=st.forced,
             fast_recv=st.fast_recv, peg_level=dict(st.peg_level),
             **cols,
         )
@@ -1016,7 +1035,7 @@ class ShardLogic:
         out: list[Any] = []
         if st.held:
             held, st.held = st.held, []
-            out.extend(self._apply_segment([it for _, _, it in sorted(held)]))
+            out.extend(self._apply_segment([h[2] for h in sorted(held)]))
         if not st.pending:
             return out
         return out + self._flush(max(st.tick_ts, int(st.last_ts.max(initial=0))))
@@ -1114,7 +1133,27 @@ class ShardLogic:
     def _hold(self, it: Item) -> None:
         st = self.state
         st.arrivals += 1
-        heapq.heappush(st.held, (_item_ts(it), st.arrivals, it))
+        due = -1
+        if self.wall_clock is not None and it[0] in _OWN_ITEM_ROLES:
+            due = self.wall_clock() + self.config.max_hold_ns
+            if self._held_due is None or due < self._held_due:
+                self._held_due = due
+        heapq.heappush(st.held, (_item_ts(it), st.arrivals, it, due))
+
+    def _next_held_due(self) -> int | None:
+        return min((h[3] for h in self.state.held if h[3] >= 0), default=None)
+
+    def _release_overdue(self, now: int) -> list[Any]:
+        """Live: apply, in event-time order, what is held up to the newest own record
+        held past ``max_hold_ns`` of wall time; it re-values at its position boundary."""
+        st = self.state
+        upto = max((h[0] for h in st.held if 0 <= h[3] <= now), default=None)
+        items: list[Item] = []
+        while upto is not None and st.held and st.held[0][0] <= upto:
+            items.append(heapq.heappop(st.held)[2])
+        st.forced += len(items)
+        self._held_due = self._next_held_due()
+        return self._apply_segment(items) if items else []
 
     @staticmethod
     def _segment(ts: int, ticks: list[int], admit: list[int]) -> int:
@@ -1166,19 +1205,30 @@ class ShardLogic:
         """Live runs (``wall_clock``): when, in wall time, the pending position boundary
         passes even if no record at or past it arrives (event time taken to run at wall
         speed from the record that set it). None: nothing pending, or a replay."""
-        if self.wall_clock is None or not self.state.fast_due:
+        if self.wall_clock is None:
             return None
+        due = self._held_due
+        if not self.state.fast_due:
+            return due
         if self._fast_deadline is None:  # resumed with a boundary pending: flush now
             self._fast_deadline = self.wall_clock()
-        return self._fast_deadline
+        return self._fast_deadline if due is None else min(due, self._fast_deadline)
 
     def on_deadline(self) -> list[Any]:
-        """The wall-time deadline passed: re-value the rows own records moved, stamped
-        with their boundary, as a record crossing it would have."""
+        """The wall-time deadline passed: release own records held past ``max_hold_ns``;
+        re-value the rows own records moved, stamped with their boundary, as a record
+        crossing it would have."""
+        out: list[Any] = []
+        if (self._held_due is not None and self.wall_clock is not None
+                and self.wall_clock() >= self._held_due):
+            out.extend(self._release_overdue(self.wall_clock()))
+        if self._fast_deadline is not None and self.wall_clock is not None \
+                and self.wall_clock() < self._fast_deadline:
+            return out
         self._fast_deadline = None
         if not self.state.fast_due:
-            return []
-        return self._flush_fast()
+            return out
+        return out + self._flush_fast()
 
     def _flush_fast(self) -> list[Any]:
         """Re-value only the rows own records moved since the last tick (or fast flush),

@@ -881,6 +881,33 @@ def test_progress_passes_the_firm_at_the_slowest_counterparty_to_every_limits_ke
         (PROGRESS_KEY, "w0@s0"), ("okx", "w0@s0")]
 
 
+def test_in_a_live_run_a_held_fill_waits_at_most_max_hold_ns_of_wall_time() -> None:
+    """Live, a fill held for a slower process's watermark is applied once it has waited
+    ``max_hold_ns`` of wall time (the dataflow calls ``on_deadline``), and its position
+    boundary then passes by wall time as usual: a breach still comes within seconds."""
+    t, ms = 1_000 * S, 1_000_000
+    cfg = worked_config(max_hold_ns=5 * S)
+    reg = cfg.validate()
+    router = Router(reg, cfg)
+    wall = ManualClock(0)
+    shard = ShardLogic(cfg, reg, ticked=True, clock=wall, wall_clock=wall)
+    evs = [Tick(ts=t, source="a", of=2), Tick(ts=t, source="b", of=2),
+           Trade(id="t1", venue="okx", instrument="BTC-PERP", ts=t, price=60_000.0, qty=1.0,
+                 side="buy"),
+           fill("f1", "okx", "BTC-PERP", "buy", 2.0, 60_000.0, t + 30 * S)]  # a runs ahead
+    for ev in evs:
+        for _key, item in router.route(ev):
+            assert not [p for p in shard.on_event(item) if isinstance(p, Part)]
+    assert len(shard.snapshot().held) == 1 and shard.next_deadline_ns() == 5 * S
+    wall.advance(5 * S)
+    assert shard.on_deadline() == []  # applied; its boundary is 10 ms of wall time away
+    assert shard.snapshot().forced == 1 and shard.snapshot().held == []
+    wall.advance(10 * ms)
+    parts = [p for p in shard.on_deadline() if isinstance(p, Part)]
+    assert [(p.counterparty, p.ts, p.net) for p in parts] == [
+        ("okx", t + 30 * S + 10 * ms, 2 * 60_000.0)]
+
+
 def test_reorder_slack_ns_must_not_be_negative() -> None:
     with pytest.raises(ConfigError, match="reorder_slack_ns"):
         worked_config(reorder_slack_ns=-1).validate()
