@@ -477,7 +477,8 @@ PROGRESS_KEY = "~progress"
 
 class Progress(msgspec.Struct, frozen=True):
     """Ticked mode: a tick passed down the exposure path, behind everything its stage
-    sent before it on the same key (bytewax delivers in order between two workers).
+    sent before it on the same key (it relies on in-order delivery between a pair of
+    workers).
 
     ``source`` (``<worker>@<shard>``) reached ``ts`` at every stage before, for the
     stage-2 or limits key ``counterparty``. A consumer that takes its clock from the
