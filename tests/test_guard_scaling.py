@@ -69,6 +69,19 @@ def test_a_key_split_source_without_the_probe_step_refuses_to_list_its_parts() -
         placement._CLUSTER.update(saved)
 
 
+def _market_trades(n: int = 120) -> list[tuple[str, Trade]]:
+    """``n`` trades over six ``venue/instrument`` keys, each with its Kafka key."""
+    keys = ["binance/BTC-PERP", "okx/ETH-USDT", "deribit/ETH-PERP", "okx/BTC-USDT",
+            "binance/ETH-USDT", "deribit/BTC-PERP"]
+    out = []
+    for i in range(n):
+        key = keys[i % len(keys)]
+        venue, instrument = key.split("/")
+        out.append((key, Trade(id=f"t{i}", venue=venue, instrument=instrument, ts=1_000 + i,
+                               price=1.0, qty=1.0, side="buy")))
+    return out
+
+
 @pytest.mark.kafka
 @pytest.mark.parametrize("bundle", [False, True])
 def test_key_split_topic_records_are_read_once_on_the_worker_that_holds_their_key(
@@ -78,15 +91,9 @@ def test_key_split_topic_records_are_read_once_on_the_worker_that_holds_their_ke
     worker its Kafka key routes to, so keying by that string never moves it (also when
     each worker's replicas are bundled into one source partition)."""
     topic = new_topic(partitions=2)
-    keys = ["binance/BTC-PERP", "okx/ETH-USDT", "deribit/ETH-PERP", "okx/BTC-USDT",
-            "binance/ETH-USDT", "deribit/BTC-PERP"]
     p = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
     sent = {}
-    for i in range(120):
-        key = keys[i % len(keys)]
-        venue, instrument = key.split("/")
-        rec = Trade(id=f"t{i}", venue=venue, instrument=instrument, ts=1_000 + i, price=1.0,
-                    qty=1.0, side="buy")
+    for key, rec in _market_trades():
         p.produce(topic, encode(rec), key.encode())
         sent[rec.id] = key
     assert p.flush(30) == 0
@@ -219,15 +226,9 @@ def test_aligned_topic_records_are_read_once_where_their_key_lives(
     keying never moves it); each worker emits one copy of every index price (written to
     every partition) and of every heartbeat; nothing is counted as misaligned."""
     market, status = new_topic(partitions=4), new_topic(partitions=2)
-    keys = ["binance/BTC-PERP", "okx/ETH-USDT", "deribit/ETH-PERP", "okx/BTC-USDT",
-            "binance/ETH-USDT", "deribit/BTC-PERP"]
     p = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
     sent = {}
-    for i in range(120):
-        key = keys[i % len(keys)]
-        venue, instrument = key.split("/")
-        rec = Trade(id=f"t{i}", venue=venue, instrument=instrument, ts=1_000 + i, price=1.0,
-                    qty=1.0, side="buy")
+    for key, rec in _market_trades():
         for part in placement.aligned_partitions(key, 4, (b"index/",)):
             p.produce(market, encode(rec), key.encode(), partition=part)
         sent[rec.id] = key
