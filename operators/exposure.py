@@ -67,7 +67,7 @@ import zlib
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from functools import reduce
+from functools import partial, reduce
 from itertools import chain, compress, pairwise, repeat
 from operator import add, attrgetter, is_
 from typing import Any, Literal
@@ -801,7 +801,7 @@ class ShardLogic:
                  clock: Clock = system_clock, wall_clock: Clock | None = None,
                  forward_ticks: bool = False) -> None:
         self.config = config
-        # ticked mode: pass each tick on once it is applied (see _forwarded)
+        # ticked mode: pass each tick on once it is applied (see _progress)
         self.forward_ticks = forward_ticks
         self.clock = clock
         # live runs: a fill's position boundary also passes by wall time (on_deadline)
@@ -821,19 +821,11 @@ class ShardLogic:
         if not hasattr(self.state, "tick_sources"):  # a snapshot from before the field
             self.state.tick_sources = {}
         if not hasattr(self.state, "held"):  # a snapshot from before records could wait
-            self.state.held, self.state.arrivals = [], 0
-        if not hasattr(self.state, "forced"):
-            self.state.forced = 0
-            self.state.held = [(h[0], h[1], h[2], -1) for h in self.state.held]
+            self.state.held, self.state.arrivals, self.state.forced = [], 0, 0
         self._slack = config.reorder_slack_ns
         # live runs: when the oldest held own record (fill, snapshot, balance, orders) is
-        # due regardless of the watermark (derived: a resumed shard releases them at once)
-        self._held_due: int | None = None
-        if self.wall_clock is not None and self.state.held:
-            now = self.wall_clock()
-            self.state.held = [(h[0], h[1], h[2], now if h[2][0] in _OWN_ITEM_ROLES else -1)
-                               for h in self.state.held]
-            self._held_due = self._next_held_due()
+        # due regardless of the watermark (derived from the dues the held entries carry)
+        self._held_due = self._next_held_due() if wall_clock is not None else None
         self._watermark = Watermark.resume(self.state.tick_sources)
         self._ready = False
         self._peg_here: frozenset[str] = frozenset()
@@ -1083,6 +1075,9 @@ class ShardLogic:
                 released.append(heapq.heappop(held)[2])
             if released:
                 items = [*released, *items]
+        # per record: a C-level bisect unless records may have to wait
+        segment_of = (partial(self._segment, ticks=ticks, admit=admit) if admit
+                      else partial(bisect_right, ticks))
         segments: list[list[Item]] = [[] for _ in range(len(ticks) + 1)]
         for it in items:
             role = it[0]
@@ -1092,7 +1087,7 @@ class ShardLogic:
                 run = it[3]
                 parts: dict[int, list[Any]] = {}
                 for ev in run:
-                    parts.setdefault(self._segment(ev.ts, ticks, admit), []).append(ev)
+                    parts.setdefault(segment_of(ev.ts), []).append(ev)
                 for k, evs in parts.items():
                     part = ("marks", it[1], it[2], evs)
                     if k < 0:
@@ -1100,7 +1095,7 @@ class ShardLogic:
                     else:
                         segments[k].append(part)
                 continue
-            k = self._segment(it[3].ts, ticks, admit)
+            k = segment_of(it[3].ts)
             if k < 0:
                 self._hold(it)
             else:
@@ -1220,11 +1215,10 @@ class ShardLogic:
         re-value the rows own records moved, stamped with their boundary, as a record
         crossing it would have."""
         out: list[Any] = []
-        if (self._held_due is not None and self.wall_clock is not None
-                and self.wall_clock() >= self._held_due):
-            out.extend(self._release_overdue(self.wall_clock()))
-        if self._fast_deadline is not None and self.wall_clock is not None \
-                and self.wall_clock() < self._fast_deadline:
+        now = self.wall_clock() if self.wall_clock is not None else 0
+        if self._held_due is not None and now >= self._held_due:
+            out.extend(self._release_overdue(now))
+        if self._fast_deadline is not None and now < self._fast_deadline:
             return out
         self._fast_deadline = None
         if not self.state.fast_due:
@@ -2099,11 +2093,7 @@ class FirmLogic:
         keys = ["*", *self._names]
         new = [k for k in keys if k not in st.reached]
         st.reached.update(dict.fromkeys(new))
-        if not st.passed:
-            return []
-        of = st.sources_of * len(keys)
-        return [Progress(counterparty=k, ts=ts, source=src, of=of)
-                for k in new for src, ts in st.passed.items()]
+        return self._to_limits_keys(new, st.passed, len(keys))
 
     def _progress(self, items: list[Progress]) -> list[Progress]:
         """Each source's progress once every stage-2 key it reaches has passed it (the
@@ -2126,9 +2116,15 @@ class FirmLogic:
             return []
         keys = ["*", *self._names]
         st.reached.update(dict.fromkeys(keys))
-        of = st.sources_of * len(keys)
+        return self._to_limits_keys(keys, moved, len(keys))
+
+    def _to_limits_keys(self, keys: list[str], at: dict[str, int],
+                        n_keys: int) -> list[Progress]:
+        """Each source's progress ``at`` to each of ``keys``, announcing every source on
+        each of the ``n_keys`` limits keys."""
+        of = self.state.sources_of * n_keys
         return [Progress(counterparty=k, ts=ts, source=src, of=of)
-                for src, ts in moved.items() for k in keys]
+                for k in keys for src, ts in at.items()]
 
     def _store(self, e: Exposure) -> None:
         """``e`` is ``cp``'s latest: in the state and in the name-ordered layout."""

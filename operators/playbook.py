@@ -412,11 +412,7 @@ class PlaybookLogic:
         elif state.version != STATE_VERSION:
             raise ConfigError("playbook.state.version", str(STATE_VERSION), state.version)
         if not hasattr(state, "held"):  # a snapshot from before signals could wait
-            state.held, state.arrivals = [], 0
-        if not hasattr(state, "forced"):
-            state.forced = 0
-            # held before max_hold_s existed: due now
-            state.held = [(h[0], h[1], h[2], 0) for h in state.held]
+            state.held, state.arrivals, state.forced = [], 0, 0
         self.state = state
         self._slack = int(config.reorder_slack_s * S)
         self._max_hold = int(config.max_hold_s * S)
