@@ -2115,8 +2115,12 @@ class FirmLogic:
         if not moved:
             return []
         keys = ["*", *self._names]
-        st.reached.update(dict.fromkeys(keys))
-        return self._to_limits_keys(keys, moved, len(keys))
+        n_keys = len(keys)
+        if len(st.reached) < n_keys:
+            # a key not reached yet hears every source's progress, not only the ones that
+            # moved now (_reach_new_keys): a source that has finished moves no more
+            keys = [k for k in keys if k in st.reached]
+        return self._to_limits_keys(keys, moved, n_keys)
 
     def _to_limits_keys(self, keys: list[str], at: dict[str, int],
                         n_keys: int) -> list[Progress]:

@@ -864,6 +864,16 @@ def test_progress_passes_the_firm_at_the_slowest_counterparty_to_every_limits_ke
     out = resumed.on_batch([new])
     assert [(type(x).__name__, x.counterparty) for x in out][-1] == ("Progress", "deribit")
     assert (out[-1].ts, out[-1].of) == (6 * S, 3)
+    # a key that joins in the batch another source moves in hears every source so far,
+    # the one that moved and one that has finished (it will never move again)
+    two = FirmLogic(cfg, ticked=True)
+    done = Progress(counterparty=PROGRESS_KEY, ts=9 * S, source="w1@s0", of=2)
+    assert [(p.counterparty, p.source) for p in two.on_batch([done])] == [("*", "w1@s0")]
+    out = two.on_batch([exp, Progress(counterparty=PROGRESS_KEY, ts=5 * S, source="w0@s0",
+                                      of=2)])
+    heard = {(p.counterparty, p.source, p.ts) for p in out if isinstance(p, Progress)}
+    assert heard == {("*", "w0@s0", 5 * S), ("okx", "w0@s0", 5 * S),
+                     ("okx", "w1@s0", 9 * S)}
     # a counterparty that just joined a shard holds the source until its own copy comes
     # (its first part is on its way on that key, behind which its copy travels)
     joined = FirmLogic(cfg, ticked=True)
