@@ -203,3 +203,46 @@ def test_limits_pass_the_ticks_on_behind_every_breach_they_follow(shards: int) -
         assert breaches > 0 and late == [], workers
         assert {f"w@s{k}/{key}" for k in range(shards) for key in ("*", "okx")} <= names
 
+
+
+def test_a_source_that_finished_before_any_counterparty_joined_reaches_every_limits_key(
+) -> None:
+    """Two tick sources, one of which (a process that raced through its input) makes all
+    its ticks before the first fill: every limits key still hears both sources, so a
+    consumer clocked by ``LimitsOut.ticks`` reaches the end of event time instead of
+    waiting for a source that will never tick again."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from risk_flow_app import limits_config, refuse_updates
+    from riskguard.operators.clock import Tick, Watermark
+    from riskguard.operators.risk import aggregate_exposure, enforce_limits
+
+    events = sorted((e for e in EVENTS if getattr(e, "ts", 0) > 0), key=lambda e: e.ts)
+    first, last = events[0].ts // S, events[-1].ts // S + 1
+    stream: list[Any] = [Tick(ts=s * S, source="fast", of=2) for s in range(first, last + 1)]
+    fast = len(stream)
+    ticks = list(range(first, last + 1))
+    for e in events:
+        while ticks and ticks[0] * S <= e.ts:
+            stream.append(Tick(ts=ticks.pop(0) * S, source="slow", of=2))
+        stream.append(e)
+    stream.extend(Tick(ts=s * S, source="slow", of=2) for s in ticks)
+
+    flow = Dataflow("finished_source")
+    # batches of that many: the fast source's ticks pass the firm before any exposure, and a
+    # counterparty's first exposure comes with a move of the slow source
+    inp = op.input("in", flow, TestingSource(stream, batch_size=fast))
+    exp = aggregate_exposure(
+        "exposure", op.filter("recs", inp, lambda x: not isinstance(x, Tick)),
+        config=worked_config(), clock=lambda: 0,
+        ticks=op.filter("ticks", inp, lambda x: isinstance(x, Tick)))
+    lim = enforce_limits("limits", exp.exposures, None, config=limits_config(),
+                         verifier=refuse_updates, clock=lambda: 0, progress=exp.progress)
+    out: list[Tick] = []
+    op.output("out", lim.ticks, TestingSink(out))
+    run_main(flow)
+    keys = {t.source.split("/", 1)[1] for t in out}
+    assert {"*", "okx"} <= keys
+    assert {t.source for t in out} == {f"{w}@s0/{k}" for w in ("fast", "slow") for k in keys}
+    wm = Watermark(idle_ns=10**18)
+    assert max(wm.tick_time(t, 0) for t in out) == last * S
