@@ -64,7 +64,7 @@ import math
 import pickle
 import uuid
 import zlib
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial, reduce
@@ -1075,28 +1075,41 @@ class ShardLogic:
                 released.append(heapq.heappop(held)[2])
             if released:
                 items = [*released, *items]
-        # per record: a C-level bisect unless records may have to wait
-        segment_of = (partial(self._segment, ticks=ticks, admit=admit) if admit
-                      else partial(bisect_right, ticks))
-        segments: list[list[Item]] = [[] for _ in range(len(ticks) + 1)]
+        # per record, one C-level bisect: segment k takes a record at ts when
+        # ts < ticks[k] and ts <= admit[k]; both bounds rise with k, so their minimum
+        # does too, and the segment is the first k whose bound exceeds ts (past the
+        # last: the record waits)
+        bounds = ([min(t, a + 1) for t, a in zip(ticks, admit, strict=False)] + [admit[-1] + 1]
+                  if admit else ticks)
+        segment_of = partial(bisect_right, bounds)
+        wait = len(ticks) + 1
+        segments: list[list[Item]] = [[] for _ in range(wait)]
         for it in items:
             role = it[0]
             if role == "tick":
                 continue
             if role == "marks":  # a run of plain marks may straddle a tick: split it
                 run = it[3]
+                times = [ev.ts for ev in run]
+                k = segment_of(min(times))
+                if k == segment_of(max(times)):  # the whole run in one segment
+                    if k == wait:
+                        self._hold(it)
+                    else:
+                        segments[k].append(it)
+                    continue
                 parts: dict[int, list[Any]] = {}
-                for ev in run:
-                    parts.setdefault(segment_of(ev.ts), []).append(ev)
+                for ev, ts in zip(run, times, strict=True):
+                    parts.setdefault(segment_of(ts), []).append(ev)
                 for k, evs in parts.items():
                     part = ("marks", it[1], it[2], evs)
-                    if k < 0:
+                    if k == wait:
                         self._hold(part)
                     else:
                         segments[k].append(part)
                 continue
             k = segment_of(it[3].ts)
-            if k < 0:
+            if k == wait:
                 self._hold(it)
             else:
                 segments[k].append(it)
@@ -1150,16 +1163,6 @@ class ShardLogic:
         st.forced += len(items)
         self._held_due = self._next_held_due()
         return self._apply_segment(items) if items else []
-
-    @staticmethod
-    def _segment(ts: int, ticks: list[int], admit: list[int]) -> int:
-        """The segment a record at ``ts`` is applied in: before the first tick past it,
-        and not before the watermark admits it (-1: it waits for a later batch)."""
-        k = bisect_right(ticks, ts)
-        if not admit or ts <= admit[k]:
-            return k
-        k = bisect_left(admit, ts, k)
-        return k if k < len(admit) else -1
 
     def _apply_segment(self, items: list[Item]) -> list[Any]:
         """Ticked mode: apply records between two ticks, re-valuing the rows that own
