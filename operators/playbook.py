@@ -475,12 +475,24 @@ class PlaybookLogic:
         return self._out
 
     def on_eof(self) -> list[Output]:
-        """Apply the signals still waiting (in event-time order), then report commands
-        suppressed by the rate cap in the unfinished window."""
+        """End of input: every tick source has ended, so nothing can still come before
+        the signals that wait. They apply in event-time order with the clock stepping up
+        to each, then the clock moves to the newest time any source reached (where one
+        worker's clock ends, so a source that finished early does not hold back the
+        ladders and quiet periods still due); then commands suppressed by the rate cap
+        in the unfinished window are reported."""
         self._out = []
         self._trigger_recv_ts = None
-        held = self.state.held
-        while held:
+        st = self.state
+        if st.sources:
+            end = max([ts for ts, _seen in st.sources.values()] + [h[0] for h in st.held])
+            self._release(end)
+            if end > st.watermark:
+                st.watermark = end
+                self._advance(end)
+                self._evaluate()
+        held = st.held
+        while held:  # without named sources nothing waits; kept for old snapshots
             self._apply_signal(heapq.heappop(held)[2])
             self._evaluate()
         self._hold_due = None

@@ -693,3 +693,20 @@ def test_without_named_sources_signals_move_the_clock() -> None:
                         Rung(action=Action.CANCEL_ALL, after_s=60)))
     out = feed(make(rule), [alert("heartbeat_loss", venue("binance"), 100), Tick(ts=161 * S)])
     assert acts(out) == [("reroute_order_flow", "venue:binance"), ("cancel_all", "venue:binance")]
+
+
+def test_at_end_of_input_a_source_that_finished_early_does_not_hold_the_clock() -> None:
+    """A process that finished its input early stops ticking, so the watermark stays at
+    its last tick and the other process's signals wait. At end of input every source has
+    ended: they apply in event-time order with the clock stepping up to each, and the
+    clock ends where one worker's does, so the quiet periods that one worker sees end
+    (resumes) end here too."""
+    hb = [alert("heartbeat_loss", venue("binance"), 10, Severity.CRITICAL),
+          alert("heartbeat_restored", venue("binance"), 25),
+          alert("heartbeat_loss", venue("binance"), 110, Severity.CRITICAL),
+          alert("heartbeat_restored", venue("binance"), 200)]
+    early, late = _stream("p1", [], 5), _stream("p2", hb, 260)
+    reference = _planned(make(HB), _one_worker(early, late))
+    assert [c[:2] for c in reference].count(("resume", "venue:binance")) == 2
+    for events in (early + late, late + early):
+        assert _planned(make(HB), events) == reference
