@@ -65,7 +65,7 @@ import pickle
 import uuid
 import zlib
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial, reduce
 from itertools import chain, compress, pairwise, repeat
@@ -799,8 +799,12 @@ class ShardLogic:
     def __init__(self, config: ExposureConfig, reg: InstrumentRegistry,
                  state: ShardState | None = None, *, ticked: bool = False,
                  clock: Clock = system_clock, wall_clock: Clock | None = None,
-                 forward_ticks: bool = False) -> None:
+                 forward_ticks: bool = False,
+                 on_reorder: Callable[[str, int], None] | None = None) -> None:
         self.config = config
+        # told ("held", 1) when a record waits for the watermark, ("forced", n) when n
+        # apply after max_hold_ns without it (a metrics counter in the guard)
+        self.on_reorder = on_reorder
         # ticked mode: pass each tick on once it is applied (see _progress)
         self.forward_ticks = forward_ticks
         self.clock = clock
@@ -1148,6 +1152,8 @@ class ShardLogic:
             if self._held_due is None or due < self._held_due:
                 self._held_due = due
         heapq.heappush(st.held, (_item_ts(it), st.arrivals, it, due))
+        if self.on_reorder is not None:
+            self.on_reorder("held", 1)
 
     def _next_held_due(self) -> int | None:
         return min((h[3] for h in self.state.held if h[3] >= 0), default=None)
@@ -1161,6 +1167,8 @@ class ShardLogic:
         while upto is not None and st.held and st.held[0][0] <= upto:
             items.append(heapq.heappop(st.held)[2])
         st.forced += len(items)
+        if self.on_reorder is not None and items:
+            self.on_reorder("forced", len(items))
         self._held_due = self._next_held_due()
         return self._apply_segment(items) if items else []
 

@@ -132,6 +132,13 @@ SNAPSHOT_BYTES = Histogram(
     "riskguard_snapshot_size_bytes", "Pickled size of one logic snapshot, per step",
     ["step"], buckets=(256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216),
 )
+REORDER = Counter(
+    "riskguard_reorder_total",
+    "Signals (playbook) or records (valuation) that waited for the slower processes' "
+    "watermark (held), and those applied after the longest wait without it (forced: "
+    "that process's exposure path fell behind)",
+    ["step", "outcome"],
+)
 FEED_ON_BACKUP = Gauge(
     "riskguard_feed_failover_state", "Feed in use per venue: 0 primary, 1 backup", ["venue"]
 )
@@ -172,6 +179,16 @@ def record_command(action: str, scope_kind: str, recv_ts_ns: int | None, now_ns:
     LAST_COMMAND.labels(action, scope_kind).set(now_ns / 1e9)
     if recv_ts_ns is not None:
         DETECTION_TO_COMMAND.observe(max(now_ns - recv_ts_ns, 0) / 1e9)
+
+
+def reorder_counter(step: str) -> Callable[[str, int], None]:
+    """``count(outcome, n)`` for a logic's ``on_reorder`` hook: adds ``n`` to
+    ``riskguard_reorder_total{step, outcome}`` (``held`` or ``forced``)."""
+
+    def count(outcome: str, n: int) -> None:
+        REORDER.labels(step, outcome).inc(n)
+
+    return count
 
 
 def measured_snapshot(step: str, take: Callable[[], Any], *, size: bool = True) -> Any:

@@ -401,9 +401,13 @@ class PlaybookLogic:
     """Plans mitigation commands for the whole firm (run it under one key)."""
 
     def __init__(self, config: PlaybookConfig, clock: Callable[[], int],
-                 state: PlaybookState | None = None) -> None:
+                 state: PlaybookState | None = None, *,
+                 on_reorder: Callable[[str, int], None] | None = None) -> None:
         self.config = config
         self.clock = clock
+        # told ("held", 1) when a signal waits for the watermark, ("forced", n) when n
+        # apply after max_hold_s without it (a metrics counter in the guard)
+        self.on_reorder = on_reorder
         self.rules = {r.name: r for r in config.rules}
         if state is None:
             state = PlaybookState()
@@ -466,6 +470,8 @@ class PlaybookLogic:
                 heapq.heappush(st.held, (event.ts, st.arrivals, event, due))
                 if self._hold_due is None or due < self._hold_due:
                     self._hold_due = due
+                if self.on_reorder is not None:
+                    self.on_reorder("held", 1)
                 return self._out
             self._apply_signal(event)
         else:
@@ -545,6 +551,7 @@ class PlaybookLogic:
             return
         held = st.held
         upto = max(h[0] for h in held if h[3] <= now)
+        forced = st.forced
         while held and held[0][0] <= upto:
             sig = heapq.heappop(held)[2]
             st.forced += 1
@@ -553,6 +560,8 @@ class PlaybookLogic:
             self._evaluate()
         self._trigger_recv_ts = None
         self._hold_due = min((h[3] for h in held), default=None)
+        if self.on_reorder is not None:
+            self.on_reorder("forced", st.forced - forced)
 
     def _advance(self, ts: int) -> None:
         st = self.state
@@ -946,11 +955,12 @@ def _mark(table: dict[str, list[str]], name: str, why: str, on: bool) -> None:
         table.pop(name, None)
 
 
-def playbook_builder(config: PlaybookConfig,
-                     clock: Callable[[], int]) -> Callable[[PlaybookState | None], PlaybookLogic]:
+def playbook_builder(config: PlaybookConfig, clock: Callable[[], int],
+                     on_reorder: Callable[[str, int], None] | None = None,
+                     ) -> Callable[[PlaybookState | None], PlaybookLogic]:
     """``builder(state | None)`` for :func:`~riskguard.operators.stateful_logic`."""
 
     def build(state: PlaybookState | None) -> PlaybookLogic:
-        return PlaybookLogic(config, clock, state)
+        return PlaybookLogic(config, clock, state, on_reorder=on_reorder)
 
     return build

@@ -37,6 +37,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from riskguard.operators.base import SplitOut, split_dead_letters, stateful_logic
 from riskguard.operators.clock import system_clock
+from riskguard.operators.metrics import reorder_counter
 from riskguard.operators.playbook import PlaybookConfig, Tick, playbook_builder
 from riskguard.schemas.commands import MitigationCommand
 
@@ -73,5 +74,7 @@ def plan_mitigation(
     """
     config.validate(f"step '{step_id}'")
     keyed = op.key_on("key", signals, lambda _s: FIRM_KEY)
-    out = stateful_logic("stateful", keyed, playbook_builder(config, clock), order=_input_time)
+    out = stateful_logic("stateful", keyed,
+                         playbook_builder(config, clock, reorder_counter(step_id)),
+                         order=_input_time)
     return split_dead_letters("split", op.key_rm("unkey", out))

@@ -44,6 +44,7 @@ from riskguard.operators.limits import (
     rejection_alert,
     route_update,
 )
+from riskguard.operators.metrics import reorder_counter
 from riskguard.operators.trust import DEFAULT_LEEWAY_NS, TrustStore
 from riskguard.schemas import (
     Audience,
@@ -214,9 +215,12 @@ def aggregate_exposure(
 
     routed = op.branch("split", op.flat_map_batch("route", merged, route_batch), _IS_TUPLE)
 
+    count_reorder = reorder_counter(f"{step_id}.valuation")
+
     def build_val(state: Any) -> ShardLogic:
         return ShardLogic(config, reg, state, ticked=ticked, clock=clock,
-                          wall_clock=wall_clock, forward_ticks=ticked)
+                          wall_clock=wall_clock, forward_ticks=ticked,
+                          on_reorder=count_reorder)
 
     s1 = op.branch("parts", stateful_logic("valuation", routed.trues, build_val), _IS_PART)
     alerts1 = op.flat_map_batch("alerts1", s1.falses, values_of)

@@ -900,7 +900,9 @@ def test_in_a_live_run_a_held_fill_waits_at_most_max_hold_ns_of_wall_time() -> N
     reg = cfg.validate()
     router = Router(reg, cfg)
     wall = ManualClock(0)
-    shard = ShardLogic(cfg, reg, ticked=True, clock=wall, wall_clock=wall)
+    told: list[tuple[str, int]] = []
+    shard = ShardLogic(cfg, reg, ticked=True, clock=wall, wall_clock=wall,
+                       on_reorder=lambda outcome, n: told.append((outcome, n)))
     evs = [Tick(ts=t, source="a", of=2), Tick(ts=t, source="b", of=2),
            Trade(id="t1", venue="okx", instrument="BTC-PERP", ts=t, price=60_000.0, qty=1.0,
                  side="buy"),
@@ -912,6 +914,7 @@ def test_in_a_live_run_a_held_fill_waits_at_most_max_hold_ns_of_wall_time() -> N
     wall.advance(5 * S)
     assert shard.on_deadline() == []  # applied; its boundary is 10 ms of wall time away
     assert shard.snapshot().forced == 1 and shard.snapshot().held == []
+    assert told == [("held", 1), ("forced", 1)]  # riskguard_reorder_total in the guard
     wall.advance(10 * ms)
     parts = [p for p in shard.on_deadline() if isinstance(p, Part)]
     assert [(p.counterparty, p.ts, p.net) for p in parts] == [

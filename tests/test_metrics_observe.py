@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import pickle
 import urllib.request
+from typing import Any
 
 import bytewax.operators as op
 import pytest
 from bytewax.dataflow import Dataflow
-from bytewax.testing import TestingSink, TestingSource, cluster_main
+from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from prometheus_client import REGISTRY
 from riskguard.connectors.subscriber import GapAlert, Rejection
 from riskguard.operators import metrics
@@ -269,3 +270,31 @@ def test_observe_in_a_two_worker_flow_counts_every_episode_once() -> None:
     assert value("riskguard_episodes_open", key_class="market") == before
     assert value("riskguard_anomaly_signals_total", key_class="market", kind="anomaly",
                  phase="open") == opened0 + 40
+
+
+def test_plan_mitigation_counts_signals_that_wait_for_the_watermark() -> None:
+    """A signal further than the slack ahead of two processes' watermark waits: the
+    operator counts it in ``riskguard_reorder_total{step, outcome="held"}`` (``step`` is
+    the operator's full step id)."""
+    from riskguard.operators.clock import Tick
+    from riskguard.operators.playbook import PlaybookConfig, Rule, Rung
+    from riskguard.operators.playbook_op import plan_mitigation
+    from riskguard.schemas import Action, RiskAlert, Severity
+
+    s = 1_000_000_000
+    rule = Rule(name="hb", signal="heartbeat_loss", target="venue",
+                ladder=(Rung(action=Action.REROUTE_ORDER_FLOW),))
+    cfg = PlaybookConfig(issuer="guard", venues=("okx", "binance"), rules=(rule,))
+    ahead = RiskAlert(id="hb-1", kind="heartbeat_loss", ts=60 * s, severity=Severity.WARN,
+                      scope=Scope(kind=ScopeKind.VENUE, value="okx"), reason="lost")
+    labels = {"step": "reorder_metric.pb_reorder", "outcome": "held"}
+    before = value("riskguard_reorder_total", **labels)
+    flow = Dataflow("reorder_metric")
+    inp = op.input("in", flow, TestingSource([Tick(ts=10 * s, source="p1", of=2),
+                                              Tick(ts=10 * s, source="p2", of=2), ahead]))
+    out: list[Any] = []
+    op.output("out", plan_mitigation("pb_reorder", inp, config=cfg, clock=lambda: 0).oks,
+              TestingSink(out))
+    run_main(flow)
+    assert [c.action for c in out] == [Action.REROUTE_ORDER_FLOW]  # applied at the end
+    assert value("riskguard_reorder_total", **labels) == before + 1

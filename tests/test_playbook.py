@@ -653,11 +653,14 @@ def test_signals_ahead_of_the_watermark_wait_only_beyond_the_slack() -> None:
 def test_a_signal_waits_for_the_watermark_at_most_max_hold_s_of_processing_time() -> None:
     """Live, a cluster whose exposure path falls behind must still act within seconds: a
     signal held for ``max_hold_s`` of processing time is applied at the next event,
-    without moving the watermark that times ladders and quiet periods."""
+    without moving the watermark that times ladders and quiet periods; ``on_reorder``
+    hears of both (the guard counts them in ``riskguard_reorder_total``)."""
     rule = Rule(name="hb", signal="heartbeat_loss", target="venue",
                 ladder=(Rung(action=Action.REROUTE_ORDER_FLOW),))
     clock = ManualClock(0)
     logic = make(rule, clock=clock, max_hold_s=5.0)
+    told: list[tuple[str, int]] = []
+    logic.on_reorder = lambda outcome, n: told.append((outcome, n))
     feed(logic, [Tick(ts=100 * S, source="p1", of=2), Tick(ts=100 * S, source="p2", of=2)])
     assert logic.on_event(alert("heartbeat_loss", venue("binance"), 110)) == []
     clock.advance(4 * S)
@@ -667,6 +670,7 @@ def test_a_signal_waits_for_the_watermark_at_most_max_hold_s_of_processing_time(
         ("reroute_order_flow", "venue:binance")]
     st = logic.snapshot()
     assert (st.forced, st.held, st.watermark) == (1, [], 100 * S)
+    assert told == [("held", 1), ("forced", 1)]
 
 
 def test_after_a_restart_the_dead_processes_tick_sources_stop_holding_time() -> None:
