@@ -5,9 +5,10 @@ producer in this process replays the bundled demo scenario re-stamped to the
 wall clock (event ts = now) at a steady ``--rate`` events/s; by default that
 rate is 50 % of the sustained 1-worker rate, measured first with the method of
 ``guard_throughput.py`` over ``--rate-copies`` scenario copies (default 8, as that
-bench; with 2 the data phase is so short that the rate ranged 46k-97k events/s). The live guard runs with
-``input.fair_reads`` (each read at most ``batch_size`` per partition, so a fill is not
-processed behind a whole market-data burst; ``--unfair-reads`` turns it off); the
+bench; with 2 the data phase is so short that the rate ranged 46k-97k events/s). The
+live guard runs with ``input.fair_reads`` (each read at most ``batch_size`` per
+partition, so a fill is not processed behind a whole market-data burst;
+``--unfair-reads`` turns it off); the
 sustained rate is measured without it, as a replay runs. After a warm-up, fills from
 fresh counterparty names that no limits config names are mixed in at
 ``--incident-rate``/s. Each fails closed: an ``unknown_counterparty`` alert ->
