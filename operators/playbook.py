@@ -429,6 +429,10 @@ class PlaybookLogic:
         # event. Sleeping: ``(time, key)``, woken once the clock reaches the time its next
         # time-driven rung or quiet-period end falls due. The rest wait for a signal.
         self._awake: set[str] = set(state.incidents)
+        # derived: the active reroutes (_retarget visits them on every evaluation; the
+        # other mitigations, one or two per counterparty in an incident storm, it skips)
+        self._reroutes = {k for k, m in state.active.items()
+                          if m.action is Action.REROUTE_ORDER_FLOW}
         self._sleeping: list[tuple[int, str]] = []
 
     # -- public ----------------------------------------------------------------
@@ -658,6 +662,7 @@ class PlaybookLogic:
                     capped=False)
                 continue
             del st.active[key]
+            self._reroutes.discard(key)
 
     # -- evaluation --------------------------------------------------------------
 
@@ -715,8 +720,7 @@ class PlaybookLogic:
         flapping venue does not churn commands.
         """
         st = self.state
-        reroutes = [k for k, m in st.active.items() if m.action is Action.REROUTE_ORDER_FLOW]
-        for key in sorted(reroutes):
+        for key in sorted(self._reroutes):
             m = st.active[key]
             owner = next((st.incidents[o] for o in m.owners if o in st.incidents), None)
             rule = self.rules.get(owner.rule) if owner else None
@@ -822,6 +826,8 @@ class PlaybookLogic:
                                         owners=[inc.key], rule=rule.name,
                                         command_id=cmd.command_id, since=st.now,
                                         manual=rule.recovery == "manual")
+            if action is Action.REROUTE_ORDER_FLOW:
+                self._reroutes.add(key)
         return "issued"
 
     def _healthy_alternatives(self, rule: Rule, scope: Scope, exclude_self: str = "") -> list[str]:
@@ -862,6 +868,7 @@ class PlaybookLogic:
                 continue
             freed.setdefault(m.scope.label(), []).append(m)
             del st.active[key]
+            self._reroutes.discard(key)
         for label in sorted(freed):
             ms = freed[label]
             actions = sorted(m.action.value for m in ms)
