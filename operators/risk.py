@@ -236,15 +236,12 @@ def aggregate_exposure(
     def build_firm(state: Any) -> FirmLogic:
         return FirmLogic(config, state, ticked=ticked)
 
-    firm_out = op.flat_map_batch("unkey3", stateful_logic("firm", to_firm, build_firm),
-                                 values_of)
-    exposures = op.flat_map_batch("exposures_only", firm_out,
-                                  lambda xs: [x for x in xs if type(x) is not Progress])
-    progress = op.flat_map_batch("firm_progress", firm_out,
-                                 lambda xs: [x for x in xs if type(x) is Progress])
+    firm_out = op.branch("progress", op.flat_map_batch(
+        "unkey3", stateful_logic("firm", to_firm, build_firm), values_of),
+        Progress.__instancecheck__)
     alerts = op.merge("alerts", alerts1, alerts2)
-    return ExposureOut(exposures=exposures, alerts=alerts, errs=routed.falses,
-                       progress=progress)
+    return ExposureOut(exposures=firm_out.falses, alerts=alerts, errs=routed.falses,
+                       progress=firm_out.trues)
 
 
 @operator
@@ -330,10 +327,10 @@ def enforce_limits(
     def build(state: Any) -> LimitsLogic:
         return LimitsLogic(config, state)
 
-    done = op.flat_map_batch("unkey", stateful_logic("limits", keyed.trues, build), values_of)
-    ticks = op.flat_map_batch("limits_progress", done,
-                              lambda xs: [x for x in xs if type(x) is Tick])
-    outs = op.flat_map_batch("results", done, lambda xs: [x for x in xs if type(x) is not Tick])
+    done = op.branch("ticks", op.flat_map_batch(
+        "unkey", stateful_logic("limits", keyed.trues, build), values_of),
+        Tick.__instancecheck__)
+    ticks, outs = done.trues, done.falses
     u = op.branch("utils", outs, Utilization.__instancecheck__)
     b = op.branch("breaches", u.falses, LimitBreach.__instancecheck__)
     utils, breaches = u.trues, b.trues
