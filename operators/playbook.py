@@ -501,10 +501,6 @@ class PlaybookLogic:
                 st.watermark = end
                 self._advance(end)
                 self._evaluate()
-        held = st.held
-        while held:  # without named sources nothing waits; kept for old snapshots
-            self._apply_signal(heapq.heappop(held)[2])
-            self._evaluate()
         self._hold_due = None
         self._flush_window(force=True)
         return self._out
@@ -533,39 +529,38 @@ class PlaybookLogic:
     def _release(self, wm: int) -> None:
         """Apply the waiting signals the watermark ``wm`` has come close enough to, in
         event-time order, with the clock stepping up to each (as one worker meets them)."""
-        st = self.state
-        held = st.held
-        while held and held[0][0] <= wm + self._slack:
-            sig = heapq.heappop(held)[2]
-            st.watermark = max(st.watermark, min(wm, sig.ts))
-            self._trigger_recv_ts = getattr(sig, "recv_ts", None)
-            self._evaluate()
-            self._apply_signal(sig)
-            self._evaluate()
-        self._trigger_recv_ts = None
-        self._hold_due = min((h[3] for h in held), default=None)
+        self._apply_held(wm + self._slack, clock_to=wm)
 
     def _release_overdue(self) -> None:
         """Apply, in event-time order, every held signal up to the newest one held for
         ``max_hold_s`` of processing time; the watermark (the clock of time-driven rungs)
         stays where the sources have it."""
-        st = self.state
         now = self.clock()
         if self._hold_due is None or now < self._hold_due:
             return
+        forced = self._apply_held(max(h[0] for h in self.state.held if h[3] <= now))
+        self.state.forced += forced
+        if self.on_reorder is not None:
+            self.on_reorder("forced", forced)
+
+    def _apply_held(self, upto: int, clock_to: int | None = None) -> int:
+        """Apply the held signals up to ``upto`` in event-time order (with ``clock_to``,
+        the clock steps up to each, never past it); how many."""
+        st = self.state
         held = st.held
-        upto = max(h[0] for h in held if h[3] <= now)
-        forced = st.forced
+        n = 0
         while held and held[0][0] <= upto:
             sig = heapq.heappop(held)[2]
-            st.forced += 1
+            n += 1
             self._trigger_recv_ts = getattr(sig, "recv_ts", None)
+            if clock_to is not None:
+                st.watermark = max(st.watermark, min(clock_to, sig.ts))
+                self._evaluate()
             self._apply_signal(sig)
             self._evaluate()
         self._trigger_recv_ts = None
         self._hold_due = min((h[3] for h in held), default=None)
-        if self.on_reorder is not None:
-            self.on_reorder("forced", st.forced - forced)
+        return n
 
     def _advance(self, ts: int) -> None:
         st = self.state
