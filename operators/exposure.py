@@ -2060,7 +2060,6 @@ class FirmLogic:
         self.state = state if state is not None else FirmState()
         if not hasattr(self.state, "progress"):  # a snapshot from before progress
             self.state.progress, self.state.passed = {}, {}
-        if not hasattr(self.state, "reached"):
             self.state.reached, self.state.sources_of = {}, 0
         # derived from state, in counterparty name order: names, latest exposures, the
         # concentration basis and the share last emitted

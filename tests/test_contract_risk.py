@@ -65,6 +65,7 @@ def _by_tick(parts: list[Any], every: int = 4) -> list[Any]:
     """Parts or exposures re-stamped so that runs of ``every`` share a tick time."""
     return [msgspec.structs.replace(p, ts=parts[k - k % every].ts) for k, p in enumerate(parts)]
 
+
 def _two_processes() -> list[Any]:
     """Stage-1 items from two guard workers: b ticks once, then a runs 40 s ahead (its
     records wait in the shard for b), then b follows."""
