@@ -31,6 +31,12 @@ does, and the guard's from the span of its exposures/audit output timestamps
 (exposures are emitted from the first copy's opening balances to the last
 copy's fills, so the span covers nearly all of the processing).
 
+Each guard line also gives the CPU seconds its processes used (workload minus
+empty run, all processes together, from the children's rusage). CPU time is
+steadier than wall time on a shared machine, and its 2-process / 1-worker
+ratio says what a second process costs in all: ``2 / ratio`` is the most 2
+processes could reach on 2 otherwise idle cores, perfectly balanced.
+
 Each guard line also counts the dead letters the run wrote: a run that
 dead-letters records (e.g. as late) did less work, so its rate is not
 comparable. ``--no-split-market`` turns ``input.split_market_by_key`` (the
@@ -60,6 +66,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -136,8 +143,17 @@ def _wait(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> float:
     return time.monotonic() - t0
 
 
-def run_guard(bench: BenchEnv, procs: int, timeout_s: float = 600.0) -> tuple[float, float]:
-    """Wall time of one guard run (1 worker, or ``procs`` processes); and its start (epoch s)."""
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of every child process waited for so far."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run_guard(bench: BenchEnv, procs: int,
+              timeout_s: float = 600.0) -> tuple[float, float, float]:
+    """Wall time of one guard run (1 worker, or ``procs`` processes), its start (epoch
+    s), and the CPU seconds its processes used (all of them together)."""
+    cpu0 = _children_cpu()
     started = time.time()
     t0 = time.monotonic()
     if procs == 1:
@@ -151,7 +167,7 @@ def run_guard(bench: BenchEnv, procs: int, timeout_s: float = 600.0) -> tuple[fl
         _await_listening(ports[0], ps[0])
         ps += [start_guard(bench, "-i", str(i), "-a", addrs) for i in range(1, procs)]
     _wait(ps, timeout_s)
-    return time.monotonic() - t0, started
+    return time.monotonic() - t0, started, _children_cpu() - cpu0
 
 
 def _await_listening(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
@@ -275,12 +291,14 @@ def main() -> None:
               f"{pt_n / pt_span if pt_span else float('nan'):,.0f} events/s over {pt_n:,})")
 
         rates: dict[int, list[float]] = {}
+        cpus: dict[int, list[float]] = {}
         # repeats interleave 1 worker and 2 processes, so load drift hits both alike
         for procs in [p for _ in range(args.repeats) for p in ([1] if args.skip_2p else [1, 2])]:
-            t_full, started = run_guard(full, procs)
-            t_empty, _ = run_guard(empty, procs)
+            t_full, started, c_full = run_guard(full, procs)
+            t_empty, _, c_empty = run_guard(empty, procs)
             rate = n / (t_full - t_empty)
             rates.setdefault(procs, []).append(rate)
+            cpus.setdefault(procs, []).append(c_full - c_empty)
             _out_n, span = output_span(bootstrap, [full.topic("exposures"), full.topic("audit")],
                                       args.partitions, after_ms=int(started * 1000))
             dead, _ = output_span(bootstrap, [full.topic("dead_letters")], args.partitions,
@@ -290,7 +308,9 @@ def main() -> None:
                   f"{rate / pt_rate:.2f}x of baseline (goal >= 0.5x)  (wall {t_full:.1f} s - "
                   f"empty {t_empty:.1f} s; output span {span:.1f} s -> "
                   f"{n / span if span else float('nan'):,.0f} events/s; "
-                  f"{dead:,} dead letters; load {os.getloadavg()[0]:.2f})")
+                  f"{dead:,} dead letters; load {os.getloadavg()[0]:.2f}; "
+                  f"CPU {c_full:.1f} s - empty {c_empty:.1f} s = "
+                  f"{(c_full - c_empty) / n * 1e6:.1f} us/event)")
         med = {procs: statistics.median(rs) for procs, rs in rates.items()}
         if args.repeats > 1:
             for procs, rs in sorted(rates.items()):
@@ -302,6 +322,11 @@ def main() -> None:
             print(f"scaling, 2 processes / 1 worker: {med[2] / med[1]:.2f}x (goal >= 1.5x)"
                   + (f"  (per repeat {min(pairs):.2f}-{max(pairs):.2f}x)" if len(pairs) > 1
                      else ""))
+            # CPU time is steadier than wall time on a shared machine: what the second
+            # process costs in all, and the scaling it leaves room for on 2 idle cores
+            cpu_ratio = statistics.median(cpus[2]) / statistics.median(cpus[1])
+            print(f"CPU, 2 processes / 1 worker (workload - empty, medians): {cpu_ratio:.2f}x; "
+                  f"perfectly balanced on 2 cores that allows at most {2 / cpu_ratio:.2f}x")
     finally:
         if broker is not None:
             broker.stop()
