@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
+from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from itertools import accumulate, compress, count, islice
 from typing import Any
 
 import bytewax.operators as op
@@ -33,7 +34,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Producer, TopicPartition
 from confluent_kafka import KafkaError as _KE
 from confluent_kafka.admin import AdminClient
-from msgspec.structs import replace
+from msgspec.structs import force_setattr
 from riskguard.connectors.placement import (
     AlignedReader,
     Broadcast,
@@ -71,6 +72,24 @@ class _Stamp(msgspec.Struct):
 
 
 _read_stamp = msgspec.json.Decoder(_Stamp).decode
+
+
+_NO_TS = -(1 << 63)  # below any alignment limit: such records never wait
+
+
+def _event_times(recs: list[Any]) -> list[int]:
+    """Each record's ``ts`` for alignment; ``_NO_TS`` for a dead letter or a record
+    without one.
+
+    >>> from riskguard.schemas import DeadLetter, IndexPrice
+    >>> ix = IndexPrice(id="i", venue="index", instrument="BTC-USD", ts=7, price=1.0)
+    >>> dl = DeadLetter(topic="t", ts=9, reason="malformed")
+    >>> _event_times([ix, dl]) == [7, _NO_TS]
+    True
+    """
+    dead = DeadLetter
+    return [_NO_TS if type(r) is dead or (t := getattr(r, "ts", None)) is None else t
+            for r in recs]
 
 
 def _stamp_of(value: bytes | None) -> int:
@@ -317,7 +336,13 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         self._lag_due = 0
         self._align = align
         self._name = name or f"{idx}-{topic}"
-        self._buf: deque[tuple[Any, int]] = deque()
+        # records read but held back by alignment: recs[head:], with their offsets and
+        # event times (_NO_TS for those that never wait: dead letters, no ts)
+        self._recs: list[Any] = []
+        self._offs: list[int] = []
+        self._tss: list[int] = []
+        self._peak: list[int] = []  # running maximum of _tss
+        self._head = 0
         self._emitted_ts = watermark
         # event time of the last message a replica skipped (another replica's key) with
         # none of its own after it: where the partition stands for alignment
@@ -403,7 +428,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
                 if policy is not None and type(rec) is not DeadLetter:
                     rec = policy.check(rec, value, topic, idx, off, now)
                 if stamp and type(rec) is not DeadLetter and getattr(rec, "recv_ts", 0) is None:
-                    rec = replace(rec, recv_ts=received)
+                    force_setattr(rec, "recv_ts", received)  # just decoded: no one else holds it
             if replica is not None:
                 verdict = replica.admit(rec, owned, shared, dead=type(rec) is DeadLetter)
                 if verdict == "skip":
@@ -457,28 +482,33 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         return fetched[0]
 
     def _next_aligned(self, align: EventTimeAlignment) -> list[Any]:
-        buf = self._buf
         got = False
-        if not buf:
+        if self._head >= len(self._recs):
             fetched = self._fetch()
             if fetched and fetched[0]:
-                buf.extend(zip(*fetched, strict=True))
+                self._recs, self._offs = fetched
+                self._tss = _event_times(self._recs)
+                self._peak = list(accumulate(self._tss, max))
+                self._head = 0
                 got = True
         now = self._clock()
         limit = align.frontier(self._name, now) + align.max_skew_ns
-        out: list[Any] = []
-        while buf:
-            rec, _off = buf[0]
-            ts = getattr(rec, "ts", None)
-            if type(rec) is not DeadLetter and ts is not None:
-                if ts > limit:
-                    break
-                self._emitted_ts = max(self._emitted_ts, ts)
-            out.append(buf.popleft()[0])
-        head = None
-        if buf:
-            head = getattr(buf[0][0], "ts", None)
-        self._shared.hold(self._topic, self._idx, bool(buf))
+        recs, tss, lo = self._recs, self._tss, self._head
+        # the first record past the limit, and all before it go out. Those before lo went
+        # out under an earlier limit; while the limit has not dropped below them, the
+        # running maximum finds the cut with one bisect.
+        peak = self._peak
+        cut = bisect_right(peak, limit, lo)
+        if cut == lo < len(recs) and tss[lo] <= limit:  # the limit dropped: scan from lo
+            cut = next(compress(count(lo), map(limit.__lt__, islice(tss, lo, None))),
+                       len(recs))
+        if cut > lo:
+            self._emitted_ts = max(self._emitted_ts, peak[cut - 1])
+        out = recs[lo:cut]
+        self._head = cut
+        held = cut < len(recs)
+        head = tss[cut] if held else None
+        self._shared.hold(self._topic, self._idx, held)
         # a replica that only skipped messages (others' keys) stands where it skipped to,
         # not where it last emitted: else it holds the process back until the end of a
         # partition none of whose keys are its own
@@ -495,11 +525,11 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         # Records still held back by alignment are re-read on resume, so the lateness
         # watermark resumes at what was emitted: the fetch that read them already moved
         # the policy past them, and they must not come back as "late".
-        if self._policy is None:
-            return self._offset, -1
-        if self._buf:
-            return self._buf[0][1], min(self._policy.max_ts, self._emitted_ts)
-        return self._offset, self._policy.max_ts
+        policy = self._policy
+        if self._head < len(self._recs):
+            return self._offs[self._head], (
+                -1 if policy is None else min(policy.max_ts, self._emitted_ts))
+        return self._offset, -1 if policy is None else policy.max_ts
 
     def close(self) -> None:
         if self._align is not None:
