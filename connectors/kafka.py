@@ -63,6 +63,10 @@ from riskguard.errors import BrokerError, ConfigError, DeliveryError
 _log = logging.getLogger(__name__)
 _STARTS = {"earliest": OFFSET_BEGINNING, "latest": OFFSET_END}
 _IDLE_BACKOFF = timedelta(milliseconds=2)
+# an idle partition with messages left before its end: how often to ask the broker again,
+# and after how many idle periods to end it anyway
+_RECHECK_NS = 250_000_000
+_IDLE_PATIENCE = 5
 
 
 class _Stamp(msgspec.Struct):
@@ -295,6 +299,19 @@ class SharedConsumer:
                 return None
             return int(hi) if hi is not None and hi >= 0 else None
 
+    def end_offsets(self, topic: str, idx: int, timeout_s: float = 5.0) -> tuple[int, int] | None:
+        """The partition's low and high watermarks, asked of the broker (None if it cannot
+        say): a bounded run's idle end checks that nothing is left to read."""
+        with self._lock:
+            if self._consumer is None:
+                return None
+            try:
+                lo, hi = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, idx), timeout=timeout_s, cached=False)
+            except Exception:
+                return None
+            return int(lo), int(hi)
+
     def remove(self, topic: str, idx: int) -> None:
         with self._lock:
             self._pending.pop((topic, idx), None)
@@ -330,6 +347,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         self._clock = clock
         self._last_msg_ns = clock()
         self._at_end = False  # reached the partition's end with no data since
+        self._idle_since: int | None = None  # when an idle end first found messages left
         self._awake: datetime | None = None
         self._in = EVENTS_IN.labels(topic)
         self._lag = CONSUMER_LAG.labels(topic, str(idx))
@@ -356,6 +374,30 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         if align is not None:
             align.register(self._name, clock(), watermark)
 
+    def _unread_left(self, idle_eof: int) -> bool:
+        """Idle for ``idle_eof``: whether messages are still left before the partition's
+        end (a fetch that stalled, not the end of input). Asked of the broker at most every
+        ``_RECHECK_NS``; after ``_IDLE_PATIENCE`` idle periods with messages still left
+        (a transactional topic's last offset is a marker no read returns) the partition
+        ends anyway, with a warning naming how many."""
+        now = self._clock()
+        if self._idle_since is None:
+            self._idle_since = now
+        ends = self._shared.end_offsets(self._topic, self._idx)
+        if ends is None:
+            return False
+        lo, hi = ends
+        pos = lo if self._offset == OFFSET_BEGINNING else self._offset
+        if pos < 0 or hi <= pos:
+            return False
+        if now - self._idle_since >= _IDLE_PATIENCE * idle_eof:
+            _log.warning("topic %r partition %d ends idle with %d messages unread "
+                         "(offset %d, high watermark %d)", self._topic, self._idx, hi - pos,
+                         pos, hi)
+            return False
+        self._last_msg_ns = now - idle_eof + min(idle_eof, _RECHECK_NS)  # ask again soon
+        return True
+
     def _report_misaligned(self, reader: AlignedReader, bad: list[bytes | None]) -> None:
         """Count (and log once) messages of an aligned partition whose key routes to
         another worker: still emitted, they only cost a move downstream."""
@@ -379,7 +421,8 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         msgs = self._shared.take(self._topic, self._idx)
         if not msgs:
             idle_eof = self._idle_eof_ns
-            if idle_eof is not None and self._clock() - self._last_msg_ns > idle_eof:
+            if (idle_eof is not None and self._clock() - self._last_msg_ns > idle_eof
+                    and not self._unread_left(idle_eof)):
                 raise StopIteration
             return None
         topic, idx, decode, policy = self._topic, self._idx, self._decode, self._policy
@@ -451,6 +494,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         if last_off >= 0:
             self._last_msg_ns = now
             self._offset = last_off + 1
+            self._idle_since = None
         self._in.inc(len(out))
         if now >= self._lag_due:  # every 5 s: messages behind the partition's end
             self._lag_due = now + 5_000_000_000
@@ -613,7 +657,9 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
     reads many low-rate partitions; with it, ``fair_reads`` caps each read at
     ``batch_size`` per partition (lower latency for quiet topics under bursts, lower
     throughput on backlogs; see :class:`SharedConsumer`). ``idle_eof_s`` ends a partition after
-    that long without messages (tests, demos, bounded replays).
+    that long without messages (tests, demos, bounded replays), once the broker says none
+    are left before its end: a fetch that stalled longer than ``idle_eof_s`` does not end
+    it early (up to 5 idle periods, then it ends with a warning naming what is unread).
 
     ``key_split_topics``: with ``W`` workers, each Kafka partition of these
     topics becomes ``W`` source partitions (replicas) ``r = 0..W-1``, named

@@ -469,6 +469,9 @@ class _Served:
     def high_watermark(self, topic: str, idx: int) -> None:
         return None
 
+    def end_offsets(self, topic: str, idx: int) -> tuple[int, int] | None:
+        return None
+
     def remove(self, topic: str, idx: int) -> None:
         pass
 
@@ -539,3 +542,64 @@ def test_alignment_emits_what_a_record_by_record_scan_would(
         assert [r.offset if type(r) is DeadLetter else int(r.id[1:]) for r in got] == ref
         assert part._emitted_ts == emitted
         assert part.snapshot()[0] == (buf[0][0].offset() if buf else part._offset)
+
+
+class _Stalling(_Served):
+    """Serves its fetches only after ``stall`` empty reads; the broker reports ``end``."""
+
+    def __init__(self, fetches: list[list[_Msg]], stall: int, end: int) -> None:
+        super().__init__(fetches)
+        self.stall, self.end = stall, end
+        self.asked = 0
+
+    def take(self, topic: str, idx: int) -> list[_Msg]:
+        if self.stall > 0:
+            self.stall -= 1
+            return []
+        return super().take(topic, idx)
+
+    def end_offsets(self, topic: str, idx: int) -> tuple[int, int] | None:
+        self.asked += 1
+        return 0, self.end
+
+
+def _read_until_end(part: Any) -> list[Any]:
+    got: list[Any] = []
+    with pytest.raises(StopIteration):
+        for _ in range(10_000):
+            got.extend(part.next_batch())
+    return got
+
+
+@pytest.mark.parametrize("stall", [0, 6, 9])
+def test_an_idle_end_waits_for_messages_the_broker_still_holds(stall: int) -> None:
+    """A bounded run ends a partition after ``idle_eof_s`` without messages, but not while
+    the broker's high watermark says some are left: a fetch that stalls longer than the
+    idle period (here 6 or 9 empty reads, the clock half a second later at each
+    reading, against an idle period of 2 s) still
+    delivers every record before the partition ends."""
+    from riskguard.connectors.kafka import _SourcePartition
+
+    msgs = [_Msg(i, _trade(id=f"r{i}", ts=i)) for i in range(6)]
+    t = iter(range(0, 10**12, 5 * 10**8))  # each clock reading is half a second later
+    shared = _Stalling([msgs[:2], msgs[2:]], stall, end=6)
+    part = _SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 2 * 10**9, None,
+                            lambda: next(t))
+    assert [r.id for r in _read_until_end(part)] == [f"r{i}" for i in range(6)]
+    assert part.snapshot()[0] == 6
+
+
+def test_an_idle_end_with_messages_never_delivered_ends_after_five_idle_periods(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Messages the broker reports but no read returns (a transactional topic's closing
+    marker, say) do not keep a bounded run open for ever: the partition ends after 5 idle
+    periods, with a warning naming how many were left unread."""
+    from riskguard.connectors.kafka import _SourcePartition
+
+    t = iter(range(0, 10**12, 10**8))  # 0.1 s per clock reading
+    shared = _Stalling([[_Msg(0, _trade(id="r0", ts=0))]], 0, end=2)
+    part = _SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
+                            lambda: next(t))
+    assert [r.id for r in _read_until_end(part)] == ["r0"]
+    assert "1 messages unread" in caplog.text
+    assert shared.asked >= 5
