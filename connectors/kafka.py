@@ -1081,7 +1081,9 @@ def kafka_output(
     ``key(record)``, the pair's key, or the record's id. Keyword arguments are
     those of :class:`KafkaOutput`.
     """
+    # one Python call per batch (bytewax's map calls one per item)
     if key is not None:
-        up = op.map("key", up, lambda rec: (key(rec), rec))
-    kv = op.map("encode", up, _to_kv)
+        kv = op.flat_map_batch("encode", up, lambda recs: [_to_kv((key(r), r)) for r in recs])
+    else:
+        kv = op.flat_map_batch("encode", up, lambda items: list(map(_to_kv, items)))
     op.output("kafka_output", kv, KafkaOutput(brokers, topic, **kwargs))

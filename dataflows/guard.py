@@ -64,7 +64,7 @@ from riskguard.operators.features import (
 from riskguard.operators.feeds import FeedConfig, FeedMonitorLogic, FeedSelectLogic
 from riskguard.operators.limits import LimitsConfig
 from riskguard.operators.metrics import record_command, start_metrics_server_from_env
-from riskguard.operators.observe import ObserveConfig, configure, observe
+from riskguard.operators.observe import ObserveConfig, configure, observe_all
 from riskguard.operators.playbook import PlaybookConfig
 from riskguard.operators.playbook_op import plan_mitigation
 from riskguard.operators.risk import aggregate_exposure, enforce_limits, trust_verifier
@@ -417,20 +417,22 @@ def guard_core(
                                lambda rs: [r for r in rs if isinstance(r, MARKET)])
     records = op.flat_map_batch("not_market", records,
                                 lambda rs: [r for r in rs if not isinstance(r, MARKET)])
-    status = op.filter("status", records, lambda r: isinstance(r, VenueStatus))
-    trading = op.filter("trading", records, lambda r: isinstance(r, TRADING))
-    updates = op.filter("updates", records, lambda r: isinstance(r, SignedEnvelope)
-                        and r.payload_type != PAYLOAD_COMMAND)
+    status = op.flat_map_batch("status", records,
+                               lambda rs: [r for r in rs if isinstance(r, VenueStatus)])
+    trading = op.flat_map_batch("trading", records,
+                                lambda rs: [r for r in rs if isinstance(r, TRADING)])
+    updates = op.flat_map_batch("updates", records, lambda rs: [
+        r for r in rs if isinstance(r, SignedEnvelope) and r.payload_type != PAYLOAD_COMMAND])
     # Operator commands (a resume) come signed, on the limit-updates topic; they reach the
     # playbook only once verified against the trust file, with their approvals counted
     # from the signatures. A bare command record is refused: nothing unsigned acts.
-    operator_cmds = op.filter("operator_cmds", records, lambda r: isinstance(r, SignedEnvelope)
-                              and r.payload_type == PAYLOAD_COMMAND)
+    operator_cmds = op.flat_map_batch("operator_cmds", records, lambda rs: [
+        r for r in rs if isinstance(r, SignedEnvelope) and r.payload_type == PAYLOAD_COMMAND])
     verify = OperatorCommands(trust, cfg.env, cfg.topic("commands"), clock)
     verified = split_dead_letters("verify_operator", op.map("verify_cmd", operator_cmds, verify))
     manual = verified.oks
-    unhandled = op.map("unhandled", op.filter(
-        "other", records, lambda r: not isinstance(r, HANDLED)), _unhandled)
+    unhandled = op.flat_map_batch("unhandled", records, lambda rs: [
+        _unhandled(r) for r in rs if not isinstance(r, HANDLED)])
 
     # Feed selection on the features' key (venue/instrument), so market data
     # changes worker at most once before features; heartbeats and ticks fan out.
@@ -499,9 +501,9 @@ def guard_core(
                             verifier=trust_verifier(trust, audience), clock=clock,
                             progress=exposure.progress)
 
-    signals = op.map("observe_signals", op.merge(
+    signals = op.flat_map_batch("observe_signals", op.merge(
         "signals", anomalies, exposure.alerts, limits.breaches, limits.alerts, feed_alerts,
-    ), observe)
+    ), observe_all)
     # The playbook's clock: the ticks as the exposure path passes them on (valuation,
     # counterparty, firm, limits), not as the sources make them. In a backlog that path's
     # queues are the longest, and a breach must not reach the playbook after time has
@@ -519,16 +521,18 @@ def guard_core(
         return env
 
     out_cmds = op.map("observe_commands", signed.oks, observe_command)
-    errs: Stream[DeadLetter] = op.map("observe_errs", op.merge(
+    errs: Stream[DeadLetter] = op.flat_map_batch("observe_errs", op.merge(
         "errs", feats.errs, detected.errs, exposure.errs, limits.errs, planned.errs, signed.errs,
         verified.errs, unhandled,
-    ), observe)
+    ), observe_all)
     audit_cfg = msgspec.structs.replace(cfg.audit, config_hash=cfg_hash)
     decisions = op.merge("decisions", signals, commands, errs)
-    audit = op.map("observe_audit",
-                   audit_log("audit", decisions, signer=signer, config=audit_cfg), observe)
-    exposures = op.map("observe_exposures",
-                       op.merge("exp_util", exposure.exposures, limits.utilizations), observe)
+    audit = op.flat_map_batch(
+        "observe_audit", audit_log("audit", decisions, signer=signer, config=audit_cfg),
+        observe_all)
+    exposures = op.flat_map_batch(
+        "observe_exposures", op.merge("exp_util", exposure.exposures, limits.utilizations),
+        observe_all)
     return GuardOut(commands=out_cmds, audit=audit, signals=signals, exposures=exposures,
                     dead_letters=errs)
 

@@ -235,6 +235,21 @@ def observe(item: Any) -> Any:
     return _DEFAULT.observe(item)
 
 
+def observe_all(items: list[Any]) -> list[Any]:
+    """:func:`observe` a whole batch (for ``op.flat_map_batch``: one Python call per batch,
+    not bytewax's per-item map).
+
+    >>> from riskguard.schemas import DeadLetter
+    >>> dl = DeadLetter(topic="doctest", ts=1, reason="malformed")
+    >>> observe_all([dl]) == [dl]
+    True
+    """
+    see = _DEFAULT.observe
+    for item in items:
+        see(item)
+    return items
+
+
 def observe_rejection(rejection: Any) -> None:
     """Subscriber ``on_reject`` hook: count a refused command message by its reason."""
     SUBSCRIBER_REJECTIONS.labels(str(rejection.reason)).inc()
