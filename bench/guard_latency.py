@@ -69,8 +69,8 @@ def sustained_rate(bootstrap: str, work: Path, tag: str, copies: int) -> float:
     empty = setup_env(bootstrap, work / "rate-empty", f"re{tag}")
     start_ns = time.time_ns() - (copies * DURATION_S + 30) * NS
     n = publish(full, scenario_copies(copies, start_ns))
-    t_full, _ = run_guard(full, 1)
-    t_empty, _ = run_guard(empty, 1)
+    t_full, _, _ = run_guard(full, 1)
+    t_empty, _, _ = run_guard(empty, 1)
     return n / (t_full - t_empty)
 
 
