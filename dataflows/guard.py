@@ -268,25 +268,34 @@ class MarkFilter:
         self.move = move_bps / 10_000
         self.last: dict[tuple[str, str, type], tuple[int, float]] = {}
 
-    _PRICED = (Trade, Quote, IndexPrice)  # built once: a union built per call costs 0.1 µs
+    _PRICED = (Trade, IndexPrice)  # built once: a union built per call costs 0.1 µs
 
     def __call__(self, rec: Any) -> bool:
-        if self.min_interval_ns <= 0 or not isinstance(rec, self._PRICED):
-            return True
-        price = rec.price if not isinstance(rec, Quote) else (rec.bid + rec.ask) / 2
-        key = (rec.venue, rec.instrument, type(rec))
-        prev = self.last.get(key)
-        if (prev is None or rec.ts - prev[0] >= self.min_interval_ns
-                or abs(price - prev[1]) >= self.move * prev[1]):
-            self.last[key] = (rec.ts, price)
-            return True
-        return False
+        return bool(self.passed([rec]))
 
     def passed(self, recs: list[Any]) -> list[Any]:
-        """The records of a batch that pass, in order (one dataflow call per batch)."""
-        if self.min_interval_ns <= 0:
+        """The records of a batch that pass, in order (one dataflow call per batch, one
+        inlined loop: a method call per record cost a third of it)."""
+        interval = self.min_interval_ns
+        if interval <= 0:
             return recs
-        return [r for r in recs if self(r)]
+        priced, quote, move, last = self._PRICED, Quote, self.move, self.last
+        out = []
+        for rec in recs:
+            if isinstance(rec, quote):
+                price = (rec.bid + rec.ask) / 2
+            elif isinstance(rec, priced):
+                price = rec.price
+            else:
+                out.append(rec)
+                continue
+            key = (rec.venue, rec.instrument, type(rec))
+            prev = last.get(key)
+            if (prev is None or rec.ts - prev[0] >= interval
+                    or abs(price - prev[1]) >= move * prev[1]):
+                last[key] = (rec.ts, price)
+                out.append(rec)
+        return out
 
 
 def _tick_fn(tick_ns: int) -> Any:

@@ -138,8 +138,22 @@ class SplitOut(Generic[W]):
     errs: Stream[DeadLetter]
 
 
+def _may_hold_dead(items: list[Any]) -> bool:
+    """Whether ``items`` may hold a dead letter, bare or keyed: one C-level pass over
+    their types (most batches hold none, and are passed on untouched)."""
+    types = set(map(type, items))
+    return tuple in types or any(issubclass(t, DeadLetter) for t in types)
+
+
 def _live(items: list[Any]) -> list[Any]:
-    """The items that are neither a dead letter nor a ``(key, DeadLetter)`` pair."""
+    """The items that are neither a dead letter nor a ``(key, DeadLetter)`` pair.
+
+    >>> dl = DeadLetter(topic="t", ts=1, reason="malformed")
+    >>> _live([1, dl, ("k", dl), ("k", 2)]), _dead_letters([1, dl, ("k", dl)]) == [dl, dl]
+    ([1, ('k', 2)], True)
+    """
+    if not _may_hold_dead(items):
+        return items
     dead = DeadLetter
     return [x for x in items if not (isinstance(x, dead) or (
         isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], dead)))]
@@ -147,6 +161,8 @@ def _live(items: list[Any]) -> list[Any]:
 
 def _dead_letters(items: list[Any]) -> list[DeadLetter]:
     """The dead letters among ``items``, unkeyed."""
+    if not _may_hold_dead(items):
+        return []
     dead = DeadLetter
     return [x if isinstance(x, dead) else x[1] for x in items if isinstance(x, dead) or (
         isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], dead))]
@@ -157,7 +173,8 @@ def split_dead_letters(step_id: str, up: Stream[Any]) -> SplitOut[Any]:
     """Route ``DeadLetter`` items (bare or as ``(key, DeadLetter)``) to ``errs``.
 
     Two list comprehensions per batch rather than ``op.branch``, which calls a
-    Python predicate per item (0.30 against 0.24 µs per item in all, bytewax included).
+    Python predicate per item (0.30 against 0.24 µs per item in all, bytewax included);
+    a batch whose item types include neither a dead letter nor a tuple skips both.
     """
     oks = op.flat_map_batch("oks", up, _live)
     errs = op.flat_map_batch("errs", up, _dead_letters)
