@@ -666,6 +666,19 @@ class _PerVenue:
             self.logic = self.cls(self.fcfg, event.venue)
         return self.logic.on_event(event)
 
+    def on_batch(self, events: list[Any]) -> list[Any]:
+        """The logic's own batch path when it has one, else one event at a time."""
+        if self.logic is None:
+            first = next((k for k, e in enumerate(events) if not isinstance(e, Tick)), None)
+            if first is None:
+                return []
+            events = events[first:]
+            self.logic = self.cls(self.fcfg, events[0].venue)
+        batch = getattr(self.logic, "on_batch", None)
+        if batch is not None:
+            return batch(events)
+        return [out for e in events for out in self.logic.on_event(e)]
+
     def snapshot(self) -> Any:
         return None if self.logic is None else self.logic.snapshot()
 

@@ -151,6 +151,41 @@ class FeedSelectLogic:
             return []
         return [event] if getattr(event, "feed", vf.primary) == self.state.active else []
 
+    def on_batch(self, events: list[object]) -> list[object]:
+        """:meth:`on_event` over a batch, in order, in one call. A market record while
+        the primary is active and healthy only moves the clock: that common case is
+        inlined, anything else goes through :meth:`FeedState.step`.
+
+        >>> cfg = FeedConfig(venues={"okx": VenueFeeds(primary="p", backup="b")})
+        >>> from riskguard.schemas import IndexPrice
+        >>> px = lambda ts, feed: IndexPrice(id=f"i{ts}", venue="okx", instrument="BTC-USD",
+        ...                                  ts=ts, price=1.0, feed=feed)
+        >>> [r.id for r in FeedSelectLogic(cfg, "okx").on_batch([px(1, "p"), px(2, "b")])]
+        ['i1']
+        """
+        vf = self.vf
+        if vf is None:
+            return [e for e in events if not isinstance(e, _NOT_MARKET)]
+        st = self.state
+        step, skew, primary, gap = st.step, vf.skew_ns, vf.primary, vf.max_gap_ns
+        out = []
+        for event in events:
+            if isinstance(event, VenueStatus):
+                step(vf, event.ts, event)
+                continue
+            ts = event.ts - skew  # type: ignore[attr-defined]
+            now = ts if ts > st.now else st.now
+            if st.active == primary and st.last_ok >= 0 and not st.down and (
+                    now - st.last_ok <= gap):
+                st.now = now  # healthy primary: step() would only move the clock
+            else:
+                step(vf, ts, None)
+            if isinstance(event, Tick):
+                continue
+            if getattr(event, "feed", primary) == st.active:
+                out.append(event)
+        return out
+
     def snapshot(self) -> FeedState:
         return copy.deepcopy(self.state)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from contract import CHECKS, Case
 from riskguard.operators.clock import TICK_IDLE_NS, ManualClock, Tick
 from riskguard.operators.feeds import FeedConfig, FeedMonitorLogic, FeedSelectLogic, VenueFeeds
@@ -142,3 +144,40 @@ def test_ticks_and_market_data_from_other_topics_cannot_fake_a_heartbeat_gap() -
     # Ticks 5.5 s past the last heartbeat (beyond the skew) are a real gap.
     assert [a.kind for a in mon.on_event(Tick(ts=int(7.5 * S)))] == [
         "heartbeat_loss", "feed_failover"]
+
+
+_EVENT = st.one_of(
+    st.builds(lambda t, f, s: hb(t / 4, f, s), st.integers(0, 80),
+              st.sampled_from(["primary", "backup"]),
+              st.sampled_from([VenueState.OK, VenueState.DEGRADED, VenueState.DOWN])),
+    st.builds(lambda t, f: quote(t / 4, f), st.integers(0, 80),
+              st.sampled_from(["primary", "backup"])),
+    st.builds(lambda t: Tick(ts=t * S // 4), st.integers(0, 80)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_EVENT, max_size=40), st.lists(st.integers(1, 8), min_size=1, max_size=6))
+def test_feed_selection_by_batch_equals_one_event_at_a_time(events: list[object],
+                                                            cuts: list[int]) -> None:
+    """The batch path (the healthy-primary case inlined) passes the same records and
+    ends in the same state as on_event, however the events are cut into batches; so
+    does the guard's per-venue wrapper, for selection and for the monitor."""
+    from riskguard.dataflows.guard import _PerVenue
+
+    one = FeedSelectLogic(CFG, "okx")
+    want = [r for e in events for r in one.on_event(e)]
+    batches, at = [], 0
+    for n in cuts * 40:
+        batches.append(events[at:at + n])
+        at += n
+        if at >= len(events):
+            break
+    many = FeedSelectLogic(CFG, "okx")
+    assert [r for b in batches for r in many.on_batch(b)] == want
+    assert many.state == one.state
+    for cls in (FeedSelectLogic, lambda cfg, venue, state=None: FeedMonitorLogic(
+            cfg, venue, state, clock=ManualClock(0))):
+        ref, wrapped = _PerVenue(cls, CFG, None), _PerVenue(cls, CFG, None)
+        expect = [r for e in events for r in ref.on_event(e)]
+        assert [r for b in batches for r in wrapped.on_batch(b)] == expect
