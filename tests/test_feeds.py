@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from contract import CHECKS, Case
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from contract import CHECKS, Case
 from riskguard.operators.clock import TICK_IDLE_NS, ManualClock, Tick
 from riskguard.operators.feeds import FeedConfig, FeedMonitorLogic, FeedSelectLogic, VenueFeeds
 from riskguard.schemas import Quote, VenueState, VenueStatus
