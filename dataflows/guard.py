@@ -660,11 +660,7 @@ class _PerVenue:
         self.logic = None if state is None else cls(fcfg, state.venue, state)
 
     def on_event(self, event: Any) -> list[Any]:
-        if self.logic is None:
-            if isinstance(event, Tick):
-                return []
-            self.logic = self.cls(self.fcfg, event.venue)
-        return self.logic.on_event(event)
+        return self.on_batch([event])
 
     def on_batch(self, events: list[Any]) -> list[Any]:
         """The logic's own batch path when it has one, else one event at a time."""

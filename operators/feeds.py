@@ -139,22 +139,14 @@ class FeedSelectLogic:
         self.state = state or FeedState(venue=venue, active=self.vf.primary if self.vf else "")
 
     def on_event(self, event: object) -> list[object]:
-        vf = self.vf
-        if vf is None:
-            return [] if isinstance(event, _NOT_MARKET) else [event]
-        ts = event.ts  # type: ignore[attr-defined]
-        if isinstance(event, VenueStatus):
-            self.state.step(vf, ts, event)
-            return []
-        self.state.step(vf, ts - vf.skew_ns, None)
-        if isinstance(event, Tick):
-            return []
-        return [event] if getattr(event, "feed", vf.primary) == self.state.active else []
+        return self.on_batch([event])
 
     def on_batch(self, events: list[object]) -> list[object]:
-        """:meth:`on_event` over a batch, in order, in one call. A market record while
-        the primary is active and healthy only moves the clock: that common case is
-        inlined, anything else goes through :meth:`FeedState.step`.
+        """Advance the selection over a batch, in order: a heartbeat (or a tick, or a
+        record's own time) steps :class:`FeedState`, and a market record passes when it
+        comes from the active feed. A market record while the primary is active and
+        healthy only moves the clock: that common case is inlined, anything else goes
+        through :meth:`FeedState.step`.
 
         >>> cfg = FeedConfig(venues={"okx": VenueFeeds(primary="p", backup="b")})
         >>> from riskguard.schemas import IndexPrice

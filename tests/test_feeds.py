@@ -161,12 +161,22 @@ _EVENT = st.one_of(
 def test_feed_selection_by_batch_equals_one_event_at_a_time(events: list[object],
                                                             cuts: list[int]) -> None:
     """The batch path (the healthy-primary case inlined) passes the same records and
-    ends in the same state as on_event, however the events are cut into batches; so
-    does the guard's per-venue wrapper, for selection and for the monitor."""
+    ends in the same state as the rule applied one event at a time through
+    ``FeedState.step`` (the reference below), however the events are cut into batches;
+    so does the guard's per-venue wrapper, for selection and for the monitor."""
     from riskguard.dataflows.guard import _PerVenue
+    from riskguard.operators.feeds import FeedState
 
-    one = FeedSelectLogic(CFG, "okx")
-    want = [r for e in events for r in one.on_event(e)]
+    vf = CFG.venues["okx"]
+    ref_state = FeedState(venue="okx", active=vf.primary)
+    want = []
+    for e in events:
+        if isinstance(e, VenueStatus):
+            ref_state.step(vf, e.ts, e)
+            continue
+        ref_state.step(vf, e.ts - vf.skew_ns, None)  # type: ignore[attr-defined]
+        if not isinstance(e, Tick) and e.feed == ref_state.active:  # type: ignore[attr-defined]
+            want.append(e)
     batches, at = [], 0
     for n in cuts * 40:
         batches.append(events[at:at + n])
@@ -175,7 +185,7 @@ def test_feed_selection_by_batch_equals_one_event_at_a_time(events: list[object]
             break
     many = FeedSelectLogic(CFG, "okx")
     assert [r for b in batches for r in many.on_batch(b)] == want
-    assert many.state == one.state
+    assert many.state == ref_state
     for cls in (FeedSelectLogic, lambda cfg, venue, state=None: FeedMonitorLogic(
             cfg, venue, state, clock=ManualClock(0))):
         ref, wrapped = _PerVenue(cls, CFG, None), _PerVenue(cls, CFG, None)
