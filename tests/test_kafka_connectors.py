@@ -603,3 +603,33 @@ def test_an_idle_end_with_messages_never_delivered_ends_after_five_idle_periods(
     assert [r.id for r in _read_until_end(part)] == ["r0"]
     assert "1 messages unread" in caplog.text
     assert shared.asked >= 5
+
+
+def test_the_broker_says_what_an_idle_partition_has_left_to_read(kafka_bootstrap,
+                                                                  new_topic) -> None:
+    """Against the real broker: before a partition is read its watermarks say messages
+    are left (an idle end would wait), and once every message is read they say none are
+    (it may end). The stalling tests above stand in for the consumer only because a
+    broker stall cannot be made to order.
+
+    Each message goes in its own produce batch: the dev broker (Tansu 0.6) reports a
+    high watermark one past the *first* offset of the last batch, so after one batch of
+    5 it said 1, not 5 (Kafka says 5)."""
+    import time
+
+    from riskguard.connectors.kafka import KafkaInput
+
+    topic = new_topic()
+    for i in range(5):
+        produce(kafka_bootstrap, topic, [_trade(id=f"r{i}", ts=i)], partition=0)
+    part = KafkaInput(kafka_bootstrap, [topic], idle_eof_s=60.0).build_part(
+        "in", f"0-{topic}", None)
+    assert part._shared.end_offsets(topic, 0) == (0, 5)
+    assert part._unread_left(60 * 10**9, time.time_ns())  # nothing read yet: 5 left
+    got: list = []
+    deadline = time.monotonic() + 20
+    while len(got) < 5 and time.monotonic() < deadline:
+        got.extend(part.next_batch())
+    assert [r.id for r in got] == [f"r{i}" for i in range(5)]
+    assert not part._unread_left(60 * 10**9, time.time_ns())  # all read: it may end
+    part.close()
