@@ -204,7 +204,6 @@ def test_limits_pass_the_ticks_on_behind_every_breach_they_follow(shards: int) -
         assert {f"w@s{k}/{key}" for k in range(shards) for key in ("*", "okx")} <= names
 
 
-
 def test_a_source_that_finished_before_any_counterparty_joined_reaches_every_limits_key(
 ) -> None:
     """Two tick sources, one of which (a process that raced through its input) makes all
