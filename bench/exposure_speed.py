@@ -14,8 +14,17 @@ interleaved ``--repeats`` times and each keeps its best time. Both run with
 ``run_main``'s defaults (1 worker, 10 s epochs) and ``TestingSource`` batches of
 ``--batch`` records.
 
-    python bench/exposure_speed.py [--events 110000] [--batch 1000] [--positions 8000]
-                                   [--repeats 3]
+Without ticks, every input batch re-values each counterparty whose marks or
+positions moved (here: all of them), so the figure depends on how many events
+one re-valuation covers. Give ``--batch`` several sizes to see it: each gets
+its own line, and a least-squares fit of the guard's CPU per event,
+``a + R / batch``, separates what every event costs (``a``: routing, marks,
+fills) from what each re-valuation of the whole book costs (``R``: the 50
+exposures, the firm rollup and the limits behind them), and says which
+re-valuation cost would reach the goal at the first batch size.
+
+    python bench/exposure_speed.py [--events 110000] [--batch 1000 [2000 ...]]
+                                   [--positions 8000] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -206,24 +215,57 @@ def steady(runs: list[Any], prefix: list[Any], stream: list[Any], batch: int,
     return [len(stream) / max(a - p, 1e-9) for p, a in zip(t_prefix, t_all, strict=True)]
 
 
+def fit_cost(points: list[tuple[int, float, float]]) -> tuple[float, float]:
+    """Least-squares ``(a, r)`` in ``seconds per event = a + r / batch`` over
+    ``(batch, pass-through rate, guard rate)`` points.
+
+    >>> a, r = fit_cost([(1000, 1.0, 1 / 3.5e-6), (10000, 1.0, 1 / 1.4e-6)])
+    >>> round(a * 1e6, 2), round(r * 1e3, 2)
+    (1.17, 2.33)
+    """
+    xs = [1 / b for b, _base, _g in points]
+    ys = [1 / g for _b, _base, g in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    r = (sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+         / sum((x - mx) ** 2 for x in xs))
+    return my - r * mx, r
+
+
+def print_fit(points: list[tuple[int, float, float]]) -> None:
+    """The fit's two costs, and the re-valuation cost the goal needs at the first batch."""
+    a, r = fit_cost(points)
+    batch, base, _g = points[0]
+    need = (1 / (0.5 * base) - a) * batch
+    print(f"fit: {a * 1e6:.2f} us per event + {r * 1e3:.2f} ms per re-valuation "
+          f"({N_CP} exposures, firm, limits); the goal at batch {batch} needs "
+          f"<= {need * 1e3:.2f} ms per re-valuation at this per-event cost")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--events", type=int, default=110_000)
-    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--batch", type=int, nargs="+", default=[1000],
+                    help="input batch size(s): events per re-valuation")
     ap.add_argument("--positions", type=int, default=8000)
     ap.add_argument("--repeats", type=int, default=3,
                     help="interleaved runs of each flow; the best time of each is kept")
     args = ap.parse_args()
     prefix, stream = warmup(args.positions), events(args.events)
-    run_baseline(stream[:5000], args.batch)  # warm-up of the interpreter and bytewax
-    base_rate, guard_rate = steady([run_baseline, run_guard], prefix, stream, args.batch,
-                                   args.repeats)
+    run_baseline(stream[:5000], args.batch[0])  # warm-up of the interpreter and bytewax
     print(f"events: {len(stream)} measured after {len(prefix)} warm-up "
           f"({N_CP} counterparties x {N_INST} instruments, {args.positions} open positions, "
-          f"marks:fills = 10:1, batch {args.batch}, 1 worker, 10 s epochs)")
-    print(f"pass-through stateful_map: {base_rate:,.0f} events/s")
-    print(f"aggregate_exposure + enforce_limits: {guard_rate:,.0f} events/s")
-    print(f"ratio to pass-through: {guard_rate / base_rate:.2f} (goal >= 0.5)")
+          f"marks:fills = 10:1, 1 worker, 10 s epochs)")
+    points: list[tuple[int, float, float]] = []
+    for batch in args.batch:
+        base_rate, guard_rate = steady([run_baseline, run_guard], prefix, stream, batch,
+                                       args.repeats)
+        points.append((batch, base_rate, guard_rate))
+        print(f"batch {batch}: pass-through stateful_map: {base_rate:,.0f} events/s")
+        print(f"batch {batch}: aggregate_exposure + enforce_limits: {guard_rate:,.0f} events/s")
+        print(f"batch {batch}: ratio to pass-through: {guard_rate / base_rate:.2f} "
+              "(goal >= 0.5)")
+    if len(points) > 1:
+        print_fit(points)
     with_dedup, without = memory_per_position()
     print(f"memory per position ({N_CP * N_INST} positions, all stages): {without:,.0f} bytes "
           f"(+ fill-id dedup window: {with_dedup:,.0f} bytes)")
