@@ -975,8 +975,9 @@ class ShardLogic:
         n, k = len(st.cps), len(st.insts)
         active = (st.qty[:n] != 0.0) | (st.orders[:n] != 0.0)
         flat = np.flatnonzero(active)
-        r, c = np.divmod(flat, k)
-        counts = np.bincount(r, None, n)
+        counts = np.count_nonzero(active, axis=1)
+        r = np.repeat(np.arange(n), counts)  # row-major: each row's cells in one run
+        c = flat - r * k
         bounds = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(counts, out=bounds[1:])
         names_all = self._names[c].tolist()
