@@ -1808,9 +1808,9 @@ class ShardLogic:
             sc = codes[order]
             last = np.flatnonzero(_run_ends(sc))
             best = idx[order[last]]
-            for j, v, t in zip(best.tolist(), vol[best].tolist(),
-                               vol_ts[best].tolist(), strict=True):
-                uv[self._und_names[int(self._und_code[j])]] = (v, t)
+            names = map(self._und_names.__getitem__, sc[last].tolist())
+            uv = dict(zip(names, zip(vol[best].tolist(), vol_ts[best].tolist(), strict=True),
+                          strict=True))
         return uv
 
 
