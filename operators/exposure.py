@@ -2024,10 +2024,19 @@ def _sum_dicts(ds: list[dict[str, float]]) -> dict[str, float]:
 
     >>> _sum_dicts([{"a": 1.0, "b": 2.0}, {"b": 0.5, "c": 4.0}])
     {'a': 1.0, 'b': 2.5, 'c': 4.0}
+    >>> _sum_dicts([{"b": 1.0}, {"a": 2.0, "b": 0.5}])
+    {'b': 1.5, 'a': 2.0}
     """
-    keys = list(dict.fromkeys(chain.from_iterable(ds)))
-    cols = zip(*[list(map(d.get, keys, repeat(0.0))) for d in ds], strict=True)
-    return dict(zip(keys, map(sum, cols), strict=True))
+    n = len(set().union(*ds))
+    # laid out like a dict holding every key (usually most do): its values need no lookups
+    full = next((d for d in ds if len(d) == n), None)
+    keys = list(dict.fromkeys(chain.from_iterable(ds))) if full is None else list(full)
+    rows = [d.values() if len(d) == n and list(d) == keys
+            else list(map(d.get, keys, repeat(0.0))) for d in ds]
+    sums: dict[str, float] = dict(zip(keys, map(sum, zip(*rows, strict=True)), strict=True))
+    if full is None or full is ds[0]:  # keys already in first-seen order
+        return sums
+    return {k: sums[k] for k in dict.fromkeys(chain.from_iterable(ds))}
 
 
 @dataclass
