@@ -39,6 +39,7 @@ import tracemalloc
 from typing import Any
 
 import bytewax.operators as op
+import numpy as np
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource, run_main
@@ -223,12 +224,8 @@ def fit_cost(points: list[tuple[int, float, float]]) -> tuple[float, float]:
     >>> round(a * 1e6, 2), round(r * 1e3, 2)
     (1.17, 2.33)
     """
-    xs = [1 / b for b, _base, _g in points]
-    ys = [1 / g for _b, _base, g in points]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    r = (sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
-         / sum((x - mx) ** 2 for x in xs))
-    return my - r * mx, r
+    r, a = np.polyfit([1 / b for b, _base, _g in points], [1 / g for _b, _base, g in points], 1)
+    return float(a), float(r)
 
 
 def print_fit(points: list[tuple[int, float, float]]) -> None:
