@@ -531,6 +531,42 @@ def test_batched_plain_marks_equal_marks_applied_one_by_one(
                                           getattr(single.state, name), err_msg=name)
 
 
+VOL_CFG = ExposureConfig(
+    instruments=InstrumentsConfig(instruments={
+        f"P{k}": InstrumentSpec(kind="perp", base=f"A{k % 3}", quote="USD") for k in range(8)}),
+    vol_min_samples=2,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_realized_vols_ranked_in_a_loop_equal_the_whole_array_ranking(data: st.DataObject) -> None:
+    """Few held instruments take the loop (:meth:`ShardLogic._und_vols_small`); its vols,
+    times, tie-breaks and order are those of the whole-array path, bit for bit."""
+    reg = VOL_CFG.validate()
+    logic = ShardLogic(VOL_CFG, reg)
+    router = Router(reg, VOL_CFG)
+    for _k, pack in router.route_batch([Trade(id=f"t{k}", venue="v", instrument=f"P{k}", ts=S,
+                                              price=10.0, qty=1.0, side="buy")
+                                        for k in range(8)]):
+        logic.on_batch([pack])
+    state = logic.state
+    n = len(state.insts)
+    times = st.sampled_from([-1, 0, 5, 7, 7 * S])
+    state.feature_vol = np.array(data.draw(st.lists(st.sampled_from([-1.0, 0.0, 0.3, 0.8]),
+                                                    min_size=n, max_size=n)))
+    state.feature_vol_ts = np.array(data.draw(st.lists(times, min_size=n, max_size=n)))
+    state.ewma_n = np.array(data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)))
+    state.ewma_var = np.array(data.draw(st.lists(
+        st.floats(0.0, 1e-3, allow_nan=False), min_size=n, max_size=n)))
+    state.ewma_ts = np.array(data.draw(st.lists(times, min_size=n, max_size=n)))
+    held = data.draw(st.lists(st.integers(0, n - 1), unique=True, max_size=n))
+    whole = logic._und_vols_whole(np.array(held, dtype=np.int64))
+    small = logic._und_vols_small(held)
+    assert small == whole
+    assert list(small) == list(whole)
+
+
 def test_a_long_run_of_marks_is_applied_whole_array_like_one_by_one() -> None:
     """A batch of 200 trades (above the whole-array threshold) with an out-of-order and a
     repeated time re-marks and updates the EWMA exactly as record-at-a-time does, without
