@@ -9,7 +9,11 @@ six guard input topics with ``--partitions`` partitions each):
   (Kafka key) -> keyed ``op.stateful_map`` (a counter) -> ``KafkaSink``, one
   worker, reading the same six topics;
 - **guard, 1 worker**: ``riskguard.dataflows.guard`` with ``input.idle_eof_s``;
-- **guard, 2 processes**: the same with ``-i 0 -a "p1;p2"`` and ``-i 1 -a ...``.
+- **guard, 2 processes**: the same with ``-i 0 -a "p1;p2"`` and ``-i 1 -a ...``;
+- with ``--independent``, also **2 independent guards**: two 1-worker guards at
+  once, each over its own environment holding half the copies (no cluster, nothing
+  shared). No design of one dataflow over 2 processes can beat it: it is the
+  ceiling the 2-process figure is measured against on this machine.
 
 Method. The guard emits few outputs, so its rate cannot be read off its
 output. Every flow runs to its own end of input (bounded: ``tail=False`` for
@@ -60,7 +64,7 @@ partitions; the baseline then reads a second, unaligned copy of the workload
 (the aligned topic holds one copy of each index price per partition).
 
     python bench/guard_throughput.py [--copies 8] [--partitions 4] [--skip-2p] [--repeats 1]
-                                     [--no-split-market | --aligned-market]
+                                     [--no-split-market | --aligned-market] [--independent]
 
 ``--repeats R`` runs each guard R times, 1 worker and 2 processes interleaved, and
 also prints the medians and the scaling of the medians: one 24-copy run of the
@@ -97,6 +101,13 @@ from riskguard.connectors.topics import TopicSpec, create_topics
 from riskguard.dataflows.demo_scenario import DURATION_S, scenario_copies
 
 HERE = Path(__file__).resolve().parent
+INDEPENDENT = -2  # the run kind of 2 independent 1-worker guards
+
+
+def _label(procs: int) -> str:
+    if procs == INDEPENDENT:
+        return "2 independent"
+    return "1 worker   " if procs == 1 else f"{procs} processes"
 
 
 def passthrough(bootstrap: str, topics: list[str], out: str) -> Dataflow:
@@ -154,14 +165,17 @@ def _children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def run_guard(bench: BenchEnv, procs: int,
+def run_guard(bench: BenchEnv | list[BenchEnv], procs: int,
               timeout_s: float = 600.0) -> tuple[float, float, float]:
     """Wall time of one guard run (1 worker, or ``procs`` processes), its start (epoch
-    s), and the CPU seconds its processes used (all of them together)."""
+    s), and the CPU seconds its processes used (all of them together). Given a list of
+    envs: one 1-worker guard per env, all at once (independent guards)."""
     cpu0 = _children_cpu()
     started = time.time()
     t0 = time.monotonic()
-    if procs == 1:
+    if isinstance(bench, list):
+        ps = [start_guard(b) for b in bench]
+    elif procs == 1:
         ps = [start_guard(bench)]
     else:
         ports = [free_port() for _ in range(procs)]
@@ -251,6 +265,9 @@ def main() -> None:
     ap.add_argument("--aligned-market", action="store_true",
                     help="guard input.aligned_market = true (market data produced with "
                          "placement.aligned_partitions)")
+    ap.add_argument("--independent", action="store_true",
+                    help="also run 2 independent 1-worker guards, each over half the copies "
+                         "(the ceiling for 2 processes)")
     args = ap.parse_args()
     broker = None
     bootstrap = args.bootstrap
@@ -275,6 +292,17 @@ def main() -> None:
             base = setup_env(bootstrap, work / "base", f"bb{tag}",
                              **{**kw, "aligned_market": False})
             publish(base, records)
+        halves: list[BenchEnv] = []
+        halves_empty: list[BenchEnv] = []
+        if args.independent:
+            # the first and the second half of the copies (back to back in event time)
+            for h in range(2):
+                halves.append(setup_env(bootstrap, work / f"half{h}", f"bh{h}{tag}", **kw))
+                halves_empty.append(setup_env(bootstrap, work / f"halfe{h}", f"bhe{h}{tag}",
+                                              **kw))
+            cut = len(records) // args.copies * (args.copies // 2)
+            publish(halves[0], records[:cut])
+            publish(halves[1], records[cut:])
         del records
         out_full, out_empty = f"pt-out-{tag}", f"pt-out-empty-{tag}"
         create_topics({"bootstrap.servers": bootstrap}, [
@@ -302,7 +330,21 @@ def main() -> None:
         rates: dict[int, list[float]] = {}
         cpus: dict[int, list[float]] = {}
         # repeats interleave 1 worker and 2 processes, so load drift hits both alike
-        for procs in [p for _ in range(args.repeats) for p in ([1] if args.skip_2p else [1, 2])]:
+        kinds = [1] if args.skip_2p else [1, 2]
+        if args.independent:
+            kinds.append(INDEPENDENT)
+        for procs in [p for _ in range(args.repeats) for p in kinds]:
+            if procs == INDEPENDENT:
+                t_full, started, c_full = run_guard(halves, 1)
+                t_empty, _, c_empty = run_guard(halves_empty, 1)
+                rate = n / (t_full - t_empty)
+                rates.setdefault(procs, []).append(rate)
+                cpus.setdefault(procs, []).append(c_full - c_empty)
+                print(f"guard, 2 independent:        {rate:10,.0f} events/s  (wall "
+                      f"{t_full:.1f} s - empty {t_empty:.1f} s; load "
+                      f"{os.getloadavg()[0]:.2f}; CPU {c_full:.1f} s - empty {c_empty:.1f} s "
+                      f"= {(c_full - c_empty) / n * 1e6:.1f} us/event)")
+                continue
             t_full, started, c_full = run_guard(full, procs)
             t_empty, _, c_empty = run_guard(empty, procs)
             rate = n / (t_full - t_empty)
@@ -312,7 +354,7 @@ def main() -> None:
                                       args.partitions, after_ms=int(started * 1000))
             dead, _ = output_span(bootstrap, [full.topic("dead_letters")], args.partitions,
                                   after_ms=int(started * 1000))
-            label = "1 worker   " if procs == 1 else f"{procs} processes"
+            label = _label(procs)
             print(f"guard, {label}:              {rate:10,.0f} events/s  ratio "
                   f"{rate / pt_rate:.2f}x of baseline (goal >= 0.5x)  (wall {t_full:.1f} s - "
                   f"empty {t_empty:.1f} s; output span {span:.1f} s -> "
@@ -323,7 +365,7 @@ def main() -> None:
         med = {procs: statistics.median(rs) for procs, rs in rates.items()}
         if args.repeats > 1:
             for procs, rs in sorted(rates.items()):
-                label = "1 worker   " if procs == 1 else f"{procs} processes"
+                label = _label(procs)
                 print(f"guard, {label}, median of {len(rs)}: {med[procs]:10,.0f} events/s  "
                       f"ratio {med[procs] / pt_rate:.2f}x (runs {min(rs):,.0f}-{max(rs):,.0f})")
         if 1 in cpus:
@@ -343,6 +385,9 @@ def main() -> None:
             cpu_ratio = statistics.median(cpus[2]) / statistics.median(cpus[1])
             print(f"CPU, 2 processes / 1 worker (workload - empty, medians): {cpu_ratio:.2f}x; "
                   f"perfectly balanced on 2 cores that allows at most {2 / cpu_ratio:.2f}x")
+        if INDEPENDENT in med:
+            print(f"ceiling, 2 independent guards / 1 worker: {med[INDEPENDENT] / med[1]:.2f}x; "
+                  f"CPU {statistics.median(cpus[INDEPENDENT]) / statistics.median(cpus[1]):.2f}x")
     finally:
         if broker is not None:
             broker.stop()
