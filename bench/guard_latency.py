@@ -29,6 +29,10 @@ Per command on the commands topic, decoded with ``decode_envelope`` +
   triggering fill to its producer; it adds the broker hop and the source's
   fetch wait.
 
+It ends with the CPU the guard and the dev broker each used over the measured
+load, in cores: the broker shares the machine's 2 cores, and a run where it
+takes a whole one is bound by it, not by the guard (session 19, README).
+
     python bench/guard_latency.py [--rate N] [--seconds 40] [--incident-rate 15]
 """
 
@@ -78,6 +82,18 @@ def sustained_rate(bootstrap: str, work: Path, tag: str, copies: int) -> float:
     return n / (c_full - c_empty)
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds process ``pid`` has used (0.0 if unknown or gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # after the command name: utime and stime are the 12th and 13th fields
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rate", type=float, default=None,
@@ -99,11 +115,13 @@ def main() -> None:
                          "the demo config's 1000)")
     args = ap.parse_args()
     broker = None
+    broker_pid: int | None = None
     bootstrap = args.bootstrap
     work = Path(tempfile.mkdtemp(prefix="guard-latency-"))
     if bootstrap is None:
         broker = DevBroker(work / "broker")
-        bootstrap = broker.start().bootstrap
+        info = broker.start()
+        bootstrap, broker_pid = info.bootstrap, info.pid
     tag = uuid.uuid4().hex[:6]
     guard = None
     try:
@@ -127,9 +145,13 @@ def main() -> None:
         load.run(args.warmup)
         load.incidents_on = True
         t_on = time.time_ns()
+        cpu_on = {"guard": cpu_seconds(guard.pid), "broker": cpu_seconds(broker_pid)}
         print(f"load {rate:,.0f} events/s + {args.incident_rate:g} incidents/s for "
               f"{args.seconds:g} s (load avg {os.getloadavg()[0]:.2f})")
         load.run(args.seconds)
+        shares = {name: (cpu_seconds(pid) - cpu_on[name]) / args.seconds
+                  for name, pid in (("guard", guard.pid), ("broker", broker_pid))
+                  if pid is not None}
         time.sleep(3.0)
         if guard.poll() is not None:
             msg = f"guard exited early with {guard.returncode}; see {bench.config.parent}"
@@ -174,7 +196,9 @@ def main() -> None:
             quarters = [pct([x for _, x in by_time[i:i + k]], 0.5) for i in range(0, k * 4, k)]
             print("  p50 per quarter of the run: "
                   + "  ".join(f"{q:.0f} ms" for q in quarters))
-        print(f"load avg at end {os.getloadavg()[0]:.2f}")
+        print(f"load avg at end {os.getloadavg()[0]:.2f}; CPU over the measured load, in "
+              "cores: " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items())
+              + " (a broker near 1.0 on 2 cores leaves the guard short: a broker-bound run)")
     finally:
         if guard is not None and guard.poll() is None:
             guard.kill()
