@@ -340,8 +340,10 @@ def main() -> None:
                 rate = n / (t_full - t_empty)
                 rates.setdefault(procs, []).append(rate)
                 cpus.setdefault(procs, []).append(c_full - c_empty)
+                dead = sum(output_span(bootstrap, [h.topic("dead_letters")], args.partitions,
+                                       after_ms=int(started * 1000))[0] for h in halves)
                 print(f"guard, 2 independent:        {rate:10,.0f} events/s  (wall "
-                      f"{t_full:.1f} s - empty {t_empty:.1f} s; load "
+                      f"{t_full:.1f} s - empty {t_empty:.1f} s; {dead:,} dead letters; load "
                       f"{os.getloadavg()[0]:.2f}; CPU {c_full:.1f} s - empty {c_empty:.1f} s "
                       f"= {(c_full - c_empty) / n * 1e6:.1f} us/event)")
                 continue
