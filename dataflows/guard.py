@@ -657,7 +657,15 @@ class _PerVenue:
     def __init__(self, cls: Any, fcfg: FeedConfig, state: Any) -> None:
         self.cls = cls
         self.fcfg = fcfg
-        self.logic = None if state is None else cls(fcfg, state.venue, state)
+        self.logic: Any = None
+        self._batch: Any = None  # the logic's batch path, bound once it exists
+        if state is not None:
+            self._bind(cls(fcfg, state.venue, state))
+
+    def _bind(self, logic: Any) -> None:
+        self.logic = logic
+        self._batch = getattr(logic, "on_batch", None) or (
+            lambda events: [out for e in events for out in logic.on_event(e)])
 
     def on_event(self, event: Any) -> list[Any]:
         return self.on_batch([event])
@@ -669,11 +677,8 @@ class _PerVenue:
             if first is None:
                 return []
             events = events[first:]
-            self.logic = self.cls(self.fcfg, events[0].venue)
-        batch = getattr(self.logic, "on_batch", None)
-        if batch is not None:
-            return batch(events)
-        return [out for e in events for out in self.logic.on_event(e)]
+            self._bind(self.cls(self.fcfg, events[0].venue))
+        return self._batch(events)
 
     def snapshot(self) -> Any:
         return None if self.logic is None else self.logic.snapshot()
