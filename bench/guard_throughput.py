@@ -334,12 +334,14 @@ def main() -> None:
         if args.independent:
             kinds.append(INDEPENDENT)
         for procs in [p for _ in range(args.repeats) for p in kinds]:
+            envs: tuple[BenchEnv | list[BenchEnv], ...] = (
+                (halves, halves_empty) if procs == INDEPENDENT else (full, empty))
+            t_full, started, c_full = run_guard(envs[0], procs)
+            t_empty, _, c_empty = run_guard(envs[1], procs)
+            rate = n / (t_full - t_empty)
+            rates.setdefault(procs, []).append(rate)
+            cpus.setdefault(procs, []).append(c_full - c_empty)
             if procs == INDEPENDENT:
-                t_full, started, c_full = run_guard(halves, 1)
-                t_empty, _, c_empty = run_guard(halves_empty, 1)
-                rate = n / (t_full - t_empty)
-                rates.setdefault(procs, []).append(rate)
-                cpus.setdefault(procs, []).append(c_full - c_empty)
                 dead = sum(output_span(bootstrap, [h.topic("dead_letters")], args.partitions,
                                        after_ms=int(started * 1000))[0] for h in halves)
                 print(f"guard, 2 independent:        {rate:10,.0f} events/s  (wall "
@@ -347,11 +349,6 @@ def main() -> None:
                       f"{os.getloadavg()[0]:.2f}; CPU {c_full:.1f} s - empty {c_empty:.1f} s "
                       f"= {(c_full - c_empty) / n * 1e6:.1f} us/event)")
                 continue
-            t_full, started, c_full = run_guard(full, procs)
-            t_empty, _, c_empty = run_guard(empty, procs)
-            rate = n / (t_full - t_empty)
-            rates.setdefault(procs, []).append(rate)
-            cpus.setdefault(procs, []).append(c_full - c_empty)
             _out_n, span = output_span(bootstrap, [full.topic("exposures"), full.topic("audit")],
                                       args.partitions, after_ms=int(started * 1000))
             dead, _ = output_span(bootstrap, [full.topic("dead_letters")], args.partitions,
