@@ -74,7 +74,9 @@ same code gave anywhere from 1.08x to 1.43x in session 14.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -102,11 +104,14 @@ from riskguard.dataflows.demo_scenario import DURATION_S, scenario_copies
 
 HERE = Path(__file__).resolve().parent
 INDEPENDENT = -2  # the run kind of 2 independent 1-worker guards
+TIERS = -3  # the run kind of a detect tier and a firm tier, 1 worker each
 
 
 def _label(procs: int) -> str:
     if procs == INDEPENDENT:
         return "2 independent"
+    if procs == TIERS:
+        return "2 tiers    "
     return "1 worker   " if procs == 1 else f"{procs} processes"
 
 
@@ -137,6 +142,24 @@ def passthrough(bootstrap: str, topics: list[str], out: str) -> Dataflow:
     out_msgs = op.map("to_sink", counted, lambda kv: KafkaSinkMessage(kv[1].key, kv[1].value))
     op.output("out", out_msgs, KafkaSink([bootstrap], out))
     return flow
+
+
+def tier_envs(bench: BenchEnv, firm_idle_extra_s: float = 3.0) -> list[BenchEnv]:
+    """The env as a detect tier and a firm tier (``tier.role``), each with its own
+    config. The firm tier's idle EOF is ``firm_idle_extra_s`` longer: its detections
+    topic is empty until the detect tier, started at the same time, has started up."""
+    out = []
+    for role in ("detect", "firm"):
+        text = bench.config.read_text() + f'\n[tier]\nrole = "{role}"\n'
+        if role == "firm":
+            idle = re.search(r"(?m)^idle_eof_s = ([0-9.]+)$", text)
+            if idle:
+                longer = float(idle.group(1)) + firm_idle_extra_s
+                text = text.replace(idle.group(0), f"idle_eof_s = {longer}", 1)
+        path = bench.config.with_name(f"guard-{role}.toml")
+        path.write_text(text)
+        out.append(dataclasses.replace(bench, config=path))
+    return out
 
 
 def _wait(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> float:
@@ -265,6 +288,9 @@ def main() -> None:
     ap.add_argument("--aligned-market", action="store_true",
                     help="guard input.aligned_market = true (market data produced with "
                          "placement.aligned_partitions)")
+    ap.add_argument("--tiers", action="store_true",
+                    help="also run the guard as two tiers (a detect and a firm 1-worker "
+                         "dataflow, at once)")
     ap.add_argument("--independent", action="store_true",
                     help="also run 2 independent 1-worker guards, each over half the copies "
                          "(the ceiling for 2 processes)")
@@ -331,11 +357,14 @@ def main() -> None:
         cpus: dict[int, list[float]] = {}
         # repeats interleave 1 worker and 2 processes, so load drift hits both alike
         kinds = [1] if args.skip_2p else [1, 2]
+        if args.tiers:
+            kinds.append(TIERS)
         if args.independent:
             kinds.append(INDEPENDENT)
         for procs in [p for _ in range(args.repeats) for p in kinds]:
             envs: tuple[BenchEnv | list[BenchEnv], ...] = (
-                (halves, halves_empty) if procs == INDEPENDENT else (full, empty))
+                (halves, halves_empty) if procs == INDEPENDENT
+                else (tier_envs(full), tier_envs(empty)) if procs == TIERS else (full, empty))
             t_full, started, c_full = run_guard(envs[0], procs)
             t_empty, _, c_empty = run_guard(envs[1], procs)
             rate = n / (t_full - t_empty)
@@ -384,6 +413,12 @@ def main() -> None:
             cpu_ratio = statistics.median(cpus[2]) / statistics.median(cpus[1])
             print(f"CPU, 2 processes / 1 worker (workload - empty, medians): {cpu_ratio:.2f}x; "
                   f"perfectly balanced on 2 cores that allows at most {2 / cpu_ratio:.2f}x")
+        if TIERS in med:
+            pairs = [b / a for a, b in zip(rates[1], rates[TIERS], strict=True)]
+            print(f"scaling, 2 tiers / 1 worker: {med[TIERS] / med[1]:.2f}x (goal >= 1.5x)"
+                  + (f"  (per repeat {min(pairs):.2f}-{max(pairs):.2f}x)" if len(pairs) > 1
+                     else "")
+                  + f"; CPU {statistics.median(cpus[TIERS]) / statistics.median(cpus[1]):.2f}x")
         if INDEPENDENT in med:
             print(f"ceiling, 2 independent guards / 1 worker: {med[INDEPENDENT] / med[1]:.2f}x; "
                   f"CPU {statistics.median(cpus[INDEPENDENT]) / statistics.median(cpus[1]):.2f}x")

@@ -713,6 +713,12 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
     worker count (the ``workers`` probe step of :func:`kafka_input`), and it
     renames the source partitions: a recovery store made with the other
     setting, or another worker count, must be re-initialised.
+
+    ``untimed_topics``: topics whose records ``time_policy`` does not check
+    (no late or future dead letters): records another riskguard flow derived
+    from input it already checked, such as the detect tier's anomaly signals,
+    whose times lag that flow's progress on the same partition by up to a
+    feature window.
     """
 
     def __init__(
@@ -735,8 +741,10 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
         broadcast: Broadcast | None = None,
         bundle: bool = False,
         aligned_topics: Iterable[str] = (),
+        untimed_topics: Iterable[str] = (),
     ) -> None:
         self.bundle = bundle
+        self.untimed_topics = frozenset(untimed_topics)
         self.aligned_topics = frozenset(aligned_topics)
         self.share_consumer = share_consumer
         self.fair_reads = fair_reads
@@ -889,7 +897,8 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
         )
         return _SourcePartition(
             consumer, topic, int(idx_text), offset, self.codec, self.batch_size,
-            self.idle_eof_ns, self.time_policy, self.clock, watermark, self.stamp_recv_ts,
+            self.idle_eof_ns, None if topic in self.untimed_topics else self.time_policy,
+            self.clock, watermark, self.stamp_recv_ts,
             self.alignment, name=for_part, replica=replica,
         )
 

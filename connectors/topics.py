@@ -12,6 +12,7 @@ from riskguard.errors import BrokerError, ConfigError
 STREAMS = (
     "market", "fills", "positions", "balances", "venue_status", "limit_updates",
     "features", "signals", "exposures", "commands", "audit", "rejections", "dead_letters",
+    "detections",
 )
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 

@@ -259,13 +259,22 @@ def prepare_run(bootstrap: str, workdir: Path, *, env: str = ENV, partitions: in
     return PreparedRun(bootstrap, env, workdir, config, keys, start_ns, n)
 
 
-def start_guard(run: PreparedRun, *bytewax_args: str) -> subprocess.Popen[bytes]:
-    """Start the guard dataflow as ``python -m bytewax.run`` with extra arguments."""
-    env = {**os.environ, "RISKGUARD_CONFIG": str(run.config)}
+def start_guard(run: PreparedRun, *bytewax_args: str,
+                config: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start the guard dataflow as ``python -m bytewax.run`` with extra arguments (and
+    another ``config`` than the run's, e.g. one tier's: :func:`tier_config`)."""
+    env = {**os.environ, "RISKGUARD_CONFIG": str(config or run.config)}
     return subprocess.Popen(
         [sys.executable, "-m", "bytewax.run", "riskguard.dataflows.guard", *bytewax_args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
+
+
+def tier_config(run: PreparedRun, role: str) -> Path:
+    """A copy of the run's config with ``tier.role = role`` (``detect`` or ``firm``)."""
+    path = run.config.with_name(f"guard-{role}.toml")
+    path.write_text(run.config.read_text() + f'\n[tier]\nrole = "{role}"\n')
+    return path
 
 
 def subscriber_for(run: PreparedRun, state: Path, **callbacks: Any) -> CommandSubscriber:

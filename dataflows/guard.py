@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import bytewax.operators as op
 import msgspec
@@ -53,6 +53,7 @@ from riskguard.operators.base import (
 )
 from riskguard.operators.clock import Clock, Tick, system_clock
 from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer, encode_envelope
+from riskguard.operators.dedup import RecentIdsLogic
 from riskguard.operators.detector import DetectorConfig, prepare_models
 from riskguard.operators.exposure import ExposureConfig
 from riskguard.operators.features import (
@@ -72,9 +73,11 @@ from riskguard.operators.signing import SignConfig, decode_command
 from riskguard.operators.signing_op import sign_commands
 from riskguard.operators.trust import RootSet, TrustStore
 from riskguard.schemas import (
+    AnomalySignal,
     Audience,
     Balance,
     DeadLetter,
+    DetectProgress,
     Fill,
     FundingRate,
     IndexPrice,
@@ -99,6 +102,31 @@ TRADING = (Fill, PositionSnapshot, Balance, OpenOrders)
 # included) is a dead letter.
 HANDLED = (*MARKET, VenueStatus, *TRADING, SignedEnvelope)
 INPUT_STREAMS = ("market", "venue_status", "fills", "positions", "balances", "limit_updates")
+# What the detect tier reads, and the topic it writes for the firm tier
+DETECT_STREAMS = ("market", "venue_status")
+DETECTIONS = "detections"
+DETECTED = (AnomalySignal, DetectProgress)
+
+
+class TierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Which part of the guard this process runs (the README's "Two tiers").
+
+    ``whole`` runs everything. ``detect`` runs feed selection, features and
+    anomaly detection over the market and venue-status topics and writes the
+    anomaly signals, with its event-time progress, to the ``detections`` topic.
+    ``firm`` runs everything else (feed selection again for the marks, the feed
+    monitor, exposure, limits, playbook, signing, audit) and takes its anomaly
+    signals from that topic. Each tier is its own dataflow: on 2 cores, one of
+    each runs where one whole guard would, with nothing exchanged between
+    processes but the few signals.
+    """
+
+    role: Literal["whole", "detect", "firm"] = "whole"
+    # firm: the detect tier's worker count; its clock waits for each one's progress
+    detect_workers: Annotated[int, msgspec.Meta(ge=1)] = 1
+    # firm: how many anomaly ids it remembers, to drop those a resumed detect tier
+    # sends again
+    recent_ids: Annotated[int, msgspec.Meta(ge=1)] = 65_536
 
 
 class InputConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -166,6 +194,7 @@ class GuardConfig(CommonConfig, frozen=True, kw_only=True, forbid_unknown_fields
     playbook: PlaybookConfig = PlaybookConfig()
     sign: SignConfig = SignConfig()
     audit: AuditConfig = AuditConfig()
+    tier: TierConfig = TierConfig()
     tick_ns: int = NS
     mark_interval_ns: int = 250_000_000
     mark_move_bps: float = 5.0
@@ -298,11 +327,13 @@ class MarkFilter:
         return out
 
 
-def _tick_fn(tick_ns: int) -> Any:
+def _tick_fn(tick_ns: int, other_sources: int = 0) -> Any:
     """Per worker: a Tick, named after the worker, each time its event time crosses a
     new ``tick_ns`` boundary. Consumers take the minimum over workers (a watermark), and
     hold time until all of them (``Tick.of``) have ticked. Outside a flow with the
     ``workers`` probe step the worker is unknown: one source per process, ``of`` 0.
+    ``other_sources`` (the firm tier's detect workers) adds to ``of``: those sources
+    tick on another topic, and time holds for them too.
 
     Takes a whole batch (one dataflow call per batch, not per record) and returns its
     ticks, in order."""
@@ -324,8 +355,9 @@ def _tick_fn(tick_ns: int) -> Any:
                 name = names.get(thread)
                 if name is None:
                     where = worker_of_thread()
-                    name = names[thread] = ((f"{process}/w{where[0]}", where[1]) if where
-                                            else (process, 0))
+                    name = names[thread] = (
+                        (f"{process}/w{where[0]}", where[1] + other_sources) if where
+                        else (process, 1 + other_sources if other_sources else 0))
                 out.append(Tick(ts=ts, source=name[0], of=name[1]))
         return out
 
@@ -416,9 +448,22 @@ def guard_core(
     which exposure valuation keys live in another process (packs bound there go
     msgpack-encoded, not pickled).
     """
+    firm = cfg.tier.role == "firm"
+    detected_in = None
+    if firm:
+        # the detect tier's signals and progress (the detections topic) go their own way
+        detected_in = op.flat_map_batch("detected", records,
+                                        lambda rs: [r for r in rs if isinstance(r, DETECTED)])
+        records = op.flat_map_batch("not_detected", records,
+                                    lambda rs: [r for r in rs if not isinstance(r, DETECTED)])
     # Event-time progress from every record (not only market data: fills during a market
     # data outage must still be valued).
-    ticks = op.flat_map_batch("ticks", records, _tick_fn(cfg.tick_ns))
+    ticks = op.flat_map_batch("ticks", records,
+                              _tick_fn(cfg.tick_ns, cfg.tier.detect_workers if firm else 0))
+    if detected_in is not None:
+        # each detect worker is one more tick source: time holds until it has passed
+        ticks = op.merge("all_ticks", ticks, op.flat_map_batch(
+            "detect_ticks", detected_in, _detect_ticks(cfg.tier.detect_workers)))
     # Market data is most of the input: split it off first, so the other filters only
     # see the rest.
     # (one comprehension per batch each, not bytewax's per-item branch predicate)
@@ -443,34 +488,10 @@ def guard_core(
     unhandled = op.flat_map_batch("unhandled", records, lambda rs: [
         _unhandled(r) for r in rs if not isinstance(r, HANDLED)])
 
-    # Feed selection on the features' key (venue/instrument), so market data
-    # changes worker at most once before features; heartbeats and ticks fan out.
+    market_ok = _select_feeds(market, status, cfg, local_keys)
     fcfg = cfg.feeds
-    instruments = _instruments_of(cfg)
     feed_venues = tuple(fcfg.venues)
 
-    def feed_keys(recs: list[Any]) -> list[tuple[str, Any]]:
-        out: list[tuple[str, Any]] = []
-        for rec in recs:
-            if type(rec) is VenueStatus:
-                if rec.venue in fcfg.venues:
-                    keys = [f"{rec.venue}/{i}" for i in instruments]
-                    out.extend((k, rec) for k in keys if local_keys is None or local_keys(k))
-                continue
-            key = f"{rec.venue}/{rec.instrument}"
-            if local_keys is not None and type(rec) is IndexPrice and not local_keys(key):
-                continue  # another worker's copy of this index price goes on
-            out.append((key, rec))
-        return out
-
-    # Per-record steps on the market path run as one call per batch (flat_map_batch):
-    # bytewax's per-item filter and map cost 0.04-0.12 µs per record and step.
-    keyed = op.flat_map_batch("feed_key", op.merge("feed_in", market, status), feed_keys)
-    market_ok = op.flat_map_batch(
-        "feed_unkey",
-        stateful_logic("feed_select", keyed, _bind_venue(fcfg), order=event_time),
-        values_of,
-    )
     def monitor_keys(r: Any) -> list[tuple[str, Any]]:
         if isinstance(r, VenueStatus):
             return [(r.venue, r)] if local_keys is None or local_keys(r.venue) else []
@@ -484,22 +505,11 @@ def guard_core(
         lambda kv: kv[1],
     )
 
-    feat_market = market_ok
-    if local_keys is not None:
-        # Each worker's own copy of an index price feeds its own keys; the one copy that
-        # passed feed selection only marks exposure.
-        feat_market = op.merge(
-            "feat_market",
-            op.flat_map_batch("selected_not_index", market_ok,
-                              lambda rs: [r for r in rs if type(r) is not IndexPrice]),
-            op.flat_map_batch("index_copies", market,
-                              lambda rs: [r for r in rs if type(r) is IndexPrice]),
-        )
-    feats = extract_features("features", op.merge("feat_in", feat_market, status),
-                             config=cfg.features, clock=clock, local_keys=local_keys)
-    detected = detect_anomalies("detect", feats.oks, config=cfg.detector, clock=clock)
-    anomalies = op.key_rm("anomalies", detected.oks)
-
+    if detected_in is not None:
+        anomalies = _first_of_each_id(detected_in, cfg.tier.recent_ids)
+        detect_errs: list[Stream[DeadLetter]] = []
+    else:
+        anomalies, detect_errs = _detect(market, market_ok, status, cfg, clock, local_keys)
     marks = op.flat_map_batch("marks", market_ok,
                               MarkFilter(cfg.mark_interval_ns, cfg.mark_move_bps).passed)
     exposure = aggregate_exposure("exposure", marks, trading, config=cfg.exposure, clock=clock,
@@ -531,7 +541,7 @@ def guard_core(
 
     out_cmds = op.map("observe_commands", signed.oks, observe_command)
     errs: Stream[DeadLetter] = op.flat_map_batch("observe_errs", op.merge(
-        "errs", feats.errs, detected.errs, exposure.errs, limits.errs, planned.errs, signed.errs,
+        "errs", *detect_errs, exposure.errs, limits.errs, planned.errs, signed.errs,
         verified.errs, unhandled,
     ), observe_all)
     audit_cfg = msgspec.structs.replace(cfg.audit, config_hash=cfg_hash)
@@ -544,6 +554,130 @@ def guard_core(
         observe_all)
     return GuardOut(commands=out_cmds, audit=audit, signals=signals, exposures=exposures,
                     dead_letters=errs)
+
+
+def _select_feeds(market: Stream[Any], status: Stream[VenueStatus], cfg: GuardConfig,
+                  local_keys: Callable[[str], bool] | None) -> Stream[Any]:
+    """Feed selection (primary/backup failover) on the features' key (venue/instrument),
+    so market data changes worker at most once before features; heartbeats fan out."""
+    fcfg = cfg.feeds
+    instruments = _instruments_of(cfg)
+
+    def feed_keys(recs: list[Any]) -> list[tuple[str, Any]]:
+        out: list[tuple[str, Any]] = []
+        for rec in recs:
+            if type(rec) is VenueStatus:
+                if rec.venue in fcfg.venues:
+                    keys = [f"{rec.venue}/{i}" for i in instruments]
+                    out.extend((k, rec) for k in keys if local_keys is None or local_keys(k))
+                continue
+            key = f"{rec.venue}/{rec.instrument}"
+            if local_keys is not None and type(rec) is IndexPrice and not local_keys(key):
+                continue  # another worker's copy of this index price goes on
+            out.append((key, rec))
+        return out
+
+    # Per-record steps on the market path run as one call per batch (flat_map_batch):
+    # bytewax's per-item filter and map cost 0.04-0.12 µs per record and step.
+    keyed = op.flat_map_batch("feed_key", op.merge("feed_in", market, status), feed_keys)
+    return op.flat_map_batch(
+        "feed_unkey",
+        stateful_logic("feed_select", keyed, _bind_venue(fcfg), order=event_time),
+        values_of,
+    )
+
+
+def _detect(market: Stream[Any], market_ok: Stream[Any], status: Stream[VenueStatus],
+            cfg: GuardConfig, clock: Clock, local_keys: Callable[[str], bool] | None,
+            ) -> tuple[Stream[AnomalySignal], list[Stream[DeadLetter]]]:
+    """Features, then anomaly detection: the anomaly signals and the steps' dead letters."""
+    feat_market = market_ok
+    if local_keys is not None:
+        # Each worker's own copy of an index price feeds its own keys; the one copy that
+        # passed feed selection only marks exposure.
+        feat_market = op.merge(
+            "feat_market",
+            op.flat_map_batch("selected_not_index", market_ok,
+                              lambda rs: [r for r in rs if type(r) is not IndexPrice]),
+            op.flat_map_batch("index_copies", market,
+                              lambda rs: [r for r in rs if type(r) is IndexPrice]),
+        )
+    feats = extract_features("features", op.merge("feat_in", feat_market, status),
+                             config=cfg.features, clock=clock, local_keys=local_keys)
+    detected = detect_anomalies("detect", feats.oks, config=cfg.detector, clock=clock)
+    return op.key_rm("anomalies", detected.oks), [feats.errs, detected.errs]
+
+
+def _detect_ticks(detect_workers: int) -> Any:
+    """The firm tier: each :class:`~riskguard.schemas.DetectProgress` as a Tick from its
+    detect worker, counted among all the tick sources (this tier's workers and the
+    detect tier's), like its own ticks."""
+
+    def ticks(recs: list[Any]) -> list[Tick]:
+        where = worker_of_thread()
+        of = (where[1] if where else 1) + detect_workers
+        return [Tick(ts=r.ts, source=r.source, of=of) for r in recs if type(r) is DetectProgress]
+
+    return ticks
+
+
+def _first_of_each_id(detected: Stream[Any], keep: int) -> Stream[AnomalySignal]:
+    """The firm tier's anomaly signals, each id once: a detect tier that resumed from its
+    snapshot sends the signals made after it again (:mod:`riskguard.operators.dedup`)."""
+    signals = op.flat_map_batch("anomaly_in", detected, lambda rs: [
+        ("detections", r) for r in rs if type(r) is AnomalySignal])
+    return op.flat_map_batch(
+        "anomalies", stateful_logic("anomaly_ids", signals,
+                                    lambda state: RecentIdsLogic(keep, state)),
+        values_of)
+
+
+def _progress_fn() -> Any:
+    """The detect tier: each of this worker's ticks as a
+    :class:`~riskguard.schemas.DetectProgress` named after the worker (``detect/w<i>``:
+    the same name after a restart, so the firm tier goes on waiting for it, not for
+    a new source)."""
+
+    def progress(ticks: list[Tick]) -> list[DetectProgress]:
+        where = worker_of_thread()
+        name = f"detect/w{where[0] if where else 0}"
+        return [DetectProgress(ts=t.ts, source=name) for t in ticks]
+
+    return progress
+
+
+@dataclass(frozen=True)
+class DetectOut:
+    """The detect tier's outputs."""
+
+    detections: Stream[Any]  # AnomalySignal and DetectProgress
+    dead_letters: Stream[DeadLetter]
+
+
+@operator
+def detect_core(
+    step_id: str,
+    records: Stream[Any],
+    *,
+    cfg: GuardConfig,
+    clock: Clock,
+    local_keys: Callable[[str], bool] | None = None,
+) -> DetectOut:
+    """The detect tier over decoded market and venue-status records: feed selection,
+    features and anomaly detection (the same steps as :func:`guard_core`'s), and this
+    worker's event-time progress behind the signals of the records before it."""
+    ticks = op.flat_map_batch("ticks", records, _tick_fn(cfg.tick_ns))
+    market = op.flat_map_batch("market", records,
+                               lambda rs: [r for r in rs if isinstance(r, MARKET)])
+    status = op.flat_map_batch("status", records,
+                               lambda rs: [r for r in rs if isinstance(r, VenueStatus)])
+    market_ok = _select_feeds(market, status, cfg, local_keys)
+    anomalies, errs = _detect(market, market_ok, status, cfg, clock, local_keys)
+    # the signals first: a batch's progress goes out behind its signals
+    detections = op.merge("detections", anomalies,
+                          op.flat_map_batch("progress", ticks, _progress_fn()))
+    dead = op.flat_map_batch("observe_errs", op.merge("errs", *errs), observe_all)
+    return DetectOut(detections=detections, dead_letters=dead)
 
 
 def load_keys(cfg: GuardConfig) -> tuple[Signer, TrustStore]:
@@ -565,30 +699,17 @@ def build_flow(
     configure(ObserveConfig(option_instruments=frozenset(
         n for n, spec in cfg.exposure.instruments.instruments.items() if spec.kind == "option"
     )))
+    role = cfg.tier.role
+    if role != "firm":
+        _prepare_detection(cfg)
+    if role == "detect":
+        return _detect_flow(cfg, clock)
     if signer is None or trust is None:
         signer, trust = load_keys(cfg)
-    if cfg.detector.drift != "none":
-        # Start-up, not the first market record, pays for River's drift module (~1 s:
-        # it pulls in scipy); the detector imports it lazily when it builds a key.
-        import river.drift  # noqa: F401, PLC0415
-    # and for each key class's models (the first market record would wait ~0.1 s per class)
-    prepare_models(cfg.detector, (MARKET_FEATURES, OPTION_FEATURES, VENUE_FEATURES))
     brokers = cfg.kafka
     flow = Dataflow("riskguard_guard")
-    policy = EventTimePolicy(
-        max_lateness_ns=cfg.input.max_lateness_ns,
-        max_future_skew_ns=cfg.input.max_future_skew_ns,
-        clock=clock if cfg.input.check_future else None,
-    )
-    src = kafka_input(
-        "in", flow, brokers=brokers, topics=[cfg.topic(s) for s in INPUT_STREAMS],
-        starting_offset=cfg.input.starting_offset, idle_eof_s=cfg.input.idle_eof_s,
-        time_policy=policy, clock=clock, stamp_recv_ts=cfg.input.stamp_recv_ts,
-        batch_size=cfg.input.batch_size,
-        align_skew_s=cfg.input.align_skew_s, share_consumer=cfg.input.share_consumer,
-        fair_reads=cfg.input.fair_reads, bundle=cfg.input.bundle_partitions,
-        **_split_options(cfg),
-    )
+    streams = (*INPUT_STREAMS, DETECTIONS) if role == "firm" else INPUT_STREAMS
+    src = _input(flow, cfg, streams, clock)
     issuer = cfg.sign.issuer or signer.issuer
     # Read once, before any worker signs: the killed run this may resume is gone.
     delivered = last_signed_seq(brokers, cfg.topic("commands"), signer.public_key,
@@ -613,6 +734,63 @@ def build_flow(
                  delivery_timeout_s=timeout, worker_local=local,
                  key=_audit_key)
     return flow
+
+
+def _prepare_detection(cfg: GuardConfig) -> None:
+    """Build at start-up what detection would otherwise build on its first records."""
+    if cfg.detector.drift != "none":
+        # Start-up, not the first market record, pays for River's drift module (~1 s:
+        # it pulls in scipy); the detector imports it lazily when it builds a key.
+        import river.drift  # noqa: F401, PLC0415
+    # and for each key class's models (the first market record would wait ~0.1 s per class)
+    prepare_models(cfg.detector, (MARKET_FEATURES, OPTION_FEATURES, VENUE_FEATURES))
+
+
+def _input(flow: Dataflow, cfg: GuardConfig, streams: tuple[str, ...], clock: Clock) -> Any:
+    """The guard's Kafka source over ``streams``, as ``[input]`` configures it."""
+    policy = EventTimePolicy(
+        max_lateness_ns=cfg.input.max_lateness_ns,
+        max_future_skew_ns=cfg.input.max_future_skew_ns,
+        clock=clock if cfg.input.check_future else None,
+    )
+    return kafka_input(
+        "in", flow, brokers=cfg.kafka, topics=[cfg.topic(s) for s in streams],
+        starting_offset=cfg.input.starting_offset, idle_eof_s=cfg.input.idle_eof_s,
+        time_policy=policy, clock=clock, stamp_recv_ts=cfg.input.stamp_recv_ts,
+        batch_size=cfg.input.batch_size,
+        align_skew_s=cfg.input.align_skew_s, share_consumer=cfg.input.share_consumer,
+        fair_reads=cfg.input.fair_reads, bundle=cfg.input.bundle_partitions,
+        # the detect tier checked the times of what its signals came from
+        untimed_topics=[cfg.topic(DETECTIONS)], **_split_options(cfg),
+    )
+
+
+def _detect_flow(cfg: GuardConfig, clock: Clock) -> Dataflow:
+    """The detect tier (``tier.role = "detect"``): market and venue-status topics in,
+    anomaly signals and progress out to the ``detections`` topic.
+
+    Its source's dead letters (malformed market records, say) are counted here but
+    written by the firm tier, which reads the same topics: each bad record is
+    dead-lettered once."""
+    flow = Dataflow("riskguard_detect")
+    src = _input(flow, cfg, DETECT_STREAMS, clock)
+    out = detect_core("detect_tier", src.oks, cfg=cfg, clock=clock,
+                      local_keys=LocalKeys() if _split(cfg) else None)
+    timeout = cfg.sink_delivery_timeout_s
+    local = _split(cfg)
+    kafka_output("detections", out.detections, brokers=cfg.kafka,
+                 topic=cfg.topic(DETECTIONS), delivery_timeout_s=timeout, worker_local=local,
+                 key=_detections_key)
+    kafka_output("dead_letters", out.dead_letters, brokers=cfg.kafka,
+                 topic=cfg.topic("dead_letters"), delivery_timeout_s=timeout,
+                 worker_local=local)
+    return flow
+
+
+def _detections_key(_rec: Any) -> str:
+    """A detect worker's signals and progress share a Kafka partition, in order."""
+    where = worker_of_thread()
+    return f"detect/w{where[0] if where else 0}"
 
 
 def _split_options(cfg: GuardConfig) -> dict[str, Any]:

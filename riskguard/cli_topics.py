@@ -30,11 +30,15 @@ DEFAULT_RETENTION_MS = {
     "balances": 7 * DAY_MS, "venue_status": 7 * DAY_MS, "features": 2 * DAY_MS,
     "signals": 30 * DAY_MS, "exposures": 7 * DAY_MS, "commands": 30 * DAY_MS,
     "audit": -1, "rejections": 30 * DAY_MS, "dead_letters": 30 * DAY_MS,
+    "detections": 2 * DAY_MS,
 }
 COMPACTED = ("limit_updates",)
-# Streams the guard itself writes (riskguard principal needs WRITE) and reads.
-GUARD_WRITES = ("features", "signals", "exposures", "commands", "audit", "dead_letters")
-GUARD_READS = ("market", "fills", "positions", "balances", "venue_status", "limit_updates")
+# Streams the guard itself writes (riskguard principal needs WRITE) and reads (the
+# detections topic: the detect tier writes it, the firm tier reads it).
+GUARD_WRITES = ("features", "signals", "exposures", "commands", "audit", "dead_letters",
+                "detections")
+GUARD_READS = ("market", "fills", "positions", "balances", "venue_status", "limit_updates",
+               "detections")
 # Never lose an acknowledged command or audit record to an out-of-sync leader.
 STRICT = ("commands", "audit", "limit_updates")
 

@@ -216,4 +216,18 @@ class LimitBreach(Record, frozen=True, kw_only=True, tag="limit_breach"):
     evidence_ids: list[RecordId] = []
 
 
-SIGNAL_TYPES = (FeatureVector, AnomalySignal, RiskAlert, Exposure, Utilization, LimitBreach)
+class DetectProgress(Record, frozen=True, kw_only=True, tag="detect_progress"):
+    """Event-time progress of one detect-tier worker, on the ``detections`` topic.
+
+    The detect tier (``tier.role = "detect"``) writes it behind the anomaly
+    signals of earlier records: every signal of a record older than ``ts`` that
+    ``source`` will send is already on the topic. The firm tier holds its clock
+    at the slowest live source's ``ts`` (see the README's "Two tiers").
+    """
+
+    ts: Nanos
+    source: Label
+
+
+SIGNAL_TYPES = (FeatureVector, AnomalySignal, RiskAlert, Exposure, Utilization, LimitBreach,
+                DetectProgress)

@@ -13,7 +13,13 @@ from pathlib import Path
 import msgspec
 import pytest
 from confluent_kafka import Producer
-from riskguard.dataflows.demo import PreparedRun, prepare_run, start_guard, subscriber_for
+from riskguard.dataflows.demo import (
+    PreparedRun,
+    prepare_run,
+    start_guard,
+    subscriber_for,
+    tier_config,
+)
 from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer, encode_envelope, sign_envelope
 from riskguard.schemas import Audience, MitigationCommand, Scope, ScopeKind, encode
 
@@ -259,6 +265,79 @@ def test_a_backlog_of_three_incidents_through_two_processes_gives_one_workers_co
         story[procs] = [c.reason[:160] for c in cmds if c.action.value != "alert"]
     assert executed[2] == executed[1], "\n".join(
         ["1 worker:", *story[1], "2 processes:", *story[2]])
+
+
+def _start_tiers(run: PreparedRun, detect_args: tuple[str, ...] = (),
+                 firm_args: tuple[str, ...] = ()) -> list:
+    """The detect tier, then (once its first progress is on the detections topic) the
+    firm tier: each a 1-worker ``python -m bytewax.run`` of the guard with its tier's
+    config."""
+    detect = start_guard(run, *detect_args, config=tier_config(run, "detect"))
+    deadline = time.monotonic() + 60
+    while not consume_all(run.bootstrap, run.topic("detections"), idle_s=0.2, timeout_s=1.0):
+        assert detect.poll() is None and time.monotonic() < deadline, "no detect progress"
+    return [detect, start_guard(run, *firm_args, config=tier_config(run, "firm"))]
+
+
+def _anomaly_ids(run: PreparedRun) -> list[str]:
+    return [d["id"] for _p, _o, v in consume_all(run.bootstrap, run.topic("signals"))
+            if (d := msgspec.json.decode(v)).get("type") == "anomaly"]
+
+
+def test_a_detect_tier_and_a_firm_tier_give_one_workers_commands(
+    baseline, kafka_bootstrap, tmp_path
+) -> None:
+    """Two tiers, each its own 1-worker dataflow (``tier.role = "detect"`` and
+    ``"firm"``), joined by the detections topic: the same mitigations as one whole guard,
+    every anomaly signal audited once, and nothing dead-lettered twice or as late."""
+    _, base, _ = baseline
+    run = _prepare(kafka_bootstrap, tmp_path, "tiers")
+    for p in _start_tiers(run):
+        _finish(p)
+    cmds, _ = _executed(run, tmp_path / "sub.sqlite")
+    _assert_scenario(cmds)
+    _assert_same_outcome(cmds, base)
+    ids = _anomaly_ids(run)
+    assert ids and len(ids) == len(set(ids))
+    dead = [msgspec.json.decode(v) for _p, _o, v in consume_all(kafka_bootstrap,
+                                                                 run.topic("dead_letters"))]
+    assert not [d for d in dead if d.get("reason") == "late"], dead[:3]
+
+
+def test_a_detect_tier_killed_halfway_and_resumed_sends_no_signal_twice(
+    baseline, kafka_bootstrap, tmp_path, recovery_dir
+) -> None:
+    """SIGKILL the detect tier once it has sent signals, put every signal it sent on the
+    detections topic again (what a resume from an older snapshot sends), and resume it
+    from recovery while the firm tier runs on: the firm tier lets each anomaly id through
+    once, and the subscriber executes one whole guard's commands, none twice."""
+    _, base, _ = baseline
+    run = _prepare(kafka_bootstrap, tmp_path, "tiers-kill")
+    detect_args = ("-r", str(recovery_dir(1)), "-s", "1", "-b", "10")
+    detect, firm = _start_tiers(run, detect_args,
+                                ("-r", str(recovery_dir(1)), "-s", "1", "-b", "10"))
+    deadline = time.monotonic() + 120
+    sent: list[bytes] = []
+    while time.monotonic() < deadline and detect.poll() is None and not sent:
+        got = consume_all(kafka_bootstrap, run.topic("detections"), idle_s=0.2, timeout_s=1.0)
+        sent = [v for _p, _o, v in got if b'"anomaly"' in v]
+    assert detect.poll() is None, "the detect tier ended before it could be killed"
+    os.kill(detect.pid, signal.SIGKILL)
+    detect.wait()
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for v in sent:
+        producer.produce(run.topic("detections"), v, key=b"detect/w0")
+    assert producer.flush(10) == 0
+    _finish(start_guard(run, *detect_args, config=tier_config(run, "detect")))
+    _finish(firm)
+    on_topic = [msgspec.json.decode(v)["id"] for _p, _o, v in consume_all(
+        kafka_bootstrap, run.topic("detections")) if b'"anomaly"' in v]
+    assert len(on_topic) > len(set(on_topic))  # some were sent twice
+    ids = _anomaly_ids(run)
+    assert sorted(ids) == sorted(set(on_topic))
+    cmds, _ = _executed(run, tmp_path / "sub.sqlite")
+    assert len({c.command_id for c in cmds}) == len(cmds)
+    _assert_same_outcome(cmds, base)
 
 
 def test_sigkill_halfway_then_resume_executes_every_command_exactly_once(

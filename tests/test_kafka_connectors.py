@@ -263,6 +263,34 @@ def test_a_replica_that_only_skips_others_keys_does_not_hold_its_process_back(
 
 
 @pytest.mark.kafka
+def test_an_untimed_topic_keeps_records_the_time_policy_would_call_late(
+        kafka_bootstrap, new_topic) -> None:
+    """The same out-of-order times are dead-lettered as late on a timed topic and kept on
+    one named in ``untimed_topics`` (the firm tier's detections topic)."""
+    import time
+
+    from riskguard.connectors.kafka import KafkaInput
+    from riskguard.schemas.time_policy import EventTimePolicy
+
+    s = 1_000_000_000
+    timed, untimed = new_topic(), new_topic()
+    recs = [_trade(id="new", ts=60 * s), _trade(id="old", ts=5 * s)]
+    produce(kafka_bootstrap, timed, recs)
+    produce(kafka_bootstrap, untimed, recs)
+    src = KafkaInput(kafka_bootstrap, [timed, untimed], untimed_topics=[untimed],
+                     time_policy=EventTimePolicy(max_lateness_ns=10 * s))
+    got: dict[str, list[str]] = {}
+    for topic in (timed, untimed):
+        part = src.build_part("in", f"0-{topic}", None)
+        out: list = []
+        deadline = time.monotonic() + 20
+        while len(out) < 2 and time.monotonic() < deadline:
+            out.extend(part.next_batch())
+        part.close()
+        got[topic] = [r.reason if isinstance(r, DeadLetter) else r.id for r in out]
+    assert got == {timed: ["new", "late"], untimed: ["new", "old"]}
+
+
 def test_records_held_back_by_alignment_are_not_late_after_a_resume(kafka_bootstrap,
                                                                      new_topic) -> None:
     """A partition that ran ahead has fetched (and lateness-checked) records it still holds;

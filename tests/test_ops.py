@@ -234,7 +234,7 @@ def test_topics_plan_sets_replication_isr_retention_compaction_and_prints_acls(
         cfg.unlink()
     out = capsys.readouterr().out
     lines = {ln.split()[1]: ln for ln in out.splitlines() if ln.startswith("plan")}
-    assert len(lines) == 13
+    assert len(lines) == 14
     assert "partitions=12 replication=3" in lines["prod.riskguard.market.v1"]
     assert all("min.insync.replicas=2" in ln for ln in lines.values())
     assert "cleanup.policy=compact" in lines["prod.riskguard.limit_updates.v1"]
@@ -262,6 +262,6 @@ def test_topics_create_applies_the_settings_on_the_real_broker(kafka_bootstrap: 
     r = subprocess.run([sys.executable, "-m", "riskguard.cli", "topics", "create",
                         "--bootstrap", kafka_bootstrap, "--env", env],
                        capture_output=True, text=True, check=True)
-    assert r.stdout.count("created ") == 13
+    assert r.stdout.count("created ") == 14
     s = KafkaSettings(bootstrap=kafka_bootstrap)
     assert len(list_partitions(s, f"{env}.riskguard.limit_updates.v1")) == 2
