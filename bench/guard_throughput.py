@@ -10,6 +10,10 @@ six guard input topics with ``--partitions`` partitions each):
   worker, reading the same six topics;
 - **guard, 1 worker**: ``riskguard.dataflows.guard`` with ``input.idle_eof_s``;
 - **guard, 2 processes**: the same with ``-i 0 -a "p1;p2"`` and ``-i 1 -a ...``;
+- with ``--tiers``, also **2 tiers**: a detect tier and a firm tier
+  (``[tier] role``, the README's "Two tiers"), one 1-worker dataflow each, started at
+  once over the same topics; the firm tier's ``idle_eof_s`` is 3 s longer, as its
+  detections topic stays empty until the detect tier has started;
 - with ``--independent``, also **2 independent guards**: two 1-worker guards at
   once, each over its own environment holding half the copies (no cluster, nothing
   shared). No design of one dataflow over 2 processes can beat it: it is the
@@ -64,7 +68,7 @@ partitions; the baseline then reads a second, unaligned copy of the workload
 (the aligned topic holds one copy of each index price per partition).
 
     python bench/guard_throughput.py [--copies 8] [--partitions 4] [--skip-2p] [--repeats 1]
-                                     [--no-split-market | --aligned-market] [--independent]
+                                     [--no-split-market | --aligned-market] [--tiers] [--independent]
 
 ``--repeats R`` runs each guard R times, 1 worker and 2 processes interleaved, and
 also prints the medians and the scaling of the medians: one 24-copy run of the
