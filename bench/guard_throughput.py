@@ -68,7 +68,8 @@ partitions; the baseline then reads a second, unaligned copy of the workload
 (the aligned topic holds one copy of each index price per partition).
 
     python bench/guard_throughput.py [--copies 8] [--partitions 4] [--skip-2p] [--repeats 1]
-                                     [--no-split-market | --aligned-market] [--tiers] [--independent]
+                                     [--no-split-market | --aligned-market] [--tiers]
+                                     [--independent]
 
 ``--repeats R`` runs each guard R times, 1 worker and 2 processes interleaved, and
 also prints the medians and the scaling of the medians: one 24-copy run of the

@@ -42,15 +42,13 @@ class RecentIdsLogic:
         return self.on_batch([record])
 
     def on_batch(self, records: list[Any]) -> list[Any]:
-        ids = self.state.ids
+        ids, keep = self.state.ids, self.keep
         out = []
         for rec in records:
             if rec.id in ids:
                 continue
             ids[rec.id] = None
+            if len(ids) > keep:
+                del ids[next(iter(ids))]  # the oldest
             out.append(rec)
-        excess = len(ids) - self.keep
-        if excess > 0:
-            for old in list(ids)[:excess]:
-                del ids[old]
         return out
