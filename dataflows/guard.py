@@ -327,6 +327,31 @@ class MarkFilter:
         return out
 
 
+def _market_records(recs: list[Any]) -> list[Any]:
+    return [r for r in recs if isinstance(r, MARKET)]
+
+
+def _status_records(recs: list[Any]) -> list[Any]:
+    return [r for r in recs if isinstance(r, VenueStatus)]
+
+
+def _tick_sources(other_sources: int) -> int:
+    """``Tick.of`` for this worker's ticks: the flow's worker count plus
+    ``other_sources``; 0 (unknown) outside a flow with the ``workers`` probe step and
+    without other sources."""
+    where = worker_of_thread()
+    if where is not None:
+        return where[1] + other_sources
+    return 1 + other_sources if other_sources else 0
+
+
+def _detect_source() -> str:
+    """The calling detect worker's name (``detect/w<i>``): its progress's source and
+    its Kafka key on the detections topic; the same after a restart."""
+    where = worker_of_thread()
+    return f"detect/w{where[0] if where else 0}"
+
+
 def _tick_fn(tick_ns: int, other_sources: int = 0) -> Any:
     """Per worker: a Tick, named after the worker, each time its event time crosses a
     new ``tick_ns`` boundary. Consumers take the minimum over workers (a watermark), and
@@ -355,9 +380,8 @@ def _tick_fn(tick_ns: int, other_sources: int = 0) -> Any:
                 name = names.get(thread)
                 if name is None:
                     where = worker_of_thread()
-                    name = names[thread] = (
-                        (f"{process}/w{where[0]}", where[1] + other_sources) if where
-                        else (process, 1 + other_sources if other_sources else 0))
+                    name = names[thread] = (f"{process}/w{where[0]}" if where else process,
+                                            _tick_sources(other_sources))
                 out.append(Tick(ts=ts, source=name[0], of=name[1]))
         return out
 
@@ -467,12 +491,10 @@ def guard_core(
     # Market data is most of the input: split it off first, so the other filters only
     # see the rest.
     # (one comprehension per batch each, not bytewax's per-item branch predicate)
-    market = op.flat_map_batch("market", records,
-                               lambda rs: [r for r in rs if isinstance(r, MARKET)])
+    market = op.flat_map_batch("market", records, _market_records)
     records = op.flat_map_batch("not_market", records,
                                 lambda rs: [r for r in rs if not isinstance(r, MARKET)])
-    status = op.flat_map_batch("status", records,
-                               lambda rs: [r for r in rs if isinstance(r, VenueStatus)])
+    status = op.flat_map_batch("status", records, _status_records)
     trading = op.flat_map_batch("trading", records,
                                 lambda rs: [r for r in rs if isinstance(r, TRADING)])
     updates = op.flat_map_batch("updates", records, lambda rs: [
@@ -614,8 +636,7 @@ def _detect_ticks(detect_workers: int) -> Any:
     detect tier's), like its own ticks."""
 
     def ticks(recs: list[Any]) -> list[Tick]:
-        where = worker_of_thread()
-        of = (where[1] if where else 1) + detect_workers
+        of = _tick_sources(detect_workers)
         return [Tick(ts=r.ts, source=r.source, of=of) for r in recs if type(r) is DetectProgress]
 
     return ticks
@@ -632,18 +653,13 @@ def _first_of_each_id(detected: Stream[Any], keep: int) -> Stream[AnomalySignal]
         values_of)
 
 
-def _progress_fn() -> Any:
+def _progress(ticks: list[Tick]) -> list[DetectProgress]:
     """The detect tier: each of this worker's ticks as a
-    :class:`~riskguard.schemas.DetectProgress` named after the worker (``detect/w<i>``:
-    the same name after a restart, so the firm tier goes on waiting for it, not for
-    a new source)."""
-
-    def progress(ticks: list[Tick]) -> list[DetectProgress]:
-        where = worker_of_thread()
-        name = f"detect/w{where[0] if where else 0}"
-        return [DetectProgress(ts=t.ts, source=name) for t in ticks]
-
-    return progress
+    :class:`~riskguard.schemas.DetectProgress` from :func:`_detect_source` (the same
+    name after a restart, so the firm tier goes on waiting for it, not for a new
+    source)."""
+    name = _detect_source()
+    return [DetectProgress(ts=t.ts, source=name) for t in ticks]
 
 
 @dataclass(frozen=True)
@@ -667,15 +683,13 @@ def detect_core(
     features and anomaly detection (the same steps as :func:`guard_core`'s), and this
     worker's event-time progress behind the signals of the records before it."""
     ticks = op.flat_map_batch("ticks", records, _tick_fn(cfg.tick_ns))
-    market = op.flat_map_batch("market", records,
-                               lambda rs: [r for r in rs if isinstance(r, MARKET)])
-    status = op.flat_map_batch("status", records,
-                               lambda rs: [r for r in rs if isinstance(r, VenueStatus)])
+    market = op.flat_map_batch("market", records, _market_records)
+    status = op.flat_map_batch("status", records, _status_records)
     market_ok = _select_feeds(market, status, cfg, local_keys)
     anomalies, errs = _detect(market, market_ok, status, cfg, clock, local_keys)
     # the signals first: a batch's progress goes out behind its signals
     detections = op.merge("detections", anomalies,
-                          op.flat_map_batch("progress", ticks, _progress_fn()))
+                          op.flat_map_batch("progress", ticks, _progress))
     dead = op.flat_map_batch("observe_errs", op.merge("errs", *errs), observe_all)
     return DetectOut(detections=detections, dead_letters=dead)
 
@@ -774,23 +788,18 @@ def _detect_flow(cfg: GuardConfig, clock: Clock) -> Dataflow:
     dead-lettered once."""
     flow = Dataflow("riskguard_detect")
     src = _input(flow, cfg, DETECT_STREAMS, clock)
+    local = _split(cfg)  # split market data: each worker writes what it made
     out = detect_core("detect_tier", src.oks, cfg=cfg, clock=clock,
-                      local_keys=LocalKeys() if _split(cfg) else None)
+                      local_keys=LocalKeys() if local else None)
     timeout = cfg.sink_delivery_timeout_s
-    local = _split(cfg)
+    # a detect worker's signals and progress share a Kafka partition, in order
     kafka_output("detections", out.detections, brokers=cfg.kafka,
                  topic=cfg.topic(DETECTIONS), delivery_timeout_s=timeout, worker_local=local,
-                 key=_detections_key)
+                 key=lambda _rec: _detect_source())
     kafka_output("dead_letters", out.dead_letters, brokers=cfg.kafka,
                  topic=cfg.topic("dead_letters"), delivery_timeout_s=timeout,
                  worker_local=local)
     return flow
-
-
-def _detections_key(_rec: Any) -> str:
-    """A detect worker's signals and progress share a Kafka partition, in order."""
-    where = worker_of_thread()
-    return f"detect/w{where[0] if where else 0}"
 
 
 def _split_options(cfg: GuardConfig) -> dict[str, Any]:
