@@ -105,6 +105,7 @@ from guard_workload import (
 )
 from riskguard.connectors.broker import DevBroker, free_port
 from riskguard.connectors.topics import TopicSpec, create_topics
+from riskguard.dataflows.demo import tier_config
 from riskguard.dataflows.demo_scenario import DURATION_S, scenario_copies
 
 HERE = Path(__file__).resolve().parent
@@ -153,18 +154,13 @@ def tier_envs(bench: BenchEnv, firm_idle_extra_s: float = 3.0) -> list[BenchEnv]
     """The env as a detect tier and a firm tier (``tier.role``), each with its own
     config. The firm tier's idle EOF is ``firm_idle_extra_s`` longer: its detections
     topic is empty until the detect tier, started at the same time, has started up."""
-    out = []
-    for role in ("detect", "firm"):
-        text = bench.config.read_text() + f'\n[tier]\nrole = "{role}"\n'
-        if role == "firm":
-            idle = re.search(r"(?m)^idle_eof_s = ([0-9.]+)$", text)
-            if idle:
-                longer = float(idle.group(1)) + firm_idle_extra_s
-                text = text.replace(idle.group(0), f"idle_eof_s = {longer}", 1)
-        path = bench.config.with_name(f"guard-{role}.toml")
-        path.write_text(text)
-        out.append(dataclasses.replace(bench, config=path))
-    return out
+    detect, firm = (tier_config(bench.config, role) for role in ("detect", "firm"))
+    text = firm.read_text()
+    idle = re.search(r"(?m)^idle_eof_s = ([0-9.]+)$", text)
+    if idle:
+        longer = float(idle.group(1)) + firm_idle_extra_s
+        firm.write_text(text.replace(idle.group(0), f"idle_eof_s = {longer}", 1))
+    return [dataclasses.replace(bench, config=path) for path in (detect, firm)]
 
 
 def _wait(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> float:
@@ -366,10 +362,11 @@ def main() -> None:
             kinds.append(TIERS)
         if args.independent:
             kinds.append(INDEPENDENT)
+        tiers = (tier_envs(full), tier_envs(empty)) if args.tiers else None
         for procs in [p for _ in range(args.repeats) for p in kinds]:
             envs: tuple[BenchEnv | list[BenchEnv], ...] = (
                 (halves, halves_empty) if procs == INDEPENDENT
-                else (tier_envs(full), tier_envs(empty)) if procs == TIERS else (full, empty))
+                else tiers if procs == TIERS and tiers else (full, empty))
             t_full, started, c_full = run_guard(envs[0], procs)
             t_empty, _, c_empty = run_guard(envs[1], procs)
             rate = n / (t_full - t_empty)

@@ -270,10 +270,11 @@ def start_guard(run: PreparedRun, *bytewax_args: str,
     )
 
 
-def tier_config(run: PreparedRun, role: str) -> Path:
-    """A copy of the run's config with ``tier.role = role`` (``detect`` or ``firm``)."""
-    path = run.config.with_name(f"guard-{role}.toml")
-    path.write_text(run.config.read_text() + f'\n[tier]\nrole = "{role}"\n')
+def tier_config(config: Path, role: str) -> Path:
+    """A copy of guard config ``config`` with ``tier.role = role`` (``detect`` or
+    ``firm``), beside it."""
+    path = config.with_name(f"guard-{role}.toml")
+    path.write_text(config.read_text() + f'\n[tier]\nrole = "{role}"\n')
     return path
 
 

@@ -272,11 +272,11 @@ def _start_tiers(run: PreparedRun, detect_args: tuple[str, ...] = (),
     """The detect tier, then (once its first progress is on the detections topic) the
     firm tier: each a 1-worker ``python -m bytewax.run`` of the guard with its tier's
     config."""
-    detect = start_guard(run, *detect_args, config=tier_config(run, "detect"))
+    detect = start_guard(run, *detect_args, config=tier_config(run.config, "detect"))
     deadline = time.monotonic() + 60
     while not consume_all(run.bootstrap, run.topic("detections"), idle_s=0.2, timeout_s=1.0):
         assert detect.poll() is None and time.monotonic() < deadline, "no detect progress"
-    return [detect, start_guard(run, *firm_args, config=tier_config(run, "firm"))]
+    return [detect, start_guard(run, *firm_args, config=tier_config(run.config, "firm"))]
 
 
 def _anomaly_ids(run: PreparedRun) -> list[str]:
@@ -328,7 +328,7 @@ def test_a_detect_tier_killed_halfway_and_resumed_sends_no_signal_twice(
     for v in sent:
         producer.produce(run.topic("detections"), v, key=b"detect/w0")
     assert producer.flush(10) == 0
-    _finish(start_guard(run, *detect_args, config=tier_config(run, "detect")))
+    _finish(start_guard(run, *detect_args, config=tier_config(run.config, "detect")))
     _finish(firm)
     on_topic = [msgspec.json.decode(v)["id"] for _p, _o, v in consume_all(
         kafka_bootstrap, run.topic("detections")) if b'"anomaly"' in v]
