@@ -220,9 +220,9 @@ class DetectProgress(Record, frozen=True, kw_only=True, tag="detect_progress"):
     """Event-time progress of one detect-tier worker, on the ``detections`` topic.
 
     The detect tier (``tier.role = "detect"``) writes it behind the anomaly
-    signals of earlier records: every signal of a record older than ``ts`` that
-    ``source`` will send is already on the topic. The firm tier holds its clock
-    at the slowest live source's ``ts`` (see the README's "Two tiers").
+    signals its worker made from the records read before it. A signal of a
+    feature bar still open comes later, with an older time. The firm tier holds
+    its clock at the slowest live source's ``ts`` (see the README's "Two tiers").
     """
 
     ts: Nanos
