@@ -54,6 +54,7 @@ from riskguard.operators.base import (
 from riskguard.operators.clock import Clock, Tick, system_clock
 from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer, encode_envelope
 from riskguard.operators.dedup import RecentIdsLogic
+from riskguard.operators.detect_watch import DetectWatchLogic, detect_worker
 from riskguard.operators.detector import DetectorConfig, prepare_models
 from riskguard.operators.exposure import ExposureConfig
 from riskguard.operators.features import (
@@ -86,6 +87,7 @@ from riskguard.schemas import (
     OptionQuote,
     PositionSnapshot,
     Quote,
+    RiskAlert,
     SignedEnvelope,
     Trade,
     VenueStatus,
@@ -127,6 +129,9 @@ class TierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     # firm: how many anomaly ids it remembers, to drop those a resumed detect tier
     # sends again
     recent_ids: Annotated[int, msgspec.Meta(ge=1)] = 65_536
+    # firm: a detect worker without progress this long (processing time) while the
+    # firm's time moves past it raises a critical detect_silent alert
+    silent_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
 
 
 class InputConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -349,7 +354,7 @@ def _detect_source() -> str:
     """The calling detect worker's name (``detect/w<i>``): its progress's source and
     its Kafka key on the detections topic; the same after a restart."""
     where = worker_of_thread()
-    return f"detect/w{where[0] if where else 0}"
+    return detect_worker(where[0] if where else 0)
 
 
 def _tick_fn(tick_ns: int, other_sources: int = 0) -> Any:
@@ -528,7 +533,9 @@ def guard_core(
     )
 
     if detected_in is not None:
-        anomalies = _first_of_each_id(detected_in, cfg.tier.recent_ids)
+        anomalies = op.merge("anomalies_and_watch",
+                             _first_of_each_id(detected_in, cfg.tier.recent_ids),
+                             _watch_detect(ticks, cfg.tier, clock))
         detect_errs: list[Stream[DeadLetter]] = []
     else:
         anomalies, detect_errs = _detect(market, market_ok, status, cfg, clock, local_keys)
@@ -651,6 +658,17 @@ def _first_of_each_id(detected: Stream[Any], keep: int) -> Stream[AnomalySignal]
         "anomalies", stateful_logic("anomaly_ids", signals,
                                     lambda state: RecentIdsLogic(keep, state)),
         values_of)
+
+
+def _watch_detect(ticks: Stream[Tick], tier: TierConfig, clock: Clock) -> Stream[RiskAlert]:
+    """The firm tier: ``detect_silent`` / ``detect_restored`` alerts from every tick, its
+    own and the detect workers' (:mod:`riskguard.operators.detect_watch`; one key: a
+    few ticks per second of event time)."""
+    keyed = op.flat_map_batch("watch_key", ticks, lambda ts: [("detect", t) for t in ts])
+    silent_ns = int(tier.silent_s * NS)
+    return op.flat_map_batch("watch_unkey", stateful_logic(
+        "detect_watch", keyed, lambda state: DetectWatchLogic(
+            tier.detect_workers, silent_ns, state, clock=clock)), values_of)
 
 
 def _progress(ticks: list[Tick]) -> list[DetectProgress]:

@@ -75,12 +75,13 @@ _NAME = re.compile(r"^[A-Za-z0-9_.:/@+-]{1,64}$")
 _MAX_EVIDENCE = 16
 #: RiskAlert kinds that close an incident opened by another kind.
 CLOSERS = {"heartbeat_restored": "heartbeat_loss", "feed_restored": "feed_failover",
-           "withdrawals_resumed": "withdrawals_halted", "peg_restored": "depeg"}
+           "withdrawals_resumed": "withdrawals_halted", "peg_restored": "depeg",
+           "detect_restored": "detect_silent"}
 #: Signal kinds whose incidents stay open until an explicit close arrives.
 #: Every other kind is momentary: its incident counts as closed right after
 #: each signal, so the quiet period starts at once and a repeat reopens it.
 OPENERS = frozenset({"anomaly", "breach", "heartbeat_loss", "feed_failover",
-                     "withdrawals_halted", "depeg"})
+                     "withdrawals_halted", "depeg", "detect_silent"})
 TARGETS = ("same", "venue", "counterparty", "underlying", "firm")
 _PROTECTIVE = frozenset({Action.REDUCE_ONLY, Action.HALT_TRADING})
 _REQUIRED: dict[Action, tuple[str, ...]] = {

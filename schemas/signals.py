@@ -106,7 +106,10 @@ class RiskAlert(Record, frozen=True, kw_only=True, tag="risk_alert"):
     ``kind`` is one of ``stale_mark``, ``reconciliation_break``,
     ``heartbeat_loss``, ``heartbeat_restored``, ``subscriber_gap``,
     ``unknown_counterparty``, ``missing_mark``, ``missing_fx``,
-    ``feed_failover`` or ``feed_restored``.
+    ``feed_failover``, ``feed_restored``, ``withdrawals_halted``,
+    ``withdrawals_resumed``, ``depeg``, ``peg_restored``,
+    ``limit_update_accepted``, ``limit_update_rejected``, ``detect_silent`` or
+    ``detect_restored`` (a firm tier's detect worker went silent, and came back).
     """
 
     id: RecordId
