@@ -691,7 +691,7 @@ def _ewma_runs(var: Any, fresh: Any, x: Any, first: Any, lens: Any, alpha: float
     return np.array(out, dtype=np.float64)
 
 
-def _row_reduce(ufunc: Any, flat: Any, bounds: Any, empty: int) -> list[int]:
+def _row_reduce(ufunc: Any, flat: Any, bounds: Any, empty: float) -> list[Any]:
     """Per-row ``ufunc`` reduction of row-major ``flat`` values split at ``bounds``."""
     n = len(bounds) - 1
     if not len(flat):
@@ -1702,10 +1702,11 @@ class ShardLogic:
         upnl = qm * (mark_v[c_i] - st.avg.ravel()[flat]) * fx_v[c_i]
         # no average entry price (nan): no unrealized PnL for that position
         upnl[np.isnan(upnl)] = 0.0
-        gross = np.bincount(r_i, np.abs(notional), m).tolist()
-        net = np.bincount(r_i, notional, m).tolist()
-        upnl_s = np.bincount(r_i, upnl, m).tolist()
-        ord_s = (np.bincount(r_i, st.orders.ravel()[flat] * fx_v[c_i], m).tolist()
+        # each row's positions are one run (row-major): a segmented sum, 10x a bincount's
+        gross = _row_reduce(np.add, np.abs(notional), bounds_a, 0.0)
+        net = _row_reduce(np.add, notional, bounds_a, 0.0)
+        upnl_s = _row_reduce(np.add, upnl, bounds_a, 0.0)
+        ord_s = (_row_reduce(np.add, st.orders.ravel()[flat] * fx_v[c_i], bounds_a, 0.0)
                  if self._any_orders else [0.0] * m)
         d_u: Any = np.bincount(ug, qm * df[c_i], m * n_u).reshape(m, n_u).tolist()
         held_all_u: Any = held_u.all(axis=1).tolist()
