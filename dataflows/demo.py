@@ -270,11 +270,12 @@ def start_guard(run: PreparedRun, *bytewax_args: str,
     )
 
 
-def tier_config(config: Path, role: str) -> Path:
+def tier_config(config: Path, role: str, **tier: float | int) -> Path:
     """A copy of guard config ``config`` with ``tier.role = role`` (``detect`` or
-    ``firm``), beside it."""
+    ``firm``) and any other ``[tier]`` settings given (e.g. ``silent_s``), beside it."""
     path = config.with_name(f"guard-{role}.toml")
-    path.write_text(config.read_text() + f'\n[tier]\nrole = "{role}"\n')
+    more = "".join(f"{k} = {v!r}\n" for k, v in tier.items())
+    path.write_text(config.read_text() + f'\n[tier]\nrole = "{role}"\n{more}')
     return path
 
 

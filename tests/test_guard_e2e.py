@@ -20,8 +20,9 @@ from riskguard.dataflows.demo import (
     subscriber_for,
     tier_config,
 )
+from riskguard.operators.clock import TICK_IDLE_NS
 from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer, encode_envelope, sign_envelope
-from riskguard.schemas import Audience, MitigationCommand, Scope, ScopeKind, encode
+from riskguard.schemas import Audience, MitigationCommand, Scope, ScopeKind, VenueStatus, encode
 
 from tests.kafka_helpers import consume_all, free_ports
 
@@ -338,6 +339,42 @@ def test_a_detect_tier_killed_halfway_and_resumed_sends_no_signal_twice(
     cmds, _ = _executed(run, tmp_path / "sub.sqlite")
     assert len({c.command_id for c in cmds}) == len(cmds)
     _assert_same_outcome(cmds, base)
+
+
+def test_a_firm_tier_whose_detect_tier_died_raises_detect_silent_and_alerts(
+    kafka_bootstrap, tmp_path
+) -> None:
+    """The detect tier is SIGKILLed once its progress is on the topic and never comes
+    back; the firm tier (``tier.silent_s`` = 1 s) reads live heartbeats past it, raises
+    a critical ``detect_silent`` alert on the signals topic, and the subscriber
+    executes the playbook's firm-wide alert for it."""
+    run = _prepare(kafka_bootstrap, tmp_path, "tiers-silent")
+    detect = start_guard(run, config=tier_config(run.config, "detect"))
+    deadline = time.monotonic() + 60
+    while not consume_all(run.bootstrap, run.topic("detections"), idle_s=0.2, timeout_s=1.0):
+        assert detect.poll() is None and time.monotonic() < deadline, "no detect progress"
+    os.kill(detect.pid, signal.SIGKILL)
+    detect.wait()
+    firm = start_guard(run, config=tier_config(run.config, "firm", silent_s=1.0))
+    # live heartbeats past the dead tier's last progress, for longer than the firm's
+    # clock waits for an idle tick source (TICK_IDLE_NS): only the firm reads them
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    end = time.monotonic() + TICK_IDLE_NS / 1e9 + 5
+    k = 0
+    while time.monotonic() < end and firm.poll() is None:
+        hb = VenueStatus(id=f"hb-live-{k}", venue="binance", ts=time.time_ns())
+        producer.produce(run.topic("venue_status"), encode(hb), key=b"binance")
+        assert producer.flush(10) == 0
+        k += 1
+        time.sleep(0.5)
+    _finish(firm)
+    alerts = [d for _p, _o, v in consume_all(kafka_bootstrap, run.topic("signals"))
+              if (d := msgspec.json.decode(v)).get("kind") == "detect_silent"]
+    assert [(a["severity"], a["scope"]["kind"], a["details"]["worker"]) for a in alerts] == [
+        ("critical", "firm", "detect/w0")], alerts
+    cmds, _ = _executed(run, tmp_path / "sub.sqlite")
+    firm = [c for c in cmds if c.scope.label() == "firm:*" and "detect_silent" in c.reason]
+    assert firm and firm[0].action.value == "alert", [c.reason for c in cmds][:10]
 
 
 def test_sigkill_halfway_then_resume_executes_every_command_exactly_once(
