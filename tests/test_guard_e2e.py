@@ -268,15 +268,20 @@ def test_a_backlog_of_three_incidents_through_two_processes_gives_one_workers_co
         ["1 worker:", *story[1], "2 processes:", *story[2]])
 
 
-def _start_tiers(run: PreparedRun, detect_args: tuple[str, ...] = (),
-                 firm_args: tuple[str, ...] = ()) -> list:
-    """The detect tier, then (once its first progress is on the detections topic) the
-    firm tier: each a 1-worker ``python -m bytewax.run`` of the guard with its tier's
-    config."""
+def _start_detect(run: PreparedRun, detect_args: tuple[str, ...] = ()):
+    """The detect tier, a 1-worker ``python -m bytewax.run`` of the guard with its tier's
+    config, once its first progress is on the detections topic."""
     detect = start_guard(run, *detect_args, config=tier_config(run.config, "detect"))
     deadline = time.monotonic() + 60
     while not consume_all(run.bootstrap, run.topic("detections"), idle_s=0.2, timeout_s=1.0):
         assert detect.poll() is None and time.monotonic() < deadline, "no detect progress"
+    return detect
+
+
+def _start_tiers(run: PreparedRun, detect_args: tuple[str, ...] = (),
+                 firm_args: tuple[str, ...] = ()) -> list:
+    """The detect tier (:func:`_start_detect`), then the firm tier, likewise."""
+    detect = _start_detect(run, detect_args)
     return [detect, start_guard(run, *firm_args, config=tier_config(run.config, "firm"))]
 
 
@@ -349,10 +354,7 @@ def test_a_firm_tier_whose_detect_tier_died_raises_detect_silent_and_alerts(
     a critical ``detect_silent`` alert on the signals topic, and the subscriber
     executes the playbook's firm-wide alert for it."""
     run = _prepare(kafka_bootstrap, tmp_path, "tiers-silent")
-    detect = start_guard(run, config=tier_config(run.config, "detect"))
-    deadline = time.monotonic() + 60
-    while not consume_all(run.bootstrap, run.topic("detections"), idle_s=0.2, timeout_s=1.0):
-        assert detect.poll() is None and time.monotonic() < deadline, "no detect progress"
+    detect = _start_detect(run)
     os.kill(detect.pid, signal.SIGKILL)
     detect.wait()
     firm = start_guard(run, config=tier_config(run.config, "firm", silent_s=1.0))
