@@ -43,13 +43,14 @@ def detect_worker(i: int) -> str:
 @dataclass
 class DetectWatchState:
     """Per detect worker ``[newest progress ts, processing time it came]``; the firm
-    tier's own newest event time; the workers of the open incident (name -> 1 + the
-    time of its alert, negated once it is back); the processing time the watch started
-    (a worker never heard from is silent since)."""
+    tier's own newest event time; the workers silent now and every worker of the open
+    incident (name -> the time of its alert); the processing time the watch started (a
+    worker never heard from is silent since)."""
 
     progress: dict[str, list[int]] = field(default_factory=dict)
     own_ts: int = -1
     silent: dict[str, int] = field(default_factory=dict)
+    incident: dict[str, int] = field(default_factory=dict)
     started_ns: int | None = None
 
 
@@ -87,7 +88,7 @@ class DetectWatchLogic:
         st = self.state
         return DetectWatchState(progress={k: list(v) for k, v in st.progress.items()},
                                 own_ts=st.own_ts, silent=dict(st.silent),
-                                started_ns=st.started_ns)
+                                incident=dict(st.incident), started_ns=st.started_ns)
 
     def on_event(self, tick: Tick) -> list[RiskAlert]:
         return self.on_batch([tick])
@@ -102,7 +103,6 @@ class DetectWatchLogic:
             st.started_ns = now
         if st.started_ns is None:
             st.started_ns = now
-        silent = st.silent
         back = False
         for t in ticks:
             if not t.source.startswith(DETECT_PREFIX):
@@ -113,11 +113,10 @@ class DetectWatchLogic:
                 st.progress[t.source] = [t.ts, now]
             else:
                 seen[0], seen[1] = max(seen[0], t.ts), now
-            if silent.get(t.source, 0) > 0:
-                silent[t.source] = -silent[t.source]  # back; kept until the incident closes
+            if st.silent.pop(t.source, None) is not None:
                 back = True
         out = self._newly_silent(now)
-        if back and all(v < 0 for v in silent.values()):
+        if back and not st.silent:
             out.append(self._restored())
         return out
 
@@ -125,13 +124,13 @@ class DetectWatchLogic:
         st = self.state
         out = []
         for name in self.names:
-            if st.silent.get(name, 0) > 0:
+            if name in st.silent:
                 continue
             entry = st.progress.get(name)
             ts, since = (entry[0], entry[1]) if entry is not None else (-1, st.started_ns or 0)
             if now - since < self.silent_ns or st.own_ts <= ts:
                 continue
-            st.silent[name] = st.own_ts + 1  # > 0: silent now (1 + the alert's time)
+            st.silent[name] = st.incident[name] = st.own_ts
             out.append(self._alert(
                 "detect_silent", name, st.own_ts, Severity.CRITICAL,
                 f"detect worker {name} sent no progress for {(now - since) / NS_PER_S:.1f}s "
@@ -143,9 +142,9 @@ class DetectWatchLogic:
     def _restored(self) -> RiskAlert:
         """Every worker of the incident is back: one alert naming them all; it closes."""
         st = self.state
-        names = sorted(st.silent)
-        since = min(-v - 1 for v in st.silent.values())
-        st.silent.clear()
+        names = sorted(st.incident)
+        since = min(st.incident.values())
+        st.incident.clear()
         ts = max(st.own_ts, *(st.progress[n][0] for n in names))
         return self._alert("detect_restored", ",".join(names), ts, Severity.INFO,
                            f"detect worker(s) {', '.join(names)} send progress again; "
