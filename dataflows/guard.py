@@ -130,7 +130,9 @@ class TierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     # sends again
     recent_ids: Annotated[int, msgspec.Meta(ge=1)] = 65_536
     # firm: a detect worker without progress this long (processing time) while the
-    # firm's time moves past it raises a critical detect_silent alert
+    # firm's time moves past it raises a critical detect_silent alert. The firm's clock
+    # stops waiting for it after TICK_IDLE_NS (10 s): a longer silent_s leaves the
+    # difference unalerted
     silent_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
 
 
