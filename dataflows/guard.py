@@ -51,7 +51,7 @@ from riskguard.operators.base import (
     stateful_logic,
     values_of,
 )
-from riskguard.operators.clock import Clock, Tick, system_clock
+from riskguard.operators.clock import TICK_IDLE_NS, Clock, Tick, system_clock
 from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer, encode_envelope
 from riskguard.operators.dedup import RecentIdsLogic
 from riskguard.operators.detect_watch import DetectWatchLogic, detect_worker
@@ -130,10 +130,10 @@ class TierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     # sends again
     recent_ids: Annotated[int, msgspec.Meta(ge=1)] = 65_536
     # firm: a detect worker without progress this long (processing time) while the
-    # firm's time moves past it raises a critical detect_silent alert. The firm's clock
-    # stops waiting for it after TICK_IDLE_NS (10 s): a longer silent_s leaves the
-    # difference unalerted
-    silent_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    # firm's time moves past it raises a critical detect_silent alert. At most
+    # TICK_IDLE_NS (10 s): after that the firm's clock stops waiting for the worker, and
+    # a longer silent_s would let the firm run on without its signals, unalerted
+    silent_s: Annotated[float, msgspec.Meta(gt=0, le=TICK_IDLE_NS / NS)] = 10.0
 
 
 class InputConfig(msgspec.Struct, frozen=True, kw_only=True):

@@ -182,3 +182,25 @@ def test_split_market_data_refuses_an_index_source_with_a_feed_failover_pair(
     path.write_text(text.replace("aligned_market = false", "aligned_market = true", 1))
     with pytest.raises(ConfigError, match=r"^input\.aligned_market: .*binance"):
         load_guard_config(path)
+
+
+def test_a_detect_silence_longer_than_the_clocks_idle_limit_stops_start_up(
+    tmp_path: Path,
+) -> None:
+    """tier.silent_s above 10 s (TICK_IDLE_NS) would let the firm tier's clock stop
+    waiting for a dead detect worker before the alert, so the firm would act without its
+    anomaly signals, unalerted: start-up stops naming the setting and the bound."""
+    from importlib import resources
+
+    from riskguard.dataflows.guard import load_guard_config
+
+    src = resources.files("riskguard.dataflows").joinpath("guard.example.toml")
+    text = src.read_text()
+    assert "silent_s = 10.0 " in text
+    (tmp_path / "playbook.toml").write_text(src.parent.joinpath("playbook.toml").read_text())
+    path = tmp_path / "guard.toml"
+    path.write_text(text.replace("silent_s = 10.0 ", "silent_s = 30.0 ", 1))
+    with pytest.raises(ConfigError, match=r"^tier\.silent_s: must be <= 10; got 30\.0$"):
+        load_guard_config(path)
+    path.write_text(text.replace("silent_s = 10.0 ", "silent_s = 9.5  ", 1))
+    assert load_guard_config(path)[0].tier.silent_s == 9.5
