@@ -13,7 +13,9 @@ six guard input topics with ``--partitions`` partitions each):
 - with ``--tiers``, also **2 tiers**: a detect tier and a firm tier
   (``[tier] role``, the README's "Two tiers"), one 1-worker dataflow each, started at
   once over the same topics; the firm tier's ``idle_eof_s`` is 3 s longer, as its
-  detections topic stays empty until the detect tier has started;
+  detections topic stays empty until the detect tier has started; its line counts the
+  ``detect_silent`` alerts on the signals topic (0 expected: one would mean the firm tier
+  ran on past a detect worker it took for dead);
 - with ``--independent``, also **2 independent guards**: two 1-worker guards at
   once, each over its own environment holding half the copies (no cluster, nothing
   shared). No design of one dataflow over 2 processes can beat it: it is the
@@ -243,8 +245,9 @@ def run_passthrough(bootstrap: str, topics: list[str], out: str,
 
 
 def output_span(bootstrap: str, topics: list[str], partitions: int,
-                after_ms: int = 0) -> tuple[int, float]:
-    """(count, seconds between first and last producer timestamp) of messages after ``after_ms``."""
+                after_ms: int = 0, holding: bytes | None = None) -> tuple[int, float]:
+    """(count, seconds between first and last producer timestamp) of messages after
+    ``after_ms`` (only those whose value holds the bytes ``holding``, if given)."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-span",
                   "enable.auto.commit": False, "fetch.wait.max.ms": 20})
     c.assign([TopicPartition(t, p, 0) for t in topics for p in range(partitions)])
@@ -261,7 +264,7 @@ def output_span(bootstrap: str, topics: list[str], partitions: int,
                 if m.error() is not None:
                     continue
                 ts = m.timestamp()[1]
-                if ts < after_ms:
+                if ts < after_ms or (holding is not None and holding not in (m.value() or b"")):
                     continue
                 n += 1
                 first = ts if first is None else min(first, ts)
@@ -385,6 +388,12 @@ def main() -> None:
             dead, _ = output_span(bootstrap, [full.topic("dead_letters")], args.partitions,
                                   after_ms=int(started * 1000))
             label = _label(procs)
+            if procs == TIERS:
+                # the firm tier must not have run past a detect worker it took for dead
+                silent, _ = output_span(bootstrap, [full.topic("signals")], args.partitions,
+                                        after_ms=int(started * 1000),
+                                        holding=b'"detect_silent"')
+                label = f"{label[:7]} ({silent} detect_silent)"
             print(f"guard, {label}:              {rate:10,.0f} events/s  ratio "
                   f"{rate / pt_rate:.2f}x of baseline (goal >= 0.5x)  (wall {t_full:.1f} s - "
                   f"empty {t_empty:.1f} s; output span {span:.1f} s -> "
