@@ -9,8 +9,45 @@ not idempotent, so the firm tier drops every id it has already let through.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+
+
+class IdWindow:
+    """The last ``keep`` ids added to ``ids`` (a plain dict, id -> value, in arrival
+    order: the caller's snapshot state), the oldest dropped in O(1).
+
+    Dropping it with ``del ids[next(iter(ids))]`` scans the deleted slots left at the
+    front of the dict's table on every call: 2.6 µs per drop at 4,096 ids, 29 µs at
+    65,536. The arrival order is kept beside the dict instead, in a deque (derived: built
+    again from the dict on resume). Every window of ids in riskguard is one of these.
+
+    >>> ids: dict[str, int] = {}
+    >>> window = IdWindow(ids, keep=2)
+    >>> for n, rid in enumerate(["a", "b", "c"]):
+    ...     window.add(rid, n)
+    >>> ids, "a" in window
+    ({'b': 1, 'c': 2}, False)
+    """
+
+    __slots__ = ("_order", "ids", "keep")
+
+    def __init__(self, ids: dict[str, Any], keep: int) -> None:
+        self.ids = ids
+        self.keep = keep
+        self._order = deque(ids)
+
+    def __contains__(self, rid: str) -> bool:
+        return rid in self.ids
+
+    def add(self, rid: str, value: Any = None) -> None:
+        """Remember ``rid`` (not in the window yet), dropping the oldest beyond ``keep``."""
+        ids = self.ids
+        ids[rid] = value
+        self._order.append(rid)
+        while len(ids) > self.keep:
+            del ids[self._order.popleft()]
 
 
 @dataclass
@@ -34,6 +71,7 @@ class RecentIdsLogic:
     def __init__(self, keep: int, state: RecentIdsState | None = None) -> None:
         self.keep = keep
         self.state = state if state is not None else RecentIdsState()
+        self._window = IdWindow(self.state.ids, keep)
 
     def snapshot(self) -> RecentIdsState:
         return RecentIdsState(ids=dict(self.state.ids))
@@ -42,13 +80,10 @@ class RecentIdsLogic:
         return self.on_batch([record])
 
     def on_batch(self, records: list[Any]) -> list[Any]:
-        ids, keep = self.state.ids, self.keep
+        window = self._window
         out = []
         for rec in records:
-            if rec.id in ids:
-                continue
-            ids[rec.id] = None
-            if len(ids) > keep:
-                del ids[next(iter(ids))]  # the oldest
-            out.append(rec)
+            if rec.id not in window:
+                window.add(rec.id)
+                out.append(rec)
         return out

@@ -75,6 +75,7 @@ from typing import Any, Literal
 import msgspec
 import numpy as np
 from riskguard.operators.clock import Clock, Tick, Watermark, system_clock
+from riskguard.operators.dedup import IdWindow
 from riskguard.operators.instruments import (
     InstrumentRegistry,
     InstrumentsConfig,
@@ -928,6 +929,7 @@ class ShardLogic:
         w = cfg.peg_warn_bps / cfg.peg_critical_bps
         self._peg_spec = LimitSpec(limit=1.0, warn=w, hysteresis=w / 2)
         self._row = {cp: i for i, cp in enumerate(st.cps)}
+        self._seen = [IdWindow(ids, cfg.dedup_window) for ids in st.seen]  # fill ids
         self._any_orders = bool(st.orders.any())  # else open-order sums are skipped
         self._lay: _Layout | None = None
         self._refresh_fx()
@@ -1396,7 +1398,7 @@ class ShardLogic:
         runs: list[list[Any]] = []  # plain marks not applied yet (they commute with fills)
         row_get = self._row.get
         evidence = st.evidence
-        cap, dedup = self.config.max_evidence, self.config.dedup_window
+        cap, windows = self.config.max_evidence, self._seen
         recv = acc.recv
         for role, _key, target, ev in items:
             if role == "marks":
@@ -1456,12 +1458,10 @@ class ShardLogic:
             j = col[target]
             rid = ev.id
             if role == "fill":
-                seen = st.seen[j]
-                if rid in seen:  # a replayed fill is dropped whole: it moves nothing, not
-                    continue     # even the instrument's event time
-                seen[rid] = None
-                if len(seen) > dedup:
-                    del seen[next(iter(seen))]
+                seen = windows[j]
+                if rid in seen.ids:  # a replayed fill is dropped whole: it moves nothing,
+                    continue         # not even the instrument's event time
+                seen.add(rid)
             if ts > last_ts[j]:  # noqa: PLR1730 - cheaper than max() per record
                 last_ts[j] = ts
             if role == "fill":

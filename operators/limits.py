@@ -37,6 +37,7 @@ from typing import Any
 
 import msgspec
 from riskguard.operators.clock import Tick
+from riskguard.operators.dedup import IdWindow
 from riskguard.schemas import (
     Exposure,
     LimitBreach,
@@ -307,6 +308,7 @@ class LimitsLogic:
     def __init__(self, config: LimitsConfig, state: LimitsState | None = None) -> None:
         self.config = config
         self.state = state if state is not None else LimitsState()
+        self._updates = IdWindow(self.state.seen_updates, 1024)
         self._rows: dict[str, tuple[bool, list[tuple[str, str, str, str, LimitSpec]]]] = {}
         self._plans: dict[str, tuple[bool, list[tuple[Any, ...]]]] = {}
 
@@ -377,11 +379,9 @@ class LimitsLogic:
         st = self.state
         key, _lv, _n = parse_path(upd.limit_path)
         st.key = key
-        if upd.update_id in st.seen_updates:
+        if upd.update_id in self._updates:
             return []
-        st.seen_updates[upd.update_id] = None
-        if len(st.seen_updates) > 1024:
-            del st.seen_updates[next(iter(st.seen_updates))]
+        self._updates.add(upd.update_id)
         old = self.current_spec(upd.limit_path, upd.kind)
         base = old if old is not None else LimitSpec(limit=0.0)
         changes: dict[str, Any] = {}

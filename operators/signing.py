@@ -32,6 +32,7 @@ from typing import Any
 
 import msgspec
 from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer
+from riskguard.operators.dedup import IdWindow
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.commands import MitigationCommand, Signature, SignedEnvelope
 
@@ -106,6 +107,7 @@ class SignLogic:
             raise ConfigError("sign.issuer", f"the issuer of the resumed state {state.issuer!r}",
                               issuer)
         self.state = state
+        self._recent = IdWindow(state.recent, config.recent_ids)
 
     def on_event(self, cmd: Any) -> list[SignedEnvelope | DeadLetter]:
         if not isinstance(cmd, MitigationCommand):
@@ -121,9 +123,7 @@ class SignLogic:
         else:
             st.last_seq += 1
             seq = st.last_seq
-            st.recent[cmd.command_id] = (seq, digest)
-            while len(st.recent) > self.config.recent_ids:
-                del st.recent[next(iter(st.recent))]
+            self._recent.add(cmd.command_id, (seq, digest))
         stamped = msgspec.structs.replace(cmd, issuer=st.issuer, seq=seq)
         payload = _encoder.encode(stamped)
         try:

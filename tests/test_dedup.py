@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from contract import CHECKS, Case
-from riskguard.operators.dedup import RecentIdsLogic
+from riskguard.operators.dedup import IdWindow, RecentIdsLogic
 from riskguard.schemas import AnomalySignal, Scope, ScopeKind, Severity
 
 
@@ -31,3 +31,14 @@ def test_each_id_passes_once_within_the_window_and_again_once_it_fell_out() -> N
     # 1 is repeated inside the window and dropped, then passes again after 3, 4, 5
     assert passed == ["s1", "s2", "s3", "s4", "s5", "s1", "s6", "s2"]
     assert list(logic.snapshot().ids) == ["s1", "s6", "s2"]
+
+
+def test_an_id_window_resumed_from_its_dict_drops_the_oldest_first_down_to_keep() -> None:
+    """The arrival order is derived from the dict it wraps (a resumed snapshot), and a
+    window resumed with a smaller ``keep`` (a config change) shrinks on its next add."""
+    ids = {"a": 1, "b": 2, "c": 3, "d": 4}
+    window = IdWindow(ids, keep=2)
+    window.add("e", 5)
+    assert ids == {"d": 4, "e": 5}
+    window.add("f", 6)
+    assert list(ids) == ["e", "f"] and "d" not in window and "f" in window
