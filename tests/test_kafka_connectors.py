@@ -262,7 +262,6 @@ def test_a_replica_that_only_skips_others_keys_does_not_hold_its_process_back(
     assert [r.id for r in got] == [f"f{i}" for i in range(100)]
 
 
-@pytest.mark.kafka
 def test_an_untimed_topic_keeps_records_the_time_policy_would_call_late(
         kafka_bootstrap, new_topic) -> None:
     """The same out-of-order times are dead-lettered as late on a timed topic and kept on
@@ -291,6 +290,7 @@ def test_an_untimed_topic_keeps_records_the_time_policy_would_call_late(
     assert got == {timed: ["new", "late"], untimed: ["new", "old"]}
 
 
+@pytest.mark.kafka
 def test_records_held_back_by_alignment_are_not_late_after_a_resume(kafka_bootstrap,
                                                                      new_topic) -> None:
     """A partition that ran ahead has fetched (and lateness-checked) records it still holds;
