@@ -393,7 +393,7 @@ def main() -> None:
                 silent, _ = output_span(bootstrap, [full.topic("signals")], args.partitions,
                                         after_ms=int(started * 1000),
                                         holding=b'"detect_silent"')
-                label = f"{label[:7]} ({silent} detect_silent)"
+                label = f"{label.strip()} ({silent} detect_silent)"
             print(f"guard, {label}:              {rate:10,.0f} events/s  ratio "
                   f"{rate / pt_rate:.2f}x of baseline (goal >= 0.5x)  (wall {t_full:.1f} s - "
                   f"empty {t_empty:.1f} s; output span {span:.1f} s -> "
