@@ -94,9 +94,7 @@ def sustained_rate(bootstrap: str, work: Path, tag: str, copies: int) -> float:
     empty = setup_env(bootstrap, work / "rate-empty", f"re{tag}")
     start_ns = time.time_ns() - (copies * DURATION_S + 30) * NS
     n = publish(full, scenario_copies(copies, start_ns))
-    _, _, c_full = run_guard(full, 1)
-    _, _, c_empty = run_guard(empty, 1)
-    return n / (c_full - c_empty)
+    return n / (run_guard(full, 1).cpu - run_guard(empty, 1).cpu)
 
 
 def cpu_seconds(pid: int | None) -> float:

@@ -42,8 +42,11 @@ does, and the guard's from the span of its exposures/audit output timestamps
 copy's fills, so the span covers nearly all of the processing).
 
 Each guard line (and the baseline's) also gives the CPU seconds its processes
-used (workload minus empty run, all processes and threads together, from the
-children's rusage). CPU time is steadier than wall time on a shared machine:
+used (workload minus empty run, all processes and threads together, each
+process's own rusage from ``os.wait4``); with several processes (2 processes,
+tiers, independent guards) each one's share, in start order (tiers: detect,
+then firm), and the dev broker's, from ``/proc`` (the benches' own broker
+only). CPU time is steadier than wall time on a shared machine:
 with 8 copies the data phase is shorter than the start-up the wall-time
 subtraction removes, and one session's 1-worker runs read 62k-159k events/s.
 One worker is CPU-bound, so its CPU per event against the pass-through's is
@@ -84,13 +87,13 @@ import argparse
 import dataclasses
 import os
 import re
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import bytewax.operators as op
@@ -165,38 +168,60 @@ def tier_envs(bench: BenchEnv, firm_idle_extra_s: float = 3.0) -> list[BenchEnv]
     return [dataclasses.replace(bench, config=path) for path in (detect, firm)]
 
 
-def _wait(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> float:
-    """Seconds until every process exited (raises if one failed or timed out)."""
-    t0 = time.monotonic()
-    for p in procs:
-        left = max(timeout_s - (time.monotonic() - t0), 1.0)
-        try:
-            rc = p.wait(left)
-        except subprocess.TimeoutExpired:
+def _wait(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> list[float]:
+    """Wait until every process exited; each one's CPU seconds (user + system, its own
+    rusage from ``os.wait4``). Raises if one failed or timed out."""
+    deadline = time.monotonic() + timeout_s
+    cpu: dict[int, float] = {}
+    while len(cpu) < len(procs):
+        for p in procs:
+            if p.pid in cpu:
+                continue
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid == 0:
+                continue
+            p.returncode = os.waitstatus_to_exitcode(status)
+            cpu[p.pid] = ru.ru_utime + ru.ru_stime
+            if p.returncode != 0:
+                for q in procs:
+                    if q.pid not in cpu:
+                        q.kill()
+                msg = f"flow {p.args!r} exited with {p.returncode} (see its log)"
+                raise SystemExit(msg)
+        if time.monotonic() > deadline:
             for q in procs:
-                q.kill()
+                if q.pid not in cpu:
+                    q.kill()
             msg = f"flow did not finish within {timeout_s:.0f} s"
-            raise SystemExit(msg) from None
-        if rc != 0:
-            for q in procs:
-                q.kill()
-            msg = f"flow {p.args!r} exited with {rc} (see its log)"
             raise SystemExit(msg)
-    return time.monotonic() - t0
+        time.sleep(0.02)
+    return [cpu[p.pid] for p in procs]
 
 
-def _children_cpu() -> float:
-    """CPU seconds (user + system) of every child process waited for so far."""
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
+def _broker_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) the dev broker has used so far (0.0 if not ours)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # after the command name: utime and stime are the 12th and 13th fields
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class GuardRun:
+    """One guard run: wall seconds, its start (epoch s), and CPU seconds, all its
+    processes together (``cpu``) and each one's (``per_process``, in start order)."""
+
+    wall: float
+    started: float
+    cpu: float
+    per_process: list[float]
 
 
 def run_guard(bench: BenchEnv | list[BenchEnv], procs: int,
-              timeout_s: float = 600.0) -> tuple[float, float, float]:
-    """Wall time of one guard run (1 worker, or ``procs`` processes), its start (epoch
-    s), and the CPU seconds its processes used (all of them together). Given a list of
-    envs: one 1-worker guard per env, all at once (independent guards)."""
-    cpu0 = _children_cpu()
+              timeout_s: float = 600.0) -> GuardRun:
+    """One guard run: 1 worker, or ``procs`` processes. Given a list of envs: one
+    1-worker guard per env, all at once (independent guards or tiers)."""
     started = time.time()
     t0 = time.monotonic()
     if isinstance(bench, list):
@@ -211,8 +236,8 @@ def run_guard(bench: BenchEnv | list[BenchEnv], procs: int,
         ps = [start_guard(bench, "-i", "0", "-a", addrs)]
         _await_listening(ports[0], ps[0])
         ps += [start_guard(bench, "-i", str(i), "-a", addrs) for i in range(1, procs)]
-    _wait(ps, timeout_s)
-    return time.monotonic() - t0, started, _children_cpu() - cpu0
+    per = _wait(ps, timeout_s)
+    return GuardRun(time.monotonic() - t0, started, sum(per), per)
 
 
 def _await_listening(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
@@ -234,14 +259,13 @@ def run_passthrough(bootstrap: str, topics: list[str], out: str,
                     timeout_s: float = 600.0) -> tuple[float, float]:
     """Wall time and CPU seconds of one pass-through run."""
     spec = f"guard_throughput:passthrough({bootstrap!r}, {topics!r}, {out!r})"
-    cpu0 = _children_cpu()
     t0 = time.monotonic()
     p = subprocess.Popen(
         [sys.executable, "-m", "bytewax.run", spec], cwd=str(HERE),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    _wait([p], timeout_s)
-    return time.monotonic() - t0, _children_cpu() - cpu0
+    (cpu,) = _wait([p], timeout_s)
+    return time.monotonic() - t0, cpu
 
 
 def output_span(bootstrap: str, topics: list[str], partitions: int,
@@ -300,11 +324,13 @@ def main() -> None:
                          "(the ceiling for 2 processes)")
     args = ap.parse_args()
     broker = None
+    broker_pid: int | None = None
     bootstrap = args.bootstrap
     work = Path(tempfile.mkdtemp(prefix="guard-bench-"))
     if bootstrap is None:
         broker = DevBroker(work / "broker")
-        bootstrap = broker.start().bootstrap
+        info = broker.start()
+        bootstrap, broker_pid = info.bootstrap, info.pid
     try:
         tag = uuid.uuid4().hex[:6]
         kw = {"partitions": args.partitions, "idle_eof_s": args.idle_eof_s,
@@ -370,9 +396,21 @@ def main() -> None:
             envs: tuple[BenchEnv | list[BenchEnv], ...] = (
                 (halves, halves_empty) if procs == INDEPENDENT
                 else tiers if procs == TIERS and tiers else (full, empty))
-            t_full, started, c_full = run_guard(envs[0], procs)
-            t_empty, _, c_empty = run_guard(envs[1], procs)
+            b0 = _broker_cpu(broker_pid)
+            run_full = run_guard(envs[0], procs)
+            b1 = _broker_cpu(broker_pid)
+            run_empty = run_guard(envs[1], procs)
+            b2 = _broker_cpu(broker_pid)
+            t_full, started, c_full = run_full.wall, run_full.started, run_full.cpu
+            t_empty, c_empty = run_empty.wall, run_empty.cpu
             rate = n / (t_full - t_empty)
+            # each process's CPU and the broker's, workload minus empty run: which one
+            # sets the pace when the processes differ (tiers), and the broker's share
+            split = ", ".join(f"{f - e:.1f}" for f, e in zip(
+                run_full.per_process, run_empty.per_process, strict=True))
+            cpu_note = (f"; per process {split} s" if len(run_full.per_process) > 1 else "")
+            if broker_pid is not None:
+                cpu_note += f"; broker {(b1 - b0) - (b2 - b1):.1f} s"
             rates.setdefault(procs, []).append(rate)
             cpus.setdefault(procs, []).append(c_full - c_empty)
             if procs == INDEPENDENT:
@@ -381,7 +419,7 @@ def main() -> None:
                 print(f"guard, 2 independent:        {rate:10,.0f} events/s  (wall "
                       f"{t_full:.1f} s - empty {t_empty:.1f} s; {dead:,} dead letters; load "
                       f"{os.getloadavg()[0]:.2f}; CPU {c_full:.1f} s - empty {c_empty:.1f} s "
-                      f"= {(c_full - c_empty) / n * 1e6:.1f} us/event)")
+                      f"= {(c_full - c_empty) / n * 1e6:.1f} us/event{cpu_note})")
                 continue
             _out_n, span = output_span(bootstrap, [full.topic("exposures"), full.topic("audit")],
                                       args.partitions, after_ms=int(started * 1000))
@@ -400,7 +438,7 @@ def main() -> None:
                   f"{n / span if span else float('nan'):,.0f} events/s; "
                   f"{dead:,} dead letters; load {os.getloadavg()[0]:.2f}; "
                   f"CPU {c_full:.1f} s - empty {c_empty:.1f} s = "
-                  f"{(c_full - c_empty) / n * 1e6:.1f} us/event)")
+                  f"{(c_full - c_empty) / n * 1e6:.1f} us/event{cpu_note})")
         med = {procs: statistics.median(rs) for procs, rs in rates.items()}
         if args.repeats > 1:
             for procs, rs in sorted(rates.items()):
