@@ -298,6 +298,11 @@ def test_a_detect_tier_and_a_firm_tier_give_one_workers_commands(
     every anomaly signal audited once, and nothing dead-lettered twice or as late."""
     _, base, _ = baseline
     run = _prepare(kafka_bootstrap, tmp_path, "tiers")
+    # one bad record on each topic both tiers read: the firm tier dead-letters each once
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(run.topic("market"), b'{"type":"trade","id":', key=b"okx/BTC-USDT")
+    producer.produce(run.topic("venue_status"), b'{"type":"venue_status"', key=b"okx")
+    assert producer.flush(10) == 0
     for p in _start_tiers(run):
         _finish(p)
     cmds, _ = _executed(run, tmp_path / "sub.sqlite")
@@ -308,6 +313,8 @@ def test_a_detect_tier_and_a_firm_tier_give_one_workers_commands(
     dead = [msgspec.json.decode(v) for _p, _o, v in consume_all(kafka_bootstrap,
                                                                  run.topic("dead_letters"))]
     assert not [d for d in dead if d.get("reason") == "late"], dead[:3]
+    bad = sorted((d["topic"], d["reason"]) for d in dead if d.get("reason") == "malformed")
+    assert bad == [(run.topic("market"), "malformed"), (run.topic("venue_status"), "malformed")]
 
 
 def test_a_detect_tier_killed_halfway_and_resumed_sends_no_signal_twice(
