@@ -61,6 +61,7 @@ from guard_workload import (
     NS,
     LiveLoad,
     Tail,
+    cpu_seconds,
     publish,
     setup_env,
     start_guard,
@@ -95,18 +96,6 @@ def sustained_rate(bootstrap: str, work: Path, tag: str, copies: int) -> float:
     start_ns = time.time_ns() - (copies * DURATION_S + 30) * NS
     n = publish(full, scenario_copies(copies, start_ns))
     return n / (run_guard(full, 1).cpu - run_guard(empty, 1).cpu)
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds process ``pid`` has used (0.0 if unknown or gone)."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    # after the command name: utime and stime are the 12th and 13th fields
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:

@@ -104,6 +104,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from guard_workload import (
     NS,
     BenchEnv,
+    cpu_seconds,
     publish,
     setup_env,
     start_guard,
@@ -196,15 +197,6 @@ def _wait(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> list[float]
             raise SystemExit(msg)
         time.sleep(0.02)
     return [cpu[p.pid] for p in procs]
-
-
-def _broker_cpu(pid: int | None) -> float:
-    """CPU seconds (user + system) the dev broker has used so far (0.0 if not ours)."""
-    if pid is None:
-        return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    # after the command name: utime and stime are the 12th and 13th fields
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -396,11 +388,11 @@ def main() -> None:
             envs: tuple[BenchEnv | list[BenchEnv], ...] = (
                 (halves, halves_empty) if procs == INDEPENDENT
                 else tiers if procs == TIERS and tiers else (full, empty))
-            b0 = _broker_cpu(broker_pid)
+            b0 = cpu_seconds(broker_pid)
             run_full = run_guard(envs[0], procs)
-            b1 = _broker_cpu(broker_pid)
+            b1 = cpu_seconds(broker_pid)
             run_empty = run_guard(envs[1], procs)
-            b2 = _broker_cpu(broker_pid)
+            b2 = cpu_seconds(broker_pid)
             t_full, started, c_full = run_full.wall, run_full.started, run_full.cpu
             t_empty, c_empty = run_empty.wall, run_empty.cpu
             rate = n / (t_full - t_empty)

@@ -11,6 +11,7 @@
   at a steady rate, with fills from fresh (unconfigured) counterparties mixed
   in at a fixed rate; each of those makes one ``reduce_only`` command.
 - :func:`start_guard`: the guard as ``python -m bytewax.run riskguard.dataflows.guard``.
+- :func:`cpu_seconds`: a process's CPU so far (the dev broker's, from ``/proc``).
 """
 
 from __future__ import annotations
@@ -161,6 +162,18 @@ def start_guard(
             [sys.executable, "-m", "bytewax.run", "riskguard.dataflows.guard", *bytewax_args],
             env=env, stdout=out, stderr=subprocess.STDOUT,
         )
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds process ``pid`` has used (0.0 if unknown or gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # after the command name: utime and stime are the 12th and 13th fields
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def unknown_fill(i: int, ts: int) -> Fill:
