@@ -382,8 +382,8 @@ def test_a_firm_tier_whose_detect_tier_died_raises_detect_silent_and_alerts(
     assert [(a["severity"], a["scope"]["kind"], a["details"]["worker"]) for a in alerts] == [
         ("critical", "firm", "detect/w0")], alerts
     cmds, _ = _executed(run, tmp_path / "sub.sqlite")
-    firm = [c for c in cmds if c.scope.label() == "firm:*" and "detect_silent" in c.reason]
-    assert firm and firm[0].action.value == "alert", [c.reason for c in cmds][:10]
+    firm_cmds = [c for c in cmds if c.scope.label() == "firm:*" and "detect_silent" in c.reason]
+    assert firm_cmds and firm_cmds[0].action.value == "alert", [c.reason for c in cmds][:10]
 
 
 def test_sigkill_halfway_then_resume_executes_every_command_exactly_once(
