@@ -43,6 +43,7 @@ from riskguard.schemas.signals import (
     Utilization,
 )
 from riskguard.schemas.trading import Balance, Fill, OpenOrders, PositionSnapshot
+from riskguard.schemas.valuation import Part, Progress, Valuation
 
 __all__ = [
     "ALL_TYPES",
@@ -70,7 +71,9 @@ __all__ = [
     "OpenOrders",
     "OptionQuote",
     "OptionType",
+    "Part",
     "PositionSnapshot",
+    "Progress",
     "Quote",
     "Record",
     "RiskAlert",
@@ -82,6 +85,7 @@ __all__ = [
     "SignedEnvelope",
     "Trade",
     "Utilization",
+    "Valuation",
     "VenueState",
     "VenueStatus",
     "decode",

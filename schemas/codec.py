@@ -34,9 +34,10 @@ from riskguard.schemas.market import MARKET_TYPES
 from riskguard.schemas.signals import SIGNAL_TYPES
 from riskguard.schemas.trading import TRADING_TYPES
 from riskguard.schemas.types import NAME_PATTERN
+from riskguard.schemas.valuation import VALUATION_TYPES
 
 ALL_TYPES: tuple[type[Record], ...] = (
-    MARKET_TYPES + TRADING_TYPES + SIGNAL_TYPES + COMMAND_TYPES + AUDIT_TYPES
+    MARKET_TYPES + TRADING_TYPES + SIGNAL_TYPES + COMMAND_TYPES + AUDIT_TYPES + VALUATION_TYPES
 )
 DEFAULT_MAX_BYTES = 64 * 1024
 #: A dead letter carries at most DEFAULT_MAX_BYTES of raw input, base64-encoded;
@@ -69,6 +70,13 @@ class Codec:
     """A reusable decoder for a fixed set of record types.
 
     ``clock`` returns the current time in ns; it stamps dead letters only.
+    ``topic_max_bytes`` raises the size cap of named topics above ``max_bytes``, e.g. the
+    ``detections`` topic whose valuation records carry whole books.
+
+    >>> big = b'{"type":"detect_progress","ts":1,"source":"' + b"x" * 100 + b'"}'
+    >>> codec = Codec(max_bytes=64, topic_max_bytes={"detections": 1024})
+    >>> codec.decode("detections", big).ts, codec.decode("market", big).reason
+    (1, 'oversize')
     """
 
     def __init__(
@@ -77,9 +85,11 @@ class Codec:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         clock: Callable[[], int] = time.time_ns,
+        topic_max_bytes: dict[str, int] | None = None,
     ) -> None:
         self.types = tuple(types)
         self.max_bytes = max_bytes
+        self.topic_max_bytes = dict(topic_max_bytes or {})
         self.clock = clock
         self._tags = {tag_of(t) for t in self.types}
         union: Any = Union[self.types] if len(self.types) > 1 else self.types[0]  # noqa: UP007
@@ -95,13 +105,14 @@ class Codec:
     ) -> Record | DeadLetter:
         """Decode one message; never raises for bad input."""
         size = len(data)
-        if size > self.max_bytes:
+        if size > self.max_bytes and size > (cap := self.topic_max_bytes.get(topic, 0)):
+            cap = cap or self.max_bytes
             dl = self._dead(
-                topic, data[: self.max_bytes], partition, offset, "oversize", "$",
-                f"at most {self.max_bytes} bytes", f"{size} bytes",
+                topic, data[:cap], partition, offset, "oversize", "$",
+                f"at most {cap} bytes", f"{size} bytes",
             )
             return msgspec.structs.replace(
-                dl, detail=f"raw truncated to the first {self.max_bytes} of {size} bytes"
+                dl, detail=f"raw truncated to the first {cap} of {size} bytes"
             )
         try:
             rec = self._decoder.decode(data)

@@ -1,0 +1,132 @@
+"""What exposure valuation (stage 1) hands the counterparty stage: parts and progress.
+
+Inside one dataflow a :class:`Part` and a :class:`Progress` travel between keyed steps
+as they are. Between the market tier and the firm tier (the README's "Market tier")
+they cross the ``detections`` topic, packed in order in a :class:`Valuation` record.
+
+>>> from riskguard.schemas import decode, encode
+>>> p = Part("okx", "m0.s0", 1, 5, 10.0, 10.0, 0.0, 0.0, 0.0, {"BTC": 10.0}, {"BTC": 10.0},
+...          ["BTC-PERP"], [10.0], (4).to_bytes(8, "little"), 4, [], {}, {}, ["f1"])
+>>> v = Valuation(source="detect/w0", ts=5, parts=[p],
+...               progress=[Progress(counterparty="okx", ts=5, source="detect/w0@m0.s0")])
+>>> decode("detections", encode(v)) == v
+True
+>>> bad = (b'{"type":"valuation","source":"x","ts":5,"parts":[["okx","s0",1,5,1.0,1.0,0.0,0.0,0.0,'
+...        b'{},{},["BTC-PERP"],[],"",0,[],{},{},[]]]}')  # a position without its notional
+>>> decode("detections", bad).reason
+'validation'
+"""
+
+from __future__ import annotations
+
+import msgspec
+from riskguard.schemas.base import Record
+from riskguard.schemas.signals import RiskAlert
+from riskguard.schemas.types import Label, Nanos
+
+MARK_TS_BYTES = 8
+"""Each open position's mark time in :attr:`Part.mark_ts`: a little-endian int64."""
+VALUATION_CHUNK_BYTES = 48 * 1024
+"""A market process splits its valuation output into records of about this size."""
+VALUATION_MAX_BYTES = 1024 * 1024
+"""The firm tier's size cap on the ``detections`` topic (one part may exceed a chunk)."""
+
+
+class Part(msgspec.Struct, frozen=True, array_like=True):
+    """One counterparty's complete partial exposure in one shard, stage 1 -> stage 2.
+
+    Amounts are in the reporting currency. ``names`` / ``notionals`` (or, in parts
+    from state-version-4 snapshots, ``by_inst``) and ``mark_ts`` list its open positions
+    (``mark_ts`` is ``NEVER_STALE`` for an unvalued one; it is packed little-endian
+    int64s, so a part holds no per-position int objects);
+    ``unvalued`` names positions and collateral assets whose mark or FX rate is
+    missing: they are never summed as zero silently, they make the exposure
+    ``stale``. ``oldest`` is the oldest mark among the valued positions.
+    """
+
+    counterparty: str
+    shard: str
+    seq: int
+    ts: int
+    gross: float
+    net: float
+    upnl: float
+    orders: float
+    collateral: float
+    delta: dict[str, float]
+    by_asset: dict[str, float]
+    names: list[str]
+    notionals: list[float]
+    mark_ts: bytes  # packed little-endian int64s aligned with ``names``
+    oldest: int
+    unvalued: list[str]
+    vols: dict[str, tuple[float, int]]
+    vol_values: dict[str, float]
+    evidence: list[str]
+    recv_ts: int | None = None  # newest receive time of the batch that moved it (latency)
+    # notional per open position in ``mark_ts`` order, in parts of state-version-4
+    # snapshots (``names`` and ``notionals`` are empty there)
+    by_inst: dict[str, float] | None = None
+
+    def position_lists(self) -> tuple[list[str], list[float]]:
+        """``(names, notionals)`` of the open positions (either layout)."""
+        if self.by_inst is not None:
+            return list(self.by_inst), list(self.by_inst.values())
+        return self.names, self.notionals
+
+    def positions(self) -> dict[str, float]:
+        """Notional per open position."""
+        return dict(zip(*self.position_lists(), strict=True))
+
+
+class Progress(msgspec.Struct, frozen=True):
+    """Ticked mode: a tick passed down the exposure path, behind everything its stage
+    sent before it on the same key (it relies on in-order delivery between a pair of
+    workers, and on one Kafka partition per market process across the tiers).
+
+    ``source`` (``<worker>@<shard>``) reached ``ts`` at every stage before, for the
+    stage-2 or limits key ``counterparty``. A consumer that takes its clock from the
+    limits stage's ticks (the playbook) never runs ahead of a breach still on its way:
+    in a backlogged cluster the exposure path's queues are the longest. ``of``: how many
+    sources the receiving stage should expect.
+    """
+
+    counterparty: str
+    ts: int
+    source: str
+    of: int = 0
+    # on the PROGRESS_KEY copy: every counterparty the shard sends ``source`` to, so the
+    # firm waits for one that just joined (its first part is still on its way)
+    via: tuple[str, ...] = ()
+
+
+class Valuation(Record, frozen=True, kw_only=True, tag="valuation"):
+    """A market process's exposure valuation output, in order, for the firm tier.
+
+    ``source`` is the market process (``detect/w<i>``). The firm tier applies
+    ``alerts`` (stage-1 signals: missing marks and FX, reconciliation breaks, depegs),
+    then ``parts``, then ``progress``: a progress item never overtakes the parts it
+    follows. Written to the ``detections`` topic, one Kafka partition per market
+    process; a record is at most about ``VALUATION_CHUNK_BYTES`` unless a single part
+    is larger (the firm reads that topic with a 1 MiB cap).
+    """
+
+    source: Label
+    ts: Nanos  # the newest event time in it (the firm tier's input alignment reads it)
+    alerts: list[RiskAlert] = []
+    parts: list[Part] = []
+    progress: list[Progress] = []
+
+    def __post_init__(self) -> None:
+        for p in self.parts:
+            if not (len(p.names) == len(p.notionals)
+                    and len(p.mark_ts) == MARK_TS_BYTES * len(p.names)):
+                raise ValueError(f"part of {p.counterparty!r} in shard {p.shard!r}: names "
+                                 f"({len(p.names)}), notionals ({len(p.notionals)}) and "
+                                 f"mark_ts ({len(p.mark_ts)} bytes) must be aligned")
+
+
+VALUATION_TYPES = (Valuation,)
+
+__all__ = ["MARK_TS_BYTES", "VALUATION_CHUNK_BYTES", "VALUATION_MAX_BYTES", "VALUATION_TYPES",
+           "Part", "Progress", "Valuation"]
