@@ -104,6 +104,7 @@ from riskguard.schemas import (
     encode,
     tag_of,
 )
+from riskguard.schemas.valuation import Part, Progress
 
 from riskguard.errors import ConfigError
 
@@ -115,8 +116,10 @@ __all__ = [
     "InstrumentsConfig",
     "LocalPipeline",
     "Part",
+    "Progress",
     "Router",
     "ShardLogic",
+    "ShardPlace",
     "route",
 ]
 
@@ -289,16 +292,45 @@ _MARK_TYPES = (Trade, Quote, IndexPrice, OptionQuote, FundingRate)
 _OWN_ROLES: dict[type, str] = {Fill: "fill", PositionSnapshot: "snap", OpenOrders: "orders"}
 
 
+@dataclass(frozen=True)
+class ShardPlace:
+    """A market process's share of stage 1 (the README's "Market tier"): its shard keys
+    carry ``prefix`` (``m<i>.``: unique among the processes, so the firm tier's
+    counterparty stage tells their parts apart), it holds only what ``owns`` says
+    (called on ``"i:<instrument>"`` and ``"a:<asset>"``, the names :func:`shard_key`
+    hashes), and the progress it passes on announces ``processes`` such processes.
+
+    >>> place = ShardPlace("m1.", lambda name: name.startswith("i:ETH"), 2)
+    >>> place.key("i:ETH-PERP", 1), place.owns("i:BTC-PERP")
+    ('m1.s0', False)
+    """
+
+    prefix: str
+    owns: Callable[[str], bool]
+    processes: int
+
+    def key(self, name: str, shards: int) -> str:
+        """The shard key of ``name`` here."""
+        return self.prefix + shard_key(name, shards)
+
+
 class Router:
-    """Stateless routing of input records to stage-1 shards, with per-name caches."""
+    """Stateless routing of input records to stage-1 shards, with per-name caches.
+
+    With a ``place`` (a market process) it routes to that process's shards only, and a
+    fill, snapshot, orders record or balance of what another process owns is a
+    ``not_owned`` dead letter (the market tier's input keeps them out)."""
 
     def __init__(self, reg: InstrumentRegistry, config: ExposureConfig,
-                 step: str = "exposure") -> None:
+                 step: str = "exposure", place: ShardPlace | None = None) -> None:
         self.reg, self.config, self.step = reg, config, step
         self.shards = config.valuation_shards
-        self._all_keys = [f"s{k}" for k in range(self.shards)]
-        self._inst_key = {name: shard_key("i:" + name, self.shards)
-                          for name in config.instruments.instruments}
+        self.place = place
+        prefix = place.prefix if place is not None else ""
+        self._all_keys = [f"{prefix}s{k}" for k in range(self.shards)]
+        self._inst_key = {name: prefix + shard_key("i:" + name, self.shards)
+                          for name in config.instruments.instruments
+                          if place is None or place.owns("i:" + name)}
         self._mark_ok: dict[type, bool] = {
             t: tag_of(t) in config.mark_sources for t in _MARK_TYPES
         }
@@ -306,27 +338,38 @@ class Router:
         # instruments whose plain marks re-mark only their own (non-option) column: the
         # shard key they go to, in runs (see route_batch)
         self._plain: dict[str, str] = {}
-        for name in config.instruments.instruments:
+        for name in self._inst_key:
             routes = self._market_routes(name, False)
             if routes == [(self._inst_key[name], "mark", name)]:
                 self._plain[name] = routes[0][0]
         self._plain_types = frozenset(t for t in (Trade, IndexPrice, Quote) if self._mark_ok[t])
 
     def asset_key(self, asset: str) -> str:
-        return shard_key("a:" + asset, self.shards)
+        place = self.place
+        name = "a:" + asset
+        return shard_key(name, self.shards) if place is None else place.key(name, self.shards)
+
+    def _owns(self, name: str) -> bool:
+        return self.place is None or self.place.owns(name)
 
     def _market_routes(self, inst: str, is_oq: bool) -> list[tuple[str, str, str]]:
         """``[(key, role, target)]`` for a market-data record on ``inst``."""
         reg = self.reg
         out: list[tuple[str, str, str]] = []
         spec = reg.get(inst)
-        if spec is not None and (spec.kind == "option") == is_oq:
+        if spec is not None and (spec.kind == "option") == is_oq and inst in self._inst_key:
             out.append((self._inst_key[inst], "mark", inst))
         for asset in reg.fx_assets_of(inst):
-            keys = {self.asset_key(asset)}
-            keys.update(self._inst_key[i] for i in reg.instruments_needing_fx(asset))
+            keys = {self.asset_key(asset)} if self._owns("a:" + asset) else set()
+            keys.update(self._inst_key[i] for i in reg.instruments_needing_fx(asset)
+                        if i in self._inst_key)
             out.extend((k, "fx", asset) for k in sorted(keys))
         return out
+
+    def _not_owned(self, ev: Any, path: str, name: str, now: int) -> DeadLetter:
+        return _dead(ev, "not_owned", path=path,
+                     expected=f"a record this market process owns ({self.place.prefix})"
+                     if self.place is not None else "", found=name, step=self.step, now=now)
 
     def route(self, ev: Any, now: int = 0) -> list[tuple[str, Item]] | DeadLetter:
         """Where ``ev`` goes in stage 1: ``[(key, (role, key, target, record))]``.
@@ -351,6 +394,8 @@ class Router:
         if role is not None:
             key = self._inst_key.get(ev.instrument)
             if key is None:
+                if ev.instrument in self.config.instruments.instruments:
+                    return self._not_owned(ev, "$.instrument", ev.instrument, now)
                 return _dead(ev, "unknown_instrument", path="$.instrument",
                              expected="a declared instrument", found=ev.instrument,
                              step=self.step, now=now)
@@ -360,6 +405,8 @@ class Router:
                 return _dead(ev, "missing_fx", path="$.asset",
                              expected=f"an asset with an FX index to {self.reg.reporting}",
                              found=ev.asset, step=self.step, now=now)
+            if not self._owns("a:" + ev.asset):
+                return self._not_owned(ev, "$.asset", ev.asset, now)
             key = self.asset_key(ev.asset)
             return [(key, ("bal", key, ev.asset, ev))]
         if t is FeatureVector:
@@ -476,27 +523,6 @@ def _evidence_add(buf: list[str], rid: str, cap: int) -> None:
 PROGRESS_KEY = "~progress"
 
 
-class Progress(msgspec.Struct, frozen=True):
-    """Ticked mode: a tick passed down the exposure path, behind everything its stage
-    sent before it on the same key (it relies on in-order delivery between a pair of
-    workers).
-
-    ``source`` (``<worker>@<shard>``) reached ``ts`` at every stage before, for the
-    stage-2 or limits key ``counterparty``. A consumer that takes its clock from the
-    limits stage's ticks (the playbook) never runs ahead of a breach still on its way:
-    in a backlogged cluster the exposure path's queues are the longest. ``of``: how many
-    sources the receiving stage should expect.
-    """
-
-    counterparty: str
-    ts: int
-    source: str
-    of: int = 0
-    # on the PROGRESS_KEY copy: every counterparty the shard sends ``source`` to, so the
-    # firm waits for one that just joined (its first part is still on its way)
-    via: tuple[str, ...] = ()
-
-
 def split_progress(items: list[Any]) -> tuple[list[Any], list[Progress]]:
     """``items`` without, and with only, their :class:`Progress` (one scan when none)."""
     if not any(type(it) is Progress for it in items):
@@ -506,53 +532,6 @@ def split_progress(items: list[Any]) -> tuple[list[Any], list[Progress]]:
 
 
 # --------------------------------------------------------------------- stage 1
-
-
-class Part(msgspec.Struct, frozen=True, array_like=True):
-    """One counterparty's complete partial exposure in one shard, stage 1 -> stage 2.
-
-    Amounts are in the reporting currency. ``names`` / ``notionals`` (or, in parts
-    from state-version-4 snapshots, ``by_inst``) and ``mark_ts`` list its open positions
-    (``mark_ts`` is ``NEVER_STALE`` for an unvalued one; it is packed int64s, so a
-    part holds no per-position int objects);
-    ``unvalued`` names positions and collateral assets whose mark or FX rate is
-    missing: they are never summed as zero silently, they make the exposure
-    ``stale``. ``oldest`` is the oldest mark among the valued positions.
-    """
-
-    counterparty: str
-    shard: str
-    seq: int
-    ts: int
-    gross: float
-    net: float
-    upnl: float
-    orders: float
-    collateral: float
-    delta: dict[str, float]
-    by_asset: dict[str, float]
-    names: list[str]
-    notionals: list[float]
-    mark_ts: bytes  # packed native int64s aligned with ``names``
-    oldest: int
-    unvalued: list[str]
-    vols: dict[str, tuple[float, int]]
-    vol_values: dict[str, float]
-    evidence: list[str]
-    recv_ts: int | None = None  # newest receive time of the batch that moved it (latency)
-    # notional per open position in ``mark_ts`` order, in parts of state-version-4
-    # snapshots (``names`` and ``notionals`` are empty there)
-    by_inst: dict[str, float] | None = None
-
-    def position_lists(self) -> tuple[list[str], list[float]]:
-        """``(names, notionals)`` of the open positions (either layout)."""
-        if self.by_inst is not None:
-            return list(self.by_inst), list(self.by_inst.values())
-        return self.names, self.notionals
-
-    def positions(self) -> dict[str, float]:
-        """Notional per open position."""
-        return dict(zip(*self.position_lists(), strict=True))
 
 
 @dataclass
@@ -802,8 +781,12 @@ class ShardLogic:
                  state: ShardState | None = None, *, ticked: bool = False,
                  clock: Clock = system_clock, wall_clock: Clock | None = None,
                  forward_ticks: bool = False,
-                 on_reorder: Callable[[str, int], None] | None = None) -> None:
+                 on_reorder: Callable[[str, int], None] | None = None,
+                 place: ShardPlace | None = None) -> None:
         self.config = config
+        # a market process's shard: its key prefix, what it owns, the processes downstream
+        # expects progress from (ShardPlace)
+        self.place = place
         # told ("held", 1) when a record waits for the watermark, ("forced", n) when n
         # apply after max_hold_ns without it (a metrics counter in the guard)
         self.on_reorder = on_reorder
@@ -866,9 +849,7 @@ class ShardLogic:
     def _init(self, key: str) -> None:
         st = self.state
         st.key = key
-        n = self.config.valuation_shards
-        st.insts = sorted(i for i in self.config.instruments.instruments
-                          if shard_key("i:" + i, n) == key)
+        st.insts = sorted(i for i in self.config.instruments.instruments if self._here("i:" + i))
         k = len(st.insts)
         st.qty = np.zeros((0, k))
         st.avg = np.zeros((0, k))
@@ -924,8 +905,7 @@ class ShardLogic:
                     needing.setdefault(ccy, []).append(j)
         self._needing = needing
         cfg = self.config
-        self._peg_here = frozenset(a for a in cfg.pegs
-                                   if shard_key("a:" + a, cfg.valuation_shards) == st.key)
+        self._peg_here = frozenset(a for a in cfg.pegs if self._here("a:" + a))
         w = cfg.peg_warn_bps / cfg.peg_critical_bps
         self._peg_spec = LimitSpec(limit=1.0, warn=w, hysteresis=w / 2)
         self._row = {cp: i for i, cp in enumerate(st.cps)}
@@ -934,6 +914,14 @@ class ShardLogic:
         self._lay: _Layout | None = None
         self._refresh_fx()
         self._ready = True
+
+    def _here(self, name: str) -> bool:
+        """Is ``name`` (``i:<instrument>``, ``a:<asset>``) held by this shard?"""
+        n = self.config.valuation_shards
+        place = self.place
+        if place is None:
+            return shard_key(name, n) == self.state.key
+        return place.key(name, n) == self.state.key and place.owns(name)
 
     def _refresh_fx(self) -> None:
         fx = self.state.fx
@@ -1141,7 +1129,8 @@ class ShardLogic:
         this shard may send parts to and to :data:`PROGRESS_KEY`; named per shard
         (``<worker>@<shard>``), counting every shard's copies in ``of``."""
         source = f"{tick.source}@{self.state.key}" if tick.source else ""
-        of = tick.of * self.config.valuation_shards
+        of = (tick.of if self.place is None else self.place.processes) \
+            * self.config.valuation_shards
         cps = self.state.cps
         return [Progress(counterparty=PROGRESS_KEY, ts=tick.ts, source=source, of=of,
                          via=tuple(cps)),
@@ -1729,7 +1718,8 @@ class ShardLogic:
         mts_c = np.where(valued, st.mark_ts, NEVER_STALE)[c_i]
         # every per-row list in one pass each, then sliced per row
         not_all = notional.tolist()
-        mts_b = mts_c.tobytes()  # parts carry packed int64s, not per-position int objects
+        # parts carry packed little-endian int64s, not per-position int objects
+        mts_b = mts_c.astype("<i8", copy=False).tobytes()
         bounds = bounds_a.tolist()
         ts_rows = _row_reduce(np.maximum, st.last_ts[c_i], bounds_a, 0)
         oldest_rows = _row_reduce(np.minimum, mts_c, bounds_a, NEVER_STALE)
@@ -2011,7 +2001,7 @@ class CounterpartyLogic:
         if min((p.oldest for p in ps), default=NEVER_STALE) < horizon:
             for p in ps:
                 if p.oldest < horizon:
-                    mts = np.frombuffer(p.mark_ts, dtype=np.int64)
+                    mts = np.frombuffer(p.mark_ts, dtype="<i8")
                     stale_ix = np.flatnonzero(mts < horizon).tolist()
                     held = p.position_lists()[0]
                     old.update((held[x], int(mts[x])) for x in stale_ix)

@@ -24,6 +24,7 @@ from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
+from bytewax.operators import KeyedStream
 from riskguard.operators.base import stateful_logic, values_of
 from riskguard.operators.clock import Clock, Tick, system_clock
 from riskguard.operators.crypto import PAYLOAD_LIMIT_UPDATE
@@ -36,6 +37,7 @@ from riskguard.operators.exposure import (
     Progress,
     Router,
     ShardLogic,
+    ShardPlace,
     pack_for_wire,
 )
 from riskguard.operators.limits import (
@@ -129,8 +131,8 @@ def _IS_EXPOSURE(kv: tuple[str, Any]) -> bool:
     return t is Exposure or t is Progress
 
 
-def _by_counterparty(kvs: list[tuple[str, Part]]) -> list[tuple[str, Part]]:
-    return [(c.counterparty, c) for _k, c in kvs]
+def _by_counterparty(parts: list[Part | Progress]) -> list[tuple[str, Part | Progress]]:
+    return [(c.counterparty, c) for c in parts]
 
 
 def _to_firm(kvs: list[tuple[str, Exposure]]) -> list[tuple[str, Exposure]]:
@@ -202,8 +204,41 @@ def aggregate_exposure(
     if ticks is not None:
         more = (*more, ticks)
     merged = op.merge("merge", up, *more) if more else up
+    made, errs = _value(step_id, merged, config, reg, ticked=ticked, clock=clock,
+                        wall_clock=wall_clock, remote_keys=remote_keys, place=None)
+    s1 = op.branch("parts", made, _IS_PART)
+    alerts1 = op.flat_map_batch("alerts1", s1.falses, values_of)
+    summed = _sum(config, op.flat_map_batch("unkey1", s1.trues, values_of), ticked=ticked)
+    alerts = op.merge("alerts", alerts1, summed.alerts)
+    return ExposureOut(exposures=summed.exposures, alerts=alerts, errs=errs,
+                       progress=summed.progress)
 
-    router = Router(reg, config, step_id)
+
+@dataclass(frozen=True)
+class ValuedOut:
+    """Outputs of :func:`value_positions`."""
+
+    # everything stage 1 made, in order: Part, Progress and RiskAlert items
+    made: Stream[Part | Progress | RiskAlert]
+    errs: Stream[DeadLetter]
+
+
+@dataclass(frozen=True)
+class SumOut:
+    """Outputs of :func:`sum_exposures`."""
+
+    exposures: Stream[Exposure]
+    alerts: Stream[RiskAlert]
+    progress: Stream[Progress]
+
+
+def _value(step_id: str, merged: Stream[Any], config: ExposureConfig, reg: Any, *,
+           ticked: bool, clock: Clock, wall_clock: Clock | None,
+           remote_keys: Callable[[str], bool] | None, place: ShardPlace | None,
+           ) -> tuple[KeyedStream[Any], Stream[DeadLetter]]:
+    """Stage 1's steps (valuation shards) inside the calling operator: what the shards
+    made (keyed by shard), and the records routing refused."""
+    router = Router(reg, config, step_id, place)
 
     def route_batch(evs: list[Any]) -> list[Any]:
         out = router.route_batch(evs, clock())
@@ -220,11 +255,14 @@ def aggregate_exposure(
     def build_val(state: Any) -> ShardLogic:
         return ShardLogic(config, reg, state, ticked=ticked, clock=clock,
                           wall_clock=wall_clock, forward_ticks=ticked,
-                          on_reorder=count_reorder)
+                          on_reorder=count_reorder, place=place)
 
-    s1 = op.branch("parts", stateful_logic("valuation", routed.trues, build_val), _IS_PART)
-    alerts1 = op.flat_map_batch("alerts1", s1.falses, values_of)
-    contribs = op.flat_map_batch("by_cp", s1.trues, _by_counterparty)
+    return stateful_logic("valuation", routed.trues, build_val), routed.falses
+
+
+def _sum(config: ExposureConfig, parts: Stream[Part | Progress], *, ticked: bool) -> SumOut:
+    """Stages 2 and 3's steps (counterparty, firm) inside the calling operator."""
+    contribs = op.flat_map_batch("by_cp", parts, _by_counterparty)
 
     def build_cp(state: Any) -> CounterpartyLogic:
         return CounterpartyLogic(config, state, ticked=ticked)
@@ -239,9 +277,69 @@ def aggregate_exposure(
     firm_out = op.branch("progress", op.flat_map_batch(
         "unkey3", stateful_logic("firm", to_firm, build_firm), values_of),
         Progress.__instancecheck__)
-    alerts = op.merge("alerts", alerts1, alerts2)
-    return ExposureOut(exposures=firm_out.falses, alerts=alerts, errs=routed.falses,
-                       progress=firm_out.trues)
+    return SumOut(exposures=firm_out.falses, alerts=alerts2, progress=firm_out.trues)
+
+
+@operator
+def value_positions(
+    step_id: str,
+    up: Stream[Any],
+    *more: Stream[Any],
+    config: ExposureConfig,
+    place: ShardPlace,
+    ticks: Stream[Tick],
+    clock: Clock = system_clock,
+    wall_clock: Clock | None = None,
+) -> ValuedOut:
+    """Stage 1 of :func:`aggregate_exposure` alone, for one market process (the README's
+    "Market tier"): the positions in what ``place`` owns valued once per tick, as
+    :class:`~riskguard.schemas.Part` items behind which each tick comes on as a
+    :class:`~riskguard.schemas.Progress`, for :func:`sum_exposures` in the firm tier;
+    stage 1's alerts (missing marks and FX rates, reconciliation breaks, depegs) among
+    them, in the order they were made.
+
+    >>> from bytewax.dataflow import Dataflow
+    >>> from bytewax.testing import TestingSink, TestingSource, run_main
+    >>> from riskguard.operators.exposure import InstrumentSpec, InstrumentsConfig
+    >>> from riskguard.schemas import Fill, Trade
+    >>> cfg = ExposureConfig(instruments=InstrumentsConfig(instruments={
+    ...     "BTC-PERP": InstrumentSpec(kind="perp", base="BTC", quote="USD")}))
+    >>> flow = Dataflow("doc")
+    >>> inp = op.input("in", flow, TestingSource([
+    ...     Trade(id="t1", venue="okx", instrument="BTC-PERP", ts=1, price=100.0, qty=1.0,
+    ...           side="buy"),
+    ...     Fill(id="f1", venue="okx", counterparty="okx", instrument="BTC-PERP",
+    ...          side="buy", qty=2.0, price=90.0, ts=2),
+    ...     Tick(ts=5, source="detect/w0", of=1)]))
+    >>> place = ShardPlace("m0.", lambda name: True, 2)  # owns all; 2 market processes
+    >>> recs = op.filter("recs", inp, lambda r: not isinstance(r, Tick))
+    >>> out = value_positions("exposure", recs, config=cfg, place=place,
+    ...                       ticks=op.filter("ticks", inp, Tick.__instancecheck__))
+    >>> got = []
+    >>> op.output("parts", out.made, TestingSink(got))
+    >>> run_main(flow)
+    >>> [(type(p).__name__, p.counterparty, p.ts) for p in got][:2]
+    [('Part', 'okx', 5), ('Progress', '~progress', 5)]
+    >>> got[0].shard, got[0].gross, got[1].source, got[1].of
+    ('m0.s0', 200.0, 'detect/w0@m0.s0', 2)
+    """
+    reg = config.validate(f"step '{step_id}'")
+    merged = op.merge("merge", up, *more, ticks)
+    made, errs = _value(step_id, merged, config, reg, ticked=True, clock=clock,
+                        wall_clock=wall_clock, remote_keys=None, place=place)
+    return ValuedOut(made=op.flat_map_batch("unkey", made, values_of), errs=errs)
+
+
+@operator
+def sum_exposures(step_id: str, parts: Stream[Part | Progress], *,
+                  config: ExposureConfig) -> SumOut:
+    """Stages 2 and 3 of :func:`aggregate_exposure` over the parts and progress that
+    market processes' :func:`value_positions` made (ticked): per-counterparty exposures,
+    their concentration and the firm rollup, and the progress behind them for
+    :func:`enforce_limits`. A counterparty's exposure re-sums its latest part from
+    every market process's shard."""
+    config.validate(f"step '{step_id}'")
+    return _sum(config, parts, ticked=True)
 
 
 @operator
