@@ -63,6 +63,9 @@ from riskguard.errors import BrokerError, ConfigError, DeliveryError
 _log = logging.getLogger(__name__)
 _STARTS = {"earliest": OFFSET_BEGINNING, "latest": OFFSET_END}
 _IDLE_BACKOFF = timedelta(milliseconds=2)
+# an idle bundle with one consumer waits this long in librdkafka for its next message
+# (it returns at once when one arrives) instead of polling every _IDLE_BACKOFF
+_IDLE_WAIT_S = 0.005
 # an idle partition with messages left before its end: how often to ask the broker again,
 # and after how many idle periods to end it anyway
 _RECHECK_NS = 250_000_000
@@ -251,6 +254,18 @@ class SharedConsumer:
                 pending = pending[:n]
             return pending
 
+    def wait(self, timeout_s: float) -> None:
+        """Block until a message is ready or ``timeout_s`` passed (an idle reader sleeps in
+        librdkafka instead of polling); the message is kept for its partition's next read."""
+        with self._lock:
+            consumer = self._consumer
+        if consumer is None:
+            return
+        msgs = consumer.consume(1, timeout_s)  # one: returns as soon as a message is ready
+        if msgs:
+            with self._lock:
+                self._distribute(msgs)
+
     def hold(self, topic: str, idx: int, held: bool) -> None:
         """Mark a partition's reader as held back by event-time alignment (or not): a
         held reader does not drain its list, so that list does not count against the
@@ -272,8 +287,12 @@ class SharedConsumer:
     def _fill(self) -> None:
         # Timeout 0: take what librdkafka has prefetched. A positive timeout makes
         # consume() wait it out whenever fewer than the asked-for messages are ready.
+        msgs = self._consumer.consume(self._batch_size * max(1, len(self._pending)), 0)
+        self._distribute(msgs)
+
+    def _distribute(self, msgs: list[Any]) -> None:
+        """Append consumed messages to their partitions' lists (under the lock)."""
         pending = self._pending
-        msgs = self._consumer.consume(self._batch_size * max(1, len(pending)), 0)
         if len(pending) == 1:
             for out in pending.values():
                 out.extend(msgs)
@@ -332,10 +351,14 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         policy: EventTimePolicy | None, clock: Clock, watermark: int = -1,
         stamp_recv_ts: bool = False, align: EventTimeAlignment | None = None,
         name: str | None = None, replica: Replica | AlignedReader | None = None,
+        progress: bool = False,
     ) -> None:
         self._stamp = stamp_recv_ts
+        # a partition another flow writes as it goes: at its end it is not caught up
+        self._progress = progress
         self._replica = replica
         self._shared = shared
+        self.shared = shared  # the consumer it reads through (a bundle may wait in it)
         shared.add(topic, idx, offset)
         self._topic = topic
         self._idx = idx
@@ -558,7 +581,8 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         # not where it last emitted: else it holds the process back until the end of a
         # partition none of whose keys are its own
         stand = max(self._emitted_ts, self._skipped_ts)
-        align.update(self._name, head, stand, got or self._skipped_any, now, self._at_end)
+        align.update(self._name, head, stand, got or self._skipped_any, now,
+                     self._at_end and not self._progress)
         self._skipped_any = False
         self._awake = None if out else datetime.now(UTC) + _IDLE_BACKOFF
         return out
@@ -598,12 +622,19 @@ class _Bundle(StatefulSourcePartition[Any, dict[str, tuple[int, int]]]):
     """
 
     def __init__(self, parts: dict[str, _SourcePartition], cap: int, *,
-                 one_round: bool = False) -> None:
+                 one_round: bool = False, idle_wait: bool = True) -> None:
         self._parts = parts
         self._done: dict[str, tuple[int, int]] = {}  # last states of partitions that ended
         self._cap = cap
         self._one_round = one_round
         self._awake: datetime | None = None
+        # all its partitions read through one consumer: an idle round waits in it (the
+        # only worker of its flow: a worker of a cluster must stay free to take what
+        # the others send it)
+        consumers = {id(c): c for p in parts.values()
+                     if (c := getattr(p, "shared", None)) is not None}
+        self._wait_on = (next(iter(consumers.values())) if idle_wait and len(consumers) == 1
+                         and all(hasattr(p, "shared") for p in parts.values()) else None)
 
     def next_batch(self) -> list[Any]:
         parts = self._parts
@@ -627,7 +658,15 @@ class _Bundle(StatefulSourcePartition[Any, dict[str, tuple[int, int]]]):
                 break
         if not parts and not out:
             raise StopIteration
-        self._awake = None if out else datetime.now(UTC) + _IDLE_BACKOFF
+        if out:
+            self._awake = None
+        elif self._wait_on is not None:
+            # sleep in librdkafka until a message is ready (or a short while), then read
+            # again at once: no latency added, and no poll loop while idle
+            self._wait_on.wait(_IDLE_WAIT_S)
+            self._awake = None
+        else:
+            self._awake = datetime.now(UTC) + _IDLE_BACKOFF
         return out
 
     def next_awake(self) -> datetime | None:
@@ -719,6 +758,22 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
     from input it already checked, such as the detect tier's anomaly signals,
     whose times lag that flow's progress on the same partition by up to a
     feature window.
+
+    ``progress_topics``: topics another riskguard flow writes as it goes, in event-time
+    order per partition (a market process's valuations on the ``detections`` topic). With
+    alignment, such a partition at its end is not caught up, only waiting for its
+    writer: it goes on holding the others back at the event time it reached until it
+    stalls (no data for 10 s: a writer gone), so the others are read in step with it
+    however far ahead their writers have run.
+
+    ``replica_of = (index, processes)`` with ``owner``: this dataflow is one of
+    ``processes`` independent one-worker dataflows (the README's "Market tier"),
+    and reads replica ``index`` of each key-split topic's partitions, keeping the
+    messages whose key ``owner(key)`` gives to ``index`` (broadcast prefixes:
+    every process), and, of an aligned topic (produced with
+    ``placement.aligned_partitions(..., owners=...)``), the partitions ``i`` with
+    ``i % processes == index``. The other topics it reads whole. A cluster of several
+    workers is refused at start-up.
     """
 
     def __init__(
@@ -742,7 +797,16 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
         bundle: bool = False,
         aligned_topics: Iterable[str] = (),
         untimed_topics: Iterable[str] = (),
+        replica_of: tuple[int, int] | None = None,
+        owner: Callable[[bytes | None], int] | None = None,
+        progress_topics: Iterable[str] = (),
     ) -> None:
+        self.progress_topics = frozenset(progress_topics)
+        if (replica_of is None) != (owner is None):
+            raise ConfigError("kafka.replica_of", "replica_of and owner given together",
+                              (replica_of, owner))
+        self.replica_of = replica_of
+        self.owner = owner
         self.bundle = bundle
         self.untimed_topics = frozenset(untimed_topics)
         self.aligned_topics = frozenset(aligned_topics)
@@ -796,6 +860,8 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
         """One source partition per Kafka partition, or per replica of a replicated one."""
         workers = 1
         replicated = self.key_split_topics | self.broadcast.topics
+        if self.replica_of is not None:
+            return self._process_parts(self.replica_of)
         if replicated:
             workers = self._workers("key_split_topics=..., broadcast", "kafka.key_split_topics",
                                     sorted(replicated))
@@ -824,6 +890,31 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
                     parts.extend(f"+{t}:{i:06d}:{r:04d}/{workers}" for r in range(workers))
                 else:
                     parts.append(f"{i}-{t}")
+        return parts
+
+    def _process_parts(self, replica_of: tuple[int, int]) -> list[str]:
+        """A market process's source partitions: its replica of each key-split topic's
+        partitions, every partition of the others."""
+        workers = self._workers("replica_of", "kafka.replica_of", replica_of)
+        if workers != 1:
+            raise ConfigError("tier.role", "one worker per market process (scale with more "
+                              "market processes, tier.detect_workers)", f"{workers} workers")
+        index, processes = replica_of
+        parts: list[str] = []
+        for t in self.topics:
+            ids = list_partitions(self.settings, t)
+            if t in self.aligned_topics:
+                if len(ids) % processes:
+                    raise ConfigError(
+                        "kafka.aligned_topics",
+                        f"a partition count that is a multiple of the {processes} market "
+                        "processes", f"{t}: {len(ids)} partitions")
+                parts.extend(f"*{t}:{i:06d}:{index:04d}/{processes}"
+                             for i in ids if i % processes == index)
+                continue
+            for i in ids:
+                parts.append(f"+{t}:{i:06d}:{index:04d}/{processes}"
+                             if t in self.key_split_topics else f"{i}-{t}")
         return parts
 
     def bundled_parts(self, worker: int, workers: int) -> list[str]:
@@ -862,7 +953,7 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
                 raise ConfigError("kafka.bundle", msg, sorted(states))
             # at most batch_size per partition per read, as unbundled partitions read
             cap = self.batch_size * max(1, len(parts))
-            return _Bundle(parts, cap, one_round=self.fair_reads)
+            return _Bundle(parts, cap, one_round=self.fair_reads, idle_wait=n_text == "1")
         return self._build_one(for_part, resume_state)
 
     def _build_one(self, for_part: str, resume_state: tuple[int, int] | None) -> _SourcePartition:
@@ -871,7 +962,7 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
             topic, idx_text, w_name = for_part[1:].split(":")
             replica = AlignedReader(int(idx_text), int(w_name.split("/")[1]),
                                     key_prefixes=self.broadcast.key_prefixes,
-                                    is_broadcast=self.broadcast.records)
+                                    is_broadcast=self.broadcast.records, owner=self.owner)
         elif for_part.startswith("+"):  # a replica: "+topic:partition:replica/workers"
             topic, idx_text, r_name = for_part[1:].split(":")
             r_text, w_text = r_name.split("/")
@@ -879,13 +970,15 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
             whole = topic in b.topics
             replica = Replica(int(r_text), int(w_text), whole_topic=whole,
                               key_prefixes=() if whole else b.key_prefixes,
-                              is_broadcast=b.records)
+                              is_broadcast=b.records, owner=self.owner)
         else:
             idx_text, topic = for_part.split("-", 1)
         if self.share_consumer:
             # Replicas of one Kafka partition may share a process (several workers), each
-            # at its own offset: they never share a consumer.
-            group = replica.replica if isinstance(replica, Replica) else None
+            # at its own offset: they never share a consumer. A market process holds one
+            # replica of each: one consumer for all its partitions.
+            group = (replica.replica if isinstance(replica, Replica) and self.replica_of is None
+                     else None)
             consumer = self._shared.get(group)
             if consumer is None:
                 consumer = self._shared[group] = SharedConsumer(
@@ -900,6 +993,7 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
             self.idle_eof_ns, None if topic in self.untimed_topics else self.time_policy,
             self.clock, watermark, self.stamp_recv_ts,
             self.alignment, name=for_part, replica=replica,
+            progress=topic in self.progress_topics,
         )
 
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 import functools
 import struct
 import threading
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
+from riskguard.schemas import Balance, DeadLetter, Fill, OpenOrders, PositionSnapshot
 
 _M64 = (1 << 64) - 1
 
@@ -199,23 +201,33 @@ class OtherProcessKeys:
 
 
 def aligned_partitions(key: str | bytes, partitions: int,
-                       broadcast_prefixes: tuple[bytes, ...] = ()) -> list[int]:
+                       broadcast_prefixes: tuple[bytes, ...] = (),
+                       owners: MarketOwners | None = None) -> list[int]:
     """Every partition of an aligned topic a producer writes a record keyed ``key`` to.
 
     A key under one of ``broadcast_prefixes`` (index and oracle prices) goes to
     every partition: each worker keeps the copy in its first partition
     (:class:`AlignedReader`), read in event-time order with its own market data.
-    Any other key goes to :func:`aligned_partition` only.
+    Any other key goes to :func:`aligned_partition` only; with ``owners`` (market
+    processes, the README's "Market tier"), to one of the partitions its owner reads
+    (``p % processes == owner``, spread over them by the key's hash), which needs a
+    partition count that is a multiple of the processes.
 
     >>> aligned_partitions("okx/BTC-PERP", 4, (b"index/",))
     [2]
     >>> aligned_partitions("index/BTC-USD", 4, (b"index/",))
     [0, 1, 2, 3]
+    >>> owners = MarketOwners(0, 2, {"BTC": 0, "ETH": 1}, lambda name: None)
+    >>> [aligned_partitions(k, 4, owners=owners)[0] % 2 for k in ("okx/ETH-PERP", "x/BTC-USDT")]
+    [1, 0]
     """
     data = key.encode() if isinstance(key, str) else key
     if broadcast_prefixes and data.startswith(broadcast_prefixes):
         return list(range(partitions))
-    return [route_worker(data, partitions)]
+    if owners is None:
+        return [route_worker(data, partitions)]
+    n = owners.processes
+    return [owners.of_key(data) + n * route_worker(data, max(partitions // n, 1))]
 
 
 class AlignedReader:
@@ -241,12 +253,15 @@ class AlignedReader:
     """
 
     def __init__(self, partition: int, workers: int, *, key_prefixes: tuple[bytes, ...] = (),
-                 is_broadcast: Callable[[Any], bool] | None = None) -> None:
+                 is_broadcast: Callable[[Any], bool] | None = None,
+                 owner: Callable[[bytes | None], int] | None = None) -> None:
         self.partition = partition
         self.worker = partition % workers
         self.workers = workers
         self.key_prefixes = key_prefixes
         self.is_broadcast = is_broadcast
+        # who owns a key (as Replica's): bytewax's routing, or a market process's owner
+        self.owner = owner
         self.place: Callable[[bytes | None], tuple[bool, bool]] = functools.lru_cache(
             maxsize=_PLACED_MAX)(self._place)
         self.misplaced: Callable[[bytes | None], bool] = functools.lru_cache(
@@ -255,14 +270,16 @@ class AlignedReader:
     def _shared_key(self, key: bytes | None) -> bool:
         return bool(self.key_prefixes) and key is not None and key.startswith(self.key_prefixes)
 
+    def _owner_of(self, key: bytes | None) -> int:
+        return route_worker(key or b"", self.workers) if self.owner is None else self.owner(key)
+
     def _place(self, key: bytes | None) -> tuple[bool, bool]:
         if self._shared_key(key):
-            return (route_worker(key or b"", self.workers) == self.partition,
-                    self.partition < self.workers)
+            return self._owner_of(key) == self.partition, self.partition < self.workers
         return True, False
 
     def _misplaced(self, key: bytes | None) -> bool:
-        return not self._shared_key(key) and route_worker(key or b"", self.workers) != self.worker
+        return not self._shared_key(key) and self._owner_of(key) != self.worker
 
     def admit(self, rec: Any, owned: bool, shared: bool, *, dead: bool = False) -> str:
         """``keep``, ``skip`` (another copy is emitted) or ``not_broadcast``."""
@@ -314,12 +331,16 @@ class Replica:
 
     def __init__(self, replica: int, workers: int, *, whole_topic: bool,
                  key_prefixes: tuple[bytes, ...] = (),
-                 is_broadcast: Callable[[Any], bool] | None = None) -> None:
+                 is_broadcast: Callable[[Any], bool] | None = None,
+                 owner: Callable[[bytes | None], int] | None = None) -> None:
         self.replica = replica
         self.workers = workers
         self.whole_topic = whole_topic
         self.key_prefixes = key_prefixes
         self.is_broadcast = is_broadcast
+        # who owns a key: bytewax's routing by default; a market process's owner of the
+        # key's underlying (MarketOwners.of_key) when the replicas are market processes
+        self.owner = owner
         # Asked for every message of a split topic, most of them skipped: the answer
         # depends on the key only, so it is memoized per key, as route_worker is.
         self.place: Callable[[bytes | None], tuple[bool, bool]] = functools.lru_cache(
@@ -328,7 +349,10 @@ class Replica:
     def _place(self, key: bytes | None) -> tuple[bool, bool]:
         """``(owned, shared)`` for a message under ``key`` (a null key belongs to 0);
         called as ``place``."""
-        owned = (0 if key is None else route_worker(key, self.workers)) == self.replica
+        if self.owner is not None:
+            owned = self.owner(key) == self.replica
+        else:
+            owned = (0 if key is None else route_worker(key, self.workers)) == self.replica
         shared = self.whole_topic or (
             bool(self.key_prefixes) and key is not None and key.startswith(self.key_prefixes))
         return owned, shared
@@ -345,3 +369,87 @@ def _admit(is_broadcast: Callable[[Any], bool] | None, rec: Any, owned: bool, sh
     if not dead and is_broadcast is not None and is_broadcast(rec):
         return "keep" if shared else "not_broadcast" if owned else "skip"
     return "keep" if owned else "skip"
+
+
+class MarketOwners:
+    """Which of ``processes`` market processes owns what (the README's "Market tier").
+
+    A market process owns whole *underlyings*: every instrument on one (spot, perpetual,
+    future or option, on every venue), its market data, its positions and the fills and
+    snapshots that move them, so all the prices of an instrument meet its positions in
+    one process and nothing is exchanged between market processes. ``owners`` names the
+    process of an underlying (balance the load by hand: a few underlyings usually carry
+    most records); any other goes to ``crc32(name) % processes``. An instrument the
+    registry does not declare counts as the underlying before its first ``-``
+    (``SOL-USDT`` -> ``SOL``); a collateral asset as itself; a venue's own features (key
+    ``<venue>``) as the venue's name.
+
+    >>> owners = MarketOwners(0, 2, {"BTC": 0, "ETH": 1}, {"BTC-27DEC26-70000-C": "BTC"}.get)
+    >>> [owners.of_key(k) for k in ("okx/BTC-PERP", b"deribit/BTC-27DEC26-70000-C",
+    ...                             "okx/ETH-USDT")]
+    [0, 0, 1]
+    >>> owners.local("okx/ETH-PERP"), owners.owns("i:BTC-PERP"), owners.owns("a:ETH")
+    (False, True, False)
+    """
+
+    def __init__(self, index: int, processes: int, owners: Mapping[str, int],
+                 underlying_of: Callable[[str], str | None]) -> None:
+        self.index = index
+        self.processes = processes
+        self.owners = dict(owners)
+        self.underlying_of = underlying_of
+        # asked per market message (before decoding) and per keyed record: memoized
+        self.of_key: Callable[[str | bytes | None], int] = functools.lru_cache(
+            maxsize=_PLACED_MAX)(self._of_key)
+
+    def of_underlying(self, name: str) -> int:
+        """The process owning underlying (or collateral asset) ``name``."""
+        hit = self.owners.get(name)
+        return hit if hit is not None else zlib.crc32(name.encode()) % self.processes
+
+    def of_instrument(self, name: str) -> int:
+        """The process owning instrument ``name`` (its underlying's)."""
+        return self.of_underlying(self.underlying_of(name) or name.split("-", 1)[0])
+
+    def _of_key(self, key: str | bytes | None) -> int:
+        """The process owning a Kafka or state key: ``<venue>/<instrument>`` (market data,
+        fills, snapshots, features, feed selection) or ``<venue>`` (a venue's features);
+        no key belongs to process 0."""
+        if key is None:
+            return 0
+        text = key.decode(errors="replace") if isinstance(key, bytes) else key
+        venue, slash, instrument = text.partition("/")
+        return self.of_instrument(instrument) if slash else self.of_underlying(venue)
+
+    def local(self, key: str) -> bool:
+        """Does state key ``key`` live in this process? (a guard step's ``local_keys``)"""
+        return self.of_key(key) == self.index
+
+    def owns(self, name: str) -> bool:
+        """Does this process hold ``i:<instrument>`` or ``a:<asset>`` in exposure valuation
+        (:class:`~riskguard.operators.exposure.ShardPlace`)?"""
+        kind, _, rest = name.partition(":")
+        where = self.of_instrument(rest) if kind == "i" else self.of_underlying(rest)
+        return where == self.index
+
+    def keeps(self, rec: Any) -> bool:
+        """Of what every market process reads whole (heartbeats, fills, snapshots,
+        balances and orders): does this one keep ``rec``? Heartbeats: every process; a
+        trading record: the owner of its instrument (a balance: of its asset); a dead
+        letter: the process its source partition falls to, so it is written once.
+
+        >>> owners = MarketOwners(1, 2, {"BTC": 0, "ETH": 1}, lambda name: None)
+        >>> fill = Fill(id="f", venue="okx", counterparty="okx", instrument="ETH-PERP",
+        ...             side="buy", qty=1.0, price=1.0, ts=1)
+        >>> dead = DeadLetter(topic="t", partition=2, ts=1, reason="malformed")
+        >>> owners.keeps(fill), owners.keeps(dead)
+        (True, False)
+        """
+        t = type(rec)
+        if t is Fill or t is PositionSnapshot or t is OpenOrders:
+            return self.of_instrument(rec.instrument) == self.index
+        if t is Balance:
+            return self.of_underlying(rec.asset) == self.index
+        if t is DeadLetter:
+            return max(rec.partition, 0) % self.processes == self.index
+        return True
