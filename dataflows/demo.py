@@ -30,6 +30,7 @@ from riskguard.connectors.placement import aligned_partitions
 from riskguard.connectors.settings import KafkaSettings
 from riskguard.connectors.subscriber import CommandSubscriber, GapAlert, Rejection
 from riskguard.connectors.topics import create_topics, topic_name
+from riskguard.dataflows.backtest import dump_toml
 from riskguard.dataflows.demo_scenario import DURATION_S, build_scenario, scenario_copies
 from riskguard.dataflows.guard import load_guard_config, price_key_prefixes
 from riskguard.operators.crypto import (
@@ -270,12 +271,13 @@ def start_guard(run: PreparedRun, *bytewax_args: str,
     )
 
 
-def tier_config(config: Path, role: str, **tier: float | int) -> Path:
-    """A copy of guard config ``config`` with ``tier.role = role`` (``detect`` or
-    ``firm``) and any other ``[tier]`` settings given (e.g. ``silent_s``), beside it."""
-    path = config.with_name(f"guard-{role}.toml")
-    more = "".join(f"{k} = {v!r}\n" for k, v in tier.items())
-    path.write_text(config.read_text() + f'\n[tier]\nrole = "{role}"\n{more}')
+def tier_config(config: Path, role: str, **tier: Any) -> Path:
+    """A copy of guard config ``config`` with ``tier.role = role`` (``detect``, ``firm``
+    or ``market``) and any other ``[tier]`` settings given (e.g. ``silent_s``,
+    ``index``, ``owners``), beside it (a market process's named after its index)."""
+    suffix = f"-{tier['index']}" if "index" in tier else ""
+    path = config.with_name(f"guard-{role}{suffix}.toml")
+    path.write_text(config.read_text() + dump_toml({"tier": {"role": role, **tier}}))
     return path
 
 

@@ -38,6 +38,7 @@ from riskguard.connectors.kafka import kafka_input, kafka_output
 from riskguard.connectors.placement import (
     Broadcast,
     LocalKeys,
+    MarketOwners,
     OtherProcessKeys,
     worker_of_thread,
 )
@@ -56,7 +57,7 @@ from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer, encode_envelope
 from riskguard.operators.dedup import RecentIdsLogic
 from riskguard.operators.detect_watch import DetectWatchLogic, detect_worker
 from riskguard.operators.detector import DetectorConfig, prepare_models
-from riskguard.operators.exposure import ExposureConfig
+from riskguard.operators.exposure import PROGRESS_KEY, ExposureConfig, ShardPlace
 from riskguard.operators.features import (
     MARKET_FEATURES,
     OPTION_FEATURES,
@@ -69,7 +70,13 @@ from riskguard.operators.metrics import record_command, start_metrics_server_fro
 from riskguard.operators.observe import ObserveConfig, configure, observe_all
 from riskguard.operators.playbook import PlaybookConfig
 from riskguard.operators.playbook_op import plan_mitigation
-from riskguard.operators.risk import aggregate_exposure, enforce_limits, trust_verifier
+from riskguard.operators.risk import (
+    aggregate_exposure,
+    enforce_limits,
+    sum_exposures,
+    trust_verifier,
+    value_positions,
+)
 from riskguard.operators.signing import SignConfig, decode_command
 from riskguard.operators.signing_op import sign_commands
 from riskguard.operators.trust import RootSet, TrustStore
@@ -90,9 +97,13 @@ from riskguard.schemas import (
     RiskAlert,
     SignedEnvelope,
     Trade,
+    Valuation,
     VenueStatus,
+    encode,
 )
+from riskguard.schemas.codec import Codec
 from riskguard.schemas.time_policy import EventTimePolicy
+from riskguard.schemas.valuation import VALUATION_CHUNK_BYTES, VALUATION_MAX_BYTES, Part, Progress
 
 from riskguard.config import CommonConfig, config_hash, decode_section, read_toml
 from riskguard.errors import ConfigError, VerificationError
@@ -107,11 +118,16 @@ INPUT_STREAMS = ("market", "venue_status", "fills", "positions", "balances", "li
 # What the detect tier reads, and the topic it writes for the firm tier
 DETECT_STREAMS = ("market", "venue_status")
 DETECTIONS = "detections"
-DETECTED = (AnomalySignal, DetectProgress)
+DETECTED = (AnomalySignal, DetectProgress, Valuation)
+# What a market process reads (the market topic split by underlying, the others whole),
+# and what a firm tier fed by market processes reads
+MARKET_STREAMS = ("market", "venue_status", "fills", "positions", "balances")
+FIRM_OF_MARKET_STREAMS = ("venue_status", "limit_updates", DETECTIONS)
 
 
 class TierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Which part of the guard this process runs (the README's "Two tiers").
+    """Which part of the guard this process runs (the README's "Two tiers" and "Market
+    tier").
 
     ``whole`` runs everything. ``detect`` runs feed selection, features and
     anomaly detection over the market and venue-status topics and writes the
@@ -121,11 +137,29 @@ class TierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     signals from that topic. Each tier is its own dataflow: on 2 cores, one of
     each runs where one whole guard would, with nothing exchanged between
     processes but the few signals.
+
+    ``market`` is a detect tier that also values positions (exposure stage 1), for
+    the underlyings it owns: ``detect_workers`` market processes, each its own
+    one-worker dataflow (``index`` 0, 1, ...), split the market, fill, position,
+    balance and orders records by underlying (``owners``, else a hash) and write their
+    signals and valuation parts to ``detections``; a ``firm`` tier with ``upstream =
+    "market"`` sums the parts into exposures and runs limits, the feed monitor, the
+    playbook, signing and the audit, and reads no market or trading topic.
     """
 
-    role: Literal["whole", "detect", "firm"] = "whole"
-    # firm: the detect tier's worker count; its clock waits for each one's progress
+    role: Literal["whole", "detect", "firm", "market"] = "whole"
+    # firm: the detect tier's worker count (or, upstream = "market", how many market
+    # processes); its clock waits for each one's progress. market: how many market
+    # processes there are (each is detect worker detect/w<index>)
     detect_workers: Annotated[int, msgspec.Meta(ge=1)] = 1
+    # market: this process's index, 0 <= index < detect_workers
+    index: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # market: the market process that owns an underlying; any other underlying goes to
+    # crc32(name) % detect_workers (balance the load: a few underlyings carry most data)
+    owners: dict[str, int] = {}
+    # firm: what feeds it: "detect" (anomaly signals; it reads market data itself) or
+    # "market" (signals and valuation parts; it reads no market or trading topic)
+    upstream: Literal["detect", "market"] = "detect"
     # firm: how many anomaly ids it remembers, to drop those a resumed detect tier
     # sends again
     recent_ids: Annotated[int, msgspec.Meta(ge=1)] = 65_536
@@ -237,8 +271,32 @@ def load_guard_config(path: str | Path) -> tuple[GuardConfig, str]:
     cfg.exposure.validate("exposure")
     cfg.limits.validate("limits")
     cfg.feeds.validate("feeds")
+    _check_tier(cfg)
     _check_split(cfg)
     return cfg, config_hash(data)
+
+
+def _fed_by_market(cfg: GuardConfig) -> bool:
+    """Is this a firm tier that sums market processes' valuations?"""
+    return cfg.tier.role == "firm" and cfg.tier.upstream == "market"
+
+
+def _check_tier(cfg: GuardConfig) -> None:
+    """A market process's index and the owners name market processes that exist; a firm
+    tier fed by market processes aligns its input."""
+    tier = cfg.tier
+    if _fed_by_market(cfg) and cfg.input.align_skew_s is None:
+        raise ConfigError("input.align_skew_s", "a number of seconds for a firm tier fed by "
+                          "market processes (it reads their valuations in step)", None)
+    if tier.role != "market":
+        return
+    n = tier.detect_workers
+    if tier.index >= n:
+        raise ConfigError("tier.index", f"a market process index below detect_workers ({n})",
+                          tier.index)
+    bad = {u: i for u, i in tier.owners.items() if not 0 <= i < n}
+    if bad:
+        raise ConfigError("tier.owners", f"market process indexes in [0, {n})", bad)
 
 
 def _check_split(cfg: GuardConfig) -> None:
@@ -255,9 +313,11 @@ def _check_split(cfg: GuardConfig) -> None:
 
 
 def _split(cfg: GuardConfig) -> bool:
-    """Does each worker read its own keys' market data (split by key, or aligned) and its
-    own copy of every index price and heartbeat?"""
-    return cfg.input.split_market_by_key or cfg.input.aligned_market
+    """Does each worker read its own keys' market data (split by key, or aligned, or by
+    underlying in a market process) and its own copy of every index price and
+    heartbeat?"""
+    return (cfg.input.split_market_by_key or cfg.input.aligned_market
+            or cfg.tier.role == "market")
 
 
 def price_key_prefixes(cfg: GuardConfig) -> tuple[bytes, ...]:
@@ -359,13 +419,14 @@ def _detect_source() -> str:
     return detect_worker(where[0] if where else 0)
 
 
-def _tick_fn(tick_ns: int, other_sources: int = 0) -> Any:
+def _tick_fn(tick_ns: int, other_sources: int = 0, source: str | None = None) -> Any:
     """Per worker: a Tick, named after the worker, each time its event time crosses a
     new ``tick_ns`` boundary. Consumers take the minimum over workers (a watermark), and
     hold time until all of them (``Tick.of``) have ticked. Outside a flow with the
     ``workers`` probe step the worker is unknown: one source per process, ``of`` 0.
     ``other_sources`` (the firm tier's detect workers) adds to ``of``: those sources
-    tick on another topic, and time holds for them too.
+    tick on another topic, and time holds for them too. ``source`` names the ticks
+    instead (a market process: the same name after a restart).
 
     Takes a whole batch (one dataflow call per batch, not per record) and returns its
     ticks, in order."""
@@ -387,8 +448,9 @@ def _tick_fn(tick_ns: int, other_sources: int = 0) -> Any:
                 name = names.get(thread)
                 if name is None:
                     where = worker_of_thread()
-                    name = names[thread] = (f"{process}/w{where[0]}" if where else process,
-                                            _tick_sources(other_sources))
+                    made = (source if source is not None
+                            else f"{process}/w{where[0]}" if where else process)
+                    name = names[thread] = (made, _tick_sources(other_sources))
                 out.append(Tick(ts=ts, source=name[0], of=name[1]))
         return out
 
@@ -477,9 +539,12 @@ def guard_core(
     pass by wall time on a shard no later record reaches
     (:func:`~riskguard.operators.risk.aggregate_exposure`). ``remote_keys`` says
     which exposure valuation keys live in another process (packs bound there go
-    msgpack-encoded, not pickled).
+    msgpack-encoded, not pickled). A firm tier fed by market processes
+    (``tier.upstream = "market"``) sums their valuation parts instead of valuing
+    positions itself, and has no market or trading records.
     """
     firm = cfg.tier.role == "firm"
+    of_market = _fed_by_market(cfg)
     detected_in = None
     if firm:
         # the detect tier's signals and progress (the detections topic) go their own way
@@ -489,8 +554,8 @@ def guard_core(
                                     lambda rs: [r for r in rs if not isinstance(r, DETECTED)])
     # Event-time progress from every record (not only market data: fills during a market
     # data outage must still be valued).
-    ticks = op.flat_map_batch("ticks", records,
-                              _tick_fn(cfg.tick_ns, cfg.tier.detect_workers if firm else 0))
+    ticks = own_ticks = op.flat_map_batch(
+        "ticks", records, _tick_fn(cfg.tick_ns, cfg.tier.detect_workers if firm else 0))
     if detected_in is not None:
         # each detect worker is one more tick source: time holds until it has passed
         ticks = op.merge("all_ticks", ticks, op.flat_map_batch(
@@ -517,7 +582,6 @@ def guard_core(
     unhandled = op.flat_map_batch("unhandled", records, lambda rs: [
         _unhandled(r) for r in rs if not isinstance(r, HANDLED)])
 
-    market_ok = _select_feeds(market, status, cfg, local_keys)
     fcfg = cfg.feeds
     feed_venues = tuple(fcfg.venues)
 
@@ -534,25 +598,38 @@ def guard_core(
         lambda kv: kv[1],
     )
 
+    market_ok = None if of_market else _select_feeds(market, status, cfg, local_keys)
     if detected_in is not None:
         anomalies = op.merge("anomalies_and_watch",
                              _first_of_each_id(detected_in, cfg.tier.recent_ids),
                              _watch_detect(ticks, cfg.tier, clock))
         detect_errs: list[Stream[DeadLetter]] = []
     else:
+        assert market_ok is not None  # only a firm tier fed by market processes has none
         anomalies, detect_errs = _detect(market, market_ok, status, cfg, clock, local_keys)
-    marks = op.flat_map_batch("marks", market_ok,
-                              MarkFilter(cfg.mark_interval_ns, cfg.mark_move_bps).passed)
-    exposure = aggregate_exposure("exposure", marks, trading, config=cfg.exposure, clock=clock,
-                                  ticks=ticks, wall_clock=wall_clock,
-                                  remote_keys=remote_keys)
+    exposure_errs: list[Stream[DeadLetter]] = []
+    if of_market:
+        assert detected_in is not None  # a firm tier
+        summed = sum_exposures("exposure", _market_parts(detected_in, own_ticks, cfg),
+                               config=cfg.exposure)
+        exposures, exposure_alerts, progress = summed.exposures, summed.alerts, summed.progress
+    else:
+        assert market_ok is not None
+        marks = op.flat_map_batch("marks", market_ok,
+                                  MarkFilter(cfg.mark_interval_ns, cfg.mark_move_bps).passed)
+        exposure = aggregate_exposure(
+            "exposure", marks, trading, config=cfg.exposure, clock=clock, ticks=ticks,
+            wall_clock=wall_clock, remote_keys=remote_keys)
+        exposures, exposure_alerts, progress = (exposure.exposures, exposure.alerts,
+                                                exposure.progress)
+        exposure_errs.append(exposure.errs)
     audience = Audience(env=cfg.env, topic=cfg.topic("limit_updates"))
-    limits = enforce_limits("limits", exposure.exposures, updates, config=cfg.limits,
+    limits = enforce_limits("limits", exposures, updates, config=cfg.limits,
                             verifier=trust_verifier(trust, audience), clock=clock,
-                            progress=exposure.progress)
+                            progress=progress)
 
     signals = op.flat_map_batch("observe_signals", op.merge(
-        "signals", anomalies, exposure.alerts, limits.breaches, limits.alerts, feed_alerts,
+        "signals", anomalies, exposure_alerts, limits.breaches, limits.alerts, feed_alerts,
     ), observe_all)
     # The playbook's clock: the ticks as the exposure path passes them on (valuation,
     # counterparty, firm, limits), not as the sources make them. In a backlog that path's
@@ -572,7 +649,7 @@ def guard_core(
 
     out_cmds = op.map("observe_commands", signed.oks, observe_command)
     errs: Stream[DeadLetter] = op.flat_map_batch("observe_errs", op.merge(
-        "errs", *detect_errs, exposure.errs, limits.errs, planned.errs, signed.errs,
+        "errs", *detect_errs, *exposure_errs, limits.errs, planned.errs, signed.errs,
         verified.errs, unhandled,
     ), observe_all)
     audit_cfg = msgspec.structs.replace(cfg.audit, config_hash=cfg_hash)
@@ -580,10 +657,10 @@ def guard_core(
     audit = op.flat_map_batch(
         "observe_audit", audit_log("audit", decisions, signer=signer, config=audit_cfg),
         observe_all)
-    exposures = op.flat_map_batch(
-        "observe_exposures", op.merge("exp_util", exposure.exposures, limits.utilizations),
+    observed = op.flat_map_batch(
+        "observe_exposures", op.merge("exp_util", exposures, limits.utilizations),
         observe_all)
-    return GuardOut(commands=out_cmds, audit=audit, signals=signals, exposures=exposures,
+    return GuardOut(commands=out_cmds, audit=audit, signals=signals, exposures=observed,
                     dead_letters=errs)
 
 
@@ -622,17 +699,28 @@ def _detect(market: Stream[Any], market_ok: Stream[Any], status: Stream[VenueSta
             cfg: GuardConfig, clock: Clock, local_keys: Callable[[str], bool] | None,
             ) -> tuple[Stream[AnomalySignal], list[Stream[DeadLetter]]]:
     """Features, then anomaly detection: the anomaly signals and the steps' dead letters."""
-    feat_market = market_ok
-    if local_keys is not None:
-        # Each worker's own copy of an index price feeds its own keys; the one copy that
-        # passed feed selection only marks exposure.
-        feat_market = op.merge(
-            "feat_market",
-            op.flat_map_batch("selected_not_index", market_ok,
-                              lambda rs: [r for r in rs if type(r) is not IndexPrice]),
-            op.flat_map_batch("index_copies", market,
-                              lambda rs: [r for r in rs if type(r) is IndexPrice]),
-        )
+    feat_market = market_ok if local_keys is None else _with_own_index(market, market_ok)
+    return _detect_on(feat_market, status, cfg, clock, local_keys)
+
+
+def _with_own_index(market: Stream[Any], market_ok: Stream[Any]) -> Stream[Any]:
+    """The feed-selected market data with this worker's own copy of every index price.
+
+    Each worker's own copy of an index price feeds its own keys; the one copy that
+    passed feed selection only marks exposure (in a market process, every process's
+    own copy marks its own shards)."""
+    return op.merge(
+        "feat_market",
+        op.flat_map_batch("selected_not_index", market_ok,
+                          lambda rs: [r for r in rs if type(r) is not IndexPrice]),
+        op.flat_map_batch("index_copies", market,
+                          lambda rs: [r for r in rs if type(r) is IndexPrice]),
+    )
+
+
+def _detect_on(feat_market: Stream[Any], status: Stream[VenueStatus], cfg: GuardConfig,
+               clock: Clock, local_keys: Callable[[str], bool] | None,
+               ) -> tuple[Stream[AnomalySignal], list[Stream[DeadLetter]]]:
     feats = extract_features("features", op.merge("feat_in", feat_market, status),
                              config=cfg.features, clock=clock, local_keys=local_keys)
     detected = detect_anomalies("detect", feats.oks, config=cfg.detector, clock=clock)
@@ -651,11 +739,52 @@ def _detect_ticks(detect_workers: int) -> Any:
     return ticks
 
 
-def _first_of_each_id(detected: Stream[Any], keep: int) -> Stream[AnomalySignal]:
-    """The firm tier's anomaly signals, each id once: a detect tier that resumed from its
-    snapshot sends the signals made after it again (:mod:`riskguard.operators.dedup`)."""
-    signals = op.flat_map_batch("anomaly_in", detected, lambda rs: [
-        ("detections", r) for r in rs if type(r) is AnomalySignal])
+def _signals_in(recs: list[Any]) -> list[tuple[str, Any]]:
+    """The anomaly signals on the detections topic, and the stage-1 alerts inside market
+    processes' valuations, keyed for the one id window."""
+    out: list[tuple[str, Any]] = []
+    for r in recs:
+        t = type(r)
+        if t is AnomalySignal:
+            out.append(("detections", r))
+        elif t is Valuation:
+            out.extend(("detections", a) for a in r.alerts)
+    return out
+
+
+def _market_parts(detected: Stream[Any], ticks: Stream[Tick], cfg: GuardConfig) -> Stream[Any]:
+    """A firm tier fed by market processes: the parts and progress of their valuations,
+    each record's parts before its progress, and this tier's own ticks as progress too.
+
+    Its own ticks carry time on when every market process has gone quiet (a source
+    silent for ``TICK_IDLE_NS`` stops holding time back), as a worker's own ticks do in
+    one whole guard: it has no parts, so its progress holds nothing back while market
+    processes' progress lags it."""
+    tier = cfg.tier
+    market_sources = tier.detect_workers * cfg.exposure.valuation_shards
+
+    def parts_of(recs: list[Any]) -> list[Any]:
+        out: list[Any] = []
+        for r in recs:
+            if type(r) is Valuation:
+                out.extend(r.parts)
+                out.extend(r.progress)
+        return out
+
+    def own_progress(recs: list[Tick]) -> list[Progress]:
+        # a tick's ``of`` counts this tier's workers and the market processes
+        return [Progress(counterparty=PROGRESS_KEY, ts=t.ts, source=f"{t.source}@firm",
+                         of=t.of - tier.detect_workers + market_sources) for t in recs]
+
+    return op.merge("parts_in", op.flat_map_batch("valuations", detected, parts_of),
+                    op.flat_map_batch("own_progress", ticks, own_progress))
+
+
+def _first_of_each_id(detected: Stream[Any], keep: int) -> Stream[AnomalySignal | RiskAlert]:
+    """The firm tier's anomaly signals (and a market process's stage-1 alerts), each id
+    once: a detect tier or market process that resumed from its snapshot sends the
+    signals made after it again (:mod:`riskguard.operators.dedup`)."""
+    signals = op.flat_map_batch("anomaly_in", detected, _signals_in)
     return op.flat_map_batch(
         "anomalies", stateful_logic("anomaly_ids", signals,
                                     lambda state: RecentIdsLogic(keep, state)),
@@ -673,13 +802,13 @@ def _watch_detect(ticks: Stream[Tick], tier: TierConfig, clock: Clock) -> Stream
             tier.detect_workers, silent_ns, state, clock=clock)), values_of)
 
 
-def _progress(ticks: list[Tick]) -> list[DetectProgress]:
+def _progress(ticks: list[Tick], name: str | None = None) -> list[DetectProgress]:
     """The detect tier: each of this worker's ticks as a
-    :class:`~riskguard.schemas.DetectProgress` from :func:`_detect_source` (the same
-    name after a restart, so the firm tier goes on waiting for it, not for a new
-    source)."""
-    name = _detect_source()
-    return [DetectProgress(ts=t.ts, source=name) for t in ticks]
+    :class:`~riskguard.schemas.DetectProgress` from ``name`` (default
+    :func:`_detect_source`; the same name after a restart, so the firm tier goes on
+    waiting for it, not for a new source)."""
+    source = name if name is not None else _detect_source()
+    return [DetectProgress(ts=t.ts, source=source) for t in ticks]
 
 
 @dataclass(frozen=True)
@@ -714,6 +843,126 @@ def detect_core(
     return DetectOut(detections=detections, dead_letters=dead)
 
 
+def market_owners(cfg: GuardConfig) -> MarketOwners:
+    """What this market process owns (``[tier]``: ``index`` of ``detect_workers``,
+    ``owners``), underlyings taken from the instruments ``[exposure]`` declares."""
+    reg = cfg.exposure.validate()
+
+    def underlying_of(name: str) -> str | None:
+        spec = reg.get(name)
+        return None if spec is None else spec.underlying_asset
+
+    tier = cfg.tier
+    return MarketOwners(tier.index, tier.detect_workers, tier.owners, underlying_of)
+
+
+_PRICED = (Trade, Quote, OptionQuote, FundingRate)
+
+
+def _owned_records(owners: MarketOwners, market_topic: str) -> Callable[[list[Any]], list[Any]]:
+    """A market process's share of what it read: its own underlyings' records, every
+    index price and heartbeat. A market record its Kafka key brought here (the market
+    topic is split by key) but whose instrument another process owns was keyed by
+    something other than ``<venue>/<instrument>``: no other process has it, so it is a
+    ``misplaced`` dead letter rather than lost."""
+    index = owners.index
+    of_instrument = owners.of_instrument
+    keeps = owners.keeps
+
+    def misplaced(rec: Any) -> DeadLetter:
+        return DeadLetter(
+            topic=market_topic, ts=rec.ts, reason="misplaced", path="$.instrument",
+            expected=(f"a record of an underlying market process {index} owns, keyed "
+                      "<venue>/<instrument>"),
+            found=f"{rec.venue}/{rec.instrument}", step="market_owners", raw=encode(rec))
+
+    def own(recs: list[Any]) -> list[Any]:
+        out: list[Any] = []
+        for r in recs:
+            if isinstance(r, _PRICED):
+                out.append(r if of_instrument(r.instrument) == index else misplaced(r))
+            elif keeps(r):
+                out.append(r)
+        return out
+
+    return own
+
+
+def _valuation_records(source: str) -> Callable[[list[Any]], list[bytes]]:
+    """A market process's stage-1 output as encoded :class:`~riskguard.schemas.Valuation`
+    records from ``source``: alerts, then parts, then progress, cut into records of
+    about ``VALUATION_CHUNK_BYTES``."""
+
+    def encoded(items: list[Any]) -> list[bytes]:
+        data = encode(Valuation(
+            source=source, ts=max(x.ts for x in items),
+            alerts=[x for x in items if type(x) is RiskAlert],
+            parts=[x for x in items if type(x) is Part],
+            progress=[x for x in items if type(x) is Progress]))
+        if len(data) <= VALUATION_CHUNK_BYTES or len(items) == 1:
+            return [data]
+        half = len(items) // 2
+        return encoded(items[:half]) + encoded(items[half:])
+
+    def pack(made: list[Any]) -> list[bytes]:
+        if not made:
+            return []
+        return encoded([x for x in made if type(x) is RiskAlert]
+                       + [x for x in made if type(x) is Part]
+                       + [x for x in made if type(x) is Progress])
+
+    return pack
+
+
+@dataclass(frozen=True)
+class MarketOut:
+    """A market process's outputs."""
+
+    # AnomalySignal and DetectProgress records, and encoded Valuation records (bytes)
+    detections: Stream[Any]
+    dead_letters: Stream[DeadLetter]
+
+
+@operator
+def market_core(
+    step_id: str,
+    records: Stream[Any],
+    *,
+    cfg: GuardConfig,
+    clock: Clock,
+    owners: MarketOwners,
+    wall_clock: Clock | None = None,
+) -> MarketOut:
+    """One market process (``tier.role = "market"``) over its decoded records: feed
+    selection, features and anomaly detection on its own keys, and exposure valuation
+    (stage 1) of the positions in its own underlyings, marked by its own prices and its
+    own copy of every index price; its progress (``detect/w<index>``) behind the signals
+    and valuations it made before it. Its ticks hold only its own time (``of`` 1); the
+    progress it passes on announces every market process."""
+    name = detect_worker(owners.index)
+    ticks = op.flat_map_batch("ticks", records, _tick_fn(cfg.tick_ns, source=name))
+    market = op.flat_map_batch("market", records, _market_records)
+    rest = op.flat_map_batch("not_market", records,
+                             lambda rs: [r for r in rs if not isinstance(r, MARKET)])
+    status = op.flat_map_batch("status", rest, _status_records)
+    trading = op.flat_map_batch("trading", rest,
+                                lambda rs: [r for r in rs if isinstance(r, TRADING)])
+    market_ok = _select_feeds(market, status, cfg, owners.local)
+    feat_market = _with_own_index(market, market_ok)
+    anomalies, errs = _detect_on(feat_market, status, cfg, clock, owners.local)
+    marks = op.flat_map_batch("marks", feat_market,
+                              MarkFilter(cfg.mark_interval_ns, cfg.mark_move_bps).passed)
+    place = ShardPlace(f"m{owners.index}.", owners.owns, owners.processes)
+    valued = value_positions("exposure", marks, trading, config=cfg.exposure, place=place,
+                             ticks=ticks, clock=clock, wall_clock=wall_clock)
+    valuations = op.flat_map_batch("valuations", valued.made, _valuation_records(name))
+    # the signals first: a batch's progress goes out behind its signals
+    detections = op.merge("detections", anomalies, valuations,
+                          op.flat_map_batch("progress", ticks, lambda ts: _progress(ts, name)))
+    dead = op.flat_map_batch("observe_errs", op.merge("errs", *errs, valued.errs), observe_all)
+    return MarketOut(detections=detections, dead_letters=dead)
+
+
 def load_keys(cfg: GuardConfig) -> tuple[Signer, TrustStore]:
     """Load the signing key and the root-verified trust file named in ``[keys]``."""
     signer = Signer.from_file(cfg.keys.signing_key, issuer=cfg.keys.issuer)
@@ -738,11 +987,15 @@ def build_flow(
         _prepare_detection(cfg)
     if role == "detect":
         return _detect_flow(cfg, clock)
+    if role == "market":
+        return _market_flow(cfg, clock)
     if signer is None or trust is None:
         signer, trust = load_keys(cfg)
     brokers = cfg.kafka
     flow = Dataflow("riskguard_guard")
-    streams = (*INPUT_STREAMS, DETECTIONS) if role == "firm" else INPUT_STREAMS
+    streams = (INPUT_STREAMS if role != "firm"
+               else FIRM_OF_MARKET_STREAMS if _fed_by_market(cfg)
+               else (*INPUT_STREAMS, DETECTIONS))
     src = _input(flow, cfg, streams, clock)
     issuer = cfg.sign.issuer or signer.issuer
     # Read once, before any worker signs: the killed run this may resume is gone.
@@ -780,8 +1033,11 @@ def _prepare_detection(cfg: GuardConfig) -> None:
     prepare_models(cfg.detector, (MARKET_FEATURES, OPTION_FEATURES, VENUE_FEATURES))
 
 
-def _input(flow: Dataflow, cfg: GuardConfig, streams: tuple[str, ...], clock: Clock) -> Any:
-    """The guard's Kafka source over ``streams``, as ``[input]`` configures it."""
+def _input(flow: Dataflow, cfg: GuardConfig, streams: tuple[str, ...], clock: Clock,
+           owners: MarketOwners | None = None) -> Any:
+    """The guard's Kafka source over ``streams``, as ``[input]`` configures it (a market
+    process, given its ``owners``: the market topic split by underlying, the others
+    whole)."""
     policy = EventTimePolicy(
         max_lateness_ns=cfg.input.max_lateness_ns,
         max_future_skew_ns=cfg.input.max_future_skew_ns,
@@ -795,7 +1051,13 @@ def _input(flow: Dataflow, cfg: GuardConfig, streams: tuple[str, ...], clock: Cl
         align_skew_s=cfg.input.align_skew_s, share_consumer=cfg.input.share_consumer,
         fair_reads=cfg.input.fair_reads, bundle=cfg.input.bundle_partitions,
         # the detect tier checked the times of what its signals came from
-        untimed_topics=[cfg.topic(DETECTIONS)], **_split_options(cfg),
+        untimed_topics=[cfg.topic(DETECTIONS)],
+        # a market process's valuation record carries whole books
+        codec=Codec(topic_max_bytes={cfg.topic(DETECTIONS): VALUATION_MAX_BYTES}),
+        # market processes' valuations: applied in step with each other (the firm tier
+        # sums their parts), not as fast as each process wrote them
+        progress_topics=[cfg.topic(DETECTIONS)] if _fed_by_market(cfg) else [],
+        **(_split_options(cfg) if owners is None else _market_options(cfg, owners)),
     )
 
 
@@ -819,6 +1081,51 @@ def _detect_flow(cfg: GuardConfig, clock: Clock) -> Dataflow:
     kafka_output("dead_letters", out.dead_letters, brokers=cfg.kafka,
                  topic=cfg.topic("dead_letters"), delivery_timeout_s=timeout,
                  worker_local=local)
+    return flow
+
+
+def _market_options(cfg: GuardConfig, owners: MarketOwners) -> dict[str, Any]:
+    """kafka_input options for a market process: its replica of the market topic, keeping
+    the messages whose key's underlying it owns and every index and oracle price (with
+    ``input.aligned_market``: the market topic's partitions produced for it, with
+    ``placement.aligned_partitions(..., owners=...)``)."""
+    market = "aligned_topics" if cfg.input.aligned_market else "key_split_topics"
+    return {
+        market: [cfg.topic("market")],
+        "broadcast": Broadcast(key_prefixes=price_key_prefixes(cfg), records=is_broadcast),
+        "replica_of": (owners.index, owners.processes),
+        "owner": owners.of_key,
+    }
+
+
+def _market_flow(cfg: GuardConfig, clock: Clock) -> Dataflow:
+    """A market process (``tier.role = "market"``): the market topic split by underlying
+    and the venue-status, fill, position and balance topics whole in; its anomaly
+    signals, valuations and progress out to the ``detections`` topic (one Kafka
+    partition, key ``detect/w<index>``).
+
+    Its source's dead letters are written once among all processes: the market topic's
+    by the owner of their key, the fill, position and balance topics' by the process
+    their partition falls to, and the venue-status topic's by the firm tier, which reads
+    it too."""
+    flow = Dataflow("riskguard_market")
+    owners = market_owners(cfg)
+    src = _input(flow, cfg, MARKET_STREAMS, clock, owners=owners)
+    mine = split_dead_letters("owned", op.flat_map_batch(
+        "own", src.oks, _owned_records(owners, cfg.topic("market"))))
+    out = market_core("market_tier", mine.oks, cfg=cfg, clock=clock, owners=owners,
+                      wall_clock=clock)
+    timeout = cfg.sink_delivery_timeout_s
+    name = detect_worker(owners.index)
+    kafka_output("detections", out.detections, brokers=cfg.kafka,
+                 topic=cfg.topic(DETECTIONS), delivery_timeout_s=timeout,
+                 key=lambda _rec: name)
+    market_topic, status_topic = cfg.topic("market"), cfg.topic("venue_status")
+    src_dead = op.flat_map_batch("own_dead", src.errs, lambda ds: [
+        d for d in ds if d.topic != status_topic and (d.topic == market_topic or owners.keeps(d))])
+    kafka_output("dead_letters", op.merge("dead", src_dead, mine.errs, out.dead_letters),
+                 brokers=cfg.kafka, topic=cfg.topic("dead_letters"),
+                 delivery_timeout_s=timeout)
     return flow
 
 

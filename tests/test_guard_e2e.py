@@ -20,9 +20,18 @@ from riskguard.dataflows.demo import (
     subscriber_for,
     tier_config,
 )
+from riskguard.dataflows.demo_scenario import DURATION_S
 from riskguard.operators.clock import TICK_IDLE_NS
 from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer, encode_envelope, sign_envelope
-from riskguard.schemas import Audience, MitigationCommand, Scope, ScopeKind, VenueStatus, encode
+from riskguard.schemas import (
+    Audience,
+    MitigationCommand,
+    Scope,
+    ScopeKind,
+    Trade,
+    VenueStatus,
+    encode,
+)
 
 from tests.kafka_helpers import consume_all, free_ports
 
@@ -384,6 +393,107 @@ def test_a_firm_tier_whose_detect_tier_died_raises_detect_silent_and_alerts(
     cmds, _ = _executed(run, tmp_path / "sub.sqlite")
     firm_cmds = [c for c in cmds if c.scope.label() == "firm:*" and "detect_silent" in c.reason]
     assert firm_cmds and firm_cmds[0].action.value == "alert", [c.reason for c in cmds][:10]
+
+
+MARKET_OWNERS = {"BTC": 0, "ETH": 1}
+
+
+def _market_config(run: PreparedRun, index: int) -> Path:
+    return tier_config(run.config, "market", index=index, detect_workers=2,
+                       owners=MARKET_OWNERS)
+
+
+def _start_markets(run: PreparedRun, args: tuple[str, ...] = (),
+                   more: tuple[str, ...] = ()) -> list:
+    """Two market processes (BTC and ETH, ``tier.role = "market"``), each a 1-worker
+    ``python -m bytewax.run`` of the guard (``args`` for the first, ``more`` for the
+    second), once both have put progress on the detections topic; then the firm tier
+    fed by them."""
+    procs = [start_guard(run, *a, config=_market_config(run, i))
+             for i, a in enumerate((args, more))]
+    deadline = time.monotonic() + 60
+    seen: set[str] = set()
+    while len(seen) < 2:
+        assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, \
+            "no progress from both market processes"
+        got = consume_all(run.bootstrap, run.topic("detections"), idle_s=0.2, timeout_s=1.0)
+        seen = {d["source"] for _p, _o, v in got
+                if (d := msgspec.json.decode(v)).get("type") == "detect_progress"}
+    return procs
+
+
+def _start_firm_of_markets(run: PreparedRun, *args: str):
+    return start_guard(run, *args, config=tier_config(run.config, "firm", upstream="market",
+                                                        detect_workers=2))
+
+
+def test_two_market_processes_and_a_firm_tier_give_one_workers_commands(
+    baseline, kafka_bootstrap, tmp_path
+) -> None:
+    """Two market processes splitting the scenario by underlying (BTC, ETH), each its own
+    1-worker dataflow, and a firm tier summing their valuations: the same mitigations as
+    one whole guard, every anomaly audited once, nothing late, and each bad record
+    dead-lettered exactly once: a malformed market record, fill and heartbeat, and a
+    market record whose Kafka key names another process's underlying."""
+    _, base, _ = baseline
+    run = _prepare(kafka_bootstrap, tmp_path, "market")
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(run.topic("market"), b'{"type":"trade","id":', key=b"okx/BTC-USDT")
+    producer.produce(run.topic("fills"), b'{"type":"fill","id":', key=b"okx/ETH-PERP")
+    producer.produce(run.topic("venue_status"), b'{"type":"venue_status"', key=b"okx")
+    # at the scenario's end: read last in its partition, it must not be late
+    eth = Trade(id="misplaced-1", venue="okx", instrument="ETH-PERP",
+                ts=run.start_ns + DURATION_S * NS, price=3_200.0, qty=1.0, side="buy")
+    producer.produce(run.topic("market"), encode(eth), key=b"okx/BTC-PERP")
+    assert producer.flush(10) == 0
+    procs = _start_markets(run)
+    procs.append(_start_firm_of_markets(run))
+    for p in procs:
+        _finish(p)
+    cmds, _ = _executed(run, tmp_path / "sub.sqlite")
+    _assert_same_outcome(cmds, base)
+    ids = _anomaly_ids(run)
+    assert ids and len(ids) == len(set(ids))
+    dead = [msgspec.json.decode(v) for _p, _o, v in consume_all(kafka_bootstrap,
+                                                                 run.topic("dead_letters"))]
+    assert not [d for d in dead if d.get("reason") in ("late", "not_owned")], [
+        (d["topic"], d["reason"]) for d in dead]
+    bad = sorted((d["topic"], d["reason"]) for d in dead)
+    assert bad == sorted([(run.topic("fills"), "malformed"), (run.topic("market"), "malformed"),
+                          (run.topic("market"), "misplaced"),
+                          (run.topic("venue_status"), "malformed")]), bad
+
+
+def test_a_market_process_killed_halfway_and_resumed_gives_one_workers_commands(
+    baseline, kafka_bootstrap, tmp_path, recovery_dir
+) -> None:
+    """SIGKILL the BTC market process once its valuations flow, resume it from recovery
+    while the ETH process and the firm tier run on: the firm tier takes each part once
+    (by its shard's sequence), each signal once (by id), and the subscriber executes one
+    whole guard's commands, none twice."""
+    _, base, _ = baseline
+    run = _prepare(kafka_bootstrap, tmp_path, "market-kill")
+    args = ("-r", str(recovery_dir(1)), "-s", "1", "-b", "10")
+    btc, eth = _start_markets(run, args, ("-r", str(recovery_dir(1)), "-s", "1", "-b", "10"))
+    firm = _start_firm_of_markets(run, "-r", str(recovery_dir(1)), "-s", "1", "-b", "10")
+    deadline = time.monotonic() + 120
+    parts = 0
+    while time.monotonic() < deadline and btc.poll() is None and parts < 50:
+        got = consume_all(kafka_bootstrap, run.topic("detections"), idle_s=0.2, timeout_s=1.0)
+        parts = sum(len(d["parts"]) for _p, _o, v in got
+                    if (d := msgspec.json.decode(v)).get("type") == "valuation"
+                    and d["source"] == "detect/w0")
+    assert btc.poll() is None, "the BTC market process ended before it could be killed"
+    os.kill(btc.pid, signal.SIGKILL)
+    btc.wait()
+    _finish(start_guard(run, *args, config=_market_config(run, 0)))
+    _finish(eth)
+    _finish(firm)
+    cmds, _ = _executed(run, tmp_path / "sub.sqlite")
+    assert len({c.command_id for c in cmds}) == len(cmds)
+    _assert_same_outcome(cmds, base)
+    ids = _anomaly_ids(run)
+    assert len(ids) == len(set(ids))
 
 
 def test_sigkill_halfway_then_resume_executes_every_command_exactly_once(

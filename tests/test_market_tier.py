@@ -1,0 +1,272 @@
+"""The market tier's parts: ownership by underlying, split valuation, the wire record."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from risk_flow_app import make_events
+from riskguard.connectors.placement import MarketOwners, aligned_partitions
+from riskguard.dataflows.guard import (
+    GuardConfig,
+    _check_tier,
+    _owned_records,
+    _valuation_records,
+)
+from riskguard.operators.exposure import (
+    CounterpartyLogic,
+    ExposureConfig,
+    LocalPipeline,
+    Part,
+    Progress,
+    Router,
+    ShardLogic,
+    ShardPlace,
+)
+from riskguard.schemas import (
+    Balance,
+    Codec,
+    DeadLetter,
+    Exposure,
+    Fill,
+    FundingRate,
+    IndexPrice,
+    OptionQuote,
+    Quote,
+    RiskAlert,
+    Scope,
+    ScopeKind,
+    Severity,
+    Trade,
+    Valuation,
+    VenueStatus,
+    decode,
+)
+from riskguard.schemas.valuation import VALUATION_CHUNK_BYTES
+from test_exposure import worked_config
+
+from riskguard.errors import ConfigError
+
+OWNERS = {"BTC": 0, "ETH": 1}
+PRICED = (Trade, Quote, OptionQuote, FundingRate)  # market data keyed venue/instrument
+
+
+def _owners(cfg: ExposureConfig, index: int, processes: int = 2) -> MarketOwners:
+    reg = cfg.validate()
+
+    def underlying_of(name: str) -> str | None:
+        spec = reg.get(name)
+        return None if spec is None else spec.underlying_asset
+
+    return MarketOwners(index, processes, OWNERS, underlying_of)
+
+
+def test_owners_follow_the_underlying_on_every_venue_and_hash_the_rest() -> None:
+    """An option goes with its underlying, every venue's listing of an instrument with
+    it, an undeclared instrument by its name's first part, and a collateral asset or a
+    venue's own key by its name (crc32, the same in every process and run)."""
+    owners = _owners(worked_config(), 1)
+    assert [owners.of_key(k) for k in ("okx/BTC-PERP", "binance/BTC-PERP",
+                                       "deribit/BTC-27JUN-60000-C", "okx/ETH-PERP")] == [0, 0, 0, 1]
+    assert owners.of_key("okx/XRP-USDT") == owners.of_underlying("XRP")
+    assert owners.of_key(b"okx") == owners.of_underlying("okx")
+    assert owners.of_key(None) == 0
+    assert [owners.owns(n) for n in ("i:ETH-27JUN-3000-P", "i:BTC-USDC", "a:ETH")] == [
+        True, False, True]
+    again = _owners(worked_config(), 1)
+    assert [again.of_underlying(a) for a in ("USDC", "SOL", "XRP")] == [
+        owners.of_underlying(a) for a in ("USDC", "SOL", "XRP")]
+
+
+def test_each_shared_record_is_kept_by_exactly_one_market_process() -> None:
+    """Fills, snapshots and balances that every market process reads whole are kept by
+    the owner of their instrument (a balance: of its asset), a heartbeat and an index
+    price by every process, a dead letter of a whole-read topic by one process."""
+    procs = [_owners(worked_config(), i) for i in (0, 1)]
+    fill = Fill(id="f", venue="okx", counterparty="okx", instrument="ETH-PERP", side="buy",
+                qty=1.0, price=1.0, ts=1)
+    bal = Balance(id="b", venue="okx", counterparty="okx", asset="BTC", total=1.0, ts=1)
+    hb = VenueStatus(id="h", venue="okx", ts=1)
+    ix = IndexPrice(id="i", venue="index", instrument="BTC-USD-INDEX", ts=1, price=1.0)
+    dead = [DeadLetter(topic="fills", partition=p, ts=1, reason="malformed") for p in range(4)]
+    assert [[o.keeps(r) for o in procs] for r in (fill, bal, hb, ix)] == [
+        [False, True], [True, False], [True, True], [True, True]]
+    assert [sum(o.keeps(d) for o in procs) for d in dead] == [1, 1, 1, 1]
+
+
+def test_a_market_record_its_key_misplaced_is_a_dead_letter_not_lost() -> None:
+    """The market topic is split by Kafka key: a record keyed for this process whose
+    instrument another process owns reaches no one else, so it is dead-lettered."""
+    own = _owned_records(_owners(worked_config(), 0), "market")
+    eth = Trade(id="t", venue="okx", instrument="ETH-PERP", ts=5, price=1.0, qty=1.0,
+                side="buy")
+    btc = msgspec.structs.replace(eth, id="u", instrument="BTC-PERP")
+    out = own([eth, btc])
+    assert out[1] is btc
+    dl = out[0]
+    assert isinstance(dl, DeadLetter)
+    assert (dl.reason, dl.topic, dl.found, decode("t", dl.raw)) == (
+        "misplaced", "market", "okx/ETH-PERP", eth)
+
+
+def test_a_router_of_a_market_process_routes_to_its_own_shards_only() -> None:
+    """Its shard keys carry its prefix; an FX rate goes to its shards that need it;
+    market data of another process's instrument goes nowhere; a fill or balance of
+    another process's is a ``not_owned`` dead letter, never a silent drop."""
+    cfg = worked_config()
+    reg = cfg.validate()
+    owners = _owners(cfg, 1)
+    router = Router(reg, cfg, place=ShardPlace("m1.", owners.owns, 2))
+    eth = Trade(id="t", venue="okx", instrument="ETH-PERP", ts=1, price=1.0, qty=1.0,
+                side="buy")
+    assert [k for k, _ in router.route(eth)] == ["m1.s0"]
+    assert router.route(msgspec.structs.replace(eth, instrument="BTC-PERP")) == []
+    fx = IndexPrice(id="x", venue="index", instrument="ETH-USD-INDEX", ts=1, price=1.0)
+    assert {k for k, _ in router.route(fx)} == {"m1.s0"}
+    fill = Fill(id="f", venue="okx", counterparty="okx", instrument="BTC-PERP", side="buy",
+                qty=1.0, price=1.0, ts=1)
+    bal = Balance(id="b", venue="okx", counterparty="okx", asset="BTC", total=1.0, ts=1)
+    assert [getattr(router.route(r), "reason", None) for r in (fill, bal)] == [
+        "not_owned", "not_owned"]
+    unknown = msgspec.structs.replace(fill, instrument="NOPE")
+    assert router.route(unknown).reason == "unknown_instrument"
+
+
+def _split_latest(events: list[Any], cfg: ExposureConfig) -> dict[str, Exposure]:
+    """Exposures of two market processes' valuations summed by stage 2."""
+    reg = cfg.validate()
+    procs = []
+    for i in (0, 1):
+        owners = _owners(cfg, i)
+        place = ShardPlace(f"m{i}.", owners.owns, 2)
+        procs.append((i, owners, _owned_records(owners, "market"),
+                      Router(reg, cfg, place=place), place, {}))
+    cps: dict[str, CounterpartyLogic] = {}
+    latest: dict[str, Exposure] = {}
+    for ev in events:
+        for i, owners, own, router, place, shards in procs:
+            # the market topic is split by its Kafka key; the others are read whole
+            if isinstance(ev, PRICED) and owners.of_key(f"{ev.venue}/{ev.instrument}") != i:
+                continue
+            for rec in own([ev]):
+                assert not isinstance(rec, DeadLetter), rec
+                routed = router.route(rec)
+                if isinstance(routed, DeadLetter):
+                    continue
+                for key, item in routed:
+                    logic = shards.setdefault(key, ShardLogic(cfg, reg, place=place))
+                    for p in logic.on_event(item):
+                        if isinstance(p, Part):
+                            cp = cps.setdefault(p.counterparty, CounterpartyLogic(cfg))
+                            for e in cp.on_event(p):
+                                if isinstance(e, Exposure):
+                                    latest[e.counterparty] = e
+    return latest
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6)
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_two_market_processes_value_the_same_exposures_as_one_pipeline(seed: int) -> None:
+    """Property: fills, snapshots, balances, marks, option quotes and FX rates split by
+    underlying over two market processes, their parts summed by stage 2, give every
+    counterparty the exposure one whole pipeline gives (to float tolerance: the sums
+    associate differently)."""
+    cfg = worked_config()
+    events = make_events(150, seed=seed)
+    pipe = LocalPipeline(cfg)
+    pipe.feed_all(events)
+    whole = {cp: e for cp, e in pipe.latest().items() if cp != "*"}
+    split = _split_latest(events, cfg)
+    assert set(split) == set(whole)
+    for cp, e in whole.items():
+        s = split[cp]
+        for name in ("gross_notional", "net_notional", "unrealized_pnl", "collateral",
+                     "open_order_notional"):
+            assert _close(getattr(s, name), getattr(e, name)), (cp, name)
+        for name in ("delta_by_underlying", "notional_by_asset", "notional_by_instrument"):
+            got, want = getattr(s, name), getattr(e, name)
+            assert set(got) == set(want), (cp, name)
+            assert all(_close(got[k], want[k]) for k in want), (cp, name)
+        assert (s.stale, sorted(s.stale_instruments)) == (e.stale, sorted(e.stale_instruments))
+
+
+def _part(cp: str, positions: int) -> Part:
+    names = [f"BTC-{k}" for k in range(positions)]
+    return Part(cp, "m0.s0", 1, 5, 1.0, 1.0, 0.0, 0.0, 0.0, {"BTC": 1.0}, {"BTC": 1.0}, names,
+                [1.0] * positions, (5).to_bytes(8, "little") * positions, 5, [], {}, {}, ["f"])
+
+
+def test_valuation_records_are_cut_to_size_and_keep_the_order() -> None:
+    """A market process's stage-1 output goes out as Valuation records of about
+    VALUATION_CHUNK_BYTES: every alert, then every part, then every progress, in order
+    across the records; one part larger than a record travels alone."""
+    alert = RiskAlert(id="a1", kind="missing_mark", scope=Scope(kind=ScopeKind.FIRM, value="*"),
+                      ts=5, severity=Severity.WARN, reason="r")
+    parts = [_part(f"cp{k}", 20) for k in range(400)]
+    progress = [Progress(counterparty=f"cp{k}", ts=5, source="detect/w0@m0.s0")
+                for k in range(400)]
+    made = [progress[0], parts[0], alert, *parts[1:], *progress[1:]]
+    records = _valuation_records("detect/w0")(made)
+    assert len(records) > 2
+    assert all(len(r) <= VALUATION_CHUNK_BYTES for r in records)
+    decoded = [Codec().decode("detections", r) for r in records]
+    assert all(isinstance(v, Valuation) and v.source == "detect/w0" and v.ts == 5
+               for v in decoded)
+    flat = [x for v in decoded for x in (*v.alerts, *v.parts, *v.progress)]
+    assert flat == [alert, *parts, *progress]
+    big = _part("big", 3000)
+    (alone,) = _valuation_records("detect/w0")([big])
+    assert len(alone) > VALUATION_CHUNK_BYTES
+    assert Codec(topic_max_bytes={"detections": 1 << 20}).decode("detections", alone).parts == [
+        big]
+    assert _valuation_records("detect/w0")([]) == []
+
+
+def test_owner_aligned_partitions_put_each_key_where_its_owner_reads() -> None:
+    """With owners, a record goes to a partition its market process reads
+    (``p % processes == owner``), spread over those by key; an index price to all."""
+    owners = _owners(worked_config(), 0)
+    keys = [f"{v}/{i}" for v in ("okx", "binance", "deribit")
+            for i in ("BTC-PERP", "ETH-PERP", "BTC-USDC")]
+    placed = {k: aligned_partitions(k, 6, (b"index/",), owners) for k in keys}
+    assert all(len(p) == 1 and p[0] % 2 == owners.of_key(k) for k, p in placed.items())
+    assert len({p[0] for p in placed.values()}) > 2
+    assert aligned_partitions("index/BTC-USD", 6, (b"index/",), owners) == list(range(6))
+
+
+def _guard_config(**tier: Any) -> GuardConfig:
+    return msgspec.convert({"keys": {"signing_key": "k", "trust_file": "t", "roots_file": "r"},
+                            "tier": tier}, GuardConfig)
+
+
+@pytest.mark.parametrize(("tier", "where"), [
+    ({"role": "market", "index": 2, "detect_workers": 2}, "tier.index"),
+    ({"role": "market", "detect_workers": 2, "owners": {"BTC": 3}}, "tier.owners"),
+])
+def test_a_market_process_that_names_no_real_process_stops_start_up(
+    tier: dict[str, Any], where: str
+) -> None:
+    """An index or an owner outside the market processes is a config error naming it."""
+    with pytest.raises(ConfigError) as err:
+        _check_tier(_guard_config(**tier))
+    assert err.value.path == where
+
+
+def test_a_firm_tier_fed_by_market_processes_needs_input_alignment() -> None:
+    """It reads their valuations in step (event-time alignment): without it, one
+    process's parts could be summed with another's from minutes before."""
+    cfg = _guard_config(role="firm", upstream="market", detect_workers=2)
+    _check_tier(cfg)
+    off = msgspec.structs.replace(cfg, input=msgspec.structs.replace(cfg.input,
+                                                                     align_skew_s=None))
+    with pytest.raises(ConfigError) as err:
+        _check_tier(off)
+    assert err.value.path == "input.align_skew_s"
