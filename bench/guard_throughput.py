@@ -97,6 +97,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bytewax.operators as op
+import msgspec
 from bytewax.dataflow import Dataflow
 from confluent_kafka import Consumer, TopicPartition
 
@@ -110,13 +111,18 @@ from guard_workload import (
     start_guard,
 )
 from riskguard.connectors.broker import DevBroker, free_port
+from riskguard.connectors.placement import MarketOwners
 from riskguard.connectors.topics import TopicSpec, create_topics
 from riskguard.dataflows.demo import tier_config
 from riskguard.dataflows.demo_scenario import DURATION_S, scenario_copies
+from riskguard.dataflows.guard import load_guard_config, market_owners
 
 HERE = Path(__file__).resolve().parent
 INDEPENDENT = -2  # the run kind of 2 independent 1-worker guards
 TIERS = -3  # the run kind of a detect tier and a firm tier, 1 worker each
+MARKET = -4  # the run kind of 2 market processes and a firm tier fed by them
+# the bench's market processes: BTC on one, ETH on the other (each about half the data)
+MARKET_OWNERS = {"BTC": 0, "ETH": 1}
 
 
 def _label(procs: int) -> str:
@@ -124,6 +130,8 @@ def _label(procs: int) -> str:
         return "2 independent"
     if procs == TIERS:
         return "2 tiers    "
+    if procs == MARKET:
+        return "2 market + firm"
     return "1 worker   " if procs == 1 else f"{procs} processes"
 
 
@@ -161,12 +169,36 @@ def tier_envs(bench: BenchEnv, firm_idle_extra_s: float = 3.0) -> list[BenchEnv]
     config. The firm tier's idle EOF is ``firm_idle_extra_s`` longer: its detections
     topic is empty until the detect tier, started at the same time, has started up."""
     detect, firm = (tier_config(bench.config, role) for role in ("detect", "firm"))
-    text = firm.read_text()
+    _idle_longer(firm, firm_idle_extra_s)
+    return [dataclasses.replace(bench, config=path) for path in (detect, firm)]
+
+
+def market_envs(bench: BenchEnv, firm_idle_extra_s: float = 3.0) -> list[BenchEnv]:
+    """The env as 2 market processes (BTC, ETH) and a firm tier fed by them, each with
+    its own config (the README's "Market tier"); the firm's idle EOF is longer, as in
+    :func:`tier_envs`."""
+    n = len(set(MARKET_OWNERS.values()))
+    paths = [tier_config(bench.config, "market", index=i, detect_workers=n,
+                         owners=MARKET_OWNERS) for i in range(n)]
+    firm = tier_config(bench.config, "firm", upstream="market", detect_workers=n)
+    _idle_longer(firm, firm_idle_extra_s)
+    return [dataclasses.replace(bench, config=path) for path in (*paths, firm)]
+
+
+def bench_owners(bench: BenchEnv) -> MarketOwners:
+    """Who owns what among the bench's market processes (:data:`MARKET_OWNERS`)."""
+    cfg = load_guard_config(bench.config)[0]
+    n = len(set(MARKET_OWNERS.values()))
+    return market_owners(msgspec.structs.replace(cfg, tier=msgspec.structs.replace(
+        cfg.tier, detect_workers=n, owners=MARKET_OWNERS)))
+
+
+def _idle_longer(config: Path, extra_s: float) -> None:
+    text = config.read_text()
     idle = re.search(r"(?m)^idle_eof_s = ([0-9.]+)$", text)
     if idle:
-        longer = float(idle.group(1)) + firm_idle_extra_s
-        firm.write_text(text.replace(idle.group(0), f"idle_eof_s = {longer}", 1))
-    return [dataclasses.replace(bench, config=path) for path in (detect, firm)]
+        longer = float(idle.group(1)) + extra_s
+        config.write_text(text.replace(idle.group(0), f"idle_eof_s = {longer}", 1))
 
 
 def _wait(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> list[float]:
@@ -264,6 +296,28 @@ def output_span(bootstrap: str, topics: list[str], partitions: int,
                 after_ms: int = 0, holding: bytes | None = None) -> tuple[int, float]:
     """(count, seconds between first and last producer timestamp) of messages after
     ``after_ms`` (only those whose value holds the bytes ``holding``, if given)."""
+    n, first, last = output_times(bootstrap, topics, partitions, after_ms, holding)
+    return n, (last - first) / 1000.0
+
+
+def data_phase(bench: BenchEnv, partitions: int, after_ms: int) -> float:
+    """Seconds from a run's first output (its first exposure, or a detect or market
+    process's first progress on ``detections``) to its last exposure: the time it spent
+    on the data, start-up and the idle end of input left out (those differ between the
+    processes of a multi-process run, so the wall-time subtraction of an empty run
+    does not remove them alike)."""
+    _n, first, _last = output_times(bench.bootstrap, [bench.topic("exposures"),
+                                    bench.topic("detections")], partitions, after_ms)
+    _n, _first, last = output_times(bench.bootstrap, [bench.topic("exposures")], partitions,
+                                    after_ms)
+    return (last - first) / 1000.0
+
+
+def output_times(bootstrap: str, topics: list[str], partitions: int, after_ms: int = 0,
+                 holding: bytes | None = None) -> tuple[int, int, int]:
+    """(count, first and last producer timestamp in ms) of the messages of ``topics``
+    after ``after_ms`` (only those whose value holds the bytes ``holding``, if given);
+    the times are 0 when there are none."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-span",
                   "enable.auto.commit": False, "fetch.wait.max.ms": 20})
     c.assign([TopicPartition(t, p, 0) for t in topics for p in range(partitions)])
@@ -288,8 +342,8 @@ def output_span(bootstrap: str, topics: list[str], partitions: int,
     finally:
         c.close()
     if first is None or last is None:
-        return 0, 0.0
-    return n, (last - first) / 1000.0
+        return 0, 0, 0
+    return n, first, last
 
 
 def main() -> None:
@@ -311,6 +365,9 @@ def main() -> None:
     ap.add_argument("--tiers", action="store_true",
                     help="also run the guard as two tiers (a detect and a firm 1-worker "
                          "dataflow, at once)")
+    ap.add_argument("--market", action="store_true",
+                    help="also run the guard as 2 market processes (BTC, ETH) and a firm tier "
+                         "fed by them (three 1-worker dataflows, at once)")
     ap.add_argument("--independent", action="store_true",
                     help="also run 2 independent 1-worker guards, each over half the copies "
                          "(the ceiling for 2 processes)")
@@ -340,6 +397,14 @@ def main() -> None:
             base = setup_env(bootstrap, work / "base", f"bb{tag}",
                              **{**kw, "aligned_market": False})
             publish(base, records)
+        market_full = market_empty = full
+        if args.market:
+            # the market tier reads its own copy of the workload, its market topic
+            # produced for its processes (each reads only its own partitions)
+            kw_m = {**kw, "aligned_market": True}
+            market_full = setup_env(bootstrap, work / "market", f"bm{tag}", **kw_m)
+            market_empty = setup_env(bootstrap, work / "market-empty", f"bme{tag}", **kw_m)
+            publish(market_full, records, owners=bench_owners(market_full))
         halves: list[BenchEnv] = []
         halves_empty: list[BenchEnv] = []
         if args.independent:
@@ -376,18 +441,24 @@ def main() -> None:
               f"CPU {pt_cpu / n * 1e6:.1f} us/event)")
 
         rates: dict[int, list[float]] = {}
+        phases: dict[int, list[float]] = {}  # data phase seconds (data_phase)
         cpus: dict[int, list[float]] = {}
         # repeats interleave 1 worker and 2 processes, so load drift hits both alike
         kinds = [1] if args.skip_2p else [1, 2]
         if args.tiers:
             kinds.append(TIERS)
+        if args.market:
+            kinds.append(MARKET)
         if args.independent:
             kinds.append(INDEPENDENT)
         tiers = (tier_envs(full), tier_envs(empty)) if args.tiers else None
+        market = ((market_envs(market_full), market_envs(market_empty)) if args.market
+                  else None)
         for procs in [p for _ in range(args.repeats) for p in kinds]:
             envs: tuple[BenchEnv | list[BenchEnv], ...] = (
                 (halves, halves_empty) if procs == INDEPENDENT
-                else tiers if procs == TIERS and tiers else (full, empty))
+                else tiers if procs == TIERS and tiers
+                else market if procs == MARKET and market else (full, empty))
             b0 = cpu_seconds(broker_pid)
             run_full = run_guard(envs[0], procs)
             b1 = cpu_seconds(broker_pid)
@@ -413,21 +484,26 @@ def main() -> None:
                       f"{os.getloadavg()[0]:.2f}; CPU {c_full:.1f} s - empty {c_empty:.1f} s "
                       f"= {(c_full - c_empty) / n * 1e6:.1f} us/event{cpu_note})")
                 continue
-            _out_n, span = output_span(bootstrap, [full.topic("exposures"), full.topic("audit")],
-                                      args.partitions, after_ms=int(started * 1000))
-            dead, _ = output_span(bootstrap, [full.topic("dead_letters")], args.partitions,
-                                  after_ms=int(started * 1000))
+            run_env = market_full if procs == MARKET else full
+            after = int(started * 1000)
+            _out_n, span = output_span(bootstrap, [run_env.topic("exposures"),
+                                                   run_env.topic("audit")],
+                                       args.partitions, after_ms=after)
+            phase = data_phase(run_env, args.partitions, after)
+            phases.setdefault(procs, []).append(phase)
+            dead, _ = output_span(bootstrap, [run_env.topic("dead_letters")], args.partitions,
+                                  after_ms=after)
             label = _label(procs)
-            if procs == TIERS:
+            if procs in (TIERS, MARKET):
                 # the firm tier must not have run past a detect worker it took for dead
-                silent, _ = output_span(bootstrap, [full.topic("signals")], args.partitions,
-                                        after_ms=int(started * 1000),
-                                        holding=b'"detect_silent"')
+                silent, _ = output_span(bootstrap, [run_env.topic("signals")], args.partitions,
+                                        after_ms=after, holding=b'"detect_silent"')
                 label = f"{label.strip()} ({silent} detect_silent)"
             print(f"guard, {label}:              {rate:10,.0f} events/s  ratio "
                   f"{rate / pt_rate:.2f}x of baseline (goal >= 0.5x)  (wall {t_full:.1f} s - "
                   f"empty {t_empty:.1f} s; output span {span:.1f} s -> "
-                  f"{n / span if span else float('nan'):,.0f} events/s; "
+                  f"{n / span if span else float('nan'):,.0f} events/s; data phase "
+                  f"{phase:.1f} s -> {n / phase if phase else float('nan'):,.0f} events/s; "
                   f"{dead:,} dead letters; load {os.getloadavg()[0]:.2f}; "
                   f"CPU {c_full:.1f} s - empty {c_empty:.1f} s = "
                   f"{(c_full - c_empty) / n * 1e6:.1f} us/event{cpu_note})")
@@ -460,6 +536,18 @@ def main() -> None:
                   + (f"  (per repeat {min(pairs):.2f}-{max(pairs):.2f}x)" if len(pairs) > 1
                      else "")
                   + f"; CPU {statistics.median(cpus[TIERS]) / statistics.median(cpus[1]):.2f}x")
+        if MARKET in med:
+            pairs = [b / a for a, b in zip(rates[1], rates[MARKET], strict=True)]
+            print(f"scaling, 2 market processes + firm / 1 worker: {med[MARKET] / med[1]:.2f}x "
+                  "(goal >= 1.5x)"
+                  + (f"  (per repeat {min(pairs):.2f}-{max(pairs):.2f}x)" if len(pairs) > 1
+                     else "")
+                  + f"; CPU {statistics.median(cpus[MARKET]) / statistics.median(cpus[1]):.2f}x")
+        for procs in (2, TIERS, MARKET):
+            if procs in phases and 1 in phases:
+                by_phase = statistics.median(phases[1]) / statistics.median(phases[procs])
+                print(f"scaling by data phase, {_label(procs).strip()} / 1 worker: "
+                      f"{by_phase:.2f}x (first output to last exposure, medians)")
         if INDEPENDENT in med:
             print(f"ceiling, 2 independent guards / 1 worker: {med[INDEPENDENT] / med[1]:.2f}x; "
                   f"CPU {statistics.median(cpus[INDEPENDENT]) / statistics.median(cpus[1]):.2f}x")

@@ -28,7 +28,7 @@ from typing import Any
 
 import msgspec
 from confluent_kafka import Consumer, Producer, TopicPartition
-from riskguard.connectors.placement import aligned_partitions
+from riskguard.connectors.placement import MarketOwners, aligned_partitions
 from riskguard.connectors.settings import KafkaSettings
 from riskguard.connectors.topics import create_topics, topic_name
 from riskguard.dataflows.demo import DemoKeys, init_keys, stream_of, write_config
@@ -121,8 +121,10 @@ def producer(bootstrap: str, linger_ms: int = 20) -> Producer:
                      "queue.buffering.max.messages": 1_000_000})
 
 
-def publish(bench: BenchEnv, records: list[Any]) -> int:
-    """Produce ``records`` to the env's input topics; returns how many."""
+def publish(bench: BenchEnv, records: list[Any], owners: MarketOwners | None = None) -> int:
+    """Produce ``records`` to the env's input topics; returns how many. With ``owners``
+    (and ``input.aligned_market``), market data goes to the partitions its market
+    process reads (the README's "Market tier")."""
     p = producer(bench.bootstrap)
     topics = {s: bench.topic(s) for s in INPUT_STREAMS}
     aligned = bench.topic("market") if bench.aligned_market else None
@@ -131,7 +133,7 @@ def publish(bench: BenchEnv, records: list[Any]) -> int:
         topic = topics[stream_of(rec)]
         data, key = encode(rec), _key(rec)
         parts = [-1] if topic != aligned else aligned_partitions(  # -1: librdkafka's
-            key, bench.partitions, prefixes)
+            key, bench.partitions, prefixes, owners)
         for part in parts:
             while True:
                 try:
