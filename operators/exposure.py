@@ -62,6 +62,7 @@ from __future__ import annotations
 import heapq
 import math
 import pickle
+import struct
 import uuid
 import zlib
 from bisect import bisect_right
@@ -70,7 +71,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial, reduce
 from itertools import chain, compress, pairwise, repeat
 from operator import add, attrgetter, is_
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 import numpy as np
@@ -591,6 +592,13 @@ NEVER_STALE = 2**62
 _LEVEL_RANK = {LimitLevel.OK: 0, LimitLevel.WARN: 1, LimitLevel.BREACH: 2}
 _VECTOR_MIN = 64  # fewer plain marks than this are applied one by one (measured crossover)
 _SMALL_HELD = 32  # up to this many held instruments, realized vols are ranked in a loop
+# A book of at most this many cells, none of its rows holding more than _SEQ_SUM_MAX, is
+# re-valued in Python rather than whole-array: a tick's re-valuation of a few positions
+# costs numpy's per-call overhead many times over (about 200 against 60 µs for the demo
+# book). The results are the same bits: numpy sums a segment of up to 8 terms in order,
+# ``a0 + (z + a1 + ... + ak)`` (``z`` is :data:`_SUM_ZERO`), and bincount from 0.0 in order.
+_SMALL_CELLS = 64
+_SEQ_SUM_MAX = 8
 # the EWMA recursion's cost in Python-loop steps: one numpy step across every column,
 # and the per-column overhead of the loop (measured, see :func:`_ewma_runs`)
 _STEP_COST, _COLUMN_COST = 130, 6
@@ -671,14 +679,44 @@ def _ewma_runs(var: Any, fresh: Any, x: Any, first: Any, lens: Any, alpha: float
     return np.array(out, dtype=np.float64)
 
 
+# the zero numpy's short pairwise sum starts from (-0.0 since numpy 2: the sum of -0.0s
+# keeps its sign), read off numpy itself so the small-book path matches it bit for bit
+_SUM_ZERO = float(np.add.reduceat(np.array([-0.0, -0.0]), np.array([0]))[0])
+
+
+def _seq_sum(xs: list[float]) -> float:
+    """numpy's ``add.reduceat`` of one segment of at most :data:`_SEQ_SUM_MAX` terms, the
+    same bits (0.0 for none).
+
+    >>> xs = [0.1, 0.2, 0.3, 1e16, -1e16]
+    >>> _seq_sum(xs) == float(np.add.reduceat(np.array(xs), np.array([0]))[0])
+    True
+    """
+    if len(xs) < 2:
+        return xs[0] if xs else 0.0
+    rest = _SUM_ZERO
+    for x in xs[1:]:
+        rest += x
+    return xs[0] + rest
+
+
 def _row_reduce(ufunc: Any, flat: Any, bounds: Any, empty: float) -> list[Any]:
-    """Per-row ``ufunc`` reduction of row-major ``flat`` values split at ``bounds``."""
+    """Per-row ``ufunc`` reduction of row-major ``flat`` values split at ``bounds``
+    (``empty`` for a row with none). Only the rows that hold values start a segment:
+    each then runs to the next such row's start, which is its own end.
+
+    >>> bounds = np.array([0, 2, 2, 3, 3])  # rows of 2, 0, 1 and 0 values
+    >>> _row_reduce(np.add, np.array([1.0, 2.0, 4.0]), bounds, 0.0)
+    [3.0, 0.0, 4.0, 0.0]
+    """
     n = len(bounds) - 1
-    if not len(flat):
+    held = bounds[1:] > bounds[:-1]
+    if not len(flat) or not held.any():
         return [empty] * n
-    starts = np.minimum(bounds[:-1], len(flat) - 1)
-    red = ufunc.reduceat(flat, starts)
-    return np.where(bounds[1:] > bounds[:-1], red, empty).tolist()
+    red = ufunc.reduceat(flat, bounds[:-1][held])
+    out = np.full(n, empty, dtype=red.dtype)
+    out[held] = red
+    return out.tolist()
 
 
 @dataclass
@@ -696,6 +734,29 @@ class _Layout:
     und: Any  # row * underlyings + its underlying's code (the delta bincount's bins)
     held_u: Any  # bool, rows x underlyings: the row holds that underlying
     held_cols: Any  # the columns anyone holds
+    # a small book (:data:`_SMALL_CELLS`, rows of at most :data:`_SEQ_SUM_MAX` cells) is
+    # re-valued in Python: each row's columns, and each held column's rows
+    row_cols: list[list[int]] | None = None
+    col_rows: dict[int, list[int]] | None = None
+
+
+class _Valued(NamedTuple):
+    """One re-valuation's per-row results (either core), for :meth:`ShardLogic._parts`."""
+
+    rows: list[int]
+    gross: list[float]
+    net: list[float]
+    upnl: list[float]
+    orders: list[float]
+    delta: list[dict[str, float]]
+    by_asset: list[dict[str, float]]
+    names: list[list[str]]
+    notionals: list[list[float]]
+    mark_ts: list[bytes]
+    oldest: list[int]
+    ts: list[int]
+    unvalued: list[list[str]]
+    evidence: list[list[str]]
 
 
 @dataclass
@@ -896,6 +957,10 @@ class ShardLogic:
         ax = {a: k for k, a in enumerate(self._asset_names)}
         self._und_code = np.array([ux[u] for u in und], dtype=np.int64)
         self._asset_code = np.array([ax[a] for a in asset], dtype=np.int64)
+        # the same as Python lists, for the small-book re-valuation
+        self._mult_l = self._mult.tolist()
+        self._und_code_l = self._und_code.tolist()
+        self._asset_code_l = self._asset_code.tolist()
         # no options and asset == underlying everywhere: notional by asset is the delta
         self._asset_is_delta = not any(self._is_opt_list) and asset == und
         needing: dict[str, list[int]] = {}
@@ -979,6 +1044,13 @@ class ShardLogic:
         held_u = np.bincount(und, None, n * n_u).reshape(n, n_u) > 0
         self._lay = lay = _Layout(active, r, c, flat, bounds, names, self._mult[c], und,
                                   held_u, np.flatnonzero(active.any(axis=0)))
+        if len(flat) <= _SMALL_CELLS and int(counts.max(initial=0)) <= _SEQ_SUM_MAX:
+            c_l = c.tolist()
+            lay.row_cols = [c_l[lo:hi] for lo, hi in pairwise(b)]
+            lay.col_rows = {}
+            for row, cols in enumerate(lay.row_cols):
+                for col in cols:
+                    lay.col_rows.setdefault(col, []).append(row)
         return lay
 
     def _opened_or_closed(self, old: float, new: float) -> None:
@@ -1635,14 +1707,23 @@ class ShardLogic:
                  ts: int | None = None) -> list[Any]:
         """One :class:`Part` per counterparty whose value ``acc`` says may have moved
         (stamped ``ts`` when given: the tick that re-valued it)."""
-        changed, touched, touched_ts = acc.changed, acc.touched, acc.touched_ts
+        if not self.state.cps:
+            return out
+        lay = self._layout()
+        core = self._revalue_small if lay.row_cols is not None else self._revalue_whole
+        valued = core(out, acc, lay)
+        if valued is None:
+            return out
+        return self._parts(out, acc, lay, valued, recv_ts, ts)
+
+    def _revalue_whole(self, out: list[Any], acc: Pending, lay: _Layout) -> _Valued | None:
+        """The rows ``acc`` moved, valued with whole-array operations (any book); missing
+        mark and FX alerts go to ``out``. None: no row moved."""
+        changed, touched = acc.changed, acc.touched
         touched_cols, coll_dirty = acc.touched_cols, acc.coll_dirty
         st = self.state
         n = len(st.cps)
-        if n == 0:
-            return out
         cap = self.config.max_evidence
-        lay = self._layout()
         active_all = lay.active
         mark = st.mark
         fxq, fxu = self._fxq, self._fxu
@@ -1668,7 +1749,7 @@ class ShardLogic:
                                                 changed))
         rows = np.flatnonzero(dirty)
         if not len(rows):
-            return out
+            return None
         opt = self._is_opt
         und_px = st.und_price
         nf = np.where(valued, np.where(opt, und_px * fxu, mark * fxq), 0.0)
@@ -1724,9 +1805,6 @@ class ShardLogic:
         ts_rows = _row_reduce(np.maximum, st.last_ts[c_i], bounds_a, 0)
         oldest_rows = _row_reduce(np.minimum, mts_c, bounds_a, NEVER_STALE)
         und_names = self._und_names
-        # realized vol per underlying is a market property: one dict shared by every part
-        uvol = self._und_vols(lay.held_cols)
-        uvol_values = {u: v for u, (v, _t) in sorted(uvol.items())}
         any_unvalued = (act & ~valued).any(axis=1).tolist()
         if len(jc):
             # evidence: ids of the newest ``cap`` re-valuing records per row
@@ -1740,7 +1818,6 @@ class ShardLogic:
             cc_all = trig[c_i[kept]].tolist()
             cbounds: Any = np.searchsorted(kept, bounds_a).tolist()
         # the per-row lists, one comprehension each
-        cps = st.cps if m == n else [st.cps[i] for i in rows_l]
         spans = list(pairwise(bounds))
         not_rows = [not_all[lo:hi] for lo, hi in spans]
         mts_rows = [mts_b[8 * lo:8 * hi] for lo, hi in spans]
@@ -1764,7 +1841,117 @@ class ShardLogic:
                 if any_unvalued[k]:
                     unvalued[k] = [nm for nm, c in zip(names_rows[k], c_l[lo:hi], strict=True)
                                    if not valued_l[c]]
-        where = {i: k for k, i in enumerate(rows_l)} if m != n else None
+        return _Valued(rows_l, gross, net, upnl_s, ord_s, ds, as_, names_rows, not_rows,
+                       mts_rows, oldest_rows, ts_rows, unvalued, evid)
+
+    def _revalue_small(self, out: list[Any], acc: Pending, lay: _Layout) -> _Valued | None:
+        """:meth:`_revalue_whole` for a small book (``lay.row_cols``), in Python: the same
+        values, bit for bit (the same IEEE operations in the same order; see
+        :data:`_SMALL_CELLS`), at a fraction of the numpy calls' fixed cost."""
+        changed, touched = acc.changed, acc.touched
+        touched_cols, coll_dirty = acc.touched_cols, acc.coll_dirty
+        st = self.state
+        row_cols, col_rows = lay.row_cols, lay.col_rows
+        assert row_cols is not None and col_rows is not None  # a small layout
+        held_changed = [j for j in changed if j in col_rows]
+        dirty = set(touched)
+        dirty.update(coll_dirty)
+        for j in held_changed:
+            dirty.update(col_rows[j])
+        rows = sorted(dirty)
+        cand = dict.fromkeys(held_changed)
+        cand.update(dict.fromkeys(touched_cols))
+        # per column needed: (valued, notional factor, delta factor, fx, mark, mark time)
+        mark, mark_ts, fxq, fxu = st.mark, st.mark_ts, self._fxq, self._fxu
+        opt, und_px, opt_delta = self._is_opt_list, st.und_price, st.opt_delta
+        col: dict[int, tuple[bool, float, float, float, float, int]] = {}
+        isnan = math.isnan
+        for j in chain.from_iterable([row_cols[i] for i in rows] + [list(cand)]):
+            if j in col:
+                continue
+            mk, q, u = mark.item(j), fxq.item(j), fxu.item(j)
+            if isnan(mk) or isnan(q) or isnan(u):  # no mark or no FX rate
+                col[j] = (False, 0.0, 0.0, 0.0, 0.0, NEVER_STALE)
+            elif opt[j]:
+                up = und_px.item(j)
+                col[j] = (True, up * u, opt_delta.item(j) * up * u, q, mk, mark_ts.item(j))
+            else:
+                nf = mk * q
+                col[j] = (True, nf, nf, q, mk, mark_ts.item(j))
+        if cand:
+            bad = sorted(j for j in cand if not col[j][0])
+            if bad or st.alerted:
+                good = np.zeros(len(st.insts), dtype=bool)
+                good[[j for j in cand if col[j][0]]] = True
+                out.extend(self._missing_alerts(bad, good, lay.active, touched_cols, changed))
+        if not rows:
+            return None
+        cap = self.config.max_evidence
+        qty, avg, orders = st.qty, st.avg, st.orders
+        any_orders = self._any_orders
+        isnan = math.isnan
+        mult, und_code, asset_code = self._mult_l, self._und_code_l, self._asset_code_l
+        und_names, asset_names = self._und_names, self._asset_names
+        last_ts = st.last_ts
+        same = self._asset_is_delta
+        v = _Valued(rows, [], [], [], [], [], [], [], [], [], [], [], [], [])
+        for i in rows:
+            cols = row_cols[i]
+            nots: list[float] = []
+            ups: list[float] = []
+            ords: list[float] = []
+            mts: list[int] = []
+            du: dict[int, float] = {}
+            da: dict[int, float] = {}
+            unvalued: list[str] = []
+            for c, name in zip(cols, lay.names[i], strict=True):
+                ok, nf, df, fxv, mv, mt = col[c]
+                qm = qty.item(i, c) * mult[c]
+                nt = qm * nf
+                up = qm * (mv - avg.item(i, c)) * fxv
+                nots.append(nt)
+                ups.append(0.0 if isnan(up) else up)  # no average entry price: no PnL
+                if any_orders:
+                    ords.append(orders.item(i, c) * fxv)
+                mts.append(mt)
+                u = und_code[c]
+                du[u] = du.get(u, 0.0) + qm * df
+                if not same:
+                    a = asset_code[c]
+                    da[a] = da.get(a, 0.0) + nt
+                if not ok:
+                    unvalued.append(name)
+            v.gross.append(_seq_sum([abs(x) for x in nots]))
+            v.net.append(_seq_sum(nots))
+            v.upnl.append(_seq_sum(ups))
+            v.orders.append(_seq_sum(ords))
+            d = {und_names[u]: du[u] for u in sorted(du)}
+            v.delta.append(d)
+            v.by_asset.append(d if same else {asset_names[a]: da[a] for a in sorted(da)})
+            v.names.append(lay.names[i])
+            v.notionals.append(nots)
+            v.mark_ts.append(struct.pack(f"<{len(mts)}q", *mts))
+            v.oldest.append(min(mts, default=NEVER_STALE))
+            v.ts.append(max((last_ts.item(c) for c in cols), default=0))
+            v.unvalued.append(unvalued)
+            v.evidence.append([changed[c] for c in cols if c in changed][-cap:])
+        return v
+
+    def _parts(self, out: list[Any], acc: Pending, lay: _Layout, v: _Valued,
+               recv_ts: int | None, ts: int | None) -> list[Any]:
+        """The rows' parts from their values: own records and collateral added to each
+        row's evidence and time, stamped ``ts`` when given."""
+        touched, touched_ts, coll_dirty = acc.touched, acc.touched_ts, acc.coll_dirty
+        st = self.state
+        cap = self.config.max_evidence
+        rows_l = v.rows
+        m = len(rows_l)
+        evid, ts_rows, unvalued = v.evidence, v.ts, v.unvalued
+        cps = st.cps if m == len(st.cps) else [st.cps[i] for i in rows_l]
+        # realized vol per underlying is a market property: one dict shared by every part
+        uvol = self._und_vols(lay.held_cols)
+        uvol_values = {u: x for u, (x, _t) in sorted(uvol.items())}
+        where = {i: k for k, i in enumerate(rows_l)} if m != len(st.cps) else None
         for i, own in touched.items():  # own records last, newest kept
             k = i if where is None else where[i]
             evid[k] = ([e for e in evid[k] if e not in own] + own)[-cap:]
@@ -1789,9 +1976,9 @@ class ShardLogic:
             Part(cp, key, seq, ts, g, nt, u, o, c, d, a, nm, no, mb, old, unv, uvol,
                  uvol_values, ev, recv_ts)
             for cp, seq, ts, g, nt, u, o, c, d, a, nm, no, mb, old, unv, ev in zip(
-                cps, range(seq0 + 1, seq0 + m + 1), ts_rows, gross, net, upnl_s, ord_s, colls,
-                ds, as_, names_rows, not_rows, mts_rows, oldest_rows, unvalued, evid,
-                strict=True))
+                cps, range(seq0 + 1, seq0 + m + 1), ts_rows, v.gross, v.net, v.upnl, v.orders,
+                colls, v.delta, v.by_asset, v.names, v.notionals, v.mark_ts, v.oldest, unvalued,
+                evid, strict=True))
         return out
 
     def _und_vols(self, held_cols: Any) -> dict[str, tuple[float, int]]:
