@@ -173,15 +173,15 @@ def tier_envs(bench: BenchEnv, firm_idle_extra_s: float = 3.0) -> list[BenchEnv]
     return [dataclasses.replace(bench, config=path) for path in (detect, firm)]
 
 
-def market_envs(bench: BenchEnv, firm_idle_extra_s: float = 3.0) -> list[BenchEnv]:
+def market_envs(bench: BenchEnv) -> list[BenchEnv]:
     """The env as 2 market processes (BTC, ETH) and a firm tier fed by them, each with
-    its own config (the README's "Market tier"); the firm's idle EOF is longer, as in
-    :func:`tier_envs`."""
+    its own config (the README's "Market tier"). Unlike :func:`tier_envs` the firm needs
+    no longer idle EOF: it ends each market process's partition on that process's final
+    progress, and does not take it for ended before the process has written."""
     n = len(set(MARKET_OWNERS.values()))
     paths = [tier_config(bench.config, "market", index=i, detect_workers=n,
                          owners=MARKET_OWNERS) for i in range(n)]
     firm = tier_config(bench.config, "firm", upstream="market", detect_workers=n)
-    _idle_longer(firm, firm_idle_extra_s)
     return [dataclasses.replace(bench, config=path) for path in (*paths, firm)]
 
 

@@ -56,6 +56,7 @@ from riskguard.operators.metrics import (
 )
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import Codec, encode
+from riskguard.schemas.signals import DetectProgress
 from riskguard.schemas.time_policy import EventTimePolicy
 
 from riskguard.errors import BrokerError, ConfigError, DeliveryError
@@ -351,11 +352,16 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         policy: EventTimePolicy | None, clock: Clock, watermark: int = -1,
         stamp_recv_ts: bool = False, align: EventTimeAlignment | None = None,
         name: str | None = None, replica: Replica | AlignedReader | None = None,
-        progress: bool = False,
+        writers: int = 0,
     ) -> None:
         self._stamp = stamp_recv_ts
-        # a partition another flow writes as it goes: at its end it is not caught up
-        self._progress = progress
+        # a progress partition (``writers`` flows write it as they go): at its end it is not
+        # caught up; it ends once every writer sent its final progress, or had written and
+        # then went idle
+        self._progress = writers > 0
+        self._writers = writers
+        self._finished: set[str] = set()
+        self._got_any = False
         self._replica = replica
         self._shared = shared
         self.shared = shared  # the consumer it reads through (a bundle may wait in it)
@@ -441,11 +447,15 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         if it is this replica's to emit; ``self._offset`` moves past every
         message taken.
         """
+        if self._progress and len(self._finished) >= self._writers:
+            raise StopIteration  # every writer's input ended, and all it wrote was read
         msgs = self._shared.take(self._topic, self._idx)
         if not msgs:
             idle_eof = self._idle_eof_ns
             at = self._clock()
-            if (idle_eof is not None and at - self._last_msg_ns > idle_eof
+            # a progress partition's writer may still be starting: idle only once it wrote
+            if (idle_eof is not None and (self._got_any or not self._progress)
+                    and at - self._last_msg_ns > idle_eof
                     and at >= self._recheck_at and not self._unread_left(idle_eof, at)):
                 raise StopIteration
             return None
@@ -496,6 +506,8 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
                     rec = policy.check(rec, value, topic, idx, off, now)
                 if stamp and type(rec) is not DeadLetter and getattr(rec, "recv_ts", 0) is None:
                     force_setattr(rec, "recv_ts", received)  # just decoded: no one else holds it
+                if self._progress and type(rec) is DetectProgress and rec.final:
+                    self._finished.add(rec.source)
             if replica is not None:
                 verdict = replica.admit(rec, owned, shared, dead=type(rec) is DeadLetter)
                 if verdict == "skip":
@@ -516,6 +528,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         self._at_end = at_end
         now = self._clock()
         if last_off >= 0:
+            self._got_any = True
             self._last_msg_ns = now
             self._offset = last_off + 1
             self._idle_since = None
@@ -759,12 +772,16 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
     whose times lag that flow's progress on the same partition by up to a
     feature window.
 
-    ``progress_topics``: topics another riskguard flow writes as it goes, in event-time
-    order per partition (a market process's valuations on the ``detections`` topic). With
-    alignment, such a partition at its end is not caught up, only waiting for its
-    writer: it goes on holding the others back at the event time it reached until it
-    stalls (no data for 10 s: a writer gone), so the others are read in step with it
-    however far ahead their writers have run.
+    ``progress_topics``: topic -> ``n``: partitions ``0 .. n - 1`` (modulo the topic's
+    count) of these topics are written as they go by another riskguard flow each, in
+    event-time order (a market process's valuations on the ``detections`` topic,
+    ``KafkaOutput(partition=index)``). With alignment, such a partition at its end is not
+    caught up, only waiting for its writer: it goes on holding the others back at the
+    event time it reached until it stalls (no data for 10 s: a writer gone), so the
+    others are read in step with it however far ahead their writers have run. It ends
+    once each of its writers sent its ``final`` :class:`~riskguard.schemas.DetectProgress`
+    (its bounded input ended), or wrote and then went idle for ``idle_eof_s``: not before a
+    writer still starting up has written anything.
 
     ``replica_of = (index, processes)`` with ``owner``: this dataflow is one of
     ``processes`` independent one-worker dataflows (the README's "Market tier"),
@@ -799,9 +816,10 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
         untimed_topics: Iterable[str] = (),
         replica_of: tuple[int, int] | None = None,
         owner: Callable[[bytes | None], int] | None = None,
-        progress_topics: Iterable[str] = (),
+        progress_topics: dict[str, int] | None = None,
     ) -> None:
-        self.progress_topics = frozenset(progress_topics)
+        self.progress_topics = dict(progress_topics or {})
+        self._progress_parts: dict[str, dict[int, int]] = {}  # topic -> partition -> writers
         if (replica_of is None) != (owner is None):
             raise ConfigError("kafka.replica_of", "replica_of and owner given together",
                               (replica_of, owner))
@@ -993,8 +1011,22 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
             self.idle_eof_ns, None if topic in self.untimed_topics else self.time_policy,
             self.clock, watermark, self.stamp_recv_ts,
             self.alignment, name=for_part, replica=replica,
-            progress=topic in self.progress_topics,
+            writers=self._writers_of(topic, int(idx_text)),
         )
+
+    def _writers_of(self, topic: str, idx: int) -> int:
+        """How many flows write partition ``idx`` of ``topic`` as they go
+        (``progress_topics``: writer ``k`` writes partition ``k`` modulo the count)."""
+        writers = self.progress_topics.get(topic)
+        if not writers:
+            return 0
+        counts = self._progress_parts.get(topic)
+        if counts is None:
+            count = len(list_partitions(self.settings, topic))
+            counts = self._progress_parts[topic] = {}
+            for k in range(writers):
+                counts[k % count] = counts.get(k % count, 0) + 1
+        return counts.get(idx, 0)
 
 
 # Topics whose sink has raised in this process: once one has, the flow is failing.
@@ -1081,6 +1113,10 @@ class KafkaOutput(FixedPartitionedSink[tuple[bytes | None, bytes], None]):
     written; a key's messages stay in order as long as one worker makes them
     all (true of every keyed output of the guard). Needs the ``workers`` probe
     step (:func:`kafka_input` always adds it).
+
+    ``partition``: every item goes to this Kafka partition (modulo the topic's count):
+    a market process writes the ``detections`` partition of its index, which the firm
+    tier knows to align on (``KafkaInput(progress_topics=...)``).
     """
 
     def __init__(
@@ -1092,8 +1128,11 @@ class KafkaOutput(FixedPartitionedSink[tuple[bytes | None, bytes], None]):
         linger_ms: int = 5,
         flush_timeout_s: float | None = None,
         worker_local: bool = False,
+        partition: int | None = None,
     ) -> None:
         self.worker_local = worker_local
+        self.partition = partition
+        self._part_index: int | None = None  # the fixed partition's place in list_parts
         self.settings = as_settings(brokers)
         self.topic = topic
         self.delivery_timeout_s = delivery_timeout_s
@@ -1106,9 +1145,15 @@ class KafkaOutput(FixedPartitionedSink[tuple[bytes | None, bytes], None]):
         return [str(i) for i in list_partitions(self.settings, self.topic)]
 
     def part_fn(self, item_key: str) -> int:
-        """Worker-local: the calling worker's part (the parts sort by worker index)."""
+        """Worker-local: the calling worker's part (the parts sort by worker index); with a
+        fixed ``partition``, that partition's part."""
         if self.worker_local:
             return self._this_worker()
+        if self.partition is not None:
+            if self._part_index is None:
+                names = sorted(self.list_parts())  # bytewax indexes its parts in name order
+                self._part_index = names.index(str(self.partition % len(names)))
+            return self._part_index
         return super().part_fn(item_key)
 
     def _this_worker(self) -> int:

@@ -125,6 +125,26 @@ class _NoItems(StatelessSourcePartition[Any]):
         raise StopIteration
 
 
+class _Once(StatelessSourcePartition[Any]):
+    def __init__(self) -> None:
+        self._sent = False
+
+    def next_batch(self) -> list[Any]:
+        if self._sent:
+            raise StopIteration
+        self._sent = True
+        return [None]
+
+
+class StartSignal(DynamicSource[Any]):
+    """One ``None`` per worker at start, then its end: a keyed step fed by it exists in
+    every run, an empty one included, so its ``on_eof`` runs (a market process's final
+    progress, :mod:`riskguard.operators.end_of_input`)."""
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Once:
+        return _Once()
+
+
 class WorkerProbe(DynamicSource[Any]):
     """Emits nothing; records the worker count and the calling worker's index.
 

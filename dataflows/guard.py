@@ -40,6 +40,7 @@ from riskguard.connectors.placement import (
     LocalKeys,
     MarketOwners,
     OtherProcessKeys,
+    StartSignal,
     worker_of_thread,
 )
 from riskguard.connectors.topics import topic_name
@@ -57,6 +58,7 @@ from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer, encode_envelope
 from riskguard.operators.dedup import RecentIdsLogic
 from riskguard.operators.detect_watch import DetectWatchLogic, detect_worker
 from riskguard.operators.detector import DetectorConfig, prepare_models
+from riskguard.operators.end_of_input import FinalProgressLogic
 from riskguard.operators.exposure import PROGRESS_KEY, ExposureConfig, ShardPlace
 from riskguard.operators.features import (
     MARKET_FEATURES,
@@ -1056,7 +1058,8 @@ def _input(flow: Dataflow, cfg: GuardConfig, streams: tuple[str, ...], clock: Cl
         codec=Codec(topic_max_bytes={cfg.topic(DETECTIONS): VALUATION_MAX_BYTES}),
         # market processes' valuations: applied in step with each other (the firm tier
         # sums their parts), not as fast as each process wrote them
-        progress_topics=[cfg.topic(DETECTIONS)] if _fed_by_market(cfg) else [],
+        progress_topics=({cfg.topic(DETECTIONS): cfg.tier.detect_workers}
+                         if _fed_by_market(cfg) else None),
         **(_split_options(cfg) if owners is None else _market_options(cfg, owners)),
     )
 
@@ -1101,8 +1104,8 @@ def _market_options(cfg: GuardConfig, owners: MarketOwners) -> dict[str, Any]:
 def _market_flow(cfg: GuardConfig, clock: Clock) -> Dataflow:
     """A market process (``tier.role = "market"``): the market topic split by underlying
     and the venue-status, fill, position and balance topics whole in; its anomaly
-    signals, valuations and progress out to the ``detections`` topic (one Kafka
-    partition, key ``detect/w<index>``).
+    signals, valuations and progress out to the ``detections`` topic (its partition
+    ``index`` modulo the count, key ``detect/w<index>``).
 
     Its source's dead letters are written once among all processes: the market topic's
     by the owner of their key, the fill, position and balance topics' by the process
@@ -1117,9 +1120,17 @@ def _market_flow(cfg: GuardConfig, clock: Clock) -> Dataflow:
                       wall_clock=clock)
     timeout = cfg.sink_delivery_timeout_s
     name = detect_worker(owners.index)
-    kafka_output("detections", out.detections, brokers=cfg.kafka,
+    # everything it writes, then (a bounded run) its final progress, which ends its
+    # partition for the firm tier
+    started = op.input("start", flow, StartSignal())
+    detections = op.flat_map_batch("final_unkey", stateful_logic(
+        "final", op.flat_map_batch("final_key", op.merge("final_in", started, out.detections),
+                                   lambda rs: [(name, r) for r in rs]),
+        lambda state: FinalProgressLogic(name, state)), values_of)
+    # its own partition (index modulo the count): the firm tier aligns on exactly those
+    kafka_output("detections", detections, brokers=cfg.kafka,
                  topic=cfg.topic(DETECTIONS), delivery_timeout_s=timeout,
-                 key=lambda _rec: name)
+                 key=lambda _rec: name, partition=owners.index)
     market_topic, status_topic = cfg.topic("market"), cfg.topic("venue_status")
     src_dead = op.flat_map_batch("own_dead", src.errs, lambda ds: [
         d for d in ds if d.topic != status_topic and (d.topic == market_topic or owners.keeps(d))])

@@ -661,3 +661,59 @@ def test_the_broker_says_what_an_idle_partition_has_left_to_read(kafka_bootstrap
     assert [r.id for r in got] == [f"r{i}" for i in range(5)]
     assert not part._unread_left(60 * 10**9, time.time_ns())  # all read: it may end
     part.close()
+
+
+def _progress(source: str, ts: int, *, final: bool = False) -> bytes:
+    from riskguard.schemas import DetectProgress
+
+    return encode(DetectProgress(ts=ts, source=source, final=final))
+
+
+def test_a_progress_partition_ends_on_its_writers_final_progress_not_on_idle() -> None:
+    """A partition market processes write as they go (``progress_topics``) is not ended
+    by idleness before a writer has written (it may still be starting up): it ends once
+    every one of its writers' final progress is read, after everything before it."""
+    from riskguard.connectors.kafka import _SourcePartition
+
+    t = iter(range(0, 10**13, 5 * 10**8))  # half a second per clock reading
+    late = [_Msg(0, _progress("detect/w0", 5)), _Msg(1, _progress("detect/w2", 6)),
+            _Msg(2, _progress("detect/w0", 7, final=True)),
+            _Msg(3, _progress("detect/w2", 8, final=True))]
+    shared = _Stalling([late], stall=40, end=4)  # 20 s of clock with nothing written
+    part = _SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
+                            lambda: next(t), writers=2)
+    got = _read_until_end(part)
+    assert [(r.source, r.ts, r.final) for r in got] == [
+        ("detect/w0", 5, False), ("detect/w2", 6, False), ("detect/w0", 7, True),
+        ("detect/w2", 8, True)]
+
+
+def test_a_progress_partition_whose_writer_wrote_then_went_quiet_ends_idle() -> None:
+    """A writer that wrote and then fell silent without its final progress (killed in a
+    bounded run) does not keep the reader open for ever: idleness ends it as usual."""
+    from riskguard.connectors.kafka import _SourcePartition
+
+    t = iter(range(0, 10**13, 5 * 10**8))
+    shared = _Stalling([[_Msg(0, _progress("detect/w0", 5))]], stall=0, end=1)
+    part = _SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
+                            lambda: next(t), writers=1)
+    assert [r.ts for r in _read_until_end(part)] == [5]
+
+
+def test_a_sink_with_a_fixed_partition_writes_there(kafka_bootstrap: str, new_topic) -> None:
+    """``KafkaOutput(partition=i)`` writes every item to partition ``i`` (modulo the
+    count), whatever its key: a market process's own detections partition."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSource
+    from riskguard.connectors.kafka import kafka_output
+    from riskguard.schemas import DetectProgress
+
+    topic = new_topic(3)
+    flow = Dataflow("fixed_partition")
+    recs = op.input("in", flow, TestingSource(
+        [DetectProgress(ts=k, source=f"s{k}") for k in range(6)]))
+    kafka_output("out", recs, brokers=kafka_bootstrap, topic=topic, partition=4)
+    run_main(flow)
+    assert sorted((p, decode(topic, v).ts) for p, _o, v in
+                  consume_all(kafka_bootstrap, topic, expect=6)) == [(1, k) for k in range(6)]

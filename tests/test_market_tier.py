@@ -270,3 +270,54 @@ def test_a_firm_tier_fed_by_market_processes_needs_input_alignment() -> None:
     with pytest.raises(ConfigError) as err:
         _check_tier(off)
     assert err.value.path == "input.align_skew_s"
+
+
+def _final_inputs() -> list[Any]:
+    """A market process's detections: its start signal, progress, and encoded
+    valuations."""
+    from riskguard.schemas import DetectProgress
+
+    out: list[Any] = [None]
+    for k in range(30):
+        out.append(DetectProgress(ts=10 * k, source="detect/w1"))
+        if k % 4 == 0:
+            out.append(_valuation_records("detect/w1")([_part(f"cp{k}", 2)])[0])
+    return out
+
+
+def test_final_progress_logic_meets_the_contract() -> None:
+    """Snapshot pickles, is independent, resume equals uninterrupted, input unmutated;
+    and a resumed run ends with the same final progress as an uninterrupted one."""
+    from contract import CHECKS, Case
+    from riskguard.operators.end_of_input import FinalProgressLogic
+
+    def build(state: Any) -> FinalProgressLogic:
+        return FinalProgressLogic("detect/w1", state)
+
+    events = _final_inputs()
+    for check in CHECKS:
+        check(Case("market.final_progress", build, events))
+    whole = build(None)
+    whole.on_batch(list(events))
+    first = build(None)
+    first.on_batch(events[:17])
+    resumed = build(first.snapshot())
+    resumed.on_batch(events[17:])
+    assert resumed.on_eof() == whole.on_eof()
+
+
+def test_a_market_process_passes_its_detections_through_then_ends_with_a_final_progress(
+) -> None:
+    """Every record goes through unchanged and in order; at end of input one final
+    progress at the newest progress time; an empty run (only the start signal) ends
+    with one too, at 0."""
+    from riskguard.operators.end_of_input import FinalProgressLogic
+
+    recs = _final_inputs()
+    logic = FinalProgressLogic("detect/w1")
+    assert logic.on_batch(list(recs)) == recs[1:]
+    (final,) = logic.on_eof()
+    assert (final.source, final.ts, final.final) == ("detect/w1", 290, True)
+    empty = FinalProgressLogic("detect/w0")
+    assert empty.on_event(None) == []
+    assert [(p.ts, p.final) for p in empty.on_eof()] == [(0, True)]
