@@ -100,6 +100,7 @@ import bytewax.operators as op
 import msgspec
 from bytewax.dataflow import Dataflow
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from guard_workload import (
@@ -246,6 +247,8 @@ def run_guard(bench: BenchEnv | list[BenchEnv], procs: int,
               timeout_s: float = 600.0) -> GuardRun:
     """One guard run: 1 worker, or ``procs`` processes. Given a list of envs: one
     1-worker guard per env, all at once (independent guards or tiers)."""
+    if isinstance(bench, list):
+        fresh_detections(bench[0])
     started = time.time()
     t0 = time.monotonic()
     if isinstance(bench, list):
@@ -262,6 +265,23 @@ def run_guard(bench: BenchEnv | list[BenchEnv], procs: int,
         ps += [start_guard(bench, "-i", str(i), "-a", addrs) for i in range(1, procs)]
     per = _wait(ps, timeout_s)
     return GuardRun(time.monotonic() - t0, started, sum(per), per)
+
+
+def fresh_detections(bench: BenchEnv) -> None:
+    """An empty ``detections`` topic for a multi-tier run: a firm tier reads it from the
+    start, and a repeat must not read the previous run's signals and (market tier) final
+    progress, which would end its partitions before this run's data came."""
+    topic = bench.topic("detections")
+    admin = AdminClient({"bootstrap.servers": bench.bootstrap})
+    for f in admin.delete_topics([topic]).values():
+        f.result()
+    deadline = time.monotonic() + 30
+    while create_topics({"bootstrap.servers": bench.bootstrap},
+                        [TopicSpec(topic, bench.partitions)])[topic] != "created":
+        if time.monotonic() > deadline:  # the deletion has not settled
+            msg = f"could not recreate {topic}"
+            raise SystemExit(msg)
+        time.sleep(0.2)
 
 
 def _await_listening(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
