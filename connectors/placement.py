@@ -418,17 +418,20 @@ class MarketOwners:
         self.processes = processes
         self.owners = dict(owners)
         self.underlying_of = underlying_of
-        # asked per market message (before decoding) and per keyed record: memoized
+        # asked per market message (before decoding) and per record: memoized
         self.of_key: Callable[[str | bytes | None], int] = functools.lru_cache(
             maxsize=_PLACED_MAX)(self._of_key)
+        self.of_instrument: Callable[[str], int] = functools.lru_cache(
+            maxsize=_PLACED_MAX)(self._of_instrument)
 
     def of_underlying(self, name: str) -> int:
         """The process owning underlying (or collateral asset) ``name``."""
         hit = self.owners.get(name)
         return hit if hit is not None else zlib.crc32(name.encode()) % self.processes
 
-    def of_instrument(self, name: str) -> int:
-        """The process owning instrument ``name`` (its underlying's)."""
+    def _of_instrument(self, name: str) -> int:
+        """The process owning instrument ``name`` (its underlying's); called as
+        ``of_instrument``."""
         return self.of_underlying(self.underlying_of(name) or name.split("-", 1)[0])
 
     def _of_key(self, key: str | bytes | None) -> int:
