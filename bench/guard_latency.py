@@ -43,7 +43,11 @@ The figure measured, receipt to command, starts after the broker hop, so the
 producer's batching is not part of it.
 
     python bench/guard_latency.py [--rate N] [--seconds 40] [--incident-rate 15]
-                                  [--load-linger-ms 20]
+                                  [--load-linger-ms 20] [--market]
+
+``--market`` runs the guard as two market processes (BTC, ETH) and a firm tier fed by
+them, at the same load: the fill's receive time is stamped by the market process that
+reads it, so the figure includes the hop through the ``detections`` topic.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from guard_workload import (
@@ -117,6 +122,9 @@ def main() -> None:
     ap.add_argument("--load-linger-ms", type=int, default=20,
                     help="the load producer's linger.ms (1 floods the dev broker with tiny "
                          "batches: it then sets the latency, not the guard)")
+    ap.add_argument("--market", action="store_true",
+                    help="run the guard as 2 market processes and a firm tier (the README's "
+                         "\"Market tier\") instead of one worker, at the same load")
     ap.add_argument("--tick-ms", type=float, default=None,
                     help="guard tick_ns in ms (exposure re-values once per tick; default: "
                          "the demo config's 1000)")
@@ -130,7 +138,7 @@ def main() -> None:
         info = broker.start()
         bootstrap, broker_pid = info.bootstrap, info.pid
     tag = uuid.uuid4().hex[:6]
-    guard = None
+    procs: list[Any] = []
     try:
         if args.rate is None:
             sustained = sustained_rate(bootstrap, work, tag, args.rate_copies)
@@ -140,29 +148,48 @@ def main() -> None:
             rate = args.rate
         bench = setup_env(bootstrap, work / "live", f"lv{tag}", partitions=args.partitions,
                           idle_eof_s=None, max_commands=1_000_000, starting_offset="earliest",
-                          batch_size=args.batch_size, fair_reads=not args.unfair_reads)
+                          batch_size=args.batch_size, fair_reads=not args.unfair_reads,
+                          aligned_market=args.market)
         if args.tick_ms is not None:
             text = bench.config.read_text()
             line = next(ln for ln in text.splitlines() if ln.startswith("tick_ns"))
             bench.config.write_text(text.replace(line, f"tick_ns = {int(args.tick_ms * 1e6)}"))
-        guard = start_guard(bench)
-        print(f"guard pid {guard.pid} (tick_ns {args.tick_ms or 1000:g} ms, "
+        if args.market:
+            from guard_throughput import market_envs
+
+            *markets, firm = market_envs(bench)
+            procs = [start_guard(env) for env in markets]
+            guard = start_guard(firm)
+            procs.append(guard)
+        else:
+            guard = start_guard(bench)
+            procs = [guard]
+        print(f"guard pid {guard.pid}{' (firm tier; 2 market processes)' if args.market else ''}"
+              f" (tick_ns {args.tick_ms or 1000:g} ms, "
               f"batch_size {args.batch_size}, fair_reads {not args.unfair_reads}, "
               f"load linger.ms {args.load_linger_ms})", flush=True)
-        load = LiveLoad(bench, rate, args.incident_rate, linger_ms=args.load_linger_ms)
+        owners = None
+        if args.market:  # each market process reads only the partitions produced for it
+            from guard_throughput import bench_owners
+
+            owners = bench_owners(bench)
+        load = LiveLoad(bench, rate, args.incident_rate, linger_ms=args.load_linger_ms,
+                        owners=owners)
         load.run(args.warmup)
         load.incidents_on = True
         t_on = time.time_ns()
-        cpu_on = {"guard": cpu_seconds(guard.pid), "broker": cpu_seconds(broker_pid)}
+        cpu_on = {"guard": sum(cpu_seconds(p.pid) for p in procs),
+                  "broker": cpu_seconds(broker_pid)}
         print(f"load {rate:,.0f} events/s + {args.incident_rate:g} incidents/s for "
               f"{args.seconds:g} s (load avg {os.getloadavg()[0]:.2f})")
         load.run(args.seconds)
-        shares = {name: (cpu_seconds(pid) - cpu_on[name]) / args.seconds
-                  for name, pid in (("guard", guard.pid), ("broker", broker_pid))
-                  if pid is not None}
+        shares = {"guard": (sum(cpu_seconds(p.pid) for p in procs) - cpu_on["guard"])
+                  / args.seconds}
+        if broker_pid is not None:
+            shares["broker"] = (cpu_seconds(broker_pid) - cpu_on["broker"]) / args.seconds
         time.sleep(3.0)
-        if guard.poll() is not None:
-            msg = f"guard exited early with {guard.returncode}; see {bench.config.parent}"
+        if any(p.poll() is not None for p in procs):
+            msg = f"a guard process exited early; see {bench.config.parent}"
             raise SystemExit(msg)
         recv_lat: list[float] = []
         send_lat: list[float] = []
@@ -211,9 +238,10 @@ def main() -> None:
             print("  the broker near a whole core of 2 leaves the guard short: a broker-bound "
                   "run, not a figure for the guard")
     finally:
-        if guard is not None and guard.poll() is None:
-            guard.kill()
-            guard.wait()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
         if broker is not None:
             broker.stop()
 

@@ -199,7 +199,7 @@ class LiveLoad:
     """
 
     def __init__(self, bench: BenchEnv, rate: float, incident_rate: float,
-                 linger_ms: int = 20) -> None:
+                 linger_ms: int = 20, owners: MarketOwners | None = None) -> None:
         self.bench = bench
         self.rate = rate
         self.incident_rate = incident_rate
@@ -210,6 +210,14 @@ class LiveLoad:
         self.incidents_on = False
         self.sent_at: dict[str, int] = {}
         self._records = self._cycle()
+        # with owners (and input.aligned_market): market data to its market process's
+        # partitions, index prices to every partition, as publish() writes them
+        self._aligned: Any = None
+        if owners is not None and bench.aligned_market:
+            prefixes = price_key_prefixes(load_guard_config(bench.config)[0])
+            market = bench.topic("market")
+            self._aligned = (market, lambda key: aligned_partitions(
+                key, bench.partitions, prefixes, owners))
 
     def _cycle(self) -> Iterator[Any]:
         base = build_scenario(0).events
@@ -222,12 +230,15 @@ class LiveLoad:
     def _produce(self, rec: Any) -> None:
         topic = self.topics[stream_of(rec)]
         data, key = encode(rec), _key(rec)
-        while True:
-            try:
-                self.p.produce(topic, data, key)
-                return
-            except BufferError:
-                self.p.poll(0.01)
+        parts = ([-1] if self._aligned is None or topic != self._aligned[0]
+                 else self._aligned[1](key))
+        for part in parts:
+            while True:
+                try:
+                    self.p.produce(topic, data, key, partition=part)
+                    break
+                except BufferError:
+                    self.p.poll(0.01)
 
     def run(self, seconds: float, *, step_s: float = 0.005) -> None:
         """Produce at the steady rate for ``seconds`` of wall time."""
