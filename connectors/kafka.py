@@ -694,6 +694,14 @@ class _Bundle(StatefulSourcePartition[Any, dict[str, tuple[int, int]]]):
         self._parts = {}
 
 
+def _check_multiple(topic: str, ids: list[int], readers: int, what: str) -> None:
+    """An aligned topic's partitions must split evenly between its ``readers``."""
+    if len(ids) % readers:
+        raise ConfigError("kafka.aligned_topics",
+                          f"a partition count that is a multiple of the {readers} {what}",
+                          f"{topic}: {len(ids)} partitions")
+
+
 class KafkaInput(FixedPartitionedSource[Any, Any]):
     """Typed records (or dead letters) from Kafka topics.
 
@@ -890,11 +898,7 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
         for t in self.topics:
             ids = list_partitions(self.settings, t)
             if t in self.aligned_topics:
-                if len(ids) % workers:
-                    raise ConfigError(
-                        "kafka.aligned_topics",
-                        f"a partition count that is a multiple of the {workers} workers",
-                        f"{t}: {len(ids)} partitions")
+                _check_multiple(t, ids, workers, "workers")
                 # '*' sorts before every other part name, and each aligned topic's block
                 # is a multiple of the worker count: bytewax's round-robin over the
                 # sorted names hands partition i to worker i % workers.
@@ -922,11 +926,7 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
         for t in self.topics:
             ids = list_partitions(self.settings, t)
             if t in self.aligned_topics:
-                if len(ids) % processes:
-                    raise ConfigError(
-                        "kafka.aligned_topics",
-                        f"a partition count that is a multiple of the {processes} market "
-                        "processes", f"{t}: {len(ids)} partitions")
+                _check_multiple(t, ids, processes, "market processes")
                 parts.extend(f"*{t}:{i:06d}:{index:04d}/{processes}"
                              for i in ids if i % processes == index)
                 continue

@@ -396,6 +396,20 @@ class MarkFilter:
         return out
 
 
+def _split_inputs(records: Stream[Any]) -> tuple[Stream[Any], Stream[Any], Stream[VenueStatus],
+                                                  Stream[Any]]:
+    """``(market data, everything else, heartbeats, trading records)`` of the decoded
+    input. Market data is most of it: split off first, so the other filters see only
+    the rest (one comprehension per batch each, not bytewax's per-item predicate)."""
+    market = op.flat_map_batch("market", records, _market_records)
+    rest = op.flat_map_batch("not_market", records,
+                             lambda rs: [r for r in rs if not isinstance(r, MARKET)])
+    status = op.flat_map_batch("status", rest, _status_records)
+    trading = op.flat_map_batch("trading", rest,
+                                lambda rs: [r for r in rs if isinstance(r, TRADING)])
+    return market, rest, status, trading
+
+
 def _market_records(recs: list[Any]) -> list[Any]:
     return [r for r in recs if isinstance(r, MARKET)]
 
@@ -562,15 +576,7 @@ def guard_core(
         # each detect worker is one more tick source: time holds until it has passed
         ticks = op.merge("all_ticks", ticks, op.flat_map_batch(
             "detect_ticks", detected_in, _detect_ticks(cfg.tier.detect_workers)))
-    # Market data is most of the input: split it off first, so the other filters only
-    # see the rest.
-    # (one comprehension per batch each, not bytewax's per-item branch predicate)
-    market = op.flat_map_batch("market", records, _market_records)
-    records = op.flat_map_batch("not_market", records,
-                                lambda rs: [r for r in rs if not isinstance(r, MARKET)])
-    status = op.flat_map_batch("status", records, _status_records)
-    trading = op.flat_map_batch("trading", records,
-                                lambda rs: [r for r in rs if isinstance(r, TRADING)])
+    market, records, status, trading = _split_inputs(records)
     updates = op.flat_map_batch("updates", records, lambda rs: [
         r for r in rs if isinstance(r, SignedEnvelope) and r.payload_type != PAYLOAD_COMMAND])
     # Operator commands (a resume) come signed, on the limit-updates topic; they reach the
@@ -943,12 +949,7 @@ def market_core(
     progress it passes on announces every market process."""
     name = detect_worker(owners.index)
     ticks = op.flat_map_batch("ticks", records, _tick_fn(cfg.tick_ns, source=name))
-    market = op.flat_map_batch("market", records, _market_records)
-    rest = op.flat_map_batch("not_market", records,
-                             lambda rs: [r for r in rs if not isinstance(r, MARKET)])
-    status = op.flat_map_batch("status", rest, _status_records)
-    trading = op.flat_map_batch("trading", rest,
-                                lambda rs: [r for r in rs if isinstance(r, TRADING)])
+    market, _rest, status, trading = _split_inputs(records)
     market_ok = _select_feeds(market, status, cfg, owners.local)
     feat_market = _with_own_index(market, market_ok)
     anomalies, errs = _detect_on(feat_market, status, cfg, clock, owners.local)
