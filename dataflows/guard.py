@@ -251,9 +251,22 @@ class GuardConfig(CommonConfig, frozen=True, kw_only=True, forbid_unknown_fields
         return topic_name(self.env, stream)
 
 
+TIER_INDEX_ENV = "RISKGUARD_TIER_INDEX"
+"""Overrides ``tier.index``: a StatefulSet of market processes sets it from each pod's
+ordinal (``ops/k8s/entrypoint.sh``), so they share one config file."""
+
+
 def load_guard_config(path: str | Path) -> tuple[GuardConfig, str]:
-    """Decode and validate the guard config; returns it and its hash."""
+    """Decode and validate the guard config; returns it and its hash.
+
+    ``$RISKGUARD_TIER_INDEX``, when set, overrides ``tier.index`` (a market process's
+    index from its pod's ordinal)."""
     data = read_toml(path)
+    index = os.environ.get(TIER_INDEX_ENV)
+    if index is not None:
+        if not index.isdigit():
+            raise ConfigError(TIER_INDEX_ENV, "a market process index (0, 1, ...)", index)
+        data = {**data, "tier": {**data.get("tier", {}), "index": int(index)}}
     base = Path(path).resolve().parent
     if "playbook_file" in data and "playbook" not in data:
         included = read_toml(base / str(data["playbook_file"]))
@@ -1255,5 +1268,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["GuardConfig", "GuardOut", "apply_gc_policy", "build_flow", "from_env", "guard_core",
-           "load_guard_config"]
+__all__ = ["TIER_INDEX_ENV", "GuardConfig", "GuardOut", "apply_gc_policy", "build_flow",
+           "from_env", "guard_core", "load_guard_config"]

@@ -204,3 +204,28 @@ def test_a_detect_silence_longer_than_the_clocks_idle_limit_stops_start_up(
         load_guard_config(path)
     path.write_text(text.replace("silent_s = 10.0 ", "silent_s = 9.5  ", 1))
     assert load_guard_config(path)[0].tier.silent_s == 9.5
+
+
+def test_a_market_process_takes_its_index_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``RISKGUARD_TIER_INDEX`` (set from a pod's ordinal) overrides ``tier.index``, so a
+    StatefulSet of market processes shares one config file; an index that names no
+    market process, or is not a number, stops start-up naming where it came from."""
+    from importlib import resources
+
+    from riskguard.dataflows.guard import load_guard_config
+
+    src = resources.files("riskguard.dataflows").joinpath("guard.example.toml")
+    (tmp_path / "playbook.toml").write_text(src.parent.joinpath("playbook.toml").read_text())
+    path = tmp_path / "guard.toml"
+    text = src.read_text().replace('role = "whole"', 'role = "market"', 1)
+    path.write_text(text.replace("detect_workers = 1 ", "detect_workers = 3 ", 1))
+    monkeypatch.setenv("RISKGUARD_TIER_INDEX", "2")
+    assert load_guard_config(path)[0].tier.index == 2
+    monkeypatch.setenv("RISKGUARD_TIER_INDEX", "3")
+    with pytest.raises(ConfigError, match=r"^tier\.index: .*below detect_workers \(3\); got 3$"):
+        load_guard_config(path)
+    monkeypatch.setenv("RISKGUARD_TIER_INDEX", "two")
+    with pytest.raises(ConfigError, match=r"^RISKGUARD_TIER_INDEX: .*got 'two'$"):
+        load_guard_config(path)

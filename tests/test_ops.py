@@ -265,3 +265,60 @@ def test_topics_create_applies_the_settings_on_the_real_broker(kafka_bootstrap: 
     assert r.stdout.count("created ") == 14
     s = KafkaSettings(bootstrap=kafka_bootstrap)
     assert len(list_partitions(s, f"{env}.riskguard.limit_updates.v1")) == 2
+
+
+MARKET_TIER = OPS / "k8s" / "market-tier" / "statefulsets.yaml"
+
+
+def test_market_tier_manifests_run_independent_processes_with_their_own_configs() -> None:
+    """The market tier's StatefulSets (an alternative to the cluster's) validate, select
+    only their own pods, run one 1-worker dataflow per pod from their tier's config in
+    the shared ConfigMap, agree with it on the number of market processes, and do not
+    give market processes the signing key."""
+    import tomllib
+
+    sets = {d["metadata"]["name"]: d for d in docs(MARKET_TIER)}
+    assert set(sets) == {"riskguard-market", "riskguard-firm"}
+    kv = pytest.importorskip("kubernetes_validate",
+                             reason="kubernetes-validate (test extra) is not installed")
+    for d in sets.values():
+        kv.validate(d, "1.30.0", strict=True)
+    data = by_kind()["ConfigMap"]["data"]
+    configs = {}
+    for name, sts in sets.items():
+        spec = sts["spec"]
+        labels = spec["selector"]["matchLabels"]
+        assert labels == spec["template"]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/component"] == name.split("-")[1]
+        (c,) = spec["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert (env["INDEPENDENT"], env["REPLICAS"]) == ("1", str(spec["replicas"]))
+        key = env["RISKGUARD_CONFIG"].removeprefix("/etc/riskguard/")
+        configs[name] = tomllib.loads(data[key])["tier"]
+        items = spec["template"]["spec"]["volumes"][1]["projected"]["sources"][0]["secret"]
+        keys = {i["key"] for i in items["items"]}
+        assert ("signing.pem" in keys) == (name == "riskguard-firm")
+    market = sets["riskguard-market"]["spec"]["replicas"]
+    assert configs["riskguard-market"]["role"] == "market"
+    assert configs["riskguard-firm"] == {"role": "firm", "upstream": "market",
+                                         "detect_workers": market}
+    assert configs["riskguard-market"]["detect_workers"] == market
+
+
+def test_entrypoint_starts_an_independent_market_process_with_its_ordinal_as_index(
+    tmp_path: Path
+) -> None:
+    """INDEPENDENT=1: riskguard-market-1 runs one 1-worker dataflow (no -w/-i/-a), tier
+    index 1, and keeps a single recovery partition of its own (part-0)."""
+    rec = tmp_path / "rec"
+    env = {**os.environ, "POD_NAME": "riskguard-market-1", "REPLICAS": "2",
+           "RISKGUARD_CONFIG": "/c", "INDEPENDENT": "1", "RECOVERY_DIR": str(rec),
+           "PYTHON": sys.executable, "RISKGUARD_ENTRYPOINT_DRY_RUN": "1",
+           "TMPDIR": str(tmp_path)}
+    out = subprocess.run(["sh", str(OPS / "k8s" / "entrypoint.sh")], env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "RISKGUARD_TIER_INDEX=1"
+    assert out[1:5] == [sys.executable, "-m", "bytewax.run", "riskguard.dataflows.guard"]
+    args = dict(zip(out[5::2], out[6::2], strict=True))
+    assert set(args) == {"-r", "-s", "-b"}
+    assert sorted(p.name for p in rec.glob("part-*")) == ["part-0.sqlite3"]

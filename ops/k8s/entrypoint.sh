@@ -1,5 +1,7 @@
 #!/bin/sh
-# Start one process of the multi-process bytewax cluster that runs the guard.
+# Start one process of the multi-process bytewax cluster that runs the guard, or
+# (INDEPENDENT=1) one independent 1-worker dataflow: a market process of the market
+# tier, its index the pod ordinal, or the firm tier (README, Scaling, "The market tier").
 #
 # The StatefulSet gives every pod a stable name <statefulset>-<ordinal> and the
 # headless Service a stable DNS name <pod>.<service>.<namespace>.svc. The
@@ -19,6 +21,8 @@
 #   RECOVERY_DIR        mounted per-pod volume (default /var/lib/riskguard/recovery)
 #   SNAPSHOT_INTERVAL_S, BACKUP_INTERVAL_S
 #   RISKGUARD_CONFIG    the guard TOML (read by riskguard.dataflows.guard)
+#   INDEPENDENT=1       each pod its own 1-worker dataflow (no -w/-i/-a): the market
+#                       tier's processes (RISKGUARD_TIER_INDEX = the ordinal) or its firm
 #   RISKGUARD_ENTRYPOINT_DRY_RUN=1 prints the command instead of running it
 set -eu
 
@@ -54,6 +58,14 @@ while [ "$i" -lt "$REPLICAS" ]; do
   i=$((i + 1))
 done
 
+# an independent pod's dataflow is its own: one recovery partition, part-0
+parts="$REPLICAS"
+part="$ordinal"
+if [ "${INDEPENDENT:-}" = "1" ]; then
+  parts=1
+  part=0
+fi
+
 mkdir -p "$RECOVERY_DIR"
 if ! ls "$RECOVERY_DIR"/part-*.sqlite3 >/dev/null 2>&1; then
   if [ -e "$RECOVERY_DIR/.initialized" ]; then
@@ -62,16 +74,25 @@ if ! ls "$RECOVERY_DIR"/part-*.sqlite3 >/dev/null 2>&1; then
     exit 3
   fi
   tmp="$(mktemp -d)"
-  "$PYTHON" -m bytewax.recovery "$tmp" "$REPLICAS"
-  mv "$tmp/part-${ordinal}.sqlite3" "$RECOVERY_DIR/"
+  "$PYTHON" -m bytewax.recovery "$tmp" "$parts"
+  mv "$tmp/part-${part}.sqlite3" "$RECOVERY_DIR/"
   rm -rf "$tmp"
   date -u +%Y-%m-%dT%H:%M:%SZ > "$RECOVERY_DIR/.initialized"
 fi
 
-set -- "$PYTHON" -m bytewax.run riskguard.dataflows.guard \
-  -w "$WORKERS_PER_PROCESS" -i "$ordinal" -a "$addresses" \
-  -r "$RECOVERY_DIR" -s "$SNAPSHOT_INTERVAL_S" -b "$BACKUP_INTERVAL_S"
+if [ "${INDEPENDENT:-}" = "1" ]; then
+  export RISKGUARD_TIER_INDEX="$ordinal"
+  set -- "$PYTHON" -m bytewax.run riskguard.dataflows.guard \
+    -r "$RECOVERY_DIR" -s "$SNAPSHOT_INTERVAL_S" -b "$BACKUP_INTERVAL_S"
+else
+  set -- "$PYTHON" -m bytewax.run riskguard.dataflows.guard \
+    -w "$WORKERS_PER_PROCESS" -i "$ordinal" -a "$addresses" \
+    -r "$RECOVERY_DIR" -s "$SNAPSHOT_INTERVAL_S" -b "$BACKUP_INTERVAL_S"
+fi
 if [ "${RISKGUARD_ENTRYPOINT_DRY_RUN:-}" = "1" ]; then
+  if [ "${INDEPENDENT:-}" = "1" ]; then
+    printf 'RISKGUARD_TIER_INDEX=%s ' "$RISKGUARD_TIER_INDEX"
+  fi
   printf '%s\n' "$*"
   exit 0
 fi
