@@ -358,12 +358,10 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         # a progress partition (``writers`` flows write it as they go): at its end it is not
         # caught up; it ends once every writer sent its final progress, or had written and
         # then went idle
-        self._progress = writers > 0
         self._writers = writers
         self._finished: set[str] = set()
         self._got_any = False
         self._replica = replica
-        self._shared = shared
         self.shared = shared  # the consumer it reads through (a bundle may wait in it)
         shared.add(topic, idx, offset)
         self._topic = topic
@@ -412,7 +410,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         ends anyway, with a warning naming how many."""
         if self._idle_since is None:
             self._idle_since = now
-        ends = self._shared.end_offsets(self._topic, self._idx)
+        ends = self.shared.end_offsets(self._topic, self._idx)
         if ends is None:
             return False
         lo, hi = ends
@@ -447,14 +445,14 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         if it is this replica's to emit; ``self._offset`` moves past every
         message taken.
         """
-        if self._progress and len(self._finished) >= self._writers:
+        if self._writers and len(self._finished) >= self._writers:
             raise StopIteration  # every writer's input ended, and all it wrote was read
-        msgs = self._shared.take(self._topic, self._idx)
+        msgs = self.shared.take(self._topic, self._idx)
         if not msgs:
             idle_eof = self._idle_eof_ns
             at = self._clock()
             # a progress partition's writer may still be starting: idle only once it wrote
-            if (idle_eof is not None and (self._got_any or not self._progress)
+            if (idle_eof is not None and (self._got_any or not self._writers)
                     and at - self._last_msg_ns > idle_eof
                     and at >= self._recheck_at and not self._unread_left(idle_eof, at)):
                 raise StopIteration
@@ -463,7 +461,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         aligned = self._aligned
         misplaced = None if aligned is None else aligned.misplaced
         bad: list[bytes | None] = []  # keys of an aligned partition's misplaced messages
-        stamp = self._stamp
+        stamp, writers = self._stamp, self._writers
         received = self._clock() if stamp else 0
         # the future-skew check's processing time: read once per fetch, not per record
         now = None if policy is None else policy.policy.now()
@@ -506,7 +504,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
                     rec = policy.check(rec, value, topic, idx, off, now)
                 if stamp and type(rec) is not DeadLetter and getattr(rec, "recv_ts", 0) is None:
                     force_setattr(rec, "recv_ts", received)  # just decoded: no one else holds it
-                if self._progress and type(rec) is DetectProgress and rec.final:
+                if writers and type(rec) is DetectProgress and rec.final:
                     self._finished.add(rec.source)
             if replica is not None:
                 verdict = replica.admit(rec, owned, shared, dead=type(rec) is DeadLetter)
@@ -535,7 +533,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         self._in.inc(len(out))
         if now >= self._lag_due:  # every 5 s: messages behind the partition's end
             self._lag_due = now + 5_000_000_000
-            hi = self._shared.high_watermark(topic, idx)
+            hi = self.shared.high_watermark(topic, idx)
             if hi is not None:
                 self._lag.set(max(hi - self._offset, 0))
         return out, offsets
@@ -589,13 +587,13 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         self._head = cut
         held = cut < len(recs)
         head = tss[cut] if held else None
-        self._shared.hold(self._topic, self._idx, held)
+        self.shared.hold(self._topic, self._idx, held)
         # a replica that only skipped messages (others' keys) stands where it skipped to,
         # not where it last emitted: else it holds the process back until the end of a
         # partition none of whose keys are its own
         stand = max(self._emitted_ts, self._skipped_ts)
         align.update(self._name, head, stand, got or self._skipped_any, now,
-                     self._at_end and not self._progress)
+                     self._at_end and not self._writers)
         self._skipped_any = False
         self._awake = None if out else datetime.now(UTC) + _IDLE_BACKOFF
         return out
@@ -616,7 +614,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
     def close(self) -> None:
         if self._align is not None:
             self._align.remove(self._name)
-        self._shared.remove(self._topic, self._idx)
+        self.shared.remove(self._topic, self._idx)
 
 
 class _Bundle(StatefulSourcePartition[Any, dict[str, tuple[int, int]]]):
@@ -635,19 +633,14 @@ class _Bundle(StatefulSourcePartition[Any, dict[str, tuple[int, int]]]):
     """
 
     def __init__(self, parts: dict[str, _SourcePartition], cap: int, *,
-                 one_round: bool = False, idle_wait: bool = True) -> None:
+                 one_round: bool = False, wait_on: SharedConsumer | None = None) -> None:
         self._parts = parts
         self._done: dict[str, tuple[int, int]] = {}  # last states of partitions that ended
         self._cap = cap
         self._one_round = one_round
         self._awake: datetime | None = None
-        # all its partitions read through one consumer: an idle round waits in it (the
-        # only worker of its flow: a worker of a cluster must stay free to take what
-        # the others send it)
-        consumers = {id(c): c for p in parts.values()
-                     if (c := getattr(p, "shared", None)) is not None}
-        self._wait_on = (next(iter(consumers.values())) if idle_wait and len(consumers) == 1
-                         and all(hasattr(p, "shared") for p in parts.values()) else None)
+        # the one consumer all its partitions read through, if an idle round may wait in it
+        self._wait_on = wait_on
 
     def next_batch(self) -> list[Any]:
         parts = self._parts
@@ -971,10 +964,15 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
                 raise ConfigError("kafka.bundle", msg, sorted(states))
             # at most batch_size per partition per read, as unbundled partitions read
             cap = self.batch_size * max(1, len(parts))
-            # an idle one-worker bundle waits in librdkafka, except latency first
-            # (fair_reads): polling left a fill's p50 about 2 ms lower at 22k events/s
-            return _Bundle(parts, cap, one_round=self.fair_reads,
-                           idle_wait=n_text == "1" and not self.fair_reads)
+            # an idle bundle whose partitions share one consumer waits in it, if it is its
+            # flow's only worker (a worker of a cluster must stay free to take what the
+            # others send it) and not latency first (fair_reads: polling left a fill's
+            # p50 about 2 ms lower at 22k events/s)
+            consumers = {id(p.shared): p.shared for p in parts.values()}
+            wait_on = (next(iter(consumers.values()))
+                       if len(consumers) == 1 and n_text == "1" and not self.fair_reads
+                       else None)
+            return _Bundle(parts, cap, one_round=self.fair_reads, wait_on=wait_on)
         return self._build_one(for_part, resume_state)
 
     def _build_one(self, for_part: str, resume_state: tuple[int, int] | None) -> _SourcePartition:

@@ -652,7 +652,7 @@ def test_the_broker_says_what_an_idle_partition_has_left_to_read(kafka_bootstrap
         produce(kafka_bootstrap, topic, [_trade(id=f"r{i}", ts=i)], partition=0)
     part = KafkaInput(kafka_bootstrap, [topic], idle_eof_s=60.0).build_part(
         "in", f"0-{topic}", None)
-    assert part._shared.end_offsets(topic, 0) == (0, 5)
+    assert part.shared.end_offsets(topic, 0) == (0, 5)
     assert part._unread_left(60 * 10**9, time.time_ns())  # nothing read yet: 5 left
     got: list = []
     deadline = time.monotonic() + 20
