@@ -105,7 +105,7 @@ from riskguard.schemas import (
 )
 from riskguard.schemas.codec import Codec
 from riskguard.schemas.time_policy import EventTimePolicy
-from riskguard.schemas.valuation import VALUATION_CHUNK_BYTES, VALUATION_MAX_BYTES, Part, Progress
+from riskguard.schemas.valuation import VALUATION_MAX_BYTES, Part, Progress, encode_valuations
 
 from riskguard.config import CommonConfig, config_hash, decode_section, read_toml
 from riskguard.errors import ConfigError, VerificationError
@@ -912,25 +912,12 @@ def _owned_records(owners: MarketOwners, market_topic: str) -> Callable[[list[An
 def _valuation_records(source: str) -> Callable[[list[Any]], list[bytes]]:
     """A market process's stage-1 output as encoded :class:`~riskguard.schemas.Valuation`
     records from ``source``: alerts, then parts, then progress, cut into records of
-    about ``VALUATION_CHUNK_BYTES``."""
-
-    def encoded(items: list[Any]) -> list[bytes]:
-        data = encode(Valuation(
-            source=source, ts=max(x.ts for x in items),
-            alerts=[x for x in items if type(x) is RiskAlert],
-            parts=[x for x in items if type(x) is Part],
-            progress=[x for x in items if type(x) is Progress]))
-        if len(data) <= VALUATION_CHUNK_BYTES or len(items) == 1:
-            return [data]
-        half = len(items) // 2
-        return encoded(items[:half]) + encoded(items[half:])
+    about ``VALUATION_CHUNK_BYTES`` (:func:`~riskguard.schemas.valuation.encode_valuations`)."""
 
     def pack(made: list[Any]) -> list[bytes]:
-        if not made:
-            return []
-        return encoded([x for x in made if type(x) is RiskAlert]
-                       + [x for x in made if type(x) is Part]
-                       + [x for x in made if type(x) is Progress])
+        return encode_valuations(source, [x for x in made if type(x) is RiskAlert],
+                                 [x for x in made if type(x) is Part],
+                                 [x for x in made if type(x) is Progress])
 
     return pack
 

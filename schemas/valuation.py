@@ -19,6 +19,8 @@ True
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from riskguard.schemas.base import Record
 from riskguard.schemas.signals import RiskAlert
@@ -126,7 +128,64 @@ class Valuation(Record, frozen=True, kw_only=True, tag="valuation"):
                                  f"mark_ts ({len(p.mark_ts)} bytes) must be aligned")
 
 
+class _Packed(Record, frozen=True, kw_only=True, tag="valuation"):
+    """:class:`Valuation`'s wire form around items already encoded (the encode side of
+    :func:`encode_valuations`): the same tag and fields, in the same order."""
+
+    source: str
+    ts: int
+    alerts: list[msgspec.Raw]
+    parts: list[msgspec.Raw]
+    progress: list[msgspec.Raw]
+
+
+_json = msgspec.json.Encoder()
+# what a record's envelope (tag, version, source, time, list brackets) may take of a chunk
+_ENVELOPE_BYTES = 512
+
+
+def encode_valuations(source: str, alerts: list[RiskAlert], parts: list[Part],
+                      progress: list[Progress],
+                      chunk_bytes: int = VALUATION_CHUNK_BYTES) -> list[bytes]:
+    """Encoded :class:`Valuation` records from ``source`` holding ``alerts``, then
+    ``parts``, then ``progress``, in order across the records, each of at most about
+    ``chunk_bytes`` (an item larger than that goes alone). Each item is encoded once;
+    a record is stamped with the newest ``ts`` among its items.
+
+    >>> from riskguard.schemas import decode
+    >>> prog = [Progress(counterparty=f"cp{k}", ts=k, source="detect/w0@m0.s0")
+    ...         for k in range(40)]
+    >>> records = encode_valuations("detect/w0", [], [], prog, chunk_bytes=2048)
+    >>> vals = [decode("detections", r) for r in records]
+    >>> [len(r) <= 2048 for r in records], [v.ts for v in vals]
+    ([True, True], [19, 39])
+    >>> [p for v in vals for p in v.progress] == prog
+    True
+    """
+    budget = chunk_bytes - _ENVELOPE_BYTES
+    out: list[bytes] = []
+    lists: tuple[list[msgspec.Raw], ...] = ([], [], [])
+    ts = size = 0
+    groups: tuple[list[Any], ...] = (alerts, parts, progress)
+    for kind, items in enumerate(groups):
+        for x in items:
+            raw = _json.encode(x)
+            n = len(raw) + 1  # and its comma
+            if size and size + n > budget:
+                out.append(_json.encode(_Packed(source=source, ts=ts, alerts=lists[0],
+                                                parts=lists[1], progress=lists[2])))
+                lists = ([], [], [])
+                ts = size = 0
+            lists[kind].append(msgspec.Raw(raw))
+            ts = max(ts, x.ts)
+            size += n
+    if size:
+        out.append(_json.encode(_Packed(source=source, ts=ts, alerts=lists[0], parts=lists[1],
+                                        progress=lists[2])))
+    return out
+
+
 VALUATION_TYPES = (Valuation,)
 
 __all__ = ["MARK_TS_BYTES", "VALUATION_CHUNK_BYTES", "VALUATION_MAX_BYTES", "VALUATION_TYPES",
-           "Part", "Progress", "Valuation"]
+           "Part", "Progress", "Valuation", "encode_valuations"]

@@ -230,6 +230,18 @@ def test_valuation_records_are_cut_to_size_and_keep_the_order() -> None:
     assert _valuation_records("detect/w0")([]) == []
 
 
+def test_the_encode_side_valuation_form_mirrors_the_schema() -> None:
+    """``encode_valuations`` wraps items encoded once in a twin of Valuation: the same tag
+    and fields in the same order, so what it writes is what Valuation decodes."""
+    from riskguard.schemas.valuation import _Packed
+
+    def shape(t: type) -> tuple[Any, ...]:
+        return (t.__struct_config__.tag, t.__struct_config__.tag_field,
+                [f.encode_name for f in msgspec.structs.fields(t)])
+
+    assert shape(_Packed) == shape(Valuation)
+
+
 def test_owner_aligned_partitions_put_each_key_where_its_owner_reads() -> None:
     """With owners, a record goes to a partition its market process reads
     (``p % processes == owner``), spread over those by key; an index price to all."""
