@@ -21,7 +21,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,25 +127,44 @@ def publish(bench: BenchEnv, records: list[Any], owners: MarketOwners | None = N
     process reads (the README's "Market tier")."""
     p = producer(bench.bootstrap)
     topics = {s: bench.topic(s) for s in INPUT_STREAMS}
-    aligned = bench.topic("market") if bench.aligned_market else None
-    prefixes = price_key_prefixes(load_guard_config(bench.config)[0])
+    partitions_of = _placement(bench, owners)
     for rec in records:
         topic = topics[stream_of(rec)]
         data, key = encode(rec), _key(rec)
-        parts = [-1] if topic != aligned else aligned_partitions(  # -1: librdkafka's
-            key, bench.partitions, prefixes, owners)
-        for part in parts:
-            while True:
-                try:
-                    p.produce(topic, data, key, partition=part)
-                    break
-                except BufferError:
-                    p.poll(0.05)
+        _produce(p, topic, data, key, partitions_of(topic, key), backoff_s=0.05)
     left = p.flush(120)
     if left:
         msg = f"could not publish {left} records"
         raise RuntimeError(msg)
     return len(records)
+
+
+def _placement(bench: BenchEnv, owners: MarketOwners | None) -> Callable[[str, bytes],
+                                                                          list[int]]:
+    """``(topic, key) -> partitions`` a record is produced to: ``[-1]`` (librdkafka's
+    partitioner), or with ``input.aligned_market`` the market topic's aligned partitions
+    (with ``owners``: its market process's, the README's "Market tier")."""
+    aligned = bench.topic("market") if bench.aligned_market else None
+    prefixes = price_key_prefixes(load_guard_config(bench.config)[0])
+
+    def partitions_of(topic: str, key: bytes) -> list[int]:
+        if topic != aligned:
+            return [-1]
+        return aligned_partitions(key, bench.partitions, prefixes, owners)
+
+    return partitions_of
+
+
+def _produce(p: Producer, topic: str, data: bytes, key: bytes, parts: list[int], *,
+             backoff_s: float) -> None:
+    """Produce one record to each of ``parts``, polling while the local queue is full."""
+    for part in parts:
+        while True:
+            try:
+                p.produce(topic, data, key, partition=part)
+                break
+            except BufferError:
+                p.poll(backoff_s)
 
 
 def start_guard(
@@ -210,14 +229,8 @@ class LiveLoad:
         self.incidents_on = False
         self.sent_at: dict[str, int] = {}
         self._records = self._cycle()
-        # with owners (and input.aligned_market): market data to its market process's
-        # partitions, index prices to every partition, as publish() writes them
-        self._aligned: Any = None
-        if owners is not None and bench.aligned_market:
-            prefixes = price_key_prefixes(load_guard_config(bench.config)[0])
-            market = bench.topic("market")
-            self._aligned = (market, lambda key: aligned_partitions(
-                key, bench.partitions, prefixes, owners))
+        # as publish() writes them (with owners: to each market process's partitions)
+        self._partitions_of = _placement(bench, owners)
 
     def _cycle(self) -> Iterator[Any]:
         base = build_scenario(0).events
@@ -230,15 +243,7 @@ class LiveLoad:
     def _produce(self, rec: Any) -> None:
         topic = self.topics[stream_of(rec)]
         data, key = encode(rec), _key(rec)
-        parts = ([-1] if self._aligned is None or topic != self._aligned[0]
-                 else self._aligned[1](key))
-        for part in parts:
-            while True:
-                try:
-                    self.p.produce(topic, data, key, partition=part)
-                    break
-                except BufferError:
-                    self.p.poll(0.01)
+        _produce(self.p, topic, data, key, self._partitions_of(topic, key), backoff_s=0.01)
 
     def run(self, seconds: float, *, step_s: float = 0.005) -> None:
         """Produce at the steady rate for ``seconds`` of wall time."""

@@ -1889,7 +1889,6 @@ class ShardLogic:
         cap = self.config.max_evidence
         qty, avg, orders = st.qty, st.avg, st.orders
         any_orders = self._any_orders
-        isnan = math.isnan
         mult, und_code, asset_code = self._mult_l, self._und_code_l, self._asset_code_l
         und_names, asset_names = self._und_names, self._asset_names
         last_ts = st.last_ts

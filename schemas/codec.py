@@ -105,8 +105,9 @@ class Codec:
     ) -> Record | DeadLetter:
         """Decode one message; never raises for bad input."""
         size = len(data)
-        if size > self.max_bytes and size > (cap := self.topic_max_bytes.get(topic, 0)):
-            cap = cap or self.max_bytes
+        # a named topic's cap only raises max_bytes (looked up only past it)
+        if size > self.max_bytes and size > (
+                cap := max(self.max_bytes, self.topic_max_bytes.get(topic, 0))):
             dl = self._dead(
                 topic, data[:cap], partition, offset, "oversize", "$",
                 f"at most {cap} bytes", f"{size} bytes",

@@ -46,6 +46,12 @@ EXPECTED: dict[str, list[str]] = {
 }
 
 
+def _recovering(recovery: Path) -> tuple[str, ...]:
+    """bytewax.run arguments: recover from ``recovery``, snapshot every second, keep
+    10 s of backups."""
+    return ("-r", str(recovery), "-s", "1", "-b", "10")
+
+
 def _prepare(kafka_bootstrap: str, tmp_path: Path, name: str) -> PreparedRun:
     env = f"e{uuid.uuid4().hex[:8]}"
     return prepare_run(kafka_bootstrap, tmp_path / name, env=env)
@@ -335,9 +341,8 @@ def test_a_detect_tier_killed_halfway_and_resumed_sends_no_signal_twice(
     once, and the subscriber executes one whole guard's commands, none twice."""
     _, base, _ = baseline
     run = _prepare(kafka_bootstrap, tmp_path, "tiers-kill")
-    detect_args = ("-r", str(recovery_dir(1)), "-s", "1", "-b", "10")
-    detect, firm = _start_tiers(run, detect_args,
-                                ("-r", str(recovery_dir(1)), "-s", "1", "-b", "10"))
+    detect_args = _recovering(recovery_dir(1))
+    detect, firm = _start_tiers(run, detect_args, _recovering(recovery_dir(1)))
     deadline = time.monotonic() + 120
     sent: list[bytes] = []
     while time.monotonic() < deadline and detect.poll() is None and not sent:
@@ -473,9 +478,9 @@ def test_a_market_process_killed_halfway_and_resumed_gives_one_workers_commands(
     whole guard's commands, none twice."""
     _, base, _ = baseline
     run = _prepare(kafka_bootstrap, tmp_path, "market-kill")
-    args = ("-r", str(recovery_dir(1)), "-s", "1", "-b", "10")
-    btc, eth = _start_markets(run, args, ("-r", str(recovery_dir(1)), "-s", "1", "-b", "10"))
-    firm = _start_firm_of_markets(run, "-r", str(recovery_dir(1)), "-s", "1", "-b", "10")
+    args = _recovering(recovery_dir(1))
+    btc, eth = _start_markets(run, args, _recovering(recovery_dir(1)))
+    firm = _start_firm_of_markets(run, *_recovering(recovery_dir(1)))
     deadline = time.monotonic() + 120
     parts = 0
     while time.monotonic() < deadline and btc.poll() is None and parts < 50:
@@ -503,8 +508,7 @@ def test_sigkill_halfway_then_resume_executes_every_command_exactly_once(
     the subscriber ends with exactly the uninterrupted run's commands: none lost, none twice."""
     _, base, _ = baseline
     run = _prepare(kafka_bootstrap, tmp_path, "kill")
-    rec = recovery_dir(1)
-    args = ("-r", str(rec), "-s", "1", "-b", "10")
+    args = _recovering(recovery_dir(1))
     executed: list[MitigationCommand] = []
     state = tmp_path / "sub.sqlite"
     first = start_guard(run, *args)
