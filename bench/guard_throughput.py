@@ -385,6 +385,8 @@ def main() -> None:
     ap.add_argument("--tiers", action="store_true",
                     help="also run the guard as two tiers (a detect and a firm 1-worker "
                          "dataflow, at once)")
+    ap.add_argument("--fetch-wait-ms", type=int, default=None,
+                    help="every guard's input.fetch_wait_max_ms (default: the guard's, 10)")
     ap.add_argument("--market", action="store_true",
                     help="also run the guard as 2 market processes (BTC, ETH) and a firm tier "
                          "fed by them (three 1-worker dataflows, at once)")
@@ -404,7 +406,7 @@ def main() -> None:
         tag = uuid.uuid4().hex[:6]
         kw = {"partitions": args.partitions, "idle_eof_s": args.idle_eof_s,
               "batch_size": args.batch_size, "split_market": not args.no_split_market,
-              "aligned_market": args.aligned_market}
+              "aligned_market": args.aligned_market, "fetch_wait_ms": args.fetch_wait_ms}
         full = setup_env(bootstrap, work / "full", f"bw{tag}", **kw)
         empty = setup_env(bootstrap, work / "empty", f"be{tag}", **kw)
         start_ns = time.time_ns() - (args.copies * DURATION_S + 30) * NS

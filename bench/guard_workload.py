@@ -64,7 +64,7 @@ def setup_env(
     bootstrap: str, workdir: Path, env: str, *, partitions: int = 4,
     idle_eof_s: float | None = 2.0, batch_size: int = 1000, max_commands: int | None = None,
     starting_offset: str = "earliest", split_market: bool = True, fair_reads: bool = False,
-    aligned_market: bool = False,
+    aligned_market: bool = False, fetch_wait_ms: int | None = None,
 ) -> BenchEnv:
     """Create the env's topics, keys, trust file and guard config."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -87,6 +87,8 @@ def setup_env(
     text = _set_key(text, "input", "fair_reads", f"fair_reads = {str(fair_reads).lower()}")
     text = _set_key(text, "input", "aligned_market",
                     f"aligned_market = {str(aligned_market).lower()}")
+    text = _set_key(text, "input", "fetch_wait_max_ms",
+                    None if fetch_wait_ms is None else f"fetch_wait_max_ms = {fetch_wait_ms}")
     path.write_text(text)
     if max_commands is not None:
         pb = workdir / "playbook.toml"

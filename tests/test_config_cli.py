@@ -229,3 +229,34 @@ def test_a_market_process_takes_its_index_from_the_environment(
     monkeypatch.setenv("RISKGUARD_TIER_INDEX", "two")
     with pytest.raises(ConfigError, match=r"^RISKGUARD_TIER_INDEX: .*got 'two'$"):
         load_guard_config(path)
+
+
+def test_the_guards_fetch_wait_reaches_its_consumer_and_is_bounded(tmp_path: Path) -> None:
+    """``input.fetch_wait_max_ms`` is the guard consumer's ``fetch.wait.max.ms`` (which
+    ``kafka.extra`` cannot set: the source's own value comes last); 0 stops start-up
+    naming the setting."""
+    from importlib import resources
+
+    from bytewax.dataflow import Dataflow
+    from riskguard.connectors.kafka import KafkaInput
+    from riskguard.dataflows import guard
+
+    src = resources.files("riskguard.dataflows").joinpath("guard.example.toml")
+    text = src.read_text()
+    assert "fetch_wait_max_ms = 10 " in text
+    (tmp_path / "playbook.toml").write_text(src.parent.joinpath("playbook.toml").read_text())
+    path = tmp_path / "guard.toml"
+    path.write_text(text.replace("fetch_wait_max_ms = 10 ", "fetch_wait_max_ms = 0  ", 1))
+    with pytest.raises(ConfigError, match=r"^input\.fetch_wait_max_ms: must be >= 1; got 0$"):
+        guard.load_guard_config(path)
+    path.write_text(text.replace("fetch_wait_max_ms = 10 ", "fetch_wait_max_ms = 250", 1))
+    cfg = guard.load_guard_config(path)[0]
+    flow = Dataflow("fetch_wait")
+    guard._input(flow, cfg, ("market", "fills"), lambda: 0)
+
+    def steps(step: object) -> list[object]:
+        return [step, *(s for sub in getattr(step, "substeps", []) for s in steps(sub))]
+
+    sources = [s.source for s in steps(flow) if isinstance(getattr(s, "source", None),
+                                                           KafkaInput)]
+    assert [s.consumer_config()["fetch.wait.max.ms"] for s in sources] == [250]
