@@ -135,6 +135,10 @@ class Observer:
         self.config = config or ObserveConfig()
         self._lock = threading.Lock()
         self._open: dict[str, str] = {}  # anomaly key -> its key class, while an episode is open
+        # (limit path, kind) -> its utilization gauge: prometheus_client's labels() takes
+        # a lock and hashes the label tuple, about 3 us per utilization (1,200 per tick
+        # with 600 counterparties); the same children, so the same cardinality
+        self._util_gauges: dict[tuple[str, str], Any] = {}
 
     def observe(self, item: Any) -> Any:
         """Update the metrics from ``item`` (a record or ``(key, record)``); return ``item``."""
@@ -168,12 +172,19 @@ class Observer:
             elif s.phase == "close" and s.key in self._open:
                 EPISODES_OPEN.labels(self._open.pop(s.key)).dec()
 
+    def _util_gauge(self, u: Utilization | LimitBreach) -> Any:
+        g = self._util_gauges.get((u.limit_path, u.kind))
+        if g is None:
+            g = UTILIZATION.labels(_counterparty(u), u.limit_path, u.kind)
+            self._util_gauges[(u.limit_path, u.kind)] = g
+        return g
+
     def _utilization(self, u: Utilization) -> None:
-        UTILIZATION.labels(_counterparty(u), u.limit_path, u.kind).set(u.utilization)
+        self._util_gauge(u).set(u.utilization)
 
     def _breach(self, b: LimitBreach) -> None:
         BREACHES.labels(b.kind, b.level.value).inc()
-        UTILIZATION.labels(_counterparty(b), b.limit_path, b.kind).set(b.utilization)
+        self._util_gauge(b).set(b.utilization)
 
     def _alert(self, a: RiskAlert) -> None:
         RISK_ALERTS.labels(a.kind, a.severity.value).inc()
