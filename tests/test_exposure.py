@@ -3,6 +3,7 @@ bad input, and a Hypothesis property against a from-scratch recomputation."""
 
 from __future__ import annotations
 
+import math
 import pickle
 from typing import Any
 from unittest.mock import patch
@@ -1088,3 +1089,36 @@ def test_a_row_revalued_beside_a_later_row_without_positions_sums_all_its_positi
     a, b = last["a"], last["b"]
     assert (a.gross, a.net, a.upnl, a.ts) == (31.0, 31.0, 1.0, 5)
     assert (b.gross, b.collateral, b.names) == (0.0, 6.0, [])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.dictionaries(st.sampled_from(["BTC", "ETH", "SOL", "USDT"]),
+                                st.floats(-1e12, 1e12, allow_nan=False),
+                                min_size=0, max_size=4), min_size=1, max_size=30),
+       st.booleans())
+def test_the_firms_dict_sums_equal_a_plain_loop_bit_for_bit(
+        ds: list[dict[str, float]], same_keys: bool) -> None:
+    """_sum_dicts (the firm's delta and by-asset rollups, with a fast path when every dict
+    holds every key, in any order) equals a plain loop: keys in first-seen order, each
+    summed from 0 in list order, a missing key adding nothing."""
+    from riskguard.operators.exposure import _sum_dicts
+
+    if same_keys:  # every dict holding every key, in its own order
+        keys = sorted(set().union(*ds))
+        ds = [{k: d.get(k, 1.5) for k in (keys if n % 2 else keys[::-1])}
+              for n, d in enumerate(ds)]
+    want: dict[str, float] = {}
+    for d in ds:
+        for k in d:
+            want.setdefault(k, 0)
+    for k in want:
+        total: float = 0
+        for d in ds:
+            if k in d:
+                total += d[k]
+        want[k] = total
+    got = _sum_dicts(ds)
+    assert list(got) == list(want)
+    assert [math.copysign(1, v) for v in got.values()] == [math.copysign(1, v)
+                                                            for v in want.values()]
+    assert got == want
