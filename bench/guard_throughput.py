@@ -74,7 +74,13 @@ partitions; the baseline then reads a second, unaligned copy of the workload
 
     python bench/guard_throughput.py [--copies 8] [--partitions 4] [--skip-2p] [--repeats 1]
                                      [--no-split-market | --aligned-market] [--tiers]
-                                     [--independent]
+                                     [--independent] [--market] [--fetch-wait-ms N]
+                                     [--timeline]
+
+``--timeline`` also prints, per workload run, the cores each guard process and the dev
+broker used in each second (``CoreTimeline``): whether a multi-process run's processes
+overlapped, or one waited on the others or on the broker. ``--fetch-wait-ms N`` sets
+every guard's ``input.fetch_wait_max_ms``.
 
 ``--repeats R`` runs each guard R times, 1 worker and 2 processes interleaved, and
 also prints the medians and the scaling of the medians: one 24-copy run of the
@@ -91,6 +97,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -235,18 +242,61 @@ def _wait(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> list[float]
 @dataclass(frozen=True)
 class GuardRun:
     """One guard run: wall seconds, its start (epoch s), and CPU seconds, all its
-    processes together (``cpu``) and each one's (``per_process``, in start order)."""
+    processes together (``cpu``) and each one's (``per_process``, in start order);
+    with ``run_guard(..., watch=...)``, the cores each one used per second."""
 
     wall: float
     started: float
     cpu: float
     per_process: list[float]
+    timeline: str = ""
+
+
+class CoreTimeline:
+    """Cores used by each of ``pids`` in each ``period_s`` of a run, read from ``/proc``
+    in a thread: which process held the cores when (a multi-process run's totals do not
+    say whether its processes overlapped, or waited on each other or the broker).
+
+    >>> t = CoreTimeline([os.getpid()], period_s=0.05)
+    >>> t.start(); _ = sum(range(10**6)); time.sleep(0.12); t.stop()
+    >>> t.text().startswith("0.") or t.text().startswith("1.")
+    True
+    """
+
+    def __init__(self, pids: list[int], period_s: float = 1.0) -> None:
+        self.pids = pids
+        self.period_s = period_s
+        self.rows: list[list[float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        last, t_last = [cpu_seconds(p) for p in self.pids], time.monotonic()
+        while not self._stop.wait(self.period_s):
+            now, t_now = [cpu_seconds(p) for p in self.pids], time.monotonic()
+            # a process that exited reads 0.0: it used nothing more
+            self.rows.append([max(b - a, 0.0) / (t_now - t_last) for a, b in zip(
+                last, now, strict=True)])
+            last, t_last = [max(a, b) for a, b in zip(last, now, strict=True)], t_now
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def text(self) -> str:
+        """One ``a|b|...`` group per period, the processes in ``pids`` order."""
+        return " ".join("|".join(f"{x:.2f}" for x in row) for row in self.rows)
 
 
 def run_guard(bench: BenchEnv | list[BenchEnv], procs: int,
-              timeout_s: float = 600.0) -> GuardRun:
+              timeout_s: float = 600.0, watch: list[int] | None = None) -> GuardRun:
     """One guard run: 1 worker, or ``procs`` processes. Given a list of envs: one
-    1-worker guard per env, all at once (independent guards or tiers)."""
+    1-worker guard per env, all at once (independent guards or tiers). Given ``watch``
+    (more pids, e.g. the dev broker's), the run's :class:`CoreTimeline` over its
+    processes and those."""
     if isinstance(bench, list):
         fresh_detections(bench[0])
     started = time.time()
@@ -263,8 +313,22 @@ def run_guard(bench: BenchEnv | list[BenchEnv], procs: int,
         ps = [start_guard(bench, "-i", "0", "-a", addrs)]
         _await_listening(ports[0], ps[0])
         ps += [start_guard(bench, "-i", str(i), "-a", addrs) for i in range(1, procs)]
-    per = _wait(ps, timeout_s)
-    return GuardRun(time.monotonic() - t0, started, sum(per), per)
+    timeline = None if watch is None else CoreTimeline([p.pid for p in ps] + watch)
+    if timeline is not None:
+        timeline.start()
+    try:
+        per = _wait(ps, timeout_s)
+    finally:
+        if timeline is not None:
+            timeline.stop()
+    return GuardRun(time.monotonic() - t0, started, sum(per), per,
+                    "" if timeline is None else timeline.text())
+
+
+def _print_timeline(run: GuardRun, broker_pid: int | None) -> None:
+    if run.timeline:
+        who = "guard processes in start order" + (", then the broker" if broker_pid else "")
+        print(f"  cores used per second ({who}): {run.timeline}")
 
 
 def fresh_detections(bench: BenchEnv) -> None:
@@ -385,6 +449,9 @@ def main() -> None:
     ap.add_argument("--tiers", action="store_true",
                     help="also run the guard as two tiers (a detect and a firm 1-worker "
                          "dataflow, at once)")
+    ap.add_argument("--timeline", action="store_true",
+                    help="print the cores each guard process (then the dev broker) used "
+                         "in each second of each workload run")
     ap.add_argument("--fetch-wait-ms", type=int, default=None,
                     help="every guard's input.fetch_wait_max_ms (default: the guard's, 10)")
     ap.add_argument("--market", action="store_true",
@@ -482,7 +549,8 @@ def main() -> None:
                 else tiers if procs == TIERS and tiers
                 else market if procs == MARKET and market else (full, empty))
             b0 = cpu_seconds(broker_pid)
-            run_full = run_guard(envs[0], procs)
+            run_full = run_guard(envs[0], procs, watch=(
+                None if not args.timeline else [] if broker_pid is None else [broker_pid]))
             b1 = cpu_seconds(broker_pid)
             run_empty = run_guard(envs[1], procs)
             b2 = cpu_seconds(broker_pid)
@@ -505,6 +573,7 @@ def main() -> None:
                       f"{t_full:.1f} s - empty {t_empty:.1f} s; {dead:,} dead letters; load "
                       f"{os.getloadavg()[0]:.2f}; CPU {c_full:.1f} s - empty {c_empty:.1f} s "
                       f"= {(c_full - c_empty) / n * 1e6:.1f} us/event{cpu_note})")
+                _print_timeline(run_full, broker_pid)
                 continue
             run_env = market_full if procs == MARKET else full
             after = int(started * 1000)
@@ -529,6 +598,7 @@ def main() -> None:
                   f"{dead:,} dead letters; load {os.getloadavg()[0]:.2f}; "
                   f"CPU {c_full:.1f} s - empty {c_empty:.1f} s = "
                   f"{(c_full - c_empty) / n * 1e6:.1f} us/event{cpu_note})")
+            _print_timeline(run_full, broker_pid)
         med = {procs: statistics.median(rs) for procs, rs in rates.items()}
         if args.repeats > 1:
             for procs, rs in sorted(rates.items()):
