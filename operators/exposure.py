@@ -2111,7 +2111,13 @@ class CounterpartyLogic:
     def on_batch(self, items: Iterable[Part]) -> list[Any]:
         if not self.ticked:
             return self._batch(items)
-        parts, progress = split_progress(list(items))
+        items = list(items)
+        if len(items) == 2 and type(items[1]) is Progress and type(items[0]) is not Progress:
+            # the usual ticked batch: one tick's part, then its progress
+            out = self._batch(items[:1])
+            out.append(items[1])
+            return out
+        parts, progress = split_progress(items)
         out = _per_tick(self._batch, parts) if parts else []
         out.extend(progress)  # behind the exposures they follow
         return out
@@ -2184,7 +2190,8 @@ class CounterpartyLogic:
         out: list[Any] = []
         horizon = st.watermark - cfg.max_mark_age_ns
         old: dict[str, int] = {}
-        if min((p.oldest for p in ps), default=NEVER_STALE) < horizon:
+        if (ps[0].oldest if len(ps) == 1 else min((p.oldest for p in ps),
+                                                  default=NEVER_STALE)) < horizon:
             for p in ps:
                 if p.oldest < horizon:
                     mts = np.frombuffer(p.mark_ts, dtype="<i8")
