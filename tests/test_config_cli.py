@@ -24,6 +24,22 @@ class _Limits(msgspec.Struct, frozen=True, kw_only=True):
     counterparty: dict[str, dict[str, float]] = {}
 
 
+def edited_example(tmp_path: Path, *edits: tuple[str, str]) -> Path:
+    """``guard.example.toml`` (with its playbook file) in ``tmp_path`` as ``guard.toml``,
+    each ``(old, new)`` of ``edits`` replaced once (``old`` must be in it)."""
+    from importlib import resources
+
+    src = resources.files("riskguard.dataflows").joinpath("guard.example.toml")
+    text = src.read_text()
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    (tmp_path / "playbook.toml").write_text(src.parent.joinpath("playbook.toml").read_text())
+    path = tmp_path / "guard.toml"
+    path.write_text(text)
+    return path
+
+
 def test_constraint_error_names_path_expectation_and_value() -> None:
     """A negative limit is reported as 'limits....gross_notional: must be > 0; got -5'."""
     class Limits(msgspec.Struct, frozen=True):
@@ -165,21 +181,16 @@ def test_split_market_data_refuses_an_index_source_with_a_feed_failover_pair(
     """With input.split_market_by_key, each worker routes its own copy of an index price
     around feed selection, so an index source with a [feeds.venues] pair stops start-up
     naming the setting and the venue."""
-    from importlib import resources
-
     from riskguard.dataflows.guard import load_guard_config
 
-    src = resources.files("riskguard.dataflows").joinpath("guard.example.toml")
-    text = src.read_text()
-    assert "split_market_by_key = true" in text  # the example's (and the default) setting
-    text = text.replace('index_sources = ["index"]', 'index_sources = ["binance"]', 1)
-    (tmp_path / "playbook.toml").write_text(src.parent.joinpath("playbook.toml").read_text())
-    path = tmp_path / "guard.toml"
-    path.write_text(text)
+    binance = ('index_sources = ["index"]', 'index_sources = ["binance"]')
+    # the example's (and the default) setting
+    path = edited_example(tmp_path, ("split_market_by_key = true", "split_market_by_key = true"),
+                          binance)
     with pytest.raises(ConfigError, match=r"^input\.split_market_by_key: .*binance"):
         load_guard_config(path)
     # aligned market data gives each worker its own index copies too: the same rule
-    path.write_text(text.replace("aligned_market = false", "aligned_market = true", 1))
+    path = edited_example(tmp_path, binance, ("aligned_market = false", "aligned_market = true"))
     with pytest.raises(ConfigError, match=r"^input\.aligned_market: .*binance"):
         load_guard_config(path)
 
@@ -190,19 +201,12 @@ def test_a_detect_silence_longer_than_the_clocks_idle_limit_stops_start_up(
     """tier.silent_s above 10 s (TICK_IDLE_NS) would let the firm tier's clock stop
     waiting for a dead detect worker before the alert, so the firm would act without its
     anomaly signals, unalerted: start-up stops naming the setting and the bound."""
-    from importlib import resources
-
     from riskguard.dataflows.guard import load_guard_config
 
-    src = resources.files("riskguard.dataflows").joinpath("guard.example.toml")
-    text = src.read_text()
-    assert "silent_s = 10.0 " in text
-    (tmp_path / "playbook.toml").write_text(src.parent.joinpath("playbook.toml").read_text())
-    path = tmp_path / "guard.toml"
-    path.write_text(text.replace("silent_s = 10.0 ", "silent_s = 30.0 ", 1))
+    path = edited_example(tmp_path, ("silent_s = 10.0 ", "silent_s = 30.0 "))
     with pytest.raises(ConfigError, match=r"^tier\.silent_s: must be <= 10; got 30\.0$"):
         load_guard_config(path)
-    path.write_text(text.replace("silent_s = 10.0 ", "silent_s = 9.5  ", 1))
+    path = edited_example(tmp_path, ("silent_s = 10.0 ", "silent_s = 9.5  "))
     assert load_guard_config(path)[0].tier.silent_s == 9.5
 
 
@@ -212,15 +216,10 @@ def test_a_market_process_takes_its_index_from_the_environment(
     """``RISKGUARD_TIER_INDEX`` (set from a pod's ordinal) overrides ``tier.index``, so a
     StatefulSet of market processes shares one config file; an index that names no
     market process, or is not a number, stops start-up naming where it came from."""
-    from importlib import resources
-
     from riskguard.dataflows.guard import load_guard_config
 
-    src = resources.files("riskguard.dataflows").joinpath("guard.example.toml")
-    (tmp_path / "playbook.toml").write_text(src.parent.joinpath("playbook.toml").read_text())
-    path = tmp_path / "guard.toml"
-    text = src.read_text().replace('role = "whole"', 'role = "market"', 1)
-    path.write_text(text.replace("detect_workers = 1 ", "detect_workers = 3 ", 1))
+    path = edited_example(tmp_path, ('role = "whole"', 'role = "market"'),
+                          ("detect_workers = 1 ", "detect_workers = 3 "))
     monkeypatch.setenv("RISKGUARD_TIER_INDEX", "2")
     assert load_guard_config(path)[0].tier.index == 2
     monkeypatch.setenv("RISKGUARD_TIER_INDEX", "3")
@@ -235,21 +234,14 @@ def test_the_guards_fetch_wait_reaches_its_consumer_and_is_bounded(tmp_path: Pat
     """``input.fetch_wait_max_ms`` is the guard consumer's ``fetch.wait.max.ms`` (which
     ``kafka.extra`` cannot set: the source's own value comes last); 0 stops start-up
     naming the setting."""
-    from importlib import resources
-
     from bytewax.dataflow import Dataflow
     from riskguard.connectors.kafka import KafkaInput
     from riskguard.dataflows import guard
 
-    src = resources.files("riskguard.dataflows").joinpath("guard.example.toml")
-    text = src.read_text()
-    assert "fetch_wait_max_ms = 10 " in text
-    (tmp_path / "playbook.toml").write_text(src.parent.joinpath("playbook.toml").read_text())
-    path = tmp_path / "guard.toml"
-    path.write_text(text.replace("fetch_wait_max_ms = 10 ", "fetch_wait_max_ms = 0  ", 1))
+    path = edited_example(tmp_path, ("fetch_wait_max_ms = 10 ", "fetch_wait_max_ms = 0  "))
     with pytest.raises(ConfigError, match=r"^input\.fetch_wait_max_ms: must be >= 1; got 0$"):
         guard.load_guard_config(path)
-    path.write_text(text.replace("fetch_wait_max_ms = 10 ", "fetch_wait_max_ms = 250", 1))
+    path = edited_example(tmp_path, ("fetch_wait_max_ms = 10 ", "fetch_wait_max_ms = 250"))
     cfg = guard.load_guard_config(path)[0]
     flow = Dataflow("fetch_wait")
     guard._input(flow, cfg, ("market", "fills"), lambda: 0)
