@@ -175,8 +175,12 @@ class Observer:
     def _util_gauge(self, u: Utilization | LimitBreach) -> Any:
         g = self._util_gauges.get((u.limit_path, u.kind))
         if g is None:
-            g = UTILIZATION.labels(_counterparty(u), u.limit_path, u.kind)
-            self._util_gauges[(u.limit_path, u.kind)] = g
+            try:
+                cp = parse_path(u.limit_path)[0]
+            except ValueError:  # labelled by its scope instead, which may vary: not kept
+                return UTILIZATION.labels(_counterparty(u), u.limit_path, u.kind)
+            g = self._util_gauges[(u.limit_path, u.kind)] = UTILIZATION.labels(
+                cp, u.limit_path, u.kind)
         return g
 
     def _utilization(self, u: Utilization) -> None:

@@ -11,6 +11,7 @@ import urllib.request
 from typing import Any
 
 import bytewax.operators as op
+import msgspec
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
@@ -120,6 +121,20 @@ def test_utilization_gauge_is_per_counterparty_limit_and_kind() -> None:
                  limit="counterparty.gaugecp", kind="gross") == 0.85
     assert value("riskguard_limit_utilization", counterparty="*", limit="firm",
                  kind="gross") == 0.2
+
+
+def test_a_utilization_of_an_unparsed_path_is_labelled_by_each_ones_scope() -> None:
+    """A limit path that is not a configured one (no counterparty in it) takes the
+    counterparty label from each record's scope, which may differ between records."""
+    obs = Observer()
+    for cp, u in (("scopeA", 0.3), ("scopeB", 0.6)):
+        rec = msgspec.structs.replace(util("odd-path", "gross", u),
+                                      scope=Scope(kind=ScopeKind.COUNTERPARTY, value=cp))
+        obs.observe(rec)
+    assert value("riskguard_limit_utilization", counterparty="scopeA", limit="odd-path",
+                 kind="gross") == 0.3
+    assert value("riskguard_limit_utilization", counterparty="scopeB", limit="odd-path",
+                 kind="gross") == 0.6
 
 
 def test_breaches_count_by_kind_and_level_and_move_the_gauge() -> None:
