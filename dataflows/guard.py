@@ -88,6 +88,7 @@ from riskguard.schemas import (
     Balance,
     DeadLetter,
     DetectProgress,
+    Exposure,
     Fill,
     FundingRate,
     IndexPrice,
@@ -1026,7 +1027,7 @@ def build_flow(
     kafka_output("signals", out.signals, brokers=brokers, topic=cfg.topic("signals"),
                  delivery_timeout_s=timeout, worker_local=local)
     kafka_output("exposures", out.exposures, brokers=brokers, topic=cfg.topic("exposures"),
-                 delivery_timeout_s=timeout, worker_local=local)
+                 delivery_timeout_s=timeout, worker_local=local, key=exposures_key)
     kafka_output("audit", out.audit, brokers=brokers, topic=cfg.topic("audit"),
                  delivery_timeout_s=timeout, worker_local=local,
                  key=_audit_key)
@@ -1161,6 +1162,20 @@ def _split_options(cfg: GuardConfig) -> dict[str, Any]:
                                key_prefixes=price_key_prefixes(cfg),
                                records=is_broadcast),
     }
+
+
+def exposures_key(rec: Any) -> str:
+    """The exposures topic's Kafka key: a counterparty's exposures (``*``: the firm's)
+    and one limit's utilizations (its path) each keep one partition, in order. Without
+    it they had no key (they carry no id) and were spread over the partitions.
+
+    >>> exposures_key(Exposure(counterparty="okx", ts=1, gross_notional=1.0,
+    ...                        net_notional=1.0))
+    'okx'
+    """
+    if type(rec) is Exposure:
+        return rec.counterparty
+    return str(getattr(rec, "limit_path", ""))
 
 
 def _audit_key(rec: Any) -> str:

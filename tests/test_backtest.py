@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -27,7 +28,7 @@ from riskguard.dataflows.stress import (
 )
 from riskguard.operators.crypto import decode_envelope
 from riskguard.operators.signing import decode_command
-from riskguard.schemas import encode
+from riskguard.schemas import decode, encode
 
 from riskguard.errors import ConfigError
 
@@ -187,6 +188,22 @@ def test_backtest_equals_live_run_through_the_broker(cascade, kafka_bootstrap, t
 
     assert sorted(map(key, live)) == sorted(map(key, back.commands))
     assert len(live) >= 7
+    # the exposures topic is keyed: a counterparty's exposures, and one limit's
+    # utilizations, each keep one partition in order
+    c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"{env}-exp",
+                  "enable.auto.commit": False})
+    c.assign([TopicPartition(topic_name(env, "exposures"), 0, 0)])
+    keyed: list[tuple[bytes | None, Any]] = []
+    idle = 0
+    while idle < 5:
+        msgs = c.consume(500, 0.5)
+        idle = 0 if msgs else idle + 1
+        keyed.extend((m.key(), decode("exposures", m.value())) for m in msgs if not m.error())
+    c.close()
+    kinds = {type(r).__name__ for _k, r in keyed}
+    assert kinds == {"Exposure", "Utilization"}, kinds
+    assert all(k == (r.counterparty if type(r).__name__ == "Exposure" else r.limit_path).encode()
+               for k, r in keyed)
 
 
 def test_a_record_the_guard_does_not_consume_is_a_dead_letter_not_dropped(cascade):
