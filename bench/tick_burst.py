@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource, run_main
+from exposure_speed import CountSink
 from riskguard.connectors.kafka import _to_kv
 from riskguard.dataflows.guard import exposures_key
 from riskguard.operators.exposure import (
@@ -129,23 +129,13 @@ class Burst:
         return dict(zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True))
 
 
-class _Drop(StatelessSinkPartition[Any]):
-    def write_batch(self, items: list[Any]) -> None:
-        pass
-
-
-class DropSink(DynamicSink[Any]):
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Drop:
-        return _Drop()
-
-
 def passthrough_ms(n: int, ticks: int) -> float:
     """CPU ms per batch of ``n`` items, one per key, through bytewax's keyed
     ``stateful_map`` (one batch per tick)."""
     items = [(f"cp{c}", t) for t in range(ticks) for c in range(n)]
     flow = Dataflow("tick_burst_pass")
     keyed = op.input("in", flow, TestingSource(items, batch_size=n))
-    op.output("out", op.stateful_map("pass", keyed, lambda s, v: (v, v)), DropSink())
+    op.output("out", op.stateful_map("pass", keyed, lambda s, v: (v, v)), CountSink())
     t0 = time.process_time()
     run_main(flow)
     return (time.process_time() - t0) / ticks * 1e3
