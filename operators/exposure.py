@@ -525,11 +525,14 @@ PROGRESS_KEY = "~progress"
 
 
 def split_progress(items: list[Any]) -> tuple[list[Any], list[Progress]]:
-    """``items`` without, and with only, their :class:`Progress` (one scan when none)."""
-    if not any(type(it) is Progress for it in items):
+    """``items`` without, and with only, their :class:`Progress` (one scan unless
+    both kinds are there)."""
+    progress = [it for it in items if type(it) is Progress]
+    if not progress:
         return items, []
-    return ([it for it in items if type(it) is not Progress],
-            [it for it in items if type(it) is Progress])
+    if len(progress) == len(items):
+        return [], progress
+    return [it for it in items if type(it) is not Progress], progress
 
 
 # --------------------------------------------------------------------- stage 1
@@ -2111,13 +2114,7 @@ class CounterpartyLogic:
     def on_batch(self, items: Iterable[Part]) -> list[Any]:
         if not self.ticked:
             return self._batch(items)
-        items = list(items)
-        if len(items) == 2 and type(items[1]) is Progress and type(items[0]) is not Progress:
-            # the usual ticked batch: one tick's part, then its progress
-            out = self._batch(items[:1])
-            out.append(items[1])
-            return out
-        parts, progress = split_progress(items)
+        parts, progress = split_progress(list(items))
         out = _per_tick(self._batch, parts) if parts else []
         out.extend(progress)  # behind the exposures they follow
         return out
@@ -2233,9 +2230,11 @@ class CounterpartyLogic:
         return out
 
 
-def _per_tick(batch: Any, items: Iterable[Any]) -> list[Any]:
+def _per_tick(batch: Any, items: list[Any]) -> list[Any]:
     """Ticked mode: ``batch`` once per ``ts`` among ``items`` (one tick each), oldest
     first; the outputs concatenated."""
+    if len(items) == 1:  # the usual batch: one tick's part or exposure
+        return list(batch(items))
     groups: dict[int, list[Any]] = {}
     for it in items:
         groups.setdefault(it.ts, []).append(it)
@@ -2255,18 +2254,11 @@ def _sum_dicts(ds: list[dict[str, float]]) -> dict[str, float]:
     >>> _sum_dicts([{"a": 1.0, "b": 2.0}, {"b": 0.5, "a": 4.0}])  # every key in each
     {'a': 5.0, 'b': 2.5}
     """
-    n = len(set().union(*ds))
-    if ds and min(map(len, ds)) == n:  # every dict holds every key: one C-level pass per key
+    if ds and min(map(len, ds)) == len(set().union(*ds)):  # every dict holds every key
         return {k: sum(map(itemgetter(k), ds)) for k in ds[0]}
-    # laid out like a dict holding every key (usually most do): its values need no lookups
-    full = next((d for d in ds if len(d) == n), None)
-    keys = list(dict.fromkeys(chain.from_iterable(ds))) if full is None else list(full)
-    rows = [d.values() if len(d) == n and list(d) == keys
-            else list(map(d.get, keys, repeat(0.0))) for d in ds]
-    sums: dict[str, float] = dict(zip(keys, map(sum, zip(*rows, strict=True)), strict=True))
-    if full is None or full is ds[0]:  # keys already in first-seen order
-        return sums
-    return {k: sums[k] for k in dict.fromkeys(chain.from_iterable(ds))}
+    # a dict without a key adds 0.0 for it: no bits change (a sum from 0 is never -0.0)
+    return {k: sum(map(dict.get, ds, repeat(k), repeat(0.0)))
+            for k in dict.fromkeys(chain.from_iterable(ds))}
 
 
 @dataclass
