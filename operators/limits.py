@@ -101,8 +101,12 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True):
     A counterparty missing from ``counterparties`` fails closed: it gets a
     zero limit of each kind in ``unknown_counterparty_kinds`` and an alert.
     ``utilization_interval_ns`` rate-limits utilization output per limit (in
-    event time); level changes are always emitted. ``missing_vol_factor`` is
-    the scaling factor used while no realized vol is known.
+    event time); level changes are always emitted. A utilization that would
+    repeat the last one emitted for its limit exactly (the same exposure,
+    effective limit and latch, so the same level) is held back until
+    ``utilization_heartbeat_ns`` has passed since that one (0: repeats are
+    emitted every interval). ``missing_vol_factor`` is the scaling factor used
+    while no realized vol is known.
     """
 
     firm: dict[str, LimitSpec] = {}
@@ -110,6 +114,7 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True):
     counterparties: dict[str, CounterpartyLimits] = {}
     unknown_counterparty_kinds: tuple[str, ...] = ("gross_notional", "collateral")
     utilization_interval_ns: int = 1_000_000_000
+    utilization_heartbeat_ns: int = 60_000_000_000
     missing_vol_factor: float = 1.0
 
     def validate(self, path: str = "limits") -> None:
@@ -134,6 +139,10 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True):
             where = f"{path}.utilization_interval_ns"
             raise ConfigError(where, "must be >= 0",
                               self.utilization_interval_ns)
+        if self.utilization_heartbeat_ns < 0:
+            where = f"{path}.utilization_heartbeat_ns"
+            raise ConfigError(where, "must be >= 0 (0: no heartbeat, repeats every interval)",
+                              self.utilization_heartbeat_ns)
         if not (math.isfinite(self.missing_vol_factor) and self.missing_vol_factor > 0):
             where = f"{path}.missing_vol_factor"
             raise ConfigError(where, "must be > 0",
@@ -226,6 +235,8 @@ class _Track:
     latched: bool = False
     last_emit_ts: int = -1
     changes: int = 0
+    # (exposure, effective limit, latched) of the last utilization emitted
+    sent: tuple[float, float, bool] | None = None
 
 
 @dataclass
@@ -493,6 +504,7 @@ class LimitsLogic:
             ))
         tracks = st.tracks
         interval = cfg.utilization_interval_ns
+        heartbeat = cfg.utilization_heartbeat_ns
         ts = e.ts
         ok = LimitLevel.OK
         for tkey, spec, measure, scope, warn in plan:
@@ -524,12 +536,19 @@ class LimitsLogic:
                     tr.latched = False
             changed = new is not old
             big = changed and (_ORDER[new] >= 2 or _ORDER[old] >= 2)
-            emit = changed or first or force_path == tkey or ts - tr.last_emit_ts >= interval
+            if changed or first or force_path == tkey:
+                emit = True  # a level change (so any breach, "big") always emits
+            elif ts - tr.last_emit_ts < interval:
+                emit = False
+            else:  # an exact repeat of the last one waits for the heartbeat
+                emit = (not heartbeat or ts - tr.last_emit_ts >= heartbeat
+                        or tr.sent != (x, eff, tr.latched))
             path, kind = tkey
-            if emit:  # a level change (so any breach, "big") always emits
+            if emit:
                 inputs = {} if inputs is None else inputs
                 inputs["base_limit"] = spec.limit
                 tr.last_emit_ts = ts
+                tr.sent = (x, eff, tr.latched)
                 out.append(Utilization(
                     limit_path=path, kind=kind, scope=scope, ts=ts, exposure=x,
                     base_limit=spec.limit, effective_limit=eff, utilization=u, level=new,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 from riskguard.operators.crypto import PAYLOAD_LIMIT_UPDATE, Signer, sign_envelope
 from riskguard.operators.limits import (
@@ -141,10 +142,24 @@ def test_accepted_update_changes_limit_and_audits_old_and_new_values() -> None:
     (a,) = [o for o in outs if isinstance(o, RiskAlert)]
     assert (a.kind, a.details["old_limit"], a.details["new_limit"]) == (
         "limit_update_accepted", 100.0, 200.0)
-    outs = drive(logic, [exp(100, 150.0)])
+    outs = drive(logic, [exp(100, 160.0)])
     u = next(o for o in outs if isinstance(o, Utilization))
     assert (u.effective_limit, u.level) == (200.0, LimitLevel.WARN)
     assert drive(logic, [("upd", update(limit=1.0))]) == []  # same update_id replayed
+
+
+def test_an_unchanged_utilization_repeats_only_at_the_heartbeat() -> None:
+    """Every interval while the exposure moves; an exact repeat waits for the heartbeat,
+    then goes out once; a level change is never held back."""
+    logic = LimitsLogic(msgspec.structs.replace(cfg(), utilization_heartbeat_ns=1_000))
+    sent = [u.ts for t, g in [(0, 50.0), (100, 55.0), (200, 55.0), (900, 55.0),
+                              (1_100, 55.0), (1_200, 55.0), (1_300, 85.0)]
+            for u in drive(logic, [exp(t, g)]) if isinstance(u, Utilization)]
+    assert sent == [0, 100, 1_100, 1_300]
+    every = LimitsLogic(msgspec.structs.replace(cfg(), utilization_heartbeat_ns=0))
+    assert [len(drive(every, [exp(t, 50.0)])) for t in (0, 100, 200)] == [1, 1, 1]
+    with pytest.raises(ConfigError, match="utilization_heartbeat_ns"):
+        msgspec.structs.replace(cfg(), utilization_heartbeat_ns=-1).validate()
 
 
 def test_invalid_update_values_are_rejected_and_the_old_limit_stays() -> None:
