@@ -13,6 +13,7 @@ so resuming is ``builder(snapshot)``. No logic class imports bytewax; the
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +29,19 @@ from riskguard.schemas.audit import DeadLetter
 V = TypeVar("V")
 W = TypeVar("W")
 V_contra = TypeVar("V_contra", contravariant=True)
+
+
+def copy_state(state: Any) -> Any:
+    """An independent copy of a logic's state for :meth:`Logic.snapshot`: a pickle round
+    trip, several times faster than ``copy.deepcopy`` and valid for anything a recovery
+    store can hold.
+
+    >>> s = {"open": [1, 2]}
+    >>> c = copy_state(s)
+    >>> c["open"].append(3); s
+    {'open': [1, 2]}
+    """
+    return pickle.loads(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 class Logic(Protocol[V_contra, W]):

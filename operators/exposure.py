@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import heapq
 import math
-import pickle
 import struct
 import uuid
 import zlib
@@ -75,6 +74,7 @@ from typing import Any, Literal, NamedTuple
 
 import msgspec
 import numpy as np
+from riskguard.operators.base import copy_state
 from riskguard.operators.clock import Clock, Tick, Watermark, system_clock
 from riskguard.operators.dedup import IdWindow
 from riskguard.operators.instruments import (
@@ -128,10 +128,6 @@ STATE_VERSION = 4
 """Version 4: stage-1 per-instrument columns are numpy arrays (version 3 held lists and
 is migrated on resume; stage-2 and stage-3 states are unchanged since version 3)."""
 
-
-def _copy(state: Any) -> Any:
-    """An independent copy (a pickle round trip: several times faster than deepcopy)."""
-    return pickle.loads(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
 
 NS_PER_S = 1_000_000_000
 SECONDS_PER_YEAR = 365.0 * 24 * 3600
@@ -890,7 +886,7 @@ class ShardLogic:
         several times faster than a pickle round trip of the dedup windows and evidence."""
         st = self.state
         if not st.key:
-            return _copy(st)
+            return copy_state(st)
         cols = {name: getattr(st, name).copy() for name in _COLUMNS}
         return ShardState(
             version=st.version, key=st.key, insts=list(st.insts), cps=list(st.cps),
@@ -2303,7 +2299,14 @@ class FirmLogic:
         self._shares = np.array([st.shares.get(cp, 0.0) for cp in self._names], dtype=float)
 
     def snapshot(self) -> FirmState:
-        return _copy(self.state)
+        """An independent copy, field by field (exposures are immutable: shared)."""
+        st = self.state
+        return FirmState(
+            version=st.version, latest=dict(st.latest), shares=dict(st.shares),
+            firm=st.firm, seq=st.seq,
+            progress={k: dict(v) for k, v in st.progress.items()}, passed=dict(st.passed),
+            reached=dict(st.reached), sources_of=st.sources_of,
+        )
 
     def on_event(self, e: Exposure) -> list[Exposure]:
         return self.on_batch([e])

@@ -34,7 +34,6 @@ command-rate window. Event time comes from the records and from
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import hashlib
 import heapq
@@ -46,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
 import msgspec
+from riskguard.operators.base import copy_state
 from riskguard.operators.clock import Tick, Watermark
 from riskguard.schemas import (
     FIRM,
@@ -290,7 +290,7 @@ class Mitigation:
 
 @dataclass
 class PlaybookState:
-    """Everything the playbook remembers; snapshots are deep copies."""
+    """Everything the playbook remembers; snapshots are independent copies."""
 
     version: int = STATE_VERSION
     now: int = 0
@@ -507,7 +507,7 @@ class PlaybookLogic:
         return self._out
 
     def snapshot(self) -> PlaybookState:
-        return copy.deepcopy(self.state)
+        return copy_state(self.state)
 
     # -- inputs ------------------------------------------------------------------
 
