@@ -42,10 +42,9 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, TypeVar
 
 import msgspec
-from riskguard.operators.base import copy_state
 from riskguard.operators.clock import Tick, Watermark
 from riskguard.schemas import (
     FIRM,
@@ -315,6 +314,20 @@ class PlaybookState:
 # -- helpers -------------------------------------------------------------------
 
 
+_T = TypeVar("_T")
+
+
+def _shallow(obj: _T, **fresh: Any) -> _T:
+    """A copy of dataclass ``obj`` sharing its attributes, but for ``fresh`` ones."""
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__, **fresh)
+    return new
+
+
+def _lists(d: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    return {k: list(v) for k, v in d.items()}
+
+
 def evidence_digest(record: msgspec.Struct) -> str:
     """SHA-256 hex of the record's wire bytes: the audit log's ``input_digest``."""
     return hashlib.sha256(encode(record)).hexdigest()
@@ -507,7 +520,19 @@ class PlaybookLogic:
         return self._out
 
     def snapshot(self) -> PlaybookState:
-        return copy_state(self.state)
+        """An independent copy, field by field: incidents, mitigations and every list and
+        dict copied; scopes, signals, enums and strings are immutable and shared (a
+        pickle round trip took 19 ms per epoch at 1,200 incidents)."""
+        st = self.state
+        snap = _shallow(st)
+        snap.incidents = {k: _shallow(i, evidence=list(i.evidence))
+                          for k, i in st.incidents.items()}
+        snap.active = {k: _shallow(m, params=dict(m.params), owners=list(m.owners))
+                       for k, m in st.active.items()}
+        snap.history, snap.sources = _lists(st.history), _lists(st.sources)
+        snap.unhealthy, snap.breached = _lists(st.unhealthy), _lists(st.breached)
+        snap.suppressed, snap.held = list(st.suppressed), list(st.held)
+        return snap
 
     # -- inputs ------------------------------------------------------------------
 
