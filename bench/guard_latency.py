@@ -30,8 +30,11 @@ Per command on the commands topic, decoded with ``decode_envelope`` +
   fetch wait.
 
 It ends with the CPU the guard and the dev broker each used over the measured
-load, in cores: the broker shares the machine's 2 cores, and a run where it
-takes a whole one is bound by it, not by the guard (session 19, README).
+load, in cores, in all and per quarter of the run: the broker shares the
+machine's 2 cores, and a run where it takes a whole one is bound by it, not by
+the guard (session 19, README). The dev broker's share grows through a run (it
+lists every batch a partition holds on each fetch); in session 26 the guard's
+stayed nearly flat. The load producer (this process) is shown too.
 
 The load producer batches with ``linger.ms`` 20 (``--load-linger-ms``; what
 ``publish`` uses). Each produce request is one stored batch in the dev broker,
@@ -182,7 +185,14 @@ def main() -> None:
                   "broker": cpu_seconds(broker_pid)}
         print(f"load {rate:,.0f} events/s + {args.incident_rate:g} incidents/s for "
               f"{args.seconds:g} s (load avg {os.getloadavg()[0]:.2f})")
+        from guard_throughput import CoreTimeline
+
+        watched = [p.pid for p in procs] + ([broker_pid] if broker_pid is not None else [])
+        watched.append(os.getpid())  # this process: the load producer
+        quarters = CoreTimeline(watched, period_s=args.seconds / 4)
+        quarters.start()
         load.run(args.seconds)
+        quarters.stop()
         shares = {"guard": (sum(cpu_seconds(p.pid) for p in procs) - cpu_on["guard"])
                   / args.seconds}
         if broker_pid is not None:
@@ -234,6 +244,9 @@ def main() -> None:
                   + "  ".join(f"{pct(q, 0.5):.0f} ms" for q in _quarters(by_time)))
         print(f"load avg at end {os.getloadavg()[0]:.2f}; CPU over the measured load, in "
               "cores: " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items()))
+        names = [*(f"guard {k}" if len(procs) > 1 else "guard" for k in range(len(procs))),
+                 *(["broker"] if broker_pid is not None else []), "load"]
+        print(f"  cores per quarter ({' | '.join(names)}): {quarters.text()}")
         if shares.get("broker", 0.0) >= 0.9:
             print("  the broker near a whole core of 2 leaves the guard short: a broker-bound "
                   "run, not a figure for the guard")
