@@ -33,11 +33,11 @@ Two logic classes share one decision rule (:class:`FeedState`):
 
 from __future__ import annotations
 
-import copy
 import uuid
 from dataclasses import dataclass, field
 
 import msgspec
+from riskguard.operators.base import copy_state
 from riskguard.operators.clock import Clock, Tick, Watermark, system_clock
 from riskguard.schemas.market import VenueState, VenueStatus
 from riskguard.schemas.signals import RiskAlert, Scope, ScopeKind, Severity
@@ -179,7 +179,7 @@ class FeedSelectLogic:
         return out
 
     def snapshot(self) -> FeedState:
-        return copy.deepcopy(self.state)
+        return copy_state(self.state)
 
 
 class FeedMonitorLogic:
@@ -264,4 +264,4 @@ class FeedMonitorLogic:
         return self.vf.primary if active == self.vf.backup else self.vf.backup
 
     def snapshot(self) -> FeedState:
-        return copy.deepcopy(self.state)
+        return copy_state(self.state)
