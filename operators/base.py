@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import attrgetter
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
@@ -58,17 +58,19 @@ Builder = Callable[[Any], Logic[Any, Any]]
 class _Shim(StatefulBatchLogic[Any, Any, Any]):
     """Adapts a riskguard logic object to bytewax's batch logic."""
 
-    __slots__ = ("_batch", "_deadline", "_eof", "_order", "_snaps", "_step", "logic")
+    __slots__ = ("_batch", "_deadline", "_eof", "_order", "_step", "logic")
 
-    # One snapshot in this many is also pickled to record its size.
+    # One snapshot in this many, counted per step over all its keys, is also pickled to
+    # record its size (counted per key, each key's first snapshot was: a pickle of every
+    # new counterparty's states at the epoch it joined, and a sample of new keys only)
     SIZE_SAMPLE = 16
+    _taken: ClassVar[dict[str, int]] = {}
 
     def __init__(self, logic: Any, step: str = "",
                  order: Callable[[Any], Any] | None = None) -> None:
         self.logic = logic
         self._step = step
         self._order = order
-        self._snaps = 0
         self._batch = getattr(logic, "on_batch", None)
         self._eof = getattr(logic, "on_eof", None)
         self._deadline = getattr(logic, "next_deadline_ns", None)
@@ -101,9 +103,9 @@ class _Shim(StatefulBatchLogic[Any, Any, Any]):
         return None if ns is None else datetime.fromtimestamp(ns / 1e9, tz=UTC)
 
     def snapshot(self) -> Any:
-        self._snaps += 1
+        n = self._taken[self._step] = self._taken.get(self._step, 0) + 1
         return measured_snapshot(self._step, self.logic.snapshot,
-                                 size=self._snaps % self.SIZE_SAMPLE == 1)
+                                 size=n % self.SIZE_SAMPLE == 1)
 
 
 event_time: Callable[[Any], int] = attrgetter("ts")
