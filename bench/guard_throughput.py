@@ -255,7 +255,8 @@ class GuardRun:
 class CoreTimeline:
     """Cores used by each of ``pids`` in each ``period_s`` of a run, read from ``/proc``
     in a thread: which process held the cores when (a multi-process run's totals do not
-    say whether its processes overlapped, or waited on each other or the broker).
+    say whether its processes overlapped, or waited on each other or the broker). A last
+    period that ``stop()`` cuts short counts when it ran at least half a period.
 
     >>> t = CoreTimeline([os.getpid()], period_s=0.05)
     >>> t.start(); _ = sum(range(10**6)); time.sleep(0.12); t.stop()
@@ -272,12 +273,17 @@ class CoreTimeline:
 
     def _run(self) -> None:
         last, t_last = [cpu_seconds(p) for p in self.pids], time.monotonic()
-        while not self._stop.wait(self.period_s):
+        while True:
+            stopped = self._stop.wait(self.period_s)
             now, t_now = [cpu_seconds(p) for p in self.pids], time.monotonic()
+            if stopped and t_now - t_last < self.period_s / 2:
+                return  # too short a remainder to say anything
             # a process that exited reads 0.0: it used nothing more
             self.rows.append([max(b - a, 0.0) / (t_now - t_last) for a, b in zip(
                 last, now, strict=True)])
             last, t_last = [max(a, b) for a, b in zip(last, now, strict=True)], t_now
+            if stopped:  # the last period, cut short by stop()
+                return
 
     def start(self) -> None:
         self._thread.start()
