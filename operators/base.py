@@ -44,6 +44,27 @@ def copy_state(state: Any) -> Any:
     return pickle.loads(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
 
 
+def copy_fields(obj: V, **fresh: Any) -> V:
+    """A copy of ``obj`` (a plain class or dataclass instance) that shares its attributes
+    but for those given in ``fresh``: a snapshot copies only the mutable containers and
+    shares what never changes in place. An attribute added later is shared, never lost.
+
+    >>> from dataclasses import dataclass, field
+    >>> @dataclass
+    ... class S:
+    ...     n: int = 0
+    ...     ids: list[str] = field(default_factory=list)
+    >>> s = S(1, ["a"])
+    >>> c = copy_fields(s, ids=list(s.ids))
+    >>> c.ids.append("b"); s.n = 2
+    >>> s, c
+    (S(n=2, ids=['a']), S(n=1, ids=['a', 'b']))
+    """
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__, **fresh)
+    return new
+
+
 class Logic(Protocol[V_contra, W]):
     """What every riskguard logic class provides."""
 

@@ -74,7 +74,7 @@ from typing import Any, Literal, NamedTuple
 
 import msgspec
 import numpy as np
-from riskguard.operators.base import copy_state
+from riskguard.operators.base import copy_fields, copy_state
 from riskguard.operators.clock import Clock, Tick, Watermark, system_clock
 from riskguard.operators.dedup import IdWindow
 from riskguard.operators.instruments import (
@@ -2301,12 +2301,9 @@ class FirmLogic:
     def snapshot(self) -> FirmState:
         """An independent copy, field by field (exposures are immutable: shared)."""
         st = self.state
-        return FirmState(
-            version=st.version, latest=dict(st.latest), shares=dict(st.shares),
-            firm=st.firm, seq=st.seq,
-            progress={k: dict(v) for k, v in st.progress.items()}, passed=dict(st.passed),
-            reached=dict(st.reached), sources_of=st.sources_of,
-        )
+        return copy_fields(st, latest=dict(st.latest), shares=dict(st.shares),
+                           progress={k: dict(v) for k, v in st.progress.items()},
+                           passed=dict(st.passed), reached=dict(st.reached))
 
     def on_event(self, e: Exposure) -> list[Exposure]:
         return self.on_batch([e])

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
+from riskguard.operators.base import copy_fields
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import encode
 from riskguard.schemas.market import (
@@ -262,13 +263,9 @@ class FeatureLogic:
     # -- public ------------------------------------------------------------
     def snapshot(self) -> FeatureState:
         """An independent copy of the state."""
-        s = self.s
-        snap = FeatureState.__new__(FeatureState)
-        snap.__dict__.update(s.__dict__)  # scalars and strings; containers copied below
-        snap.evidence = list(s.evidence)
-        snap.hist = deque(s.hist)
-        snap.iv_hist = deque(s.iv_hist)
-        return snap
+        s = self.s  # scalars and strings shared; containers copied
+        return copy_fields(s, evidence=list(s.evidence), hist=deque(s.hist),
+                           iv_hist=deque(s.iv_hist))
 
     def on_event(self, rec: Any) -> list[FeatureVector | DeadLetter]:
         bad = self._reject(rec)

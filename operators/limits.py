@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from riskguard.operators.base import copy_fields
 from riskguard.operators.clock import Tick
 from riskguard.operators.dedup import IdWindow
 from riskguard.schemas import (
@@ -323,13 +324,9 @@ class LimitsLogic:
         specs, the last exposure) shared. A pickle round trip of the last exposure made
         the limits the guard's costliest snapshot (600 keys at each epoch's end)."""
         st = self.state
-        return LimitsState(
-            version=st.version, key=st.key, overrides=dict(st.overrides),
-            tracks={k: _Track(t.level, t.latched, t.last_emit_ts, t.changes, t.sent)
-                    for k, t in st.tracks.items()},
-            last=st.last, unknown_alerted=st.unknown_alerted,
-            seen_updates=dict(st.seen_updates),
-        )
+        return copy_fields(st, overrides=dict(st.overrides),
+                           tracks={k: copy_fields(t) for k, t in st.tracks.items()},
+                           seen_updates=dict(st.seen_updates))
 
     # -- the limits that apply to this key
 

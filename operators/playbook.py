@@ -42,9 +42,10 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias, TypeVar
+from typing import Any, Literal, TypeAlias
 
 import msgspec
+from riskguard.operators.base import copy_fields
 from riskguard.operators.clock import Tick, Watermark
 from riskguard.schemas import (
     FIRM,
@@ -314,16 +315,6 @@ class PlaybookState:
 # -- helpers -------------------------------------------------------------------
 
 
-_T = TypeVar("_T")
-
-
-def _shallow(obj: _T, **fresh: Any) -> _T:
-    """A copy of dataclass ``obj`` sharing its attributes, but for ``fresh`` ones."""
-    new = object.__new__(type(obj))
-    new.__dict__.update(obj.__dict__, **fresh)
-    return new
-
-
 def _lists(d: dict[str, list[Any]]) -> dict[str, list[Any]]:
     return {k: list(v) for k, v in d.items()}
 
@@ -524,15 +515,15 @@ class PlaybookLogic:
         dict copied; scopes, signals, enums and strings are immutable and shared (a
         pickle round trip took 19 ms per epoch at 1,200 incidents)."""
         st = self.state
-        snap = _shallow(st)
-        snap.incidents = {k: _shallow(i, evidence=list(i.evidence))
-                          for k, i in st.incidents.items()}
-        snap.active = {k: _shallow(m, params=dict(m.params), owners=list(m.owners))
-                       for k, m in st.active.items()}
-        snap.history, snap.sources = _lists(st.history), _lists(st.sources)
-        snap.unhealthy, snap.breached = _lists(st.unhealthy), _lists(st.breached)
-        snap.suppressed, snap.held = list(st.suppressed), list(st.held)
-        return snap
+        return copy_fields(
+            st,
+            incidents={k: copy_fields(i, evidence=list(i.evidence))
+                       for k, i in st.incidents.items()},
+            active={k: copy_fields(m, params=dict(m.params), owners=list(m.owners))
+                    for k, m in st.active.items()},
+            history=_lists(st.history), sources=_lists(st.sources),
+            unhealthy=_lists(st.unhealthy), breached=_lists(st.breached),
+            suppressed=list(st.suppressed), held=list(st.held))
 
     # -- inputs ------------------------------------------------------------------
 
