@@ -69,7 +69,6 @@ from guard_workload import (
     NS,
     LiveLoad,
     Tail,
-    cpu_seconds,
     publish,
     setup_env,
     start_guard,
@@ -181,8 +180,6 @@ def main() -> None:
         load.run(args.warmup)
         load.incidents_on = True
         t_on = time.time_ns()
-        cpu_on = {"guard": sum(cpu_seconds(p.pid) for p in procs),
-                  "broker": cpu_seconds(broker_pid)}
         print(f"load {rate:,.0f} events/s + {args.incident_rate:g} incidents/s for "
               f"{args.seconds:g} s (load avg {os.getloadavg()[0]:.2f})")
         from guard_throughput import CoreTimeline
@@ -193,10 +190,9 @@ def main() -> None:
         quarters.start()
         load.run(args.seconds)
         quarters.stop()
-        shares = {"guard": (sum(cpu_seconds(p.pid) for p in procs) - cpu_on["guard"])
-                  / args.seconds}
+        shares = {"guard": sum(quarters.overall[:len(procs)])}
         if broker_pid is not None:
-            shares["broker"] = (cpu_seconds(broker_pid) - cpu_on["broker"]) / args.seconds
+            shares["broker"] = quarters.overall[len(procs)]
         time.sleep(3.0)
         if any(p.poll() is not None for p in procs):
             msg = f"a guard process exited early; see {bench.config.parent}"

@@ -256,7 +256,8 @@ class CoreTimeline:
     """Cores used by each of ``pids`` in each ``period_s`` of a run, read from ``/proc``
     in a thread: which process held the cores when (a multi-process run's totals do not
     say whether its processes overlapped, or waited on each other or the broker). A last
-    period that ``stop()`` cuts short counts when it ran at least half a period.
+    period that ``stop()`` cuts short counts when it ran at least half a period;
+    ``overall`` holds the cores each used from ``start()`` to ``stop()``.
 
     >>> t = CoreTimeline([os.getpid()], period_s=0.05)
     >>> t.start(); _ = sum(range(10**6)); time.sleep(0.12); t.stop()
@@ -268,14 +269,19 @@ class CoreTimeline:
         self.pids = pids
         self.period_s = period_s
         self.rows: list[list[float]] = []
+        self.overall: list[float] = []  # cores each used from start() to stop()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         last, t_last = [cpu_seconds(p) for p in self.pids], time.monotonic()
+        first, t_first = last, t_last
         while True:
             stopped = self._stop.wait(self.period_s)
             now, t_now = [cpu_seconds(p) for p in self.pids], time.monotonic()
+            if stopped:
+                self.overall = [max(b - a, 0.0) / (t_now - t_first) for a, b in zip(
+                    first, now, strict=True)]
             if stopped and t_now - t_last < self.period_s / 2:
                 return  # too short a remainder to say anything
             # a process that exited reads 0.0: it used nothing more
