@@ -53,7 +53,11 @@ One worker is CPU-bound, so its CPU per event against the pass-through's is
 printed as the ratio "by CPU time" (librdkafka's threads count too, so it errs
 low). The 2-process / 1-worker CPU ratio says what a second process costs in
 all: ``2 / ratio`` is the most 2 processes could reach on 2 otherwise idle
-cores, perfectly balanced.
+cores, perfectly balanced. The cores are not idle: the dev broker shares them, and
+serves several processes' consumers at more CPU than one worker's. So each
+multi-process kind also gets a bound with the broker counted (:func:`cores_bound`):
+its CPU and the broker's, spread evenly over the machine's cores, against one
+worker's wall time (session 27: the market tier's median ran at that bound).
 
 Each guard line also counts the dead letters the run wrote: a run that
 dead-letters records (e.g. as late) did less work, so its rate is not
@@ -337,6 +341,17 @@ def run_guard(bench: BenchEnv | list[BenchEnv], procs: int,
                     "" if timeline is None else timeline.text())
 
 
+def cores_bound(guard_cpu_s: float, broker_cpu_s: float, cores: int) -> float:
+    """The shortest a run can take when its processes and the dev broker share ``cores``:
+    all their CPU seconds spread evenly. A 2-process run that is CPU-bound ends near it;
+    one worker ends near its own CPU instead (one thread, the broker on another core).
+
+    >>> cores_bound(23.0, 4.0, 2)
+    13.5
+    """
+    return (guard_cpu_s + broker_cpu_s) / cores
+
+
 def _print_timeline(run: GuardRun, broker_pid: int | None) -> None:
     if run.timeline:
         who = "guard processes in start order" + (", then the broker" if broker_pid else "")
@@ -544,6 +559,8 @@ def main() -> None:
         rates: dict[int, list[float]] = {}
         phases: dict[int, list[float]] = {}  # data phase seconds (data_phase)
         cpus: dict[int, list[float]] = {}
+        brokers: dict[int, list[float]] = {}  # the dev broker's CPU seconds per run
+        walls: dict[int, list[float]] = {}  # workload minus empty run, wall seconds
         # repeats interleave 1 worker and 2 processes, so load drift hits both alike
         kinds = [1] if args.skip_2p else [1, 2]
         if args.tiers:
@@ -574,10 +591,13 @@ def main() -> None:
             split = ", ".join(f"{f - e:.1f}" for f, e in zip(
                 run_full.per_process, run_empty.per_process, strict=True))
             cpu_note = (f"; per process {split} s" if len(run_full.per_process) > 1 else "")
+            broker_s = (b1 - b0) - (b2 - b1)
             if broker_pid is not None:
-                cpu_note += f"; broker {(b1 - b0) - (b2 - b1):.1f} s"
+                cpu_note += f"; broker {broker_s:.1f} s"
             rates.setdefault(procs, []).append(rate)
             cpus.setdefault(procs, []).append(c_full - c_empty)
+            brokers.setdefault(procs, []).append(broker_s)
+            walls.setdefault(procs, []).append(t_full - t_empty)
             if procs == INDEPENDENT:
                 dead = sum(output_span(bootstrap, [h.topic("dead_letters")], args.partitions,
                                        after_ms=int(started * 1000))[0] for h in halves)
@@ -647,6 +667,14 @@ def main() -> None:
                   + (f"  (per repeat {min(pairs):.2f}-{max(pairs):.2f}x)" if len(pairs) > 1
                      else "")
                   + f"; CPU {statistics.median(cpus[MARKET]) / statistics.median(cpus[1]):.2f}x")
+        for procs in (2, TIERS, MARKET):
+            if procs in cpus and 1 in walls and broker_pid is not None:
+                bound = cores_bound(statistics.median(cpus[procs]),
+                                    statistics.median(brokers[procs]), os.cpu_count() or 1)
+                one = statistics.median(walls[1])
+                print(f"{_label(procs).strip()}: its CPU and the dev broker's on "
+                      f"{os.cpu_count()} cores take at least {bound:.1f} s against one "
+                      f"worker's {one:.1f} s: at most {one / bound:.2f}x (medians)")
         for procs in (2, TIERS, MARKET):
             if procs in phases and 1 in phases:
                 by_phase = statistics.median(phases[1]) / statistics.median(phases[procs])
