@@ -55,9 +55,10 @@ low). The 2-process / 1-worker CPU ratio says what a second process costs in
 all: ``2 / ratio`` is the most 2 processes could reach on 2 otherwise idle
 cores, perfectly balanced. The cores are not idle: the dev broker shares them, and
 serves several processes' consumers at more CPU than one worker's. So each
-multi-process kind also gets a bound with the broker counted (:func:`cores_bound`):
-its CPU and the broker's, spread evenly over the machine's cores, against one
-worker's wall time (session 27: the market tier's median ran at that bound).
+multi-process kind also gets a CPU-bound estimate with the broker counted
+(:func:`cores_bound`): its CPU and the broker's, spread evenly over the machine's
+cores, against one worker's wall time (session 27: the market tier's median of three,
+1.23x, against an estimate of 1.25x).
 
 Each guard line also counts the dead letters the run wrote: a run that
 dead-letters records (e.g. as late) did less work, so its rate is not
@@ -342,9 +343,11 @@ def run_guard(bench: BenchEnv | list[BenchEnv], procs: int,
 
 
 def cores_bound(guard_cpu_s: float, broker_cpu_s: float, cores: int) -> float:
-    """The shortest a run can take when its processes and the dev broker share ``cores``:
-    all their CPU seconds spread evenly. A 2-process run that is CPU-bound ends near it;
-    one worker ends near its own CPU instead (one thread, the broker on another core).
+    """How long a run takes when its processes and the dev broker share ``cores`` and
+    the CPU is the bound: all their CPU seconds spread evenly. A CPU-bound 2-process run
+    ends near it; one worker ends near its own CPU instead (one thread, the broker on
+    another core). Both sides come from the workload-minus-empty subtraction, so a single
+    run can land on either side of it; medians over repeats track it.
 
     >>> cores_bound(23.0, 4.0, 2)
     13.5
@@ -672,9 +675,9 @@ def main() -> None:
                 bound = cores_bound(statistics.median(cpus[procs]),
                                     statistics.median(brokers[procs]), os.cpu_count() or 1)
                 one = statistics.median(walls[1])
-                print(f"{_label(procs).strip()}: its CPU and the dev broker's on "
-                      f"{os.cpu_count()} cores take at least {bound:.1f} s against one "
-                      f"worker's {one:.1f} s: at most {one / bound:.2f}x (medians)")
+                print(f"{_label(procs).strip()}, CPU-bound estimate: its CPU and the dev "
+                      f"broker's spread over {os.cpu_count()} cores take {bound:.1f} s against "
+                      f"one worker's {one:.1f} s: about {one / bound:.2f}x (medians)")
         for procs in (2, TIERS, MARKET):
             if procs in phases and 1 in phases:
                 by_phase = statistics.median(phases[1]) / statistics.median(phases[procs])
