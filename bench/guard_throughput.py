@@ -56,7 +56,7 @@ all: ``2 / ratio`` is the most 2 processes could reach on 2 otherwise idle
 cores, perfectly balanced. The cores are not idle: the dev broker shares them, and
 serves several processes' consumers at more CPU than one worker's. So each
 multi-process kind also gets a CPU-bound estimate with the broker counted
-(:func:`cores_bound`): its CPU and the broker's, spread evenly over the machine's
+(:func:`cpu_bound_wall_s`): its CPU and the broker's, spread evenly over the machine's
 cores, against one worker's wall time (session 27: the market tier's median of three,
 1.23x, against an estimate of 1.25x).
 
@@ -342,14 +342,14 @@ def run_guard(bench: BenchEnv | list[BenchEnv], procs: int,
                     "" if timeline is None else timeline.text())
 
 
-def cores_bound(guard_cpu_s: float, broker_cpu_s: float, cores: int) -> float:
+def cpu_bound_wall_s(guard_cpu_s: float, broker_cpu_s: float, cores: int) -> float:
     """How long a run takes when its processes and the dev broker share ``cores`` and
     the CPU is the bound: all their CPU seconds spread evenly. A CPU-bound 2-process run
     ends near it; one worker ends near its own CPU instead (one thread, the broker on
     another core). Both sides come from the workload-minus-empty subtraction, so a single
     run can land on either side of it; medians over repeats track it.
 
-    >>> cores_bound(23.0, 4.0, 2)
+    >>> cpu_bound_wall_s(23.0, 4.0, 2)
     13.5
     """
     return (guard_cpu_s + broker_cpu_s) / cores
@@ -670,15 +670,15 @@ def main() -> None:
                   + (f"  (per repeat {min(pairs):.2f}-{max(pairs):.2f}x)" if len(pairs) > 1
                      else "")
                   + f"; CPU {statistics.median(cpus[MARKET]) / statistics.median(cpus[1]):.2f}x")
+        cores = os.cpu_count() or 1
         for procs in (2, TIERS, MARKET):
             if procs in cpus and 1 in walls and broker_pid is not None:
-                bound = cores_bound(statistics.median(cpus[procs]),
-                                    statistics.median(brokers[procs]), os.cpu_count() or 1)
+                est = cpu_bound_wall_s(statistics.median(cpus[procs]),
+                                       statistics.median(brokers[procs]), cores)
                 one = statistics.median(walls[1])
                 print(f"{_label(procs).strip()}, CPU-bound estimate: its CPU and the dev "
-                      f"broker's spread over {os.cpu_count()} cores take {bound:.1f} s against "
-                      f"one worker's {one:.1f} s: about {one / bound:.2f}x (medians)")
-        for procs in (2, TIERS, MARKET):
+                      f"broker's spread over {cores} cores take {est:.1f} s against one "
+                      f"worker's {one:.1f} s: about {one / est:.2f}x (medians)")
             if procs in phases and 1 in phases:
                 by_phase = statistics.median(phases[1]) / statistics.median(phases[procs])
                 print(f"scaling by data phase, {_label(procs).strip()} / 1 worker: "
