@@ -115,6 +115,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=40.0, help="measured load duration")
     ap.add_argument("--warmup", type=float, default=8.0, help="load seconds before incidents")
     ap.add_argument("--incident-rate", type=float, default=15.0, help="unknown-cp fills per s")
+    ap.add_argument("--incident-hold-s", type=float, default=5.0,
+                    help="close each incident's position this long after it opened (a "
+                         "steady book of about rate x hold incident counterparties); "
+                         "0: never close them (the book grows all run)")
     ap.add_argument("--partitions", type=int, default=2, help="partitions per input topic")
     ap.add_argument("--batch-size", type=int, default=1000,
                     help="the live guard's input.batch_size (the rate run keeps 1000)")
@@ -175,12 +179,17 @@ def main() -> None:
             from guard_throughput import bench_owners
 
             owners = bench_owners(bench)
+        hold = args.incident_hold_s if args.incident_hold_s > 0 else None
         load = LiveLoad(bench, rate, args.incident_rate, linger_ms=args.load_linger_ms,
-                        owners=owners)
+                        owners=owners, incident_hold_s=hold)
         load.run(args.warmup)
         load.incidents_on = True
         t_on = time.time_ns()
-        print(f"load {rate:,.0f} events/s + {args.incident_rate:g} incidents/s for "
+        book = (f"each closed after {hold:g} s: a steady book of about "
+                f"{args.incident_rate * hold:.0f} incident counterparties" if hold is not None
+                else f"never closed: the book grows to {args.incident_rate * args.seconds:.0f} "
+                     "incident counterparties")
+        print(f"load {rate:,.0f} events/s + {args.incident_rate:g} incidents/s ({book}) for "
               f"{args.seconds:g} s (load avg {os.getloadavg()[0]:.2f})")
         from guard_throughput import CoreTimeline
 
@@ -200,7 +209,7 @@ def main() -> None:
         recv_lat: list[float] = []
         send_lat: list[float] = []
         actions: dict[str, int] = {}
-        no_recv = 0
+        no_recv = resumes = 0
         by_time: list[tuple[int, float]] = []
         recv_by_time: list[tuple[int, float]] = []
         tail = Tail(bootstrap, bench.topic("commands"), bench.partitions)
@@ -212,6 +221,9 @@ def main() -> None:
                 cmd = decode_command(decode_envelope(m.value()))
                 actions[cmd.action.value] = actions.get(cmd.action.value, 0) + 1
                 ts_ms = m.timestamp()[1]
+                if cmd.action.value == "resume":
+                    resumes += 1
+                    continue
                 if cmd.recv_ts is None:
                     no_recv += 1
                 elif cmd.recv_ts >= t_on:
@@ -222,8 +234,9 @@ def main() -> None:
                     send_lat.append(ts_ms - sent / 1e6)
                     by_time.append((sent, ts_ms - sent / 1e6))
         tail.close()
-        print(f"sent {load.sent:,} events and {load.incidents} incident fills; commands "
-              f"{actions} ({no_recv} without recv_ts)")
+        print(f"sent {load.sent:,} events, {load.incidents} incident fills and "
+              f"{load.closed} closing fills; commands {actions} ({no_recv} without recv_ts, "
+              f"{resumes} resumes: a quiet period's end, not a record, triggers those)")
         if recv_lat:
             print(f"detection-to-command (Kafka ts - recv_ts), n={len(recv_lat)}: "
                   f"p50 {pct(recv_lat, 0.5):.1f} ms  p99 {pct(recv_lat, 0.99):.1f} ms  "

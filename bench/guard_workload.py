@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,12 +206,59 @@ def unknown_fill(i: int, ts: int) -> Fill:
                 instrument="BTC-PERP", side="buy", qty=0.01, price=65_000.0, ts=ts)
 
 
+def closing_fill(i: int, ts: int) -> Fill:
+    """The fill that flattens :func:`unknown_fill` ``i``'s position (its reduce_only
+    carried out): the counterparty holds nothing more, so marks re-value it no more."""
+    return Fill(id=f"unk-close-{i}", venue="binance", counterparty=f"cp-unknown-{i}",
+                instrument="BTC-PERP", side="sell", qty=0.01, price=65_000.0, ts=ts)
+
+
+class RecordTemplate:
+    """A record's encoding with its ``id`` and ``ts`` left open: :meth:`render` gives
+    ``encode(replace(record, id=..., ts=...))`` without decoding or encoding the rest
+    again, so the load producer spends about a microsecond a record, not ten (it shares
+    the machine's 2 cores with the guard under test and the dev broker).
+
+    >>> from riskguard.schemas import Trade
+    >>> t = Trade(id="t1", venue="okx", instrument="BTC-PERP", ts=1, price=1.5, qty=2.0,
+    ...           side="buy")
+    >>> RecordTemplate(t).render("x-7", 99) == encode(msgspec.structs.replace(t, id="x-7", ts=99))
+    True
+    """
+
+    _ID, _TS = "\x01template-id\x01", 7_777_777_777_777_777_777
+
+    def __init__(self, rec: Any) -> None:
+        data = encode(msgspec.structs.replace(rec, id=self._ID, ts=self._TS))
+        id_token, ts_token = msgspec.json.encode(self._ID), str(self._TS).encode()
+        if data.count(id_token) != 1 or data.count(ts_token) != 1:
+            msg = f"cannot template {rec!r}: its id and ts must each appear once"
+            raise ValueError(msg)
+        self.id_first = data.index(id_token) < data.index(ts_token)
+        first, second = (id_token, ts_token) if self.id_first else (ts_token, id_token)
+        head, rest = data.split(first)
+        mid, tail = rest.split(second)
+        self.parts = (head, mid, tail)
+
+    def render(self, rid: str, ts: int) -> bytes:
+        head, mid, tail = self.parts
+        id_b, ts_b = msgspec.json.encode(rid), str(ts).encode()
+        if self.id_first:
+            return b"".join((head, id_b, mid, ts_b, tail))
+        return b"".join((head, ts_b, mid, id_b, tail))
+
+
 class LiveLoad:
     """Scenario records re-stamped to now, produced at ``rate`` events/s.
 
     Every ``1 / incident_rate`` s one :func:`unknown_fill` is produced as well
     (once ``incidents_on`` is set). ``sent_at[counterparty]`` keeps when each
-    incident fill was handed to the producer (ns).
+    incident fill was handed to the producer (ns). With ``incident_hold_s`` each
+    incident's position is closed that long after it opened (:func:`closing_fill`), so
+    the book holds about ``incident_rate * incident_hold_s`` incident counterparties at
+    any time: a steady book. ``None`` never closes them: the book grows by
+    ``incident_rate`` counterparties a second for the whole run, each re-valued on
+    every tick after it opened.
 
     ``linger_ms`` is the producer's ``linger.ms``. Each produce request becomes one
     stored batch in the dev broker, and Tansu's in-memory engine lists every batch a
@@ -220,10 +268,14 @@ class LiveLoad:
     """
 
     def __init__(self, bench: BenchEnv, rate: float, incident_rate: float,
-                 linger_ms: int = 20, owners: MarketOwners | None = None) -> None:
+                 linger_ms: int = 20, owners: MarketOwners | None = None,
+                 incident_hold_s: float | None = None) -> None:
         self.bench = bench
         self.rate = rate
         self.incident_rate = incident_rate
+        self.incident_hold_ns = None if incident_hold_s is None else int(incident_hold_s * NS)
+        self.closed = 0
+        self._open: deque[tuple[int, int]] = deque()  # (when to close, incident), in order
         self.p = producer(bench.bootstrap, linger_ms=linger_ms)
         self.topics = {s: bench.topic(s) for s in INPUT_STREAMS}
         self.sent = 0
@@ -234,12 +286,18 @@ class LiveLoad:
         # as publish() writes them (with owners: to each market process's partitions)
         self._partitions_of = _placement(bench, owners)
 
-    def _cycle(self) -> Iterator[Any]:
-        base = build_scenario(0).events
+    def _cycle(self) -> Iterator[tuple[RecordTemplate, str, bytes, list[int], str]]:
+        """Each scenario record once encoded as a template, with its topic, key and
+        partitions, and its id; the cycle's number goes into each copy's id."""
+        plans = []
+        for r in build_scenario(0).events:
+            topic = self.topics[stream_of(r)]
+            key = _key(r)
+            plans.append((RecordTemplate(r), topic, key, self._partitions_of(topic, key), r.id))
         k = 0
         while True:
-            for r in base:
-                yield r, f"l{k}-{r.id}"
+            for plan in plans:
+                yield (*plan[:4], f"l{k}-{plan[4]}")
             k += 1
 
     def _produce(self, rec: Any) -> None:
@@ -249,7 +307,6 @@ class LiveLoad:
 
     def run(self, seconds: float, *, step_s: float = 0.005) -> None:
         """Produce at the steady rate for ``seconds`` of wall time."""
-        replace = msgspec.structs.replace
         t0 = time.monotonic()
         end = t0 + seconds
         done = 0
@@ -261,8 +318,8 @@ class LiveLoad:
             due = int((now - t0) * self.rate)
             ts = time.time_ns()
             while done < due:
-                rec, rid = next(self._records)
-                self._produce(replace(rec, id=rid, ts=ts))
+                template, topic, key, parts, rid = next(self._records)
+                _produce(self.p, topic, template.render(rid, ts), key, parts, backoff_s=0.01)
                 done += 1
             if self.incidents_on:
                 inc_due = int((now - t0) * self.incident_rate)
@@ -273,6 +330,11 @@ class LiveLoad:
                     self._produce(fill)
                     self.incidents += 1
                     inc_done += 1
+                    if self.incident_hold_ns is not None:
+                        self._open.append((ts + self.incident_hold_ns, i))
+            while self._open and self._open[0][0] <= ts:
+                self._produce(closing_fill(self._open.popleft()[1], ts))
+                self.closed += 1
             self.p.poll(0)
             sleep = step_s - (time.monotonic() - now)
             if sleep > 0:
