@@ -34,7 +34,17 @@ load, in cores, in all and per quarter of the run: the broker shares the
 machine's 2 cores, and a run where it takes a whole one is bound by it, not by
 the guard (session 19, README). The dev broker's share grows through a run (it
 lists every batch a partition holds on each fetch); in session 26 the guard's
-stayed nearly flat. The load producer (this process) is shown too.
+stayed nearly flat. The load producer (this process) is shown too, and the CPU the
+hypervisor took from the machine's cores meanwhile ("steal": this box is a VM).
+
+Incidents. Each incident fill opens a position for a fresh counterparty; with
+``--incident-hold-s`` (default 5) a closing fill flattens it that long after, as the
+reduce_only it drew would, so the book holds about ``incident-rate x hold`` incident
+counterparties at any time and the load is steady. ``--incident-hold-s 0`` keeps every
+position open, as sessions 7-27 ran it: the book then grows by 15 counterparties a
+second (600 by the end of a 40 s run), each re-valued on every tick, and the p99 depends
+on how long the run was. Resumes are left out of the figure: a quiet period's end, not
+a record's receipt, triggers them.
 
 The load producer batches with ``linger.ms`` 20 (``--load-linger-ms``; what
 ``publish`` uses). Each produce request is one stored batch in the dev broker,
@@ -67,6 +77,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from guard_workload import (
     NS,
+    STEAL,
     LiveLoad,
     Tail,
     publish,
@@ -195,6 +206,7 @@ def main() -> None:
 
         watched = [p.pid for p in procs] + ([broker_pid] if broker_pid is not None else [])
         watched.append(os.getpid())  # this process: the load producer
+        watched.append(STEAL)  # and what the hypervisor took from the cores
         quarters = CoreTimeline(watched, period_s=args.seconds / 4)
         quarters.start()
         load.run(args.seconds)
@@ -202,6 +214,7 @@ def main() -> None:
         shares = {"guard": sum(quarters.overall[:len(procs)])}
         if broker_pid is not None:
             shares["broker"] = quarters.overall[len(procs)]
+        shares["load"], shares["steal"] = quarters.overall[-2:]
         time.sleep(3.0)
         if any(p.poll() is not None for p in procs):
             msg = f"a guard process exited early; see {bench.config.parent}"
@@ -254,7 +267,7 @@ def main() -> None:
         print(f"load avg at end {os.getloadavg()[0]:.2f}; CPU over the measured load, in "
               "cores: " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items()))
         names = [*(f"guard {k}" if len(procs) > 1 else "guard" for k in range(len(procs))),
-                 *(["broker"] if broker_pid is not None else []), "load"]
+                 *(["broker"] if broker_pid is not None else []), "load", "steal"]
         print(f"  cores per quarter ({' | '.join(names)}): {quarters.text()}")
         if shares.get("broker", 0.0) >= 0.9:
             print("  the broker near a whole core of 2 leaves the guard short: a broker-bound "

@@ -122,6 +122,7 @@ from guard_workload import (
     publish,
     setup_env,
     start_guard,
+    steal_seconds,
 )
 from riskguard.connectors.broker import DevBroker, free_port
 from riskguard.connectors.placement import MarketOwners
@@ -342,17 +343,21 @@ def run_guard(bench: BenchEnv | list[BenchEnv], procs: int,
                     "" if timeline is None else timeline.text())
 
 
-def cpu_bound_wall_s(guard_cpu_s: float, broker_cpu_s: float, cores: int) -> float:
+def cpu_bound_wall_s(guard_cpu_s: float, broker_cpu_s: float, cores: float,
+                     steal_s: float = 0.0) -> float:
     """How long a run takes when its processes and the dev broker share ``cores`` and
-    the CPU is the bound: all their CPU seconds spread evenly. A CPU-bound 2-process run
-    ends near it; one worker ends near its own CPU instead (one thread, the broker on
-    another core). Both sides come from the workload-minus-empty subtraction, so a single
-    run can land on either side of it; medians over repeats track it.
+    the CPU is the bound: all their CPU seconds spread evenly over what the cores give
+    them, which is less by the ``steal_s`` the hypervisor took meanwhile. A CPU-bound
+    2-process run ends near it; one worker ends near its own CPU instead (one thread, the
+    broker on another core). Both sides come from the workload-minus-empty subtraction,
+    so a single run can land on either side of it; medians over repeats track it.
 
     >>> cpu_bound_wall_s(23.0, 4.0, 2)
     13.5
+    >>> cpu_bound_wall_s(23.0, 4.0, 2, steal_s=3.0)  # the same CPU, 3 s of it taken away
+    15.0
     """
-    return (guard_cpu_s + broker_cpu_s) / cores
+    return (guard_cpu_s + broker_cpu_s + steal_s) / cores
 
 
 def _print_timeline(run: GuardRun, broker_pid: int | None) -> None:
@@ -564,6 +569,7 @@ def main() -> None:
         cpus: dict[int, list[float]] = {}
         brokers: dict[int, list[float]] = {}  # the dev broker's CPU seconds per run
         walls: dict[int, list[float]] = {}  # workload minus empty run, wall seconds
+        steals: dict[int, list[float]] = {}  # CPU the hypervisor took during the workload
         # repeats interleave 1 worker and 2 processes, so load drift hits both alike
         kinds = [1] if args.skip_2p else [1, 2]
         if args.tiers:
@@ -580,10 +586,10 @@ def main() -> None:
                 (halves, halves_empty) if procs == INDEPENDENT
                 else tiers if procs == TIERS and tiers
                 else market if procs == MARKET and market else (full, empty))
-            b0 = cpu_seconds(broker_pid)
+            b0, s0 = cpu_seconds(broker_pid), steal_seconds()
             run_full = run_guard(envs[0], procs, watch=(
                 None if not args.timeline else [] if broker_pid is None else [broker_pid]))
-            b1 = cpu_seconds(broker_pid)
+            b1, s1 = cpu_seconds(broker_pid), steal_seconds()
             run_empty = run_guard(envs[1], procs)
             b2 = cpu_seconds(broker_pid)
             t_full, started, c_full = run_full.wall, run_full.started, run_full.cpu
@@ -597,6 +603,10 @@ def main() -> None:
             broker_s = (b1 - b0) - (b2 - b1)
             if broker_pid is not None:
                 cpu_note += f"; broker {broker_s:.1f} s"
+            # what the hypervisor took from the cores over the workload run (the empty
+            # run's share of it is not subtracted: it is the machine, not the work)
+            steals.setdefault(procs, []).append(s1 - s0)
+            cpu_note += f"; steal {s1 - s0:.1f} s"
             rates.setdefault(procs, []).append(rate)
             cpus.setdefault(procs, []).append(c_full - c_empty)
             brokers.setdefault(procs, []).append(broker_s)
@@ -673,19 +683,27 @@ def main() -> None:
         cores = os.cpu_count() or 1
         for procs in (2, TIERS, MARKET):
             if procs in cpus and 1 in walls and broker_pid is not None:
+                steal = statistics.median(steals[procs])
                 est = cpu_bound_wall_s(statistics.median(cpus[procs]),
-                                       statistics.median(brokers[procs]), cores)
+                                       statistics.median(brokers[procs]), cores, steal)
                 one = statistics.median(walls[1])
-                print(f"{_label(procs).strip()}, CPU-bound estimate: its CPU and the dev "
-                      f"broker's spread over {cores} cores take {est:.1f} s against one "
-                      f"worker's {one:.1f} s: about {one / est:.2f}x (medians)")
+                print(f"{_label(procs).strip()}, CPU-bound estimate: its CPU, the dev "
+                      f"broker's and the {steal:.1f} s the hypervisor took (one worker's "
+                      f"runs: {statistics.median(steals[1]):.1f} s), spread over {cores} "
+                      f"cores, take {est:.1f} s against one worker's {one:.1f} s: about "
+                      f"{one / est:.2f}x (medians)")
             if procs in phases and 1 in phases:
                 by_phase = statistics.median(phases[1]) / statistics.median(phases[procs])
                 print(f"scaling by data phase, {_label(procs).strip()} / 1 worker: "
                       f"{by_phase:.2f}x (first output to last exposure, medians)")
         if INDEPENDENT in med:
             print(f"ceiling, 2 independent guards / 1 worker: {med[INDEPENDENT] / med[1]:.2f}x; "
-                  f"CPU {statistics.median(cpus[INDEPENDENT]) / statistics.median(cpus[1]):.2f}x")
+                  f"CPU {statistics.median(cpus[INDEPENDENT]) / statistics.median(cpus[1]):.2f}x"
+                  f"; steal {statistics.median(steals[INDEPENDENT]):.1f} s")
+            for procs in (2, TIERS, MARKET):
+                if procs in med:
+                    print(f"{_label(procs).strip()} / the ceiling: "
+                          f"{med[procs] / med[INDEPENDENT]:.2f}x (medians)")
     finally:
         if broker is not None:
             broker.stop()
