@@ -46,17 +46,21 @@ second (600 by the end of a 40 s run), each re-valued on every tick, and the p99
 on how long the run was. Resumes are left out of the figure: a quiet period's end, not
 a record's receipt, triggers them.
 
-The load producer batches with ``linger.ms`` 20 (``--load-linger-ms``; what
-``publish`` uses). Each produce request is one stored batch in the dev broker,
-and Tansu 0.6's in-memory engine lists every batch a partition holds on each
-fetch, so its CPU grows with the batches retained. With 1 ms (sessions 7-22)
-the broker reached a whole core within the run and p99 went to seconds (session
-23: broker 1.01 cores, p99 2,190 ms; with 20 ms: 0.53-0.55 cores, p99 50-57 ms).
-The figure measured, receipt to command, starts after the broker hop, so the
-producer's batching is not part of it.
+The load producer batches with ``linger.ms`` 50 (``--load-linger-ms``). Each produce
+request is one stored batch in the dev broker, and Tansu 0.6's in-memory engine lists
+every batch a partition holds on each fetch, so its CPU grows with the batches retained
+(a real Kafka fetches by offset index and runs on other machines). With 1 ms (sessions
+7-22) the broker reached a whole core within the run and p99 went to seconds (session
+23: broker 1.01 cores, p99 2,190 ms). With 20 ms (sessions 23-27) it still rose from
+0.5 to 0.8 core through every 40 s run, and the p99 per quarter rose with it (session
+28: 33-37 ms in the first quarter, 69-85 ms in the last; the guard flat at 0.6 core).
+With 50 ms it stays at 0.4-0.5 core. The figure measured, receipt to command, starts
+after the broker hop, so the producer's batching is not part of it; the produce-to-
+command cross-check includes it (about 25 ms more at 50 than at 20).
 
     python bench/guard_latency.py [--rate N] [--seconds 40] [--incident-rate 15]
-                                  [--load-linger-ms 20] [--market]
+                                  [--load-linger-ms 50] [--incident-hold-s 5]
+                                  [--market]
 
 ``--market`` runs the guard as two market processes (BTC, ETH) and a firm tier fed by
 them, at the same load: the fill's receive time is stamped by the market process that
@@ -136,9 +140,10 @@ def main() -> None:
     ap.add_argument("--unfair-reads", action="store_true",
                     help="input.fair_reads off for the live guard (the replay default)")
     ap.add_argument("--bootstrap", default=None)
-    ap.add_argument("--load-linger-ms", type=int, default=20,
-                    help="the load producer's linger.ms (1 floods the dev broker with tiny "
-                         "batches: it then sets the latency, not the guard)")
+    ap.add_argument("--load-linger-ms", type=int, default=50,
+                    help="the load producer's linger.ms: each produce request is a batch the "
+                         "dev broker lists on every fetch (1 and 20 let it, not the guard, "
+                         "set the latency)")
     ap.add_argument("--market", action="store_true",
                     help="run the guard as 2 market processes and a firm tier (the README's "
                          "\"Market tier\") instead of one worker, at the same load")
