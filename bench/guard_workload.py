@@ -282,13 +282,13 @@ class LiveLoad:
 
     ``linger_ms`` is the producer's ``linger.ms``. Each produce request becomes one
     stored batch in the dev broker, and Tansu's in-memory engine lists every batch a
-    partition holds on each fetch, so tiny batches (1 ms) make the broker's CPU climb
-    through a run until it, not the guard, sets the latency (README "Measured
-    performance").
+    partition holds on each fetch, so small batches (1 ms, and 20 ms too) make the
+    broker's CPU climb through a run until it, not the guard, sets the latency (README
+    "Measured performance").
     """
 
     def __init__(self, bench: BenchEnv, rate: float, incident_rate: float,
-                 linger_ms: int = 20, owners: MarketOwners | None = None,
+                 linger_ms: int = 50, owners: MarketOwners | None = None,
                  incident_hold_s: float | None = None) -> None:
         self.bench = bench
         self.rate = rate
