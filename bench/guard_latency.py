@@ -53,7 +53,7 @@ every batch a partition holds on each fetch, so its CPU grows with the batches r
 7-22) the broker reached a whole core within the run and p99 went to seconds (session
 23: broker 1.01 cores, p99 2,190 ms). With 20 ms (sessions 23-27) it still rose from
 0.5 to 0.8 core through every 40 s run, and the p99 per quarter rose with it (session
-28: 33-37 ms in the first quarter, 69-85 ms in the last; the guard flat at 0.6 core).
+28: 23-37 ms in the first quarter, 69-85 ms in the last; the guard flat at 0.6 core).
 With 50 ms it stays at 0.4-0.5 core. The figure measured, receipt to command, starts
 after the broker hop, so the producer's batching is not part of it; the produce-to-
 command cross-check includes it (about 25 ms more at 50 than at 20).
