@@ -220,17 +220,13 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def unknown_fill(i: int, ts: int) -> Fill:
-    """A fill from a counterparty no config names (fails closed: one reduce_only)."""
-    return Fill(id=f"unk-fill-{i}", venue="binance", counterparty=f"cp-unknown-{i}",
-                instrument="BTC-PERP", side="buy", qty=0.01, price=65_000.0, ts=ts)
-
-
-def closing_fill(i: int, ts: int) -> Fill:
-    """The fill that flattens :func:`unknown_fill` ``i``'s position (its reduce_only
-    carried out): the counterparty holds nothing more, so marks re-value it no more."""
-    return Fill(id=f"unk-close-{i}", venue="binance", counterparty=f"cp-unknown-{i}",
-                instrument="BTC-PERP", side="sell", qty=0.01, price=65_000.0, ts=ts)
+def unknown_fill(i: int, ts: int, *, closing: bool = False) -> Fill:
+    """A fill from a counterparty no config names (fails closed: one reduce_only); with
+    ``closing``, the fill that flattens that position again (the reduce_only carried
+    out: the counterparty holds nothing more, so marks re-value it no more)."""
+    return Fill(id=f"unk-{'close' if closing else 'fill'}-{i}", venue="binance",
+                counterparty=f"cp-unknown-{i}", instrument="BTC-PERP",
+                side="sell" if closing else "buy", qty=0.01, price=65_000.0, ts=ts)
 
 
 class RecordTemplate:
@@ -274,7 +270,7 @@ class LiveLoad:
     Every ``1 / incident_rate`` s one :func:`unknown_fill` is produced as well
     (once ``incidents_on`` is set). ``sent_at[counterparty]`` keeps when each
     incident fill was handed to the producer (ns). With ``incident_hold_s`` each
-    incident's position is closed that long after it opened (:func:`closing_fill`), so
+    incident's position is closed that long after it opened (``closing``), so
     the book holds about ``incident_rate * incident_hold_s`` incident counterparties at
     any time: a steady book. ``None`` never closes them: the book grows by
     ``incident_rate`` counterparties a second for the whole run, each re-valued on
@@ -355,7 +351,7 @@ class LiveLoad:
                     if self.incident_hold_ns is not None:
                         self._open.append((ts + self.incident_hold_ns, i))
             while self._open and self._open[0][0] <= ts:
-                self._produce(closing_fill(self._open.popleft()[1], ts))
+                self._produce(unknown_fill(self._open.popleft()[1], ts, closing=True))
                 self.closed += 1
             self.p.poll(0)
             sleep = step_s - (time.monotonic() - now)
