@@ -81,12 +81,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from guard_workload import (
     NS,
-    STEAL,
     LiveLoad,
     Tail,
     publish,
     setup_env,
     start_guard,
+    steal_seconds,
 )
 from riskguard.connectors.broker import DevBroker
 from riskguard.dataflows.demo_scenario import DURATION_S, scenario_copies
@@ -209,9 +209,10 @@ def main() -> None:
               f"{args.seconds:g} s (load avg {os.getloadavg()[0]:.2f})")
         from guard_throughput import CoreTimeline
 
-        watched = [p.pid for p in procs] + ([broker_pid] if broker_pid is not None else [])
+        watched: list[Any] = [p.pid for p in procs] + (
+            [broker_pid] if broker_pid is not None else [])
         watched.append(os.getpid())  # this process: the load producer
-        watched.append(STEAL)  # and what the hypervisor took from the cores
+        watched.append(steal_seconds)  # and what the hypervisor took from the cores
         quarters = CoreTimeline(watched, period_s=args.seconds / 4)
         quarters.start()
         load.run(args.seconds)

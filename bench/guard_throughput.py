@@ -96,6 +96,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import re
 import statistics
@@ -105,6 +106,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,9 +263,11 @@ class GuardRun:
 class CoreTimeline:
     """Cores used by each of ``pids`` in each ``period_s`` of a run, read from ``/proc``
     in a thread: which process held the cores when (a multi-process run's totals do not
-    say whether its processes overlapped, or waited on each other or the broker). A last
-    period that ``stop()`` cuts short counts when it ran at least half a period;
-    ``overall`` holds the cores each used from ``start()`` to ``stop()``.
+    say whether its processes overlapped, or waited on each other or the broker). An
+    entry may also be a counter of CPU seconds to read instead of a pid (e.g.
+    :func:`~guard_workload.steal_seconds`). A last period that ``stop()`` cuts short
+    counts when it ran at least half a period; ``overall`` holds the cores each used
+    from ``start()`` to ``stop()``.
 
     >>> t = CoreTimeline([os.getpid()], period_s=0.05)
     >>> t.start(); _ = sum(range(10**6)); time.sleep(0.12); t.stop()
@@ -271,8 +275,8 @@ class CoreTimeline:
     True
     """
 
-    def __init__(self, pids: list[int], period_s: float = 1.0) -> None:
-        self.pids = pids
+    def __init__(self, pids: Sequence[int | Callable[[], float]], period_s: float = 1.0) -> None:
+        self._reads = [p if callable(p) else functools.partial(cpu_seconds, p) for p in pids]
         self.period_s = period_s
         self.rows: list[list[float]] = []
         self.overall: list[float] = []  # cores each used from start() to stop()
@@ -280,11 +284,11 @@ class CoreTimeline:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        last, t_last = [cpu_seconds(p) for p in self.pids], time.monotonic()
+        last, t_last = [read() for read in self._reads], time.monotonic()
         first, t_first = last, t_last
         while True:
             stopped = self._stop.wait(self.period_s)
-            now, t_now = [cpu_seconds(p) for p in self.pids], time.monotonic()
+            now, t_now = [read() for read in self._reads], time.monotonic()
             if stopped:
                 self.overall = [max(b - a, 0.0) / (t_now - t_first) for a, b in zip(
                     first, now, strict=True)]

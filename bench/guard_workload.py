@@ -188,15 +188,11 @@ def start_guard(
         )
 
 
-STEAL = -1
-"""A pid for :func:`cpu_seconds` that reads the CPU the hypervisor took from this
-machine's cores instead (``/proc/stat`` steal, all cores): this box is a VM whose 2
-vCPUs lose about 4% of their time idle and 15% with both busy (session 28), so a run
-that needs both cores loses more than one that needs one."""
-
-
 def steal_seconds() -> float:
-    """CPU seconds the hypervisor has taken from this machine's cores since boot."""
+    """CPU seconds the hypervisor has taken from this machine's cores since boot
+    (``/proc/stat`` steal, all cores): this box is a VM whose 2 vCPUs lose about 4% of
+    their time idle and 15% with both busy (session 28), so a run that needs both cores
+    loses more than one that needs one."""
     try:
         fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
     except OSError:
@@ -206,12 +202,9 @@ def steal_seconds() -> float:
 
 
 def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds process ``pid`` has used (0.0 if unknown or gone;
-    :data:`STEAL`: the machine's steal time)."""
+    """User + system CPU seconds process ``pid`` has used (0.0 if unknown or gone)."""
     if pid is None:
         return 0.0
-    if pid == STEAL:
-        return steal_seconds()
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import os
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -46,9 +48,29 @@ def test_load_templates_render_each_record_as_encoded() -> None:
         assert workload.RecordTemplate(rec).render(rid, ts) == want, rec
 
 
-def test_steal_seconds_reads_the_machine() -> None:
-    """``STEAL`` reads the hypervisor's share of the cores, a count that never falls."""
+def _proc_stat_steal() -> float:
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    assert fields[0] == "cpu"  # the all-cores line: user nice system idle iowait irq softirq steal
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+
+
+def test_steal_seconds_reads_the_steal_column() -> None:
+    """``steal_seconds`` is ``/proc/stat``'s steal column in seconds, not a neighbour's."""
     workload = _bench_module("guard_workload")
-    a = workload.cpu_seconds(workload.STEAL)
-    b = workload.steal_seconds()
-    assert 0.0 <= a <= b
+    before = _proc_stat_steal()
+    got = workload.steal_seconds()
+    assert before <= got <= _proc_stat_steal()
+
+
+def test_core_timeline_reads_counters_beside_pids() -> None:
+    """A :class:`CoreTimeline` entry may be a counter to read: its cores are its growth
+    over the period (a counter of 2 s per wall second reads about 2 cores)."""
+    throughput = _bench_module("guard_throughput")
+    t0 = time.monotonic()
+    timeline = throughput.CoreTimeline([os.getpid(), lambda: 2.0 * (time.monotonic() - t0)],
+                                       period_s=0.1)
+    timeline.start()
+    time.sleep(0.25)
+    timeline.stop()
+    assert timeline.overall[1] == pytest.approx(2.0, rel=0.2)
+    assert all(row[1] == pytest.approx(2.0, rel=0.2) for row in timeline.rows)
