@@ -410,6 +410,46 @@ def test_a_batch_is_revalued_once_and_reflects_every_record() -> None:
         assert p.positions() == pytest.approx(q.positions())
 
 
+def test_a_batch_opening_many_counterparties_equals_records_one_by_one() -> None:
+    """Rows grow (8 at first, doubling) while a batch is applied: fills, snapshots and
+    balances of 20 new counterparties, interleaved with more fills of earlier ones, give
+    the same parts, bit for bit, as the records applied one at a time."""
+    cfg = PROP_CFG
+    reg = cfg.validate()
+    router = Router(reg, cfg)
+    evs: list[object] = [Trade(id="m", venue="x", instrument="P", ts=1, price=100.0,
+                               qty=1.0, side="buy"),
+                         Trade(id="n", venue="x", instrument="S", ts=1, price=10.0,
+                               qty=1.0, side="buy"),
+                         idx("u", "USDC-IDX", 1, 1.0)]
+    for k in range(20):
+        cp, ts = f"c{k:02d}", 10 + 10 * k
+        evs.append(fill(f"f{k}", cp, "P", "buy", 1.0 + k, 90.0, ts))
+        evs.append(Balance(id=f"b{k}", venue=cp, counterparty=cp, asset="USDC",
+                           total=100.0 * k, ts=ts + 1))
+        evs.append(fill(f"g{k}", f"c{k // 2:02d}", "S", "sell", 2.0, 11.0, ts + 2))
+        if k % 3 == 0:
+            evs.append(PositionSnapshot(id=f"s{k}", venue=cp, counterparty=cp,
+                                        instrument="P", qty=float(k), avg_price=95.0,
+                                        ts=ts + 3))
+        evs.append(idx(f"x{k}", "USDC-IDX", ts + 4, 1.0 + k / 1000))
+    items = [it for ev in evs for _k, it in router.route(ev)]
+    one = ShardLogic(cfg, reg)
+    last: dict[str, Part] = {}
+    for it in items:
+        for p in one.on_event(it):
+            if isinstance(p, Part):
+                last[p.counterparty] = p
+    batched = [p for p in ShardLogic(cfg, reg).on_batch([items]) if isinstance(p, Part)]
+    assert sorted(p.counterparty for p in batched) == sorted(last) == [
+        f"c{k:02d}" for k in range(20)]
+    for p in batched:
+        q = last[p.counterparty]
+        assert (p.gross, p.net, p.upnl, p.collateral) == (q.gross, q.net, q.upnl,
+                                                          q.collateral)
+        assert p.positions() == q.positions()
+
+
 def test_valuation_shards_must_be_positive() -> None:
     """valuation_shards = 0 is a config error naming the key."""
     with pytest.raises(ConfigError, match="valuation_shards"):
