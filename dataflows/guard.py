@@ -923,9 +923,15 @@ def _valuation_records(source: str) -> Callable[[list[Any]], list[bytes]]:
     about ``VALUATION_CHUNK_BYTES`` (:func:`~riskguard.schemas.valuation.encode_valuations`)."""
 
     def pack(made: list[Any]) -> list[bytes]:
-        return encode_valuations(source, [x for x in made if type(x) is RiskAlert],
-                                 [x for x in made if type(x) is Part],
-                                 [x for x in made if type(x) is Progress])
+        alerts: list[RiskAlert] = []
+        parts: list[Part] = []
+        progress: list[Progress] = []
+        # one pass (stage 1 makes nothing else: another type is a bug, and raises)
+        to: dict[type, Callable[[Any], None]] = {
+            RiskAlert: alerts.append, Part: parts.append, Progress: progress.append}
+        for x in made:
+            to[type(x)](x)
+        return encode_valuations(source, alerts, parts, progress)
 
     return pack
 
