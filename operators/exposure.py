@@ -1460,106 +1460,88 @@ class ShardLogic:
         evidence = st.evidence
         cap, windows = self.config.max_evidence, self._seen
         recv = acc.recv
-        qty_item, snap_item, avg_item = st.qty.item, st.snap_ts.item, st.avg.item
-        last_item, isnan = last_ts.item, math.isnan
         for role, _key, target, ev in items:
             if role == "marks":
                 runs.append(ev)
                 continue
-            if role == "fill":  # the common own record, first
-                rt = ev.recv_ts
+            if runs and role in ("fx", "snap"):  # these read or re-value marks
+                rt = self._apply_marks(runs, changed)
                 if rt is not None and (recv is None or rt > recv):
                     recv = rt
-                i = row_get(ev.counterparty)
-                if i is None:  # a new row may grow the arrays
-                    i = self._row_of(ev.counterparty)
-                    qty_item, snap_item, avg_item = st.qty.item, st.snap_ts.item, st.avg.item
+                runs = []
+            rt = getattr(ev, "recv_ts", None)
+            if rt is not None and (recv is None or rt > recv):
+                recv = rt
+            ts = ev.ts
+            if role == "mark":
+                self._mark_one(col[target], ev, changed)
+                continue
+            if role == "fx":
+                cur = st.fx.get(target)
+                price = _price_of(ev)
+                for j in self._needing.get(target, ()):
+                    if ts > last_ts[j]:  # noqa: PLR1730 - cheaper than max() per record
+                        last_ts[j] = ts
+                if target in st.balances:
+                    st.asset_ts[target] = max(st.asset_ts.get(target, 0), ts)
+                if price is not None and (cur is None or ts >= cur[1]):
+                    st.fx[target] = (price, ts)
+                    fx_dirty = True
+                    if target in self._peg_here:
+                        out.extend(self._peg_check(target, price, ev))
+                    for j in self._needing.get(target, ()):
+                        changed[j] = ev.id
+                    for cp in st.balances.get(target, {}):
+                        coll_dirty[self._row_of(cp)] = ev.id
+                continue
+            if role == "vol":
                 j = col[target]
-                rid = ev.id
+                if ts > last_ts[j]:  # noqa: PLR1730 - cheaper than max() per record
+                    last_ts[j] = ts
+                if ts >= st.feature_vol_ts[j]:
+                    st.feature_vol[j] = float(ev.values[self.config.vol_feature])
+                    st.feature_vol_ts[j] = ts
+                continue
+            i = row_get(ev.counterparty)
+            if i is None:
+                i = self._row_of(ev.counterparty)
+            if role == "bal":
+                held = st.balances.setdefault(target, {})
+                st.asset_ts[target] = max(st.asset_ts.get(target, 0), ts)
+                cur_b = held.get(ev.counterparty)
+                if cur_b is None or ts >= cur_b[1]:
+                    held[ev.counterparty] = (ev.total, ts)
+                    coll_dirty[i] = ev.id
+                    touched.setdefault(i, []).append(ev.id)
+                    touched_ts[i] = max(touched_ts.get(i, 0), ts)
+                continue
+            j = col[target]
+            rid = ev.id
+            if role == "fill":
                 seen = windows[j]
                 if rid in seen.ids:  # a replayed fill is dropped whole: it moves nothing,
                     continue         # not even the instrument's event time
                 seen.add(rid)
-                ts = ev.ts
-                if ts > last_item(j):
-                    last_ts[j] = ts
-                if ts > snap_item(i, j):  # else already in the authoritative snapshot
+            if ts > last_ts[j]:  # noqa: PLR1730 - cheaper than max() per record
+                last_ts[j] = ts
+            if role == "fill":
+                if ts > st.snap_ts.item(i, j):  # else already in the authoritative snapshot
                     signed = ev.qty if ev.side == "buy" else -ev.qty
-                    a = avg_item(i, j)
-                    q0 = qty_item(i, j)
-                    q, new_avg = apply_fill(q0, None if q0 == 0.0 or isnan(a) else a,
+                    a = st.avg.item(i, j)
+                    q0 = st.qty.item(i, j)
+                    q, new_avg = apply_fill(q0, None if q0 == 0.0 or math.isnan(a) else a,
                                             signed, ev.price)
                     st.qty[i, j] = q
-                    if (q0 == 0.0) is not (q == 0.0):  # a position opened or closed
-                        self._lay = None
+                    self._opened_or_closed(q0, q)
                     # flat: no average (0.0 rather than nan keeps the PnL sums nan-free;
                     # a flat position's average is never read)
                     st.avg[i, j] = (0.0 if q == 0.0 else math.nan) if new_avg is None else new_avg
-            else:
-                if runs and role in ("fx", "snap"):  # these read or re-value marks
-                    rt = self._apply_marks(runs, changed)
-                    if rt is not None and (recv is None or rt > recv):
-                        recv = rt
-                    runs = []
-                rt = getattr(ev, "recv_ts", None)
-                if rt is not None and (recv is None or rt > recv):
-                    recv = rt
-                ts = ev.ts
-                if role == "mark":
-                    self._mark_one(col[target], ev, changed)
-                    continue
-                if role == "fx":
-                    cur = st.fx.get(target)
-                    price = _price_of(ev)
-                    for j in self._needing.get(target, ()):
-                        if ts > last_ts[j]:  # noqa: PLR1730 - cheaper than max() per record
-                            last_ts[j] = ts
-                    if target in st.balances:
-                        st.asset_ts[target] = max(st.asset_ts.get(target, 0), ts)
-                    if price is not None and (cur is None or ts >= cur[1]):
-                        st.fx[target] = (price, ts)
-                        fx_dirty = True
-                        if target in self._peg_here:
-                            out.extend(self._peg_check(target, price, ev))
-                        for j in self._needing.get(target, ()):
-                            changed[j] = ev.id
-                        for cp in st.balances.get(target, {}):
-                            coll_dirty[self._row_of(cp)] = ev.id
-                        # a new row may have grown the arrays
-                        qty_item, snap_item, avg_item = st.qty.item, st.snap_ts.item, st.avg.item
-                    continue
-                if role == "vol":
-                    j = col[target]
-                    if ts > last_ts[j]:  # noqa: PLR1730 - cheaper than max() per record
-                        last_ts[j] = ts
-                    if ts >= st.feature_vol_ts[j]:
-                        st.feature_vol[j] = float(ev.values[self.config.vol_feature])
-                        st.feature_vol_ts[j] = ts
-                    continue
-                i = row_get(ev.counterparty)
-                if i is None:
-                    i = self._row_of(ev.counterparty)
-                    qty_item, snap_item, avg_item = st.qty.item, st.snap_ts.item, st.avg.item
-                if role == "bal":
-                    held = st.balances.setdefault(target, {})
-                    st.asset_ts[target] = max(st.asset_ts.get(target, 0), ts)
-                    cur_b = held.get(ev.counterparty)
-                    if cur_b is None or ts >= cur_b[1]:
-                        held[ev.counterparty] = (ev.total, ts)
-                        coll_dirty[i] = ev.id
-                        touched.setdefault(i, []).append(ev.id)
-                        touched_ts[i] = max(touched_ts.get(i, 0), ts)
-                    continue
-                j = col[target]
-                rid = ev.id
-                if ts > last_ts[j]:  # noqa: PLR1730 - cheaper than max() per record
-                    last_ts[j] = ts
-                if role == "snap":
-                    out.extend(self._on_snapshot(ev, i, j))
-                else:  # orders
-                    self._opened_or_closed(st.orders.item(i, j), ev.notional)
-                    st.orders[i, j] = ev.notional
-                    self._any_orders = True
+            elif role == "snap":
+                out.extend(self._on_snapshot(ev, i, j))
+            else:  # orders
+                self._opened_or_closed(st.orders.item(i, j), ev.notional)
+                st.orders[i, j] = ev.notional
+                self._any_orders = True
             buf = evidence.get((i, j))
             if buf is None:
                 evidence[(i, j)] = [rid]
