@@ -26,7 +26,8 @@ def _bench_module(name: str) -> ModuleType:
     return importlib.import_module(name)
 
 
-@pytest.mark.parametrize("name", ["exposure_speed", "guard_throughput", "guard_workload"])
+@pytest.mark.parametrize("name", ["exposure_speed", "exposure_stages", "guard_throughput",
+                                  "guard_workload"])
 def test_bench_docstring_examples_run(name: str) -> None:
     """Each bench module's >>> examples produce the output they show."""
     module = _bench_module(name)
