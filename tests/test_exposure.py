@@ -388,13 +388,13 @@ def test_exposures_equal_from_scratch_recomputation_across_resumes(
         assert _close(f.unrealized_pnl, firm[2])
 
 
-def test_a_batch_is_revalued_once_and_reflects_every_record() -> None:
-    """ShardLogic fed a whole batch emits one part per counterparty whose sums equal
-    feeding the same records one at a time (the last part of each counterparty)."""
-    cfg = worked_config()
+def _one_by_one_and_batched(cfg: ExposureConfig, evs: list[object],
+                            ) -> tuple[dict[str, Part], list[Part]]:
+    """Stage 1 over ``evs``: each counterparty's last part with the records applied one
+    at a time, and the parts of one batch of them all."""
     reg = cfg.validate()
     router = Router(reg, cfg)
-    items = [it for ev in worked_events() for _k, it in router.route(ev)]
+    items = [it for ev in evs for _k, it in router.route(ev)]
     one = ShardLogic(cfg, reg)
     last: dict[str, Part] = {}
     for it in items:
@@ -402,6 +402,13 @@ def test_a_batch_is_revalued_once_and_reflects_every_record() -> None:
             if isinstance(p, Part):
                 last[p.counterparty] = p
     batched = [p for p in ShardLogic(cfg, reg).on_batch([items]) if isinstance(p, Part)]
+    return last, batched
+
+
+def test_a_batch_is_revalued_once_and_reflects_every_record() -> None:
+    """ShardLogic fed a whole batch emits one part per counterparty whose sums equal
+    feeding the same records one at a time (the last part of each counterparty)."""
+    last, batched = _one_by_one_and_batched(worked_config(), worked_events())
     assert sorted(p.counterparty for p in batched) == ["binance", "deribit", "okx"]
     for p in batched:
         q = last[p.counterparty]
@@ -414,9 +421,6 @@ def test_a_batch_opening_many_counterparties_equals_records_one_by_one() -> None
     """Rows grow (8 at first, doubling) while a batch is applied: fills, snapshots and
     balances of 20 new counterparties, interleaved with more fills of earlier ones, give
     the same parts, bit for bit, as the records applied one at a time."""
-    cfg = PROP_CFG
-    reg = cfg.validate()
-    router = Router(reg, cfg)
     evs: list[object] = [Trade(id="m", venue="x", instrument="P", ts=1, price=100.0,
                                qty=1.0, side="buy"),
                          Trade(id="n", venue="x", instrument="S", ts=1, price=10.0,
@@ -433,14 +437,7 @@ def test_a_batch_opening_many_counterparties_equals_records_one_by_one() -> None
                                         instrument="P", qty=float(k), avg_price=95.0,
                                         ts=ts + 3))
         evs.append(idx(f"x{k}", "USDC-IDX", ts + 4, 1.0 + k / 1000))
-    items = [it for ev in evs for _k, it in router.route(ev)]
-    one = ShardLogic(cfg, reg)
-    last: dict[str, Part] = {}
-    for it in items:
-        for p in one.on_event(it):
-            if isinstance(p, Part):
-                last[p.counterparty] = p
-    batched = [p for p in ShardLogic(cfg, reg).on_batch([items]) if isinstance(p, Part)]
+    last, batched = _one_by_one_and_batched(PROP_CFG, evs)
     assert sorted(p.counterparty for p in batched) == sorted(last) == [
         f"c{k:02d}" for k in range(20)]
     for p in batched:
