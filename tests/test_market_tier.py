@@ -228,6 +228,8 @@ def test_valuation_records_are_cut_to_size_and_keep_the_order() -> None:
     assert Codec(topic_max_bytes={"detections": 1 << 20}).decode("detections", alone).parts == [
         big]
     assert _valuation_records("detect/w0")([]) == []
+    with pytest.raises(KeyError):  # stage 1 makes nothing else: a bug, never dropped
+        _valuation_records("detect/w0")([alert, "stray"])
 
 
 def test_the_encode_side_valuation_form_mirrors_the_schema() -> None:
