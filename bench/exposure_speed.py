@@ -53,7 +53,12 @@ from riskguard.operators.exposure import (
     Router,
     ShardLogic,
 )
-from riskguard.operators.limits import CounterpartyLimits, LimitsConfig, LimitSpec
+from riskguard.operators.limits import (
+    CounterpartyLimits,
+    LimitsConfig,
+    LimitsLogic,
+    LimitSpec,
+)
 from riskguard.operators.risk import aggregate_exposure, enforce_limits
 from riskguard.schemas import Exposure, Fill, LimitUpdate, SignedEnvelope, Trade
 
@@ -157,6 +162,67 @@ def run_baseline(evs: list[Any], batch: int) -> tuple[float, int]:
     return time.process_time() - t0, sink.box[0]
 
 
+class InProcessStages:
+    """The exposure (and limits) logic chained in one process as the dataflow chains it,
+    without bytewax: ``exposure_stages.py`` times it stage by stage,
+    :func:`memory_per_position` measures the state it keeps."""
+
+    NAMES = ("route", "stage1", "stage2", "firm", "limits")
+
+    def __init__(self, limits: bool = True) -> None:
+        exp_cfg, lim_cfg = config()
+        self.exp_cfg, self.lim_cfg = exp_cfg, (lim_cfg if limits else None)
+        self.reg = exp_cfg.validate()
+        self.router = Router(self.reg, exp_cfg)
+        self.shards: dict[str, ShardLogic] = {}
+        self.cps: dict[str, CounterpartyLogic] = {}
+        self.firm = FirmLogic(exp_cfg)
+        self.limits: dict[str, LimitsLogic] = {}
+
+    def batch(self, evs: list[Any]) -> list[float]:
+        """One input batch through every stage; the seconds each stage took.
+
+        >>> stages = InProcessStages()
+        >>> spent = stages.batch(warmup(10))  # 500 marks, 10 fills opening positions
+        >>> len(spent), len(stages.cps) > 0, sorted(stages.limits) == ["*", *sorted(stages.cps)]
+        (5, True, True)
+        """
+        clock = time.perf_counter
+        t0 = clock()
+        routed = self.router.route_batch(evs)
+        t1 = clock()
+        made: list[Any] = []
+        for kv in routed:
+            if type(kv) is tuple:
+                key, pack = kv
+                shard = self.shards.get(key)
+                if shard is None:
+                    shard = self.shards[key] = ShardLogic(self.exp_cfg, self.reg)
+                made.extend(shard.on_batch([pack]))
+        t2 = clock()
+        by_cp: dict[str, list[Part]] = {}
+        for p in made:
+            if type(p) is Part:
+                by_cp.setdefault(p.counterparty, []).append(p)
+        exps: list[Any] = []
+        for cp, parts in by_cp.items():
+            logic = self.cps.get(cp)
+            if logic is None:
+                logic = self.cps[cp] = CounterpartyLogic(self.exp_cfg)
+            exps.extend(logic.on_batch(parts))
+        t3 = clock()
+        rolled = self.firm.on_batch([e for e in exps if type(e) is Exposure])
+        t4 = clock()
+        if self.lim_cfg is not None:
+            for e in rolled:
+                lim = self.limits.get(e.counterparty)
+                if lim is None:
+                    lim = self.limits[e.counterparty] = LimitsLogic(self.lim_cfg)
+                lim.on_event(("exp", e))
+        t5 = clock()
+        return [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4]
+
+
 def memory_per_position() -> tuple[float, float]:
     """Bytes of exposure state (all three stages) per position, every cell held.
 
@@ -164,37 +230,22 @@ def memory_per_position() -> tuple[float, float]:
     (those hold recent fill ids, not positions; they are bounded by
     ``dedup_window`` ids per instrument).
     """
-    exp_cfg, _ = config()
-    reg = exp_cfg.validate()
-    router = Router(reg, exp_cfg)
     marks = [Trade(id=f"m{k}", venue="x", instrument=f"I{k}", ts=1, price=100.0, qty=1.0,
                    side="buy") for k in range(N_INST)]
     fills = [Fill(id=f"f{c}-{k}", venue=f"C{c}", counterparty=f"C{c}", instrument=f"I{k}",
                   side="buy", qty=1.0, price=100.0, ts=2)
              for c in range(N_CP) for k in range(N_INST)]
+    evs = marks + fills
+    stages = InProcessStages(limits=False)  # config and routing tables: not per position
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    shards: dict[str, ShardLogic] = {}
-    cps: dict[str, CounterpartyLogic] = {}
-    firm = FirmLogic(exp_cfg)
-    for lo in range(0, len(marks) + len(fills), 1000):
-        batch = (marks + fills)[lo:lo + 1000]
-        exps: list[Any] = []
-        for key, pack in router.route_batch(batch):
-            logic = shards.setdefault(key, ShardLogic(exp_cfg, reg))
-            parts: dict[str, list[Any]] = {}
-            for p in logic.on_batch([pack]):
-                if isinstance(p, Part):
-                    parts.setdefault(p.counterparty, []).append(p)
-            for cp, ps in parts.items():
-                exps.extend(cps.setdefault(cp, CounterpartyLogic(exp_cfg)).on_batch(ps))
-        firm.on_batch([e for e in exps if isinstance(e, Exposure)])
-    del batch, exps, parts, ps
+    for lo in range(0, len(evs), 1000):
+        stages.batch(evs[lo:lo + 1000])
     gc.collect()
     after = tracemalloc.get_traced_memory()[0]
     dedup = sum(sys.getsizeof(d) + sum(sys.getsizeof(k) for k in d)
-                for lg in shards.values() for d in lg.state.seen)
+                for lg in stages.shards.values() for d in lg.state.seen)
     tracemalloc.stop()
     n = N_CP * N_INST
     return (after - before) / n, (after - before - dedup) / n

@@ -24,21 +24,11 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from typing import Any
 
-from exposure_speed import config, events, run_baseline, warmup
-from riskguard.operators.exposure import (
-    CounterpartyLogic,
-    FirmLogic,
-    Part,
-    Router,
-    ShardLogic,
-)
-from riskguard.operators.limits import LimitsLogic
-from riskguard.schemas import Exposure
+from exposure_speed import InProcessStages, events, run_baseline, warmup
 
-STAGES = ("route", "stage1", "stage2", "firm", "limits")
+STAGES = InProcessStages.NAMES
 BATCH = 1000
 
 
@@ -49,45 +39,12 @@ def stage_times(evs: list[Any], measured_from: int) -> dict[str, float]:
     >>> sorted(t) == sorted(STAGES) and all(v > 0 for v in t.values())
     True
     """
-    exp_cfg, lim_cfg = config()
-    reg = exp_cfg.validate()
-    router = Router(reg, exp_cfg)
-    shards: dict[str, ShardLogic] = {}
-    cps: dict[str, CounterpartyLogic] = {}
-    limits: dict[str, LimitsLogic] = {}
-    firm = FirmLogic(exp_cfg)
+    stages = InProcessStages()
     spent = dict.fromkeys(STAGES, 0.0)
-    clock = time.perf_counter
     for lo in range(0, len(evs), BATCH):
-        t0 = clock()
-        routed = router.route_batch(evs[lo:lo + BATCH])
-        t1 = clock()
-        made: list[Any] = []
-        for kv in routed:
-            if type(kv) is tuple:
-                key, pack = kv
-                shard = shards.get(key) or shards.setdefault(key, ShardLogic(exp_cfg, reg))
-                made.extend(shard.on_batch([pack]))
-        t2 = clock()
-        by_cp: dict[str, list[Part]] = {}
-        for p in made:
-            if type(p) is Part:
-                by_cp.setdefault(p.counterparty, []).append(p)
-        exps: list[Any] = []
-        for cp, parts in by_cp.items():
-            logic = cps.get(cp) or cps.setdefault(cp, CounterpartyLogic(exp_cfg))
-            exps.extend(logic.on_batch(parts))
-        t3 = clock()
-        rolled = firm.on_batch([e for e in exps if type(e) is Exposure])
-        t4 = clock()
-        for e in rolled:
-            lim = limits.get(e.counterparty) or limits.setdefault(
-                e.counterparty, LimitsLogic(lim_cfg))
-            lim.on_event(("exp", e))
-        t5 = clock()
+        took = stages.batch(evs[lo:lo + BATCH])
         if lo >= measured_from:
-            for name, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4),
-                                strict=True):
+            for name, dt in zip(STAGES, took, strict=True):
                 spent[name] += dt
     return spent
 
