@@ -2,6 +2,9 @@
 
 50 counterparties x 500 instruments, marks (trades) 10x as often as fills.
 Prints events/s for both and the ratio (goal >= 0.5), then memory per position.
+A third flow, stage 1 alone (routing and valuation, with no stage 2, firm or limits
+behind it), is measured in the same interleaved runs: its ratio is the most any
+change to the stages after it could reach.
 
 Steady state: a warm-up prefix (a mark for every instrument, then fills that
 open ``--positions`` positions spread over the counterparties) runs first;
@@ -43,6 +46,7 @@ import numpy as np
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource, run_main
+from riskguard.operators.base import values_of
 from riskguard.operators.exposure import (
     CounterpartyLogic,
     ExposureConfig,
@@ -59,7 +63,7 @@ from riskguard.operators.limits import (
     LimitsLogic,
     LimitSpec,
 )
-from riskguard.operators.risk import aggregate_exposure, enforce_limits
+from riskguard.operators.risk import _value, aggregate_exposure, enforce_limits
 from riskguard.schemas import Exposure, Fill, LimitUpdate, SignedEnvelope, Trade
 
 from riskguard.errors import VerificationError
@@ -145,6 +149,27 @@ def run_guard(evs: list[Any], batch: int) -> tuple[float, int]:
     sink = CountSink()
     op.output("out", op.merge("all", lim.utilizations, lim.breaches, lim.alerts, ex.alerts,
                               ex.errs), sink)
+    t0 = time.process_time()
+    run_main(flow)
+    return time.process_time() - t0, sink.box[0]
+
+
+def run_stage1(evs: list[Any], batch: int) -> tuple[float, int]:
+    """Stage 1 alone (routing and the valuation shards, ``aggregate_exposure``'s first
+    steps), its parts and dead letters counted by the sink: no stage 2, firm or limits.
+    Its rate bounds what any change after stage 1 could reach.
+
+    >>> seconds, made = run_stage1(warmup(10), 1000)  # 500 marks, 10 fills
+    >>> made  # a part per counterparty holding a position
+    10
+    """
+    exp_cfg, _lim = config()
+    flow = Dataflow("bench_stage1")
+    inp = op.input("in", flow, TestingSource(evs, batch_size=batch))
+    made, errs = _value("exposure", inp, exp_cfg, exp_cfg.validate(), ticked=False,
+                        clock=lambda: 0, wall_clock=None, remote_keys=None, place=None)
+    sink = CountSink()
+    op.output("out", op.merge("all", op.flat_map_batch("unkey", made, values_of), errs), sink)
     t0 = time.process_time()
     run_main(flow)
     return time.process_time() - t0, sink.box[0]
@@ -305,13 +330,16 @@ def main() -> None:
           f"marks:fills = 10:1, 1 worker, 10 s epochs)")
     points: list[tuple[int, float, float]] = []
     for batch in args.batch:
-        base_rate, guard_rate = steady([run_baseline, run_guard], prefix, stream, batch,
-                                       args.repeats)
+        base_rate, stage1_rate, guard_rate = steady([run_baseline, run_stage1, run_guard],
+                                                    prefix, stream, batch, args.repeats)
         points.append((batch, base_rate, guard_rate))
         print(f"batch {batch}: pass-through stateful_map: {base_rate:,.0f} events/s")
         print(f"batch {batch}: aggregate_exposure + enforce_limits: {guard_rate:,.0f} events/s")
         print(f"batch {batch}: ratio to pass-through: {guard_rate / base_rate:.2f} "
               "(goal >= 0.5)")
+        print(f"batch {batch}: stage 1 alone (routing + valuation, no stage 2, firm or "
+              f"limits): {stage1_rate:,.0f} events/s, {stage1_rate / base_rate:.2f}x: "
+              "the ceiling of any change after stage 1")
     if len(points) > 1:
         print_fit(points)
     with_dedup, without = memory_per_position()
