@@ -6,6 +6,10 @@ in one process without bytewax, stage by stage as the dataflow chains them:
 routing, stage 1 (valuation shards), stage 2 (counterparties), the firm and the
 limits. Each stage's time per batch is the best of ``--repeats`` runs, printed
 beside the bytewax keyed ``stateful_map`` pass-through measured in the same run.
+Then stage 1 runs in a bytewax flow alone (``exposure_speed.run_stage1``), once as
+it is and once with its re-valuation made a no-op: the second is what routing,
+marks and fills cost per batch, the difference what re-valuing the book costs
+before anything downstream sees it.
 
 ``--instructions`` counts instead of timing: it runs the same logic under
 ``valgrind --tool=callgrind`` over ``N`` and ``2N`` stream events and prints the
@@ -19,14 +23,17 @@ count, so it tells a 3% change apart where timings read 15% apart run to run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
-from exposure_speed import InProcessStages, events, run_baseline, warmup
+from exposure_speed import InProcessStages, events, run_baseline, run_stage1, steady, warmup
+from riskguard.operators.exposure import ShardLogic
 
 STAGES = InProcessStages.NAMES
 BATCH = 1000
@@ -47,6 +54,34 @@ def stage_times(evs: list[Any], measured_from: int) -> dict[str, float]:
             for name, dt in zip(STAGES, took, strict=True):
                 spent[name] += dt
     return spent
+
+
+@contextlib.contextmanager
+def revaluation_skipped() -> Iterator[None]:
+    """Stage 1 applies records but re-values nothing (no parts) while inside.
+
+    >>> with revaluation_skipped():
+    ...     run_stage1(warmup(10), 1000)[1]  # no parts
+    0
+    >>> run_stage1(warmup(10), 1000)[1]  # a part per counterparty holding a position
+    10
+    """
+    kept = ShardLogic._revalue
+
+    def skip(self: ShardLogic, out: list[Any], *_args: Any, **_kw: Any) -> list[Any]:
+        return out
+
+    ShardLogic._revalue = skip  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        ShardLogic._revalue = kept  # type: ignore[method-assign]
+
+
+def run_stage1_applying_only(evs: list[Any], batch: int) -> tuple[float, int]:
+    """:func:`run_stage1` under :func:`revaluation_skipped`."""
+    with revaluation_skipped():
+        return run_stage1(evs, batch)
 
 
 def count_instructions(n_events: int) -> float:
@@ -105,6 +140,15 @@ def main() -> None:
     print(f"  logic    {total / batches * 1e3:6.3f}")
     print(f"  pass-through flow (bytewax keyed stateful_map): {base / batches * 1e3:.3f}; "
           f"the logic alone is {total / base:.2f}x it")
+    rates = steady([run_baseline, run_stage1, run_stage1_applying_only], prefix, stream, BATCH,
+                   max(args.repeats // 2, 1))
+    base_ms, s1_ms, apply_ms = (BATCH / r * 1e3 for r in rates)
+    print(f"in bytewax flows, ms per batch (best of {max(args.repeats // 2, 1)}): "
+          f"pass-through {base_ms:.2f}; stage 1 alone {s1_ms:.2f} ({base_ms / s1_ms:.2f}x); "
+          f"stage 1 re-valuing nothing {apply_ms:.2f} ({base_ms / apply_ms:.2f}x)")
+    budget = 2 * base_ms - apply_ms
+    print(f"at 0.5x the whole flow may take {2 * base_ms:.2f}: {budget:.2f} for the re-valuation "
+          f"chain, whose stage-1 share alone is {s1_ms - apply_ms:.2f}")
 
 
 if __name__ == "__main__":
