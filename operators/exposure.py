@@ -811,19 +811,53 @@ class ShardState:
     peg_level: dict[str, str] = field(default_factory=dict)  # asset -> "warn" | "breach"
 
 
-_COLUMNS: dict[str, Any] = {
-    "mark": np.float64, "mark_ts": np.int64, "mark_id": object, "opt_delta": np.float64,
-    "und_price": np.float64, "last_ts": np.int64, "ewma_price": np.float64,
-    "ewma_ts": np.int64, "ewma_var": np.float64, "ewma_n": np.int64,
-    "feature_vol": np.float64, "feature_vol_ts": np.int64,
+# the per-instrument columns: dtype, and the value of an instrument not marked yet
+_COLUMNS: dict[str, tuple[Any, Any]] = {
+    "mark": (np.float64, math.nan), "mark_ts": (np.int64, -1), "mark_id": (object, ""),
+    "opt_delta": (np.float64, 0.0), "und_price": (np.float64, 0.0), "last_ts": (np.int64, 0),
+    "ewma_price": (np.float64, 0.0), "ewma_ts": (np.int64, -1), "ewma_var": (np.float64, 0.0),
+    "ewma_n": (np.int64, 0), "feature_vol": (np.float64, -1.0),
+    "feature_vol_ts": (np.int64, -1),
+}
+# the counterparty x instrument grids, and the value of a cell without a position
+_GRIDS: dict[str, tuple[Any, Any]] = {
+    "qty": (np.float64, 0.0), "avg": (np.float64, 0.0), "orders": (np.float64, 0.0),
+    "snap_ts": (np.int64, -1),
 }
 
 
 def _migrate_shard_v3(state: ShardState) -> ShardState:
     """A version-3 shard state (per-instrument lists) as version 4 (numpy columns)."""
     cols: dict[str, Any] = {name: np.array(getattr(state, name) or [], dtype=dt)
-                            for name, dt in _COLUMNS.items()}
+                            for name, (dt, _fill) in _COLUMNS.items()}
     return replace(state, version=4, **cols)
+
+
+def _widen(st: ShardState, insts: list[str]) -> None:
+    """Give ``st`` the columns of ``insts`` (a name-ordered superset of its instruments):
+    each new one empty, as a fresh shard's, and the held ones moved to their new places,
+    with everything that refers to a column by index."""
+    at = {name: j for j, name in enumerate(insts)}
+    moved = [at[name] for name in st.insts]
+    k = len(insts)
+    for name, (dt, fill) in _GRIDS.items():
+        old = getattr(st, name)
+        grid = np.full((old.shape[0], k), fill, dtype=dt)
+        grid[:, moved] = old
+        setattr(st, name, grid)
+    for name, (dt, fill) in _COLUMNS.items():
+        col = np.full(k, fill, dtype=dt)
+        col[moved] = getattr(st, name)
+        setattr(st, name, col)
+    seen: list[dict[str, None]] = [{} for _ in range(k)]
+    for j, ids in zip(moved, st.seen, strict=True):
+        seen[j] = ids
+    st.seen = seen
+    st.evidence = {(i, moved[j]): ids for (i, j), ids in st.evidence.items()}
+    if st.pending is not None:
+        st.pending.changed = {moved[j]: rid for j, rid in st.pending.changed.items()}
+        st.pending.touched_cols = {moved[j]: v for j, v in st.pending.touched_cols.items()}
+    st.insts = list(insts)
 
 
 class ShardLogic:
@@ -879,7 +913,28 @@ class ShardLogic:
         self._ready = False
         self._peg_here: frozenset[str] = frozenset()
         if self.state.key:
+            self._adopt_config()
             self._derive()
+
+    def _adopt_config(self) -> None:
+        """A resumed shard meets today's config. An instrument configured since its snapshot
+        that hashes here gets its empty column (in name order, as in a fresh shard). One it
+        holds that now hashes to another shard (``valuation_shards`` or a market process's
+        owners changed) is a config error: its positions would be counted twice."""
+        st = self.state
+        configured = self.config.instruments.instruments
+        away = [i for i in st.insts if i in configured and not self._here("i:" + i)]
+        if away:
+            where = "exposure.valuation_shards"
+            raise ConfigError(
+                where, f"the instruments of resumed shard {st.key!r} still hashing to it (the "
+                "valuation_shards, and in a market process the owners, its snapshot was taken "
+                "with; or a fresh recovery store)",
+                f"{', '.join(away[:5])}{' ...' if len(away) > 5 else ''} hashing elsewhere")
+        held = set(st.insts)
+        new = [i for i in configured if i not in held and self._here("i:" + i)]
+        if new:
+            _widen(st, sorted([*st.insts, *new]))
 
     def snapshot(self) -> ShardState:
         """An independent copy, field by field (arrays copied, immutable leaves shared):
@@ -911,22 +966,10 @@ class ShardLogic:
         st.key = key
         st.insts = sorted(i for i in self.config.instruments.instruments if self._here("i:" + i))
         k = len(st.insts)
-        st.qty = np.zeros((0, k))
-        st.avg = np.zeros((0, k))
-        st.orders = np.zeros((0, k))
-        st.snap_ts = np.zeros((0, k), dtype=np.int64)
-        st.mark = np.full(k, math.nan)
-        st.mark_ts = np.full(k, -1, dtype=np.int64)
-        st.mark_id = np.full(k, "", dtype=object)
-        st.opt_delta = np.zeros(k)
-        st.und_price = np.zeros(k)
-        st.last_ts = np.zeros(k, dtype=np.int64)
-        st.ewma_price = np.zeros(k)
-        st.ewma_ts = np.full(k, -1, dtype=np.int64)
-        st.ewma_var = np.zeros(k)
-        st.ewma_n = np.zeros(k, dtype=np.int64)
-        st.feature_vol = np.full(k, -1.0)
-        st.feature_vol_ts = np.full(k, -1, dtype=np.int64)
+        for name, (dt, fill) in _GRIDS.items():
+            setattr(st, name, np.full((0, k), fill, dtype=dt))
+        for name, (dt, fill) in _COLUMNS.items():
+            setattr(st, name, np.full(k, fill, dtype=dt))
         st.seen = [{} for _ in range(k)]
         self._derive()
 

@@ -1159,3 +1159,86 @@ def test_the_firms_dict_sums_equal_a_plain_loop_bit_for_bit(
     assert [math.copysign(1, v) for v in got.values()] == [math.copysign(1, v)
                                                             for v in want.values()]
     assert got == want
+
+
+# ------------------------------------------------------------------ config changes on resume
+
+NEW_INSTRUMENTS = ("BTC-PERP", "ETH-PERP")  # BTC-PERP sorts between held instruments
+
+
+def _without_new_instruments() -> ExposureConfig:
+    cfg = worked_config()
+    kept = {k: v for k, v in cfg.instruments.instruments.items() if k not in NEW_INSTRUMENTS}
+    return msgspec.structs.replace(cfg, instruments=msgspec.structs.replace(
+        cfg.instruments, instruments=kept))
+
+
+def _touches_new(ev: object) -> bool:
+    name = getattr(ev, "instrument", None) or getattr(ev, "key", "").rsplit("/", 1)[-1]
+    return name in NEW_INSTRUMENTS
+
+
+def test_a_resumed_run_takes_in_instruments_configured_since_its_snapshot() -> None:
+    """Instruments added to the config between a snapshot and its resume get columns of
+    their own (one sorting between held ones, so every held column moves): the resumed run
+    then equals one that had them configured from the start, bit for bit, and a record on
+    a new instrument no longer crashes stage 1."""
+    evs = worked_events()
+    before = [ev for ev in evs if not _touches_new(ev)]
+    after = [ev for ev in evs if _touches_new(ev)] + [
+        fill("f9", "okx", "BTC-PERP", "buy", 3.0, 60_500.0, 2_000 * S),
+        fill("f10", "binance", "BTC-USDC", "sell", 1.0, 60_400.0, 2_000 * S + 1)]
+    assert before and after
+    first = LocalPipeline(_without_new_instruments())
+    first.feed_all(before)
+    resumed = LocalPipeline(worked_config(), pickle.loads(pickle.dumps(first.snapshot())))
+    got = resumed.feed_all(after)
+    straight = LocalPipeline(worked_config())
+    straight.feed_all(before)
+    want = straight.feed_all(after)
+    assert got.exposures == want.exposures and got.alerts == want.alerts and not got.errs
+    assert "BTC-PERP" in resumed.latest()["okx"].instruments
+
+
+def test_a_resumed_ticked_shard_moves_its_pending_columns_with_the_new_instruments() -> None:
+    """Ticked mode keeps what moved since the last tick (columns by index) in the
+    snapshot: resumed with an instrument inserted before them, the next tick's parts, their
+    evidence ids included, equal an uninterrupted shard's."""
+    t = 1_000 * S
+    head = [idx("i1", "BTC-USD-INDEX", t, 60_000.0), idx("i3", "USDC-USD-INDEX", t, 1.0),
+            fill("f1", "binance", "BTC-USDC", "buy", 2.0, 58_000.0, t + 1),
+            Quote(id="q1", venue="binance", instrument="BTC-USDC", ts=t + 2, bid=59_990.0,
+                  bid_size=1.0, ask=60_010.0, ask_size=1.0),
+            oq("o1", "BTC-27JUN-60000-C", "BTC", t + 3, 0.05, 0.5, 60_000.0, "call"),
+            fill("f4", "deribit", "BTC-27JUN-60000-C", "buy", 5.0, 0.04, t + 4)]
+    tail = [Trade(id="t1", venue="okx", instrument="BTC-PERP", ts=t + 5, price=60_000.0,
+                  qty=1.0, side="buy"),
+            fill("f2", "okx", "BTC-PERP", "sell", 1.0, 61_000.0, t + 6),
+            Tick(ts=t + S, source="w0", of=1)]
+
+    def run(logic: ShardLogic, cfg: ExposureConfig, evs: list[object]) -> list[object]:
+        router = Router(cfg.validate(), cfg)
+        return [out for ev in evs for _key, item in router.route(ev)
+                for out in logic.on_event(item)]
+
+    old, new = _without_new_instruments(), worked_config(position_revalue_ns=0)
+    old = msgspec.structs.replace(old, position_revalue_ns=0)
+    first = ShardLogic(old, old.validate(), ticked=True, clock=ManualClock(0))
+    assert not [p for p in run(first, old, head) if isinstance(p, Part)]
+    snap = pickle.loads(pickle.dumps(first.snapshot()))
+    assert snap.pending is not None and snap.pending.changed
+    resumed = ShardLogic(new, new.validate(), snap, ticked=True, clock=ManualClock(0))
+    straight = ShardLogic(new, new.validate(), ticked=True, clock=ManualClock(0))
+    run(straight, new, head)
+    got, want = run(resumed, new, tail), run(straight, new, tail)
+    assert [p for p in got if isinstance(p, Part)] == [p for p in want if isinstance(p, Part)]
+    assert any(isinstance(p, Part) and p.evidence for p in got)
+
+
+def test_a_resumed_shard_whose_instruments_now_hash_elsewhere_is_a_config_error() -> None:
+    """A snapshot taken with one ``valuation_shards`` resumed under another would count the
+    positions of every instrument that moved shard twice: start-up stops, naming the field."""
+    first = LocalPipeline(worked_config())
+    first.feed_all(worked_events())
+    with pytest.raises(ConfigError, match=r"exposure\.valuation_shards.*hashing elsewhere"):
+        LocalPipeline(worked_config(valuation_shards=3), first.snapshot())
