@@ -59,6 +59,7 @@ adapter in :mod:`riskguard.operators.risk`.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import struct
@@ -74,6 +75,7 @@ from typing import Any, Literal, NamedTuple
 
 import msgspec
 import numpy as np
+from riskguard.connectors.placement import route_worker
 from riskguard.operators.base import copy_fields, copy_state
 from riskguard.operators.clock import Clock, Tick, Watermark, system_clock
 from riskguard.operators.dedup import IdWindow
@@ -271,15 +273,47 @@ def _dead(
     )
 
 
-def shard_key(name: str, shards: int) -> str:
-    """The stage-1 key of an instrument (``"i:<name>"``) or collateral asset (``"a:<name>"``).
+def shard_key(name: str, shards: int, prefix: str = "") -> str:
+    """The stage-1 key of an instrument (``"i:<name>"``) or collateral asset (``"a:<name>"``):
+    shard ``crc32(name) % shards`` of :func:`shard_keys`.
 
     A stable hash (crc32), so every worker and every run agrees.
 
     >>> shard_key("i:BTC-PERP", 1)
     's0'
     """
-    return f"s{zlib.crc32(name.encode()) % shards}"
+    return shard_keys(shards, prefix)[zlib.crc32(name.encode()) % shards]
+
+
+# shard k lives on worker k % W for every worker count W dividing the largest divisor of
+# the shard count up to this (the search hashes about shards x that divisor names)
+_SPREAD_MAX = 32
+
+
+@functools.cache
+def shard_keys(shards: int, prefix: str = "") -> tuple[str, ...]:
+    """The stage-1 keys of ``shards`` shards (``prefix``: a market process's), named so
+    that bytewax puts shard ``k`` on worker ``k % W`` for every worker count ``W`` that
+    divides ``shards`` (up to 32; past that, every ``W`` dividing its largest divisor up
+    to 32): ``<prefix>s<k>`` where bytewax routes that name so, else ``<prefix>s<k>.<j>``
+    for the first ``j`` that it routes so. Plain ``s0``, ``s1``, ... would not spread:
+    bytewax hashes ``s0`` and ``s1`` both to worker 1 of 2.
+
+    >>> shard_keys(1), shard_keys(2)
+    (('s0',), ('s0.1', 's1'))
+    >>> keys = shard_keys(4)
+    >>> [route_worker(k, 4) for k in keys], [route_worker(k, 2) for k in keys]
+    ([0, 1, 2, 3], [0, 1, 0, 1])
+    """
+    spread = max(d for d in range(1, min(shards, _SPREAD_MAX) + 1) if shards % d == 0)
+    worker_of = route_worker.__wrapped__  # unmemoized: the misses would flush its cache
+    keys = []
+    for k in range(shards):
+        key, j = f"{prefix}s{k}", 0
+        while worker_of(key, spread) != k % spread:
+            key, j = f"{prefix}s{k}.{j}", j + 1
+        keys.append(key)
+    return tuple(keys)
 
 
 Item = tuple[str, str, str, Any]
@@ -308,7 +342,7 @@ class ShardPlace:
 
     def key(self, name: str, shards: int) -> str:
         """The shard key of ``name`` here."""
-        return self.prefix + shard_key(name, shards)
+        return shard_key(name, shards, self.prefix)
 
 
 class Router:
@@ -324,8 +358,8 @@ class Router:
         self.shards = config.valuation_shards
         self.place = place
         prefix = place.prefix if place is not None else ""
-        self._all_keys = [f"{prefix}s{k}" for k in range(self.shards)]
-        self._inst_key = {name: prefix + shard_key("i:" + name, self.shards)
+        self._all_keys = list(shard_keys(self.shards, prefix))
+        self._inst_key = {name: shard_key("i:" + name, self.shards, prefix)
                           for name in config.instruments.instruments
                           if place is None or place.owns("i:" + name)}
         self._mark_ok: dict[type, bool] = {
@@ -918,12 +952,14 @@ class ShardLogic:
 
     def _adopt_config(self) -> None:
         """A resumed shard meets today's config. An instrument configured since its snapshot
-        that hashes here gets its empty column (in name order, as in a fresh shard). One it
-        holds that now hashes to another shard (``valuation_shards`` or a market process's
-        owners changed) is a config error: its positions would be counted twice."""
+        that hashes here gets its empty column (in name order, as in a fresh shard). An
+        instrument or collateral asset it holds that now hashes to another shard
+        (``valuation_shards`` or a market process's owners changed) is a config error: its
+        positions or balances would be counted twice."""
         st = self.state
         configured = self.config.instruments.instruments
         away = [i for i in st.insts if i in configured and not self._here("i:" + i)]
+        away += [a for a in st.balances if not self._here("a:" + a)]  # collateral held
         if away:
             where = "exposure.valuation_shards"
             raise ConfigError(

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from riskguard.connectors.placement import route_worker
 from riskguard.operators import exposure as exposure_module
 from riskguard.operators.clock import TICK_IDLE_NS, ManualClock, Tick
 from riskguard.operators.exposure import (
@@ -28,6 +29,7 @@ from riskguard.operators.exposure import (
     Progress,
     Router,
     ShardLogic,
+    ShardPlace,
     ShardState,
     apply_fill,
     pack_for_wire,
@@ -1242,3 +1244,40 @@ def test_a_resumed_shard_whose_instruments_now_hash_elsewhere_is_a_config_error(
     first.feed_all(worked_events())
     with pytest.raises(ConfigError, match=r"exposure\.valuation_shards.*hashing elsewhere"):
         LocalPipeline(worked_config(valuation_shards=3), first.snapshot())
+
+
+def test_a_resumed_market_shard_whose_collateral_moved_process_is_a_config_error() -> None:
+    """A market process resumed after its owners changed: the balances it holds in an
+    asset another process now owns would be counted by both, so start-up stops."""
+    cfg = worked_config()
+    reg = cfg.validate()
+    everything = ShardPlace("m0.", lambda name: True, 2)
+    logic = ShardLogic(cfg, reg, place=everything)
+    router = Router(reg, cfg, place=everything)
+    for ev in worked_events():
+        for _key, item in router.route(ev):
+            logic.on_event(item)
+    snap = logic.snapshot()
+    assert "USDC" in snap.balances
+    ShardLogic(cfg, reg, snap, place=everything)  # the same owners resume
+    no_usdc = ShardPlace("m0.", lambda name: name != "a:USDC", 2)
+    with pytest.raises(ConfigError, match=r"valuation_shards.*USDC hashing elsewhere"):
+        ShardLogic(cfg, reg, snap, place=no_usdc)
+
+
+@pytest.mark.parametrize("shards", [2, 3, 4, 6, 8, 48])
+def test_valuation_shards_spread_one_per_worker_over_every_dividing_worker_count(
+        shards: int) -> None:
+    """Shard k of ``valuation_shards`` lives on worker ``k % W`` for each worker count W
+    dividing it (past 32 shards, dividing its largest divisor up to 32), by bytewax's own
+    routing (``route_worker``): with as many shards as workers each worker values one.
+    Plain ``s0``/``s1`` both routed to worker 1 of 2. One shard keeps the key ``s0`` its
+    snapshots carry, and a market process's prefix is part of the names searched."""
+    spread = max(d for d in range(1, min(shards, 32) + 1) if shards % d == 0)
+    for prefix in ("", "m1."):
+        keys = exposure_module.shard_keys(shards, prefix)
+        assert len(set(keys)) == shards and all(k.startswith(prefix + "s") for k in keys)
+        for workers in (w for w in range(1, spread + 1) if spread % w == 0):
+            assert [route_worker(k, workers) for k in keys] == [
+                k % workers for k in range(shards)], (prefix, workers)
+    assert exposure_module.shard_keys(1) == ("s0",)

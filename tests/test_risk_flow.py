@@ -16,7 +16,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from kafka_helpers import free_ports
 from risk_flow_app import S, build, make_events
-from riskguard.operators.exposure import LocalPipeline
+from riskguard.operators.exposure import LocalPipeline, shard_keys
 from riskguard.schemas import DeadLetter, Exposure, LimitBreach, RiskAlert, encode
 from test_exposure import worked_config
 
@@ -201,7 +201,7 @@ def test_limits_pass_the_ticks_on_behind_every_breach_they_follow(shards: int) -
     for workers in (1, 2, 4):
         late, names, breaches = late_breaches(workers)
         assert breaches > 0 and late == [], workers
-        assert {f"w@s{k}/{key}" for k in range(shards) for key in ("*", "okx")} <= names
+        assert {f"w@{s}/{key}" for s in shard_keys(shards) for key in ("*", "okx")} <= names
 
 
 def test_a_source_that_finished_before_any_counterparty_joined_reaches_every_limits_key(
