@@ -963,7 +963,7 @@ class ShardLogic:
         if away:
             where = "exposure.valuation_shards"
             raise ConfigError(
-                where, f"the instruments of resumed shard {st.key!r} still hashing to it (the "
+                where, f"what resumed shard {st.key!r} holds still hashing to it (the "
                 "valuation_shards, and in a market process the owners, its snapshot was taken "
                 "with; or a fresh recovery store)",
                 f"{', '.join(away[:5])}{' ...' if len(away) > 5 else ''} hashing elsewhere")
@@ -1090,14 +1090,11 @@ class ShardLogic:
         if i >= st.qty.shape[0]:
             cap = max(8, 2 * st.qty.shape[0])
             k = len(st.insts)
-
-            def grow(a: Any, fill: float) -> Any:
-                b = np.full((cap, k), fill, dtype=a.dtype)
-                b[: a.shape[0]] = a
-                return b
-
-            st.qty, st.orders = grow(st.qty, 0.0), grow(st.orders, 0.0)
-            st.avg, st.snap_ts = grow(st.avg, 0.0), grow(st.snap_ts, -1)
+            for name, (dt, fill) in _GRIDS.items():
+                old = getattr(st, name)
+                grid = np.full((cap, k), fill, dtype=dt)
+                grid[: old.shape[0]] = old
+                setattr(st, name, grid)
         return i
 
     def _layout(self) -> _Layout:
