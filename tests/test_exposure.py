@@ -1189,7 +1189,10 @@ def test_a_resumed_run_takes_in_instruments_configured_since_its_snapshot() -> N
     before = [ev for ev in evs if not _touches_new(ev)]
     after = [ev for ev in evs if _touches_new(ev)] + [
         fill("f9", "okx", "BTC-PERP", "buy", 3.0, 60_500.0, 2_000 * S),
-        fill("f10", "binance", "BTC-USDC", "sell", 1.0, 60_400.0, 2_000 * S + 1)]
+        fill("f10", "binance", "BTC-USDC", "sell", 1.0, 60_400.0, 2_000 * S + 1),
+        # disagrees with f1 + f10: the break's evidence is the moved column's fill ids
+        PositionSnapshot(id="p1", venue="binance", counterparty="binance",
+                         instrument="BTC-USDC", qty=5.0, ts=2_000 * S + 2)]
     assert before and after
     first = LocalPipeline(_without_new_instruments())
     first.feed_all(before)
@@ -1200,6 +1203,8 @@ def test_a_resumed_run_takes_in_instruments_configured_since_its_snapshot() -> N
     want = straight.feed_all(after)
     assert got.exposures == want.exposures and got.alerts == want.alerts and not got.errs
     assert "BTC-PERP" in resumed.latest()["okx"].instruments
+    brk = [a for a in got.alerts if a.kind == "reconciliation_break"]
+    assert brk and {"f1", "f10"} <= set(brk[0].evidence_ids)
 
 
 def test_a_resumed_ticked_shard_moves_its_pending_columns_with_the_new_instruments() -> None:
@@ -1212,7 +1217,9 @@ def test_a_resumed_ticked_shard_moves_its_pending_columns_with_the_new_instrumen
             Quote(id="q1", venue="binance", instrument="BTC-USDC", ts=t + 2, bid=59_990.0,
                   bid_size=1.0, ask=60_010.0, ask_size=1.0),
             oq("o1", "BTC-27JUN-60000-C", "BTC", t + 3, 0.05, 0.5, 60_000.0, "call"),
-            fill("f4", "deribit", "BTC-27JUN-60000-C", "buy", 5.0, 0.04, t + 4)]
+            fill("f4", "deribit", "BTC-27JUN-60000-C", "buy", 5.0, 0.04, t + 4),
+            # never marked: the tick's missing-mark alert names its (moved) column's fill
+            fill("f5", "okx", "ETH-27JUN-3000-P", "buy", 1.0, 0.02, t + 4)]
     tail = [Trade(id="t1", venue="okx", instrument="BTC-PERP", ts=t + 5, price=60_000.0,
                   qty=1.0, side="buy"),
             fill("f2", "okx", "BTC-PERP", "sell", 1.0, 61_000.0, t + 6),
@@ -1223,8 +1230,8 @@ def test_a_resumed_ticked_shard_moves_its_pending_columns_with_the_new_instrumen
         return [out for ev in evs for _key, item in router.route(ev)
                 for out in logic.on_event(item)]
 
-    old, new = _without_new_instruments(), worked_config(position_revalue_ns=0)
-    old = msgspec.structs.replace(old, position_revalue_ns=0)
+    old = msgspec.structs.replace(_without_new_instruments(), position_revalue_ns=0)
+    new = worked_config(position_revalue_ns=0)
     first = ShardLogic(old, old.validate(), ticked=True, clock=ManualClock(0))
     assert not [p for p in run(first, old, head) if isinstance(p, Part)]
     snap = pickle.loads(pickle.dumps(first.snapshot()))
@@ -1233,8 +1240,9 @@ def test_a_resumed_ticked_shard_moves_its_pending_columns_with_the_new_instrumen
     straight = ShardLogic(new, new.validate(), ticked=True, clock=ManualClock(0))
     run(straight, new, head)
     got, want = run(resumed, new, tail), run(straight, new, tail)
-    assert [p for p in got if isinstance(p, Part)] == [p for p in want if isinstance(p, Part)]
+    assert got == want
     assert any(isinstance(p, Part) and p.evidence for p in got)
+    assert any(getattr(a, "evidence_ids", None) == ["f5"] for a in got)
 
 
 def test_a_resumed_shard_whose_instruments_now_hash_elsewhere_is_a_config_error() -> None:
@@ -1273,7 +1281,8 @@ def test_valuation_shards_spread_one_per_worker_over_every_dividing_worker_count
     routing (``route_worker``): with as many shards as workers each worker values one.
     Plain ``s0``/``s1`` both routed to worker 1 of 2. One shard keeps the key ``s0`` its
     snapshots carry, and a market process's prefix is part of the names searched."""
-    spread = max(d for d in range(1, min(shards, 32) + 1) if shards % d == 0)
+    cap = exposure_module._SPREAD_MAX
+    spread = max(d for d in range(1, min(shards, cap) + 1) if shards % d == 0)
     for prefix in ("", "m1."):
         keys = exposure_module.shard_keys(shards, prefix)
         assert len(set(keys)) == shards and all(k.startswith(prefix + "s") for k in keys)
