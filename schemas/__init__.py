@@ -16,6 +16,7 @@ from riskguard.schemas.commands import (
     SignedEnvelope,
 )
 from riskguard.schemas.market import (
+    Bar,
     FundingRate,
     IndexPrice,
     MarketEvent,
@@ -54,6 +55,7 @@ __all__ = [
     "AuditCheckpoint",
     "AuditRecord",
     "Balance",
+    "Bar",
     "Codec",
     "Contribution",
     "DeadLetter",

@@ -1,4 +1,4 @@
-"""Market data: trades, quotes, option quotes, index prices, funding, venue status."""
+"""Market data: trades, quotes, bars, option quotes, index prices, funding, venue status."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from enum import StrEnum
 from riskguard.schemas.base import Record
 from riskguard.schemas.types import (
     CachedName,
+    DurationNs,
     Finite,
     Name,
     Nanos,
@@ -68,6 +69,30 @@ class Quote(MarketEvent, frozen=True, kw_only=True, tag="quote"):
     ask_size: NonNegative
 
 
+class Bar(MarketEvent, frozen=True, kw_only=True, tag="bar"):
+    """An OHLCV bar (a kline) over ``[start, ts)``: ``ts`` is the bar's close time.
+
+    ``volume`` is in the base asset and ``quote_volume`` in the quote currency;
+    ``trades`` and ``taker_buy_volume`` are given where the source has them.
+    ``price_only`` marks a mark-, index- or premium-price kline: its volume
+    fields carry nothing. Exchanges publish klines live too, so a bar is a
+    feed, not only a backtest format. ``low <= open, close <= high`` is
+    checked where bars are consumed.
+    """
+
+    start: Nanos
+    interval_ns: DurationNs
+    open: Positive
+    high: Positive
+    low: Positive
+    close: Positive
+    volume: NonNegative = 0.0
+    quote_volume: NonNegative | None = None
+    trades: Seq | None = None
+    taker_buy_volume: NonNegative | None = None
+    price_only: bool = False
+
+
 class OptionQuote(MarketEvent, frozen=True, kw_only=True, tag="option_quote"):
     """An option's quote with mark implied volatility and greeks.
 
@@ -117,4 +142,4 @@ class VenueStatus(Record, frozen=True, kw_only=True, tag="venue_status"):
     withdrawals_enabled: bool = True
 
 
-MARKET_TYPES = (Trade, Quote, OptionQuote, IndexPrice, FundingRate, VenueStatus)
+MARKET_TYPES = (Trade, Quote, Bar, OptionQuote, IndexPrice, FundingRate, VenueStatus)
