@@ -17,6 +17,7 @@ from riskguard.schemas.commands import (
 )
 from riskguard.schemas.market import (
     Bar,
+    BookDepth,
     FundingRate,
     IndexPrice,
     MarketEvent,
@@ -56,6 +57,7 @@ __all__ = [
     "AuditRecord",
     "Balance",
     "Bar",
+    "BookDepth",
     "Codec",
     "Contribution",
     "DeadLetter",

@@ -93,6 +93,21 @@ class Bar(MarketEvent, frozen=True, kw_only=True, tag="bar"):
     price_only: bool = False
 
 
+class BookDepth(MarketEvent, frozen=True, kw_only=True, tag="book_depth"):
+    """Cumulative order-book depth within bands around the mid (Binance ``bookDepth``).
+
+    ``bands_pct[i]`` is a distance from the mid in percent (``1.0`` = 1 %);
+    ``bid_depth[i]`` and ``ask_depth[i]`` are the base-asset quantity resting
+    within that distance on each side. ``mid`` is the reference price where the
+    source gives or implies one.
+    """
+
+    bands_pct: list[Positive]
+    bid_depth: list[NonNegative]
+    ask_depth: list[NonNegative]
+    mid: Positive | None = None
+
+
 class OptionQuote(MarketEvent, frozen=True, kw_only=True, tag="option_quote"):
     """An option's quote with mark implied volatility and greeks.
 
@@ -142,4 +157,4 @@ class VenueStatus(Record, frozen=True, kw_only=True, tag="venue_status"):
     withdrawals_enabled: bool = True
 
 
-MARKET_TYPES = (Trade, Quote, Bar, OptionQuote, IndexPrice, FundingRate, VenueStatus)
+MARKET_TYPES = (Trade, Quote, Bar, BookDepth, OptionQuote, IndexPrice, FundingRate, VenueStatus)
