@@ -1,5 +1,5 @@
 """Replay historical files in event-time order: JSONL (wire contract) and
-Binance-style CSVs (klines, trades, funding).
+Binance-style CSVs (klines as bars, trades, funding).
 
 Several files are merged by timestamp into one stream. Pacing is as fast as
 possible (``speed=None``) or real time times ``speed``. The source snapshots
@@ -36,7 +36,7 @@ from riskguard.operators.base import SplitOut, split_dead_letters
 from riskguard.operators.clock import Clock, system_clock
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import Codec
-from riskguard.schemas.market import FundingRate, Side, Trade
+from riskguard.schemas.market import Bar, FundingRate, Side, Trade
 
 from riskguard.errors import ConfigError
 
@@ -134,12 +134,24 @@ class _Reader:
             )
         if self.fmt == "binance_klines":
             # open_time, o, h, l, c, volume, close_time, quote_vol, n, taker_buy_vol, ...
-            volume = float(cols[5])
-            taker_buy = float(cols[9]) if len(cols) > 9 else volume / 2
-            return Trade(
-                id=rid, venue=s.venue, instrument=s.instrument, ts=_to_ns(cols[6]),
-                price=_positive(cols[4]), qty=max(volume, 1e-12),
-                side=Side.BUY if taker_buy >= volume / 2 else Side.SELL,
+            # (ms, or µs in newer spot files); close_time is the bar's last ms or µs
+            start, last = _to_ns(cols[0]), _to_ns(cols[6])
+            unit = 1_000 if int(float(cols[0])) >= 10**14 else 1_000_000
+            end = last + unit
+            if end <= start:
+                msg = f"close_time {cols[6]} is not after open_time {cols[0]}"
+                raise ValueError(msg)
+            volume = _finite(cols[5])
+            quote_volume = _finite(cols[7]) if len(cols) > 7 else None
+            trades = int(cols[8]) if len(cols) > 8 else None
+            return Bar(
+                id=rid, venue=s.venue, instrument=s.instrument, ts=end, start=start,
+                interval_ns=end - start, open=_positive(cols[1]), high=_positive(cols[2]),
+                low=_positive(cols[3]), close=_positive(cols[4]), volume=volume,
+                quote_volume=quote_volume, trades=trades,
+                taker_buy_volume=_finite(cols[9]) if len(cols) > 9 else None,
+                # mark, index and premium klines carry prices only: no volume at all
+                price_only=volume == 0.0 and not quote_volume,
             )
         # binance_funding: calc_time, funding_interval_hours, last_funding_rate
         return FundingRate(
@@ -170,7 +182,7 @@ def _positive(text: str) -> float:
 class _ReplayPartition(StatefulSourcePartition[Any, list[int]]):
     def __init__(
         self, files: list[ReplayFile], offsets: list[int], codec: Codec,
-        batch_size: int, speed: float | None, clock: Clock,
+        batch_size: int, speed: float | None, clock: Clock, span_ns: int = 0,
     ) -> None:
         self._readers = [
             _Reader(f, i, off, codec)
@@ -181,6 +193,7 @@ class _ReplayPartition(StatefulSourcePartition[Any, list[int]]):
         for r in self._readers:
             self._push(r)
         self._batch_size = batch_size
+        self._span = span_ns
         self._speed = speed
         self._clock = clock
         self._t0_wall: int | None = None
@@ -203,8 +216,12 @@ class _ReplayPartition(StatefulSourcePartition[Any, list[int]]):
             if self._t0_wall is None:
                 self._t0_wall, self._t0_event = now, self._heap[0][0]
             due = self._t0_event + int((now - self._t0_wall) * self._speed)  # type: ignore[operator]
+        span = self._span
+        first = self._heap[0][0] // span if span else 0
         while self._heap and len(out) < self._batch_size:
             ts, idx, _start, rec = self._heap[0]
+            if span and out and ts // span != first:
+                break  # a batch holds one span of event time (see ReplaySource)
             if due is not None and ts > due:
                 wait_ns = int((ts - due) / self._speed)  # type: ignore[operator]
                 self._awake = datetime.now(UTC) + timedelta(microseconds=wait_ns / 1000)
@@ -240,7 +257,10 @@ class ReplaySource(FixedPartitionedSource[Any, list[int]]):
     """Merge ``files`` by event time into one stream of typed records.
 
     ``speed=None`` replays as fast as possible; ``speed=10.0`` plays ten
-    times faster than real time (``clock`` paces it).
+    times faster than real time (``clock`` paces it). With ``batch_span_ns``, a
+    batch never holds records of two spans of event time (``ts // span``): a
+    backtest's event clock, which moves once per batch step, is then never more
+    than one span ahead of the record being processed, whatever ``batch_size``.
     """
 
     def __init__(
@@ -251,6 +271,7 @@ class ReplaySource(FixedPartitionedSource[Any, list[int]]):
         batch_size: int = 1000,
         speed: float | None = None,
         clock: Clock = system_clock,
+        batch_span_ns: int = 0,
     ) -> None:
         if not files:
             raise ConfigError("replay.files", "at least one file", [])
@@ -265,6 +286,7 @@ class ReplaySource(FixedPartitionedSource[Any, list[int]]):
         self.batch_size = batch_size
         self.speed = speed
         self.clock = clock
+        self.batch_span_ns = batch_span_ns
 
     def list_parts(self) -> list[str]:
         return ["replay"]
@@ -274,7 +296,8 @@ class ReplaySource(FixedPartitionedSource[Any, list[int]]):
     ) -> _ReplayPartition:
         offsets = resume_state if resume_state is not None else [0] * len(self.files)
         return _ReplayPartition(
-            self.files, offsets, self.codec, self.batch_size, self.speed, self.clock
+            self.files, offsets, self.codec, self.batch_size, self.speed, self.clock,
+            self.batch_span_ns,
         )
 
 

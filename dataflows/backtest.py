@@ -228,6 +228,31 @@ class _Tap:
         return rec
 
 
+def span_batches(records: Iterable[Any], batch_size: int, span_ns: int) -> list[list[Any]]:
+    """``records`` in order, cut into batches of at most ``batch_size`` that never
+    hold two spans (``ts // span_ns``) of event time.
+
+    >>> class R:
+    ...     def __init__(self, ts): self.ts = ts
+    >>> [[r.ts for r in b] for b in span_batches([R(1), R(2), R(12), R(3), R(14)], 2, 10)]
+    [[1, 2], [12], [3], [14]]
+    """
+    out: list[list[Any]] = []
+    batch: list[Any] = []
+    span = -1
+    for rec in records:
+        s = getattr(rec, "ts", 0) // span_ns
+        if batch and (len(batch) >= batch_size or s != span):
+            out.append(batch)
+            batch = []
+        if not batch:
+            span = s
+        batch.append(rec)
+    if batch:
+        out.append(batch)
+    return out
+
+
 def run_backtest(
     cfg: GuardConfig,
     cfg_hash: str,
@@ -245,9 +270,11 @@ def run_backtest(
     With ``out_dir``, commands (signed envelopes), signals, utilizations,
     audit records and dead letters are written there as JSONL
     (``commands.jsonl``, ``signals.jsonl``, ``utilization.jsonl``,
-    ``audit.jsonl``, ``dead_letters.jsonl``). ``batch_size`` is the input
-    batch; the event clock moves once per record as the batch passes the
-    clock step, so ``issued_at`` has that resolution.
+    ``audit.jsonl``, ``dead_letters.jsonl``). ``batch_size`` is the largest
+    input batch; a batch never spans two ticks (``tick_ns``) of event time, so
+    the event clock, which moves as a batch passes the clock step, is at most
+    one tick ahead of any record, and the commands do not depend on the batch
+    size.
     """
     if (records is None) == (not files):
         raise ConfigError("backtest.input", "either files or records (exactly one)",
@@ -258,11 +285,13 @@ def run_backtest(
     clock = EventClock()
     flow = Dataflow("riskguard_backtest")
     if records is not None:
-        src = op.input("in", flow, TestingSource(list(records), batch_size=batch_size))
+        src = op.flat_map("unbatch", op.input("in", flow, TestingSource(
+            span_batches(records, batch_size, cfg.tick_ns))), lambda batch: batch)
         inputs = src
         errs_in: Any = None
     else:
-        split = replay_input("in", flow, files=list(files), batch_size=batch_size)
+        split = replay_input("in", flow, files=list(files), batch_size=batch_size,
+                             batch_span_ns=cfg.tick_ns)
         inputs, errs_in = split.oks, split.errs
     tapped = op.map("tap", op.map("clock", inputs, clock.observe),
                     _Tap(res, price_every_ns))

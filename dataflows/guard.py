@@ -86,6 +86,7 @@ from riskguard.schemas import (
     AnomalySignal,
     Audience,
     Balance,
+    Bar,
     DeadLetter,
     DetectProgress,
     Exposure,
@@ -112,7 +113,7 @@ from riskguard.config import CommonConfig, config_hash, decode_section, read_tom
 from riskguard.errors import ConfigError, VerificationError
 
 NS = 1_000_000_000
-MARKET = (Trade, Quote, OptionQuote, IndexPrice, FundingRate)
+MARKET = (Trade, Quote, Bar, OptionQuote, IndexPrice, FundingRate)
 TRADING = (Fill, PositionSnapshot, Balance, OpenOrders)
 # Everything the guard core consumes; any other record type (a bare, unsigned command
 # included) is a dead letter.
@@ -405,6 +406,8 @@ class MarkFilter:
                 price = (rec.bid + rec.ask) / 2
             elif isinstance(rec, priced):
                 price = rec.price
+            elif type(rec) is Bar:
+                continue  # bars feed detection; positions are marked by trades and quotes
             else:
                 out.append(rec)
                 continue

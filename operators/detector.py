@@ -91,6 +91,7 @@ from typing import Any, Literal
 
 import msgspec
 from riskguard.operators.anomaly_hst import ArrayHST, hst_shape
+from riskguard.operators.move_bands import MoveBandConfig, MoveBands, MoveBandState
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import encode
 from riskguard.schemas.signals import AnomalySignal, Contribution, FeatureVector, Severity
@@ -151,11 +152,13 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     warn_duration_ns: int = 10 * NS
     critical_duration_ns: int = 60 * NS
     top_k: int = 3
+    bands: MoveBandConfig = MoveBandConfig()
     topic: str = "features"
     step: str = "detect"
 
     def validate(self, path: str = "detector") -> DetectorConfig:  # flat list of checks
         """Raise ``ConfigError`` naming the key of the first bad value."""
+        self.bands.validate(path + ".bands")
         if self.model not in _MODELS:
             raise ConfigError(path + ".model", "must be one of " + ", ".join(_MODELS),
                               self.model)
@@ -383,6 +386,7 @@ class DetectorState:
     ep_severity: str = "info"
     ep_peak_excess: float = 0.0
     ep_warming: bool = False
+    bands: MoveBandState | None = None
 
 
 class DetectorLogic:
@@ -419,6 +423,8 @@ class DetectorLogic:
         self._up = 1.0 + config.tail_step
         self._open_decay = 1.0 - 2.0 / config.threshold_window
         self._down = 1.0 - config.tail_step * (1.0 - config.tail_quantile) / config.tail_quantile
+        self.bands = (MoveBands(config.bands, s.key, s.bands) if config.bands.enabled
+                      else None)
         if s.features:
             self._set_kind()
             if self._array:
@@ -490,6 +496,7 @@ class DetectorLogic:
             self._drift_dirty = False
         snap.drift = self._pickled[2]
         snap.quantile = self.quantile.state()
+        snap.bands = self.bands.snapshot() if self.bands is not None else None
         snap.mean = list(s.mean)
         snap.var = list(s.var)
         snap.peak = list(s.peak)
@@ -532,6 +539,7 @@ class DetectorLogic:
                 if not math.isfinite(val):
                     return [self._dead(fv, name, val)]
         self._dirty = True
+        moves = self.bands.on_vector(fv) if self.bands is not None and fv.price else ()
         if not s.features:
             self._init_key(fv)
         if s.first_ts < 0:
@@ -622,7 +630,7 @@ class DetectorLogic:
                     self.model, self.fresh, s.n_fresh = self.fresh, None, 0
                 self._ready = False
         del fresh_leaves
-        out: list[AnomalySignal | DeadLetter] = []
+        out: list[AnomalySignal | DeadLetter] = list(moves)
         out.extend(self._episode(fv, score, thr, anomalous, warming, contributions))
         if self.drift is not None and ready:
             self.drift.update(model_score)

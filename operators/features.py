@@ -50,6 +50,7 @@ from riskguard.operators.base import copy_fields
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import encode
 from riskguard.schemas.market import (
+    Bar,
     FundingRate,
     IndexPrice,
     OptionQuote,
@@ -184,6 +185,10 @@ class FeatureState:
     mid: float = 0.0
     logp: float = 0.0
     quote_ts: int = -1  # last quote or trade
+    px_low: float = 0.0  # the price's range since the last vector (a bar's own range)
+    px_high: float = 0.0
+    interval_ns: int = 0  # the bar interval of a key fed bars
+    range_bps: float = 0.0
     has_quotes: bool = False
     change_ts: int = -1
     spread_bps: float = 0.0
@@ -230,6 +235,7 @@ def _finite(*xs: float) -> bool:
 
 _CHECKS: dict[type, tuple[str, ...]] = {
     Trade: ("price", "qty"),
+    Bar: ("open", "high", "low", "close", "volume"),
     Quote: ("bid", "ask", "bid_size", "ask_size"),
     OptionQuote: ("bid", "ask", "mark_price", "mark_iv", "underlying_price", "delta", "gamma",
                   "vega", "theta", "strike"),
@@ -237,7 +243,8 @@ _CHECKS: dict[type, tuple[str, ...]] = {
     FundingRate: ("rate",),
     VenueStatus: (),
 }
-_POSITIVE = {"price", "bid", "ask", "underlying_price", "strike"}
+_POSITIVE = {"price", "bid", "ask", "underlying_price", "strike", "open", "high", "low",
+             "close"}
 
 
 class FeatureLogic:
@@ -296,7 +303,7 @@ class FeatureLogic:
         s.pending = True
         if not s.kind:
             return out
-        if not by_bar:
+        if not by_bar or t is Bar:  # a bar is closed at its ts: its vector goes out now
             out.append(self._vector(s.last_ts))
             s.pending = False
         return out
@@ -349,6 +356,11 @@ class FeatureLogic:
             if name in _POSITIVE and x <= 0.0 and not (isinstance(rec, OptionQuote)
                                                        and name in ("bid", "ask")):
                 return self._dead(rec, "validation", f"$.{name}", "float > 0", repr(x))
+        if t is Bar and not rec.low <= min(rec.open, rec.close) <= max(rec.open, rec.close) \
+                <= rec.high:
+            return self._dead(rec, "validation", "$.low", "low <= open, close <= high",
+                              f"open {rec.open!r} high {rec.high!r} low {rec.low!r} "
+                              f"close {rec.close!r}")
         ts = rec.ts
         wm = self.s.watermark
         lateness = self.config.allowed_lateness_ns
@@ -397,6 +409,8 @@ class FeatureLogic:
             self._trade(rec.qty, 1.0 if rec.side == "buy" else -1.0, ts)
             if not s.has_quotes:
                 self._price(rec.price, ts)
+        elif t is Bar:
+            self._bar(rec, ts)
         elif t is IndexPrice:
             if rec.venue in self.config.oracle_sources:
                 s.oracle_px = rec.price
@@ -420,8 +434,34 @@ class FeatureLogic:
         if getattr(rec, "recv_ts", None) is not None:
             s.recv_lag_ns = rec.recv_ts - ts
 
+    def _bar(self, rec: Bar, ts: int) -> None:
+        """A closed bar: the market was seen at ``ts`` (so ``price_age_s`` restarts, unless
+        the bar is flat at the last price: a frozen feed), over its range."""
+        s = self.s
+        if not s.kind:
+            s.kind = "market"
+        if not s.key:
+            s.key = f"{rec.venue}/{rec.instrument}"
+        frozen = rec.low == rec.high == s.mid
+        s.interval_ns = rec.interval_ns
+        s.quote_ts = max(s.quote_ts, ts)
+        s.range_bps = (rec.high - rec.low) / rec.close * 1e4
+        if not rec.price_only and rec.volume > 0.0:
+            buy = rec.taker_buy_volume
+            sign = 0.0 if buy is None else (2.0 * buy - rec.volume) / rec.volume
+            self._trade(rec.volume, sign, ts)
+        self._price(rec.close, ts)
+        if not frozen and ts > s.change_ts:
+            s.change_ts = ts
+        s.px_low = min(s.px_low, rec.low)
+        s.px_high = max(s.px_high, rec.high)
+
     def _price(self, mid: float, ts: int) -> None:
         s = self.s
+        if mid < s.px_low or s.px_low == 0.0:
+            s.px_low = mid
+        if mid > s.px_high:  # noqa: PLR1730  # hot path: a compare beats a max() call
+            s.px_high = mid
         logp = math.log(mid)
         if s.mid > 0.0:
             r = logp - s.logp
@@ -540,6 +580,8 @@ class FeatureLogic:
                 "index_dev_bps": idx, "oracle_dev_bps": ora,
                 "basis_bps": s.basis_bps, "funding_bps": s.funding_bps,
             }
+            if s.interval_ns:
+                vals["range_bps"] = s.range_bps
         if not math.isfinite(sum(vals.values())):  # NaN/inf in any (or a rare overflow)
             for k, v in vals.items():
                 if not math.isfinite(v):
@@ -562,11 +604,15 @@ class FeatureLogic:
                 scope = Scope(kind=ScopeKind.INSTRUMENT, value=inst or key,
                               venue=venue or None)
             self._scope = (key, is_venue, scope)  # frozen: shared by this key's vectors
+        priced = s.kind == "market" and s.mid > 0.0
         vec = FeatureVector(
             key=key, scope=scope, ts=now, recv_ts=now + s.recv_lag_ns if s.recv_lag_ns else None,
             values=self.values(now), evidence_ids=s.evidence,
+            price=s.mid if priced else None, low=s.px_low if priced else None,
+            high=s.px_high if priced else None, interval_ns=s.interval_ns,
         )
         s.evidence = []  # the vector owns the list now
+        s.px_low = s.px_high = s.mid
         return vec
 
 

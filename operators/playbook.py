@@ -99,12 +99,15 @@ class Rung(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 
     It is reached when the incident has been open ``after_s`` seconds of event
     time, or (if ``min_severity`` is set) as soon as the incident's severity
-    reaches it.
+    reaches it. A rung with ``requires`` is never reached, nor any rung after it,
+    while the incident's severity is below that: a warning that lasts does not
+    climb to a halt.
     """
 
     action: Action
     after_s: float = 0.0
     min_severity: Severity | None = None
+    requires: Severity | None = None
     params: dict[str, ParamValue] = {}
 
 
@@ -771,8 +774,10 @@ class PlaybookLogic:
 
     def _reached(self, inc: Incident, rule: Rule) -> int:
         elapsed = self._time() - inc.opened_at
-        top = inc.start_rung
-        for i, rung in enumerate(rule.ladder):
+        gate = next((i for i, rung in enumerate(rule.ladder) if rung.requires is not None
+                     and _RANK[inc.severity] < _RANK[rung.requires]), len(rule.ladder))
+        top = min(inc.start_rung, gate - 1)  # a repeat trip starts higher, not past a gate
+        for i, rung in enumerate(rule.ladder[:gate]):
             if rung.after_s <= 0 or elapsed >= rung.after_s * S or (
                     rung.min_severity is not None
                     and _RANK[inc.severity] >= _RANK[rung.min_severity]):
@@ -790,6 +795,8 @@ class PlaybookLogic:
             return "opened"
         if index <= inc.start_rung:
             return f"repeat trip {inc.start_rung + 1} within {rule.repeat_window_s:g}s"
+        if rung.after_s <= 0 and rung.requires is not None:
+            return f"severity {inc.severity.value}"
         if self._time() - inc.opened_at >= rung.after_s * S:
             return f"persisted {rung.after_s:g}s"
         if rung.min_severity is not None and _RANK[inc.severity] >= _RANK[rung.min_severity]:

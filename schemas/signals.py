@@ -8,11 +8,13 @@ from typing import Literal
 import msgspec
 from riskguard.schemas.base import Record
 from riskguard.schemas.types import (
+    DurationNs,
     Finite,
     Label,
     Name,
     Nanos,
     NonNegative,
+    Positive,
     RecordId,
     ScopeValue,
     Seq,
@@ -56,7 +58,12 @@ FIRM = Scope(kind=ScopeKind.FIRM, value="*")
 
 
 class FeatureVector(Record, frozen=True, kw_only=True, tag="features"):
-    """Per-key features at an event time. ``key`` is ``venue/instrument`` or ``venue``."""
+    """Per-key features at an event time. ``key`` is ``venue/instrument`` or ``venue``.
+
+    Market keys also carry their price at ``ts`` and the ``low`` and ``high`` seen
+    since the previous vector (a bar's own low and high), for the move bands;
+    ``interval_ns`` is the bar interval when the key is fed bars.
+    """
 
     key: Name
     scope: Scope
@@ -64,6 +71,10 @@ class FeatureVector(Record, frozen=True, kw_only=True, tag="features"):
     recv_ts: Nanos | None = None
     values: dict[str, Finite]
     evidence_ids: list[RecordId] = []
+    price: Positive | None = None
+    low: Positive | None = None
+    high: Positive | None = None
+    interval_ns: DurationNs = 0
 
 
 class Contribution(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,11 +90,12 @@ class AnomalySignal(Record, frozen=True, kw_only=True, tag="anomaly"):
 
     ``phase`` is ``open`` when an episode starts, ``escalate`` when its
     severity rises, ``close`` when it ends. A regime change has
-    ``kind == "regime_change"`` and ``phase == "open"``.
+    ``kind == "regime_change"`` and ``phase == "open"``. ``kind == "price_move"``
+    comes from the move bands (:mod:`riskguard.operators.move_bands`).
     """
 
     id: RecordId
-    kind: Literal["anomaly", "regime_change"] = "anomaly"
+    kind: Literal["anomaly", "regime_change", "price_move"] = "anomaly"
     phase: Literal["open", "escalate", "close"] = "open"
     key: Name
     scope: Scope

@@ -12,7 +12,7 @@ from bytewax.recovery import RecoveryConfig
 from bytewax.testing import TestingSink, run_main
 from riskguard.connectors.replay import ReplayFile, ReplaySource, read_all, replay_input
 from riskguard.operators.clock import ManualClock
-from riskguard.schemas import DeadLetter, FundingRate, Trade, encode
+from riskguard.schemas import Bar, DeadLetter, FundingRate, Trade, encode
 
 from riskguard.errors import ConfigError
 from tests.errors_util import chain_text
@@ -40,7 +40,7 @@ def files(tmp_path: Path) -> list[ReplayFile]:
     k.write_text(
         "open_time,open,high,low,close,volume,close_time,quote_volume,count,"
         "taker_buy_volume,taker_buy_quote_volume,ignore\n"
-        f"0,1,1,1,101.5,3.0,{BASE_MS + 45},0,1,2.0,0,0\n"
+        f"{BASE_MS - 59_955},100,102,99.5,101.5,3.0,{BASE_MS + 44},303.1,7,2.0,0,0\n"
     )
     f = tmp_path / "BTCUSDT-fundingRate.csv"
     f.write_text(f"calc_time,funding_interval_hours,last_funding_rate\n{BASE_MS + 55},8,0.0001\n")
@@ -54,10 +54,14 @@ def test_files_are_merged_in_event_time_order(files: list[ReplayFile]) -> None:
     recs = list(read_all(ReplaySource(files)))
     assert [r.ts for r in recs] == sorted(r.ts for r in recs)
     kinds = [(type(r).__name__, r.ts) for r in recs]
-    assert ("Trade", (BASE_MS + 45) * MS) in kinds
+    assert ("Bar", (BASE_MS + 45) * MS) in kinds
     assert ("FundingRate", (BASE_MS + 55) * MS) in kinds
     kline = next(r for r in recs if r.ts == (BASE_MS + 45) * MS)
-    assert isinstance(kline, Trade) and kline.price == 101.5 and kline.side.value == "buy"
+    assert isinstance(kline, Bar)
+    assert (kline.open, kline.high, kline.low, kline.close) == (100.0, 102.0, 99.5, 101.5)
+    assert (kline.start, kline.interval_ns, kline.volume, kline.trades) == (
+        (BASE_MS - 59_955) * MS, 60_000 * MS, 3.0, 7)
+    assert (kline.taker_buy_volume, kline.price_only) == (2.0, False)
     funding = next(r for r in recs if isinstance(r, FundingRate))
     assert funding.rate == 0.0001
 

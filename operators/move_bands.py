@@ -1,0 +1,357 @@
+"""Move bands: a deterministic price-move detector beside the learned one.
+
+Exchanges do not wait for a model to learn a crash. CME's dynamic circuit
+breakers compare the price with a reference taken a fixed look-back earlier
+and halt when it leaves a band; its velocity logic does the same over seconds.
+:class:`MoveBands` runs that logic per key on the price each feature vector
+carries (its close, and the low and high seen since the previous vector):
+
+- **Moves over several horizons** (1 min, 5 min, 15 min, 1 h, 4 h, 1 day by
+  default): the log move from the price one horizon ago (the last price at or
+  before ``ts - h``) to this vector's low (a fall) or high (a rise). A horizon
+  shorter than the data's own interval (hourly bars, say) is measured over
+  one interval: a bar cannot show a one-minute move.
+- **Drawdown and rally**: from the highest high (lowest low) of the last day.
+- **Volatility-scaled bands with floors and caps.** A move's band is
+  ``band_k * sigma * sqrt(h)``, kept within ``[floor, cap]`` for that horizon,
+  where ``sigma`` is the key's robust volatility per square root of time (an
+  exponentially weighted mean of squared interval returns, each clipped at
+  ``vol_clip`` standard deviations; it is **not learned while an episode is
+  open**, so a persistent move stays outside its band while it lasts).
+- **Severity.** ``warn`` when a move leaves its band; ``critical`` when it
+  goes ``critical_ratio`` times past it, or past the horizon's cap: the static
+  level, as an exchange's breaker, which applies from the first price on and
+  needs no learned volatility.
+- **Episodes, as the learned detector's.** One ``open`` signal, ``escalate`` on
+  a severity rise, ``close`` once every move has stayed below ``hysteresis``
+  times its band for ``close_quiet_points`` vectors and ``close_quiet_ns``.
+
+Signals are :class:`~riskguard.schemas.AnomalySignal` records of kind
+``price_move``: ``score`` is the largest move-to-band ratio and ``threshold``
+is 1; ``top_features`` name the horizons (``move_1h``, ``drawdown_1d``) with
+the move in bps as ``value`` and in standard deviations as ``zscore``.
+
+>>> from riskguard.schemas import FeatureVector, Scope, ScopeKind
+>>> bands = MoveBands(MoveBandConfig(), key="binance/BTCUSDT")
+>>> scope = Scope(kind=ScopeKind.INSTRUMENT, value="BTCUSDT", venue="binance")
+>>> def bar(i, close, low=None):
+...     return FeatureVector(key="binance/BTCUSDT", scope=scope, ts=(i + 1) * 60 * 10**9,
+...                          values={}, price=close, low=low or close, high=close,
+...                          interval_ns=60 * 10**9, evidence_ids=[f"b{i}"])
+>>> calm = [s for i in range(600) for s in bands.on_vector(bar(i, 100.0 + (i % 5) * 0.02))]
+>>> calm
+[]
+>>> sig = bands.on_vector(bar(600, 96.0, low=95.0))[0]
+>>> (sig.kind, sig.phase, sig.severity.value, sig.top_features[0].feature)
+('price_move', 'open', 'critical', 'move_1m')
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+
+import msgspec
+from riskguard.schemas.signals import AnomalySignal, Contribution, FeatureVector, Severity
+
+from riskguard.errors import ConfigError
+
+NS = 1_000_000_000
+_NAMESPACE = uuid.UUID("0b6f4c52-5d0e-5b8e-8f7a-3f0c2a9d6e41")
+_RANK = {Severity.INFO: 0, Severity.WARN: 1, Severity.CRITICAL: 2}
+_DAY = 86_400 * NS
+
+
+class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Settings of the move bands (``detector.bands``).
+
+    ``horizons_s`` are the look-backs; ``floor_bps`` and ``cap_bps`` give, per
+    horizon, the narrowest band and the static level past which a move is
+    critical whatever the learned volatility. ``drawdown_s`` is the window of
+    the rolling high and low (its band is the largest horizon's).
+    """
+
+    enabled: bool = True
+    horizons_s: tuple[float, ...] = (60.0, 300.0, 900.0, 3600.0, 14_400.0, 86_400.0)
+    floor_bps: tuple[float, ...] = (50.0, 80.0, 120.0, 200.0, 300.0, 500.0)
+    cap_bps: tuple[float, ...] = (300.0, 500.0, 700.0, 1000.0, 1500.0, 2000.0)
+    drawdown_s: float = 86_400.0
+    band_k: float = 5.0
+    critical_ratio: float = 1.5
+    vol_halflife_s: float = 7 * 86_400.0
+    vol_clip: float = 4.0
+    warmup_returns: int = 30
+    hysteresis: float = 0.8
+    close_quiet_points: int = 3
+    close_quiet_ns: int = 60 * NS
+    top_k: int = 3
+    model_version: str = "1"
+
+    def validate(self, path: str = "detector.bands") -> MoveBandConfig:
+        """Raise ``ConfigError`` naming the key of the first bad value."""
+        n = len(self.horizons_s)
+        if n == 0:
+            raise ConfigError(path + ".horizons_s", "must list at least one horizon",
+                              self.horizons_s)
+        for name in ("floor_bps", "cap_bps"):
+            if len(getattr(self, name)) != n:
+                raise ConfigError(f"{path}.{name}", f"must give one value per horizon ({n})",
+                                  getattr(self, name))
+        for name in ("horizons_s", "floor_bps", "cap_bps"):
+            for i, v in enumerate(getattr(self, name)):
+                if not (math.isfinite(v) and v > 0):
+                    raise ConfigError(f"{path}.{name}[{i}]", "must be a positive number", v)
+        if list(self.horizons_s) != sorted(self.horizons_s):
+            raise ConfigError(path + ".horizons_s", "must be in increasing order",
+                              self.horizons_s)
+        for i, (lo, hi) in enumerate(zip(self.floor_bps, self.cap_bps, strict=True)):
+            if lo > hi:
+                raise ConfigError(f"{path}.floor_bps[{i}]",
+                                  f"must not exceed cap_bps[{i}] ({hi})", lo)
+        for name in ("drawdown_s", "band_k", "vol_halflife_s", "vol_clip"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"{path}.{name}", "must be a positive number", v)
+        if not self.critical_ratio >= 1.0:
+            raise ConfigError(path + ".critical_ratio", "must be >= 1", self.critical_ratio)
+        if not 0.0 < self.hysteresis <= 1.0:
+            raise ConfigError(path + ".hysteresis", "must be in (0, 1]", self.hysteresis)
+        for name in ("warmup_returns", "close_quiet_points", "close_quiet_ns", "top_k"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{path}.{name}", "must be >= 0", getattr(self, name))
+        return self
+
+
+@dataclass
+class MoveBandState:
+    """One key's move-band state: price history in two tiers, volatility, episode."""
+
+    version: int = 1
+    # fine tier: one (slot id, close, low, high) per ``fine_ns``; coarse: per ``coarse_ns``
+    fine: list[tuple[int, float, float, float]] = field(default_factory=list)
+    coarse: list[tuple[int, float, float, float]] = field(default_factory=list)
+    interval_ns: int = 0
+    last_ts: int = -1
+    last_close: float = 0.0
+    var_rate: float = 0.0  # squared log return per ns
+    n_returns: int = 0
+    signals: int = 0
+    episodes: int = 0
+    ep_open: bool = False
+    ep_severity: str = "info"
+    ep_quiet: int = 0
+    ep_last_ts: int = 0
+
+
+_FINE_NS = 60 * NS
+_COARSE_NS = 900 * NS
+
+
+def _label(seconds: float) -> str:
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+class MoveBands:
+    """Per-key move bands; ``on_vector(FeatureVector) -> [AnomalySignal]``.
+
+    Vectors without a price (venue-health keys) are ignored.
+    """
+
+    def __init__(self, config: MoveBandConfig, key: str = "",
+                 state: MoveBandState | None = None) -> None:
+        self.config = config
+        self.key = key
+        self.s = state if state is not None else MoveBandState()
+        c = config
+        self._h_ns = [int(h * NS) for h in c.horizons_s]
+        self._floor = [b * 1e-4 for b in c.floor_bps]
+        self._cap = [b * 1e-4 for b in c.cap_bps]
+        self._names = [f"move_{_label(h)}" for h in c.horizons_s]
+        self._dd_ns = int(c.drawdown_s * NS)
+        self._dd_name = _label(c.drawdown_s)
+        self._decay_per_ns = math.log(2.0) / (c.vol_halflife_s * NS)
+        self._fine_keep = max(h for h in self._h_ns if h <= 3600 * NS) // _FINE_NS + 2 \
+            if any(h <= 3600 * NS for h in self._h_ns) else 2
+        self._coarse_keep = max(*self._h_ns, self._dd_ns) // _COARSE_NS + 2
+
+    def snapshot(self) -> MoveBandState:
+        """An independent copy (the tiers' tuples are immutable)."""
+        s = self.s
+        snap = MoveBandState(**s.__dict__)
+        snap.fine = list(s.fine)
+        snap.coarse = list(s.coarse)
+        return snap
+
+    @property
+    def sigma_per_sqrt_ns(self) -> float | None:
+        """The learned volatility, or None while warming up."""
+        s = self.s
+        if s.n_returns < self.config.warmup_returns or s.var_rate <= 0.0:
+            return None
+        return math.sqrt(s.var_rate)
+
+    # -- public ------------------------------------------------------------
+    def on_vector(self, fv: FeatureVector) -> list[AnomalySignal]:
+        price = fv.price
+        if price is None or not price > 0.0:
+            return []
+        s = self.s
+        ts = fv.ts
+        if ts < s.last_ts:
+            return []  # the features step already dead-lettered what was too late
+        low = fv.low if fv.low is not None and 0.0 < fv.low <= price else price
+        high = fv.high if fv.high is not None and fv.high >= price else price
+        if fv.interval_ns:
+            s.interval_ns = fv.interval_ns  # bars: no horizon is shorter than one bar
+        ratios = self._measure(ts, low, high)
+        out = self._episode(fv, ratios)
+        if not s.ep_open:
+            self._learn(ts, price)
+        self._record(ts, price, low, high)
+        s.last_ts = ts
+        s.last_close = price
+        return out
+
+    # -- internals ---------------------------------------------------------
+    def _reference(self, tier: list[tuple[int, float, float, float]], slot_ns: int,
+                   at: int) -> float | None:
+        """A close at or before ``at``: of the slot ending at ``at``, else the slot before
+        the one holding it (slot ``k`` covers ``((k - 1) * slot_ns, k * slot_ns]``)."""
+        k = -(-at // slot_ns)
+        want = k if at % slot_ns == 0 else k - 1
+        i = bisect.bisect_right(tier, (want, math.inf)) - 1
+        return tier[i][1] if i >= 0 else None
+
+    def _measure(self, ts: int, low: float, high: float
+                 ) -> list[tuple[float, float, str, float]]:
+        """``(ratio, move, name, band)`` per horizon and for the drawdown/rally."""
+        s = self.s
+        sigma = self.sigma_per_sqrt_ns
+        interval = s.interval_ns
+        out: list[tuple[float, float, str, float]] = []
+        seen: set[int] = set()
+        for i, h in enumerate(self._h_ns):
+            h_eff = max(h, interval)
+            if h_eff in seen:
+                continue
+            seen.add(h_eff)
+            if h_eff <= 3600 * NS and h_eff % _FINE_NS == 0:
+                ref = self._reference(s.fine, _FINE_NS, ts - h_eff)
+            else:
+                ref = self._reference(s.coarse, _COARSE_NS, ts - h_eff)
+            if ref is None:
+                continue
+            down = math.log(low / ref)
+            up = math.log(high / ref)
+            move = down if -down >= up else up
+            band = self._band(i, sigma, h_eff)
+            out.append((abs(move) / band, move, self._names[i] if h_eff == h else
+                        f"move_{_label(h_eff / NS)}", self._cap[i]))
+        if s.coarse:
+            k = -(-ts // _COARSE_NS)
+            first = k - self._dd_ns // _COARSE_NS
+            recent = [x for x in s.coarse if x[0] >= first]
+            hi = max(high, max((x[3] for x in recent), default=high))
+            lo = min(low, min((x[2] for x in recent), default=low))
+            i = len(self._h_ns) - 1
+            band = self._band(i, sigma, max(self._h_ns[i], interval))
+            dd, ru = math.log(low / hi), math.log(high / lo)
+            move, name = (dd, "drawdown") if -dd >= ru else (ru, "rally")
+            out.append((abs(move) / band, move, f"{name}_{self._dd_name}", self._cap[i]))
+        return out
+
+    def _band(self, i: int, sigma: float | None, h_ns: int) -> float:
+        """The band of horizon ``i`` measured over ``h_ns``; the cap while warming up."""
+        if sigma is None:
+            return self._cap[i]
+        return min(self._cap[i], max(self._floor[i], self.config.band_k * sigma
+                                     * math.sqrt(h_ns)))
+
+    def _learn(self, ts: int, price: float) -> None:
+        s = self.s
+        if s.last_ts < 0 or ts <= s.last_ts:
+            return
+        dt = ts - s.last_ts
+        r2 = math.log(price / s.last_close) ** 2 / dt
+        if s.n_returns >= self.config.warmup_returns:
+            lim = self.config.vol_clip ** 2 * s.var_rate
+            r2 = min(r2, lim)
+            a = -math.expm1(-self._decay_per_ns * dt)
+        else:
+            a = 1.0 / (s.n_returns + 1)
+        s.var_rate += a * (r2 - s.var_rate)
+        s.n_returns += 1
+
+    def _record(self, ts: int, close: float, low: float, high: float) -> None:
+        s = self.s
+        for tier, slot_ns, keep in ((s.fine, _FINE_NS, self._fine_keep),
+                                    (s.coarse, _COARSE_NS, self._coarse_keep)):
+            k = -(-ts // slot_ns)
+            if tier and tier[-1][0] == k:
+                _sid, _c, lo, hi = tier[-1]
+                tier[-1] = (k, close, min(lo, low), max(hi, high))
+            else:
+                tier.append((k, close, low, high))
+                while tier and tier[0][0] <= k - keep:
+                    del tier[0]
+
+    def _episode(self, fv: FeatureVector, ratios: list[tuple[float, float, str, float]]
+                 ) -> list[AnomalySignal]:
+        s = self.s
+        c = self.config
+        top = max((r[0] for r in ratios), default=0.0)
+        capped = any(abs(move) >= cap for _r, move, _n, cap in ratios)
+        if top >= 1.0 or capped:
+            sev = (Severity.CRITICAL if capped or top >= c.critical_ratio else Severity.WARN)
+            s.ep_quiet = 0
+            s.ep_last_ts = fv.ts
+            if not s.ep_open:
+                s.ep_open = True
+                s.episodes += 1
+                s.ep_severity = sev.value
+                return [self._signal(fv, "open", sev, top, ratios)]
+            if _RANK[sev] > _RANK[Severity(s.ep_severity)]:
+                s.ep_severity = sev.value
+                return [self._signal(fv, "escalate", sev, top, ratios)]
+            return []
+        if not s.ep_open:
+            return []
+        s.ep_quiet = s.ep_quiet + 1 if top < c.hysteresis else 0
+        if s.ep_quiet >= c.close_quiet_points and fv.ts - s.ep_last_ts >= c.close_quiet_ns:
+            s.ep_open = False
+            return [self._signal(fv, "close", Severity(s.ep_severity), top, ratios)]
+        return []
+
+    def _signal(self, fv: FeatureVector, phase: Literal["open", "escalate", "close"],
+                severity: Severity, top: float,
+                ratios: list[tuple[float, float, str, float]]) -> AnomalySignal:
+        s = self.s
+        s.signals += 1
+        sigma = self.sigma_per_sqrt_ns
+        contributions = []
+        for _ratio, move, name, _cap in sorted(ratios, key=lambda r: (-r[0], r[2]))[
+                : self.config.top_k]:
+            h = self._horizon_ns(name)
+            z = move / (sigma * math.sqrt(h)) if sigma else 0.0
+            contributions.append(Contribution(feature=name, value=move * 1e4,
+                                              zscore=max(-1e12, min(1e12, z))))
+        key = self.key or fv.key
+        sid = str(uuid.uuid5(_NAMESPACE, f"{key}:{s.signals}:{phase}:{fv.ts}"))
+        return AnomalySignal(
+            id=sid, kind="price_move", phase=phase, key=key, scope=fv.scope, ts=fv.ts,
+            recv_ts=fv.recv_ts, episode_id=f"{key}#move{s.episodes}", score=top,
+            threshold=1.0, severity=severity, warming_up=False,
+            top_features=contributions, model="MoveBands",
+            model_version=self.config.model_version, evidence_ids=list(fv.evidence_ids),
+        )
+
+    def _horizon_ns(self, name: str) -> int:
+        label = name.rsplit("_", 1)[1]
+        size = {"d": 86_400, "h": 3600, "m": 60, "s": 1}[label[-1]]
+        return int(float(label[:-1]) * size * NS)
