@@ -57,7 +57,7 @@ from riskguard.errors import ConfigError
 NS = 1_000_000_000
 DAY_NS = 86_400 * NS
 DEFAULT_GRID: dict[str, list[Any]] = {
-    "detector.target_alarm_rate": [0.0002, 0.001, 0.005],
+    "detector.target_alarm_rate": [0.0005, 0.001, 0.005],
     "detector.warmup_events": [60, 300],
     "playbook.escalation_scale": [1.0, 0.5],
 }

@@ -52,8 +52,6 @@ from riskguard.operators.features import FeatureConfig, feature_builder, route_b
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.signals import AnomalySignal, FeatureVector
 
-from riskguard.errors import ConfigError
-
 __all__ = [
     "DetectOut", "DetectorConfig", "FeatureConfig", "FeaturesOut", "detect_anomalies",
     "extract_features",
@@ -88,11 +86,10 @@ def extract_features(step_id: str, up: Stream[Any], *, config: FeatureConfig,
     every index price and heartbeat (a broadcast source), it routes its copy
     to its own keys only (see :func:`riskguard.operators.features.route`).
     """
-    if not config.venues:
-        raise ConfigError("step " + repr(step_id) + ": features.venues",
-                          "must list the venues that receive index prices", config.venues)
     config.validate(f"step {step_id!r}: features")
-    keyed = op.flat_map_batch("route", up, lambda recs: route_batch(recs, config, local_keys))
+    seen: dict[str, set[str]] = {}  # venues per instrument, with no venues configured
+    keyed = op.flat_map_batch("route", up,
+                              lambda recs: route_batch(recs, config, local_keys, seen))
     out = stateful_logic("features", keyed, feature_builder(config, clock), order=event_time)
     split = split_dead_letters("split", out)
     return FeaturesOut(oks=split.oks, errs=split.errs)

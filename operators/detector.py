@@ -56,7 +56,11 @@ Trees stay the multivariate model; the tail gives "how far".
 Adaptive threshold: a rolling quantile (``1 - target_alarm_rate``) of the
 model's recent scores (exact counts in 256 bins over the last
 ``threshold_window / 2`` to ``threshold_window`` scores), plus
-``threshold_margin``, never below ``threshold_floor``.
+``threshold_margin`` (for Half-Space Trees, whose scores never exceed 1, that
+share of the room left above the quantile), never below ``threshold_floor``.
+A config whose threshold no score can cross is refused at start-up:
+``target_alarm_rate * threshold_window / 2`` must be at least 1 (else the
+quantile is the largest recent score), and an HST floor must be below 1.
 
 Warm-up is explicit: until a key has learned ``warmup_events`` points and
 ``warmup_ns`` of event time, its model has finished its first window (Half
@@ -132,7 +136,7 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     stats_clip: float = 4.0
     warmup_events: int = 300
     warmup_ns: int = 300 * NS
-    target_alarm_rate: float = 0.0002
+    target_alarm_rate: float = 0.0005
     threshold_window: int = 4000
     threshold_floor: float | None = None
     threshold_margin: float = 0.15
@@ -167,6 +171,22 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
         if not 0.0 < self.target_alarm_rate < 0.5:
             raise ConfigError(path + ".target_alarm_rate", "must be in (0, 0.5)",
                               self.target_alarm_rate)
+        if self.target_alarm_rate * (self.threshold_window // 2) < 1.0:
+            # the quantile spans threshold_window / 2 to threshold_window scores: below one
+            # alarm per half window it is the largest recent score, which no score exceeds
+            raise ConfigError(
+                path + ".target_alarm_rate",
+                "must give at least one alarm per half threshold window "
+                f"(target_alarm_rate * threshold_window / 2 >= 1, threshold_window "
+                f"{self.threshold_window}; raise one of them)", self.target_alarm_rate)
+        if not 0.0 <= self.threshold_margin < 1.0:
+            raise ConfigError(path + ".threshold_margin", "must be in [0, 1)",
+                              self.threshold_margin)
+        if (self.threshold_floor is not None and self.threshold_floor >= 1.0
+                and self.model in ("auto", "hst", "river_hst")):
+            raise ConfigError(path + ".threshold_floor",
+                              "must be below 1: Half-Space Trees scores never exceed 1",
+                              self.threshold_floor)
         for name in ("hst_trees", "hst_height", "hst_window", "threshold_window",
                      "blend_points", "top_k", "close_quiet_points", "protect_max_points"):
             if getattr(self, name) < 1:
@@ -525,7 +545,10 @@ class DetectorLogic:
         c = self.config
         q = self.quantile.get(1.0 - c.target_alarm_rate)
         enough = self.quantile.count >= self._enough
-        thr = q + c.threshold_margin if enough else math.inf
+        # bounded scores (Half-Space Trees, at most 1): the margin is a share of the room
+        # left above the quantile, so the threshold stays reachable
+        margin = c.threshold_margin * (1.0 - q) if self.quantile.bounded else c.threshold_margin
+        thr = q + margin if enough else math.inf
         if c.threshold_floor is not None and thr != math.inf:
             thr = max(thr, c.threshold_floor)
         return thr
@@ -623,7 +646,9 @@ class DetectorLogic:
             s.n_learned += 1
             if ready:
                 self._update_quantile(model_score)
-            self._learn_stats(x, z, sd)
+            # the tail cut holds while an episode lasts: a persistent extreme move must
+            # stay anomalous, not become the new yardstick
+            self._learn_stats(x, z, sd, freeze_peak=anomalous or s.ep_open)
             if self.fresh is not None:
                 s.n_fresh += 1
                 if s.n_fresh >= c.blend_points:
@@ -699,13 +724,15 @@ class DetectorLogic:
             else:
                 m.learn_one(dict(zip(feats, x, strict=True)))
 
-    def _learn_stats(self, x: Sequence[float], z: list[float], sd: list[float] | None) -> None:
+    def _learn_stats(self, x: Sequence[float], z: list[float], sd: list[float] | None,
+                     freeze_peak: bool = False) -> None:
         """Welford, then exponential forgetting; a streaming ``tail_quantile`` of |z|.
 
         The quantile of each feature's |z| moves up by ``tail_step`` (relative)
         when a learned point exceeds it and down by a matching small step
         otherwise, so it settles where a ``1 - tail_quantile`` share of points
-        exceed it, and a slow ramp cannot drag it up faster than that. ``sd``
+        exceed it, and a slow ramp cannot drag it up faster than that; it does not
+        move at all on an anomalous point or while an episode is open. ``sd``
         holds the standard deviations before this point (``None`` for the first).
         """
         s = self.s
@@ -730,8 +757,9 @@ class DetectorLogic:
                     d = lim
                 elif d < -lim:
                     d = -lim
-                p = peak[i]
-                peak[i] = p * (up if abs(z[i]) > p else down)
+                if not freeze_peak:
+                    p = peak[i]
+                    peak[i] = p * (up if abs(z[i]) > p else down)
                 mean[i] += a * d
                 var[i] = b * (var[i] + a * d * d)
         else:

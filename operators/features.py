@@ -81,8 +81,10 @@ class FeatureConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     ``venues`` lists the venues whose ``venue/instrument`` keys receive each
     index or oracle price (the fan-out that brings the reference price to
-    every key without a per-event exchange). ``index_map`` maps an index
-    instrument name to the instruments it prices when the names differ.
+    every key without a per-event exchange). Left empty, the venues are taken
+    from the market data each worker routes: list them on a cluster, where an
+    index price may be routed by a worker that has not seen the venue yet.
+    ``index_map`` maps an index instrument name to the instruments it prices when the names differ.
     """
 
     venues: tuple[str, ...] = ()
@@ -123,11 +125,14 @@ class FeatureConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def route(record: Any, config: FeatureConfig,
-          local: Callable[[str], bool] | None = None) -> list[tuple[str, Any]]:
+          local: Callable[[str], bool] | None = None,
+          seen: dict[str, set[str]] | None = None) -> list[tuple[str, Any]]:
     """Key a raw market record: ``venue/instrument``, ``venue``, or a fan-out.
 
     Index and oracle prices go to every configured venue's key of the
-    instrument (``index_map`` lets one index price several instruments).
+    instrument (``index_map`` lets one index price several instruments). With
+    no ``venues`` configured they go to the venues ``seen`` trading that
+    instrument so far (taken from the data; :func:`route_batch` keeps ``seen``).
     ``local``: when every worker reads its own copy of index prices and
     venue heartbeats (a broadcast source), each copy goes only to the keys
     ``local`` says live on this worker.
@@ -138,10 +143,16 @@ def route(record: Any, config: FeatureConfig,
     ['a/BTC-USDT', 'b/BTC-USDT']
     >>> [k for k, _ in route(ip, FeatureConfig(venues=("a", "b")), lambda k: k[0] == "b")]
     ['b/BTC-USDT']
+    >>> [k for k, _ in route(ip, FeatureConfig(), seen={"BTC-USDT": {"okx"}})]
+    ['okx/BTC-USDT']
     """
     if isinstance(record, IndexPrice):
         targets = config.index_map.get(record.instrument, (record.instrument,))
-        keys = [f"{v}/{inst}" for inst in targets for v in config.venues]
+        if config.venues:
+            keys = [f"{v}/{inst}" for inst in targets for v in config.venues]
+        else:
+            known = seen or {}
+            keys = [f"{v}/{inst}" for inst in targets for v in sorted(known.get(inst, ()))]
         return [(k, record) for k in keys if local is None or local(k)]
     if isinstance(record, VenueStatus):
         return [(record.venue, record)] if local is None or local(record.venue) else []
@@ -149,8 +160,12 @@ def route(record: Any, config: FeatureConfig,
 
 
 def route_batch(records: list[Any], config: FeatureConfig,
-                local: Callable[[str], bool] | None = None) -> list[tuple[str, Any]]:
+                local: Callable[[str], bool] | None = None,
+                seen: dict[str, set[str]] | None = None) -> list[tuple[str, Any]]:
     """:func:`route` over a whole batch, in order (one dataflow call per batch).
+
+    With no ``venues`` configured, ``seen`` (kept by the caller across batches)
+    learns which venues trade each instrument from the records routed here.
 
     >>> from riskguard.schemas import Trade
     >>> t = Trade(id="t", venue="a", instrument="BTC-USDT", ts=1, price=5.0, qty=1.0,
@@ -160,11 +175,16 @@ def route_batch(records: list[Any], config: FeatureConfig,
     """
     out: list[tuple[str, Any]] = []
     fanned = (IndexPrice, VenueStatus)
+    learn = seen is not None and not config.venues
     for rec in records:
         if type(rec) in fanned:
-            out.extend(route(rec, config, local))
+            out.extend(route(rec, config, local, seen))
         else:
             out.append((f"{rec.venue}/{rec.instrument}", rec))
+            if learn:
+                venues = seen.setdefault(rec.instrument, set())  # type: ignore[union-attr]
+                if rec.venue not in venues:
+                    venues.add(rec.venue)
     return out
 
 

@@ -19,7 +19,9 @@ carries (its close, and the low and high seen since the previous vector):
   ``vol_clip`` standard deviations; it is **not learned while an episode is
   open**, so a persistent move stays outside its band while it lasts).
 - **Severity.** ``warn`` when a move leaves its band; ``critical`` when it
-  goes ``critical_ratio`` times past it, or past the horizon's cap: the static
+  goes ``critical_ratio`` times past it, when ``confirm_horizons`` horizons
+  (the drawdown counts as one) are out of their bands at once (a fall seen at
+  several scales is no single print), or past the horizon's cap: the static
   level, as an exchange's breaker, which applies from the first price on and
   needs no learned volatility.
 - **Episodes, as the learned detector's.** One ``open`` signal, ``escalate`` on
@@ -79,8 +81,9 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     floor_bps: tuple[float, ...] = (50.0, 80.0, 120.0, 200.0, 300.0, 500.0)
     cap_bps: tuple[float, ...] = (300.0, 500.0, 700.0, 1000.0, 1500.0, 2000.0)
     drawdown_s: float = 86_400.0
-    band_k: float = 5.0
+    band_k: tuple[float, ...] = (6.0, 5.5, 5.0, 4.5, 4.0, 3.5)
     critical_ratio: float = 1.5
+    confirm_horizons: int = 2
     vol_halflife_s: float = 7 * 86_400.0
     vol_clip: float = 4.0
     warmup_returns: int = 30
@@ -96,11 +99,11 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         if n == 0:
             raise ConfigError(path + ".horizons_s", "must list at least one horizon",
                               self.horizons_s)
-        for name in ("floor_bps", "cap_bps"):
+        for name in ("floor_bps", "cap_bps", "band_k"):
             if len(getattr(self, name)) != n:
                 raise ConfigError(f"{path}.{name}", f"must give one value per horizon ({n})",
                                   getattr(self, name))
-        for name in ("horizons_s", "floor_bps", "cap_bps"):
+        for name in ("horizons_s", "floor_bps", "cap_bps", "band_k"):
             for i, v in enumerate(getattr(self, name)):
                 if not (math.isfinite(v) and v > 0):
                     raise ConfigError(f"{path}.{name}[{i}]", "must be a positive number", v)
@@ -111,7 +114,7 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             if lo > hi:
                 raise ConfigError(f"{path}.floor_bps[{i}]",
                                   f"must not exceed cap_bps[{i}] ({hi})", lo)
-        for name in ("drawdown_s", "band_k", "vol_halflife_s", "vol_clip"):
+        for name in ("drawdown_s", "vol_halflife_s", "vol_clip"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise ConfigError(f"{path}.{name}", "must be a positive number", v)
@@ -119,7 +122,8 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             raise ConfigError(path + ".critical_ratio", "must be >= 1", self.critical_ratio)
         if not 0.0 < self.hysteresis <= 1.0:
             raise ConfigError(path + ".hysteresis", "must be in (0, 1]", self.hysteresis)
-        for name in ("warmup_returns", "close_quiet_points", "close_quiet_ns", "top_k"):
+        for name in ("warmup_returns", "close_quiet_points", "close_quiet_ns", "top_k",
+                     "confirm_horizons"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{path}.{name}", "must be >= 0", getattr(self, name))
         return self
@@ -170,10 +174,12 @@ class MoveBands:
         self.s = state if state is not None else MoveBandState()
         c = config
         self._h_ns = [int(h * NS) for h in c.horizons_s]
+        self._k = list(c.band_k)
         self._floor = [b * 1e-4 for b in c.floor_bps]
         self._cap = [b * 1e-4 for b in c.cap_bps]
-        self._names = [f"move_{_label(h)}" for h in c.horizons_s]
         self._dd_ns = int(c.drawdown_s * NS)
+        self._for_interval = -1
+        self._horizons = self._h_ns
         self._dd_name = _label(c.drawdown_s)
         self._decay_per_ns = math.log(2.0) / (c.vol_halflife_s * NS)
         self._fine_keep = max(h for h in self._h_ns if h <= 3600 * NS) // _FINE_NS + 2 \
@@ -220,58 +226,78 @@ class MoveBands:
 
     # -- internals ---------------------------------------------------------
     def _reference(self, tier: list[tuple[int, float, float, float]], slot_ns: int,
-                   at: int) -> float | None:
-        """A close at or before ``at``: of the slot ending at ``at``, else the slot before
-        the one holding it (slot ``k`` covers ``((k - 1) * slot_ns, k * slot_ns]``)."""
+                   at: int, within: int) -> float | None:
+        """A close at or before ``at``, no older than ``at - within``: of the slot ending at
+        ``at``, else the last one before the slot holding it (slot ``k`` covers
+        ``((k - 1) * slot_ns, k * slot_ns]``). None across a gap in the data."""
         k = -(-at // slot_ns)
         want = k if at % slot_ns == 0 else k - 1
         i = bisect.bisect_right(tier, (want, math.inf)) - 1
-        return tier[i][1] if i >= 0 else None
+        if i < 0 or tier[i][0] * slot_ns < at - within:
+            return None
+        return tier[i][1]
 
     def _measure(self, ts: int, low: float, high: float
                  ) -> list[tuple[float, float, str, float]]:
-        """``(ratio, move, name, band)`` per horizon and for the drawdown/rally."""
+        """``(ratio, move, name, cap)`` per horizon and for the drawdown/rally. A horizon
+        shorter than the data's interval is measured over one interval, with the band
+        settings of that length (interpolated between the configured horizons)."""
         s = self.s
         sigma = self.sigma_per_sqrt_ns
         interval = s.interval_ns
         out: list[tuple[float, float, str, float]] = []
-        seen: set[int] = set()
-        for i, h in enumerate(self._h_ns):
-            h_eff = max(h, interval)
-            if h_eff in seen:
-                continue
-            seen.add(h_eff)
-            if h_eff <= 3600 * NS and h_eff % _FINE_NS == 0:
-                ref = self._reference(s.fine, _FINE_NS, ts - h_eff)
-            else:
-                ref = self._reference(s.coarse, _COARSE_NS, ts - h_eff)
+        if interval != self._for_interval:
+            self._for_interval = interval
+            self._horizons = sorted({max(h, interval) for h in self._h_ns})
+        for h in self._horizons:
+            ref = (self._reference(s.fine, _FINE_NS, ts - h, h)
+                   if h <= 3600 * NS and h % _FINE_NS == 0
+                   else self._reference(s.coarse, _COARSE_NS, ts - h, h))
             if ref is None:
                 continue
             down = math.log(low / ref)
             up = math.log(high / ref)
             move = down if -down >= up else up
-            band = self._band(i, sigma, h_eff)
-            out.append((abs(move) / band, move, self._names[i] if h_eff == h else
-                        f"move_{_label(h_eff / NS)}", self._cap[i]))
+            k, floor, cap = self._params(h)
+            out.append((abs(move) / self._band(k, floor, cap, sigma, h), move,
+                        f"move_{_label(h / NS)}", cap))
         if s.coarse:
-            k = -(-ts // _COARSE_NS)
-            first = k - self._dd_ns // _COARSE_NS
+            first = -(-ts // _COARSE_NS) - self._dd_ns // _COARSE_NS
             recent = [x for x in s.coarse if x[0] >= first]
             hi = max(high, max((x[3] for x in recent), default=high))
             lo = min(low, min((x[2] for x in recent), default=low))
-            i = len(self._h_ns) - 1
-            band = self._band(i, sigma, max(self._h_ns[i], interval))
+            h = max(self._dd_ns, interval)
+            k, floor, cap = self._params(h)
+            band = self._band(k, floor, cap, sigma, h)
             dd, ru = math.log(low / hi), math.log(high / lo)
             move, name = (dd, "drawdown") if -dd >= ru else (ru, "rally")
-            out.append((abs(move) / band, move, f"{name}_{self._dd_name}", self._cap[i]))
+            out.append((abs(move) / band, move, f"{name}_{self._dd_name}", cap))
         return out
 
-    def _band(self, i: int, sigma: float | None, h_ns: int) -> float:
-        """The band of horizon ``i`` measured over ``h_ns``; the cap while warming up."""
+    def _params(self, h_ns: int) -> tuple[float, float, float]:
+        """``(band_k, floor, cap)`` at horizon ``h_ns``: log-linear between the configured
+        horizons, the end values beyond them."""
+        hs = self._h_ns
+        i = bisect.bisect_left(hs, h_ns)
+        if i < len(hs) and hs[i] == h_ns:
+            return self._k[i], self._floor[i], self._cap[i]
+        if i == 0:
+            return self._k[0], self._floor[0], self._cap[0]
+        if i == len(hs):
+            return self._k[-1], self._floor[-1], self._cap[-1]
+        w = math.log(h_ns / hs[i - 1]) / math.log(hs[i] / hs[i - 1])
+
+        def mix(v: list[float]) -> float:
+            return v[i - 1] * (v[i] / v[i - 1]) ** w
+
+        return mix(self._k), mix(self._floor), mix(self._cap)
+
+    @staticmethod
+    def _band(k: float, floor: float, cap: float, sigma: float | None, h_ns: int) -> float:
+        """``k * sigma * sqrt(h)`` within ``[floor, cap]``; the cap while warming up."""
         if sigma is None:
-            return self._cap[i]
-        return min(self._cap[i], max(self._floor[i], self.config.band_k * sigma
-                                     * math.sqrt(h_ns)))
+            return cap
+        return min(cap, max(floor, k * sigma * math.sqrt(h_ns)))
 
     def _learn(self, ts: int, price: float) -> None:
         s = self.s
@@ -308,7 +334,9 @@ class MoveBands:
         top = max((r[0] for r in ratios), default=0.0)
         capped = any(abs(move) >= cap for _r, move, _n, cap in ratios)
         if top >= 1.0 or capped:
-            sev = (Severity.CRITICAL if capped or top >= c.critical_ratio else Severity.WARN)
+            confirmed = sum(1 for r in ratios if r[0] >= 1.0) >= c.confirm_horizons
+            sev = (Severity.CRITICAL if capped or confirmed or top >= c.critical_ratio
+                   else Severity.WARN)
             s.ep_quiet = 0
             s.ep_last_ts = fv.ts
             if not s.ep_open:

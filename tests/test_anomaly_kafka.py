@@ -29,7 +29,8 @@ INSTS = sorted({i.instrument for i in SC.incidents
                 if i.kind in ("flash_crash", "venue_dislocation", "oracle_divergence")})
 EVENTS = [e for e in SC.events if getattr(e, "instrument", None) in INSTS]
 FCFG = FeatureConfig(venues=SC.venues, allowed_lateness_ns=600 * 10**9)
-DCFG = DetectorConfig(warmup_events=60, warmup_ns=0, hst_window=50, threshold_window=500)
+DCFG = DetectorConfig(warmup_events=60, warmup_ns=0, hst_window=50, threshold_window=500,
+                      target_alarm_rate=0.004)
 
 
 def _clock() -> int:

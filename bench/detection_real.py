@@ -1,0 +1,216 @@
+"""Detection quality on real data: incidents, and the streaming-anomaly benchmark.
+
+Run ``python bench/detection_real.py [--part incidents|benchmark|all]``. It reads
+the development data beside the clone (``bench/shared_data.py``) and prints:
+
+- **Incidents.** Each incident file goes through the real backtest path
+  (:func:`riskguard.dataflows.backtest.run_backtest`, the guard core with the
+  default config and the bundled playbook, as wire-contract records at the
+  data's own resolution). Per labelled incident: the minutes from onset to the
+  first moment the key is critical (an episode already critical one bar before
+  onset counts from there), and to the first mitigation command (reduce_only or
+  stronger) that covers the key (one issued within the day before and still in
+  force at onset counts as 0). Then false critical episodes per calm
+  instrument-day, per file and over all files. In the same run, two
+  baselines on the same series: a rolling z-score of bar log returns (window
+  60, |z| > 4) and River's HalfSpaceTrees (> 0.7); see ``bench/incidents.py``.
+- **Benchmark.** The anomaly operator's logic (``DetectorLogic``, default
+  config, one key per series, one feature) on every series of the benchmark
+  part, scored by ``bench/nab.py`` (standard, low-FP and low-FN profiles).
+
+A detection or command comes from a bar's close, so on coarse data (hourly,
+daily) the delay is a multiple of the bar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import incidents as inc
+from riskguard.dataflows.backtest import dump_toml, run_backtest
+from riskguard.dataflows.demo import init_keys
+from riskguard.dataflows.guard import GuardConfig, load_guard_config
+from riskguard.schemas import AnomalySignal, MitigationCommand
+from shared_data import incidents_dir, missing_reason, nab_dir
+
+Episode = tuple[str, int, str]
+DAY_NS = 86_400 * 1_000_000_000
+DETECT_GOAL_MIN = 10.0
+MITIGATE_GOAL_MIN = 15.0
+
+
+def default_config(work: Path) -> tuple[GuardConfig, str]:
+    """The default guard config with fresh demo keys and the bundled playbook."""
+    keys = init_keys(work)
+    playbook = tomllib.loads(resources.files("riskguard.dataflows").joinpath(
+        "playbook.toml").read_text())["playbook"]
+    doc = {"env": "bench", "keys": {"issuer": "riskguard-guard",
+                                    "signing_key": keys.signing_key.name,
+                                    "trust_file": keys.trust_file.name,
+                                    "roots_file": keys.roots_file.name},
+           "playbook": playbook}
+    path = work / "guard.toml"
+    path.write_text(dump_toml(doc))
+    return load_guard_config(path)
+
+
+def critical_spans(signals: Sequence[Any]) -> list[tuple[str, int, int | None]]:
+    """``(key, turned critical, closed or None)`` per episode that turned critical
+    (anomaly or price_move signals that are not warming up)."""
+    start: dict[str, tuple[str, int]] = {}
+    end: dict[str, int] = {}
+    for s in signals:
+        if not isinstance(s, AnomalySignal) or s.warming_up:
+            continue
+        eid = s.episode_id or s.id
+        if s.phase == "close":
+            end.setdefault(eid, s.ts)
+        elif s.severity.value == "critical" and eid not in start:
+            start[eid] = (s.key, s.ts)
+    return [(key, ts, end.get(eid)) for eid, (key, ts) in start.items()]
+
+
+def critical_episodes(spans: Sequence[tuple[str, int, int | None]]) -> list[Episode]:
+    """The spans as ``(key, ts, "critical")`` episodes, when each turned critical."""
+    return [(key, ts, "critical") for key, ts, _end in spans]
+
+
+def spans_delay(label: inc.Label, spans: Sequence[tuple[str, int, int | None]],
+                key: str) -> float | None:
+    """Minutes from onset to the first moment the key is critical, from one bar before
+    onset on (a span already critical then counts from there), before the window ends."""
+    lo = label.onset_ns - label.resolution_ns
+    starts = [max(ts, lo) for k, ts, end in spans
+              if k == key and ts < label.end_ns and (end is None or end > lo)]
+    return None if not starts else (min(starts) - label.onset_ns) / inc.MINUTE_NS
+
+
+def mitigation_delay(label: inc.Label, commands: Sequence[MitigationCommand],
+                     key: str) -> float | None:
+    """Minutes from onset to the first reduce_only-or-stronger command covering the key
+    issued before the window ends and not lifted before onset (one in force at onset
+    counts as 0)."""
+    lifted: dict[str, int] = {}
+    for c in commands:
+        for cid in c.params.get("resumes", []):
+            lifted.setdefault(str(cid), c.issued_at)
+    times = [max(c.issued_at, label.onset_ns) for c in commands
+             if c.action.value in inc.MITIGATING_ACTIONS and c.issued_at < label.end_ns
+             and lifted.get(c.command_id, 2**62) > label.onset_ns
+             and c.issued_at >= label.onset_ns - DAY_NS
+             and inc.command_applies(c.scope.label(), key)]
+    return None if not times else (min(times) - label.onset_ns) / inc.MINUTE_NS
+
+
+def run_guard(loaded: inc.LoadResult, cfg: GuardConfig, digest: str
+              ) -> tuple[list[tuple[str, int, int | None]], list[MitigationCommand],
+                         dict[str, float]]:
+    """The guard over each incident file (all its series in one run, as a desk feeds it):
+    its critical spans, its commands and the wall time per file."""
+    spans: list[tuple[str, int, int | None]] = []
+    commands: list[MitigationCommand] = []
+    wall: dict[str, float] = {}
+    for file in sorted({s.file for s in loaded.series}):
+        records = sorted((r for s in loaded.series if s.file == file for r in s.records),
+                         key=lambda r: r.ts)
+        t0 = time.perf_counter()
+        res = run_backtest(cfg, digest, records=records)
+        wall[file] = time.perf_counter() - t0
+        spans.extend(critical_spans(res.signals))
+        commands.extend(res.commands)
+    return spans, commands, wall
+
+
+def incident_report(directory: Path) -> list[str]:
+    """The incident part's lines."""
+    labels = inc.load_labels(directory / "labels.toml")
+    loaded = inc.load_all(directory)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, digest = default_config(Path(tmp))
+        spans, commands, wall = run_guard(loaded, cfg, digest)
+    runs: dict[str, list[Episode]] = {"guard": critical_episodes(spans)}
+    for name, baseline in inc.BASELINES.items():
+        runs[name] = [ep for s in loaded.series for ep in baseline(s)]
+
+    def fmt(v: float | None) -> str:
+        return "missed" if v is None else f"{v:.0f}"
+
+    lines = [f"{'incident':<28} {'series':<22} {'bar':>4} {'guard':>7} {'command':>8} "
+             f"{'zscore':>7} {'hst':>7}   (minutes from onset)"]
+    met = earlier = 0
+    for lb in labels:
+        key = inc.label_key(lb)
+        detect, mitigate = spans_delay(lb, spans, key), mitigation_delay(lb, commands, key)
+        z = inc.incident_delays(lb, runs["zscore"]).detect_min
+        h = inc.incident_delays(lb, runs["hst"]).detect_min
+        bar_min = lb.resolution_ns / inc.MINUTE_NS
+        detect_goal = max(DETECT_GOAL_MIN, bar_min)
+        mitigate_goal = max(MITIGATE_GOAL_MIN, 2 * bar_min)
+        ok = (detect is not None and detect <= detect_goal
+              and mitigate is not None and mitigate <= mitigate_goal)
+        met += ok
+        earlier += detect is not None and (z is None or detect < z)
+        lines.append(f"{lb.name:<28} {lb.series:<22} {lb.resolution:>4} "
+                     f"{fmt(detect):>7} {fmt(mitigate):>8} {fmt(z):>7} "
+                     f"{fmt(h):>7} {'' if ok else ' <- goal missed'}")
+    lines.append(f"incidents within goal (critical <= max(10 min, 1 bar), command <= "
+                 f"max(15 min, 2 bars)): {met} of {len(labels)}; guard earlier than the "
+                 f"z-score: {earlier} of {len(labels)}")
+    lines.append("false critical episodes per calm instrument-day:")
+    fas = {name: inc.false_alarms(loaded.series, labels, eps) for name, eps in runs.items()}
+    for file in sorted({s.file for s in loaded.series}):
+        names = [inc.series_name(s) for s in loaded.series if s.file == file]
+        days = sum(fas["guard"].per_series[n][1] for n in names)
+        cells = []
+        for name, fa in fas.items():
+            n = sum(fa.per_series[x][0] for x in names)
+            cells.append(f"{name} {n / days:.3f}" if days else f"{name} -")
+        lines.append(f"  {file[:58]:<58} {days:7.1f} days  " + "  ".join(cells))
+    total = "  ".join(f"{name} {fa.rate:.3f} ({fa.episodes})" for name, fa in fas.items()
+                      if fa.rate is not None)
+    lines.append(f"  {'all files':<58} {fas['guard'].days:7.1f} days  {total}")
+    lines.append(f"guard wall time {sum(wall.values()):.1f} s over {len(wall)} files")
+    return lines
+
+
+def benchmark_report(directory: Path) -> list[str]:
+    """The benchmark part's lines."""
+    import nab  # bench/nab.py, only for this part
+
+    return nab.report_lines(directory)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--part", choices=("incidents", "benchmark", "all"), default="all")
+    args = p.parse_args(argv)
+    print(f"riskguard detection on real data, {time.strftime('%Y-%m-%d')}")
+    status = 0
+    for part, directory, report in (("incidents", incidents_dir(), incident_report),
+                                    ("benchmark", nab_dir(), benchmark_report)):
+        if args.part not in (part, "all"):
+            continue
+        reason = missing_reason(directory)
+        if reason:
+            print(f"{part}: skipped, {reason}")
+            status = 1
+            continue
+        print(f"== {part} ({directory})")
+        for line in report(directory):
+            print(line)
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
