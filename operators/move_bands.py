@@ -13,11 +13,15 @@ carries (its close, and the low and high seen since the previous vector):
   one interval: a bar cannot show a one-minute move.
 - **Drawdown and rally**: from the highest high (lowest low) of the last day.
 - **Volatility-scaled bands with floors and caps.** A move's band is
-  ``band_k * sigma * sqrt(h)``, kept within ``[floor, cap]`` for that horizon,
-  where ``sigma`` is the key's robust volatility per square root of time (an
-  exponentially weighted mean of squared interval returns, each clipped at
-  ``vol_clip`` standard deviations; it is **not learned while an episode is
-  open**, so a persistent move stays outside its band while it lasts).
+  ``band_k`` times the key's typical move of that kind (the root mean square
+  of its own moves over that horizon, or of its own drawdowns, learned as an
+  exponentially weighted mean with a ``vol_halflife_s`` half-life, each move
+  clipped at ``vol_clip`` times the typical one), kept within ``[floor,
+  cap]`` for that horizon. Until a horizon has seen ``warmup_returns``
+  horizons' worth of moves, the interval returns' volatility scaled by the
+  square root of time stands in; before that, the cap. Nothing is learned
+  while an episode is open, so a persistent move stays outside its band while
+  it lasts.
 - **Severity.** ``warn`` when a move leaves its band; ``critical`` when it
   goes ``critical_ratio`` times past it, when ``confirm_horizons`` horizons
   (the drawdown counts as one) are out of their bands at once (a fall seen at
@@ -31,7 +35,7 @@ carries (its close, and the low and high seen since the previous vector):
 Signals are :class:`~riskguard.schemas.AnomalySignal` records of kind
 ``price_move``: ``score`` is the largest move-to-band ratio and ``threshold``
 is 1; ``top_features`` name the horizons (``move_1h``, ``drawdown_1d``) with
-the move in bps as ``value`` and in standard deviations as ``zscore``.
+the move in bps as ``value`` and in typical moves as ``zscore``.
 
 >>> from riskguard.schemas import FeatureVector, Scope, ScopeKind
 >>> bands = MoveBands(MoveBandConfig(), key="binance/BTCUSDT")
@@ -81,8 +85,8 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     floor_bps: tuple[float, ...] = (50.0, 80.0, 120.0, 200.0, 300.0, 500.0)
     cap_bps: tuple[float, ...] = (300.0, 500.0, 700.0, 1000.0, 1500.0, 2000.0)
     drawdown_s: float = 86_400.0
-    band_k: tuple[float, ...] = (6.0, 5.5, 5.0, 4.5, 4.0, 3.5)
-    critical_ratio: float = 1.5
+    band_k: tuple[float, ...] = (7.0, 6.0, 5.5, 5.0, 4.0, 3.0)
+    critical_ratio: float = 1.25
     confirm_horizons: int = 2
     vol_halflife_s: float = 7 * 86_400.0
     vol_clip: float = 4.0
@@ -142,6 +146,8 @@ class MoveBandState:
     last_close: float = 0.0
     var_rate: float = 0.0  # squared log return per ns
     n_returns: int = 0
+    # per horizon (ns): [mean squared move over that horizon, horizons' worth of samples]
+    h_var: dict[int, list[float]] = field(default_factory=dict)
     signals: int = 0
     episodes: int = 0
     ep_open: bool = False
@@ -179,6 +185,7 @@ class MoveBands:
         self._cap = [b * 1e-4 for b in c.cap_bps]
         self._dd_ns = int(c.drawdown_s * NS)
         self._for_interval = -1
+        self._returns: list[tuple[int, float]] = []
         self._horizons = self._h_ns
         self._dd_name = _label(c.drawdown_s)
         self._decay_per_ns = math.log(2.0) / (c.vol_halflife_s * NS)
@@ -192,6 +199,7 @@ class MoveBands:
         snap = MoveBandState(**s.__dict__)
         snap.fine = list(s.fine)
         snap.coarse = list(s.coarse)
+        snap.h_var = {h: list(v) for h, v in s.h_var.items()}
         return snap
 
     @property
@@ -215,7 +223,7 @@ class MoveBands:
         high = fv.high if fv.high is not None and fv.high >= price else price
         if fv.interval_ns:
             s.interval_ns = fv.interval_ns  # bars: no horizon is shorter than one bar
-        ratios = self._measure(ts, low, high)
+        ratios = self._measure(ts, price, low, high)
         out = self._episode(fv, ratios)
         if not s.ep_open:
             self._learn(ts, price)
@@ -237,18 +245,21 @@ class MoveBands:
             return None
         return tier[i][1]
 
-    def _measure(self, ts: int, low: float, high: float
-                 ) -> list[tuple[float, float, str, float]]:
-        """``(ratio, move, name, cap)`` per horizon and for the drawdown/rally. A horizon
-        shorter than the data's interval is measured over one interval, with the band
-        settings of that length (interpolated between the configured horizons)."""
+    def _measure(self, ts: int, price: float, low: float, high: float
+                 ) -> list[tuple[float, float, str, float, float]]:
+        """``(ratio, move, name, cap, typical move)`` per horizon and for the
+        drawdown/rally. A horizon shorter than the data's interval is measured over one
+        interval, with the band settings of that length (interpolated between the
+        configured horizons)."""
         s = self.s
         sigma = self.sigma_per_sqrt_ns
         interval = s.interval_ns
-        out: list[tuple[float, float, str, float]] = []
+        out: list[tuple[float, float, str, float, float]] = []
         if interval != self._for_interval:
             self._for_interval = interval
             self._horizons = sorted({max(h, interval) for h in self._h_ns})
+        returns = self._returns
+        returns.clear()
         for h in self._horizons:
             ref = (self._reference(s.fine, _FINE_NS, ts - h, h)
                    if h <= 3600 * NS and h % _FINE_NS == 0
@@ -258,9 +269,11 @@ class MoveBands:
             down = math.log(low / ref)
             up = math.log(high / ref)
             move = down if -down >= up else up
+            returns.append((h, move))
             k, floor, cap = self._params(h)
-            out.append((abs(move) / self._band(k, floor, cap, sigma, h), move,
-                        f"move_{_label(h / NS)}", cap))
+            scale = self._scale(h, sigma)
+            out.append((abs(move) / self._band(k, floor, cap, scale), move,
+                        f"move_{_label(h / NS)}", cap, scale or 0.0))
         if s.coarse:
             first = -(-ts // _COARSE_NS) - self._dd_ns // _COARSE_NS
             recent = [x for x in s.coarse if x[0] >= first]
@@ -268,10 +281,12 @@ class MoveBands:
             lo = min(low, min((x[2] for x in recent), default=low))
             h = max(self._dd_ns, interval)
             k, floor, cap = self._params(h)
-            band = self._band(k, floor, cap, sigma, h)
             dd, ru = math.log(low / hi), math.log(high / lo)
             move, name = (dd, "drawdown") if -dd >= ru else (ru, "rally")
-            out.append((abs(move) / band, move, f"{name}_{self._dd_name}", cap))
+            returns.append((-h, move))  # its own scale: a drawdown is no close-to-close move
+            scale = self._scale(-h, sigma, h)
+            band = self._band(k, floor, cap, scale)
+            out.append((abs(move) / band, move, f"{name}_{self._dd_name}", cap, scale or 0.0))
         return out
 
     def _params(self, h_ns: int) -> tuple[float, float, float]:
@@ -292,18 +307,44 @@ class MoveBands:
 
         return mix(self._k), mix(self._floor), mix(self._cap)
 
+    def _scale(self, key: int, sigma: float | None, h_ns: int = 0) -> float | None:
+        """The typical size of measure ``key`` (a horizon in ns; minus it for the
+        drawdown): the root mean square of the key's own such moves once it has seen
+        ``warmup_returns`` horizons' worth, else ``sigma * sqrt(h)`` from interval
+        returns, else None (warming up)."""
+        hv = self.s.h_var.get(key)
+        if hv is not None and hv[1] >= self.config.warmup_returns:
+            return math.sqrt(hv[0])
+        return None if sigma is None else sigma * math.sqrt(h_ns or key)
+
     @staticmethod
-    def _band(k: float, floor: float, cap: float, sigma: float | None, h_ns: int) -> float:
-        """``k * sigma * sqrt(h)`` within ``[floor, cap]``; the cap while warming up."""
-        if sigma is None:
+    def _band(k: float, floor: float, cap: float, scale: float | None) -> float:
+        """``k * scale`` within ``[floor, cap]``; the cap while warming up."""
+        if scale is None:
             return cap
-        return min(cap, max(floor, k * sigma * math.sqrt(h_ns)))
+        return min(cap, max(floor, k * scale))
 
     def _learn(self, ts: int, price: float) -> None:
         s = self.s
         if s.last_ts < 0 or ts <= s.last_ts:
             return
         dt = ts - s.last_ts
+        clip2 = self.config.vol_clip ** 2
+        warm = self.config.warmup_returns
+        for key, move in self._returns:
+            hv = s.h_var.get(key)
+            if hv is None:
+                hv = s.h_var[key] = [0.0, 0.0]
+            span = abs(key)
+            w = min(1.0, dt / span)  # overlapping moves: one horizon's worth per horizon
+            m2 = move * move
+            if hv[1] >= warm:
+                m2 = min(m2, clip2 * hv[0])
+                a = min(w, -math.expm1(-self._decay_per_ns * max(dt, span // 10)))
+            else:
+                a = w / (hv[1] + w)
+            hv[0] += a * (m2 - hv[0])
+            hv[1] += w
         r2 = math.log(price / s.last_close) ** 2 / dt
         if s.n_returns >= self.config.warmup_returns:
             lim = self.config.vol_clip ** 2 * s.var_rate
@@ -327,12 +368,12 @@ class MoveBands:
                 while tier and tier[0][0] <= k - keep:
                     del tier[0]
 
-    def _episode(self, fv: FeatureVector, ratios: list[tuple[float, float, str, float]]
+    def _episode(self, fv: FeatureVector, ratios: list[tuple[float, float, str, float, float]]
                  ) -> list[AnomalySignal]:
         s = self.s
         c = self.config
         top = max((r[0] for r in ratios), default=0.0)
-        capped = any(abs(move) >= cap for _r, move, _n, cap in ratios)
+        capped = any(abs(r[1]) >= r[3] for r in ratios)
         if top >= 1.0 or capped:
             confirmed = sum(1 for r in ratios if r[0] >= 1.0) >= c.confirm_horizons
             sev = (Severity.CRITICAL if capped or confirmed or top >= c.critical_ratio
@@ -358,17 +399,14 @@ class MoveBands:
 
     def _signal(self, fv: FeatureVector, phase: Literal["open", "escalate", "close"],
                 severity: Severity, top: float,
-                ratios: list[tuple[float, float, str, float]]) -> AnomalySignal:
+                ratios: list[tuple[float, float, str, float, float]]) -> AnomalySignal:
         s = self.s
         s.signals += 1
-        sigma = self.sigma_per_sqrt_ns
-        contributions = []
-        for _ratio, move, name, _cap in sorted(ratios, key=lambda r: (-r[0], r[2]))[
-                : self.config.top_k]:
-            h = self._horizon_ns(name)
-            z = move / (sigma * math.sqrt(h)) if sigma else 0.0
-            contributions.append(Contribution(feature=name, value=move * 1e4,
-                                              zscore=max(-1e12, min(1e12, z))))
+        contributions = [
+            Contribution(feature=name, value=move * 1e4,
+                         zscore=max(-1e12, min(1e12, move / scale)) if scale else 0.0)
+            for _ratio, move, name, _cap, scale in sorted(ratios, key=lambda r: (-r[0], r[2]))[
+                : self.config.top_k]]
         key = self.key or fv.key
         sid = str(uuid.uuid5(_NAMESPACE, f"{key}:{s.signals}:{phase}:{fv.ts}"))
         return AnomalySignal(
@@ -378,8 +416,3 @@ class MoveBands:
             top_features=contributions, model="MoveBands",
             model_version=self.config.model_version, evidence_ids=list(fv.evidence_ids),
         )
-
-    def _horizon_ns(self, name: str) -> int:
-        label = name.rsplit("_", 1)[1]
-        size = {"d": 86_400, "h": 3600, "m": 60, "s": 1}[label[-1]]
-        return int(float(label[:-1]) * size * NS)
