@@ -87,6 +87,7 @@ from riskguard.schemas import (
     Audience,
     Balance,
     Bar,
+    BookDepth,
     DeadLetter,
     DetectProgress,
     Exposure,
@@ -113,7 +114,7 @@ from riskguard.config import CommonConfig, config_hash, decode_section, read_tom
 from riskguard.errors import ConfigError, VerificationError
 
 NS = 1_000_000_000
-MARKET = (Trade, Quote, Bar, OptionQuote, IndexPrice, FundingRate)
+MARKET = (Trade, Quote, Bar, BookDepth, OptionQuote, IndexPrice, FundingRate)
 TRADING = (Fill, PositionSnapshot, Balance, OpenOrders)
 # Everything the guard core consumes; any other record type (a bare, unsigned command
 # included) is a dead letter.
@@ -364,6 +365,9 @@ def is_broadcast(rec: Any) -> bool:
     return t is IndexPrice or t is VenueStatus
 
 
+_DETECTION_ONLY = (Bar, BookDepth)
+
+
 class MarkFilter:
     """Per worker: pass a price to exposure valuation when it moved or aged enough.
 
@@ -406,8 +410,8 @@ class MarkFilter:
                 price = (rec.bid + rec.ask) / 2
             elif isinstance(rec, priced):
                 price = rec.price
-            elif type(rec) is Bar:
-                continue  # bars feed detection; positions are marked by trades and quotes
+            elif type(rec) in _DETECTION_ONLY:
+                continue  # bars and depth feed detection; trades and quotes mark positions
             else:
                 out.append(rec)
                 continue

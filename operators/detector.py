@@ -35,7 +35,12 @@ Models (``model``):
   old outlier would squeeze every later point into a corner;
 - ``river_hst``: River's own ``HalfSpaceTrees`` objects (same scores; about
   170 KiB per snapshot and 15 ms to build per key; for comparison);
-- ``gaussian`` (the default for one feature): River's ``GaussianScorer``,
+- ``range`` (the default for one feature):
+  :class:`~riskguard.operators.range_scorer.RangeScorer`, how far the value (or
+  its short means, or its stillness) lies beyond its recent extremes, in recent
+  ranges, against the fixed ``range_threshold``; it protects itself by learning
+  an anomalous value clipped, and a flat history never blinds it;
+- ``gaussian``: River's ``GaussianScorer``,
   scored as the surprise ``-log10`` of its two-sided tail probability;
 - ``oneclass_svm``: ``StandardScaler | OneClassSVM``;
 - ``lof``: River's ``LocalOutlierFactor``, about 160 events/s: **low-rate
@@ -96,6 +101,7 @@ from typing import Any, Literal
 import msgspec
 from riskguard.operators.anomaly_hst import ArrayHST, hst_shape
 from riskguard.operators.move_bands import MoveBandConfig, MoveBands, MoveBandState
+from riskguard.operators.range_scorer import RangeScorer
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import encode
 from riskguard.schemas.signals import AnomalySignal, Contribution, FeatureVector, Severity
@@ -105,7 +111,7 @@ from riskguard.errors import ConfigError
 NS = 1_000_000_000
 _NAMESPACE = uuid.UUID("6f1d3c1e-6a57-5d8e-9a55-7c1b0a2e4d11")
 _SEVERITY_RANK = {Severity.INFO: 0, Severity.WARN: 1, Severity.CRITICAL: 2}
-_MODELS = ("auto", "hst", "river_hst", "gaussian", "oneclass_svm", "lof")
+_MODELS = ("auto", "hst", "river_hst", "range", "gaussian", "oneclass_svm", "lof")
 _BINS = 256
 _MAX_FINITE = 1.7976931348623157e308
 _EMPTY_BINS = bytes(4 * _BINS)
@@ -118,7 +124,8 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     seconds to build. ``lof`` manages about 160 events/s: low-rate keys only.
     """
 
-    model: Literal["auto", "hst", "river_hst", "gaussian", "oneclass_svm", "lof"] = "auto"
+    model: Literal["auto", "hst", "river_hst", "range", "gaussian", "oneclass_svm",
+                   "lof"] = "auto"
     model_version: str = "2"
     features: tuple[str, ...] = ()
     scaler: Literal["squash", "minmax"] = "squash"
@@ -139,7 +146,7 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     target_alarm_rate: float = 0.0005
     threshold_window: int = 4000
     threshold_floor: float | None = None
-    threshold_margin: float = 0.15
+    threshold_margin: float = 0.8
     protect_model: bool = True
     protect_max_points: int = 120
     protect_max_episodes: float = 3.0
@@ -149,13 +156,18 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     drift_cooldown_points: int = 300
     blend_points: int = 250
     hysteresis: float = 0.9
-    close_quiet_points: int = 5
+    close_quiet_points: int = 60
     close_quiet_ns: int = 5 * NS
     warn_excess: float = 0.05
     critical_excess: float = 0.15
     warn_duration_ns: int = 10 * NS
     critical_duration_ns: int = 60 * NS
+    warn_points: int = 10
+    critical_points: int = 60
     top_k: int = 3
+    range_threshold: float = 0.01
+    range_block: int = 128
+    range_blocks: int = 48
     bands: MoveBandConfig = MoveBandConfig()
     topic: str = "features"
     step: str = "detect"
@@ -187,7 +199,11 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError(path + ".threshold_floor",
                               "must be below 1: Half-Space Trees scores never exceed 1",
                               self.threshold_floor)
-        for name in ("hst_trees", "hst_height", "hst_window", "threshold_window",
+        if not (math.isfinite(self.range_threshold) and self.range_threshold > 0.0):
+            raise ConfigError(path + ".range_threshold", "must be a positive number",
+                              self.range_threshold)
+        for name in ("hst_trees", "hst_height", "hst_window", "threshold_window", "range_block",
+                     "range_blocks",
                      "blend_points", "top_k", "close_quiet_points", "protect_max_points"):
             if getattr(self, name) < 1:
                 raise ConfigError(path + "." + name, "must be a positive integer",
@@ -196,7 +212,8 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError(path + ".hst_height",
                               "must be <= 12 (height 15 costs > 500 us per event)",
                               self.hst_height)
-        for name in ("warmup_events", "warmup_ns", "close_quiet_ns", "drift_cooldown_points"):
+        for name in ("warmup_events", "warmup_ns", "close_quiet_ns", "drift_cooldown_points",
+                     "warn_points", "critical_points"):
             if getattr(self, name) < 0:
                 raise ConfigError(path + "." + name, "must be >= 0", getattr(self, name))
         if not 0.5 <= self.tail_quantile < 1.0:
@@ -220,7 +237,7 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
 def model_kind(config: DetectorConfig, n_features: int) -> str:
     """The model kind ``auto`` resolves to for ``n_features`` features."""
     if config.model == "auto":
-        return "gaussian" if n_features == 1 else "hst"
+        return "range" if n_features == 1 else "hst"
     return config.model
 
 
@@ -232,11 +249,13 @@ def model_name(config: DetectorConfig, features: tuple[str, ...]) -> str:
     name = {
         "hst": f"{scaler}|HalfSpaceTrees{size}",
         "river_hst": f"{scaler}|river.HalfSpaceTrees{size}",
+        "range": "RangeScorer",
         "gaussian": "GaussianScorer",
         "oneclass_svm": "StandardScaler|OneClassSVM",
         "lof": "LocalOutlierFactor",
     }[kind]
-    return name + "+tail" if config.tail and kind != "gaussian" else name
+    return name + "+tail" if config.tail and kind in ("hst", "river_hst", "oneclass_svm",
+                                                       "lof") else name
 
 
 def prepare_models(config: DetectorConfig, feature_sets: Iterable[Sequence[str]]) -> None:
@@ -260,6 +279,9 @@ def make_model(config: DetectorConfig, features: tuple[str, ...]) -> Any:
     if kind == "hst":
         return ArrayHST(hst_shape(tuple(sorted(features)), config.hst_trees, config.hst_height,
                                   config.hst_window, config.seed))
+    if kind == "range":
+        return RangeScorer(block=config.range_block, blocks=config.range_blocks,
+                           threshold=config.range_threshold)
     from river import anomaly, preprocessing  # noqa: PLC0415  # river import is slow; lazy
 
     if kind == "gaussian":
@@ -406,6 +428,7 @@ class DetectorState:
     ep_severity: str = "info"
     ep_peak_excess: float = 0.0
     ep_warming: bool = False
+    ep_points: int = 0
     bands: MoveBandState | None = None
 
 
@@ -464,7 +487,7 @@ class DetectorLogic:
             self._pick = operator.itemgetter(*feats)
         else:  # itemgetter of one key returns the value itself, not a tuple
             self._pick = lambda values: [values[f] for f in feats]
-        self._tailing = self.config.tail and self.kind != "gaussian"
+        self._tailing = self.config.tail and self.kind not in ("gaussian", "range")
         self.quantile.bounded = self.kind in ("hst", "river_hst")
 
     def _new_model(self) -> Any:
@@ -485,6 +508,8 @@ class DetectorLogic:
             return bool(m.ready)
         if self.kind == "river_hst":
             return not m._first_window  # River's own flag
+        if self.kind == "range":
+            return not m.warming_up
         if self.kind == "gaussian":
             # GaussianScorer scores 0 during its grace period
             return bool(m.gaussian.n_samples >= m.grace_period)
@@ -574,6 +599,8 @@ class DetectorLogic:
             get = values.get
             x = [get(f, 0.0) for f in feats]
         s.n_seen += 1
+        if self.kind == "range":
+            return self._on_range(fv, x[0], moves)
         # running z-scores against the learned statistics (score before learning)
         n_stats = s.n_stats
         sd: list[float] | None = None
@@ -667,6 +694,27 @@ class DetectorLogic:
                 out.append(self._signal(fv, "regime_change", "open", score, thr,
                                         Severity.INFO, warming, contributions, None))
                 self._adapt(fv.ts)
+        return out
+
+    def _on_range(self, fv: FeatureVector, x: float, moves: Sequence[AnomalySignal]
+                  ) -> list[AnomalySignal | DeadLetter]:
+        """One feature, :class:`RangeScorer`: a fixed threshold in recent ranges, and the
+        scorer protects itself (an anomalous value is learned clipped)."""
+        s = self.s
+        c = self.config
+        score = self.model.update(x)
+        s.n_learned += 1
+        warming = (score is None or s.n_learned < c.warmup_events
+                   or fv.ts - s.first_ts < c.warmup_ns)
+        score = score or 0.0
+        thr = c.range_threshold
+        anomalous = score >= thr
+        reason = self.model.reason
+        contributions = ([Contribution(feature=s.features[0], value=x,
+                                       zscore=min(1e12, reason[4]))]
+                         if anomalous and reason is not None else [])
+        out: list[AnomalySignal | DeadLetter] = list(moves)
+        out.extend(self._episode(fv, score, thr, anomalous, warming, contributions))
         return out
 
     # -- internals ---------------------------------------------------------
@@ -794,11 +842,16 @@ class DetectorLogic:
         return [Contribution(feature=feats[i], value=x[i], zscore=max(-1e12, min(1e12, z[i])))
                 for i in order[: self.config.top_k]]
 
-    def _severity(self, excess: float, duration: int) -> Severity:
+    def _severity(self, excess: float, duration: int, points: int = 0) -> Severity:
+        """By how far the score passed the threshold, or by how long the episode has
+        lasted: both in event time and in anomalous vectors (two 1-minute bars are
+        not a minute of anomalous 1-second vectors)."""
         c = self.config
-        if excess >= c.critical_excess or duration >= c.critical_duration_ns:
+        if excess >= c.critical_excess or (duration >= c.critical_duration_ns
+                                           and points >= c.critical_points):
             return Severity.CRITICAL
-        if excess >= c.warn_excess or duration >= c.warn_duration_ns:
+        if excess >= c.warn_excess or (duration >= c.warn_duration_ns
+                                       and points >= c.warn_points):
             return Severity.WARN
         return Severity.INFO
 
@@ -809,7 +862,9 @@ class DetectorLogic:
         c = self.config
         ts = fv.ts
         if anomalous:
-            excess = (score - thr) / max(abs(thr), 1e-12)
+            # in ranges beyond the recent extremes for the range scorer, else relative to
+            # the threshold
+            excess = score if self.kind == "range" else (score - thr) / max(abs(thr), 1e-12)
             if not s.ep_open:
                 s.episodes += 1
                 s.recent_opens += 1.0
@@ -818,6 +873,7 @@ class DetectorLogic:
                 s.ep_quiet = 0
                 s.ep_peak_excess = excess
                 s.ep_warming = warming
+                s.ep_points = 1
                 sev = self._severity(excess, 0)
                 s.ep_severity = sev.value
                 s.ep_last_anom = ts
@@ -825,8 +881,9 @@ class DetectorLogic:
                                      contributions, self._episode_id())]
             s.ep_quiet = 0
             s.ep_last_anom = ts
+            s.ep_points += 1
             s.ep_peak_excess = max(s.ep_peak_excess, excess)
-            sev = self._severity(s.ep_peak_excess, ts - s.ep_start)
+            sev = self._severity(s.ep_peak_excess, ts - s.ep_start, s.ep_points)
             if _SEVERITY_RANK[sev] > _SEVERITY_RANK[Severity(s.ep_severity)]:
                 s.ep_severity = sev.value
                 return [self._signal(fv, "anomaly", "escalate", score, thr, sev,

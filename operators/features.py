@@ -51,6 +51,7 @@ from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import encode
 from riskguard.schemas.market import (
     Bar,
+    BookDepth,
     FundingRate,
     IndexPrice,
     OptionQuote,
@@ -209,6 +210,12 @@ class FeatureState:
     px_high: float = 0.0
     interval_ns: int = 0  # the bar interval of a key fed bars
     range_bps: float = 0.0
+    # book depth within the innermost band, and when each side last changed
+    has_depth: bool = False
+    bid_depth: float = 0.0
+    ask_depth: float = 0.0
+    bid_depth_ts: int = -1
+    ask_depth_ts: int = -1
     has_quotes: bool = False
     change_ts: int = -1
     spread_bps: float = 0.0
@@ -249,6 +256,22 @@ class FeatureState:
     hb_rate_slow: float = 0.0
 
 
+def _depth_problem(rec: BookDepth) -> tuple[str, str, str] | None:
+    """``(path, expected, found)`` of the first thing wrong with a depth snapshot."""
+    n = len(rec.bands_pct)
+    if n == 0 or len(rec.bid_depth) != n or len(rec.ask_depth) != n:
+        return ("$.bands_pct", "bands_pct, bid_depth and ask_depth of one non-zero length",
+                f"{n}, {len(rec.bid_depth)}, {len(rec.ask_depth)}")
+    for name in ("bands_pct", "bid_depth", "ask_depth"):
+        for i, x in enumerate(getattr(rec, name)):
+            if not (math.isfinite(x) and x >= 0.0) or (name == "bands_pct" and x == 0.0):
+                return (f"$.{name}[{i}]", "finite number > 0" if name == "bands_pct"
+                        else "finite number >= 0", repr(x))
+    if rec.mid is not None and not (math.isfinite(rec.mid) and rec.mid > 0.0):
+        return ("$.mid", "finite number > 0", repr(rec.mid))
+    return None
+
+
 def _finite(*xs: float) -> bool:
     return all(math.isfinite(x) for x in xs)
 
@@ -256,6 +279,7 @@ def _finite(*xs: float) -> bool:
 _CHECKS: dict[type, tuple[str, ...]] = {
     Trade: ("price", "qty"),
     Bar: ("open", "high", "low", "close", "volume"),
+    BookDepth: (),
     Quote: ("bid", "ask", "bid_size", "ask_size"),
     OptionQuote: ("bid", "ask", "mark_price", "mark_iv", "underlying_price", "delta", "gamma",
                   "vega", "theta", "strike"),
@@ -263,6 +287,9 @@ _CHECKS: dict[type, tuple[str, ...]] = {
     FundingRate: ("rate",),
     VenueStatus: (),
 }
+_SNAPSHOTS = (Bar, BookDepth)
+#: relative change below which a depth band counts as unchanged (a frozen book)
+DEPTH_CHANGE = 1e-3
 _POSITIVE = {"price", "bid", "ask", "underlying_price", "strike", "open", "high", "low",
              "close"}
 
@@ -323,7 +350,7 @@ class FeatureLogic:
         s.pending = True
         if not s.kind:
             return out
-        if not by_bar or t is Bar:  # a bar is closed at its ts: its vector goes out now
+        if not by_bar or t in _SNAPSHOTS:  # a bar or a book snapshot is whole at its ts
             out.append(self._vector(s.last_ts))
             s.pending = False
         return out
@@ -376,6 +403,10 @@ class FeatureLogic:
             if name in _POSITIVE and x <= 0.0 and not (isinstance(rec, OptionQuote)
                                                        and name in ("bid", "ask")):
                 return self._dead(rec, "validation", f"$.{name}", "float > 0", repr(x))
+        if t is BookDepth:
+            bad = _depth_problem(rec)
+            if bad is not None:
+                return self._dead(rec, "validation", bad[0], bad[1], bad[2])
         if t is Bar and not rec.low <= min(rec.open, rec.close) <= max(rec.open, rec.close) \
                 <= rec.high:
             return self._dead(rec, "validation", "$.low", "low <= open, close <= high",
@@ -431,6 +462,8 @@ class FeatureLogic:
                 self._price(rec.price, ts)
         elif t is Bar:
             self._bar(rec, ts)
+        elif t is BookDepth:
+            self._depth(rec, ts)
         elif t is IndexPrice:
             if rec.venue in self.config.oracle_sources:
                 s.oracle_px = rec.price
@@ -475,6 +508,25 @@ class FeatureLogic:
             s.change_ts = ts
         s.px_low = min(s.px_low, rec.low)
         s.px_high = max(s.px_high, rec.high)
+
+    def _depth(self, rec: BookDepth, ts: int) -> None:
+        """A depth snapshot: the innermost band's depth per side, and since when it has
+        not changed by more than ``DEPTH_CHANGE`` (a frozen side is a stale feed)."""
+        s = self.s
+        if not s.kind:
+            s.kind = "market"
+        if not s.key:
+            s.key = f"{rec.venue}/{rec.instrument}"
+        i = min(range(len(rec.bands_pct)), key=rec.bands_pct.__getitem__)
+        bid, ask = rec.bid_depth[i], rec.ask_depth[i]
+        if not s.has_depth or abs(bid - s.bid_depth) > DEPTH_CHANGE * max(bid, s.bid_depth):
+            s.bid_depth_ts = max(s.bid_depth_ts, ts)
+        if not s.has_depth or abs(ask - s.ask_depth) > DEPTH_CHANGE * max(ask, s.ask_depth):
+            s.ask_depth_ts = max(s.ask_depth_ts, ts)
+        s.bid_depth, s.ask_depth, s.has_depth = bid, ask, True
+        s.quote_ts = max(s.quote_ts, ts)
+        if rec.mid is not None:
+            self._price(rec.mid, ts)
 
     def _price(self, mid: float, ts: int) -> None:
         s = self.s
@@ -602,6 +654,13 @@ class FeatureLogic:
             }
             if s.interval_ns:
                 vals["range_bps"] = s.range_bps
+            if s.has_depth:
+                b, a = s.bid_depth, s.ask_depth
+                vals["bid_depth_log"] = math.log1p(b)
+                vals["ask_depth_log"] = math.log1p(a)
+                vals["depth_imb_band"] = (b - a) / (b + a) if b + a > 0 else 0.0
+                vals["bid_stale_s"] = (now - s.bid_depth_ts) / NS
+                vals["ask_stale_s"] = (now - s.ask_depth_ts) / NS
         if not math.isfinite(sum(vals.values())):  # NaN/inf in any (or a rare overflow)
             for k, v in vals.items():
                 if not math.isfinite(v):

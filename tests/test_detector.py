@@ -62,7 +62,8 @@ def test_episode_opens_escalates_and_closes_with_hysteresis() -> None:
     cfg = DetectorConfig(model="gaussian", warmup_events=100, warmup_ns=0, drift="none",
                          target_alarm_rate=0.01, threshold_margin=1.5, close_quiet_points=3,
                          close_quiet_ns=3 * NS, warn_excess=1e9, critical_excess=1e9,
-                         warn_duration_ns=3 * NS, critical_duration_ns=8 * NS)
+                         warn_duration_ns=3 * NS, critical_duration_ns=8 * NS,
+                         warn_points=3, critical_points=8)
     logic = DetectorLogic(cfg, ManualClock())
     assert feed(logic, 0, noise(400)) == []
     sigs = feed(logic, 400, [{"x": 60.0}] * 14)

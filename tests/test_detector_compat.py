@@ -21,7 +21,8 @@ from riskguard.schemas import FeatureVector, Scope, ScopeKind
 NS = 1_000_000_000
 FIXTURE = Path(__file__).parent / "vectors" / "detector_state_v2.pkl"
 CONFIG = DetectorConfig(features=("a", "b", "c"), hst_window=50, warmup_events=100,
-                        warmup_ns=0, blend_points=50, drift_cooldown_points=20)
+                        warmup_ns=0, blend_points=50, drift_cooldown_points=20,
+                        threshold_margin=0.15, close_quiet_points=5)
 SPLIT = 300
 SCOPE = Scope(kind=ScopeKind.INSTRUMENT, value="BTC-USDT", venue="okx")
 
