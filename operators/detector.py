@@ -191,11 +191,14 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
                 "must give at least one alarm per half threshold window "
                 f"(target_alarm_rate * threshold_window / 2 >= 1, threshold_window "
                 f"{self.threshold_window}; raise one of them)", self.target_alarm_rate)
-        if not 0.0 <= self.threshold_margin < 1.0:
-            raise ConfigError(path + ".threshold_margin", "must be in [0, 1)",
+        bounded = self.model in ("auto", "hst", "river_hst")
+        top = 1.0 if bounded else math.inf
+        if not 0.0 <= self.threshold_margin < top:
+            raise ConfigError(path + ".threshold_margin",
+                              "must be in [0, 1) (a share of the room below 1 for Half-Space "
+                              "Trees)" if bounded else "must be a number >= 0",
                               self.threshold_margin)
-        if (self.threshold_floor is not None and self.threshold_floor >= 1.0
-                and self.model in ("auto", "hst", "river_hst")):
+        if self.threshold_floor is not None and self.threshold_floor >= 1.0 and bounded:
             raise ConfigError(path + ".threshold_floor",
                               "must be below 1: Half-Space Trees scores never exceed 1",
                               self.threshold_floor)

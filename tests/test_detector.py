@@ -249,3 +249,85 @@ def test_cached_threshold_always_equals_a_fresh_computation(rate: float, kept: i
             assert logic._thr == logic.threshold()
             checked += 1
     assert checked >= kept
+
+
+def test_a_threshold_no_score_can_cross_is_refused_naming_the_field() -> None:
+    """Below one alarm per half window the rolling quantile is the largest recent score,
+    which nothing exceeds: start-up stops naming target_alarm_rate and the window. An
+    HST floor of 1 or more is refused too: its scores never exceed 1."""
+    with pytest.raises(ConfigError, match=r"detector.target_alarm_rate: .*threshold_window "
+                                          r"4000") as ei:
+        DetectorConfig(target_alarm_rate=0.0002, threshold_window=4000).validate()
+    assert ei.value.found == 0.0002
+    with pytest.raises(ConfigError, match=r"detector.threshold_floor: must be below 1"):
+        DetectorConfig(threshold_floor=1.2).validate()
+    DetectorConfig().validate()  # the defaults can alarm
+    assert DetectorConfig().target_alarm_rate * DetectorConfig().threshold_window / 2 >= 1
+
+
+def _stationary(n: int, seed: int) -> list[dict[str, float]]:
+    rng = random.Random(seed)
+    return [{"a": rng.gauss(0.0, 1.0), "b": rng.gauss(5.0, 2.0), "c": rng.gauss(-3.0, 0.5)}
+            for _ in range(n)]
+
+
+def test_half_space_trees_alone_alarm_at_the_promised_rate_without_a_margin() -> None:
+    """With the tail rule off and no margin, HST's own scores cross the threshold on
+    about target_alarm_rate of stationary points (it used to be a rolling maximum that
+    no HST score could pass: zero alarms)."""
+    cfg = DetectorConfig(tail=False, threshold_margin=0.0, target_alarm_rate=0.005,
+                         threshold_window=2000, warmup_events=300, warmup_ns=0,
+                         hst_window=100, drift="none", close_quiet_points=1, close_quiet_ns=0,
+                         protect_model=False)
+    logic = DetectorLogic(cfg, ManualClock())
+    sigs = feed(logic, 0, _stationary(12_000, seed=3))
+    opens = [s for s in sigs if s.phase == "open" and not s.warming_up]
+    rate = len(opens) / 11_000
+    assert 0.3 * cfg.target_alarm_rate <= rate <= 1.5 * cfg.target_alarm_rate
+
+
+def test_half_space_trees_alone_flag_a_joint_outlier_with_the_default_margin() -> None:
+    """Default margin, tail rule off: a point far out in every feature at once is
+    flagged by the trees themselves."""
+    cfg = DetectorConfig(tail=False, warmup_events=300, warmup_ns=0, hst_window=100,
+                         drift="none")
+    logic = DetectorLogic(cfg, ManualClock())
+    feed(logic, 0, _stationary(3000, seed=5))
+    sigs = feed(logic, 3000, [{"a": 9.0, "b": 25.0, "c": 2.0}])
+    assert [(s.kind, s.phase) for s in sigs] == [("anomaly", "open")]
+
+
+def test_the_tail_cut_does_not_learn_a_persistent_extreme_move() -> None:
+    """A crash of repeated 8-18 sigma returns keeps its episode open while it lasts: the
+    tail cut (each feature's peak |z|) does not rise under it, even after protection
+    lapses and the statistics learn again."""
+    cfg = DetectorConfig(warmup_events=300, warmup_ns=0, hst_window=100, drift="none",
+                         protect_max_points=20)
+    logic = DetectorLogic(cfg, ManualClock())
+    rng = random.Random(8)
+    calm = [{"ret": rng.gauss(0.0, 1.0), "rv": abs(rng.gauss(1.0, 0.1))} for _ in range(2000)]
+    feed(logic, 0, calm)
+    peak_before = list(logic.s.peak)
+    crash = [{"ret": (-1) ** k * rng.uniform(8.0, 18.0), "rv": abs(rng.gauss(1.0, 0.1))}
+             for k in range(200)]
+    sigs = feed(logic, 2000, crash)
+    assert next(s.phase for s in sigs if s.kind == "anomaly") == "open"
+    assert "close" not in [s.phase for s in sigs if s.kind == "anomaly"]
+    assert logic.s.ep_open
+    assert logic.s.peak == peak_before
+
+
+def test_two_anomalous_minute_bars_are_not_critical_by_duration_alone() -> None:
+    """Duration escalates severity only with as many anomalous vectors: two 1-minute
+    bars span 60 s of event time but are two points, not a minute of anomaly."""
+    cfg = DetectorConfig(model="gaussian", warmup_events=100, warmup_ns=0, drift="none",
+                         target_alarm_rate=0.01, threshold_margin=1.5, warn_excess=1e9,
+                         critical_excess=1e9)
+    logic = DetectorLogic(cfg, ManualClock())
+    minute = 60
+    out = []
+    for j, x in enumerate([*noise(300), {"x": 80.0}, {"x": 85.0}]):
+        out.extend(logic.on_event(fv(j * minute, x)))
+    anomalies = [s for s in out if s.kind == "anomaly"]
+    assert [s.phase for s in anomalies] == ["open"]
+    assert anomalies[0].severity.value == "info"

@@ -8,6 +8,8 @@ import pytest
 from riskguard.operators.clock import ManualClock
 from riskguard.operators.features import FeatureConfig, FeatureLogic, route
 from riskguard.schemas import (
+    Bar,
+    BookDepth,
     DeadLetter,
     FeatureVector,
     IndexPrice,
@@ -148,3 +150,94 @@ def test_each_key_class_emits_exactly_its_named_feature_set() -> None:
     assert set(market.values) == set(MARKET_FEATURES)
     assert [set(v.values) for v in venue] == [set(VENUE_FEATURES)]
     assert [set(v.values) for v in opt] == [set(OPTION_FEATURES)]
+
+
+def bar(i: int, close: float, *, low: float | None = None, high: float | None = None,
+        open_: float | None = None, minutes: int = 1, price_only: bool = True) -> Bar:
+    ivl = minutes * 60 * NS
+    o = close if open_ is None else open_
+    return Bar(id=f"b{i}", venue="binance", instrument="BTCUSDT", ts=(i + 1) * ivl,
+               start=i * ivl, interval_ns=ivl, open=o, close=close,
+               low=min(o, close) if low is None else low,
+               high=max(o, close) if high is None else high, price_only=price_only)
+
+
+def test_a_bar_emits_its_vector_at_once_with_its_range_and_interval() -> None:
+    """A bar is closed at its ts: its vector goes out on arrival (bar cadence), not when
+    the next bar arrives, carrying the close, the bar's low and high and its interval."""
+    logic = FeatureLogic(FeatureConfig(), ManualClock(10**19))
+    logic.on_event(bar(0, 100.0))
+    out = logic.on_event(bar(1, 101.0, low=99.0, high=102.0))
+    assert len(out) == 1
+    fv = out[0]
+    assert isinstance(fv, FeatureVector)
+    assert (fv.ts, fv.price, fv.low, fv.high, fv.interval_ns) == (2 * 60 * NS, 101.0, 99.0,
+                                                                   102.0, 60 * NS)
+    assert fv.values["range_bps"] == pytest.approx(3 / 101.0 * 1e4)
+    assert fv.values["ret_bps"] == pytest.approx(math.log(101.0 / 100.0) * 1e4)
+
+
+def test_equal_bar_closes_are_not_a_frozen_price() -> None:
+    """Two 1-minute bars closing at the same price, each with a range, are a live market:
+    price_age_s restarts on every bar. Only a flat bar at the last price is frozen."""
+    logic = FeatureLogic(FeatureConfig(), ManualClock(10**19))
+    logic.on_event(bar(0, 100.0))
+    same = logic.on_event(bar(1, 100.0, low=99.5, high=100.5))[0]
+    assert isinstance(same, FeatureVector)
+    assert same.values["price_age_s"] == 0.0
+    flat = logic.on_event(bar(2, 100.0))[0]
+    assert isinstance(flat, FeatureVector)
+    assert flat.values["price_age_s"] == 60.0
+
+
+def test_a_bar_whose_low_and_high_do_not_hold_its_prices_is_a_dead_letter() -> None:
+    """low <= open, close <= high is checked where bars are consumed."""
+    logic = FeatureLogic(FeatureConfig(), ManualClock(10**19))
+    dead = logic.on_event(bar(0, 100.0, low=101.0, high=102.0))
+    assert len(dead) == 1 and isinstance(dead[0], DeadLetter)
+    assert (dead[0].reason, dead[0].path) == ("validation", "$.low")
+
+
+def depth(i: int, bid: float, ask: float) -> BookDepth:
+    return BookDepth(id=f"d{i}", venue="binance_um", instrument="BTCUSDT", ts=i * 30 * NS,
+                     bands_pct=[1.0, 2.0], bid_depth=[bid, 2 * bid], ask_depth=[ask, 2 * ask],
+                     mid=100.0 + i)
+
+
+def test_book_depth_gives_band_depths_imbalance_and_how_long_each_side_is_frozen() -> None:
+    """Each snapshot emits a vector at once; a side whose innermost band stays within
+    0.1 % of its last value counts as frozen, the other side does not."""
+    logic = FeatureLogic(FeatureConfig(), ManualClock(10**19))
+    vecs = [logic.on_event(depth(i, 17.654 if i % 2 else 17.652, 1000.0 + 50 * i))[0]
+            for i in range(5)]
+    last = vecs[-1]
+    assert isinstance(last, FeatureVector)
+    assert last.values["bid_stale_s"] == 120.0
+    assert last.values["ask_stale_s"] == 0.0
+    assert last.values["bid_depth_log"] == pytest.approx(math.log1p(17.652))
+    assert last.values["depth_imb_band"] == pytest.approx((17.652 - 1200.0) / 1217.652)
+    assert last.price == 104.0
+
+
+def test_book_depth_with_mismatched_bands_is_a_dead_letter() -> None:
+    """bands_pct, bid_depth and ask_depth must have one length."""
+    logic = FeatureLogic(FeatureConfig(), ManualClock(10**19))
+    bad = BookDepth(id="d", venue="v", instrument="i", ts=NS, bands_pct=[1.0, 2.0],
+                    bid_depth=[1.0], ask_depth=[1.0, 2.0])
+    out = logic.on_event(bad)
+    assert isinstance(out[0], DeadLetter) and out[0].path == "$.bands_pct"
+
+
+def test_with_no_venues_configured_index_prices_go_to_the_venues_seen_in_the_data() -> None:
+    """The default config routes an index price to each venue that has traded the
+    instrument so far, so a first backtest runs without listing venues."""
+    from riskguard.operators.features import route_batch
+
+    seen: dict[str, set[str]] = {}
+    t = Trade(id="t", venue="kraken", instrument="BTC-USD", ts=1, price=1.0, qty=1.0,
+              side=Side.BUY)
+    ip = IndexPrice(id="i", venue="index", instrument="BTC-USD", ts=2, price=1.0)
+    early = route_batch([ip], FeatureConfig(), seen=seen)
+    keyed = route_batch([t, ip], FeatureConfig(), seen=seen)
+    assert early == []
+    assert [k for k, _ in keyed] == ["kraken/BTC-USD", "kraken/BTC-USD"]

@@ -714,3 +714,58 @@ def test_at_end_of_input_a_source_that_finished_early_does_not_hold_the_clock() 
     assert [c[:2] for c in reference].count(("resume", "venue:binance")) == 2
     for events in (early + late, late + early):
         assert _planned(make(HB), events) == reference
+
+
+GATED = Rule(name="move", signal="price_move", scope="instrument:*", target="venue",
+             quiet_s=20, repeat_window_s=600,
+             ladder=(Rung(action=A), Rung(action=RO, requires=Severity.CRITICAL),
+                     Rung(action=HALT, after_s=30, requires=Severity.CRITICAL)))
+
+
+def test_a_lasting_warning_never_climbs_past_a_rung_that_requires_critical() -> None:
+    """A warn incident open for minutes only alerts: the gated rungs and every rung after
+    them wait for the severity, however long it lasts."""
+    logic = make(GATED)
+    out = feed(logic, [anomaly(0, kind="price_move"),
+                       *[Tick(ts=s * S) for s in range(1, 300)]])
+    assert acts(out) == [("alert", "venue:okx")]
+
+
+def test_a_critical_escalation_passes_the_gate_at_once_and_the_delay_still_counts() -> None:
+    """On critical the gated reduce_only comes at once; the halt still waits its 30 s."""
+    logic = make(GATED)
+    feed(logic, [anomaly(0, kind="price_move"), Tick(ts=5 * S)])
+    out = logic.on_event(anomaly(6, phase="escalate", sev=Severity.CRITICAL, kind="price_move"))
+    assert acts(out) == [("reduce_only", "venue:okx")]
+    assert "severity critical" in out[0].reason
+    later = feed(logic, [Tick(ts=s * S) for s in range(7, 40)])
+    assert acts(later) == [("halt_trading", "venue:okx")]
+
+
+def test_a_repeat_trip_does_not_start_past_a_gate() -> None:
+    """Repeated warn trips start higher up the ladder, but never past a rung whose
+    severity they have not reached."""
+    logic = make(GATED)
+    out = []
+    for k in range(3):
+        t = 40.0 * k
+        out += feed(logic, [anomaly(t, kind="price_move"),
+                            anomaly(t + 1, phase="close", kind="price_move"),
+                            Tick(ts=int((t + 30) * S))])
+    assert {a for a, _ in acts(out)} == {"alert"}
+
+
+def test_the_default_playbook_acts_on_price_moves_and_only_alerts_on_a_regime_change() -> None:
+    """The bundled playbook: a critical price move goes reduce-only on its venue at once; a
+    regime change only alerts (it cuts no limits)."""
+    from importlib import resources
+
+    doc = read_toml(str(resources.files("riskguard.dataflows").joinpath("playbook.toml")))
+    cfg = decode_section(doc["playbook"], PlaybookConfig)
+    logic = PlaybookLogic(cfg, ManualClock(1_000))
+    move = anomaly(0, kind="price_move", sev=Severity.CRITICAL)
+    assert acts(logic.on_event(move)) == [("alert", "venue:okx"), ("reduce_only", "venue:okx")]
+    regime = anomaly(5, kind="regime_change", inst="ETH-USDT", sev=Severity.INFO)
+    quiet = feed(logic, [regime, *[Tick(ts=s * S) for s in range(6, 400)]])
+    assert ("reduce_limits", "underlying:okx/ETH") not in acts(quiet)
+    assert ("alert", "underlying:okx/ETH") in acts(quiet)
