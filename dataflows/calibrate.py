@@ -193,6 +193,14 @@ def calibrate(
     train = [r for r in recs if r.ts < split]
     train_labels = [Label(lab.kind, lab.scope, lab.start_ns, min(lab.end_ns, split - 1))
                     for lab in labels if lab.start_ns < split]
+    if objective == "f1" and not train_labels:
+        inside = sum(1 for lab in labels if t0 <= lab.start_ns <= t1)
+        raise ConfigError(
+            "calibrate.labels",
+            "a labelled incident in the training fold: F1 means nothing on data with no "
+            f"incident ({inside} of {len(labels)} labels start inside the data, none before "
+            f"the split at {train_frac:.0%} of its span); add labels or calibrate with "
+            "--objective recall and a false-alarm budget", len(train_labels))
     base = config_doc(config)
     cfg0, _ = _load(base, w, "defaults")
     signer, trust = load_keys(cfg0)
@@ -219,6 +227,10 @@ def calibrate(
                      batch_size=batch_size)
         held[name] = score(res, labels, start_ns=split, objective=objective,
                            fa_budget=fa_budget)
+        if not any(lab.start_ns >= split for lab in labels):
+            # no incident held out: an F1 there would be a number about nothing
+            held[name] = {**held[name], "f1": None, "objective": None,
+                          "note": "no labelled incident in the held-out fold"}
     (w / "calibrated.toml").write_text(
         "# written by riskguard calibrate (time-ordered split; see calibration.json)\n"
         + dump_toml(chosen_doc))

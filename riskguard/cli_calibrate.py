@@ -32,6 +32,10 @@ def _calibrate(args: argparse.Namespace) -> int:
               f"{rep['records']:,} records; split at {rep['split_ns']} ns)")
         for name in ("defaults", "chosen"):
             s = h[name]
+            if s["f1"] is None:
+                print(f"  held-out {name:<8} {s['note']}: no F1; false alarms/instrument-day "
+                      f"{s['false_alarms_per_instrument_day']}")
+                continue
             print(f"  held-out {name:<8} F1 {s['f1']}  precision {s['precision']}  recall "
                   f"{s['recall']}  false alarms/instrument-day "
                   f"{s['false_alarms_per_instrument_day']}")

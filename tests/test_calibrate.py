@@ -29,6 +29,8 @@ from riskguard.operators.crypto import PAYLOAD_LIMIT_UPDATE, decode_envelope
 from riskguard.operators.trust import RootSet, TrustStore
 from riskguard.schemas import Audience, LimitUpdate, decode
 
+from riskguard.errors import ConfigError
+
 NS = 1_000_000_000
 GRID = {"feeds.max_gap_s": [20.0, 3.0]}
 #: Short heartbeat jitter (unlabelled) and one long labelled outage before the
@@ -197,3 +199,23 @@ def test_continuous_calibration_writes_signed_limit_updates_not_applied(setup, t
     assert cfg.read_text() == before
     assert (tmp_path / "out" / "proposal-1" / "calibrated.toml").is_file()
     assert decode("limit_updates", lines[0]) is not None
+
+
+def test_calibrating_f1_on_data_with_no_labelled_incident_is_refused(setup, tmp_path):
+    """No incident in the training fold: there is no F1 to choose by, and calibrate says
+    so (naming the labels and the way out) instead of reporting one."""
+    cfg, recs = setup
+    with pytest.raises(ConfigError, match=r"calibrate.labels: .*F1 means nothing on data "
+                                          r"with no incident") as ei:
+        calibrate(cfg, recs, [], work=tmp_path / "none", grid=GRID)
+    assert ei.value.found == 0
+
+
+def test_a_held_out_fold_without_incidents_reports_no_f1(setup, tmp_path):
+    """Labels only in the training fold: the held-out rows carry no F1 and say why."""
+    cfg, recs = setup
+    rep = calibrate(cfg, recs, _labels(future=False), work=tmp_path / "h", grid=GRID,
+                    train_frac=0.6)
+    for name in ("defaults", "chosen"):
+        assert rep["held_out"][name]["f1"] is None
+        assert rep["held_out"][name]["note"] == "no labelled incident in the held-out fold"
