@@ -9,8 +9,8 @@ the development data beside the clone (``bench/shared_data.py``) and prints:
   data's own resolution). Per labelled incident: the minutes from onset to the
   first moment the key is critical (an episode already critical one bar before
   onset counts from there), and to the first mitigation command (reduce_only or
-  stronger) that covers the key (one issued within the day before and still in
-  force at onset counts as 0). Then false critical episodes per calm
+  stronger) that covers the key (one already in force at onset, not lifted by a
+  resume, counts as 0). Then false critical episodes per calm
   instrument-day, per file and over all files. In the same run, two
   baselines on the same series: a rolling z-score of bar log returns (window
   60, |z| > 4) and River's HalfSpaceTrees (> 0.7); see ``bench/incidents.py``.
@@ -45,7 +45,6 @@ from riskguard.schemas import AnomalySignal, MitigationCommand
 from shared_data import incidents_dir, missing_reason, nab_dir
 
 Episode = tuple[str, int, str]
-DAY_NS = 86_400 * 1_000_000_000
 DETECT_GOAL_MIN = 10.0
 MITIGATE_GOAL_MIN = 15.0
 
@@ -99,8 +98,8 @@ def spans_delay(label: inc.Label, spans: Sequence[tuple[str, int, int | None]],
 def mitigation_delay(label: inc.Label, commands: Sequence[MitigationCommand],
                      key: str) -> float | None:
     """Minutes from onset to the first reduce_only-or-stronger command covering the key
-    issued before the window ends and not lifted before onset (one in force at onset
-    counts as 0)."""
+    issued before the window ends and not lifted before onset (one already in force at
+    onset counts as 0)."""
     lifted: dict[str, int] = {}
     for c in commands:
         for cid in c.params.get("resumes", []):
@@ -108,7 +107,6 @@ def mitigation_delay(label: inc.Label, commands: Sequence[MitigationCommand],
     times = [max(c.issued_at, label.onset_ns) for c in commands
              if c.action.value in inc.MITIGATING_ACTIONS and c.issued_at < label.end_ns
              and lifted.get(c.command_id, 2**62) > label.onset_ns
-             and c.issued_at >= label.onset_ns - DAY_NS
              and inc.command_applies(c.scope.label(), key)]
     return None if not times else (min(times) - label.onset_ns) / inc.MINUTE_NS
 

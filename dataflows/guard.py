@@ -44,7 +44,7 @@ from riskguard.connectors.placement import (
     worker_of_thread,
 )
 from riskguard.connectors.topics import topic_name
-from riskguard.operators.anomaly import detect_anomalies, extract_features
+from riskguard.operators.anomaly import detect_anomalies, detect_dislocations, extract_features
 from riskguard.operators.audit import AuditConfig
 from riskguard.operators.audit_op import audit_log
 from riskguard.operators.base import (
@@ -760,7 +760,11 @@ def _detect_on(feat_market: Stream[Any], status: Stream[VenueStatus], cfg: Guard
     feats = extract_features("features", op.merge("feat_in", feat_market, status),
                              config=cfg.features, clock=clock, local_keys=local_keys)
     detected = detect_anomalies("detect", feats.oks, config=cfg.detector, clock=clock)
-    return op.key_rm("anomalies", detected.oks), [feats.errs, detected.errs]
+    anomalies = op.key_rm("anomalies", detected.oks)
+    if cfg.detector.cross.enabled:
+        anomalies = op.merge("with_dislocations", anomalies, detect_dislocations(
+            "cross", feats.oks, config=cfg.detector.cross))
+    return anomalies, [feats.errs, detected.errs]
 
 
 def _detect_ticks(detect_workers: int) -> Any:

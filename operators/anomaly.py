@@ -46,15 +46,16 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
-from riskguard.operators.base import event_time, split_dead_letters, stateful_logic
+from riskguard.operators.base import event_time, split_dead_letters, stateful_logic, values_of
+from riskguard.operators.cross_rates import CrossRateConfig, CrossRates, market_group
 from riskguard.operators.detector import DetectorConfig, detector_builder
 from riskguard.operators.features import FeatureConfig, feature_builder, route_batch
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.signals import AnomalySignal, FeatureVector
 
 __all__ = [
-    "DetectOut", "DetectorConfig", "FeatureConfig", "FeaturesOut", "detect_anomalies",
-    "extract_features",
+    "CrossRateConfig", "DetectOut", "DetectorConfig", "FeatureConfig", "FeaturesOut",
+    "detect_anomalies", "detect_dislocations", "extract_features",
 ]
 
 
@@ -108,3 +109,33 @@ def detect_anomalies(step_id: str, up: KeyedStream[FeatureVector], *, config: De
     out = stateful_logic("detect", up, detector_builder(config, clock))
     split = split_dead_letters("split", out)
     return DetectOut(oks=split.oks, errs=split.errs)
+
+
+@operator
+def detect_dislocations(step_id: str, up: KeyedStream[FeatureVector], *,
+                        config: CrossRateConfig) -> Stream[AnomalySignal]:
+    """Markets of one base asset parting from the others: ``dislocation`` signals.
+
+    ``up`` is ``extract_features(...).oks``; its vectors are re-keyed by base asset and
+    quote unit (:func:`~riskguard.operators.cross_rates.market_group`) and compared per
+    group, in event time (:mod:`riskguard.operators.cross_rates`). Each group lives on
+    one worker, and
+    compares the latest prices that have reached it: on several workers a signal can
+    differ from one worker's run by the prices still in flight.
+    """
+    config.validate(f"step {step_id!r}: detector.cross")
+
+    def by_group(kvs: list[tuple[str, FeatureVector]]) -> list[tuple[str, FeatureVector]]:
+        out = []
+        for key, fv in kvs:
+            if fv.price is None:
+                continue
+            group = market_group(key)
+            if group is not None:
+                out.append((group, fv))
+        return out
+
+    keyed = op.flat_map_batch("by_group", up, by_group)
+    out = stateful_logic("cross", keyed, lambda state: CrossRates(config, state),
+                         order=event_time)
+    return op.flat_map_batch("unkey", out, values_of)

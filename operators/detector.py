@@ -100,6 +100,7 @@ from typing import Any, Literal
 
 import msgspec
 from riskguard.operators.anomaly_hst import ArrayHST, hst_shape
+from riskguard.operators.cross_rates import CrossRateConfig
 from riskguard.operators.move_bands import MoveBandConfig, MoveBands, MoveBandState
 from riskguard.operators.range_scorer import RangeScorer
 from riskguard.schemas.audit import DeadLetter
@@ -169,12 +170,14 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     range_block: int = 128
     range_blocks: int = 48
     bands: MoveBandConfig = MoveBandConfig()
+    cross: CrossRateConfig = CrossRateConfig()
     topic: str = "features"
     step: str = "detect"
 
     def validate(self, path: str = "detector") -> DetectorConfig:  # flat list of checks
         """Raise ``ConfigError`` naming the key of the first bad value."""
         self.bands.validate(path + ".bands")
+        self.cross.validate(path + ".cross")
         if self.model not in _MODELS:
             raise ConfigError(path + ".model", "must be one of " + ", ".join(_MODELS),
                               self.model)

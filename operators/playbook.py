@@ -80,8 +80,8 @@ CLOSERS = {"heartbeat_restored": "heartbeat_loss", "feed_restored": "feed_failov
 #: Signal kinds whose incidents stay open until an explicit close arrives.
 #: Every other kind is momentary: its incident counts as closed right after
 #: each signal, so the quiet period starts at once and a repeat reopens it.
-OPENERS = frozenset({"anomaly", "price_move", "breach", "heartbeat_loss", "feed_failover",
-                     "withdrawals_halted", "depeg", "detect_silent"})
+OPENERS = frozenset({"anomaly", "price_move", "dislocation", "breach", "heartbeat_loss",
+                     "feed_failover", "withdrawals_halted", "depeg", "detect_silent"})
 TARGETS = ("same", "venue", "counterparty", "underlying", "firm")
 _PROTECTIVE = frozenset({Action.REDUCE_ONLY, Action.HALT_TRADING})
 _REQUIRED: dict[Action, tuple[str, ...]] = {

@@ -91,11 +91,13 @@ class AnomalySignal(Record, frozen=True, kw_only=True, tag="anomaly"):
     ``phase`` is ``open`` when an episode starts, ``escalate`` when its
     severity rises, ``close`` when it ends. A regime change has
     ``kind == "regime_change"`` and ``phase == "open"``. ``kind == "price_move"``
-    comes from the move bands (:mod:`riskguard.operators.move_bands`).
+    comes from the move bands (:mod:`riskguard.operators.move_bands`),
+    ``kind == "dislocation"`` from the cross-market check
+    (:mod:`riskguard.operators.cross_rates`).
     """
 
     id: RecordId
-    kind: Literal["anomaly", "regime_change", "price_move"] = "anomaly"
+    kind: Literal["anomaly", "regime_change", "price_move", "dislocation"] = "anomaly"
     phase: Literal["open", "escalate", "close"] = "open"
     key: Name
     scope: Scope

@@ -1,0 +1,110 @@
+"""The cross-market dislocation check: markets of one asset compared with each other,
+with no peg configured (logic with a fixed clock, and one backtest through the guard)."""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+from riskguard.operators.cross_rates import (
+    CrossRateConfig,
+    CrossRates,
+    market_group,
+    split_instrument,
+)
+from riskguard.schemas import FeatureVector, Scope, ScopeKind
+
+NS = 1_000_000_000
+MARKETS = (("kraken", "XBTUSD", 1.0), ("binance", "BTCUSDT", 1.0005),
+           ("coinbase", "BTC-USDC", 0.9998), ("bitstamp", "BTCUSD", 1.0))
+
+
+def vec(venue: str, inst: str, i: int, price: float) -> FeatureVector:
+    scope = Scope(kind=ScopeKind.INSTRUMENT, value=inst, venue=venue)
+    return FeatureVector(key=f"{venue}/{inst}", scope=scope, ts=i * 60 * NS, values={},
+                         price=price)
+
+
+def _levels(n: int = 1000, seed: int = 1) -> list[float]:
+    rng = random.Random(seed)
+    out, level = [], 100.0
+    for _ in range(n):
+        level *= 1.0 + rng.gauss(0.0, 0.001)
+        out.append(level)
+    return out
+
+
+LEVELS = _levels()
+
+
+def run(logic: CrossRates, n: int, start: int = 0, shock=None) -> list:
+    """Minutes ``start`` to ``start + n`` of the four BTC markets moving together (one
+    random walk, tiny noise each), ``shock(venue, i)`` multiplying a market's price."""
+    rng = random.Random(start)
+    out = []
+    for i in range(start, start + n):
+        for venue, inst, offset in MARKETS:
+            k = shock(venue, i) if shock else 1.0
+            out += logic.on_event(vec(venue, inst, i, LEVELS[i] * offset * k
+                                      * (1.0 + rng.gauss(0.0, 0.00005))))
+    return out
+
+
+def test_instrument_names_are_split_into_base_and_quote_and_grouped_by_quote_unit() -> None:
+    """Every dollar stablecoin groups as USD, so their cross rate is what is watched."""
+    assert split_instrument("XBTUSD") == ("BTC", "USD")
+    assert {market_group(f"{v}/{i}") for v, i, _ in MARKETS} == {"BTC/USD"}
+    assert market_group("deribit/ETH-27DEC26-3500-C") is None
+    assert market_group("okx") is None
+
+
+def test_markets_moving_together_with_steady_offsets_raise_nothing() -> None:
+    """A steady USDT premium and USDC discount are learned as each market's usual offset."""
+    assert run(CrossRates(CrossRateConfig()), 600) == []
+
+
+def test_one_venue_crashing_alone_is_a_critical_dislocation_of_that_market_only() -> None:
+    """A 3 % fall on one venue while the others hold: that market, critical, at once."""
+    logic = CrossRates(CrossRateConfig())
+    run(logic, 600)
+    out = run(logic, 5, start=600, shock=lambda v, i: 0.97 if v == "bitstamp" else 1.0)
+    opens = [s for s in out if s.phase == "open"]
+    assert [(s.key, s.kind, s.severity.value) for s in opens] == [
+        ("bitstamp/BTCUSD", "dislocation", "critical")]
+    assert opens[0].top_features[0].feature == "dev_bps"
+    assert opens[0].top_features[0].value < -250.0
+    assert opens[0].ts == 600 * 60 * NS
+
+
+def test_a_stablecoin_slipping_shows_in_its_market_without_a_configured_peg() -> None:
+    """USDT losing 1 % against USD makes the USDT market part from the USD ones."""
+    logic = CrossRates(CrossRateConfig())
+    run(logic, 600)
+    out = run(logic, 10, start=600, shock=lambda v, i: 1.01 if v == "binance" else 1.0)
+    assert {s.key for s in out if s.phase == "open"} == {"binance/BTCUSDT"}
+
+
+def test_a_market_that_stopped_quoting_is_no_reference() -> None:
+    """A price older than max_age_ns is left out of the others' median."""
+    logic = CrossRates(CrossRateConfig(max_age_ns=90 * NS))
+    logic.on_event(vec("kraken", "XBTUSD", 0, 100.0))
+    assert logic.on_event(vec("binance", "BTCUSDT", 5, 50.0)) == []
+    assert "kraken/XBTUSD" in logic.s.markets
+
+
+def test_resuming_from_a_snapshot_gives_the_same_signals_as_never_stopping() -> None:
+    """Snapshot mid-stream (it pickles and is independent of later events), resume, and
+    the later signals equal the uninterrupted run's."""
+    def shock(v: str, i: int) -> float:
+        return 0.96 if v == "kraken" and i >= 650 else 1.0
+
+    whole = CrossRates(CrossRateConfig())
+    run(whole, 600, shock=shock)
+    snap = whole.snapshot()
+    frozen = pickle.dumps(snap)
+    later = run(whole, 100, start=600, shock=shock)
+    assert pickle.dumps(snap) == frozen
+    resumed = CrossRates(CrossRateConfig(), pickle.loads(frozen))
+    again = run(resumed, 100, start=600, shock=shock)
+    assert [s.id for s in again] == [s.id for s in later]
+    assert any(s.phase == "open" for s in later)
