@@ -130,6 +130,32 @@ def run_guard(loaded: inc.LoadResult, cfg: GuardConfig, digest: str
     return spans, commands, wall
 
 
+def _calm_share(series: inc.Series, labels: Sequence[inc.Label],
+                active: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """``(calm ns covered by active, calm ns)`` of a series: how much of its calm time
+    the key spent in a state (critical, or under a mitigation)."""
+    spans = inc.coverage(series)
+    windows = inc.excluded_windows(series, labels)
+    calm = sum(b - a for a, b in spans) - inc._overlap(spans, windows)
+    act = inc._merge(active)
+    hit = inc._overlap(spans, act) - inc._overlap(act, inc._merge(
+        (max(a, lo), min(b, hi)) for a, b in spans for lo, hi in windows if min(b, hi) > max(a, lo)))
+    return hit, calm
+
+
+def mitigated_spans(commands: Sequence[MitigationCommand], key: str, end: int
+                    ) -> list[tuple[int, int]]:
+    """When a reduce_only-or-stronger command covering ``key`` was in force: from its
+    issue to the resume that lifted it (or ``end``)."""
+    lifted: dict[str, int] = {}
+    for c in commands:
+        for cid in c.params.get("resumes", []):
+            lifted.setdefault(str(cid), c.issued_at)
+    return [(c.issued_at, lifted.get(c.command_id, end)) for c in commands
+            if c.action.value in inc.MITIGATING_ACTIONS
+            and inc.command_applies(c.scope.label(), key)]
+
+
 def incident_report(directory: Path) -> list[str]:
     """The incident part's lines."""
     labels = inc.load_labels(directory / "labels.toml")
@@ -178,6 +204,24 @@ def incident_report(directory: Path) -> list[str]:
     total = "  ".join(f"{name} {fa.rate:.3f} ({fa.episodes})" for name, fa in fas.items()
                       if fa.rate is not None)
     lines.append(f"  {'all files':<58} {fas['guard'].days:7.1f} days  {total}")
+    lines.append("share of calm time the guard held a key critical / under reduce_only or "
+                 "stronger:")
+    totals = [0, 0, 0]
+    for file in sorted({s.file for s in loaded.series}):
+        crit = mit = calm = 0
+        for s in (x for x in loaded.series if x.file == file):
+            end = s.records[-1].ts if s.records else 0
+            c_hit, c_calm = _calm_share(s, labels, [(a, b if b is not None else end)
+                                                    for k, a, b in spans if k == s.key])
+            m_hit, _ = _calm_share(s, labels, mitigated_spans(commands, s.key, end))
+            crit, mit, calm = crit + c_hit, mit + m_hit, calm + c_calm
+        totals = [totals[0] + crit, totals[1] + mit, totals[2] + calm]
+        if calm:
+            lines.append(f"  {file[:58]:<58} critical {crit / calm:6.1%}  mitigated "
+                         f"{mit / calm:6.1%}")
+    if totals[2]:
+        lines.append(f"  {'all files':<58} critical {totals[0] / totals[2]:6.1%}  mitigated "
+                     f"{totals[1] / totals[2]:6.1%}")
     lines.append(f"guard wall time {sum(wall.values()):.1f} s over {len(wall)} files")
     return lines
 

@@ -888,6 +888,9 @@ class DetectorLogic:
             s.ep_quiet = 0
             s.ep_last_anom = ts
             s.ep_points += 1
+            # an episode opened while warming up acts once the key is warm: an incident
+            # that starts inside it must not be reported as warming up
+            s.ep_warming = s.ep_warming and warming
             s.ep_peak_excess = max(s.ep_peak_excess, excess)
             sev = self._severity(s.ep_peak_excess, ts - s.ep_start, s.ep_points)
             if _SEVERITY_RANK[sev] > _SEVERITY_RANK[Severity(s.ep_severity)]:

@@ -55,6 +55,7 @@ the move in bps as ``value`` and in typical moves as ``zscore``.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import uuid
 from dataclasses import dataclass, field
@@ -111,7 +112,8 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             for i, v in enumerate(getattr(self, name)):
                 if not (math.isfinite(v) and v > 0):
                     raise ConfigError(f"{path}.{name}[{i}]", "must be a positive number", v)
-        if list(self.horizons_s) != sorted(self.horizons_s):
+        hs = self.horizons_s
+        if any(b <= a for a, b in itertools.pairwise(hs)):
             raise ConfigError(path + ".horizons_s", "must be in increasing order",
                               self.horizons_s)
         for i, (lo, hi) in enumerate(zip(self.floor_bps, self.cap_bps, strict=True)):

@@ -331,3 +331,22 @@ def test_two_anomalous_minute_bars_are_not_critical_by_duration_alone() -> None:
     anomalies = [s for s in out if s.kind == "anomaly"]
     assert [s.phase for s in anomalies] == ["open"]
     assert anomalies[0].severity.value == "info"
+
+
+def test_an_episode_opened_while_warming_up_acts_once_the_key_is_warm() -> None:
+    """An incident inside an episode that opened during warm-up escalates as a warm signal
+    (the playbook acts on it), not as one more warming-up signal."""
+    cfg = DetectorConfig(features=("a", "b"), hst_window=50, warmup_events=100,
+                         warmup_ns=200 * NS, drift="none", critical_excess=1e9,
+                         close_quiet_points=50)
+    logic = DetectorLogic(cfg, ManualClock())
+    rng = random.Random(2)
+    calm = [{"a": rng.gauss(0.0, 1.0), "b": rng.gauss(5.0, 1.0)} for _ in range(150)]
+    first = feed(logic, 0, [*calm, {"a": 40.0, "b": 5.0}])  # warm by count, not by time
+    assert [(s.phase, s.warming_up) for s in first if s.kind == "anomaly"] == [("open", True)]
+    rising = [{"a": 40.0 * 1.2 ** k, "b": 5.0} for k in range(70)]
+    later = feed(logic, 151, rising)  # critical by duration once t >= 200 s
+    escalations = [s for s in later if s.phase == "escalate"]
+    assert escalations[-1].severity.value == "critical"
+    assert escalations[-1].ts >= 200 * NS
+    assert not escalations[-1].warming_up

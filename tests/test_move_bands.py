@@ -1,0 +1,377 @@
+"""MoveBands: the deterministic price-move detector, driven bar by bar.
+
+Event time comes from the bars (``ts = (i + 1) * interval``); the random walks
+are seeded, so every expected signal below is exact.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from collections.abc import Callable
+
+import pytest
+from riskguard.operators.move_bands import MoveBandConfig, MoveBands, MoveBandState
+from riskguard.schemas import AnomalySignal, FeatureVector, Scope, ScopeKind
+
+from riskguard.errors import ConfigError
+from tests.contract import (
+    Case,
+    check_input_not_mutated,
+    check_resume_equals_uninterrupted,
+    check_snapshot_independent,
+    check_snapshot_pickles,
+)
+
+NS = 1_000_000_000
+MINUTE = 60 * NS
+HOUR = 3600 * NS
+DAY = 86_400 * NS
+KEY = "binance/BTCUSDT"
+SCOPE = Scope(kind=ScopeKind.INSTRUMENT, value="BTCUSDT", venue="binance")
+Bar = tuple[float, float, float]  # close, low, high
+
+
+def _fv(i: int, close: float, low: float | None = None, high: float | None = None,
+        interval: int = MINUTE, t0: int = 0) -> FeatureVector:
+    """Bar ``i`` (closing at ``t0 + (i + 1) * interval``)."""
+    return FeatureVector(key=KEY, scope=SCOPE, ts=t0 + (i + 1) * interval, values={},
+                         price=close, low=low if low is not None else close,
+                         high=high if high is not None else close, interval_ns=interval,
+                         evidence_ids=[f"b{i}"])
+
+
+def _walk(n: int, sd: float, seed: int = 7, start: float = 100.0) -> list[Bar]:
+    """A seeded geometric random walk of ``n`` bars with log-return ``sd`` and wicks."""
+    rng = random.Random(seed)
+    p = start
+    out = []
+    for _ in range(n):
+        q = p * math.exp(rng.gauss(0.0, sd))
+        low = min(p, q) * math.exp(-abs(rng.gauss(0.0, sd / 2)))
+        high = max(p, q) * math.exp(abs(rng.gauss(0.0, sd / 2)))
+        out.append((q, low, high))
+        p = q
+    return out
+
+
+def _feed(bands: MoveBands, bars: list[Bar], start: int = 0, interval: int = MINUTE,
+          t0: int = 0) -> list[tuple[int, AnomalySignal]]:
+    """Feed ``bars`` as bars ``start, start + 1, ...``; the signals with their bar index."""
+    return [(start + j, sig) for j, (c, lo, hi) in enumerate(bars)
+            for sig in bands.on_vector(_fv(start + j, c, lo, hi, interval, t0))]
+
+
+CALM = _walk(2000, 0.0005)  # 5 bps a minute: about 1.4 days of a quiet market
+
+
+def _calm_bands(n: int, config: MoveBandConfig | None = None) -> MoveBands:
+    bands = MoveBands(config or MoveBandConfig(), key=KEY)
+    assert _feed(bands, CALM[:n]) == []
+    return bands
+
+
+# -- calm, falls and severities -------------------------------------------
+
+def test_a_calm_random_walk_gives_no_signal_after_warm_up() -> None:
+    """1.4 days of 1-minute bars moving 5 bps a minute: nothing, although the
+    volatility has been learned (the bands are no longer the caps)."""
+    bands = _calm_bands(2000)
+    assert bands.sigma_per_sqrt_ns is not None
+    assert bands.s.h_var[MINUTE][1] >= bands.config.warmup_returns
+    assert not bands.s.ep_open
+    assert bands.s.signals == 0
+
+
+def test_a_sudden_fall_opens_a_critical_price_move_naming_the_one_minute_horizon() -> None:
+    """A 5 % fall in one bar: ``open``, ``critical``, ``move_1m`` first, its move in bps."""
+    bands = _calm_bands(600)
+    prev = CALM[599][0]
+    low = prev * 0.95
+    out = bands.on_vector(_fv(600, prev * 0.96, low=low, high=prev))
+    assert len(out) == 1
+    sig = out[0]
+    assert (sig.kind, sig.phase, sig.severity.value) == ("price_move", "open", "critical")
+    assert (sig.key, sig.episode_id, sig.model, sig.threshold) == (
+        KEY, f"{KEY}#move1", "MoveBands", 1.0)
+    assert not sig.warming_up
+    assert sig.score > 1.0
+    assert sig.evidence_ids == ["b600"]
+    top = sig.top_features[0]
+    assert top.feature == "move_1m"
+    assert top.value == pytest.approx(math.log(0.95) * 1e4)  # -513 bps
+    assert top.zscore < -10.0  # in typical one-minute moves
+    assert len(sig.top_features) == bands.config.top_k
+
+
+def test_a_move_past_the_static_cap_is_critical_during_warm_up() -> None:
+    """In the first bars no volatility is known and each band is its cap (300 bps for
+    one minute): a 253 bps fall passes, a 412 bps fall is critical at once."""
+    bands = MoveBands(MoveBandConfig(), key=KEY)
+    assert bands.on_vector(_fv(0, 100.0)) == []
+    assert bands.on_vector(_fv(1, 99.0, low=97.5)) == []  # -253 bps, under the cap
+    assert bands.sigma_per_sqrt_ns is None
+    out = bands.on_vector(_fv(2, 99.0, low=95.0))  # -412 bps from the last close (99)
+    assert [(s.phase, s.severity.value) for s in out] == [("open", "critical")]
+    assert out[0].top_features[0].feature == "move_1m"
+    assert out[0].top_features[0].value == pytest.approx(math.log(95.0 / 99.0) * 1e4)
+    assert out[0].score == pytest.approx(-math.log(95.0 / 99.0) / 0.03)  # move / cap
+
+
+# Two horizons with exact bands: on a flat price the learned typical moves are 0,
+# so once warm (5 horizons' worth) each band is its floor; the drawdown band,
+# with no interval volatility, stays at its cap (1000 bps).
+EXACT = MoveBandConfig(horizons_s=(60.0, 300.0), floor_bps=(50.0, 100.0),
+                       cap_bps=(1000.0, 1000.0), band_k=(7.0, 6.0), warmup_returns=5)
+FLAT = [(100.0, 100.0, 100.0)] * 60
+
+
+def _down(p: float, bps: float) -> float:
+    return p * math.exp(-bps * 1e-4)
+
+
+def test_a_moderate_move_out_of_one_band_only_is_a_warning() -> None:
+    """57 bps in one minute: 1.14 one-minute bands (under ``critical_ratio`` 1.25),
+    0.57 five-minute bands: one horizon out, ``warn``."""
+    bands = MoveBands(EXACT, key=KEY)
+    p = _down(100.0, 57.0)
+    out = _feed(bands, [*FLAT, (p, p, p)])
+    assert [(i, s.phase, s.severity.value) for i, s in out] == [(60, "open", "warn")]
+    sig = out[0][1]
+    assert sig.score == pytest.approx(57.0 / 50.0)
+    assert [(c.feature, round(c.value, 6)) for c in sig.top_features] == [
+        ("move_1m", -57.0), ("move_5m", -57.0), ("drawdown_1d", -57.0)]
+
+
+def test_two_horizons_out_of_band_at_once_is_critical() -> None:
+    """45 bps down (inside every band), then 57 bps more: 1.14 one-minute bands and
+    1.02 five-minute bands. Neither alone reaches 1.25, but two horizons are out."""
+    bands = MoveBands(EXACT, key=KEY)
+    p1 = _down(100.0, 45.0)
+    p2 = _down(p1, 57.0)
+    out = _feed(bands, [*FLAT, (p1, p1, p1), (p1, p1, p1), (p2, p2, p2)])
+    assert [(i, s.phase, s.severity.value) for i, s in out] == [(62, "open", "critical")]
+    moves = {c.feature: c.value for c in out[0][1].top_features}
+    assert moves["move_1m"] == pytest.approx(-57.0)
+    assert moves["move_5m"] == pytest.approx(-102.0)
+    assert out[0][1].score == pytest.approx(57.0 / 50.0)
+
+
+def test_a_warning_escalates_when_a_second_horizon_leaves_its_band() -> None:
+    """Same episode: ``open`` at ``warn``, then ``escalate`` to ``critical``."""
+    bands = MoveBands(EXACT, key=KEY)
+    p1 = _down(100.0, 57.0)
+    p2 = _down(p1, 55.0)  # 1.1 one-minute bands, 1.12 five-minute bands
+    out = _feed(bands, [*FLAT, (p1, p1, p1), (p2, p2, p2)])
+    assert [(i, s.phase, s.severity.value, s.episode_id) for i, s in out] == [
+        (60, "open", "warn", f"{KEY}#move1"), (61, "escalate", "critical", f"{KEY}#move1")]
+
+
+# -- episodes --------------------------------------------------------------
+
+def test_a_persistent_fall_stays_one_open_episode_and_is_not_learned() -> None:
+    """8 % down, then a calm walk at the new level: one ``open`` and no ``close`` while
+    the pre-fall high is inside the day's drawdown window, and no volatility learned
+    meanwhile, so the move stays outside its band while it lasts. After the day it
+    closes, in the same episode."""
+    bands = _calm_bands(1500)
+    learned = (copy.deepcopy(bands.s.h_var), bands.s.var_rate, bands.s.n_returns)
+    low_level = _walk(1700, 0.0005, seed=11, start=CALM[1499][0] * 0.92)
+    during = _feed(bands, low_level[:1400], start=1500)
+    assert [(i, s.phase, s.severity.value) for i, s in during] == [(1500, "open", "critical")]
+    assert bands.s.ep_open
+    assert (bands.s.h_var, bands.s.var_rate, bands.s.n_returns) == learned
+    after = _feed(bands, low_level[1400:], start=2900)
+    assert [s.phase for _, s in after] == ["close"]
+    close_at, close = after[0]
+    assert close_at - 1500 >= 1440  # not before the pre-fall high left the 1-day window
+    assert close.episode_id == during[0][1].episode_id == f"{KEY}#move1"
+    assert close.severity.value == "critical"
+
+
+@pytest.mark.parametrize("quiet_points", [3, 5])
+def test_an_episode_closes_after_close_quiet_points_quiet_vectors(quiet_points: int) -> None:
+    """A 2 % wick (4 one-minute bands: critical), then the price is back in band:
+    ``close`` on the ``close_quiet_points``-th quiet bar, same episode."""
+    config = MoveBandConfig(close_quiet_points=quiet_points)
+    bands = MoveBands(config, key=KEY)
+    calm = _walk(400, 0.0003, seed=3)
+    assert _feed(bands, calm) == []
+    c = calm[-1][0]
+    opened = bands.on_vector(_fv(400, c, low=c * 0.98, high=c))
+    assert [(s.phase, s.severity.value) for s in opened] == [("open", "critical")]
+    assert opened[0].top_features[0].feature == "move_1m"
+    after = _feed(bands, _walk(20, 0.0003, seed=4, start=c), start=401)
+    assert [(i, s.phase) for i, s in after] == [(400 + quiet_points, "close")]
+    closed = after[0][1]
+    assert closed.episode_id == opened[0].episode_id
+    assert closed.severity.value == "critical"
+    assert closed.score < config.hysteresis
+
+
+# -- bar intervals, gaps, odd input ---------------------------------------
+
+LONG_NAMES = {"move_1h", "move_4h", "move_1d", "drawdown_1d", "rally_1d"}
+
+
+def test_hourly_bars_report_no_horizon_shorter_than_one_bar() -> None:
+    """A bar cannot show a one-minute move: with hourly bars every horizon below an
+    hour is measured over the hour, reported as ``move_1h``."""
+    bands = MoveBands(MoveBandConfig(), key=KEY)
+    walk = _walk(24 * 30, 0.003, seed=5)
+    c = walk[-1][0]
+    out = _feed(bands, [*walk, (c * 0.8, c * 0.78, c)], interval=HOUR)
+    assert out, "the 20 % fall must be reported"
+    assert out[-1][0] == len(walk)
+    assert out[-1][1].top_features[0].feature == "move_1h"
+    names = {f.feature for _, s in out for f in s.top_features}
+    assert names <= LONG_NAMES
+    assert min(h for h in bands.s.h_var if h > 0) == HOUR
+
+
+def test_daily_bars_report_only_the_one_day_horizon_and_drawdown() -> None:
+    """Daily bars: every horizon is one day."""
+    bands = MoveBands(MoveBandConfig(), key=KEY)
+    walk = _walk(120, 0.01, seed=5)
+    c = walk[-1][0]
+    out = _feed(bands, [*walk, (c * 0.8, c * 0.78, c)], interval=DAY)
+    assert [(i, s.phase, s.severity.value) for i, s in out] == [(120, "open", "critical")]
+    names = {f.feature for _, s in out for f in s.top_features}
+    assert names == {"move_1d", "drawdown_1d"}
+    assert sorted(bands.s.h_var) == [-DAY, DAY]
+
+
+def test_no_move_is_measured_across_a_gap_in_the_data() -> None:
+    """30 days without data, then the price is 50 % higher: no reference is that old,
+    so no signal; later moves are measured from the bars after the gap."""
+    bands = _calm_bands(300)
+    c = CALM[299][0] * 1.5
+    gap = 30 * DAY
+    assert _feed(bands, [(c, c, c)] * 5, start=300, t0=gap) == []
+    out = bands.on_vector(_fv(305, c * 0.95, t0=gap))
+    assert [(s.phase, s.severity.value) for s in out] == [("open", "critical")]
+    assert out[0].top_features[0].feature == "move_1m"
+    assert out[0].top_features[0].value == pytest.approx(math.log(0.95) * 1e4)
+
+
+def test_a_vector_without_price_gives_nothing_and_changes_nothing() -> None:
+    """Venue-health keys carry no price."""
+    bands = _calm_bands(100)
+    before = bands.snapshot()
+    fv = FeatureVector(key="binance", scope=SCOPE, ts=101 * MINUTE, values={"latency_ms": 9.0})
+    assert bands.on_vector(fv) == []
+    assert bands.snapshot() == before
+
+
+def test_an_out_of_order_older_vector_is_ignored() -> None:
+    """A bar older than the last one (and 50 % off) is dropped: no signal, no state
+    change, and the next bar is measured as if it never came."""
+    bands = _calm_bands(100)
+    before = bands.snapshot()
+    c = CALM[99][0]
+    assert bands.on_vector(_fv(97, c * 0.5)) == []
+    assert bands.snapshot() == before
+    assert _feed(bands, CALM[100:110], start=100) == []
+
+
+# -- configuration ---------------------------------------------------------
+
+def test_the_default_config_is_valid() -> None:
+    """``validate`` returns the config itself."""
+    config = MoveBandConfig()
+    assert config.validate() is config
+
+
+@pytest.mark.parametrize(
+    ("changes", "path"),
+    [
+        ({"floor_bps": (50.0, 80.0, 120.0, 200.0, 300.0)}, "detector.bands.floor_bps"),
+        ({"band_k": (7.0,)}, "detector.bands.band_k"),
+        ({"horizons_s": ()}, "detector.bands.horizons_s"),
+        ({"floor_bps": (400.0, 80.0, 120.0, 200.0, 300.0, 500.0)},
+         "detector.bands.floor_bps[0]"),
+        ({"horizons_s": (300.0, 60.0, 900.0, 3600.0, 14_400.0, 86_400.0)},
+         "detector.bands.horizons_s"),
+        ({"band_k": (7.0, 6.0, -5.5, 5.0, 4.0, 3.0)}, "detector.bands.band_k[2]"),
+        ({"cap_bps": (300.0, 500.0, 700.0, math.inf, 1500.0, 2000.0)},
+         "detector.bands.cap_bps[3]"),
+        ({"critical_ratio": 0.9}, "detector.bands.critical_ratio"),
+        ({"hysteresis": 0.0}, "detector.bands.hysteresis"),
+        ({"vol_halflife_s": 0.0}, "detector.bands.vol_halflife_s"),
+        ({"close_quiet_points": -1}, "detector.bands.close_quiet_points"),
+    ],
+    ids=["floor-length", "band_k-length", "no-horizons", "floor-above-cap",
+         "decreasing-horizons", "negative-k", "infinite-cap", "critical-ratio-below-1",
+         "zero-hysteresis", "zero-halflife", "negative-quiet-points"],
+)
+def test_a_bad_config_raises_config_error_naming_the_field(changes: dict, path: str) -> None:
+    """The error names the key path (``detector.bands.<field>``) and what arrived."""
+    config = MoveBandConfig(**changes)
+    with pytest.raises(ConfigError) as info:
+        config.validate()
+    assert info.value.path == path
+    assert str(info.value).startswith(path + ": ")
+    assert isinstance(info.value, ValueError)
+
+
+def test_repeated_horizons_are_refused() -> None:
+    """Horizons must be strictly increasing: a repeated one would silently drop the
+    second one's floor, cap and ``band_k``."""
+    config = MoveBandConfig(horizons_s=(60.0, 60.0, 900.0, 3600.0, 14_400.0, 86_400.0))
+    with pytest.raises(ConfigError) as info:
+        config.validate()
+    assert info.value.path == "detector.bands.horizons_s"
+
+
+def test_validate_uses_the_given_path() -> None:
+    """Embedded elsewhere, the error names that place."""
+    with pytest.raises(ConfigError) as info:
+        MoveBandConfig(cap_bps=(300.0, 500.0)).validate("guard.bands")
+    assert info.value.path == "guard.bands.cap_bps"
+
+
+# -- the stateful contract -------------------------------------------------
+
+class _Logic:
+    """``on_event`` adapter over ``on_vector``: the contract suite drives events."""
+
+    def __init__(self, state: MoveBandState | None) -> None:
+        self.bands = MoveBands(MoveBandConfig(), KEY, state=state)
+
+    def on_event(self, fv: FeatureVector) -> list[AnomalySignal]:
+        return self.bands.on_vector(fv)
+
+    def snapshot(self) -> MoveBandState:
+        return self.bands.snapshot()
+
+
+def _contract_events() -> list[FeatureVector]:
+    """Warm-up, a wick that opens and closes an episode, then a lasting fall."""
+    bars = list(CALM[:300])
+    c = bars[-1][0]
+    bars.append((c, c * 0.97, c))  # 305 bps: past the one-minute cap
+    bars.extend(_walk(20, 0.0005, seed=4, start=c))
+    bars.extend(_walk(79, 0.0005, seed=5, start=bars[-1][0] * 0.9))
+    return [_fv(i, *bar) for i, bar in enumerate(bars)]
+
+
+EVENTS = _contract_events()
+CASE = Case("move-bands", _Logic, EVENTS, splits=(1, 2, 31, 300, 301, 302, 321, 322, 350))
+
+
+def test_the_contract_events_open_and_close_episodes() -> None:
+    """The case is worth running: it opens, closes and reopens an episode."""
+    logic = _Logic(None)
+    out = [(i, s.phase) for i, e in enumerate(EVENTS) for s in logic.on_event(e)]
+    assert out == [(300, "open"), (303, "close"), (321, "open")]
+
+
+@pytest.mark.parametrize("check", [check_snapshot_pickles, check_snapshot_independent,
+                                   check_resume_equals_uninterrupted,
+                                   check_input_not_mutated],
+                         ids=lambda c: c.__name__)
+def test_move_bands_meet_the_stateful_contract(check: Callable[[Case], None]) -> None:
+    """Snapshot pickles, is independent of later bars, and resuming from it (also in
+    the middle of an episode) gives exactly the uninterrupted run's signals."""
+    check(CASE)
