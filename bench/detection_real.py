@@ -112,12 +112,12 @@ def mitigation_delay(label: inc.Label, commands: Sequence[MitigationCommand],
 
 
 def run_guard(loaded: inc.LoadResult, cfg: GuardConfig, digest: str
-              ) -> tuple[list[tuple[str, int, int | None]], list[MitigationCommand],
-                         dict[str, float]]:
+              ) -> tuple[dict[str, list[tuple[str, int, int | None]]],
+                         dict[str, list[MitigationCommand]], dict[str, float]]:
     """The guard over each incident file (all its series in one run, as a desk feeds it):
-    its critical spans, its commands and the wall time per file."""
-    spans: list[tuple[str, int, int | None]] = []
-    commands: list[MitigationCommand] = []
+    per file, its critical spans, its commands and its wall time."""
+    spans: dict[str, list[tuple[str, int, int | None]]] = {}
+    commands: dict[str, list[MitigationCommand]] = {}
     wall: dict[str, float] = {}
     for file in sorted({s.file for s in loaded.series}):
         records = sorted((r for s in loaded.series if s.file == file for r in s.records),
@@ -125,8 +125,8 @@ def run_guard(loaded: inc.LoadResult, cfg: GuardConfig, digest: str
         t0 = time.perf_counter()
         res = run_backtest(cfg, digest, records=records)
         wall[file] = time.perf_counter() - t0
-        spans.extend(critical_spans(res.signals))
-        commands.extend(res.commands)
+        spans[file] = critical_spans(res.signals)
+        commands[file] = list(res.commands)
     return spans, commands, wall
 
 
@@ -138,9 +138,9 @@ def _calm_share(series: inc.Series, labels: Sequence[inc.Label],
     windows = inc.excluded_windows(series, labels)
     calm = sum(b - a for a, b in spans) - inc._overlap(spans, windows)
     act = inc._merge(active)
-    hit = inc._overlap(spans, act) - inc._overlap(act, inc._merge(
-        (max(a, lo), min(b, hi)) for a, b in spans for lo, hi in windows if min(b, hi) > max(a, lo)))
-    return hit, calm
+    excluded = inc._merge((max(a, lo), min(b, hi)) for a, b in spans for lo, hi in windows
+                          if min(b, hi) > max(a, lo))
+    return inc._overlap(spans, act) - inc._overlap(act, excluded), calm
 
 
 def mitigated_spans(commands: Sequence[MitigationCommand], key: str, end: int
@@ -163,7 +163,8 @@ def incident_report(directory: Path) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         cfg, digest = default_config(Path(tmp))
         spans, commands, wall = run_guard(loaded, cfg, digest)
-    runs: dict[str, list[Episode]] = {"guard": critical_episodes(spans)}
+    runs: dict[str, list[Episode]] = {"guard": [
+        ep for file in spans for ep in critical_episodes(spans[file])]}
     for name, baseline in inc.BASELINES.items():
         runs[name] = [ep for s in loaded.series for ep in baseline(s)]
 
@@ -175,7 +176,8 @@ def incident_report(directory: Path) -> list[str]:
     met = earlier = 0
     for lb in labels:
         key = inc.label_key(lb)
-        detect, mitigate = spans_delay(lb, spans, key), mitigation_delay(lb, commands, key)
+        detect = spans_delay(lb, spans.get(lb.file, []), key)
+        mitigate = mitigation_delay(lb, commands.get(lb.file, []), key)
         z = inc.incident_delays(lb, runs["zscore"]).detect_min
         h = inc.incident_delays(lb, runs["hst"]).detect_min
         bar_min = lb.resolution_ns / inc.MINUTE_NS
@@ -212,8 +214,8 @@ def incident_report(directory: Path) -> list[str]:
         for s in (x for x in loaded.series if x.file == file):
             end = s.records[-1].ts if s.records else 0
             c_hit, c_calm = _calm_share(s, labels, [(a, b if b is not None else end)
-                                                    for k, a, b in spans if k == s.key])
-            m_hit, _ = _calm_share(s, labels, mitigated_spans(commands, s.key, end))
+                                                    for k, a, b in spans[file] if k == s.key])
+            m_hit, _ = _calm_share(s, labels, mitigated_spans(commands[file], s.key, end))
             crit, mit, calm = crit + c_hit, mit + m_hit, calm + c_calm
         totals = [totals[0] + crit, totals[1] + mit, totals[2] + calm]
         if calm:
