@@ -187,6 +187,9 @@ class MoveBands:
         self._cap = [b * 1e-4 for b in c.cap_bps]
         self._dd_ns = int(c.drawdown_s * NS)
         self._for_interval = -1
+        self._params_at: dict[int, tuple[float, float, float]] = {}
+        self._done_range: tuple[int, int, list[tuple[int, float, float, float]], float,
+                                float] | None = None
         self._returns: list[tuple[int, float]] = []
         self._horizons = self._h_ns
         self._dd_name = _label(c.drawdown_s)
@@ -277,10 +280,8 @@ class MoveBands:
             out.append((abs(move) / self._band(k, floor, cap, scale), move,
                         f"move_{_label(h / NS)}", cap, scale or 0.0))
         if s.coarse:
-            first = -(-ts // _COARSE_NS) - self._dd_ns // _COARSE_NS
-            recent = [x for x in s.coarse if x[0] >= first]
-            hi = max(high, max((x[3] for x in recent), default=high))
-            lo = min(low, min((x[2] for x in recent), default=low))
+            hi, lo = self._day_range(ts)
+            hi, lo = max(hi, high), min(lo, low)
             h = max(self._dd_ns, interval)
             k, floor, cap = self._params(h)
             dd, ru = math.log(low / hi), math.log(high / lo)
@@ -291,9 +292,31 @@ class MoveBands:
             out.append((abs(move) / band, move, f"{name}_{self._dd_name}", cap, scale or 0.0))
         return out
 
+    def _day_range(self, ts: int) -> tuple[float, float]:
+        """The highest high and lowest low of the coarse slots within ``drawdown_s`` of
+        ``ts``; the complete slots' part is kept until a slot rolls or one expires."""
+        tier = self.s.coarse
+        first = -(-ts // _COARSE_NS) - self._dd_ns // _COARSE_NS
+        last = tier[-1]
+        done = self._done_range
+        if done is None or done[0] != first or done[1] != len(tier) or done[2] != tier[-2:-1]:
+            old = [x for x in tier[:-1] if x[0] >= first]
+            done = self._done_range = (first, len(tier), tier[-2:-1],
+                                       max((x[3] for x in old), default=-math.inf),
+                                       min((x[2] for x in old), default=math.inf))
+        if last[0] < first:
+            return done[3], done[4]
+        return max(done[3], last[3]), min(done[4], last[2])
+
     def _params(self, h_ns: int) -> tuple[float, float, float]:
         """``(band_k, floor, cap)`` at horizon ``h_ns``: log-linear between the configured
-        horizons, the end values beyond them."""
+        horizons, the end values beyond them (remembered per horizon)."""
+        got = self._params_at.get(h_ns)
+        if got is None:
+            got = self._params_at[h_ns] = self._interpolate(h_ns)
+        return got
+
+    def _interpolate(self, h_ns: int) -> tuple[float, float, float]:
         hs = self._h_ns
         i = bisect.bisect_left(hs, h_ns)
         if i < len(hs) and hs[i] == h_ns:
