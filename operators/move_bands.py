@@ -187,11 +187,11 @@ class MoveBands:
         self._cap = [b * 1e-4 for b in c.cap_bps]
         self._dd_ns = int(c.drawdown_s * NS)
         self._for_interval = -1
+        self._plan: list[tuple[int, bool, float, float, float, str]] = []
         self._params_at: dict[int, tuple[float, float, float]] = {}
         self._done_range: tuple[int, int, list[tuple[int, float, float, float]], float,
                                 float] | None = None
         self._returns: list[tuple[int, float]] = []
-        self._horizons = self._h_ns
         self._dd_name = _label(c.drawdown_s)
         self._decay_per_ns = math.log(2.0) / (c.vol_halflife_s * NS)
         self._fine_keep = max(h for h in self._h_ns if h <= 3600 * NS) // _FINE_NS + 2 \
@@ -261,24 +261,25 @@ class MoveBands:
         interval = s.interval_ns
         out: list[tuple[float, float, str, float, float]] = []
         if interval != self._for_interval:
-            self._for_interval = interval
-            self._horizons = sorted({max(h, interval) for h in self._h_ns})
+            self._plan_for(interval)
         returns = self._returns
         returns.clear()
-        for h in self._horizons:
-            ref = (self._reference(s.fine, _FINE_NS, ts - h, h)
-                   if h <= 3600 * NS and h % _FINE_NS == 0
-                   else self._reference(s.coarse, _COARSE_NS, ts - h, h))
+        log = math.log
+        reference = self._reference
+        fine, coarse = s.fine, s.coarse
+        for h, on_fine, k, floor, cap, name in self._plan:
+            at = ts - h
+            ref = (reference(fine, _FINE_NS, at, h) if on_fine
+                   else reference(coarse, _COARSE_NS, at, h))
             if ref is None:
                 continue
-            down = math.log(low / ref)
-            up = math.log(high / ref)
+            down = log(low / ref)
+            up = log(high / ref)
             move = down if -down >= up else up
             returns.append((h, move))
-            k, floor, cap = self._params(h)
             scale = self._scale(h, sigma)
-            out.append((abs(move) / self._band(k, floor, cap, scale), move,
-                        f"move_{_label(h / NS)}", cap, scale or 0.0))
+            out.append((abs(move) / self._band(k, floor, cap, scale), move, name, cap,
+                        scale or 0.0))
         if s.coarse:
             hi, lo = self._day_range(ts)
             hi, lo = max(hi, high), min(lo, low)
@@ -291,6 +292,14 @@ class MoveBands:
             band = self._band(k, floor, cap, scale)
             out.append((abs(move) / band, move, f"{name}_{self._dd_name}", cap, scale or 0.0))
         return out
+
+    def _plan_for(self, interval: int) -> None:
+        """Per horizon for data of this interval: ``(h, on the fine tier, band_k, floor,
+        cap, name)``; a horizon shorter than the interval becomes the interval."""
+        self._for_interval = interval
+        self._plan = [(h, h <= 3600 * NS and h % _FINE_NS == 0, *self._params(h),
+                       f"move_{_label(h / NS)}")
+                      for h in sorted({max(h, interval) for h in self._h_ns})]
 
     def _day_range(self, ts: int) -> tuple[float, float]:
         """The highest high and lowest low of the coarse slots within ``drawdown_s`` of
