@@ -173,7 +173,7 @@ def incident_report(directory: Path) -> list[str]:
 
     lines = [f"{'incident':<28} {'series':<22} {'bar':>4} {'guard':>7} {'command':>8} "
              f"{'zscore':>7} {'hst':>7}   (minutes from onset)"]
-    met = earlier = 0
+    met = earlier = not_later = 0
     for lb in labels:
         key = inc.label_key(lb)
         detect = spans_delay(lb, spans.get(lb.file, []), key)
@@ -187,12 +187,13 @@ def incident_report(directory: Path) -> list[str]:
               and mitigate is not None and mitigate <= mitigate_goal)
         met += ok
         earlier += detect is not None and (z is None or detect < z)
+        not_later += detect is not None and (z is None or detect <= z)
         lines.append(f"{lb.name:<28} {lb.series:<22} {lb.resolution:>4} "
                      f"{fmt(detect):>7} {fmt(mitigate):>8} {fmt(z):>7} "
                      f"{fmt(h):>7} {'' if ok else ' <- goal missed'}")
     lines.append(f"incidents within goal (critical <= max(10 min, 1 bar), command <= "
                  f"max(15 min, 2 bars)): {met} of {len(labels)}; guard earlier than the "
-                 f"z-score: {earlier} of {len(labels)}")
+                 f"z-score on {earlier} of {len(labels)}, not later on {not_later}")
     lines.append("false critical episodes per calm instrument-day:")
     fas = {name: inc.false_alarms(loaded.series, labels, eps) for name, eps in runs.items()}
     for file in sorted({s.file for s in loaded.series}):

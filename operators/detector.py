@@ -157,7 +157,7 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     drift_cooldown_points: int = 300
     blend_points: int = 250
     hysteresis: float = 0.9
-    close_quiet_points: int = 60
+    close_quiet_points: int = 5
     close_quiet_ns: int = 5 * NS
     warn_excess: float = 0.05
     critical_excess: float = 0.15
@@ -169,6 +169,7 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     range_threshold: float = 0.01
     range_block: int = 128
     range_blocks: int = 48
+    range_quiet_points: int = 60
     bands: MoveBandConfig = MoveBandConfig()
     cross: CrossRateConfig = CrossRateConfig()
     topic: str = "features"
@@ -209,7 +210,7 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError(path + ".range_threshold", "must be a positive number",
                               self.range_threshold)
         for name in ("hst_trees", "hst_height", "hst_window", "threshold_window", "range_block",
-                     "range_blocks",
+                     "range_blocks", "range_quiet_points",
                      "blend_points", "top_k", "close_quiet_points", "protect_max_points"):
             if getattr(self, name) < 1:
                 raise ConfigError(path + "." + name, "must be a positive integer",
@@ -474,6 +475,7 @@ class DetectorLogic:
         self._down = 1.0 - config.tail_step * (1.0 - config.tail_quantile) / config.tail_quantile
         self.bands = (MoveBands(config.bands, s.key, s.bands) if config.bands.enabled
                       else None)
+        self._quiet_points = config.close_quiet_points
         if s.features:
             self._set_kind()
             if self._array:
@@ -494,6 +496,9 @@ class DetectorLogic:
         else:  # itemgetter of one key returns the value itself, not a tuple
             self._pick = lambda values: [values[f] for f in feats]
         self._tailing = self.config.tail and self.kind not in ("gaussian", "range")
+        # the range scorer's excursions are sparse: its episodes close after a longer calm
+        self._quiet_points = (self.config.range_quiet_points if self.kind == "range"
+                              else self.config.close_quiet_points)
         self.quantile.bounded = self.kind in ("hst", "river_hst")
 
     def _new_model(self) -> Any:
@@ -904,7 +909,7 @@ class DetectorLogic:
             s.ep_quiet += 1
         else:
             s.ep_quiet = 0
-        if s.ep_quiet >= c.close_quiet_points and ts - s.ep_last_anom >= c.close_quiet_ns:
+        if s.ep_quiet >= self._quiet_points and ts - s.ep_last_anom >= c.close_quiet_ns:
             s.ep_open = False
             return [self._signal(fv, "anomaly", "close", score, thr,
                                  Severity(s.ep_severity), s.ep_warming, contributions,
