@@ -107,9 +107,15 @@ def market_group(key: str) -> str | None:
 
 
 class CrossRateConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Settings of the cross-market dislocation check (``detector.cross``)."""
+    """Settings of the cross-market dislocation check (``detector.cross``).
 
-    enabled: bool = True
+    Off by default: it compares the prices that have reached its group, so processes
+    that drift apart in event time (a backlog through several processes) see each
+    other's markets late or early and raise dislocations one worker would not.
+    Turn it on where the guard runs as one process, or its inputs stay aligned.
+    """
+
+    enabled: bool = False
     floor_bps: float = 50.0
     band_k: float = 8.0
     critical_ratio: float = 2.0
