@@ -755,16 +755,17 @@ def test_a_repeat_trip_does_not_start_past_a_gate() -> None:
     assert {a for a, _ in acts(out)} == {"alert"}
 
 
-def test_the_default_playbook_acts_on_price_moves_and_only_alerts_on_a_regime_change() -> None:
-    """The bundled playbook: a critical price move goes reduce-only on its venue at once; a
-    regime change only alerts (it cuts no limits)."""
+def test_the_default_playbook_alerts_on_critical_price_moves_and_on_a_regime_change() -> None:
+    """The bundled playbook: a critical price move alerts on its instrument (a warning
+    is no command); a regime change only alerts (it cuts no limits)."""
     from importlib import resources
 
     doc = read_toml(str(resources.files("riskguard.dataflows").joinpath("playbook.toml")))
     cfg = decode_section(doc["playbook"], PlaybookConfig)
     logic = PlaybookLogic(cfg, ManualClock(1_000))
-    move = anomaly(0, kind="price_move", sev=Severity.CRITICAL)
-    assert acts(logic.on_event(move)) == [("alert", "venue:okx"), ("reduce_only", "venue:okx")]
+    assert logic.on_event(anomaly(0, kind="price_move")) == []
+    move = anomaly(1, kind="price_move", sev=Severity.CRITICAL, phase="escalate")
+    assert acts(logic.on_event(move)) == [("alert", "instrument:okx/BTC-USDT")]
     regime = anomaly(5, kind="regime_change", inst="ETH-USDT", sev=Severity.INFO)
     quiet = feed(logic, [regime, *[Tick(ts=s * S) for s in range(6, 400)]])
     assert ("reduce_limits", "underlying:okx/ETH") not in acts(quiet)
