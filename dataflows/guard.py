@@ -54,7 +54,7 @@ from riskguard.operators.base import (
     values_of,
 )
 from riskguard.operators.clock import TICK_IDLE_NS, Clock, Tick, system_clock
-from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer, encode_envelope
+from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer
 from riskguard.operators.dedup import RecentIdsLogic
 from riskguard.operators.detect_watch import DetectWatchLogic, detect_worker
 from riskguard.operators.detector import DetectorConfig, prepare_models
@@ -70,6 +70,7 @@ from riskguard.operators.feeds import FeedConfig, FeedMonitorLogic, FeedSelectLo
 from riskguard.operators.limits import LimitsConfig
 from riskguard.operators.metrics import record_command, start_metrics_server_from_env
 from riskguard.operators.observe import ObserveConfig, configure, observe_all
+from riskguard.operators.operator_commands import OPERATOR_COMMANDS_KEY, OperatorCommandLogic
 from riskguard.operators.playbook import PlaybookConfig
 from riskguard.operators.playbook_op import plan_mitigation
 from riskguard.operators.risk import (
@@ -110,8 +111,14 @@ from riskguard.schemas.codec import Codec
 from riskguard.schemas.time_policy import EventTimePolicy
 from riskguard.schemas.valuation import VALUATION_MAX_BYTES, Part, Progress, encode_valuations
 
-from riskguard.config import CommonConfig, config_hash, decode_section, read_toml
-from riskguard.errors import ConfigError, VerificationError
+from riskguard.config import (
+    CommonConfig,
+    config_hash,
+    decode_section,
+    inline_playbook_file,
+    read_toml,
+)
+from riskguard.errors import ConfigError
 
 NS = 1_000_000_000
 MARKET = (Trade, Quote, Bar, BookDepth, OptionQuote, IndexPrice, FundingRate)
@@ -278,9 +285,7 @@ def load_guard_config(path: str | Path) -> tuple[GuardConfig, str]:
             raise ConfigError(TIER_INDEX_ENV, "a market process index (0, 1, ...)", index)
         data = {**data, "tier": {**data.get("tier", {}), "index": int(index)}}
     base = Path(path).resolve().parent
-    if "playbook_file" in data and "playbook" not in data:
-        included = read_toml(base / str(data["playbook_file"]))
-        data = {**data, "playbook": included.get("playbook", {})}
+    data = inline_playbook_file(data, base)
     cfg = decode_section(data, GuardConfig)
     keys = cfg.keys
     resolved = KeysConfig(
@@ -501,37 +506,6 @@ def _tick_fn(tick_ns: int, other_sources: int = 0, source: str | None = None) ->
     return ticks
 
 
-class OperatorCommands:
-    """Verify an operator's signed command envelope for the playbook.
-
-    The envelope must verify against the trust file exactly as a subscriber
-    would check it (key, role, action, scope, two-person rule, audience of
-    the commands topic, freshness). The command that passes carries
-    ``params["approvals"]`` = the number of distinct authorized signers,
-    whatever the payload claimed. Anything else becomes a dead letter with
-    the verification reason (``command_<reason>``), which is audited.
-    """
-
-    def __init__(self, trust: TrustStore, env: str, topic: str, clock: Clock) -> None:
-        self.trust = trust
-        self.audience = Audience(env=env, topic=topic)
-        self.clock = clock
-
-    def __call__(self, env: SignedEnvelope) -> MitigationCommand | DeadLetter:
-        now = self.clock()
-        try:
-            v = self.trust.verify(env, expected_payload_type=PAYLOAD_COMMAND,
-                                  audience=self.audience, now_ns=now)
-        except VerificationError as err:
-            return DeadLetter(topic="limit_updates", ts=now, reason=f"command_{err.reason}",
-                              expected="a verified operator command", found=err.detail[:4096],
-                              step="verify_operator", raw=encode_envelope(env)[:65536])
-        cmd = v.message
-        assert isinstance(cmd, MitigationCommand)  # PAYLOAD_COMMAND decodes to a command
-        params = {**cmd.params, "approvals": float(len(v.signers))}
-        return msgspec.structs.replace(cmd, params=params)
-
-
 def _unhandled(rec: Any) -> DeadLetter:
     """A valid record of a type the guard does not consume (e.g. on the wrong topic); a
     bare command record is refused as unsigned: nothing unsigned acts."""
@@ -610,10 +584,16 @@ def guard_core(
     # Operator commands (a resume) come signed, on the limit-updates topic; they reach the
     # playbook only once verified against the trust file, with their approvals counted
     # from the signatures. A bare command record is refused: nothing unsigned acts.
+    # Each acts once: the replay state is keyed on one key and snapshotted.
     operator_cmds = op.flat_map_batch("operator_cmds", records, lambda rs: [
-        r for r in rs if isinstance(r, SignedEnvelope) and r.payload_type == PAYLOAD_COMMAND])
-    verify = OperatorCommands(trust, cfg.env, cfg.topic("commands"), clock)
-    verified = split_dead_letters("verify_operator", op.map("verify_cmd", operator_cmds, verify))
+        (OPERATOR_COMMANDS_KEY, r) for r in rs
+        if isinstance(r, SignedEnvelope) and r.payload_type == PAYLOAD_COMMAND])
+    commands_topic = cfg.topic("commands")
+    verified = split_dead_letters("verify_operator", op.flat_map_batch(
+        "verify_cmd_unkey", stateful_logic(
+            "verify_cmd", operator_cmds, lambda state: OperatorCommandLogic(
+                trust, env=cfg.env, topic=commands_topic, clock=clock, state=state)),
+        values_of))
     manual = verified.oks
     unhandled = op.flat_map_batch("unhandled", records, lambda rs: [
         _unhandled(r) for r in rs if not isinstance(r, HANDLED)])

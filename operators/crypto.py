@@ -85,6 +85,9 @@ class Reason(StrEnum):
     BAD_VALIDITY = "bad_validity"
     REPLAYED_SEQ = "replayed_seq"
     REPLAYED_COMMAND_ID = "replayed_command_id"
+    BAD_SCOPE = "bad_scope"
+    BAD_PARAMS = "bad_params"
+    TTL_TOO_LONG = "ttl_too_long"
 
 
 def rejection(reason: Reason, detail: str = "") -> VerificationError:

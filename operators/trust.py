@@ -13,9 +13,15 @@ An example trust file::
     serial = 7                      # raise on every change; rollbacks are refused
 
     [two_person]
-    actions = ["resume"]            # these need two distinct authorized keys
-    scopes = ["firm:*"]             # ... when the scope matches one of these
-    limit_cap = 5000000.0           # a limit update above this needs two keys
+    actions = ["resume"]            # these need two distinct people (key names)
+    scopes = ["firm:*"]             # ... when the scope matches one of these, and
+                                    # always on a scope wider than one venue or
+                                    # counterparty (firm:*, or no venue given)
+    limit_cap = 5000000.0           # a limit update above this needs two people
+
+    [max_ttl_s]                     # longest a signed message may live
+    default = 3600                  # (expires_at - issued_at), per action
+    halt_trading = 900              # or limit_update; longer ones are refused
 
     [[keys]]
     name = "engine-1"               # the issuer this key speaks for
@@ -28,11 +34,14 @@ An example trust file::
     revoked = false
 
 Authorization always comes from this file. An envelope's ``key_id`` is only
-a hint for which key to try first.
+a hint for which key to try first. Keys that share a ``name`` belong to one
+person (key rotation adds the new key under the old name): they count as one
+approval.
 """
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import functools
 import re
@@ -58,7 +67,16 @@ from riskguard.operators.crypto import (
     pae_prefix,
     rejection,
 )
-from riskguard.schemas.commands import Audience, LimitUpdate, MitigationCommand, Signature
+from riskguard.schemas.commands import (
+    Action,
+    Audience,
+    LimitUpdate,
+    MitigationCommand,
+    Signature,
+    command_scope_problem,
+    scope_is_wide,
+)
+from riskguard.schemas.json_checks import duplicate_key_problem
 from riskguard.schemas.signals import Scope
 
 from riskguard.errors import ConfigError, TrustError, VerificationError
@@ -66,6 +84,10 @@ from riskguard.errors import ConfigError, TrustError, VerificationError
 NS_PER_S = 1_000_000_000
 DEFAULT_LEEWAY_NS = 10 * NS_PER_S
 LIMIT_UPDATE_ACTION = "limit_update"
+DEFAULT_MAX_TTL_NS = 3600 * NS_PER_S
+"""The longest a signed command or limit update may live (``expires_at - issued_at``)
+when the trust file's ``[max_ttl_s]`` names no other."""
+TTL_ACTIONS = frozenset({a.value for a in Action} | {LIMIT_UPDATE_ACTION})
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -138,14 +160,19 @@ class TrustedKey:
 
 @dataclass(frozen=True)
 class TwoPersonRule:
-    """Actions (and limit raises) that need two distinct authorized keys."""
+    """Actions (and limit raises) that need two distinct people.
+
+    An action listed here needs two on every scope matching ``scopes``, and on
+    every scope wider than one venue or counterparty whatever ``scopes`` says.
+    """
 
     actions: frozenset[str] = frozenset()
     scopes: tuple[str, ...] = ("*",)
     limit_cap: float | None = None
 
-    def applies_to_command(self, action: str, scope_label: str) -> bool:
-        return action in self.actions and scope_matcher(self.scopes)(scope_label)
+    def applies_to_command(self, action: str, scope: Scope) -> bool:
+        return action in self.actions and (
+            scope_is_wide(scope) or scope_matcher(self.scopes)(scope.label()))
 
     def applies_to_limit(self, update: LimitUpdate) -> bool:
         if self.limit_cap is None:
@@ -161,6 +188,12 @@ class TrustDoc:
     keys: tuple[TrustedKey, ...]
     two_person: TwoPersonRule = field(default_factory=TwoPersonRule)
     serial: int = 0
+    max_ttl_ns: Mapping[str, int] = field(default_factory=dict)
+    default_max_ttl_ns: int = DEFAULT_MAX_TTL_NS
+
+    def max_ttl_for(self, action: str) -> int:
+        """The longest lifetime (ns) a signed ``action`` (or ``limit_update``) may have."""
+        return self.max_ttl_ns.get(action, self.default_max_ttl_ns)
 
 
 @dataclass(frozen=True)
@@ -213,6 +246,8 @@ class VerifiedMessage:
     issuer: str
     signers: tuple[str, ...]
     payload: bytes
+    approvers: tuple[str, ...] = ()
+    """The distinct people (key names) among the authorized signers."""
 
 
 _sig_list = msgspec.json.Decoder(list[Signature])
@@ -250,6 +285,7 @@ def parse_trust(text: str, *, source: str = "trust") -> TrustDoc:
     except tomllib.TOMLDecodeError as err:
         msg = f"{source}: not valid TOML: {err}"
         raise TrustError(msg) from None
+    _only_known(data, _ROOT_FIELDS, source)
     version = data.get("version", 1)
     if version != 1:
         msg = f"{source}:version"
@@ -268,12 +304,7 @@ def parse_trust(text: str, *, source: str = "trust") -> TrustDoc:
         where = f"{source}:keys[{i}]"
         if not isinstance(k, dict):
             raise ConfigError(where, "a table", k)
-        unknown = set(k) - {
-            "name", "public_key", "key_id", "role", "actions", "scopes",
-            "not_before", "not_after", "revoked", "comment",
-        }
-        if unknown:
-            raise ConfigError(where, "only known fields", sorted(unknown))
+        _only_known(k, _KEY_FIELDS, where)
         name = k.get("name")
         if not isinstance(name, str) or not name:
             msg = f"{where}.name"
@@ -306,9 +337,11 @@ def parse_trust(text: str, *, source: str = "trust") -> TrustDoc:
         if nb is not None and na is not None and na <= nb:
             msg = f"{where}.not_after"
             raise ConfigError(msg, "later than not_before", k.get("not_after"))
+        key_actions = _str_list(k.get("actions"), f"{where}.actions", ())
+        _known_actions((a for a in key_actions if a != "*"), f"{where}.actions")
         keys.append(TrustedKey(
             name=name, key=vk, role=role,
-            actions=frozenset(_str_list(k.get("actions"), f"{where}.actions", ())),
+            actions=frozenset(key_actions),
             scopes=_str_list(k.get("scopes"), f"{where}.scopes", ()),
             not_before=nb, not_after=na, revoked=revoked,
         ))
@@ -316,16 +349,61 @@ def parse_trust(text: str, *, source: str = "trust") -> TrustDoc:
     if not isinstance(tp, dict):
         msg = f"{source}:two_person"
         raise ConfigError(msg, "a table", tp)
+    _only_known(tp, _TWO_PERSON_FIELDS, f"{source}:two_person")
     cap = tp.get("limit_cap")
     if cap is not None and (not isinstance(cap, int | float) or isinstance(cap, bool) or cap < 0):
         msg = f"{source}:two_person.limit_cap"
         raise ConfigError(msg, "a non-negative number", cap)
+    two_actions = _str_list(tp.get("actions"), f"{source}:two_person.actions", ())
+    _known_actions(two_actions, f"{source}:two_person.actions")
     rule = TwoPersonRule(
-        actions=frozenset(_str_list(tp.get("actions"), f"{source}:two_person.actions", ())),
+        actions=frozenset(two_actions),
         scopes=_str_list(tp.get("scopes"), f"{source}:two_person.scopes", ("*",)),
         limit_cap=None if cap is None else float(cap),
     )
-    return TrustDoc(keys=tuple(keys), two_person=rule, serial=serial)
+    default_ttl, ttls = _max_ttls(data.get("max_ttl_s", {}), f"{source}:max_ttl_s")
+    return TrustDoc(keys=tuple(keys), two_person=rule, serial=serial, max_ttl_ns=ttls,
+                    default_max_ttl_ns=default_ttl)
+
+
+_ROOT_FIELDS = frozenset({"version", "serial", "two_person", "keys", "max_ttl_s"})
+_KEY_FIELDS = frozenset({"name", "public_key", "key_id", "role", "actions", "scopes",
+                         "not_before", "not_after", "revoked", "comment"})
+_TWO_PERSON_FIELDS = frozenset({"actions", "scopes", "limit_cap"})
+
+
+def _only_known(table: Mapping[str, Any], known: frozenset[str], where: str) -> None:
+    """Refuse a trust-file table with a key it does not know (a typo must not
+    silently drop a rule), naming the key and the closest known one."""
+    for name in table:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}.{name}",
+                              "one of " + ", ".join(sorted(known)) + hint, name)
+
+
+def _known_actions(names: Iterable[str], where: str) -> None:
+    for name in names:
+        if name not in TTL_ACTIONS:
+            close = difflib.get_close_matches(name, sorted(TTL_ACTIONS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(where, "action names" + hint, name)
+
+
+def _max_ttls(table: Any, where: str) -> tuple[int, dict[str, int]]:
+    """``[max_ttl_s]``: ``default`` and per-action lifetimes in seconds, as ns."""
+    if not isinstance(table, dict):
+        raise ConfigError(where, "a table of action = seconds", table)
+    _only_known(table, TTL_ACTIONS | {"default"}, where)
+    out: dict[str, int] = {}
+    for name, value in table.items():
+        if (not isinstance(value, int | float) or isinstance(value, bool)
+                or not 0 < value <= 366 * 86_400):
+            raise ConfigError(f"{where}.{name}", "seconds, > 0 and at most a year", value)
+        out[name] = int(value * NS_PER_S)
+    default = out.pop("default", DEFAULT_MAX_TTL_NS)
+    return default, out
 
 
 def sig_path(trust_path: str | Path) -> Path:
@@ -502,9 +580,12 @@ class TrustStore:
         """Check an envelope end to end; return the typed message or raise.
 
         Order: payload type, signatures over the exact bytes, key status,
-        then (only now) parse the payload, then issuer binding, role, action,
-        scope, two-person rule, audience and freshness. Replay is the
-        subscriber's job (it needs durable state).
+        then (only now) parse the payload (duplicate keys and deep nesting are
+        refused first: every JSON parser must read the same bytes the same way),
+        then issuer binding, the command's scope and params, role, action,
+        scope, two-person rule (distinct people, not keys), audience, freshness
+        and lifetime. Replay needs durable state: the subscriber and the guard
+        keep it (:class:`ReplayGuard`).
         """
         if envelope.payload_type != expected_payload_type:
             raise rejection(Reason.WRONG_PAYLOAD_TYPE,
@@ -512,6 +593,9 @@ class TrustStore:
         payload: bytes = envelope.payload
         signers = self.signing_keys(expected_payload_type, payload, envelope.signatures, now_ns)
         msg: MitigationCommand | LimitUpdate
+        problem = duplicate_key_problem(payload)
+        if problem is not None:
+            raise rejection(Reason.MALFORMED_PAYLOAD, problem)
         try:
             if expected_payload_type == PAYLOAD_COMMAND:
                 msg = _cmd_decoder.decode(payload)
@@ -522,6 +606,11 @@ class TrustStore:
                        f"{expected_payload_type!r} is not a command or limit update")
         except (msgspec.DecodeError, UnicodeDecodeError) as err:
             raise rejection(Reason.MALFORMED_PAYLOAD, str(err)[:200]) from None
+        except VerificationError:
+            raise
+        except Exception as err:  # anything a parser raises is a refusal
+            raise rejection(Reason.MALFORMED_PAYLOAD,
+                            f"{type(err).__name__}: {str(err)[:160]}") from None
         issuer = msg.issuer
         for k in signers:
             if k.name == issuer:
@@ -532,7 +621,10 @@ class TrustStore:
                    f"({', '.join(k.name for k in signers)})")
         if isinstance(msg, MitigationCommand):
             action, scope_label = msg.action.value, msg.scope.label()
-            two = self.doc.two_person.applies_to_command(action, scope_label)
+            bad_scope = command_scope_problem(msg.scope)
+            if bad_scope is not None:
+                raise rejection(Reason.BAD_SCOPE, bad_scope)
+            two = self.doc.two_person.applies_to_command(action, msg.scope)
         else:
             action, scope_label = LIMIT_UPDATE_ACTION, limit_scope_label(msg.limit_path)
             two = self.doc.two_person.applies_to_limit(msg)
@@ -546,18 +638,26 @@ class TrustStore:
                 first_refusal = refusal
         if not authorized and first_refusal is not None:
             raise rejection(*first_refusal)
-        if two and len(authorized) < 2:
+        approvers = tuple(dict.fromkeys(k.name for k in authorized))
+        if two and len(approvers) < 2:
             raise rejection(Reason.TWO_PERSON_REQUIRED,
-                   f"{action} on {scope_label} needs two distinct authorized keys; "
-                   f"got {len(authorized)}")
+                   f"{action} on {scope_label} needs two distinct people; got "
+                   f"{len(authorized)} authorized key(s) of {len(approvers)} "
+                   f"({', '.join(approvers)})")
         if msg.audience != audience:
             raise rejection(Reason.WRONG_AUDIENCE,
                    f"expected env={audience.env!r} topic={audience.topic!r}; got "
                    f"env={msg.audience.env!r} topic={msg.audience.topic!r}")
         check_freshness(msg.issued_at, msg.expires_at, now_ns, leeway_ns)
+        max_ttl = self.doc.max_ttl_for(action)
+        if msg.expires_at - msg.issued_at > max_ttl:
+            raise rejection(Reason.TTL_TOO_LONG,
+                   f"{action} lives {(msg.expires_at - msg.issued_at) / NS_PER_S:.0f} s; "
+                   f"the trust file allows at most {max_ttl / NS_PER_S:.0f} s")
         return VerifiedMessage(
             payload_type=expected_payload_type, message=msg, issuer=msg.issuer,
             signers=tuple([k.key.key_id for k in authorized]), payload=payload,
+            approvers=approvers,
         )
 
     @staticmethod

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 import msgspec
 from riskguard.schemas.base import Record
-from riskguard.schemas.signals import Scope
+from riskguard.schemas.signals import Scope, ScopeKind
 from riskguard.schemas.types import Finite, HexDigest, Name, Nanos, NonNegative, RecordId, Seq, Text
 
 
@@ -31,6 +31,51 @@ class Audience(msgspec.Struct, frozen=True, kw_only=True):
 
     env: Name
     topic: Name
+
+
+def command_scope_problem(scope: Scope) -> str | None:
+    """None if a command may carry ``scope``; else why not.
+
+    A command names exactly what it acts on: ``firm:*`` (value ``*``, no venue)
+    for the whole firm, otherwise one venue, counterparty, underlying or
+    instrument by name, optionally narrowed to one venue (instrument and
+    underlying only). ``*`` is never a wildcard outside ``firm``, and no name
+    holds ``/``, so every label reads back to one scope.
+
+    >>> command_scope_problem(Scope(kind=ScopeKind.VENUE, value="okx")) is None
+    True
+    >>> command_scope_problem(Scope(kind=ScopeKind.VENUE, value="*"))
+    "'*' (all) is only allowed in the firm scope; venue:* names no single venue"
+    """
+    if scope.kind is ScopeKind.FIRM:
+        if scope.value != "*" or scope.venue is not None:
+            return f"a firm scope is exactly firm:*; got {scope.label()}"
+        return None
+    if scope.value == "*":
+        return (f"'*' (all) is only allowed in the firm scope; {scope.label()} names no "
+                f"single {scope.kind.value}")
+    if "/" in scope.value:
+        return f"a {scope.kind.value} name holds no '/'; got {scope.value!r}"
+    if scope.venue is not None:
+        if scope.kind not in (ScopeKind.INSTRUMENT, ScopeKind.UNDERLYING):
+            return f"only instrument and underlying scopes take a venue; got {scope.label()}"
+        if "/" in scope.venue or scope.venue == "*":
+            return f"a venue is one venue's name; got {scope.venue!r}"
+    return None
+
+
+def scope_is_wide(scope: Scope) -> bool:
+    """True for a scope wider than one venue or one counterparty: the firm, or an
+    instrument or underlying on every venue. The two-person rule always covers these.
+
+    >>> scope_is_wide(Scope(kind=ScopeKind.UNDERLYING, value="BTC"))
+    True
+    >>> scope_is_wide(Scope(kind=ScopeKind.UNDERLYING, value="BTC", venue="okx"))
+    False
+    """
+    if scope.kind is ScopeKind.FIRM:
+        return True
+    return scope.kind in (ScopeKind.INSTRUMENT, ScopeKind.UNDERLYING) and scope.venue is None
 
 
 class MitigationCommand(Record, frozen=True, kw_only=True, tag="command"):

@@ -11,9 +11,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from riskguard.connectors.subscriber import CommandSubscriber
-from riskguard.dataflows.guard import OperatorCommands, _unhandled
+from riskguard.dataflows.guard import _unhandled
 from riskguard.operators.clock import ManualClock
 from riskguard.operators.crypto import PAYLOAD_COMMAND, decode_envelope, sign_envelope
+from riskguard.operators.operator_commands import OperatorCommandLogic
 from riskguard.operators.trust import RootSet, TrustStore
 from riskguard.schemas import DeadLetter, MitigationCommand
 from riskguard.schemas.commands import Action, Audience
@@ -34,7 +35,12 @@ from signing_fixtures import (
 from riskguard.cli import main
 from tests.kafka_helpers import consume_all
 
-CMDS = OperatorCommands(trust_store(), AUD.env, AUD.topic, ManualClock(T0))
+
+
+def CMDS(env: object) -> object:  # noqa: N802 - a fresh verifier per command
+    logic = OperatorCommandLogic(trust_store(), env=AUD.env, topic=AUD.topic,
+                                 clock=ManualClock(T0))
+    return logic.check(env)  # type: ignore[arg-type]
 
 
 def _resume(*signers, **params) -> object:  # type: ignore[no-untyped-def]

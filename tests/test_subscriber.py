@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import bytewax.operators as op
@@ -16,7 +17,19 @@ from riskguard.operators.crypto import PAYLOAD_COMMAND, encode_envelope, sign_en
 from riskguard.operators.signing import SignConfig, SignLogic
 from riskguard.operators.trust import TrustStore, parse_trust
 from riskguard.schemas.commands import MitigationCommand
-from signing_fixtures import AUD, ENGINE, ENGINE2, FIRM, OP1, T0, VENUE_X, S, command, trust_store
+from signing_fixtures import (
+    AUD,
+    ENGINE,
+    ENGINE2,
+    FIRM,
+    OP1,
+    T0,
+    VENUE_X,
+    S,
+    command,
+    trust_store,
+    trust_text,
+)
 
 from riskguard.errors import TrustError
 
@@ -111,12 +124,14 @@ def test_unauthorized_and_wrong_audience_are_rejected_before_the_callback(tmp_pa
 
 def test_state_survives_a_restart_and_is_checked_even_when_old(tmp_path: Path) -> None:
     clock = ManualClock(T0)
-    h = Harness(tmp_path, clock)
+    # a trust file that lets commands live ten days
+    trust = TrustStore(replace(parse_trust(trust_text()), default_max_ttl_ns=10 * 86_400 * S))
+    h = Harness(tmp_path, clock, trust)
     data = env_bytes(command(1, seq=5, ttl=10 * 24 * 3600 * S))
     h.sub.handle(data, partition=0, offset=0)
     h.sub.close()
     clock.advance(5 * 24 * 3600 * S)  # five days later, the command is still unexpired
-    h2 = Harness(tmp_path, clock)
+    h2 = Harness(tmp_path, clock, trust)
     rej = h2.sub.handle(data, partition=0, offset=0)
     assert isinstance(rej, Rejection) and rej.reason == "replayed_seq"
     assert h2.executed == []

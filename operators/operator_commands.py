@@ -1,0 +1,108 @@
+"""Operators' signed commands (a resume, a manual halt), verified once each before the
+playbook sees them.
+
+An operator's command reaches the guard as a signed envelope on the limit-updates
+topic. It must verify against the trust file exactly as a subscriber checks it
+(key, role, action, scope, params, two-person rule over distinct people,
+audience of the commands topic, freshness, lifetime), and it acts once: the
+same command presented again, under its old id or an older ``seq`` of its
+issuer, is refused as a replay. The replay state is part of the snapshot, so a
+resumed guard refuses what the stopped one had accepted.
+
+>>> from riskguard.operators.clock import ManualClock
+>>> from riskguard.operators.trust import TrustDoc, TrustStore
+>>> logic = OperatorCommandLogic(TrustStore(TrustDoc(keys=())), env="prod",
+...                              topic="prod.riskguard.commands.v1", clock=ManualClock(0))
+>>> logic.snapshot()
+OperatorCommandState(seen={}, high_water={})
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import msgspec
+from riskguard.operators.clock import Clock
+from riskguard.operators.crypto import PAYLOAD_COMMAND, Reason, encode_envelope
+from riskguard.operators.trust import DEFAULT_LEEWAY_NS, TrustStore
+from riskguard.schemas.audit import DeadLetter
+from riskguard.schemas.commands import Audience, MitigationCommand, SignedEnvelope
+
+from riskguard.errors import VerificationError
+
+OPERATOR_COMMANDS_KEY = "operator_commands"
+"""The one key all operators' commands share (one replay state for the firm)."""
+
+
+@dataclass
+class OperatorCommandState:
+    """Replay state: accepted command ids with their expiry, and each issuer's highest
+    ``seq``. An id is forgotten once its command has expired (past the leeway): it
+    could not verify again anyway."""
+
+    seen: dict[str, int] = field(default_factory=dict)
+    high_water: dict[str, int] = field(default_factory=dict)
+
+
+class OperatorCommandLogic:
+    """Verify each operator's envelope once; emit the command or a dead letter.
+
+    The command that passes carries ``params["approvals"]`` = the number of distinct
+    people who signed it (key names, not keys), whatever the payload claimed. A
+    refusal is a dead letter with reason ``command_<reason>`` (audited), e.g.
+    ``command_replayed_command_id`` for the same command presented twice.
+    """
+
+    def __init__(self, trust: TrustStore, *, env: str, topic: str, clock: Clock,
+                 state: OperatorCommandState | None = None,
+                 leeway_ns: int = DEFAULT_LEEWAY_NS) -> None:
+        self.trust = trust
+        self.audience = Audience(env=env, topic=topic)
+        self.clock = clock
+        self.leeway_ns = leeway_ns
+        self.state = state if state is not None else OperatorCommandState()
+
+    def snapshot(self) -> OperatorCommandState:
+        return OperatorCommandState(seen=dict(self.state.seen),
+                                    high_water=dict(self.state.high_water))
+
+    def on_event(self, env: SignedEnvelope) -> list[MitigationCommand | DeadLetter]:
+        return [self.check(env)]
+
+    def check(self, env: SignedEnvelope) -> MitigationCommand | DeadLetter:
+        """The verified command (approvals counted) or the dead letter saying why not."""
+        now = self.clock()
+        try:
+            v = self.trust.verify(env, expected_payload_type=PAYLOAD_COMMAND,
+                                  audience=self.audience, now_ns=now, leeway_ns=self.leeway_ns)
+        except VerificationError as err:
+            return _refused(env, now, err.reason, err.detail)
+        cmd = v.message
+        assert isinstance(cmd, MitigationCommand)  # PAYLOAD_COMMAND decodes to a command
+        st = self.state
+        self._forget_expired(now)
+        if cmd.command_id in st.seen:
+            return _refused(env, now, Reason.REPLAYED_COMMAND_ID.value,
+                            f"command_id {cmd.command_id!r} was already accepted")
+        high = st.high_water.get(cmd.issuer)
+        if high is not None and cmd.seq <= high:
+            return _refused(env, now, Reason.REPLAYED_SEQ.value,
+                            f"seq {cmd.seq} <= high-water {high} of {cmd.issuer!r}")
+        st.seen[cmd.command_id] = cmd.expires_at
+        if cmd.seq:  # seq 0: the issuer keeps no sequence; the id alone guards it
+            st.high_water[cmd.issuer] = cmd.seq
+        params = {**cmd.params, "approvals": float(len(v.approvers))}
+        return msgspec.structs.replace(cmd, params=params)
+
+    def _forget_expired(self, now: int) -> None:
+        seen = self.state.seen
+        horizon = now - self.leeway_ns
+        if seen and min(seen.values()) < horizon:
+            for cid in [c for c, exp in seen.items() if exp < horizon]:
+                del seen[cid]
+
+
+def _refused(env: SignedEnvelope, now: int, reason: str, detail: str) -> DeadLetter:
+    return DeadLetter(topic="limit_updates", ts=now, reason=f"command_{reason}",
+                      expected="a verified operator command", found=detail[:4096],
+                      step="verify_operator", raw=encode_envelope(env)[:65536])
