@@ -21,7 +21,20 @@ SECRET_KEYS = frozenset({"sasl.password", "ssl.key.password", "sasl.oauthbearer.
 REDACTED = "***"
 
 
-class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defaults=True):
+def looks_secret(name: str) -> bool:
+    """Does a setting's name say it holds a secret (a password, a client secret)?
+
+    Their values are never printed, not even in an error about a misspelt key.
+
+    >>> looks_secret("sasl_passwrod"), looks_secret("sasl.password"), looks_secret("bootstrap")
+    (True, True, False)
+    """
+    low = name.lower()
+    return name in SECRET_KEYS or any(w in low for w in ("secret", "passw", "token"))
+
+
+class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defaults=True,
+                    forbid_unknown_fields=True):
     """Where the cluster is and how to authenticate to it."""
 
     bootstrap: str
@@ -62,7 +75,7 @@ class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, repr_omit_default
     def redacted(self) -> dict[str, Any]:
         """``client_config()`` with every secret replaced by ``***``."""
         return {
-            k: (REDACTED if k in SECRET_KEYS or "secret" in k or "password" in k else v)
+            k: (REDACTED if looks_secret(k) else v)
             for k, v in self.client_config().items()
         }
 

@@ -10,21 +10,32 @@ riskguard.errors.ConfigError: topics.partitions.market: must be >= 1; got -5
 
 Operator sections (features, detector, exposure, limits, playbook, ...)
 are typed by the config structs of their operator modules and decoded the
-same way by :func:`decode_section`.
+same way by :func:`decode_section`. A key no struct knows is refused, never
+ignored, whether or not its struct forbids unknown fields, with the closest
+known name:
+
+>>> decode_section({"partitionz": {}}, TopicsConfig, "topics")
+Traceback (most recent call last):
+...
+riskguard.errors.ConfigError: topics.partitionz: is not a known setting
+(did you mean `partitions`?); got {}
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import hashlib
 import re
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import msgspec
 import msgspec.inspect as mi
 
-from riskguard.connectors.settings import KafkaSettings
+from riskguard.connectors.settings import REDACTED, KafkaSettings, looks_secret
 from riskguard.errors import ConfigError
 
 T = TypeVar("T")
@@ -137,7 +148,12 @@ def _bound(text: str) -> str:
 
 
 def decode_section(data: Any, cls: type[T], prefix: str = "") -> T:
-    """Convert a TOML table into ``cls``, raising ConfigError that names the key path."""
+    """Convert a TOML table into ``cls``, raising ConfigError that names the key path.
+
+    Every table in ``data`` is first checked against the struct it decodes into
+    (:func:`check_known_keys`): an unknown key is an error, never a default.
+    """
+    check_known_keys(data, cls, prefix)
     try:
         return msgspec.convert(data, cls, strict=True)
     except ConfigError as err:
@@ -162,13 +178,189 @@ def decode_section(data: Any, cls: type[T], prefix: str = "") -> T:
         elif mm := _TYPE.match(msg):
             expected, found = f"must be {mm['exp']}", found if found is not None else mm["got"]
         elif mm := _MISSING.match(msg):
-            path, expected = f"{path}.{mm['field']}".lstrip("."), "is required"
+            path = ".".join(p for p in (prefix, dotted, mm["field"]) if p)
+            expected, found = "is required", None
         elif mm := _UNKNOWN.match(msg):
-            path, expected = f"{path}.{mm['field']}".lstrip("."), "is not a known setting"
+            path = ".".join(p for p in (prefix, dotted, mm["field"]) if p)
+            expected = "is not a known setting"
             found = _lookup(data, f"{rel}.{mm['field']}")
         else:
             expected = msg
+        if looks_secret(path.rsplit(".", 1)[-1]):
+            found = REDACTED
         raise ConfigError(path, expected, found) from None
+
+
+# -- unknown keys ---------------------------------------------------------------------
+
+_LISTS = (mi.ListType, mi.VarTupleType, mi.SetType, mi.FrozenSetType)
+_DICTS = (mi.DictType, mi.FrozenDictType)
+_RECORDS = (mi.StructType, mi.DataclassType, mi.TypedDictType, mi.NamedTupleType)
+
+
+@functools.lru_cache(maxsize=64)
+def _type_info(cls: Any) -> Any:
+    return mi.type_info(cls)
+
+
+def _unwrap(t: Any) -> Any:
+    while isinstance(t, mi.Metadata):
+        t = t.type
+    return t
+
+
+def _fields(t: Any) -> dict[str, Any]:
+    """The keys a record type accepts (its tag field included) and their types."""
+    out = {f.encode_name: f.type for f in t.fields}
+    tag_field = getattr(t, "tag_field", None)
+    if tag_field is not None:
+        out[tag_field] = mi.AnyType()
+    return out
+
+
+def _member_for(t: Any, value: Any) -> Any:
+    """The member of union ``t`` a value of this shape decodes into (None: no single one).
+
+    A table goes to the union's one record type (a tagged union: the one whose tag
+    the table names); an array to its one array type.
+    """
+    members = [_unwrap(x) for x in t.types]
+    if isinstance(value, dict):
+        records = [x for x in members if isinstance(x, _RECORDS)]
+        if any(isinstance(x, _DICTS) for x in members):
+            return next((x for x in members if isinstance(x, _DICTS)), None)
+        if len(records) == 1:
+            return records[0]
+        tagged = [x for x in records if getattr(x, "tag_field", None) is not None
+                  and value.get(x.tag_field) == x.tag]
+        return tagged[0] if len(tagged) == 1 else None
+    if isinstance(value, list):
+        arrays = [x for x in members if isinstance(x, (*_LISTS, mi.TupleType))]
+        return arrays[0] if len(arrays) == 1 else None
+    return None
+
+
+def _suggest(key: str, known: Any) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def _check_known(value: Any, t: Any, path: str) -> None:
+    t = _unwrap(t)
+    if isinstance(t, mi.UnionType):
+        t = _member_for(t, value)
+        if t is None:
+            return
+    if isinstance(value, dict):
+        if isinstance(t, _RECORDS) and not isinstance(t, mi.NamedTupleType):
+            known = _fields(t)
+            for key, item in value.items():
+                where = f"{path}.{key}" if path else str(key)
+                if key not in known:
+                    found = REDACTED if looks_secret(str(key)) else item
+                    raise ConfigError(where, "is not a known setting" + _suggest(key, known),
+                                      found)
+                _check_known(item, known[key], where)
+        elif isinstance(t, _DICTS):
+            for key, item in value.items():
+                _check_known(item, t.value_type, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        if isinstance(t, _LISTS):
+            for i, item in enumerate(value):
+                _check_known(item, t.item_type, f"{path}[{i}]")
+        elif isinstance(t, mi.TupleType):
+            for i, (item, it) in enumerate(zip(value, t.item_types, strict=False)):
+                _check_known(item, it, f"{path}[{i}]")
+
+
+def check_known_keys(data: Any, cls: Any, prefix: str = "") -> None:
+    """Raise ConfigError for the first key of ``data`` that ``cls`` has no place for.
+
+    Walks every table of ``data`` along the type tree of ``cls``: nested structs,
+    tables of structs, arrays of structs, optional and tagged-union members. The
+    error names the full key path and, when one is close, the known key meant.
+
+    >>> check_known_keys({"kafka": {"boostrap": "b:9092"}}, CommonConfig)
+    Traceback (most recent call last):
+    ...
+    riskguard.errors.ConfigError: kafka.boostrap: is not a known setting
+    (did you mean `bootstrap`?); got 'b:9092'
+    """
+    _check_known(data, _type_info(cls), prefix)
+
+
+def check_key_path(cls: Any, dotted: str, *, extra: Iterable[str] = (),
+                   found: Any = None) -> None:
+    """Raise ConfigError unless ``dotted`` (``detector.warmup_events``) names a setting
+    of ``cls``: each part a field of its struct, or any key of a table of named
+    entries (``feeds.venues.okx.max_gap_ns``). ``extra`` lists more accepted paths;
+    ``found`` is what the error reports as given for the path.
+
+    >>> check_key_path(CommonConfig, "topics.default_partitionz", found=[3])
+    Traceback (most recent call last):
+    ...
+    riskguard.errors.ConfigError: topics.default_partitionz: is not a known setting
+    (did you mean `topics.default_partitions`?); got [3]
+    """
+    extra = tuple(extra)
+    if dotted in extra:
+        return
+    t: Any = _type_info(cls)
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        t = _unwrap(t)
+        if isinstance(t, mi.UnionType):
+            t = _member_for(t, {})
+        done = ".".join(parts[:i])
+        if isinstance(t, _RECORDS):
+            known = _fields(t)
+            if part not in known:
+                here = f"{done}." if done else ""
+                names = [*known, *(e[len(here):] for e in extra
+                                   if e.startswith(here) and "." not in e[len(here):])]
+                close = difflib.get_close_matches(part, names, n=1)
+                hint = f" (did you mean `{here}{close[0]}`?)" if close else ""
+                raise ConfigError(f"{here}{part}", "is not a known setting" + hint, found)
+            t = known[part]
+        elif isinstance(t, _DICTS):
+            t = t.value_type
+        elif isinstance(t, mi.AnyType):
+            return
+        else:
+            raise ConfigError(dotted, f"a path into config tables ({done} holds a value, "
+                              "not a table)", found)
+
+
+def read_playbook_file(path: Path | str) -> dict[str, Any]:
+    """The ``[playbook]`` table of a playbook file (``playbook_file = ...``).
+
+    The file holds that one table: anything else beside it (a misspelt
+    ``[playbok]``) is refused, so a typo never runs the guard without a playbook.
+    """
+    doc = read_toml(path)
+    for key in doc:
+        if key != "playbook":
+            raise ConfigError(f"{path}: {key}", "is not a known setting of a playbook file "
+                              "(it holds one [playbook] table)" + _suggest(key, ["playbook"]),
+                              doc[key])
+    table = doc.get("playbook")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: playbook", "a [playbook] table", table)
+    return table
+
+
+def inline_playbook_file(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A config table with its ``playbook_file`` (relative to ``base``) read into
+    ``[playbook]``; a config that has both is refused (one of them would be ignored)."""
+    if "playbook_file" not in data:
+        return data
+    if "playbook" in data:
+        raise ConfigError("playbook_file", "either playbook_file or a [playbook] table, not "
+                          "both (the file would be ignored)", data["playbook_file"])
+    name = data["playbook_file"]
+    if not isinstance(name, str):
+        raise ConfigError("playbook_file", "must be str", name)
+    return {**data, "playbook": read_playbook_file(base / name)}
 
 
 def read_toml(path: Path | str) -> dict[str, Any]:
