@@ -13,7 +13,10 @@ such counterparty: its complete sums over the shard.
 Stage 2, :class:`CounterpartyLogic`, is keyed by counterparty. It keeps the
 latest part per shard, re-sums them exactly, detects stale marks against the
 counterparty's event-time watermark, and emits the counterparty's
-:class:`~riskguard.schemas.Exposure` (at most once per batch).
+:class:`~riskguard.schemas.Exposure` (at most once per batch). A position with no
+mark or no FX rate, or collateral with no FX rate, is left out of the sums and
+named in ``unvalued_instruments`` / ``unvalued_collateral`` (and ``stale``): the
+limits count it as unvalued, never as zero.
 
 Stage 3, :class:`FirmLogic`, is keyed by the constant ``"firm"``. It keeps
 the latest exposure per counterparty, computes each one's concentration
@@ -2287,6 +2290,12 @@ class CounterpartyLogic:
             for name in [n for n in st.stale if n not in old]:
                 del st.stale[name]
         stale = sorted({*unvalued, *old}) if unvalued or old else []
+        unv_inst: list[str] = []
+        unv_coll: list[str] = []
+        if unvalued:  # a part's unvalued names: its positions', then collateral assets'
+            held = set(names)
+            unv_inst = sorted({n for n in unvalued if n in held})
+            unv_coll = sorted({n for n in unvalued if n not in held})
         st.seq += 1
         out.append(Exposure(
             counterparty=st.counterparty, ts=st.watermark, gross_notional=gross,
@@ -2297,6 +2306,7 @@ class CounterpartyLogic:
             seq=st.seq, recv_ts=self._recv_ts, vol_by_underlying=(
                 vol_values if vol_values is not None
                 else {k: v for k, (v, _t) in sorted(vols.items())}),
+            unvalued_instruments=unv_inst, unvalued_collateral=unv_coll,
         ))
         st.evidence = []
         return out
@@ -2492,6 +2502,8 @@ class FirmLogic:
         by_asset = dict(delta) if shared else _sum_dicts(assets)
         firm_vols = _newest_vols(exps)
         stale = set(chain.from_iterable(map(attrgetter("stale_instruments"), exps)))
+        unv_inst = set(chain.from_iterable(map(attrgetter("unvalued_instruments"), exps)))
+        unv_coll = set(chain.from_iterable(map(attrgetter("unvalued_collateral"), exps)))
         evidence = [rid for cp in updated for rid in st.latest[cp].evidence_ids]
         shares = self._basis_v / total if total > 0 else np.zeros(len(exps))
         emit = np.abs(shares - self._shares) > self.config.concentration_epsilon
@@ -2514,7 +2526,8 @@ class FirmLogic:
             unrealized_pnl=upnl, open_order_notional=orders,
             concentration=max(st.shares.values(), default=0.0), stale=bool(stale),
             stale_instruments=sorted(stale), evidence_ids=evidence[-self.config.max_evidence:],
-            seq=st.seq, vol_by_underlying=firm_vols,
+            seq=st.seq, vol_by_underlying=firm_vols, unvalued_instruments=sorted(unv_inst),
+            unvalued_collateral=sorted(unv_coll),
         )
         out.append(st.firm)
         return out

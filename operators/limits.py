@@ -12,6 +12,14 @@ Limit paths: ``firm``, ``firm.asset.<a>``, ``counterparty.<cp>``,
 The effective limit is ``base * clamp((ref_vol / vol) ** exponent, lo, hi)``
 when the limit has a ``vol_scaling`` rule, else ``base``.
 
+An exposure that cannot be valued (a position or collateral with no mark or FX
+rate, named in ``Exposure.unvalued_instruments`` / ``unvalued_collateral``, or a
+measure that is not a finite number) never counts as zero: an
+``unvalued_exposure`` alert comes at once, and each limit that measures it is
+breached once it has stayed unvalued for ``LimitSpec.unvalued_grace_ns`` of event
+time (exposures' times, and the exposure path's ticks), until it is valued again
+and inside the limit.
+
 >>> from riskguard.schemas import Exposure
 >>> cfg = LimitsConfig(counterparties={"okx": CounterpartyLimits(
 ...     limits={"gross_notional": LimitSpec(limit=100.0)})})
@@ -36,7 +44,7 @@ from typing import Any
 
 import msgspec
 from riskguard.operators.base import copy_fields
-from riskguard.operators.clock import Tick
+from riskguard.operators.clock import Clock, Tick, Watermark, system_clock
 from riskguard.operators.dedup import IdWindow
 from riskguard.schemas import (
     Exposure,
@@ -52,7 +60,9 @@ from riskguard.schemas import (
 
 from riskguard.errors import ConfigError
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+"""Version 2: limits count unvalued exposure (tracks' unvalued times, the tick sources'
+watermark, the unvalued names alerted); version-1 snapshots are migrated on resume."""
 
 
 KINDS = (
@@ -62,6 +72,9 @@ KINDS = (
 UTIL_CAP = 1e6
 _NS = uuid.UUID("3d2b8c41-6a0e-4b8e-a4a9-5c7f1e0d2b77")
 _ORDER = {LimitLevel.OK: 0, LimitLevel.WARN: 1, LimitLevel.BREACH: 2, LimitLevel.HARD: 3}
+NS_PER_S = 1_000_000_000
+UNVALUED_GRACE_NS = 30 * NS_PER_S
+_NONE: tuple[str, ...] = ()
 
 
 class VolScaling(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,7 +88,12 @@ class VolScaling(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class LimitSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """One limit. ``warn`` and ``hard`` are utilization levels (breach is 1.0)."""
+    """One limit. ``warn`` and ``hard`` are utilization levels (breach is 1.0).
+
+    ``unvalued_grace_ns``: how long (event time) the exposure this limit measures may
+    stay unvalued (no mark or FX rate for a position or collateral it counts) before the
+    limit is breached; 0: at once.
+    """
 
     limit: float
     warn: float = 0.8
@@ -83,6 +101,7 @@ class LimitSpec(msgspec.Struct, frozen=True, kw_only=True):
     hysteresis: float = 0.05
     manual_reset: bool = False
     vol_scaling: VolScaling | None = None
+    unvalued_grace_ns: int = UNVALUED_GRACE_NS
 
 
 class CounterpartyLimits(msgspec.Struct, frozen=True, kw_only=True):
@@ -95,7 +114,8 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Configuration of ``enforce_limits``.
 
     A counterparty missing from ``counterparties`` fails closed: it gets a
-    zero limit of each kind in ``unknown_counterparty_kinds`` and an alert.
+    zero limit of each kind in ``unknown_counterparty_kinds`` (unvalued exposure
+    breaches them at once) and an alert.
     ``utilization_interval_ns`` rate-limits utilization output per limit (in
     event time); level changes are always emitted. A utilization that would
     repeat the last one emitted for its limit exactly (the same exposure,
@@ -161,6 +181,10 @@ def check_spec(path: str, kind: str, spec: LimitSpec) -> None:
     if not 0 <= spec.hysteresis < spec.warn:
         where = f"{path}.hysteresis"
         raise ConfigError(where, "must be in [0, warn)", spec.hysteresis)
+    grace = spec.unvalued_grace_ns
+    if type(grace) is not int or grace < 0:
+        where = f"{path}.unvalued_grace_ns"
+        raise ConfigError(where, "an integer >= 0 (ns; 0: breached at once)", grace)
     vs = spec.vol_scaling
     if vs is not None:
         if not (math.isfinite(vs.ref_vol) and vs.ref_vol > 0):
@@ -190,7 +214,7 @@ def vol_factor(
         return 1.0, {}
     inputs = {"ref_vol": vs.ref_vol, "exponent": vs.exponent, "lo": vs.lo, "hi": vs.hi}
     vol = vols.get(vs.underlying)
-    if vol is None:
+    if vol is None or math.isnan(vol):  # unknown, or nan (never compared as a number)
         inputs["vol_known"] = 0.0
         inputs["factor"] = missing
         return missing, inputs
@@ -233,6 +257,10 @@ class _Track:
     changes: int = 0
     # (exposure, effective limit, latched) of the last utilization emitted
     sent: tuple[float, float, bool] | None = None
+    # event time since which the exposure it measures cannot be valued (-1: valued), and
+    # whether that has outlasted the grace period (breached until valued again)
+    unvalued_since: int = -1
+    unvalued_overdue: bool = False
 
 
 @dataclass
@@ -246,6 +274,23 @@ class LimitsState:
     last: Exposure | None = None
     unknown_alerted: bool = False
     seen_updates: dict[str, None] = field(default_factory=dict)
+    # the exposure path's tick sources (clock.Watermark): event time moves on without
+    # exposures, so a quiet unvalued book still reaches its grace deadline
+    sources: dict[str, list[int]] = field(default_factory=dict)
+    # event time of the earliest grace deadline still to come (-1: none)
+    unvalued_due: int = -1
+    # the unvalued names the unvalued_exposure alerts named, and the last one's id (the
+    # evidence of a breach it explains), until the key is valued again
+    unvalued_alerted: list[str] = field(default_factory=list)
+    unvalued_alert: str = ""
+
+
+def _migrate_v1(state: LimitsState) -> LimitsState:
+    """A version-1 snapshot with the version-2 fields (nothing unvalued pending)."""
+    state.sources, state.unvalued_due, state.unvalued_alerted = {}, -1, []
+    state.unvalued_alert = ""
+    state.version = STATE_VERSION
+    return state
 
 
 Measure = Callable[[Exposure], float]
@@ -284,6 +329,23 @@ def _measure(level: str, name: str, kind: str) -> Measure:
     return lambda e: abs(e.instrument_notional(name))
 
 
+Unvalued = Callable[[Exposure], "list[str] | tuple[str, ...]"]
+
+
+def _unvalued(level: str, name: str, kind: str) -> Unvalued:
+    """What, of an exposure's unvalued positions and collateral, a limit of ``kind`` at
+    ``level`` would have counted. An asset limit counts every unvalued position: the
+    exposure does not say which asset an unvalued position is in, and failing closed
+    beats a silent zero."""
+    if level == "instrument":
+        return lambda e: (name,) if name in e.unvalued_instruments else _NONE
+    if level in ("cp", "firm") and kind == "collateral":
+        return lambda e: e.unvalued_collateral
+    if level in ("cp", "firm") and kind == "concentration":
+        return lambda e: e.unvalued_instruments + e.unvalued_collateral
+    return lambda e: e.unvalued_instruments
+
+
 def parse_path(path: str) -> tuple[str, str, str]:
     """``(key, level, name)`` of a limit path; raises ``ValueError`` if malformed.
 
@@ -312,9 +374,18 @@ def parse_path(path: str) -> tuple[str, str, str]:
 class LimitsLogic:
     """Limits of one counterparty (or of the firm, key ``"*"``)."""
 
-    def __init__(self, config: LimitsConfig, state: LimitsState | None = None) -> None:
+    def __init__(self, config: LimitsConfig, state: LimitsState | None = None, *,
+                 clock: Clock = system_clock) -> None:
         self.config = config
+        if state is not None and state.version == 1:
+            state = _migrate_v1(state)
+        if state is not None and state.version != STATE_VERSION:
+            where = "limits.state.version"
+            raise ConfigError(where, f"{STATE_VERSION} (or 1, migrated)", state.version)
         self.state = state if state is not None else LimitsState()
+        # processing time, for the tick sources' idle rule only (clock.Watermark)
+        self.clock = clock
+        self._watermark = Watermark.resume(self.state.sources)
         self._updates = IdWindow(self.state.seen_updates, 1024)
         self._rows: dict[str, tuple[bool, list[tuple[str, str, str, str, LimitSpec]]]] = {}
         self._plans: dict[str, tuple[bool, list[tuple[Any, ...]]]] = {}
@@ -326,7 +397,9 @@ class LimitsLogic:
         st = self.state
         return copy_fields(st, overrides=dict(st.overrides),
                            tracks={k: copy_fields(t) for k, t in st.tracks.items()},
-                           seen_updates=dict(st.seen_updates))
+                           seen_updates=dict(st.seen_updates),
+                           sources={k: list(v) for k, v in st.sources.items()},
+                           unvalued_alerted=list(st.unvalued_alerted))
 
     # -- the limits that apply to this key
 
@@ -352,7 +425,7 @@ class LimitsLogic:
             known = cl is not None
             base = f"counterparty.{key}"
             if cl is None:
-                rows.extend((base, "cp", key, k, LimitSpec(limit=0.0))
+                rows.extend((base, "cp", key, k, LimitSpec(limit=0.0, unvalued_grace_ns=0))
                             for k in cfg.unknown_counterparty_kinds)
             else:
                 rows.extend((base, "cp", key, k, s) for k, s in cl.limits.items())
@@ -382,11 +455,30 @@ class LimitsLogic:
     def on_event(self, item: tuple[str, Any]) -> list[Any]:
         tag, rec = item
         if tag == "exp":
-            return self._on_exposure(rec)
+            # deadlines before it (one at its own time is its own evaluation's: a tick at
+            # that time comes behind it, and it may be valued again)
+            out = self._overdue(rec.ts - 1)
+            out.extend(self._on_exposure(rec))
+            return out
         if tag == "tick":  # exposure-path progress: passed on behind what came before
+            # the key's event time: the minimum over the sources (each one's progress
+            # reaches every limits key, so how many there are per key is not announced)
+            now = self._watermark.tick_time(Tick(ts=rec.ts, source=rec.source), self.clock())
+            out = self._overdue(now)
             name = f"{rec.source}/{rec.counterparty}" if rec.source else ""
-            return [Tick(ts=rec.ts, source=name, of=rec.of)]
+            out.append(Tick(ts=rec.ts, source=name, of=rec.of))
+            return out
         return self._on_update(rec)
+
+    def _overdue(self, now: int) -> list[Any]:
+        """The last exposure evaluated again at each grace deadline up to ``now`` (event
+        time), stamped with the deadline: the same outputs whether a tick or a later
+        exposure shows that time has passed it."""
+        st = self.state
+        out: list[Any] = []
+        while 0 <= st.unvalued_due <= now and st.last is not None:
+            out.extend(self._evaluate(st.last, at=st.unvalued_due))
+        return out
 
     def _on_update(self, upd: LimitUpdate) -> list[Any]:
         st = self.state
@@ -485,21 +577,27 @@ class LimitsLogic:
                 if spec.hard is not None:
                     thresholds.append((LimitLevel.HARD, spec.hard))
                 plan.append(((path, kind), spec, _measure(level, name, kind),
-                             self._scope(path), thresholds[0][1]))
+                             _unvalued(level, name, kind), self._scope(path),
+                             thresholds[0][1]))
             hit = self._plans[key] = (known, plan)
         return hit
 
-    def _evaluate(self, e: Exposure, force_path: tuple[str, str] | None = None) -> list[Any]:
+    def _evaluate(self, e: Exposure, force_path: tuple[str, str] | None = None,
+                  at: int | None = None) -> list[Any]:
+        """Every limit of ``e``'s key against ``e``, at ``e.ts`` (or at ``at``: a grace
+        deadline that passed with ``e`` still the latest exposure)."""
         st = self.state
         cfg = self.config
         known, plan = self._plan(e.counterparty)
         out: list[Any] = []
+        ts = e.ts if at is None else at
+        recv_ts = e.recv_ts if at is None else None
         if not known and not st.unknown_alerted:
             st.unknown_alerted = True
             out.append(RiskAlert(
                 id=str(uuid.uuid5(_NS, f"unknown|{e.counterparty}")), kind="unknown_counterparty",
-                scope=Scope(kind=ScopeKind.COUNTERPARTY, value=e.counterparty), ts=e.ts,
-                recv_ts=e.recv_ts, severity=Severity.CRITICAL,
+                scope=Scope(kind=ScopeKind.COUNTERPARTY, value=e.counterparty), ts=ts,
+                recv_ts=recv_ts, severity=Severity.CRITICAL,
                 reason=(f"counterparty {e.counterparty!r} has no configured limits; "
                         "failing closed with zero limits"),
                 evidence_ids=list(e.evidence_ids),
@@ -507,9 +605,15 @@ class LimitsLogic:
         tracks = st.tracks
         interval = cfg.utilization_interval_ns
         heartbeat = cfg.utilization_heartbeat_ns
-        ts = e.ts
         ok = LimitLevel.OK
-        for tkey, spec, measure, scope, warn in plan:
+        any_unvalued = bool(e.unvalued_instruments or e.unvalued_collateral)
+        alert_at = len(out)  # an unvalued_exposure alert goes before this key's levels
+        unvalued: dict[str, None] = {}  # what the limits could not count, for the alert
+        not_finite: list[str] = []
+        graces: list[int] = []
+        explained: list[int] = []  # breaches the unvalued_exposure alert explains
+        next_due = -1
+        for tkey, spec, measure, unv_of, scope, warn in plan:
             if spec.vol_scaling is None:
                 eff = spec.limit
                 inputs = None
@@ -517,19 +621,46 @@ class LimitsLogic:
                 factor, inputs = vol_factor(spec, e.vol_by_underlying, cfg.missing_vol_factor)
                 eff = spec.limit * factor
             x = measure(e)
-            u = min(x / eff, UTIL_CAP) if eff > 0 else (0.0 if x <= 0 else UTIL_CAP)
+            names = unv_of(e) if any_unvalued else _NONE
+            finite = math.isfinite(x)
             tr = tracks.get(tkey)
             first = tr is None
             if tr is None:
                 tr = tracks[tkey] = _Track()
+            bad = bool(names) or not finite
+            moved = False  # became unvalued, or valued again
+            if bad:
+                if not finite:  # nan or inf is no amount: never compared with a limit
+                    x = 0.0
+                    not_finite.append(f"{tkey[0]}#{tkey[1]}")
+                unvalued.update(dict.fromkeys(names))
+                graces.append(spec.unvalued_grace_ns)
+                if tr.unvalued_since < 0:
+                    tr.unvalued_since, moved = ts, True
+                if not tr.unvalued_overdue:
+                    due = tr.unvalued_since + spec.unvalued_grace_ns
+                    if ts >= due:
+                        tr.unvalued_overdue = True
+                    elif next_due < 0 or due < next_due:
+                        next_due = due
+            elif tr.unvalued_since >= 0:
+                tr.unvalued_since, tr.unvalued_overdue, moved = -1, False, True
+            u = min(x / eff, UTIL_CAP) if eff > 0 else (0.0 if x <= 0 else UTIL_CAP)
             old = tr.level
-            # fast path: below warn, was OK, no latch -> still OK (same as level_of)
-            if u < warn and old is ok and not tr.latched:
-                if not (first or ts - tr.last_emit_ts >= interval or force_path == tkey):
+            # fast path: below warn, was OK, no latch, valued -> still OK (same as level_of)
+            if u < warn and old is ok and not tr.latched and not bad:
+                if not (first or moved or ts - tr.last_emit_ts >= interval
+                        or force_path == tkey):
                     continue
                 new = ok
             else:
                 new = level_of(u, old, spec)
+                if tr.unvalued_overdue:
+                    # unvalued past its grace: breached, at 100% at least (a playbook
+                    # rule's min_utilization then acts on it like any breach)
+                    u = max(u, 1.0)
+                    if _ORDER[new] < _ORDER[LimitLevel.BREACH]:
+                        new = LimitLevel.BREACH
                 if spec.manual_reset and _ORDER[new] >= _ORDER[LimitLevel.BREACH]:
                     tr.latched = True
                 if tr.latched and _ORDER[new] < _ORDER[LimitLevel.BREACH]:
@@ -538,7 +669,7 @@ class LimitsLogic:
                     tr.latched = False
             changed = new is not old
             big = changed and (_ORDER[new] >= 2 or _ORDER[old] >= 2)
-            if changed or first or force_path == tkey:
+            if changed or first or moved or force_path == tkey:
                 emit = True  # a level change (so any breach, "big") always emits
             elif ts - tr.last_emit_ts < interval:
                 emit = False
@@ -549,6 +680,10 @@ class LimitsLogic:
             if emit:
                 inputs = {} if inputs is None else inputs
                 inputs["base_limit"] = spec.limit
+                if bad:  # why: what it could not count, for how long, against what grace
+                    inputs["unvalued"] = float(len(names) + (not finite))
+                    inputs["unvalued_for_ns"] = float(ts - tr.unvalued_since)
+                    inputs["unvalued_grace_ns"] = float(spec.unvalued_grace_ns)
                 tr.last_emit_ts = ts
                 tr.sent = (x, eff, tr.latched)
                 out.append(Utilization(
@@ -560,14 +695,55 @@ class LimitsLogic:
             if big:
                 tr.changes += 1
                 sev = Severity.CRITICAL if _ORDER[new] >= 2 else Severity.INFO
+                if bad:
+                    explained.append(len(out))
                 out.append(LimitBreach(
                     id=str(uuid.uuid5(_NS, f"{path}|{kind}|{tr.changes}|{new.value}|{ts}")),
-                    limit_path=path, kind=kind, scope=scope, ts=ts, recv_ts=e.recv_ts,
+                    limit_path=path, kind=kind, scope=scope, ts=ts, recv_ts=recv_ts,
                     exposure=x, base_limit=spec.limit, effective_limit=eff, utilization=u,
                     level=new, severity=sev, inputs=inputs or {},
                     evidence_ids=list(e.evidence_ids),
                 ))
+        st.unvalued_due = next_due
+        if graces:
+            alert = self._unvalued_alert(e, ts, recv_ts, list(unvalued), not_finite,
+                                         min(graces), len(graces))
+            for k in explained:  # the alert that says why is part of the evidence
+                out[k] = msgspec.structs.replace(
+                    out[k], evidence_ids=[*out[k].evidence_ids, st.unvalued_alert])
+            if alert is not None:
+                out.insert(alert_at, alert)
+        elif st.unvalued_alerted:
+            st.unvalued_alerted, st.unvalued_alert = [], ""
         return out
+
+    def _unvalued_alert(self, e: Exposure, ts: int, recv_ts: int | None, names: list[str],
+                        not_finite: list[str], grace: int, n_limits: int) -> RiskAlert | None:
+        """``unvalued_exposure`` (critical) when the key's limits could not count something
+        not named in the last such alert since it was last fully valued; else None."""
+        st = self.state
+        what = sorted(names) + sorted(not_finite)
+        if set(what) <= set(st.unvalued_alerted):
+            return None
+        st.unvalued_alerted = sorted({*what, *st.unvalued_alerted})
+        key = e.counterparty
+        scope = (Scope(kind=ScopeKind.FIRM, value="*") if key == "*"
+                 else Scope(kind=ScopeKind.COUNTERPARTY, value=key))
+        shown = ", ".join(what[:8]) + (f" and {len(what) - 8} more" if len(what) > 8 else "")
+        when = "at once" if grace == 0 else f"after {grace / NS_PER_S:g}s"
+        st.unvalued_alert = str(uuid.uuid5(
+            _NS, f"unvalued|{key}|{'|'.join(st.unvalued_alerted)}|{ts}"))
+        return RiskAlert(
+            id=st.unvalued_alert, kind="unvalued_exposure", scope=scope, ts=ts, recv_ts=recv_ts,
+            severity=Severity.CRITICAL,
+            reason=(f"exposure of {key!r} cannot be valued ({shown}: no mark or FX rate, "
+                    f"or not a number); {n_limits} limit(s) count it as breached {when} "
+                    "unless it is valued again"),
+            details={"counterparty": key, "unvalued": ",".join(names)[:1000],
+                     "not_finite": ",".join(not_finite)[:1000], "grace_ns": float(grace),
+                     "limits": float(n_limits)},
+            evidence_ids=list(e.evidence_ids),
+        )
 
 
 def rejection_alert(reason: str, detail: str, evidence: str, ts: int, scope: Scope) -> RiskAlert:

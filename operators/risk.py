@@ -423,7 +423,7 @@ def enforce_limits(
     errs, pre_alerts = unkeyed.trues, unkeyed.falses
 
     def build(state: Any) -> LimitsLogic:
-        return LimitsLogic(config, state)
+        return LimitsLogic(config, state, clock=clock)
 
     done = op.branch("ticks", op.flat_map_batch(
         "unkey", stateful_logic("limits", keyed.trues, build), values_of),

@@ -122,7 +122,8 @@ class RiskAlert(Record, frozen=True, kw_only=True, tag="risk_alert"):
     ``unknown_counterparty``, ``missing_mark``, ``missing_fx``,
     ``feed_failover``, ``feed_restored``, ``withdrawals_halted``,
     ``withdrawals_resumed``, ``depeg``, ``peg_restored``,
-    ``limit_update_accepted``, ``limit_update_rejected``, ``detect_silent`` or
+    ``limit_update_accepted``, ``limit_update_rejected``, ``unvalued_exposure`` (a
+    limit measures an exposure that cannot be valued), ``detect_silent`` or
     ``detect_restored`` (a firm tier's detect worker went silent, and came back).
     """
 
@@ -170,6 +171,10 @@ class Exposure(Record, frozen=True, kw_only=True, tag="exposure"):
     evidence_ids: list[RecordId] = []
     seq: Seq = 0
     vol_by_underlying: dict[str, Finite] = {}
+    # positions (and open orders) and collateral assets with no mark or no FX rate: their
+    # value is left out of the sums above, so a limit counts them as unvalued, never as 0
+    unvalued_instruments: list[Name] = []
+    unvalued_collateral: list[Name] = []
 
     def __post_init__(self) -> None:
         if len(self.instruments) != len(self.instrument_notionals):
