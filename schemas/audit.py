@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
 
+import msgspec
 from riskguard.schemas.base import Record
-from riskguard.schemas.types import HexDigest, Name, Nanos, Offset, RecordId, Seq, Text
+from riskguard.schemas.types import (
+    INT64_MAX,
+    NAME_PATTERN,
+    HexDigest,
+    Name,
+    Nanos,
+    Offset,
+    RecordId,
+    Seq,
+    Text,
+)
+
+MAX_DEAD_LETTER_BYTES = 64 * 1024
+"""An encoded :meth:`DeadLetter.of` is never longer: the default codec's cap, so every
+consumer of a dead-letter topic reads it."""
 
 
 class AuditRecord(Record, frozen=True, kw_only=True, tag="audit"):
@@ -45,9 +62,14 @@ class DeadLetter(Record, frozen=True, kw_only=True, tag="dead_letter"):
     """An input that could not be used, with everything needed to replay it.
 
     ``reason`` is a short code (``malformed``, ``validation``, ``unknown_type``,
-    ``unknown_version``, ``oversize``, ``non_utf8``, ``late``, ``future``,
-    ``non_finite``, ``unknown_instrument``, ``missing_mark`` ...). ``path``,
-    ``expected`` and ``found`` locate the problem inside the record.
+    ``unknown_version``, ``oversize``, ``too_deep``, ``non_utf8``, ``decode_error``,
+    ``late``, ``future``, ``non_finite``, ``unknown_instrument``, ``missing_mark`` ...).
+    ``path``, ``expected`` and ``found`` locate the problem inside the record.
+
+    Build one with :meth:`of`: it keeps the encoded record within
+    :data:`MAX_DEAD_LETTER_BYTES`, so ``raw`` may be the input's first bytes only
+    (``raw_truncated``); ``raw_len`` and ``raw_sha256`` always describe the whole
+    input. They are None in records written before they existed.
     """
 
     topic: Name
@@ -61,6 +83,65 @@ class DeadLetter(Record, frozen=True, kw_only=True, tag="dead_letter"):
     detail: Text = ""
     step: Name = "decode"
     raw: bytes = b""
+    raw_len: Seq | None = None
+    raw_sha256: HexDigest | None = None
+    raw_truncated: bool = False
+
+    @classmethod
+    def of(
+        cls, *, topic: str, ts: int, reason: str, raw: bytes | bytearray | memoryview = b"",
+        partition: int = -1, offset: int = -1, path: str = "$", expected: str = "",
+        found: str = "", detail: str = "", step: str = "decode",
+        max_bytes: int = MAX_DEAD_LETTER_BYTES,
+    ) -> DeadLetter:
+        """A dead letter whose encoding fits in ``max_bytes`` and decodes under the wire
+        schema, whatever it is given: ``raw`` is cut to what fits (its length and SHA-256
+        are kept whole), texts are cut (shorter still if they crowd out ``raw``), names
+        that are not a ``Name`` become ``"unknown"`` and numbers are clamped.
+
+        >>> dl = DeadLetter.of(topic="market", ts=1, reason="oversize", raw=b"x" * 100_000)
+        >>> len(dl.raw), dl.raw_len, dl.raw_truncated, dl.raw_sha256[:8]
+        (48933, 100000, True, 'd69e6898')
+        >>> len(msgspec.json.encode(dl)) <= MAX_DEAD_LETTER_BYTES
+        True
+        """
+        data = bytes(raw)
+        bare = cls(
+            topic=_name(topic), partition=min(max(partition, -INT64_MAX), INT64_MAX),
+            offset=min(max(offset, -2), INT64_MAX),
+            ts=min(max(ts, 0), INT64_MAX), reason=_name(reason), step=_name(step),
+            raw_len=len(data), raw_sha256=hashlib.sha256(data).hexdigest(),
+        )
+        texts = (path, expected, found, detail)
+        for limit in _TEXT_LIMITS:  # the schema's 4096 characters, fewer if raw is crowded out
+            p, e, f, d = (_text(t, limit) for t in texts)
+            dl = msgspec.structs.replace(bare, path=p or "$", expected=e, found=f, detail=d)
+            room = max_bytes - len(_encode(dl))  # what raw's base64 may take
+            if room >= max_bytes // 2:
+                break
+        keep = max(room, 0) // 4 * 3  # base64: 4 characters per 3 bytes, no padding
+        if len(data) <= keep:
+            return msgspec.structs.replace(dl, raw=data)
+        return msgspec.structs.replace(dl, raw=data[:keep], raw_truncated=True)
 
 
 AUDIT_TYPES = (AuditRecord, AuditCheckpoint, DeadLetter)
+
+_encode = msgspec.json.Encoder().encode
+_NAME = re.compile(NAME_PATTERN)
+_TEXT_LIMITS = (4096, 1024, 128, 0)  # characters; 4096 is the schema's (Text)
+
+
+def _name(value: str) -> str:
+    """``value`` if it is a valid ``Name``, else ``"unknown"``."""
+    return value if len(value) <= 64 and _NAME.search(value) else "unknown"
+
+
+def _text(value: str, limit: int) -> str:
+    """``value`` cut to ``limit`` characters, lone surrogates (not UTF-8) replaced."""
+    value = value[:limit]
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value

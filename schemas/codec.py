@@ -4,8 +4,11 @@ Decoding and validation happen in a single msgspec pass; only market data's
 names (``CachedName``) are matched against their pattern right after it, once
 per distinct name (see :data:`~riskguard.schemas.types.CachedName`). Nothing raises for
 bad input: every failure comes back as a ``DeadLetter`` carrying the raw
-bytes, where it came from, and why (field path, what was expected, what was
-found).
+bytes (as many as fit in 64 KiB, with the whole input's length and SHA-256),
+where it came from, and why (field path, what was expected, what was found).
+Input too large (``oversize``) or nested too deep (``too_deep``, see
+:mod:`~riskguard.schemas.json_limits`) is refused before parsing, and an
+exception nobody foresaw while decoding is a ``decode_error`` naming its type.
 
 >>> codec = Codec(clock=lambda: 7)
 >>> codec.decode("t", b'{"type":"index_price","id":"i1","venue":"oracle",'
@@ -30,6 +33,7 @@ import msgspec.inspect as mi
 from riskguard.schemas.audit import AUDIT_TYPES, DeadLetter
 from riskguard.schemas.base import SUPPORTED_MAJOR, Record
 from riskguard.schemas.commands import COMMAND_TYPES
+from riskguard.schemas.json_limits import MAX_JSON_DEPTH, TOO_DEEP, check_json_depth
 from riskguard.schemas.market import MARKET_TYPES
 from riskguard.schemas.signals import SIGNAL_TYPES
 from riskguard.schemas.trading import TRADING_TYPES
@@ -40,8 +44,9 @@ ALL_TYPES: tuple[type[Record], ...] = (
     MARKET_TYPES + TRADING_TYPES + SIGNAL_TYPES + COMMAND_TYPES + AUDIT_TYPES + VALUATION_TYPES
 )
 DEFAULT_MAX_BYTES = 64 * 1024
-#: A dead letter carries at most DEFAULT_MAX_BYTES of raw input, base64-encoded;
-#: read dead-letter topics with ``Codec(max_bytes=DEAD_LETTER_MAX_BYTES)``.
+#: A dead letter is at most DEFAULT_MAX_BYTES encoded (``DeadLetter.of``), so the default
+#: codec reads it; older ones carried up to DEFAULT_MAX_BYTES of raw input base64-encoded:
+#: read such dead-letter topics with ``Codec(max_bytes=DEAD_LETTER_MAX_BYTES)``.
 DEAD_LETTER_MAX_BYTES = 4 * DEFAULT_MAX_BYTES
 
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.S)
@@ -104,37 +109,64 @@ class Codec:
         self, topic: str, data: bytes, *, partition: int = -1, offset: int = -1
     ) -> Record | DeadLetter:
         """Decode one message; never raises for bad input."""
-        size = len(data)
-        # a named topic's cap only raises max_bytes (looked up only past it)
-        if size > self.max_bytes and size > (
-                cap := max(self.max_bytes, self.topic_max_bytes.get(topic, 0))):
-            dl = self._dead(
-                topic, data[:cap], partition, offset, "oversize", "$",
-                f"at most {cap} bytes", f"{size} bytes",
-            )
-            return msgspec.structs.replace(
-                dl, detail=f"raw truncated to the first {cap} of {size} bytes"
-            )
+        if type(data) is not bytes:
+            data = bytes(data)
         try:
+            size = len(data)
+            # a named topic's cap only raises max_bytes (looked up only past it)
+            if size > self.max_bytes and size > (
+                    cap := max(self.max_bytes, self.topic_max_bytes.get(topic, 0))):
+                return self._dead(
+                    topic, data, partition, offset, "oversize", "$",
+                    f"at most {cap} bytes", f"{size} bytes",
+                )
+            # nesting that would exhaust the parser's recursion, refused unparsed; the
+            # two counts pass almost every record without a scan
+            if data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH and (
+                    deep := check_json_depth(data)) is not None:
+                return self._dead(
+                    topic, data, partition, offset, TOO_DEEP, "$",
+                    f"at most {MAX_JSON_DEPTH} levels of nesting", deep,
+                )
             rec = self._decoder.decode(data)
-        except msgspec.ValidationError as err:
-            return self._classify_validation(topic, data, partition, offset, str(err))
-        except msgspec.DecodeError as err:
-            detail = str(err)
-            if data[:3] == b"\xef\xbb\xbf":
-                detail = "byte-order mark before JSON; " + detail
-            return self._dead(
-                topic, data, partition, offset, "malformed", "$", "JSON object", detail
-            )
-        except UnicodeDecodeError as err:
-            return self._dead(
-                topic, data, partition, offset, "non_utf8", "$", "UTF-8 text",
-                f"byte 0x{data[err.start]:02x} at {err.start}" if err.start < size else str(err),
-            )
-        names = self._names_of.get(type(rec))
-        if names is not None and not self._names_ok.issuperset(names(rec)):
-            return self._check_names(rec, topic, data, partition, offset)
-        return rec
+            names = self._names_of.get(type(rec))
+            if names is not None and not self._names_ok.issuperset(names(rec)):
+                return self._check_names(rec, topic, data, partition, offset)
+            return rec
+        except Exception as err:  # whatever decoding raises is a dead letter, never a crash
+            return self._failed(topic, data, partition, offset, err)
+
+    def _failed(
+        self, topic: str, data: bytes, partition: int, offset: int, err: Exception
+    ) -> DeadLetter:
+        """The dead letter for an exception raised while decoding ``data``."""
+        try:
+            if isinstance(err, msgspec.ValidationError):
+                return self._classify_validation(topic, data, partition, offset, str(err))
+            if isinstance(err, msgspec.DecodeError):
+                detail = str(err)
+                if data[:3] == b"\xef\xbb\xbf":
+                    detail = "byte-order mark before JSON; " + detail
+                return self._dead(
+                    topic, data, partition, offset, "malformed", "$", "JSON object", detail
+                )
+            if isinstance(err, UnicodeDecodeError):
+                return self._dead(
+                    topic, data, partition, offset, "non_utf8", "$", "UTF-8 text",
+                    _first_invalid_utf8(data),
+                )
+            if isinstance(err, RecursionError):
+                return self._dead(
+                    topic, data, partition, offset, TOO_DEEP, "$",
+                    f"at most {MAX_JSON_DEPTH} levels of nesting", "RecursionError",
+                    detail=f"RecursionError: {err}",
+                )
+        except Exception as again:  # classifying failed too: still a dead letter
+            err = again
+        return self._dead(
+            topic, data, partition, offset, "decode_error", "$", "a decodable record",
+            type(err).__name__, detail=f"{type(err).__name__}: {err}",
+        )
 
     def _check_names(
         self, rec: Record, topic: str, data: bytes, partition: int, offset: int
@@ -203,12 +235,11 @@ class Codec:
 
     def _dead(
         self, topic: str, data: bytes, partition: int, offset: int,
-        reason: str, path: str, expected: str, found: str,
+        reason: str, path: str, expected: str, found: str, *, detail: str = "",
     ) -> DeadLetter:
-        return DeadLetter(
-            topic=topic or "unknown", partition=partition, offset=max(offset, -2),
-            ts=self.clock(), reason=reason, path=path[:4096],
-            expected=expected[:4096], found=found[:4096], raw=bytes(data),
+        return DeadLetter.of(
+            topic=topic, partition=partition, offset=offset, ts=self.clock(), reason=reason,
+            path=path, expected=expected, found=found, detail=detail, raw=data,
         )
 
 
@@ -233,6 +264,19 @@ def cached_name_fields(cls: type[Record]) -> tuple[str, ...]:
 def _one(field: str) -> Callable[[Any], tuple[str]]:
     get = attrgetter(field)
     return lambda rec: (get(rec),)
+
+
+def _first_invalid_utf8(data: bytes) -> str:
+    """Where ``data`` stops being UTF-8 (msgspec's error offset is not into ``data``).
+
+    >>> _first_invalid_utf8(b'{"id":"ok\\xff"}')
+    'byte 0xff at 9'
+    """
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"byte 0x{data[err.start]:02x} at {err.start}"
+    return "invalid UTF-8"
 
 
 def _found_value(msg: str) -> str:
