@@ -8,7 +8,9 @@ the record of what was delivered, so the signer starts after the highest
 ``seq`` found there (see :func:`riskguard.operators.signing_op.sign_commands`).
 
 Only envelopes whose signature verifies under the signer's own public key
-count: a forged message cannot push the sequence anywhere.
+count: a forged message cannot push the sequence anywhere, and anything that
+cannot be read (not JSON, nested too deep, a decoder failure of any kind) is
+ignored: it can neither stop the start nor hide the issuer's last command.
 
 The scan reads the newest window of every partition at once, on past the end
 the broker reports until the topic is quiet for ``idle_s`` (some brokers,
@@ -29,8 +31,9 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from riskguard.connectors.kafka import list_partitions
 from riskguard.connectors.settings import KafkaSettings
 from riskguard.operators.crypto import PAYLOAD_COMMAND, VerifyKey, decode_envelope
+from riskguard.schemas.json_limits import check_json_depth
 
-from riskguard.errors import BrokerError, VerificationError
+from riskguard.errors import BrokerError
 
 
 class _Head(msgspec.Struct):
@@ -136,7 +139,11 @@ def _read(consumer: Consumer, topic: str, windows: dict[int, tuple[int, int | No
 
 
 def _seq_of(raw: bytes | None, key: VerifyKey, issuer: str) -> int:
-    """The ``seq`` of a command ``issuer`` signed with ``key``; 0 for anything else."""
+    """The ``seq`` of a command ``issuer`` signed with ``key``; 0 for anything else.
+
+    >>> _seq_of(b"[" * 2000 + b"]" * 2000, VerifyKey(bytes(32)), "engine-1")
+    0
+    """
     if not raw:
         return 0
     try:
@@ -147,7 +154,9 @@ def _seq_of(raw: bytes | None, key: VerifyKey, issuer: str) -> int:
         if not ours:
             return 0
         key.verify(PAYLOAD_COMMAND, env.payload, ours[0].sig)
+        if check_json_depth(env.payload) is not None:
+            return 0
         head = _head.decode(env.payload)
-    except (VerificationError, msgspec.DecodeError):
+    except Exception:  # whatever cannot be read is not a command of ours
         return 0
     return head.seq if head.issuer == issuer else 0

@@ -25,7 +25,11 @@ is committed in one transaction *after* the callback returns, so a crash
 re-delivers at most the command being executed (make the executor
 idempotent on ``command_id``; it always gets one). Every rejection carries
 a machine-readable ``reason``, is counted, and goes to ``on_reject``, an
-optional rejections topic and an optional JSONL log.
+optional rejections topic and an optional JSONL log; its offset is consumed
+like an executed command's, so a message that cannot be read (nested too
+deep, say: ``malformed_envelope``) is refused once, never re-read on every
+start. An exception the checks raise unforeseen is a rejection too
+(``verify_error``, naming its type), never the end of the subscriber.
 """
 
 from __future__ import annotations
@@ -231,6 +235,8 @@ class CommandSubscriber:
                                          leeway_ns=self.leeway_ns)
         except VerificationError as err:
             return self._reject(err.reason, err.detail, partition, offset)
+        except Exception as err:  # a check failing unforeseen refuses; the offset moves on
+            return self._reject("verify_error", f"{type(err).__name__}: {err}", partition, offset)
         cmd = verified.message
         assert isinstance(cmd, MitigationCommand)  # PAYLOAD_COMMAND decodes to a command
         hw = self.state.high_water(cmd.issuer)

@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 from riskguard.schemas.commands import Signature, SignedEnvelope
+from riskguard.schemas.json_limits import TOO_DEEP, check_json_depth
 
 from riskguard.errors import ConfigError, SigningError, VerificationError
 
@@ -344,16 +345,29 @@ def decode_envelope(data: bytes, *, max_bytes: int = MAX_ENVELOPE_BYTES) -> Sign
     """Parse an envelope's outer JSON; raise ``VerificationError`` if malformed.
 
     Only the envelope is parsed here; the payload stays opaque bytes until
-    its signatures have been checked.
+    its signatures have been checked. Whatever the bytes, nothing else is
+    raised: nesting deeper than :data:`~riskguard.schemas.json_limits.MAX_JSON_DEPTH`
+    is refused unparsed (``malformed_envelope``, detail ``too_deep: ...``), and any
+    exception the parser raises is a ``malformed_envelope`` whose detail starts
+    ``decode_error: <exception type>``.
+
+    >>> decode_envelope(b'{"a":' * 100 + b"}" * 100)
+    Traceback (most recent call last):
+    ...
+    riskguard.errors.VerificationError: malformed_envelope: too_deep: JSON nested more than ...
     """
     if not isinstance(data, _BYTES_LIKE):
         reject(Reason.MALFORMED_ENVELOPE, f"expected bytes; got {type(data).__name__}")
     if len(data) > max_bytes:
         reject(Reason.OVERSIZE, f"at most {max_bytes} bytes; got {len(data)}")
+    if (deep := check_json_depth(data)) is not None:
+        reject(Reason.MALFORMED_ENVELOPE, f"{TOO_DEEP}: {deep}")
     try:
         env = _env_decoder.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError) as err:
         reject(Reason.MALFORMED_ENVELOPE, str(err)[:200])
+    except Exception as err:  # hostile input: RecursionError, MemoryError, ...; never a crash
+        reject(Reason.MALFORMED_ENVELOPE, f"decode_error: {type(err).__name__}: {err}"[:200])
     return env
 
 
