@@ -857,7 +857,7 @@ class DetectorLogic:
             raw = encode(fv)
         except (TypeError, ValueError, msgspec.EncodeError):
             raw = repr(fv).encode()
-        return DeadLetter(
+        return DeadLetter.of(
             topic=self.config.topic, ts=self.clock(), reason="non_finite",
             path=f"$.values.{name}", expected="finite number", found=repr(val),
             step=self.config.step, raw=raw,

@@ -270,9 +270,9 @@ def _dead(
 ) -> DeadLetter:
     topic = tag_of(type(ev)) if isinstance(ev, Record) else "unknown"
     raw = encode(ev) if isinstance(ev, msgspec.Struct) else repr(ev).encode()
-    return DeadLetter(
+    return DeadLetter.of(
         topic=topic, ts=now, reason=reason, path=path, expected=expected,
-        found=found[:4096], step=step, raw=raw[:65536],
+        found=found, step=step, raw=raw,
     )
 
 

@@ -370,7 +370,7 @@ class FeatureLogic:
             raw = encode(rec)
         except (TypeError, ValueError, msgspec.EncodeError):
             raw = repr(rec).encode()
-        return DeadLetter(
+        return DeadLetter.of(
             topic=self.config.topic, ts=self.clock(), reason=reason, path=path,
             expected=expected, found=found, step=self.config.step, raw=raw,
         )

@@ -393,7 +393,7 @@ def enforce_limits(
     firm_scope = Scope(kind=ScopeKind.FIRM, value="*")
 
     def key_exposures(es: list[Any]) -> list[Any]:
-        return [(e.counterparty, ("exp", e)) if type(e) is Exposure else DeadLetter(
+        return [(e.counterparty, ("exp", e)) if type(e) is Exposure else DeadLetter.of(
             topic="exposure", ts=clock(), reason="unexpected_type", expected="exposure",
             found=type(e).__name__, step=step_id,
             raw=encode(e) if hasattr(e, "__struct_fields__") else b"") for e in es]

@@ -142,9 +142,9 @@ class SignLogic:
     def _dead(self, item: Any, reason: str, expected: str, found: str) -> DeadLetter:
         raw = _encoder.encode(item) if isinstance(item, msgspec.Struct) else repr(item).encode()
         ts = getattr(item, "issued_at", 0)
-        return DeadLetter(topic=self.config.topic, ts=ts if isinstance(ts, int) else 0,
-                          reason=reason, expected=expected, found=found[:4096],
-                          step="sign", raw=raw[:65536])
+        return DeadLetter.of(topic=self.config.topic, ts=ts if isinstance(ts, int) else 0,
+                             reason=reason, expected=expected, found=found,
+                             step="sign", raw=raw)
 
 
 def _self_test(signer: Signer) -> None:

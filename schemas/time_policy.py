@@ -54,13 +54,13 @@ class PartitionWatermark:
             if now is None:
                 now = p.clock()
             if ts > now + p.max_future_skew_ns:
-                return DeadLetter(
+                return DeadLetter.of(
                     topic=topic, partition=partition, offset=offset, ts=now, reason="future",
                     path="$.ts", expected=f"ts <= {now + p.max_future_skew_ns}", found=str(ts),
                     raw=raw,
                 )
         if self.max_ts >= 0 and ts < self.max_ts - p.max_lateness_ns:
-            return DeadLetter(
+            return DeadLetter.of(
                 topic=topic, partition=partition, offset=offset,
                 ts=now if now is not None else self.max_ts, reason="late",
                 path="$.ts", expected=f"ts >= {self.max_ts - p.max_lateness_ns}", found=str(ts),
