@@ -29,6 +29,7 @@ from typing import Any, TypeAlias
 import msgspec
 from riskguard.operators.crypto import PAYLOAD_AUDIT_CHECKPOINT, Signer, VerifyKey
 from riskguard.schemas.audit import AuditCheckpoint, AuditRecord, DeadLetter
+from riskguard.schemas.json_limits import check_json_depth
 
 import riskguard
 from riskguard.errors import AuditError, ConfigError, SigningError, VerificationError
@@ -450,18 +451,42 @@ AuditItem: TypeAlias = AuditRecord | AuditCheckpoint
 _item_decoder = msgspec.json.Decoder(AuditRecord | AuditCheckpoint)
 
 
+def decode_item(raw: bytes, where: str) -> AuditItem:
+    """One audit record or checkpoint from its JSON bytes.
+
+    Whatever the bytes hold (not JSON, another record type, nesting deep
+    enough to exhaust the decoder's recursion), the failure is an
+    :class:`~riskguard.errors.AuditError` naming ``where``, never another
+    exception. Nesting deeper than
+    :data:`~riskguard.schemas.json_limits.MAX_JSON_DEPTH` is refused before
+    parsing.
+
+    >>> deep = b'{"type": "audit", "body": {"a": ' + b"[" * 5000 + b"]" * 5000 + b"}}"
+    >>> decode_item(deep, "line 3")
+    Traceback (most recent call last):
+    ...
+    riskguard.errors.AuditError: line 3: not an audit record or checkpoint (JSON nested more ...)
+    """
+    too_deep = check_json_depth(raw)
+    if too_deep is not None:
+        msg = f"{where}: not an audit record or checkpoint ({too_deep})"
+        raise AuditError(msg)
+    try:
+        return _item_decoder.decode(raw)
+    except Exception as err:  # hostile input: RecursionError, MemoryError, ...
+        why = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        msg = f"{where}: not an audit record or checkpoint ({why})"
+        raise AuditError(msg) from None
+
+
 def read_jsonl(lines: Iterable[bytes]) -> list[AuditItem]:
-    """Parse an audit export (one record or checkpoint per line)."""
-    out: list[AuditItem] = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append(_item_decoder.decode(line))
-        except msgspec.DecodeError as err:
-            msg = f"line {n}: not an audit record or checkpoint ({err})"
-            raise AuditError(msg) from None
-    return out
+    """Parse an audit export (one record or checkpoint per line); blank lines are skipped.
+
+    A line that is not an audit record or checkpoint raises
+    :class:`~riskguard.errors.AuditError` naming the line.
+    """
+    return [decode_item(line, f"line {n}") for n, line in enumerate(lines, start=1)
+            if line.strip()]
 
 
 KeyLookup = Callable[[str], VerifyKey]
@@ -593,6 +618,179 @@ def _check_checkpoint(cp: AuditCheckpoint, ch: _Chain, lookup: KeyLookup, *,
     ch.cp_root = root
 
 
+# -- continuing a chain after a restart -------------------------------------------
+
+
+@dataclass
+class _Tail:
+    range: CompactRange = field(default_factory=CompactRange)
+    cp_size: int = 0
+    cp_ts: int | None = None
+    first_ts: int | None = None
+    last_ts: int = 0
+
+
+class ChainResume:
+    """Rebuilds each chain's append state from its log as read back, checking it on the way.
+
+    A guard that starts without a recovery snapshot must continue each of its
+    chains where the audit topic ends, not start another at index 0 (that
+    would break the chain for every verifier). Feed it the topic's items in
+    order with :meth:`add`; :meth:`states` then gives, per chain, the
+    :class:`AuditState` an uninterrupted :class:`AuditLogic` would have now:
+    its size, its Merkle peaks (the :class:`CompactRange`), and where its
+    last checkpoint was.
+
+    It checks what it reads as :func:`verify_log` does, in one pass and
+    O(log n) memory per chain: indices run 0, 1, 2, ... with no gap or
+    repeat; every leaf hash is the hash of its record's body; every
+    checkpoint is signed by a key ``keys`` accepts, signs the root of
+    exactly the records before it, and never goes back. Anything else raises
+    :class:`~riskguard.errors.AuditError`: a chain that does not verify as
+    read must not be extended (its next checkpoint would sign the damage).
+    Records after the chain's last checkpoint (a process stopped between two)
+    are taken as read; the next checkpoint covers them.
+
+    Only chains named ``<origin>/...`` are followed (``origin`` None: all).
+
+    >>> from riskguard.operators.crypto import Signer
+    >>> signer = Signer.from_private_bytes(bytes(32), issuer="engine-1")
+    >>> cfg = AuditConfig(checkpoint_every=2)
+    >>> first = AuditLogic("riskguard/p0", signer, cfg)
+    >>> log = [out for i in range(3) for out in first.on_event({"n": i})]
+    >>> resume = ChainResume({signer.key_id: signer.public_key}, origin="riskguard")
+    >>> for item in log:
+    ...     resume.add(item)
+    >>> state = resume.states()["riskguard/p0"]
+    >>> (state.size, state.since_checkpoint)
+    (3, 1)
+    >>> second = AuditLogic("riskguard/p0", signer, cfg, state)
+    >>> [r.index for r in second.on_event({"n": 3}) if isinstance(r, AuditRecord)]
+    [3]
+    """
+
+    def __init__(self, keys: Mapping[str, VerifyKey] | KeyLookup, *,
+                 origin: str | None = None) -> None:
+        self._lookup = _key_lookup(keys)
+        self._prefix = None if origin is None else f"{origin}/"
+        self._tails: dict[str, _Tail] = {}
+
+    def add(self, item: AuditItem) -> None:
+        """Check one record or checkpoint and extend its chain; raise ``AuditError``."""
+        if isinstance(item, AuditRecord):
+            if self._ours(item.chain):
+                self._record(item, self._tails.setdefault(item.chain, _Tail()))
+        elif self._ours(item.origin):
+            self._checkpoint(item, self._tails.setdefault(item.origin, _Tail()))
+
+    def _ours(self, chain: str) -> bool:
+        return self._prefix is None or chain.startswith(self._prefix)
+
+    @staticmethod
+    def _record(rec: AuditRecord, t: _Tail) -> None:
+        expected = t.range.size
+        if rec.index != expected:
+            kind = "duplicate_or_reorder" if rec.index < expected else "gap"
+            msg = f"{kind}: record {rec.index} where record {expected} belongs"
+            raise AuditError(msg, chain=rec.chain, index=expected)
+        leaf = record_leaf(rec)
+        if rec.leaf_hash != leaf.hex():
+            raise AuditError("leaf_hash_mismatch: record content does not match its leaf hash",
+                             chain=rec.chain, index=rec.index)
+        t.range.append(leaf)
+        t.last_ts = max(t.last_ts, rec.ts)
+        if t.first_ts is None:
+            t.first_ts = rec.ts
+
+    def _checkpoint(self, cp: AuditCheckpoint, t: _Tail) -> None:
+        try:
+            verify_checkpoint(cp, self._lookup(cp.key_id or ""))
+        except VerificationError as err:
+            msg = f"bad_checkpoint: checkpoint at size {cp.size}: {err}"
+            raise AuditError(msg, chain=cp.origin, index=t.cp_size) from None
+        if cp.size < t.cp_size:
+            msg = f"checkpoint_rollback: size {cp.size} after {t.cp_size}"
+            raise AuditError(msg, chain=cp.origin, index=cp.size)
+        if cp.size != t.range.size:
+            msg = (f"checkpoint_out_of_place: a checkpoint of size {cp.size} after "
+                   f"{t.range.size} records")
+            raise AuditError(msg, chain=cp.origin, index=min(cp.size, t.range.size))
+        if cp.root != t.range.root().hex():
+            msg = (f"checkpoint_root_mismatch: records {t.cp_size}..{cp.size - 1} do not hash "
+                   "to the signed root")
+            raise AuditError(msg, chain=cp.origin, index=t.cp_size)
+        t.cp_size = cp.size
+        t.cp_ts = cp.ts
+
+    def states(self) -> dict[str, AuditState]:
+        """Per chain read (that has records), the state to continue it from."""
+        return {
+            name: AuditState(
+                chain=name, size=t.range.size, peaks=list(t.range.peaks),
+                since_checkpoint=t.range.size - t.cp_size,
+                # as AuditLogic keeps it: the first record's time until a checkpoint is made
+                last_checkpoint_ts=t.cp_ts if t.cp_ts is not None else t.first_ts,
+                last_ts=t.last_ts,
+            )
+            for name, t in self._tails.items() if t.range.size
+        }
+
+
+def resume_states(items: Iterable[AuditItem], keys: Mapping[str, VerifyKey] | KeyLookup, *,
+                  origin: str | None = None) -> dict[str, AuditState]:
+    """:class:`ChainResume` over ``items``: the state to continue each chain from."""
+    resume = ChainResume(keys, origin=origin)
+    for it in items:
+        resume.add(it)
+    return resume.states()
+
+
+def continue_chain(chain: str, restored: AuditState | None,
+                   found: Mapping[str, AuditState]) -> AuditState | None:
+    """The state a chain's :class:`AuditLogic` starts from, given what a recovery snapshot
+    restored (``restored``) and what the audit topic holds (``found``, from
+    :class:`ChainResume`).
+
+    - Nothing restored: the chain continues where the topic ends (a fresh
+      start on a topic another run wrote to).
+    - Restored, and the topic holds no more records than it: the restored
+      state wins. (The topic holding fewer means records were lost from it;
+      verification reports the gap.) At equal sizes the two must be the same
+      tree, else ``AuditError``: the topic holds another history.
+    - Restored, but the topic holds more (the process wrote records after its
+      last snapshot and stopped, or another process wrote to the chain): the
+      chain continues where the topic ends, as on a fresh start. Continuing
+      from the snapshot would give new records the indices of records already
+      written. The decisions replayed from the snapshot are appended again,
+      with new indices: the log says what the guard decided, twice.
+
+    The result is a copy; ``found`` is never changed.
+
+    >>> top = {"c": AuditState(chain="c", size=5, peaks=[b"a" * 32, b"b" * 32])}
+    >>> continue_chain("c", None, top).size
+    5
+    >>> continue_chain("c", AuditState(chain="c", size=3), top).size
+    5
+    >>> continue_chain("c", AuditState(chain="c", size=7), top).size
+    7
+    >>> continue_chain("d", None, top) is None
+    True
+    """
+    seen = found.get(chain)
+    if restored is not None and (seen is None or seen.size <= restored.size):
+        if seen is not None and seen.size == restored.size and seen.peaks != restored.peaks:
+            msg = (f"restored_state_mismatch: the recovery snapshot and the audit topic both "
+                   f"hold {seen.size} records, with different hashes")
+            raise AuditError(msg, chain=chain, index=seen.size)
+        return restored
+    if seen is None:
+        return None
+    return AuditState(chain=seen.chain, size=seen.size, peaks=list(seen.peaks),
+                      since_checkpoint=seen.since_checkpoint,
+                      last_checkpoint_ts=seen.last_checkpoint_ts, last_ts=seen.last_ts,
+                      version=seen.version)
+
+
 def prove(items: Sequence[AuditItem], record_id: str) -> dict[str, Any]:
     """An inclusion proof of ``record_id`` under the first checkpoint that covers it.
 
@@ -629,23 +827,112 @@ def prove(items: Sequence[AuditItem], record_id: str) -> dict[str, Any]:
                      chain=target.chain, index=target.index)
 
 
-def check_proof(doc: Mapping[str, Any], keys: Mapping[str, VerifyKey] | KeyLookup) -> None:
-    """Verify a document made by :func:`prove`: leaf, path, root and checkpoint signature."""
+PROOF_FIELDS = ("record", "leaf_hash", "index", "tree_size", "proof", "checkpoint")
+
+
+def check_proof(doc: Any, keys: Mapping[str, VerifyKey] | KeyLookup) -> None:
+    """Verify a document made by :func:`prove`; return nothing or raise ``AuditError``.
+
+    The document claims "record ``record_id`` is leaf ``index`` of chain
+    ``origin``'s tree of ``tree_size`` leaves, whose root the checkpoint
+    signs". Every field of it is bound to that claim:
+
+    - the leaf hash is recomputed from the record's body, and both the
+      record's ``leaf_hash`` and the document's must equal it;
+    - the record's ``index`` equals ``index``, its ``record_id`` is
+      ``<chain>:<index>``, and ``0 <= index < tree_size``;
+    - the inclusion path leads from that leaf, at exactly that index in a tree
+      of exactly that size, to the checkpoint's root;
+    - the checkpoint's ``size`` equals ``tree_size``, its ``origin`` is the
+      record's ``chain``, and its signature verifies under a key ``keys``
+      accepts for checkpoints;
+    - the document is exactly what :func:`prove` prints for those values: no
+      field missing, none added, no other spelling of the same bytes.
+
+    A document that is not a JSON object of those fields raises
+    ``AuditError`` (``malformed``) too.
+    """
+    if not isinstance(doc, Mapping):
+        msg = f"malformed: a proof is a JSON object; got {type(doc).__name__}"
+        raise AuditError(msg)
+    missing = [k for k in PROOF_FIELDS if k not in doc]
+    extra = sorted(str(k) for k in doc if k not in PROOF_FIELDS)
+    if missing or extra:
+        msg = (f"malformed: a proof has exactly the fields {', '.join(PROOF_FIELDS)}; "
+               f"missing {missing or 'none'}, unexpected {extra or 'none'}")
+        raise AuditError(msg)
     try:
         rec = msgspec.convert(doc["record"], AuditRecord)
         cp = msgspec.convert(doc["checkpoint"], AuditCheckpoint)
-        proof = [bytes.fromhex(p) for p in doc["proof"]]
-    except (KeyError, TypeError, ValueError, msgspec.ValidationError) as err:
-        msg = f"proof document is malformed: {err}"
+        index = _proof_int(doc["index"], "index")
+        tree_size = _proof_int(doc["tree_size"], "tree_size")
+        claimed = _proof_digest(doc["leaf_hash"], "leaf_hash")
+        if not isinstance(doc["proof"], list):
+            raise TypeError("proof must be a list of hashes")
+        path = [_proof_digest(h, f"proof[{k}]") for k, h in enumerate(doc["proof"])]
+    except (TypeError, ValueError, msgspec.ValidationError) as err:
+        msg = f"malformed: {err}"
         raise AuditError(msg) from None
+    chain, at = rec.chain, rec.index
     leaf = record_leaf(rec)
     if rec.leaf_hash != leaf.hex():
-        raise AuditError("leaf_hash_mismatch", chain=rec.chain, index=rec.index)
+        raise AuditError("leaf_hash_mismatch: the record's leaf_hash is not the hash of "
+                         "its body", chain=chain, index=at)
+    if claimed != leaf:
+        raise AuditError("leaf_hash_mismatch: the proof's leaf_hash is not the hash of "
+                         "the record", chain=chain, index=at)
+    if rec.record_id != f"{chain}:{at}":
+        msg = f"record_id_mismatch: record_id {rec.record_id!r} is not '{chain}:{at}'"
+        raise AuditError(msg, chain=chain, index=at)
+    if index != at:
+        msg = f"index_mismatch: the proof says leaf {index}; the record is {at}"
+        raise AuditError(msg, chain=chain, index=at)
+    if not 0 <= index < tree_size:
+        msg = f"index_mismatch: leaf {index} is outside a tree of size {tree_size}"
+        raise AuditError(msg, chain=chain, index=at)
+    if cp.size != tree_size:
+        msg = f"size_mismatch: the proof says size {tree_size}; the checkpoint signs {cp.size}"
+        raise AuditError(msg, chain=chain, index=at)
+    if cp.origin != chain:
+        msg = f"chain_mismatch: the checkpoint is for chain {cp.origin!r}"
+        raise AuditError(msg, chain=chain, index=at)
     try:
         verify_checkpoint(cp, _key_lookup(keys)(cp.key_id or ""))
     except VerificationError as err:
         msg = f"bad_checkpoint: {err}"
-        raise AuditError(msg, chain=cp.origin) from None
-    if cp.origin != rec.chain:
-        raise AuditError("checkpoint is for another chain", chain=rec.chain, index=rec.index)
-    verify_inclusion(leaf, rec.index, cp.size, proof, bytes.fromhex(cp.root))
+        raise AuditError(msg, chain=chain, index=at) from None
+    verify_inclusion(leaf, index, tree_size, path, bytes.fromhex(cp.root))
+    canonical = {
+        "record": msgspec.to_builtins(rec), "leaf_hash": leaf.hex(), "index": index,
+        "tree_size": tree_size, "proof": [h.hex() for h in path],
+        "checkpoint": msgspec.to_builtins(cp),
+    }
+    if not _same_json(doc, canonical):
+        raise AuditError("not_canonical: the document differs from the proof of what it "
+                         "claims (a field added, left out or spelled otherwise)",
+                         chain=chain, index=at)
+
+
+def _proof_int(v: Any, name: str) -> int:
+    if type(v) is not int:
+        msg = f"{name} must be an integer; got {v!r}"[:200]
+        raise TypeError(msg)
+    return v
+
+
+def _proof_digest(v: Any, name: str) -> bytes:
+    if not isinstance(v, str) or len(v) != 64 or v.strip("0123456789abcdef"):
+        msg = f"{name} must be 64 lowercase hex digits; got {v!r}"[:200]
+        raise ValueError(msg)
+    return bytes.fromhex(v)
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON values, type for type (``True`` is not ``1``, ``1.0`` is not ``1``)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same_json(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)

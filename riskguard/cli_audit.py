@@ -1,4 +1,16 @@
-"""``riskguard audit verify|prove|check-proof``: check a Merkle audit log and its proofs."""
+"""``riskguard audit verify|prove|check-proof``: check a Merkle audit log and its proofs.
+
+Exit codes, for every action:
+
+- 0: the log (or proof) verified;
+- 1: it did not, there was nothing to verify (no records, unless
+  ``--allow-empty``), or the log or proof could not be read (a missing file
+  or topic, an unreachable broker, a line that is not an audit item): one
+  line starting ``FAIL`` on stdout says which;
+- 2: the command line or a key or trust file is wrong (one line on stderr).
+
+See docs/audit.md for what each action checks.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +19,16 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from riskguard.connectors.subscriber import read_topic_bytes
-from riskguard.errors import AuditError, ConfigError
+from riskguard.connectors.audit_tail import read_items
+from riskguard.connectors.settings import KafkaSettings
+from riskguard.errors import AuditError, BrokerError, ConfigError
 from riskguard.operators.audit import AuditItem, check_proof, prove, read_jsonl, verify_log
 from riskguard.operators.crypto import VerifyKey, load_public_key
 from riskguard.operators.trust import RootSet, TrustStore
+from riskguard.schemas.audit import AuditRecord
+from riskguard.schemas.json_limits import check_json_depth
 
 
 def _keys(args: argparse.Namespace) -> dict[str, VerifyKey] | Callable[[str], VerifyKey]:
@@ -27,22 +43,52 @@ def _keys(args: argparse.Namespace) -> dict[str, VerifyKey] | Callable[[str], Ve
     raise ConfigError("--trust/--pubkey", "the keys that sign checkpoints")
 
 
+def _source(args: argparse.Namespace) -> str:
+    return f"topic {args.topic!r}" if args.topic else f"file {args.file!r}"
+
+
 def _read(args: argparse.Namespace) -> list[AuditItem]:
+    """The log's items; ``AuditError`` if it cannot be read or holds anything else."""
     if args.topic:
-        return read_jsonl(read_topic_bytes(args.brokers, args.topic))
-    return read_jsonl(Path(args.file).read_bytes().splitlines())
+        try:
+            return read_items(KafkaSettings(bootstrap=args.brokers), args.topic)
+        except BrokerError as err:
+            msg = f"cannot read {_source(args)}: {err}"
+            raise AuditError(msg) from None
+    try:
+        raw = Path(args.file).read_bytes()
+    except OSError as err:
+        msg = f"cannot read {_source(args)}: {err.strerror or err}"
+        raise AuditError(msg) from None
+    return read_jsonl(raw.splitlines())
+
+
+def _expected_sizes(pairs: list[str] | None) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for kv in pairs or []:
+        chain, _, n = kv.partition("=")
+        if not chain or not n.isdigit():
+            raise ConfigError("--expect-size", "CHAIN=N with N a whole number", kv)
+        out[chain] = int(n)
+    return out
 
 
 def _verify(args: argparse.Namespace) -> int:
     keys = _keys(args)
+    expected = _expected_sizes(args.expect_size)
     try:
         items = _read(args)
-        expected = dict(kv.split("=", 1) for kv in args.expect_size or [])
+        if not any(isinstance(it, AuditRecord) for it in items) and not args.allow_empty:
+            msg = (f"empty: {_source(args)} holds no audit records; nothing was verified "
+                   "(--allow-empty accepts an empty log)")
+            raise AuditError(msg)
         report = verify_log(items, keys, allow_unattested_tail=args.allow_tail,
-                            expected_sizes={k: int(v) for k, v in expected.items()})
+                            expected_sizes=expected)
     except AuditError as err:
         sys.stdout.write(f"FAIL {err}\n")
         return 1
+    if not report:
+        sys.stdout.write(f"ok   {_source(args)} holds no audit records (--allow-empty)\n")
     for name, r in sorted(report.items()):
         sys.stdout.write(f"ok   chain {name}: {r.records} records, {r.checkpoints} signed "
                          f"checkpoints, {r.attested} attested\n")
@@ -59,19 +105,40 @@ def _prove(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_proof(args: argparse.Namespace) -> int:
-    doc = json.loads(Path(args.proof).read_text())
+def _load_proof(path: str) -> Any:
     try:
-        check_proof(doc, _keys(args))
+        raw = Path(path).read_bytes()
+    except OSError as err:
+        msg = f"cannot read proof file {path!r}: {err.strerror or err}"
+        raise AuditError(msg) from None
+    too_deep = check_json_depth(raw)
+    if too_deep is not None:
+        msg = f"malformed: proof file {path!r}: {too_deep}"
+        raise AuditError(msg)
+    try:
+        return json.loads(raw)
+    except Exception as err:  # not JSON, not UTF-8, nested past the recursion limit, ...
+        why = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        msg = f"malformed: proof file {path!r} is not JSON ({why})"
+        raise AuditError(msg) from None
+
+
+def _check_proof(args: argparse.Namespace) -> int:
+    keys = _keys(args)
+    try:
+        doc = _load_proof(args.proof)
+        check_proof(doc, keys)
     except AuditError as err:
         sys.stdout.write(f"FAIL {err}\n")
         return 1
-    sys.stdout.write(f"ok   record {doc['record']['record_id']} is leaf {doc['index']} of "
-                     f"the signed tree of size {doc['tree_size']}\n")
+    rec, cp = doc["record"], doc["checkpoint"]
+    sys.stdout.write(f"ok   record {rec['record_id']} is leaf {doc['index']} of chain "
+                     f"{rec['chain']}'s tree of size {doc['tree_size']}, signed by key "
+                     f"{cp['key_id']}\n")
     return 0
 
 
-def _source(p: argparse.ArgumentParser) -> None:
+def _source_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--file", help="JSONL export (one record or checkpoint per line)")
     src.add_argument("--topic", help="audit topic to read from the beginning")
@@ -88,16 +155,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     audit = sub.add_parser("audit", help="verify the audit log and prove inclusion")
     a = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
     v = a.add_parser("verify", help="check every record, checkpoint and consistency proof")
-    _source(v)
+    _source_args(v)
     _key_args(v)
     v.add_argument("--allow-tail", action="store_true",
                    help="accept records after the last checkpoint (a live log)")
+    v.add_argument("--allow-empty", action="store_true",
+                   help="accept a log with no records (else an empty log fails)")
     v.add_argument("--expect-size", action="append", metavar="CHAIN=N",
                    help="minimum records per chain (detects truncation at a checkpoint)")
     v.set_defaults(func=_verify)
     p = a.add_parser("prove", help="print an inclusion proof for one record")
     p.add_argument("record_id")
-    _source(p)
+    _source_args(p)
     p.set_defaults(func=_prove)
     c = a.add_parser("check-proof", help="check a proof printed by 'audit prove'")
     c.add_argument("proof")

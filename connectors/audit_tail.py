@@ -1,0 +1,130 @@
+"""The audit topic read back: its items for verification, and where each chain stands.
+
+A guard that starts without a recovery snapshot must continue each audit
+chain at its next index, not start it again at 0 (``riskguard audit verify``
+would then find two records 0 and fail). The audit topic is the record of
+what was written, so at start-up :func:`read_chain_states` reads it from the
+beginning, checks every chain of the guard's origin as read
+(:class:`~riskguard.operators.audit.ChainResume`: indices, leaf hashes, signed
+checkpoint roots) and returns each chain's append state: its size and its
+Merkle peaks, rebuilt from the records. A topic that cannot be read, or a
+chain that does not verify, raises a :class:`~riskguard.errors.RiskguardError`:
+the guard refuses to start rather than extend a chain it cannot vouch for.
+
+Reading goes on past the end the broker reports until every partition has
+reached its end and the topic has been quiet for ``idle_s`` (some brokers,
+like the dev broker, under-report the high watermark; see
+:mod:`riskguard.connectors.command_log`). A read that makes no progress for
+``stall_s`` raises :class:`~riskguard.errors.BrokerError`. The topic's
+existence is checked from the cluster's topic list, so reading never creates
+a topic on a broker that creates topics on first use.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka.admin import AdminClient
+from riskguard.connectors.settings import KafkaSettings
+from riskguard.operators.audit import (
+    AuditItem,
+    AuditState,
+    ChainResume,
+    KeyLookup,
+    decode_item,
+)
+from riskguard.operators.crypto import VerifyKey
+
+from riskguard.errors import BrokerError
+
+
+def topic_partitions(settings: KafkaSettings, topic: str, *, timeout_s: float = 10.0) -> list[int]:
+    """Partition ids of an existing ``topic``; ``BrokerError`` if it is missing or the
+    cluster cannot be reached. Asks for the whole topic list, which never creates it."""
+    admin = AdminClient(settings.client_config())
+    try:
+        md = admin.list_topics(timeout=timeout_s)
+    except Exception as err:
+        msg = f"cannot reach Kafka at {settings.bootstrap} to find topic {topic!r}: {err}"
+        raise BrokerError(msg) from None
+    tmd = md.topics.get(topic)
+    if tmd is None:
+        msg = f"topic {topic!r} does not exist at {settings.bootstrap}"
+        raise BrokerError(msg)
+    if tmd.error is not None or not tmd.partitions:
+        why = tmd.error.str() if tmd.error is not None else "no partitions"
+        msg = f"topic {topic!r} is not usable: {why}"
+        raise BrokerError(msg)
+    return sorted(tmd.partitions)
+
+
+def scan_topic(settings: KafkaSettings, topic: str, *, idle_s: float = 0.5,
+               stall_s: float = 30.0) -> Iterator[tuple[int, int, bytes]]:
+    """Every message of ``topic`` from the beginning as ``(partition, offset, value)``,
+    each partition in order, until all partitions are read to their end and the topic
+    was quiet for ``idle_s``; ``BrokerError`` if it is missing, unreadable, or no
+    message or end of partition arrives for ``stall_s``."""
+    parts = topic_partitions(settings, topic, timeout_s=min(10.0, stall_s))
+    consumer = Consumer({
+        **settings.client_config(),
+        "group.id": f"riskguard-audit-scan-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "fetch.wait.max.ms": 50,
+    })
+    try:
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        done: set[int] = set()  # partitions read to their (reported) end
+        progress = quiet_since = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if len(done) == len(parts) and now - quiet_since >= idle_s:
+                return
+            if now - progress > stall_s:
+                msg = f"reading {topic} made no progress for {stall_s:g} s"
+                raise BrokerError(msg)
+            m = consumer.poll(0.05)
+            if m is None:
+                continue
+            progress = time.monotonic()
+            p = m.partition() or 0
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    done.add(p)
+                    continue
+                msg = f"reading {topic}[{p}]: {err.str()}"
+                raise BrokerError(msg)
+            quiet_since = progress
+            done.discard(p)
+            yield p, m.offset() or 0, m.value() or b""
+    finally:
+        consumer.close()
+
+
+def read_items(settings: KafkaSettings, topic: str, *, idle_s: float = 0.5,
+               stall_s: float = 30.0) -> list[AuditItem]:
+    """Every audit record and checkpoint on ``topic``; ``AuditError`` names the first
+    message that is neither (``topic[partition]@offset``)."""
+    return [decode_item(raw, f"{topic}[{p}]@{off}")
+            for p, off, raw in scan_topic(settings, topic, idle_s=idle_s, stall_s=stall_s)]
+
+
+def read_chain_states(settings: KafkaSettings, topic: str,
+                      keys: Mapping[str, VerifyKey] | KeyLookup, *, origin: str,
+                      idle_s: float = 0.5, stall_s: float = 30.0) -> dict[str, AuditState]:
+    """Where each chain of ``origin`` on the audit ``topic`` stands, checked as read.
+
+    ``keys`` are the checkpoint keys to accept (a trust file's
+    ``checkpoint_key``). Raises ``BrokerError`` if the topic cannot be read and
+    ``AuditError`` if a message is not an audit item or a chain of ``origin``
+    does not verify (chains of other origins are skipped, unchecked). Memory is
+    O(log n) per chain; time is one read of the topic.
+    """
+    resume = ChainResume(keys, origin=origin)
+    for p, off, raw in scan_topic(settings, topic, idle_s=idle_s, stall_s=stall_s):
+        resume.add(decode_item(raw, f"{topic}[{p}]@{off}"))
+    return resume.states()
