@@ -33,6 +33,7 @@ from typing import Annotated, Any, Literal
 import bytewax.operators as op
 import msgspec
 from bytewax.dataflow import Dataflow, Stream, operator
+from riskguard.connectors.audit_tail import read_chain_states
 from riskguard.connectors.command_log import last_signed_seq
 from riskguard.connectors.kafka import kafka_input, kafka_output
 from riskguard.connectors.placement import (
@@ -45,7 +46,7 @@ from riskguard.connectors.placement import (
 )
 from riskguard.connectors.topics import topic_name
 from riskguard.operators.anomaly import detect_anomalies, detect_dislocations, extract_features
-from riskguard.operators.audit import AuditConfig
+from riskguard.operators.audit import AuditConfig, AuditState
 from riskguard.operators.audit_op import audit_log
 from riskguard.operators.base import (
     event_time,
@@ -543,12 +544,15 @@ def guard_core(
     local_keys: Callable[[str], bool] | None = None,
     wall_clock: Clock | None = None,
     remote_keys: Callable[[str], bool] | None = None,
+    audit_resume: dict[str, AuditState] | None = None,
 ) -> GuardOut:
     """The whole guard over a stream of decoded records, whatever their source.
 
     The live flow feeds it from Kafka; backtests and stress runs feed it from
     files or generators. It is the single implementation of the guard logic.
-    ``seq_floor`` is the signing step's (the highest seq already delivered).
+    ``seq_floor`` is the signing step's (the highest seq already delivered);
+    ``audit_resume`` the audit step's (each chain's state on the audit topic,
+    :func:`~riskguard.connectors.audit_tail.read_chain_states`).
     ``local_keys``: every worker gets its own copy of each index price and
     venue heartbeat (:func:`is_broadcast`), and fans it out to the keys
     ``local_keys`` says live on it; one copy (its key's owner's) goes on to
@@ -671,7 +675,8 @@ def guard_core(
     audit_cfg = msgspec.structs.replace(cfg.audit, config_hash=cfg_hash)
     decisions = op.merge("decisions", signals, commands, errs)
     audit = op.flat_map_batch(
-        "observe_audit", audit_log("audit", decisions, signer=signer, config=audit_cfg),
+        "observe_audit", audit_log("audit", decisions, signer=signer, config=audit_cfg,
+                                  resume=audit_resume),
         observe_all)
     observed = op.flat_map_batch(
         "observe_exposures", op.merge("exp_util", exposures, limits.utilizations),
@@ -1009,8 +1014,12 @@ def build_flow(
     # Read once, before any worker signs: the killed run this may resume is gone.
     delivered = last_signed_seq(brokers, cfg.topic("commands"), signer.public_key,
                                 issuer)
+    # Likewise each audit chain continues where the topic ends (verified as read), never
+    # again from index 0; a topic that cannot be read or verified stops the start.
+    chains = read_chain_states(brokers, cfg.topic("audit"), trust.checkpoint_key,
+                               origin=cfg.audit.origin)
     out = guard_core("guard", src.oks, cfg=cfg, cfg_hash=cfg_hash, clock=clock, signer=signer,
-                     trust=trust, seq_floor=delivered, wall_clock=clock,
+                     trust=trust, seq_floor=delivered, audit_resume=chains, wall_clock=clock,
                      local_keys=LocalKeys() if _split(cfg) else None,
                      remote_keys=OtherProcessKeys())
     timeout = cfg.sink_delivery_timeout_s

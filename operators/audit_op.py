@@ -24,12 +24,13 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 from typing import Any
 
 import bytewax.operators as op
 import msgspec
 from bytewax.dataflow import Stream, operator
-from riskguard.operators.audit import AuditConfig, AuditLogic, AuditState
+from riskguard.operators.audit import AuditConfig, AuditLogic, AuditState, continue_chain
 from riskguard.operators.base import stateful_logic
 from riskguard.operators.crypto import Signer
 from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
@@ -38,17 +39,24 @@ _enc = msgspec.json.Encoder()
 
 
 class _ChainAudit:
-    """Builds the chain's :class:`AuditLogic` from the key carried with the first event."""
+    """Builds the chain's :class:`AuditLogic` from the key carried with the first event
+    (or from the restored state), continuing the chain as :func:`continue_chain` says."""
 
-    def __init__(self, signer: Signer, config: AuditConfig, state: AuditState | None) -> None:
+    def __init__(self, signer: Signer, config: AuditConfig, state: AuditState | None,
+                 resume: Mapping[str, AuditState]) -> None:
         self.signer = signer
         self.config = config
-        self.logic = None if state is None else AuditLogic(state.chain, signer, config, state)
+        self.resume = resume
+        self.logic = None
+        if state is not None:
+            start = continue_chain(state.chain, state, resume)
+            self.logic = AuditLogic(state.chain, signer, config, start)
 
     def on_event(self, event: tuple[str, Any]) -> list[AuditRecord | AuditCheckpoint]:
         chain, item = event
         if self.logic is None:
-            self.logic = AuditLogic(chain, self.signer, self.config)
+            start = continue_chain(chain, None, self.resume)
+            self.logic = AuditLogic(chain, self.signer, self.config, start)
         return self.logic.on_event(item)
 
     def on_eof(self) -> list[AuditRecord | AuditCheckpoint]:
@@ -69,14 +77,23 @@ def audit_log(
     *,
     signer: Signer,
     config: AuditConfig | None = None,
+    resume: Mapping[str, AuditState] | None = None,
 ) -> Stream[AuditRecord | AuditCheckpoint]:
     """Append every decision to a Merkle chain; emit records and signed checkpoints.
 
     Decisions are spread over ``config.partitions`` chains named
     ``<origin>/p<n>`` by a stable hash of their bytes. At end of input each
     chain closes with a checkpoint over its unattested records.
+
+    ``resume`` maps a chain to the state it has on the audit topic
+    (:class:`~riskguard.operators.audit.ChainResume`, or
+    :func:`riskguard.connectors.audit_tail.read_chain_states` at start-up): a
+    chain found there continues at its next index instead of starting again at
+    0; with a recovery snapshot, :func:`~riskguard.operators.audit.continue_chain`
+    decides which of the two it continues from.
     """
     cfg = config or AuditConfig()
+    found = dict(resume or {})
 
     def chain_of(item: Any) -> str:
         return f"{cfg.origin}/p{zlib.crc32(_stable(item)) % cfg.partitions}"
@@ -84,7 +101,7 @@ def audit_log(
     keyed = op.map("key", decisions, lambda item: (chain_of(item), (chain_of(item), item)))
 
     def build(state: AuditState | None) -> _ChainAudit:
-        return _ChainAudit(signer, cfg, state)
+        return _ChainAudit(signer, cfg, state, found)
 
     out = stateful_logic("stateful", keyed, build)
     return op.key_rm("unkey", out)

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ from riskguard.operators.audit import (
     AuditConfig,
     AuditItem,
     AuditLogic,
+    AuditState,
     ChainResume,
     check_proof,
     continue_chain,
@@ -434,3 +439,132 @@ def test_a_restored_state_wins_unless_the_topic_is_ahead_of_it() -> None:
     copy_ = continue_chain("c", None, on_topic)
     assert copy_ == on_topic["c"] and copy_ is not on_topic["c"]
     assert copy_ is not None and copy_.peaks is not on_topic["c"].peaks
+
+
+def test_the_audit_operator_continues_chains_it_is_given() -> None:
+    """Two dataflow runs of audit_log, the second given the first's chains (two chains,
+    two workers): the outputs together verify, each chain numbered without a break."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink, TestingSource, cluster_main
+    from riskguard.operators.audit_op import audit_log
+
+    cfg = AuditConfig(checkpoint_every=3, partitions=2)
+
+    def run(resume: dict[str, AuditState] | None) -> list[AuditItem]:
+        flow = Dataflow("audit_twice")
+        out: list[AuditItem] = []
+        src = op.input("in", flow, TestingSource(decisions(12)))
+        op.output("out", audit_log("audit", src, signer=ENGINE, config=cfg, resume=resume),
+                  TestingSink(out))
+        cluster_main(flow, [], 0, worker_count_per_proc=2)
+        return out
+
+    first = run(None)
+    second = run(resume_states(first, KEYS, origin="riskguard"))
+    both = first + second
+    report = verify_log(both, KEYS)
+    assert sorted(report) == ["riskguard/p0", "riskguard/p1"]
+    assert sum(r.records for r in report.values()) == 24
+    for name in report:
+        idx = [x.index for x in both if isinstance(x, AuditRecord) and x.chain == name]
+        assert idx == list(range(len(idx)))
+
+
+# -- the guard on the real broker ------------------------------------------------------
+
+
+def _audit_chains(bootstrap: str, topic: str) -> dict[str, list[int]]:
+    """Each chain's record indices on the audit topic, in topic order."""
+    from riskguard.connectors.audit_tail import read_items
+    from riskguard.connectors.settings import KafkaSettings
+
+    out: dict[str, list[int]] = {}
+    for it in read_items(KafkaSettings(bootstrap=bootstrap), topic):
+        if isinstance(it, AuditRecord):
+            out.setdefault(it.chain, []).append(it.index)
+    return out
+
+
+def _verify_topic(run: Any) -> int:
+    return main(["audit", "verify", "--topic", run.topic("audit"), "--brokers", run.bootstrap,
+                 "--trust", str(run.keys.trust_file), "--roots", str(run.keys.roots_file)])
+
+
+@pytest.mark.kafka
+def test_the_guard_refuses_to_start_on_an_audit_chain_that_does_not_verify(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    """build_flow reads the audit topic back; a chain of its origin numbered 0, 1, 2, 0, ...
+    (two writers from index 0) stops the start with one AuditError line, and so does a
+    missing audit topic (BrokerError)."""
+    from riskguard.connectors.topics import TopicSpec, create_topics, topic_name
+    from riskguard.dataflows.demo import prepare_run
+    from riskguard.dataflows.guard import build_flow, load_guard_config
+
+    from riskguard.errors import BrokerError
+    from tests.kafka_helpers import produce
+
+    run = prepare_run(kafka_bootstrap, tmp_path / "run", env=f"r{uuid.uuid4().hex[:8]}")
+    records = [msgspec.json.encode(x) for x in run_log(3) if isinstance(x, AuditRecord)]
+    # one chain, one partition, as the guard writes it (keyed by chain)
+    produce(kafka_bootstrap, run.topic("audit"), records + records, partition=0)
+    cfg, digest = load_guard_config(run.config)
+    with pytest.raises(AuditError) as err:
+        build_flow(cfg, digest)
+    assert "duplicate_or_reorder" in str(err.value) and "\n" not in str(err.value)
+    gone = msgspec.structs.replace(cfg, env=f"x{uuid.uuid4().hex[:8]}")
+    create_topics({"bootstrap.servers": kafka_bootstrap},
+                  [TopicSpec(topic_name(gone.env, "commands"), partitions=1)])
+    with pytest.raises(BrokerError, match="does not exist"):
+        build_flow(gone, digest)
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_a_guard_run_twice_on_the_same_topics_writes_one_chain(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    """A second run (no recovery directory) continues the first's chain: `audit verify` over
+    the topic passes, the chain numbered 0..n-1 without a break, the second run's records
+    after the first's."""
+    from riskguard.dataflows.demo import prepare_run, start_guard
+
+    from tests.test_guard_e2e import _finish
+
+    run = prepare_run(kafka_bootstrap, tmp_path / "run", env=f"r{uuid.uuid4().hex[:8]}")
+    _finish(start_guard(run))
+    first = _audit_chains(run.bootstrap, run.topic("audit"))
+    assert first and all(ix for ix in first.values())
+    _finish(start_guard(run))
+    both = _audit_chains(run.bootstrap, run.topic("audit"))
+    assert both.keys() == first.keys()
+    for name, ix in both.items():
+        assert ix == list(range(len(ix))) and len(ix) > len(first[name]), name
+    assert _verify_topic(run) == 0
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_a_guard_killed_and_resumed_from_recovery_keeps_one_chain(
+        kafka_bootstrap: str, tmp_path: Path, recovery_dir: Any) -> None:
+    """SIGKILL once audit records are on the topic, resume from the recovery directory: the
+    records written after the last snapshot are not written again under the same indices
+    (the topic, being ahead of the snapshot, wins), and `audit verify` passes."""
+    from riskguard.dataflows.demo import prepare_run, start_guard
+
+    from tests.kafka_helpers import consume_all
+    from tests.test_guard_e2e import _finish
+
+    run = prepare_run(kafka_bootstrap, tmp_path / "run", env=f"k{uuid.uuid4().hex[:8]}")
+    args = ("-r", str(recovery_dir(1)), "-s", "1", "-b", "10")
+    first = start_guard(run, *args)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and first.poll() is None:
+        if consume_all(kafka_bootstrap, run.topic("audit"), idle_s=0.2, timeout_s=1.0):
+            break
+    assert first.poll() is None, "the run ended before it could be killed"
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    _finish(start_guard(run, *args))
+    for name, ix in _audit_chains(run.bootstrap, run.topic("audit")).items():
+        assert ix == list(range(len(ix))), name
+    assert _verify_topic(run) == 0
