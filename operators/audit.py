@@ -12,6 +12,11 @@ passed off as a node. Every ``checkpoint_every`` records, or every
 its inclusion under the next checkpoint, consistency between successive
 checkpoints, checkpoint signatures, and gaps, reorders and truncation. It
 raises :class:`~riskguard.errors.AuditError` naming the first bad record.
+:func:`prove` makes a self-contained inclusion proof of one record, and
+:func:`check_proof` checks one with every field bound to its claim.
+:class:`ChainResume` rebuilds a chain's append state from its log as read
+back, checking it on the way, so a restarted guard continues each chain where
+the audit topic ends (:func:`continue_chain`). docs/audit.md is the reference.
 
 >>> leaves = [leaf_hash(bytes([i])) for i in range(5)]
 >>> root = root_of(leaves)
