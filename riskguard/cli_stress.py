@@ -17,6 +17,7 @@ def _run(args: argparse.Namespace) -> int:
     import tempfile  # noqa: PLC0415
     import tomllib  # noqa: PLC0415
 
+    from riskguard.config import read_playbook_file  # noqa: PLC0415
     from riskguard.dataflows import stress  # noqa: PLC0415  (heavy imports)
 
     names = stress.bundled() if args.all else args.scenario
@@ -24,9 +25,8 @@ def _run(args: argparse.Namespace) -> int:
         sys.stderr.write("riskguard stress run: name a scenario or pass --all\n")
         return 2
     playbook = None
-    if args.playbook:
-        with Path(args.playbook).open("rb") as fh:
-            playbook = tomllib.load(fh).get("playbook")
+    if args.playbook:  # its one [playbook] table; anything else in it is refused
+        playbook = read_playbook_file(args.playbook)
     if args.no_escalation:
         from importlib import resources  # noqa: PLC0415
 

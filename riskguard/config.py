@@ -231,8 +231,8 @@ def _member_for(t: Any, value: Any) -> Any:
             return next((x for x in members if isinstance(x, _DICTS)), None)
         if len(records) == 1:
             return records[0]
-        tagged = [x for x in records if getattr(x, "tag_field", None) is not None
-                  and value.get(x.tag_field) == x.tag]
+        tagged = [x for x in records if isinstance(x, mi.StructType)
+                  and x.tag_field is not None and value.get(x.tag_field) == x.tag]
         return tagged[0] if len(tagged) == 1 else None
     if isinstance(value, list):
         arrays = [x for x in members if isinstance(x, (*_LISTS, mi.TupleType))]
