@@ -62,6 +62,7 @@ from riskguard.schemas import (
     Severity,
     encode,
 )
+from riskguard.schemas.action_params import check_rung_params
 
 from riskguard.errors import ConfigError
 
@@ -253,6 +254,9 @@ def _check_rule(p: str, rule: Rule, seen: set[str]) -> None:
             if not isinstance(f, float | int) or not 0 < f <= 1:
                 where = f"{rp}.params.factor"
                 raise ConfigError(where, "must be a number in (0, 1]", f)
+        problem = check_rung_params(rung.action.value, rung.params)
+        if problem is not None:  # every command the playbook makes passes the verifier
+            raise ConfigError(f"{rp}.params", problem, dict(rung.params))
 
 
 # -- state ---------------------------------------------------------------------
@@ -961,8 +965,8 @@ class PlaybookLogic:
 
     def _dead(self, event: Any, reason: str, path: str, expected: str, found: str) -> DeadLetter:
         raw = encode(event) if isinstance(event, msgspec.Struct) else repr(event).encode()
-        return DeadLetter(topic="playbook", ts=self.clock(), reason=reason, path=path,
-                          expected=expected, found=found[:256], raw=raw[:65536])
+        return DeadLetter.of(topic="playbook", ts=self.clock(), reason=reason, path=path,
+                             expected=expected, found=found[:256], raw=raw)
 
 
 def _push(evidence: list[str], digest: str) -> None:
