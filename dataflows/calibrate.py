@@ -51,7 +51,7 @@ from riskguard.dataflows.report import alarms_of, episode_metrics, scope_related
 from riskguard.operators.crypto import PAYLOAD_LIMIT_UPDATE, Signer, sign_envelope
 from riskguard.schemas import Action, Audience, LimitUpdate, SignedEnvelope, encode
 
-from riskguard.config import read_toml
+from riskguard.config import check_key_path, inline_playbook_file, read_toml
 from riskguard.errors import ConfigError
 
 NS = 1_000_000_000
@@ -64,6 +64,37 @@ DEFAULT_GRID: dict[str, list[Any]] = {
 _LIMIT_NS = uuid.UUID("0c4bd7f6-7f0a-4d55-b8d3-5f2b3f1e9a21")
 
 
+CONVENIENCES = ("feeds.max_gap_s", "playbook.escalation_scale")
+"""Grid keys that are no config path: each sets several settings (see the module doc)."""
+
+
+def check_grid(grid: Any) -> dict[str, list[Any]]:
+    """The grid, once every key names a setting of the guard config and every value is
+    a non-empty list; else ConfigError naming the key, e.g. ``detector.warmup_event: is
+    not a known setting (did you mean `detector.warmup_events`?)``.
+
+    >>> check_grid({"detector.warmup_events": [60, 300]})
+    {'detector.warmup_events': [60, 300]}
+    >>> check_grid({"detector.warmup_event": [60, 300]})
+    Traceback (most recent call last):
+    ...
+    riskguard.errors.ConfigError: detector.warmup_event: is not a known setting
+    (did you mean `detector.warmup_events`?); got [60, 300]
+    """
+    if not isinstance(grid, dict):
+        raise ConfigError("calibrate.grid", 'a JSON object of dotted config keys to lists of '
+                          'values ({"detector.target_alarm_rate": [0.0005, 0.001]})', grid)
+    for key, values in grid.items():
+        check_key_path(GuardConfig, key, extra=CONVENIENCES, found=values)
+        if not isinstance(values, list) or not values:
+            raise ConfigError(key, "a non-empty list of values to try", values)
+        if key in CONVENIENCES:
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+                    raise ConfigError(key, "positive numbers", v)
+    return grid
+
+
 def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     """Cartesian product of the grid, in key order."""
     keys = list(grid)
@@ -73,9 +104,7 @@ def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
 def config_doc(path: str | Path) -> dict[str, Any]:
     """The config file as a dict, with ``playbook_file`` inlined and key paths absolute."""
     p = Path(path).resolve()
-    data = read_toml(p)
-    if "playbook_file" in data and "playbook" not in data:
-        data = {**data, "playbook": read_toml(p.parent / str(data["playbook_file"]))["playbook"]}
+    data = inline_playbook_file(read_toml(p), p.parent)
     data.pop("playbook_file", None)
     keys = dict(data.get("keys", {}))
     for k in ("signing_key", "trust_file", "roots_file"):
@@ -181,6 +210,7 @@ def calibrate(
         raise ConfigError("calibrate.train_frac", "a fraction in (0, 1)", train_frac)
     if objective not in ("f1", "recall"):
         raise ConfigError("calibrate.objective", "f1 or recall", objective)
+    grid = check_grid(DEFAULT_GRID if grid is None else grid)
     w = Path(work)
     w.mkdir(parents=True, exist_ok=True)
     recs = sorted(records, key=lambda r: r.ts)
@@ -204,12 +234,14 @@ def calibrate(
     base = config_doc(config)
     cfg0, _ = _load(base, w, "defaults")
     signer, trust = load_keys(cfg0)
-    grid = DEFAULT_GRID if grid is None else grid
     cands = [{}, *expand_grid(grid)]
+    # every candidate decodes before any runs: a bad value stops the search at once
+    loaded = [_load(apply_overrides(base, over), w, f"candidate-{i}")
+              for i, over in enumerate(cands)]
     rows = []
     best: tuple[Any, ...] | None = None
     for i, over in enumerate(cands):
-        cfg, digest = _load(apply_overrides(base, over), w, f"candidate-{i}")
+        cfg, digest = loaded[i]
         res = runner(cfg, digest, records=train, signer=signer, trust=trust,
                      batch_size=batch_size)
         s = score(res, train_labels, end_ns=split, objective=objective, fa_budget=fa_budget)
@@ -344,7 +376,8 @@ def run_every(every_s: float, iterations: int | None, fn: Callable[[int], Any],
 
 
 __all__ = [
-    "DEFAULT_GRID", "apply_overrides", "calibrate", "calibrate_files", "config_doc",
+    "CONVENIENCES", "DEFAULT_GRID", "apply_overrides", "calibrate", "calibrate_files",
+    "check_grid", "config_doc",
     "expand_grid", "propose", "propose_limits", "read_records", "run_every", "score",
 ]
 _ = math

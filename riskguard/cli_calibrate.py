@@ -13,12 +13,47 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from riskguard.errors import ConfigError
+
+
+def read_grid(text: str) -> Any:
+    """``--grid``: inline JSON (a value starting with ``{``) or the path of a JSON file.
+
+    >>> read_grid('{"detector.warmup_events": [60, 300]}')
+    {'detector.warmup_events': [60, 300]}
+    """
+    inline = text.lstrip().startswith("{")
+    source = "--grid" if inline else f"--grid {text}"
+    if inline:
+        raw = text
+    else:
+        try:
+            raw = Path(text).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            reason = getattr(err, "strerror", None) or str(err)
+            raise ConfigError(source, "a readable JSON file, or inline JSON starting with {",
+                              reason) from None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ConfigError(source, "valid JSON", str(err)) from None
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except OSError as err:  # a data, labels or output file; one line, no traceback
+        name = f" {err.filename}" if err.filename else ""
+        raise ConfigError(f"calibrate{name}", "a readable file or writable directory",
+                          err.strerror or str(err)) from None
+
+
+def _run(args: argparse.Namespace) -> int:
     from riskguard.dataflows import calibrate as cal  # noqa: PLC0415  (heavy imports)
 
-    grid = json.loads(Path(args.grid).read_text()) if args.grid else None
+    grid = cal.check_grid(read_grid(args.grid)) if args.grid else None
     kw = {"grid": grid, "train_frac": args.train_frac, "objective": args.objective,
           "fa_budget": args.fa_budget}
     out = Path(args.out)
@@ -63,7 +98,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # argparse private gener
     p.add_argument("--data", nargs="+", required=True, help="JSONL / Binance CSV files")
     p.add_argument("--labels", help="labels JSON (incident windows)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--grid", help='JSON: {"detector.target_alarm_rate": [0.0002, 0.001], ...}')
+    p.add_argument("--grid", metavar="FILE|JSON",
+                   help="the values to try: a JSON file, or inline JSON starting with '{', "
+                   "of dotted config keys to lists, e.g. "
+                   "'{\"detector.target_alarm_rate\": [0.0002, 0.001]}' (keys are checked "
+                   "against the guard config; default: a small built-in grid)")
     p.add_argument("--train-frac", type=float, default=0.7,
                    help="fraction of the time span used for the search (default 0.7)")
     p.add_argument("--objective", choices=("f1", "recall"), default="f1")
