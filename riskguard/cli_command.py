@@ -35,6 +35,7 @@ from riskguard.operators.crypto import (
     sign_envelope,
 )
 from riskguard.operators.trust import RootSet, TrustStore
+from riskguard.schemas.action_params import check_params, param_kind
 from riskguard.schemas.commands import Action, Audience, MitigationCommand, SignedEnvelope
 from riskguard.schemas.signals import Scope, ScopeKind
 
@@ -57,16 +58,24 @@ def parse_scope(label: str) -> Scope:
     return Scope(kind=ScopeKind(kind), value=rest)
 
 
-def _param(text: str) -> tuple[str, Any]:
+def _param(action: str, text: str) -> tuple[str, Any]:
+    """``NAME=VALUE``, typed as ``action`` takes param NAME (``a,b,c`` for a list).
+
+    >>> _param("widen_quotes", "bps=25"), _param("reroute_order_flow", "targets=okx")
+    (('bps', 25.0), ('targets', ['okx']))
+    """
     name, sep, value = text.partition("=")
     if not sep or not name:
-        raise ConfigError("--param", "NAME=VALUE (numbers become floats; a,b,c a list)", text)
-    if "," in value:
-        return name, [v for v in value.split(",") if v]
+        raise ConfigError("--param", "NAME=VALUE (a list as a,b,c)", text)
+    kind = param_kind(action, name)
+    if kind in ("names", "ids", "actions") or (kind is None and "," in value):
+        return name, [v.strip() for v in value.split(",") if v.strip()]
+    if kind in ("name", "id", "action"):
+        return name, value
     try:
         return name, float(value)
     except ValueError:
-        return name, value
+        return name, value  # check_params names what a number param got
 
 
 def _read(path: str) -> SignedEnvelope:
@@ -81,6 +90,12 @@ def _write(path: str, env: SignedEnvelope) -> None:
 
 
 def _new(args: argparse.Namespace) -> int:
+    params = dict(_param(args.action, p) for p in args.param)
+    if args.lift:
+        params["actions"] = list(args.lift)
+    problem = check_params(args.action, params)
+    if problem is not None:  # refused before any key is read or anything signed
+        raise _bad_params(problem)
     signer = Signer.from_file(args.key, issuer=args.issuer)
     settings = KafkaSettings(bootstrap=args.brokers) if args.brokers else None
     if args.seq is not None:
@@ -91,9 +106,6 @@ def _new(args: argparse.Namespace) -> int:
         raise ConfigError("--seq", "a sequence number, or --brokers to read the last one",
                           "neither")
     now = time.time_ns()
-    params = dict(_param(p) for p in args.param)
-    if args.lift:
-        params["actions"] = list(args.lift)
     cmd = MitigationCommand(
         command_id=str(uuid.uuid4()), issuer=args.issuer, seq=seq, issued_at=now,
         expires_at=now + int(args.ttl * 1e9), audience=Audience(env=args.env, topic=args.topic),
@@ -107,8 +119,20 @@ def _new(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bad_params(problem: str) -> VerificationError:
+    """What a verifier answers a command whose params do not fit its action."""
+    return VerificationError("bad_params", problem)
+
+
+def _decode(env: SignedEnvelope) -> MitigationCommand:
+    try:
+        return _cmd_decoder.decode(env.payload)
+    except (msgspec.DecodeError, UnicodeDecodeError) as err:
+        raise VerificationError("malformed_payload", str(err)[:200]) from None
+
+
 def _describe(env: SignedEnvelope) -> str:
-    cmd = _cmd_decoder.decode(env.payload)
+    cmd = _decode(env)
     body = json.dumps(msgspec.to_builtins(cmd), indent=2, sort_keys=True)
     sigs = ", ".join(s.key_id for s in env.signatures)
     left = (cmd.expires_at - time.time_ns()) / 1e9
@@ -118,9 +142,15 @@ def _describe(env: SignedEnvelope) -> str:
 def _show(args: argparse.Namespace) -> int:
     env = _read(args.file)
     sys.stdout.write(_describe(env))
+    cmd = _decode(env)
+    problem = check_params(cmd.action.value, cmd.params)
+    if problem is not None:  # whatever its signatures, no executor may act on it
+        sys.stdout.write(f"invalid: {problem}\n")
+        return 1
     if args.trust:
+        if not args.roots:
+            raise ConfigError("--roots", "the pinned roots file, to check --trust", None)
         trust = TrustStore.load(args.trust, RootSet.load(args.roots))
-        cmd = _cmd_decoder.decode(env.payload)
         try:
             v = trust.verify(env, expected_payload_type=PAYLOAD_COMMAND, audience=cmd.audience,
                              now_ns=time.time_ns())
@@ -133,6 +163,10 @@ def _show(args: argparse.Namespace) -> int:
 
 def _cosign(args: argparse.Namespace) -> int:
     env = _read(args.file)
+    cmd = _decode(env)
+    problem = check_params(cmd.action.value, cmd.params)
+    if problem is not None:  # never add a signature to a command no executor may act on
+        raise _bad_params(problem)
     signer = Signer.from_file(args.key)
     if any(s.key_id == signer.key_id for s in env.signatures):
         raise ConfigError("--key", "a key that has not signed this command yet", signer.key_id)
@@ -148,7 +182,10 @@ def _cosign(args: argparse.Namespace) -> int:
 def _publish(args: argparse.Namespace) -> int:
     env = _read(args.file)
     data = encode_envelope(env)
-    cmd = _cmd_decoder.decode(env.payload)
+    cmd = _decode(env)
+    problem = check_params(cmd.action.value, cmd.params)
+    if problem is not None:
+        raise _bad_params(problem)
     producer = Producer({**KafkaSettings(bootstrap=args.brokers).client_config(),
                          "enable.idempotence": True, "acks": "all"})
     failed: list[str] = []
@@ -193,7 +230,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     n.add_argument("--ttl", type=float, default=300.0, help="seconds until it expires")
     n.add_argument("--lift", action="append", default=[], metavar="ACTION",
                    help="for a resume: an action it lifts (repeatable; default all)")
-    n.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    n.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="an action parameter (repeatable; a list as a,b,c), e.g. bps=25 "
+                   "for widen_quotes; checked against the action's parameters before "
+                   "signing (docs/commands.md)")
     n.add_argument("--seq", type=int, help="sequence number (default: next after the "
                    "issuer's last on --topic, read from --brokers)")
     n.add_argument("--brokers", help="Kafka bootstrap, to read the issuer's last seq")
