@@ -345,6 +345,36 @@ class SharedConsumer:
                 self._consumer = None
 
 
+_LAG_EVERY_NS = 5_000_000_000
+
+
+def consumer_lag(offset: int, lo: int | None, hi: int | None) -> int | None:
+    """Messages left to read in a partition: its high watermark ``hi`` minus ``offset``,
+    the next offset to read; 0 when caught up; None when a watermark it needs is unknown.
+
+    A negative ``offset`` is a sentinel, never an offset: with nothing read yet the lag is
+    all the partition holds (``hi - lo``), and 0 for a partition read from its end. Never
+    below 0: the dev broker (Tansu 0.6) reports a high watermark one past the first
+    offset of the last produce batch, behind what a caught-up reader has read.
+
+    >>> consumer_lag(25, 0, 25), consumer_lag(20, 0, 25), consumer_lag(25, 0, 23)
+    (0, 5, 0)
+    >>> consumer_lag(OFFSET_BEGINNING, 0, 0), consumer_lag(OFFSET_BEGINNING, 3, 10)
+    (0, 7)
+    >>> consumer_lag(OFFSET_END, 3, 10), consumer_lag(OFFSET_BEGINNING, None, 10)
+    (0, None)
+    """
+    if hi is None or hi < 0:
+        return None
+    if offset >= 0:
+        return max(hi - offset, 0)
+    if offset == OFFSET_END:
+        return 0
+    if lo is None or lo < 0:
+        return None
+    return max(hi - lo, 0)
+
+
 class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
     def __init__(
         self, shared: SharedConsumer, topic: str, idx: int, offset: int,
@@ -455,7 +485,9 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
             if (idle_eof is not None and (self._got_any or not self._writers)
                     and at - self._last_msg_ns > idle_eof
                     and at >= self._recheck_at and not self._unread_left(idle_eof, at)):
+                self._report_lag(at, force=True)
                 raise StopIteration
+            self._report_lag(at)  # caught up or idle: the gauge still moves (to 0)
             return None
         topic, idx, decode, policy = self._topic, self._idx, self._decode, self._policy
         aligned = self._aligned
@@ -471,7 +503,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         replica = self._replica
         owned = shared = False
         last_off = -1
-        at_end = self._at_end
+        at_end = was_at_end = self._at_end
         skipped: Any = None  # the last message skipped after the last one taken
         for m in msgs:
             err = m.error()
@@ -531,12 +563,25 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
             self._offset = last_off + 1
             self._idle_since = None
         self._in.inc(len(out))
-        if now >= self._lag_due:  # every 5 s: messages behind the partition's end
-            self._lag_due = now + 5_000_000_000
-            hi = self.shared.high_watermark(topic, idx)
-            if hi is not None:
-                self._lag.set(max(hi - self._offset, 0))
+        self._report_lag(now, force=at_end and not was_at_end)  # at once on reaching the end
         return out, offsets
+
+    def _report_lag(self, now: int, force: bool = False) -> None:
+        """Every ``_LAG_EVERY_NS`` (or now, when ``force``): the partition's lag gauge,
+        from the last fetch's high watermark and the next offset to read. Before the first
+        message the broker is asked for both watermarks (:func:`consumer_lag`)."""
+        if not force and now < self._lag_due:
+            return
+        self._lag_due = now + _LAG_EVERY_NS
+        lo = None
+        hi = self.shared.high_watermark(self._topic, self._idx)
+        if self._offset < 0 and self._offset != OFFSET_END:  # nothing read yet
+            ends = self.shared.end_offsets(self._topic, self._idx)
+            if ends is not None:
+                lo, hi = ends
+        lag = consumer_lag(self._offset, lo, hi)
+        if lag is not None:
+            self._lag.set(lag)
 
     def _not_broadcast(self, rec: Any, key: bytes | None, value: bytes | None,
                        off: int) -> DeadLetter:

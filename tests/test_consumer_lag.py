@@ -1,0 +1,71 @@
+"""The consumer-lag gauge (``riskguard status`` reads it): the high watermark minus the next
+offset to read, 0 when caught up, never computed from an offset sentinel."""
+
+from __future__ import annotations
+
+import pytest
+from bytewax.testing import run_main
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, OFFSET_INVALID
+from prometheus_client import REGISTRY
+from riskguard.connectors.kafka import consumer_lag
+from riskguard.dataflows.passthrough import build
+from riskguard.schemas import encode
+from riskguard.schemas.market import Trade
+
+from tests.kafka_helpers import produce
+
+
+def lag_of(topic: str, partition: int) -> float | None:
+    return REGISTRY.get_sample_value("riskguard_kafka_consumer_lag",
+                                     {"stream": topic, "partition": str(partition)})
+
+
+def trades(n: int) -> list[bytes]:
+    return [encode(Trade(id=f"t{k}", venue="okx", instrument="BTC-USDT", ts=k + 1,
+                         price=100.0, qty=1.0, side="buy")) for k in range(n)]
+
+
+@pytest.mark.parametrize(("offset", "lo", "hi", "lag"), [
+    (25, 0, 25, 0),                 # caught up
+    (20, 0, 25, 5),                 # five left to read
+    (25, 0, 23, 0),                 # a high watermark under-reported: never below 0
+    (OFFSET_BEGINNING, 0, 0, 0),    # an empty partition, nothing read yet
+    (OFFSET_BEGINNING, 3, 10, 7),   # nothing read yet: all that is there
+    (OFFSET_INVALID, 3, 10, 7),
+    (OFFSET_END, 3, 10, 0),         # starts at the end: nothing before it is to read
+    (OFFSET_BEGINNING, None, 10, None),  # the low watermark unknown: not reported
+    (7, 0, None, None),             # the high watermark unknown: not reported
+])
+def test_lag_is_the_high_watermark_minus_the_next_offset_never_a_sentinel(
+    offset: int, lo: int | None, hi: int | None, lag: int | None,
+) -> None:
+    """A sentinel (OFFSET_BEGINNING -2, OFFSET_END -1, OFFSET_INVALID -1001) is never used
+    as an offset: with nothing read yet the lag is what the partition holds."""
+    assert consumer_lag(offset, lo, hi) == lag
+
+
+@pytest.mark.kafka
+def test_a_caught_up_source_reports_lag_0_on_every_partition(
+    kafka_bootstrap: str, new_topic,
+) -> None:
+    """25 messages on partition 0, 3 on partition 1, a topic with no message at all
+    (watermarks (0, 0)), read a few at a time: once everything is read, every
+    partition's lag is 0 (not the lag of the first read, nor the sentinel's 2)."""
+    full, empty = new_topic(2), new_topic(1)
+    produce(kafka_bootstrap, full, trades(25), partition=0)
+    produce(kafka_bootstrap, full, trades(3), partition=1)
+    out, dlq = new_topic(1), new_topic(1)
+    run_main(build(kafka_bootstrap, [full, empty], out, dlq, idle_eof_s=1.0, batch_size=1))
+    assert (lag_of(full, 0), lag_of(full, 1), lag_of(empty, 0)) == (0.0, 0.0, 0.0)
+
+
+@pytest.mark.kafka
+def test_a_caught_up_shared_consumer_reports_lag_0(kafka_bootstrap: str, new_topic) -> None:
+    """The same through one shared consumer for all partitions."""
+    full, empty = new_topic(2), new_topic(1)
+    produce(kafka_bootstrap, full, trades(24), partition=0)
+    produce(kafka_bootstrap, full, trades(2), partition=1)
+    out, dlq = new_topic(1), new_topic(1)
+    run_main(build(kafka_bootstrap, [full, empty], out, dlq, idle_eof_s=1.0,
+                   share_consumer=True))
+    assert (lag_of(full, 0), lag_of(full, 1), lag_of(empty, 0)) == (0.0, 0.0, 0.0)
