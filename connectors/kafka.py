@@ -56,6 +56,7 @@ from riskguard.operators.metrics import (
 )
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import Codec, encode
+from riskguard.schemas.commands import SOURCED_TYPES
 from riskguard.schemas.signals import DetectProgress
 from riskguard.schemas.time_policy import EventTimePolicy
 
@@ -536,6 +537,8 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
                     rec = policy.check(rec, value, topic, idx, off, now)
                 if stamp and type(rec) is not DeadLetter and getattr(rec, "recv_ts", 0) is None:
                     force_setattr(rec, "recv_ts", received)  # just decoded: no one else holds it
+                if type(rec) in SOURCED_TYPES:  # a later step may refuse it: name the input
+                    rec.__dict__["source"] = (topic, idx, off)
                 if writers and type(rec) is DetectProgress and rec.final:
                     self._finished.add(rec.source)
             if replica is not None:

@@ -35,7 +35,9 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from riskguard.operators.base import SplitOut, split_dead_letters
 from riskguard.operators.clock import Clock, system_clock
 from riskguard.schemas.audit import DeadLetter
+from riskguard.schemas.base import stamp_source
 from riskguard.schemas.codec import Codec
+from riskguard.schemas.commands import SOURCED_TYPES
 from riskguard.schemas.market import Bar, FundingRate, Side, Trade
 
 from riskguard.errors import ConfigError
@@ -110,15 +112,18 @@ class _Reader:
 
     def _parse(self, line: bytes, offset: int) -> Any:
         if self.fmt == "jsonl":
-            return self.codec.decode(self.name, line, offset=offset)
+            rec = self.codec.decode(self.name, line, offset=offset)
+            if type(rec) in SOURCED_TYPES:  # a later step may refuse it: name the row
+                stamp_source(rec, self.name, 0, offset)
+            return rec
         try:
             cols = line.decode("utf-8").split(",")
             return self._parse_csv(cols, offset)
-        except (ValueError, IndexError, UnicodeDecodeError) as err:
-            return DeadLetter(
+        except Exception as err:  # anything a row can make a parser raise is a dead letter
+            return DeadLetter.of(
                 topic=self.name, offset=offset, ts=0, reason="validation", path="$",
-                expected=f"a {self.fmt} CSV row", found=str(err)[:200], step="replay",
-                raw=bytes(line),
+                expected=f"a {self.fmt} CSV row", found=f"{type(err).__name__}: {err}"[:200],
+                step="replay", raw=bytes(line[:4096]),
             )
 
     def _parse_csv(self, cols: list[str], offset: int) -> Any:

@@ -296,8 +296,8 @@ def run_backtest(
     tapped = op.map("tap", op.map("clock", inputs, clock.observe),
                     _Tap(res, price_every_ns))
     out = guard_core("guard", tapped, cfg=cfg, cfg_hash=cfg_hash, clock=clock, signer=signer,
-                     trust=trust)
-    dead = out.dead_letters if errs_in is None else op.merge("dead", errs_in, out.dead_letters)
+                     trust=trust, input_errs=errs_in)
+    dead = out.dead_letters
     envs: list[Any] = []
     sigs: list[Any] = []
     exps: list[Any] = []

@@ -108,6 +108,7 @@ from riskguard.schemas import (
     VenueStatus,
     encode,
 )
+from riskguard.schemas.base import source_of
 from riskguard.schemas.codec import Codec
 from riskguard.schemas.time_policy import EventTimePolicy
 from riskguard.schemas.valuation import VALUATION_MAX_BYTES, Part, Progress, encode_valuations
@@ -511,11 +512,12 @@ def _unhandled(rec: Any) -> DeadLetter:
     """A valid record of a type the guard does not consume (e.g. on the wrong topic); a
     bare command record is refused as unsigned: nothing unsigned acts."""
     unsigned = isinstance(rec, MitigationCommand)
-    return DeadLetter(
-        topic="input", ts=getattr(rec, "ts", 0) or 0,
+    topic, partition, offset = source_of(rec) or ("input", -1, -1)
+    return DeadLetter.of(
+        topic=topic, partition=partition, offset=offset, ts=getattr(rec, "ts", 0) or 0,
         reason="unsigned_command" if unsigned else "unexpected_type",
         expected="a signed command envelope" if unsigned else "a guard input record",
-        found=type(rec).__name__, step="guard", raw=msgspec.json.encode(rec)[:65536],
+        found=type(rec).__name__, step="guard", raw=msgspec.json.encode(rec),
     )
 
 
@@ -545,6 +547,7 @@ def guard_core(
     wall_clock: Clock | None = None,
     remote_keys: Callable[[str], bool] | None = None,
     audit_resume: dict[str, AuditState] | None = None,
+    input_errs: Stream[DeadLetter] | None = None,
 ) -> GuardOut:
     """The whole guard over a stream of decoded records, whatever their source.
 
@@ -563,7 +566,9 @@ def guard_core(
     which exposure valuation keys live in another process (packs bound there go
     msgpack-encoded, not pickled). A firm tier fed by market processes
     (``tier.upstream = "market"``) sums their valuation parts instead of valuing
-    positions itself, and has no market or trading records.
+    positions itself, and has no market or trading records. ``input_errs`` are the
+    source's dead letters (bad bytes, a record on the wrong topic, late or future
+    times): audited and passed on with the guard's own in ``dead_letters``.
     """
     firm = cfg.tier.role == "firm"
     of_market = _fed_by_market(cfg)
@@ -670,7 +675,7 @@ def guard_core(
     out_cmds = op.map("observe_commands", signed.oks, observe_command)
     errs: Stream[DeadLetter] = op.flat_map_batch("observe_errs", op.merge(
         "errs", *detect_errs, *exposure_errs, limits.errs, planned.errs, signed.errs,
-        verified.errs, unhandled,
+        verified.errs, unhandled, *([input_errs] if input_errs is not None else []),
     ), observe_all)
     audit_cfg = msgspec.structs.replace(cfg.audit, config_hash=cfg_hash)
     decisions = op.merge("decisions", signals, commands, errs)
@@ -895,7 +900,7 @@ def _owned_records(owners: MarketOwners, market_topic: str) -> Callable[[list[An
     keeps = owners.keeps
 
     def misplaced(rec: Any) -> DeadLetter:
-        return DeadLetter(
+        return DeadLetter.of(
             topic=market_topic, ts=rec.ts, reason="misplaced", path="$.instrument",
             expected=(f"a record of an underlying market process {index} owns, keyed "
                       "<venue>/<instrument>"),
@@ -1021,14 +1026,13 @@ def build_flow(
     out = guard_core("guard", src.oks, cfg=cfg, cfg_hash=cfg_hash, clock=clock, signer=signer,
                      trust=trust, seq_floor=delivered, audit_resume=chains, wall_clock=clock,
                      local_keys=LocalKeys() if _split(cfg) else None,
-                     remote_keys=OtherProcessKeys())
+                     remote_keys=OtherProcessKeys(), input_errs=src.errs)
     timeout = cfg.sink_delivery_timeout_s
     # split market data: every output is written by the worker that made it
     local = _split(cfg)
     kafka_output("commands", out.commands, brokers=brokers, topic=cfg.topic("commands"),
                  delivery_timeout_s=timeout, worker_local=local, key=lambda _env: issuer)
-    dead = op.merge("dead", src.errs, out.dead_letters)
-    kafka_output("dead_letters", dead, brokers=brokers, topic=cfg.topic("dead_letters"),
+    kafka_output("dead_letters", out.dead_letters, brokers=brokers, topic=cfg.topic("dead_letters"),
                  delivery_timeout_s=timeout, worker_local=local)
     kafka_output("signals", out.signals, brokers=brokers, topic=cfg.topic("signals"),
                  delivery_timeout_s=timeout, worker_local=local)

@@ -26,6 +26,7 @@ from riskguard.operators.clock import Clock
 from riskguard.operators.crypto import PAYLOAD_COMMAND, Reason, encode_envelope
 from riskguard.operators.trust import DEFAULT_LEEWAY_NS, TrustStore
 from riskguard.schemas.audit import DeadLetter
+from riskguard.schemas.base import source_of
 from riskguard.schemas.commands import Audience, MitigationCommand, SignedEnvelope
 
 from riskguard.errors import VerificationError
@@ -103,6 +104,7 @@ class OperatorCommandLogic:
 
 
 def _refused(env: SignedEnvelope, now: int, reason: str, detail: str) -> DeadLetter:
-    return DeadLetter(topic="limit_updates", ts=now, reason=f"command_{reason}",
-                      expected="a verified operator command", found=detail[:4096],
-                      step="verify_operator", raw=encode_envelope(env)[:65536])
+    topic, partition, offset = source_of(env) or ("limit_updates", -1, -1)
+    return DeadLetter.of(topic=topic, partition=partition, offset=offset, ts=now,
+                         reason=f"command_{reason}", expected="a verified operator command",
+                         found=detail, step="verify_operator", raw=encode_envelope(env))

@@ -5,8 +5,9 @@ from __future__ import annotations
 from enum import StrEnum
 
 import msgspec
-from riskguard.schemas.base import Record
+from riskguard.schemas.base import Record, Sourced
 from riskguard.schemas.signals import Scope, ScopeKind
+from riskguard.schemas.trading import TRADING_TYPES
 from riskguard.schemas.types import Finite, HexDigest, Name, Nanos, NonNegative, RecordId, Seq, Text
 
 
@@ -133,7 +134,7 @@ class Signature(msgspec.Struct, frozen=True, kw_only=True):
     sig: bytes
 
 
-class SignedEnvelope(Record, frozen=True, kw_only=True, tag="envelope"):
+class SignedEnvelope(Sourced, frozen=True, kw_only=True, tag="envelope"):
     """A DSSE-style envelope: the signatures cover
     ``riskguard-v1 0x00 payload_type 0x00 payload`` over the exact payload bytes.
     """
@@ -144,3 +145,5 @@ class SignedEnvelope(Record, frozen=True, kw_only=True, tag="envelope"):
 
 
 COMMAND_TYPES = (MitigationCommand, LimitUpdate, SignedEnvelope)
+SOURCED_TYPES = frozenset({SignedEnvelope, *TRADING_TYPES})
+"""Inputs a reader stamps with where it read them (:func:`~riskguard.schemas.base.stamp_source`)."""

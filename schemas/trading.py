@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from riskguard.schemas.base import Record
+from riskguard.schemas.base import Sourced
 from riskguard.schemas.market import Side
 from riskguard.schemas.types import Finite, Name, Nanos, NonNegative, Positive, RecordId
 
 
-class Fill(Record, frozen=True, kw_only=True, tag="fill"):
+class Fill(Sourced, frozen=True, kw_only=True, tag="fill"):
     """One execution of ours at a venue or with a counterparty."""
 
     id: RecordId
@@ -24,7 +24,7 @@ class Fill(Record, frozen=True, kw_only=True, tag="fill"):
     recv_ts: Nanos | None = None
 
 
-class PositionSnapshot(Record, frozen=True, kw_only=True, tag="position"):
+class PositionSnapshot(Sourced, frozen=True, kw_only=True, tag="position"):
     """The authoritative position reported by a venue; it reconciles fills.
 
     ``qty`` is signed: positive long, negative short.
@@ -40,7 +40,7 @@ class PositionSnapshot(Record, frozen=True, kw_only=True, tag="position"):
     recv_ts: Nanos | None = None
 
 
-class Balance(Record, frozen=True, kw_only=True, tag="balance"):
+class Balance(Sourced, frozen=True, kw_only=True, tag="balance"):
     """Collateral or balance of ``asset`` held at ``counterparty``.
 
     This is credit exposure to the counterparty itself.
@@ -57,7 +57,7 @@ class Balance(Record, frozen=True, kw_only=True, tag="balance"):
     recv_ts: Nanos | None = None
 
 
-class OpenOrders(Record, frozen=True, kw_only=True, tag="open_orders"):
+class OpenOrders(Sourced, frozen=True, kw_only=True, tag="open_orders"):
     """Open-order notional resting at a counterparty for one instrument."""
 
     id: RecordId
