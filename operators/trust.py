@@ -67,6 +67,7 @@ from riskguard.operators.crypto import (
     pae_prefix,
     rejection,
 )
+from riskguard.schemas.action_params import check_params
 from riskguard.schemas.commands import (
     Action,
     Audience,
@@ -624,6 +625,9 @@ class TrustStore:
             bad_scope = command_scope_problem(msg.scope)
             if bad_scope is not None:
                 raise rejection(Reason.BAD_SCOPE, bad_scope)
+            bad_params = check_params(action, msg.params)
+            if bad_params is not None:
+                raise rejection(Reason.BAD_PARAMS, bad_params)
             two = self.doc.two_person.applies_to_command(action, msg.scope)
         else:
             action, scope_label = LIMIT_UPDATE_ACTION, limit_scope_label(msg.limit_path)

@@ -256,3 +256,19 @@ def test_a_typo_gets_a_did_you_mean() -> None:
 def test_the_fixture_trust_file_still_verifies_a_firm_halt_by_the_engine() -> None:
     assert _reason(_signed(command(13), ENGINE)) == "ok"
     assert replace(trust_store().doc).serial == 1
+
+
+# -- typed params ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("params", [
+    {"bps": "abc"}, {}, {"bps": 25.0, "colour": "red"}, {"bps": -5.0},
+])
+def test_a_signed_command_with_bad_params_never_verifies(params: dict) -> None:
+    cmd = command(14, scope=VENUE_X, action=Action.WIDEN_QUOTES, params=params)
+    assert _reason(_signed(cmd, ENGINE)) == "bad_params"
+
+
+def test_a_signed_command_with_good_params_verifies() -> None:
+    cmd = command(15, scope=VENUE_X, action=Action.WIDEN_QUOTES, params={"bps": 25.0})
+    assert _reason(_signed(cmd, ENGINE)) == "ok"
