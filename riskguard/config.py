@@ -371,7 +371,9 @@ def read_toml(path: Path | str) -> dict[str, Any]:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(str(p), "an existing TOML file", "no such file") from None
-    except tomllib.TOMLDecodeError as err:
+    except OSError as err:  # a folder, no permission, ...
+        raise ConfigError(str(p), "a readable TOML file", err.strerror or str(err)) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:  # TOML is UTF-8 text
         raise ConfigError(str(p), "valid TOML", str(err)) from None
 
 
