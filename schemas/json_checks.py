@@ -36,13 +36,22 @@ def duplicate_key_problem(data: bytes) -> str | None:
     """None if no JSON object in ``data`` repeats a key; else what is wrong.
 
     Bytes that are not JSON at all are left to the typed decoder (None), except
-    nesting beyond what any record needs, which is refused here.
+    nesting beyond what any record needs, and bytes that are not UTF-8 (a typed
+    decoder skips an unknown field unread, so another parser may read it otherwise),
+    which are refused here.
+
+    >>> duplicate_key_problem(b'{"action":"halt_trading","note\\xff":1}')
+    'not UTF-8: byte 0xff at 30'
     """
     depth = _depth(data)
     if depth > _MAX_DEPTH:
         return f"JSON nested {depth} deep; at most {_MAX_DEPTH}"
     try:
-        json.loads(data, object_pairs_hook=_pairs)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"not UTF-8: byte 0x{data[err.start]:02x} at {err.start}"
+    try:
+        json.loads(text, object_pairs_hook=_pairs)
     except _Duplicate as dup:
         return f"duplicate key {dup.args[0]!r} in a JSON object"
     except (ValueError, RecursionError):
