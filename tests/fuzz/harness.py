@@ -1,0 +1,414 @@
+"""The fuzz targets: one function per parser or verifier, bytes in, and the invariants.
+
+Each target feeds its bytes to riskguard and checks what came back. It raises
+only when an invariant breaks: an exception other than the ones the API
+documents (a crash), or an acceptance it must never make (:class:`FalseAccept`).
+This module has no fuzzer in it: ``tests/fuzz/targets.py`` runs these targets
+under atheris, and the tests replay saved reproducers through them directly.
+
+============  ==========================================================================
+target        invariant
+============  ==========================================================================
+codec         ``Codec.decode`` never raises and returns a record or a dead letter; a dead
+              letter it makes re-encodes within the default codec's size cap and decodes
+              to itself; a decoded record re-encodes and decodes to an equal record.
+envelope      ``decode_envelope`` + ``TrustStore.verify`` raise only ``VerificationError``;
+              an accepted envelope carries a payload the seeds signed, and one of its
+              signatures verifies (checked here with ``cryptography`` alone) under a trust
+              file key allowed to sign that action on that scope.
+resign        The fuzzer writes the payload and a real authorized key signs it: verify
+              raises only ``VerificationError``, and an accepted payload reads the same to
+              msgspec and to Python's ``json`` (the first of a repeated key): every field.
+trust         ``TrustStore.from_signed_bytes`` (a real root signature over the fuzzed
+              bytes) and ``parse_trust`` raise only ``ConfigError`` or ``TrustError``.
+config        ``load_guard_config`` raises only ``ConfigError`` (or another riskguard
+              error).
+audit         ``read_jsonl`` + ``verify_log`` raise only ``AuditError``; an accepted log
+              holds only honest records and checkpoints.
+proof         ``check_proof`` raises only ``AuditError``, and accepts only a proof whose
+              record, checkpoint, index, size and path are the honest ones.
+============  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import _paths
+import msgspec
+import seeds
+import signing_fixtures as fx
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from riskguard.operators.audit import (
+    check_proof,
+    inclusion_proof,
+    read_jsonl,
+    record_leaf,
+    verify_log,
+)
+from riskguard.operators.crypto import (
+    PAYLOAD_COMMAND,
+    PAYLOAD_LIMIT_UPDATE,
+    decode_envelope,
+    pae,
+    sign_envelope,
+)
+from riskguard.operators.trust import (
+    ROLE_PAYLOADS,
+    Role,
+    TrustStore,
+    limit_scope_label,
+    parse_trust,
+)
+from riskguard.schemas import Codec, Record, encode
+from riskguard.schemas.audit import AuditCheckpoint, AuditRecord, DeadLetter
+from riskguard.schemas.codec import DEFAULT_MAX_BYTES
+from riskguard.schemas.commands import LimitUpdate, MitigationCommand
+from riskguard.schemas.json_limits import check_json_depth
+
+from riskguard.errors import (
+    AuditError,
+    ConfigError,
+    RiskguardError,
+    TrustError,
+    VerificationError,
+)
+
+T0 = seeds.T0
+
+
+class FalseAccept(AssertionError):
+    """A verifier accepted what it must refuse, or read bytes otherwise than it should."""
+
+
+# -- codec -------------------------------------------------------------------------------
+
+_codec = Codec(clock=lambda: T0)
+_default_codec = Codec()
+_roundtrip_codec = Codec(max_bytes=1 << 30)
+"""Re-reads a decoded record's encoding: the round trip is about fidelity, not size."""
+
+
+def fuzz_codec(data: bytes) -> None:
+    """Decode; never raise; dead letters fit and read back; records round-trip."""
+    out = _codec.decode("fuzz.market", data, partition=0, offset=7)
+    if not isinstance(out, Record):
+        raise TypeError(f"decode returned {type(out).__name__}, not a record")
+    wire = encode(out)
+    made_here = (isinstance(out, DeadLetter) and out.ts == T0 and out.raw_len == len(data)
+                 and out.raw_sha256 == hashlib.sha256(data).hexdigest())
+    if made_here:
+        if len(wire) > DEFAULT_MAX_BYTES:
+            raise FalseAccept(f"dead letter encodes to {len(wire)} bytes; the default "
+                              f"codec reads at most {DEFAULT_MAX_BYTES}")
+        again = _default_codec.decode("fuzz.dead", wire)
+    else:
+        again = _roundtrip_codec.decode("fuzz.market", wire)
+    if again != out:
+        raise FalseAccept(f"{type(out).__name__} does not survive encode and decode: "
+                          f"{out!r:.300} became {again!r:.300}")
+
+
+# -- envelopes ---------------------------------------------------------------------------
+
+_TRUST = fx.trust_store()
+_HONEST = {(pt, payload) for _signers, pt, payload in seeds._commands()}
+_TRUST_ENTRIES = fx.key_entries()
+
+
+def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        out.setdefault(key, value)
+    return out
+
+
+def _json_view(payload: bytes) -> Any:
+    """The payload as Python's json reads it, the first of a repeated key kept."""
+    return json.loads(payload, object_pairs_hook=_first_wins)
+
+
+def _label(msg: MitigationCommand | LimitUpdate) -> tuple[str, str]:
+    if isinstance(msg, MitigationCommand):
+        return msg.action.value, msg.scope.label()
+    return "limit_update", limit_scope_label(msg.limit_path)
+
+
+def _independently_authorized(payload_type: str, payload: bytes,
+                              sigs: list[Any], msg: MitigationCommand | LimitUpdate) -> bool:
+    """Does a signature verify (plain ``cryptography``) under a trust-file key that is
+    valid at T0, bound to the issuer, and allowed this payload type, action and scope?"""
+    action, label = _label(msg)
+    message = pae(payload_type, payload)
+    for entry in _TRUST_ENTRIES:
+        if entry.get("revoked") or entry["name"] != msg.issuer:
+            continue
+        if not entry.get("not_before", 0) <= T0 < entry.get("not_after", 1 << 63):
+            continue
+        if payload_type not in ROLE_PAYLOADS[Role(entry["role"])]:
+            continue
+        if "*" not in entry["actions"] and action not in entry["actions"]:
+            continue
+        if not any(fnmatch.fnmatchcase(label, p) for p in entry["scopes"]):
+            continue
+        key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(entry["public_key"]))
+        for s in sigs:
+            try:
+                key.verify(s.sig, message)
+            except InvalidSignature:
+                continue
+            return True
+    return False
+
+
+def fuzz_envelope(data: bytes) -> None:
+    """Parse and verify wire bytes; only refusals; nothing accepted that was not signed."""
+    try:
+        env = decode_envelope(data)
+        expected = (PAYLOAD_LIMIT_UPDATE if env.payload_type == PAYLOAD_LIMIT_UPDATE
+                    else PAYLOAD_COMMAND)
+        verified = _TRUST.verify(env, expected_payload_type=expected, audience=fx.AUD,
+                                 now_ns=T0)
+    except VerificationError as err:
+        if not err.reason:
+            raise FalseAccept("a refusal with no reason") from err
+        return
+    if (env.payload_type, env.payload) not in _HONEST:
+        raise FalseAccept(f"accepted a payload nobody signed: {env.payload[:200]!r}")
+    if not _independently_authorized(env.payload_type, env.payload, env.signatures,
+                                     verified.message):
+        raise FalseAccept("accepted an envelope no authorized key signed: "
+                          f"{verified.message!r:.300}")
+
+
+def _differential(payload: bytes, msg: MitigationCommand | LimitUpdate) -> str | None:
+    """None if Python's json reads ``payload`` to the same message as msgspec did.
+
+    json's values (the first of a repeated key) are typed with ``msgspec.convert``,
+    which has no JSON parser in it, so a difference is one in reading the bytes.
+    """
+    try:
+        view = _json_view(payload)
+    except (ValueError, RecursionError) as err:
+        return f"Python's json cannot read an accepted payload: {err}"
+    try:
+        theirs = msgspec.convert(view, type(msg))
+    except msgspec.ValidationError as err:
+        return f"what Python's json reads is not a {type(msg).__name__}: {err}"
+    if theirs == msg:
+        return None
+    for f in msgspec.structs.fields(msg):
+        ours_v, theirs_v = getattr(msg, f.name), getattr(theirs, f.name)
+        if ours_v != theirs_v:
+            return f"field {f.encode_name!r}: msgspec read {ours_v!r:.200}, json {theirs_v!r:.200}"
+    return "the messages differ"
+
+
+def fuzz_resign(data: bytes) -> None:
+    """A real authorized key signs the fuzzed payload; accepted means read one way."""
+    if not data:
+        return
+    signers, payload_type = seeds.SIGNER_SETS[data[0] % len(seeds.SIGNER_SETS)]
+    payload = data[1:]
+    env = sign_envelope(payload_type, payload, signers)
+    try:
+        verified = _TRUST.verify(env, expected_payload_type=payload_type, audience=fx.AUD,
+                                 now_ns=T0)
+    except VerificationError as err:
+        if not err.reason:
+            raise FalseAccept("a refusal with no reason") from err
+        return
+    msg = verified.message
+    want = MitigationCommand if payload_type == PAYLOAD_COMMAND else LimitUpdate
+    if not isinstance(msg, want):
+        raise FalseAccept(f"accepted a {type(msg).__name__} as {payload_type}")
+    problem = _differential(payload, msg)
+    if problem is not None:
+        raise FalseAccept(f"parser differential in an accepted payload: {problem}")
+
+
+# -- trust files -------------------------------------------------------------------------
+
+_ROOTS = fx.root_set(fx.ROOTS[:1])
+
+
+def fuzz_trust(data: bytes) -> None:
+    """Root-signed bytes and their text: only ConfigError or TrustError."""
+    with contextlib.suppress(ConfigError, TrustError):
+        TrustStore.from_signed_bytes(data, seeds.trust_sidecar(data), _ROOTS)
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        # bad bytes as lone surrogates: text no file read gives, parsed all the same
+        with contextlib.suppress(ConfigError, TrustError):
+            parse_trust(data.decode("utf-8", "surrogateescape"))
+
+
+# -- guard config --------------------------------------------------------------------------
+
+
+@functools.cache
+def _config_dir() -> Path:
+    """A private folder holding the shipped playbook beside the fuzzed config."""
+    shm = Path("/dev/shm")
+    where = tempfile.mkdtemp(prefix="riskguard-fuzz-",
+                             dir=str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None)
+    folder = Path(where)
+    shutil.copy(seeds.ROOT / "dataflows" / "playbook.toml", folder / "playbook.toml")
+    return folder
+
+
+@functools.cache
+def _config_loader() -> Callable[[Path], Any]:
+    """``load_guard_config``, imported on first use: the guard's flow pulls in most of
+    riskguard, which only this target needs (and instrumenting it takes seconds)."""
+    from riskguard.dataflows.guard import load_guard_config
+
+    return load_guard_config
+
+
+def fuzz_config(data: bytes) -> None:
+    """Load a guard config file holding the bytes: only riskguard errors."""
+    path = _config_dir() / "guard.toml"
+    path.write_bytes(data)
+    with contextlib.suppress(RiskguardError):
+        _config_loader()(path)
+
+
+# -- audit logs and proofs -----------------------------------------------------------------
+
+_WORLD = seeds.audit_world()
+
+
+def _honest_record(rec: AuditRecord) -> bool:
+    leaves = _WORLD.leaves.get(rec.chain, [])
+    return rec.index < len(leaves) and leaves[rec.index] == record_leaf(rec)
+
+
+def fuzz_audit(data: bytes) -> None:
+    """Read and verify an export: only AuditError; accepted means honest."""
+    try:
+        items = read_jsonl(data.splitlines())
+        verify_log(items, seeds.AUDIT_KEYS)
+    except AuditError:
+        return
+    for it in items:
+        if isinstance(it, AuditRecord) and not _honest_record(it):
+            raise FalseAccept(f"accepted a record no checkpoint signed: {it!r:.300}")
+        if isinstance(it, AuditCheckpoint) and encode(it) not in _WORLD.checkpoints:
+            raise FalseAccept(f"accepted a checkpoint nobody signed: {it!r:.300}")
+
+
+def _honest_proof(doc: Mapping[str, Any]) -> str | None:
+    """None if every bound field of an accepted proof is the honest one; else which not."""
+    rec = msgspec.convert(doc["record"], AuditRecord)
+    cp = msgspec.convert(doc["checkpoint"], AuditCheckpoint)
+    if not _honest_record(rec):
+        return "record"
+    if encode(cp) not in _WORLD.checkpoints or cp.origin != rec.chain:
+        return "checkpoint"
+    leaves = _WORLD.leaves[rec.chain]
+    if doc["index"] != rec.index or doc["tree_size"] != cp.size or cp.size > len(leaves):
+        return "index or tree_size"
+    if doc["leaf_hash"] != leaves[rec.index].hex():
+        return "leaf_hash"
+    if doc["proof"] != [h.hex() for h in inclusion_proof(rec.index, leaves[: cp.size])]:
+        return "proof path"
+    return None
+
+
+def fuzz_proof(data: bytes) -> None:
+    """Check a proof document: only AuditError; accepted means every bound field honest."""
+    if check_json_depth(data) is not None:
+        return  # refused before parsing by ``riskguard audit check-proof``
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        return  # not JSON: the command line refuses it before check_proof
+    try:
+        check_proof(doc, seeds.AUDIT_KEYS)
+    except AuditError:
+        return
+    wrong = _honest_proof(doc)
+    if wrong is not None:
+        raise FalseAccept(f"accepted a proof whose {wrong} is not the honest one")
+
+
+def broken_for_tests(data: bytes) -> None:
+    """A target that breaks its invariant on every input (the runner's own tests)."""
+    raise FalseAccept(f"accepted {data[:20]!r}")
+
+
+# -- running without stopping ------------------------------------------------------------
+
+PACKAGE_DIRS = tuple(str(_paths.TESTS.parent / d) + os.sep
+                     for d in ("riskguard", "operators", "connectors", "dataflows", "schemas"))
+
+
+def _signature(err: BaseException) -> str:
+    """What tells one failure from another: its type and the riskguard line that raised it
+    (the innermost line anywhere if none)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    ours = [f for f in frames if f.filename.startswith(PACKAGE_DIRS)]
+    where = (ours or frames)[-1] if frames else None
+    at = f"{Path(where.filename).name}:{where.lineno}" if where else "?"
+    return f"{type(err).__name__}@{at}"
+
+
+def keep_going(name: str, target: Callable[[bytes], None],
+               folder: Path) -> Callable[[bytes], None]:
+    """``target`` recording each broken invariant in ``folder`` instead of raising.
+
+    The first input of each distinct failure (:func:`_signature`) is saved as
+    ``<name>-<kind>-<hash>``; every occurrence is a line of ``findings.tsv``
+    (target, kind, signature, message), kind ``crash`` or ``false_accept``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    seen: set[str] = set()
+
+    def run(data: bytes) -> None:
+        try:
+            target(data)
+        except Exception as err:
+            kind = "false_accept" if isinstance(err, FalseAccept) else "crash"
+            sig = _signature(err)
+            if sig not in seen:
+                seen.add(sig)
+                path = folder / f"{name}-{kind}-{hashlib.sha1(sig.encode()).hexdigest()[:12]}"
+                if not path.exists():
+                    path.write_bytes(data)
+            message = " ".join(str(err).split())[:300]
+            with (folder / "findings.tsv").open("a", encoding="utf-8") as fh:
+                fh.write(f"{name}\t{kind}\t{sig}\t{message}\n")
+
+    return run
+
+
+TARGETS: dict[str, Callable[[bytes], None]] = {
+    "codec": fuzz_codec,
+    "envelope": fuzz_envelope,
+    "resign": fuzz_resign,
+    "trust": fuzz_trust,
+    "config": fuzz_config,
+    "audit": fuzz_audit,
+    "proof": fuzz_proof,
+}
+"""Every target, by the name ``tests/fuzz/targets.py`` takes."""
+
+
+def prepare(name: str) -> None:
+    """Import what target ``name`` uses (its runner instruments these imports)."""
+    if name == "config":
+        _config_loader()

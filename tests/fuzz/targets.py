@@ -1,0 +1,55 @@
+"""Run one fuzz target under atheris (coverage-guided, libFuzzer).
+
+Run: ``python tests/fuzz/targets.py TARGET [libFuzzer args...] [CORPUS_DIR ...]``,
+TARGET one of codec, envelope, resign, trust, config, audit, proof (see
+``tests/fuzz/harness.py`` for what each checks). For example::
+
+    python tests/fuzz/seeds.py /tmp/corpus codec
+    python tests/fuzz/targets.py codec -runs=100000 -max_len=8192 /tmp/corpus/codec
+
+A broken invariant stops the run and libFuzzer writes the input to
+``<-artifact_prefix>crash-<sha1>``; replay one input with
+``python tests/fuzz/targets.py codec crash-<sha1>``.
+
+With ``RISKGUARD_FUZZ_FINDINGS=DIR`` set, a broken invariant does not stop the run:
+the first input of each distinct failure (exception type and the line that raised
+it) is saved as ``DIR/<target>-<kind>-<signature>``, and every occurrence is
+appended to ``DIR/findings.tsv`` (target, kind, signature, message), kind being
+``crash`` or ``false_accept``. ``bench/fuzz.py`` runs targets this way.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import atheris
+
+FINDINGS_ENV = "RISKGUARD_FUZZ_FINDINGS"
+
+# Comparison feedback from str methods (startswith, endswith); atheris 3.0.0 has a
+# regex hook too, but it fails on bytes patterns (json_limits compiles one).
+atheris.enabled_hooks.add("str")
+with atheris.instrument_imports(include=["riskguard", "tomllib"]):
+    import harness
+
+    harness.prepare(sys.argv[1] if len(sys.argv) > 1 else "")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 2 or argv[1] not in harness.TARGETS:
+        sys.stderr.write(f"usage: {argv[0]} TARGET [libFuzzer args...]; TARGET one of "
+                         f"{', '.join(harness.TARGETS)}\n")
+        sys.exit(2)
+    name = argv[1]
+    target = harness.TARGETS[name]
+    findings = os.environ.get(FINDINGS_ENV)
+    if findings:
+        target = harness.keep_going(name, target, Path(findings))
+    atheris.Setup([argv[0], *argv[2:]], target)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main(sys.argv)
