@@ -2293,9 +2293,9 @@ class CounterpartyLogic:
         unv_inst: list[str] = []
         unv_coll: list[str] = []
         if unvalued:  # a part's unvalued names: its positions', then collateral assets'
-            held = set(names)
-            unv_inst = sorted({n for n in unvalued if n in held})
-            unv_coll = sorted({n for n in unvalued if n not in held})
+            positions = set(names)
+            unv_inst = sorted({n for n in unvalued if n in positions})
+            unv_coll = sorted({n for n in unvalued if n not in positions})
         st.seq += 1
         out.append(Exposure(
             counterparty=st.counterparty, ts=st.watermark, gross_notional=gross,

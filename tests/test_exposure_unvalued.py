@@ -18,7 +18,6 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 from contract import CHECKS, Case
-from signing_fixtures import AUD
 from riskguard.operators.clock import Tick
 from riskguard.operators.exposure import (
     ExposureConfig,
@@ -50,6 +49,7 @@ from riskguard.schemas import (
     Trade,
     Utilization,
 )
+from signing_fixtures import AUD
 
 from riskguard.errors import ConfigError, VerificationError
 
