@@ -6,9 +6,16 @@ per distinct name (see :data:`~riskguard.schemas.types.CachedName`). Nothing rai
 bad input: every failure comes back as a ``DeadLetter`` carrying the raw
 bytes (as many as fit in 64 KiB, with the whole input's length and SHA-256),
 where it came from, and why (field path, what was expected, what was found).
-Input too large (``oversize``) or nested too deep (``too_deep``, see
-:mod:`~riskguard.schemas.json_limits`) is refused before parsing, and an
-exception nobody foresaw while decoding is a ``decode_error`` naming its type.
+
+Input too large is refused before parsing (``oversize``). Nesting too deep is
+``too_deep``: past the parser's recursion limit (``RecursionError``, caught), or,
+in a record type with free-form values (``Any``, e.g. an audit record's body),
+past :data:`~riskguard.schemas.json_limits.MAX_JSON_DEPTH`, checked right after
+parsing, so no record that reaches a step nests deeper than its type does. Typed
+fields stop at the first level that does not fit, and unknown fields are skipped,
+not kept. (A check of every input before parsing cost about a quarter of a
+market record's decode.) Any other exception while decoding is a
+``decode_error`` naming its type: nothing raises, so an offset always moves on.
 
 >>> codec = Codec(clock=lambda: 7)
 >>> codec.decode("t", b'{"type":"index_price","id":"i1","venue":"oracle",'
@@ -101,16 +108,17 @@ class Codec:
         self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(union)
         # CachedName fields per type: checked after decoding, against the names seen
         self._name_fields = {t: f for t in self.types if (f := cached_name_fields(t))}
+        # types whose values nest as deep as the input does: their depth is checked
+        # after decoding (names too, on the same slow path)
+        self._free_form = frozenset(t for t in self.types if has_free_form(t))
         self._names_of = {t: attrgetter(*f) if len(f) > 1 else _one(f[0])
-                          for t, f in self._name_fields.items()}
+                          for t, f in self._name_fields.items() if t not in self._free_form}
         self._names_ok: set[str] = set()
 
     def decode(
         self, topic: str, data: bytes, *, partition: int = -1, offset: int = -1
     ) -> Record | DeadLetter:
         """Decode one message; never raises for bad input."""
-        if type(data) is not bytes:
-            data = bytes(data)
         try:
             size = len(data)
             # a named topic's cap only raises max_bytes (looked up only past it)
@@ -120,21 +128,31 @@ class Codec:
                     topic, data, partition, offset, "oversize", "$",
                     f"at most {cap} bytes", f"{size} bytes",
                 )
-            # nesting that would exhaust the parser's recursion, refused unparsed; the
-            # two counts pass almost every record without a scan
-            if data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH and (
-                    deep := check_json_depth(data)) is not None:
-                return self._dead(
-                    topic, data, partition, offset, TOO_DEEP, "$",
-                    f"at most {MAX_JSON_DEPTH} levels of nesting", deep,
-                )
             rec = self._decoder.decode(data)
             names = self._names_of.get(type(rec))
-            if names is not None and not self._names_ok.issuperset(names(rec)):
+            if names is None:
+                if type(rec) in self._free_form:
+                    return self._check_free_form(rec, topic, data, partition, offset)
+                return rec
+            if not self._names_ok.issuperset(names(rec)):
                 return self._check_names(rec, topic, data, partition, offset)
             return rec
         except Exception as err:  # whatever decoding raises is a dead letter, never a crash
             return self._failed(topic, data, partition, offset, err)
+
+    def _check_free_form(
+        self, rec: Record, topic: str, data: bytes, partition: int, offset: int
+    ) -> Record | DeadLetter:
+        """``rec`` if ``data`` nests at most MAX_JSON_DEPTH deep (and its names match),
+        else a ``too_deep`` dead letter."""
+        if (deep := check_json_depth(data)) is not None:
+            return self._dead(
+                topic, data, partition, offset, TOO_DEEP, "$",
+                f"at most {MAX_JSON_DEPTH} levels of nesting", deep,
+            )
+        if type(rec) in self._name_fields:
+            return self._check_names(rec, topic, data, partition, offset)
+        return rec
 
     def _failed(
         self, topic: str, data: bytes, partition: int, offset: int, err: Exception
@@ -259,6 +277,37 @@ def cached_name_fields(cls: type[Record]) -> tuple[str, ...]:
                 and (t.extra_json_schema or {}).get("pattern") == NAME_PATTERN):
             out.append(f.name)
     return tuple(out)
+
+
+def has_free_form(cls: type[Record]) -> bool:
+    """Whether ``cls`` holds values of any shape (``Any`` somewhere in its fields, or a
+    type that contains itself): decoded, they nest as deep as the input does.
+
+    >>> from riskguard.schemas import AuditRecord, Trade
+    >>> has_free_form(AuditRecord), has_free_form(Trade)
+    (True, False)
+    """
+    return _has_any(mi.type_info(cls), frozenset())
+
+
+def _has_any(t: mi.Type, seen: frozenset[type]) -> bool:
+    if isinstance(t, mi.AnyType):
+        return True
+    if isinstance(t, mi.Metadata):
+        return _has_any(t.type, seen)
+    if isinstance(t, mi.StructType | mi.DataclassType | mi.TypedDictType | mi.NamedTupleType):
+        if t.cls in seen:
+            return True
+        return any(_has_any(f.type, seen | {t.cls}) for f in t.fields)
+    if isinstance(t, mi.UnionType):
+        return any(_has_any(x, seen) for x in t.types)
+    if isinstance(t, mi.ListType | mi.SetType | mi.FrozenSetType | mi.VarTupleType):
+        return _has_any(t.item_type, seen)
+    if isinstance(t, mi.TupleType):
+        return any(_has_any(x, seen) for x in t.item_types)
+    if isinstance(t, mi.DictType):
+        return _has_any(t.key_type, seen) or _has_any(t.value_type, seen)
+    return False
 
 
 def _one(field: str) -> Callable[[Any], tuple[str]]:
