@@ -31,10 +31,10 @@ if str(FUZZ) not in sys.path:
 import harness  # noqa: E402  (tests/fuzz/ is on sys.path only from here)
 import seeds  # noqa: E402
 
-# Inputs per target: each run takes about 5-15 s here (startup included), far below
+# Inputs per target: each run takes about 5-20 s here (start-up included), far below
 # the suite's budget; the slow ones sign or verify Ed25519, or load a whole config.
-RUNS = {"codec": 20_000, "envelope": 10_000, "resign": 3_000, "trust": 2_000,
-        "config": 1_500, "audit": 3_000, "proof": 5_000}
+RUNS = {"codec": 40_000, "envelope": 30_000, "resign": 6_000, "trust": 2_000,
+        "config": 1_500, "audit": 20_000, "proof": 20_000}
 MAX_LEN = {"codec": 8192, "envelope": 4096, "resign": 2048, "trust": 8192,
            "config": 32768, "audit": 16384, "proof": 8192}
 
@@ -65,8 +65,10 @@ def test_a_short_fuzz_run_breaks_no_invariant(name: str, corpus: dict[str, Path]
     work = tmp_path / "work"
     work.mkdir()
     runs = RUNS[name]
+    words = seeds.write_dictionary(tmp_path / "dict", name)
     r = fuzz(name, work, corpus[name], f"-runs={runs}", f"-max_len={MAX_LEN[name]}",
-             "-seed=1", "-timeout=60", "-rss_limit_mb=4096", "-print_final_stats=1")
+             f"-dict={words}", "-seed=1", "-timeout=60", "-rss_limit_mb=4096",
+             "-print_final_stats=1")
     out = r.stdout + r.stderr
     found = artifacts(work)
     assert r.returncode == 0 and not found, (
