@@ -36,8 +36,7 @@ from riskguard.cli import main
 from tests.kafka_helpers import consume_all
 
 
-
-def CMDS(env: object) -> object:  # noqa: N802 - a fresh verifier per command
+def verify_fresh(env: object) -> object:
     logic = OperatorCommandLogic(trust_store(), env=AUD.env, topic=AUD.topic,
                                  clock=ManualClock(T0))
     return logic.check(env)  # type: ignore[arg-type]
@@ -50,21 +49,21 @@ def _resume(*signers, **params) -> object:  # type: ignore[no-untyped-def]
 
 
 def test_a_firm_resume_with_one_signature_never_reaches_the_playbook() -> None:
-    out = CMDS(_resume(OP1))
+    out = verify_fresh(_resume(OP1))
     assert isinstance(out, DeadLetter)
     assert out.reason == "command_two_person_required"
     assert out.step == "verify_operator" and out.raw  # audited with its bytes
 
 
 def test_approvals_are_the_verified_signers_whatever_the_payload_claims() -> None:
-    out = CMDS(_resume(OP1, OP2, approvals=5.0))
+    out = verify_fresh(_resume(OP1, OP2, approvals=5.0))
     assert isinstance(out, MitigationCommand)
     assert out.params["approvals"] == 2.0 and out.params["actions"] == ["halt_trading"]
 
 
 def test_a_key_not_allowed_to_resume_is_refused_with_its_reason() -> None:
     cmd = command(3, issuer="engine-1", action=Action.RESUME, scope=VENUE_X)
-    out = CMDS(sign_envelope(PAYLOAD_COMMAND, msgspec.json.encode(cmd), [ENGINE]))
+    out = verify_fresh(sign_envelope(PAYLOAD_COMMAND, msgspec.json.encode(cmd), [ENGINE]))
     assert isinstance(out, DeadLetter) and out.reason.startswith("command_")
     assert out.reason != "command_two_person_required"
 
