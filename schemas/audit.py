@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from typing import Any
@@ -106,16 +107,21 @@ class DeadLetter(Record, frozen=True, kw_only=True, tag="dead_letter"):
         True
         """
         data = bytes(raw)
+        texts = [_text(t, _TEXT_LIMITS[0]) for t in (path, expected, found, detail)]
         bare = cls(
             topic=_name(topic), partition=min(max(partition, -INT64_MAX), INT64_MAX),
             offset=min(max(offset, -2), INT64_MAX),
             ts=min(max(ts, 0), INT64_MAX), reason=_name(reason), step=_name(step),
-            raw_len=len(data), raw_sha256=hashlib.sha256(data).hexdigest(),
+            path=texts[0] or "$", expected=texts[1], found=texts[2], detail=texts[3],
+            raw=data, raw_len=len(data), raw_sha256=hashlib.sha256(data).hexdigest(),
         )
-        texts = (path, expected, found, detail)
+        # JSON takes at most 6 bytes a character (\u00XX) and base64 4 per 3 bytes
+        if _FIXED_BYTES + 6 * sum(map(len, texts)) + (len(data) + 2) // 3 * 4 <= max_bytes:
+            return bare  # surely fits: most dead letters
         for limit in _TEXT_LIMITS:  # the schema's 4096 characters, fewer if raw is crowded out
-            p, e, f, d = (_text(t, limit) for t in texts)
-            dl = msgspec.structs.replace(bare, path=p or "$", expected=e, found=f, detail=d)
+            p, e, f, d = (t[:limit] for t in texts)
+            dl = msgspec.structs.replace(bare, path=p or "$", expected=e, found=f, detail=d,
+                                         raw=b"")
             room = max_bytes - len(_encode(dl))  # what raw's base64 may take
             if room >= max_bytes // 2:
                 break
@@ -130,8 +136,12 @@ AUDIT_TYPES = (AuditRecord, AuditCheckpoint, DeadLetter)
 _encode = msgspec.json.Encoder().encode
 _NAME = re.compile(NAME_PATTERN)
 _TEXT_LIMITS = (4096, 1024, 128, 0)  # characters; 4096 is the schema's (Text)
+# an encoded dead letter without its texts and raw: field names, three names of at most
+# 64 characters, four integers of at most 20 characters and a digest (about 520 in all)
+_FIXED_BYTES = 1024
 
 
+@functools.lru_cache(maxsize=1024)  # topics, reasons and steps repeat
 def _name(value: str) -> str:
     """``value`` if it is a valid ``Name``, else ``"unknown"``."""
     return value if len(value) <= 64 and _NAME.search(value) else "unknown"
@@ -140,6 +150,8 @@ def _name(value: str) -> str:
 def _text(value: str, limit: int) -> str:
     """``value`` cut to ``limit`` characters, lone surrogates (not UTF-8) replaced."""
     value = value[:limit]
+    if value.isascii():
+        return value
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
