@@ -102,7 +102,17 @@ _roundtrip_codec = Codec(max_bytes=1 << 30)
 
 
 def fuzz_codec(data: bytes) -> None:
-    """Decode; never raise; dead letters fit and read back; records round-trip."""
+    """Decode; never raise; dead letters fit and read back; records round-trip.
+
+    Each input is also decoded padded with spaces to exactly the size cap (the same
+    JSON, if it was JSON): a dead letter must still fit, however much raw it carries.
+    """
+    _check_decode(data)
+    if len(data) < DEFAULT_MAX_BYTES:
+        _check_decode(data + b" " * (DEFAULT_MAX_BYTES - len(data)))
+
+
+def _check_decode(data: bytes) -> None:
     out = _codec.decode("fuzz.market", data, partition=0, offset=7)
     if not isinstance(out, Record):
         raise TypeError(f"decode returned {type(out).__name__}, not a record")
