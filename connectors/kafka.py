@@ -109,7 +109,7 @@ def _stamp_of(value: bytes | None) -> int:
     """
     try:
         return _read_stamp(value).ts if value else -1
-    except (msgspec.DecodeError, TypeError):
+    except Exception:  # any bytes at all (nesting past the parser's recursion too)
         return -1
 
 
@@ -590,12 +590,12 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
                        off: int) -> DeadLetter:
         assert self._replica is not None  # only replicas broadcast
         prefixes = [p.decode(errors="replace") for p in self._replica.key_prefixes]
-        return DeadLetter(
+        return DeadLetter.of(
             topic=self._topic, partition=self._idx, offset=off, ts=self._clock(),
             reason="not_broadcast", path="$.key",
             expected=f"a Kafka key starting with one of {prefixes}: every worker must read a "
                      f"{type(rec).__name__}, and only those keys are read by every worker",
-            found=repr(key)[:200], step="kafka_input", raw=(value or b"")[:65536],
+            found=repr(key)[:200], step="kafka_input", raw=value or b"",
         )
 
     def next_batch(self) -> list[Any]:

@@ -375,6 +375,10 @@ class AuditLogic:
         if isinstance(decision, msgspec.Struct):
             raw = _encoder.encode(decision)
             body = msgspec.to_builtins(decision)
+            if isinstance(decision, DeadLetter):
+                # the input's bytes stay on the dead-letter topic; its length and SHA-256
+                # bind them here, and the record stays well inside the 64 KiB cap
+                body.pop("raw", None)
         else:
             raw = repr(decision).encode()
             body = {"repr": repr(decision)[:4096]}

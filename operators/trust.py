@@ -77,7 +77,7 @@ from riskguard.schemas.commands import (
     command_scope_problem,
     scope_is_wide,
 )
-from riskguard.schemas.json_checks import duplicate_key_problem
+from riskguard.schemas.json_limits import duplicate_key_problem
 from riskguard.schemas.signals import Scope
 
 from riskguard.errors import ConfigError, TrustError, VerificationError

@@ -3,9 +3,16 @@
 msgspec parses nested arrays and objects recursively, so a few kilobytes of
 ``[[[[...]]]]`` end in ``RecursionError`` (and in a ``RecursionError`` in any
 Python code that walks the result). :func:`check_json_depth` refuses such
-input first, with no parsing: every decoder of untrusted bytes calls it (the
-:class:`~riskguard.schemas.codec.Codec`, the envelope parser, the command-log
-scan) and refuses what it flags with the reason :data:`TOO_DEEP`.
+input first, with no parsing: the envelope parser, the command-log scan, the
+audit reader and the verifier of signed payloads call it and refuse what it
+flags with the reason :data:`TOO_DEEP`. The :class:`~riskguard.schemas.codec.Codec`
+(the hot path) parses typed records, which stop at the first level their type
+does not have; it checks only free-form values after parsing, and turns the
+parser's own ``RecursionError`` into a ``too_deep`` dead letter.
+
+A JSON object may also carry the same key twice, and parsers disagree on which
+value wins (msgspec keeps the last, others the first). Signed bytes must read
+the same to every parser: :func:`duplicate_key_problem` finds a repeated key.
 
 >>> check_json_depth(b'{"a":[1,[2]]}') is None
 True
@@ -17,7 +24,9 @@ True
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
 MAX_JSON_DEPTH = 32
 """How deep arrays and objects may nest in a wire record (``{"a":[1]}`` is 2 deep).
@@ -69,3 +78,39 @@ def check_json_depth(data: bytes, max_depth: int = MAX_JSON_DEPTH) -> str | None
 
 def _too_deep(max_depth: int) -> str:
     return f"JSON nested more than {max_depth} levels deep"
+
+
+class _Duplicate(ValueError):
+    pass
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Duplicate(key)
+        out[key] = value
+    return out
+
+
+def duplicate_key_problem(data: bytes) -> str | None:
+    """None if no JSON object in ``data`` repeats a key; else what is wrong.
+
+    Nesting past :data:`MAX_JSON_DEPTH` is refused here too; bytes that are not
+    JSON at all are left to the typed decoder (None).
+
+    >>> duplicate_key_problem(b'{"action":"halt_trading","action":"reduce_only"}')
+    "duplicate key 'action' in a JSON object"
+    >>> duplicate_key_problem(b'{"a":{"b":1},"c":[{"b":2}]}') is None
+    True
+    """
+    deep = check_json_depth(data)
+    if deep is not None:
+        return deep
+    try:
+        json.loads(data, object_pairs_hook=_unique_pairs)
+    except _Duplicate as dup:
+        return f"duplicate key {dup.args[0]!r} in a JSON object"
+    except (ValueError, RecursionError):
+        return None
+    return None
