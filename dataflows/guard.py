@@ -137,6 +137,17 @@ DETECTED = (AnomalySignal, DetectProgress, Valuation)
 # and what a firm tier fed by market processes reads
 MARKET_STREAMS = ("market", "venue_status", "fills", "positions", "balances")
 FIRM_OF_MARKET_STREAMS = ("venue_status", "limit_updates", DETECTIONS)
+# What each input topic may carry: any other record on it is a wrong_topic dead letter
+# (whoever may write market data must not move positions, nor sign anything)
+STREAM_TYPES: dict[str, tuple[type, ...]] = {
+    "market": MARKET,
+    "venue_status": (VenueStatus,),
+    "fills": (Fill,),
+    "positions": (PositionSnapshot,),
+    "balances": (Balance, OpenOrders),
+    "limit_updates": (SignedEnvelope,),
+    DETECTIONS: DETECTED,
+}
 
 
 class TierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -1073,8 +1084,10 @@ def _input(flow: Dataflow, cfg: GuardConfig, streams: tuple[str, ...], clock: Cl
         fair_reads=cfg.input.fair_reads, bundle=cfg.input.bundle_partitions,
         # the detect tier checked the times of what its signals came from
         untimed_topics=[cfg.topic(DETECTIONS)],
-        # a market process's valuation record carries whole books
-        codec=Codec(topic_max_bytes={cfg.topic(DETECTIONS): VALUATION_MAX_BYTES}),
+        # a market process's valuation record carries whole books; each topic carries
+        # only its own record types
+        codec=Codec(topic_max_bytes={cfg.topic(DETECTIONS): VALUATION_MAX_BYTES},
+                    topic_types={cfg.topic(s): STREAM_TYPES[s] for s in streams}),
         # market processes' valuations: applied in step with each other (the firm tier
         # sums their parts), not as fast as each process wrote them
         progress_topics=({cfg.topic(DETECTIONS): cfg.tier.detect_workers}

@@ -61,6 +61,7 @@ from riskguard.schemas import (
     Utilization,
     encode,
 )
+from riskguard.schemas.base import source_of
 
 from riskguard.errors import VerificationError
 
@@ -403,19 +404,26 @@ def enforce_limits(
         streams.append(op.flat_map_batch(
             "key_progress", progress, lambda ps: [(p.counterparty, ("tick", p)) for p in ps]))
     if updates is not None:
-        def verify(env: Any) -> Any:
+        def verify(env: Any) -> list[Any]:
             now = clock()
             if not isinstance(env, SignedEnvelope):
-                return rejection_alert("not_an_envelope", type(env).__name__,
-                                       "unsigned", now, firm_scope)
+                return [rejection_alert("not_an_envelope", type(env).__name__,
+                                        "unsigned", now, firm_scope)]
             try:
                 upd = verifier(env, now)
             except VerificationError as err:
                 digest = hashlib.sha256(env.payload).hexdigest()
-                return rejection_alert(err.reason, err.detail, digest, now, firm_scope)
-            return route_update(upd, now)
+                # an alert for the desk, and a dead letter naming the input it came from
+                topic, partition, offset = source_of(env) or ("limit_updates", -1, -1)
+                return [rejection_alert(err.reason, err.detail, digest, now, firm_scope),
+                        DeadLetter.of(topic=topic, partition=partition, offset=offset, ts=now,
+                                      reason=f"limit_update_{err.reason}",
+                                      expected="a verified limit update",
+                                      found=err.detail, step="verify_limit_update",
+                                      raw=encode(env))]
+            return [route_update(upd, now)]
 
-        streams.append(op.map("verify", updates, verify))
+        streams.append(op.flat_map("verify", updates, verify))
     merged = op.merge("merge", *streams) if len(streams) > 1 else streams[0]
     # per-item predicates are C-level isinstance checks (the hot path is per record)
     keyed = op.branch("keyed", merged, _IS_TUPLE)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from operator import attrgetter
 from typing import Any, Union
 
@@ -89,6 +89,17 @@ class Codec:
     >>> codec = Codec(max_bytes=64, topic_max_bytes={"detections": 1024})
     >>> codec.decode("detections", big).ts, codec.decode("market", big).reason
     (1, 'oversize')
+
+    ``topic_types`` names the record types each topic carries: a valid record of
+    another type on that topic is a ``wrong_topic`` dead letter, so whoever may write
+    one topic cannot move what another topic feeds (a fill on the market topic, say).
+
+    >>> from riskguard.schemas import Fill, Trade
+    >>> codec = Codec(topic_types={"market": {Trade}, "fills": {Fill}})
+    >>> fill = (b'{"type":"fill","id":"f","venue":"okx","counterparty":"okx",'
+    ...         b'"instrument":"BTC-USDT","side":"buy","qty":1,"price":2,"ts":1}')
+    >>> codec.decode("fills", fill).id, codec.decode("market", fill, offset=9).reason
+    ('f', 'wrong_topic')
     """
 
     def __init__(
@@ -98,8 +109,10 @@ class Codec:
         max_bytes: int = DEFAULT_MAX_BYTES,
         clock: Callable[[], int] = time.time_ns,
         topic_max_bytes: dict[str, int] | None = None,
+        topic_types: Mapping[str, Collection[type[Record]]] | None = None,
     ) -> None:
         self.types = tuple(types)
+        self.topic_types = {t: frozenset(ts) for t, ts in (topic_types or {}).items()}
         self.max_bytes = max_bytes
         self.topic_max_bytes = dict(topic_max_bytes or {})
         self.clock = clock
@@ -129,6 +142,8 @@ class Codec:
                     f"at most {cap} bytes", f"{size} bytes",
                 )
             rec = self._decoder.decode(data)
+            if self.topic_types and type(rec) not in self.topic_types.get(topic, (type(rec),)):
+                return self._wrong_topic(rec, topic, data, partition, offset)
             names = self._names_of.get(type(rec))
             if names is None:
                 if type(rec) in self._free_form:
@@ -139,6 +154,13 @@ class Codec:
             return rec
         except Exception as err:  # whatever decoding raises is a dead letter, never a crash
             return self._failed(topic, data, partition, offset, err)
+
+    def _wrong_topic(
+        self, rec: Record, topic: str, data: bytes, partition: int, offset: int
+    ) -> DeadLetter:
+        allowed = ", ".join(sorted(tag_of(t) for t in self.topic_types[topic]))
+        return self._dead(topic, data, partition, offset, "wrong_topic", "$.type",
+                          f"one of {allowed} (what this topic carries)", tag_of(type(rec)))
 
     def _check_free_form(
         self, rec: Record, topic: str, data: bytes, partition: int, offset: int
