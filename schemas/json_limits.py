@@ -96,19 +96,27 @@ def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def duplicate_key_problem(data: bytes) -> str | None:
     """None if no JSON object in ``data`` repeats a key; else what is wrong.
 
-    Nesting past :data:`MAX_JSON_DEPTH` is refused here too; bytes that are not
-    JSON at all are left to the typed decoder (None).
+    Nesting past :data:`MAX_JSON_DEPTH` is refused here too, and so are bytes that are
+    not UTF-8 (a typed decoder skips an unknown field unread, so another parser may
+    read it otherwise); bytes that are not JSON at all are left to the typed decoder
+    (None).
 
     >>> duplicate_key_problem(b'{"action":"halt_trading","action":"reduce_only"}')
     "duplicate key 'action' in a JSON object"
     >>> duplicate_key_problem(b'{"a":{"b":1},"c":[{"b":2}]}') is None
     True
+    >>> duplicate_key_problem(b'{"action":"halt_trading","note\\xff":1}')
+    'not UTF-8: byte 0xff at 30'
     """
     deep = check_json_depth(data)
     if deep is not None:
         return deep
     try:
-        json.loads(data, object_pairs_hook=_unique_pairs)
+        text = bytes(data).decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"not UTF-8: byte 0x{data[err.start]:02x} at {err.start}"
+    try:
+        json.loads(text, object_pairs_hook=_unique_pairs)
     except _Duplicate as dup:
         return f"duplicate key {dup.args[0]!r} in a JSON object"
     except (ValueError, RecursionError):

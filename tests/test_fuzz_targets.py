@@ -39,6 +39,29 @@ MAX_LEN = {"codec": 8192, "envelope": 4096, "resign": 2048, "trust": 8192,
            "config": 32768, "audit": 16384, "proof": 8192}
 
 
+KNOWN_OPEN = {
+    "proof-lone-surrogate-in-the-record":
+        "check_proof raises UnicodeEncodeError on a record holding a lone surrogate "
+        "(a \\ud800 escape, which Python's json reads); operators/audit.py is being fixed",
+}
+"""Saved reproducers of failures not fixed yet, and why. While one still fails, its
+replay and its target's short run are expected to fail (xfail); once fixed, both run
+as usual (drop the entry then)."""
+
+
+def still_open(target: str) -> list[str]:
+    """The known-open reproducers of ``target`` that still break it."""
+    out = []
+    for name, why in KNOWN_OPEN.items():
+        if name.split("-", 1)[0] != target or not (CRASHES / name).exists():
+            continue
+        try:
+            harness.TARGETS[target]((CRASHES / name).read_bytes())
+        except Exception:
+            out.append(f"{name}: {why}")
+    return out
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return seeds.write_corpus(tmp_path_factory.mktemp("corpus"))
@@ -62,6 +85,8 @@ def artifacts(workdir: Path) -> list[Path]:
 def test_a_short_fuzz_run_breaks_no_invariant(name: str, corpus: dict[str, Path],
                                               tmp_path: Path) -> None:
     """A few thousand coverage-guided inputs, from the seeds: exit 0 and no crash file."""
+    if open_ := still_open(name):
+        pytest.xfail("; ".join(open_))
     work = tmp_path / "work"
     work.mkdir()
     runs = RUNS[name]
@@ -85,7 +110,10 @@ def reproducers() -> Iterator[Any]:
 @pytest.mark.parametrize("path", list(reproducers()))
 def test_every_saved_reproducer_now_passes_its_target(path: Path) -> None:
     """Each input a fuzzer once broke an invariant with (named ``<target>-...``)."""
-    harness.TARGETS[path.name.split("-", 1)[0]](path.read_bytes())
+    target = path.name.split("-", 1)[0]
+    if path.name in KNOWN_OPEN and still_open(target):
+        pytest.xfail(KNOWN_OPEN[path.name])
+    harness.TARGETS[target](path.read_bytes())
 
 
 def test_a_broken_invariant_in_a_fuzz_run_exits_non_zero_with_the_input(
