@@ -42,7 +42,7 @@ MAX_LEN = {"codec": 8192, "envelope": 4096, "resign": 2048, "trust": 8192,
 KNOWN_OPEN = {
     "proof-lone-surrogate-in-the-record":
         "check_proof raises UnicodeEncodeError on a record holding a lone surrogate "
-        "(a \\ud800 escape, which Python's json reads); operators/audit.py is being fixed",
+        "(a \\ud800 escape, which Python's json reads), before any AuditError",
 }
 """Saved reproducers of failures not fixed yet, and why. While one still fails, its
 replay and its target's short run are expected to fail (xfail); once fixed, both run
