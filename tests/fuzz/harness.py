@@ -271,13 +271,30 @@ def fuzz_trust(data: bytes) -> None:
 
 @functools.cache
 def _config_dir() -> Path:
-    """A private folder holding the shipped playbook beside the fuzzed config."""
+    """A folder of this process's own (in memory where it can be), holding the shipped
+    playbook beside the fuzzed config. libFuzzer ends the process without running
+    Python's exit handlers, so each process first removes the folders of processes
+    that are gone."""
     shm = Path("/dev/shm")
-    where = tempfile.mkdtemp(prefix="riskguard-fuzz-",
-                             dir=str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None)
-    folder = Path(where)
+    parent = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    for old in parent.glob("riskguard-fuzz-*"):
+        pid = old.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    folder = parent / f"riskguard-fuzz-{os.getpid()}"
+    folder.mkdir(exist_ok=True)
     shutil.copy(seeds.ROOT / "dataflows" / "playbook.toml", folder / "playbook.toml")
     return folder
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @functools.cache
