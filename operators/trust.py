@@ -286,7 +286,7 @@ def parse_trust(text: str, *, source: str = "trust") -> TrustDoc:
     except tomllib.TOMLDecodeError as err:
         msg = f"{source}: not valid TOML: {err}"
         raise TrustError(msg) from None
-    _only_known(data, _ROOT_FIELDS, source)
+    _only_known(data, _ROOT_FIELDS, source, sep=":")
     version = data.get("version", 1)
     if version != 1:
         msg = f"{source}:version"
@@ -373,15 +373,16 @@ _KEY_FIELDS = frozenset({"name", "public_key", "key_id", "role", "actions", "sco
 _TWO_PERSON_FIELDS = frozenset({"actions", "scopes", "limit_cap"})
 
 
-def _only_known(table: Mapping[str, Any], known: frozenset[str], where: str) -> None:
+def _only_known(table: Mapping[str, Any], known: frozenset[str], where: str,
+                sep: str = ".") -> None:
     """Refuse a trust-file table with a key it does not know (a typo must not
     silently drop a rule), naming the key and the closest known one."""
     for name in table:
         if name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where}.{name}",
-                              "one of " + ", ".join(sorted(known)) + hint, name)
+            raise ConfigError(f"{where}{sep}{name}",
+                              f"a known key ({', '.join(sorted(known))}){hint}", name)
 
 
 def _known_actions(names: Iterable[str], where: str) -> None:
