@@ -219,3 +219,18 @@ def test_the_proof_oracle_refuses_an_accepted_proof_of_another_record(
     monkeypatch.setattr(harness, "check_proof", lambda _doc, _keys: None)
     with pytest.raises(harness.FalseAccept, match="record"):
         harness.fuzz_proof(json.dumps(doc).encode())
+
+
+def test_the_json_mutator_changes_structure_deterministically() -> None:
+    """Same seed, same output; outputs differ from the input and mostly stay JSON-like;
+    what is not JSON is left to libFuzzer's own mutations (None)."""
+    doc = seeds.proof_seeds(seeds.audit_world())[0]
+    outs = [harness.mutate_json(doc, s) for s in range(40)]
+    assert outs == [harness.mutate_json(doc, s) for s in range(40)]
+    assert all(o is not None for o in outs)
+    assert sum(o != doc for o in outs if o is not None) >= 30
+    assert harness.mutate_json(b"not json", 1) is None
+    line_mutator = harness.MUTATORS["audit"]
+    log = seeds.audit_seeds(seeds.audit_world())[0]
+    assert line_mutator(log, 7) is not None
+    assert len((line_mutator(log, 7) or b"").split(b"\n")) == len(log.split(b"\n"))

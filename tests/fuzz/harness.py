@@ -378,6 +378,125 @@ def broken_for_tests(data: bytes) -> None:
     raise FalseAccept(f"accepted {data[:20]!r}")
 
 
+# -- a JSON-aware mutator ------------------------------------------------------------------
+
+
+class _Obj(list):  # type: ignore[type-arg]
+    """A JSON object as its (key, value) pairs, in order, repeats kept."""
+
+
+_FIELD_NAMES = seeds.json_names()
+_EDGE_VALUES: tuple[Any, ...] = (
+    None, True, False, 0, -1, 1.5, -0.0, 2**63 - 1, 2**63, -(2**63) - 1, 2**64, 1e308,
+    5e-324, "", "x" * 65, "x" * 4097, "\ud800", "a\nb", "a\u2028b", "*", "okx", "firm",
+    "firm:*", "venue:*", "ab" * 32, "AB" * 32, [], {}, [[[[[]]]]],
+)
+
+
+def _nodes(v: Any, out: list[tuple[Any, int]]) -> None:
+    """Every (container, position) holding a value, depth first."""
+    if isinstance(v, _Obj):
+        for i, (_k, x) in enumerate(v):
+            out.append((v, i))
+            _nodes(x, out)
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            out.append((v, i))
+            _nodes(x, out)
+
+
+def _get(c: Any, i: int) -> Any:
+    return c[i][1] if isinstance(c, _Obj) else c[i]
+
+
+def _set(c: Any, i: int, value: Any) -> None:
+    if isinstance(c, _Obj):
+        c[i] = (c[i][0], value)
+    else:
+        c[i] = value
+
+
+def _dump(v: Any, rnd: Any) -> str:
+    sep = rnd.choice(("", "", " ", "\n"))
+    if isinstance(v, _Obj):
+        return "{" + f",{sep}".join(f"{_dump(k, rnd)}:{sep}{_dump(x, rnd)}"
+                                    for k, x in v) + "}"
+    if isinstance(v, list):
+        return "[" + f",{sep}".join(_dump(x, rnd) for x in v) + "]"
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=rnd.random() < 0.3)
+    if isinstance(v, float) and rnd.random() < 0.2:
+        return repr(v).replace("e+", "E")
+    return json.dumps(v)
+
+
+def mutate_json(data: bytes, seed: int) -> bytes | None:
+    """``data`` (JSON) changed in its structure, or None if it is not JSON.
+
+    One change per call, picked by ``seed``: a value replaced by an edge value or by
+    another value of the document, a key dropped, repeated with another value, or
+    added, two values swapped, and the result written with other spacing and escapes.
+    Deterministic for a given ``seed``.
+    """
+    import random
+
+    try:
+        doc = json.loads(data, object_pairs_hook=_Obj)
+    except (ValueError, RecursionError):
+        return None
+    rnd = random.Random(seed)
+    nodes: list[tuple[Any, int]] = []
+    _nodes(doc, nodes)
+    op = rnd.randrange(6)
+    if nodes:
+        c, i = rnd.choice(nodes)
+        if op == 0:
+            _set(c, i, rnd.choice(_EDGE_VALUES))
+        elif op == 1:
+            _set(c, i, json.loads(json.dumps(_get(*rnd.choice(nodes))), object_pairs_hook=_Obj))
+        elif op == 2:
+            del c[i]
+        elif op == 3 and isinstance(c, _Obj):
+            c.insert(rnd.randrange(len(c) + 1), (c[i][0], rnd.choice(_EDGE_VALUES)))
+        elif op == 4:
+            c2, i2 = rnd.choice(nodes)
+            a, b = _get(c, i), _get(c2, i2)
+            _set(c, i, b)
+            _set(c2, i2, a)
+        else:
+            objs = [x for x, _ in nodes if isinstance(x, _Obj)]
+            if objs:
+                rnd.choice(objs).append((rnd.choice(_FIELD_NAMES), rnd.choice(_EDGE_VALUES)))
+    return _dump(doc, rnd).encode("utf-8", "surrogatepass")
+
+
+def _lines(mutate: Callable[[bytes, int], bytes | None]) -> Callable[[bytes, int], bytes | None]:
+    """``mutate`` applied to one line of a JSON-lines input."""
+
+    def run(data: bytes, seed: int) -> bytes | None:
+        lines = data.split(b"\n")
+        k = seed % len(lines)
+        new = mutate(lines[k], seed // max(len(lines), 1))
+        if new is None:
+            return None
+        return b"\n".join([*lines[:k], new, *lines[k + 1:]])
+
+    return run
+
+
+def _after_first_byte(data: bytes, seed: int) -> bytes | None:
+    new = mutate_json(data[1:], seed)
+    return None if new is None or not data else data[:1] + new
+
+
+MUTATORS: dict[str, Callable[[bytes, int], bytes | None]] = {
+    "codec": mutate_json, "envelope": mutate_json, "resign": _after_first_byte,
+    "audit": _lines(mutate_json), "proof": mutate_json,
+}
+"""Structure-aware mutators of the JSON targets (``targets.py`` mixes them with
+libFuzzer's own byte-level mutations)."""
+
+
 # -- running without stopping ------------------------------------------------------------
 
 PACKAGE_DIRS = tuple(str(_paths.TESTS.parent / d) + os.sep

@@ -409,12 +409,18 @@ def dictionary(name: str) -> str:
                                 "default", "playbook_file", "playbook"}
         tokens = [*TOML_TOKENS, *sorted(names)]
     else:
-        for cls in ALL_TYPES:
-            _struct_names(mi.type_info(cls), names, set())
-        names |= {"record", "leaf_hash", "index", "tree_size", "proof", "checkpoint",
-                  "payload_type", "payload", "signatures", PAYLOAD_COMMAND, PAYLOAD_LIMIT_UPDATE}
-        tokens = [*JSON_TOKENS, *(f'"{n}"' for n in sorted(names))]
+        tokens = [*JSON_TOKENS, *(f'"{n}"' for n in json_names())]
     return "".join(_dict_entry(t) + "\n" for t in tokens)
+
+
+def json_names() -> list[str]:
+    """The field names, tags and enum values of every wire type, proofs and envelopes."""
+    names: set[str] = set()
+    for cls in ALL_TYPES:
+        _struct_names(mi.type_info(cls), names, set())
+    names |= {"record", "leaf_hash", "index", "tree_size", "proof", "checkpoint",
+              "payload_type", "payload", "signatures", PAYLOAD_COMMAND, PAYLOAD_LIMIT_UPDATE}
+    return sorted(names)
 
 
 def write_dictionary(path: Path, name: str) -> Path:

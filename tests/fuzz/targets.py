@@ -16,12 +16,17 @@ the first input of each distinct failure (exception type and the line that raise
 it) is saved as ``DIR/<target>-<kind>-<signature>``, and every occurrence is
 appended to ``DIR/findings.tsv`` (target, kind, signature, message), kind being
 ``crash`` or ``false_accept``. ``bench/fuzz.py`` runs targets this way.
+
+The JSON targets (codec, envelope, resign, audit, proof) mix a structure-aware
+mutator (``harness.MUTATORS``: values swapped for edge values, keys dropped,
+repeated or added) with libFuzzer's byte-level mutations.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import atheris
@@ -47,8 +52,26 @@ def main(argv: list[str]) -> None:
     findings = os.environ.get(FINDINGS_ENV)
     if findings:
         target = harness.keep_going(name, target, Path(findings))
-    atheris.Setup([argv[0], *argv[2:]], target)
+    structural = harness.MUTATORS.get(name)
+    if structural is None:
+        atheris.Setup([argv[0], *argv[2:]], target)
+    else:
+        atheris.Setup([argv[0], *argv[2:]], target, custom_mutator=mixed(structural))
     atheris.Fuzz()
+
+
+def mixed(structural: Callable[[bytes, int], bytes | None]) -> Callable[[bytes, int, int], bytes]:
+    """A custom mutator: one time in four a structural change of the JSON (when it is
+    JSON and fits), else libFuzzer's own byte-level mutations."""
+
+    def mutate(data: bytes, max_size: int, seed: int) -> bytes:
+        if seed % 4 == 0:
+            out = structural(data, seed >> 2)
+            if out is not None and len(out) <= max_size:
+                return out
+        return atheris.Mutate(data, max_size)
+
+    return mutate
 
 
 if __name__ == "__main__":
