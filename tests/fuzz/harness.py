@@ -416,13 +416,13 @@ def _set(c: Any, i: int, value: Any) -> None:
         c[i] = value
 
 
-def _dump(v: Any, rnd: Any) -> str:
-    sep = rnd.choice(("", "", " ", "\n"))
+def _dump(v: Any, rnd: Any, seps: tuple[str, ...]) -> str:
+    sep = rnd.choice(seps)
     if isinstance(v, _Obj):
-        return "{" + f",{sep}".join(f"{_dump(k, rnd)}:{sep}{_dump(x, rnd)}"
+        return "{" + f",{sep}".join(f"{_dump(k, rnd, seps)}:{sep}{_dump(x, rnd, seps)}"
                                     for k, x in v) + "}"
     if isinstance(v, list):
-        return "[" + f",{sep}".join(_dump(x, rnd) for x in v) + "]"
+        return "[" + f",{sep}".join(_dump(x, rnd, seps) for x in v) + "]"
     if isinstance(v, str):
         return json.dumps(v, ensure_ascii=rnd.random() < 0.3)
     if isinstance(v, float) and rnd.random() < 0.2:
@@ -430,13 +430,14 @@ def _dump(v: Any, rnd: Any) -> str:
     return json.dumps(v)
 
 
-def mutate_json(data: bytes, seed: int) -> bytes | None:
+def mutate_json(data: bytes, seed: int, *, newlines: bool = True) -> bytes | None:
     """``data`` (JSON) changed in its structure, or None if it is not JSON.
 
     One change per call, picked by ``seed``: a value replaced by an edge value or by
     another value of the document, a key dropped, repeated with another value, or
     added, two values swapped, and the result written with other spacing and escapes.
-    Deterministic for a given ``seed``.
+    Deterministic for a given ``seed``. With ``newlines`` false the output stays on
+    one line (a line of JSON lines).
     """
     import random
 
@@ -467,21 +468,18 @@ def mutate_json(data: bytes, seed: int) -> bytes | None:
             objs = [x for x, _ in nodes if isinstance(x, _Obj)]
             if objs:
                 rnd.choice(objs).append((rnd.choice(_FIELD_NAMES), rnd.choice(_EDGE_VALUES)))
-    return _dump(doc, rnd).encode("utf-8", "surrogatepass")
+    seps = ("", "", " ", "\n") if newlines else ("", "", " ")
+    return _dump(doc, rnd, seps).encode("utf-8", "surrogatepass")
 
 
-def _lines(mutate: Callable[[bytes, int], bytes | None]) -> Callable[[bytes, int], bytes | None]:
-    """``mutate`` applied to one line of a JSON-lines input."""
-
-    def run(data: bytes, seed: int) -> bytes | None:
-        lines = data.split(b"\n")
-        k = seed % len(lines)
-        new = mutate(lines[k], seed // max(len(lines), 1))
-        if new is None:
-            return None
-        return b"\n".join([*lines[:k], new, *lines[k + 1:]])
-
-    return run
+def _one_line(data: bytes, seed: int) -> bytes | None:
+    """:func:`mutate_json` applied to one line of a JSON-lines input."""
+    lines = data.split(b"\n")
+    k = seed % len(lines)
+    new = mutate_json(lines[k], seed // len(lines), newlines=False)
+    if new is None:
+        return None
+    return b"\n".join([*lines[:k], new, *lines[k + 1:]])
 
 
 def _after_first_byte(data: bytes, seed: int) -> bytes | None:
@@ -491,7 +489,7 @@ def _after_first_byte(data: bytes, seed: int) -> bytes | None:
 
 MUTATORS: dict[str, Callable[[bytes, int], bytes | None]] = {
     "codec": mutate_json, "envelope": mutate_json, "resign": _after_first_byte,
-    "audit": _lines(mutate_json), "proof": mutate_json,
+    "audit": _one_line, "proof": mutate_json,
 }
 """Structure-aware mutators of the JSON targets (``targets.py`` mixes them with
 libFuzzer's own byte-level mutations)."""
