@@ -46,7 +46,7 @@ import numpy as np
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource, run_main
-from riskguard.operators.base import values_of
+from riskguard.operators.core.base import values_of
 from riskguard.operators.exposure import (
     CounterpartyLogic,
     ExposureConfig,

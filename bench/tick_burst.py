@@ -43,6 +43,7 @@ from bytewax.testing import TestingSource, run_main
 from exposure_speed import CountSink
 from riskguard.connectors.kafka import _to_kv
 from riskguard.dataflows.guard import exposures_key
+from riskguard.operators.core.observe import observe_all
 from riskguard.operators.exposure import (
     CounterpartyLogic,
     ExposureConfig,
@@ -53,7 +54,6 @@ from riskguard.operators.exposure import (
     ShardLogic,
 )
 from riskguard.operators.limits import CounterpartyLimits, LimitsConfig, LimitsLogic, LimitSpec
-from riskguard.operators.observe import observe_all
 from riskguard.schemas import Exposure, Fill, Part, Progress, Trade, Utilization
 
 S = 1_000_000_000

@@ -44,9 +44,9 @@ from riskguard.connectors.placement import (
     worker_of_thread,
 )
 from riskguard.connectors.settings import KafkaSettings, as_settings
-from riskguard.operators.base import SplitOut, split_dead_letters
-from riskguard.operators.clock import Clock, system_clock
-from riskguard.operators.metrics import (
+from riskguard.operators.core.base import SplitOut, split_dead_letters
+from riskguard.operators.core.clock import Clock, system_clock
+from riskguard.operators.core.metrics import (
     CONSUMER_LAG,
     DEAD_LETTERS,
     DELIVERY_ERRORS,

@@ -139,7 +139,7 @@ class _Once(StatelessSourcePartition[Any]):
 class StartSignal(DynamicSource[Any]):
     """One ``None`` per worker at start, then its end: a keyed step fed by it exists in
     every run, an empty one included, so its ``on_eof`` runs (a market process's final
-    progress, :mod:`riskguard.operators.end_of_input`)."""
+    progress, :mod:`riskguard.operators.core.end_of_input`)."""
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _Once:
         return _Once()

@@ -32,8 +32,8 @@ from typing import Any, BinaryIO
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, operator
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from riskguard.operators.base import SplitOut, split_dead_letters
-from riskguard.operators.clock import Clock, system_clock
+from riskguard.operators.core.base import SplitOut, split_dead_letters
+from riskguard.operators.core.clock import Clock, system_clock
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.base import stamp_source
 from riskguard.schemas.codec import Codec

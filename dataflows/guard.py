@@ -48,18 +48,20 @@ from riskguard.connectors.topics import topic_name
 from riskguard.operators.anomaly import detect_anomalies, detect_dislocations, extract_features
 from riskguard.operators.audit import AuditConfig, AuditState
 from riskguard.operators.audit_op import audit_log
-from riskguard.operators.base import (
+from riskguard.operators.core.base import (
     event_time,
     split_dead_letters,
     stateful_logic,
     values_of,
 )
-from riskguard.operators.clock import TICK_IDLE_NS, Clock, Tick, system_clock
+from riskguard.operators.core.clock import TICK_IDLE_NS, Clock, Tick, system_clock
+from riskguard.operators.core.dedup import RecentIdsLogic
+from riskguard.operators.core.end_of_input import FinalProgressLogic
+from riskguard.operators.core.metrics import record_command, start_metrics_server_from_env
+from riskguard.operators.core.observe import ObserveConfig, configure, observe_all
 from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer
-from riskguard.operators.dedup import RecentIdsLogic
 from riskguard.operators.detect_watch import DetectWatchLogic, detect_worker
 from riskguard.operators.detector import DetectorConfig, prepare_models
-from riskguard.operators.end_of_input import FinalProgressLogic
 from riskguard.operators.exposure import PROGRESS_KEY, ExposureConfig, ShardPlace
 from riskguard.operators.features import (
     MARKET_FEATURES,
@@ -69,8 +71,6 @@ from riskguard.operators.features import (
 )
 from riskguard.operators.feeds import FeedConfig, FeedMonitorLogic, FeedSelectLogic
 from riskguard.operators.limits import LimitsConfig
-from riskguard.operators.metrics import record_command, start_metrics_server_from_env
-from riskguard.operators.observe import ObserveConfig, configure, observe_all
 from riskguard.operators.operator_commands import OPERATOR_COMMANDS_KEY, OperatorCommandLogic
 from riskguard.operators.playbook import PlaybookConfig
 from riskguard.operators.playbook_op import plan_mitigation
@@ -824,7 +824,7 @@ def _market_parts(detected: Stream[Any], ticks: Stream[Tick], cfg: GuardConfig) 
 def _first_of_each_id(detected: Stream[Any], keep: int) -> Stream[AnomalySignal | RiskAlert]:
     """The firm tier's anomaly signals (and a market process's stage-1 alerts), each id
     once: a detect tier or market process that resumed from its snapshot sends the
-    signals made after it again (:mod:`riskguard.operators.dedup`)."""
+    signals made after it again (:mod:`riskguard.operators.core.dedup`)."""
     signals = op.flat_map_batch("anomaly_in", detected, _signals_in)
     return op.flat_map_batch(
         "anomalies", stateful_logic("anomaly_ids", signals,

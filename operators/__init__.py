@@ -1,1 +1,41 @@
-"""riskguard.operators"""
+"""riskguard's operators, by domain.
+
+- :mod:`riskguard.operators.core`: plumbing every domain uses (the logic protocol and
+  its bytewax adapter, clocks, de-duplication, metrics).
+
+Old flat module paths
+---------------------
+Before the domain subpackages every module sat directly in this package
+(``riskguard.operators.clock``, ``riskguard.operators.detector`` ...). bytewax recovery
+snapshots pickle state classes by module path, so each moved module stays importable
+under its old name as the *same* module object (an entry in ``sys.modules``, registered
+below once the subpackages are imported). Modules split into a package of the same name
+(``exposure``, ``audit``, ``signing``) re-export the old names from that package instead.
+New code imports the new paths.
+"""
+
+import sys
+
+from riskguard.operators import core
+
+# old flat module name -> its module under the domain subpackages
+_OLD_PATHS = {
+    "base": "core.base",
+    "clock": "core.clock",
+    "dedup": "core.dedup",
+    "end_of_input": "core.end_of_input",
+    "metrics": "core.metrics",
+    "observe": "core.observe",
+}
+
+
+def _register_old_paths() -> None:
+    for old, new in _OLD_PATHS.items():
+        module = sys.modules[f"{__name__}.{new}"]
+        sys.modules[f"{__name__}.{old}"] = module
+        setattr(sys.modules[__name__], old, module)
+
+
+_register_old_paths()
+
+__all__ = ["core"]

@@ -46,7 +46,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
-from riskguard.operators.base import event_time, split_dead_letters, stateful_logic, values_of
+from riskguard.operators.core.base import event_time, split_dead_letters, stateful_logic, values_of
 from riskguard.operators.cross_rates import CrossRateConfig, CrossRates, market_group
 from riskguard.operators.detector import DetectorConfig, detector_builder
 from riskguard.operators.features import FeatureConfig, feature_builder, route_batch

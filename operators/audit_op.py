@@ -31,7 +31,7 @@ import bytewax.operators as op
 import msgspec
 from bytewax.dataflow import Stream, operator
 from riskguard.operators.audit import AuditConfig, AuditLogic, AuditState, continue_chain
-from riskguard.operators.base import stateful_logic
+from riskguard.operators.core.base import stateful_logic
 from riskguard.operators.crypto import Signer
 from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from riskguard.operators.clock import NS_PER_S, Clock, Tick, system_clock
+from riskguard.operators.core.clock import NS_PER_S, Clock, Tick, system_clock
 from riskguard.schemas import RiskAlert, Scope, ScopeKind, Severity
 
 DETECT_PREFIX = "detect/"

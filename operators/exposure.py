@@ -32,7 +32,7 @@ limit levels move at batch boundaries. Fed one record at a time
 (:class:`LocalPipeline`, or a source with ``batch_size=1``) it is per record.
 
 **Ticked mode** (``ticked=True``, what ``aggregate_exposure(..., ticks=...)``
-builds): stage 1 re-values on each :class:`~riskguard.operators.clock.Tick`
+builds): stage 1 re-values on each :class:`~riskguard.operators.core.clock.Tick`
 instead, stamping its parts with the tick's time; records before a tick (by
 ``ts``) are in, later ones wait for the next tick, even when they share a
 batch. A fill, snapshot, balance or orders record does not wait for the tick:
@@ -79,9 +79,9 @@ from typing import Any, Literal, NamedTuple
 import msgspec
 import numpy as np
 from riskguard.connectors.placement import route_worker
-from riskguard.operators.base import copy_fields, copy_state
-from riskguard.operators.clock import Clock, Tick, Watermark, system_clock
-from riskguard.operators.dedup import IdWindow
+from riskguard.operators.core.base import copy_fields, copy_state
+from riskguard.operators.core.clock import Clock, Tick, Watermark, system_clock
+from riskguard.operators.core.dedup import IdWindow
 from riskguard.operators.instruments import (
     InstrumentRegistry,
     InstrumentsConfig,

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
-from riskguard.operators.base import copy_fields
+from riskguard.operators.core.base import copy_fields
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import encode
 from riskguard.schemas.market import (

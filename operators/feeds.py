@@ -37,8 +37,8 @@ import uuid
 from dataclasses import dataclass, field
 
 import msgspec
-from riskguard.operators.base import copy_state
-from riskguard.operators.clock import Clock, Tick, Watermark, system_clock
+from riskguard.operators.core.base import copy_state
+from riskguard.operators.core.clock import Clock, Tick, Watermark, system_clock
 from riskguard.schemas.market import VenueState, VenueStatus
 from riskguard.schemas.signals import RiskAlert, Scope, ScopeKind, Severity
 

@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from riskguard.operators.base import copy_fields
-from riskguard.operators.clock import Clock, Tick, Watermark, system_clock
-from riskguard.operators.dedup import IdWindow
+from riskguard.operators.core.base import copy_fields
+from riskguard.operators.core.clock import Clock, Tick, Watermark, system_clock
+from riskguard.operators.core.dedup import IdWindow
 from riskguard.schemas import (
     Exposure,
     LimitBreach,

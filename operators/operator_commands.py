@@ -9,7 +9,7 @@ same command presented again, under its old id or an older ``seq`` of its
 issuer, is refused as a replay. The replay state is part of the snapshot, so a
 resumed guard refuses what the stopped one had accepted.
 
->>> from riskguard.operators.clock import ManualClock
+>>> from riskguard.operators.core.clock import ManualClock
 >>> from riskguard.operators.trust import TrustDoc, TrustStore
 >>> logic = OperatorCommandLogic(TrustStore(TrustDoc(keys=())), env="prod",
 ...                              topic="prod.riskguard.commands.v1", clock=ManualClock(0))
@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import msgspec
-from riskguard.operators.clock import Clock
+from riskguard.operators.core.clock import Clock
 from riskguard.operators.crypto import PAYLOAD_COMMAND, Reason, encode_envelope
 from riskguard.operators.trust import DEFAULT_LEEWAY_NS, TrustStore
 from riskguard.schemas.audit import DeadLetter

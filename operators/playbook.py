@@ -45,8 +45,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
 import msgspec
-from riskguard.operators.base import copy_fields
-from riskguard.operators.clock import Tick, Watermark
+from riskguard.operators.core.base import copy_fields
+from riskguard.operators.core.clock import Tick, Watermark
 from riskguard.schemas import (
     FIRM,
     Action,

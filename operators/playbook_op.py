@@ -35,9 +35,9 @@ from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
-from riskguard.operators.base import SplitOut, split_dead_letters, stateful_logic
-from riskguard.operators.clock import system_clock
-from riskguard.operators.metrics import reorder_counter
+from riskguard.operators.core.base import SplitOut, split_dead_letters, stateful_logic
+from riskguard.operators.core.clock import system_clock
+from riskguard.operators.core.metrics import reorder_counter
 from riskguard.operators.playbook import PlaybookConfig, Tick, playbook_builder
 from riskguard.schemas.commands import MitigationCommand
 

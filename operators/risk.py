@@ -25,8 +25,9 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
-from riskguard.operators.base import stateful_logic, values_of
-from riskguard.operators.clock import Clock, Tick, system_clock
+from riskguard.operators.core.base import stateful_logic, values_of
+from riskguard.operators.core.clock import Clock, Tick, system_clock
+from riskguard.operators.core.metrics import reorder_counter
 from riskguard.operators.crypto import PAYLOAD_LIMIT_UPDATE
 from riskguard.operators.exposure import (
     FIRM_KEY,
@@ -46,7 +47,6 @@ from riskguard.operators.limits import (
     rejection_alert,
     route_update,
 )
-from riskguard.operators.metrics import reorder_counter
 from riskguard.operators.trust import DEFAULT_LEEWAY_NS, TrustStore
 from riskguard.schemas import (
     Audience,
@@ -158,7 +158,7 @@ def aggregate_exposure(
 
     Without ``ticks``, exposures are re-valued once per input batch: the
     lowest latency, but where the levels move depends on how the input was
-    batched. With a ``ticks`` stream (:class:`~riskguard.operators.clock.Tick`,
+    batched. With a ``ticks`` stream (:class:`~riskguard.operators.core.clock.Tick`,
     event-time progress), records are applied as they come and re-valued once
     per tick, stamped with the tick's time (and ``progress`` carries each tick on,
     behind everything each stage sent before it: feed it to :func:`enforce_limits`),
@@ -357,7 +357,7 @@ def enforce_limits(
     """Utilizations and breaches of the limit hierarchy, with signed runtime updates.
 
     ``progress`` (``aggregate_exposure(..., ticks=...).progress``) comes out again on
-    ``LimitsOut.ticks`` as :class:`~riskguard.operators.clock.Tick` items, each
+    ``LimitsOut.ticks`` as :class:`~riskguard.operators.core.clock.Tick` items, each
     behind the utilizations and breaches its key made before it.
 
     ``verifier(envelope, now_ns)`` returns the verified

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from riskguard.operators.core.dedup import IdWindow
 from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer
-from riskguard.operators.dedup import IdWindow
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.commands import MitigationCommand, Signature, SignedEnvelope
 

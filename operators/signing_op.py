@@ -26,7 +26,7 @@ from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
-from riskguard.operators.base import SplitOut, split_dead_letters, stateful_logic
+from riskguard.operators.core.base import SplitOut, split_dead_letters, stateful_logic
 from riskguard.operators.crypto import Signer
 from riskguard.operators.signing import SignConfig, SignState, sign_builder
 from riskguard.schemas.commands import MitigationCommand, SignedEnvelope

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from riskguard.dataflows.stress import load_scenario, run_scenario, scenario_path
-from riskguard.operators.clock import ManualClock
+from riskguard.operators.core.clock import ManualClock
 from riskguard.operators.playbook import PlaybookConfig, PlaybookLogic, Rule, Rung, S, Tick
 from riskguard.schemas import (
     FIRM,

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from riskguard.operators.clock import ManualClock
+from riskguard.operators.core.clock import ManualClock
 from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer, sign_envelope
 from riskguard.operators.operator_commands import OperatorCommandLogic
 from riskguard.operators.trust import TrustStore, parse_trust

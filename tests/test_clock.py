@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from riskguard.operators.clock import Watermark
+from riskguard.operators.core.clock import Watermark
 
 IDLE = 100
 

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 from contract import CHECKS, Case
 from risk_flow_app import limits_config, make_events
-from riskguard.operators.clock import Tick
+from riskguard.operators.core.clock import Tick
 from riskguard.operators.exposure import (
     CounterpartyLogic,
     FirmLogic,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from contract import CHECKS, Case
-from riskguard.operators.dedup import IdWindow, RecentIdsLogic
+from riskguard.operators.core.dedup import IdWindow, RecentIdsLogic
 from riskguard.schemas import AnomalySignal, Scope, ScopeKind, Severity
 
 

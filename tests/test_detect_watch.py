@@ -16,7 +16,7 @@ from riskguard.dataflows.stress import (
     load_scenario,
     scenario_path,
 )
-from riskguard.operators.clock import Tick
+from riskguard.operators.core.clock import Tick
 from riskguard.operators.detect_watch import DetectWatchLogic, DetectWatchState
 from riskguard.schemas import DetectProgress, RiskAlert
 

@@ -6,7 +6,7 @@ import math
 import random
 
 import pytest
-from riskguard.operators.clock import ManualClock
+from riskguard.operators.core.clock import ManualClock
 from riskguard.operators.detector import DetectorConfig, DetectorLogic
 from riskguard.schemas import AnomalySignal, DeadLetter, FeatureVector, Scope, ScopeKind
 

@@ -14,7 +14,7 @@ import random
 from pathlib import Path
 
 import msgspec
-from riskguard.operators.clock import ManualClock
+from riskguard.operators.core.clock import ManualClock
 from riskguard.operators.detector import DetectorConfig, DetectorLogic
 from riskguard.schemas import FeatureVector, Scope, ScopeKind
 

@@ -1,4 +1,5 @@
-"""Every docstring example in the package runs (imported by its real riskguard.* name)."""
+"""Every docstring example in the package runs (imported by its real riskguard.* name),
+subpackages (riskguard.operators.core ...) included."""
 
 from __future__ import annotations
 
@@ -19,9 +20,7 @@ def _modules() -> list[str]:
     for pkg_name in PACKAGES:
         pkg = importlib.import_module(pkg_name)
         names.append(pkg_name)
-        for info in pkgutil.iter_modules(pkg.__path__):
-            if not info.ispkg:
-                names.append(f"{pkg_name}.{info.name}")
+        names.extend(info.name for info in pkgutil.walk_packages(pkg.__path__, f"{pkg_name}."))
     return sorted(set(names))
 
 

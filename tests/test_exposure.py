@@ -15,7 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from riskguard.connectors.placement import route_worker
 from riskguard.operators import exposure as exposure_module
-from riskguard.operators.clock import TICK_IDLE_NS, ManualClock, Tick
+from riskguard.operators.core.clock import TICK_IDLE_NS, ManualClock, Tick
 from riskguard.operators.exposure import (
     PROGRESS_KEY,
     CounterpartyLogic,

@@ -18,7 +18,7 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 from contract import CHECKS, Case
-from riskguard.operators.clock import Tick
+from riskguard.operators.core.clock import Tick
 from riskguard.operators.exposure import (
     ExposureConfig,
     InstrumentsConfig,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from riskguard.operators.clock import ManualClock
+from riskguard.operators.core.clock import ManualClock
 from riskguard.operators.features import FeatureConfig, FeatureLogic, route
 from riskguard.schemas import (
     Bar,

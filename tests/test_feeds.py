@@ -6,7 +6,7 @@ import pytest
 from contract import CHECKS, Case
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from riskguard.operators.clock import TICK_IDLE_NS, ManualClock, Tick
+from riskguard.operators.core.clock import TICK_IDLE_NS, ManualClock, Tick
 from riskguard.operators.feeds import FeedConfig, FeedMonitorLogic, FeedSelectLogic, VenueFeeds
 from riskguard.schemas import Quote, VenueState, VenueStatus
 

@@ -21,7 +21,7 @@ from riskguard.dataflows.demo import (
     tier_config,
 )
 from riskguard.dataflows.demo_scenario import DURATION_S
-from riskguard.operators.clock import TICK_IDLE_NS
+from riskguard.operators.core.clock import TICK_IDLE_NS
 from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer, encode_envelope, sign_envelope
 from riskguard.schemas import (
     Audience,

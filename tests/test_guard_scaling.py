@@ -257,7 +257,7 @@ def test_aligned_topic_records_are_read_once_where_their_key_lives(
 
 
 def _misaligned(topic: str) -> float:
-    from riskguard.operators.metrics import MISALIGNED
+    from riskguard.operators.core.metrics import MISALIGNED
 
     return MISALIGNED.labels(topic)._value.get()
 

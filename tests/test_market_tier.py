@@ -303,7 +303,7 @@ def test_final_progress_logic_meets_the_contract() -> None:
     """Snapshot pickles, is independent, resume equals uninterrupted, input unmutated;
     and a resumed run ends with the same final progress as an uninterrupted one."""
     from contract import CHECKS, Case
-    from riskguard.operators.end_of_input import FinalProgressLogic
+    from riskguard.operators.core.end_of_input import FinalProgressLogic
 
     def build(state: Any) -> FinalProgressLogic:
         return FinalProgressLogic("detect/w1", state)
@@ -325,7 +325,7 @@ def test_a_market_process_passes_its_detections_through_then_ends_with_a_final_p
     """Every record goes through unchanged and in order; at end of input one final
     progress at the newest progress time; an empty run (only the start signal) ends
     with one too, at 0."""
-    from riskguard.operators.end_of_input import FinalProgressLogic
+    from riskguard.operators.core.end_of_input import FinalProgressLogic
 
     recs = _final_inputs()
     logic = FinalProgressLogic("detect/w1")

@@ -17,8 +17,8 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from prometheus_client import REGISTRY
 from riskguard.connectors.subscriber import GapAlert, Rejection
-from riskguard.operators import metrics
-from riskguard.operators.observe import ObserveConfig, Observer, key_class, observe
+from riskguard.operators.core import metrics
+from riskguard.operators.core.observe import ObserveConfig, Observer, key_class, observe
 from riskguard.schemas import (
     AnomalySignal,
     AuditCheckpoint,
@@ -233,7 +233,7 @@ def test_measured_snapshot_returns_the_state_and_records_its_pickled_size() -> N
 
 def test_subscriber_hooks_count_rejections_by_reason_and_gaps_by_issuer() -> None:
     """observe_rejection / observe_gap take the subscriber's own Rejection and GapAlert."""
-    from riskguard.operators.observe import observe_gap, observe_rejection
+    from riskguard.operators.core.observe import observe_gap, observe_rejection
 
     r0 = value("riskguard_subscriber_rejections_total", reason="bad_signature")
     g0 = value("riskguard_subscriber_gaps_total", issuer="riskguard")
@@ -266,7 +266,7 @@ def test_metrics_server_port_from_env_is_validated() -> None:
 
 def test_observe_in_a_two_worker_flow_counts_every_episode_once() -> None:
     """Two worker threads share the process observer: 40 keys open then close -> net 0."""
-    from riskguard.operators import observe as observe_mod
+    from riskguard.operators.core import observe as observe_mod
 
     keys = [f"mt{i}/BTC-USDT" for i in range(40)]
     inp = [signal(k, "open") for k in keys] + [signal(k, "close", n=1) for k in keys]
@@ -291,7 +291,7 @@ def test_plan_mitigation_counts_signals_that_wait_for_the_watermark() -> None:
     """A signal further than the slack ahead of two processes' watermark waits: the
     operator counts it in ``riskguard_reorder_total{step, outcome="held"}`` (``step`` is
     the operator's full step id)."""
-    from riskguard.operators.clock import Tick
+    from riskguard.operators.core.clock import Tick
     from riskguard.operators.playbook import PlaybookConfig, Rule, Rung
     from riskguard.operators.playbook_op import plan_mitigation
     from riskguard.schemas import Action, RiskAlert, Severity

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from riskguard.connectors.subscriber import CommandSubscriber
 from riskguard.dataflows.guard import _unhandled
-from riskguard.operators.clock import ManualClock
+from riskguard.operators.core.clock import ManualClock
 from riskguard.operators.crypto import PAYLOAD_COMMAND, decode_envelope, sign_envelope
 from riskguard.operators.operator_commands import OperatorCommandLogic
 from riskguard.operators.trust import RootSet, TrustStore

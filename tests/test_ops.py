@@ -55,10 +55,10 @@ def test_grafana_dashboard_is_json_and_every_panel_queries_riskguard_metrics() -
 
 
 def test_dashboard_and_alerts_only_use_metrics_riskguard_defines() -> None:
-    """Every riskguard_* name in ops/ is registered in operators/metrics.py (no typos)."""
+    """Every riskguard_* name in ops/ is registered in operators/core/metrics.py (no typos)."""
     import re
 
-    import riskguard.operators.metrics  # noqa: F401  # registers the metrics
+    import riskguard.operators.core.metrics  # noqa: F401  # registers the metrics
     from prometheus_client import REGISTRY
 
     known = {s.name for m in REGISTRY.collect() for s in m.samples}

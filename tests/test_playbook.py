@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
-from riskguard.operators.clock import ManualClock
+from riskguard.operators.core.clock import ManualClock
 from riskguard.operators.playbook import (
     PlaybookConfig,
     PlaybookLogic,

@@ -23,7 +23,7 @@ from riskguard.connectors.command_log import _seq_of, last_signed_seq
 from riskguard.connectors.settings import KafkaSettings
 from riskguard.connectors.subscriber import CommandSubscriber, Rejection
 from riskguard.operators import crypto
-from riskguard.operators.clock import ManualClock
+from riskguard.operators.core.clock import ManualClock
 from riskguard.operators.crypto import (
     PAYLOAD_COMMAND,
     decode_envelope,

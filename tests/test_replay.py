@@ -11,7 +11,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig
 from bytewax.testing import TestingSink, run_main
 from riskguard.connectors.replay import ReplayFile, ReplaySource, read_all, replay_input
-from riskguard.operators.clock import ManualClock
+from riskguard.operators.core.clock import ManualClock
 from riskguard.schemas import Bar, DeadLetter, FundingRate, Trade, encode
 
 from riskguard.errors import ConfigError

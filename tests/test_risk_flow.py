@@ -154,7 +154,7 @@ def test_limits_pass_the_ticks_on_behind_every_breach_they_follow(shards: int) -
     import bytewax.operators as op
     from bytewax.dataflow import Dataflow
     from risk_flow_app import limits_config, refuse_updates
-    from riskguard.operators.clock import Tick, Watermark
+    from riskguard.operators.core.clock import Tick, Watermark
     from riskguard.operators.risk import aggregate_exposure, enforce_limits
 
     events = [e for e in EVENTS if getattr(e, "ts", 0) > 0]
@@ -213,7 +213,7 @@ def test_a_source_that_finished_before_any_counterparty_joined_reaches_every_lim
     import bytewax.operators as op
     from bytewax.dataflow import Dataflow
     from risk_flow_app import limits_config, refuse_updates
-    from riskguard.operators.clock import Tick, Watermark
+    from riskguard.operators.core.clock import Tick, Watermark
     from riskguard.operators.risk import aggregate_exposure, enforce_limits
 
     events = sorted((e for e in EVENTS if getattr(e, "ts", 0) > 0), key=lambda e: e.ts)

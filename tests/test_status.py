@@ -31,7 +31,7 @@ from riskguard.errors import RiskguardError
 
 @dataclass
 class Guard:
-    """A fake guard process's metrics: the same names and labels as operators/metrics.py."""
+    """A fake guard process's metrics: the same names and labels as operators/core/metrics.py."""
 
     url: str
     events_in: Counter

@@ -12,7 +12,7 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
 from riskguard.connectors.subscriber import CommandSubscriber, GapAlert, Rejection
-from riskguard.operators.clock import ManualClock
+from riskguard.operators.core.clock import ManualClock
 from riskguard.operators.crypto import PAYLOAD_COMMAND, encode_envelope, sign_envelope
 from riskguard.operators.signing import SignConfig, SignLogic
 from riskguard.operators.trust import TrustStore, parse_trust

@@ -1,7 +1,7 @@
 """Update the Prometheus metrics from records flowing through the guard.
 
 :func:`observe` takes any record (or a ``(key, record)`` pair), updates the
-metrics in :mod:`riskguard.operators.metrics` and returns its input
+metrics in :mod:`riskguard.operators.core.metrics` and returns its input
 unchanged, so the guard inserts it as a pass-through step::
 
     signals = op.map("observe_signals", signals, observe)
@@ -28,11 +28,11 @@ record                    metrics
 ========================  ==========================================================
 
 Signed commands are counted where they are signed, with
-:func:`riskguard.operators.metrics.record_command`; subscribers report with
+:func:`riskguard.operators.core.metrics.record_command`; subscribers report with
 :func:`observe_rejection` and :func:`observe_gap`.
 
 >>> from riskguard.schemas import AnomalySignal, Scope, ScopeKind, Severity
->>> from riskguard.operators.metrics import EPISODES_OPEN
+>>> from riskguard.operators.core.metrics import EPISODES_OPEN
 >>> obs = Observer()
 >>> sig = AnomalySignal(id="a1", key="okx/BTC-27DEC26-70000-C", phase="open", ts=1,
 ...     scope=Scope(kind=ScopeKind.INSTRUMENT, value="BTC-27DEC26-70000-C", venue="okx"),
@@ -52,8 +52,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import msgspec
-from riskguard.operators.limits import parse_path
-from riskguard.operators.metrics import (
+from riskguard.operators.core.metrics import (
     ANOMALY_SCORE,
     ANOMALY_SIGNALS,
     ANOMALY_THRESHOLD,
@@ -68,6 +67,7 @@ from riskguard.operators.metrics import (
     UTILIZATION,
     record_checkpoint,
 )
+from riskguard.operators.limits import parse_path
 from riskguard.schemas.audit import AuditCheckpoint, DeadLetter
 from riskguard.schemas.signals import (
     AnomalySignal,
@@ -236,7 +236,7 @@ def observe(item: Any) -> Any:
     >>> from bytewax.dataflow import Dataflow
     >>> from bytewax.testing import TestingSink, TestingSource, run_main
     >>> from riskguard.schemas import RiskAlert, Scope, ScopeKind
-    >>> from riskguard.operators.metrics import FEED_ON_BACKUP
+    >>> from riskguard.operators.core.metrics import FEED_ON_BACKUP
     >>> alert = RiskAlert(id="f1", kind="feed_failover", ts=5, reason="primary silent",
     ...                   scope=Scope(kind=ScopeKind.VENUE, value="doctest-venue"))
     >>> flow = Dataflow("observe_doc")

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
-from riskguard.operators.metrics import measured_snapshot
+from riskguard.operators.core.metrics import measured_snapshot
 from riskguard.schemas.audit import DeadLetter
 
 V = TypeVar("V")

@@ -1,0 +1,83 @@
+"""Plumbing shared by every domain: the logic protocol and its bytewax adapter, clocks
+and watermarks, de-duplication, end of input, and the Prometheus metrics.
+
+- :mod:`~riskguard.operators.core.base`: :func:`stateful_logic` (the one bridge from an
+  engine-neutral logic class to bytewax) and :func:`split_dead_letters`;
+- :mod:`~riskguard.operators.core.clock`: injected clocks, :class:`Tick` and the
+  :class:`Watermark` over several tick sources;
+- :mod:`~riskguard.operators.core.dedup`: drop records whose id was already seen;
+- :mod:`~riskguard.operators.core.end_of_input`: a market process's final progress;
+- :mod:`~riskguard.operators.core.metrics` and :mod:`~riskguard.operators.core.observe`:
+  the metrics, and the pass-through step that updates them from records (the
+  function ``observe.observe`` is not re-exported here: it would hide its module).
+"""
+
+from riskguard.operators.core.base import (
+    Builder,
+    Logic,
+    SplitOut,
+    copy_fields,
+    copy_state,
+    event_time,
+    split_dead_letters,
+    stateful_logic,
+    values_of,
+)
+from riskguard.operators.core.clock import (
+    NS_PER_MS,
+    NS_PER_S,
+    TICK_IDLE_NS,
+    Clock,
+    ManualClock,
+    RestoredSources,
+    Tick,
+    Watermark,
+    system_clock,
+)
+from riskguard.operators.core.dedup import IdWindow, RecentIdsLogic, RecentIdsState
+from riskguard.operators.core.end_of_input import FinalProgressLogic, FinalProgressState
+from riskguard.operators.core.metrics import start_metrics_server, start_metrics_server_from_env
+from riskguard.operators.core.observe import (
+    ObserveConfig,
+    Observer,
+    configure,
+    key_class,
+    observe_all,
+    observe_gap,
+    observe_rejection,
+)
+
+__all__ = [
+    "NS_PER_MS",
+    "NS_PER_S",
+    "TICK_IDLE_NS",
+    "Builder",
+    "Clock",
+    "FinalProgressLogic",
+    "FinalProgressState",
+    "IdWindow",
+    "Logic",
+    "ManualClock",
+    "ObserveConfig",
+    "Observer",
+    "RecentIdsLogic",
+    "RecentIdsState",
+    "RestoredSources",
+    "SplitOut",
+    "Tick",
+    "Watermark",
+    "configure",
+    "copy_fields",
+    "copy_state",
+    "event_time",
+    "key_class",
+    "observe_all",
+    "observe_gap",
+    "observe_rejection",
+    "split_dead_letters",
+    "start_metrics_server",
+    "start_metrics_server_from_env",
+    "stateful_logic",
+    "system_clock",
+    "values_of",
+]
