@@ -375,6 +375,8 @@ def read_toml(path: Path | str) -> dict[str, Any]:
         raise ConfigError(str(p), "a readable TOML file", err.strerror or str(err)) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:  # TOML is UTF-8 text
         raise ConfigError(str(p), "valid TOML", str(err)) from None
+    except ValueError as err:  # a path holding a NUL character
+        raise ConfigError(str(p), "a readable TOML file", str(err)) from None
 
 
 def config_hash(data: Any) -> str:
