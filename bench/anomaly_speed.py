@@ -37,14 +37,14 @@ import bytewax.operators as op
 import river.drift  # noqa: F401  # one-off import outside the timed runs (see above)
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
-from riskguard.operators.anomaly import (
+from riskguard.operators.detection.detector import DetectorLogic
+from riskguard.operators.detection.features import FeatureLogic
+from riskguard.operators.detection.ops import (
     DetectorConfig,
     FeatureConfig,
     detect_anomalies,
     extract_features,
 )
-from riskguard.operators.detector import DetectorLogic
-from riskguard.operators.features import FeatureLogic
 from riskguard.schemas import Quote
 
 NS = 1_000_000_000

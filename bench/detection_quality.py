@@ -1,7 +1,7 @@
 """Detection quality of ``detect_anomalies`` on the labelled synthetic market.
 
 Run ``python bench/detection_quality.py [--duration S] [--seed N]``. It
-generates the default scenario of ``riskguard.operators.market_sim``, builds
+generates the default scenario of ``riskguard.operators.detection.market_sim``, builds
 per-key feature vectors (default 1 s bar cadence) and runs three detectors on
 the same vectors:
 
@@ -35,9 +35,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from riskguard.operators.detector import DetectorConfig, DetectorLogic
-from riskguard.operators.features import FeatureConfig, FeatureLogic, route
-from riskguard.operators.market_sim import INCIDENT_KINDS, NS, Scenario, SimConfig, generate
+from riskguard.operators.detection.detector import DetectorConfig, DetectorLogic
+from riskguard.operators.detection.features import FeatureConfig, FeatureLogic, route
+from riskguard.operators.detection.market_sim import (
+    INCIDENT_KINDS,
+    NS,
+    Scenario,
+    SimConfig,
+    generate,
+)
 from riskguard.schemas.signals import FeatureVector
 
 GRACE_NS = 10 * NS

@@ -430,7 +430,7 @@ def perfect_scores(corpus: Sequence[Series]) -> dict[str, list[float]]:
 def operator_detections(series: Series, config: Any = None) -> list[float]:
     """Per-row detections of the anomaly operator's logic (``DetectorLogic``, one key,
     one feature): 1.0 where an episode opens (not warming up), else 0.0."""
-    from riskguard.operators.detector import DetectorConfig, DetectorLogic
+    from riskguard.operators.detection.detector import DetectorConfig, DetectorLogic
     from riskguard.schemas import FeatureVector, Scope, ScopeKind
 
     logic = DetectorLogic(config if config is not None else DetectorConfig(), lambda: 0)

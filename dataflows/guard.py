@@ -45,7 +45,6 @@ from riskguard.connectors.placement import (
     worker_of_thread,
 )
 from riskguard.connectors.topics import topic_name
-from riskguard.operators.anomaly import detect_anomalies, detect_dislocations, extract_features
 from riskguard.operators.audit import AuditConfig, AuditState
 from riskguard.operators.audit_op import audit_log
 from riskguard.operators.core.base import (
@@ -60,15 +59,20 @@ from riskguard.operators.core.end_of_input import FinalProgressLogic
 from riskguard.operators.core.metrics import record_command, start_metrics_server_from_env
 from riskguard.operators.core.observe import ObserveConfig, configure, observe_all
 from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer
-from riskguard.operators.detect_watch import DetectWatchLogic, detect_worker
-from riskguard.operators.detector import DetectorConfig, prepare_models
-from riskguard.operators.exposure import PROGRESS_KEY, ExposureConfig, ShardPlace
-from riskguard.operators.features import (
+from riskguard.operators.detection.detect_watch import DetectWatchLogic, detect_worker
+from riskguard.operators.detection.detector import DetectorConfig, prepare_models
+from riskguard.operators.detection.features import (
     MARKET_FEATURES,
     OPTION_FEATURES,
     VENUE_FEATURES,
     FeatureConfig,
 )
+from riskguard.operators.detection.ops import (
+    detect_anomalies,
+    detect_dislocations,
+    extract_features,
+)
+from riskguard.operators.exposure import PROGRESS_KEY, ExposureConfig, ShardPlace
 from riskguard.operators.feeds import FeedConfig, FeedMonitorLogic, FeedSelectLogic
 from riskguard.operators.limits import LimitsConfig
 from riskguard.operators.operator_commands import OPERATOR_COMMANDS_KEY, OperatorCommandLogic
@@ -834,7 +838,7 @@ def _first_of_each_id(detected: Stream[Any], keep: int) -> Stream[AnomalySignal 
 
 def _watch_detect(ticks: Stream[Tick], tier: TierConfig, clock: Clock) -> Stream[RiskAlert]:
     """The firm tier: ``detect_silent`` / ``detect_restored`` alerts from every tick, its
-    own and the detect workers' (:mod:`riskguard.operators.detect_watch`; one key: a
+    own and the detect workers' (:mod:`riskguard.operators.detection.detect_watch`; one key: a
     few ticks per second of event time)."""
     keyed = op.flat_map_batch("watch_key", ticks, lambda ts: [("detect", t) for t in ts])
     silent_ns = int(tier.silent_s * NS)

@@ -1,7 +1,9 @@
 """riskguard's operators, by domain.
 
 - :mod:`riskguard.operators.core`: plumbing every domain uses (the logic protocol and
-  its bytewax adapter, clocks, de-duplication, metrics).
+  its bytewax adapter, clocks, de-duplication, metrics);
+- :mod:`riskguard.operators.detection`: market records in, anomaly and dislocation
+  signals out (features, the online detector, move bands, cross rates).
 
 Old flat module paths
 ---------------------
@@ -16,7 +18,7 @@ New code imports the new paths.
 
 import sys
 
-from riskguard.operators import core
+from riskguard.operators import core, detection
 
 # old flat module name -> its module under the domain subpackages
 _OLD_PATHS = {
@@ -26,6 +28,16 @@ _OLD_PATHS = {
     "end_of_input": "core.end_of_input",
     "metrics": "core.metrics",
     "observe": "core.observe",
+    "anomaly": "detection.ops",
+    "anomaly_hst": "detection.hst",
+    "cross_rates": "detection.cross_rates",
+    "detect_watch": "detection.detect_watch",
+    "detector": "detection.detector",
+    "features": "detection.features",
+    "market_sim": "detection.market_sim",
+    "move_bands": "detection.move_bands",
+    "range_scorer": "detection.range_scorer",
+    "score_quantile": "detection.score_quantile",
 }
 
 
@@ -38,4 +50,4 @@ def _register_old_paths() -> None:
 
 _register_old_paths()
 
-__all__ = ["core"]
+__all__ = ["core", "detection"]

@@ -9,13 +9,13 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
-from riskguard.operators.anomaly import (
+from riskguard.operators.detection.market_sim import SimConfig, generate
+from riskguard.operators.detection.ops import (
     DetectorConfig,
     FeatureConfig,
     detect_anomalies,
     extract_features,
 )
-from riskguard.operators.market_sim import SimConfig, generate
 from riskguard.schemas import encode
 
 SC = generate(SimConfig(duration_s=400, seed=11, warmup_s=100, incidents_per_kind=1))

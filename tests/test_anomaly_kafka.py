@@ -13,13 +13,13 @@ from collections import Counter
 
 from bytewax.dataflow import Dataflow
 from riskguard.connectors.kafka import kafka_input, kafka_output
-from riskguard.operators.anomaly import (
+from riskguard.operators.detection.market_sim import SimConfig, generate
+from riskguard.operators.detection.ops import (
     DetectorConfig,
     FeatureConfig,
     detect_anomalies,
     extract_features,
 )
-from riskguard.operators.market_sim import SimConfig, generate
 from riskguard.schemas import decode, encode
 
 from tests.kafka_helpers import consume_all, produce

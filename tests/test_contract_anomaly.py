@@ -5,9 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from riskguard.operators.detector import DetectorConfig, detector_builder
-from riskguard.operators.features import FeatureConfig, FeatureLogic, feature_builder, route
-from riskguard.operators.market_sim import SimConfig, generate
+from riskguard.operators.detection.detector import DetectorConfig, detector_builder
+from riskguard.operators.detection.features import (
+    FeatureConfig,
+    FeatureLogic,
+    feature_builder,
+    route,
+)
+from riskguard.operators.detection.market_sim import SimConfig, generate
 
 from tests.contract import CHECKS, Case
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pickle
 import random
 
-from riskguard.operators.cross_rates import (
+from riskguard.operators.detection.cross_rates import (
     CrossRateConfig,
     CrossRates,
     market_group,

@@ -17,7 +17,7 @@ from riskguard.dataflows.stress import (
     scenario_path,
 )
 from riskguard.operators.core.clock import Tick
-from riskguard.operators.detect_watch import DetectWatchLogic, DetectWatchState
+from riskguard.operators.detection.detect_watch import DetectWatchLogic, DetectWatchState
 from riskguard.schemas import DetectProgress, RiskAlert
 
 S = 1_000_000_000

@@ -7,7 +7,7 @@ import random
 
 import pytest
 from riskguard.operators.core.clock import ManualClock
-from riskguard.operators.detector import DetectorConfig, DetectorLogic
+from riskguard.operators.detection.detector import DetectorConfig, DetectorLogic
 from riskguard.schemas import AnomalySignal, DeadLetter, FeatureVector, Scope, ScopeKind
 
 from riskguard.errors import ConfigError

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import msgspec
 from riskguard.operators.core.clock import ManualClock
-from riskguard.operators.detector import DetectorConfig, DetectorLogic
+from riskguard.operators.detection.detector import DetectorConfig, DetectorLogic
 from riskguard.schemas import FeatureVector, Scope, ScopeKind
 
 NS = 1_000_000_000

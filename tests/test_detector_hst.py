@@ -6,7 +6,7 @@ import pickle
 import random
 
 import pytest
-from riskguard.operators.anomaly_hst import ArrayHST, hst_shape
+from riskguard.operators.detection.hst import ArrayHST, hst_shape
 from river import anomaly
 
 FEATURES = ("a", "b", "c", "d")

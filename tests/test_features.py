@@ -6,7 +6,7 @@ import math
 
 import pytest
 from riskguard.operators.core.clock import ManualClock
-from riskguard.operators.features import FeatureConfig, FeatureLogic, route
+from riskguard.operators.detection.features import FeatureConfig, FeatureLogic, route
 from riskguard.schemas import (
     Bar,
     BookDepth,
@@ -136,7 +136,11 @@ def test_bad_feature_config_names_the_key() -> None:
 def test_each_key_class_emits_exactly_its_named_feature_set() -> None:
     """Market, option and venue vectors carry MARKET_FEATURES, OPTION_FEATURES and
     VENUE_FEATURES: the sets the guard builds detector models for at start-up."""
-    from riskguard.operators.features import MARKET_FEATURES, OPTION_FEATURES, VENUE_FEATURES
+    from riskguard.operators.detection.features import (
+        MARKET_FEATURES,
+        OPTION_FEATURES,
+        VENUE_FEATURES,
+    )
     from riskguard.schemas import OptionQuote
 
     logic = FeatureLogic(EV, ManualClock(10**19))
@@ -231,7 +235,7 @@ def test_book_depth_with_mismatched_bands_is_a_dead_letter() -> None:
 def test_with_no_venues_configured_index_prices_go_to_the_venues_seen_in_the_data() -> None:
     """The default config routes an index price to each venue that has traded the
     instrument so far, so a first backtest runs without listing venues."""
-    from riskguard.operators.features import route_batch
+    from riskguard.operators.detection.features import route_batch
 
     seen: dict[str, set[str]] = {}
     t = Trade(id="t", venue="kraken", instrument="BTC-USD", ts=1, price=1.0, qty=1.0,

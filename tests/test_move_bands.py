@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable
 
 import pytest
-from riskguard.operators.move_bands import MoveBandConfig, MoveBands, MoveBandState
+from riskguard.operators.detection.move_bands import MoveBandConfig, MoveBands, MoveBandState
 from riskguard.schemas import AnomalySignal, FeatureVector, Scope, ScopeKind
 
 from riskguard.errors import ConfigError

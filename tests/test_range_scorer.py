@@ -11,8 +11,13 @@ import pickle
 from collections.abc import Callable
 
 import pytest
-from riskguard.operators.detector import DetectorConfig, DetectorLogic
-from riskguard.operators.range_scorer import FLAT_DEPARTURE, RangeScorer, RangeState, excess
+from riskguard.operators.detection.detector import DetectorConfig, DetectorLogic
+from riskguard.operators.detection.range_scorer import (
+    FLAT_DEPARTURE,
+    RangeScorer,
+    RangeState,
+    excess,
+)
 from riskguard.schemas import AnomalySignal, FeatureVector, Scope, ScopeKind
 
 from tests.contract import (

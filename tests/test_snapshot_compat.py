@@ -24,9 +24,10 @@ from contract import Case, run
 from riskguard.operators.audit import AuditState
 from riskguard.operators.core.dedup import RecentIdsState
 from riskguard.operators.core.end_of_input import FinalProgressState
-from riskguard.operators.cross_rates import CrossRateState
-from riskguard.operators.detect_watch import DetectWatchState
-from riskguard.operators.detector import DetectorState
+from riskguard.operators.detection.cross_rates import CrossRateState
+from riskguard.operators.detection.detect_watch import DetectWatchState
+from riskguard.operators.detection.detector import DetectorState
+from riskguard.operators.detection.features import FeatureState
 from riskguard.operators.exposure import (
     CounterpartyState,
     FirmState,
@@ -34,7 +35,6 @@ from riskguard.operators.exposure import (
     PipelineState,
     ShardState,
 )
-from riskguard.operators.features import FeatureState
 from riskguard.operators.feeds import FeedState
 from riskguard.operators.limits import LimitsState
 from riskguard.operators.operator_commands import OperatorCommandState

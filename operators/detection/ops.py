@@ -3,9 +3,9 @@
 - :func:`extract_features` keys raw market records (``venue/instrument``,
   ``venue`` for heartbeats; index and oracle prices are fanned out to every
   configured venue's key of the instrument) and runs
-  :class:`~riskguard.operators.features.FeatureLogic` per key.
+  :class:`~riskguard.operators.detection.features.FeatureLogic` per key.
 - :func:`detect_anomalies` runs
-  :class:`~riskguard.operators.detector.DetectorLogic` per key on the keyed
+  :class:`~riskguard.operators.detection.detector.DetectorLogic` per key on the keyed
   feature vectors. Feed it ``extract_features(...).oks`` directly: both are
   keyed by the same key, so no extra exchange is needed between them.
 
@@ -47,9 +47,9 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
 from riskguard.operators.core.base import event_time, split_dead_letters, stateful_logic, values_of
-from riskguard.operators.cross_rates import CrossRateConfig, CrossRates, market_group
-from riskguard.operators.detector import DetectorConfig, detector_builder
-from riskguard.operators.features import FeatureConfig, feature_builder, route_batch
+from riskguard.operators.detection.cross_rates import CrossRateConfig, CrossRates, market_group
+from riskguard.operators.detection.detector import DetectorConfig, detector_builder
+from riskguard.operators.detection.features import FeatureConfig, feature_builder, route_batch
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.signals import AnomalySignal, FeatureVector
 
@@ -85,7 +85,7 @@ def extract_features(step_id: str, up: Stream[Any], *, config: FeatureConfig,
     ``IndexPrice``, ``FundingRate`` and ``VenueStatus`` records. See the
     module example. ``local_keys``: when each worker gets its own copy of
     every index price and heartbeat (a broadcast source), it routes its copy
-    to its own keys only (see :func:`riskguard.operators.features.route`).
+    to its own keys only (see :func:`riskguard.operators.detection.features.route`).
     """
     config.validate(f"step {step_id!r}: features")
     seen: dict[str, set[str]] = {}  # venues per instrument, with no venues configured
@@ -103,7 +103,7 @@ def detect_anomalies(step_id: str, up: KeyedStream[FeatureVector], *, config: De
 
     ``up`` is ``extract_features(...).oks``. Signals are ``open``,
     ``escalate`` and ``close`` episode events and ``regime_change`` drift
-    events; see :mod:`riskguard.operators.detector`.
+    events; see :mod:`riskguard.operators.detection.detector`.
     """
     config.validate(f"step {step_id!r}: detector")
     out = stateful_logic("detect", up, detector_builder(config, clock))
@@ -117,8 +117,8 @@ def detect_dislocations(step_id: str, up: KeyedStream[FeatureVector], *,
     """Markets of one base asset parting from the others: ``dislocation`` signals.
 
     ``up`` is ``extract_features(...).oks``; its vectors are re-keyed by base asset and
-    quote unit (:func:`~riskguard.operators.cross_rates.market_group`) and compared per
-    group, in event time (:mod:`riskguard.operators.cross_rates`). Each group lives on
+    quote unit (:func:`~riskguard.operators.detection.cross_rates.market_group`) and compared per
+    group, in event time (:mod:`riskguard.operators.detection.cross_rates`). Each group lives on
     one worker, and
     compares the latest prices that have reached it: on several workers a signal can
     differ from one worker's run by the prices still in flight.

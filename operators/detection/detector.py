@@ -25,7 +25,7 @@
 Models (``model``):
 
 - ``hst`` (the default for several features): River's ``HalfSpaceTrees``
-  behind a scaler, in array form (:mod:`riskguard.operators.anomaly_hst`:
+  behind a scaler, in array form (:mod:`riskguard.operators.detection.hst`:
   River's trees and scores; per key, leaf counts, reference masses and a
   per-leaf score table, about 17 KiB, so scoring and learning cost one leaf
   look-up per tree and a snapshot is 10 KiB of bytes). ``scaler="minmax"`` is the
@@ -36,7 +36,7 @@ Models (``model``):
 - ``river_hst``: River's own ``HalfSpaceTrees`` objects (same scores; about
   170 KiB per snapshot and 15 ms to build per key; for comparison);
 - ``range`` (the default for one feature):
-  :class:`~riskguard.operators.range_scorer.RangeScorer`, how far the value (or
+  :class:`~riskguard.operators.detection.range_scorer.RangeScorer`, how far the value (or
   its short means, or its stillness) lies beyond its recent extremes, in recent
   ranges, against the fixed ``range_threshold``; it protects itself by learning
   an anomalous value clipped, and a flat history never blinds it;
@@ -98,11 +98,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
-from riskguard.operators.anomaly_hst import ArrayHST, hst_shape
-from riskguard.operators.cross_rates import CrossRateConfig
-from riskguard.operators.move_bands import MoveBandConfig, MoveBands, MoveBandState
-from riskguard.operators.range_scorer import RangeScorer
-from riskguard.operators.score_quantile import ScoreQuantile
+from riskguard.operators.detection.cross_rates import CrossRateConfig
+from riskguard.operators.detection.hst import ArrayHST, hst_shape
+from riskguard.operators.detection.move_bands import MoveBandConfig, MoveBands, MoveBandState
+from riskguard.operators.detection.range_scorer import RangeScorer
+from riskguard.operators.detection.score_quantile import ScoreQuantile
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import encode
 from riskguard.schemas.signals import AnomalySignal, Contribution, FeatureVector, Severity

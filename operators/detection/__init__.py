@@ -1,0 +1,83 @@
+"""Detection: market records in, anomaly signals and dislocation signals out.
+
+- :mod:`~riskguard.operators.detection.ops`: the bytewax operators
+  :func:`extract_features`, :func:`detect_anomalies` and :func:`detect_dislocations`;
+- :mod:`~riskguard.operators.detection.features`: per-key feature vectors (bars,
+  spreads, staleness, venue health);
+- :mod:`~riskguard.operators.detection.detector`: the online detector, one model per
+  key, with its scorers :mod:`~riskguard.operators.detection.hst` (Half-Space Trees),
+  :mod:`~riskguard.operators.detection.range_scorer`, the threshold
+  :mod:`~riskguard.operators.detection.score_quantile` and the deterministic
+  :mod:`~riskguard.operators.detection.move_bands`;
+- :mod:`~riskguard.operators.detection.cross_rates`: markets of one base asset parting;
+- :mod:`~riskguard.operators.detection.detect_watch`: the firm tier's alert when a
+  detect worker goes silent;
+- :mod:`~riskguard.operators.detection.market_sim`: a labelled synthetic market for
+  tests, backtests and benches.
+"""
+
+from riskguard.operators.detection.cross_rates import CrossRateConfig, CrossRates, market_group
+from riskguard.operators.detection.detect_watch import (
+    DetectWatchLogic,
+    DetectWatchState,
+    detect_worker,
+)
+from riskguard.operators.detection.detector import (
+    DetectorConfig,
+    DetectorLogic,
+    DetectorState,
+    detector_builder,
+    prepare_models,
+)
+from riskguard.operators.detection.features import (
+    FeatureConfig,
+    FeatureLogic,
+    FeatureState,
+    feature_builder,
+)
+from riskguard.operators.detection.hst import ArrayHST, HSTShape, hst_shape
+from riskguard.operators.detection.market_sim import Scenario, SimConfig, generate
+from riskguard.operators.detection.move_bands import MoveBandConfig, MoveBands, MoveBandState
+from riskguard.operators.detection.ops import (
+    DetectOut,
+    FeaturesOut,
+    detect_anomalies,
+    detect_dislocations,
+    extract_features,
+)
+from riskguard.operators.detection.range_scorer import RangeScorer
+from riskguard.operators.detection.score_quantile import ScoreQuantile
+
+__all__ = [
+    "ArrayHST",
+    "CrossRateConfig",
+    "CrossRates",
+    "DetectOut",
+    "DetectWatchLogic",
+    "DetectWatchState",
+    "DetectorConfig",
+    "DetectorLogic",
+    "DetectorState",
+    "FeatureConfig",
+    "FeatureLogic",
+    "FeatureState",
+    "FeaturesOut",
+    "HSTShape",
+    "MoveBandConfig",
+    "MoveBandState",
+    "MoveBands",
+    "RangeScorer",
+    "Scenario",
+    "ScoreQuantile",
+    "SimConfig",
+    "detect_anomalies",
+    "detect_dislocations",
+    "detect_worker",
+    "detector_builder",
+    "extract_features",
+    "feature_builder",
+    "generate",
+    "hst_shape",
+    "market_group",
+    "prepare_models",
+]
