@@ -11,7 +11,8 @@ target        invariant
 ============  ==========================================================================
 codec         ``Codec.decode`` never raises and returns a record or a dead letter; a dead
               letter it makes re-encodes within the default codec's size cap and decodes
-              to itself; a decoded record re-encodes and decodes to an equal record.
+              to itself; a decoded record re-encodes and decodes to an equal record. The
+              input padded with spaces to the size cap is decoded and checked too.
 envelope      ``decode_envelope`` + ``TrustStore.verify`` raise only ``VerificationError``;
               an accepted envelope carries a payload the seeds signed, and one of its
               signatures verifies (checked here with ``cryptography`` alone) under a trust
@@ -134,7 +135,7 @@ def _check_decode(data: bytes) -> None:
 # -- envelopes ---------------------------------------------------------------------------
 
 _TRUST = fx.trust_store()
-_HONEST = {(pt, payload) for _signers, pt, payload in seeds._commands()}
+_HONEST = {(pt, payload) for _signers, pt, payload in seeds.signed_messages()}
 _TRUST_ENTRIES = fx.key_entries()
 
 

@@ -142,7 +142,7 @@ def _limit_update(n: int, *, issuer: str = "limits-admin", limit: float = 1000.0
     )
 
 
-def _commands() -> list[tuple[tuple[Signer, ...], str, bytes]]:
+def signed_messages() -> list[tuple[tuple[Signer, ...], str, bytes]]:
     """(signers, payload type, payload) of every honestly signed seed message."""
     venue = Scope(kind=ScopeKind.VENUE, value="binance")
     inst = Scope(kind=ScopeKind.INSTRUMENT, value="BTC-USDT", venue="okx")
@@ -177,7 +177,7 @@ def _commands() -> list[tuple[tuple[Signer, ...], str, bytes]]:
 def envelope_seeds() -> list[bytes]:
     """Wire envelopes, honestly signed (accepted and refused ones alike)."""
     return [encode_envelope(sign_envelope(pt, payload, signers))
-            for signers, pt, payload in _commands()]
+            for signers, pt, payload in signed_messages()]
 
 
 SIGNER_SETS: tuple[tuple[tuple[Signer, ...], str], ...] = (
@@ -193,7 +193,7 @@ SIGNER_SETS: tuple[tuple[tuple[Signer, ...], str], ...] = (
 def resign_seeds() -> list[bytes]:
     """A selector byte (index into :data:`SIGNER_SETS`) then the payload to sign."""
     out = []
-    for signers, pt, payload in _commands():
+    for signers, pt, payload in signed_messages():
         for i, (set_signers, set_pt) in enumerate(SIGNER_SETS):
             if set_pt == pt and set_signers[0].issuer == signers[0].issuer:
                 out.append(bytes([i]) + payload)
