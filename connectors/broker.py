@@ -6,7 +6,10 @@ Kafka, Redpanda or Confluent cluster.
 
 ``python -m riskguard.connectors.broker start|stop|status`` (also
 ``ops/broker`` and ``riskguard broker``) manages one broker per state
-directory, recording its pid and address there.
+directory, recording its pid, address and log there. The state directory is
+per user, wherever the command is run from (:func:`default_state_dir`):
+``$RISKGUARD_BROKER_DIR``, else ``$XDG_STATE_HOME/riskguard/broker``, else
+``~/.local/state/riskguard/broker``.
 """
 
 from __future__ import annotations
@@ -23,9 +26,28 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from riskguard.connectors.settings import with_logger
+
 from riskguard.errors import BrokerError
 
-DEFAULT_STATE_DIR = Path(os.environ.get("RISKGUARD_BROKER_DIR", Path.cwd() / "ops" / ".run"))
+STATE_DIR_ENV = "RISKGUARD_BROKER_DIR"
+
+
+def default_state_dir(env: dict[str, str] | None = None) -> Path:
+    """Where ``riskguard broker`` keeps its pid, address and log: one place per user,
+    never the folder the command happens to run in.
+
+    >>> default_state_dir({"RISKGUARD_BROKER_DIR": "/srv/rg"}).as_posix()
+    '/srv/rg'
+    >>> default_state_dir({"XDG_STATE_HOME": "/home/u/.st"}).as_posix()
+    '/home/u/.st/riskguard/broker'
+    """
+    env = dict(os.environ) if env is None else env
+    if env.get(STATE_DIR_ENV):
+        return Path(env[STATE_DIR_ENV])
+    base = Path(env["XDG_STATE_HOME"]) if env.get("XDG_STATE_HOME") else (
+        Path.home() / ".local" / "state")
+    return base / "riskguard" / "broker"
 
 
 @dataclass(frozen=True)
@@ -60,9 +82,10 @@ def wait_until_ready(bootstrap: str, timeout_s: float = 20.0) -> None:
 
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
-    admin = AdminClient(
+    # librdkafka logs each refused connect while the broker starts: to the logger, not stderr
+    admin = AdminClient(with_logger(
         {"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 1000}
-    )
+    ))
     while time.monotonic() < deadline:
         try:
             admin.list_topics(timeout=1.0)
@@ -87,8 +110,8 @@ def _pid_alive(pid: int) -> bool:
 class DevBroker:
     """Start, stop and inspect one dev broker whose state lives in ``state_dir``."""
 
-    def __init__(self, state_dir: Path | str = DEFAULT_STATE_DIR) -> None:
-        self.state_dir = Path(state_dir)
+    def __init__(self, state_dir: Path | str | None = None) -> None:
+        self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self.pid_file = self.state_dir / "broker.pid"
         self.info_file = self.state_dir / "broker.json"
 
@@ -162,15 +185,22 @@ def main(argv: list[str] | None = None) -> int:
     """``start|stop|status`` for the dev broker."""
     parser = argparse.ArgumentParser(prog="riskguard broker", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (BrokerError, OSError) as err:  # one line, as from the riskguard command
+        sys.stderr.write(f"riskguard broker {args.action}: {err}\n")
+        return 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["start", "stop", "status"])
     parser.add_argument("--port", type=int, default=None, help="port (default: a free one)")
     parser.add_argument(
-        "--state-dir", type=Path, default=DEFAULT_STATE_DIR,
-        help="where the pid file, address and log live (default: ops/.run)",
+        "--state-dir", type=Path, default=None,
+        help="where the pid file, address and log live (default: $RISKGUARD_BROKER_DIR, "
+        "else $XDG_STATE_HOME/riskguard/broker, else ~/.local/state/riskguard/broker: "
+        "one dev broker per user, wherever the command runs)",
     )
 
 
@@ -185,11 +215,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "stop":
         stopped = broker.stop()
-        sys.stderr.write("stopped\n" if stopped else "no dev broker running here\n")
+        sys.stderr.write("stopped\n" if stopped else
+                         f"no dev broker running (state dir {broker.state_dir})\n")
         return 0
     status = broker.status()
     if status is None:
-        sys.stderr.write("not running\n")
+        sys.stderr.write(f"not running (state dir {broker.state_dir}); start one with: "
+                         "riskguard broker start\n")
         return 1
     sys.stdout.write(f"{status.bootstrap}\n")
     sys.stderr.write(f"running, pid {status.pid}\n")

@@ -9,13 +9,34 @@ exceptions: :meth:`KafkaSettings.redacted` is what may be printed.
 'hunter2'
 >>> "hunter2" in repr(s) or "hunter2" in str(s.redacted())
 False
+
+librdkafka's own log lines (``%3|...|FAIL|...`` on stderr by default) go to the
+Python logger :data:`KAFKA_LOGGER` instead: every config built here carries it
+as ``logger``, and it is quiet unless logging is turned on
+(:func:`configure_logging`, ``RISKGUARD_LOG``).
+
+>>> s.client_config()["logger"].name
+'riskguard.kafka'
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import msgspec
+
+from riskguard.errors import ConfigError
+
+KAFKA_LOGGER = "riskguard.kafka"
+LOG_ENV = "RISKGUARD_LOG"
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+              "error": logging.ERROR, "off": None}
+_handler: logging.Handler | None = None
+_level = "off"
 
 SECRET_KEYS = frozenset({"sasl.password", "ssl.key.password", "sasl.oauthbearer.client.secret"})
 REDACTED = "***"
@@ -70,16 +91,82 @@ class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, repr_omit_default
         )
         cfg.update({k: v for k, v in pairs if v is not None})
         cfg.update(self.extra)
-        return cfg
+        return with_logger(cfg)
 
     def redacted(self) -> dict[str, Any]:
-        """``client_config()`` with every secret replaced by ``***``."""
+        """``client_config()`` with every secret replaced by ``***`` (and no logger)."""
         return {
             k: (REDACTED if looks_secret(k) else v)
-            for k, v in self.client_config().items()
+            for k, v in self.client_config().items() if k != "logger"
         }
 
 
 def as_settings(brokers: str | KafkaSettings) -> KafkaSettings:
     """Accept a bootstrap string or full settings."""
     return brokers if isinstance(brokers, KafkaSettings) else KafkaSettings(bootstrap=brokers)
+
+
+def kafka_logger() -> logging.Logger:
+    """The logger librdkafka's log lines go to (``riskguard.kafka``).
+
+    Quiet unless logging is on: it has a ``NullHandler``, so Python's
+    last-resort handler never prints its lines. ``$RISKGUARD_LOG`` turns it
+    on in any process (the guard's too) the first time a config is built;
+    the CLI's ``-v`` turns it on for one command.
+    """
+    log = logging.getLogger(KAFKA_LOGGER)
+    if not log.handlers:
+        log.addHandler(logging.NullHandler())
+        level = os.environ.get(LOG_ENV, "").strip().lower()
+        if LOG_LEVELS.get(level) is not None and _handler is None:
+            configure_logging(level)
+    return log
+
+
+def with_logger(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A librdkafka client config with its log lines routed to :func:`kafka_logger`.
+
+    The Python client forwards them when the client is polled or flushed.
+
+    >>> with_logger({"bootstrap.servers": "b:1"})["logger"].name
+    'riskguard.kafka'
+    """
+    return {"logger": kafka_logger(), **config}
+
+
+def configure_logging(level: str | None) -> str:
+    """Show riskguard's log lines (librdkafka's included) on stderr from ``level`` up.
+
+    ``level`` is one of :data:`LOG_LEVELS` (``off`` or None: nothing shown).
+    Calling it again replaces the earlier choice; returns that earlier choice.
+
+    >>> before = configure_logging("warning"); configure_logging(before)
+    'warning'
+    """
+    global _handler, _level  # one stderr handler per process  # noqa: PLW0603
+    name = (level or "off").strip().lower()
+    if name not in LOG_LEVELS:
+        raise ConfigError(LOG_ENV, "one of " + ", ".join(LOG_LEVELS), level)
+    previous = _level
+    root = logging.getLogger("riskguard")
+    if _handler is not None:
+        root.removeHandler(_handler)
+        _handler = None
+    _level = name
+    value = LOG_LEVELS[name]
+    if value is None:
+        root.setLevel(logging.NOTSET)
+        return previous
+    _handler = _StderrHandler()
+    _handler.setFormatter(logging.Formatter("riskguard %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(_handler)
+    root.setLevel(value)
+    return previous
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)

@@ -1,13 +1,21 @@
-"""Topic naming (``<env>.riskguard.<stream>.v<major>``) and provisioning."""
+"""Topic naming (``<env>.riskguard.<stream>.v<major>``), provisioning, and the reachability
+probe every command runs before it talks to Kafka."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import re
+import socket
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from riskguard.connectors.settings import KafkaSettings, as_settings, with_logger
+
 from riskguard.errors import BrokerError, ConfigError
+
+PROBE_TIMEOUT_S = 5.0
 
 STREAMS = (
     "market", "fills", "positions", "balances", "venue_status", "limit_updates",
@@ -46,10 +54,11 @@ def create_topics(
     from confluent_kafka import KafkaError, KafkaException  # noqa: PLC0415
     from confluent_kafka.admin import AdminClient, NewTopic  # noqa: PLC0415
 
-    admin = AdminClient(dict(client_config))
+    admin = AdminClient(with_logger(client_config))
     specs = list(specs)
     if not specs:
         return {}
+    where = client_config.get("bootstrap.servers", "?")
     futures = admin.create_topics(
         [
             NewTopic(s.name, num_partitions=s.partitions,
@@ -69,4 +78,68 @@ def create_topics(
                 continue
             msg = f"could not create topic {name!r}: {err.args[0].str() if err.args else err}"
             raise BrokerError(msg) from None
+        except concurrent.futures.TimeoutError:
+            msg = (f"Kafka at {where} did not answer within {timeout_s:g} s while creating "
+                   f"topic {name!r}; is the broker up and reachable from here?")
+            raise BrokerError(msg) from None
     return result
+
+
+def _addresses(bootstrap: str) -> list[tuple[str, int]]:
+    """``host:port`` pairs of a bootstrap list (``PLAINTEXT://`` prefixes allowed).
+
+    >>> _addresses("PLAINTEXT://a:9092, b:9093,[::1]:9094")
+    [('a', 9092), ('b', 9093), ('::1', 9094)]
+    """
+    out = []
+    for part in bootstrap.split(","):
+        hostport = part.strip().rpartition("://")[2]
+        host, sep, port = hostport.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise ConfigError("kafka.bootstrap", "host:port[,host:port...]", bootstrap)
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
+def probe(brokers: str | KafkaSettings, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Check that Kafka answers at ``brokers`` before any work starts.
+
+    First a plain TCP connect to each bootstrap address (a closed port fails at
+    once), then an ``AdminClient.list_topics`` with the full client config
+    (TLS, SASL). Raises :class:`BrokerError` starting "cannot reach Kafka at
+    <bootstrap>" within about ``2 * timeout_s``; librdkafka's own log lines go
+    to the ``riskguard.kafka`` logger, never to the terminal.
+
+    >>> probe("127.0.0.1:1", timeout_s=1)
+    Traceback (most recent call last):
+    riskguard.errors.BrokerError: cannot reach Kafka at 127.0.0.1:1: connection refused
+    """
+    settings = as_settings(brokers)
+    deadline = time.monotonic() + timeout_s
+    why = ""
+    for host, port in _addresses(settings.bootstrap):
+        left = max(0.1, deadline - time.monotonic())
+        try:
+            with socket.create_connection((host, port), timeout=left):
+                break
+        except socket.gaierror:
+            why = f"unknown host {host!r}"
+        except TimeoutError:
+            why = f"no answer within {timeout_s:g} s"
+        except ConnectionRefusedError:
+            why = "connection refused"
+        except OSError as err:
+            why = (err.strerror or str(err)).lower()
+    else:
+        raise BrokerError(f"cannot reach Kafka at {settings.bootstrap}: {why}")
+    from confluent_kafka.admin import AdminClient  # noqa: PLC0415  (keep CLI start fast)
+
+    admin = AdminClient(settings.client_config())
+    try:
+        admin.list_topics(timeout=timeout_s)
+    except Exception as err:
+        reason = err.args[0].str() if err.args and hasattr(err.args[0], "str") else str(err)
+        msg = (f"cannot reach Kafka at {settings.bootstrap}: no metadata within "
+               f"{timeout_s:g} s ({reason}); check the address and the [kafka] security "
+               "settings")
+        raise BrokerError(msg) from None
