@@ -30,6 +30,8 @@ from riskguard.operators.trust import RootSet, TrustStore
 from riskguard.schemas.audit import AuditRecord
 from riskguard.schemas.json_limits import check_json_depth
 
+DEFAULT_BROKERS = "127.0.0.1:9092"
+
 
 def _keys(args: argparse.Namespace) -> dict[str, VerifyKey] | Callable[[str], VerifyKey]:
     if args.trust:
@@ -50,7 +52,10 @@ def _source(args: argparse.Namespace) -> str:
 def _read(args: argparse.Namespace) -> list[AuditItem]:
     """The log's items; ``AuditError`` if it cannot be read or holds anything else."""
     if args.topic:
+        from riskguard.cli import reach_kafka  # noqa: PLC0415  (the CLI module imports this one)
+
         try:
+            reach_kafka(args.brokers, f"--brokers HOST:PORT (default {DEFAULT_BROKERS})")
             return read_items(KafkaSettings(bootstrap=args.brokers), args.topic)
         except BrokerError as err:
             msg = f"cannot read {_source(args)}: {err}"
@@ -142,7 +147,8 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--file", help="JSONL export (one record or checkpoint per line)")
     src.add_argument("--topic", help="audit topic to read from the beginning")
-    p.add_argument("--brokers", default="127.0.0.1:9092")
+    p.add_argument("--brokers", default=DEFAULT_BROKERS,
+                   help=f"Kafka bootstrap for --topic (default {DEFAULT_BROKERS})")
 
 
 def _key_args(p: argparse.ArgumentParser) -> None:

@@ -26,7 +26,7 @@ from confluent_kafka import KafkaError, Producer
 
 from riskguard.connectors.command_log import last_signed_seq
 from riskguard.connectors.settings import KafkaSettings
-from riskguard.errors import ConfigError, RiskguardError, VerificationError
+from riskguard.errors import ConfigError, RiskguardError, VerificationError, describe_os_error
 from riskguard.operators.crypto import (
     PAYLOAD_COMMAND,
     Signer,
@@ -101,6 +101,7 @@ def _new(args: argparse.Namespace) -> int:
     if args.seq is not None:
         seq = args.seq
     elif settings is not None:  # continue this issuer's sequence on the commands topic
+        _reach(settings)
         seq = last_signed_seq(settings, args.topic, signer.public_key, args.issuer) + 1
     else:
         raise ConfigError("--seq", "a sequence number, or --brokers to read the last one",
@@ -117,6 +118,12 @@ def _new(args: argparse.Namespace) -> int:
     sys.stdout.write(f"wrote {args.out}: {cmd.action.value} on {cmd.scope.label()} seq {seq}, "
                      f"signed by {signer.key_id} ({args.issuer}); expires in {args.ttl:g}s\n")
     return 0
+
+
+def _reach(brokers: str | KafkaSettings) -> None:
+    from riskguard.cli import reach_kafka  # noqa: PLC0415  (the CLI module imports this one)
+
+    reach_kafka(brokers, "--brokers HOST:PORT")
 
 
 def _bad_params(problem: str) -> VerificationError:
@@ -186,6 +193,7 @@ def _publish(args: argparse.Namespace) -> int:
     problem = check_params(cmd.action.value, cmd.params)
     if problem is not None:
         raise _bad_params(problem)
+    _reach(args.brokers)
     producer = Producer({**KafkaSettings(bootstrap=args.brokers).client_config(),
                          "enable.idempotence": True, "acks": "all"})
     failed: list[str] = []
@@ -210,7 +218,8 @@ def _guarded(func: Any) -> Any:
         try:
             return int(func(args))
         except (RiskguardError, ConfigError, OSError) as err:
-            sys.stderr.write(f"riskguard command {args.command_action}: {err}\n")
+            text = describe_os_error(err) if isinstance(err, OSError) else str(err)
+            sys.stderr.write(f"riskguard command {args.command_action}: {text}\n")
             return 2
     return run
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from riskguard.errors import ConfigError, TrustError
+from riskguard.errors import ConfigError, TrustError, describe_os_error
 from riskguard.operators.crypto import Signer, generate_key_file, save_public_key
 from riskguard.operators.trust import RootSet, TrustStore, parse_trust, sign_trust_file
 
@@ -62,9 +62,8 @@ def _guarded(func: Any) -> Any:
         try:
             return int(func(args))
         except OSError as err:
-            what = f"{err.filename}: " if err.filename else ""
-            sys.stderr.write(f"riskguard keys {args.keys_command}: {what}"
-                             f"{err.strerror or err}\n")
+            sys.stderr.write(f"riskguard keys {args.keys_command}: "
+                             f"{describe_os_error(err)}\n")
             return 2
     return run
 

@@ -1,25 +1,338 @@
-"""``riskguard run --config guard.toml``: run the guard dataflow."""
+"""``riskguard run --config guard.toml``: run the guard dataflow in this process, and say
+what it is doing.
+
+Before anything runs, the config is decoded and checked, the signing key and
+trust file are loaded and Kafka is probed: any problem is one line on stderr
+and exit code 2. Then it prints a start line (config and its hash, Kafka,
+topics, signing key, recovery directory), a status line every
+``--status-every`` seconds (events in, dead letters, signals, commands and
+consumer lag, read from this process's own Prometheus metrics) and a summary
+when the dataflow ends.
+
+Exit codes: 0 the dataflow ended (its input went idle, ``input.idle_eof_s``);
+1 it stopped on an error (one line says which); 2 it could not start; 130
+interrupted (Ctrl-C or SIGTERM), after the summary.
+
+bytewax's own arguments go after ``--`` as for ``python -m bytewax.run``:
+``riskguard run --config guard.toml -- -w 2 -r recovery/ -s 5 -b 30``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import subprocess
+import signal
 import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TextIO
 
-from riskguard.dataflows.guard import load_guard_config
+from riskguard.errors import ConfigError, RiskguardError
+
+# The topics the guard reads and writes, in the order the start line names them.
+READS = ("market", "fills", "positions", "balances", "venue_status", "limit_updates")
+WRITES = ("signals", "exposures", "commands", "audit", "dead_letters")
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What the guard has done, from its Prometheus metrics."""
+
+    events_in: float = 0.0
+    dead_letters: float = 0.0
+    signals: float = 0.0
+    commands: float = 0.0
+    lag: float | None = None
+
+    def minus(self, base: Counts) -> Counts:
+        """The counts since ``base`` (the lag is a level, not a count: kept as is)."""
+        return Counts(self.events_in - base.events_in, self.dead_letters - base.dead_letters,
+                      self.signals - base.signals, self.commands - base.commands, self.lag)
+
+
+def read_counts(signals_topic: str, commands_topic: str) -> Counts:
+    """This process's counts, read from prometheus-client's default registry."""
+    from prometheus_client import REGISTRY  # noqa: PLC0415
+
+    totals: dict[str, float] = {}
+    lag: float | None = None
+    for family in REGISTRY.collect():
+        for s in family.samples:
+            name = s.name
+            if name == "riskguard_events_out_total":
+                stream = s.labels.get("stream", "")
+                name = {signals_topic: "signals", commands_topic: "commands"}.get(stream, "")
+            elif name == "riskguard_kafka_consumer_lag":
+                lag = (lag or 0.0) + s.value
+                continue
+            totals[name] = totals.get(name, 0.0) + s.value
+    return Counts(totals.get("riskguard_events_in_total", 0.0),
+                  totals.get("riskguard_dead_letters_total", 0.0),
+                  totals.get("signals", 0.0), totals.get("commands", 0.0), lag)
+
+
+def _n(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def status_line(elapsed_s: float, now: Counts, before: Counts) -> str:
+    """One status line: totals since the start, and events in since the last line.
+
+    >>> status_line(20.0, Counts(1500, 2, 7, 3, 40), Counts(1000, 2, 5, 3, 10))
+    'status  20 s  in 1,500 (+500)  dead letters 2  signals 7  commands 3  lag 40'
+    """
+    lag = "-" if now.lag is None else _n(now.lag)
+    return (f"status  {elapsed_s:.0f} s  in {_n(now.events_in)} "
+            f"(+{_n(now.events_in - before.events_in)})  dead letters {_n(now.dead_letters)}  "
+            f"signals {_n(now.signals)}  commands {_n(now.commands)}  lag {lag}")
+
+
+class StatusReporter:
+    """Writes :func:`status_line` every ``every_s`` seconds from a daemon thread.
+
+    ``read`` returns the process's counts; they are shown relative to what it
+    returned at construction, so a second run in one process starts at 0.
+    """
+
+    def __init__(self, read: Callable[[], Counts], every_s: float, out: TextIO,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.read = read
+        self.every_s = every_s
+        self.out = out
+        self.clock = clock
+        self.base = read()
+        self.started = clock()
+        self.last = Counts()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def counts(self) -> Counts:
+        return self.read().minus(self.base)
+
+    def tick(self) -> None:
+        now = self.counts()
+        self.out.write(status_line(self.clock() - self.started, now, self.last) + "\n")
+        self.out.flush()
+        self.last = now
+
+    def start(self) -> StatusReporter:
+        if self.every_s > 0:
+            self._thread = threading.Thread(target=self._loop, name="riskguard-status",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.tick()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+@dataclass(frozen=True)
+class BytewaxArgs:
+    """What ``python -m bytewax.run`` would take, parsed the same way."""
+
+    workers_per_process: int = 1
+    process_id: int | None = None
+    addresses: list[str] | None = None
+    recovery_directory: Path | None = None
+    snapshot_interval: timedelta | None = None
+    backup_interval: timedelta | None = None
+
+
+def parse_bytewax_args(argv: list[str], env: dict[str, str] | None = None) -> BytewaxArgs:
+    """``-w/-i/-a/-r/-s/-b`` as ``bytewax.run`` takes them (and its ``BYTEWAX_*``
+    variables); ``ConfigError`` names anything else.
+
+    >>> parse_bytewax_args(["--", "-w", "2"]).workers_per_process
+    2
+    """
+    env = dict(os.environ) if env is None else env
+    argv = argv[1:] if argv[:1] == ["--"] else argv
+    p = argparse.ArgumentParser(prog="riskguard run --", add_help=False, exit_on_error=False)
+    p.add_argument("-w", "--workers-per-process", type=int,
+                   default=env.get("BYTEWAX_WORKERS_PER_PROCESS", 1))
+    p.add_argument("-i", "--process-id", type=int, default=env.get("BYTEWAX_PROCESS_ID"))
+    p.add_argument("-a", "--addresses", default=env.get("BYTEWAX_ADDRESSES"))
+    p.add_argument("-r", "--recovery-directory", type=Path,
+                   default=env.get("BYTEWAX_RECOVERY_DIRECTORY"))
+    p.add_argument("-s", "--snapshot-interval", type=int,
+                   default=env.get("BYTEWAX_SNAPSHOT_INTERVAL"))
+    p.add_argument("-b", "--backup-interval", type=int,
+                   default=env.get("BYTEWAX_RECOVERY_BACKUP_INTERVAL"))
+    try:
+        ns, rest = p.parse_known_args(argv)
+    except argparse.ArgumentError as err:
+        raise ConfigError("bytewax arguments", "-w N, -i ID -a ADDRS, -r DIR -s S -b S",
+                          str(err)) from None
+    if rest:
+        raise ConfigError("bytewax arguments", "-w N, -i ID -a ADDRS, -r DIR -s S -b S "
+                          "(after --)", " ".join(rest))
+    if ns.process_id is not None and ns.addresses is None:
+        raise ConfigError("-i", "-a with the addresses of every process", None)
+    rec = ns.recovery_directory
+    if rec is not None:
+        if ns.snapshot_interval is None or ns.backup_interval is None:
+            raise ConfigError("-r", "-s SECONDS and -b SECONDS with a recovery directory",
+                              None)
+        if not Path(rec).is_dir():
+            raise ConfigError("-r", "an existing recovery directory, initialised by "
+                              "bytewax.recovery (docs/cli.md)", str(rec))
+    return BytewaxArgs(
+        workers_per_process=int(ns.workers_per_process),
+        process_id=None if ns.process_id is None else int(ns.process_id),
+        addresses=ns.addresses.split(";") if ns.addresses else None,
+        recovery_directory=Path(rec) if rec is not None else None,
+        snapshot_interval=(timedelta(seconds=int(ns.snapshot_interval))
+                           if ns.snapshot_interval is not None else None),
+        backup_interval=(timedelta(seconds=int(ns.backup_interval))
+                         if ns.backup_interval is not None else None),
+    )
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM, turned into an interrupt so the run ends with its summary."""
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    def stop(_signum: int, _frame: Any) -> None:
+        raise Stopped
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _innermost(err: BaseException) -> BaseException:
+    """The riskguard error behind what bytewax raised, else the deepest cause."""
+    seen: list[BaseException] = []
+    cur: BaseException | None = err
+    while cur is not None and cur not in seen:
+        seen.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    ours = [e for e in seen if isinstance(e, RiskguardError)]
+    return ours[-1] if ours else seen[-1]
+
+
+def _start_line(cfg: Any, digest: str, config: Path, key_id: str, bw: BytewaxArgs,
+                every_s: float) -> str:
+    env = cfg.env
+    topics = (f"reads {env}.riskguard.{{{','.join(READS)}}}.v1, writes "
+              f"{env}.riskguard.{{{','.join(WRITES)}}}.v1" if cfg.tier.role == "whole" else
+              f"tier {cfg.tier.role} on topics {env}.riskguard.*.v1")
+    recovery = (f"recovery dir {bw.recovery_directory}" if bw.recovery_directory else
+                "no recovery dir (state starts empty on restart)")
+    procs = f"process {bw.process_id} of {len(bw.addresses)}, " if bw.addresses else ""
+    status = f"status every {every_s:g} s" if every_s > 0 else "no status lines"
+    return (f"riskguard run: config {config} (sha256 {digest[:12]}), env {env}, Kafka "
+            f"{cfg.kafka.bootstrap}, {topics}, signing key {key_id} (issuer "
+            f"{cfg.keys.issuer}), {recovery}, {procs}"
+            f"{bw.workers_per_process} worker(s), {status}")
+
+
+def _summary(c: Counts, elapsed_s: float, how: str) -> str:
+    return (f"summary  {how} after {elapsed_s:.1f} s: {_n(c.events_in)} events in, "
+            f"{_n(c.dead_letters)} dead letters, {_n(c.signals)} signals, "
+            f"{_n(c.commands)} commands")
 
 
 def _run(args: argparse.Namespace) -> int:
-    load_guard_config(args.config)  # fail fast, naming the bad key, before bytewax starts
-    cmd = [sys.executable, "-m", "bytewax.run", "riskguard.dataflows.guard", *args.bytewax]
-    env = {**os.environ, "RISKGUARD_CONFIG": os.path.abspath(args.config)}
-    return subprocess.call(cmd, env=env)
+    from bytewax._bytewax import cli_main  # noqa: PLC0415  (what python -m bytewax.run calls)
+    from bytewax.recovery import RecoveryConfig  # noqa: PLC0415
+
+    from riskguard.cli import one_line, reach_kafka  # noqa: PLC0415  (imports this module)
+    from riskguard.dataflows.guard import (  # noqa: PLC0415  (heavy imports)
+        apply_gc_policy,
+        build_flow,
+        load_guard_config,
+        load_keys,
+    )
+    from riskguard.operators.core.metrics import start_metrics_server_from_env  # noqa: PLC0415
+
+    config = Path(args.config).resolve()
+    bw = parse_bytewax_args(list(args.bytewax))
+    if args.status_every < 0:
+        raise ConfigError("--status-every", "seconds >= 0 (0: no status lines)",
+                          args.status_every)
+    try:
+        cfg, digest = load_guard_config(config)  # names the bad key, before anything starts
+    except ConfigError as err:
+        if config.is_file():
+            err.add_note(f"fix it in {config} (dataflows/guard.example.toml describes every "
+                         "setting)")
+        raise
+    try:
+        signer, trust = load_keys(cfg)
+    except RiskguardError as err:
+        err.add_note(f"check [keys] in {config} (relative paths are relative to the config "
+                     "file's folder)")
+        raise
+    reach_kafka(cfg.kafka, f"[kafka] bootstrap in {config}")
+    os.environ["RISKGUARD_CONFIG"] = str(config)  # as python -m bytewax.run would see it
+    start_metrics_server_from_env()
+    flow = build_flow(cfg, digest, signer=signer, trust=trust)
+    apply_gc_policy(cfg)
+    out = sys.stdout
+    out.write(_start_line(cfg, digest, config, signer.key_id, bw, args.status_every) + "\n")
+    out.flush()
+    reporter = StatusReporter(
+        lambda: read_counts(cfg.topic("signals"), cfg.topic("commands")),
+        args.status_every, out).start()
+    recovery = (RecoveryConfig(str(bw.recovery_directory), bw.backup_interval)
+                if bw.recovery_directory else None)
+    epoch = bw.snapshot_interval or (None if recovery else timedelta(seconds=10))
+    how, rc = "ended", 0
+    try:
+        with _sigterm_interrupts():
+            cli_main(flow, workers_per_process=bw.workers_per_process,
+                     process_id=bw.process_id, addresses=bw.addresses,
+                     epoch_interval=epoch, recovery_config=recovery)
+    except KeyboardInterrupt as err:
+        how, rc = ("stopped (SIGTERM)", 143) if isinstance(err, Stopped) else ("interrupted",
+                                                                              130)
+    except Exception as err:
+        cause = _innermost(err)
+        how, rc = "stopped on an error", 1
+        if logging.getLogger("riskguard").isEnabledFor(logging.DEBUG):
+            import traceback  # noqa: PLC0415
+
+            traceback.print_exception(err, file=sys.stderr)
+        sys.stderr.write(one_line(f"riskguard run: the dataflow stopped: "
+                                  f"{type(cause).__name__}: {cause}") + "\n")
+    finally:
+        reporter.stop()
+    out.write(_summary(reporter.counts(), time.monotonic() - reporter.started, how) + "\n")
+    out.flush()
+    return rc
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run the guard dataflow from a TOML config")
+    p = sub.add_parser(
+        "run", help="run the guard dataflow from a TOML config",
+        description="Run the guard dataflow in this process. Prints a start line, a status "
+                    "line every --status-every seconds and a summary at the end. Exit codes: "
+                    "0 ended, 1 stopped on an error, 2 could not start, 130 interrupted, "
+                    "143 SIGTERM.",
+    )
     p.add_argument("--config", required=True, help="guard TOML config")
+    p.add_argument("--status-every", type=float, default=10.0, metavar="SECONDS",
+                   help="print a status line every SECONDS (default 10; 0: none)")
     p.add_argument("bytewax", nargs=argparse.REMAINDER,
-                   help="extra bytewax.run arguments, e.g. -- -w 2 -r recovery/")
+                   help="bytewax.run arguments after --, e.g. -- -w 2 -r recovery/ -s 5 -b 30")
     p.set_defaults(func=_run)

@@ -8,7 +8,7 @@ import sys
 
 from riskguard.connectors.subscriber import CommandSubscriber, GapAlert, Rejection
 from riskguard.errors import ConfigError, RiskguardError
-from riskguard.operators.metrics import start_metrics_server_from_env
+from riskguard.operators.core.metrics import start_metrics_server_from_env
 from riskguard.operators.trust import RootSet, TrustStore
 from riskguard.schemas.codec import encode
 from riskguard.schemas.commands import Audience, MitigationCommand
@@ -21,6 +21,10 @@ def _run(args: argparse.Namespace) -> int:
     except (RiskguardError, ConfigError) as err:
         sys.stderr.write(f"riskguard subscribe: trust file error: {err}\n")
         return 3
+
+    from riskguard.cli import reach_kafka  # noqa: PLC0415  (the CLI module imports this one)
+
+    reach_kafka(args.brokers, "--brokers HOST:PORT")
 
     def show(cmd: MitigationCommand) -> None:
         sys.stdout.write("COMMAND " + encode(cmd).decode() + "\n")

@@ -123,6 +123,10 @@ def _create(args: argparse.Namespace) -> int:
     if args.dry_run:
         result = dict.fromkeys((s.name for s in specs), "plan")
     else:
+        from riskguard.cli import reach_kafka  # noqa: PLC0415  (the CLI module imports this one)
+
+        how = "--bootstrap HOST:PORT (or [kafka] bootstrap in --config)"
+        reach_kafka(cfg.kafka, how)
         result = create_topics(cfg.kafka.client_config(), specs)
     for spec in specs:
         sys.stdout.write(f"{result[spec.name]:8} {spec.name} partitions={spec.partitions} "

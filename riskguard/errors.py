@@ -8,6 +8,7 @@ ride along as attributes.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 
@@ -75,3 +76,27 @@ class AuditError(RiskguardError, ValueError):
         self.index = index
         where = f"chain {chain!r} record {index}: " if index is not None else ""
         super().__init__(f"{where}{reason}")
+
+
+_OS_HINTS = {
+    errno.ENOENT: "check the path (to write a file there, its folder must exist)",
+    errno.EEXIST: "riskguard does not overwrite it: choose another path",
+    errno.EACCES: "check the file's owner and mode",
+    errno.EPERM: "check the file's owner and mode",
+    errno.EISDIR: "give the path of a file, not a folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EROFS: "choose a writable place",
+    errno.ENOSPC: "free some space or choose another place",
+}
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for a file the CLI could not read or write: where, why, what to do.
+
+    >>> describe_os_error(PermissionError(13, "Permission denied", "/etc/k.key"))
+    "/etc/k.key: Permission denied; check the file's owner and mode"
+    """
+    where = f"{err.filename}: " if err.filename else ""
+    why = err.strerror or str(err) or type(err).__name__
+    hint = _OS_HINTS.get(err.errno or 0)
+    return f"{where}{why}; {hint}" if hint else f"{where}{why}"

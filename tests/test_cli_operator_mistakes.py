@@ -137,7 +137,7 @@ def test_sign_trust_refuses_a_trust_file_no_verifier_could_load(tmp_path, capsys
     trust = tmp_path / "trust.toml"
     trust.write_text(text)
     assert main(["keys", "sign-trust", str(trust), "--key", str(_root_key(tmp_path))]) == 2
-    err = _one_line_error(capsys, "riskguard keys: not signed: ")
+    err = _one_line_error(capsys, "riskguard keys sign-trust: not signed: ")
     assert reason in err
     assert not (tmp_path / "trust.toml.sig").exists()
 
