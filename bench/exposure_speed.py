@@ -57,13 +57,13 @@ from riskguard.operators.exposure import (
     Router,
     ShardLogic,
 )
-from riskguard.operators.limits import (
+from riskguard.operators.exposure.limits import (
     CounterpartyLimits,
     LimitsConfig,
     LimitsLogic,
     LimitSpec,
 )
-from riskguard.operators.risk import _value, aggregate_exposure, enforce_limits
+from riskguard.operators.exposure.ops import _value, aggregate_exposure, enforce_limits
 from riskguard.schemas import Exposure, Fill, LimitUpdate, SignedEnvelope, Trade
 
 from riskguard.errors import VerificationError

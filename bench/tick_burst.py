@@ -53,7 +53,12 @@ from riskguard.operators.exposure import (
     Router,
     ShardLogic,
 )
-from riskguard.operators.limits import CounterpartyLimits, LimitsConfig, LimitsLogic, LimitSpec
+from riskguard.operators.exposure.limits import (
+    CounterpartyLimits,
+    LimitsConfig,
+    LimitsLogic,
+    LimitSpec,
+)
 from riskguard.schemas import Exposure, Fill, Part, Progress, Trade, Utilization
 
 S = 1_000_000_000

@@ -73,18 +73,18 @@ from riskguard.operators.detection.ops import (
     extract_features,
 )
 from riskguard.operators.exposure import PROGRESS_KEY, ExposureConfig, ShardPlace
-from riskguard.operators.feeds import FeedConfig, FeedMonitorLogic, FeedSelectLogic
-from riskguard.operators.limits import LimitsConfig
-from riskguard.operators.operator_commands import OPERATOR_COMMANDS_KEY, OperatorCommandLogic
-from riskguard.operators.playbook import PlaybookConfig
-from riskguard.operators.playbook_op import plan_mitigation
-from riskguard.operators.risk import (
+from riskguard.operators.exposure.limits import LimitsConfig
+from riskguard.operators.exposure.ops import (
     aggregate_exposure,
     enforce_limits,
     sum_exposures,
     trust_verifier,
     value_positions,
 )
+from riskguard.operators.feeds import FeedConfig, FeedMonitorLogic, FeedSelectLogic
+from riskguard.operators.operator_commands import OPERATOR_COMMANDS_KEY, OperatorCommandLogic
+from riskguard.operators.playbook import PlaybookConfig
+from riskguard.operators.playbook_op import plan_mitigation
 from riskguard.operators.signing import SignConfig, decode_command
 from riskguard.operators.signing_op import sign_commands
 from riskguard.operators.trust import RootSet, TrustStore
@@ -577,7 +577,7 @@ def guard_core(
     feed selection, the feed monitor and exposure marks. ``wall_clock`` (live runs
     only; a replay must not depend on wall time) lets a fill's re-valuation boundary
     pass by wall time on a shard no later record reaches
-    (:func:`~riskguard.operators.risk.aggregate_exposure`). ``remote_keys`` says
+    (:func:`~riskguard.operators.exposure.ops.aggregate_exposure`). ``remote_keys`` says
     which exposure valuation keys live in another process (packs bound there go
     msgpack-encoded, not pickled). A firm tier fed by market processes
     (``tier.upstream = "market"``) sums their valuation parts instead of valuing

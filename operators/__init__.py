@@ -3,7 +3,9 @@
 - :mod:`riskguard.operators.core`: plumbing every domain uses (the logic protocol and
   its bytewax adapter, clocks, de-duplication, metrics);
 - :mod:`riskguard.operators.detection`: market records in, anomaly and dislocation
-  signals out (features, the online detector, move bands, cross rates).
+  signals out (features, the online detector, move bands, cross rates);
+- :mod:`riskguard.operators.exposure`: positions and marks in, exposures and limit
+  levels out (sharded valuation, counterparty and firm rollup, limits).
 
 Old flat module paths
 ---------------------
@@ -18,7 +20,7 @@ New code imports the new paths.
 
 import sys
 
-from riskguard.operators import core, detection
+from riskguard.operators import core, detection, exposure
 
 # old flat module name -> its module under the domain subpackages
 _OLD_PATHS = {
@@ -38,6 +40,9 @@ _OLD_PATHS = {
     "move_bands": "detection.move_bands",
     "range_scorer": "detection.range_scorer",
     "score_quantile": "detection.score_quantile",
+    "instruments": "exposure.instruments",
+    "limits": "exposure.limits",
+    "risk": "exposure.ops",
 }
 
 
@@ -50,4 +55,4 @@ def _register_old_paths() -> None:
 
 _register_old_paths()
 
-__all__ = ["core", "detection"]
+__all__ = ["core", "detection", "exposure"]

@@ -16,8 +16,13 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource
-from riskguard.operators.limits import CounterpartyLimits, LimitsConfig, LimitSpec, VolScaling
-from riskguard.operators.risk import aggregate_exposure, enforce_limits
+from riskguard.operators.exposure.limits import (
+    CounterpartyLimits,
+    LimitsConfig,
+    LimitSpec,
+    VolScaling,
+)
+from riskguard.operators.exposure.ops import aggregate_exposure, enforce_limits
 from riskguard.schemas import Balance, Codec, LimitUpdate, Quote, SignedEnvelope, Trade
 from test_exposure import fill, idx, oq, worked_config, worked_events
 

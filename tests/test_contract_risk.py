@@ -17,7 +17,7 @@ from riskguard.operators.exposure import (
     Router,
     ShardLogic,
 )
-from riskguard.operators.limits import LimitsLogic
+from riskguard.operators.exposure.limits import LimitsLogic
 from riskguard.schemas import DeadLetter, Exposure, RiskAlert
 from test_exposure import _worker_stream, worked_config
 

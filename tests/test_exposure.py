@@ -14,7 +14,6 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from riskguard.connectors.placement import route_worker
-from riskguard.operators import exposure as exposure_module
 from riskguard.operators.core.clock import TICK_IDLE_NS, ManualClock, Tick
 from riskguard.operators.exposure import (
     PROGRESS_KEY,
@@ -32,7 +31,10 @@ from riskguard.operators.exposure import (
     ShardPlace,
     ShardState,
     apply_fill,
+    arrays,
     pack_for_wire,
+    routing,
+    valuation,
 )
 from riskguard.schemas import (
     Balance,
@@ -551,7 +553,8 @@ def test_batched_plain_marks_equal_marks_applied_one_by_one(
     single = ShardLogic(BATCH_CFG, reg)
     last: dict[str, Part] = {}
     for evs in (first, second):
-        with patch.multiple(exposure_module, _VECTOR_MIN=1, **_RECURSIONS[recursion]):
+        with (patch.object(valuation, "_VECTOR_MIN", 1),
+              patch.multiple(arrays, **_RECURSIONS[recursion])):
             parts = [p for _k, pack in router.route_batch(evs)
                      for p in batched.on_batch([pack])]
         for ev in evs:
@@ -1092,7 +1095,7 @@ def test_a_small_book_revalued_in_python_gives_the_whole_array_bits(seed: int,
         return out
 
     small = run()
-    with patch.object(exposure_module, "_SMALL_CELLS", -1):
+    with patch.object(valuation, "_SMALL_CELLS", -1):
         whole = run()
     assert len(small) > 20
     assert small == whole
@@ -1120,7 +1123,7 @@ def test_a_row_revalued_beside_a_later_row_without_positions_sums_all_its_positi
     ]
     logic = ShardLogic(cfg, reg)
     last: dict[str, Part] = {}
-    with patch.object(exposure_module, "_SMALL_CELLS", small_cells):
+    with patch.object(valuation, "_SMALL_CELLS", small_cells):
         for batch in batches:
             for _key, pack in router.route_batch(batch):
                 last.update((p.counterparty, p) for p in logic.on_batch([pack])
@@ -1140,7 +1143,7 @@ def test_the_firms_dict_sums_equal_a_plain_loop_bit_for_bit(
     """_sum_dicts (the firm's delta and by-asset rollups, with a fast path when every dict
     holds every key, in any order) equals a plain loop: keys in first-seen order, each
     summed from 0 in list order, a missing key adding nothing."""
-    from riskguard.operators.exposure import _sum_dicts
+    from riskguard.operators.exposure.rollup import _sum_dicts
 
     if same_keys:  # every dict holding every key, in its own order
         keys = sorted(set().union(*ds))
@@ -1281,12 +1284,12 @@ def test_valuation_shards_spread_one_per_worker_over_every_dividing_worker_count
     routing (``route_worker``): with as many shards as workers each worker values one.
     Plain ``s0``/``s1`` both routed to worker 1 of 2. One shard keeps the key ``s0`` its
     snapshots carry, and a market process's prefix is part of the names searched."""
-    cap = exposure_module._SPREAD_MAX
+    cap = routing._SPREAD_MAX
     spread = max(d for d in range(1, min(shards, cap) + 1) if shards % d == 0)
     for prefix in ("", "m1."):
-        keys = exposure_module.shard_keys(shards, prefix)
+        keys = routing.shard_keys(shards, prefix)
         assert len(set(keys)) == shards and all(k.startswith(prefix + "s") for k in keys)
         for workers in (w for w in range(1, spread + 1) if spread % w == 0):
             assert [route_worker(k, workers) for k in keys] == [
                 k % workers for k in range(shards)], (prefix, workers)
-    assert exposure_module.shard_keys(1) == ("s0",)
+    assert routing.shard_keys(1) == ("s0",)

@@ -26,7 +26,7 @@ from riskguard.operators.exposure import (
     LocalPipeline,
     Progress,
 )
-from riskguard.operators.limits import (
+from riskguard.operators.exposure.limits import (
     CounterpartyLimits,
     LimitsConfig,
     LimitsLogic,
@@ -35,7 +35,7 @@ from riskguard.operators.limits import (
     VolScaling,
     drive,
 )
-from riskguard.operators.risk import aggregate_exposure, enforce_limits
+from riskguard.operators.exposure.ops import aggregate_exposure, enforce_limits
 from riskguard.schemas import (
     Balance,
     Exposure,

@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from riskguard.operators.crypto import PAYLOAD_LIMIT_UPDATE, Signer, sign_envelope
-from riskguard.operators.limits import (
+from riskguard.operators.exposure.limits import (
     CounterpartyLimits,
     LimitsConfig,
     LimitsLogic,
@@ -17,7 +17,7 @@ from riskguard.operators.limits import (
     drive,
     route_update,
 )
-from riskguard.operators.risk import Verifier, trust_verifier
+from riskguard.operators.exposure.ops import Verifier, trust_verifier
 from riskguard.operators.trust import RootSet, TrustStore
 from riskguard.schemas import (
     Exposure,
@@ -267,7 +267,7 @@ def test_rejected_update_in_the_flow_is_audited_and_the_old_limit_stays(
     import bytewax.operators as op
     from bytewax.dataflow import Dataflow
     from bytewax.testing import TestingSink, TestingSource, run_main
-    from riskguard.operators.risk import enforce_limits
+    from riskguard.operators.exposure.ops import enforce_limits
 
     good = sign_envelope(PAYLOAD_LIMIT_UPDATE, encode(fresh(update_id="u9", limit=300.0)),
                          [ADMIN])

@@ -155,7 +155,7 @@ def test_limits_pass_the_ticks_on_behind_every_breach_they_follow(shards: int) -
     from bytewax.dataflow import Dataflow
     from risk_flow_app import limits_config, refuse_updates
     from riskguard.operators.core.clock import Tick, Watermark
-    from riskguard.operators.risk import aggregate_exposure, enforce_limits
+    from riskguard.operators.exposure.ops import aggregate_exposure, enforce_limits
 
     events = [e for e in EVENTS if getattr(e, "ts", 0) > 0]
     first, last = min(e.ts for e in events) // S, max(e.ts for e in events) // S
@@ -214,7 +214,7 @@ def test_a_source_that_finished_before_any_counterparty_joined_reaches_every_lim
     from bytewax.dataflow import Dataflow
     from risk_flow_app import limits_config, refuse_updates
     from riskguard.operators.core.clock import Tick, Watermark
-    from riskguard.operators.risk import aggregate_exposure, enforce_limits
+    from riskguard.operators.exposure.ops import aggregate_exposure, enforce_limits
 
     events = sorted((e for e in EVENTS if getattr(e, "ts", 0) > 0), key=lambda e: e.ts)
     first, last = events[0].ts // S, events[-1].ts // S + 1

@@ -67,7 +67,7 @@ from riskguard.operators.core.metrics import (
     UTILIZATION,
     record_checkpoint,
 )
-from riskguard.operators.limits import parse_path
+from riskguard.operators.exposure.limits import parse_path
 from riskguard.schemas.audit import AuditCheckpoint, DeadLetter
 from riskguard.schemas.signals import (
     AnomalySignal,

@@ -1,7 +1,7 @@
 """Thin bytewax adapters: ``aggregate_exposure`` and ``enforce_limits``.
 
 The logic lives in :mod:`riskguard.operators.exposure` and
-:mod:`riskguard.operators.limits`; this module only routes records between
+:mod:`riskguard.operators.exposure.limits`; this module only routes records between
 keyed stages:
 
 - ``valuation``: keyed by a shard of instruments / collateral assets (the
@@ -29,24 +29,17 @@ from riskguard.operators.core.base import stateful_logic, values_of
 from riskguard.operators.core.clock import Clock, Tick, system_clock
 from riskguard.operators.core.metrics import reorder_counter
 from riskguard.operators.crypto import PAYLOAD_LIMIT_UPDATE
-from riskguard.operators.exposure import (
-    FIRM_KEY,
-    CounterpartyLogic,
-    ExposureConfig,
-    FirmLogic,
-    Part,
-    Progress,
-    Router,
-    ShardLogic,
-    ShardPlace,
-    pack_for_wire,
-)
-from riskguard.operators.limits import (
+from riskguard.operators.exposure.config import FIRM_KEY, ExposureConfig
+from riskguard.operators.exposure.limits import (
     LimitsConfig,
     LimitsLogic,
     rejection_alert,
     route_update,
 )
+from riskguard.operators.exposure.rollup import CounterpartyLogic, FirmLogic
+from riskguard.operators.exposure.routing import Router, ShardPlace
+from riskguard.operators.exposure.shards import ShardLogic
+from riskguard.operators.exposure.wire import pack_for_wire
 from riskguard.operators.trust import DEFAULT_LEEWAY_NS, TrustStore
 from riskguard.schemas import (
     Audience,
@@ -62,6 +55,7 @@ from riskguard.schemas import (
     encode,
 )
 from riskguard.schemas.base import source_of
+from riskguard.schemas.valuation import Part, Progress
 
 from riskguard.errors import VerificationError
 
@@ -367,7 +361,7 @@ def enforce_limits(
 
     >>> from bytewax.dataflow import Dataflow
     >>> from bytewax.testing import TestingSink, TestingSource, run_main
-    >>> from riskguard.operators.limits import CounterpartyLimits, LimitSpec
+    >>> from riskguard.operators.exposure.limits import CounterpartyLimits, LimitSpec
     >>> cfg = LimitsConfig(counterparties={"okx": CounterpartyLimits(
     ...     limits={"gross_notional": LimitSpec(limit=100.0)})})
     >>> def refuse(env, now):

@@ -1,0 +1,167 @@
+"""The exposure configuration, and the constants and small helpers every stage shares."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Any, Literal
+
+import msgspec
+from riskguard.operators.exposure.instruments import (
+    InstrumentRegistry,
+    InstrumentsConfig,
+)
+from riskguard.schemas import (
+    FundingRate,
+    IndexPrice,
+    OptionQuote,
+    Quote,
+    Trade,
+)
+
+from riskguard.errors import ConfigError
+
+STATE_VERSION = 4
+"""Version 4: stage-1 per-instrument columns are numpy arrays (version 3 held lists and
+is migrated on resume; stage-2 and stage-3 states are unchanged since version 3)."""
+
+
+NS_PER_S = 1_000_000_000
+SECONDS_PER_YEAR = 365.0 * 24 * 3600
+FIRM_KEY = "firm"
+_NS = uuid.UUID("8f0b7a52-1c6e-4f57-9d43-7e4f3c2a9b10")
+
+MarkSource = Literal["trade", "quote", "index_price", "option_quote", "funding_rate"]
+
+
+class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Configuration of ``aggregate_exposure``.
+
+    - ``max_mark_age_ns``: a mark older than this (vs the newest event time the
+      counterparty has seen) makes the exposure ``stale``.
+    - ``recon_abs_tol`` / ``recon_rel_tol``: a position snapshot differing from
+      the fill-accumulated position by more than ``abs + rel * |qty|`` is a
+      ``reconciliation_break``.
+    - ``concentration_basis``: what a counterparty's share is a share of.
+    - ``concentration_epsilon``: other counterparties' concentration is
+      re-emitted when it moves by more than this (absolute share).
+    - ``vol_alpha`` / ``vol_min_samples``: EWMA realized vol of marks (used
+      when no feature-stream vol ``vol_feature`` is present).
+    - ``valuation_shards``: how many stage-1 keys the instruments are hashed
+      over (the unit of parallelism of re-valuation; each shard sends one
+      part per touched counterparty per batch, so a few is enough).
+    - ``position_revalue_ns`` (ticked mode only): a counterparty whose positions,
+      balances or open orders changed (a fill, position snapshot, balance or orders
+      record) is re-valued at the next multiple of this in event time, as soon as its
+      shard sees any record or tick at or past it, instead of waiting for the next
+      tick; price moves still re-value once per tick. A breach caused by a fill then
+      reaches the limits within milliseconds, and still falls on the same event time
+      however the input was batched. ``0``: wait for the tick.
+    - ``reorder_slack_ns`` (ticked mode, several tick sources: one per guard worker): a
+      record more than this ahead of the sources' watermark waits in the shard until the
+      watermark comes that close. A backlog replayed through several processes, where
+      one runs minutes of event time ahead of the other, is then applied in the order
+      one worker applies it: a fill is not valued against marks the slower process has
+      not sent yet, nor marks against a future the watermark has not reached. Live, the
+      workers are within a tick of each other and nothing waits. Keep it at least two
+      tick intervals; ``0``: never wait. ``max_hold_ns`` (live runs, wall time) bounds
+      the wait of a fill, snapshot, balance or orders record: a cluster whose slower
+      process lags still sees a breach within seconds.
+    - ``pegs``: asset -> peg price in the reporting currency (e.g. ``{"USDC": 1.0}``).
+      When an asset's FX index leaves its peg by ``peg_warn_bps`` a ``depeg``
+      alert (warn) opens on ``underlying:<asset>``; past ``peg_critical_bps`` it
+      turns critical; back within half of ``peg_warn_bps`` a ``peg_restored``
+      closes it (each level is left only ``peg_warn_bps / 2`` below it). Every
+      USDC-quoted mark and USDC balance moves with the rate, so a slow slide the
+      anomaly detector adapts to is still caught here.
+    """
+
+    instruments: InstrumentsConfig = InstrumentsConfig()
+    max_mark_age_ns: int = 30 * NS_PER_S
+    recon_abs_tol: float = 1e-9
+    recon_rel_tol: float = 1e-6
+    concentration_basis: Literal["gross_notional", "collateral", "gross_plus_collateral"] = (
+        "gross_plus_collateral"
+    )
+    concentration_epsilon: float = 0.005
+    vol_alpha: float = 0.05
+    vol_min_samples: int = 20
+    vol_feature: str = "realized_vol"
+    mark_sources: tuple[MarkSource, ...] = (
+        "trade", "quote", "index_price", "option_quote", "funding_rate",
+    )
+    max_evidence: int = 8
+    dedup_window: int = 4096
+    valuation_shards: int = 1
+    position_revalue_ns: int = 10_000_000
+    reorder_slack_ns: int = 2 * NS_PER_S
+    max_hold_ns: int = 5 * NS_PER_S
+    pegs: dict[str, float] = {}
+    peg_warn_bps: float = 50.0
+    peg_critical_bps: float = 200.0
+
+    def validate(self, path: str = "exposure") -> InstrumentRegistry:
+        """Check every value; return the registry built from ``instruments``."""
+        if self.max_mark_age_ns <= 0:
+            where = f"{path}.max_mark_age_ns"
+            raise ConfigError(where, "must be > 0", self.max_mark_age_ns)
+        for name in ("recon_abs_tol", "recon_rel_tol", "concentration_epsilon"):
+            val = getattr(self, name)
+            if not (math.isfinite(val) and val >= 0):
+                where = f"{path}.{name}"
+                raise ConfigError(where, "must be a finite number >= 0", val)
+        if not 0 < self.vol_alpha <= 1:
+            where = f"{path}.vol_alpha"
+            raise ConfigError(where, "must be in (0, 1]", self.vol_alpha)
+        if self.vol_min_samples < 1:
+            where = f"{path}.vol_min_samples"
+            raise ConfigError(where, "must be >= 1", self.vol_min_samples)
+        if not 1 <= self.valuation_shards <= 4096:
+            where = f"{path}.valuation_shards"
+            raise ConfigError(where, "must be in [1, 4096]", self.valuation_shards)
+        if self.position_revalue_ns < 0:
+            where = f"{path}.position_revalue_ns"
+            raise ConfigError(where, "must be >= 0 (0: re-value per tick only)",
+                              self.position_revalue_ns)
+        if self.max_hold_ns <= 0:
+            where = f"{path}.max_hold_ns"
+            raise ConfigError(where, "must be > 0", self.max_hold_ns)
+        if self.reorder_slack_ns < 0:
+            where = f"{path}.reorder_slack_ns"
+            raise ConfigError(where, "must be >= 0 (0: never hold records back)",
+                              self.reorder_slack_ns)
+        for asset, peg in self.pegs.items():
+            if not (math.isfinite(peg) and peg > 0):
+                raise ConfigError(f"{path}.pegs.{asset}", "a finite peg price > 0", peg)
+        if not 0 < self.peg_warn_bps <= self.peg_critical_bps:
+            where = f"{path}.peg_warn_bps"
+            raise ConfigError(where, "> 0 and <= peg_critical_bps",
+                              (self.peg_warn_bps, self.peg_critical_bps))
+        if self.max_evidence < 1:
+            where = f"{path}.max_evidence"
+            raise ConfigError(where, "must be >= 1", self.max_evidence)
+        return InstrumentRegistry(self.instruments, path=f"{path}.instruments")
+
+
+def _price_of(ev: Any) -> float | None:
+    t = type(ev)
+    if t is Trade or t is IndexPrice:
+        return ev.price
+    if t is Quote:
+        return (ev.bid + ev.ask) / 2.0
+    if t is OptionQuote or t is FundingRate:
+        return ev.mark_price
+    return None
+
+
+
+def _alert_id(*parts: object) -> str:
+    return str(uuid.uuid5(_NS, "|".join(str(p) for p in parts)))
+
+
+def _evidence_add(buf: list[str], rid: str, cap: int) -> None:
+    if rid in buf:
+        return
+    buf.append(rid)
+    if len(buf) > cap:
+        del buf[0]

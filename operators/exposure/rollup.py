@@ -1,0 +1,450 @@
+"""Stages 2 and 3: a counterparty's parts summed into its exposure, and the firm rollup."""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from functools import reduce
+from itertools import chain, repeat
+from operator import add, attrgetter, is_, itemgetter
+from typing import Any
+
+import msgspec
+import numpy as np
+from riskguard.operators.core.base import copy_fields
+from riskguard.operators.exposure.config import (
+    NS_PER_S,
+    STATE_VERSION,
+    ExposureConfig,
+    _alert_id,
+    _evidence_add,
+)
+from riskguard.operators.exposure.routing import split_progress
+from riskguard.operators.exposure.valuation import NEVER_STALE
+from riskguard.schemas import (
+    Exposure,
+    RiskAlert,
+    Scope,
+    ScopeKind,
+    Severity,
+)
+from riskguard.schemas.valuation import Part, Progress
+
+from riskguard.errors import ConfigError
+
+
+@dataclass
+class CounterpartyState:
+    """State of one counterparty: its latest :class:`Part` per shard."""
+
+    version: int = STATE_VERSION
+    counterparty: str = ""
+    parts: dict[str, Part] = field(default_factory=dict)
+    watermark: int = 0
+    seq: int = 0
+    stale: dict[str, int] = field(default_factory=dict)
+    evidence: list[str] = field(default_factory=list)
+
+
+class CounterpartyLogic:
+    """Stage 2: one counterparty's parts (one per shard) -> its :class:`Exposure`.
+
+    Each part is the counterparty's complete sum over one shard, so the
+    exposure is an exact re-sum over at most ``valuation_shards`` parts (no
+    running sums, no drift). At most one exposure per batch.
+    """
+
+    def __init__(self, config: ExposureConfig, state: CounterpartyState | None = None, *,
+                 ticked: bool = False) -> None:
+        self.config = config
+        self.ticked = ticked
+        if state is not None and state.version == 3:
+            state = replace(state, version=STATE_VERSION)
+        if state is not None and state.version != STATE_VERSION:
+            where = "exposure.counterparty"
+            raise ConfigError(where, f"a version-{STATE_VERSION} snapshot (start a fresh "
+                              "recovery store after upgrading)", state.version)
+        self.state = state if state is not None else CounterpartyState()
+        self._recv_ts: int | None = None  # newest receive time among this batch's parts
+
+    def snapshot(self) -> CounterpartyState:
+        # parts are frozen and never mutated: a shallow rebuild is an independent copy
+        st = self.state
+        return CounterpartyState(
+            version=st.version, counterparty=st.counterparty, parts=dict(st.parts),
+            watermark=st.watermark, seq=st.seq, stale=dict(st.stale),
+            evidence=list(st.evidence),
+        )
+
+    def on_event(self, p: Part) -> list[Any]:
+        return self.on_batch([p])
+
+    def on_batch(self, items: Iterable[Part]) -> list[Any]:
+        if not self.ticked:
+            return self._batch(items)
+        parts, progress = split_progress(list(items))
+        out = _per_tick(self._batch, parts) if parts else []
+        out.extend(progress)  # behind the exposures they follow
+        return out
+
+    def _batch(self, items: Iterable[Part]) -> list[Any]:
+        st = self.state
+        parts = st.parts
+        cap = self.config.max_evidence
+        changed = False
+        self._recv_ts = None
+        for p in items:
+            old = parts.get(p.shard)
+            if old is not None and old.seq >= p.seq:
+                continue
+            parts[p.shard] = p
+            changed = True
+            if p.recv_ts is not None and (self._recv_ts is None or p.recv_ts > self._recv_ts):
+                self._recv_ts = p.recv_ts
+            st.counterparty = p.counterparty
+            st.watermark = max(st.watermark, p.ts)
+            if st.evidence:
+                for rid in p.evidence:
+                    _evidence_add(st.evidence, rid, cap)
+            else:  # the common case: the first part since the last emit
+                st.evidence = list(dict.fromkeys(p.evidence))[-cap:]
+        if not changed:
+            return []
+        return self._emit()
+
+    def _emit(self) -> list[Any]:
+        st = self.state
+        cfg = self.config
+        ps = [st.parts[k] for k in sorted(st.parts)] if len(st.parts) > 1 else list(
+            st.parts.values())
+        gross = net = upnl = orders = coll = 0.0
+        names: list[str] = []
+        notionals: list[float] = []
+        vols: dict[str, tuple[float, int]] = {}
+        unvalued: list[str] = []
+        vol_values: dict[str, float] | None = None
+        if len(ps) == 1:
+            # a part's dicts are built for it alone and never mutated: share them
+            p = ps[0]
+            gross, net, upnl, orders, coll = p.gross, p.net, p.upnl, p.orders, p.collateral
+            delta, by_asset = p.delta, p.by_asset
+            names, notionals = p.position_lists()
+            vol_values = p.vol_values
+            unvalued = p.unvalued
+        else:
+            delta, by_asset = {}, {}
+            for p in ps:
+                gross += p.gross
+                net += p.net
+                upnl += p.upnl
+                orders += p.orders
+                coll += p.collateral
+                for k, v in p.delta.items():
+                    delta[k] = delta.get(k, 0.0) + v
+                for k, v in p.by_asset.items():
+                    by_asset[k] = by_asset.get(k, 0.0) + v
+                pn, pv = p.position_lists()  # shards hold disjoint instruments
+                names.extend(pn)
+                notionals.extend(pv)
+                for k, vt in p.vols.items():
+                    cur = vols.get(k)
+                    if cur is None or vt[1] > cur[1]:
+                        vols[k] = vt
+                if p.unvalued:
+                    unvalued.extend(p.unvalued)
+        out: list[Any] = []
+        horizon = st.watermark - cfg.max_mark_age_ns
+        old: dict[str, int] = {}
+        if (ps[0].oldest if len(ps) == 1 else min((p.oldest for p in ps),
+                                                  default=NEVER_STALE)) < horizon:
+            for p in ps:
+                if p.oldest < horizon:
+                    mts = np.frombuffer(p.mark_ts, dtype="<i8")
+                    stale_ix = np.flatnonzero(mts < horizon).tolist()
+                    held = p.position_lists()[0]
+                    old.update((held[x], int(mts[x])) for x in stale_ix)
+        for name, mark_ts in old.items():
+            if name in st.stale:
+                continue
+            st.stale[name] = mark_ts
+            out.append(RiskAlert(
+                id=_alert_id("stale_mark", st.counterparty, name, mark_ts, st.watermark),
+                kind="stale_mark",
+                scope=Scope(kind=ScopeKind.INSTRUMENT, value=name),
+                ts=st.watermark, severity=Severity.WARN,
+                reason=(f"mark of {name} is {(st.watermark - mark_ts) / NS_PER_S:.3f}s "
+                        f"old (max {cfg.max_mark_age_ns / NS_PER_S:g}s); exposure of "
+                        f"{st.counterparty} is stale"),
+                details={"counterparty": st.counterparty, "mark_ts": mark_ts,
+                         "watermark": st.watermark},
+                evidence_ids=list(st.evidence[-4:]),
+            ))
+        if st.stale:
+            for name in [n for n in st.stale if n not in old]:
+                del st.stale[name]
+        stale = sorted({*unvalued, *old}) if unvalued or old else []
+        unv_inst: list[str] = []
+        unv_coll: list[str] = []
+        if unvalued:  # a part's unvalued names: its positions', then collateral assets'
+            positions = set(names)
+            unv_inst = sorted({n for n in unvalued if n in positions})
+            unv_coll = sorted({n for n in unvalued if n not in positions})
+        st.seq += 1
+        out.append(Exposure(
+            counterparty=st.counterparty, ts=st.watermark, gross_notional=gross,
+            net_notional=net, delta_by_underlying=delta,
+            notional_by_asset=by_asset, instruments=names, instrument_notionals=notionals,
+            collateral=coll, unrealized_pnl=upnl, open_order_notional=orders,
+            stale=bool(stale), stale_instruments=stale, evidence_ids=st.evidence,
+            seq=st.seq, recv_ts=self._recv_ts, vol_by_underlying=(
+                vol_values if vol_values is not None
+                else {k: v for k, (v, _t) in sorted(vols.items())}),
+            unvalued_instruments=unv_inst, unvalued_collateral=unv_coll,
+        ))
+        st.evidence = []
+        return out
+
+
+def _per_tick(batch: Any, items: list[Any]) -> list[Any]:
+    """Ticked mode: ``batch`` once per ``ts`` among ``items`` (one tick each), oldest
+    first; the outputs concatenated."""
+    if len(items) == 1:  # the usual batch: one tick's part or exposure
+        return list(batch(items))
+    groups: dict[int, list[Any]] = {}
+    for it in items:
+        groups.setdefault(it.ts, []).append(it)
+    return [out for t in sorted(groups) for out in batch(groups[t])]
+
+
+# --------------------------------------------------------------------- stage 3
+
+
+def _sum_dicts(ds: list[dict[str, float]]) -> dict[str, float]:
+    """Key-wise sums, keys in first-seen order, each summed in list order (C-level loops).
+
+    >>> _sum_dicts([{"a": 1.0, "b": 2.0}, {"b": 0.5, "c": 4.0}])
+    {'a': 1.0, 'b': 2.5, 'c': 4.0}
+    >>> _sum_dicts([{"b": 1.0}, {"a": 2.0, "b": 0.5}])
+    {'b': 1.5, 'a': 2.0}
+    >>> _sum_dicts([{"a": 1.0, "b": 2.0}, {"b": 0.5, "a": 4.0}])  # every key in each
+    {'a': 5.0, 'b': 2.5}
+    """
+    if ds and min(map(len, ds)) == len(set().union(*ds)):  # every dict holds every key
+        return {k: sum(map(itemgetter(k), ds)) for k in ds[0]}
+    # a dict without a key adds 0.0 for it: no bits change (a sum from 0 is never -0.0)
+    return {k: sum(map(dict.get, ds, repeat(k), repeat(0.0)))
+            for k in dict.fromkeys(chain.from_iterable(ds))}
+
+
+@dataclass
+class FirmState:
+    version: int = STATE_VERSION
+    latest: dict[str, Exposure] = field(default_factory=dict)
+    shares: dict[str, float] = field(default_factory=dict)
+    firm: Exposure | None = None
+    seq: int = 0
+    # ticked mode: per progress source, each stage-2 key's newest ts, and what was passed
+    # on; the limits keys progress has reached, and how many sources each one hears
+    progress: dict[str, dict[str, int]] = field(default_factory=dict)
+    passed: dict[str, int] = field(default_factory=dict)
+    reached: dict[str, None] = field(default_factory=dict)
+    sources_of: int = 0
+
+
+class FirmLogic:
+    """Stage 3: latest exposure per counterparty -> concentration + firm rollup.
+
+    Each rollup is an exact re-sum over every counterparty in name order (no running
+    sums, no drift, the same whatever order they arrived in), done with C-level loops;
+    per-counterparty Python work is only for the updated ones and those whose share moved
+    by more than ``concentration_epsilon``.
+    """
+
+    def __init__(self, config: ExposureConfig, state: FirmState | None = None, *,
+                 ticked: bool = False) -> None:
+        self.config = config
+        self.ticked = ticked
+        self.state = state if state is not None else FirmState()
+        if not hasattr(self.state, "progress"):  # a snapshot from before progress
+            self.state.progress, self.state.passed = {}, {}
+            self.state.reached, self.state.sources_of = {}, 0
+        # derived from state, in counterparty name order: names, latest exposures, the
+        # concentration basis and the share last emitted
+        st = self.state
+        self._names = sorted(st.latest)
+        self._exps = [st.latest[cp] for cp in self._names]
+        self._at = {cp: k for k, cp in enumerate(self._names)}
+        self._basis_v = np.array([self._basis(e) for e in self._exps], dtype=float)
+        self._shares = np.array([st.shares.get(cp, 0.0) for cp in self._names], dtype=float)
+
+    def snapshot(self) -> FirmState:
+        """An independent copy, field by field (exposures are immutable: shared)."""
+        st = self.state
+        return copy_fields(st, latest=dict(st.latest), shares=dict(st.shares),
+                           progress={k: dict(v) for k, v in st.progress.items()},
+                           passed=dict(st.passed), reached=dict(st.reached))
+
+    def on_event(self, e: Exposure) -> list[Exposure]:
+        return self.on_batch([e])
+
+    def _basis(self, e: Exposure) -> float:
+        b = self.config.concentration_basis
+        if b == "gross_notional":
+            return e.gross_notional
+        if b == "collateral":
+            return max(e.collateral, 0.0)
+        return e.gross_notional + max(e.collateral, 0.0)
+
+    def on_batch(self, items: Iterable[Exposure]) -> list[Any]:
+        if not self.ticked:
+            return self._batch(items)
+        exps, progress = split_progress(list(items))
+        out: list[Any] = _per_tick(self._batch, exps) if exps else []
+        if progress:
+            out.extend(self._progress(progress))
+        if len(self.state.reached) < len(self._names) + 1:
+            out.extend(self._reach_new_keys())
+        return out
+
+    def _reach_new_keys(self) -> list[Progress]:
+        """A counterparty's first exposure makes a new limits key: it hears every
+        source's progress at once, behind that exposure, so a consumer waiting for its
+        ticks (the tick count ``of`` announced it) waits one hop, not a tick interval."""
+        st = self.state
+        keys = ["*", *self._names]
+        new = [k for k in keys if k not in st.reached]
+        st.reached.update(dict.fromkeys(new))
+        return self._to_limits_keys(new, st.passed, len(keys))
+
+    def _progress(self, items: list[Progress]) -> list[Progress]:
+        """Each source's progress once every stage-2 key it reaches has passed it (the
+        minimum over them), to every limits key: each counterparty with an exposure, and
+        the firm's (``"*"``)."""
+        st = self.state
+        moved: dict[str, int] = {}
+        for p in items:
+            seen = st.progress.setdefault(p.source, {})
+            if len(p.via) > len(seen) - 1:  # a counterparty joined: hold for its copy
+                for cp in p.via:
+                    seen.setdefault(cp, -1)
+            if p.ts > seen.get(p.counterparty, -1):
+                seen[p.counterparty] = p.ts
+                low = min(seen.values())
+                if low > st.passed.get(p.source, -1):
+                    st.passed[p.source] = moved[p.source] = low
+        st.sources_of = max(st.sources_of, *(p.of for p in items))
+        if not moved:
+            return []
+        keys = ["*", *self._names]
+        n_keys = len(keys)
+        if len(st.reached) < n_keys:
+            # a key not reached yet hears every source's progress, not only the ones that
+            # moved now (_reach_new_keys): a source that has finished moves no more
+            keys = [k for k in keys if k in st.reached]
+        return self._to_limits_keys(keys, moved, n_keys)
+
+    def _to_limits_keys(self, keys: list[str], at: dict[str, int],
+                        n_keys: int) -> list[Progress]:
+        """Each source's progress ``at`` to each of ``keys``, announcing every source on
+        each of the ``n_keys`` limits keys."""
+        of = self.state.sources_of * n_keys
+        return [Progress(counterparty=k, ts=ts, source=src, of=of)
+                for k in keys for src, ts in at.items()]
+
+    def _store(self, e: Exposure) -> None:
+        """``e`` is ``cp``'s latest: in the state and in the name-ordered layout."""
+        cp = e.counterparty
+        self.state.latest[cp] = e
+        k = self._at.get(cp)
+        if k is None:  # a new counterparty: insert it in name order
+            k = bisect_right(self._names, cp)
+            self._names.insert(k, cp)
+            self._exps.insert(k, e)
+            self._at = {c: n for n, c in enumerate(self._names)}
+            self._basis_v = np.insert(self._basis_v, k, self._basis(e))
+            self._shares = np.insert(self._shares, k, 0.0)
+        else:
+            self._exps[k] = e
+            self._basis_v[k] = self._basis(e)
+
+    def _batch(self, items: Iterable[Exposure]) -> list[Exposure]:
+        st = self.state
+        updated: dict[str, None] = {}  # in first-update order (the evidence order)
+        for e in items:
+            old = st.latest.get(e.counterparty)
+            if old is not None and old.seq >= e.seq:
+                continue
+            self._store(e)
+            updated[e.counterparty] = None
+        if not updated:
+            return []
+        exps = self._exps
+        total = float(np.add.reduce(self._basis_v))
+
+        def add_up(field: str) -> float:
+            return reduce(add, map(attrgetter(field), exps), 0.0)
+
+        gross, net, coll = add_up("gross_notional"), add_up("net_notional"), add_up("collateral")
+        upnl, orders = add_up("unrealized_pnl"), add_up("open_order_notional")
+        ts = max(0, *map(attrgetter("ts"), exps))
+        # every by-asset dict is its delta dict (linear books): the same sums, done once
+        deltas = list(map(attrgetter("delta_by_underlying"), exps))
+        assets = list(map(attrgetter("notional_by_asset"), exps))
+        shared = all(map(is_, assets, deltas))
+        delta = _sum_dicts(deltas)
+        by_asset = dict(delta) if shared else _sum_dicts(assets)
+        firm_vols = _newest_vols(exps)
+        stale = set(chain.from_iterable(map(attrgetter("stale_instruments"), exps)))
+        unv_inst = set(chain.from_iterable(map(attrgetter("unvalued_instruments"), exps)))
+        unv_coll = set(chain.from_iterable(map(attrgetter("unvalued_collateral"), exps)))
+        evidence = [rid for cp in updated for rid in st.latest[cp].evidence_ids]
+        shares = self._basis_v / total if total > 0 else np.zeros(len(exps))
+        emit = np.abs(shares - self._shares) > self.config.concentration_epsilon
+        at = self._at
+        emit[[at[cp] for cp in updated]] = True
+        out: list[Exposure] = []
+        for k in np.flatnonzero(emit).tolist():
+            share = float(shares[k])
+            self._shares[k] = share
+            name = self._names[k]
+            st.shares[name] = share
+            # an exposure re-emitted because others moved its share is as of now
+            out.append(msgspec.structs.replace(
+                exps[k], concentration=share, vol_by_underlying=firm_vols,
+                ts=exps[k].ts if name in updated else ts))
+        st.seq += 1
+        st.firm = Exposure(
+            counterparty="*", ts=ts, gross_notional=gross, net_notional=net,
+            delta_by_underlying=delta, notional_by_asset=by_asset, collateral=coll,
+            unrealized_pnl=upnl, open_order_notional=orders,
+            concentration=max(st.shares.values(), default=0.0), stale=bool(stale),
+            stale_instruments=sorted(stale), evidence_ids=evidence[-self.config.max_evidence:],
+            seq=st.seq, vol_by_underlying=firm_vols, unvalued_instruments=sorted(unv_inst),
+            unvalued_collateral=sorted(unv_coll),
+        )
+        out.append(st.firm)
+        return out
+
+
+def _newest_vols(exps: list[Exposure]) -> dict[str, float]:
+    """Per underlying, the vol of the newest exposure (first in name order on a tie).
+
+    Exposures of one batch share one vol dict, so each distinct dict is ranked by
+    (newest ts, first position reaching it) and the best rank sets each key.
+    """
+    seen: dict[int, list[Any]] = {}
+    for pos, e in enumerate(exps):
+        vd = e.vol_by_underlying
+        if vd:
+            cur = seen.get(id(vd))
+            if cur is None:
+                seen[id(vd)] = [e.ts, pos, vd]
+            elif e.ts > cur[0]:
+                cur[0], cur[1] = e.ts, pos
+    vols: dict[str, tuple[float, int]] = {}
+    for t, _pos, vd in sorted(seen.values(), key=lambda r: (-r[0], r[1])):
+        for k, v in vd.items():
+            if k not in vols:
+                vols[k] = (v, t)
+    return {k: v for k, (v, _t) in sorted(vols.items())}

@@ -1,0 +1,772 @@
+"""Stage-1 valuation: marks applied in whole-array runs, and each moved counterparty
+re-valued (whole-array, or in Python for a small book) into one :class:`Part`."""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from itertools import chain, compress, pairwise
+from typing import Any, NamedTuple
+
+import numpy as np
+from riskguard.operators.core.dedup import IdWindow
+from riskguard.operators.exposure.arrays import (
+    _ewma_runs,
+    _not_before_earlier,
+    _row_reduce,
+    _run_ends,
+    _run_starts,
+    _seq_sum,
+    _shifted,
+)
+from riskguard.operators.exposure.config import (
+    NS_PER_S,
+    SECONDS_PER_YEAR,
+    ExposureConfig,
+    _alert_id,
+    _price_of,
+)
+from riskguard.operators.exposure.instruments import (
+    InstrumentRegistry,
+    InstrumentSpec,
+)
+from riskguard.operators.exposure.limits import LimitSpec
+from riskguard.operators.exposure.routing import ShardPlace, shard_key
+from riskguard.operators.exposure.shard_state import _GRIDS, Pending, ShardState
+from riskguard.schemas import (
+    LimitLevel,
+    RiskAlert,
+    Scope,
+    ScopeKind,
+    Severity,
+)
+from riskguard.schemas.valuation import Part
+
+from riskguard.errors import ConfigError
+
+NEVER_STALE = 2**62
+_LEVEL_RANK = {LimitLevel.OK: 0, LimitLevel.WARN: 1, LimitLevel.BREACH: 2}
+_VECTOR_MIN = 64  # fewer plain marks than this are applied one by one (measured crossover)
+_SMALL_HELD = 32  # up to this many held instruments, realized vols are ranked in a loop
+# A book of at most this many cells, none of its rows holding more than _SEQ_SUM_MAX, is
+# re-valued in Python rather than whole-array: a tick's re-valuation of a few positions
+# costs numpy's per-call overhead many times over (about 200 against 60 µs for the demo
+# book). The results are the same bits: numpy sums a segment of up to 8 terms in order,
+# ``a0 + (z + a1 + ... + ak)`` (``z`` is :data:`_SUM_ZERO`), and bincount from 0.0 in order.
+_SMALL_CELLS = 64
+_SEQ_SUM_MAX = 8
+
+
+@dataclass
+class _Layout:
+    """Where a shard's open positions are (derived from its state, not state): rebuilt
+    only when a position opens or closes, not on every re-valuation."""
+
+    active: Any  # bool, rows x columns: a position or open orders in the cell
+    r: Any  # row of each open position, row-major
+    c: Any  # its column
+    flat: Any  # its index in the row-major grid
+    bounds: Any  # row r's positions are [bounds[r], bounds[r + 1])
+    names: list[list[str]]  # per row, its positions' instrument names (shared by parts)
+    mult: Any  # each position's contract multiplier
+    und: Any  # row * underlyings + its underlying's code (the delta bincount's bins)
+    held_u: Any  # bool, rows x underlyings: the row holds that underlying
+    held_cols: Any  # the columns anyone holds
+    # a small book (:data:`_SMALL_CELLS`, rows of at most :data:`_SEQ_SUM_MAX` cells) is
+    # re-valued in Python: each row's columns, and each held column's rows
+    row_cols: list[list[int]] | None = None
+    col_rows: dict[int, list[int]] | None = None
+
+
+class _Valued(NamedTuple):
+    """One re-valuation's per-row results (either core), for :meth:`ShardLogic._parts`."""
+
+    rows: list[int]
+    gross: list[float]
+    net: list[float]
+    upnl: list[float]
+    orders: list[float]
+    delta: list[dict[str, float]]
+    by_asset: list[dict[str, float]]
+    names: list[list[str]]
+    notionals: list[list[float]]
+    mark_ts: list[bytes]
+    oldest: list[int]
+    ts: list[int]
+    unvalued: list[list[str]]
+    evidence: list[list[str]]
+
+
+
+
+class ShardValuation:
+    """The marks and re-valuation of a stage-1 shard: the half of
+    :class:`~riskguard.operators.exposure.shards.ShardLogic` that turns its state into
+    :class:`Part` sums, with the per-instrument caches it derives from config and state
+    (a mixin: ``config``, ``reg``, ``state`` and ``place`` are ShardLogic's)."""
+
+    config: ExposureConfig
+    reg: InstrumentRegistry
+    state: ShardState
+    place: ShardPlace | None
+
+    def _derive(self) -> None:
+        """Per-instrument constants and caches derived from config + state (not state)."""
+        st = self.state
+        reg = self.reg
+        specs = [reg.get(i) for i in st.insts]
+        if any(s is None for s in specs):
+            missing = [i for i, s in zip(st.insts, specs, strict=True) if s is None]
+            where = "exposure.instruments"
+            raise ConfigError(where, "every instrument held in a resumed snapshot",
+                              ", ".join(missing))
+        sp: list[InstrumentSpec] = [s for s in specs if s is not None]
+        self._col = {name: j for j, name in enumerate(st.insts)}
+        self._names = np.array(st.insts, dtype=object)
+        self._mult = np.array([s.multiplier for s in sp], dtype=float)
+        self._is_opt_list = [s.kind == "option" for s in sp]
+        self._is_opt = np.array(self._is_opt_list, dtype=bool)
+        self._quote = [s.quote for s in sp]
+        self._uccy = [s.underlying_ccy for s in sp]
+        und = [s.underlying_asset for s in sp]
+        asset = [s.underlying_asset if s.kind == "option" else s.base for s in sp]
+        self._und_names = sorted(set(und))
+        self._asset_names = sorted(set(asset))
+        ux = {u: k for k, u in enumerate(self._und_names)}
+        ax = {a: k for k, a in enumerate(self._asset_names)}
+        self._und_code = np.array([ux[u] for u in und], dtype=np.int64)
+        self._asset_code = np.array([ax[a] for a in asset], dtype=np.int64)
+        # the same as Python lists, for the small-book re-valuation
+        self._mult_l = self._mult.tolist()
+        self._und_code_l = self._und_code.tolist()
+        self._asset_code_l = self._asset_code.tolist()
+        # no options and asset == underlying everywhere: notional by asset is the delta
+        self._asset_is_delta = not any(self._is_opt_list) and asset == und
+        needing: dict[str, list[int]] = {}
+        for j, s in enumerate(sp):
+            for ccy in {s.quote, s.underlying_ccy}:
+                if ccy != reg.reporting:
+                    needing.setdefault(ccy, []).append(j)
+        self._needing = needing
+        cfg = self.config
+        self._peg_here = frozenset(a for a in cfg.pegs if self._here("a:" + a))
+        w = cfg.peg_warn_bps / cfg.peg_critical_bps
+        self._peg_spec = LimitSpec(limit=1.0, warn=w, hysteresis=w / 2)
+        self._row = {cp: i for i, cp in enumerate(st.cps)}
+        self._seen = [IdWindow(ids, cfg.dedup_window) for ids in st.seen]  # fill ids
+        self._any_orders = bool(st.orders.any())  # else open-order sums are skipped
+        self._lay: _Layout | None = None
+        self._refresh_fx()
+        self._ready = True
+
+    def _here(self, name: str) -> bool:
+        """Is ``name`` (``i:<instrument>``, ``a:<asset>``) held by this shard?"""
+        n = self.config.valuation_shards
+        place = self.place
+        if place is None:
+            return shard_key(name, n) == self.state.key
+        return place.key(name, n) == self.state.key and place.owns(name)
+
+    def _refresh_fx(self) -> None:
+        fx = self.state.fx
+        rep = self.reg.reporting
+
+        def rate(ccy: str) -> float:
+            if ccy == rep:
+                return 1.0
+            cur = fx.get(ccy)
+            return math.nan if cur is None else cur[0]
+
+        self._fxq = np.array([rate(c) for c in self._quote], dtype=float)
+        self._fxu = np.array([rate(c) for c in self._uccy], dtype=float)
+
+    def _row_of(self, cp: str) -> int:
+        i = self._row.get(cp)
+        if i is not None:
+            return i
+        st = self.state
+        i = self._row[cp] = len(st.cps)
+        st.cps.append(cp)
+        self._lay = None
+        if i >= st.qty.shape[0]:
+            cap = max(8, 2 * st.qty.shape[0])
+            k = len(st.insts)
+            for name, (dt, fill) in _GRIDS.items():
+                old = getattr(st, name)
+                grid = np.full((cap, k), fill, dtype=dt)
+                grid[: old.shape[0]] = old
+                setattr(st, name, grid)
+        return i
+
+    def _layout(self) -> _Layout:
+        """The open positions' layout, rebuilt after a position opened or closed."""
+        lay = self._lay
+        if lay is not None:
+            return lay
+        st = self.state
+        n, k = len(st.cps), len(st.insts)
+        active = (st.qty[:n] != 0.0) | (st.orders[:n] != 0.0)
+        flat = np.flatnonzero(active)
+        counts = np.count_nonzero(active, axis=1)
+        r = np.repeat(np.arange(n), counts)  # row-major: each row's cells in one run
+        c = flat - r * k
+        bounds = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(counts, out=bounds[1:])
+        names_all = self._names[c].tolist()
+        b = bounds.tolist()
+        names = [names_all[lo:hi] for lo, hi in pairwise(b)]
+        n_u = len(self._und_names)
+        und = r * n_u + self._und_code[c]
+        held_u = np.bincount(und, None, n * n_u).reshape(n, n_u) > 0
+        self._lay = lay = _Layout(active, r, c, flat, bounds, names, self._mult[c], und,
+                                  held_u, np.flatnonzero(active.any(axis=0)))
+        if len(flat) <= _SMALL_CELLS and int(counts.max(initial=0)) <= _SEQ_SUM_MAX:
+            c_l = c.tolist()
+            lay.row_cols = [c_l[lo:hi] for lo, hi in pairwise(b)]
+            lay.col_rows = {}
+            for row, cols in enumerate(lay.row_cols):
+                for col in cols:
+                    lay.col_rows.setdefault(col, []).append(row)
+        return lay
+
+    def _opened_or_closed(self, old: float, new: float) -> None:
+        """A cell's quantity (or open orders) went from ``old`` to ``new``: when one of
+        them is zero and the other is not, the layout is rebuilt at the next re-valuation."""
+        if (old == 0.0) is not (new == 0.0):
+            self._lay = None
+
+    def _vols(self) -> tuple[Any, Any]:
+        """Realized vol and its time per instrument (feature stream first, else EWMA)."""
+        st = self.state
+        fv, fts = st.feature_vol, st.feature_vol_ts
+        ewma_ok = st.ewma_n >= self.config.vol_min_samples
+        ev = np.sqrt(st.ewma_var * SECONDS_PER_YEAR)
+        use_f = fv >= 0
+        vol = np.where(use_f, fv, np.where(ewma_ok, ev, -1.0))
+        vts = np.where(use_f, fts, np.where(ewma_ok, st.ewma_ts, -1))
+        return vol, vts
+
+
+    def _mark_one(self, j: int, ev: Any, changed: dict[int, str]) -> None:
+        """Apply one mark to column ``j`` (the reference semantics of :meth:`_apply_marks`)."""
+        # reads via .item() (Python scalars): numpy scalars make each compare and each
+        # float operation several times slower; the IEEE results are the same
+        st = self.state
+        ts = ev.ts
+        if ts > st.last_ts.item(j):
+            st.last_ts[j] = ts
+        if ts < st.mark_ts.item(j):
+            return
+        price = _price_of(ev)
+        if price is None:  # a funding rate without a mark price
+            return
+        rid = ev.id
+        st.mark[j] = price
+        st.mark_ts[j] = ts
+        st.mark_id[j] = rid
+        changed[j] = rid
+        if self._is_opt_list[j]:
+            st.opt_delta[j], st.und_price[j] = ev.delta, ev.underlying_price
+        elif price > 0:
+            ets = st.ewma_ts.item(j)
+            if ts > ets:
+                if ets >= 0 and (prev := st.ewma_price.item(j)) > 0:
+                    r = math.log(price / prev)
+                    inst = r * r / ((ts - ets) / NS_PER_S)
+                    alpha = self.config.vol_alpha
+                    n = st.ewma_n.item(j)
+                    st.ewma_var[j] = (inst if n == 0
+                                      else (1 - alpha) * st.ewma_var.item(j) + alpha * inst)
+                    st.ewma_n[j] = n + 1
+                st.ewma_price[j] = price
+                st.ewma_ts[j] = ts
+
+    def _apply_marks(self, runs: list[list[Any]], changed: dict[int, str]) -> int | None:
+        """Apply runs of plain marks (trades, index prices, quotes on non-option columns,
+        see :meth:`Router.route_batch`) in order, whole-array; newest receive time.
+
+        Marks on different columns commute, so grouping by column keeps the per-record
+        semantics of :meth:`_mark_one` exactly (the same float operations in the same
+        order, so the EWMA is bit-identical however the records were batched). Within a
+        column, a mark is accepted when it is not older than the column's mark nor than
+        any earlier mark of the column in the runs, so the accepted ones are in time order
+        whatever the arrival order.
+        """
+        ms = runs[0] if len(runs) == 1 else [e for r in runs for e in r]
+        rts = [e.recv_ts for e in ms]
+        recv = (max(r for r in rts if r is not None) if rts.count(None) != len(rts)
+                else None)
+        col = self._col
+        if len(ms) < _VECTOR_MIN:
+            for ev in ms:
+                self._mark_one(col[ev.instrument], ev, changed)
+            return recv
+        st = self.state
+        cj = np.array([col[e.instrument] for e in ms], dtype=np.int64)
+        order = np.argsort(cj, kind="stable")
+        js = cj[order]
+        ts = np.array([e.ts for e in ms], dtype=np.int64)[order]
+        try:
+            px = np.array([e.price for e in ms], dtype=np.float64)[order]
+        except AttributeError:  # quotes: the mid
+            px = np.array([_price_of(e) for e in ms], dtype=np.float64)[order]
+        starts = _run_starts(js)
+        cols = js[starts]
+        st.last_ts[cols] = np.maximum(st.last_ts[cols],
+                                      np.maximum.reduceat(ts, np.flatnonzero(starts)))
+        # accepted: not older than the column's mark, nor than any earlier mark of the run
+        # on that column (several venues' prices of one instrument interleave)
+        acc = ts >= st.mark_ts[js]
+        if ((js[1:] == js[:-1]) & (ts[1:] < ts[:-1])).any():
+            acc &= _not_before_earlier(js, ts, starts)
+        a = np.flatnonzero(acc)
+        if not len(a):
+            return recv
+        # the accepted marks are in time order per column: the last one is the mark
+        js, ts, px, order = js[a], ts[a], px[a], order[a]
+        last = np.flatnonzero(_run_ends(js))
+        ac = js[last]
+        st.mark[ac] = px[last]
+        st.mark_ts[ac] = ts[last]
+        ids = [ms[k].id for k in order[last].tolist()]
+        st.mark_id[ac] = ids
+        changed.update(zip(ac.tolist(), ids, strict=True))
+        self._ewma(js, ts, px)
+        return recv
+
+    def _ewma(self, js: Any, ts: Any, px: Any) -> None:
+        """The EWMA of realized variance over accepted marks grouped by column, each
+        column's in time order."""
+        st = self.state
+        f = np.flatnonzero(px > 0)
+        if not len(f):
+            return
+        fj, ft, fp = js[f], ts[f], px[f]
+        new_f = _run_starts(fj)
+        # an update needs a strictly newer time than the column's previous update
+        keep = ft > np.where(new_f, st.ewma_ts[fj], _shifted(ft, 0))
+        kj, kt, kp = fj[keep], ft[keep], fp[keep]
+        if not len(kj):
+            return
+        new_k = _run_starts(kj)
+        pt = np.where(new_k, st.ewma_ts[kj], _shifted(kt, 0))
+        pp = np.where(new_k, st.ewma_price[kj], _shifted(kp, 0.0))
+        h = np.flatnonzero((pt >= 0) & (pp > 0))
+        if len(h):
+            r = np.array(list(map(math.log, (kp[h] / pp[h]).tolist())))
+            x = r * r / ((kt[h] - pt[h]) / NS_PER_S)
+            hj = kj[h]
+            first = np.flatnonzero(_run_starts(hj))
+            cols = hj[first]
+            lens = np.diff(np.append(first, len(hj)))
+            cnt = st.ewma_n[cols]
+            st.ewma_var[cols] = _ewma_runs(st.ewma_var[cols], cnt == 0, x, first, lens,
+                                           self.config.vol_alpha)
+            st.ewma_n[cols] = cnt + lens
+        lk = np.flatnonzero(_run_ends(kj))
+        st.ewma_price[kj[lk]] = kp[lk]
+        st.ewma_ts[kj[lk]] = kt[lk]
+
+
+    def _missing_alerts(self, bad: list[int], good: Any, active_all: Any,
+                        touched_cols: dict[int, tuple[str, int]],
+                        changed: dict[int, str]) -> list[Any]:
+        """``missing_mark`` / ``missing_fx`` once per instrument until it is valued again.
+
+        ``bad``: columns re-valued or touched in this batch that cannot be valued;
+        ``good``: mask of those that were valued (their alert latch is cleared).
+        """
+        st = self.state
+        out: list[Any] = []
+        if st.alerted:
+            for name in [nm for nm in st.alerted if nm in self._col and good[self._col[nm]]]:
+                del st.alerted[name]
+        for j in bad:
+            name = st.insts[j]
+            if mark_missing := math.isnan(st.mark[j]):
+                kind, why = "missing_mark", f"no mark yet for {name}"
+            else:
+                fxq = self._fxq[j]
+                ccy = self._quote[j] if math.isnan(fxq) else self._uccy[j]
+                kind, why = "missing_fx", f"no FX rate {ccy}->{self.reg.reporting} for {name}"
+            seen = st.alerted.setdefault(name, {})
+            slot = "mark" if mark_missing else "fx"
+            if seen.get(slot) == kind:
+                continue
+            seen[slot] = kind
+            hit = touched_cols.get(j)
+            if hit is not None:
+                rid, row = hit
+            else:
+                rid, row = changed.get(j) or st.mark_id[j], int(np.argmax(active_all[:, j]))
+            cp = st.cps[row]
+            reason = (f"{why}; position of {cp} is unvalued" if mark_missing else why)
+            out.append(RiskAlert(
+                id=_alert_id(kind, name, cp, rid), kind=kind,
+                scope=Scope(kind=ScopeKind.INSTRUMENT, value=name), ts=int(st.last_ts[j]),
+                severity=Severity.WARN, reason=reason,
+                details={"counterparty": cp}, evidence_ids=[rid],
+            ))
+        return out
+
+    def _collateral(self, cp: str) -> tuple[float, list[str], int, list[Any]]:
+        """``(value, unvalued assets, newest ts, alerts)`` of ``cp``'s balances here."""
+        st = self.state
+        value = 0.0
+        unvalued: list[str] = []
+        ts = 0
+        alerts: list[Any] = []
+        rep = self.reg.reporting
+        for asset, held in st.balances.items():
+            cur = held.get(cp)
+            if cur is None:
+                continue
+            ts = max(ts, st.asset_ts.get(asset, 0))
+            fx = (1.0, -1) if asset == rep else st.fx.get(asset)
+            key = "a:" + asset
+            if fx is None:
+                unvalued.append(asset)
+                seen = st.alerted.setdefault(key, {})
+                if seen.get("fx") != "missing_fx":
+                    seen["fx"] = "missing_fx"
+                    alerts.append(RiskAlert(
+                        id=_alert_id("missing_fx", asset, cp, cur[1]), kind="missing_fx",
+                        scope=Scope(kind=ScopeKind.INSTRUMENT, value=asset),
+                        ts=st.asset_ts.get(asset, 0), severity=Severity.WARN,
+                        reason=f"no FX rate {asset}->{rep} for collateral",
+                        details={"counterparty": cp}, evidence_ids=[str(cur[1])],
+                    ))
+            else:
+                st.alerted.pop(key, None)
+                value += cur[0] * fx[0]
+        return value, unvalued, ts, alerts
+
+    def _revalue(self, out: list[Any], acc: Pending, recv_ts: int | None,
+                 ts: int | None = None) -> list[Any]:
+        """One :class:`Part` per counterparty whose value ``acc`` says may have moved
+        (stamped ``ts`` when given: the tick that re-valued it)."""
+        if not self.state.cps:
+            return out
+        lay = self._layout()
+        core = self._revalue_small if lay.row_cols is not None else self._revalue_whole
+        valued = core(out, acc, lay)
+        if valued is None:
+            return out
+        return self._parts(out, acc, lay, valued, recv_ts, ts)
+
+    def _revalue_whole(self, out: list[Any], acc: Pending, lay: _Layout) -> _Valued | None:
+        """The rows ``acc`` moved, valued with whole-array operations (any book); missing
+        mark and FX alerts go to ``out``. None: no row moved."""
+        changed, touched = acc.changed, acc.touched
+        touched_cols, coll_dirty = acc.touched_cols, acc.coll_dirty
+        st = self.state
+        n = len(st.cps)
+        cap = self.config.max_evidence
+        active_all = lay.active
+        mark = st.mark
+        fxq, fxu = self._fxq, self._fxu
+        valued = ~(np.isnan(mark) | np.isnan(fxq) | np.isnan(fxu))
+        dirty = np.zeros(n, dtype=bool)
+        jc = np.fromiter(changed, dtype=np.int64, count=len(changed))
+        if len(jc):
+            held_jc = active_all[:, jc]
+            dirty |= held_jc.any(axis=1)
+        if touched:
+            dirty[list(touched)] = True
+        if coll_dirty:
+            dirty[list(coll_dirty)] = True
+        if touched_cols or changed:
+            cand = np.zeros(len(st.insts), dtype=bool)
+            if len(jc):
+                cand[jc] = held_jc.any(axis=0)
+            if touched_cols:
+                cand[list(touched_cols)] = True
+            bad = np.flatnonzero(cand & ~valued).tolist()
+            if bad or st.alerted:
+                out.extend(self._missing_alerts(bad, cand & valued, active_all, touched_cols,
+                                                changed))
+        rows = np.flatnonzero(dirty)
+        if not len(rows):
+            return None
+        opt = self._is_opt
+        und_px = st.und_price
+        nf = np.where(valued, np.where(opt, und_px * fxu, mark * fxq), 0.0)
+        df = np.where(valued, np.where(opt, st.opt_delta * und_px * fxu, nf), 0.0)
+        fx_v = np.where(valued, fxq, 0.0)
+        mark_v = np.where(valued, mark, 0.0)
+        # the held positions of the dirty rows only, row-major (a few thousand cells rather
+        # than the whole counterparty x instrument grid)
+        m = len(rows)
+        rows_l = rows.tolist()
+        n_u = len(self._und_names)
+        if m == n:  # every row: the layout's cached gathers
+            act, r_i, c_i, flat, bounds_a = active_all, lay.r, lay.c, lay.flat, lay.bounds
+            names_rows = lay.names
+            mult, ug, held_u = lay.mult, lay.und, lay.held_u
+        else:
+            act = active_all[rows]
+            pick = np.flatnonzero(dirty[lay.r])
+            c_i, flat = lay.c[pick], lay.flat[pick]
+            r_i = (np.cumsum(dirty) - 1)[lay.r[pick]]
+            bounds_a = np.zeros(m + 1, dtype=np.int64)
+            np.cumsum(np.diff(lay.bounds)[rows], out=bounds_a[1:])
+            names_rows = [lay.names[i] for i in rows_l]
+            mult, ug, held_u = lay.mult[pick], r_i * n_u + self._und_code[c_i], lay.held_u[rows]
+        qm = st.qty.ravel()[flat] * mult
+        notional = qm * nf[c_i]
+        upnl = qm * (mark_v[c_i] - st.avg.ravel()[flat]) * fx_v[c_i]
+        # no average entry price (nan): no unrealized PnL for that position
+        upnl[np.isnan(upnl)] = 0.0
+        # each row's positions are one run (row-major): a segmented sum, 10x a bincount's
+        gross = _row_reduce(np.add, np.abs(notional), bounds_a, 0.0)
+        net = _row_reduce(np.add, notional, bounds_a, 0.0)
+        upnl_s = _row_reduce(np.add, upnl, bounds_a, 0.0)
+        ord_s = (_row_reduce(np.add, st.orders.ravel()[flat] * fx_v[c_i], bounds_a, 0.0)
+                 if self._any_orders else [0.0] * m)
+        d_u: Any = np.bincount(ug, qm * df[c_i], m * n_u).reshape(m, n_u).tolist()
+        held_all_u: Any = held_u.all(axis=1).tolist()
+        held_u_l = held_u.tolist()
+        same = self._asset_is_delta
+        if not same:
+            n_a = len(self._asset_names)
+            ag = r_i * n_a + self._asset_code[c_i]
+            d_a: Any = np.bincount(ag, notional, m * n_a).reshape(m, n_a).tolist()
+            held_a = np.bincount(ag, None, m * n_a).reshape(m, n_a) > 0
+            held_all_a: Any = held_a.all(axis=1).tolist()
+            held_a_l = held_a.tolist()
+        mts_c = np.where(valued, st.mark_ts, NEVER_STALE)[c_i]
+        # every per-row list in one pass each, then sliced per row
+        not_all = notional.tolist()
+        # parts carry packed little-endian int64s, not per-position int objects
+        mts_b = mts_c.astype("<i8", copy=False).tobytes()
+        bounds = bounds_a.tolist()
+        ts_rows = _row_reduce(np.maximum, st.last_ts[c_i], bounds_a, 0)
+        oldest_rows = _row_reduce(np.minimum, mts_c, bounds_a, NEVER_STALE)
+        und_names = self._und_names
+        any_unvalued = (act & ~valued).any(axis=1).tolist()
+        if len(jc):
+            # evidence: ids of the newest ``cap`` re-valuing records per row
+            cmask = np.zeros(len(st.insts), dtype=bool)
+            cmask[jc] = True
+            trig = np.empty(len(st.insts), dtype=object)
+            trig[jc] = list(changed.values())
+            flagged = np.flatnonzero(cmask[c_i])
+            ends = np.searchsorted(flagged, bounds_a[1:])[r_i[flagged]]
+            kept = flagged[ends - np.arange(len(flagged)) <= cap]
+            cc_all = trig[c_i[kept]].tolist()
+            cbounds: Any = np.searchsorted(kept, bounds_a).tolist()
+        # the per-row lists, one comprehension each
+        spans = list(pairwise(bounds))
+        not_rows = [not_all[lo:hi] for lo, hi in spans]
+        mts_rows = [mts_b[8 * lo:8 * hi] for lo, hi in spans]
+        ds = [dict(zip(und_names, row, strict=True)) if full
+              else dict(compress(zip(und_names, row, strict=True), held))
+              for row, full, held in zip(d_u, held_all_u, held_u_l, strict=True)]
+        # sharing one dict for both is safe: parts and exposures never mutate them
+        if same:
+            as_ = ds
+        else:
+            as_ = [dict(zip(self._asset_names, row, strict=True)) if full
+                   else dict(compress(zip(self._asset_names, row, strict=True), held))
+                   for row, full, held in zip(d_a, held_all_a, held_a_l, strict=True)]
+        evid: list[list[str]] = ([cc_all[lo:hi] for lo, hi in pairwise(cbounds)] if len(jc)
+                                 else [[] for _ in rows_l])
+        unvalued: list[list[str]] = [[] for _ in rows_l]
+        if any(any_unvalued):
+            valued_l = valued.tolist()
+            c_l = c_i.tolist()
+            for k, (lo, hi) in enumerate(spans):
+                if any_unvalued[k]:
+                    unvalued[k] = [nm for nm, c in zip(names_rows[k], c_l[lo:hi], strict=True)
+                                   if not valued_l[c]]
+        return _Valued(rows_l, gross, net, upnl_s, ord_s, ds, as_, names_rows, not_rows,
+                       mts_rows, oldest_rows, ts_rows, unvalued, evid)
+
+    def _revalue_small(self, out: list[Any], acc: Pending, lay: _Layout) -> _Valued | None:
+        """:meth:`_revalue_whole` for a small book (``lay.row_cols``), in Python: the same
+        values, bit for bit (the same IEEE operations in the same order; see
+        :data:`_SMALL_CELLS`), at a fraction of the numpy calls' fixed cost."""
+        changed, touched = acc.changed, acc.touched
+        touched_cols, coll_dirty = acc.touched_cols, acc.coll_dirty
+        st = self.state
+        row_cols, col_rows = lay.row_cols, lay.col_rows
+        assert row_cols is not None and col_rows is not None  # a small layout
+        held_changed = [j for j in changed if j in col_rows]
+        dirty = set(touched)
+        dirty.update(coll_dirty)
+        for j in held_changed:
+            dirty.update(col_rows[j])
+        rows = sorted(dirty)
+        cand = dict.fromkeys(held_changed)
+        cand.update(dict.fromkeys(touched_cols))
+        # per column needed: (valued, notional factor, delta factor, fx, mark, mark time)
+        mark, mark_ts, fxq, fxu = st.mark, st.mark_ts, self._fxq, self._fxu
+        opt, und_px, opt_delta = self._is_opt_list, st.und_price, st.opt_delta
+        col: dict[int, tuple[bool, float, float, float, float, int]] = {}
+        isnan = math.isnan
+        for j in chain.from_iterable([row_cols[i] for i in rows] + [list(cand)]):
+            if j in col:
+                continue
+            mk, q, u = mark.item(j), fxq.item(j), fxu.item(j)
+            if isnan(mk) or isnan(q) or isnan(u):  # no mark or no FX rate
+                col[j] = (False, 0.0, 0.0, 0.0, 0.0, NEVER_STALE)
+            elif opt[j]:
+                up = und_px.item(j)
+                col[j] = (True, up * u, opt_delta.item(j) * up * u, q, mk, mark_ts.item(j))
+            else:
+                nf = mk * q
+                col[j] = (True, nf, nf, q, mk, mark_ts.item(j))
+        if cand:
+            bad = sorted(j for j in cand if not col[j][0])
+            if bad or st.alerted:
+                good = np.zeros(len(st.insts), dtype=bool)
+                good[[j for j in cand if col[j][0]]] = True
+                out.extend(self._missing_alerts(bad, good, lay.active, touched_cols, changed))
+        if not rows:
+            return None
+        cap = self.config.max_evidence
+        qty, avg, orders = st.qty, st.avg, st.orders
+        any_orders = self._any_orders
+        mult, und_code, asset_code = self._mult_l, self._und_code_l, self._asset_code_l
+        und_names, asset_names = self._und_names, self._asset_names
+        last_ts = st.last_ts
+        same = self._asset_is_delta
+        v = _Valued(rows, [], [], [], [], [], [], [], [], [], [], [], [], [])
+        for i in rows:
+            cols = row_cols[i]
+            nots: list[float] = []
+            ups: list[float] = []
+            ords: list[float] = []
+            mts: list[int] = []
+            du: dict[int, float] = {}
+            da: dict[int, float] = {}
+            unvalued: list[str] = []
+            for c, name in zip(cols, lay.names[i], strict=True):
+                ok, nf, df, fxv, mv, mt = col[c]
+                qm = qty.item(i, c) * mult[c]
+                nt = qm * nf
+                up = qm * (mv - avg.item(i, c)) * fxv
+                nots.append(nt)
+                ups.append(0.0 if isnan(up) else up)  # no average entry price: no PnL
+                if any_orders:
+                    ords.append(orders.item(i, c) * fxv)
+                mts.append(mt)
+                u = und_code[c]
+                du[u] = du.get(u, 0.0) + qm * df
+                if not same:
+                    a = asset_code[c]
+                    da[a] = da.get(a, 0.0) + nt
+                if not ok:
+                    unvalued.append(name)
+            v.gross.append(_seq_sum([abs(x) for x in nots]))
+            v.net.append(_seq_sum(nots))
+            v.upnl.append(_seq_sum(ups))
+            v.orders.append(_seq_sum(ords))
+            d = {und_names[u]: du[u] for u in sorted(du)}
+            v.delta.append(d)
+            v.by_asset.append(d if same else {asset_names[a]: da[a] for a in sorted(da)})
+            v.names.append(lay.names[i])
+            v.notionals.append(nots)
+            v.mark_ts.append(struct.pack(f"<{len(mts)}q", *mts))
+            v.oldest.append(min(mts, default=NEVER_STALE))
+            v.ts.append(max((last_ts.item(c) for c in cols), default=0))
+            v.unvalued.append(unvalued)
+            v.evidence.append([changed[c] for c in cols if c in changed][-cap:])
+        return v
+
+    def _parts(self, out: list[Any], acc: Pending, lay: _Layout, v: _Valued,
+               recv_ts: int | None, ts: int | None) -> list[Any]:
+        """The rows' parts from their values: own records and collateral added to each
+        row's evidence and time, stamped ``ts`` when given."""
+        touched, touched_ts, coll_dirty = acc.touched, acc.touched_ts, acc.coll_dirty
+        st = self.state
+        cap = self.config.max_evidence
+        rows_l = v.rows
+        m = len(rows_l)
+        evid, ts_rows, unvalued = v.evidence, v.ts, v.unvalued
+        cps = st.cps if m == len(st.cps) else [st.cps[i] for i in rows_l]
+        # realized vol per underlying is a market property: one dict shared by every part
+        uvol = self._und_vols(lay.held_cols)
+        uvol_values = {u: x for u, (x, _t) in sorted(uvol.items())}
+        where = {i: k for k, i in enumerate(rows_l)} if m != len(st.cps) else None
+        for i, own in touched.items():  # own records last, newest kept
+            k = i if where is None else where[i]
+            evid[k] = ([e for e in evid[k] if e not in own] + own)[-cap:]
+            ts_rows[k] = max(ts_rows[k], touched_ts.get(i, 0))
+        colls = [0.0] * m
+        if st.balances:
+            for k, cp in enumerate(cps):
+                colls[k], unv_coll, cts, alerts = self._collateral(cp)
+                out.extend(alerts)
+                unvalued[k].extend(unv_coll)
+                ts_rows[k] = max(ts_rows[k], cts)
+        for i, rid in coll_dirty.items():
+            k = i if where is None else where[i]
+            if rid not in evid[k]:
+                evid[k] = [*evid[k][1 - cap:], rid] if cap > 1 else [rid]
+        if ts is not None:
+            ts_rows = [ts] * m
+        seq0 = st.seq
+        st.seq += m
+        key = st.key
+        out.extend(
+            Part(cp, key, seq, ts, g, nt, u, o, c, d, a, nm, no, mb, old, unv, uvol,
+                 uvol_values, ev, recv_ts)
+            for cp, seq, ts, g, nt, u, o, c, d, a, nm, no, mb, old, unv, ev in zip(
+                cps, range(seq0 + 1, seq0 + m + 1), ts_rows, v.gross, v.net, v.upnl, v.orders,
+                colls, v.delta, v.by_asset, v.names, v.notionals, v.mark_ts, v.oldest, unvalued,
+                evid, strict=True))
+        return out
+
+    def _und_vols(self, held_cols: Any) -> dict[str, tuple[float, int]]:
+        """Newest realized vol per underlying among ``held_cols`` (the instruments anyone
+        holds here): ``{underlying: (vol, its time)}`` in underlying order; on a tie in
+        time, the last of ``held_cols`` wins."""
+        if len(held_cols) <= _SMALL_HELD:
+            return self._und_vols_small(held_cols.tolist())
+        return self._und_vols_whole(held_cols)
+
+    def _und_vols_whole(self, held_cols: Any) -> dict[str, tuple[float, int]]:
+        """:meth:`_und_vols` in whole-array steps."""
+        vol, vol_ts = self._vols()
+        idx = held_cols[vol_ts[held_cols] >= 0]
+        uv: dict[str, tuple[float, int]] = {}
+        if len(idx):
+            codes = self._und_code[idx]
+            vts = vol_ts[idx]
+            order = np.lexsort((vts, codes))
+            sc = codes[order]
+            last = np.flatnonzero(_run_ends(sc))
+            best = idx[order[last]]
+            names = map(self._und_names.__getitem__, sc[last].tolist())
+            uv = dict(zip(names, zip(vol[best].tolist(), vol_ts[best].tolist(), strict=True),
+                          strict=True))
+        return uv
+
+    def _und_vols_small(self, held: list[int]) -> dict[str, tuple[float, int]]:
+        """:meth:`_und_vols` one column at a time: for a few held instruments, each of
+        the whole-array path's numpy calls costs more than the loop (4 against 23 µs per
+        re-valuation for the demo's 3 held instruments). The same values, bit for bit."""
+        st = self.state
+        fv, fts = st.feature_vol, st.feature_vol_ts
+        ewma_n, ewma_var, ewma_ts = st.ewma_n, st.ewma_var, st.ewma_ts
+        need = self.config.vol_min_samples
+        codes = self._und_code
+        best: dict[int, tuple[int, float]] = {}  # underlying code -> (time, vol)
+        for j in held:
+            f = float(fv[j])
+            if f >= 0:
+                t, v = int(fts[j]), f
+            elif ewma_n[j] >= need:
+                t, v = int(ewma_ts[j]), math.sqrt(float(ewma_var[j]) * SECONDS_PER_YEAR)
+            else:
+                continue
+            if t < 0:
+                continue
+            u = int(codes[j])
+            cur = best.get(u)
+            if cur is None or t >= cur[0]:
+                best[u] = (t, v)
+        names = self._und_names
+        return {names[u]: (v, t) for u, (t, v) in sorted(best.items())}
