@@ -81,10 +81,10 @@ from riskguard.operators.exposure.ops import (
     trust_verifier,
     value_positions,
 )
-from riskguard.operators.feeds import FeedConfig, FeedMonitorLogic, FeedSelectLogic
+from riskguard.operators.mitigation.feeds import FeedConfig, FeedMonitorLogic, FeedSelectLogic
+from riskguard.operators.mitigation.ops import plan_mitigation
+from riskguard.operators.mitigation.playbook import PlaybookConfig
 from riskguard.operators.operator_commands import OPERATOR_COMMANDS_KEY, OperatorCommandLogic
-from riskguard.operators.playbook import PlaybookConfig
-from riskguard.operators.playbook_op import plan_mitigation
 from riskguard.operators.signing import SignConfig, decode_command
 from riskguard.operators.signing_op import sign_commands
 from riskguard.operators.trust import RootSet, TrustStore

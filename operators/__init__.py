@@ -5,7 +5,9 @@
 - :mod:`riskguard.operators.detection`: market records in, anomaly and dislocation
   signals out (features, the online detector, move bands, cross rates);
 - :mod:`riskguard.operators.exposure`: positions and marks in, exposures and limit
-  levels out (sharded valuation, counterparty and firm rollup, limits).
+  levels out (sharded valuation, counterparty and firm rollup, limits);
+- :mod:`riskguard.operators.mitigation`: signals in, graduated mitigation commands out
+  (the playbook and its rules, feed failover).
 
 Old flat module paths
 ---------------------
@@ -20,7 +22,7 @@ New code imports the new paths.
 
 import sys
 
-from riskguard.operators import core, detection, exposure
+from riskguard.operators import core, detection, exposure, mitigation
 
 # old flat module name -> its module under the domain subpackages
 _OLD_PATHS = {
@@ -43,6 +45,9 @@ _OLD_PATHS = {
     "instruments": "exposure.instruments",
     "limits": "exposure.limits",
     "risk": "exposure.ops",
+    "feeds": "mitigation.feeds",
+    "playbook": "mitigation.playbook",
+    "playbook_op": "mitigation.ops",
 }
 
 
@@ -55,4 +60,4 @@ def _register_old_paths() -> None:
 
 _register_old_paths()
 
-__all__ = ["core", "detection", "exposure"]
+__all__ = ["core", "detection", "exposure", "mitigation"]

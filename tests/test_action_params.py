@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 from riskguard.dataflows.stress import load_scenario, run_scenario, scenario_path
 from riskguard.operators.core.clock import ManualClock
-from riskguard.operators.playbook import PlaybookConfig, PlaybookLogic, Rule, Rung, S, Tick
+from riskguard.operators.mitigation.playbook import (
+    PlaybookConfig,
+    PlaybookLogic,
+    Rule,
+    Rung,
+    S,
+    Tick,
+)
 from riskguard.schemas import (
     FIRM,
     Action,

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from riskguard.dataflows import stress
 from riskguard.dataflows.guard import GuardConfig, load_guard_config
-from riskguard.operators.playbook import PlaybookConfig
+from riskguard.operators.mitigation.playbook import PlaybookConfig
 
 from riskguard.config import check_known_keys, decode_section, read_playbook_file
 from riskguard.errors import ConfigError

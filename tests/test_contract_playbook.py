@@ -6,7 +6,14 @@ from collections.abc import Callable
 
 import pytest
 from contract import CHECKS, Case
-from riskguard.operators.playbook import PlaybookConfig, Rule, Rung, S, Tick, playbook_builder
+from riskguard.operators.mitigation.playbook import (
+    PlaybookConfig,
+    Rule,
+    Rung,
+    S,
+    Tick,
+    playbook_builder,
+)
 from riskguard.schemas import Action, LimitLevel, Severity
 from test_playbook import FLASH, HB, _two_incidents, alert, anomaly, breach, cp, resume, venue
 

@@ -7,7 +7,12 @@ from contract import CHECKS, Case
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from riskguard.operators.core.clock import TICK_IDLE_NS, ManualClock, Tick
-from riskguard.operators.feeds import FeedConfig, FeedMonitorLogic, FeedSelectLogic, VenueFeeds
+from riskguard.operators.mitigation.feeds import (
+    FeedConfig,
+    FeedMonitorLogic,
+    FeedSelectLogic,
+    VenueFeeds,
+)
 from riskguard.schemas import Quote, VenueState, VenueStatus
 
 S = 1_000_000_000
@@ -165,7 +170,7 @@ def test_feed_selection_by_batch_equals_one_event_at_a_time(events: list[object]
     ``FeedState.step`` (the reference below), however the events are cut into batches;
     so does the guard's per-venue wrapper, for selection and for the monitor."""
     from riskguard.dataflows.guard import _PerVenue
-    from riskguard.operators.feeds import FeedState
+    from riskguard.operators.mitigation.feeds import FeedState
 
     vf = CFG.venues["okx"]
     ref_state = FeedState(venue="okx", active=vf.primary)

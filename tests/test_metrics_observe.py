@@ -292,8 +292,8 @@ def test_plan_mitigation_counts_signals_that_wait_for_the_watermark() -> None:
     operator counts it in ``riskguard_reorder_total{step, outcome="held"}`` (``step`` is
     the operator's full step id)."""
     from riskguard.operators.core.clock import Tick
-    from riskguard.operators.playbook import PlaybookConfig, Rule, Rung
-    from riskguard.operators.playbook_op import plan_mitigation
+    from riskguard.operators.mitigation.ops import plan_mitigation
+    from riskguard.operators.mitigation.playbook import PlaybookConfig, Rule, Rung
     from riskguard.schemas import Action, RiskAlert, Severity
 
     s = 1_000_000_000

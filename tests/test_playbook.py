@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from riskguard.operators.core.clock import ManualClock
-from riskguard.operators.playbook import (
+from riskguard.operators.mitigation.playbook import (
     PlaybookConfig,
     PlaybookLogic,
     Rule,
@@ -458,7 +458,7 @@ def _flow(events: list[Any], oks: list[Any], errs: list[Any]) -> Any:
     import bytewax.operators as op
     from bytewax.dataflow import Dataflow
     from bytewax.testing import TestingSink, TestingSource
-    from riskguard.operators.playbook_op import plan_mitigation
+    from riskguard.operators.mitigation.ops import plan_mitigation
 
     flow = Dataflow("playbook_test")
     out = plan_mitigation("playbook", op.input("in", flow, TestingSource(events)),

@@ -9,7 +9,7 @@ sent no progress for ``silent_ns`` of processing time while the firm tier's own
 event time moved past that worker's newest progress, and one ``detect_restored``
 once every silent worker's progress has come back. The playbook treats them as
 one firm-scope incident and its close
-(:data:`~riskguard.operators.playbook.CLOSERS`).
+(:data:`~riskguard.operators.mitigation.rules.CLOSERS`).
 
 Checks run as ticks arrive: the firm tier's own (one per worker per tick of
 event time) and the detect workers' (their progress records). A firm tier

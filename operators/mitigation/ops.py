@@ -1,9 +1,9 @@
-"""Bytewax adapter for :mod:`riskguard.operators.playbook`.
+"""Bytewax adapter for :mod:`riskguard.operators.mitigation.playbook`.
 
 >>> import bytewax.operators as op
 >>> from bytewax.dataflow import Dataflow
 >>> from bytewax.testing import TestingSink, TestingSource, run_main
->>> from riskguard.operators.playbook import S, Rule, Rung, Tick
+>>> from riskguard.operators.mitigation.playbook import S, Rule, Rung, Tick
 >>> from riskguard.schemas import Action, RiskAlert, Scope, ScopeKind, Severity
 >>> cfg = PlaybookConfig(issuer="guard", venues=("okx", "binance", "kraken"), rules=(Rule(
 ...     name="venue_down", signal="heartbeat_loss", scope="venue:*", quiet_s=30,
@@ -38,7 +38,7 @@ from bytewax.dataflow import Stream, operator
 from riskguard.operators.core.base import SplitOut, split_dead_letters, stateful_logic
 from riskguard.operators.core.clock import system_clock
 from riskguard.operators.core.metrics import reorder_counter
-from riskguard.operators.playbook import PlaybookConfig, Tick, playbook_builder
+from riskguard.operators.mitigation.playbook import PlaybookConfig, Tick, playbook_builder
 from riskguard.schemas.commands import MitigationCommand
 
 __all__ = ["PlaybookConfig", "Tick", "plan_mitigation"]
@@ -66,7 +66,7 @@ def plan_mitigation(
     ``signals`` carries :class:`~riskguard.schemas.AnomalySignal`,
     :class:`~riskguard.schemas.RiskAlert`, :class:`~riskguard.schemas.LimitBreach`,
     verified manual ``resume`` :class:`~riskguard.schemas.MitigationCommand` and
-    :class:`~riskguard.operators.playbook.Tick` items. Everything runs under one
+    :class:`~riskguard.operators.mitigation.playbook.Tick` items. Everything runs under one
     key (``"firm"``) so the command-rate cap, the mitigations in force and
     venue health live in one place; signals are rare, so this is cheap.
     Commands leave with ``seq=0`` for the signing step to number. Anything
