@@ -26,15 +26,15 @@ from collections.abc import Callable
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from riskguard.operators.audit import AuditConfig, AuditLogic
-from riskguard.operators.crypto import (
+from riskguard.operators.signing import SignConfig, SignLogic
+from riskguard.operators.signing.crypto import (
     PAYLOAD_COMMAND,
     Signer,
     decode_envelope,
     encode_envelope,
     pae,
 )
-from riskguard.operators.signing import SignConfig, SignLogic
-from riskguard.operators.trust import TrustStore, parse_trust, trust_doc_to_toml
+from riskguard.operators.signing.trust import TrustStore, parse_trust, trust_doc_to_toml
 from riskguard.schemas.commands import Audience, MitigationCommand
 from riskguard.schemas.signals import Scope, ScopeKind
 

@@ -36,7 +36,7 @@ from riskguard.operators.audit import (
     KeyLookup,
     decode_item,
 )
-from riskguard.operators.crypto import VerifyKey
+from riskguard.operators.signing.crypto import VerifyKey
 
 from riskguard.errors import BrokerError
 

@@ -5,7 +5,7 @@ delivered command, must never hand out a ``seq`` that subscribers have
 already seen: they would drop the new command as a replay, and if it differs
 from the one first sent under that ``seq``, it is lost. The topic itself is
 the record of what was delivered, so the signer starts after the highest
-``seq`` found there (see :func:`riskguard.operators.signing_op.sign_commands`).
+``seq`` found there (see :func:`riskguard.operators.signing.ops.sign_commands`).
 
 Only envelopes whose signature verifies under the signer's own public key
 count: a forged message cannot push the sequence anywhere, and anything that
@@ -30,7 +30,7 @@ import msgspec
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from riskguard.connectors.kafka import list_partitions
 from riskguard.connectors.settings import KafkaSettings
-from riskguard.operators.crypto import PAYLOAD_COMMAND, VerifyKey, decode_envelope
+from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, VerifyKey, decode_envelope
 from riskguard.schemas.json_limits import check_json_depth
 
 from riskguard.errors import BrokerError

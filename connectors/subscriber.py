@@ -47,8 +47,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from riskguard.operators.core.clock import Clock, system_clock
 from riskguard.operators.core.observe import observe_gap, observe_rejection
-from riskguard.operators.crypto import PAYLOAD_COMMAND, Reason, decode_envelope
-from riskguard.operators.trust import DEFAULT_LEEWAY_NS, TrustStore
+from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, Reason, decode_envelope
+from riskguard.operators.signing.trust import DEFAULT_LEEWAY_NS, TrustStore
 from riskguard.schemas.commands import Audience, MitigationCommand
 
 from riskguard.errors import BrokerError, DeliveryError, TrustError, VerificationError

@@ -40,9 +40,9 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from riskguard.connectors.replay import ReplayFile, replay_input
 from riskguard.dataflows.guard import GuardConfig, guard_core, load_guard_config, load_keys
 from riskguard.operators.core.clock import ManualClock
-from riskguard.operators.crypto import Signer
 from riskguard.operators.signing import decode_command
-from riskguard.operators.trust import TrustStore
+from riskguard.operators.signing.crypto import Signer
+from riskguard.operators.signing.trust import TrustStore
 from riskguard.schemas import (
     AnomalySignal,
     DeadLetter,

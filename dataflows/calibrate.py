@@ -48,7 +48,7 @@ from riskguard.dataflows.backtest import (
 )
 from riskguard.dataflows.guard import GuardConfig, load_guard_config, load_keys
 from riskguard.dataflows.report import alarms_of, episode_metrics, scope_related
-from riskguard.operators.crypto import PAYLOAD_LIMIT_UPDATE, Signer, sign_envelope
+from riskguard.operators.signing.crypto import PAYLOAD_LIMIT_UPDATE, Signer, sign_envelope
 from riskguard.schemas import Action, Audience, LimitUpdate, SignedEnvelope, encode
 
 from riskguard.config import check_key_path, inline_playbook_file, read_toml
@@ -336,7 +336,7 @@ def propose(config: str | Path, data: Sequence[str | Path], labels: str | Path |
     Writes ``proposal-<n>/calibrated.toml`` (threshold changes) and appends the
     signed limit updates to ``limit_updates.jsonl``. Nothing is applied.
     """
-    from riskguard.operators.crypto import encode_envelope  # noqa: PLC0415
+    from riskguard.operators.signing.crypto import encode_envelope  # noqa: PLC0415
 
     recs = read_records(data)
     if not recs:

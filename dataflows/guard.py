@@ -58,7 +58,6 @@ from riskguard.operators.core.dedup import RecentIdsLogic
 from riskguard.operators.core.end_of_input import FinalProgressLogic
 from riskguard.operators.core.metrics import record_command, start_metrics_server_from_env
 from riskguard.operators.core.observe import ObserveConfig, configure, observe_all
-from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer
 from riskguard.operators.detection.detect_watch import DetectWatchLogic, detect_worker
 from riskguard.operators.detection.detector import DetectorConfig, prepare_models
 from riskguard.operators.detection.features import (
@@ -84,10 +83,14 @@ from riskguard.operators.exposure.ops import (
 from riskguard.operators.mitigation.feeds import FeedConfig, FeedMonitorLogic, FeedSelectLogic
 from riskguard.operators.mitigation.ops import plan_mitigation
 from riskguard.operators.mitigation.playbook import PlaybookConfig
-from riskguard.operators.operator_commands import OPERATOR_COMMANDS_KEY, OperatorCommandLogic
 from riskguard.operators.signing import SignConfig, decode_command
-from riskguard.operators.signing_op import sign_commands
-from riskguard.operators.trust import RootSet, TrustStore
+from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, Signer
+from riskguard.operators.signing.operator_commands import (
+    OPERATOR_COMMANDS_KEY,
+    OperatorCommandLogic,
+)
+from riskguard.operators.signing.ops import sign_commands
+from riskguard.operators.signing.trust import RootSet, TrustStore
 from riskguard.schemas import (
     AnomalySignal,
     Audience,

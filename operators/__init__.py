@@ -7,7 +7,9 @@
 - :mod:`riskguard.operators.exposure`: positions and marks in, exposures and limit
   levels out (sharded valuation, counterparty and firm rollup, limits);
 - :mod:`riskguard.operators.mitigation`: signals in, graduated mitigation commands out
-  (the playbook and its rules, feed failover).
+  (the playbook and its rules, feed failover);
+- :mod:`riskguard.operators.signing`: keys, signed envelopes, the trust file; commands
+  signed on the way out and operators' commands verified on the way in.
 
 Old flat module paths
 ---------------------
@@ -22,7 +24,7 @@ New code imports the new paths.
 
 import sys
 
-from riskguard.operators import core, detection, exposure, mitigation
+from riskguard.operators import core, detection, exposure, mitigation, signing
 
 # old flat module name -> its module under the domain subpackages
 _OLD_PATHS = {
@@ -48,6 +50,10 @@ _OLD_PATHS = {
     "feeds": "mitigation.feeds",
     "playbook": "mitigation.playbook",
     "playbook_op": "mitigation.ops",
+    "crypto": "signing.crypto",
+    "operator_commands": "signing.operator_commands",
+    "signing_op": "signing.ops",
+    "trust": "signing.trust",
 }
 
 
@@ -60,4 +66,4 @@ def _register_old_paths() -> None:
 
 _register_old_paths()
 
-__all__ = ["core", "detection", "exposure", "mitigation"]
+__all__ = ["core", "detection", "exposure", "mitigation", "signing"]

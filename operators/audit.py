@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import msgspec
-from riskguard.operators.crypto import PAYLOAD_AUDIT_CHECKPOINT, Signer, VerifyKey
+from riskguard.operators.signing.crypto import PAYLOAD_AUDIT_CHECKPOINT, Signer, VerifyKey
 from riskguard.schemas.audit import AuditCheckpoint, AuditRecord, DeadLetter
 from riskguard.schemas.json_limits import check_json_depth
 
@@ -662,7 +662,7 @@ class ChainResume:
 
     Only chains named ``<origin>/...`` are followed (``origin`` None: all).
 
-    >>> from riskguard.operators.crypto import Signer
+    >>> from riskguard.operators.signing.crypto import Signer
     >>> signer = Signer.from_private_bytes(bytes(32), issuer="engine-1")
     >>> cfg = AuditConfig(checkpoint_every=2)
     >>> first = AuditLogic("riskguard/p0", signer, cfg)

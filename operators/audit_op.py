@@ -4,7 +4,7 @@
 >>> from bytewax.dataflow import Dataflow
 >>> from bytewax.testing import TestingSink, TestingSource, run_main
 >>> from riskguard.operators.audit import AuditConfig, verify_log
->>> from riskguard.operators.crypto import Signer
+>>> from riskguard.operators.signing.crypto import Signer
 >>> from riskguard.schemas import IndexPrice
 >>> signer = Signer.from_private_bytes(bytes(32), issuer="engine-1")
 >>> decisions = [IndexPrice(id=f"i{i}", venue="oracle", instrument="BTC-USD", ts=i, price=1.0)
@@ -32,7 +32,7 @@ import msgspec
 from bytewax.dataflow import Stream, operator
 from riskguard.operators.audit import AuditConfig, AuditLogic, AuditState, continue_chain
 from riskguard.operators.core.base import stateful_logic
-from riskguard.operators.crypto import Signer
+from riskguard.operators.signing.crypto import Signer
 from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
 
 _enc = msgspec.json.Encoder()

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from riskguard.operators.crypto import (
+from riskguard.operators.signing.crypto import (
     PAYLOAD_COMMAND,
     PAYLOAD_LIMIT_UPDATE,
     Signer,

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from riskguard.operators.crypto import Signer
-from riskguard.operators.trust import (
+from riskguard.operators.signing.crypto import Signer
+from riskguard.operators.signing.trust import (
     RootSet,
     TrustStore,
     parse_trust,

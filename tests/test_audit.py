@@ -244,7 +244,7 @@ def test_prove_gives_a_proof_a_third_party_can_check() -> None:
 
 
 def test_cli_audit_verify_names_the_first_bad_record_and_prove_checks(tmp_path: Path) -> None:
-    from riskguard.operators.crypto import save_public_key
+    from riskguard.operators.signing.crypto import save_public_key
 
     from riskguard.cli import main
 

@@ -35,7 +35,7 @@ from riskguard.operators.audit import (
     sign_checkpoint,
     verify_log,
 )
-from riskguard.operators.crypto import save_public_key
+from riskguard.operators.signing.crypto import save_public_key
 from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
 from signing_fixtures import ENGINE, OUTSIDER, S
 from test_audit import KEYS, decisions, run_log

@@ -10,9 +10,9 @@ from typing import Any
 import msgspec
 import pytest
 from riskguard.operators.core.clock import ManualClock
-from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer, sign_envelope
-from riskguard.operators.operator_commands import OperatorCommandLogic
-from riskguard.operators.trust import TrustStore, parse_trust
+from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, Signer, sign_envelope
+from riskguard.operators.signing.operator_commands import OperatorCommandLogic
+from riskguard.operators.signing.trust import TrustStore, parse_trust
 from riskguard.schemas import DeadLetter, MitigationCommand
 from riskguard.schemas.commands import Action, command_scope_problem, scope_is_wide
 from riskguard.schemas.signals import Scope, ScopeKind

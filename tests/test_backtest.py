@@ -26,8 +26,8 @@ from riskguard.dataflows.stress import (
     scenario_labels,
     scenario_path,
 )
-from riskguard.operators.crypto import decode_envelope
 from riskguard.operators.signing import decode_command
+from riskguard.operators.signing.crypto import decode_envelope
 from riskguard.schemas import decode, encode
 
 from riskguard.errors import ConfigError

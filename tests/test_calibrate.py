@@ -25,8 +25,8 @@ from riskguard.dataflows.stress import (
     generate_market,
     guard_config_doc,
 )
-from riskguard.operators.crypto import PAYLOAD_LIMIT_UPDATE, decode_envelope
-from riskguard.operators.trust import RootSet, TrustStore
+from riskguard.operators.signing.crypto import PAYLOAD_LIMIT_UPDATE, decode_envelope
+from riskguard.operators.signing.trust import RootSet, TrustStore
 from riskguard.schemas import Audience, LimitUpdate, decode
 
 from riskguard.errors import ConfigError

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from riskguard.dataflows.demo import init_keys, write_config
-from riskguard.operators.crypto import generate_key_file, save_public_key
+from riskguard.operators.signing.crypto import generate_key_file, save_public_key
 
 from riskguard.cli import main
 

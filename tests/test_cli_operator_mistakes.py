@@ -16,7 +16,7 @@ from riskguard.dataflows.backtest import dump_toml
 from riskguard.dataflows.calibrate import calibrate
 from riskguard.dataflows.demo import init_keys
 from riskguard.dataflows.stress import MarketSpec, Scenario, generate_market, guard_config_doc
-from riskguard.operators.crypto import PAYLOAD_COMMAND, decode_envelope, sign_envelope
+from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, decode_envelope, sign_envelope
 from riskguard.schemas import MitigationCommand
 from riskguard.schemas.commands import Action
 from signing_fixtures import OP1, ROOTS, command, seed, trust_text

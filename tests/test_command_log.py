@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from riskguard.connectors.command_log import last_signed_seq
 from riskguard.connectors.settings import KafkaSettings
-from riskguard.operators.crypto import Signer, encode_envelope
 from riskguard.operators.signing import SignConfig, SignLogic, SignState
+from riskguard.operators.signing.crypto import Signer, encode_envelope
 from signing_fixtures import ENGINE, command
 
 from riskguard.errors import BrokerError

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from riskguard.operators.crypto import (
+from riskguard.operators.signing.crypto import (
     PAYLOAD_AUDIT_CHECKPOINT,
     PAYLOAD_COMMAND,
     PAYLOAD_LIMIT_UPDATE,
@@ -236,7 +236,7 @@ def test_cached_scope_matcher_agrees_with_fnmatchcase() -> None:
     """The compiled, cached scope matcher accepts exactly what any(fnmatchcase) accepts."""
     import fnmatch
 
-    from riskguard.operators.trust import scope_matcher
+    from riskguard.operators.signing.trust import scope_matcher
 
     patterns = [(), ("*",), ("venue:*",), ("venue:*", "counterparty:okx"),
                 ("instrument:binance/BTC-*",), ("counterparty:o?x",), ("firm:[*]",),

@@ -19,7 +19,12 @@ from riskguard.dataflows.stress import (
     load_scenario,
     scenario_path,
 )
-from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer, encode_envelope, sign_envelope
+from riskguard.operators.signing.crypto import (
+    PAYLOAD_COMMAND,
+    Signer,
+    encode_envelope,
+    sign_envelope,
+)
 from riskguard.schemas import Fill, MitigationCommand, Scope, ScopeKind, decode, encode
 from riskguard.schemas.base import source_of, stamp_source
 from riskguard.schemas.commands import Action, Audience

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from riskguard.operators.crypto import (
+from riskguard.operators.signing.crypto import (
     PAYLOAD_COMMAND,
     decode_envelope,
     encode_envelope,

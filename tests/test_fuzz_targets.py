@@ -165,7 +165,7 @@ def test_the_seeds_reach_acceptance_so_the_oracles_are_exercised() -> None:
     """Signed seeds that verify, logs that verify, proofs that check: the fuzzer starts
     from inputs the verifiers accept, and mutates them from there."""
     from riskguard.operators.audit import check_proof, read_jsonl, verify_log
-    from riskguard.operators.crypto import decode_envelope
+    from riskguard.operators.signing.crypto import decode_envelope
 
     from riskguard.errors import VerificationError
 
@@ -190,8 +190,8 @@ def test_the_envelope_oracle_refuses_an_accepted_envelope_nobody_signed(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A verifier that accepted everything would be caught: the oracle checks the
     signatures itself, with cryptography."""
-    from riskguard.operators.crypto import PAYLOAD_COMMAND, encode_envelope
-    from riskguard.operators.trust import VerifiedMessage
+    from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, encode_envelope
+    from riskguard.operators.signing.trust import VerifiedMessage
     from riskguard.schemas.commands import MitigationCommand, Signature, SignedEnvelope
     from signing_fixtures import command
 

@@ -22,7 +22,12 @@ from riskguard.dataflows.demo import (
 )
 from riskguard.dataflows.demo_scenario import DURATION_S
 from riskguard.operators.core.clock import TICK_IDLE_NS
-from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer, encode_envelope, sign_envelope
+from riskguard.operators.signing.crypto import (
+    PAYLOAD_COMMAND,
+    Signer,
+    encode_envelope,
+    sign_envelope,
+)
 from riskguard.schemas import (
     Audience,
     MitigationCommand,

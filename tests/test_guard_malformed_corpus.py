@@ -23,7 +23,7 @@ from riskguard.dataflows.demo import (
     write_config,
 )
 from riskguard.dataflows.demo_scenario import DURATION_S
-from riskguard.operators.crypto import Signer
+from riskguard.operators.signing.crypto import Signer
 from riskguard.schemas import DeadLetter, MitigationCommand
 from riskguard.schemas.codec import Codec
 

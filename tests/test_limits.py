@@ -7,7 +7,6 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from riskguard.operators.crypto import PAYLOAD_LIMIT_UPDATE, Signer, sign_envelope
 from riskguard.operators.exposure.limits import (
     CounterpartyLimits,
     LimitsConfig,
@@ -18,7 +17,8 @@ from riskguard.operators.exposure.limits import (
     route_update,
 )
 from riskguard.operators.exposure.ops import Verifier, trust_verifier
-from riskguard.operators.trust import RootSet, TrustStore
+from riskguard.operators.signing.crypto import PAYLOAD_LIMIT_UPDATE, Signer, sign_envelope
+from riskguard.operators.signing.trust import RootSet, TrustStore
 from riskguard.schemas import (
     Exposure,
     LimitBreach,

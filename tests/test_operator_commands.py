@@ -13,9 +13,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from riskguard.connectors.subscriber import CommandSubscriber
 from riskguard.dataflows.guard import _unhandled
 from riskguard.operators.core.clock import ManualClock
-from riskguard.operators.crypto import PAYLOAD_COMMAND, decode_envelope, sign_envelope
-from riskguard.operators.operator_commands import OperatorCommandLogic
-from riskguard.operators.trust import RootSet, TrustStore
+from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, decode_envelope, sign_envelope
+from riskguard.operators.signing.operator_commands import OperatorCommandLogic
+from riskguard.operators.signing.trust import RootSet, TrustStore
 from riskguard.schemas import DeadLetter, MitigationCommand
 from riskguard.schemas.commands import Action, Audience
 from signing_fixtures import (

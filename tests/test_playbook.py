@@ -397,7 +397,7 @@ def test_command_fields_ids_and_evidence() -> None:
 def test_evidence_digest_matches_audit_input_digest() -> None:
     """The digest a command cites is the audit record's input_digest of that signal."""
     from riskguard.operators.audit import AuditConfig, AuditLogic
-    from riskguard.operators.crypto import Signer
+    from riskguard.operators.signing.crypto import Signer
 
     sig = anomaly(0)
     audit = AuditLogic("c", Signer.from_private_bytes(bytes(32), issuer="a"), AuditConfig())

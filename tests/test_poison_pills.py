@@ -24,13 +24,13 @@ from riskguard.connectors.settings import KafkaSettings
 from riskguard.connectors.subscriber import CommandSubscriber, Rejection
 from riskguard.operators import crypto
 from riskguard.operators.core.clock import ManualClock
-from riskguard.operators.crypto import (
+from riskguard.operators.signing import SignConfig, SignLogic, SignState
+from riskguard.operators.signing.crypto import (
     PAYLOAD_COMMAND,
     decode_envelope,
     encode_envelope,
     sign_envelope,
 )
-from riskguard.operators.signing import SignConfig, SignLogic, SignState
 from riskguard.schemas import Codec, DeadLetter, Trade, decode, encode
 from riskguard.schemas.codec import DEFAULT_MAX_BYTES
 from signing_fixtures import AUD, ENGINE, T0, command, trust_store

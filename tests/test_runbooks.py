@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
-from riskguard.operators.crypto import decode_envelope
+from riskguard.operators.signing.crypto import decode_envelope
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNBOOKS = ROOT / "ops" / "runbooks"
@@ -77,7 +77,7 @@ def test_trust_file_rotation_runbook(tmp_path: Path) -> None:
 def test_replay_audit_log_runbook(tmp_path: Path) -> None:
     """verify succeeds on the export, the proof checks, a deleted record is caught."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from riskguard.operators.crypto import save_public_key
+    from riskguard.operators.signing.crypto import save_public_key
     from signing_fixtures import ENGINE
     from test_audit import run_log
 

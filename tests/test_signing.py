@@ -11,9 +11,9 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
-from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer
 from riskguard.operators.signing import SignConfig, SignLogic, decode_command, sign_builder
-from riskguard.operators.signing_op import sign_commands
+from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, Signer
+from riskguard.operators.signing.ops import sign_commands
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.commands import SignedEnvelope
 from signing_fixtures import AUD, ENGINE, T0, command, trust_store

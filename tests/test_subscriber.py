@@ -13,9 +13,9 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
 from riskguard.connectors.subscriber import CommandSubscriber, GapAlert, Rejection
 from riskguard.operators.core.clock import ManualClock
-from riskguard.operators.crypto import PAYLOAD_COMMAND, encode_envelope, sign_envelope
 from riskguard.operators.signing import SignConfig, SignLogic
-from riskguard.operators.trust import TrustStore, parse_trust
+from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, encode_envelope, sign_envelope
+from riskguard.operators.signing.trust import TrustStore, parse_trust
 from riskguard.schemas.commands import MitigationCommand
 from signing_fixtures import (
     AUD,
@@ -185,7 +185,7 @@ def test_end_to_end_sign_topic_subscriber_with_restart_executes_each_once(
 
     try:
         from riskguard.connectors.kafka import kafka_output
-        from riskguard.operators.signing_op import sign_commands
+        from riskguard.operators.signing.ops import sign_commands
 
         flow = Dataflow("e2e_sign")
         signed = sign_commands("sign", op.input("in", flow, TestingSource(cmds)), ENGINE)

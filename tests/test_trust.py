@@ -6,14 +6,14 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from riskguard.operators.crypto import (
+from riskguard.operators.signing.crypto import (
     PAYLOAD_AUDIT_CHECKPOINT,
     PAYLOAD_COMMAND,
     PAYLOAD_LIMIT_UPDATE,
     Signer,
     sign_envelope,
 )
-from riskguard.operators.trust import (
+from riskguard.operators.signing.trust import (
     RootSet,
     TrustStore,
     parse_trust,

@@ -28,7 +28,6 @@ from bytewax.operators import KeyedStream
 from riskguard.operators.core.base import stateful_logic, values_of
 from riskguard.operators.core.clock import Clock, Tick, system_clock
 from riskguard.operators.core.metrics import reorder_counter
-from riskguard.operators.crypto import PAYLOAD_LIMIT_UPDATE
 from riskguard.operators.exposure.config import FIRM_KEY, ExposureConfig
 from riskguard.operators.exposure.limits import (
     LimitsConfig,
@@ -40,7 +39,8 @@ from riskguard.operators.exposure.rollup import CounterpartyLogic, FirmLogic
 from riskguard.operators.exposure.routing import Router, ShardPlace
 from riskguard.operators.exposure.shards import ShardLogic
 from riskguard.operators.exposure.wire import pack_for_wire
-from riskguard.operators.trust import DEFAULT_LEEWAY_NS, TrustStore
+from riskguard.operators.signing.crypto import PAYLOAD_LIMIT_UPDATE
+from riskguard.operators.signing.trust import DEFAULT_LEEWAY_NS, TrustStore
 from riskguard.schemas import (
     Audience,
     DeadLetter,

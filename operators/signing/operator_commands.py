@@ -10,7 +10,7 @@ issuer, is refused as a replay. The replay state is part of the snapshot, so a
 resumed guard refuses what the stopped one had accepted.
 
 >>> from riskguard.operators.core.clock import ManualClock
->>> from riskguard.operators.trust import TrustDoc, TrustStore
+>>> from riskguard.operators.signing.trust import TrustDoc, TrustStore
 >>> logic = OperatorCommandLogic(TrustStore(TrustDoc(keys=())), env="prod",
 ...                              topic="prod.riskguard.commands.v1", clock=ManualClock(0))
 >>> logic.snapshot()
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import msgspec
 from riskguard.operators.core.clock import Clock
-from riskguard.operators.crypto import PAYLOAD_COMMAND, Reason, encode_envelope
-from riskguard.operators.trust import DEFAULT_LEEWAY_NS, TrustStore
+from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, Reason, encode_envelope
+from riskguard.operators.signing.trust import DEFAULT_LEEWAY_NS, TrustStore
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.base import source_of
 from riskguard.schemas.commands import Audience, MitigationCommand, SignedEnvelope

@@ -1,7 +1,7 @@
 """The trust file: which keys may sign what, and the verifier that enforces it.
 
 The trust file is TOML. Its exact bytes are signed by root keys (payload type
-:data:`~riskguard.operators.crypto.PAYLOAD_TRUST`); the signatures live in a
+:data:`~riskguard.operators.signing.crypto.PAYLOAD_TRUST`); the signatures live in a
 sidecar ``<trust file>.sig`` (a JSON list of ``{"key_id", "sig"}``). Loading
 checks that a threshold of distinct root keys signed the bytes *before* the
 TOML is parsed. The roots and their threshold are pinned separately
@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from riskguard.operators.crypto import (
+from riskguard.operators.signing.crypto import (
     PAYLOAD_AUDIT_CHECKPOINT,
     PAYLOAD_COMMAND,
     PAYLOAD_LIMIT_UPDATE,

@@ -11,7 +11,7 @@ The signer is closed over by the builder and never enters the snapshot.
 If signing fails, :class:`~riskguard.errors.SigningError` stops the flow:
 nothing unsigned is ever emitted.
 
->>> from riskguard.operators.crypto import Signer
+>>> from riskguard.operators.signing.crypto import Signer
 >>> from riskguard.schemas import Audience, MitigationCommand, Scope, ScopeKind
 >>> signer = Signer.from_private_bytes(bytes(32), issuer="engine-1")
 >>> logic = SignLogic(signer, SignConfig())
@@ -32,7 +32,7 @@ from typing import Any
 
 import msgspec
 from riskguard.operators.core.dedup import IdWindow
-from riskguard.operators.crypto import PAYLOAD_COMMAND, Signer
+from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, Signer
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.commands import MitigationCommand, Signature, SignedEnvelope
 

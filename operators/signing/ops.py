@@ -1,9 +1,9 @@
-"""Bytewax adapter for :mod:`riskguard.operators.signing`.
+"""Bytewax adapter for :mod:`riskguard.operators.signing.commands`.
 
 >>> import bytewax.operators as op
 >>> from bytewax.dataflow import Dataflow
 >>> from bytewax.testing import TestingSink, TestingSource, run_main
->>> from riskguard.operators.crypto import Signer
+>>> from riskguard.operators.signing.crypto import Signer
 >>> from riskguard.operators.signing import decode_command
 >>> from riskguard.schemas import Audience, MitigationCommand, Scope, ScopeKind
 >>> signer = Signer.from_private_bytes(bytes(32), issuer="engine-1")
@@ -27,8 +27,8 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from riskguard.operators.core.base import SplitOut, split_dead_letters, stateful_logic
-from riskguard.operators.crypto import Signer
-from riskguard.operators.signing import SignConfig, SignState, sign_builder
+from riskguard.operators.signing.commands import SignConfig, SignState, sign_builder
+from riskguard.operators.signing.crypto import Signer
 from riskguard.schemas.commands import MitigationCommand, SignedEnvelope
 
 
