@@ -46,7 +46,7 @@ from riskguard.connectors.placement import (
 )
 from riskguard.connectors.topics import topic_name
 from riskguard.operators.audit import AuditConfig, AuditState
-from riskguard.operators.audit_op import audit_log
+from riskguard.operators.audit.ops import audit_log
 from riskguard.operators.core.base import (
     event_time,
     split_dead_letters,

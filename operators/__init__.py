@@ -9,7 +9,9 @@
 - :mod:`riskguard.operators.mitigation`: signals in, graduated mitigation commands out
   (the playbook and its rules, feed failover);
 - :mod:`riskguard.operators.signing`: keys, signed envelopes, the trust file; commands
-  signed on the way out and operators' commands verified on the way in.
+  signed on the way out and operators' commands verified on the way in;
+- :mod:`riskguard.operators.audit`: the tamper-evident audit log (Merkle chains with
+  signed checkpoints), its verification and proofs.
 
 Old flat module paths
 ---------------------
@@ -24,7 +26,7 @@ New code imports the new paths.
 
 import sys
 
-from riskguard.operators import core, detection, exposure, mitigation, signing
+from riskguard.operators import audit, core, detection, exposure, mitigation, signing
 
 # old flat module name -> its module under the domain subpackages
 _OLD_PATHS = {
@@ -54,6 +56,7 @@ _OLD_PATHS = {
     "operator_commands": "signing.operator_commands",
     "signing_op": "signing.ops",
     "trust": "signing.trust",
+    "audit_op": "audit.ops",
 }
 
 
@@ -66,4 +69,4 @@ def _register_old_paths() -> None:
 
 _register_old_paths()
 
-__all__ = ["core", "detection", "exposure", "mitigation", "signing"]
+__all__ = ["audit", "core", "detection", "exposure", "mitigation", "signing"]

@@ -447,7 +447,7 @@ def test_the_audit_operator_continues_chains_it_is_given() -> None:
     import bytewax.operators as op
     from bytewax.dataflow import Dataflow
     from bytewax.testing import TestingSink, TestingSource, cluster_main
-    from riskguard.operators.audit_op import audit_log
+    from riskguard.operators.audit.ops import audit_log
 
     cfg = AuditConfig(checkpoint_every=3, partitions=2)
 

@@ -1,4 +1,4 @@
-"""Bytewax adapter for :mod:`riskguard.operators.audit`.
+"""Bytewax adapter for :mod:`riskguard.operators.audit.chain`.
 
 >>> import bytewax.operators as op
 >>> from bytewax.dataflow import Dataflow
@@ -30,7 +30,8 @@ from typing import Any
 import bytewax.operators as op
 import msgspec
 from bytewax.dataflow import Stream, operator
-from riskguard.operators.audit import AuditConfig, AuditLogic, AuditState, continue_chain
+from riskguard.operators.audit.chain import AuditConfig, AuditLogic, AuditState
+from riskguard.operators.audit.resume import continue_chain
 from riskguard.operators.core.base import stateful_logic
 from riskguard.operators.signing.crypto import Signer
 from riskguard.schemas.audit import AuditCheckpoint, AuditRecord

@@ -1,0 +1,220 @@
+"""Appending to an audit chain: records, signed checkpoints, and :class:`AuditLogic`.
+
+Every decision becomes an :class:`~riskguard.schemas.AuditRecord` appended to a chain
+(one chain per worker partition). Every ``checkpoint_every`` records, or every
+``checkpoint_interval_ns`` of event time, the chain emits a signed
+:class:`~riskguard.schemas.AuditCheckpoint` (origin, size, root)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from riskguard.operators.audit.merkle import CompactRange, leaf_hash
+from riskguard.operators.signing.crypto import PAYLOAD_AUDIT_CHECKPOINT, Signer, VerifyKey
+from riskguard.schemas.audit import AuditCheckpoint, AuditRecord, DeadLetter
+
+import riskguard
+from riskguard.errors import ConfigError, SigningError, VerificationError
+
+STATE_VERSION = 1
+_NS_PER_S = 1_000_000_000
+
+# -- records and checkpoints -------------------------------------------------
+
+
+def record_body(rec: AuditRecord) -> bytes:
+    """Canonical bytes of a record without its ``leaf_hash`` (sorted-key JSON)."""
+    return msgspec.json.encode(msgspec.structs.replace(rec, leaf_hash=None), order="sorted")
+
+
+def record_leaf(rec: AuditRecord) -> bytes:
+    """The RFC 6962 leaf hash of a record."""
+    return leaf_hash(record_body(rec))
+
+
+def checkpoint_body(cp: AuditCheckpoint) -> bytes:
+    """The bytes a checkpoint signature covers (with PAE type audit-checkpoint)."""
+    return msgspec.json.encode([cp.origin, cp.size, cp.root, cp.ts, cp.key_id])
+
+
+def sign_checkpoint(origin: str, size: int, root: bytes, ts: int,
+                    signer: Signer) -> AuditCheckpoint:
+    """A checkpoint for ``origin`` signed by ``signer``."""
+    cp = AuditCheckpoint(origin=origin, size=size, root=root.hex(), ts=ts, key_id=signer.key_id)
+    sig = signer.sign(PAYLOAD_AUDIT_CHECKPOINT, checkpoint_body(cp))
+    return msgspec.structs.replace(cp, signature=sig.sig)
+
+
+def verify_checkpoint(cp: AuditCheckpoint, key: VerifyKey) -> None:
+    """Return nothing if ``cp`` is signed by ``key``; raise ``VerificationError``."""
+    if cp.signature is None:
+        raise VerificationError("unsigned", f"checkpoint {cp.origin}@{cp.size} has no signature")
+    key.verify(PAYLOAD_AUDIT_CHECKPOINT, checkpoint_body(cp), cp.signature)
+
+
+KIND_BY_TAG = {
+    "anomaly": "signal",
+    "risk_alert": "signal",
+    "limit_breach": "breach",
+    "envelope": "command",
+    "command": "command",
+    "dead_letter": "rejected_input",
+    "limit_update": "limit_update_accepted",
+}
+OPERATOR_BY_TAG = {
+    "anomaly": "anomaly",
+    "risk_alert": "mitigation",
+    "limit_breach": "limits",
+    "envelope": "sign",
+    "command": "mitigation",
+    "limit_update": "limits",
+}
+
+
+class AuditConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Settings of the audit step.
+
+    ``origin`` prefixes every chain name (``<origin>/p<partition>``);
+    a checkpoint is emitted every ``checkpoint_every`` records or when event
+    time has moved ``checkpoint_interval_ns`` since the last one;
+    ``partitions`` is the number of chains; ``config_hash`` is the hash of
+    the guard configuration stamped on every record.
+    """
+
+    origin: str = "riskguard"
+    checkpoint_every: int = 1000
+    checkpoint_interval_ns: int = 60 * _NS_PER_S
+    partitions: int = 1
+    operator_version: str = riskguard.__version__
+    config_hash: str = "0" * 64
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every < 1:
+            raise ConfigError("audit.checkpoint_every", "an integer >= 1", self.checkpoint_every)
+        if self.checkpoint_interval_ns < 1:
+            raise ConfigError("audit.checkpoint_interval_ns", "an integer >= 1 (ns)",
+                              self.checkpoint_interval_ns)
+        if self.partitions < 1:
+            raise ConfigError("audit.partitions", "an integer >= 1", self.partitions)
+        hexdigits = "0123456789abcdef"
+        if len(self.config_hash) != 64 or any(c not in hexdigits for c in self.config_hash):
+            raise ConfigError("audit.config_hash", "64 lowercase hex digits", self.config_hash)
+
+
+@dataclass
+class AuditState:
+    """One chain's append state."""
+
+    chain: str
+    size: int = 0
+    peaks: list[bytes] = field(default_factory=list)
+    since_checkpoint: int = 0
+    last_checkpoint_ts: int | None = None
+    last_ts: int = 0
+    version: int = STATE_VERSION
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def _tag(item: Any) -> str:
+    cfg = getattr(type(item), "__struct_config__", None)
+    tag = getattr(cfg, "tag", None)
+    return tag if isinstance(tag, str) else type(item).__name__
+
+
+def _event_ts(item: Any, fallback: int) -> int:
+    for name in ("ts", "issued_at", "recv_ts"):
+        v = getattr(item, name, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+            return v
+    return fallback
+
+
+class AuditLogic:
+    """Appends decisions to one Merkle chain and emits signed checkpoints."""
+
+    def __init__(self, chain: str, signer: Signer, config: AuditConfig,
+                 state: AuditState | None = None) -> None:
+        if not isinstance(signer, Signer):
+            msg = f"step 'audit': signer must be a riskguard Signer; got {type(signer).__name__}"
+            raise SigningError(msg)
+        self.signer = signer
+        self.config = config
+        if state is None:
+            state = AuditState(chain=chain)
+        elif state.version != STATE_VERSION:
+            raise ConfigError("audit.state.version", str(STATE_VERSION), state.version)
+        self.state = state
+        self._range = CompactRange(state.size, state.peaks)
+
+    def on_event(self, decision: Any) -> list[AuditRecord | AuditCheckpoint]:
+        st = self.state
+        cfg = self.config
+        ts = _event_ts(decision, st.last_ts)
+        tag = _tag(decision)
+        if isinstance(decision, msgspec.Struct):
+            raw = _encoder.encode(decision)
+            body = msgspec.to_builtins(decision)
+            if isinstance(decision, DeadLetter):
+                # the input's bytes stay on the dead-letter topic; its length and SHA-256
+                # bind them here, and the record stays well inside the 64 KiB cap
+                body.pop("raw", None)
+        else:
+            raw = repr(decision).encode()
+            body = {"repr": repr(decision)[:4096]}
+        operator = (decision.step if isinstance(decision, DeadLetter)
+                    else OPERATOR_BY_TAG.get(tag, tag))
+        rec = AuditRecord(
+            record_id=f"{st.chain}:{st.size}", chain=st.chain, index=st.size, ts=ts,
+            kind=KIND_BY_TAG.get(tag, tag)[:64], operator=operator[:64] or "unknown",
+            operator_version=cfg.operator_version, config_hash=cfg.config_hash,
+            input_digest=hashlib.sha256(raw).hexdigest(),
+            body=body if isinstance(body, dict) else {"value": body},
+        )
+        leaf = record_leaf(rec)
+        rec = msgspec.structs.replace(rec, leaf_hash=leaf.hex())
+        self._range.append(leaf)
+        st.size = self._range.size
+        st.peaks = self._range.peaks
+        st.since_checkpoint += 1
+        st.last_ts = max(st.last_ts, ts)
+        if st.last_checkpoint_ts is None:
+            st.last_checkpoint_ts = ts
+        out: list[AuditRecord | AuditCheckpoint] = [rec]
+        if (st.since_checkpoint >= cfg.checkpoint_every
+                or st.last_ts - st.last_checkpoint_ts >= cfg.checkpoint_interval_ns):
+            out.append(self._checkpoint())
+        return out
+
+    def on_eof(self) -> list[AuditRecord | AuditCheckpoint]:
+        """Close the chain with a checkpoint over any unattested records."""
+        return [self._checkpoint()] if self.state.since_checkpoint else []
+
+    def _checkpoint(self) -> AuditCheckpoint:
+        st = self.state
+        cp = sign_checkpoint(st.chain, st.size, self._range.root(), st.last_ts, self.signer)
+        st.since_checkpoint = 0
+        st.last_checkpoint_ts = st.last_ts
+        return cp
+
+    def snapshot(self) -> AuditState:
+        st = self.state
+        return AuditState(chain=st.chain, size=st.size, peaks=list(st.peaks),
+                          since_checkpoint=st.since_checkpoint,
+                          last_checkpoint_ts=st.last_checkpoint_ts, last_ts=st.last_ts,
+                          version=st.version)
+
+
+def audit_builder(chain: str, signer: Signer,
+                  config: AuditConfig) -> Callable[[AuditState | None], AuditLogic]:
+    """``builder(state | None)`` for one chain; the signer never enters state."""
+
+    def build(state: AuditState | None) -> AuditLogic:
+        return AuditLogic(chain, signer, config, state)
+
+    return build

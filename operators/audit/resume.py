@@ -1,0 +1,191 @@
+"""Continuing a chain after a restart.
+
+:class:`ChainResume` rebuilds a chain's append state from its log as read back,
+checking it on the way, so a restarted guard continues each chain where the audit
+topic ends (:func:`continue_chain`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from riskguard.operators.audit.chain import AuditState, record_leaf, verify_checkpoint
+from riskguard.operators.audit.merkle import CompactRange
+from riskguard.operators.audit.verify import AuditItem, KeyLookup, _key_lookup
+from riskguard.operators.signing.crypto import VerifyKey
+from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
+
+from riskguard.errors import AuditError, VerificationError
+
+# -- continuing a chain after a restart -------------------------------------------
+
+
+@dataclass
+class _Tail:
+    range: CompactRange = field(default_factory=CompactRange)
+    cp_size: int = 0
+    cp_ts: int | None = None
+    first_ts: int | None = None
+    last_ts: int = 0
+
+
+class ChainResume:
+    """Rebuilds each chain's append state from its log as read back, checking it on the way.
+
+    A guard that starts without a recovery snapshot must continue each of its
+    chains where the audit topic ends, not start another at index 0 (that
+    would break the chain for every verifier). Feed it the topic's items in
+    order with :meth:`add`; :meth:`states` then gives, per chain, the
+    :class:`AuditState` an uninterrupted :class:`AuditLogic` would have now:
+    its size, its Merkle peaks (the :class:`CompactRange`), and where its
+    last checkpoint was.
+
+    It checks what it reads as :func:`verify_log` does, in one pass and
+    O(log n) memory per chain: indices run 0, 1, 2, ... with no gap or
+    repeat; every leaf hash is the hash of its record's body; every
+    checkpoint is signed by a key ``keys`` accepts, signs the root of
+    exactly the records before it, and never goes back. Anything else raises
+    :class:`~riskguard.errors.AuditError`: a chain that does not verify as
+    read must not be extended (its next checkpoint would sign the damage).
+    Records after the chain's last checkpoint (a process stopped between two)
+    are taken as read; the next checkpoint covers them.
+
+    Only chains named ``<origin>/...`` are followed (``origin`` None: all).
+
+    >>> from riskguard.operators.audit.chain import AuditConfig, AuditLogic
+    >>> from riskguard.operators.signing.crypto import Signer
+    >>> signer = Signer.from_private_bytes(bytes(32), issuer="engine-1")
+    >>> cfg = AuditConfig(checkpoint_every=2)
+    >>> first = AuditLogic("riskguard/p0", signer, cfg)
+    >>> log = [out for i in range(3) for out in first.on_event({"n": i})]
+    >>> resume = ChainResume({signer.key_id: signer.public_key}, origin="riskguard")
+    >>> for item in log:
+    ...     resume.add(item)
+    >>> state = resume.states()["riskguard/p0"]
+    >>> (state.size, state.since_checkpoint)
+    (3, 1)
+    >>> second = AuditLogic("riskguard/p0", signer, cfg, state)
+    >>> [r.index for r in second.on_event({"n": 3}) if isinstance(r, AuditRecord)]
+    [3]
+    """
+
+    def __init__(self, keys: Mapping[str, VerifyKey] | KeyLookup, *,
+                 origin: str | None = None) -> None:
+        self._lookup = _key_lookup(keys)
+        self._prefix = None if origin is None else f"{origin}/"
+        self._tails: dict[str, _Tail] = {}
+
+    def add(self, item: AuditItem) -> None:
+        """Check one record or checkpoint and extend its chain; raise ``AuditError``."""
+        if isinstance(item, AuditRecord):
+            if self._ours(item.chain):
+                self._record(item, self._tails.setdefault(item.chain, _Tail()))
+        elif self._ours(item.origin):
+            self._checkpoint(item, self._tails.setdefault(item.origin, _Tail()))
+
+    def _ours(self, chain: str) -> bool:
+        return self._prefix is None or chain.startswith(self._prefix)
+
+    @staticmethod
+    def _record(rec: AuditRecord, t: _Tail) -> None:
+        expected = t.range.size
+        if rec.index != expected:
+            kind = "duplicate_or_reorder" if rec.index < expected else "gap"
+            msg = f"{kind}: record {rec.index} where record {expected} belongs"
+            raise AuditError(msg, chain=rec.chain, index=expected)
+        leaf = record_leaf(rec)
+        if rec.leaf_hash != leaf.hex():
+            raise AuditError("leaf_hash_mismatch: record content does not match its leaf hash",
+                             chain=rec.chain, index=rec.index)
+        t.range.append(leaf)
+        t.last_ts = max(t.last_ts, rec.ts)
+        if t.first_ts is None:
+            t.first_ts = rec.ts
+
+    def _checkpoint(self, cp: AuditCheckpoint, t: _Tail) -> None:
+        try:
+            verify_checkpoint(cp, self._lookup(cp.key_id or ""))
+        except VerificationError as err:
+            msg = f"bad_checkpoint: checkpoint at size {cp.size}: {err}"
+            raise AuditError(msg, chain=cp.origin, index=t.cp_size) from None
+        if cp.size < t.cp_size:
+            msg = f"checkpoint_rollback: size {cp.size} after {t.cp_size}"
+            raise AuditError(msg, chain=cp.origin, index=cp.size)
+        if cp.size != t.range.size:
+            msg = (f"checkpoint_out_of_place: a checkpoint of size {cp.size} after "
+                   f"{t.range.size} records")
+            raise AuditError(msg, chain=cp.origin, index=min(cp.size, t.range.size))
+        if cp.root != t.range.root().hex():
+            msg = (f"checkpoint_root_mismatch: records {t.cp_size}..{cp.size - 1} do not hash "
+                   "to the signed root")
+            raise AuditError(msg, chain=cp.origin, index=t.cp_size)
+        t.cp_size = cp.size
+        t.cp_ts = cp.ts
+
+    def states(self) -> dict[str, AuditState]:
+        """Per chain read (that has records), the state to continue it from."""
+        return {
+            name: AuditState(
+                chain=name, size=t.range.size, peaks=list(t.range.peaks),
+                since_checkpoint=t.range.size - t.cp_size,
+                # as AuditLogic keeps it: the first record's time until a checkpoint is made
+                last_checkpoint_ts=t.cp_ts if t.cp_ts is not None else t.first_ts,
+                last_ts=t.last_ts,
+            )
+            for name, t in self._tails.items() if t.range.size
+        }
+
+
+def resume_states(items: Iterable[AuditItem], keys: Mapping[str, VerifyKey] | KeyLookup, *,
+                  origin: str | None = None) -> dict[str, AuditState]:
+    """:class:`ChainResume` over ``items``: the state to continue each chain from."""
+    resume = ChainResume(keys, origin=origin)
+    for it in items:
+        resume.add(it)
+    return resume.states()
+
+
+def continue_chain(chain: str, restored: AuditState | None,
+                   found: Mapping[str, AuditState]) -> AuditState | None:
+    """The state a chain's :class:`AuditLogic` starts from, given what a recovery snapshot
+    restored (``restored``) and what the audit topic holds (``found``, from
+    :class:`ChainResume`).
+
+    - Nothing restored: the chain continues where the topic ends (a fresh
+      start on a topic another run wrote to).
+    - Restored, and the topic holds no more records than it: the restored
+      state wins. (The topic holding fewer means records were lost from it;
+      verification reports the gap.) At equal sizes the two must be the same
+      tree, else ``AuditError``: the topic holds another history.
+    - Restored, but the topic holds more (the process wrote records after its
+      last snapshot and stopped, or another process wrote to the chain): the
+      chain continues where the topic ends, as on a fresh start. Continuing
+      from the snapshot would give new records the indices of records already
+      written. The decisions replayed from the snapshot are appended again,
+      with new indices: the log says what the guard decided, twice.
+
+    The result is a copy; ``found`` is never changed.
+
+    >>> top = {"c": AuditState(chain="c", size=5, peaks=[b"a" * 32, b"b" * 32])}
+    >>> continue_chain("c", None, top).size
+    5
+    >>> continue_chain("c", AuditState(chain="c", size=3), top).size
+    5
+    >>> continue_chain("c", AuditState(chain="c", size=7), top).size
+    7
+    >>> continue_chain("d", None, top) is None
+    True
+    """
+    seen = found.get(chain)
+    if restored is not None and (seen is None or seen.size <= restored.size):
+        if seen is not None and seen.size == restored.size and seen.peaks != restored.peaks:
+            msg = (f"restored_state_mismatch: the recovery snapshot and the audit topic both "
+                   f"hold {seen.size} records, with different hashes")
+            raise AuditError(msg, chain=chain, index=seen.size)
+        return restored
+    if seen is None:
+        return None
+    return AuditState(chain=seen.chain, size=seen.size, peaks=list(seen.peaks),
+                      since_checkpoint=seen.since_checkpoint,
+                      last_checkpoint_ts=seen.last_checkpoint_ts, last_ts=seen.last_ts,
+                      version=seen.version)

@@ -1,0 +1,371 @@
+"""Checking an audit log as exported: the whole log, or one record's proof.
+
+:func:`verify_log` re-checks a whole export: every record's leaf hash and its
+inclusion under the next checkpoint, consistency between successive checkpoints,
+checkpoint signatures, and gaps, reorders and truncation. It raises
+:class:`~riskguard.errors.AuditError` naming the first bad record. :func:`prove` makes
+a self-contained inclusion proof of one record, and :func:`check_proof` checks one
+with every field bound to its claim."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+import msgspec
+from riskguard.operators.audit.chain import record_leaf, verify_checkpoint
+from riskguard.operators.audit.merkle import (
+    EMPTY_ROOT,
+    consistency_proof,
+    inclusion_proof,
+    proof_from_levels,
+    tree_levels,
+    verify_consistency,
+    verify_inclusion,
+)
+from riskguard.operators.signing.crypto import VerifyKey
+from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
+from riskguard.schemas.json_limits import check_json_depth
+
+from riskguard.errors import AuditError, VerificationError
+
+# -- verification --------------------------------------------------------------
+
+
+@dataclass
+class ChainReport:
+    """What verification found for one chain."""
+
+    chain: str
+    records: int = 0
+    checkpoints: int = 0
+    attested: int = 0
+
+
+@dataclass
+class _Chain:
+    leaves: list[bytes] = field(default_factory=list)
+    cp_size: int = 0
+    cp_root: bytes = EMPTY_ROOT
+    report: ChainReport = field(default_factory=lambda: ChainReport(""))
+
+
+AuditItem: TypeAlias = AuditRecord | AuditCheckpoint
+_item_decoder = msgspec.json.Decoder(AuditRecord | AuditCheckpoint)
+
+
+def decode_item(raw: bytes, where: str) -> AuditItem:
+    """One audit record or checkpoint from its JSON bytes.
+
+    Whatever the bytes hold (not JSON, another record type, nesting deep
+    enough to exhaust the decoder's recursion), the failure is an
+    :class:`~riskguard.errors.AuditError` naming ``where``, never another
+    exception. Nesting deeper than
+    :data:`~riskguard.schemas.json_limits.MAX_JSON_DEPTH` is refused before
+    parsing.
+
+    >>> deep = b'{"type": "audit", "body": {"a": ' + b"[" * 5000 + b"]" * 5000 + b"}}"
+    >>> decode_item(deep, "line 3")
+    Traceback (most recent call last):
+    ...
+    riskguard.errors.AuditError: line 3: not an audit record or checkpoint (JSON nested more ...)
+    """
+    too_deep = check_json_depth(raw)
+    if too_deep is not None:
+        msg = f"{where}: not an audit record or checkpoint ({too_deep})"
+        raise AuditError(msg)
+    try:
+        return _item_decoder.decode(raw)
+    except Exception as err:  # hostile input: RecursionError, MemoryError, ...
+        why = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        msg = f"{where}: not an audit record or checkpoint ({why})"
+        raise AuditError(msg) from None
+
+
+def read_jsonl(lines: Iterable[bytes]) -> list[AuditItem]:
+    """Parse an audit export (one record or checkpoint per line); blank lines are skipped.
+
+    A line that is not an audit record or checkpoint raises
+    :class:`~riskguard.errors.AuditError` naming the line.
+    """
+    return [decode_item(line, f"line {n}") for n, line in enumerate(lines, start=1)
+            if line.strip()]
+
+
+KeyLookup = Callable[[str], VerifyKey]
+
+
+def _key_lookup(keys: Mapping[str, VerifyKey] | KeyLookup) -> KeyLookup:
+    if callable(keys):
+        return keys
+
+    def lookup(key_id: str) -> VerifyKey:
+        k = keys.get(key_id)
+        if k is None:
+            raise VerificationError("unknown_key", f"key {key_id!r} is not trusted")
+        return k
+
+    return lookup
+
+
+def verify_log(
+    items: Sequence[AuditItem],
+    keys: Mapping[str, VerifyKey] | KeyLookup,
+    *,
+    allow_unattested_tail: bool = False,
+    expected_sizes: Mapping[str, int] | None = None,
+    prove_each: bool = True,
+) -> dict[str, ChainReport]:
+    """Verify an audit log; return a report per chain or raise ``AuditError``.
+
+    ``keys`` maps checkpoint ``key_id`` to a public key (or is a lookup that
+    raises ``VerificationError``). ``expected_sizes`` (chain -> size, e.g.
+    from a checkpoint published elsewhere) detects truncation at a checkpoint
+    boundary. With ``prove_each`` every record's inclusion proof under the
+    checkpoint that first covers it is built and verified.
+    """
+    lookup = _key_lookup(keys)
+    indices: dict[str, set[int]] = {}
+    for it in items:
+        if isinstance(it, AuditRecord):
+            indices.setdefault(it.chain, set()).add(it.index)
+    chains: dict[str, _Chain] = {}
+    for it in items:
+        if isinstance(it, AuditRecord):
+            ch = chains.setdefault(it.chain, _Chain(report=ChainReport(it.chain)))
+            _check_record(it, ch, indices[it.chain])
+        else:
+            ch = chains.setdefault(it.origin, _Chain(report=ChainReport(it.origin)))
+            _check_checkpoint(it, ch, lookup, prove_each=prove_each)
+    for name, ch in chains.items():
+        if ch.cp_size < len(ch.leaves) and not allow_unattested_tail:
+            msg = (
+                f"unattested_tail: {len(ch.leaves) - ch.cp_size} record(s) after the last "
+                "checkpoint (log truncated, or still being written)"
+            )
+            raise AuditError(
+                msg,
+                chain=name, index=ch.cp_size,
+            )
+        want = (expected_sizes or {}).get(name)
+        if want is not None and len(ch.leaves) < want:
+            msg = f"truncated: expected {want} records; found {len(ch.leaves)}"
+            raise AuditError(msg,
+                             chain=name, index=len(ch.leaves))
+    for name in (expected_sizes or {}):
+        if name not in chains:
+            raise AuditError("truncated: chain missing entirely", chain=name, index=0)
+    return {name: ch.report for name, ch in chains.items()}
+
+
+def _check_record(rec: AuditRecord, ch: _Chain, present: set[int]) -> None:
+    expected = len(ch.leaves)
+    if rec.index != expected:
+        if rec.index < expected:
+            msg = f"duplicate_or_reorder: index {rec.index} seen after {expected - 1}"
+            raise AuditError(msg,
+                             chain=rec.chain, index=rec.index)
+        if expected in present:
+            msg = f"reorder: record {rec.index} appears before record {expected}"
+            raise AuditError(msg,
+                             chain=rec.chain, index=expected)
+        msg = f"gap: records {expected}..{rec.index - 1} are missing"
+        raise AuditError(msg,
+                         chain=rec.chain, index=expected)
+    leaf = record_leaf(rec)
+    if rec.leaf_hash is None or rec.leaf_hash != leaf.hex():
+        raise AuditError("leaf_hash_mismatch: record content does not match its leaf hash",
+                         chain=rec.chain, index=rec.index)
+    ch.leaves.append(leaf)
+    ch.report.records += 1
+
+
+def _check_checkpoint(cp: AuditCheckpoint, ch: _Chain, lookup: KeyLookup, *,
+                      prove_each: bool) -> None:
+    where = ch.cp_size
+    try:
+        key = lookup(cp.key_id or "")
+        verify_checkpoint(cp, key)
+    except VerificationError as err:
+        msg = f"bad_checkpoint: checkpoint at size {cp.size}: {err}"
+        raise AuditError(msg,
+                         chain=cp.origin, index=where) from None
+    if cp.size < ch.cp_size:
+        msg = f"checkpoint_rollback: size {cp.size} after {ch.cp_size}"
+        raise AuditError(msg,
+                         chain=cp.origin, index=cp.size)
+    if cp.size > len(ch.leaves):
+        msg = (
+            f"truncated: checkpoint covers {cp.size} records; only "
+                         f"{len(ch.leaves)} present"
+        )
+        raise AuditError(msg, chain=cp.origin, index=len(ch.leaves))
+    leaves = ch.leaves[: cp.size]
+    levels = tree_levels(leaves) if leaves else [[]]
+    root = levels[-1][0] if leaves else EMPTY_ROOT
+    if root.hex() != cp.root:
+        msg = (
+            f"checkpoint_root_mismatch: records {where}..{cp.size - 1} do not "
+                         f"hash to the signed root"
+        )
+        raise AuditError(msg, chain=cp.origin, index=where)
+    if prove_each:
+        for i in range(ch.cp_size, cp.size):
+            verify_inclusion(leaves[i], i, cp.size, proof_from_levels(i, levels), root)
+    if 0 < ch.cp_size < cp.size:
+        verify_consistency(ch.cp_size, cp.size, ch.cp_root, root,
+                           consistency_proof(ch.cp_size, leaves))
+    ch.report.attested = cp.size
+    ch.report.checkpoints += 1
+    ch.cp_size = cp.size
+    ch.cp_root = root
+
+
+
+
+def prove(items: Sequence[AuditItem], record_id: str) -> dict[str, Any]:
+    """An inclusion proof of ``record_id`` under the first checkpoint that covers it.
+
+    The result is plain JSON-able data a third party checks with
+    :func:`check_proof` (or any RFC 6962 verifier).
+    """
+    target: AuditRecord | None = None
+    leaves: list[bytes] = []
+    for it in items:
+        if isinstance(it, AuditRecord):
+            if target is None and it.record_id == record_id:
+                target = it
+            if target is not None and it.chain == target.chain:
+                leaves.append(record_leaf(it))
+            elif target is None:
+                continue
+        elif target is not None and it.origin == target.chain and it.size > target.index:
+            chain_leaves = [record_leaf(r) for r in items
+                            if isinstance(r, AuditRecord) and r.chain == target.chain][: it.size]
+            proof = inclusion_proof(target.index, chain_leaves)
+            return {
+                "record": msgspec.to_builtins(target),
+                "leaf_hash": record_leaf(target).hex(),
+                "index": target.index,
+                "tree_size": it.size,
+                "proof": [p.hex() for p in proof],
+                "checkpoint": msgspec.to_builtins(it),
+            }
+    if target is None:
+        msg = f"no record with id {record_id!r}"
+        raise AuditError(msg)
+    msg = f"record {record_id!r} is not yet covered by a checkpoint"
+    raise AuditError(msg,
+                     chain=target.chain, index=target.index)
+
+
+PROOF_FIELDS = ("record", "leaf_hash", "index", "tree_size", "proof", "checkpoint")
+
+
+def check_proof(doc: Any, keys: Mapping[str, VerifyKey] | KeyLookup) -> None:
+    """Verify a document made by :func:`prove`; return nothing or raise ``AuditError``.
+
+    The document claims "record ``record_id`` is leaf ``index`` of chain
+    ``origin``'s tree of ``tree_size`` leaves, whose root the checkpoint
+    signs". Every field of it is bound to that claim:
+
+    - the leaf hash is recomputed from the record's body, and both the
+      record's ``leaf_hash`` and the document's must equal it;
+    - the record's ``index`` equals ``index``, its ``record_id`` is
+      ``<chain>:<index>``, and ``0 <= index < tree_size``;
+    - the inclusion path leads from that leaf, at exactly that index in a tree
+      of exactly that size, to the checkpoint's root;
+    - the checkpoint's ``size`` equals ``tree_size``, its ``origin`` is the
+      record's ``chain``, and its signature verifies under a key ``keys``
+      accepts for checkpoints;
+    - the document is exactly what :func:`prove` prints for those values: no
+      field missing, none added, no other spelling of the same bytes.
+
+    A document that is not a JSON object of those fields raises
+    ``AuditError`` (``malformed``) too.
+    """
+    if not isinstance(doc, Mapping):
+        msg = f"malformed: a proof is a JSON object; got {type(doc).__name__}"
+        raise AuditError(msg)
+    missing = [k for k in PROOF_FIELDS if k not in doc]
+    extra = sorted(str(k) for k in doc if k not in PROOF_FIELDS)
+    if missing or extra:
+        msg = (f"malformed: a proof has exactly the fields {', '.join(PROOF_FIELDS)}; "
+               f"missing {missing or 'none'}, unexpected {extra or 'none'}")
+        raise AuditError(msg)
+    try:
+        rec = msgspec.convert(doc["record"], AuditRecord)
+        cp = msgspec.convert(doc["checkpoint"], AuditCheckpoint)
+        index = _proof_int(doc["index"], "index")
+        tree_size = _proof_int(doc["tree_size"], "tree_size")
+        claimed = _proof_digest(doc["leaf_hash"], "leaf_hash")
+        if not isinstance(doc["proof"], list):
+            raise TypeError("proof must be a list of hashes")
+        path = [_proof_digest(h, f"proof[{k}]") for k, h in enumerate(doc["proof"])]
+    except (TypeError, ValueError, msgspec.ValidationError) as err:
+        msg = f"malformed: {err}"
+        raise AuditError(msg) from None
+    chain, at = rec.chain, rec.index
+    leaf = record_leaf(rec)
+    if rec.leaf_hash != leaf.hex():
+        raise AuditError("leaf_hash_mismatch: the record's leaf_hash is not the hash of "
+                         "its body", chain=chain, index=at)
+    if claimed != leaf:
+        raise AuditError("leaf_hash_mismatch: the proof's leaf_hash is not the hash of "
+                         "the record", chain=chain, index=at)
+    if rec.record_id != f"{chain}:{at}":
+        msg = f"record_id_mismatch: record_id {rec.record_id!r} is not '{chain}:{at}'"
+        raise AuditError(msg, chain=chain, index=at)
+    if index != at:
+        msg = f"index_mismatch: the proof says leaf {index}; the record is {at}"
+        raise AuditError(msg, chain=chain, index=at)
+    if not 0 <= index < tree_size:
+        msg = f"index_mismatch: leaf {index} is outside a tree of size {tree_size}"
+        raise AuditError(msg, chain=chain, index=at)
+    if cp.size != tree_size:
+        msg = f"size_mismatch: the proof says size {tree_size}; the checkpoint signs {cp.size}"
+        raise AuditError(msg, chain=chain, index=at)
+    if cp.origin != chain:
+        msg = f"chain_mismatch: the checkpoint is for chain {cp.origin!r}"
+        raise AuditError(msg, chain=chain, index=at)
+    try:
+        verify_checkpoint(cp, _key_lookup(keys)(cp.key_id or ""))
+    except VerificationError as err:
+        msg = f"bad_checkpoint: {err}"
+        raise AuditError(msg, chain=chain, index=at) from None
+    verify_inclusion(leaf, index, tree_size, path, bytes.fromhex(cp.root))
+    canonical = {
+        "record": msgspec.to_builtins(rec), "leaf_hash": leaf.hex(), "index": index,
+        "tree_size": tree_size, "proof": [h.hex() for h in path],
+        "checkpoint": msgspec.to_builtins(cp),
+    }
+    if not _same_json(doc, canonical):
+        raise AuditError("not_canonical: the document differs from the proof of what it "
+                         "claims (a field added, left out or spelled otherwise)",
+                         chain=chain, index=at)
+
+
+def _proof_int(v: Any, name: str) -> int:
+    if type(v) is not int:
+        msg = f"{name} must be an integer; got {v!r}"[:200]
+        raise TypeError(msg)
+    return v
+
+
+def _proof_digest(v: Any, name: str) -> bytes:
+    if not isinstance(v, str) or len(v) != 64 or v.strip("0123456789abcdef"):
+        msg = f"{name} must be 64 lowercase hex digits; got {v!r}"[:200]
+        raise ValueError(msg)
+    return bytes.fromhex(v)
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON values, type for type (``True`` is not ``1``, ``1.0`` is not ``1``)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same_json(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
