@@ -1,0 +1,81 @@
+"""docs/configuration.md is generated from the config structs (every key, its type,
+default and comment), and the errors it shows are what `riskguard run` prints."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from riskguard.connectors.topics import topic_name
+from riskguard.dataflows.guard import load_guard_config
+
+from riskguard import config_docs
+from tests.docs_helpers import DOCS, ROOT, bin_env, blocks, section
+
+
+def test_the_configuration_reference_is_generated_from_the_config_structs() -> None:
+    """docs/configuration.md is exactly what `python -m riskguard.config_docs` prints:
+    every key of every table, with its type, default and comment, so it cannot drift."""
+    page = (DOCS / "configuration.md").read_text()
+    assert page == config_docs.render(), (
+        "docs/configuration.md is stale: python -m riskguard.config_docs > "
+        "docs/configuration.md")
+
+
+def test_the_reference_has_a_row_for_every_key_and_a_section_for_every_table() -> None:
+    """Each struct reached from GuardConfig has its section, and each of its fields a row
+    whose type and default come from the struct."""
+    from riskguard.dataflows.guard import GuardConfig, InputConfig
+
+    page = (DOCS / "configuration.md").read_text()
+    found = config_docs.sections(GuardConfig)
+    assert len(found) >= 20
+    for path, cls, _also in found:
+        assert (f"## `{path}`" if path else "## Top level") in page, path
+        for key, *_ in config_docs.rows(cls):
+            assert f"| `{key}` |" in page, (path, key)
+    rows = {key: (kind, default) for key, kind, default, _ in config_docs.rows(InputConfig)}
+    assert rows["fetch_wait_max_ms"] == ("int, >= 1, <= 60_000", "10")
+    assert rows["idle_eof_s"] == ("float (optional)", "unset")
+
+
+def test_a_field_comment_in_the_code_is_its_description() -> None:
+    """The comment above a field in the struct is what the reference says it does; the
+    example config's comment is only the fallback."""
+    from riskguard.dataflows.guard import InputConfig
+
+    notes = {key: note for key, _, _, note in config_docs.rows(InputConfig)}
+    assert notes["fair_reads"].startswith("Live, latency first: each read takes at most")
+    assert notes["max_lateness_ns"].startswith("older than the source's watermark")
+
+
+@pytest.mark.parametrize(("what", "old", "new"), config_docs.ERROR_EXAMPLES)
+def test_the_documented_config_errors_are_what_riskguard_run_prints(
+    tmp_path: Path, what: str, old: str, new: str,
+) -> None:
+    """guard.example.toml with the documented edit makes `riskguard run` print exactly
+    the line docs/configuration.md shows, and exit 2."""
+    page = section((DOCS / "configuration.md").read_text(), "Errors")
+    at = page.index(f"{what} (`{new}`)")
+    line = blocks(page[at:])[0][1].strip()
+    config = config_docs.edited_example(tmp_path, old, new)
+    r = subprocess.run([sys.executable, "-m", "riskguard.cli", "run", "--config", str(config)],
+                       capture_output=True, text=True, timeout=120, check=False,
+                       env=bin_env(tmp_path))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().replace(str(tmp_path), config_docs.CONFIG_DIR) == line
+
+
+def test_the_example_config_names_the_real_topics_and_trust_file() -> None:
+    """guard.example.toml's comments name the topics as topic_name makes them, and its
+    trust file is TOML, as every verifier reads it."""
+    path = ROOT / "dataflows" / "guard.example.toml"
+    text = path.read_text()
+    env_line = next(line for line in text.splitlines() if line.startswith("env = "))
+    real = topic_name("x", "y")  # x.riskguard.y.v1
+    assert real.replace("x", "<env>", 1).replace("y", "<stream>", 1) in env_line
+    cfg, _ = load_guard_config(path)
+    assert cfg.keys.trust_file.endswith(".toml") and cfg.keys.roots_file.endswith(".toml")
+    assert "README" not in text
