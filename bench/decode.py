@@ -1,6 +1,6 @@
 """Decode + validate per record through the wire contract, against orjson.loads alone.
 
-Goal (issue 2): at most 2.5x the cost of orjson.loads on the same bytes.
+Goal: at most 2.5x the cost of orjson.loads on the same bytes.
 
     python bench/decode.py [--n 200000]
 """

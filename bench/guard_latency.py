@@ -1,4 +1,4 @@
-"""Detection-to-command latency of the guard dataflow under steady load (issue 6).
+"""Detection-to-command latency of the guard dataflow under steady load.
 
 Method. One guard process (1 worker) reads live topics on the dev broker. A
 producer in this process replays the bundled demo scenario re-stamped to the
@@ -23,7 +23,7 @@ Per command on the commands topic, decoded with ``decode_envelope`` +
 - **detection-to-command** = the command message's Kafka timestamp (producer
   CreateTime, ms) - the command's ``recv_ts`` (ns; stamped by the guard's Kafka
   source on the triggering input record and carried onto the command by the
-  playbook). This is the figure the issue asks for (goal p99 < 50 ms).
+  playbook). This is the figure docs/performance.md gives (goal p99 < 50 ms).
 - **produce-to-command** (cross-check, also covers commands without a
   ``recv_ts``) = the same Kafka timestamp - when this script handed the
   triggering fill to its producer; it adds the broker hop and the source's
@@ -32,16 +32,16 @@ Per command on the commands topic, decoded with ``decode_envelope`` +
 It ends with the CPU the guard and the dev broker each used over the measured
 load, in cores, in all and per quarter of the run: the broker shares the
 machine's 2 cores, and a run where it takes a whole one is bound by it, not by
-the guard (session 19, README). The dev broker's share grows through a run (it
-lists every batch a partition holds on each fetch); in session 26 the guard's
-stayed nearly flat. The load producer (this process) is shown too, and the CPU the
-hypervisor took from the machine's cores meanwhile ("steal": this box is a VM).
+the guard. The dev broker's share grows through a run (it lists every batch a
+partition holds on each fetch), while the guard's stays nearly flat. The load
+producer (this process) is shown too, and the CPU the hypervisor took from the
+machine's cores meanwhile ("steal": this box is a VM).
 
 Incidents. Each incident fill opens a position for a fresh counterparty; with
 ``--incident-hold-s`` (default 5) a closing fill flattens it that long after, as the
 reduce_only it drew would, so the book holds about ``incident-rate x hold`` incident
 counterparties at any time and the load is steady. ``--incident-hold-s 0`` keeps every
-position open, as sessions 7-27 ran it: the book then grows by 15 counterparties a
+position open: the book then grows by 15 counterparties a
 second (600 by the end of a 40 s run), each re-valued on every tick, and the p99 depends
 on how long the run was. Resumes are left out of the figure: a quiet period's end, not
 a record's receipt, triggers them.
@@ -49,14 +49,13 @@ a record's receipt, triggers them.
 The load producer batches with ``linger.ms`` 50 (``--load-linger-ms``). Each produce
 request is one stored batch in the dev broker, and Tansu 0.6's in-memory engine lists
 every batch a partition holds on each fetch, so its CPU grows with the batches retained
-(a real Kafka fetches by offset index and runs on other machines). With 1 ms (sessions
-7-22) the broker reached a whole core within the run and p99 went to seconds (session
-23: broker 1.01 cores, p99 2,190 ms). With 20 ms (sessions 23-27) it still rose from
-0.5 to 0.8 core through every 40 s run, and the p99 per quarter rose with it (session
-28: 23-37 ms in the first quarter, 69-85 ms in the last; the guard flat at 0.6 core).
-With 50 ms it stays at 0.4-0.5 core. The figure measured, receipt to command, starts
-after the broker hop, so the producer's batching is not part of it; the produce-to-
-command cross-check includes it (about 25 ms more at 50 than at 20).
+(a real Kafka fetches by offset index and runs on other machines). With 1 ms the broker
+reaches a whole core within the run and the p99 goes to seconds; with 20 ms it still
+rises from 0.5 to 0.8 core through a 40 s run, and the p99 per quarter rises with it;
+with 50 ms it stays at 0.4-0.5 core (``--load-linger-ms`` to compare). The figure
+measured, receipt to command, starts after the broker hop, so the producer's batching
+is not part of it; the produce-to-command cross-check includes it (about 25 ms more at
+50 than at 20).
 
     python bench/guard_latency.py [--rate N] [--seconds 40] [--incident-rate 15]
                                   [--load-linger-ms 50] [--incident-hold-s 5]
@@ -145,8 +144,8 @@ def main() -> None:
                          "dev broker lists on every fetch (1 and 20 let it, not the guard, "
                          "set the latency)")
     ap.add_argument("--market", action="store_true",
-                    help="run the guard as 2 market processes and a firm tier (the README's "
-                         "\"Market tier\") instead of one worker, at the same load")
+                    help="run the guard as 2 market processes and a firm tier (docs/scaling.md, "
+                         "\"The market tier\") instead of one worker, at the same load")
     ap.add_argument("--tick-ms", type=float, default=None,
                     help="guard tick_ns in ms (exposure re-values once per tick; default: "
                          "the demo config's 1000)")

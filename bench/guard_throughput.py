@@ -1,4 +1,4 @@
-"""Sustained events/s of the whole guard dataflow on the dev broker (issue 6).
+"""Sustained events/s of the whole guard dataflow on the dev broker.
 
 What runs, each as its own ``python -m bytewax.run`` subprocess over the same
 input (``--copies`` back-to-back copies of the bundled demo scenario, ids made
@@ -11,7 +11,7 @@ six guard input topics with ``--partitions`` partitions each):
 - **guard, 1 worker**: ``riskguard.dataflows.guard`` with ``input.idle_eof_s``;
 - **guard, 2 processes**: the same with ``-i 0 -a "p1;p2"`` and ``-i 1 -a ...``;
 - with ``--tiers``, also **2 tiers**: a detect tier and a firm tier
-  (``[tier] role``, the README's "Two tiers"), one 1-worker dataflow each, started at
+  (``[tier] role``, docs/scaling.md "Two tiers"), one 1-worker dataflow each, started at
   once over the same topics; the firm tier's ``idle_eof_s`` is 3 s longer, as its
   detections topic stays empty until the detect tier has started; its line counts the
   ``detect_silent`` alerts on the signals topic (0 expected: one would mean the firm tier
@@ -48,7 +48,7 @@ tiers, independent guards) each one's share, in start order (tiers: detect,
 then firm), and the dev broker's, from ``/proc`` (the benches' own broker
 only). CPU time is steadier than wall time on a shared machine:
 with 8 copies the data phase is shorter than the start-up the wall-time
-subtraction removes, and one session's 1-worker runs read 62k-159k events/s.
+subtraction removes, and 1-worker runs of one series have read 62k-159k events/s.
 One worker is CPU-bound, so its CPU per event against the pass-through's is
 printed as the ratio "by CPU time" (librdkafka's threads count too, so it errs
 low). The 2-process / 1-worker CPU ratio says what a second process costs in
@@ -57,8 +57,8 @@ cores, perfectly balanced. The cores are not idle: the dev broker shares them, a
 serves several processes' consumers at more CPU than one worker's. So each
 multi-process kind also gets a CPU-bound estimate with the broker counted
 (:func:`cpu_bound_wall_s`): its CPU and the broker's, spread evenly over the machine's
-cores, against one worker's wall time (session 27: the market tier's median of three,
-1.23x, against an estimate of 1.25x).
+cores, against one worker's wall time (the market tier's median of three has read
+1.23x against an estimate of 1.25x).
 
 Each guard line also counts the dead letters the run wrote: a run that
 dead-letters records (e.g. as late) did less work, so its rate is not
@@ -89,7 +89,7 @@ every guard's ``input.fetch_wait_max_ms``.
 
 ``--repeats R`` runs each guard R times, 1 worker and 2 processes interleaved, and
 also prints the medians and the scaling of the medians: one 24-copy run of the
-same code gave anywhere from 1.08x to 1.43x in session 14.
+same code has given anywhere from 1.08x to 1.43x.
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def tier_envs(bench: BenchEnv, firm_idle_extra_s: float = 3.0) -> list[BenchEnv]
 
 def market_envs(bench: BenchEnv) -> list[BenchEnv]:
     """The env as 2 market processes (BTC, ETH) and a firm tier fed by them, each with
-    its own config (the README's "Market tier"). Unlike :func:`tier_envs` the firm needs
+    its own config (docs/scaling.md, "The market tier"). Unlike :func:`tier_envs` the firm needs
     no longer idle EOF: it ends each market process's partition on that process's final
     progress, and does not take it for ended before the process has written."""
     n = len(set(MARKET_OWNERS.values()))

@@ -127,7 +127,7 @@ def producer(bootstrap: str, linger_ms: int = 20) -> Producer:
 def publish(bench: BenchEnv, records: list[Any], owners: MarketOwners | None = None) -> int:
     """Produce ``records`` to the env's input topics; returns how many. With ``owners``
     (and ``input.aligned_market``), market data goes to the partitions its market
-    process reads (the README's "Market tier")."""
+    process reads (docs/scaling.md, "The market tier")."""
     p = producer(bench.bootstrap)
     topics = {s: bench.topic(s) for s in INPUT_STREAMS}
     partitions_of = _placement(bench, owners)
@@ -146,7 +146,7 @@ def _placement(bench: BenchEnv, owners: MarketOwners | None) -> Callable[[str, b
                                                                           list[int]]:
     """``(topic, key) -> partitions`` a record is produced to: ``[-1]`` (librdkafka's
     partitioner), or with ``input.aligned_market`` the market topic's aligned partitions
-    (with ``owners``: its market process's, the README's "Market tier")."""
+    (with ``owners``: its market process's, docs/scaling.md "The market tier")."""
     aligned = bench.topic("market") if bench.aligned_market else None
     prefixes = price_key_prefixes(load_guard_config(bench.config)[0])
 
@@ -191,7 +191,7 @@ def start_guard(
 def steal_seconds() -> float:
     """CPU seconds the hypervisor has taken from this machine's cores since boot
     (``/proc/stat`` steal, all cores): this box is a VM whose 2 vCPUs lose about 4% of
-    their time idle and 15% with both busy (session 28), so a run that needs both cores
+    their time idle and 15% with both busy (2026-11-24), so a run that needs both cores
     loses more than one that needs one."""
     try:
         fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
@@ -225,7 +225,7 @@ def unknown_fill(i: int, ts: int, *, closing: bool = False) -> Fill:
 class RecordTemplate:
     """A record's encoding with its ``id`` and ``ts`` left open: :meth:`render` gives
     ``encode(replace(record, id=..., ts=...))`` without re-encoding the rest: 1.6
-    against 2.2 µs a record (session 28), for a load producer that shares the machine's
+    against 2.2 µs a record (2026-11-24), for a load producer that shares the machine's
     2 cores with the guard under test and the dev broker.
 
     >>> from riskguard.schemas import Trade
@@ -272,8 +272,8 @@ class LiveLoad:
     ``linger_ms`` is the producer's ``linger.ms``. Each produce request becomes one
     stored batch in the dev broker, and Tansu's in-memory engine lists every batch a
     partition holds on each fetch, so small batches (1 ms, and 20 ms too) make the
-    broker's CPU climb through a run until it, not the guard, sets the latency (README
-    "Measured performance").
+    broker's CPU climb through a run until it, not the guard, sets the latency
+    (``guard_latency.py --load-linger-ms`` shows it).
     """
 
     def __init__(self, bench: BenchEnv, rate: float, incident_rate: float,

@@ -6,7 +6,7 @@
 
 Both run as one bytewax worker in a subprocess over the same input topic. The rate
 is taken from the output messages' own producer timestamps (first to last), so
-process start-up is not counted. Goal (issue 2): ours / stock >= 1.0.
+process start-up is not counted. Goal: ours / stock >= 1.0.
 
     python bench/kafka_passthrough.py [--n 200000] [--partitions 4]
 """

@@ -1,6 +1,6 @@
 """The per-tick burst of the exposure path at N counterparties, stage by stage.
 
-Issue 6's latency tail: once a tick re-values many counterparties, a command
+The latency tail: once a tick re-values many counterparties, a command
 whose fill lands behind that tick waits for the whole burst. This script
 re-creates one tick of the guard's exposure path in process and times each stage
 by this process's CPU time, without Kafka or bytewax's scheduling, so it gives
