@@ -59,14 +59,14 @@ from riskguard.operators.audit import (
     record_leaf,
     verify_log,
 )
-from riskguard.operators.crypto import (
+from riskguard.operators.signing.crypto import (
     PAYLOAD_COMMAND,
     PAYLOAD_LIMIT_UPDATE,
     decode_envelope,
     pae,
     sign_envelope,
 )
-from riskguard.operators.trust import (
+from riskguard.operators.signing.trust import (
     ROLE_PAYLOADS,
     Role,
     TrustStore,

@@ -25,7 +25,7 @@ import msgspec
 import msgspec.inspect as mi
 import signing_fixtures as fx
 from riskguard.operators.audit import AuditConfig, AuditLogic, prove, record_leaf
-from riskguard.operators.crypto import (
+from riskguard.operators.signing.crypto import (
     PAYLOAD_COMMAND,
     PAYLOAD_LIMIT_UPDATE,
     PAYLOAD_TRUST,
@@ -33,7 +33,7 @@ from riskguard.operators.crypto import (
     encode_envelope,
     sign_envelope,
 )
-from riskguard.operators.trust import trust_doc_to_toml
+from riskguard.operators.signing.trust import trust_doc_to_toml
 from riskguard.schemas import ALL_TYPES, Codec, Record, encode
 from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
 from riskguard.schemas.commands import Action, LimitUpdate
@@ -397,7 +397,7 @@ def dictionary(name: str) -> str:
     its parser branches on."""
     names: set[str] = set()
     if name in ("trust", "config"):
-        from riskguard.operators.trust import TTL_ACTIONS
+        from riskguard.operators.signing.trust import TTL_ACTIONS
 
         if name == "config":
             from riskguard.dataflows.guard import GuardConfig
