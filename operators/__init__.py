@@ -1,7 +1,13 @@
-"""riskguard's operators, by domain.
+"""riskguard's bytewax operators, and the engine-neutral logic under them, by domain.
 
-- :mod:`riskguard.operators.core`: plumbing every domain uses (the logic protocol and
-  its bytewax adapter, clocks, de-duplication, metrics);
+Every public operator and its configuration is importable from here, as bytewax's own
+are from ``bytewax.operators``::
+
+    from riskguard.operators import aggregate_exposure, enforce_limits, plan_mitigation
+
+Each domain is a subpackage; its ``ops`` module holds its operators, the other modules
+the logic classes they adapt (docs/api.md lists them all):
+
 - :mod:`riskguard.operators.detection`: market records in, anomaly and dislocation
   signals out (features, the online detector, move bands, cross rates);
 - :mod:`riskguard.operators.exposure`: positions and marks in, exposures and limit
@@ -11,24 +17,137 @@
 - :mod:`riskguard.operators.signing`: keys, signed envelopes, the trust file; commands
   signed on the way out and operators' commands verified on the way in;
 - :mod:`riskguard.operators.audit`: the tamper-evident audit log (Merkle chains with
-  signed checkpoints), its verification and proofs.
+  signed checkpoints), its verification and proofs;
+- :mod:`riskguard.operators.core`: plumbing every domain uses (the logic protocol and
+  its bytewax adapter, clocks, de-duplication, metrics).
+
+>>> from bytewax.dataflow import Dataflow
+>>> from bytewax.testing import TestingSink, TestingSource, run_main
+>>> import bytewax.operators as op
+>>> from riskguard.schemas import Quote
+>>> flow = Dataflow("features")
+>>> quotes = op.input("in", flow, TestingSource([Quote(id="q1", venue="okx",
+...     instrument="BTC-USDT", ts=0, bid=99.0, bid_size=1.0, ask=101.0, ask_size=1.0)]))
+>>> feats = extract_features("features", quotes, config=FeatureConfig(venues=("okx",)),
+...                          clock=lambda: 10**19)
+>>> got = []
+>>> op.output("out", feats.oks, TestingSink(got))
+>>> run_main(flow)
+>>> [(key, vec.price, vec.values["spread_bps"]) for key, vec in got]
+[('okx/BTC-USDT', 100.0, 200.0)]
 
 Old flat module paths
 ---------------------
-Before the domain subpackages every module sat directly in this package
+Before the subpackages every module sat directly in this package
 (``riskguard.operators.clock``, ``riskguard.operators.detector`` ...). bytewax recovery
 snapshots pickle state classes by module path, so each moved module stays importable
-under its old name as the *same* module object (an entry in ``sys.modules``, registered
-below once the subpackages are imported). Modules split into a package of the same name
-(``exposure``, ``audit``, ``signing``) re-export the old names from that package instead.
-New code imports the new paths.
+under its old name as the *same* module object: an entry in ``sys.modules``, registered
+below once the subpackages are imported (tests/test_snapshot_compat.py loads snapshots
+pickled before the move). The modules split into a package of the same name
+(``exposure``, ``signing``, ``audit``) re-export the old module's names from that
+package instead. New code imports the new paths.
 """
 
 import sys
 
-from riskguard.operators import audit, core, detection, exposure, mitigation, signing
+from riskguard.operators.audit import AuditConfig, audit_log
+from riskguard.operators.core import (
+    Clock,
+    SplitOut,
+    Tick,
+    split_dead_letters,
+    stateful_logic,
+    system_clock,
+)
+from riskguard.operators.detection import (
+    CrossRateConfig,
+    DetectorConfig,
+    DetectOut,
+    FeatureConfig,
+    FeaturesOut,
+    MoveBandConfig,
+    detect_anomalies,
+    detect_dislocations,
+    extract_features,
+)
+from riskguard.operators.exposure import (
+    CounterpartyLimits,
+    ExposureConfig,
+    ExposureOut,
+    InstrumentsConfig,
+    InstrumentSpec,
+    LimitsConfig,
+    LimitsOut,
+    LimitSpec,
+    ShardPlace,
+    SumOut,
+    ValuedOut,
+    Verifier,
+    VolScaling,
+    aggregate_exposure,
+    enforce_limits,
+    sum_exposures,
+    trust_verifier,
+    value_positions,
+)
+from riskguard.operators.mitigation import (
+    FeedConfig,
+    PlaybookConfig,
+    Rule,
+    Rung,
+    VenueFeeds,
+    plan_mitigation,
+)
+from riskguard.operators.signing import SignConfig, Signer, sign_commands
 
-# old flat module name -> its module under the domain subpackages
+__all__ = [
+    "AuditConfig",
+    "Clock",
+    "CounterpartyLimits",
+    "CrossRateConfig",
+    "DetectOut",
+    "DetectorConfig",
+    "ExposureConfig",
+    "ExposureOut",
+    "FeatureConfig",
+    "FeaturesOut",
+    "FeedConfig",
+    "InstrumentSpec",
+    "InstrumentsConfig",
+    "LimitSpec",
+    "LimitsConfig",
+    "LimitsOut",
+    "MoveBandConfig",
+    "PlaybookConfig",
+    "Rule",
+    "Rung",
+    "ShardPlace",
+    "SignConfig",
+    "Signer",
+    "SplitOut",
+    "SumOut",
+    "Tick",
+    "ValuedOut",
+    "VenueFeeds",
+    "Verifier",
+    "VolScaling",
+    "aggregate_exposure",
+    "audit_log",
+    "detect_anomalies",
+    "detect_dislocations",
+    "enforce_limits",
+    "extract_features",
+    "plan_mitigation",
+    "sign_commands",
+    "split_dead_letters",
+    "stateful_logic",
+    "sum_exposures",
+    "system_clock",
+    "trust_verifier",
+    "value_positions",
+]
+
+# old flat module name -> its module in the domain subpackages
 _OLD_PATHS = {
     "base": "core.base",
     "clock": "core.clock",
@@ -61,12 +180,11 @@ _OLD_PATHS = {
 
 
 def _register_old_paths() -> None:
+    package = sys.modules[__name__]
     for old, new in _OLD_PATHS.items():
         module = sys.modules[f"{__name__}.{new}"]
         sys.modules[f"{__name__}.{old}"] = module
-        setattr(sys.modules[__name__], old, module)
+        setattr(package, old, module)
 
 
 _register_old_paths()
-
-__all__ = ["audit", "core", "detection", "exposure", "mitigation", "signing"]

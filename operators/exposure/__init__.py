@@ -87,7 +87,14 @@ a snapshot or a caller refers to is still importable from here.
 [('v', 100.0, 20.0), ('*', 100.0, 20.0)]
 """
 
-from riskguard.operators.exposure.config import FIRM_KEY, STATE_VERSION, ExposureConfig
+from riskguard.operators.exposure.config import (
+    FIRM_KEY,
+    NS_PER_S,
+    SECONDS_PER_YEAR,
+    STATE_VERSION,
+    ExposureConfig,
+    MarkSource,
+)
 from riskguard.operators.exposure.instruments import (
     InstrumentRegistry,
     InstrumentsConfig,
@@ -132,12 +139,16 @@ from riskguard.operators.exposure.routing import (
 )
 from riskguard.operators.exposure.shard_state import Pending, ShardState
 from riskguard.operators.exposure.shards import ShardLogic, apply_fill
+from riskguard.operators.exposure.valuation import NEVER_STALE
 from riskguard.operators.exposure.wire import pack_for_wire, unpack_from_wire
 from riskguard.schemas.valuation import Part, Progress
 
 __all__ = [
     "FIRM_KEY",
+    "NEVER_STALE",
+    "NS_PER_S",
     "PROGRESS_KEY",
+    "SECONDS_PER_YEAR",
     "STATE_VERSION",
     "CounterpartyLimits",
     "CounterpartyLogic",
@@ -156,6 +167,7 @@ __all__ = [
     "LimitsOut",
     "LimitsState",
     "LocalPipeline",
+    "MarkSource",
     "Part",
     "Pending",
     "PipelineOut",

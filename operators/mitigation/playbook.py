@@ -53,6 +53,8 @@ from riskguard.operators.mitigation.rules import (
     _RANK,
     CLOSERS,
     OPENERS,
+    TARGETS,
+    ParamValue,
     PlaybookConfig,
     Rule,
     Rung,
@@ -77,6 +79,26 @@ from riskguard.schemas import (
 )
 
 from riskguard.errors import ConfigError
+
+# what riskguard.operators.playbook held before the rules moved out (its old path)
+__all__ = [
+    "CLOSERS",
+    "OPENERS",
+    "STATE_VERSION",
+    "TARGETS",
+    "Incident",
+    "Mitigation",
+    "ParamValue",
+    "PlaybookConfig",
+    "PlaybookLogic",
+    "PlaybookState",
+    "Rule",
+    "Rung",
+    "S",
+    "evidence_digest",
+    "map_scope",
+    "playbook_builder",
+]
 
 STATE_VERSION = 2
 

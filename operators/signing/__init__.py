@@ -16,6 +16,7 @@ logic and its state) are still importable from here.
 """
 
 from riskguard.operators.signing.commands import (
+    STATE_VERSION,
     SignConfig,
     SignLogic,
     SignState,
@@ -40,6 +41,7 @@ from riskguard.operators.signing.ops import sign_commands
 from riskguard.operators.signing.trust import RootSet, TrustDoc, TrustStore, parse_trust
 
 __all__ = [
+    "STATE_VERSION",
     "OperatorCommandLogic",
     "OperatorCommandState",
     "RootSet",
