@@ -1,0 +1,226 @@
+"""The README and docs/ say what the code does: the examples are checked against real
+runs, links resolve, figures carry their date and command, and the project keeps no
+history outside git."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from riskguard import config_docs
+from tests.docs_helpers import (
+    BLOCK,
+    DOCS,
+    README,
+    ROOT,
+    bin_env,
+    blocks,
+    section,
+    shown,
+    unmatched,
+)
+
+
+def test_the_trust_file_example_loads_and_its_typo_error_is_the_real_one() -> None:
+    """docs/security.md's trust file parses as every verifier parses it, and the same
+    file with `two_person` misspelt gives exactly the error the page shows."""
+    from riskguard.operators.signing import parse_trust
+
+    from riskguard.errors import RiskguardError
+
+    page = (DOCS / "security.md").read_text()
+    example = re.search(r"```toml trust\.toml\n(.*?)```", page, re.S)
+    assert example
+    text = example.group(1).replace("<64 hex digits>", "ab" * 32)
+    doc = parse_trust(text, source="trust.toml")
+    assert doc.serial == 7
+    shown_error = next(body.strip() for lang, body in blocks(page)
+                       if not lang and "two_preson" in body)
+    with pytest.raises(RiskguardError) as err:
+        parse_trust(text.replace("[two_person]", "[two_preson]"), source="trust.toml")
+    assert str(err.value) == shown_error
+
+
+# -- the README -----------------------------------------------------------------------
+
+
+def test_the_readme_is_a_short_users_readme() -> None:
+    """At most about 400 lines, with the sections a new user needs."""
+    text = README.read_text()
+    assert len(text.splitlines()) <= 420
+    for heading in ("Run the demo", "Install and test", "Your own guard in 15 minutes",
+                    "Public API", "Security: what fails closed", "Layout", "Reference"):
+        assert f"\n## {heading}\n" in text, heading
+    assert len(section(text, "Security: what fails closed").splitlines()) <= 25
+
+
+def test_the_readme_test_command_is_the_one_ci_runs() -> None:
+    """The README's install-and-test command is, verbatim, the line .ci/run runs, and
+    the demo command installs the same way."""
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    ci_cmd = ci[ci.index("# --- the README test command, verbatim ---") + 1]
+    test_cmd = blocks(section(README.read_text(), "Install and test"))[0][1].strip()
+    assert test_cmd == ci_cmd
+    demo_cmd = blocks(section(README.read_text(), "Run the demo"))[0][1].strip()
+    install = ci_cmd.rsplit(" && ", 1)[0]
+    assert demo_cmd == f"{install} && .venv/bin/riskguard demo"
+
+
+def test_the_public_api_example_runs_and_prints_what_it_says(tmp_path: Path) -> None:
+    """The README's API example runs as written and prints its `# prints:` lines."""
+    code = next(body for lang, body in blocks(section(README.read_text(), "Public API"))
+                if lang == "python")
+    said = code.split("# prints:\n", 1)[1]
+    expected = [line.removeprefix("# ") for line in said.strip().splitlines()]
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300, check=False, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines() == expected
+
+
+@pytest.mark.slow
+def test_the_demo_output_in_the_readme_is_a_real_runs(tmp_path: Path) -> None:
+    """`riskguard demo` runs; each line the README shows matches one line it printed
+    (allowing other digits), and the README shows every command, rejection, summary and
+    audit line it printed. (A signal's episode may close after the scenario's end, so the
+    signals shown are checked one way only.)"""
+    riskguard = Path(sys.executable).parent / "riskguard"
+    argv = [str(riskguard)] if riskguard.exists() else [sys.executable, "-m", "riskguard.cli"]
+    r = subprocess.run([*argv, "demo"], capture_output=True, text=True, timeout=600,
+                       check=False, cwd=tmp_path, env=bin_env(tmp_path))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    out = r.stdout.splitlines()
+    sample = next(body for lang, body in blocks(section(README.read_text(), "Run the demo"))
+                  if not lang).splitlines()
+    shown_lines = [line for line in sample if line.strip()]
+    assert unmatched(shown_lines, out) == []
+    key = re.compile(r" COMMAND |REJECTED|verified and executed|^(ok|FAIL) ")
+    patterns = [shown(line) for line in shown_lines]
+    not_shown = [line for line in out if key.search(line)
+                 and not any(p.fullmatch(" ".join(line.split())) for p in patterns)]
+    assert not_shown == [], "the run printed lines the README does not show"
+
+
+@pytest.mark.slow
+def test_the_walk_through_runs_as_written(tmp_path: Path) -> None:
+    """The README's "your own guard" blocks run in order in an empty folder (keys, trust
+    file, config, topics, data, the guard, the subscriber, audit verify), and print the
+    output the README shows."""
+    text = section(README.read_text(), "Your own guard in 15 minutes")
+    script, expected = [], []
+    for lang, body in blocks(text):
+        if lang == "python":
+            name = re.match(r"# (\S+\.py)", body)
+            assert name, body[:80]
+            (tmp_path / name.group(1)).write_text(body)
+        elif lang == "bash":
+            script.append(body)
+        else:
+            expected += [line for line in body.splitlines() if line.strip()]
+    assert len(script) >= 4 and expected
+    env = bin_env(tmp_path)
+    try:
+        r = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(script)],
+                           capture_output=True, text=True, timeout=600, check=False,
+                           cwd=tmp_path, env=env)
+    finally:
+        subprocess.run([sys.executable, "-m", "riskguard.cli", "broker", "stop"],
+                       capture_output=True, timeout=60, check=False, env=env)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert unmatched(expected, r.stdout.splitlines()) == [], r.stdout[-4000:]
+
+
+def test_matching_allows_other_digits_and_elided_text_but_nothing_else() -> None:
+    """The demo and walk-through checks: digits and `...` are free, words are not."""
+    assert unmatched(["t+ 150.8s COMMAND alert  venue:okx seq 1 verified"],
+                     ["t+  12.0s COMMAND alert venue:okx  seq 14 verified"]) == []
+    assert unmatched(["resume {'resumes': [...]}"], ["resume {'resumes': ['ab-12']}"]) == []
+    assert unmatched(["COMMAND alert venue:okx"], ["COMMAND alert venue:binance"]) != []
+    assert unmatched(["a 1", "a 1"], ["a 2"]) == ["a 1"]
+
+
+# -- links, figures, history ----------------------------------------------------------
+
+
+def _pages() -> list[Path]:
+    return [README, *sorted(DOCS.glob("*.md"))]
+
+
+def _slugs(path: Path) -> set[str]:
+    text = BLOCK.sub("", path.read_text())
+    return {config_docs._slug(m.group(1).strip())
+            for m in re.finditer(r"^#+ (.*)$", text, re.M)}
+
+
+def test_every_relative_link_in_the_readme_and_docs_resolves() -> None:
+    """Each link to a file of the project names one that exists, and its #anchor a
+    heading of it."""
+    bad = []
+    for page in _pages():
+        text = BLOCK.sub("", page.read_text())
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            file, _, anchor = target.partition("#")
+            dest = (page.parent / file).resolve() if file else page
+            if not dest.exists():
+                bad.append(f"{page.name}: {target}")
+            elif anchor and dest.suffix == ".md" and anchor not in _slugs(dest):
+                bad.append(f"{page.name}: {target} (no such heading)")
+    assert bad == []
+
+
+def test_the_wire_contract_links_every_json_schema() -> None:
+    """docs/wire-contract.md links each file of schemas/json/."""
+    page = (DOCS / "wire-contract.md").read_text()
+    missing = [p.name for p in sorted((ROOT / "schemas" / "json").glob("*.json"))
+               if f"(../schemas/json/{p.name})" not in page]
+    assert missing == []
+
+
+def test_every_figure_in_the_performance_page_has_its_date_and_command() -> None:
+    """Each row of docs/performance.md's tables gives a date and the command behind it."""
+    page = (DOCS / "performance.md").read_text()
+    rows = 0
+    for table in re.findall(r"((?:^\|.*\|\n)+)", page, re.M):
+        head, _rule, *body = table.splitlines()
+        cols = [c.strip() for c in head.strip("|").split("|")]
+        assert "date" in cols and "command" in cols, head
+        for row in body:
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", cells[cols.index("date")]), row
+            command = cells[cols.index("command")]
+            assert re.search(r"bench/\w+\.py|riskguard |the same command", command), row
+            rows += 1
+    assert rows >= 15
+
+
+def test_the_readme_and_docs_point_to_the_performance_page_not_a_results_file() -> None:
+    """The figures live in docs/performance.md; bench/RESULTS.md is gone and nothing
+    names it."""
+    assert not (ROOT / "bench" / "RESULTS.md").exists()
+    for page in _pages():
+        assert "RESULTS.md" not in page.read_text(), page.name
+
+
+def test_the_project_speaks_of_no_sessions_or_issue_numbers() -> None:
+    """History belongs in git: no file of the project (tracked or new) mentions a
+    session or an issue number."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    history = re.compile(r"session [0-9]|issue [0-9]|issue\s#", re.I)
+    found = []
+    for name in files.splitlines():
+        path = ROOT / name
+        if not path.is_file() or path.suffix in (".sqlite", ".whl", ".png"):
+            continue
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        found += [f"{name}: {m.group(0)}" for m in history.finditer(text)]
+    assert found == []
