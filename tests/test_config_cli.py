@@ -244,7 +244,7 @@ def test_the_guards_fetch_wait_reaches_its_consumer_and_is_bounded(tmp_path: Pat
     path = edited_example(tmp_path, ("fetch_wait_max_ms = 10 ", "fetch_wait_max_ms = 250"))
     cfg = guard.load_guard_config(path)[0]
     flow = Dataflow("fetch_wait")
-    guard._input(flow, cfg, ("market", "fills"), lambda: 0)
+    guard.kafka_io._input(flow, cfg, ("market", "fills"), lambda: 0)
 
     def steps(step: object) -> list[object]:
         return [step, *(s for sub in getattr(step, "substeps", []) for s in steps(sub))]

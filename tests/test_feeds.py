@@ -169,7 +169,7 @@ def test_feed_selection_by_batch_equals_one_event_at_a_time(events: list[object]
     ends in the same state as the rule applied one event at a time through
     ``FeedState.step`` (the reference below), however the events are cut into batches;
     so does the guard's per-venue wrapper, for selection and for the monitor."""
-    from riskguard.dataflows.guard import _PerVenue
+    from riskguard.dataflows.guard.steps import _PerVenue
     from riskguard.operators.mitigation.feeds import FeedState
 
     vf = CFG.venues["okx"]

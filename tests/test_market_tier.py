@@ -11,12 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from risk_flow_app import make_events
 from riskguard.connectors.placement import MarketOwners, aligned_partitions
-from riskguard.dataflows.guard import (
-    GuardConfig,
-    _check_tier,
-    _owned_records,
-    _valuation_records,
-)
+from riskguard.dataflows.guard import GuardConfig
+from riskguard.dataflows.guard.config import _check_tier
+from riskguard.dataflows.guard.tiers import _owned_records, _valuation_records
 from riskguard.operators.exposure import (
     CounterpartyLogic,
     ExposureConfig,

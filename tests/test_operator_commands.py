@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from riskguard.connectors.subscriber import CommandSubscriber
-from riskguard.dataflows.guard import _unhandled
+from riskguard.dataflows.guard.steps import _unhandled
 from riskguard.operators.core.clock import ManualClock
 from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, decode_envelope, sign_envelope
 from riskguard.operators.signing.operator_commands import OperatorCommandLogic

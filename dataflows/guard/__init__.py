@@ -1,0 +1,121 @@
+"""The reference guard dataflow: raw feeds in, signed mitigation commands out.
+
+Wiring (:func:`guard_core`, in :mod:`~riskguard.dataflows.guard.core`)::
+
+    Kafka (market, venue_status, fills, positions, balances, limit_updates)
+      -> decode (bad records -> dead-letter topic)
+      -> feed selection (primary/backup failover)   keyed venue/instrument
+      -> features -> anomalies                      same key: no extra exchange
+      -> exposures -> limits (signed limit updates verified against the trust file)
+      -> playbook (one key: global state, rare signals; its clock is the
+         event-time ticks as the exposure path passes them on)
+      -> sign -> commands topic
+      -> audit log with signed checkpoints -> audit topic
+
+Run it with ``riskguard run --config guard.toml`` or
+``RISKGUARD_CONFIG=guard.toml python -m bytewax.run riskguard.dataflows.guard``
+(add ``-w``/``-p``/``-i -a`` and ``-r`` for recovery). Every parameter comes
+from that one TOML file; ``dataflows/guard.example.toml`` documents them.
+
+- :mod:`~riskguard.dataflows.guard.config`: :class:`GuardConfig` and its loading;
+- :mod:`~riskguard.dataflows.guard.core`: :func:`guard_core`, the whole guard;
+- :mod:`~riskguard.dataflows.guard.steps`: the steps the core is built from;
+- :mod:`~riskguard.dataflows.guard.tiers`: the detect tier and market processes that
+  feed a firm tier (``tier.role``);
+- :mod:`~riskguard.dataflows.guard.kafka_io`: the Kafka source per tier and placement;
+- :mod:`~riskguard.dataflows.guard.live`: :func:`build_flow`, the live dataflow of any
+  tier, and :func:`from_env` behind ``python -m bytewax.run``.
+"""
+
+from typing import Any
+
+from bytewax.dataflow import Dataflow
+from riskguard.dataflows.guard.config import (
+    DETECT_STREAMS,
+    DETECTED,
+    DETECTIONS,
+    FIRM_OF_MARKET_STREAMS,
+    HANDLED,
+    INPUT_STREAMS,
+    MARKET,
+    MARKET_STREAMS,
+    NS,
+    STREAM_TYPES,
+    TIER_INDEX_ENV,
+    TRADING,
+    GuardConfig,
+    InputConfig,
+    KeysConfig,
+    TierConfig,
+    apply_gc_policy,
+    load_guard_config,
+    load_keys,
+    price_key_prefixes,
+)
+from riskguard.dataflows.guard.core import (
+    GuardOut,
+    guard_core,
+)
+from riskguard.dataflows.guard.kafka_io import (
+    exposures_key,
+)
+from riskguard.dataflows.guard.live import (
+    build_flow,
+    from_env,
+)
+from riskguard.dataflows.guard.steps import (
+    MarkFilter,
+    is_broadcast,
+)
+from riskguard.dataflows.guard.tiers import (
+    DetectOut,
+    MarketOut,
+    detect_core,
+    market_core,
+    market_owners,
+)
+
+
+def __getattr__(name: str) -> Any:
+    """``flow``: the guard built from ``$RISKGUARD_CONFIG`` (``python -m bytewax.run
+    riskguard.dataflows.guard``)."""
+    if name == "flow":
+        flow: Dataflow = from_env()
+        return flow
+    raise AttributeError(name)
+
+
+__all__ = [
+    "DETECTED",
+    "DETECTIONS",
+    "DETECT_STREAMS",
+    "FIRM_OF_MARKET_STREAMS",
+    "HANDLED",
+    "INPUT_STREAMS",
+    "MARKET",
+    "MARKET_STREAMS",
+    "NS",
+    "STREAM_TYPES",
+    "TIER_INDEX_ENV",
+    "TRADING",
+    "DetectOut",
+    "GuardConfig",
+    "GuardOut",
+    "InputConfig",
+    "KeysConfig",
+    "MarkFilter",
+    "MarketOut",
+    "TierConfig",
+    "apply_gc_policy",
+    "build_flow",
+    "detect_core",
+    "exposures_key",
+    "from_env",
+    "guard_core",
+    "is_broadcast",
+    "load_guard_config",
+    "load_keys",
+    "market_core",
+    "market_owners",
+    "price_key_prefixes",
+]

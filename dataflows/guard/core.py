@@ -1,0 +1,241 @@
+"""The guard core: the whole guard over a stream of decoded records, read top to bottom.
+
+Wiring::
+
+    records (market, venue_status, fills, positions, balances, limit_updates)
+      -> feed selection (primary/backup failover)   keyed venue/instrument
+      -> features -> anomalies                      same key: no extra exchange
+      -> exposures -> limits (signed limit updates verified against the trust file)
+      -> playbook (one key: global state, rare signals; its clock is the
+         event-time ticks as the exposure path passes them on)
+      -> sign -> commands
+      -> audit log with signed checkpoints
+
+The live flow (:func:`~riskguard.dataflows.guard.live.build_flow`) feeds it from Kafka;
+backtests and stress runs feed it from files or generators. The steps it uses are in
+:mod:`~riskguard.dataflows.guard.steps`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import bytewax.operators as op
+import msgspec
+from bytewax.dataflow import Stream, operator
+from riskguard.dataflows.guard.config import DETECTED, HANDLED, GuardConfig, _fed_by_market
+from riskguard.dataflows.guard.steps import (
+    MarkFilter,
+    _detect,
+    _detect_ticks,
+    _first_of_each_id,
+    _market_parts,
+    _monitor_builder,
+    _select_feeds,
+    _split_inputs,
+    _tick_fn,
+    _unhandled,
+    _watch_detect,
+)
+from riskguard.operators.audit import AuditState
+from riskguard.operators.audit.ops import audit_log
+from riskguard.operators.core.base import (
+    event_time,
+    split_dead_letters,
+    stateful_logic,
+    values_of,
+)
+from riskguard.operators.core.clock import Clock
+from riskguard.operators.core.metrics import record_command
+from riskguard.operators.core.observe import observe_all
+from riskguard.operators.exposure.ops import (
+    aggregate_exposure,
+    enforce_limits,
+    sum_exposures,
+    trust_verifier,
+)
+from riskguard.operators.mitigation.ops import plan_mitigation
+from riskguard.operators.signing import decode_command
+from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, Signer
+from riskguard.operators.signing.operator_commands import (
+    OPERATOR_COMMANDS_KEY,
+    OperatorCommandLogic,
+)
+from riskguard.operators.signing.ops import sign_commands
+from riskguard.operators.signing.trust import TrustStore
+from riskguard.schemas import (
+    Audience,
+    DeadLetter,
+    SignedEnvelope,
+    VenueStatus,
+)
+
+
+@dataclass(frozen=True)
+class GuardOut:
+    """Every output stream of the guard core."""
+
+    commands: Stream[SignedEnvelope]
+    audit: Stream[Any]
+    signals: Stream[Any]
+    exposures: Stream[Any]
+    dead_letters: Stream[DeadLetter]
+
+
+@operator
+def guard_core(
+    step_id: str,
+    records: Stream[Any],
+    *,
+    cfg: GuardConfig,
+    cfg_hash: str,
+    clock: Clock,
+    signer: Signer,
+    trust: TrustStore,
+    seq_floor: int | None = None,
+    local_keys: Callable[[str], bool] | None = None,
+    wall_clock: Clock | None = None,
+    remote_keys: Callable[[str], bool] | None = None,
+    audit_resume: dict[str, AuditState] | None = None,
+    input_errs: Stream[DeadLetter] | None = None,
+) -> GuardOut:
+    """The whole guard over a stream of decoded records, whatever their source.
+
+    The live flow feeds it from Kafka; backtests and stress runs feed it from
+    files or generators. It is the single implementation of the guard logic.
+    ``seq_floor`` is the signing step's (the highest seq already delivered);
+    ``audit_resume`` the audit step's (each chain's state on the audit topic,
+    :func:`~riskguard.connectors.audit_tail.read_chain_states`).
+    ``local_keys``: every worker gets its own copy of each index price and
+    venue heartbeat (:func:`is_broadcast`), and fans it out to the keys
+    ``local_keys`` says live on it; one copy (its key's owner's) goes on to
+    feed selection, the feed monitor and exposure marks. ``wall_clock`` (live runs
+    only; a replay must not depend on wall time) lets a fill's re-valuation boundary
+    pass by wall time on a shard no later record reaches
+    (:func:`~riskguard.operators.exposure.ops.aggregate_exposure`). ``remote_keys`` says
+    which exposure valuation keys live in another process (packs bound there go
+    msgpack-encoded, not pickled). A firm tier fed by market processes
+    (``tier.upstream = "market"``) sums their valuation parts instead of valuing
+    positions itself, and has no market or trading records. ``input_errs`` are the
+    source's dead letters (bad bytes, a record on the wrong topic, late or future
+    times): audited and passed on with the guard's own in ``dead_letters``.
+    """
+    firm = cfg.tier.role == "firm"
+    of_market = _fed_by_market(cfg)
+    detected_in = None
+    if firm:
+        # the detect tier's signals and progress (the detections topic) go their own way
+        detected_in = op.flat_map_batch("detected", records,
+                                        lambda rs: [r for r in rs if isinstance(r, DETECTED)])
+        records = op.flat_map_batch("not_detected", records,
+                                    lambda rs: [r for r in rs if not isinstance(r, DETECTED)])
+    # Event-time progress from every record (not only market data: fills during a market
+    # data outage must still be valued).
+    ticks = own_ticks = op.flat_map_batch(
+        "ticks", records, _tick_fn(cfg.tick_ns, cfg.tier.detect_workers if firm else 0))
+    if detected_in is not None:
+        # each detect worker is one more tick source: time holds until it has passed
+        ticks = op.merge("all_ticks", ticks, op.flat_map_batch(
+            "detect_ticks", detected_in, _detect_ticks(cfg.tier.detect_workers)))
+    market, records, status, trading = _split_inputs(records)
+    updates = op.flat_map_batch("updates", records, lambda rs: [
+        r for r in rs if isinstance(r, SignedEnvelope) and r.payload_type != PAYLOAD_COMMAND])
+    # Operator commands (a resume) come signed, on the limit-updates topic; they reach the
+    # playbook only once verified against the trust file, with their approvals counted
+    # from the signatures. A bare command record is refused: nothing unsigned acts.
+    # Each acts once: the replay state is keyed on one key and snapshotted.
+    operator_cmds = op.flat_map_batch("operator_cmds", records, lambda rs: [
+        (OPERATOR_COMMANDS_KEY, r) for r in rs
+        if isinstance(r, SignedEnvelope) and r.payload_type == PAYLOAD_COMMAND])
+    commands_topic = cfg.topic("commands")
+    verified = split_dead_letters("verify_operator", op.flat_map_batch(
+        "verify_cmd_unkey", stateful_logic(
+            "verify_cmd", operator_cmds, lambda state: OperatorCommandLogic(
+                trust, env=cfg.env, topic=commands_topic, clock=clock, state=state)),
+        values_of))
+    manual = verified.oks
+    unhandled = op.flat_map_batch("unhandled", records, lambda rs: [
+        _unhandled(r) for r in rs if not isinstance(r, HANDLED)])
+
+    fcfg = cfg.feeds
+    feed_venues = tuple(fcfg.venues)
+
+    def monitor_keys(r: Any) -> list[tuple[str, Any]]:
+        if isinstance(r, VenueStatus):
+            return [(r.venue, r)] if local_keys is None or local_keys(r.venue) else []
+        return [(v, r) for v in feed_venues]
+
+    monitor_in = op.flat_map("monitor_key", op.merge("monitor_src", status, ticks), monitor_keys)
+    feed_alerts = op.map(
+        "monitor_unkey",
+        stateful_logic("feed_monitor", monitor_in, _monitor_builder(fcfg, clock),
+                       order=event_time),
+        lambda kv: kv[1],
+    )
+
+    market_ok = None if of_market else _select_feeds(market, status, cfg, local_keys)
+    if detected_in is not None:
+        anomalies = op.merge("anomalies_and_watch",
+                             _first_of_each_id(detected_in, cfg.tier.recent_ids),
+                             _watch_detect(ticks, cfg.tier, clock))
+        detect_errs: list[Stream[DeadLetter]] = []
+    else:
+        assert market_ok is not None  # only a firm tier fed by market processes has none
+        anomalies, detect_errs = _detect(market, market_ok, status, cfg, clock, local_keys)
+    exposure_errs: list[Stream[DeadLetter]] = []
+    if of_market:
+        assert detected_in is not None  # a firm tier
+        summed = sum_exposures("exposure", _market_parts(detected_in, own_ticks, cfg),
+                               config=cfg.exposure)
+        exposures, exposure_alerts, progress = summed.exposures, summed.alerts, summed.progress
+    else:
+        assert market_ok is not None
+        marks = op.flat_map_batch("marks", market_ok,
+                                  MarkFilter(cfg.mark_interval_ns, cfg.mark_move_bps).passed)
+        exposure = aggregate_exposure(
+            "exposure", marks, trading, config=cfg.exposure, clock=clock, ticks=ticks,
+            wall_clock=wall_clock, remote_keys=remote_keys)
+        exposures, exposure_alerts, progress = (exposure.exposures, exposure.alerts,
+                                                exposure.progress)
+        exposure_errs.append(exposure.errs)
+    audience = Audience(env=cfg.env, topic=cfg.topic("limit_updates"))
+    limits = enforce_limits("limits", exposures, updates, config=cfg.limits,
+                            verifier=trust_verifier(trust, audience), clock=clock,
+                            progress=progress)
+
+    signals = op.flat_map_batch("observe_signals", op.merge(
+        "signals", anomalies, exposure_alerts, limits.breaches, limits.alerts, feed_alerts,
+    ), observe_all)
+    # The playbook's clock: the ticks as the exposure path passes them on (valuation,
+    # counterparty, firm, limits), not as the sources make them. In a backlog that path's
+    # queues are the longest, and a breach must not reach the playbook after time has
+    # moved past it.
+    planned = plan_mitigation(
+        "playbook", op.merge("playbook_in", signals, limits.ticks, manual),
+        config=cfg.playbook, clock=clock,
+    )
+    commands = planned.oks
+    signed = sign_commands("sign", commands, signer, config=cfg.sign, seq_floor=seq_floor)
+
+    def observe_command(env: SignedEnvelope) -> SignedEnvelope:
+        cmd = decode_command(env)
+        record_command(cmd.action.value, cmd.scope.kind.value, cmd.recv_ts, clock())
+        return env
+
+    out_cmds = op.map("observe_commands", signed.oks, observe_command)
+    errs: Stream[DeadLetter] = op.flat_map_batch("observe_errs", op.merge(
+        "errs", *detect_errs, *exposure_errs, limits.errs, planned.errs, signed.errs,
+        verified.errs, unhandled, *([input_errs] if input_errs is not None else []),
+    ), observe_all)
+    audit_cfg = msgspec.structs.replace(cfg.audit, config_hash=cfg_hash)
+    decisions = op.merge("decisions", signals, commands, errs)
+    audit = op.flat_map_batch(
+        "observe_audit", audit_log("audit", decisions, signer=signer, config=audit_cfg,
+                                  resume=audit_resume),
+        observe_all)
+    observed = op.flat_map_batch(
+        "observe_exposures", op.merge("exp_util", exposures, limits.utilizations),
+        observe_all)
+    return GuardOut(commands=out_cmds, audit=audit, signals=signals, exposures=observed,
+                    dead_letters=errs)

@@ -1,0 +1,126 @@
+"""The live guard dataflow: Kafka topics in, the guard core (or a tier), Kafka topics out.
+
+Run it with ``riskguard run --config guard.toml`` or
+``RISKGUARD_CONFIG=guard.toml python -m bytewax.run riskguard.dataflows.guard``
+(add ``-w``/``-p``/``-i -a`` and ``-r`` for recovery). Every parameter comes
+from that one TOML file; ``dataflows/guard.example.toml`` documents them."""
+
+from __future__ import annotations
+
+import os
+
+from bytewax.dataflow import Dataflow
+from riskguard.connectors.audit_tail import read_chain_states
+from riskguard.connectors.command_log import last_signed_seq
+from riskguard.connectors.kafka import kafka_output
+from riskguard.connectors.placement import (
+    LocalKeys,
+    OtherProcessKeys,
+)
+from riskguard.dataflows.guard.config import (
+    DETECTIONS,
+    FIRM_OF_MARKET_STREAMS,
+    INPUT_STREAMS,
+    GuardConfig,
+    _fed_by_market,
+    _split,
+    apply_gc_policy,
+    load_guard_config,
+    load_keys,
+)
+from riskguard.dataflows.guard.core import guard_core
+from riskguard.dataflows.guard.kafka_io import _audit_key, _input, exposures_key
+from riskguard.dataflows.guard.tiers import _detect_flow, _market_flow
+from riskguard.operators.core.clock import Clock, system_clock
+from riskguard.operators.core.metrics import start_metrics_server_from_env
+from riskguard.operators.core.observe import ObserveConfig, configure
+from riskguard.operators.detection.detector import prepare_models
+from riskguard.operators.detection.features import (
+    MARKET_FEATURES,
+    OPTION_FEATURES,
+    VENUE_FEATURES,
+)
+from riskguard.operators.signing.crypto import Signer
+from riskguard.operators.signing.trust import TrustStore
+
+from riskguard.errors import ConfigError
+
+
+def build_flow(
+    cfg: GuardConfig,
+    cfg_hash: str = "0" * 64,
+    *,
+    clock: Clock = system_clock,
+    signer: Signer | None = None,
+    trust: TrustStore | None = None,
+) -> Dataflow:
+    """The live guard: Kafka topics in, the guard core, Kafka topics out."""
+    configure(ObserveConfig(option_instruments=frozenset(
+        n for n, spec in cfg.exposure.instruments.instruments.items() if spec.kind == "option"
+    )))
+    role = cfg.tier.role
+    if role != "firm":
+        _prepare_detection(cfg)
+    if role == "detect":
+        return _detect_flow(cfg, clock)
+    if role == "market":
+        return _market_flow(cfg, clock)
+    if signer is None or trust is None:
+        signer, trust = load_keys(cfg)
+    brokers = cfg.kafka
+    flow = Dataflow("riskguard_guard")
+    streams = (INPUT_STREAMS if role != "firm"
+               else FIRM_OF_MARKET_STREAMS if _fed_by_market(cfg)
+               else (*INPUT_STREAMS, DETECTIONS))
+    src = _input(flow, cfg, streams, clock)
+    issuer = cfg.sign.issuer or signer.issuer
+    # Read once, before any worker signs: the killed run this may resume is gone.
+    delivered = last_signed_seq(brokers, cfg.topic("commands"), signer.public_key,
+                                issuer)
+    # Likewise each audit chain continues where the topic ends (verified as read), never
+    # again from index 0; a topic that cannot be read or verified stops the start.
+    chains = read_chain_states(brokers, cfg.topic("audit"), trust.checkpoint_key,
+                               origin=cfg.audit.origin)
+    out = guard_core("guard", src.oks, cfg=cfg, cfg_hash=cfg_hash, clock=clock, signer=signer,
+                     trust=trust, seq_floor=delivered, audit_resume=chains, wall_clock=clock,
+                     local_keys=LocalKeys() if _split(cfg) else None,
+                     remote_keys=OtherProcessKeys(), input_errs=src.errs)
+    timeout = cfg.sink_delivery_timeout_s
+    # split market data: every output is written by the worker that made it
+    local = _split(cfg)
+    kafka_output("commands", out.commands, brokers=brokers, topic=cfg.topic("commands"),
+                 delivery_timeout_s=timeout, worker_local=local, key=lambda _env: issuer)
+    kafka_output("dead_letters", out.dead_letters, brokers=brokers, topic=cfg.topic("dead_letters"),
+                 delivery_timeout_s=timeout, worker_local=local)
+    kafka_output("signals", out.signals, brokers=brokers, topic=cfg.topic("signals"),
+                 delivery_timeout_s=timeout, worker_local=local)
+    kafka_output("exposures", out.exposures, brokers=brokers, topic=cfg.topic("exposures"),
+                 delivery_timeout_s=timeout, worker_local=local, key=exposures_key)
+    kafka_output("audit", out.audit, brokers=brokers, topic=cfg.topic("audit"),
+                 delivery_timeout_s=timeout, worker_local=local,
+                 key=_audit_key)
+    return flow
+
+
+def _prepare_detection(cfg: GuardConfig) -> None:
+    """Build at start-up what detection would otherwise build on its first records."""
+    if cfg.detector.drift != "none":
+        # Start-up, not the first market record, pays for River's drift module (~1 s:
+        # it pulls in scipy); the detector imports it lazily when it builds a key.
+        import river.drift  # noqa: F401, PLC0415
+    # and for each key class's models (the first market record would wait ~0.1 s per class)
+    prepare_models(cfg.detector, (MARKET_FEATURES, OPTION_FEATURES, VENUE_FEATURES))
+
+
+
+
+def from_env() -> Dataflow:
+    """Build from ``$RISKGUARD_CONFIG`` (used by ``python -m bytewax.run``)."""
+    path = os.environ.get("RISKGUARD_CONFIG")
+    if not path:
+        raise ConfigError("RISKGUARD_CONFIG", "the path of a guard TOML config", None)
+    cfg, digest = load_guard_config(path)
+    start_metrics_server_from_env()
+    flow = build_flow(cfg, digest)
+    apply_gc_policy(cfg)
+    return flow
