@@ -18,7 +18,9 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -75,6 +77,28 @@ def shadowing_folder(pkg: Any = riskguard) -> str | None:
         return None
     paths = list(getattr(pkg, "__path__", []) or [])
     return str(paths[0]) if paths else "riskguard"
+
+
+class _Interrupts:
+    """Remembers a Ctrl-C while a command runs (it is still raised as KeyboardInterrupt)."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._before: Any = None
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.seen = True
+        signal.default_int_handler(signum, frame)
+
+    def __enter__(self) -> _Interrupts:
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._before = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._before is not None:
+            signal.signal(signal.SIGINT, self._before)
 
 
 def reach_kafka(brokers: Any, how: str) -> None:
@@ -195,8 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         before = configure_logging(level)
     except RiskguardError as err:
         return report(prog, err)
+    interrupted = _Interrupts()
     try:
-        return int(func(args) or 0)
+        with interrupted:
+            return int(func(args) or 0)
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted\n")
         return 130
@@ -205,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not fail again
         return 0
     except Exception as err:
+        if interrupted.seen:  # a C extension turned the Ctrl-C into another error
+            sys.stderr.write(f"{prog}: interrupted\n")
+            return 130
         return report(prog, err, debug=level == "debug")
     finally:
         configure_logging(before)  # main() may run inside another main() (the demo, tests)

@@ -22,11 +22,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -219,6 +220,59 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, before)
 
 
+_PANIC = re.compile(r"^thread '.*' panicked at ")
+_PANIC_MORE = re.compile(r"^(Box<dyn Any>|stack backtrace:|\s+\d+: |\s+at |note: )")
+
+
+def drop_panic_reports(lines: Iterable[bytes]) -> Iterator[bytes]:
+    """``lines`` without the reports Rust's panic hook writes (bytewax ends a run that way
+    on Ctrl-C or a failed step; the CLI names the error in one line instead).
+
+    >>> list(drop_panic_reports([b"a\\n", b"thread '<unnamed>' panicked at src/run.rs:1:2:\\n",
+    ...     b"Box<dyn Any>\\n", b"stack backtrace:\\n", b"   0: std::x\\n", b"b\\n"]))
+    [b'a\\n', b'b\\n']
+    """
+    skipping = False
+    for line in lines:
+        text = line.decode(errors="replace")
+        if _PANIC.match(text):
+            skipping = True
+            continue
+        if skipping and _PANIC_MORE.match(text):
+            continue
+        skipping = False
+        yield line
+
+
+@contextmanager
+def _without_panic_reports(enabled: bool) -> Iterator[None]:
+    """Route file descriptor 2 through :func:`drop_panic_reports` while the dataflow runs
+    (every other line goes through as it comes)."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump() -> None:
+        with os.fdopen(read_end, "rb") as src, os.fdopen(os.dup(saved), "wb", 0) as dst:
+            for line in drop_panic_reports(src):
+                dst.write(line)
+
+    thread = threading.Thread(target=pump, name="riskguard-stderr", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe's last writer goes: the pump reads to its end
+        os.close(saved)
+        thread.join(timeout=5)
+
+
 def _innermost(err: BaseException) -> BaseException:
     """The riskguard error behind what bytewax raised, else the deepest cause."""
     seen: list[BaseException] = []
@@ -289,17 +343,20 @@ def _run(args: argparse.Namespace) -> int:
     flow = build_flow(cfg, digest, signer=signer, trust=trust)
     apply_gc_policy(cfg)
     out = sys.stdout
-    out.write(_start_line(cfg, digest, config, signer.key_id, bw, args.status_every) + "\n")
-    out.flush()
     reporter = StatusReporter(
         lambda: read_counts(cfg.topic("signals"), cfg.topic("commands")),
-        args.status_every, out).start()
+        args.status_every, out)
     recovery = (RecoveryConfig(str(bw.recovery_directory), bw.backup_interval)
                 if bw.recovery_directory else None)
     epoch = bw.snapshot_interval or (None if recovery else timedelta(seconds=10))
     how, rc = "ended", 0
-    try:
-        with _sigterm_interrupts():
+    debug = logging.getLogger("riskguard").isEnabledFor(logging.DEBUG)
+    try:  # from the start line on, however it ends, it ends with the summary
+        with _sigterm_interrupts(), _without_panic_reports(not debug):
+            out.write(_start_line(cfg, digest, config, signer.key_id, bw, args.status_every)
+                      + "\n")
+            out.flush()
+            reporter.start()
             cli_main(flow, workers_per_process=bw.workers_per_process,
                      process_id=bw.process_id, addresses=bw.addresses,
                      epoch_interval=epoch, recovery_config=recovery)
@@ -308,13 +365,17 @@ def _run(args: argparse.Namespace) -> int:
                                                                               130)
     except Exception as err:
         cause = _innermost(err)
-        how, rc = "stopped on an error", 1
-        if logging.getLogger("riskguard").isEnabledFor(logging.DEBUG):
-            import traceback  # noqa: PLC0415
+        if isinstance(cause, KeyboardInterrupt):  # bytewax wraps an interrupt it caught
+            how, rc = ("stopped (SIGTERM)", 143) if isinstance(cause, Stopped) else (
+                "interrupted", 130)
+        else:
+            how, rc = "stopped on an error", 1
+            if debug:
+                import traceback  # noqa: PLC0415
 
-            traceback.print_exception(err, file=sys.stderr)
-        sys.stderr.write(one_line(f"riskguard run: the dataflow stopped: "
-                                  f"{type(cause).__name__}: {cause}") + "\n")
+                traceback.print_exception(err, file=sys.stderr)
+            sys.stderr.write(one_line(f"riskguard run: the dataflow stopped: "
+                                      f"{type(cause).__name__}: {cause}") + "\n")
     finally:
         reporter.stop()
     out.write(_summary(reporter.counts(), time.monotonic() - reporter.started, how) + "\n")
