@@ -7,12 +7,18 @@ run the guard dataflow (``python -m bytewax.run riskguard.dataflows.guard``);
 meanwhile verify every command with the subscriber and print signals, commands
 and rejections as they come; inject one forged command to show it is refused;
 print a summary; and finish with ``riskguard audit verify`` on the audit topic.
+
+The work directory holds the demo's private keys: a temporary one is removed
+when the demo ends, also on Ctrl-C or an error, unless ``keep_dir``; a kept
+one is named at the end, with the commands that still run against it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,7 +33,7 @@ from typing import Any, TextIO
 from confluent_kafka import Consumer, Producer, TopicPartition
 from riskguard.connectors.broker import DevBroker
 from riskguard.connectors.placement import aligned_partitions
-from riskguard.connectors.settings import KafkaSettings
+from riskguard.connectors.settings import KafkaSettings, with_logger
 from riskguard.connectors.subscriber import CommandSubscriber, GapAlert, Rejection
 from riskguard.connectors.topics import create_topics, topic_name
 from riskguard.dataflows.backtest import dump_toml
@@ -140,7 +146,8 @@ def publish_scenario(bootstrap: str, start_ns: int, env: str = ENV, *,
     """
     events = build_scenario(start_ns).events if copies == 1 else scenario_copies(
         copies, start_ns)
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True})
+    p = Producer(with_logger({"bootstrap.servers": bootstrap, "linger.ms": 20,
+                              "enable.idempotence": True}))
     market = topic_name(env, "market")
     for rec in events:
         key = f"{getattr(rec, 'venue', '')}/{getattr(rec, 'instrument', '')}".encode()
@@ -200,22 +207,61 @@ def run_demo(
     out: TextIO = sys.stdout,
     timeout_s: float = 110.0,
     on_command: Callable[[MitigationCommand], None] | None = None,
+    keep_dir: bool = False,
 ) -> tuple[int, Tally]:
-    """Run the whole demo; returns (exit code, tally)."""
+    """Run the whole demo; returns (exit code, tally).
+
+    A temporary work directory (no ``workdir``) is removed at the end, whatever
+    happens, unless ``keep_dir``; ``workdir`` is always kept.
+    """
     say = out.write
     broker = None
-    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="riskguard-demo-"))
-    work.mkdir(parents=True, exist_ok=True)
-    if bootstrap is None:
-        broker = DevBroker(work / "broker")
-        bootstrap = broker.start().bootstrap
-        say(f"dev broker (in memory only) on {bootstrap}\n")
+    temporary = workdir is None
+    work = (Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="riskguard-demo-")))
+    work = work.resolve()
+    keep = keep_dir or not temporary
+    done = False
     try:
-        return _run(bootstrap, work, say, timeout_s, on_command)
+        work.mkdir(parents=True, exist_ok=True)
+        if bootstrap is None:
+            broker = DevBroker(work / "broker")
+            bootstrap = broker.start().bootstrap
+            say(f"dev broker (in memory only) on {bootstrap}\n")
+        say(f"work dir {work} ({'kept' if keep else 'removed at the end; --keep-dir keeps it'})"
+            "\n")
+        rc, tally = _run(bootstrap, work, say, timeout_s, on_command)
+        done = True
+        return rc, tally
     finally:
         if broker is not None:
             broker.stop()
             say("dev broker stopped\n")
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+            say(f"work dir {work} removed\n")
+        if done:
+            _after(say, work, keep, bootstrap if broker is None else None)
+
+
+def audit_verify_command(bootstrap: str, work: Path, env: str = ENV) -> list[str]:
+    """The ``riskguard audit verify`` command line for the demo's audit topic."""
+    return ["riskguard", "audit", "verify", "--topic", topic_name(env, "audit"),
+            "--brokers", bootstrap, "--trust", str(work / "trust.toml"),
+            "--roots", str(work / "roots.toml")]
+
+
+def _after(say: Callable[[str], Any], work: Path, kept: bool, bootstrap: str | None) -> None:
+    """What can still be done once the demo is over; every command printed runs as is."""
+    if kept:
+        say(f"\nwork dir kept: {work} (it holds the demo's private keys: delete it when "
+            "done)\n")
+    if bootstrap is None:
+        say("\nthe dev broker is stopped, so the demo's topics are gone; to keep them (and "
+            "the work dir), run the demo on a broker that stays up:\n"
+            '  riskguard demo --bootstrap "$(riskguard broker start)" --keep-dir\n')
+    elif kept:
+        say("verify the audit log again with:\n"
+            f"  {shlex.join(audit_verify_command(bootstrap, work))}\n")
 
 
 @dataclass(frozen=True)
@@ -264,10 +310,13 @@ def start_guard(run: PreparedRun, *bytewax_args: str,
                 config: Path | None = None) -> subprocess.Popen[bytes]:
     """Start the guard dataflow as ``python -m bytewax.run`` with extra arguments (and
     another ``config`` than the run's, e.g. one tier's: :func:`tier_config`)."""
-    env = {**os.environ, "RISKGUARD_CONFIG": str(config or run.config)}
+    env = {**os.environ, "RISKGUARD_CONFIG": str(Path(config or run.config).resolve())}
+    # Run in the work dir: bytewax.run puts its current folder first on sys.path, where a
+    # folder named riskguard (a clone, seen from its parent) would hide the package
     return subprocess.Popen(
         [sys.executable, "-m", "bytewax.run", "riskguard.dataflows.guard", *bytewax_args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=run.workdir.resolve(),
     )
 
 
@@ -333,9 +382,9 @@ class _Timeline:
 def _run(bootstrap: str, work: Path, say: Callable[[str], Any], timeout_s: float,
          on_command: Callable[[MitigationCommand], None] | None) -> tuple[int, Tally]:
     run = prepare_run(bootstrap, work)
-    keys, start_ns = run.keys, run.start_ns
-    say(f"published {run.records:,} scenario records ({DURATION_S} s of market time, 3 venues)\n")
-    say(f"work dir {work}\n\n")
+    start_ns = run.start_ns
+    say(f"published {run.records:,} scenario records ({DURATION_S} s of market time, 3 venues)"
+        "\n\n")
     guard = start_guard(run)
     tally = Tally()
     signals = _SignalTail(bootstrap, run.topic("signals"))
@@ -390,12 +439,15 @@ def _run(bootstrap: str, work: Path, say: Callable[[str], Any], timeout_s: float
     finally:
         sub.close()
         signals.close()
+        if guard.poll() is None:  # Ctrl-C or an error: the guard must not outlive the demo
+            guard.kill()
+            guard.wait()
     _summary(tally, say)
-    say("\nriskguard audit verify --topic " + run.topic("audit") + "\n")
+    command = audit_verify_command(bootstrap, work)
+    say(f"\nverifying the audit log: {shlex.join(command)}\n")
     from riskguard.cli import main as cli_main  # noqa: PLC0415  (avoid an import cycle)
 
-    rc = cli_main(["audit", "verify", "--topic", run.topic("audit"), "--brokers", bootstrap,
-                   "--trust", str(keys.trust_file), "--roots", str(keys.roots_file)])
+    rc = cli_main(command[1:])
     return (0 if rc == 0 else 1), tally
 
 
@@ -409,7 +461,7 @@ def _inject_forged(bootstrap: str, topic: str) -> None:
         scope=Scope(kind=ScopeKind.FIRM, value="*"), reason="not from riskguard",
     )
     env = sign_envelope(PAYLOAD_COMMAND, encode(cmd), [forger])
-    p = Producer({"bootstrap.servers": bootstrap})
+    p = Producer(with_logger({"bootstrap.servers": bootstrap}))
     p.produce(topic, encode_envelope(env), ISSUER.encode())
     p.flush(10)
 
@@ -428,8 +480,9 @@ class _SignalTail:
     """Reads the signals topic from the beginning (assign, no group)."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": "riskguard-demo",
-                           "enable.auto.commit": False, "fetch.wait.max.ms": 20})
+        self.c = Consumer(with_logger({"bootstrap.servers": bootstrap,
+                                       "group.id": "riskguard-demo",
+                                       "enable.auto.commit": False, "fetch.wait.max.ms": 20}))
         self.c.assign([TopicPartition(topic, p, 0) for p in range(2)])
         self.event_time: dict[str, int] = {}
 
