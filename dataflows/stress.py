@@ -563,6 +563,7 @@ class Check:
     actual_s: float | None
     result: str  # PASS | FAIL | GAP
     detail: str
+    never: bool = False  # a forbidden command: PASS when it was not issued
 
     def as_dict(self) -> dict[str, Any]:
         return {"action": self.action, "scope": self.scope, "deadline_s": self.deadline_s,
@@ -604,7 +605,8 @@ def check_run(sc: Scenario, res: BacktestResult, start_ns: int = START_NS,
         if e.never:
             checks.append(Check(e.action, e.scope, None, None,
                                 "FAIL" if match else "PASS",
-                                _forbidden(match[0], start_ns) if match else "never issued"))
+                                _forbidden(match[0], start_ns) if match else "never issued",
+                                never=True))
             continue
         ref = start_ns + int(shocks[e.shock].onset_s * NS)
         after = [c for c in match if c.issued_at >= ref]

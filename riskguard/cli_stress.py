@@ -4,13 +4,36 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1f}s"
+def outcome(c: Any) -> tuple[str, str]:
+    """How one check reads: what was checked, and what happened.
+
+    An expectation gives the time its command took (and the deadline), a
+    ``never`` expectation whether the forbidden command was issued, an
+    invariant whether it held.
+
+    >>> from riskguard.dataflows.stress import Check
+    >>> outcome(Check("alert", "venue:okx", 60.0, 2.5, "PASS", ""))
+    ('alert', 'after 2.5s (deadline 60s)')
+    >>> outcome(Check("halt_trading", "venue:binance", None, None, "PASS", "", never=True))
+    ('never halt_trading', 'not issued')
+    >>> outcome(Check("invariant", "ends in a safe state", None, None, "FAIL", "x"))
+    ('invariant', 'violated')
+    """
+    if c.action == "invariant":
+        return "invariant", "holds" if c.result == "PASS" else "violated"
+    if getattr(c, "never", False):
+        return f"never {c.action}", "not issued" if c.result == "PASS" else "issued"
+    deadline = "no deadline" if c.deadline_s is None else f"deadline {c.deadline_s:g}s"
+    if c.actual_s is None:
+        return c.action, f"not issued ({deadline})"
+    return c.action, f"after {c.actual_s:.1f}s ({deadline})"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -33,8 +56,30 @@ def _run(args: argparse.Namespace) -> int:
         base = playbook or tomllib.loads(resources.files("riskguard.dataflows").joinpath(
             "playbook.toml").read_text())["playbook"]
         playbook = stress.disable_escalation(base)
+    if args.workdir:
+        return _run_in(args, names, playbook, Path(args.workdir))
+    work = Path(tempfile.mkdtemp(prefix="rg-stress-"))
+    try:  # the work dir holds generated keys: never left behind
+        return _run_in(args, names, playbook, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _delays(d: dict[str, Any]) -> str:
+    """``p50 1.2 p95 3.4 s``, or ``none`` when no run had one.
+
+    >>> _delays({"p50": 1.2, "p95": 3.4}), _delays({"p50": None})
+    ('p50 1.2 p95 3.4 s', 'none')
+    """
+    if d.get("p50") is None:
+        return "none"
+    return f"p50 {d['p50']} p95 {d.get('p95')} s"
+
+
+def _run_in(args: argparse.Namespace, names: list[str], playbook: Any, work: Path) -> int:
+    from riskguard.dataflows import stress  # noqa: PLC0415  (heavy imports)
+
     out = Path(args.out)
-    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="rg-stress-"))
     failed = 0
     t_all = time.perf_counter()
     summary = []
@@ -47,9 +92,8 @@ def _run(args: argparse.Namespace) -> int:
             d = mc["detection_delay_s"]
             m = mc["mitigation_delay_s"]
             print(f"{sc.name}: {args.runs} runs, ends safe in {mc['safe_share']:.0%}, all "
-                  f"checks pass in {mc['pass_share']:.0%}; detection delay p50 "
-                  f"{d.get('p50')} p95 {d.get('p95')} s; first mitigation p50 {m.get('p50')} "
-                  f"p95 {m.get('p95')} s")
+                  f"checks pass in {mc['pass_share']:.0%}; detection delay {_delays(d)}; "
+                  f"first mitigation {_delays(m)}")
             failed += mc["safe_share"] < 1.0 or (args.strict and mc["pass_share"] < 1.0)
             summary.append(mc | {"per_run": None})
             continue
@@ -60,8 +104,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{verdict} {sc.name}  ({o.result.n_events:,} events, "
               f"{time.perf_counter() - t0:.1f}s)  report {out / sc.name / 'report.html'}")
         for c in o.checks:
-            dl = "" if c.deadline_s is None else f" deadline {c.deadline_s:g}s"
-            print(f"  {c.result:<4} {c.action:<19} {c.scope:<46} actual {_fmt(c.actual_s)}{dl}")
+            what, happened = outcome(c)
+            print(f"  {c.result:<4} {what:<25} {c.scope:<46} {happened}")
             if c.result != "PASS":
                 print(f"       {c.detail}")
         failed += bool(bad)
