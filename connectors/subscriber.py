@@ -45,6 +45,7 @@ from typing import Any, TypeAlias
 import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from riskguard.connectors.settings import with_logger
 from riskguard.operators.core.clock import Clock, system_clock
 from riskguard.operators.core.observe import observe_gap, observe_rejection
 from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, Reason, decode_envelope
@@ -300,7 +301,7 @@ class CommandSubscriber:
     def _connect(self) -> None:
         if not self.brokers:
             raise BrokerError("subscriber: no brokers configured")
-        conf: dict[str, Any] = {"bootstrap.servers": self.brokers}
+        conf: dict[str, Any] = with_logger({"bootstrap.servers": self.brokers})
         try:
             md = AdminClient(conf).list_topics(self.topic, timeout=10)
         except Exception as err:
@@ -377,7 +378,7 @@ class CommandSubscriber:
 
 def read_topic_bytes(brokers: str, topic: str, *, idle_timeout_s: float = 3.0) -> list[bytes]:
     """Every message value of ``topic`` from the beginning (assign, no group), in order."""
-    conf: dict[str, Any] = {"bootstrap.servers": brokers}
+    conf: dict[str, Any] = with_logger({"bootstrap.servers": brokers})
     md = AdminClient(conf).list_topics(topic, timeout=10)
     tmd = md.topics.get(topic)
     if tmd is None or tmd.error is not None:

@@ -113,6 +113,8 @@ CASES = [
     Case("run with a negative status interval", "run --config {config} --status-every -1",
          says=("--status-every",)),
     # -- the rest
+    Case("backtest without [keys]", "backtest --config {nokeys} --data {tmp}/d.jsonl "
+         "--out {tmp}/bt", says=("keys: is required",)),
     Case("backtest a missing file", "backtest --config {config} --data {tmp}/nope.jsonl "
          "--out {tmp}/bt", says=("nope.jsonl",)),
     Case("stress with no scenario", "stress run", says=("name a scenario",)),
@@ -162,6 +164,7 @@ def _check(case: Case, files: dict[str, str], code: int, out: str, err: str) -> 
     assert "Traceback" not in out + err, where
     assert "%3|" not in out + err and "%4|" not in out + err, where
     text = err if case.stream == "err" else out
+    assert len(text) < 1000, where  # a message, never a whole config on one line
     if case.stream == "err":
         assert out == "", where
         assert err.count("\n") == 1 and err.startswith("riskguard"), where

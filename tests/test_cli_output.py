@@ -86,6 +86,17 @@ def test_verbose_logging_shows_librdkafka_lines_as_log_lines(capfd) -> None:
     assert any("riskguard.kafka" in line and "Connection refused" in line for line in lines)
 
 
+def test_subscriber_clients_log_through_the_riskguard_kafka_logger(capfd) -> None:
+    """The command subscriber's own clients too: a topic read on a closed port fails with
+    an exception and no librdkafka line on stderr."""
+    from riskguard.connectors.subscriber import read_topic_bytes
+
+    with pytest.raises(KafkaException):
+        read_topic_bytes(f"127.0.0.1:{_closed_port()}", "t")
+    _, err = capfd.readouterr()
+    assert "%3|" not in err and "Connection refused" not in err, err
+
+
 # -- riskguard run --------------------------------------------------------------------------
 
 
