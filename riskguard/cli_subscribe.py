@@ -24,7 +24,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from riskguard.cli import reach_kafka  # noqa: PLC0415  (the CLI module imports this one)
 
-    reach_kafka(args.brokers, "--brokers HOST:PORT")
+    reach_kafka(args.brokers, "--brokers HOST:PORT (default 127.0.0.1:9092)")
 
     def show(cmd: MitigationCommand) -> None:
         sys.stdout.write("COMMAND " + encode(cmd).decode() + "\n")

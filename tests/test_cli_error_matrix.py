@@ -10,7 +10,9 @@ port: refused at once, so the matrix stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -238,3 +240,25 @@ def test_a_clone_named_riskguard_in_the_current_folder_is_named(tmp_path: Path) 
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert f"{clone} is a folder named riskguard, not the riskguard package" in proc.stderr
     assert "run the command from another folder" in proc.stderr
+
+
+SUGGESTED = re.compile(r"(?:with: |\(see )(riskguard(?: [a-z][a-z -]*?)?)(?: --help)?(?:\)|;|$)")
+
+
+def test_every_command_a_message_suggests_is_a_real_command(files, capfd,
+                                                             monkeypatch) -> None:
+    """The commands the messages tell a user to run (``riskguard broker start``,
+    ``riskguard audit verify --help`` ...) are commands this CLI takes."""
+    monkeypatch.delenv("RISKGUARD_LOG", raising=False)
+    suggested: set[str] = set()
+    for case in CASES:
+        capfd.readouterr()
+        with contextlib.suppress(SystemExit):
+            main(_argv(case, files))
+        out, err = capfd.readouterr()
+        suggested.update(m.group(1).strip() for m in SUGGESTED.finditer(out + err))
+    assert {"riskguard", "riskguard broker start", "riskguard run"} <= suggested, suggested
+    for command in sorted(suggested):
+        with pytest.raises(SystemExit) as stop:
+            main([*command.split()[1:], "--help"])
+        assert stop.value.code == 0, command
