@@ -80,8 +80,8 @@ STREAM_TYPES: dict[str, tuple[type, ...]] = {
 
 
 class TierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Which part of the guard this process runs (the README's "Two tiers" and "Market
-    tier").
+    """Which part of the guard this process runs (docs/scaling.md: "Two tiers" and "The
+    market tier").
 
     ``whole`` runs everything. ``detect`` runs feed selection, features and
     anomaly detection over the market and venue-status topics and writes the
@@ -146,26 +146,25 @@ class InputConfig(msgspec.Struct, frozen=True, kw_only=True):
     # (``venue/instrument``) bytewax routes to it, plus its own copy of every index and
     # oracle price and venue heartbeat, which it fans out to its own keys only: market
     # data never crosses processes, and each process sees its inputs in one event-time
-    # order. See the README's "Scaling".
+    # order. See docs/scaling.md.
     split_market_by_key: bool = True
     # The market topic is produced with riskguard.connectors.placement.aligned_partitions
     # (partitions a multiple of the worker count; index and oracle prices to every
     # partition): each worker reads only its own partitions, whose keys all route to it,
     # so market data is fetched once, never crosses processes, and each process still
     # has its own copy of every index price and heartbeat. Takes precedence over
-    # split_market_by_key. See the README's "Scaling".
+    # split_market_by_key. See docs/scaling.md.
     aligned_market: bool = False
     # One bytewax source partition per worker, holding all of its Kafka partitions, read
     # into batches of up to batch_size per partition: every step pays per batch, and on a
-    # backlog alignment cut the per-partition reads to ~40 records. Renames the source
+    # backlog alignment cuts the per-partition reads small. Renames the source
     # partitions (a recovery store made with the other setting must be re-initialised).
     bundle_partitions: bool = True
     # The longest a fetch waits at the broker for data (librdkafka ``fetch.wait.max.ms``).
     # Short keeps a hop's latency low on the dev broker, which ends a waiting fetch only
-    # at this time, not when data arrives (measured: p50 produce-to-consume 6 ms at 10,
-    # 21 ms at 100); but every consumer that has caught up then asks the broker again
-    # this often. Apache Kafka ends the wait when data arrives, so there a longer wait
-    # costs no latency. See the README's "Scaling" (the market tier's broker CPU).
+    # at this time, not when data arrives; but every consumer that has caught up then
+    # asks the broker again this often. Apache Kafka ends the wait when data arrives, so
+    # there a longer wait costs no latency. See docs/operations.md (the dev broker).
     fetch_wait_max_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 10
 
 
