@@ -41,7 +41,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
 from exposure_speed import CountSink
-from riskguard.connectors.kafka import _to_kv
+from riskguard.connectors.kafka.sink import _to_kv
 from riskguard.dataflows.guard import exposures_key
 from riskguard.operators.core.observe import observe_all
 from riskguard.operators.exposure import (

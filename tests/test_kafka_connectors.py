@@ -405,7 +405,7 @@ class _FakePart:
 
 
 def _bundle(parts: dict[str, _FakePart], cap: int, one_round: bool = False) -> Any:
-    from riskguard.connectors.kafka import _Bundle
+    from riskguard.connectors.kafka.source import _Bundle
 
     return _Bundle(cast(Any, parts), cap, one_round=one_round)
 
@@ -539,7 +539,7 @@ def test_alignment_emits_what_a_record_by_record_scan_would(
     letter, which never waits)."""
     from collections import deque
 
-    from riskguard.connectors.kafka import _SourcePartition
+    from riskguard.connectors.kafka.source import _SourcePartition
 
     msgs = [_Msg(off, b"{" if ts is None else _trade(id=f"r{off}", ts=ts))
             for off, ts in enumerate(stamps)]
@@ -607,7 +607,7 @@ def test_an_idle_end_waits_for_messages_the_broker_still_holds(stall: int) -> No
     idle period (here 6 or 9 empty reads, the clock half a second later at each
     reading, against an idle period of 2 s) still
     delivers every record before the partition ends."""
-    from riskguard.connectors.kafka import _SourcePartition
+    from riskguard.connectors.kafka.source import _SourcePartition
 
     msgs = [_Msg(i, _trade(id=f"r{i}", ts=i)) for i in range(6)]
     t = iter(range(0, 10**12, 5 * 10**8))  # each clock reading is half a second later
@@ -623,7 +623,7 @@ def test_an_idle_end_with_messages_never_delivered_ends_after_five_idle_periods(
     """Messages the broker reports but no read returns (a transactional topic's closing
     marker, say) do not keep a bounded run open for ever: the partition ends after 5 idle
     periods, with a warning naming how many were left unread."""
-    from riskguard.connectors.kafka import _SourcePartition
+    from riskguard.connectors.kafka.source import _SourcePartition
 
     t = iter(range(0, 10**12, 10**8))  # 0.1 s per clock reading
     shared = _Stalling([[_Msg(0, _trade(id="r0", ts=0))]], 0, end=2)
@@ -674,7 +674,7 @@ def test_a_progress_partition_ends_on_its_writers_final_progress_not_on_idle() -
     """A partition market processes write as they go (``progress_topics``) is not ended
     by idleness before a writer has written (it may still be starting up): it ends once
     every one of its writers' final progress is read, after everything before it."""
-    from riskguard.connectors.kafka import _SourcePartition
+    from riskguard.connectors.kafka.source import _SourcePartition
 
     t = iter(range(0, 10**13, 5 * 10**8))  # half a second per clock reading
     late = [_Msg(0, _progress("detect/w0", 5)), _Msg(1, _progress("detect/w2", 6)),
@@ -692,7 +692,7 @@ def test_a_progress_partition_ends_on_its_writers_final_progress_not_on_idle() -
 def test_a_progress_partition_whose_writer_wrote_then_went_quiet_ends_idle() -> None:
     """A writer that wrote and then fell silent without its final progress (killed in a
     bounded run) does not keep the reader open for ever: idleness ends it as usual."""
-    from riskguard.connectors.kafka import _SourcePartition
+    from riskguard.connectors.kafka.source import _SourcePartition
 
     t = iter(range(0, 10**13, 5 * 10**8))
     shared = _Stalling([[_Msg(0, _progress("detect/w0", 5))]], stall=0, end=1)

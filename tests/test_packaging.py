@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_wheel_imports_cleanly_in_a_fresh_virtualenv(tmp_path: Path) -> None:
-    """The wheel holds riskguard.{operators,connectors,dataflows,schemas}, the JSON schemas and
-    py.typed, never a bare top-level `operators`, and imports in a new venv."""
+    """The wheel holds riskguard.{operators,connectors,dataflows,schemas} with their
+    subpackages, the JSON schemas and py.typed, never a bare top-level `operators`, and
+    imports in a new venv, old flat module paths included."""
     dist = tmp_path / "dist"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
@@ -28,10 +29,15 @@ def test_wheel_imports_cleanly_in_a_fresh_virtualenv(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.startswith("riskguard-")}
     assert tops == {"riskguard"}, tops
-    for must in ("riskguard/operators/__init__.py", "riskguard/connectors/kafka.py",
+    for must in ("riskguard/operators/__init__.py", "riskguard/connectors/kafka/source.py",
                  "riskguard/dataflows/__init__.py", "riskguard/schemas/json/trade.v1.json",
-                 "riskguard/py.typed"):
+                 "riskguard/py.typed", "riskguard/dataflows/guard/core.py"):
         assert must in names, must
+    packaged = {n.rsplit("/", 1)[0] for n in names if n.endswith("/__init__.py")}
+    for top in ("operators", "connectors", "dataflows", "schemas"):
+        for init in (ROOT / top).glob("**/__init__.py"):
+            folder = init.parent.relative_to(ROOT).as_posix()
+            assert f"riskguard/{folder}" in packaged, folder  # listed in pyproject
 
     env = tmp_path / "venv"
     venv.create(env, with_pip=False)
@@ -46,7 +52,7 @@ def test_wheel_imports_cleanly_in_a_fresh_virtualenv(tmp_path: Path) -> None:
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     code = (
         "import riskguard, riskguard.schemas, riskguard.connectors.kafka, "
-        "riskguard.operators.core.base, "
+        "riskguard.operators.core.base, riskguard.operators.base, "
         "riskguard.dataflows.passthrough, riskguard.cli; "
         "assert 'site-packages' in riskguard.schemas.__file__ and str(riskguard.schemas.__file__)"
         ".startswith(" + repr(str(site)) + "); "

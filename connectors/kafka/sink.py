@@ -1,0 +1,219 @@
+"""The Kafka sink (:func:`kafka_output`): our own, because bytewax's ``KafkaSink``
+ignores delivery failures.
+
+It produces with ``enable.idempotence=true`` and ``acks=all``, asks librdkafka for
+error-only delivery reports, and flushes at every epoch boundary (the sink partition's
+snapshot, i.e. before bytewax commits the epoch) and on close. Any unacknowledged
+message raises :class:`~riskguard.errors.DeliveryError`, failing the flow loudly."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream, operator
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from confluent_kafka import Producer
+from riskguard.connectors.kafka.consumer import list_partitions
+from riskguard.connectors.placement import (
+    worker_of_thread,
+)
+from riskguard.connectors.settings import KafkaSettings, as_settings
+from riskguard.operators.core.metrics import (
+    DELIVERY_ERRORS,
+    EVENTS_OUT,
+)
+from riskguard.schemas.codec import encode
+
+from riskguard.errors import ConfigError, DeliveryError
+
+# Topics whose sink has raised in this process: once one has, the flow is failing.
+_FAILED_SINKS: set[str] = set()
+
+
+class _SinkPartition(StatefulSinkPartition[tuple[bytes | None, bytes], None]):
+    def __init__(
+        self, config: dict[str, Any], topic: str, idx: int, flush_timeout_s: float
+    ) -> None:
+        self._errors: list[str] = []
+        self._failed = False
+        config = dict(config)
+        config["on_delivery"] = self._on_delivery
+        self._producer = Producer(config)
+        self._topic = topic
+        self._idx = idx
+        self._flush_timeout_s = flush_timeout_s
+        self._out = EVENTS_OUT.labels(topic)
+        self._delivery_errors = DELIVERY_ERRORS.labels(topic)
+
+    def _on_delivery(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self._errors.append(err.str())
+            self._delivery_errors.inc()
+
+    def write_batch(self, values: list[tuple[bytes | None, bytes]]) -> None:
+        produce = self._producer.produce
+        topic, idx = self._topic, self._idx  # idx -1: librdkafka's partitioner picks
+        for key, value in values:
+            while True:
+                try:
+                    produce(topic, value, key, partition=idx)
+                    break
+                except BufferError:
+                    self._producer.poll(0.05)
+                    self._raise_if_failed()
+        self._producer.poll(0)
+        self._out.inc(len(values))
+        self._raise_if_failed()
+
+    def _raise_if_failed(self, undelivered: int = 0) -> None:
+        if self._errors or undelivered:
+            reasons = sorted(set(self._errors))[:5]
+            total = len(self._errors) + undelivered
+            msg = (
+                f"Kafka sink for topic {self._topic!r} partition {self._idx} (-1: by key): "
+                f"{total} message(s) not acknowledged ({len(self._errors)} failed, "
+                f"{undelivered} still queued after {self._flush_timeout_s:.0f} s); "
+                f"reasons: {reasons or ['flush timeout']}"
+            )
+            self._failed = True
+            _FAILED_SINKS.add(self._topic)
+            raise DeliveryError(msg, undelivered=total, reasons=reasons)
+
+    def _flush(self) -> None:
+        remaining = self._producer.flush(self._flush_timeout_s)
+        self._raise_if_failed(remaining)
+
+    def snapshot(self) -> None:
+        self._flush()
+
+    def close(self) -> None:
+        # After a failure (of this or any sink in the process) bytewax closes the
+        # partitions while unwinding, some from destructors; raising again there
+        # would abort the process instead of surfacing the first error.
+        if self._failed or _FAILED_SINKS:
+            self._producer.purge()
+            self._producer.flush(0)
+            return
+        self._flush()
+
+
+class KafkaOutput(FixedPartitionedSink[tuple[bytes | None, bytes], None]):
+    """Delivery-checked Kafka sink; one bytewax partition per Kafka partition.
+
+    Items are ``(route_key, (kafka_key, value_bytes))``; :func:`kafka_output`
+    builds them. ``delivery_timeout_s`` bounds how long librdkafka retries a
+    message before reporting it failed.
+
+    ``worker_local``: one bytewax partition per worker instead, and every
+    item is written by the worker that made it, librdkafka choosing the Kafka
+    partition from the Kafka key. Nothing is pickled to another process to be
+    written; a key's messages stay in order as long as one worker makes them
+    all (true of every keyed output of the guard). Needs the ``workers`` probe
+    step (:func:`kafka_input` always adds it).
+
+    ``partition``: every item goes to this Kafka partition (modulo the topic's count):
+    a market process writes the ``detections`` partition of its index, which the firm
+    tier knows to align on (``KafkaInput(progress_topics=...)``).
+    """
+
+    def __init__(
+        self,
+        brokers: str | KafkaSettings,
+        topic: str,
+        *,
+        delivery_timeout_s: float = 30.0,
+        linger_ms: int = 5,
+        flush_timeout_s: float | None = None,
+        worker_local: bool = False,
+        partition: int | None = None,
+    ) -> None:
+        self.worker_local = worker_local
+        self.partition = partition
+        self._part_index: int | None = None  # the fixed partition's place in list_parts
+        self.settings = as_settings(brokers)
+        self.topic = topic
+        self.delivery_timeout_s = delivery_timeout_s
+        self.linger_ms = linger_ms
+        self.flush_timeout_s = flush_timeout_s or delivery_timeout_s + 5.0
+
+    def list_parts(self) -> list[str]:
+        if self.worker_local:  # only this worker's own part: bytewax makes it its primary
+            return [f"w{self._this_worker():04d}"]
+        return [str(i) for i in list_partitions(self.settings, self.topic)]
+
+    def part_fn(self, item_key: str) -> int:
+        """Worker-local: the calling worker's part (the parts sort by worker index); with a
+        fixed ``partition``, that partition's part."""
+        if self.worker_local:
+            return self._this_worker()
+        if self.partition is not None:
+            if self._part_index is None:
+                names = sorted(self.list_parts())  # bytewax indexes its parts in name order
+                self._part_index = names.index(str(self.partition % len(names)))
+            return self._part_index
+        return super().part_fn(item_key)
+
+    def _this_worker(self) -> int:
+        where = worker_of_thread()
+        if where is None:
+            msg = ("a worker-local Kafka sink needs the 'workers' probe step before it "
+                   "(kafka_input always adds it)")
+            raise ConfigError("kafka_output.worker_local", msg, self.topic)
+        return where[0]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _SinkPartition:
+        _FAILED_SINKS.clear()  # a new execution starts healthy
+        config = self.settings.client_config()
+        config.update({
+            "enable.idempotence": True,
+            "acks": "all",
+            "delivery.report.only.error": True,
+            "message.timeout.ms": int(self.delivery_timeout_s * 1000),
+            "linger.ms": self.linger_ms,
+        })
+        idx = -1 if for_part.startswith("w") else int(for_part)
+        return _SinkPartition(config, self.topic, idx, self.flush_timeout_s)
+
+
+def _route_key(record: Any) -> str:
+    for attr in ("key", "id", "command_id", "record_id", "update_id"):
+        value = getattr(record, attr, None)
+        if isinstance(value, str):
+            return value
+    return ""
+
+
+def _to_kv(item: Any) -> tuple[str, tuple[bytes | None, bytes]]:
+    if isinstance(item, tuple):
+        key, value = item
+    else:
+        key, value = _route_key(item), item
+    data = value if isinstance(value, bytes) else encode(value)
+    return key, (key.encode() if key else None, data)
+
+
+
+@operator
+def kafka_output(
+    step_id: str,
+    up: Stream[Any],
+    *,
+    brokers: str | KafkaSettings,
+    topic: str,
+    key: Callable[[Any], str] | None = None,
+    **kwargs: Any,
+) -> None:
+    """Write records (or ``(key, record)`` / ``(key, bytes)`` pairs) to ``topic``.
+
+    Records are encoded with the wire contract. The Kafka key is the given
+    ``key(record)``, the pair's key, or the record's id. Keyword arguments are
+    those of :class:`KafkaOutput`.
+    """
+    # one Python call per batch (bytewax's map calls one per item)
+    if key is not None:
+        kv = op.flat_map_batch("encode", up, lambda recs: [_to_kv((key(r), r)) for r in recs])
+    else:
+        kv = op.flat_map_batch("encode", up, lambda items: list(map(_to_kv, items)))
+    op.output("kafka_output", kv, KafkaOutput(brokers, topic, **kwargs))
