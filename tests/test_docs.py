@@ -174,6 +174,34 @@ def test_every_relative_link_in_the_readme_and_docs_resolves() -> None:
     assert bad == []
 
 
+NOT_CODE = {"riskguard.kafka"}  # a logger's name (docs/cli.md), not a module
+
+
+def test_every_riskguard_name_the_readme_and_docs_cite_exists() -> None:
+    """Each dotted `riskguard.*` name in code spans (a module, a class, a function)
+    imports: a rename or a move cannot leave the docs pointing at nothing."""
+    import importlib
+
+    missing = []
+    for page in _pages():
+        for code in re.findall(r"`([^`\n]+)`", page.read_text()):
+            for name in re.findall(r"(?<![\w./-])riskguard(?:\.\w+)+", code):
+                if name in NOT_CODE:
+                    continue
+                parts = name.split(".")
+                for i in range(len(parts), 0, -1):
+                    try:
+                        obj = importlib.import_module(".".join(parts[:i]))
+                    except ImportError:
+                        continue
+                    break
+                for attr in parts[i:]:
+                    obj = getattr(obj, attr, None)
+                if obj is None:
+                    missing.append(f"{page.name}: {name}")
+    assert missing == []
+
+
 def test_the_wire_contract_links_every_json_schema() -> None:
     """docs/wire-contract.md links each file of schemas/json/."""
     page = (DOCS / "wire-contract.md").read_text()
