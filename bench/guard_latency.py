@@ -89,8 +89,8 @@ from guard_workload import (
 )
 from riskguard.connectors.broker import DevBroker
 from riskguard.dataflows.demo_scenario import DURATION_S, scenario_copies
-from riskguard.operators.crypto import decode_envelope
 from riskguard.operators.signing import decode_command
+from riskguard.operators.signing.crypto import decode_envelope
 
 
 def pct(xs: list[float], q: float) -> float:

@@ -39,14 +39,19 @@ from riskguard.connectors.topics import create_topics, topic_name
 from riskguard.dataflows.backtest import dump_toml
 from riskguard.dataflows.demo_scenario import DURATION_S, build_scenario, scenario_copies
 from riskguard.dataflows.guard import load_guard_config, price_key_prefixes
-from riskguard.operators.crypto import (
+from riskguard.operators.signing.crypto import (
     PAYLOAD_COMMAND,
     Signer,
     encode_envelope,
     generate_key_file,
     sign_envelope,
 )
-from riskguard.operators.trust import RootSet, TrustStore, sign_trust_file, trust_doc_to_toml
+from riskguard.operators.signing.trust import (
+    RootSet,
+    TrustStore,
+    sign_trust_file,
+    trust_doc_to_toml,
+)
 from riskguard.schemas import (
     Action,
     AnomalySignal,

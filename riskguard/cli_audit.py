@@ -25,8 +25,8 @@ from riskguard.connectors.audit_tail import read_items
 from riskguard.connectors.settings import KafkaSettings
 from riskguard.errors import AuditError, BrokerError, ConfigError
 from riskguard.operators.audit import AuditItem, check_proof, prove, read_jsonl, verify_log
-from riskguard.operators.crypto import VerifyKey, load_public_key
-from riskguard.operators.trust import RootSet, TrustStore
+from riskguard.operators.signing.crypto import VerifyKey, load_public_key
+from riskguard.operators.signing.trust import RootSet, TrustStore
 from riskguard.schemas.audit import AuditRecord
 from riskguard.schemas.json_limits import check_json_depth
 

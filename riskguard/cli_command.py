@@ -27,14 +27,14 @@ from confluent_kafka import KafkaError, Producer
 from riskguard.connectors.command_log import last_signed_seq
 from riskguard.connectors.settings import KafkaSettings
 from riskguard.errors import ConfigError, RiskguardError, VerificationError, describe_os_error
-from riskguard.operators.crypto import (
+from riskguard.operators.signing.crypto import (
     PAYLOAD_COMMAND,
     Signer,
     decode_envelope,
     encode_envelope,
     sign_envelope,
 )
-from riskguard.operators.trust import RootSet, TrustStore
+from riskguard.operators.signing.trust import RootSet, TrustStore
 from riskguard.schemas.action_params import check_params, param_kind
 from riskguard.schemas.commands import Action, Audience, MitigationCommand, SignedEnvelope
 from riskguard.schemas.signals import Scope, ScopeKind

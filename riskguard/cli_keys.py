@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from riskguard.errors import ConfigError, TrustError, describe_os_error
-from riskguard.operators.crypto import Signer, generate_key_file, save_public_key
-from riskguard.operators.trust import RootSet, TrustStore, parse_trust, sign_trust_file
+from riskguard.operators.signing.crypto import Signer, generate_key_file, save_public_key
+from riskguard.operators.signing.trust import RootSet, TrustStore, parse_trust, sign_trust_file
 
 
 def _generate(args: argparse.Namespace) -> int:

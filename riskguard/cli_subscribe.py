@@ -9,7 +9,7 @@ import sys
 from riskguard.connectors.subscriber import CommandSubscriber, GapAlert, Rejection
 from riskguard.errors import ConfigError, RiskguardError
 from riskguard.operators.core.metrics import start_metrics_server_from_env
-from riskguard.operators.trust import RootSet, TrustStore
+from riskguard.operators.signing.trust import RootSet, TrustStore
 from riskguard.schemas.codec import encode
 from riskguard.schemas.commands import Audience, MitigationCommand
 

@@ -6,10 +6,10 @@ import msgspec
 import pytest
 from contract import CHECKS, Case
 from riskguard.operators.audit import AuditConfig, audit_builder
-from riskguard.operators.clock import ManualClock
-from riskguard.operators.crypto import PAYLOAD_COMMAND, sign_envelope
-from riskguard.operators.operator_commands import OperatorCommandLogic
+from riskguard.operators.core.clock import ManualClock
 from riskguard.operators.signing import SignConfig, sign_builder
+from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, sign_envelope
+from riskguard.operators.signing.operator_commands import OperatorCommandLogic
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.commands import Action
 from signing_fixtures import AUD, ENGINE, FIRM, OP1, OP2, T0, command, trust_store

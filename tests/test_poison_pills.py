@@ -22,9 +22,8 @@ from hypothesis import strategies as st
 from riskguard.connectors.command_log import _seq_of, last_signed_seq
 from riskguard.connectors.settings import KafkaSettings
 from riskguard.connectors.subscriber import CommandSubscriber, Rejection
-from riskguard.operators import crypto
 from riskguard.operators.core.clock import ManualClock
-from riskguard.operators.signing import SignConfig, SignLogic, SignState
+from riskguard.operators.signing import SignConfig, SignLogic, SignState, crypto
 from riskguard.operators.signing.crypto import (
     PAYLOAD_COMMAND,
     decode_envelope,
