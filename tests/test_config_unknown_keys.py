@@ -213,9 +213,19 @@ def test_the_k8s_configmap_guard_configs_hold_only_known_keys() -> None:
 
 
 def test_the_readme_and_docs_config_snippets_hold_only_known_keys() -> None:
-    """Every ```toml block of the README and docs/ is part of a guard config."""
+    """Every ```toml block of the README and docs/ is part of a guard config, or a
+    trust file (it has ``[[keys]]``) holding only the keys a trust file takes."""
+    from riskguard.operators.signing import trust
+
     blocks = [m.group(1) for md in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
               for m in re.finditer(r"```toml\n(.*?)```", md.read_text(), re.S)]
     assert blocks
     for block in blocks:
-        check_known_keys(tomllib.loads(block), GuardConfig)
+        data = tomllib.loads(block)
+        if "keys" in data and isinstance(data["keys"], list):
+            assert set(data) <= trust._ROOT_FIELDS, block
+            assert all(set(k) <= trust._KEY_FIELDS for k in data["keys"]), block
+            assert set(data.get("two_person", {})) <= trust._TWO_PERSON_FIELDS, block
+            assert set(data.get("max_ttl_s", {})) <= trust.TTL_ACTIONS | {"default"}, block
+            continue
+        check_known_keys(data, GuardConfig)
