@@ -229,7 +229,7 @@ def aligned_partitions(key: str | bytes, partitions: int,
     every partition: each worker keeps the copy in its first partition
     (:class:`AlignedReader`), read in event-time order with its own market data.
     Any other key goes to :func:`aligned_partition` only; with ``owners`` (market
-    processes, the README's "Market tier"), to one of the partitions its owner reads
+    processes, docs/scaling.md "The market tier"), to one of the partitions its owner reads
     (``p % processes == owner``, spread over them by the key's hash), which needs a
     partition count that is a multiple of the processes.
 
@@ -392,7 +392,7 @@ def _admit(is_broadcast: Callable[[Any], bool] | None, rec: Any, owned: bool, sh
 
 
 class MarketOwners:
-    """Which of ``processes`` market processes owns what (the README's "Market tier").
+    """Which of ``processes`` market processes owns what (docs/scaling.md, "The market tier").
 
     A market process owns whole *underlyings*: every instrument on one (spot, perpetual,
     future or option, on every venue), its market data, its positions and the fills and

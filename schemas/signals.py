@@ -244,7 +244,7 @@ class DetectProgress(Record, frozen=True, kw_only=True, tag="detect_progress"):
     The detect tier (``tier.role = "detect"``) writes it behind the anomaly
     signals its worker made from the records read before it. A signal of a
     feature bar still open comes later, with an older time. The firm tier holds
-    its clock at the slowest live source's ``ts`` (see the README's "Two tiers").
+    its clock at the slowest live source's ``ts`` (see docs/scaling.md, "Two tiers").
     A ``final`` one is the last a worker writes when its input ends (a bounded run:
     a replay, a test, the demo): a firm tier reading it ends that source's partition.
     """

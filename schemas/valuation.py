@@ -1,7 +1,7 @@
 """What exposure valuation (stage 1) hands the counterparty stage: parts and progress.
 
 Inside one dataflow a :class:`Part` and a :class:`Progress` travel between keyed steps
-as they are. Between the market tier and the firm tier (the README's "Market tier")
+as they are. Between the market tier and the firm tier (docs/scaling.md, "The market tier")
 they cross the ``detections`` topic, packed in order in a :class:`Valuation` record.
 
 >>> from riskguard.schemas import decode, encode

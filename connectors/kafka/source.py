@@ -520,7 +520,7 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
     writer still starting up has written anything.
 
     ``replica_of = (index, processes)`` with ``owner``: this dataflow is one of
-    ``processes`` independent one-worker dataflows (the README's "Market tier"),
+    ``processes`` independent one-worker dataflows (docs/scaling.md, "The market tier"),
     and reads replica ``index`` of each key-split topic's partitions, keeping the
     messages whose key ``owner(key)`` gives to ``index`` (broadcast prefixes:
     every process), and, of an aligned topic (produced with

@@ -286,8 +286,8 @@ def value_positions(
     clock: Clock = system_clock,
     wall_clock: Clock | None = None,
 ) -> ValuedOut:
-    """Stage 1 of :func:`aggregate_exposure` alone, for one market process (the README's
-    "Market tier"): the positions in what ``place`` owns valued once per tick, as
+    """Stage 1 of :func:`aggregate_exposure` alone, for one market process (docs/scaling.md,
+    "The market tier"): the positions in what ``place`` owns valued once per tick, as
     :class:`~riskguard.schemas.Part` items behind which each tick comes on as a
     :class:`~riskguard.schemas.Progress`, for :func:`sum_exposures` in the firm tier;
     stage 1's alerts (missing marks and FX rates, reconciliation breaks, depegs) among

@@ -102,7 +102,7 @@ _OWN_ROLES: dict[type, str] = {Fill: "fill", PositionSnapshot: "snap", OpenOrder
 
 @dataclass(frozen=True)
 class ShardPlace:
-    """A market process's share of stage 1 (the README's "Market tier"): its shard keys
+    """A market process's share of stage 1 (docs/scaling.md, "The market tier"): its shard keys
     carry ``prefix`` (``m<i>.``: unique among the processes, so the firm tier's
     counterparty stage tells their parts apart), it holds only what ``owns`` says
     (called on ``"i:<instrument>"`` and ``"a:<asset>"``, the names :func:`shard_key`

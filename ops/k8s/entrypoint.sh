@@ -1,7 +1,7 @@
 #!/bin/sh
 # Start one process of the multi-process bytewax cluster that runs the guard, or
 # (INDEPENDENT=1) one independent 1-worker dataflow: a market process of the market
-# tier, its index the pod ordinal, or the firm tier (README, Scaling, "The market tier").
+# tier, its index the pod ordinal, or the firm tier (docs/scaling.md, "The market tier").
 #
 # The StatefulSet gives every pod a stable name <statefulset>-<ordinal> and the
 # headless Service a stable DNS name <pod>.<service>.<namespace>.svc. The
