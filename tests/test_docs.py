@@ -235,20 +235,36 @@ def test_the_readme_and_docs_point_to_the_performance_page_not_a_results_file() 
         assert "RESULTS.md" not in page.read_text(), page.name
 
 
-def test_the_project_speaks_of_no_sessions_or_issue_numbers() -> None:
-    """History belongs in git: no file of the project (tracked or new) mentions a
-    session or an issue number."""
+def _project_texts() -> list[tuple[str, str]]:
+    """(path, text) of every file of the project, tracked or new (not ignored)."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
                            cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    history = re.compile(r"session [0-9]|issue [0-9]|issue\s#", re.I)
-    found = []
+    out = []
     for name in files.splitlines():
         path = ROOT / name
         if not path.is_file() or path.suffix in (".sqlite", ".whl", ".png"):
             continue
         try:
-            text = path.read_text()
+            out.append((name, path.read_text()))
         except UnicodeDecodeError:
             continue
-        found += [f"{name}: {m.group(0)}" for m in history.finditer(text)]
+    return out
+
+
+def test_every_pointer_to_a_readme_section_names_one_it_has() -> None:
+    """A comment or docstring that sends the reader to the README's "X" finds a
+    section X there (reference moved to docs/ is pointed to there instead)."""
+    headings = [h.lower() for h in re.findall(r"^#+ (.*)$", README.read_text(), re.M)]
+    stale = [f"{name}: {m.group(0)}" for name, text in _project_texts()
+             for m in re.finditer(r"README(?:'s)?,? \\?\"([^\"\\]+)\\?\"", text)
+             if not any(m.group(1).lower() in h for h in headings)]
+    assert stale == []
+
+
+def test_the_project_speaks_of_no_sessions_or_issue_numbers() -> None:
+    """History belongs in git: no file of the project (tracked or new) mentions a
+    session or an issue number."""
+    history = re.compile(r"session [0-9]|issue [0-9]|issue\s#", re.I)
+    found = [f"{name}: {m.group(0)}" for name, text in _project_texts()
+             for m in history.finditer(text)]
     assert found == []

@@ -1,4 +1,4 @@
-"""Exposure aggregation logic: the README worked example, marking, reconciliation,
+"""Exposure aggregation logic: the worked example of docs/exposure.md, marking, reconciliation,
 bad input, and a Hypothesis property against a from-scratch recomputation."""
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ S = 1_000_000_000
 
 
 def worked_config(**kw: object) -> ExposureConfig:
-    """Three venues; spot, perpetuals and options on BTC and ETH (README example)."""
+    """Three venues; spot, perpetuals and options on BTC and ETH (docs/exposure.md)."""
     return ExposureConfig(
         instruments=InstrumentsConfig(
             reporting_currency="USD",
@@ -129,7 +129,7 @@ def worked_events() -> list[object]:
 
 
 def test_worked_example_numbers_per_counterparty_and_firm() -> None:
-    """Every number of the README worked example comes out as documented."""
+    """Every number of docs/exposure.md's worked example comes out as documented."""
     pipe = LocalPipeline(worked_config())
     out = pipe.feed_all(worked_events())
     assert out.errs == [] and out.alerts == []
@@ -583,7 +583,7 @@ def test_marks_sent_again_after_a_restart_change_no_column(
     its snapshot again: the same records, in the same order. A mark older than its
     column's is ignored, an equal one sets what it set before, and the EWMA needs a
     strictly newer time, so the marks, their times and the EWMA end exactly where they
-    were: replayed marks need no id filter (README "Where the unmet goals stand")."""
+    were: replayed marks need no id filter."""
     marks = [e for e in evs if not isinstance(e, Fill)]
     reg = BATCH_CFG.validate()
     router = Router(reg, BATCH_CFG)

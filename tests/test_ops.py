@@ -1,6 +1,7 @@
 """ops/: the JSON and YAML parse, the k8s manifests match the Kubernetes schemas, the
 Dockerfile lints clean, the alert rules pass promtool, the entrypoint builds the
-bytewax cluster arguments, and the topic plan and ACLs are what the README promises."""
+bytewax cluster arguments, and the topic plan and ACLs are what docs/operations.md
+promises."""
 
 from __future__ import annotations
 
