@@ -255,6 +255,7 @@ _sig_list = msgspec.json.Decoder(list[Signature])
 _sig_enc = msgspec.json.Encoder()
 _cmd_decoder = msgspec.json.Decoder(MitigationCommand)
 _limit_decoder = msgspec.json.Decoder(LimitUpdate)
+_payload_encoder = msgspec.json.Encoder()
 
 
 def _ns(value: Any, path: str) -> int | None:
@@ -595,9 +596,6 @@ class TrustStore:
         payload: bytes = envelope.payload
         signers = self.signing_keys(expected_payload_type, payload, envelope.signatures, now_ns)
         msg: MitigationCommand | LimitUpdate
-        problem = duplicate_key_problem(payload)
-        if problem is not None:
-            raise rejection(Reason.MALFORMED_PAYLOAD, problem)
         try:
             if expected_payload_type == PAYLOAD_COMMAND:
                 msg = _cmd_decoder.decode(payload)
@@ -613,6 +611,13 @@ class TrustStore:
         except Exception as err:  # anything a parser raises is a refusal
             raise rejection(Reason.MALFORMED_PAYLOAD,
                             f"{type(err).__name__}: {str(err)[:160]}") from None
+        # Every parser must read these bytes as msgspec did: no key may repeat. Bytes
+        # that are msgspec's own encoding of the message (riskguard's signers write
+        # exactly that) hold none; only others are scanned.
+        if _payload_encoder.encode(msg) != payload:
+            problem = duplicate_key_problem(payload)
+            if problem is not None:
+                raise rejection(Reason.MALFORMED_PAYLOAD, problem)
         issuer = msg.issuer
         for k in signers:
             if k.name == issuer:
