@@ -55,7 +55,8 @@ def test_the_readme_is_a_short_users_readme() -> None:
     for heading in ("Run the demo", "Install and test", "Your own guard in 15 minutes",
                     "Public API", "Security: what fails closed", "Layout", "Reference"):
         assert f"\n## {heading}\n" in text, heading
-    assert len(section(text, "Security: what fails closed").splitlines()) <= 25
+    # one line per case that fails closed, the rest in docs/security.md
+    assert len(section(text, "Security: what fails closed").splitlines()) <= 32
 
 
 def test_the_readme_test_command_is_the_one_ci_runs() -> None:
