@@ -1,0 +1,85 @@
+"""The sample dataset shipped with riskguard: a thinned copy of the bundled demo scenario.
+
+``riskguard backtest --sample`` and ``riskguard calibrate --sample`` read it
+(``dataflows/data/sample.jsonl`` and its labels, ``sample_labels.json``). It is
+the demo scenario (:func:`~riskguard.dataflows.demo_scenario.build_scenario`,
+seed 7, starting 2026-01-01 00:00 UTC) with BTC only, no options, quotes once
+a second and trades once every two seconds (instead of every 250 and 500 ms),
+and null fields left out, so that it stays under 1 MB: five minutes, three venues, and the three labelled incidents (a flash
+crash on okx BTC-USDT, binance's primary feed silent for 40 s, fills that
+breach deribit's gross notional limit). It is generated, never edited: a
+test checks that the shipped files are what :func:`write_sample` writes.
+
+>>> recs, labels = build_sample()
+>>> 3000 < len(recs) < 6000, [lab["kind"] for lab in labels["incidents"]]
+(True, ['flash_crash', 'heartbeat_loss', 'exposure_breach'])
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import orjson
+from riskguard.dataflows.demo_scenario import NS, OPTIONS, build_scenario
+from riskguard.schemas import OptionQuote, Quote, Trade
+from riskguard.schemas.codec import encode
+
+START_NS = 1_767_225_600 * NS  # 2026-01-01T00:00:00Z
+DATA = "sample.jsonl"
+LABELS = "sample_labels.json"
+_MS = 1_000_000
+
+
+def _keep(rec: Any) -> bool:
+    if isinstance(rec, OptionQuote):
+        return False
+    instrument = getattr(rec, "instrument", "")
+    if instrument.startswith("ETH") or instrument in OPTIONS:
+        return False
+    if isinstance(rec, Quote):  # once a second
+        return (rec.ts - START_NS) % NS == 0
+    if isinstance(rec, Trade):  # once every two seconds (1 ms after the quote)
+        return (rec.ts - START_NS) % (2 * NS) == _MS
+    return True
+
+
+def build_sample() -> tuple[list[Any], dict[str, Any]]:
+    """The sample's records (event-time order) and its labels document."""
+    sc = build_scenario(START_NS)
+    recs = [r for r in sc.events if _keep(r)]
+    labels = {"incidents": [{"kind": i.kind, "scope": i.scope, "start": i.start_ns,
+                             "end": i.end_ns} for i in sc.incidents]}
+    return recs, labels
+
+
+def _compact(rec: Any) -> bytes:
+    """The wire encoding without null fields (each decodes to the same record)."""
+    doc = orjson.loads(encode(rec))
+    return orjson.dumps({k: v for k, v in doc.items() if v is not None})
+
+
+def write_sample(folder: str | Path) -> tuple[Path, Path]:
+    """Write ``sample.jsonl`` and ``sample_labels.json`` into ``folder``."""
+    d = Path(folder)
+    recs, labels = build_sample()
+    data = d / DATA
+    data.write_bytes(b"".join(_compact(r) + b"\n" for r in recs))
+    lab = d / LABELS
+    lab.write_text(json.dumps(labels, indent=1) + "\n", encoding="utf-8")
+    return data, lab
+
+
+def sample_files() -> tuple[Path, Path]:
+    """The shipped sample's data and labels files (inside the installed package)."""
+    pkg = resources.files("riskguard.dataflows") / "data"
+    return Path(str(pkg / DATA)), Path(str(pkg / LABELS))
+
+
+if __name__ == "__main__":  # regenerate: python -m riskguard.dataflows.sample_data
+    here = Path(str(resources.files("riskguard.dataflows") / "data"))
+    here.mkdir(exist_ok=True)
+    for p in write_sample(here):
+        print(p, p.stat().st_size)
