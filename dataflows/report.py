@@ -339,7 +339,7 @@ def build_report(res: BacktestResult, labels: Sequence[Label], *, title: str,
         "mitigation_states": time_in_states(timeline, res.start_ns, res.end_ns),
         "command_log": [
             {"t": c.issued_at, "action": c.action.value, "scope": c.scope.label(),
-             "command_id": c.command_id, "params": _params(c), "reason": c.reason[:240]}
+             "command_id": c.command_id, "params": _params(c), "reason": c.reason}
             for c in cmds
         ],
         "labels": [{"kind": lab.kind, "scope": lab.scope, "start": lab.start_ns,
@@ -387,7 +387,11 @@ _ACTION_COLORS = {
     "reroute_order_flow": "#9467bd", "failover_feed": "#1f77b4", "resume": "#2ca02c",
     "pause_withdrawals": "#8c564b", "hedge_delta": "#e377c2",
 }
-W, H, PAD_L, PAD_R, PAD_T, PAD_B = 960, 230, 70, 150, 24, 28
+# The SVG scales to the page width (viewBox); legends are HTML lists under each plot.
+W, H, PAD_L, PAD_R, PAD_T, PAD_B = 960, 230, 70, 12, 24, 28
+#: The threshold line's colour: never one of the series or severity colours.
+THRESHOLD_COLOR = "#333333"
+_SEVERITY_COLORS = {"info": "#1f77b4", "warn": "#ff7f0e", "critical": "#d62728"}
 
 
 def _esc(x: Any) -> str:
@@ -410,10 +414,12 @@ class _Axes:
 
 
 def _frame(ax: _Axes, pid: str, title: str, body: list[str],
-           legend: list[tuple[str, str]], fmt: str = "{:.4g}") -> str:
-    parts = [f'<svg class="plot" id="{pid}" xmlns="http://www.w3.org/2000/svg" '
-             f'width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img" '
-             f'aria-label="{_esc(title)}">',
+           legend: list[tuple[str, str]], fmt: str = "{:.4g}", *, empty: bool = False) -> str:
+    """One plot: the SVG (as wide as the page) and its legend as an HTML list, whose
+    entries wrap between entries, never inside a name."""
+    parts = [f'<figure class="plot" data-plot="{pid}">'
+             f'<svg class="plot" id="{pid}" xmlns="http://www.w3.org/2000/svg" '
+             f'viewBox="0 0 {W} {H}" role="img" aria-label="{_esc(title)}">',
              f'<text x="{PAD_L}" y="15" class="ptitle">{_esc(title)}</text>',
              f'<rect x="{PAD_L}" y="{PAD_T}" width="{W - PAD_L - PAD_R}" '
              f'height="{H - PAD_T - PAD_B}" fill="none" stroke="#ccc"/>']
@@ -426,12 +432,15 @@ def _frame(ax: _Axes, pid: str, title: str, body: list[str],
         parts.append(f'<text x="{ax.x(t)}" y="{H - 8}" text-anchor="middle" class="tick">'
                      f't+{(t - ax.t0) / NS:.0f}s</text>')
     parts.extend(body)
-    for i, (name, color) in enumerate(legend[:10]):
-        y = PAD_T + 12 + 14 * i
-        parts.append(f'<rect x="{W - PAD_R + 8}" y="{y - 8}" width="10" height="3" '
-                     f'fill="{color}"/><text x="{W - PAD_R + 22}" y="{y - 4}" '
-                     f'class="legend">{_esc(name[:22])}</text>')
+    if empty:
+        parts.append(f'<text class="nodata" x="{(PAD_L + W - PAD_R) / 2}" '
+                     f'y="{(PAD_T + H - PAD_B) / 2 + 6}" text-anchor="middle">no data</text>')
     parts.append("</svg>")
+    if legend:
+        parts.append('<ul class="legend">' + "".join(
+            f'<li><span class="sw" style="background:{color}"></span>{_esc(name)}</li>'
+            for name, color in legend) + "</ul>")
+    parts.append("</figure>")
     return "\n".join(parts)
 
 
@@ -466,7 +475,7 @@ def _price_plot(rep: dict[str, Any], t0: int, t1: int) -> str:
         body.append(_poly(ax, pts, color))
         legend.append((k, color))
     return _frame(ax, "plot-price", "Price, % from first value (incident windows shaded)",
-                  body, legend, "{:+.2f}%")
+                  body, legend, "{:+.2f}%", empty=not ys)
 
 
 def _anomaly_plot(rep: dict[str, Any], t0: int, t1: int) -> str:
@@ -474,16 +483,21 @@ def _anomaly_plot(rep: dict[str, Any], t0: int, t1: int) -> str:
     top = max([p[1] for p in pts] + [2.0])
     ax = _Axes(t0, t1, 0.0, min(top, 50.0))
     body = _bands(ax, rep["labels"])
-    y1 = ax.y(1.0)
-    body.append(f'<line class="threshold" x1="{PAD_L}" x2="{W - PAD_R}" y1="{y1}" y2="{y1}" '
-                f'stroke="#d62728" stroke-dasharray="4 3"/>')
+    body.append(_threshold(ax))
     for t, ratio, key, sev in pts:
-        color = "#d62728" if sev == "critical" else "#ff7f0e" if sev == "warn" else "#1f77b4"
-        body.append(f'<circle class="score" cx="{ax.x(t)}" cy="{ax.y(min(ratio, 50.0))}" r="3" '
-                    f'fill="{color}"><title>{_esc(key)} score/threshold {ratio}</title></circle>')
+        color = _SEVERITY_COLORS.get(sev, _SEVERITY_COLORS["info"])
+        body.append(f'<circle class="score" data-severity="{_esc(sev)}" cx="{ax.x(t)}" '
+                    f'cy="{ax.y(min(ratio, 50.0))}" r="3" fill="{color}">'
+                    f'<title>{_esc(key)} score/threshold {ratio}</title></circle>')
     return _frame(ax, "plot-anomaly", "Anomaly score / threshold at each signal (threshold = 1)",
-                  body, [("threshold", "#d62728"), ("warn", "#ff7f0e"),
-                         ("critical", "#d62728")], "{:.3g}")
+                  body, [("threshold", THRESHOLD_COLOR), *_SEVERITY_COLORS.items()], "{:.3g}",
+                  empty=not pts)
+
+
+def _threshold(ax: _Axes) -> str:
+    y1 = ax.y(1.0)
+    return (f'<line class="threshold" x1="{PAD_L}" x2="{W - PAD_R}" y1="{y1}" y2="{y1}" '
+            f'stroke="{THRESHOLD_COLOR}" stroke-dasharray="4 3"/>')
 
 
 def _util_plot(rep: dict[str, Any], t0: int, t1: int) -> str:
@@ -491,15 +505,14 @@ def _util_plot(rep: dict[str, Any], t0: int, t1: int) -> str:
     top = max([p[1] for v in series.values() for p in v] + [1.1])
     ax = _Axes(t0, t1, 0.0, top)
     body = _bands(ax, rep["labels"])
-    y1 = ax.y(1.0)
-    body.append(f'<line class="threshold" x1="{PAD_L}" x2="{W - PAD_R}" y1="{y1}" y2="{y1}" '
-                f'stroke="#d62728" stroke-dasharray="4 3"/>')
-    legend = []
+    body.append(_threshold(ax))
+    legend = [("limit (1.0)", THRESHOLD_COLOR)] if series else []
     for i, (k, v) in enumerate(sorted(series.items())):
         color = _COLORS[i % len(_COLORS)]
         body.append(_poly(ax, v, color))
         legend.append((k, color))
-    return _frame(ax, "plot-util", "Limit utilization (1.0 = limit)", body, legend, "{:.2f}")
+    return _frame(ax, "plot-util", "Limit utilization (1.0 = limit)", body, legend, "{:.2f}",
+                  empty=not any(series.values()))
 
 
 def _command_plot(rep: dict[str, Any], t0: int, t1: int) -> str:
@@ -520,7 +533,7 @@ def _command_plot(rep: dict[str, Any], t0: int, t1: int) -> str:
                     f'{_esc(c["scope"])}: {_esc(c["reason"])}</title></rect>')
     legend = [(a, _ACTION_COLORS.get(a, "#333")) for a in rep["commands"]["by_action"]]
     return _frame(ax, "plot-commands", "Commands timeline (one row per scope)", body, legend,
-                  "{:.0f}")
+                  "{:.0f}", empty=not log)
 
 
 def _table(tid: str, head: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -598,8 +611,14 @@ def render_html(rep: dict[str, Any]) -> str:
     ]
     css = ("body{font-family:sans-serif;margin:20px;color:#222}table{border-collapse:collapse;"
            "margin:8px 0 18px}td,th{border:1px solid #ccc;padding:3px 7px;font-size:12px;"
-           "text-align:left}th{background:#f0f0f0}.tick,.legend{font-size:10px;fill:#444}"
-           ".ptitle{font-size:12px;font-weight:bold}svg.plot{display:block;margin:6px 0}")
+           "text-align:left;overflow-wrap:break-word}th{background:#f0f0f0}"
+           ".tick{font-size:10px;fill:#444}.ptitle{font-size:12px;font-weight:bold}"
+           ".nodata{font-size:16px;fill:#777}figure.plot{margin:6px 0 14px}"
+           "svg.plot{display:block;width:100%;height:auto}"
+           ".legend{display:flex;flex-wrap:wrap;gap:2px 16px;list-style:none;margin:2px 0 0 "
+           "70px;padding:0;font-size:12px}.legend li{overflow-wrap:break-word;min-width:0}"
+           ".sw{display:inline-block;width:12px;height:4px;margin-right:5px;"
+           "vertical-align:middle}")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{_esc(rep['title'])}</title><style>{css}</style></head><body>\n"
             + "\n".join(sections) + "\n</body></html>\n")

@@ -1,0 +1,192 @@
+"""riskguard's HTML pages read well in headless Chromium: measured, not just parsed.
+
+Each report test renders a page built from a small hand-made run, with a
+measuring script appended to a copy of it, at a given window width; the
+script writes what the layout engine computed (element widths, scroll vs
+client widths, computed colours, texts) into ``<pre id="rg-measure">``, which
+``--dump-dom`` returns. The status-page test serves the page with a command
+source and reads the lists its own JavaScript built.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from riskguard.dataflows.backtest import BacktestResult, Label
+from riskguard.dataflows.report import build_report, render_html
+from riskguard.schemas import (
+    Action,
+    AnomalySignal,
+    Audience,
+    LimitLevel,
+    MitigationCommand,
+    Scope,
+    ScopeKind,
+    Severity,
+    Utilization,
+)
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium; .ci/run does)")
+
+S = 1_000_000_000
+T0 = 1_700_000_000 * S
+AUD = Audience(env="dev", topic="riskguard.commands")
+LONG_LIMIT = "counterparty.binance.instrument.BTC-USDT-PERP"
+REASON = ("anomaly score 7.3 over threshold 1.0 on okx/BTC-USDT while the binance feed was "
+          "stale for 41 s; counterparty exposure 0.97 of the gross limit; widening quotes "
+          "before reducing limits as the playbook orders, then halting the counterparty "
+          "until an operator confirms the venue is healthy again, closingword")
+
+MEASURE = """
+<pre id="rg-measure"></pre><script>
+(function(){
+const r=e=>e.getBoundingClientRect();
+const out={inner:window.innerWidth, doc_scroll:document.documentElement.scrollWidth,
+  doc_client:document.documentElement.clientWidth, plots:{}, legends:{}, overflow:[],
+  cells:[], colors:{}, nodata:{}};
+for(const s of document.querySelectorAll("svg.plot")){
+  const p=s.parentElement;
+  out.plots[s.id]={w:r(s).width, avail:p.clientWidth
+    - parseFloat(getComputedStyle(p).paddingLeft) - parseFloat(getComputedStyle(p).paddingRight)};
+  const nd=[...s.querySelectorAll("text")].filter(t=>/no data/.test(t.textContent));
+  out.nodata[s.id]=nd.map(t=>({text:t.textContent, w:r(t).width, h:r(t).height}));}
+for(const f of document.querySelectorAll("[data-plot]")){
+  out.legends[f.dataset.plot]=[...f.querySelectorAll(".legend li")].map(li=>({
+    text:li.textContent, color:getComputedStyle(li.querySelector(".sw")).backgroundColor,
+    over:li.scrollWidth>li.clientWidth, ellipsis:getComputedStyle(li).textOverflow}));}
+for(const s of document.querySelectorAll("svg.plot")){
+  const legacy=[...s.querySelectorAll("text.legend")].map(t=>t.textContent);
+  if(legacy.length && !(s.id in out.legends)){
+    out.legends[s.id]=legacy.map(t=>({text:t, color:"", over:false, ellipsis:""}));}}
+for(const e of document.querySelectorAll("td,th,li,p,h1,h2")){
+  if(e.scrollWidth>e.clientWidth+1) out.overflow.push(e.tagName+": "+e.textContent.slice(0,60));}
+for(const td of document.querySelectorAll("#t-log td")){
+  const cs=getComputedStyle(td);
+  out.cells.push({text:td.textContent, ellipsis:cs.textOverflow, ws:cs.whiteSpace});}
+const thr=document.querySelector("#plot-anomaly line.threshold");
+const crit=document.querySelector("#plot-anomaly circle.score[data-severity=critical]");
+out.colors={threshold:thr?getComputedStyle(thr).stroke:null,
+  critical:crit?getComputedStyle(crit).fill:null};
+document.getElementById("rg-measure").textContent=JSON.stringify(out);
+})();
+</script>
+"""
+
+
+def measure(page: str, tmp_path: Path, width: int) -> dict[str, Any]:
+    """Render ``page`` (plus the measuring script) at ``width`` px; return the measurements."""
+    f = tmp_path / f"page-{width}.html"
+    f.write_text(page.replace("</body>", MEASURE + "</body>"))
+    dom = subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
+         "--disable-background-networking", "--disable-dev-shm-usage",
+         f"--window-size={width},1200", "--dump-dom", f.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True).stdout
+    m = re.search(r'<pre id="rg-measure">(.*?)</pre>', dom, re.S)
+    assert m and m.group(1), dom[-2000:]
+    return json.loads(html.unescape(m.group(1)))
+
+
+def _cmd(n: int, action: Action, scope: Scope, at: int, ttl: int = 600 * S,
+         reason: str = "test", **params: Any) -> MitigationCommand:
+    return MitigationCommand(
+        command_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"riskguard-html/{n}")), issuer="engine-1",
+        seq=n, issued_at=at, expires_at=at + ttl, audience=AUD, action=action, scope=scope,
+        params=params, reason=reason)
+
+
+def _signal(n: int, ratio: float, sev: Severity) -> AnomalySignal:
+    return AnomalySignal(id=f"s{n}", key="okx/BTC-USDT", ts=T0 + n * 10 * S,
+                         scope=Scope(kind=ScopeKind.INSTRUMENT, value="BTC-USDT", venue="okx"),
+                         score=ratio, threshold=1.0, severity=sev, model="m", model_version="1")
+
+
+def _report(*, empty: bool = False) -> dict[str, Any]:
+    okx = Scope(kind=ScopeKind.VENUE, value="okx")
+    res = BacktestResult(start_ns=T0, end_ns=T0 + 300 * S, n_events=100, keys={"okx/BTC-USDT"})
+    if not empty:
+        res.prices = {"okx/BTC-USDT-PERPETUAL-SWAP": [(T0 + i * S, 100.0 + i % 7)
+                                                      for i in range(0, 300, 5)]}
+        res.signals = [_signal(1, 0.5, Severity.INFO), _signal(2, 1.6, Severity.WARN),
+                       _signal(3, 4.2, Severity.CRITICAL)]
+        cp = Scope(kind=ScopeKind.COUNTERPARTY, value="binance")
+        res.utilizations = [Utilization(ts=T0 + i * S, limit_path=LONG_LIMIT, kind="gross",
+                                        scope=cp, exposure=1.0, base_limit=2.0,
+                                        effective_limit=2.0, utilization=0.5 + i / 400,
+                                        level=LimitLevel.OK)
+                            for i in range(0, 300, 10)]
+        res.commands = [_cmd(1, Action.WIDEN_QUOTES, okx, T0 + 30 * S, reason=REASON),
+                        _cmd(2, Action.HALT_TRADING, okx, T0 + 60 * S)]
+    labels = [Label(kind="venue_outage", scope="venue:okx", start_ns=T0 + 20 * S,
+                    end_ns=T0 + 90 * S)]
+    return build_report(res, labels, title="html check")
+
+
+@pytest.fixture(scope="module")
+def full_page() -> str:
+    return render_html(_report())
+
+
+@pytest.mark.parametrize("width", [800, 1400])
+def test_report_plots_take_the_full_width_and_nothing_overflows(full_page, tmp_path,
+                                                                  width) -> None:
+    """Every plot is as wide as its container (within 2%), at a narrow and a wide
+    window; the page never scrolls sideways and no cell or heading overflows."""
+    m = measure(full_page, tmp_path, width)
+    assert set(m["plots"]) == {"plot-price", "plot-anomaly", "plot-util", "plot-commands"}
+    for pid, p in m["plots"].items():
+        assert p["w"] >= 0.98 * p["avail"], (pid, p)
+        assert p["w"] <= p["avail"] + 1, (pid, p)
+    assert m["doc_scroll"] <= m["doc_client"], m["doc_scroll"]
+    assert m["overflow"] == []
+
+
+def test_report_legends_and_reasons_show_whole_words(full_page, tmp_path) -> None:
+    """Legend entries name the whole series (no cut, no ellipsis, no overflow) and
+    the command log shows the whole reason, up to its last word."""
+    m = measure(full_page, tmp_path, 800)
+    util = [x["text"] for x in m["legends"]["plot-util"]]
+    assert util == ["limit (1.0)", f"{LONG_LIMIT}.gross"]
+    price = [x["text"] for x in m["legends"]["plot-price"]]
+    assert price == ["okx/BTC-USDT-PERPETUAL-SWAP"]
+    for entries in m["legends"].values():
+        for x in entries:
+            assert not x["over"] and x["ellipsis"] != "ellipsis", x
+    reasons = [c for c in m["cells"] if c["text"].startswith("anomaly score 7.3")]
+    assert [c["text"] for c in reasons] == [REASON]
+    assert all(c["ellipsis"] != "ellipsis" and c["ws"] != "nowrap" for c in m["cells"])
+
+
+def test_report_threshold_and_critical_have_distinct_colours(full_page, tmp_path) -> None:
+    """The computed stroke of the threshold line differs from the computed fill of a
+    critical score, and so do their legend swatches."""
+    m = measure(full_page, tmp_path, 1000)
+    c = m["colors"]
+    assert c["threshold"] and c["critical"], c
+    assert c["threshold"] != c["critical"]
+    legend = {x["text"]: x["color"] for x in m["legends"]["plot-anomaly"]}
+    assert legend["threshold"] == c["threshold"]
+    assert legend["critical"] == c["critical"]
+    assert len(set(legend.values())) == len(legend), legend
+
+
+def test_report_empty_plots_say_no_data(tmp_path) -> None:
+    """A run with no prices, signals, utilizations or commands draws each plot
+    with a visible "no data" text; a plot with data has none."""
+    m = measure(render_html(_report(empty=True)), tmp_path, 1000)
+    for pid in ("plot-price", "plot-anomaly", "plot-util", "plot-commands"):
+        nd = m["nodata"][pid]
+        assert [x["text"] for x in nd] == ["no data"], pid
+        assert nd[0]["w"] > 20 and nd[0]["h"] > 8, nd
+    full = measure(render_html(_report()), tmp_path, 1000)
+    assert all(v == [] for v in full["nodata"].values()), full["nodata"]
