@@ -1,0 +1,64 @@
+"""The shared progress bar: silent unless stderr is a terminal, one redrawn line when it is."""
+
+from __future__ import annotations
+
+import io
+
+from riskguard.progress import Progress, is_terminal
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_prints_nothing_when_the_stream_is_not_a_terminal():
+    buf = io.StringIO()
+    with Progress("backtest", total=10, stream=buf, every_s=0) as bar:
+        for _ in range(10):
+            bar.advance()
+        bar.note("x")
+    assert not bar.enabled
+    assert buf.getvalue() == ""
+
+
+def test_progress_renders_one_carriage_return_line_in_a_terminal_and_erases_it():
+    buf = _Tty()
+    clock = iter(float(i) for i in range(100))
+    with Progress("publish", total=4, unit="bytes", stream=buf, every_s=0.5,
+                  clock=lambda: next(clock)) as bar:
+        assert bar.enabled
+        bar.update(1)
+        bar.update(4)
+    text = buf.getvalue()
+    frames = [f for f in text.split("\r") if f.strip()]
+    assert frames == ["publish [#####...............]  25% 1/4 bytes",
+                      "publish [####################] 100% 4/4 bytes"]
+    assert "\n" not in text  # never a line of its own in the command's output
+    assert text.endswith("\r")  # erased at the end: the summary starts on a clean line
+
+
+def test_progress_redraws_at_most_every_interval_of_the_injected_clock():
+    buf = io.StringIO()
+    now = [0.0]
+    bar = Progress("stress", total=100, stream=buf, force=True, every_s=1.0,
+                   clock=lambda: now[0])
+    for i in range(10):
+        bar.update(i)  # same instant: only the first draws
+    now[0] = 2.0
+    bar.update(50)
+    assert [f for f in buf.getvalue().split("\r") if f] == [
+        "stress [....................]   0% 0/100", "stress [##########..........]  50% 50/100"]
+
+
+def test_progress_without_a_total_shows_a_count_and_a_note():
+    bar = Progress("calibrate", stream=io.StringIO(), force=True)
+    bar.advance(1234)
+    bar.note("candidate 3")
+    assert bar.line() == "calibrate 1,234 candidate 3"
+
+
+def test_a_closed_stream_is_not_a_terminal():
+    s = io.StringIO()
+    s.close()
+    assert not is_terminal(s)
