@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -264,6 +264,7 @@ def run_backtest(
     trust: TrustStore | None = None,
     batch_size: int = 100,
     price_every_ns: int = NS,
+    progress: Callable[[Any], Any] | None = None,
 ) -> BacktestResult:
     """Run the guard core over ``files`` (replayed in event time) or ``records``.
 
@@ -274,7 +275,7 @@ def run_backtest(
     input batch; a batch never spans two ticks (``tick_ns``) of event time, so
     the event clock, which moves as a batch passes the clock step, is at most
     one tick ahead of any record, and the commands do not depend on the batch
-    size.
+    size. ``progress`` is called with each input record as it enters (a CLI's bar).
     """
     if (records is None) == (not files):
         raise ConfigError("backtest.input", "either files or records (exactly one)",
@@ -293,6 +294,8 @@ def run_backtest(
         split = replay_input("in", flow, files=list(files), batch_size=batch_size,
                              batch_span_ns=cfg.tick_ns)
         inputs, errs_in = split.oks, split.errs
+    if progress is not None:
+        op.inspect("progress", inputs, lambda _s, rec: progress(rec))
     tapped = op.map("tap", op.map("clock", inputs, clock.observe),
                     _Tap(res, price_every_ns))
     out = guard_core("guard", tapped, cfg=cfg, cfg_hash=cfg_hash, clock=clock, signer=signer,
@@ -341,6 +344,7 @@ def backtest_files(
     venue: str = "file",
     instrument: str = "unknown",
     batch_size: int = 100,
+    progress: Callable[[Any], Any] | None = None,
 ) -> dict[str, Any]:
     """``riskguard backtest``: replay ``data`` through the guard, write the report.
 
@@ -350,7 +354,8 @@ def backtest_files(
 
     cfg, digest = load_guard_config(config)
     files = [ReplayFile(p, venue=venue, instrument=instrument) for p in data]
-    res = run_backtest(cfg, digest, files=files, out_dir=out_dir, batch_size=batch_size)
+    res = run_backtest(cfg, digest, files=files, out_dir=out_dir, batch_size=batch_size,
+                       progress=progress)
     labs = load_labels(labels) if labels else []
     report = build_report(res, labs, title="riskguard backtest", config_hash=digest,
                           inputs=[Path(p).name for p in data])

@@ -5,9 +5,10 @@
 the demo scenario (:func:`~riskguard.dataflows.demo_scenario.build_scenario`,
 seed 7, starting 2026-01-01 00:00 UTC) with BTC only, no options, quotes once
 a second and trades once every two seconds (instead of every 250 and 500 ms),
-and null fields left out, so that it stays under 1 MB: five minutes, three venues, and the three labelled incidents (a flash
-crash on okx BTC-USDT, binance's primary feed silent for 40 s, fills that
-breach deribit's gross notional limit). It is generated, never edited: a
+and null fields left out, so that it stays under 1 MB: five minutes, three
+venues, and the three labelled incidents (a flash crash on okx BTC-USDT,
+binance's primary feed silent for 40 s, fills that breach deribit's gross
+notional limit). It is generated, never edited: a
 test checks that the shipped files are what :func:`write_sample` writes.
 
 >>> recs, labels = build_sample()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from riskguard.errors import ConfigError
+from riskguard.progress import Progress
 
 
 def read_grid(text: str) -> Any:
@@ -51,7 +52,10 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from riskguard.cli_backtest import with_sample  # noqa: PLC0415
     from riskguard.dataflows import calibrate as cal  # noqa: PLC0415  (heavy imports)
+
+    with_sample(args, "calibrate")
 
     grid = cal.check_grid(read_grid(args.grid)) if args.grid else None
     kw = {"grid": grid, "train_frac": args.train_frac, "objective": args.objective,
@@ -61,7 +65,16 @@ def _run(args: argparse.Namespace) -> int:
         if not args.labels:
             sys.stderr.write("riskguard calibrate: --labels is required (one-shot mode)\n")
             return 2
-        rep = cal.calibrate_files(args.config, args.data, args.labels, out_dir=out, **kw)
+        runs = 1 + len(cal.expand_grid(grid if grid is not None else cal.DEFAULT_GRID)) + 2
+        with Progress("calibrate", total=runs, unit="backtests") as bar:
+            def runner(*a: Any, **k: Any) -> Any:
+                res = cal.run_backtest(*a, **k)
+                bar.advance()
+                return res
+
+            bar.update(0)
+            rep = cal.calibrate_files(args.config, args.data, args.labels, out_dir=out,
+                                      runner=runner, **kw)
         h = rep["held_out"]
         print(f"chosen {rep['chosen'] or 'the defaults'} (train {rep['train_records']:,} of "
               f"{rep['records']:,} records; split at {rep['split_ns']} ns)")
@@ -95,7 +108,10 @@ def _run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:  # argparse private generic
     p = sub.add_parser("calibrate", help="calibrate thresholds on labelled history")
     p.add_argument("--config", required=True, help="guard TOML config")
-    p.add_argument("--data", nargs="+", required=True, help="JSONL / Binance CSV files")
+    p.add_argument("--data", nargs="+", help="JSONL / Binance CSV files")
+    p.add_argument("--sample", action="store_true",
+                   help="calibrate on the sample data shipped with riskguard (and its "
+                   "labels, unless --labels)")
     p.add_argument("--labels", help="labels JSON (incident windows)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--grid", metavar="FILE|JSON",

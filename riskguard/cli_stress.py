@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from riskguard.progress import Progress
+
 
 def outcome(c: Any) -> tuple[str, str]:
     """How one check reads: what was checked, and what happened.
@@ -77,46 +79,59 @@ def _delays(d: dict[str, Any]) -> str:
 
 
 def _run_in(args: argparse.Namespace, names: list[str], playbook: Any, work: Path) -> int:
-    from riskguard.dataflows import stress  # noqa: PLC0415  (heavy imports)
-
     out = Path(args.out)
     failed = 0
     t_all = time.perf_counter()
-    summary = []
-    for name in names:
-        sc = stress.load_scenario(stress.scenario_path(name))
-        if args.runs:
-            mc = stress.monte_carlo(sc, work, runs=args.runs, seed=args.seed, playbook=playbook)
-            (out / sc.name).mkdir(parents=True, exist_ok=True)
-            (out / sc.name / "monte_carlo.json").write_text(json.dumps(mc, indent=1) + "\n")
-            d = mc["detection_delay_s"]
-            m = mc["mitigation_delay_s"]
-            print(f"{sc.name}: {args.runs} runs, ends safe in {mc['safe_share']:.0%}, all "
-                  f"checks pass in {mc['pass_share']:.0%}; detection delay {_delays(d)}; "
-                  f"first mitigation {_delays(m)}")
-            failed += mc["safe_share"] < 1.0 or (args.strict and mc["pass_share"] < 1.0)
-            summary.append(mc | {"per_run": None})
-            continue
-        t0 = time.perf_counter()
-        o = stress.run_scenario(sc, work, playbook=playbook, out_dir=out / sc.name)
-        bad = [c for c in o.checks if c.result == "FAIL" or (args.strict and c.result == "GAP")]
-        verdict = "PASS" if not bad else "FAIL"
-        print(f"{verdict} {sc.name}  ({o.result.n_events:,} events, "
-              f"{time.perf_counter() - t0:.1f}s)  report {out / sc.name / 'report.html'}")
-        for c in o.checks:
-            what, happened = outcome(c)
-            print(f"  {c.result:<4} {what:<25} {c.scope:<46} {happened}")
-            if c.result != "PASS":
-                print(f"       {c.detail}")
-        failed += bool(bad)
-        summary.append({"scenario": sc.name, "passed": not bad,
-                        "checks": [c.as_dict() for c in o.checks]})
+    summary: list[Any] = []
+    with Progress("stress", total=len(names), unit="scenarios") as bar:
+        for name in names:
+            bar.note(f"running {name}")
+            failed += _one(args, name, playbook, work, out, summary, bar)
+            bar.advance()
     wall = time.perf_counter() - t_all
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps({"scenarios": summary, "wall_s": round(wall, 2)},
                                                  indent=1) + "\n")
     print(f"{len(names) - failed}/{len(names)} scenarios passed in {wall:.1f}s")
     return 1 if failed else 0
+
+
+def _one(args: argparse.Namespace, name: str, playbook: Any, work: Path, out: Path,
+         summary: list[Any], bar: Progress) -> int:
+    """Run one scenario (or its Monte Carlo runs), print its lines; 1 if it failed."""
+    from riskguard.dataflows import stress  # noqa: PLC0415  (heavy imports)
+
+    failed = 0
+    sc = stress.load_scenario(stress.scenario_path(name))
+    if args.runs:
+        mc = stress.monte_carlo(sc, work, runs=args.runs, seed=args.seed, playbook=playbook)
+        (out / sc.name).mkdir(parents=True, exist_ok=True)
+        (out / sc.name / "monte_carlo.json").write_text(json.dumps(mc, indent=1) + "\n")
+        d = mc["detection_delay_s"]
+        m = mc["mitigation_delay_s"]
+        bar.clear()  # the scenario's lines, then the bar again
+        print(f"{sc.name}: {args.runs} runs, ends safe in {mc['safe_share']:.0%}, all "
+              f"checks pass in {mc['pass_share']:.0%}; detection delay {_delays(d)}; "
+              f"first mitigation {_delays(m)}")
+        failed += mc["safe_share"] < 1.0 or (args.strict and mc["pass_share"] < 1.0)
+        summary.append(mc | {"per_run": None})
+        return int(failed)
+    t0 = time.perf_counter()
+    o = stress.run_scenario(sc, work, playbook=playbook, out_dir=out / sc.name)
+    bad = [c for c in o.checks if c.result == "FAIL" or (args.strict and c.result == "GAP")]
+    verdict = "PASS" if not bad else "FAIL"
+    bar.clear()
+    print(f"{verdict} {sc.name}  ({o.result.n_events:,} events, "
+          f"{time.perf_counter() - t0:.1f}s)  report {out / sc.name / 'report.html'}")
+    for c in o.checks:
+        what, happened = outcome(c)
+        print(f"  {c.result:<4} {what:<25} {c.scope:<46} {happened}")
+        if c.result != "PASS":
+            print(f"       {c.detail}")
+    failed += bool(bad)
+    summary.append({"scenario": sc.name, "passed": not bad,
+                    "checks": [c.as_dict() for c in o.checks]})
+    return int(failed)
 
 
 def _list(_args: argparse.Namespace) -> int:

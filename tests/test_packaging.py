@@ -31,7 +31,9 @@ def test_wheel_imports_cleanly_in_a_fresh_virtualenv(tmp_path: Path) -> None:
     assert tops == {"riskguard"}, tops
     for must in ("riskguard/operators/__init__.py", "riskguard/connectors/kafka/source.py",
                  "riskguard/dataflows/__init__.py", "riskguard/schemas/json/trade.v1.json",
-                 "riskguard/py.typed", "riskguard/dataflows/guard/core.py"):
+                 "riskguard/py.typed", "riskguard/dataflows/guard/core.py",
+                 "riskguard/dataflows/data/sample.jsonl",  # backtest/calibrate --sample
+                 "riskguard/dataflows/data/sample_labels.json"):
         assert must in names, must
     packaged = {n.rsplit("/", 1)[0] for n in names if n.endswith("/__init__.py")}
     for top in ("operators", "connectors", "dataflows", "schemas"):
