@@ -38,6 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+from riskguard.schemas import Action, MitigationCommand
 
 from riskguard.errors import RiskguardError
 
@@ -214,16 +215,84 @@ def render_text(s: dict[str, Any], width: int = 30) -> str:
     return "\n".join(lines) + "\n"
 
 
+def split_mitigations(commands: Iterable[MitigationCommand], now_ns: int,
+                      max_history: int = 100) -> dict[str, list[dict[str, Any]]]:
+    """Mitigations in force at ``now_ns`` (``active``) apart from every command (``history``).
+
+    A command is in force when issued by ``now_ns``, not expired, and not lifted by
+    a later ``resume`` on the same scope that lists its action (or lists none:
+    then it lifts every action there). ``active`` has one entry per action and
+    scope (the one that expires last); ``history`` lists every command issued,
+    newest first, each with its ``state``: ``active``, ``expired``, ``lifted``,
+    ``resume`` or ``alert``.
+
+    >>> from riskguard.schemas import Audience, Scope, ScopeKind
+    >>> aud, okx = Audience(env="dev", topic="t"), Scope(kind=ScopeKind.VENUE, value="okx")
+    >>> def c(i, a, t, **p):
+    ...     return MitigationCommand(command_id=f"c{i}", issuer="e", issued_at=t,
+    ...         expires_at=t + 100, audience=aud, action=a, scope=okx, params=p, reason="r")
+    >>> m = split_mitigations([c(1, Action.HALT_TRADING, 0), c(2, Action.WIDEN_QUOTES, 10),
+    ...                        c(3, Action.RESUME, 20, actions=["halt_trading"])], now_ns=30)
+    >>> [(x["action"], x["scope"]) for x in m["active"]]
+    [('widen_quotes', 'venue:okx')]
+    >>> [(x["command_id"], x["state"]) for x in m["history"]]
+    [('c3', 'resume'), ('c2', 'active'), ('c1', 'lifted')]
+    """
+    issued = sorted((c for c in commands if c.issued_at <= now_ns),
+                    key=lambda c: (c.issued_at, c.seq, c.command_id))
+    rows: list[dict[str, Any]] = []
+    in_force: dict[str, list[dict[str, Any]]] = {}  # scope label -> its rows not yet lifted
+    for c in issued:
+        label = c.scope.label()
+        row = {"command_id": c.command_id, "action": c.action.value, "scope": label,
+               "issued_at": c.issued_at / 1e9, "expires_at": c.expires_at / 1e9,
+               "reason": c.reason, "state": "", "lifted_by": None}
+        rows.append(row)
+        if c.action is Action.RESUME:
+            row["state"] = "resume"
+            lifted = c.params.get("actions")
+            names = set(lifted) if isinstance(lifted, list) else None
+            keep = []
+            for r in in_force.get(label, []):
+                if names is None or r["action"] in names:
+                    r["state"], r["lifted_by"] = "lifted", c.command_id
+                else:
+                    keep.append(r)
+            in_force[label] = keep
+        elif c.action is Action.ALERT:
+            row["state"] = "alert"
+        else:
+            row["state"] = "active" if c.expires_at > now_ns else "expired"
+            in_force.setdefault(label, []).append(row)
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        if r["state"] == "active":
+            k = (r["action"], r["scope"])
+            if k not in best or r["expires_at"] >= best[k]["expires_at"]:
+                best[k] = r
+    active = sorted(best.values(), key=lambda r: (r["scope"], r["action"]))
+    return {"active": active, "history": rows[::-1][:max_history]}
+
+
 class StatusPoller:
-    """Scrapes the endpoints on demand and keeps a command timeline between scrapes."""
+    """Scrapes the endpoints on demand and keeps a command timeline between scrapes.
+
+    ``commands`` (optional) returns the mitigation commands issued so far (for
+    example, read from the commands topic or a guard's output); with it the
+    summary's ``mitigations`` holds the ones in force now apart from the
+    history (:func:`split_mitigations`). Without it, which mitigations are in
+    force is not known: the metrics only count commands issued.
+    """
 
     def __init__(self, urls: Sequence[str], *, top: int = 10, timeout_s: float = 5.0,
-                 max_timeline: int = 100, now: Callable[[], float] = time.time) -> None:
+                 max_timeline: int = 100, now: Callable[[], float] = time.time,
+                 commands: Callable[[], Iterable[MitigationCommand]] | None = None) -> None:
         self.urls = list(urls)
         self.top = top
         self.timeout_s = timeout_s
         self.max_timeline = max_timeline
         self.now = now
+        self.commands = commands
         self.timeline: list[dict[str, Any]] = []
         self._prev: dict[tuple[str, str], float] | None = None
         self._lock = threading.Lock()
@@ -246,6 +315,9 @@ class StatusPoller:
                 self._prev = {k: c["count"] for k, c in counts.items()}
             del self.timeline[self.max_timeline:]
             summary["timeline"] = list(self.timeline)
+            summary["mitigations"] = (
+                None if self.commands is None else
+                split_mitigations(self.commands(), int(at * 1e9), self.max_timeline))
             summary["scraped_at"] = at
             return summary
 
@@ -263,6 +335,7 @@ h1{font-size:1.3em;margin:0 0 .6em} h2{font-size:1em;margin:1.2em 0 .4em}
 .bar{background:#eee;height:1em;border-radius:3px;overflow:hidden}
 .fill{height:100%;background:#2da44e}.warn .fill{background:#bf8700}.hot .fill{background:#cf222e}
 ol,ul{margin:.2em 0;padding-left:1.4em} small{color:#666}
+li,.util span{overflow-wrap:break-word;min-width:0}
 </style></head>
 <body data-polls="0">
 <h1>riskguard status <small id="scraped"></small></h1>
@@ -277,7 +350,10 @@ ol,ul{margin:.2em 0;padding-left:1.4em} small{color:#666}
  <div class="card">checkpoint age<b id="checkpoint-age">?</b></div>
  <div class="card">feeds on backup<b id="feeds-backup">?</b></div>
 </div>
-<h2>Active mitigations</h2><ul id="mitigations"></ul>
+<h2>Active mitigations <small>(in force now)</small></h2><ul id="mitigations"></ul>
+<h2>Mitigation history <small>(every command, newest first)</small></h2><ol id="history"></ol>
+<h2>Commands issued <small>(counts since start, from the metrics)</small></h2>
+<ul id="issued"></ul>
 <h2>Top utilizations</h2><div id="utilizations"></div>
 <h2>Command timeline</h2><ol id="timeline"></ol>
 <script>
@@ -304,8 +380,27 @@ function render(s){
   set("checkpoint-age", s.checkpoint_age_s===null?"n/a":Math.round(s.checkpoint_age_s)+" s");
   set("feeds-backup", s.feeds.on_backup.length?s.feeds.on_backup.join(", "):"none");
   const m=document.getElementById("mitigations"); m.replaceChildren();
+  const hi=document.getElementById("history"); hi.replaceChildren();
+  const when=ts=>new Date(ts*1000).toISOString().replace("T"," ").slice(0,19);
+  if(s.mitigations===null||s.mitigations===undefined){
+    m.appendChild(el("li", {"class":"unknown"}, "not known: no command source "
+      +"(the counts below are every command issued, lifted and expired ones included)"));
+    hi.appendChild(el("li", {"class":"unknown"}, "not known: no command source"));
+  }else{
+    if(!s.mitigations.active.length){m.appendChild(el("li", {"class":"none"}, "none"));}
+    for(const x of s.mitigations.active){
+      m.appendChild(el("li", {"data-action":x.action, "data-scope":x.scope,
+        "data-command-id":x.command_id}, x.action+" on "+x.scope+" until "+when(x.expires_at)
+        +" UTC: "+x.reason));}
+    for(const x of s.mitigations.history){
+      hi.appendChild(el("li", {"data-action":x.action, "data-scope":x.scope,
+        "data-command-id":x.command_id, "data-state":x.state}, when(x.issued_at)+"  "
+        +x.action+" on "+x.scope+" ["+x.state+(x.lifted_by?" by "+x.lifted_by:"")+"]: "
+        +x.reason));}
+  }
+  const is=document.getElementById("issued"); is.replaceChildren();
   for(const [a,n] of Object.entries(s.commands.by_action)){
-    m.appendChild(el("li", {"data-action":a, "data-count":String(n)}, a+": "+fmt(n)));}
+    is.appendChild(el("li", {"data-action":a, "data-count":String(n)}, a+": "+fmt(n)));}
   const u=document.getElementById("utilizations"); u.replaceChildren();
   for(const x of s.utilizations){
     const pct=x.utilization*100;

@@ -11,6 +11,7 @@ source and reads the lists its own JavaScript built.
 from __future__ import annotations
 
 import html
+import html.parser
 import json
 import re
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from riskguard.connectors.status import StatusPoller, StatusServer
 from riskguard.dataflows.backtest import BacktestResult, Label
 from riskguard.dataflows.report import build_report, render_html
 from riskguard.schemas import (
@@ -190,3 +192,92 @@ def test_report_empty_plots_say_no_data(tmp_path) -> None:
         assert nd[0]["w"] > 20 and nd[0]["h"] > 8, nd
     full = measure(render_html(_report()), tmp_path, 1000)
     assert all(v == [] for v in full["nodata"].values()), full["nodata"]
+
+
+class _Lists(html.parser.HTMLParser):
+    """The attributes and text of each ``li`` of the status page's lists, by list id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lists: dict[str, list[dict[str, Any]]] = {}
+        self._ids: list[str] = []
+        self._li: dict[str, Any] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag in ("ul", "ol"):
+            self._ids.append(a.get("id") or "")
+        elif tag == "li" and self._ids:
+            self._li = {**a, "text": ""}
+            self.lists.setdefault(self._ids[-1], []).append(self._li)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("ul", "ol") and self._ids:
+            self._ids.pop()
+        elif tag == "li":
+            self._li = None
+
+    def handle_data(self, data: str) -> None:
+        if self._li is not None:
+            self._li["text"] += data
+
+
+def _status_lists(poller: StatusPoller) -> dict[str, list[dict[str, Any]]]:
+    server = StatusServer(poller, port=0, poll_ms=60_000).start()
+    try:
+        proc = subprocess.run(
+            [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
+             "--disable-background-networking", "--disable-dev-shm-usage",
+             "--virtual-time-budget=1500", "--dump-dom", f"http://127.0.0.1:{server.port}/"],
+            capture_output=True, text=True, timeout=120, check=True)
+    finally:
+        server.close()
+    p = _Lists()
+    p.feed(proc.stdout)
+    return p.lists
+
+
+def test_status_page_lists_active_mitigations_apart_from_history() -> None:
+    """Commands: a halt lifted by a resume of that action on that scope, a widen on
+    the same scope that the resume does not list, an expired limit cut, an alert,
+    a halt on another venue, a withdrawal pause lifted by a resume listing no
+    action, and one not issued yet. Active: the widen, the other halt and a
+    cancel; history: every issued command with its state, newest first."""
+    okx, bybit = Scope(kind=ScopeKind.VENUE, value="okx"), Scope(kind=ScopeKind.VENUE,
+                                                                  value="bybit")
+    cp, deribit = (Scope(kind=ScopeKind.COUNTERPARTY, value=v) for v in ("binance", "deribit"))
+    inst = Scope(kind=ScopeKind.INSTRUMENT, value="BTC-USDT", venue="okx")
+    firm = Scope(kind=ScopeKind.FIRM, value="*")
+    cmds = [
+        _cmd(1, Action.REDUCE_LIMITS, cp, T0 + 50 * S, ttl=60 * S),
+        _cmd(2, Action.HALT_TRADING, okx, T0 + 100 * S, ttl=3600 * S),
+        _cmd(3, Action.WIDEN_QUOTES, okx, T0 + 200 * S, ttl=3600 * S, reason=REASON),
+        _cmd(4, Action.RESUME, okx, T0 + 500 * S, actions=["halt_trading"]),
+        _cmd(5, Action.CANCEL_ALL, inst, T0 + 600 * S, ttl=3600 * S),
+        _cmd(6, Action.ALERT, firm, T0 + 700 * S),
+        _cmd(7, Action.HALT_TRADING, bybit, T0 + 800 * S, ttl=3600 * S),
+        _cmd(8, Action.PAUSE_WITHDRAWALS, deribit, T0 + 850 * S, ttl=3600 * S),
+        _cmd(9, Action.RESUME, deribit, T0 + 900 * S),
+        _cmd(10, Action.HALT_TRADING, firm, T0 + 2000 * S),
+    ]
+    ids = {i + 1: c.command_id for i, c in enumerate(cmds)}
+    poller = StatusPoller([], now=lambda: (T0 + 1000 * S) / S, commands=lambda: cmds)
+    lists = _status_lists(poller)
+    active = {(x["data-action"], x["data-scope"]) for x in lists["mitigations"]}
+    assert active == {("widen_quotes", "venue:okx"), ("halt_trading", "venue:bybit"),
+                      ("cancel_all", "instrument:okx/BTC-USDT")}
+    widen = [x for x in lists["mitigations"] if x["data-action"] == "widen_quotes"]
+    assert widen[0]["text"].endswith(REASON)
+    history = [(x["data-command-id"], x["data-state"]) for x in lists["history"]]
+    assert history == [(ids[9], "resume"), (ids[8], "lifted"), (ids[7], "active"),
+                       (ids[6], "alert"), (ids[5], "active"), (ids[4], "resume"),
+                       (ids[3], "active"), (ids[2], "lifted"), (ids[1], "expired")]
+    assert f"by {ids[4]}" in lists["history"][-2]["text"]
+
+
+def test_status_page_without_a_command_source_does_not_claim_active_mitigations() -> None:
+    """Without a command source the page says which mitigations are in force is not
+    known, instead of listing every command ever issued as active."""
+    lists = _status_lists(StatusPoller([]))
+    assert [x.get("class") for x in lists["mitigations"]] == ["unknown"]
+    assert "not known" in lists["mitigations"][0]["text"]

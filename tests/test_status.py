@@ -215,7 +215,8 @@ class _Dom(html.parser.HTMLParser):
         if tag in ("ul", "ol", "div") and a.get("id"):
             self._parent.append(a["id"] or "")
         if tag == "li" and self._parent:
-            self.rows["mit" if self._parent[-1] == "mitigations" else "tl"].append(a)
+            key = {"mitigations": "mit", "timeline": "tl"}.get(self._parent[-1], self._parent[-1])
+            self.rows.setdefault(key, []).append(a)
         self._stack.append(a.get("id"))
 
     def handle_endtag(self, tag: str) -> None:
@@ -283,8 +284,9 @@ def test_status_page_in_headless_chromium_shows_the_numbers_of_the_metrics() -> 
     assert utils == [("counterparty.okx", "gross", 0.925),
                      ("counterparty.binance", "netdelta", 0.5)]
     assert "warn" in dom.rows["util"][0]["class"]  # >= 80% is drawn amber
-    mit = {r["data-action"]: float(r["data-count"]) for r in dom.rows["mit"]}
-    assert mit == {"halt_trading": 1.0, "widen_quotes": 4.0}
+    issued = {r["data-action"]: float(r["data-count"]) for r in dom.rows["issued"]}
+    assert issued == {"halt_trading": 1.0, "widen_quotes": 4.0}
+    assert [r.get("class") for r in dom.rows["mit"]] == ["unknown"]  # no command source
     timeline = {(r["data-action"], r["data-scope"], float(r["data-count"]))
                 for r in dom.rows["tl"]}
     assert timeline == {("halt_trading", "firm", 1.0), ("widen_quotes", "instrument", 4.0)}
