@@ -16,12 +16,15 @@ import json
 import re
 import shutil
 import subprocess
+import threading
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from riskguard.connectors.status import StatusPoller, StatusServer
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from riskguard.connectors.status import StatusPoller, StatusServer, page
 from riskguard.dataflows.backtest import BacktestResult, Label
 from riskguard.dataflows.report import build_report, render_html
 from riskguard.schemas import (
@@ -281,3 +284,61 @@ def test_status_page_without_a_command_source_does_not_claim_active_mitigations(
     lists = _status_lists(StatusPoller([]))
     assert [x.get("class") for x in lists["mitigations"]] == ["unknown"]
     assert "not known" in lists["mitigations"][0]["text"]
+
+
+STATUS_MEASURE = """<script>
+(function wait(){
+if(document.body.dataset.polls==="0"){setTimeout(wait, 20); return;}
+const out={doc_scroll:document.documentElement.scrollWidth,
+  doc_client:document.documentElement.clientWidth, over:[]};
+for(const e of document.querySelectorAll("li,.util span,.card,h1,h2")){
+  if(e.scrollWidth>e.clientWidth+1) out.over.push(e.textContent.slice(0,80));}
+const p=document.createElement("pre"); p.id="rg-measure"; p.textContent=JSON.stringify(out);
+document.body.appendChild(p);
+})();
+</script>"""
+
+
+def test_status_page_long_names_and_reasons_wrap_inside_their_boxes(tmp_path) -> None:
+    """A long limit name and a long reason stay inside their boxes at an 800 px
+    window, and the page does not scroll sideways."""
+    reg = CollectorRegistry()
+    util = Gauge("riskguard_limit_utilization", "u", ["counterparty", "limit", "kind"],
+                 registry=reg)
+    util.labels("binance", f"{LONG_LIMIT}-QUARTERLY-20261225.asset.USDT", "gross").set(0.9)
+    metrics, _t = start_http_server(0, addr="127.0.0.1", registry=reg)
+    okx = Scope(kind=ScopeKind.VENUE, value="okx")
+    cmds = [_cmd(1, Action.WIDEN_QUOTES, okx, T0, reason=REASON.replace(" ", "_", 30))]
+    poller = StatusPoller([f"http://127.0.0.1:{metrics.server_port}/metrics"],
+                          now=lambda: (T0 + S) / S, commands=lambda: cmds)
+    body = page(60_000).replace(b"</body>", STATUS_MEASURE.encode() + b"</body>")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            data = json.dumps(poller.poll()).encode() if "api" in self.path else body
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  # base signature
+            return
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        dom = subprocess.run(
+            [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
+             "--disable-background-networking", "--disable-dev-shm-usage",
+             "--window-size=800,1200", "--virtual-time-budget=2000", "--dump-dom",
+             f"http://127.0.0.1:{httpd.server_address[1]}/"],
+            capture_output=True, text=True, timeout=120, check=True).stdout
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        metrics.shutdown()
+    m = re.search(r'<pre id="rg-measure">(.*?)</pre>', dom, re.S)
+    assert m, dom[-2000:]
+    out = json.loads(html.unescape(m.group(1)))
+    assert out["over"] == []
+    assert out["doc_scroll"] <= out["doc_client"]
