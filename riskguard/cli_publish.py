@@ -48,7 +48,7 @@ def _publish(args: argparse.Namespace) -> int:
 
         with Progress("publish", total=total, unit="bytes") as bar:
             def moved(pos: int, res: Any) -> None:
-                bar.note(f"({res.read:,} records, {sum(res.rejected.values()):,} rejected)")
+                bar.text = f"({res.read:,} records, {sum(res.rejected.values()):,} rejected)"
                 bar.update(pos)
 
             res = pub.publish(batches, stream, publisher, on_reject=rejected, on_progress=moved)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import io
+import sys
+from pathlib import Path
 
+import pytest
+
+from riskguard.cli import main
 from riskguard.progress import Progress, is_terminal
 
 
@@ -62,3 +67,66 @@ def test_a_closed_stream_is_not_a_terminal():
     s = io.StringIO()
     s.close()
     assert not is_terminal(s)
+
+
+def _tty_stderr(monkeypatch: pytest.MonkeyPatch) -> _Tty:
+    """stderr as a terminal, so the commands draw their progress line (set in the test
+    body: capsys re-takes sys.stderr as the test's call starts)."""
+    tty = _Tty()
+    monkeypatch.setattr(sys, "stderr", tty)
+    return tty
+
+
+@pytest.fixture(scope="module")
+def guard_toml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from riskguard.dataflows.demo import init_keys, write_config
+
+    work = tmp_path_factory.mktemp("progress")
+    return write_config(work, "127.0.0.1:9092", init_keys(work))
+
+
+def _frames(tty: _Tty) -> list[str]:
+    return [f.strip() for f in tty.getvalue().split("\r") if f.strip()]
+
+
+def test_publish_draws_its_progress_line_in_a_terminal(monkeypatch, tmp_path, capsys):
+    tty_stderr = _tty_stderr(monkeypatch)
+    from riskguard.dataflows.sample_data import sample_files
+
+    rc = main(["publish", str(sample_files()[0]), "--topic", "auto", "--check"])
+    assert rc == 0
+    frames = _frames(tty_stderr)
+    # the first batch is drawn at once; later ones at most every 0.1 s
+    assert frames[0] == ("publish [####................]  21% 183,612/885,573 bytes "
+                         "(1,000 records, 0 rejected)")
+    assert all(f.startswith("publish [") and "rejected)" in f for f in frames)
+    assert "\n" not in tty_stderr.getvalue()
+
+
+def test_backtest_draws_its_progress_line_in_a_terminal(monkeypatch, guard_toml, tmp_path):
+    tty_stderr = _tty_stderr(monkeypatch)
+    rc = main(["backtest", "--config", str(guard_toml), "--sample", "--out", str(tmp_path)])
+    assert rc == 0
+    frames = _frames(tty_stderr)
+    assert frames and all(f.startswith("backtest [") for f in frames)
+    assert frames[-1].endswith("events")
+
+
+def test_calibrate_draws_its_progress_line_in_a_terminal(monkeypatch, guard_toml, tmp_path):
+    tty_stderr = _tty_stderr(monkeypatch)
+    rc = main(["calibrate", "--config", str(guard_toml), "--sample", "--out", str(tmp_path),
+               "--grid", '{"detector.warmup_events": [60]}'])
+    assert rc == 0
+    frames = _frames(tty_stderr)
+    # one candidate besides the defaults, then the two held-out runs: 4 backtests
+    assert frames[0] == "calibrate [....................]   0% 0/4 backtests"
+    assert frames[-1] == "calibrate [####################] 100% 4/4 backtests"
+
+
+def test_stress_draws_its_progress_line_in_a_terminal(monkeypatch, tmp_path, capsys):
+    tty_stderr = _tty_stderr(monkeypatch)
+    rc = main(["stress", "run", "flash_crash", "--out", str(tmp_path)])
+    assert rc == 0
+    frames = _frames(tty_stderr)
+    assert frames[0] == "stress [....................]   0% 0/1 scenarios running flash_crash"
+    assert "PASS flash_crash" in capsys.readouterr().out
