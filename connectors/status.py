@@ -38,7 +38,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+from riskguard.operators.signing.commands import decode_command
+from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, VerifyKey, decode_envelope
 from riskguard.schemas import Action, MitigationCommand
+from riskguard.schemas.json_limits import check_json_depth
 
 from riskguard.errors import RiskguardError
 
@@ -272,6 +275,38 @@ def split_mitigations(commands: Iterable[MitigationCommand], now_ns: int,
                 best[k] = r
     active = sorted(best.values(), key=lambda r: (r["scope"], r["action"]))
     return {"active": active, "history": rows[::-1][:max_history]}
+
+
+def commands_from_file(path: str, key: VerifyKey) -> Callable[[], list[MitigationCommand]]:
+    """A command source for :class:`StatusPoller`: the signed command envelopes in
+    ``path``, one per line (a guard's ``commands.jsonl``), re-read at each poll.
+
+    Only commands signed with ``key`` count: a line that is not an envelope, not a
+    command, or not verified under ``key`` is skipped, so it can neither show a
+    mitigation as active nor lift one. A missing file is no commands yet.
+    """
+
+    def read() -> list[MitigationCommand]:
+        try:
+            with open(path, "rb") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for raw in lines:
+            try:
+                env = decode_envelope(raw)
+                ours = [x for x in env.signatures if x.key_id == key.key_id]
+                if env.payload_type != PAYLOAD_COMMAND or not ours:
+                    continue
+                key.verify(PAYLOAD_COMMAND, env.payload, ours[0].sig)
+                if check_json_depth(env.payload) is None:
+                    out.append(decode_command(env))
+            except Exception:  # whatever cannot be read and verified is skipped
+                continue
+        return out
+
+    return read
 
 
 class StatusPoller:

@@ -6,7 +6,16 @@ import argparse
 import json
 import sys
 
-from riskguard.connectors.status import StatusPoller, StatusServer, render_text, scrape, summarize
+from riskguard.connectors.status import (
+    StatusPoller,
+    StatusServer,
+    commands_from_file,
+    render_text,
+    scrape,
+    summarize,
+)
+from riskguard.errors import RiskguardError
+from riskguard.operators.signing.crypto import load_public_key
 
 DEFAULT_URL = "http://127.0.0.1:3030/metrics"
 
@@ -14,7 +23,12 @@ DEFAULT_URL = "http://127.0.0.1:3030/metrics"
 def _status(args: argparse.Namespace) -> int:
     urls = args.url or [DEFAULT_URL]
     if args.serve:
-        poller = StatusPoller(urls, top=args.top, timeout_s=args.timeout)
+        if args.commands and not args.verify_key:
+            raise RiskguardError("status: --commands needs --verify-key (the issuer's "
+                                 "public key): unverified commands are never shown")
+        source = (commands_from_file(args.commands, load_public_key(args.verify_key))
+                  if args.commands else None)
+        poller = StatusPoller(urls, top=args.top, timeout_s=args.timeout, commands=source)
         server = StatusServer(poller, host=args.host, port=args.port,
                               poll_ms=int(args.interval * 1000))
         sys.stdout.write(f"riskguard status page on http://{args.host}:{server.port}/ "
@@ -50,4 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="--serve: address to bind")
     p.add_argument("--port", type=int, default=8089, help="--serve: port (0 = any free port)")
     p.add_argument("--interval", type=float, default=2.0, help="--serve: page poll interval, s")
+    p.add_argument("--commands", metavar="FILE",
+                   help="--serve: signed command envelopes, one per line (a guard's "
+                        "commands.jsonl); the page then lists the mitigations in force")
+    p.add_argument("--verify-key", metavar="PUBFILE",
+                   help="--commands: the issuer's public key; other lines are skipped")
     p.set_defaults(func=_status)

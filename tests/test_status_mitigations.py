@@ -1,0 +1,80 @@
+"""``riskguard status``'s command source: signed commands in, mitigations in force out."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from riskguard.connectors.status import StatusPoller, commands_from_file, split_mitigations
+from riskguard.operators.signing.crypto import (
+    PAYLOAD_COMMAND,
+    Signer,
+    encode_envelope,
+    generate_key_file,
+    sign_envelope,
+)
+from riskguard.schemas import Action, Audience, MitigationCommand, Scope, ScopeKind
+
+from riskguard.cli import main
+
+S = 1_000_000_000
+T0 = 1_700_000_000 * S
+OKX = Scope(kind=ScopeKind.VENUE, value="okx")
+
+
+def _cmd(n: int, action: Action, at: int, **params: Any) -> MitigationCommand:
+    return MitigationCommand(
+        command_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"riskguard-status/{n}")),
+        issuer="engine-1", seq=n, issued_at=at, expires_at=at + 3600 * S,
+        audience=Audience(env="dev", topic="riskguard.commands"), action=action, scope=OKX,
+        params=params, reason=f"command {n}")
+
+
+def _line(cmd: MitigationCommand, signer: Signer) -> bytes:
+    return encode_envelope(sign_envelope(PAYLOAD_COMMAND, msgspec.json.encode(cmd), [signer]))
+
+
+def test_command_file_source_counts_only_commands_verified_under_the_key(tmp_path: Path) -> None:
+    """A halt and its resume signed by the issuer, then a forged resume of the widen
+    (another key), a line that is not an envelope and a tampered copy: only the
+    issuer's commands count, so the widen stays in force and the halt is lifted."""
+    issuer = generate_key_file(tmp_path / "issuer.pem")
+    other = generate_key_file(tmp_path / "other.pem")
+    halt, widen = _cmd(1, Action.HALT_TRADING, T0), _cmd(2, Action.WIDEN_QUOTES, T0 + S)
+    resume = _cmd(3, Action.RESUME, T0 + 2 * S, actions=["halt_trading"])
+    forged = _cmd(4, Action.RESUME, T0 + 3 * S, actions=["widen_quotes"])
+    signed = sign_envelope(PAYLOAD_COMMAND, msgspec.json.encode(_cmd(5, Action.RESUME, T0)),
+                           [issuer])  # its signature on another command's payload:
+    tampered = encode_envelope(msgspec.structs.replace(signed, payload=msgspec.json.encode(
+        _cmd(6, Action.RESUME, T0 + 4 * S))))
+    f = tmp_path / "commands.jsonl"
+    f.write_bytes(b"\n".join([_line(halt, issuer), _line(widen, issuer), _line(resume, issuer),
+                              _line(forged, other), b"not json", tampered]) + b"\n")
+    source = commands_from_file(str(f), issuer.public_key)
+    assert [c.command_id for c in source()] == [halt.command_id, widen.command_id,
+                                                resume.command_id]
+    poller = StatusPoller([], now=lambda: (T0 + 10 * S) / S, commands=source)
+    m = poller.poll()["mitigations"]
+    assert [(x["action"], x["scope"]) for x in m["active"]] == [("widen_quotes", "venue:okx")]
+    assert [x["state"] for x in m["history"]] == ["resume", "active", "lifted"]
+    assert commands_from_file(str(tmp_path / "none.jsonl"), issuer.public_key)() == []
+
+
+def test_expiry_and_reissue_one_active_entry_per_action_and_scope() -> None:
+    """A re-issued widen shows once (the later expiry); an expired command is history."""
+    a, b = _cmd(1, Action.WIDEN_QUOTES, T0), _cmd(2, Action.WIDEN_QUOTES, T0 + 60 * S)
+    m = split_mitigations([a, b], T0 + 120 * S)
+    assert [x["command_id"] for x in m["active"]] == [b.command_id]
+    m = split_mitigations([a, b], T0 + 3630 * S)  # a expired, b still in force
+    assert [x["command_id"] for x in m["active"]] == [b.command_id]
+    assert [x["state"] for x in m["history"]] == ["active", "expired"]
+    assert split_mitigations([a, b], T0 + 4000 * S)["active"] == []
+
+
+def test_cli_status_commands_needs_a_verify_key(tmp_path: Path, capsys) -> None:
+    """Serving with --commands but no --verify-key is refused before anything is served."""
+    rc = main(["status", "--serve", "--port", "0", "--commands", str(tmp_path / "c.jsonl")])
+    assert rc != 0
+    assert "--verify-key" in capsys.readouterr().err
