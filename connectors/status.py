@@ -198,7 +198,8 @@ def render_text(s: dict[str, Any], width: int = 30) -> str:
     lines.append(f"episodes    {_num(ep['total'])} open  " + "  ".join(
         f"{k}={_num(v)}" for k, v in ep["by_class"].items()))
     cmds = s["commands"]
-    lines.append(f"mitigations {_num(cmds['total'])} commands  " + "  ".join(
+    # Counts of commands issued since start (lifted and expired ones included).
+    lines.append(f"commands    {_num(cmds['total'])} issued  " + "  ".join(
         f"{k}={_num(v)}" for k, v in cmds["by_action"].items()))
     feeds = s["feeds"]
     lines.append(f"feeds       on backup: {', '.join(feeds['on_backup']) or 'none'}  "

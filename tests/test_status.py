@@ -134,7 +134,7 @@ def test_render_text_shows_health_lag_episodes_mitigations_and_top_utilizations(
     assert "dead-lettered 2 (1.00%)" in text
     assert "lag         not exposed" in text
     assert "episodes    1 open  venue=1" in text
-    assert "mitigations 2 commands  cancel_all=2" in text
+    assert "commands    2 issued  cancel_all=2" in text
     assert "last checkpoint 45 s ago" in text
     assert "counterparty.deribit netdelta" in text
     assert "81.5%" in text
