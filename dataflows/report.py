@@ -427,14 +427,15 @@ def _frame(ax: _Axes, pid: str, title: str, body: list[str],
         v = ax.y0 + (ax.y1 - ax.y0) * frac
         parts.append(f'<text x="{PAD_L - 4}" y="{ax.y(v) + 4}" text-anchor="end" '
                      f'class="tick">{_esc(fmt.format(v))}</text>')
-    for frac in (0.0, 0.5, 1.0):
+    for frac, anchor in ((0.0, "middle"), (0.5, "middle"), (1.0, "end")):  # end: inside the SVG
         t = ax.t0 + (ax.t1 - ax.t0) * frac
-        parts.append(f'<text x="{ax.x(t)}" y="{H - 8}" text-anchor="middle" class="tick">'
+        parts.append(f'<text x="{ax.x(t)}" y="{H - 8}" text-anchor="{anchor}" class="tick">'
                      f't+{(t - ax.t0) / NS:.0f}s</text>')
     parts.extend(body)
     if empty:
         parts.append(f'<text class="nodata" x="{(PAD_L + W - PAD_R) / 2}" '
-                     f'y="{(PAD_T + H - PAD_B) / 2 + 6}" text-anchor="middle">no data</text>')
+                     f'y="{PAD_T + (H - PAD_T - PAD_B) * 0.3 + 6}" '
+                     'text-anchor="middle">no data</text>')
     parts.append("</svg>")
     if legend:
         parts.append('<ul class="legend">' + "".join(

@@ -63,6 +63,10 @@ for(const s of document.querySelectorAll("svg.plot")){
   const p=s.parentElement;
   out.plots[s.id]={w:r(s).width, avail:p.clientWidth
     - parseFloat(getComputedStyle(p).paddingLeft) - parseFloat(getComputedStyle(p).paddingRight)};
+  const vb=s.viewBox.baseVal;
+  for(const t of s.querySelectorAll("text")){const b=t.getBBox();
+    if(b.x<vb.x||b.y<vb.y||b.x+b.width>vb.x+vb.width||b.y+b.height>vb.y+vb.height)
+      out.overflow.push(s.id+" text: "+t.textContent);}
   const nd=[...s.querySelectorAll("text")].filter(t=>/no data/.test(t.textContent));
   out.nodata[s.id]=nd.map(t=>({text:t.textContent, w:r(t).width, h:r(t).height}));}
 for(const f of document.querySelectorAll("[data-plot]")){
@@ -146,7 +150,8 @@ def full_page() -> str:
 def test_report_plots_take_the_full_width_and_nothing_overflows(full_page, tmp_path,
                                                                   width) -> None:
     """Every plot is as wide as its container (within 2%), at a narrow and a wide
-    window; the page never scrolls sideways and no cell or heading overflows."""
+    window; the page never scrolls sideways, no cell or heading overflows and no
+    text of a plot (ticks, titles) falls outside the plot's box."""
     m = measure(full_page, tmp_path, width)
     assert set(m["plots"]) == {"plot-price", "plot-anomaly", "plot-util", "plot-commands"}
     for pid, p in m["plots"].items():
