@@ -8,11 +8,14 @@ import uuid
 
 import pytest
 from kafka_helpers import consume_all
-from riskguard.connectors.publish import route
+from riskguard.connectors.broker import DevBroker
+from riskguard.connectors.publish import Publisher, route
+from riskguard.connectors.settings import KafkaSettings
 from riskguard.connectors.topics import TopicSpec, create_topics, topic_name
 from riskguard.schemas import Bar, DeadLetter, Fill, Quote, Side, Trade, VenueStatus, decode, encode
 
 from riskguard.cli import main
+from riskguard.errors import DeliveryError
 
 NS = 1_000_000_000
 T0 = 1_767_225_600 * NS
@@ -151,3 +154,23 @@ def test_publish_a_missing_file_is_one_line_and_exit_2(tmp_path, capsys):
     assert rc == 2 and "nope.jsonl" in err and len(err.splitlines()) == 1
 
 
+
+
+@pytest.mark.kafka
+def test_a_delivery_the_broker_never_acknowledges_raises_delivery_error(tmp_path):
+    """A broker of its own, stopped mid-publish: flush raises DeliveryError naming the
+    reason and counting what was acknowledged before (the CLI shows it as one line, exit 2)."""
+    broker = DevBroker(tmp_path / "broker")
+    info = broker.start()
+    try:
+        p = Publisher(KafkaSettings(bootstrap=info.bootstrap), "gone", delivery_timeout_s=2)
+        p.produce("market", _quote(0))
+        p.flush()
+        assert p.acked == 1
+    finally:
+        broker.stop()
+    p.produce("market", _quote(1))
+    with pytest.raises(DeliveryError, match=r"1 record\(s\) not acknowledged") as err:
+        p.flush()
+    assert err.value.undelivered == 1
+    assert any("timed out" in r for r in err.value.reasons)
