@@ -10,46 +10,35 @@ import uuid
 import msgspec
 import pytest
 from riskguard.connectors.replay import ReplayFile
-from riskguard.dataflows.backtest import dump_toml, run_backtest
-from riskguard.dataflows.demo import ISSUER, init_keys
+from riskguard.dataflows.backtest import run_backtest
+from riskguard.dataflows.demo import ISSUER
 from riskguard.dataflows.guard import load_guard_config
-from riskguard.dataflows.stress import (
-    generate_market,
-    guard_config_doc,
-    load_scenario,
-    scenario_path,
-)
-from riskguard.operators.signing.crypto import (
-    PAYLOAD_COMMAND,
-    Signer,
-    encode_envelope,
-    sign_envelope,
-)
+from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, Signer, encode_envelope
+from riskguard.operators.signing.crypto import sign_envelope as sign
 from riskguard.schemas import Fill, MitigationCommand, Scope, ScopeKind, decode, encode
 from riskguard.schemas.base import source_of, stamp_source
 from riskguard.schemas.commands import Action, Audience
+
+from tests.test_backtest import cascade  # noqa: F401 - the scenario, its keys and config
 
 NS = 1_000_000_000
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def run(cascade: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:  # noqa: F811
     """A short scenario file with a malformed line and a one-person firm resume in it."""
     work = tmp_path_factory.mktemp("prov")
-    sc = load_scenario(scenario_path("cascading_failure"))
-    keys = init_keys(work)
-    cfg_path = work / "guard.toml"
-    cfg_path.write_text(dump_toml(guard_config_doc(sc, keys)))
-    cfg, cfg_hash = load_guard_config(cfg_path)
-    recs = sorted(generate_market(sc), key=lambda r: r.ts)[:300]
+    keys = cascade["keys"]
+    cfg, cfg_hash = load_guard_config(cascade["cfg"])
+    recs = cascade["recs"][:300]
     ts = recs[150].ts
     resume = MitigationCommand(
         command_id=str(uuid.uuid4()), issuer=ISSUER, seq=1, issued_at=ts,
         expires_at=ts + 60 * NS, audience=Audience(env=cfg.env, topic=cfg.topic("commands")),
         action=Action.RESUME, scope=Scope(kind=ScopeKind.FIRM, value="*"),
         params={"actions": ["halt_trading"]}, reason="one person only")
-    env = sign_envelope(PAYLOAD_COMMAND, msgspec.json.encode(resume),
-                        [Signer.from_file(keys.signing_key, issuer=ISSUER)])
+    env = sign(PAYLOAD_COMMAND, msgspec.json.encode(resume),
+               [Signer.from_file(keys.signing_key, issuer=ISSUER)])
     lines = [encode(r) for r in recs[:150]]
     bad_at = sum(len(x) + 1 for x in lines)
     lines.append(b'{"type":"trade","ts":')
