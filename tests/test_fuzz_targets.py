@@ -39,11 +39,7 @@ MAX_LEN = {"codec": 8192, "envelope": 4096, "resign": 2048, "trust": 8192,
            "config": 32768, "audit": 16384, "proof": 8192}
 
 
-KNOWN_OPEN = {
-    "proof-lone-surrogate-in-the-record":
-        "check_proof raises UnicodeEncodeError on a record holding a lone surrogate "
-        "(a \\ud800 escape, which Python's json reads), before any AuditError",
-}
+KNOWN_OPEN: dict[str, str] = {}
 """Saved reproducers of failures not fixed yet, and why. While one still fails, its
 replay and its target's short run are expected to fail (xfail); once fixed, both run
 as usual (drop the entry then)."""

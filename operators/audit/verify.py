@@ -303,11 +303,12 @@ def check_proof(doc: Any, keys: Mapping[str, VerifyKey] | KeyLookup) -> None:
         if not isinstance(doc["proof"], list):
             raise TypeError("proof must be a list of hashes")
         path = [_proof_digest(h, f"proof[{k}]") for k, h in enumerate(doc["proof"])]
-    except (TypeError, ValueError, msgspec.ValidationError) as err:
+        # text JSON can carry but UTF-8 cannot (a lone surrogate) fails here, as malformed
+        leaf = record_leaf(rec)
+    except (TypeError, ValueError, msgspec.ValidationError) as err:  # UnicodeError too
         msg = f"malformed: {err}"
         raise AuditError(msg) from None
     chain, at = rec.chain, rec.index
-    leaf = record_leaf(rec)
     if rec.leaf_hash != leaf.hex():
         raise AuditError("leaf_hash_mismatch: the record's leaf_hash is not the hash of "
                          "its body", chain=chain, index=at)
