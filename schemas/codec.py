@@ -142,7 +142,8 @@ class Codec:
                     f"at most {cap} bytes", f"{size} bytes",
                 )
             rec = self._decoder.decode(data)
-            if self.topic_types and type(rec) not in self.topic_types.get(topic, (type(rec),)):
+            if self.topic_types and (allowed := self.topic_types.get(topic)) is not None \
+                    and type(rec) not in allowed:
                 return self._wrong_topic(rec, topic, data, partition, offset)
             names = self._names_of.get(type(rec))
             if names is None:

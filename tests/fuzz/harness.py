@@ -52,6 +52,7 @@ import seeds
 import signing_fixtures as fx
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from riskguard.connectors.broker import _pid_alive
 from riskguard.operators.audit import (
     check_proof,
     inclusion_proof,
@@ -280,7 +281,7 @@ def _config_dir() -> Path:
     parent = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
     for old in parent.glob("riskguard-fuzz-*"):
         pid = old.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not _pid_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     folder = parent / f"riskguard-fuzz-{os.getpid()}"
     folder.mkdir(exist_ok=True)
@@ -288,14 +289,6 @@ def _config_dir() -> Path:
     return folder
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @functools.cache
