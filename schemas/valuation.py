@@ -90,7 +90,9 @@ class Progress(msgspec.Struct, frozen=True):
     stage-2 or limits key ``counterparty``. A consumer that takes its clock from the
     limits stage's ticks (the playbook) never runs ahead of a breach still on its way:
     in a backlogged cluster the exposure path's queues are the longest. ``of``: how many
-    sources the receiving stage should expect.
+    sources the receiving stage should expect. ``key_of``: on progress to a limits key,
+    how many sources that one key hears (each source reaches every limits key), so its
+    own clock (grace deadlines) holds until all of them have spoken.
     """
 
     counterparty: str
@@ -100,6 +102,7 @@ class Progress(msgspec.Struct, frozen=True):
     # on the PROGRESS_KEY copy: every counterparty the shard sends ``source`` to, so the
     # firm waits for one that just joined (its first part is still on its way)
     via: tuple[str, ...] = ()
+    key_of: int = 0
 
 
 class Valuation(Record, frozen=True, kw_only=True, tag="valuation"):

@@ -341,6 +341,39 @@ def test_ticks_move_time_to_the_slowest_source() -> None:
     assert gross_levels(drive(logic, [tick(31 * S, "b")])) == [(GRACE, "breach")]
 
 
+def keyed_tick(ts: int, source: str, key_of: int) -> tuple[str, Progress]:
+    return ("tick", Progress(counterparty="okx", ts=ts, source=source, of=2 * key_of,
+                             key_of=key_of))
+
+
+def test_a_source_announced_but_not_heard_holds_the_deadline() -> None:
+    """Two sources announced for the key: one at 40 s does not pass the deadline while
+    the other, whose valuation may still be on its way, has not ticked yet."""
+    logic = LimitsLogic(gross_limit(), clock=lambda: 0)
+    drive(logic, [exposure(0, **UNVALUED)])
+    assert gross_levels(drive(logic, [keyed_tick(40 * S, "a", 2)])) == []
+    assert gross_levels(drive(logic, [exposure(5 * S, 20.0), keyed_tick(41 * S, "b", 2)])) == []
+    assert logic.state.unvalued_due == -1  # valued again: no deadline pending
+
+
+def test_with_several_sources_an_exposure_ahead_of_the_key_time_passes_no_deadline() -> None:
+    """Several sources: one source's exposure at 45 s, still unvalued because the other
+    source's part is behind, is not a clock; the other part values it at 5 s of its own
+    time, and no breach is ever made. One source: the same 45 s exposure shows that time
+    passed the deadline."""
+    def run(key_of: int) -> list[Any]:
+        logic = LimitsLogic(gross_limit(), clock=lambda: 0)
+        out = drive(logic, [exposure(0, **UNVALUED), keyed_tick(S, "a", key_of)])
+        if key_of == 2:
+            out += drive(logic, [keyed_tick(S, "b", key_of)])
+        return out + drive(logic, [exposure(45 * S, **UNVALUED), exposure(5 * S, 20.0),
+                                   keyed_tick(50 * S, "a", key_of),
+                                   keyed_tick(50 * S, "b", key_of)])
+
+    assert gross_levels(run(2)) == []
+    assert gross_levels(run(1))[0] == (GRACE, "breach")
+
+
 def test_an_update_does_not_clear_a_breach_of_unvalued_exposure() -> None:
     """A limit update re-evaluates the last exposure (stamped with its older time): a
     limit breached by the grace stays breached while the exposure is unvalued."""

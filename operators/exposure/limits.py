@@ -386,6 +386,7 @@ class LimitsLogic:
         # processing time, for the tick sources' idle rule only (clock.Watermark)
         self.clock = clock
         self._watermark = Watermark.resume(self.state.sources)
+        self._key_time = -1  # the watermark after the last tick (several sources' clock)
         self._updates = IdWindow(self.state.seen_updates, 1024)
         self._rows: dict[str, tuple[bool, list[tuple[str, str, str, str, LimitSpec]]]] = {}
         self._plans: dict[str, tuple[bool, list[tuple[Any, ...]]]] = {}
@@ -455,15 +456,19 @@ class LimitsLogic:
     def on_event(self, item: tuple[str, Any]) -> list[Any]:
         tag, rec = item
         if tag == "exp":
-            # deadlines before it (one at its own time is its own evaluation's: a tick at
-            # that time comes behind it, and it may be valued again)
-            out = self._overdue(rec.ts - 1)
+            # one source: its exposures come in event-time order, so one shows that time
+            # has passed the deadlines before it (one at its own time is its own
+            # evaluation's: a tick at that time comes behind it, and it may be valued
+            # again). Several: an exposure's time is one source's, not the key's
+            out = [] if self._watermark.several() else self._overdue(rec.ts - 1)
             out.extend(self._on_exposure(rec))
             return out
         if tag == "tick":  # exposure-path progress: passed on behind what came before
-            # the key's event time: the minimum over the sources (each one's progress
-            # reaches every limits key, so how many there are per key is not announced)
-            now = self._watermark.tick_time(Tick(ts=rec.ts, source=rec.source), self.clock())
+            # the key's event time: the minimum over its sources, held until as many as
+            # announced have spoken (a grace deadline never passes on one process's
+            # progress while another's valuation is still on its way)
+            tick = Tick(ts=rec.ts, source=rec.source, of=rec.key_of)
+            now = self._key_time = self._watermark.tick_time(tick, self.clock())
             out = self._overdue(now)
             name = f"{rec.source}/{rec.counterparty}" if rec.source else ""
             out.append(Tick(ts=rec.ts, source=name, of=rec.of))
@@ -592,6 +597,9 @@ class LimitsLogic:
         out: list[Any] = []
         ts = e.ts if at is None else at
         recv_ts = e.recv_ts if at is None else None
+        # what a grace deadline is measured against: the key's watermark when several
+        # sources feed it (an exposure's own time may run ahead of another's parts)
+        now = ts if at is not None or not self._watermark.several() else self._key_time
         if not known and not st.unknown_alerted:
             st.unknown_alerted = True
             out.append(RiskAlert(
@@ -639,7 +647,7 @@ class LimitsLogic:
                     tr.unvalued_since, moved = ts, True
                 if not tr.unvalued_overdue:
                     due = tr.unvalued_since + spec.unvalued_grace_ns
-                    if ts >= due:
+                    if now >= due:
                         tr.unvalued_overdue = True
                     elif next_due < 0 or due < next_due:
                         next_due = due

@@ -348,8 +348,9 @@ class FirmLogic:
                         n_keys: int) -> list[Progress]:
         """Each source's progress ``at`` to each of ``keys``, announcing every source on
         each of the ``n_keys`` limits keys."""
-        of = self.state.sources_of * n_keys
-        return [Progress(counterparty=k, ts=ts, source=src, of=of)
+        per_key = self.state.sources_of
+        of = per_key * n_keys
+        return [Progress(counterparty=k, ts=ts, source=src, of=of, key_of=per_key)
                 for k in keys for src, ts in at.items()]
 
     def _store(self, e: Exposure) -> None:
