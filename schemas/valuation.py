@@ -81,7 +81,7 @@ class Part(msgspec.Struct, frozen=True, array_like=True):
         return dict(zip(*self.position_lists(), strict=True))
 
 
-class Progress(msgspec.Struct, frozen=True):
+class Progress(msgspec.Struct, frozen=True, omit_defaults=True):
     """Ticked mode: a tick passed down the exposure path, behind everything its stage
     sent before it on the same key (it relies on in-order delivery between a pair of
     workers, and on one Kafka partition per market process across the tiers).
@@ -161,7 +161,7 @@ def encode_valuations(source: str, alerts: list[RiskAlert], parts: list[Part],
     >>> records = encode_valuations("detect/w0", [], [], prog, chunk_bytes=2048)
     >>> vals = [decode("detections", r) for r in records]
     >>> [len(r) <= 2048 for r in records], [v.ts for v in vals]
-    ([True, True], [19, 39])
+    ([True, True], [25, 39])
     >>> [p for v in vals for p in v.progress] == prog
     True
     """
