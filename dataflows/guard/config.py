@@ -12,10 +12,10 @@ import msgspec
 from riskguard.connectors.topics import topic_name
 from riskguard.operators.audit import AuditConfig
 from riskguard.operators.core.clock import TICK_IDLE_NS
-from riskguard.operators.detection.detector import DetectorConfig
 from riskguard.operators.detection.features import (
     FeatureConfig,
 )
+from riskguard.operators.detection.models import DetectorConfig
 from riskguard.operators.exposure import ExposureConfig
 from riskguard.operators.exposure.limits import LimitsConfig
 from riskguard.operators.mitigation.feeds import FeedConfig

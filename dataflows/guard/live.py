@@ -34,12 +34,12 @@ from riskguard.dataflows.guard.tiers import _detect_flow, _market_flow
 from riskguard.operators.core.clock import Clock, system_clock
 from riskguard.operators.core.metrics import start_metrics_server_from_env
 from riskguard.operators.core.observe import ObserveConfig, configure
-from riskguard.operators.detection.detector import prepare_models
 from riskguard.operators.detection.features import (
     MARKET_FEATURES,
     OPTION_FEATURES,
     VENUE_FEATURES,
 )
+from riskguard.operators.detection.models import prepare_models
 from riskguard.operators.signing.crypto import Signer
 from riskguard.operators.signing.trust import TrustStore
 

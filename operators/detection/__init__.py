@@ -5,7 +5,8 @@
 - :mod:`~riskguard.operators.detection.features`: per-key feature vectors (bars,
   spreads, staleness, venue health);
 - :mod:`~riskguard.operators.detection.detector`: the online detector, one model per
-  key, with its scorers :mod:`~riskguard.operators.detection.hst` (Half-Space Trees),
+  key (its settings and model choice in :mod:`~riskguard.operators.detection.models`),
+  with its scorers :mod:`~riskguard.operators.detection.hst` (Half-Space Trees),
   :mod:`~riskguard.operators.detection.range_scorer`, the threshold
   :mod:`~riskguard.operators.detection.score_quantile` and the deterministic
   :mod:`~riskguard.operators.detection.move_bands`;
@@ -23,11 +24,9 @@ from riskguard.operators.detection.detect_watch import (
     detect_worker,
 )
 from riskguard.operators.detection.detector import (
-    DetectorConfig,
     DetectorLogic,
     DetectorState,
     detector_builder,
-    prepare_models,
 )
 from riskguard.operators.detection.features import (
     FeatureConfig,
@@ -37,6 +36,7 @@ from riskguard.operators.detection.features import (
 )
 from riskguard.operators.detection.hst import ArrayHST, HSTShape, hst_shape
 from riskguard.operators.detection.market_sim import Scenario, SimConfig, generate
+from riskguard.operators.detection.models import DetectorConfig, prepare_models
 from riskguard.operators.detection.move_bands import MoveBandConfig, MoveBands, MoveBandState
 from riskguard.operators.detection.ops import (
     DetectOut,
