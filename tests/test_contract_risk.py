@@ -19,7 +19,8 @@ from riskguard.operators.exposure import (
 )
 from riskguard.operators.exposure.limits import LimitsLogic
 from riskguard.schemas import DeadLetter, Exposure, RiskAlert
-from test_exposure import _worker_stream, worked_config
+from test_exposure import worked_config
+from test_exposure_ticked import _worker_stream
 
 CFG = worked_config()
 REG = CFG.validate()
