@@ -82,12 +82,12 @@ from guard_workload import (
     NS,
     LiveLoad,
     Tail,
+    broker_unless,
     publish,
     setup_env,
     start_guard,
     steal_seconds,
 )
-from riskguard.connectors.broker import DevBroker
 from riskguard.dataflows.demo_scenario import DURATION_S, scenario_copies
 from riskguard.operators.signing import decode_command
 from riskguard.operators.signing.crypto import decode_envelope
@@ -150,14 +150,8 @@ def main() -> None:
                     help="guard tick_ns in ms (exposure re-values once per tick; default: "
                          "the demo config's 1000)")
     args = ap.parse_args()
-    broker = None
-    broker_pid: int | None = None
-    bootstrap = args.bootstrap
     work = Path(tempfile.mkdtemp(prefix="guard-latency-"))
-    if bootstrap is None:
-        broker = DevBroker(work / "broker")
-        info = broker.start()
-        bootstrap, broker_pid = info.bootstrap, info.pid
+    bootstrap, broker, broker_pid = broker_unless(args.bootstrap, work / "broker")
     tag = uuid.uuid4().hex[:6]
     procs: list[Any] = []
     try:

@@ -120,13 +120,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from guard_workload import (
     NS,
     BenchEnv,
+    broker_unless,
     cpu_seconds,
     publish,
     setup_env,
     start_guard,
     steal_seconds,
 )
-from riskguard.connectors.broker import DevBroker, free_port
+from riskguard.connectors.broker import free_port
 from riskguard.connectors.placement import MarketOwners
 from riskguard.connectors.topics import TopicSpec, create_topics
 from riskguard.dataflows.demo import tier_config
@@ -500,14 +501,8 @@ def main() -> None:
                     help="also run 2 independent 1-worker guards, each over half the copies "
                          "(the ceiling for 2 processes)")
     args = ap.parse_args()
-    broker = None
-    broker_pid: int | None = None
-    bootstrap = args.bootstrap
     work = Path(tempfile.mkdtemp(prefix="guard-bench-"))
-    if bootstrap is None:
-        broker = DevBroker(work / "broker")
-        info = broker.start()
-        bootstrap, broker_pid = info.bootstrap, info.pid
+    bootstrap, broker, broker_pid = broker_unless(args.bootstrap, work / "broker")
     try:
         tag = uuid.uuid4().hex[:6]
         kw = {"partitions": args.partitions, "idle_eof_s": args.idle_eof_s,

@@ -29,6 +29,7 @@ from typing import Any
 
 import msgspec
 from confluent_kafka import Consumer, Producer, TopicPartition
+from riskguard.connectors.broker import DevBroker
 from riskguard.connectors.placement import MarketOwners, aligned_partitions
 from riskguard.connectors.settings import KafkaSettings
 from riskguard.connectors.topics import create_topics, topic_name
@@ -59,6 +60,17 @@ class BenchEnv:
 
     def input_topics(self) -> list[str]:
         return [self.topic(s) for s in INPUT_STREAMS]
+
+
+def broker_unless(bootstrap: str | None, folder: Path) -> tuple[str, DevBroker | None,
+                                                             int | None]:
+    """``(bootstrap, broker, broker pid)``: the given cluster, else a dev broker started
+    in ``folder`` (the caller stops it)."""
+    if bootstrap is not None:
+        return bootstrap, None, None
+    broker = DevBroker(folder)
+    info = broker.start()
+    return info.bootstrap, broker, info.pid
 
 
 def setup_env(
