@@ -106,7 +106,7 @@ from riskguard.operators.detection.models import (
     model_kind,
     model_name,
 )
-from riskguard.operators.detection.models import prepare_models as prepare_models
+from riskguard.operators.detection.models import prepare_models  # noqa: F401  # old path
 from riskguard.operators.detection.move_bands import MoveBands, MoveBandState
 from riskguard.operators.detection.score_quantile import ScoreQuantile
 from riskguard.schemas.audit import DeadLetter
