@@ -10,7 +10,11 @@ group) and for each message, in this order:
 4. checks the audience (environment and topic);
 5. checks freshness, with a clock-skew leeway (10 s by default);
 6. drops replays: a ``seq`` at or below the issuer's high-water mark, or a
-   ``command_id`` already executed, is a no-op; and (``dedupe_in_force``, on by
+   ``command_id`` already executed, is a no-op; another replica's copy of a
+   decision already executed (same ``decision_id``, kept for
+   ``decision_window_s`` and until it expires) is dropped as a
+   :class:`Duplicate` (``duplicate_decision``, counted apart from rejections);
+   and (``dedupe_in_force``, on by
    default) so is a mitigation already in force on the same exact scope with
    the same params until a ``resume`` lifts it, reason ``already_in_force``: a guard restarted from
    recovery may re-derive a mitigation under a new id, and an executor must
@@ -64,7 +68,14 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS in_force (action TEXT NOT NULL, scope TEXT NOT NULL,
                                      command_id TEXT NOT NULL, params BLOB NOT NULL,
                                      PRIMARY KEY (action, scope));
+CREATE TABLE IF NOT EXISTS decisions (decision_id TEXT PRIMARY KEY, issuer TEXT NOT NULL,
+                                      command_id TEXT NOT NULL,
+                                      keep_until INTEGER NOT NULL);
 """
+DEFAULT_DECISION_WINDOW_S = 3600.0
+"""How long an executed decision is remembered, at least (and until its command
+expires): a replica's copy arriving later than that is no longer dropped as a
+duplicate (it would have expired already with the default lifetimes)."""
 # Actions that are momentary, not a state an executor holds.
 _MOMENTARY = frozenset({"alert", "resume"})
 
@@ -81,6 +92,25 @@ class Rejection:
     issuer: str = ""
     command_id: str = ""
     seq: int = -1
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """Another replica's copy of a decision already executed: dropped, not refused.
+
+    ``reason`` is ``duplicate_decision``; ``first_issuer`` and ``first_command_id``
+    name the copy that was executed."""
+
+    decision_id: str
+    topic: str
+    partition: int
+    offset: int
+    issuer: str
+    command_id: str
+    seq: int
+    first_issuer: str
+    first_command_id: str
+    reason: str = "duplicate_decision"
 
 
 @dataclass(frozen=True)
@@ -112,6 +142,12 @@ class SubscriberState:
         q = "SELECT 1 FROM seen WHERE command_id=?"
         return self.db.execute(q, (command_id,)).fetchone() is not None
 
+    def decided(self, decision_id: str) -> tuple[str, str] | None:
+        """``(issuer, command_id)`` of the executed copy of ``decision_id``, if any."""
+        row = self.db.execute("SELECT issuer, command_id FROM decisions WHERE decision_id=?",
+                              (decision_id,)).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
     def in_force(self, action: str, scope: str, params: bytes) -> str | None:
         """The command_id holding ``action`` on ``scope`` with these exact params, if any."""
         row = self.db.execute(
@@ -132,11 +168,16 @@ class SubscriberState:
                         "DO UPDATE SET v=excluded.v", (serial,))
 
     def commit(self, *, topic: str, partition: int, offset: int,
-               cmd: MitigationCommand | None, executed: bool = True) -> None:
-        """Record a handled command (if any), what it leaves in force, and the consumed
-        offset, atomically."""
+               cmd: MitigationCommand | None, executed: bool = True,
+               keep_decision_until: int = 0) -> None:
+        """Record a handled command (if any), what it leaves in force, its decision, and
+        the consumed offset, atomically."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
+            if cmd is not None and executed and cmd.decision_id:
+                self.db.execute("INSERT OR IGNORE INTO decisions VALUES (?, ?, ?, ?)",
+                                (cmd.decision_id, cmd.issuer, cmd.command_id,
+                                 max(cmd.expires_at, keep_decision_until)))
             if cmd is not None and executed:
                 scope = cmd.scope.label()
                 action = cmd.action.value
@@ -166,13 +207,14 @@ class SubscriberState:
     def prune(self, before_ns: int) -> int:
         """Forget executed ids that expired before ``before_ns`` (freshness rejects them)."""
         cur = self.db.execute("DELETE FROM seen WHERE expires_at < ?", (before_ns,))
+        self.db.execute("DELETE FROM decisions WHERE keep_until < ?", (before_ns,))
         return cur.rowcount
 
     def close(self) -> None:
         self.db.close()
 
 
-Outcome: TypeAlias = MitigationCommand | Rejection
+Outcome: TypeAlias = MitigationCommand | Rejection | Duplicate
 
 
 def _params_key(cmd: MitigationCommand) -> bytes:
@@ -199,8 +241,12 @@ class CommandSubscriber:
         leeway_ns: int = DEFAULT_LEEWAY_NS,
         clock: Clock = system_clock,
         dedupe_in_force: bool = True,
+        on_duplicate: Callable[[Duplicate], None] | None = None,
+        decision_window_s: float = DEFAULT_DECISION_WINDOW_S,
     ) -> None:
         self.dedupe_in_force = dedupe_in_force
+        self.on_duplicate = on_duplicate
+        self.decision_window_ns = int(decision_window_s * 1_000_000_000)
         self.trust = trust
         self.audience = audience
         self.on_command = on_command
@@ -245,6 +291,9 @@ class CommandSubscriber:
             return self._reject(Reason.REPLAYED_SEQ.value,
                                 f"seq {cmd.seq} <= high-water {hw} of {cmd.issuer!r}",
                                 partition, offset, cmd)
+        first = self.state.decided(cmd.decision_id) if cmd.decision_id else None
+        if first is not None:
+            return self._duplicate(cmd, first, partition, offset)
         if self.state.seen(cmd.command_id):
             # Authentic under a new seq (re-derived after a restart): the seq is used up.
             return self._reject(Reason.REPLAYED_COMMAND_ID.value,
@@ -268,9 +317,28 @@ class CommandSubscriber:
                                 f"{cmd.action.value} on {cmd.scope.label()} is in force "
                                 f"since command {holder}", partition, offset, cmd, record=True)
         self.on_command(cmd)
-        self.state.commit(topic=self.topic, partition=partition, offset=offset, cmd=cmd)
+        self.state.commit(topic=self.topic, partition=partition, offset=offset, cmd=cmd,
+                          keep_decision_until=now + self.decision_window_ns)
         self.stats["accepted"] += 1
         return cmd
+
+    def _duplicate(self, cmd: MitigationCommand, first: tuple[str, str], partition: int,
+                   offset: int) -> Duplicate:
+        """Drop another replica's copy of an executed decision: counted and logged as a
+        duplicate; its seq and id count as seen."""
+        dup = Duplicate(decision_id=cmd.decision_id or "", topic=self.topic,
+                        partition=partition, offset=offset, issuer=cmd.issuer,
+                        command_id=cmd.command_id, seq=cmd.seq, first_issuer=first[0],
+                        first_command_id=first[1])
+        self.stats["duplicates"] += 1
+        if self.on_duplicate is not None:
+            self.on_duplicate(dup)
+        if self.rejection_log is not None:
+            with self.rejection_log.open("ab") as fh:
+                fh.write(msgspec.json.encode({"outcome": "duplicate", **asdict(dup)}) + b"\n")
+        self.state.commit(topic=self.topic, partition=partition, offset=offset, cmd=cmd,
+                          executed=False)
+        return dup
 
     def _reject(self, reason: str, detail: str, partition: int, offset: int,
                 cmd: MitigationCommand | None = None, *, record: bool = False) -> Rejection:

@@ -284,6 +284,32 @@ def _innermost(err: BaseException) -> BaseException:
     return ours[-1] if ours else seen[-1]
 
 
+REPLICA_MARK = "riskguard-replica"
+
+
+def claim_recovery_store(folder: Path, replica: str) -> None:
+    """Mark ``folder`` as ``replica``'s recovery store (empty name: a single guard), or
+    refuse it if another replica's mark is there: replicas never share one store.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> claim_recovery_store(d, "a"); claim_recovery_store(d, "a")
+    >>> claim_recovery_store(d, "b")
+    Traceback (most recent call last):
+    ...
+    riskguard.errors.ConfigError: -r: the recovery directory of replica 'b' (each replica keeps its own); got "the recovery directory of replica 'a'"
+    """
+    mark = folder / REPLICA_MARK
+    if mark.is_file():
+        owner = mark.read_text().strip()
+        if owner != replica:
+            raise ConfigError("-r", f"the recovery directory of replica {replica!r} (each "
+                              "replica keeps its own)",
+                              f"the recovery directory of replica {owner!r}")
+        return
+    mark.write_text(replica + "\n")
+
+
 def _start_line(cfg: Any, digest: str, config: Path, key_id: str, bw: BytewaxArgs,
                 every_s: float) -> str:
     env = cfg.env
@@ -337,6 +363,8 @@ def _run(args: argparse.Namespace) -> int:
         err.add_note(f"check [keys] in {config} (relative paths are relative to the config "
                      "file's folder)")
         raise
+    if bw.recovery_directory is not None:
+        claim_recovery_store(bw.recovery_directory, cfg.replica.id)
     reach_kafka(cfg.kafka, f"[kafka] bootstrap in {config}")
     os.environ["RISKGUARD_CONFIG"] = str(config)  # as python -m bytewax.run would see it
     start_metrics_server_from_env()

@@ -6,7 +6,13 @@ import argparse
 import json
 import sys
 
-from riskguard.connectors.subscriber import CommandSubscriber, GapAlert, Rejection
+from riskguard.connectors.subscriber import (
+    DEFAULT_DECISION_WINDOW_S,
+    CommandSubscriber,
+    Duplicate,
+    GapAlert,
+    Rejection,
+)
 from riskguard.errors import ConfigError, RiskguardError
 from riskguard.operators.core.metrics import start_metrics_server_from_env
 from riskguard.operators.signing.trust import RootSet, TrustStore
@@ -33,6 +39,11 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.write(f"REJECT  {r.reason} partition={r.partition} offset={r.offset} "
                          f"{r.detail}\n")
 
+    def duplicate(d: Duplicate) -> None:
+        sys.stdout.write(f"DUPLICATE decision {d.decision_id[:16]} from {d.issuer} "
+                         f"(seq {d.seq}): executed already as {d.first_command_id} from "
+                         f"{d.first_issuer}\n")
+
     def alert(a: GapAlert) -> None:
         sys.stdout.write(f"ALERT   seq gap from {a.issuer}: expected {a.expected}, "
                          f"got {a.got}\n")
@@ -42,6 +53,7 @@ def _run(args: argparse.Namespace) -> int:
         state_path=args.state, on_command=show, on_reject=rejected, on_alert=alert,
         brokers=args.brokers, topic=args.topic, rejections_topic=args.rejections_topic,
         rejection_log=args.rejection_log, leeway_ns=int(args.leeway * 1e9),
+        on_duplicate=duplicate, decision_window_s=args.decision_window,
     )
     try:
         sub.poll(max_messages=args.max_messages, idle_timeout_s=args.idle_timeout)
@@ -62,6 +74,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rejections-topic")
     p.add_argument("--rejection-log")
     p.add_argument("--leeway", type=float, default=10.0, help="clock-skew leeway, seconds")
+    p.add_argument("--decision-window", type=float, default=DEFAULT_DECISION_WINDOW_S,
+                   metavar="SECONDS", help="how long an executed decision is remembered, so "
+                   "another guard replica's copy is dropped as a duplicate (default "
+                   f"{DEFAULT_DECISION_WINDOW_S:g})")
     p.add_argument("--max-messages", type=int)
     p.add_argument("--idle-timeout", type=float, default=5.0)
     p.set_defaults(func=_run)

@@ -14,6 +14,7 @@ from riskguard.schemas.commands import (
     MitigationCommand,
     Signature,
     SignedEnvelope,
+    decision_digest,
 )
 from riskguard.schemas.market import (
     Bar,
@@ -92,6 +93,7 @@ __all__ = [
     "Valuation",
     "VenueState",
     "VenueStatus",
+    "decision_digest",
     "decode",
     "encode",
     "tag_of",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from enum import StrEnum
 
 import msgspec
@@ -79,11 +80,32 @@ def scope_is_wide(scope: Scope) -> bool:
     return scope.kind in (ScopeKind.INSTRUMENT, ScopeKind.UNDERLYING) and scope.venue is None
 
 
+def decision_digest(basis: str, action: Action | str, scope: Scope,
+                    params: dict[str, object], evidence: list[str]) -> str:
+    """A command's ``decision_id``: SHA-256 (hex) of the sorted-key JSON array
+    ``[basis, action, scope label, params, sorted evidence ids]``. ``basis`` names what
+    decided it (rule, rung, incident); who signed, ``issued_at`` and ``seq`` are left
+    out, so replicas that see the same input make the same decision ids.
+
+    >>> scope = Scope(kind=ScopeKind.VENUE, value="okx")
+    >>> a = decision_digest("flash_crash|1", Action.REDUCE_ONLY, scope, {}, ["e2", "e1"])
+    >>> a == decision_digest("flash_crash|1", "reduce_only", scope, {}, ["e1", "e2"])
+    True
+    >>> len(a), a == decision_digest("flash_crash|2", Action.REDUCE_ONLY, scope, {}, ["e1"])
+    (64, False)
+    """
+    body = [basis, str(action), scope.label(), params, sorted(evidence)]
+    return hashlib.sha256(msgspec.json.encode(body, order="sorted")).hexdigest()
+
+
 class MitigationCommand(Record, frozen=True, kw_only=True, tag="command"):
-    """A mitigation command. ``command_id`` is the idempotency key.
+    """A mitigation command. ``command_id`` is the idempotency key of one signed
+    copy; ``decision_id`` (:func:`decision_digest`) is the same on every replica's copy
+    of one decision, so an executor acts on the first and drops the rest.
 
     ``protective_orders_allowed`` states that risk-reducing orders stay allowed
-    (true for ``reduce_only`` and ``halt_trading``).
+    (true for ``reduce_only`` and ``halt_trading``). ``replica`` names the guard
+    replica that made it (none: a single guard).
     """
 
     command_id: RecordId
@@ -100,6 +122,8 @@ class MitigationCommand(Record, frozen=True, kw_only=True, tag="command"):
     evidence_hashes: list[HexDigest] = []
     protective_orders_allowed: bool = False
     recv_ts: Nanos | None = None
+    decision_id: HexDigest | None = None
+    replica: Name | None = None
 
 
 class LimitUpdate(Record, frozen=True, kw_only=True, tag="limit_update"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -77,6 +78,39 @@ STREAM_TYPES: dict[str, tuple[type, ...]] = {
     "limit_updates": (SignedEnvelope,),
     DETECTIONS: DETECTED,
 }
+
+
+class ReplicaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """This guard's place among redundant replicas (docs/replicas.md).
+
+    ``id`` names this replica; empty: a single guard. Replicas read the same input
+    and make the same decisions; each signs with its own key (``[keys] issuer``, its
+    own name in the trust file), keeps its own recovery store and its own audit chain
+    (``<audit.origin>@<id>/p<n>``), and its commands carry ``replica`` and a
+    ``decision_id`` equal across replicas, which executors de-duplicate. ``peers``
+    lists every replica's id, this one's included (``riskguard replicas watch``
+    watches them).
+    """
+
+    id: str = ""
+    peers: tuple[str, ...] = ()
+
+    def validate(self, path: str = "replica") -> None:
+        for i, name in enumerate((self.id, *self.peers)):
+            if (name or i) and not _REPLICA_NAME.fullmatch(name):
+                where = f"{path}.id" if i == 0 else f"{path}.peers"
+                raise ConfigError(where, "a name of 1-32 [A-Za-z0-9_-]", name)
+        if self.peers and self.id not in self.peers:
+            raise ConfigError(f"{path}.peers", f"the replica ids, this one ({self.id!r}) "
+                              "among them", list(self.peers))
+        if len(set(self.peers)) != len(self.peers):
+            raise ConfigError(f"{path}.peers", "distinct replica ids", list(self.peers))
+
+
+_REPLICA_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+# Sections that say where this process connects and which key it signs with, not what
+# it decides: replicas of one guard differ there and share the rest of the hash.
+_NOT_DECIDING = ("keys", "replica", "kafka")
 
 
 class TierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -196,6 +230,7 @@ class GuardConfig(CommonConfig, frozen=True, kw_only=True, forbid_unknown_fields
     sign: SignConfig = SignConfig()
     audit: AuditConfig = AuditConfig()
     tier: TierConfig = TierConfig()
+    replica: ReplicaConfig = ReplicaConfig()
     tick_ns: int = NS
     mark_interval_ns: int = 250_000_000
     mark_move_bps: float = 5.0
@@ -215,7 +250,9 @@ ordinal (``ops/k8s/entrypoint.sh``), so they share one config file."""
 
 
 def load_guard_config(path: str | Path) -> tuple[GuardConfig, str]:
-    """Decode and validate the guard config; returns it and its hash.
+    """Decode and validate the guard config; returns it and its hash: of everything that
+    decides, all but ``[keys]``, ``[replica]`` and ``[kafka]``, so replicas of one guard
+    share it.
 
     ``$RISKGUARD_TIER_INDEX``, when set, overrides ``tier.index`` (a market process's
     index from its pod's ordinal)."""
@@ -233,10 +270,14 @@ def load_guard_config(path: str | Path) -> tuple[GuardConfig, str]:
         signing_key=str(base / keys.signing_key), issuer=keys.issuer,
         trust_file=str(base / keys.trust_file), roots_file=str(base / keys.roots_file),
     )
+    cfg.replica.validate("replica")
     playbook = msgspec.structs.replace(
         cfg.playbook, env=cfg.env, topic=topic_name(cfg.env, "commands"), issuer=keys.issuer,
+        replica=cfg.replica.id,
     )
-    cfg = msgspec.structs.replace(cfg, keys=resolved, playbook=playbook)
+    audit = cfg.audit if not cfg.replica.id else msgspec.structs.replace(
+        cfg.audit, origin=f"{cfg.audit.origin}@{cfg.replica.id}")
+    cfg = msgspec.structs.replace(cfg, keys=resolved, playbook=playbook, audit=audit)
     cfg.features.validate("features")
     cfg.detector.validate("detector")
     cfg.exposure.validate("exposure")
@@ -244,7 +285,7 @@ def load_guard_config(path: str | Path) -> tuple[GuardConfig, str]:
     cfg.feeds.validate("feeds")
     _check_tier(cfg)
     _check_split(cfg)
-    return cfg, config_hash(data)
+    return cfg, config_hash({k: v for k, v in data.items() if k not in _NOT_DECIDING})
 
 
 def _fed_by_market(cfg: GuardConfig) -> bool:

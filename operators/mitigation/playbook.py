@@ -75,6 +75,7 @@ from riskguard.schemas import (
     Scope,
     ScopeKind,
     Severity,
+    decision_digest,
     encode,
 )
 
@@ -136,6 +137,7 @@ class Mitigation:
     since: int
     manual: bool = False
     held_notified: bool = False
+    decision_id: str = ""
 
 
 @dataclass
@@ -561,9 +563,11 @@ class PlaybookLogic:
                           f"retargeted to {', '.join(keep)}; {', '.join(sorted(set(old) - good))}"
                           f" no longer healthy or below limits; signal: {owner.detail}")
                 cmd = self._command(f"retarget|{key}|{','.join(keep)}|{st.now}", m.scope,
-                                    Action.REROUTE_ORDER_FLOW, params, reason, owner.evidence)
+                                    Action.REROUTE_ORDER_FLOW, params, reason, owner.evidence,
+                                    basis=f"retarget|{m.decision_id or m.command_id}")
                 if self._emit(cmd, capped=True):
                     m.params, m.command_id = params, cmd.command_id
+                    m.decision_id = cmd.decision_id or ""
                 continue
             # No target left: lift nothing, climb the owner to its next rung instead.
             nxt = owner.rung + 1
@@ -646,14 +650,16 @@ class PlaybookLogic:
         elif params.get("failed_action"):
             reason += "; reroute_order_flow found no healthy alternative venue"
         seed = f"{inc.key}|{scope.label()}|{action.value}|{inc.opened_at}|{index}"
-        cmd = self._command(seed, scope, action, params, reason, inc.evidence)
+        cmd = self._command(seed, scope, action, params, reason, inc.evidence,
+                            basis=f"{rule.name}|{index}|{inc.key}")
         if not self._emit(cmd, capped=True):
             return "suppressed"
         if action is not Action.ALERT:
             st.active[key] = Mitigation(action=action, scope=scope, params=params,
                                         owners=[inc.key], rule=rule.name,
                                         command_id=cmd.command_id, since=st.now,
-                                        manual=rule.recovery == "manual")
+                                        manual=rule.recovery == "manual",
+                                        decision_id=cmd.decision_id or "")
             if action is Action.REROUTE_ORDER_FLOW:
                 self._reroutes.add(key)
         return "issued"
@@ -703,15 +709,22 @@ class PlaybookLogic:
             reason = (f"rule '{rule.name}': {inc.kind} on {inc.signal_scope.label()} quiet for "
                       f"{rule.quiet_s:g}s; resuming {', '.join(actions)} on {label}")
             seed = f"resume|{label}|{','.join(m.command_id for m in ms)}|{st.now}"
+            lifted = sorted(m.decision_id or m.command_id for m in ms)
             self._emit(self._command(seed, ms[0].scope, Action.RESUME,
                                      {"actions": actions,
                                       "resumes": sorted(m.command_id for m in ms)},
-                                     reason, inc.evidence), capped=False)
+                                     reason, inc.evidence,
+                                     basis=f"resume|{rule.name}|{','.join(lifted)}"),
+                       capped=False)
 
     # -- output ------------------------------------------------------------------
 
     def _command(self, seed: str, scope: Scope, action: Action,
-                 params: dict[str, Any], reason: str, evidence: list[str]) -> MitigationCommand:
+                 params: dict[str, Any], reason: str, evidence: list[str], *,
+                 basis: str | None = None) -> MitigationCommand:
+        """A command with id ``uuid5(seed)`` and a decision id over ``basis`` (what
+        decided it, without event or wall time; default ``seed``), the action, scope,
+        params and evidence."""
         cfg = self.config
         now = self.clock()
         return MitigationCommand(
@@ -722,6 +735,9 @@ class PlaybookLogic:
             evidence_hash=evidence[-1] if evidence else None,
             protective_orders_allowed=action in _PROTECTIVE,
             recv_ts=self._trigger_recv_ts,
+            decision_id=decision_digest(seed if basis is None else basis, action, scope,
+                                        params, evidence),
+            replica=cfg.replica or None,
         )
 
     def _emit(self, cmd: MitigationCommand, *, capped: bool) -> bool:

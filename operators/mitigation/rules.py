@@ -95,7 +95,8 @@ class PlaybookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """Configuration of ``plan_mitigation`` (TOML section ``[playbook]``).
 
     ``venues`` are the known venues (reroute candidates when a rule names no
-    ``alternatives``). At most ``max_commands`` commands are issued per
+    ``alternatives``). ``replica`` names this guard among redundant replicas (set from
+    ``[replica] id``); commands carry it. At most ``max_commands`` commands are issued per
     ``rate_window_s`` of event time; ``ttl_s`` sets ``expires_at``.
 
     ``reorder_slack_s``: with named tick sources (several guard workers), a
@@ -112,6 +113,7 @@ class PlaybookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     issuer: str = "riskguard"
     env: str = "dev"
     topic: str = "commands"
+    replica: str = ""
     ttl_s: float = 300.0
     max_commands: int = 20
     rate_window_s: float = 10.0
@@ -131,6 +133,9 @@ class PlaybookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
                 where = f"{path}.{key}"
                 raise ConfigError(where, "must be a name of 1-64 [A-Za-z0-9_.:/@+-]",
                                   value)
+        if self.replica and not _NAME.match(self.replica):
+            raise ConfigError(f"{path}.replica", "a name of 1-64 [A-Za-z0-9_.:/@+-] or empty",
+                              self.replica)
         _positive(f"{path}.ttl_s", self.ttl_s)
         _positive(f"{path}.rate_window_s", self.rate_window_s)
         _positive(f"{path}.reorder_slack_s", self.reorder_slack_s)

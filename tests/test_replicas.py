@@ -1,0 +1,207 @@
+"""Redundant guard replicas: one decision id per decision, whichever replica signed it;
+the subscriber executes each decision once; replica config, its hash and its stores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from riskguard.connectors.subscriber import CommandSubscriber, Duplicate, Rejection
+from riskguard.dataflows.guard import load_guard_config
+from riskguard.operators.core.clock import ManualClock, Tick
+from riskguard.operators.mitigation.playbook import PlaybookConfig, PlaybookLogic
+from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, encode_envelope, sign_envelope
+from riskguard.operators.signing.trust import TrustStore, parse_trust, trust_doc_to_toml
+from riskguard.schemas import Action, MitigationCommand, decision_digest
+from signing_fixtures import AUD, T0, VENUE_X, S, command, key_entries, signer
+from test_playbook import FLASH, VENUES, anomaly, feed
+
+from riskguard.cli_run import claim_recovery_store
+from riskguard.errors import ConfigError
+
+REPLICA_A, REPLICA_B = signer("engine-a"), signer("engine-b")
+
+
+def _replicas_trust() -> TrustStore:
+    """The fixtures' keys plus two replicas' keys, each its own name with the engine role."""
+    extra = [{"name": s.issuer, "public_key": s.public_key.hex(), "role": "risk-engine",
+              "actions": ["*"], "scopes": ["*"]} for s in (REPLICA_A, REPLICA_B)]
+    return TrustStore(parse_trust(trust_doc_to_toml(
+        key_entries() + extra, serial=1,
+        two_person={"actions": ["resume"], "scopes": ["firm:*"]})))
+
+
+def _signed(cmd: MitigationCommand, by: Any) -> bytes:
+    return encode_envelope(sign_envelope(PAYLOAD_COMMAND, msgspec.json.encode(cmd), [by]))
+
+
+D1 = decision_digest("flash|1|x", Action.REDUCE_ONLY, VENUE_X, {}, ["e1"])
+D2 = decision_digest("flash|2|x", Action.HALT_TRADING, VENUE_X, {}, ["e1"])
+_ACTION = {D1: Action.REDUCE_ONLY, D2: Action.HALT_TRADING}
+
+
+def _copy(issuer: str, seq: int, decision: str, n: int = 1) -> MitigationCommand:
+    """A replica's copy of a decision: its own command id and seq, the decision's id."""
+    return command(n, issuer=issuer, seq=seq, action=_ACTION[decision], scope=VENUE_X,
+                   decision_id=decision, replica=issuer[-1])
+
+
+def _subscriber(path: Path, seen: dict[str, list[Any]]) -> CommandSubscriber:
+    return CommandSubscriber(
+        trust=_replicas_trust(), audience=AUD, state_path=path / "sub.sqlite",
+        on_command=seen.setdefault("executed", []).append,
+        on_reject=seen.setdefault("rejected", []).append,
+        on_duplicate=seen.setdefault("duplicates", []).append,
+        on_alert=seen.setdefault("gaps", []).append, clock=ManualClock(T0),
+        rejection_log=path / "log.jsonl")
+
+
+# -- decision ids -----------------------------------------------------------------------
+
+
+def _playbook(issuer: str, replica: str, start_ns: int) -> PlaybookLogic:
+    cfg = PlaybookConfig(issuer=issuer, replica=replica, venues=VENUES, rules=(FLASH,))
+    return PlaybookLogic(cfg, ManualClock(start_ns))
+
+
+def test_two_replicas_fed_the_same_signals_make_the_same_decision_ids() -> None:
+    """Each replica names itself and issues at its own wall time; each decision (alert,
+    reduce_only, halt, resume) has one id on both, and different decisions differ."""
+    events = [anomaly(0), *[Tick(ts=s * S) for s in range(1, 41)],
+              anomaly(41, phase="close"), *[Tick(ts=s * S) for s in range(42, 80)]]
+    a = feed(_playbook("engine-a", "a", 1_000), events)
+    b = feed(_playbook("engine-b", "b", 9_999_000), events)
+    assert [c.action.value for c in a] == ["alert", "reduce_only", "halt_trading", "resume"]
+    assert [c.decision_id for c in a] == [c.decision_id for c in b]
+    assert len({c.decision_id for c in a}) == 4
+    assert {c.replica for c in a} == {"a"} and {c.replica for c in b} == {"b"}
+    assert [c.issued_at for c in a] != [c.issued_at for c in b]
+
+
+def test_a_single_guard_names_no_replica() -> None:
+    (cmd,) = feed(_playbook("guard", "", 0), [anomaly(0)])
+    assert cmd.replica is None and cmd.decision_id is not None
+
+
+def test_a_replica_name_is_checked() -> None:
+    with pytest.raises(ConfigError, match=r"playbook\.replica"):
+        PlaybookConfig(replica="no spaces")
+
+
+# -- the subscriber executes each decision once -----------------------------------------
+
+
+def test_the_second_replicas_copy_is_a_duplicate_not_a_rejection(tmp_path: Path) -> None:
+    seen: dict[str, list[Any]] = {}
+    sub = _subscriber(tmp_path, seen)
+    first = sub.handle(_signed(_copy("engine-a", 1, D1), REPLICA_A), partition=0, offset=0)
+    again = sub.handle(_signed(_copy("engine-b", 1, D1), REPLICA_B), partition=0, offset=1)
+    assert isinstance(first, MitigationCommand) and isinstance(again, Duplicate)
+    assert (again.reason, again.first_issuer, again.first_command_id) == (
+        "duplicate_decision", "engine-a", first.command_id)
+    assert sub.summary() == {"accepted": 1, "duplicates": 1}
+    assert [c.issuer for c in seen["executed"]] == ["engine-a"]
+    assert seen.get("rejected") == [] and seen.get("gaps") == []
+    logged = [msgspec.json.decode(x) for x in (tmp_path / "log.jsonl").read_bytes().split(b"\n")
+              if x]
+    assert [(r["outcome"], r["reason"]) for r in logged] == [("duplicate", "duplicate_decision")]
+
+
+def test_each_signer_keeps_its_own_seq_and_the_next_decision_executes(tmp_path: Path) -> None:
+    """B's second command (seq 2, a new decision) is no gap and executes; B's seq 1 again
+    is a replay of B's."""
+    seen: dict[str, list[Any]] = {}
+    sub = _subscriber(tmp_path, seen)
+    for i, (by, issuer, seq, d) in enumerate([(REPLICA_A, "engine-a", 1, D1),
+                                              (REPLICA_B, "engine-b", 1, D1),
+                                              (REPLICA_B, "engine-b", 2, D2),
+                                              (REPLICA_A, "engine-a", 2, D2)]):
+        sub.handle(_signed(_copy(issuer, seq, d, n=seq), by), partition=0, offset=i)
+    assert [(c.issuer, c.seq) for c in seen["executed"]] == [("engine-a", 1), ("engine-b", 2)]
+    assert [d.issuer for d in seen["duplicates"]] == ["engine-b", "engine-a"]
+    assert seen["gaps"] == []
+    replay = sub.handle(_signed(_copy("engine-b", 1, D1), REPLICA_B), partition=0, offset=9)
+    assert isinstance(replay, Rejection) and replay.reason == "replayed_seq"
+
+
+def test_executed_decisions_survive_a_restart_of_the_subscriber(tmp_path: Path) -> None:
+    seen: dict[str, list[Any]] = {}
+    sub = _subscriber(tmp_path, seen)
+    sub.handle(_signed(_copy("engine-a", 1, D1), REPLICA_A), partition=0, offset=0)
+    sub.close()
+    again = _subscriber(tmp_path, seen).handle(
+        _signed(_copy("engine-b", 1, D1), REPLICA_B), partition=0, offset=1)
+    assert isinstance(again, Duplicate)
+
+
+def test_a_decision_is_forgotten_once_expired_and_past_its_window(tmp_path: Path) -> None:
+    state_path = tmp_path / "sub.sqlite"
+    sub = CommandSubscriber(trust=_replicas_trust(), audience=AUD, state_path=state_path,
+                            on_command=lambda _c: None, clock=ManualClock(T0),
+                            decision_window_s=120)
+    sub.handle(_signed(_copy("engine-a", 1, D1), REPLICA_A), partition=0, offset=0)
+    sub.state.prune(T0 + 119 * S)
+    assert sub.state.decided(D1) is not None
+    sub.state.prune(T0 + 121 * S)
+    assert sub.state.decided(D1) is None
+
+
+def test_a_replica_cannot_sign_for_another(tmp_path: Path) -> None:
+    """B's key on a command naming A as issuer is refused, never a duplicate or executed."""
+    seen: dict[str, list[Any]] = {}
+    sub = _subscriber(tmp_path, seen)
+    out = sub.handle(_signed(_copy("engine-a", 1, D1), REPLICA_B), partition=0, offset=0)
+    assert isinstance(out, Rejection) and "issuer" in out.detail
+    assert not seen.get("executed") and not seen.get("duplicates")
+
+
+# -- replica config ---------------------------------------------------------------------
+
+
+def _config(tmp_path: Path, name: str, extra: str) -> Path:
+    dataflows = Path(__file__).resolve().parents[1] / "dataflows"
+    base = (dataflows / "demo.toml").read_text()
+    (tmp_path / "playbook.toml").write_text((dataflows / "playbook.toml").read_text())
+    keys = ('[keys]\nsigning_key = "signing.key"\ntrust_file = "trust.toml"\n'
+            'roots_file = "roots.toml"\n')
+    path = tmp_path / name
+    path.write_text(base + "\n" + keys + extra)
+    return path
+
+
+def test_replicas_share_the_config_hash_and_name_their_chains(tmp_path: Path) -> None:
+    """Keys, the replica section and the Kafka address are not part of what decides."""
+    a, ha = load_guard_config(_config(tmp_path, "a.toml",
+                                      'issuer = "engine-a"\n[replica]\nid = "a"\n'
+                                      'peers = ["a", "b"]\n'))
+    b, hb = load_guard_config(_config(tmp_path, "b.toml",
+                                      'issuer = "engine-b"\n[replica]\nid = "b"\n'
+                                      'peers = ["a", "b"]\n[kafka]\nbootstrap = "zone-b:9092"\n'))
+    assert ha == hb
+    assert (a.playbook.replica, a.audit.origin, b.audit.origin) == (
+        "a", "riskguard@a", "riskguard@b")
+    _other, hc = load_guard_config(_config(tmp_path, "c.toml",
+                                           '[replica]\nid = "a"\n[limits.counterparties.kraken.'
+                                           'limits]\ngross_notional = { limit = 7.0 }\n'))
+    assert hc != ha
+
+
+@pytest.mark.parametrize(("section", "where"), [
+    ('[replica]\nid = "a b"\n', "replica.id"),
+    ('[replica]\nid = "a"\npeers = ["b", "c"]\n', "replica.peers"),
+    ('[replica]\nid = "a"\npeers = ["a", "a"]\n', "replica.peers"),
+    ('[replica]\nname = "a"\n', "name"),
+])
+def test_a_bad_replica_section_stops_start_up_naming_the_key(tmp_path: Path, section: str,
+                                                             where: str) -> None:
+    with pytest.raises(ConfigError, match=where):
+        load_guard_config(_config(tmp_path, "bad.toml", section))
+
+
+def test_two_replicas_never_share_a_recovery_store(tmp_path: Path) -> None:
+    claim_recovery_store(tmp_path, "a")
+    claim_recovery_store(tmp_path, "a")  # the same replica restarting
+    with pytest.raises(ConfigError, match="replica 'a'"):
+        claim_recovery_store(tmp_path, "b")
