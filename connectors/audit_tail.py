@@ -37,6 +37,7 @@ from riskguard.operators.audit import (
     decode_item,
 )
 from riskguard.operators.signing.crypto import VerifyKey
+from riskguard.schemas.audit import AuditRecord
 
 from riskguard.errors import BrokerError
 
@@ -124,7 +125,35 @@ def read_chain_states(settings: KafkaSettings, topic: str,
     does not verify (chains of other origins are skipped, unchecked). Memory is
     O(log n) per chain; time is one read of the topic.
     """
+    return read_chains_and_peers(settings, topic, keys, origin=origin, idle_s=idle_s,
+                                 stall_s=stall_s)[0]
+
+
+def replica_of(chain: str) -> str | None:
+    """The replica a chain name belongs to (``<origin>@<replica>/p<n>``), if any.
+
+    >>> replica_of("riskguard@a/p0"), replica_of("riskguard/p0")
+    ('a', None)
+    """
+    head = chain.split("/", 1)[0]
+    return head.split("@", 1)[1] if "@" in head else None
+
+
+def read_chains_and_peers(settings: KafkaSettings, topic: str,
+                          keys: Mapping[str, VerifyKey] | KeyLookup, *, origin: str,
+                          idle_s: float = 0.5, stall_s: float = 30.0,
+                          ) -> tuple[dict[str, AuditState], dict[str, str]]:
+    """:func:`read_chain_states`, and the config hash of the last record of each other
+    replica of the same guard (chains ``<base origin>@<replica>/...``), in one read."""
     resume = ChainResume(keys, origin=origin)
+    base = origin.split("@", 1)[0]
+    own = replica_of(origin + "/")
+    peers: dict[str, str] = {}
     for p, off, raw in scan_topic(settings, topic, idle_s=idle_s, stall_s=stall_s):
-        resume.add(decode_item(raw, f"{topic}[{p}]@{off}"))
-    return resume.states()
+        item = decode_item(raw, f"{topic}[{p}]@{off}")
+        resume.add(item)
+        if isinstance(item, AuditRecord) and item.chain.startswith(base + "@"):
+            peer = replica_of(item.chain)
+            if peer is not None and peer != own:
+                peers[peer] = item.config_hash
+    return resume.states(), peers

@@ -367,6 +367,8 @@ def _run(args: argparse.Namespace) -> int:
         claim_recovery_store(bw.recovery_directory, cfg.replica.id)
     reach_kafka(cfg.kafka, f"[kafka] bootstrap in {config}")
     os.environ["RISKGUARD_CONFIG"] = str(config)  # as python -m bytewax.run would see it
+    if args.new_config:
+        os.environ["RISKGUARD_NEW_CONFIG"] = "1"
     start_metrics_server_from_env()
     flow = build_flow(cfg, digest, signer=signer, trust=trust)
     apply_gc_policy(cfg)
@@ -420,6 +422,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "143 SIGTERM.",
     )
     p.add_argument("--config", required=True, help="guard TOML config")
+    p.add_argument("--new-config", action="store_true",
+                   help="start this replica on a config its peers do not run yet (the first "
+                        "replica of a planned config change; docs/replicas.md)")
     p.add_argument("--status-every", type=float, default=10.0, metavar="SECONDS",
                    help="print a status line every SECONDS (default 10; 0: none)")
     p.add_argument("bytewax", nargs=argparse.REMAINDER,

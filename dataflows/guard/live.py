@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from bytewax.dataflow import Dataflow
-from riskguard.connectors.audit_tail import read_chain_states
+from riskguard.connectors.audit_tail import read_chains_and_peers
 from riskguard.connectors.command_log import last_signed_seq
 from riskguard.connectors.kafka import kafka_output
 from riskguard.connectors.placement import (
@@ -79,8 +79,10 @@ def build_flow(
                                 issuer)
     # Likewise each audit chain continues where the topic ends (verified as read), never
     # again from index 0; a topic that cannot be read or verified stops the start.
-    chains = read_chain_states(brokers, cfg.topic("audit"), trust.checkpoint_key,
-                               origin=cfg.audit.origin)
+    chains, peers = read_chains_and_peers(brokers, cfg.topic("audit"), trust.checkpoint_key,
+                                          origin=cfg.audit.origin)
+    if cfg.replica.id:
+        check_peer_configs(cfg.replica.id, cfg_hash, peers)
     out = guard_core("guard", src.oks, cfg=cfg, cfg_hash=cfg_hash, clock=clock, signer=signer,
                      trust=trust, seq_floor=delivered, audit_resume=chains, wall_clock=clock,
                      local_keys=LocalKeys() if _split(cfg) else None,
@@ -100,6 +102,31 @@ def build_flow(
                  delivery_timeout_s=timeout, worker_local=local,
                  key=_audit_key)
     return flow
+
+
+NEW_CONFIG_ENV = "RISKGUARD_NEW_CONFIG"
+"""Set (by ``riskguard run --new-config``) to start a replica on a config its peers do
+not run yet: the first replica of a planned config change."""
+
+
+def check_peer_configs(replica: str, cfg_hash: str, peers: dict[str, str]) -> None:
+    """Refuse to start replica ``replica`` on another config than its peers' (the config
+    hash on each peer's last audit record), unless ``$RISKGUARD_NEW_CONFIG`` is set.
+
+    >>> check_peer_configs("a", "1" * 64, {"b": "1" * 64})
+    >>> try:
+    ...     check_peer_configs("a", "1" * 64, {"b": "2" * 64})
+    ... except ConfigError as err:
+    ...     print(str(err)[:64])
+    replica: the config its peers run (replica b: sha256 22222222222
+    """
+    differ = {p: h for p, h in sorted(peers.items()) if h != cfg_hash}
+    if not differ or os.environ.get(NEW_CONFIG_ENV):
+        return
+    said = ", ".join(f"replica {p}: sha256 {h[:12]}" for p, h in differ.items())
+    raise ConfigError("replica", f"the config its peers run ({said}; this one: "
+                      f"{cfg_hash[:12]}); start it on their config, or with riskguard run "
+                      "--new-config to change theirs next", replica)
 
 
 def _prepare_detection(cfg: GuardConfig) -> None:
