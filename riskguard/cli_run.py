@@ -297,8 +297,8 @@ def claim_recovery_store(folder: Path, replica: str) -> None:
     >>> try:
     ...     claim_recovery_store(d, "b")
     ... except ConfigError as err:
-    ...     print(str(err)[:48])
-    -r: the recovery directory of replica 'b' (each
+    ...     print(str(err)[:46])
+    -r: the recovery directory of replica 'b' (eac
     """
     mark = folder / REPLICA_MARK
     if mark.is_file():
