@@ -35,6 +35,7 @@ from riskguard.operators.audit import (
     ChainResume,
     KeyLookup,
     decode_item,
+    replica_of,
 )
 from riskguard.operators.signing.crypto import VerifyKey
 from riskguard.schemas.audit import AuditRecord
@@ -127,16 +128,6 @@ def read_chain_states(settings: KafkaSettings, topic: str,
     """
     return read_chains_and_peers(settings, topic, keys, origin=origin, idle_s=idle_s,
                                  stall_s=stall_s)[0]
-
-
-def replica_of(chain: str) -> str | None:
-    """The replica a chain name belongs to (``<origin>@<replica>/p<n>``), if any.
-
-    >>> replica_of("riskguard@a/p0"), replica_of("riskguard/p0")
-    ('a', None)
-    """
-    head = chain.split("/", 1)[0]
-    return head.split("@", 1)[1] if "@" in head else None
 
 
 def read_chains_and_peers(settings: KafkaSettings, topic: str,

@@ -50,7 +50,12 @@ package instead. New code imports the new paths.
 
 import sys
 
-from riskguard.operators.audit import AuditConfig, audit_log
+from riskguard.operators.audit import (
+    AuditConfig,
+    ReplicaWatchConfig,
+    audit_log,
+    watch_replicas,
+)
 from riskguard.operators.core import (
     Clock,
     SplitOut,
@@ -119,6 +124,7 @@ __all__ = [
     "LimitsOut",
     "MoveBandConfig",
     "PlaybookConfig",
+    "ReplicaWatchConfig",
     "Rule",
     "Rung",
     "ShardPlace",
@@ -145,6 +151,7 @@ __all__ = [
     "system_clock",
     "trust_verifier",
     "value_positions",
+    "watch_replicas",
 ]
 
 # old flat module name -> its module in the domain subpackages

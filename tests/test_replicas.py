@@ -8,13 +8,16 @@ from typing import Any
 
 import msgspec
 import pytest
+from contract import CHECKS, Case
 from riskguard.connectors.subscriber import CommandSubscriber, Duplicate, Rejection
 from riskguard.dataflows.guard import load_guard_config
+from riskguard.operators.audit import ReplicaWatchConfig, ReplicaWatchLogic, ReplicaWatchState
+from riskguard.operators.audit.replica_watch import _record
 from riskguard.operators.core.clock import ManualClock, Tick
 from riskguard.operators.mitigation.playbook import PlaybookConfig, PlaybookLogic
 from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, encode_envelope, sign_envelope
 from riskguard.operators.signing.trust import TrustStore, parse_trust, trust_doc_to_toml
-from riskguard.schemas import Action, MitigationCommand, decision_digest
+from riskguard.schemas import Action, AuditCheckpoint, MitigationCommand, decision_digest
 from signing_fixtures import AUD, T0, VENUE_X, S, command, key_entries, signer
 from test_playbook import FLASH, VENUES, anomaly, feed
 
@@ -22,6 +25,7 @@ from riskguard.cli_run import claim_recovery_store
 from riskguard.errors import ConfigError
 
 REPLICA_A, REPLICA_B = signer("engine-a"), signer("engine-b")
+WATCH = ReplicaWatchConfig(peers=("a", "b"), tolerance_s=10, silent_s=60)
 
 
 def _replicas_trust() -> TrustStore:
@@ -205,3 +209,71 @@ def test_two_replicas_never_share_a_recovery_store(tmp_path: Path) -> None:
     claim_recovery_store(tmp_path, "a")  # the same replica restarting
     with pytest.raises(ConfigError, match="replica 'a'"):
         claim_recovery_store(tmp_path, "b")
+
+
+# -- the replica watch -----------------------------------------------------------------
+
+
+class _Timed:
+    """The watch with its clock set from each event ``(processing time s, item)``."""
+
+    def __init__(self, state: ReplicaWatchState | None = None,
+                 config: ReplicaWatchConfig = WATCH) -> None:
+        self.now = 0
+        self.logic = ReplicaWatchLogic(config, lambda: self.now, state)
+
+    def on_event(self, event: tuple[float, Any]) -> list[Any]:
+        self.now = int(event[0] * S)
+        return self.logic.on_event(event[1])
+
+    def snapshot(self) -> ReplicaWatchState:
+        return self.logic.snapshot()
+
+
+def _checkpoint(origin: str, size: int) -> AuditCheckpoint:
+    return AuditCheckpoint(origin=origin, size=size, root="0" * 64, ts=size)
+
+
+H2 = "2" * 64
+WATCH_EVENTS: list[tuple[float, Any]] = [
+    (0, _record("riskguard@a/p0", 0, "d1")), (1, _record("riskguard@b/p0", 0, "d1")),
+    (2, _record("riskguard@a/p0", 1, "d2")), (20, None),            # b never makes d2
+    (21, _record("riskguard@b/p0", 1, "d2")),                       # late: no new alert
+    (22, _checkpoint("riskguard@a/p0", 2)), (50, _checkpoint("riskguard@a/p0", 3)),
+    (90, _checkpoint("riskguard@a/p0", 4)),                         # b silent since 21
+    (95, _record("riskguard@b/p0", 2, "d3", config_hash=H2)),       # back, on other config
+    (96, _record("riskguard@a/p0", 5, "d3")), (97, None),
+]
+
+
+def test_the_watch_alerts_divergence_silence_and_config_mismatch_once_each() -> None:
+    logic = _Timed()
+    out = [(t, a.kind, a.details.get("replica", a.details.get("missing_from")))
+           for t, ev in WATCH_EVENTS for a in logic.on_event((t, ev))]
+    assert out == [(20, "replica_divergence", "b"), (90, "replica_silent", "b"),
+                   (95, "replica_restored", "b"), (95, "replica_config_mismatch", "b")]
+    assert logic.logic.state.counts == {"matched": 2, "diverged": 1, "late_copies": 1}
+
+
+def test_a_divergence_alert_names_both_sides_and_the_decision() -> None:
+    logic = _Timed()
+    for ev in WATCH_EVENTS[:4]:
+        (alert, *_) = logic.on_event(ev) or [None]
+    assert alert is not None
+    d = alert.details
+    assert (d["decision_id"], d["made_by"], d["missing_from"], d["action"], d["scope"]) == (
+        "d2", "a", "b", "reduce_only", "venue:okx")
+    assert d["evidence"] == "e1" and d["last_write_s_ago.b"] == 19.0
+    assert alert.severity.value == "critical"
+
+
+def test_chains_of_no_watched_replica_are_ignored() -> None:
+    logic = _Timed()
+    assert logic.on_event((0, _record("riskguard/p0", 0, "d1"))) == []
+    assert logic.on_event((0, _record("riskguard@c/p0", 0, "d1"))) == []
+    assert logic.on_event((60, None)) == []
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+def test_the_watch_meets_the_contract(check: Any) -> None:
+    check(Case("replica_watch", _Timed, WATCH_EVENTS, splits=(3, 5, 8)))

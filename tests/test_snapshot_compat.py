@@ -14,6 +14,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import test_contract_anomaly
 import test_contract_playbook
@@ -40,6 +41,7 @@ from riskguard.operators.limits import LimitsState
 from riskguard.operators.operator_commands import OperatorCommandState
 from riskguard.operators.playbook import PlaybookState
 from riskguard.operators.signing import SignState
+from riskguard.schemas import AuditRecord, MitigationCommand
 
 FIXTURE = Path(__file__).parent / "vectors" / "snapshots_flat_operators.pkl"
 
@@ -110,6 +112,22 @@ def test_resuming_from_an_old_snapshot_equals_an_uninterrupted_run(name: str) ->
     whole, _ = run(case.builder, case.events)
     first, _ = run(case.builder, case.events[:k])
     rest, _ = run(case.builder, case.events[k:], snap)
+    if name == "audit":
+        # The stored chain holds the leaves of commands encoded before commands gained
+        # optional fields (decision_id, replica), so its roots are the old ones; the
+        # chain goes on at the same index with the same records as an uninterrupted run.
+        def records(out: list[Any]) -> list[Any]:
+            return [(r.record_id, r.index, r.kind, r.body) for r in out
+                    if isinstance(r, AuditRecord)]
+        assert records(rest) == records(whole)[len(records(first)):]
+        return
+    if name.startswith("playbook"):
+        # Decision ids cover the ids of an incident's signals, which snapshots from
+        # before decision ids do not hold: commands are the same but for that id.
+        def undecided(out: list[Any]) -> list[Any]:
+            return [msgspec.structs.replace(c, decision_id=None)
+                    if isinstance(c, MitigationCommand) else c for c in out]
+        first, rest, whole = undecided(first), undecided(rest), undecided(whole)
     assert case.normalize(first + rest) == case.normalize(whole)
 
 

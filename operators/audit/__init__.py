@@ -11,7 +11,9 @@ Every decision becomes an :class:`~riskguard.schemas.AuditRecord` appended to a 
   :class:`CompactRange`;
 - :mod:`~riskguard.operators.audit.verify`: :func:`verify_log` over an export,
   :func:`prove` and :func:`check_proof` for one record;
-- :mod:`~riskguard.operators.audit.resume`: continuing a chain after a restart.
+- :mod:`~riskguard.operators.audit.resume`: continuing a chain after a restart;
+- :mod:`~riskguard.operators.audit.replica_watch`: redundant replicas' chains compared
+  (:func:`watch_replicas`).
 
 This package was the module ``riskguard/operators/audit.py``: every name it had is still
 importable from here.
@@ -45,7 +47,13 @@ from riskguard.operators.audit.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from riskguard.operators.audit.ops import audit_log
+from riskguard.operators.audit.ops import audit_log, watch_replicas
+from riskguard.operators.audit.replica_watch import (
+    ReplicaWatchConfig,
+    ReplicaWatchLogic,
+    ReplicaWatchState,
+    replica_of,
+)
 from riskguard.operators.audit.resume import (
     ChainResume,
     continue_chain,
@@ -77,6 +85,9 @@ __all__ = [
     "ChainResume",
     "CompactRange",
     "KeyLookup",
+    "ReplicaWatchConfig",
+    "ReplicaWatchLogic",
+    "ReplicaWatchState",
     "audit_builder",
     "audit_log",
     "check_proof",
@@ -92,6 +103,7 @@ __all__ = [
     "read_jsonl",
     "record_body",
     "record_leaf",
+    "replica_of",
     "resume_states",
     "root_from_inclusion",
     "root_of",
@@ -101,4 +113,5 @@ __all__ = [
     "verify_consistency",
     "verify_inclusion",
     "verify_log",
+    "watch_replicas",
 ]

@@ -1,4 +1,5 @@
-"""Bytewax adapter for :mod:`riskguard.operators.audit.chain`.
+"""Bytewax adapters for :mod:`riskguard.operators.audit.chain` (:func:`audit_log`) and
+:mod:`riskguard.operators.audit.replica_watch` (:func:`watch_replicas`).
 
 >>> import bytewax.operators as op
 >>> from bytewax.dataflow import Dataflow
@@ -31,10 +32,13 @@ import bytewax.operators as op
 import msgspec
 from bytewax.dataflow import Stream, operator
 from riskguard.operators.audit.chain import AuditConfig, AuditLogic, AuditState
+from riskguard.operators.audit.replica_watch import ReplicaWatchConfig, ReplicaWatchLogic
 from riskguard.operators.audit.resume import continue_chain
 from riskguard.operators.core.base import stateful_logic
+from riskguard.operators.core.clock import Clock, system_clock
 from riskguard.operators.signing.crypto import Signer
 from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
+from riskguard.schemas.signals import RiskAlert
 
 _enc = msgspec.json.Encoder()
 
@@ -105,4 +109,23 @@ def audit_log(
         return _ChainAudit(signer, cfg, state, found)
 
     out = stateful_logic("stateful", keyed, build)
+    return op.key_rm("unkey", out)
+
+
+@operator
+def watch_replicas(
+    step_id: str,
+    audit: Stream[Any],
+    *,
+    config: ReplicaWatchConfig,
+    clock: Clock = system_clock,
+) -> Stream[RiskAlert]:
+    """Watch redundant guard replicas through the audit topic's records and checkpoints
+    (and any other items, as ticks of processing time): ``replica_divergence``,
+    ``replica_silent``/``replica_restored`` and ``replica_config_mismatch`` alerts
+    (:mod:`~riskguard.operators.audit.replica_watch`). One key: the audit topic of one
+    guard's replicas carries a few records per decision."""
+    keyed = op.map("key", audit, lambda item: ("replicas", item))
+    out = stateful_logic("stateful", keyed, lambda state: ReplicaWatchLogic(config, clock,
+                                                                             state))
     return op.key_rm("unkey", out)

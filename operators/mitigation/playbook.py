@@ -122,6 +122,8 @@ class Incident:
     closed_at: int | None = None
     evidence: list[str] = field(default_factory=list)
     detail: str = ""
+    # the ids of its signals (recent ones): what its commands' decision ids cover
+    signal_ids: list[str] | None = None
 
 
 @dataclass
@@ -331,7 +333,8 @@ class PlaybookLogic:
         st = self.state
         return copy_fields(
             st,
-            incidents={k: copy_fields(i, evidence=list(i.evidence))
+            incidents={k: copy_fields(i, evidence=list(i.evidence),
+                                      signal_ids=list(i.signal_ids or ()))
                        for k, i in st.incidents.items()},
             active={k: copy_fields(m, params=dict(m.params), owners=list(m.owners))
                     for k, m in st.active.items()},
@@ -418,6 +421,7 @@ class PlaybookLogic:
                 if inc.closed_at is None:
                     inc.closed_at = sig.ts  # the signal's own event time
                 _push(inc.evidence, digest)
+                inc.signal_ids = _pushed(inc.signal_ids, sig.id)
                 inc.detail = detail
                 self._awake.add(inc.key)
             return
@@ -444,6 +448,7 @@ class PlaybookLogic:
                     inc.severity = sig.severity
             inc.closed_at = None if kind in OPENERS else st.now
             _push(inc.evidence, digest)
+            inc.signal_ids = _pushed(inc.signal_ids, sig.id)
             inc.detail = detail
             self._awake.add(key)
 
@@ -564,7 +569,8 @@ class PlaybookLogic:
                           f" no longer healthy or below limits; signal: {owner.detail}")
                 cmd = self._command(f"retarget|{key}|{','.join(keep)}|{st.now}", m.scope,
                                     Action.REROUTE_ORDER_FLOW, params, reason, owner.evidence,
-                                    basis=f"retarget|{m.decision_id or m.command_id}")
+                                    basis=f"retarget|{m.decision_id or m.command_id}",
+                                    decided_by=owner.signal_ids)
                 if self._emit(cmd, capped=True):
                     m.params, m.command_id = params, cmd.command_id
                     m.decision_id = cmd.decision_id or ""
@@ -651,7 +657,7 @@ class PlaybookLogic:
             reason += "; reroute_order_flow found no healthy alternative venue"
         seed = f"{inc.key}|{scope.label()}|{action.value}|{inc.opened_at}|{index}"
         cmd = self._command(seed, scope, action, params, reason, inc.evidence,
-                            basis=f"{rule.name}|{index}|{inc.key}")
+                            basis=f"{rule.name}|{index}|{inc.key}", decided_by=inc.signal_ids)
         if not self._emit(cmd, capped=True):
             return "suppressed"
         if action is not Action.ALERT:
@@ -714,17 +720,20 @@ class PlaybookLogic:
                                      {"actions": actions,
                                       "resumes": sorted(m.command_id for m in ms)},
                                      reason, inc.evidence,
-                                     basis=f"resume|{rule.name}|{','.join(lifted)}"),
+                                     basis=f"resume|{rule.name}|{','.join(lifted)}",
+                                     decided_by=inc.signal_ids),
                        capped=False)
 
     # -- output ------------------------------------------------------------------
 
     def _command(self, seed: str, scope: Scope, action: Action,
                  params: dict[str, Any], reason: str, evidence: list[str], *,
-                 basis: str | None = None) -> MitigationCommand:
+                 basis: str | None = None,
+                 decided_by: list[str] | None = None) -> MitigationCommand:
         """A command with id ``uuid5(seed)`` and a decision id over ``basis`` (what
         decided it, without event or wall time; default ``seed``), the action, scope,
-        params and evidence."""
+        params and the ids of the signals that decided it (``evidence`` digests cover
+        receive times, which differ between replicas)."""
         cfg = self.config
         now = self.clock()
         return MitigationCommand(
@@ -736,7 +745,7 @@ class PlaybookLogic:
             protective_orders_allowed=action in _PROTECTIVE,
             recv_ts=self._trigger_recv_ts,
             decision_id=decision_digest(seed if basis is None else basis, action, scope,
-                                        params, evidence),
+                                        params, decided_by or []),
             replica=cfg.replica or None,
         )
 
@@ -788,6 +797,13 @@ class PlaybookLogic:
         raw = encode(event) if isinstance(event, msgspec.Struct) else repr(event).encode()
         return DeadLetter.of(topic="playbook", ts=self.clock(), reason=reason, path=path,
                              expected=expected, found=found[:256], raw=raw)
+
+
+def _pushed(ids: list[str] | None, sig_id: str) -> list[str]:
+    """``ids`` with ``sig_id`` last (a list made for a pre-decision-id snapshot)."""
+    ids = [] if ids is None else ids
+    _push(ids, sig_id)
+    return ids
 
 
 def _push(evidence: list[str], digest: str) -> None:

@@ -1,0 +1,252 @@
+"""Watching redundant guard replicas through their audit chains.
+
+Replicas of one guard read the same input and make the same decisions, each on its
+own audit chain (``<origin>@<replica>/p<n>``). :class:`ReplicaWatchLogic` reads those
+chains' records and checkpoints and raises a :class:`~riskguard.schemas.RiskAlert`
+when they part:
+
+- ``replica_divergence`` (critical): a decision (``decision_id`` of an audited
+  command) one replica made and another did not make within ``tolerance_s``; the
+  alert names both sides, the decision's action, scope and evidence, and how long
+  ago the other side last wrote. A stale or partitioned feed in one zone, or a
+  config mismatch, shows here first;
+- ``replica_silent`` (critical) when a replica has written nothing for ``silent_s``
+  while another has, and ``replica_restored`` (info) when it writes again;
+- ``replica_config_mismatch`` (critical): two replicas' records carry different
+  config hashes (compared on every record, so at each start and each checkpoint).
+
+Time is processing time (an injected clock): replicas stamp commands with their own
+wall clocks, and what matters is whether the other copy arrived in time. Feed
+:class:`~riskguard.operators.core.clock.Tick` items (any payload) to let time pass
+while no record arrives.
+
+>>> from riskguard.operators.core.clock import ManualClock
+>>> clock = ManualClock(0)
+>>> logic = ReplicaWatchLogic(ReplicaWatchConfig(peers=("a", "b"), tolerance_s=5), clock)
+>>> logic.on_event(_record("riskguard@a/p0", 0, "d1"))
+[]
+>>> clock.advance(6 * 10**9)
+>>> [(a.kind, a.details["made_by"], a.details["missing_from"]) for a in logic.on_event(None)]
+[('replica_divergence', 'a', 'b')]
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from riskguard.operators.core.clock import Clock, system_clock
+from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
+from riskguard.schemas.signals import FIRM, RiskAlert, Severity
+
+from riskguard.errors import ConfigError
+
+_NS = 1_000_000_000
+_ALERT_NS = uuid.UUID("0d7c6b1e-4f0a-5c43-9a51-2f9d1f0c7e21")
+
+
+class ReplicaWatchConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What :class:`ReplicaWatchLogic` watches: ``peers`` (every replica's id; empty:
+    every replica it sees), how long another replica may take to make the same
+    decision (``tolerance_s``), and how long a replica may write nothing while another
+    writes (``silent_s``)."""
+
+    peers: tuple[str, ...] = ()
+    tolerance_s: float = 10.0
+    silent_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("tolerance_s", "silent_s"):
+            v = getattr(self, name)
+            if not v > 0:
+                raise ConfigError(f"replicas.{name}", "seconds > 0", v)
+
+
+@dataclass
+class _Decision:
+    first: str
+    at: int
+    seen: list[str]
+    action: str
+    scope: str
+    evidence: list[str]
+
+
+@dataclass
+class ReplicaWatchState:
+    """Per replica: when it last wrote (processing time) and its last config hash; the
+    decisions not yet made by every replica; the alerts already raised."""
+
+    started: int = -1
+    last_seen: dict[str, int] = field(default_factory=dict)
+    config: dict[str, str] = field(default_factory=dict)
+    pending: dict[str, _Decision] = field(default_factory=dict)
+    # decisions settled (made by all, or alerted), with when: a late copy is no new one
+    settled: dict[str, int] = field(default_factory=dict)
+    silent: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def replica_of(chain: str) -> str | None:
+    """The replica of a chain name ``<origin>@<replica>/p<n>`` (None: not a replica's).
+
+    >>> replica_of("riskguard@a/p0"), replica_of("riskguard/p0")
+    ('a', None)
+    """
+    head = chain.split("/", 1)[0]
+    return head.split("@", 1)[1] if "@" in head else None
+
+
+class ReplicaWatchLogic:
+    """``on_event(AuditRecord | AuditCheckpoint | anything) -> [RiskAlert]``."""
+
+    def __init__(self, config: ReplicaWatchConfig, clock: Clock = system_clock,
+                 state: ReplicaWatchState | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.state = state if state is not None else ReplicaWatchState()
+        self._tolerance = int(config.tolerance_s * _NS)
+        self._silent = int(config.silent_s * _NS)
+
+    def snapshot(self) -> ReplicaWatchState:
+        st = self.state
+        return ReplicaWatchState(
+            started=st.started, last_seen=dict(st.last_seen), config=dict(st.config),
+            pending={k: _Decision(d.first, d.at, list(d.seen), d.action, d.scope,
+                                  list(d.evidence)) for k, d in st.pending.items()},
+            settled=dict(st.settled), silent=list(st.silent), mismatched=list(st.mismatched),
+            counts=dict(st.counts))
+
+    def on_event(self, item: Any) -> list[RiskAlert]:
+        st = self.state
+        now = self.clock()
+        if st.started < 0:
+            st.started = now
+        out: list[RiskAlert] = []
+        if isinstance(item, AuditRecord | AuditCheckpoint):
+            replica = replica_of(item.chain if isinstance(item, AuditRecord) else item.origin)
+            if replica is not None and (not self.config.peers or replica in self.config.peers):
+                out.extend(self._heard(replica, now))
+                if isinstance(item, AuditRecord):
+                    out.extend(self._config(replica, item.config_hash, now))
+                    if item.kind == "command":
+                        self._decision(replica, item, now)
+        out.extend(self._sweep(now))
+        return out
+
+    # -- what a record says
+
+    def _heard(self, replica: str, now: int) -> list[RiskAlert]:
+        st = self.state
+        st.last_seen[replica] = now
+        if replica in st.silent:
+            st.silent.remove(replica)
+            return [self._alert("replica_restored", Severity.INFO, now,
+                                f"replica {replica} writes again", {"replica": replica})]
+        return []
+
+    def _config(self, replica: str, digest: str, now: int) -> list[RiskAlert]:
+        st = self.state
+        st.config[replica] = digest
+        out = []
+        for other, theirs in sorted(st.config.items()):
+            if other == replica or theirs == digest:
+                continue
+            pair = "|".join(sorted((f"{replica}:{digest}", f"{other}:{theirs}")))
+            if pair in st.mismatched:
+                continue
+            st.mismatched.append(pair)
+            out.append(self._alert(
+                "replica_config_mismatch", Severity.CRITICAL, now,
+                f"replicas {other} and {replica} run different configs (sha256 "
+                f"{theirs[:12]} and {digest[:12]}): they may decide differently",
+                {"replica": replica, "config_hash": digest, "other": other,
+                 "other_config_hash": theirs}))
+        return out
+
+    def _decision(self, replica: str, rec: AuditRecord, now: int) -> None:
+        st = self.state
+        body = rec.body
+        did = body.get("decision_id")
+        if not isinstance(did, str) or not did:
+            return
+        if did in st.settled:
+            self._count("late_copies")
+            return
+        d = st.pending.get(did)
+        if d is None:
+            scope = body.get("scope") or {}
+            label = f"{scope.get('kind', '?')}:{scope.get('value', '?')}"
+            st.pending[did] = d = _Decision(
+                first=replica, at=now, seen=[replica], action=str(body.get("action", "?")),
+                scope=label, evidence=[str(e) for e in body.get("evidence_hashes", [])][-8:])
+        elif replica not in d.seen:
+            d.seen.append(replica)
+        if self._everyone() <= set(d.seen):
+            del st.pending[did]
+            st.settled[did] = now
+            self._count("matched")
+
+    # -- what time says
+
+    def _everyone(self) -> set[str]:
+        return set(self.config.peers) or set(self.state.last_seen)
+
+    def _sweep(self, now: int) -> list[RiskAlert]:
+        st = self.state
+        out: list[RiskAlert] = []
+        for did in [k for k, d in st.pending.items() if now - d.at >= self._tolerance]:
+            d = st.pending.pop(did)
+            st.settled[did] = now
+            missing = sorted(self._everyone() - set(d.seen))
+            if not missing:
+                continue
+            self._count("diverged")
+            quiet = {m: (now - st.last_seen[m]) / _NS for m in missing if m in st.last_seen}
+            out.append(self._alert(
+                "replica_divergence", Severity.CRITICAL, now,
+                f"replica {','.join(sorted(d.seen))} decided {d.action} on {d.scope} "
+                f"(decision {did[:12]}); replica {','.join(missing)} did not within "
+                f"{self.config.tolerance_s:g} s",
+                {"decision_id": did, "made_by": ",".join(sorted(d.seen)),
+                 "missing_from": ",".join(missing), "action": d.action, "scope": d.scope,
+                 "evidence": ",".join(d.evidence),
+                 **{f"last_write_s_ago.{m}": s for m, s in quiet.items()}}))
+        horizon = now - 100 * self._tolerance
+        for did in [k for k, t in st.settled.items() if t < horizon]:
+            del st.settled[did]
+        heard = [t for t in st.last_seen.values() if now - t < self._silent]
+        if heard:
+            for r in sorted(self._everyone()):
+                last = st.last_seen.get(r, st.started)
+                if now - last >= self._silent and r not in st.silent:
+                    st.silent.append(r)
+                    out.append(self._alert(
+                        "replica_silent", Severity.CRITICAL, now,
+                        f"replica {r} has written nothing for {(now - last) / _NS:.0f} s "
+                        "while another replica has: it may be down or cut off",
+                        {"replica": r, "silent_s": (now - last) / _NS}))
+        return out
+
+    def _count(self, what: str) -> None:
+        self.state.counts[what] = self.state.counts.get(what, 0) + 1
+
+    def _alert(self, kind: str, severity: Severity, now: int, reason: str,
+               details: dict[str, float | str]) -> RiskAlert:
+        key = f"{kind}|{now}|{msgspec.json.encode(details, order='sorted').decode()}"
+        return RiskAlert(id=str(uuid.uuid5(_ALERT_NS, key)), kind=kind, scope=FIRM, ts=now,
+                         severity=severity, reason=reason, details=details)
+
+
+def _record(chain: str, index: int, decision_id: str, config_hash: str = "0" * 64,
+            ) -> AuditRecord:
+    """An audited command of ``chain`` (for the examples and tests)."""
+    return AuditRecord(
+        record_id=f"{chain}:{index}", chain=chain, index=index, ts=index, kind="command",
+        operator="mitigation", operator_version="test", config_hash=config_hash,
+        input_digest="0" * 64,
+        body={"decision_id": decision_id, "action": "reduce_only",
+              "scope": {"kind": "venue", "value": "okx"}, "evidence_hashes": ["e1"]})

@@ -1,0 +1,129 @@
+"""``riskguard replicas watch``: compare redundant guard replicas through their audit topic.
+
+Prints one ``ALERT`` line (JSON) per ``replica_divergence``, ``replica_silent``,
+``replica_restored`` or ``replica_config_mismatch`` alert, optionally produces each
+alert to a topic (every delivery checked), and a ``SUMMARY`` line at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+from riskguard.errors import BrokerError, ConfigError
+
+_TICK_S = 1.0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from confluent_kafka import (  # noqa: PLC0415
+        OFFSET_BEGINNING,
+        OFFSET_END,
+        Consumer,
+        Producer,
+        TopicPartition,
+    )
+
+    from riskguard.cli import reach_kafka  # noqa: PLC0415  (the CLI module imports this one)
+    from riskguard.connectors.audit_tail import topic_partitions  # noqa: PLC0415
+    from riskguard.connectors.settings import KafkaSettings  # noqa: PLC0415
+    from riskguard.operators.audit import (  # noqa: PLC0415
+        ReplicaWatchConfig,
+        ReplicaWatchLogic,
+        decode_item,
+    )
+    from riskguard.schemas import encode  # noqa: PLC0415
+
+    peers = tuple(p for p in (args.peers or "").split(",") if p)
+    if len(peers) == 1:
+        raise ConfigError("--peers", "two or more replica ids, comma-separated", args.peers)
+    config = ReplicaWatchConfig(peers=peers, tolerance_s=args.tolerance, silent_s=args.silent)
+    reach_kafka(args.brokers, "--brokers HOST:PORT (default 127.0.0.1:9092)")
+    settings = KafkaSettings(bootstrap=args.brokers)
+    parts = topic_partitions(settings, args.topic)
+    consumer = Consumer({**settings.client_config(),
+                         "group.id": f"riskguard-replicas-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False, "fetch.wait.max.ms": 100})
+    start = OFFSET_BEGINNING if args.from_beginning else OFFSET_END
+    consumer.assign([TopicPartition(args.topic, p, start) for p in parts])
+    producer = Producer(settings.client_config()) if args.alerts_topic else None
+    failed: list[str] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failed.append(str(err))
+
+    logic = ReplicaWatchLogic(config)
+    kinds: Counter[str] = Counter()
+    unreadable = 0
+
+    def emit(alerts: list[Any]) -> None:
+        for a in alerts:
+            kinds[a.kind] += 1
+            body = encode(a)
+            sys.stdout.write("ALERT " + body.decode() + "\n")
+            if producer is not None:
+                producer.produce(args.alerts_topic, value=body, key=a.kind.encode(),
+                                 on_delivery=delivered)
+        sys.stdout.flush()
+
+    last_message = last_tick = time.monotonic()
+    try:
+        while args.idle_timeout is None or time.monotonic() - last_message < args.idle_timeout:
+            m = consumer.poll(0.2)
+            now = time.monotonic()
+            if m is not None and m.error() is None:
+                last_message = now
+                try:
+                    item = decode_item(m.value() or b"", f"{args.topic}[{m.partition()}]"
+                                                         f"@{m.offset()}")
+                except Exception:  # not an audit item: counted, never the end of the watch
+                    unreadable += 1
+                    continue
+                emit(logic.on_event(item))
+            if now - last_tick >= _TICK_S:
+                last_tick = now
+                emit(logic.on_event(None))
+            if producer is not None:
+                producer.poll(0)
+                if failed:
+                    raise BrokerError(f"an alert could not be delivered to "
+                                      f"{args.alerts_topic}: {failed[0]}")
+        emit(logic.on_event(None))
+    finally:
+        consumer.close()
+        if producer is not None:
+            left = producer.flush(10)
+            if left or failed:
+                msg = (f"{left or len(failed)} alert(s) not delivered to {args.alerts_topic}"
+                       f"{': ' + failed[0] if failed else ''}")
+                raise BrokerError(msg)
+    summary = {**logic.state.counts, **{f"alerts.{k}": v for k, v in kinds.items()},
+               "unreadable": unreadable}
+    sys.stdout.write("SUMMARY " + json.dumps(summary, sort_keys=True) + "\n")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    replicas = sub.add_parser("replicas", help="watch redundant guard replicas (docs/replicas.md)")
+    r = replicas.add_subparsers(dest="replicas_command", metavar="ACTION", required=True)
+    w = r.add_parser("watch", help="alert when replicas' decisions part, or one goes silent")
+    w.add_argument("--brokers", default="127.0.0.1:9092")
+    w.add_argument("--topic", required=True, help="the guard's audit topic")
+    w.add_argument("--peers", help="every replica's id, comma-separated (default: every "
+                                   "replica seen)")
+    w.add_argument("--tolerance", type=float, default=10.0, metavar="SECONDS",
+                   help="how long another replica may take to make the same decision")
+    w.add_argument("--silent", type=float, default=60.0, metavar="SECONDS",
+                   help="how long a replica may write nothing while another writes")
+    w.add_argument("--alerts-topic", help="also produce each alert (JSON) to this topic")
+    w.add_argument("--from-beginning", action="store_true",
+                   help="read the topic from its start (default: from now on)")
+    w.add_argument("--idle-timeout", type=float, metavar="SECONDS",
+                   help="stop after this long without a message (default: run until stopped)")
+    w.set_defaults(func=_run)
