@@ -35,19 +35,30 @@ command-rate window. Event time comes from the records and from
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import heapq
-import math
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import msgspec
 from riskguard.operators.core.base import copy_fields
 from riskguard.operators.core.clock import Tick, Watermark
+from riskguard.operators.mitigation.incidents import (
+    STATE_VERSION,
+    Incident,
+    Mitigation,
+    PlaybookState,
+    _describe,
+    _lists,
+    _mark,
+    _push,
+    _pushed,
+    _ratio,
+    _signal_kind,
+    _source_key,
+    evidence_digest,
+)
 from riskguard.operators.mitigation.rules import (
-    _MAX_EVIDENCE,
     _NS,
     _PROTECTIVE,
     _RANK,
@@ -74,7 +85,6 @@ from riskguard.schemas import (
     RiskAlert,
     Scope,
     ScopeKind,
-    Severity,
     decision_digest,
     encode,
 )
@@ -100,116 +110,6 @@ __all__ = [
     "map_scope",
     "playbook_builder",
 ]
-
-STATE_VERSION = 2
-
-# -- state ---------------------------------------------------------------------
-
-
-@dataclass
-class Incident:
-    """One rule's episode for one signal source (``key = rule|source``)."""
-
-    key: str
-    rule: str
-    kind: str
-    signal_scope: Scope
-    target: Scope
-    opened_at: int
-    severity: Severity
-    start_rung: int
-    rung: int = -1
-    closed_at: int | None = None
-    evidence: list[str] = field(default_factory=list)
-    detail: str = ""
-    # the ids of its signals (recent ones): what its commands' decision ids cover
-    signal_ids: list[str] | None = None
-
-
-@dataclass
-class Mitigation:
-    """An action in force on one exact scope, and the incidents that hold it."""
-
-    action: Action
-    scope: Scope
-    params: dict[str, Any]
-    owners: list[str]
-    rule: str
-    command_id: str
-    since: int
-    manual: bool = False
-    held_notified: bool = False
-    decision_id: str = ""
-
-
-@dataclass
-class PlaybookState:
-    """Everything the playbook remembers; snapshots are independent copies."""
-
-    version: int = STATE_VERSION
-    now: int = 0
-    incidents: dict[str, Incident] = field(default_factory=dict)
-    active: dict[str, Mitigation] = field(default_factory=dict)
-    history: dict[str, list[int]] = field(default_factory=dict)
-    unhealthy: dict[str, list[str]] = field(default_factory=dict)
-    breached: dict[str, list[str]] = field(default_factory=dict)
-    window_start: int = 0
-    window_count: int = 0
-    suppressed: list[str] = field(default_factory=list)
-    # Named tick sources (one per guard worker): latest ts and processing time seen.
-    sources: dict[str, list[int]] = field(default_factory=dict)
-    watermark: int = -1
-    # Signals too far ahead of the watermark, waiting: a heap of
-    # (ts, arrival, signal, processing time it arrived)
-    held: list[tuple[int, int, Any, int]] = field(default_factory=list)
-    arrivals: int = 0
-    forced: int = 0  # held signals applied after max_hold_s, the watermark still behind
-
-
-# -- helpers -------------------------------------------------------------------
-
-
-def _lists(d: dict[str, list[Any]]) -> dict[str, list[Any]]:
-    return {k: list(v) for k, v in d.items()}
-
-
-def evidence_digest(record: msgspec.Struct) -> str:
-    """SHA-256 hex of the record's wire bytes: the audit log's ``input_digest``."""
-    return hashlib.sha256(encode(record)).hexdigest()
-
-
-def _signal_kind(sig: Any) -> str:
-    if isinstance(sig, AnomalySignal):
-        return sig.kind
-    if isinstance(sig, LimitBreach):
-        return "breach"
-    return str(sig.kind)
-
-
-def _source_key(sig: Any, kind: str) -> str:
-    label = sig.scope.label()
-    if isinstance(sig, LimitBreach):
-        return f"breach|{label}|{sig.limit_path}|{sig.kind}"
-    return f"{CLOSERS.get(kind, kind)}|{label}"
-
-
-def _describe(sig: Any) -> str:
-    kind = _signal_kind(sig)
-    head = f"{kind} {sig.severity.value} on {sig.scope.label()}"
-    if isinstance(sig, AnomalySignal):
-        ratio = sig.score / sig.threshold if sig.threshold > 0 else math.inf
-        feats = ", ".join(f"{c.feature} z={c.zscore:.1f}" for c in sig.top_features[:3])
-        return (f"{head} ({sig.phase}): score {sig.score:.3g} / threshold {sig.threshold:.3g}"
-                f" = {ratio:.2f}x" + (f"; top {feats}" if feats else ""))
-    if isinstance(sig, LimitBreach):
-        return (f"{head}: {sig.kind} {sig.limit_path} at {sig.utilization:.0%} of limit "
-                f"{sig.effective_limit:.6g} (exposure {sig.exposure:.6g}, level "
-                f"{sig.level.value})")
-    return f"{head}: {sig.reason}"[:512]
-
-
-def _ratio(sig: AnomalySignal) -> float:
-    return sig.score / sig.threshold if sig.threshold > 0 else math.inf
 
 
 # -- logic ---------------------------------------------------------------------
@@ -797,29 +697,6 @@ class PlaybookLogic:
         raw = encode(event) if isinstance(event, msgspec.Struct) else repr(event).encode()
         return DeadLetter.of(topic="playbook", ts=self.clock(), reason=reason, path=path,
                              expected=expected, found=found[:256], raw=raw)
-
-
-def _pushed(ids: list[str] | None, sig_id: str) -> list[str]:
-    """``ids`` with ``sig_id`` last (a list made for a pre-decision-id snapshot)."""
-    ids = [] if ids is None else ids
-    _push(ids, sig_id)
-    return ids
-
-
-def _push(evidence: list[str], digest: str) -> None:
-    if digest not in evidence:
-        evidence.append(digest)
-        del evidence[:-_MAX_EVIDENCE]
-
-
-def _mark(table: dict[str, list[str]], name: str, why: str, on: bool) -> None:
-    reasons = [r for r in table.get(name, []) if r != why]
-    if on:
-        reasons.append(why)
-    if reasons:
-        table[name] = sorted(reasons)
-    else:
-        table.pop(name, None)
 
 
 def playbook_builder(config: PlaybookConfig, clock: Callable[[], int],
