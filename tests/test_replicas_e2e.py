@@ -10,15 +10,31 @@ import time
 import tomllib
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
-from riskguard.dataflows.demo import ISSUER, PreparedRun, prepare_run, start_guard, subscriber_for
+from confluent_kafka import Producer
+from riskguard.connectors.broker import DevBroker
+from riskguard.connectors.settings import KafkaSettings
+from riskguard.connectors.topics import create_topics, topic_name
+from riskguard.dataflows.demo import (
+    ISSUER,
+    PreparedRun,
+    prepare_run,
+    start_guard,
+    stream_of,
+    subscriber_for,
+)
+from riskguard.dataflows.demo_scenario import build_scenario
 from riskguard.operators.signing.crypto import Signer, decode_envelope, generate_key_file
 from riskguard.operators.signing.trust import sign_trust_file, trust_doc_to_toml
-from riskguard.schemas import MitigationCommand
+from riskguard.schemas import Fill, MitigationCommand, encode
 
+from riskguard.cli_topics import topic_specs
+from riskguard.config import CommonConfig, TopicsConfig
 from tests.kafka_helpers import consume_all
 from tests.test_guard_e2e import _assert_never_twice, _assert_scenario, _finish
 
@@ -64,11 +80,11 @@ def _execute(run: PreparedRun, state: Path) -> tuple[list[MitigationCommand], di
         return got, sub.summary()
 
 
-def _watch(run: PreparedRun) -> list[dict]:
+def _watch(run: PreparedRun, *args: str) -> list[dict]:
     out = subprocess.run(
         [sys.executable, "-m", "riskguard.cli", "replicas", "watch", "--brokers",
          run.bootstrap, "--topic", run.topic("audit"), "--peers", "a,b",
-         "--from-beginning", "--idle-timeout", "3"],
+         "--from-beginning", "--idle-timeout", "3", *args],
         capture_output=True, text=True, timeout=120, check=True)
     return [msgspec.json.decode(line[6:]) for line in out.stdout.splitlines()
             if line.startswith("ALERT ")]
@@ -135,3 +151,96 @@ def test_a_replica_on_another_config_is_refused_at_start_up(kafka_bootstrap: str
     out, _ = guard_b.communicate(timeout=120)
     assert guard_b.returncode != 0
     assert b"the config its peers run (replica a: sha256" in out
+
+
+def test_the_replica_that_was_ahead_killed_and_resumed_executes_nothing_twice(
+    kafka_bootstrap: str, tmp_path: Path, recovery_dir
+) -> None:
+    """Replica a starts first and is SIGKILLed once its commands flow; b carries on to
+    the end; a resumes from its own recovery store and finishes: every expected
+    mitigation executes once, and a's re-derived copies are duplicates."""
+    run = prepare_run(kafka_bootstrap, tmp_path / "run", env=f"e{uuid.uuid4().hex[:8]}")
+    a, b = _replicas(run)
+    recovering = ("-r", str(recovery_dir(1)), "-s", "1", "-b", "10")
+    guard_a = start_guard(run, *recovering, config=a)
+    deadline = time.monotonic() + 120
+    while not [c for c in _envelopes(run) if c.replica == "a"]:
+        assert guard_a.poll() is None and time.monotonic() < deadline, "a signed nothing"
+        time.sleep(0.2)
+    guard_b = start_guard(run, config=b)
+    guard_a.send_signal(signal.SIGKILL)
+    guard_a.wait()
+    _finish(guard_b)
+    _finish(start_guard(run, *recovering, config=a))
+    executed, summary = _execute(run, tmp_path / "sub.sqlite")
+    _assert_scenario(executed)
+    _assert_never_twice(executed)
+    assert len({c.decision_id for c in executed}) == len(executed)
+    assert summary.get("duplicates", 0) > 0
+
+
+def _publish_partial(bootstrap: str, run: PreparedRun, drop: Callable[[Any], bool]) -> int:
+    """The run's scenario on another cluster's input topics, without what ``drop`` picks
+    (a mirrored copy that lost records); the count dropped."""
+    create_topics({"bootstrap.servers": bootstrap}, topic_specs(CommonConfig(
+        env=run.env, kafka=KafkaSettings(bootstrap=bootstrap),
+        topics=TopicsConfig(default_partitions=2))))
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    dropped = 0
+    for rec in build_scenario(run.start_ns).events:
+        if drop(rec):
+            dropped += 1
+            continue
+        key = f"{getattr(rec, 'venue', '')}/{getattr(rec, 'instrument', '')}".encode()
+        p.produce(topic_name(run.env, stream_of(rec)), encode(rec), key)
+        p.poll(0)
+    assert p.flush(60) == 0
+    return dropped
+
+
+def _mirror(source: str, target: str, topic: str) -> int:
+    """Copy ``topic`` from one cluster to the other, partition for partition."""
+    p = Producer({"bootstrap.servers": target})
+    rows = consume_all(source, topic)
+    for part, _off, value in rows:
+        p.produce(topic, value, partition=part)
+    assert p.flush(30) == 0
+    return len(rows)
+
+
+def test_a_replica_fed_a_partial_copy_diverges_and_each_decision_executes_once(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Replica b reads a mirrored cluster whose copy lost deribit's fills; its commands
+    and audit records are mirrored back. The watcher raises replica_divergence for the
+    deribit breach ladder b missed (and the reroute that breach changed), and the
+    subscriber executes each decision once, a's deribit mitigations included."""
+    run = prepare_run(kafka_bootstrap, tmp_path / "run", env=f"e{uuid.uuid4().hex[:8]}")
+    a, b = _replicas(run)
+    mirror = DevBroker(tmp_path / "mirror")
+    other = mirror.start().bootstrap
+    try:
+        assert _publish_partial(other, run, lambda r: isinstance(r, Fill) and
+                                r.counterparty == "deribit") > 0
+        b.write_text(b.read_text().replace(f'bootstrap = "{kafka_bootstrap}"',
+                                           f'bootstrap = "{other}"', 1))
+        for p in [start_guard(run, config=a), start_guard(run, config=b)]:
+            _finish(p)
+        for stream in ("commands", "audit"):
+            assert _mirror(other, kafka_bootstrap, run.topic(stream)) > 0
+    finally:
+        mirror.stop()
+    alerts = _watch(run, "--tolerance", "0.5")
+    parted = {(d["made_by"], d["action"], d["scope"]) for d in
+              (x["details"] for x in alerts if x["kind"] == "replica_divergence")}
+    # b never saw deribit breach: it missed that ladder, and the reroute away from
+    # binance it retargeted (deribit no longer below limits) ends differently on each
+    assert {("a", "reduce_only", "counterparty:deribit"),
+            ("a", "cancel_all", "counterparty:deribit")} <= parted
+    assert {scope for _by, _action, scope in parted} <= {"counterparty:deribit",
+                                                          "venue:binance"}
+    executed, summary = _execute(run, tmp_path / "sub.sqlite")
+    _assert_scenario(executed)
+    _assert_never_twice(executed)
+    assert len({c.decision_id for c in executed}) == len(executed)
+    assert summary.get("rejected", 0) == 0
