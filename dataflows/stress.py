@@ -16,7 +16,9 @@ A scenario (TOML, see ``dataflows/scenarios/*.toml``) is:
   ``never = true`` forbids a command instead; ``known_gap = "why"`` marks an
   expectation the guard cannot meet yet (reported as GAP, not counted);
 - ``[[end_state]]``: scopes that must end in at least a given state;
-- ``[guard]``: overrides merged into the generated guard config.
+- ``[guard]``: overrides merged into the generated guard config;
+- ``[zone_loss]``: run by redundant replicas, one lost part-way
+  (:mod:`riskguard.dataflows.zone_loss`).
 
 Every run also checks two invariants: the guard never reroutes order flow
 into a venue it already knew to be unhealthy or breached, and every venue
@@ -37,7 +39,6 @@ from __future__ import annotations
 import fnmatch
 import math
 import random
-import statistics
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -58,9 +59,7 @@ from riskguard.dataflows.demo import DemoKeys, init_keys
 from riskguard.dataflows.guard import load_guard_config, load_keys
 from riskguard.dataflows.report import (
     STATE_ORDER,
-    alarms_of,
     build_report,
-    scope_related,
     state_timeline,
     states_at,
     write_report,
@@ -192,6 +191,24 @@ class EndState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     at_least: str
 
 
+class ZoneLoss(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[zone_loss]`` of a scenario: ``replicas`` run it; ``lost`` is lost
+    ``lost_at_s`` after the start."""
+
+    replicas: tuple[str, ...] = ("a", "b")
+    lost: str = "b"
+    lost_at_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.replicas) < 2 or len(set(self.replicas)) != len(self.replicas):
+            raise ConfigError("zone_loss.replicas", "two or more distinct replica ids",
+                              list(self.replicas))
+        if self.lost not in self.replicas:
+            raise ConfigError("zone_loss.lost", f"one of {list(self.replicas)}", self.lost)
+        if not self.lost_at_s >= 0:
+            raise ConfigError("zone_loss.lost_at_s", "seconds >= 0", self.lost_at_s)
+
+
 class Scenario(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
     description: str = ""
@@ -204,6 +221,8 @@ class Scenario(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     expect: tuple[Expect, ...] = ()
     end_state: tuple[EndState, ...] = ()
     guard: dict[str, Any] = {}
+    # run by redundant replicas, one lost part-way (riskguard.dataflows.zone_loss)
+    zone_loss: ZoneLoss | None = None
 
 
 # -- loading ---------------------------------------------------------------------
@@ -724,6 +743,11 @@ def _keys(workdir: Path) -> DemoKeys:
 def run_scenario(sc: Scenario, workdir: str | Path, *, playbook: dict[str, Any] | None = None,
                  out_dir: str | Path | None = None, start_ns: int = START_NS) -> StressOutcome:
     """Generate the scenario, run the guard over it, check it, build the report."""
+    if sc.zone_loss is not None:
+        from riskguard.dataflows.zone_loss import run_zone_loss  # noqa: PLC0415
+
+        return run_zone_loss(sc, sc.zone_loss, workdir, playbook=playbook,
+                             out_dir=out_dir, start_ns=start_ns)
     work = Path(workdir)
     keys = _keys(work)
     cfg_path = work / f"guard-{sc.name}.toml"
@@ -744,69 +768,8 @@ def run_scenario(sc: Scenario, workdir: str | Path, *, playbook: dict[str, Any] 
     return StressOutcome(sc.name, checks, res, report)
 
 
-def perturb(sc: Scenario, rng: random.Random, size_jitter: float = 0.3,
-            time_jitter_s: float = 20.0) -> Scenario:
-    """A Monte Carlo variant: shock sizes x U(1 - j, 1 + j), onsets +- U(0, t) seconds."""
-    shocks = []
-    for s in sc.shocks:
-        mag = s.magnitude
-        if s.kind == "depeg":
-            mag = 1.0 - (1.0 - mag) * rng.uniform(1 - size_jitter, 1 + size_jitter)
-        elif s.kind != "storm":
-            mag *= rng.uniform(1 - size_jitter, 1 + size_jitter)
-        qty = s.qty * rng.uniform(1 - size_jitter / 2, 1 + size_jitter)
-        onset = max(60.0, s.onset_s + rng.uniform(-time_jitter_s, time_jitter_s))
-        shocks.append(msgspec.structs.replace(s, magnitude=mag, onset_s=round(onset, 3),
-                                              qty=qty))
-    return msgspec.structs.replace(sc, shocks=tuple(shocks), seed=rng.randrange(1 << 30))
-
-
-def monte_carlo(sc: Scenario, workdir: str | Path, *, runs: int, seed: int,
-                playbook: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run ``runs`` perturbed variants; the distribution of delays and the safe share."""
-    rng = random.Random(seed)
-    det: list[float] = []
-    mit: list[float] = []
-    safe = passed = 0
-    rows = []
-    for i in range(runs):
-        var = perturb(sc, rng)
-        o = run_scenario(var, workdir, playbook=playbook)
-        onset = START_NS + int(var.shocks[0].onset_s * NS) if var.shocks else START_NS
-        lab = scenario_labels(var)[0] if var.shocks else None
-        first = next((a for a in alarms_of(o.result.signals) if a[0] >= onset and (
-            lab is None or scope_related(lab.scope, a[2]))), None)
-        d = (first[0] - onset) / NS if first else None
-        firsts = [c.actual_s for c in o.checks if c.actual_s is not None]
-        mdel = min(firsts) if firsts else None
-        if d is not None:
-            det.append(d)
-        if mdel is not None:
-            mit.append(mdel)
-        safe += o.safe
-        passed += o.passed
-        rows.append({"run": i, "detection_delay_s": d, "mitigation_delay_s": mdel,
-                     "safe": o.safe, "passed": o.passed,
-                     "failed": [f"{c.action} {c.scope}" for c in o.checks
-                                if c.result == "FAIL"]})
-    return {"scenario": sc.name, "runs": runs, "seed": seed,
-            "safe_share": round(safe / runs, 4) if runs else None,
-            "pass_share": round(passed / runs, 4) if runs else None,
-            "detection_delay_s": _dist(det), "mitigation_delay_s": _dist(mit), "per_run": rows}
-
-
-def _dist(xs: list[float]) -> dict[str, Any]:
-    from riskguard.dataflows.report import pct  # noqa: PLC0415 (small helper)
-
-    if not xs:
-        return {"n": 0}
-    return {"n": len(xs), "min": round(min(xs), 3), "p50": pct(xs, 50), "p95": pct(xs, 95),
-            "max": round(max(xs), 3), "mean": round(statistics.fmean(xs), 3)}
-
-
 __all__ = [
     "Check", "EndState", "Expect", "MarketSpec", "Scenario", "Shock", "StressOutcome",
     "bundled", "check_run", "disable_escalation", "generate_market", "guard_config_doc",
-    "load_scenario", "monte_carlo", "perturb", "run_scenario", "scenario_labels",
-    "scenario_path",
+    "load_scenario", "run_scenario", "scenario_labels", "scenario_path",
 ]

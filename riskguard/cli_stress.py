@@ -100,11 +100,12 @@ def _one(args: argparse.Namespace, name: str, playbook: Any, work: Path, out: Pa
          summary: list[Any], bar: Progress) -> int:
     """Run one scenario (or its Monte Carlo runs), print its lines; 1 if it failed."""
     from riskguard.dataflows import stress  # noqa: PLC0415  (heavy imports)
+    from riskguard.dataflows.monte_carlo import monte_carlo  # noqa: PLC0415
 
     failed = 0
     sc = stress.load_scenario(stress.scenario_path(name))
     if args.runs:
-        mc = stress.monte_carlo(sc, work, runs=args.runs, seed=args.seed, playbook=playbook)
+        mc = monte_carlo(sc, work, runs=args.runs, seed=args.seed, playbook=playbook)
         (out / sc.name).mkdir(parents=True, exist_ok=True)
         (out / sc.name / "monte_carlo.json").write_text(json.dumps(mc, indent=1) + "\n")
         d = mc["detection_delay_s"]

@@ -6,11 +6,11 @@ import tomllib
 from importlib import resources
 
 import pytest
+from riskguard.dataflows.monte_carlo import monte_carlo
 from riskguard.dataflows.stress import (
     bundled,
     disable_escalation,
     load_scenario,
-    monte_carlo,
     run_scenario,
     scenario_path,
 )

@@ -1,0 +1,126 @@
+"""Zone loss: a stress scenario run by two guard replicas, one lost part-way.
+
+Both replicas run the guard over the scenario (each its own ``[replica] id``). At
+``zone_loss.lost_at_s`` the lost replica's zone goes away: none of its commands
+issued after that moment reach an executor. The executor sees the two replicas'
+commands merged in the order they were issued and acts on the first copy of each
+decision (``decision_id``), as :class:`~riskguard.connectors.subscriber.CommandSubscriber`
+does. The scenario's expectations are then checked on what was executed, and it
+passes only if:
+
+- every decision was executed exactly once (copies dropped as duplicates);
+- the executed mitigations are exactly one replica's, none lost: protection did not
+  lapse when the zone went;
+- the scenario's own expectations and invariants hold on what was executed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from riskguard.dataflows.backtest import dump_toml, run_backtest
+from riskguard.dataflows.guard import load_guard_config, load_keys
+from riskguard.dataflows.report import build_report, write_report
+from riskguard.dataflows.stress import (
+    NS,
+    Check,
+    Scenario,
+    StressOutcome,
+    ZoneLoss,
+    _keys,
+    check_run,
+    generate_market,
+    guard_config_doc,
+    scenario_labels,
+)
+from riskguard.schemas import MitigationCommand
+
+
+def executed_once(copies: list[MitigationCommand]) -> tuple[list[MitigationCommand], int]:
+    """What an executor acts on: the first copy of each decision, in issue order (ties
+    by replica); and how many copies it dropped as duplicates.
+
+    >>> from riskguard.schemas import Action, Audience, Scope, ScopeKind
+    >>> def copy(replica, at):
+    ...     return MitigationCommand(command_id=f"{replica}{at}", issuer=replica, issued_at=at,
+    ...         expires_at=at + 1, audience=Audience(env="e", topic="t"),
+    ...         action=Action.ALERT, scope=Scope(kind=ScopeKind.VENUE, value="x"), reason="r",
+    ...         decision_id="d" * 64, replica=replica)
+    >>> done, dropped = executed_once([copy("b", 5), copy("a", 4)])
+    >>> [c.replica for c in done], dropped
+    (['a'], 1)
+    """
+    seen: set[str] = set()
+    out: list[MitigationCommand] = []
+    for c in sorted(copies, key=lambda c: (c.issued_at, c.replica or "")):
+        key = c.decision_id or c.command_id
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(c)
+    return out, len(copies) - len(out)
+
+
+def run_zone_loss(sc: Scenario, loss: ZoneLoss, workdir: str | Path, *,
+                  playbook: dict[str, Any] | None = None, out_dir: str | Path | None = None,
+                  start_ns: int) -> StressOutcome:
+    """Run ``sc`` on every replica of ``loss``, lose one, and check what executes."""
+    work = Path(workdir)
+    keys = _keys(work)
+    records = generate_market(sc, start_ns)
+    runs = {}
+    for rid in loss.replicas:
+        doc = guard_config_doc(sc, keys, playbook)
+        doc["replica"] = {"id": rid, "peers": list(loss.replicas)}
+        path = work / f"guard-{sc.name}-{rid}.toml"
+        path.write_text(dump_toml(doc))
+        cfg, digest = load_guard_config(path)
+        signer, trust = load_keys(cfg)
+        runs[rid] = (run_backtest(cfg, digest, records=records, signer=signer, trust=trust,
+                                  batch_size=20), digest)
+    lost_ns = start_ns + int(loss.lost_at_s * NS)
+    arrived = [c for rid, (res, _d) in runs.items() for c in res.commands
+               if rid != loss.lost or c.issued_at < lost_ns]
+    executed, dropped = executed_once(arrived)
+    survivor = next(r for r in loss.replicas if r != loss.lost)
+    base, digest = runs[survivor]
+    merged = replace(base, commands=executed)
+    checks = check_run(sc, merged, start_ns)
+    checks.extend(_replica_checks(executed, dropped, base.commands, loss))
+    passed = all(c.result != "FAIL" for c in checks)
+    extra = {"stress": {"scenario": sc.name, "description": sc.description, "passed": passed,
+                        "checks": [c.as_dict() for c in checks],
+                        "zone_loss": {"lost": loss.lost, "lost_at_s": loss.lost_at_s,
+                                      "executed": len(executed), "duplicates": dropped}}}
+    report = build_report(merged, scenario_labels(sc, start_ns), title=f"stress: {sc.name}",
+                          config_hash=digest, inputs=[sc.name], extra=extra)
+    if out_dir is not None:
+        write_report(report, out_dir)
+    return StressOutcome(sc.name, checks, merged, report)
+
+
+def _replica_checks(executed: list[MitigationCommand], dropped: int,
+                    survivor: list[MitigationCommand], loss: ZoneLoss) -> list[Check]:
+    """Each decision executed once; every decision of the surviving replica executed, and
+    none later than that replica issued it (the time to protection did not grow)."""
+    twice = [k for k, n in Counter(c.decision_id for c in executed).items() if n > 1]
+    first = {c.decision_id: c.issued_at for c in executed}
+    missing = sorted({(c.action.value, c.scope.label()) for c in survivor
+                      if c.decision_id not in first})
+    late = sorted({(c.action.value, c.scope.label()) for c in survivor
+                   if first.get(c.decision_id, c.issued_at) > c.issued_at})
+    kept = next(r for r in loss.replicas if r != loss.lost)
+    return [
+        Check("invariant", "each decision executed once", None, None,
+              "FAIL" if twice else "PASS",
+              f"{len(twice)} decision(s) executed twice" if twice else
+              f"{len(executed)} executed, {dropped} copies dropped as duplicates"),
+        Check("invariant", f"no protection lost when replica {loss.lost} went", None, None,
+              "FAIL" if missing or late else "PASS",
+              f"not executed: {missing[:4]}; executed later: {late[:4]}" if missing or late
+              else f"every decision of replica {kept} executed, none later than it was "
+                   "issued"),
+    ]
