@@ -49,6 +49,7 @@ from riskguard.operators.signing.crypto import (
 from riskguard.operators.signing.trust import (
     RootSet,
     TrustStore,
+    sig_path,
     sign_trust_file,
     trust_doc_to_toml,
 )
@@ -116,6 +117,40 @@ def init_keys(workdir: Path) -> DemoKeys:
     roots = workdir / "roots.toml"
     roots.write_text(f'threshold = 1\n\n[[roots]]\npublic_key = "{root.public_key.raw.hex()}"\n')
     return DemoKeys(workdir / "engine.key", trust, roots, workdir / "limit-admin.key")
+
+
+def replica_configs(config: Path, keys: DemoKeys, ids: tuple[str, ...] = ("a", "b"),
+                    ) -> list[Path]:
+    """Configs of redundant replicas of the demo guard at ``config`` (docs/replicas.md):
+    the first signs with the demo engine key, each other one with a key of its own,
+    named ``engine-<id>`` in the trust file with the engine role (the trust file is
+    re-signed by the demo root key, at the next serial). Every config names all
+    replicas in ``[replica] peers``."""
+    import tomllib  # noqa: PLC0415
+
+    work = config.parent
+    trust = tomllib.loads(keys.trust_file.read_text())
+    entries = list(trust["keys"])
+    peers = ", ".join(f'"{i}"' for i in ids)
+    text = config.read_text()
+    paths = []
+    for n, rid in enumerate(ids):
+        body = text
+        if n:
+            key = generate_key_file(work / f"engine-{rid}.key")
+            entries.append({"name": f"engine-{rid}", "public_key": key.public_key.raw.hex(),
+                            "role": "risk-engine", "actions": ["*"], "scopes": ["*"]})
+            body = (body.replace(f'issuer = "{ISSUER}"', f'issuer = "engine-{rid}"', 1)
+                    .replace(f'signing_key = "{keys.signing_key.name}"',
+                             f'signing_key = "engine-{rid}.key"', 1))
+        path = work / f"{config.stem}-{rid}.toml"
+        path.write_text(body + f'\n[replica]\nid = "{rid}"\npeers = [{peers}]\n')
+        paths.append(path)
+    keys.trust_file.write_text(trust_doc_to_toml(
+        entries, serial=int(trust.get("serial", 1)) + 1, two_person=trust.get("two_person")))
+    sig_path(keys.trust_file).unlink(missing_ok=True)
+    sign_trust_file(keys.trust_file, Signer.from_file(work / "root.key"))
+    return paths
 
 
 def write_config(workdir: Path, bootstrap: str, keys: DemoKeys, env: str = ENV,

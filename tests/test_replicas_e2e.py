@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -24,13 +23,13 @@ from riskguard.dataflows.demo import (
     ISSUER,
     PreparedRun,
     prepare_run,
+    replica_configs,
     start_guard,
     stream_of,
     subscriber_for,
 )
 from riskguard.dataflows.demo_scenario import build_scenario
-from riskguard.operators.signing.crypto import Signer, decode_envelope, generate_key_file
-from riskguard.operators.signing.trust import sign_trust_file, trust_doc_to_toml
+from riskguard.operators.signing.crypto import decode_envelope
 from riskguard.schemas import Fill, MitigationCommand, encode
 
 from riskguard.cli_topics import topic_specs
@@ -44,24 +43,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 def _replicas(run: PreparedRun) -> tuple[Path, Path]:
     """Configs of replicas a and b: a signs as the run's engine key, b with its own key
     (its own name in the trust file, the engine role); both name every replica."""
-    work = run.workdir
-    b_key = generate_key_file(work / "engine-b.key")
-    trust = tomllib.loads(run.keys.trust_file.read_text())
-    keys = [*trust["keys"], {"name": "engine-b", "public_key": b_key.public_key.raw.hex(),
-                             "role": "risk-engine", "actions": ["*"], "scopes": ["*"]}]
-    run.keys.trust_file.write_text(trust_doc_to_toml(
-        keys, serial=int(trust.get("serial", 1)) + 1, two_person=trust.get("two_person")))
-    for sig in work.glob("trust.toml.sig*"):
-        sig.unlink()
-    sign_trust_file(run.keys.trust_file, Signer.from_file(work / "root.key"))
-    text = run.config.read_text()
-    a = work / "guard-a.toml"
-    a.write_text(text + '\n[replica]\nid = "a"\npeers = ["a", "b"]\n')
-    b = work / "guard-b.toml"
-    b.write_text(text.replace(f'issuer = "{ISSUER}"', 'issuer = "engine-b"', 1)
-                 .replace(f'signing_key = "{run.keys.signing_key.name}"',
-                          'signing_key = "engine-b.key"', 1)
-                 + '\n[replica]\nid = "b"\npeers = ["a", "b"]\n')
+    a, b = replica_configs(run.config, run.keys)
     return a, b
 
 
