@@ -99,17 +99,19 @@ def test_two_replicas_execute_each_decision_once(kafka_bootstrap: str, tmp_path:
     assert [x["kind"] for x in _watch(run)] == []
 
 
+@pytest.mark.parametrize("signed", [1, 8], ids=["after-its-first-command", "after-eight"])
 def test_a_replica_killed_mid_run_leaves_no_gap_and_no_double(kafka_bootstrap: str,
-                                                              tmp_path: Path) -> None:
-    """SIGKILL replica b once it has signed its first commands: replica a alone carries
+                                                              tmp_path: Path,
+                                                              signed: int) -> None:
+    """SIGKILL replica b once it has signed ``signed`` commands: replica a alone carries
     the scenario to its end, and the subscriber executes every expected mitigation
     once."""
     run = prepare_run(kafka_bootstrap, tmp_path / "run", env=f"e{uuid.uuid4().hex[:8]}")
     a, b = _replicas(run)
     guard_a, guard_b = start_guard(run, config=a), start_guard(run, config=b)
     deadline = time.monotonic() + 120
-    while not [c for c in _envelopes(run) if c.replica == "b"]:
-        assert guard_b.poll() is None and time.monotonic() < deadline, "b signed nothing"
+    while len([c for c in _envelopes(run) if c.replica == "b"]) < signed:
+        assert guard_b.poll() is None and time.monotonic() < deadline, "b signed too little"
         time.sleep(0.2)
     guard_b.send_signal(signal.SIGKILL)
     guard_b.wait()
