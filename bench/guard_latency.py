@@ -81,21 +81,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from guard_workload import (
     NS,
     LiveLoad,
-    Tail,
     broker_unless,
+    commands_until_quiet,
+    pct,
     publish,
     setup_env,
     start_guard,
     steal_seconds,
 )
 from riskguard.dataflows.demo_scenario import DURATION_S, scenario_copies
-from riskguard.operators.signing import decode_command
-from riskguard.operators.signing.crypto import decode_envelope
-
-
-def pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
 def _quarters(timed: list[tuple[int, float]]) -> list[list[float]]:
@@ -224,28 +218,21 @@ def main() -> None:
         no_recv = resumes = 0
         by_time: list[tuple[int, float]] = []
         recv_by_time: list[tuple[int, float]] = []
-        tail = Tail(bootstrap, bench.topic("commands"), bench.partitions)
-        idle = 0
-        while idle < 5:
-            msgs = tail.poll(0.2)
-            idle = 0 if msgs else idle + 1
-            for m in msgs:
-                cmd = decode_command(decode_envelope(m.value()))
-                actions[cmd.action.value] = actions.get(cmd.action.value, 0) + 1
-                ts_ms = m.timestamp()[1]
-                if cmd.action.value == "resume":
-                    resumes += 1
-                    continue
-                if cmd.recv_ts is None:
-                    no_recv += 1
-                elif cmd.recv_ts >= t_on:
-                    recv_lat.append(ts_ms - cmd.recv_ts / 1e6)
-                    recv_by_time.append((cmd.recv_ts, recv_lat[-1]))
-                sent = load.sent_at.get(cmd.scope.value)
-                if sent is not None:
-                    send_lat.append(ts_ms - sent / 1e6)
-                    by_time.append((sent, ts_ms - sent / 1e6))
-        tail.close()
+        for cmd, ts_ms in commands_until_quiet(bootstrap, bench.topic("commands"),
+                                               bench.partitions):
+            actions[cmd.action.value] = actions.get(cmd.action.value, 0) + 1
+            if cmd.action.value == "resume":
+                resumes += 1
+                continue
+            if cmd.recv_ts is None:
+                no_recv += 1
+            elif cmd.recv_ts >= t_on:
+                recv_lat.append(ts_ms - cmd.recv_ts / 1e6)
+                recv_by_time.append((cmd.recv_ts, recv_lat[-1]))
+            sent = load.sent_at.get(cmd.scope.value)
+            if sent is not None:
+                send_lat.append(ts_ms - sent / 1e6)
+                by_time.append((sent, ts_ms - sent / 1e6))
         print(f"sent {load.sent:,} events, {load.incidents} incident fills and "
               f"{load.closed} closing fills; commands {actions} ({no_recv} without recv_ts, "
               f"{resumes} resumes: a quiet period's end, not a record, triggers those)")

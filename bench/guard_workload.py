@@ -366,6 +366,31 @@ class LiveLoad:
         self.p.flush(30)
 
 
+def pct(xs: list[float], q: float) -> float:
+    """The ``q`` quantile of ``xs`` (nearest rank)."""
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def commands_until_quiet(bootstrap: str, topic: str, partitions: int,
+                         idle_polls: int = 5) -> Iterator[tuple[Any, float]]:
+    """Every command on ``topic`` from the beginning with its Kafka timestamp (ms), until
+    ``idle_polls`` polls of 0.2 s in a row bring nothing."""
+    from riskguard.operators.signing import decode_command
+    from riskguard.operators.signing.crypto import decode_envelope
+
+    tail = Tail(bootstrap, topic, partitions)
+    try:
+        idle = 0
+        while idle < idle_polls:
+            msgs = tail.poll(0.2)
+            idle = 0 if msgs else idle + 1
+            for m in msgs:
+                yield decode_command(decode_envelope(m.value())), float(m.timestamp()[1])
+    finally:
+        tail.close()
+
+
 class Tail:
     """Reads a topic from the beginning (assign, no group)."""
 

@@ -40,15 +40,15 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from guard_workload import LiveLoad, Tail, broker_unless, setup_env, start_guard
+from guard_workload import (
+    LiveLoad,
+    broker_unless,
+    commands_until_quiet,
+    pct,
+    setup_env,
+    start_guard,
+)
 from riskguard.dataflows.demo import replica_configs
-from riskguard.operators.signing import decode_command
-from riskguard.operators.signing.crypto import decode_envelope
-
-
-def pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
 def _first_executed(bootstrap: str, topic: str, partitions: int) -> tuple[dict[str, float], int]:
@@ -57,23 +57,15 @@ def _first_executed(bootstrap: str, topic: str, partitions: int) -> tuple[dict[s
     first: dict[str, float] = {}
     seen: set[str] = set()
     copies = 0
-    tail = Tail(bootstrap, topic, partitions)
-    idle = 0
-    while idle < 5:
-        msgs = tail.poll(0.2)
-        idle = 0 if msgs else idle + 1
-        for m in msgs:
-            cmd = decode_command(decode_envelope(m.value()))
-            if cmd.action.value != "reduce_only":
-                continue
-            key = cmd.decision_id or cmd.command_id
-            if key in seen:
-                copies += 1
-                continue
-            seen.add(key)
-            ts_ms = float(m.timestamp()[1])
-            first[cmd.scope.value] = min(first.get(cmd.scope.value, ts_ms), ts_ms)
-    tail.close()
+    for cmd, ts_ms in commands_until_quiet(bootstrap, topic, partitions):
+        if cmd.action.value != "reduce_only":
+            continue
+        key = cmd.decision_id or cmd.command_id
+        if key in seen:
+            copies += 1
+            continue
+        seen.add(key)
+        first[cmd.scope.value] = min(first.get(cmd.scope.value, ts_ms), ts_ms)
     return first, copies
 
 
