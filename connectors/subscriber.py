@@ -51,7 +51,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from riskguard.connectors.settings import with_logger
 from riskguard.operators.core.clock import Clock, system_clock
-from riskguard.operators.core.observe import observe_gap, observe_rejection
+from riskguard.operators.core.observe import observe_duplicate, observe_gap, observe_rejection
 from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, Reason, decode_envelope
 from riskguard.operators.signing.trust import DEFAULT_LEEWAY_NS, TrustStore
 from riskguard.schemas.commands import Audience, MitigationCommand
@@ -331,6 +331,7 @@ class CommandSubscriber:
                         command_id=cmd.command_id, seq=cmd.seq, first_issuer=first[0],
                         first_command_id=first[1])
         self.stats["duplicates"] += 1
+        observe_duplicate(dup)
         if self.on_duplicate is not None:
             self.on_duplicate(dup)
         if self.rejection_log is not None:

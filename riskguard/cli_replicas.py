@@ -37,6 +37,8 @@ def _run(args: argparse.Namespace) -> int:
         ReplicaWatchLogic,
         decode_item,
     )
+    from riskguard.operators.core.metrics import start_metrics_server_from_env  # noqa: PLC0415
+    from riskguard.operators.core.observe import observe  # noqa: PLC0415
     from riskguard.schemas import encode  # noqa: PLC0415
 
     peers = tuple(p for p in (args.peers or "").split(",") if p)
@@ -44,6 +46,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("--peers", "two or more replica ids, comma-separated", args.peers)
     config = ReplicaWatchConfig(peers=peers, tolerance_s=args.tolerance, silent_s=args.silent)
     reach_kafka(args.brokers, "--brokers HOST:PORT (default 127.0.0.1:9092)")
+    start_metrics_server_from_env()  # RISKGUARD_METRICS_PORT: riskguard_risk_alerts_total
     settings = KafkaSettings(bootstrap=args.brokers)
     parts = topic_partitions(settings, args.topic)
     consumer = Consumer({**settings.client_config(),
@@ -65,6 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     def emit(alerts: list[Any]) -> None:
         for a in alerts:
             kinds[a.kind] += 1
+            observe(a)
             body = encode(a)
             sys.stdout.write("ALERT " + body.decode() + "\n")
             if producer is not None:

@@ -114,6 +114,11 @@ SUBSCRIBER_REJECTIONS = Counter(
 SUBSCRIBER_GAPS = Counter(
     "riskguard_subscriber_gaps_total", "Command sequence gaps a subscriber detected", ["issuer"]
 )
+SUBSCRIBER_DUPLICATES = Counter(
+    "riskguard_subscriber_duplicates_total",
+    "Copies of an executed decision a subscriber dropped (another guard replica's), by issuer",
+    ["issuer"],
+)
 
 # -- audit, recovery, feeds --------------------------------------------------------------------
 AUDIT_LAST_CHECKPOINT = Gauge(

@@ -62,6 +62,7 @@ from riskguard.operators.core.metrics import (
     FEED_ON_BACKUP,
     FEED_STALE,
     RISK_ALERTS,
+    SUBSCRIBER_DUPLICATES,
     SUBSCRIBER_GAPS,
     SUBSCRIBER_REJECTIONS,
     UTILIZATION,
@@ -273,3 +274,8 @@ def observe_rejection(rejection: Any) -> None:
 def observe_gap(alert: Any) -> None:
     """Subscriber ``on_alert`` hook: count a command sequence gap by issuer."""
     SUBSCRIBER_GAPS.labels(str(alert.issuer)).inc()
+
+
+def observe_duplicate(duplicate: Any) -> None:
+    """Subscriber hook: count a dropped copy of an executed decision by its issuer."""
+    SUBSCRIBER_DUPLICATES.labels(str(duplicate.issuer)).inc()
