@@ -13,7 +13,8 @@ group) and for each message, in this order:
    ``command_id`` already executed, is a no-op; another replica's copy of a
    decision already executed (same ``decision_id``, kept for
    ``decision_window_s`` and until it expires) is dropped as a
-   :class:`Duplicate` (``duplicate_decision``, counted apart from rejections);
+   :class:`Duplicate` (``duplicate_decision``, counted apart from rejections, and
+   logged with ``"outcome": "duplicate"`` where rejections are);
    and (``dedupe_in_force``, on by
    default) so is a mitigation already in force on the same exact scope with
    the same params until a ``resume`` lifts it, reason ``already_in_force``: a guard restarted from
@@ -334,9 +335,13 @@ class CommandSubscriber:
         observe_duplicate(dup)
         if self.on_duplicate is not None:
             self.on_duplicate(dup)
+        line = msgspec.json.encode({"outcome": "duplicate", **asdict(dup)})
         if self.rejection_log is not None:
             with self.rejection_log.open("ab") as fh:
-                fh.write(msgspec.json.encode({"outcome": "duplicate", **asdict(dup)}) + b"\n")
+                fh.write(line + b"\n")
+        if self._producer is not None and self.rejections_topic:
+            self._producer.produce(self.rejections_topic, value=line,
+                                   key=dup.issuer.encode() or None)
         self.state.commit(topic=self.topic, partition=partition, offset=offset, cmd=cmd,
                           executed=False)
         return dup

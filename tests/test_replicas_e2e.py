@@ -57,7 +57,8 @@ def _envelopes(run: PreparedRun) -> list[MitigationCommand]:
 
 def _execute(run: PreparedRun, state: Path) -> tuple[list[MitigationCommand], dict[str, int]]:
     got: list[MitigationCommand] = []
-    with subscriber_for(run, state, on_command=got.append) as sub:
+    with subscriber_for(run, state, on_command=got.append,
+                        rejections_topic=run.topic("rejections")) as sub:
         sub.poll(idle_timeout_s=2.0)
         return got, sub.summary()
 
@@ -92,6 +93,10 @@ def test_two_replicas_execute_each_decision_once(kafka_bootstrap: str, tmp_path:
     assert len({c.decision_id for c in executed}) == len(executed)
     assert summary.get("rejected", 0) == 0
     assert summary["accepted"] + summary.get("duplicates", 0) == len(signed)
+    logged = [msgspec.json.decode(v) for _p, _o, v in
+              consume_all(run.bootstrap, run.topic("rejections"))]
+    assert [(x["outcome"], x["reason"]) for x in logged] == [
+        ("duplicate", "duplicate_decision")] * summary["duplicates"]
     from riskguard.cli import main
 
     assert main(["audit", "verify", "--topic", run.topic("audit"), "--brokers", run.bootstrap,
