@@ -219,7 +219,7 @@ def test_a_replica_fed_a_partial_copy_diverges_and_each_decision_executes_once(
             assert _mirror(other, kafka_bootstrap, run.topic(stream)) > 0
     finally:
         mirror.stop()
-    alerts = _watch(run, "--tolerance", "0.5")
+    alerts = _watch(run, "--tolerance", "2", "--idle-timeout", "5")
     parted = {(d["made_by"], d["action"], d["scope"]) for d in
               (x["details"] for x in alerts if x["kind"] == "replica_divergence")}
     # b never saw deribit breach: it missed that ladder, and the reroute away from
