@@ -35,7 +35,7 @@ from riskguard.schemas import Fill, MitigationCommand, encode
 from riskguard.cli_topics import topic_specs
 from riskguard.config import CommonConfig, TopicsConfig
 from tests.kafka_helpers import consume_all
-from tests.test_guard_e2e import _assert_never_twice, _assert_scenario, _finish
+from tests.test_guard_e2e import SOFT, _assert_never_twice, _assert_scenario, _finish
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -75,33 +75,38 @@ def _watch(run: PreparedRun, *args: str) -> list[dict]:
 
 def test_two_replicas_execute_each_decision_once(kafka_bootstrap: str, tmp_path: Path) -> None:
     """Both replicas make the same decisions (the same decision ids, each signed by its
-    own key); the subscriber executes the scenario's mitigations once, drops every
-    other copy as a duplicate, refuses nothing; both audit chains verify; the watcher
-    sees the same config and no divergence."""
+    own key); the subscriber executes the scenario's mitigations once and drops every
+    other copy as a duplicate; both audit chains verify; the watcher sees one config
+    and no divergence but, at most, on a protective rung of the detector's."""
     run = prepare_run(kafka_bootstrap, tmp_path / "run", env=f"e{uuid.uuid4().hex[:8]}")
     a, b = _replicas(run)
     for p in [start_guard(run, config=a), start_guard(run, config=b)]:
         _finish(p)
     signed = _envelopes(run)
+    # every mechanism-driven decision (reroute, failover, cancel, halt, resume) has one id
+    # on both; the detector's protective rungs may differ as between any two runs
+    # (tests/test_guard_e2e.py, SOFT), and a differing one is then no duplicate
     by_replica = {r: Counter(c.decision_id for c in signed if c.replica == r and
-                             c.action.value != "alert") for r in ("a", "b")}
+                             c.action.value not in {"alert", *SOFT}) for r in ("a", "b")}
     assert by_replica["a"] and by_replica["a"] == by_replica["b"]
     assert {c.issuer for c in signed} == {ISSUER, "engine-b"}
     executed, summary = _execute(run, tmp_path / "sub.sqlite")
     _assert_scenario(executed)
     _assert_never_twice(executed)
     assert len({c.decision_id for c in executed}) == len(executed)
-    assert summary.get("rejected", 0) == 0
-    assert summary["accepted"] + summary.get("duplicates", 0) == len(signed)
+    assert summary.get("rejected", 0) == summary.get("rejected.already_in_force", 0)
+    assert summary["accepted"] + summary.get("duplicates", 0) + summary.get(
+        "rejected", 0) == len(signed)
     logged = [msgspec.json.decode(v) for _p, _o, v in
               consume_all(run.bootstrap, run.topic("rejections"))]
-    assert [(x["outcome"], x["reason"]) for x in logged] == [
-        ("duplicate", "duplicate_decision")] * summary["duplicates"]
+    assert [x.get("outcome") for x in logged].count("duplicate") == summary["duplicates"] > 0
     from riskguard.cli import main
 
     assert main(["audit", "verify", "--topic", run.topic("audit"), "--brokers", run.bootstrap,
                  "--trust", str(run.keys.trust_file), "--roots", str(run.keys.roots_file)]) == 0
-    assert [x["kind"] for x in _watch(run)] == []
+    alerts = _watch(run)
+    assert {x["kind"] for x in alerts} <= {"replica_divergence"}, alerts
+    assert {x["details"]["action"] for x in alerts} <= SOFT, alerts
 
 
 @pytest.mark.parametrize("signed", [1, 8], ids=["after-its-first-command", "after-eight"])
@@ -124,7 +129,7 @@ def test_a_replica_killed_mid_run_leaves_no_gap_and_no_double(kafka_bootstrap: s
     executed, summary = _execute(run, tmp_path / "sub.sqlite")
     _assert_scenario(executed)
     _assert_never_twice(executed)
-    assert summary.get("rejected", 0) == 0
+    assert summary.get("rejected", 0) == summary.get("rejected.already_in_force", 0)
 
 
 def test_a_replica_on_another_config_is_refused_at_start_up(kafka_bootstrap: str,
@@ -232,4 +237,4 @@ def test_a_replica_fed_a_partial_copy_diverges_and_each_decision_executes_once(
     _assert_scenario(executed)
     _assert_never_twice(executed)
     assert len({c.decision_id for c in executed}) == len(executed)
-    assert summary.get("rejected", 0) == 0
+    assert summary.get("rejected", 0) == summary.get("rejected.already_in_force", 0)
