@@ -192,11 +192,34 @@ def test_replicas_share_the_config_hash_and_name_their_chains(tmp_path: Path) ->
     assert hc != ha
 
 
+def test_one_file_serves_every_replica_with_its_id_from_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$RISKGUARD_REPLICA_ID`` sets ``[replica] id``, and ``issuers`` gives each replica
+    its own issuer: one ConfigMap entry for every pod."""
+    path = _config(tmp_path, "all.toml", '[replica]\npeers = ["a", "b"]\n'
+                   'issuers = { a = "engine-a", b = "engine-b" }\n')
+    seen = {}
+    for rid in ("a", "b"):
+        monkeypatch.setenv("RISKGUARD_REPLICA_ID", rid)
+        cfg, digest = load_guard_config(path)
+        seen[rid] = (cfg.replica.id, cfg.keys.issuer, cfg.playbook.issuer, cfg.audit.origin,
+                     digest)
+    assert seen["a"][:4] == ("a", "engine-a", "engine-a", "riskguard@a")
+    assert seen["b"][:4] == ("b", "engine-b", "engine-b", "riskguard@b")
+    assert seen["a"][4] == seen["b"][4]
+    monkeypatch.delenv("RISKGUARD_REPLICA_ID")
+    with pytest.raises(ConfigError, match="RISKGUARD_REPLICA_ID"):
+        load_guard_config(path)
+
+
 @pytest.mark.parametrize(("section", "where"), [
     ('[replica]\nid = "a b"\n', "replica.id"),
     ('[replica]\nid = "a"\npeers = ["b", "c"]\n', "replica.peers"),
     ('[replica]\nid = "a"\npeers = ["a", "a"]\n', "replica.peers"),
     ('[replica]\nname = "a"\n', "name"),
+    ('[replica]\nid = "a"\npeers = ["a", "b"]\nissuers = { a = "x" }\n', "replica.issuers"),
+    ('[replica]\nid = "a"\npeers = ["a", "b"]\nissuers = { a = "x", b = "x" }\n',
+     "replica.issuers"),
 ])
 def test_a_bad_replica_section_stops_start_up_naming_the_key(tmp_path: Path, section: str,
                                                              where: str) -> None:

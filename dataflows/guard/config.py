@@ -89,22 +89,35 @@ class ReplicaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     (``<audit.origin>@<id>/p<n>``), and its commands carry ``replica`` and a
     ``decision_id`` equal across replicas, which executors de-duplicate. ``peers``
     lists every replica's id, this one's included (``riskguard replicas watch``
-    watches them).
+    watches them). ``issuers`` (replica id -> issuer) lets one file serve every
+    replica: each signs as its own entry, with ``id`` set per process by
+    ``$RISKGUARD_REPLICA_ID`` (ops/k8s/replicas/).
     """
 
     id: str = ""
     peers: tuple[str, ...] = ()
+    issuers: dict[str, str] = {}
 
     def validate(self, path: str = "replica") -> None:
         for i, name in enumerate((self.id, *self.peers)):
             if (name or i) and not _REPLICA_NAME.fullmatch(name):
                 where = f"{path}.id" if i == 0 else f"{path}.peers"
                 raise ConfigError(where, "a name of 1-32 [A-Za-z0-9_-]", name)
+        if self.peers and not self.id:
+            raise ConfigError(f"{path}.id", "this replica's id, one of the peers (or "
+                              f"${REPLICA_ID_ENV})", self.id)
         if self.peers and self.id not in self.peers:
             raise ConfigError(f"{path}.peers", f"the replica ids, this one ({self.id!r}) "
                               "among them", list(self.peers))
         if len(set(self.peers)) != len(self.peers):
             raise ConfigError(f"{path}.peers", "distinct replica ids", list(self.peers))
+        if self.issuers:
+            if set(self.issuers) != set(self.peers):
+                raise ConfigError(f"{path}.issuers", f"an issuer for each of the peers "
+                                  f"{list(self.peers)}", sorted(self.issuers))
+            if len(set(self.issuers.values())) != len(self.issuers):
+                raise ConfigError(f"{path}.issuers", "a distinct issuer (key name) per "
+                                  "replica", dict(self.issuers))
 
 
 _REPLICA_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
@@ -244,6 +257,10 @@ class GuardConfig(CommonConfig, frozen=True, kw_only=True, forbid_unknown_fields
         return topic_name(self.env, stream)
 
 
+REPLICA_ID_ENV = "RISKGUARD_REPLICA_ID"
+"""Overrides ``replica.id``: one config file for every replica, each pod naming its own
+(``ops/k8s/replicas/``); with ``replica.issuers`` it also picks the replica's issuer."""
+
 TIER_INDEX_ENV = "RISKGUARD_TIER_INDEX"
 """Overrides ``tier.index``: a StatefulSet of market processes sets it from each pod's
 ordinal (``ops/k8s/entrypoint.sh``), so they share one config file."""
@@ -262,6 +279,9 @@ def load_guard_config(path: str | Path) -> tuple[GuardConfig, str]:
         if not index.isdigit():
             raise ConfigError(TIER_INDEX_ENV, "a market process index (0, 1, ...)", index)
         data = {**data, "tier": {**data.get("tier", {}), "index": int(index)}}
+    replica_id = os.environ.get(REPLICA_ID_ENV)
+    if replica_id is not None:
+        data = {**data, "replica": {**data.get("replica", {}), "id": replica_id}}
     base = Path(path).resolve().parent
     data = inline_playbook_file(data, base)
     cfg = decode_section(data, GuardConfig)
@@ -271,9 +291,11 @@ def load_guard_config(path: str | Path) -> tuple[GuardConfig, str]:
         trust_file=str(base / keys.trust_file), roots_file=str(base / keys.roots_file),
     )
     cfg.replica.validate("replica")
+    if cfg.replica.issuers:
+        resolved = msgspec.structs.replace(resolved, issuer=cfg.replica.issuers[cfg.replica.id])
     playbook = msgspec.structs.replace(
-        cfg.playbook, env=cfg.env, topic=topic_name(cfg.env, "commands"), issuer=keys.issuer,
-        replica=cfg.replica.id,
+        cfg.playbook, env=cfg.env, topic=topic_name(cfg.env, "commands"),
+        issuer=resolved.issuer, replica=cfg.replica.id,
     )
     audit = cfg.audit if not cfg.replica.id else msgspec.structs.replace(
         cfg.audit, origin=f"{cfg.audit.origin}@{cfg.replica.id}")
