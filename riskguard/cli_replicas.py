@@ -31,7 +31,6 @@ def _run(args: argparse.Namespace) -> int:
 
     from riskguard.cli import reach_kafka  # noqa: PLC0415  (the CLI module imports this one)
     from riskguard.connectors.audit_tail import topic_partitions  # noqa: PLC0415
-    from riskguard.connectors.settings import KafkaSettings  # noqa: PLC0415
     from riskguard.operators.audit import (  # noqa: PLC0415
         ReplicaWatchConfig,
         ReplicaWatchLogic,
@@ -41,19 +40,16 @@ def _run(args: argparse.Namespace) -> int:
     from riskguard.operators.core.observe import observe  # noqa: PLC0415
     from riskguard.schemas import encode  # noqa: PLC0415
 
-    peers = tuple(p for p in (args.peers or "").split(",") if p)
-    if len(peers) == 1:
-        raise ConfigError("--peers", "two or more replica ids, comma-separated", args.peers)
+    settings, topic, peers = _where(args)
     config = ReplicaWatchConfig(peers=peers, tolerance_s=args.tolerance, silent_s=args.silent)
-    reach_kafka(args.brokers, "--brokers HOST:PORT (default 127.0.0.1:9092)")
+    reach_kafka(settings, "--brokers HOST:PORT, or [kafka] in --config")
     start_metrics_server_from_env()  # RISKGUARD_METRICS_PORT: riskguard_risk_alerts_total
-    settings = KafkaSettings(bootstrap=args.brokers)
-    parts = topic_partitions(settings, args.topic)
+    parts = topic_partitions(settings, topic)
     consumer = Consumer({**settings.client_config(),
                          "group.id": f"riskguard-replicas-{uuid.uuid4().hex[:8]}",
                          "enable.auto.commit": False, "fetch.wait.max.ms": 100})
     start = OFFSET_BEGINNING if args.from_beginning else OFFSET_END
-    consumer.assign([TopicPartition(args.topic, p, start) for p in parts])
+    consumer.assign([TopicPartition(topic, p, start) for p in parts])
     producer = Producer(settings.client_config()) if args.alerts_topic else None
     failed: list[str] = []
 
@@ -84,7 +80,7 @@ def _run(args: argparse.Namespace) -> int:
             if m is not None and m.error() is None:
                 last_message = now
                 try:
-                    item = decode_item(m.value() or b"", f"{args.topic}[{m.partition()}]"
+                    item = decode_item(m.value() or b"", f"{topic}[{m.partition()}]"
                                                          f"@{m.offset()}")
                 except Exception:  # not an audit item: counted, never the end of the watch
                     unreadable += 1
@@ -113,14 +109,40 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _where(args: argparse.Namespace) -> tuple[Any, str, tuple[str, ...]]:
+    """Kafka settings, the audit topic and the peers: from the flags, or from a replica's
+    guard config (its ``[kafka]`` with TLS/SASL, its env's audit topic, ``[replica]
+    peers``), flags winning."""
+    from riskguard.config import load_common, read_toml  # noqa: PLC0415
+    from riskguard.connectors.settings import KafkaSettings  # noqa: PLC0415
+    from riskguard.connectors.topics import topic_name  # noqa: PLC0415
+
+    settings: Any = KafkaSettings(bootstrap=args.brokers or "127.0.0.1:9092")
+    topic, peers = args.topic, tuple(p for p in (args.peers or "").split(",") if p)
+    if args.config:
+        common = load_common(args.config)
+        settings = common.kafka if not args.brokers else settings
+        topic = topic or topic_name(common.env, "audit")
+        listed = read_toml(args.config).get("replica", {}).get("peers", [])
+        peers = peers or tuple(str(p) for p in listed)
+    if not topic:
+        raise ConfigError("--topic", "the guard's audit topic (or --config)", None)
+    if len(peers) == 1:
+        raise ConfigError("--peers", "two or more replica ids, comma-separated", args.peers)
+    return settings, topic, peers
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     replicas = sub.add_parser("replicas", help="watch redundant guard replicas (docs/replicas.md)")
     r = replicas.add_subparsers(dest="replicas_command", metavar="ACTION", required=True)
     w = r.add_parser("watch", help="alert when replicas' decisions part, or one goes silent")
-    w.add_argument("--brokers", default="127.0.0.1:9092")
-    w.add_argument("--topic", required=True, help="the guard's audit topic")
-    w.add_argument("--peers", help="every replica's id, comma-separated (default: every "
-                                   "replica seen)")
+    w.add_argument("--config", help="a replica's guard TOML: its [kafka] settings (TLS, "
+                                    "SASL), its env's audit topic and [replica] peers")
+    w.add_argument("--brokers", help="HOST:PORT (default 127.0.0.1:9092, or [kafka] of "
+                                     "--config)")
+    w.add_argument("--topic", help="the guard's audit topic (default: from --config)")
+    w.add_argument("--peers", help="every replica's id, comma-separated (default: "
+                                   "[replica] peers of --config, else every replica seen)")
     w.add_argument("--tolerance", type=float, default=10.0, metavar="SECONDS",
                    help="how long another replica may take to make the same decision")
     w.add_argument("--silent", type=float, default=60.0, metavar="SECONDS",

@@ -300,3 +300,24 @@ def test_chains_of_no_watched_replica_are_ignored() -> None:
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
 def test_the_watch_meets_the_contract(check: Any) -> None:
     check(Case("replica_watch", _Timed, WATCH_EVENTS, splits=(3, 5, 8)))
+
+
+def test_the_watch_takes_kafka_topic_and_peers_from_a_replicas_config(tmp_path: Path) -> None:
+    """``--config``: the config's [kafka] (TLS/SASL settings too), its env's audit topic
+    and [replica] peers; flags win."""
+    import argparse
+
+    from riskguard.cli_replicas import _where
+
+    path = tmp_path / "guard.toml"
+    path.write_text('env = "prod"\n[kafka]\nbootstrap = "k:9093"\nsecurity_protocol = "SSL"\n'
+                    '[replica]\nid = "a"\npeers = ["a", "b"]\n')
+    ns = argparse.Namespace(config=str(path), brokers=None, topic=None, peers=None)
+    settings, topic, peers = _where(ns)
+    assert (settings.bootstrap, settings.security_protocol, topic, peers) == (
+        "k:9093", "SSL", "prod.riskguard.audit.v1", ("a", "b"))
+    ns = argparse.Namespace(config=str(path), brokers="x:1", topic="t", peers="a,b,c")
+    settings, topic, peers = _where(ns)
+    assert (settings.bootstrap, topic, peers) == ("x:1", "t", ("a", "b", "c"))
+    with pytest.raises(ConfigError, match="--topic"):
+        _where(argparse.Namespace(config=None, brokers=None, topic=None, peers=None))
