@@ -323,3 +323,50 @@ def test_entrypoint_starts_an_independent_market_process_with_its_ordinal_as_ind
     args = dict(zip(out[5::2], out[6::2], strict=True))
     assert set(args) == {"-r", "-s", "-b"}
     assert sorted(p.name for p in rec.glob("part-*")) == ["part-0.sqlite3"]
+
+
+REPLICAS = OPS / "k8s" / "replicas" / "statefulsets.yaml"
+
+
+def test_replica_manifests_pin_each_replica_to_its_zone_with_its_own_key_and_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replicas' StatefulSets (an alternative to the cluster's) validate; each runs one
+    1-worker dataflow in its own zone, with its own signing-key Secret and replica id,
+    from the one shared config, which gives each its own issuer and the same config
+    hash; the watch reads that config and signs nothing."""
+    from riskguard.dataflows.guard import load_guard_config
+
+    found = {d["metadata"]["name"]: d for d in docs(REPLICAS)}
+    assert set(found) == {"riskguard-replica-a", "riskguard-replica-b",
+                          "riskguard-replica-watch"}
+    kv = pytest.importorskip("kubernetes_validate",
+                             reason="kubernetes-validate (test extra) is not installed")
+    for d in found.values():
+        kv.validate(d, "1.30.0", strict=True)
+    data = by_kind()["ConfigMap"]["data"]
+    for name in ("trust.toml", "roots.toml", "kafka-ca.pem"):
+        (tmp_path / name).write_text(data.get(name, ""))
+    seen = {}
+    for rid in ("a", "b"):
+        spec = found[f"riskguard-replica-{rid}"]["spec"]["template"]["spec"]
+        (c,) = spec["containers"]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert (env["INDEPENDENT"], env["RISKGUARD_REPLICA_ID"]) == ("1", rid)
+        zone = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        (term,) = zone["nodeSelectorTerms"][0]["matchExpressions"]
+        secret = spec["volumes"][1]["projected"]["sources"][0]["secret"]
+        assert secret["name"] == f"riskguard-signing-{rid}"
+        assert "signing.pem" in {i["key"] for i in secret["items"]}
+        path = tmp_path / env["RISKGUARD_CONFIG"].removeprefix("/etc/riskguard/")
+        path.write_text(data[path.name])
+        monkeypatch.setenv("RISKGUARD_REPLICA_ID", rid)
+        cfg, digest = load_guard_config(path)
+        seen[rid] = (term["values"][0], cfg.keys.issuer, cfg.audit.origin, digest)
+    assert seen["a"][:3] != seen["b"][:3] and seen["a"][3] == seen["b"][3]
+    assert {seen["a"][1], seen["b"][1]} == {"engine-a", "engine-b"}
+    watch = found["riskguard-replica-watch"]["spec"]["template"]["spec"]
+    (c,) = watch["containers"]
+    assert c["command"][:4] == ["riskguard", "replicas", "watch", "--config"]
+    items = watch["volumes"][1]["projected"]["sources"][0]["secret"]["items"]
+    assert "signing.pem" not in {i["key"] for i in items}
