@@ -335,16 +335,19 @@ class CommandSubscriber:
         observe_duplicate(dup)
         if self.on_duplicate is not None:
             self.on_duplicate(dup)
-        line = msgspec.json.encode({"outcome": "duplicate", **asdict(dup)})
+        self._log({"outcome": "duplicate", **asdict(dup)}, dup.issuer)
+        self.state.commit(topic=self.topic, partition=partition, offset=offset, cmd=cmd,
+                          executed=False)
+        return dup
+
+    def _log(self, entry: dict[str, Any], issuer: str) -> None:
+        """One line to the rejection log and the rejections topic, where they are set."""
+        line = msgspec.json.encode(entry)
         if self.rejection_log is not None:
             with self.rejection_log.open("ab") as fh:
                 fh.write(line + b"\n")
         if self._producer is not None and self.rejections_topic:
-            self._producer.produce(self.rejections_topic, value=line,
-                                   key=dup.issuer.encode() or None)
-        self.state.commit(topic=self.topic, partition=partition, offset=offset, cmd=cmd,
-                          executed=False)
-        return dup
+            self._producer.produce(self.rejections_topic, value=line, key=issuer.encode() or None)
 
     def _reject(self, reason: str, detail: str, partition: int, offset: int,
                 cmd: MitigationCommand | None = None, *, record: bool = False) -> Rejection:
@@ -359,13 +362,7 @@ class CommandSubscriber:
         observe_rejection(rej)
         if self.on_reject is not None:
             self.on_reject(rej)
-        line = msgspec.json.encode(asdict(rej))
-        if self.rejection_log is not None:
-            with self.rejection_log.open("ab") as fh:
-                fh.write(line + b"\n")
-        if self._producer is not None and self.rejections_topic:
-            self._producer.produce(self.rejections_topic, value=line,
-                                   key=rej.issuer.encode() or None)
+        self._log(asdict(rej), rej.issuer)
         self.state.commit(topic=self.topic, partition=partition, offset=offset,
                           cmd=cmd if record else None, executed=False)
         return rej
