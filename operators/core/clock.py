@@ -138,6 +138,11 @@ class Watermark:
         watermark after it (seen at ``now_ns``)."""
         return self.update(tick.source, tick.ts, now_ns, tick.of) if tick.source else tick.ts
 
+    @property
+    def last(self) -> int:
+        """The watermark the last named tick left (-1 before any)."""
+        return self._last
+
     def several(self) -> bool:
         """Do several sources make the watermark (as ticked, or as their ticks announce)?
         Only then can one source's records run ahead of it.

@@ -386,7 +386,6 @@ class LimitsLogic:
         # processing time, for the tick sources' idle rule only (clock.Watermark)
         self.clock = clock
         self._watermark = Watermark.resume(self.state.sources)
-        self._key_time = -1  # the watermark after the last tick (several sources' clock)
         self._updates = IdWindow(self.state.seen_updates, 1024)
         self._rows: dict[str, tuple[bool, list[tuple[str, str, str, str, LimitSpec]]]] = {}
         self._plans: dict[str, tuple[bool, list[tuple[Any, ...]]]] = {}
@@ -468,7 +467,7 @@ class LimitsLogic:
             # announced have spoken (a grace deadline never passes on one process's
             # progress while another's valuation is still on its way)
             tick = Tick(ts=rec.ts, source=rec.source, of=rec.key_of)
-            now = self._key_time = self._watermark.tick_time(tick, self.clock())
+            now = self._watermark.tick_time(tick, self.clock())
             out = self._overdue(now)
             name = f"{rec.source}/{rec.counterparty}" if rec.source else ""
             out.append(Tick(ts=rec.ts, source=name, of=rec.of))
@@ -599,7 +598,7 @@ class LimitsLogic:
         recv_ts = e.recv_ts if at is None else None
         # what a grace deadline is measured against: the key's watermark when several
         # sources feed it (an exposure's own time may run ahead of another's parts)
-        now = ts if at is not None or not self._watermark.several() else self._key_time
+        now = ts if at is not None or not self._watermark.several() else self._watermark.last
         if not known and not st.unknown_alerted:
             st.unknown_alerted = True
             out.append(RiskAlert(
