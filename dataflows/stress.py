@@ -748,21 +748,40 @@ def run_scenario(sc: Scenario, workdir: str | Path, *, playbook: dict[str, Any] 
 
         return run_zone_loss(sc, sc.zone_loss, workdir, playbook=playbook,
                              out_dir=out_dir, start_ns=start_ns)
+    records = generate_market(sc, start_ns)
+    res, digest = backtest_scenario(sc, records, workdir, playbook=playbook, out_dir=out_dir)
+    return scenario_outcome(sc, res, check_run(sc, res, start_ns), digest, start_ns, out_dir)
+
+
+def backtest_scenario(sc: Scenario, records: list[Any], workdir: str | Path, *,
+                      playbook: dict[str, Any] | None = None,
+                      replica: dict[str, Any] | None = None,
+                      out_dir: str | Path | None = None) -> tuple[BacktestResult, str]:
+    """The guard over ``records`` on the scenario's config (with ``replica`` as its
+    ``[replica]`` table); the result and the config hash."""
     work = Path(workdir)
-    keys = _keys(work)
-    cfg_path = work / f"guard-{sc.name}.toml"
-    cfg_path.write_text(dump_toml(guard_config_doc(sc, keys, playbook)))
+    doc = guard_config_doc(sc, _keys(work), playbook)
+    if replica is not None:
+        doc["replica"] = replica
+    cfg_path = work / f"guard-{sc.name}{'-' + replica['id'] if replica else ''}.toml"
+    cfg_path.write_text(dump_toml(doc))
     cfg, digest = load_guard_config(cfg_path)
     signer, trust = load_keys(cfg)
-    records = generate_market(sc, start_ns)
     res = run_backtest(cfg, digest, records=records, signer=signer, trust=trust,
                        out_dir=out_dir, batch_size=20)
-    checks = check_run(sc, res, start_ns)
+    return res, digest
+
+
+def scenario_outcome(sc: Scenario, res: BacktestResult, checks: list[Check], digest: str,
+                     start_ns: int, out_dir: str | Path | None,
+                     **extra: Any) -> StressOutcome:
+    """The outcome of ``checks`` on ``res``, with its report (written to ``out_dir``);
+    ``extra`` joins the report's ``stress`` section."""
     passed = all(c.result != "FAIL" for c in checks)
-    extra = {"stress": {"scenario": sc.name, "description": sc.description, "passed": passed,
-                        "checks": [c.as_dict() for c in checks]}}
+    stress = {"scenario": sc.name, "description": sc.description, "passed": passed,
+              "checks": [c.as_dict() for c in checks], **extra}
     report = build_report(res, scenario_labels(sc, start_ns), title=f"stress: {sc.name}",
-                          config_hash=digest, inputs=[sc.name], extra=extra)
+                          config_hash=digest, inputs=[sc.name], extra={"stress": stress})
     if out_dir is not None:
         write_report(report, out_dir)
     return StressOutcome(sc.name, checks, res, report)

@@ -21,20 +21,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from riskguard.dataflows.backtest import dump_toml, run_backtest
-from riskguard.dataflows.guard import load_guard_config, load_keys
-from riskguard.dataflows.report import build_report, write_report
 from riskguard.dataflows.stress import (
     NS,
     Check,
     Scenario,
     StressOutcome,
     ZoneLoss,
-    _keys,
+    backtest_scenario,
     check_run,
     generate_market,
-    guard_config_doc,
-    scenario_labels,
+    scenario_outcome,
 )
 from riskguard.schemas import MitigationCommand
 
@@ -68,19 +64,10 @@ def run_zone_loss(sc: Scenario, loss: ZoneLoss, workdir: str | Path, *,
                   playbook: dict[str, Any] | None = None, out_dir: str | Path | None = None,
                   start_ns: int) -> StressOutcome:
     """Run ``sc`` on every replica of ``loss``, lose one, and check what executes."""
-    work = Path(workdir)
-    keys = _keys(work)
     records = generate_market(sc, start_ns)
-    runs = {}
-    for rid in loss.replicas:
-        doc = guard_config_doc(sc, keys, playbook)
-        doc["replica"] = {"id": rid, "peers": list(loss.replicas)}
-        path = work / f"guard-{sc.name}-{rid}.toml"
-        path.write_text(dump_toml(doc))
-        cfg, digest = load_guard_config(path)
-        signer, trust = load_keys(cfg)
-        runs[rid] = (run_backtest(cfg, digest, records=records, signer=signer, trust=trust,
-                                  batch_size=20), digest)
+    runs = {rid: backtest_scenario(sc, records, workdir, playbook=playbook,
+                                   replica={"id": rid, "peers": list(loss.replicas)})
+            for rid in loss.replicas}
     lost_ns = start_ns + int(loss.lost_at_s * NS)
     arrived = [c for rid, (res, _d) in runs.items() for c in res.commands
                if rid != loss.lost or c.issued_at < lost_ns]
@@ -90,16 +77,9 @@ def run_zone_loss(sc: Scenario, loss: ZoneLoss, workdir: str | Path, *,
     merged = replace(base, commands=executed)
     checks = check_run(sc, merged, start_ns)
     checks.extend(_replica_checks(executed, dropped, base.commands, loss))
-    passed = all(c.result != "FAIL" for c in checks)
-    extra = {"stress": {"scenario": sc.name, "description": sc.description, "passed": passed,
-                        "checks": [c.as_dict() for c in checks],
-                        "zone_loss": {"lost": loss.lost, "lost_at_s": loss.lost_at_s,
-                                      "executed": len(executed), "duplicates": dropped}}}
-    report = build_report(merged, scenario_labels(sc, start_ns), title=f"stress: {sc.name}",
-                          config_hash=digest, inputs=[sc.name], extra=extra)
-    if out_dir is not None:
-        write_report(report, out_dir)
-    return StressOutcome(sc.name, checks, merged, report)
+    return scenario_outcome(sc, merged, checks, digest, start_ns, out_dir, zone_loss={
+        "lost": loss.lost, "lost_at_s": loss.lost_at_s, "executed": len(executed),
+        "duplicates": dropped})
 
 
 def _replica_checks(executed: list[MitigationCommand], dropped: int,
