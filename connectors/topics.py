@@ -19,7 +19,7 @@ PROBE_TIMEOUT_S = 5.0
 
 STREAMS = (
     "market", "fills", "positions", "balances", "venue_status", "limit_updates",
-    "features", "signals", "exposures", "commands", "audit", "rejections", "dead_letters",
+    "features", "signals", "exposures", "commands", "acks", "audit", "rejections", "dead_letters",
     "detections",
 )
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")

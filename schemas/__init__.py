@@ -8,8 +8,10 @@ from riskguard.schemas.audit import AuditCheckpoint, AuditRecord, DeadLetter
 from riskguard.schemas.base import Record
 from riskguard.schemas.codec import ALL_TYPES, Codec, decode, encode, tag_of
 from riskguard.schemas.commands import (
+    AckOutcome,
     Action,
     Audience,
+    ExecutionAck,
     LimitUpdate,
     MitigationCommand,
     Signature,
@@ -51,6 +53,7 @@ from riskguard.schemas.valuation import Part, Progress, Valuation
 __all__ = [
     "ALL_TYPES",
     "FIRM",
+    "AckOutcome",
     "Action",
     "AnomalySignal",
     "Audience",
@@ -63,6 +66,7 @@ __all__ = [
     "Contribution",
     "DeadLetter",
     "DetectProgress",
+    "ExecutionAck",
     "Exposure",
     "FeatureVector",
     "Fill",

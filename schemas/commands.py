@@ -168,6 +168,46 @@ class SignedEnvelope(Sourced, frozen=True, kw_only=True, tag="envelope"):
     signatures: list[Signature]
 
 
-COMMAND_TYPES = (MitigationCommand, LimitUpdate, SignedEnvelope)
+class AckOutcome(StrEnum):
+    """What an executor did with a verified command."""
+
+    APPLIED = "applied"
+    """The trading system now holds the command's state (or has done its one-off act)."""
+    ALREADY_APPLIED = "already_applied"
+    """A repeat: the state was already as commanded, nothing changed."""
+    REFUSED = "refused"
+    """The executor would not apply it (its scope names nothing it trades, say)."""
+    FAILED = "failed"
+    """It tried and the trading system did not take it."""
+
+
+class ExecutionAck(Record, frozen=True, kw_only=True, tag="execution_ack"):
+    """An executor's signed report that it applied or refused one command.
+
+    ``issuer`` is the executor (a trust-file key of role ``executor``), ``seq`` its
+    own counter; ``command_id``, ``command_issuer`` and ``decision_id`` name the
+    command, ``action`` and ``scope`` repeat it so an ack is read alone. ``ack_id``
+    is ``<issuer>:<command_id>``: one command has one ack per executor, and a later
+    ack of the same id (a retry that now applied) supersedes the earlier one.
+    ``detail`` says what changed (instruments halted, orders cancelled, ...).
+    """
+
+    ack_id: RecordId
+    issuer: Name
+    seq: Seq = 0
+    issued_at: Nanos
+    expires_at: Nanos
+    audience: Audience
+    command_id: RecordId
+    command_issuer: Name
+    decision_id: HexDigest | None = None
+    action: Action
+    scope: Scope
+    outcome: AckOutcome
+    reason: Text = ""
+    detail: dict[str, Finite | str | list[str]] = {}
+
+
+COMMAND_TYPES = (MitigationCommand, LimitUpdate, SignedEnvelope, ExecutionAck)
 SOURCED_TYPES = frozenset({SignedEnvelope, *TRADING_TYPES})
 """Inputs a reader stamps with where it read them (:func:`~riskguard.schemas.base.stamp_source`)."""

@@ -26,7 +26,7 @@ An example trust file::
     [[keys]]
     name = "engine-1"               # the issuer this key speaks for
     public_key = "<64 hex digits>"
-    role = "risk-engine"            # risk-engine | limit-admin | operator
+    role = "risk-engine"            # risk-engine | limit-admin | operator | executor
     actions = ["*"]                 # action names, or "*"
     scopes = ["*"]                  # scope patterns ("venue:*", "counterparty:okx", ...)
     not_before = 2025-01-01T00:00:00Z
@@ -55,6 +55,7 @@ from typing import Any
 
 import msgspec
 from riskguard.operators.signing.crypto import (
+    PAYLOAD_ACK,
     PAYLOAD_AUDIT_CHECKPOINT,
     PAYLOAD_COMMAND,
     PAYLOAD_LIMIT_UPDATE,
@@ -71,6 +72,7 @@ from riskguard.schemas.action_params import check_params
 from riskguard.schemas.commands import (
     Action,
     Audience,
+    ExecutionAck,
     LimitUpdate,
     MitigationCommand,
     Signature,
@@ -98,12 +100,15 @@ class Role(StrEnum):
     RISK_ENGINE = "risk-engine"
     LIMIT_ADMIN = "limit-admin"
     OPERATOR = "operator"
+    EXECUTOR = "executor"
+    """A trading-system executor: it signs execution acknowledgements, never commands."""
 
 
 ROLE_PAYLOADS: dict[Role, frozenset[str]] = {
     Role.RISK_ENGINE: frozenset({PAYLOAD_COMMAND, PAYLOAD_AUDIT_CHECKPOINT}),
     Role.LIMIT_ADMIN: frozenset({PAYLOAD_LIMIT_UPDATE}),
     Role.OPERATOR: frozenset({PAYLOAD_COMMAND}),
+    Role.EXECUTOR: frozenset({PAYLOAD_ACK}),
 }
 """Which payload types each role may sign."""
 
@@ -243,7 +248,7 @@ class VerifiedMessage:
     """What :meth:`TrustStore.verify` returns once every check passed."""
 
     payload_type: str
-    message: MitigationCommand | LimitUpdate
+    message: MitigationCommand | LimitUpdate | ExecutionAck
     issuer: str
     signers: tuple[str, ...]
     payload: bytes
@@ -255,6 +260,7 @@ _sig_list = msgspec.json.Decoder(list[Signature])
 _sig_enc = msgspec.json.Encoder()
 _cmd_decoder = msgspec.json.Decoder(MitigationCommand)
 _limit_decoder = msgspec.json.Decoder(LimitUpdate)
+_ack_decoder = msgspec.json.Decoder(ExecutionAck)
 _payload_encoder = msgspec.json.Encoder()
 
 
@@ -595,15 +601,17 @@ class TrustStore:
                    f"expected {expected_payload_type!r}; got {envelope.payload_type!r}")
         payload: bytes = envelope.payload
         signers = self.signing_keys(expected_payload_type, payload, envelope.signatures, now_ns)
-        msg: MitigationCommand | LimitUpdate
+        msg: MitigationCommand | LimitUpdate | ExecutionAck
         try:
             if expected_payload_type == PAYLOAD_COMMAND:
                 msg = _cmd_decoder.decode(payload)
             elif expected_payload_type == PAYLOAD_LIMIT_UPDATE:
                 msg = _limit_decoder.decode(payload)
+            elif expected_payload_type == PAYLOAD_ACK:
+                msg = _ack_decoder.decode(payload)
             else:
                 raise rejection(Reason.WRONG_PAYLOAD_TYPE,
-                       f"{expected_payload_type!r} is not a command or limit update")
+                       f"{expected_payload_type!r} is not a command, limit update or ack")
         except (msgspec.DecodeError, UnicodeDecodeError) as err:
             raise rejection(Reason.MALFORMED_PAYLOAD, str(err)[:200]) from None
         except VerificationError:
@@ -635,6 +643,10 @@ class TrustStore:
             if bad_params is not None:
                 raise rejection(Reason.BAD_PARAMS, bad_params)
             two = self.doc.two_person.applies_to_command(action, msg.scope)
+        elif isinstance(msg, ExecutionAck):
+            # An ack reports on a command; the executor's key says which actions and
+            # scopes it executes. It needs one signer: it asks nothing of anyone.
+            action, scope_label, two = msg.action.value, msg.scope.label(), False
         else:
             action, scope_label = LIMIT_UPDATE_ACTION, limit_scope_label(msg.limit_path)
             two = self.doc.two_person.applies_to_limit(msg)
