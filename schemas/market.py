@@ -1,4 +1,5 @@
-"""Market data: trades, quotes, bars, option quotes, index prices, funding, venue status."""
+"""Market data: trades, quotes, bars, option quotes, index prices, funding, open interest,
+premium-index bars, venue status."""
 
 from __future__ import annotations
 
@@ -55,9 +56,14 @@ class MarketEvent(Record, frozen=True, kw_only=True):
 
 
 class Trade(MarketEvent, frozen=True, kw_only=True, tag="trade"):
+    """One execution: ``qty`` in the base asset, ``price`` in the quote currency, ``side``
+    the aggressor's. ``liquidation`` marks a venue's forced close of a position (its side
+    is the liquidation order's: ``sell`` closes a long)."""
+
     price: Positive
     qty: Positive
     side: Side
+    liquidation: bool = False
 
 
 class Quote(MarketEvent, frozen=True, kw_only=True, tag="quote"):
@@ -91,6 +97,42 @@ class Bar(MarketEvent, frozen=True, kw_only=True, tag="bar"):
     trades: Seq | None = None
     taker_buy_volume: NonNegative | None = None
     price_only: bool = False
+
+
+class PremiumIndexBar(MarketEvent, frozen=True, kw_only=True, tag="premium_index_bar"):
+    """A premium-index kline over ``[start, ts)`` (Binance ``premiumIndexKlines``).
+
+    The values are the perpetual's premium over its index, a signed fraction
+    (``0.0001`` = 1 bp), not prices: this is its own record so that no consumer of
+    :class:`Bar` reads them as prices. ``low <= open, close <= high``.
+    """
+
+    start: Nanos
+    interval_ns: DurationNs
+    open: Finite
+    high: Finite
+    low: Finite
+    close: Finite
+
+
+class OpenInterest(MarketEvent, frozen=True, kw_only=True, tag="open_interest"):
+    """A derivative's open interest, with the positioning ratios some sources carry.
+
+    ``open_interest`` is in the venue's own unit for the instrument: contracts (on a
+    linear contract such as Binance USDT-M, that is the base asset). ``base_qty`` is the
+    same in the base asset and ``value`` in the quote currency, where known. The ratios
+    (Binance ``metrics``) are long/short: ``top_account_ratio`` and
+    ``top_position_ratio`` of the top traders by account and by position,
+    ``account_ratio`` of all accounts, and ``taker_buy_sell_ratio`` of taker volume.
+    """
+
+    open_interest: NonNegative
+    base_qty: NonNegative | None = None
+    value: NonNegative | None = None
+    top_account_ratio: NonNegative | None = None
+    top_position_ratio: NonNegative | None = None
+    account_ratio: NonNegative | None = None
+    taker_buy_sell_ratio: NonNegative | None = None
 
 
 class BookDepth(MarketEvent, frozen=True, kw_only=True, tag="book_depth"):
@@ -157,4 +199,5 @@ class VenueStatus(Record, frozen=True, kw_only=True, tag="venue_status"):
     withdrawals_enabled: bool = True
 
 
-MARKET_TYPES = (Trade, Quote, Bar, BookDepth, OptionQuote, IndexPrice, FundingRate, VenueStatus)
+MARKET_TYPES = (Trade, Quote, Bar, BookDepth, OptionQuote, IndexPrice, FundingRate, VenueStatus,
+                PremiumIndexBar, OpenInterest)
