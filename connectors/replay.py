@@ -1,13 +1,18 @@
-"""Replay historical files in event-time order: JSONL (wire contract) and
-Binance-style CSVs (klines as bars, trades, funding).
+"""Replay historical files in event-time order: JSONL (wire contract), Binance public
+data dumps and Tardis.dev CSVs (docs/formats.md; the readers are in
+:mod:`riskguard.connectors.formats`), plain, gzipped or zipped.
 
 Several files are merged by timestamp into one stream. Pacing is as fast as
 possible (``speed=None``) or real time times ``speed``. The source snapshots
-the byte offset of every file, so a resumed run continues exactly where it
-stopped: every record comes out once.
+the offset of every file's next unread row, so a resumed run continues exactly
+where it stopped: every record comes out once. Offsets count bytes of the
+decompressed stream: a compressed file is resumed by reading it again from its
+start and skipping to the offset (a plain one too, at disk speed, which keeps
+line numbers exact).
 
 Rows that cannot be parsed become :class:`~riskguard.schemas.DeadLetter`
-records whose ``offset`` is the row's byte offset in its file.
+records whose ``offset`` is the row's byte offset and whose ``detail`` names the
+file and line; each reader counts them (:attr:`_ReplayPartition.stats`).
 
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -22,166 +27,54 @@ records whose ``offset`` is the row's byte offset in its file.
 from __future__ import annotations
 
 import heapq
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, operator
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from riskguard.connectors.formats import FORMATS, FileStats, Reader, open_reader, resolve
 from riskguard.operators.core.base import SplitOut, split_dead_letters
 from riskguard.operators.core.clock import Clock, system_clock
 from riskguard.schemas.audit import DeadLetter
-from riskguard.schemas.base import stamp_source
 from riskguard.schemas.codec import Codec
-from riskguard.schemas.commands import SOURCED_TYPES
-from riskguard.schemas.market import Bar, FundingRate, Side, Trade
 
 from riskguard.errors import ConfigError
 
-FORMATS = ("jsonl", "binance_klines", "binance_trades", "binance_funding", "auto")
-
-
-def _to_ns(value: str) -> int:
-    """Epoch seconds, ms, µs or ns (by magnitude) to ns."""
-    t = int(float(value))
-    if t < 10**11:
-        return t * 1_000_000_000
-    if t < 10**14:
-        return t * 1_000_000
-    if t < 10**17:
-        return t * 1_000
-    return t
+__all__ = ["FORMATS", "ReplayFile", "ReplaySource", "read_all", "replay_input"]
 
 
 @dataclass(frozen=True)
 class ReplayFile:
-    """One file to replay. ``venue``/``instrument`` label CSV rows (JSONL carries its own)."""
+    """One file to replay, and how to read it.
+
+    ``format`` is one of :data:`FORMATS` (``auto``: from the name and header).
+    ``venue``/``instrument`` label CSV rows that do not name them (JSONL and Tardis rows
+    carry their own; a ``venue`` given here replaces a Tardis row's exchange); left at
+    ``file``/``unknown`` they are taken from a Binance file's name. ``market`` (``spot``,
+    ``um``, ``cm`` or ``auto``) and ``contract_size`` (USD per COIN-M contract; default
+    100 for BTC, 10 for others) matter to Binance files only.
+    """
 
     path: Path | str
     format: str = "auto"
     venue: str = "file"
     instrument: str = "unknown"
+    market: str = "auto"
+    contract_size: float | None = None
 
     def resolved_format(self) -> str:
-        if self.format not in FORMATS:
-            raise ConfigError("replay.format", f"one of {', '.join(FORMATS)}", self.format)
-        if self.format != "auto":
-            return self.format
-        name = Path(self.path).name.lower()
-        if name.endswith((".jsonl", ".ndjson", ".json")):
-            return "jsonl"
-        for hint, fmt in (("kline", "binance_klines"), ("funding", "binance_funding"),
-                          ("trade", "binance_trades")):
-            if hint in name:
-                return fmt
-        raise ConfigError(
-            f"replay.files[{self.path}].format", "a format, or a name that implies one", "auto"
-        )
+        """The format this file is read as (raises ConfigError if none fits)."""
+        return resolve(self.path, self.format, venue=self.venue, instrument=self.instrument,
+                       market=self.market, contract_size=self.contract_size)[0]
 
-
-class _Reader:
-    """Reads one file row by row, remembering the byte offset of each row."""
-
-    def __init__(self, spec: ReplayFile, index: int, offset: int, codec: Codec) -> None:
-        self.spec = spec
-        self.index = index
-        self.fmt = spec.resolved_format()
-        self.name = f"file:{Path(spec.path).name}"
-        self.fh: BinaryIO = Path(spec.path).open("rb")  # noqa: SIM115  (closed in close())
-        self.fh.seek(offset)
-        self.codec = codec
-        self.row_start = offset
-
-    def next_row(self) -> tuple[int, int, Any] | None:
-        """``(ts, row_offset, record_or_dead_letter)``, or None at the end."""
-        while True:
-            start = self.fh.tell()
-            line = self.fh.readline()
-            if not line:
-                return None
-            stripped = line.strip()
-            if not stripped or (self.fmt != "jsonl" and not stripped[:1].isdigit()):
-                continue  # blank line or CSV header
-            rec = self._parse(stripped, start)
-            ts = getattr(rec, "ts", 0)
-            return ts, start, rec
-
-    def _parse(self, line: bytes, offset: int) -> Any:
-        if self.fmt == "jsonl":
-            rec = self.codec.decode(self.name, line, offset=offset)
-            if type(rec) in SOURCED_TYPES:  # a later step may refuse it: name the row
-                stamp_source(rec, self.name, 0, offset)
-            return rec
-        try:
-            cols = line.decode("utf-8").split(",")
-            return self._parse_csv(cols, offset)
-        except Exception as err:  # anything a row can make a parser raise is a dead letter
-            return DeadLetter.of(
-                topic=self.name, offset=offset, ts=0, reason="validation", path="$",
-                expected=f"a {self.fmt} CSV row", found=f"{type(err).__name__}: {err}"[:200],
-                step="replay", raw=bytes(line[:4096]),
-            )
-
-    def _parse_csv(self, cols: list[str], offset: int) -> Any:
-        s = self.spec
-        rid = f"{Path(s.path).name}@{offset}"
-        if self.fmt == "binance_trades":
-            # id, price, qty, quote_qty, time, is_buyer_maker[, is_best_match]
-            maker = cols[5].strip().lower() == "true"
-            return Trade(
-                id=rid, venue=s.venue, instrument=s.instrument, ts=_to_ns(cols[4]),
-                price=_positive(cols[1]), qty=_positive(cols[2]),
-                side=Side.SELL if maker else Side.BUY,
-            )
-        if self.fmt == "binance_klines":
-            # open_time, o, h, l, c, volume, close_time, quote_vol, n, taker_buy_vol, ...
-            # (ms, or µs in newer spot files); close_time is the bar's last ms or µs
-            start, last = _to_ns(cols[0]), _to_ns(cols[6])
-            unit = 1_000 if int(float(cols[0])) >= 10**14 else 1_000_000
-            end = last + unit
-            if end <= start:
-                msg = f"close_time {cols[6]} is not after open_time {cols[0]}"
-                raise ValueError(msg)
-            volume = _finite(cols[5])
-            quote_volume = _finite(cols[7]) if len(cols) > 7 else None
-            trades = int(cols[8]) if len(cols) > 8 else None
-            return Bar(
-                id=rid, venue=s.venue, instrument=s.instrument, ts=end, start=start,
-                interval_ns=end - start, open=_positive(cols[1]), high=_positive(cols[2]),
-                low=_positive(cols[3]), close=_positive(cols[4]), volume=volume,
-                quote_volume=quote_volume, trades=trades,
-                taker_buy_volume=_finite(cols[9]) if len(cols) > 9 else None,
-                # mark, index and premium klines carry prices only: no volume at all
-                price_only=volume == 0.0 and not quote_volume,
-            )
-        # binance_funding: calc_time, funding_interval_hours, last_funding_rate
-        return FundingRate(
-            id=rid, venue=s.venue, instrument=s.instrument, ts=_to_ns(cols[0]),
-            rate=_finite(cols[2]),
-        )
-
-    def close(self) -> None:
-        self.fh.close()
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        msg = f"non-finite number {text!r}"
-        raise ValueError(msg)
-    return value
-
-
-def _positive(text: str) -> float:
-    value = _finite(text)
-    if value <= 0:
-        msg = f"expected a positive number; got {text!r}"
-        raise ValueError(msg)
-    return value
+    def open(self, offset: int, codec: Codec) -> Reader:
+        return open_reader(self.path, self.format, venue=self.venue,
+                           instrument=self.instrument, market=self.market,
+                           contract_size=self.contract_size, offset=offset, codec=codec)
 
 
 class _ReplayPartition(StatefulSourcePartition[Any, list[int]]):
@@ -189,14 +82,15 @@ class _ReplayPartition(StatefulSourcePartition[Any, list[int]]):
         self, files: list[ReplayFile], offsets: list[int], codec: Codec,
         batch_size: int, speed: float | None, clock: Clock, span_ns: int = 0,
     ) -> None:
-        self._readers = [
-            _Reader(f, i, off, codec)
-            for i, (f, off) in enumerate(zip(files, offsets, strict=True))
-        ]
+        self._readers = [f.open(off, codec) for f, off in zip(files, offsets, strict=True)]
+        self._lines = [r.lines() for r in self._readers]
+        self._last_ts = [0] * len(files)  # a file's dead letters sort at its last record's ts
         self._offsets = list(offsets)
         self._heap: list[tuple[int, int, int, Any]] = []
-        for r in self._readers:
-            self._push(r)
+        for i in range(len(self._readers)):
+            head = self._next(i)
+            if head is not None:
+                heapq.heappush(self._heap, head)
         self._batch_size = batch_size
         self._span = span_ns
         self._speed = speed
@@ -205,47 +99,63 @@ class _ReplayPartition(StatefulSourcePartition[Any, list[int]]):
         self._t0_event: int | None = None
         self._awake: datetime | None = None
 
-    def _push(self, reader: _Reader) -> None:
-        row = reader.next_row()
-        if row is not None:
-            ts, start, rec = row
-            heapq.heappush(self._heap, (ts, reader.index, start, rec))
+    @property
+    def stats(self) -> dict[str, FileStats]:
+        """Rows, records and dead letters (by reason) per file name, so far."""
+        return {r.path.name: r.stats for r in self._readers}
+
+    def _next(self, idx: int) -> tuple[int, int, int, Any] | None:
+        """``(ts, file index, offset, emission)`` of file ``idx``'s next emission."""
+        for _line, offset, item in self._lines[idx]:
+            cls = item.__class__
+            if cls is DeadLetter:
+                ts = self._last_ts[idx]
+            elif cls is list:  # a row of several records (all of one ts) or dead letters
+                ts = next((x.ts for x in item if x.__class__ is not DeadLetter),
+                          self._last_ts[idx])
+                self._last_ts[idx] = ts
+            else:
+                ts = self._last_ts[idx] = getattr(item, "ts", None) or 0
+            return ts, idx, offset, item
+        return None
 
     def next_batch(self) -> list[Any]:
-        if not self._heap:
+        heap = self._heap
+        if not heap:
             raise StopIteration
         out: list[Any] = []
         due = None
         if self._speed is not None:
             now = self._clock()
             if self._t0_wall is None:
-                self._t0_wall, self._t0_event = now, self._heap[0][0]
+                self._t0_wall, self._t0_event = now, heap[0][0]
             due = self._t0_event + int((now - self._t0_wall) * self._speed)  # type: ignore[operator]
         span = self._span
-        first = self._heap[0][0] // span if span else 0
-        while self._heap and len(out) < self._batch_size:
-            ts, idx, _start, rec = self._heap[0]
+        first = heap[0][0] // span if span else 0
+        offsets, size = self._offsets, self._batch_size
+        while heap and len(out) < size:
+            ts, idx, _start, item = heap[0]
             if span and out and ts // span != first:
                 break  # a batch holds one span of event time (see ReplaySource)
             if due is not None and ts > due:
                 wait_ns = int((ts - due) / self._speed)  # type: ignore[operator]
                 self._awake = datetime.now(UTC) + timedelta(microseconds=wait_ns / 1000)
                 break
-            heapq.heappop(self._heap)
-            out.append(rec)
-            reader = self._readers[idx]
-            self._push(reader)
-            # The next unread row of this file starts at its head's offset, or EOF.
-            self._offsets[idx] = self._head_offset(idx)
+            nxt = self._next(idx)
+            # the next unread row of this file starts at its next emission, or at its end
+            if nxt is None:
+                heapq.heappop(heap)
+                offsets[idx] = self._readers[idx].position
+            else:
+                heapq.heapreplace(heap, nxt)
+                offsets[idx] = nxt[2]
+            if item.__class__ is list:
+                out.extend(item)
+            else:
+                out.append(item)
         else:
             self._awake = None
         return out
-
-    def _head_offset(self, idx: int) -> int:
-        for _ts, i, start, _rec in self._heap:
-            if i == idx:
-                return start
-        return self._readers[idx].fh.tell()
 
     def next_awake(self) -> datetime | None:
         return self._awake

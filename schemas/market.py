@@ -178,12 +178,17 @@ class IndexPrice(MarketEvent, frozen=True, kw_only=True, tag="index_price"):
 
 
 class FundingRate(MarketEvent, frozen=True, kw_only=True, tag="funding_rate"):
-    """A perpetual's funding rate (per funding interval) with its mark and index."""
+    """A perpetual's funding rate (per funding interval) with its mark and index.
+
+    ``predicted_rate`` is the venue's estimate of the next interval's rate, where it
+    publishes one.
+    """
 
     rate: Finite
     mark_price: Positive | None = None
     index_price: Positive | None = None
     next_funding_ts: Nanos | None = None
+    predicted_rate: Finite | None = None
 
 
 class VenueStatus(Record, frozen=True, kw_only=True, tag="venue_status"):

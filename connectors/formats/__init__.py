@@ -1,0 +1,143 @@
+"""Historical exchange data formats: Binance public data dumps, Tardis.dev CSVs and
+JSONL in the wire contract, read row by row into wire-contract records.
+
+- :mod:`~riskguard.connectors.formats.core`: streams (plain, gzip, zip), lines,
+  headers, cells, and bad rows as dead letters with file and line.
+- :mod:`~riskguard.connectors.formats.binance`: data.binance.vision dumps.
+- :mod:`~riskguard.connectors.formats.tardis`: Tardis.dev downloadable CSVs.
+- :mod:`~riskguard.connectors.formats.detect`: ``auto`` detection.
+
+:func:`open_reader` is the one entry point: the replay source, ``riskguard
+publish`` and ``riskguard backtest`` read every file through it. docs/formats.md
+describes every format.
+
+>>> import tempfile, pathlib
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> _ = (d / "ETHUSDT-1h-2024-01-01.csv").write_text(
+...     "1704067200000,2281.5,2290.0,2275.1,2288.0,1500.5,1704070799999,3425000.1,4200,800.2,"
+...     "1827000.0,0\\n")
+>>> reader = open_reader(d / "ETHUSDT-1h-2024-01-01.csv")
+>>> reader.format, reader.source.venue, reader.source.instrument
+('binance_klines', 'binance', 'ETHUSDT')
+>>> [(b.close, b.volume, b.ts) for _, _, b in reader.lines()]
+[(2288.0, 1500.5, 1704070800000000000)]
+>>> reader.close()
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from riskguard.connectors.formats import binance, tardis
+from riskguard.connectors.formats.core import (
+    FileReader,
+    FileStats,
+    ParserFactory,
+    RowParser,
+    Source,
+    factory,
+    first_line,
+    valid_name,
+)
+from riskguard.connectors.formats.detect import Detected, detect
+from riskguard.schemas.audit import DeadLetter
+from riskguard.schemas.base import stamp_source
+from riskguard.schemas.codec import Codec
+from riskguard.schemas.commands import SOURCED_TYPES
+
+from riskguard.errors import ConfigError
+
+AUTO = "auto"
+MARKETS = ("auto", "spot", "um", "cm")
+
+
+class JsonlParser(RowParser):
+    """One wire-contract record per line, decoded (and validated) by ``codec``."""
+
+    def __init__(self, header: list[str] | None, source: Source, *, codec: Codec) -> None:
+        self.codec = codec
+        self.topic = f"file:{source.name}"
+        self.name = source.name
+
+    def row(self, line: bytes, line_no: int, offset: int) -> Any:
+        rec = self.codec.decode(self.topic, line.strip(), offset=offset)
+        t = type(rec)
+        if t in SOURCED_TYPES:  # a later step may refuse it: name the row
+            stamp_source(rec, self.topic, 0, offset)
+        elif isinstance(rec, DeadLetter) and not rec.detail:
+            rec = msgspec.structs.replace(rec, detail=f"{self.name} line {line_no}")
+        return rec
+
+
+PARSERS: dict[str, ParserFactory] = {**binance.PARSERS, **tardis.PARSERS}
+"""Every CSV format by name (``jsonl`` needs a codec: see :func:`open_reader`)."""
+FORMATS: tuple[str, ...] = (AUTO, "jsonl", *PARSERS)
+"""Every name ``--format`` takes."""
+
+
+def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
+            instrument: str = "unknown", market: str = AUTO,
+            contract_size: float | None = None) -> tuple[str, Source]:
+    """The format of ``path`` (``auto``: :func:`~.detect.detect`) and what its parser
+    knows. ``venue``/``instrument`` left at ``file``/``unknown`` are taken from the
+    name where it gives them (Binance: ``binance``, ``binance_um`` or ``binance_cm``
+    and the symbol). Raises :class:`~riskguard.errors.ConfigError` for what cannot work.
+    """
+    p = Path(path)
+    if fmt not in FORMATS:
+        raise ConfigError("replay.format", f"one of {', '.join(FORMATS)}", fmt)
+    if market not in MARKETS:
+        raise ConfigError("replay.market", f"one of {', '.join(MARKETS)}", market)
+    if contract_size is not None and not contract_size > 0:
+        raise ConfigError("replay.contract_size", "a contract's value in USD, > 0",
+                          contract_size)
+    for key, value in (("venue", venue), ("instrument", instrument)):
+        if not valid_name(value):
+            raise ConfigError(f"replay.{key}", "1-64 characters of A-Z a-z 0-9 _ . : / @ + -",
+                              value)
+    found = detect(p, first_line(p)) if AUTO in (fmt, market) else Detected("")
+    if fmt == AUTO:
+        if not found.format:
+            raise ConfigError(f"replay.files[{p.name}].format",
+                              "a format (--format), or a file whose name or header names one",
+                              AUTO)
+        fmt = found.format
+    if market == AUTO:
+        market = found.market or "spot"
+    symbol = found.symbol if fmt.startswith("binance") else ""
+    if instrument == "unknown" and symbol:
+        instrument = symbol
+    venue_given = venue != "file"
+    if not venue_given and fmt.startswith("binance"):
+        venue = {"spot": "binance", "um": "binance_um", "cm": "binance_cm"}[market]
+    size = contract_size or binance.default_contract_size(instrument)
+    return fmt, Source(name=p.name, venue=venue, instrument=instrument, market=market,
+                       contract_size=size, venue_given=venue_given)
+
+
+class Reader(FileReader):
+    """A :class:`~.core.FileReader` that knows its ``format``."""
+
+    format: str
+
+
+def open_reader(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
+                instrument: str = "unknown", market: str = AUTO,
+                contract_size: float | None = None, offset: int = 0,
+                codec: Codec | None = None, step: str = "replay") -> Reader:
+    """A reader of ``path`` from ``offset`` (see :func:`resolve` for the settings)."""
+    fmt, source = resolve(path, fmt, venue=venue, instrument=instrument, market=market,
+                          contract_size=contract_size)
+    if fmt == "jsonl":
+        make = factory(JsonlParser, codec=codec or Codec(clock=lambda: 0))
+        reader = Reader(path, make, source=source, header=False, offset=offset, step=step)
+    else:
+        reader = Reader(path, PARSERS[fmt], source=source, offset=offset, step=step)
+    reader.format = fmt
+    return reader
+
+
+__all__ = ["AUTO", "FORMATS", "MARKETS", "PARSERS", "FileReader", "FileStats", "Reader",
+           "Source", "detect", "open_reader", "resolve"]

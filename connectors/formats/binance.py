@@ -1,0 +1,487 @@
+"""Binance public data dumps (data.binance.vision) as wire-contract records.
+
+Every file is a CSV, zipped on the site (read here as a stream, or unzipped, or
+gzipped). Futures files (``um`` USDT-M, ``cm`` COIN-M) have had a header line
+since 2022, spot files have none: both are read. Times are UTC epoch
+milliseconds; spot files from 2025-01-01 on use microseconds, told apart here by
+magnitude (>= 10^14 is µs). Prices are in the quote currency (USDT, USD for
+COIN-M). Quantities are in the base asset, except COIN-M's, which count
+contracts of ``contract_size`` USD (Binance: 100 for BTC, 10 for every other
+coin): they are converted to the base asset with the file's own base-asset
+column where it has one, else as ``contracts * contract_size / price``.
+
+Each format, its columns, and the record it gives:
+
+- ``binance_klines``: open_time, open, high, low, close, volume, close_time,
+  quote_volume, count, taker_buy_volume, taker_buy_quote_volume, ignore (COIN-M:
+  base_volume and taker_buy_base_volume in the 8th and 11th columns); a ``Bar``.
+- ``binance_mark_price_klines``, ``binance_index_price_klines``: the same columns,
+  the volume ones all 0; a ``Bar`` with ``price_only=True``.
+- ``binance_premium_index_klines``: the same columns, holding signed premium
+  fractions; a ``PremiumIndexBar``.
+- ``binance_trades``: id, price, qty, quote_qty (COIN-M: base_qty), time,
+  is_buyer_maker[, is_best_match (spot)]; a ``Trade``.
+- ``binance_agg_trades``: agg_trade_id, price, quantity, first_trade_id,
+  last_trade_id, transact_time, is_buyer_maker[, is_best_match (spot)]; a ``Trade``.
+- ``binance_book_ticker``: update_id, best_bid_price, best_bid_qty, best_ask_price,
+  best_ask_qty, transaction_time, event_time; a ``Quote`` at transaction_time.
+- ``binance_book_depth``: timestamp (text, ``YYYY-MM-DD HH:MM:SS`` UTC), percentage
+  (-5..-1 bids, 1..5 asks), depth (cumulative), notional; the rows of one
+  timestamp make one ``BookDepth``.
+- ``binance_funding``: calc_time, funding_interval_hours, last_funding_rate; a
+  ``FundingRate``.
+- ``binance_metrics``: create_time (text, UTC), symbol, sum_open_interest,
+  sum_open_interest_value, count_toptrader_long_short_ratio,
+  sum_toptrader_long_short_ratio, count_long_short_ratio,
+  sum_taker_long_short_vol_ratio; an ``OpenInterest``.
+
+A kline becomes a :class:`~riskguard.schemas.Bar` over ``[open_time,
+close_time + 1 unit)`` whose ``ts`` is its close; a mark- or index-price kline,
+or any kline with no volume at all, is ``price_only``. A trade's side is the
+taker's: ``is_buyer_maker`` true means the taker sold.
+
+>>> import tempfile, pathlib
+>>> from riskguard.connectors.formats.core import FileReader, Source
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> _ = (d / "BTCUSD_PERP-trades-2024-01-01.csv").write_text(
+...     "id,price,qty,base_qty,time,is_buyer_maker\\n7,40000.0,3,0.0075,1704067200123,true\\n")
+>>> src = Source(name="BTCUSD_PERP-trades-2024-01-01.csv", venue="binance_cm",
+...              instrument="BTCUSD_PERP", market="cm")
+>>> reader = FileReader(d / src.name, PARSERS["binance_trades"], source=src)
+>>> [(t.price, t.qty, t.side.value, t.ts) for _, _, t in reader.lines()]
+[(40000.0, 0.0075, 'sell', 1704067200123000000)]
+>>> reader.close()
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from riskguard.connectors.formats.core import (
+    MAX_FLOAT,
+    MS_NS,
+    US_NS,
+    ParserFactory,
+    RowError,
+    RowFailure,
+    RowParser,
+    Source,
+    datetime_ns,
+    factory,
+    flag,
+    name,
+    non_negative,
+    number,
+    optional,
+    positive,
+    split_row,
+    whole,
+)
+from riskguard.schemas.market import (
+    Bar,
+    BookDepth,
+    FundingRate,
+    OpenInterest,
+    PremiumIndexBar,
+    Quote,
+    Side,
+    Trade,
+)
+
+KLINE_COLUMNS = ("open_time", "open", "high", "low", "close", "volume", "close_time",
+                 "quote_volume", "count", "taker_buy_volume", "taker_buy_quote_volume",
+                 "ignore")
+
+
+def default_contract_size(symbol: str) -> float:
+    """A COIN-M contract's value in USD: 100 for BTC, 10 for every other coin."""
+    return 100.0 if symbol.upper().startswith("BTC") else 10.0
+
+
+def _unit(value: int) -> int:
+    """ns per unit of a Binance time: µs from 10^14 on (spot files from 2025), else ms."""
+    return US_NS if value >= 10**14 else MS_NS
+
+
+def _time(cell: bytes, column: str) -> int:
+    value = whole(cell, column)
+    if not 0 <= value < 10**17:
+        raise RowError(f"{column} {value} is not a time in ms or µs", path=f"$.{column}",
+                       expected="ms or µs since the epoch", found=str(value))
+    return value * _unit(value)
+
+
+def _columns(header: list[str] | None, wanted: dict[str, tuple[str, ...]],
+             positions: dict[str, int], required: tuple[str, ...]) -> dict[str, int]:
+    """Column index per logical name: by header name (first alias found), else by
+    position; a header without a required column is a ``malformed`` RowError."""
+    if header is None:
+        return dict(positions)
+    index = {n: i for i, n in enumerate(header)}
+    out: dict[str, int] = {}
+    for key, aliases in wanted.items():
+        for alias in aliases:
+            if alias in index:
+                out[key] = index[alias]
+                break
+    missing = [wanted[k][0] for k in required if k not in out]
+    if missing:
+        raise RowError(f"header lacks column(s) {', '.join(missing)}; file not read",
+                       expected=f"a header with {', '.join(wanted[k][0] for k in required)}",
+                       found=",".join(header)[:200], reason="malformed")
+    return out
+
+
+def _ohlc_error(o: float, h: float, lo: float, c: float, *, prices: bool) -> RowError:
+    what = "0 < low" if prices else "low"
+    return RowError(f"not {what} <= open, close <= high (open={o!r} high={h!r} low={lo!r} "
+                    f"close={c!r})", path="$.low", expected=f"{what} <= open, close <= high",
+                    found=f"open={o!r} high={h!r} low={lo!r} close={c!r}")
+
+
+# ---------------------------------------------------------------------------- klines
+
+
+class KlineParser(RowParser):
+    """Klines (trade, mark- or index-price) to bars; premium-index klines to
+    :class:`PremiumIndexBar` (``premium=True``)."""
+
+    def __init__(self, header: list[str] | None, source: Source, *,
+                 price_only: bool = False, premium: bool = False) -> None:
+        if header is not None:
+            if header[:7] != list(KLINE_COLUMNS[:7]):
+                raise RowError("header is not a kline header; file not read",
+                               expected=",".join(KLINE_COLUMNS[:7]),
+                               found=",".join(header)[:200], reason="malformed")
+            coin_m = len(header) > 7 and header[7] == "base_volume"
+        else:
+            coin_m = source.market == "cm"
+        self.coin_m = coin_m
+        self.size = source.contract_size
+        self.prefix = f"{source.stem}@"
+        self.venue, self.instrument = source.venue, source.instrument
+        self.price_only, self.premium = price_only, premium
+
+    def _times(self, c: list[bytes]) -> tuple[int, int]:
+        try:
+            open_t, close_t = int(c[0]), int(c[6])
+        except ValueError:
+            open_t, close_t = whole(c[0], "open_time"), whole(c[6], "close_time")
+        unit = US_NS if open_t >= 10**14 else MS_NS
+        start, end = open_t * unit, (close_t + 1) * unit
+        if open_t < 0 or end <= start or close_t >= 10**17:
+            raise RowError(f"close_time {close_t} is not after open_time {open_t}",
+                           path="$.close_time", expected="open_time <= close_time",
+                           found=f"open_time={open_t} close_time={close_t}")
+        return start, end
+
+    def row(self, line: bytes, line_no: int, offset: int) -> Any:
+        c = line.split(b",")
+        if len(c) < 12:
+            c = split_row(line, 7)
+        start, end = self._times(c)
+        try:
+            o, h, lo, cl = float(c[1]), float(c[2]), float(c[3]), float(c[4])
+        except ValueError:
+            o, h, lo, cl = (number(c[i], n) for i, n in
+                            ((1, "open"), (2, "high"), (3, "low"), (4, "close")))
+        if self.premium:
+            if not (lo <= o <= h and lo <= cl <= h and lo >= -MAX_FLOAT and h <= MAX_FLOAT):
+                raise _ohlc_error(o, h, lo, cl, prices=False)
+            return PremiumIndexBar(
+                id=f"{self.prefix}{line_no}", venue=self.venue, instrument=self.instrument,
+                ts=end, start=start, interval_ns=end - start, open=o, high=h, low=lo, close=cl)
+        if not (0.0 < lo <= o <= h and lo <= cl <= h <= MAX_FLOAT):
+            raise _ohlc_error(o, h, lo, cl, prices=True)
+        if self.price_only:
+            return Bar(id=f"{self.prefix}{line_no}", venue=self.venue,
+                       instrument=self.instrument, ts=end, start=start,
+                       interval_ns=end - start, open=o, high=h, low=lo, close=cl,
+                       price_only=True)
+        volume, quote, trades, taker = self._volumes(c, cl)
+        return Bar(id=f"{self.prefix}{line_no}", venue=self.venue, instrument=self.instrument,
+                   ts=end, start=start, interval_ns=end - start, open=o, high=h, low=lo,
+                   close=cl, volume=volume, quote_volume=quote, trades=trades,
+                   taker_buy_volume=taker, price_only=volume == 0.0 and not quote)
+
+    def _volumes(self, c: list[bytes], close: float,
+                 ) -> tuple[float, float | None, int | None, float | None]:
+        n = len(c)
+        try:
+            volume = float(c[5])
+            quote = float(c[7]) if n > 7 else None
+            trades = int(c[8]) if n > 8 else None
+            taker = float(c[9 if not self.coin_m else 10]) if n > 10 else None
+        except ValueError:
+            volume = number(c[5], "volume")
+            quote = number(c[7], "quote_volume") if n > 7 else None
+            trades = whole(c[8], "count") if n > 8 else None
+            taker = number(c[9 if not self.coin_m else 10], "taker_buy_volume") \
+                if n > 10 else None
+        if self.coin_m:  # volume counts contracts; the 8th column is the base volume
+            contracts = volume
+            volume = quote if quote is not None else contracts * self.size / close
+            quote = contracts * self.size
+        for value, column in ((volume, "volume"), (quote, "quote_volume"),
+                              (taker, "taker_buy_volume")):
+            if value is not None and not 0.0 <= value <= MAX_FLOAT:
+                raise RowError(f"{column} {value!r} is not a number >= 0", path=f"$.{column}",
+                               expected="a number >= 0", found=repr(value))
+        if trades is not None and trades < 0:
+            raise RowError(f"count {trades} is negative", path="$.count",
+                           expected="a count >= 0", found=str(trades))
+        return volume, quote, trades, taker
+
+
+# ---------------------------------------------------------------------------- trades
+
+
+class TradeParser(RowParser):
+    """``trades`` (``agg=False``) and ``aggTrades`` (``agg=True``) to trades."""
+
+    def __init__(self, header: list[str] | None, source: Source, *, agg: bool) -> None:
+        coin_m = source.market == "cm"
+        if agg:
+            cols = _columns(header, {
+                "price": ("price",), "qty": ("quantity", "qty"),
+                "time": ("transact_time", "time"), "maker": ("is_buyer_maker",)},
+                {"price": 1, "qty": 2, "time": 5, "maker": 6},
+                ("price", "qty", "time", "maker"))
+            self.base = None
+        else:
+            cols = _columns(header, {
+                "price": ("price",), "qty": ("qty", "quantity"), "base": ("base_qty",),
+                "time": ("time", "transact_time"), "maker": ("is_buyer_maker",)},
+                {"price": 1, "qty": 2, "time": 4, "maker": 5} | ({"base": 3} if coin_m else {}),
+                ("price", "qty", "time", "maker"))
+            self.base = cols.get("base")
+            coin_m = coin_m or self.base is not None
+        self.coin_m = coin_m
+        self.size = source.contract_size
+        self.price_i, self.qty_i = cols["price"], cols["qty"]
+        self.time_i, self.maker_i = cols["time"], cols["maker"]
+        self.width = max(cols.values()) + 1
+        self.prefix = f"{source.stem}@"
+        self.venue, self.instrument = source.venue, source.instrument
+
+    def row(self, line: bytes, line_no: int, offset: int) -> Any:
+        c = line.split(b",")
+        if len(c) < self.width:
+            c = split_row(line, self.width)
+        price = positive(c[self.price_i], "price")
+        if self.base is not None:
+            qty = positive(c[self.base], "base_qty")
+        elif self.coin_m:
+            qty = positive(c[self.qty_i], "qty") * self.size / price
+        else:
+            qty = positive(c[self.qty_i], "qty")
+        maker = c[self.maker_i]
+        sell = maker in (b"true", b"True") or flag(maker, "is_buyer_maker")
+        return Trade(id=f"{self.prefix}{line_no}", venue=self.venue, instrument=self.instrument,
+                     ts=_time(c[self.time_i], "time"), price=price, qty=qty,
+                     side=Side.SELL if sell else Side.BUY)
+
+
+# ---------------------------------------------------------------------------- book
+
+
+class BookTickerParser(RowParser):
+    """``bookTicker`` (futures) to top-of-book quotes at ``transaction_time``."""
+
+    def __init__(self, header: list[str] | None, source: Source) -> None:
+        names = ("best_bid_price", "best_bid_qty", "best_ask_price", "best_ask_qty",
+                 "transaction_time")
+        self.cols = _columns(header, {n: (n,) for n in names},
+                             {n: i + 1 for i, n in enumerate(names)}, names)
+        self.width = max(self.cols.values()) + 1
+        self.coin_m = source.market == "cm"
+        self.size = source.contract_size
+        self.prefix = f"{source.stem}@"
+        self.venue, self.instrument = source.venue, source.instrument
+
+    def row(self, line: bytes, line_no: int, offset: int) -> Any:
+        c = split_row(line, self.width)
+        ix = self.cols
+        bid = positive(c[ix["best_bid_price"]], "best_bid_price")
+        ask = positive(c[ix["best_ask_price"]], "best_ask_price")
+        bid_size = non_negative(c[ix["best_bid_qty"]], "best_bid_qty")
+        ask_size = non_negative(c[ix["best_ask_qty"]], "best_ask_qty")
+        if self.coin_m:
+            bid_size, ask_size = bid_size * self.size / bid, ask_size * self.size / ask
+        return Quote(id=f"{self.prefix}{line_no}", venue=self.venue, instrument=self.instrument,
+                     ts=_time(c[ix["transaction_time"]], "transaction_time"), bid=bid,
+                     bid_size=bid_size, ask=ask, ask_size=ask_size)
+
+
+class BookDepthParser(RowParser):
+    """``bookDepth``: the rows of one timestamp make one :class:`BookDepth`.
+
+    ``bands_pct`` are the band sizes, ``bid_depth``/``ask_depth`` the depths at
+    ``-band``/``+band`` in the base asset (COIN-M: the ``notional`` column, which is in
+    the base coin there), ``mid`` the mean of the ±1 % rows' average prices
+    (``notional / depth``, or a ``weighted_avg_price`` column where the file has one).
+    A snapshot whose sides do not have the same bands (a row missing or repeated) is
+    skipped: each of its rows becomes a dead letter.
+    """
+
+    grouped = True
+
+    def __init__(self, header: list[str] | None, source: Source) -> None:
+        self.cols = _columns(header, {
+            "timestamp": ("timestamp",), "percentage": ("percentage",), "depth": ("depth",),
+            "notional": ("notional",), "wap": ("weighted_avg_price",)},
+            {"timestamp": 0, "percentage": 1, "depth": 2, "notional": 3},
+            ("timestamp", "percentage", "depth"))
+        self.width = max(self.cols.values()) + 1
+        self.coin_m = source.market == "cm"
+        self.size = source.contract_size
+        self.prefix = f"{source.stem}@"
+        self.venue, self.instrument = source.venue, source.instrument
+        self.ts = -1
+        self.rows: list[tuple[bytes, int, int, float, float, float]] = []
+        self.start: int | None = None
+
+    def pending(self) -> int | None:
+        return self.start
+
+    def row(self, line: bytes, line_no: int, offset: int) -> Any:
+        c = split_row(line, self.width)
+        ix = self.cols
+        ts = datetime_ns(c[ix["timestamp"]], "timestamp")
+        pct = number(c[ix["percentage"]], "percentage")
+        if pct == 0:
+            raise RowError("percentage 0 is neither side", path="$.percentage",
+                           expected="-5..-1 (bids) or 1..5 (asks)", found="0")
+        depth = non_negative(c[ix["depth"]], "depth")
+        notional = optional(c[ix["notional"]], "notional") if "notional" in ix else None
+        wap = optional(c[ix["wap"]], "weighted_avg_price") if "wap" in ix else None
+        if self.coin_m:
+            if notional is None:
+                raise RowError("a COIN-M depth row needs its notional (base coin)",
+                               path="$.notional", expected="a number", found="")
+            depth, notional = notional, depth * self.size
+        if wap is None:
+            wap = notional / depth if notional and depth else math.nan
+        out = self._close() if ts != self.ts and self.rows else None
+        if ts != self.ts:
+            self.ts, self.start = ts, offset
+        self.rows.append((line, line_no, offset, pct, depth, wap))
+        return out
+
+    def end(self) -> Any:
+        return self._close() if self.rows else None
+
+    def _close(self) -> Any:
+        rows, self.rows = self.rows, []
+        ts = self.ts
+        self.start = None
+        bids = {-p: (d, w) for _, _, _, p, d, w in rows if p < 0}
+        asks = {p: (d, w) for _, _, _, p, d, w in rows if p > 0}
+        n_bid = sum(1 for r in rows if r[3] < 0)
+        if set(bids) != set(asks) or n_bid != len(bids) or len(rows) - n_bid != len(asks):
+            err = RowError(f"snapshot {ts} has bid bands {sorted(bids)} and ask bands "
+                           f"{sorted(asks)} over {len(rows)} rows; snapshot skipped",
+                           path="$.percentage", expected="the same bands on both sides",
+                           found=f"bids {sorted(bids)} asks {sorted(asks)}")
+            return [RowFailure(line, n, off, err) for line, n, off, *_ in rows]
+        bands = sorted(bids)
+        mid = None
+        if 1.0 in bids:
+            pair = (bids[1.0][1], asks[1.0][1])
+            if all(math.isfinite(p) and p > 0 for p in pair):
+                mid = (pair[0] + pair[1]) / 2
+        return BookDepth(id=f"{self.prefix}{rows[0][1]}", venue=self.venue,
+                         instrument=self.instrument, ts=ts, bands_pct=bands,
+                         bid_depth=[bids[b][0] for b in bands],
+                         ask_depth=[asks[b][0] for b in bands], mid=mid)
+
+
+# ---------------------------------------------------------------------------- funding, metrics
+
+
+class FundingParser(RowParser):
+    """``fundingRate``: one :class:`FundingRate` per funding time (``calc_time``)."""
+
+    def __init__(self, header: list[str] | None, source: Source) -> None:
+        self.cols = _columns(header, {"calc_time": ("calc_time",),
+                                      "rate": ("last_funding_rate", "funding_rate")},
+                             {"calc_time": 0, "rate": 2}, ("calc_time", "rate"))
+        self.width = max(self.cols.values()) + 1
+        self.prefix = f"{source.stem}@"
+        self.venue, self.instrument = source.venue, source.instrument
+
+    def row(self, line: bytes, line_no: int, offset: int) -> Any:
+        c = split_row(line, self.width)
+        return FundingRate(id=f"{self.prefix}{line_no}", venue=self.venue,
+                           instrument=self.instrument,
+                           ts=_time(c[self.cols["calc_time"]], "calc_time"),
+                           rate=number(c[self.cols["rate"]], "last_funding_rate"))
+
+
+METRICS_COLUMNS = ("create_time", "symbol", "sum_open_interest", "sum_open_interest_value",
+                   "count_toptrader_long_short_ratio", "sum_toptrader_long_short_ratio",
+                   "count_long_short_ratio", "sum_taker_long_short_vol_ratio")
+
+
+class MetricsParser(RowParser):
+    """``metrics`` (futures, every 5 minutes): open interest and long/short ratios.
+
+    USDT-M: ``sum_open_interest`` is in the base asset and its value in USDT. COIN-M:
+    it counts contracts and its value is in the base coin, so the USD value is
+    ``contracts * contract_size``.
+    """
+
+    def __init__(self, header: list[str] | None, source: Source) -> None:
+        self.cols = _columns(header, {n: (n,) for n in METRICS_COLUMNS},
+                             {n: i for i, n in enumerate(METRICS_COLUMNS)},
+                             ("create_time", "sum_open_interest"))
+        self.width = max(self.cols.values()) + 1
+        self.coin_m = source.market == "cm"
+        self.size = source.contract_size
+        self.prefix = f"{source.stem}@"
+        self.venue, self.instrument = source.venue, source.instrument
+
+    def _ratio(self, c: list[bytes], column: str) -> float | None:
+        i = self.cols.get(column)
+        if i is None or i >= len(c):
+            return None
+        value = optional(c[i], column)
+        if value is not None and value < 0:
+            raise RowError(f"{column} {value!r} is negative", path=f"$.{column}",
+                           expected="a ratio >= 0", found=repr(value))
+        return value
+
+    def row(self, line: bytes, line_no: int, offset: int) -> Any:
+        c = split_row(line, self.width)
+        ix = self.cols
+        oi = non_negative(c[ix["sum_open_interest"]], "sum_open_interest")
+        value = self._ratio(c, "sum_open_interest_value")
+        if self.coin_m:
+            base, value = value, oi * self.size
+        else:
+            base = oi
+        instrument = name(c[ix["symbol"]], "symbol") if "symbol" in ix else self.instrument
+        return OpenInterest(
+            id=f"{self.prefix}{line_no}", venue=self.venue, instrument=instrument,
+            ts=datetime_ns(c[ix["create_time"]], "create_time"), open_interest=oi,
+            base_qty=base, value=value,
+            top_account_ratio=self._ratio(c, "count_toptrader_long_short_ratio"),
+            top_position_ratio=self._ratio(c, "sum_toptrader_long_short_ratio"),
+            account_ratio=self._ratio(c, "count_long_short_ratio"),
+            taker_buy_sell_ratio=self._ratio(c, "sum_taker_long_short_vol_ratio"))
+
+
+PARSERS: dict[str, ParserFactory] = {
+    "binance_klines": factory(KlineParser),
+    "binance_mark_price_klines": factory(KlineParser, price_only=True),
+    "binance_index_price_klines": factory(KlineParser, price_only=True),
+    "binance_premium_index_klines": factory(KlineParser, premium=True),
+    "binance_trades": factory(TradeParser, agg=False),
+    "binance_agg_trades": factory(TradeParser, agg=True),
+    "binance_book_ticker": factory(BookTickerParser),
+    "binance_book_depth": factory(BookDepthParser),
+    "binance_funding": factory(FundingParser),
+    "binance_metrics": factory(MetricsParser),
+}
+"""Format name to parser factory."""

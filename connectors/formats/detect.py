@@ -1,0 +1,181 @@
+"""Which format a file is, from its name, its folders and its first line (``auto``).
+
+In order:
+
+1. A Tardis name, ``<exchange>_<data type>_<YYYY-MM-DD>_<symbol>.csv[.gz]``
+   (``binance-futures_trades_2024-01-01_BTCUSDT.csv.gz``).
+2. A Binance dump name, ``<SYMBOL>-<kind>-<date>.zip`` or ``.csv``
+   (``BTCUSDT-1m-2024-01-01.zip``, ``BTCUSD_PERP-aggTrades-2024-01.zip``); an
+   interval as the kind means klines, and the folder above says which
+   (``markPriceKlines``, ``indexPriceKlines``, ``premiumIndexKlines``; as on
+   data.binance.vision: ``.../futures/um/daily/markPriceKlines/BTCUSDT/1m/``).
+3. The header: a Tardis header (``exchange,symbol,timestamp,local_timestamp,...``)
+   or a Binance one, matched by its column names.
+4. A header-less Binance row: 12 numbers are a kline; trades and aggTrades are told
+   apart by where their true/false columns are.
+5. Words in the name (``kline``, ``premiumindex``, ``markprice``, ``indexprice``,
+   ``bookdepth``, ``bookticker``, ``aggtrade``, ``trade``, ``funding``,
+   ``metrics``), and ``.jsonl`` / ``.ndjson`` / ``.json`` for the wire contract.
+
+The Binance market is ``cm`` (COIN-M) when the symbol has an underscore
+(``BTCUSD_PERP``, ``ETHUSD_240628``), a folder is ``cm`` or the header names a base
+column; ``um`` when a folder is ``um`` or the file has a header; else ``spot``.
+
+>>> detect("binance-futures_derivative_ticker_2024-01-01_BTCUSDT.csv.gz", b"")
+Detected(format='tardis_derivative_ticker', market='', symbol='BTCUSDT', exchange='binance-futures')
+>>> detect("data/futures/um/daily/premiumIndexKlines/BTCUSDT/1m/BTCUSDT-1m-2024-01-01.zip", b"")
+Detected(format='binance_premium_index_klines', market='um', symbol='BTCUSDT', exchange='')
+>>> detect("BTCUSD_PERP-aggTrades-2024-01-01.zip", b"").market
+'cm'
+>>> detect("dump.csv", b"1,100.5,0.2,20.1,1700000000000,True,True").format
+'binance_trades'
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import PurePath
+
+from riskguard.connectors.formats.core import header_cells, is_header
+from riskguard.connectors.formats.tardis import COLUMNS as TARDIS_COLUMNS
+from riskguard.connectors.formats.tardis import COMMON
+
+_TARDIS_NAME = re.compile(
+    r"^(?P<exchange>[a-z0-9-]+)_(?P<kind>trades|liquidations|quotes|book_snapshot_25|"
+    r"book_snapshot_5|derivative_ticker|options_chain|incremental_book_L2|book_ticker)_"
+    r"(?P<date>\d{4}-\d{2}-\d{2})_(?P<symbol>.+?)\.csv(?:\.gz)?$")
+_BINANCE_NAME = re.compile(
+    r"^(?P<symbol>[A-Z0-9]+(?:_[A-Z0-9]+)?)-(?P<kind>[A-Za-z0-9]+)-"
+    r"(?P<date>\d{4}-\d{2}(?:-\d{2})?)\.(?:csv|zip|csv\.gz)$")
+_INTERVAL = re.compile(r"^\d+(?:s|m|h|d|w|mo)$")
+_BINANCE_KINDS = {
+    "trades": "binance_trades", "aggTrades": "binance_agg_trades",
+    "bookTicker": "binance_book_ticker", "bookDepth": "binance_book_depth",
+    "fundingRate": "binance_funding", "metrics": "binance_metrics",
+}
+_KLINE_FOLDERS = {
+    "markpriceklines": "binance_mark_price_klines",
+    "indexpriceklines": "binance_index_price_klines",
+    "premiumindexklines": "binance_premium_index_klines",
+}
+_BINANCE_HEADERS = (  # first columns of each Binance header
+    (("open_time", "open", "high"), "binance_klines"),
+    (("id", "price", "qty"), "binance_trades"),
+    (("agg_trade_id",), "binance_agg_trades"),
+    (("update_id", "best_bid_price"), "binance_book_ticker"),
+    (("timestamp", "percentage", "depth"), "binance_book_depth"),
+    (("calc_time",), "binance_funding"),
+    (("create_time", "symbol", "sum_open_interest"), "binance_metrics"),
+)
+_NAME_WORDS = (  # tried in order: the longer words first
+    ("premiumindex", "binance_premium_index_klines"),
+    ("premium_index", "binance_premium_index_klines"),
+    ("markprice", "binance_mark_price_klines"),
+    ("mark_price", "binance_mark_price_klines"),
+    ("indexprice", "binance_index_price_klines"),
+    ("index_price", "binance_index_price_klines"),
+    ("bookdepth", "binance_book_depth"), ("book_depth", "binance_book_depth"),
+    ("bookticker", "binance_book_ticker"), ("book_ticker", "binance_book_ticker"),
+    ("aggtrade", "binance_agg_trades"), ("agg_trade", "binance_agg_trades"),
+    ("kline", "binance_klines"), ("funding", "binance_funding"),
+    ("metrics", "binance_metrics"), ("trade", "binance_trades"),
+)
+_BOOLS = (b"true", b"false")
+
+
+@dataclass(frozen=True)
+class Detected:
+    """What :func:`detect` found: the format ('' if none), the Binance market, and the
+    symbol and exchange the name gives ('' if it gives none)."""
+
+    format: str
+    market: str = ""
+    symbol: str = ""
+    exchange: str = ""
+
+
+def _market(path: PurePath, symbol: str, header: bool) -> str:
+    folders = {p.lower() for p in path.parts[:-1]}
+    if "_" in symbol or "cm" in folders:
+        return "cm"
+    if "um" in folders:
+        return "um"
+    if "spot" in folders:
+        return "spot"
+    return "um" if header else "spot"
+
+
+def _from_header(cells: list[str]) -> str:
+    if tuple(cells[:4]) == COMMON:
+        rest = tuple(cells[4:])
+        for kind, columns in TARDIS_COLUMNS.items():
+            if rest[:len(columns)] == columns:
+                return "tardis_liquidations" if kind == "liquidations" else f"tardis_{kind}"
+        if rest[:4] == ("asks[0].price", "asks[0].amount", "bids[0].price", "bids[0].amount"):
+            return "tardis_book_snapshot_25" if len(rest) > 20 else "tardis_book_snapshot_5"
+        return ""
+    for first, fmt in _BINANCE_HEADERS:
+        if tuple(cells[:len(first)]) == first:
+            return fmt
+    return ""
+
+
+def _from_row(line: bytes) -> str:
+    cells = [c.strip().lower() for c in line.split(b",")]
+    bools = [i for i, c in enumerate(cells) if c in _BOOLS]
+    if len(cells) == 12 and not bools:
+        return "binance_klines"
+    if bools[:1] == [5]:
+        return "binance_trades"  # id, price, qty, quote_qty, time, is_buyer_maker[, ...]
+    if bools[:1] == [6]:
+        return "binance_agg_trades"  # ..., first_trade_id, last_trade_id, time, maker[, ...]
+    if len(cells) == 3:
+        return "binance_funding"
+    return ""
+
+
+def detect(path: str | PurePath, first: bytes) -> Detected:
+    """The format of the file at ``path`` whose first line is ``first``."""
+    p = PurePath(path)
+    file = p.name
+    header = is_header(first) if first else False
+    m = _TARDIS_NAME.match(file)
+    if m:
+        kind = m.group("kind")
+        fmt = f"tardis_{kind}" if kind in ("trades", "liquidations", "quotes",
+                                           "book_snapshot_5", "book_snapshot_25",
+                                           "derivative_ticker", "options_chain") else ""
+        return Detected(fmt, "", m.group("symbol"), m.group("exchange"))
+    m = _BINANCE_NAME.match(file)
+    if m:
+        symbol, kind = m.group("symbol"), m.group("kind")
+        market = _market(p, symbol, header)
+        if _INTERVAL.match(kind):
+            folders = [q.lower() for q in p.parts[:-1]]
+            fmt = next((f for k, f in _KLINE_FOLDERS.items() if k in folders),
+                       "binance_klines")
+            return Detected(fmt, market, symbol)
+        if kind in _BINANCE_KINDS:
+            return Detected(_BINANCE_KINDS[kind], market, symbol)
+    lower = file.lower()
+    if lower.endswith((".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz")):
+        return Detected("jsonl")
+    fmt = ""
+    if header:
+        fmt = _from_header(header_cells(first))
+    elif first:
+        fmt = _from_row(first)
+    for word, by_name in _NAME_WORDS:
+        if word in lower:
+            # a word names the format; of a kline file, which klines (mark, index ...)
+            if not fmt or (fmt == "binance_klines" and by_name.endswith("_klines")):
+                fmt = by_name
+            break
+    if fmt.startswith("binance"):
+        cells = header_cells(first) if header else []
+        market = _market(p, "", header)
+        if "base_volume" in cells or "base_qty" in cells:
+            market = "cm"
+        return Detected(fmt, market)
+    return Detected(fmt)

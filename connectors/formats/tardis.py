@@ -1,0 +1,372 @@
+"""Tardis.dev downloadable CSV files as wire-contract records.
+
+The files (``<exchange>_<data type>_<YYYY-MM-DD>_<symbol>.csv.gz``, read here as
+a gzip stream) are comma-separated with a header line, a dot as decimal mark,
+and times in **microseconds since the epoch, UTC**. Every data type starts with
+``exchange, symbol, timestamp, local_timestamp``: ``timestamp`` is the
+exchange's time (the record's ``ts``), ``local_timestamp`` the time Tardis
+received the message (the record's ``recv_ts``). Prices and amounts are as the
+exchange gives them. ``exchange`` and ``symbol`` name each record's venue and
+instrument (a ``venue`` given to the reader replaces the exchange's name).
+
+Each format, its columns after the common four, and the records it gives:
+
+- ``tardis_trades``: id, side (the taker's: buy, sell or unknown), price, amount;
+  a :class:`~riskguard.schemas.Trade`.
+- ``tardis_liquidations``: id, side (buy: a short position was liquidated), price,
+  amount; a ``Trade`` with ``liquidation=True``.
+- ``tardis_quotes``: ask_amount, ask_price, bid_price, bid_amount; a ``Quote``.
+- ``tardis_book_snapshot_5`` / ``tardis_book_snapshot_25``: asks[0].price,
+  asks[0].amount, bids[0].price, bids[0].amount, ... to level 4 or 24; a ``Quote``
+  and a ``BookDepth``.
+- ``tardis_derivative_ticker``: funding_timestamp, funding_rate,
+  predicted_funding_rate, open_interest, last_price, index_price, mark_price; a
+  ``FundingRate`` and/or an ``OpenInterest``.
+- ``tardis_options_chain``: type, strike_price, expiration, open_interest,
+  last_price, bid_price, bid_amount, bid_iv, ask_price, ask_amount, ask_iv,
+  mark_price, mark_iv, underlying_index, underlying_price, delta, gamma, vega,
+  theta, rho; an ``OptionQuote``.
+
+Mapping details:
+
+- A trade whose side is ``unknown`` is a dead letter (a trade carries its
+  aggressor's side); so is a quote with an empty side.
+- A book snapshot gives its top level as a :class:`~riskguard.schemas.Quote`
+  and, as a :class:`~riskguard.schemas.BookDepth`, the cumulative amount within
+  each band of :data:`DEPTH_BANDS_PCT` around the mid that the snapshot's levels
+  cover on both sides (a band wider than the snapshot reaches is left out; none
+  covered: the quote only).
+- A derivative ticker gives a :class:`~riskguard.schemas.FundingRate` where it
+  has a funding rate (with mark, index, predicted rate and next funding time)
+  and an :class:`~riskguard.schemas.OpenInterest` where it has open interest
+  (in the exchange's unit, ``base_qty`` unknown); a row with neither is a dead
+  letter.
+- An options-chain row becomes an :class:`~riskguard.schemas.OptionQuote`.
+  Implied volatilities are read as percent (Deribit's unit: ``53.5`` is 53.5 %)
+  and stored as fractions; on Deribit and OKX options, prices are in the
+  underlying coin and are converted to the quote currency with
+  ``underlying_price`` (``coin_priced``). Empty bids or asks are 0; an empty mark
+  price, mark IV, underlying price or delta makes the row a dead letter; empty
+  gamma, vega or theta are 0. ``underlying`` is the symbol's first part
+  (``BTC`` of ``BTC-29MAR24-60000-C``, ``AVAX`` of ``AVAX_USDC-...``).
+
+>>> import tempfile, pathlib
+>>> from riskguard.connectors.formats.core import FileReader, Source
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> _ = (d / "t.csv").write_text("exchange,symbol,timestamp,local_timestamp,id,side,price,"
+...     "amount\\nbinance-futures,BTCUSDT,1704067200000123,1704067200001456,99,sell,"
+...     "42000.5,0.01\\n")
+>>> reader = FileReader(d / "t.csv", PARSERS["tardis_trades"], source=Source("t.csv", "file", "x"))
+>>> [(t.venue, t.instrument, t.ts, t.recv_ts, t.side.value) for _, _, t in reader.lines()]
+[('binance-futures', 'BTCUSDT', 1704067200000123000, 1704067200001456000, 'sell')]
+>>> reader.close()
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from riskguard.connectors.formats.core import (
+    ParserFactory,
+    RowError,
+    RowParser,
+    Source,
+    factory,
+    name,
+    non_negative,
+    optional,
+    positive,
+    split_row,
+    whole,
+)
+from riskguard.schemas.market import (
+    BookDepth,
+    FundingRate,
+    OpenInterest,
+    OptionQuote,
+    OptionType,
+    Quote,
+    Side,
+    Trade,
+)
+
+COMMON = ("exchange", "symbol", "timestamp", "local_timestamp")
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "trades": ("id", "side", "price", "amount"),
+    "liquidations": ("id", "side", "price", "amount"),
+    "quotes": ("ask_amount", "ask_price", "bid_price", "bid_amount"),
+    "derivative_ticker": ("funding_timestamp", "funding_rate", "predicted_funding_rate",
+                          "open_interest", "last_price", "index_price", "mark_price"),
+    "options_chain": ("type", "strike_price", "expiration", "open_interest", "last_price",
+                      "bid_price", "bid_amount", "bid_iv", "ask_price", "ask_amount", "ask_iv",
+                      "mark_price", "mark_iv", "underlying_index", "underlying_price", "delta",
+                      "gamma", "vega", "theta", "rho"),
+}
+"""Each data type's documented columns after :data:`COMMON` (book snapshots: see
+:func:`book_columns`)."""
+DEPTH_BANDS_PCT = (0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0)
+"""Bands (percent from the mid) a book snapshot's depth record reports, where covered."""
+COIN_PRICED_EXCHANGES = frozenset({"deribit", "okex-options", "okx-options"})
+"""Options venues whose option prices are in the underlying coin (but USDC/USDT-settled
+symbols)."""
+_SIDES = {b"buy": Side.BUY, b"sell": Side.SELL}
+
+
+def book_columns(levels: int) -> tuple[str, ...]:
+    """``asks[0].price, asks[0].amount, bids[0].price, bids[0].amount, ...``."""
+    return tuple(f"{side}[{i}].{what}" for i in range(levels)
+                 for side, what in (("asks", "price"), ("asks", "amount"),
+                                    ("bids", "price"), ("bids", "amount")))
+
+
+def _index(header: list[str] | None, columns: tuple[str, ...],
+           required: tuple[str, ...]) -> dict[str, int]:
+    """Column positions by header name (or the documented order without a header)."""
+    every = (*COMMON, *columns)
+    if header is None:
+        return {n: i for i, n in enumerate(every)}
+    index = {n: i for i, n in enumerate(header)}
+    missing = [n for n in (*COMMON, *required) if n not in index]
+    if missing:
+        raise RowError(f"header lacks column(s) {', '.join(missing)}; file not read",
+                       expected=f"a Tardis header with {', '.join((*COMMON, *required))}",
+                       found=",".join(header)[:200], reason="malformed")
+    return {n: index[n] for n in every if n in index}
+
+
+def _us(cell: bytes, column: str) -> int:
+    value = whole(cell, column)
+    if not 0 <= value < 2**63 // 1000:
+        raise RowError(f"{column} {value} is not a time in µs", path=f"$.{column}",
+                       expected="µs since the epoch", found=str(value))
+    return value * 1000
+
+
+class _Parser(RowParser):
+    """The common four columns; subclasses read the rest."""
+
+    columns: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()
+
+    def __init__(self, header: list[str] | None, source: Source) -> None:
+        self.ix = _index(header, self.columns, self.required)
+        self.width = max(self.ix.values()) + 1
+        self.prefix = f"{source.stem}@"
+        self.venue = source.venue if source.venue_given else None
+        self.ex_i, self.sym_i = self.ix["exchange"], self.ix["symbol"]
+        self.ts_i, self.local_i = self.ix["timestamp"], self.ix["local_timestamp"]
+
+    def head(self, line: bytes) -> tuple[list[bytes], str, str, int, int]:
+        """``(cells, venue, instrument, ts, recv_ts)``."""
+        c = line.split(b",")
+        if len(c) < self.width:
+            c = split_row(line, self.width)
+        venue = self.venue or name(c[self.ex_i], "exchange")
+        try:
+            ts, recv = int(c[self.ts_i]) * 1000, int(c[self.local_i]) * 1000
+        except ValueError:
+            ts, recv = _us(c[self.ts_i], "timestamp"), _us(c[self.local_i], "local_timestamp")
+        if not (0 <= ts < 2**63 and 0 <= recv < 2**63):
+            raise RowError(f"timestamp {ts // 1000} or local_timestamp {recv // 1000} is out "
+                           "of range", path="$.timestamp", expected="µs since the epoch",
+                           found=f"{ts // 1000},{recv // 1000}")
+        return c, venue, name(c[self.sym_i], "symbol"), ts, recv
+
+
+class TradesParser(_Parser):
+    """``trades`` (or ``liquidations``: ``liquidation=True``) to trades."""
+
+    columns = COLUMNS["trades"]
+    required = ("side", "price", "amount")
+
+    def __init__(self, header: list[str] | None, source: Source, *,
+                 liquidation: bool = False) -> None:
+        super().__init__(header, source)
+        self.side_i, self.price_i, self.amount_i = (self.ix["side"], self.ix["price"],
+                                                    self.ix["amount"])
+        self.liquidation = liquidation
+
+    def row(self, line: bytes, line_no: int, offset: int) -> Any:
+        c, venue, instrument, ts, recv = self.head(line)
+        side = _SIDES.get(c[self.side_i].strip())
+        if side is None:
+            found = c[self.side_i].decode("utf-8", "replace").strip()
+            raise RowError(f"side {found!r} is not buy or sell", path="$.side",
+                           expected="buy or sell", found=found)
+        return Trade(id=f"{self.prefix}{line_no}", venue=venue, instrument=instrument, ts=ts,
+                     recv_ts=recv, price=positive(c[self.price_i], "price"),
+                     qty=positive(c[self.amount_i], "amount"), side=side,
+                     liquidation=self.liquidation)
+
+
+class QuotesParser(_Parser):
+    """``quotes`` (top of book) to quotes."""
+
+    columns = COLUMNS["quotes"]
+    required = columns
+
+    def row(self, line: bytes, line_no: int, offset: int) -> Any:
+        c, venue, instrument, ts, recv = self.head(line)
+        ix = self.ix
+        return Quote(id=f"{self.prefix}{line_no}", venue=venue, instrument=instrument, ts=ts,
+                     recv_ts=recv, bid=positive(c[ix["bid_price"]], "bid_price"),
+                     bid_size=non_negative(c[ix["bid_amount"]], "bid_amount"),
+                     ask=positive(c[ix["ask_price"]], "ask_price"),
+                     ask_size=non_negative(c[ix["ask_amount"]], "ask_amount"))
+
+
+class BookSnapshotParser(_Parser):
+    """``book_snapshot_5`` / ``book_snapshot_25`` to a quote and a depth record."""
+
+    def __init__(self, header: list[str] | None, source: Source, *, levels: int) -> None:
+        self.columns = book_columns(levels)
+        self.required = self.columns[:4]
+        super().__init__(header, source)
+        self.levels = [(self.ix[f"asks[{i}].price"], self.ix[f"asks[{i}].amount"],
+                        self.ix[f"bids[{i}].price"], self.ix[f"bids[{i}].amount"])
+                       for i in range(levels) if f"bids[{i}].amount" in self.ix]
+
+    def _side(self, c: list[bytes], price_at: int, amount_at: int, side: str,
+              ) -> list[tuple[float, float]]:
+        out = []
+        for level in self.levels:
+            p, a = c[level[price_at]], c[level[amount_at]]
+            if not p.strip():
+                break  # a thin book: no more levels on this side
+            out.append((positive(p, f"{side}.price"), non_negative(a, f"{side}.amount")))
+        if not out:
+            raise RowError(f"the {side} side is empty", path=f"$.{side}[0].price",
+                           expected="at least one level", found="")
+        return out
+
+    def row(self, line: bytes, line_no: int, offset: int) -> Any:
+        c, venue, instrument, ts, recv = self.head(line)
+        asks = self._side(c, 0, 1, "asks")
+        bids = self._side(c, 2, 3, "bids")
+        rid = f"{self.prefix}{line_no}"
+        quote = Quote(id=rid, venue=venue, instrument=instrument, ts=ts, recv_ts=recv,
+                      bid=bids[0][0], bid_size=bids[0][1], ask=asks[0][0], ask_size=asks[0][1])
+        mid = (bids[0][0] + asks[0][0]) / 2
+        reach = min((asks[-1][0] - mid) / mid, (mid - bids[-1][0]) / mid) * 100
+        bands = [b for b in DEPTH_BANDS_PCT if b <= reach]
+        if not bands:
+            return quote
+        bid_depth = [sum(a for p, a in bids if (mid - p) / mid * 100 <= b) for b in bands]
+        ask_depth = [sum(a for p, a in asks if (p - mid) / mid * 100 <= b) for b in bands]
+        return [quote, BookDepth(id=f"{rid}d", venue=venue, instrument=instrument, ts=ts,
+                                 recv_ts=recv, bands_pct=bands, bid_depth=bid_depth,
+                                 ask_depth=ask_depth, mid=mid)]
+
+
+class DerivativeTickerParser(_Parser):
+    """``derivative_ticker`` to funding rates and open interest."""
+
+    columns = COLUMNS["derivative_ticker"]
+    required = ("funding_rate", "open_interest", "index_price", "mark_price")
+
+    def _get(self, c: list[bytes], column: str) -> float | None:
+        i = self.ix.get(column)
+        return None if i is None or i >= len(c) else optional(c[i], column)
+
+    def row(self, line: bytes, line_no: int, offset: int) -> Any:
+        c, venue, instrument, ts, recv = self.head(line)
+        out: list[Any] = []
+        rid = f"{self.prefix}{line_no}"
+        rate = self._get(c, "funding_rate")
+        if rate is not None:
+            mark, index = self._get(c, "mark_price"), self._get(c, "index_price")
+            nxt = self.ix.get("funding_timestamp")
+            next_ts = _us(c[nxt], "funding_timestamp") if nxt is not None and \
+                c[nxt].strip() else None
+            for value, column in ((mark, "mark_price"), (index, "index_price")):
+                if value is not None and value <= 0:
+                    raise RowError(f"{column} {value!r} is not positive", path=f"$.{column}",
+                                   expected="a number > 0", found=repr(value))
+            out.append(FundingRate(id=rid, venue=venue, instrument=instrument, ts=ts,
+                                   recv_ts=recv, rate=rate, mark_price=mark, index_price=index,
+                                   next_funding_ts=next_ts,
+                                   predicted_rate=self._get(c, "predicted_funding_rate")))
+        oi = self._get(c, "open_interest")
+        if oi is not None:
+            if oi < 0:
+                raise RowError(f"open_interest {oi!r} is negative", path="$.open_interest",
+                               expected="a number >= 0", found=repr(oi))
+            out.append(OpenInterest(id=f"{rid}oi", venue=venue, instrument=instrument, ts=ts,
+                                    recv_ts=recv, open_interest=oi))
+        if not out:
+            raise RowError("neither a funding rate nor open interest", path="$.funding_rate",
+                           expected="funding_rate or open_interest", found="")
+        return out if len(out) > 1 else out[0]
+
+
+class OptionsChainParser(_Parser):
+    """``options_chain`` to option quotes (see the module docstring for units)."""
+
+    columns = COLUMNS["options_chain"]
+    required = ("type", "strike_price", "expiration", "bid_price", "ask_price", "mark_price",
+                "mark_iv", "underlying_price", "delta")
+
+    def __init__(self, header: list[str] | None, source: Source, *,
+                 coin_priced: bool | None = None, iv_percent: bool = True) -> None:
+        super().__init__(header, source)
+        self.coin_priced = coin_priced
+        self.iv_scale = 0.01 if iv_percent else 1.0
+
+    def _get(self, c: list[bytes], column: str, default: float | None = 0.0) -> float | None:
+        i = self.ix.get(column)
+        value = None if i is None or i >= len(c) else optional(c[i], column)
+        if value is None and default is None:
+            raise RowError(f"{column} is empty", path=f"$.{column}", expected="a number",
+                           found="")
+        return default if value is None else value
+
+    def row(self, line: bytes, line_no: int, offset: int) -> Any:
+        c, venue, instrument, ts, recv = self.head(line)
+        ix = self.ix
+        kind = c[ix["type"]].strip().lower()
+        if kind not in (b"call", b"put"):
+            found = kind.decode("utf-8", "replace")
+            raise RowError(f"type {found!r} is not call or put", path="$.type",
+                           expected="call or put", found=found)
+        under_px = positive(c[ix["underlying_price"]], "underlying_price")
+        coin = self.coin_priced
+        if coin is None:
+            exchange = c[self.ex_i].strip().lower().decode("utf-8", "replace")
+            coin = exchange in COIN_PRICED_EXCHANGES and not any(
+                s in instrument for s in ("_USDC", "_USDT"))
+        scale = under_px if coin else 1.0
+        prices = [self._get(c, n) for n in ("bid_price", "ask_price")]
+        mark = self._get(c, "mark_price", None)
+        for value, column in zip((*prices, mark), ("bid_price", "ask_price", "mark_price"),
+                                 strict=True):
+            if value is None or value < 0:
+                raise RowError(f"{column} {value!r} is negative", path=f"$.{column}",
+                               expected="a number >= 0", found=repr(value))
+        iv = self._get(c, "mark_iv", None)
+        if iv is None or iv < 0:
+            raise RowError(f"mark_iv {iv!r} is negative", path="$.mark_iv",
+                           expected="a number >= 0", found=repr(iv))
+        underlying = instrument.split("-", 1)[0].split("_", 1)[0]
+        return OptionQuote(
+            id=f"{self.prefix}{line_no}", venue=venue, instrument=instrument, ts=ts,
+            recv_ts=recv, underlying=name(underlying.encode(), "symbol"),
+            expiry=_us(c[ix["expiration"]], "expiration"),
+            strike=positive(c[ix["strike_price"]], "strike_price"),
+            option_type=OptionType.CALL if kind == b"call" else OptionType.PUT,
+            bid=prices[0] * scale, ask=prices[1] * scale,  # type: ignore[operator]
+            mark_price=mark * scale, mark_iv=iv * self.iv_scale,  # type: ignore[operator]
+            underlying_price=under_px, delta=self._get(c, "delta", None),
+            gamma=self._get(c, "gamma"), vega=self._get(c, "vega"),
+            theta=self._get(c, "theta"))
+
+
+PARSERS: dict[str, ParserFactory] = {
+    "tardis_trades": factory(TradesParser),
+    "tardis_liquidations": factory(TradesParser, liquidation=True),
+    "tardis_quotes": factory(QuotesParser),
+    "tardis_book_snapshot_5": factory(BookSnapshotParser, levels=5),
+    "tardis_book_snapshot_25": factory(BookSnapshotParser, levels=25),
+    "tardis_derivative_ticker": factory(DerivativeTickerParser),
+    "tardis_options_chain": factory(OptionsChainParser),
+}
+"""Format name to parser factory."""
