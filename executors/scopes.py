@@ -1,0 +1,308 @@
+"""Which markets a command's scope names, and the per-scope trading states an executor holds.
+
+Engine-neutral: nothing here imports a trading system. An executor for
+NautilusTrader, CCXT or a FIX gateway maps riskguard's names to its own with a
+:class:`MarketMap` and keeps what is in force in a :class:`ScopeBook`.
+
+**The overlap rule.** Every ``halt_trading``, ``reduce_only``, ``reduce_limits`` and
+``widen_quotes`` is held on the exact scope it names. An order's state is the most
+restrictive state held on any scope that covers its market (HALTED > REDUCING >
+ACTIVE): the firm, its venue, its counterparty, its underlying (on every venue or on
+its venue) and its instrument (likewise). Its notional cap is the base cap times the
+smallest ``reduce_limits`` factor held on those scopes. A ``resume`` lifts holds on
+exactly its own scope (the actions in ``params.actions``, the commands in
+``params.resumes``, or all of them), never on a wider or narrower one: resuming
+``venue:okx`` under a firm halt leaves okx halted, by the firm.
+
+>>> from riskguard.schemas.signals import FIRM
+>>> markets = MarketMap.from_dict({
+...     "venues": {"okx": {"venue": "OKX"}, "binance": {"venue": "BINANCE"}},
+...     "instruments": [
+...         {"venue": "okx", "name": "BTC-USDT", "id": "BTCUSDT.OKX", "underlying": "BTC"},
+...         {"venue": "binance", "name": "BTC-USDT", "id": "BTCUSDT.BINANCE",
+...          "underlying": "BTC"}]})
+>>> book = ScopeBook()
+>>> okx, binance = markets.market("BTCUSDT.OKX"), markets.market("BTCUSDT.BINANCE")
+>>> _ = book.hold("halt_trading", Scope(kind=ScopeKind.VENUE, value="okx"), "c1")
+>>> book.state_for(okx).name, book.state_for(binance).name
+('HALTED', 'ACTIVE')
+>>> _ = book.hold("halt_trading", FIRM, "c2")
+>>> _ = book.lift(Scope(kind=ScopeKind.VENUE, value="okx"))
+>>> book.state_for(okx).name, book.governing(okx)[0].scope_label
+('HALTED', 'firm:*')
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from riskguard.schemas.signals import Scope, ScopeKind
+
+from riskguard.errors import ConfigError
+
+__all__ = ["HELD_ACTIONS", "Hold", "Market", "MarketMap", "ScopeBook", "ScopeBookState",
+           "TradeState", "covers"]
+
+
+class TradeState(IntEnum):
+    """An order's trading state, ordered by restriction (NautilusTrader's names)."""
+
+    ACTIVE = 0
+    REDUCING = 1
+    """Only orders that reduce a position."""
+    HALTED = 2
+    """No new orders; cancels only."""
+
+
+HELD_ACTIONS: Mapping[str, TradeState | None] = {
+    "halt_trading": TradeState.HALTED, "reduce_only": TradeState.REDUCING,
+    "reduce_limits": None, "widen_quotes": None}
+"""Actions an executor holds on a scope until a ``resume`` lifts them (and the state each
+one imposes; ``None``: a cap or a quote width, no trading state)."""
+
+
+@dataclass(frozen=True)
+class Market:
+    """One tradable market in riskguard's names and the trading system's ``key``.
+
+    ``name`` and ``underlying`` are None for a market only known by its venue (an order
+    on an instrument the map does not list, on a venue it does).
+    """
+
+    key: str
+    venue: str | None
+    name: str | None = None
+    underlying: str | None = None
+    counterparty: str | None = None
+    system_venue: str | None = None
+    max_notional: float | None = None
+
+
+def covers(scope: Scope, market: Market) -> bool:
+    """True if ``scope`` names ``market`` (the firm names every market).
+
+    >>> m = Market(key="BTCUSDT.OKX", venue="okx", name="BTC-USDT", underlying="BTC",
+    ...            counterparty="okx")
+    >>> [covers(Scope(kind=ScopeKind.UNDERLYING, value="BTC", venue=v), m) for v in (None,
+    ...  "okx", "binance")]
+    [True, True, False]
+    """
+    if scope.kind is ScopeKind.FIRM:
+        return True
+    if scope.kind is ScopeKind.VENUE:
+        return market.venue == scope.value
+    if scope.kind is ScopeKind.COUNTERPARTY:
+        return market.counterparty is not None and market.counterparty == scope.value
+    if scope.venue is not None and market.venue != scope.venue:
+        return False
+    if scope.kind is ScopeKind.UNDERLYING:
+        return market.underlying is not None and market.underlying == scope.value
+    return market.name is not None and market.name == scope.value
+
+
+@dataclass(frozen=True)
+class MarketMap:
+    """riskguard venue and instrument names to the trading system's (configurable).
+
+    ``venues`` maps a riskguard venue to the system's venue id and its counterparty
+    (by default the venue's own name); ``markets`` lists every instrument by its
+    system key (a NautilusTrader ``InstrumentId`` string, a CCXT symbol...).
+    """
+
+    venues: Mapping[str, str]
+    counterparties: Mapping[str, str]
+    markets: tuple[Market, ...]
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any], *, where: str = "markets") -> MarketMap:
+        """Build from the TOML shape ``[venues.<name>] venue, counterparty`` and
+        ``[[instruments]] venue, name, id, underlying, max_notional``; raises
+        :class:`~riskguard.errors.ConfigError` naming the entry that does not fit."""
+        venues: dict[str, str] = {}
+        cps: dict[str, str] = {}
+        for name, v in dict(doc.get("venues") or {}).items():
+            if not isinstance(v, Mapping) or not isinstance(v.get("venue"), str):
+                raise ConfigError(f"{where}.venues.{name}",
+                                  'a table with venue = "<system venue id>"', v)
+            venues[name] = v["venue"]
+            cps[name] = str(v.get("counterparty") or name)
+        markets: list[Market] = []
+        for i, row in enumerate(doc.get("instruments") or []):
+            at = f"{where}.instruments[{i}]"
+            if not isinstance(row, Mapping):
+                raise ConfigError(at, "must be a table", row)
+            missing = [k for k in ("venue", "name", "id") if not isinstance(row.get(k), str)]
+            if missing:
+                raise ConfigError(at, f"needs {', '.join(missing)} (strings)", dict(row))
+            if row["venue"] not in venues:
+                raise ConfigError(f"{at}.venue",
+                                  f"a venue under [{where}.venues] (one of {sorted(venues)})",
+                                  row["venue"])
+            cap = row.get("max_notional")
+            if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int | float)
+                                    or cap <= 0):
+                raise ConfigError(f"{at}.max_notional", "must be a positive number", cap)
+            markets.append(Market(
+                key=row["id"], venue=row["venue"], name=row["name"],
+                underlying=row.get("underlying"), counterparty=cps[row["venue"]],
+                system_venue=venues[row["venue"]],
+                max_notional=float(cap) if cap is not None else None))
+        keys = [m.key for m in markets]
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        if dup:
+            raise ConfigError(f"{where}.instruments", "each id listed once", dup)
+        return cls(venues=venues, counterparties=cps, markets=tuple(markets))
+
+    def market(self, key: str, *, system_venue: str | None = None) -> Market:
+        """The market of system key ``key``; one not listed is known by its venue only
+        (``system_venue``), or by nothing (only a firm scope covers it)."""
+        for m in self.markets:
+            if m.key == key:
+                return m
+        venue = next((n for n, v in self.venues.items() if v == system_venue), None)
+        return Market(key=key, venue=venue, counterparty=self.counterparties.get(venue or ""),
+                      system_venue=system_venue)
+
+    def resolve(self, scope: Scope) -> tuple[list[Market], str | None]:
+        """The listed markets ``scope`` names, and why it names nothing (None if it does).
+
+        A venue or counterparty scope must name a configured venue or counterparty (it
+        may list no instrument); an underlying or instrument scope must name a listed one.
+        """
+        found = [m for m in self.markets if covers(scope, m)]
+        if scope.kind is ScopeKind.FIRM:
+            return found, None
+        if scope.kind is ScopeKind.VENUE and scope.value not in self.venues:
+            return [], f"venue {scope.value!r} is not in the market map ({sorted(self.venues)})"
+        if scope.kind is ScopeKind.COUNTERPARTY and scope.value not in self.counterparties.values():
+            return [], (f"counterparty {scope.value!r} is not in the market map "
+                        f"({sorted(set(self.counterparties.values()))})")
+        if scope.kind in (ScopeKind.UNDERLYING, ScopeKind.INSTRUMENT) and not found:
+            return [], f"{scope.label()} names no instrument in the market map"
+        return found, None
+
+    def system_venues(self, scope: Scope) -> list[str]:
+        """The system venue ids a venue or counterparty scope names (all for the firm)."""
+        if scope.kind is ScopeKind.FIRM:
+            return sorted(set(self.venues.values()))
+        if scope.kind is ScopeKind.VENUE:
+            return [self.venues[scope.value]] if scope.value in self.venues else []
+        if scope.kind is ScopeKind.COUNTERPARTY:
+            return sorted(self.venues[v] for v, cp in self.counterparties.items()
+                          if cp == scope.value)
+        return []
+
+    def find(self, ref: str) -> Market | None:
+        """The one listed market named ``ref`` (``venue/name``, ``name`` when only one venue
+        lists it, or a system key); None if there is none or more than one."""
+        venue, _, name = ref.rpartition("/")
+        hits = [m for m in self.markets
+                if m.key == ref or (m.name == name and (not venue or m.venue == venue))]
+        return hits[0] if len(hits) == 1 else None
+
+
+@dataclass(frozen=True)
+class Hold:
+    """One action held on one exact scope by one command."""
+
+    action: str
+    scope_label: str
+    scope: Scope
+    command_id: str
+    state: TradeState | None = None
+    factor: float | None = None
+    bps: float | None = None
+
+
+@dataclass
+class ScopeBookState:
+    """What a :class:`ScopeBook` holds; ``snapshot()`` copies it, ``restore()`` resumes."""
+
+    holds: dict[tuple[str, str], Hold] = field(default_factory=dict)
+    applied: dict[str, dict[str, Any]] = field(default_factory=dict)
+    version: int = 1
+
+
+class ScopeBook:
+    """Holds per exact scope, and the states and caps they give each market."""
+
+    MAX_REMEMBERED = 10_000
+    """Command ids remembered for idempotence (commands expire long before this many)."""
+
+    def __init__(self, state: ScopeBookState | None = None) -> None:
+        self.state = state or ScopeBookState()
+
+    def hold(self, action: str, scope: Scope, command_id: str, *, factor: float | None = None,
+             bps: float | None = None) -> Hold | None:
+        """Hold ``action`` on exactly ``scope`` (replacing that action's earlier hold
+        there); returns the hold it replaced."""
+        if action not in HELD_ACTIONS:
+            msg = f"{action!r} is not held on a scope (one of {sorted(HELD_ACTIONS)})"
+            raise ValueError(msg)
+        key = (scope.label(), action)
+        old = self.state.holds.get(key)
+        self.state.holds[key] = Hold(action=action, scope_label=key[0], scope=scope,
+                                     command_id=command_id, state=HELD_ACTIONS[action],
+                                     factor=factor, bps=bps)
+        return old
+
+    def lift(self, scope: Scope, *, actions: Iterable[str] = (),
+             command_ids: Iterable[str] = ()) -> list[Hold]:
+        """Lift holds on exactly ``scope``: those of ``actions`` and of ``command_ids``
+        where given, else all of them; returns what it lifted."""
+        acts, ids = set(actions), set(command_ids)
+        label = scope.label()
+        gone = [h for (lbl, _), h in self.state.holds.items() if lbl == label
+                and (not acts or h.action in acts) and (not ids or h.command_id in ids)]
+        for h in gone:
+            del self.state.holds[(label, h.action)]
+        return gone
+
+    def holds(self, action: str | None = None) -> list[Hold]:
+        return [h for h in self.state.holds.values() if action is None or h.action == action]
+
+    def governing(self, market: Market) -> list[Hold]:
+        """The trading-state holds covering ``market``, most restrictive first."""
+        hits = [h for h in self.state.holds.values()
+                if h.state is not None and covers(h.scope, market)]
+        return sorted(hits, key=lambda h: (-int(h.state or 0), h.scope_label))
+
+    def state_for(self, market: Market) -> TradeState:
+        """The most restrictive state held on any scope covering ``market``."""
+        top = self.governing(market)
+        if not top or top[0].state is None:
+            return TradeState.ACTIVE
+        return top[0].state
+
+    def firm_state(self) -> TradeState:
+        """The state held on ``firm:*``: the only one that covers every order."""
+        return self.state_for(Market(key="", venue=None))
+
+    def factor_for(self, market: Market) -> tuple[float, Hold | None]:
+        """The smallest ``reduce_limits`` factor covering ``market`` (1.0 if none)."""
+        hits = [h for h in self.holds("reduce_limits")
+                if h.factor is not None and covers(h.scope, market)]
+        best = min(hits, key=lambda h: (h.factor, h.scope_label), default=None)
+        return (best.factor or 1.0, best) if best is not None else (1.0, None)
+
+    def remember(self, command_id: str, outcome: dict[str, Any]) -> None:
+        """Record what ``command_id`` did, so a repeat is answered without acting."""
+        self.state.applied[command_id] = outcome
+        if len(self.state.applied) > self.MAX_REMEMBERED:
+            for old in list(self.state.applied)[: self.MAX_REMEMBERED // 2]:
+                del self.state.applied[old]
+
+    def recall(self, command_id: str) -> dict[str, Any] | None:
+        return self.state.applied.get(command_id)
+
+    def snapshot(self) -> ScopeBookState:
+        return copy.deepcopy(self.state)
+
+    @classmethod
+    def restore(cls, state: ScopeBookState) -> ScopeBook:
+        return cls(copy.deepcopy(state))
+
