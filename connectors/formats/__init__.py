@@ -39,6 +39,7 @@ from riskguard.connectors.formats.core import (
     Source,
     factory,
     first_line,
+    open_stream,
     valid_name,
 )
 from riskguard.connectors.formats.detect import Detected, detect
@@ -140,4 +141,4 @@ def open_reader(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
 
 
 __all__ = ["AUTO", "FORMATS", "MARKETS", "PARSERS", "FileReader", "FileStats", "Reader",
-           "Source", "detect", "open_reader", "resolve"]
+           "Source", "detect", "open_reader", "open_stream", "resolve"]

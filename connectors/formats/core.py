@@ -258,6 +258,7 @@ class FileReader:
         parser: RowParser | None = None
         deferred: list[Any] = []  # dead letters met inside a group still gathering
         grouped = False
+        row = _Nothing().row
         while not self._refused:
             chunk = fh.read(CHUNK)
             if chunk:
@@ -274,19 +275,21 @@ class FileReader:
                     continue
                 lines = lines[i:]
                 grouped = parser.grouped
+                row = parser.row
+            stats.rows += len(lines)
             for line in lines:
                 off = pos
                 pos += len(line) + 1
                 line_no += 1
                 if len(line) < 2 and not line.strip():
+                    stats.rows -= 1
                     continue
-                stats.rows += 1
                 if grouped:
                     group = parser.pending()
                     if group is not None:
                         off = group
                 try:
-                    item = parser.row(line, line_no, pos - len(line) - 1)
+                    item = row(line, line_no, pos - len(line) - 1)
                 except Exception as err:  # a bad row is a dead letter, whatever it raised
                     dead = self.dead_letter(line, line_no, pos - len(line) - 1, err)
                     if parser.pending() is not None:
@@ -468,9 +471,29 @@ def epoch_ns(value: int, column: str) -> int:
 _DATETIME = re.compile(rb"\s*(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?Z?\s*")
 
 
-@lru_cache(maxsize=8192)
 def datetime_ns(cell: bytes, column: str) -> int:
-    """``YYYY-MM-DD HH:MM:SS[.fff]`` (UTC) in ns since the epoch."""
+    """``YYYY-MM-DD HH:MM:SS[.fff]`` (UTC) in ns since the epoch.
+
+    >>> datetime_ns(b"2024-01-01 00:00:07", "timestamp")
+    1704067207000000000
+    """
+    if len(cell) == 19 and cell[10:11] == b" " and cell[13:14] == b":" == cell[16:17]:
+        try:  # the common shape: the day (cached) plus the time of day
+            h, m, s = int(cell[11:13]), int(cell[14:16]), int(cell[17:19])
+            if h < 24 and m < 60 and s < 60:
+                return _day_ns(cell[:10], column) + (h * 3600 + m * 60 + s) * 1_000_000_000
+        except ValueError:
+            pass
+    return _datetime_ns(cell, column)
+
+
+@lru_cache(maxsize=1024)
+def _day_ns(day: bytes, column: str) -> int:
+    return _datetime_ns(day + b" 00:00:00", column)
+
+
+@lru_cache(maxsize=1024)
+def _datetime_ns(cell: bytes, column: str) -> int:
     m = _DATETIME.fullmatch(cell)
     if m is None:
         text = cell.decode("utf-8", "replace")
