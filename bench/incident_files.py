@@ -33,7 +33,9 @@ from typing import Any, TypeAlias
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from riskguard.schemas import Action, Bar, BookDepth
+from riskguard.connectors.formats.binance import PARSERS
+from riskguard.connectors.formats.core import FileReader, Source
+from riskguard.schemas import Action, Bar, BookDepth, DeadLetter
 from shared_data import incidents_dir
 
 NS = 1_000_000_000
@@ -259,58 +261,43 @@ def _header_index(header: list[str], required: Sequence[str], file: str,
     return index
 
 
-def _ms_unit_ns(value: int) -> int:
-    """Binance kline times are ms (µs in spot files from 2025): tell them apart by size."""
-    return US_NS if value >= 10**14 else MS_NS
+def _connector_rows(path: Path, fmt: str, source: Source,
+                    bad: list[BadRow]) -> tuple[list[tuple[int, Any]], bool]:
+    """``([(line, record)], header refused)`` of ``path`` read by the connectors' parser
+    of ``fmt``; every refused row is added to ``bad``."""
+    def refused(line: int, message: str) -> None:
+        bad.append(BadRow(path.name, line, message))
+
+    reader = FileReader(path, PARSERS[fmt], source=source, step="bench",
+                        on_dead_letter=refused)
+    try:
+        out = []
+        for line, _offset, item in reader.lines():
+            items = item if isinstance(item, list) else [item]
+            out.extend((line, x) for x in items if not isinstance(x, DeadLetter))
+        return out, reader.refused
+    finally:
+        reader.close()
 
 
 def load_price_klines(path: Path, *, venue: str = "binance", instrument: str,
                       label: str | None = None, price_only: bool = True) -> LoadResult:
     """A Binance 12-column kline CSV (with or without its header) as one series of bars.
 
-    Columns: open_time, open, high, low, close, volume, close_time, quote_volume, count,
-    taker_buy_volume, taker_buy_quote_volume, ignore; times in ms (µs is recognised by
-    size). A bar covers ``[open_time, close_time + 1 unit)``. With ``price_only`` (mark- or
-    index-price klines) the volume fields are dropped and ``count`` is not kept as trades.
+    The rows are read by the connectors' Binance kline parser
+    (:mod:`riskguard.connectors.formats.binance`: open_time, open, high, low, close,
+    volume, close_time, quote_volume, count, taker_buy_volume, taker_buy_quote_volume,
+    ignore; ms, or µs by size). A bar covers ``[open_time, close_time + 1 unit)``. With
+    ``price_only`` (mark- or index-price klines) the volume fields are dropped and
+    ``count`` is not kept as trades. Bars are then sorted; a repeated start is a bad row.
     """
-    file, stem = path.name, path.stem
     bad: list[BadRow] = []
-    bars: list[tuple[int, Bar]] = []
-    for line, cells in _rows(path):
-        if line == 1 and cells and not cells[0].lstrip("-").isdigit():
-            continue  # the header
-        try:
-            if len(cells) < 7:
-                raise ValueError(f"{len(cells)} columns, a kline has 12")
-            open_t = _int(cells[0], "open_time")
-            close_t = _int(cells[6], "close_time")
-            unit = _ms_unit_ns(open_t)
-            if open_t < 0 or close_t < open_t:
-                raise ValueError(f"close_time {close_t} before open_time {open_t}")
-            o, h, lo, c = (_float(cells[i], n) for i, n in
-                           ((1, "open"), (2, "high"), (3, "low"), (4, "close")))
-            _check_ohlc(o, h, lo, c)
-            start = open_t * unit
-            interval = (close_t - open_t + 1) * unit
-            extra: dict[str, Any] = {}
-            if not price_only:
-                volume = _float(cells[5], "volume")
-                if volume < 0:
-                    raise ValueError("negative volume")
-                extra["volume"] = volume
-                if len(cells) > 7:
-                    extra["quote_volume"] = abs(_float(cells[7], "quote_volume"))
-                if len(cells) > 8:
-                    extra["trades"] = abs(_int(cells[8], "count"))
-                if len(cells) > 9:
-                    extra["taker_buy_volume"] = abs(_float(cells[9], "taker_buy_volume"))
-            bars.append((line, Bar(
-                id=_record_id(stem, line), venue=venue, instrument=instrument,
-                ts=start + interval, start=start, interval_ns=interval,
-                open=o, high=h, low=lo, close=c, price_only=price_only, **extra)))
-        except ValueError as e:
-            bad.append(BadRow(file, line, str(e)))
-    series = _finish_bars(file, label or instrument, venue, instrument, bars, bad)
+    fmt = "binance_mark_price_klines" if price_only else "binance_klines"
+    source = Source(name=path.name, venue=venue, instrument=instrument, market="um")
+    rows, _ = _connector_rows(path, fmt, source, bad)
+    bars = [(line, rec) for line, rec in rows if isinstance(rec, Bar)]
+    series = _finish_bars(path.name, label or instrument, venue, instrument, bars, bad)
+    bad.sort(key=lambda b: b.line)
     return LoadResult([series], bad)
 
 
@@ -440,86 +427,37 @@ def load_dvol(path: Path, *, venue: str = "deribit") -> LoadResult:
                             price_only=True)
 
 
-_SNAPSHOT_TS = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?")
-
-
-@functools.lru_cache(maxsize=8_192)
-def _snapshot_ts(text: str) -> int:
-    if not _SNAPSHOT_TS.fullmatch(text):
-        raise ValueError(f"timestamp {text!r} is not YYYY-MM-DD HH:MM:SS")
-    return parse_utc(text)
-
-
 def load_book_depth(path: Path, *, venue: str = "binance_um", instrument: str = "BTCUSDT",
                     label: str | None = None,
                     aliases: tuple[str, ...] | None = None) -> LoadResult:
     """Binance ``bookDepth``: one :class:`BookDepth` record per snapshot timestamp.
 
-    Columns: timestamp (``YYYY-MM-DD HH:MM:SS`` UTC; surrounding spaces are ignored),
-    percentage (-5..-1 bid side, 1..5 ask side), depth (cumulative base quantity), notional,
-    weighted_avg_price. The rows of one timestamp make one snapshot: ``bands_pct`` are the
-    band sizes, ``bid_depth``/``ask_depth`` the depths at ``-band``/``+band``, ``mid`` the
-    mean of the -1 and +1 rows' weighted_avg_price (None when a 1 % band is absent).
+    The rows are read by the connectors' ``bookDepth`` parser
+    (:mod:`riskguard.connectors.formats.binance`): timestamp (``YYYY-MM-DD HH:MM:SS``
+    UTC; surrounding spaces are ignored), percentage (-5..-1 bid side, 1..5 ask side),
+    depth (cumulative base quantity), notional[, weighted_avg_price]. The rows of one
+    timestamp make one snapshot: ``bands_pct`` are the band sizes,
+    ``bid_depth``/``ask_depth`` the depths at ``-band``/``+band``, ``mid`` the mean of
+    the -1 and +1 rows' average price (None when a 1 % band is absent).
 
     A snapshot whose bid and ask sides do not have the same bands (a row missing, or a
     percentage repeated) is **skipped**: each of its rows is reported as a bad row.
     The label series names are ``"<instrument> bid side"`` and ``"<instrument> ask side"``.
     """
-    file, stem = path.name, path.stem
     label = label or f"{instrument} bid side"
     aliases = aliases if aliases is not None else (f"{instrument} ask side",)
     bad: list[BadRow] = []
-    snaps: dict[int, list[tuple[int, float, float, float]]] = {}
-    index: dict[str, int] | None = None
-    for line, cells in _rows(path):
-        if index is None:
-            index = _header_index([c.lower() for c in cells],
-                                  ("timestamp", "percentage", "depth"), file, bad)
-            if index is None:
-                return LoadResult([], bad)
-            continue
-        try:
-            if len(cells) < len(index):
-                raise ValueError(f"{len(cells)} columns, the header has {len(index)}")
-            ts = _snapshot_ts(cells[index["timestamp"]])
-            pct = _float(cells[index["percentage"]], "percentage")
-            if pct == 0:
-                raise ValueError("percentage 0 is neither side")
-            depth = _float(cells[index["depth"]], "depth")
-            if depth < 0:
-                raise ValueError("negative depth")
-            wap = math.nan
-            if "weighted_avg_price" in index and cells[index["weighted_avg_price"]]:
-                wap = _float(cells[index["weighted_avg_price"]], "weighted_avg_price")
-            snaps.setdefault(ts, []).append((line, pct, depth, wap))
-        except ValueError as e:
-            bad.append(BadRow(file, line, str(e)))
-    records: list[Record] = []
-    for ts in sorted(snaps):
-        rows = snaps[ts]
-        bids = {-p: (d, w) for _, p, d, w in rows if p < 0}
-        asks = {p: (d, w) for _, p, d, w in rows if p > 0}
-        n_bid = sum(1 for _, p, _, _ in rows if p < 0)
-        if set(bids) != set(asks) or n_bid != len(bids) or len(rows) - n_bid != len(asks):
-            reason = (f"snapshot {ts} has bid bands {sorted(bids)} and ask bands "
-                      f"{sorted(asks)} over {len(rows)} rows; snapshot skipped")
-            bad.extend(BadRow(file, line, reason) for line, *_ in rows)
-            continue
-        bands = sorted(bids)
-        mid = None
-        if 1.0 in bids and 1.0 in asks:
-            pair = (bids[1.0][1], asks[1.0][1])
-            if all(math.isfinite(p) and p > 0 for p in pair):
-                mid = (pair[0] + pair[1]) / 2
-        records.append(BookDepth(
-            id=_record_id(stem, min(line for line, *_ in rows)), venue=venue,
-            instrument=instrument, ts=ts, bands_pct=bands,
-            bid_depth=[bids[b][0] for b in bands], ask_depth=[asks[b][0] for b in bands],
-            mid=mid))
+    source = Source(name=path.name, venue=venue, instrument=instrument, market="um")
+    rows, refused = _connector_rows(path, "binance_book_depth", source, bad)
+    bad.sort(key=lambda b: b.line)
+    if refused:
+        return LoadResult([], bad)
+    records: list[Record] = sorted((rec for _, rec in rows if isinstance(rec, BookDepth)),
+                                   key=lambda r: r.ts)
     steps = [b.ts - a.ts for a, b in itertools.pairwise(records)]
     interval = int(statistics.median(steps)) if steps else 30 * NS
     series = Series(label=label, venue=venue, instrument=instrument, interval_ns=interval,
-                    records=records, file=file, aliases=aliases)
+                    records=records, file=path.name, aliases=aliases)
     return LoadResult([series], bad)
 
 

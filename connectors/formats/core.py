@@ -213,13 +213,17 @@ class FileReader:
 
     :meth:`lines` yields ``(line_no, offset, emission)`` per emission, dead letters
     included. ``header``: True if the file has a header line, False if not, None to
-    tell from its first line (:func:`is_header`).
+    tell from its first line (:func:`is_header`). ``on_dead_letter(line_no, message)``
+    hears of every row refused, in the order they are met. :attr:`refused` is true
+    once the header was refused (nothing else of the file is read).
     """
 
     def __init__(self, path: Path | str, factory: ParserFactory, *,
                  source: Source | None = None, header: bool | None = None,
-                 offset: int = 0, step: str = "replay") -> None:
+                 offset: int = 0, step: str = "replay",
+                 on_dead_letter: Callable[[int, str], Any] | None = None) -> None:
         self.path = Path(path)
+        self.on_dead_letter = on_dead_letter
         name = self.path.name
         self.source = source or Source(name=name, venue="file", instrument="unknown")
         self.topic = f"file:{name}" if _NAME.search(f"file:{name}") else "file"
@@ -243,6 +247,8 @@ class FileReader:
             path, expected, found, reason = "$", "a valid row", "", "validation"
             message = f"{type(err).__name__}: {err}"[:300]
         self.stats.dead_letters[reason] += 1
+        if self.on_dead_letter is not None:
+            self.on_dead_letter(line_no, message)
         return DeadLetter.of(
             topic=self.topic, offset=offset, ts=0, reason=reason, path=path,
             expected=expected, found=found[:200], step=self.step,
@@ -323,6 +329,11 @@ class FileReader:
                 if x.__class__ is RowFailure else x for x in items]
 
     _refused = False
+
+    @property
+    def refused(self) -> bool:
+        """Whether the file's header was refused (then nothing else of it is read)."""
+        return self._refused
 
     def _prologue(self, lines: list[bytes], pos: int, line_no: int, parser: RowParser | None,
                   ) -> tuple[int, int, int, RowParser | None, list[Any]]:
