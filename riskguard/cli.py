@@ -30,7 +30,7 @@ from riskguard.errors import BrokerError, RiskguardError, describe_os_error
 
 AREAS = (
     "broker", "topics", "keys", "audit", "subscribe", "command", "run", "demo",
-    "backtest", "calibrate", "stress", "status", "publish", "replicas",
+    "backtest", "calibrate", "stress", "status", "publish", "replicas", "feed",
 )
 MAX_MESSAGE = 600  # characters of an error message shown (one line, whatever it holds)
 VERBOSITY = ("off", "warning", "info", "debug")

@@ -1,0 +1,127 @@
+"""The exchanges ``riskguard feed`` bridges: one table, one entry per exchange.
+
+An entry names the cryptofeed exchange id behind it, the riskguard venue its records
+carry, an example of the symbols it takes, and which riskguard channels it serves
+through which cryptofeed channel. Adding an exchange that cryptofeed supports is one
+more entry here: no class, no code path.
+
+Symbols and instruments follow one rule for every exchange: ``--symbols`` are
+cryptofeed's normalized symbols, and a record's ``instrument`` is that same symbol
+(``BTC-USDT`` spot, ``BTC-USDT-PERP`` a perpetual, ``BTC-USD-27M26`` a dated future).
+The same market on two venues therefore has the same instrument name.
+
+Each venue appears once in the table: a venue's heartbeat on a feed reports the
+connections of one bridge, so two exchanges feeding one venue would contradict each
+other's heartbeats.
+
+>>> spec_for("binance-futures").venue, spec_for("binance-futures").channels["l1"]
+('binance', 'ticker')
+>>> spec_for("kraken")
+Traceback (most recent call last):
+riskguard.errors.ConfigError: feed --exchange: one of binance-futures, bybit, ...; got 'kraken'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from riskguard.errors import ConfigError
+
+#: riskguard channel -> what it becomes on the wire (the record type's tag)
+CHANNELS: Mapping[str, str] = {
+    "trades": "trade",
+    "l1": "quote",
+    "funding": "funding_rate",
+    "liquidations": "trade",  # with liquidation=true
+    "open_interest": "open_interest",
+    "index": "index_price",
+    "candles": "bar",
+}
+
+
+@dataclass(frozen=True)
+class ExchangeSpec:
+    """One exchange the bridge can read.
+
+    ``cryptofeed_id`` is the value of the cryptofeed constant (``cryptofeed.defines``)
+    naming the exchange; ``channels`` maps each riskguard channel the exchange serves
+    to the cryptofeed channel that carries it (``l1`` is the ``ticker`` where cryptofeed
+    has no ``l1_book`` for the exchange). ``quote_size_keys`` names the fields of the
+    raw ticker message that hold the best bid and ask sizes, where the exchange sends
+    them (cryptofeed's ``Ticker`` has none); quotes from other tickers carry size 0.
+    """
+
+    name: str
+    cryptofeed_id: str
+    venue: str
+    symbol_example: str
+    channels: Mapping[str, str]
+    quote_size_keys: tuple[str, str] | None = None
+    notes: str = field(default="", compare=False)
+
+
+EXCHANGES: Mapping[str, ExchangeSpec] = {spec.name: spec for spec in (
+    ExchangeSpec(
+        name="binance-futures", cryptofeed_id="BINANCE_FUTURES", venue="binance",
+        symbol_example="BTC-USDT-PERP",
+        channels={"trades": "trades", "l1": "ticker", "funding": "funding",
+                  "liquidations": "liquidations", "open_interest": "open_interest",
+                  "candles": "candles"},
+        quote_size_keys=("B", "A"),  # bookTicker: best bid qty, best ask qty
+        notes="USDT-M perpetuals and futures; trades are aggregate trades; open interest "
+              "is polled over REST",
+    ),
+    ExchangeSpec(
+        name="bybit", cryptofeed_id="BYBIT", venue="bybit", symbol_example="BTC-USDT-PERP",
+        channels={"trades": "trades", "l1": "ticker", "funding": "funding",
+                  "liquidations": "liquidations", "open_interest": "open_interest",
+                  "index": "index", "candles": "candles"},
+    ),
+    ExchangeSpec(
+        name="okx", cryptofeed_id="OKX", venue="okx", symbol_example="BTC-USDT-PERP",
+        channels={"trades": "trades", "l1": "ticker", "funding": "funding",
+                  "liquidations": "liquidations", "open_interest": "open_interest",
+                  "candles": "candles"},
+    ),
+    ExchangeSpec(
+        name="deribit", cryptofeed_id="DERIBIT", venue="deribit",
+        symbol_example="BTC-USD-PERP",
+        channels={"trades": "trades", "l1": "l1_book", "funding": "funding",
+                  "liquidations": "liquidations", "open_interest": "open_interest"},
+    ),
+)}
+
+
+def spec_for(name: str) -> ExchangeSpec:
+    """The table entry for ``name``; a ConfigError naming the choices otherwise."""
+    spec = EXCHANGES.get(name)
+    if spec is None:
+        raise ConfigError("feed --exchange", f"one of {', '.join(sorted(EXCHANGES))}", name)
+    return spec
+
+
+def check_channels(spec: ExchangeSpec, channels: Sequence[str],
+                   carried: Mapping[str, bool] | None = None) -> list[str]:
+    """``channels`` if ``spec`` serves them all (and the market topic carries what they
+    become, per ``carried``: channel -> bool); a ConfigError naming the first that fails.
+
+    >>> check_channels(spec_for("okx"), ["trades", "l1"])
+    ['trades', 'l1']
+    >>> check_channels(spec_for("deribit"), ["candles"])
+    Traceback (most recent call last):
+    riskguard.errors.ConfigError: feed --channels: deribit serves funding, l1, ...; got 'candles'
+    """
+    if not channels:
+        raise ConfigError("feed --channels", "at least one channel", "")
+    for ch in channels:
+        if ch not in CHANNELS:
+            raise ConfigError("feed --channels", f"one of {', '.join(CHANNELS)}", ch)
+        if ch not in spec.channels:
+            raise ConfigError("feed --channels",
+                              f"{spec.name} serves {', '.join(sorted(spec.channels))}", ch)
+        if carried is not None and not carried.get(ch, True):
+            raise ConfigError("feed --channels", f"a channel whose records the guard's "
+                              f"market topic carries ({CHANNELS[ch]} is not one of them in "
+                              "this version)", ch)
+    return list(dict.fromkeys(channels))
