@@ -34,6 +34,7 @@ import gzip
 import io
 import re
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -161,6 +162,9 @@ class _ZipMember(io.RawIOBase):
     def read(self, size: int = -1) -> bytes:
         return self._member.read(size)
 
+    def read1(self, size: int = -1) -> bytes:
+        return self._member.read1(size)  # type: ignore[attr-defined]
+
     def close(self) -> None:
         self._member.close()
         self._archive.close()
@@ -178,21 +182,35 @@ def open_stream(path: Path | str) -> BinaryIO:
     if magic[:2] == _GZIP_MAGIC:
         return gzip.GzipFile(fileobj=fh, mode="rb")  # type: ignore[return-value]
     if magic == _ZIP_MAGIC:
-        archive = zipfile.ZipFile(fh)
+        try:
+            archive = zipfile.ZipFile(fh)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+            fh.close()
+            raise ConfigError(f"replay file {p.name}", "a readable zip archive",
+                              f"{type(err).__name__}: {err}") from err
         files = [n for n in archive.namelist() if not n.endswith("/")]
         csvs = [n for n in files if n.lower().endswith(".csv")]
         pick = files if len(files) == 1 else csvs
         if len(pick) != 1:
             archive.close()
             raise ConfigError(f"replay file {p.name}", "a zip holding one CSV file", files)
-        return cast(BinaryIO, _ZipMember(archive, archive.open(pick[0])))
+        try:
+            member = archive.open(pick[0])
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as err:
+            archive.close()
+            raise ConfigError(f"replay file {p.name}", "a readable zip member",
+                              f"{type(err).__name__}: {err}") from err
+        return cast(BinaryIO, _ZipMember(archive, member))
     return fh
 
 
 def first_line(path: Path | str, limit: int = 65536) -> bytes:
     """The first line of ``path`` (decompressed), without its newline; b"" if empty."""
     with open_stream(path) as fh:
-        head = fh.read(limit)
+        try:
+            head = fh.read(limit)
+        except (OSError, EOFError, zlib.error, zipfile.BadZipFile):
+            return b""  # the reader reports the stream itself
     return head.split(b"\n", 1)[0].rstrip(b"\r").removeprefix(b"\xef\xbb\xbf")
 
 
@@ -258,6 +276,9 @@ class FileReader:
     def lines(self) -> Iterator[tuple[int, int, Any]]:
         """``(line_no, offset, emission)`` of every emission from ``offset`` on."""
         fh, stats = self._fh, self.stats
+        # a compressed stream is read a decompression step at a time (read1), so a
+        # corrupt tail loses only itself
+        read = fh.read if isinstance(fh, io.BufferedReader) else getattr(fh, "read1", fh.read)
         buf = b""
         pos = 0  # offset in the stream of the next line
         line_no = 0
@@ -266,7 +287,17 @@ class FileReader:
         grouped = False
         row = _Nothing().row
         while not self._refused:
-            chunk = fh.read(CHUNK)
+            try:
+                chunk = read(CHUNK)
+            except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as err:
+                # a corrupt compressed stream: what was read stands, the rest is one
+                # dead letter, and the file ends here
+                yield line_no + 1, pos, self.dead_letter(
+                    b"", line_no + 1, pos, RowError(
+                        f"the file cannot be read past here: {type(err).__name__}: {err}",
+                        expected="a readable stream", found=type(err).__name__,
+                        reason="decode_error"))
+                chunk, buf = b"", b""
             if chunk:
                 lines = (buf + chunk).split(b"\n")
                 buf = lines.pop()

@@ -54,6 +54,8 @@ _BINANCE_KINDS = {
     "bookTicker": "binance_book_ticker", "bookDepth": "binance_book_depth",
     "fundingRate": "binance_funding", "metrics": "binance_metrics",
 }
+_FUTURES_ONLY = frozenset({"bookTicker", "bookDepth", "fundingRate", "metrics"})
+_FUTURES_ONLY_FORMATS = frozenset(_BINANCE_KINDS[k] for k in _FUTURES_ONLY)
 _KLINE_FOLDERS = {
     "markpriceklines": "binance_mark_price_klines",
     "indexpriceklines": "binance_index_price_klines",
@@ -157,6 +159,8 @@ def detect(path: str | PurePath, first: bytes) -> Detected:
                        "binance_klines")
             return Detected(fmt, market, symbol)
         if kind in _BINANCE_KINDS:
+            if kind in _FUTURES_ONLY and market == "spot":
+                market = "um"
             return Detected(_BINANCE_KINDS[kind], market, symbol)
     lower = file.lower()
     if lower.endswith((".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz")):
@@ -174,7 +178,7 @@ def detect(path: str | PurePath, first: bytes) -> Detected:
             break
     if fmt.startswith("binance"):
         cells = header_cells(first) if header else []
-        market = _market(p, "", header)
+        market = _market(p, "", header or fmt in _FUTURES_ONLY_FORMATS)
         if "base_volume" in cells or "base_qty" in cells:
             market = "cm"
         return Detected(fmt, market)
