@@ -44,7 +44,7 @@ from nautilus_trader.model.identifiers import (  # noqa: E402
     TraderId,
     Venue,
 )
-from nautilus_trader.model.instruments import CurrencyPair  # noqa: E402
+from nautilus_trader.model.instruments import CryptoPerpetual, CurrencyPair  # noqa: E402
 from nautilus_trader.model.objects import Money, Price, Quantity  # noqa: E402
 from nautilus_trader.test_kit.providers import TestInstrumentProvider  # noqa: E402
 from nautilus_trader.trading.strategy import Strategy  # noqa: E402
@@ -96,6 +96,7 @@ ACK_AUDIENCE = Audience(env=AUD.env, topic=topic_name(AUD.env, "acks"))
 BTC_BIN = InstrumentId.from_str("BTCUSDT.BINANCE")
 ETH_BIN = InstrumentId.from_str("ETHUSDT.BINANCE")
 BTC_OKX = InstrumentId.from_str("BTCUSDT.OKX")
+PERP = InstrumentId.from_str("BTCUSDT-PERP.BYBIT")
 INSTRUMENTS = (BTC_BIN, ETH_BIN, BTC_OKX)
 SECONDS = 90
 MARKETS = {
@@ -147,15 +148,17 @@ class Trader(Strategy):
     (the position grows, so a SELL reduces it); at ``resting_at`` seconds, a BUY limit far
     below the market that rests. Records what it sent, what was denied, what it heard."""
 
-    def __init__(self, resting_at: tuple[int, ...] = ()) -> None:
+    def __init__(self, resting_at: tuple[int, ...] = (),
+                 instruments: tuple[InstrumentId, ...] = INSTRUMENTS) -> None:
         super().__init__()
         self.resting_at = resting_at
+        self.instruments = instruments
         self.sent: dict[str, tuple[int, InstrumentId, OrderSide, str]] = {}
         self.denied: dict[str, str] = {}
         self.heard: list[Any] = []
 
     def on_start(self) -> None:
-        for iid in INSTRUMENTS:
+        for iid in self.instruments:
             self.subscribe_quote_ticks(iid)
         self.msgbus.subscribe(WIDEN_QUOTES_TOPIC, self.heard.append)
         self.msgbus.subscribe(HEDGE_DELTA_TOPIC, self.heard.append)
@@ -164,12 +167,14 @@ class Trader(Strategy):
         second = (tick.ts_event - T0) // S
         iid = tick.instrument_id
         if second in self.resting_at:
-            order = self.order_factory.limit(iid, OrderSide.BUY, Quantity(0.01, 6),
-                                             Price.from_str("1000.00"))
+            inst = self.cache.instrument(iid)
+            order = self.order_factory.limit(iid, OrderSide.BUY, inst.make_qty(0.01),
+                                             inst.make_price(1000))
             self._send(order, second, "resting")
         side = OrderSide.BUY if second % 2 == 0 else OrderSide.SELL
-        qty = "0.02" if side == OrderSide.BUY else "0.01"
-        self._send(self.order_factory.market(iid, side, Quantity(float(qty), 6)), second, "market")
+        qty = 0.02 if side == OrderSide.BUY else 0.01
+        order = self.order_factory.market(iid, side, self.cache.instrument(iid).make_qty(qty))
+        self._send(order, second, "market")
 
     def _send(self, order: Any, second: int, kind: str) -> None:
         self.sent[order.client_order_id.value] = (second, order.instrument_id, order.side, kind)
@@ -260,8 +265,9 @@ class Run:
 
 
 def run(tmp_path: Path, schedule: list[tuple[float, bytes]], *, resting_at: tuple[int, ...] = (),
-        fail_sends: int = 0, probe_at: tuple[float, ...] = ()) -> Run:
-    """One backtest of SECONDS seconds with the executor, the trader and the command feed."""
+        fail_sends: int = 0, probe_at: tuple[float, ...] = (), perp: bool = False) -> Run:
+    """One backtest of SECONDS seconds with the executor, the trader and the command feed
+    (``perp``: also BTCUSDT-PERP on BYBIT, a margin account)."""
     engine = BacktestEngine(BacktestEngineConfig(
         trader_id=TraderId("RG-001"), logging=LoggingConfig(bypass_logging=True)))
     for name in ("BINANCE", "OKX"):
@@ -270,11 +276,28 @@ def run(tmp_path: Path, schedule: list[tuple[float, bytes]], *, resting_at: tupl
                                             Money(1_000, ETH)])
     for iid, base in ((BTC_BIN, BTC), (ETH_BIN, ETH), (BTC_OKX, BTC)):
         engine.add_instrument(pair(iid, base))
-    px = {BTC_BIN: 50_000, ETH_BIN: 3_000, BTC_OKX: 50_010}
-    engine.add_data([
-        QuoteTick(iid, Price(px[iid], 2), Price(px[iid] + 1, 2), Quantity(50, 6),
-                  Quantity(50, 6), T0 + i * S, T0 + i * S)
-        for i in range(SECONDS) for iid in INSTRUMENTS])
+    instruments = INSTRUMENTS
+    markets = MARKETS
+    if perp:
+        engine.add_venue(Venue("BYBIT"), OmsType.NETTING, AccountType.MARGIN,
+                         base_currency=None, starting_balances=[Money(10_000_000, USDT)])
+        like = TestInstrumentProvider.btcusdt_perp_binance()
+        engine.add_instrument(CryptoPerpetual.from_dict(
+            {**CryptoPerpetual.to_dict(like), "id": PERP.value, "raw_symbol": "BTCUSDT"}))
+        instruments = (*INSTRUMENTS, PERP)
+        markets = {"venues": {**MARKETS["venues"], "bybit": {"venue": "BYBIT"}},
+                   "instruments": [*MARKETS["instruments"], {
+                       "venue": "bybit", "name": "BTC-PERP", "id": PERP.value,
+                       "underlying": "BTC", "max_notional": 100_000.0}]}
+    px = {BTC_BIN: 50_000, ETH_BIN: 3_000, BTC_OKX: 50_010, PERP: 50_000}
+    ticks = []
+    for i in range(SECONDS):
+        for iid in instruments:
+            prec = 1 if iid == PERP else 2
+            size = Quantity(50, 3 if iid == PERP else 6)
+            ticks.append(QuoteTick(iid, Price(px[iid], prec), Price(px[iid] + 1, prec), size,
+                                   size, T0 + i * S, T0 + i * S))
+    engine.add_data(ticks)
     delivered: list[bytes] = []
     failures = [fail_sends]
 
@@ -287,10 +310,10 @@ def run(tmp_path: Path, schedule: list[tuple[float, bytes]], *, resting_at: tupl
     box: list[NautilusExecutor] = []
     acks = AckSigner(EXECUTOR_KEY, env=AUD.env, clock=lambda: int(box[0].clock.timestamp_ns()))
     executor = NautilusExecutor(
-        markets=MarketMap.from_dict(MARKETS), risk_engine=engine.kernel.risk_engine, acks=acks,
+        markets=MarketMap.from_dict(markets), risk_engine=engine.kernel.risk_engine, acks=acks,
         send_ack=send, trust=trust(), audience=AUD, state_path=tmp_path / "sub.sqlite")
     box.append(executor)
-    trader = Trader(resting_at)
+    trader = Trader(resting_at, instruments)
     feed = Feed(executor, schedule)
     engine.add_actor(executor)
     engine.add_actor(feed)
@@ -510,6 +533,25 @@ def test_reduce_limits_caps_max_notional_and_an_order_above_it_is_denied(tmp_pat
                               "uncapped": []}
     assert back_ack.detail["max_notional"] == ["BTCUSDT.BINANCE=100000.0"]
     assert r.engine.kernel.risk_engine.max_notional_per_order(BTC_BIN) == Decimal("100000.0")
+
+
+def test_reduce_limits_on_a_margin_account_is_enforced_by_the_gate(tmp_path: Path) -> None:
+    """NautilusTrader 1.221's RiskEngine skips max notional for margin accounts, so the
+    gate applies the cap there: BTC-PERP on bybit (margin) capped at 200 USDT denies its
+    1,000 USDT BUYs; the firm-wide cut also caps BTCUSDT at binance (cash, by Nautilus)."""
+    c = Commands()
+    cut, _ = c.make(20.5, Action.REDUCE_LIMITS, FIRM, params={"factor": 0.002})
+    r = run(tmp_path, [(20.5, cut)], perp=True)
+    assert all(r.trader.passed(PERP, seconds=range(21)))
+    assert not any(r.trader.passed(PERP, seconds=range(21, SECONDS)))
+    perp_reasons = {r.trader.denied[cid].split(":")[0] for cid, (_s, iid, _sd, _k)
+                    in r.trader.sent.items() if iid == PERP and cid in r.trader.denied}
+    assert perp_reasons == {"riskguard reduce_limits"}
+    assert not any(r.trader.passed(BTC_BIN, seconds=range(21, SECONDS)))
+    assert all(r.trader.passed(ETH_BIN)) and all(r.trader.passed(BTC_OKX))
+    [ack] = r.acks()
+    assert ack.detail["max_notional"] == ["BTCUSDT.BINANCE=200", "BTCUSDT-PERP.BYBIT=200"]
+    assert ack.detail["uncapped"] == ["BTCUSDT.OKX", "ETHUSDT.BINANCE"]
 
 
 def test_widen_quotes_and_hedge_delta_are_published_on_the_message_bus(tmp_path: Path) -> None:
