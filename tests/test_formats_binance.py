@@ -109,7 +109,8 @@ def test_mark_price_klines_from_their_folder_are_price_only(tmp_path: Path) -> N
 
 
 def test_a_kline_with_no_volume_is_price_only_even_as_plain_klines(tmp_path: Path) -> None:
-    p = write(tmp_path, "x-klines.csv", KLINE_HEADER + f"{T},1,2,0.5,1.5,0,{T + 59_999},0,60,0,0,0\n")
+    p = write(tmp_path, "x-klines.csv",
+              KLINE_HEADER + f"{T},1,2,0.5,1.5,0,{T + 59_999},0,60,0,0,0\n")
     (bar,) = read(p, "binance_klines", instrument="X")
     assert bar.price_only and bar.volume == 0.0
 
@@ -257,7 +258,8 @@ def test_bad_rows_are_dead_letters_with_file_line_and_reason(tmp_path: Path) -> 
         "BTCUSDT-trades-2024-01-01.csv line 4: is_buyer_maker 'maybe' is not true or false",
         "BTCUSDT-trades-2024-01-01.csv line 5: 2 columns, expected at least 6"]
     header = len("id,price,qty,quote_qty,time,is_buyer_maker\n")
-    assert dead[0].offset == header + len(good) and dead[0].raw == f"2,abc,0.5,50,{T},false".encode()
+    assert dead[0].offset == header + len(good)
+    assert dead[0].raw == f"2,abc,0.5,50,{T},false".encode()
     assert sum(isinstance(i, Trade) for i in items) == 2
     assert (reader.stats.rows, dict(reader.stats.dead_letters)) == (
         5, {"validation": 2, "malformed": 1})
