@@ -5,8 +5,9 @@ It speaks the exchange's documented formats: ``GET /fapi/v1/exchangeInfo`` over 
 (``wss://.../stream?streams=...``) sending ``{"stream": ..., "data": ...}`` messages
 of ``aggTrade``, ``bookTicker``, ``markPriceUpdate``, ``forceOrder`` and ``kline``.
 The websocket is TLS with a self-signed certificate made here (cryptofeed takes
-``wss://`` addresses only). :meth:`BinanceFuturesStandIn.outage` drops every
-connection and refuses new ones for a while: the disconnect drill.
+``wss://`` addresses only). ``paused`` keeps the connections open but silent, and
+:meth:`BinanceFuturesStandIn.outage` drops every connection and refuses new ones for a
+while: the silence and disconnect drills.
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ class BinanceFuturesStandIn:
         self.port = 0
         self.paths: list[str] = []
         self.sent = 0
+        self.paused = False  # True: connections stay open, nothing is sent
         self._server: Any = None
 
     async def start(self) -> None:
@@ -138,6 +140,9 @@ class BinanceFuturesStandIn:
         self.paths.append(ws.request.path)
         i = 0
         while True:
+            if self.paused:
+                await asyncio.sleep(self.every_s)
+                continue
             for msg in messages(self.sent + i, int(time.time() * 1000)):
                 await ws.send(json.dumps(msg))
             i += 1

@@ -1,9 +1,10 @@
 """`riskguard feed` end to end: cryptofeed's own Binance USDT-M feed class, pointed at a
 local stand-in that speaks Binance's documented stream format, bridged into the real dev
-broker on a primary and a backup feed, and read back from the topics; the disconnect
-drill (the stand-in drops every connection and refuses connects for a while: each feed
-reports `down`, then `ok` once cryptofeed has reconnected); and a delivery Kafka does not
-acknowledge stops the bridge with DeliveryError."""
+broker on a primary and a backup feed, and read back from the topics; the silence drill
+(the stand-in stops sending: `degraded`) and the disconnect drill (it drops every
+connection and refuses connects for a while: each feed reports `down`, then `ok` once
+cryptofeed has reconnected); and a delivery Kafka does not acknowledge stops the bridge
+with DeliveryError."""
 
 from __future__ import annotations
 
@@ -85,8 +86,9 @@ def _read(bootstrap: str, env: str, stream: str) -> list[Any]:
 def test_binance_stream_bridged_on_two_feeds_with_the_disconnect_drill(
         kafka_bootstrap: str, tmp_path: Path) -> None:
     """Every channel arrives on the market topic as its wire record, from both feeds;
-    each feed's heartbeats go ok -> down (the stand-in drops the connections) -> ok
-    (cryptofeed reconnected) -> down (the bridge stopped); nothing is a dead letter."""
+    each feed's heartbeats go ok -> degraded (the stand-in goes silent) -> ok -> down (it
+    drops the connections) -> ok (cryptofeed reconnected) -> down (the bridge stopped);
+    nothing is a dead letter."""
     env = f"f{uuid.uuid4().hex[:8]}"
     _topics(kafka_bootstrap, env)
     server_ssl, client_ssl = self_signed(tmp_path)
@@ -98,13 +100,18 @@ def test_binance_stream_bridged_on_two_feeds_with_the_disconnect_drill(
         await server.start()
         config = BridgeConfig(spec=spec_for("binance-futures"), symbols=("BTC-USDT-PERP",),
                               channels=CHANNELS, feeds=("primary", "backup"),
-                              heartbeat_s=0.2, silence_s=2.0)
+                              heartbeat_s=0.2, silence_s=1.0)
         bridge = FeedBridge(config, publisher, feed_class=local_binance_futures(
             server.port, rest_port, client_ssl))
         stop = asyncio.Event()
         task = asyncio.create_task(bridge.run(stop))
         await _until(lambda: bridge.stats.per_channel["trades"] >= 20
                      and bridge.stats.states["ok"] >= 4, 30, "trades and ok heartbeats")
+        server.paused = True  # open but silent: degraded after silence_s
+        await _until(lambda: bridge.stats.states["degraded"] >= 4, 30, "degraded heartbeats")
+        server.paused = False
+        ok = bridge.stats.states["ok"]
+        await _until(lambda: bridge.stats.states["ok"] >= ok + 4, 30, "ok again")
         marks["drop"] = time.time_ns()
         await server.outage(2.0)
         marks["back"] = time.time_ns()
@@ -170,8 +177,8 @@ def test_binance_stream_bridged_on_two_feeds_with_the_disconnect_drill(
         # connecting (down until the first connect may show), then the drill, then the stop
         while runs[0] is not VenueState.OK:
             runs.pop(0)
-        assert runs == [VenueState.OK, VenueState.DOWN, VenueState.OK, VenueState.DOWN], (
-            feed, runs)
+        assert runs == [VenueState.OK, VenueState.DEGRADED, VenueState.OK, VenueState.DOWN,
+                        VenueState.OK, VenueState.DOWN], (feed, runs)
         first_down = next(s for s in mine if s.state is VenueState.DOWN
                           and s.ts >= marks["drop"])
         assert first_down.ts - marks["drop"] < 2 * NS  # seen within a few heartbeats
