@@ -1,14 +1,14 @@
 """Publish a user's files to the guard's input topics (``riskguard publish``).
 
 Files are read as a replay reads them (:class:`~riskguard.connectors.replay.ReplaySource`:
-JSONL in the wire contract, Binance klines as bars, trades, funding), merged in
-event time. Each record is checked against what its topic carries (the guard's
-``STREAM_TYPES``): a row that does not decode, or a record whose type the topic
-does not carry, is a reject (a :class:`~riskguard.schemas.DeadLetter`, never
-produced). Good records are produced with the guard's own lossless settings
-(idempotent, ``acks=all``), keyed ``venue/instrument`` like the demo's, and
-every delivery is checked: one that fails raises
-:class:`~riskguard.errors.DeliveryError`.
+JSONL in the wire contract, Binance public data dumps, Tardis.dev CSVs; plain, gzipped
+or zipped; docs/formats.md), merged in event time. Each record is checked against what
+its topic carries (the guard's ``STREAM_TYPES``): a row that does not decode, or a
+record whose type the topic does not carry, is a reject (a
+:class:`~riskguard.schemas.DeadLetter`, never produced). Good records are produced
+with the guard's own lossless settings (idempotent, ``acks=all``), keyed
+``venue/instrument`` like the demo's, and every delivery is checked: one that fails
+raises :class:`~riskguard.errors.DeliveryError`.
 
 >>> route(Trade(id="t", venue="okx", instrument="BTC-USDT", ts=1, price=1.0, qty=1.0,
 ...             side=Side.BUY), "auto")
@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from riskguard.connectors.formats.core import is_compressed
 from riskguard.connectors.replay import ReplayFile, ReplaySource
 from riskguard.connectors.settings import KafkaSettings, with_logger
 from riskguard.connectors.topics import topic_name
@@ -87,12 +88,18 @@ def key_of(rec: Any) -> bytes | None:
 
 def read_files(
     paths: Sequence[str | Path], *, fmt: str = "auto", venue: str = "file",
-    instrument: str = "unknown", batch_size: int = 1000,
-) -> tuple[int, Iterator[tuple[int, list[Any]]]]:
-    """``(total bytes, batches)``: each batch with the bytes read so far (for progress)."""
-    files = [ReplayFile(p, format=fmt, venue=venue, instrument=instrument) for p in paths]
+    instrument: str = "unknown", batch_size: int = 1000, market: str = "auto",
+    contract_size: float | None = None,
+) -> tuple[int | None, Iterator[tuple[int, list[Any]]]]:
+    """``(total bytes, batches)``: each batch with the bytes read so far (for progress).
+    Offsets count decompressed bytes, so with a compressed file the total is unknown
+    (None)."""
+    files = [ReplayFile(p, format=fmt, venue=venue, instrument=instrument, market=market,
+                        contract_size=contract_size) for p in paths]
     src = ReplaySource(files, codec=Codec(clock=lambda: 0), batch_size=batch_size)
-    total = sum(Path(p).stat().st_size for p in paths)
+    total: int | None = sum(Path(p).stat().st_size for p in paths)
+    if any(is_compressed(p) for p in paths):
+        total = None
 
     def batches() -> Iterator[tuple[int, list[Any]]]:
         part = src.build_part("publish", "replay", None)

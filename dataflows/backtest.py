@@ -345,15 +345,20 @@ def backtest_files(
     instrument: str = "unknown",
     batch_size: int = 100,
     progress: Callable[[Any], Any] | None = None,
+    fmt: str = "auto",
+    market: str = "auto",
+    contract_size: float | None = None,
 ) -> dict[str, Any]:
     """``riskguard backtest``: replay ``data`` through the guard, write the report.
 
+    ``fmt``, ``market`` and ``contract_size`` say how to read the files (docs/formats.md).
     Returns the report dict (also written as ``report.json`` and ``report.html``).
     """
     from riskguard.dataflows.report import build_report, write_report  # noqa: PLC0415 (cycle)
 
     cfg, digest = load_guard_config(config)
-    files = [ReplayFile(p, venue=venue, instrument=instrument) for p in data]
+    files = [ReplayFile(p, format=fmt, venue=venue, instrument=instrument, market=market,
+                        contract_size=contract_size) for p in data]
     res = run_backtest(cfg, digest, files=files, out_dir=out_dir, batch_size=batch_size,
                        progress=progress)
     labs = load_labels(labels) if labels else []

@@ -10,11 +10,35 @@ from riskguard.errors import ConfigError
 from riskguard.progress import Progress
 
 
+def add_format_options(p: argparse.ArgumentParser, formats: tuple[str, ...],
+                       markets: tuple[str, ...]) -> None:
+    """``--format``, ``--venue``, ``--instrument``, ``--market``, ``--contract-size``: how
+    to read data files (docs/formats.md); publish and backtest share them."""
+    p.add_argument("--format", choices=formats, default="auto", metavar="FORMAT",
+                   help="file format: auto (from each file's name and header; the default), "
+                   "jsonl, binance_<kind> or tardis_<kind>; the list: docs/formats.md")
+    p.add_argument("--venue", default="file",
+                   help="venue name for CSV rows (default: from a Binance file's name; a "
+                   "Tardis row's exchange)")
+    p.add_argument("--instrument", default="unknown",
+                   help="instrument name for CSV rows (default: from a Binance file's name)")
+    p.add_argument("--market", choices=markets, default="auto",
+                   help="Binance market: spot, um (USDT-M), cm (COIN-M); default: from the "
+                   "file's name, folders and header")
+    p.add_argument("--contract-size", type=float, default=None, metavar="USD",
+                   help="USD per COIN-M contract (default: 100 for BTC, 10 for others)")
+
+
 def count_lines(paths: list[str]) -> int | None:
-    """Rows in ``paths`` (a progress bar's total), or None if one cannot be read."""
+    """Rows in ``paths`` (a progress bar's total), or None if one cannot be read or is
+    compressed (counting it would read it twice)."""
+    from riskguard.connectors.formats.core import is_compressed  # noqa: PLC0415
+
     try:
         n = 0
         for p in paths:
+            if is_compressed(p):
+                return None
             with Path(p).open("rb") as fh:
                 n += sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
         return n
@@ -42,7 +66,8 @@ def _backtest(args: argparse.Namespace) -> int:
     with Progress("backtest", total=count_lines(args.data), unit="events") as bar:
         rep = backtest_files(args.config, args.data, labels=args.labels, out_dir=args.out,
                              venue=args.venue, instrument=args.instrument,
-                             batch_size=args.batch_size,
+                             batch_size=args.batch_size, fmt=args.format,
+                             market=args.market, contract_size=args.contract_size,
                              progress=(lambda _rec: bar.advance()) if bar.enabled else None)
     s, ep = rep["summary"], rep["episodes"]["all"]
     dd = rep["detection_delay_s"]
@@ -64,14 +89,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # argparse private gener
     p = sub.add_parser("backtest", help="replay historical files through the guard, report")
     p.add_argument("--config", required=True, help="guard TOML config (its [keys] sign)")
     p.add_argument("--data", nargs="+",
-                   help="JSONL (wire contract) or Binance kline/trade/funding CSV files")
+                   help="JSONL (wire contract), Binance public data dumps or Tardis.dev CSVs; "
+                   "plain, .gz or .zip (docs/formats.md)")
     p.add_argument("--sample", action="store_true",
                    help="replay the sample data shipped with riskguard (five minutes, three "
                    "labelled incidents; its labels unless --labels)")
     p.add_argument("--labels", help="labels JSON: {\"incidents\": [{kind, scope, start, end}]}")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--venue", default="file", help="venue name for CSV rows")
-    p.add_argument("--instrument", default="unknown", help="instrument name for CSV rows")
+    from riskguard.connectors.formats import FORMATS, MARKETS  # noqa: PLC0415
+
+    add_format_options(p, FORMATS, MARKETS)
     p.add_argument("--batch-size", type=int, default=100,
                    help="input batch (the event clock's resolution); default 100")
     p.set_defaults(func=_backtest)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from riskguard.cli_backtest import add_format_options
 from riskguard.config import CommonConfig, load_common
 from riskguard.errors import ConfigError
 from riskguard.progress import Progress
@@ -33,7 +34,8 @@ def _publish(args: argparse.Namespace) -> int:
         if not Path(p).is_file():
             raise ConfigError("publish FILE", "an existing file", p)
     total, batches = pub.read_files(args.files, fmt=args.format, venue=args.venue,
-                                    instrument=args.instrument)
+                                    instrument=args.instrument, market=args.market,
+                                    contract_size=args.contract_size)
     publisher = None
     if not args.check:
         from riskguard.cli import reach_kafka  # noqa: PLC0415  (the CLI imports this module)
@@ -71,14 +73,15 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # argparse private generic
-    from riskguard.connectors.replay import FORMATS  # noqa: PLC0415
+    from riskguard.connectors.formats import FORMATS, MARKETS  # noqa: PLC0415
 
     p = sub.add_parser(
         "publish", help="check your files against the wire contract and produce them to "
         "the guard's input topics",
-        description="Read JSONL (wire contract) or Binance kline/trade/funding CSV files, "
-                    "check every record, produce the good ones (idempotent, acks=all, every "
-                    "delivery checked) to <env>.riskguard.<stream>.v1, and print a summary. "
+        description="Read JSONL (wire contract), Binance public data dumps or Tardis.dev "
+                    "CSV files (plain, .gz or .zip; docs/formats.md), check every record, "
+                    "produce the good ones (idempotent, acks=all, every delivery checked) "
+                    "to <env>.riskguard.<stream>.v1, and print a summary. "
                     "Exit 0 when every record was produced, 1 when some were rejected, "
                     "2 on an error.")
     p.add_argument("files", nargs="+", metavar="FILE", help="files to publish")
@@ -90,10 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # argparse private gener
                    help="Kafka bootstrap HOST:PORT (overrides [kafka] bootstrap; default "
                    "127.0.0.1:9092)")
     p.add_argument("--env", help="environment, the topic prefix (overrides env in --config)")
-    p.add_argument("--format", choices=FORMATS, default="auto",
-                   help="file format (default: from each file's name)")
-    p.add_argument("--venue", default="file", help="venue name for CSV rows")
-    p.add_argument("--instrument", default="unknown", help="instrument name for CSV rows")
+    add_format_options(p, FORMATS, MARKETS)
     p.add_argument("--rejects", metavar="FILE.jsonl",
                    help="write each rejected record here as a dead letter")
     p.add_argument("--check", action="store_true",

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from riskguard.connectors.formats import FORMATS, open_reader
+from riskguard.connectors.formats import FORMATS
 from riskguard.schemas import (
     BookDepth,
     DeadLetter,

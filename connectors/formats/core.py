@@ -204,6 +204,13 @@ def open_stream(path: Path | str) -> BinaryIO:
     return fh
 
 
+def is_compressed(path: Path | str) -> bool:
+    """Whether ``path`` is gzip or zip (by its magic bytes)."""
+    with Path(path).open("rb") as fh:
+        magic = fh.read(4)
+    return magic[:2] == _GZIP_MAGIC or magic == _ZIP_MAGIC
+
+
 def first_line(path: Path | str, limit: int = 65536) -> bytes:
     """The first line of ``path`` (decompressed), without its newline; b"" if empty."""
     with open_stream(path) as fh:
