@@ -34,9 +34,9 @@ import seeds  # noqa: E402
 # Inputs per target: each run takes about 5-20 s here (start-up included), far below
 # the suite's budget; the slow ones sign or verify Ed25519, or load a whole config.
 RUNS = {"codec": 30_000, "envelope": 30_000, "resign": 6_000, "trust": 2_000,
-        "config": 1_500, "audit": 20_000, "proof": 20_000}
+        "config": 1_500, "audit": 20_000, "proof": 20_000, "formats": 5_000}
 MAX_LEN = {"codec": 8192, "envelope": 4096, "resign": 2048, "trust": 8192,
-           "config": 32768, "audit": 16384, "proof": 8192}
+           "config": 32768, "audit": 16384, "proof": 8192, "formats": 4096}
 
 
 KNOWN_OPEN: dict[str, str] = {}

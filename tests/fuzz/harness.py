@@ -28,6 +28,10 @@ audit         ``read_jsonl`` + ``verify_log`` raise only ``AuditError``; an acce
               holds only honest records and checkpoints.
 proof         ``check_proof`` raises only ``AuditError``, and accepts only a proof whose
               record, checkpoint, index, size and path are the honest ones.
+formats       A historical file (the first byte picks its format, the rest is the file,
+              plain, gzipped or zipped) read by ``open_reader``: opening raises only
+              ``ConfigError``; reading never raises and gives only wire records and dead
+              letters that fit the dead-letter cap.
 ============  ==========================================================================
 """
 
@@ -53,6 +57,7 @@ import signing_fixtures as fx
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from riskguard.connectors.broker import _pid_alive
+from riskguard.connectors.formats import FORMATS, open_reader
 from riskguard.operators.audit import (
     check_proof,
     inclusion_proof,
@@ -534,6 +539,36 @@ def keep_going(name: str, target: Callable[[bytes], None],
     return run
 
 
+# -- historical file formats -----------------------------------------------------------
+
+_FORMATS = [f for f in FORMATS if f != "auto"]
+_format_dir: list[Path] = []
+
+
+def fuzz_formats(data: bytes) -> None:
+    """Read ``data[1:]`` as a file of format ``data[0]``: only records and dead letters."""
+    if not data:
+        return
+    if not _format_dir:
+        _format_dir.append(Path(tempfile.mkdtemp(prefix="rg-fuzz-formats-")))
+    fmt = _FORMATS[data[0] % len(_FORMATS)]
+    path = _format_dir[0] / "input.csv"
+    path.write_bytes(data[1:])
+    try:
+        reader = open_reader(path, fmt)
+    except ConfigError:
+        return  # a file-level refusal (an unreadable zip): documented
+    try:
+        for _line, _offset, item in reader.lines():
+            for rec in item if isinstance(item, list) else [item]:
+                if not isinstance(rec, Record):
+                    raise AssertionError(f"{fmt} gave {type(rec).__name__}, not a record")
+                if isinstance(rec, DeadLetter) and len(encode(rec)) > DEFAULT_MAX_BYTES:
+                    raise AssertionError(f"{fmt}: a dead letter of {len(encode(rec))} bytes")
+    finally:
+        reader.close()
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "codec": fuzz_codec,
     "envelope": fuzz_envelope,
@@ -542,6 +577,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "config": fuzz_config,
     "audit": fuzz_audit,
     "proof": fuzz_proof,
+    "formats": fuzz_formats,
 }
 """Every target, by the name ``tests/fuzz/targets.py`` takes."""
 

@@ -443,7 +443,54 @@ def all_seeds() -> dict[str, list[bytes]]:
         "config": config_seeds(),
         "audit": audit_seeds(world),
         "proof": proof_seeds(world),
+        "formats": formats_seeds(),
     }
+
+
+def formats_seeds() -> list[bytes]:
+    """A selector byte (index into the harness's format list) then a small valid file of
+    that format, plain, and a few gzipped or zipped."""
+    import gzip
+    import io
+    import zipfile
+
+    from riskguard.connectors.formats import FORMATS
+
+    t, us = 1_704_067_200_000, 1_704_067_200_000_000
+    tardis = "exchange,symbol,timestamp,local_timestamp,"
+    files = {
+        "jsonl": b'{"type":"trade","id":"t","venue":"okx","instrument":"BTC-USDT","ts":1,'
+                 b'"price":1.0,"qty":1.0,"side":"buy"}\n',
+        "binance_klines": f"{t},100,101,99,100.5,2,{t + 59_999},200,3,1,100,0\n".encode(),
+        "binance_premium_index_klines":
+            f"{t},-0.0001,0.0002,-0.0003,0.0,0,{t + 59_999},0,12,0,0,0\n".encode(),
+        "binance_trades": f"1,100.5,0.2,20.1,{t},True,True\n".encode(),
+        "binance_agg_trades": f"1,100.5,0.2,3,5,{t},false\n".encode(),
+        "binance_book_ticker": f"1,100,2,100.1,3,{t},{t}\n".encode(),
+        "binance_book_depth": b"timestamp,percentage,depth,notional\n"
+                              b"2024-01-01 00:00:07,-1,10,990\n2024-01-01 00:00:07,1,10,1010\n",
+        "binance_funding": f"calc_time,funding_interval_hours,last_funding_rate\n{t},8,1e-4\n"
+                           .encode(),
+        "binance_metrics": b"create_time,symbol,sum_open_interest,sum_open_interest_value\n"
+                           b"2024-01-01 00:05:00,BTCUSDT,8.5,34.5\n",
+        "tardis_trades": f"{tardis}id,side,price,amount\nx,BTC,{us},{us},1,buy,1,1\n".encode(),
+        "tardis_quotes": f"{tardis}ask_amount,ask_price,bid_price,bid_amount\n"
+                         f"x,BTC,{us},{us},1,2,1,1\n".encode(),
+        "tardis_derivative_ticker": f"{tardis}funding_timestamp,funding_rate,"
+                                    "predicted_funding_rate,open_interest,last_price,"
+                                    f"index_price,mark_price\nx,BTC,{us},{us},{us},1e-4,,5,1,"
+                                    "1,1\n".encode(),
+    }
+    names = [f for f in FORMATS if f != "auto"]
+    out = []
+    for fmt, body in files.items():
+        out.append(bytes([names.index(fmt)]) + body)
+    out.append(bytes([names.index("binance_klines")]) + gzip.compress(files["binance_klines"]))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("a.csv", files["binance_trades"])
+    out.append(bytes([names.index("binance_trades")]) + buf.getvalue())
+    return out
 
 
 def write_corpus(outdir: Path, targets: list[str] | None = None) -> dict[str, Path]:

@@ -1,7 +1,7 @@
 """Run one fuzz target under atheris (coverage-guided, libFuzzer).
 
 Run: ``python tests/fuzz/targets.py TARGET [libFuzzer args...] [CORPUS_DIR ...]``,
-TARGET one of codec, envelope, resign, trust, config, audit, proof (see
+TARGET one of codec, envelope, resign, trust, config, audit, proof, formats (see
 ``tests/fuzz/harness.py`` for what each checks). For example::
 
     python tests/fuzz/seeds.py /tmp/corpus codec
