@@ -58,7 +58,8 @@ TRADING = (Fill, PositionSnapshot, Balance, OpenOrders)
 # Everything the guard core consumes; any other record type (a bare, unsigned command
 # included) is a dead letter.
 HANDLED = (*MARKET, VenueStatus, *TRADING, SignedEnvelope)
-INPUT_STREAMS = ("market", "venue_status", "fills", "positions", "balances", "limit_updates")
+INPUT_STREAMS = ("market", "venue_status", "fills", "positions", "balances", "limit_updates",
+                 "acks")
 # What the detect tier reads, and the topic it writes for the firm tier
 DETECT_STREAMS = ("market", "venue_status")
 DETECTIONS = "detections"
@@ -66,7 +67,7 @@ DETECTED = (AnomalySignal, DetectProgress, Valuation)
 # What a market process reads (the market topic split by underlying, the others whole),
 # and what a firm tier fed by market processes reads
 MARKET_STREAMS = ("market", "venue_status", "fills", "positions", "balances")
-FIRM_OF_MARKET_STREAMS = ("venue_status", "limit_updates", DETECTIONS)
+FIRM_OF_MARKET_STREAMS = ("venue_status", "limit_updates", "acks", DETECTIONS)
 # What each input topic may carry: any other record on it is a wrong_topic dead letter
 # (whoever may write market data must not move positions, nor sign anything)
 STREAM_TYPES: dict[str, tuple[type, ...]] = {
@@ -76,6 +77,7 @@ STREAM_TYPES: dict[str, tuple[type, ...]] = {
     "positions": (PositionSnapshot,),
     "balances": (Balance, OpenOrders),
     "limit_updates": (SignedEnvelope,),
+    "acks": (SignedEnvelope,),  # executors' signed acks (their payload type says so)
     DETECTIONS: DETECTED,
 }
 

@@ -57,10 +57,11 @@ from riskguard.operators.exposure.ops import (
 )
 from riskguard.operators.mitigation.ops import plan_mitigation
 from riskguard.operators.signing import decode_command
-from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, Signer
+from riskguard.operators.signing.crypto import PAYLOAD_ACK, PAYLOAD_COMMAND, Signer
 from riskguard.operators.signing.operator_commands import (
     OPERATOR_COMMANDS_KEY,
     OperatorCommandLogic,
+    ack_verifier,
 )
 from riskguard.operators.signing.ops import sign_commands
 from riskguard.operators.signing.trust import TrustStore
@@ -140,7 +141,14 @@ def guard_core(
             "detect_ticks", detected_in, _detect_ticks(cfg.tier.detect_workers)))
     market, records, status, trading = _split_inputs(records)
     updates = op.flat_map_batch("updates", records, lambda rs: [
-        r for r in rs if isinstance(r, SignedEnvelope) and r.payload_type != PAYLOAD_COMMAND])
+        r for r in rs if isinstance(r, SignedEnvelope)
+        and r.payload_type not in (PAYLOAD_COMMAND, PAYLOAD_ACK)])
+    # Executors' acks (the acks topic), verified against the trust file: the playbook
+    # learns which commands were applied, and escalates what was not.
+    acks = split_dead_letters("verify_acks", op.flat_map_batch(
+        "acks", op.filter("ack_envelopes", records, lambda r: isinstance(r, SignedEnvelope)
+                          and r.payload_type == PAYLOAD_ACK),
+        ack_verifier(trust, env=cfg.env, topic=cfg.topic("acks"), clock=clock)))
     # Operator commands (a resume) come signed, on the limit-updates topic; they reach the
     # playbook only once verified against the trust file, with their approvals counted
     # from the signatures. A bare command record is refused: nothing unsigned acts.
@@ -212,7 +220,7 @@ def guard_core(
     # queues are the longest, and a breach must not reach the playbook after time has
     # moved past it.
     planned = plan_mitigation(
-        "playbook", op.merge("playbook_in", signals, limits.ticks, manual),
+        "playbook", op.merge("playbook_in", signals, limits.ticks, manual, acks.oks),
         config=cfg.playbook, clock=clock,
     )
     commands = planned.oks
@@ -226,10 +234,10 @@ def guard_core(
     out_cmds = op.map("observe_commands", signed.oks, observe_command)
     errs: Stream[DeadLetter] = op.flat_map_batch("observe_errs", op.merge(
         "errs", *detect_errs, *exposure_errs, limits.errs, planned.errs, signed.errs,
-        verified.errs, unhandled, *([input_errs] if input_errs is not None else []),
+        verified.errs, acks.errs, unhandled, *([input_errs] if input_errs is not None else []),
     ), observe_all)
     audit_cfg = msgspec.structs.replace(cfg.audit, config_hash=cfg_hash)
-    decisions = op.merge("decisions", signals, commands, errs)
+    decisions = op.merge("decisions", signals, commands, acks.oks, errs)
     audit = op.flat_map_batch(
         "observe_audit", audit_log("audit", decisions, signer=signer, config=audit_cfg,
                                   resume=audit_resume),

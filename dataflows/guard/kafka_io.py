@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from riskguard.connectors.kafka import kafka_input
+from riskguard.connectors.kafka.source import KafkaInput
 from riskguard.connectors.placement import (
     Broadcast,
     MarketOwners,
@@ -19,6 +21,7 @@ from riskguard.dataflows.guard.config import (
     price_key_prefixes,
 )
 from riskguard.dataflows.guard.steps import is_broadcast
+from riskguard.operators.core.base import SplitOut, split_dead_letters
 from riskguard.operators.core.clock import Clock
 from riskguard.schemas import (
     Exposure,
@@ -33,6 +36,11 @@ def _input(flow: Dataflow, cfg: GuardConfig, streams: tuple[str, ...], clock: Cl
     """The guard's Kafka source over ``streams``, as ``[input]`` configures it (a market
     process, given its ``owners``: the market topic split by underlying, the others
     whole)."""
+    if "acks" in streams:
+        main = _input(flow, cfg, tuple(s for s in streams if s != "acks"), clock, owners)
+        acks = _acks_input(flow, cfg, clock)
+        return SplitOut(oks=op.merge("in_and_acks", main.oks, acks.oks),
+                        errs=op.merge("in_and_ack_errs", main.errs, acks.errs))
     policy = EventTimePolicy(
         max_lateness_ns=cfg.input.max_lateness_ns,
         max_future_skew_ns=cfg.input.max_future_skew_ns,
@@ -59,6 +67,19 @@ def _input(flow: Dataflow, cfg: GuardConfig, streams: tuple[str, ...], clock: Cl
     )
 
 
+
+
+def _acks_input(flow: Dataflow, cfg: GuardConfig, clock: Clock) -> SplitOut[Any]:
+    """Executors' signed acks, a source of their own: they carry the executor's time, not
+    event time, so they are neither time-checked nor ticked, and the input topics' source
+    partitions land on the same workers with or without them. An ack that cannot be read
+    is a dead letter like any other input's."""
+    acks = cfg.topic("acks")
+    items = op.input("acks_input", flow, KafkaInput(
+        cfg.kafka, [acks], starting_offset=cfg.input.starting_offset,
+        idle_eof_s=cfg.input.idle_eof_s, clock=clock, untimed_topics=[acks],
+        codec=Codec(topic_types={acks: STREAM_TYPES["acks"]})))
+    return split_dead_letters("acks_split", items)
 
 
 def _market_options(cfg: GuardConfig, owners: MarketOwners) -> dict[str, Any]:

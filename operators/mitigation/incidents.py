@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from riskguard.operators.mitigation.acks import AckState
 from riskguard.operators.mitigation.rules import _MAX_EVIDENCE, CLOSERS
 from riskguard.schemas import (
     Action,
@@ -82,6 +83,8 @@ class PlaybookState:
     held: list[tuple[int, int, Any, int]] = field(default_factory=list)
     arrivals: int = 0
     forced: int = 0  # held signals applied after max_hold_s, the watermark still behind
+    # commands awaiting executors' acknowledgements (AckTracker)
+    acks: AckState = field(default_factory=AckState)
 
 
 # -- helpers -------------------------------------------------------------------

@@ -43,6 +43,7 @@ from typing import Any, TypeAlias
 import msgspec
 from riskguard.operators.core.base import copy_fields
 from riskguard.operators.core.clock import Tick, Watermark
+from riskguard.operators.mitigation.acks import AckState, AckTracker
 from riskguard.operators.mitigation.incidents import (
     STATE_VERSION,
     Incident,
@@ -79,6 +80,7 @@ from riskguard.schemas import (
     AnomalySignal,
     Audience,
     DeadLetter,
+    ExecutionAck,
     LimitBreach,
     LimitLevel,
     MitigationCommand,
@@ -114,7 +116,7 @@ __all__ = [
 
 # -- logic ---------------------------------------------------------------------
 
-Input: TypeAlias = AnomalySignal | RiskAlert | LimitBreach | MitigationCommand | Tick
+Input: TypeAlias = AnomalySignal | RiskAlert | LimitBreach | MitigationCommand | ExecutionAck | Tick
 Output: TypeAlias = MitigationCommand | DeadLetter
 
 
@@ -138,7 +140,11 @@ class PlaybookLogic:
             raise ConfigError("playbook.state.version", str(STATE_VERSION), state.version)
         if not hasattr(state, "held"):  # a snapshot from before signals could wait
             state.held, state.arrivals, state.forced = [], 0, 0
+        if not hasattr(state, "acks"):  # a snapshot from before acks were tracked
+            state.acks = AckState()
         self.state = state
+        # which commands executors confirmed; what they did not becomes a signal
+        self.acks = AckTracker(config.acks, state.acks)
         self._slack = int(config.reorder_slack_s * S)
         self._max_hold = int(config.max_hold_s * S)
         # derived: when the oldest held signal is due regardless of the watermark
@@ -187,6 +193,10 @@ class PlaybookLogic:
             # A resume carries processing time (issued_at), not event time: no clock step.
             self._advance(self.state.now)
             self._manual_resume(event)
+        elif isinstance(event, ExecutionAck):
+            # An ack carries the executor's time, not event time: no clock step.
+            for alert in self.acks.on_ack(event, self._time()):
+                self._signal(alert)
         elif isinstance(event, AnomalySignal | RiskAlert | LimitBreach):
             st = self.state
             if self._watermark.several() and event.ts > st.watermark + self._slack:
@@ -200,8 +210,10 @@ class PlaybookLogic:
                 return self._out
             self._apply_signal(event)
         else:
-            return [self._dead(event, "unexpected_type", "$", "a signal, resume or Tick",
-                               type(event).__name__)]
+            return [self._dead(event, "unexpected_type", "$",
+                               "a signal, resume, execution ack or Tick", type(event).__name__)]
+        for alert in self.acks.overdue(self._time()):
+            self._signal(alert)
         self._evaluate()
         return self._out
 
@@ -240,7 +252,7 @@ class PlaybookLogic:
                     for k, m in st.active.items()},
             history=_lists(st.history), sources=_lists(st.sources),
             unhealthy=_lists(st.unhealthy), breached=_lists(st.breached),
-            suppressed=list(st.suppressed), held=list(st.held))
+            suppressed=list(st.suppressed), held=list(st.held), acks=st.acks.copy())
 
     # -- inputs ------------------------------------------------------------------
 
@@ -658,6 +670,7 @@ class PlaybookLogic:
                 return False
             st.window_count += 1
         self._out.append(cmd)
+        self.acks.sent(cmd)
         return True
 
     def _flush_window(self, *, force: bool = False) -> None:

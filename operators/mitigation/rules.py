@@ -17,6 +17,7 @@ import uuid
 from typing import Literal
 
 import msgspec
+from riskguard.operators.mitigation.acks import ACKNOWLEDGED, UNACKNOWLEDGED, AckConfig
 from riskguard.schemas import FIRM, Action, Scope, ScopeKind, Severity
 from riskguard.schemas.action_params import check_rung_params
 
@@ -32,12 +33,13 @@ _MAX_EVIDENCE = 16
 #: RiskAlert kinds that close an incident opened by another kind.
 CLOSERS = {"heartbeat_restored": "heartbeat_loss", "feed_restored": "feed_failover",
            "withdrawals_resumed": "withdrawals_halted", "peg_restored": "depeg",
-           "detect_restored": "detect_silent"}
+           "detect_restored": "detect_silent", ACKNOWLEDGED: UNACKNOWLEDGED}
 #: Signal kinds whose incidents stay open until an explicit close arrives.
 #: Every other kind is momentary: its incident counts as closed right after
 #: each signal, so the quiet period starts at once and a repeat reopens it.
 OPENERS = frozenset({"anomaly", "price_move", "dislocation", "breach", "heartbeat_loss",
-                     "feed_failover", "withdrawals_halted", "depeg", "detect_silent"})
+                     "feed_failover", "withdrawals_halted", "depeg", "detect_silent",
+                     UNACKNOWLEDGED})
 TARGETS = ("same", "venue", "counterparty", "underlying", "firm")
 _PROTECTIVE = frozenset({Action.REDUCE_ONLY, Action.HALT_TRADING})
 _REQUIRED: dict[Action, tuple[str, ...]] = {
@@ -121,6 +123,7 @@ class PlaybookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     max_hold_s: float = 5.0
     venues: tuple[str, ...] = ()
     rules: tuple[Rule, ...] = ()
+    acks: AckConfig = AckConfig()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -150,6 +153,7 @@ class PlaybookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         seen: set[str] = set()
         for i, rule in enumerate(self.rules):
             _check_rule(f"{path}.rules[{i}]", rule, seen)
+        self.acks.validate(f"{path}.acks")
 
 
 def _positive(path: str, value: float) -> None:

@@ -19,15 +19,26 @@ OperatorCommandState(seen={}, high_water={})
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
 from riskguard.operators.core.clock import Clock
-from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, Reason, encode_envelope
+from riskguard.operators.signing.crypto import (
+    PAYLOAD_ACK,
+    PAYLOAD_COMMAND,
+    Reason,
+    encode_envelope,
+)
 from riskguard.operators.signing.trust import DEFAULT_LEEWAY_NS, TrustStore
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.base import source_of
-from riskguard.schemas.commands import Audience, MitigationCommand, SignedEnvelope
+from riskguard.schemas.commands import (
+    Audience,
+    ExecutionAck,
+    MitigationCommand,
+    SignedEnvelope,
+)
 
 from riskguard.errors import VerificationError
 
@@ -103,8 +114,38 @@ class OperatorCommandLogic:
                 del seen[cid]
 
 
-def _refused(env: SignedEnvelope, now: int, reason: str, detail: str) -> DeadLetter:
+def _refused(env: SignedEnvelope, now: int, reason: str, detail: str, *,
+             what: str = "command", step: str = "verify_operator",
+             expected: str = "a verified operator command") -> DeadLetter:
     topic, partition, offset = source_of(env) or ("limit_updates", -1, -1)
     return DeadLetter.of(topic=topic, partition=partition, offset=offset, ts=now,
-                         reason=f"command_{reason}", expected="a verified operator command",
-                         found=detail, step="verify_operator", raw=encode_envelope(env))
+                         reason=f"{what}_{reason}", expected=expected,
+                         found=detail, step=step, raw=encode_envelope(env))
+
+
+def ack_verifier(trust: TrustStore, *, env: str, topic: str, clock: Clock,
+                 leeway_ns: int = DEFAULT_LEEWAY_NS,
+                 ) -> Callable[[list[SignedEnvelope]], list[ExecutionAck | DeadLetter]]:
+    """A batch step that verifies executors' acks (signed, on the acks topic) against the
+    trust file: a key of role ``executor`` allowed that action and scope, the acks
+    topic's audience, fresh. What fails is a dead letter ``ack_<reason>``; what passes
+    goes to the playbook, which matches it to the command it confirms (a repeat is
+    harmless there, so no replay state is kept)."""
+    audience = Audience(env=env, topic=topic)
+
+    def verify(batch: list[SignedEnvelope]) -> list[ExecutionAck | DeadLetter]:
+        now = clock()
+        out: list[ExecutionAck | DeadLetter] = []
+        for env_ in batch:
+            try:
+                v = trust.verify(env_, expected_payload_type=PAYLOAD_ACK, audience=audience,
+                                 now_ns=now, leeway_ns=leeway_ns)
+            except VerificationError as err:
+                out.append(_refused(env_, now, err.reason, err.detail, what="ack",
+                                    step="verify_ack", expected="a verified execution ack"))
+                continue
+            assert isinstance(v.message, ExecutionAck)  # PAYLOAD_ACK decodes to an ack
+            out.append(v.message)
+        return out
+
+    return verify

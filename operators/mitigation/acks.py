@@ -1,0 +1,202 @@
+"""Whether the playbook's commands were applied: executors' acknowledgements, tracked.
+
+An executor answers each verified command with a signed
+:class:`~riskguard.schemas.ExecutionAck` (``applied``, ``already_applied``,
+``refused`` or ``failed``). The playbook feeds every verified ack and every command
+it emits to an :class:`AckTracker`, which turns what goes wrong into signals the
+playbook acts on like any other:
+
+- a command whose action is in ``require`` (``halt_trading`` and ``cancel_all`` by
+  default) that some executor in ``executors`` has not confirmed within
+  ``timeout_s`` of event time, or that an executor refused or failed, opens a
+  critical ``command_unacknowledged`` alert on the command's scope: an executor
+  that never acts is an incident too;
+- the confirmation arriving later closes it (``command_acknowledged``);
+- a refused or failed command of another action is a ``command_refused`` warning.
+
+Every ``executors`` name must confirm: a desk with two trading systems learns when
+one of them did not stop. Another replica's copy of the same decision counts: an
+ack matches by ``command_id`` or by ``decision_id``. With no ``executors``
+configured, acks are counted and nothing is awaited.
+
+>>> from riskguard.schemas import Action, Audience, MitigationCommand, Scope, ScopeKind
+>>> S = 1_000_000_000
+>>> t = AckTracker(AckConfig(executors=("oms",), timeout_s=30))
+>>> cmd = MitigationCommand(command_id="c1", issuer="g", issued_at=10 * S,
+...     expires_at=99 * S, audience=Audience(env="dev", topic="t"),
+...     action=Action.HALT_TRADING, scope=Scope(kind=ScopeKind.VENUE, value="okx"), reason="r")
+>>> t.sent(cmd)
+>>> t.overdue(39 * S), t.next_due()
+([], 40000000000)
+>>> [(a.kind, a.severity.value, a.scope.label()) for a in t.overdue(40 * S)]
+[('command_unacknowledged', 'critical', 'venue:okx')]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import msgspec
+from riskguard.schemas import (
+    AckOutcome,
+    Action,
+    ExecutionAck,
+    MitigationCommand,
+    RiskAlert,
+    Scope,
+    Severity,
+)
+
+from riskguard.errors import ConfigError
+
+S = 1_000_000_000
+UNACKNOWLEDGED = "command_unacknowledged"
+ACKNOWLEDGED = "command_acknowledged"
+REFUSED = "command_refused"
+_CONFIRMS = frozenset({AckOutcome.APPLIED, AckOutcome.ALREADY_APPLIED})
+_MAX_SETTLED = 4096  # confirmed commands remembered, so a late duplicate ack is recognised
+
+
+class AckConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[playbook.acks]``: which executors must confirm which commands, and how soon.
+
+    ``executors`` are the issuer names of the executors' keys (trust-file role
+    ``executor``); empty turns the wait off. ``require`` lists the actions that
+    must be confirmed; ``timeout_s`` is event time from ``issued_at``.
+    """
+
+    executors: tuple[str, ...] = ()
+    require: tuple[Action, ...] = (Action.HALT_TRADING, Action.CANCEL_ALL)
+    timeout_s: float = 30.0
+
+    def validate(self, path: str = "playbook.acks") -> None:
+        if not self.timeout_s > 0:
+            raise ConfigError(f"{path}.timeout_s", "a positive number of seconds",
+                              self.timeout_s)
+        if len(set(self.executors)) != len(self.executors):
+            raise ConfigError(f"{path}.executors", "each executor named once",
+                              list(self.executors))
+
+
+@dataclass
+class Awaited:
+    """One command waiting for its confirmations."""
+
+    command_id: str
+    decision_id: str | None
+    action: Action
+    scope: Scope
+    due: int
+    waiting: list[str]
+    raised: str = ""  # why its alert was raised ("" while none was)
+
+
+@dataclass
+class AckState:
+    """What the tracker remembers (part of the playbook's snapshot)."""
+
+    awaited: dict[str, Awaited] = field(default_factory=dict)
+    settled: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def copy(self) -> AckState:
+        return AckState(
+            awaited={k: Awaited(a.command_id, a.decision_id, a.action, a.scope, a.due,
+                                list(a.waiting), a.raised) for k, a in self.awaited.items()},
+            settled=list(self.settled), counts=dict(self.counts))
+
+
+class AckTracker:
+    """Matches acks to the commands that await them; returns the alerts to raise."""
+
+    def __init__(self, config: AckConfig, state: AckState | None = None) -> None:
+        self.config = config
+        self.state = state if state is not None else AckState()
+        self._required = frozenset(config.require)
+        self._timeout = int(config.timeout_s * S)
+        self._by_decision = {a.decision_id: k for k, a in self.state.awaited.items()
+                             if a.decision_id}
+
+    def _count(self, what: str) -> None:
+        self.state.counts[what] = self.state.counts.get(what, 0) + 1
+
+    def sent(self, cmd: MitigationCommand) -> None:
+        """The playbook emitted ``cmd``."""
+        self._count("sent")
+        if not self.config.executors or cmd.action not in self._required:
+            return
+        self.state.awaited[cmd.command_id] = Awaited(
+            cmd.command_id, cmd.decision_id, cmd.action, cmd.scope,
+            cmd.issued_at + self._timeout, list(self.config.executors))
+        if cmd.decision_id:
+            self._by_decision[cmd.decision_id] = cmd.command_id
+
+    def on_ack(self, ack: ExecutionAck, now: int) -> list[RiskAlert]:
+        """A verified ack: confirm, or raise what it refused."""
+        self._count(ack.outcome.value)
+        key = ack.command_id if ack.command_id in self.state.awaited else (
+            self._by_decision.get(ack.decision_id or ""))
+        item = self.state.awaited.get(key or "")
+        if item is None:
+            if ack.outcome in _CONFIRMS or ack.action in self._required:
+                return []  # confirms nothing awaited, or a late repeat
+            return [self._alert(REFUSED, Severity.WARN, ack.scope, now, ack.command_id,
+                                f"{ack.issuer} {ack.outcome.value} {ack.action.value} on "
+                                f"{ack.scope.label()}: {ack.reason}", ack)]
+        if ack.outcome in _CONFIRMS:
+            if ack.issuer in item.waiting:
+                item.waiting.remove(ack.issuer)
+            if item.waiting:
+                return []
+            return self._settle(item, now, ack)
+        why = f"{ack.issuer} {ack.outcome.value} it: {ack.reason}"
+        if item.raised:
+            return []
+        item.raised = ack.outcome.value
+        return [self._alert(UNACKNOWLEDGED, Severity.CRITICAL, item.scope, now,
+                            item.command_id, f"{item.action.value} on {item.scope.label()} "
+                            f"not applied: {why}", ack)]
+
+    def overdue(self, now: int) -> list[RiskAlert]:
+        """Alerts for commands still unconfirmed ``timeout_s`` after they were issued."""
+        out = []
+        for item in self.state.awaited.values():
+            if not item.raised and item.due <= now:
+                item.raised = "silent"
+                self._count("unacknowledged")
+                out.append(self._alert(
+                    UNACKNOWLEDGED, Severity.CRITICAL, item.scope, now, item.command_id,
+                    f"{item.action.value} on {item.scope.label()} not confirmed within "
+                    f"{self.config.timeout_s:g}s by {', '.join(item.waiting)}"))
+        return out
+
+    def next_due(self) -> int | None:
+        """The earliest time an awaited command falls overdue (None: nothing waits)."""
+        return min((a.due for a in self.state.awaited.values() if not a.raised), default=None)
+
+    def _settle(self, item: Awaited, now: int, ack: ExecutionAck) -> list[RiskAlert]:
+        del self.state.awaited[item.command_id]
+        if item.decision_id:
+            self._by_decision.pop(item.decision_id, None)
+        settled = self.state.settled
+        settled.append(item.command_id)
+        if len(settled) > _MAX_SETTLED:
+            del settled[: _MAX_SETTLED // 2]
+        if not item.raised:
+            return []
+        # close the scope's alert once nothing on it is still unconfirmed
+        if any(a.raised and a.scope == item.scope for a in self.state.awaited.values()):
+            return []
+        return [self._alert(ACKNOWLEDGED, Severity.INFO, item.scope, now, item.command_id,
+                            f"{item.action.value} on {item.scope.label()} confirmed", ack)]
+
+    @staticmethod
+    def _alert(kind: str, severity: Severity, scope: Scope, now: int, command_id: str,
+               reason: str, ack: ExecutionAck | None = None) -> RiskAlert:
+        details: dict[str, float | str] = {"command_id": command_id}
+        if ack is not None:
+            details.update(executor=ack.issuer, outcome=ack.outcome.value)
+        return RiskAlert(id=f"{kind}|{command_id}|{ack.issuer if ack else ''}", kind=kind,
+                         scope=scope, ts=now, severity=severity, reason=reason[:1000],
+                         details=details,
+                         evidence_ids=[ack.ack_id] if ack is not None else [])

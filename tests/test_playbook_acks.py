@@ -1,0 +1,218 @@
+"""The playbook learns from executors' acks: what was applied, refused, or never confirmed."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from contract import CHECKS, Case
+from riskguard.operators.mitigation.acks import (
+    ACKNOWLEDGED,
+    UNACKNOWLEDGED,
+    AckConfig,
+    AckTracker,
+)
+from riskguard.operators.mitigation.playbook import (
+    PlaybookConfig,
+    PlaybookLogic,
+    Rule,
+    Rung,
+    S,
+    Tick,
+    playbook_builder,
+)
+from riskguard.schemas import (
+    AckOutcome,
+    Action,
+    Audience,
+    ExecutionAck,
+    MitigationCommand,
+    RiskAlert,
+    Scope,
+    ScopeKind,
+    Severity,
+)
+from test_playbook import venue
+
+from riskguard.errors import ConfigError
+
+HALT_ON_DOWN = Rule(name="down", signal="heartbeat_loss", scope="venue:*", target="same",
+                    ladder=(Rung(action=Action.HALT_TRADING),))
+UNACKED = Rule(name="unacked", signal="command_unacknowledged", target="firm", quiet_s=5,
+               ladder=(Rung(action=Action.ALERT), Rung(action=Action.REDUCE_ONLY, after_s=60)))
+
+
+def config(executors: tuple[str, ...] = ("oms",), timeout_s: float = 30.0) -> PlaybookConfig:
+    return PlaybookConfig(issuer="guard", venues=("okx", "binance"), rules=(HALT_ON_DOWN, UNACKED),
+                          acks=AckConfig(executors=executors, timeout_s=timeout_s))
+
+
+def down(v: str, t: float) -> RiskAlert:
+    return RiskAlert(id=f"hb-{v}-{t}", kind="heartbeat_loss", scope=venue(v), ts=int(t * S),
+                     severity=Severity.CRITICAL, reason="no heartbeat")
+
+
+def ack(cmd: MitigationCommand, outcome: AckOutcome = AckOutcome.APPLIED, *,
+        by: str = "oms", command_id: str | None = None, reason: str = "") -> ExecutionAck:
+    return ExecutionAck(
+        ack_id=f"{by}:{command_id or cmd.command_id}", issuer=by, issued_at=cmd.issued_at,
+        expires_at=cmd.issued_at + 60 * S, audience=Audience(env="dev", topic="dev.acks"),
+        command_id=command_id or cmd.command_id, command_issuer=cmd.issuer,
+        decision_id=cmd.decision_id, action=cmd.action, scope=cmd.scope, outcome=outcome,
+        reason=reason)
+
+
+class Clock:
+    """Processing time follows the event time the test drives (as in a backtest)."""
+
+    def __init__(self) -> None:
+        self.now = 0
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def run(logic: PlaybookLogic, clock: Clock, event: object) -> list[MitigationCommand]:
+    clock.now = max(clock.now, getattr(event, "ts", 0))
+    return [c for c in logic.on_event(event) if isinstance(c, MitigationCommand)]
+
+
+def halted(executors: tuple[str, ...] = ("oms",)) -> tuple[PlaybookLogic, Clock,
+                                                           MitigationCommand]:
+    clock = Clock()
+    logic = PlaybookLogic(config(executors), clock)
+    (halt,) = run(logic, clock, down("okx", 1))
+    assert halt.action is Action.HALT_TRADING
+    return logic, clock, halt
+
+
+def actions(cmds: list[MitigationCommand]) -> list[tuple[str, str]]:
+    return [(c.action.value, c.scope.label()) for c in cmds]
+
+
+def test_a_confirmed_halt_raises_nothing() -> None:
+    logic, clock, halt = halted()
+    assert run(logic, clock, ack(halt)) == []
+    assert [c for t in range(2, 200) for c in run(logic, clock, Tick(ts=t * S))] == []
+    assert logic.state.acks.awaited == {}
+    assert logic.state.acks.counts == {"sent": 1, "applied": 1}
+
+
+def test_an_unconfirmed_halt_escalates_after_the_timeout_and_closes_on_its_ack() -> None:
+    logic, clock, halt = halted()
+    assert run(logic, clock, Tick(ts=30 * S)) == []  # issued at 1 s: due at 31 s
+    assert actions(run(logic, clock, Tick(ts=31 * S))) == [("alert", "firm:*")]
+    reduce = [c for t in range(32, 100) for c in run(logic, clock, Tick(ts=t * S))]
+    assert actions(reduce) == [("reduce_only", "firm:*")]
+    assert "command_unacknowledged critical on venue:okx" in reduce[0].reason
+    # the executor comes back and confirms: the incident closes, reduce-only is lifted
+    assert run(logic, clock, ack(halt)) == []
+    lifted = [c for t in range(100, 140) for c in run(logic, clock, Tick(ts=t * S))]
+    assert actions(lifted) == [("resume", "firm:*")]
+    assert logic.state.acks.awaited == {}
+
+
+@pytest.mark.parametrize("outcome", [AckOutcome.REFUSED, AckOutcome.FAILED])
+def test_a_refused_or_failed_halt_alerts_at_once(outcome: AckOutcome) -> None:
+    logic, clock, halt = halted()
+    out = run(logic, clock, ack(halt, outcome, reason="venue okx unknown"))
+    assert actions(out) == [("alert", "firm:*")]
+    assert f"oms {outcome.value} it: venue okx unknown" in out[0].reason
+    # it does not alert again when the timeout passes
+    assert actions([c for t in range(2, 40) for c in run(logic, clock, Tick(ts=t * S))]) == []
+
+
+def test_every_named_executor_must_confirm() -> None:
+    logic, clock, halt = halted(("oms", "algo"))
+    assert run(logic, clock, ack(halt, by="oms")) == []
+    assert actions(run(logic, clock, Tick(ts=31 * S))) == [("alert", "firm:*")]
+    assert logic.state.acks.awaited[halt.command_id].waiting == ["algo"]
+
+
+def test_the_overdue_alert_names_the_executors_still_awaited() -> None:
+    tracker = AckTracker(AckConfig(executors=("oms", "algo"), timeout_s=30))
+    _logic, _clock, halt = halted()
+    tracker.sent(halt)
+    tracker.on_ack(ack(halt, by="oms"), halt.issued_at)
+    (alert,) = tracker.overdue(halt.issued_at + 30 * S)
+    assert alert.kind == UNACKNOWLEDGED and alert.severity is Severity.CRITICAL
+    assert alert.reason.endswith("not confirmed within 30s by algo")
+    assert alert.details["command_id"] == halt.command_id
+    closing = tracker.on_ack(ack(halt, by="algo"), halt.issued_at + 40 * S)
+    assert [a.kind for a in closing] == [ACKNOWLEDGED]
+
+
+def test_another_replicas_copy_of_the_decision_confirms_it() -> None:
+    """An executor acts on the first copy of a decision and drops the others: its ack
+    names that copy's command id, and the decision id matches."""
+    logic, clock, halt = halted()
+    assert run(logic, clock, ack(halt, command_id="copy-from-replica-b")) == []
+    assert logic.state.acks.awaited == {}
+
+
+def test_acks_of_actions_not_required_are_counted_and_refusals_warn() -> None:
+    tracker = AckTracker(AckConfig(executors=("oms",)))
+    widen = MitigationCommand(
+        command_id="w1", issuer="guard", issued_at=5 * S, expires_at=99 * S,
+        audience=Audience(env="dev", topic="t"), action=Action.WIDEN_QUOTES,
+        scope=Scope(kind=ScopeKind.VENUE, value="okx"), params={"bps": 25.0}, reason="r")
+    tracker.sent(widen)
+    assert tracker.state.awaited == {}
+    (warn,) = tracker.on_ack(ack(widen, AckOutcome.REFUSED, reason="no quoting engine"),
+                             6 * S)
+    assert (warn.kind, warn.severity) == ("command_refused", Severity.WARN)
+    assert tracker.on_ack(ack(widen), 6 * S) == []
+    assert tracker.state.counts == {"sent": 1, "refused": 1, "applied": 1}
+
+
+def test_without_executors_nothing_is_awaited() -> None:
+    logic, clock, _halt = halted(())
+    assert [c for t in range(2, 200) for c in run(logic, clock, Tick(ts=t * S))] == []
+    assert logic.state.acks.awaited == {}
+
+
+def test_a_snapshot_from_before_acks_were_tracked_resumes() -> None:
+    logic, _clock, _halt = halted()
+    state = logic.snapshot()
+    del state.__dict__["acks"]
+    resumed = PlaybookLogic(config(), lambda: 0, state)
+    assert resumed.state.acks.awaited == {}
+
+
+@pytest.mark.parametrize(("table", "path"), [
+    ({"timeout_s": 0}, "playbook.acks.timeout_s"),
+    ({"executors": ["oms", "oms"]}, "playbook.acks.executors"),
+])
+def test_bad_ack_settings_are_refused_by_name(table: dict[str, object], path: str) -> None:
+    with pytest.raises(ConfigError, match=path.replace(".", r"\.")):
+        PlaybookConfig(issuer="guard", acks=AckConfig(**table))  # type: ignore[arg-type]
+
+
+def test_an_unknown_ack_setting_is_refused() -> None:
+    with pytest.raises(msgspec.ValidationError, match="timeout"):
+        msgspec.convert({"acks": {"timeout": 5}}, PlaybookConfig)
+
+
+# The contract: a guard resumed at any point awaits, escalates and closes as one that ran on.
+CLOCK = Clock()
+_first = PlaybookLogic(config(), CLOCK)
+(_HALT,) = run(_first, CLOCK, down("okx", 1))
+(_HALT_B,) = run(_first, CLOCK, down("binance", 2))
+EVENTS = [down("okx", 1), down("binance", 2), *[Tick(ts=t * S) for t in range(3, 20)],
+          ack(_HALT), *[Tick(ts=t * S) for t in range(20, 120, 2)], ack(_HALT_B),
+          *[Tick(ts=t * S) for t in range(120, 160, 2)]]
+CASES = [Case("playbook_acks", playbook_builder(config(), lambda: 1 * S), EVENTS,
+              splits=(2, 19, 40, 70))]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("check", CHECKS, ids=lambda f: f.__name__)
+def test_contract(case: Case, check: object) -> None:
+    check(case)  # type: ignore[operator]
+
+
+def test_contract_case_escalates() -> None:
+    """The contract input reaches the unacknowledged rung, then resumes."""
+    logic = playbook_builder(config(), lambda: 1 * S)(None)
+    out = [c for e in EVENTS for c in logic.on_event(e) if isinstance(c, MitigationCommand)]
+    assert {("alert", "firm:*"), ("reduce_only", "firm:*"), ("resume", "firm:*")} <= set(
+        actions(out))
