@@ -97,6 +97,8 @@ def _feed(args: argparse.Namespace) -> int:
         out.write(f"  channel {channel:<32} {n:,}\n")
     for state, n in sorted(stats.states.items()):
         out.write(f"  heartbeats {state:<29} {n:,}\n")
+    if stats.restarts:
+        out.write(f"  feeds started afresh after --restart-after {stats.restarts:,}\n")
     for reason, n in stats.dead_letters.most_common():
         out.write(f"  dead letters {reason:<27} {n:,}\n")
     return 0
@@ -133,8 +135,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # argparse private gener
     p.add_argument("--silence", type=float, default=10.0, metavar="S",
                    help="a connection without a message this long is degraded (default 10)")
     p.add_argument("--restart-after", type=float, default=60.0, metavar="S",
-                   help="cryptofeed re-opens a connection silent this long (default 60; -1 "
-                   "never)")
+                   help="a connection silent this long is re-opened, a feed down this long "
+                   "started afresh (default 60; -1 never)")
     p.add_argument("--candle-interval", default="1m", metavar="I",
                    help="candle interval for the candles channel (default 1m)")
     p.add_argument("--duration", type=float, metavar="S",

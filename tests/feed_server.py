@@ -13,6 +13,7 @@ while: the silence and disconnect drills.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import http.server
 import ipaddress
@@ -137,17 +138,16 @@ class BinanceFuturesStandIn:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _handler(self, ws: Any) -> None:
+        from websockets.exceptions import ConnectionClosed
+
         self.paths.append(ws.request.path)
-        i = 0
-        while True:
-            if self.paused:
+        with contextlib.suppress(ConnectionClosed):  # the client left, or an outage
+            while True:
+                if not self.paused:
+                    for msg in messages(self.sent, int(time.time() * 1000)):
+                        await ws.send(json.dumps(msg))
+                    self.sent += 1
                 await asyncio.sleep(self.every_s)
-                continue
-            for msg in messages(self.sent + i, int(time.time() * 1000)):
-                await ws.send(json.dumps(msg))
-            i += 1
-            self.sent += 1
-            await asyncio.sleep(self.every_s)
 
     async def outage(self, seconds: float) -> None:
         """Drop every connection, refuse connects for ``seconds``, then listen again on

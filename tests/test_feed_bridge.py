@@ -233,3 +233,45 @@ def test_an_unknown_symbol_is_a_config_error_naming_the_convention(tmp_path: Pat
     assert str(err.value) == ("feed --symbols: symbols binance-futures lists, like "
                               "BTC-USDT-PERP; got 'BTCUSDT'")
 
+
+
+@pytest.mark.kafka
+def test_a_feed_down_longer_than_restart_after_is_started_afresh(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    """cryptofeed doubles its reconnect delay at each failure (1, 2, 4 s ...): after a 4 s
+    outage it would try again only at about 7 s. A feed down for longer than
+    restart_after_s is started afresh, so it is back within about a second of the
+    exchange."""
+    env = f"f{uuid.uuid4().hex[:8]}"
+    _topics(kafka_bootstrap, env)
+    server_ssl, client_ssl = self_signed(tmp_path)
+    publisher = Publisher(KafkaSettings(bootstrap=kafka_bootstrap), env)
+    marks: dict[str, int] = {}
+
+    async def scenario(rest_port: int) -> Any:
+        server = BinanceFuturesStandIn(server_ssl)
+        await server.start()
+        config = BridgeConfig(spec=spec_for("binance-futures"), symbols=("BTC-USDT-PERP",),
+                              channels=("trades",), heartbeat_s=0.2, restart_after_s=1.0)
+        bridge = FeedBridge(config, publisher, feed_class=local_binance_futures(
+            server.port, rest_port, client_ssl))
+        stop = asyncio.Event()
+        task = asyncio.create_task(bridge.run(stop))
+        await _until(lambda: bridge.stats.states["ok"] >= 3, 30, "ok heartbeats")
+        await server.outage(4.0)
+        marks["back"] = time.time_ns()
+        after = bridge.stats.per_channel["trades"]
+        await _until(lambda: bridge.stats.per_channel["trades"] > after, 30, "trades again")
+        marks["flowing"] = time.time_ns()
+        stop.set()
+        stats = await task
+        await server.stop()
+        return stats
+
+    with RestStandIn() as rest:
+        stats = asyncio.run(scenario(rest.port))
+    assert stats.restarts >= 1
+    assert marks["flowing"] - marks["back"] < 2 * NS
+    statuses = [s for s in _read(kafka_bootstrap, env, "venue_status")
+                if isinstance(s, VenueStatus)]
+    assert any(s.state is VenueState.OK and s.ts > marks["back"] for s in statuses)

@@ -61,8 +61,9 @@ class BridgeConfig:
     """What to bridge: one exchange, its symbols and channels, on one or two feeds.
 
     ``silence_s``: a connection without a message for longer is ``degraded``;
-    ``restart_after_s``: cryptofeed closes and re-opens a connection silent that long
-    (-1: never); ``candle_interval``: cryptofeed's candle interval (``1m``, ``1h``...).
+    ``restart_after_s``: cryptofeed closes and re-opens a connection silent that long,
+    and the bridge starts afresh a feed down that long (-1: never);
+    ``candle_interval``: cryptofeed's candle interval (``1m``, ``1h``...).
     """
 
     spec: ExchangeSpec
@@ -103,6 +104,7 @@ class BridgeStats:
     per_channel: Counter[str] = field(default_factory=Counter)
     dead_letters: Counter[str] = field(default_factory=Counter)
     states: Counter[str] = field(default_factory=Counter)
+    restarts: int = 0
     acked: int = 0
 
 
@@ -154,6 +156,8 @@ class FeedBridge:
         self.feeds: dict[str, Any] = {}
         self._failure: BaseException | None = None
         self._stop: asyncio.Event | None = None
+        self._health: dict[str, VenueHealth] = {}
+        self._state_since: dict[str, int] = {}  # feed -> when its state last changed
 
     # -- records -------------------------------------------------------------------------
 
@@ -189,33 +193,38 @@ class FeedBridge:
 
     # -- feeds ---------------------------------------------------------------------------
 
-    def _make_feeds(self) -> None:
+    def _make_feed(self, name: str) -> Any:
+        """A cryptofeed feed for feed ``name`` (not started). The first one of an exchange
+        reads its symbol list over REST; cryptofeed keeps it for the next ones."""
         from cryptofeed.exceptions import UnsupportedSymbol  # noqa: PLC0415
         from cryptofeed.exchanges import EXCHANGE_MAP  # noqa: PLC0415
 
         cfg, spec = self.config, self.config.spec
         cls = self.feed_class or EXCHANGE_MAP[spec.cryptofeed_id]
         restart = cfg.restart_after_s
-        for name in cfg.feeds:
-            mapper = FeedMapper(spec, feed=name, clock=self.clock)
-            callbacks = {spec.channels[ch]: self._callback(ch, mapper) for ch in cfg.channels}
-            try:
-                self.feeds[name] = cls(
-                    config={"uvloop": False}, symbols=list(cfg.symbols),
-                    channels=[spec.channels[ch] for ch in cfg.channels], callbacks=callbacks,
-                    retries=-1, timeout=restart if restart == -1 else int(restart),
-                    timeout_interval=max(1, int(restart / 4)) if restart != -1 else 30,
-                    candle_interval=cfg.candle_interval)
-            except UnsupportedSymbol as err:
-                raise ConfigError("feed --symbols", f"symbols {spec.name} lists, like "
-                                  f"{spec.symbol_example}", str(err).split(" ", 1)[0]) from None
-            except ValueError as err:  # cryptofeed's own check of a setting
-                raise ConfigError(f"feed ({spec.name})", "settings cryptofeed accepts",
-                                  str(err)) from None
-            except Exception as err:  # the symbol list is read over REST at start
-                msg = (f"cannot load {spec.name}'s symbol list ({type(err).__name__}: "
-                       f"{err}); is the exchange reachable from here?")
-                raise RiskguardError(msg) from None
+        mapper = FeedMapper(spec, feed=name, clock=self.clock)
+        callbacks = {spec.channels[ch]: self._callback(ch, mapper) for ch in cfg.channels}
+        try:
+            return cls(
+                config={"uvloop": False}, symbols=list(cfg.symbols),
+                channels=[spec.channels[ch] for ch in cfg.channels], callbacks=callbacks,
+                retries=-1, timeout=restart if restart == -1 else int(restart),
+                timeout_interval=max(1, int(restart / 4)) if restart != -1 else 30,
+                candle_interval=cfg.candle_interval)
+        except UnsupportedSymbol as err:
+            raise ConfigError("feed --symbols", f"symbols {spec.name} lists, like "
+                              f"{spec.symbol_example}", str(err).split(" ", 1)[0]) from None
+        except ValueError as err:  # cryptofeed's own check of a setting
+            raise ConfigError(f"feed ({spec.name})", "settings cryptofeed accepts",
+                              str(err)) from None
+        except Exception as err:  # the symbol list is read over REST at start
+            msg = (f"cannot load {spec.name}'s symbol list ({type(err).__name__}: "
+                   f"{err}); is the exchange reachable from here?")
+            raise RiskguardError(msg) from None
+
+    def _make_feeds(self) -> None:
+        for name in self.config.feeds:
+            self.feeds[name] = self._make_feed(name)
 
     def _heartbeat(self, probe: _ConnectionProbe, health: dict[str, VenueHealth],
                    final: bool = False) -> None:
@@ -227,8 +236,35 @@ class FeedBridge:
             if status.state.value != before:
                 log = LOG.info if status.state is VenueState.OK else LOG.warning
                 log("%s %s feed: %s", status.venue, name, status.state.value)
+                self._state_since[name] = now
             self.stats.states[status.state.value] += 1
             self._emit(status)
+
+    async def _restart_long_down(self) -> None:
+        """Start afresh a feed down for longer than ``restart_after_s``: cryptofeed doubles
+        its reconnect delay at every failure, without a cap (1, 2, 4 ... 512 s), so
+        after a long outage it would wait about as long again before trying."""
+        limit = self.config.restart_after_s
+        if limit == -1:
+            return
+        now = self.clock()
+        for name, feed in list(self.feeds.items()):
+            if self._last_state(name) != VenueState.DOWN.value \
+                    or now - self._state_since.get(name, now) <= limit * NS:
+                continue
+            LOG.warning("%s %s feed: down for more than %g s, starting it afresh",
+                        self.config.spec.venue, name, limit)
+            feed.stop()
+            with contextlib.suppress(Exception):  # closing what is left of it
+                await feed.shutdown()
+            self.feeds[name] = self._make_feed(name)
+            self.feeds[name].start(asyncio.get_running_loop())
+            self._state_since[name] = now
+            self.stats.restarts += 1
+
+    def _last_state(self, name: str) -> str:
+        """The state feed ``name`` reported last (empty before its first heartbeat)."""
+        return self._health[name].s.last_state if name in self._health else ""
 
     async def run(self, stop: asyncio.Event | None = None,
                   duration_s: float | None = None) -> BridgeStats:
@@ -238,9 +274,9 @@ class FeedBridge:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._make_feeds)  # reads symbols over REST
         probe = _ConnectionProbe()
-        health = {name: VenueHealth(self.config.spec.venue, name,
-                                    silence_ns=int(self.config.silence_s * NS))
-                  for name in self.feeds}
+        health = self._health = {name: VenueHealth(self.config.spec.venue, name,
+                                                   silence_ns=int(self.config.silence_s * NS))
+                                 for name in self.feeds}
         deadline = None if duration_s is None else loop.time() + duration_s
         handler_before = loop.get_exception_handler()
         loop.set_exception_handler(_log_task_error)
@@ -258,6 +294,7 @@ class FeedBridge:
                         break
                     try:
                         self._heartbeat(probe, health)
+                        await self._restart_long_down()
                     except Exception as err:
                         self._fail(err)
                         break
