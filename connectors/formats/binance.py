@@ -58,6 +58,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import msgspec
 from riskguard.connectors.formats.core import (
     MAX_FLOAT,
     MS_NS,
@@ -89,6 +90,8 @@ from riskguard.schemas.market import (
     Trade,
 )
 
+_KLINE_ROW = msgspec.json.Decoder(
+    tuple[int, float, float, float, float, float, int, float, int, float, Any, Any])
 KLINE_COLUMNS = ("open_time", "open", "high", "low", "close", "volume", "close_time",
                  "quote_volume", "count", "taker_buy_volume", "taker_buy_quote_volume",
                  "ignore")
@@ -178,23 +181,21 @@ class KlineParser(RowParser):
         return start, end
 
     def row(self, line: bytes, line_no: int, offset: int) -> Any:
-        c = line.split(b",")
-        if len(c) != 12 or self.slow:
-            return self.checked_row(c, line, line_no)
-        # the common kline on one short path; anything unusual takes checked_row, which
-        # names what is wrong
+        if self.slow:
+            return self.checked_row(line.split(b","), line, line_no)
+        # the common kline on one short path: its twelve numbers are a JSON array, which
+        # msgspec reads in one call (a quarter of the time of twelve float() calls);
+        # anything unusual takes checked_row, which names what is wrong
         try:
-            ot, ct = int(c[0]), int(c[6])
-            o, h, lo, cl = float(c[1]), float(c[2]), float(c[3]), float(c[4])
-            v, q, n, tb = float(c[5]), float(c[7]), int(c[8]), float(c[9])
-        except ValueError:
-            return self.checked_row(c, line, line_no)
+            ot, o, h, lo, cl, v, ct, q, n, tb, _, _ = _KLINE_ROW.decode(b"[" + line + b"]")
+        except msgspec.DecodeError:
+            return self.checked_row(line.split(b","), line, line_no)
         unit = US_NS if ot >= 10**14 else MS_NS
         start, end = ot * unit, (ct + 1) * unit
         if not (0 <= start < end and ct < 10**17 and 0.0 < lo <= o <= h and lo <= cl <= h
                 <= MAX_FLOAT and 0.0 <= v <= MAX_FLOAT and 0.0 <= q <= MAX_FLOAT and n >= 0
                 and 0.0 <= tb <= MAX_FLOAT):
-            return self.checked_row(c, line, line_no)
+            return self.checked_row(line.split(b","), line, line_no)
         return Bar(id=f"{self.prefix}{line_no}", venue=self.venue, instrument=self.instrument,
                    ts=end, start=start, interval_ns=end - start, open=o, high=h, low=lo,
                    close=cl, volume=v, quote_volume=q, trades=n, taker_buy_volume=tb,
