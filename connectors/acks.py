@@ -135,11 +135,25 @@ class AckingExecutor:
         self.sent: list[ExecutionAck] = []
 
     def on_command(self, cmd: MitigationCommand) -> None:
+        """The subscriber's ``on_command``: apply, then acknowledge."""
         try:
             applied = self.apply(cmd)
         except Exception as err:  # the trading system refused in a way we did not foresee
             log.exception("executor failed on %s %s", cmd.action.value, cmd.command_id)
             applied = Applied(AckOutcome.FAILED, f"{type(err).__name__}: {err}")
+        self._send(cmd, applied)
+
+    def on_settled(self, cmd: MitigationCommand, reason: str) -> None:
+        """The subscriber's ``on_settled``: a verified command whose state already holds
+        (another replica's copy, a mitigation in force) is acknowledged as
+        ``already_applied``, without acting."""
+        self._send(cmd, Applied(AckOutcome.ALREADY_APPLIED, reason))
+
+    def hooks(self) -> dict[str, Callable[..., None]]:
+        """``CommandSubscriber(**executor.hooks(), ...)``: both callbacks at once."""
+        return {"on_command": self.on_command, "on_settled": self.on_settled}
+
+    def _send(self, cmd: MitigationCommand, applied: Applied) -> None:
         ack = self.signer.ack(cmd, applied)
         self.send(self.signer.sign(ack))
         self.sent.append(ack)

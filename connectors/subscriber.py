@@ -24,6 +24,12 @@ group) and for each message, in this order:
 8. only then calls the user's callback with the typed
    :class:`~riskguard.schemas.MitigationCommand`.
 
+An authentic command that is not executed because its state already holds (another
+replica's copy of an executed decision, a mitigation already in force, an id already
+executed) goes to ``on_settled(command, reason)``: an executor acknowledges it as
+``already_applied`` (:class:`~riskguard.connectors.acks.AckingExecutor`), so the guard
+that sent that copy learns it holds, and does not escalate it as unconfirmed.
+
 Its state (per-issuer ``seq`` high-water marks, executed ``command_id``s,
 consumed offsets and the highest trust-file serial seen) lives in SQLite and
 is committed in one transaction *after* the callback returns, so a crash
@@ -244,7 +250,9 @@ class CommandSubscriber:
         dedupe_in_force: bool = True,
         on_duplicate: Callable[[Duplicate], None] | None = None,
         decision_window_s: float = DEFAULT_DECISION_WINDOW_S,
+        on_settled: Callable[[MitigationCommand, str], None] | None = None,
     ) -> None:
+        self.on_settled = on_settled
         self.dedupe_in_force = dedupe_in_force
         self.on_duplicate = on_duplicate
         self.decision_window_ns = int(decision_window_s * 1_000_000_000)
@@ -297,6 +305,7 @@ class CommandSubscriber:
             return self._duplicate(cmd, first, partition, offset)
         if self.state.seen(cmd.command_id):
             # Authentic under a new seq (re-derived after a restart): the seq is used up.
+            self._settled(cmd, Reason.REPLAYED_COMMAND_ID.value)
             return self._reject(Reason.REPLAYED_COMMAND_ID.value,
                                 f"command_id {cmd.command_id!r} already executed",
                                 partition, offset, cmd, record=True)
@@ -314,6 +323,7 @@ class CommandSubscriber:
         if holder is not None:
             # Authentic, but the same mitigation already holds on this exact scope (for
             # example re-derived after a restart): executing it again would act twice.
+            self._settled(cmd, "already_in_force")
             return self._reject("already_in_force",
                                 f"{cmd.action.value} on {cmd.scope.label()} is in force "
                                 f"since command {holder}", partition, offset, cmd, record=True)
@@ -333,12 +343,17 @@ class CommandSubscriber:
                         first_command_id=first[1])
         self.stats["duplicates"] += 1
         observe_duplicate(dup)
+        self._settled(cmd, dup.reason)
         if self.on_duplicate is not None:
             self.on_duplicate(dup)
         self._log({"outcome": "duplicate", **asdict(dup)}, dup.issuer)
         self.state.commit(topic=self.topic, partition=partition, offset=offset, cmd=cmd,
                           executed=False)
         return dup
+
+    def _settled(self, cmd: MitigationCommand, reason: str) -> None:
+        if self.on_settled is not None:
+            self.on_settled(cmd, reason)
 
     def _log(self, entry: dict[str, Any], issuer: str) -> None:
         """One line to the rejection log and the rejections topic, where they are set."""

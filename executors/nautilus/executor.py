@@ -109,10 +109,11 @@ class NautilusExecutor(Actor):
                 raise ValueError(msg)
             subscriber = CommandSubscriber(
                 trust=trust, audience=audience, state_path=state_path,
-                on_command=self._acking.on_command, clock=self._now,
+                **self._acking.hooks(), clock=self._now,
                 **dict(subscriber_options or {}))
         else:
             subscriber.on_command = self._acking.on_command
+            subscriber.on_settled = self._acking.on_settled
         self._subscriber = subscriber
         self._book = ScopeBook()
         self._base_caps: dict[str, Decimal] = {}
