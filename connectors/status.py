@@ -137,6 +137,8 @@ def summarize(scrapes: Sequence[Scrape], top: int = 5) -> dict[str, Any]:
              for (c, lim, k), v in ranked]
     ages = [s.value for sc in ok for s in sc.samples
             if s.name == "riskguard_audit_checkpoint_age_seconds"]
+    acks = _fold(ok, "riskguard_command_acks_total", ("action", "outcome"))
+    alerts = _fold(ok, "riskguard_risk_alerts_total", ("kind", "severity"))
     lat_n = _total(ok, "riskguard_detection_to_command_seconds_count")
     lat_sum = _total(ok, "riskguard_detection_to_command_seconds_sum")
     return {
@@ -159,6 +161,16 @@ def summarize(scrapes: Sequence[Scrape], top: int = 5) -> dict[str, Any]:
                  "last_ts": last.get((a, k))}
                 for (a, k), n in sorted(commands.items())
             ],
+        },
+        # what executors said about them (the guard's acks topic)
+        "acks": {
+            "acknowledged": sum(n for (_a, o), n in acks.items()
+                                if o in ("applied", "already_applied")),
+            "refused": sum(n for (_a, o), n in acks.items() if o in ("refused", "failed")),
+            "unacknowledged": sum(n for (k, _s), n in alerts.items()
+                                  if k == "command_unacknowledged"),
+            "by_action_outcome": [{"action": a, "outcome": o, "count": n}
+                                  for (a, o), n in sorted(acks.items())],
         },
         "breaches": _by(ok, "riskguard_limit_breaches_total", "level"),
         "utilizations": utils[:top],
@@ -201,6 +213,9 @@ def render_text(s: dict[str, Any], width: int = 30) -> str:
     # Counts of commands issued since start (lifted and expired ones included).
     lines.append(f"commands    {_num(cmds['total'])} issued  " + "  ".join(
         f"{k}={_num(v)}" for k, v in cmds["by_action"].items()))
+    acks = s["acks"]
+    lines.append(f"executors   acknowledged {_num(acks['acknowledged'])}  refused "
+                 f"{_num(acks['refused'])}  unconfirmed in time {_num(acks['unacknowledged'])}")
     feeds = s["feeds"]
     lines.append(f"feeds       on backup: {', '.join(feeds['on_backup']) or 'none'}  "
                  f"stale: {', '.join(feeds['stale']) or 'none'}")
@@ -382,7 +397,8 @@ li,.util span{overflow-wrap:break-word;min-width:0}
  <div class="card">consumer lag<b id="lag">?</b></div>
  <div class="card">open episodes<b id="episodes-open">?</b>
   <small id="episodes-by-class"></small></div>
- <div class="card">commands<b id="commands-total">?</b></div>
+ <div class="card">commands<b id="commands-total">?</b>
+  <small id="commands-acks"></small></div>
  <div class="card">checkpoint age<b id="checkpoint-age">?</b></div>
  <div class="card">feeds on backup<b id="feeds-backup">?</b></div>
 </div>
@@ -413,6 +429,8 @@ function render(s){
   set("episodes-by-class", Object.entries(s.episodes_open.by_class)
       .map(([k,v])=>k+"="+fmt(v)).join(" "));
   set("commands-total", fmt(s.commands.total));
+  set("commands-acks", "acknowledged "+fmt(s.acks.acknowledged)+", refused "
+      +fmt(s.acks.refused)+", unconfirmed in time "+fmt(s.acks.unacknowledged));
   set("checkpoint-age", s.checkpoint_age_s===null?"n/a":Math.round(s.checkpoint_age_s)+" s");
   set("feeds-backup", s.feeds.on_backup.length?s.feeds.on_backup.join(", "):"none");
   const m=document.getElementById("mitigations"); m.replaceChildren();

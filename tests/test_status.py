@@ -44,6 +44,8 @@ class Guard:
     age: Gauge
     lag: Gauge
     latency: Histogram
+    acks: Counter
+    alerts: Counter
 
 
 def serve_guard(*, events: float = 0, dead: float = 0, age: float = 30.0) -> Guard:
@@ -62,6 +64,8 @@ def serve_guard(*, events: float = 0, dead: float = 0, age: float = 30.0) -> Gua
         age=Gauge("riskguard_audit_checkpoint_age_seconds", "a", registry=reg),
         lag=Gauge("riskguard_kafka_consumer_lag", "lag", ["stream", "partition"], registry=reg),
         latency=Histogram("riskguard_detection_to_command_seconds", "l", registry=reg),
+        acks=Counter("riskguard_command_acks_total", "k", ["action", "outcome"], registry=reg),
+        alerts=Counter("riskguard_risk_alerts_total", "r", ["kind", "severity"], registry=reg),
     )
     server, _thread = start_http_server(0, addr="127.0.0.1", registry=reg)
     g.url = f"http://127.0.0.1:{server.server_port}/metrics"
@@ -267,6 +271,10 @@ def test_status_page_in_headless_chromium_shows_the_numbers_of_the_metrics() -> 
     g.commands.labels("halt_trading", "firm").inc(1)
     g.last_command.labels("halt_trading", "firm").set(1_700_000_000)
     g.failover.labels("bybit").set(1)
+    g.acks.labels("halt_trading", "applied").inc(1)
+    g.acks.labels("widen_quotes", "applied").inc(3)
+    g.acks.labels("widen_quotes", "refused").inc(1)
+    g.alerts.labels("command_unacknowledged", "critical").inc(2)
     dom = status_page_dom(g.url, poll_ms=500, budget_ms=3000)
     assert int(dom.body["data-polls"]) >= 2, "the page polls /api/status repeatedly"
     t = dom.text
@@ -278,6 +286,7 @@ def test_status_page_in_headless_chromium_shows_the_numbers_of_the_metrics() -> 
     assert t["episodes-open"] == "3"
     assert t["episodes-by-class"] == "market=2 option=1"
     assert t["commands-total"] == "5"
+    assert t["commands-acks"] == "acknowledged 4, refused 1, unconfirmed in time 2"
     assert t["checkpoint-age"] == "61 s"
     assert t["feeds-backup"] == "bybit"
     utils = [(r["data-limit"], r["data-kind"], float(r["data-value"])) for r in dom.rows["util"]]
@@ -298,3 +307,22 @@ def test_summarize_of_nothing_is_down_and_empty() -> None:
     assert s["health"]["up"] is False
     assert s["utilizations"] == []
     assert s["checkpoint_age_s"] is None
+
+
+def test_summary_counts_what_executors_acknowledged_refused_and_left_unconfirmed() -> None:
+    """Across processes: acks by outcome, and the guard's unconfirmed-command alerts."""
+    a, b = serve_guard(), serve_guard()
+    a.acks.labels("halt_trading", "applied").inc(2)
+    b.acks.labels("halt_trading", "already_applied").inc(1)
+    b.acks.labels("cancel_all", "failed").inc(1)
+    a.acks.labels("widen_quotes", "refused").inc(2)
+    b.alerts.labels("command_unacknowledged", "critical").inc(1)
+    b.alerts.labels("heartbeat_loss", "critical").inc(5)
+    s = summarize([scrape(a.url), scrape(b.url)])
+    assert {k: s["acks"][k] for k in ("acknowledged", "refused", "unacknowledged")} == {
+        "acknowledged": 3, "refused": 3, "unacknowledged": 1}
+    assert {(r["action"], r["outcome"]): r["count"] for r in s["acks"]["by_action_outcome"]} == {
+        ("cancel_all", "failed"): 1, ("halt_trading", "already_applied"): 1,
+        ("halt_trading", "applied"): 2, ("widen_quotes", "refused"): 2}
+    assert "executors   acknowledged 3  refused 3  unconfirmed in time 1" in render_text(s)
+

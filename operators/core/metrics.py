@@ -100,6 +100,11 @@ DETECTION_TO_COMMAND = Histogram(
 COMMANDS = Counter(
     "riskguard_commands_total", "Signed mitigation commands emitted", ["action", "scope_kind"]
 )
+COMMAND_ACKS = Counter(
+    "riskguard_command_acks_total",
+    "Executors' verified acknowledgements of commands, by action and outcome "
+    "(applied, already_applied, refused, failed)", ["action", "outcome"],
+)
 LAST_COMMAND = Gauge(
     "riskguard_last_command_timestamp_seconds",
     "Wall time of the last signed command, per action and scope kind",

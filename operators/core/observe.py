@@ -57,6 +57,7 @@ from riskguard.operators.core.metrics import (
     ANOMALY_SIGNALS,
     ANOMALY_THRESHOLD,
     BREACHES,
+    COMMAND_ACKS,
     DEAD_LETTERS,
     EPISODES_OPEN,
     FEED_ON_BACKUP,
@@ -70,6 +71,7 @@ from riskguard.operators.core.metrics import (
 )
 from riskguard.operators.exposure.limits import parse_path
 from riskguard.schemas.audit import AuditCheckpoint, DeadLetter
+from riskguard.schemas.commands import ExecutionAck
 from riskguard.schemas.signals import (
     AnomalySignal,
     LimitBreach,
@@ -206,6 +208,9 @@ class Observer:
     def _checkpoint(self, c: AuditCheckpoint) -> None:
         record_checkpoint(c.ts)
 
+    def _ack(self, a: ExecutionAck) -> None:
+        COMMAND_ACKS.labels(a.action.value, a.outcome.value).inc()
+
     def _dead(self, d: DeadLetter) -> None:
         if d.step == "decode" and d.partition >= 0:
             return  # a Kafka source decode failure: kafka_input counted it
@@ -218,6 +223,7 @@ class Observer:
         RiskAlert: _alert,
         AuditCheckpoint: _checkpoint,
         DeadLetter: _dead,
+        ExecutionAck: _ack,
     }
 
 

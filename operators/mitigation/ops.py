@@ -38,6 +38,7 @@ from bytewax.dataflow import Stream, operator
 from riskguard.operators.core.base import SplitOut, split_dead_letters, stateful_logic
 from riskguard.operators.core.clock import system_clock
 from riskguard.operators.core.metrics import reorder_counter
+from riskguard.operators.core.observe import observe
 from riskguard.operators.mitigation.playbook import PlaybookConfig, Tick, playbook_builder
 from riskguard.schemas.commands import MitigationCommand
 
@@ -75,6 +76,7 @@ def plan_mitigation(
     config.validate(f"step '{step_id}'")
     keyed = op.key_on("key", signals, lambda _s: FIRM_KEY)
     out = stateful_logic("stateful", keyed,
-                         playbook_builder(config, clock, reorder_counter(step_id)),
+                         playbook_builder(config, clock, reorder_counter(step_id),
+                                          observe),
                          order=_input_time)
     return split_dead_letters("split", op.key_rm("unkey", out))

@@ -125,7 +125,8 @@ class PlaybookLogic:
 
     def __init__(self, config: PlaybookConfig, clock: Callable[[], int],
                  state: PlaybookState | None = None, *,
-                 on_reorder: Callable[[str, int], None] | None = None) -> None:
+                 on_reorder: Callable[[str, int], None] | None = None,
+                 on_ack_alert: Callable[[Any], Any] | None = None) -> None:
         self.config = config
         self.clock = clock
         # told ("held", 1) when a signal waits for the watermark, ("forced", n) when n
@@ -145,6 +146,7 @@ class PlaybookLogic:
         self.state = state
         # which commands executors confirmed; what they did not becomes a signal
         self.acks = AckTracker(config.acks, state.acks)
+        self.on_ack_alert = on_ack_alert  # sees the alerts acks raise (metrics)
         self._slack = int(config.reorder_slack_s * S)
         self._max_hold = int(config.max_hold_s * S)
         # derived: when the oldest held signal is due regardless of the watermark
@@ -196,7 +198,7 @@ class PlaybookLogic:
         elif isinstance(event, ExecutionAck):
             # An ack carries the executor's time, not event time: no clock step.
             for alert in self.acks.on_ack(event, self._time()):
-                self._signal(alert)
+                self._ack_signal(alert)
         elif isinstance(event, AnomalySignal | RiskAlert | LimitBreach):
             st = self.state
             if self._watermark.several() and event.ts > st.watermark + self._slack:
@@ -213,7 +215,7 @@ class PlaybookLogic:
             return [self._dead(event, "unexpected_type", "$",
                                "a signal, resume, execution ack or Tick", type(event).__name__)]
         for alert in self.acks.overdue(self._time()):
-            self._signal(alert)
+            self._ack_signal(alert)
         self._evaluate()
         return self._out
 
@@ -266,6 +268,11 @@ class PlaybookLogic:
         """
         st = self.state
         return st.now if not st.sources else st.watermark
+
+    def _ack_signal(self, alert: RiskAlert) -> None:
+        if self.on_ack_alert is not None:
+            self.on_ack_alert(alert)
+        self._signal(alert)
 
     def _apply_signal(self, sig: Any) -> None:
         self._advance(sig.ts)
@@ -714,10 +721,12 @@ class PlaybookLogic:
 
 def playbook_builder(config: PlaybookConfig, clock: Callable[[], int],
                      on_reorder: Callable[[str, int], None] | None = None,
+                     on_ack_alert: Callable[[Any], Any] | None = None,
                      ) -> Callable[[PlaybookState | None], PlaybookLogic]:
     """``builder(state | None)`` for :func:`~riskguard.operators.stateful_logic`."""
 
     def build(state: PlaybookState | None) -> PlaybookLogic:
-        return PlaybookLogic(config, clock, state, on_reorder=on_reorder)
+        return PlaybookLogic(config, clock, state, on_reorder=on_reorder,
+                             on_ack_alert=on_ack_alert)
 
     return build
