@@ -184,6 +184,9 @@ def test_binance_stream_bridged_on_two_feeds_with_the_disconnect_drill(
         assert first_down.ts - marks["drop"] < 2 * NS  # seen within a few heartbeats
         back_ok = next(s for s in mine if s.state is VenueState.OK and s.ts > first_down.ts)
         assert back_ok.ts >= marks["back"]  # ok only once the stand-in listens again
+        print(f"drill {feed}: first down {(first_down.ts - marks['drop']) / NS:.1f} s after "
+              f"the drop, ok again {(back_ok.ts - marks['drop']) / NS:.1f} s after it (the "
+              f"outage lasted {(marks['back'] - marks['drop']) / NS:.1f} s)")
         assert mine[-1].state is VenueState.DOWN  # the bridge's last word: it stopped
 
 
@@ -272,6 +275,8 @@ def test_a_feed_down_longer_than_restart_after_is_started_afresh(
         stats = asyncio.run(scenario(rest.port))
     assert stats.restarts >= 1
     assert marks["flowing"] - marks["back"] < 2 * NS
+    print(f"drill restart: trades again {(marks['flowing'] - marks['back']) / NS:.1f} s after "
+          f"the end of a 4 s outage ({stats.restarts} restarts)")
     statuses = [s for s in _read(kafka_bootstrap, env, "venue_status")
                 if isinstance(s, VenueStatus)]
     assert any(s.state is VenueState.OK and s.ts > marks["back"] for s in statuses)
