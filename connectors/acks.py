@@ -53,7 +53,7 @@ from riskguard.errors import DeliveryError
 log = logging.getLogger(__name__)
 
 ACKS_STREAM = "acks"
-DEFAULT_ACK_TTL_S = 3600.0
+DEFAULT_ACK_TTL_S = 300.0
 """How long a signed ack stays acceptable to the guard (its ``expires_at``)."""
 _encoder = msgspec.json.Encoder()
 _ack_decoder = msgspec.json.Decoder(ExecutionAck)

@@ -126,11 +126,8 @@ def replica_configs(config: Path, keys: DemoKeys, ids: tuple[str, ...] = ("a", "
     named ``engine-<id>`` in the trust file with the engine role (the trust file is
     re-signed by the demo root key, at the next serial). Every config names all
     replicas in ``[replica] peers``."""
-    import tomllib  # noqa: PLC0415
-
     work = config.parent
-    trust = tomllib.loads(keys.trust_file.read_text())
-    entries = list(trust["keys"])
+    entries: list[dict[str, object]] = []
     peers = ", ".join(f'"{i}"' for i in ids)
     text = config.read_text()
     paths = []
@@ -146,11 +143,35 @@ def replica_configs(config: Path, keys: DemoKeys, ids: tuple[str, ...] = ("a", "
         path = work / f"{config.stem}-{rid}.toml"
         path.write_text(body + f'\n[replica]\nid = "{rid}"\npeers = [{peers}]\n')
         paths.append(path)
-    keys.trust_file.write_text(trust_doc_to_toml(
-        entries, serial=int(trust.get("serial", 1)) + 1, two_person=trust.get("two_person")))
-    sig_path(keys.trust_file).unlink(missing_ok=True)
-    sign_trust_file(keys.trust_file, Signer.from_file(work / "root.key"))
+    add_trusted_keys(keys, entries)
     return paths
+
+
+def add_executor_key(keys: DemoKeys, name: str) -> Signer:
+    """An executor's signing key (``executor-<name>.key`` beside the demo keys), trusted
+    with role ``executor`` for every action and scope under the issuer ``name``; made
+    once, then reused."""
+    work = keys.trust_file.parent
+    path = work / f"executor-{name}.key"
+    if path.is_file():
+        return Signer.from_file(path, issuer=name)
+    key = generate_key_file(path)
+    add_trusted_keys(keys, [{"name": name, "public_key": key.public_key.raw.hex(),
+                             "role": "executor", "actions": ["*"], "scopes": ["*"]}])
+    return Signer.from_file(path, issuer=name)
+
+
+def add_trusted_keys(keys: DemoKeys, entries: list[dict[str, object]]) -> None:
+    """Add ``entries`` to the demo trust file at its next serial, re-signed by the demo
+    root key."""
+    import tomllib  # noqa: PLC0415
+
+    trust = tomllib.loads(keys.trust_file.read_text())
+    keys.trust_file.write_text(trust_doc_to_toml(
+        [*trust["keys"], *entries], serial=int(trust.get("serial", 1)) + 1,
+        two_person=trust.get("two_person")))
+    sig_path(keys.trust_file).unlink(missing_ok=True)
+    sign_trust_file(keys.trust_file, Signer.from_file(keys.trust_file.parent / "root.key"))
 
 
 def write_config(workdir: Path, bootstrap: str, keys: DemoKeys, env: str = ENV,

@@ -18,7 +18,9 @@ A scenario (TOML, see ``dataflows/scenarios/*.toml``) is:
 - ``[[end_state]]``: scopes that must end in at least a given state;
 - ``[guard]``: overrides merged into the generated guard config;
 - ``[zone_loss]``: run by redundant replicas, one lost part-way
-  (:mod:`riskguard.dataflows.zone_loss`).
+  (:mod:`riskguard.dataflows.zone_loss`);
+- ``[executor_down]``: an executor acknowledges commands, then stops
+  (:mod:`riskguard.dataflows.executor_down`).
 
 Every run also checks two invariants: the guard never reroutes order flow
 into a venue it already knew to be unhealthy or breached, and every venue
@@ -209,6 +211,20 @@ class ZoneLoss(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigError("zone_loss.lost_at_s", "seconds >= 0", self.lost_at_s)
 
 
+class ExecutorDown(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[executor_down]`` of a scenario: executor ``name`` acknowledges each command
+    ``ack_latency_s`` after it was issued, until ``down_at_s`` after the start."""
+
+    name: str = "oms"
+    down_at_s: float = 0.0
+    ack_latency_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        for key in ("down_at_s", "ack_latency_s"):
+            if not getattr(self, key) >= 0:
+                raise ConfigError(f"executor_down.{key}", "seconds >= 0", getattr(self, key))
+
+
 class Scenario(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
     description: str = ""
@@ -223,6 +239,8 @@ class Scenario(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     guard: dict[str, Any] = {}
     # run by redundant replicas, one lost part-way (riskguard.dataflows.zone_loss)
     zone_loss: ZoneLoss | None = None
+    # an executor that acknowledges, then goes down (riskguard.dataflows.executor_down)
+    executor_down: ExecutorDown | None = None
 
 
 # -- loading ---------------------------------------------------------------------
@@ -748,6 +766,11 @@ def run_scenario(sc: Scenario, workdir: str | Path, *, playbook: dict[str, Any] 
 
         return run_zone_loss(sc, sc.zone_loss, workdir, playbook=playbook,
                              out_dir=out_dir, start_ns=start_ns)
+    if sc.executor_down is not None:
+        from riskguard.dataflows.executor_down import run_executor_down  # noqa: PLC0415
+
+        return run_executor_down(sc, sc.executor_down, workdir, playbook=playbook,
+                                 out_dir=out_dir, start_ns=start_ns)
     records = generate_market(sc, start_ns)
     res, digest = backtest_scenario(sc, records, workdir, playbook=playbook, out_dir=out_dir)
     return scenario_outcome(sc, res, check_run(sc, res, start_ns), digest, start_ns, out_dir)
@@ -756,13 +779,16 @@ def run_scenario(sc: Scenario, workdir: str | Path, *, playbook: dict[str, Any] 
 def backtest_scenario(sc: Scenario, records: list[Any], workdir: str | Path, *,
                       playbook: dict[str, Any] | None = None,
                       replica: dict[str, Any] | None = None,
-                      out_dir: str | Path | None = None) -> tuple[BacktestResult, str]:
+                      out_dir: str | Path | None = None,
+                      overrides: dict[str, Any] | None = None) -> tuple[BacktestResult, str]:
     """The guard over ``records`` on the scenario's config (with ``replica`` as its
-    ``[replica]`` table); the result and the config hash."""
+    ``[replica]`` table, and ``overrides`` merged in); the result and the config hash."""
     work = Path(workdir)
     doc = guard_config_doc(sc, _keys(work), playbook)
     if replica is not None:
         doc["replica"] = replica
+    if overrides:
+        doc = deep_merge(doc, overrides)
     cfg_path = work / f"guard-{sc.name}{'-' + replica['id'] if replica else ''}.toml"
     cfg_path.write_text(dump_toml(doc))
     cfg, digest = load_guard_config(cfg_path)
@@ -788,7 +814,8 @@ def scenario_outcome(sc: Scenario, res: BacktestResult, checks: list[Check], dig
 
 
 __all__ = [
-    "Check", "EndState", "Expect", "MarketSpec", "Scenario", "Shock", "StressOutcome",
+    "Check", "EndState", "ExecutorDown", "Expect", "MarketSpec", "Scenario", "Shock",
+    "StressOutcome",
     "bundled", "check_run", "disable_escalation", "generate_market", "guard_config_doc",
     "load_scenario", "run_scenario", "scenario_labels", "scenario_path",
 ]

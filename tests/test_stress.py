@@ -5,9 +5,11 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 
+import msgspec
 import pytest
 from riskguard.dataflows.monte_carlo import monte_carlo
 from riskguard.dataflows.stress import (
+    ExecutorDown,
     bundled,
     disable_escalation,
     load_scenario,
@@ -84,3 +86,31 @@ def test_monte_carlo_reports_delay_distribution_and_safe_share(work):
     assert mc["detection_delay_s"]["n"] == 3
     assert 0 < mc["detection_delay_s"]["p95"] < 10
     assert len({r["detection_delay_s"] for r in mc["per_run"]}) >= 1
+
+
+def _bundled_playbook() -> dict:
+    return tomllib.loads(resources.files("riskguard.dataflows").joinpath(
+        "playbook.toml").read_text())["playbook"]
+
+
+def test_executor_down_fails_when_nothing_acts_on_unconfirmed_halts(work):
+    """Without the unacknowledged_command rule the silent executor goes unnoticed: the
+    escalation check and the firm-wide reduce-only expectation FAIL."""
+    pb = _bundled_playbook()
+    pb["rules"] = [r for r in pb["rules"] if r["name"] != "unacknowledged_command"]
+    o = run_scenario(load_scenario(scenario_path("executor_down")), work, playbook=pb)
+    fails = {c.scope: c.detail for c in o.checks if c.result == "FAIL"}
+    assert "an unconfirmed halt or cancel-all is an incident" in fails
+    assert "not escalated within 30s" in fails["an unconfirmed halt or cancel-all is an incident"]
+    assert "firm:*" in fails
+
+
+def test_an_executor_that_confirms_everything_raises_nothing(work):
+    """The same cascade with the executor up throughout: every halt and cancel-all is
+    confirmed, and nothing escalates."""
+    sc = load_scenario(scenario_path("executor_down"))
+    sc = msgspec.structs.replace(sc, executor_down=ExecutorDown(name="oms", down_at_s=10_000))
+    o = run_scenario(sc, work)
+    assert [c.reason for c in o.result.commands if "unacknowledged" in c.reason] == []
+    assert {c.action.value for c in o.result.commands} >= {"halt_trading", "cancel_all"}
+    assert o.report["stress"]["executor_down"]["acknowledged"] == len(o.result.commands)
