@@ -312,13 +312,20 @@ class OptionsChainParser(_Parser):
         self.coin_priced = coin_priced
         self.iv_scale = 0.01 if iv_percent else 1.0
 
-    def _get(self, c: list[bytes], column: str, default: float | None = 0.0) -> float | None:
+    def _get(self, c: list[bytes], column: str) -> float | None:
         i = self.ix.get(column)
-        value = None if i is None or i >= len(c) else optional(c[i], column)
-        if value is None and default is None:
+        return None if i is None or i >= len(c) else optional(c[i], column)
+
+    def _or_zero(self, c: list[bytes], column: str) -> float:
+        value = self._get(c, column)
+        return 0.0 if value is None else value
+
+    def _needed(self, c: list[bytes], column: str) -> float:
+        value = self._get(c, column)
+        if value is None:
             raise RowError(f"{column} is empty", path=f"$.{column}", expected="a number",
                            found="")
-        return default if value is None else value
+        return value
 
     def row(self, line: bytes, line_no: int, offset: int) -> Any:
         c, venue, instrument, ts, recv = self.head(line)
@@ -335,17 +342,13 @@ class OptionsChainParser(_Parser):
             coin = exchange in COIN_PRICED_EXCHANGES and not any(
                 s in instrument for s in ("_USDC", "_USDT"))
         scale = under_px if coin else 1.0
-        prices = [self._get(c, n) for n in ("bid_price", "ask_price")]
-        mark = self._get(c, "mark_price", None)
-        for value, column in zip((*prices, mark), ("bid_price", "ask_price", "mark_price"),
-                                 strict=True):
-            if value is None or value < 0:
+        bid, ask = self._or_zero(c, "bid_price"), self._or_zero(c, "ask_price")
+        mark, iv = self._needed(c, "mark_price"), self._needed(c, "mark_iv")
+        for value, column in ((bid, "bid_price"), (ask, "ask_price"), (mark, "mark_price"),
+                              (iv, "mark_iv")):
+            if value < 0:
                 raise RowError(f"{column} {value!r} is negative", path=f"$.{column}",
                                expected="a number >= 0", found=repr(value))
-        iv = self._get(c, "mark_iv", None)
-        if iv is None or iv < 0:
-            raise RowError(f"mark_iv {iv!r} is negative", path="$.mark_iv",
-                           expected="a number >= 0", found=repr(iv))
         underlying = instrument.split("-", 1)[0].split("_", 1)[0]
         return OptionQuote(
             id=f"{self.prefix}{line_no}", venue=venue, instrument=instrument, ts=ts,
@@ -353,11 +356,10 @@ class OptionsChainParser(_Parser):
             expiry=_us(c[ix["expiration"]], "expiration"),
             strike=positive(c[ix["strike_price"]], "strike_price"),
             option_type=OptionType.CALL if kind == b"call" else OptionType.PUT,
-            bid=prices[0] * scale, ask=prices[1] * scale,  # type: ignore[operator]
-            mark_price=mark * scale, mark_iv=iv * self.iv_scale,  # type: ignore[operator]
-            underlying_price=under_px, delta=self._get(c, "delta", None),
-            gamma=self._get(c, "gamma"), vega=self._get(c, "vega"),
-            theta=self._get(c, "theta"))
+            bid=bid * scale, ask=ask * scale, mark_price=mark * scale,
+            mark_iv=iv * self.iv_scale, underlying_price=under_px,
+            delta=self._needed(c, "delta"), gamma=self._or_zero(c, "gamma"),
+            vega=self._or_zero(c, "vega"), theta=self._or_zero(c, "theta"))
 
 
 PARSERS: dict[str, ParserFactory] = {
