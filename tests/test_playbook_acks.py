@@ -133,7 +133,7 @@ def test_the_overdue_alert_names_the_executors_still_awaited() -> None:
     _logic, _clock, halt = halted()
     tracker.sent(halt)
     tracker.on_ack(ack(halt, by="oms"), halt.issued_at)
-    (alert,) = tracker.overdue(halt.issued_at + 30 * S)
+    (alert,) = tracker.overdue(halt.issued_at + 30 * S, halt.issued_at + 30 * S)
     assert alert.kind == UNACKNOWLEDGED and alert.severity is Severity.CRITICAL
     assert alert.reason.endswith("not confirmed within 30s by algo")
     assert alert.details["command_id"] == halt.command_id

@@ -8,7 +8,8 @@ playbook acts on like any other:
 
 - a command whose action is in ``require`` (``halt_trading`` and ``cancel_all`` by
   default) that some executor in ``executors`` has not confirmed within
-  ``timeout_s`` of event time, or that an executor refused or failed, opens a
+  ``timeout_s`` of its ``issued_at`` (processing time: an executor answers in
+  seconds whatever the event time of a backlog), or that it refused or failed, opens a
   critical ``command_unacknowledged`` alert on the command's scope: an executor
   that never acts is an incident too;
 - the confirmation arriving later closes it (``command_acknowledged``);
@@ -26,9 +27,9 @@ configured, acks are counted and nothing is awaited.
 ...     expires_at=99 * S, audience=Audience(env="dev", topic="t"),
 ...     action=Action.HALT_TRADING, scope=Scope(kind=ScopeKind.VENUE, value="okx"), reason="r")
 >>> t.sent(cmd)
->>> t.overdue(39 * S), t.next_due()
+>>> t.overdue(39 * S, at=39 * S), t.next_due()
 ([], 40000000000)
->>> [(a.kind, a.severity.value, a.scope.label()) for a in t.overdue(40 * S)]
+>>> [(a.kind, a.severity.value, a.scope.label()) for a in t.overdue(40 * S, at=40 * S)]
 [('command_unacknowledged', 'critical', 'venue:okx')]
 """
 
@@ -62,7 +63,7 @@ class AckConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
     ``executors`` are the issuer names of the executors' keys (trust-file role
     ``executor``); empty turns the wait off. ``require`` lists the actions that
-    must be confirmed; ``timeout_s`` is event time from ``issued_at``.
+    must be confirmed; ``timeout_s`` is counted from ``issued_at`` (processing time).
     """
 
     executors: tuple[str, ...] = ()
@@ -157,15 +158,16 @@ class AckTracker:
                             item.command_id, f"{item.action.value} on {item.scope.label()} "
                             f"not applied: {why}", ack)]
 
-    def overdue(self, now: int) -> list[RiskAlert]:
-        """Alerts for commands still unconfirmed ``timeout_s`` after they were issued."""
+    def overdue(self, now: int, at: int) -> list[RiskAlert]:
+        """Alerts (at event time ``at``) for commands still unconfirmed ``timeout_s`` after
+        they were issued, ``now`` being the processing clock."""
         out = []
         for item in self.state.awaited.values():
             if not item.raised and item.due <= now:
                 item.raised = "silent"
                 self._count("unacknowledged")
                 out.append(self._alert(
-                    UNACKNOWLEDGED, Severity.CRITICAL, item.scope, now, item.command_id,
+                    UNACKNOWLEDGED, Severity.CRITICAL, item.scope, at, item.command_id,
                     f"{item.action.value} on {item.scope.label()} not confirmed within "
                     f"{self.config.timeout_s:g}s by {', '.join(item.waiting)}"))
         return out

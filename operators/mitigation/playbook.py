@@ -214,7 +214,10 @@ class PlaybookLogic:
         else:
             return [self._dead(event, "unexpected_type", "$",
                                "a signal, resume, execution ack or Tick", type(event).__name__)]
-        for alert in self.acks.overdue(self._time()):
+        # An executor answers in processing time: a command is overdue once the clock
+        # (or event time, where it runs ahead) passes issued_at + timeout_s.
+        at = self._time()
+        for alert in self.acks.overdue(max(self.clock(), at), at):
             self._ack_signal(alert)
         self._evaluate()
         return self._out
