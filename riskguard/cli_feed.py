@@ -51,14 +51,14 @@ def _bridge_config(args: argparse.Namespace) -> Any:
     ).validate()
 
 
-async def _run(feed_bridge: Any, duration: float | None) -> Any:
+async def _run(feed_bridge: Any, duration: float | None, banner: str) -> Any:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):  # stop cleanly: a last "down", a flush
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
     try:
-        return await feed_bridge.run(stop, duration)
+        return await feed_bridge.run(stop, duration, lambda: sys.stderr.write(banner))
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -84,11 +84,11 @@ def _feed(args: argparse.Namespace) -> int:
     cfg = _config(args)
     reach_kafka(cfg.kafka, "--brokers HOST:PORT (or [kafka] bootstrap in --config)")
     spec = config.spec
-    sys.stderr.write(
-        f"riskguard feed: {spec.name} (venue {spec.venue}) {','.join(config.channels)} "
-        f"for {','.join(config.symbols)} on feed {' and '.join(config.feeds)} into "
-        f"{topic_name(cfg.env, 'market')}; Ctrl-C stops\n")
-    stats = asyncio.run(_run(FeedBridge(config, Publisher(cfg.kafka, cfg.env)), args.duration))
+    banner = (f"riskguard feed: {spec.name} (venue {spec.venue}) {','.join(config.channels)} "
+              f"for {','.join(config.symbols)} on feed {' and '.join(config.feeds)} into "
+              f"{topic_name(cfg.env, 'market')}; Ctrl-C stops\n")
+    feed_bridge = FeedBridge(config, Publisher(cfg.kafka, cfg.env))
+    stats = asyncio.run(_run(feed_bridge, args.duration, banner))
     out = sys.stdout
     out.write(f"produced {stats.acked:,} (every one acknowledged)\n")
     for stream, n in sorted(stats.per_stream.items()):

@@ -42,6 +42,7 @@ from riskguard.schemas.market import VenueState
 from riskguard.errors import ConfigError, RiskguardError
 
 LOG = logging.getLogger("riskguard.feed")
+LOG.addHandler(logging.NullHandler())  # quiet unless logging is on (the CLI's -v)
 FEED_NAMES = ("primary", "backup")
 NS = 1_000_000_000
 
@@ -200,7 +201,7 @@ class FeedBridge:
         from cryptofeed.exchanges import EXCHANGE_MAP  # noqa: PLC0415
 
         cfg, spec = self.config, self.config.spec
-        cls = self.feed_class or EXCHANGE_MAP[spec.cryptofeed_id]
+        cls: Any = self.feed_class or EXCHANGE_MAP[spec.cryptofeed_id]
         restart = cfg.restart_after_s
         mapper = FeedMapper(spec, feed=name, clock=self.clock)
         callbacks = {spec.channels[ch]: self._callback(ch, mapper) for ch in cfg.channels}
@@ -218,8 +219,11 @@ class FeedBridge:
             raise ConfigError(f"feed ({spec.name})", "settings cryptofeed accepts",
                               str(err)) from None
         except Exception as err:  # the symbol list is read over REST at start
-            msg = (f"cannot load {spec.name}'s symbol list ({type(err).__name__}: "
-                   f"{err}); is the exchange reachable from here?")
+            where = getattr(cls.rest_endpoints[0], "address", spec.name) \
+                if cls.rest_endpoints else spec.name
+            msg = (f"cannot load {spec.name}'s symbol list from {where} "
+                   f"({type(err).__name__}); is the exchange reachable from here? (-v shows "
+                   "cryptofeed's log)")
             raise RiskguardError(msg) from None
 
     def _make_feeds(self) -> None:
@@ -266,11 +270,17 @@ class FeedBridge:
         """The state feed ``name`` reported last (empty before its first heartbeat)."""
         return self._health[name].s.last_state if name in self._health else ""
 
-    async def run(self, stop: asyncio.Event | None = None,
-                  duration_s: float | None = None) -> BridgeStats:
+    async def run(self, stop: asyncio.Event | None = None, duration_s: float | None = None,
+                  on_started: Callable[[], Any] = lambda: None) -> BridgeStats:
         """Bridge until ``stop`` is set, ``duration_s`` has passed, or a delivery fails
-        (then raises :class:`~riskguard.errors.DeliveryError`); returns the counts."""
-        self._stop = stop or asyncio.Event()
+        (then raises :class:`~riskguard.errors.DeliveryError`); returns the counts.
+        ``on_started`` is called once the feeds are made (symbols checked) and started."""
+        with _cryptofeed_logs_to_riskguard():
+            return await self._run(stop or asyncio.Event(), duration_s, on_started)
+
+    async def _run(self, stop: asyncio.Event, duration_s: float | None,
+                   on_started: Callable[[], Any]) -> BridgeStats:
+        self._stop = stop
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._make_feeds)  # reads symbols over REST
         probe = _ConnectionProbe()
@@ -280,31 +290,31 @@ class FeedBridge:
         deadline = None if duration_s is None else loop.time() + duration_s
         handler_before = loop.get_exception_handler()
         loop.set_exception_handler(_log_task_error)
-        with _cryptofeed_logs_to_riskguard():
-            try:
-                for feed in self.feeds.values():
-                    feed.start(loop)
-                while not self._stop.is_set():
-                    wait = self.config.heartbeat_s
-                    if deadline is not None:
-                        wait = min(wait, max(0.0, deadline - loop.time()))
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), wait)
-                    if self._failure is not None:
-                        break
-                    try:
-                        self._heartbeat(probe, health)
-                        await self._restart_long_down()
-                    except Exception as err:
-                        self._fail(err)
-                        break
-                    if deadline is not None and loop.time() >= deadline:
-                        break
-            finally:
+        try:
+            for feed in self.feeds.values():
+                feed.start(loop)
+            on_started()
+            while not stop.is_set():
+                wait = self.config.heartbeat_s
+                if deadline is not None:
+                    wait = min(wait, max(0.0, deadline - loop.time()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), wait)
+                if self._failure is not None:
+                    break
                 try:
-                    await self._shutdown(probe, health)
-                finally:
-                    loop.set_exception_handler(handler_before)
+                    self._heartbeat(probe, health)
+                    await self._restart_long_down()
+                except Exception as err:
+                    self._fail(err)
+                    break
+                if deadline is not None and loop.time() >= deadline:
+                    break
+        finally:
+            try:
+                await self._shutdown(probe, health)
+            finally:
+                loop.set_exception_handler(handler_before)
         return self.stats
 
     async def _shutdown(self, probe: _ConnectionProbe, health: dict[str, VenueHealth]) -> None:
