@@ -221,7 +221,7 @@ def guard_core(
     # moved past it.
     planned = plan_mitigation(
         "playbook", op.merge("playbook_in", signals, limits.ticks, manual, acks.oks),
-        config=cfg.playbook, clock=clock,
+        config=cfg.playbook, clock=clock, wall_clock=wall_clock,
     )
     commands = planned.oks
     signed = sign_commands("sign", commands, signer, config=cfg.sign, seq_floor=seq_floor)

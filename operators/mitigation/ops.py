@@ -61,6 +61,7 @@ def plan_mitigation(
     *,
     config: PlaybookConfig,
     clock: Callable[[], int] = system_clock,
+    wall_clock: Callable[[], int] | None = None,
 ) -> SplitOut[MitigationCommand]:
     """Turn signals into graduated, de-duplicated, rate-capped mitigation commands.
 
@@ -71,12 +72,15 @@ def plan_mitigation(
     key (``"firm"``) so the command-rate cap, the mitigations in force and
     venue health live in one place; signals are rare, so this is cheap.
     Commands leave with ``seq=0`` for the signing step to number. Anything
-    else goes to ``errs`` as a dead letter.
+    else goes to ``errs`` as a dead letter. Verified
+    :class:`~riskguard.schemas.ExecutionAck` items tell it which commands executors
+    applied (``config.acks``); ``wall_clock`` (live runs only) wakes it when an awaited
+    ack falls overdue with no event to notice it.
     """
     config.validate(f"step '{step_id}'")
     keyed = op.key_on("key", signals, lambda _s: FIRM_KEY)
     out = stateful_logic("stateful", keyed,
                          playbook_builder(config, clock, reorder_counter(step_id),
-                                          observe),
+                                          observe, wall_clock),
                          order=_input_time)
     return split_dead_letters("split", op.key_rm("unkey", out))

@@ -126,7 +126,8 @@ class PlaybookLogic:
     def __init__(self, config: PlaybookConfig, clock: Callable[[], int],
                  state: PlaybookState | None = None, *,
                  on_reorder: Callable[[str, int], None] | None = None,
-                 on_ack_alert: Callable[[Any], Any] | None = None) -> None:
+                 on_ack_alert: Callable[[Any], Any] | None = None,
+                 wall_clock: Callable[[], int] | None = None) -> None:
         self.config = config
         self.clock = clock
         # told ("held", 1) when a signal waits for the watermark, ("forced", n) when n
@@ -147,6 +148,9 @@ class PlaybookLogic:
         # which commands executors confirmed; what they did not becomes a signal
         self.acks = AckTracker(config.acks, state.acks)
         self.on_ack_alert = on_ack_alert  # sees the alerts acks raise (metrics)
+        # live runs only: wakes the playbook when an awaited ack falls overdue, with no
+        # event to notice it (a replay's output must not depend on wall time)
+        self.wall_clock = wall_clock
         self._slack = int(config.reorder_slack_s * S)
         self._max_hold = int(config.max_hold_s * S)
         # derived: when the oldest held signal is due regardless of the watermark
@@ -214,11 +218,20 @@ class PlaybookLogic:
         else:
             return [self._dead(event, "unexpected_type", "$",
                                "a signal, resume, execution ack or Tick", type(event).__name__)]
-        # An executor answers in processing time: a command is overdue once the clock
-        # (or event time, where it runs ahead) passes issued_at + timeout_s.
-        at = self._time()
-        for alert in self.acks.overdue(max(self.clock(), at), at):
-            self._ack_signal(alert)
+        self._check_acks()
+        self._evaluate()
+        return self._out
+
+    def next_deadline_ns(self) -> int | None:
+        """Live runs: when the next awaited ack falls overdue (None: nothing waits, or a
+        replay, whose clock moves only with its records)."""
+        return None if self.wall_clock is None else self.acks.next_due()
+
+    def on_deadline(self) -> list[Output]:
+        """An awaited ack fell overdue while no event came: raise it and act on it."""
+        self._out = []
+        self._trigger_recv_ts = None
+        self._check_acks()
         self._evaluate()
         return self._out
 
@@ -271,6 +284,13 @@ class PlaybookLogic:
         """
         st = self.state
         return st.now if not st.sources else st.watermark
+
+    def _check_acks(self) -> None:
+        # An executor answers in processing time: a command is overdue once the clock
+        # (or event time, where it runs ahead) passes issued_at + timeout_s.
+        at = self._time()
+        for alert in self.acks.overdue(max(self.clock(), at), at):
+            self._ack_signal(alert)
 
     def _ack_signal(self, alert: RiskAlert) -> None:
         if self.on_ack_alert is not None:
@@ -725,11 +745,12 @@ class PlaybookLogic:
 def playbook_builder(config: PlaybookConfig, clock: Callable[[], int],
                      on_reorder: Callable[[str, int], None] | None = None,
                      on_ack_alert: Callable[[Any], Any] | None = None,
+                     wall_clock: Callable[[], int] | None = None,
                      ) -> Callable[[PlaybookState | None], PlaybookLogic]:
     """``builder(state | None)`` for :func:`~riskguard.operators.stateful_logic`."""
 
     def build(state: PlaybookState | None) -> PlaybookLogic:
         return PlaybookLogic(config, clock, state, on_reorder=on_reorder,
-                             on_ack_alert=on_ack_alert)
+                             on_ack_alert=on_ack_alert, wall_clock=wall_clock)
 
     return build
