@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import msgspec
 from riskguard.connectors.settings import KafkaSettings, with_logger
@@ -115,6 +115,13 @@ def verify_ack_bytes(data: bytes, key: VerifyKey) -> ExecutionAck:
     return _ack_decoder.decode(env.payload)
 
 
+class SubscriberHooks(TypedDict):
+    """The subscriber callbacks an executor provides (:meth:`AckingExecutor.hooks`)."""
+
+    on_command: Callable[[MitigationCommand], None]
+    on_settled: Callable[[MitigationCommand, str], None]
+
+
 class AckingExecutor:
     """The subscriber callback that applies each verified command and acknowledges it.
 
@@ -149,7 +156,7 @@ class AckingExecutor:
         ``already_applied``, without acting."""
         self._send(cmd, Applied(AckOutcome.ALREADY_APPLIED, reason))
 
-    def hooks(self) -> dict[str, Callable[..., None]]:
+    def hooks(self) -> SubscriberHooks:
         """``CommandSubscriber(**executor.hooks(), ...)``: both callbacks at once."""
         return {"on_command": self.on_command, "on_settled": self.on_settled}
 
