@@ -124,7 +124,9 @@ class RiskAlert(Record, frozen=True, kw_only=True, tag="risk_alert"):
     ``withdrawals_resumed``, ``depeg``, ``peg_restored``,
     ``limit_update_accepted``, ``limit_update_rejected``, ``unvalued_exposure`` (a
     limit measures an exposure that cannot be valued), ``detect_silent`` or
-    ``detect_restored`` (a firm tier's detect worker went silent, and came back).
+    ``detect_restored`` (a firm tier's detect worker went silent, and came back),
+    ``command_unacknowledged``, ``command_acknowledged`` or ``command_refused`` (what
+    executors said about the guard's commands, or did not say in time).
     """
 
     id: RecordId
