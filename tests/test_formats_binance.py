@@ -21,6 +21,7 @@ from riskguard.schemas import (
     OpenInterest,
     PremiumIndexBar,
     Quote,
+    Side,
     Trade,
 )
 
@@ -369,12 +370,18 @@ def test_replay_resumes_from_its_snapshot_with_every_record_once(tmp_path: Path,
     assert len(whole) == 12 + 30
 
 
-def test_feature_routing_refuses_records_it_does_not_use_as_dead_letters() -> None:
-    """Open interest and premium bars are not prices: the detector's feature step makes
-    them unknown_type dead letters, it does not crash or read them as bars."""
+def test_the_feature_step_reads_premium_bars_as_basis_and_accepts_open_interest() -> None:
+    """Premium bars are not prices: the feature step takes their close as the basis
+    (as a funding record's mark over index gives it), never as a price; open interest
+    is accepted without a feature. Neither is a dead letter."""
     logic = FeatureLogic(FeatureConfig(), clock=lambda: 10**19)
-    recs = [OpenInterest(id="o", venue="b", instrument="X", ts=1, open_interest=5.0),
-            PremiumIndexBar(id="p", venue="b", instrument="X", ts=2, start=1, interval_ns=1,
-                            open=-0.1, high=0.1, low=-0.2, close=0.0)]
-    assert [logic.on_event(r)[0].reason for r in recs] == ["unknown_type", "unknown_type"]
-    assert logic.s.kind == ""
+    oi = OpenInterest(id="o", venue="b", instrument="X", ts=1, open_interest=5.0)
+    premium = PremiumIndexBar(id="p", venue="b", instrument="X", ts=2, start=1, interval_ns=1,
+                              open=-0.0001, high=0.0003, low=-0.0002, close=0.0005)
+    assert logic.on_event(oi) == []
+    assert logic.on_event(premium) == []
+    assert logic.s.basis_bps == pytest.approx(5.0)
+    trade = Trade(id="t", venue="b", instrument="X", ts=3, price=100.0, qty=1.0, side=Side.BUY)
+    logic.on_event(trade)
+    assert logic.values(3)["basis_bps"] == pytest.approx(5.0)
+    assert logic.s.last_trade == 100.0  # the price comes from the trade alone

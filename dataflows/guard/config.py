@@ -33,9 +33,11 @@ from riskguard.schemas import (
     Fill,
     FundingRate,
     IndexPrice,
+    OpenInterest,
     OpenOrders,
     OptionQuote,
     PositionSnapshot,
+    PremiumIndexBar,
     Quote,
     SignedEnvelope,
     Trade,
@@ -53,7 +55,8 @@ from riskguard.config import (
 from riskguard.errors import ConfigError
 
 NS = 1_000_000_000
-MARKET = (Trade, Quote, Bar, BookDepth, OptionQuote, IndexPrice, FundingRate)
+MARKET = (Trade, Quote, Bar, BookDepth, OptionQuote, IndexPrice, FundingRate, OpenInterest,
+          PremiumIndexBar)
 TRADING = (Fill, PositionSnapshot, Balance, OpenOrders)
 # Everything the guard core consumes; any other record type (a bare, unsigned command
 # included) is a dead letter.

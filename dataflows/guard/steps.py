@@ -41,6 +41,8 @@ from riskguard.schemas import (
     DetectProgress,
     IndexPrice,
     MitigationCommand,
+    OpenInterest,
+    PremiumIndexBar,
     Quote,
     RiskAlert,
     Trade,
@@ -58,7 +60,7 @@ def is_broadcast(rec: Any) -> bool:
     return t is IndexPrice or t is VenueStatus
 
 
-_DETECTION_ONLY = (Bar, BookDepth)
+_DETECTION_ONLY = (Bar, BookDepth, PremiumIndexBar, OpenInterest)
 
 
 class MarkFilter:

@@ -54,7 +54,9 @@ from riskguard.schemas.market import (
     BookDepth,
     FundingRate,
     IndexPrice,
+    OpenInterest,
     OptionQuote,
+    PremiumIndexBar,
     Quote,
     Trade,
     VenueStatus,
@@ -285,6 +287,8 @@ _CHECKS: dict[type, tuple[str, ...]] = {
                   "vega", "theta", "strike"),
     IndexPrice: ("price",),
     FundingRate: ("rate",),
+    PremiumIndexBar: (),  # signed fractions, not prices: checked where read
+    OpenInterest: (),
     VenueStatus: (),
 }
 _SNAPSHOTS = (Bar, BookDepth)
@@ -477,6 +481,15 @@ class FeatureLogic:
             s.funding_bps = rec.rate * 1e4
             if rec.mark_price and rec.index_price:
                 s.basis_bps = (rec.mark_price - rec.index_price) / rec.index_price * 1e4
+        elif t is PremiumIndexBar:
+            # the perpetual's premium over its index: the basis, as a funding record gives it
+            if not s.kind:
+                s.kind = "market"
+            if not s.key:
+                s.key = f"{rec.venue}/{rec.instrument}"
+            s.basis_bps = rec.close * 1e4
+        elif t is OpenInterest:
+            pass  # read and accepted; no feature is derived from it yet
         elif t is OptionQuote:
             s.kind = "option"
             if not s.key:
