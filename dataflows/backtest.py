@@ -134,6 +134,53 @@ def parse_labels(doc: Any, where: str = "labels") -> list[Label]:
     return sorted(out, key=lambda lab: (lab.start_ns, lab.kind, lab.scope))
 
 
+def incident_labels(doc: Any, data: Sequence[str | Path], where: str = "labels",
+                    ) -> tuple[list[Label], dict[str, str]]:
+    """Labels from an incidents document (``[[incident]]`` tables, as the real-data
+    labels are kept: ``file``, ``name``, ``series``, ``onset``, ``end``), for the
+    ``data`` files given; and each such file's instrument, the series it holds.
+
+    An incident labels the series of its ``file`` only when that file is among
+    ``data`` (matched by file name); its scope is ``instrument:*/<series>``, the series
+    being the first word of ``series`` (``"BTCUSDT bid side"`` is ``BTCUSDT``).
+
+    >>> doc = {"incident": [{"file": "a.csv", "name": "crash", "series": "BTCUSD_PERP",
+    ...     "onset": "2025-10-10T20:53:00Z", "end": "2025-10-11T00:00:00Z"},
+    ...     {"file": "other.csv", "name": "x", "series": "ETH", "onset": 0, "end": 1}]}
+    >>> labels, instruments = incident_labels(doc, ["/data/a.csv"])
+    >>> [(lab.kind, lab.scope) for lab in labels], instruments
+    ([('crash', 'instrument:*/BTCUSD_PERP')], {'/data/a.csv': 'BTCUSD_PERP'})
+    """
+    items = doc.get("incident") if isinstance(doc, dict) else None
+    if not isinstance(items, list):
+        raise ConfigError(where, "[[incident]] tables (file, name, series, onset, end)",
+                          type(doc).__name__)
+    by_name = {Path(p).name: str(p) for p in data}
+    out: list[Label] = []
+    instruments: dict[str, str] = {}
+    for i, item in enumerate(items):
+        p = f"{where}.incident[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(p, "a table with file, name, series, onset, end", item)
+        for key in ("file", "name", "series", "onset", "end"):
+            if key not in item:
+                raise ConfigError(f"{p}.{key}", "a value (required)", None)
+        path = by_name.get(str(item["file"]))
+        if path is None:
+            continue
+        words = str(item["series"]).split()
+        if not words:
+            raise ConfigError(f"{p}.series", "a series name", item["series"])
+        series = words[0]
+        if instruments.setdefault(path, series) != series:
+            raise ConfigError(f"{p}.series", f"the series of {item['file']} "
+                              f"({instruments[path]}): one per file", item["series"])
+        doc_ = {"kind": item["name"], "scope": f"instrument:*/{series}",
+                "start": item["onset"], "end": item["end"]}
+        out.extend(parse_labels([doc_], p))
+    return sorted(out, key=lambda lab: (lab.start_ns, lab.kind, lab.scope)), instruments
+
+
 def load_labels(path: str | Path) -> list[Label]:
     """Read a labels JSON file (see :func:`parse_labels`)."""
     try:

@@ -43,6 +43,7 @@ from riskguard.dataflows.backtest import (
     BacktestResult,
     Label,
     dump_toml,
+    incident_labels,
     load_labels,
     run_backtest,
 )
@@ -275,16 +276,34 @@ def calibrate(
 
 
 def read_records(data: Sequence[str | Path], venue: str = "file",
-                 instrument: str = "unknown") -> list[Any]:
-    """Every good record of the files, in event time (dead letters dropped and counted)."""
-    src = ReplaySource([ReplayFile(p, venue=venue, instrument=instrument) for p in data])
+                 instrument: str = "unknown",
+                 instruments: dict[str, str] | None = None) -> list[Any]:
+    """Every good record of the files, in event time (dead letters dropped and counted);
+    ``instruments`` names a file's instrument where its format does not."""
+    named = instruments or {}
+    src = ReplaySource([ReplayFile(p, venue=venue, instrument=named.get(str(p), instrument))
+                        for p in data])
     return [r for r in read_all(src) if type(r).__name__ != "DeadLetter"]
+
+
+def labelled_data(data: Sequence[str | Path], labels: str | Path | None,
+                  ) -> tuple[list[Any], list[Label]]:
+    """The records of ``data`` and their labels: a labels JSON file, or an incidents TOML
+    file (``[[incident]]`` tables, as the real-data labels are kept), which also names
+    each file's series (:func:`~riskguard.dataflows.backtest.incident_labels`)."""
+    if labels is None:
+        return read_records(data), []
+    if str(labels).endswith(".toml"):
+        labs, instruments = incident_labels(read_toml(labels), data, str(labels))
+        return read_records(data, instruments=instruments), labs
+    return read_records(data), load_labels(labels)
 
 
 def calibrate_files(config: str | Path, data: Sequence[str | Path], labels: str | Path, *,
                     out_dir: str | Path, **kw: Any) -> dict[str, Any]:
     """``riskguard calibrate`` (one shot): writes calibrated.toml and calibration.json."""
-    rep = calibrate(config, read_records(data), load_labels(labels), work=out_dir, **kw)
+    records, labs = labelled_data(data, labels)
+    rep = calibrate(config, records, labs, work=out_dir, **kw)
     Path(out_dir, "calibration.json").write_text(json.dumps(rep, indent=1, sort_keys=True) + "\n")
     return rep
 
@@ -338,13 +357,12 @@ def propose(config: str | Path, data: Sequence[str | Path], labels: str | Path |
     """
     from riskguard.operators.signing.crypto import encode_envelope  # noqa: PLC0415
 
-    recs = read_records(data)
+    recs, all_labels = labelled_data(data, labels)
     if not recs:
         raise ConfigError("calibrate.data", "at least one record", 0)
     end = max(r.ts for r in recs)
     window = [r for r in recs if r.ts >= end - int(window_s * NS)]
-    labs = [lab for lab in (load_labels(labels) if labels else [])
-            if lab.start_ns >= end - int(window_s * NS)]
+    labs = [lab for lab in all_labels if lab.start_ns >= end - int(window_s * NS)]
     d = Path(out_dir) / f"proposal-{iteration}"
     rep = (calibrate(config, window, labs, work=d, **kw) if labs else
            {"chosen": {}, "note": "no labels in window; thresholds unchanged"})

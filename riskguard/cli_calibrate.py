@@ -112,7 +112,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # argparse private gener
     p.add_argument("--sample", action="store_true",
                    help="calibrate on the sample data shipped with riskguard (and its "
                    "labels, unless --labels)")
-    p.add_argument("--labels", help="labels JSON (incident windows)")
+    p.add_argument("--labels", help="labels: a JSON file of incident windows, or an "
+                   "incidents TOML file ([[incident]] file, name, series, onset, end)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--grid", metavar="FILE|JSON",
                    help="the values to try: a JSON file, or inline JSON starting with '{', "

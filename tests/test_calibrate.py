@@ -219,3 +219,46 @@ def test_a_held_out_fold_without_incidents_reports_no_f1(setup, tmp_path):
     for name in ("defaults", "chosen"):
         assert rep["held_out"][name]["f1"] is None
         assert rep["held_out"][name]["note"] == "no labelled incident in the held-out fold"
+
+
+# ---------------------------------------------------------------------------- real data
+
+
+def test_calibrate_reads_the_real_incident_files_and_their_labels(tmp_path):
+    """`riskguard calibrate` on a real incident file with the real-data labels (an
+    incidents TOML): the labels name the file's series, the crash is the labelled
+    incident of the training fold, and the held-out fold (no incident) reports no F1."""
+    import sys
+    from importlib import resources
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import tomllib
+
+    import shared_data
+
+    from riskguard.cli import main
+
+    data = shared_data.incidents_dir()
+    reason = shared_data.missing_reason(data)
+    if reason:
+        pytest.skip(reason)
+    keys = init_keys(tmp_path)
+    playbook = tomllib.loads(resources.files("riskguard.dataflows").joinpath(
+        "playbook.toml").read_text())["playbook"]
+    cfg = tmp_path / "guard.toml"
+    cfg.write_text(dump_toml({"env": "calib", "playbook": playbook, "keys": {
+        "issuer": "riskguard-guard", "signing_key": keys.signing_key.name,
+        "trust_file": keys.trust_file.name, "roots_file": keys.roots_file.name}}))
+    crash = data / "binance_cm_BTCUSD_PERP_1m_priceklines_2025-10-09_2025-10-10.csv"
+    out = tmp_path / "out"
+    rc = main(["calibrate", "--config", str(cfg), "--data", str(crash), "--labels",
+               str(data / "labels.toml"), "--out", str(out), "--train-frac", "0.95",
+               "--grid", json.dumps({"detector.target_alarm_rate": [0.001, 0.002]})])
+    assert rc == 0
+    rep = json.loads((out / "calibration.json").read_text())
+    assert rep["train_labels"] == 1 and rep["records"] == 2880
+    defaults = rep["candidates"][0]
+    assert defaults["overrides"] == {}
+    assert defaults["train"]["by_kind"]["2025-10_liquidation_crash"]["recall"] == 1.0
+    assert rep["held_out"]["defaults"]["f1"] is None  # no incident after the split
+    assert (out / "calibrated.toml").is_file()
