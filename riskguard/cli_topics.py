@@ -29,6 +29,7 @@ DEFAULT_RETENTION_MS = {
     "market": 7 * DAY_MS, "fills": 30 * DAY_MS, "positions": 7 * DAY_MS,
     "balances": 7 * DAY_MS, "venue_status": 7 * DAY_MS, "features": 2 * DAY_MS,
     "signals": 30 * DAY_MS, "exposures": 7 * DAY_MS, "commands": 30 * DAY_MS,
+    "acks": 30 * DAY_MS,
     "audit": -1, "rejections": 30 * DAY_MS, "dead_letters": 30 * DAY_MS,
     "detections": 2 * DAY_MS,
 }
@@ -38,9 +39,10 @@ COMPACTED = ("limit_updates",)
 GUARD_WRITES = ("features", "signals", "exposures", "commands", "audit", "dead_letters",
                 "detections")
 GUARD_READS = ("market", "fills", "positions", "balances", "venue_status", "limit_updates",
-               "detections")
-# Never lose an acknowledged command or audit record to an out-of-sync leader.
-STRICT = ("commands", "audit", "limit_updates")
+               "acks", "detections")
+# Never lose an acknowledged command, an executor's ack or an audit record to an
+# out-of-sync leader.
+STRICT = ("commands", "acks", "audit", "limit_updates")
 
 
 def topic_specs(cfg: CommonConfig) -> list[TopicSpec]:
@@ -104,6 +106,9 @@ def acl_commands(
                    f"--topic {commands}")
         out.append(f"{base} --allow-principal {consumer} --operation Write --operation Describe "
                    f"--topic {topic_name(cfg.env, 'rejections')}")
+        # executors answer each command with a signed ack, which the guard reads
+        out.append(f"{base} --allow-principal {consumer} --operation Write --operation Describe "
+                   f"--topic {topic_name(cfg.env, 'acks')}")
     return out
 
 

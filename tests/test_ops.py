@@ -235,7 +235,7 @@ def test_topics_plan_sets_replication_isr_retention_compaction_and_prints_acls(
         cfg.unlink()
     out = capsys.readouterr().out
     lines = {ln.split()[1]: ln for ln in out.splitlines() if ln.startswith("plan")}
-    assert len(lines) == 14
+    assert len(lines) == 15
     assert "partitions=12 replication=3" in lines["prod.riskguard.market.v1"]
     assert all("min.insync.replicas=2" in ln for ln in lines.values())
     assert "cleanup.policy=compact" in lines["prod.riskguard.limit_updates.v1"]
@@ -248,6 +248,11 @@ def test_topics_plan_sets_replication_isr_retention_compaction_and_prints_acls(
                if "--topic prod.riskguard.commands.v1" in ln and "Read" in ln}
     assert writers == {"User:riskguard"}
     assert readers == {"User:desk-a", "User:desk-b"}
+    ack_writers = {ln.split("--allow-principal ")[1].split()[0] for ln in acls
+                   if "--topic prod.riskguard.acks.v1" in ln and "Write" in ln}
+    ack_readers = {ln.split("--allow-principal ")[1].split()[0] for ln in acls
+                   if "--topic prod.riskguard.acks.v1" in ln and "Read" in ln}
+    assert (ack_writers, ack_readers) == ({"User:desk-a", "User:desk-b"}, {"User:riskguard"})
     assert "allow.everyone.if.no.acl.found=false" in out
 
 
@@ -263,7 +268,7 @@ def test_topics_create_applies_the_settings_on_the_real_broker(kafka_bootstrap: 
     r = subprocess.run([sys.executable, "-m", "riskguard.cli", "topics", "create",
                         "--bootstrap", kafka_bootstrap, "--env", env],
                        capture_output=True, text=True, check=True)
-    assert r.stdout.count("created ") == 14
+    assert r.stdout.count("created ") == 15
     s = KafkaSettings(bootstrap=kafka_bootstrap)
     assert len(list_partitions(s, f"{env}.riskguard.limit_updates.v1")) == 2
 
