@@ -35,6 +35,7 @@ exactly its own scope (the actions in ``params.actions``, the commands in
 from __future__ import annotations
 
 import copy
+import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -104,6 +105,28 @@ def covers(scope: Scope, market: Market) -> bool:
     return market.name is not None and market.name == scope.value
 
 
+_MAP_KEYS = ("venues", "instruments")
+_VENUE_KEYS = ("venue", "counterparty")
+_INSTRUMENT_KEYS = ("venue", "name", "id", "underlying", "max_notional")
+
+
+def _known_keys(table: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    """Refuse the first key of ``table`` not in ``known``, naming the one meant.
+
+    >>> try:
+    ...     _known_keys({"venue": "OKX", "countreparty": "x"}, _VENUE_KEYS, "venues.okx")
+    ... except ConfigError as err:
+    ...     print(str(err).split(": ", 1)[0], "(did you mean 'counterparty'?)" in str(err))
+    venues.okx.countreparty True
+    """
+    for key in table:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}.{key}",
+                              f"a known key ({', '.join(sorted(known))}){hint}", key)
+
+
 @dataclass(frozen=True)
 class MarketMap:
     """riskguard venue and instrument names to the trading system's (configurable).
@@ -121,13 +144,16 @@ class MarketMap:
     def from_dict(cls, doc: Mapping[str, Any], *, where: str = "markets") -> MarketMap:
         """Build from the TOML shape ``[venues.<name>] venue, counterparty`` and
         ``[[instruments]] venue, name, id, underlying, max_notional``; raises
-        :class:`~riskguard.errors.ConfigError` naming the entry that does not fit."""
+        :class:`~riskguard.errors.ConfigError` naming the entry that does not fit, and
+        the first unknown key (a typo never passes silently)."""
+        _known_keys(doc, _MAP_KEYS, where)
         venues: dict[str, str] = {}
         cps: dict[str, str] = {}
         for name, v in dict(doc.get("venues") or {}).items():
             if not isinstance(v, Mapping) or not isinstance(v.get("venue"), str):
                 raise ConfigError(f"{where}.venues.{name}",
                                   'a table with venue = "<system venue id>"', v)
+            _known_keys(v, _VENUE_KEYS, f"{where}.venues.{name}")
             venues[name] = v["venue"]
             cps[name] = str(v.get("counterparty") or name)
         markets: list[Market] = []
@@ -135,6 +161,7 @@ class MarketMap:
             at = f"{where}.instruments[{i}]"
             if not isinstance(row, Mapping):
                 raise ConfigError(at, "must be a table", row)
+            _known_keys(row, _INSTRUMENT_KEYS, at)
             missing = [k for k in ("venue", "name", "id") if not isinstance(row.get(k), str)]
             if missing:
                 raise ConfigError(at, f"needs {', '.join(missing)} (strings)", dict(row))

@@ -213,15 +213,22 @@ def test_the_k8s_configmap_guard_configs_hold_only_known_keys() -> None:
 
 
 def test_the_readme_and_docs_config_snippets_hold_only_known_keys() -> None:
-    """Every ```toml block of the README and docs/ is part of a guard config, or a
-    trust file (it has ``[[keys]]``) holding only the keys a trust file takes."""
+    """Every ```toml block of the README and docs/ is part of a guard config, a trust
+    file (it has ``[[keys]]``) holding only the keys a trust file takes, or an
+    executor's market map (```toml markets.toml) that loads."""
+    from riskguard.executors.scopes import MarketMap
     from riskguard.operators.signing import trust
 
-    blocks = [m.group(1) for md in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
-              for m in re.finditer(r"```toml\n(.*?)```", md.read_text(), re.S)]
+    blocks = [(m.group(1).strip(), m.group(2))
+              for md in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+              for m in re.finditer(r"```toml([^\n]*)\n(.*?)```", md.read_text(), re.S)]
     assert blocks
-    for block in blocks:
+    assert any(name == "markets.toml" for name, _ in blocks)
+    for name, block in blocks:
         data = tomllib.loads(block)
+        if name == "markets.toml":
+            MarketMap.from_dict(data)
+            continue
         if "keys" in data and isinstance(data["keys"], list):
             assert set(data) <= trust._ROOT_FIELDS, block
             assert all(set(k) <= trust._KEY_FIELDS for k in data["keys"]), block

@@ -97,7 +97,7 @@ def test_publish_draws_its_progress_line_in_a_terminal(monkeypatch, tmp_path, ca
     assert rc == 0
     frames = _frames(tty_stderr)
     # the first batch is drawn at once; later ones at most every 0.1 s
-    assert frames[0] == ("publish [####................]  21% 183,612/885,573 bytes "
+    assert frames[0] == ("publish [####................]  21% 187,812/905,773 bytes "
                          "(1,000 records, 0 rejected)")
     assert all(f.startswith("publish [") and "rejected)" in f for f in frames)
     assert "\n" not in tty_stderr.getvalue()
