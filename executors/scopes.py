@@ -36,11 +36,14 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
+from pathlib import Path
 from typing import Any
 
+import msgspec
 from riskguard.schemas.signals import Scope, ScopeKind
 
 from riskguard.errors import ConfigError
@@ -254,6 +257,12 @@ class ScopeBookState:
     version: int = 1
 
 
+class _SavedBook(msgspec.Struct, kw_only=True):
+    holds: list[Hold]
+    applied: dict[str, dict[str, Any]]
+    version: int = 1
+
+
 class ScopeBook:
     """Holds per exact scope, and the states and caps they give each market."""
 
@@ -328,6 +337,34 @@ class ScopeBook:
 
     def snapshot(self) -> ScopeBookState:
         return copy.deepcopy(self.state)
+
+    def save(self, path: str | Path) -> None:
+        """Write what is held to ``path`` (JSON), atomically and durably: a restarted
+        executor must come back holding what it held, not trading freely."""
+        target = Path(path)
+        tmp = target.with_name(target.name + ".tmp")
+        st = self.state
+        data = msgspec.json.encode(_SavedBook(holds=list(st.holds.values()),
+                                              applied=st.applied, version=st.version))
+        with tmp.open("wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ScopeBook:
+        """The book saved at ``path`` (an empty one where there is no file yet); a file
+        that cannot be read stops the executor rather than starting it with no holds."""
+        p = Path(path)
+        if not p.exists():
+            return cls()
+        try:
+            saved = msgspec.json.decode(p.read_bytes(), type=_SavedBook)
+        except (OSError, msgspec.DecodeError) as err:
+            raise ConfigError(str(p), "the executor's saved holds (JSON)", str(err)) from None
+        return cls(ScopeBookState(holds={(h.scope_label, h.action): h for h in saved.holds},
+                                  applied=saved.applied, version=saved.version))
 
     @classmethod
     def restore(cls, state: ScopeBookState) -> ScopeBook:

@@ -396,6 +396,30 @@ def test_overlapping_scopes_take_the_most_restrictive_and_a_resume_lifts_only_it
     assert firm_id in acks[3].detail["lifted"][0]
 
 
+def test_a_restarted_executor_comes_back_holding_what_it_held(tmp_path: Path) -> None:
+    """A firm reduce-only and an okx halt, then the node stops. A new node and executor on
+    the same state start with both in force (the subscriber will not deliver those
+    commands again: they were executed), until the operators' resumes lift them."""
+    c = Commands()
+    okx_halt, _ = c.make(10.5, Action.HALT_TRADING, venue("okx"))
+    firm_ro, _ = c.make(20.5, Action.REDUCE_ONLY, FIRM)
+    first = run(tmp_path, [(10.5, okx_halt), (20.5, firm_ro)])
+    assert [a.outcome for a in first.acks()] == [AckOutcome.APPLIED] * 2
+    okx_resume, _ = c.make(40.5, Action.RESUME, venue("okx"), by=(OP1,))
+    firm_resume, _ = c.make(60.5, Action.RESUME, FIRM, by=(OP1, OP2))
+    again = run(tmp_path, [(10.5, okx_halt), (40.5, okx_resume), (60.5, firm_resume)],
+                probe_at=(5.7, 50.7, 70.7))
+    # the replayed halt is a no-op to the subscriber; nothing is applied twice
+    assert [a.action for a in again.acks()] == [Action.RESUME, Action.RESUME]
+    # the new node starts flat: under the restored reduce-only nothing opens a position
+    assert not any(any(again.trader.passed(iid, seconds=range(1, 61))) for iid in INSTRUMENTS)
+    assert again.trader.denied and all(
+        "halt_trading on venue:okx" in why or "reduce_only on firm:*" in why
+        for why in again.trader.denied.values())
+    assert all(all(again.trader.passed(iid, seconds=range(61, SECONDS))) for iid in INSTRUMENTS)
+    assert again.states == [(5.7, "REDUCING"), (50.7, "REDUCING"), (70.7, "ACTIVE")]
+
+
 def test_an_underlying_scope_covers_that_underlying_on_every_venue_only(tmp_path: Path) -> None:
     """halt_trading on underlying:BTC halts BTCUSDT at binance and okx, not ETHUSDT; an
     instrument scope narrowed to one venue (instrument:okx/BTC-USDT) halts only that one."""

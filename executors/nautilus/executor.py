@@ -89,6 +89,12 @@ class NautilusExecutor(Actor):
     one that reads the Nautilus clock (``subscriber_options`` go to it: ``brokers``,
     ``topic``, ``rejection_log`` ...). With brokers set, the executor polls the topic
     every ``poll_interval_s`` on the Nautilus clock.
+
+    What is held survives a restart: the holds are saved to ``holds_path`` (by default
+    ``<state_path>.holds.json`` beside the subscriber's state) after every command that
+    changes them, before its ack is sent and the subscriber commits, and a new executor
+    loads them and applies them again on start. A restarted node comes back holding
+    what it held, never trading freely because its memory was lost.
     """
 
     def __init__(self, *, markets: MarketMap, risk_engine: Any, acks: AckSigner,
@@ -97,7 +103,8 @@ class NautilusExecutor(Actor):
                  state_path: str | Path | None = None,
                  subscriber_options: Mapping[str, Any] | None = None,
                  poll_interval_s: float = 0.5, poll_batch: int = 100,
-                 component_id: str = "RiskguardExecutor") -> None:
+                 component_id: str = "RiskguardExecutor",
+                 holds_path: str | Path | None = None) -> None:
         super().__init__(ActorConfig(component_id=component_id))
         self._markets = markets
         self._risk = risk_engine
@@ -115,7 +122,11 @@ class NautilusExecutor(Actor):
             subscriber.on_command = self._acking.on_command
             subscriber.on_settled = self._acking.on_settled
         self._subscriber = subscriber
-        self._book = ScopeBook()
+        if holds_path is None and state_path is not None:
+            holds_path = Path(str(state_path) + ".holds.json")
+        self._holds_path = Path(holds_path) if holds_path is not None else None
+        self._book = (ScopeBook.load(self._holds_path) if self._holds_path is not None
+                      else ScopeBook())
         self._base_caps: dict[str, Decimal] = {}
         self._gate: PreTradeGate | None = None
         self._poll_interval_s = poll_interval_s
@@ -161,6 +172,9 @@ class NautilusExecutor(Actor):
                     else self._risk.max_notional_per_order(InstrumentId.from_str(m.key)))
             if base is not None:
                 self._base_caps.setdefault(m.key, base)
+        # holds loaded from before a restart take effect again at once
+        self._sync_firm_state()
+        self._sync_caps()
         if self._subscriber.brokers and self._poll_interval_s > 0:
             self.clock.set_timer(self._timer, timedelta(seconds=self._poll_interval_s),
                                  callback=self._poll)
@@ -206,6 +220,8 @@ class NautilusExecutor(Actor):
             applied = handler(self, cmd, markets)
         if applied.outcome is AckOutcome.APPLIED:
             self._book.remember(cmd.command_id, dict(applied.detail))
+            if self._holds_path is not None:
+                self._book.save(self._holds_path)
         return applied
 
     def _alert(self, cmd: MitigationCommand, _markets: list[Market]) -> Applied:
