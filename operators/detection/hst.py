@@ -126,7 +126,10 @@ def _compile_walk(feat: list[int], thr: list[float], n_features: int, n_trees: i
 def hst_shape(features: tuple[str, ...], n_trees: int = 10, height: int = 8,
               window_size: int = 250, seed: int = 42) -> HSTShape:
     """Draw the trees exactly as River's ``HalfSpaceTrees`` does (limits ``[0, 1]``)."""
-    from river.tree.padded import make_padded_tree  # noqa: PLC0415  # river import is slow; lazy
+    try:  # river import is slow: lazy
+        from river.tree.padded import make_padded_tree  # noqa: PLC0415  # River >= 0.26
+    except ImportError:  # River 0.22-0.25 keep the same function beside HalfSpaceTrees
+        from river.anomaly.hst import make_padded_tree  # noqa: PLC0415
 
     rng = random.Random(seed)
     n_nodes = 2 ** (height + 1) - 1
