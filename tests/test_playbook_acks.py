@@ -164,6 +164,19 @@ def test_acks_of_actions_not_required_are_counted_and_refusals_warn() -> None:
     assert tracker.state.counts == {"sent": 1, "refused": 1, "applied": 1}
 
 
+def test_a_refused_halt_nothing_awaited_is_still_a_critical_alert() -> None:
+    """No executor named: nothing is awaited, but an executor refusing a halt is never
+    silent."""
+    tracker = AckTracker(AckConfig())
+    _logic, _clock, halt = halted()
+    tracker.sent(halt)
+    (alert,) = tracker.on_ack(ack(halt, AckOutcome.REFUSED, reason="venue okx unknown"), 5 * S)
+    assert (alert.kind, alert.severity, alert.scope) == (
+        "command_refused", Severity.CRITICAL, halt.scope)
+    assert "oms refused halt_trading on venue:okx: venue okx unknown" in alert.reason
+    assert tracker.on_ack(ack(halt), 6 * S) == []
+
+
 def test_without_executors_nothing_is_awaited() -> None:
     logic, clock, _halt = halted(())
     assert [c for t in range(2, 200) for c in run(logic, clock, Tick(ts=t * S))] == []

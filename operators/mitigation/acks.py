@@ -13,7 +13,9 @@ playbook acts on like any other:
   critical ``command_unacknowledged`` alert on the command's scope: an executor
   that never acts is an incident too;
 - the confirmation arriving later closes it (``command_acknowledged``);
-- a refused or failed command of another action is a ``command_refused`` warning.
+- a refused or failed command nothing awaits (another action, or no executor named
+  in ``executors``) is a ``command_refused`` alert: critical for an action in
+  ``require``, a warning otherwise.
 
 Every ``executors`` name must confirm: a desk with two trading systems learns when
 one of them did not stop. Another replica's copy of the same decision counts: an
@@ -139,9 +141,10 @@ class AckTracker:
             self._by_decision.get(ack.decision_id or ""))
         item = self.state.awaited.get(key or "")
         if item is None:
-            if ack.outcome in _CONFIRMS or ack.action in self._required:
+            if ack.outcome in _CONFIRMS:
                 return []  # confirms nothing awaited, or a late repeat
-            return [self._alert(REFUSED, Severity.WARN, ack.scope, now, ack.command_id,
+            severity = Severity.CRITICAL if ack.action in self._required else Severity.WARN
+            return [self._alert(REFUSED, severity, ack.scope, now, ack.command_id,
                                 f"{ack.issuer} {ack.outcome.value} {ack.action.value} on "
                                 f"{ack.scope.label()}: {ack.reason}", ack)]
         if ack.outcome in _CONFIRMS:

@@ -288,6 +288,8 @@ class PlaybookLogic:
     def _check_acks(self) -> None:
         # An executor answers in processing time: a command is overdue once the clock
         # (or event time, where it runs ahead) passes issued_at + timeout_s.
+        if not self.state.acks.awaited:  # the usual case, on every event: nothing waits
+            return
         at = self._time()
         for alert in self.acks.overdue(max(self.clock(), at), at):
             self._ack_signal(alert)
