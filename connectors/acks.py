@@ -118,7 +118,7 @@ def verify_ack_bytes(data: bytes, key: VerifyKey) -> ExecutionAck:
 class SubscriberHooks(TypedDict):
     """The subscriber callbacks an executor provides (:meth:`AckingExecutor.hooks`)."""
 
-    on_command: Callable[[MitigationCommand], None]
+    on_command: Callable[[MitigationCommand], Applied]
     on_settled: Callable[[MitigationCommand, str], None]
 
 
@@ -141,14 +141,16 @@ class AckingExecutor:
         self.send = send
         self.sent: list[ExecutionAck] = []
 
-    def on_command(self, cmd: MitigationCommand) -> None:
-        """The subscriber's ``on_command``: apply, then acknowledge."""
+    def on_command(self, cmd: MitigationCommand) -> Applied:
+        """The subscriber's ``on_command``: apply, then acknowledge; returns what was done
+        (the subscriber records a refused or failed command as not in force)."""
         try:
             applied = self.apply(cmd)
         except Exception as err:  # the trading system refused in a way we did not foresee
             log.exception("executor failed on %s %s", cmd.action.value, cmd.command_id)
             applied = Applied(AckOutcome.FAILED, f"{type(err).__name__}: {err}")
         self._send(cmd, applied)
+        return applied
 
     def on_settled(self, cmd: MitigationCommand, reason: str) -> None:
         """The subscriber's ``on_settled``: a verified command whose state already holds

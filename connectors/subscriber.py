@@ -25,10 +25,16 @@ group) and for each message, in this order:
    :class:`~riskguard.schemas.MitigationCommand`.
 
 An authentic command that is not executed because its state already holds (another
-replica's copy of an executed decision, a mitigation already in force, an id already
-executed) goes to ``on_settled(command, reason)``: an executor acknowledges it as
-``already_applied`` (:class:`~riskguard.connectors.acks.AckingExecutor`), so the guard
-that sent that copy learns it holds, and does not escalate it as unconfirmed.
+replica's copy of an executed decision, a mitigation already in force) goes to
+``on_settled(command, reason)``: an executor acknowledges it as ``already_applied``
+(:class:`~riskguard.connectors.acks.AckingExecutor`), so the guard that sent that copy
+learns it holds, and does not escalate it as unconfirmed. A state "holds" only if the
+executor applied it: when the callback returns a result whose ``outcome`` is
+``refused`` or ``failed`` (an :class:`~riskguard.connectors.acks.Applied`), the command
+is consumed but recorded neither as in force nor as its decision's executed copy, so
+the next copy (re-derived, or another replica's) is executed, never confirmed in its
+place. A callback that raises leaves the message to be read again: ``poll`` seeks back
+to it before the exception propagates.
 
 Its state (per-issuer ``seq`` high-water marks, executed ``command_id``s,
 consumed offsets and the highest trust-file serial seen) lives in SQLite and
@@ -85,6 +91,8 @@ expires): a replica's copy arriving later than that is no longer dropped as a
 duplicate (it would have expired already with the default lifetimes)."""
 # Actions that are momentary, not a state an executor holds.
 _MOMENTARY = frozenset({"alert", "resume"})
+# What an executor's callback may report for a command it did not apply (AckOutcome values).
+_NOT_APPLIED = frozenset({"refused", "failed"})
 
 
 @dataclass(frozen=True)
@@ -238,7 +246,7 @@ class CommandSubscriber:
         trust: TrustStore,
         audience: Audience,
         state_path: str | Path,
-        on_command: Callable[[MitigationCommand], None],
+        on_command: Callable[[MitigationCommand], Any],
         on_reject: Callable[[Rejection], None] | None = None,
         on_alert: Callable[[GapAlert], None] | None = None,
         brokers: str = "",
@@ -305,7 +313,7 @@ class CommandSubscriber:
             return self._duplicate(cmd, first, partition, offset)
         if self.state.seen(cmd.command_id):
             # Authentic under a new seq (re-derived after a restart): the seq is used up.
-            self._settled(cmd, Reason.REPLAYED_COMMAND_ID.value)
+            # The executor answered this id when it handled it: nothing to settle.
             return self._reject(Reason.REPLAYED_COMMAND_ID.value,
                                 f"command_id {cmd.command_id!r} already executed",
                                 partition, offset, cmd, record=True)
@@ -327,9 +335,12 @@ class CommandSubscriber:
             return self._reject("already_in_force",
                                 f"{cmd.action.value} on {cmd.scope.label()} is in force "
                                 f"since command {holder}", partition, offset, cmd, record=True)
-        self.on_command(cmd)
+        result = self.on_command(cmd)
+        applied = str(getattr(result, "outcome", "applied")) not in _NOT_APPLIED
+        if not applied:
+            self.stats["not_applied"] += 1
         self.state.commit(topic=self.topic, partition=partition, offset=offset, cmd=cmd,
-                          keep_decision_until=now + self.decision_window_ns)
+                          executed=applied, keep_decision_until=now + self.decision_window_ns)
         self.stats["accepted"] += 1
         return cmd
 
@@ -430,7 +441,13 @@ class CommandSubscriber:
                 self.stats["consumer_errors"] += 1
                 continue
             idle_since = time.monotonic()
-            self.handle(msg.value() or b"", partition=msg.partition(), offset=msg.offset())
+            try:
+                self.handle(msg.value() or b"", partition=msg.partition(), offset=msg.offset())
+            except BaseException:
+                # not committed: read it again on the next poll (or after a restart), never
+                # skip it because a later message's offset was committed first
+                self._consumer.seek(TopicPartition(self.topic, msg.partition(), msg.offset()))
+                raise
             handled += 1
         self._flush_rejections()
         self.state.prune(self.clock() - self.leeway_ns - 3600 * 1_000_000_000)

@@ -191,3 +191,29 @@ def test_the_ack_sender_delivers_to_the_acks_topic(kafka_bootstrap: str) -> None
     got = read_topic_bytes(kafka_bootstrap, topic_name(env, "acks"))
     assert got == sent
     assert decode_envelope(got[0]).payload_type == PAYLOAD_ACK
+
+
+def test_a_copy_of_a_command_that_failed_is_executed_not_confirmed(tmp_path: Path) -> None:
+    """A refused or failed command is not in force: another replica's copy of the same
+    decision, or the same mitigation re-derived, is applied again and answered by what
+    the executor did then, never `already_applied` in its place."""
+    tries: list[str] = []
+
+    def apply(cmd: MitigationCommand) -> Applied:
+        tries.append(cmd.command_id)
+        if len(tries) == 1:
+            raise RuntimeError("gateway down")
+        return Applied(AckOutcome.APPLIED)
+
+    sub, acks = subscriber(apply, tmp_path)
+    sub.handle(signed_command(command("h1", decision="1" * 64)))
+    sub.handle(signed_command(command("h1-b", by="engine-2", decision="1" * 64), ENGINE2))
+    sub.handle(signed_command(command("h2", seq=2, decision="1" * 64)))
+    assert tries == ["h1", "h1-b"]
+    assert outcomes(acks) == [
+        ("h1", "failed", "RuntimeError: gateway down"),
+        ("h1-b", "applied", ""),
+        ("h2", "already_applied", "duplicate_decision"),
+    ]
+    assert sub.summary()["not_applied"] == 1
+

@@ -195,7 +195,7 @@ class NautilusExecutor(Actor):
         try:
             self._subscriber.poll(max_messages=self._poll_batch, idle_timeout_s=0.0,
                                   poll_timeout_s=0.0)
-        except Exception as err:  # a failed ack delivery: the command is re-read on restart
+        except Exception as err:  # a failed ack delivery: the subscriber reads it again
             self.log.error(f"riskguard command poll failed: {type(err).__name__}: {err}")
 
     # -- applying one verified command (the AckingExecutor's apply) ------------
