@@ -53,8 +53,10 @@ from riskguard.errors import DeliveryError
 log = logging.getLogger(__name__)
 
 ACKS_STREAM = "acks"
-DEFAULT_ACK_TTL_S = 300.0
-"""How long a signed ack stays acceptable to the guard (its ``expires_at``)."""
+DEFAULT_ACK_TTL_S = 3600.0
+"""How long a signed ack stays acceptable to the guard (its ``expires_at``): long enough
+for a guard restarted or catching up to still read it (the trust file's default
+``max_ttl_s``; an ack is not held to the per-action limits commands are)."""
 _encoder = msgspec.json.Encoder()
 _ack_decoder = msgspec.json.Decoder(ExecutionAck)
 

@@ -110,18 +110,17 @@ def test_a_stale_or_misaddressed_ack_is_refused() -> None:
     assert isinstance(wrong, DeadLetter) and wrong.reason == "ack_wrong_audience"
 
 
-def test_an_executor_key_cannot_sign_a_command() -> None:
-    sub, acks = subscriber(lambda _c: Applied(AckOutcome.APPLIED))
+def test_an_executor_key_cannot_sign_a_command(tmp_path: Path) -> None:
+    sub, acks = subscriber(lambda _c: Applied(AckOutcome.APPLIED), tmp_path)
     rej = sub.handle(signed_command(command(by="executor-1"), EXECUTOR))
     assert getattr(rej, "reason", None) == "role_not_permitted"
     assert acks == []
 
 
-def subscriber(apply, tmp: Path | None = None):  # type: ignore[no-untyped-def]
+def subscriber(apply, tmp: Path):  # type: ignore[no-untyped-def]
     acks: list[bytes] = []
     ex = AckingExecutor(apply, ack_signer(), acks.append)
-    path = (tmp or Path("/tmp")) / f"sub-{id(ex)}.sqlite"
-    path.unlink(missing_ok=True)
+    path = tmp / f"sub-{id(ex)}.sqlite"
     sub = CommandSubscriber(trust=trust(), audience=AUD, state_path=path,
                             clock=lambda: T0 + S, **ex.hooks())
     return sub, acks

@@ -185,10 +185,14 @@ class Trader(Strategy):
 
     def passed(self, iid: InstrumentId, side: OrderSide | None = None,
                seconds: range | None = None) -> list[bool]:
-        """For each market order on ``iid`` (of ``side``, sent in ``seconds``): not denied."""
-        return [cid not in self.denied for cid, (s, i, sd, kind) in self.sent.items()
-                if i == iid and kind == "market" and (side is None or sd == side)
-                and (seconds is None or s in seconds)]
+        """For each market order on ``iid`` (of ``side``, sent in ``seconds``): not denied.
+        Never empty: a window the strategy sent nothing in would make ``all`` and ``not
+        any`` hold whatever the executor did."""
+        out = [cid not in self.denied for cid, (s, i, sd, kind) in self.sent.items()
+               if i == iid and kind == "market" and (side is None or sd == side)
+               and (seconds is None or s in seconds)]
+        assert out, f"no {side} market order on {iid} in {seconds}"
+        return out
 
 
 class Feed(Actor):

@@ -377,11 +377,16 @@ def test_the_feature_step_reads_premium_bars_as_basis_and_accepts_open_interest(
     logic = FeatureLogic(FeatureConfig(), clock=lambda: 10**19)
     oi = OpenInterest(id="o", venue="b", instrument="X", ts=1, open_interest=5.0)
     premium = PremiumIndexBar(id="p", venue="b", instrument="X", ts=2, start=1, interval_ns=1,
-                              open=-0.0001, high=0.0003, low=-0.0002, close=0.0005)
+                              open=-0.0001, high=0.0006, low=-0.0002, close=0.0005)
     assert logic.on_event(oi) == []
     assert logic.on_event(premium) == []
     assert logic.s.basis_bps == pytest.approx(5.0)
     trade = Trade(id="t", venue="b", instrument="X", ts=3, price=100.0, qty=1.0, side=Side.BUY)
     logic.on_event(trade)
     assert logic.values(3)["basis_bps"] == pytest.approx(5.0)
+    # open interest after a trade moves nothing: no clock step, no vector
+    before = (logic.s.watermark, logic.s.pending, list(logic.s.evidence))
+    later = OpenInterest(id="o2", venue="b", instrument="X", ts=10**12, open_interest=6.0)
+    assert logic.on_event(later) == []
+    assert (logic.s.watermark, logic.s.pending, list(logic.s.evidence)) == before
     assert logic.s.last_trade == 100.0  # the price comes from the trade alone

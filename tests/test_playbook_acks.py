@@ -141,6 +141,17 @@ def test_the_overdue_alert_names_the_executors_still_awaited() -> None:
     assert [a.kind for a in closing] == [ACKNOWLEDGED]
 
 
+def test_an_ack_confirms_only_the_action_and_scope_it_names() -> None:
+    """An ack naming the halt's id but another scope (a key allowed only there) confirms
+    nothing; a refusal from an executor the command does not await raises nothing."""
+    logic, clock, halt = halted()
+    other = msgspec.structs.replace(ack(halt), scope=venue("binance"))
+    assert run(logic, clock, other) == []
+    assert halt.command_id in logic.state.acks.awaited
+    assert run(logic, clock, ack(halt, AckOutcome.REFUSED, by="stranger")) == []
+    assert actions(run(logic, clock, Tick(ts=31 * S))) == [("alert", "firm:*")]
+
+
 def test_another_replicas_copy_of_the_decision_confirms_it() -> None:
     """An executor acts on the first copy of a decision and drops the others: its ack
     names that copy's command id, and the decision id matches."""

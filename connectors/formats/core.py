@@ -180,12 +180,13 @@ def open_stream(path: Path | str) -> BinaryIO:
     magic = fh.read(4)
     fh.seek(0)
     if magic[:2] == _GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=fh, mode="rb")  # type: ignore[return-value]
+        fh.close()  # opened by path, the gzip stream closes its own file
+        return gzip.open(p, "rb")  # type: ignore[return-value]
     if magic == _ZIP_MAGIC:
+        fh.close()
         try:
-            archive = zipfile.ZipFile(fh)
+            archive = zipfile.ZipFile(p)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
-            fh.close()
             raise ConfigError(f"replay file {p.name}", "a readable zip archive",
                               f"{type(err).__name__}: {err}") from err
         files = [n for n in archive.namelist() if not n.endswith("/")]

@@ -408,15 +408,16 @@ class NautilusExecutor(Actor):
     def _check_modify(self, order: Order, command: ModifyOrder) -> str | None:
         market = self._market_of(order.instrument_id)
         governing = self._book.governing(market)
-        if not governing:
-            return None
-        top = governing[0]
-        by = f"riskguard {top.action} on {top.scope_label} (command {top.command_id})"
-        if top.state is TradeState.HALTED:
-            return f"{by}: trading is halted"
-        if command.quantity is not None and command.quantity > order.quantity:
-            return f"{by}: the update would increase exposure"
-        return None
+        if governing:
+            top = governing[0]
+            by = f"riskguard {top.action} on {top.scope_label} (command {top.command_id})"
+            if top.state is TradeState.HALTED:
+                return f"{by}: trading is halted"
+            if command.quantity is not None and command.quantity > order.quantity:
+                return f"{by}: the update would increase exposure"
+        # a modify must not lift a margin order past the cap a new order may not pass
+        return self._check_margin_cap(order, quantity=command.quantity,
+                                      price=command.price or command.trigger_price)
 
     def _reduces(self, order: Order) -> bool:
         """True if ``order`` only reduces the net position (from flat nothing reduces)."""
@@ -428,22 +429,25 @@ class NautilusExecutor(Actor):
             return order.side == OrderSide.BUY and qty <= -net
         return False
 
-    def _check_margin_cap(self, order: Order) -> str | None:
+    def _check_margin_cap(self, order: Order, *, quantity: Any = None,
+                          price: Any = None) -> str | None:
         """The capped max notional for margin accounts, which NautilusTrader 1.221's
-        RiskEngine does not check (it returns before the check for a margin account)."""
+        RiskEngine does not check (it returns before the check for a margin account);
+        ``quantity`` and ``price`` are a modify's new values, where it changes them."""
         cap = self._risk.max_notional_per_order(order.instrument_id)
         account = self.cache.account_for_venue(order.instrument_id.venue)
         instrument = self.cache.instrument(order.instrument_id)
         if cap is None or account is None or not account.is_margin_account or instrument is None:
             return None
-        price = (order.price if order.has_price else
-                 order.trigger_price if order.has_trigger_price else None)
+        if price is None:
+            price = (order.price if order.has_price else
+                     order.trigger_price if order.has_trigger_price else None)
         if price is None:
             quote = self.cache.quote_tick(order.instrument_id)
             if quote is None:
                 return None
             price = quote.ask_price if order.side == OrderSide.BUY else quote.bid_price
-        notional = instrument.notional_value(order.quantity, price).as_decimal()
+        notional = instrument.notional_value(quantity or order.quantity, price).as_decimal()
         if notional > cap:
             return (f"riskguard reduce_limits: NOTIONAL_EXCEEDS_MAX_PER_ORDER on a margin "
                     f"account: max_notional={cap}, notional={notional}")

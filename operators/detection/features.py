@@ -326,6 +326,8 @@ class FeatureLogic:
                            iv_hist=deque(s.iv_hist))
 
     def on_event(self, rec: Any) -> list[FeatureVector | DeadLetter]:
+        if rec.__class__ is OpenInterest:
+            return []  # accepted, no feature from it: it moves no clock and emits nothing
         bad = self._reject(rec)
         if bad is not None:
             return [bad]
@@ -488,8 +490,6 @@ class FeatureLogic:
             if not s.key:
                 s.key = f"{rec.venue}/{rec.instrument}"
             s.basis_bps = rec.close * 1e4
-        elif t is OpenInterest:
-            pass  # read and accepted; no feature is derived from it yet
         elif t is OptionQuote:
             s.kind = "option"
             if not s.key:

@@ -57,7 +57,6 @@ UNACKNOWLEDGED = "command_unacknowledged"
 ACKNOWLEDGED = "command_acknowledged"
 REFUSED = "command_refused"
 _CONFIRMS = frozenset({AckOutcome.APPLIED, AckOutcome.ALREADY_APPLIED})
-_MAX_SETTLED = 4096  # confirmed commands remembered, so a late duplicate ack is recognised
 
 
 class AckConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -99,14 +98,13 @@ class AckState:
     """What the tracker remembers (part of the playbook's snapshot)."""
 
     awaited: dict[str, Awaited] = field(default_factory=dict)
-    settled: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 
     def copy(self) -> AckState:
         return AckState(
             awaited={k: Awaited(a.command_id, a.decision_id, a.action, a.scope, a.due,
                                 list(a.waiting), a.raised) for k, a in self.awaited.items()},
-            settled=list(self.settled), counts=dict(self.counts))
+            counts=dict(self.counts))
 
 
 class AckTracker:
@@ -140,6 +138,10 @@ class AckTracker:
         key = ack.command_id if ack.command_id in self.state.awaited else (
             self._by_decision.get(ack.decision_id or ""))
         item = self.state.awaited.get(key or "")
+        if item is not None and (ack.action is not item.action or ack.scope != item.scope):
+            # an ack speaks for the action and scope it names (the trust file checked the
+            # executor may act there): it confirms no other command
+            item = None
         if item is None:
             if ack.outcome in _CONFIRMS:
                 return []  # confirms nothing awaited, or a late repeat
@@ -154,8 +156,8 @@ class AckTracker:
                 return []
             return self._settle(item, now, ack)
         why = f"{ack.issuer} {ack.outcome.value} it: {ack.reason}"
-        if item.raised:
-            return []
+        if item.raised or ack.issuer not in item.waiting:
+            return []  # raised already, or from an executor this command does not await
         item.raised = ack.outcome.value
         return [self._alert(UNACKNOWLEDGED, Severity.CRITICAL, item.scope, now,
                             item.command_id, f"{item.action.value} on {item.scope.label()} "
@@ -183,10 +185,6 @@ class AckTracker:
         del self.state.awaited[item.command_id]
         if item.decision_id:
             self._by_decision.pop(item.decision_id, None)
-        settled = self.state.settled
-        settled.append(item.command_id)
-        if len(settled) > _MAX_SETTLED:
-            del settled[: _MAX_SETTLED // 2]
         if not item.raised:
             return []
         # close the scope's alert once nothing on it is still unconfirmed

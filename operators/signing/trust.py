@@ -671,7 +671,8 @@ class TrustStore:
                    f"expected env={audience.env!r} topic={audience.topic!r}; got "
                    f"env={msg.audience.env!r} topic={msg.audience.topic!r}")
         check_freshness(msg.issued_at, msg.expires_at, now_ns, leeway_ns)
-        max_ttl = self.doc.max_ttl_for(action)
+        max_ttl = (self.doc.default_max_ttl_ns if isinstance(msg, ExecutionAck)
+                   else self.doc.max_ttl_for(action))
         if msg.expires_at - msg.issued_at > max_ttl:
             raise rejection(Reason.TTL_TOO_LONG,
                    f"{action} lives {(msg.expires_at - msg.issued_at) / NS_PER_S:.0f} s; "
