@@ -501,23 +501,6 @@ def name(cell: bytes, column: str) -> str:
     return text
 
 
-def epoch_ns(value: int, column: str) -> int:
-    """Epoch seconds, ms, µs or ns, told apart by magnitude, in ns."""
-    if value < 0:
-        raise RowError(f"{column} {value} is negative", path=f"$.{column}",
-                       expected="a time since the epoch", found=str(value))
-    if value < 10**11:
-        return value * 1_000_000_000
-    if value < 10**14:
-        return value * MS_NS
-    if value < 10**17:
-        return value * US_NS
-    if value > 2**63 - 1:
-        raise RowError(f"{column} {value} is out of range", path=f"$.{column}",
-                       expected="a time since the epoch", found=str(value))
-    return value
-
-
 _DATETIME = re.compile(rb"\s*(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?Z?\s*")
 
 

@@ -156,6 +156,11 @@ class _Parser(RowParser):
         self.ex_i, self.sym_i = self.ix["exchange"], self.ix["symbol"]
         self.ts_i, self.local_i = self.ix["timestamp"], self.ix["local_timestamp"]
 
+    def _get(self, c: list[bytes], column: str) -> float | None:
+        """An optional column's number (None where the file has no such column)."""
+        i = self.ix.get(column)
+        return None if i is None or i >= len(c) else optional(c[i], column)
+
     def head(self, line: bytes) -> tuple[list[bytes], str, str, int, int]:
         """``(cells, venue, instrument, ts, recv_ts)``."""
         c = line.split(b",")
@@ -264,10 +269,6 @@ class DerivativeTickerParser(_Parser):
     columns = COLUMNS["derivative_ticker"]
     required = ("funding_rate", "open_interest", "index_price", "mark_price")
 
-    def _get(self, c: list[bytes], column: str) -> float | None:
-        i = self.ix.get(column)
-        return None if i is None or i >= len(c) else optional(c[i], column)
-
     def row(self, line: bytes, line_no: int, offset: int) -> Any:
         c, venue, instrument, ts, recv = self.head(line)
         out: list[Any] = []
@@ -311,10 +312,6 @@ class OptionsChainParser(_Parser):
         super().__init__(header, source)
         self.coin_priced = coin_priced
         self.iv_scale = 0.01 if iv_percent else 1.0
-
-    def _get(self, c: list[bytes], column: str) -> float | None:
-        i = self.ix.get(column)
-        return None if i is None or i >= len(c) else optional(c[i], column)
 
     def _or_zero(self, c: list[bytes], column: str) -> float:
         value = self._get(c, column)
