@@ -21,7 +21,8 @@ and an exception the executor raised) is acknowledged.
 >>> acks = []
 >>> ex = AckingExecutor(lambda c: Applied(AckOutcome.APPLIED, detail={"venue": "okx"}),
 ...                     AckSigner(signer, env="dev", clock=lambda: 100), acks.append)
->>> ex.on_command(cmd)
+>>> ex.on_command(cmd).outcome.value
+'applied'
 >>> ack = verify_ack_bytes(acks[0], signer.public_key)
 >>> (ack.ack_id, ack.outcome.value, ack.action.value, ack.detail)
 ('exec-1:c1', 'applied', 'halt_trading', {'venue': 'okx'})
