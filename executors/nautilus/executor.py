@@ -393,12 +393,17 @@ class NautilusExecutor(Actor):
 
     # -- the per-order check the gate asks -------------------------------------
 
+    def _governing(self, order: Order) -> tuple[Hold | None, str]:
+        """The hold that governs ``order``'s market, and how a denial names it."""
+        governing = self._book.governing(self._market_of(order.instrument_id))
+        if not governing:
+            return None, ""
+        top = governing[0]
+        return top, f"riskguard {top.action} on {top.scope_label} (command {top.command_id})"
+
     def _check_order(self, order: Order) -> str | None:
-        market = self._market_of(order.instrument_id)
-        governing = self._book.governing(market)
-        if governing:
-            top = governing[0]
-            by = f"riskguard {top.action} on {top.scope_label} (command {top.command_id})"
+        top, by = self._governing(order)
+        if top is not None:
             if top.state is TradeState.HALTED:
                 return f"{by}: trading is halted"
             if top.state is TradeState.REDUCING and not self._reduces(order):
@@ -406,11 +411,8 @@ class NautilusExecutor(Actor):
         return self._check_margin_cap(order)
 
     def _check_modify(self, order: Order, command: ModifyOrder) -> str | None:
-        market = self._market_of(order.instrument_id)
-        governing = self._book.governing(market)
-        if governing:
-            top = governing[0]
-            by = f"riskguard {top.action} on {top.scope_label} (command {top.command_id})"
+        top, by = self._governing(order)
+        if top is not None:
             if top.state is TradeState.HALTED:
                 return f"{by}: trading is halted"
             if command.quantity is not None and command.quantity > order.quantity:
