@@ -171,6 +171,10 @@ def test_run_prints_a_start_line_status_lines_and_a_summary(
 @pytest.mark.slow
 def test_run_interrupted_prints_its_summary_and_exits_130(prepared: PreparedRun) -> None:
     """Ctrl-C ends the run with a summary line, not a traceback."""
+    text = prepared.config.read_text()
+    assert "idle_eof_s = 4.0" in text
+    # the run must still be going when the signal lands: no idle end in the meantime
+    prepared.config.write_text(text.replace("idle_eof_s = 4.0", "idle_eof_s = 600.0"))
     proc = subprocess.Popen(
         [*CLI, "run", "--config", str(prepared.config), "--status-every", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())

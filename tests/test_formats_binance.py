@@ -294,6 +294,29 @@ def test_a_zip_of_several_files_or_a_broken_one_is_a_config_error(tmp_path: Path
         read(bad)
 
 
+def test_a_zip_of_a_version_or_encryption_zipfile_cannot_read_is_a_config_error(
+        tmp_path: Path) -> None:
+    """zipfile raises NotImplementedError (a newer zip version) and RuntimeError (an
+    encrypted member) outside its own error class: both are refusals, not crashes."""
+    plain = tmp_path / "plain.zip"
+    with zipfile.ZipFile(plain, "w") as z:
+        z.writestr("BTCUSDT-1m-2024-01-01.csv", "1,2,3\n")
+    raw = bytearray(plain.read_bytes())
+    central = raw.index(b"PK\x01\x02")
+    newer = bytearray(raw)
+    newer[central + 6] = 235  # "version needed to extract": 23.5
+    (tmp_path / "BTCUSDT-1m-2024-01-02.zip").write_bytes(newer)
+    with pytest.raises(ConfigError, match="zip"):
+        read(tmp_path / "BTCUSDT-1m-2024-01-02.zip")
+    locked = bytearray(raw)
+    local = raw.index(b"PK\x03\x04")
+    locked[local + 6] |= 1  # general-purpose flag bit 0: encrypted
+    locked[central + 8] |= 1
+    (tmp_path / "BTCUSDT-1m-2024-01-03.zip").write_bytes(locked)
+    with pytest.raises(ConfigError, match="zip"):
+        read(tmp_path / "BTCUSDT-1m-2024-01-03.zip")
+
+
 def test_a_truncated_gzip_keeps_what_was_read_and_ends_with_a_dead_letter(tmp_path: Path) -> None:
     text = "".join(f"{i},100,0.5,50,{T + i},false,true\n" for i in range(2000))
     gz = tmp_path / "BTCUSDT-trades-2024-01-01.csv.gz"

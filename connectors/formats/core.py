@@ -186,7 +186,7 @@ def open_stream(path: Path | str) -> BinaryIO:
         fh.close()
         try:
             archive = zipfile.ZipFile(p)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as err:
             raise ConfigError(f"replay file {p.name}", "a readable zip archive",
                               f"{type(err).__name__}: {err}") from err
         files = [n for n in archive.namelist() if not n.endswith("/")]
@@ -197,7 +197,8 @@ def open_stream(path: Path | str) -> BinaryIO:
             raise ConfigError(f"replay file {p.name}", "a zip holding one CSV file", files)
         try:
             member = archive.open(pick[0])
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as err:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError,
+                RuntimeError) as err:  # RuntimeError: an encrypted member
             archive.close()
             raise ConfigError(f"replay file {p.name}", "a readable zip member",
                               f"{type(err).__name__}: {err}") from err
@@ -217,7 +218,7 @@ def first_line(path: Path | str, limit: int = 65536) -> bytes:
     with open_stream(path) as fh:
         try:
             head = fh.read(limit)
-        except (OSError, EOFError, zlib.error, zipfile.BadZipFile):
+        except (OSError, EOFError, zlib.error, zipfile.BadZipFile, NotImplementedError):
             return b""  # the reader reports the stream itself
     return head.split(b"\n", 1)[0].rstrip(b"\r").removeprefix(b"\xef\xbb\xbf")
 
@@ -297,7 +298,8 @@ class FileReader:
         while not self._refused:
             try:
                 chunk = read(CHUNK)
-            except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as err:
+            except (OSError, EOFError, zlib.error, zipfile.BadZipFile,
+                    NotImplementedError) as err:
                 # a corrupt compressed stream: what was read stands, the rest is one
                 # dead letter, and the file ends here
                 yield line_no + 1, pos, self.dead_letter(
