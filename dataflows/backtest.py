@@ -39,7 +39,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSink, TestingSource, run_main
 from riskguard.connectors.replay import ReplayFile, replay_input
 from riskguard.dataflows.guard import GuardConfig, guard_core, load_guard_config, load_keys
-from riskguard.operators.core.clock import ManualClock
+from riskguard.operators.core.clock import ManualClock, step_event_time
 from riskguard.operators.signing import decode_command
 from riskguard.operators.signing.crypto import Signer
 from riskguard.operators.signing.trust import TrustStore
@@ -62,7 +62,12 @@ NS = 1_000_000_000
 
 
 class EventClock(ManualClock):
-    """Processing clock of a backtest: the largest event time seen so far."""
+    """Processing clock of a backtest: the largest event time seen so far (by the step
+    reading it, where the engine says: :data:`~riskguard.operators.core.clock.step_event_time`)."""
+
+    def __call__(self) -> int:
+        local = step_event_time.get()
+        return self.now_ns if local is None else local
 
     def observe(self, rec: Any) -> Any:
         """Map step: advance to ``rec.ts`` (never backwards) and pass the record on."""
@@ -300,6 +305,84 @@ def span_batches(records: Iterable[Any], batch_size: int, span_ns: int) -> list[
     return out
 
 
+def _one_input(files: Sequence[ReplayFile], records: Sequence[Any] | None) -> None:
+    if (records is None) == (not files):
+        raise ConfigError("backtest.input", "either files or records (exactly one)",
+                          "both" if files else "neither")
+
+
+class _DiscardPartition(StatelessSinkPartition[Any]):
+    def write_batch(self, items: list[Any]) -> None:
+        pass
+
+
+class _Discard(DynamicSink[Any]):
+    """An output nobody asked for."""
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _DiscardPartition:
+        return _DiscardPartition()
+
+
+OUTPUTS = ("commands", "signals", "utilization", "audit", "dead_letters")
+"""A backtest flow's outputs: each an output step of that name (its JSONL file is
+``<name>.jsonl``)."""
+
+
+def backtest_flow(
+    cfg: GuardConfig,
+    cfg_hash: str,
+    *,
+    signer: Signer,
+    trust: TrustStore,
+    files: Sequence[ReplayFile] = (),
+    records: Sequence[Any] | None = None,
+    batch_size: int = 100,
+    sinks: dict[str, DynamicSink[Any]] | None = None,
+    progress: Callable[[Any], Any] | None = None,
+    tap: Callable[[Any], Any] | None = None,
+    on_audit: Callable[[Any], Any] | None = None,
+    out_dir: str | Path | None = None,
+) -> Dataflow:
+    """The backtest's dataflow, for either engine: the input step ``in`` (``records`` cut
+    into batches that never span two ticks, or ``files`` replayed in event time), the
+    event clock, the guard core, and an output step per name in :data:`OUTPUTS` (its sink
+    from ``sinks``; one not given is discarded). On Flink the input step is replaced by a
+    Flink source (:mod:`riskguard.flink`)."""
+    _one_input(files, records)
+    clock = EventClock()
+    flow = Dataflow("riskguard_backtest")
+    if records is not None:
+        src = op.flat_map("unbatch", op.input("in", flow, TestingSource(
+            span_batches(records, batch_size, cfg.tick_ns))), lambda batch: batch)
+        inputs = src
+        errs_in: Any = None
+    else:
+        split = replay_input("in", flow, files=list(files), batch_size=batch_size,
+                             batch_span_ns=cfg.tick_ns)
+        inputs, errs_in = split.oks, split.errs
+    if progress is not None:
+        op.inspect("progress", inputs, lambda _s, rec: progress(rec))
+    clocked = op.map("clock", inputs, clock.observe)
+    if tap is not None:
+        clocked = op.map("tap", clocked, tap)
+    out = guard_core("guard", clocked, cfg=cfg, cfg_hash=cfg_hash, clock=clock,
+                     signer=signer, trust=trust, input_errs=errs_in)
+    utils = op.filter("utils", out.exposures, lambda r: isinstance(r, Utilization))
+    streams = {"commands": out.commands, "signals": out.signals, "utilization": utils,
+               "audit": out.audit, "dead_letters": out.dead_letters}
+    given = sinks or {}
+    for name in OUTPUTS:
+        op.output(name, streams[name], given.get(name) or _Discard())
+    if out_dir is not None:
+        d = Path(out_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        for name in OUTPUTS:
+            op.output(f"{name}_jsonl", streams[name], JsonlSink(d / f"{name}.jsonl"))
+    if on_audit is not None:
+        op.inspect("audit_count", out.audit, lambda _s, x: on_audit(x))
+    return flow
+
+
 def run_backtest(
     cfg: GuardConfig,
     cfg_hash: str,
@@ -324,30 +407,10 @@ def run_backtest(
     one tick ahead of any record, and the commands do not depend on the batch
     size. ``progress`` is called with each input record as it enters (a CLI's bar).
     """
-    if (records is None) == (not files):
-        raise ConfigError("backtest.input", "either files or records (exactly one)",
-                          "both" if files else "neither")
+    _one_input(files, records)
     if signer is None or trust is None:
         signer, trust = load_keys(cfg)
     res = BacktestResult()
-    clock = EventClock()
-    flow = Dataflow("riskguard_backtest")
-    if records is not None:
-        src = op.flat_map("unbatch", op.input("in", flow, TestingSource(
-            span_batches(records, batch_size, cfg.tick_ns))), lambda batch: batch)
-        inputs = src
-        errs_in: Any = None
-    else:
-        split = replay_input("in", flow, files=list(files), batch_size=batch_size,
-                             batch_span_ns=cfg.tick_ns)
-        inputs, errs_in = split.oks, split.errs
-    if progress is not None:
-        op.inspect("progress", inputs, lambda _s, rec: progress(rec))
-    tapped = op.map("tap", op.map("clock", inputs, clock.observe),
-                    _Tap(res, price_every_ns))
-    out = guard_core("guard", tapped, cfg=cfg, cfg_hash=cfg_hash, clock=clock, signer=signer,
-                     trust=trust, input_errs=errs_in)
-    dead = out.dead_letters
     envs: list[Any] = []
     sigs: list[Any] = []
     exps: list[Any] = []
@@ -357,20 +420,12 @@ def run_backtest(
     def count(_x: Any) -> None:
         audit_n[0] += 1
 
-    op.output("commands_mem", out.commands, TestingSink(envs))
-    op.output("signals_mem", out.signals, TestingSink(sigs))
-    utils = op.filter("utils", out.exposures, lambda r: isinstance(r, Utilization))
-    op.output("util_mem", utils, TestingSink(exps))
-    op.output("dead_mem", dead, TestingSink(deads))
-    op.inspect("audit_count", out.audit, lambda _s, x: count(x))
-    if out_dir is not None:
-        d = Path(out_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        op.output("commands", out.commands, JsonlSink(d / "commands.jsonl"))
-        op.output("signals", out.signals, JsonlSink(d / "signals.jsonl"))
-        op.output("utilization", utils, JsonlSink(d / "utilization.jsonl"))
-        op.output("audit", out.audit, JsonlSink(d / "audit.jsonl"))
-        op.output("dead_letters", dead, JsonlSink(d / "dead_letters.jsonl"))
+    flow = backtest_flow(
+        cfg, cfg_hash, signer=signer, trust=trust, files=files, records=records,
+        batch_size=batch_size, progress=progress, tap=_Tap(res, price_every_ns),
+        sinks={"commands": TestingSink(envs), "signals": TestingSink(sigs),
+               "utilization": TestingSink(exps), "dead_letters": TestingSink(deads)},
+        on_audit=count, out_dir=out_dir)
     t0 = time.perf_counter()
     run_main(flow)
     res.wall_s = time.perf_counter() - t0

@@ -96,6 +96,12 @@ class _Shim(StatefulBatchLogic[Any, Any, Any]):
         self._eof = getattr(logic, "on_eof", None)
         self._deadline = getattr(logic, "next_deadline_ns", None)
 
+    @property
+    def order(self) -> Callable[[Any], Any] | None:
+        """The key a batch is sorted by before the logic sees it (an engine that runs
+        records one at a time orders them by it itself)."""
+        return self._order
+
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         if self._order is not None and len(values) > 1:
             values.sort(key=self._order)  # stable: equal keys keep their arrival order

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 import msgspec
@@ -27,6 +28,18 @@ NS_PER_MS = 1_000_000
 def system_clock() -> int:
     """Wall-clock time in ns; pass it in at the edge of the system only."""
     return time.time_ns()
+
+
+step_event_time: ContextVar[int | None] = ContextVar("step_event_time", default=None)
+"""The latest event time the step now running has seen, where an engine runs each step
+on its own schedule (Flink): a backtest's event clock reads it rather than the time
+the source has reached, which on such an engine can be far ahead of the step.
+
+>>> token = step_event_time.set(5)
+>>> step_event_time.get()
+5
+>>> step_event_time.reset(token)
+"""
 
 
 class ManualClock:

@@ -1,0 +1,170 @@
+"""riskguard on Apache Flink: the flow bytewax runs, laid out as a Flink job.
+
+The graph tests run here; the job tests run real Flink mini-clusters in the Flink
+environment (:mod:`flink_env`) and compare with bytewax on the same input."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import bytewax.operators as op
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, TestingSource
+from flink_env import flink_command, java_missing
+from riskguard.dataflows.backtest import run_backtest
+from riskguard.dataflows.demo import init_keys, write_config
+from riskguard.dataflows.demo_scenario import build_scenario
+from riskguard.dataflows.guard import load_guard_config
+from riskguard.flink import FlowRef, core_steps
+from riskguard.flink.backtest import read_records
+from riskguard.operators.core.clock import step_event_time
+from riskguard.operators.signing import decode_command
+from riskguard.schemas import encode
+
+from riskguard.errors import ConfigError
+
+START_NS = 1_795_500_000 * 10**9
+
+
+def _flow() -> Dataflow:
+    flow = Dataflow("t")
+    nums = op.input("in", flow, TestingSource([1, 2, 3]))
+    halves = op.branch("even", nums, lambda x: x % 2 == 0)
+    both = op.merge("both", halves.trues, halves.falses)
+    keyed = op.key_on("key", both, str)
+    counted = op.stateful_map("count", keyed, lambda s, x: ((s or 0) + 1, x))
+    op.output("out", counted, TestingSink([]))
+    return flow
+
+
+def test_a_flow_is_its_core_steps_in_build_order_each_naming_its_streams() -> None:
+    steps = core_steps(_flow())
+    kinds = [s.kind for s in steps]
+    assert kinds[0] == "input" and kinds[-1] == "output"
+    assert set(kinds) == {"input", "branch", "merge", "flat_map_batch", "stateful_batch",
+                          "output"}
+    made: set[str] = set()
+    for s in steps:  # every stream a step reads was made by a step before it
+        assert set(s.ups) <= made, s
+        made.update(s.downs.values())
+    merge = next(s for s in steps if s.kind == "merge")
+    branch = next(s for s in steps if s.kind == "branch")
+    assert merge.ups == (branch.downs["trues"], branch.downs["falses"])
+    assert steps[0].name == "in" and steps[-1].name == "out"
+
+
+def test_a_flow_reference_builds_once_per_process_and_refuses_what_is_not_a_flow() -> None:
+    ref = FlowRef("riskguard.flink.graph:_doc_flow")
+    assert ref.steps() is ref.steps()
+    with pytest.raises(ConfigError, match="module:function"):
+        FlowRef("no_colon").build()
+    with pytest.raises(ConfigError, match="to return a Dataflow"):
+        FlowRef("os.path:join", ("a",)).build()
+
+
+def test_the_backtest_clock_reads_the_time_the_running_step_has_reached() -> None:
+    from riskguard.dataflows.backtest import EventClock
+
+    clock = EventClock()
+    clock.set(50)
+    assert clock() == 50
+    token = step_event_time.set(20)
+    try:
+        assert clock() == 20
+    finally:
+        step_event_time.reset(token)
+    assert clock() == 50
+
+
+# -- jobs on a Flink mini-cluster -------------------------------------------------------
+
+
+def _signal_identity(sig: Any) -> tuple[Any, ...]:
+    """What a signal says happened: its id (from its evidence), type, kind, scope, time
+    and severity; not the detail of which of two same-time records it quotes."""
+    return (sig.id, type(sig).__name__, sig.kind, getattr(sig, "scope", None),
+            getattr(sig, "key", None), sig.ts, sig.severity)
+
+
+def _command_identity(cmd: Any) -> tuple[Any, ...]:
+    return (cmd.decision_id, cmd.action.value, cmd.scope, sorted(cmd.params.items()))
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    work = tmp_path_factory.mktemp("flink-scenario")
+    keys = init_keys(work)
+    config = write_config(work, "127.0.0.1:9", keys, f"f{uuid.uuid4().hex[:6]}")
+    records = work / "records.jsonl"
+    records.write_bytes(b"".join(encode(r) + b"\n" for r in build_scenario(START_NS).events))
+    return {"config": config, "records": records, "work": work}
+
+
+def _flink_backtest(scenario: dict[str, Path], parallelism: int) -> dict[str, list[Any]]:
+    work = scenario["work"] / f"p{parallelism}"
+    cmd, env = flink_command(work)
+    out = work / "out"
+    r = subprocess.run(
+        [*cmd, "-m", "riskguard.flink.backtest", "--config", str(scenario["config"]),
+         "--records", str(scenario["records"]), "--parallelism", str(parallelism),
+         "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=600, check=False, cwd=work)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return {name: read_records(out / f"{name}.jsonl")
+            for name in ("commands", "signals", "audit", "dead_letters")}
+
+
+@pytest.mark.slow
+def test_the_guard_on_flink_gives_bytewaxs_commands_and_signals_at_parallelism_1_and_2(
+        scenario: dict[str, Path]) -> None:
+    """The bundled demo scenario through the backtest flow: bytewax in this process,
+    Flink at parallelism 1 and 2 (both jobs at once). The same commands (decision,
+    action, scope, params) and the same signals, and no dead letter."""
+    if reason := java_missing():
+        pytest.skip(reason)
+    cfg, digest = load_guard_config(scenario["config"])
+    want = run_backtest(cfg, digest, records=read_records(scenario["records"]))
+    assert len(want.commands) >= 10 and want.signals  # the scenario's incidents
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda p: _flink_backtest(scenario, p), (1, 2)))
+    for par, got in zip((1, 2), runs, strict=True):
+        commands = [decode_command(e) for e in got["commands"]]
+        assert sorted(map(_command_identity, commands)) == sorted(
+            map(_command_identity, want.commands)), par
+        assert sorted(map(_signal_identity, got["signals"])) == sorted(
+            map(_signal_identity, want.signals)), par
+        assert got["dead_letters"] == []
+        assert len(got["audit"]) == want.n_audit, par
+
+
+HELD_CHECK = """
+import pickle
+from riskguard.flink.functions import Held
+
+class Counter:
+    n = 0
+    def snapshot(self):
+        return self.n
+
+logic = Counter()
+held = Held(logic, pending=[(1, 1_000_000, "r")])
+logic.n = 3  # after the update, before Flink writes the state
+back = pickle.loads(pickle.dumps(held))
+assert (back.logic, back.snapshot, back.pending) == (None, 3, [(1, 1_000_000, "r")])
+print("ok")
+"""
+
+
+def test_a_held_logic_pickles_as_its_snapshot_and_the_records_it_holds(
+        tmp_path: Path) -> None:
+    """What Flink state stores for a key: the logic's snapshot at the time Flink writes
+    it (not when the record arrived), and the records still held for the watermark."""
+    cmd, env = flink_command(tmp_path)
+    r = subprocess.run([*cmd, "-c", HELD_CHECK], capture_output=True, text=True, env=env,
+                       timeout=300, check=False, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
