@@ -316,8 +316,9 @@ class _DiscardPartition(StatelessSinkPartition[Any]):
         pass
 
 
-class _Discard(DynamicSink[Any]):
-    """An output nobody asked for."""
+class DiscardSink(DynamicSink[Any]):
+    """An output step's sink that keeps nothing (an output nobody asked for, or one an
+    engine adapter replaces)."""
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _DiscardPartition:
         return _DiscardPartition()
@@ -372,7 +373,7 @@ def backtest_flow(
                "audit": out.audit, "dead_letters": out.dead_letters}
     given = sinks or {}
     for name in OUTPUTS:
-        op.output(name, streams[name], given.get(name) or _Discard())
+        op.output(name, streams[name], given.get(name) or DiscardSink())
     if out_dir is not None:
         d = Path(out_dir)
         d.mkdir(parents=True, exist_ok=True)

@@ -132,14 +132,15 @@ class Held:
     pickled, the logic's snapshot (taken then) and those records; unpickled, the
     snapshot the builder resumes from."""
 
-    __slots__ = ("logic", "pending", "snapshot", "timer_ms")
+    __slots__ = ("hold_ms", "logic", "pending", "snapshot", "timer_ms")
 
     def __init__(self, logic: Any, snapshot: Any = None,
                  pending: Pending | None = None) -> None:
         self.logic = logic
         self.snapshot = snapshot
         self.pending = pending or []
-        self.timer_ms: int | None = None
+        self.timer_ms: int | None = None  # the logic's own deadline's timer
+        self.hold_ms: int | None = None  # when the records held now go, watermark or not
 
     def __reduce__(self) -> tuple[Any, tuple[Any, Pending]]:
         snap = self.logic.snapshot() if self.logic is not None else self.snapshot
@@ -153,8 +154,13 @@ class StatefulBatch(_StepFunction, KeyedProcessFunction):
     everything held up to there as one batch, in time order (a logic with an ``order``
     sorts it again by that): every step sees its records in event-time order whatever
     order the streams merged into it arrived in, and no path runs ahead of another.
-    Without timestamps a record goes at once.
+    Without timestamps a record goes at once. With ``max_hold_ms`` (live runs), no
+    record waits longer than that in processing time: a quiet input moves no watermark.
     """
+
+    def __init__(self, ref: FlowRef, step_id: str, max_hold_ms: int | None = None) -> None:
+        super().__init__(ref, step_id)
+        self.max_hold_ms = max_hold_ms
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.builder = self._op().builder
@@ -205,7 +211,11 @@ class StatefulBatch(_StepFunction, KeyedProcessFunction):
         if at_ms is not None:
             ns = _event_ts(value[1])
             held.pending.append((at_ms, at_ms * 1_000_000 if ns is None else ns, value[1]))
-            ctx.timer_service().register_event_time_timer(at_ms)
+            timers = ctx.timer_service()
+            timers.register_event_time_timer(at_ms)
+            if self.max_hold_ms is not None and held.hold_ms is None:
+                held.hold_ms = timers.current_processing_time() + self.max_hold_ms
+                timers.register_processing_time_timer(held.hold_ms)
             self.state.update(held)
             return
         outs, discard = self._feed(held, [value[1]], value)
@@ -232,10 +242,16 @@ class StatefulBatch(_StepFunction, KeyedProcessFunction):
                 more, discard = self._run(lambda: _listed(held.logic.on_eof()))
                 outs.extend(more)
         else:
-            held.timer_ms = None
+            outs, discard = [], False
+            if held.hold_ms is not None and timestamp >= held.hold_ms:
+                held.hold_ms = None
+                ready = self._release(held, EOF_TIMER_MS)
+                if ready:
+                    outs, discard = self._feed(held, ready, ready)
             at = held.logic.notify_at()
-            if at is None or at > datetime.now(UTC):
-                yield from self._after(key, held, (), False, ctx)
-                return
-            outs, discard = self._run(lambda: _listed(held.logic.on_notify()))
+            if (held.timer_ms is not None and timestamp >= held.timer_ms and not discard
+                    and at is not None and at <= datetime.now(UTC)):
+                held.timer_ms = None
+                more, discard = self._run(lambda: _listed(held.logic.on_notify()))
+                outs.extend(more)
         yield from self._after(key, held, outs, discard, ctx)

@@ -37,11 +37,11 @@ def _parallelism(streams: list[DataStream | None]) -> int:
 
 
 def _lay(step: CoreStep, ref: FlowRef, ups: list[DataStream | None],
-         ) -> dict[str, DataStream | None]:
+         max_hold_ms: int | None) -> dict[str, DataStream | None]:
     """The Flink streams one core step makes, by its output port name. A stateless step
     runs at its input's parallelism (chained to it, records in order, as a bytewax
     worker maps what it holds); only keyed steps and ``redistribute`` move records."""
-    out = _lay_step(step, ref, ups)
+    out = _lay_step(step, ref, ups, max_hold_ms)
     if step.kind not in ("stateful_batch", "redistribute", "merge"):
         par = _parallelism(ups)
         for s in out.values():
@@ -51,7 +51,7 @@ def _lay(step: CoreStep, ref: FlowRef, ups: list[DataStream | None],
 
 
 def _lay_step(step: CoreStep, ref: FlowRef, ups: list[DataStream | None],
-              ) -> dict[str, DataStream | None]:
+              max_hold_ms: int | None) -> dict[str, DataStream | None]:
     up = ups[0] if ups else None
     sid = step.step_id
     if step.kind == "merge":
@@ -69,17 +69,23 @@ def _lay_step(step: CoreStep, ref: FlowRef, ups: list[DataStream | None],
         return {"down": up.map(Inspect(ref, sid), output_type=PICKLED).name(sid)}
     if step.kind == "stateful_batch":
         keyed = up.key_by(_key, key_type=Types.STRING())
-        return {"down": keyed.process(StatefulBatch(ref, sid), output_type=PICKLED).name(sid)}
+        return {"down": keyed.process(StatefulBatch(ref, sid, max_hold_ms),
+                                      output_type=PICKLED).name(sid)}
     raise ConfigError(f"step {sid!r}", "a core step the Flink adapter runs", step.kind)
 
 
-def to_flink(ref: FlowRef, inputs: dict[str, DataStream]) -> dict[str, DataStream]:
+def to_flink(ref: FlowRef, inputs: dict[str, DataStream], *,
+             watermarks: dict[str, Any] | None = None,
+             max_hold_ms: int | None = None) -> dict[str, DataStream]:
     """Lay the flow ``ref`` builds onto the environment of ``inputs``.
 
     ``inputs`` maps each input step's name (``op.input("in", ...)`` is ``"in"``) to the
     Flink stream that replaces it; an input step not given is refused by name. Returns
     each output step's name mapped to the stream it would write (an output fed by
-    nothing is left out)."""
+    nothing is left out). ``watermarks`` maps a core step's id to the watermark strategy
+    assigned to its output (where records first carry event time; keyed steps hold
+    records for the watermark). ``max_hold_ms``: the longest a keyed step holds a record
+    in processing time (live runs; a backtest holds for the watermark alone)."""
     streams: dict[str, DataStream | None] = {}
     outputs: dict[str, DataStream] = {}
     steps = list(ref.steps().values())
@@ -99,6 +105,9 @@ def to_flink(ref: FlowRef, inputs: dict[str, DataStream]) -> dict[str, DataStrea
             if ups[0] is not None:
                 outputs[step.name] = ups[0]
             continue
-        for port, stream in _lay(step, ref, ups).items():
-            streams[step.downs[port]] = stream
+        strategy = (watermarks or {}).get(step.step_id)
+        for port, made in _lay(step, ref, ups, max_hold_ms).items():
+            if strategy is not None and made is not None:
+                made = made.assign_timestamps_and_watermarks(strategy)  # noqa: PLW2901
+            streams[step.downs[port]] = made
     return outputs
