@@ -155,6 +155,18 @@ def test_signing_key_secret_is_mounted_read_only_with_mode_0400_and_carries_no_k
     assert ".pem" not in dockerfile.replace("README.md", "")
 
 
+def test_the_image_copies_every_package_folder_pyproject_installs() -> None:
+    """``pip install .`` in the image builds every package-dir folder: one left out of the
+    COPY lines fails the build."""
+    import tomllib  # noqa: PLC0415
+
+    dirs = tomllib.loads((OPS.parent / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-dir"]
+    dockerfile = (OPS / "Dockerfile").read_text()
+    for folder in set(dirs.values()):
+        assert f"COPY {folder} ./{folder}" in dockerfile, folder
+
+
 def test_network_policy_and_pdb_select_the_guard_pods() -> None:
     """Both select app.kubernetes.io/name=riskguard; the PDB allows no voluntary eviction."""
     k = by_kind()
