@@ -132,7 +132,7 @@ class Held:
     pickled, the logic's snapshot (taken then) and those records; unpickled, the
     snapshot the builder resumes from."""
 
-    __slots__ = ("hold_ms", "logic", "pending", "snapshot", "timer_ms")
+    __slots__ = ("hold_ms", "hold_watermark", "logic", "pending", "snapshot", "timer_ms")
 
     def __init__(self, logic: Any, snapshot: Any = None,
                  pending: Pending | None = None) -> None:
@@ -140,7 +140,8 @@ class Held:
         self.snapshot = snapshot
         self.pending = pending or []
         self.timer_ms: int | None = None  # the logic's own deadline's timer
-        self.hold_ms: int | None = None  # when the records held now go, watermark or not
+        self.hold_ms: int | None = None  # when the records held go if time stands still
+        self.hold_watermark = 0  # the watermark when that was set
 
     def __reduce__(self) -> tuple[Any, tuple[Any, Pending]]:
         snap = self.logic.snapshot() if self.logic is not None else self.snapshot
@@ -154,8 +155,9 @@ class StatefulBatch(_StepFunction, KeyedProcessFunction):
     everything held up to there as one batch, in time order (a logic with an ``order``
     sorts it again by that): every step sees its records in event-time order whatever
     order the streams merged into it arrived in, and no path runs ahead of another.
-    Without timestamps a record goes at once. With ``max_hold_ms`` (live runs), no
-    record waits longer than that in processing time: a quiet input moves no watermark.
+    Without timestamps a record goes at once. With ``max_hold_ms`` (live runs), when
+    the watermark has not moved for that long in processing time (a quiet input moves
+    none), everything held goes.
     """
 
     def __init__(self, ref: FlowRef, step_id: str, max_hold_ms: int | None = None) -> None:
@@ -208,18 +210,23 @@ class StatefulBatch(_StepFunction, KeyedProcessFunction):
         key = value[0]
         held = self._held(key, ctx)
         at_ms = ctx.timestamp()
-        if at_ms is not None:
+        if at_ms is not None and self.max_hold_ms != 0:
             ns = _event_ts(value[1])
             held.pending.append((at_ms, at_ms * 1_000_000 if ns is None else ns, value[1]))
             timers = ctx.timer_service()
             timers.register_event_time_timer(at_ms)
             if self.max_hold_ms is not None and held.hold_ms is None:
-                held.hold_ms = timers.current_processing_time() + self.max_hold_ms
-                timers.register_processing_time_timer(held.hold_ms)
+                self._arm_hold(held, timers)
             self.state.update(held)
             return
         outs, discard = self._feed(held, [value[1]], value)
         yield from self._after(key, held, outs, discard, ctx)
+
+    def _arm_hold(self, held: Held, timers: Any) -> None:
+        assert self.max_hold_ms is not None
+        held.hold_ms = timers.current_processing_time() + self.max_hold_ms
+        held.hold_watermark = timers.current_watermark()
+        timers.register_processing_time_timer(held.hold_ms)
 
     def _release(self, held: Held, upto_ms: int) -> list[Any]:
         """The held records the watermark has passed, in event-time order (ties in
@@ -245,9 +252,14 @@ class StatefulBatch(_StepFunction, KeyedProcessFunction):
             outs, discard = [], False
             if held.hold_ms is not None and timestamp >= held.hold_ms:
                 held.hold_ms = None
-                ready = self._release(held, EOF_TIMER_MS)
-                if ready:
-                    outs, discard = self._feed(held, ready, ready)
+                timers = ctx.timer_service()
+                if timers.current_watermark() > held.hold_watermark:
+                    if held.pending:  # time moves: the watermark will release them
+                        self._arm_hold(held, timers)
+                else:
+                    ready = self._release(held, EOF_TIMER_MS)
+                    if ready:
+                        outs, discard = self._feed(held, ready, ready)
             at = held.logic.notify_at()
             if (held.timer_ms is not None and timestamp >= held.timer_ms and not discard
                     and at is not None and at <= datetime.now(UTC)):

@@ -168,3 +168,20 @@ def test_a_held_logic_pickles_as_its_snapshot_and_the_records_it_holds(
     r = subprocess.run([*cmd, "-c", HELD_CHECK], capture_output=True, text=True, env=env,
                        timeout=300, check=False, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
+
+
+@pytest.mark.kafka
+def test_the_live_guard_flow_admits_each_partition_as_a_keyed_step_and_writes_five_topics(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    """The flow the Flink guard job lays out: raw messages keyed by topic/partition into
+    the admission logic (its watermark in keyed state), the guard core, and an output per
+    topic; the connector stands in for the input step."""
+    from riskguard.dataflows.demo import prepare_run
+    from riskguard.flink.guard import OUTPUT_STREAMS, guard_flow
+
+    run = prepare_run(kafka_bootstrap, tmp_path / "run", env=f"fg{uuid.uuid4().hex[:6]}")
+    steps = core_steps(guard_flow(str(run.config)))
+    assert [s.name for s in steps if s.kind == "input"] == ["kafka"]
+    assert sorted(s.name for s in steps if s.kind == "output") == sorted(OUTPUT_STREAMS)
+    assert any(s.kind == "stateful_batch" and s.step_id.startswith("riskguard_guard.admit.")
+               for s in steps)

@@ -158,7 +158,7 @@ def test_signing_key_secret_is_mounted_read_only_with_mode_0400_and_carries_no_k
 def test_the_image_copies_every_package_folder_pyproject_installs() -> None:
     """``pip install .`` in the image builds every package-dir folder: one left out of the
     COPY lines fails the build."""
-    import tomllib  # noqa: PLC0415
+    import tomllib
 
     dirs = tomllib.loads((OPS.parent / "pyproject.toml").read_text())["tool"]["setuptools"][
         "package-dir"]
