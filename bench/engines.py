@@ -47,6 +47,9 @@ Method.
   on Flink: its keyed steps hold each record until the watermark passes it, and the
   watermark waits at each of them for the bundle in hand, so its first output comes some
   20 s after the job starts processing.
+- **CPU per event**: the same subtraction over the CPU seconds of the run's processes
+  (sampled with the memory, below): what an added event costs all of them together,
+  steadier than wall time on a shared machine.
 - **Start-up** = the fixed cost of a run: the same line's value at 0 records
   (``T_short - n_short / rate``), start-up and shutdown together.
 - **First output** = from starting the process (of 2 bytewax processes, the first) to
@@ -318,14 +321,16 @@ def read_first(out: Path) -> float | None:
 # -- the process tree and its memory -------------------------------------------------------
 
 
-def parent_of(stat: str) -> int:
-    """The parent pid in a ``/proc/<pid>/stat`` line (the command name may hold spaces
-    and parentheses; the fields after its last ``)`` do not).
+def stat_fields(stat: str) -> tuple[int, int]:
+    """The parent pid and the CPU clock ticks used (user + system) in a
+    ``/proc/<pid>/stat`` line (the command name may hold spaces and parentheses; the
+    fields after its last ``)`` do not).
 
-    >>> parent_of("4242 (python -m (x) y) S 17 4242 4242 0 -1")
-    17
+    >>> stat_fields("4242 (python -m (x) y) S 17 4242 4242 0 -1 0 0 0 0 0 250 30 0 0")
+    (17, 280)
     """
-    return int(stat.rsplit(")", 1)[1].split()[1])
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[1]), int(fields[11]) + int(fields[12])
 
 
 def descendants(parents: dict[int, int], roots: Iterable[int]) -> set[int]:
@@ -365,32 +370,46 @@ def _read(path: str) -> str:
         return ""
 
 
-def tree_rss_kib(roots: Iterable[int]) -> int:
-    """The summed resident memory of ``roots`` and all their descendants now."""
-    parents: dict[int, int] = {}
+TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def sample_tree(roots: Iterable[int]) -> tuple[int, dict[int, float]]:
+    """The summed resident memory (KiB) of ``roots`` and all their descendants now, and
+    the CPU seconds each of them has used."""
+    stats: dict[int, tuple[int, int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit() and (stat := _read(f"/proc/{entry}/stat")):
-            parents[int(entry)] = parent_of(stat)
-    return sum(status_kib(_read(f"/proc/{pid}/status"))
-               for pid in descendants(parents, roots))
+            stats[int(entry)] = stat_fields(stat)
+    tree = descendants({pid: ppid for pid, (ppid, _cpu) in stats.items()}, roots)
+    rss = sum(status_kib(_read(f"/proc/{pid}/status")) for pid in tree)
+    return rss, {pid: stats[pid][1] * TICK_S for pid in tree if pid in stats}
 
 
-class PeakMemory(threading.Thread):
-    """Samples the process trees of the pids :meth:`watch` adds until :meth:`stop`; the
-    largest sum seen is :attr:`peak_kib`."""
+class TreeSampler(threading.Thread):
+    """Samples the process trees of the pids :meth:`watch` adds until :meth:`stop`: the
+    largest summed memory seen (:attr:`peak_kib`), and the CPU seconds of every process
+    seen, each at its last sample (:attr:`cpu_s`; a process that ends between two
+    samples loses at most the last 0.2 s)."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.roots: list[int] = []
         self.peak_kib = 0
+        self._cpu: dict[int, float] = {}
         self._done = threading.Event()
 
     def watch(self, pid: int) -> None:
         self.roots.append(pid)
 
+    @property
+    def cpu_s(self) -> float:
+        return sum(self._cpu.values())
+
     def run(self) -> None:
         while not self._done.wait(SAMPLE_S):
-            self.peak_kib = max(self.peak_kib, tree_rss_kib(list(self.roots)))
+            rss, cpu = sample_tree(list(self.roots))
+            self.peak_kib = max(self.peak_kib, rss)
+            self._cpu.update(cpu)
 
     def stop(self) -> None:
         self._done.set()
@@ -423,6 +442,7 @@ class Run:
     started: float
     wall_s: float
     peak_kib: int
+    cpu_s: float
     first: float | None
     outputs: Outputs
 
@@ -476,7 +496,7 @@ def run_bytewax(config: Path, records: Path, events: int, layout: str, out: Path
     log = out / "run.log"
     spec = f"engines:bytewax_flow({str(config)!r}, {str(records)!r}, {str(out)!r})"
     argv = [sys.executable, "-m", "bytewax.run", spec]
-    memory = PeakMemory()
+    memory = TreeSampler()
     memory.start()
     started = time.time()
     if layout != "2 processes":
@@ -497,8 +517,8 @@ def run_bytewax(config: Path, records: Path, events: int, layout: str, out: Path
     finally:
         memory.stop()
     wall = time.time() - started
-    return Run(f"bytewax, {layout}", events, started, wall, memory.peak_kib, read_first(out),
-               read_outputs(out))
+    return Run(f"bytewax, {layout}", events, started, wall, memory.peak_kib, memory.cpu_s,
+               read_first(out), read_outputs(out))
 
 
 def flink_python(out: Path, named: str | None) -> tuple[list[str], dict[str, str]]:
@@ -525,7 +545,7 @@ def run_flink(config: Path, records: Path, events: int, parallelism: int, out: P
     cmd, env = python
     argv = [*cmd, str(HERE / "engines.py"), "--flink-child", str(config), str(records),
             str(parallelism), str(out)]
-    memory = PeakMemory()
+    memory = TreeSampler()
     memory.start()
     started = time.time()
     p = _spawn(argv, log, env=env, cwd=out)
@@ -536,7 +556,7 @@ def run_flink(config: Path, records: Path, events: int, parallelism: int, out: P
         memory.stop()
     wall = time.time() - started
     return Run(f"Flink, parallelism {parallelism}", events, started, wall, memory.peak_kib,
-               read_first(out), read_outputs(out))
+               memory.cpu_s, read_first(out), read_outputs(out))
 
 
 def write_input(path: Path, copies: float) -> int:
@@ -584,12 +604,20 @@ class Engine:
     shared: Run | None = None
     long: Run | None = None
 
-    def line(self) -> tuple[float, float] | None:
-        """(events/s, fixed s) through its short run and its longest."""
+    def line(self, cpu: bool = False) -> tuple[float, float] | None:
+        """(events/s, fixed s) through its short run and its longest, by wall time or
+        (``cpu``) by the CPU seconds of their process trees."""
         longest = self.long or self.shared
         if self.short is None or longest is None:
             return None
+        if cpu:
+            return fit(self.short.events, self.short.cpu_s, longest.events, longest.cpu_s)
         return fit(self.short.events, self.short.wall_s, longest.events, longest.wall_s)
+
+    def cpu_us(self) -> float | None:
+        """CPU microseconds an added event costs (all the run's processes together)."""
+        line = self.line(cpu=True)
+        return None if line is None else 1e6 / line[0]
 
 
 def report(engines: list[Engine]) -> None:
@@ -600,27 +628,29 @@ def report(engines: list[Engine]) -> None:
     want = base.shared.outputs
     base_rate, base_fixed = base.line() or (None, None)
     print()
-    print("| engine | events/s | ratio | start-up s | ratio | first output s | ratio "
-          "| peak memory MiB | ratio | outputs against bytewax, 1 worker |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| engine | events/s | ratio | CPU µs an event | ratio | start-up s | ratio "
+          "| first output s | ratio | peak memory MiB | ratio "
+          "| outputs against bytewax, 1 worker |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for eng in engines:
         run = eng.shared
         assert run is not None
         rate, fixed = eng.line() or (None, None)
         check = "-" if eng is base else compare(want, run.outputs)
         print(f"| {eng.label} | {_figure(rate, base_rate, ',.0f')} "
+              f"| {_figure(eng.cpu_us(), base.cpu_us(), ',.0f')} "
               f"| {_figure(fixed, base_fixed, '.1f')} "
               f"| {_figure(run.first_output_s, base.shared.first_output_s, '.1f')} "
               f"| {_figure(run.peak_kib / 1024, base.shared.peak_kib / 1024, ',.0f')} "
               f"| {check} |")
     print(f"\noutputs of bytewax, 1 worker over {base.shared.events:,} records: "
           f"{want.summary()}")
-    print("each run: records; wall s; first output s; peak memory MiB; outputs")
+    print("each run: records; wall s; CPU s; first output s; peak memory MiB; outputs")
     for eng in engines:
         for run in (eng.short, eng.shared, eng.long):
             if run is not None:
                 first = "-" if run.first_output_s is None else f"{run.first_output_s:.1f}"
-                print(f"  {run.label}: {run.events:,}; {run.wall_s:.1f}; {first}; "
+                print(f"  {run.label}: {run.events:,}; {run.wall_s:.1f}; {run.cpu_s:.1f}; {first}; "
                       f"{run.peak_kib / 1024:,.0f}; {run.outputs.summary()}")
     for eng in engines[1:]:
         if eng.long is not None and base.long is not None:

@@ -1,7 +1,7 @@
 """The engines bench's helpers do what its figures rely on: its examples run, the rate
 and start-up come from the two runs' line, the outputs check tells a changed decision
-from a changed action, and the memory sampler walks the whole process tree. No timing
-is asserted."""
+from a changed action, and the sampler walks the whole process tree. No timing is
+asserted."""
 
 from __future__ import annotations
 
@@ -53,11 +53,13 @@ def test_the_line_through_two_runs_gives_the_rate_and_the_fixed_cost() -> None:
 def test_an_engine_without_a_short_run_gets_no_rate() -> None:
     """The 2-process bytewax layout runs over the shared input only: no line, no rate."""
     engines = _engines()
-    run = engines.Run("bytewax, 2 processes", 100, 0.0, 5.0, 1024, 1.0, engines.Outputs())
+    run = engines.Run("bytewax, 2 processes", 100, 0.0, 5.0, 1024, 4.0, 1.0, engines.Outputs())
     assert engines.Engine("bytewax, 2 processes", shared=run).line() is None
-    short = engines.Run("bytewax, 1 worker", 10, 0.0, 2.0, 1024, 1.0, engines.Outputs())
-    rate, fixed = engines.Engine("bytewax, 1 worker", short=short, shared=run).line()
+    short = engines.Run("bytewax, 1 worker", 10, 0.0, 2.0, 1024, 1.0, 1.0, engines.Outputs())
+    eng = engines.Engine("bytewax, 1 worker", short=short, shared=run)
+    rate, fixed = eng.line()
     assert (rate, fixed) == (pytest.approx(30), pytest.approx(2 - 10 / 30))
+    assert eng.cpu_us() == pytest.approx(3e6 / 90)  # 3 CPU s for 90 more events
 
 
 def test_the_outputs_check_tells_another_decision_from_another_action() -> None:
@@ -110,9 +112,10 @@ time.sleep(60)
 """
 
 
-def test_the_memory_sampler_counts_the_children_of_a_process(tmp_path: Path) -> None:
+def test_the_sampler_counts_the_children_of_a_process(tmp_path: Path) -> None:
     """A shell that runs a Python child holding 64 MiB: the tree's resident memory counts
-    the child's, which the shell alone does not hold."""
+    the child's, which the shell alone does not hold, and its CPU seconds count the
+    child's too."""
     engines = _engines()
     ready, script = tmp_path / "ready", tmp_path / "child.py"
     script.write_text(CHILD)
@@ -124,7 +127,10 @@ def test_the_memory_sampler_counts_the_children_of_a_process(tmp_path: Path) -> 
             time.sleep(0.05)
         assert ready.exists()
         own = engines.status_kib(Path(f"/proc/{shell.pid}/status").read_text())
-        assert engines.tree_rss_kib([shell.pid]) >= own + (64 << 10)
+        rss, cpu = engines.sample_tree([shell.pid])
+        assert rss >= own + (64 << 10)
+        assert len(cpu) == 2 and shell.pid in cpu  # the shell and its child
+        assert sum(cpu.values()) > 0  # the child touched 64 MiB
     finally:
         for pid in engines.descendants(_parents(engines), [shell.pid]) - {shell.pid}:
             os.kill(pid, signal.SIGKILL)
@@ -136,5 +142,5 @@ def _parents(engines: ModuleType) -> dict[int, int]:
     out = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit() and (stat := engines._read(f"/proc/{entry}/stat")):
-            out[int(entry)] = engines.parent_of(stat)
+            out[int(entry)] = engines.stat_fields(stat)[0]
     return out
