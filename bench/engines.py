@@ -36,17 +36,16 @@ Method.
 
 - **Events/s** by subtraction: the rate is the records added over the wall time added
   (process start to exit) from the run over a tenth of a copy to the longest run (bytewax:
-  ``--bytewax-copies``, default 40, about 20 s a run; Flink: ``--copies``, default 2,
-  about a minute)::
+  ``--bytewax-copies``, default 40, about 25 s a run; Flink: ``--copies``, default 2,
+  about 80 s)::
 
       rate = (n_long - n_short) / (T_long - T_short)
 
   What a run pays once (interpreter, JVM, job submission, each worker building the flow,
   shutdown) cancels; what it pays per record (reading the input, shipping it into the
   job, processing it) counts. The time from the first output to the last is no measure
-  on Flink: its keyed steps hold each record until the watermark passes it, and the
-  watermark waits at each of them for the bundle in hand, so its first output comes some
-  20 s after the job starts processing.
+  on Flink: its keyed steps hold each record until the watermark passes it, and its
+  first output comes some 20 s after the job starts processing (2 copies, 2026-11-25).
 - **CPU per event**: the same subtraction over the CPU seconds of the run's processes
   (sampled with the memory, below): what an added event costs all of them together,
   steadier than wall time on a shared machine.
