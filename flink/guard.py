@@ -14,14 +14,16 @@ restart writes twice has the same ids (the verifying subscriber drops the copy).
 ``--restore`` resumes from a checkpoint or savepoint; ``--restore latest`` from the
 newest retained checkpoint under ``--checkpoints``.
 
-Not yet at parity with bytewax when a topic has several partitions. Measured on the
-demo scenario published at once to the dev broker (2026-11-25): with one partition
-per topic, the job signs bytewax's 12 commands with no dead letter; with two, 4,700 to
-7,400 of its 27k records reach the feature step out of event-time order and are
-refused as late (a feature key is fed from several partitions: a venue's market data,
-the index prices, the heartbeats), with per-partition source watermarks, watermark
-alignment and the keyed steps' watermark hold all on. bytewax's own source reads
-partitions in step (``input.align_skew_s``). The backtest flow on Flink
+Not yet at parity with bytewax. Measured on the demo scenario published at once to
+the dev broker (2026-11-25): the job signs the scenario's commands, but records reach
+the feature step out of event-time order, and the commands vary from run to run
+(bytewax: 12 commands and no dead letter every run). With one partition per topic,
+three runs gave 12, 17 and 25 commands with 0, 0 and 605 records refused as late;
+with two, 4,700 to 7,400 of 27k records were refused as late, with per-partition
+source watermarks, watermark alignment and the keyed steps' watermark hold all on (a
+feature key is fed from several partitions: a venue's market data, the index prices,
+the heartbeats). bytewax's own source reads partitions in step
+(``input.align_skew_s``). The backtest flow on Flink
 (:mod:`riskguard.flink.backtest`) gives bytewax's commands at parallelism 1 and 2.
 """
 
@@ -125,13 +127,14 @@ class _ToRow:
         self.name = name
         self.issuer = issuer
         self.key: Callable[[Any], bytes | None] | None = None
+        self.row: Any = None
 
     def __call__(self, rec: Any) -> Any:
-        from pyflink.common import Row  # noqa: PLC0415
+        if self.key is None:  # in the worker, once
+            from pyflink.common import Row  # noqa: PLC0415
 
-        if self.key is None:
-            self.key = _keyer(self.name, self.issuer)
-        return Row(self.key(rec), encode(rec))
+            self.row, self.key = Row, _keyer(self.name, self.issuer)
+        return self.row(self.key(rec), encode(rec))
 
 
 def _message(row: Any) -> tuple[str, int, int, bytes | None]:
