@@ -175,7 +175,7 @@ def flink_child(config: str, records: str, parallelism: int, out: str) -> None:
     env = StreamExecutionEnvironment.get_execution_environment()
     env.set_parallelism(parallelism)
     env.set_python_executable(sys.executable)
-    ref = FlowRef("riskguard.flink.backtest:flow_for", (config, records, 100))
+    ref = FlowRef("riskguard.flink.backtest:flow_for", (config, 100))
     lines = [line.decode() for line in Path(records).read_bytes().splitlines() if line.strip()]
     source = env.from_collection(lines, type_info=Types.STRING()).map(
         _as_batch, output_type=PICKLED).assign_timestamps_and_watermarks(

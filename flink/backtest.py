@@ -34,13 +34,14 @@ def read_records(path: str | Path) -> list[Any]:
                 if line.strip()]
 
 
-def flow_for(config: str, records: str, batch_size: int = 100) -> Dataflow:
-    """The backtest flow of ``config`` over the records in ``records`` (JSONL): the
-    factory each Flink worker builds its copy of the flow from."""
+def flow_for(config: str, batch_size: int = 100) -> Dataflow:
+    """The backtest flow of ``config``: the factory each Flink worker builds its copy of
+    the flow from. Its input step is replaced by the job's source, so it is built over
+    no records (the graph is the same whatever the input)."""
     cfg, digest = load_guard_config(config)
     signer, trust = load_keys(cfg)
-    return backtest_flow(cfg, digest, signer=signer, trust=trust,
-                         records=read_records(records), batch_size=batch_size)
+    return backtest_flow(cfg, digest, signer=signer, trust=trust, records=[],
+                         batch_size=batch_size)
 
 
 def _as_batch(line: str) -> list[Any]:
@@ -58,7 +59,7 @@ def run(config: str | Path, records: str | Path, *, parallelism: int = 1,
     env = StreamExecutionEnvironment.get_execution_environment()
     env.set_parallelism(parallelism)
     env.set_python_executable(sys.executable)
-    ref = FlowRef("riskguard.flink.backtest:flow_for", (str(config), str(records), batch_size))
+    ref = FlowRef("riskguard.flink.backtest:flow_for", (str(config), batch_size))
     lines = [line.decode() for line in Path(records).read_bytes().splitlines() if line.strip()]
     source = env.from_collection(lines, type_info=Types.STRING()).map(
         _as_batch, output_type=PICKLED).assign_timestamps_and_watermarks(
