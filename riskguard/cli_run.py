@@ -206,18 +206,25 @@ class Stopped(KeyboardInterrupt):
 
 
 @contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    def stop(_signum: int, _frame: Any) -> None:
-        raise Stopped
+def _stop_signals(received: list[int]) -> Iterator[None]:
+    """SIGINT and SIGTERM interrupt the run, each noted in ``received``: an interrupt
+    that lands inside a C extension can come out as another exception (confluent-kafka
+    turns one into a TypeError while it reads its config), and the run still ended
+    because it was told to."""
+
+    def stop(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        raise Stopped if signum == signal.SIGTERM else KeyboardInterrupt
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = signal.signal(signal.SIGTERM, stop)
+    before = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, before)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 _PANIC = re.compile(r"^thread '.*' panicked at ")
@@ -382,8 +389,9 @@ def _run(args: argparse.Namespace) -> int:
     epoch = bw.snapshot_interval or (None if recovery else timedelta(seconds=10))
     how, rc = "ended", 0
     debug = logging.getLogger("riskguard").isEnabledFor(logging.DEBUG)
+    received: list[int] = []
     try:  # from the start line on, however it ends, it ends with the summary
-        with _sigterm_interrupts(), _without_panic_reports(not debug):
+        with _stop_signals(received), _without_panic_reports(not debug):
             out.write(_start_line(cfg, digest, config, signer.key_id, bw, args.status_every)
                       + "\n")
             out.flush()
@@ -396,9 +404,10 @@ def _run(args: argparse.Namespace) -> int:
                                                                               130)
     except Exception as err:
         cause = _innermost(err)
-        if isinstance(cause, KeyboardInterrupt):  # bytewax wraps an interrupt it caught
-            how, rc = ("stopped (SIGTERM)", 143) if isinstance(cause, Stopped) else (
-                "interrupted", 130)
+        # bytewax wraps an interrupt it caught; a C extension may have replaced it
+        if isinstance(cause, KeyboardInterrupt) or received:
+            sigterm = isinstance(cause, Stopped) or signal.SIGTERM in received
+            how, rc = ("stopped (SIGTERM)", 143) if sigterm else ("interrupted", 130)
         else:
             how, rc = "stopped on an error", 1
             if debug:

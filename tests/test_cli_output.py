@@ -322,3 +322,22 @@ def test_stress_run_prints_no_dash_for_never_and_invariants(tmp_path: Path, caps
     assert "actual -" not in out
     assert re.search(r"PASS never halt_trading +venue:binance +not issued", out), out
     assert re.search(r"PASS invariant +ends in a safe state +holds", out), out
+
+
+def test_an_interrupt_a_c_extension_turned_into_another_error_is_still_noted() -> None:
+    """confluent-kafka, interrupted while it reads its config, raises TypeError instead of
+    KeyboardInterrupt: the run still notes the signal, so it ends as interrupted (130),
+    not as stopped on an error."""
+    import os
+
+    from riskguard.cli_run import _stop_signals
+
+    received: list[int] = []
+    with pytest.raises(TypeError), _stop_signals(received):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.sigtimedwait([], 0.1)  # let the handler run
+        except KeyboardInterrupt as err:
+            msg = "expected configuration property name as type unicode string"
+            raise TypeError(msg) from err
+    assert received == [signal.SIGINT]
