@@ -16,6 +16,7 @@ in the flow it built and calls the step's own function or logic builder.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -111,6 +112,28 @@ class Inspect(_StepFunction, MapFunction):
         return value
 
 
+class MergedTimeMs(TimestampAssigner):
+    """Timestamps for a stream merged in event-time order
+    (:class:`~riskguard.connectors.kafka.merge.PartitionMerge`): a record's event time
+    in ms, a :class:`~riskguard.connectors.kafka.merge.Frontier` one ms past its own (so
+    a monotonous watermark reaches it), and anything else (dead letters, acks) the
+    latest timestamp given, so only records and frontiers move the watermark."""
+
+    def __init__(self) -> None:
+        self.last = 0
+
+    def extract_timestamp(self, value: Any, record_timestamp: int) -> int:
+        from riskguard.connectors.kafka.merge import Frontier  # noqa: PLC0415
+        from riskguard.schemas.audit import DeadLetter  # noqa: PLC0415
+
+        rec = value[1]
+        if type(rec) is Frontier:  # all before it (stamped up to last) is out
+            self.last = max(self.last + 1, rec.ts // 1_000_000 + 1)
+        elif type(rec) is not DeadLetter and type(getattr(rec, "ts", None)) is int:
+            self.last = max(self.last, rec.ts // 1_000_000)
+        return self.last
+
+
 def _event_ns(held: tuple[int, int, Any]) -> int:
     return held[1]
 
@@ -132,7 +155,7 @@ class Held:
     pickled, the logic's snapshot (taken then) and those records; unpickled, the
     snapshot the builder resumes from."""
 
-    __slots__ = ("hold_ms", "hold_watermark", "logic", "pending", "snapshot", "timer_ms")
+    __slots__ = ("logic", "pending", "snapshot", "timer_ms")
 
     def __init__(self, logic: Any, snapshot: Any = None,
                  pending: Pending | None = None) -> None:
@@ -140,8 +163,6 @@ class Held:
         self.snapshot = snapshot
         self.pending = pending or []
         self.timer_ms: int | None = None  # the logic's own deadline's timer
-        self.hold_ms: int | None = None  # when the records held go if time stands still
-        self.hold_watermark = 0  # the watermark when that was set
 
     def __reduce__(self) -> tuple[Any, tuple[Any, Pending]]:
         snap = self.logic.snapshot() if self.logic is not None else self.snapshot
@@ -155,14 +176,13 @@ class StatefulBatch(_StepFunction, KeyedProcessFunction):
     everything held up to there as one batch, in time order (a logic with an ``order``
     sorts it again by that): every step sees its records in event-time order whatever
     order the streams merged into it arrived in, and no path runs ahead of another.
-    Without timestamps a record goes at once. With ``max_hold_ms`` (live runs), when
-    the watermark has not moved for that long in processing time (a quiet input moves
-    none), everything held goes.
+    A record without a timestamp, or any record of a step built with ``hold=False``
+    (one that orders its input itself), goes at once.
     """
 
-    def __init__(self, ref: FlowRef, step_id: str, max_hold_ms: int | None = None) -> None:
+    def __init__(self, ref: FlowRef, step_id: str, hold: bool = True) -> None:
         super().__init__(ref, step_id)
-        self.max_hold_ms = max_hold_ms
+        self.hold = hold
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.builder = self._op().builder
@@ -193,7 +213,9 @@ class StatefulBatch(_StepFunction, KeyedProcessFunction):
         else:
             self.state.update(held)  # pickled (snapshot taken) when Flink writes it
             at: datetime | None = held.logic.notify_at()
-            want = None if at is None else int(at.timestamp() * 1000)
+            # the first ms at or after the deadline: a timer on the ms before it would
+            # fire early, find the deadline not yet due, and never come again
+            want = None if at is None else math.ceil(at.timestamp() * 1000)
             if want != held.timer_ms:
                 if held.timer_ms is not None:
                     timers.delete_processing_time_timer(held.timer_ms)
@@ -210,23 +232,14 @@ class StatefulBatch(_StepFunction, KeyedProcessFunction):
         key = value[0]
         held = self._held(key, ctx)
         at_ms = ctx.timestamp()
-        if at_ms is not None and self.max_hold_ms != 0:
+        if at_ms is not None and self.hold:
             ns = _event_ts(value[1])
             held.pending.append((at_ms, at_ms * 1_000_000 if ns is None else ns, value[1]))
-            timers = ctx.timer_service()
-            timers.register_event_time_timer(at_ms)
-            if self.max_hold_ms is not None and held.hold_ms is None:
-                self._arm_hold(held, timers)
+            ctx.timer_service().register_event_time_timer(at_ms)
             self.state.update(held)
             return
         outs, discard = self._feed(held, [value[1]], value)
         yield from self._after(key, held, outs, discard, ctx)
-
-    def _arm_hold(self, held: Held, timers: Any) -> None:
-        assert self.max_hold_ms is not None
-        held.hold_ms = timers.current_processing_time() + self.max_hold_ms
-        held.hold_watermark = timers.current_watermark()
-        timers.register_processing_time_timer(held.hold_ms)
 
     def _release(self, held: Held, upto_ms: int) -> list[Any]:
         """The held records the watermark has passed, in event-time order (ties in
@@ -250,20 +263,10 @@ class StatefulBatch(_StepFunction, KeyedProcessFunction):
                 outs.extend(more)
         else:
             outs, discard = [], False
-            if held.hold_ms is not None and timestamp >= held.hold_ms:
-                held.hold_ms = None
-                timers = ctx.timer_service()
-                if timers.current_watermark() > held.hold_watermark:
-                    if held.pending:  # time moves: the watermark will release them
-                        self._arm_hold(held, timers)
-                else:
-                    ready = self._release(held, EOF_TIMER_MS)
-                    if ready:
-                        outs, discard = self._feed(held, ready, ready)
-            at = held.logic.notify_at()
-            if (held.timer_ms is not None and timestamp >= held.timer_ms and not discard
-                    and at is not None and at <= datetime.now(UTC)):
-                held.timer_ms = None
-                more, discard = self._run(lambda: _listed(held.logic.on_notify()))
-                outs.extend(more)
+            if held.timer_ms is not None and timestamp >= held.timer_ms:
+                held.timer_ms = None  # fired: set again below if the deadline stays
+                at = held.logic.notify_at()
+                if not discard and at is not None and at <= datetime.now(UTC):
+                    more, discard = self._run(lambda: _listed(held.logic.on_notify()))
+                    outs.extend(more)
         yield from self._after(key, held, outs, discard, ctx)

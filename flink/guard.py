@@ -42,6 +42,8 @@ from bytewax.testing import TestingSource
 from riskguard.connectors.audit_tail import read_chains_and_peers
 from riskguard.connectors.command_log import last_signed_seq
 from riskguard.connectors.kafka.admit import PartitionAdmission
+from riskguard.connectors.kafka.consumer import list_partitions
+from riskguard.connectors.kafka.merge import BrokerEnds, Frontier, PartitionMerge
 from riskguard.dataflows.backtest import DiscardSink
 from riskguard.dataflows.guard.config import (
     INPUT_STREAMS,
@@ -54,7 +56,7 @@ from riskguard.dataflows.guard.core import guard_core
 from riskguard.dataflows.guard.kafka_io import _audit_key, exposures_key
 from riskguard.dataflows.guard.live import _prepare_detection, check_peer_configs
 from riskguard.flink.graph import FlowRef
-from riskguard.operators.core.base import split_dead_letters, stateful_logic, values_of
+from riskguard.operators.core.base import split_dead_letters, stateful_logic
 from riskguard.operators.core.clock import system_clock
 from riskguard.schemas import encode
 from riskguard.schemas.codec import Codec
@@ -82,6 +84,29 @@ def _admission(cfg: GuardConfig) -> Callable[[Any], PartitionAdmission]:
     return build
 
 
+def _merge(cfg: GuardConfig) -> Callable[[Any], PartitionMerge]:
+    admission = _admission(cfg)
+    acks = cfg.topic("acks")
+    parts = [(t, i) for t in (cfg.topic(s) for s in INPUT_STREAMS) if t != acks
+             for i in list_partitions(cfg.kafka, t)]
+    ends = BrokerEnds(cfg.kafka)
+
+    def build(resume: Any) -> PartitionMerge:
+        return PartitionMerge(admission, ends, parts, clock=system_clock,
+                              untimed=frozenset({acks}), resume=resume)
+
+    return build
+
+
+def _admitted(recs: list[tuple[str, Any]]) -> list[Any]:
+    return [r for _k, r in recs if type(r) is not Frontier]
+
+
+MERGE_STEP = "riskguard_guard.admit.stateful"
+"""The step that merges the input partitions in event-time order: it runs as one task,
+and the watermark of the keyed steps after it comes from its output."""
+
+
 def guard_flow(config: str) -> Dataflow:
     """The live guard's flow, with its input step ``kafka`` taking ``(topic, partition,
     offset, value)`` messages and an output step per topic in :data:`OUTPUT_STREAMS`: the
@@ -98,10 +123,10 @@ def guard_flow(config: str) -> Dataflow:
     if cfg.replica.id:
         check_peer_configs(cfg.replica.id, digest, peers)
     flow = Dataflow("riskguard_guard")
-    msgs: Any = op.key_on("by_partition", op.input("kafka", flow, TestingSource([])),
-                     lambda m: f"{m[0]}/{m[1]}")
+    msgs: Any = op.key_on("as_one", op.input("kafka", flow, TestingSource([])),
+                          lambda _m: "all")
     admitted = split_dead_letters("admitted", op.flat_map_batch(
-        "admit_unkey", stateful_logic("admit", msgs, _admission(cfg)), values_of))
+        "admit_unkey", stateful_logic("admit", msgs, _merge(cfg)), _admitted))
     out = guard_core("guard", admitted.oks, cfg=cfg, cfg_hash=digest, clock=system_clock,
                      signer=signer, trust=trust, seq_floor=delivered, audit_resume=chains,
                      wall_clock=system_clock, input_errs=admitted.errs)
@@ -147,13 +172,6 @@ def _kafka_options(cfg: GuardConfig) -> str:
     return ", ".join(f"'properties.{k}' = '{v}'" for k, v in sorted(props.items()))
 
 
-def _drift_ms(cfg: GuardConfig) -> int:
-    """How far one partition's reading may run ahead of the slowest in event time (as
-    ``input.align_skew_s`` bounds it on bytewax; at least a second)."""
-    skew = cfg.input.align_skew_s
-    return max(1000, int((skew or 1.0) * 1000))
-
-
 def latest_checkpoint(checkpoints: str) -> str | None:
     """The newest retained checkpoint (``.../<job>/chk-N``) under ``checkpoints``.
 
@@ -172,20 +190,21 @@ def latest_checkpoint(checkpoints: str) -> str | None:
 
 
 def run(config: str, *, parallelism: int | None = None, checkpoints: str | None = None,
-        interval_ms: int = 2000, restore: str | None = None, max_hold_ms: int = 2000,
-        jars: Sequence[str] = ()) -> None:
+        interval_ms: int = 2000, restore: str | None = None, jars: Sequence[str] = ()) -> None:
     """Run the guard on Flink until cancelled (a local mini-cluster when run directly,
     the cluster's when submitted)."""
-    from pyflink.common import Configuration, Types  # noqa: PLC0415
+    from pyflink.common import Configuration, Types, WatermarkStrategy  # noqa: PLC0415
     from pyflink.datastream import StreamExecutionEnvironment  # noqa: PLC0415
     from pyflink.table import StreamTableEnvironment  # noqa: PLC0415
-    from riskguard.flink.job import PICKLED, to_flink  # noqa: PLC0415
+    from riskguard.flink.functions import MergedTimeMs  # noqa: PLC0415
+    from riskguard.flink.job import PICKLED, Placement, to_flink  # noqa: PLC0415
 
     cfg, _digest = load_guard_config(config)
     conf = Configuration()
     # small Python bundles: a watermark reaches the keyed steps only between bundles
-    conf.set_string("python.fn-execution.bundle.size", "100")
-    conf.set_string("python.fn-execution.bundle.time", "50")
+    conf.set_string("python.fn-execution.bundle.size", "1000")
+    conf.set_string("python.fn-execution.bundle.time", "100")
+    conf.set_string("pipeline.auto-watermark-interval", "50 ms")
     if checkpoints:
         conf.set_string("execution.checkpointing.dir", checkpoints)
         conf.set_string("execution.checkpointing.externalized-checkpoint-retention",
@@ -205,28 +224,24 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
     topics = ";".join(cfg.topic(s) for s in INPUT_STREAMS)
     group = f"riskguard-flink-{cfg.env}"
     start = "earliest-offset" if cfg.input.starting_offset == "earliest" else "latest-offset"
-    # Event time from the record itself: the source keeps a watermark per partition
-    # (their minimum moves on; an idle partition stops counting after a second)
+    # raw messages in the order the source reads them: the flow's first step merges
+    # the partitions in event-time order, and the watermark comes from its output
     tables.execute_sql(f"""
         CREATE TABLE riskguard_in (
           `value` BYTES,
           `topic` STRING METADATA VIRTUAL,
           `partition` INT METADATA VIRTUAL,
-          `offset` BIGINT METADATA VIRTUAL,
-          `rowtime` AS TO_TIMESTAMP_LTZ(COALESCE(TRY_CAST(JSON_VALUE(
-              CAST(`value` AS STRING), '$.ts') AS BIGINT) / 1000000, 0), 3),
-          WATERMARK FOR `rowtime` AS `rowtime`
+          `offset` BIGINT METADATA VIRTUAL
         ) WITH ('connector' = 'kafka', 'topic' = '{topics}',
                 'properties.group.id' = '{group}', 'scan.startup.mode' = '{start}',
-                'scan.watermark.idle-timeout' = '1s',
-                'scan.watermark.alignment.group' = 'riskguard-input',
-                'scan.watermark.alignment.max-drift' = '{_drift_ms(cfg)} ms',
-                'scan.watermark.alignment.update-interval' = '100 ms',
                 'value.format' = 'raw', {_kafka_options(cfg)})""")
     msgs = tables.to_data_stream(tables.from_path("riskguard_in")).map(
         _message, output_type=PICKLED)
     ref = FlowRef("riskguard.flink.guard:guard_flow", (str(config),))
-    outs = to_flink(ref, {"kafka": msgs}, max_hold_ms=max_hold_ms)
+    merged = (WatermarkStrategy.for_monotonous_timestamps()
+              .with_timestamp_assigner(MergedTimeMs()))
+    outs = to_flink(ref, {"kafka": msgs}, watermarks={MERGE_STEP: merged},
+                    placement=Placement({MERGE_STEP: 1}, frozenset({MERGE_STEP})))
     signer_issuer = cfg.sign.issuer or load_keys(cfg)[0].issuer
     sinks = tables.create_statement_set()
     row = Types.ROW_NAMED(["k", "v"], [Types.PRIMITIVE_ARRAY(Types.BYTE()),
@@ -256,14 +271,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--checkpoints", help="checkpoint storage (file:// or s3:// URL)")
     ap.add_argument("--checkpoint-interval-ms", type=int, default=2000)
     ap.add_argument("--restore", help="a checkpoint or savepoint path, or 'latest'")
-    ap.add_argument("--max-hold-ms", type=int, default=2000,
-                    help="longest a step holds a record for the watermark (ms)")
     ap.add_argument("--jars", help=f"';'-separated jar URLs (default ${JARS_ENV})")
     args = ap.parse_args(argv)
     jars = (args.jars or os.environ.get(JARS_ENV, "")).split(";")
     run(args.config, parallelism=args.parallelism, checkpoints=args.checkpoints,
         interval_ms=args.checkpoint_interval_ms, restore=args.restore,
-        max_hold_ms=args.max_hold_ms,
         jars=[j for j in jars if j])
     return 0
 

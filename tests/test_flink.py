@@ -5,8 +5,12 @@ environment (:mod:`flink_env`) and compare with bytewax on the same input."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,8 @@ import bytewax.operators as op
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource
-from flink_env import flink_command, java_missing
+from flink_env import flink_command, java_missing, kafka_jars
+from riskguard.connectors.subscriber import read_topic_bytes
 from riskguard.dataflows.backtest import run_backtest
 from riskguard.dataflows.demo import init_keys, write_config
 from riskguard.dataflows.demo_scenario import build_scenario
@@ -185,3 +190,71 @@ def test_the_live_guard_flow_admits_each_partition_as_a_keyed_step_and_writes_fi
     assert sorted(s.name for s in steps if s.kind == "output") == sorted(OUTPUT_STREAMS)
     assert any(s.kind == "stateful_batch" and s.step_id.startswith("riskguard_guard.admit.")
                for s in steps)
+
+
+def _topic_count(run: Any, stream: str) -> int:
+    return len(read_topic_bytes(run.bootstrap, run.topic(stream), idle_timeout_s=1.0))
+
+
+def _wait(what: str, ready: Callable[[], bool], proc: subprocess.Popen[Any],
+          timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        assert proc.poll() is None, f"the Flink job ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} in {timeout_s:.0f} s"
+        time.sleep(2)
+
+
+def _guard_job(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[Any]:
+    return subprocess.Popen(args, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                            cwd=log.parent, start_new_session=True)
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_the_live_flink_guard_killed_and_restored_executes_bytewaxs_commands_once(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    """The demo scenario published to the dev broker (two partitions a topic), the guard
+    job at parallelism 2 reading it live: killed whole (the mini-cluster and its Python
+    workers) once commands flow, restarted from its last checkpoint. The subscriber
+    executes bytewax's commands (decision, action, scope, params), each once, and
+    nothing is dead-lettered."""
+    if reason := java_missing():
+        pytest.skip(reason)
+    from riskguard.dataflows.demo import prepare_run, subscriber_for
+    from riskguard.flink.guard import latest_checkpoint
+
+    run = prepare_run(kafka_bootstrap, tmp_path / "run", env=f"fl{uuid.uuid4().hex[:6]}")
+    cfg, digest = load_guard_config(run.config)
+    want = run_backtest(cfg, digest, records=build_scenario(run.start_ns).events)
+    cmd, env = flink_command(tmp_path)
+    env["RISKGUARD_FLINK_JARS"] = ";".join(kafka_jars())
+    checkpoints = (tmp_path / "checkpoints").as_uri()
+    args = [*cmd, "-m", "riskguard.flink.guard", "--config", str(run.config),
+            "--parallelism", "2", "--checkpoints", checkpoints,
+            "--checkpoint-interval-ms", "1000"]
+    log = tmp_path / "job.log"
+    first = _guard_job(args, env, log)
+    try:
+        _wait("commands and a checkpoint after them",
+              lambda: _topic_count(run, "commands") >= 3
+              and latest_checkpoint(checkpoints) is not None, first, 300)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(30)
+        second = _guard_job([*args, "--restore", "latest"], env, log)
+        try:
+            _wait("commands", lambda: _topic_count(run, "commands") >= len(want.commands),
+                  second, 300)
+            time.sleep(10)  # what a restart writes twice comes with the rest
+        finally:
+            os.killpg(second.pid, signal.SIGKILL)
+            second.wait(30)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    executed: list[Any] = []
+    with subscriber_for(run, tmp_path / "sub.sqlite", on_command=executed.append) as sub:
+        sub.poll(idle_timeout_s=2.0)
+    assert sorted(map(_command_identity, executed)) == sorted(
+        map(_command_identity, want.commands)), log.read_text()[-3000:]
+    assert _topic_count(run, "dead_letters") == 0
