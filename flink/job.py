@@ -61,19 +61,24 @@ def _lay_step(step: CoreStep, ref: FlowRef, ups: list[DataStream | None],
         return {"down": _union(ups)}
     if up is None:  # fed by nothing (an empty merge): makes nothing
         return dict.fromkeys(step.downs)
+    # each operator's uid is its step id: a checkpoint or savepoint maps onto the job
+    # again whatever its parallelism (Flink's own ids change with how operators chain)
     if step.kind == "flat_map_batch":
-        return {"down": up.flat_map(FlatMapBatch(ref, sid), output_type=PICKLED).name(sid)}
+        return {"down": up.flat_map(FlatMapBatch(ref, sid), output_type=PICKLED)
+                .name(sid).uid(sid)}
     if step.kind == "branch":
-        return {"trues": up.filter(Branch(ref, sid, True)).name(sid + ".trues"),
-                "falses": up.filter(Branch(ref, sid, False)).name(sid + ".falses")}
+        return {"trues": up.filter(Branch(ref, sid, True)).name(sid + ".trues")
+                .uid(sid + ".trues"),
+                "falses": up.filter(Branch(ref, sid, False)).name(sid + ".falses")
+                .uid(sid + ".falses")}
     if step.kind == "redistribute":
         return {"down": up.rebalance()}
     if step.kind == "inspect_debug":
-        return {"down": up.map(Inspect(ref, sid), output_type=PICKLED).name(sid)}
+        return {"down": up.map(Inspect(ref, sid), output_type=PICKLED).name(sid).uid(sid)}
     if step.kind == "stateful_batch":
         keyed = up.key_by(_key, key_type=Types.STRING())
-        return {"down": keyed.process(StatefulBatch(ref, sid, hold),
-                                      output_type=PICKLED).name(sid)}
+        return {"down": keyed.process(StatefulBatch(ref, sid, hold), output_type=PICKLED)
+                .name(sid).uid(sid)}
     raise ConfigError(f"step {sid!r}", "a core step the Flink adapter runs", step.kind)
 
 
@@ -121,7 +126,8 @@ def to_flink(ref: FlowRef, inputs: dict[str, DataStream], *,
         strategy = (watermarks or {}).get(step.step_id)
         for port, made in _lay(step, ref, ups, placed).items():
             if strategy is not None and made is not None:
-                made = made.assign_timestamps_and_watermarks(strategy)  # noqa: PLW2901
+                made = made.assign_timestamps_and_watermarks(  # noqa: PLW2901
+                    strategy).uid(f"{step.step_id}.{port}.watermarks")
                 if step.step_id in placed.parallelism:
                     made.set_parallelism(placed.parallelism[step.step_id])
             streams[step.downs[port]] = made

@@ -11,7 +11,6 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -125,26 +124,25 @@ def _flink_backtest(scenario: dict[str, Path], parallelism: int) -> dict[str, li
 
 
 @pytest.mark.slow
-def test_the_guard_on_flink_gives_bytewaxs_commands_and_signals_at_parallelism_1_and_2(
+def test_the_backtest_on_flink_gives_bytewaxs_commands_and_signals(
         scenario: dict[str, Path]) -> None:
     """The bundled demo scenario through the backtest flow: bytewax in this process,
-    Flink at parallelism 1 and 2 (both jobs at once). The same commands (decision,
-    action, scope, params) and the same signals, and no dead letter."""
+    Flink at parallelism 2. The same commands (decision, action, scope, params) and the
+    same signals and audit records, and no dead letter. (The live job's test runs at
+    parallelism 1 and 2.)"""
     if reason := java_missing():
         pytest.skip(reason)
     cfg, digest = load_guard_config(scenario["config"])
     want = run_backtest(cfg, digest, records=read_records(scenario["records"]))
     assert len(want.commands) >= 10 and want.signals  # the scenario's incidents
-    with ThreadPoolExecutor(2) as pool:
-        runs = list(pool.map(lambda p: _flink_backtest(scenario, p), (1, 2)))
-    for par, got in zip((1, 2), runs, strict=True):
-        commands = [decode_command(e) for e in got["commands"]]
-        assert sorted(map(_command_identity, commands)) == sorted(
-            map(_command_identity, want.commands)), par
-        assert sorted(map(_signal_identity, got["signals"])) == sorted(
-            map(_signal_identity, want.signals)), par
-        assert got["dead_letters"] == []
-        assert len(got["audit"]) == want.n_audit, par
+    got = _flink_backtest(scenario, 2)
+    commands = [decode_command(e) for e in got["commands"]]
+    assert sorted(map(_command_identity, commands)) == sorted(
+        map(_command_identity, want.commands))
+    assert sorted(map(_signal_identity, got["signals"])) == sorted(
+        map(_signal_identity, want.signals))
+    assert got["dead_letters"] == []
+    assert len(got["audit"]) == want.n_audit
 
 
 HELD_CHECK = """
@@ -176,20 +174,20 @@ def test_a_held_logic_pickles_as_its_snapshot_and_the_records_it_holds(
 
 
 @pytest.mark.kafka
-def test_the_live_guard_flow_admits_each_partition_as_a_keyed_step_and_writes_five_topics(
+def test_the_live_guard_flow_merges_the_partitions_in_one_keyed_step_and_writes_five_topics(
         kafka_bootstrap: str, tmp_path: Path) -> None:
-    """The flow the Flink guard job lays out: raw messages keyed by topic/partition into
-    the admission logic (its watermark in keyed state), the guard core, and an output per
-    topic; the connector stands in for the input step."""
+    """The flow the Flink guard job lays out: raw messages into one merge step (each
+    partition's admission and watermark in its keyed state), the guard core, and an
+    output per topic; the connector stands in for the input step."""
     from riskguard.dataflows.demo import prepare_run
-    from riskguard.flink.guard import OUTPUT_STREAMS, guard_flow
+    from riskguard.flink.guard import MERGE_STEP, OUTPUT_STREAMS, guard_flow
 
     run = prepare_run(kafka_bootstrap, tmp_path / "run", env=f"fg{uuid.uuid4().hex[:6]}")
     steps = core_steps(guard_flow(str(run.config)))
     assert [s.name for s in steps if s.kind == "input"] == ["kafka"]
     assert sorted(s.name for s in steps if s.kind == "output") == sorted(OUTPUT_STREAMS)
-    assert any(s.kind == "stateful_batch" and s.step_id.startswith("riskguard_guard.admit.")
-               for s in steps)
+    assert [s.step_id for s in steps if s.step_id.startswith("riskguard_guard.admit.")] == [
+        MERGE_STEP]
 
 
 def _topic_count(run: Any, stream: str) -> int:
@@ -212,13 +210,13 @@ def _guard_job(args: list[str], env: dict[str, str], log: Path) -> subprocess.Po
 
 @pytest.mark.kafka
 @pytest.mark.slow
-def test_the_live_flink_guard_killed_and_restored_executes_bytewaxs_commands_once(
+def test_the_live_flink_guard_killed_and_rescaled_executes_bytewaxs_commands_once(
         kafka_bootstrap: str, tmp_path: Path) -> None:
     """The demo scenario published to the dev broker (two partitions a topic), the guard
-    job at parallelism 2 reading it live: killed whole (the mini-cluster and its Python
-    workers) once commands flow, restarted from its last checkpoint. The subscriber
-    executes bytewax's commands (decision, action, scope, params), each once, and
-    nothing is dead-lettered."""
+    job reading it live at parallelism 1: killed whole (the mini-cluster and its Python
+    workers) once commands flow, restarted from its last checkpoint at parallelism 2.
+    The subscriber executes bytewax's commands (decision, action, scope, params), each
+    once, and nothing is dead-lettered."""
     if reason := java_missing():
         pytest.skip(reason)
     from riskguard.dataflows.demo import prepare_run, subscriber_for
@@ -231,21 +229,20 @@ def test_the_live_flink_guard_killed_and_restored_executes_bytewaxs_commands_onc
     env["RISKGUARD_FLINK_JARS"] = ";".join(kafka_jars())
     checkpoints = (tmp_path / "checkpoints").as_uri()
     args = [*cmd, "-m", "riskguard.flink.guard", "--config", str(run.config),
-            "--parallelism", "2", "--checkpoints", checkpoints,
-            "--checkpoint-interval-ms", "1000"]
+            "--checkpoints", checkpoints, "--checkpoint-interval-ms", "1000"]
     log = tmp_path / "job.log"
-    first = _guard_job(args, env, log)
+    first = _guard_job([*args, "--parallelism", "1"], env, log)
     try:
         _wait("commands and a checkpoint after them",
               lambda: _topic_count(run, "commands") >= 3
               and latest_checkpoint(checkpoints) is not None, first, 300)
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(30)
-        second = _guard_job([*args, "--restore", "latest"], env, log)
+        second = _guard_job([*args, "--parallelism", "2", "--restore", "latest"], env, log)
         try:
             _wait("commands", lambda: _topic_count(run, "commands") >= len(want.commands),
                   second, 300)
-            time.sleep(10)  # what a restart writes twice comes with the rest
+            time.sleep(5)  # what a restart writes twice comes with the rest
         finally:
             os.killpg(second.pid, signal.SIGKILL)
             second.wait(30)

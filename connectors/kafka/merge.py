@@ -294,10 +294,12 @@ class BrokerEnds:
                 continue
             with self.lock:
                 for msg in msgs:
-                    part = (msg.topic(), msg.partition())
+                    topic, idx, offset = msg.topic(), msg.partition(), msg.offset()
+                    if topic is None or idx is None or offset is None:
+                        continue  # a client-level event, not a partition's
                     err = msg.error()
                     if err is None:
-                        self.seen[part] = msg.offset() + 1
-                        self.ends.pop(part, None)
+                        self.seen[topic, idx] = offset + 1
+                        self.ends.pop((topic, idx), None)
                     elif err.code() == KafkaError._PARTITION_EOF:
-                        self.ends[part] = msg.offset()
+                        self.ends[topic, idx] = offset
