@@ -242,7 +242,7 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
     merged = (WatermarkStrategy.for_monotonous_timestamps()
               .with_timestamp_assigner(MergedTimeMs()))
     outs = to_flink(ref, {"kafka": msgs}, watermarks={MERGE_STEP: merged},
-                    placement=Placement({MERGE_STEP: 1}, frozenset({MERGE_STEP})))
+                    placement=Placement({MERGE_STEP: 1}, frozenset({MERGE_STEP}), uids=True))
     signer_issuer = cfg.sign.issuer or load_keys(cfg)[0].issuer
     sinks = tables.create_statement_set()
     row = Types.ROW_NAMED(["k", "v"], [Types.PRIMITIVE_ARRAY(Types.BYTE()),

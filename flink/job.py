@@ -50,6 +50,10 @@ def _lay(step: CoreStep, ref: FlowRef, ups: list[DataStream | None],
         for s in out.values():
             if s is not None:
                 s.set_parallelism(par)
+    if placed.uids and step.kind not in ("merge", "redistribute"):  # those make no operator
+        for port, s in out.items():
+            if s is not None:
+                s.uid(step.step_id if port == "down" else f"{step.step_id}.{port}")
     return out
 
 
@@ -61,24 +65,19 @@ def _lay_step(step: CoreStep, ref: FlowRef, ups: list[DataStream | None],
         return {"down": _union(ups)}
     if up is None:  # fed by nothing (an empty merge): makes nothing
         return dict.fromkeys(step.downs)
-    # each operator's uid is its step id: a checkpoint or savepoint maps onto the job
-    # again whatever its parallelism (Flink's own ids change with how operators chain)
     if step.kind == "flat_map_batch":
-        return {"down": up.flat_map(FlatMapBatch(ref, sid), output_type=PICKLED)
-                .name(sid).uid(sid)}
+        return {"down": up.flat_map(FlatMapBatch(ref, sid), output_type=PICKLED).name(sid)}
     if step.kind == "branch":
-        return {"trues": up.filter(Branch(ref, sid, True)).name(sid + ".trues")
-                .uid(sid + ".trues"),
-                "falses": up.filter(Branch(ref, sid, False)).name(sid + ".falses")
-                .uid(sid + ".falses")}
+        return {"trues": up.filter(Branch(ref, sid, True)).name(sid + ".trues"),
+                "falses": up.filter(Branch(ref, sid, False)).name(sid + ".falses")}
     if step.kind == "redistribute":
         return {"down": up.rebalance()}
     if step.kind == "inspect_debug":
-        return {"down": up.map(Inspect(ref, sid), output_type=PICKLED).name(sid).uid(sid)}
+        return {"down": up.map(Inspect(ref, sid), output_type=PICKLED).name(sid)}
     if step.kind == "stateful_batch":
         keyed = up.key_by(_key, key_type=Types.STRING())
-        return {"down": keyed.process(StatefulBatch(ref, sid, hold), output_type=PICKLED)
-                .name(sid).uid(sid)}
+        return {"down": keyed.process(StatefulBatch(ref, sid, hold),
+                                      output_type=PICKLED).name(sid)}
     raise ConfigError(f"step {sid!r}", "a core step the Flink adapter runs", step.kind)
 
 
@@ -86,10 +85,15 @@ def _lay_step(step: CoreStep, ref: FlowRef, ups: list[DataStream | None],
 class Placement:
     """How particular steps are laid out: ``parallelism`` by step id (a step that must
     see all its input in one task), and the keyed steps that order their input
-    themselves (``unheld``: they take each record at once)."""
+    themselves (``unheld``: they take each record at once). With ``uids`` each
+    operator's uid is its step id, so a checkpoint or savepoint maps onto the job again
+    whatever its parallelism (Flink's own ids change with how operators chain); a job
+    that never restores (a backtest) leaves them out, as PyFlink's chaining of Python
+    operators can then make two operators of one uid."""
 
     parallelism: dict[str, int] = field(default_factory=dict)
     unheld: frozenset[str] = frozenset()
+    uids: bool = False
 
 
 def to_flink(ref: FlowRef, inputs: dict[str, DataStream], *,
@@ -126,8 +130,9 @@ def to_flink(ref: FlowRef, inputs: dict[str, DataStream], *,
         strategy = (watermarks or {}).get(step.step_id)
         for port, made in _lay(step, ref, ups, placed).items():
             if strategy is not None and made is not None:
-                made = made.assign_timestamps_and_watermarks(  # noqa: PLW2901
-                    strategy).uid(f"{step.step_id}.{port}.watermarks")
+                made = made.assign_timestamps_and_watermarks(strategy)  # noqa: PLW2901
+                if placed.uids:
+                    made.uid(f"{step.step_id}.{port}.watermarks")
                 if step.step_id in placed.parallelism:
                     made.set_parallelism(placed.parallelism[step.step_id])
             streams[step.downs[port]] = made

@@ -19,6 +19,7 @@ bytewax's own arguments go after ``--`` as for ``python -m bytewax.run``:
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import logging
 import os
@@ -212,7 +213,23 @@ def _stop_signals(received: list[int]) -> Iterator[None]:
     turns one into a TypeError while it reads its config), and the run still ended
     because it was told to."""
 
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def nudge(signum: int) -> None:
+        # an interrupt a C extension swallowed (one raised inside a librdkafka callback is
+        # printed and dropped) is raised again until the run has ended
+        while not done.wait(2.0):
+            with lock:
+                if not done.is_set():
+                    _thread.interrupt_main(signum)
+
     def stop(signum: int, _frame: Any) -> None:
+        if done.is_set():
+            return
+        if not received:
+            threading.Thread(target=nudge, args=(signum,), name="riskguard-stop",
+                             daemon=True).start()
         received.append(signum)
         raise Stopped if signum == signal.SIGTERM else KeyboardInterrupt
 
@@ -223,6 +240,9 @@ def _stop_signals(received: list[int]) -> Iterator[None]:
     try:
         yield
     finally:
+        with lock:
+            done.set()
+        time.sleep(0.05)  # a nudge already on its way lands here, and is ignored
         for sig, handler in before.items():
             signal.signal(sig, handler)
 
@@ -354,7 +374,9 @@ def _run(args: argparse.Namespace) -> int:
     from riskguard.operators.core.metrics import start_metrics_server_from_env  # noqa: PLC0415
 
     config = Path(args.config).resolve()
-    bw = parse_bytewax_args(list(args.bytewax))
+    flink = args.engine == "flink"
+    bw = parse_bytewax_args([] if flink else list(args.bytewax))
+    python = flink_python() if flink else None
     if args.status_every < 0:
         raise ConfigError("--status-every", "seconds >= 0 (0: no status lines)",
                           args.status_every)
@@ -374,6 +396,8 @@ def _run(args: argparse.Namespace) -> int:
     if bw.recovery_directory is not None:
         claim_recovery_store(bw.recovery_directory, cfg.replica.id)
     reach_kafka(cfg.kafka, f"[kafka] bootstrap in {config}")
+    if python is not None:
+        return _run_on_flink(python, config, list(args.bytewax), cfg, digest, signer.key_id)
     os.environ["RISKGUARD_CONFIG"] = str(config)  # as python -m bytewax.run would see it
     if args.new_config:
         os.environ["RISKGUARD_NEW_CONFIG"] = "1"
@@ -423,6 +447,60 @@ def _run(args: argparse.Namespace) -> int:
     return rc
 
 
+def flink_python() -> str:
+    """The interpreter that runs the Flink job: ``$RISKGUARD_FLINK_PYTHON``, or this one
+    if it has PyFlink (``riskguard[flink]``, which needs a venv of its own)."""
+    import importlib.util  # noqa: PLC0415
+
+    named = os.environ.get("RISKGUARD_FLINK_PYTHON")
+    if named:
+        return named
+    if importlib.util.find_spec("pyflink") is not None:
+        return sys.executable
+    raise ConfigError("--engine flink", "a Python with riskguard[flink] installed, named by "
+                      "$RISKGUARD_FLINK_PYTHON (docs/engines.md, Set up Flink)",
+                      f"no PyFlink in {sys.executable}")
+
+
+def _run_on_flink(python: str, config: Path, job_args: list[str], cfg: Any, digest: str,
+                  key_id: str) -> int:
+    """The guard as a Flink job (``python -m riskguard.flink.guard``) in a child process,
+    with a start line, a summary and the same exit codes. The counts are the job's own
+    (Flink's metrics), not this process's, so there are no status lines."""
+    import subprocess  # noqa: PLC0415
+
+    out = sys.stdout
+    job_args = job_args[1:] if job_args[:1] == ["--"] else job_args
+    started = time.monotonic()
+    how, rc = "ended", 0
+    received: list[int] = []
+    job: subprocess.Popen[bytes] | None = None
+    try:
+        with _stop_signals(received):
+            out.write(f"riskguard run: config {config} (sha256 {digest[:12]}), env {cfg.env}, "
+                      f"Kafka {cfg.kafka.bootstrap}, on Flink ({python} -m "
+                      f"riskguard.flink.guard {' '.join(job_args)}), signing key {key_id} "
+                      f"(issuer {cfg.keys.issuer}); counts: the Flink job's metrics\n")
+            out.flush()
+            job = subprocess.Popen([python, "-m", "riskguard.flink.guard", "--config",
+                                    str(config), *job_args])
+            if job.wait() != 0:
+                how, rc = f"stopped on an error (the Flink job exited {job.returncode})", 1
+    except KeyboardInterrupt as err:
+        sigterm = isinstance(err, Stopped) or signal.SIGTERM in received
+        how, rc = ("stopped (SIGTERM)", 143) if sigterm else ("interrupted", 130)
+    finally:
+        if job is not None and job.poll() is None:
+            job.terminate()
+            try:
+                job.wait(30)
+            except subprocess.TimeoutExpired:
+                job.kill()
+    out.write(f"summary  {how} after {time.monotonic() - started:.1f} s\n")
+    out.flush()
+    return rc
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run", help="run the guard dataflow from a TOML config",
@@ -437,6 +515,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "replica of a planned config change; docs/replicas.md)")
     p.add_argument("--status-every", type=float, default=10.0, metavar="SECONDS",
                    help="print a status line every SECONDS (default 10; 0: none)")
+    p.add_argument("--engine", choices=("bytewax", "flink"), default="bytewax",
+                   help="bytewax (default: in this process) or flink (the Flink job in a "
+                        "child process, run by $RISKGUARD_FLINK_PYTHON; docs/engines.md)")
     p.add_argument("bytewax", nargs=argparse.REMAINDER,
-                   help="bytewax.run arguments after --, e.g. -- -w 2 -r recovery/ -s 5 -b 30")
+                   help="engine arguments after --: bytewax.run's (e.g. -- -w 2 -r "
+                        "recovery/ -s 5 -b 30), or with --engine flink the job's (e.g. -- "
+                        "--parallelism 2 --checkpoints file:///var/lib/riskguard/chk)")
     p.set_defaults(func=_run)

@@ -341,3 +341,13 @@ def test_an_interrupt_a_c_extension_turned_into_another_error_is_still_noted() -
             msg = "expected configuration property name as type unicode string"
             raise TypeError(msg) from err
     assert received == [signal.SIGINT]
+
+
+def test_run_on_flink_without_pyflink_names_the_python_to_use(capsys, monkeypatch) -> None:
+    """``--engine flink`` needs a Python with riskguard[flink]; the test venv has none, and
+    the refusal says how to name one, before anything starts."""
+    monkeypatch.delenv("RISKGUARD_FLINK_PYTHON", raising=False)
+    rc = main(["run", "--engine", "flink", "--config", "guard.toml"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "RISKGUARD_FLINK_PYTHON" in err and "--engine flink" in err

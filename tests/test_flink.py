@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -28,8 +29,9 @@ from riskguard.flink import FlowRef, core_steps
 from riskguard.flink.backtest import read_records
 from riskguard.operators.core.clock import step_event_time
 from riskguard.operators.signing import decode_command
-from riskguard.schemas import encode
+from riskguard.schemas import Codec, encode
 
+from riskguard.cli import main
 from riskguard.errors import ConfigError
 
 START_NS = 1_795_500_000 * 10**9
@@ -109,40 +111,19 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"config": config, "records": records, "work": work}
 
 
-def _flink_backtest(scenario: dict[str, Path], parallelism: int) -> dict[str, list[Any]]:
-    work = scenario["work"] / f"p{parallelism}"
-    cmd, env = flink_command(work)
-    out = work / "out"
-    r = subprocess.run(
-        [*cmd, "-m", "riskguard.flink.backtest", "--config", str(scenario["config"]),
-         "--records", str(scenario["records"]), "--parallelism", str(parallelism),
-         "--out", str(out)],
-        capture_output=True, text=True, env=env, timeout=600, check=False, cwd=work)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
-    return {name: read_records(out / f"{name}.jsonl")
-            for name in ("commands", "signals", "audit", "dead_letters")}
-
-
-@pytest.mark.slow
-def test_the_backtest_on_flink_gives_bytewaxs_commands_and_signals(
+def test_the_backtest_job_is_the_backtest_flow_over_its_records_file(
         scenario: dict[str, Path]) -> None:
-    """The bundled demo scenario through the backtest flow: bytewax in this process,
-    Flink at parallelism 2. The same commands (decision, action, scope, params) and the
-    same signals and audit records, and no dead letter. (The live job's test runs at
-    parallelism 1 and 2.)"""
-    if reason := java_missing():
-        pytest.skip(reason)
-    cfg, digest = load_guard_config(scenario["config"])
-    want = run_backtest(cfg, digest, records=read_records(scenario["records"]))
-    assert len(want.commands) >= 10 and want.signals  # the scenario's incidents
-    got = _flink_backtest(scenario, 2)
-    commands = [decode_command(e) for e in got["commands"]]
-    assert sorted(map(_command_identity, commands)) == sorted(
-        map(_command_identity, want.commands))
-    assert sorted(map(_signal_identity, got["signals"])) == sorted(
-        map(_signal_identity, want.signals))
-    assert got["dead_letters"] == []
-    assert len(got["audit"]) == want.n_audit
+    """What ``python -m riskguard.flink.backtest`` lays onto Flink: the flow ``riskguard
+    backtest`` runs, with one input step for the records file and its five outputs.
+    (Running it on Flink against bytewax is ``bench/engines.py``'s: the live job's test
+    here covers the same adapter at parallelism 1 and 2.)"""
+    from riskguard.flink.backtest import flow_for
+
+    steps = core_steps(flow_for(str(scenario["config"]), 100))
+    assert [s.name for s in steps if s.kind == "input"] == ["in"]
+    assert sorted(s.name for s in steps if s.kind == "output") == sorted(
+        ("commands", "signals", "utilization", "audit", "dead_letters"))
+    assert len(read_records(scenario["records"])) > 20_000
 
 
 HELD_CHECK = """
@@ -194,13 +175,20 @@ def _topic_count(run: Any, stream: str) -> int:
     return len(read_topic_bytes(run.bootstrap, run.topic(stream), idle_timeout_s=1.0))
 
 
+def _distinct_commands(run: Any) -> int:
+    """The commands on the run's topic, a copy a restart wrote again counted once."""
+    topic = run.topic("commands")
+    return len({decode_command(Codec().decode(topic, raw)).command_id
+                for raw in read_topic_bytes(run.bootstrap, topic, idle_timeout_s=1.0)})
+
+
 def _wait(what: str, ready: Callable[[], bool], proc: subprocess.Popen[Any],
-          timeout_s: float) -> None:
+          timeout_s: float, every_s: float = 2.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not ready():
         assert proc.poll() is None, f"the Flink job ended before {what}"
         assert time.monotonic() < deadline, f"no {what} in {timeout_s:.0f} s"
-        time.sleep(2)
+        time.sleep(every_s)
 
 
 def _guard_job(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[Any]:
@@ -213,10 +201,11 @@ def _guard_job(args: list[str], env: dict[str, str], log: Path) -> subprocess.Po
 def test_the_live_flink_guard_killed_and_rescaled_executes_bytewaxs_commands_once(
         kafka_bootstrap: str, tmp_path: Path) -> None:
     """The demo scenario published to the dev broker (two partitions a topic), the guard
-    job reading it live at parallelism 1: killed whole (the mini-cluster and its Python
-    workers) once commands flow, restarted from its last checkpoint at parallelism 2.
-    The subscriber executes bytewax's commands (decision, action, scope, params), each
-    once, and nothing is dead-lettered."""
+    run live on Flink (``riskguard run --engine flink``) at parallelism 1: killed whole
+    (the CLI, the mini-cluster and its Python workers) once commands flow, restarted
+    from its last checkpoint at parallelism 2, then interrupted. The subscriber executes
+    bytewax's commands (decision, action, scope, params), each once, and nothing is
+    dead-lettered."""
     if reason := java_missing():
         pytest.skip(reason)
     from riskguard.dataflows.demo import prepare_run, subscriber_for
@@ -226,32 +215,48 @@ def test_the_live_flink_guard_killed_and_rescaled_executes_bytewaxs_commands_onc
     cfg, digest = load_guard_config(run.config)
     want = run_backtest(cfg, digest, records=build_scenario(run.start_ns).events)
     cmd, env = flink_command(tmp_path)
-    env["RISKGUARD_FLINK_JARS"] = ";".join(kafka_jars())
+    env |= {"RISKGUARD_FLINK_JARS": ";".join(kafka_jars()), "RISKGUARD_FLINK_PYTHON": cmd[0]}
     checkpoints = (tmp_path / "checkpoints").as_uri()
-    args = [*cmd, "-m", "riskguard.flink.guard", "--config", str(run.config),
-            "--checkpoints", checkpoints, "--checkpoint-interval-ms", "1000"]
+    args = [sys.executable, "-m", "riskguard.cli", "run", "--engine", "flink", "--config",
+            str(run.config), "--", "--checkpoints", checkpoints, "--checkpoint-interval-ms",
+            "1000"]
     log = tmp_path / "job.log"
     first = _guard_job([*args, "--parallelism", "1"], env, log)
     try:
-        _wait("commands and a checkpoint after them",
-              lambda: _topic_count(run, "commands") >= 3
-              and latest_checkpoint(checkpoints) is not None, first, 300)
-        os.killpg(first.pid, signal.SIGKILL)
+        _wait("a command and a checkpoint", lambda: _topic_count(run, "commands") >= 1
+              and latest_checkpoint(checkpoints) is not None, first, 300, every_s=0.5)
+        os.killpg(first.pid, signal.SIGKILL)  # the CLI, the job and its Python workers
         first.wait(30)
+        at_kill = _distinct_commands(run)
+        assert at_kill < len(want.commands), "the kill came after the last command"
         second = _guard_job([*args, "--parallelism", "2", "--restore", "latest"], env, log)
         try:
-            _wait("commands", lambda: _topic_count(run, "commands") >= len(want.commands),
+            _wait("commands", lambda: _distinct_commands(run) >= len(want.commands),
                   second, 300)
-            time.sleep(5)  # what a restart writes twice comes with the rest
+            second.send_signal(signal.SIGINT)  # the CLI stops the job, then sums up
+            assert second.wait(60) == 130, log.read_text()[-3000:]
         finally:
-            os.killpg(second.pid, signal.SIGKILL)
-            second.wait(30)
+            if second.poll() is None:
+                os.killpg(second.pid, signal.SIGKILL)
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
+    lines = log.read_text().splitlines()
+    assert sum(line.startswith("riskguard run: config ") for line in lines) == 2
+    assert lines[-1].startswith("summary  interrupted after "), lines[-1]
     executed: list[Any] = []
     with subscriber_for(run, tmp_path / "sub.sqlite", on_command=executed.append) as sub:
         sub.poll(idle_timeout_s=2.0)
+        summary = sub.summary()
     assert sorted(map(_command_identity, executed)) == sorted(
         map(_command_identity, want.commands)), log.read_text()[-3000:]
+    # the restored job went on with the sequence and the audit chain where they stood
+    assert summary.get("gaps", 0) == 0 and summary.get("rejected", 0) == 0, summary
+    assert main(["audit", "verify", "--topic", run.topic("audit"), "--brokers",
+                 run.bootstrap, "--trust", str(run.keys.trust_file), "--roots",
+                 str(run.keys.roots_file), "--allow-tail"]) == 0  # a live log
+    topic = run.topic("signals")
+    signals = {_signal_identity(Codec().decode(topic, raw))
+               for raw in read_topic_bytes(run.bootstrap, topic, idle_timeout_s=1.0)}
+    assert signals == set(map(_signal_identity, want.signals))
     assert _topic_count(run, "dead_letters") == 0
