@@ -222,7 +222,7 @@ def _stop_signals(received: list[int]) -> Iterator[None]:
         while not done.wait(2.0):
             with lock:
                 if not done.is_set():
-                    _thread.interrupt_main(signum)
+                    _thread.interrupt_main(signal.Signals(signum))
 
     def stop(signum: int, _frame: Any) -> None:
         if done.is_set():
