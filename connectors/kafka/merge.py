@@ -113,7 +113,6 @@ class PartitionMerge:
         self.at_once: dict[Part, PartitionAdmission] = {}  # untimed topics' partitions
         self.arrivals = 0
         self.emitted_ts = -1
-        self.frontier_ts = -1
         self.unmarked = False  # emitted records no Frontier has followed yet
         self.deadline_ns: int | None = None  # when to look again while records wait
         now = clock()
@@ -185,7 +184,6 @@ class PartitionMerge:
             self.deadline_ns = None
             if self.unmarked:
                 self.unmarked = False
-                self.frontier_ts = self.emitted_ts
                 out.append(Frontier(self.emitted_ts))
 
     def _ask_ends(self, now: int) -> None:
