@@ -360,9 +360,10 @@ def prepare_run(bootstrap: str, workdir: Path, *, env: str = ENV, partitions: in
         config.write_text(config.read_text().replace(
             "[input]\n", "[input]\naligned_market = true\n", 1))
         aligned = (partitions, price_key_prefixes(load_guard_config(config)[0]))
-    # On a whole second: bars and ticks are cut on whole seconds of event time, so every
-    # prepared run sees the scenario cut the same way (a run is comparable with another).
-    start_ns = (time.time_ns() // NS - copies * DURATION_S - 5) * NS
+    # On a whole minute: bars and ticks are cut on whole seconds of event time and the
+    # move bands keep prices per minute, so every prepared run sees the scenario cut the
+    # same way (a run is comparable with another).
+    start_ns = (time.time_ns() // NS - copies * DURATION_S - 5) // 60 * 60 * NS
     n = publish_scenario(bootstrap, start_ns, env, aligned=aligned, copies=copies)
     return PreparedRun(bootstrap, env, workdir, config, keys, start_ns, n)
 
