@@ -70,7 +70,7 @@ def test_commands_do_not_depend_on_the_batch_size(default_config) -> None:
 def test_a_crash_in_minute_bars_is_critical_and_reduce_only_within_two_bars(default_config
                                                                             ) -> None:
     """The move bands see the fall on its first bars and the playbook goes reduce-only on
-    the venue, issued at the event time of the bar that showed it."""
+    the instrument, issued at the event time of the bar that showed it."""
     cfg, digest = default_config
     res = run_backtest(cfg, digest, records=bars(), batch_size=100)
     onset = 801 * MIN  # the close of the first falling bar
@@ -78,7 +78,7 @@ def test_a_crash_in_minute_bars_is_critical_and_reduce_only_within_two_bars(defa
              and s.severity.value == "critical" and s.ts >= onset]
     assert moves and moves[0].ts <= onset + MIN
     reduce = [c for c in res.commands if c.action.value == "reduce_only"]
-    assert reduce and reduce[0].scope.label() == "venue:binance"
+    assert reduce and reduce[0].scope.label() == "instrument:binance/BTCUSDT"
     assert onset <= reduce[0].issued_at <= onset + 2 * MIN
 
 

@@ -46,6 +46,7 @@ NS = 1_000_000_000
 # What the bundled scenario must produce, in order, per scope.
 EXPECTED: dict[str, list[str]] = {
     "venue:okx": ["alert", "widen_quotes"],                    # flash crash on okx BTC-USDT
+    "instrument:okx/BTC-USDT": ["alert", "reduce_only"],       # its price move
     "venue:binance": ["reroute_order_flow", "failover_feed"],  # binance primary feed lost
     "counterparty:deribit": ["reduce_only"],                   # fills breach deribit's limit
 }

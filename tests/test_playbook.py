@@ -755,9 +755,10 @@ def test_a_repeat_trip_does_not_start_past_a_gate() -> None:
     assert {a for a, _ in acts(out)} == {"alert"}
 
 
-def test_the_default_playbook_alerts_on_critical_price_moves_and_on_a_regime_change() -> None:
-    """The bundled playbook: a critical price move alerts on its instrument (a warning
-    is no command); a regime change only alerts (it cuts no limits)."""
+def test_the_default_playbook_reduces_on_critical_moves_and_alerts_on_a_regime_change() -> None:
+    """The bundled playbook: a critical price move alerts and goes reduce-only on its
+    instrument (a warning is no command); a regime change only alerts (it cuts no
+    limits)."""
     from importlib import resources
 
     doc = read_toml(str(resources.files("riskguard.dataflows").joinpath("playbook.toml")))
@@ -765,7 +766,8 @@ def test_the_default_playbook_alerts_on_critical_price_moves_and_on_a_regime_cha
     logic = PlaybookLogic(cfg, ManualClock(1_000))
     assert logic.on_event(anomaly(0, kind="price_move")) == []
     move = anomaly(1, kind="price_move", sev=Severity.CRITICAL, phase="escalate")
-    assert acts(logic.on_event(move)) == [("alert", "instrument:okx/BTC-USDT")]
+    assert acts(logic.on_event(move)) == [("alert", "instrument:okx/BTC-USDT"),
+                                          ("reduce_only", "instrument:okx/BTC-USDT")]
     regime = anomaly(5, kind="regime_change", inst="ETH-USDT", sev=Severity.INFO)
     quiet = feed(logic, [regime, *[Tick(ts=s * S) for s in range(6, 400)]])
     assert ("reduce_limits", "underlying:okx/ETH") not in acts(quiet)
