@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import msgspec
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from riskguard.connectors.settings import with_logger
 from riskguard.operators.core.clock import Clock, system_clock
@@ -479,8 +479,18 @@ class CommandSubscriber:
         self.close()
 
 
+CONNECT_S = 10.0
+"""How long :func:`read_topic_bytes` waits for a topic's first message or end event."""
+
+
 def read_topic_bytes(brokers: str, topic: str, *, idle_timeout_s: float = 3.0) -> list[bytes]:
-    """Every message value of ``topic`` from the beginning (assign, no group), in order."""
+    """Every message value of ``topic`` from the beginning (assign, no group), in order
+    within each partition.
+
+    Done once every partition has reported its end (librdkafka's end-of-partition event)
+    with nothing after it, or once ``idle_timeout_s`` passes with neither a message nor
+    an end event; the wait for the first one allows at least ``CONNECT_S`` for the
+    connection, so a slow start does not read as an empty topic."""
     conf: dict[str, Any] = with_logger({"bootstrap.servers": brokers})
     md = AdminClient(conf).list_topics(topic, timeout=10)
     tmd = md.topics.get(topic)
@@ -488,17 +498,26 @@ def read_topic_bytes(brokers: str, topic: str, *, idle_timeout_s: float = 3.0) -
         msg = f"topic {topic!r} does not exist at {brokers}"
         raise BrokerError(msg)
     consumer = Consumer({**conf, "group.id": f"riskguard-reader-{id(conf)}",
-                         "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(tmd.partitions)])
+                         "enable.auto.commit": False, "enable.partition.eof": True})
+    parts = sorted(tmd.partitions)
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
     out: list[bytes] = []
-    idle = time.monotonic()
+    at_end: set[int] = set()
+    quiet_s = max(idle_timeout_s, CONNECT_S)
+    last = time.monotonic()
     try:
-        while time.monotonic() - idle < idle_timeout_s:
+        while len(at_end) < len(parts) and time.monotonic() - last < quiet_s:
             m = consumer.poll(0.2)
-            if m is None or m.error() is not None:
+            if m is None:
                 continue
-            out.append(m.value() or b"")
-            idle = time.monotonic()
+            last = time.monotonic()
+            quiet_s = idle_timeout_s
+            err, part = m.error(), m.partition()
+            if err is None:
+                at_end.discard(part)
+                out.append(m.value() or b"")
+            elif err.code() == KafkaError._PARTITION_EOF and part is not None:
+                at_end.add(part)
     finally:
         consumer.close()
     return out

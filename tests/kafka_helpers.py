@@ -6,7 +6,7 @@ import socket
 import time
 from collections.abc import Iterable
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from riskguard.connectors.kafka import list_partitions
 from riskguard.connectors.settings import KafkaSettings
 
@@ -31,29 +31,37 @@ def consume_all(bootstrap: str, topic: str, expect: int | None = None, idle_s: f
                 timeout_s: float = 30.0) -> list[tuple[int, int, bytes]]:
     """Every message of ``topic`` as ``(partition, offset, value)``.
 
-    Stops after ``expect`` messages, or after ``idle_s`` without new ones.
-    (The dev broker's high watermark under-reports, so it is never used here.)
+    Stops after ``expect`` messages; without ``expect``, once every partition has
+    reported its end (librdkafka's end-of-partition event, from the fetch response) with
+    nothing after it, or after ``idle_s`` with neither messages nor end events. (The dev
+    broker's listed high watermark under-reports, so ListOffsets is never used here.)
     """
     parts = list_partitions(KafkaSettings(bootstrap=bootstrap), topic)
     c = Consumer({
         "bootstrap.servers": bootstrap, "group.id": "tests", "enable.auto.commit": False,
-        "fetch.wait.max.ms": 20,
+        "fetch.wait.max.ms": 20, "enable.partition.eof": True,
     })
     c.assign([TopicPartition(topic, p, 0) for p in parts])
     out: list[tuple[int, int, bytes]] = []
+    at_end: set[int] = set()
     deadline = time.monotonic() + timeout_s
     last = time.monotonic()
     try:
         while time.monotonic() < deadline:
             msgs = c.consume(1000, 0.1)
             for m in msgs:
-                if m.error() is None:
+                err = m.error()
+                if err is None:
+                    at_end.discard(m.partition())
                     out.append((m.partition(), m.offset(), m.value()))
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(m.partition())
             if msgs:
                 last = time.monotonic()
-            if expect is not None and len(out) >= expect:
-                break
-            if expect is None and time.monotonic() - last > idle_s:
+            if expect is not None:
+                if len(out) >= expect:
+                    break
+            elif len(at_end) == len(parts) or time.monotonic() - last > idle_s:
                 break
     finally:
         c.close()
