@@ -136,11 +136,11 @@ def _calm_share(series: inc.Series, labels: Sequence[inc.Label],
     the key spent in a state (critical, or under a mitigation)."""
     spans = inc.coverage(series)
     windows = inc.excluded_windows(series, labels)
-    calm = sum(b - a for a, b in spans) - inc._overlap(spans, windows)
-    act = inc._merge(active)
-    excluded = inc._merge((max(a, lo), min(b, hi)) for a, b in spans for lo, hi in windows
+    calm = sum(b - a for a, b in spans) - inc.overlap_ns(spans, windows)
+    act = inc.merge_spans(active)
+    excluded = inc.merge_spans((max(a, lo), min(b, hi)) for a, b in spans for lo, hi in windows
                           if min(b, hi) > max(a, lo))
-    return inc._overlap(spans, act) - inc._overlap(act, excluded), calm
+    return inc.overlap_ns(spans, act) - inc.overlap_ns(act, excluded), calm
 
 
 def mitigated_spans(commands: Sequence[MitigationCommand], key: str, end: int

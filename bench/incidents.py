@@ -110,7 +110,7 @@ def series_labels(series: Series, labels: Iterable[Label]) -> list[Label]:
 
 def excluded_windows(series: Series, labels: Iterable[Label]) -> list[tuple[int, int]]:
     """``[onset - 1 day, end)`` of each incident of the series, merged, sorted."""
-    return _merge([(lb.onset_ns - DAY_NS, lb.end_ns) for lb in series_labels(series, labels)])
+    return merge_spans([(lb.onset_ns - DAY_NS, lb.end_ns) for lb in series_labels(series, labels)])
 
 
 def coverage(series: Series) -> list[tuple[int, int]]:
@@ -130,10 +130,16 @@ def coverage(series: Series) -> list[tuple[int, int]]:
                 step = series.interval_ns
             spans.append((rec.ts - step, rec.ts))
             prev = rec.ts
-    return _merge(spans)
+    return merge_spans(spans)
 
 
-def _merge(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Time spans ``(start, end)`` joined where they touch or overlap, in order; empty ones
+    dropped.
+
+    >>> merge_spans([(5, 9), (0, 3), (3, 4), (7, 7)])
+    [(0, 4), (5, 9)]
+    """
     out: list[tuple[int, int]] = []
     for a, b in sorted(s for s in spans if s[1] > s[0]):
         if out and a <= out[-1][1]:
@@ -143,7 +149,12 @@ def _merge(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-def _overlap(spans: Sequence[tuple[int, int]], windows: Sequence[tuple[int, int]]) -> int:
+def overlap_ns(spans: Sequence[tuple[int, int]], windows: Sequence[tuple[int, int]]) -> int:
+    """How much of ``spans`` lies inside ``windows`` (each list disjoint).
+
+    >>> overlap_ns([(0, 10), (20, 30)], [(5, 25)])
+    10
+    """
     total = 0
     for a, b in spans:
         for lo, hi in windows:
@@ -155,7 +166,7 @@ def calm_ns(series: Series, labels: Iterable[Label]) -> int:
     """Calm time of a series in ns: its coverage outside every excluded window."""
     spans = coverage(series)
     covered = sum(b - a for a, b in spans)
-    return covered - _overlap(spans, excluded_windows(series, labels))
+    return covered - overlap_ns(spans, excluded_windows(series, labels))
 
 
 def calm_days(series: Series, labels: Iterable[Label]) -> float:
@@ -285,7 +296,7 @@ def false_alarms(series: Iterable[Series], labels: Sequence[Label],
                 if any(a < ts <= b for a, b in spans)
                 and not any(lo <= ts < hi for lo, hi in windows))
         covered = sum(b - a for a, b in spans)
-        out[series_name(s)] = (n, (covered - _overlap(spans, windows)) / DAY_NS)
+        out[series_name(s)] = (n, (covered - overlap_ns(spans, windows)) / DAY_NS)
     return FalseAlarms(out)
 
 
