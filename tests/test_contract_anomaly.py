@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from riskguard.operators.core.clock import Tick
+from riskguard.operators.detection.cross_rates import CrossRateConfig
+from riskguard.operators.detection.cross_shard import cross_points, cross_shard_builder
 from riskguard.operators.detection.detector import DetectorConfig, detector_builder
 from riskguard.operators.detection.features import (
     FeatureConfig,
@@ -29,7 +32,22 @@ def _vectors() -> list:
 
 VECTORS = _vectors()[:700]
 
+
+def _cross_items() -> list:
+    """One shard's input: every market's points and one reader's ticks, 50 records a
+    batch."""
+    points = cross_points(lambda recs: [Tick(ts=recs[-1].ts, source="w0", of=1)],
+                          bar_ns=10**9, shards=1)
+    events = list(SC.events)
+    return [item for i in range(0, len(events), 50)
+            for _key, item in points(events[i:i + 50])][:1500]
+
+
+CROSS = _cross_items()
+
 CASES = [
+    Case("cross-shard", cross_shard_builder(CrossRateConfig(warmup_points=20), lambda: 0,
+                                            bar_ns=10**9), CROSS),
     Case("features-bar", feature_builder(FCFG, lambda: 2**62), MARKET),
     Case("features-event", feature_builder(FeatureConfig(venues=SC.venues, cadence="event"),
                                            lambda: 2**62), MARKET[:400]),

@@ -86,7 +86,7 @@ def test_a_stablecoin_slipping_shows_in_its_market_without_a_configured_peg() ->
 
 def test_a_market_that_stopped_quoting_is_no_reference() -> None:
     """A price older than max_age_ns is left out of the others' median."""
-    logic = CrossRates(CrossRateConfig(max_age_ns=90 * NS))
+    logic = CrossRates(CrossRateConfig(max_age_ns=90 * NS, min_markets=2))
     logic.on_event(vec("kraken", "XBTUSD", 0, 100.0))
     assert logic.on_event(vec("binance", "BTCUSDT", 5, 50.0)) == []
     assert "kraken/XBTUSD" in logic.s.markets

@@ -268,12 +268,15 @@ def test_a_backlog_of_three_incidents_through_two_processes_gives_one_workers_co
     kafka_bootstrap, tmp_path
 ) -> None:
     """Three back-to-back copies of the scenario, replayed at full speed: 2 processes
-    execute the same non-alert commands, on the same scopes, as many times as 1 worker.
+    execute the same non-alert commands, on the same scopes, as many times as 1 worker,
+    and raise the same price moves and cross-market dislocations.
     (The processes drift apart in event time; signals and records too far ahead of
     their watermark wait in the playbook and the valuation shards, and the playbook
-    takes its clock from the end of the exposure path, so no breach arrives late.)"""
+    takes its clock from the end of the exposure path, so no breach arrives late; the
+    cross-market check judges prices once both processes have passed them.)"""
     executed: dict[int, Counter[tuple[str, str]]] = {}
     story: dict[int, list[str]] = {}
+    judged: dict[int, list[tuple[str, str, str, int]]] = {}
     for procs in (1, 2):
         run = prepare_run(kafka_bootstrap, tmp_path / f"backlog-{procs}",
                           env=f"e{uuid.uuid4().hex[:8]}", copies=3)
@@ -285,8 +288,14 @@ def test_a_backlog_of_three_incidents_through_two_processes_gives_one_workers_co
         executed[procs] = Counter((c.action.value, c.scope.label()) for c in cmds
                                   if c.action.value != "alert")
         story[procs] = [c.reason[:160] for c in cmds if c.action.value != "alert"]
+        judged[procs] = sorted(  # ids hash event times: the runs start minutes apart
+            (d["key"], d["kind"], d["phase"], d["ts"] - run.start_ns) for _p, _o, v in
+            consume_all(kafka_bootstrap, run.topic("signals"))
+            if (d := msgspec.json.decode(v)).get("kind") in ("dislocation", "price_move"))
     assert executed[2] == executed[1], "\n".join(
         ["1 worker:", *story[1], "2 processes:", *story[2]])
+    assert judged[2] == judged[1]
+    assert {k for _key, k, _p, _t in judged[1]} == {"dislocation", "price_move"}
 
 
 def _start_detect(run: PreparedRun, detect_args: tuple[str, ...] = ()):

@@ -247,7 +247,7 @@ def _detect(market: Stream[Any], market_ok: Stream[Any], status: Stream[VenueSta
             ) -> tuple[Stream[AnomalySignal], list[Stream[DeadLetter]]]:
     """Features, then anomaly detection: the anomaly signals and the steps' dead letters."""
     feat_market = market_ok if local_keys is None else _with_own_index(market, market_ok)
-    return _detect_on(feat_market, status, cfg, clock, local_keys)
+    return _detect_on(feat_market, status, cfg, clock, local_keys, read=market)
 
 
 def _with_own_index(market: Stream[Any], market_ok: Stream[Any]) -> Stream[Any]:
@@ -267,14 +267,20 @@ def _with_own_index(market: Stream[Any], market_ok: Stream[Any]) -> Stream[Any]:
 
 def _detect_on(feat_market: Stream[Any], status: Stream[VenueStatus], cfg: GuardConfig,
                clock: Clock, local_keys: Callable[[str], bool] | None,
+               read: Stream[Any] | None = None,
                ) -> tuple[Stream[AnomalySignal], list[Stream[DeadLetter]]]:
+    """Features and anomaly detection on ``feat_market``; with ``read`` (the market
+    records where this flow reads them, every market of the cluster in some worker),
+    the cross-market check too. A market process sees only its own markets, so it
+    passes no ``read``: a group split between processes is not compared."""
     feats = extract_features("features", op.merge("feat_in", feat_market, status),
                              config=cfg.features, clock=clock, local_keys=local_keys)
     detected = detect_anomalies("detect", feats.oks, config=cfg.detector, clock=clock)
     anomalies = op.key_rm("anomalies", detected.oks)
-    if cfg.detector.cross.enabled:
+    if cfg.detector.cross.enabled and read is not None:
         anomalies = op.merge("with_dislocations", anomalies, detect_dislocations(
-            "cross", feats.oks, config=cfg.detector.cross))
+            "cross", read, config=cfg.detector.cross, ticks_of=_tick_fn(cfg.tick_ns),
+            clock=clock, bar_ns=cfg.features.bar_ns))
     return anomalies, [feats.errs, detected.errs]
 
 

@@ -10,7 +10,9 @@
   :mod:`~riskguard.operators.detection.range_scorer`, the threshold
   :mod:`~riskguard.operators.detection.score_quantile` and the deterministic
   :mod:`~riskguard.operators.detection.move_bands`;
-- :mod:`~riskguard.operators.detection.cross_rates`: markets of one base asset parting;
+- :mod:`~riskguard.operators.detection.cross_rates`: markets of one base asset parting,
+  judged in event-time order on shard keys by
+  :mod:`~riskguard.operators.detection.cross_shard`;
 - :mod:`~riskguard.operators.detection.detect_watch`: the firm tier's alert when a
   detect worker goes silent;
 - :mod:`~riskguard.operators.detection.market_sim`: a labelled synthetic market for
@@ -18,6 +20,7 @@
 """
 
 from riskguard.operators.detection.cross_rates import CrossRateConfig, CrossRates, market_group
+from riskguard.operators.detection.cross_shard import CrossShard, CrossShardState, cross_points
 from riskguard.operators.detection.detect_watch import (
     DetectWatchLogic,
     DetectWatchState,
@@ -52,6 +55,8 @@ __all__ = [
     "ArrayHST",
     "CrossRateConfig",
     "CrossRates",
+    "CrossShard",
+    "CrossShardState",
     "DetectOut",
     "DetectWatchLogic",
     "DetectWatchState",
@@ -70,6 +75,7 @@ __all__ = [
     "Scenario",
     "ScoreQuantile",
     "SimConfig",
+    "cross_points",
     "detect_anomalies",
     "detect_dislocations",
     "detect_worker",

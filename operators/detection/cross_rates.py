@@ -14,7 +14,9 @@ price of every market and compares each with the **median of the others**:
   is not learned while the market is dislocated;
 - a market is **dislocated** when ``dev`` leaves its usual offset by more than
   ``max(floor_bps, band_k * spread)``; ``critical`` at ``critical_ratio``
-  times that. Episodes open, escalate and close as the move bands' do.
+  times that. Episodes open, escalate and close as the move bands' do;
+- a market is judged only against at least ``min_markets - 1`` others (two by
+  default): with one other, which of the two moved cannot be told.
 
 Markets are grouped by the base asset and quote unit parsed from their
 instrument name (:func:`market_group`: ``BTCUSDT``, ``BTC-USD``, ``XBTUSD``
@@ -64,17 +66,27 @@ _RANK = {Severity.INFO: 0, Severity.WARN: 1, Severity.CRITICAL: 2}
 QUOTES = ("FDUSD", "USDT", "USDC", "BUSD", "TUSD", "USD", "DAI", "EUR", "BTC", "ETH")
 USD_LIKE = frozenset({"FDUSD", "USDT", "USDC", "BUSD", "TUSD", "USD", "DAI"})
 ALIASES = {"XBT": "BTC"}
+PERPETUAL = frozenset({"PERP", "PERPETUAL", "SWAP"})
 
 
 def split_instrument(name: str) -> tuple[str, str] | None:
     """``(base, quote)`` of an instrument name, or None when it names no known quote.
 
+    A perpetual's suffix (``-PERP``, ``-PERPETUAL``, ``-SWAP``) is dropped; a bare
+    perpetual (``BTC-PERP``, Deribit's ``BTC-PERPETUAL``) is dollar-quoted.
+
     >>> [split_instrument(n) for n in ("BTCUSDT", "BTC-USD", "XBTUSD", "BTCTUSD",
     ...                                "BTCUSD_PERP", "ETH-27DEC26-3500-C")]
     [('BTC', 'USDT'), ('BTC', 'USD'), ('BTC', 'USD'), ('BTC', 'TUSD'), ('BTC', 'USD'), None]
+    >>> [split_instrument(n) for n in ("BTC-PERP", "ETH-PERPETUAL", "BTC-USDT-SWAP")]
+    [('BTC', 'USD'), ('ETH', 'USD'), ('BTC', 'USDT')]
     """
     head = name.upper().split("_", 1)[0]
     parts = head.split("-")
+    if len(parts) > 1 and parts[-1] in PERPETUAL:
+        parts = parts[:-1]
+        if len(parts) == 1 and parts[0].isalpha():
+            return ALIASES.get(parts[0], parts[0]), "USD"
     if len(parts) == 2 and parts[1] in QUOTES:
         base, quote = parts
     elif len(parts) == 1:
@@ -109,13 +121,14 @@ def market_group(key: str) -> str | None:
 class CrossRateConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Settings of the cross-market dislocation check (``detector.cross``).
 
-    Off by default: it compares the prices that have reached its group, so processes
-    that drift apart in event time (a backlog through several processes) see each
-    other's markets late or early and raise dislocations one worker would not.
-    Turn it on where the guard runs as one process, or its inputs stay aligned.
+    On by default. Prices are judged in event-time order once every worker has
+    passed them (:mod:`~riskguard.operators.detection.cross_shard`), on ``shards``
+    shard keys, each holding the groups that hash to it.
     """
 
-    enabled: bool = False
+    enabled: bool = True
+    shards: int = 4
+    min_markets: int = 3
     floor_bps: float = 50.0
     band_k: float = 8.0
     critical_ratio: float = 2.0
@@ -133,6 +146,10 @@ class CrossRateConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
                 raise ConfigError(f"{path}.{name}", "must be a positive number", v)
         if not self.critical_ratio >= 1.0:
             raise ConfigError(path + ".critical_ratio", "must be >= 1", self.critical_ratio)
+        if self.shards < 1:
+            raise ConfigError(path + ".shards", "must be >= 1", self.shards)
+        if self.min_markets < 2:
+            raise ConfigError(path + ".min_markets", "must be >= 2", self.min_markets)
         for name in ("max_age_ns", "warmup_points", "close_quiet_points"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{path}.{name}", "must be >= 0", getattr(self, name))
@@ -192,8 +209,8 @@ class CrossRates:
         others = sorted((o.logp, k) for k, o in s.markets.items()
                         if k != fv.key and fv.ts - o.ts <= max(self.config.max_age_ns,
                                                                2 * o.interval_ns))
-        if not others:
-            return []
+        if len(others) < max(1, self.config.min_markets - 1):
+            return []  # with one other market, which of the two moved cannot be told
         mid = len(others) // 2
         ref, ref_key = (others[mid] if len(others) % 2 else
                         ((others[mid - 1][0] + others[mid][0]) / 2, others[mid][1]))

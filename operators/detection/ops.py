@@ -47,7 +47,9 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
 from riskguard.operators.core.base import event_time, split_dead_letters, stateful_logic, values_of
-from riskguard.operators.detection.cross_rates import CrossRateConfig, CrossRates, market_group
+from riskguard.operators.core.clock import Tick
+from riskguard.operators.detection.cross_rates import CrossRateConfig
+from riskguard.operators.detection.cross_shard import cross_points, cross_shard_builder
 from riskguard.operators.detection.detector import DetectorConfig, detector_builder
 from riskguard.operators.detection.features import FeatureConfig, feature_builder, route_batch
 from riskguard.schemas.audit import DeadLetter
@@ -112,30 +114,23 @@ def detect_anomalies(step_id: str, up: KeyedStream[FeatureVector], *, config: De
 
 
 @operator
-def detect_dislocations(step_id: str, up: KeyedStream[FeatureVector], *,
-                        config: CrossRateConfig) -> Stream[AnomalySignal]:
+def detect_dislocations(step_id: str, market: Stream[Any], *, config: CrossRateConfig,
+                        ticks_of: Callable[[list[Any]], list[Tick]],
+                        clock: Callable[[], int], bar_ns: int = 1_000_000_000,
+                        ) -> Stream[AnomalySignal]:
     """Markets of one base asset parting from the others: ``dislocation`` signals.
 
-    ``up`` is ``extract_features(...).oks``; its vectors are re-keyed by base asset and
-    quote unit (:func:`~riskguard.operators.detection.cross_rates.market_group`) and compared per
-    group, in event time (:mod:`riskguard.operators.detection.cross_rates`). Each group lives on
-    one worker, and
-    compares the latest prices that have reached it: on several workers a signal can
-    differ from one worker's run by the prices still in flight.
+    ``market`` is market records where they are read, before any exchange (a quote's
+    mid, a trade's price or a bar's close each ``bar_ns`` is a market's price);
+    ``ticks_of(batch)`` the reading worker's event-time ticks (the guard's). Markets
+    are grouped by base asset and quote unit
+    (:func:`~riskguard.operators.detection.cross_rates.market_group`); each group is
+    judged on one of ``config.shards`` shard keys, in event-time order once every
+    worker has passed a price (:mod:`~riskguard.operators.detection.cross_shard`), so
+    any number of workers or processes raise the same signals.
     """
     config.validate(f"step {step_id!r}: detector.cross")
-
-    def by_group(kvs: list[tuple[str, FeatureVector]]) -> list[tuple[str, FeatureVector]]:
-        out = []
-        for key, fv in kvs:
-            if fv.price is None:
-                continue
-            group = market_group(key)
-            if group is not None:
-                out.append((group, fv))
-        return out
-
-    keyed = op.flat_map_batch("by_group", up, by_group)
-    out = stateful_logic("cross", keyed, lambda state: CrossRates(config, state),
-                         order=event_time)
+    keyed = op.flat_map_batch("points", market,
+                              cross_points(ticks_of, bar_ns=bar_ns, shards=config.shards))
+    out = stateful_logic("cross", keyed, cross_shard_builder(config, clock, bar_ns=bar_ns))
     return op.flat_map_batch("unkey", out, values_of)

@@ -1,0 +1,216 @@
+"""Cross-market dislocations in event-time order, however the markets are spread.
+
+:class:`~riskguard.operators.detection.cross_rates.CrossRates` compares each market's
+latest price with the others' at the moment it is judged. Where the markets of a
+group are read by several workers or processes, what "the others' latest prices"
+are at that moment depends on which worker's records have arrived: a run through
+two processes would judge on other prices than one worker does. Here the prices
+wait until every worker has passed their time, and are judged in event-time order:
+
+- :func:`cross_points` runs where the input is read, before any exchange. It makes
+  one price point per market per ``bar_ns`` of event time (the first price of the
+  bar: a quote's mid, a trade's price, a bar's close) for :func:`shard_of` its
+  group, and after each batch's points the reading worker's
+  :class:`~riskguard.operators.core.clock.Tick` for every shard. One channel carries
+  both, so a tick never overtakes the points it covers.
+- :class:`CrossShard` (one per shard key) holds the points until the watermark (the
+  slowest live worker's tick) has passed them, then judges them in ``(ts, market)``
+  order, one :class:`CrossRates` per group. A point older than what the shard has
+  already judged (input out of event-time order) is left out and counted. End of
+  input judges what still waits.
+
+The outcome is a function of the points alone: one worker, several workers and
+several processes raise the same dislocations, and a run resumed from a snapshot
+raises what it would have raised unbroken.
+
+>>> from riskguard.operators.core.clock import Tick
+>>> from riskguard.schemas import Quote
+>>> def quote(venue, inst, s, mid):
+...     return Quote(id=f"{venue}{s}", venue=venue, instrument=inst, ts=s * 10**9,
+...                  bid=mid - 0.01, bid_size=1.0, ask=mid + 0.01, ask_size=1.0)
+>>> points = cross_points(lambda recs: [Tick(ts=recs[-1].ts, source="w0", of=1)],
+...                       bar_ns=10**9, shards=1)
+>>> shard = CrossShard(CrossRateConfig(warmup_points=5), clock=lambda: 0)
+>>> out = []
+>>> for s in range(1, 30):
+...     b = 100.05 if s < 25 else 97.0   # b's market falls alone
+...     batch = [quote("a", "BTCUSD", s, 100.0), quote("b", "BTCUSDT", s, b),
+...              quote("c", "BTC-USDC", s, 100.02), quote("d", "XBTUSD", s, 99.99)]
+...     for _key, item in points(batch):
+...         out += shard.on_event(item)
+>>> out += shard.on_eof()
+>>> [(sig.key, sig.phase, sig.severity.value, sig.ts // 10**9) for sig in out]
+[('b/BTCUSDT', 'open', 'critical', 25)]
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from riskguard.operators.core.clock import TICK_IDLE_NS, Tick, Watermark
+from riskguard.operators.detection.cross_rates import (
+    CrossRateConfig,
+    CrossRates,
+    CrossRateState,
+    market_group,
+)
+from riskguard.schemas.market import Bar, Quote, Trade
+from riskguard.schemas.signals import AnomalySignal, FeatureVector, Scope, ScopeKind
+
+STATE_VERSION = 1
+
+
+def shard_of(group: str, shards: int) -> str:
+    """The shard key a group is judged on: stable across runs and processes.
+
+    >>> shard_of("BTC/USD", 4), shard_of("BTC/USD", 1)
+    ('cross/3', 'cross/0')
+    """
+    return f"cross/{zlib.crc32(group.encode()) % shards}"
+
+
+def _price(rec: Any) -> float | None:
+    t = type(rec)
+    if t is Quote:
+        return (rec.bid + rec.ask) / 2.0
+    if t is Trade:
+        return float(rec.price)
+    if t is Bar:
+        return float(rec.close)
+    return None
+
+
+def cross_points(ticks_of: Callable[[list[Any]], list[Tick]], *, bar_ns: int,
+                 shards: int) -> Callable[[list[Any]], list[tuple[str, Any]]]:
+    """A batch function for where market records are read: ``(shard key, point)`` for
+    each market's first priced record of each ``bar_ns``, then ``(shard key, tick)``
+    for each of ``ticks_of(batch)`` and every shard. Per worker thread; it keeps no
+    state a resume needs (the shard drops a second point for a bar it has seen)."""
+    last_bar: dict[int, dict[str, int]] = {}
+    groups: dict[str, tuple[str, Scope] | None] = {}
+    shard_keys = [f"cross/{i}" for i in range(shards)]
+
+    def points(recs: list[Any]) -> list[tuple[str, Any]]:
+        seen = last_bar.get(threading.get_ident())
+        if seen is None:
+            seen = last_bar[threading.get_ident()] = {}
+        out: list[tuple[str, Any]] = []
+        for rec in recs:
+            price = _price(rec)
+            if price is None or not price > 0.0:
+                continue
+            key = f"{rec.venue}/{rec.instrument}"
+            bar = rec.ts // bar_ns
+            if seen.get(key, -1) >= bar:
+                continue
+            seen[key] = bar
+            if key in groups:
+                where = groups[key]
+            else:
+                group = market_group(key)
+                where = groups[key] = None if group is None else (
+                    shard_of(group, shards),
+                    Scope(kind=ScopeKind.INSTRUMENT, value=rec.instrument, venue=rec.venue))
+            if where is None:
+                continue
+            out.append((where[0], FeatureVector(
+                key=key, scope=where[1], ts=rec.ts, recv_ts=rec.recv_ts, values={},
+                price=price, interval_ns=getattr(rec, "interval_ns", 0),
+                evidence_ids=[rec.id])))
+        for tick in ticks_of(recs):
+            out.extend((k, tick) for k in shard_keys)
+        return out
+
+    return points
+
+
+@dataclass
+class CrossShardState:
+    """One shard's groups, the points waiting for the watermark, and its progress."""
+
+    version: int = STATE_VERSION
+    groups: dict[str, CrossRateState] = field(default_factory=dict)
+    # (ts, market key, arrival number, point): a heap
+    held: list[tuple[int, str, int, FeatureVector]] = field(default_factory=list)
+    arrivals: int = 0
+    judged_ts: int = -1  # every point before this has been judged
+    last_bar: dict[str, int] = field(default_factory=dict)  # per market: last bar judged
+    sources: dict[str, list[int]] = field(default_factory=dict)
+    late: int = 0
+
+
+class CrossShard:
+    """``on_event(FeatureVector | Tick) -> [AnomalySignal]`` for one shard key."""
+
+    def __init__(self, config: CrossRateConfig, clock: Callable[[], int],
+                 state: CrossShardState | None = None, *, bar_ns: int = 1_000_000_000) -> None:
+        self.config = config
+        self.clock = clock
+        self.bar_ns = bar_ns
+        self.state = state if state is not None else CrossShardState()
+        self._rates = {g: CrossRates(config, s) for g, s in self.state.groups.items()}
+        self._watermark = Watermark.resume(self.state.sources, TICK_IDLE_NS)
+
+    def snapshot(self) -> CrossShardState:
+        st = self.state
+        return CrossShardState(
+            version=st.version, groups={g: r.snapshot() for g, r in self._rates.items()},
+            held=list(st.held), arrivals=st.arrivals, judged_ts=st.judged_ts,
+            last_bar=dict(st.last_bar), sources={k: list(v) for k, v in st.sources.items()},
+            late=st.late)
+
+    def on_event(self, item: FeatureVector | Tick) -> list[AnomalySignal]:
+        st = self.state
+        if type(item) is Tick:
+            wm = self._watermark.tick_time(item, self.clock())
+            return self._judge_before(wm)
+        assert isinstance(item, FeatureVector)
+        if item.ts < st.judged_ts:
+            st.late += 1  # its time has been judged without it
+            return []
+        st.arrivals += 1
+        heapq.heappush(st.held, (item.ts, item.key, st.arrivals, item))
+        return []
+
+    def on_eof(self) -> list[AnomalySignal]:
+        """End of input: judge every point still waiting."""
+        held = self.state.held
+        return self._judge_before(max(p[0] for p in held) + 1) if held else []
+
+    def _judge_before(self, wm: int) -> list[AnomalySignal]:
+        """Judge, in ``(ts, market)`` order, the points before ``wm`` (a worker's tick at
+        ``wm`` may still be followed by its other records at that same time)."""
+        st = self.state
+        held = st.held
+        out: list[AnomalySignal] = []
+        while held and held[0][0] < wm:
+            ts, key, _n, point = heapq.heappop(held)
+            bar = ts // self.bar_ns
+            if st.last_bar.get(key, -1) >= bar:
+                continue  # a resumed reader's second point for a bar already judged
+            st.last_bar[key] = bar
+            group = market_group(key)
+            if group is None:
+                continue
+            rates = self._rates.get(group)
+            if rates is None:
+                rates = self._rates[group] = CrossRates(self.config)
+            out.extend(rates.on_event(point))
+        st.judged_ts = max(st.judged_ts, wm)
+        return out
+
+
+def cross_shard_builder(config: CrossRateConfig, clock: Callable[[], int], *,
+                        bar_ns: int) -> Callable[[CrossShardState | None], CrossShard]:
+    """``builder(state_or_None) -> CrossShard`` for ``stateful_logic``."""
+    config.validate()
+
+    def build(state: CrossShardState | None) -> CrossShard:
+        return CrossShard(config, clock, state, bar_ns=bar_ns)
+
+    return build

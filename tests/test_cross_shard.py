@@ -1,0 +1,136 @@
+"""Cross-market dislocations judged on shard keys in event-time order: the same signals
+however the markets are spread over workers and their batches interleaved, points
+behind the judged time left out and counted, and one point per market per bar."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from riskguard.operators.core.clock import Tick
+from riskguard.operators.detection.cross_rates import CrossRateConfig
+from riskguard.operators.detection.cross_shard import (
+    CrossShard,
+    cross_points,
+    cross_shard_builder,
+    shard_of,
+)
+from riskguard.schemas import Quote, Trade
+
+from riskguard.errors import ConfigError
+
+NS = 1_000_000_000
+MARKETS = (("kraken", "XBTUSD", 1.0), ("binance", "BTCUSDT", 1.0005),
+           ("coinbase", "BTC-USDC", 0.9998), ("bitstamp", "BTCUSD", 1.0),
+           ("okx", "ETH-USDT", 0.03), ("deribit", "ETH-PERP", 0.03),
+           ("kraken", "ETHUSD", 0.03))
+CFG = CrossRateConfig(warmup_points=30)
+
+
+def _levels(n: int, seed: int = 5) -> list[float]:
+    rng = random.Random(seed)
+    out, level = [], 100.0
+    for _ in range(n):
+        level *= 1.0 + rng.gauss(0.0, 0.0005)
+        out.append(level)
+    return out
+
+
+LEVELS = _levels(400)
+
+
+def _quote(venue: str, inst: str, s: int, mid: float) -> Quote:
+    return Quote(id=f"{venue}-{inst}-{s}", venue=venue, instrument=inst,
+                 ts=s * NS + 7_000_000 * (hash(venue) % 3), bid=mid * 0.9999, bid_size=1.0,
+                 ask=mid * 1.0001, ask_size=1.0)
+
+
+def _price(venue: str, offset: float, s: int) -> float:
+    fall = 0.96 if venue == "bitstamp" and 300 <= s < 330 else 1.0
+    return LEVELS[s] * offset * fall * (1.0 + 0.00003 * ((s * len(venue)) % 7))
+
+
+def _batches(workers: int) -> list[list[list[tuple[str, Any]]]]:
+    """Per worker, its batches (one a second) through ``cross_points``: each worker reads
+    every ``workers``-th market, with ticks named after it."""
+    out = []
+    for w in range(workers):
+        def ticks(recs: list[Any], w: int = w) -> list[Tick]:
+            return [Tick(ts=recs[-1].ts, source=f"w{w}", of=workers)] if recs else []
+
+        points = cross_points(ticks, bar_ns=NS, shards=3)
+        mine = [m for i, m in enumerate(MARKETS) if i % workers == w]
+        out.append([points(sorted((_quote(v, inst, s, _price(v, off, s))
+                                   for v, inst, off in mine), key=lambda q: q.ts))
+                    for s in range(len(LEVELS))])
+    return out
+
+
+def _judge(batches: list[list[list[tuple[str, Any]]]], seed: int) -> list[tuple]:
+    """Interleave the workers' batches at random (each worker's in order), run one
+    :class:`CrossShard` per shard key, end the input; the signals, by id."""
+    rng = random.Random(seed)
+    queues = [list(b) for b in batches]
+    shards: dict[str, CrossShard] = {}
+    out = []
+    while any(queues):
+        q = rng.choice([q for q in queues if q])
+        for key, item in q.pop(0):
+            shard = shards.setdefault(key, CrossShard(CFG, clock=lambda: 0))
+            out.extend(shard.on_event(item))
+    for shard in shards.values():
+        out.extend(shard.on_eof())
+    return sorted((s.id, s.key, s.phase, s.severity.value, s.ts, round(s.score, 9))
+                  for s in out)
+
+
+def test_one_worker_sees_the_lone_fall_as_a_critical_dislocation_of_that_market() -> None:
+    got = _judge(_batches(1), seed=0)
+    opens = [g for g in got if g[2] == "open"]
+    assert [(g[1], g[3], g[4] // NS) for g in opens] == [("bitstamp/BTCUSD", "critical", 300)]
+    assert any(g[1] == "bitstamp/BTCUSD" and g[2] == "close" for g in got)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_any_spread_over_workers_and_any_interleaving_gives_one_workers_signals(
+        workers: int) -> None:
+    want = _judge(_batches(1), seed=0)
+    batches = _batches(workers)
+    for seed in range(4):
+        assert _judge(batches, seed) == want
+
+
+def test_a_point_behind_what_was_judged_is_left_out_and_counted() -> None:
+    shard = CrossShard(CFG, clock=lambda: 0)
+    points = cross_points(lambda recs: [Tick(ts=recs[-1].ts, source="w", of=1)], bar_ns=NS,
+                          shards=1)
+    for s in range(5):
+        for _key, item in points([_quote(v, i, s, 100.0) for v, i, _o in MARKETS[:4]]):
+            shard.on_event(item)
+    judged = shard.state.judged_ts
+    other_reader = cross_points(lambda recs: [], bar_ns=NS, shards=1)
+    late = other_reader([_quote("kraken", "XBTUSD", 1, 100.0)])[0][1]
+    assert late.ts < judged
+    assert shard.on_event(late) == []
+    assert shard.state.late == 1
+    assert all(p[0] >= judged for p in shard.state.held)
+
+
+def test_a_market_gives_one_point_per_bar_and_other_records_none() -> None:
+    points = cross_points(lambda recs: [], bar_ns=NS, shards=4)
+    trade = Trade(id="t", venue="kraken", instrument="XBTUSD", ts=NS + 5, price=100.0,
+                  qty=1.0, side="buy")
+    got = points([_quote("kraken", "XBTUSD", 1, 100.0), trade,
+                  _quote("kraken", "XBTUSD", 2, 101.0),
+                  _quote("okx", "ETH-27DEC26-3500-C", 2, 5.0)])
+    assert [(k, p.key, p.ts // NS, round(p.price, 6)) for k, p in got] == [
+        (shard_of("BTC/USD", 4), "kraken/XBTUSD", 1, 100.0),
+        (shard_of("BTC/USD", 4), "kraken/XBTUSD", 2, 101.0)]
+
+
+def test_the_shard_config_is_checked() -> None:
+    with pytest.raises(ConfigError, match=r"detector\.cross\.shards"):
+        cross_shard_builder(CrossRateConfig(shards=0), lambda: 0, bar_ns=NS)
+    with pytest.raises(ConfigError, match=r"detector\.cross\.min_markets"):
+        cross_shard_builder(CrossRateConfig(min_markets=1), lambda: 0, bar_ns=NS)
