@@ -120,6 +120,19 @@ def worker_of_thread() -> tuple[int, int] | None:
     return _WORKER_OF_THREAD.get(threading.get_ident())
 
 
+def claim_worker(index: int, count: int) -> None:
+    """Record the calling thread as worker ``index`` of ``count``: what an engine other
+    than bytewax (whose flows have no ``workers`` probe step) says before it runs a
+    step's function, so event-time ticks are named per worker and announce how many
+    workers tick.
+
+    >>> claim_worker(1, 2); worker_of_thread()
+    (1, 2)
+    >>> del _WORKER_OF_THREAD[threading.get_ident()]
+    """
+    _WORKER_OF_THREAD[threading.get_ident()] = (index, count)
+
+
 class _NoItems(StatelessSourcePartition[Any]):
     def next_batch(self) -> list[Any]:
         raise StopIteration

@@ -32,6 +32,7 @@ from pyflink.datastream import (
     TimeDomain,
 )
 from pyflink.datastream.state import ValueStateDescriptor
+from riskguard.connectors.placement import claim_worker
 from riskguard.flink.graph import FlowRef
 from riskguard.operators.core.clock import step_event_time
 
@@ -83,10 +84,18 @@ class _StepFunction:
 
 
 class FlatMapBatch(_StepFunction, FlatMapFunction):
+    """A ``flat_map_batch`` step, one record a call. The calling thread is this subtask's
+    worker (:func:`~riskguard.connectors.placement.worker_of_thread`), as a bytewax
+    worker is, so event-time ticks it makes are named per subtask and announce how
+    many there are: a consumer's watermark then waits for every subtask."""
+
     def open(self, runtime_context: RuntimeContext) -> None:
         self.mapper = self._op().mapper
+        self.where = (runtime_context.get_index_of_this_subtask(),
+                      runtime_context.get_number_of_parallel_subtasks())
 
     def flat_map(self, value: Any) -> Any:
+        claim_worker(*self.where)
         return self._run(lambda: list(self.mapper([value])), seen=value)
 
 

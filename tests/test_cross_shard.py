@@ -118,15 +118,21 @@ def test_a_point_behind_what_was_judged_is_left_out_and_counted() -> None:
 
 
 def test_a_market_gives_one_point_per_bar_and_other_records_none() -> None:
+    """The bar's first record makes its point; a later one of the bar none; an earlier
+    one arriving after it (input out of order) another, which the shard judges first."""
     points = cross_points(lambda recs: [], bar_ns=NS, shards=4)
-    trade = Trade(id="t", venue="kraken", instrument="XBTUSD", ts=NS + 5, price=100.0,
-                  qty=1.0, side="buy")
-    got = points([_quote("kraken", "XBTUSD", 1, 100.0), trade,
-                  _quote("kraken", "XBTUSD", 2, 101.0),
-                  _quote("okx", "ETH-27DEC26-3500-C", 2, 5.0)])
-    assert [(k, p.key, p.ts // NS, round(p.price, 6)) for k, p in got] == [
-        (shard_of("BTC/USD", 4), "kraken/XBTUSD", 1, 100.0),
-        (shard_of("BTC/USD", 4), "kraken/XBTUSD", 2, 101.0)]
+    first = _quote("kraken", "XBTUSD", 1, 100.0)
+
+    def trade(ts: int, price: float) -> Trade:
+        return Trade(id=f"t{ts}", venue="kraken", instrument="XBTUSD", ts=ts, price=price,
+                     qty=1.0, side="buy")
+
+    got = points([first, trade(first.ts + 5, 100.5), _quote("kraken", "XBTUSD", 2, 101.0),
+                  _quote("okx", "ETH-27DEC26-3500-C", 2, 5.0), trade(NS, 99.0)])
+    assert [(k, p.key, p.ts, round(p.price, 6)) for k, p in got] == [
+        (shard_of("BTC/USD", 4), "kraken/XBTUSD", first.ts, 100.0),
+        (shard_of("BTC/USD", 4), "kraken/XBTUSD", 2 * NS + first.ts - NS, 101.0),
+        (shard_of("BTC/USD", 4), "kraken/XBTUSD", NS, 99.0)]
 
 
 def test_the_shard_config_is_checked() -> None:

@@ -63,6 +63,7 @@ from riskguard.schemas.market import Bar, Quote, Trade
 from riskguard.schemas.signals import AnomalySignal, FeatureVector, Scope, ScopeKind
 
 STATE_VERSION = 1
+_RECENT_BARS = 8  # per market, the bars whose first record cross_points remembers
 
 
 def shard_of(group: str, shards: int) -> str:
@@ -89,9 +90,12 @@ def cross_points(ticks_of: Callable[[list[Any]], list[Tick]], *, bar_ns: int,
                  shards: int) -> Callable[[list[Any]], list[tuple[str, Any]]]:
     """A batch function for where market records are read: ``(shard key, point)`` for
     each market's first priced record of each ``bar_ns``, then ``(shard key, tick)``
-    for each of ``ticks_of(batch)`` and every shard. Per worker thread; it keeps no
-    state a resume needs (the shard drops a second point for a bar it has seen)."""
-    last_bar: dict[int, dict[str, int]] = {}
+    for each of ``ticks_of(batch)`` and every shard. A record earlier than the point
+    already sent for its bar (input out of order, as an engine that spreads one
+    reader's records over several tasks delivers it) is sent too: the shard judges a
+    bar's earliest point and drops the others. Per worker thread; it keeps no state a
+    resume needs."""
+    last_bar: dict[int, dict[str, dict[int, int]]] = {}
     groups: dict[str, tuple[str, Scope] | None] = {}
     shard_keys = [f"cross/{i}" for i in range(shards)]
 
@@ -105,10 +109,17 @@ def cross_points(ticks_of: Callable[[list[Any]], list[Tick]], *, bar_ns: int,
             if price is None or not price > 0.0:
                 continue
             key = f"{rec.venue}/{rec.instrument}"
-            bar = rec.ts // bar_ns
-            if seen.get(key, -1) >= bar:
-                continue
-            seen[key] = bar
+            ts = rec.ts
+            bar = ts // bar_ns
+            bars = seen.get(key)
+            if bars is None:
+                bars = seen[key] = {}
+            first = bars.get(bar)
+            if first is not None and first <= ts:
+                continue  # the bar's point is out
+            bars[bar] = ts  # the bar's first record, or an earlier one arriving late
+            if len(bars) > _RECENT_BARS:
+                del bars[min(bars)]
             if key in groups:
                 where = groups[key]
             else:
@@ -119,7 +130,7 @@ def cross_points(ticks_of: Callable[[list[Any]], list[Tick]], *, bar_ns: int,
             if where is None:
                 continue
             out.append((where[0], FeatureVector(
-                key=key, scope=where[1], ts=rec.ts, recv_ts=rec.recv_ts, values={},
+                key=key, scope=where[1], ts=ts, recv_ts=rec.recv_ts, values={},
                 price=price, interval_ns=getattr(rec, "interval_ns", 0),
                 evidence_ids=[rec.id])))
         for tick in ticks_of(recs):
