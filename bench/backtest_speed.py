@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import bytewax.operators as op
+import msgspec
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 from riskguard.dataflows.backtest import run_backtest
@@ -58,6 +59,16 @@ def main() -> int:
         print(f"backtest ({copies} demo copies, {res.n_events:,} events, batch {batch}): "
               f"{rate:,.0f} events/s with start-up, {steady:,.0f} events/s steady; "
               f"pass-through {base:,.0f} events/s; ratio {rate / base:.3f} / {steady / base:.3f}")
+    # the cross-market check's cost: the same run with it off
+    replace = msgspec.structs.replace
+    off = replace(cfg, detector=replace(cfg.detector,
+                                        cross=replace(cfg.detector.cross, enabled=False)))
+    rates = {}
+    for name, c in (("on", cfg), ("off", off)):
+        r = run_backtest(c, digest, records=records, signer=signer, trust=trust, batch_size=100)
+        rates[name] = r.n_events / r.wall_s
+    print(f"cross-market check (batch 100): on {rates['on']:,.0f} events/s, off "
+          f"{rates['off']:,.0f} events/s; ratio on/off {rates['on'] / rates['off']:.3f}")
     from riskguard.dataflows import stress
 
     t = time.perf_counter()

@@ -111,7 +111,7 @@ def test_a_point_behind_what_was_judged_is_left_out_and_counted() -> None:
     judged = shard.state.judged_ts
     other_reader = cross_points(lambda recs: [], bar_ns=NS, shards=1)
     late = other_reader([_quote("kraken", "XBTUSD", 1, 100.0)])[0][1]
-    assert late.ts < judged
+    assert late[0] < judged
     assert shard.on_event(late) == []
     assert shard.state.late == 1
     assert all(p[0] >= judged for p in shard.state.held)
@@ -129,7 +129,7 @@ def test_a_market_gives_one_point_per_bar_and_other_records_none() -> None:
 
     got = points([first, trade(first.ts + 5, 100.5), _quote("kraken", "XBTUSD", 2, 101.0),
                   _quote("okx", "ETH-27DEC26-3500-C", 2, 5.0), trade(NS, 99.0)])
-    assert [(k, p.key, p.ts, round(p.price, 6)) for k, p in got] == [
+    assert [(k, key, ts, round(price, 6)) for k, (ts, key, price, *_rest) in got] == [
         (shard_of("BTC/USD", 4), "kraken/XBTUSD", first.ts, 100.0),
         (shard_of("BTC/USD", 4), "kraken/XBTUSD", 2 * NS + first.ts - NS, 101.0),
         (shard_of("BTC/USD", 4), "kraken/XBTUSD", NS, 99.0)]

@@ -50,7 +50,7 @@ import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 from riskguard.operators.core.clock import TICK_IDLE_NS, Tick, Watermark
 from riskguard.operators.detection.cross_rates import (
@@ -86,9 +86,14 @@ def _price(rec: Any) -> float | None:
     return None
 
 
+PricePoint: TypeAlias = tuple[int, str, float, int, str, int | None]
+"""A market's price for the cross check: ``(ts, market key, price, bar interval_ns,
+record id, recv_ts)``; a plain tuple, cheap to send to another process."""
+
+
 def cross_points(ticks_of: Callable[[list[Any]], list[Tick]], *, bar_ns: int,
                  shards: int) -> Callable[[list[Any]], list[tuple[str, Any]]]:
-    """A batch function for where market records are read: ``(shard key, point)`` for
+    """A batch function for where market records are read: ``(shard key, PricePoint)`` for
     each market's first priced record of each ``bar_ns``, then ``(shard key, tick)``
     for each of ``ticks_of(batch)`` and every shard. A record earlier than the point
     already sent for its bar (input out of order, as an engine that spreads one
@@ -96,7 +101,7 @@ def cross_points(ticks_of: Callable[[list[Any]], list[Tick]], *, bar_ns: int,
     bar's earliest point and drops the others. Per worker thread; it keeps no state a
     resume needs."""
     last_bar: dict[int, dict[str, dict[int, int]]] = {}
-    groups: dict[str, tuple[str, Scope] | None] = {}
+    groups: dict[str, str | None] = {}
     shard_keys = [f"cross/{i}" for i in range(shards)]
 
     def points(recs: list[Any]) -> list[tuple[str, Any]]:
@@ -121,18 +126,14 @@ def cross_points(ticks_of: Callable[[list[Any]], list[Tick]], *, bar_ns: int,
             if len(bars) > _RECENT_BARS:
                 del bars[min(bars)]
             if key in groups:
-                where = groups[key]
+                shard = groups[key]
             else:
                 group = market_group(key)
-                where = groups[key] = None if group is None else (
-                    shard_of(group, shards),
-                    Scope(kind=ScopeKind.INSTRUMENT, value=rec.instrument, venue=rec.venue))
-            if where is None:
+                shard = groups[key] = None if group is None else shard_of(group, shards)
+            if shard is None:
                 continue
-            out.append((where[0], FeatureVector(
-                key=key, scope=where[1], ts=ts, recv_ts=rec.recv_ts, values={},
-                price=price, interval_ns=getattr(rec, "interval_ns", 0),
-                evidence_ids=[rec.id])))
+            out.append((shard, (ts, key, price, getattr(rec, "interval_ns", 0), rec.id,
+                                rec.recv_ts)))
         for tick in ticks_of(recs):
             out.extend((k, tick) for k in shard_keys)
         return out
@@ -147,7 +148,7 @@ class CrossShardState:
     version: int = STATE_VERSION
     groups: dict[str, CrossRateState] = field(default_factory=dict)
     # (ts, market key, arrival number, point): a heap
-    held: list[tuple[int, str, int, FeatureVector]] = field(default_factory=list)
+    held: list[tuple[int, str, int, PricePoint]] = field(default_factory=list)
     arrivals: int = 0
     judged_ts: int = -1  # every point before this has been judged
     last_bar: dict[str, int] = field(default_factory=dict)  # per market: last bar judged
@@ -156,7 +157,7 @@ class CrossShardState:
 
 
 class CrossShard:
-    """``on_event(FeatureVector | Tick) -> [AnomalySignal]`` for one shard key."""
+    """``on_event(PricePoint | Tick) -> [AnomalySignal]`` for one shard key."""
 
     def __init__(self, config: CrossRateConfig, clock: Callable[[], int],
                  state: CrossShardState | None = None, *, bar_ns: int = 1_000_000_000) -> None:
@@ -166,6 +167,7 @@ class CrossShard:
         self.state = state if state is not None else CrossShardState()
         self._rates = {g: CrossRates(config, s) for g, s in self.state.groups.items()}
         self._watermark = Watermark.resume(self.state.sources, TICK_IDLE_NS)
+        self._scopes: dict[str, Scope] = {}
 
     def snapshot(self) -> CrossShardState:
         st = self.state
@@ -175,17 +177,18 @@ class CrossShard:
             last_bar=dict(st.last_bar), sources={k: list(v) for k, v in st.sources.items()},
             late=st.late)
 
-    def on_event(self, item: FeatureVector | Tick) -> list[AnomalySignal]:
+    def on_event(self, item: PricePoint | Tick) -> list[AnomalySignal]:
         st = self.state
         if type(item) is Tick:
             wm = self._watermark.tick_time(item, self.clock())
             return self._judge_before(wm)
-        assert isinstance(item, FeatureVector)
-        if item.ts < st.judged_ts:
+        assert type(item) is tuple
+        ts = item[0]
+        if ts < st.judged_ts:
             st.late += 1  # its time has been judged without it
             return []
         st.arrivals += 1
-        heapq.heappush(st.held, (item.ts, item.key, st.arrivals, item))
+        heapq.heappush(st.held, (ts, item[1], st.arrivals, item))
         return []
 
     def on_eof(self) -> list[AnomalySignal]:
@@ -211,9 +214,20 @@ class CrossShard:
             rates = self._rates.get(group)
             if rates is None:
                 rates = self._rates[group] = CrossRates(self.config)
-            out.extend(rates.on_event(point))
+            out.extend(rates.on_event(self._vector(point)))
         st.judged_ts = max(st.judged_ts, wm)
         return out
+
+
+    def _vector(self, point: PricePoint) -> FeatureVector:
+        ts, key, price, interval_ns, record_id, recv_ts = point
+        scope = self._scopes.get(key)
+        if scope is None:
+            venue, _, instrument = key.partition("/")
+            scope = self._scopes[key] = Scope(kind=ScopeKind.INSTRUMENT, value=instrument,
+                                              venue=venue)
+        return FeatureVector(key=key, scope=scope, ts=ts, recv_ts=recv_ts, values={},
+                             price=price, interval_ns=interval_ns, evidence_ids=[record_id])
 
 
 def cross_shard_builder(config: CrossRateConfig, clock: Callable[[], int], *,
