@@ -103,7 +103,15 @@ def test_an_old_snapshot_unpickles_to_the_state_class_at_its_new_path(name: str)
     assert type(snap) is STATE_OF[name]
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+NEWER = frozenset({"cross-shard"})
+"""Contract cases whose state class came after the fixture: no old snapshot of them exists."""
+
+
+def test_every_contract_case_has_an_old_snapshot_or_is_newer_than_the_fixture() -> None:
+    assert set(CASES) - set(SNAPSHOTS) == NEWER
+
+
+@pytest.mark.parametrize("name", sorted(set(CASES) - NEWER))
 def test_resuming_from_an_old_snapshot_equals_an_uninterrupted_run(name: str) -> None:
     """The logic resumed from the snapshot pickled under the old paths goes on exactly as
     one that never stopped."""
