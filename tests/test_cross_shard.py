@@ -42,7 +42,7 @@ LEVELS = _levels(400)
 
 def _quote(venue: str, inst: str, s: int, mid: float) -> Quote:
     return Quote(id=f"{venue}-{inst}-{s}", venue=venue, instrument=inst,
-                 ts=s * NS + 7_000_000 * (hash(venue) % 3), bid=mid * 0.9999, bid_size=1.0,
+                 ts=s * NS + 7_000_000 * (1 + len(venue) % 3), bid=mid * 0.9999, bid_size=1.0,
                  ask=mid * 1.0001, ask_size=1.0)
 
 
@@ -102,7 +102,8 @@ def test_any_spread_over_workers_and_any_interleaving_gives_one_workers_signals(
 
 
 def test_a_point_behind_what_was_judged_is_left_out_and_counted() -> None:
-    shard = CrossShard(CFG, clock=lambda: 0)
+    told: list[tuple[str, int]] = []
+    shard = CrossShard(CFG, clock=lambda: 0, on_reorder=lambda what, n: told.append((what, n)))
     points = cross_points(lambda recs: [Tick(ts=recs[-1].ts, source="w", of=1)], bar_ns=NS,
                           shards=1)
     for s in range(5):
@@ -114,6 +115,7 @@ def test_a_point_behind_what_was_judged_is_left_out_and_counted() -> None:
     assert late[0] < judged
     assert shard.on_event(late) == []
     assert shard.state.late == 1
+    assert told == [("late", 1)]
     assert all(p[0] >= judged for p in shard.state.held)
 
 
@@ -127,6 +129,7 @@ def test_a_market_gives_one_point_per_bar_and_other_records_none() -> None:
         return Trade(id=f"t{ts}", venue="kraken", instrument="XBTUSD", ts=ts, price=price,
                      qty=1.0, side="buy")
 
+    assert first.ts > NS  # so a trade at NS is earlier in the same bar
     got = points([first, trade(first.ts + 5, 100.5), _quote("kraken", "XBTUSD", 2, 101.0),
                   _quote("okx", "ETH-27DEC26-3500-C", 2, 5.0), trade(NS, 99.0)])
     assert [(k, key, ts, round(price, 6)) for k, (ts, key, price, *_rest) in got] == [

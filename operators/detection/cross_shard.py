@@ -160,10 +160,13 @@ class CrossShard:
     """``on_event(PricePoint | Tick) -> [AnomalySignal]`` for one shard key."""
 
     def __init__(self, config: CrossRateConfig, clock: Callable[[], int],
-                 state: CrossShardState | None = None, *, bar_ns: int = 1_000_000_000) -> None:
+                 state: CrossShardState | None = None, *, bar_ns: int = 1_000_000_000,
+                 on_reorder: Callable[[str, int], None] | None = None) -> None:
         self.config = config
         self.clock = clock
         self.bar_ns = bar_ns
+        # told ("late", 1) for each point left out (a metrics counter in the guard)
+        self.on_reorder = on_reorder
         self.state = state if state is not None else CrossShardState()
         self._rates = {g: CrossRates(config, s) for g, s in self.state.groups.items()}
         self._watermark = Watermark.resume(self.state.sources, TICK_IDLE_NS)
@@ -186,6 +189,8 @@ class CrossShard:
         ts = item[0]
         if ts < st.judged_ts:
             st.late += 1  # its time has been judged without it
+            if self.on_reorder is not None:
+                self.on_reorder("late", 1)
             return []
         st.arrivals += 1
         heapq.heappush(st.held, (ts, item[1], st.arrivals, item))
@@ -230,12 +235,13 @@ class CrossShard:
                              price=price, interval_ns=interval_ns, evidence_ids=[record_id])
 
 
-def cross_shard_builder(config: CrossRateConfig, clock: Callable[[], int], *,
-                        bar_ns: int) -> Callable[[CrossShardState | None], CrossShard]:
+def cross_shard_builder(config: CrossRateConfig, clock: Callable[[], int], *, bar_ns: int,
+                        on_reorder: Callable[[str, int], None] | None = None,
+                        ) -> Callable[[CrossShardState | None], CrossShard]:
     """``builder(state_or_None) -> CrossShard`` for ``stateful_logic``."""
     config.validate()
 
     def build(state: CrossShardState | None) -> CrossShard:
-        return CrossShard(config, clock, state, bar_ns=bar_ns)
+        return CrossShard(config, clock, state, bar_ns=bar_ns, on_reorder=on_reorder)
 
     return build

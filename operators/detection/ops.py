@@ -48,6 +48,7 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
 from riskguard.operators.core.base import event_time, split_dead_letters, stateful_logic, values_of
 from riskguard.operators.core.clock import Tick
+from riskguard.operators.core.metrics import reorder_counter
 from riskguard.operators.detection.cross_rates import CrossRateConfig
 from riskguard.operators.detection.cross_shard import cross_points, cross_shard_builder
 from riskguard.operators.detection.detector import DetectorConfig, detector_builder
@@ -132,5 +133,6 @@ def detect_dislocations(step_id: str, market: Stream[Any], *, config: CrossRateC
     config.validate(f"step {step_id!r}: detector.cross")
     keyed = op.flat_map_batch("points", market,
                               cross_points(ticks_of, bar_ns=bar_ns, shards=config.shards))
-    out = stateful_logic("cross", keyed, cross_shard_builder(config, clock, bar_ns=bar_ns))
+    out = stateful_logic("cross", keyed, cross_shard_builder(
+        config, clock, bar_ns=bar_ns, on_reorder=reorder_counter(step_id)))
     return op.flat_map_batch("unkey", out, values_of)
