@@ -170,7 +170,7 @@ class CrossShard:
         self.state = state if state is not None else CrossShardState()
         self._rates = {g: CrossRates(config, s) for g, s in self.state.groups.items()}
         self._watermark = Watermark.resume(self.state.sources, TICK_IDLE_NS)
-        self._scopes: dict[str, Scope] = {}
+        self._markets: dict[str, tuple[str | None, Scope]] = {}
 
     def snapshot(self) -> CrossShardState:
         st = self.state
@@ -213,24 +213,29 @@ class CrossShard:
             if st.last_bar.get(key, -1) >= bar:
                 continue  # a resumed reader's second point for a bar already judged
             st.last_bar[key] = bar
-            group = market_group(key)
+            group, scope = self._market(key)
             if group is None:
                 continue
             rates = self._rates.get(group)
             if rates is None:
                 rates = self._rates[group] = CrossRates(self.config)
-            out.extend(rates.on_event(self._vector(point)))
+            out.extend(rates.on_event(self._vector(point, scope)))
         st.judged_ts = max(st.judged_ts, wm)
         return out
 
 
-    def _vector(self, point: PricePoint) -> FeatureVector:
-        ts, key, price, interval_ns, record_id, recv_ts = point
-        scope = self._scopes.get(key)
-        if scope is None:
+    def _market(self, key: str) -> tuple[str | None, Scope]:
+        """A market key's group and scope, parsed once per key."""
+        got = self._markets.get(key)
+        if got is None:
             venue, _, instrument = key.partition("/")
-            scope = self._scopes[key] = Scope(kind=ScopeKind.INSTRUMENT, value=instrument,
-                                              venue=venue)
+            got = self._markets[key] = (market_group(key), Scope(
+                kind=ScopeKind.INSTRUMENT, value=instrument, venue=venue))
+        return got
+
+    @staticmethod
+    def _vector(point: PricePoint, scope: Scope) -> FeatureVector:
+        ts, key, price, interval_ns, record_id, recv_ts = point
         return FeatureVector(key=key, scope=scope, ts=ts, recv_ts=recv_ts, values={},
                              price=price, interval_ns=interval_ns, evidence_ids=[record_id])
 
