@@ -483,6 +483,8 @@ class _Msg:
 class _Served:
     """A shared consumer that serves preset fetches of one partition."""
 
+    bootstrap = "served:9092"
+
     def __init__(self, fetches: list[list[_Msg]]) -> None:
         self.fetches = list(fetches)
 
@@ -632,6 +634,57 @@ def test_an_idle_end_with_messages_never_delivered_ends_after_five_idle_periods(
     assert [r.id for r in _read_until_end(part)] == ["r0"]
     assert "1 messages unread" in caplog.text
     assert shared.asked >= 5
+
+
+class _Unanswering(_Stalling):
+    """The broker answers no end-of-input question after the first ``answered``."""
+
+    def __init__(self, fetches: list[list[_Msg]], answered: int) -> None:
+        super().__init__(fetches, 0, end=len(fetches[0]) if fetches else 0)
+        self.answered = answered
+
+    def end_offsets(self, topic: str, idx: int) -> tuple[int, int] | None:
+        self.asked += 1
+        return (0, self.end) if self.asked <= self.answered else None
+
+
+def test_an_idle_end_the_broker_cannot_confirm_stops_the_flow_loudly() -> None:
+    """A broker that stops answering cannot say the input is complete: the partition does
+    not end as if it were. After 5 idle periods unanswered, a ``BrokerError`` names the
+    topic, the partition and the cluster."""
+    from riskguard.connectors.kafka.source import _END_UNANSWERED, _SourcePartition
+    from riskguard.errors import BrokerError
+
+    _END_UNANSWERED.clear()
+    t = iter(range(0, 10**12, 10**8))  # 0.1 s per clock reading
+    shared = _Unanswering([[_Msg(0, _trade(id="r0", ts=0))]], answered=0)
+    part = _SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
+                            lambda: next(t))
+    got: list[Any] = []
+    with pytest.raises(BrokerError, match="partition 0: the broker at served:9092 has not"):
+        for _ in range(10_000):
+            got.extend(part.next_batch())
+    assert [r.id for r in got] == ["r0"]
+    assert shared.asked >= 5
+    _END_UNANSWERED.clear()
+
+
+def test_a_broker_that_answers_again_lets_the_idle_end_complete() -> None:
+    """Unanswered questions followed by an answer: the partition ends normally, and the
+    cluster's unanswered time starts again from zero."""
+    from riskguard.connectors.kafka.source import _END_UNANSWERED, _SourcePartition
+
+    _END_UNANSWERED.clear()
+    t = iter(range(0, 10**12, 10**8))
+    shared = _Unanswering([[_Msg(0, _trade(id="r0", ts=0))]], answered=0)
+    part = _SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
+                            lambda: next(t))
+    for _ in range(25):  # idle past 1 s, then 2 unanswered rechecks 0.25 s apart
+        part.next_batch()
+    assert shared.asked >= 1 and "served:9092" in _END_UNANSWERED
+    shared.answered = 10**9
+    assert [r.id for r in _read_until_end(part)] == []
+    assert "served:9092" not in _END_UNANSWERED
 
 
 def test_the_broker_says_what_an_idle_partition_has_left_to_read(kafka_bootstrap,

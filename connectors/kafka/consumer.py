@@ -272,9 +272,15 @@ class SharedConsumer:
                 return None
             return int(hi) if hi is not None and hi >= 0 else None
 
+    @property
+    def bootstrap(self) -> str:
+        """The cluster this consumer reads (``bootstrap.servers``)."""
+        return str(self._config.get("bootstrap.servers", ""))
+
     def end_offsets(self, topic: str, idx: int, timeout_s: float = 5.0) -> tuple[int, int] | None:
-        """The partition's low and high watermarks, asked of the broker (None if it cannot
-        say): a bounded run's idle end checks that nothing is left to read."""
+        """The partition's low and high watermarks, asked of the broker (None if it did
+        not answer within ``timeout_s``): a bounded run's idle end checks that nothing is
+        left to read."""
         with self._lock:
             if self._consumer is None:
                 return None

@@ -63,6 +63,11 @@ from riskguard.errors import BrokerError, ConfigError
 # the name this module logged under before the source and sink were split
 _log = logging.getLogger("riskguard.connectors.kafka")
 
+# per cluster (bootstrap servers): since when no end-of-input question was answered.
+# Shared by every partition of the process, so a broker that is gone stops a bounded run
+# after one patience, not one timeout per partition.
+_END_UNANSWERED: dict[str, int] = {}
+
 class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
     def __init__(
         self, shared: SharedConsumer, topic: str, idx: int, offset: int,
@@ -125,12 +130,24 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         end (a fetch that stalled, not the end of input). Asked of the broker at most every
         ``_RECHECK_NS``; after ``_IDLE_PATIENCE`` idle periods with messages still left
         (a transactional topic's last offset is a marker no read returns) the partition
-        ends anyway, with a warning naming how many."""
+        ends anyway, with a warning naming how many. A broker that does not answer cannot
+        confirm the end: the partition stays open, and once the cluster has left every
+        such question unanswered for ``_IDLE_PATIENCE`` idle periods, :class:`BrokerError`
+        stops the flow (a bounded run never ends as if its input were complete)."""
         if self._idle_since is None:
             self._idle_since = now
         ends = self.shared.end_offsets(self._topic, self._idx)
+        bootstrap = self.shared.bootstrap
         if ends is None:
-            return False
+            since = _END_UNANSWERED.setdefault(bootstrap, now)
+            if now - since >= _IDLE_PATIENCE * idle_eof:
+                raise BrokerError(
+                    f"cannot confirm the end of input on topic {self._topic!r} partition "
+                    f"{self._idx}: the broker at {bootstrap} has not answered for "
+                    f"{(now - since) / 1e9:.0f} s")
+            self._recheck_at = now + min(idle_eof, _RECHECK_NS)
+            return True
+        _END_UNANSWERED.pop(bootstrap, None)
         lo, hi = ends
         pos = lo if self._offset == OFFSET_BEGINNING else self._offset
         if pos < 0 or hi <= pos:
