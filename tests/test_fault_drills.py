@@ -164,7 +164,8 @@ def test_broker_gone_mid_run_fails_loudly_and_restart_resumes_from_recovery(
             os.kill(pid, signal.SIGCONT)  # back
         assert proc.returncode != 0
         said = out.decode(errors="replace")
-        assert ("not acknowledged" in said or "cannot confirm the end of input" in said), said[-2000:]
+        assert "not acknowledged" in said or "cannot confirm the end of input" in said, (
+            said[-2000:])
         executed = _executed(run, tmp_path / "sub.sqlite")
         _finish(start_guard(run, "-r", str(rec), "-s", "1", "-b", "10"))
         executed += _executed(run, tmp_path / "sub.sqlite")

@@ -309,7 +309,8 @@ def _hold_for_replay(run: PreparedRun) -> None:
     book.write_text(text.replace("max_hold_s = 5.0", "max_hold_s = 300.0", 1))
     text = run.config.read_text()
     assert "[exposure]\n" in text
-    run.config.write_text(text.replace("[exposure]\n", "[exposure]\nmax_hold_ns = 300_000_000_000\n", 1))
+    run.config.write_text(
+        text.replace("[exposure]\n", "[exposure]\nmax_hold_ns = 300_000_000_000\n", 1))
 
 
 def _start_detect(run: PreparedRun, detect_args: tuple[str, ...] = ()):

@@ -653,6 +653,7 @@ def test_an_idle_end_the_broker_cannot_confirm_stops_the_flow_loudly() -> None:
     not end as if it were. After 5 idle periods unanswered, a ``BrokerError`` names the
     topic, the partition and the cluster."""
     from riskguard.connectors.kafka.source import _END_UNANSWERED, _SourcePartition
+
     from riskguard.errors import BrokerError
 
     _END_UNANSWERED.clear()
