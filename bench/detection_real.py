@@ -30,6 +30,7 @@ import tempfile
 import time
 import tomllib
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -65,24 +66,34 @@ def default_config(work: Path) -> tuple[GuardConfig, str]:
 
 
 def critical_spans(signals: Sequence[Any]) -> list[tuple[str, int, int | None]]:
-    """``(key, turned critical, closed or None)`` per episode that turned critical
-    (anomaly or price_move signals that are not warming up)."""
+    """``(key, turned critical, stopped being critical or None)`` per stretch of an
+    episode at critical severity (anomaly or price_move signals that are not warming
+    up): it ends where the episode closes or de-escalates, and a rise back to critical
+    starts another stretch of the same episode."""
     start: dict[str, tuple[str, int]] = {}
-    end: dict[str, int] = {}
+    spans: list[tuple[str, int, int | None]] = []
     for s in signals:
         if not isinstance(s, AnomalySignal) or s.warming_up:
             continue
         eid = s.episode_id or s.id
-        if s.phase == "close":
-            end.setdefault(eid, s.ts)
+        if s.phase in ("close", "deescalate"):
+            if eid in start:
+                key, ts = start.pop(eid)
+                spans.append((key, ts, s.ts))
         elif s.severity.value == "critical" and eid not in start:
             start[eid] = (s.key, s.ts)
-    return [(key, ts, end.get(eid)) for eid, (key, ts) in start.items()]
+    return spans + [(key, ts, None) for key, ts in start.values()]
 
 
-def critical_episodes(spans: Sequence[tuple[str, int, int | None]]) -> list[Episode]:
-    """The spans as ``(key, ts, "critical")`` episodes, when each turned critical."""
-    return [(key, ts, "critical") for key, ts, _end in spans]
+def critical_episodes(signals: Sequence[Any]) -> list[Episode]:
+    """``(key, ts, "critical")`` per episode, when it first turned critical: an episode
+    that de-escalates and rises again counts once."""
+    first: dict[str, Episode] = {}
+    for s in signals:
+        if (isinstance(s, AnomalySignal) and not s.warming_up
+                and s.severity.value == "critical" and s.phase != "close"):
+            first.setdefault(s.episode_id or s.id, (s.key, s.ts, "critical"))
+    return list(first.values())
 
 
 def spans_delay(label: inc.Label, spans: Sequence[tuple[str, int, int | None]],
@@ -111,23 +122,32 @@ def mitigation_delay(label: inc.Label, commands: Sequence[MitigationCommand],
     return None if not times else (min(times) - label.onset_ns) / inc.MINUTE_NS
 
 
-def run_guard(loaded: inc.LoadResult, cfg: GuardConfig, digest: str
-              ) -> tuple[dict[str, list[tuple[str, int, int | None]]],
-                         dict[str, list[MitigationCommand]], dict[str, float]]:
-    """The guard over each incident file (all its series in one run, as a desk feeds it):
-    per file, its critical spans, its commands and its wall time."""
-    spans: dict[str, list[tuple[str, int, int | None]]] = {}
-    commands: dict[str, list[MitigationCommand]] = {}
-    wall: dict[str, float] = {}
+@dataclass
+class GuardRun:
+    """The guard over the incident files, per file: its critical stretches
+    (:func:`critical_spans`), its critical episodes (:func:`critical_episodes`), its
+    commands and its wall time."""
+
+    spans: dict[str, list[tuple[str, int, int | None]]] = field(default_factory=dict)
+    episodes: dict[str, list[Episode]] = field(default_factory=dict)
+    commands: dict[str, list[MitigationCommand]] = field(default_factory=dict)
+    wall: dict[str, float] = field(default_factory=dict)
+
+
+def run_guard(loaded: inc.LoadResult, cfg: GuardConfig, digest: str) -> GuardRun:
+    """The guard over each incident file (all its series in one run, as a desk feeds
+    it)."""
+    run = GuardRun()
     for file in sorted({s.file for s in loaded.series}):
         records = sorted((r for s in loaded.series if s.file == file for r in s.records),
                          key=lambda r: r.ts)
         t0 = time.perf_counter()
         res = run_backtest(cfg, digest, records=records)
-        wall[file] = time.perf_counter() - t0
-        spans[file] = critical_spans(res.signals)
-        commands[file] = list(res.commands)
-    return spans, commands, wall
+        run.wall[file] = time.perf_counter() - t0
+        run.spans[file] = critical_spans(res.signals)
+        run.episodes[file] = critical_episodes(res.signals)
+        run.commands[file] = list(res.commands)
+    return run
 
 
 def _calm_share(series: inc.Series, labels: Sequence[inc.Label],
@@ -162,9 +182,10 @@ def incident_report(directory: Path) -> list[str]:
     loaded = inc.load_all(directory)
     with tempfile.TemporaryDirectory() as tmp:
         cfg, digest = default_config(Path(tmp))
-        spans, commands, wall = run_guard(loaded, cfg, digest)
+        guard = run_guard(loaded, cfg, digest)
+    spans, commands, wall = guard.spans, guard.commands, guard.wall
     runs: dict[str, list[Episode]] = {"guard": [
-        ep for file in spans for ep in critical_episodes(spans[file])]}
+        ep for file in guard.episodes for ep in guard.episodes[file]]}
     for name, baseline in inc.BASELINES.items():
         runs[name] = [ep for s in loaded.series for ep in baseline(s)]
 

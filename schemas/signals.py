@@ -89,7 +89,9 @@ class AnomalySignal(Record, frozen=True, kw_only=True, tag="anomaly"):
     """An anomaly episode event, or a regime change, for one key.
 
     ``phase`` is ``open`` when an episode starts, ``escalate`` when its
-    severity rises, ``close`` when it ends. A regime change has
+    severity rises, ``deescalate`` when it falls while the episode goes on (a
+    price move that tripped and has found its level), ``close`` when it ends. A
+    regime change has
     ``kind == "regime_change"`` and ``phase == "open"``. ``kind == "price_move"``
     comes from the move bands (:mod:`riskguard.operators.move_bands`),
     ``kind == "dislocation"`` from the cross-market check
@@ -98,7 +100,7 @@ class AnomalySignal(Record, frozen=True, kw_only=True, tag="anomaly"):
 
     id: RecordId
     kind: Literal["anomaly", "regime_change", "price_move", "dislocation"] = "anomaly"
-    phase: Literal["open", "escalate", "close"] = "open"
+    phase: Literal["open", "escalate", "deescalate", "close"] = "open"
     key: Name
     scope: Scope
     ts: Nanos

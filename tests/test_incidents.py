@@ -432,6 +432,29 @@ def test_module_docstring_examples_run() -> None:
     assert runner.summarize(verbose=False).failed == 0
 
 
+def _move(ts: int, phase: str, severity: str, episode: str = "k#move1") -> object:
+    from riskguard.schemas import AnomalySignal, Scope, ScopeKind, Severity
+
+    return AnomalySignal(id=f"{episode}-{ts}-{phase}", kind="price_move", phase=phase,
+                         key="v/X", scope=Scope(kind=ScopeKind.INSTRUMENT, value="X",
+                                                venue="v"),
+                         ts=ts, score=2.0, threshold=1.0, severity=Severity(severity),
+                         episode_id=episode, model="MoveBands", model_version="1")
+
+
+def test_a_deescalated_episode_is_two_critical_stretches_and_one_episode() -> None:
+    """The real-data bench: critical time ends where an episode de-escalates and starts
+    again where it rises back, but the false-episode count takes the episode once."""
+    real = _bench_module("detection_real")
+    signals = [_move(10, "open", "critical"), _move(20, "deescalate", "warn"),
+               _move(30, "escalate", "critical"), _move(40, "close", "critical"),
+               _move(50, "open", "critical", "k#move2")]
+    assert real.critical_spans(signals) == [("v/X", 10, 20), ("v/X", 30, 40),
+                                            ("v/X", 50, None)]
+    assert real.critical_episodes(signals) == [("v/X", 10, "critical"),
+                                               ("v/X", 50, "critical")]
+
+
 # ---------------------------------------------------------------------------- real data
 
 

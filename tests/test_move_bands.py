@@ -171,15 +171,18 @@ def test_a_warning_escalates_when_a_second_horizon_leaves_its_band() -> None:
 # -- episodes --------------------------------------------------------------
 
 def test_a_persistent_fall_stays_one_open_episode_and_is_not_learned() -> None:
-    """8 % down, then a calm walk at the new level: one ``open`` and no ``close`` while
-    the pre-fall high is inside the day's drawdown window, and no volatility learned
+    """8 % down, then a calm walk at the new level: one ``open`` (critical), and once the
+    price has found its level a ``deescalate`` to warn, but no ``close`` while the
+    pre-fall high is inside the day's drawdown window, and no volatility learned
     meanwhile, so the move stays outside its band while it lasts. After the day it
     closes, in the same episode."""
     bands = _calm_bands(1500)
     learned = (copy.deepcopy(bands.s.h_var), bands.s.var_rate, bands.s.n_returns)
     low_level = _walk(1700, 0.0005, seed=11, start=CALM[1499][0] * 0.92)
     during = _feed(bands, low_level[:1400], start=1500)
-    assert [(i, s.phase, s.severity.value) for i, s in during] == [(1500, "open", "critical")]
+    phases = [(s.phase, s.severity.value) for _, s in during]
+    assert phases == [("open", "critical"), ("deescalate", "warn")]
+    assert during[0][0] == 1500 and during[1][0] - 1500 < 60
     assert bands.s.ep_open
     assert (bands.s.h_var, bands.s.var_rate, bands.s.n_returns) == learned
     after = _feed(bands, low_level[1400:], start=2900)
@@ -187,7 +190,29 @@ def test_a_persistent_fall_stays_one_open_episode_and_is_not_learned() -> None:
     close_at, close = after[0]
     assert close_at - 1500 >= 1440  # not before the pre-fall high left the 1-day window
     assert close.episode_id == during[0][1].episode_id == f"{KEY}#move1"
-    assert close.severity.value == "critical"
+    assert close.severity.value == "warn"
+
+
+def test_a_fall_that_goes_on_stays_critical_until_it_stops() -> None:
+    """A trip, then the price keeps grinding lower (a new low every bar, each step well
+    inside the one-minute band): no ``deescalate`` while the lows go on. Once it holds
+    its level for three bars, one ``deescalate``; a second leg down from there trips
+    again (``escalate`` to critical), in the same episode."""
+    bands = _calm_bands(1500)
+    p = CALM[1499][0]
+    tripped = bands.on_vector(_fv(1500, p * 0.95, low=p * 0.95, high=p))
+    assert [(s.phase, s.severity.value) for s in tripped] == [("open", "critical")]
+    p *= 0.95
+    grind = [(p * (1 - 0.001 * (j + 1)), p * (1 - 0.001 * (j + 1)), p * (1 - 0.001 * j))
+             for j in range(40)]
+    assert _feed(bands, grind, start=1501) == []
+    p = grind[-1][0]
+    level = [(p, p * 1.0001, p * 1.0002)] * 5
+    held = _feed(bands, level, start=1541)
+    assert [(i, s.phase, s.severity.value) for i, s in held] == [(1543, "deescalate", "warn")]
+    leg = _feed(bands, [(p * 0.95, p * 0.95, p)], start=1546)
+    assert [(s.phase, s.severity.value) for _, s in leg] == [("escalate", "critical")]
+    assert {s.episode_id for _, s in [*held, *leg]} == {tripped[0].episode_id}
 
 
 @pytest.mark.parametrize("quiet_points", [3, 5])
@@ -347,7 +372,8 @@ class _Logic:
 
 
 def _contract_events() -> list[FeatureVector]:
-    """Warm-up, a wick that opens and closes an episode, then a lasting fall."""
+    """Warm-up, a wick that opens and closes an episode, then a lasting fall that finds
+    its level."""
     bars = list(CALM[:300])
     c = bars[-1][0]
     bars.append((c, c * 0.97, c))  # 305 bps: past the one-minute cap
@@ -357,14 +383,16 @@ def _contract_events() -> list[FeatureVector]:
 
 
 EVENTS = _contract_events()
-CASE = Case("move-bands", _Logic, EVENTS, splits=(1, 2, 31, 300, 301, 302, 321, 322, 350))
+CASE = Case("move-bands", _Logic, EVENTS,
+            splits=(1, 2, 31, 300, 301, 302, 321, 322, 331, 332, 333, 350))
 
 
 def test_the_contract_events_open_and_close_episodes() -> None:
-    """The case is worth running: it opens, closes and reopens an episode."""
+    """The case is worth running: it opens, closes, reopens and de-escalates an
+    episode."""
     logic = _Logic(None)
     out = [(i, s.phase) for i, e in enumerate(EVENTS) for s in logic.on_event(e)]
-    assert out == [(300, "open"), (303, "close"), (321, "open")]
+    assert out == [(300, "open"), (303, "close"), (321, "open"), (332, "deescalate")]
 
 
 @pytest.mark.parametrize("check", [check_snapshot_pickles, check_snapshot_independent,

@@ -772,3 +772,44 @@ def test_the_default_playbook_reduces_on_critical_moves_and_alerts_on_a_regime_c
     quiet = feed(logic, [regime, *[Tick(ts=s * S) for s in range(6, 400)]])
     assert ("reduce_limits", "underlying:okx/ETH") not in acts(quiet)
     assert ("alert", "underlying:okx/ETH") in acts(quiet)
+
+
+def _default_playbook() -> PlaybookLogic:
+    from importlib import resources
+
+    doc = read_toml(str(resources.files("riskguard.dataflows").joinpath("playbook.toml")))
+    return PlaybookLogic(decode_section(doc["playbook"], PlaybookConfig), ManualClock(1_000))
+
+
+def test_a_price_move_that_deescalates_lifts_its_reduce_only_after_the_quiet_period() -> None:
+    """The bundled playbook (``price_move`` at critical, quiet 300 s): a trip goes
+    reduce-only; a ``deescalate`` to warn starts the quiet period while the episode goes
+    on, and 300 s later the reduce-only is resumed; a second trip before that keeps it
+    in force with no second command; one after it goes reduce-only again."""
+    logic = _default_playbook()
+    trip = anomaly(0, kind="price_move", sev=Severity.CRITICAL)
+    assert acts(logic.on_event(trip)) == [("alert", "instrument:okx/BTC-USDT"),
+                                          ("reduce_only", "instrument:okx/BTC-USDT")]
+    ease = anomaly(60, kind="price_move", phase="deescalate")
+    again = anomaly(200, kind="price_move", phase="escalate", sev=Severity.CRITICAL)
+    held = feed(logic, [ease, *[Tick(ts=s * S) for s in range(61, 200)], again,
+                        *[Tick(ts=s * S) for s in range(201, 500)]])
+    assert acts(held) == []  # back to critical inside the quiet period: still in force
+    out = feed(logic, [anomaly(500, kind="price_move", phase="deescalate"),
+                       *[Tick(ts=s * S) for s in range(501, 900)]])
+    assert acts(out) == [("resume", "instrument:okx/BTC-USDT")]
+    tripped = logic.on_event(anomaly(900, kind="price_move", phase="escalate",
+                                     sev=Severity.CRITICAL))
+    assert ("reduce_only", "instrument:okx/BTC-USDT") in acts(tripped)
+
+
+def test_a_deescalation_keeps_the_incident_of_a_rule_it_still_meets() -> None:
+    """A rule matching warn price moves: the fall to warn lowers the incident's
+    severity (its critical-gated rungs no longer climb) but does not end it."""
+    logic = make(GATED)
+    feed(logic, [anomaly(0, kind="price_move", sev=Severity.CRITICAL), Tick(ts=5 * S)])
+    logic.on_event(anomaly(6, kind="price_move", phase="deescalate"))
+    later = feed(logic, [Tick(ts=s * S) for s in range(7, 200)])
+    assert acts(later) == []  # no halt at 30 s: the gate needs critical; no resume
+    (inc,) = logic.state.incidents.values()
+    assert inc.severity is Severity.WARN and inc.closed_at is None

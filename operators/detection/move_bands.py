@@ -1,4 +1,4 @@
-"""Move bands: a deterministic price-move detector beside the learned one.
+r"""Move bands: a deterministic price-move detector beside the learned one.
 
 Exchanges do not wait for a model to learn a crash. CME's dynamic circuit
 breakers compare the price with a reference taken a fixed look-back earlier
@@ -31,6 +31,15 @@ carries (its close, and the low and high seen since the previous vector):
 - **Episodes, as the learned detector's.** One ``open`` signal, ``escalate`` on
   a severity rise, ``close`` once every move has stayed below ``hysteresis``
   times its band for ``close_quiet_points`` vectors and ``close_quiet_ns``.
+- **Reset after a trip, as CME resets its bands after a halt.** Once an episode
+  is critical, its severity is judged on the moves since the last critical
+  reading (the trip's price is the new reference, and the drawdown counts from
+  there); the episode itself stays open on the whole look-back. A price that
+  keeps falling trips again and stays critical; one that has found its level
+  (every move since the trip below ``hysteresis`` times its band for
+  ``close_quiet_points`` vectors and ``close_quiet_ns``) ``deescalate``\ s to
+  ``warn``, so a mitigation the trip caused is lifted while the day-long
+  measures still remember the fall.
 
 Signals are :class:`~riskguard.schemas.AnomalySignal` records of kind
 ``price_move``: ``score`` is the largest move-to-band ratio and ``threshold``
@@ -156,6 +165,14 @@ class MoveBandState:
     ep_severity: str = "info"
     ep_quiet: int = 0
     ep_last_ts: int = 0
+    # since the episode turned critical: the last critical reading (the reference of
+    # its severity, -1 when none), its close, and the quiet readings since
+    reset_ts: int = -1
+    reset_price: float = 0.0
+    reset_quiet: int = 0
+    # the trip's direction (-1 a fall, 1 a rise) and the furthest price since in it
+    reset_dir: int = 0
+    reset_extreme: float = 0.0
 
 
 _FINE_NS = 60 * NS
@@ -192,6 +209,7 @@ class MoveBands:
         self._done_range: tuple[int, int, list[tuple[int, float, float, float]], float,
                                 float] | None = None
         self._returns: list[tuple[int, float]] = []
+        self._low = self._high = 0.0  # the vector being judged, checked in on_vector
         self._dd_name = _label(c.drawdown_s)
         self._decay_per_ns = math.log(2.0) / (c.vol_halflife_s * NS)
         self._fine_keep = max(h for h in self._h_ns if h <= 3600 * NS) // _FINE_NS + 2 \
@@ -228,8 +246,13 @@ class MoveBands:
         high = fv.high if fv.high is not None and fv.high >= price else price
         if fv.interval_ns:
             s.interval_ns = fv.interval_ns  # bars: no horizon is shorter than one bar
+        # after a trip, the moves since it first: the full look-back's returns, measured
+        # last, are what is learned
+        since = (self._measure(ts, price, low, high, s.reset_ts)
+                 if s.ep_open and s.reset_ts >= 0 else None)
         ratios = self._measure(ts, price, low, high)
-        out = self._episode(fv, ratios)
+        self._low, self._high = low, high
+        out = self._episode(fv, ratios, since)
         if not s.ep_open:
             self._learn(ts, price)
         self._record(ts, price, low, high)
@@ -250,12 +273,14 @@ class MoveBands:
             return None
         return tier[i][1]
 
-    def _measure(self, ts: int, price: float, low: float, high: float
+    def _measure(self, ts: int, price: float, low: float, high: float, since: int = -1
                  ) -> list[tuple[float, float, str, float, float]]:
         """``(ratio, move, name, cap, typical move)`` per horizon and for the
         drawdown/rally. A horizon shorter than the data's interval is measured over one
         interval, with the band settings of that length (interpolated between the
-        configured horizons)."""
+        configured horizons). With ``since`` (a trip's time), no move reaches back
+        before it: a horizon's reference is the later of its look-back and the trip,
+        and the drawdown runs from the trip's price."""
         s = self.s
         sigma = self.sigma_per_sqrt_ns
         interval = s.interval_ns
@@ -268,7 +293,7 @@ class MoveBands:
         reference = self._reference
         fine, coarse = s.fine, s.coarse
         for h, on_fine, k, floor, cap, name in self._plan:
-            at = ts - h
+            at = ts - h if ts - h >= since else since
             ref = (reference(fine, _FINE_NS, at, h) if on_fine
                    else reference(coarse, _COARSE_NS, at, h))
             if ref is None:
@@ -281,7 +306,7 @@ class MoveBands:
             out.append((abs(move) / self._band(k, floor, cap, scale), move, name, cap,
                         scale or 0.0))
         if s.coarse:
-            hi, lo = self._day_range(ts)
+            hi, lo = self._day_range(ts) if since < 0 else self._range_since(since)
             hi, lo = max(hi, high), min(lo, low)
             h = max(self._dd_ns, interval)
             k, floor, cap = self._params(h)
@@ -316,6 +341,18 @@ class MoveBands:
         if last[0] < first:
             return done[3], done[4]
         return max(done[3], last[3]), min(done[4], last[2])
+
+    def _range_since(self, since: int) -> tuple[float, float]:
+        """The highest high and lowest low after ``since`` (whole coarse slots after the
+        one holding it) and the close at it."""
+        first = -(-since // _COARSE_NS) + 1
+        p = self.s.reset_price
+        hi, lo = p, p
+        for k, _c, low, high in reversed(self.s.coarse):
+            if k < first:
+                break
+            hi, lo = max(hi, high), min(lo, low)
+        return hi, lo
 
     def _params(self, h_ns: int) -> tuple[float, float, float]:
         """``(band_k, floor, cap)`` at horizon ``h_ns``: log-linear between the configured
@@ -402,36 +439,83 @@ class MoveBands:
                 while tier and tier[0][0] <= k - keep:
                     del tier[0]
 
-    def _episode(self, fv: FeatureVector, ratios: list[tuple[float, float, str, float, float]]
-                 ) -> list[AnomalySignal]:
-        s = self.s
+    def _severity(self, ratios: list[tuple[float, float, str, float, float]]
+                  ) -> tuple[Severity | None, float]:
+        """``(severity or None when every move is in its band, largest ratio)``."""
         c = self.config
         top = max((r[0] for r in ratios), default=0.0)
         capped = any(abs(r[1]) >= r[3] for r in ratios)
-        if top >= 1.0 or capped:
-            confirmed = sum(1 for r in ratios if r[0] >= 1.0) >= c.confirm_horizons
-            sev = (Severity.CRITICAL if capped or confirmed or top >= c.critical_ratio
-                   else Severity.WARN)
+        if not (top >= 1.0 or capped):
+            return None, top
+        confirmed = sum(1 for r in ratios if r[0] >= 1.0) >= c.confirm_horizons
+        return (Severity.CRITICAL if capped or confirmed or top >= c.critical_ratio
+                else Severity.WARN), top
+
+    def _trip(self, fv: FeatureVector,
+              ratios: list[tuple[float, float, str, float, float]]) -> None:
+        """A critical reading: the moves that judge severity start from here, and the
+        trip's direction is that of its largest move."""
+        s = self.s
+        s.reset_ts = fv.ts
+        s.reset_price = fv.price or 0.0
+        s.reset_quiet = 0
+        move = max(ratios, key=lambda r: r[0])[1] if ratios else 0.0
+        s.reset_dir = -1 if move < 0 else 1
+        s.reset_extreme = self._low if s.reset_dir < 0 else self._high
+
+    def _episode(self, fv: FeatureVector, ratios: list[tuple[float, float, str, float, float]],
+                 since: list[tuple[float, float, str, float, float]] | None
+                 ) -> list[AnomalySignal]:
+        s = self.s
+        c = self.config
+        sev, top = self._severity(ratios)
+        if sev is not None:
             s.ep_quiet = 0
             s.ep_last_ts = fv.ts
             if not s.ep_open:
                 s.ep_open = True
                 s.episodes += 1
                 s.ep_severity = sev.value
+                if sev is Severity.CRITICAL:
+                    self._trip(fv, ratios)
                 return [self._signal(fv, "open", sev, top, ratios)]
-            if _RANK[sev] > _RANK[Severity(s.ep_severity)]:
+        elif not s.ep_open:
+            return []
+        else:
+            s.ep_quiet = s.ep_quiet + 1 if top < c.hysteresis else 0
+            if s.ep_quiet >= c.close_quiet_points and fv.ts - s.ep_last_ts >= c.close_quiet_ns:
+                s.ep_open = False
+                s.reset_ts = -1
+                return [self._signal(fv, "close", Severity(s.ep_severity), top, ratios)]
+        if since is None:  # not critical yet: severity on the whole look-back
+            if sev is not None and _RANK[sev] > _RANK[Severity(s.ep_severity)]:
                 s.ep_severity = sev.value
+                if sev is Severity.CRITICAL:
+                    self._trip(fv, ratios)
                 return [self._signal(fv, "escalate", sev, top, ratios)]
             return []
-        if not s.ep_open:
+        now, top_since = self._severity(since)
+        if now is Severity.CRITICAL:
+            self._trip(fv, since)
+            if s.ep_severity != Severity.CRITICAL.value:
+                s.ep_severity = Severity.CRITICAL.value
+                return [self._signal(fv, "escalate", Severity.CRITICAL, top_since, since)]
             return []
-        s.ep_quiet = s.ep_quiet + 1 if top < c.hysteresis else 0
-        if s.ep_quiet >= c.close_quiet_points and fv.ts - s.ep_last_ts >= c.close_quiet_ns:
-            s.ep_open = False
-            return [self._signal(fv, "close", Severity(s.ep_severity), top, ratios)]
+        # quiet: every move since the trip inside its band, and no new extreme in the
+        # trip's direction (a price still grinding the same way has not found its level)
+        low, high = self._low, self._high
+        further = low < s.reset_extreme if s.reset_dir < 0 else high > s.reset_extreme
+        if further:
+            s.reset_extreme = low if s.reset_dir < 0 else high
+        s.reset_quiet = s.reset_quiet + 1 if top_since < c.hysteresis and not further else 0
+        if (s.ep_severity == Severity.CRITICAL.value and s.reset_quiet >= c.close_quiet_points
+                and fv.ts - s.reset_ts >= c.close_quiet_ns):
+            s.ep_severity = Severity.WARN.value
+            return [self._signal(fv, "deescalate", Severity.WARN, top_since, since)]
         return []
 
-    def _signal(self, fv: FeatureVector, phase: Literal["open", "escalate", "close"],
+    def _signal(self, fv: FeatureVector,
+                phase: Literal["open", "escalate", "deescalate", "close"],
                 severity: Severity, top: float,
                 ratios: list[tuple[float, float, str, float, float]]) -> AnomalySignal:
         s = self.s

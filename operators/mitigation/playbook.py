@@ -357,6 +357,9 @@ class PlaybookLogic:
         )
         self._track_health(sig, kind, closing)
         source = _source_key(sig, kind)
+        if isinstance(sig, AnomalySignal) and sig.phase == "deescalate":
+            self._ease(sig, kind, source, digest, detail)
+            return
         if closing:
             for name in self.rules:
                 inc = st.incidents.get(f"{name}|{source}")
@@ -395,6 +398,25 @@ class PlaybookLogic:
             inc.signal_ids = _pushed(inc.signal_ids, sig.id)
             inc.detail = detail
             self._awake.add(key)
+
+    def _ease(self, sig: AnomalySignal, kind: str, source: str, digest: str,
+              detail: str) -> None:
+        """A severity fall inside a going episode: each open incident of it takes the
+        lower severity (no rung it has not reached climbs on the old one), and one whose
+        rule asks more than that now starts its quiet period, as on a close; a rise
+        before it ends reopens it, with its mitigations still in force."""
+        st = self.state
+        for rule in self.config.rules:
+            inc = st.incidents.get(f"{rule.name}|{source}")
+            if inc is None or rule.signal != kind:
+                continue
+            inc.severity = sig.severity
+            if _RANK[sig.severity] < _RANK[rule.min_severity] and inc.closed_at is None:
+                inc.closed_at = sig.ts
+            _push(inc.evidence, digest)
+            inc.signal_ids = _pushed(inc.signal_ids, sig.id)
+            inc.detail = detail
+            self._awake.add(inc.key)
 
     def _matches(self, rule: Rule, sig: Any, kind: str) -> bool:
         if rule.signal != kind or _RANK[sig.severity] < _RANK[rule.min_severity]:
