@@ -12,6 +12,8 @@ import random
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from riskguard.operators.detection.move_bands import MoveBandConfig, MoveBands, MoveBandState
 from riskguard.schemas import AnomalySignal, FeatureVector, Scope, ScopeKind
 
@@ -403,3 +405,41 @@ def test_move_bands_meet_the_stateful_contract(check: Callable[[Case], None]) ->
     """Snapshot pickles, is independent of later bars, and resuming from it (also in
     the middle of an episode) gives exactly the uninterrupted run's signals."""
     check(CASE)
+
+
+_RANK = {"info": 0, "warn": 1, "critical": 2}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(-0.08, 0.08), st.integers(1, 40)), min_size=1,
+                max_size=12),
+       st.integers(0, 2**16), st.sampled_from([MINUTE, HOUR]))
+def test_episodes_follow_their_grammar_whatever_the_moves(
+        legs: list[tuple[float, int]], seed: int, interval: int) -> None:
+    """Calm walks broken by jumps of up to 8 % in either direction: every episode is
+    ``open``, then ``escalate`` (a rise) and ``deescalate`` (critical to warn, never
+    twice in a row) in any order, then ``close``; one episode at a time."""
+    bands = MoveBands(MoveBandConfig(), key=KEY)
+    bars = list(CALM[:300])
+    rng = random.Random(seed)
+    for jump, calm in legs:
+        p = bars[-1][0] * math.exp(jump)
+        lo, hi = min(p, bars[-1][0]), max(p, bars[-1][0])
+        bars.append((p, lo, hi))
+        bars.extend(_walk(calm, 0.0005, seed=rng.randrange(2**16), start=p))
+    severity, episode = None, None
+    for _, sig in _feed(bands, bars, interval=interval):
+        if sig.phase == "open":
+            assert severity is None
+            severity, episode = sig.severity.value, sig.episode_id
+            continue
+        assert severity is not None and sig.episode_id == episode
+        if sig.phase == "escalate":
+            assert _RANK[sig.severity.value] > _RANK[severity]
+        elif sig.phase == "deescalate":
+            assert (severity, sig.severity.value) == ("critical", "warn")
+        else:
+            assert sig.phase == "close" and sig.severity.value == severity
+            severity = None
+            continue
+        severity = sig.severity.value
