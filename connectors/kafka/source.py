@@ -63,10 +63,10 @@ from riskguard.errors import BrokerError, ConfigError
 # the name this module logged under before the source and sink were split
 _log = logging.getLogger("riskguard.connectors.kafka")
 
-# per cluster (bootstrap servers): since when no end-of-input question was answered.
-# Shared by every partition of the process, so a broker that is gone stops a bounded run
-# after one patience, not one timeout per partition.
-_END_UNANSWERED: dict[str, int] = {}
+# per cluster (bootstrap servers) and clock: since when no end-of-input question was
+# answered. Shared by every partition of the process, so a broker that is gone stops a
+# bounded run after one patience, not one timeout per partition.
+_END_UNANSWERED: dict[tuple[str, Clock], int] = {}
 
 class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
     def __init__(
@@ -139,7 +139,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         ends = self.shared.end_offsets(self._topic, self._idx)
         bootstrap = self.shared.bootstrap
         if ends is None:
-            since = _END_UNANSWERED.setdefault(bootstrap, now)
+            since = _END_UNANSWERED.setdefault((bootstrap, self._clock), now)
             if now - since >= _IDLE_PATIENCE * idle_eof:
                 raise BrokerError(
                     f"cannot confirm the end of input on topic {self._topic!r} partition "
@@ -147,7 +147,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
                     f"{(now - since) / 1e9:.0f} s")
             self._recheck_at = now + min(idle_eof, _RECHECK_NS)
             return True
-        _END_UNANSWERED.pop(bootstrap, None)
+        _END_UNANSWERED.pop((bootstrap, self._clock), None)
         lo, hi = ends
         pos = lo if self._offset == OFFSET_BEGINNING else self._offset
         if pos < 0 or hi <= pos:
