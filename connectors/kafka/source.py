@@ -68,6 +68,7 @@ _log = logging.getLogger("riskguard.connectors.kafka")
 # bounded run after one patience, not one timeout per partition.
 _END_UNANSWERED: dict[tuple[str, Clock], int] = {}
 
+
 class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
     def __init__(
         self, shared: SharedConsumer, topic: str, idx: int, offset: int,
