@@ -237,6 +237,22 @@ def test_an_episode_closes_after_close_quiet_points_quiet_vectors(quiet_points: 
     assert closed.score < config.hysteresis
 
 
+@pytest.mark.parametrize(("interval", "readings"), [(MINUTE, 3), (HOUR, 3), (DAY, 1)])
+def test_a_trip_deescalates_after_three_quiet_readings_or_four_quiet_hours(
+        interval: int, readings: int) -> None:
+    """Whichever comes first: three quiet bars of minutes or hours, but one daily bar
+    (a day of quiet; three would hold a reduce-only for three days)."""
+    bands = MoveBands(MoveBandConfig(), key=KEY)
+    walk = _walk(200, 0.002, seed=8)
+    assert [s.phase for _, s in _feed(bands, walk, interval=interval)] == []
+    c = walk[-1][0]
+    tripped = bands.on_vector(_fv(200, c * 0.7, low=c * 0.7, high=c, interval=interval))
+    assert [(s.phase, s.severity.value) for s in tripped] == [("open", "critical")]
+    level = [(c * 0.7, c * 0.7 * 1.001, c * 0.7 * 1.002)] * 5
+    eased = _feed(bands, level, start=201, interval=interval)
+    assert [(i, s.phase) for i, s in eased][:1] == [(200 + readings, "deescalate")]
+
+
 # -- bar intervals, gaps, odd input ---------------------------------------
 
 LONG_NAMES = {"move_1h", "move_4h", "move_1d", "drawdown_1d", "rally_1d"}

@@ -35,11 +35,13 @@ carries (its close, and the low and high seen since the previous vector):
   is critical, its severity is judged on the moves since the last critical
   reading (the trip's price is the new reference, and the drawdown counts from
   there); the episode itself stays open on the whole look-back. A price that
-  keeps falling trips again and stays critical; one that has found its level
-  (every move since the trip below ``hysteresis`` times its band for
-  ``close_quiet_points`` vectors and ``close_quiet_ns``) ``deescalate``\ s to
-  ``warn``, so a mitigation the trip caused is lifted while the day-long
-  measures still remember the fall.
+  keeps falling trips again and stays critical, and a new extreme in the
+  trip's direction is never quiet; one that has found its level (every move
+  since the trip below ``hysteresis`` times its band for ``close_quiet_points``
+  vectors or ``deescalate_quiet_s``, whichever is sooner, and
+  ``close_quiet_ns``) ``deescalate``\ s to ``warn``, so a mitigation the trip
+  caused is lifted while the day-long measures still remember the fall. Three
+  quiet hourly bars take three hours; one quiet daily bar is a day.
 
 Signals are :class:`~riskguard.schemas.AnomalySignal` records of kind
 ``price_move``: ``score`` is the largest move-to-band ratio and ``threshold``
@@ -88,6 +90,9 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     horizon, the narrowest band and the static level past which a move is
     critical whatever the learned volatility. ``drawdown_s`` is the window of
     the rolling high and low (its band is the largest horizon's).
+    ``deescalate_quiet_s``: a critical episode whose moves since its trip have
+    been quiet this long de-escalates even before ``close_quiet_points`` quiet
+    vectors (coarse bars: three daily bars would be three days).
     """
 
     enabled: bool = True
@@ -104,6 +109,7 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     hysteresis: float = 0.8
     close_quiet_points: int = 3
     close_quiet_ns: int = 60 * NS
+    deescalate_quiet_s: float = 14_400.0
     top_k: int = 3
     model_version: str = "1"
 
@@ -129,7 +135,7 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             if lo > hi:
                 raise ConfigError(f"{path}.floor_bps[{i}]",
                                   f"must not exceed cap_bps[{i}] ({hi})", lo)
-        for name in ("drawdown_s", "vol_halflife_s", "vol_clip"):
+        for name in ("drawdown_s", "vol_halflife_s", "vol_clip", "deescalate_quiet_s"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise ConfigError(f"{path}.{name}", "must be a positive number", v)
@@ -173,6 +179,7 @@ class MoveBandState:
     # the trip's direction (-1 a fall, 1 a rise) and the furthest price since in it
     reset_dir: int = 0
     reset_extreme: float = 0.0
+    reset_loud_ts: int = -1  # the last reading since the trip that was not quiet
 
 
 _FINE_NS = 60 * NS
@@ -212,6 +219,7 @@ class MoveBands:
         self._low = self._high = 0.0  # the vector being judged, checked in on_vector
         self._dd_name = _label(c.drawdown_s)
         self._decay_per_ns = math.log(2.0) / (c.vol_halflife_s * NS)
+        self._deescalate_ns = int(c.deescalate_quiet_s * NS)
         self._fine_keep = max(h for h in self._h_ns if h <= 3600 * NS) // _FINE_NS + 2 \
             if any(h <= 3600 * NS for h in self._h_ns) else 2
         self._coarse_keep = max(*self._h_ns, self._dd_ns) // _COARSE_NS + 2
@@ -262,25 +270,28 @@ class MoveBands:
 
     # -- internals ---------------------------------------------------------
     def _reference(self, tier: list[tuple[int, float, float, float]], slot_ns: int,
-                   at: int, within: int) -> float | None:
+                   at: int, within: int, since: int | None = None) -> float | None:
         """A close at or before ``at``, no older than ``at - within``: of the slot ending at
         ``at``, else the last one before the slot holding it (slot ``k`` covers
-        ``((k - 1) * slot_ns, k * slot_ns]``). None across a gap in the data."""
+        ``((k - 1) * slot_ns, k * slot_ns]``). None across a gap in the data. With
+        ``since`` (a trip's time), a slot that ended before it gives the trip's price."""
         k = -(-at // slot_ns)
         want = k if at % slot_ns == 0 else k - 1
         i = bisect.bisect_right(tier, (want, math.inf)) - 1
         if i < 0 or tier[i][0] * slot_ns < at - within:
             return None
+        if since is not None and tier[i][0] * slot_ns < since:
+            return self.s.reset_price
         return tier[i][1]
 
-    def _measure(self, ts: int, price: float, low: float, high: float, since: int = -1
-                 ) -> list[tuple[float, float, str, float, float]]:
+    def _measure(self, ts: int, price: float, low: float, high: float,
+                 since: int | None = None) -> list[tuple[float, float, str, float, float]]:
         """``(ratio, move, name, cap, typical move)`` per horizon and for the
         drawdown/rally. A horizon shorter than the data's interval is measured over one
         interval, with the band settings of that length (interpolated between the
         configured horizons). With ``since`` (a trip's time), no move reaches back
-        before it: a horizon's reference is the later of its look-back and the trip,
-        and the drawdown runs from the trip's price."""
+        before it: a horizon whose look-back does is measured from the trip's price,
+        and so is the drawdown."""
         s = self.s
         sigma = self.sigma_per_sqrt_ns
         interval = s.interval_ns
@@ -293,9 +304,12 @@ class MoveBands:
         reference = self._reference
         fine, coarse = s.fine, s.coarse
         for h, on_fine, k, floor, cap, name in self._plan:
-            at = ts - h if ts - h >= since else since
-            ref = (reference(fine, _FINE_NS, at, h) if on_fine
-                   else reference(coarse, _COARSE_NS, at, h))
+            at = ts - h
+            if since is not None and at <= since:
+                ref: float | None = s.reset_price  # the trip's price is the reference
+            else:
+                ref = (reference(fine, _FINE_NS, at, h, since) if on_fine
+                       else reference(coarse, _COARSE_NS, at, h, since))
             if ref is None:
                 continue
             down = log(low / ref)
@@ -306,7 +320,7 @@ class MoveBands:
             out.append((abs(move) / self._band(k, floor, cap, scale), move, name, cap,
                         scale or 0.0))
         if s.coarse:
-            hi, lo = self._day_range(ts) if since < 0 else self._range_since(since)
+            hi, lo = self._day_range(ts) if since is None else self._range_since(since)
             hi, lo = max(hi, high), min(lo, low)
             h = max(self._dd_ns, interval)
             k, floor, cap = self._params(h)
@@ -459,6 +473,7 @@ class MoveBands:
         s.reset_ts = fv.ts
         s.reset_price = fv.price or 0.0
         s.reset_quiet = 0
+        s.reset_loud_ts = fv.ts
         move = max(ratios, key=lambda r: r[0])[1] if ratios else 0.0
         s.reset_dir = -1 if move < 0 else 1
         s.reset_extreme = self._low if s.reset_dir < 0 else self._high
@@ -508,8 +523,12 @@ class MoveBands:
         if further:
             s.reset_extreme = low if s.reset_dir < 0 else high
         s.reset_quiet = s.reset_quiet + 1 if top_since < c.hysteresis and not further else 0
-        if (s.ep_severity == Severity.CRITICAL.value and s.reset_quiet >= c.close_quiet_points
-                and fv.ts - s.reset_ts >= c.close_quiet_ns):
+        if not s.reset_quiet:
+            s.reset_loud_ts = fv.ts
+        elif (s.ep_severity == Severity.CRITICAL.value
+              and (s.reset_quiet >= c.close_quiet_points
+                   or fv.ts - s.reset_loud_ts >= self._deescalate_ns)
+              and fv.ts - s.reset_ts >= c.close_quiet_ns):
             s.ep_severity = Severity.WARN.value
             return [self._signal(fv, "deescalate", Severity.WARN, top_since, since)]
         return []
