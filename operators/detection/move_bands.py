@@ -216,7 +216,6 @@ class MoveBands:
         self._done_range: tuple[int, int, list[tuple[int, float, float, float]], float,
                                 float] | None = None
         self._returns: list[tuple[int, float]] = []
-        self._low = self._high = 0.0  # the vector being judged, checked in on_vector
         self._dd_name = _label(c.drawdown_s)
         self._decay_per_ns = math.log(2.0) / (c.vol_halflife_s * NS)
         self._deescalate_ns = int(c.deescalate_quiet_s * NS)
@@ -259,8 +258,7 @@ class MoveBands:
         since = (self._measure(ts, price, low, high, s.reset_ts)
                  if s.ep_open and s.reset_ts >= 0 else None)
         ratios = self._measure(ts, price, low, high)
-        self._low, self._high = low, high
-        out = self._episode(fv, ratios, since)
+        out = self._episode(fv, low, high, ratios, since)
         if not s.ep_open:
             self._learn(ts, price)
         self._record(ts, price, low, high)
@@ -465,7 +463,7 @@ class MoveBands:
         return (Severity.CRITICAL if capped or confirmed or top >= c.critical_ratio
                 else Severity.WARN), top
 
-    def _trip(self, fv: FeatureVector,
+    def _trip(self, fv: FeatureVector, low: float, high: float,
               ratios: list[tuple[float, float, str, float, float]]) -> None:
         """A critical reading: the moves that judge severity start from here, and the
         trip's direction is that of its largest move."""
@@ -476,9 +474,10 @@ class MoveBands:
         s.reset_loud_ts = fv.ts
         move = max(ratios, key=lambda r: r[0])[1] if ratios else 0.0
         s.reset_dir = -1 if move < 0 else 1
-        s.reset_extreme = self._low if s.reset_dir < 0 else self._high
+        s.reset_extreme = low if s.reset_dir < 0 else high
 
-    def _episode(self, fv: FeatureVector, ratios: list[tuple[float, float, str, float, float]],
+    def _episode(self, fv: FeatureVector, low: float, high: float,
+                 ratios: list[tuple[float, float, str, float, float]],
                  since: list[tuple[float, float, str, float, float]] | None
                  ) -> list[AnomalySignal]:
         s = self.s
@@ -492,7 +491,7 @@ class MoveBands:
                 s.episodes += 1
                 s.ep_severity = sev.value
                 if sev is Severity.CRITICAL:
-                    self._trip(fv, ratios)
+                    self._trip(fv, low, high, ratios)
                 return [self._signal(fv, "open", sev, top, ratios)]
         elif not s.ep_open:
             return []
@@ -506,19 +505,18 @@ class MoveBands:
             if sev is not None and _RANK[sev] > _RANK[Severity(s.ep_severity)]:
                 s.ep_severity = sev.value
                 if sev is Severity.CRITICAL:
-                    self._trip(fv, ratios)
+                    self._trip(fv, low, high, ratios)
                 return [self._signal(fv, "escalate", sev, top, ratios)]
             return []
         now, top_since = self._severity(since)
         if now is Severity.CRITICAL:
-            self._trip(fv, since)
+            self._trip(fv, low, high, since)
             if s.ep_severity != Severity.CRITICAL.value:
                 s.ep_severity = Severity.CRITICAL.value
                 return [self._signal(fv, "escalate", Severity.CRITICAL, top_since, since)]
             return []
         # quiet: every move since the trip inside its band, and no new extreme in the
         # trip's direction (a price still grinding the same way has not found its level)
-        low, high = self._low, self._high
         further = low < s.reset_extreme if s.reset_dir < 0 else high > s.reset_extreme
         if further:
             s.reset_extreme = low if s.reset_dir < 0 else high

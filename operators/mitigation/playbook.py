@@ -367,10 +367,7 @@ class PlaybookLogic:
                     continue
                 if inc.closed_at is None:
                     inc.closed_at = sig.ts  # the signal's own event time
-                _push(inc.evidence, digest)
-                inc.signal_ids = _pushed(inc.signal_ids, sig.id)
-                inc.detail = detail
-                self._awake.add(inc.key)
+                self._attach(inc, sig, digest, detail)
             return
         for rule in self.config.rules:
             if not self._matches(rule, sig, kind):
@@ -394,10 +391,7 @@ class PlaybookLogic:
                 if _RANK[sig.severity] > _RANK[inc.severity]:
                     inc.severity = sig.severity
             inc.closed_at = None if kind in OPENERS else st.now
-            _push(inc.evidence, digest)
-            inc.signal_ids = _pushed(inc.signal_ids, sig.id)
-            inc.detail = detail
-            self._awake.add(key)
+            self._attach(inc, sig, digest, detail)
 
     def _ease(self, sig: AnomalySignal, kind: str, source: str, digest: str,
               detail: str) -> None:
@@ -413,10 +407,14 @@ class PlaybookLogic:
             inc.severity = sig.severity
             if _RANK[sig.severity] < _RANK[rule.min_severity] and inc.closed_at is None:
                 inc.closed_at = sig.ts
-            _push(inc.evidence, digest)
-            inc.signal_ids = _pushed(inc.signal_ids, sig.id)
-            inc.detail = detail
-            self._awake.add(inc.key)
+            self._attach(inc, sig, digest, detail)
+
+    def _attach(self, inc: Incident, sig: Any, digest: str, detail: str) -> None:
+        """``sig`` joins ``inc``: its evidence, its id, the latest detail; wake it."""
+        _push(inc.evidence, digest)
+        inc.signal_ids = _pushed(inc.signal_ids, sig.id)
+        inc.detail = detail
+        self._awake.add(inc.key)
 
     def _matches(self, rule: Rule, sig: Any, kind: str) -> bool:
         if rule.signal != kind or _RANK[sig.severity] < _RANK[rule.min_severity]:
