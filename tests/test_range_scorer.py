@@ -7,7 +7,9 @@ and never a fresh random record.
 
 from __future__ import annotations
 
+import math
 import pickle
+import random
 from collections.abc import Callable
 
 import pytest
@@ -253,3 +255,37 @@ def test_one_feature_detector_flags_spikes_after_a_flat_series(
     assert sig.episode_id == "okx#1"
     assert sig.evidence_ids == [f"l{n}"]
     assert [(c.feature, c.value) for c in sig.top_features] == [("latency_ms", 35.0)]
+
+
+def test_a_series_gone_still_inside_its_usual_range_is_flagged() -> None:
+    """The first value has no step: it must not pass for the stillest stretch ever
+    seen (it did once, as a step of 0, and then no freeze was flagged for 48 blocks)."""
+    rng = random.Random(7)
+    scorer = RangeScorer()
+    for i in range(2_000):
+        scorer.update(40.0 + 10.0 * math.sin(i / 20.0) + rng.gauss(0.0, 1.0))
+    frozen = [scorer.update(40.0) for _ in range(100)]
+    assert max(s or 0.0 for s in frozen) >= 0.01
+    hits = [i for i, s in enumerate(frozen) if s]
+    assert hits and hits[0] < 60  # within about one stillness window (48 steps)
+
+
+def test_a_snapshot_with_stillness_in_log_units_learns_that_channel_anew() -> None:
+    """A version-1 state kept stillness as a log; resumed, that channel starts over and
+    flags a freeze once it has seen the series move again."""
+    rng = random.Random(3)
+
+    def wave(i: int) -> float:
+        return 40.0 + 10.0 * math.sin(i / 20.0) + rng.gauss(0.0, 1.0)
+
+    first = RangeScorer()
+    for i in range(1_000):
+        first.update(wave(i))
+    old = first.snapshot()
+    old.version = 1
+    old.blocks[3] = [(-690.8, 1.2)] * len(old.blocks[3])  # log units, as they were
+    again = RangeScorer(state=old)
+    assert again.s.version == 2 and again.s.blocks[3] == []
+    for i in range(1_000, 1_400):
+        again.update(wave(i))
+    assert max(again.update(40.0) or 0.0 for _ in range(100)) >= 0.01

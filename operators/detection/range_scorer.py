@@ -8,8 +8,9 @@ lately, and by how much of the recent range?*
 
 - **Channels**, from each value before it is learned: the value itself, the
   mean of the last 3 and of the last 12 (a shift that single points hide),
-  and the log of the mean absolute step over the last 48 (low side only: the
-  series went still, as a frozen feed does).
+  and the mean absolute step over the last 48 (low side only: the series went
+  still, as a frozen feed does; defined once 48 steps have been seen, so the
+  first values, which have no steps yet, never pass for a still series).
 - **Envelope** per channel: the lowest and highest value over the last
   ``blocks`` complete blocks of ``block`` points, plus the current block.
 - **Score**: how far the channel is beyond its envelope, in envelope ranges
@@ -49,7 +50,7 @@ _RESUM = 128  # re-add the running sums exactly this often: no float drift on lo
 class RangeState:
     """A :class:`RangeScorer`'s state: plain lists and numbers."""
 
-    version: int = 1
+    version: int = 2  # 2: stillness in step units (1: in log units)
     # per channel: complete blocks' (lo, hi), and the open block's lo, hi and count
     blocks: list[list[tuple[float, float]]] = field(default_factory=lambda: [[] for _ in
                                                                             CHANNELS])
@@ -75,6 +76,10 @@ class RangeScorer:
         self.threshold = threshold
         self.accept = accept if accept is not None else block * blocks // 2
         self.s = state if state is not None else RangeState()
+        if self.s.version == 1:  # its stillness envelope is in log units: learn it anew
+            still = CHANNELS.index("stillness")
+            self.s.blocks[still], self.s.cur[still] = [], [0.0, 0.0, 0.0]
+            self.s.version = 2
         self.reason: tuple[str, float, float, float, float] | None = None
         self._bounds = [self._block_bounds(i) for i in range(len(CHANNELS))]
 
@@ -95,27 +100,33 @@ class RangeScorer:
             return None
         return min(lo for lo, _ in b), max(hi for _, hi in b)
 
-    def _channels(self, x: float) -> list[float]:
+    def _channels(self, x: float) -> list[float | None]:
         s = self.s
         r = s.recent
         s.sum12 += x - (r[0] if len(r) == 12 else 0.0)
         if len(r) == 12:
             del r[0]
         r.append(x)
-        step = 0.0 if s.prev is None else abs(x - s.prev)
         st = s.steps
-        s.sum48 += step - (st[0] if len(st) == 48 else 0.0)
-        if len(st) == 48:
-            del st[0]
-        st.append(step)
+        if s.prev is not None:  # the first value has no step (not a step of 0)
+            step = abs(x - s.prev)
+            s.sum48 += step - (st[0] if len(st) == 48 else 0.0)
+            if len(st) == 48:
+                del st[0]
+            st.append(step)
+            s.step_mean += (step - s.step_mean) / min(s.n, 1000)  # the s.n-th step
         if s.n % _RESUM == 0:
             s.sum12 = math.fsum(r)
             s.sum48 = math.fsum(st)
-        s.step_mean += (step - s.step_mean) / min(s.n + 1, 1000)
         s.prev = x
         n = len(r)
         mean3 = (r[-1] + r[-2] + r[-3]) / 3.0 if n >= 3 else s.sum12 / n
-        stillness = math.log(max(s.sum48, 0.0) / len(st) + 1e-3 * s.step_mean + 1e-300)
+        # stillness is defined once it has a full window of steps: a partial window
+        # (the first values) is not a still series, and must not set its low envelope;
+        # in step units, like the other channels in theirs, so its excess is a share of
+        # the spread between the quietest and the busiest recent stretches
+        stillness = (max(s.sum48, 0.0) / len(st) + 1e-3 * s.step_mean
+                     if len(st) == 48 else None)
         return [x, mean3, s.sum12 / n, stillness]
 
     def _bounds_of(self, i: int) -> tuple[float, float]:
@@ -152,7 +163,8 @@ class RangeScorer:
         s.n += 1
         if s.n <= self.block:
             for i, v in enumerate(vals):
-                self._add(i, v)
+                if v is not None:
+                    self._add(i, v)
             return None
         score = 0.0
         self.reason = None
@@ -160,6 +172,8 @@ class RangeScorer:
         for i, v in enumerate(vals):
             lo, hi = self._bounds_of(i)
             bounds.append((lo, hi))
+            if v is None or (s.cur[i][2] == 0 and self._bounds[i] is None):
+                continue  # the channel is not defined yet, or has no envelope yet
             e = excess(v, lo, hi) if i < 3 or v < lo else 0.0
             if e > score:
                 score = e
@@ -168,7 +182,9 @@ class RangeScorer:
         s.run = s.run + 1 if anomalous else 0
         clip = anomalous and s.run <= self.accept
         for i, v in enumerate(vals):
-            if clip:
+            if v is None:
+                continue
+            if clip and (s.cur[i][2] or self._bounds[i] is not None):
                 lo, hi = self._bounds[i] or bounds[i]
                 w = hi - lo
                 v = min(max(v, lo - w), hi + w)  # noqa: PLW2901
