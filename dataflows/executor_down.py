@@ -61,7 +61,7 @@ def run_executor_down(sc: Scenario, spec: ExecutorDown, workdir: str | Path, *,
                                        overrides=acks_cfg)
     down_ns = start_ns + int(spec.down_at_s * NS)
     confirmed = [c for c in first.commands if c.issued_at < down_ns]
-    with_acks = insert_acks(records, confirmed, executor_acks(executor, sc, spec))
+    with_acks = insert_acks(records, confirmed, executor_acks(executor, sc, spec), NS)
     res, digest = backtest_scenario(sc, with_acks, work, playbook=playbook, overrides=acks_cfg)
     checks = check_run(sc, res, start_ns)
     checks.extend(_ack_checks(res.commands, down_ns, spec))
@@ -85,18 +85,33 @@ def executor_acks(executor: Any, sc: Scenario, spec: ExecutorDown) -> Any:
     return ack
 
 
-def insert_acks(records: list[Any], commands: list[MitigationCommand], ack: Any) -> list[Any]:
+def insert_acks(records: list[Any], commands: list[MitigationCommand], ack: Any,
+                tick_ns: int = 1) -> list[Any]:
     """``records`` with each command's ack placed before the first record later than it
-    arrives (records are in event-time order; an ack has no event time of its own).
+    arrives (records are in event-time order; an ack has no event time of its own), and
+    never before the record the command can have left with: the first at or after the
+    ``tick_ns`` boundary that follows its ``issued_at`` (a rung that falls due between
+    two ticks is issued at its own time and sent when the next tick reaches the
+    playbook).
 
     >>> from types import SimpleNamespace as R
-    >>> out = insert_acks([R(ts=1), R(ts=5)], [R(id="c")], lambda c: (3, "ack-" + c.id))
+    >>> out = insert_acks([R(ts=1), R(ts=5)], [R(id="c", issued_at=1)],
+    ...                   lambda c: (3, "ack-" + c.id))
     >>> [getattr(r, "ts", r) for r in out]
     [1, 'ack-c', 5]
+    >>> out = insert_acks([R(ts=1), R(ts=5), R(ts=9)], [R(id="c", issued_at=2)],
+    ...                   lambda c: (3, "ack-" + c.id), tick_ns=4)
+    >>> [getattr(r, "ts", r) for r in out]
+    [1, 5, 'ack-c', 9]
     """
     times = [getattr(r, "ts", 0) for r in records]
-    placed = sorted((bisect.bisect_right(times, at), n, env)
-                    for n, (at, env) in enumerate(ack(c) for c in commands))
+
+    def arrival(cmd: MitigationCommand, at: int) -> int:
+        left = bisect.bisect_left(times, -(-cmd.issued_at // tick_ns) * tick_ns)
+        return max(at, times[left]) if left < len(times) else at
+
+    placed = sorted((bisect.bisect_right(times, arrival(c, at)), n, env)
+                    for n, (c, (at, env)) in enumerate((c, ack(c)) for c in commands))
     out: list[Any] = []
     start = 0
     for index, _n, env in placed:
@@ -114,8 +129,10 @@ def _ack_checks(commands: list[MitigationCommand], down_ns: int,
     unconfirmed = [c for c in commands if c.action in REQUIRED and c.issued_at >= down_ns
                    and UNACKNOWLEDGED not in c.reason]
     due = int((ACK_TIMEOUT_S + 1) * NS)
+    # the timeout runs from when the command leaves: at the tick after its issued_at
     late = [f"{c.action.value} on {c.scope.label()}" for c in unconfirmed
-            if not any(c.issued_at < e.issued_at <= c.issued_at + due for e in escalations)]
+            if not any(c.issued_at < e.issued_at <= -(-c.issued_at // NS) * NS + due
+                       for e in escalations)]
     acted = sorted({c.action.value for c in escalations})
     return [
         Check("invariant", "confirmed commands raise nothing", None, None,

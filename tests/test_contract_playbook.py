@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pytest
 from contract import CHECKS, Case
+from riskguard.operators.core.clock import step_event_time
 from riskguard.operators.mitigation.playbook import (
     PlaybookConfig,
     Rule,
@@ -41,6 +42,20 @@ EVENTS = [
     *[Tick(ts=s * S) for s in range(64, 100, 4)],
 ]
 
+# Hourly records, as a replay of bars meets them: rungs and quiet periods fall due
+# between records, and the processing clock reads the event time each is met at.
+SPARSE = [
+    anomaly(0), anomaly(3600, phase="close"), anomaly(3700), Tick(ts=7200 * S),
+    anomaly(7300, phase="escalate", sev=Severity.CRITICAL), Tick(ts=9000 * S),
+    anomaly(9100, phase="close"), breach("binance", 9200), Tick(ts=12_000 * S),
+    breach("binance", 12_100, level=LimitLevel.OK), Tick(ts=15_000 * S),
+]
+
+
+def _event_clock() -> int:
+    return step_event_time.get() or 42
+
+
 # Two guard processes; once the first has ticked, the second runs a whole incident ahead:
 # its signals wait for the watermark (state a snapshot must keep). Expected-source counts
 # are left out: a resumed logic meets the same source names here, not new ones.
@@ -48,7 +63,9 @@ P1, P2 = _two_incidents(of=0)
 CASES = [Case("playbook", playbook_builder(CFG, lambda: 42), EVENTS, splits=(3, 14, 20)),
          Case("playbook_two_processes", playbook_builder(CFG, lambda: 42),
               P1[:1] + P2[:300] + P1[1:],
-              splits=(150, 305, 420))]
+              splits=(150, 305, 420)),
+         Case("playbook_sparse_records", playbook_builder(CFG, _event_clock), SPARSE,
+              splits=(1, 2, 4, 6, 8))]
 
 
 def test_case_exercises_state() -> None:

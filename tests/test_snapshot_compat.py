@@ -103,8 +103,8 @@ def test_an_old_snapshot_unpickles_to_the_state_class_at_its_new_path(name: str)
     assert type(snap) is STATE_OF[name]
 
 
-NEWER = frozenset({"cross-shard"})
-"""Contract cases whose state class came after the fixture: no old snapshot of them exists."""
+NEWER = frozenset({"cross-shard", "playbook_sparse_records"})
+"""Contract cases written after the fixture: no old snapshot of them exists."""
 
 
 def test_every_contract_case_has_an_old_snapshot_or_is_newer_than_the_fixture() -> None:

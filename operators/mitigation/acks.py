@@ -64,7 +64,9 @@ class AckConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
     ``executors`` are the issuer names of the executors' keys (trust-file role
     ``executor``); empty turns the wait off. ``require`` lists the actions that
-    must be confirmed; ``timeout_s`` is counted from ``issued_at`` (processing time).
+    must be confirmed; ``timeout_s`` is counted from ``issued_at`` (processing time),
+    or from when the command leaves where that is later (a replay sends a rung that
+    fell due between two records with the next one).
     """
 
     executors: tuple[str, ...] = ()
@@ -121,14 +123,17 @@ class AckTracker:
     def _count(self, what: str) -> None:
         self.state.counts[what] = self.state.counts.get(what, 0) + 1
 
-    def sent(self, cmd: MitigationCommand) -> None:
-        """The playbook emitted ``cmd``."""
+    def sent(self, cmd: MitigationCommand, leaves_at: int | None = None) -> None:
+        """The playbook emitted ``cmd``; ``leaves_at``: when it leaves, where that is after
+        its ``issued_at`` (a replay meeting a due time between two records issues it at
+        that time, and sends it with the later record: no executor could answer before)."""
         self._count("sent")
         if not self.config.executors or cmd.action not in self._required:
             return
+        start = cmd.issued_at if leaves_at is None else max(cmd.issued_at, leaves_at)
         self.state.awaited[cmd.command_id] = Awaited(
             cmd.command_id, cmd.decision_id, cmd.action, cmd.scope,
-            cmd.issued_at + self._timeout, list(self.config.executors))
+            start + self._timeout, list(self.config.executors))
         if cmd.decision_id:
             self._by_decision[cmd.decision_id] = cmd.command_id
 

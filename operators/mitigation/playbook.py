@@ -42,7 +42,7 @@ from typing import Any, TypeAlias
 
 import msgspec
 from riskguard.operators.core.base import copy_fields
-from riskguard.operators.core.clock import Tick, Watermark
+from riskguard.operators.core.clock import Tick, Watermark, step_event_time
 from riskguard.operators.mitigation.acks import AckState, AckTracker
 from riskguard.operators.mitigation.incidents import (
     STATE_VERSION,
@@ -95,22 +95,9 @@ from riskguard.errors import ConfigError
 
 # what riskguard.operators.playbook held before the rules moved out (its old path)
 __all__ = [
-    "CLOSERS",
-    "OPENERS",
-    "STATE_VERSION",
-    "TARGETS",
-    "Incident",
-    "Mitigation",
-    "ParamValue",
-    "PlaybookConfig",
-    "PlaybookLogic",
-    "PlaybookState",
-    "Rule",
-    "Rung",
-    "S",
-    "evidence_digest",
-    "map_scope",
-    "playbook_builder",
+    "CLOSERS", "OPENERS", "STATE_VERSION", "TARGETS", "Incident", "Mitigation",
+    "ParamValue", "PlaybookConfig", "PlaybookLogic", "PlaybookState", "Rule", "Rung",
+    "S", "evidence_digest", "map_scope", "playbook_builder",
 ]
 
 
@@ -167,6 +154,10 @@ class PlaybookLogic:
         self._reroutes = {k for k, m in state.active.items()
                           if m.action is Action.REROUTE_ORDER_FLOW}
         self._sleeping: list[tuple[int, str]] = []
+        self._leaves_at: int | None = None  # while catching up: the clock outside it
+        # a resumed state's incidents are all awake: the first time step sorts them into
+        # the sleeping ones first, as the evaluation before the snapshot did
+        self._unsettled = bool(state.incidents)
 
     # -- public ----------------------------------------------------------------
 
@@ -188,6 +179,7 @@ class PlaybookLogic:
                 # a named tick moves time to the sources' watermark, not its own ts: a
                 # process ahead of the others does not carry the rate window or repeat
                 # history past signals still to come
+                self._catch_up(wm)
                 self.state.watermark = max(self.state.watermark, wm)
                 self._advance(self.state.watermark)
             else:
@@ -249,6 +241,7 @@ class PlaybookLogic:
             end = max([ts for ts, _seen in st.sources.values()] + [h[0] for h in st.held])
             self._release(end)
             if end > st.watermark:
+                self._catch_up(end)
                 st.watermark = end
                 self._advance(end)
                 self._evaluate()
@@ -332,6 +325,7 @@ class PlaybookLogic:
             n += 1
             self._trigger_recv_ts = getattr(sig, "recv_ts", None)
             if clock_to is not None:
+                self._catch_up(min(clock_to, sig.ts))
                 st.watermark = max(st.watermark, min(clock_to, sig.ts))
                 self._evaluate()
             self._apply_signal(sig)
@@ -342,8 +336,41 @@ class PlaybookLogic:
 
     def _advance(self, ts: int) -> None:
         st = self.state
+        if not st.sources:
+            self._catch_up(ts)
         st.now = max(st.now, ts)
         self._flush_window()
+
+    def _catch_up(self, to: int) -> None:
+        """Meet, one at a time, the due times before ``to`` of sleeping incidents (a rung
+        by ``after_s``, a quiet period's end), as a clock that ticks would: the clock of
+        rungs steps to each, and so does the event time the processing clock reads
+        (:data:`~riskguard.operators.core.clock.step_event_time`), so a replay's hourly
+        bars lift a mitigation when its quiet period ends, not at the next bar."""
+        sleeping = self._sleeping
+        if self._unsettled:
+            self._unsettled = False
+            self._evaluate()
+        if not sleeping or sleeping[0][0] >= to:
+            return
+        st = self.state
+        trigger, self._trigger_recv_ts = self._trigger_recv_ts, None
+        self._leaves_at = self.clock()
+        while sleeping and sleeping[0][0] < to:
+            due = sleeping[0][0]
+            if due <= self._time():  # overdue already: the next evaluation wakes it
+                self._awake.add(heapq.heappop(sleeping)[1])
+                continue
+            if st.sources:
+                st.watermark = due
+            st.now = max(st.now, due)  # as a tick at ``due`` moves it
+            self._flush_window()
+            token = step_event_time.set(due)
+            try:
+                self._evaluate()
+            finally:
+                step_event_time.reset(token)
+        self._trigger_recv_ts, self._leaves_at = trigger, None
 
     def _signal(self, sig: Any) -> None:
         st = self.state
@@ -722,7 +749,7 @@ class PlaybookLogic:
                 return False
             st.window_count += 1
         self._out.append(cmd)
-        self.acks.sent(cmd)
+        self.acks.sent(cmd, self._leaves_at)
         return True
 
     def _flush_window(self, *, force: bool = False) -> None:
