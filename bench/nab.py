@@ -459,7 +459,7 @@ def report_lines(root: Path | None = None, config: Any = None) -> list[str]:
     for name in PROFILE_NAMES:
         r = score_at_threshold(scores, corpus, profiles[name], 0.5)
         o = r.outcome
-        lines.append(f"{name:20s} {r.normalized:6.1f}   (windows detected {o.tp}, missed "
+        lines.append(f"{name:20s} {r.normalized:6.2f}   (windows detected {o.tp}, missed "
                      f"{o.fn}, false detections {o.fp})")
     return lines
 
