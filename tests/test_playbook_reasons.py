@@ -1,0 +1,23 @@
+"""What a command's reason says about why its rung was reached."""
+
+from __future__ import annotations
+
+from riskguard.operators.mitigation.playbook import Rule, Rung, S, Tick
+from riskguard.schemas import Action, Severity
+from test_playbook import anomaly, feed, make
+
+AT_ONCE = Rule(name="move", signal="price_move", scope="instrument:*", target="same",
+               ladder=(Rung(action=Action.ALERT), Rung(action=Action.REDUCE_ONLY)))
+
+
+def test_a_rung_reached_at_once_says_opened_while_the_watermark_lags() -> None:
+    """With two tick sources the clock of rungs is their watermark, which a signal can
+    run ahead of: a second rung with no delay is still reached on opening, and no
+    reroute is blamed."""
+    logic = make(AT_ONCE)
+    ticks = [Tick(ts=0, source=p, of=2) for p in ("p0", "p1")]
+    out = feed(logic, [*ticks, anomaly(1, kind="price_move", sev=Severity.CRITICAL)])
+    assert [c.action for c in out] == [Action.ALERT, Action.REDUCE_ONLY]
+    assert "rung 2/2 reduce_only on instrument:okx/BTC-USDT (opened;" in out[1].reason
+    assert "reroute" not in out[1].reason
+    assert logic.state.watermark < 1 * S
