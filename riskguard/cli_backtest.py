@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from riskguard.config import no_rules_note
 from riskguard.errors import ConfigError
 from riskguard.progress import Progress
 
@@ -61,8 +62,10 @@ def with_sample(args: argparse.Namespace, prog: str) -> None:
 
 def _backtest(args: argparse.Namespace) -> int:
     from riskguard.dataflows.backtest import backtest_files  # noqa: PLC0415  (heavy imports)
+    from riskguard.dataflows.guard import load_guard_config  # noqa: PLC0415
 
     with_sample(args, "backtest")
+    cfg, _digest = load_guard_config(args.config)
     with Progress("backtest", total=count_lines(args.data), unit="events") as bar:
         rep = backtest_files(args.config, args.data, labels=args.labels, out_dir=args.out,
                              venue=args.venue, instrument=args.instrument,
@@ -80,6 +83,8 @@ def _backtest(args: argparse.Namespace) -> int:
                   f"{dd['p50']} s p95 {dd['p95']} s\n")
     for action, n in rep["commands"]["by_action"].items():
         out.write(f"  {action:<20} {n}\n")
+    if not cfg.playbook.rules:
+        out.write(no_rules_note() + "\n")
     out.write(f"report: {args.out}/report.html, {args.out}/report.json; commands: "
               f"{args.out}/commands.jsonl\n")
     return 0
@@ -87,7 +92,8 @@ def _backtest(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:  # argparse private generic
     p = sub.add_parser("backtest", help="replay historical files through the guard, report")
-    p.add_argument("--config", required=True, help="guard TOML config (its [keys] sign)")
+    p.add_argument("--config", required=True,
+                   help="guard TOML config (its [keys] signing_key signs the commands)")
     p.add_argument("--data", nargs="+",
                    help="JSONL (wire contract), Binance public data dumps or Tardis.dev CSVs; "
                    "plain, .gz or .zip (docs/formats.md)")

@@ -35,6 +35,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from riskguard.config import no_rules_note
 from riskguard.errors import ConfigError, RiskguardError
 
 # The topics the guard reads and writes, in the order the start line names them.
@@ -418,6 +419,8 @@ def _run(args: argparse.Namespace) -> int:
         with _stop_signals(received), _without_panic_reports(not debug):
             out.write(_start_line(cfg, digest, config, signer.key_id, bw, args.status_every)
                       + "\n")
+            if not cfg.playbook.rules:
+                out.write(no_rules_note() + "\n")
             out.flush()
             reporter.start()
             cli_main(flow, workers_per_process=bw.workers_per_process,

@@ -349,6 +349,18 @@ def read_playbook_file(path: Path | str) -> dict[str, Any]:
     return table
 
 
+def no_rules_note() -> str:
+    """What a run whose playbook has no rules says: it reports signals and issues no
+    command, and where the bundled playbook is."""
+    from importlib import resources  # noqa: PLC0415
+
+    bundled = resources.files("riskguard.dataflows").joinpath("playbook.toml")
+    return ("note: the playbook has no rules, so no mitigation command will be issued "
+            f"(signals only); the bundled playbook is {bundled}: copy it beside the config "
+            "and set playbook_file = \"playbook.toml\" above the first [table] "
+            "(docs/playbooks.md)")
+
+
 def inline_playbook_file(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """A config table with its ``playbook_file`` (relative to ``base``) read into
     ``[playbook]``; a config that has both is refused (one of them would be ignored)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tomllib
 import uuid
 from typing import Any
 
@@ -140,6 +141,26 @@ def test_cli_backtest_writes_report_files(cascade, tmp_path, capsys):
     assert "halt_trading" in out and "recall 1.0" in out
     for f in ("report.json", "report.html", "commands.jsonl"):
         assert (tmp_path / f).is_file()
+
+
+def test_cli_backtest_says_when_the_playbook_has_no_rules(cascade, tmp_path, capsys):
+    """A config without a playbook reports signals and issues nothing: the summary says
+    so, and where the bundled playbook is, rather than a bare "commands 0"."""
+    from riskguard.cli import main
+
+    doc = tomllib.loads(cascade["cfg"].read_text())
+    doc.pop("playbook", None)
+    bare = cascade["work"] / "no_rules.toml"
+    bare.write_text(dump_toml(doc))
+    assert main(["backtest", "--config", str(bare), "--data", str(cascade["data"]),
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "commands 0 " in out
+    assert "note: the playbook has no rules, so no mitigation command will be issued" in out
+    assert "playbook.toml" in out
+    main(["backtest", "--config", str(cascade["cfg"]), "--data", str(cascade["data"]),
+          "--out", str(tmp_path / "with")])
+    assert "no rules" not in capsys.readouterr().out
 
 
 @pytest.mark.kafka
