@@ -67,6 +67,19 @@ def test_a_headerless_spot_kline_becomes_a_bar_with_every_field(tmp_path: Path) 
                       taker_buy_volume=18.2, price_only=False)
 
 
+def test_a_binance_file_whose_name_gives_no_symbol_needs_an_instrument(tmp_path: Path) -> None:
+    """Kline rows name no symbol: such a file is refused until --instrument names it (two
+    of them would otherwise replay as one instrument)."""
+    p = write(tmp_path, "my_btc_klines.csv", KLINE_HEADER + f"{T},1,2,0.5,1.5,3,{T + 59_999},"
+              "4,5,1,1,0\n")
+    with pytest.raises(ConfigError) as err:
+        read(p)
+    assert err.value.path == "replay.files[my_btc_klines.csv].instrument"
+    assert "--instrument" in str(err.value)
+    (bar,) = read(p, instrument="BTCUSDT")
+    assert bar.instrument == "BTCUSDT"
+
+
 def test_microsecond_spot_klines_from_2025_give_the_same_times(tmp_path: Path) -> None:
     """Spot files from 2025 count µs: told apart by magnitude, the bar is the same."""
     t_us = T * 1000

@@ -84,7 +84,8 @@ def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
     """The format of ``path`` (``auto``: :func:`~.detect.detect`) and what its parser
     knows. ``venue``/``instrument`` left at ``file``/``unknown`` are taken from the
     name where it gives them (Binance: ``binance``, ``binance_um`` or ``binance_cm``
-    and the symbol). Raises :class:`~riskguard.errors.ConfigError` for what cannot work.
+    and the symbol; a Binance file whose name does not needs ``instrument``). Raises
+    :class:`~riskguard.errors.ConfigError` for what cannot work.
     """
     p = Path(path)
     if fmt not in FORMATS:
@@ -110,6 +111,11 @@ def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
     symbol = found.symbol if fmt.startswith("binance") else ""
     if instrument == "unknown" and symbol:
         instrument = symbol
+    if instrument == "unknown" and fmt.startswith("binance"):
+        # its rows name no symbol: two such files would replay as one instrument
+        raise ConfigError(f"replay.files[{p.name}].instrument", "an instrument (--instrument),"
+                          " or a Binance dump's own file name, which gives the symbol "
+                          "(BTCUSDT-1m-2024-01-01.zip)", "neither")
     venue_given = venue != "file"
     if not venue_given and fmt.startswith("binance"):
         venue = {"spot": "binance", "um": "binance_um", "cm": "binance_cm"}[market]
