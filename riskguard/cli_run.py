@@ -419,8 +419,8 @@ def _run(args: argparse.Namespace) -> int:
         with _stop_signals(received), _without_panic_reports(not debug):
             out.write(_start_line(cfg, digest, config, signer.key_id, bw, args.status_every)
                       + "\n")
-            if not cfg.playbook.rules:
-                out.write(no_rules_note() + "\n")
+            if not cfg.playbook.rules and cfg.tier.role in ("whole", "firm"):
+                out.write(no_rules_note() + "\n")  # a detect or market tier plans nothing
             out.flush()
             reporter.start()
             cli_main(flow, workers_per_process=bw.workers_per_process,
