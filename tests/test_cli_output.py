@@ -170,17 +170,20 @@ def test_run_prints_a_start_line_status_lines_and_a_summary(
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_run_interrupted_prints_its_summary_and_exits_130(prepared: PreparedRun) -> None:
-    """Ctrl-C ends the run with a summary line, not a traceback."""
+    """Ctrl-C ends the run with a summary line, not a traceback. (Run without its
+    playbook: the line after the start line says no command will be issued.)"""
     text = prepared.config.read_text()
-    assert "idle_eof_s = 4.0" in text
+    assert "idle_eof_s = 4.0" in text and 'playbook_file = "playbook.toml"' in text
     # the run must still be going when the signal lands: no idle end in the meantime
-    prepared.config.write_text(text.replace("idle_eof_s = 4.0", "idle_eof_s = 600.0"))
+    prepared.config.write_text(text.replace("idle_eof_s = 4.0", "idle_eof_s = 600.0")
+                               .replace('playbook_file = "playbook.toml"', ""))
     proc = subprocess.Popen(
         [*CLI, "run", "--config", str(prepared.config), "--status-every", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     assert proc.stdout is not None
     start = proc.stdout.readline()
     assert start.startswith("riskguard run: config "), start
+    assert proc.stdout.readline().startswith("note: the playbook has no rules")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out, err)
