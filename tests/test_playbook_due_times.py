@@ -7,8 +7,8 @@ from typing import Any
 
 from riskguard.dataflows.backtest import EventClock
 from riskguard.operators.core.clock import step_event_time
-from riskguard.operators.mitigation.playbook import PlaybookLogic, S, Tick
-from riskguard.schemas import MitigationCommand, Severity, encode
+from riskguard.operators.mitigation.playbook import PlaybookLogic, Rule, Rung, S, Tick
+from riskguard.schemas import Action, MitigationCommand, Severity, encode
 from test_playbook import FLASH, acts, anomaly, make
 
 HOUR = 3600
@@ -98,3 +98,62 @@ def test_named_tick_sources_meet_due_times_at_their_watermark() -> None:
     hourly, ticking = run(HOUR), run(1)
     assert len(hourly) >= 7
     assert hourly == ticking
+
+
+def _three_ways(events: list[Any], **kw: Any) -> tuple[list[bytes], list[list[bytes]], list[bytes]]:
+    """Commands of ``events`` replayed as they are, resumed from a snapshot after each
+    event, and with a tick every second between them."""
+    def run(evs: list[Any], logic: PlaybookLogic | None = None,
+            clock: EventClock | None = None) -> list[bytes]:
+        clock = clock or EventClock()
+        return [encode(c) for c in replay(logic or make(FLASH, clock=clock, **kw), clock, evs)]
+
+    splits = []
+    for k in range(1, len(events)):
+        clock = EventClock()
+        first = make(FLASH, clock=clock, **kw)
+        head = run(events[:k], first, clock)
+        splits.append(head + run(events[k:], PlaybookLogic(first.config, clock,
+                                                           first.snapshot()), clock))
+    end = events[-1].ts // S
+    by_ts = {e.ts: e for e in events}
+    ticking = [by_ts.get(t) or Tick(ts=t)
+               for t in sorted(set(by_ts) | {s * S for s in range(end + 1)})]
+    return run(events), splits, run(ticking)
+
+
+def test_commands_the_rate_cap_held_are_retried_when_the_window_rolls_between_records(
+        ) -> None:
+    """One command per 10 s: the reduce_only held at 2 s goes out when the window rolls at
+    10 s, with the rate-cap alert stamped there too, whether resumed or ticked."""
+    events = [anomaly(0), anomaly(2, phase="escalate", sev=Severity.CRITICAL),
+              Tick(ts=100 * S)]
+    sparse, splits, ticking = _three_ways(events, max_commands=1, rate_window_s=10)
+    assert all(split == sparse for split in splits)
+    assert sparse == ticking
+
+
+def test_due_times_left_behind_by_a_signal_are_not_stopped_at() -> None:
+    """An escalation wakes an incident whose old due time stays in the heap: a run that
+    never stopped meets the same times as one resumed, and as a ticking clock."""
+    events = [anomaly(0), anomaly(5, phase="escalate", sev=Severity.CRITICAL),
+              anomaly(6, inst="ETH-USDT", v="binance"), Tick(ts=100 * S)]
+    sparse, splits, ticking = _three_ways(events, max_commands=2, rate_window_s=8)
+    assert all(split == sparse for split in splits)
+    assert sparse == ticking
+
+
+def test_fractional_rung_and_quiet_times_are_met_not_skipped() -> None:
+    """A due time of 16.1 s or a quiet period of 4.1 s is met then, not at the next
+    record an hour later, and a rung due before the close is still issued."""
+    for quiet, after, want in ((4.1, 10, [("alert", 0), ("reduce_only", 10),
+                                          ("resume", 104.1)]),
+                               (20, 16.1, [("alert", 0), ("reduce_only", 16.1),
+                                           ("resume", 120)])):
+        rule = Rule(name="flash", signal="anomaly", scope="instrument:*", target="venue",
+                    quiet_s=quiet, ladder=(Rung(action=Action.ALERT),
+                                           Rung(action=Action.REDUCE_ONLY, after_s=after)))
+        clock = EventClock()
+        cmds = replay(make(rule, clock=clock), clock,
+                      [anomaly(0), anomaly(100, phase="close"), Tick(ts=HOUR * S)])
+        assert [(c.action.value, round(c.issued_at / S, 3)) for c in cmds] == want

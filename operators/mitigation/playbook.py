@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import fnmatch
 import heapq
+import math
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeAlias
@@ -154,6 +155,7 @@ class PlaybookLogic:
         self._reroutes = {k for k, m in state.active.items()
                           if m.action is Action.REROUTE_ORDER_FLOW}
         self._sleeping: list[tuple[int, str]] = []
+        self._due_of: dict[str, int] = {}  # each sleeping incident's current due time
         self._leaves_at: int | None = None  # while catching up: the clock outside it
         # a resumed state's incidents are all awake: the first time step sorts them into
         # the sleeping ones first, as the evaluation before the snapshot did
@@ -342,35 +344,53 @@ class PlaybookLogic:
         self._flush_window()
 
     def _catch_up(self, to: int) -> None:
-        """Meet, one at a time, the due times before ``to`` of sleeping incidents (a rung
-        by ``after_s``, a quiet period's end), as a clock that ticks would: the clock of
-        rungs steps to each, and so does the event time the processing clock reads
+        """Meet, one at a time, the times before ``to`` at which something falls due (a
+        rung by ``after_s``, a quiet period's end, a new rate window for commands the cap
+        held back), as a clock that ticks would: the clock of rungs steps to each, and so
+        does the event time the processing clock reads
         (:data:`~riskguard.operators.core.clock.step_event_time`), so a replay's hourly
         bars lift a mitigation when its quiet period ends, not at the next bar."""
-        sleeping = self._sleeping
         if self._unsettled:
             self._unsettled = False
             self._evaluate()
-        if not sleeping or sleeping[0][0] >= to:
-            return
         st = self.state
+        if not (self._sleeping and self._sleeping[0][0] < to) and not st.suppressed:
+            return
         trigger, self._trigger_recv_ts = self._trigger_recv_ts, None
         self._leaves_at = self.clock()
-        while sleeping and sleeping[0][0] < to:
-            due = sleeping[0][0]
-            if due <= self._time():  # overdue already: the next evaluation wakes it
-                self._awake.add(heapq.heappop(sleeping)[1])
-                continue
+        while (due := self._next_stop(to)) is not None:
             if st.sources:
                 st.watermark = due
             st.now = max(st.now, due)  # as a tick at ``due`` moves it
-            self._flush_window()
             token = step_event_time.set(due)
             try:
+                self._flush_window()
                 self._evaluate()
             finally:
                 step_event_time.reset(token)
         self._trigger_recv_ts, self._leaves_at = trigger, None
+
+    def _next_stop(self, to: int) -> int | None:
+        """The next time before ``to`` at which something falls due, or None. Entries a
+        signal left behind (it woke the incident, which then slept with another due time
+        or stayed awake) are dropped: the times met depend on the state alone, as after a
+        resume."""
+        sleeping, now = self._sleeping, self._time()
+        while sleeping and sleeping[0][0] < to:
+            due, key = sleeping[0]
+            if self._due_of.get(key) != due:
+                heapq.heappop(sleeping)
+            elif due <= now:  # overdue already: the next evaluation wakes it
+                self._awake.add(heapq.heappop(sleeping)[1])
+            else:
+                break
+        stop = sleeping[0][0] if sleeping and sleeping[0][0] < to else None
+        if self.state.suppressed:  # a ticking clock retries them when the window rolls
+            width = int(self.config.rate_window_s * S)
+            roll = self.state.now - self.state.now % width + width
+            if now < roll < to and (stop is None or roll < stop):
+                stop = roll
+        return stop
 
     def _signal(self, sig: Any) -> None:
         st = self.state
@@ -503,6 +523,7 @@ class PlaybookLogic:
             rule = None if inc is None else self.rules.get(inc.rule)
             if inc is None or rule is None:
                 awake.discard(key)
+                self._due_of.pop(key, None)
                 continue
             # Open incidents climb on any event; momentary ones only when a signal arrives.
             if inc.closed_at is None or (inc.kind not in OPENERS and inc.closed_at == st.now):
@@ -510,12 +531,17 @@ class PlaybookLogic:
             if inc.closed_at is not None and now - inc.closed_at >= rule.quiet_s * S:
                 self._end(inc, rule)
                 awake.discard(key)
+                self._due_of.pop(key, None)
                 continue
             due = self._next_due(inc, rule)
             if due is not None:
                 awake.discard(key)
                 if due > 0:
                     heapq.heappush(sleeping, (due, key))
+            if due:
+                self._due_of[key] = due
+            else:
+                self._due_of.pop(key, None)
         self._retarget()
 
     def _next_due(self, inc: Incident, rule: Rule) -> int | None:
@@ -527,11 +553,12 @@ class PlaybookLogic:
             if (inc.kind not in OPENERS and inc.closed_at == self.state.now
                     and self._reached(inc, rule) > inc.rung):
                 return None  # a momentary incident retries its climb at the same time
-            return inc.closed_at + int(rule.quiet_s * S)
+            return inc.closed_at + math.ceil(rule.quiet_s * S)
         if self._reached(inc, rule) > inc.rung:
             return None
         later = [rung.after_s for rung in rule.ladder[inc.rung + 1:] if rung.after_s > 0]
-        return inc.opened_at + int(min(later) * S) if later else 0
+        # rounded up: at the due time the rung is reached (``_reached`` compares floats)
+        return inc.opened_at + math.ceil(min(later) * S) if later else 0
 
     def _retarget(self) -> None:
         """Move live reroutes off targets that have since gone bad.
