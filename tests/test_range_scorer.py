@@ -289,3 +289,20 @@ def test_a_snapshot_with_stillness_in_log_units_learns_that_channel_anew() -> No
     for i in range(1_000, 1_400):
         again.update(wave(i))
     assert max(again.update(40.0) or 0.0 for _ in range(100)) >= 0.01
+
+
+def test_an_unpickled_version_1_scorer_migrates_and_never_scores_off_a_single_point() -> None:
+    """A detector's snapshot pickles the scorer itself, so unpickling migrates too; the
+    stillness channel is then scored only once it has a complete block (a one-point
+    envelope would score any quieter step as a departure from a flat history)."""
+    rng = random.Random(5)
+    first = RangeScorer()
+    for i in range(1_000):
+        first.update(40.0 + 10.0 * math.sin(i / 20.0) + rng.gauss(0.0, 1.0))
+    first.s.version = 1
+    first.s.blocks[3] = [(-690.8, 1.2)] * len(first.s.blocks[3])
+    again = pickle.loads(pickle.dumps(first))
+    assert again.s.version == 2 and again.s.blocks[3] == [] and again._bounds[3] is None
+    scores = [again.update(40.0 + 10.0 * math.sin(i / 20.0) + rng.gauss(0.0, 1.0))
+              for i in range(1_000, 1_200)]
+    assert max(s or 0.0 for s in scores) < FLAT_DEPARTURE

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 FLAT_DEPARTURE = 1e9
 CHANNELS = ("value", "mean3", "mean12", "stillness")
@@ -76,12 +77,25 @@ class RangeScorer:
         self.threshold = threshold
         self.accept = accept if accept is not None else block * blocks // 2
         self.s = state if state is not None else RangeState()
-        if self.s.version == 1:  # its stillness envelope is in log units: learn it anew
-            still = CHANNELS.index("stillness")
-            self.s.blocks[still], self.s.cur[still] = [], [0.0, 0.0, 0.0]
-            self.s.version = 2
         self.reason: tuple[str, float, float, float, float] | None = None
+        self._migrate()
         self._bounds = [self._block_bounds(i) for i in range(len(CHANNELS))]
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled (a detector's snapshot holds the scorer itself): migrate as
+        ``__init__`` does."""
+        self.__dict__.update(state)
+        if self._migrate():
+            self._bounds = [self._block_bounds(i) for i in range(len(CHANNELS))]
+
+    def _migrate(self) -> bool:
+        """A version-1 state kept stillness in log units: that channel learns anew."""
+        if self.s.version != 1:
+            return False
+        still = CHANNELS.index("stillness")
+        self.s.blocks[still], self.s.cur[still] = [], [0.0, 0.0, 0.0]
+        self.s.version = 2
+        return True
 
     def snapshot(self) -> RangeState:
         s = self.s
@@ -172,8 +186,8 @@ class RangeScorer:
         for i, v in enumerate(vals):
             lo, hi = self._bounds_of(i)
             bounds.append((lo, hi))
-            if v is None or (s.cur[i][2] == 0 and self._bounds[i] is None):
-                continue  # the channel is not defined yet, or has no envelope yet
+            if v is None or self._bounds[i] is None:
+                continue  # the channel is not defined yet, or has no complete block yet
             e = excess(v, lo, hi) if i < 3 or v < lo else 0.0
             if e > score:
                 score = e
