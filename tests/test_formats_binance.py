@@ -426,3 +426,18 @@ def test_the_feature_step_reads_premium_bars_as_basis_and_accepts_open_interest(
     assert logic.on_event(later) == []
     assert (logic.s.watermark, logic.s.pending, list(logic.s.evidence)) == before
     assert logic.s.last_trade == 100.0  # the price comes from the trade alone
+
+
+def test_the_symbol_check_reads_the_name_whatever_the_flags_and_spares_metrics(
+        tmp_path: Path) -> None:
+    """A dump's own name gives the symbol with --format and --market given too; a
+    metrics file, whose rows name their symbol, needs no --instrument whatever its name."""
+    p = write(tmp_path, "BTCUSDT-1m-2024-01-01.csv", KLINE_HEADER + f"{T},1,2,0.5,1.5,3,"
+              f"{T + 59_999},4,5,1,1,0\n")
+    (bar,) = read(p, "binance_klines", market="um")
+    assert bar.instrument == "BTCUSDT"
+    m = write(tmp_path, "oi.csv", "create_time,symbol,sum_open_interest,"
+              "sum_open_interest_value,count_toptrader_long_short_ratio,"
+              "sum_toptrader_long_short_ratio,count_long_short_ratio,"
+              "sum_taker_long_short_vol_ratio\n2024-01-01 00:05:00,BTCUSDT,1,2,3,4,5,6\n")
+    assert {r.instrument for r in read(m, "binance_metrics")} == {"BTCUSDT"}

@@ -99,7 +99,8 @@ def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
         if not valid_name(value):
             raise ConfigError(f"replay.{key}", "1-64 characters of A-Z a-z 0-9 _ . : / @ + -",
                               value)
-    found = detect(p, first_line(p)) if AUTO in (fmt, market) else Detected("")
+    found = (detect(p, first_line(p)) if AUTO in (fmt, market) or instrument == "unknown"
+             else Detected(""))
     if fmt == AUTO:
         if not found.format:
             raise ConfigError(f"replay.files[{p.name}].format",
@@ -111,8 +112,8 @@ def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
     symbol = found.symbol if fmt.startswith("binance") else ""
     if instrument == "unknown" and symbol:
         instrument = symbol
-    if instrument == "unknown" and fmt.startswith("binance"):
-        # its rows name no symbol: two such files would replay as one instrument
+    if instrument == "unknown" and fmt.startswith("binance") and fmt != "binance_metrics":
+        # its rows name no symbol (metrics rows do): two such files would replay as one
         raise ConfigError(f"replay.files[{p.name}].instrument", "an instrument (--instrument),"
                           " or a Binance dump's own file name, which gives the symbol "
                           "(BTCUSDT-1m-2024-01-01.zip)", "neither")
