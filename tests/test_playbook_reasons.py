@@ -21,3 +21,15 @@ def test_a_rung_reached_at_once_says_opened_while_the_watermark_lags() -> None:
     assert "rung 2/2 reduce_only on instrument:okx/BTC-USDT (opened;" in out[1].reason
     assert "reroute" not in out[1].reason
     assert logic.state.watermark < 1 * S
+
+
+def test_a_rung_passed_on_the_way_to_a_higher_one_says_so() -> None:
+    """A critical signal reaches the last rung by severity and climbs through a delayed
+    one: that one's reason names the rung it leads to, not a reroute."""
+    rule = Rule(name="jump", signal="price_move", scope="instrument:*", target="same",
+                ladder=(Rung(action=Action.ALERT), Rung(action=Action.REDUCE_ONLY, after_s=30),
+                        Rung(action=Action.HALT_TRADING, after_s=60,
+                             min_severity=Severity.CRITICAL)))
+    out = feed(make(rule), [anomaly(1, kind="price_move", sev=Severity.CRITICAL)])
+    assert [c.action for c in out] == [Action.ALERT, Action.REDUCE_ONLY, Action.HALT_TRADING]
+    assert "(on the way to rung 3;" in out[1].reason

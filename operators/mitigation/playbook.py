@@ -632,9 +632,9 @@ class PlaybookLogic:
             return "opened"
         if index <= inc.start_rung:
             return f"repeat trip {inc.start_rung + 1} within {rule.repeat_window_s:g}s"
-        no_route = "escalated: previous rung had no healthy reroute target"
-        if index > self._reached(inc, rule):
-            return no_route
+        reached = self._reached(inc, rule)
+        if index > reached:
+            return "escalated: previous rung had no healthy reroute target"
         if rung.after_s <= 0:  # reached at once: on opening, or once a gate lets it
             gated = any(r.requires is not None for r in rule.ladder[:index + 1])
             return f"severity {inc.severity.value}" if gated else "opened"
@@ -642,7 +642,7 @@ class PlaybookLogic:
             return f"persisted {rung.after_s:g}s"
         if rung.min_severity is not None and _RANK[inc.severity] >= _RANK[rung.min_severity]:
             return f"worsened to {inc.severity.value}"
-        return no_route
+        return f"on the way to rung {reached + 1}"
 
     def _apply(self, inc: Incident, rule: Rule, index: int, rung: Rung) -> str:
         """Issue one rung; ``issued``, ``held`` (already in force), ``no_route`` or
