@@ -74,6 +74,8 @@ from riskguard.operators.mitigation.rules import (
     S,
     _venue_of,
     map_scope,
+    reached_rung,
+    rung_reason,
 )
 from riskguard.schemas import (
     FIRM,
@@ -610,39 +612,12 @@ class PlaybookLogic:
                 target = max(target, i + 1)
 
     def _reached(self, inc: Incident, rule: Rule) -> int:
-        elapsed = self._time() - inc.opened_at
-        gate = next((i for i, rung in enumerate(rule.ladder) if rung.requires is not None
-                     and _RANK[inc.severity] < _RANK[rung.requires]), len(rule.ladder))
-        top = min(inc.start_rung, gate - 1)  # a repeat trip starts higher, not past a gate
-        for i, rung in enumerate(rule.ladder[:gate]):
-            if rung.after_s <= 0 or elapsed >= rung.after_s * S or (
-                    rung.min_severity is not None
-                    and _RANK[inc.severity] >= _RANK[rung.min_severity]):
-                top = max(top, i)
-        return top
+        return reached_rung(rule, inc, self._time() - inc.opened_at)
 
     def _climb(self, inc: Incident, rule: Rule) -> None:
         # A suppressed rung (rate cap) stops the climb; it is retried on a later event.
         # A reroute with no healthy alternative escalates to the next rung instead.
         self._climb_to(inc, rule, self._reached(inc, rule))
-
-    def _why(self, inc: Incident, rule: Rule, index: int) -> str:
-        rung = rule.ladder[index]
-        if index == 0:
-            return "opened"
-        if index <= inc.start_rung:
-            return f"repeat trip {inc.start_rung + 1} within {rule.repeat_window_s:g}s"
-        reached = self._reached(inc, rule)
-        if index > reached:
-            return "escalated: previous rung had no healthy reroute target"
-        if rung.after_s <= 0:  # reached at once: on opening, or once a gate lets it
-            gated = any(r.requires is not None for r in rule.ladder[:index + 1])
-            return f"severity {inc.severity.value}" if gated else "opened"
-        if self._time() - inc.opened_at >= rung.after_s * S:
-            return f"persisted {rung.after_s:g}s"
-        if rung.min_severity is not None and _RANK[inc.severity] >= _RANK[rung.min_severity]:
-            return f"worsened to {inc.severity.value}"
-        return f"on the way to rung {reached + 1}"
 
     def _apply(self, inc: Incident, rule: Rule, index: int, rung: Rung) -> str:
         """Issue one rung; ``issued``, ``held`` (already in force), ``no_route`` or
@@ -669,8 +644,9 @@ class PlaybookLogic:
                 m.owners = sorted({*m.owners, inc.key})
             m.manual = m.manual or rule.recovery == "manual"
             return "held"
+        why = rung_reason(rule, inc, index, self._time() - inc.opened_at)
         reason = (f"rule '{rule.name}' rung {index + 1}/{len(rule.ladder)} {action.value} on "
-                  f"{scope.label()} ({self._why(inc, rule, index)}; open "
+                  f"{scope.label()} ({why}; open "
                   f"{(st.now - inc.opened_at) / S:.0f}s, severity {inc.severity.value}); "
                   f"signal: {inc.detail}")
         if action is Action.REROUTE_ORDER_FLOW:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 from riskguard.operators.mitigation.acks import ACKNOWLEDGED, UNACKNOWLEDGED, AckConfig
@@ -22,6 +22,9 @@ from riskguard.schemas import FIRM, Action, Scope, ScopeKind, Severity
 from riskguard.schemas.action_params import check_rung_params
 
 from riskguard.errors import ConfigError
+
+if TYPE_CHECKING:
+    from riskguard.operators.mitigation.incidents import Incident
 
 S = 1_000_000_000
 """Nanoseconds per second."""
@@ -262,3 +265,38 @@ def map_scope(scope: Scope, target: str, venues: tuple[str, ...] = ()) -> Scope 
             base = re.split(r"[-/_]", scope.value, maxsplit=1)[0] or scope.value
             return Scope(kind=ScopeKind.UNDERLYING, value=base, venue=scope.venue)
     return None
+
+
+def reached_rung(rule: Rule, inc: Incident, elapsed_ns: int) -> int:
+    """The highest rung of ``rule`` an incident open ``elapsed_ns`` has reached: by
+    ``after_s``, by ``min_severity`` or at once, never past a rung whose ``requires``
+    its severity does not meet; a repeat trip starts higher."""
+    gate = next((i for i, rung in enumerate(rule.ladder) if rung.requires is not None
+                 and _RANK[inc.severity] < _RANK[rung.requires]), len(rule.ladder))
+    top = min(inc.start_rung, gate - 1)
+    for i, rung in enumerate(rule.ladder[:gate]):
+        if rung.after_s <= 0 or elapsed_ns >= rung.after_s * S or (
+                rung.min_severity is not None
+                and _RANK[inc.severity] >= _RANK[rung.min_severity]):
+            top = max(top, i)
+    return top
+
+
+def rung_reason(rule: Rule, inc: Incident, index: int, elapsed_ns: int) -> str:
+    """Why rung ``index`` is issued, as a command's reason says it."""
+    rung = rule.ladder[index]
+    if index == 0:
+        return "opened"
+    if index <= inc.start_rung:
+        return f"repeat trip {inc.start_rung + 1} within {rule.repeat_window_s:g}s"
+    reached = reached_rung(rule, inc, elapsed_ns)
+    if index > reached:
+        return "escalated: previous rung had no healthy reroute target"
+    if rung.after_s <= 0:  # reached at once: on opening, or once a gate lets it
+        gated = any(r.requires is not None for r in rule.ladder[:index + 1])
+        return f"severity {inc.severity.value}" if gated else "opened"
+    if elapsed_ns >= rung.after_s * S:
+        return f"persisted {rung.after_s:g}s"
+    if rung.min_severity is not None and _RANK[inc.severity] >= _RANK[rung.min_severity]:
+        return f"worsened to {inc.severity.value}"
+    return f"on the way to rung {reached + 1}"
