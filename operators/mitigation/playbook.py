@@ -518,14 +518,17 @@ class PlaybookLogic:
         st = self.state
         awake, sleeping = self._awake, self._sleeping
         now = self._time()
+        due_of = self._due_of
         while sleeping and sleeping[0][0] <= now:
-            awake.add(heapq.heappop(sleeping)[1])
+            at, key = heapq.heappop(sleeping)
+            if due_of.get(key) == at:  # else left behind by a signal that woke it
+                awake.add(key)
         for key in sorted(awake):
+            due_of.pop(key, None)  # set again below if it sleeps
             inc = st.incidents.get(key)
             rule = None if inc is None else self.rules.get(inc.rule)
             if inc is None or rule is None:
                 awake.discard(key)
-                self._due_of.pop(key, None)
                 continue
             # Open incidents climb on any event; momentary ones only when a signal arrives.
             if inc.closed_at is None or (inc.kind not in OPENERS and inc.closed_at == st.now):
@@ -533,17 +536,13 @@ class PlaybookLogic:
             if inc.closed_at is not None and now - inc.closed_at >= rule.quiet_s * S:
                 self._end(inc, rule)
                 awake.discard(key)
-                self._due_of.pop(key, None)
                 continue
             due = self._next_due(inc, rule)
             if due is not None:
                 awake.discard(key)
                 if due > 0:
                     heapq.heappush(sleeping, (due, key))
-            if due:
-                self._due_of[key] = due
-            else:
-                self._due_of.pop(key, None)
+                    due_of[key] = due
         self._retarget()
 
     def _next_due(self, inc: Incident, rule: Rule) -> int | None:
