@@ -85,6 +85,13 @@ def executor_acks(executor: Any, sc: Scenario, spec: ExecutorDown) -> Any:
     return ack
 
 
+def leaves_at(cmd: MitigationCommand, tick_ns: int) -> int:
+    """When ``cmd`` leaves the playbook at the latest: at the first ``tick_ns`` boundary at
+    or after its ``issued_at`` (a rung due between two ticks goes out with the next), from
+    which an executor can answer and its ack timeout runs."""
+    return -(-cmd.issued_at // tick_ns) * tick_ns
+
+
 def insert_acks(records: list[Any], commands: list[MitigationCommand], ack: Any,
                 tick_ns: int = 1) -> list[Any]:
     """``records`` with each command's ack placed before the first record later than it
@@ -107,7 +114,7 @@ def insert_acks(records: list[Any], commands: list[MitigationCommand], ack: Any,
     times = [getattr(r, "ts", 0) for r in records]
 
     def arrival(cmd: MitigationCommand, at: int) -> int:
-        left = bisect.bisect_left(times, -(-cmd.issued_at // tick_ns) * tick_ns)
+        left = bisect.bisect_left(times, leaves_at(cmd, tick_ns))
         return max(at, times[left]) if left < len(times) else at
 
     placed = sorted((bisect.bisect_right(times, arrival(c, at)), n, env)
@@ -129,9 +136,8 @@ def _ack_checks(commands: list[MitigationCommand], down_ns: int,
     unconfirmed = [c for c in commands if c.action in REQUIRED and c.issued_at >= down_ns
                    and UNACKNOWLEDGED not in c.reason]
     due = int((ACK_TIMEOUT_S + 1) * NS)
-    # the timeout runs from when the command leaves: at the tick after its issued_at
     late = [f"{c.action.value} on {c.scope.label()}" for c in unconfirmed
-            if not any(c.issued_at < e.issued_at <= -(-c.issued_at // NS) * NS + due
+            if not any(c.issued_at < e.issued_at <= leaves_at(c, NS) + due
                        for e in escalations)]
     acted = sorted({c.action.value for c in escalations})
     return [
