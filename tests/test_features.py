@@ -245,3 +245,20 @@ def test_with_no_venues_configured_index_prices_go_to_the_venues_seen_in_the_dat
     keyed = route_batch([t, ip], FeatureConfig(), seen=seen)
     assert early == []
     assert [k for k, _ in keyed] == ["kraken/BTC-USD", "kraken/BTC-USD"]
+
+
+def test_a_bar_after_a_gap_starts_the_price_path_at_its_own_open() -> None:
+    """Bars more than two intervals apart: the close before the gap is no part of the
+    next bar's range or return (a price from months ago would read as a crash). One
+    missing bar is no gap: the return still runs from the previous close."""
+    logic = FeatureLogic(FeatureConfig(), ManualClock(10**19))
+    for i in range(3):
+        logic.on_event(bar(i, 100.0))
+    fv = logic.on_event(bar(10, 151.0, open_=150.0, low=149.0, high=152.0))[0]
+    assert isinstance(fv, FeatureVector)
+    assert (fv.low, fv.high) == (149.0, 152.0)
+    assert fv.values["ret_bps"] == pytest.approx(math.log(151.0 / 150.0) * 1e4)
+    after_one_missing = logic.on_event(bar(12, 153.0, open_=152.0))[0]
+    assert isinstance(after_one_missing, FeatureVector)
+    assert after_one_missing.low == 151.0
+    assert after_one_missing.values["ret_bps"] == pytest.approx(math.log(153.0 / 151.0) * 1e4)

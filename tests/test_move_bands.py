@@ -298,6 +298,33 @@ def test_no_move_is_measured_across_a_gap_in_the_data() -> None:
     assert out[0].top_features[0].value == pytest.approx(math.log(0.95) * 1e4)
 
 
+def test_a_gap_teaches_nothing_about_volatility() -> None:
+    """Three days without data (shorter than the seven-day memory): the bar after the gap
+    is learned as if it followed the last one, so one bar does not outweigh what the
+    bands learned (the elapsed time once gave it a quarter of the weight)."""
+    bands = _calm_bands(2000)
+    before = {h: v[0] for h, v in bands.s.h_var.items()}
+    sigma = bands.sigma_per_sqrt_ns
+    c = CALM[1999][0]
+    assert _feed(bands, [(c, c, c)], start=2000, t0=3 * DAY) == []
+    for h, v in before.items():
+        assert bands.s.h_var[h][0] == pytest.approx(v, rel=0.02), h
+    assert bands.sigma_per_sqrt_ns == sigma
+
+
+def test_a_gap_longer_than_the_memory_starts_the_learning_afresh() -> None:
+    """Thirty days without data: what was learned is older than the seven-day memory, so
+    the key warms up again (the caps, then its new volatility), and no single bar after
+    the gap becomes its yardstick."""
+    bands = _calm_bands(2000)
+    c = CALM[1999][0]
+    after = _walk(40, 0.0005, seed=11, start=c)
+    assert _feed(bands, after, start=2000, t0=30 * DAY) == []
+    assert bands.s.n_returns == 39
+    assert bands.s.h_var[MINUTE][1] == pytest.approx(39)
+    assert bands.sigma_per_sqrt_ns is not None
+
+
 def test_a_vector_without_price_gives_nothing_and_changes_nothing() -> None:
     """Venue-health keys carry no price."""
     bands = _calm_bands(100)

@@ -502,7 +502,8 @@ class FeatureLogic:
 
     def _bar(self, rec: Bar, ts: int) -> None:
         """A closed bar: the market was seen at ``ts`` (so ``price_age_s`` restarts, unless
-        the bar is flat at the last price: a frozen feed), over its range."""
+        the bar is flat at the last price: a frozen feed), over its range. A bar more
+        than two intervals after the last price starts the path afresh at its open."""
         s = self.s
         if not s.kind:
             s.kind = "market"
@@ -510,6 +511,14 @@ class FeatureLogic:
             s.key = f"{rec.venue}/{rec.instrument}"
         frozen = rec.low == rec.high == s.mid
         s.interval_ns = rec.interval_ns
+        h = s.hist
+        if h and ts - h[-1][0] > 2 * rec.interval_ns:
+            # a gap in the data: the price path restarts at this bar's open, so no
+            # return, range or move spans the missing time
+            h.clear()
+            h.append((rec.start, math.log(rec.open)))
+            s.mid, s.logp = rec.open, h[0][1]
+            s.px_low = s.px_high = rec.open
         s.quote_ts = max(s.quote_ts, ts)
         s.range_bps = (rec.high - rec.low) / rec.close * 1e4
         if not rec.price_only and rec.volume > 0.0:

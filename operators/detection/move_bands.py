@@ -22,6 +22,10 @@ carries (its close, and the low and high seen since the previous vector):
   square root of time stands in; before that, the cap. Nothing is learned
   while an episode is open, so a persistent move stays outside its band while
   it lasts.
+- **Gaps in the data** (bars more than two intervals apart). No move reaches
+  back across one, and the missing time teaches nothing: the bar after a gap is
+  learned as if it followed the last one. A gap longer than ``vol_halflife_s``
+  outlives what was learned, so the key warms up afresh.
 - **Severity.** ``warn`` when a move leaves its band; ``critical`` when it
   goes ``critical_ratio`` times past it, when ``confirm_horizons`` horizons
   (the drawdown counts as one) are out of their bands at once (a fall seen at
@@ -412,6 +416,12 @@ class MoveBands:
         if s.last_ts < 0 or ts <= s.last_ts:
             return
         dt = ts - s.last_ts
+        gap = s.interval_ns > 0 and dt > 2 * s.interval_ns
+        if gap:  # missing data is no time learned over: the next bar follows the last
+            if dt * self._decay_per_ns > math.log(2.0):  # longer than the memory: afresh
+                s.h_var.clear()
+                s.var_rate, s.n_returns = 0.0, 0
+            dt = s.interval_ns
         clip2 = self.config.vol_clip ** 2
         warm = self.config.warmup_returns
         for key, move in self._returns:
@@ -428,6 +438,8 @@ class MoveBands:
                 a = w / (hv[1] + w)
             hv[0] += a * (m2 - hv[0])
             hv[1] += w
+        if gap:
+            return
         r2 = math.log(price / s.last_close) ** 2 / dt
         if s.n_returns >= self.config.warmup_returns:
             lim = self.config.vol_clip ** 2 * s.var_rate
