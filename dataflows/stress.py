@@ -60,7 +60,6 @@ from riskguard.dataflows.demo import DemoKeys, init_keys
 from riskguard.dataflows.guard import load_guard_config, load_keys
 from riskguard.dataflows.report import STATE_ORDER, build_report, write_report
 from riskguard.dataflows.stress_checks import (
-    _RANK,
     NS,
     START_NS,
     Check,
@@ -270,7 +269,7 @@ def load_scenario(path: str | Path) -> Scenario:
             where = f"expect[{i}].shock"
             raise ConfigError(where, f"a shock index < {len(sc.shocks)}", e.shock)
     for i, es in enumerate(sc.end_state):
-        if es.at_least not in _RANK:
+        if es.at_least not in STATE_ORDER:
             where = f"end_state[{i}].at_least"
             raise ConfigError(where, f"one of {STATE_ORDER}", es.at_least)
     return sc
