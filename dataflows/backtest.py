@@ -439,7 +439,7 @@ def run_backtest(
 
 
 def backtest_files(
-    config: str | Path,
+    config: str | Path | tuple[GuardConfig, str],
     data: Sequence[str | Path],
     *,
     labels: str | Path | None = None,
@@ -454,12 +454,14 @@ def backtest_files(
 ) -> dict[str, Any]:
     """``riskguard backtest``: replay ``data`` through the guard, write the report.
 
-    ``fmt``, ``market`` and ``contract_size`` say how to read the files (docs/formats.md).
-    Returns the report dict (also written as ``report.json`` and ``report.html``).
+    ``config`` is a guard TOML path, or a config already loaded with its digest
+    (:func:`load_guard_config`). ``fmt``, ``market`` and ``contract_size`` say how to
+    read the files (docs/formats.md). Returns the report dict (also written as
+    ``report.json`` and ``report.html``).
     """
     from riskguard.dataflows.report import build_report, write_report  # noqa: PLC0415 (cycle)
 
-    cfg, digest = load_guard_config(config)
+    cfg, digest = config if isinstance(config, tuple) else load_guard_config(config)
     files = [ReplayFile(p, format=fmt, venue=venue, instrument=instrument, market=market,
                         contract_size=contract_size) for p in data]
     res = run_backtest(cfg, digest, files=files, out_dir=out_dir, batch_size=batch_size,

@@ -65,9 +65,9 @@ def _backtest(args: argparse.Namespace) -> int:
     from riskguard.dataflows.guard import load_guard_config  # noqa: PLC0415
 
     with_sample(args, "backtest")
-    rules = load_guard_config(args.config)[0].playbook.rules
+    loaded = load_guard_config(args.config)
     with Progress("backtest", total=count_lines(args.data), unit="events") as bar:
-        rep = backtest_files(args.config, args.data, labels=args.labels, out_dir=args.out,
+        rep = backtest_files(loaded, args.data, labels=args.labels, out_dir=args.out,
                              venue=args.venue, instrument=args.instrument,
                              batch_size=args.batch_size, fmt=args.format,
                              market=args.market, contract_size=args.contract_size,
@@ -83,7 +83,7 @@ def _backtest(args: argparse.Namespace) -> int:
                   f"{dd['p50']} s p95 {dd['p95']} s\n")
     for action, n in rep["commands"]["by_action"].items():
         out.write(f"  {action:<20} {n}\n")
-    if not rules:
+    if not loaded[0].playbook.rules:
         out.write(no_rules_note() + "\n")
     out.write(f"report: {args.out}/report.html, {args.out}/report.json; commands: "
               f"{args.out}/commands.jsonl\n")
