@@ -1,6 +1,8 @@
 """Detection quality on real data: incidents, and the streaming-anomaly benchmark.
 
-Run ``python bench/detection_real.py [--part incidents|benchmark|all]``. It reads
+Run ``python bench/detection_real.py [--part incidents|benchmark|all] [--overlay
+TOML]`` (``--overlay``: a guard config document merged over the default one, to
+measure other settings; the figures of record use the defaults). It reads
 the development data beside the clone (``bench/shared_data.py``) and prints:
 
 - **Incidents.** Each incident file goes through the real backtest path
@@ -39,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import incidents as inc
-from riskguard.dataflows.backtest import dump_toml, run_backtest
+from riskguard.dataflows.backtest import deep_merge, dump_toml, run_backtest
 from riskguard.dataflows.demo import init_keys
 from riskguard.dataflows.guard import GuardConfig, load_guard_config
 from riskguard.schemas import AnomalySignal, MitigationCommand
@@ -50,8 +52,10 @@ DETECT_GOAL_MIN = 10.0
 MITIGATE_GOAL_MIN = 15.0
 
 
-def default_config(work: Path) -> tuple[GuardConfig, str]:
-    """The default guard config with fresh demo keys and the bundled playbook."""
+def default_config(work: Path, overlay: dict[str, Any] | None = None
+                   ) -> tuple[GuardConfig, str]:
+    """The default guard config with fresh demo keys and the bundled playbook, with the
+    tables of ``overlay`` (a guard TOML document) merged in."""
     keys = init_keys(work)
     playbook = tomllib.loads(resources.files("riskguard.dataflows").joinpath(
         "playbook.toml").read_text())["playbook"]
@@ -60,6 +64,7 @@ def default_config(work: Path) -> tuple[GuardConfig, str]:
                                     "trust_file": keys.trust_file.name,
                                     "roots_file": keys.roots_file.name},
            "playbook": playbook}
+    doc = deep_merge(doc, overlay or {})
     path = work / "guard.toml"
     path.write_text(dump_toml(doc))
     return load_guard_config(path)
@@ -176,12 +181,12 @@ def mitigated_spans(commands: Sequence[MitigationCommand], key: str, end: int
             and inc.command_applies(c.scope.label(), key)]
 
 
-def incident_report(directory: Path) -> list[str]:
-    """The incident part's lines."""
+def incident_report(directory: Path, overlay: dict[str, Any] | None = None) -> list[str]:
+    """The incident part's lines (the guard's config with ``overlay`` merged in)."""
     labels = inc.load_labels(directory / "labels.toml")
     loaded = inc.load_all(directory)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg, digest = default_config(Path(tmp))
+        cfg, digest = default_config(Path(tmp), overlay)
         guard = run_guard(loaded, cfg, digest)
     spans, commands, wall = guard.spans, guard.commands, guard.wall
     runs: dict[str, list[Episode]] = {"guard": [
@@ -253,17 +258,29 @@ def incident_report(directory: Path) -> list[str]:
     return lines
 
 
-def benchmark_report(directory: Path) -> list[str]:
-    """The benchmark part's lines."""
+def benchmark_report(directory: Path, overlay: dict[str, Any] | None = None) -> list[str]:
+    """The benchmark part's lines (the overlay's ``[detector]`` table, if any, over the
+    default detector config)."""
     import nab  # bench/nab.py, only for this part
+    from riskguard.operators.detection.models import DetectorConfig
 
-    return nab.report_lines(directory)
+    from riskguard.config import decode_section
+
+    table = (overlay or {}).get("detector")
+    config = decode_section(table, DetectorConfig, "detector") if table else None
+    return nab.report_lines(directory, config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", choices=("incidents", "benchmark", "all"), default="all")
+    p.add_argument("--overlay", type=Path, metavar="TOML",
+                   help="a guard config document whose tables are merged over the default "
+                   "one (to measure settings other than the defaults)")
     args = p.parse_args(argv)
+    overlay = tomllib.loads(args.overlay.read_text()) if args.overlay else None
+    if overlay:
+        print(f"with {args.overlay.name} merged over the default config")
     print(f"riskguard detection on real data, {time.strftime('%Y-%m-%d')}")
     status = 0
     for part, directory, report in (("incidents", incidents_dir(), incident_report),
@@ -276,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = 1
             continue
         print(f"== {part} ({directory})")
-        for line in report(directory):
+        for line in report(directory, overlay):
             print(line)
     return status
 

@@ -40,7 +40,12 @@ from riskguard.operators.detection.features import (
 from riskguard.operators.detection.hst import ArrayHST, HSTShape, hst_shape
 from riskguard.operators.detection.market_sim import Scenario, SimConfig, generate
 from riskguard.operators.detection.models import DetectorConfig, prepare_models
-from riskguard.operators.detection.move_bands import MoveBandConfig, MoveBands, MoveBandState
+from riskguard.operators.detection.move_bands import (
+    MoveBandConfig,
+    MoveBands,
+    MoveBandState,
+    ProductBands,
+)
 from riskguard.operators.detection.ops import (
     DetectOut,
     FeaturesOut,
@@ -71,6 +76,7 @@ __all__ = [
     "MoveBandConfig",
     "MoveBandState",
     "MoveBands",
+    "ProductBands",
     "RangeScorer",
     "Scenario",
     "ScoreQuantile",

@@ -200,8 +200,11 @@ class DetectorLogic:
         self._up = 1.0 + config.tail_step
         self._open_decay = 1.0 - 2.0 / config.threshold_window
         self._down = 1.0 - config.tail_step * (1.0 - config.tail_quantile) / config.tail_quantile
-        self.bands = (MoveBands(config.bands, s.key, s.bands) if config.bands.enabled
-                      else None)
+        # a key's move bands: its product's settings, known once its key is
+        self.bands: MoveBands | None = None
+        self._bands_set = False
+        if s.key:
+            self._key_bands(s.key)
         self._quiet_points = config.close_quiet_points
         if s.features:
             self._set_kind()
@@ -325,7 +328,10 @@ class DetectorLogic:
                 if not math.isfinite(val):
                     return [self._dead(fv, name, val)]
         self._dirty = True
-        moves = self.bands.on_vector(fv) if self.bands is not None and fv.price else ()
+        bands = self.bands
+        if bands is None and not self._bands_set:
+            bands = self._key_bands(fv.key)
+        moves = bands.on_vector(fv) if bands is not None and fv.price else ()
         if not s.features:
             self._init_key(fv)
         if s.first_ts < 0:
@@ -456,6 +462,13 @@ class DetectorLogic:
         return out
 
     # -- internals ---------------------------------------------------------
+    def _key_bands(self, key: str) -> MoveBands | None:
+        """The key's move bands (None when its settings turn them off)."""
+        cfg = self.config.bands.for_key(key)
+        self.bands = MoveBands(cfg, key, self.s.bands) if cfg.enabled else None
+        self._bands_set = True
+        return self.bands
+
     def _init_key(self, fv: FeatureVector) -> None:
         s = self.s
         c = self.config

@@ -70,6 +70,7 @@ the move in bps as ``value`` and in typical moves as ``zscore``.
 from __future__ import annotations
 
 import bisect
+import fnmatch
 import itertools
 import math
 import uuid
@@ -87,6 +88,32 @@ _RANK = {Severity.INFO: 0, Severity.WARN: 1, Severity.CRITICAL: 2}
 _DAY = 86_400 * NS
 
 
+class ProductBands(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One product's own levels (``detector.bands.products``), as an exchange gives each
+    product its own breaker percentage: a key that ``match`` (a glob on
+    ``venue/instrument``, such as ``"deribit/DVOL-*"``) names takes every value set here
+    over the ``detector.bands`` one. A key takes the first product it matches."""
+
+    match: str  # glob on venue/instrument
+    enabled: bool | None = None  # unset: detector.bands.enabled
+    horizons_s: tuple[float, ...] | None = None  # unset: detector.bands.horizons_s
+    floor_bps: tuple[float, ...] | None = None  # unset: detector.bands.floor_bps
+    cap_bps: tuple[float, ...] | None = None  # unset: detector.bands.cap_bps
+    drawdown_s: float | None = None  # unset: detector.bands.drawdown_s
+    band_k: tuple[float, ...] | None = None  # unset: detector.bands.band_k
+    critical_ratio: float | None = None  # unset: detector.bands.critical_ratio
+    confirm_horizons: int | None = None  # unset: detector.bands.confirm_horizons
+    vol_halflife_s: float | None = None  # unset: detector.bands.vol_halflife_s
+    vol_clip: float | None = None  # unset: detector.bands.vol_clip
+    warmup_returns: int | None = None  # unset: detector.bands.warmup_returns
+    hysteresis: float | None = None  # unset: detector.bands.hysteresis
+    close_quiet_points: int | None = None  # unset: detector.bands.close_quiet_points
+    close_quiet_ns: int | None = None  # unset: detector.bands.close_quiet_ns
+    deescalate_quiet_s: float | None = None  # unset: detector.bands.deescalate_quiet_s
+    top_k: int | None = None  # unset: detector.bands.top_k
+    model_version: str | None = None  # unset: detector.bands.model_version
+
+
 class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Settings of the move bands (``detector.bands``).
 
@@ -96,7 +123,9 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     the rolling high and low (its band is the largest horizon's).
     ``deescalate_quiet_s``: a critical episode whose moves since its trip have
     been quiet this long de-escalates even before ``close_quiet_points`` quiet
-    vectors (coarse bars: three daily bars would be three days).
+    vectors (coarse bars: three daily bars would be three days). ``products`` give
+    some keys levels of their own (:class:`ProductBands`); :meth:`for_key` says which
+    settings a key runs with.
     """
 
     enabled: bool = True
@@ -116,6 +145,26 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     deescalate_quiet_s: float = 14_400.0
     top_k: int = 3
     model_version: str = "1"
+    products: tuple[ProductBands, ...] = ()
+
+    def for_key(self, key: str) -> MoveBandConfig:
+        """The settings ``key`` runs with: these, with the values of the first product
+        whose ``match`` it fits.
+
+        >>> cfg = MoveBandConfig(products=(ProductBands(match="deribit/DVOL-*",
+        ...                                             cap_bps=(4000.0,) * 6),))
+        >>> cfg.for_key("deribit/DVOL-BTC").cap_bps[-1], cfg.for_key("binance/BTCUSDT").cap_bps[-1]
+        (4000.0, 2000.0)
+        """
+        for product in self.products:
+            if fnmatch.fnmatchcase(key, product.match):
+                return self._with(product)
+        return self
+
+    def _with(self, product: ProductBands) -> MoveBandConfig:
+        changes = {name: value for name in product.__struct_fields__
+                   if name != "match" and (value := getattr(product, name)) is not None}
+        return msgspec.structs.replace(self, products=(), **changes)
 
     def validate(self, path: str = "detector.bands") -> MoveBandConfig:
         """Raise ``ConfigError`` naming the key of the first bad value."""
@@ -151,6 +200,12 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
                      "confirm_horizons"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{path}.{name}", "must be >= 0", getattr(self, name))
+        for i, product in enumerate(self.products):
+            where = f"{path}.products[{i}]"
+            if not product.match:
+                raise ConfigError(where + ".match", "must name the keys it applies to",
+                                  product.match)
+            self._with(product).validate(where)
         return self
 
 
