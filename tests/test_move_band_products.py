@@ -3,6 +3,10 @@ product its own breaker percentage."""
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
+
+import msgspec
 import pytest
 from riskguard.operators.detection.detector import DetectorConfig, DetectorLogic
 from riskguard.operators.detection.move_bands import MoveBandConfig, ProductBands
@@ -99,5 +103,16 @@ def test_an_unknown_product_key_stops_start_up_naming_it() -> None:
                        _Guard)
 
 
-class _Guard(__import__("msgspec").Struct, forbid_unknown_fields=True):
+class _Guard(msgspec.Struct, forbid_unknown_fields=True):
     detector: DetectorConfig = DetectorConfig()
+
+
+@pytest.mark.parametrize("overlay", sorted(
+    (Path(__file__).resolve().parent.parent / "bench" / "overlays").glob("*.toml")),
+    ids=lambda p: p.stem)
+def test_the_measured_overlays_are_valid_detector_settings(overlay: Path) -> None:
+    """docs/detection.md quotes figures for these files: they must stay loadable."""
+    doc = tomllib.loads(overlay.read_text())
+    assert set(doc) == {"detector"}
+    cfg = decode_section(doc["detector"], DetectorConfig, "detector").validate()
+    assert cfg.bands.for_key("deribit/DVOL-BTC").cap_bps[-1] == 3000.0
