@@ -267,7 +267,7 @@ def benchmark_report(directory: Path, overlay: dict[str, Any] | None = None) -> 
     from riskguard.config import decode_section
 
     table = (overlay or {}).get("detector")
-    config = decode_section(table, DetectorConfig, "detector") if table else None
+    config = decode_section(table, DetectorConfig, "detector").validate() if table else None
     return nab.report_lines(directory, config)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import msgspec
 import pytest
 from riskguard.operators.core.clock import ManualClock
 from riskguard.operators.detection.features import FeatureConfig, FeatureLogic, route
@@ -262,3 +263,29 @@ def test_a_bar_after_a_gap_starts_the_price_path_at_its_own_open() -> None:
     assert isinstance(after_one_missing, FeatureVector)
     assert after_one_missing.low == 151.0
     assert after_one_missing.values["ret_bps"] == pytest.approx(math.log(153.0 / 151.0) * 1e4)
+
+
+def test_a_late_bar_is_no_gap_for_the_next_one() -> None:
+    """A bar re-delivered late (within the allowed lateness) does not make the next
+    contiguous bar look like one after a gap: its return still runs from the previous
+    close."""
+    logic = FeatureLogic(FeatureConfig(allowed_lateness_ns=600 * NS), ManualClock(10**19))
+    for i in range(10):
+        logic.on_event(bar(i, 100.0))
+    logic.on_event(bar(6, 100.0))
+    fv = logic.on_event(bar(10, 103.0, open_=102.0))[0]
+    assert isinstance(fv, FeatureVector)
+    assert fv.low == 100.0
+    assert fv.values["ret_bps"] == pytest.approx(math.log(103.0 / 100.0) * 1e4)
+
+
+def test_a_bar_of_no_stated_interval_is_never_a_gap() -> None:
+    """``interval_ns`` 0 (a feed that does not say) gives no gap rule: the return runs
+    from the previous close."""
+    logic = FeatureLogic(FeatureConfig(), ManualClock(10**19))
+    first = bar(0, 100.0)
+    logic.on_event(msgspec.structs.replace(first, interval_ns=0))
+    later = msgspec.structs.replace(bar(5, 106.0, open_=105.0), interval_ns=0)
+    fv = logic.on_event(later)[0]
+    assert isinstance(fv, FeatureVector)
+    assert fv.values["ret_bps"] == pytest.approx(math.log(106.0 / 100.0) * 1e4)

@@ -325,6 +325,18 @@ def test_a_gap_longer_than_the_memory_starts_the_learning_afresh() -> None:
     assert bands.sigma_per_sqrt_ns is not None
 
 
+def test_a_long_gap_during_an_episode_starts_the_learning_afresh_too() -> None:
+    """A crash, then thirty days without data (a halt): the episode was open, so nothing
+    was being learned, yet what was learned before is as stale as without it."""
+    bands = _calm_bands(2000)
+    c = CALM[1999][0]
+    assert _feed(bands, [(c * 0.9, c * 0.9, c)], start=2000)
+    assert bands.s.ep_open
+    _feed(bands, _walk(5, 0.0005, seed=3, start=c * 0.9), start=2001, t0=30 * DAY)
+    assert bands.s.n_returns < bands.config.warmup_returns
+    assert bands.sigma_per_sqrt_ns is None
+
+
 def test_a_vector_without_price_gives_nothing_and_changes_nothing() -> None:
     """Venue-health keys carry no price."""
     bands = _calm_bands(100)

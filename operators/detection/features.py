@@ -512,7 +512,7 @@ class FeatureLogic:
         frozen = rec.low == rec.high == s.mid
         s.interval_ns = rec.interval_ns
         h = s.hist
-        if h and ts - h[-1][0] > 2 * rec.interval_ns:
+        if h and 0 < 2 * rec.interval_ns < ts - max(h[-1][0], s.quote_ts):
             # a gap in the data: the price path restarts at this bar's open, so no
             # return, range or move spans the missing time
             h.clear()

@@ -22,10 +22,12 @@ carries (its close, and the low and high seen since the previous vector):
   square root of time stands in; before that, the cap. Nothing is learned
   while an episode is open, so a persistent move stays outside its band while
   it lasts.
-- **Gaps in the data** (bars more than two intervals apart). No move reaches
-  back across one, and the missing time teaches nothing: the bar after a gap is
-  learned as if it followed the last one. A gap longer than ``vol_halflife_s``
-  outlives what was learned, so the key warms up afresh.
+- **Gaps in the data** (bars more than two intervals apart). A horizon shorter
+  than the gap has no reference (the price one horizon ago is unknown); a
+  longer one measures the real move across it. The missing time teaches
+  nothing: the bar after a gap is learned as if it followed the last one. A
+  gap longer than ``vol_halflife_s`` outlives what was learned, so the key
+  warms up afresh.
 - **Severity.** ``warn`` when a move leaves its band; ``critical`` when it
   goes ``critical_ratio`` times past it, when ``confirm_horizons`` horizons
   (the drawdown counts as one) are out of their bands at once (a fall seen at
@@ -312,6 +314,8 @@ class MoveBands:
         high = fv.high if fv.high is not None and fv.high >= price else price
         if fv.interval_ns:
             s.interval_ns = fv.interval_ns  # bars: no horizon is shorter than one bar
+        if s.last_ts > 0 and 0 < s.interval_ns < (ts - s.last_ts) // 2:
+            self._after_gap(ts - s.last_ts)
         # after a trip, the moves since it first: the full look-back's returns, measured
         # last, are what is learned
         since = (self._measure(ts, price, low, high, s.reset_ts)
@@ -466,16 +470,21 @@ class MoveBands:
             return cap
         return min(cap, max(floor, k * scale))
 
+    def _after_gap(self, gap_ns: int) -> None:
+        """A gap longer than the memory (``vol_halflife_s``) outlives what was learned:
+        the key warms up afresh, episode open or not."""
+        if gap_ns * self._decay_per_ns > math.log(2.0):
+            s = self.s
+            s.h_var.clear()
+            s.var_rate, s.n_returns = 0.0, 0
+
     def _learn(self, ts: int, price: float) -> None:
         s = self.s
         if s.last_ts < 0 or ts <= s.last_ts:
             return
         dt = ts - s.last_ts
-        gap = s.interval_ns > 0 and dt > 2 * s.interval_ns
+        gap = 0 < s.interval_ns < dt // 2
         if gap:  # missing data is no time learned over: the next bar follows the last
-            if dt * self._decay_per_ns > math.log(2.0):  # longer than the memory: afresh
-                s.h_var.clear()
-                s.var_rate, s.n_returns = 0.0, 0
             dt = s.interval_ns
         clip2 = self.config.vol_clip ** 2
         warm = self.config.warmup_returns
