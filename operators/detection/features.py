@@ -513,8 +513,8 @@ class FeatureLogic:
         s.interval_ns = rec.interval_ns
         h = s.hist
         if h and 0 < 2 * rec.interval_ns < ts - max(h[-1][0], s.quote_ts):
-            # a gap in the data: the price path restarts at this bar's open, so no
-            # return, range or move spans the missing time
+            # a gap in the data: the price path restarts at this bar's open, so
+            # neither its return nor its range spans the missing time
             h.clear()
             h.append((rec.start, math.log(rec.open)))
             s.mid, s.logp = rec.open, h[0][1]
