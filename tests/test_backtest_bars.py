@@ -115,3 +115,29 @@ def test_span_batches_cut_on_each_new_span_and_at_the_size() -> None:
 
     cut = span_batches([R(t) for t in (0, 1, 2, 3, 10, 5, 11)], 3, 10)
     assert [[r.ts for r in b] for b in cut] == [[0, 1, 2], [3], [10], [5], [11]]
+
+
+def test_a_products_own_levels_reach_the_guard_from_its_toml(tmp_path: Path) -> None:
+    """``[[detector.bands.products]]`` in a guard TOML runs the product's levels: the same
+    crash trips nothing on a key whose product turns the bands off, and trips as ever on
+    one whose product only renames the model version."""
+    keys = init_keys(tmp_path)
+    playbook = tomllib.loads(resources.files("riskguard.dataflows").joinpath(
+        "playbook.toml").read_text())["playbook"]
+    products = [{"match": "binance/BTC*", "enabled": False},
+                {"match": "*", "model_version": "desk-1"}]
+    doc = {"env": "bt", "playbook": playbook,
+           "detector": {"bands": {"products": products}},
+           "keys": {"issuer": "riskguard-guard", "signing_key": keys.signing_key.name,
+                    "trust_file": keys.trust_file.name, "roots_file": keys.roots_file.name}}
+    path = tmp_path / "guard.toml"
+    path.write_text(dump_toml(doc))
+    cfg, digest = load_guard_config(path)
+    btc = bars()
+    eth = [Bar(**{**{f: getattr(b, f) for f in b.__struct_fields__}, "id": f"e{i}",
+                  "instrument": "ETHUSDT"}) for i, b in enumerate(btc)]
+    res = run_backtest(cfg, digest, records=sorted(btc + eth, key=lambda b: (b.ts, b.id)))
+    moves = [s for s in res.signals if getattr(s, "kind", "") == "price_move"]
+    assert moves
+    assert {s.key for s in moves} == {"binance/ETHUSDT"}
+    assert {s.model_version for s in moves} == {"desk-1"}
