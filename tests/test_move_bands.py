@@ -337,6 +337,23 @@ def test_a_long_gap_during_an_episode_starts_the_learning_afresh_too() -> None:
     assert bands.sigma_per_sqrt_ns is None
 
 
+def test_a_gap_longer_than_every_look_back_restarts_a_trips_reference() -> None:
+    """A trip, then three days without data, and the price resumes 17 % above the trip's:
+    no look-back is that long, so the trip is judged from where the data resumes (as
+    CME restarts its window when trading resumes). The resumed market is quiet, so the
+    episode closes; before, the first bar escalated on a "rally" from the trip's price
+    three days earlier."""
+    bands = _calm_bands(2000)
+    c = CALM[1999][0]
+    assert [s.phase for _, s in _feed(bands, [(c * 0.9, c * 0.9, c)], start=2000)] == [
+        "open"]
+    assert [s.phase for _, s in _feed(bands, [(c * 0.9, c * 0.9, c * 0.9)] * 10,
+                                      start=2001)] == ["deescalate"]
+    after = _feed(bands, [(c * 1.05, c * 1.05, c * 1.05)] * 10, start=2011, t0=3 * DAY)
+    assert [(i, s.phase, s.severity.value) for i, s in after] == [(2013, "close", "warn")]
+    assert bands.s.reset_ts == -1
+
+
 def test_a_vector_without_price_gives_nothing_and_changes_nothing() -> None:
     """Venue-health keys carry no price."""
     bands = _calm_bands(100)

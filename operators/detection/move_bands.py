@@ -24,10 +24,11 @@ carries (its close, and the low and high seen since the previous vector):
   it lasts.
 - **Gaps in the data** (bars more than two intervals apart). A horizon shorter
   than the gap has no reference (the price one horizon ago is unknown); a
-  longer one measures the real move across it. The missing time teaches
-  nothing: the bar after a gap is learned as if it followed the last one. A
-  gap longer than ``vol_halflife_s`` outlives what was learned, so the key
-  warms up afresh.
+  longer one measures the real move across it; a gap longer than every
+  look-back restarts them, an open trip's reference included (the price the
+  data resumes at). The missing time teaches nothing: the bar after a gap is
+  learned as if it followed the last one. A gap longer than
+  ``vol_halflife_s`` outlives what was learned, so the key warms up afresh.
 - **Severity.** ``warn`` when a move leaves its band; ``critical`` when it
   goes ``critical_ratio`` times past it, when ``confirm_horizons`` horizons
   (the drawdown counts as one) are out of their bands at once (a fall seen at
@@ -282,7 +283,8 @@ class MoveBands:
         self._deescalate_ns = int(c.deescalate_quiet_s * NS)
         self._fine_keep = max(h for h in self._h_ns if h <= 3600 * NS) // _FINE_NS + 2 \
             if any(h <= 3600 * NS for h in self._h_ns) else 2
-        self._coarse_keep = max(*self._h_ns, self._dd_ns) // _COARSE_NS + 2
+        self._longest_ns = max(*self._h_ns, self._dd_ns)
+        self._coarse_keep = self._longest_ns // _COARSE_NS + 2
 
     def snapshot(self) -> MoveBandState:
         """An independent copy (the tiers' tuples are immutable)."""
@@ -315,7 +317,7 @@ class MoveBands:
         if fv.interval_ns:
             s.interval_ns = fv.interval_ns  # bars: no horizon is shorter than one bar
         if s.last_ts > 0 and 0 < s.interval_ns < (ts - s.last_ts) // 2:
-            self._after_gap(ts - s.last_ts)
+            self._after_gap(ts, price, low, high)
         # after a trip, the moves since it first: the full look-back's returns, measured
         # last, are what is learned
         since = (self._measure(ts, price, low, high, s.reset_ts)
@@ -470,11 +472,18 @@ class MoveBands:
             return cap
         return min(cap, max(floor, k * scale))
 
-    def _after_gap(self, gap_ns: int) -> None:
-        """A gap longer than the memory (``vol_halflife_s``) outlives what was learned:
-        the key warms up afresh, episode open or not."""
+    def _after_gap(self, ts: int, price: float, low: float, high: float) -> None:
+        """The data resumes at ``ts`` after a gap. A gap longer than every look-back
+        restarts them, as CME restarts its window when trading resumes: an open trip is
+        judged from the price the data resumes at. A gap longer than the memory
+        (``vol_halflife_s``) outlives what was learned: the key warms up afresh, episode
+        open or not."""
+        s = self.s
+        gap_ns = ts - s.last_ts
+        if gap_ns > self._longest_ns and s.ep_open and s.reset_ts >= 0:
+            s.reset_ts, s.reset_price, s.reset_quiet, s.reset_loud_ts = ts, price, 0, ts
+            s.reset_extreme = low if s.reset_dir < 0 else high
         if gap_ns * self._decay_per_ns > math.log(2.0):
-            s = self.s
             s.h_var.clear()
             s.var_rate, s.n_returns = 0.0, 0
 
