@@ -262,3 +262,16 @@ def test_calibrate_reads_the_real_incident_files_and_their_labels(tmp_path):
     assert defaults["train"]["by_kind"]["2025-10_liquidation_crash"]["recall"] == 1.0
     assert rep["held_out"]["defaults"]["f1"] is None  # no incident after the split
     assert (out / "calibrated.toml").is_file()
+
+
+def test_a_grid_can_search_over_product_levels(setup, tmp_path):
+    """``detector.bands.products`` is a grid key like any other: each candidate runs, and
+    the calibrated config carries the chosen list of products, loadable as written."""
+    cfg, recs = setup
+    off = [{"match": "*/BTC-USDT", "enabled": False}]
+    rep = calibrate(cfg, recs, _labels(), work=tmp_path,
+                    grid={"detector.bands.products": [[], off]}, train_frac=0.6)
+    calibrated, _ = load_guard_config(rep["calibrated_config"])
+    chosen = [msgspec.to_builtins(p, omit_defaults=True)
+              for p in calibrated.detector.bands.products]
+    assert chosen in ([], off)
