@@ -316,7 +316,8 @@ class MoveBands:
         high = fv.high if fv.high is not None and fv.high >= price else price
         if fv.interval_ns:
             s.interval_ns = fv.interval_ns  # bars: no horizon is shorter than one bar
-        if s.last_ts > 0 and 0 < s.interval_ns < (ts - s.last_ts) // 2:
+        gap = s.last_ts > 0 and 0 < s.interval_ns < (ts - s.last_ts) // 2
+        if gap:
             self._after_gap(ts, price, low, high)
         # after a trip, the moves since it first: the full look-back's returns, measured
         # last, are what is learned
@@ -325,7 +326,7 @@ class MoveBands:
         ratios = self._measure(ts, price, low, high)
         out = self._episode(fv, low, high, ratios, since)
         if not s.ep_open:
-            self._learn(ts, price)
+            self._learn(ts, price, gap)
         self._record(ts, price, low, high)
         s.last_ts = ts
         s.last_close = price
@@ -487,14 +488,12 @@ class MoveBands:
             s.h_var.clear()
             s.var_rate, s.n_returns = 0.0, 0
 
-    def _learn(self, ts: int, price: float) -> None:
+    def _learn(self, ts: int, price: float, gap: bool) -> None:
         s = self.s
         if s.last_ts < 0 or ts <= s.last_ts:
             return
-        dt = ts - s.last_ts
-        gap = 0 < s.interval_ns < dt // 2
-        if gap:  # missing data is no time learned over: the next bar follows the last
-            dt = s.interval_ns
+        # missing data is no time learned over: the bar after a gap follows the last
+        dt = s.interval_ns if gap else ts - s.last_ts
         clip2 = self.config.vol_clip ** 2
         warm = self.config.warmup_returns
         for key, move in self._returns:
