@@ -267,11 +267,25 @@ def test_calibrate_reads_the_real_incident_files_and_their_labels(tmp_path):
 def test_a_grid_can_search_over_product_levels(setup, tmp_path):
     """``detector.bands.products`` is a grid key like any other: each candidate runs, and
     the calibrated config carries the chosen list of products, loadable as written."""
+    from riskguard.dataflows.backtest import run_backtest
+
     cfg, recs = setup
     off = [{"match": "*/BTC-USDT", "enabled": False}]
+    ran: list[list] = []
+
+    def spy(config, *args, **kw):
+        ran.append(_set_values(config.detector.bands.products))
+        return run_backtest(config, *args, **kw)
+
     rep = calibrate(cfg, recs, _labels(), work=tmp_path,
-                    grid={"detector.bands.products": [[], off]}, train_frac=0.6)
+                    grid={"detector.bands.products": [[], off]}, train_frac=0.6, runner=spy)
+    assert ran[:3] == [[], [], off]  # the defaults, then each candidate of the grid
     calibrated, _ = load_guard_config(rep["calibrated_config"])
-    chosen = [msgspec.to_builtins(p, omit_defaults=True)
-              for p in calibrated.detector.bands.products]
-    assert chosen in ([], off)
+    chosen = _set_values(calibrated.detector.bands.products)
+    assert chosen == rep["chosen"].get("detector.bands.products", [])  # {}: the defaults
+
+
+def _set_values(products) -> list[dict]:
+    """Each product as the table a config would give: its values that are set."""
+    return [{k: v for k, v in msgspec.to_builtins(p).items() if v is not None}
+            for p in products]
