@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from riskguard.connectors.formats.binance import PARSERS
 from riskguard.connectors.formats.core import FileReader, Source
-from riskguard.schemas import Action, Bar, BookDepth, DeadLetter
+from riskguard.schemas import Action, Bar, BookDepth, DeadLetter, Measure
 from shared_data import incidents_dir
 
 NS = 1_000_000_000
@@ -306,7 +306,8 @@ def _load_table_bars(path: Path, *, required: Sequence[str],
                      start_ns: Callable[[dict[str, int], list[str]], int],
                      interval_ns: int | None, volume_col: str | None,
                      check_time: Callable[[dict[str, int], list[str], int], None] | None = None,
-                     price_only: bool = False) -> LoadResult:
+                     price_only: bool = False,
+                     measure: Measure = Measure.PRICE) -> LoadResult:
     """Bars from a CSV with a header naming open/high/low/close, one series per row key."""
     file, stem = path.name, path.stem
     bad: list[BadRow] = []
@@ -349,7 +350,8 @@ def _load_table_bars(path: Path, *, required: Sequence[str],
                 bars.append((line, Bar(
                     id=_record_id(stem, line), venue=venue, instrument=instrument,
                     ts=start + interval, start=start, interval_ns=interval,
-                    open=o, high=h, low=lo, close=c, volume=volume, price_only=price_only)))
+                    open=o, high=h, low=lo, close=c, volume=volume, price_only=price_only,
+                    measure=measure)))
             except ValueError as e:
                 bad.append(BadRow(file, line, str(e)))
         result.series.append(_finish_bars(file, label, venue, instrument, bars, bad, interval))
@@ -407,7 +409,7 @@ def load_crossvenue(path: Path, *, interval_ns: int | None = HOUR_NS) -> LoadRes
 
 
 def load_dvol(path: Path, *, venue: str = "deribit") -> LoadResult:
-    """Deribit's DVOL daily index: price-only daily bars ``deribit/DVOL-<symbol>``.
+    """Deribit's DVOL daily index: daily volatility bars ``deribit/DVOL-<symbol>``.
 
     Columns: date (UTC day, the bar covers the whole day), symbol, open, high, low, close
     (implied volatility in % per year). The label series name is ``"DVOL <symbol>"``.
@@ -424,7 +426,7 @@ def load_dvol(path: Path, *, venue: str = "deribit") -> LoadResult:
 
     return _load_table_bars(path, required=("date", "symbol", "open", "high", "low", "close"),
                             row_key=key, start_ns=start, interval_ns=DAY_NS, volume_col=None,
-                            price_only=True)
+                            price_only=True, measure=Measure.VOLATILITY)
 
 
 def load_book_depth(path: Path, *, venue: str = "binance_um", instrument: str = "BTCUSDT",

@@ -65,6 +65,7 @@ from riskguard.operators.core import (
     system_clock,
 )
 from riskguard.operators.detection import (
+    BandLevels,
     CrossRateConfig,
     DetectorConfig,
     DetectOut,
@@ -72,6 +73,7 @@ from riskguard.operators.detection import (
     FeaturesOut,
     MoveBandConfig,
     ProductBands,
+    VolatilityLevels,
     detect_anomalies,
     detect_dislocations,
     extract_features,
@@ -108,6 +110,7 @@ from riskguard.operators.signing import SignConfig, Signer, sign_commands
 
 __all__ = [
     "AuditConfig",
+    "BandLevels",
     "Clock",
     "CounterpartyLimits",
     "CrossRateConfig",
@@ -139,6 +142,7 @@ __all__ = [
     "VenueFeeds",
     "Verifier",
     "VolScaling",
+    "VolatilityLevels",
     "aggregate_exposure",
     "audit_log",
     "detect_anomalies",

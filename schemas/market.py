@@ -31,6 +31,14 @@ class OptionType(StrEnum):
     PUT = "put"
 
 
+class Measure(StrEnum):
+    """What a bar's values are. Detection judges a move by what moved: a fall that
+    halts a price market is an ordinary day for an implied-volatility index."""
+
+    PRICE = "price"  # a price in the quote currency: traded, mark or index
+    VOLATILITY = "volatility"  # a volatility index, in % per year (Deribit's DVOL)
+
+
 class VenueState(StrEnum):
     """A venue's self-reported or observed health."""
 
@@ -81,7 +89,8 @@ class Bar(MarketEvent, frozen=True, kw_only=True, tag="bar"):
     ``volume`` is in the base asset and ``quote_volume`` in the quote currency;
     ``trades`` and ``taker_buy_volume`` are given where the source has them.
     ``price_only`` marks a mark-, index- or premium-price kline: its volume
-    fields carry nothing. Exchanges publish klines live too, so a bar is a
+    fields carry nothing. ``measure`` says what the values are: prices, or a
+    volatility index (:class:`Measure`). Exchanges publish klines live too, so a bar is a
     feed, not only a backtest format. ``low <= open, close <= high`` is
     checked where bars are consumed.
     """
@@ -97,6 +106,7 @@ class Bar(MarketEvent, frozen=True, kw_only=True, tag="bar"):
     trades: Seq | None = None
     taker_buy_volume: NonNegative | None = None
     price_only: bool = False
+    measure: Measure = Measure.PRICE
 
 
 class PremiumIndexBar(MarketEvent, frozen=True, kw_only=True, tag="premium_index_bar"):

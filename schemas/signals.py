@@ -7,6 +7,7 @@ from typing import Literal
 
 import msgspec
 from riskguard.schemas.base import Record
+from riskguard.schemas.market import Measure
 from riskguard.schemas.types import (
     DurationNs,
     Finite,
@@ -62,7 +63,8 @@ class FeatureVector(Record, frozen=True, kw_only=True, tag="features"):
 
     Market keys also carry their price at ``ts`` and the ``low`` and ``high`` seen
     since the previous vector (a bar's own low and high), for the move bands;
-    ``interval_ns`` is the bar interval when the key is fed bars.
+    ``interval_ns`` is the bar interval when the key is fed bars, and ``measure``
+    what its bars' values are (prices, or a volatility index).
     """
 
     key: Name
@@ -75,6 +77,7 @@ class FeatureVector(Record, frozen=True, kw_only=True, tag="features"):
     low: Positive | None = None
     high: Positive | None = None
     interval_ns: DurationNs = 0
+    measure: Measure = Measure.PRICE
 
 
 class Contribution(msgspec.Struct, frozen=True, kw_only=True):

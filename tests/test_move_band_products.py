@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from riskguard.operators.detection.detector import DetectorConfig, DetectorLogic
 from riskguard.operators.detection.move_bands import MoveBandConfig, ProductBands
-from riskguard.schemas import AnomalySignal, FeatureVector, Scope, ScopeKind
+from riskguard.schemas import AnomalySignal, FeatureVector, Measure, Scope, ScopeKind
 
 from riskguard.config import decode_section
 from riskguard.errors import ConfigError
@@ -25,7 +25,8 @@ def _daily(key: str, i: int, close: float) -> FeatureVector:
     return FeatureVector(key=key, scope=Scope(kind=ScopeKind.INSTRUMENT, value=inst,
                                               venue=venue),
                          ts=(i + 1) * DAY, values={"ret_bps": 0.0}, price=close, low=close,
-                         high=close, interval_ns=DAY, evidence_ids=[f"{key}{i}"])
+                         high=close, interval_ns=DAY, evidence_ids=[f"{key}{i}"],
+                         measure=Measure.VOLATILITY if "DVOL" in key else Measure.PRICE)
 
 
 def _moves(logic: DetectorLogic, key: str, closes: list[float]) -> list[AnomalySignal]:
@@ -34,8 +35,8 @@ def _moves(logic: DetectorLogic, key: str, closes: list[float]) -> list[AnomalyS
 
 
 def test_a_product_runs_with_its_own_levels_and_other_keys_with_the_defaults() -> None:
-    """A 25 % daily rise is past the default one-day cap (20 %), so critical at once;
-    the volatility index's own cap is 40 %, so the same rise there is no trip."""
+    """A 25 % daily rise is past the default one-day cap (10 %), so critical at once;
+    the product's own cap is 40 %, so the same rise there is no trip."""
     cfg = DetectorConfig(bands=MoveBandConfig(products=(VOL_INDEX,))).validate()
     closes = [100.0, 100.0, 125.0]
     btc = _moves(DetectorLogic(cfg, lambda: 0), "binance/BTCUSDT", closes)
@@ -72,9 +73,9 @@ def test_a_resumed_key_keeps_its_products_levels() -> None:
     assert _moves(resumed, "deribit/DVOL-BTC", [101.0, 101.0, 126.0]) == []
 
 
-def test_a_product_holds_every_band_setting_but_its_list() -> None:
+def test_a_product_holds_every_band_setting_but_the_lists_of_levels() -> None:
     """A setting added to the bands can be set per product too."""
-    fields = set(MoveBandConfig.__struct_fields__) - {"products"}
+    fields = set(MoveBandConfig.__struct_fields__) - {"products", "volatility"}
     assert set(ProductBands.__struct_fields__) == fields | {"match"}
 
 
@@ -115,4 +116,4 @@ def test_the_measured_overlays_are_valid_detector_settings(overlay: Path) -> Non
     doc = tomllib.loads(overlay.read_text())
     assert set(doc) == {"detector"}
     cfg = decode_section(doc["detector"], DetectorConfig, "detector").validate()
-    assert cfg.bands.for_key("deribit/DVOL-BTC").cap_bps[-1] == 3000.0
+    assert cfg.bands != MoveBandConfig()  # it measures something else than the defaults

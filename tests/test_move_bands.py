@@ -199,8 +199,9 @@ def test_a_fall_that_goes_on_stays_critical_until_it_stops() -> None:
     """A trip, then the price keeps grinding lower (a new low every bar, each step well
     inside the one-minute band): no ``deescalate`` while the lows go on. Once it holds
     its level for three bars, one ``deescalate``; a second leg down from there trips
-    again (``escalate`` to critical), in the same episode."""
-    bands = _calm_bands(1500)
+    again (``escalate`` to critical), in the same episode. (No daily limits: the grind
+    passes 7 % from the settlement, which would be a trip of its own.)"""
+    bands = _calm_bands(1500, MoveBandConfig(daily_limits_bps=()))
     p = CALM[1499][0]
     tripped = bands.on_vector(_fv(1500, p * 0.95, low=p * 0.95, high=p))
     assert [(s.phase, s.severity.value) for s in tripped] == [("open", "critical")]
@@ -274,14 +275,15 @@ def test_hourly_bars_report_no_horizon_shorter_than_one_bar() -> None:
 
 
 def test_daily_bars_report_only_the_one_day_horizon_and_drawdown() -> None:
-    """Daily bars: every horizon is one day."""
+    """Daily bars: every horizon is one day (and the fall is past the daily limits, from
+    the previous bar's close)."""
     bands = MoveBands(MoveBandConfig(), key=KEY)
     walk = _walk(120, 0.01, seed=5)
     c = walk[-1][0]
     out = _feed(bands, [*walk, (c * 0.8, c * 0.78, c)], interval=DAY)
     assert [(i, s.phase, s.severity.value) for i, s in out] == [(120, "open", "critical")]
     names = {f.feature for _, s in out for f in s.top_features}
-    assert names == {"move_1d", "drawdown_1d"}
+    assert names == {"move_1d", "drawdown_1d", "from_settlement"}
     assert sorted(bands.s.h_var) == [-DAY, DAY]
 
 

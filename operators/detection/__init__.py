@@ -41,10 +41,12 @@ from riskguard.operators.detection.hst import ArrayHST, HSTShape, hst_shape
 from riskguard.operators.detection.market_sim import Scenario, SimConfig, generate
 from riskguard.operators.detection.models import DetectorConfig, prepare_models
 from riskguard.operators.detection.move_bands import (
+    BandLevels,
     MoveBandConfig,
     MoveBands,
     MoveBandState,
     ProductBands,
+    VolatilityLevels,
 )
 from riskguard.operators.detection.ops import (
     DetectOut,
@@ -58,6 +60,7 @@ from riskguard.operators.detection.score_quantile import ScoreQuantile
 
 __all__ = [
     "ArrayHST",
+    "BandLevels",
     "CrossRateConfig",
     "CrossRates",
     "CrossShard",
@@ -81,6 +84,7 @@ __all__ = [
     "Scenario",
     "ScoreQuantile",
     "SimConfig",
+    "VolatilityLevels",
     "cross_points",
     "detect_anomalies",
     "detect_dislocations",

@@ -59,7 +59,7 @@ from riskguard.operators.detection.cross_rates import (
     CrossRateState,
     market_group,
 )
-from riskguard.schemas.market import Bar, Quote, Trade
+from riskguard.schemas.market import Bar, Measure, Quote, Trade
 from riskguard.schemas.signals import AnomalySignal, FeatureVector, Scope, ScopeKind
 
 STATE_VERSION = 1
@@ -81,7 +81,7 @@ def _price(rec: Any) -> float | None:
         return (rec.bid + rec.ask) / 2.0
     if t is Trade:
         return float(rec.price)
-    if t is Bar:
+    if t is Bar and rec.measure is Measure.PRICE:  # a volatility index is no price
         return float(rec.close)
     return None
 

@@ -164,6 +164,7 @@ class DetectorState:
     ep_warming: bool = False
     ep_points: int = 0
     bands: MoveBandState | None = None
+    measure: str = "price"  # what the key's prices are (its bands' levels follow)
 
 
 class DetectorLogic:
@@ -200,11 +201,11 @@ class DetectorLogic:
         self._up = 1.0 + config.tail_step
         self._open_decay = 1.0 - 2.0 / config.threshold_window
         self._down = 1.0 - config.tail_step * (1.0 - config.tail_quantile) / config.tail_quantile
-        # a key's move bands: its product's settings, known once its key is
+        # a key's move bands: its measure's and product's settings, known once its key is
         self.bands: MoveBands | None = None
         self._bands_set = False
         if s.key:
-            self._key_bands(s.key)
+            self._key_bands(s.key, s.measure)
         self._quiet_points = config.close_quiet_points
         if s.features:
             self._set_kind()
@@ -330,7 +331,7 @@ class DetectorLogic:
         self._dirty = True
         bands = self.bands
         if bands is None and not self._bands_set:
-            bands = self._key_bands(fv.key)
+            bands = self._key_bands(fv.key, fv.measure)
         moves = bands.on_vector(fv) if bands is not None and fv.price else ()
         if not s.features:
             self._init_key(fv)
@@ -462,9 +463,10 @@ class DetectorLogic:
         return out
 
     # -- internals ---------------------------------------------------------
-    def _key_bands(self, key: str) -> MoveBands | None:
+    def _key_bands(self, key: str, measure: str) -> MoveBands | None:
         """The key's move bands (None when its settings turn them off)."""
-        cfg = self.config.bands.for_key(key)
+        self.s.measure = measure
+        cfg = self.config.bands.for_key(key, measure)
         self.bands = MoveBands(cfg, key, self.s.bands) if cfg.enabled else None
         self._bands_set = True
         return self.bands

@@ -54,6 +54,7 @@ from riskguard.schemas.market import (
     BookDepth,
     FundingRate,
     IndexPrice,
+    Measure,
     OpenInterest,
     OptionQuote,
     PremiumIndexBar,
@@ -211,6 +212,7 @@ class FeatureState:
     px_low: float = 0.0  # the price's range since the last vector (a bar's own range)
     px_high: float = 0.0
     interval_ns: int = 0  # the bar interval of a key fed bars
+    measure: Measure = Measure.PRICE  # what its bars' values are
     range_bps: float = 0.0
     # book depth within the innermost band, and when each side last changed
     has_depth: bool = False
@@ -511,6 +513,7 @@ class FeatureLogic:
             s.key = f"{rec.venue}/{rec.instrument}"
         frozen = rec.low == rec.high == s.mid
         s.interval_ns = rec.interval_ns
+        s.measure = rec.measure
         h = s.hist
         if h and 0 < 2 * rec.interval_ns < ts - max(h[-1][0], s.quote_ts):
             # a gap in the data: the price path restarts at this bar's open, so
@@ -711,6 +714,7 @@ class FeatureLogic:
             values=self.values(now), evidence_ids=s.evidence,
             price=s.mid if priced else None, low=s.px_low if priced else None,
             high=s.px_high if priced else None, interval_ns=s.interval_ns,
+            measure=s.measure,
         )
         s.evidence = []  # the vector owns the list now
         s.px_low = s.px_high = s.mid

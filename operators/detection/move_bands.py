@@ -29,6 +29,11 @@ carries (its close, and the low and high seen since the previous vector):
   data resumes at). The missing time teaches nothing: the bar after a gap is
   learned as if it followed the last one. A gap longer than
   ``vol_halflife_s`` outlives what was learned, so the key warms up afresh.
+- **Daily price limits, as CME runs them on its bitcoin futures**: tiers of
+  7 %, 13 % and 20 % from the previous day's settlement (the last price at or
+  before ``settlement_s`` after midnight UTC). A price that first reaches a
+  tier in a day is critical, whatever was learned; a tier trips once a day in
+  each direction. Volatility indices have none by default.
 - **Severity.** ``warn`` when a move leaves its band; ``critical`` when it
   goes ``critical_ratio`` times past it, when ``confirm_horizons`` horizons
   (the drawdown counts as one) are out of their bands at once (a fall seen at
@@ -53,7 +58,8 @@ carries (its close, and the low and high seen since the previous vector):
 Signals are :class:`~riskguard.schemas.AnomalySignal` records of kind
 ``price_move``: ``score`` is the largest move-to-band ratio and ``threshold``
 is 1; ``top_features`` name the horizons (``move_1h``, ``drawdown_1d``) with
-the move in bps as ``value`` and in typical moves as ``zscore``.
+the move in bps as ``value`` and in typical moves as ``zscore``
+(``from_settlement`` names a daily limit, with no typical move).
 
 >>> from riskguard.schemas import FeatureVector, Scope, ScopeKind
 >>> bands = MoveBands(MoveBandConfig(), key="binance/BTCUSDT")
@@ -81,6 +87,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import msgspec
+from riskguard.schemas.market import Measure
 from riskguard.schemas.signals import AnomalySignal, Contribution, FeatureVector, Severity
 
 from riskguard.errors import ConfigError
@@ -91,18 +98,17 @@ _RANK = {Severity.INFO: 0, Severity.WARN: 1, Severity.CRITICAL: 2}
 _DAY = 86_400 * NS
 
 
-class ProductBands(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One product's own levels (``detector.bands.products``), as an exchange gives each
-    product its own breaker percentage: a key that ``match`` (a glob on
-    ``venue/instrument``, such as ``"deribit/DVOL-*"``) names takes every value set here
-    over the ``detector.bands`` one. A key takes the first product it matches."""
+class BandLevels(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Levels that some keys run with instead of ``detector.bands``' own: each value set
+    here replaces that one, and an unset one is inherited."""
 
-    match: str  # glob on venue/instrument
     enabled: bool | None = None  # unset: detector.bands.enabled
     horizons_s: tuple[float, ...] | None = None  # unset: detector.bands.horizons_s
     floor_bps: tuple[float, ...] | None = None  # unset: detector.bands.floor_bps
     cap_bps: tuple[float, ...] | None = None  # unset: detector.bands.cap_bps
     drawdown_s: float | None = None  # unset: detector.bands.drawdown_s
+    daily_limits_bps: tuple[float, ...] | None = None  # unset: detector.bands.daily_limits_bps
+    settlement_s: float | None = None  # unset: detector.bands.settlement_s
     band_k: tuple[float, ...] | None = None  # unset: detector.bands.band_k
     critical_ratio: float | None = None  # unset: detector.bands.critical_ratio
     confirm_horizons: int | None = None  # unset: detector.bands.confirm_horizons
@@ -117,6 +123,28 @@ class ProductBands(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     model_version: str | None = None  # unset: detector.bands.model_version
 
 
+class ProductBands(BandLevels, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One product's own levels (``detector.bands.products``), as an exchange gives each
+    product its own breaker percentage: a key that ``match`` (a glob on
+    ``venue/instrument``, such as ``"deribit/DVOL-*"``) names takes every value set here
+    over those of its measure. A key takes the first product it matches."""
+
+    match: str  # glob on venue/instrument
+
+
+class VolatilityLevels(BandLevels, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The levels of keys whose bars are volatility indices (``detector.bands.volatility``,
+    bars of ``measure = "volatility"``), over ``detector.bands``: an implied-volatility
+    index moves more than a price, and it has no price limits."""
+
+    # a day's cap of 30 %
+    cap_bps: tuple[float, ...] | None = (600.0, 1000.0, 1400.0, 2000.0, 2500.0, 3000.0)
+    daily_limits_bps: tuple[float, ...] | None = ()  # a volatility index is no price
+
+
+VOLATILITY_LEVELS = VolatilityLevels()
+
+
 class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Settings of the move bands (``detector.bands``).
 
@@ -126,16 +154,28 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     the rolling high and low (its band is the largest horizon's).
     ``deescalate_quiet_s``: a critical episode whose moves since its trip have
     been quiet this long de-escalates even before ``close_quiet_points`` quiet
-    vectors (coarse bars: three daily bars would be three days). ``products`` give
-    some keys levels of their own (:class:`ProductBands`); :meth:`for_key` says which
-    settings a key runs with.
+    vectors (coarse bars: three daily bars would be three days).
+
+    ``daily_limits_bps`` are the tiers of the daily price limits, from the settlement
+    price taken ``settlement_s`` after midnight UTC each day (empty: none).
+
+    The levels are for prices: a move of 10 % within a day is critical on any of
+    them, whatever its learned volatility, and so is a day's first 7 %, 13 % or
+    20 % from the previous settlement, the limits of CME's bitcoin futures.
+    ``volatility`` gives the levels of keys whose bars are volatility indices
+    (:class:`~riskguard.schemas.Measure`), which move more: by default a day's cap
+    of 30 % and no daily limits. ``products`` give some keys levels of their own
+    (:class:`ProductBands`); :meth:`for_key` says which settings a key runs with.
     """
 
     enabled: bool = True
     horizons_s: tuple[float, ...] = (60.0, 300.0, 900.0, 3600.0, 14_400.0, 86_400.0)
     floor_bps: tuple[float, ...] = (50.0, 80.0, 120.0, 200.0, 300.0, 500.0)
-    cap_bps: tuple[float, ...] = (300.0, 500.0, 700.0, 1000.0, 1500.0, 2000.0)
+    cap_bps: tuple[float, ...] = (300.0, 500.0, 700.0, 1000.0, 1000.0, 1000.0)
     drawdown_s: float = 86_400.0
+    # tiers of the daily price limits from the previous settlement: critical once a day each
+    daily_limits_bps: tuple[float, ...] = (700.0, 1300.0, 2000.0)
+    settlement_s: float = 0.0  # the settlement price: the last at this time after 00:00 UTC
     band_k: tuple[float, ...] = (7.0, 6.0, 5.5, 5.0, 4.0, 3.0)
     critical_ratio: float = 1.25
     confirm_horizons: int = 2
@@ -148,29 +188,47 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     deescalate_quiet_s: float = 14_400.0
     top_k: int = 3
     model_version: str = "1"
+    volatility: VolatilityLevels = VOLATILITY_LEVELS
     products: tuple[ProductBands, ...] = ()
 
-    def for_key(self, key: str) -> MoveBandConfig:
-        """The settings ``key`` runs with: these, with the values of the first product
-        whose ``match`` it fits.
+    def for_key(self, key: str, measure: Measure | str = Measure.PRICE) -> MoveBandConfig:
+        """The settings ``key`` runs with: these, with the levels of its ``measure``,
+        then with the values of the first product whose ``match`` it fits.
 
-        >>> cfg = MoveBandConfig(products=(ProductBands(match="deribit/DVOL-*",
+        >>> cfg = MoveBandConfig(products=(ProductBands(match="deribit/DVOL-ETH",
         ...                                             cap_bps=(4000.0,) * 6),))
-        >>> cfg.for_key("deribit/DVOL-BTC").cap_bps[-1], cfg.for_key("binance/BTCUSDT").cap_bps[-1]
-        (4000.0, 2000.0)
+        >>> [cfg.for_key(key, measure).cap_bps[-1] for key, measure in
+        ...  [("binance/BTCUSDT", "price"), ("deribit/DVOL-BTC", "volatility"),
+        ...   ("deribit/DVOL-ETH", "volatility")]]
+        [1000.0, 3000.0, 4000.0]
         """
+        base = self._with(self.volatility) if measure == Measure.VOLATILITY else self
         for product in self.products:
             if fnmatch.fnmatchcase(key, product.match):
-                return self._with(product)
-        return self
+                return base._with(product)
+        return base
 
-    def _with(self, product: ProductBands) -> MoveBandConfig:
-        changes = {name: value for name in product.__struct_fields__
-                   if name != "match" and (value := getattr(product, name)) is not None}
-        return msgspec.structs.replace(self, products=(), **changes)
+    def _with(self, levels: BandLevels) -> MoveBandConfig:
+        changes = {name: value for name in BandLevels.__struct_fields__
+                   if (value := getattr(levels, name)) is not None}
+        return msgspec.structs.replace(self, products=(), volatility=_NO_LEVELS, **changes)
 
     def validate(self, path: str = "detector.bands") -> MoveBandConfig:
-        """Raise ``ConfigError`` naming the key of the first bad value."""
+        """Raise ``ConfigError`` naming the key of the first bad value: of these settings,
+        of those of volatility indices, or of a product over either measure."""
+        self._validate_levels(path)
+        volatility = self._with(self.volatility)
+        volatility._validate_levels(path + ".volatility")
+        for i, product in enumerate(self.products):
+            where = f"{path}.products[{i}]"
+            if not product.match:
+                raise ConfigError(where + ".match", "must name the keys it applies to",
+                                  product.match)
+            self._with(product)._validate_levels(where)
+            volatility._with(product)._validate_levels(where)
+        return self
+
+    def _validate_levels(self, path: str) -> None:
         n = len(self.horizons_s)
         if n == 0:
             raise ConfigError(path + ".horizons_s", "must list at least one horizon",
@@ -191,6 +249,16 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             if lo > hi:
                 raise ConfigError(f"{path}.floor_bps[{i}]",
                                   f"must not exceed cap_bps[{i}] ({hi})", lo)
+        limits = self.daily_limits_bps
+        for i, v in enumerate(limits):
+            if not (math.isfinite(v) and 0 < v < 1e4):
+                raise ConfigError(f"{path}.daily_limits_bps[{i}]",
+                                  "must be a number of bps in (0, 10000)", v)
+        if any(b <= a for a, b in itertools.pairwise(limits)):
+            raise ConfigError(path + ".daily_limits_bps", "must be in increasing order", limits)
+        if not (math.isfinite(self.settlement_s) and 0.0 <= self.settlement_s < 86_400.0):
+            raise ConfigError(path + ".settlement_s", "must be in [0, 86400)",
+                              self.settlement_s)
         for name in ("drawdown_s", "vol_halflife_s", "vol_clip", "deescalate_quiet_s"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
@@ -203,13 +271,9 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
                      "confirm_horizons"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{path}.{name}", "must be >= 0", getattr(self, name))
-        for i, product in enumerate(self.products):
-            where = f"{path}.products[{i}]"
-            if not product.match:
-                raise ConfigError(where + ".match", "must name the keys it applies to",
-                                  product.match)
-            self._with(product).validate(where)
-        return self
+
+
+_NO_LEVELS = VolatilityLevels(**dict.fromkeys(BandLevels.__struct_fields__))
 
 
 @dataclass
@@ -242,6 +306,12 @@ class MoveBandState:
     reset_dir: int = 0
     reset_extreme: float = 0.0
     reset_loud_ts: int = -1  # the last reading since the trip that was not quiet
+    # daily limits: the day (counted from the settlement time), the previous day's
+    # settlement price (0: unknown) and the tiers reached today falling and rising
+    day: int = -1
+    settle: float = 0.0
+    tiers_down: int = 0
+    tiers_up: int = 0
 
 
 _FINE_NS = 60 * NS
@@ -272,6 +342,8 @@ class MoveBands:
         self._floor = [b * 1e-4 for b in c.floor_bps]
         self._cap = [b * 1e-4 for b in c.cap_bps]
         self._dd_ns = int(c.drawdown_s * NS)
+        self._limits = [b * 1e-4 for b in c.daily_limits_bps]
+        self._settle_ns = int(c.settlement_s * NS)
         self._for_interval = -1
         self._plan: list[tuple[int, bool, float, float, float, str]] = []
         self._params_at: dict[int, tuple[float, float, float]] = {}
@@ -324,6 +396,8 @@ class MoveBands:
         since = (self._measure(ts, price, low, high, s.reset_ts)
                  if s.ep_open and s.reset_ts >= 0 else None)
         ratios = self._measure(ts, price, low, high)
+        if self._limits:
+            self._daily_limits(ts, low, high, ratios, since)
         out = self._episode(fv, low, high, ratios, since)
         if not s.ep_open:
             self._learn(ts, price, gap)
@@ -395,6 +469,38 @@ class MoveBands:
             band = self._band(k, floor, cap, scale)
             out.append((abs(move) / band, move, f"{name}_{self._dd_name}", cap, scale or 0.0))
         return out
+
+    def _daily_limits(self, ts: int, low: float, high: float,
+                      ratios: list[tuple[float, float, str, float, float]],
+                      since: list[tuple[float, float, str, float, float]] | None) -> None:
+        """A day's first reading past a tier of the daily limits joins the measures as a
+        move past its cap (critical), since the trip too. The settlement is the last
+        price at or before the day's start, if it is no older than a day."""
+        s = self.s
+        day = (ts - 1 - self._settle_ns) // _DAY
+        if day != s.day:
+            start = day * _DAY + self._settle_ns
+            s.settle = s.last_close if s.last_ts > start - _DAY else 0.0
+            s.day, s.tiers_down, s.tiers_up = day, 0, 0
+        if not s.settle > 0.0:
+            return
+        limits = self._limits
+        for falling in (True, False):
+            reach = 1.0 - low / s.settle if falling else high / s.settle - 1.0
+            tiers = bisect.bisect_right(limits, reach)
+            if tiers <= (s.tiers_down if falling else s.tiers_up):
+                continue
+            if falling:
+                s.tiers_down = tiers
+            else:
+                s.tiers_up = tiers
+            tier = limits[tiers - 1]
+            move = math.log((low if falling else high) / s.settle)
+            cap = -math.log1p(-tier) if falling else math.log1p(tier)
+            entry = (abs(move) / cap, move, "from_settlement", cap, 0.0)
+            ratios.append(entry)
+            if since is not None:
+                since.append(entry)
 
     def _plan_for(self, interval: int) -> None:
         """Per horizon for data of this interval: ``(h, on the fine tier, band_k, floor,
