@@ -44,7 +44,7 @@ import incidents as inc
 from riskguard.dataflows.backtest import deep_merge, dump_toml, run_backtest
 from riskguard.dataflows.demo import init_keys
 from riskguard.dataflows.guard import GuardConfig, load_guard_config
-from riskguard.schemas import AnomalySignal, MitigationCommand
+from riskguard.schemas import AnomalySignal, Bar, Measure, MitigationCommand
 from shared_data import incidents_dir, missing_reason, nab_dir
 
 Episode = tuple[str, int, str]
@@ -236,6 +236,14 @@ def incident_report(directory: Path, overlay: dict[str, Any] | None = None) -> l
     total = "  ".join(f"{name} {fa.rate:.3f} ({fa.episodes})" for name, fa in fas.items()
                       if fa.rate is not None)
     lines.append(f"  {'all files':<58} {fas['guard'].days:7.1f} days  {total}")
+    priced = [s for s in loaded.series
+              if s.records and all(isinstance(r, Bar) and r.measure is Measure.PRICE
+                                   for r in s.records)]
+    rule = inc.false_alarms(priced, labels,
+                            [ep for s in priced for ep in inc.onset_rule_episodes(s)])
+    lines.append(f"  the labels' onset rule itself (a low 5 % below the previous day's close), "
+                 f"on the price bars: {rule.episodes} false episodes in {rule.days:.1f} "
+                 f"calm days")
     lines.append("share of calm time the guard held a key critical / under reduce_only or "
                  "stronger:")
     totals = [0, 0, 0]

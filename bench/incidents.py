@@ -69,7 +69,7 @@ from incident_files import (
     parse_duration,
     parse_utc,
 )
-from riskguard.schemas import Bar, BookDepth
+from riskguard.schemas import Bar, BookDepth, Measure
 from shared_data import incidents_dir, missing_reason
 
 __all__ = [
@@ -463,6 +463,25 @@ def hst_episodes(series: Series, *, threshold: float = HST_THRESHOLD,
             model.learn_one(x)
             alarm = score > threshold
         grouper.feed(rec.ts, alarm and i >= warmup)
+    return grouper.episodes
+
+
+def onset_rule_episodes(series: Series, *, fall: float = 0.05) -> list[Episode]:
+    """The rule the labels' onsets are read with, as a detector: a price bar whose low is
+    more than ``fall`` below the previous UTC day's close alarms (the episodes grouped as
+    the baselines'). Bars of a volatility index, and book depth, give none: their
+    onsets follow other rules. On calm time it says how often the labelling rule itself
+    fires, so how many false episodes a detector as early as the labels must raise.
+    """
+    grouper = EpisodeGrouper(series.key)
+    closes: dict[int, float] = {}
+    for rec in series.records:
+        if not isinstance(rec, Bar) or rec.measure is not Measure.PRICE:
+            return []
+        day = (rec.ts - 1) // DAY_NS
+        before = closes.get(day - 1)
+        grouper.feed(rec.ts, before is not None and rec.low < before * (1.0 - fall))
+        closes[day] = rec.close
     return grouper.episodes
 
 

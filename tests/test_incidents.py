@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import msgspec
 import pytest
-from riskguard.schemas import Bar, BookDepth
+from riskguard.schemas import Bar, BookDepth, Measure
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -209,6 +210,7 @@ def test_dvol_rows_become_daily_price_only_bars(tmp_path: Path) -> None:
     assert (btc.label, btc.key, eth.label) == ("DVOL BTC", "deribit/DVOL-BTC", "DVOL ETH")
     (bar,) = btc.records
     assert bar.price_only and bar.interval_ns == D
+    assert bar.measure is Measure.VOLATILITY  # an implied-volatility index, not a price
     assert bar.start == inc.parse_utc("2021-03-24T00:00:00Z") and bar.ts == bar.start + D
     assert [b.line for b in res.bad_rows] == [4]
 
@@ -385,6 +387,17 @@ def test_zscore_on_book_depth_alarms_on_a_bid_depth_collapse() -> None:
                               ask_depth=[1000.0 * (1 + 0.01 * math.cos(i))], mid=100.0))
     s = _series(recs, step=30 * NS)
     assert inc.zscore_episodes(s) == [("v/X", recs[100].ts, "critical")]
+
+
+def test_the_onset_rule_alarms_on_a_low_five_percent_below_the_previous_close() -> None:
+    """Day 1 closes at 100; on day 2 a low of 95.1 (a 4.9 % fall) is quiet and the next
+    bar's 94.9 alarms; a volatility index gives no episodes."""
+    closes = [100.0] * 24 + [95.2, 95.0, 95.0] + [95.0] * 10
+    bars = _bars(len(closes), closes=closes)
+    assert (bars[24].low, bars[25].low) == (pytest.approx(95.1048), pytest.approx(94.905))
+    assert inc.onset_rule_episodes(_series(bars)) == [("v/X", bars[25].ts, "critical")]
+    vol = [msgspec.structs.replace(b, measure=Measure.VOLATILITY) for b in bars]
+    assert inc.onset_rule_episodes(_series(vol)) == []
 
 
 def test_zscore_gives_no_return_across_a_gap() -> None:
