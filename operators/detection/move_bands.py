@@ -29,9 +29,11 @@ carries (its close, and the low and high seen since the previous vector):
   data resumes at). The missing time teaches nothing: the bar after a gap is
   learned as if it followed the last one. A gap longer than
   ``vol_halflife_s`` outlives what was learned, so the key warms up afresh.
-- **Daily price limits, as CME runs them on its bitcoin futures**: tiers of
-  7 %, 13 % and 20 % from the previous day's settlement (the last price at or
-  before ``settlement_s`` after midnight UTC). A price that first reaches a
+- **Daily price limits, as CME set them for its bitcoin futures** (and runs
+  them on its E-mini S&P 500): tiers of 7 %, 13 % and 20 % from the previous
+  day's settlement (the last price at or before ``settlement_s`` after
+  midnight UTC); at the first two CME halts trading for two minutes, at the
+  last for the day. A price that first reaches a
   tier in a day is critical, whatever was learned; a tier trips once a day in
   each direction. Volatility indices have none by default.
 - **Severity.** ``warn`` when a move leaves its band; ``critical`` when it
@@ -161,7 +163,7 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
     The levels are for prices: a move of 10 % within a day is critical on any of
     them, whatever its learned volatility, and so is a day's first 7 %, 13 % or
-    20 % from the previous settlement, the limits of CME's bitcoin futures.
+    20 % from the previous settlement, the limits CME set for its bitcoin futures.
     ``volatility`` gives the levels of keys whose bars are volatility indices
     (:class:`~riskguard.schemas.Measure`), which move more: by default a day's cap
     of 30 % and no daily limits. ``products`` give some keys levels of their own
