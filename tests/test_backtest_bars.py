@@ -13,7 +13,7 @@ import pytest
 from riskguard.dataflows.backtest import dump_toml, run_backtest, span_batches
 from riskguard.dataflows.demo import init_keys
 from riskguard.dataflows.guard import load_guard_config
-from riskguard.schemas import Bar
+from riskguard.schemas import Bar, Measure
 
 NS = 1_000_000_000
 MIN = 60 * NS
@@ -141,3 +141,30 @@ def test_a_products_own_levels_reach_the_guard_from_its_toml(tmp_path: Path) -> 
     assert moves
     assert {s.key for s in moves} == {"binance/ETHUSDT"}
     assert {s.model_version for s in moves} == {"desk-1"}
+
+
+def _daily(instrument: str, closes: list[float], measure: Measure) -> list[Bar]:
+    day = 86_400 * NS
+    return [Bar(id=f"{instrument}{i}", venue="deribit", instrument=instrument,
+                ts=(i + 1) * day, start=i * day, interval_ns=day, open=o, close=c,
+                high=max(o, c), low=min(o, c), price_only=True, measure=measure)
+            for i, (o, c) in enumerate(zip([closes[0], *closes], closes, strict=False))]
+
+
+def test_a_volatility_index_runs_with_its_own_levels_through_the_backtest(default_config
+                                                                          ) -> None:
+    """Daily bars of the same closes, one as prices and one as a volatility index, moving
+    6.5 % a day: a day's rise of 12.7 % is past the price's static level and daily limits
+    (critical, reduce-only), and, for an index, an ordinary day's move twice over,
+    inside its 30 % (not critical)."""
+    cfg, digest = default_config
+    closes = [60.0, 63.9] * 20 + [72.0, 72.0]
+    records = sorted(_daily("BTC-PERPETUAL", closes, Measure.PRICE)
+                     + _daily("DVOL-BTC", closes, Measure.VOLATILITY),
+                     key=lambda b: (b.ts, b.id))
+    res = run_backtest(cfg, digest, records=records)
+    critical = {s.key for s in res.signals if getattr(s, "kind", "") == "price_move"
+                and s.severity.value == "critical"}
+    assert critical == {"deribit/BTC-PERPETUAL"}
+    reduce = {c.scope.label() for c in res.commands if c.action.value == "reduce_only"}
+    assert reduce == {"instrument:deribit/BTC-PERPETUAL"}
