@@ -112,6 +112,42 @@ def test_each_day_settles_afresh_at_its_last_price() -> None:
     assert [g[1] for g in _run(bands, [(69, 85.5, 85.5, 92.0)])] == ["open"]
 
 
+def test_a_price_exactly_at_a_tier_reaches_it() -> None:
+    """93 from 100 is 7 % (1 - 93/100 is 0.0699... in floating point)."""
+    for settle in (100.0, 200.0, 50_000.0):
+        bands = _bands()
+        _run(bands, _day_at(settle))
+        low = settle * 93 / 100
+        assert [g[1] for g in _run(bands, [(25, low, low, settle)])] == ["open"]
+
+
+def test_a_rise_trips_once_a_day_too_and_falls_and_rises_count_apart() -> None:
+    """A rise past 7 % trips; held there, the episode closes and the tier does not trip
+    again that day. A fall past 7 % the same day trips on its own."""
+    bands = _bands()
+    _run(bands, _day_at(100.0))
+    got = _run(bands, [(25, 108.0, 100.0, 108.0), *[(h, 108.0, 108.0, 108.0)
+                                                     for h in range(26, 30)]])
+    assert [g[:3] for g in got] == [(25, "open", "critical"), (28, "close", "critical")]
+    assert _run(bands, [(30, 108.5, 108.0, 108.5)]) == []
+    got = _run(bands, [(31, 92.0, 92.0, 108.5)])
+    assert [(*g[:3], g[3][0]) for g in got] == [(31, "open", "critical", "from_settlement")]
+
+
+def test_a_state_kept_without_the_limits_takes_no_price_of_the_day_as_its_settlement(
+) -> None:
+    """Resumed from a state whose day was never set (kept while the limits were off,
+    or taken before they existed), the first vector does not read the close before
+    it, of the same day, as the settlement: no limit until the next day."""
+    off = MoveBands(MoveBandConfig(band_k=(50.0,) * 6, cap_bps=(5000.0,) * 6,
+                                   daily_limits_bps=()), KEY)
+    _run(off, [*_day_at(100.0), *_day_at(105.0, 25, 14)])
+    resumed = MoveBands(WIDE, KEY, off.snapshot())
+    assert _run(resumed, [(39, 97.1, 97.1, 105.0)]) == []  # -2.9 % from 100, -7.5 % from 105
+    assert [g[1] for g in _run(resumed, [*_day_at(97.1, 40, 9), (49, 90.0, 90.0, 97.1)])] \
+        == ["open"]  # the next day settles at 97.1: 90 is 7.3 % below
+
+
 def test_the_settlement_time_is_configurable() -> None:
     """Settling at 08:00 UTC: day 2's reference is the 08:00 close (90), so a 100 → 92
     fall before 08:00 is measured from day 1's 08:00 close (100) and trips, and the

@@ -1,5 +1,5 @@
-"""What a key's bars measure sets its move-band levels: a price's static level is 10 %
-within a day, a volatility index's a day's 30 %."""
+"""What a key's bars measure sets its move-band levels: a price's static level is 1,000 bps
+within a day, a volatility index's a day's 3,000 bps (log moves)."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def test_the_features_carry_the_measure_of_the_keys_bars() -> None:
 
 def test_a_rise_of_twelve_percent_in_a_day_trips_a_price_and_not_a_volatility_index(
 ) -> None:
-    """The same daily closes: past the price's 10 % day, inside the index's 30 %."""
+    """The same daily closes: past the price's 1,000 bps day, inside the index's 3,000."""
     closes = [100.0, 100.0, 112.0]
     price = _moves(DetectorLogic(DetectorConfig(), lambda: 0),
                    _vectors([_bar(i, c) for i, c in enumerate(closes)]))
@@ -103,7 +103,7 @@ def test_a_resumed_key_keeps_the_levels_of_its_measure() -> None:
     resumed = DetectorLogic(DetectorConfig(), lambda: 0, logic.snapshot())
     assert resumed.bands is not None
     assert resumed.bands.config.cap_bps == VOLATILITY_LEVELS.cap_bps
-    assert _moves(resumed, index[3:]) == []  # 16.7 % in a day: inside the index's 30 %
+    assert _moves(resumed, index[3:]) == []  # 16.7 % in a day: inside the index's levels
 
 
 def test_the_levels_of_volatility_indices_are_a_config_table() -> None:
@@ -125,25 +125,39 @@ def test_the_levels_of_volatility_indices_are_a_config_table() -> None:
     ("bands", "path"),
     [
         ({"volatility": {"cap_bps": [900.0] * 5}}, "detector.bands.volatility.cap_bps"),
-        ({"horizons_s": [60.0, 3600.0], "floor_bps": [50.0, 200.0],
-          "cap_bps": [300.0, 1000.0], "band_k": [7.0, 5.0]},
-         "detector.bands.volatility.cap_bps"),
         ({"volatility": {"floor_bps": [5000.0] * 6}}, "detector.bands.volatility.floor_bps[0]"),
+        ({"floor_bps": [700.0, 800.0, 900.0, 1000.0, 1000.0, 1000.0],
+          "cap_bps": [800.0, 900.0, 1000.0, 1000.0, 1000.0, 1000.0]},
+         "detector.bands.floor_bps[0]"),
         ({"volatility": {"horizons_s": [60.0, 3600.0], "floor_bps": [50.0, 200.0],
                          "cap_bps": [300.0, 1000.0], "band_k": [7.0, 5.0]},
           "products": [{"match": "deribit/*", "cap_bps": [900.0] * 6}]},
          "detector.bands.products[0].cap_bps"),
     ],
-    ids=["cap-length", "horizons-changed-without-its-caps", "floor-above-cap",
+    ids=["cap-length", "floor-above-cap", "inherited-floor-above-the-index-cap",
          "product-over-the-index-levels"],
 )
 def test_bad_levels_of_a_measure_name_their_place(bands: dict, path: str) -> None:
-    """Fewer horizons for prices need the index's caps given too; a product is checked
-    over both measures."""
+    """A bad value is named where it is set: a floor of ``[detector.bands]`` above the
+    index's default cap is ``detector.bands``'; a product is checked over both
+    measures."""
     cfg = decode_section({"bands": bands}, DetectorConfig, "detector")
     with pytest.raises(ConfigError) as info:
         cfg.validate()
     assert info.value.path == path
+
+
+def test_other_horizons_take_the_default_index_caps_at_them() -> None:
+    """A config with its own horizons (valid without a volatility table) gives the
+    index its default caps at those horizons, log-linear between the default ones."""
+    cfg = decode_section({"bands": {"horizons_s": [60.0, 3600.0, 43_200.0],
+                                    "floor_bps": [50.0, 200.0, 400.0],
+                                    "cap_bps": [300.0, 1000.0, 1000.0],
+                                    "band_k": [7.0, 5.0, 3.5]}},
+                         DetectorConfig, "detector").validate()
+    caps = cfg.bands.for_key("deribit/DVOL-BTC", "volatility").cap_bps
+    assert caps[:2] == (600.0, 2000.0)
+    assert 2500.0 < caps[2] < 3000.0  # 12 h, between the 4 h and one-day caps
 
 
 def test_levels_hold_every_band_setting_but_the_lists_of_levels() -> None:
@@ -157,3 +171,36 @@ def test_the_cross_market_check_reads_no_volatility_index_as_a_price() -> None:
     got = points([_bar(0, 60.0, Measure.VOLATILITY, instrument="BTC-USD"),
                   _bar(0, 100.0, instrument="BTCUSDT")])
     assert [key for _shard, (_ts, key, *_rest) in got] == ["binance/BTCUSDT"]
+
+
+def test_a_key_takes_the_levels_of_the_measure_its_prices_come_with() -> None:
+    """A volatility key whose first priced vector came from another record (a price
+    vector) runs with the index's levels once its bars arrive, keeping what it learned;
+    a vector with no price decides nothing."""
+    index = _vectors([_bar(i, c, Measure.VOLATILITY, instrument="DVOL-BTC", venue="deribit")
+                      for i, c in enumerate([60.0, 60.0, 67.2])])
+    logic = DetectorLogic(DetectorConfig(), lambda: 0)
+    first = msgspec.structs.replace(index[0], measure=Measure.PRICE)
+    unpriced = msgspec.structs.replace(index[0], price=None, low=None, high=None,
+                                       measure=Measure.PRICE)
+    assert _moves(logic, [unpriced, first]) == []
+    assert logic.bands is not None and logic.bands.config.daily_limits_bps
+    learned = logic.bands.s
+    assert _moves(logic, index[1:]) == []  # 12 % in a day: inside the index's levels
+    assert logic.bands.config.cap_bps == VOLATILITY_LEVELS.cap_bps
+    assert logic.bands.s is learned
+
+
+def test_a_key_resumed_from_a_state_without_its_measure_takes_it_from_its_vectors() -> None:
+    """A snapshot taken before keys knew their measure resumes as a price; the index's
+    next bar gives it the index's levels."""
+    index = _vectors([_bar(i, c, Measure.VOLATILITY, instrument="DVOL-BTC", venue="deribit")
+                      for i, c in enumerate([60.0, 60.0, 60.0, 67.2])])
+    logic = DetectorLogic(DetectorConfig(), lambda: 0)
+    _moves(logic, index[:3])
+    old = logic.snapshot()
+    del old.__dict__["measure"]  # as pickled before the field existed
+    resumed = DetectorLogic(DetectorConfig(), lambda: 0, old)
+    assert resumed.bands is not None and resumed.bands.config.daily_limits_bps
+    assert _moves(resumed, index[3:]) == []
+    assert resumed.bands.config.cap_bps == VOLATILITY_LEVELS.cap_bps

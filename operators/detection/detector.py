@@ -330,8 +330,8 @@ class DetectorLogic:
                     return [self._dead(fv, name, val)]
         self._dirty = True
         bands = self.bands
-        if bands is None and not self._bands_set:
-            bands = self._key_bands(fv.key, fv.measure)
+        if fv.price and (not self._bands_set or fv.measure != s.measure):
+            bands = self._key_bands(fv.key, fv.measure)  # its first price, or a new measure
         moves = bands.on_vector(fv) if bands is not None and fv.price else ()
         if not s.features:
             self._init_key(fv)
@@ -464,10 +464,12 @@ class DetectorLogic:
 
     # -- internals ---------------------------------------------------------
     def _key_bands(self, key: str, measure: str) -> MoveBands | None:
-        """The key's move bands (None when its settings turn them off)."""
+        """The key's move bands with the settings of its measure and product (None when
+        they turn them off), keeping what the key's bands have learned."""
         self.s.measure = measure
         cfg = self.config.bands.for_key(key, measure)
-        self.bands = MoveBands(cfg, key, self.s.bands) if cfg.enabled else None
+        state = self.bands.s if self.bands is not None else self.s.bands
+        self.bands = MoveBands(cfg, key, state) if cfg.enabled else None
         self._bands_set = True
         return self.bands
 

@@ -85,6 +85,7 @@ import fnmatch
 import itertools
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -134,13 +135,37 @@ class ProductBands(BandLevels, frozen=True, kw_only=True, forbid_unknown_fields=
     match: str  # glob on venue/instrument
 
 
+DEFAULT_HORIZONS_S = (60.0, 300.0, 900.0, 3600.0, 14_400.0, 86_400.0)
+#: a volatility index's static levels at the default horizons (a day's: 3,000 bps)
+VOLATILITY_CAPS_BPS = (600.0, 1000.0, 1400.0, 2000.0, 2500.0, 3000.0)
+
+
+def log_interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
+    """``ys`` at ``x``: log-linear between the increasing ``xs``, the end values beyond.
+
+    >>> [log_interpolate((60.0, 6000.0), (100.0, 10000.0), x) for x in (10.0, 600.0, 1e9)]
+    [100.0, 1000.0, 10000.0]
+    """
+    i = bisect.bisect_left(xs, x)
+    if i < len(xs) and xs[i] == x:
+        return ys[i]
+    if i == 0:
+        return ys[0]
+    if i == len(xs):
+        return ys[-1]
+    w = math.log(x / xs[i - 1]) / math.log(xs[i] / xs[i - 1])
+    return ys[i - 1] * (ys[i] / ys[i - 1]) ** w
+
+
 class VolatilityLevels(BandLevels, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The levels of keys whose bars are volatility indices (``detector.bands.volatility``,
     bars of ``measure = "volatility"``), over ``detector.bands``: an implied-volatility
-    index moves more than a price, and it has no price limits."""
+    index moves more than a price, and it has no price limits. With horizons other
+    than the default ones, the default caps are taken at them (log-linear between the
+    default horizons)."""
 
-    # a day's cap of 30 %
-    cap_bps: tuple[float, ...] | None = (600.0, 1000.0, 1400.0, 2000.0, 2500.0, 3000.0)
+    # a day's cap of 3,000 bps: a fall of 26 %, a rise of 35 %
+    cap_bps: tuple[float, ...] | None = VOLATILITY_CAPS_BPS
     daily_limits_bps: tuple[float, ...] | None = ()  # a volatility index is no price
 
 
@@ -161,17 +186,20 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     ``daily_limits_bps`` are the tiers of the daily price limits, from the settlement
     price taken ``settlement_s`` after midnight UTC each day (empty: none).
 
-    The levels are for prices: a move of 10 % within a day is critical on any of
-    them, whatever its learned volatility, and so is a day's first 7 %, 13 % or
-    20 % from the previous settlement, the limits CME set for its bitcoin futures.
+    Floors and caps are log moves (1,000 bps is a fall of 9.5 % or a rise of 10.5 %);
+    the daily limits are shares of the settlement price, as an exchange sets them.
+    The levels are for prices: a log move of 1,000 bps within an hour, four hours or
+    a day is critical on any of them, whatever its learned volatility, and so is a
+    day's first 7 %, 13 % or 20 % from the previous settlement, the limits CME set
+    for its bitcoin futures.
     ``volatility`` gives the levels of keys whose bars are volatility indices
     (:class:`~riskguard.schemas.Measure`), which move more: by default a day's cap
-    of 30 % and no daily limits. ``products`` give some keys levels of their own
+    of 3,000 bps and no daily limits. ``products`` give some keys levels of their own
     (:class:`ProductBands`); :meth:`for_key` says which settings a key runs with.
     """
 
     enabled: bool = True
-    horizons_s: tuple[float, ...] = (60.0, 300.0, 900.0, 3600.0, 14_400.0, 86_400.0)
+    horizons_s: tuple[float, ...] = DEFAULT_HORIZONS_S
     floor_bps: tuple[float, ...] = (50.0, 80.0, 120.0, 200.0, 300.0, 500.0)
     cap_bps: tuple[float, ...] = (300.0, 500.0, 700.0, 1000.0, 1000.0, 1000.0)
     drawdown_s: float = 86_400.0
@@ -213,21 +241,30 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     def _with(self, levels: BandLevels) -> MoveBandConfig:
         changes = {name: value for name in BandLevels.__struct_fields__
                    if (value := getattr(levels, name)) is not None}
+        horizons: tuple[float, ...] = changes.get("horizons_s", self.horizons_s)
+        if (isinstance(levels, VolatilityLevels) and levels.cap_bps == VOLATILITY_CAPS_BPS
+                and len(horizons) != len(VOLATILITY_CAPS_BPS)):
+            # the default index caps, taken at these horizons
+            changes["cap_bps"] = tuple(log_interpolate(DEFAULT_HORIZONS_S, VOLATILITY_CAPS_BPS, h)
+                                       for h in horizons)
         return msgspec.structs.replace(self, products=(), volatility=_NO_LEVELS, **changes)
 
     def validate(self, path: str = "detector.bands") -> MoveBandConfig:
         """Raise ``ConfigError`` naming the key of the first bad value: of these settings,
-        of those of volatility indices, or of a product over either measure."""
+        of those of volatility indices, or of a product over either measure. A value one
+        table inherits from another is named where it is set."""
         self._validate_levels(path)
         volatility = self._with(self.volatility)
-        volatility._validate_levels(path + ".volatility")
+        vol_path = path + ".volatility"
+        _check(volatility, vol_path, [(vol_path, self.volatility)], path)
         for i, product in enumerate(self.products):
             where = f"{path}.products[{i}]"
             if not product.match:
                 raise ConfigError(where + ".match", "must name the keys it applies to",
                                   product.match)
-            self._with(product)._validate_levels(where)
-            volatility._with(product)._validate_levels(where)
+            _check(self._with(product), where, [(where, product)], path)
+            _check(volatility._with(product), where,
+                   [(where, product), (vol_path, self.volatility)], path)
         return self
 
     def _validate_levels(self, path: str) -> None:
@@ -278,6 +315,22 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 _NO_LEVELS = VolatilityLevels(**dict.fromkeys(BandLevels.__struct_fields__))
 
 
+def _check(resolved: MoveBandConfig, where: str, layers: list[tuple[str, BandLevels]],
+           base: str) -> None:
+    """Validate the settings of the table at ``where``, as resolved over ``layers`` (the
+    most specific first) and ``base``; an error names the table that set the value."""
+    try:
+        resolved._validate_levels(where)
+    except ConfigError as err:
+        field = err.path[len(where) + 1:]
+        name = field.split("[", 1)[0]
+        owner = next((p for p, levels in layers if getattr(levels, name) is not None), base)
+        if owner == where:
+            raise
+        raise ConfigError(f"{owner}.{field}", f"{err.expected} (in {where})",
+                          err.found) from None
+
+
 @dataclass
 class MoveBandState:
     """One key's move-band state: price history in two tiers, volatility, episode."""
@@ -308,9 +361,9 @@ class MoveBandState:
     reset_dir: int = 0
     reset_extreme: float = 0.0
     reset_loud_ts: int = -1  # the last reading since the trip that was not quiet
-    # daily limits: the day (counted from the settlement time), the previous day's
-    # settlement price (0: unknown) and the tiers reached today falling and rising
-    day: int = -1
+    # daily limits: when the current day started (its settlement time), the previous
+    # day's settlement price (0: unknown) and the tiers reached today falling and rising
+    day_start: int = -1
     settle: float = 0.0
     tiers_down: int = 0
     tiers_up: int = 0
@@ -477,19 +530,21 @@ class MoveBands:
                       since: list[tuple[float, float, str, float, float]] | None) -> None:
         """A day's first reading past a tier of the daily limits joins the measures as a
         move past its cap (critical), since the trip too. The settlement is the last
-        price at or before the day's start, if it is no older than a day."""
+        price at or before the day's start, if it is no older than a day. A price at a
+        tier's level reaches it (to a part in 10^12: 1 - 93/100 is 0.06999...)."""
         s = self.s
-        day = (ts - 1 - self._settle_ns) // _DAY
-        if day != s.day:
-            start = day * _DAY + self._settle_ns
-            s.settle = s.last_close if s.last_ts > start - _DAY else 0.0
-            s.day, s.tiers_down, s.tiers_up = day, 0, 0
+        start = (ts - 1 - self._settle_ns) // _DAY * _DAY + self._settle_ns
+        if start != s.day_start:
+            # only a price from the day before counts: not one from this day (a state
+            # kept while the limits were off, or with another settlement time)
+            s.settle = s.last_close if start - _DAY < s.last_ts <= start else 0.0
+            s.day_start, s.tiers_down, s.tiers_up = start, 0, 0
         if not s.settle > 0.0:
             return
         limits = self._limits
         for falling in (True, False):
             reach = 1.0 - low / s.settle if falling else high / s.settle - 1.0
-            tiers = bisect.bisect_right(limits, reach)
+            tiers = bisect.bisect_right(limits, reach + 1e-12)
             if tiers <= (s.tiers_down if falling else s.tiers_up):
                 continue
             if falling:
@@ -498,7 +553,8 @@ class MoveBands:
                 s.tiers_up = tiers
             tier = limits[tiers - 1]
             move = math.log((low if falling else high) / s.settle)
-            cap = -math.log1p(-tier) if falling else math.log1p(tier)
+            # the tier as a log move (no further than the move: a price at the tier is past it)
+            cap = min(abs(move), -math.log1p(-tier) if falling else math.log1p(tier))
             entry = (abs(move) / cap, move, "from_settlement", cap, 0.0)
             ratios.append(entry)
             if since is not None:
@@ -550,19 +606,8 @@ class MoveBands:
 
     def _interpolate(self, h_ns: int) -> tuple[float, float, float]:
         hs = self._h_ns
-        i = bisect.bisect_left(hs, h_ns)
-        if i < len(hs) and hs[i] == h_ns:
-            return self._k[i], self._floor[i], self._cap[i]
-        if i == 0:
-            return self._k[0], self._floor[0], self._cap[0]
-        if i == len(hs):
-            return self._k[-1], self._floor[-1], self._cap[-1]
-        w = math.log(h_ns / hs[i - 1]) / math.log(hs[i] / hs[i - 1])
-
-        def mix(v: list[float]) -> float:
-            return v[i - 1] * (v[i] / v[i - 1]) ** w
-
-        return mix(self._k), mix(self._floor), mix(self._cap)
+        return (log_interpolate(hs, self._k, h_ns), log_interpolate(hs, self._floor, h_ns),
+                log_interpolate(hs, self._cap, h_ns))
 
     def _scale(self, key: int, sigma: float | None, h_ns: int = 0) -> float | None:
         """The typical size of measure ``key`` (a horizon in ns; minus it for the
