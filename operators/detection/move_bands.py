@@ -400,12 +400,13 @@ class MoveBands:
         self._limits = [b * 1e-4 for b in c.daily_limits_bps]
         self._settle_ns = int(c.settlement_s * NS)
         self._for_interval = -1
-        self._plan: list[tuple[int, bool, float, float, float, str]] = []
+        self._plan: list[tuple[int, bool, float, float, float, str, float]] = []
         self._params_at: dict[int, tuple[float, float, float]] = {}
         self._done_range: tuple[int, int, list[tuple[int, float, float, float]], float,
                                 float] | None = None
         self._returns: list[tuple[int, float]] = []
-        self._dd_name = _label(c.drawdown_s)
+        self._dd_names = (f"drawdown_{_label(c.drawdown_s)}", f"rally_{_label(c.drawdown_s)}")
+        self._weights: dict[int, dict[int, tuple[float, float]]] = {}  # see _learn
         self._decay_per_ns = math.log(2.0) / (c.vol_halflife_s * NS)
         self._deescalate_ns = int(c.deescalate_quiet_s * NS)
         self._fine_keep = max(h for h in self._h_ns if h <= 3600 * NS) // _FINE_NS + 2 \
@@ -462,21 +463,6 @@ class MoveBands:
         return out
 
     # -- internals ---------------------------------------------------------
-    def _reference(self, tier: list[tuple[int, float, float, float]], slot_ns: int,
-                   at: int, within: int, since: int | None = None) -> float | None:
-        """A close at or before ``at``, no older than ``at - within``: of the slot ending at
-        ``at``, else the last one before the slot holding it (slot ``k`` covers
-        ``((k - 1) * slot_ns, k * slot_ns]``). None across a gap in the data. With
-        ``since`` (a trip's time), a slot that ended before it gives the trip's price."""
-        k = -(-at // slot_ns)
-        want = k if at % slot_ns == 0 else k - 1
-        i = bisect.bisect_right(tier, (want, math.inf)) - 1
-        if i < 0 or tier[i][0] * slot_ns < at - within:
-            return None
-        if since is not None and tier[i][0] * slot_ns < since:
-            return self.s.reset_price
-        return tier[i][1]
-
     def _measure(self, ts: int, price: float, low: float, high: float,
                  since: int | None = None) -> list[tuple[float, float, str, float, float]]:
         """``(ratio, move, name, cap, typical move)`` per horizon and for the
@@ -484,7 +470,14 @@ class MoveBands:
         interval, with the band settings of that length (interpolated between the
         configured horizons). With ``since`` (a trip's time), no move reaches back
         before it: a horizon whose look-back does is measured from the trip's price,
-        and so is the drawdown."""
+        and so is the drawdown.
+
+        A horizon's reference is the close of the slot ending at ``ts - h``, else of the
+        last one before the slot holding it (slot ``k`` covers ``((k - 1) * slot_ns,
+        k * slot_ns]``), found by position while a tier has a slot for every step; none
+        across a gap in the data; with ``since``, a slot that ended before the trip gives
+        the trip's price. The typical move is :meth:`_scale`'s, the band :meth:`_band`'s.
+        """
         s = self.s
         sigma = self.sigma_per_sqrt_ns
         interval = s.interval_ns
@@ -493,36 +486,53 @@ class MoveBands:
             self._plan_for(interval)
         returns = self._returns
         returns.clear()
-        log = math.log
-        reference = self._reference
+        log, sqrt = math.log, math.sqrt
+        h_var = s.h_var
+        warm = self.config.warmup_returns
         fine, coarse = s.fine, s.coarse
-        for h, on_fine, k, floor, cap, name in self._plan:
+        # a tier with a slot for every step finds a slot by its position
+        fine_first = fine[0][0] if fine and fine[-1][0] - fine[0][0] == len(fine) - 1 else None
+        coarse_first = (coarse[0][0] if coarse and coarse[-1][0] - coarse[0][0]
+                        == len(coarse) - 1 else None)
+        for h, on_fine, k, floor, cap, name, sqrt_h in self._plan:
             at = ts - h
             if since is not None and at <= since:
-                ref: float | None = s.reset_price  # the trip's price is the reference
+                ref = s.reset_price  # the trip's price is the reference
             else:
-                ref = (reference(fine, _FINE_NS, at, h, since) if on_fine
-                       else reference(coarse, _COARSE_NS, at, h, since))
-            if ref is None:
-                continue
+                tier, slot_ns, first = ((fine, _FINE_NS, fine_first) if on_fine
+                                        else (coarse, _COARSE_NS, coarse_first))
+                want = at // slot_ns  # the last slot that ended at or before ``at``
+                i = (min(want - first, len(tier) - 1) if first is not None
+                     else bisect.bisect_right(tier, (want, math.inf)) - 1)
+                if i < 0:
+                    continue
+                slot = tier[i]
+                if slot[0] * slot_ns < at - h:
+                    continue  # across a gap in the data
+                ref = (s.reset_price if since is not None and slot[0] * slot_ns < since
+                       else slot[1])
             down = log(low / ref)
             up = log(high / ref)
             move = down if -down >= up else up
             returns.append((h, move))
-            scale = self._scale(h, sigma)
-            out.append((abs(move) / self._band(k, floor, cap, scale), move, name, cap,
-                        scale or 0.0))
-        if s.coarse:
+            hv = h_var.get(h)
+            if hv is not None and hv[1] >= warm:
+                scale: float | None = sqrt(hv[0])
+            else:
+                scale = None if sigma is None else sigma * sqrt_h
+            band = cap if scale is None else min(cap, max(floor, k * scale))
+            out.append((abs(move) / band, move, name, cap, scale or 0.0))
+        if coarse:
             hi, lo = self._day_range(ts) if since is None else self._range_since(since)
             hi, lo = max(hi, high), min(lo, low)
             h = max(self._dd_ns, interval)
             k, floor, cap = self._params(h)
-            dd, ru = math.log(low / hi), math.log(high / lo)
-            move, name = (dd, "drawdown") if -dd >= ru else (ru, "rally")
+            dd, ru = log(low / hi), log(high / lo)
+            move, name = (dd, self._dd_names[0]) if -dd >= ru else (ru, self._dd_names[1])
             returns.append((-h, move))  # its own scale: a drawdown is no close-to-close move
             scale = self._scale(-h, sigma, h)
             band = self._band(k, floor, cap, scale)
-            out.append((abs(move) / band, move, f"{name}_{self._dd_name}", cap, scale or 0.0))
+            out.append((abs(move) / band, move, name, cap, scale or 0.0))
         return out
 
     def _daily_limits(self, ts: int, low: float, high: float,
@@ -562,10 +572,11 @@ class MoveBands:
 
     def _plan_for(self, interval: int) -> None:
         """Per horizon for data of this interval: ``(h, on the fine tier, band_k, floor,
-        cap, name)``; a horizon shorter than the interval becomes the interval."""
+        cap, name, sqrt(h))``; a horizon shorter than the interval becomes the
+        interval."""
         self._for_interval = interval
         self._plan = [(h, h <= 3600 * NS and h % _FINE_NS == 0, *self._params(h),
-                       f"move_{_label(h / NS)}")
+                       f"move_{_label(h / NS)}", math.sqrt(h))
                       for h in sorted({max(h, interval) for h in self._h_ns})]
 
     def _day_range(self, ts: int) -> tuple[float, float]:
@@ -649,16 +660,26 @@ class MoveBands:
         dt = s.interval_ns if gap else ts - s.last_ts
         clip2 = self.config.vol_clip ** 2
         warm = self.config.warmup_returns
+        weights = self._weights.get(dt)
+        if weights is None:
+            if len(self._weights) > 64:  # irregular steps (event cadence): keep a few
+                self._weights.clear()
+            weights = self._weights[dt] = {}
         for key, move in self._returns:
             hv = s.h_var.get(key)
             if hv is None:
                 hv = s.h_var[key] = [0.0, 0.0]
-            span = abs(key)
-            w = min(1.0, dt / span)  # overlapping moves: one horizon's worth per horizon
+            got = weights.get(key)
+            if got is None:
+                span = abs(key)
+                w = min(1.0, dt / span)  # overlapping moves: one horizon's worth per horizon
+                got = weights[key] = (
+                    w, min(w, -math.expm1(-self._decay_per_ns * max(dt, span // 10))))
+            w, a_warm = got
             m2 = move * move
             if hv[1] >= warm:
                 m2 = min(m2, clip2 * hv[0])
-                a = min(w, -math.expm1(-self._decay_per_ns * max(dt, span // 10)))
+                a = a_warm
             else:
                 a = w / (hv[1] + w)
             hv[0] += a * (m2 - hv[0])
