@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from riskguard.operators.detection.band_levels import MoveBandConfig
 from riskguard.operators.detection.detector import DetectorConfig
-from riskguard.operators.detection.move_bands import MoveBandConfig, MoveBands, MoveBandState
+from riskguard.operators.detection.move_bands import MoveBands, MoveBandState
 from riskguard.schemas import AnomalySignal, FeatureVector, Scope, ScopeKind
 
 from riskguard.config import decode_section

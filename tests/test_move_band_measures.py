@@ -6,15 +6,15 @@ from __future__ import annotations
 import msgspec
 import pytest
 from riskguard.operators.core.clock import ManualClock
-from riskguard.operators.detection.cross_shard import cross_points
-from riskguard.operators.detection.detector import DetectorConfig, DetectorLogic
-from riskguard.operators.detection.features import FeatureConfig, FeatureLogic
-from riskguard.operators.detection.move_bands import (
+from riskguard.operators.detection.band_levels import (
     VOLATILITY_LEVELS,
     BandLevels,
     MoveBandConfig,
     ProductBands,
 )
+from riskguard.operators.detection.cross_shard import cross_points
+from riskguard.operators.detection.detector import DetectorConfig, DetectorLogic
+from riskguard.operators.detection.features import FeatureConfig, FeatureLogic
 from riskguard.schemas import AnomalySignal, Bar, FeatureVector, Measure, decode, encode
 
 from riskguard.config import decode_section

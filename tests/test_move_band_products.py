@@ -8,8 +8,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from riskguard.operators.detection.band_levels import MoveBandConfig, ProductBands
 from riskguard.operators.detection.detector import DetectorConfig, DetectorLogic
-from riskguard.operators.detection.move_bands import MoveBandConfig, ProductBands
 from riskguard.schemas import AnomalySignal, FeatureVector, Measure, Scope, ScopeKind
 
 from riskguard.config import decode_section

@@ -14,7 +14,8 @@ from collections.abc import Callable
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from riskguard.operators.detection.move_bands import MoveBandConfig, MoveBands, MoveBandState
+from riskguard.operators.detection.band_levels import MoveBandConfig
+from riskguard.operators.detection.move_bands import MoveBands, MoveBandState
 from riskguard.schemas import AnomalySignal, FeatureVector, Scope, ScopeKind
 
 from riskguard.errors import ConfigError

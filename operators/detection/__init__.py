@@ -19,6 +19,12 @@
   tests, backtests and benches.
 """
 
+from riskguard.operators.detection.band_levels import (
+    BandLevels,
+    MoveBandConfig,
+    ProductBands,
+    VolatilityLevels,
+)
 from riskguard.operators.detection.cross_rates import CrossRateConfig, CrossRates, market_group
 from riskguard.operators.detection.cross_shard import CrossShard, CrossShardState, cross_points
 from riskguard.operators.detection.detect_watch import (
@@ -40,14 +46,7 @@ from riskguard.operators.detection.features import (
 from riskguard.operators.detection.hst import ArrayHST, HSTShape, hst_shape
 from riskguard.operators.detection.market_sim import Scenario, SimConfig, generate
 from riskguard.operators.detection.models import DetectorConfig, prepare_models
-from riskguard.operators.detection.move_bands import (
-    BandLevels,
-    MoveBandConfig,
-    MoveBands,
-    MoveBandState,
-    ProductBands,
-    VolatilityLevels,
-)
+from riskguard.operators.detection.move_bands import MoveBands, MoveBandState
 from riskguard.operators.detection.ops import (
     DetectOut,
     FeaturesOut,

@@ -18,9 +18,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import msgspec
+from riskguard.operators.detection.band_levels import MoveBandConfig
 from riskguard.operators.detection.cross_rates import CrossRateConfig
 from riskguard.operators.detection.hst import ArrayHST, hst_shape
-from riskguard.operators.detection.move_bands import MoveBandConfig
 from riskguard.operators.detection.range_scorer import RangeScorer
 
 from riskguard.errors import ConfigError

@@ -1,0 +1,253 @@
+"""Settings of the move bands (``detector.bands``): the levels a key runs with, by what its
+bars measure and by product.
+
+A key's settings are :class:`MoveBandConfig`'s, with the levels of its measure (prices, or
+volatility indices: :class:`VolatilityLevels`) and then those of the first product whose
+``match`` it fits (:class:`ProductBands`); :meth:`MoveBandConfig.for_key` resolves them.
+Validation names the table where a bad value is set.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fnmatch
+import itertools
+import math
+from collections.abc import Sequence
+
+import msgspec
+from riskguard.schemas.market import Measure
+
+from riskguard.errors import ConfigError
+
+NS = 1_000_000_000
+
+
+class BandLevels(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Levels that some keys run with instead of ``detector.bands``' own: each value set
+    here replaces that one, and an unset one is inherited."""
+
+    enabled: bool | None = None  # unset: detector.bands.enabled
+    horizons_s: tuple[float, ...] | None = None  # unset: detector.bands.horizons_s
+    floor_bps: tuple[float, ...] | None = None  # unset: detector.bands.floor_bps
+    cap_bps: tuple[float, ...] | None = None  # unset: detector.bands.cap_bps
+    drawdown_s: float | None = None  # unset: detector.bands.drawdown_s
+    daily_limits_bps: tuple[float, ...] | None = None  # unset: detector.bands.daily_limits_bps
+    settlement_s: float | None = None  # unset: detector.bands.settlement_s
+    band_k: tuple[float, ...] | None = None  # unset: detector.bands.band_k
+    critical_ratio: float | None = None  # unset: detector.bands.critical_ratio
+    confirm_horizons: int | None = None  # unset: detector.bands.confirm_horizons
+    vol_halflife_s: float | None = None  # unset: detector.bands.vol_halflife_s
+    vol_clip: float | None = None  # unset: detector.bands.vol_clip
+    warmup_returns: int | None = None  # unset: detector.bands.warmup_returns
+    hysteresis: float | None = None  # unset: detector.bands.hysteresis
+    close_quiet_points: int | None = None  # unset: detector.bands.close_quiet_points
+    close_quiet_ns: int | None = None  # unset: detector.bands.close_quiet_ns
+    deescalate_quiet_s: float | None = None  # unset: detector.bands.deescalate_quiet_s
+    top_k: int | None = None  # unset: detector.bands.top_k
+    model_version: str | None = None  # unset: detector.bands.model_version
+
+
+class ProductBands(BandLevels, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One product's own levels (``detector.bands.products``), as an exchange gives each
+    product its own breaker percentage: a key that ``match`` (a glob on
+    ``venue/instrument``, such as ``"deribit/DVOL-*"``) names takes every value set here
+    over those of its measure. A key takes the first product it matches."""
+
+    match: str  # glob on venue/instrument
+
+
+DEFAULT_HORIZONS_S = (60.0, 300.0, 900.0, 3600.0, 14_400.0, 86_400.0)
+#: a volatility index's static levels at the default horizons (a day's: 3,000 bps)
+VOLATILITY_CAPS_BPS = (600.0, 1000.0, 1400.0, 2000.0, 2500.0, 3000.0)
+
+
+def log_interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
+    """``ys`` at ``x``: log-linear between the increasing ``xs``, the end values beyond.
+
+    >>> [log_interpolate((60.0, 6000.0), (100.0, 10000.0), x) for x in (10.0, 600.0, 1e9)]
+    [100.0, 1000.0, 10000.0]
+    """
+    i = bisect.bisect_left(xs, x)
+    if i < len(xs) and xs[i] == x:
+        return ys[i]
+    if i == 0:
+        return ys[0]
+    if i == len(xs):
+        return ys[-1]
+    w = math.log(x / xs[i - 1]) / math.log(xs[i] / xs[i - 1])
+    return ys[i - 1] * (ys[i] / ys[i - 1]) ** w
+
+
+class VolatilityLevels(BandLevels, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The levels of keys whose bars are volatility indices (``detector.bands.volatility``,
+    bars of ``measure = "volatility"``), over ``detector.bands``: an implied-volatility
+    index moves more than a price, and it has no price limits. With horizons other
+    than the default ones, the default caps are taken at them (log-linear between the
+    default horizons)."""
+
+    # a day's cap of 3,000 bps: a fall of 26 %, a rise of 35 %
+    cap_bps: tuple[float, ...] | None = VOLATILITY_CAPS_BPS
+    daily_limits_bps: tuple[float, ...] | None = ()  # a volatility index is no price
+
+
+VOLATILITY_LEVELS = VolatilityLevels()
+
+
+class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Settings of the move bands (``detector.bands``).
+
+    ``horizons_s`` are the look-backs; ``floor_bps`` and ``cap_bps`` give, per
+    horizon, the narrowest band and the static level past which a move is
+    critical whatever the learned volatility. ``drawdown_s`` is the window of
+    the rolling high and low (its band is the largest horizon's).
+    ``deescalate_quiet_s``: a critical episode whose moves since its trip have
+    been quiet this long de-escalates even before ``close_quiet_points`` quiet
+    vectors (coarse bars: three daily bars would be three days).
+
+    ``daily_limits_bps`` are the tiers of the daily price limits, from the settlement
+    price taken ``settlement_s`` after midnight UTC each day (empty: none).
+
+    Floors and caps are log moves (1,000 bps is a fall of 9.5 % or a rise of 10.5 %);
+    the daily limits are shares of the settlement price, as an exchange sets them.
+    The levels are for prices: a log move of 1,000 bps within an hour, four hours or
+    a day is critical on any of them, whatever its learned volatility, and so is a
+    day's first 7 %, 13 % or 20 % from the previous settlement, the limits CME set
+    for its bitcoin futures.
+    ``volatility`` gives the levels of keys whose bars are volatility indices
+    (:class:`~riskguard.schemas.Measure`), which move more: by default a day's cap
+    of 3,000 bps and no daily limits. ``products`` give some keys levels of their own
+    (:class:`ProductBands`); :meth:`for_key` says which settings a key runs with.
+    """
+
+    enabled: bool = True
+    horizons_s: tuple[float, ...] = DEFAULT_HORIZONS_S
+    floor_bps: tuple[float, ...] = (50.0, 80.0, 120.0, 200.0, 300.0, 500.0)
+    cap_bps: tuple[float, ...] = (300.0, 500.0, 700.0, 1000.0, 1000.0, 1000.0)
+    drawdown_s: float = 86_400.0
+    # tiers of the daily price limits from the previous settlement: critical once a day each
+    daily_limits_bps: tuple[float, ...] = (700.0, 1300.0, 2000.0)
+    settlement_s: float = 0.0  # the settlement price: the last at this time after 00:00 UTC
+    band_k: tuple[float, ...] = (7.0, 6.0, 5.5, 5.0, 4.0, 3.0)
+    critical_ratio: float = 1.25
+    confirm_horizons: int = 2
+    vol_halflife_s: float = 7 * 86_400.0
+    vol_clip: float = 4.0
+    warmup_returns: int = 30
+    hysteresis: float = 0.8
+    close_quiet_points: int = 3
+    close_quiet_ns: int = 60 * NS
+    deescalate_quiet_s: float = 14_400.0
+    top_k: int = 3
+    model_version: str = "1"
+    volatility: VolatilityLevels = VOLATILITY_LEVELS
+    products: tuple[ProductBands, ...] = ()
+
+    def for_key(self, key: str, measure: Measure | str = Measure.PRICE) -> MoveBandConfig:
+        """The settings ``key`` runs with: these, with the levels of its ``measure``,
+        then with the values of the first product whose ``match`` it fits.
+
+        >>> cfg = MoveBandConfig(products=(ProductBands(match="deribit/DVOL-ETH",
+        ...                                             cap_bps=(4000.0,) * 6),))
+        >>> [cfg.for_key(key, measure).cap_bps[-1] for key, measure in
+        ...  [("binance/BTCUSDT", "price"), ("deribit/DVOL-BTC", "volatility"),
+        ...   ("deribit/DVOL-ETH", "volatility")]]
+        [1000.0, 3000.0, 4000.0]
+        """
+        base = self._with(self.volatility) if measure == Measure.VOLATILITY else self
+        for product in self.products:
+            if fnmatch.fnmatchcase(key, product.match):
+                return base._with(product)
+        return base
+
+    def _with(self, levels: BandLevels) -> MoveBandConfig:
+        changes = {name: value for name in BandLevels.__struct_fields__
+                   if (value := getattr(levels, name)) is not None}
+        horizons: tuple[float, ...] = changes.get("horizons_s", self.horizons_s)
+        if (isinstance(levels, VolatilityLevels) and levels.cap_bps == VOLATILITY_CAPS_BPS
+                and len(horizons) != len(VOLATILITY_CAPS_BPS)):
+            # the default index caps, taken at these horizons
+            changes["cap_bps"] = tuple(log_interpolate(DEFAULT_HORIZONS_S, VOLATILITY_CAPS_BPS, h)
+                                       for h in horizons)
+        return msgspec.structs.replace(self, products=(), volatility=_NO_LEVELS, **changes)
+
+    def validate(self, path: str = "detector.bands") -> MoveBandConfig:
+        """Raise ``ConfigError`` naming the key of the first bad value: of these settings,
+        of those of volatility indices, or of a product over either measure. A value one
+        table inherits from another is named where it is set."""
+        self._validate_levels(path)
+        volatility = self._with(self.volatility)
+        vol_path = path + ".volatility"
+        _check(volatility, vol_path, [(vol_path, self.volatility)], path)
+        for i, product in enumerate(self.products):
+            where = f"{path}.products[{i}]"
+            if not product.match:
+                raise ConfigError(where + ".match", "must name the keys it applies to",
+                                  product.match)
+            _check(self._with(product), where, [(where, product)], path)
+            _check(volatility._with(product), where,
+                   [(where, product), (vol_path, self.volatility)], path)
+        return self
+
+    def _validate_levels(self, path: str) -> None:
+        n = len(self.horizons_s)
+        if n == 0:
+            raise ConfigError(path + ".horizons_s", "must list at least one horizon",
+                              self.horizons_s)
+        for name in ("floor_bps", "cap_bps", "band_k"):
+            if len(getattr(self, name)) != n:
+                raise ConfigError(f"{path}.{name}", f"must give one value per horizon ({n})",
+                                  getattr(self, name))
+        for name in ("horizons_s", "floor_bps", "cap_bps", "band_k"):
+            for i, v in enumerate(getattr(self, name)):
+                if not (math.isfinite(v) and v > 0):
+                    raise ConfigError(f"{path}.{name}[{i}]", "must be a positive number", v)
+        hs = self.horizons_s
+        if any(b <= a for a, b in itertools.pairwise(hs)):
+            raise ConfigError(path + ".horizons_s", "must be in increasing order",
+                              self.horizons_s)
+        for i, (lo, hi) in enumerate(zip(self.floor_bps, self.cap_bps, strict=True)):
+            if lo > hi:
+                raise ConfigError(f"{path}.floor_bps[{i}]",
+                                  f"must not exceed cap_bps[{i}] ({hi})", lo)
+        limits = self.daily_limits_bps
+        for i, v in enumerate(limits):
+            if not (math.isfinite(v) and 0 < v < 1e4):
+                raise ConfigError(f"{path}.daily_limits_bps[{i}]",
+                                  "must be a number of bps in (0, 10000)", v)
+        if any(b <= a for a, b in itertools.pairwise(limits)):
+            raise ConfigError(path + ".daily_limits_bps", "must be in increasing order", limits)
+        if not (math.isfinite(self.settlement_s) and 0.0 <= self.settlement_s < 86_400.0):
+            raise ConfigError(path + ".settlement_s", "must be in [0, 86400)",
+                              self.settlement_s)
+        for name in ("drawdown_s", "vol_halflife_s", "vol_clip", "deescalate_quiet_s"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"{path}.{name}", "must be a positive number", v)
+        if not self.critical_ratio >= 1.0:
+            raise ConfigError(path + ".critical_ratio", "must be >= 1", self.critical_ratio)
+        if not 0.0 < self.hysteresis <= 1.0:
+            raise ConfigError(path + ".hysteresis", "must be in (0, 1]", self.hysteresis)
+        for name in ("warmup_returns", "close_quiet_points", "close_quiet_ns", "top_k",
+                     "confirm_horizons"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{path}.{name}", "must be >= 0", getattr(self, name))
+
+
+_NO_LEVELS = VolatilityLevels(**dict.fromkeys(BandLevels.__struct_fields__))
+
+
+def _check(resolved: MoveBandConfig, where: str, layers: list[tuple[str, BandLevels]],
+           base: str) -> None:
+    """Validate the settings of the table at ``where``, as resolved over ``layers`` (the
+    most specific first) and ``base``; an error names the table that set the value."""
+    try:
+        resolved._validate_levels(where)
+    except ConfigError as err:
+        field = err.path[len(where) + 1:]
+        name = field.split("[", 1)[0]
+        owner = next((p for p, levels in layers if getattr(levels, name) is not None), base)
+        if owner == where:
+            raise
+        raise ConfigError(f"{owner}.{field}", f"{err.expected} (in {where})",
+                          err.found) from None
