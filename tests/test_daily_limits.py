@@ -75,14 +75,21 @@ def test_a_rise_trips_at_the_same_percentage() -> None:
         ("open", "critical")]
 
 
-def test_a_tier_trips_once_a_day_and_the_next_tier_trips_again() -> None:
-    """After the 7 % trip the price holds at -8 % (the episode closes: no band is
-    crossed); it does not trip the 7 % tier again that day, and a fall past 13 % trips."""
+def _trip_and_hold(price: float) -> MoveBands:
+    """Day 1 settles at 100; day 2's first bar reaches ``price`` and holds there: one
+    trip, and the episode closes (no band is crossed)."""
     bands = _bands()
     _run(bands, _day_at(100.0))
-    got = _run(bands, [(25, 92.0, 92.0, 100.0), *[(h, 92.0, 92.0, 92.0)
-                                                    for h in range(26, 30)]])
+    got = _run(bands, [(25, price, min(price, 100.0), max(price, 100.0)),
+                       *[(h, price, price, price) for h in range(26, 30)]])
     assert [g[:3] for g in got] == [(25, "open", "critical"), (28, "close", "critical")]
+    return bands
+
+
+def test_a_tier_trips_once_a_day_and_the_next_tier_trips_again() -> None:
+    """After the 7 % trip the price holds at -8 %; it does not trip the 7 % tier again
+    that day, and a fall past 13 % trips."""
+    bands = _trip_and_hold(92.0)
     assert _run(bands, [(30, 91.0, 91.0, 92.0)]) == []
     got = _run(bands, [(31, 87.0, 86.9, 91.0)])
     assert [(*g[:3], g[3][0]) for g in got] == [(31, "open", "critical", "from_settlement")]
@@ -125,11 +132,7 @@ def test_a_price_exactly_at_a_tier_reaches_it() -> None:
 def test_a_rise_trips_once_a_day_too_and_falls_and_rises_count_apart() -> None:
     """A rise past 7 % trips; held there, the episode closes and the tier does not trip
     again that day. A fall past 7 % the same day trips on its own."""
-    bands = _bands()
-    _run(bands, _day_at(100.0))
-    got = _run(bands, [(25, 108.0, 100.0, 108.0), *[(h, 108.0, 108.0, 108.0)
-                                                     for h in range(26, 30)]])
-    assert [g[:3] for g in got] == [(25, "open", "critical"), (28, "close", "critical")]
+    bands = _trip_and_hold(108.0)
     assert _run(bands, [(30, 108.5, 108.0, 108.5)]) == []
     got = _run(bands, [(31, 92.0, 92.0, 108.5)])
     assert [(*g[:3], g[3][0]) for g in got] == [(31, "open", "critical", "from_settlement")]
