@@ -61,3 +61,22 @@ def test_many_sources_cost_a_tick_o1_not_o_sources() -> None:
             wm.update(n, bucket, 0)
         assert wm.update(names[0], bucket, 0) == bucket
     assert scans <= 5
+
+
+def test_a_source_named_the_same_after_a_restart_moves_time_at_once() -> None:
+    """A market process names its ticks ``detect/w0`` again after a restart. Resumed from
+    its snapshot, the watermark moves with that source's first tick: it is live, not a
+    dead process's source whose replacement is still on its way (time held for
+    ``idle_ns``, so a restarted process replayed its backlog with time standing still)."""
+    wm = Watermark.resume({"detect/w0": [105, 0]}, idle_ns=10_000)
+    assert [wm.update("detect/w0", t, now_ns=1_000 + t, expected=1)
+            for t in (106, 107, 108)] == [106, 107, 108]
+
+
+def test_restored_sources_with_new_names_still_hold_time_until_replaced() -> None:
+    """A bytewax restart names every worker afresh: the restored two go on holding time
+    until two new ones have ticked, then are forgotten."""
+    wm = Watermark.resume({"host/11/w0": [500, 0], "host/12/w0": [480, 0]}, idle_ns=10_000)
+    assert wm.update("host/21/w0", 510, now_ns=1, expected=2) == -1
+    assert wm.update("host/22/w0", 505, now_ns=2, expected=2) == 505
+    assert sorted(wm.sources) == ["host/21/w0", "host/22/w0"]

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
+from riskguard.connectors.kafka import list_partitions
+from riskguard.connectors.settings import KafkaSettings
 from riskguard.dataflows.demo import (
     PreparedRun,
     prepare_run,
@@ -502,22 +504,38 @@ def test_two_market_processes_and_a_firm_tier_give_one_workers_commands(
 def test_a_market_process_killed_halfway_and_resumed_gives_one_workers_commands(
     baseline, kafka_bootstrap, tmp_path, recovery_dir
 ) -> None:
-    """SIGKILL the BTC market process once its valuations flow, resume it from recovery
-    while the ETH process and the firm tier run on: the firm tier takes each part once
-    (by its shard's sequence), each signal once (by id), and the subscriber executes one
-    whole guard's commands, none twice."""
+    """SIGKILL the BTC market process once its progress passes 150 s of the scenario's
+    event time (before the fills that breach deribit's limit at 235 s), resume it from
+    recovery while the ETH process and the firm tier run on: the firm tier takes each
+    part once (by its shard's sequence), each signal once (by id), and the subscriber
+    executes one whole guard's commands, none twice. (The resumed process names its
+    ticks as before; if time stood still for it, it would send too few parts, below
+    the sequences already taken, and the breach would be lost.)"""
     _, base, _ = baseline
     run = _prepare(kafka_bootstrap, tmp_path, "market-kill")
     args = _recovering(recovery_dir(1))
-    btc, eth = _start_markets(run, args, _recovering(recovery_dir(1)))
+    # the BTC process replays the scenario in seconds: follow its progress from before
+    # it starts, to kill it early
+    progress = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "tests",
+                         "enable.auto.commit": False, "fetch.wait.max.ms": 5})
+    progress.assign([TopicPartition(run.topic("detections"), p, 0) for p in
+                     list_partitions(KafkaSettings(bootstrap=kafka_bootstrap),
+                                     run.topic("detections"))])
+    progress.consume(10, 0.5)
+    btc, eth = [start_guard(run, *a, config=_market_config(run, i))
+                for i, a in enumerate((args, _recovering(recovery_dir(1))))]
     firm = _start_firm_of_markets(run, *_recovering(recovery_dir(1)))
-    deadline = time.monotonic() + 120
-    parts = 0
-    while time.monotonic() < deadline and btc.poll() is None and parts < 50:
-        got = consume_all(kafka_bootstrap, run.topic("detections"), idle_s=0.2, timeout_s=1.0)
-        parts = sum(len(d["parts"]) for _p, _o, v in got
-                    if (d := msgspec.json.decode(v)).get("type") == "valuation"
-                    and d["source"] == "detect/w0")
+    deadline, reached = time.monotonic() + 120, -1
+    try:
+        while time.monotonic() < deadline and btc.poll() is None \
+                and reached < run.start_ns + 150 * 10**9:
+            for m in progress.consume(500, 0.02):
+                if m.error() is None and b'"detect_progress"' in m.value():
+                    d = msgspec.json.decode(m.value())
+                    if d.get("source") == "detect/w0":
+                        reached = max(reached, d["ts"])
+    finally:
+        progress.close()
     assert btc.poll() is None, "the BTC market process ended before it could be killed"
     os.kill(btc.pid, signal.SIGKILL)
     btc.wait()

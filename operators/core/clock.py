@@ -185,6 +185,7 @@ class Watermark:
             entry[0], entry[1] = max(old, ts), now_ns
         restored = self.restored
         if restored is not None and restored.old:
+            restored.renew(source)
             restored.retire(sources)
             stale = True
         if stale:
@@ -218,7 +219,9 @@ class RestoredSources:
     """Tick sources named in a restored snapshot belong to processes that are gone: a
     bytewax restart restarts every process, and each names its ticks afresh. They go on
     holding time back only until as many new sources have ticked, then are forgotten;
-    otherwise a dead source would pin the watermark where the crash left it.
+    otherwise a dead source would pin the watermark where the crash left it. A source
+    that names itself the same after a restart (a market process's ``detect/w0``) is
+    live again when it ticks: neither a dead one nor a new one.
 
     >>> sources = {"host/11": 500, "host/12": 480}
     >>> restored = RestoredSources(sources)
@@ -226,14 +229,26 @@ class RestoredSources:
     ['host/11', 'host/12', 'host/21']
     >>> sources["host/22"] = 485; restored.retire(sources); sorted(sources)
     ['host/21', 'host/22']
+    >>> same = {"detect/w0": 500}
+    >>> again = RestoredSources(same)
+    >>> again.renew("detect/w0"); again.retire(same); sorted(same), again.old
+    (['detect/w0'], set())
     """
 
     def __init__(self, sources: dict[str, Any]) -> None:
         self.old = set(sources)
+        self.renewed: set[str] = set()  # restored names that ticked again
+
+    def renew(self, name: str) -> None:
+        """``name`` ticked: if the snapshot named it, it is live again (call before
+        :meth:`retire`)."""
+        if name in self.old:
+            self.old.discard(name)
+            self.renewed.add(name)
 
     def retire(self, sources: dict[str, Any]) -> None:
         """Drop the restored sources once enough new ones are live (call after each tick)."""
-        if self.old and len(sources.keys() - self.old) >= len(self.old):
+        if self.old and len(sources.keys() - self.old - self.renewed) >= len(self.old):
             for name in self.old:
                 sources.pop(name, None)
             self.old = set()
