@@ -16,6 +16,7 @@ one is named at the end, with the commands that still run against it.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shlex
 import shutil
@@ -197,16 +198,21 @@ def write_config(workdir: Path, bootstrap: str, keys: DemoKeys, env: str = ENV,
 
 def publish_scenario(bootstrap: str, start_ns: int, env: str = ENV, *,
                      aligned: tuple[int, tuple[bytes, ...]] | None = None,
-                     copies: int = 1) -> int:
+                     copies: int = 1, between_s: tuple[float, float] | None = None) -> int:
     """Produce the scenario to the input topics; returns the record count.
 
     ``copies`` > 1: that many back-to-back copies (:func:`scenario_copies`).
     ``aligned``: ``(partitions, broadcast key prefixes)`` of an aligned market topic
     (``input.aligned_market``): market data goes where
     :func:`~riskguard.connectors.placement.aligned_partitions` puts it.
+    ``between_s``: only the records from ``a`` to before ``b`` seconds of scenario time
+    (a live run fed in two parts).
     """
     events = build_scenario(start_ns).events if copies == 1 else scenario_copies(
         copies, start_ns)
+    if between_s is not None:
+        lo, hi = (start_ns + int(t * NS) if math.isfinite(t) else None for t in between_s)
+        events = [r for r in events if (lo is None or r.ts >= lo) and (hi is None or r.ts < hi)]
     p = Producer(with_logger({"bootstrap.servers": bootstrap, "linger.ms": 20,
                               "enable.idempotence": True}))
     market = topic_name(env, "market")
@@ -343,10 +349,12 @@ class PreparedRun:
 
 def prepare_run(bootstrap: str, workdir: Path, *, env: str = ENV, partitions: int = 2,
                 overrides: str = "", aligned_market: bool = False,
-                copies: int = 1) -> PreparedRun:
+                copies: int = 1, publish_until_s: float = math.inf) -> PreparedRun:
     """Create topics, keys, trust file and config; publish the scenario (``copies``
     back-to-back copies of it; with ``aligned_market``, the config sets
-    ``input.aligned_market`` and market data is produced aligned)."""
+    ``input.aligned_market`` and market data is produced aligned), up to
+    ``publish_until_s`` seconds of it (the rest: :func:`publish_scenario` with
+    ``between_s``)."""
     from riskguard.cli_topics import topic_specs  # noqa: PLC0415  (CLI helper, imported late)
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -364,7 +372,9 @@ def prepare_run(bootstrap: str, workdir: Path, *, env: str = ENV, partitions: in
     # move bands keep prices per minute, so every prepared run sees the scenario cut the
     # same way (a run is comparable with another).
     start_ns = (time.time_ns() // NS - copies * DURATION_S - 5) // 60 * 60 * NS
-    n = publish_scenario(bootstrap, start_ns, env, aligned=aligned, copies=copies)
+    n = publish_scenario(bootstrap, start_ns, env, aligned=aligned, copies=copies,
+                         between_s=None if math.isinf(publish_until_s)
+                         else (0.0, publish_until_s))
     return PreparedRun(bootstrap, env, workdir, config, keys, start_ns, n)
 
 

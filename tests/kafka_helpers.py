@@ -5,10 +5,14 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from riskguard.connectors.kafka import list_partitions
 from riskguard.connectors.settings import KafkaSettings
+
+if TYPE_CHECKING:
+    from riskguard.dataflows.demo import PreparedRun
 
 
 def produce(
@@ -77,3 +81,17 @@ def free_ports(n: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
+
+
+def hold_for_replay(run: PreparedRun) -> None:
+    """A backlog replay's hold bounds: a record or signal waits for the slower process as
+    long as it takes. The 5 s wall-time defaults trade order for latency live; on a loaded
+    machine a replay reaches them, and what is released early may apply out of order."""
+    book = run.config.parent / "playbook.toml"
+    text = book.read_text()
+    assert "max_hold_s = 5.0" in text
+    book.write_text(text.replace("max_hold_s = 5.0", "max_hold_s = 300.0", 1))
+    text = run.config.read_text()
+    assert "[exposure]\n" in text
+    run.config.write_text(
+        text.replace("[exposure]\n", "[exposure]\nmax_hold_ns = 300_000_000_000\n", 1))

@@ -5,6 +5,7 @@ environment (:mod:`flink_env`) and compare with bytewax on the same input."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -33,6 +34,7 @@ from riskguard.schemas import Codec, encode
 
 from riskguard.cli import main
 from riskguard.errors import ConfigError
+from tests.kafka_helpers import hold_for_replay
 
 START_NS = 1_795_500_000 * 10**9
 
@@ -200,18 +202,22 @@ def _guard_job(args: list[str], env: dict[str, str], log: Path) -> subprocess.Po
 @pytest.mark.slow
 def test_the_live_flink_guard_killed_and_rescaled_executes_bytewaxs_commands_once(
         kafka_bootstrap: str, tmp_path: Path) -> None:
-    """The demo scenario published to the dev broker (two partitions a topic), the guard
-    run live on Flink (``riskguard run --engine flink``) at parallelism 1: killed whole
-    (the CLI, the mini-cluster and its Python workers) once commands flow, restarted
-    from its last checkpoint at parallelism 2, then interrupted. The subscriber executes
-    bytewax's commands (decision, action, scope, params), each once, and nothing is
-    dead-lettered."""
+    """The demo scenario's first 180 s published to the dev broker (two partitions a
+    topic), the guard run live on Flink (``riskguard run --engine flink``) at
+    parallelism 1: killed whole (the CLI, the mini-cluster and its Python workers) once
+    commands flow and a checkpoint is taken; the rest of the scenario published,
+    the job restarted from its last checkpoint at parallelism 2, then interrupted.
+    The subscriber executes bytewax's commands (decision, action, scope, params), each
+    once, and nothing is dead-lettered. (With the whole scenario published at once, a
+    fast run could be killed after its last command.)"""
     if reason := java_missing():
         pytest.skip(reason)
-    from riskguard.dataflows.demo import prepare_run, subscriber_for
+    from riskguard.dataflows.demo import prepare_run, publish_scenario, subscriber_for
     from riskguard.flink.guard import latest_checkpoint
 
-    run = prepare_run(kafka_bootstrap, tmp_path / "run", env=f"fl{uuid.uuid4().hex[:6]}")
+    run = prepare_run(kafka_bootstrap, tmp_path / "run", env=f"fl{uuid.uuid4().hex[:6]}",
+                      publish_until_s=180.0)
+    hold_for_replay(run)  # the restored job catches up on a backlog
     cfg, digest = load_guard_config(run.config)
     want = run_backtest(cfg, digest, records=build_scenario(run.start_ns).events)
     cmd, env = flink_command(tmp_path)
@@ -229,6 +235,7 @@ def test_the_live_flink_guard_killed_and_rescaled_executes_bytewaxs_commands_onc
         first.wait(30)
         at_kill = _distinct_commands(run)
         assert at_kill < len(want.commands), "the kill came after the last command"
+        publish_scenario(run.bootstrap, run.start_ns, run.env, between_s=(180.0, math.inf))
         second = _guard_job([*args, "--parallelism", "2", "--restore", "latest"], env, log)
         try:
             _wait("commands", lambda: _distinct_commands(run) >= len(want.commands),

@@ -40,7 +40,7 @@ from riskguard.schemas import (
     encode,
 )
 
-from tests.kafka_helpers import consume_all, free_ports
+from tests.kafka_helpers import consume_all, free_ports, hold_for_replay
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -282,7 +282,7 @@ def test_a_backlog_of_three_incidents_through_two_processes_gives_one_workers_co
     for procs in (1, 2):
         run = prepare_run(kafka_bootstrap, tmp_path / f"backlog-{procs}",
                           env=f"e{uuid.uuid4().hex[:8]}", copies=3)
-        _hold_for_replay(run)
+        hold_for_replay(run)
         addresses = ";".join(f"127.0.0.1:{p}" for p in free_ports(procs))
         args = [("-i", str(i), "-a", addresses) for i in range(procs)] if procs > 1 else [()]
         for p in [start_guard(run, *a) for a in args]:
@@ -299,20 +299,6 @@ def test_a_backlog_of_three_incidents_through_two_processes_gives_one_workers_co
         ["1 worker:", *story[1], "2 processes:", *story[2]])
     assert judged[2] == judged[1]
     assert {k for _key, k, _p, _t in judged[1]} == {"dislocation", "price_move"}
-
-
-def _hold_for_replay(run: PreparedRun) -> None:
-    """A backlog replay's hold bounds: a record or signal waits for the slower process as
-    long as it takes. The 5 s wall-time defaults trade order for latency live; on a loaded
-    machine a replay reaches them, and what is released early may apply out of order."""
-    book = run.config.parent / "playbook.toml"
-    text = book.read_text()
-    assert "max_hold_s = 5.0" in text
-    book.write_text(text.replace("max_hold_s = 5.0", "max_hold_s = 300.0", 1))
-    text = run.config.read_text()
-    assert "[exposure]\n" in text
-    run.config.write_text(
-        text.replace("[exposure]\n", "[exposure]\nmax_hold_ns = 300_000_000_000\n", 1))
 
 
 def _start_detect(run: PreparedRun, detect_args: tuple[str, ...] = ()):
