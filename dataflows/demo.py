@@ -212,7 +212,9 @@ def publish_scenario(bootstrap: str, start_ns: int, env: str = ENV, *,
         copies, start_ns)
     if between_s is not None:
         lo, hi = (start_ns + int(t * NS) if math.isfinite(t) else None for t in between_s)
-        events = [r for r in events if (lo is None or r.ts >= lo) and (hi is None or r.ts < hi)]
+        at = [getattr(r, "ts", start_ns) for r in events]  # every scenario record has one
+        events = [r for r, ts in zip(events, at, strict=True)
+                  if (lo is None or ts >= lo) and (hi is None or ts < hi)]
     p = Producer(with_logger({"bootstrap.servers": bootstrap, "linger.ms": 20,
                               "enable.idempotence": True}))
     market = topic_name(env, "market")
