@@ -15,9 +15,14 @@ Objective: episode-level F1 over all incident kinds, or (``objective =
 Ties go to fewer mitigation commands outside labelled windows, then to the
 earlier candidate (the defaults come first).
 
-Grid keys are dotted config paths (``detector.target_alarm_rate``) plus two
-conveniences: ``feeds.max_gap_s`` (every venue's heartbeat-gap limit, seconds)
-and ``playbook.escalation_scale`` (multiplies every rung's ``after_s``).
+Grid keys are dotted config paths (``detector.target_alarm_rate``) plus three
+conveniences: ``feeds.max_gap_s`` (every venue's heartbeat-gap limit, seconds),
+``playbook.escalation_scale`` (multiplies every rung's ``after_s``) and
+``detector.bands.band_scale`` (multiplies the move bands' ``band_k``: the defaults'
+or the config's, and those the volatility levels and products set of their own).
+The default grid searches the learned detector's alarm rate, the move bands' width
+and critical ratio, and the playbook's pace: on real market data the move bands
+decide most critical signals.
 
 Continuous calibration (:func:`propose`) reruns this over the latest window
 and writes proposals: a calibrated config file and ``LimitUpdate`` envelopes
@@ -49,6 +54,7 @@ from riskguard.dataflows.backtest import (
 )
 from riskguard.dataflows.guard import GuardConfig, load_guard_config, load_keys
 from riskguard.dataflows.report import alarms_of, episode_metrics, scope_related
+from riskguard.operators.detection.band_levels import MoveBandConfig
 from riskguard.operators.signing.crypto import PAYLOAD_LIMIT_UPDATE, Signer, sign_envelope
 from riskguard.schemas import Action, Audience, LimitUpdate, SignedEnvelope, encode
 
@@ -58,14 +64,18 @@ from riskguard.errors import ConfigError
 NS = 1_000_000_000
 DAY_NS = 86_400 * NS
 DEFAULT_GRID: dict[str, list[Any]] = {
+    # the learned detector's alarm rate
     "detector.target_alarm_rate": [0.0005, 0.001, 0.005],
-    "detector.warmup_events": [60, 300],
+    # the move bands, which decide most critical signals on real market data: how wide
+    # a volatility-scaled band is, and how far past it a move is critical
+    "detector.bands.band_scale": [1.0, 1.4],
+    "detector.bands.critical_ratio": [1.25, 1.6],
     "playbook.escalation_scale": [1.0, 0.5],
 }
 _LIMIT_NS = uuid.UUID("0c4bd7f6-7f0a-4d55-b8d3-5f2b3f1e9a21")
 
 
-CONVENIENCES = ("feeds.max_gap_s", "playbook.escalation_scale")
+CONVENIENCES = ("feeds.max_gap_s", "playbook.escalation_scale", "detector.bands.band_scale")
 """Grid keys that are no config path: each sets several settings (see the module doc)."""
 
 
@@ -116,13 +126,26 @@ def config_doc(path: str | Path) -> dict[str, Any]:
 
 
 def apply_overrides(doc: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Apply dotted-key overrides (and the two conveniences) to a config doc."""
+    """Apply dotted-key overrides (and the conveniences) to a config doc.
+
+    >>> doc = apply_overrides({}, {"detector.bands.band_scale": 2.0})
+    >>> doc["detector"]["bands"]["band_k"]
+    [14.0, 12.0, 11.0, 10.0, 8.0, 6.0]
+    """
     out = json.loads(json.dumps(doc))
     for key, value in over.items():
         if key == "feeds.max_gap_s":
             venues = out.setdefault("feeds", {}).setdefault("venues", {})
             for vf in venues.values():
                 vf["max_gap_ns"] = int(value * NS)
+            continue
+        if key == "detector.bands.band_scale":
+            bands = out.setdefault("detector", {}).setdefault("bands", {})
+            bands["band_k"] = [k * value for k in bands.get("band_k", MoveBandConfig().band_k)]
+            own = [bands.get("volatility"), *bands.get("products", [])]
+            for levels in own:
+                if isinstance(levels, dict) and levels.get("band_k") is not None:
+                    levels["band_k"] = [k * value for k in levels["band_k"]]
             continue
         if key == "playbook.escalation_scale":
             for rule in out.get("playbook", {}).get("rules", []):
