@@ -89,13 +89,13 @@ def key_of(rec: Any) -> bytes | None:
 def read_files(
     paths: Sequence[str | Path], *, fmt: str = "auto", venue: str = "file",
     instrument: str = "unknown", batch_size: int = 1000, market: str = "auto",
-    contract_size: float | None = None,
+    contract_size: float | None = None, measure: str = "price",
 ) -> tuple[int | None, Iterator[tuple[int, list[Any]]]]:
     """``(total bytes, batches)``: each batch with the bytes read so far (for progress).
     Offsets count decompressed bytes, so with a compressed file the total is unknown
     (None)."""
     files = [ReplayFile(p, format=fmt, venue=venue, instrument=instrument, market=market,
-                        contract_size=contract_size) for p in paths]
+                        contract_size=contract_size, measure=measure) for p in paths]
     src = ReplaySource(files, codec=Codec(clock=lambda: 0), batch_size=batch_size)
     total: int | None = sum(Path(p).stat().st_size for p in paths)
     if any(is_compressed(p) for p in paths):

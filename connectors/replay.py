@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, operator
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from riskguard.connectors.formats import FORMATS, FileStats, Reader, open_reader, resolve
+from riskguard.connectors.formats.ohlcv import series_order
 from riskguard.operators.core.base import SplitOut, split_dead_letters
 from riskguard.operators.core.clock import Clock, system_clock
 from riskguard.schemas.audit import DeadLetter
@@ -56,7 +57,10 @@ class ReplayFile:
     carry their own; a ``venue`` given here replaces a Tardis row's exchange); left at
     ``file``/``unknown`` they are taken from a Binance file's name. ``market`` (``spot``,
     ``um``, ``cm`` or ``auto``) and ``contract_size`` (USD per COIN-M contract; default
-    100 for BTC, 10 for others) matter to Binance files only.
+    100 for BTC, 10 for others) matter to Binance files only; ``measure`` (``price`` or
+    ``volatility``) to OHLCV files whose rows do not say. ``only_series`` and
+    ``reports_malformed`` make one reading of an OHLCV file whose series follow one
+    another (:meth:`views`).
     """
 
     path: Path | str
@@ -65,16 +69,36 @@ class ReplayFile:
     instrument: str = "unknown"
     market: str = "auto"
     contract_size: float | None = None
+    measure: str = "price"
+    only_series: tuple[str, str] | None = None
+    reports_malformed: bool = True
+
+    def views(self) -> list[ReplayFile]:
+        """How the file is read: itself, or, for an OHLCV file of several series whose
+        rows are not in time order (one series after another), one reading per series,
+        which the source merges by time like separate files. The first reading also
+        reports the rows that name no series."""
+        if self.only_series is not None or self.resolved_format() != "ohlcv_csv":
+            return [self]
+        series, ordered = series_order(self.path)
+        if ordered or len(series) < 2:
+            return [self]
+        return [replace(self, only_series=key, reports_malformed=i == 0)
+                for i, key in enumerate(series)]
 
     def resolved_format(self) -> str:
         """The format this file is read as (raises ConfigError if none fits)."""
         return resolve(self.path, self.format, venue=self.venue, instrument=self.instrument,
-                       market=self.market, contract_size=self.contract_size)[0]
+                       market=self.market, contract_size=self.contract_size,
+                       measure=self.measure)[0]
 
     def open(self, offset: int, codec: Codec | None) -> Reader:
         return open_reader(self.path, self.format, venue=self.venue,
                            instrument=self.instrument, market=self.market,
-                           contract_size=self.contract_size, offset=offset, codec=codec)
+                           contract_size=self.contract_size, measure=self.measure,
+                           only_series=self.only_series,
+                           reports_malformed=self.reports_malformed, offset=offset,
+                           codec=codec)
 
 
 class _ReplayPartition(StatefulSourcePartition[Any, list[int]]):
@@ -101,8 +125,17 @@ class _ReplayPartition(StatefulSourcePartition[Any, list[int]]):
 
     @property
     def stats(self) -> dict[str, FileStats]:
-        """Rows, records and dead letters (by reason) per file name, so far."""
-        return {r.path.name: r.stats for r in self._readers}
+        """Rows, records and dead letters (by reason) per file name, so far (a file read
+        once per series counts its rows once)."""
+        out: dict[str, FileStats] = {}
+        for r in self._readers:
+            st = out.get(r.path.name)
+            if st is None:
+                out[r.path.name] = st = FileStats()
+            st.rows = max(st.rows, r.stats.rows)
+            st.records += r.stats.records
+            st.dead_letters.update(r.stats.dead_letters)
+        return out
 
     def _next(self, idx: int) -> tuple[int, int, int, Any] | None:
         """``(ts, file index, offset, emission)`` of file ``idx``'s next emission."""
@@ -223,7 +256,7 @@ class ReplaySource(FixedPartitionedSource[Any, list[int]]):
         formats = [f.resolved_format() for f in files]
         if speed is not None and speed <= 0:
             raise ConfigError("replay.speed", "a positive factor or none", speed)
-        self.files = list(files)
+        self.files = [view for f in files for view in f.views()]
         # only JSONL needs a codec, and making one costs milliseconds: CSVs alone skip it
         self.codec = codec or (Codec(clock=lambda: 0) if "jsonl" in formats else None)
         self.batch_size = batch_size

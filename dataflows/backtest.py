@@ -146,15 +146,21 @@ def incident_labels(doc: Any, data: Sequence[str | Path], where: str = "labels",
     ``data`` files given; and each such file's instrument, the series it holds.
 
     An incident labels the series of its ``file`` only when that file is among
-    ``data`` (matched by file name); its scope is ``instrument:*/<series>``, the series
-    being the first word of ``series`` (``"BTCUSDT bid side"`` is ``BTCUSDT``).
+    ``data`` (matched by file name); the series is the first word of ``series``
+    (``"BTCUSDT bid side"`` is ``BTCUSDT``), and its scope ``instrument:*/<series>``,
+    or ``instrument:<venue>/<symbol>`` for a series ``venue:symbol``. A file labelled
+    with one series replays as that instrument where its format names none; a file
+    of several series must name them in its rows (an OHLCV file's symbol column).
 
     >>> doc = {"incident": [{"file": "a.csv", "name": "crash", "series": "BTCUSD_PERP",
     ...     "onset": "2025-10-10T20:53:00Z", "end": "2025-10-11T00:00:00Z"},
-    ...     {"file": "other.csv", "name": "x", "series": "ETH", "onset": 0, "end": 1}]}
-    >>> labels, instruments = incident_labels(doc, ["/data/a.csv"])
+    ...     {"file": "other.csv", "name": "x", "series": "ETH", "onset": 0, "end": 1},
+    ...     {"file": "bars.csv", "name": "y", "series": "kraken:XBTUSD", "onset": 0, "end": 1},
+    ...     {"file": "bars.csv", "name": "y", "series": "kraken:ETHUSD", "onset": 0, "end": 1}]}
+    >>> labels, instruments = incident_labels(doc, ["/data/a.csv", "/data/bars.csv"])
     >>> [(lab.kind, lab.scope) for lab in labels], instruments
-    ([('crash', 'instrument:*/BTCUSD_PERP')], {'/data/a.csv': 'BTCUSD_PERP'})
+    ([('y', 'instrument:kraken/ETHUSD'), ('y', 'instrument:kraken/XBTUSD'), \
+('crash', 'instrument:*/BTCUSD_PERP')], {'/data/a.csv': 'BTCUSD_PERP'})
     """
     items = doc.get("incident") if isinstance(doc, dict) else None
     if not isinstance(items, list):
@@ -162,7 +168,7 @@ def incident_labels(doc: Any, data: Sequence[str | Path], where: str = "labels",
                           type(doc).__name__)
     by_name = {Path(p).name: str(p) for p in data}
     out: list[Label] = []
-    instruments: dict[str, str] = {}
+    series_of: dict[str, set[str]] = {}
     for i, item in enumerate(items):
         p = f"{where}.incident[{i}]"
         if not isinstance(item, dict):
@@ -176,13 +182,16 @@ def incident_labels(doc: Any, data: Sequence[str | Path], where: str = "labels",
         words = str(item["series"]).split()
         if not words:
             raise ConfigError(f"{p}.series", "a series name", item["series"])
-        series = words[0]
-        if instruments.setdefault(path, series) != series:
-            raise ConfigError(f"{p}.series", f"the series of {item['file']} "
-                              f"({instruments[path]}): one per file", item["series"])
-        doc_ = {"kind": item["name"], "scope": f"instrument:*/{series}",
+        venue, _, symbol = words[0].rpartition(":")
+        if not symbol:
+            raise ConfigError(f"{p}.series", "a series name (symbol or venue:symbol)",
+                              item["series"])
+        series_of.setdefault(path, set()).add(symbol)
+        doc_ = {"kind": item["name"], "scope": f"instrument:{venue or '*'}/{symbol}",
                 "start": item["onset"], "end": item["end"]}
         out.extend(parse_labels([doc_], p))
+    instruments = {path: next(iter(names)) for path, names in series_of.items()
+                   if len(names) == 1}
     return sorted(out, key=lambda lab: (lab.start_ns, lab.kind, lab.scope)), instruments
 
 
@@ -451,22 +460,31 @@ def backtest_files(
     fmt: str = "auto",
     market: str = "auto",
     contract_size: float | None = None,
+    measure: str = "price",
 ) -> dict[str, Any]:
     """``riskguard backtest``: replay ``data`` through the guard, write the report.
 
     ``config`` is a guard TOML path, or a config already loaded with its digest
-    (:func:`load_guard_config`). ``fmt``, ``market`` and ``contract_size`` say how to
-    read the files (docs/formats.md). Returns the report dict (also written as
+    (:func:`load_guard_config`). ``fmt``, ``market``, ``contract_size`` and ``measure``
+    say how to read the files (docs/formats.md). Returns the report dict (also written as
     ``report.json`` and ``report.html``).
     """
     from riskguard.dataflows.report import build_report, write_report  # noqa: PLC0415 (cycle)
 
     cfg, digest = config if isinstance(config, tuple) else load_guard_config(config)
-    files = [ReplayFile(p, format=fmt, venue=venue, instrument=instrument, market=market,
+    labs: list[Label] = []
+    named: dict[str, str] = {}
+    if labels and str(labels).endswith(".toml"):  # incidents, as the real-data labels are kept
+        from riskguard.config import read_toml  # noqa: PLC0415  (the CLI's reader)
+
+        labs, named = incident_labels(read_toml(labels), data, str(labels))
+    elif labels:
+        labs = load_labels(labels)
+    files = [ReplayFile(p, format=fmt, venue=venue, market=market, measure=measure,
+                        instrument=named.get(str(p), instrument),
                         contract_size=contract_size) for p in data]
     res = run_backtest(cfg, digest, files=files, out_dir=out_dir, batch_size=batch_size,
                        progress=progress)
-    labs = load_labels(labels) if labels else []
     report = build_report(res, labs, title="riskguard backtest", config_hash=digest,
                           inputs=[Path(p).name for p in data])
     write_report(report, out_dir)

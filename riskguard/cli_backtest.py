@@ -13,21 +13,27 @@ from riskguard.progress import Progress
 
 def add_format_options(p: argparse.ArgumentParser, formats: tuple[str, ...],
                        markets: tuple[str, ...]) -> None:
-    """``--format``, ``--venue``, ``--instrument``, ``--market``, ``--contract-size``: how
-    to read data files (docs/formats.md); publish and backtest share them."""
+    """``--format``, ``--venue``, ``--instrument``, ``--market``, ``--contract-size``,
+    ``--measure``: how to read data files (docs/formats.md); publish and backtest share
+    them."""
     p.add_argument("--format", choices=formats, default="auto", metavar="FORMAT",
                    help="file format: auto (from each file's name and header; the default), "
-                   "jsonl, binance_<kind> or tardis_<kind>; the list: docs/formats.md")
+                   "jsonl, binance_<kind>, tardis_<kind> or ohlcv_csv; the list: "
+                   "docs/formats.md")
     p.add_argument("--venue", default="file",
                    help="venue name for CSV rows (default: from a Binance file's name; a "
                    "Tardis row's exchange)")
     p.add_argument("--instrument", default="unknown",
-                   help="instrument name for CSV rows (default: from a Binance file's name)")
+                   help="instrument name for CSV rows (default: from a Binance file's name; "
+                   "an OHLCV file's symbol column)")
     p.add_argument("--market", choices=markets, default="auto",
                    help="Binance market: spot, um (USDT-M), cm (COIN-M); default: from the "
                    "file's name, folders and header")
     p.add_argument("--contract-size", type=float, default=None, metavar="USD",
                    help="USD per COIN-M contract (default: 100 for BTC, 10 for others)")
+    p.add_argument("--measure", choices=("price", "volatility"), default="price",
+                   help="what an OHLCV file's bars measure where its rows do not say: "
+                   "prices (the default) or a volatility index")
 
 
 def count_lines(paths: list[str]) -> int | None:
@@ -71,6 +77,7 @@ def _backtest(args: argparse.Namespace) -> int:
                              venue=args.venue, instrument=args.instrument,
                              batch_size=args.batch_size, fmt=args.format,
                              market=args.market, contract_size=args.contract_size,
+                             measure=args.measure,
                              progress=(lambda _rec: bar.advance()) if bar.enabled else None)
     s, ep = rep["summary"], rep["episodes"]["all"]
     dd = rep["detection_delay_s"]
@@ -100,7 +107,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # argparse private gener
     p.add_argument("--sample", action="store_true",
                    help="replay the sample data shipped with riskguard (five minutes, three "
                    "labelled incidents; its labels unless --labels)")
-    p.add_argument("--labels", help="labels JSON: {\"incidents\": [{kind, scope, start, end}]}")
+    p.add_argument("--labels", help="labels: a JSON file ({\"incidents\": [{kind, scope, start, "
+                   "end}]}), or an incidents TOML file ([[incident]] file, name, series, "
+                   "onset, end)")
     p.add_argument("--out", required=True, help="output directory")
     from riskguard.connectors.formats import FORMATS, MARKETS  # noqa: PLC0415
 

@@ -35,7 +35,8 @@ def _publish(args: argparse.Namespace) -> int:
             raise ConfigError("publish FILE", "an existing file", p)
     total, batches = pub.read_files(args.files, fmt=args.format, venue=args.venue,
                                     instrument=args.instrument, market=args.market,
-                                    contract_size=args.contract_size)
+                                    contract_size=args.contract_size,
+                                    measure=args.measure)
     publisher = None
     if not args.check:
         from riskguard.cli import reach_kafka  # noqa: PLC0415  (the CLI imports this module)

@@ -5,6 +5,8 @@ JSONL in the wire contract, read row by row into wire-contract records.
   headers, cells, and bad rows as dead letters with file and line.
 - :mod:`~riskguard.connectors.formats.binance`: data.binance.vision dumps.
 - :mod:`~riskguard.connectors.formats.tardis`: Tardis.dev downloadable CSVs.
+- :mod:`~riskguard.connectors.formats.ohlcv`: bars from any CSV whose header names
+  open, high, low and close.
 - :mod:`~riskguard.connectors.formats.detect`: ``auto`` detection.
 
 :func:`open_reader` is the one entry point: the replay source, ``riskguard
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from riskguard.connectors.formats import binance, tardis
+from riskguard.connectors.formats import binance, ohlcv, tardis
 from riskguard.connectors.formats.core import (
     FileReader,
     FileStats,
@@ -39,6 +41,7 @@ from riskguard.connectors.formats.core import (
     Source,
     factory,
     first_line,
+    header_cells,
     open_stream,
     valid_name,
 )
@@ -52,6 +55,7 @@ from riskguard.errors import ConfigError
 
 AUTO = "auto"
 MARKETS = ("auto", "spot", "um", "cm")
+MEASURES = ("price", "volatility")
 
 
 class JsonlParser(RowParser):
@@ -72,7 +76,7 @@ class JsonlParser(RowParser):
         return rec
 
 
-PARSERS: dict[str, ParserFactory] = {**binance.PARSERS, **tardis.PARSERS}
+PARSERS: dict[str, ParserFactory] = {**binance.PARSERS, **tardis.PARSERS, **ohlcv.PARSERS}
 """Every CSV format by name (``jsonl`` needs a codec: see :func:`open_reader`)."""
 FORMATS: tuple[str, ...] = (AUTO, "jsonl", *PARSERS)
 """Every name ``--format`` takes."""
@@ -80,11 +84,16 @@ FORMATS: tuple[str, ...] = (AUTO, "jsonl", *PARSERS)
 
 def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
             instrument: str = "unknown", market: str = AUTO,
-            contract_size: float | None = None) -> tuple[str, Source]:
+            contract_size: float | None = None, measure: str = "price",
+            only_series: tuple[str, str] | None = None, reports_malformed: bool = True,
+            ) -> tuple[str, Source]:
     """The format of ``path`` (``auto``: :func:`~.detect.detect`) and what its parser
     knows. ``venue``/``instrument`` left at ``file``/``unknown`` are taken from the
     name where it gives them (Binance: ``binance``, ``binance_um`` or ``binance_cm``
-    and the symbol; a Binance file whose name does not needs ``instrument``). Raises
+    and the symbol; a Binance file whose name does not needs ``instrument``; an OHLCV
+    file's rows may name theirs). ``measure``: what an OHLCV file's bars measure, where
+    its rows do not say; ``only_series`` and ``reports_malformed``: one reading of an
+    OHLCV file read once per series (:class:`~.core.Source`). Raises
     :class:`~riskguard.errors.ConfigError` for what cannot work.
     """
     p = Path(path)
@@ -92,6 +101,8 @@ def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
         raise ConfigError("replay.format", f"one of {', '.join(FORMATS)}", fmt)
     if market not in MARKETS:
         raise ConfigError("replay.market", f"one of {', '.join(MARKETS)}", market)
+    if measure not in MEASURES:
+        raise ConfigError("replay.measure", f"one of {', '.join(MEASURES)}", measure)
     if contract_size is not None and not contract_size > 0:
         raise ConfigError("replay.contract_size", "a contract's value in USD, > 0",
                           contract_size)
@@ -117,12 +128,25 @@ def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
         raise ConfigError(f"replay.files[{p.name}].instrument", "an instrument (--instrument),"
                           " or a Binance dump's own file name, which gives the symbol "
                           "(BTCUSDT-1m-2024-01-01.zip)", "neither")
+    interval = 0
+    if fmt == "ohlcv_csv":
+        cells = header_cells(first_line(p))
+        if instrument == "unknown" and not {"symbol", "instrument"} & set(cells):
+            # two such files would replay as one
+            raise ConfigError(f"replay.files[{p.name}].instrument", "an instrument "
+                              "(--instrument), or a symbol column in the file", "neither")
+        interval = ohlcv.scan_interval(p) or 0
+        if not interval:
+            raise ConfigError(f"replay.files[{p.name}]", "two bars of one series among "
+                              "its first rows (they give the bars' interval)", "fewer")
     venue_given = venue != "file"
     if not venue_given and fmt.startswith("binance"):
         venue = {"spot": "binance", "um": "binance_um", "cm": "binance_cm"}[market]
     size = contract_size or binance.default_contract_size(instrument)
     return fmt, Source(name=p.name, venue=venue, instrument=instrument, market=market,
-                       contract_size=size, venue_given=venue_given)
+                       contract_size=size, venue_given=venue_given, interval_ns=interval,
+                       measure=measure, only_series=only_series,
+                       reports_malformed=reports_malformed)
 
 
 class Reader(FileReader):
@@ -133,11 +157,13 @@ class Reader(FileReader):
 
 def open_reader(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
                 instrument: str = "unknown", market: str = AUTO,
-                contract_size: float | None = None, offset: int = 0,
-                codec: Codec | None = None, step: str = "replay") -> Reader:
+                contract_size: float | None = None, measure: str = "price",
+                only_series: tuple[str, str] | None = None, reports_malformed: bool = True,
+                offset: int = 0, codec: Codec | None = None, step: str = "replay") -> Reader:
     """A reader of ``path`` from ``offset`` (see :func:`resolve` for the settings)."""
     fmt, source = resolve(path, fmt, venue=venue, instrument=instrument, market=market,
-                          contract_size=contract_size)
+                          contract_size=contract_size, measure=measure,
+                          only_series=only_series, reports_malformed=reports_malformed)
     if fmt == "jsonl":
         make = factory(JsonlParser, codec=codec or Codec(clock=lambda: 0))
         reader = Reader(path, make, source=source, header=False, offset=offset, step=step)
@@ -147,5 +173,5 @@ def open_reader(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
     return reader
 
 
-__all__ = ["AUTO", "FORMATS", "MARKETS", "PARSERS", "FileReader", "FileStats", "Reader",
+__all__ = ["AUTO", "FORMATS", "MARKETS", "MEASURES", "PARSERS", "FileReader", "FileStats", "Reader",
            "Source", "detect", "open_reader", "open_stream", "resolve"]

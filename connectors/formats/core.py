@@ -72,7 +72,12 @@ class Source:
     """What a parser knows about its file: names for its records and unit settings.
 
     ``market`` is ``spot``, ``um`` (USDT-M futures) or ``cm`` (COIN-M futures);
-    ``contract_size`` is a COIN-M contract's value in USD.
+    ``contract_size`` is a COIN-M contract's value in USD. ``interval_ns`` is the
+    bars' interval of a file whose rows give only their start (0: none), and
+    ``measure`` what its bars measure (``price`` or ``volatility``). ``only_series``
+    (venue and symbol cells) reads one series of a file that holds several out of time
+    order; ``reports_malformed``: whether this reading reports the rows that name no
+    series (one reading of the file does).
     """
 
     name: str
@@ -81,6 +86,10 @@ class Source:
     market: str = "spot"
     contract_size: float = 100.0
     venue_given: bool = False
+    interval_ns: int = 0
+    measure: str = "price"
+    only_series: tuple[str, str] | None = None
+    reports_malformed: bool = True
 
     @property
     def stem(self) -> str:

@@ -10,7 +10,8 @@ In order:
    (``markPriceKlines``, ``indexPriceKlines``, ``premiumIndexKlines``; as on
    data.binance.vision: ``.../futures/um/daily/markPriceKlines/BTCUSDT/1m/``).
 3. The header: a Tardis header (``exchange,symbol,timestamp,local_timestamp,...``)
-   or a Binance one, matched by its column names.
+   or a Binance one, matched by its column names; else any header naming open,
+   high, low, close and a start column is an OHLCV file (``ohlcv_csv``).
 4. A header-less Binance row: 12 numbers are a kline; trades and aggTrades are told
    apart by where their true/false columns are.
 5. Words in the name (``kline``, ``premiumindex``, ``markprice``, ``indexprice``,
@@ -29,6 +30,8 @@ Detected(format='binance_premium_index_klines', market='um', symbol='BTCUSDT', e
 'cm'
 >>> detect("dump.csv", b"1,100.5,0.2,20.1,1700000000000,True,True").format
 'binance_trades'
+>>> detect("bars.csv", b"venue,symbol,timestamp_s,open,high,low,close,volume_base").format
+'ohlcv_csv'
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 
 from riskguard.connectors.formats.core import header_cells, is_header
+from riskguard.connectors.formats.ohlcv import is_ohlcv_header
 from riskguard.connectors.formats.tardis import COLUMNS as TARDIS_COLUMNS
 from riskguard.connectors.formats.tardis import COMMON
 
@@ -120,7 +124,7 @@ def _from_header(cells: list[str]) -> str:
     for first, fmt in _BINANCE_HEADERS:
         if tuple(cells[:len(first)]) == first:
             return fmt
-    return ""
+    return "ohlcv_csv" if is_ohlcv_header(cells) else ""
 
 
 def _from_row(line: bytes) -> str:

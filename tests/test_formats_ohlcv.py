@@ -1,0 +1,212 @@
+"""OHLCV CSV files (``ohlcv_csv``): bars from any CSV whose header names open, high, low,
+close and a start; one series or several, in time order or one series after another."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from riskguard.connectors.formats import detect, open_reader, resolve
+from riskguard.connectors.replay import ReplayFile, ReplaySource, read_all
+from riskguard.dataflows.backtest import incident_labels
+from riskguard.schemas import Bar, DeadLetter, Measure
+
+from riskguard.errors import ConfigError
+
+NS = 1_000_000_000
+H = 3600 * NS
+T0 = 1_583_020_800  # 2020-03-01 00:00 UTC, in s
+
+
+def _write(tmp: Path, name: str, text: str) -> Path:
+    path = tmp / name
+    path.write_text(text)
+    return path
+
+
+def _read(path: Path, **kw) -> list:
+    return list(read_all(ReplaySource([ReplayFile(path, **kw)])))
+
+
+@pytest.mark.parametrize("header", [
+    "venue,symbol,timestamp_s,datetime_utc,open,high,low,close,volume_base",
+    "window,symbol,timestamp_ms,open,high,low,close,volume,datetime_utc",
+    "date,symbol,open,high,low,close",
+    "Time,Open,High,Low,Close,Volume",
+])
+def test_a_header_naming_open_high_low_close_and_a_start_is_ohlcv(header: str) -> None:
+    assert detect("bars.csv", header.encode()).format == "ohlcv_csv"
+
+
+def test_binance_and_tardis_headers_keep_their_own_formats() -> None:
+    kline = b"open_time,open,high,low,close,volume,close_time,quote_volume,count"
+    assert detect("x.csv", kline).format == "binance_klines"
+    assert detect("x.csv", b"timestamp,price,qty").format == ""
+
+
+def test_interleaved_series_become_bars_that_close_one_interval_after_their_start(
+        tmp_path: Path) -> None:
+    rows = ["timestamp_ms,symbol,open,high,low,close,volume,trades"]
+    for i in range(3):
+        ms = (T0 + i * 3600) * 1000
+        rows += [f"{ms},BTCUSDT,100,{101 + i},99,100.5,12.5,40",
+                 f"{ms},ETHUSDT,10,11,9,10.5,0,0"]
+    path = _write(tmp_path, "perps.csv", "\n".join(rows) + "\n")
+    bars = _read(path, venue="binance_um")
+    assert [type(b) for b in bars] == [Bar] * 6
+    btc = [b for b in bars if b.instrument == "BTCUSDT"]
+    assert [(b.start, b.ts, b.interval_ns) for b in btc] == [
+        ((T0 + i * 3600) * NS, (T0 + i * 3600) * NS + H, H) for i in range(3)]
+    assert {b.venue for b in bars} == {"binance_um"}
+    assert (btc[2].high, btc[0].volume, btc[0].trades, btc[0].price_only) == (103.0, 12.5, 40,
+                                                                             False)
+    assert all(b.measure is Measure.PRICE for b in bars)
+
+
+@pytest.mark.parametrize(("column", "scale"), [
+    ("timestamp", 1), ("timestamp", 1000), ("timestamp", 10**6), ("timestamp", 10**9),
+    ("timestamp_s", 1), ("timestamp_ms", 1000)])
+def test_epoch_starts_in_any_unit_give_the_same_bars(tmp_path: Path, column: str,
+                                                      scale: int) -> None:
+    rows = [f"{column},open,high,low,close"] + [
+        f"{(T0 + i * 60) * scale},1,2,0.5,1.5" for i in range(3)]
+    path = _write(tmp_path, "m.csv", "\n".join(rows) + "\n")
+    bars = _read(path, instrument="X")
+    assert [(b.start, b.ts) for b in bars] == [
+        ((T0 + i * 60) * NS, (T0 + i * 60 + 60) * NS) for i in range(3)]
+    assert all(b.price_only for b in bars)  # no volume column
+
+
+def test_a_daily_file_of_dates_is_daily_and_a_measure_column_or_option_says_volatility(
+        tmp_path: Path) -> None:
+    path = _write(tmp_path, "dvol.csv", "date,symbol,open,high,low,close\n"
+                  "2022-06-12,BTC,75.05,93.99,74.28,93.99\n"
+                  "2022-06-12,ETH,90,110,89,109\n"
+                  "2022-06-13,BTC,93.99,107.5,92.78,106.0\n")
+    bars = _read(path, venue="deribit", measure="volatility")
+    assert {(b.instrument, b.interval_ns // NS, b.measure) for b in bars} == {
+        ("BTC", 86400, Measure.VOLATILITY), ("ETH", 86400, Measure.VOLATILITY)}
+    marked = _write(tmp_path, "marked.csv", "date,symbol,measure,open,high,low,close\n"
+                    "2022-06-12,BTC,volatility,75,94,74,94\n"
+                    "2022-06-13,BTC,volatility,94,107,92,106\n"
+                    "2022-06-13,BTCUSD,price,20000,21000,19000,20500\n")
+    assert [b.measure for b in _read(marked)] == [Measure.VOLATILITY, Measure.VOLATILITY,
+                                                  Measure.PRICE]
+
+
+def test_series_one_after_another_replay_merged_in_time_each_row_once(tmp_path: Path) -> None:
+    """A file of venue A's rows then venue B's is read once per series and merged by
+    time, so the rows come out in event-time order; a row that parses to no series
+    is one dead letter, and a bad bar of a series is one dead letter of that series."""
+    rows = ["venue,symbol,timestamp_s,open,high,low,close,volume_base"]
+    for venue in ("a", "b"):
+        rows += [f"{venue},BTCUSD,{T0 + i * 3600},100,101,99,100,1" for i in range(4)]
+    rows.insert(3, "garbage")
+    rows.insert(7, f"b,BTCUSD,{T0 + 99 * 3600},100,99,101,100,1")  # low above high
+    path = _write(tmp_path, "cross.csv", "\n".join(rows) + "\n")
+    out = _read(path)
+    bars = [r for r in out if isinstance(r, Bar)]
+    dead = [r for r in out if isinstance(r, DeadLetter)]
+    assert len(bars) == 8
+    assert [b.start for b in bars] == sorted(b.start for b in bars)
+    assert sorted(d.detail.split(":")[0] for d in dead) == ["cross.csv line 4",
+                                                            "cross.csv line 8"]
+    # a resumed read, from any snapshot, gives every row once
+    src = ReplaySource([ReplayFile(path)], batch_size=3)
+    part = src.build_part("s", "replay", None)
+    first = part.next_batch()
+    state = part.snapshot()
+    part.close()
+    rest = list(_resume(src, state))
+    def ident(r):
+        return r.detail if isinstance(r, DeadLetter) else r.id
+
+    assert sorted(map(ident, first + rest)) == sorted(map(ident, out))
+
+
+def _resume(src: ReplaySource, state: list[int]):
+    part = src.build_part("s", "replay", state)
+    try:
+        while True:
+            try:
+                yield from part.next_batch()
+            except StopIteration:
+                return
+    finally:
+        part.close()
+
+
+def test_a_file_that_names_no_symbol_needs_an_instrument(tmp_path: Path) -> None:
+    path = _write(tmp_path, "bars.csv", "timestamp_s,open,high,low,close\n"
+                  f"{T0},1,2,0.5,1\n{T0 + 60},1,2,0.5,1\n")
+    with pytest.raises(ConfigError, match="instrument"):
+        resolve(path)
+    assert resolve(path, instrument="BTCUSDT")[1].interval_ns == 60 * NS
+
+
+def test_a_file_of_one_bar_a_series_cannot_tell_its_interval(tmp_path: Path) -> None:
+    path = _write(tmp_path, "one.csv", f"timestamp_s,symbol,open,high,low,close\n"
+                  f"{T0},A,1,2,0.5,1\n{T0},B,1,2,0.5,1\n")
+    with pytest.raises(ConfigError, match="interval"):
+        resolve(path)
+
+
+def test_bad_values_are_dead_letters_naming_their_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, "bad.csv", "timestamp_s,symbol,open,high,low,close,volume\n"
+                  f"{T0},A,1,2,0.5,1,1\n"
+                  f"{T0 + 60},A,x,2,0.5,1,1\n"
+                  f"{T0 + 120},A,1,2,0.5,1,-3\n"
+                  f"not a time,A,1,2,0.5,1,1\n"
+                  f"{T0 + 180},A,1,2,0.5,1,1\n")
+    reader = open_reader(path)
+    got = [(line, type(item).__name__, getattr(item, "path", None))
+           for line, _off, item in reader.lines()]
+    reader.close()
+    assert got == [(2, "Bar", None), (3, "DeadLetter", "$.open"),
+                   (4, "DeadLetter", "$.volume"), (5, "DeadLetter", "$.timestamp_s"),
+                   (6, "Bar", None)]
+
+
+def test_incident_labels_name_venue_and_symbol_and_several_series_a_file() -> None:
+    doc = {"incident": [
+        {"file": "cross.csv", "name": "crash", "series": "kraken:XBTUSD", "onset": 0,
+         "end": 1},
+        {"file": "perps.csv", "name": "ftx", "series": "FTTUSDT", "onset": 0, "end": 1},
+        {"file": "perps.csv", "name": "ftx", "series": "SOLUSDT", "onset": 0, "end": 1}]}
+    labels, instruments = incident_labels(doc, ["cross.csv", "perps.csv"])
+    assert sorted(lab.scope for lab in labels) == [
+        "instrument:*/FTTUSDT", "instrument:*/SOLUSDT", "instrument:kraken/XBTUSD"]
+    assert instruments == {"cross.csv": "XBTUSD"}  # perps.csv names its symbols per row
+
+
+def _bench(name: str):
+    bench = str(Path(__file__).resolve().parents[1] / "bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    return importlib.import_module(name)
+
+
+@pytest.mark.parametrize("file", [
+    "crossvenue_BTC_ETH_1h_binance-gemini-kraken_2020-03-01_2020-03-20.csv",
+    "binance_usdm_perp_1h_windows_2022-06_2022-11_2024-08.csv"])
+def test_the_real_multi_series_bar_files_replay_as_the_bench_reads_them(file: str) -> None:
+    """The development data's hourly files of several series, read by the product's
+    replay: the same bars (open, high, low, close, volume, times) as the bench's own
+    loader, in event-time order."""
+    shared_data = _bench("shared_data")
+    data = shared_data.incidents_dir()
+    if reason := shared_data.missing_reason(data):
+        pytest.skip(reason)
+    inc = _bench("incidents")
+    loaded = inc.load_all(data)
+    want = sorted((r.instrument, r.start, r.ts, r.open, r.high, r.low, r.close, r.volume)
+                  for s in loaded.series if s.file == file for r in s.records)
+    got = _read(data / file)
+    assert not [r for r in got if isinstance(r, DeadLetter)]
+    assert [r.ts for r in got] == sorted(r.ts for r in got)
+    assert sorted((r.instrument, r.start, r.ts, r.open, r.high, r.low, r.close, r.volume)
+                  for r in got) == want
+    assert json.dumps(sorted({r.venue for r in got}))  # venues from the rows, or "file"
