@@ -11,8 +11,9 @@ zipped) into a temporary folder, then for each file, in the same run:
 
 Both are the best of ``--repeat`` runs, in input rows per second; the ratio is
 replay / csv.reader. The goal: a bar format keeps up at least 0.3x csv.reader.
-``--real`` also reads the Binance files of the development data
-(``bench/shared_data.py``) when they are present.
+``--real`` also reads the development data's Binance files and its hourly OHLCV
+files of several series (``bench/shared_data.py``) when they are present. An OHLCV
+file whose series follow one another is read once per series (merged by time).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from riskguard.connectors.formats import open_stream
+from riskguard.connectors.formats import ohlcv, open_stream
 from riskguard.connectors.replay import ReplayFile, ReplaySource, read_all
 from shared_data import incidents_dir
 
@@ -53,6 +54,23 @@ def _klines(n: int, rng: random.Random) -> list[str]:
                    f"{t + 59_999},{rng.random() * 2e6:.2f},{rng.randint(1, 900)},"
                    f"{rng.random() * 20:.3f},{rng.random() * 8e5:.2f},0")
     return out
+
+
+def _ohlcv(n: int, rng: random.Random, *, grouped: bool) -> list[str]:
+    """Hourly bars of four symbols, interleaved in time, or one symbol after another."""
+    symbols = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT")
+    per = n // len(symbols)
+    rows: list[tuple[int, int, str]] = []
+    for k, sym in enumerate(symbols):
+        px = 100.0 * (k + 1)
+        for i in range(per):
+            o = px
+            px = max(1.0, px * (1 + rng.gauss(0, 0.01)))
+            hi, lo = max(o, px) * 1.002, min(o, px) * 0.998
+            rows.append((i, k, f"{sym},{T0_MS // 1000 + i * 3600},{o:.4f},{hi:.4f},"
+                               f"{lo:.4f},{px:.4f},{rng.random() * 500:.3f}"))
+    rows.sort(key=lambda r: (r[1], r[0]) if grouped else (r[0], r[1]))
+    return [r[2] for r in rows]
 
 
 def _trades(n: int, rng: random.Random) -> list[str]:
@@ -146,6 +164,10 @@ TARDIS_HEADERS = {
 # (file name, header or None, row maker); names are the vendors' own (auto detection)
 FILES: list[tuple[str, str | None, Callable[[int, random.Random], list[str]]]] = [
     ("BTCUSDT-1m-2024-01-01.csv", None, _klines),
+    ("ohlcv_1h_interleaved.csv", "symbol,timestamp_s,open,high,low,close,volume",
+     lambda n, rng: _ohlcv(n, rng, grouped=False)),
+    ("ohlcv_1h_one_symbol_after_another.csv", "symbol,timestamp_s,open,high,low,close,volume",
+     lambda n, rng: _ohlcv(n, rng, grouped=True)),
     ("BTCUSDT-trades-2024-01-01.csv", "id,price,qty,quote_qty,time,is_buyer_maker", _trades),
     ("BTCUSDT-aggTrades-2024-01-01.csv", "agg_trade_id,price,quantity,first_trade_id,"
      "last_trade_id,transact_time,is_buyer_maker", _agg_trades),
@@ -192,7 +214,9 @@ def csv_rows(path: Path) -> int:
 
 
 def replay_rows(path: Path, fmt: str = "auto", **kw: str) -> int:
-    """Records (dead letters included) a replay of ``path`` gives."""
+    """Records (dead letters included) a replay of ``path`` gives, each run paying for
+    the scans a first reading of an OHLCV file makes."""
+    ohlcv.clear_scans()
     return sum(1 for _ in read_all(ReplaySource([ReplayFile(path, format=fmt, **kw)],
                                                 batch_size=1000)))
 
@@ -207,10 +231,11 @@ def best(fn: Callable[[], int], repeat: int) -> tuple[float, int]:
     return min(times), out
 
 
-def measure(path: Path, repeat: int, fmt: str = "auto") -> tuple[int, float, float, int]:
+def measure(path: Path, repeat: int, fmt: str = "auto", **kw: str
+            ) -> tuple[int, float, float, int]:
     """``(rows, csv.reader rows/s, replay rows/s, records)``."""
     t_csv, rows = best(lambda: csv_rows(path), repeat)
-    t_rep, records = best(lambda: replay_rows(path, fmt), repeat)
+    t_rep, records = best(lambda: replay_rows(path, fmt, **kw), repeat)
     return rows, rows / t_csv, rows / t_rep, records
 
 
@@ -227,15 +252,22 @@ def main(argv: list[str] | None = None) -> int:
           f" {'records':>8}")
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
-        targets = [(p, "auto") for p in write_files(Path(tmp), args.rows)]
+        targets: list[tuple[Path, str, dict[str, str]]] = [
+            (p, "auto", {}) for p in write_files(Path(tmp), args.rows)]
         real = incidents_dir()
         if args.real and real.is_dir():
-            targets += [(p, "auto") for p in sorted(real.glob("binance_*priceklines*.csv"))]
-            targets += [(p, "binance_book_depth") for p in sorted(real.glob("*bookDepth*.csv"))]
-        for path, fmt in targets:
-            rows, csv_rate, rep_rate, records = measure(path, args.repeat, fmt)
+            # their names are not the dumps' own: the instrument is given, as labels give it
+            targets += [(p, "auto", {"instrument": "BTCUSDT"})
+                        for p in sorted(real.glob("binance_*priceklines*.csv"))]
+            targets += [(p, "binance_book_depth", {"instrument": "BTCUSDT"})
+                        for p in sorted(real.glob("*bookDepth*.csv"))]
+            targets += [(p, "auto", {}) for p in (sorted(real.glob("binance_usdm_perp_1h_*.csv"))
+                                                  + sorted(real.glob("crossvenue_*.csv")))]
+        for path, fmt, kw in targets:
+            rows, csv_rate, rep_rate, records = measure(path, args.repeat, fmt, **kw)
             ratio = rep_rate / csv_rate
-            bars = "kline" in path.name or path.name.startswith("BTCUSDT-1m")
+            bars = ("kline" in path.name or path.name.startswith("BTCUSDT-1m")
+                    or (fmt == "auto" and "ohlcv" in path.name) or "_1h_" in path.name)
             mark = "" if not bars else ("  ok" if ratio >= GOAL else f"  below {GOAL}x")
             ok = ok and (not bars or ratio >= GOAL)
             print(f"{path.name[:48]:<48} {rows:>8,} {csv_rate:>13,.0f} {rep_rate:>10,.0f} "

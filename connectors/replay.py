@@ -58,9 +58,9 @@ class ReplayFile:
     ``file``/``unknown`` they are taken from a Binance file's name. ``market`` (``spot``,
     ``um``, ``cm`` or ``auto``) and ``contract_size`` (USD per COIN-M contract; default
     100 for BTC, 10 for others) matter to Binance files only; ``measure`` (``price`` or
-    ``volatility``) to OHLCV files whose rows do not say. ``only_series`` and
-    ``reports_malformed`` make one reading of an OHLCV file whose series follow one
-    another (:meth:`views`).
+    ``volatility``) to OHLCV files whose rows do not say. ``only_series``,
+    ``reports_malformed`` and ``byte_range`` make one reading of an OHLCV file of
+    several series not in time order (:meth:`views`).
     """
 
     path: Path | str
@@ -72,19 +72,24 @@ class ReplayFile:
     measure: str = "price"
     only_series: tuple[str, str] | None = None
     reports_malformed: bool = True
+    byte_range: tuple[int, int] | None = None
 
     def views(self) -> list[ReplayFile]:
         """How the file is read: itself, or, for an OHLCV file of several series whose
-        rows are not in time order (one series after another), one reading per series,
-        which the source merges by time like separate files. The first reading also
-        reports the rows that name no series."""
-        if self.only_series is not None or self.resolved_format() != "ohlcv_csv":
+        rows are not in time order, one reading per series, which the source merges by
+        time like separate files: each reading its own block of rows where the series
+        follow one another (every row in one block), else the whole file keeping its
+        own series' rows (the first reading also reports rows that name none)."""
+        if (self.only_series is not None or self.byte_range is not None
+                or self.resolved_format() != "ohlcv_csv"):
             return [self]
-        series, ordered = series_order(self.path)
-        if ordered or len(series) < 2:
+        scan = series_order(self.path)
+        if scan.ordered or len(scan.series) < 2:
             return [self]
+        if scan.ranges is not None:
+            return [replace(self, byte_range=r) for r in scan.ranges]
         return [replace(self, only_series=key, reports_malformed=i == 0)
-                for i, key in enumerate(series)]
+                for i, key in enumerate(scan.series)]
 
     def resolved_format(self) -> str:
         """The format this file is read as (raises ConfigError if none fits)."""
@@ -93,11 +98,14 @@ class ReplayFile:
                        measure=self.measure)[0]
 
     def open(self, offset: int, codec: Codec | None) -> Reader:
+        block = self.byte_range
         return open_reader(self.path, self.format, venue=self.venue,
                            instrument=self.instrument, market=self.market,
                            contract_size=self.contract_size, measure=self.measure,
                            only_series=self.only_series,
-                           reports_malformed=self.reports_malformed, offset=offset,
+                           reports_malformed=self.reports_malformed,
+                           stop_offset=None if block is None else block[1],
+                           offset=offset if block is None else max(offset, block[0]),
                            codec=codec)
 
 

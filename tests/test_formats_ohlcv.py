@@ -107,6 +107,7 @@ def test_series_one_after_another_replay_merged_in_time_each_row_once(tmp_path: 
     rows.insert(3, "garbage")
     rows.insert(7, f"b,BTCUSD,{T0 + 99 * 3600},100,99,101,100,1")  # low above high
     path = _write(tmp_path, "cross.csv", "\n".join(rows) + "\n")
+    assert [f.byte_range is not None for f in ReplayFile(path).views()] == [True, True]
     out = _read(path)
     bars = [r for r in out if isinstance(r, Bar)]
     dead = [r for r in out if isinstance(r, DeadLetter)]
@@ -125,6 +126,24 @@ def test_series_one_after_another_replay_merged_in_time_each_row_once(tmp_path: 
         return r.detail if isinstance(r, DeadLetter) else r.id
 
     assert sorted(map(ident, first + rest)) == sorted(map(ident, out))
+
+
+def test_series_interleaved_out_of_time_order_are_read_once_each(tmp_path: Path) -> None:
+    """Series that alternate but go back in time are each read from the whole file,
+    keeping their own rows; a row that names no series is reported once."""
+    rows = ["venue,symbol,timestamp_s,open,high,low,close"]
+    for hour in (2, 0, 1):
+        rows += [f"{v},BTCUSD,{T0 + hour * 3600},100,101,99,100" for v in ("a", "b")]
+    rows.insert(2, "x")
+    path = _write(tmp_path, "alt.csv", "\n".join(rows) + "\n")
+    assert [f.only_series for f in ReplayFile(path).views()] == [("a", "BTCUSD"),
+                                                                   ("b", "BTCUSD")]
+    out = _read(path)
+    bars = [r for r in out if isinstance(r, Bar)]
+    assert sorted((b.venue, b.start) for b in bars) == sorted(
+        (v, (T0 + h * 3600) * NS) for v in ("a", "b") for h in range(3))
+    assert [d.detail.split(":")[0] for d in out if isinstance(d, DeadLetter)] == [
+        "alt.csv line 3"]
 
 
 def _resume(src: ReplaySource, state: list[int]):

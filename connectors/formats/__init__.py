@@ -86,14 +86,14 @@ def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
             instrument: str = "unknown", market: str = AUTO,
             contract_size: float | None = None, measure: str = "price",
             only_series: tuple[str, str] | None = None, reports_malformed: bool = True,
-            ) -> tuple[str, Source]:
+            stop_offset: int | None = None) -> tuple[str, Source]:
     """The format of ``path`` (``auto``: :func:`~.detect.detect`) and what its parser
     knows. ``venue``/``instrument`` left at ``file``/``unknown`` are taken from the
     name where it gives them (Binance: ``binance``, ``binance_um`` or ``binance_cm``
     and the symbol; a Binance file whose name does not needs ``instrument``; an OHLCV
     file's rows may name theirs). ``measure``: what an OHLCV file's bars measure, where
-    its rows do not say; ``only_series`` and ``reports_malformed``: one reading of an
-    OHLCV file read once per series (:class:`~.core.Source`). Raises
+    its rows do not say; ``only_series``, ``reports_malformed`` and ``stop_offset``: one
+    reading of an OHLCV file read once per series (:class:`~.core.Source`). Raises
     :class:`~riskguard.errors.ConfigError` for what cannot work.
     """
     p = Path(path)
@@ -146,7 +146,7 @@ def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
     return fmt, Source(name=p.name, venue=venue, instrument=instrument, market=market,
                        contract_size=size, venue_given=venue_given, interval_ns=interval,
                        measure=measure, only_series=only_series,
-                       reports_malformed=reports_malformed)
+                       reports_malformed=reports_malformed, stop_offset=stop_offset)
 
 
 class Reader(FileReader):
@@ -159,11 +159,13 @@ def open_reader(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
                 instrument: str = "unknown", market: str = AUTO,
                 contract_size: float | None = None, measure: str = "price",
                 only_series: tuple[str, str] | None = None, reports_malformed: bool = True,
-                offset: int = 0, codec: Codec | None = None, step: str = "replay") -> Reader:
+                stop_offset: int | None = None, offset: int = 0, codec: Codec | None = None,
+                step: str = "replay") -> Reader:
     """A reader of ``path`` from ``offset`` (see :func:`resolve` for the settings)."""
     fmt, source = resolve(path, fmt, venue=venue, instrument=instrument, market=market,
                           contract_size=contract_size, measure=measure,
-                          only_series=only_series, reports_malformed=reports_malformed)
+                          only_series=only_series, reports_malformed=reports_malformed,
+                          stop_offset=stop_offset)
     if fmt == "jsonl":
         make = factory(JsonlParser, codec=codec or Codec(clock=lambda: 0))
         reader = Reader(path, make, source=source, header=False, offset=offset, step=step)

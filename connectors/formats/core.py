@@ -77,7 +77,8 @@ class Source:
     ``measure`` what its bars measure (``price`` or ``volatility``). ``only_series``
     (venue and symbol cells) reads one series of a file that holds several out of time
     order; ``reports_malformed``: whether this reading reports the rows that name no
-    series (one reading of the file does).
+    series (one reading of the file does); ``stop_offset``: where a reading of one
+    block of rows ends.
     """
 
     name: str
@@ -90,6 +91,7 @@ class Source:
     measure: str = "price"
     only_series: tuple[str, str] | None = None
     reports_malformed: bool = True
+    stop_offset: int | None = None
 
     @property
     def stem(self) -> str:

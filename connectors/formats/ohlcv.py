@@ -47,6 +47,8 @@ from __future__ import annotations
 import zipfile
 import zlib
 from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,7 @@ _ALIASES = {
     "measure": ("measure",),
 }
 PRICES = ("open", "high", "low", "close")
+MAX_START = 1 << 62  # ns: 2116
 SCAN_ROWS = 2_000
 
 
@@ -145,10 +148,30 @@ class _Layout:
             unit = NS if n < 10**11 else 1_000_000 if n < 10**14 else 1_000 if n < 10**17 else 1
         return n * unit
 
+    def quick_start(self, cell: bytes) -> int:
+        """:meth:`start_ns`, with a whole number in a column of known unit read at once."""
+        if self.unit is not None:
+            try:
+                return int(cell) * self.unit
+            except ValueError:
+                pass
+        return self.start_ns(cell)
+
     def series(self, cells: list[bytes]) -> tuple[bytes, bytes]:
         """A row's series key: its venue and symbol cells (empty where the file has none)."""
         return (cells[self.venue].strip() if self.venue is not None else b"",
                 cells[self.symbol].strip() if self.symbol is not None else b"")
+
+
+def clear_scans() -> None:
+    """Forget every file scanned (benches time a first reading)."""
+    _scan_interval.cache_clear()
+    _series_order.cache_clear()
+
+
+def _file_key(path: Path | str) -> tuple[str, int, int]:
+    st = Path(path).stat()
+    return str(Path(path).resolve()), st.st_mtime_ns, st.st_size
 
 
 def scan_interval(path: Path | str, rows: int = SCAN_ROWS) -> int | None:
@@ -157,7 +180,13 @@ def scan_interval(path: Path | str, rows: int = SCAN_ROWS) -> int | None:
     no series has two of them (or the file has no OHLCV header).
 
     Rows that do not parse are passed over here; the reader makes them dead letters.
+    A file unchanged since it was last scanned is not scanned again.
     """
+    return _scan_interval(*_file_key(path), rows)
+
+
+@lru_cache(maxsize=64)
+def _scan_interval(path: str, _mtime_ns: int, _size: int, rows: int) -> int | None:
     steps: Counter[int] = Counter()
     last: dict[tuple[bytes, bytes], int] = {}
     layout: _Layout | None = None
@@ -175,7 +204,7 @@ def scan_interval(path: Path | str, rows: int = SCAN_ROWS) -> int | None:
                     break
                 try:
                     cells = split_row(line, layout.width)
-                    start = layout.start_ns(cells[layout.time])
+                    start = layout.quick_start(cells[layout.time])
                 except (RowError, ValueError, IndexError):
                     continue
                 key = layout.series(cells)
@@ -188,43 +217,80 @@ def scan_interval(path: Path | str, rows: int = SCAN_ROWS) -> int | None:
     return steps.most_common(1)[0][0] if steps else None
 
 
-def series_order(path: Path | str) -> tuple[list[tuple[str, str]], bool]:
-    """The series of an OHLCV file (venue and symbol cells, empty where it has no such
-    column) in the order they first appear, and whether its rows are in time order
-    (starts never go back). One pass over the file; rows that do not parse are passed
-    over.
+@dataclass(frozen=True)
+class SeriesScan:
+    """What one pass over an OHLCV file found: its ``series`` (venue and symbol cells,
+    empty where it has no such column) in the order they first appear, whether its
+    rows are in time order (starts never go back), and, where every series is one
+    block of rows after another, each block's byte range (``ranges``, together the
+    whole file; None otherwise)."""
 
-    A file whose series follow one another (all of one symbol, then the next) is read
-    once per series and the readings merged by time, as several files are
-    (:class:`~riskguard.connectors.replay.ReplaySource`).
+    series: tuple[tuple[str, str], ...]
+    ordered: bool
+    ranges: tuple[tuple[int, int], ...] | None
+
+
+def series_order(path: Path | str) -> SeriesScan:
+    """One pass over an OHLCV file (:class:`SeriesScan`); rows that do not parse are
+    passed over. A file unchanged since it was last scanned is not scanned again.
+
+    A file of several series not in time order is read once per series and the
+    readings merged by time, as several files are
+    (:class:`~riskguard.connectors.replay.ReplaySource`): each reading its own block
+    of rows where the series follow one another, else the whole file, keeping its
+    series' rows.
     """
-    keys: dict[tuple[bytes, bytes], None] = {}
-    ordered = True
+    return _series_order(*_file_key(path))
+
+
+@lru_cache(maxsize=64)
+def _series_order(path: str, _mtime_ns: int, _size: int) -> SeriesScan:
+    firsts: dict[tuple[bytes, bytes], int] = {}
+    ordered = blocks = True
     last = -1
+    current: tuple[bytes, bytes] | None = None
     layout: _Layout | None = None
+    pos = 0
     try:
         with open_stream(path) as fh:
             for raw in fh:
+                at, pos = pos, pos + len(raw)
                 line = raw.rstrip(b"\r\n")
                 if layout is None:
                     try:
                         layout = _Layout(header_cells(line))
                     except RowError:
-                        return [], True
+                        return SeriesScan((), True, None)
+                    width, t, unit = layout.width, layout.time, layout.unit
+                    v, sym = layout.venue, layout.symbol
+                    continue
+                cells = line.split(b",")
+                if len(cells) < width:
                     continue
                 try:
-                    cells = split_row(line, layout.width)
-                    start = layout.start_ns(cells[layout.time])
-                except (RowError, ValueError, IndexError):
+                    start = int(cells[t]) * unit if unit else layout.start_ns(cells[t])
+                except (RowError, ValueError):
                     continue
-                keys.setdefault(layout.series(cells))
+                key = (cells[v].strip() if v is not None else b"",
+                       cells[sym].strip() if sym is not None else b"")
+                if key != current:
+                    if key in firsts:
+                        blocks = False  # a series seen before comes back
+                    else:
+                        firsts[key] = at
+                    current = key
                 if start < last:
                     ordered = False
-                last = max(last, start)
+                elif start > last:
+                    last = start
     except (OSError, EOFError, zlib.error, zipfile.BadZipFile, NotImplementedError):
         pass
-    return [(v.decode("utf-8", "replace"), s.decode("utf-8", "replace")) for v, s in keys], \
-        ordered
+    series = tuple((v.decode("utf-8", "replace"), s.decode("utf-8", "replace"))
+                   for v, s in firsts)
+    bounds = [0, *list(firsts.values())[1:], pos]
+    ranges = (tuple((bounds[i], bounds[i + 1]) for i in range(len(firsts)))
+              if blocks and firsts else None)
+    return SeriesScan(series, ordered, ranges)
 
 
 def _measure(cell: bytes) -> Measure:
@@ -254,8 +320,51 @@ class OhlcvParser(RowParser):
         self.measure = Measure(source.measure)
         only = source.only_series
         self.only = None if only is None else (only[0].encode(), only[1].encode())
+        lay = self.layout
+        # no column the fast path of :meth:`row` leaves out
+        self.plain = lay.quote is None and lay.trades is None and lay.taker is None \
+            and lay.measure is None
+        self.width, self.t, self.unit, self.prices = lay.width, lay.time, lay.unit, lay.prices
+        self.vol, self.sym, self.ven = lay.volume, lay.symbol, lay.venue
+        self.row_venue = lay.venue if not source.venue_given else None
+        self.venue, self.instrument = source.venue, source.instrument
+        self.stop = source.stop_offset if source.stop_offset is not None else 1 << 62
 
     def row(self, line: bytes, line_no: int, offset: int) -> Any:
+        if offset >= self.stop:
+            return None  # past this reading's block: the next block's reading has it
+        c = line.split(b",")
+        if self.plain and len(c) >= self.width and b'"' not in line:
+            only = self.only
+            if only is not None and (c[self.sym].strip() if self.sym is not None else b"",
+                                     c[self.ven].strip() if self.ven is not None else b""
+                                     ) != (only[1], only[0]):
+                return None  # another series: its own reading has it
+            # the common row: every value read at once, checked in one expression
+            try:
+                unit = self.unit
+                start = int(c[self.t]) * unit if unit else self.layout.start_ns(c[self.t])
+                p0, p1, p2, p3 = self.prices
+                o, h, lo, cl = float(c[p0]), float(c[p1]), float(c[p2]), float(c[p3])
+                iv = self.vol
+                v = float(c[iv]) if iv is not None else 0.0
+            except (ValueError, RowError):
+                pass
+            else:
+                if (0 <= start < MAX_START and 0.0 < lo <= o <= h and lo <= cl <= h <= MAX_FLOAT
+                        and 0.0 <= v <= MAX_FLOAT):
+                    ven, sym = self.row_venue, self.sym
+                    return Bar(
+                        id=f"{self.prefix}{line_no}",
+                        venue=self.venue if ven is None else name(c[ven], "venue"),
+                        instrument=self.instrument if sym is None else name(c[sym], "symbol"),
+                        ts=start + self.interval, start=start, interval_ns=self.interval,
+                        open=o, high=h, low=lo, close=cl, volume=v,
+                        price_only=iv is None, measure=self.measure)
+        return self.checked_row(line, line_no)
+
+    def checked_row(self, line: bytes, line_no: int) -> Any:
+        """Any row, every value checked (a RowError names the first bad one)."""
         lay, src = self.layout, self.source
         try:
             c = split_row(line, lay.width)
@@ -266,6 +375,9 @@ class OhlcvParser(RowParser):
         if self.only is not None and lay.series(c) != self.only:
             return None  # another series: its own reading has it
         start = lay.start_ns(c[lay.time])
+        if start >= MAX_START:
+            raise RowError(f"{lay.time_name} is after 2116", path=f"$.{lay.time_name}",
+                           expected="a time before 2116", found=str(start))
         o, h, lo, cl = (number(c[i], p) for i, p in zip(lay.prices, PRICES, strict=True))
         if not (0.0 < lo <= min(o, cl) and max(o, cl) <= h <= MAX_FLOAT):
             raise RowError(f"open {o!r} high {h!r} low {lo!r} close {cl!r} make no bar "
