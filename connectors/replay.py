@@ -285,9 +285,10 @@ class ReplaySource(FixedPartitionedSource[Any, list[int]]):
         )
 
 
-def read_all(source: ReplaySource) -> Iterator[Any]:
-    """Iterate a replay source outside bytewax (tools, tests)."""
-    part = source.build_part("read_all", "replay", None)
+def read_all(source: ReplaySource, resume_state: list[int] | None = None) -> Iterator[Any]:
+    """Iterate a replay source outside bytewax (tools, tests), from its start or from a
+    partition's snapshot."""
+    part = source.build_part("read_all", "replay", resume_state)
     try:
         while True:
             try:

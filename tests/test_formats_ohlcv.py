@@ -121,7 +121,7 @@ def test_series_one_after_another_replay_merged_in_time_each_row_once(tmp_path: 
     first = part.next_batch()
     state = part.snapshot()
     part.close()
-    rest = list(_resume(src, state))
+    rest = list(read_all(src, state))
     def ident(r):
         return r.detail if isinstance(r, DeadLetter) else r.id
 
@@ -144,18 +144,6 @@ def test_series_interleaved_out_of_time_order_are_read_once_each(tmp_path: Path)
         (v, (T0 + h * 3600) * NS) for v in ("a", "b") for h in range(3))
     assert [d.detail.split(":")[0] for d in out if isinstance(d, DeadLetter)] == [
         "alt.csv line 3"]
-
-
-def _resume(src: ReplaySource, state: list[int]):
-    part = src.build_part("s", "replay", state)
-    try:
-        while True:
-            try:
-                yield from part.next_batch()
-            except StopIteration:
-                return
-    finally:
-        part.close()
 
 
 def test_a_file_that_names_no_symbol_needs_an_instrument(tmp_path: Path) -> None:
