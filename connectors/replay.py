@@ -60,7 +60,8 @@ class ReplayFile:
     100 for BTC, 10 for others) matter to Binance files only; ``measure`` (``price`` or
     ``volatility``) to OHLCV files whose rows do not say. ``only_series``,
     ``reports_malformed`` and ``byte_range`` make one reading of an OHLCV file of
-    several series not in time order (:meth:`views`).
+    several series not in time order, ``interval_ns`` its bars' interval once known
+    (:meth:`views`).
     """
 
     path: Path | str
@@ -73,6 +74,7 @@ class ReplayFile:
     only_series: tuple[str, str] | None = None
     reports_malformed: bool = True
     byte_range: tuple[int, int] | None = None
+    interval_ns: int = 0
 
     def views(self) -> list[ReplayFile]:
         """How the file is read: itself, or, for an OHLCV file of several series whose
@@ -80,22 +82,25 @@ class ReplayFile:
         time like separate files: each reading its own block of rows where the series
         follow one another (every row in one block), else the whole file keeping its
         own series' rows (the first reading also reports rows that name none)."""
-        if (self.only_series is not None or self.byte_range is not None
-                or self.resolved_format() != "ohlcv_csv"):
+        if self.interval_ns or self.resolved_format() != "ohlcv_csv":
             return [self]
+        # the file is scanned here, once: every reading knows its interval
+        whole = replace(self, interval_ns=resolve(
+            self.path, self.format, venue=self.venue, instrument=self.instrument,
+            measure=self.measure)[1].interval_ns)
         scan = series_order(self.path)
         if scan.ordered or len(scan.series) < 2:
-            return [self]
+            return [whole]
         if scan.ranges is not None:
-            return [replace(self, byte_range=r) for r in scan.ranges]
-        return [replace(self, only_series=key, reports_malformed=i == 0)
+            return [replace(whole, byte_range=r) for r in scan.ranges]
+        return [replace(whole, only_series=key, reports_malformed=i == 0)
                 for i, key in enumerate(scan.series)]
 
     def resolved_format(self) -> str:
         """The format this file is read as (raises ConfigError if none fits)."""
         return resolve(self.path, self.format, venue=self.venue, instrument=self.instrument,
                        market=self.market, contract_size=self.contract_size,
-                       measure=self.measure)[0]
+                       measure=self.measure, interval_ns=self.interval_ns)[0]
 
     def open(self, offset: int, codec: Codec | None) -> Reader:
         block = self.byte_range
@@ -105,6 +110,7 @@ class ReplayFile:
                            only_series=self.only_series,
                            reports_malformed=self.reports_malformed,
                            stop_offset=None if block is None else block[1],
+                           interval_ns=self.interval_ns,
                            offset=offset if block is None else max(offset, block[0]),
                            codec=codec)
 
@@ -261,10 +267,10 @@ class ReplaySource(FixedPartitionedSource[Any, list[int]]):
         for f in files:
             if not Path(f.path).is_file():
                 raise ConfigError("replay.files", "an existing file", str(f.path))
-        formats = [f.resolved_format() for f in files]
+        self.files = [view for f in files for view in f.views()]
+        formats = [f.resolved_format() for f in self.files]
         if speed is not None and speed <= 0:
             raise ConfigError("replay.speed", "a positive factor or none", speed)
-        self.files = [view for f in files for view in f.views()]
         # only JSONL needs a codec, and making one costs milliseconds: CSVs alone skip it
         self.codec = codec or (Codec(clock=lambda: 0) if "jsonl" in formats else None)
         self.batch_size = batch_size

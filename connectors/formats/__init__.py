@@ -86,14 +86,15 @@ def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
             instrument: str = "unknown", market: str = AUTO,
             contract_size: float | None = None, measure: str = "price",
             only_series: tuple[str, str] | None = None, reports_malformed: bool = True,
-            stop_offset: int | None = None) -> tuple[str, Source]:
+            stop_offset: int | None = None, interval_ns: int = 0) -> tuple[str, Source]:
     """The format of ``path`` (``auto``: :func:`~.detect.detect`) and what its parser
     knows. ``venue``/``instrument`` left at ``file``/``unknown`` are taken from the
     name where it gives them (Binance: ``binance``, ``binance_um`` or ``binance_cm``
     and the symbol; a Binance file whose name does not needs ``instrument``; an OHLCV
     file's rows may name theirs). ``measure``: what an OHLCV file's bars measure, where
     its rows do not say; ``only_series``, ``reports_malformed`` and ``stop_offset``: one
-    reading of an OHLCV file read once per series (:class:`~.core.Source`). Raises
+    reading of an OHLCV file read once per series (:class:`~.core.Source`);
+    ``interval_ns``: its bars' interval, when already known (else its rows tell it). Raises
     :class:`~riskguard.errors.ConfigError` for what cannot work.
     """
     p = Path(path)
@@ -128,14 +129,14 @@ def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
         raise ConfigError(f"replay.files[{p.name}].instrument", "an instrument (--instrument),"
                           " or a Binance dump's own file name, which gives the symbol "
                           "(BTCUSDT-1m-2024-01-01.zip)", "neither")
-    interval = 0
+    interval = interval_ns
     if fmt == "ohlcv_csv":
         cells = header_cells(first_line(p))
         if instrument == "unknown" and not {"symbol", "instrument"} & set(cells):
             # two such files would replay as one
             raise ConfigError(f"replay.files[{p.name}].instrument", "an instrument "
                               "(--instrument), or a symbol column in the file", "neither")
-        interval = ohlcv.scan_interval(p) or 0
+        interval = interval or ohlcv.scan_interval(p) or 0
         if not interval:
             raise ConfigError(f"replay.files[{p.name}]", "two bars of one series among "
                               "its first rows (they give the bars' interval)", "fewer")
@@ -159,13 +160,13 @@ def open_reader(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
                 instrument: str = "unknown", market: str = AUTO,
                 contract_size: float | None = None, measure: str = "price",
                 only_series: tuple[str, str] | None = None, reports_malformed: bool = True,
-                stop_offset: int | None = None, offset: int = 0, codec: Codec | None = None,
-                step: str = "replay") -> Reader:
+                stop_offset: int | None = None, interval_ns: int = 0, offset: int = 0,
+                codec: Codec | None = None, step: str = "replay") -> Reader:
     """A reader of ``path`` from ``offset`` (see :func:`resolve` for the settings)."""
     fmt, source = resolve(path, fmt, venue=venue, instrument=instrument, market=market,
                           contract_size=contract_size, measure=measure,
                           only_series=only_series, reports_malformed=reports_malformed,
-                          stop_offset=stop_offset)
+                          stop_offset=stop_offset, interval_ns=interval_ns)
     if fmt == "jsonl":
         make = factory(JsonlParser, codec=codec or Codec(clock=lambda: 0))
         reader = Reader(path, make, source=source, header=False, offset=offset, step=step)

@@ -48,7 +48,6 @@ import zipfile
 import zlib
 from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -163,30 +162,13 @@ class _Layout:
                 cells[self.symbol].strip() if self.symbol is not None else b"")
 
 
-def clear_scans() -> None:
-    """Forget every file scanned (benches time a first reading)."""
-    _scan_interval.cache_clear()
-    _series_order.cache_clear()
-
-
-def _file_key(path: Path | str) -> tuple[str, int, int]:
-    st = Path(path).stat()
-    return str(Path(path).resolve()), st.st_mtime_ns, st.st_size
-
-
 def scan_interval(path: Path | str, rows: int = SCAN_ROWS) -> int | None:
     """The bars' interval in ns: the most common positive step between consecutive
     starts of one series (venue and symbol) in the file's first ``rows`` rows; None if
     no series has two of them (or the file has no OHLCV header).
 
     Rows that do not parse are passed over here; the reader makes them dead letters.
-    A file unchanged since it was last scanned is not scanned again.
     """
-    return _scan_interval(*_file_key(path), rows)
-
-
-@lru_cache(maxsize=64)
-def _scan_interval(path: str, _mtime_ns: int, _size: int, rows: int) -> int | None:
     steps: Counter[int] = Counter()
     last: dict[tuple[bytes, bytes], int] = {}
     layout: _Layout | None = None
@@ -232,7 +214,7 @@ class SeriesScan:
 
 def series_order(path: Path | str) -> SeriesScan:
     """One pass over an OHLCV file (:class:`SeriesScan`); rows that do not parse are
-    passed over. A file unchanged since it was last scanned is not scanned again.
+    passed over.
 
     A file of several series not in time order is read once per series and the
     readings merged by time, as several files are
@@ -240,11 +222,10 @@ def series_order(path: Path | str) -> SeriesScan:
     of rows where the series follow one another, else the whole file, keeping its
     series' rows.
     """
-    return _series_order(*_file_key(path))
+    return _scan_series(path)
 
 
-@lru_cache(maxsize=64)
-def _series_order(path: str, _mtime_ns: int, _size: int) -> SeriesScan:
+def _scan_series(path: Path | str) -> SeriesScan:
     firsts: dict[tuple[bytes, bytes], int] = {}
     ordered = blocks = True
     last = -1
