@@ -300,32 +300,36 @@ def calibrate(
 
 def read_records(data: Sequence[str | Path], venue: str = "file",
                  instrument: str = "unknown",
-                 instruments: dict[str, str] | None = None) -> list[Any]:
+                 instruments: dict[str, str] | None = None, **read: Any) -> list[Any]:
     """Every good record of the files, in event time (dead letters dropped and counted);
-    ``instruments`` names a file's instrument where its format does not."""
+    ``instruments`` names a file's instrument where its format does not; ``read`` holds
+    the other :class:`~riskguard.connectors.replay.ReplayFile` settings (``format``,
+    ``market``, ``contract_size``, ``measure``)."""
     named = instruments or {}
-    src = ReplaySource([ReplayFile(p, venue=venue, instrument=named.get(str(p), instrument))
-                        for p in data])
+    src = ReplaySource([ReplayFile(p, venue=venue, instrument=named.get(str(p), instrument),
+                                   **read) for p in data])
     return [r for r in read_all(src) if type(r).__name__ != "DeadLetter"]
 
 
-def labelled_data(data: Sequence[str | Path], labels: str | Path | None,
+def labelled_data(data: Sequence[str | Path], labels: str | Path | None, **read: Any,
                   ) -> tuple[list[Any], list[Label]]:
     """The records of ``data`` and their labels: a labels JSON file, or an incidents TOML
     file (``[[incident]]`` tables, as the real-data labels are kept), which also names
-    each file's series (:func:`~riskguard.dataflows.backtest.incident_labels`)."""
+    each file's series (:func:`~riskguard.dataflows.backtest.incident_labels`); ``read``:
+    how to read the files (:func:`read_records`)."""
     if labels is None:
-        return read_records(data), []
+        return read_records(data, **read), []
     if str(labels).endswith(".toml"):
         labs, instruments = incident_labels(read_toml(labels), data, str(labels))
-        return read_records(data, instruments=instruments), labs
-    return read_records(data), load_labels(labels)
+        return read_records(data, instruments=instruments, **read), labs
+    return read_records(data, **read), load_labels(labels)
 
 
 def calibrate_files(config: str | Path, data: Sequence[str | Path], labels: str | Path, *,
-                    out_dir: str | Path, **kw: Any) -> dict[str, Any]:
+                    out_dir: str | Path, read: dict[str, Any] | None = None,
+                    **kw: Any) -> dict[str, Any]:
     """``riskguard calibrate`` (one shot): writes calibrated.toml and calibration.json."""
-    records, labs = labelled_data(data, labels)
+    records, labs = labelled_data(data, labels, **(read or {}))
     rep = calibrate(config, records, labs, work=out_dir, **kw)
     Path(out_dir, "calibration.json").write_text(json.dumps(rep, indent=1, sort_keys=True) + "\n")
     return rep
@@ -372,7 +376,8 @@ def propose_limits(cfg: GuardConfig, res: BacktestResult, *, admin: Signer, now_
 
 def propose(config: str | Path, data: Sequence[str | Path], labels: str | Path | None, *,
             out_dir: str | Path, admin_key: str | Path, window_s: float,
-            now_ns: int, iteration: int = 0, **kw: Any) -> dict[str, Any]:
+            now_ns: int, iteration: int = 0, read: dict[str, Any] | None = None,
+            **kw: Any) -> dict[str, Any]:
     """One continuous-calibration round over the latest ``window_s`` of the data.
 
     Writes ``proposal-<n>/calibrated.toml`` (threshold changes) and appends the
@@ -380,7 +385,7 @@ def propose(config: str | Path, data: Sequence[str | Path], labels: str | Path |
     """
     from riskguard.operators.signing.crypto import encode_envelope  # noqa: PLC0415
 
-    recs, all_labels = labelled_data(data, labels)
+    recs, all_labels = labelled_data(data, labels, **(read or {}))
     if not recs:
         raise ConfigError("calibrate.data", "at least one record", 0)
     end = max(r.ts for r in recs)

@@ -59,7 +59,10 @@ def _run(args: argparse.Namespace) -> int:
 
     grid = cal.check_grid(read_grid(args.grid)) if args.grid else None
     kw = {"grid": grid, "train_frac": args.train_frac, "objective": args.objective,
-          "fa_budget": args.fa_budget}
+          "fa_budget": args.fa_budget,
+          "read": {"venue": args.venue, "instrument": args.instrument, "format": args.format,
+                   "market": args.market, "contract_size": args.contract_size,
+                   "measure": args.measure}}
     out = Path(args.out)
     if args.every is None:
         if not args.labels:
@@ -108,13 +111,19 @@ def _run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:  # argparse private generic
     p = sub.add_parser("calibrate", help="calibrate thresholds on labelled history")
     p.add_argument("--config", required=True, help="guard TOML config")
-    p.add_argument("--data", nargs="+", help="JSONL / Binance CSV files")
+    p.add_argument("--data", nargs="+", help="JSONL (wire contract), Binance public data "
+                   "dumps, Tardis.dev CSVs or OHLCV CSV files; plain, .gz or .zip "
+                   "(docs/formats.md)")
     p.add_argument("--sample", action="store_true",
                    help="calibrate on the sample data shipped with riskguard (and its "
                    "labels, unless --labels)")
     p.add_argument("--labels", help="labels: a JSON file of incident windows, or an "
                    "incidents TOML file ([[incident]] file, name, series, onset, end)")
     p.add_argument("--out", required=True, help="output directory")
+    from riskguard.cli_backtest import add_format_options  # noqa: PLC0415
+    from riskguard.connectors.formats import FORMATS, MARKETS  # noqa: PLC0415
+
+    add_format_options(p, FORMATS, MARKETS)
     p.add_argument("--grid", metavar="FILE|JSON",
                    help="the values to try: a JSON file, or inline JSON starting with '{', "
                    "of dotted config keys to lists, e.g. "

@@ -217,3 +217,20 @@ def test_the_real_multi_series_bar_files_replay_as_the_bench_reads_them(file: st
     assert sorted((r.instrument, r.start, r.ts, r.open, r.high, r.low, r.close, r.volume)
                   for r in got) == want
     assert json.dumps(sorted({r.venue for r in got}))  # venues from the rows, or "file"
+
+
+def test_calibration_reads_ohlcv_files_with_the_replay_settings(tmp_path: Path) -> None:
+    """``riskguard calibrate`` takes the format settings ``backtest`` takes: the records
+    it calibrates on are read with them (here a volatility index of a named venue)."""
+    from riskguard.dataflows.calibrate import labelled_data
+
+    path = _write(tmp_path, "dvol.csv", "date,symbol,open,high,low,close\n"
+                  "2022-06-12,BTC,75.05,93.99,74.28,93.99\n"
+                  "2022-06-13,BTC,93.99,107.5,92.78,106.0\n")
+    labels = _write(tmp_path, "labels.toml", '[[incident]]\nfile = "dvol.csv"\n'
+                    'name = "celsius"\nseries = "deribit:BTC"\n'
+                    'onset = "2022-06-13T00:00:00Z"\nend = "2022-06-16T00:00:00Z"\n')
+    recs, labs = labelled_data([path], labels, venue="deribit", measure="volatility")
+    assert [(r.venue, r.instrument, r.measure) for r in recs] == [
+        ("deribit", "BTC", Measure.VOLATILITY)] * 2
+    assert [lab.scope for lab in labs] == ["instrument:deribit/BTC"]
