@@ -171,6 +171,58 @@ def test_a_warning_escalates_when_a_second_horizon_leaves_its_band() -> None:
         (60, "open", "warn", f"{KEY}#move1"), (61, "escalate", "critical", f"{KEY}#move1")]
 
 
+def _up(p: float, bps: float) -> float:
+    return p * math.exp(bps * 1e-4)
+
+
+def test_a_rally_past_the_learned_bands_is_a_warning_and_the_same_fall_is_critical() -> None:
+    """The learned bands make a price's falls critical (``critical_moves = "down"``): 45
+    then 57 bps up leaves two bands at once, as the fall above does, and is ``warn``;
+    with ``critical_moves = "both"`` it is ``critical``."""
+    def run(config: MoveBandConfig, step: Callable[[float, float], float]) -> list:
+        bands = MoveBands(config, key=KEY)
+        p1 = step(100.0, 45.0)
+        p2 = step(p1, 57.0)
+        return [(i, s.phase, s.severity.value)
+                for i, s in _feed(bands, [*FLAT, (p1, p1, p1), (p1, p1, p1), (p2, p2, p2)])]
+
+    assert run(EXACT, _up) == [(62, "open", "warn")]
+    assert run(EXACT, _down) == [(62, "open", "critical")]
+    both = MoveBandConfig(**{**{f: getattr(EXACT, f) for f in EXACT.__struct_fields__},
+                             "critical_moves": "both"})
+    assert run(both, _up) == [(62, "open", "critical")]
+
+
+def test_a_rally_past_a_static_level_is_critical() -> None:
+    """The static levels are an exchange's breaker, either way: 412 bps up in a minute
+    passes the one-minute cap of 300 bps."""
+    bands = MoveBands(MoveBandConfig(), key=KEY)
+    assert bands.on_vector(_fv(0, 100.0)) == []
+    out = bands.on_vector(_fv(1, 100.0, high=_up(100.0, 412.0)))
+    assert [(s.phase, s.severity.value) for s in out] == [("open", "critical")]
+
+
+def test_a_volatility_index_is_critical_on_its_rises() -> None:
+    """For a volatility index (its levels' ``critical_moves = "up"``) a rise of implied
+    volatility is the adverse move: the rally the price bands hold at ``warn`` is
+    critical, and the same fall a warning."""
+    vol = MoveBandConfig(volatility=MoveBandConfig().volatility).for_key(KEY, "volatility")
+    assert vol.critical_moves == "up"
+    exact = MoveBandConfig(**{**{f: getattr(EXACT, f) for f in EXACT.__struct_fields__},
+                              "critical_moves": vol.critical_moves})
+    for step, want in ((_up, "critical"), (_down, "warn")):
+        bands = MoveBands(exact, key=KEY)
+        p1 = step(100.0, 45.0)
+        p2 = step(p1, 57.0)
+        out = _feed(bands, [*FLAT, (p1, p1, p1), (p1, p1, p1), (p2, p2, p2)])
+        assert [s.severity.value for _i, s in out] == [want]
+
+
+def test_critical_moves_names_a_direction() -> None:
+    with pytest.raises(ConfigError, match=r"detector\.bands\.critical_moves"):
+        MoveBandConfig(critical_moves="sideways").validate()
+
+
 # -- episodes --------------------------------------------------------------
 
 def test_a_persistent_fall_stays_one_open_episode_and_is_not_learned() -> None:

@@ -36,6 +36,7 @@ class BandLevels(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     settlement_s: float | None = None  # unset: detector.bands.settlement_s
     band_k: tuple[float, ...] | None = None  # unset: detector.bands.band_k
     critical_ratio: float | None = None  # unset: detector.bands.critical_ratio
+    critical_moves: str | None = None  # unset: detector.bands.critical_moves
     confirm_horizons: int | None = None  # unset: detector.bands.confirm_horizons
     vol_halflife_s: float | None = None  # unset: detector.bands.vol_halflife_s
     vol_clip: float | None = None  # unset: detector.bands.vol_clip
@@ -58,6 +59,9 @@ class ProductBands(BandLevels, frozen=True, kw_only=True, forbid_unknown_fields=
 
 
 DEFAULT_HORIZONS_S = (60.0, 300.0, 900.0, 3600.0, 14_400.0, 86_400.0)
+CRITICAL_MOVES = {"down": -1, "up": 1, "both": 0}
+"""``critical_moves``: the sign of the moves the learned bands may make critical (0:
+either)."""
 #: a volatility index's static levels at the default horizons (a day's: 3,000 bps)
 VOLATILITY_CAPS_BPS = (600.0, 1000.0, 1400.0, 2000.0, 2500.0, 3000.0)
 
@@ -89,6 +93,7 @@ class VolatilityLevels(BandLevels, frozen=True, kw_only=True, forbid_unknown_fie
     # a day's cap of 3,000 bps: a fall of 26 %, a rise of 35 %
     cap_bps: tuple[float, ...] | None = VOLATILITY_CAPS_BPS
     daily_limits_bps: tuple[float, ...] | None = ()  # a volatility index is no price
+    critical_moves: str | None = "up"  # a rise of implied volatility is the adverse move
 
 
 VOLATILITY_LEVELS = VolatilityLevels()
@@ -130,6 +135,10 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     settlement_s: float = 0.0  # the settlement price: the last at this time after 00:00 UTC
     band_k: tuple[float, ...] = (7.0, 6.0, 5.5, 5.0, 4.0, 3.0)
     critical_ratio: float = 1.25
+    # which moves the learned bands make critical: falls of a price (the adverse move of
+    # long collateral and the trigger of liquidations); the static levels and daily
+    # limits are critical either way
+    critical_moves: str = "down"
     confirm_horizons: int = 2
     vol_halflife_s: float = 7 * 86_400.0
     vol_clip: float = 4.0
@@ -226,6 +235,9 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
                 raise ConfigError(f"{path}.{name}", "must be a positive number", v)
         if not self.critical_ratio >= 1.0:
             raise ConfigError(path + ".critical_ratio", "must be >= 1", self.critical_ratio)
+        if self.critical_moves not in CRITICAL_MOVES:
+            raise ConfigError(path + ".critical_moves", "one of down, up, both",
+                              self.critical_moves)
         if not 0.0 < self.hysteresis <= 1.0:
             raise ConfigError(path + ".hysteresis", "must be in (0, 1]", self.hysteresis)
         for name in ("warmup_returns", "close_quiet_points", "close_quiet_ns", "top_k",

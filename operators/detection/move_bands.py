@@ -37,11 +37,13 @@ carries (its close, and the low and high seen since the previous vector):
   tier in a day is critical, whatever was learned; a tier trips once a day in
   each direction. Volatility indices have none by default.
 - **Severity.** ``warn`` when a move leaves its band; ``critical`` when it
-  goes ``critical_ratio`` times past it, when ``confirm_horizons`` horizons
+  goes ``critical_ratio`` times past it, or when ``confirm_horizons`` horizons
   (the drawdown counts as one) are out of their bands at once (a fall seen at
-  several scales is no single print), or past the horizon's cap: the static
-  level, as an exchange's breaker, which applies from the first price on and
-  needs no learned volatility.
+  several scales is no single print), in the adverse direction
+  (``critical_moves``: a price's falls, a volatility index's rises; ``both``);
+  and, either way, past the horizon's cap: the static level, as an exchange's
+  breaker, which applies from the first price on and needs no learned
+  volatility, or a daily limit.
 - **Episodes, as the learned detector's.** One ``open`` signal, ``escalate`` on
   a severity rise, ``close`` once every move has stayed below ``hysteresis``
   times its band for ``close_quiet_points`` vectors and ``close_quiet_ns``.
@@ -86,7 +88,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
-from riskguard.operators.detection.band_levels import MoveBandConfig, log_interpolate
+from riskguard.operators.detection.band_levels import (
+    CRITICAL_MOVES,
+    MoveBandConfig,
+    log_interpolate,
+)
 from riskguard.schemas.signals import AnomalySignal, Contribution, FeatureVector, Severity
 
 NS = 1_000_000_000
@@ -163,6 +169,7 @@ class MoveBands:
         self._dd_ns = int(c.drawdown_s * NS)
         self._limits = [b * 1e-4 for b in c.daily_limits_bps]
         self._settle_ns = int(c.settlement_s * NS)
+        self._adverse = CRITICAL_MOVES[c.critical_moves]
         self._for_interval = -1
         self._plan: list[tuple[int, bool, float, float, float, str, float]] = []
         self._params_at: dict[int, tuple[float, float, float]] = {}
@@ -481,8 +488,11 @@ class MoveBands:
         capped = any(abs(r[1]) >= r[3] for r in ratios)
         if not (top >= 1.0 or capped):
             return None, top
-        confirmed = sum(1 for r in ratios if r[0] >= 1.0) >= c.confirm_horizons
-        return (Severity.CRITICAL if capped or confirmed or top >= c.critical_ratio
+        sign = self._adverse
+        judged = ratios if not sign else [r for r in ratios if r[1] * sign > 0.0]
+        confirmed = sum(1 for r in judged if r[0] >= 1.0) >= c.confirm_horizons
+        worst = top if not sign else max((r[0] for r in judged), default=0.0)
+        return (Severity.CRITICAL if capped or confirmed or worst >= c.critical_ratio
                 else Severity.WARN), top
 
     def _trip(self, fv: FeatureVector, low: float, high: float,
