@@ -1,4 +1,4 @@
-"""What a key's bars measure sets its move-band levels: a price's static level is 1,000 bps
+"""What a key's bars measure sets its move-band levels: a price's static level is 700 bps
 within a day, a volatility index's a day's 3,000 bps (log moves)."""
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def test_the_features_carry_the_measure_of_the_keys_bars() -> None:
 
 def test_a_rise_of_twelve_percent_in_a_day_trips_a_price_and_not_a_volatility_index(
 ) -> None:
-    """The same daily closes: past the price's 1,000 bps day, inside the index's 3,000."""
+    """The same daily closes: past the price's 700 bps day, inside the index's 3,000."""
     closes = [100.0, 100.0, 112.0]
     price = _moves(DetectorLogic(DetectorConfig(), lambda: 0),
                    _vectors([_bar(i, c) for i, c in enumerate(closes)]))

@@ -124,7 +124,7 @@ def test_a_move_past_the_static_cap_is_critical_during_warm_up() -> None:
 
 # Two horizons with exact bands: on a flat price the learned typical moves are 0,
 # so once warm (5 horizons' worth) each band is its floor; the drawdown band,
-# with no interval volatility, stays at its cap (1000 bps).
+# with no interval volatility, stays at its cap (700 bps).
 EXACT = MoveBandConfig(horizons_s=(60.0, 300.0), floor_bps=(50.0, 100.0),
                        cap_bps=(1000.0, 1000.0), band_k=(7.0, 6.0), warmup_returns=5)
 FLAT = [(100.0, 100.0, 100.0)] * 60

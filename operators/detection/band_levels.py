@@ -113,9 +113,9 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     ``daily_limits_bps`` are the tiers of the daily price limits, from the settlement
     price taken ``settlement_s`` after midnight UTC each day (empty: none).
 
-    Floors and caps are log moves (1,000 bps is a fall of 9.5 % or a rise of 10.5 %);
+    Floors and caps are log moves (700 bps is a fall of 6.8 % or a rise of 7.3 %);
     the daily limits are shares of the settlement price, as an exchange sets them.
-    The levels are for prices: a log move of 1,000 bps within an hour, four hours or
+    The levels are for prices: a log move of 700 bps within an hour, four hours or
     a day is critical on any of them, whatever its learned volatility, and so is a
     day's first 7 %, 13 % or 20 % from the previous settlement, the limits CME set
     for its bitcoin futures.
@@ -128,7 +128,7 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     enabled: bool = True
     horizons_s: tuple[float, ...] = DEFAULT_HORIZONS_S
     floor_bps: tuple[float, ...] = (50.0, 80.0, 120.0, 200.0, 300.0, 500.0)
-    cap_bps: tuple[float, ...] = (300.0, 500.0, 700.0, 1000.0, 1000.0, 1000.0)
+    cap_bps: tuple[float, ...] = (300.0, 500.0, 700.0, 700.0, 700.0, 700.0)
     drawdown_s: float = 86_400.0
     # tiers of the daily price limits from the previous settlement: critical once a day each
     daily_limits_bps: tuple[float, ...] = (700.0, 1300.0, 2000.0)
@@ -161,7 +161,7 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         >>> [cfg.for_key(key, measure).cap_bps[-1] for key, measure in
         ...  [("binance/BTCUSDT", "price"), ("deribit/DVOL-BTC", "volatility"),
         ...   ("deribit/DVOL-ETH", "volatility")]]
-        [1000.0, 3000.0, 4000.0]
+        [700.0, 3000.0, 4000.0]
         """
         base = self._with(self.volatility) if measure == Measure.VOLATILITY else self
         for product in self.products:
