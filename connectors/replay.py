@@ -37,7 +37,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, operator
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from riskguard.connectors.formats import FORMATS, FileStats, Reader, open_reader, resolve
-from riskguard.connectors.formats.ohlcv import series_order
+from riskguard.connectors.formats.ohlcv import scan as scan_series
 from riskguard.operators.core.base import SplitOut, split_dead_letters
 from riskguard.operators.core.clock import Clock, system_clock
 from riskguard.schemas.audit import DeadLetter
@@ -82,13 +82,16 @@ class ReplayFile:
         time like separate files: each reading its own block of rows where the series
         follow one another (every row in one block), else the whole file keeping its
         own series' rows (the first reading also reports rows that name none)."""
-        if self.interval_ns or self.resolved_format() != "ohlcv_csv":
+        if self.interval_ns:
             return [self]
-        # the file is scanned here, once: every reading knows its interval
-        whole = replace(self, interval_ns=resolve(
-            self.path, self.format, venue=self.venue, instrument=self.instrument,
-            measure=self.measure)[1].interval_ns)
-        scan = series_order(self.path)
+        fmt, source = resolve(self.path, self.format, venue=self.venue,
+                              instrument=self.instrument, market=self.market,
+                              contract_size=self.contract_size, measure=self.measure)
+        if fmt != "ohlcv_csv":
+            return [self]
+        # planned here, once: every reading knows the interval the first rows gave
+        whole = replace(self, interval_ns=source.interval_ns)
+        scan = scan_series(self.path)
         if scan.ordered or len(scan.series) < 2:
             return [whole]
         if scan.ranges is not None:

@@ -195,6 +195,19 @@ def incident_labels(doc: Any, data: Sequence[str | Path], where: str = "labels",
     return sorted(out, key=lambda lab: (lab.start_ns, lab.kind, lab.scope)), instruments
 
 
+def read_labels(labels: str | Path | None, data: Sequence[str | Path],
+                ) -> tuple[list[Label], dict[str, str]]:
+    """The labels of a run over ``data``: none, a labels JSON file, or an incidents TOML
+    file, which also names each file's instrument (:func:`incident_labels`)."""
+    if labels is None:
+        return [], {}
+    if str(labels).endswith(".toml"):  # incidents, as the real-data labels are kept
+        from riskguard.config import read_toml  # noqa: PLC0415  (the CLI's reader)
+
+        return incident_labels(read_toml(labels), data, str(labels))
+    return load_labels(labels), {}
+
+
 def load_labels(path: str | Path) -> list[Label]:
     """Read a labels JSON file (see :func:`parse_labels`)."""
     try:
@@ -472,14 +485,7 @@ def backtest_files(
     from riskguard.dataflows.report import build_report, write_report  # noqa: PLC0415 (cycle)
 
     cfg, digest = config if isinstance(config, tuple) else load_guard_config(config)
-    labs: list[Label] = []
-    named: dict[str, str] = {}
-    if labels and str(labels).endswith(".toml"):  # incidents, as the real-data labels are kept
-        from riskguard.config import read_toml  # noqa: PLC0415  (the CLI's reader)
-
-        labs, named = incident_labels(read_toml(labels), data, str(labels))
-    elif labels:
-        labs = load_labels(labels)
+    labs, named = read_labels(labels, data)
     files = [ReplayFile(p, format=fmt, venue=venue, market=market, measure=measure,
                         instrument=named.get(str(p), instrument),
                         contract_size=contract_size) for p in data]

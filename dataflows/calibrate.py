@@ -48,8 +48,7 @@ from riskguard.dataflows.backtest import (
     BacktestResult,
     Label,
     dump_toml,
-    incident_labels,
-    load_labels,
+    read_labels,
     run_backtest,
 )
 from riskguard.dataflows.guard import GuardConfig, load_guard_config, load_keys
@@ -317,12 +316,8 @@ def labelled_data(data: Sequence[str | Path], labels: str | Path | None, **read:
     file (``[[incident]]`` tables, as the real-data labels are kept), which also names
     each file's series (:func:`~riskguard.dataflows.backtest.incident_labels`); ``read``:
     how to read the files (:func:`read_records`)."""
-    if labels is None:
-        return read_records(data, **read), []
-    if str(labels).endswith(".toml"):
-        labs, instruments = incident_labels(read_toml(labels), data, str(labels))
-        return read_records(data, instruments=instruments, **read), labs
-    return read_records(data, **read), load_labels(labels)
+    labs, instruments = read_labels(labels, data)
+    return read_records(data, instruments=instruments, **read), labs
 
 
 def calibrate_files(config: str | Path, data: Sequence[str | Path], labels: str | Path, *,

@@ -147,15 +147,6 @@ class _Layout:
             unit = NS if n < 10**11 else 1_000_000 if n < 10**14 else 1_000 if n < 10**17 else 1
         return n * unit
 
-    def quick_start(self, cell: bytes) -> int:
-        """:meth:`start_ns`, with a whole number in a column of known unit read at once."""
-        if self.unit is not None:
-            try:
-                return int(cell) * self.unit
-            except ValueError:
-                pass
-        return self.start_ns(cell)
-
     def series(self, cells: list[bytes]) -> tuple[bytes, bytes]:
         """A row's series key: its venue and symbol cells (empty where the file has none)."""
         return (cells[self.venue].strip() if self.venue is not None else b"",
@@ -165,56 +156,27 @@ class _Layout:
 def scan_interval(path: Path | str, rows: int = SCAN_ROWS) -> int | None:
     """The bars' interval in ns: the most common positive step between consecutive
     starts of one series (venue and symbol) in the file's first ``rows`` rows; None if
-    no series has two of them (or the file has no OHLCV header).
-
-    Rows that do not parse are passed over here; the reader makes them dead letters.
-    """
-    steps: Counter[int] = Counter()
-    last: dict[tuple[bytes, bytes], int] = {}
-    layout: _Layout | None = None
-    try:
-        with open_stream(path) as fh:
-            for i, raw in enumerate(fh):
-                line = raw.rstrip(b"\r\n")
-                if layout is None:
-                    try:
-                        layout = _Layout(header_cells(line))
-                    except RowError:
-                        return None
-                    continue
-                if i > rows:
-                    break
-                try:
-                    cells = split_row(line, layout.width)
-                    start = layout.quick_start(cells[layout.time])
-                except (RowError, ValueError, IndexError):
-                    continue
-                key = layout.series(cells)
-                prev = last.get(key)
-                if prev is not None and start > prev:
-                    steps[start - prev] += 1
-                last[key] = start
-    except (OSError, EOFError, zlib.error, zipfile.BadZipFile, NotImplementedError):
-        pass
-    return steps.most_common(1)[0][0] if steps else None
+    no series has two of them (or the file has no OHLCV header)."""
+    return scan(path, rows).interval_ns
 
 
 @dataclass(frozen=True)
 class SeriesScan:
-    """What one pass over an OHLCV file found: its ``series`` (venue and symbol cells,
+    """What a pass over an OHLCV file found: its ``series`` (venue and symbol cells,
     empty where it has no such column) in the order they first appear, whether its
-    rows are in time order (starts never go back), and, where every series is one
-    block of rows after another, each block's byte range (``ranges``, together the
-    whole file; None otherwise)."""
+    rows are in time order (starts never go back), where every series is one block of
+    rows after another, each block's byte range (``ranges``, together the whole file;
+    None otherwise), and the bars' interval (:func:`scan_interval`; None if unknown)."""
 
     series: tuple[tuple[str, str], ...]
     ordered: bool
     ranges: tuple[tuple[int, int], ...] | None
+    interval_ns: int | None
 
 
-def series_order(path: Path | str) -> SeriesScan:
-    """One pass over an OHLCV file (:class:`SeriesScan`); rows that do not parse are
-    passed over.
+def scan(path: Path | str, rows: int | None = None) -> SeriesScan:
+    """One pass over an OHLCV file, or over its first ``rows`` rows (:class:`SeriesScan`);
+    rows that do not parse are passed over here (the reader makes them dead letters).
 
     A file of several series not in time order is read once per series and the
     readings merged by time, as several files are
@@ -222,16 +184,14 @@ def series_order(path: Path | str) -> SeriesScan:
     of rows where the series follow one another, else the whole file, keeping its
     series' rows.
     """
-    return _scan_series(path)
-
-
-def _scan_series(path: Path | str) -> SeriesScan:
     firsts: dict[tuple[bytes, bytes], int] = {}
+    last_of: dict[tuple[bytes, bytes], int] = {}
+    steps: Counter[int] = Counter()
     ordered = blocks = True
     last = -1
     current: tuple[bytes, bytes] | None = None
     layout: _Layout | None = None
-    pos = 0
+    pos = n = 0
     try:
         with open_stream(path) as fh:
             for raw in fh:
@@ -241,10 +201,12 @@ def _scan_series(path: Path | str) -> SeriesScan:
                     try:
                         layout = _Layout(header_cells(line))
                     except RowError:
-                        return SeriesScan((), True, None)
+                        return SeriesScan((), True, None, None)
                     width, t, unit = layout.width, layout.time, layout.unit
-                    v, sym = layout.venue, layout.symbol
                     continue
+                n += 1
+                if rows is not None and n > rows:
+                    break
                 cells = line.split(b",")
                 if len(cells) < width:
                     continue
@@ -252,14 +214,18 @@ def _scan_series(path: Path | str) -> SeriesScan:
                     start = int(cells[t]) * unit if unit else layout.start_ns(cells[t])
                 except (RowError, ValueError):
                     continue
-                key = (cells[v].strip() if v is not None else b"",
-                       cells[sym].strip() if sym is not None else b"")
+                key = layout.series(cells)
                 if key != current:
                     if key in firsts:
                         blocks = False  # a series seen before comes back
                     else:
                         firsts[key] = at
                     current = key
+                if n <= SCAN_ROWS:
+                    prev = last_of.get(key)
+                    if prev is not None and start > prev:
+                        steps[start - prev] += 1
+                    last_of[key] = start
                 if start < last:
                     ordered = False
                 elif start > last:
@@ -271,7 +237,7 @@ def _scan_series(path: Path | str) -> SeriesScan:
     bounds = [0, *list(firsts.values())[1:], pos]
     ranges = (tuple((bounds[i], bounds[i + 1]) for i in range(len(firsts)))
               if blocks and firsts else None)
-    return SeriesScan(series, ordered, ranges)
+    return SeriesScan(series, ordered, ranges, steps.most_common(1)[0][0] if steps else None)
 
 
 def _measure(cell: bytes) -> Measure:
@@ -306,7 +272,7 @@ class OhlcvParser(RowParser):
         self.plain = lay.quote is None and lay.trades is None and lay.taker is None \
             and lay.measure is None
         self.width, self.t, self.unit, self.prices = lay.width, lay.time, lay.unit, lay.prices
-        self.vol, self.sym, self.ven = lay.volume, lay.symbol, lay.venue
+        self.vol, self.sym = lay.volume, lay.symbol
         self.row_venue = lay.venue if not source.venue_given else None
         self.venue, self.instrument = source.venue, source.instrument
         self.stop = source.stop_offset if source.stop_offset is not None else 1 << 62
@@ -316,10 +282,7 @@ class OhlcvParser(RowParser):
             return None  # past this reading's block: the next block's reading has it
         c = line.split(b",")
         if self.plain and len(c) >= self.width and b'"' not in line:
-            only = self.only
-            if only is not None and (c[self.sym].strip() if self.sym is not None else b"",
-                                     c[self.ven].strip() if self.ven is not None else b""
-                                     ) != (only[1], only[0]):
+            if self.only is not None and self.layout.series(c) != self.only:
                 return None  # another series: its own reading has it
             # the common row: every value read at once, checked in one expression
             try:
