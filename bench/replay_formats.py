@@ -13,7 +13,8 @@ Both are the best of ``--repeat`` runs, in input rows per second; the ratio is
 replay / csv.reader. The goal: a bar format keeps up at least 0.3x csv.reader.
 ``--real`` also reads the development data's Binance files and its hourly OHLCV
 files of several series (``bench/shared_data.py``) when they are present. An OHLCV
-file whose series follow one another is read once per series (merged by time).
+file not in time order (here: one symbol after another) is read through an index of
+its rows, built in the measured run.
 """
 
 from __future__ import annotations

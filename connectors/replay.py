@@ -37,7 +37,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, operator
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from riskguard.connectors.formats import FORMATS, FileStats, Reader, open_reader, resolve
-from riskguard.connectors.formats.ohlcv import scan as scan_series
+from riskguard.connectors.formats.ohlcv import scan as scan_bars
 from riskguard.operators.core.base import SplitOut, split_dead_letters
 from riskguard.operators.core.clock import Clock, system_clock
 from riskguard.schemas.audit import DeadLetter
@@ -58,10 +58,9 @@ class ReplayFile:
     ``file``/``unknown`` they are taken from a Binance file's name. ``market`` (``spot``,
     ``um``, ``cm`` or ``auto``) and ``contract_size`` (USD per COIN-M contract; default
     100 for BTC, 10 for others) matter to Binance files only; ``measure`` (``price`` or
-    ``volatility``) to OHLCV files whose rows do not say. ``only_series``,
-    ``reports_malformed`` and ``byte_range`` make one reading of an OHLCV file of
-    several series not in time order, ``interval_ns`` its bars' interval once known
-    (:meth:`views`).
+    ``volatility``) to OHLCV files whose rows do not say. ``interval_ns`` is an OHLCV
+    file's bars' interval once known, ``time_indexed`` whether it is read in time order
+    through an index of its rows (:meth:`planned`).
     """
 
     path: Path | str
@@ -71,33 +70,23 @@ class ReplayFile:
     market: str = "auto"
     contract_size: float | None = None
     measure: str = "price"
-    only_series: tuple[str, str] | None = None
-    reports_malformed: bool = True
-    byte_range: tuple[int, int] | None = None
     interval_ns: int = 0
+    time_indexed: bool = False
 
-    def views(self) -> list[ReplayFile]:
-        """How the file is read: itself, or, for an OHLCV file of several series whose
-        rows are not in time order, one reading per series, which the source merges by
-        time like separate files: each reading its own block of rows where the series
-        follow one another (every row in one block), else the whole file keeping its
-        own series' rows (the first reading also reports rows that name none)."""
+    def planned(self) -> ReplayFile:
+        """How the file is read: itself, planned once (an OHLCV file's interval, and
+        whether its rows are in time order; when they are not, as in a file that lists
+        its newest bar first or one series after another, it is read in time order
+        through an index of its rows: one reading, one open file)."""
         if self.interval_ns:
-            return [self]
+            return self
         fmt, source = resolve(self.path, self.format, venue=self.venue,
                               instrument=self.instrument, market=self.market,
                               contract_size=self.contract_size, measure=self.measure)
         if fmt != "ohlcv_csv":
-            return [self]
-        # planned here, once: every reading knows the interval the first rows gave
-        whole = replace(self, interval_ns=source.interval_ns)
-        scan = scan_series(self.path)
-        if scan.ordered or len(scan.series) < 2:
-            return [whole]
-        if scan.ranges is not None:
-            return [replace(whole, byte_range=r) for r in scan.ranges]
-        return [replace(whole, only_series=key, reports_malformed=i == 0)
-                for i, key in enumerate(scan.series)]
+            return self
+        return replace(self, interval_ns=source.interval_ns,
+                       time_indexed=not scan_bars(self.path).ordered)
 
     def resolved_format(self) -> str:
         """The format this file is read as (raises ConfigError if none fits)."""
@@ -106,16 +95,11 @@ class ReplayFile:
                        measure=self.measure, interval_ns=self.interval_ns)[0]
 
     def open(self, offset: int, codec: Codec | None) -> Reader:
-        block = self.byte_range
         return open_reader(self.path, self.format, venue=self.venue,
                            instrument=self.instrument, market=self.market,
                            contract_size=self.contract_size, measure=self.measure,
-                           only_series=self.only_series,
-                           reports_malformed=self.reports_malformed,
-                           stop_offset=None if block is None else block[1],
-                           interval_ns=self.interval_ns,
-                           offset=offset if block is None else max(offset, block[0]),
-                           codec=codec)
+                           interval_ns=self.interval_ns, time_indexed=self.time_indexed,
+                           offset=offset, codec=codec)
 
 
 class _ReplayPartition(StatefulSourcePartition[Any, list[int]]):
@@ -142,14 +126,13 @@ class _ReplayPartition(StatefulSourcePartition[Any, list[int]]):
 
     @property
     def stats(self) -> dict[str, FileStats]:
-        """Rows, records and dead letters (by reason) per file name, so far (a file read
-        once per series counts its rows once)."""
+        """Rows, records and dead letters (by reason) per file name, so far."""
         out: dict[str, FileStats] = {}
         for r in self._readers:
             st = out.get(r.path.name)
             if st is None:
                 out[r.path.name] = st = FileStats()
-            st.rows = max(st.rows, r.stats.rows)
+            st.rows += r.stats.rows
             st.records += r.stats.records
             st.dead_letters.update(r.stats.dead_letters)
         return out
@@ -270,7 +253,7 @@ class ReplaySource(FixedPartitionedSource[Any, list[int]]):
         for f in files:
             if not Path(f.path).is_file():
                 raise ConfigError("replay.files", "an existing file", str(f.path))
-        self.files = [view for f in files for view in f.views()]
+        self.files = [f.planned() for f in files]
         formats = [f.resolved_format() for f in self.files]
         if speed is not None and speed <= 0:
             raise ConfigError("replay.speed", "a positive factor or none", speed)

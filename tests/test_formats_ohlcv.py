@@ -97,16 +97,16 @@ def test_a_daily_file_of_dates_is_daily_and_a_measure_column_or_option_says_vola
 
 
 def test_series_one_after_another_replay_merged_in_time_each_row_once(tmp_path: Path) -> None:
-    """A file of venue A's rows then venue B's is read once per series and merged by
-    time, so the rows come out in event-time order; a row that parses to no series
-    is one dead letter, and a bad bar of a series is one dead letter of that series."""
+    """A file of venue A's rows then venue B's is read in time order, so the rows come
+    out in event-time order; a row that parses to no series is one dead letter, and a
+    bad bar of a series is one dead letter of that series."""
     rows = ["venue,symbol,timestamp_s,open,high,low,close,volume_base"]
     for venue in ("a", "b"):
         rows += [f"{venue},BTCUSD,{T0 + i * 3600},100,101,99,100,1" for i in range(4)]
     rows.insert(3, "garbage")
     rows.insert(7, f"b,BTCUSD,{T0 + 99 * 3600},100,99,101,100,1")  # low above high
     path = _write(tmp_path, "cross.csv", "\n".join(rows) + "\n")
-    assert [f.byte_range is not None for f in ReplayFile(path).views()] == [True, True]
+    assert ReplayFile(path).planned().time_indexed
     out = _read(path)
     bars = [r for r in out if isinstance(r, Bar)]
     dead = [r for r in out if isinstance(r, DeadLetter)]
@@ -127,16 +127,92 @@ def test_series_one_after_another_replay_merged_in_time_each_row_once(tmp_path: 
     assert sorted(map(ident, first + rest)) == sorted(map(ident, out))
 
 
+@pytest.mark.parametrize("window", [3, 256])
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_many_series_one_after_another_are_read_once_in_time_order(
+        tmp_path: Path, monkeypatch, window: int, suffix: str) -> None:
+    """A file of many series one after another is read in time order through an index
+    of its rows: one reading and one open file whatever the number of series, each row
+    read once; ids still name their lines, and a resume from any snapshot gives every
+    row once."""
+    import gzip
+
+    from riskguard.connectors.formats.core import IndexedReader
+
+    monkeypatch.setattr(IndexedReader, "WINDOW", window)  # windows that end mid-series
+    rows = ["symbol,timestamp_s,open,high,low,close,volume"]
+    for k in range(300):
+        rows += [f"S{k},{T0 + i * 3600},{100 + k},{101 + k},{99 + k},{100 + k},1"
+                 for i in range(2 + k % 5)]
+    text = "\n".join(rows) + "\n"
+    path = tmp_path / f"blocks{suffix}"
+    path.write_bytes(gzip.compress(text.encode()) if suffix.endswith(".gz") else text.encode())
+    planned = ReplayFile(path).planned()
+    assert planned.time_indexed
+    reader = planned.open(0, None)
+    list(reader.lines())
+    assert reader.stats.rows == len(rows) - 1
+    reader.close()
+    out = _read(path)
+    assert len(out) == len(rows) - 1 and all(isinstance(b, Bar) for b in out)
+    assert [b.start for b in out] == sorted(b.start for b in out)
+    for b in out:  # the id's line holds the bar's row
+        line = int(b.id.rsplit("@", 1)[1])
+        assert rows[line - 1].startswith(f"{b.instrument},{b.start // NS},")
+    src = ReplaySource([ReplayFile(path)], batch_size=97)
+    for cut in range(1, len(out) // 97 + 1):
+        part = src.build_part("s", "replay", None)
+        first = [r for _ in range(cut) for r in part.next_batch()]
+        state = part.snapshot()
+        part.close()
+        again = first + list(read_all(src, state))
+        assert [r.id for r in again] == [r.id for r in out]
+
+
+def test_a_cut_off_compressed_file_out_of_time_order_gives_its_rows_and_one_dead_letter(
+        tmp_path: Path) -> None:
+    """A gzipped file read in time order that ends mid-stream: the rows it holds come
+    out in time order, then one dead letter says where the stream broke."""
+    import gzip
+
+    rows = ["symbol,timestamp_s,open,high,low,close,volume"]
+    for k in range(3):
+        rows += [f"S{k},{T0 + i * 3600},100,101,99,100,1" for i in range(2000)]
+    whole = gzip.compress(("\n".join(rows) + "\n").encode())
+    path = tmp_path / "cut.csv.gz"
+    path.write_bytes(whole[: len(whole) * 2 // 3])
+    out = _read(path)
+    bars = [r for r in out if isinstance(r, Bar)]
+    dead = [r for r in out if isinstance(r, DeadLetter)]
+    assert 0 < len(bars) < 6000 and [b.start for b in bars] == sorted(b.start for b in bars)
+    assert [d.reason for d in dead] == ["decode_error"]
+
+
+def test_a_file_of_newest_bars_first_replays_oldest_first(tmp_path: Path) -> None:
+    """Many exports list the newest bar first: the interval is still the step between
+    bars, the bars come out oldest first, and a bad row is a dead letter naming its
+    line."""
+    rows = ["date,open,high,low,close,volume"]
+    rows += [f"2024-01-{d:02d},100,101,99,100,1" for d in range(20, 0, -1)]
+    rows[5] = "2024-01-16,100,99,101,100,1"  # low above high
+    path = _write(tmp_path, "desc.csv", "\n".join(rows) + "\n")
+    out = _read(path, instrument="BTCUSD")
+    bars = [r for r in out if isinstance(r, Bar)]
+    assert [b.start for b in bars] == sorted(b.start for b in bars)
+    assert len(bars) == 19 and all(b.ts - b.start == 86_400 * NS for b in bars)
+    assert [d.detail.split(":")[0] for d in out if isinstance(d, DeadLetter)] == [
+        "desc.csv line 6"]
+
+
 def test_series_interleaved_out_of_time_order_are_read_once_each(tmp_path: Path) -> None:
-    """Series that alternate but go back in time are each read from the whole file,
-    keeping their own rows; a row that names no series is reported once."""
+    """Series that alternate but go back in time are read in time order; a row that
+    names no series is reported once."""
     rows = ["venue,symbol,timestamp_s,open,high,low,close"]
     for hour in (2, 0, 1):
         rows += [f"{v},BTCUSD,{T0 + hour * 3600},100,101,99,100" for v in ("a", "b")]
     rows.insert(2, "x")
     path = _write(tmp_path, "alt.csv", "\n".join(rows) + "\n")
-    assert [f.only_series for f in ReplayFile(path).views()] == [("a", "BTCUSD"),
-                                                                   ("b", "BTCUSD")]
+    assert ReplayFile(path).planned().time_indexed
     out = _read(path)
     bars = [r for r in out if isinstance(r, Bar)]
     assert sorted((b.venue, b.start) for b in bars) == sorted(

@@ -36,6 +36,7 @@ from riskguard.connectors.formats import binance, ohlcv, tardis
 from riskguard.connectors.formats.core import (
     FileReader,
     FileStats,
+    IndexedReader,
     ParserFactory,
     RowParser,
     Source,
@@ -85,17 +86,15 @@ FORMATS: tuple[str, ...] = (AUTO, "jsonl", *PARSERS)
 def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
             instrument: str = "unknown", market: str = AUTO,
             contract_size: float | None = None, measure: str = "price",
-            only_series: tuple[str, str] | None = None, reports_malformed: bool = True,
-            stop_offset: int | None = None, interval_ns: int = 0) -> tuple[str, Source]:
+            interval_ns: int = 0) -> tuple[str, Source]:
     """The format of ``path`` (``auto``: :func:`~.detect.detect`) and what its parser
     knows. ``venue``/``instrument`` left at ``file``/``unknown`` are taken from the
     name where it gives them (Binance: ``binance``, ``binance_um`` or ``binance_cm``
     and the symbol; a Binance file whose name does not needs ``instrument``; an OHLCV
     file's rows may name theirs). ``measure``: what an OHLCV file's bars measure, where
-    its rows do not say; ``only_series``, ``reports_malformed`` and ``stop_offset``: one
-    reading of an OHLCV file read once per series (:class:`~.core.Source`);
-    ``interval_ns``: its bars' interval, when already known (else its rows tell it). Raises
-    :class:`~riskguard.errors.ConfigError` for what cannot work.
+    its rows do not say; ``interval_ns``: its bars' interval, when already known (else
+    its rows tell it). Raises :class:`~riskguard.errors.ConfigError` for what cannot
+    work.
     """
     p = Path(path)
     if fmt not in FORMATS:
@@ -146,8 +145,7 @@ def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
     size = contract_size or binance.default_contract_size(instrument)
     return fmt, Source(name=p.name, venue=venue, instrument=instrument, market=market,
                        contract_size=size, venue_given=venue_given, interval_ns=interval,
-                       measure=measure, only_series=only_series,
-                       reports_malformed=reports_malformed, stop_offset=stop_offset)
+                       measure=measure)
 
 
 class Reader(FileReader):
@@ -156,18 +154,28 @@ class Reader(FileReader):
     format: str
 
 
+class TimeIndexedReader(IndexedReader, Reader):
+    """An :class:`~.core.IndexedReader` that knows its ``format``."""
+
+
 def open_reader(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
                 instrument: str = "unknown", market: str = AUTO,
                 contract_size: float | None = None, measure: str = "price",
-                only_series: tuple[str, str] | None = None, reports_malformed: bool = True,
-                stop_offset: int | None = None, interval_ns: int = 0, offset: int = 0,
+                interval_ns: int = 0, time_indexed: bool = False, offset: int = 0,
                 codec: Codec | None = None, step: str = "replay") -> Reader:
-    """A reader of ``path`` from ``offset`` (see :func:`resolve` for the settings)."""
+    """A reader of ``path`` from ``offset`` (see :func:`resolve` for the settings).
+    ``time_indexed``: an OHLCV file whose rows are not in time order, read in time order
+    (:class:`~.core.IndexedReader`; its offsets are positions in that order)."""
     fmt, source = resolve(path, fmt, venue=venue, instrument=instrument, market=market,
                           contract_size=contract_size, measure=measure,
-                          only_series=only_series, reports_malformed=reports_malformed,
-                          stop_offset=stop_offset, interval_ns=interval_ns)
-    if fmt == "jsonl":
+                          interval_ns=interval_ns)
+    if time_indexed:
+        if fmt != "ohlcv_csv":
+            raise ConfigError(f"replay file {Path(path).name}", "an OHLCV file to read in "
+                              "time order", fmt)
+        reader: Reader = TimeIndexedReader(path, PARSERS[fmt], index=ohlcv.time_order(path),
+                                           source=source, offset=offset, step=step)
+    elif fmt == "jsonl":
         make = factory(JsonlParser, codec=codec or Codec(clock=lambda: 0))
         reader = Reader(path, make, source=source, header=False, offset=offset, step=step)
     else:

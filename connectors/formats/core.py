@@ -32,7 +32,10 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import os
 import re
+import shutil
+import tempfile
 import zipfile
 import zlib
 from collections import Counter
@@ -43,6 +46,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
+import numpy as np
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.types import NAME_PATTERN
 
@@ -74,11 +78,7 @@ class Source:
     ``market`` is ``spot``, ``um`` (USDT-M futures) or ``cm`` (COIN-M futures);
     ``contract_size`` is a COIN-M contract's value in USD. ``interval_ns`` is the
     bars' interval of a file whose rows give only their start (0: none), and
-    ``measure`` what its bars measure (``price`` or ``volatility``). ``only_series``
-    (venue and symbol cells) reads one series of a file that holds several out of time
-    order; ``reports_malformed``: whether this reading reports the rows that name no
-    series (one reading of the file does); ``stop_offset``: where a reading of one
-    block of rows ends.
+    ``measure`` what its bars measure (``price`` or ``volatility``).
     """
 
     name: str
@@ -89,9 +89,6 @@ class Source:
     venue_given: bool = False
     interval_ns: int = 0
     measure: str = "price"
-    only_series: tuple[str, str] | None = None
-    reports_malformed: bool = True
-    stop_offset: int | None = None
 
     @property
     def stem(self) -> str:
@@ -320,7 +317,14 @@ class FileReader:
                         reason="decode_error"))
                 chunk, buf = b"", b""
             if chunk:
-                lines = (buf + chunk).split(b"\n")
+                data = buf + chunk
+                if parser is not None and pos + len(data) <= self._start:
+                    # wholly before a resume's start: count its lines only
+                    cut = data.rfind(b"\n") + 1
+                    line_no += data.count(b"\n", 0, cut)
+                    pos, buf = pos + cut, data[cut:]
+                    continue
+                lines = data.split(b"\n")
                 buf = lines.pop()
             elif buf:
                 lines, buf = [buf], b""
@@ -415,6 +419,119 @@ class FileReader:
                 break
             pos, line_no, i = pos + len(line) + 1, line_no + 1, i + 1
         return i, pos, line_no, parser, early
+
+
+@dataclass(frozen=True, eq=False)
+class RowIndex:
+    """A file's rows in the order to read them: each row's byte offset in the
+    (decompressed) stream, its length without the newline, and its line number."""
+
+    offsets: np.ndarray
+    lengths: np.ndarray
+    line_nos: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+
+class IndexedReader(FileReader):
+    """Reads a file's rows in the order of a :class:`RowIndex` (a bar file whose rows are
+    not in time order, read in time order), each row once, with one open file.
+
+    Its offsets are positions in that order: reading from ``offset`` k starts at the
+    index's k-th row, and :attr:`position` is the number of rows once all are read. A
+    compressed file is decompressed to a temporary file first (rows are read where they
+    lie); a stream that cannot be read to its end gives what it holds, then one dead
+    letter.
+    """
+
+    WINDOW = 256  # rows looked up at once
+    SPAN = 1 << 14  # rows of a window this close together are read in one go
+
+    def __init__(self, path: Path | str, factory: ParserFactory, *, index: RowIndex,
+                 source: Source | None = None, offset: int = 0, step: str = "replay",
+                 on_dead_letter: Callable[[int, str], Any] | None = None) -> None:
+        super().__init__(path, factory, source=source, header=True, offset=offset,
+                         step=step, on_dead_letter=on_dead_letter)
+        self.index = index
+        self._copy: IO[bytes] | None = None
+
+    def close(self) -> None:
+        super().close()
+        if self._copy is not None:
+            self._copy.close()
+
+    def lines(self) -> Iterator[tuple[int, int, Any]]:
+        fh, stats = self._fh, self.stats
+        line_no, header = 0, b""
+        for raw in fh:  # the header: the first line that is not blank
+            line_no += 1
+            if raw.strip():
+                header = raw.rstrip(b"\r\n")
+                break
+        try:
+            parser = self._factory(header_cells(header), self.source)
+        except RowError as err:  # the file cannot be read: one dead letter, done
+            self._refused = True
+            yield line_no, 0, self.dead_letter(header, line_no, 0, err)
+            return
+        broken = None
+        readable = 1 << 62  # bytes of the stream there are to read
+        if isinstance(fh, io.BufferedReader):
+            fd = fh.fileno()
+        else:  # compressed: read once into a file that can be read anywhere
+            self._copy = tempfile.TemporaryFile()  # noqa: SIM115  # closed by close()
+            try:
+                with open_stream(self.path) as whole:
+                    step = getattr(whole, "read1", whole.read)
+                    while chunk := step(CHUNK):  # a decompression step at a time
+                        self._copy.write(chunk)
+            except (OSError, EOFError, zlib.error, zipfile.BadZipFile,
+                    NotImplementedError) as err:
+                broken = err
+            self._copy.flush()
+            if broken is not None:  # a row cut off there is no row
+                readable = self._copy.tell()
+            fd = self._copy.fileno()
+        row, pread = parser.row, os.pread
+        index = self.index
+        n, k = len(index), self._start
+        window, span = self.WINDOW, self.SPAN
+        while k < n:
+            end = min(n, k + window)
+            offsets = index.offsets[k:end]
+            lengths = index.lengths[k:end]
+            texts = [b""] * (end - k)
+            # the window's rows by place in the file, read a run of nearby rows at a time
+            by_place = np.argsort(offsets, kind="stable")
+            placed = offsets[by_place]
+            ends = placed + lengths[by_place]
+            breaks = np.flatnonzero(placed[1:] - np.maximum.accumulate(ends)[:-1] > span) + 1
+            for run in np.split(by_place, breaks):
+                starts, sizes = offsets[run].tolist(), lengths[run].tolist()
+                lo = starts[0]
+                data = pread(fd, max(a + b for a, b in zip(starts, sizes, strict=True)) - lo, lo)
+                for r, at, size in zip(run.tolist(), starts, sizes, strict=True):
+                    texts[r] = data[at - lo:at - lo + size]
+            for j, (line, at, no) in enumerate(zip(texts, offsets.tolist(),
+                                                   index.line_nos[k:end].tolist(),
+                                                   strict=True)):
+                if at + len(line) >= readable:
+                    continue  # past where a broken stream could be read (reported below)
+                stats.rows += 1
+                try:
+                    item = row(line, no, at)
+                except Exception as err:  # a bad row is a dead letter, whatever it raised
+                    item = self.dead_letter(line, no, at, err)
+                if item is not None:
+                    yield no, k + j, item
+            k = end
+        self.position = n
+        if broken is not None:
+            yield line_no + 1, n, self.dead_letter(b"", line_no + 1, 0, RowError(
+                f"the file cannot be read past here: {type(broken).__name__}: {broken}",
+                expected="a readable stream", found=type(broken).__name__,
+                reason="decode_error"))
 
 
 class _Nothing(RowParser):

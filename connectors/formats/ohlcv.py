@@ -46,14 +46,18 @@ from __future__ import annotations
 
 import zipfile
 import zlib
+from array import array
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from riskguard.connectors.formats.core import (
     MAX_FLOAT,
     RowError,
+    RowIndex,
     RowParser,
     Source,
     datetime_ns,
@@ -153,91 +157,142 @@ class _Layout:
                 cells[self.symbol].strip() if self.symbol is not None else b"")
 
 
-def scan_interval(path: Path | str, rows: int = SCAN_ROWS) -> int | None:
-    """The bars' interval in ns: the most common positive step between consecutive
-    starts of one series (venue and symbol) in the file's first ``rows`` rows; None if
-    no series has two of them (or the file has no OHLCV header)."""
-    return scan(path, rows).interval_ns
+def scan_interval(path: Path | str) -> int | None:
+    """The bars' interval in ns: the most common step (either way) between consecutive
+    starts of one series (venue and symbol) in the file's first :data:`SCAN_ROWS` rows;
+    None if no series has two of them (or the file has no OHLCV header)."""
+    return scan(path, whole=False).interval_ns
 
 
 @dataclass(frozen=True)
-class SeriesScan:
-    """What a pass over an OHLCV file found: its ``series`` (venue and symbol cells,
-    empty where it has no such column) in the order they first appear, whether its
-    rows are in time order (starts never go back), where every series is one block of
-    rows after another, each block's byte range (``ranges``, together the whole file;
-    None otherwise), and the bars' interval (:func:`scan_interval`; None if unknown)."""
+class BarScan:
+    """What a pass over an OHLCV file found: whether its rows are in time order (starts
+    never go back) and the bars' interval (:func:`scan_interval`; None if unknown)."""
 
-    series: tuple[tuple[str, str], ...]
     ordered: bool
-    ranges: tuple[tuple[int, int], ...] | None
     interval_ns: int | None
 
 
-def scan(path: Path | str, rows: int | None = None) -> SeriesScan:
-    """One pass over an OHLCV file, or over its first ``rows`` rows (:class:`SeriesScan`);
-    rows that do not parse are passed over here (the reader makes them dead letters).
+def _start(cells: list[bytes], layout: _Layout) -> int | None:
+    """A row's start in ns, or None where the row gives none."""
+    if len(cells) < layout.width:
+        return None
+    unit = layout.unit
+    try:
+        return int(cells[layout.time]) * unit if unit else layout.start_ns(cells[layout.time])
+    except (RowError, ValueError):
+        return None
 
-    A file of several series not in time order is read once per series and the
-    readings merged by time, as several files are
-    (:class:`~riskguard.connectors.replay.ReplaySource`): each reading its own block
-    of rows where the series follow one another, else the whole file, keeping its
-    series' rows.
-    """
-    firsts: dict[tuple[bytes, bytes], int] = {}
+
+def scan(path: Path | str, *, whole: bool = True) -> BarScan:
+    """One pass over an OHLCV file, or over its first :data:`SCAN_ROWS` rows
+    (:class:`BarScan`); rows that do not parse are passed over here (the reader makes
+    them dead letters). The interval is the most common step between consecutive
+    starts of one series among the first rows, either way: a file may list its newest
+    bar first."""
     last_of: dict[tuple[bytes, bytes], int] = {}
     steps: Counter[int] = Counter()
-    ordered = blocks = True
+    ordered = True
     last = -1
-    current: tuple[bytes, bytes] | None = None
-    layout: _Layout | None = None
-    pos = n = 0
     try:
         with open_stream(path) as fh:
-            for raw in fh:
-                at, pos = pos, pos + len(raw)
-                line = raw.rstrip(b"\r\n")
-                if layout is None:
-                    try:
-                        layout = _Layout(header_cells(line))
-                    except RowError:
-                        return SeriesScan((), True, None, None)
-                    width, t, unit = layout.width, layout.time, layout.unit
-                    continue
-                n += 1
-                if rows is not None and n > rows:
-                    break
-                cells = line.split(b",")
-                if len(cells) < width:
-                    continue
-                try:
-                    start = int(cells[t]) * unit if unit else layout.start_ns(cells[t])
-                except (RowError, ValueError):
-                    continue
-                key = layout.series(cells)
-                if key != current:
-                    if key in firsts:
-                        blocks = False  # a series seen before comes back
-                    else:
-                        firsts[key] = at
-                    current = key
-                if n <= SCAN_ROWS:
+            try:
+                layout = _Layout(header_cells(fh.readline().rstrip(b"\r\n")))
+            except RowError:
+                return BarScan(True, None)
+            for n, raw in enumerate(fh, 1):
+                cells = raw.split(b",")
+                start = _start(cells, layout)
+                if start is not None:
+                    key = layout.series(cells)
                     prev = last_of.get(key)
-                    if prev is not None and start > prev:
-                        steps[start - prev] += 1
+                    if prev is not None and start != prev:
+                        steps[abs(start - prev)] += 1
                     last_of[key] = start
-                if start < last:
-                    ordered = False
-                elif start > last:
-                    last = start
+                    ordered = ordered and start >= last
+                    last = max(last, start)
+                if n >= SCAN_ROWS:
+                    break
+            if whole and ordered:  # the rest, only as far as a start that goes back
+                ordered = _in_order(fh, layout, last)
     except (OSError, EOFError, zlib.error, zipfile.BadZipFile, NotImplementedError):
         pass
-    series = tuple((v.decode("utf-8", "replace"), s.decode("utf-8", "replace"))
-                   for v, s in firsts)
-    bounds = [0, *list(firsts.values())[1:], pos]
-    ranges = (tuple((bounds[i], bounds[i + 1]) for i in range(len(firsts)))
-              if blocks and firsts else None)
-    return SeriesScan(series, ordered, ranges, steps.most_common(1)[0][0] if steps else None)
+    return BarScan(ordered, steps.most_common(1)[0][0] if steps else None)
+
+
+def _in_order(lines: Iterable[bytes], layout: _Layout, last: int) -> bool:
+    """Whether no start among ``lines`` goes back before ``last`` or the one before it."""
+    t, unit, cut = layout.time, layout.unit, layout.time + 1
+    if unit is None:  # dates, or numbers told by their size
+        for raw in lines:
+            start = _start(raw.split(b","), layout)
+            if start is not None:
+                if start < last:
+                    return False
+                last = start
+        return True
+    for raw in lines:
+        try:
+            start = int(raw.split(b",", cut)[t]) * unit
+        except (ValueError, IndexError):
+            start = _start(raw.split(b","), layout)
+            if start is None:
+                continue
+        if start < last:
+            return False
+        last = start
+    return True
+
+
+def time_order(path: Path | str) -> RowIndex:
+    """The file's rows in time order: a stable sort by start, so rows of one start keep
+    the file's order. A row that gives no start (a dead letter to be) sorts with the row
+    before it."""
+    offsets, lengths, lines, starts = array("q"), array("q"), array("q"), array("q")
+    try:
+        with open_stream(path) as fh:
+            header = fh.readline()
+            try:
+                layout = _Layout(header_cells(header.rstrip(b"\r\n")))
+            except RowError:
+                layout = None
+            if layout is not None:
+                _index_rows(fh, layout, len(header), (offsets, lengths, lines, starts))
+    except (OSError, EOFError, zlib.error, zipfile.BadZipFile, NotImplementedError):
+        pass  # what was read is indexed; the reader reports the rest
+    order = np.argsort(np.frombuffer(starts, dtype=np.int64), kind="stable")
+    return RowIndex(offsets=np.frombuffer(offsets, dtype=np.int64)[order],
+                    lengths=np.frombuffer(lengths, dtype=np.int64)[order],
+                    line_nos=np.frombuffer(lines, dtype=np.int64)[order])
+
+
+def _index_rows(fh: Iterable[bytes], layout: _Layout, pos: int,
+                into: tuple[array[int], array[int], array[int], array[int]]) -> None:
+    """Offset, length (without the newline), line number and start of every row after
+    the header (which ends at ``pos``), blank lines left out."""
+    add_offset, add_length, add_line, add_start = (a.append for a in into)
+    t, unit, cut = layout.time, layout.unit, layout.time + 1
+    previous, line_no = -1, 1
+    for raw in fh:
+        line_no += 1
+        at, pos = pos, pos + len(raw)
+        size = len(raw) - (raw[-1:] == b"\n")
+        if size < 2 and not raw.strip():
+            continue  # blank: no row (the reader passes it over too)
+        got: int | None
+        if unit is None:  # dates, or numbers told by their size
+            got = _start(raw.split(b","), layout)
+        else:
+            try:
+                got = int(raw.split(b",", cut)[t]) * unit
+            except (ValueError, IndexError):
+                got = _start(raw.split(b","), layout)
+        start = previous if got is None else got
+        previous = start
+        add_offset(at)
+        add_length(size)
+        add_line(line_no)
+        add_start(start)
 
 
 def _measure(cell: bytes) -> Measure:
@@ -265,8 +320,6 @@ class OhlcvParser(RowParser):
         self.interval = source.interval_ns
         self.prefix = f"{source.stem}@"
         self.measure = Measure(source.measure)
-        only = source.only_series
-        self.only = None if only is None else (only[0].encode(), only[1].encode())
         lay = self.layout
         # no column the fast path of :meth:`row` leaves out
         self.plain = lay.quote is None and lay.trades is None and lay.taker is None \
@@ -275,15 +328,19 @@ class OhlcvParser(RowParser):
         self.vol, self.sym = lay.volume, lay.symbol
         self.row_venue = lay.venue if not source.venue_given else None
         self.venue, self.instrument = source.venue, source.instrument
-        self.stop = source.stop_offset if source.stop_offset is not None else 1 << 62
+        self.names: dict[bytes, str] = {}  # venue and symbol cells already checked
+
+    def name(self, cell: bytes, column: str) -> str:
+        """A venue or symbol cell as a checked name, remembered (a file repeats them)."""
+        text = name(cell, column)
+        if len(self.names) >= 65_536:
+            self.names.clear()
+        self.names[cell] = text
+        return text
 
     def row(self, line: bytes, line_no: int, offset: int) -> Any:
-        if offset >= self.stop:
-            return None  # past this reading's block: the next block's reading has it
         c = line.split(b",")
         if self.plain and len(c) >= self.width and b'"' not in line:
-            if self.only is not None and self.layout.series(c) != self.only:
-                return None  # another series: its own reading has it
             # the common row: every value read at once, checked in one expression
             try:
                 unit = self.unit
@@ -298,10 +355,13 @@ class OhlcvParser(RowParser):
                 if (0 <= start < MAX_START and 0.0 < lo <= o <= h and lo <= cl <= h <= MAX_FLOAT
                         and 0.0 <= v <= MAX_FLOAT):
                     ven, sym = self.row_venue, self.sym
+                    names = self.names
                     return Bar(
                         id=f"{self.prefix}{line_no}",
-                        venue=self.venue if ven is None else name(c[ven], "venue"),
-                        instrument=self.instrument if sym is None else name(c[sym], "symbol"),
+                        venue=self.venue if ven is None else (
+                            names.get(c[ven]) or self.name(c[ven], "venue")),
+                        instrument=self.instrument if sym is None else (
+                            names.get(c[sym]) or self.name(c[sym], "symbol")),
                         ts=start + self.interval, start=start, interval_ns=self.interval,
                         open=o, high=h, low=lo, close=cl, volume=v,
                         price_only=iv is None, measure=self.measure)
@@ -310,14 +370,7 @@ class OhlcvParser(RowParser):
     def checked_row(self, line: bytes, line_no: int) -> Any:
         """Any row, every value checked (a RowError names the first bad one)."""
         lay, src = self.layout, self.source
-        try:
-            c = split_row(line, lay.width)
-        except RowError:
-            if self.only is None or src.reports_malformed:
-                raise
-            return None  # one reading of the file reports it
-        if self.only is not None and lay.series(c) != self.only:
-            return None  # another series: its own reading has it
+        c = split_row(line, lay.width)
         start = lay.start_ns(c[lay.time])
         if start >= MAX_START:
             raise RowError(f"{lay.time_name} is after 2116", path=f"$.{lay.time_name}",
