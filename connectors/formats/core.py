@@ -34,7 +34,6 @@ import gzip
 import io
 import os
 import re
-import shutil
 import tempfile
 import zipfile
 import zlib
