@@ -221,6 +221,30 @@ def test_series_interleaved_out_of_time_order_are_read_once_each(tmp_path: Path)
         "alt.csv line 3"]
 
 
+@pytest.mark.parametrize("newest_first", [True, False])
+def test_a_cryptodatadownload_export_replays_as_it_comes(tmp_path: Path,
+                                                         newest_first: bool) -> None:
+    """CryptoDataDownload's layout: its address on the first line, then a header with a
+    ``Unix`` start (ms, or s in older rows), ``Volume <base>, Volume <quote>`` and
+    ``tradecount``, newest bar first. It is found as OHLCV, read oldest first, and ids
+    still name their lines."""
+    header = "Unix,Date,Symbol,Open,High,Low,Close,Volume BTC,Volume USDT,tradecount"
+    rows = []
+    for h in range(6, 0, -1):
+        unix = (T0 + h * 3600) * (1 if h == 1 else 1000)  # the oldest row in seconds
+        rows.append(f"{unix},2020-03-01 0{h}:00:00,BTCUSDT,100,101,99,100,2.5,250.0,{h}")
+    if not newest_first:
+        rows.reverse()
+    path = _write(tmp_path, "Binance_BTCUSDT_1h.csv",
+                  "\n".join(["https://www.CryptoDataDownload.com", header, *rows]) + "\n")
+    assert resolve(path, venue="binance")[0] == "ohlcv_csv"
+    out = _read(path, venue="binance")
+    assert [(b.start // NS - T0) // 3600 for b in out] == [1, 2, 3, 4, 5, 6]
+    b = out[0]
+    assert (b.instrument, b.volume, b.quote_volume, b.trades) == ("BTCUSDT", 2.5, 250.0, 1)
+    assert b.id == f"Binance_BTCUSDT_1h@{8 if newest_first else 3}" and b.ts - b.start == H
+
+
 def test_a_file_that_names_no_symbol_needs_an_instrument(tmp_path: Path) -> None:
     path = _write(tmp_path, "bars.csv", "timestamp_s,open,high,low,close\n"
                   f"{T0},1,2,0.5,1\n{T0 + 60},1,2,0.5,1\n")

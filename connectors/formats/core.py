@@ -221,13 +221,29 @@ def is_compressed(path: Path | str) -> bool:
 
 
 def first_line(path: Path | str, limit: int = 65536) -> bytes:
-    """The first line of ``path`` (decompressed), without its newline; b"" if empty."""
+    """The first line of ``path`` (decompressed) that is neither blank nor a title
+    (:func:`is_title`), without its newline; b"" if none."""
     with open_stream(path) as fh:
         try:
             head = fh.read(limit)
         except (OSError, EOFError, zlib.error, zipfile.BadZipFile, NotImplementedError):
             return b""  # the reader reports the stream itself
-    return head.split(b"\n", 1)[0].rstrip(b"\r").removeprefix(b"\xef\xbb\xbf")
+    for line in head.removeprefix(b"\xef\xbb\xbf").split(b"\n"):
+        if line.strip() and not is_title(line):
+            return line.rstrip(b"\r")
+    return b""
+
+
+def is_title(line: bytes) -> bool:
+    """Whether a line above a CSV header is a title, no part of the table: one cell that
+    is no JSON, such as the source's address some exports put first
+    (``https://www.CryptoDataDownload.com``).
+
+    >>> is_title(b"https://www.CryptoDataDownload.com"), is_title(b"unix,open,high")
+    (True, False)
+    """
+    text = line.strip().removeprefix(b"\xef\xbb\xbf")
+    return bool(text) and b"," not in text and text[:1] not in (b"{", b"[")
 
 
 def is_header(line: bytes) -> bool:
@@ -399,7 +415,8 @@ class FileReader:
         while i < len(lines):
             line = lines[i]
             if parser is None:
-                if not line.strip():  # blank lines before the first row
+                if not line.strip() or (self._header is not False and is_title(line)):
+                    # blank lines and a title before the first row
                     pos, line_no, i = pos + len(line) + 1, line_no + 1, i + 1
                     continue
                 header = self._header if self._header is not None else is_header(line)
@@ -463,9 +480,9 @@ class IndexedReader(FileReader):
     def lines(self) -> Iterator[tuple[int, int, Any]]:
         fh, stats = self._fh, self.stats
         line_no, header = 0, b""
-        for raw in fh:  # the header: the first line that is not blank
+        for raw in fh:  # the header: the first line neither blank nor a title
             line_no += 1
-            if raw.strip():
+            if raw.strip() and not is_title(raw):
                 header = raw.rstrip(b"\r\n")
                 break
         try:

@@ -5,17 +5,21 @@ or one per symbol (and venue). Columns are found by name, in any case and order:
 
 - the bar's **start**, the first of ``timestamp_ns``, ``timestamp_us``,
   ``timestamp_ms``, ``timestamp_s``, ``open_time`` (ms), ``timestamp``, ``time``,
-  ``start`` (a number of seconds, ms, µs or ns since the epoch, told by its size, or
-  a date and time), ``datetime_utc``, ``datetime``, ``date`` (``YYYY-MM-DD`` or
-  ``YYYY-MM-DD HH:MM:SS``, UTC);
+  ``start``, ``unix``, ``unix timestamp`` (a number of seconds, ms, µs or ns since
+  the epoch, told by its size, or a date and time), ``datetime_utc``, ``datetime``,
+  ``date`` (``YYYY-MM-DD`` or ``YYYY-MM-DD HH:MM:SS``, UTC);
 - ``open``, ``high``, ``low``, ``close``;
 - optional: ``volume`` (``volume_base``, ``base_volume``) in the base asset,
-  ``quote_volume`` (``volume_quote``), ``trades`` (``trade_count``, ``count``),
+  ``quote_volume`` (``volume_quote``), else two ``volume <asset>`` columns (the base's,
+  then the quote's), ``trades`` (``trade_count``, ``tradecount``, ``count``),
   ``taker_buy_volume`` (``taker_buy_base_volume``): a file with no volume column
   gives ``price_only`` bars;
 - optional: ``symbol`` (``instrument``), ``venue`` (``exchange``) and ``measure``
   (``price`` or ``volatility``), else the replay's ``--instrument``, ``--venue``
   and ``--measure``.
+
+Blank lines and a title line (one cell, such as an address) above the header are
+passed over. Rows may come in any order (:func:`scan`, :func:`time_order`).
 
 A bar closes at its start plus the file's **interval**: the most common step
 between consecutive starts of one series among the file's first rows
@@ -51,7 +55,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from riskguard.connectors.formats.core import (
@@ -63,6 +67,7 @@ from riskguard.connectors.formats.core import (
     datetime_ns,
     factory,
     header_cells,
+    is_title,
     name,
     non_negative,
     number,
@@ -76,14 +81,15 @@ NS = 1_000_000_000
 TIME_COLUMNS: tuple[tuple[str, int | None], ...] = (
     ("timestamp_ns", 1), ("timestamp_us", 1_000), ("timestamp_ms", 1_000_000),
     ("timestamp_s", NS), ("open_time", 1_000_000), ("timestamp", None), ("time", None),
-    ("start", None), ("datetime_utc", None), ("datetime", None), ("date", None),
+    ("start", None), ("unix", None), ("unix timestamp", None), ("datetime_utc", None),
+    ("datetime", None), ("date", None),
 )
 """The start column's names, in order of preference, with their unit in ns (None: told
 by the value: a date and time, or a number of s, ms, µs or ns by its size)."""
 _ALIASES = {
     "volume": ("volume", "volume_base", "base_volume"),
     "quote_volume": ("quote_volume", "volume_quote"),
-    "trades": ("trades", "trade_count", "count"),
+    "trades": ("trades", "trade_count", "tradecount", "count"),
     "taker_buy_volume": ("taker_buy_volume", "taker_buy_base_volume"),
     "symbol": ("symbol", "instrument"),
     "venue": ("venue", "exchange"),
@@ -125,8 +131,14 @@ class _Layout:
         self.time, self.unit, self.time_name = next(
             (index[t], u, t) for t, u in TIME_COLUMNS if t in index)
         self.prices = tuple(index[p] for p in PRICES)
+        # ``volume <asset>`` columns (``Volume BTC, Volume USDT``): the base's, the quote's
+        by_asset = [i for i, cell in enumerate(header) if cell.startswith("volume ")]
         self.volume = _column(index, "volume")
+        if self.volume is None and by_asset:
+            self.volume = by_asset[0]
         self.quote = _column(index, "quote_volume")
+        if self.quote is None and len(by_asset) > 1:
+            self.quote = by_asset[1]
         self.trades = _column(index, "trades")
         self.taker = _column(index, "taker_buy_volume")
         self.symbol = _column(index, "symbol")
@@ -196,9 +208,8 @@ def scan(path: Path | str, *, whole: bool = True) -> BarScan:
     last = -1
     try:
         with open_stream(path) as fh:
-            try:
-                layout = _Layout(header_cells(fh.readline().rstrip(b"\r\n")))
-            except RowError:
+            layout, _pos, _lines = _header(fh)
+            if layout is None:
                 return BarScan(True, None)
             for n, raw in enumerate(fh, 1):
                 cells = raw.split(b",")
@@ -251,13 +262,9 @@ def time_order(path: Path | str) -> RowIndex:
     offsets, lengths, lines, starts = array("q"), array("q"), array("q"), array("q")
     try:
         with open_stream(path) as fh:
-            header = fh.readline()
-            try:
-                layout = _Layout(header_cells(header.rstrip(b"\r\n")))
-            except RowError:
-                layout = None
+            layout, pos, line_no = _header(fh)
             if layout is not None:
-                _index_rows(fh, layout, len(header), (offsets, lengths, lines, starts))
+                _index_rows(fh, layout, pos, line_no, (offsets, lengths, lines, starts))
     except (OSError, EOFError, zlib.error, zipfile.BadZipFile, NotImplementedError):
         pass  # what was read is indexed; the reader reports the rest
     order = np.argsort(np.frombuffer(starts, dtype=np.int64), kind="stable")
@@ -266,13 +273,28 @@ def time_order(path: Path | str) -> RowIndex:
                     line_nos=np.frombuffer(lines, dtype=np.int64)[order])
 
 
-def _index_rows(fh: Iterable[bytes], layout: _Layout, pos: int,
+def _header(fh: BinaryIO) -> tuple[_Layout | None, int, int]:
+    """The header's layout (None: no OHLCV header), and the bytes and lines read up to
+    and including it (blank lines and a title before it passed over, as the reader
+    passes them)."""
+    pos = line_no = 0
+    for raw in fh:
+        pos, line_no = pos + len(raw), line_no + 1
+        if raw.strip() and not is_title(raw):
+            try:
+                return _Layout(header_cells(raw.rstrip(b"\r\n"))), pos, line_no
+            except RowError:
+                break
+    return None, pos, line_no
+
+
+def _index_rows(fh: Iterable[bytes], layout: _Layout, pos: int, line_no: int,
                 into: tuple[array[int], array[int], array[int], array[int]]) -> None:
     """Offset, length (without the newline), line number and start of every row after
-    the header (which ends at ``pos``), blank lines left out."""
+    the header (which ends at byte ``pos``, line ``line_no``), blank lines left out."""
     add_offset, add_length, add_line, add_start = (a.append for a in into)
     t, unit, cut = layout.time, layout.unit, layout.time + 1
-    previous, line_no = -1, 1
+    previous = -1
     for raw in fh:
         line_no += 1
         at, pos = pos, pos + len(raw)
