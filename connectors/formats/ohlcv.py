@@ -259,7 +259,8 @@ def time_order(path: Path | str) -> RowIndex:
     """The file's rows in time order: a stable sort by start, so rows of one start keep
     the file's order. A row that gives no start (a dead letter to be) sorts with the row
     before it."""
-    offsets, lengths, lines, starts = array("q"), array("q"), array("q"), array("q")
+    # 16 bytes a row kept: a row's offset, its length and its line number
+    offsets, lengths, lines, starts = array("q"), array("i"), array("I"), array("q")
     try:
         with open_stream(path) as fh:
             layout, pos, line_no = _header(fh)
@@ -269,8 +270,8 @@ def time_order(path: Path | str) -> RowIndex:
         pass  # what was read is indexed; the reader reports the rest
     order = np.argsort(np.frombuffer(starts, dtype=np.int64), kind="stable")
     return RowIndex(offsets=np.frombuffer(offsets, dtype=np.int64)[order],
-                    lengths=np.frombuffer(lengths, dtype=np.int64)[order],
-                    line_nos=np.frombuffer(lines, dtype=np.int64)[order])
+                    lengths=np.frombuffer(lengths, dtype=np.int32)[order],
+                    line_nos=np.frombuffer(lines, dtype=np.uint32)[order])
 
 
 def _header(fh: BinaryIO) -> tuple[_Layout | None, int, int]:
