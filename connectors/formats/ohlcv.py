@@ -310,7 +310,7 @@ def _index_rows(fh: Iterable[bytes], layout: _Layout, pos: int, line_no: int,
                 got = int(raw.split(b",", cut)[t]) * unit
             except (ValueError, IndexError):
                 got = _start(raw.split(b","), layout)
-        start = previous if got is None else got
+        start = got if got is not None and 0 <= got < MAX_START else previous
         previous = start
         add_offset(at)
         add_length(size)
@@ -395,9 +395,10 @@ class OhlcvParser(RowParser):
         lay, src = self.layout, self.source
         c = split_row(line, lay.width)
         start = lay.start_ns(c[lay.time])
-        if start >= MAX_START:
-            raise RowError(f"{lay.time_name} is after 2116", path=f"$.{lay.time_name}",
-                           expected="a time before 2116", found=str(start))
+        if not 0 <= start < MAX_START:
+            raise RowError(f"{lay.time_name} is before 1970 or after 2116",
+                           path=f"$.{lay.time_name}", expected="a time from 1970 to 2116",
+                           found=str(start))
         o, h, lo, cl = (number(c[i], p) for i, p in zip(lay.prices, PRICES, strict=True))
         if not (0.0 < lo <= min(o, cl) and max(o, cl) <= h <= MAX_FLOAT):
             raise RowError(f"open {o!r} high {h!r} low {lo!r} close {cl!r} make no bar "

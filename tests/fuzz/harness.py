@@ -29,7 +29,8 @@ audit         ``read_jsonl`` + ``verify_log`` raise only ``AuditError``; an acce
 proof         ``check_proof`` raises only ``AuditError``, and accepts only a proof whose
               record, checkpoint, index, size and path are the honest ones.
 formats       A historical file (the first byte picks its format, the rest is the file,
-              plain, gzipped or zipped) read by ``open_reader``: opening raises only
+              plain, gzipped or zipped) planned and read as a replay reads it (an OHLCV
+              file out of time order through its time index): opening raises only
               ``ConfigError``; reading never raises and gives only wire records and dead
               letters that fit the dead-letter cap.
 ============  ==========================================================================
@@ -57,7 +58,8 @@ import signing_fixtures as fx
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from riskguard.connectors.broker import _pid_alive
-from riskguard.connectors.formats import FORMATS, open_reader
+from riskguard.connectors.formats import FORMATS
+from riskguard.connectors.replay import ReplayFile
 from riskguard.operators.audit import (
     check_proof,
     inclusion_proof,
@@ -555,7 +557,9 @@ def fuzz_formats(data: bytes) -> None:
     path = _format_dir[0] / "input.csv"
     path.write_bytes(data[1:])
     try:
-        reader = open_reader(path, fmt)
+        # planned as a replay plans it: an OHLCV file out of time order is read through
+        # its time index; the instrument is given, as a Binance dump's name would give it
+        reader = ReplayFile(path, format=fmt, instrument="BTCUSDT").planned().open(0, None)
     except ConfigError:
         return  # a file-level refusal (an unreadable zip): documented
     try:

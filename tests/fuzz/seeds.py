@@ -481,10 +481,23 @@ def formats_seeds() -> list[bytes]:
                                     f"index_price,mark_price\nx,BTC,{us},{us},{us},1e-4,,5,1,"
                                     "1,1\n".encode(),
     }
+    hour = "symbol,timestamp_s,open,high,low,close,volume\n"
+    ohlcv = {  # in time order; newest first; one symbol after another; a title, 'unix'
+        "ordered": hour + "A,3600,1,2,1,1,1\nB,3600,1,2,1,1,1\nA,7200,1,2,1,1,1\n",
+        "newest": "date,open,high,low,close\n2024-01-03,1,2,1,1\n2024-01-02,1,2,1,1\n",
+        "blocks": hour + "A,3600,1,2,1,1,1\nA,7200,1,2,1,1,1\nB,3600,1,2,1,1,1\n",
+        "titled": "https://example.com\nUnix,Symbol,Open,High,Low,Close,Volume BTC,"
+                  "Volume USDT,tradecount\n7200000,BTCUSDT,1,2,1,1,1,1,1\n"
+                  "3600,BTCUSDT,1,2,1,1,1,1,1\n",
+    }
     names = [f for f in FORMATS if f != "auto"]
     out = []
     for fmt, body in files.items():
         out.append(bytes([names.index(fmt)]) + body)
+    for body in ohlcv.values():
+        out.append(bytes([names.index("ohlcv_csv")]) + body.encode())
+    out.append(bytes([names.index("ohlcv_csv")])
+               + gzip.compress(ohlcv["blocks"].encode(), mtime=0))
     # fixed times in the gzip and zip headers: the corpus is the same every time
     out.append(bytes([names.index("binance_klines")])
                + gzip.compress(files["binance_klines"], mtime=0))
