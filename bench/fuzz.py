@@ -33,9 +33,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FUZZ = ROOT / "tests" / "fuzz"
-TARGETS = ("codec", "envelope", "resign", "trust", "config", "audit", "proof")
+TARGETS = ("codec", "envelope", "resign", "trust", "config", "audit", "proof", "formats")
 MAX_LEN = {"codec": 16384, "envelope": 8192, "resign": 4096, "trust": 16384,
-           "config": 32768, "audit": 32768, "proof": 16384}
+           "config": 32768, "audit": 32768, "proof": 16384, "formats": 8192}
 _STATUS = re.compile(r"^#(\d+)\s+\w+\s+cov: (\d+) ft: (\d+) corp: (\d+)/(\S+)", re.M)
 _STAT = re.compile(r"^stat::(\w+):\s+(\d+)", re.M)
 
