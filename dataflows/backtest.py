@@ -29,7 +29,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -92,22 +92,33 @@ class Label:
     end_ns: int
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _time_ns(value: Any, where: str) -> int:
+    """A label's time in ns: int ns since the epoch, an ISO-8601 string, or a TOML date
+    or date-time (UTC where it names no offset)."""
     if isinstance(value, bool):
         raise ConfigError(where, "a time: int ns since the epoch or an ISO-8601 string", value)
     if isinstance(value, int):
         return value
     if isinstance(value, float) and math.isfinite(value):
         return int(value)
+    if isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day, tzinfo=UTC)
     if isinstance(value, str):
         try:
-            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError as err:
             raise ConfigError(where, "an ISO-8601 time", value) from err
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)
-        return int(dt.timestamp()) * NS + dt.microsecond * 1000
+    if isinstance(value, datetime):
+        dt = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return (dt - _EPOCH) // timedelta(microseconds=1) * 1000
     raise ConfigError(where, "a time: int ns since the epoch or an ISO-8601 string", value)
+
+
+LABEL_KEYS = ("kind", "scope", "start", "end", "note")
+"""The keys of an incident in a labels JSON file (a note is kept for people only)."""
 
 
 def parse_labels(doc: Any, where: str = "labels") -> list[Label]:
@@ -126,6 +137,10 @@ def parse_labels(doc: Any, where: str = "labels") -> list[Label]:
         if not isinstance(item, dict):
             where = p
             raise ConfigError(where, "an object with kind, scope, start, end", item)
+        for key in item:
+            if key not in LABEL_KEYS:
+                raise ConfigError(f"{p}.{key}", f"one of {', '.join(LABEL_KEYS)}",
+                                  "an unknown key")
         for key in ("kind", "scope", "start", "end"):
             if key not in item:
                 where = f"{p}.{key}"
@@ -137,6 +152,11 @@ def parse_labels(doc: Any, where: str = "labels") -> list[Label]:
             raise ConfigError(where, f"a time >= start ({start})", end)
         out.append(Label(str(item["kind"]), str(item["scope"]), start, end))
     return sorted(out, key=lambda lab: (lab.start_ns, lab.kind, lab.scope))
+
+
+INCIDENT_KEYS = ("file", "name", "series", "onset", "end", "resolution", "rule", "note")
+"""The keys of an ``[[incident]]`` table: the five a label needs, and what the real-data
+labels also record (the data's bar, the onset rule, a note), which a run does not read."""
 
 
 def incident_labels(doc: Any, data: Sequence[str | Path], where: str = "labels",
@@ -173,9 +193,17 @@ def incident_labels(doc: Any, data: Sequence[str | Path], where: str = "labels",
         p = f"{where}.incident[{i}]"
         if not isinstance(item, dict):
             raise ConfigError(p, "a table with file, name, series, onset, end", item)
+        for key in item:
+            if key not in INCIDENT_KEYS:
+                raise ConfigError(f"{p}.{key}", f"one of {', '.join(INCIDENT_KEYS)}",
+                                  "an unknown key")
         for key in ("file", "name", "series", "onset", "end"):
             if key not in item:
                 raise ConfigError(f"{p}.{key}", "a value (required)", None)
+        onset = _time_ns(item["onset"], f"{p}.onset")
+        end = _time_ns(item["end"], f"{p}.end")
+        if end < onset:
+            raise ConfigError(f"{p}.end", f"a time >= onset ({onset})", end)
         path = by_name.get(str(item["file"]))
         if path is None:
             continue
@@ -187,9 +215,7 @@ def incident_labels(doc: Any, data: Sequence[str | Path], where: str = "labels",
             raise ConfigError(f"{p}.series", "a series name (symbol or venue:symbol)",
                               item["series"])
         series_of.setdefault(path, set()).add(symbol)
-        doc_ = {"kind": item["name"], "scope": f"instrument:{venue or '*'}/{symbol}",
-                "start": item["onset"], "end": item["end"]}
-        out.extend(parse_labels([doc_], p))
+        out.append(Label(str(item["name"]), f"instrument:{venue or '*'}/{symbol}", onset, end))
     instruments = {path: next(iter(names)) for path, names in series_of.items()
                    if len(names) == 1}
     return sorted(out, key=lambda lab: (lab.start_ns, lab.kind, lab.scope)), instruments

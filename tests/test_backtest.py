@@ -130,6 +130,35 @@ def test_labels_accept_iso_times_and_reject_bad_windows():
         parse_labels({"incidents": [{"kind": "k", "scope": "s", "start": 10, "end": 5}]})
 
 
+def test_labels_refuse_an_unknown_key_naming_it():
+    """A misspelt key is refused, not ignored (a note is allowed)."""
+    item = {"kind": "k", "scope": "s", "start": 0, "end": 1, "note": "for people"}
+    assert parse_labels([item])[0].end_ns == 1
+    with pytest.raises(ConfigError, match=r"labels.incidents\[0\].stat"):
+        parse_labels([{**item, "stat": 0}])
+
+
+def test_incident_tables_take_toml_times_and_name_their_own_keys(tmp_path):
+    """An incidents TOML file may write its times as TOML date-times or dates (UTC
+    without an offset); an error names the table's own key (onset, end), and an
+    unknown key is refused by name."""
+    import tomllib
+
+    from riskguard.dataflows.backtest import incident_labels
+
+    head = 'file = "x.csv"\nname = "crash"\nseries = "BTC"\nresolution = "1h"\n'
+    doc = tomllib.loads(f"[[incident]]\n{head}onset = 2020-03-12T06:00:00Z\nend = 2020-03-13\n")
+    labels, instruments = incident_labels(doc, ["data/x.csv"])
+    assert (labels[0].start_ns, labels[0].end_ns) == (1_583_992_800 * 10**9,
+                                                      1_584_057_600 * 10**9)
+    assert instruments == {"data/x.csv": "BTC"}
+    for body, key in ((f"{head}onset = 'soon'\nend = 0\n", "onset"),
+                      (f"{head}onset = 5\nend = 4\n", "end"),
+                      (f"{head}onset = 0\nend = 1\nonst = 0\n", "onst")):
+        with pytest.raises(ConfigError, match=rf"labels.incident\[0\].{key}"):
+            incident_labels(tomllib.loads(f"[[incident]]\n{body}"), ["x.csv"])
+
+
 def test_cli_backtest_writes_report_files(cascade, tmp_path, capsys):
     """`riskguard backtest` prints the summary and writes the three outputs."""
     from riskguard.cli import main
