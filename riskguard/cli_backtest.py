@@ -102,8 +102,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # argparse private gener
     p.add_argument("--config", required=True,
                    help="guard TOML config (its [keys] signing_key signs the commands)")
     p.add_argument("--data", nargs="+",
-                   help="JSONL (wire contract), Binance public data dumps or Tardis.dev CSVs; "
-                   "plain, .gz or .zip (docs/formats.md)")
+                   help="JSONL (wire contract), Binance public data dumps, Tardis.dev CSVs "
+                   "or OHLCV CSV files; plain, .gz or .zip (docs/formats.md)")
     p.add_argument("--sample", action="store_true",
                    help="replay the sample data shipped with riskguard (five minutes, three "
                    "labelled incidents; its labels unless --labels)")

@@ -79,8 +79,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # argparse private gener
     p = sub.add_parser(
         "publish", help="check your files against the wire contract and produce them to "
         "the guard's input topics",
-        description="Read JSONL (wire contract), Binance public data dumps or Tardis.dev "
-                    "CSV files (plain, .gz or .zip; docs/formats.md), check every record, "
+        description="Read JSONL (wire contract), Binance public data dumps, Tardis.dev "
+                    "CSVs or OHLCV CSV files (plain, .gz or .zip; docs/formats.md), check "
+                    "every record, "
                     "produce the good ones (idempotent, acks=all, every delivery checked) "
                     "to <env>.riskguard.<stream>.v1, and print a summary. "
                     "Exit 0 when every record was produced, 1 when some were rejected, "
