@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from riskguard.connectors.formats import detect, open_reader, resolve
 from riskguard.connectors.replay import ReplayFile, ReplaySource, read_all
 from riskguard.dataflows.backtest import incident_labels
@@ -336,3 +338,45 @@ def test_calibration_reads_ohlcv_files_with_the_replay_settings(tmp_path: Path) 
     assert [(r.venue, r.instrument, r.measure) for r in recs] == [
         ("deribit", "BTC", Measure.VOLATILITY)] * 2
     assert [lab.scope for lab in labs] == ["instrument:deribit/BTC"]
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(st.sampled_from(["A", "B", "C"]), st.integers(0, 40),
+                               st.sampled_from(["ok", "ok", "ok", "bad", "blank"])),
+                     min_size=2, max_size=60),
+       gz=st.booleans())
+def test_any_row_order_replays_as_the_same_rows_sorted_by_start(tmp_path_factory, rows, gz):
+    """Whatever the order of a file's rows, the replay gives the bars a copy of the file
+    sorted by start (stably) gives, and the same dead letters, each row once."""
+    import gzip
+
+    header = "symbol,timestamp_s,open,high,low,close,volume"
+
+    def line(sym: str, hour: int, kind: str) -> str:
+        if kind == "blank":
+            return ""
+        low = 99 if kind == "ok" else 102  # a low above the high: a dead letter
+        return f"{sym},{T0 + hour * 3600},100,101,{low},100,1"
+
+    lines = [line(*r) for r in rows]
+    lines += [f"A,{T0 + h * 3600},100,101,99,100,1" for h in (50, 51)]  # an interval
+    order = sorted(range(len(rows)), key=lambda i: rows[i][1])
+    folder = tmp_path_factory.mktemp("order")
+    shuffled = folder / ("rows.csv.gz" if gz else "rows.csv")
+    text = "\n".join([header, *lines]) + "\n"
+    shuffled.write_bytes(gzip.compress(text.encode()) if gz else text.encode())
+    ordered = folder / "sorted.csv"
+    ordered.write_text("\n".join([header, *[lines[i] for i in order], *lines[len(rows):]])
+                       + "\n")
+
+    def bars_and_dead(path: Path) -> tuple[list, list]:
+        out = _read(path, venue="v")
+        bars = [(b.instrument, b.start, b.low) for b in out if isinstance(b, Bar)]
+        dead = sorted(d.raw for d in out if isinstance(d, DeadLetter))
+        return bars, dead
+
+    got, want = bars_and_dead(shuffled), bars_and_dead(ordered)
+    assert got[0] == want[0]
+    assert got[1] == want[1]
+    assert len(got[0]) + len(got[1]) == sum(k != "blank" for *_, k in rows) + 2
