@@ -210,6 +210,10 @@ def test_book_depth_rows_of_one_timestamp_make_one_snapshot(tmp_path: Path) -> N
     assert [d.detail.split(":")[0] for d in dead] == [
         f"BTCUSDT-bookDepth-2024-01-01.csv line {n}" for n in (6, 7, 8)]
     assert (last.ts, last.bid_depth) == ((T + 67_000) * MS, [20.0, 40.0])
+    reader = open_reader(p)
+    list(reader.lines())
+    reader.close()
+    assert (reader.stats.records, sum(reader.stats.dead_letters.values())) == (2, 3)
 
 
 def test_coin_m_book_depth_reads_the_base_coin_from_notional(tmp_path: Path) -> None:

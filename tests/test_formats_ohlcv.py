@@ -153,7 +153,7 @@ def test_many_series_one_after_another_are_read_once_in_time_order(
     assert planned.time_indexed
     reader = planned.open(0, None)
     list(reader.lines())
-    assert reader.stats.rows == len(rows) - 1
+    assert reader.stats.rows == reader.stats.records == len(rows) - 1
     reader.close()
     out = _read(path)
     assert len(out) == len(rows) - 1 and all(isinstance(b, Bar) for b in out)

@@ -379,6 +379,9 @@ class FileReader:
                     item = self._resolve([*deferred, *(item if item.__class__ is list
                                                        else [item])])
                     deferred = []
+                    stats.records += _records_in(item)
+                elif item.__class__ is not DeadLetter:
+                    stats.records += 1
                 yield line_no, off, item
         self.position = pos
         if parser is None:
@@ -391,6 +394,7 @@ class FileReader:
         items = self._resolve([*deferred, *([] if last is None else
                                             last if last.__class__ is list else [last])])
         if items:
+            stats.records += _records_in(items)
             yield line_no, pos if group is None else group, \
                 items if len(items) > 1 else items[0]
 
@@ -540,6 +544,8 @@ class IndexedReader(FileReader):
                 except Exception as err:  # a bad row is a dead letter, whatever it raised
                     item = self.dead_letter(line, no, at, err)
                 if item is not None:
+                    if item.__class__ is not DeadLetter:
+                        stats.records += 1
                     yield no, k + j, item
             k = end
         self.position = n
@@ -548,6 +554,10 @@ class IndexedReader(FileReader):
                 f"the file cannot be read past here: {type(broken).__name__}: {broken}",
                 expected="a readable stream", found=type(broken).__name__,
                 reason="decode_error"))
+
+
+def _records_in(items: list[Any]) -> int:
+    return sum(1 for x in items if x.__class__ is not DeadLetter)
 
 
 class _Nothing(RowParser):
