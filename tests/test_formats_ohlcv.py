@@ -188,6 +188,7 @@ def test_a_cut_off_compressed_file_out_of_time_order_gives_its_rows_and_one_dead
     dead = [r for r in out if isinstance(r, DeadLetter)]
     assert 0 < len(bars) < 6000 and [b.start for b in bars] == sorted(b.start for b in bars)
     assert [d.reason for d in dead] == ["decode_error"]
+    assert dead[0].detail.startswith(f"cut.csv.gz line {2 + len(bars)}:")  # after the last
 
 
 def test_a_file_of_newest_bars_first_replays_oldest_first(tmp_path: Path) -> None:

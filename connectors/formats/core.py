@@ -549,8 +549,9 @@ class IndexedReader(FileReader):
                     yield no, k + j, item
             k = end
         self.position = n
-        if broken is not None:
-            yield line_no + 1, n, self.dead_letter(b"", line_no + 1, 0, RowError(
+        if broken is not None:  # after the last line it held
+            line_no = max(line_no, int(index.line_nos.max())) if n else line_no
+            yield line_no + 1, n, self.dead_letter(b"", line_no + 1, readable, RowError(
                 f"the file cannot be read past here: {type(broken).__name__}: {broken}",
                 expected="a readable stream", found=type(broken).__name__,
                 reason="decode_error"))
