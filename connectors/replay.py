@@ -12,7 +12,9 @@ line numbers exact).
 
 Rows that cannot be parsed become :class:`~riskguard.schemas.DeadLetter`
 records whose ``offset`` is the row's byte offset and whose ``detail`` names the
-file and line; each reader counts them (:attr:`_ReplayPartition.stats`).
+file and line; each reader counts its rows, records and dead letters
+(:attr:`~riskguard.connectors.formats.core.FileReader.stats`). At most
+:data:`MAX_OPEN_FILES` files are open at once.
 
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -36,7 +38,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, operator
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from riskguard.connectors.formats import FORMATS, FileStats, Reader, open_reader, resolve
+from riskguard.connectors.formats import FORMATS, Reader, open_reader, resolve
 from riskguard.connectors.formats.ohlcv import scan as scan_bars
 from riskguard.operators.core.base import SplitOut, split_dead_letters
 from riskguard.operators.core.clock import Clock, system_clock
@@ -102,17 +104,31 @@ class ReplayFile:
                            offset=offset, codec=codec)
 
 
+MAX_OPEN_FILES = 128
+"""Files a replay keeps open at once: a file waiting behind the others is closed and
+opened again at its next row when its turn comes (a year of daily dumps replays
+under any open-file limit)."""
+
+
 class _ReplayPartition(StatefulSourcePartition[Any, list[int]]):
     def __init__(
         self, files: list[ReplayFile], offsets: list[int], codec: Codec | None,
         batch_size: int, speed: float | None, clock: Clock, span_ns: int = 0,
+        max_open: int = MAX_OPEN_FILES,
     ) -> None:
-        self._readers = [f.open(off, codec) for f, off in zip(files, offsets, strict=True)]
-        self._lines = [r.lines() for r in self._readers]
+        self._files = files
+        self._codec = codec
+        self._max_open = max(1, max_open)
+        # an open file's reader and its emissions; None while the file is closed
+        self._readers: list[Reader | None] = [None] * len(files)
+        self._lines: list[Iterator[tuple[int, int, Any]] | None] = [None] * len(files)
+        self._n_open = 0
         self._last_ts = [0] * len(files)  # a file's dead letters sort at its last record's ts
         self._offsets = list(offsets)
+        # per file with rows left, its next emission ``(ts, file, offset, emission)``;
+        # the emission is None while the file is closed (read again from ``offset``)
         self._heap: list[tuple[int, int, int, Any]] = []
-        for i in range(len(self._readers)):
+        for i in range(len(files)):
             head = self._next(i)
             if head is not None:
                 heapq.heappush(self._heap, head)
@@ -124,22 +140,35 @@ class _ReplayPartition(StatefulSourcePartition[Any, list[int]]):
         self._t0_event: int | None = None
         self._awake: datetime | None = None
 
-    @property
-    def stats(self) -> dict[str, FileStats]:
-        """Rows, records and dead letters (by reason) per file name, so far."""
-        out: dict[str, FileStats] = {}
-        for r in self._readers:
-            st = out.get(r.path.name)
-            if st is None:
-                out[r.path.name] = st = FileStats()
-            st.rows += r.stats.rows
-            st.records += r.stats.records
-            st.dead_letters.update(r.stats.dead_letters)
-        return out
+    def _open(self, idx: int) -> Iterator[tuple[int, int, Any]]:
+        """File ``idx``'s emissions from its offset, opened now; if that makes more
+        open files than the cap, the one whose next emission is latest is closed."""
+        if self._n_open >= self._max_open:
+            victim = max((e for e in self._heap if e[3] is not None), key=lambda e: e[:2],
+                         default=None)
+            if victim is not None:
+                at = self._heap.index(victim)  # its offset re-reads this emission
+                self._heap[at] = (*victim[:3], None)
+                self._shut(victim[1])
+        reader = self._readers[idx] = self._files[idx].open(self._offsets[idx], self._codec)
+        self._n_open += 1
+        lines = self._lines[idx] = reader.lines()
+        return lines
+
+    def _shut(self, idx: int) -> None:
+        reader = self._readers[idx]
+        if reader is not None:
+            reader.close()
+            self._n_open -= 1
+        self._readers[idx] = self._lines[idx] = None
 
     def _next(self, idx: int) -> tuple[int, int, int, Any] | None:
-        """``(ts, file index, offset, emission)`` of file ``idx``'s next emission."""
-        for _line, offset, item in self._lines[idx]:
+        """``(ts, file index, offset, emission)`` of file ``idx``'s next emission; at the
+        file's end, None (its offset is then its end, and the file is closed)."""
+        lines = self._lines[idx]
+        if lines is None:
+            lines = self._open(idx)
+        for _line, offset, item in lines:
             cls = item.__class__
             if cls is DeadLetter:
                 ts = self._last_ts[idx]
@@ -150,6 +179,10 @@ class _ReplayPartition(StatefulSourcePartition[Any, list[int]]):
             else:
                 ts = self._last_ts[idx] = getattr(item, "ts", None) or 0
             return ts, idx, offset, item
+        reader = self._readers[idx]
+        if reader is not None:
+            self._offsets[idx] = reader.position
+        self._shut(idx)
         return None
 
     def next_batch(self) -> list[Any]:
@@ -170,6 +203,13 @@ class _ReplayPartition(StatefulSourcePartition[Any, list[int]]):
         offsets, size = self._offsets, self._batch_size
         while heap and len(out) < size:
             ts, idx, _start, item = heap[0]
+            if item is None:  # a file closed while it waited: open it, read that row again
+                head = self._next(idx)
+                if head is None:
+                    heapq.heappop(heap)
+                else:
+                    heapq.heapreplace(heap, head)
+                continue
             if span and out and ts // span != first:
                 break  # a batch holds one span of event time (see ReplaySource)
             if due is not None and ts > due:
@@ -178,9 +218,9 @@ class _ReplayPartition(StatefulSourcePartition[Any, list[int]]):
                 break
             nxt = self._next(idx)
             # the next unread row of this file starts at its next emission, or at its end
+            # (which _next keeps)
             if nxt is None:
                 heapq.heappop(heap)
-                offsets[idx] = self._readers[idx].position
             else:
                 heapq.heapreplace(heap, nxt)
                 offsets[idx] = nxt[2]
@@ -224,8 +264,8 @@ class _ReplayPartition(StatefulSourcePartition[Any, list[int]]):
         return list(self._offsets)
 
     def close(self) -> None:
-        for r in self._readers:
-            r.close()
+        for idx in range(len(self._readers)):
+            self._shut(idx)
 
 
 class ReplaySource(FixedPartitionedSource[Any, list[int]]):
@@ -273,7 +313,7 @@ class ReplaySource(FixedPartitionedSource[Any, list[int]]):
         offsets = resume_state if resume_state is not None else [0] * len(self.files)
         return _ReplayPartition(
             self.files, offsets, self.codec, self.batch_size, self.speed, self.clock,
-            self.batch_span_ns,
+            self.batch_span_ns, max_open=MAX_OPEN_FILES,
         )
 
 

@@ -108,6 +108,39 @@ def read_all_from(src: ReplaySource, snap: list[int]) -> list[object]:
         part.close()
 
 
+@pytest.mark.parametrize("cap", [1, 2, 3])
+def test_more_files_than_may_be_open_replay_the_same(tmp_path: Path, monkeypatch,
+                                                      cap: int) -> None:
+    """With more files than the open-file cap, files overlapping in time take turns: a
+    waiting file is closed and read again from its next row when its turn comes. The
+    records, their order and a resume from any snapshot are as with every file open,
+    and no more than ``cap`` files are ever open (a dead letter sorts as before)."""
+    from riskguard.connectors import replay
+
+    paths = [_jsonl(tmp_path / f"f{n}.jsonl", [(BASE_MS + k * 7 + n) * MS for k in range(9)],
+                    f"f{n}-") for n in range(5)]
+    with paths[2].open("ab") as fh:
+        fh.write(b"not json\n")
+    files = [ReplayFile(p) for p in paths]
+    whole = [encode(r) for r in read_all(ReplaySource(files))]
+    monkeypatch.setattr(replay, "MAX_OPEN_FILES", cap)
+    src = ReplaySource(files, batch_size=4)
+    part = src.build_part("s", "replay", None)
+    got: list[bytes] = []
+    snaps = [part.snapshot()]
+    try:
+        while True:
+            got += [encode(r) for r in part.next_batch()]
+            snaps.append(part.snapshot())
+            assert sum(r is not None for r in part._readers) <= cap
+    except StopIteration:
+        pass
+    part.close()
+    assert got == whole
+    for i, snap in enumerate(snaps):
+        assert [encode(r) for r in read_all_from(src, snap)] == whole[4 * i:]
+
+
 def test_flow_killed_halfway_resumes_and_every_record_comes_out_once(files, recovery_dir) -> None:
     """With recovery on, a crash mid-replay followed by a resume loses nothing; duplicates are
     only replays of the last unfinished epoch and are removed by id."""
