@@ -13,8 +13,10 @@ Both are the best of ``--repeat`` runs, in input rows per second; the ratio is
 replay / csv.reader. The goal: a bar format keeps up at least 0.3x csv.reader.
 ``--real`` also reads the development data's Binance files and its hourly OHLCV
 files of several series (``bench/shared_data.py``) when they are present. An OHLCV
-file not in time order (here: one symbol after another) is read through an index of
-its rows, built in the measured run.
+file not in time order (here: one symbol after another, 4 or 2,000 symbols) is read
+through an index of its rows, built in the measured run. Last, ``--days`` one-day
+kline files (the rows split among them, as Binance ships a day a file) replay
+merged, more files than a replay keeps open at once.
 """
 
 from __future__ import annotations
@@ -57,12 +59,14 @@ def _klines(n: int, rng: random.Random) -> list[str]:
     return out
 
 
-def _ohlcv(n: int, rng: random.Random, *, grouped: bool) -> list[str]:
-    """Hourly bars of four symbols, interleaved in time, or one symbol after another."""
-    symbols = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT")
-    per = n // len(symbols)
+def _ohlcv(n: int, rng: random.Random, *, grouped: bool, symbols: int = 4) -> list[str]:
+    """Hourly bars of four symbols (or ``symbols``), interleaved in time, or one symbol
+    after another."""
+    names = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT") if symbols == 4 else tuple(
+        f"S{k:04d}USDT" for k in range(symbols))
+    per = n // len(names)
     rows: list[tuple[int, int, str]] = []
-    for k, sym in enumerate(symbols):
+    for k, sym in enumerate(names):
         px = 100.0 * (k + 1)
         for i in range(per):
             o = px
@@ -169,6 +173,9 @@ FILES: list[tuple[str, str | None, Callable[[int, random.Random], list[str]]]] =
      lambda n, rng: _ohlcv(n, rng, grouped=False)),
     ("ohlcv_1h_one_symbol_after_another.csv", "symbol,timestamp_s,open,high,low,close,volume",
      lambda n, rng: _ohlcv(n, rng, grouped=True)),
+    ("ohlcv_1h_2000_symbols_one_after_another.csv",
+     "symbol,timestamp_s,open,high,low,close,volume",
+     lambda n, rng: _ohlcv(n, rng, grouped=True, symbols=2000)),
     ("BTCUSDT-trades-2024-01-01.csv", "id,price,qty,quote_qty,time,is_buyer_maker", _trades),
     ("BTCUSDT-aggTrades-2024-01-01.csv", "agg_trade_id,price,quantity,first_trade_id,"
      "last_trade_id,transact_time,is_buyer_maker", _agg_trades),
@@ -243,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=100_000, help="rows per generated file")
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement (best kept)")
+    ap.add_argument("--days", type=int, default=1000,
+                    help="daily kline files replayed together (the rows split among them)")
     ap.add_argument("--real", action="store_true",
                     help="also read the development data's Binance files, when present")
     args = ap.parse_args(argv)
@@ -272,7 +281,30 @@ def main(argv: list[str] | None = None) -> int:
             ok = ok and (not bars or ratio >= GOAL)
             print(f"{path.name[:48]:<48} {rows:>8,} {csv_rate:>13,.0f} {rep_rate:>10,.0f} "
                   f"{ratio:>5.2f}x {records:>8,}{mark}")
+        days = write_daily_files(Path(tmp) / "daily", args.days, args.rows // args.days)
+        t_csv, rows = best(lambda: sum(csv_rows(p) for p in days), args.repeat)
+        t_rep, records = best(lambda: sum(1 for _ in read_all(ReplaySource(
+            [ReplayFile(p) for p in days], batch_size=1000))), args.repeat)
+        print(f"{f'{len(days):,} daily kline files, merged':<48} {rows:>8,} "
+              f"{rows / t_csv:>13,.0f} {rows / t_rep:>10,.0f} {t_csv / t_rep:>5.2f}x "
+              f"{records:>8,}")
     return 0 if ok else 1
+
+
+def write_daily_files(folder: Path, days: int, rows: int) -> list[Path]:
+    """``days`` one-day Binance 1m kline files of ``rows`` rows each, as the dumps come
+    (one file a day; more of them than a replay keeps open at once)."""
+    folder.mkdir()
+    rng = random.Random(11)
+    paths = []
+    for d in range(days):
+        day_ms = T0_MS + d * 86_400_000
+        lines = [f"{day_ms + m * 60_000},{100 + rng.random():.2f},101,99,100.5,2,"
+                 f"{day_ms + m * 60_000 + 59_999},200,3,1,100,0" for m in range(rows)]
+        path = folder / f"BTCUSDT-1m-{datetime.fromtimestamp(day_ms / 1000, UTC):%Y-%m-%d}.csv"
+        path.write_text("\n".join(lines) + "\n")
+        paths.append(path)
+    return paths
 
 
 if __name__ == "__main__":
