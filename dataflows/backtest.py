@@ -37,6 +37,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSink, TestingSource, run_main
+from riskguard.connectors.formats.ohlcv import file_symbols
 from riskguard.connectors.replay import ReplayFile, replay_input
 from riskguard.dataflows.guard import GuardConfig, guard_core, load_guard_config, load_keys
 from riskguard.operators.core.clock import ManualClock, step_event_time
@@ -166,9 +167,12 @@ def incident_labels(doc: Any, data: Sequence[str | Path], where: str = "labels",
     ``data`` files given; and each such file's instrument, the series it holds.
 
     An incident labels the series of its ``file`` only when that file is among
-    ``data`` (matched by file name); the series is the first word of ``series``
-    (``"BTCUSDT bid side"`` is ``BTCUSDT``), and its scope ``instrument:*/<series>``,
-    or ``instrument:<venue>/<symbol>`` for a series ``venue:symbol``. A file labelled
+    ``data`` (matched by file name); the series is the word of ``series`` that names
+    one of the symbols in the file's rows
+    (:func:`~riskguard.connectors.formats.ohlcv.file_symbols`: ``"DVOL BTC"`` in an
+    OHLCV file of BTC and ETH rows is ``BTC``), else its first word (``"BTCUSDT bid
+    side"`` is ``BTCUSDT``), and its scope ``instrument:*/<series>``, or
+    ``instrument:<venue>/<symbol>`` for a series ``venue:symbol``. A file labelled
     with one series replays as that instrument where its format names none; a file
     of several series must name them in its rows (an OHLCV file's symbol column).
 
@@ -189,6 +193,7 @@ def incident_labels(doc: Any, data: Sequence[str | Path], where: str = "labels",
     by_name = {Path(p).name: str(p) for p in data}
     out: list[Label] = []
     series_of: dict[str, set[str]] = {}
+    symbols_of: dict[str, frozenset[str]] = {}
     for i, item in enumerate(items):
         p = f"{where}.incident[{i}]"
         if not isinstance(item, dict):
@@ -210,7 +215,13 @@ def incident_labels(doc: Any, data: Sequence[str | Path], where: str = "labels",
         words = str(item["series"]).split()
         if not words:
             raise ConfigError(f"{p}.series", "a series name", item["series"])
-        venue, _, symbol = words[0].rpartition(":")
+        if path not in symbols_of:
+            symbols_of[path] = file_symbols(path)
+        # the word that names one of the file's symbols ("DVOL BTC" in a file of BTC and
+        # ETH rows), else the first
+        named = symbols_of[path]
+        word = next((w for w in words if w.rpartition(":")[2] in named), words[0])
+        venue, _, symbol = word.rpartition(":")
         if not symbol:
             raise ConfigError(f"{p}.series", "a series name (symbol or venue:symbol)",
                               item["series"])

@@ -292,6 +292,21 @@ def test_incident_labels_name_venue_and_symbol_and_several_series_a_file() -> No
     assert instruments == {"cross.csv": "XBTUSD"}  # perps.csv names its symbols per row
 
 
+def test_an_incident_series_is_the_word_naming_a_symbol_of_its_file(tmp_path: Path) -> None:
+    """ "DVOL BTC" labels the BTC rows of a file of BTC and ETH volatility-index bars;
+    a series none of whose words is a symbol of the file keeps its first word."""
+    path = _write(tmp_path, "dvol.csv", "date,symbol,open,high,low,close\n"
+                  "2021-05-19,BTC,100,150,90,140\n2021-05-19,ETH,100,150,90,140\n")
+    doc = {"incident": [
+        {"file": "dvol.csv", "name": "crash", "series": "DVOL BTC", "onset": 0, "end": 1},
+        {"file": "dvol.csv", "name": "crash", "series": "DVOL ETH", "onset": 0, "end": 1},
+        {"file": "dvol.csv", "name": "other", "series": "SOL index", "onset": 0, "end": 1}]}
+    labels, instruments = incident_labels(doc, [path])
+    assert sorted(lab.scope for lab in labels) == [
+        "instrument:*/BTC", "instrument:*/ETH", "instrument:*/SOL"]
+    assert instruments == {}  # the file names its symbols per row
+
+
 def _bench(name: str):
     bench = str(Path(__file__).resolve().parents[1] / "bench")
     if bench not in sys.path:

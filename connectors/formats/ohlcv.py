@@ -77,6 +77,8 @@ from riskguard.connectors.formats.core import (
 )
 from riskguard.schemas import Bar, Measure
 
+from riskguard.errors import ConfigError
+
 NS = 1_000_000_000
 TIME_COLUMNS: tuple[tuple[str, int | None], ...] = (
     ("timestamp_ns", 1), ("timestamp_us", 1_000), ("timestamp_ms", 1_000_000),
@@ -253,6 +255,33 @@ def _in_order(lines: Iterable[bytes], layout: _Layout, last: int) -> bool:
             return False
         last = start
     return True
+
+
+def file_symbols(path: Path | str) -> frozenset[str]:
+    """The symbols an OHLCV file's rows name (its ``symbol`` or ``instrument`` column);
+    empty for a file with no such column, or no OHLCV file (a missing one included).
+
+    >>> import tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "dvol.csv"
+    >>> _ = f.write_text("date,symbol,open,high,low,close\\n2021-03-24,BTC,85,96,80,95\\n"
+    ...                  "2021-03-24,ETH,94,107,92,106\\n")
+    >>> sorted(file_symbols(f))
+    ['BTC', 'ETH']
+    """
+    names: set[bytes] = set()
+    try:
+        with open_stream(path) as fh:
+            layout, _pos, _lines = _header(fh)
+            column = None if layout is None else layout.symbol
+            if column is not None:
+                for raw in fh:
+                    cells = raw.split(b",", column + 1)
+                    if len(cells) > column:
+                        names.add(cells[column].strip())
+    except (OSError, EOFError, zlib.error, zipfile.BadZipFile, NotImplementedError,
+            ConfigError):
+        pass
+    return frozenset(n.decode("utf-8", "replace") for n in names if n)
 
 
 def time_order(path: Path | str) -> RowIndex:
