@@ -238,7 +238,9 @@ class _ReplayPartition(StatefulSourcePartition[Any, list[int]]):
         heap, size = self._heap, self._batch_size
         item = heap[0][3]
         out: list[Any] = []
-        for _line, offset, nxt in self._lines[0]:
+        lines, reader = self._lines[0], self._readers[0]
+        assert lines is not None and reader is not None  # one file: it stays open
+        for _line, offset, nxt in lines:
             if item.__class__ is list:
                 out.extend(item)
             else:
@@ -253,7 +255,8 @@ class _ReplayPartition(StatefulSourcePartition[Any, list[int]]):
         else:
             out.append(item)
         heap.clear()
-        self._offsets[0] = self._readers[0].position
+        self._offsets[0] = reader.position
+        self._shut(0)
         self._awake = None
         return out
 
