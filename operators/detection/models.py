@@ -22,6 +22,7 @@ from riskguard.operators.detection.band_levels import MoveBandConfig
 from riskguard.operators.detection.cross_rates import CrossRateConfig
 from riskguard.operators.detection.hst import ArrayHST, hst_shape
 from riskguard.operators.detection.range_scorer import RangeScorer
+from riskguard.operators.detection.venue_confirm import VenueConfirmConfig
 
 from riskguard.errors import ConfigError
 
@@ -83,6 +84,7 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     range_quiet_points: int = 60
     bands: MoveBandConfig = MoveBandConfig()
     cross: CrossRateConfig = CrossRateConfig()
+    confirm: VenueConfirmConfig = VenueConfirmConfig()
     topic: str = "features"
     step: str = "detect"
 
@@ -90,6 +92,7 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
         """Raise ``ConfigError`` naming the key of the first bad value."""
         self.bands.validate(path + ".bands")
         self.cross.validate(path + ".cross")
+        self.confirm.validate(path + ".confirm")
         if self.model not in _MODELS:
             raise ConfigError(path + ".model", "must be one of " + ", ".join(_MODELS),
                               self.model)

@@ -53,13 +53,17 @@ from riskguard.operators.detection.cross_rates import CrossRateConfig
 from riskguard.operators.detection.cross_shard import cross_points, cross_shard_builder
 from riskguard.operators.detection.detector import DetectorConfig, detector_builder
 from riskguard.operators.detection.features import FeatureConfig, feature_builder, route_batch
+from riskguard.operators.detection.venue_confirm import VenueConfirmConfig, venue_confirm_builder
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.signals import AnomalySignal, FeatureVector
 
 __all__ = [
     "CrossRateConfig", "DetectOut", "DetectorConfig", "FeatureConfig", "FeaturesOut",
-    "detect_anomalies", "detect_dislocations", "extract_features",
+    "VenueConfirmConfig", "confirm_across_venues", "detect_anomalies", "detect_dislocations",
+    "extract_features",
 ]
+
+CONFIRM_KEY = "venue-confirm"  # the one key the cross-venue confirmation runs under
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,22 @@ def detect_anomalies(step_id: str, up: KeyedStream[FeatureVector], *, config: De
     out = stateful_logic("detect", up, detector_builder(config, clock))
     split = split_dead_letters("split", out)
     return DetectOut(oks=split.oks, errs=split.errs)
+
+
+@operator
+def confirm_across_venues(step_id: str, signals: Stream[Any], *,
+                          config: VenueConfirmConfig) -> Stream[AnomalySignal]:
+    """Warning band episodes a trip on another venue of the same asset confirms,
+    escalated to critical (and eased back when no trip confirms them any more):
+    ``price_move`` signals of those episodes (:mod:`~riskguard.operators.detection.venue_confirm`).
+
+    ``signals`` is the detector's (unkeyed) signals; they are judged under one key.
+    """
+    config.validate(f"step {step_id!r}: detector.confirm")
+    keyed = op.flat_map_batch("bands", signals, lambda sigs: [
+        (CONFIRM_KEY, s) for s in sigs if getattr(s, "kind", None) == "price_move"])
+    out = stateful_logic("confirm", keyed, venue_confirm_builder(config))
+    return op.flat_map_batch("unkey", out, values_of)
 
 
 @operator
