@@ -16,6 +16,7 @@ from riskguard.operators.detection.features import (
     route,
 )
 from riskguard.operators.detection.market_sim import SimConfig, generate
+from riskguard.operators.detection.venue_confirm import VenueConfirmConfig, venue_confirm_builder
 
 from tests.contract import CHECKS, Case
 
@@ -45,9 +46,32 @@ def _cross_items() -> list:
 
 CROSS = _cross_items()
 
+
+def _band_signals() -> list:
+    """Band episodes of three venues of one asset and one of another, opening, tripping,
+    easing and closing in turn (the confirmation's input)."""
+    from tests.test_venue_confirm import band
+
+    out = []
+    for t in range(0, 40, 8):
+        out += [band("binance/BTCUSDT", "open", "warn", -250, ts=t + 1, episode=t),
+                band("kraken/XBTUSD", "open", "warn", -240, ts=t + 1, episode=t),
+                band("okx/ETH-USDT", "open", "warn", -300, ts=t + 1, episode=t),
+                band("gemini/BTCUSD", "open", "critical", -720, ts=t + 2, episode=t),
+                band("binance/BTCUSDT", "escalate", "critical", -800, ts=t + 3, episode=t),
+                band("gemini/BTCUSD", "deescalate", "warn", -90, ts=t + 4, episode=t),
+                band("kraken/XBTUSD", "close", "warn", -10, ts=t + 5, episode=t),
+                band("binance/BTCUSDT", "close", "critical", -10, ts=t + 6, episode=t),
+                band("gemini/BTCUSD", "close", "warn", -10, ts=t + 7, episode=t)]
+    return out
+
+
+BANDS = _band_signals()
+
 CASES = [
     Case("cross-shard", cross_shard_builder(CrossRateConfig(warmup_points=20), lambda: 0,
                                             bar_ns=10**9), CROSS),
+    Case("venue-confirm", venue_confirm_builder(VenueConfirmConfig()), BANDS),
     Case("features-bar", feature_builder(FCFG, lambda: 2**62), MARKET),
     Case("features-event", feature_builder(FeatureConfig(venues=SC.venues, cadence="event"),
                                            lambda: 2**62), MARKET[:400]),
