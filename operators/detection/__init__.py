@@ -1,7 +1,8 @@
 """Detection: market records in, anomaly signals and dislocation signals out.
 
 - :mod:`~riskguard.operators.detection.ops`: the bytewax operators
-  :func:`extract_features`, :func:`detect_anomalies` and :func:`detect_dislocations`;
+  :func:`extract_features`, :func:`detect_anomalies`, :func:`confirm_across_venues` and
+  :func:`detect_dislocations`;
 - :mod:`~riskguard.operators.detection.features`: per-key feature vectors (bars,
   spreads, staleness, venue health);
 - :mod:`~riskguard.operators.detection.detector`: the online detector, one model per
@@ -10,6 +11,8 @@
   :mod:`~riskguard.operators.detection.range_scorer`, the threshold
   :mod:`~riskguard.operators.detection.score_quantile` and the deterministic
   :mod:`~riskguard.operators.detection.move_bands`;
+- :mod:`~riskguard.operators.detection.venue_confirm`: a band warning confirmed by a
+  trip on another venue of the same asset, made critical;
 - :mod:`~riskguard.operators.detection.cross_rates`: markets of one base asset parting,
   judged in event-time order on shard keys by
   :mod:`~riskguard.operators.detection.cross_shard`;
@@ -50,12 +53,18 @@ from riskguard.operators.detection.move_bands import MoveBands, MoveBandState
 from riskguard.operators.detection.ops import (
     DetectOut,
     FeaturesOut,
+    confirm_across_venues,
     detect_anomalies,
     detect_dislocations,
     extract_features,
 )
 from riskguard.operators.detection.range_scorer import RangeScorer
 from riskguard.operators.detection.score_quantile import ScoreQuantile
+from riskguard.operators.detection.venue_confirm import (
+    VenueConfirmConfig,
+    VenueConfirmLogic,
+    VenueConfirmState,
+)
 
 __all__ = [
     "ArrayHST",
@@ -83,7 +92,11 @@ __all__ = [
     "Scenario",
     "ScoreQuantile",
     "SimConfig",
+    "VenueConfirmConfig",
+    "VenueConfirmLogic",
+    "VenueConfirmState",
     "VolatilityLevels",
+    "confirm_across_venues",
     "cross_points",
     "detect_anomalies",
     "detect_dislocations",
