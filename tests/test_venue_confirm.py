@@ -117,8 +117,9 @@ def test_a_snapshot_of_another_version_is_refused() -> None:
 
 def test_black_thursday_btc_turns_critical_on_its_onset_bar_on_every_venue() -> None:
     """The real hourly bars of three venues through Black Thursday, through the whole
-    guard: binance's and kraken's BTC, a bar behind gemini's on their own bands, are
-    critical (confirmed) and under reduce_only on the labelled onset bar."""
+    guard with the confirmation on: binance's and kraken's BTC, a bar behind gemini's on
+    their own bands, are critical (confirmed) and under reduce_only on the labelled
+    onset bar; with the defaults (off), no signal is a confirmation."""
     import sys
 
     bench = str(Path(__file__).resolve().parents[1] / "bench")
@@ -137,8 +138,8 @@ def test_black_thursday_btc_turns_critical_on_its_onset_bar_on_every_venue() -> 
 
     path = incidents_dir() / "crossvenue_BTC_ETH_1h_binance-gemini-kraken_2020-03-01_2020-03-20.csv"
     onset_bar_close = 1_583_996_400 * 10**9  # 2020-03-12 07:00 UTC: the 06:00 bar closes
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg, digest = dr.default_config(Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp:  # on, as a one-worker backtest may have it
+        cfg, digest = dr.default_config(Path(tmp), {"detector": {"confirm": {"enabled": True}}})
         res = run_backtest(cfg, digest, files=[ReplayFile(path)])
     confirmed = {s.key for s in res.signals if isinstance(s, AnomalySignal)
                  and s.model == MODEL and s.ts == onset_bar_close
@@ -147,3 +148,7 @@ def test_black_thursday_btc_turns_critical_on_its_onset_bar_on_every_venue() -> 
     reduced = {c.scope.label() for c in res.commands
                if c.action.value == "reduce_only" and c.issued_at <= onset_bar_close}
     assert {"instrument:binance_spot/BTCUSDT", "instrument:kraken/XBTUSD"} <= reduced
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, digest = dr.default_config(Path(tmp))
+        off = run_backtest(cfg, digest, files=[ReplayFile(path)])
+    assert not any(isinstance(s, AnomalySignal) and s.model == MODEL for s in off.signals)

@@ -14,7 +14,8 @@ warning in the same direction stays as it is, and an escalation this rule made
 never confirms another (only a market's own bands count as the trip).
 
 :class:`VenueConfirmLogic` runs under one key, over the band signals
-(``kind == "price_move"``) of every market, in the order they come; its signals are
+(``kind == "price_move"``) of every market, in the order they come (event time with
+one detector worker, so it is off by default: :class:`VenueConfirmConfig`); its signals are
 ``price_move`` signals of the escalated episode (``model == "VenueConfirm"``), their
 ids derived from the episode, phase and time.
 
@@ -56,9 +57,15 @@ _NAMESPACE = uuid.UUID("6f3b1c1e-8d0a-4f5e-9d55-3c1d2f0b7a41")
 
 
 class VenueConfirmConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Settings of the cross-venue confirmation (``detector.confirm``): on by default."""
+    """Settings of the cross-venue confirmation (``detector.confirm``): off by default.
 
-    enabled: bool = True
+    It judges the band signals in the order they reach its one key, which is event
+    time only when the detector runs on one worker (a backtest, a one-worker guard):
+    over several workers, signals of different markets arrive out of step and it can
+    confirm on other bars than one worker would.
+    """
+
+    enabled: bool = False
     model_version: str = "1"
 
     def validate(self, where: str = "detector.confirm") -> VenueConfirmConfig:
