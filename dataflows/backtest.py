@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -57,6 +57,7 @@ from riskguard.schemas import (
     encode,
 )
 
+from riskguard.config import check_known_keys, read_toml
 from riskguard.errors import ConfigError
 
 NS = 1_000_000_000
@@ -118,8 +119,14 @@ def _time_ns(value: Any, where: str) -> int:
     raise ConfigError(where, "a time: int ns since the epoch or an ISO-8601 string", value)
 
 
-LABEL_KEYS = ("kind", "scope", "start", "end", "note")
-"""The keys of an incident in a labels JSON file (a note is kept for people only)."""
+class LabelKeys(TypedDict, total=False):
+    """The keys of an incident in a labels JSON file (a note is kept for people only)."""
+
+    kind: str
+    scope: str
+    start: Any
+    end: Any
+    note: str
 
 
 def parse_labels(doc: Any, where: str = "labels") -> list[Label]:
@@ -138,10 +145,7 @@ def parse_labels(doc: Any, where: str = "labels") -> list[Label]:
         if not isinstance(item, dict):
             where = p
             raise ConfigError(where, "an object with kind, scope, start, end", item)
-        for key in item:
-            if key not in LABEL_KEYS:
-                raise ConfigError(f"{p}.{key}", f"one of {', '.join(LABEL_KEYS)}",
-                                  "an unknown key")
+        check_known_keys(item, LabelKeys, p)
         for key in ("kind", "scope", "start", "end"):
             if key not in item:
                 where = f"{p}.{key}"
@@ -155,9 +159,19 @@ def parse_labels(doc: Any, where: str = "labels") -> list[Label]:
     return sorted(out, key=lambda lab: (lab.start_ns, lab.kind, lab.scope))
 
 
-INCIDENT_KEYS = ("file", "name", "series", "onset", "end", "resolution", "rule", "note")
-"""The keys of an ``[[incident]]`` table: the five a label needs, and what the real-data
-labels also record (the data's bar, the onset rule, a note), which a run does not read."""
+class IncidentKeys(TypedDict, total=False):
+    """The keys of an ``[[incident]]`` table: the five a label needs, and what the
+    real-data labels also record (the data's bar, the onset rule, a note), which a run
+    does not read."""
+
+    file: str
+    name: str
+    series: str
+    onset: Any
+    end: Any
+    resolution: str
+    rule: str
+    note: str
 
 
 def incident_labels(doc: Any, data: Sequence[str | Path], where: str = "labels",
@@ -198,10 +212,7 @@ def incident_labels(doc: Any, data: Sequence[str | Path], where: str = "labels",
         p = f"{where}.incident[{i}]"
         if not isinstance(item, dict):
             raise ConfigError(p, "a table with file, name, series, onset, end", item)
-        for key in item:
-            if key not in INCIDENT_KEYS:
-                raise ConfigError(f"{p}.{key}", f"one of {', '.join(INCIDENT_KEYS)}",
-                                  "an unknown key")
+        check_known_keys(item, IncidentKeys, p)
         for key in ("file", "name", "series", "onset", "end"):
             if key not in item:
                 raise ConfigError(f"{p}.{key}", "a value (required)", None)
@@ -239,8 +250,6 @@ def read_labels(labels: str | Path | None, data: Sequence[str | Path],
     if labels is None:
         return [], {}
     if str(labels).endswith(".toml"):  # incidents, as the real-data labels are kept
-        from riskguard.config import read_toml  # noqa: PLC0415  (the CLI's reader)
-
         return incident_labels(read_toml(labels), data, str(labels))
     return load_labels(labels), {}
 
