@@ -233,27 +233,26 @@ def scan(path: Path | str, *, whole: bool = True) -> BarScan:
     return BarScan(ordered, steps.most_common(1)[0][0] if steps else None)
 
 
-def _in_order(lines: Iterable[bytes], layout: _Layout, last: int) -> bool:
-    """Whether no start among ``lines`` goes back before ``last`` or the one before it."""
-    t, unit, cut = layout.time, layout.unit, layout.time + 1
-    if unit is None:  # dates, or numbers told by their size
-        for raw in lines:
-            start = _start(raw.split(b","), layout)
-            if start is not None:
-                if start < last:
-                    return False
-                last = start
-        return True
-    for raw in lines:
+def _row_start(raw: bytes, layout: _Layout) -> int | None:
+    """A raw line's start in ns, or None: the time column alone where its unit is known
+    (the common row: epoch numbers), else every cell checked (:func:`_start`)."""
+    if layout.unit is not None:
         try:
-            start = int(raw.split(b",", cut)[t]) * unit
+            return int(raw.split(b",", layout.time + 1)[layout.time]) * layout.unit
         except (ValueError, IndexError):
-            start = _start(raw.split(b","), layout)
-            if start is None:
-                continue
-        if start < last:
-            return False
-        last = start
+            pass
+    return _start(raw.split(b","), layout)
+
+
+def _in_order(lines: Iterable[bytes], layout: _Layout, last: int) -> bool:
+    """Whether no start among ``lines`` goes back before ``last`` or the start before
+    it."""
+    for raw in lines:
+        start = _row_start(raw, layout)
+        if start is not None:
+            if start < last:
+                return False
+            last = start
     return True
 
 
@@ -323,7 +322,6 @@ def _index_rows(fh: Iterable[bytes], layout: _Layout, pos: int, line_no: int,
     """Offset, length (without the newline), line number and start of every row after
     the header (which ends at byte ``pos``, line ``line_no``), blank lines left out."""
     add_offset, add_length, add_line, add_start = (a.append for a in into)
-    t, unit, cut = layout.time, layout.unit, layout.time + 1
     previous = -1
     for raw in fh:
         line_no += 1
@@ -331,14 +329,7 @@ def _index_rows(fh: Iterable[bytes], layout: _Layout, pos: int, line_no: int,
         size = len(raw) - (raw[-1:] == b"\n")
         if size < 2 and not raw.strip():
             continue  # blank: no row (the reader passes it over too)
-        got: int | None
-        if unit is None:  # dates, or numbers told by their size
-            got = _start(raw.split(b","), layout)
-        else:
-            try:
-                got = int(raw.split(b",", cut)[t]) * unit
-            except (ValueError, IndexError):
-                got = _start(raw.split(b","), layout)
+        got = _row_start(raw, layout)
         start = got if got is not None and 0 <= got < MAX_START else previous
         previous = start
         add_offset(at)
