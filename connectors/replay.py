@@ -38,7 +38,8 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, operator
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from riskguard.connectors.formats import FORMATS, Reader, open_reader, resolve
+from riskguard.connectors.formats import FORMATS, Reader, detect, open_reader, resolve
+from riskguard.connectors.formats.core import first_line
 from riskguard.connectors.formats.ohlcv import scan as scan_bars
 from riskguard.operators.core.base import SplitOut, split_dead_letters
 from riskguard.operators.core.clock import Clock, system_clock
@@ -82,13 +83,16 @@ class ReplayFile:
         through an index of its rows: one reading, one open file)."""
         if self.interval_ns:
             return self
-        fmt, source = resolve(self.path, self.format, venue=self.venue,
-                              instrument=self.instrument, market=self.market,
-                              contract_size=self.contract_size, measure=self.measure)
+        fmt = (self.format if self.format != "auto"
+               else detect(self.path, first_line(self.path)).format)
         if fmt != "ohlcv_csv":
             return self
-        return replace(self, interval_ns=source.interval_ns,
-                       time_indexed=not scan_bars(self.path).ordered)
+        scan = scan_bars(self.path)  # one pass: the interval, and the order
+        _fmt, source = resolve(self.path, self.format, venue=self.venue,
+                               instrument=self.instrument, market=self.market,
+                               contract_size=self.contract_size, measure=self.measure,
+                               interval_ns=scan.interval_ns or 0)
+        return replace(self, interval_ns=source.interval_ns, time_indexed=not scan.ordered)
 
     def resolved_format(self) -> str:
         """The format this file is read as (raises ConfigError if none fits)."""
@@ -144,12 +148,12 @@ class _ReplayPartition(StatefulSourcePartition[Any, list[int]]):
         """File ``idx``'s emissions from its offset, opened now; if that makes more
         open files than the cap, the one whose next emission is latest is closed."""
         if self._n_open >= self._max_open:
-            victim = max((e for e in self._heap if e[3] is not None), key=lambda e: e[:2],
-                         default=None)
-            if victim is not None:
-                at = self._heap.index(victim)  # its offset re-reads this emission
-                self._heap[at] = (*victim[:3], None)
-                self._shut(victim[1])
+            heap = self._heap
+            at = max((i for i, e in enumerate(heap) if e[3] is not None),
+                     key=lambda i: heap[i][:2], default=None)
+            if at is not None:  # its offset re-reads this emission
+                heap[at] = (*heap[at][:3], None)
+                self._shut(heap[at][1])
         reader = self._readers[idx] = self._files[idx].open(self._offsets[idx], self._codec)
         self._n_open += 1
         lines = self._lines[idx] = reader.lines()
