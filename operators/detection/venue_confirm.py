@@ -84,6 +84,10 @@ class VenueConfirmState:
     raised: dict[str, str] = field(default_factory=dict)
 
 
+def _episode(sig: AnomalySignal) -> str:
+    return sig.episode_id or sig.id
+
+
 def _direction(sig: AnomalySignal) -> int:
     """-1 for a fall, 1 for a rise, 0 if the signal does not say (its largest move)."""
     move = sig.top_features[0].value if sig.top_features else 0.0
@@ -121,7 +125,7 @@ class VenueConfirmLogic:
             st.raised.pop(sig.key, None)
         else:
             st.episodes[sig.key] = sig
-            if st.raised.get(sig.key) not in (None, sig.episode_id):
+            if st.raised.get(sig.key) not in (None, _episode(sig)):
                 del st.raised[sig.key]  # a new episode: the old one's escalation ended
         return self._judge(group, sig.ts)
 
@@ -144,9 +148,9 @@ class VenueConfirmLogic:
             d = _direction(own)
             peer = next((k for k, pd in trips if k != key and d and pd == d), None)
             want = own.severity is Severity.WARN and peer is not None
-            raised = st.raised.get(key) == own.episode_id
+            raised = st.raised.get(key) == _episode(own)
             if want and not raised:
-                st.raised[key] = own.episode_id or own.id
+                st.raised[key] = _episode(own)
                 out.append(self._signal(own, "escalate", Severity.CRITICAL, ts, peer))
             elif raised and not want:
                 del st.raised[key]
@@ -156,7 +160,7 @@ class VenueConfirmLogic:
 
     def _signal(self, own: AnomalySignal, phase: str, severity: Severity, ts: int,
                 peer: str | None) -> AnomalySignal:
-        eid = own.episode_id or own.id
+        eid = _episode(own)
         top = list(own.top_features)
         if peer is not None:
             trip = self.state.episodes[peer]
