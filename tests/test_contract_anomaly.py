@@ -50,7 +50,7 @@ CROSS = _cross_items()
 def _band_signals() -> list:
     """Band episodes of three venues of one asset and one of another, opening, tripping,
     easing and closing in turn (the confirmation's input)."""
-    from tests.test_venue_confirm import band
+    from tests.test_venue_confirm import band, in_time
 
     out = []
     for t in range(0, 40, 8):
@@ -63,7 +63,7 @@ def _band_signals() -> list:
                 band("kraken/XBTUSD", "close", "warn", -10, ts=t + 5, episode=t),
                 band("binance/BTCUSDT", "close", "critical", -10, ts=t + 6, episode=t),
                 band("gemini/BTCUSD", "close", "warn", -10, ts=t + 7, episode=t)]
-    return out
+    return in_time(out)
 
 
 BANDS = _band_signals()
@@ -71,7 +71,7 @@ BANDS = _band_signals()
 CASES = [
     Case("cross-shard", cross_shard_builder(CrossRateConfig(warmup_points=20), lambda: 0,
                                             bar_ns=10**9), CROSS),
-    Case("venue-confirm", venue_confirm_builder(VenueConfirmConfig()), BANDS),
+    Case("venue-confirm", venue_confirm_builder(VenueConfirmConfig(join_s=0), lambda: 0), BANDS),
     Case("features-bar", feature_builder(FCFG, lambda: 2**62), MARKET),
     Case("features-event", feature_builder(FeatureConfig(venues=SC.venues, cadence="event"),
                                            lambda: 2**62), MARKET[:400]),

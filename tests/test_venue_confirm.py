@@ -3,11 +3,13 @@ the asset is critical (``operators/detection/venue_confirm.py``)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 from riskguard.operators.detection.venue_confirm import (
     MODEL,
+    MarketProgress,
     VenueConfirmConfig,
     VenueConfirmLogic,
 )
@@ -27,10 +29,26 @@ def band(key: str, phase: str, sev: str, move_bps: float, ts: int = 1,
         top_features=[Contribution(feature="move_1h", value=move_bps, zscore=move_bps / 100)])
 
 
+def in_time(signals: list[AnomalySignal]) -> list[AnomalySignal | MarketProgress]:
+    """The signals as a detector sends them: each time's signals, then every market's
+    progress to that time."""
+    markets = sorted({s.key for s in signals})
+    out: list[AnomalySignal | MarketProgress] = []
+    for i, sig in enumerate(signals):
+        out.append(sig)
+        if i + 1 == len(signals) or signals[i + 1].ts != sig.ts:
+            out += [MarketProgress(ts=sig.ts, market=m) for m in markets]
+    return out
+
+
+def confirm(*items: AnomalySignal | MarketProgress,
+            logic: VenueConfirmLogic | None = None) -> list[AnomalySignal]:
+    logic = logic or VenueConfirmLogic(VenueConfirmConfig(join_s=0), clock=lambda: 0)
+    return [s for item in items for s in logic.on_event(item)]
+
+
 def run(*signals: AnomalySignal) -> list[tuple[str, str, str, int]]:
-    logic = VenueConfirmLogic(VenueConfirmConfig())
-    return [(s.key, s.phase, s.severity.value, s.ts)
-            for sig in signals for s in logic.on_event(sig)]
+    return [(s.key, s.phase, s.severity.value, s.ts) for s in confirm(*in_time(list(signals)))]
 
 
 def test_a_warning_in_the_same_fall_as_a_trip_elsewhere_turns_critical_until_it_ends() -> None:
@@ -62,64 +80,69 @@ def test_only_the_same_asset_in_the_same_direction_is_confirmed(other: AnomalySi
 def test_a_confirmation_is_no_trip_and_ends_with_the_trip() -> None:
     """An escalation this rule made confirms no third market (only a market's own bands
     trip), and it eases when the trip ends."""
-    logic = VenueConfirmLogic(VenueConfirmConfig())
-    assert logic.on_event(band("okx/BTC-USDT", "open", "critical", -900)) == []
-    raised = logic.on_event(band("binance/BTCUSDT", "open", "warn", -200, ts=2))
+    logic = VenueConfirmLogic(VenueConfirmConfig(join_s=0), clock=lambda: 0)
+
+    def step(*sigs: AnomalySignal) -> list[AnomalySignal]:
+        return confirm(*sigs, *(MarketProgress(ts=sigs[0].ts, market=m) for m in (
+            "okx/BTC-USDT", "binance/BTCUSDT", "kraken/XBTUSD")), logic=logic)
+
+    assert step(band("okx/BTC-USDT", "open", "critical", -900)) == []
+    raised = step(band("binance/BTCUSDT", "open", "warn", -200, ts=2))
     assert [(s.key, s.model) for s in raised] == [("binance/BTCUSDT", MODEL)]
-    for s in raised:  # the guard feeds its own output back among the signals
-        assert logic.on_event(s) == []
-    closed = logic.on_event(band("okx/BTC-USDT", "close", "critical", -50, ts=3))
+    # the guard feeds its own output back among the signals
+    assert confirm(*raised, logic=logic) == []
+    closed = step(band("okx/BTC-USDT", "close", "critical", -50, ts=3))
     assert [(s.key, s.phase) for s in closed] == [("binance/BTCUSDT", "deescalate")]
     # the binance warning alone (no trip) confirms nothing for a newcomer
-    assert logic.on_event(band("kraken/XBTUSD", "open", "warn", -300, ts=4)) == []
+    assert step(band("kraken/XBTUSD", "open", "warn", -300, ts=4)) == []
 
 
 def test_an_own_trip_takes_over_and_a_new_episode_starts_afresh() -> None:
-    logic = VenueConfirmLogic(VenueConfirmConfig())
-    logic.on_event(band("gemini/BTCUSD", "open", "critical", -720))
-    assert len(logic.on_event(band("kraken/XBTUSD", "open", "warn", -300, ts=2))) == 1
+    logic = VenueConfirmLogic(VenueConfirmConfig(join_s=0), clock=lambda: 0)
+
+    def step(sig: AnomalySignal) -> list[AnomalySignal]:
+        return confirm(sig, MarketProgress(ts=sig.ts, market="gemini/BTCUSD"),
+                       MarketProgress(ts=sig.ts, market="kraken/XBTUSD"), logic=logic)
+
+    step(band("gemini/BTCUSD", "open", "critical", -720))
+    assert len(step(band("kraken/XBTUSD", "open", "warn", -300, ts=2))) == 1
     # kraken trips itself, then closes: no easing of an episode that ended
-    assert logic.on_event(band("kraken/XBTUSD", "escalate", "critical", -800, ts=3)) == []
-    assert logic.on_event(band("kraken/XBTUSD", "close", "critical", -10, ts=4)) == []
-    again = logic.on_event(band("kraken/XBTUSD", "open", "warn", -260, ts=5, episode=2))
+    assert step(band("kraken/XBTUSD", "escalate", "critical", -800, ts=3)) == []
+    assert step(band("kraken/XBTUSD", "close", "critical", -10, ts=4)) == []
+    again = step(band("kraken/XBTUSD", "open", "warn", -260, ts=5, episode=2))
     assert [(s.episode_id, s.phase) for s in again] == [("kraken/XBTUSD#move2", "escalate")]
 
 
 def test_signals_name_the_trip_and_keep_the_episode() -> None:
-    logic = VenueConfirmLogic(VenueConfirmConfig())
-    logic.on_event(band("kraken/XBTUSD", "open", "warn", -240))
-    [sig] = logic.on_event(band("gemini/BTCUSD", "open", "critical", -720, ts=2))
+    sigs = [band("kraken/XBTUSD", "open", "warn", -240),
+            band("gemini/BTCUSD", "open", "critical", -720, ts=2)]
+    [sig] = confirm(*in_time(sigs))
     assert sig.episode_id == "kraken/XBTUSD#move1" and sig.kind == "price_move"
     assert sig.top_features[0].feature == "tripped_on_gemini"
     assert sig.top_features[0].value == -720
-    twin = VenueConfirmLogic(VenueConfirmConfig())
-    twin.on_event(band("kraken/XBTUSD", "open", "warn", -240))
-    assert twin.on_event(band("gemini/BTCUSD", "open", "critical", -720, ts=2))[0].id == sig.id
+    assert confirm(*in_time(sigs))[0].id == sig.id
 
 
 def test_other_signals_and_unknown_markets_pass_by() -> None:
     import msgspec
 
-    logic = VenueConfirmLogic(VenueConfirmConfig())
-    logic.on_event(band("kraken/XBTUSD", "open", "warn", -240))
     anomaly = msgspec.structs.replace(band("gemini/BTCUSD", "open", "critical", -720),
                                       kind="anomaly")
-    assert logic.on_event(anomaly) == []
-    assert logic.on_event(band("okx/SOMETHING", "open", "critical", -720)) == []
+    assert run(band("kraken/XBTUSD", "open", "warn", -240), anomaly) == []
 
 
 def test_a_snapshot_of_another_version_is_refused() -> None:
     from riskguard.operators.detection.venue_confirm import VenueConfirmState
 
     with pytest.raises(ConfigError, match=r"detector\.confirm\.state\.version"):
-        VenueConfirmLogic(VenueConfirmConfig(), VenueConfirmState(version=99))
+        VenueConfirmLogic(VenueConfirmConfig(), lambda: 0, VenueConfirmState(version=99))
 
 
 def test_black_thursday_btc_turns_critical_on_its_onset_bar_on_every_venue() -> None:
     """The real hourly bars of three venues through Black Thursday, through the whole
-    guard with the confirmation on: binance's and kraken's BTC, a bar behind gemini's on
-    their own bands, are critical (confirmed) and under reduce_only on the labelled
-    onset bar; with the defaults (off), no signal is a confirmation."""
+    guard with the defaults: binance's and kraken's BTC, a bar behind gemini's on their own
+    bands, are critical (confirmed) and under reduce_only on the labelled onset bar; turned
+    off, no signal is a confirmation."""
     import sys
 
     bench = str(Path(__file__).resolve().parents[1] / "bench")
@@ -138,8 +161,8 @@ def test_black_thursday_btc_turns_critical_on_its_onset_bar_on_every_venue() -> 
 
     path = incidents_dir() / "crossvenue_BTC_ETH_1h_binance-gemini-kraken_2020-03-01_2020-03-20.csv"
     onset_bar_close = 1_583_996_400 * 10**9  # 2020-03-12 07:00 UTC: the 06:00 bar closes
-    with tempfile.TemporaryDirectory() as tmp:  # on, as a one-worker backtest may have it
-        cfg, digest = dr.default_config(Path(tmp), {"detector": {"confirm": {"enabled": True}}})
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, digest = dr.default_config(Path(tmp))
         res = run_backtest(cfg, digest, files=[ReplayFile(path)])
     confirmed = {s.key for s in res.signals if isinstance(s, AnomalySignal)
                  and s.model == MODEL and s.ts == onset_bar_close
@@ -148,7 +171,167 @@ def test_black_thursday_btc_turns_critical_on_its_onset_bar_on_every_venue() -> 
     reduced = {c.scope.label() for c in res.commands
                if c.action.value == "reduce_only" and c.issued_at <= onset_bar_close}
     assert {"instrument:binance_spot/BTCUSDT", "instrument:kraken/XBTUSD"} <= reduced
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg, digest = dr.default_config(Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp:  # turned off
+        cfg, digest = dr.default_config(Path(tmp), {"detector": {"confirm": {"enabled": False}}})
         off = run_backtest(cfg, digest, files=[ReplayFile(path)])
     assert not any(isinstance(s, AnomalySignal) and s.model == MODEL for s in off.signals)
+
+
+def test_a_market_whose_first_batch_comes_within_the_join_time_is_not_late() -> None:
+    """A group waits ``join_s`` after it first hears from a market: kraken's first batch,
+    a worker behind gemini's, still joins in time and is judged in order."""
+    now = [0]
+    logic = VenueConfirmLogic(VenueConfirmConfig(join_s=10), clock=lambda: now[0])
+    assert confirm(band("gemini/BTCUSD", "open", "critical", -720, ts=5),
+                   MarketProgress(ts=9, market="gemini/BTCUSD"), logic=logic) == []
+    now[0] = 3 * 10**9
+    assert confirm(band("kraken/XBTUSD", "open", "warn", -300, ts=7),
+                   MarketProgress(ts=9, market="kraken/XBTUSD"), logic=logic) == []
+    now[0] = 10 * 10**9
+    got = confirm(MarketProgress(ts=10, market="gemini/BTCUSD"),
+                  MarketProgress(ts=10, market="kraken/XBTUSD"), logic=logic)
+    assert [(s.key, s.phase, s.ts) for s in got] == [("kraken/XBTUSD", "escalate", 7)]
+    assert logic.state.late == 0
+
+
+def test_a_join_time_that_is_not_a_duration_is_refused() -> None:
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match=r"detector\.confirm\.join_s"):
+            VenueConfirmConfig(join_s=bad).validate()
+
+
+def _three_venues(hours: int = 330, seed: int = 5) -> list:
+    """Hourly BTC bars of three venues moving together; on the bar of hour 300 gemini
+    falls 12 % and the others 3.5 %: gemini trips, kraken is only at warning."""
+    import math
+    import random
+
+    from riskguard.schemas import Bar
+
+    rng = random.Random(seed)
+    markets = {"gemini": "BTCUSD", "kraken": "XBTUSD", "binance": "BTCUSDT"}
+    crash = {"gemini": -0.12, "kraken": -0.035, "binance": -0.035}
+    price = dict.fromkeys(markets, 100.0)
+    out = []
+    for h in range(hours):
+        common = rng.gauss(0, 0.008)
+        for venue, inst in markets.items():
+            o = price[venue]
+            c = price[venue] = o * math.exp(common + rng.gauss(0, 0.001)
+                                            + (crash[venue] if h == 300 else 0.0))
+            out.append(Bar(id=f"{venue}{h}", venue=venue, instrument=inst, ts=(h + 1) * HOUR,
+                           start=h * HOUR, interval_ns=HOUR, open=o, high=max(o, c) * 1.001,
+                           low=min(o, c) * 0.999, close=c, volume=10.0))
+    return out
+
+
+HOUR = 3600 * 10**9
+
+
+def _signals(records: list, workers: int, batch: int, join_s: float = 0.0
+             ) -> list[AnomalySignal]:
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink, TestingSource, cluster_main
+    from riskguard.operators.detection.ops import (
+        DetectorConfig,
+        FeatureConfig,
+        detect_anomalies,
+        extract_features,
+    )
+
+    out: list[AnomalySignal] = []
+    flow = Dataflow("confirm_engine")
+    inp = op.input("in", flow, TestingSource(records, batch_size=batch))
+    feats = extract_features("features", inp, config=FeatureConfig(), clock=lambda: 2**62)
+    det = detect_anomalies("detect", feats.oks, clock=time.time_ns, config=DetectorConfig(
+        confirm=VenueConfirmConfig(join_s=join_s)))
+    op.output("out", op.key_rm("unkey", det.oks), TestingSink(out))
+    cluster_main(flow, [], 0, worker_count_per_proc=workers)
+    return out
+
+
+def test_detect_anomalies_confirms_the_same_episodes_on_any_number_of_workers() -> None:
+    """The real bytewax engine: kraken's warning on gemini's trip bar is confirmed there,
+    and one, two and three workers at several batch sizes give the same signals, judged
+    as they stream (no wait for markets to join: the first batches are warm-up bars) or
+    after the default wait (a batch of 1,000 bars holds a market's first signals)."""
+    records = _three_venues()
+    one = _signals(records, 1, 30)
+    confirmed = [(s.key, s.ts // HOUR, s.phase) for s in one if s.model == MODEL]
+    assert ("kraken/XBTUSD", 301, "escalate") in confirmed
+    want = sorted(s.id for s in one)
+    for workers, batch in ((1, 1), (2, 1), (2, 30), (3, 7), (3, 90)):
+        assert sorted(s.id for s in _signals(records, workers, batch)) == want, (workers, batch)
+    joining = VenueConfirmConfig().join_s
+    for workers in (2, 3):
+        got = _signals(records, workers, 1000, join_s=joining)
+        assert sorted(s.id for s in got) == want, workers
+
+
+def test_signals_out_of_step_across_markets_are_judged_as_in_time() -> None:
+    """Once every market has joined (its first progress, from its warm-up bars), each
+    market's signals and progress in its own order, the markets interleaved at random
+    (as workers deliver them), in two batches cut anywhere: the same output as the
+    markets in step."""
+    import random
+
+    sigs = [band("binance/BTCUSDT", "open", "warn", -250, ts=2),
+            band("kraken/XBTUSD", "open", "warn", -240, ts=2),
+            band("gemini/BTCUSD", "open", "critical", -720, ts=3),
+            band("binance/BTCUSDT", "escalate", "critical", -800, ts=4),
+            band("gemini/BTCUSD", "deescalate", "warn", -90, ts=5),
+            band("kraken/XBTUSD", "close", "warn", -10, ts=6),
+            band("binance/BTCUSDT", "close", "critical", -10, ts=6),
+            band("gemini/BTCUSD", "close", "warn", -10, ts=7)]
+    in_step = confirm(*in_time(sigs))
+    assert [(s.key, s.phase, s.ts) for s in in_step] == [
+        ("binance/BTCUSDT", "escalate", 3), ("kraken/XBTUSD", "escalate", 3),
+        ("gemini/BTCUSD", "escalate", 5), ("gemini/BTCUSD", "deescalate", 6)]
+    want = [s.id for s in in_step]
+    per_market: dict[str, list] = {}
+    for item in in_time(sigs):
+        key = item.key if isinstance(item, AnomalySignal) else item.market
+        per_market.setdefault(key, []).append(item)
+    rng = random.Random(7)
+    for _ in range(200):
+        queues = [list(q) for q in per_market.values()]
+        mixed = []
+        while queues:
+            q = rng.choice(queues)
+            mixed.append(q.pop(0))
+            queues = [q for q in queues if q]
+        logic = VenueConfirmLogic(VenueConfirmConfig(join_s=0), clock=lambda: 0)
+        logic.on_batch([MarketProgress(ts=1, market=m) for m in per_market])
+        cut = rng.randrange(1, len(mixed))
+        got = logic.on_batch(mixed[:cut]) + logic.on_batch(mixed[cut:]) + logic.on_eof()
+        assert [s.id for s in got] == want
+
+
+def test_a_market_silent_past_the_idle_time_stops_holding_its_group() -> None:
+    from riskguard.operators.core.clock import TICK_IDLE_NS
+
+    now = [0]
+    logic = VenueConfirmLogic(VenueConfirmConfig(join_s=0), clock=lambda: now[0])
+    assert confirm(MarketProgress(ts=1, market="binance/BTCUSDT"),
+                   MarketProgress(ts=1, market="kraken/XBTUSD"), logic=logic) == []
+    # kraken goes quiet; gemini trips while binance warns
+    confirm(band("binance/BTCUSDT", "open", "warn", -250, ts=5),
+            band("gemini/BTCUSD", "open", "critical", -720, ts=5), logic=logic)
+    assert confirm(MarketProgress(ts=5, market="binance/BTCUSDT"),
+                   MarketProgress(ts=5, market="gemini/BTCUSD"), logic=logic) == []
+    now[0] = TICK_IDLE_NS  # kraken has been silent for the idle time
+    got = confirm(MarketProgress(ts=6, market="binance/BTCUSDT"), logic=logic)
+    assert [(s.key, s.phase) for s in got] == [("binance/BTCUSDT", "escalate")]
+
+
+def test_a_signal_its_group_has_judged_past_is_taken_in_and_counted() -> None:
+    told: list[tuple[str, int]] = []
+    logic = VenueConfirmLogic(VenueConfirmConfig(join_s=0), clock=lambda: 0,
+                              on_reorder=lambda kind, n: told.append((kind, n)))
+    confirm(band("gemini/BTCUSD", "open", "critical", -720, ts=5),
+            MarketProgress(ts=9, market="gemini/BTCUSD"), logic=logic)
+    # kraken joins late: its warning at 7 is behind the judged time 9
+    got = confirm(band("kraken/XBTUSD", "open", "warn", -300, ts=7), logic=logic)
+    assert [(s.key, s.phase) for s in got] == [("kraken/XBTUSD", "escalate")]
+    assert told == [("late", 1)] and logic.state.late == 1

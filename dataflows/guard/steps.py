@@ -27,7 +27,6 @@ from riskguard.operators.core.clock import Clock, Tick
 from riskguard.operators.core.dedup import RecentIdsLogic
 from riskguard.operators.detection.detect_watch import DetectWatchLogic, detect_worker
 from riskguard.operators.detection.ops import (
-    confirm_across_venues,
     detect_anomalies,
     detect_dislocations,
     extract_features,
@@ -278,9 +277,6 @@ def _detect_on(feat_market: Stream[Any], status: Stream[VenueStatus], cfg: Guard
                              config=cfg.features, clock=clock, local_keys=local_keys)
     detected = detect_anomalies("detect", feats.oks, config=cfg.detector, clock=clock)
     anomalies = op.key_rm("anomalies", detected.oks)
-    if cfg.detector.confirm.enabled:
-        anomalies = op.merge("with_confirmations", anomalies, confirm_across_venues(
-            "confirm", anomalies, config=cfg.detector.confirm))
     if cfg.detector.cross.enabled and read is not None:
         anomalies = op.merge("with_dislocations", anomalies, detect_dislocations(
             "cross", read, config=cfg.detector.cross, ticks_of=_tick_fn(cfg.tick_ns),

@@ -53,7 +53,13 @@ from riskguard.operators.detection.cross_rates import CrossRateConfig
 from riskguard.operators.detection.cross_shard import cross_points, cross_shard_builder
 from riskguard.operators.detection.detector import DetectorConfig, detector_builder
 from riskguard.operators.detection.features import FeatureConfig, feature_builder, route_batch
-from riskguard.operators.detection.venue_confirm import VenueConfirmConfig, venue_confirm_builder
+from riskguard.operators.detection.venue_confirm import (
+    MarketProgress,
+    ProgressAfterSignals,
+    VenueConfirmConfig,
+    confirm_key,
+    venue_confirm_builder,
+)
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.signals import AnomalySignal, FeatureVector
 
@@ -62,9 +68,6 @@ __all__ = [
     "VenueConfirmConfig", "confirm_across_venues", "detect_anomalies", "detect_dislocations",
     "extract_features",
 ]
-
-CONFIRM_KEY = "venue-confirm"  # the one key the cross-venue confirmation runs under
-
 
 @dataclass(frozen=True)
 class FeaturesOut:
@@ -110,27 +113,65 @@ def detect_anomalies(step_id: str, up: KeyedStream[FeatureVector], *, config: De
 
     ``up`` is ``extract_features(...).oks``. Signals are ``open``,
     ``escalate`` and ``close`` episode events and ``regime_change`` drift
-    events; see :mod:`riskguard.operators.detection.detector`.
+    events; see :mod:`riskguard.operators.detection.detector`. With
+    ``config.confirm`` on (the default), each market also sends its progress after
+    its signals, and :func:`confirm_across_venues` adds its escalations to ``oks``.
     """
     config.validate(f"step {step_id!r}: detector")
-    out = stateful_logic("detect", up, detector_builder(config, clock))
-    split = split_dead_letters("split", out)
-    return DetectOut(oks=split.oks, errs=split.errs)
+    builder = detector_builder(config, clock)
+    confirm = config.confirm.enabled
+    if confirm:
+        detect_one = builder
+
+        def builder(state: Any) -> ProgressAfterSignals:
+            return ProgressAfterSignals(detect_one(state))
+
+    split = split_dead_letters("split", stateful_logic("detect", up, builder))
+    oks = split.oks
+    if confirm:
+        confirmed = confirm_across_venues("confirm", oks, config=config.confirm, clock=clock)
+        oks = op.merge("with_confirmations", op.flat_map_batch("signals", oks, _signals),
+                       op.flat_map_batch("key_confirmed", confirmed, _by_key))
+    return DetectOut(oks=oks, errs=split.errs)
+
+
+def _signals(kvs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    return [kv for kv in kvs if type(kv[1]) is not MarketProgress]
+
+
+def _by_key(sigs: list[AnomalySignal]) -> list[tuple[str, AnomalySignal]]:
+    return [(s.key, s) for s in sigs]
+
+
+def _to_groups(kvs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """Band signals and progress, each to its market's group key (order kept)."""
+    out: list[tuple[str, Any]] = []
+    for key, item in kvs:
+        if type(item) is MarketProgress or getattr(item, "kind", None) == "price_move":
+            group = confirm_key(key)
+            if group is not None:
+                out.append((group, item))
+    return out
 
 
 @operator
-def confirm_across_venues(step_id: str, signals: Stream[Any], *,
-                          config: VenueConfirmConfig) -> Stream[AnomalySignal]:
+def confirm_across_venues(step_id: str, detected: KeyedStream[Any], *,
+                          config: VenueConfirmConfig,
+                          clock: Callable[[], int]) -> Stream[AnomalySignal]:
     """Warning band episodes a trip on another venue of the same asset confirms,
     escalated to critical (and eased back when no trip confirms them any more):
     ``price_move`` signals of those episodes (:mod:`~riskguard.operators.detection.venue_confirm`).
 
-    ``signals`` is the detector's (unkeyed) signals; they are judged under one key.
+    ``detected`` is the detector's keyed output with each market's
+    :class:`~riskguard.operators.detection.venue_confirm.MarketProgress` after its
+    signals (:func:`detect_anomalies` runs this when ``detector.confirm`` is on). Each
+    group of markets is judged under its own key, in event-time order once all its
+    markets have passed a signal, so any number of workers confirm the same episodes.
     """
     config.validate(f"step {step_id!r}: detector.confirm")
-    keyed = op.flat_map_batch("bands", signals, lambda sigs: [
-        (CONFIRM_KEY, s) for s in sigs if getattr(s, "kind", None) == "price_move"])
-    out = stateful_logic("confirm", keyed, venue_confirm_builder(config))
+    keyed = op.flat_map_batch("bands", detected, _to_groups)
+    out = stateful_logic("confirm", keyed, venue_confirm_builder(
+        config, clock, on_reorder=reorder_counter(step_id)))
     return op.flat_map_batch("unkey", out, values_of)
 
 

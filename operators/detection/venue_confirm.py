@@ -13,11 +13,23 @@ A venue alone in its fall does not spread by this rule: a peer that is not at
 warning in the same direction stays as it is, and an escalation this rule made
 never confirms another (only a market's own bands count as the trip).
 
-:class:`VenueConfirmLogic` runs under one key, over the band signals
-(``kind == "price_move"``) of every market, in the order they come (event time with
-one detector worker, so it is off by default: :class:`VenueConfirmConfig`); its signals are
-``price_move`` signals of the escalated episode (``model == "VenueConfirm"``), their
-ids derived from the episode, phase and time.
+:class:`VenueConfirmLogic` runs per market group (:func:`confirm_key`; markets
+of several groups under one key are judged each within its own), over the band signals (``kind == "price_move"``) of the group's markets and each market's
+progress: a :class:`~riskguard.operators.detection.venue_confirm.MarketProgress`
+that the detector sends after a market's signals, saying it has sent all of them
+up to that event time. Signals wait until every market of the group has passed
+their time, then are judged in ``(ts, market)`` order, one time at a time (a bar's
+signals of every market are all in before it is judged), so the outcome is a function
+of the signals alone: one worker, several workers or processes, any batch size, and a
+run resumed from a snapshot confirm the same episodes on the same bars. A group knows
+a market once its progress comes, so it judges nothing for ``join_s`` of the clock
+after it first hears from one (at start and after a restart): every market's first
+batch is in by then. A market silent for ``TICK_IDLE_NS`` of the clock stops holding
+the group back; a signal older than what the group has judged (a market that joined
+later still) is judged when it comes, and counted. End of input judges what still
+waits. Its signals are
+``price_move`` signals of the escalated episode (``model == "VenueConfirm"``),
+their ids derived from the episode, phase and time.
 
 >>> from riskguard.schemas import AnomalySignal, Contribution, Scope, ScopeKind, Severity
 >>> def band(venue, inst, phase, sev, move_bps, ts=1):
@@ -27,61 +39,97 @@ ids derived from the episode, phase and time.
 ...         ts=ts, episode_id=f"{key}#move1", score=1.0, threshold=1.0,
 ...         severity=Severity(sev), model="MoveBands", model_version="1",
 ...         top_features=[Contribution(feature="move_1h", value=move_bps, zscore=-3.0)])
->>> logic = VenueConfirmLogic(VenueConfirmConfig())
+>>> logic = VenueConfirmLogic(VenueConfirmConfig(join_s=0), clock=lambda: 0)
+>>> def progress(ts, *markets):
+...     return [s for m in markets for s in logic.on_event(MarketProgress(ts=ts, market=m))]
 >>> logic.on_event(band("kraken", "XBTUSD", "open", "warn", -250.0))
 []
+>>> progress(1, "kraken/XBTUSD", "gemini/BTCUSD")
+[]
+>>> logic.on_event(band("gemini", "BTCUSD", "open", "critical", -720.0, ts=2))
+[]
+>>> progress(2, "gemini/BTCUSD")  # kraken has not passed ts 2 yet
+[]
 >>> [(s.key, s.phase, s.severity.value, s.model)
-...  for s in logic.on_event(band("gemini", "BTCUSD", "open", "critical", -720.0, ts=2))]
+...  for s in logic.on_event(MarketProgress(ts=2, market="kraken/XBTUSD"))]
 [('kraken/XBTUSD', 'escalate', 'critical', 'VenueConfirm')]
->>> [(s.key, s.phase, s.severity.value)
-...  for s in logic.on_event(band("gemini", "BTCUSD", "close", "critical", -80.0, ts=9))]
+>>> logic.on_event(band("gemini", "BTCUSD", "close", "critical", -80.0, ts=9))
+[]
+>>> [(s.key, s.phase, s.severity.value) for s in logic.on_eof()]
 [('kraken/XBTUSD', 'deescalate', 'warn')]
 """
 
 from __future__ import annotations
 
+import heapq
+import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from riskguard.operators.core.clock import NS_PER_S, TICK_IDLE_NS, Watermark
 from riskguard.operators.detection.cross_rates import market_group
 from riskguard.schemas.signals import AnomalySignal, Contribution, Severity
 
 from riskguard.errors import ConfigError
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 MODEL = "VenueConfirm"
 _NAMESPACE = uuid.UUID("6f3b1c1e-8d0a-4f5e-9d55-3c1d2f0b7a41")
 
 
 class VenueConfirmConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Settings of the cross-venue confirmation (``detector.confirm``): off by default.
+    """Settings of the cross-venue confirmation (``detector.confirm``)."""
 
-    It judges the band signals in the order they reach its one key, which is event
-    time only when the detector runs on one worker (a backtest, a one-worker guard):
-    over several workers, signals of different markets arrive out of step and it can
-    confirm on other bars than one worker would.
-    """
-
-    enabled: bool = False
+    enabled: bool = True
+    # after it first hears from a market (at start, and after a restart), a group waits
+    # this long (clock time) before judging, so every market's first batch is in
+    join_s: float = 10.0
     model_version: str = "1"
 
     def validate(self, where: str = "detector.confirm") -> VenueConfirmConfig:
+        if not (math.isfinite(self.join_s) and self.join_s >= 0):
+            raise ConfigError(f"{where}.join_s", "a finite number of seconds >= 0", self.join_s)
         if not self.model_version:
             raise ConfigError(f"{where}.model_version", "a version label", self.model_version)
         return self
 
 
+class MarketProgress(msgspec.Struct, frozen=True, kw_only=True):
+    """A market's detector has sent every signal of event time ``ts`` and before."""
+
+    ts: int
+    market: str
+
+
+def confirm_key(market: str) -> str | None:
+    """The key a market's band signals and progress are judged under (its group's), or
+    None for a market no group takes.
+
+    >>> confirm_key("kraken/XBTUSD"), confirm_key("binance/BTCUSDT"), confirm_key("x/?")
+    ('confirm/BTC/USD', 'confirm/BTC/USD', None)
+    """
+    group = market_group(market)
+    return None if group is None else f"confirm/{group}"
+
+
 @dataclass
 class VenueConfirmState:
-    """Each market's open band episode, as its own last signal left it, and the episodes
-    this rule escalated (market key -> episode id)."""
+    """Each market's open band episode, as its own last signal left it, the episodes this
+    rule escalated (market key -> episode id), the signals waiting for every market's
+    progress, and that progress."""
 
     version: int = STATE_VERSION
     episodes: dict[str, AnomalySignal] = field(default_factory=dict)
     raised: dict[str, str] = field(default_factory=dict)
+    # (ts, market key, arrival number, signal): a heap
+    held: list[tuple[int, str, int, AnomalySignal]] = field(default_factory=list)
+    arrivals: int = 0
+    judged_ts: int = -1  # every signal at or before this has been judged
+    sources: dict[str, list[int]] = field(default_factory=dict)
+    late: int = 0
 
 
 def _episode(sig: AnomalySignal) -> str:
@@ -94,31 +142,106 @@ def _direction(sig: AnomalySignal) -> int:
     return -1 if move < 0 else 1 if move > 0 else 0
 
 
-class VenueConfirmLogic:
-    """Band signals of every market in; escalations and easings of warning episodes out
-    (see the module)."""
+def _is_band(sig: Any) -> bool:
+    return (type(sig) is AnomalySignal and sig.kind == "price_move" and sig.model != MODEL
+            and not sig.warming_up)
 
-    def __init__(self, config: VenueConfirmConfig,
-                 state: VenueConfirmState | None = None) -> None:
+
+class VenueConfirmLogic:
+    """``on_event(AnomalySignal | MarketProgress) -> [AnomalySignal]`` for one market
+    group: escalations and easings of warning episodes (see the module)."""
+
+    def __init__(self, config: VenueConfirmConfig, clock: Callable[[], int],
+                 state: VenueConfirmState | None = None,
+                 on_reorder: Callable[[str, int], None] | None = None) -> None:
         if state is not None and state.version != STATE_VERSION:
             raise ConfigError("detector.confirm.state.version", str(STATE_VERSION),
                               state.version)
         self.config = config
+        self.clock = clock
+        # told ("late", 1) for each signal judged after its group's time passed it
+        self.on_reorder = on_reorder
         self.state = state if state is not None else VenueConfirmState()
+        self._watermark = Watermark.resume(self.state.sources, TICK_IDLE_NS)
         self._groups: dict[str, str | None] = {}
+        self._join_ns = int(config.join_s * NS_PER_S)
+        self._joined_at: int | None = None  # not kept: a restart waits for its markets again
 
     def snapshot(self) -> VenueConfirmState:
-        st = self.state  # signals are immutable: the dicts are copied
-        return VenueConfirmState(version=st.version, episodes=dict(st.episodes),
-                                 raised=dict(st.raised))
+        st = self.state  # signals are immutable: the containers are copied
+        return VenueConfirmState(
+            version=st.version, episodes=dict(st.episodes), raised=dict(st.raised),
+            held=list(st.held), arrivals=st.arrivals, judged_ts=st.judged_ts,
+            sources={k: list(v) for k, v in st.sources.items()}, late=st.late)
 
-    def on_event(self, sig: Any) -> list[AnomalySignal]:
-        if (not isinstance(sig, AnomalySignal) or sig.kind != "price_move"
-                or sig.model == MODEL or sig.warming_up):
+    def on_batch(self, items: list[Any]) -> list[AnomalySignal]:
+        """A batch's signals are all taken in before its progress moves time: the markets
+        a batch brings join before any of them passes a signal."""
+        out: list[AnomalySignal] = []
+        progress: list[MarketProgress] = []
+        for item in items:
+            if type(item) is MarketProgress:
+                progress.append(item)
+            else:
+                out.extend(self._take(item))
+        if progress:
+            now = self.clock()
+            if self._joined_at is None:
+                self._joined_at = now
+            update = self._watermark.update
+            wm = -1
+            for p in progress:
+                wm = update(p.market, p.ts, now)
+            if now - self._joined_at >= self._join_ns:
+                out.extend(self._judge_through(wm))
+        return out
+
+    def on_event(self, item: Any) -> list[AnomalySignal]:
+        return self.on_batch([item])
+
+    def _take(self, item: Any) -> list[AnomalySignal]:
+        st = self.state
+        if not _is_band(item) or self._group(item.key) is None:
             return []
-        group = self._group(sig.key)
-        if group is None:
-            return []
+        if item.ts <= st.judged_ts:
+            st.late += 1  # its time was judged without it: it counts from now
+            if self.on_reorder is not None:
+                self.on_reorder("late", 1)
+            return self._apply(item)
+        st.arrivals += 1
+        heapq.heappush(st.held, (item.ts, item.key, st.arrivals, item))
+        return []
+
+    def on_eof(self) -> list[AnomalySignal]:
+        """End of input: judge every signal still waiting."""
+        held = self.state.held
+        return self._judge_through(max(h[0] for h in held)) if held else []
+
+    # -- internals ---------------------------------------------------------
+    def _judge_through(self, wm: int) -> list[AnomalySignal]:
+        """Judge the held signals up to ``wm``, one event time at a time: all of a time's
+        signals are taken in before it is judged (markets on one bar move together)."""
+        st = self.state
+        held = st.held
+        out: list[AnomalySignal] = []
+        while held and held[0][0] <= wm:
+            ts = held[0][0]
+            groups: set[str | None] = set()
+            while held and held[0][0] == ts:
+                sig = heapq.heappop(held)[3]
+                self._take_in(sig)
+                groups.add(self._group(sig.key))
+            for group in sorted(groups, key=str):
+                out.extend(self._judge(group, ts))
+        st.judged_ts = max(st.judged_ts, wm)
+        return out
+
+    def _apply(self, sig: AnomalySignal) -> list[AnomalySignal]:
+        self._take_in(sig)
+        return self._judge(self._group(sig.key), sig.ts)
+
+    def _take_in(self, sig: AnomalySignal) -> None:
+        """A market's own signal: its episode as the signal leaves it."""
         st = self.state
         if sig.phase == "close":
             st.episodes.pop(sig.key, None)
@@ -127,17 +250,15 @@ class VenueConfirmLogic:
             st.episodes[sig.key] = sig
             if st.raised.get(sig.key) not in (None, _episode(sig)):
                 del st.raised[sig.key]  # a new episode: the old one's escalation ended
-        return self._judge(group, sig.ts)
 
-    # -- internals ---------------------------------------------------------
     def _group(self, key: str) -> str | None:
         if key not in self._groups:
             self._groups[key] = market_group(key)
         return self._groups[key]
 
-    def _judge(self, group: str, ts: int) -> list[AnomalySignal]:
-        """Escalate the group's warning episodes a peer's own trip confirms; ease those
-        no peer confirms any more (in key order: the outcome depends on the state)."""
+    def _judge(self, group: str | None, ts: int) -> list[AnomalySignal]:
+        """Escalate the group's warning episodes a peer's own trip confirms; ease those no
+        peer confirms any more (in key order: the outcome depends on the state)."""
         st = self.state
         members = sorted(k for k in st.episodes if self._group(k) == group)
         trips = [(k, _direction(st.episodes[k])) for k in members
@@ -174,9 +295,45 @@ class VenueConfirmLogic:
             top_features=top[:4], recv_ts=None)
 
 
-def venue_confirm_builder(config: VenueConfirmConfig
+def venue_confirm_builder(config: VenueConfirmConfig, clock: Callable[[], int],
+                          on_reorder: Callable[[str, int], None] | None = None,
                           ) -> Callable[[VenueConfirmState | None], VenueConfirmLogic]:
+    """``builder(state_or_None) -> VenueConfirmLogic`` for ``stateful_logic``."""
+    config.validate()
+
     def build(state: VenueConfirmState | None) -> VenueConfirmLogic:
-        return VenueConfirmLogic(config, state)
+        return VenueConfirmLogic(config, clock, state, on_reorder)
 
     return build
+
+
+class ProgressAfterSignals:
+    """A detector's logic for one market that sends, after each batch's signals, the
+    market's :class:`MarketProgress` (markets no group takes send none): what
+    :class:`VenueConfirmLogic` waits for."""
+
+    def __init__(self, logic: Any) -> None:
+        self.logic = logic
+        self._key: str | None = None
+        self._grouped = False
+
+    def on_batch(self, vectors: list[Any]) -> list[Any]:
+        on_event = self.logic.on_event
+        out: list[Any] = []
+        newest = -1
+        for v in vectors:
+            out.extend(on_event(v))
+            if v.ts > newest:
+                newest = v.ts
+        if self._key is None and vectors:
+            self._key = vectors[0].key
+            self._grouped = confirm_key(self._key) is not None
+        if self._grouped and newest >= 0:
+            out.append(MarketProgress(ts=newest, market=self._key))
+        return out
+
+    def on_event(self, vector: Any) -> list[Any]:
+        return self.on_batch([vector])
+
+    def snapshot(self) -> Any:
+        return self.logic.snapshot()
