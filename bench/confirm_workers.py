@@ -25,6 +25,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from riskguard.connectors.replay import ReplayFile, ReplaySource, read_all
+from riskguard.operators.core.metrics import REORDER
 from riskguard.operators.detection.ops import (
     DetectorConfig,
     FeatureConfig,
@@ -32,7 +33,6 @@ from riskguard.operators.detection.ops import (
     detect_anomalies,
     extract_features,
 )
-from riskguard.operators.core.metrics import REORDER
 from riskguard.operators.detection.venue_confirm import MODEL
 from shared_data import incidents_dir, missing_reason
 

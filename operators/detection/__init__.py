@@ -61,6 +61,7 @@ from riskguard.operators.detection.ops import (
 from riskguard.operators.detection.range_scorer import RangeScorer
 from riskguard.operators.detection.score_quantile import ScoreQuantile
 from riskguard.operators.detection.venue_confirm import (
+    MarketProgress,
     VenueConfirmConfig,
     VenueConfirmLogic,
     VenueConfirmState,
@@ -84,6 +85,7 @@ __all__ = [
     "FeatureState",
     "FeaturesOut",
     "HSTShape",
+    "MarketProgress",
     "MoveBandConfig",
     "MoveBandState",
     "MoveBands",

@@ -118,15 +118,14 @@ def detect_anomalies(step_id: str, up: KeyedStream[FeatureVector], *, config: De
     its signals, and :func:`confirm_across_venues` adds its escalations to ``oks``.
     """
     config.validate(f"step {step_id!r}: detector")
-    builder = detector_builder(config, clock)
+    detect_one = detector_builder(config, clock)
     confirm = config.confirm.enabled
-    if confirm:
-        detect_one = builder
 
-        def builder(state: Any) -> ProgressAfterSignals:
-            return ProgressAfterSignals(detect_one(state))
+    def with_progress(state: Any) -> ProgressAfterSignals:
+        return ProgressAfterSignals(detect_one(state))
 
-    split = split_dead_letters("split", stateful_logic("detect", up, builder))
+    split = split_dead_letters("split", stateful_logic(
+        "detect", up, with_progress if confirm else detect_one))
     oks = split.oks
     if confirm:
         confirmed = confirm_across_venues("confirm", oks, config=config.confirm, clock=clock)

@@ -13,23 +13,23 @@ A venue alone in its fall does not spread by this rule: a peer that is not at
 warning in the same direction stays as it is, and an escalation this rule made
 never confirms another (only a market's own bands count as the trip).
 
-:class:`VenueConfirmLogic` runs per market group (:func:`confirm_key`; markets
-of several groups under one key are judged each within its own), over the band signals (``kind == "price_move"``) of the group's markets and each market's
-progress: a :class:`~riskguard.operators.detection.venue_confirm.MarketProgress`
-that the detector sends after a market's signals, saying it has sent all of them
-up to that event time. Signals wait until every market of the group has passed
-their time, then are judged in ``(ts, market)`` order, one time at a time (a bar's
-signals of every market are all in before it is judged), so the outcome is a function
-of the signals alone: one worker, several workers or processes, any batch size, and a
-run resumed from a snapshot confirm the same episodes on the same bars. A group knows
-a market once its progress comes, so it judges nothing for ``join_s`` of the clock
-after it first hears from one (at start and after a restart): every market's first
-batch is in by then. A market silent for ``TICK_IDLE_NS`` of the clock stops holding
-the group back; a signal older than what the group has judged (a market that joined
-later still) is judged when it comes, and counted. End of input judges what still
-waits. Its signals are
-``price_move`` signals of the escalated episode (``model == "VenueConfirm"``),
-their ids derived from the episode, phase and time.
+:class:`VenueConfirmLogic` runs per market group (:func:`confirm_key`; markets of
+several groups under one key are judged each within its own), over the band signals
+(``kind == "price_move"``) of the group's markets and each market's progress: a
+:class:`MarketProgress` that the detector sends after a market's signals, saying it
+has sent all of them up to that event time. Signals wait until every market of the
+group has passed their time, then are judged in ``(ts, market)`` order, one time at
+a time (a bar's signals of every market are all in before it is judged), so the
+outcome is a function of the signals alone: one worker, several workers or
+processes, any batch size, and a run resumed from a snapshot confirm the same
+episodes on the same bars. A group knows a market once its progress comes, so it
+judges nothing for ``join_s`` of the clock after it first hears from one (at start
+and after a restart): every market's first batch is in by then. A market silent for
+``TICK_IDLE_NS`` of the clock stops holding the group back; a signal older than what
+the group has judged (a market that joined later still) is judged when it comes, and
+counted. End of input judges what still waits. Its signals are ``price_move``
+signals of the escalated episode (``model == "VenueConfirm"``), their ids derived
+from the episode, phase and time.
 
 >>> from riskguard.schemas import AnomalySignal, Contribution, Scope, ScopeKind, Severity
 >>> def band(venue, inst, phase, sev, move_bps, ts=1):
@@ -314,7 +314,7 @@ class ProgressAfterSignals:
 
     def __init__(self, logic: Any) -> None:
         self.logic = logic
-        self._key: str | None = None
+        self._key = ""
         self._grouped = False
 
     def on_batch(self, vectors: list[Any]) -> list[Any]:
@@ -323,9 +323,8 @@ class ProgressAfterSignals:
         newest = -1
         for v in vectors:
             out.extend(on_event(v))
-            if v.ts > newest:
-                newest = v.ts
-        if self._key is None and vectors:
+            newest = max(newest, v.ts)
+        if not self._key and vectors:
             self._key = vectors[0].key
             self._grouped = confirm_key(self._key) is not None
         if self._grouped and newest >= 0:
