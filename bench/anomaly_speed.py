@@ -2,15 +2,15 @@
 
 Run ``python bench/anomaly_speed.py [--events N] [--keys K] [--rates 4,20]``.
 Prints raw market events/s per worker (one worker, in-memory TestingSource,
-bytewax's default 10 s epoch interval) with the default model and 1 s bar
-cadence, the same in per-event mode, each as a ratio to bytewax's keyed
-``stateful_map`` pass-through measured in the same run, at each per-key event
-rate (the detector runs once per key per bar, so its cost per raw event falls
-as keys get busier), and memory and snapshot size per key. Model construction
-is included (it is cheap now: the tree shape is drawn once per feature set).
-River itself is imported before timing, like bytewax: the detector imports it
-lazily on its first key, a one-off ~0.6 s per process that would otherwise
-land in the first measured run only.
+bytewax's default 10 s epoch interval) with the default model and 1 s bar cadence,
+the same with the cross-venue confirmation off, the same in per-event mode, each as
+a ratio to bytewax's keyed ``stateful_map`` pass-through measured in the same run,
+at each per-key event rate (the detector runs once per key per bar, so its cost per
+raw event falls as keys get busier), and memory and snapshot size per key. Model
+construction is included (it is cheap now: the tree shape is drawn once per feature
+set). River itself is imported before timing, like bytewax: the detector imports it
+lazily on its first key, a one-off ~0.6 s per process that would otherwise land in
+the first measured run only.
 
 The machine is shared with other work, so by default a run is timed by this
 process's CPU time (``--clock cpu``; one worker runs on the calling thread):
@@ -42,6 +42,7 @@ from riskguard.operators.detection.features import FeatureLogic
 from riskguard.operators.detection.ops import (
     DetectorConfig,
     FeatureConfig,
+    VenueConfirmConfig,
     detect_anomalies,
     extract_features,
 )
@@ -54,15 +55,20 @@ STEADY_EVENTS = 400  # per key, in per-event cadence: past the HST window of 250
 timer = CLOCKS["cpu"]
 
 
-def make_events(n: int, keys: int, per_key_rate: float = 4.0) -> list[Quote]:
-    """Quotes spread over ``keys`` venue/instrument keys, ``per_key_rate`` per second each."""
+def make_events(n: int, keys: int, per_key_rate: float = 4.0, markets: bool = False
+                ) -> list[Quote]:
+    """Quotes spread over ``keys`` venue/instrument keys, ``per_key_rate`` per second each;
+    with ``markets``, named as one asset on ten venues per ten keys (``v3/A7-USDT``), so
+    the cross-asset features and the cross-venue confirmation follow them, as in a
+    guard (else ``v3/I7``, which no market group takes)."""
     rng = random.Random(1)
     step = int(NS / (per_key_rate * keys))
     out = []
     for i in range(n):
         k = i % keys
         mid = 100.0 + rng.gauss(0.0, 0.05)
-        out.append(Quote(id=f"q{i}", venue=f"v{k % 10}", instrument=f"I{k // 10}", ts=i * step,
+        inst = f"A{k // 10}-USDT" if markets else f"I{k // 10}"
+        out.append(Quote(id=f"q{i}", venue=f"v{k % 10}", instrument=inst, ts=i * step,
                          bid=mid - 0.01, bid_size=rng.uniform(1, 5), ask=mid + 0.01,
                          ask_size=rng.uniform(1, 5)))
     return out
@@ -79,13 +85,14 @@ def run_passthrough(events: list[Quote]) -> float:
     return len(events) / (timer() - t)
 
 
-def run_guard(events: list[Quote], cadence: str) -> float:
+def run_guard(events: list[Quote], cadence: str, confirm: bool = True) -> float:
     venues = tuple(f"v{i}" for i in range(10))
     flow = Dataflow("anomaly")
     s = op.input("in", flow, TestingSource(events, batch_size=1000))
     f = extract_features("features", s, config=FeatureConfig(venues=venues, cadence=cadence),
                          clock=lambda: 2**62)
-    d = detect_anomalies("detect", f.oks, config=DetectorConfig(), clock=lambda: 0)
+    d = detect_anomalies("detect", f.oks, clock=lambda: 0, config=DetectorConfig(
+        confirm=VenueConfirmConfig(enabled=confirm)))
     op.output("out", d.oks, TestingSink([]))
     t = timer()
     run_main(flow, epoch_interval=EPOCH)
@@ -121,26 +128,32 @@ def main(argv: list[str] | None = None) -> int:
                     help="events per second per key to measure, comma-separated")
     ap.add_argument("--repeat", type=int, default=3,
                     help="interleaved runs per figure; the best is printed")
+    ap.add_argument("--markets", action="store_true",
+                    help="name the keys as markets (one asset on ten venues per ten keys)")
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
                     help="time runs by this process's CPU time (default) or wall time")
     args = ap.parse_args(argv)
     global timer  # noqa: PLW0603  # a script-level setting, read by the run helpers
     timer = CLOCKS[args.clock]
     rates = [float(r) for r in args.rates.split(",")]
-    print(f"{args.events} quotes over {args.keys} keys, 1 worker, epoch interval "
+    print(f"{args.events} quotes over {args.keys} keys"
+          f"{' named as markets' if args.markets else ''}, 1 worker, epoch interval "
           f"{EPOCH.total_seconds():.0f} s, best of {args.repeat} runs by {args.clock} time "
           "(machine shared: numbers are noisy)")
     for rate in rates:
-        events = make_events(args.events, args.keys, rate)
-        base = bar = per_event = 0.0
+        events = make_events(args.events, args.keys, rate, args.markets)
+        base = bar = alone = per_event = 0.0
         for _ in range(args.repeat):
             base = max(base, run_passthrough(events))
             bar = max(bar, run_guard(events, "bar"))
+            alone = max(alone, run_guard(events, "bar", confirm=False))
             per_event = max(per_event, run_guard(events[: args.events // 4], "event"))
         print(f"\n{rate:g} events/s per key ({rate:g} raw events per 1 s bar per key)")
         print(f"  keyed stateful_map pass-through: {base:,.0f} events/s")
         print(f"  features + detect_anomalies, 1 s bars: {bar:,.0f} events/s "
               f"(ratio {bar / base:.3f}; goal >= 0.25)")
+        print(f"  the same, cross-venue confirmation off: {alone:,.0f} events/s "
+              f"(ratio {alone / base:.3f})")
         print(f"  features + detect_anomalies, per event: {per_event:,.0f} events/s "
               f"(ratio {per_event / base:.3f})")
     # memory and snapshots of keys past their first HST window (the score table exists
