@@ -335,3 +335,45 @@ def test_a_signal_its_group_has_judged_past_is_taken_in_and_counted() -> None:
     got = confirm(band("kraken/XBTUSD", "open", "warn", -300, ts=7), logic=logic)
     assert [(s.key, s.phase) for s in got] == [("kraken/XBTUSD", "escalate")]
     assert told == [("late", 1)] and logic.state.late == 1
+
+
+@pytest.mark.parametrize("abort_at", [450, 901, 903])
+def test_a_run_killed_and_resumed_confirms_what_one_unbroken_run_does(
+        tmp_path: Path, abort_at: int) -> None:
+    """Killed in the calm, inside the crash bar (one venue's bar of it read) or just after
+    it, and resumed from bytewax recovery: the same signals as an unbroken run (the
+    aborted epoch's output may come twice, so distinct ones are compared)."""
+    from datetime import timedelta
+
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+    from bytewax.testing import TestingSink, TestingSource, run_main
+    from riskguard.operators.detection.ops import (
+        DetectorConfig,
+        FeatureConfig,
+        detect_anomalies,
+        extract_features,
+    )
+
+    records = _three_venues()
+    want = {s.id for s in _signals(records, 1, 1)}
+    assert any(s.model == MODEL for s in _signals(records, 1, 1))
+    items = [*records[:abort_at], TestingSource.ABORT(), *records[abort_at:]]
+    got: list[AnomalySignal] = []
+
+    def flow() -> Dataflow:
+        f = Dataflow("confirm_resume")
+        inp = op.input("in", f, TestingSource(items, batch_size=1))
+        feats = extract_features("features", inp, config=FeatureConfig(), clock=lambda: 2**62)
+        det = detect_anomalies("detect", feats.oks, clock=time.time_ns, config=DetectorConfig(
+            confirm=VenueConfirmConfig(join_s=0)))
+        op.output("out", op.key_rm("unkey", det.oks), TestingSink(got))
+        return f
+
+    init_db_dir(tmp_path, 1)
+    recovery = RecoveryConfig(str(tmp_path))
+    run_main(flow(), epoch_interval=timedelta(seconds=0), recovery_config=recovery)
+    assert len({s.id for s in got}) < len(want)
+    run_main(flow(), epoch_interval=timedelta(seconds=0), recovery_config=recovery)
+    assert {s.id for s in got} == want
