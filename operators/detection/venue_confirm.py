@@ -132,6 +132,12 @@ class VenueConfirmState:
     late: int = 0
 
 
+def _from_version_1(old: VenueConfirmState) -> VenueConfirmState:
+    """A snapshot of the one-key confirmation (episodes and escalations only): its
+    markets' progress comes again."""
+    return VenueConfirmState(episodes=dict(old.episodes), raised=dict(old.raised))
+
+
 def _episode(sig: AnomalySignal) -> str:
     return sig.episode_id or sig.id
 
@@ -154,8 +160,10 @@ class VenueConfirmLogic:
     def __init__(self, config: VenueConfirmConfig, clock: Callable[[], int],
                  state: VenueConfirmState | None = None,
                  on_reorder: Callable[[str, int], None] | None = None) -> None:
+        if state is not None and state.version == 1:
+            state = _from_version_1(state)
         if state is not None and state.version != STATE_VERSION:
-            raise ConfigError("detector.confirm.state.version", str(STATE_VERSION),
+            raise ConfigError("detector.confirm.state.version", f"1 or {STATE_VERSION}",
                               state.version)
         self.config = config
         self.clock = clock
