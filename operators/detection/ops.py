@@ -142,23 +142,15 @@ def _by_key(sigs: list[AnomalySignal]) -> list[tuple[str, AnomalySignal]]:
     return [(s.key, s) for s in sigs]
 
 
-def _to_groups() -> Callable[[list[tuple[str, Any]]], list[tuple[str, Any]]]:
-    """Band signals and progress, each to its market's group key (order kept); a market's
-    group is parsed once."""
-    groups: dict[str, str | None] = {}
-
-    def route(kvs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-        out: list[tuple[str, Any]] = []
-        for key, item in kvs:
-            if type(item) is MarketProgress or getattr(item, "kind", None) == "price_move":
-                group = groups.get(key, "")
-                if group == "":
-                    group = groups[key] = confirm_key(key)
-                if group is not None:
-                    out.append((group, item))
-        return out
-
-    return route
+def _to_groups(kvs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """Band signals and progress, each to its market's group key (order kept)."""
+    out: list[tuple[str, Any]] = []
+    for key, item in kvs:
+        if type(item) is MarketProgress or getattr(item, "kind", None) == "price_move":
+            group = confirm_key(key)
+            if group is not None:
+                out.append((group, item))
+    return out
 
 
 @operator
@@ -176,7 +168,7 @@ def confirm_across_venues(step_id: str, detected: KeyedStream[Any], *,
     markets have passed a signal, so any number of workers confirm the same episodes.
     """
     config.validate(f"step {step_id!r}: detector.confirm")
-    keyed = op.flat_map_batch("bands", detected, _to_groups())
+    keyed = op.flat_map_batch("bands", detected, _to_groups)
     out = stateful_logic("confirm", keyed, venue_confirm_builder(
         config, clock, on_reorder=reorder_counter(step_id)))
     return op.flat_map_batch("unkey", out, values_of)

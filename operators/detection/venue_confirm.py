@@ -61,6 +61,7 @@ from the episode, phase and time.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import uuid
@@ -104,6 +105,7 @@ class MarketProgress(msgspec.Struct, frozen=True, kw_only=True):
     market: str
 
 
+@functools.lru_cache(maxsize=65_536)
 def confirm_key(market: str) -> str | None:
     """The key a market's band signals and progress are judged under (its group's), or
     None for a market no group takes.
@@ -132,12 +134,6 @@ class VenueConfirmState:
     late: int = 0
 
 
-def _from_version_1(old: VenueConfirmState) -> VenueConfirmState:
-    """A snapshot of the one-key confirmation (episodes and escalations only): its
-    markets' progress comes again."""
-    return VenueConfirmState(episodes=dict(old.episodes), raised=dict(old.raised))
-
-
 def _episode(sig: AnomalySignal) -> str:
     return sig.episode_id or sig.id
 
@@ -160,10 +156,8 @@ class VenueConfirmLogic:
     def __init__(self, config: VenueConfirmConfig, clock: Callable[[], int],
                  state: VenueConfirmState | None = None,
                  on_reorder: Callable[[str, int], None] | None = None) -> None:
-        if state is not None and state.version == 1:
-            state = _from_version_1(state)
         if state is not None and state.version != STATE_VERSION:
-            raise ConfigError("detector.confirm.state.version", f"1 or {STATE_VERSION}",
+            raise ConfigError("detector.confirm.state.version", str(STATE_VERSION),
                               state.version)
         self.config = config
         self.clock = clock
@@ -171,7 +165,6 @@ class VenueConfirmLogic:
         self.on_reorder = on_reorder
         self.state = state if state is not None else VenueConfirmState()
         self._watermark = Watermark.resume(self.state.sources, TICK_IDLE_NS)
-        self._groups: dict[str, str | None] = {}
         self._join_ns = int(config.join_s * NS_PER_S)
         self._joined_at: int | None = None  # not kept: a restart waits for its markets again
 
@@ -209,7 +202,7 @@ class VenueConfirmLogic:
 
     def _take(self, item: Any) -> list[AnomalySignal]:
         st = self.state
-        if not _is_band(item) or self._group(item.key) is None:
+        if not _is_band(item) or confirm_key(item.key) is None:
             return []
         if item.ts <= st.judged_ts:
             st.late += 1  # its time was judged without it: it counts from now
@@ -234,19 +227,19 @@ class VenueConfirmLogic:
         out: list[AnomalySignal] = []
         while held and held[0][0] <= wm:
             ts = held[0][0]
-            groups: set[str | None] = set()
+            groups: set[str] = set()
             while held and held[0][0] == ts:
                 sig = heapq.heappop(held)[3]
                 self._take_in(sig)
-                groups.add(self._group(sig.key))
-            for group in sorted(groups, key=str):
+                groups.add(confirm_key(sig.key) or "")
+            for group in sorted(groups):
                 out.extend(self._judge(group, ts))
         st.judged_ts = max(st.judged_ts, wm)
         return out
 
     def _apply(self, sig: AnomalySignal) -> list[AnomalySignal]:
         self._take_in(sig)
-        return self._judge(self._group(sig.key), sig.ts)
+        return self._judge(confirm_key(sig.key) or "", sig.ts)
 
     def _take_in(self, sig: AnomalySignal) -> None:
         """A market's own signal: its episode as the signal leaves it."""
@@ -259,16 +252,11 @@ class VenueConfirmLogic:
             if st.raised.get(sig.key) not in (None, _episode(sig)):
                 del st.raised[sig.key]  # a new episode: the old one's escalation ended
 
-    def _group(self, key: str) -> str | None:
-        if key not in self._groups:
-            self._groups[key] = market_group(key)
-        return self._groups[key]
-
-    def _judge(self, group: str | None, ts: int) -> list[AnomalySignal]:
+    def _judge(self, group: str, ts: int) -> list[AnomalySignal]:
         """Escalate the group's warning episodes a peer's own trip confirms; ease those no
         peer confirms any more (in key order: the outcome depends on the state)."""
         st = self.state
-        members = sorted(k for k in st.episodes if self._group(k) == group)
+        members = sorted(k for k in st.episodes if confirm_key(k) == group)
         trips = [(k, _direction(st.episodes[k])) for k in members
                  if st.episodes[k].severity is Severity.CRITICAL]
         out: list[AnomalySignal] = []
@@ -322,21 +310,14 @@ class ProgressAfterSignals:
 
     def __init__(self, logic: Any) -> None:
         self.logic = logic
-        self._key = ""
-        self._grouped = False
 
     def on_batch(self, vectors: list[Any]) -> list[Any]:
         on_event = self.logic.on_event
         out: list[Any] = []
-        newest = -1
         for v in vectors:
             out.extend(on_event(v))
-            newest = max(newest, v.ts)
-        if not self._key and vectors:
-            self._key = vectors[0].key
-            self._grouped = confirm_key(self._key) is not None
-        if self._grouped and newest >= 0:
-            out.append(MarketProgress(ts=newest, market=self._key))
+        if vectors and confirm_key(market := vectors[0].key) is not None:
+            out.append(MarketProgress(ts=max(v.ts for v in vectors), market=market))
         return out
 
     def on_event(self, vector: Any) -> list[Any]:
