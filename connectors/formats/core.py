@@ -229,7 +229,7 @@ def first_line(path: Path | str, limit: int = 65536) -> bytes:
         except (OSError, EOFError, zlib.error, zipfile.BadZipFile, NotImplementedError):
             return b""  # the reader reports the stream itself
     for line in head.removeprefix(b"\xef\xbb\xbf").split(b"\n"):
-        if line.strip() and not is_title(line):
+        if not is_preamble(line):
             return line.rstrip(b"\r")
     return b""
 
@@ -244,6 +244,15 @@ def is_title(line: bytes) -> bool:
     """
     text = line.strip().removeprefix(b"\xef\xbb\xbf")
     return bool(text) and b"," not in text and text[:1] not in (b"{", b"[")
+
+
+def is_preamble(line: bytes) -> bool:
+    """Whether a line before a CSV header is passed over: blank, or a title.
+
+    >>> is_preamble(b"   "), is_preamble(b"https://x.example"), is_preamble(b"a,b")
+    (True, True, False)
+    """
+    return not line.strip() or is_title(line)
 
 
 def is_header(line: bytes) -> bool:
@@ -486,7 +495,7 @@ class IndexedReader(FileReader):
         line_no, header = 0, b""
         for raw in fh:  # the header: the first line neither blank nor a title
             line_no += 1
-            if raw.strip() and not is_title(raw):
+            if not is_preamble(raw):
                 header = raw.rstrip(b"\r\n")
                 break
         try:

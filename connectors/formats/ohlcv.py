@@ -67,7 +67,7 @@ from riskguard.connectors.formats.core import (
     datetime_ns,
     factory,
     header_cells,
-    is_title,
+    is_preamble,
     name,
     non_negative,
     number,
@@ -309,7 +309,7 @@ def _header(fh: BinaryIO) -> tuple[_Layout | None, int, int]:
     pos = line_no = 0
     for raw in fh:
         pos, line_no = pos + len(raw), line_no + 1
-        if raw.strip() and not is_title(raw):
+        if not is_preamble(raw):
             try:
                 return _Layout(header_cells(raw.rstrip(b"\r\n"))), pos, line_no
             except RowError:
