@@ -389,11 +389,13 @@ def load_usdm_windows(path: Path, *, venue: str = "binance_usdm",
         interval_ns=interval_ns, volume_col="volume", check_time=_check_datetime("datetime_utc"))
 
 
-def load_crossvenue(path: Path, *, interval_ns: int | None = HOUR_NS) -> LoadResult:
-    """The cross-venue hourly file: one series per (venue, symbol), labelled ``venue:symbol``.
+def load_crossvenue(path: Path, *, interval_ns: int | None = None) -> LoadResult:
+    """A table of bars keyed by venue and symbol: one series per (venue, symbol), labelled
+    ``venue:symbol``, at the file's own bar interval (the most common step between a
+    series' bars, unless ``interval_ns`` says).
 
     Columns: venue, symbol, timestamp_s (bar open), datetime_utc (checked), open, high, low,
-    close, volume_base.
+    close, volume_base. The cross-venue hourly file and the minute-level files have them.
     """
     def key(ix: dict[str, int], cells: list[str]) -> tuple[str, str, str]:
         v = _name(cells[ix["venue"]], "venue")
@@ -463,19 +465,22 @@ def load_book_depth(path: Path, *, venue: str = "binance_um", instrument: str = 
     return LoadResult([series], bad)
 
 
+_VENUE_TABLE_NAME = re.compile(r"^binance_(?:spot|usdm)_\d+[smhd]_")
 _KLINE_NAME = re.compile(r"^binance(?:_[a-z]{2})?_(?P<sym>[A-Za-z0-9_]+?)_\d+[smhdw]_priceklines")
 
 
 def file_kind(name: str) -> str:
     """Which loader a file name calls for: ``priceklines``, ``book_depth``,
-    ``usdm_windows``, ``crossvenue`` or ``dvol``."""
+    ``usdm_windows``, ``crossvenue`` (a venue, symbol, timestamp_s table: the cross-venue
+    file and the minute-level ``binance_spot_1m_…``/``binance_usdm_5m_…`` files) or
+    ``dvol``."""
     if "_priceklines_" in name:
         return "priceklines"
     if "_bookDepth_" in name:
         return "book_depth"
     if name.startswith("binance_usdm_perp_"):
         return "usdm_windows"
-    if name.startswith("crossvenue_"):
+    if name.startswith("crossvenue_") or _VENUE_TABLE_NAME.match(name):
         return "crossvenue"
     if name.startswith("deribit_DVOL_"):
         return "dvol"
