@@ -153,7 +153,7 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     fast_s: float = 3600.0  # fast_fall: a move over a horizon up to this long out of band ...
     deep_bps: float = 600.0  # ... while the day's range from its extreme is past this
     deep_z: float = 3.0  # ... or past this many typical day ranges
-    slide_z: float = 1.5  # slide: past a daily limit, the day's range this many typical
+    slide_z: float = 1.75  # slide: past a daily limit, the day's range this many typical
     static_z: float = math.inf  # static: a static level, learned moves this many typical
     critical_ratio: float = 1.25  # ratio: a move this many times its band
     # which moves may be critical: falls of a price (the adverse move of long collateral

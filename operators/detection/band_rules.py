@@ -71,6 +71,15 @@ class Reading(NamedTuple):
     scale: float
     horizon_ns: int
     kind: int = MOVE
+    learned: float = -1.0
+    """``|move|`` over the band the key's typical move sets, without the static level
+    (a small coin's ordinary move passes a level set for bitcoin); -1: the same as
+    ``ratio`` (nothing learned, or no band of its own)."""
+
+    @property
+    def out_of_band(self) -> float:
+        """``learned``, else ``ratio``: how far out of the key's own band."""
+        return self.learned if self.learned >= 0.0 else self.ratio
 
 
 Rule = Callable[["CriticalRules", Sequence[Reading]], bool]
@@ -114,8 +123,8 @@ class CriticalRules:
 
     def fast_fall(self, readings: Sequence[Reading]) -> bool:
         for sign in self._directions():
-            fast = any(r.kind == MOVE and r.horizon_ns <= self.fast_ns and r.ratio >= 1.0
-                       and r.move * sign > 0.0 for r in readings)
+            fast = any(r.kind == MOVE and r.horizon_ns <= self.fast_ns
+                       and r.out_of_band >= 1.0 and r.move * sign > 0.0 for r in readings)
             if fast and any(r.kind == RANGE and self._deep(r.move * sign, r.scale)
                             for r in readings):
                 return True
@@ -145,12 +154,12 @@ class CriticalRules:
                    for r in readings)
 
     def ratio(self, readings: Sequence[Reading]) -> bool:
-        return any(r.kind <= RANGE and r.ratio >= self.critical_ratio
+        return any(r.kind <= RANGE and r.out_of_band >= self.critical_ratio
                    and self._adverse(r.move) for r in readings)
 
     def horizons(self, readings: Sequence[Reading]) -> bool:
         n = sum(1 for r in readings
-                if r.kind <= RANGE and r.ratio >= 1.0 and self._adverse(r.move))
+                if r.kind <= RANGE and r.out_of_band >= 1.0 and self._adverse(r.move))
         return n >= self.confirm_horizons
 
 

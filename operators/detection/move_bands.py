@@ -305,9 +305,12 @@ class MoveBands:
                 scale: float | None = sqrt(hv[0])
             else:
                 scale = None if sigma is None else sigma * sqrt_h
-            band = cap if scale is None else min(cap, max(floor, k * scale))
-            out.append(Reading(abs(move) / band, move, name, cap,
-                               -1.0 if scale is None else scale, h))
+            if scale is None:
+                out.append(Reading(abs(move) / cap, move, name, cap, -1.0, h))
+            else:
+                learned = max(floor, k * scale)
+                out.append(Reading(abs(move) / min(cap, learned), move, name, cap, scale, h,
+                                   MOVE, abs(move) / learned))
         if coarse:
             hi, lo = self._day_range(ts) if since is None else self._range_since(since)
             hi, lo = max(hi, high), min(lo, low)
@@ -318,8 +321,10 @@ class MoveBands:
             returns.append((-h, move))  # its own scale: a drawdown is no close-to-close move
             scale = self._scale(-h, sigma, h)
             band = self._band(k, floor, cap, scale)
+            learned = band if scale is None else max(floor, k * scale)
             out.append(Reading(abs(move) / band, move, name, cap,
-                               -1.0 if scale is None else scale, h, RANGE))
+                               -1.0 if scale is None else scale, h, RANGE,
+                               abs(move) / learned))
         return out
 
     def _daily_limits(self, ts: int, low: float, high: float, ratios: list[Reading],
@@ -595,7 +600,7 @@ class MoveBands:
         contributions = [
             Contribution(feature=name, value=move * 1e4,
                          zscore=max(-1e12, min(1e12, move / scale)) if scale > 0 else 0.0)
-            for _ratio, move, name, _cap, scale, _h, _kind in sorted(
+            for _ratio, move, name, _cap, scale, _h, _kind, _learned in sorted(
                     ratios, key=lambda r: (-r[0], r[2]))[
                 : self.config.top_k]]
         key = self.key or fv.key
