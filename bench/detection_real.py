@@ -1,9 +1,11 @@
 """Detection quality on real data: incidents, and the streaming-anomaly benchmark.
 
-Run ``python bench/detection_real.py [--part incidents|benchmark|all] [--overlay
-TOML]`` (``--overlay``: a guard config document merged over the default one, to
-measure other settings; the figures of record use the defaults). It reads
-the development data beside the clone (``bench/shared_data.py``) and prints:
+Run ``python bench/detection_real.py [--part incidents|benchmark|all] [--overlay TOML]
+[--data DIR] [--jobs N]``. ``--overlay``: a guard config document merged over the
+default one, to measure other settings (the figures of record use the defaults);
+``--data``: a folder of one's own incident files and their ``labels.toml``; ``--jobs``:
+files run side by side. It reads the development data beside the clone
+(``bench/shared_data.py``) unless told otherwise, and prints:
 
 - **Incidents.** Each incident file goes through the real backtest path
   (:func:`riskguard.dataflows.backtest.run_backtest`, the guard core with the
@@ -12,10 +14,14 @@ the development data beside the clone (``bench/shared_data.py``) and prints:
   first moment the key is critical (an episode already critical one bar before
   onset counts from there), and to the first mitigation command (reduce_only or
   stronger) that covers the key (one already in force at onset, not lifted by a
-  resume, counts as 0). Then false critical episodes per calm
-  instrument-day, per file and over all files. In the same run, two
-  baselines on the same series: a rolling z-score of bar log returns (window
-  60, |z| > 4) and River's HalfSpaceTrees (> 0.7); see ``bench/incidents.py``.
+  resume, counts as 0). Then false critical episodes per calm instrument-day at
+  each bar resolution measured alone, split by the detector that made each
+  episode critical (``price_move``, ``confirmation``, ``anomaly``,
+  ``dislocation``), beside the labels' own onset rule and two baselines on the
+  same series: a rolling z-score of bar log returns (window 60, |z| > 4) and
+  River's HalfSpaceTrees (> 0.7); see ``bench/incidents.py``. Then the same per
+  file, and the share of calm time the guard held a key critical or under
+  reduce-only, by resolution and by file.
 - **Benchmark.** The anomaly operator's logic (``DetectorLogic``, default
   config, one key per series, one feature) on every series of the benchmark
   part, scored by ``bench/nab.py`` (standard, low-FP and low-FN profiles).
@@ -400,6 +406,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--overlay", type=Path, metavar="TOML",
                    help="a guard config document whose tables are merged over the default "
                    "one (to measure settings other than the defaults)")
+    p.add_argument("--data", type=Path, metavar="DIR",
+                   help="the incident files and their labels.toml (default: the "
+                   "development data's incidents folder)")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="run the guard over N incident files at a time (processes)")
     args = p.parse_args(argv)
@@ -408,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"with {args.overlay.name} merged over the default config")
     print(f"riskguard detection on real data, {time.strftime('%Y-%m-%d')}")
     status = 0
-    for part, directory, report in (("incidents", incidents_dir(), incident_report),
+    for part, directory, report in (("incidents", args.data or incidents_dir(), incident_report),
                                     ("benchmark", nab_dir(), benchmark_report)):
         if args.part not in (part, "all"):
             continue
