@@ -143,6 +143,25 @@ def test_after_accept_anomalous_points_the_new_level_is_learned() -> None:
     assert all(s >= THRESHOLD for s in slow[:64])
 
 
+def _spike_pairs(i: int) -> float:
+    """Two spikes six points apart every 100 points, the series' first value one of them."""
+    return 20.0 if i % 100 in (0, 6) else 0.0
+
+
+def test_spikes_closer_than_ever_are_flagged_when_the_series_starts_on_one() -> None:
+    """The means are defined once their windows are full: a mean of the first value
+    alone (a spike) must not teach the 3-point mean that a spike's full height is
+    usual, or two spikes side by side, twice as dense as ever, go unseen."""
+    scorer = RangeScorer()
+    calm = [scorer.update(_spike_pairs(i)) for i in range(2_000)]
+    assert max(s or 0.0 for s in calm) < THRESHOLD
+    burst = [scorer.update(v) for v in (20.0, 0.0, 0.0, 0.0, 0.0, 20.0, 20.0)]
+    assert max(s or 0.0 for s in burst[:-1]) < THRESHOLD  # as usual, until the second
+    # (0 + 20 + 20) / 3 against the usual highest 20 / 3: one range beyond
+    assert burst[-1] == pytest.approx(1.0)
+    assert scorer.reason is not None and scorer.reason[0] == "mean3"
+
+
 # -- the stateful contract -------------------------------------------------
 
 class _Logic:

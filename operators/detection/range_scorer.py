@@ -7,10 +7,11 @@ question, the one an operator asks of a chart: *is this beyond anything seen
 lately, and by how much of the recent range?*
 
 - **Channels**, from each value before it is learned: the value itself, the
-  mean of the last 3 and of the last 12 (a shift that single points hide),
-  and the mean absolute step over the last 48 (low side only: the series went
-  still, as a frozen feed does; defined once 48 steps have been seen, so the
-  first values, which have no steps yet, never pass for a still series).
+  mean of the last 3 and of the last 12 (a shift that single points hide, or
+  spikes that come closer together), and the mean absolute step over the last
+  48 (low side only: the series went still, as a frozen feed does). Each is
+  defined once its window is full, so the first values, a mean of one point or
+  no steps yet, never set an envelope (a first spike would pass for a mean).
 - **Envelope** per channel: the lowest and highest value over the last
   ``blocks`` complete blocks of ``block`` points, plus the current block.
 - **Score**: how far the channel is beyond its envelope, in envelope ranges
@@ -134,14 +135,18 @@ class RangeScorer:
             s.sum48 = math.fsum(st)
         s.prev = x
         n = len(r)
-        mean3 = (r[-1] + r[-2] + r[-3]) / 3.0 if n >= 3 else s.sum12 / n
+        # each mean is defined once its window is full, as stillness is: the mean of a
+        # partial window is a single value (the first one, say), and an envelope that
+        # learned it would hide the denser spikes that push the full means past it
+        mean3 = (r[-1] + r[-2] + r[-3]) / 3.0 if n >= 3 else None
+        mean12 = s.sum12 / 12.0 if n == 12 else None
         # stillness is defined once it has a full window of steps: a partial window
         # (the first values) is not a still series, and must not set its low envelope;
         # in step units, like the other channels in theirs, so its excess is a share of
         # the spread between the quietest and the busiest recent stretches
         stillness = (max(s.sum48, 0.0) / len(st) + 1e-3 * s.step_mean
                      if len(st) == 48 else None)
-        return [x, mean3, s.sum12 / n, stillness]
+        return [x, mean3, mean12, stillness]
 
     def _bounds_of(self, i: int) -> tuple[float, float]:
         cur = self.s.cur[i]
