@@ -162,6 +162,41 @@ def test_spikes_closer_than_ever_are_flagged_when_the_series_starts_on_one() -> 
     assert scorer.reason is not None and scorer.reason[0] == "mean3"
 
 
+def test_a_spike_once_over_is_part_of_the_range_and_only_a_higher_one_scores() -> None:
+    """A short excursion, once over, is learned as it was: on a flat series, whose
+    envelope clipped learning can never widen, the same spike 300 points later is
+    within the range (it was flagged every time before), and a spike twice as high
+    is one range beyond it."""
+    scorer = RangeScorer()
+    for _ in range(500):
+        scorer.update(0.0)
+    assert scorer.update(100.0) == FLAT_DEPARTURE
+    for _ in range(300):
+        scorer.update(0.0)
+    assert scorer.update(100.0) == 0.0
+    for _ in range(300):
+        scorer.update(0.0)
+    assert scorer.update(200.0) == pytest.approx(1.0)
+    assert scorer.reason is not None and scorer.reason[0] == "value"
+
+
+def test_a_move_longer_than_a_block_is_not_learned_as_its_overshoot() -> None:
+    """A run longer than a block is a move, which the clipped envelope follows: the
+    overshoot at its step is not learned as the new level's range, so a later spike
+    on the new level, below the overshoot, still scores."""
+    scorer = RangeScorer(block=16, blocks=48)  # the overshoot stays in the history
+    for i in range(300):
+        scorer.update(_wave(i))
+    scorer.update(10.0)  # the overshoot, then a level three ranges up
+    moved = [scorer.update(3.0 + _wave(i)) for i in range(200)]
+    assert sum((s or 0.0) >= THRESHOLD for s in moved) > 16  # a run longer than a block
+    assert max(s or 0.0 for s in moved[-50:]) < THRESHOLD  # followed by now
+    spike = scorer.update(6.0)
+    assert spike is not None and spike >= 0.2
+    assert scorer.reason is not None and scorer.reason[0] == "value"
+    assert scorer.reason[3] == pytest.approx(4.0)  # the level's top (3 + 1), not the 10
+
+
 # -- the stateful contract -------------------------------------------------
 
 class _Logic:
@@ -178,7 +213,7 @@ class _Logic:
 
 
 # warm-up, the wave, a spike, a shift through acceptance, and a flat (frozen) stretch
-EVENTS = ([_wave(i) for i in range(60)] + [9.0] + [_wave(i) for i in range(30)]
+EVENTS = ([_wave(i) for i in range(60)] + [3.0] + [_wave(i) for i in range(30)]
           + [5.0 + _wave(i) for i in range(60)] + [5.0] * 80)
 CASE = Case("range-scorer", _Logic, EVENTS, splits=(10, 16, 17, 61, 62, 100, 200))
 
@@ -304,10 +339,28 @@ def test_a_snapshot_with_stillness_in_log_units_learns_that_channel_anew() -> No
     old.version = 1
     old.blocks[3] = [(-690.8, 1.2)] * len(old.blocks[3])  # log units, as they were
     again = RangeScorer(state=old)
-    assert again.s.version == 2 and again.s.blocks[3] == []
+    assert again.s.version == RangeState().version and again.s.blocks[3] == []
     for i in range(1_000, 1_400):
         again.update(wave(i))
     assert max(again.update(40.0) or 0.0 for _ in range(100)) >= 0.01
+
+
+def test_an_unpickled_version_2_scorer_migrates_and_scores_as_a_fresh_run() -> None:
+    """A version-2 scorer, pickled inside a detector's snapshot, has no held
+    excursions: unpickled, it gets an empty one per channel and goes on scoring as a
+    scorer that never stopped, with nothing held."""
+    rng = random.Random(11)
+    values = [40.0 + 10.0 * math.sin(i / 20.0) + rng.gauss(0.0, 1.0) for i in range(1_400)]
+    first = RangeScorer()
+    for x in values[:1_000]:
+        first.update(x)
+    old = pickle.loads(pickle.dumps(first))
+    old.s.version = 2
+    del old.s.held  # as a version-2 state unpickles: without the field
+    again = pickle.loads(pickle.dumps(old))
+    assert again.s.version == RangeState().version
+    assert again.s.held == [[] for _ in range(4)]
+    assert [again.update(x) for x in values[1_000:]] == [first.update(x) for x in values[1_000:]]
 
 
 def test_an_unpickled_version_1_scorer_migrates_and_never_scores_off_a_single_point() -> None:
@@ -321,7 +374,8 @@ def test_an_unpickled_version_1_scorer_migrates_and_never_scores_off_a_single_po
     first.s.version = 1
     first.s.blocks[3] = [(-690.8, 1.2)] * len(first.s.blocks[3])
     again = pickle.loads(pickle.dumps(first))
-    assert again.s.version == 2 and again.s.blocks[3] == [] and again._bounds[3] is None
+    assert again.s.version == RangeState().version
+    assert again.s.blocks[3] == [] and again._bounds[3] is None
     scores = [again.update(40.0 + 10.0 * math.sin(i / 20.0) + rng.gauss(0.0, 1.0))
               for i in range(1_000, 1_200)]
     assert max(s or 0.0 for s in scores) < FLAT_DEPARTURE

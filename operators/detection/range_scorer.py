@@ -25,6 +25,11 @@ lately, and by how much of the recent range?*
   stays anomalous for about ``log2(k + 1)`` blocks instead of being absorbed by
   its first point. After ``accept`` consecutive anomalous points it is learned
   unclipped (a new regime).
+- **An excursion, once over, is part of the range.** When a run of anomalous
+  points ends within a block, its extremes are learned as they were: the same
+  spike again (a burst of writes, a periodic job) is not new, and a flat
+  envelope, which clipping cannot widen, learns the spikes it has seen. A
+  longer run is a move, which the clipped envelope follows block by block.
 - **Warm-up** is explicit: :meth:`update` returns ``None`` for the first
   ``block`` points.
 
@@ -52,7 +57,7 @@ _RESUM = 128  # re-add the running sums exactly this often: no float drift on lo
 class RangeState:
     """A :class:`RangeScorer`'s state: plain lists and numbers."""
 
-    version: int = 2  # 2: stillness in step units (1: in log units)
+    version: int = 3  # 3: held excursions; 2: stillness in step units (1: in log units)
     # per channel: complete blocks' (lo, hi), and the open block's lo, hi and count
     blocks: list[list[tuple[float, float]]] = field(default_factory=lambda: [[] for _ in
                                                                             CHANNELS])
@@ -66,6 +71,9 @@ class RangeState:
     prev: float | None = None
     n: int = 0
     run: int = 0
+    # per channel: the lowest and highest value of the current anomalous run as it was,
+    # before clipping ([] outside a run, or before the channel has an envelope)
+    held: list[list[float]] = field(default_factory=lambda: [[] for _ in CHANNELS])
 
 
 class RangeScorer:
@@ -90,12 +98,17 @@ class RangeScorer:
             self._bounds = [self._block_bounds(i) for i in range(len(CHANNELS))]
 
     def _migrate(self) -> bool:
-        """A version-1 state kept stillness in log units: that channel learns anew."""
-        if self.s.version != 1:
+        """Bring an older state to this version: version 1 kept stillness in log units
+        (that channel learns anew), and a state before version 3 holds no excursion (an
+        unpickled one lacks the field)."""
+        s = self.s
+        if s.version == 3:
             return False
-        still = CHANNELS.index("stillness")
-        self.s.blocks[still], self.s.cur[still] = [], [0.0, 0.0, 0.0]
-        self.s.version = 2
+        if s.version == 1:
+            still = CHANNELS.index("stillness")
+            s.blocks[still], s.cur[still] = [], [0.0, 0.0, 0.0]
+        s.held = [[] for _ in CHANNELS]
+        s.version = 3
         return True
 
     def snapshot(self) -> RangeState:
@@ -103,7 +116,8 @@ class RangeScorer:
         return RangeState(version=s.version, blocks=[list(b) for b in s.blocks],
                           cur=[list(c) for c in s.cur], recent=list(s.recent),
                           steps=list(s.steps), sum12=s.sum12, sum48=s.sum48,
-                          step_mean=s.step_mean, prev=s.prev, n=s.n, run=s.run)
+                          step_mean=s.step_mean, prev=s.prev, n=s.n, run=s.run,
+                          held=[list(h) for h in s.held])
 
     @property
     def warming_up(self) -> bool:
@@ -175,6 +189,35 @@ class RangeScorer:
             cur[2] = 0
             self._bounds[i] = self._block_bounds(i)
 
+    def _hold(self, i: int, v: float) -> None:
+        """Keep the run's extremes as they were, while the envelope learns them clipped."""
+        h = self.s.held[i]
+        if not h:
+            h += (v, v)
+        elif v < h[0]:
+            h[0] = v
+        elif v > h[1]:
+            h[1] = v
+
+    def _release(self, length: int) -> None:
+        """A run of ``length`` anomalous points is over. One that lasted at most a block
+        was an excursion: its extremes are learned as they were, so the same excursion
+        again (a burst of writes, a periodic job) is within the recent range. A longer
+        run was a move, which the clipped envelope has followed block by block: its
+        first points (an overshoot at the step) are not learned as the new level's range.
+        """
+        s = self.s
+        for i, h in enumerate(s.held):
+            if h and length <= self.block:
+                cur = s.cur[i]
+                if cur[2]:
+                    cur[0], cur[1] = min(cur[0], h[0]), max(cur[1], h[1])
+                else:  # this point closed a block: widen that block
+                    lo, hi = s.blocks[i][-1]
+                    s.blocks[i][-1] = (min(lo, h[0]), max(hi, h[1]))
+                    self._bounds[i] = self._block_bounds(i)
+            s.held[i] = []
+
     def update(self, x: float) -> float | None:
         """Score ``x`` against the envelopes, then learn it; None while warming up."""
         s = self.s
@@ -198,16 +241,20 @@ class RangeScorer:
                 score = e
                 self.reason = (CHANNELS[i], v, lo, hi, e)
         anomalous = score >= self.threshold
+        ended = 0 if anomalous else s.run  # the length of the run this point ends
         s.run = s.run + 1 if anomalous else 0
         clip = anomalous and s.run <= self.accept
         for i, v in enumerate(vals):
             if v is None:
                 continue
             if clip and (s.cur[i][2] or self._bounds[i] is not None):
+                self._hold(i, v)
                 lo, hi = self._bounds[i] or bounds[i]
                 w = hi - lo
                 v = min(max(v, lo - w), hi + w)  # noqa: PLW2901
             self._add(i, v)
+        if ended:
+            self._release(ended)
         return score
 
 
