@@ -18,6 +18,7 @@ from riskguard.operators.detection.range_scorer import (
     FLAT_DEPARTURE,
     RangeScorer,
     RangeState,
+    envelope_growth,
     excess,
 )
 from riskguard.schemas import AnomalySignal, FeatureVector, Scope, ScopeKind
@@ -166,7 +167,8 @@ def test_a_spike_once_over_is_part_of_the_range_and_only_a_higher_one_scores() -
     """A short excursion, once over, is learned as it was: on a flat series, whose
     envelope clipped learning can never widen, the same spike 300 points later is
     within the range (it was flagged every time before), and a spike twice as high
-    is one range beyond it."""
+    is one range beyond it (divided by the growth an envelope of spikes in a few
+    blocks out of eight is expected to have ahead of it)."""
     scorer = RangeScorer()
     for _ in range(500):
         scorer.update(0.0)
@@ -176,7 +178,9 @@ def test_a_spike_once_over_is_part_of_the_range_and_only_a_higher_one_scores() -
     assert scorer.update(100.0) == 0.0
     for _ in range(300):
         scorer.update(0.0)
-    assert scorer.update(200.0) == pytest.approx(1.0)
+    growth = envelope_growth(scorer.s.blocks[0], 48)
+    assert growth > 2.0
+    assert scorer.update(200.0) == pytest.approx(1.0 / growth)
     assert scorer.reason is not None and scorer.reason[0] == "value"
 
 
@@ -195,6 +199,35 @@ def test_a_move_longer_than_a_block_is_not_learned_as_its_overshoot() -> None:
     assert spike is not None and spike >= 0.2
     assert scorer.reason is not None and scorer.reason[0] == "value"
     assert scorer.reason[3] == pytest.approx(4.0)  # the level's top (3 + 1), not the 10
+
+
+def _sine(i: int) -> float:
+    """A wave of amplitude 5 and period 160 points: ten 16-point blocks."""
+    return 5.0 * math.sin(2.0 * math.pi * i / 160.0)
+
+
+def test_a_young_envelope_that_grew_block_by_block_discounts_a_new_extreme() -> None:
+    """Until the envelope spans its full history, a series whose range grew from one
+    block to all of them (a wave slower than a block) is expected to widen it further:
+    a new extreme's excess is divided by that growth. A series that keeps to one band
+    in every block (the sawtooth) is measured in its range as it is, and once the
+    history is full neither is discounted."""
+    band = RangeScorer(block=16, blocks=48)
+    for i in range(160):
+        band.update(_wave(i))
+    assert band.update(1.1) == pytest.approx(0.1)  # a tenth of [0, 1] above it
+    young = RangeScorer(block=16, blocks=48)
+    for i in range(160):  # one period: ten blocks, each a part of the wave
+        young.update(_sine(i))
+    growth = envelope_growth(young.s.blocks[0], 48)
+    assert growth == pytest.approx(3.17, abs=0.01)
+    assert young.update(6.0) == pytest.approx(0.1 / growth)  # a tenth of [-5, 5] above
+    assert young.reason is not None and young.reason[:4] == ("value", 6.0, -5.0, 5.0)
+    full = RangeScorer(block=16, blocks=48)
+    for i in range(800):  # the full 48 blocks of history
+        full.update(_sine(i))
+    assert envelope_growth(full.s.blocks[0], 48) == 1.0
+    assert full.update(6.0) == pytest.approx(0.1)
 
 
 # -- the stateful contract -------------------------------------------------

@@ -15,8 +15,13 @@ lately, and by how much of the recent range?*
 - **Envelope** per channel: the lowest and highest value over the last
   ``blocks`` complete blocks of ``block`` points, plus the current block.
 - **Score**: how far the channel is beyond its envelope, in envelope ranges
-  (``(v - hi) / (hi - lo)`` above, ``(lo - v) / (hi - lo)`` below, 0 inside);
-  the largest over the channels. A flat history has no range: any departure
+  (``(v - hi) / (hi - lo)`` above, ``(lo - v) / (hi - lo)`` below, 0 inside),
+  divided by the envelope's expected growth (:func:`envelope_growth`): while
+  the envelope is younger than its full ``blocks``, a series whose range has
+  grown from one block to all of them (a drift, a slow wave, a random walk)
+  will widen it further, so its new extremes are measured in the range it is
+  on its way to; a series that keeps to one band is measured in its range as
+  it is. The largest over the channels. A flat history has no range: any departure
   from it scores ``FLAT_DEPARTURE`` (a spike after a flat series is never
   missed), a value equal to it scores 0.
 - **Learning, protected.** While a point is anomalous it is learned clipped to
@@ -45,6 +50,7 @@ About 10 µs per point; state is a few hundred floats.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,28 +94,40 @@ class RangeScorer:
         self.s = state if state is not None else RangeState()
         self.reason: tuple[str, float, float, float, float] | None = None
         self._migrate()
-        self._bounds = [self._block_bounds(i) for i in range(len(CHANNELS))]
+        self._refresh_all()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickled (a detector's snapshot holds the scorer itself): migrate as
-        ``__init__`` does."""
+        ``__init__`` does, and derive what an older scorer did not keep."""
         self.__dict__.update(state)
-        if self._migrate():
-            self._bounds = [self._block_bounds(i) for i in range(len(CHANNELS))]
+        self._migrate()
+        self._refresh_all()
 
-    def _migrate(self) -> bool:
+    def _refresh_all(self) -> None:
+        n = len(CHANNELS)
+        self._bounds: list[tuple[float, float] | None] = [None] * n
+        self._growth = [1.0] * n
+        for i in range(n):
+            self._refresh(i)
+
+    def _refresh(self, i: int) -> None:
+        """Derive channel ``i``'s envelope over its complete blocks and its expected
+        growth (once per block, not per point)."""
+        self._bounds[i] = self._block_bounds(i)
+        self._growth[i] = envelope_growth(self.s.blocks[i], self.nblocks)
+
+    def _migrate(self) -> None:
         """Bring an older state to this version: version 1 kept stillness in log units
         (that channel learns anew), and a state before version 3 holds no excursion (an
         unpickled one lacks the field)."""
         s = self.s
         if s.version == 3:
-            return False
+            return
         if s.version == 1:
             still = CHANNELS.index("stillness")
             s.blocks[still], s.cur[still] = [], [0.0, 0.0, 0.0]
         s.held = [[] for _ in CHANNELS]
         s.version = 3
-        return True
 
     def snapshot(self) -> RangeState:
         s = self.s
@@ -187,7 +205,7 @@ class RangeScorer:
             if len(blocks) > self.nblocks:
                 del blocks[0]
             cur[2] = 0
-            self._bounds[i] = self._block_bounds(i)
+            self._refresh(i)
 
     def _hold(self, i: int, v: float) -> None:
         """Keep the run's extremes as they were, while the envelope learns them clipped."""
@@ -215,7 +233,7 @@ class RangeScorer:
                 else:  # this point closed a block: widen that block
                     lo, hi = s.blocks[i][-1]
                     s.blocks[i][-1] = (min(lo, h[0]), max(hi, h[1]))
-                    self._bounds[i] = self._block_bounds(i)
+                    self._refresh(i)
             s.held[i] = []
 
     def update(self, x: float) -> float | None:
@@ -237,6 +255,8 @@ class RangeScorer:
             if v is None or self._bounds[i] is None:
                 continue  # the channel is not defined yet, or has no complete block yet
             e = excess(v, lo, hi) if i < 3 or v < lo else 0.0
+            if e:
+                e /= self._growth[i]
             if e > score:
                 score = e
                 self.reason = (CHANNELS[i], v, lo, hi, e)
@@ -275,3 +295,32 @@ def excess(v: float, lo: float, hi: float) -> float:
     if rng > 0:
         return e / rng
     return 0.0 if e <= 1e-12 * max(abs(hi), abs(lo)) else FLAT_DEPARTURE
+
+
+def envelope_growth(blocks: Sequence[tuple[float, float]], full: int) -> float:
+    """How many times wider the envelope of ``blocks`` (each block's lowest and
+    highest value) is expected to be once it spans ``full`` blocks.
+
+    Over ``b`` blocks its range has grown from one block's (their mean range ``r1``)
+    to the envelope's ``rb``; as a power law, ``rb = r1 * b ** h``. Carried on to
+    ``full`` blocks that is a factor ``(full / b) ** h``. ``h`` is the exponent of
+    Hurst's rescaled-range analysis: near 0 for a series that keeps to one band (each
+    block already spans it), 0.5 for a random walk, 1 for a trend (the cap). Fewer than
+    two blocks, a full history, or blocks without a range say nothing: 1.
+
+    >>> envelope_growth([(0.0, 1.0)] * 4, 48)  # the same band in every block
+    1.0
+    >>> envelope_growth([(0.0, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, 4.0)], 48)  # a trend
+    12.0
+    >>> round(envelope_growth([(0.0, 1.0), (0.5, 1.5)] * 2, 48), 3)  # a band that wanders
+    2.068
+    """
+    b = len(blocks)
+    if b < 2 or b >= full:
+        return 1.0
+    r1 = sum(hi - lo for lo, hi in blocks) / b
+    rb = max(hi for _, hi in blocks) - min(lo for lo, _ in blocks)
+    if r1 <= 0.0 or rb <= r1:
+        return 1.0
+    h = min(1.0, math.log(rb / r1) / math.log(b))
+    return float((full / b) ** h)
