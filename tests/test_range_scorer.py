@@ -201,6 +201,26 @@ def test_a_move_longer_than_a_block_is_not_learned_as_its_overshoot() -> None:
     assert scorer.reason[3] == pytest.approx(4.0)  # the level's top (3 + 1), not the 10
 
 
+def test_a_move_off_a_flat_envelope_is_learned_after_a_block() -> None:
+    """A flat envelope has no range to widen by, so clipped learning alone would hold
+    it flat and flag a square wave's every high phase until ``accept`` (half the
+    history): the first high phase is flagged for a block, then learned as it is,
+    and the next high phases are within the range."""
+    scorer = RangeScorer()
+    for _ in range(300):
+        scorer.update(20.0)
+
+    def phase(level: float) -> list[float]:
+        return [s or 0.0 for s in (scorer.update(level) for _ in range(144))]
+
+    first = phase(80.0)
+    assert first[:128] == [FLAT_DEPARTURE] * 128
+    assert max(first[129:]) < THRESHOLD
+    for _ in range(5):
+        assert max(phase(20.0)) < THRESHOLD
+        assert max(phase(80.0)) < THRESHOLD
+
+
 def _sine(i: int) -> float:
     """A wave of amplitude 5 and period 160 points: ten 16-point blocks."""
     return 5.0 * math.sin(2.0 * math.pi * i / 160.0)

@@ -29,7 +29,9 @@ lately, and by how much of the recent range?*
   can at most double its range per block: a persistent move of ``k`` ranges
   stays anomalous for about ``log2(k + 1)`` blocks instead of being absorbed by
   its first point. After ``accept`` consecutive anomalous points it is learned
-  unclipped (a new regime).
+  unclipped (a new regime). A flat envelope has no range to double: a move off
+  it is learned unclipped once it has lasted a block (a square wave's first
+  high phase is flagged for a block, the next ones are not).
 - **An excursion, once over, is part of the range.** When a run of anomalous
   points ends within a block, its extremes are learned as they were: the same
   spike again (a burst of writes, a periodic job) is not new, and a flat
@@ -271,7 +273,10 @@ class RangeScorer:
                 self._hold(i, v)
                 lo, hi = self._bounds[i] or bounds[i]
                 w = hi - lo
-                v = min(max(v, lo - w), hi + w)  # noqa: PLW2901
+                # a flat envelope has no range to widen by: clipped to it, a move would
+                # stay anomalous until ``accept``; after a block it is learned as it is
+                if w > 0.0 or s.run <= self.block:
+                    v = min(max(v, lo - w), hi + w)  # noqa: PLW2901
             self._add(i, v)
         if ended:
             self._release(ended)
