@@ -21,9 +21,9 @@ lately, and by how much of the recent range?*
   grown from one block to all of them (a drift, a slow wave, a random walk)
   will widen it further, so its new extremes are measured in the range it is
   on its way to; a series that keeps to one band is measured in its range as
-  it is. The largest over the channels. A flat history has no range: any departure
-  from it scores ``FLAT_DEPARTURE`` (a spike after a flat series is never
-  missed), a value equal to it scores 0.
+  it is. The largest over the channels. A flat history has no range: any
+  departure from it scores ``FLAT_DEPARTURE`` (a spike after a flat series is
+  never missed), a value equal to it scores 0.
 - **Learning, protected.** While a point is anomalous it is learned clipped to
   the complete blocks' envelope widened by one range each side, so an envelope
   can at most double its range per block: a persistent move of ``k`` ranges
