@@ -129,10 +129,11 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
     Floors and caps are log moves (700 bps is a fall of 6.8 % or a rise of 7.3 %);
     the daily limits are shares of the settlement price, as an exchange sets them.
-    The levels are for prices: a log move of 700 bps within an hour, four hours or
-    a day is critical on any of them, whatever its learned volatility, and so is a
-    day's first 7 %, 13 % or 20 % from the previous settlement, the limits CME set
-    for its bitcoin futures.
+    The levels are for prices. ``critical_rules`` say which out-of-band readings are
+    critical (:mod:`~riskguard.operators.detection.band_rules`): by default a fast fall
+    while the day's range is deep, a slide past a daily limit (5, 10, 15 and 20 % from
+    the previous settlement) as deep as ``slide_z`` typical day ranges, and a static
+    level passed by a move ``static_z`` typical ones deep (off by default).
     ``volatility`` gives the levels of keys whose bars are volatility indices
     (:class:`~riskguard.schemas.Measure`), which move more: by default a day's cap
     of 3,000 bps and no daily limits. ``products`` give some keys levels of their own
