@@ -250,17 +250,38 @@ def _clock_s(ts: int, start_ns: int) -> str:
     return f"t+{(ts - start_ns) / NS:6.1f}s"
 
 
+def score_text(sig: AnomalySignal) -> str:
+    """What an anomaly signal says of its episode: the severity and the score against the
+    threshold, the comparison as it is; a closing signal says ``closed`` and the score that
+    closed it.
+
+    >>> from riskguard.schemas import Scope, ScopeKind, Severity
+    >>> sig = AnomalySignal(id="s", key="k", scope=Scope(kind=ScopeKind.VENUE, value="okx"),
+    ...                     ts=1, score=0.034, threshold=1.0, severity=Severity.CRITICAL, model="m",
+    ...                     model_version="1", phase="close")
+    >>> score_text(sig)
+    'closed   score 0.034 < 1.000 (was critical)'
+    >>> import msgspec
+    >>> score_text(msgspec.structs.replace(sig, phase="open", score=2.5))
+    'critical score 2.500 > 1.000'
+    """
+    sign = ">" if sig.score > sig.threshold else ("=" if sig.score == sig.threshold else "<")
+    score = f"score {sig.score:.3f} {sign} {sig.threshold:.3f}"
+    if sig.phase == "close":
+        return f"closed   {score} (was {sig.severity.value})"
+    return f"{sig.severity.value:<8} {score}"
+
+
 def describe_signal(rec: Any, start_ns: int) -> str | None:
     """One line for a signal worth showing (warm-up and utilization noise are skipped)."""
     if isinstance(rec, AnomalySignal):
         if rec.warming_up:
             return None
         top = ", ".join(f"{c.feature} z={c.zscore:+.1f}" for c in rec.top_features[:2])
-        return (f"{_clock_s(rec.ts, start_ns)} SIGNAL  {rec.kind}/{rec.phase:<8} "
-                f"{rec.scope.label():<34} {rec.severity.value:<8} score {rec.score:.3f} > "
-                f"{rec.threshold:.3f}  [{top}]")
+        return (f"{_clock_s(rec.ts, start_ns)} SIGNAL  {rec.kind + '/' + rec.phase:<17} "
+                f"{rec.scope.label():<34} {score_text(rec)}  [{top}]")
     if isinstance(rec, LimitBreach):
-        return (f"{_clock_s(rec.ts, start_ns)} SIGNAL  breach/{rec.level.value:<8} "
+        return (f"{_clock_s(rec.ts, start_ns)} SIGNAL  {'breach/' + rec.level.value:<17} "
                 f"{rec.limit_path:<34} util {rec.utilization:.0%} of "
                 f"{rec.effective_limit:,.0f}")
     if isinstance(rec, RiskAlert):

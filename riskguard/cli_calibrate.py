@@ -131,7 +131,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # argparse private gener
                    "against the guard config; default: a small built-in grid)")
     p.add_argument("--train-frac", type=float, default=0.7,
                    help="fraction of the time span used for the search (default 0.7)")
-    p.add_argument("--objective", choices=("f1", "recall"), default="f1")
+    p.add_argument("--objective", choices=("f1", "recall"), default="f1",
+                   help="what the search maximises: f1 (default), or recall within "
+                   "--fa-budget false alarms per instrument-day")
     p.add_argument("--fa-budget", type=float,
                    help="with --objective recall: max false alarms per instrument-day")
     p.add_argument("--every", type=float, help="continuous: rerun every SECONDS")

@@ -371,3 +371,24 @@ def test_run_on_flink_without_pyflink_names_the_python_to_use(capsys, monkeypatc
     err = capsys.readouterr().err
     assert rc == 2, err
     assert "RISKGUARD_FLINK_PYTHON" in err and "--engine flink" in err
+
+
+def test_every_option_and_argument_of_every_command_says_what_it_is() -> None:
+    """``riskguard COMMAND --help`` describes each option and positional argument: none
+    is listed bare, as ``subscribe``'s ``--state`` or ``--idle-timeout`` once were."""
+    import argparse
+
+    from riskguard.cli import build_parser
+
+    bare: list[str] = []
+
+    def walk(parser: argparse.ArgumentParser, name: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, subparser in action.choices.items():
+                    walk(subparser, f"{name} {sub}")
+            elif action.help is None or not str(action.help).strip():
+                bare.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "riskguard")
+    assert bare == []
