@@ -125,7 +125,8 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     (:class:`ProductBands`); :meth:`for_key` says which settings a key runs with.
     """
 
-    enabled: bool = True
+    enabled: bool = True  # false: no move bands (no price_move signals)
+    # the look-backs a move is measured over, in seconds (one floor_bps, cap_bps and band_k each)
     horizons_s: tuple[float, ...] = DEFAULT_HORIZONS_S
     floor_bps: tuple[float, ...] = (50.0, 80.0, 120.0, 200.0, 300.0, 500.0)
     cap_bps: tuple[float, ...] = (300.0, 500.0, 700.0, 700.0, 700.0, 700.0)
@@ -140,14 +141,20 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # limits are critical either way
     critical_moves: str = "down"
     confirm_horizons: int = 2
+    # half-life of the learned typical moves; a gap in the data longer than this starts the key's
+    # warm-up afresh
     vol_halflife_s: float = 7 * 86_400.0
+    # a move teaches the typical move at most as much as one this many typical moves would
     vol_clip: float = 4.0
+    # moves a horizon learns before its own band stands (until then the interval returns'
+    # volatility, and before those the cap, stand in)
     warmup_returns: int = 30
     hysteresis: float = 0.8
     close_quiet_points: int = 3
     close_quiet_ns: int = 60 * NS
     deescalate_quiet_s: float = 14_400.0
-    top_k: int = 3
+    top_k: int = 3  # horizons named on each signal (the largest moves against their bands)
+    # recorded on every price_move signal: change it when the levels change
     model_version: str = "1"
     volatility: VolatilityLevels = VOLATILITY_LEVELS
     products: tuple[ProductBands, ...] = ()
