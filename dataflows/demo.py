@@ -40,6 +40,7 @@ from riskguard.connectors.topics import create_topics, topic_name
 from riskguard.dataflows.backtest import dump_toml
 from riskguard.dataflows.demo_scenario import DURATION_S, build_scenario, scenario_copies
 from riskguard.dataflows.guard import load_guard_config, price_key_prefixes
+from riskguard.dataflows.signal_text import score_text
 from riskguard.operators.signing.crypto import (
     PAYLOAD_COMMAND,
     Signer,
@@ -248,28 +249,6 @@ class Tally:
 
 def _clock_s(ts: int, start_ns: int) -> str:
     return f"t+{(ts - start_ns) / NS:6.1f}s"
-
-
-def score_text(sig: AnomalySignal) -> str:
-    """What an anomaly signal says of its episode: the severity and the score against the
-    threshold, the comparison as it is; a closing signal says ``closed`` and the score that
-    closed it.
-
-    >>> from riskguard.schemas import Scope, ScopeKind, Severity
-    >>> sig = AnomalySignal(id="s", key="k", scope=Scope(kind=ScopeKind.VENUE, value="okx"),
-    ...                     ts=1, score=0.034, threshold=1.0, severity=Severity.CRITICAL, model="m",
-    ...                     model_version="1", phase="close")
-    >>> score_text(sig)
-    'closed   score 0.034 < 1.000 (was critical)'
-    >>> import msgspec
-    >>> score_text(msgspec.structs.replace(sig, phase="open", score=2.5))
-    'critical score 2.500 > 1.000'
-    """
-    sign = ">" if sig.score > sig.threshold else ("=" if sig.score == sig.threshold else "<")
-    score = f"score {sig.score:.3f} {sign} {sig.threshold:.3f}"
-    if sig.phase == "close":
-        return f"closed   {score} (was {sig.severity.value})"
-    return f"{sig.severity.value:<8} {score}"
 
 
 def describe_signal(rec: Any, start_ns: int) -> str | None:

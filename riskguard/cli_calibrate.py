@@ -55,7 +55,12 @@ def _run(args: argparse.Namespace) -> int:
     from riskguard.cli_backtest import with_sample  # noqa: PLC0415
     from riskguard.dataflows import calibrate as cal  # noqa: PLC0415  (heavy imports)
 
-    with_sample(args, "calibrate")
+    if args.sample:
+        from riskguard.dataflows.guard import load_guard_config  # noqa: PLC0415
+
+        with_sample(args, "calibrate", load_guard_config(args.config)[0])
+    else:
+        with_sample(args, "calibrate")
 
     grid = cal.check_grid(read_grid(args.grid)) if args.grid else None
     kw = {"grid": grid, "train_frac": args.train_frac, "objective": args.objective,
