@@ -50,7 +50,10 @@ from the config structs: the type and default come from the code, and what a key
 from the comment on its field in the code or, where there is none, beside it in
 [`dataflows/guard.example.toml`](../dataflows/guard.example.toml) (a production config
 with every key) and [`dataflows/playbook.toml`](../dataflows/playbook.toml) (the
-bundled playbook, which explains how a rule works).
+bundled playbook, which explains how a rule works), else from its struct's docstring.
+Each key's example is how those two files set it (a table's key written in the table
+header above it, a table that overrides another taken from that one's, else the
+default); an error that needs a value shows the same example.
 
 Times are integer nanoseconds (`_ns`) or float seconds (`_s`); relative paths are
 relative to the config file; `<venue>`, `<counterparty>`, `<asset>`, `<instrument>`
