@@ -21,6 +21,7 @@ horizon in the data, the likeliest incident), it says for each market:
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from riskguard.dataflows.readiness import (
     utc,
 )
 from riskguard.dataflows.report import events_of
+from riskguard.operators.detection.band_levels import log_interpolate
 
 from riskguard.errors import ConfigError
 
@@ -96,21 +98,22 @@ def moves_at(res: BacktestResult, key: str, at: int, horizons_s: Sequence[float]
     return out
 
 
-def largest_move(res: BacktestResult, cfg: GuardConfig) -> tuple[int, str, float] | None:
-    """The moment, market and size (bps) of the largest move over the move bands'
-    shortest horizon (a bar, where bars are longer) in the run's prices."""
-    best: tuple[int, str, float] | None = None
+def largest_move(res: BacktestResult, cfg: GuardConfig) -> tuple[int, str, float, int] | None:
+    """The moment, market, size (bps) and span (ns) of the largest move over the move
+    bands' shortest horizon (one bar, where bars are longer) in the run's prices."""
+    best: tuple[int, str, float, int] | None = None
     h_ns = int(min(cfg.detector.bands.horizons_s) * NS)
     for key, prices in res.prices.items():
         times = [t for t, _ in prices]
-        for i, (t, close) in enumerate(prices):
-            k = bisect.bisect_right(times, t - h_ns) - 1
-            k = min(k, i - 1) if k >= 0 else i - 1
+        steps = [b - a for a, b in itertools.pairwise(times) if b > a]
+        span = max(h_ns, min(steps)) if steps else h_ns
+        for t, close in prices:
+            k = bisect.bisect_right(times, t - span) - 1
             if k < 0:
                 continue
             move = abs(math.log(close / prices[k][1])) * 1e4
             if best is None or move > abs(best[2]):
-                best = (t, key, math.copysign(move, close - prices[k][1]))
+                best = (t, key, math.copysign(move, close - prices[k][1]), span)
     return best
 
 
@@ -125,8 +128,8 @@ def explain(cfg: GuardConfig, digest: str, files: Sequence[ReplayFile], *, at: i
     if at is None:
         big = largest_move(res, cfg)
         at = big[0] if big else res.end_ns
-        why = (f"the largest {duration(int(min(cfg.detector.bands.horizons_s) * NS))} move "
-               f"in the data, {big[2]:+.0f} bps on {big[1]}" if big else "the end of the data")
+        why = (f"the largest {duration(big[3])} move in the data, {big[2]:+.0f} bps on "
+               f"{big[1]}" if big else "the end of the data")
         out.append(f"explain: {utc(at)}: {why} (--at picks another moment)")
     else:
         out.append(f"explain: {utc(at)} (data from {utc(res.start_ns)} to {utc(res.end_ns)})")
@@ -160,12 +163,13 @@ def _market_lines(res: BacktestResult, cfg: GuardConfig, past: DetectorWatch, ke
            f"({duration(at - p.first_ts)} before this moment)"]
     parts = key_parts(past, key, cfg)
     if p.first_priced_ts >= 0:
-        bands = cfg.detector.bands.for_key(key, p.measure)
-        moves = moves_at(res, key, at, bands.horizons_s)
+        horizons, caps = bar_horizons(cfg.detector.bands.for_key(key, p.measure),
+                                      p.interval_ns)
+        moves = moves_at(res, key, at, horizons)
         out.append("  moves here: " + ", ".join(
             f"{h} {m:+.0f} bps" if m is not None else f"{h} (no price that far back)"
             for h, m in moves))
-        parts = [_with_caps(x, moves, bands.cap_bps) if x.name == "move bands, static levels"
+        parts = [_with_caps(x, moves, caps) if x.name == "move bands, static levels"
                  else x for x in parts]
     live = [x for x in parts if x.live_from is not None and x.live_from <= at]
     dead = [x for x in parts if x not in live]
@@ -175,6 +179,24 @@ def _market_lines(res: BacktestResult, cfg: GuardConfig, past: DetectorWatch, ke
     out.append("  could not:" + ("" if dead else " none"))
     out.extend(f"    {x.name:<26} needs {x.needs}; {_why_not(x, at)}" for x in dead)
     return out
+
+
+def bar_horizons(bands: Any, interval_ns: int) -> tuple[list[float], list[float]]:
+    """The horizons a key's moves are measured over, and their caps: a horizon shorter
+    than the key's bars is measured over one bar, with the settings of that length (as
+    the move bands take them: log-linear between the configured horizons).
+
+    >>> from riskguard.operators.detection.band_levels import MoveBandConfig
+    >>> bar_horizons(MoveBandConfig(), 3600 * NS)
+    ([3600.0, 14400.0, 86400.0], [700.0, 700.0, 700.0])
+    """
+    bar = interval_ns / NS
+    hs = [h for h in bands.horizons_s if h > bar]
+    caps = [c for h, c in zip(bands.horizons_s, bands.cap_bps, strict=True) if h > bar]
+    if len(hs) < len(bands.horizons_s):
+        hs.insert(0, bar)
+        caps.insert(0, log_interpolate(bands.horizons_s, bands.cap_bps, bar))
+    return hs, caps
 
 
 def _with_caps(part: Part, moves: list[tuple[str, float | None]], caps: Sequence[float],
