@@ -49,7 +49,7 @@ from riskguard.operators.detection.cross_rates import market_group
 from riskguard.operators.detection.detector import DetectorLogic
 from riskguard.operators.detection.models import DetectorConfig
 from riskguard.operators.detection.venue_confirm import confirm_key
-from riskguard.schemas import FeatureVector, Scope, ScopeKind
+from riskguard.schemas import AnomalySignal, FeatureVector, Scope, ScopeKind
 
 NS = 1_000_000_000
 DAY_NS = 86_400 * NS
@@ -132,7 +132,8 @@ def _acts(cfg: DetectorConfig, logic: DetectorLogic, fed: int, n_features: int) 
     acts? Asked of a copy of the state."""
     probe = DetectorLogic(cfg, clock=lambda: 0, state=logic.snapshot())
     out = probe.on_event(_vector(fed, n_features, outlier=True))
-    return any(getattr(s, "kind", "") == "anomaly" and not s.warming_up for s in out)
+    return any(isinstance(s, AnomalySignal) and s.kind == "anomaly" and not s.warming_up
+               for s in out)
 
 
 @dataclass

@@ -123,7 +123,7 @@ def check_covers(cfg: Any, where: str) -> None:
     if declared - markets:
         problems.append(f"declares {', '.join(sorted(declared - markets))}, of which the "
                         "sample has no data")
-    demo = read_toml(resources.files("riskguard.dataflows").joinpath("demo.toml"))
+    demo = read_toml(str(resources.files("riskguard.dataflows").joinpath("demo.toml")))
     specs = demo["exposure"]["instruments"]
     needs = [f"[exposure.instruments.instruments] {toml_value(i)} = "
              f"{toml_value(specs['instruments'][i])}" for i in sorted(traded)]
