@@ -18,6 +18,7 @@ from riskguard.operators.detection.range_scorer import (
     FLAT_DEPARTURE,
     RangeScorer,
     RangeState,
+    envelope_growth,
     excess,
 )
 from riskguard.schemas import AnomalySignal, FeatureVector, Scope, ScopeKind
@@ -143,6 +144,112 @@ def test_after_accept_anomalous_points_the_new_level_is_learned() -> None:
     assert all(s >= THRESHOLD for s in slow[:64])
 
 
+def _spike_pairs(i: int) -> float:
+    """Two spikes six points apart every 100 points, the series' first value one of them."""
+    return 20.0 if i % 100 in (0, 6) else 0.0
+
+
+def test_spikes_closer_than_ever_are_flagged_when_the_series_starts_on_one() -> None:
+    """The means are defined once their windows are full: a mean of the first value
+    alone (a spike) must not teach the 3-point mean that a spike's full height is
+    usual, or two spikes side by side, twice as dense as ever, go unseen."""
+    scorer = RangeScorer()
+    calm = [scorer.update(_spike_pairs(i)) for i in range(2_000)]
+    assert max(s or 0.0 for s in calm) < THRESHOLD
+    burst = [scorer.update(v) for v in (20.0, 0.0, 0.0, 0.0, 0.0, 20.0, 20.0)]
+    assert max(s or 0.0 for s in burst[:-1]) < THRESHOLD  # as usual, until the second
+    # (0 + 20 + 20) / 3 against the usual highest 20 / 3: one range beyond
+    assert burst[-1] == pytest.approx(1.0)
+    assert scorer.reason is not None and scorer.reason[0] == "mean3"
+
+
+def test_a_spike_once_over_is_part_of_the_range_and_only_a_higher_one_scores() -> None:
+    """A short excursion, once over, is learned as it was: on a flat series, whose
+    envelope clipped learning can never widen, the same spike 300 points later is
+    within the range (it was flagged every time before), and a spike twice as high
+    is one range beyond it (divided by the growth an envelope of spikes in a few
+    blocks out of eight is expected to have ahead of it)."""
+    scorer = RangeScorer()
+    for _ in range(500):
+        scorer.update(0.0)
+    assert scorer.update(100.0) == FLAT_DEPARTURE
+    for _ in range(300):
+        scorer.update(0.0)
+    assert scorer.update(100.0) == 0.0
+    for _ in range(300):
+        scorer.update(0.0)
+    growth = envelope_growth(scorer.s.blocks[0], 48)
+    assert growth > 2.0
+    assert scorer.update(200.0) == pytest.approx(1.0 / growth)
+    assert scorer.reason is not None and scorer.reason[0] == "value"
+
+
+def test_a_move_longer_than_a_block_is_not_learned_as_its_overshoot() -> None:
+    """A run longer than a block is a move, which the clipped envelope follows: the
+    overshoot at its step is not learned as the new level's range, so a later spike
+    on the new level, below the overshoot, still scores."""
+    scorer = RangeScorer(block=16, blocks=48)  # the overshoot stays in the history
+    for i in range(300):
+        scorer.update(_wave(i))
+    scorer.update(10.0)  # the overshoot, then a level three ranges up
+    moved = [scorer.update(3.0 + _wave(i)) for i in range(200)]
+    assert sum((s or 0.0) >= THRESHOLD for s in moved) > 16  # a run longer than a block
+    assert max(s or 0.0 for s in moved[-50:]) < THRESHOLD  # followed by now
+    spike = scorer.update(6.0)
+    assert spike is not None and spike >= 0.2
+    assert scorer.reason is not None and scorer.reason[0] == "value"
+    assert scorer.reason[3] == pytest.approx(4.0)  # the level's top (3 + 1), not the 10
+
+
+def test_a_move_off_a_flat_envelope_is_learned_after_a_block() -> None:
+    """A flat envelope has no range to widen by, so clipped learning alone would hold
+    it flat and flag a square wave's every high phase until ``accept`` (half the
+    history): the first high phase is flagged for a block, then learned as it is,
+    and the next high phases are within the range."""
+    scorer = RangeScorer()
+    for _ in range(300):
+        scorer.update(20.0)
+
+    def phase(level: float) -> list[float]:
+        return [s or 0.0 for s in (scorer.update(level) for _ in range(144))]
+
+    first = phase(80.0)
+    assert first[:128] == [FLAT_DEPARTURE] * 128
+    assert max(first[129:]) < THRESHOLD
+    for _ in range(5):
+        assert max(phase(20.0)) < THRESHOLD
+        assert max(phase(80.0)) < THRESHOLD
+
+
+def _sine(i: int) -> float:
+    """A wave of amplitude 5 and period 160 points: ten 16-point blocks."""
+    return 5.0 * math.sin(2.0 * math.pi * i / 160.0)
+
+
+def test_a_young_envelope_that_grew_block_by_block_discounts_a_new_extreme() -> None:
+    """Until the envelope spans its full history, a series whose range grew from one
+    block to all of them (a wave slower than a block) is expected to widen it further:
+    a new extreme's excess is divided by that growth. A series that keeps to one band
+    in every block (the sawtooth) is measured in its range as it is, and once the
+    history is full neither is discounted."""
+    band = RangeScorer(block=16, blocks=48)
+    for i in range(160):
+        band.update(_wave(i))
+    assert band.update(1.1) == pytest.approx(0.1)  # a tenth of [0, 1] above it
+    young = RangeScorer(block=16, blocks=48)
+    for i in range(160):  # one period: ten blocks, each a part of the wave
+        young.update(_sine(i))
+    growth = envelope_growth(young.s.blocks[0], 48)
+    assert growth == pytest.approx(3.17, abs=0.01)
+    assert young.update(6.0) == pytest.approx(0.1 / growth)  # a tenth of [-5, 5] above
+    assert young.reason is not None and young.reason[:4] == ("value", 6.0, -5.0, 5.0)
+    full = RangeScorer(block=16, blocks=48)
+    for i in range(800):  # the full 48 blocks of history
+        full.update(_sine(i))
+    assert envelope_growth(full.s.blocks[0], 48) == 1.0
+    assert full.update(6.0) == pytest.approx(0.1)
+
+
 # -- the stateful contract -------------------------------------------------
 
 class _Logic:
@@ -159,7 +266,7 @@ class _Logic:
 
 
 # warm-up, the wave, a spike, a shift through acceptance, and a flat (frozen) stretch
-EVENTS = ([_wave(i) for i in range(60)] + [9.0] + [_wave(i) for i in range(30)]
+EVENTS = ([_wave(i) for i in range(60)] + [3.0] + [_wave(i) for i in range(30)]
           + [5.0 + _wave(i) for i in range(60)] + [5.0] * 80)
 CASE = Case("range-scorer", _Logic, EVENTS, splits=(10, 16, 17, 61, 62, 100, 200))
 
@@ -285,10 +392,28 @@ def test_a_snapshot_with_stillness_in_log_units_learns_that_channel_anew() -> No
     old.version = 1
     old.blocks[3] = [(-690.8, 1.2)] * len(old.blocks[3])  # log units, as they were
     again = RangeScorer(state=old)
-    assert again.s.version == 2 and again.s.blocks[3] == []
+    assert again.s.version == RangeState().version and again.s.blocks[3] == []
     for i in range(1_000, 1_400):
         again.update(wave(i))
     assert max(again.update(40.0) or 0.0 for _ in range(100)) >= 0.01
+
+
+def test_an_unpickled_version_2_scorer_migrates_and_scores_as_a_fresh_run() -> None:
+    """A version-2 scorer, pickled inside a detector's snapshot, has no held
+    excursions: unpickled, it gets an empty one per channel and goes on scoring as a
+    scorer that never stopped, with nothing held."""
+    rng = random.Random(11)
+    values = [40.0 + 10.0 * math.sin(i / 20.0) + rng.gauss(0.0, 1.0) for i in range(1_400)]
+    first = RangeScorer()
+    for x in values[:1_000]:
+        first.update(x)
+    old = pickle.loads(pickle.dumps(first))
+    old.s.version = 2
+    del old.s.held  # as a version-2 state unpickles: without the field
+    again = pickle.loads(pickle.dumps(old))
+    assert again.s.version == RangeState().version
+    assert again.s.held == [[] for _ in range(4)]
+    assert [again.update(x) for x in values[1_000:]] == [first.update(x) for x in values[1_000:]]
 
 
 def test_an_unpickled_version_1_scorer_migrates_and_never_scores_off_a_single_point() -> None:
@@ -302,7 +427,8 @@ def test_an_unpickled_version_1_scorer_migrates_and_never_scores_off_a_single_po
     first.s.version = 1
     first.s.blocks[3] = [(-690.8, 1.2)] * len(first.s.blocks[3])
     again = pickle.loads(pickle.dumps(first))
-    assert again.s.version == 2 and again.s.blocks[3] == [] and again._bounds[3] is None
+    assert again.s.version == RangeState().version
+    assert again.s.blocks[3] == [] and again._bounds[3] is None
     scores = [again.update(40.0 + 10.0 * math.sin(i / 20.0) + rng.gauss(0.0, 1.0))
               for i in range(1_000, 1_200)]
     assert max(s or 0.0 for s in scores) < FLAT_DEPARTURE

@@ -7,23 +7,36 @@ question, the one an operator asks of a chart: *is this beyond anything seen
 lately, and by how much of the recent range?*
 
 - **Channels**, from each value before it is learned: the value itself, the
-  mean of the last 3 and of the last 12 (a shift that single points hide),
-  and the mean absolute step over the last 48 (low side only: the series went
-  still, as a frozen feed does; defined once 48 steps have been seen, so the
-  first values, which have no steps yet, never pass for a still series).
+  mean of the last 3 and of the last 12 (a shift that single points hide, or
+  spikes that come closer together), and the mean absolute step over the last
+  48 (low side only: the series went still, as a frozen feed does). Each is
+  defined once its window is full, so the first values, a mean of one point or
+  no steps yet, never set an envelope (a first spike would pass for a mean).
 - **Envelope** per channel: the lowest and highest value over the last
   ``blocks`` complete blocks of ``block`` points, plus the current block.
 - **Score**: how far the channel is beyond its envelope, in envelope ranges
-  (``(v - hi) / (hi - lo)`` above, ``(lo - v) / (hi - lo)`` below, 0 inside);
-  the largest over the channels. A flat history has no range: any departure
-  from it scores ``FLAT_DEPARTURE`` (a spike after a flat series is never
-  missed), a value equal to it scores 0.
+  (``(v - hi) / (hi - lo)`` above, ``(lo - v) / (hi - lo)`` below, 0 inside),
+  divided by the envelope's expected growth (:func:`envelope_growth`): while
+  the envelope is younger than its full ``blocks``, a series whose range has
+  grown from one block to all of them (a drift, a slow wave, a random walk)
+  will widen it further, so its new extremes are measured in the range it is
+  on its way to; a series that keeps to one band is measured in its range as
+  it is. The largest over the channels. A flat history has no range: any
+  departure from it scores ``FLAT_DEPARTURE`` (a spike after a flat series is
+  never missed), a value equal to it scores 0.
 - **Learning, protected.** While a point is anomalous it is learned clipped to
   the complete blocks' envelope widened by one range each side, so an envelope
   can at most double its range per block: a persistent move of ``k`` ranges
   stays anomalous for about ``log2(k + 1)`` blocks instead of being absorbed by
   its first point. After ``accept`` consecutive anomalous points it is learned
-  unclipped (a new regime).
+  unclipped (a new regime). A flat envelope has no range to double: a move off
+  it is learned unclipped once it has lasted a block (a square wave's first
+  high phase is flagged for a block, the next ones are not).
+- **An excursion, once over, is part of the range.** When a run of anomalous
+  points ends within a block, its extremes are learned as they were: the same
+  spike again (a burst of writes, a periodic job) is not new, and a flat
+  envelope, which clipping cannot widen, learns the spikes it has seen. A
+  longer run is a move, which the clipped envelope follows block by block.
 - **Warm-up** is explicit: :meth:`update` returns ``None`` for the first
   ``block`` points.
 
@@ -39,6 +52,7 @@ About 10 µs per point; state is a few hundred floats.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +65,7 @@ _RESUM = 128  # re-add the running sums exactly this often: no float drift on lo
 class RangeState:
     """A :class:`RangeScorer`'s state: plain lists and numbers."""
 
-    version: int = 2  # 2: stillness in step units (1: in log units)
+    version: int = 3  # 3: held excursions; 2: stillness in step units (1: in log units)
     # per channel: complete blocks' (lo, hi), and the open block's lo, hi and count
     blocks: list[list[tuple[float, float]]] = field(default_factory=lambda: [[] for _ in
                                                                             CHANNELS])
@@ -65,6 +79,9 @@ class RangeState:
     prev: float | None = None
     n: int = 0
     run: int = 0
+    # per channel: the lowest and highest value of the current anomalous run as it was,
+    # before clipping ([] outside a run, or before the channel has an envelope)
+    held: list[list[float]] = field(default_factory=lambda: [[] for _ in CHANNELS])
 
 
 class RangeScorer:
@@ -79,30 +96,48 @@ class RangeScorer:
         self.s = state if state is not None else RangeState()
         self.reason: tuple[str, float, float, float, float] | None = None
         self._migrate()
-        self._bounds = [self._block_bounds(i) for i in range(len(CHANNELS))]
+        self._refresh_all()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickled (a detector's snapshot holds the scorer itself): migrate as
-        ``__init__`` does."""
+        ``__init__`` does, and derive what an older scorer did not keep."""
         self.__dict__.update(state)
-        if self._migrate():
-            self._bounds = [self._block_bounds(i) for i in range(len(CHANNELS))]
+        self._migrate()
+        self._refresh_all()
 
-    def _migrate(self) -> bool:
-        """A version-1 state kept stillness in log units: that channel learns anew."""
-        if self.s.version != 1:
-            return False
-        still = CHANNELS.index("stillness")
-        self.s.blocks[still], self.s.cur[still] = [], [0.0, 0.0, 0.0]
-        self.s.version = 2
-        return True
+    def _refresh_all(self) -> None:
+        n = len(CHANNELS)
+        self._bounds: list[tuple[float, float] | None] = [None] * n
+        self._growth = [1.0] * n
+        for i in range(n):
+            self._refresh(i)
+
+    def _refresh(self, i: int) -> None:
+        """Derive channel ``i``'s envelope over its complete blocks and its expected
+        growth (once per block, not per point)."""
+        self._bounds[i] = self._block_bounds(i)
+        self._growth[i] = envelope_growth(self.s.blocks[i], self.nblocks)
+
+    def _migrate(self) -> None:
+        """Bring an older state to this version: version 1 kept stillness in log units
+        (that channel learns anew), and a state before version 3 holds no excursion (an
+        unpickled one lacks the field)."""
+        s = self.s
+        if s.version == 3:
+            return
+        if s.version == 1:
+            still = CHANNELS.index("stillness")
+            s.blocks[still], s.cur[still] = [], [0.0, 0.0, 0.0]
+        s.held = [[] for _ in CHANNELS]
+        s.version = 3
 
     def snapshot(self) -> RangeState:
         s = self.s
         return RangeState(version=s.version, blocks=[list(b) for b in s.blocks],
                           cur=[list(c) for c in s.cur], recent=list(s.recent),
                           steps=list(s.steps), sum12=s.sum12, sum48=s.sum48,
-                          step_mean=s.step_mean, prev=s.prev, n=s.n, run=s.run)
+                          step_mean=s.step_mean, prev=s.prev, n=s.n, run=s.run,
+                          held=[list(h) for h in s.held])
 
     @property
     def warming_up(self) -> bool:
@@ -134,14 +169,18 @@ class RangeScorer:
             s.sum48 = math.fsum(st)
         s.prev = x
         n = len(r)
-        mean3 = (r[-1] + r[-2] + r[-3]) / 3.0 if n >= 3 else s.sum12 / n
+        # each mean is defined once its window is full, as stillness is: the mean of a
+        # partial window is a single value (the first one, say), and an envelope that
+        # learned it would hide the denser spikes that push the full means past it
+        mean3 = (r[-1] + r[-2] + r[-3]) / 3.0 if n >= 3 else None
+        mean12 = s.sum12 / 12.0 if n == 12 else None
         # stillness is defined once it has a full window of steps: a partial window
         # (the first values) is not a still series, and must not set its low envelope;
         # in step units, like the other channels in theirs, so its excess is a share of
         # the spread between the quietest and the busiest recent stretches
         stillness = (max(s.sum48, 0.0) / len(st) + 1e-3 * s.step_mean
                      if len(st) == 48 else None)
-        return [x, mean3, s.sum12 / n, stillness]
+        return [x, mean3, mean12, stillness]
 
     def _bounds_of(self, i: int) -> tuple[float, float]:
         cur = self.s.cur[i]
@@ -168,7 +207,36 @@ class RangeScorer:
             if len(blocks) > self.nblocks:
                 del blocks[0]
             cur[2] = 0
-            self._bounds[i] = self._block_bounds(i)
+            self._refresh(i)
+
+    def _hold(self, i: int, v: float) -> None:
+        """Keep the run's extremes as they were, while the envelope learns them clipped."""
+        h = self.s.held[i]
+        if not h:
+            h += (v, v)
+        elif v < h[0]:
+            h[0] = v
+        elif v > h[1]:
+            h[1] = v
+
+    def _release(self, length: int) -> None:
+        """A run of ``length`` anomalous points is over. One that lasted at most a block
+        was an excursion: its extremes are learned as they were, so the same excursion
+        again (a burst of writes, a periodic job) is within the recent range. A longer
+        run was a move, which the clipped envelope has followed block by block: its
+        first points (an overshoot at the step) are not learned as the new level's range.
+        """
+        s = self.s
+        for i, h in enumerate(s.held):
+            if h and length <= self.block:
+                cur = s.cur[i]
+                if cur[2]:
+                    cur[0], cur[1] = min(cur[0], h[0]), max(cur[1], h[1])
+                else:  # this point closed a block: widen that block
+                    lo, hi = s.blocks[i][-1]
+                    s.blocks[i][-1] = (min(lo, h[0]), max(hi, h[1]))
+                    self._refresh(i)
+            s.held[i] = []
 
     def update(self, x: float) -> float | None:
         """Score ``x`` against the envelopes, then learn it; None while warming up."""
@@ -189,20 +257,29 @@ class RangeScorer:
             if v is None or self._bounds[i] is None:
                 continue  # the channel is not defined yet, or has no complete block yet
             e = excess(v, lo, hi) if i < 3 or v < lo else 0.0
+            if e:
+                e /= self._growth[i]
             if e > score:
                 score = e
                 self.reason = (CHANNELS[i], v, lo, hi, e)
         anomalous = score >= self.threshold
+        ended = 0 if anomalous else s.run  # the length of the run this point ends
         s.run = s.run + 1 if anomalous else 0
         clip = anomalous and s.run <= self.accept
         for i, v in enumerate(vals):
             if v is None:
                 continue
             if clip and (s.cur[i][2] or self._bounds[i] is not None):
+                self._hold(i, v)
                 lo, hi = self._bounds[i] or bounds[i]
                 w = hi - lo
-                v = min(max(v, lo - w), hi + w)  # noqa: PLW2901
+                # a flat envelope has no range to widen by: clipped to it, a move would
+                # stay anomalous until ``accept``; after a block it is learned as it is
+                if w > 0.0 or s.run <= self.block:
+                    v = min(max(v, lo - w), hi + w)  # noqa: PLW2901
             self._add(i, v)
+        if ended:
+            self._release(ended)
         return score
 
 
@@ -223,3 +300,32 @@ def excess(v: float, lo: float, hi: float) -> float:
     if rng > 0:
         return e / rng
     return 0.0 if e <= 1e-12 * max(abs(hi), abs(lo)) else FLAT_DEPARTURE
+
+
+def envelope_growth(blocks: Sequence[tuple[float, float]], full: int) -> float:
+    """How many times wider the envelope of ``blocks`` (each block's lowest and
+    highest value) is expected to be once it spans ``full`` blocks.
+
+    Over ``b`` blocks its range has grown from one block's (their mean range ``r1``)
+    to the envelope's ``rb``; as a power law, ``rb = r1 * b ** h``. Carried on to
+    ``full`` blocks that is a factor ``(full / b) ** h``. ``h`` is the exponent of
+    Hurst's rescaled-range analysis: near 0 for a series that keeps to one band (each
+    block already spans it), 0.5 for a random walk, 1 for a trend (the cap). Fewer than
+    two blocks, a full history, or blocks without a range say nothing: 1.
+
+    >>> envelope_growth([(0.0, 1.0)] * 4, 48)  # the same band in every block
+    1.0
+    >>> envelope_growth([(0.0, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, 4.0)], 48)  # a trend
+    12.0
+    >>> round(envelope_growth([(0.0, 1.0), (0.5, 1.5)] * 2, 48), 3)  # a band that wanders
+    2.068
+    """
+    b = len(blocks)
+    if b < 2 or b >= full:
+        return 1.0
+    r1 = sum(hi - lo for lo, hi in blocks) / b
+    rb = max(hi for _, hi in blocks) - min(lo for lo, _ in blocks)
+    if r1 <= 0.0 or rb <= r1:
+        return 1.0
+    h = min(1.0, math.log(rb / r1) / math.log(b))
+    return float((full / b) ** h)
