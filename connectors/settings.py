@@ -58,15 +58,19 @@ class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, repr_omit_default
                     forbid_unknown_fields=True):
     """Where the cluster is and how to authenticate to it."""
 
-    bootstrap: str
+    bootstrap: str  # the brokers to connect to first: host:port, comma-separated
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    # with SASL_PLAINTEXT or SASL_SSL: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
-    sasl_username: str | None = None
+    sasl_username: str | None = None  # the SASL user name
     sasl_password: str | None = None
+    # the CA certificate (PEM) the brokers' certificates are checked against
     ssl_ca_location: str | None = None
+    # this client's certificate (PEM), for brokers that ask for one (mutual TLS)
     ssl_certificate_location: str | None = None
-    ssl_key_location: str | None = None
-    ssl_key_password: str | None = None
+    ssl_key_location: str | None = None  # this client's private key (PEM)
+    ssl_key_password: str | None = None  # the password of ssl_key_location, if it has one
+    # the client.id the guard's Kafka clients send (the brokers' logs and quotas name it)
     client_id: str = "riskguard"
     extra: dict[str, str] = {}
 

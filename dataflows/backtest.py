@@ -40,16 +40,24 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from riskguard.connectors.formats.ohlcv import file_symbols
 from riskguard.connectors.replay import ReplayFile, replay_input
 from riskguard.dataflows.guard import GuardConfig, guard_core, load_guard_config, load_keys
+from riskguard.dataflows.readiness import DetectorWatch, Readiness, readiness
 from riskguard.operators.core.clock import ManualClock, step_event_time
 from riskguard.operators.signing import decode_command
-from riskguard.operators.signing.crypto import Signer
+from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, Signer
 from riskguard.operators.signing.trust import TrustStore
 from riskguard.schemas import (
     AnomalySignal,
+    Audience,
+    AuditRecord,
+    Bar,
+    BookDepth,
     DeadLetter,
+    FundingRate,
     IndexPrice,
     LimitBreach,
+    MarketEvent,
     MitigationCommand,
+    OptionQuote,
     Quote,
     RiskAlert,
     Trade,
@@ -58,7 +66,7 @@ from riskguard.schemas import (
 )
 
 from riskguard.config import check_known_keys, read_toml
-from riskguard.errors import ConfigError
+from riskguard.errors import ConfigError, VerificationError
 
 NS = 1_000_000_000
 
@@ -97,7 +105,7 @@ class Label:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _time_ns(value: Any, where: str) -> int:
+def time_ns_of(value: Any, where: str) -> int:
     """A label's time in ns: int ns since the epoch, an ISO-8601 string, or a TOML date
     or date-time (UTC where it names no offset)."""
     if isinstance(value, bool):
@@ -150,8 +158,8 @@ def parse_labels(doc: Any, where: str = "labels") -> list[Label]:
             if key not in item:
                 where = f"{p}.{key}"
                 raise ConfigError(where, "a value (required)", None)
-        start = _time_ns(item["start"], f"{p}.start")
-        end = _time_ns(item["end"], f"{p}.end")
+        start = time_ns_of(item["start"], f"{p}.start")
+        end = time_ns_of(item["end"], f"{p}.end")
         if end < start:
             where = f"{p}.end"
             raise ConfigError(where, f"a time >= start ({start})", end)
@@ -216,8 +224,8 @@ def incident_labels(doc: Any, data: Sequence[str | Path], where: str = "labels",
         for key in ("file", "name", "series", "onset", "end"):
             if key not in item:
                 raise ConfigError(f"{p}.{key}", "a value (required)", None)
-        onset = _time_ns(item["onset"], f"{p}.onset")
-        end = _time_ns(item["end"], f"{p}.end")
+        onset = time_ns_of(item["onset"], f"{p}.onset")
+        end = time_ns_of(item["end"], f"{p}.end")
         if end < onset:
             raise ConfigError(f"{p}.end", f"a time >= onset ({onset})", end)
         path = by_name.get(str(item["file"]))
@@ -299,28 +307,80 @@ class JsonlSink(DynamicSink[Any]):
 
 @dataclass
 class BacktestResult:
-    """What one guard run over a finite input produced."""
+    """What one guard run over a finite input produced.
+
+    ``prices`` holds each market's price sampled at most once per ``price_every_ns``
+    (a trade's price, a quote's or book's mid, a bar's close, a funding or option record's
+    mark); ``ranges`` a bar's low and high beside its close (bars only). ``keys`` are the
+    markets of the input (``venue/instrument``, index prices aside). ``startup_s`` is the
+    wall time before the first record entered the flow, ``process_s`` the rest.
+    ``verified`` is each command's check against the trust file as an executor makes it
+    (``verified`` or the rejection), ``acks`` the executors' verified acks in the input.
+    """
 
     commands: list[MitigationCommand] = field(default_factory=list)
     signals: list[Any] = field(default_factory=list)
     utilizations: list[Utilization] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     prices: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    ranges: dict[str, list[tuple[int, float, float]]] = field(default_factory=dict)
+    measures: dict[str, str] = field(default_factory=dict)
     keys: set[str] = field(default_factory=set)
     n_events: int = 0
     n_audit: int = 0
     start_ns: int = 0
     end_ns: int = 0
     wall_s: float = 0.0
+    startup_s: float = 0.0
+    process_s: float = 0.0
+    verified: dict[str, str] = field(default_factory=dict)
+    acks: list[dict[str, Any]] = field(default_factory=list)
+    ack_executors: tuple[str, ...] = ()  # [playbook.acks] executors: who must confirm ...
+    ack_required: tuple[str, ...] = ()  # ... which actions
+    watch: DetectorWatch | None = None  # what the detectors were fed
+    guard: GuardConfig | None = None
+    _readiness: Readiness | None = None
+
+    def readiness(self) -> Readiness | None:
+        """Which detectors could fire, on which keys and from when (read once asked)."""
+        if self._readiness is None and self.watch is not None and self.guard is not None:
+            self._readiness = readiness(self.watch, self.guard)
+        return self._readiness
+
+
+def price_of(rec: Any) -> tuple[float, float, float] | None:
+    """A market record's price as ``(close, low, high)`` (a bar's own range, else the
+    price three times), or None: a trade's price, a quote's or book's mid, an index
+    price, a bar's close, a funding record's or an option's mark.
+
+    >>> price_of(Quote(id="q", venue="v", instrument="i", ts=1, bid=99.0, bid_size=1.0,
+    ...                ask=101.0, ask_size=1.0))
+    (100.0, 100.0, 100.0)
+    """
+    t = type(rec)
+    px: float | None = None
+    if t is Trade or t is IndexPrice:
+        px = rec.price
+    elif t is Quote:
+        px = (rec.bid + rec.ask) / 2
+    elif t is Bar:
+        return rec.close, rec.low, rec.high
+    elif t is BookDepth or t is FundingRate or t is OptionQuote:
+        px = rec.mid if t is BookDepth else rec.mark_price
+    if px is None or not px > 0:
+        return None
+    return px, px, px
 
 
 class _Tap:
-    """Input-side bookkeeping for the report: event count, span, sampled prices."""
+    """Input-side bookkeeping for the report: event count, span, markets, sampled prices
+    (and bars' ranges), and when the first record came in (the end of start-up)."""
 
     def __init__(self, res: BacktestResult, every_ns: int) -> None:
         self.res = res
         self.every = every_ns
         self.last: dict[str, int] = {}
+        self.first_in: float | None = None
 
     def __call__(self, rec: Any) -> Any:
         res = self.res
@@ -329,22 +389,21 @@ class _Tap:
             return rec
         if res.n_events == 0:
             res.start_ns = ts
+            self.first_in = time.perf_counter()
         res.n_events += 1
         res.end_ns = max(res.end_ns, ts)
-        px = None
-        if isinstance(rec, Trade):
-            px = rec.price
-        elif isinstance(rec, Quote):
-            px = (rec.bid + rec.ask) / 2
-        elif isinstance(rec, IndexPrice):
-            px = rec.price
-        if px is not None:
-            key = f"{rec.venue}/{rec.instrument}"
-            if not isinstance(rec, IndexPrice):
-                res.keys.add(key)
-            if ts - self.last.get(key, -self.every) >= self.every:
-                self.last[key] = ts
-                res.prices.setdefault(key, []).append((ts, px))
+        if not isinstance(rec, MarketEvent):
+            return rec
+        key = f"{rec.venue}/{rec.instrument}"
+        if not isinstance(rec, IndexPrice):
+            res.keys.add(key)
+        px = price_of(rec)
+        if px is not None and ts - self.last.get(key, -self.every) >= self.every:
+            self.last[key] = ts
+            res.prices.setdefault(key, []).append((ts, px[0]))
+            if type(rec) is Bar:
+                res.ranges.setdefault(key, []).append((ts, px[1], px[2]))
+                res.measures.setdefault(key, str(rec.measure))
         return rec
 
 
@@ -411,12 +470,16 @@ def backtest_flow(
     tap: Callable[[Any], Any] | None = None,
     on_audit: Callable[[Any], Any] | None = None,
     out_dir: str | Path | None = None,
+    watch: Any = None,
+    until_ns: int | None = None,
 ) -> Dataflow:
     """The backtest's dataflow, for either engine: the input step ``in`` (``records`` cut
     into batches that never span two ticks, or ``files`` replayed in event time), the
     event clock, the guard core, and an output step per name in :data:`OUTPUTS` (its sink
     from ``sinks``; one not given is discarded). On Flink the input step is replaced by a
-    Flink source (:mod:`riskguard.flink`)."""
+    Flink source (:mod:`riskguard.flink`). ``watch`` is shown what the detectors are fed
+    (:class:`~riskguard.dataflows.readiness.DetectorWatch`); with ``until_ns`` the input
+    ends at that event time."""
     _one_input(files, records)
     clock = EventClock()
     flow = Dataflow("riskguard_backtest")
@@ -429,13 +492,15 @@ def backtest_flow(
         split = replay_input("in", flow, files=list(files), batch_size=batch_size,
                              batch_span_ns=cfg.tick_ns)
         inputs, errs_in = split.oks, split.errs
+    if until_ns is not None:
+        inputs = op.filter("until", inputs, lambda rec: getattr(rec, "ts", 0) <= until_ns)
     if progress is not None:
         op.inspect("progress", inputs, lambda _s, rec: progress(rec))
     clocked = op.map("clock", inputs, clock.observe)
     if tap is not None:
         clocked = op.map("tap", clocked, tap)
     out = guard_core("guard", clocked, cfg=cfg, cfg_hash=cfg_hash, clock=clock,
-                     signer=signer, trust=trust, input_errs=errs_in)
+                     signer=signer, trust=trust, input_errs=errs_in, watch=watch)
     utils = op.filter("utils", out.exposures, lambda r: isinstance(r, Utilization))
     streams = {"commands": out.commands, "signals": out.signals, "utilization": utils,
                "audit": out.audit, "dead_letters": out.dead_letters}
@@ -464,6 +529,8 @@ def run_backtest(
     batch_size: int = 100,
     price_every_ns: int = NS,
     progress: Callable[[Any], Any] | None = None,
+    until_ns: int | None = None,
+    watch: DetectorWatch | None = None,
 ) -> BacktestResult:
     """Run the guard core over ``files`` (replayed in event time) or ``records``.
 
@@ -475,6 +542,10 @@ def run_backtest(
     the event clock, which moves as a batch passes the clock step, is at most
     one tick ahead of any record, and the commands do not depend on the batch
     size. ``progress`` is called with each input record as it enters (a CLI's bar).
+    Every command is verified against the trust file as an executor verifies it, and
+    the result says which detectors could fire, from when
+    (:mod:`~riskguard.dataflows.readiness`; ``watch``: the one to fill, to read it at
+    other moments too). ``until_ns``: the input ends there.
     """
     _one_input(files, records)
     if signer is None or trust is None:
@@ -486,24 +557,59 @@ def run_backtest(
     deads: list[Any] = []
     audit_n = [0]
 
-    def count(_x: Any) -> None:
+    def audited(item: Any) -> None:
         audit_n[0] += 1
+        if isinstance(item, AuditRecord) and item.kind == "execution_ack":
+            res.acks.append(item.body)
 
+    tap = _Tap(res, price_every_ns)
+    watch = watch if watch is not None else DetectorWatch(cfg.detector)
     flow = backtest_flow(
         cfg, cfg_hash, signer=signer, trust=trust, files=files, records=records,
-        batch_size=batch_size, progress=progress, tap=_Tap(res, price_every_ns),
+        batch_size=batch_size, progress=progress, tap=tap,
         sinks={"commands": TestingSink(envs), "signals": TestingSink(sigs),
                "utilization": TestingSink(exps), "dead_letters": TestingSink(deads)},
-        on_audit=count, out_dir=out_dir)
+        on_audit=audited, out_dir=out_dir, watch=watch, until_ns=until_ns)
     t0 = time.perf_counter()
     run_main(flow)
-    res.wall_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    res.wall_s = t1 - t0
+    first = tap.first_in if tap.first_in is not None else t1
+    res.startup_s, res.process_s = first - t0, t1 - first
     res.commands = [decode_command(e) for e in envs]
-    res.signals = sigs
-    res.utilizations = exps
-    res.dead_letters = deads
+    res.signals, res.utilizations, res.dead_letters = sigs, exps, deads
     res.n_audit = audit_n[0]
+    _checked(res, envs, trust, cfg, watch)
     return res
+
+
+def _checked(res: BacktestResult, envelopes: list[Any], trust: TrustStore, cfg: GuardConfig,
+             watch: DetectorWatch) -> None:
+    """What a run adds once it is over: each command verified as an executor verifies
+    it, who was to acknowledge what, and which detectors could fire."""
+    res.verified = verify_commands(envelopes, trust, cfg)
+    res.ack_executors = tuple(cfg.playbook.acks.executors)
+    res.ack_required = tuple(a.value for a in cfg.playbook.acks.require)
+    res.watch, res.guard = watch, cfg
+
+
+def verify_commands(envelopes: Sequence[Any], trust: TrustStore, cfg: GuardConfig,
+                    ) -> dict[str, str]:
+    """Each signed command checked as an executor checks it (signature, key, rights,
+    audience, lifetime; :meth:`TrustStore.verify`), at its own issue time: command id ->
+    ``verified`` or the rejection's reason."""
+    audience = Audience(env=cfg.env, topic=cfg.topic("commands"))
+    out: dict[str, str] = {}
+    for env in envelopes:
+        cmd = decode_command(env)
+        try:
+            trust.verify(env, expected_payload_type=PAYLOAD_COMMAND, audience=audience,
+                         now_ns=cmd.issued_at)
+        except VerificationError as err:
+            out[cmd.command_id] = f"REJECTED {err.reason}"
+        else:
+            out[cmd.command_id] = "verified"
+    return out
 
 
 def backtest_files(
@@ -537,8 +643,10 @@ def backtest_files(
                         contract_size=contract_size) for p in data]
     res = run_backtest(cfg, digest, files=files, out_dir=out_dir, batch_size=batch_size,
                        progress=progress)
-    report = build_report(res, labs, title="riskguard backtest", config_hash=digest,
-                          inputs=[Path(p).name for p in data])
+    names = [Path(p).name for p in data]
+    title = "riskguard backtest: " + ", ".join(names[:3]) + (
+        f" and {len(names) - 3} more" if len(names) > 3 else "")
+    report = build_report(res, labs, title=title, config_hash=digest, inputs=names)
     write_report(report, out_dir)
     return report
 
@@ -606,11 +714,14 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_info(wall_s: float, n_events: int) -> dict[str, Any]:
-    """The only wall-clock facts in a report (excluded from determinism checks)."""
+def run_info(wall_s: float, n_events: int, startup_s: float = 0.0) -> dict[str, Any]:
+    """The only wall-clock facts in a report (excluded from determinism checks): the
+    events per second of processing, start-up (before the first event came in) aside."""
+    process_s = max(wall_s - startup_s, 0.0)
     return {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "wall_s": round(wall_s, 3),
-            "events_per_s": round(n_events / wall_s, 1) if wall_s > 0 else None}
+            "wall_s": round(wall_s, 3), "startup_s": round(startup_s, 3),
+            "process_s": round(process_s, 3),
+            "events_per_s": round(n_events / process_s, 1) if process_s > 0 else None}
 
 
 __all__ = [

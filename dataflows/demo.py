@@ -40,6 +40,7 @@ from riskguard.connectors.topics import create_topics, topic_name
 from riskguard.dataflows.backtest import dump_toml
 from riskguard.dataflows.demo_scenario import DURATION_S, build_scenario, scenario_copies
 from riskguard.dataflows.guard import load_guard_config, price_key_prefixes
+from riskguard.dataflows.signal_text import score_text
 from riskguard.operators.signing.crypto import (
     PAYLOAD_COMMAND,
     Signer,
@@ -256,11 +257,10 @@ def describe_signal(rec: Any, start_ns: int) -> str | None:
         if rec.warming_up:
             return None
         top = ", ".join(f"{c.feature} z={c.zscore:+.1f}" for c in rec.top_features[:2])
-        return (f"{_clock_s(rec.ts, start_ns)} SIGNAL  {rec.kind}/{rec.phase:<8} "
-                f"{rec.scope.label():<34} {rec.severity.value:<8} score {rec.score:.3f} > "
-                f"{rec.threshold:.3f}  [{top}]")
+        return (f"{_clock_s(rec.ts, start_ns)} SIGNAL  {rec.kind + '/' + rec.phase:<17} "
+                f"{rec.scope.label():<34} {score_text(rec)}  [{top}]")
     if isinstance(rec, LimitBreach):
-        return (f"{_clock_s(rec.ts, start_ns)} SIGNAL  breach/{rec.level.value:<8} "
+        return (f"{_clock_s(rec.ts, start_ns)} SIGNAL  {'breach/' + rec.level.value:<17} "
                 f"{rec.limit_path:<34} util {rec.utilization:.0%} of "
                 f"{rec.effective_limit:,.0f}")
     if isinstance(rec, RiskAlert):

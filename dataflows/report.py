@@ -30,7 +30,6 @@ Definitions (all in event time):
 from __future__ import annotations
 
 import fnmatch
-import html
 import json
 import math
 from collections import Counter
@@ -39,6 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from riskguard.dataflows.backtest import BacktestResult, Label, run_info
+from riskguard.dataflows.readiness import to_json
+from riskguard.dataflows.report_html import render_html
+from riskguard.dataflows.signal_text import score_text
 from riskguard.schemas import (
     Action,
     AnomalySignal,
@@ -291,10 +293,28 @@ def _thin(points: Sequence[tuple[int, float]], n: int = 300) -> list[list[float]
     return [[points[int(i * step)][0], _r(points[int(i * step)][1]) or 0.0] for i in range(n)]
 
 
+def _thin_ranges(points: Sequence[tuple[int, float, float]], n: int = 300,
+                 ) -> list[list[float]]:
+    """Bars' ``[t, low, high]``, at most ``n``: each kept point holds its bucket's lowest
+    low and highest high (a crash's wick is never thinned away)."""
+    if len(points) <= n:
+        return [[t, _r(lo) or 0.0, _r(hi) or 0.0] for t, lo, hi in points]
+    step = len(points) / n
+    out = []
+    for i in range(n):
+        bucket = points[int(i * step):max(int((i + 1) * step), int(i * step) + 1)]
+        out.append([bucket[0][0], _r(min(b[1] for b in bucket)) or 0.0,
+                    _r(max(b[2] for b in bucket)) or 0.0])
+    return out
+
+
 def build_report(res: BacktestResult, labels: Sequence[Label], *, title: str,
                  config_hash: str = "", inputs: Sequence[str] = (), grace_ns: int = 60 * NS,
                  extra: dict[str, Any] | None = None, max_price_series: int = 6) -> dict[str, Any]:
-    """Everything the JSON and HTML reports show, from one run's outputs."""
+    """Everything the JSON and HTML reports show, from one run's outputs.
+
+    Without labels, no alarm is judged: they are counted as unlabelled, and the false-alarm
+    figures are None (``labelled`` false)."""
     alarms = alarms_of(res.signals)
     ep = episode_metrics(alarms, labels, grace_ns=grace_ns)
     span_days = max(res.end_ns - res.start_ns, NS) / DAY_NS
@@ -304,57 +324,119 @@ def build_report(res: BacktestResult, labels: Sequence[Label], *, title: str,
     by_action = Counter(c.action.value for c in cmds)
     by_scope = Counter(c.scope.kind.value for c in cmds)
     pairs = Counter((c.action.value, c.scope.label()) for c in cmds)
-    # Plot series: the most-labelled / first keys' prices, anomaly ratios, utilizations.
-    wanted = [k for lab in labels for k in res.prices if scope_related(lab.scope, _key_scope(k))]
-    keys = list(dict.fromkeys([*wanted, *sorted(res.prices)]))[:max_price_series]
-    anomalies = [s for s in res.signals if isinstance(s, AnomalySignal) and not s.warming_up]
-    util: dict[str, list[tuple[int, float]]] = {}
-    for u in res.utilizations:
-        util.setdefault(f"{u.limit_path}.{u.kind}", []).append((u.ts, u.utilization))
-    top_util = sorted(util, key=lambda k: -max(v for _, v in util[k]))[:6]
+    labelled = bool(labels)
     report: dict[str, Any] = {
         "title": title,
         "config_hash": config_hash,
         "inputs": list(inputs),
-        "summary": {
-            "events": res.n_events, "start_ns": res.start_ns, "end_ns": res.end_ns,
-            "duration_s": round((res.end_ns - res.start_ns) / NS, 3),
-            "instruments": len(res.keys), "signals": len(res.signals), "alarms": len(alarms),
-            "commands": len(cmds), "dead_letters": len(res.dead_letters),
-            "audit_records": res.n_audit, "labels": len(labels),
-        },
+        "labelled": labelled,
+        "summary": _summary(res, len(alarms), len(labels)),
         "episodes": ep,
         "detection_delay_s": ep["all"]["detection_delay_s"],
         "mitigation_delay_s": mitigation_delays(cmds, labels, grace_ns),
         "false_alarms": {
-            "count": ep["false_alarms"], "instrument_days": round(inst_days, 6),
-            "per_instrument_day": round(ep["false_alarms"] / inst_days, 4),
-            "by_signal": ep["false_alarms_by_signal"],
+            "count": ep["false_alarms"] if labelled else None,
+            "instrument_days": round(inst_days, 6),
+            "per_instrument_day": round(ep["false_alarms"] / inst_days, 4) if labelled else None,
+            "by_signal": ep["false_alarms_by_signal"] if labelled else {},
         },
+        "alarms_by_signal": dict(sorted(Counter(a[1] for a in alarms).items())),
         "commands": {
             "by_action": dict(sorted(by_action.items())),
             "by_scope_kind": dict(sorted(by_scope.items())),
             "by_action_scope": [[a, s, n] for (a, s), n in sorted(pairs.items())],
         },
         "mitigation_states": time_in_states(timeline, res.start_ns, res.end_ns),
+        "state_changes": [[t, label, state] for t, label, state in timeline],
         "command_log": [
             {"t": c.issued_at, "action": c.action.value, "scope": c.scope.label(),
-             "command_id": c.command_id, "params": _params(c), "reason": c.reason}
+             "command_id": c.command_id, "params": _params(c), "reason": c.reason,
+             "verified": res.verified.get(c.command_id, "not checked"),
+             "ack": ack_status(c, res)}
             for c in cmds
         ],
+        "events": events_of(res.signals),
         "labels": [{"kind": lab.kind, "scope": lab.scope, "start": lab.start_ns,
                     "end": lab.end_ns} for lab in labels],
-        "series": {
-            "prices": {k: _thin(res.prices[k]) for k in keys},
-            "anomalies": [[s.ts, _r(s.score / s.threshold if s.threshold > 0 else 0.0, 4),
-                           s.key, s.severity.value] for s in anomalies],
-            "utilization": {k: _thin(util[k]) for k in top_util},
-        },
+        "series": _series(res, labels, max_price_series),
+        "readiness": _readiness(res),
     }
     if extra:
         report.update(extra)
-    report["run"] = run_info(res.wall_s, res.n_events)
+    report["run"] = run_info(res.wall_s, res.n_events, res.startup_s)
     return report
+
+
+def _readiness(res: BacktestResult) -> dict[str, Any] | None:
+    ready = res.readiness()
+    return to_json(ready) if ready is not None else None
+
+
+def _summary(res: BacktestResult, n_alarms: int, n_labels: int) -> dict[str, Any]:
+    return {
+        "events": res.n_events, "start_ns": res.start_ns, "end_ns": res.end_ns,
+        "duration_s": round((res.end_ns - res.start_ns) / NS, 3),
+        "instruments": len(res.keys), "signals": len(res.signals), "alarms": n_alarms,
+        "commands": len(res.commands), "dead_letters": len(res.dead_letters),
+        "audit_records": res.n_audit, "labels": n_labels, "markets": sorted(res.keys),
+    }
+
+
+def _series(res: BacktestResult, labels: Sequence[Label], most: int) -> dict[str, Any]:
+    """The plots' data: the most-labelled (then first) markets' prices and bars' ranges,
+    anomaly score ratios, and the six most used limits' utilization."""
+    wanted = [k for lab in labels for k in res.prices if scope_related(lab.scope, _key_scope(k))]
+    keys = list(dict.fromkeys([*wanted, *sorted(res.prices)]))[:most]
+    anomalies = [s for s in res.signals if isinstance(s, AnomalySignal) and not s.warming_up]
+    util: dict[str, list[tuple[int, float]]] = {}
+    for u in res.utilizations:
+        util.setdefault(f"{u.limit_path}.{u.kind}", []).append((u.ts, u.utilization))
+    top_util = sorted(util, key=lambda k: -max(v for _, v in util[k]))[:6]
+    return {
+        "prices": {k: _thin(res.prices[k]) for k in keys},
+        "ranges": {k: _thin_ranges(res.ranges[k]) for k in keys if res.ranges.get(k)},
+        "measures": {k: res.measures[k] for k in keys if k in res.measures},
+        "anomalies": [[s.ts, _r(s.score / s.threshold if s.threshold > 0 else 0.0, 4),
+                       s.key, s.severity.value] for s in anomalies],
+        "utilization": {k: _thin(util[k]) for k in top_util},
+    }
+
+
+def ack_status(c: MitigationCommand, res: BacktestResult) -> str:
+    """Whether executors acknowledged a command: who applied (or refused) it, else why no
+    acknowledgement was to be had."""
+    got = [a for a in res.acks if a.get("command_id") == c.command_id]
+    if got:
+        return "; ".join(f"{a.get('outcome')} by {a.get('issuer')}" for a in got)
+    if not res.ack_executors:
+        return "not awaited (no executor named in [playbook.acks])"
+    if c.action.value in res.ack_required:
+        return "NOT acknowledged (required; no ack in the input)"
+    return "no ack in the input (not required)"
+
+
+def events_of(signals: Iterable[Any]) -> list[dict[str, Any]]:
+    """The signals a reader of the report follows: each anomaly episode's open, escalation,
+    de-escalation and close (warm-up aside), each alert, each limit level a breach reaches."""
+    out: list[dict[str, Any]] = []
+    for s in signals:
+        if isinstance(s, AnomalySignal):
+            if s.warming_up:
+                continue
+            top = ", ".join(f"{c.feature} z={c.zscore:+.1f}" for c in s.top_features[:2])
+            out.append({"t": s.ts, "what": f"{s.kind} {s.phase}", "scope": s.scope.label(),
+                        "severity": s.severity.value,
+                        "detail": f"{score_text(s)}" + (f" [{top}]" if top else "")})
+        elif isinstance(s, RiskAlert):
+            out.append({"t": s.ts, "what": s.kind, "scope": s.scope.label(),
+                        "severity": s.severity.value, "detail": s.reason})
+        elif isinstance(s, LimitBreach) and s.level in (LimitLevel.BREACH, LimitLevel.HARD):
+            out.append({"t": s.ts, "what": f"limit {s.level.value}", "scope": s.scope.label(),
+                        "severity": s.severity.value,
+                        "detail": f"{s.limit_path} {s.kind} at {s.utilization:.0%} of "
+                                  f"{s.effective_limit:,.0f}"})
+    out.sort(key=lambda e: (e["t"], e["scope"]))
+    return out
 
 
 def _params(c: MitigationCommand) -> dict[str, Any]:
@@ -378,264 +460,17 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pat
     return pj, ph
 
 
-# -- HTML / SVG -----------------------------------------------------------------------
-
-_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
-_ACTION_COLORS = {
-    "alert": "#999999", "widen_quotes": "#bcbd22", "reduce_limits": "#17becf",
-    "reduce_only": "#ff7f0e", "cancel_all": "#d62728", "halt_trading": "#7f0000",
-    "reroute_order_flow": "#9467bd", "failover_feed": "#1f77b4", "resume": "#2ca02c",
-    "pause_withdrawals": "#8c564b", "hedge_delta": "#e377c2",
-}
-# The SVG scales to the page width (viewBox); legends are HTML lists under each plot.
-W, H, PAD_L, PAD_R, PAD_T, PAD_B = 960, 230, 70, 12, 24, 28
-#: The threshold line's colour: never one of the series or severity colours.
-THRESHOLD_COLOR = "#333333"
-_SEVERITY_COLORS = {"info": "#1f77b4", "warn": "#ff7f0e", "critical": "#d62728"}
-
-
-def _esc(x: Any) -> str:
-    return html.escape(str(x), quote=True)
-
-
-class _Axes:
-    def __init__(self, t0: int, t1: int, y0: float, y1: float) -> None:
-        self.t0, self.t1 = t0, max(t1, t0 + 1)
-        if y1 <= y0:
-            y0, y1 = y0 - 1.0, y1 + 1.0
-        pad = (y1 - y0) * 0.05
-        self.y0, self.y1 = y0 - pad, y1 + pad
-
-    def x(self, t: float) -> float:
-        return round(PAD_L + (t - self.t0) / (self.t1 - self.t0) * (W - PAD_L - PAD_R), 2)
-
-    def y(self, v: float) -> float:
-        return round(H - PAD_B - (v - self.y0) / (self.y1 - self.y0) * (H - PAD_T - PAD_B), 2)
-
-
-def _frame(ax: _Axes, pid: str, title: str, body: list[str],
-           legend: list[tuple[str, str]], fmt: str = "{:.4g}", *, empty: bool = False) -> str:
-    """One plot: the SVG (as wide as the page) and its legend as an HTML list, whose
-    entries wrap between entries, never inside a name."""
-    parts = [f'<figure class="plot" data-plot="{pid}">'
-             f'<svg class="plot" id="{pid}" xmlns="http://www.w3.org/2000/svg" '
-             f'viewBox="0 0 {W} {H}" role="img" aria-label="{_esc(title)}">',
-             f'<text x="{PAD_L}" y="15" class="ptitle">{_esc(title)}</text>',
-             f'<rect x="{PAD_L}" y="{PAD_T}" width="{W - PAD_L - PAD_R}" '
-             f'height="{H - PAD_T - PAD_B}" fill="none" stroke="#ccc"/>']
-    for frac in (0.0, 0.5, 1.0):
-        v = ax.y0 + (ax.y1 - ax.y0) * frac
-        parts.append(f'<text x="{PAD_L - 4}" y="{ax.y(v) + 4}" text-anchor="end" '
-                     f'class="tick">{_esc(fmt.format(v))}</text>')
-    for frac, anchor in ((0.0, "middle"), (0.5, "middle"), (1.0, "end")):  # end: inside the SVG
-        t = ax.t0 + (ax.t1 - ax.t0) * frac
-        parts.append(f'<text x="{ax.x(t)}" y="{H - 8}" text-anchor="{anchor}" class="tick">'
-                     f't+{(t - ax.t0) / NS:.0f}s</text>')
-    parts.extend(body)
-    if empty:
-        parts.append(f'<text class="nodata" x="{(PAD_L + W - PAD_R) / 2}" '
-                     f'y="{PAD_T + (H - PAD_T - PAD_B) * 0.3 + 6}" '
-                     'text-anchor="middle">no data</text>')
-    parts.append("</svg>")
-    if legend:
-        parts.append('<ul class="legend">' + "".join(
-            f'<li><span class="sw" style="background:{color}"></span>{_esc(name)}</li>'
-            for name, color in legend) + "</ul>")
-    parts.append("</figure>")
-    return "\n".join(parts)
-
-
-def _bands(ax: _Axes, labels: list[dict[str, Any]]) -> list[str]:
-    out = []
-    for lab in labels:
-        x0, x1 = ax.x(lab["start"]), ax.x(lab["end"])
-        out.append(f'<rect class="incident" x="{x0}" y="{PAD_T}" width="{max(x1 - x0, 1.0)}" '
-                   f'height="{H - PAD_T - PAD_B}" fill="#f4a6a6" fill-opacity="0.35">'
-                   f'<title>{_esc(lab["kind"])} {_esc(lab["scope"])}</title></rect>')
-    return out
-
-
-def _poly(ax: _Axes, pts: list[list[float]], color: str, norm: float = 1.0) -> str:
-    coords = " ".join(f"{ax.x(t)},{ax.y(v / norm)}" for t, v in pts)
-    return f'<polyline class="series" fill="none" stroke="{color}" stroke-width="1.2" ' \
-           f'points="{coords}"/>'
-
-
-def _price_plot(rep: dict[str, Any], t0: int, t1: int) -> str:
-    series = rep["series"]["prices"]
-    # Prices of different instruments differ by orders of magnitude: plot each
-    # relative to its first value (percent change).
-    norm = {k: (v[0][1] or 1.0) for k, v in series.items() if v}
-    ys = [100.0 * (p[1] / norm[k] - 1.0) for k, v in series.items() for p in v]
-    ax = _Axes(t0, t1, min(ys, default=0.0), max(ys, default=1.0))
-    body = _bands(ax, rep["labels"])
-    legend = []
-    for i, (k, v) in enumerate(sorted(series.items())):
-        color = _COLORS[i % len(_COLORS)]
-        pts = [[t, 100.0 * (p / norm[k] - 1.0)] for t, p in v]
-        body.append(_poly(ax, pts, color))
-        legend.append((k, color))
-    return _frame(ax, "plot-price", "Price, % from first value (incident windows shaded)",
-                  body, legend, "{:+.2f}%", empty=not ys)
-
-
-def _anomaly_plot(rep: dict[str, Any], t0: int, t1: int) -> str:
-    pts = rep["series"]["anomalies"]
-    top = max([p[1] for p in pts] + [2.0])
-    ax = _Axes(t0, t1, 0.0, min(top, 50.0))
-    body = _bands(ax, rep["labels"])
-    body.append(_threshold(ax))
-    for t, ratio, key, sev in pts:
-        color = _SEVERITY_COLORS.get(sev, _SEVERITY_COLORS["info"])
-        body.append(f'<circle class="score" data-severity="{_esc(sev)}" cx="{ax.x(t)}" '
-                    f'cy="{ax.y(min(ratio, 50.0))}" r="3" fill="{color}">'
-                    f'<title>{_esc(key)} score/threshold {ratio}</title></circle>')
-    return _frame(ax, "plot-anomaly", "Anomaly score / threshold at each signal (threshold = 1)",
-                  body, [("threshold", THRESHOLD_COLOR), *_SEVERITY_COLORS.items()], "{:.3g}",
-                  empty=not pts)
-
-
-def _threshold(ax: _Axes) -> str:
-    y1 = ax.y(1.0)
-    return (f'<line class="threshold" x1="{PAD_L}" x2="{W - PAD_R}" y1="{y1}" y2="{y1}" '
-            f'stroke="{THRESHOLD_COLOR}" stroke-dasharray="4 3"/>')
-
-
-def _util_plot(rep: dict[str, Any], t0: int, t1: int) -> str:
-    series = rep["series"]["utilization"]
-    top = max([p[1] for v in series.values() for p in v] + [1.1])
-    ax = _Axes(t0, t1, 0.0, top)
-    body = _bands(ax, rep["labels"])
-    body.append(_threshold(ax))
-    legend = [("limit (1.0)", THRESHOLD_COLOR)] if series else []
-    for i, (k, v) in enumerate(sorted(series.items())):
-        color = _COLORS[i % len(_COLORS)]
-        body.append(_poly(ax, v, color))
-        legend.append((k, color))
-    return _frame(ax, "plot-util", "Limit utilization (1.0 = limit)", body, legend, "{:.2f}",
-                  empty=not any(series.values()))
-
-
-def _command_plot(rep: dict[str, Any], t0: int, t1: int) -> str:
-    log = rep["command_log"]
-    scopes = sorted({c["scope"] for c in log})[:12] or ["-"]
-    ax = _Axes(t0, t1, 0.0, float(len(scopes)))
-    body = _bands(ax, rep["labels"])
-    row = {s: i for i, s in enumerate(scopes)}
-    for i, s in enumerate(scopes):
-        body.append(f'<text x="{PAD_L + 4}" y="{ax.y(i + 0.5) - 6}" class="tick">{_esc(s)}</text>')
-    for c in log:
-        if c["scope"] not in row:
-            continue
-        color = _ACTION_COLORS.get(c["action"], "#333")
-        y = ax.y(row[c["scope"]] + 0.5) - 5
-        body.append(f'<rect class="cmd" x="{ax.x(c["t"]) - 3}" y="{y}"'
-                    f' width="6" height="10" fill="{color}"><title>{_esc(c["action"])} '
-                    f'{_esc(c["scope"])}: {_esc(c["reason"])}</title></rect>')
-    legend = [(a, _ACTION_COLORS.get(a, "#333")) for a in rep["commands"]["by_action"]]
-    return _frame(ax, "plot-commands", "Commands timeline (one row per scope)", body, legend,
-                  "{:.0f}", empty=not log)
-
-
-def _table(tid: str, head: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    h = "".join(f"<th>{_esc(x)}</th>" for x in head)
-    body = "".join("<tr>" + "".join(f"<td>{_esc(_fmt(x))}</td>" for x in r) + "</tr>"
-                   for r in rows)
-    return f'<table id="{tid}"><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _fmt(x: Any) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.4g}"
-    return str(x)
-
-
-def render_html(rep: dict[str, Any]) -> str:
-    """The self-contained report page (inline SVG, no scripts, no external files)."""
-    s = rep["summary"]
-    t0, t1 = s["start_ns"], max(s["end_ns"], s["start_ns"] + 1)
-    ep = rep["episodes"]
-    ep_rows = [[k, v["labels"], v["detected"], v["true_alarms"], v["false_alarms"],
-                v["precision"], v["recall"], v["f1"], v["detection_delay_s"]["p50"],
-                v["detection_delay_s"]["p95"]] for k, v in ep["by_kind"].items()]
-    a = ep["all"]
-    ep_rows.append(["all", a["labels"], a["detected"], a["true_alarms"], a["false_alarms"],
-                    a["precision"], a["recall"], a["f1"], a["detection_delay_s"]["p50"],
-                    a["detection_delay_s"]["p95"]])
-    dd, md, fa = rep["detection_delay_s"], rep["mitigation_delay_s"], rep["false_alarms"]
-    states = rep["mitigation_states"]
-    state_cols = [x for x in STATE_ORDER if any(x in v for v in states["by_scope"].values())
-                  or x in states["worst"]]
-    sections = [
-        f"<h1>{_esc(rep['title'])}</h1>",
-        f'<p id="run-info">generated {_esc(rep["run"]["generated_at"])}, wall '
-        f'{_esc(rep["run"]["wall_s"])} s, {_esc(rep["run"]["events_per_s"])} events/s</p>',
-        _table("t-summary", ["events", "duration s", "instruments", "signals", "alarms",
-                             "commands", "dead letters", "labels", "config"],
-               [[s["events"], s["duration_s"], s["instruments"], s["signals"], s["alarms"],
-                 s["commands"], s["dead_letters"], s["labels"], rep["config_hash"][:12]]]),
-    ]
-    if "stress" in rep:
-        st = rep["stress"]
-        sections.append(f'<h2>Stress scenario {_esc(st["scenario"])}: '
-                         f'<span id="verdict">{"PASS" if st["passed"] else "FAIL"}</span></h2>')
-        sections.append(_table("t-expect", ["expected", "scope", "deadline s", "actual s",
-                                            "result", "detail"],
-                               [[e["action"], e["scope"], e["deadline_s"], e["actual_s"],
-                                 e["result"], e["detail"]] for e in st["checks"]]))
-    sections += [
-        "<h2>Plots</h2>", _price_plot(rep, t0, t1), _anomaly_plot(rep, t0, t1),
-        _util_plot(rep, t0, t1), _command_plot(rep, t0, t1),
-        "<h2>Episodes per incident kind</h2>",
-        _table("t-episodes", ["kind", "incidents", "detected", "true alarms", "false alarms",
-                              "precision", "recall", "F1", "delay p50 s", "delay p95 s"], ep_rows),
-        "<h2>Delays and false alarms</h2>",
-        _table("t-delays", ["measure", "n", "p50 s", "p95 s"],
-               [["detection delay", dd["n"], dd["p50"], dd["p95"]],
-                ["mitigation delay", md["n"], md["p50"], md["p95"]]]),
-        _table("t-false", ["false alarms", "instrument-days", "per instrument-day"],
-               [[fa["count"], fa["instrument_days"], fa["per_instrument_day"]]]),
-        "<h2>Commands by action and scope</h2>",
-        _table("t-commands", ["action", "scope", "count"], rep["commands"]["by_action_scope"]),
-        "<h2>Time in each mitigation state (s)</h2>",
-        _table("t-states", ["scope", *state_cols],
-               [[lab, *[v.get(c, 0.0) for c in state_cols]]
-                for lab, v in [("(firm worst)", states["worst"]),
-                               *states["by_scope"].items()]]),
-        "<h2>Command log</h2>",
-        _table("t-log", ["t+ s", "action", "scope", "params", "reason"],
-               [[round((c["t"] - t0) / NS, 3), c["action"], c["scope"],
-                 json.dumps(c["params"], sort_keys=True), c["reason"]]
-                for c in rep["command_log"]]),
-    ]
-    css = ("body{font-family:sans-serif;margin:20px;color:#222}table{border-collapse:collapse;"
-           "margin:8px 0 18px}td,th{border:1px solid #ccc;padding:3px 7px;font-size:12px;"
-           "text-align:left;overflow-wrap:break-word}th{background:#f0f0f0}"
-           ".tick{font-size:10px;fill:#444}.ptitle{font-size:12px;font-weight:bold}"
-           ".nodata{font-size:16px;fill:#777}figure.plot{margin:6px 0 14px}"
-           "svg.plot{display:block;width:100%;height:auto}"
-           ".legend{display:flex;flex-wrap:wrap;gap:2px 16px;list-style:none;margin:2px 0 0 "
-           "70px;padding:0;font-size:12px}.legend li{overflow-wrap:break-word;min-width:0}"
-           ".sw{display:inline-block;width:12px;height:4px;margin-right:5px;"
-           "vertical-align:middle}")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{_esc(rep['title'])}</title><style>{css}</style></head><body>\n"
-            + "\n".join(sections) + "\n</body></html>\n")
-
-
 def strip_run(text: str) -> str:
     """Drop the run-specific (wall-clock) parts of a JSON or HTML report."""
     if text.lstrip().startswith("{"):
         doc = json.loads(text)
         doc.pop("run", None)
         return json.dumps(doc, sort_keys=True)
-    return "\n".join(line for line in text.splitlines() if 'id="run-info"' not in line)
+    return "\n".join(line for line in text.splitlines() if 'class="run-info"' not in line)
 
 
 __all__ = [
-    "STATE_ORDER", "alarms_of", "build_report", "episode_metrics", "mitigation_delays", "pct",
-    "render_html", "scope_related", "state_timeline", "states_at", "strip_run",
-    "time_in_states", "write_report",
+    "STATE_ORDER", "ack_status", "alarms_of", "build_report", "episode_metrics", "events_of",
+    "mitigation_delays", "pct", "render_html", "scope_related", "state_timeline", "states_at",
+    "strip_run", "time_in_states", "write_report",
 ]

@@ -28,6 +28,10 @@ from riskguard.dataflows.demo_scenario import NS, OPTIONS, build_scenario
 from riskguard.schemas import OptionQuote, Quote, Trade
 from riskguard.schemas.codec import encode
 
+from riskguard.config import read_toml
+from riskguard.config_examples import toml_value
+from riskguard.errors import ConfigError
+
 START_NS = 1_767_225_600 * NS  # 2026-01-01T00:00:00Z
 DATA = "sample.jsonl"
 LABELS = "sample_labels.json"
@@ -77,6 +81,59 @@ def sample_files() -> tuple[Path, Path]:
     """The shipped sample's data and labels files (inside the installed package)."""
     pkg = resources.files("riskguard.dataflows") / "data"
     return Path(str(pkg / DATA)), Path(str(pkg / LABELS))
+
+
+def sample_markets() -> tuple[set[str], set[str], set[str]]:
+    """What the shipped sample holds: the instruments it has market data of, the ones its
+    fills and positions trade, and the assets of its balances."""
+    data, _labels = sample_files()
+    markets, traded, assets = set(), set(), set()
+    with data.open("rb") as fh:
+        for line in fh:
+            doc = orjson.loads(line)
+            kind = doc.get("type")
+            if kind in ("fill", "position"):
+                traded.add(doc["instrument"])
+            elif kind == "balance":
+                assets.add(doc["asset"])
+            elif "instrument" in doc and doc.get("venue") != "index":
+                markets.add(doc["instrument"])
+    return markets, traded, assets
+
+
+def check_covers(cfg: Any, where: str) -> None:
+    """Refuse a guard config the sample data does not fit: one that leaves out the
+    instruments its fills trade or the assets its balances hold (their records would be
+    dead letters, and the scores worse). The error names them, and the config's own
+    instruments the sample has no data of, and gives the declarations the sample needs
+    (``dataflows/demo.toml``'s)."""
+    inst = cfg.exposure.instruments
+    markets, traded, assets = sample_markets()
+    declared = set(inst.instruments)
+    problems = []
+    if traded - declared:
+        problems.append(f"does not declare {', '.join(sorted(traded - declared))} (the "
+                        "sample's fills trade it)")
+    unpriced = {a for a in assets if a != inst.reporting_currency and a not in inst.fx_index}
+    if unpriced:
+        problems.append(f"has no fx_index for {', '.join(sorted(unpriced))} (the sample's "
+                        "balances hold it)")
+    if not problems:
+        return
+    if declared - markets:
+        problems.append(f"declares {', '.join(sorted(declared - markets))}, of which the "
+                        "sample has no data")
+    demo = read_toml(str(resources.files("riskguard.dataflows").joinpath("demo.toml")))
+    specs = demo["exposure"]["instruments"]
+    needs = [f"[exposure.instruments.instruments] {toml_value(i)} = "
+             f"{toml_value(specs['instruments'][i])}" for i in sorted(traded)]
+    needs += [f"[exposure.instruments] fx_index = {{ {a} = {toml_value(specs['fx_index'][a])} }}"
+              for a in sorted(assets) if a in specs.get("fx_index", {})]
+    raise ConfigError(
+        where, f"a config whose instruments the sample covers (it has data of "
+        f"{', '.join(sorted(markets))}, and its fills and balances need "
+        f"{' and '.join(needs)}, as dataflows/demo.toml declares them), or your own files "
+        "with --data", found_text="a config that " + "; ".join(problems))
 
 
 if __name__ == "__main__":  # regenerate: python -m riskguard.dataflows.sample_data

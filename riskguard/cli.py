@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -28,9 +29,12 @@ from typing import Any, NoReturn
 import riskguard
 from riskguard.errors import BrokerError, RiskguardError, describe_os_error
 
+STARTED = time.perf_counter()
+"""When the command line was loaded: a command's start-up counts from here."""
+
 AREAS = (
     "broker", "topics", "keys", "audit", "subscribe", "command", "run", "demo",
-    "backtest", "calibrate", "stress", "status", "publish", "replicas", "feed",
+    "backtest", "calibrate", "explain", "stress", "status", "publish", "replicas", "feed",
 )
 MAX_MESSAGE = 600  # characters of an error message shown (one line, whatever it holds)
 VERBOSITY = ("off", "warning", "info", "debug")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from riskguard.config import no_rules_note
 from riskguard.errors import ConfigError
@@ -53,11 +55,17 @@ def count_lines(paths: list[str]) -> int | None:
         return None  # the backtest itself reports the file
 
 
-def with_sample(args: argparse.Namespace, prog: str) -> None:
-    """``--sample``: the shipped sample data (and its labels, unless ``--labels``)."""
+def with_sample(args: argparse.Namespace, prog: str, cfg: Any = None) -> None:
+    """``--sample``: the shipped sample data (and its labels, unless ``--labels``); a
+    config (``cfg``) whose instruments the sample does not cover is refused, naming them."""
     if args.sample:
-        from riskguard.dataflows.sample_data import sample_files  # noqa: PLC0415
+        from riskguard.dataflows.sample_data import (  # noqa: PLC0415
+            check_covers,
+            sample_files,
+        )
 
+        if cfg is not None:
+            check_covers(cfg, "--sample")
         data, labels = sample_files()
         args.data = [*(args.data or []), str(data)]
         args.labels = args.labels or str(labels)
@@ -67,11 +75,12 @@ def with_sample(args: argparse.Namespace, prog: str) -> None:
 
 
 def _backtest(args: argparse.Namespace) -> int:
+    from riskguard.cli import STARTED  # noqa: PLC0415  (imports this module)
     from riskguard.dataflows.backtest import backtest_files  # noqa: PLC0415  (heavy imports)
     from riskguard.dataflows.guard import load_guard_config  # noqa: PLC0415
 
-    with_sample(args, "backtest")
     loaded = load_guard_config(args.config)
+    with_sample(args, "backtest", loaded[0])
     with Progress("backtest", total=count_lines(args.data), unit="events") as bar:
         rep = backtest_files(loaded, args.data, labels=args.labels, out_dir=args.out,
                              venue=args.venue, instrument=args.instrument,
@@ -79,22 +88,38 @@ def _backtest(args: argparse.Namespace) -> int:
                              market=args.market, contract_size=args.contract_size,
                              measure=args.measure,
                              progress=(lambda _rec: bar.advance()) if bar.enabled else None)
-    s, ep = rep["summary"], rep["episodes"]["all"]
-    dd = rep["detection_delay_s"]
-    out = sys.stdout
-    out.write(f"events {s['events']:,}  commands {s['commands']}  signals {s['signals']}  "
-              f"dead letters {s['dead_letters']}  ({rep['run']['events_per_s']} events/s)\n")
-    if s["labels"]:
-        out.write(f"incidents {ep['labels']}  detected {ep['detected']}  precision "
-                  f"{ep['precision']}  recall {ep['recall']}  F1 {ep['f1']}  delay p50 "
-                  f"{dd['p50']} s p95 {dd['p95']} s\n")
-    for action, n in rep["commands"]["by_action"].items():
-        out.write(f"  {action:<20} {n}\n")
+    for line in result_lines(rep, time.perf_counter() - STARTED):
+        sys.stdout.write(line + "\n")
     if not loaded[0].playbook.rules:
-        out.write(no_rules_note() + "\n")
-    out.write(f"report: {args.out}/report.html, {args.out}/report.json; commands: "
-              f"{args.out}/commands.jsonl\n")
+        sys.stdout.write(no_rules_note() + "\n")
+    out = Path(args.out)
+    sys.stdout.write(f"report: {out / 'report.html'}, {out / 'report.json'}; commands: "
+                     f"{out / 'commands.jsonl'}\n")
     return 0
+
+
+def result_lines(rep: dict[str, Any], total_s: float) -> list[str]:
+    """What a backtest says when it ends: counts, the scores (or that there are none),
+    the commands, how its time went, and which detectors could fire."""
+    s, ep, run = rep["summary"], rep["episodes"]["all"], rep["run"]
+    dd = rep["detection_delay_s"]
+    out = [f"events {s['events']:,}  instruments {s['instruments']}  commands {s['commands']}  "
+           f"signals {s['signals']}  dead letters {s['dead_letters']}"]
+    if s["labels"]:
+        out.append(f"incidents {ep['labels']}  detected {ep['detected']}  precision "
+                   f"{ep['precision']}  recall {ep['recall']}  F1 {ep['f1']}  delay p50 "
+                   f"{dd['p50']} s p95 {dd['p95']} s")
+    else:
+        out.append(f"alarms {s['alarms']} unlabelled: without --labels no alarm is counted "
+                   "true or false (docs/backtests.md says how to label incidents)")
+    out.extend(f"  {action:<20} {n}" for action, n in rep["commands"]["by_action"].items())
+    rate = run["events_per_s"]
+    out.append(f"time {total_s:.1f} s: processing {run['process_s']:.1f} s"
+               f"{f' ({rate:,.0f} events/s)' if rate else ''}; the rest start-up (imports, "
+               "config, keys, the flow) and the report")
+    if rep.get("readiness"):
+        out.extend(rep["readiness"]["lines"])
+    return out
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # argparse private generic

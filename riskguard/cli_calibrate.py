@@ -55,7 +55,12 @@ def _run(args: argparse.Namespace) -> int:
     from riskguard.cli_backtest import with_sample  # noqa: PLC0415
     from riskguard.dataflows import calibrate as cal  # noqa: PLC0415  (heavy imports)
 
-    with_sample(args, "calibrate")
+    if args.sample:
+        from riskguard.dataflows.guard import load_guard_config  # noqa: PLC0415
+
+        with_sample(args, "calibrate", load_guard_config(args.config)[0])
+    else:
+        with_sample(args, "calibrate")
 
     grid = cal.check_grid(read_grid(args.grid)) if args.grid else None
     kw = {"grid": grid, "train_frac": args.train_frac, "objective": args.objective,
@@ -131,7 +136,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # argparse private gener
                    "against the guard config; default: a small built-in grid)")
     p.add_argument("--train-frac", type=float, default=0.7,
                    help="fraction of the time span used for the search (default 0.7)")
-    p.add_argument("--objective", choices=("f1", "recall"), default="f1")
+    p.add_argument("--objective", choices=("f1", "recall"), default="f1",
+                   help="what the search maximises: f1 (default), or recall within "
+                   "--fa-budget false alarms per instrument-day")
     p.add_argument("--fa-budget", type=float,
                    help="with --objective recall: max false alarms per instrument-day")
     p.add_argument("--every", type=float, help="continuous: rerun every SECONDS")

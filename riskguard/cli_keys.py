@@ -80,6 +80,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--key", required=True, help="root private key")
     s.set_defaults(func=_guarded(_sign_trust))
     c = ks.add_parser("check-trust", help="verify a trust file against pinned roots")
-    c.add_argument("trust")
+    c.add_argument("trust", help="trust.toml (its signatures are read from trust.toml.sig)")
     c.add_argument("--roots", required=True, help="roots.toml (threshold + root public keys)")
     c.set_defaults(func=_guarded(_check_trust))

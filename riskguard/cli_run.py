@@ -355,8 +355,63 @@ def _start_line(cfg: Any, digest: str, config: Path, key_id: str, bw: BytewaxArg
             f"{bw.workers_per_process} worker(s), {status}")
 
 
-def _summary(c: Counts, elapsed_s: float, how: str) -> str:
-    return (f"summary  {how} after {elapsed_s:.1f} s: {_n(c.events_in)} events in, "
+class FirstLast:
+    """When this process's first event came in and when the count last moved: polls
+    ``read`` (the events-in count) every ``every_s`` from a daemon thread, so a run can say
+    how long it took to start, to process, and how long it then waited for more."""
+
+    def __init__(self, read: Callable[[], float], every_s: float = 0.1,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.read, self.every_s, self.clock = read, every_s, clock
+        self.first: float | None = None
+        self.last: float | None = None
+        self._count = read()
+        self._base = self._count
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="riskguard-first-last",
+                                        daemon=True)
+
+    def poll(self) -> None:
+        n = self.read()
+        if n != self._count:
+            now = self.clock()
+            if self.first is None:
+                self.first = now
+            self.last = now
+            self._count = n
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.poll()
+
+    def start(self) -> FirstLast:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.poll()
+
+
+def timing(started: float, ended: float, first: float | None, last: float | None) -> str:
+    """How a run's time went: start-up until its first event, then the events, then the
+    quiet before it ended.
+
+    >>> timing(0.0, 14.2, 10.0, 11.1)
+    'start-up 10.0 s, events 1.1 s, then quiet 3.1 s'
+    >>> timing(0.0, 9.0, None, None)
+    'start-up 9.0 s, no event came in'
+    """
+    if first is None or last is None:
+        return f"start-up {ended - started:.1f} s, no event came in"
+    return (f"start-up {first - started:.1f} s, events {last - first:.1f} s, then quiet "
+            f"{ended - last:.1f} s")
+
+
+def _summary(c: Counts, elapsed_s: float, how: str, spent: str = "") -> str:
+    spent = f" ({spent})" if spent else ""
+    return (f"summary  {how} after {elapsed_s:.1f} s{spent}: {_n(c.events_in)} events in, "
             f"{_n(c.dead_letters)} dead letters, {_n(c.signals)} signals, "
             f"{_n(c.commands)} commands")
 
@@ -365,12 +420,17 @@ def _run(args: argparse.Namespace) -> int:
     from bytewax._bytewax import cli_main  # noqa: PLC0415  (what python -m bytewax.run calls)
     from bytewax.recovery import RecoveryConfig  # noqa: PLC0415
 
-    from riskguard.cli import one_line, reach_kafka  # noqa: PLC0415  (imports this module)
+    from riskguard.cli import STARTED, one_line, reach_kafka  # noqa: PLC0415  (imports this)
     from riskguard.dataflows.guard import (  # noqa: PLC0415  (heavy imports)
         apply_gc_policy,
         build_flow,
         load_guard_config,
         load_keys,
+    )
+    from riskguard.dataflows.readiness import (  # noqa: PLC0415
+        DetectorWatch,
+        readiness,
+        summary_lines,
     )
     from riskguard.operators.core.metrics import start_metrics_server_from_env  # noqa: PLC0415
 
@@ -403,12 +463,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.new_config:
         os.environ["RISKGUARD_NEW_CONFIG"] = "1"
     start_metrics_server_from_env()
-    flow = build_flow(cfg, digest, signer=signer, trust=trust)
+    watch = DetectorWatch(cfg.detector)
+    flow = build_flow(cfg, digest, signer=signer, trust=trust, watch=watch)
     apply_gc_policy(cfg)
     out = sys.stdout
     reporter = StatusReporter(
         lambda: read_counts(cfg.topic("signals"), cfg.topic("commands")),
         args.status_every, out)
+    first_last = FirstLast(lambda: read_counts("", "").events_in).start()
     recovery = (RecoveryConfig(str(bw.recovery_directory), bw.backup_interval)
                 if bw.recovery_directory else None)
     epoch = bw.snapshot_interval or (None if recovery else timedelta(seconds=10))
@@ -445,9 +507,21 @@ def _run(args: argparse.Namespace) -> int:
                                       f"{type(cause).__name__}: {cause}") + "\n")
     finally:
         reporter.stop()
-    out.write(_summary(reporter.counts(), time.monotonic() - reporter.started, how) + "\n")
-    out.flush()
+        first_last.stop()
+    _end(out, reporter.counts(), how, STARTED, first_last,
+         summary_lines(readiness(watch, cfg)) if watch.keys else [])
     return rc
+
+
+def _end(out: TextIO, counts: Counts, how: str, started: float, first_last: FirstLast,
+         detectors: list[str]) -> None:
+    """The summary line (how the time went), then which detectors could fire."""
+    ended = time.perf_counter()
+    spent = timing(started, ended, first_last.first, first_last.last)
+    out.write(_summary(counts, ended - started, how, spent) + "\n")
+    if detectors:
+        out.write("\n".join(detectors) + "\n")
+    out.flush()
 
 
 def flink_python() -> str:

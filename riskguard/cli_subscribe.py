@@ -65,19 +65,28 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("subscribe", help="verify and print signed commands from a topic")
-    p.add_argument("--brokers", default="127.0.0.1:9092")
+    p.add_argument("--brokers", default="127.0.0.1:9092",
+                   help="Kafka bootstrap host:port (default 127.0.0.1:9092)")
     p.add_argument("--topic", required=True, help="command topic (also the audience topic)")
     p.add_argument("--env", required=True, help="audience environment, e.g. prod")
-    p.add_argument("--trust", required=True)
-    p.add_argument("--roots", required=True)
-    p.add_argument("--state", default="riskguard-subscriber.sqlite")
-    p.add_argument("--rejections-topic")
-    p.add_argument("--rejection-log")
+    p.add_argument("--trust", required=True,
+                   help="trust.toml: which keys may sign which commands (with its .sig)")
+    p.add_argument("--roots", required=True,
+                   help="roots.toml: the pinned root keys that must have signed the trust file")
+    p.add_argument("--state", default="riskguard-subscriber.sqlite",
+                   help="SQLite file of replay state (seen ids, each issuer's last seq, "
+                   "offsets); keep it between runs (default riskguard-subscriber.sqlite)")
+    p.add_argument("--rejections-topic", metavar="TOPIC",
+                   help="also produce each rejection (and duplicate) as a JSON line to TOPIC")
+    p.add_argument("--rejection-log", metavar="FILE",
+                   help="also append each rejection (and duplicate) as a JSON line to FILE")
     p.add_argument("--leeway", type=float, default=10.0, help="clock-skew leeway, seconds")
     p.add_argument("--decision-window", type=float, default=DEFAULT_DECISION_WINDOW_S,
                    metavar="SECONDS", help="how long an executed decision is remembered, so "
                    "another guard replica's copy is dropped as a duplicate (default "
                    f"{DEFAULT_DECISION_WINDOW_S:g})")
-    p.add_argument("--max-messages", type=int)
-    p.add_argument("--idle-timeout", type=float, default=5.0)
+    p.add_argument("--max-messages", type=int, metavar="N",
+                   help="stop after N messages (default: no limit)")
+    p.add_argument("--idle-timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="stop after SECONDS without a message (default 5)")
     p.set_defaults(func=_run)

@@ -51,10 +51,13 @@ _PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 class TopicsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Partition counts and settings per stream (``topics.partitions.<stream>``)."""
 
-    partitions: dict[str, int] = {}
+    partitions: dict[str, int] = {}  # stream -> its partition count, over default_partitions
     default_partitions: int = 2
-    replication_factor: int = 1
+    replication_factor: int = 1  # copies of each partition the brokers keep
+    # the topics' min.insync.replicas (unset: replication_factor - 1, at least 1)
     min_insync_replicas: int | None = None
+    # stream -> its retention.ms (-1: forever; unset: a week for inputs, 30 days for decisions,
+    # forever for the audit log)
     retention_ms: dict[str, int] = {}
 
     def __post_init__(self) -> None:

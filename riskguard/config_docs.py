@@ -29,12 +29,15 @@ import textwrap
 import tokenize
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import msgspec.inspect as mi
 
-EXAMPLES = ("guard.example.toml", "playbook.toml")
+from riskguard.config_examples import examples
+from riskguard.config_examples import record as _record
+from riskguard.config_examples import unwrap as _unwrap
+
 HEADER = """\
 # Configuration reference
 
@@ -47,28 +50,16 @@ from the config structs: the type and default come from the code, and what a key
 from the comment on its field in the code or, where there is none, beside it in
 [`dataflows/guard.example.toml`](../dataflows/guard.example.toml) (a production config
 with every key) and [`dataflows/playbook.toml`](../dataflows/playbook.toml) (the
-bundled playbook, which explains how a rule works).
+bundled playbook, which explains how a rule works), else from its struct's docstring.
+Each key's example is how those two files set it (a table's key written in the table
+header above it, a table that overrides another taken from that one's, else the
+default); an error that needs a value shows the same example.
 
 Times are integer nanoseconds (`_ns`) or float seconds (`_s`); relative paths are
 relative to the config file; `<venue>`, `<counterparty>`, `<asset>`, `<instrument>`
 and `<kind>` (a limit kind) stand for the names you choose. A key no struct knows stops
 start-up with the key meant, and so does a bad value: [errors](#errors) below.
 """
-
-
-def _unwrap(t: Any) -> Any:
-    while isinstance(t, mi.Metadata):
-        t = t.type
-    return t
-
-
-def _record(t: Any) -> Any:
-    """The struct a table of this type decodes into (None: not a table of one struct)."""
-    t = _unwrap(t)
-    if isinstance(t, mi.UnionType):
-        structs = [_unwrap(x) for x in t.types if isinstance(_unwrap(x), mi.StructType)]
-        return structs[0] if len(structs) == 1 else None
-    return t if isinstance(t, mi.StructType) else None
 
 
 # What the key of a table of named entries is, by the table's key (then a limit kind)
@@ -201,57 +192,6 @@ def _field_comment(cls: type, name: str) -> str:
     return ""
 
 
-_KEY = re.compile(r"^\s*(?:#\s*)?([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)$")
-
-
-def _resolve(root: Any, parts: list[str]) -> Any:
-    """The struct of the table at ``parts`` (None: not a table of one struct)."""
-    t: Any = mi.type_info(root)
-    for part in parts:
-        rec = _record(t)
-        t = _unwrap(t)
-        if rec is not None:
-            t = next((f.type for f in rec.fields if f.encode_name == part), None)
-        elif isinstance(t, mi.DictType):
-            t = t.value_type
-        else:
-            return None
-        t = _unwrap(t) if t is not None else None
-        if isinstance(t, mi.ListType | mi.VarTupleType):
-            t = t.item_type
-    return _record(t) if t is not None else None
-
-
-@functools.cache
-def example_comments(root: Any) -> dict[tuple[type, str], str]:
-    """(struct, key) -> the comment beside that key (set or commented out) in the shipped
-    example configs, with the comment lines below it that continue it."""
-    out: dict[tuple[type, str], str] = {}
-    pkg = resources.files("riskguard.dataflows")
-    for name in EXAMPLES:
-        table: list[str] = []
-        last, col = None, -1
-        for line in pkg.joinpath(name).read_text().splitlines():
-            text = line.strip()
-            key = _KEY.match(line)
-            if text.startswith("["):
-                head = text.split("#")[0].strip().strip("[]")
-                table = [p.strip().strip('"') for p in head.split(".")]
-                last = None
-            elif key and "#" in key.group(2):
-                rec = _resolve(root, table)
-                last = None
-                if rec is not None and key.group(1) in {f.encode_name for f in rec.fields}:
-                    last = (rec.cls, key.group(1))
-                    col = line.index("#", key.end(1))
-                    out.setdefault(last, line[col:].lstrip("#").strip())
-            elif last is not None and text.startswith("#") and line.index("#") == col:
-                out[last] = f"{out[last]} {text.lstrip('#').strip()}"
-            else:
-                last = None
-    return out
-
-
 def _tidy(text: str) -> str:
     """reST roles and literals as Markdown, on one line, safe in a table cell."""
     return " ".join(_markdown(text).split()).replace("|", "\\|")
@@ -266,23 +206,90 @@ def _table_of(t: Any) -> Any:
     return rec.cls if rec is not None else None
 
 
-def rows(cls: type, titles: dict[type, str] | None = None) -> list[tuple[str, str, str, str]]:
-    """(key, type, default, what it does) for each key of ``cls``; a key holding tables
-    links to their section, ``titles`` naming each struct's."""
+class Row(NamedTuple):
+    """One key of the reference: its type, default, what it does and an example."""
+
+    key: str
+    type: str
+    default: str
+    note: str
+    example: str
+
+
+def rows(cls: type, titles: dict[type, str] | None = None) -> list[Row]:
+    """One :class:`Row` per key of ``cls``; a key holding tables links to their section,
+    ``titles`` naming each struct's.
+
+    What a key does is the comment on its field in the code, else the comment beside it in
+    the example configs, else the struct docstring's bullet that names it; a key holding
+    tables says what their struct is. Its example is how the example configs set it (a
+    key they leave out: how a table above it does, else its default)."""
     from riskguard.dataflows.guard import GuardConfig  # noqa: PLC0415  (heavy import)
 
-    examples = example_comments(GuardConfig)
+    ex = examples(GuardConfig)
+    bullets = _doc_bullets(cls)
     info = mi.type_info(cls)
     assert isinstance(info, mi.StructType)
     out = []
     for f, spec in zip(info.fields, msgspec.structs.fields(cls), strict=True):
-        note = _tidy(_field_comment(cls, f.name) or examples.get((cls, f.encode_name), ""))
+        name = f.encode_name
         inner = _table_of(f.type)
+        note = (_field_comment(cls, f.name) or ex.comments.get((cls, name))
+                or bullets.get(name) or (_first_sentence(inner) if inner else ""))
+        note = _tidy(note)
         if titles and inner in titles:
             link = f"see [{titles[inner]}](#{_slug(titles[inner])})"
             note = f"{note}; {link}" if note else link
-        out.append((f.encode_name, type_text(f.type), _default(spec), note))
+        example = ex.values.get((cls, name)) or _inherited_example(cls, name, ex)
+        if not example and _default(spec) not in ("required", "unset", "{}", "[]", "(table)"):
+            example = f"{name} = {_default(spec)}"
+        out.append(Row(name, type_text(f.type), _default(spec), note, example or ""))
     return out
+
+
+def _inherited_example(cls: type, name: str, ex: Any) -> str:
+    """A key of a table that overrides the table above it (``detector.bands.volatility``
+    over ``detector.bands``): that table's example of the same key, set in this one."""
+    paths = _section_paths()
+    path = paths.get(cls)
+    if not path:
+        return ""
+    for owner, parent in paths.items():
+        if owner is not cls and path.startswith(parent + ".") and (owner, name) in ex.values:
+            return str(ex.values[(owner, name)])
+    return ""
+
+
+@functools.cache
+def _section_paths() -> dict[type, str]:
+    """Each config struct's table path (``detector.bands``)."""
+    from riskguard.dataflows.guard import GuardConfig  # noqa: PLC0415  (heavy import)
+
+    return {cls: path for path, cls, _also in sections(GuardConfig)}
+
+
+_BULLET = re.compile(r"^-\s+((?:``\w+``\s*(?:/\s*)?)+)(?:\([^)]*\))?\s*:\s*(.+)$", re.S)
+
+
+def _doc_bullets(cls: type) -> dict[str, str]:
+    """What a struct's docstring bullets say of its fields: ``- ``name``: text`` (several
+    names joined by ``/`` share one)."""
+    doc = inspect.cleandoc(vars(cls).get("__doc__") or "")
+    out: dict[str, str] = {}
+    for item in re.split(r"\n(?=- )", doc):
+        m = _BULLET.match(item.strip())
+        if m:
+            text = " ".join(m.group(2).split())
+            for name in re.findall(r"``(\w+)``", m.group(1)):
+                out.setdefault(name, text)
+    return out
+
+
+def _first_sentence(cls: type) -> str:
+    """The first sentence of a struct's own docstring (what a table of it is)."""
+    doc = " ".join(inspect.cleandoc(vars(cls).get("__doc__") or "").split("\n\n")[0].split())
+    m = re.match(r"(.+?\.)(\s|$)", doc)
+    return (m.group(1) if m else doc).rstrip(".")
 
 
 def _markdown(text: str) -> str:
@@ -323,9 +330,11 @@ def render() -> str:
         doc = _doc(cls)
         if doc:
             out.append(doc + "\n")
-        out.append("| key | type | default | what it does |\n|---|---|---|---|")
-        for key, kind, default, note in rows(cls, titles):
-            out.append(f"| `{key}` | {kind} | `{default}` | {note} |")
+        out.append("| key | type | default | what it does | example |\n|---|---|---|---|---|")
+        for row in rows(cls, titles):
+            example = f"`{row.example}`".replace("|", "\\|") if row.example else ""
+            out.append(f"| `{row.key}` | {row.type} | `{row.default}` | {row.note} | "
+                       f"{example} |")
         out.append("")
     return "\n".join(out).rstrip() + "\n" + errors()
 

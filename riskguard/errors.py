@@ -26,11 +26,13 @@ class ConfigError(RiskguardError, ValueError):
     ('limits.counterparty.okx.gross_notional', -5)
     """
 
-    def __init__(self, path: str, expected: str, found: Any = None) -> None:
+    def __init__(self, path: str, expected: str, found: Any = None, *,
+                 found_text: str | None = None) -> None:
         self.path = path
         self.expected = expected
         self.found = found
-        found_text = "nothing" if found is None else repr(found)
+        if found_text is None:
+            found_text = "nothing" if found is None else repr(found)
         super().__init__(f"{path}: {expected}; got {found_text}")
 
 

@@ -160,10 +160,17 @@ def test_run_prints_a_start_line_status_lines_and_a_summary(
                  "signing key ", f"recovery dir {rec}", "1 worker(s)", "status every 1 s"):
         assert part in start, (part, start)
     assert any(line.startswith("status  ") for line in lines[1:-1]), proc.stdout
-    summary = lines[-1]
+    summary = next(line for line in lines if line.startswith("summary  "))
     assert summary.startswith("summary  ended after "), summary
+    # the time is told apart: start-up, the events, the quiet before the end
+    assert re.search(r"after [\d.]+ s \(start-up [\d.]+ s, events [\d.]+ s, then quiet "
+                     r"[\d.]+ s\): ", summary), summary
     assert f"{prepared.records:,} events in, 0 dead letters" in summary
     commands = int(re.search(r"(\d+) commands", summary).group(1))  # type: ignore[union-attr]
+    # then which detectors could fire, and the keys that never warmed up
+    after = lines[lines.index(summary) + 1:]
+    assert after and after[0].startswith("detectors: "), after
+    assert any(line.startswith("  live for the whole run: ") for line in after)
     assert commands > 0
 
 
@@ -188,7 +195,7 @@ def test_run_interrupted_prints_its_summary_and_exits_130(prepared: PreparedRun)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out, err)
     assert "Traceback" not in err
-    assert out.splitlines()[-1].startswith("summary  interrupted after "), out
+    assert any(line.startswith("summary  interrupted after ") for line in out.splitlines()), out
 
 
 # -- the demo -------------------------------------------------------------------------------
@@ -371,3 +378,24 @@ def test_run_on_flink_without_pyflink_names_the_python_to_use(capsys, monkeypatc
     err = capsys.readouterr().err
     assert rc == 2, err
     assert "RISKGUARD_FLINK_PYTHON" in err and "--engine flink" in err
+
+
+def test_every_option_and_argument_of_every_command_says_what_it_is() -> None:
+    """``riskguard COMMAND --help`` describes each option and positional argument: none
+    is listed bare, as ``subscribe``'s ``--state`` or ``--idle-timeout`` once were."""
+    import argparse
+
+    from riskguard.cli import build_parser
+
+    bare: list[str] = []
+
+    def walk(parser: argparse.ArgumentParser, name: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, subparser in action.choices.items():
+                    walk(subparser, f"{name} {sub}")
+            elif action.help is None or not str(action.help).strip():
+                bare.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "riskguard")
+    assert bare == []

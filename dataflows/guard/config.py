@@ -277,7 +277,34 @@ def load_guard_config(path: str | Path) -> tuple[GuardConfig, str]:
     share it.
 
     ``$RISKGUARD_TIER_INDEX``, when set, overrides ``tier.index`` (a market process's
-    index from its pod's ordinal)."""
+    index from its pod's ordinal). An error that needs a value (a missing key) says how
+    the example config sets it."""
+    try:
+        return _load_guard_config(path)
+    except ConfigError as err:
+        with_example(err)
+        raise
+
+
+def with_example(err: ConfigError) -> ConfigError:
+    """``err`` with a note saying where and how the example configs set the key it names,
+    when it needs a value and does not give one itself.
+
+    >>> str(with_example(ConfigError("keys.signing_key", "is required")).__notes__[0])
+    'e.g. [keys] signing_key = "keys/guard.key"'
+    """
+    notes = getattr(err, "__notes__", [])
+    if err.found is not None or "e.g." in str(err) or any("e.g." in n for n in notes):
+        return err
+    from riskguard.config_examples import example_for  # noqa: PLC0415  (reads the examples)
+
+    example = example_for(GuardConfig, err.path)
+    if example:
+        err.add_note(f"e.g. {example}")
+    return err
+
+
+def _load_guard_config(path: str | Path) -> tuple[GuardConfig, str]:
     data = read_toml(path)
     index = os.environ.get(TIER_INDEX_ENV)
     if index is not None:

@@ -100,6 +100,7 @@ def guard_core(
     remote_keys: Callable[[str], bool] | None = None,
     audit_resume: dict[str, AuditState] | None = None,
     input_errs: Stream[DeadLetter] | None = None,
+    watch: Any = None,
 ) -> GuardOut:
     """The whole guard over a stream of decoded records, whatever their source.
 
@@ -120,7 +121,9 @@ def guard_core(
     (``tier.upstream = "market"``) sums their valuation parts instead of valuing
     positions itself, and has no market or trading records. ``input_errs`` are the
     source's dead letters (bad bytes, a record on the wrong topic, late or future
-    times): audited and passed on with the guard's own in ``dead_letters``.
+    times): audited and passed on with the guard's own in ``dead_letters``. ``watch`` (a
+    :class:`~riskguard.dataflows.readiness.DetectorWatch`) is shown what the detectors are
+    fed, so a run can say which of them could fire, and when.
     """
     firm = cfg.tier.role == "firm"
     of_market = _fed_by_market(cfg)
@@ -190,7 +193,8 @@ def guard_core(
         detect_errs: list[Stream[DeadLetter]] = []
     else:
         assert market_ok is not None  # only a firm tier fed by market processes has none
-        anomalies, detect_errs = _detect(market, market_ok, status, cfg, clock, local_keys)
+        anomalies, detect_errs = _detect(market, market_ok, status, cfg, clock, local_keys,
+                                         watch)
     exposure_errs: list[Stream[DeadLetter]] = []
     if of_market:
         assert detected_in is not None  # a firm tier

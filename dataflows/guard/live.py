@@ -8,6 +8,7 @@ from that one TOML file; ``dataflows/guard.example.toml`` documents them."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from bytewax.dataflow import Dataflow
 from riskguard.connectors.audit_tail import read_chains_and_peers
@@ -53,8 +54,11 @@ def build_flow(
     clock: Clock = system_clock,
     signer: Signer | None = None,
     trust: TrustStore | None = None,
+    watch: Any = None,
 ) -> Dataflow:
-    """The live guard: Kafka topics in, the guard core, Kafka topics out."""
+    """The live guard: Kafka topics in, the guard core, Kafka topics out. ``watch`` (a
+    :class:`~riskguard.dataflows.readiness.DetectorWatch`) is shown what this process's
+    detectors are fed (the whole guard only)."""
     configure(ObserveConfig(option_instruments=frozenset(
         n for n, spec in cfg.exposure.instruments.instruments.items() if spec.kind == "option"
     )))
@@ -86,7 +90,7 @@ def build_flow(
     out = guard_core("guard", src.oks, cfg=cfg, cfg_hash=cfg_hash, clock=clock, signer=signer,
                      trust=trust, seq_floor=delivered, audit_resume=chains, wall_clock=clock,
                      local_keys=LocalKeys() if _split(cfg) else None,
-                     remote_keys=OtherProcessKeys(), input_errs=src.errs)
+                     remote_keys=OtherProcessKeys(), input_errs=src.errs, watch=watch)
     timeout = cfg.sink_delivery_timeout_s
     # split market data: every output is written by the worker that made it
     local = _split(cfg)

@@ -244,10 +244,13 @@ def _select_feeds(market: Stream[Any], status: Stream[VenueStatus], cfg: GuardCo
 
 def _detect(market: Stream[Any], market_ok: Stream[Any], status: Stream[VenueStatus],
             cfg: GuardConfig, clock: Clock, local_keys: Callable[[str], bool] | None,
+            watch: Any = None,
             ) -> tuple[Stream[AnomalySignal], list[Stream[DeadLetter]]]:
-    """Features, then anomaly detection: the anomaly signals and the steps' dead letters."""
+    """Features, then anomaly detection: the anomaly signals and the steps' dead letters.
+    ``watch`` (a :class:`~riskguard.dataflows.readiness.DetectorWatch`) is shown every
+    feature vector and market record the detectors get."""
     feat_market = market_ok if local_keys is None else _with_own_index(market, market_ok)
-    return _detect_on(feat_market, status, cfg, clock, local_keys, read=market)
+    return _detect_on(feat_market, status, cfg, clock, local_keys, read=market, watch=watch)
 
 
 def _with_own_index(market: Stream[Any], market_ok: Stream[Any]) -> Stream[Any]:
@@ -267,7 +270,7 @@ def _with_own_index(market: Stream[Any], market_ok: Stream[Any]) -> Stream[Any]:
 
 def _detect_on(feat_market: Stream[Any], status: Stream[VenueStatus], cfg: GuardConfig,
                clock: Clock, local_keys: Callable[[str], bool] | None,
-               read: Stream[Any] | None = None,
+               read: Stream[Any] | None = None, watch: Any = None,
                ) -> tuple[Stream[AnomalySignal], list[Stream[DeadLetter]]]:
     """Features and anomaly detection on ``feat_market``; with ``read`` (the market
     records where this flow reads them, every market of the cluster in some worker),
@@ -275,6 +278,11 @@ def _detect_on(feat_market: Stream[Any], status: Stream[VenueStatus], cfg: Guard
     passes no ``read``: a group split between processes is not compared."""
     feats = extract_features("features", op.merge("feat_in", feat_market, status),
                              config=cfg.features, clock=clock, local_keys=local_keys)
+    if watch is not None:  # what the detectors are fed (nothing flows on from here)
+        op.flat_map_batch("watch_vectors", feats.oks, lambda kvs: _watched(
+            watch.vector, (fv for _k, fv in kvs)))
+        op.flat_map_batch("watch_markets", read if read is not None else feat_market,
+                          lambda recs: _watched(watch.market, recs))
     detected = detect_anomalies("detect", feats.oks, config=cfg.detector, clock=clock)
     anomalies = op.key_rm("anomalies", detected.oks)
     if cfg.detector.cross.enabled and read is not None:
@@ -282,6 +290,12 @@ def _detect_on(feat_market: Stream[Any], status: Stream[VenueStatus], cfg: Guard
             "cross", read, config=cfg.detector.cross, ticks_of=_tick_fn(cfg.tick_ns),
             clock=clock, bar_ns=cfg.features.bar_ns))
     return anomalies, [feats.errs, detected.errs]
+
+
+def _watched(see: Callable[[Any], None], items: Any) -> list[Any]:
+    for item in items:
+        see(item)
+    return []
 
 
 def _detect_ticks(detect_workers: int) -> Any:

@@ -85,11 +85,14 @@ class AuditConfig(msgspec.Struct, frozen=True, kw_only=True):
     the guard configuration stamped on every record.
     """
 
+    # prefixes every chain's name (<origin>/p<partition>); a replica's is <origin>@<replica id>
     origin: str = "riskguard"
     checkpoint_every: int = 1000
     checkpoint_interval_ns: int = 60 * _NS_PER_S
-    partitions: int = 1
+    partitions: int = 1  # the number of audit chains decisions are spread over
+    # the version stamped on every audit record (default: riskguard's)
     operator_version: str = riskguard.__version__
+    # stamped on every audit record; the guard sets it to its config's hash at start-up
     config_hash: str = "0" * 64
 
     def __post_init__(self) -> None:

@@ -140,7 +140,8 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     (:class:`ProductBands`); :meth:`for_key` says which settings a key runs with.
     """
 
-    enabled: bool = True
+    enabled: bool = True  # false: no move bands (no price_move signals)
+    # the look-backs a move is measured over, in seconds (one floor_bps, cap_bps and band_k each)
     horizons_s: tuple[float, ...] = DEFAULT_HORIZONS_S
     floor_bps: tuple[float, ...] = (50.0, 80.0, 120.0, 200.0, 300.0, 500.0)
     cap_bps: tuple[float, ...] = (300.0, 500.0, 700.0, 700.0, 700.0, 700.0)
@@ -161,15 +162,23 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # and the trigger of liquidations); a rally past its band or level is a warning
     critical_moves: str = "down"
     confirm_horizons: int = 2  # horizons: this many horizons out of band at once
+    # half-life of the learned typical moves; a gap in the data longer than this starts the key's
+    # warm-up afresh
     vol_halflife_s: float = 7 * 86_400.0
+    # a move teaches the typical move at most as much as one this many typical moves would
     vol_clip: float = 4.0
+    # moves a horizon learns before its own band stands (until then the interval returns'
+    # volatility, and before those the cap, stand in)
     warmup_returns: int = 30
     hysteresis: float = 0.8
     close_quiet_points: int = 3
     close_quiet_ns: int = 60 * NS
+    # a trip eases to a warning after this many quiet readings (no new low, the shortest
+    # horizon's move back inside its band) ...
     deescalate_quiet_points: int = 2
-    deescalate_quiet_s: float = 3600.0
-    top_k: int = 3
+    deescalate_quiet_s: float = 3600.0  # ... over at least this long
+    top_k: int = 3  # horizons named on each signal (the largest moves against their bands)
+    # recorded on every price_move signal: change it when the levels change
     model_version: str = "1"
     volatility: VolatilityLevels = VOLATILITY_LEVELS
     products: tuple[ProductBands, ...] = ()

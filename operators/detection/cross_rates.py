@@ -126,7 +126,7 @@ class CrossRateConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     shard keys, each holding the groups that hash to it.
     """
 
-    enabled: bool = True
+    enabled: bool = True  # false: no dislocation signals
     shards: int = 4
     min_markets: int = 3
     floor_bps: float = 50.0
@@ -134,9 +134,11 @@ class CrossRateConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     critical_ratio: float = 2.0
     halflife_s: float = 86_400.0
     max_age_ns: int = 120 * NS
+    # comparisons a market learns its usual offset from before it can be judged
     warmup_points: int = 60
+    # a dislocation closes after this many comparisons back inside the band
     close_quiet_points: int = 3
-    model_version: str = "1"
+    model_version: str = "1"  # recorded on every dislocation signal
 
     def validate(self, path: str = "detector.cross") -> CrossRateConfig:
         """Raise ``ConfigError`` naming the key of the first bad value."""

@@ -40,57 +40,87 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     # the learned path's model; "none" runs the move bands alone (no learned path)
     model: Literal["auto", "hst", "river_hst", "range", "gaussian", "oneclass_svm",
                    "lof", "none"] = "auto"
+    # recorded on every signal (model_version): change it when a setting changes what the model says
     model_version: str = "2"
     features: tuple[str, ...] = ()
     scaler: Literal["squash", "minmax"] = "squash"
+    # scaler squash: a feature's z-score z enters the model as 0.5 + 0.5 * tanh(z / squash_scale)
     squash_scale: float = 8.0
-    hst_trees: int = 10
-    hst_height: int = 8
+    hst_trees: int = 10  # Half-Space Trees: the number of trees
+    hst_height: int = 8  # Half-Space Trees: the height of each tree (at most 12; keep it near 8)
+    # Half-Space Trees: points per reference window; the model scores nothing before its first
     hst_window: int = 250
-    seed: int = 42
+    seed: int = 42  # the random seed of the trees (same seed, same scores)
+    # also score how far a feature lies out (the calibrated z-score tail), not only which cell of
+    # the space it falls in
     tail: bool = True
+    # the tail crosses the threshold where a feature's |z| is this many times its normal peak
+    # (tail_quantile)
     tail_cut: float = 2.0
-    tail_min_z: float = 4.0
+    tail_min_z: float = 4.0  # a feature's normal peak |z| is never taken below this
+    # the quantile of a feature's normal |z| that is its peak (0.999: one point in a thousand)
     tail_quantile: float = 0.999
-    tail_step: float = 0.05
+    tail_step: float = 0.05  # how fast that quantile moves (a relative step per point)
+    # weight of a new point in the running mean and variance of each feature (about 1 / points
+    # remembered)
     stats_alpha: float = 0.002
+    # a point moves the statistics at most as far as one this many standard deviations out would
     stats_clip: float = 4.0
+    # a key's signals are warming_up (and act on nothing) until it has learned this many vectors ...
     warmup_events: int = 300
+    # ... and seen this much event time since its first (riskguard backtest and run name the keys
+    # that never warmed up)
     warmup_ns: int = 300 * NS
+    # the share of a key's scores the adaptive threshold is set to let past (its quantile: 1 - this)
     target_alarm_rate: float = 0.0005
+    # scores the threshold's quantile is taken over (the last half to whole window)
     threshold_window: int = 4000
+    # the threshold is never below this (unset: no floor; below 1 for Half-Space Trees)
     threshold_floor: float | None = None
     threshold_margin: float = 0.8
+    # do not learn the points flagged anomalous, so an attack is not learned as normal
     protect_model: bool = True
+    # ... but learn again after this many flagged points in a row (a lasting change)
     protect_max_points: int = 120
+    # ... or while more than this many episodes opened within about threshold_window / 2 points
     protect_max_episodes: float = 3.0
     drift: Literal["adwin", "page_hinkley", "none"] = "adwin"
+    # the drift detector's sensitivity (ADWIN's delta; smaller: fewer regime changes)
     drift_delta: float = 0.0001
     drift_policy: Literal["keep", "reset", "blend"] = "blend"
-    drift_cooldown_points: int = 300
+    drift_cooldown_points: int = 300  # points between two regime_change signals of a key, at least
+    # drift_policy blend: the fresh model replaces the old one after learning this many points
     blend_points: int = 250
+    # an episode is quiet while the score is below this times the threshold ...
     hysteresis: float = 0.9
-    close_quiet_points: int = 5
+    close_quiet_points: int = 5  # ... for this many vectors in a row ...
+    # ... and this much event time since its last anomalous point: then it closes
     close_quiet_ns: int = 5 * NS
+    # an episode is warn once its score passes the threshold by this share ...
     warn_excess: float = 0.05
-    critical_excess: float = 0.15
-    warn_duration_ns: int = 10 * NS
+    critical_excess: float = 0.15  # ... critical by this share ...
+    warn_duration_ns: int = 10 * NS  # ... or warn once it has lasted this long ...
+    # ... and critical this long (with warn_points / critical_points anomalous vectors)
     critical_duration_ns: int = 60 * NS
+    # with warn_duration_ns: the anomalous vectors a lasting episode needs to be warn (two 1-minute
+    # bars are not a minute of anomalous 1-second vectors)
     warn_points: int = 10
+    # with critical_duration_ns: the anomalous vectors it needs to be critical
     critical_points: int = 60
     # the highest severity on bar data (klines, OHLCV): a bar carries only the price path
     # and volume, which the move bands judge, so there critical comes from them
     max_severity_on_bars: Literal["warn", "critical"] = "warn"
-    top_k: int = 3
+    top_k: int = 3  # features named on each signal (the largest z-scores)
     range_threshold: float = 0.01
+    # model range: the envelope is the extremes of the last range_blocks blocks of this many vectors
     range_block: int = 128
-    range_blocks: int = 48
+    range_blocks: int = 48  # model range: how many blocks of range_block vectors the envelope spans
     range_quiet_points: int = 60
     bands: MoveBandConfig = MoveBandConfig()
     cross: CrossRateConfig = CrossRateConfig()
     confirm: VenueConfirmConfig = VenueConfirmConfig()
-    topic: str = "features"
-    step: str = "detect"
+    topic: str = "features"  # the topic a dead letter of this step names
+    step: str = "detect"  # the step a dead letter of this step names
 
     def validate(self, path: str = "detector") -> DetectorConfig:  # flat list of checks
         """Raise ``ConfigError`` naming the key of the first bad value."""

@@ -86,19 +86,22 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
     concentration_epsilon: float = 0.005
     vol_alpha: float = 0.05
     vol_min_samples: int = 20
+    # the feature vector value that gives an instrument's realized volatility (for volatility-scaled
+    # limits)
     vol_feature: str = "realized_vol"
+    # the market records that mark positions (and give FX rates)
     mark_sources: tuple[MarkSource, ...] = (
         "trade", "quote", "index_price", "option_quote", "funding_rate",
     )
-    max_evidence: int = 8
+    max_evidence: int = 8  # record ids an exposure carries as its evidence, at most
     dedup_window: int = 4096
     valuation_shards: int = 1
     position_revalue_ns: int = 10_000_000
     reorder_slack_ns: int = 2 * NS_PER_S
     max_hold_ns: int = 5 * NS_PER_S
     pegs: dict[str, float] = {}
-    peg_warn_bps: float = 50.0
-    peg_critical_bps: float = 200.0
+    peg_warn_bps: float = 50.0  # a pegged asset this far off its peg (bps): a depeg alert, warn ...
+    peg_critical_bps: float = 200.0  # ... this far: critical
 
     def validate(self, path: str = "exposure") -> InstrumentRegistry:
         """Check every value; return the registry built from ``instruments``."""

@@ -40,11 +40,14 @@ class InstrumentSpec(msgspec.Struct, frozen=True, kw_only=True):
     quote's ``underlying_price`` is stated in (defaults to ``quote``).
     """
 
-    kind: InstrumentKind = "spot"
-    base: str
+    kind: InstrumentKind = "spot"  # spot, perp (perpetual swap), future or option
+    base: str  # the asset one unit of it is (BTC of BTC-USDT)
+    # the currency its price is in (USDT of BTC-USDT; another asset than the reporting currency
+    # needs its fx_index)
     quote: str
-    underlying: str | None = None
-    multiplier: float = 1.0
+    underlying: str | None = None  # an option's or future's underlying asset (default: base)
+    multiplier: float = 1.0  # contract size in units of the underlying (1.0: one unit per contract)
+    # the currency an option quote's underlying_price is in (default: quote)
     underlying_quote: str | None = None
 
     @property
@@ -59,8 +62,16 @@ class InstrumentSpec(msgspec.Struct, frozen=True, kw_only=True):
 class InstrumentsConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Registry config: instruments, the reporting currency and FX index names."""
 
+    # every instrument the guard may hold (fills, positions, open orders): an undeclared one is a
+    # dead letter (unknown_instrument)
     instruments: dict[str, InstrumentSpec] = {}
-    reporting_currency: str = "USD"
+    reporting_currency: str = "USD"  # the currency exposures and limits are counted in
+    # asset -> the instrument whose price values it in the reporting currency: needed for every
+    # asset an instrument is quoted in other than that currency (a USDT-quoted instrument, as in
+    # every Binance spot or USDT-M file, needs USDT's). The rate is the price of any market record
+    # of that instrument in the input (an index price, a trade or a quote: mark_sources); until one
+    # arrives, exposure in the asset is unvalued (an alert, then a breach after the limit's
+    # unvalued_grace_ns), never zero
     fx_index: dict[str, str] = {}
 
 
@@ -83,7 +94,10 @@ class InstrumentRegistry:
                     raise ConfigError(
                         where,
                         f"an index instrument converting {ccy} to {self.reporting} "
-                        f"(needed by instrument {name!r})",
+                        f"(needed by instrument {name!r}), e.g. fx_index = {{ {ccy} = "
+                        f'"{ccy}-{self.reporting}" }} in [exposure.instruments], where '
+                        f"{ccy}-{self.reporting} is an instrument whose prices in the input "
+                        f"value {ccy} in {self.reporting} (docs/configuration.md)",
                     )
         self._fx_by_index: dict[str, tuple[str, ...]] = {}
         for asset, index in config.fx_index.items():

@@ -80,11 +80,12 @@ _NONE: tuple[str, ...] = ()
 class VolScaling(msgspec.Struct, frozen=True, kw_only=True):
     """``factor = clamp((ref_vol / vol) ** exponent, lo, hi)``; vol of ``underlying``."""
 
-    underlying: str
-    ref_vol: float
+    underlying: str  # the asset whose realized volatility scales the limit
+    ref_vol: float  # the annualized volatility at which the limit is its base value (0.6: 60 %)
+    # how strongly the limit follows the volatility: factor = (ref_vol / vol) ^ exponent
     exponent: float = 1.0
-    lo: float = 0.25
-    hi: float = 1.0
+    lo: float = 0.25  # the factor is never below this ...
+    hi: float = 1.0  # ... nor above this (1.0: volatility only ever tightens the limit)
 
 
 class LimitSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -95,18 +96,28 @@ class LimitSpec(msgspec.Struct, frozen=True, kw_only=True):
     limit is breached; 0: at once.
     """
 
+    # the limit, in the reporting currency (concentration: a share, 0 to 1); utilization 1.0 is a
+    # breach
     limit: float
     warn: float = 0.8
     hard: float | None = None
     hysteresis: float = 0.05
     manual_reset: bool = False
+    # makes the limit move with realized volatility: effective = limit * clamp((ref_vol / vol) ^
+    # exponent, lo, hi)
     vol_scaling: VolScaling | None = None
     unvalued_grace_ns: int = UNVALUED_GRACE_NS
 
 
 class CounterpartyLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """One counterparty's limits: on its whole exposure, per asset and per instrument."""
+
+    # limit kind (gross_notional, net_notional, delta, collateral, concentration,
+    # open_order_notional) -> its limit, on the counterparty's whole exposure
     limits: dict[str, LimitSpec] = {}
+    # asset -> limit kind -> its limit, on the counterparty's exposure to that asset
     assets: dict[str, dict[str, LimitSpec]] = {}
+    # instrument -> limit kind -> its limit, on the counterparty's position in it
     instruments: dict[str, dict[str, LimitSpec]] = {}
 
 
@@ -125,8 +136,11 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True):
     while no realized vol is known.
     """
 
-    firm: dict[str, LimitSpec] = {}
+    firm: dict[str, LimitSpec] = {}  # limit kind -> its limit, on the whole firm's exposure
+    # asset -> limit kind -> its limit, on the firm's exposure to that asset
     firm_assets: dict[str, dict[str, LimitSpec]] = {}
+    # counterparty -> its limits; one not listed fails closed (zero limits of
+    # unknown_counterparty_kinds)
     counterparties: dict[str, CounterpartyLimits] = {}
     unknown_counterparty_kinds: tuple[str, ...] = ("gross_notional", "collateral")
     utilization_interval_ns: int = 1_000_000_000

@@ -51,7 +51,9 @@ _NAMESPACE = uuid.UUID("5b0f3f4e-5c55-4f0e-9f1c-0a9c3e0f7a11")
 class VenueFeeds(msgspec.Struct, frozen=True, kw_only=True):
     """One venue's feeds and failover timing."""
 
+    # the feed name (VenueStatus and market records' feed) of the venue's primary market data
     primary: str = "primary"
+    # the feed name of its backup, which takes over while the primary is silent
     backup: str = "backup"
     max_gap_ns: int = 3 * NS
     restore_after_ns: int = 10 * NS

@@ -65,10 +65,15 @@ class Rung(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     climb to a halt.
     """
 
+    # the command this rung issues (alert, widen_quotes, reduce_only, cancel_all, halt_trading, ...;
+    # docs/commands.md)
     action: Action
-    after_s: float = 0.0
-    min_severity: Severity | None = None
+    after_s: float = 0.0  # reached once the incident has been open this long (event time)
+    min_severity: Severity | None = None  # ... or as soon as the incident's severity reaches this
+    # never reached, nor any rung after it, while the incident's severity is below this
     requires: Severity | None = None
+    # the action's parameters (widen_quotes: bps; reduce_limits: factor; failover_feed: backup_feed;
+    # hedge_delta: target_delta, hedge_instrument)
     params: dict[str, ParamValue] = {}
 
 
@@ -82,17 +87,30 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     ``firm``. A signal whose scope cannot be mapped does not match the rule.
     """
 
-    name: str
+    name: str  # the rule's name, in every command's reason
+    # the signals it answers: anomaly, price_move, dislocation, regime_change, breach, or a
+    # RiskAlert kind (heartbeat_loss, depeg, feed_failover, command_unacknowledged, ...)
     signal: str
-    ladder: tuple[Rung, ...]
+    ladder: tuple[Rung, ...]  # the rungs it climbs, in order, while the incident lasts
+    # signals below this severity (info, warn, critical) do not match
     min_severity: Severity = Severity.INFO
+    # fnmatch pattern on the signal's scope label (instrument:*, venue:okx, counterparty:*, firm:*)
     scope: str = "*"
+    # where its commands go: same (the signal's scope), venue, counterparty, underlying or firm
     target: Literal["same", "venue", "counterparty", "underlying", "firm"] = "same"
-    min_score_ratio: float | None = None
+    min_score_ratio: float | None = None  # anomaly signals only: score / threshold must reach this
+    # breach signals only: the utilization must reach this (1.0: the limit)
     min_utilization: float | None = None
+    # auto: once the incident has been quiet for quiet_s, one resume lifts what it did; manual: its
+    # mitigations stay until an operator's signed resume
     recovery: Literal["auto", "manual"] = "auto"
+    # how long a closed incident stays quiet before the automatic resume (a reopen restarts the
+    # count)
     quiet_s: float = 60.0
+    # a repeat trip of the same rule and scope within this starts one rung higher per earlier trip
     repeat_window_s: float = 900.0
+    # reroute_order_flow candidates (default: playbook.venues); failing, unhealthy or breached
+    # venues never qualify
     alternatives: tuple[str, ...] = ()
 
 
@@ -124,6 +142,8 @@ class PlaybookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     rate_window_s: float = 10.0
     reorder_slack_s: float = 2.0
     max_hold_s: float = 5.0
+    # the known venues: reroute candidates where a rule names no alternatives, and the
+    # counterparties a venue target can name
     venues: tuple[str, ...] = ()
     rules: tuple[Rule, ...] = ()
     acks: AckConfig = AckConfig()

@@ -57,7 +57,9 @@ class SignConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     issuer: str = ""
     recent_ids: int = 10_000
-    topic: str = "commands"
+    topic: str = "commands"  # the topic a dead letter of this step names
+    # a restart from recovery with no seq floor read from the commands topic jumps seq by this much,
+    # so no seq is reused (0: off)
     resume_seq_gap: int = 1_000_000
 
     def __post_init__(self) -> None:
