@@ -33,7 +33,6 @@ from riskguard.operators.exposure.limits import (
     LimitSpec,
     LimitsState,
     VolScaling,
-    drive,
 )
 from riskguard.operators.exposure.ops import aggregate_exposure, enforce_limits
 from riskguard.schemas import (
@@ -55,6 +54,11 @@ from riskguard.errors import ConfigError, VerificationError
 
 S = 1_000_000_000
 T0 = 1_000 * S
+
+
+def drive(logic: LimitsLogic, items: list[Any]) -> list[Any]:
+    """Feed ``items`` to ``logic`` in order; every output."""
+    return [out for it in items for out in logic.on_event(it)]
 GRACE = 30 * S
 
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -776,10 +776,3 @@ def route_update(upd: LimitUpdate, ts: int) -> tuple[str, tuple[str, Any]] | Ris
                                upd.update_id, ts, Scope(kind=ScopeKind.FIRM, value="*"))
     return key, ("upd", upd)
 
-
-def drive(logic: LimitsLogic, items: Iterable[tuple[str, Any]]) -> list[Any]:
-    """Feed ``items`` in order (tests)."""
-    out: list[Any] = []
-    for it in items:
-        out.extend(logic.on_event(it))
-    return out

@@ -740,11 +740,6 @@ def limit_scope_label(limit_path: str) -> str:
     return f"limit:{limit_path}"
 
 
-def scope_label(scope: Scope) -> str:
-    """Alias of ``Scope.label`` (the string key scopes are matched against)."""
-    return scope.label()
-
-
 def trust_doc_to_toml(doc_keys: Iterable[Mapping[str, Any]], *, serial: int = 1,
                       two_person: Mapping[str, Any] | None = None) -> str:
     """Render a simple trust file (used by tests and ``riskguard keys trust-init``)."""
