@@ -177,7 +177,6 @@ _OLD_PATHS = {
     "anomaly": "detection.ops",
     "anomaly_hst": "detection.hst",
     "cross_rates": "detection.cross_rates",
-    "detect_watch": "detection.detect_watch",
     "detector": "detection.detector",
     "features": "detection.features",
     "market_sim": "detection.market_sim",

@@ -128,8 +128,7 @@ class RiskAlert(Record, frozen=True, kw_only=True, tag="risk_alert"):
     ``feed_failover``, ``feed_restored``, ``withdrawals_halted``,
     ``withdrawals_resumed``, ``depeg``, ``peg_restored``,
     ``limit_update_accepted``, ``limit_update_rejected``, ``unvalued_exposure`` (a
-    limit measures an exposure that cannot be valued), ``detect_silent`` or
-    ``detect_restored`` (a firm tier's detect worker went silent, and came back),
+    limit measures an exposure that cannot be valued),
     ``command_unacknowledged``, ``command_acknowledged`` or ``command_refused`` (what
     executors said about the guard's commands, or did not say in time).
     """
@@ -246,14 +245,15 @@ class LimitBreach(Record, frozen=True, kw_only=True, tag="limit_breach"):
 
 
 class DetectProgress(Record, frozen=True, kw_only=True, tag="detect_progress"):
-    """Event-time progress of one detect-tier worker, on the ``detections`` topic.
+    """Event-time progress of one market process, on the ``detections`` topic.
 
-    The detect tier (``tier.role = "detect"``) writes it behind the anomaly
-    signals its worker made from the records read before it. A signal of a
-    feature bar still open comes later, with an older time. The firm tier holds
-    its clock at the slowest live source's ``ts`` (see docs/scaling.md, "Two tiers").
-    A ``final`` one is the last a worker writes when its input ends (a bounded run:
-    a replay, a test, the demo): a firm tier reading it ends that source's partition.
+    A market process (``tier.role = "market"``) writes it behind the anomaly
+    signals and valuations it made from the records read before it. A signal of a
+    feature bar still open comes later, with an older time. The firm process holds
+    its clock at the slowest live source's ``ts`` (see docs/scaling.md, "The market
+    tier"). A ``final`` one is the last a market process writes when its input ends (a
+    bounded run: a replay, a test, the demo): the firm process reading it ends that
+    source's partition.
     """
 
     ts: Nanos

@@ -83,8 +83,8 @@ class Part(msgspec.Struct, frozen=True, array_like=True):
 
 class Progress(msgspec.Struct, frozen=True, omit_defaults=True):
     """Ticked mode: a tick passed down the exposure path, behind everything its stage
-    sent before it on the same key (it relies on in-order delivery between a pair of
-    workers, and on one Kafka partition per market process across the tiers).
+    sent before it on the same key (it relies on in-order delivery between steps, and on
+    one Kafka partition per market process between the market and firm processes).
 
     ``source`` (``<worker>@<shard>``) reached ``ts`` at every stage before, for the
     stage-2 or limits key ``counterparty``. A consumer that takes its clock from the

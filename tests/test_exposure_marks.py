@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from riskguard.operators.core.clock import Tick
 from riskguard.operators.exposure import (
     CounterpartyLogic,
     ExposureConfig,
@@ -22,7 +21,6 @@ from riskguard.operators.exposure import (
     ShardLogic,
     ShardState,
     arrays,
-    pack_for_wire,
     valuation,
 )
 from riskguard.schemas import (
@@ -214,30 +212,6 @@ def test_a_long_run_of_marks_is_applied_whole_array_like_one_by_one() -> None:
         np.testing.assert_array_equal(getattr(batched.state, name),
                                       getattr(single.state, name), err_msg=name)
     assert int(batched.state.ewma_n[0]) > 50
-
-
-@settings(max_examples=40, deadline=None)
-@given(first=mark_batches(), second=mark_batches())
-@example(*_dup_fill_later())  # runs of marks and a fill: the wire path is taken
-def test_packs_sent_to_another_process_value_exactly_as_local_ones(
-    first: list[object], second: list[object]
-) -> None:
-    """A pack whose runs of marks crossed a process as msgpack bytes gives the same parts
-    and state as the same pack handed over in memory, batched and ticked alike."""
-    reg = BATCH_CFG.validate()
-    router = Router(reg, BATCH_CFG)
-    for ticked in (False, True):
-        local = ShardLogic(BATCH_CFG, reg, ticked=ticked)
-        remote = ShardLogic(BATCH_CFG, reg, ticked=ticked)
-        for evs in (first, second, [Tick(ts=31 * S)] if ticked else []):
-            for _k, pack in router.route_batch(evs):
-                wire = pickle.loads(pickle.dumps(pack_for_wire(pack)))
-                assert all(type(it[3]) is bytes for it in wire if it[0] == "marks")
-                assert remote.on_batch([wire]) == local.on_batch([pack])
-        if local.state.key:
-            for name in COLUMNS:
-                np.testing.assert_array_equal(getattr(remote.state, name),
-                                              getattr(local.state, name), err_msg=name)
 
 
 def test_a_version_3_shard_snapshot_is_migrated_and_resumes_identically() -> None:

@@ -42,6 +42,23 @@ the source has reached, which on such an engine can be far ahead of the step.
 """
 
 
+engine_task: ContextVar[tuple[int, int] | None] = ContextVar("engine_task", default=None)
+"""``(index, count)`` of the task running a step, where an engine runs one step of a flow
+in several tasks (Flink's subtasks): event-time ticks are then named per task and
+announce how many tasks tick. A bytewax flow runs in one worker and never sets it."""
+
+
+def claim_worker(index: int, count: int) -> None:
+    """Say that the calling task is ``index`` of ``count`` (:data:`engine_task`): what an
+    engine that runs a step in several tasks says before it calls the step's function.
+
+    >>> claim_worker(1, 2); engine_task.get()
+    (1, 2)
+    >>> engine_task.set(None) and None
+    """
+    engine_task.set((index, count))
+
+
 class ManualClock:
     """A clock that moves only when told to (tests, backtests)."""
 

@@ -46,12 +46,6 @@ DELIVERY_ERRORS = Counter(
     "riskguard_kafka_delivery_errors_total", "Kafka messages the broker did not acknowledge",
     ["stream"],
 )
-MISALIGNED = Counter(
-    "riskguard_misaligned_records_total",
-    "Records of an aligned topic read on a worker their Kafka key does not route to "
-    "(the producer did not use aligned_partition); they change worker downstream",
-    ["stream"],
-)
 CONSUMER_LAG = Gauge(
     "riskguard_kafka_consumer_lag",
     "Messages between the high watermark and the next offset this process reads",

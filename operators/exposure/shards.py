@@ -40,7 +40,6 @@ from riskguard.operators.exposure.shard_state import (
     _widen,
 )
 from riskguard.operators.exposure.valuation import _LEVEL_RANK, ShardValuation
-from riskguard.operators.exposure.wire import unpack_from_wire
 from riskguard.schemas import (
     LimitLevel,
     PositionSnapshot,
@@ -180,8 +179,6 @@ class ShardLogic(ShardValuation):
         """The dataflow hands over packs (one per upstream batch); apply them in order."""
         packs = list(packs)
         items = packs[0] if len(packs) == 1 else [it for p in packs for it in p]
-        if any(type(it[3]) is bytes for it in items):  # from another process
-            items = unpack_from_wire(items)
         if self.ticked:
             return self._on_ticked(items)
         return self._process(items)

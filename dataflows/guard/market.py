@@ -1,47 +1,39 @@
-"""The guard split into tiers: a detect tier and market processes feeding a firm tier.
+"""The market tier: market processes, each owning whole underlyings, feeding a firm
+process (docs/scaling.md, "The market tier").
 
-- ``tier.role = "detect"``: :func:`detect_core` (features and anomalies only), its
-  signals and progress to the ``detections`` topic (:func:`_detect_flow`);
-- ``tier.role = "market"``: :func:`market_core`, a market process valuing the
-  positions in the underlyings it owns, its parts to the ``detections`` topic
-  (:func:`_market_flow`);
-- ``tier.role = "firm"``: :func:`~riskguard.dataflows.guard.core.guard_core` over
-  those topics (:func:`~riskguard.dataflows.guard.live.build_flow`)."""
+- ``tier.role = "market"``: :func:`market_core`, a market process detecting anomalies on
+  and valuing the positions in the underlyings it owns (:class:`MarketOwners`), its
+  signals, parts and progress to the ``detections`` topic (:func:`market_flow`);
+- ``tier.role = "firm"``: :func:`~riskguard.dataflows.guard.core.guard_core` over that
+  topic (:func:`~riskguard.dataflows.guard.live.build_flow`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream, operator
-from riskguard.connectors.kafka import kafka_output
-from riskguard.connectors.placement import (
-    LocalKeys,
-    MarketOwners,
-    StartSignal,
-)
+from riskguard.connectors.kafka import KeySplit, StartSignal, kafka_output
 from riskguard.dataflows.guard.config import (
-    DETECT_STREAMS,
     DETECTIONS,
     MARKET_STREAMS,
     GuardConfig,
-    _split,
+    price_key_prefixes,
 )
-from riskguard.dataflows.guard.kafka_io import _input
+from riskguard.dataflows.guard.kafka_io import guard_input
 from riskguard.dataflows.guard.steps import (
     MarkFilter,
-    _detect,
     _detect_on,
-    _detect_source,
-    _market_records,
     _progress,
     _select_feeds,
     _split_inputs,
-    _status_records,
     _tick_fn,
     _with_own_index,
+    is_broadcast,
 )
 from riskguard.operators.core.base import (
     split_dead_letters,
@@ -51,15 +43,18 @@ from riskguard.operators.core.base import (
 from riskguard.operators.core.clock import Clock
 from riskguard.operators.core.end_of_input import FinalProgressLogic
 from riskguard.operators.core.observe import observe_all
-from riskguard.operators.detection.detect_watch import detect_worker
 from riskguard.operators.exposure import ShardPlace
 from riskguard.operators.exposure.ops import (
     value_positions,
 )
 from riskguard.schemas import (
+    Balance,
     DeadLetter,
+    Fill,
     FundingRate,
+    OpenOrders,
     OptionQuote,
+    PositionSnapshot,
     Quote,
     RiskAlert,
     Trade,
@@ -67,41 +62,112 @@ from riskguard.schemas import (
 )
 from riskguard.schemas.valuation import Part, Progress, encode_valuations
 
-
-@dataclass(frozen=True)
-class DetectOut:
-    """The detect tier's outputs."""
-
-    detections: Stream[Any]  # AnomalySignal and DetectProgress
-    dead_letters: Stream[DeadLetter]
+_CACHED_MAX = 100_000
 
 
-@operator
-def detect_core(
-    step_id: str,
-    records: Stream[Any],
-    *,
-    cfg: GuardConfig,
-    clock: Clock,
-    local_keys: Callable[[str], bool] | None = None,
-) -> DetectOut:
-    """The detect tier over decoded market and venue-status records: feed selection,
-    features and anomaly detection (the same steps as :func:`guard_core`'s), and this
-    worker's event-time progress behind the signals of the records before it."""
-    ticks = op.flat_map_batch("ticks", records, _tick_fn(cfg.tick_ns))
-    market = op.flat_map_batch("market", records, _market_records)
-    status = op.flat_map_batch("status", records, _status_records)
-    market_ok = _select_feeds(market, status, cfg, local_keys)
-    anomalies, errs = _detect(market, market_ok, status, cfg, clock, local_keys)
-    # the signals first: a batch's progress goes out behind its signals
-    detections = op.merge("detections", anomalies,
-                          op.flat_map_batch("progress", ticks, _progress))
-    dead = op.flat_map_batch("observe_errs", op.merge("errs", *errs), observe_all)
-    return DetectOut(detections=detections, dead_letters=dead)
+def market_source(index: int) -> str:
+    """The name market process ``index`` gives its progress and valuations, and its Kafka
+    key on the detections topic: the same after a restart.
+
+    >>> market_source(1)
+    'market/1'
+    """
+    return f"market/{index}"
+
+
+class MarketOwners:
+    """Which of ``processes`` market processes owns what.
+
+    A market process owns whole *underlyings*: every instrument on one (spot, perpetual,
+    future or option, on every venue), its market data, its positions and the fills and
+    snapshots that move them, so all the prices of an instrument meet its positions in
+    one process and nothing is exchanged between market processes. ``owners`` names the
+    process of an underlying (balance the load by hand: a few underlyings usually carry
+    most records); any other goes to ``crc32(name) % processes``. An instrument the
+    registry does not declare counts as the underlying before its first ``-``
+    (``SOL-USDT`` -> ``SOL``); a collateral asset as itself; a venue's own features (key
+    ``<venue>``) as the venue's name.
+
+    >>> owners = MarketOwners(0, 2, {"BTC": 0, "ETH": 1}, {"BTC-27DEC26-70000-C": "BTC"}.get)
+    >>> [owners.of_key(k) for k in ("okx/BTC-PERP", b"deribit/BTC-27DEC26-70000-C",
+    ...                             "okx/ETH-USDT")]
+    [0, 0, 1]
+    >>> owners.local("okx/ETH-PERP"), owners.owns("i:BTC-PERP"), owners.owns("a:ETH")
+    (False, True, False)
+    """
+
+    def __init__(self, index: int, processes: int, owners: Mapping[str, int],
+                 underlying_of: Callable[[str], str | None]) -> None:
+        self.index = index
+        self.processes = processes
+        self.owners = dict(owners)
+        self.underlying_of = underlying_of
+        # asked per market message (before decoding) and per record: memoized
+        self.of_key: Callable[[str | bytes | None], int] = functools.lru_cache(
+            maxsize=_CACHED_MAX)(self._of_key)
+        self.of_instrument: Callable[[str], int] = functools.lru_cache(
+            maxsize=_CACHED_MAX)(self._of_instrument)
+
+    def of_underlying(self, name: str) -> int:
+        """The process owning underlying (or collateral asset) ``name``."""
+        hit = self.owners.get(name)
+        return hit if hit is not None else zlib.crc32(name.encode()) % self.processes
+
+    def _of_instrument(self, name: str) -> int:
+        """The process owning instrument ``name`` (its underlying's); called as
+        ``of_instrument``."""
+        return self.of_underlying(self.underlying_of(name) or name.split("-", 1)[0])
+
+    def _of_key(self, key: str | bytes | None) -> int:
+        """The process owning a Kafka or state key: ``<venue>/<instrument>`` (market data,
+        fills, snapshots, features, feed selection) or ``<venue>`` (a venue's features);
+        no key belongs to process 0."""
+        if key is None:
+            return 0
+        text = key.decode(errors="replace") if isinstance(key, bytes) else key
+        venue, slash, instrument = text.partition("/")
+        return self.of_instrument(instrument) if slash else self.of_underlying(venue)
+
+    def local(self, key: str) -> bool:
+        """Does state key ``key`` live in this process? (a guard step's ``local_keys``)"""
+        return self.of_key(key) == self.index
+
+    def owns_key(self, key: bytes | None) -> bool:
+        """Is the Kafka key ``key`` of a market message this process's?"""
+        return self.of_key(key) == self.index
+
+    def owns(self, name: str) -> bool:
+        """Does this process hold ``i:<instrument>`` or ``a:<asset>`` in exposure valuation
+        (:class:`~riskguard.operators.exposure.ShardPlace`)?"""
+        kind, _, rest = name.partition(":")
+        where = self.of_instrument(rest) if kind == "i" else self.of_underlying(rest)
+        return where == self.index
+
+    def keeps(self, rec: Any) -> bool:
+        """Of what every market process reads whole (heartbeats, fills, snapshots,
+        balances and orders): does this one keep ``rec``? Heartbeats: every process; a
+        trading record: the owner of its instrument (a balance: of its asset); a dead
+        letter: the process its source partition falls to, so it is written once.
+
+        >>> owners = MarketOwners(1, 2, {"BTC": 0, "ETH": 1}, lambda name: None)
+        >>> fill = Fill(id="f", venue="okx", counterparty="okx", instrument="ETH-PERP",
+        ...             side="buy", qty=1.0, price=1.0, ts=1)
+        >>> dead = DeadLetter(topic="t", partition=2, ts=1, reason="malformed")
+        >>> owners.keeps(fill), owners.keeps(dead)
+        (True, False)
+        """
+        t = type(rec)
+        if t is Fill or t is PositionSnapshot or t is OpenOrders:
+            return self.of_instrument(rec.instrument) == self.index
+        if t is Balance:
+            return self.of_underlying(rec.asset) == self.index
+        if t is DeadLetter:
+            return max(rec.partition, 0) % self.processes == self.index
+        return True
 
 
 def market_owners(cfg: GuardConfig) -> MarketOwners:
-    """What this market process owns (``[tier]``: ``index`` of ``detect_workers``,
+    """What this market process owns (``[tier]``: ``index`` of ``market_processes``,
     ``owners``), underlyings taken from the instruments ``[exposure]`` declares."""
     reg = cfg.exposure.validate()
 
@@ -110,7 +176,7 @@ def market_owners(cfg: GuardConfig) -> MarketOwners:
         return None if spec is None else spec.underlying_asset
 
     tier = cfg.tier
-    return MarketOwners(tier.index, tier.detect_workers, tier.owners, underlying_of)
+    return MarketOwners(tier.index, tier.market_processes, tier.owners, underlying_of)
 
 
 _PRICED = (Trade, Quote, OptionQuote, FundingRate)
@@ -186,10 +252,10 @@ def market_core(
     """One market process (``tier.role = "market"``) over its decoded records: feed
     selection, features and anomaly detection on its own keys, and exposure valuation
     (stage 1) of the positions in its own underlyings, marked by its own prices and its
-    own copy of every index price; its progress (``detect/w<index>``) behind the signals
-    and valuations it made before it. Its ticks hold only its own time (``of`` 1); the
-    progress it passes on announces every market process."""
-    name = detect_worker(owners.index)
+    own copy of every index price; its progress (:func:`market_source`) behind the
+    signals and valuations it made before it. Its ticks hold only its own time (``of``
+    1); the progress it passes on announces every market process."""
+    name = market_source(owners.index)
     ticks = op.flat_map_batch("ticks", records, _tick_fn(cfg.tick_ns, source=name))
     market, _rest, status, trading = _split_inputs(records)
     market_ok = _select_feeds(market, status, cfg, owners.local)
@@ -209,59 +275,37 @@ def market_core(
 
 
 
-
-def _detect_flow(cfg: GuardConfig, clock: Clock) -> Dataflow:
-    """The detect tier (``tier.role = "detect"``): market and venue-status topics in,
-    anomaly signals and progress out to the ``detections`` topic.
-
-    Its source's dead letters (malformed market records, say) are counted here but
-    written by the firm tier, which reads the same topics: each bad record is
-    dead-lettered once."""
-    flow = Dataflow("riskguard_detect")
-    src = _input(flow, cfg, DETECT_STREAMS, clock)
-    local = _split(cfg)  # split market data: each worker writes what it made
-    out = detect_core("detect_tier", src.oks, cfg=cfg, clock=clock,
-                      local_keys=LocalKeys() if local else None)
-    timeout = cfg.sink_delivery_timeout_s
-    # a detect worker's signals and progress share a Kafka partition, in order
-    kafka_output("detections", out.detections, brokers=cfg.kafka,
-                 topic=cfg.topic(DETECTIONS), delivery_timeout_s=timeout, worker_local=local,
-                 key=lambda _rec: _detect_source())
-    kafka_output("dead_letters", out.dead_letters, brokers=cfg.kafka,
-                 topic=cfg.topic("dead_letters"), delivery_timeout_s=timeout,
-                 worker_local=local)
-    return flow
-
-
-
-
-def _market_flow(cfg: GuardConfig, clock: Clock) -> Dataflow:
+def market_flow(cfg: GuardConfig, clock: Clock) -> Dataflow:
     """A market process (``tier.role = "market"``): the market topic split by underlying
     and the venue-status, fill, position and balance topics whole in; its anomaly
     signals, valuations and progress out to the ``detections`` topic (its partition
-    ``index`` modulo the count, key ``detect/w<index>``).
+    ``index`` modulo the count, key :func:`market_source`).
 
     Its source's dead letters are written once among all processes: the market topic's
     by the owner of their key, the fill, position and balance topics' by the process
-    their partition falls to, and the venue-status topic's by the firm tier, which reads
-    it too."""
+    their partition falls to, and the venue-status topic's by the firm process, which
+    reads it too."""
     flow = Dataflow("riskguard_market")
     owners = market_owners(cfg)
-    src = _input(flow, cfg, MARKET_STREAMS, clock, owners=owners)
+    # its replica of the market topic: the messages whose key's underlying it owns, and
+    # every index and oracle price
+    split = KeySplit(frozenset({cfg.topic("market")}), owners.owns_key,
+                     shared_prefixes=price_key_prefixes(cfg), must_share=is_broadcast)
+    src = guard_input(flow, cfg, MARKET_STREAMS, clock, split=split)
     mine = split_dead_letters("owned", op.flat_map_batch(
         "own", src.oks, _owned_records(owners, cfg.topic("market"))))
     out = market_core("market_tier", mine.oks, cfg=cfg, clock=clock, owners=owners,
                       wall_clock=clock)
     timeout = cfg.sink_delivery_timeout_s
-    name = detect_worker(owners.index)
+    name = market_source(owners.index)
     # everything it writes, then (a bounded run) its final progress, which ends its
-    # partition for the firm tier
+    # partition for the firm process
     started = op.input("start", flow, StartSignal())
     detections = op.flat_map_batch("final_unkey", stateful_logic(
         "final", op.flat_map_batch("final_key", op.merge("final_in", started, out.detections),
                                    lambda rs: [(name, r) for r in rs]),
         lambda state: FinalProgressLogic(name, state)), values_of)
-    # its own partition (index modulo the count): the firm tier aligns on exactly those
+    # its own partition (index modulo the count): the firm process aligns on exactly those
     kafka_output("detections", detections, brokers=cfg.kafka,
                  topic=cfg.topic(DETECTIONS), delivery_timeout_s=timeout,
                  key=lambda _rec: name, partition=owners.index)
