@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from riskguard.operators.core.clock import ManualClock, Tick
+from riskguard.operators.core.snapshot import decode_snapshot, encode_snapshot
 from riskguard.operators.exposure import (
-    CounterpartyLogic,
     CounterpartyState,
     ExposureConfig,
     FirmLogic,
@@ -42,7 +42,7 @@ from riskguard.schemas import (
     Trade,
 )
 
-from riskguard.errors import ConfigError
+from riskguard.errors import ConfigError, SnapshotError
 
 S = 1_000_000_000
 
@@ -471,15 +471,14 @@ def test_firm_vol_per_underlying_is_the_newest_exposures_first_in_order_on_ties(
     assert firm.vol_by_underlying == {"BTC": 0.5, "ETH": 0.9}
 
 
-def test_an_old_layout_snapshot_is_refused_with_a_config_error() -> None:
-    """Resuming stage 1 or 2 from a pre-shard (version 2) snapshot names the step and asks
-    for a fresh recovery store instead of failing obscurely."""
-    cfg = worked_config()
-    old = ShardState(version=2)
-    with pytest.raises(ConfigError, match="fresh recovery store"):
-        ShardLogic(cfg, cfg.validate(), old)
-    with pytest.raises(ConfigError, match="fresh recovery store"):
-        CounterpartyLogic(cfg, CounterpartyState(version=2))
+def test_a_snapshot_of_another_version_is_refused_by_name() -> None:
+    """Resuming stage 1 or 2 from a snapshot of another state version stops naming the
+    state and both versions, instead of patching the fields it lacks."""
+    for old, name in ((ShardState(version=2), "riskguard.exposure.shard"),
+                      (CounterpartyState(version=2), "riskguard.exposure.counterparty")):
+        with pytest.raises(SnapshotError, match="version 4 only; got version 2") as err:
+            decode_snapshot(encode_snapshot(old))
+        assert err.value.name == name
 
 
 def test_a_stablecoin_leaving_its_peg_raises_depeg_then_critical_then_restored():

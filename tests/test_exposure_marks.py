@@ -3,7 +3,6 @@ one by one, across restarts and across processes."""
 
 from __future__ import annotations
 
-import pickle
 from typing import Any
 from unittest.mock import patch
 
@@ -12,14 +11,12 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from riskguard.operators.exposure import (
-    CounterpartyLogic,
     ExposureConfig,
     InstrumentsConfig,
     InstrumentSpec,
     Part,
     Router,
     ShardLogic,
-    ShardState,
     arrays,
     valuation,
 )
@@ -28,7 +25,7 @@ from riskguard.schemas import (
     Quote,
     Trade,
 )
-from test_exposure import S, fill, worked_config, worked_events
+from test_exposure import S, fill
 
 BATCH_CFG = ExposureConfig(
     instruments=InstrumentsConfig(instruments={
@@ -214,34 +211,3 @@ def test_a_long_run_of_marks_is_applied_whole_array_like_one_by_one() -> None:
     assert int(batched.state.ewma_n[0]) > 50
 
 
-def test_a_version_3_shard_snapshot_is_migrated_and_resumes_identically() -> None:
-    """A stage-1 snapshot from state version 3 (per-instrument lists) resumes as version 4
-    (numpy columns) and produces the same parts as the uninterrupted run."""
-    cfg = worked_config()
-    reg = cfg.validate()
-    router = Router(reg, cfg)
-    items = [it for ev in worked_events() for _k, it in router.route(ev)]
-    key = items[0][1]
-    mine = [it for it in items if it[1] == key]
-    whole = ShardLogic(cfg, reg)
-    ref = [o for it in mine for o in whole.on_event(it)]
-    half = ShardLogic(cfg, reg)
-    out = [o for it in mine[:8] for o in half.on_event(it)]
-    snap = half.snapshot()
-    v3 = ShardState(**{**snap.__dict__, "version": 3,
-                       **{k: getattr(snap, k).tolist() for k in (
-                           *COLUMNS, "opt_delta", "und_price", "feature_vol", "feature_vol_ts")}})
-    resumed = ShardLogic(cfg, reg, pickle.loads(pickle.dumps(v3)))
-    assert resumed.state.version == 4
-    out += [o for it in mine[8:] for o in resumed.on_event(it)]
-    assert out == ref
-    parts = [p for p in ref if isinstance(p, Part)]
-    cp_whole = CounterpartyLogic(cfg)
-    cp_ref = [o for p in parts for o in cp_whole.on_event(p)]
-    cp_half = CounterpartyLogic(cfg)
-    cp_out = [o for p in parts[:2] for o in cp_half.on_event(p)]
-    cp_snap = cp_half.snapshot()
-    cp_snap.version = 3  # stage 2 kept its layout: a version-3 snapshot resumes as is
-    cp_resumed = CounterpartyLogic(cfg, cp_snap)
-    cp_out += [o for p in parts[2:] for o in cp_resumed.on_event(p)]
-    assert cp_out == cp_ref and cp_resumed.state.version == 4

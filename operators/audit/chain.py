@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 from riskguard.operators.audit.merkle import CompactRange, leaf_hash
+from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.signing.crypto import PAYLOAD_AUDIT_CHECKPOINT, Signer, VerifyKey
 from riskguard.schemas.audit import AuditCheckpoint, AuditRecord, DeadLetter
 
@@ -105,6 +106,7 @@ class AuditConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("audit.config_hash", "64 lowercase hex digits", self.config_hash)
 
 
+@persisted("riskguard.audit")
 @dataclass
 class AuditState:
     """One chain's append state."""
@@ -147,8 +149,6 @@ class AuditLogic:
         self.config = config
         if state is None:
             state = AuditState(chain=chain)
-        elif state.version != STATE_VERSION:
-            raise ConfigError("audit.state.version", str(STATE_VERSION), state.version)
         self.state = state
         self._range = CompactRange(state.size, state.peaks)
 

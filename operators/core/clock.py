@@ -77,7 +77,7 @@ class ManualClock:
         self.now_ns = max(self.now_ns, now_ns)
 
 
-class Tick(msgspec.Struct, frozen=True, kw_only=True):
+class Tick(msgspec.Struct, frozen=True, kw_only=True, tag="tick"):
     """Event-time progress (ns), with no data: lets time-based rules advance
     (ladders, quiet periods, heartbeat gaps) when no signal arrives.
 

@@ -13,6 +13,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from riskguard.operators.core.snapshot import persisted
+
 
 class IdWindow:
     """The last ``keep`` ids added to ``ids`` (a plain dict, id -> value, in arrival
@@ -50,11 +52,13 @@ class IdWindow:
             del ids[self._order.popleft()]
 
 
+@persisted("riskguard.recent_ids")
 @dataclass
 class RecentIdsState:
     """Ids let through, oldest first (a dict keeps insertion order)."""
 
     ids: dict[str, None] = field(default_factory=dict)
+    version: int = 1
 
 
 class RecentIdsLogic:

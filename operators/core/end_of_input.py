@@ -24,14 +24,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from riskguard.operators.core.snapshot import persisted
 from riskguard.schemas import DetectProgress
 
 
+@persisted("riskguard.final_progress")
 @dataclass
 class FinalProgressState:
     """The newest progress time the process wrote (0: none yet)."""
 
     newest: int = 0
+    version: int = 1
 
 
 class FinalProgressLogic:

@@ -70,9 +70,6 @@ Where each part lives:
 - :mod:`~riskguard.operators.exposure.pipeline`: :class:`LocalPipeline`;
 - :mod:`~riskguard.operators.exposure.limits`: limit levels, hysteresis, latches.
 
-This package was the module ``riskguard/operators/exposure.py``: every name it had that
-a snapshot or a caller refers to is still importable from here.
-
 >>> cfg = ExposureConfig(instruments=InstrumentsConfig(instruments={
 ...     "BTC-USD": InstrumentSpec(kind="spot", base="BTC", quote="USD")}))
 >>> from riskguard.schemas import Fill, Trade

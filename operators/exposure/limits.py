@@ -46,6 +46,7 @@ import msgspec
 from riskguard.operators.core.base import copy_fields
 from riskguard.operators.core.clock import Clock, Tick, Watermark, system_clock
 from riskguard.operators.core.dedup import IdWindow
+from riskguard.operators.core.snapshot import persisted
 from riskguard.schemas import (
     Exposure,
     LimitBreach,
@@ -263,6 +264,7 @@ class _Track:
     unvalued_overdue: bool = False
 
 
+@persisted("riskguard.limits")
 @dataclass
 class LimitsState:
     """State of one counterparty's (or the firm's) limits."""
@@ -283,14 +285,6 @@ class LimitsState:
     # evidence of a breach it explains), until the key is valued again
     unvalued_alerted: list[str] = field(default_factory=list)
     unvalued_alert: str = ""
-
-
-def _migrate_v1(state: LimitsState) -> LimitsState:
-    """A version-1 snapshot with the version-2 fields (nothing unvalued pending)."""
-    state.sources, state.unvalued_due, state.unvalued_alerted = {}, -1, []
-    state.unvalued_alert = ""
-    state.version = STATE_VERSION
-    return state
 
 
 Measure = Callable[[Exposure], float]
@@ -377,11 +371,6 @@ class LimitsLogic:
     def __init__(self, config: LimitsConfig, state: LimitsState | None = None, *,
                  clock: Clock = system_clock) -> None:
         self.config = config
-        if state is not None and state.version == 1:
-            state = _migrate_v1(state)
-        if state is not None and state.version != STATE_VERSION:
-            where = "limits.state.version"
-            raise ConfigError(where, f"{STATE_VERSION} (or 1, migrated)", state.version)
         self.state = state if state is not None else LimitsState()
         # processing time, for the tick sources' idle rule only (clock.Watermark)
         self.clock = clock

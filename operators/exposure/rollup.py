@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import reduce
 from itertools import chain, repeat
 from operator import add, attrgetter, is_, itemgetter
@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 import numpy as np
 from riskguard.operators.core.base import copy_fields
+from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.exposure.config import (
     NS_PER_S,
     STATE_VERSION,
@@ -31,9 +32,8 @@ from riskguard.schemas import (
 )
 from riskguard.schemas.valuation import Part, Progress
 
-from riskguard.errors import ConfigError
 
-
+@persisted("riskguard.exposure.counterparty")
 @dataclass
 class CounterpartyState:
     """State of one counterparty: its latest :class:`Part` per shard."""
@@ -59,12 +59,6 @@ class CounterpartyLogic:
                  ticked: bool = False) -> None:
         self.config = config
         self.ticked = ticked
-        if state is not None and state.version == 3:
-            state = replace(state, version=STATE_VERSION)
-        if state is not None and state.version != STATE_VERSION:
-            where = "exposure.counterparty"
-            raise ConfigError(where, f"a version-{STATE_VERSION} snapshot (start a fresh "
-                              "recovery store after upgrading)", state.version)
         self.state = state if state is not None else CounterpartyState()
         self._recv_ts: int | None = None  # newest receive time among this batch's parts
 
@@ -237,6 +231,7 @@ def _sum_dicts(ds: list[dict[str, float]]) -> dict[str, float]:
             for k in dict.fromkeys(chain.from_iterable(ds))}
 
 
+@persisted("riskguard.exposure.firm")
 @dataclass
 class FirmState:
     version: int = STATE_VERSION
@@ -266,9 +261,6 @@ class FirmLogic:
         self.config = config
         self.ticked = ticked
         self.state = state if state is not None else FirmState()
-        if not hasattr(self.state, "progress"):  # a snapshot from before progress
-            self.state.progress, self.state.passed = {}, {}
-            self.state.reached, self.state.sources_of = {}, 0
         # derived from state, in counterparty name order: names, latest exposures, the
         # concentration basis and the share last emitted
         st = self.state

@@ -74,6 +74,12 @@ def shard_keys(shards: int, prefix: str = "") -> tuple[str, ...]:
 Item = tuple[str, str, str, Any]
 """A stage-1 item: ``(role, shard_key, target, record)``."""
 
+StageRecord = (Trade | Quote | IndexPrice | OptionQuote | FundingRate | Fill | PositionSnapshot
+               | OpenOrders | Balance | FeatureVector | Tick | list[Trade | Quote | IndexPrice])
+HeldItem = tuple[str, str, str, StageRecord]
+"""A stage-1 item as a shard's snapshot holds it: the record typed, so that it
+restores as the record it was (a run of plain marks is a list)."""
+
 _MARK_TYPES = (Trade, Quote, IndexPrice, OptionQuote, FundingRate)
 _OWN_ROLES: dict[type, str] = {Fill: "fill", PositionSnapshot: "snap", OpenOrders: "orders"}
 

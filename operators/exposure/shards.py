@@ -16,7 +16,6 @@ import numpy as np
 from riskguard.operators.core.base import copy_state
 from riskguard.operators.core.clock import Clock, Tick, Watermark, system_clock
 from riskguard.operators.exposure.config import (
-    STATE_VERSION,
     ExposureConfig,
     _alert_id,
     _evidence_add,
@@ -34,7 +33,6 @@ from riskguard.operators.exposure.shard_state import (
     Pending,
     ShardState,
     _item_ts,
-    _migrate_shard_v3,
     _note_first,
     _split_at,
     _widen,
@@ -85,19 +83,7 @@ class ShardLogic(ShardValuation):
         self._fast_deadline: int | None = None
         self.reg = reg
         self.ticked = ticked
-        if isinstance(state, ShardState) and state.version == 3:
-            state = _migrate_shard_v3(state)
-        if state is not None and (not isinstance(state, ShardState)
-                                  or state.version != STATE_VERSION):
-            where = "exposure.valuation"
-            raise ConfigError(where, f"a version-{STATE_VERSION} shard snapshot (start a "
-                              "fresh recovery store after upgrading)",
-                              getattr(state, "version", type(state).__name__))
         self.state = state if state is not None else ShardState()
-        if not hasattr(self.state, "tick_sources"):  # a snapshot from before the field
-            self.state.tick_sources = {}
-        if not hasattr(self.state, "held"):  # a snapshot from before records could wait
-            self.state.held, self.state.arrivals, self.state.forced = [], 0, 0
         self._slack = config.reorder_slack_ns
         # live runs: when the oldest held own record (fill, snapshot, balance, orders) is
         # due regardless of the watermark (derived from the dues the held entries carry)

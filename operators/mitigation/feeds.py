@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import msgspec
 from riskguard.operators.core.base import copy_state
 from riskguard.operators.core.clock import Clock, Tick, Watermark, system_clock
+from riskguard.operators.core.snapshot import persisted
 from riskguard.schemas.market import VenueState, VenueStatus
 from riskguard.schemas.signals import RiskAlert, Scope, ScopeKind, Severity
 
@@ -79,6 +80,7 @@ class FeedConfig(msgspec.Struct, frozen=True, kw_only=True):
         return self
 
 
+@persisted("riskguard.feed")
 @dataclass
 class FeedState:
     """The failover decision for one venue; plain data."""

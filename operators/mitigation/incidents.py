@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.mitigation.acks import AckState
 from riskguard.operators.mitigation.rules import _MAX_EVIDENCE, CLOSERS
 from riskguard.schemas import (
     Action,
     AnomalySignal,
     LimitBreach,
+    RiskAlert,
     Scope,
     Severity,
     encode,
@@ -61,6 +63,7 @@ class Mitigation:
     decision_id: str = ""
 
 
+@persisted("riskguard.playbook")
 @dataclass
 class PlaybookState:
     """Everything the playbook remembers; snapshots are independent copies."""
@@ -80,7 +83,8 @@ class PlaybookState:
     watermark: int = -1
     # Signals too far ahead of the watermark, waiting: a heap of
     # (ts, arrival, signal, processing time it arrived)
-    held: list[tuple[int, int, Any, int]] = field(default_factory=list)
+    held: list[tuple[int, int, AnomalySignal | RiskAlert | LimitBreach, int]] = field(
+        default_factory=list)
     arrivals: int = 0
     forced: int = 0  # held signals applied after max_hold_s, the watermark still behind
     # commands awaiting executors' acknowledgements (AckTracker)

@@ -44,7 +44,7 @@ from typing import Any, TypeAlias
 import msgspec
 from riskguard.operators.core.base import copy_fields
 from riskguard.operators.core.clock import Tick, Watermark, step_event_time
-from riskguard.operators.mitigation.acks import AckState, AckTracker
+from riskguard.operators.mitigation.acks import AckTracker
 from riskguard.operators.mitigation.incidents import (
     STATE_VERSION,
     Incident,
@@ -94,9 +94,7 @@ from riskguard.schemas import (
     encode,
 )
 
-from riskguard.errors import ConfigError
-
-# what riskguard.operators.playbook held before the rules moved out (its old path)
+# the playbook's names, with the rules' and incidents' its callers use beside them
 __all__ = [
     "CLOSERS", "OPENERS", "STATE_VERSION", "TARGETS", "Incident", "Mitigation",
     "ParamValue", "PlaybookConfig", "PlaybookLogic", "PlaybookState", "Rule", "Rung",
@@ -124,17 +122,8 @@ class PlaybookLogic:
         # apply after max_hold_s without it (a metrics counter in the guard)
         self.on_reorder = on_reorder
         self.rules = {r.name: r for r in config.rules}
-        if state is None:
-            state = PlaybookState()
-        elif state.version == 1:
-            state.sources, state.watermark, state.version = {}, -1, STATE_VERSION
-        elif state.version != STATE_VERSION:
-            raise ConfigError("playbook.state.version", str(STATE_VERSION), state.version)
-        if not hasattr(state, "held"):  # a snapshot from before signals could wait
-            state.held, state.arrivals, state.forced = [], 0, 0
-        if not hasattr(state, "acks"):  # a snapshot from before acks were tracked
-            state.acks = AckState()
-        self.state = state
+        self.state = state if state is not None else PlaybookState()
+        state = self.state
         # which commands executors confirmed; what they did not becomes a signal
         self.acks = AckTracker(config.acks, state.acks)
         self.on_ack_alert = on_ack_alert  # sees the alerts acks raise (metrics)

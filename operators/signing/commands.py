@@ -32,6 +32,7 @@ from typing import Any
 
 import msgspec
 from riskguard.operators.core.dedup import IdWindow
+from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, Signer
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.commands import MitigationCommand, Signature, SignedEnvelope
@@ -65,6 +66,7 @@ class SignConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("sign.recent_ids", "an integer >= 1", self.recent_ids)
 
 
+@persisted("riskguard.sign")
 @dataclass
 class SignState:
     """Per-issuer signing state: last ``seq`` and recent ``command_id -> (seq, digest)``."""
@@ -101,8 +103,6 @@ class SignLogic:
         self.config = config
         if state is None:
             state = SignState(issuer=issuer)
-        elif state.version != STATE_VERSION:
-            raise ConfigError("sign.state.version", f"{STATE_VERSION}", state.version)
         elif state.issuer != issuer:
             raise ConfigError("sign.issuer", f"the issuer of the resumed state {state.issuer!r}",
                               issuer)
