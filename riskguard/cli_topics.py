@@ -35,7 +35,7 @@ DEFAULT_RETENTION_MS = {
 }
 COMPACTED = ("limit_updates",)
 # Streams the guard itself writes (riskguard principal needs WRITE) and reads (the
-# detections topic: the detect tier writes it, the firm tier reads it).
+# detections topic: the market processes write it, the firm process reads it).
 GUARD_WRITES = ("features", "signals", "exposures", "commands", "audit", "dead_letters",
                 "detections")
 GUARD_READS = ("market", "fills", "positions", "balances", "venue_status", "limit_updates",

@@ -200,7 +200,7 @@ def _select_feeds(market: Stream[Any], status: Stream[VenueStatus], cfg: GuardCo
                 continue
             key = f"{rec.venue}/{rec.instrument}"
             if local_keys is not None and type(rec) is IndexPrice and not local_keys(key):
-                continue  # another worker's copy of this index price goes on
+                continue  # another market process's copy of this index price goes on
             out.append((key, rec))
         return out
 

@@ -81,11 +81,11 @@ class Tick(msgspec.Struct, frozen=True, kw_only=True, tag="tick"):
     """Event-time progress (ns), with no data: lets time-based rules advance
     (ladders, quiet periods, heartbeat gaps) when no signal arrives.
 
-    ``source`` names the input that made it (one guard worker). A consumer
-    that sees named sources takes the *minimum* over the live ones as its
-    watermark (:class:`Watermark`), so a fast worker cannot carry time past
-    records a slow one has not delivered yet. ``of`` is how many sources the
-    cluster has (0: unknown); until that many have ticked, time holds.
+    ``source`` names the input that made it (a guard process, a market process). A
+    consumer that sees named sources takes the *minimum* over the live ones as its
+    watermark (:class:`Watermark`), so a fast source cannot carry time past
+    records a slow one has not delivered yet. ``of`` is how many sources there
+    are (0: unknown); until that many have ticked, time holds.
     """
 
     ts: int
@@ -94,8 +94,8 @@ class Tick(msgspec.Struct, frozen=True, kw_only=True, tag="tick"):
 
 
 # A tick source silent this long (processing time) stops holding time back, and a
-# source expected but not yet heard from stops holding the start back. In a bytewax
-# cluster a dead process stops every process, so only a source with no input goes quiet.
+# source expected but not yet heard from stops holding the start back: a market process
+# that died, or has no input, must not stop the firm process's clock.
 TICK_IDLE_NS = 10 * NS_PER_S
 
 

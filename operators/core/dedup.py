@@ -1,10 +1,11 @@
-"""Drop records whose id was already seen: the firm tier's guard against re-sent signals.
+"""Drop records whose id was already seen: the firm process's guard against re-sent
+signals.
 
-A detect tier that resumes from its recovery snapshot runs again over the
+A market process that resumes from its recovery snapshot runs again over the
 records it had read after that snapshot, and sends their anomaly signals a
 second time (with the same ids: a detector's signal id is derived from its
 key, its count and the feature vector's time). The playbook's escalation is
-not idempotent, so the firm tier drops every id it has already let through.
+not idempotent, so the firm process drops every id it has already let through.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ They register on prometheus-client's default registry. Two ways to serve it:
   serves ``/metrics`` on ``0.0.0.0:$BYTEWAX_DATAFLOW_API_PORT`` (default
   3030). bytewax 0.21.1's ``bytewax._metrics.generate_python_metrics`` renders
   ``prometheus_client.REGISTRY`` there next to bytewax's own per-step
-  metrics (``bytewax_item_inp_count_total`` ...). This is the one to use on
-  a cluster: one endpoint per process, nothing extra to start.
+  metrics (``bytewax_item_inp_count_total`` ...). This is the one to use in
+  a deployment: one endpoint per process, nothing extra to start.
 - :func:`start_metrics_server` (``prometheus_client.start_http_server``) for
   processes that are not bytewax runs (the command subscriber) or when the
   bytewax API must stay off. ``RISKGUARD_METRICS_PORT`` makes

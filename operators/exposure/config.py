@@ -65,8 +65,8 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
       not sent yet, nor marks against a future the watermark has not reached. Live, the
       workers are within a tick of each other and nothing waits. Keep it at least two
       tick intervals; ``0``: never wait. ``max_hold_ns`` (live runs, wall time) bounds
-      the wait of a fill, snapshot, balance or orders record: a cluster whose slower
-      process lags still sees a breach within seconds.
+      the wait of a fill, snapshot, balance or orders record: a guard whose slower
+      source lags still sees a breach within seconds.
     - ``pegs``: asset -> peg price in the reporting currency (e.g. ``{"USDC": 1.0}``).
       When an asset's FX index leaves its peg by ``peg_warn_bps`` a ``depeg``
       alert (warn) opens on ``underlying:<asset>``; past ``peg_critical_bps`` it

@@ -276,7 +276,7 @@ def value_positions(
     """Stage 1 of :func:`aggregate_exposure` alone, for one market process (docs/scaling.md,
     "The market tier"): the positions in what ``place`` owns valued once per tick, as
     :class:`~riskguard.schemas.Part` items behind which each tick comes on as a
-    :class:`~riskguard.schemas.Progress`, for :func:`sum_exposures` in the firm tier;
+    :class:`~riskguard.schemas.Progress`, for :func:`sum_exposures` in the firm process;
     stage 1's alerts (missing marks and FX rates, reconciliation breaks, depegs) among
     them, in the order they were made.
 

@@ -87,7 +87,7 @@ _OWN_ROLES: dict[type, str] = {Fill: "fill", PositionSnapshot: "snap", OpenOrder
 @dataclass(frozen=True)
 class ShardPlace:
     """A market process's share of stage 1 (docs/scaling.md, "The market tier"): its shard keys
-    carry ``prefix`` (``m<i>.``: unique among the processes, so the firm tier's
+    carry ``prefix`` (``m<i>.``: unique among the processes, so the firm process's
     counterparty stage tells their parts apart), it holds only what ``owns`` says
     (called on ``"i:<instrument>"`` and ``"a:<asset>"``, the names :func:`shard_key`
     hashes), and the progress it passes on announces ``processes`` such processes.

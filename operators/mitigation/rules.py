@@ -109,7 +109,7 @@ class PlaybookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     backlog replayed through several processes then meets its signals in the
     order one worker would; live, the workers are within a tick of each other
     and no signal waits. Keep it at least two tick intervals. ``max_hold_s``
-    (processing time) bounds that wait: live, a cluster whose exposure path
+    (processing time) bounds that wait: live, a guard whose exposure path
     falls behind must still act within seconds, so a signal held that long is
     applied without waiting further (counted in ``PlaybookState.forced``).
     """
