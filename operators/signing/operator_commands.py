@@ -14,7 +14,7 @@ resumed guard refuses what the stopped one had accepted.
 >>> logic = OperatorCommandLogic(TrustStore(TrustDoc(keys=())), env="prod",
 ...                              topic="prod.riskguard.commands.v1", clock=ManualClock(0))
 >>> logic.snapshot()
-OperatorCommandState(seen={}, high_water={})
+OperatorCommandState(seen={}, high_water={}, version=1)
 """
 
 from __future__ import annotations
