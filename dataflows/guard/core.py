@@ -96,6 +96,7 @@ def guard_core(
     wall_clock: Clock | None = None,
     audit_resume: dict[str, AuditState] | None = None,
     input_errs: Stream[DeadLetter] | None = None,
+    tick_sources: int = 0,
 ) -> GuardOut:
     """The whole guard over a stream of decoded records, whatever their source.
 
@@ -109,7 +110,9 @@ def guard_core(
     (:func:`~riskguard.operators.exposure.ops.aggregate_exposure`). The firm process of
     the market tier (``tier.role = "firm"``) sums the market processes' valuation parts
     instead of valuing positions itself, and has no market or trading records; its
-    anomaly signals come from them too. ``input_errs`` are the
+    anomaly signals come from them too. ``tick_sources``: how many event-time sources
+    this flow's own ticks count (1 for a live guard process, which the firm process adds
+    its market processes to; 0, unknown, for a replay). ``input_errs`` are the
     source's dead letters (bad bytes, a record on the wrong topic, late or future
     times): audited and passed on with the guard's own in ``dead_letters``.
     """
@@ -126,7 +129,8 @@ def guard_core(
     # Event-time progress from every record (not only market data: fills during a market
     # data outage must still be valued).
     ticks = own_ticks = op.flat_map_batch(
-        "ticks", records, _tick_fn(cfg.tick_ns, of=1 + processes if firm else 1))
+        "ticks", records, _tick_fn(cfg.tick_ns,
+                                   of=tick_sources + processes if firm else tick_sources))
     if detected_in is not None:
         # each market process is one more tick source: time holds until it has passed
         ticks = op.merge("all_ticks", ticks, op.flat_map_batch(
@@ -182,7 +186,8 @@ def guard_core(
         exposures, exposure_alerts, progress = summed.exposures, summed.alerts, summed.progress
     else:
         market_ok = _select_feeds(market, status, cfg, None)
-        anomalies, detect_errs = _detect_on(market_ok, status, cfg, clock, None, read=market)
+        anomalies, detect_errs = _detect_on(market_ok, status, cfg, clock, None, read=market,
+                                            tick_sources=tick_sources)
         step_errs.extend(detect_errs)
         marks = op.flat_map_batch("marks", market_ok,
                                   MarkFilter(cfg.mark_interval_ns, cfg.mark_move_bps).passed)

@@ -74,7 +74,7 @@ def build_flow(
         check_peer_configs(cfg.replica.id, cfg_hash, peers)
     out = guard_core("guard", src.oks, cfg=cfg, cfg_hash=cfg_hash, clock=clock, signer=signer,
                      trust=trust, seq_floor=delivered, audit_resume=chains, wall_clock=clock,
-                     input_errs=src.errs)
+                     input_errs=src.errs, tick_sources=1)
     timeout = cfg.sink_delivery_timeout_s
     kafka_output("commands", out.commands, brokers=brokers, topic=cfg.topic("commands"),
                  delivery_timeout_s=timeout, key=lambda _env: issuer)

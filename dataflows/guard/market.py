@@ -256,7 +256,7 @@ def market_core(
     signals and valuations it made before it. Its ticks hold only its own time (``of``
     1); the progress it passes on announces every market process."""
     name = market_source(owners.index)
-    ticks = op.flat_map_batch("ticks", records, _tick_fn(cfg.tick_ns, source=name))
+    ticks = op.flat_map_batch("ticks", records, _tick_fn(cfg.tick_ns, source=name, of=1))
     market, _rest, status, trading = _split_inputs(records)
     market_ok = _select_feeds(market, status, cfg, owners.local)
     feat_market = _with_own_index(market, market_ok)

@@ -136,11 +136,12 @@ def _status_records(recs: list[Any]) -> list[Any]:
     return [r for r in recs if isinstance(r, VenueStatus)]
 
 
-def _tick_fn(tick_ns: int, source: str | None = None, of: int = 1) -> Any:
+def _tick_fn(tick_ns: int, source: str | None = None, of: int = 0) -> Any:
     """A Tick each time the records' event time crosses a new ``tick_ns`` boundary, named
     ``source`` (default: this process) and announcing ``of`` tick sources in all (the firm
-    process: itself and each market process). Consumers take the minimum over sources (a
-    watermark), and hold time until all of them have ticked. Where an engine runs the
+    process: itself and each market process; 0: unknown, as in a replay, which holds for
+    none). Consumers take the minimum over sources (a watermark), and hold time until all
+    of them have ticked. Where an engine runs the
     step in several tasks (:data:`~riskguard.operators.core.clock.engine_task`), each
     task names its own ticks and announces how many tasks tick.
 
@@ -228,19 +229,20 @@ def _with_own_index(market: Stream[Any], market_ok: Stream[Any]) -> Stream[Any]:
 
 def _detect_on(feat_market: Stream[Any], status: Stream[VenueStatus], cfg: GuardConfig,
                clock: Clock, local_keys: Callable[[str], bool] | None,
-               read: Stream[Any] | None = None,
+               read: Stream[Any] | None = None, tick_sources: int = 0,
                ) -> tuple[Stream[AnomalySignal], list[Stream[DeadLetter]]]:
     """Features and anomaly detection on ``feat_market``; with ``read`` (every market
-    record, as read), the cross-market check too. A market process sees only its own
-    markets, so it passes no ``read``: a group split between processes is not
-    compared."""
+    record, as read), the cross-market check too (its ticks announce ``tick_sources``).
+    A market process sees only its own markets, so it passes no ``read``: a group split
+    between processes is not compared."""
     feats = extract_features("features", op.merge("feat_in", feat_market, status),
                              config=cfg.features, clock=clock, local_keys=local_keys)
     detected = detect_anomalies("detect", feats.oks, config=cfg.detector, clock=clock)
     anomalies = op.key_rm("anomalies", detected.oks)
     if cfg.detector.cross.enabled and read is not None:
         anomalies = op.merge("with_dislocations", anomalies, detect_dislocations(
-            "cross", read, config=cfg.detector.cross, ticks_of=_tick_fn(cfg.tick_ns),
+            "cross", read, config=cfg.detector.cross,
+            ticks_of=_tick_fn(cfg.tick_ns, of=tick_sources),
             clock=clock, bar_ns=cfg.features.bar_ns))
     return anomalies, [feats.errs, detected.errs]
 
