@@ -465,26 +465,24 @@ def load_book_depth(path: Path, *, venue: str = "binance_um", instrument: str = 
     return LoadResult([series], bad)
 
 
-_VENUE_TABLE_NAME = re.compile(r"^binance_(?:spot|usdm)_\d+[smhd]_")
 _KLINE_NAME = re.compile(r"^binance(?:_[a-z]{2})?_(?P<sym>[A-Za-z0-9_]+?)_\d+[smhdw]_priceklines")
 
 
 def file_kind(name: str) -> str:
     """Which loader a file name calls for: ``priceklines``, ``book_depth``,
-    ``usdm_windows``, ``crossvenue`` (a venue, symbol, timestamp_s table: the cross-venue
-    file and the minute-level ``binance_spot_1m_…``/``binance_usdm_5m_…`` files) or
-    ``dvol``."""
+    ``usdm_windows`` and ``dvol`` for the development files of those formats, and
+    ``crossvenue`` for any other: a table of bars with venue, symbol, timestamp_s,
+    datetime_utc, open, high, low, close and volume_base columns (the cross-venue file,
+    the minute-level files, and a desk's own labelled files)."""
     if "_priceklines_" in name:
         return "priceklines"
     if "_bookDepth_" in name:
         return "book_depth"
     if name.startswith("binance_usdm_perp_"):
         return "usdm_windows"
-    if name.startswith("crossvenue_") or _VENUE_TABLE_NAME.match(name):
-        return "crossvenue"
     if name.startswith("deribit_DVOL_"):
         return "dvol"
-    raise ValueError(f"no loader for {name}")
+    return "crossvenue"
 
 
 def _kline_instrument(name: str) -> str:

@@ -1,5 +1,7 @@
 """Daily price limits, as CME runs them on its bitcoin futures: tiers of 7 %, 13 % and
-20 % from the previous day's settlement trip whatever the learned volatility.
+20 % from the previous day's settlement trip whatever the learned volatility (the
+``limit`` rule; by default the tiers are 5, 10, 15 and 20 % and count as the ``slide``
+rule's evidence, tested in ``test_band_rules.py``).
 
 Hourly bars; bands so wide (band_k 50, caps 50 %) that only the limits can trip.
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import msgspec
 import pytest
 from riskguard.operators.detection.band_levels import MoveBandConfig
 from riskguard.operators.detection.detector import DetectorConfig
@@ -28,7 +31,8 @@ HOUR = 3600 * NS
 DAY = 24 * HOUR
 KEY = "binance/SOLUSDT"
 SCOPE = Scope(kind=ScopeKind.INSTRUMENT, value="SOLUSDT", venue="binance")
-WIDE = MoveBandConfig(band_k=(50.0,) * 6, cap_bps=(5000.0,) * 6)
+WIDE = MoveBandConfig(band_k=(50.0,) * 6, cap_bps=(5000.0,) * 6, critical_rules=("limit",),
+                      daily_limits_bps=(700.0, 1300.0, 2000.0), critical_moves="both")
 
 
 def _bands(config: MoveBandConfig = WIDE) -> MoveBands:
@@ -77,12 +81,13 @@ def test_a_rise_trips_at_the_same_percentage() -> None:
 
 def _trip_and_hold(price: float) -> MoveBands:
     """Day 1 settles at 100; day 2's first bar reaches ``price`` and holds there: one
-    trip, and the episode closes (no band is crossed)."""
+    trip, eased back to a warning after a quiet hour (the episode stays open while the
+    price is past the first tier)."""
     bands = _bands()
     _run(bands, _day_at(100.0))
     got = _run(bands, [(25, price, min(price, 100.0), max(price, 100.0)),
                        *[(h, price, price, price) for h in range(26, 30)]])
-    assert [g[:3] for g in got] == [(25, "open", "critical"), (28, "close", "critical")]
+    assert [g[:3] for g in got] == [(25, "open", "critical"), (26, "deescalate", "warn")]
     return bands
 
 
@@ -92,32 +97,34 @@ def test_a_tier_trips_once_a_day_and_the_next_tier_trips_again() -> None:
     bands = _trip_and_hold(92.0)
     assert _run(bands, [(30, 91.0, 91.0, 92.0)]) == []
     got = _run(bands, [(31, 87.0, 86.9, 91.0)])
-    assert [(*g[:3], g[3][0]) for g in got] == [(31, "open", "critical", "from_settlement")]
+    assert [(*g[:3], g[3][0]) for g in got] == [(31, "escalate", "critical",
+                                                 "from_settlement")]
 
 
 def test_a_new_tier_during_a_deescalated_trip_escalates_it() -> None:
     """A one-day cap of 6 % keeps the episode open; after the 7 % trip has de-escalated,
     the 13 % tier escalates it back to critical, though the fall since the trip (5.7 %)
     is inside every band."""
-    bands = _bands(MoveBandConfig(band_k=(50.0,) * 6, floor_bps=(2900.0,) * 5 + (600.0,),
-                                  cap_bps=(5000.0,) * 5 + (600.0,)))
+    bands = _bands(msgspec.structs.replace(WIDE, floor_bps=(2900.0,) * 5 + (600.0,),
+                                          cap_bps=(5000.0,) * 5 + (600.0,)))
     _run(bands, _day_at(100.0))
     got = _run(bands, [(25, 92.0, 92.0, 100.0), *[(h, 92.0, 92.0, 92.0)
                                                     for h in range(26, 30)]])
-    assert [g[:3] for g in got] == [(25, "open", "critical"), (28, "deescalate", "warn")]
+    assert [g[:3] for g in got] == [(25, "open", "critical"), (26, "deescalate", "warn")]
     got = _run(bands, [(30, 87.0, 86.9, 92.0)])
-    assert [(*g[1:3], g[3][0]) for g in got] == [("escalate", "critical", "from_settlement")]
+    assert [g[1:3] for g in got] == [("escalate", "critical")]
+    assert "from_settlement" in got[0][3]
 
 
 def test_each_day_settles_afresh_at_its_last_price() -> None:
     """A fall of 8 % late on day 2 trips; day 3 settles at that low level, so holding
-    there is no trip, and a fall of 7 % from it is."""
+    there is no trip (the episode closes), and a fall of 7 % from it is."""
     bands = _bands()
     _run(bands, _day_at(100.0))
     assert [g[1] for g in _run(bands, [(47, 92.0, 92.0, 100.0)])] == ["open"]
-    bands.s.ep_open = False  # as if the episode had closed
-    assert _run(bands, [(48, 92.0, 92.0, 92.0), *_day_at(92.0, 49, 20)]) == []
-    assert [g[1] for g in _run(bands, [(69, 85.5, 85.5, 92.0)])] == ["open"]
+    held = _run(bands, [(48, 92.0, 92.0, 92.0), *_day_at(92.0, 49, 20)])
+    assert [g[1] for g in held] == ["deescalate", "close"]
+    assert [g[1:3] for g in _run(bands, [(69, 85.5, 85.5, 92.0)])] == [("open", "critical")]
 
 
 def test_a_price_exactly_at_a_tier_reaches_it() -> None:
@@ -130,12 +137,14 @@ def test_a_price_exactly_at_a_tier_reaches_it() -> None:
 
 
 def test_a_rise_trips_once_a_day_too_and_falls_and_rises_count_apart() -> None:
-    """A rise past 7 % trips; held there, the episode closes and the tier does not trip
-    again that day. A fall past 7 % the same day trips on its own."""
+    """A rise past 7 % trips (rises are adverse here: ``critical_moves = "both"``); held
+    there, the tier does not trip again that day. A fall past 7 % the same day trips on
+    its own."""
     bands = _trip_and_hold(108.0)
     assert _run(bands, [(30, 108.5, 108.0, 108.5)]) == []
     got = _run(bands, [(31, 92.0, 92.0, 108.5)])
-    assert [(*g[:3], g[3][0]) for g in got] == [(31, "open", "critical", "from_settlement")]
+    assert [(*g[:3], g[3][0]) for g in got] == [(31, "escalate", "critical",
+                                                 "from_settlement")]
 
 
 def test_a_state_kept_without_the_limits_takes_no_price_of_the_day_as_its_settlement(
@@ -156,8 +165,7 @@ def test_the_settlement_time_is_configurable() -> None:
     """Settling at 08:00 UTC: day 2's reference is the 08:00 close (90), so a 100 → 92
     fall before 08:00 is measured from day 1's 08:00 close (100) and trips, and the
     same level after 08:00 does not."""
-    bands = _bands(MoveBandConfig(band_k=(50.0,) * 6, cap_bps=(5000.0,) * 6,
-                                  settlement_s=8 * 3600.0))
+    bands = _bands(msgspec.structs.replace(WIDE, settlement_s=8 * 3600.0))
     assert _run(bands, [*_day_at(100.0, 1, 24), *_day_at(97.0, 25, 7)]) == []
     assert [g[1] for g in _run(bands, [(32, 90.0, 90.0, 97.0)])] == ["open"]
     bands.s.ep_open = False
@@ -223,8 +231,8 @@ CASE = Case("daily-limits", _Logic, _contract_events(), splits=(24, 25, 26, 30, 
 def test_the_contract_events_cross_every_tier_and_day() -> None:
     logic = _Logic(None)
     out = [(e.ts // HOUR, s.phase) for e in CASE.events for s in logic.on_event(e)]
-    assert out == [(25, "open"), (28, "close"), (30, "open"), (33, "close"), (51, "open"),
-                   (54, "close")]
+    assert out == [(25, "open"), (26, "deescalate"), (30, "escalate"), (31, "deescalate"),
+                   (51, "escalate"), (52, "deescalate")]
 
 
 @pytest.mark.parametrize("check", [check_snapshot_pickles, check_snapshot_independent,

@@ -61,15 +61,20 @@ def test_the_features_carry_the_measure_of_the_keys_bars() -> None:
         Measure.PRICE}
 
 
-def test_a_rise_of_twelve_percent_in_a_day_trips_a_price_and_not_a_volatility_index(
+def test_a_move_of_twelve_percent_in_a_day_trips_a_price_and_not_a_volatility_index(
 ) -> None:
-    """The same daily closes: past the price's 700 bps day, inside the index's 3,000."""
-    closes = [100.0, 100.0, 112.0]
-    price = _moves(DetectorLogic(DetectorConfig(), lambda: 0),
-                   _vectors([_bar(i, c) for i, c in enumerate(closes)]))
-    assert [(s.phase, s.severity.value) for s in price] == [("open", "critical")]
+    """The same daily closes, 12 % apart: a price's fall is past its 700 bps day (before
+    anything is learned, the static level), its rise is a warning (a rally is not a
+    price's adverse move); an index's rise, its adverse move, is inside its 3,000."""
+    def price(closes: list[float]) -> list[tuple[str, str]]:
+        return [(s.phase, s.severity.value) for s in _moves(
+            DetectorLogic(DetectorConfig(), lambda: 0),
+            _vectors([_bar(i, c) for i, c in enumerate(closes)]))]
+
+    assert price([100.0, 100.0, 88.0]) == [("open", "critical")]
+    assert price([100.0, 100.0, 112.0]) == [("open", "warn")]
     index = _vectors([_bar(i, c, Measure.VOLATILITY, instrument="DVOL-BTC", venue="deribit")
-                      for i, c in enumerate(closes)])
+                      for i, c in enumerate([100.0, 100.0, 112.0])])
     assert _moves(DetectorLogic(DetectorConfig(), lambda: 0), index) == []
 
 

@@ -35,10 +35,10 @@ def _moves(logic: DetectorLogic, key: str, closes: list[float]) -> list[AnomalyS
 
 
 def test_a_product_runs_with_its_own_levels_and_other_keys_with_the_defaults() -> None:
-    """A 25 % daily rise is past the default one-day cap (10 %), so critical at once;
-    the product's own cap is 40 %, so the same rise there is no trip."""
+    """A 25 % daily fall is past the default one-day cap (7 %), so critical at once;
+    the product's own cap is 40 %, so the same fall there is no trip."""
     cfg = DetectorConfig(bands=MoveBandConfig(products=(VOL_INDEX,))).validate()
-    closes = [100.0, 100.0, 125.0]
+    closes = [100.0, 100.0, 75.0]
     btc = _moves(DetectorLogic(cfg, lambda: 0), "binance/BTCUSDT", closes)
     assert [(s.phase, s.severity.value) for s in btc] == [("open", "critical")]
     assert _moves(DetectorLogic(cfg, lambda: 0), "deribit/DVOL-BTC", closes) == []

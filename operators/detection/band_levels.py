@@ -35,6 +35,12 @@ class BandLevels(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     daily_limits_bps: tuple[float, ...] | None = None  # unset: detector.bands.daily_limits_bps
     settlement_s: float | None = None  # unset: detector.bands.settlement_s
     band_k: tuple[float, ...] | None = None  # unset: detector.bands.band_k
+    critical_rules: tuple[str, ...] | None = None  # unset: detector.bands.critical_rules
+    fast_s: float | None = None  # unset: detector.bands.fast_s
+    deep_bps: float | None = None  # unset: detector.bands.deep_bps
+    deep_z: float | None = None  # unset: detector.bands.deep_z
+    slide_z: float | None = None  # unset: detector.bands.slide_z
+    static_z: float | None = None  # unset: detector.bands.static_z
     critical_ratio: float | None = None  # unset: detector.bands.critical_ratio
     critical_moves: str | None = None  # unset: detector.bands.critical_moves
     confirm_horizons: int | None = None  # unset: detector.bands.confirm_horizons
@@ -44,6 +50,7 @@ class BandLevels(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     hysteresis: float | None = None  # unset: detector.bands.hysteresis
     close_quiet_points: int | None = None  # unset: detector.bands.close_quiet_points
     close_quiet_ns: int | None = None  # unset: detector.bands.close_quiet_ns
+    deescalate_quiet_points: int | None = None  # unset: detector.bands.deescalate_quiet_points
     deescalate_quiet_s: float | None = None  # unset: detector.bands.deescalate_quiet_s
     top_k: int | None = None  # unset: detector.bands.top_k
     model_version: str | None = None  # unset: detector.bands.model_version
@@ -60,10 +67,14 @@ class ProductBands(BandLevels, frozen=True, kw_only=True, forbid_unknown_fields=
 
 DEFAULT_HORIZONS_S = (60.0, 300.0, 900.0, 3600.0, 14_400.0, 86_400.0)
 CRITICAL_MOVES = {"down": -1, "up": 1, "both": 0}
+CRITICAL_RULES = ("fast_fall", "slide", "limit", "static", "ratio", "horizons")
+"""The rules ``critical_rules`` may list (:mod:`~riskguard.operators.detection.band_rules`)."""
 """``critical_moves``: the sign of the moves the learned bands may make critical (0:
 either)."""
 #: a volatility index's static levels at the default horizons (a day's: 3,000 bps)
 VOLATILITY_CAPS_BPS = (600.0, 1000.0, 1400.0, 2000.0, 2500.0, 3000.0)
+#: a volatility index's band widths at the default horizons, in typical moves
+VOLATILITY_BAND_K = (7.0, 6.0, 5.5, 5.0, 4.0, 4.0)
 
 
 def log_interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
@@ -93,7 +104,10 @@ class VolatilityLevels(BandLevels, frozen=True, kw_only=True, forbid_unknown_fie
     # a day's cap of 3,000 bps: a fall of 26 %, a rise of 35 %
     cap_bps: tuple[float, ...] | None = VOLATILITY_CAPS_BPS
     daily_limits_bps: tuple[float, ...] | None = ()  # a volatility index is no price
+    deep_bps: float | None = 1500.0  # a day's rise of implied volatility by 16 %
     critical_moves: str | None = "up"  # a rise of implied volatility is the adverse move
+    # a day's rise of four typical ones: implied volatility spikes more often than a price
+    band_k: tuple[float, ...] | None = VOLATILITY_BAND_K
 
 
 VOLATILITY_LEVELS = VolatilityLevels()
@@ -131,22 +145,29 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     cap_bps: tuple[float, ...] = (300.0, 500.0, 700.0, 700.0, 700.0, 700.0)
     drawdown_s: float = 86_400.0
     # tiers of the daily price limits from the previous settlement: critical once a day each
-    daily_limits_bps: tuple[float, ...] = (700.0, 1300.0, 2000.0)
+    daily_limits_bps: tuple[float, ...] = (500.0, 1000.0, 1500.0, 2000.0)
     settlement_s: float = 0.0  # the settlement price: the last at this time after 00:00 UTC
     band_k: tuple[float, ...] = (7.0, 6.0, 5.5, 5.0, 4.0, 3.0)
-    critical_ratio: float = 1.25
-    # which moves the learned bands make critical: falls of a price (the adverse move of
-    # long collateral and the trigger of liquidations); the static levels and daily
-    # limits are critical either way
+    # the evidence that makes a reading critical (band_rules): any one of these rules
+    critical_rules: tuple[str, ...] = ("fast_fall", "slide", "static")
+    fast_s: float = 3600.0  # fast_fall: a move over a horizon up to this long out of band ...
+    deep_bps: float = 600.0  # ... while the day's range from its extreme is past this
+    deep_z: float = 3.0  # ... or past this many typical day ranges
+    slide_z: float = 1.75  # slide: past a daily limit, the day's range this many typical
+    static_z: float = math.inf  # static: a static level, learned moves this many typical
+    critical_ratio: float = 1.25  # ratio: a move this many times its band
+    # which moves may be critical: falls of a price (the adverse move of long collateral
+    # and the trigger of liquidations); a rally past its band or level is a warning
     critical_moves: str = "down"
-    confirm_horizons: int = 2
+    confirm_horizons: int = 2  # horizons: this many horizons out of band at once
     vol_halflife_s: float = 7 * 86_400.0
     vol_clip: float = 4.0
     warmup_returns: int = 30
     hysteresis: float = 0.8
     close_quiet_points: int = 3
     close_quiet_ns: int = 60 * NS
-    deescalate_quiet_s: float = 14_400.0
+    deescalate_quiet_points: int = 2
+    deescalate_quiet_s: float = 3600.0
     top_k: int = 3
     model_version: str = "1"
     volatility: VolatilityLevels = VOLATILITY_LEVELS
@@ -173,11 +194,13 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         changes = {name: value for name in BandLevels.__struct_fields__
                    if (value := getattr(levels, name)) is not None}
         horizons: tuple[float, ...] = changes.get("horizons_s", self.horizons_s)
-        if (isinstance(levels, VolatilityLevels) and levels.cap_bps == VOLATILITY_CAPS_BPS
-                and len(horizons) != len(VOLATILITY_CAPS_BPS)):
-            # the default index caps, taken at these horizons
-            changes["cap_bps"] = tuple(log_interpolate(DEFAULT_HORIZONS_S, VOLATILITY_CAPS_BPS, h)
-                                       for h in horizons)
+        if isinstance(levels, VolatilityLevels) and len(horizons) != len(DEFAULT_HORIZONS_S):
+            # the default index levels, taken at these horizons
+            for name, default in (("cap_bps", VOLATILITY_CAPS_BPS),
+                                  ("band_k", VOLATILITY_BAND_K)):
+                if getattr(levels, name) == default:
+                    changes[name] = tuple(log_interpolate(DEFAULT_HORIZONS_S, default, h)
+                                          for h in horizons)
         return msgspec.structs.replace(self, products=(), volatility=_NO_LEVELS, **changes)
 
     def validate(self, path: str = "detector.bands") -> MoveBandConfig:
@@ -235,12 +258,25 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
                 raise ConfigError(f"{path}.{name}", "must be a positive number", v)
         if not self.critical_ratio >= 1.0:
             raise ConfigError(path + ".critical_ratio", "must be >= 1", self.critical_ratio)
+        for i, rule in enumerate(self.critical_rules):
+            if rule not in CRITICAL_RULES:
+                raise ConfigError(f"{path}.critical_rules[{i}]",
+                                  "one of " + ", ".join(CRITICAL_RULES), rule)
+        for name in ("fast_s", "deep_bps", "slide_z"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"{path}.{name}", "must be a positive number", v)
+        for name in ("static_z", "deep_z"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{path}.{name}", "must be a positive number (inf: off)",
+                                  getattr(self, name))
         if self.critical_moves not in CRITICAL_MOVES:
             raise ConfigError(path + ".critical_moves", "one of down, up, both",
                               self.critical_moves)
         if not 0.0 < self.hysteresis <= 1.0:
             raise ConfigError(path + ".hysteresis", "must be in (0, 1]", self.hysteresis)
-        for name in ("warmup_returns", "close_quiet_points", "close_quiet_ns", "top_k",
+        for name in ("warmup_returns", "close_quiet_points", "deescalate_quiet_points",
+                     "close_quiet_ns", "top_k",
                      "confirm_horizons"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{path}.{name}", "must be >= 0", getattr(self, name))

@@ -207,6 +207,7 @@ class DetectorLogic:
         if s.key:
             self._key_bands(s.key, s.measure)
         self._quiet_points = config.close_quiet_points
+        self._bands_only = config.model == "none"  # no learned path: the move bands alone
         if s.features:
             self._set_kind()
             if self._array:
@@ -333,6 +334,8 @@ class DetectorLogic:
         if fv.price and (not self._bands_set or fv.measure != s.measure):
             bands = self._key_bands(fv.key, fv.measure)  # its first price, or a new measure
         moves = bands.on_vector(fv) if bands is not None and fv.price else ()
+        if self._bands_only:
+            return list(moves)
         if not s.features:
             self._init_key(fv)
         if s.first_ts < 0:
@@ -597,13 +600,17 @@ class DetectorLogic:
         return [Contribution(feature=feats[i], value=x[i], zscore=max(-1e12, min(1e12, z[i])))
                 for i in order[: self.config.top_k]]
 
-    def _severity(self, excess: float, duration: int, points: int = 0) -> Severity:
+    def _severity(self, excess: float, duration: int, points: int = 0,
+                  bars: bool = False) -> Severity:
         """By how far the score passed the threshold, or by how long the episode has
         lasted: both in event time and in anomalous vectors (two 1-minute bars are
-        not a minute of anomalous 1-second vectors)."""
+        not a minute of anomalous 1-second vectors). On bar data at most
+        ``max_severity_on_bars``: the move bands judge a bar's price path."""
         c = self.config
         if excess >= c.critical_excess or (duration >= c.critical_duration_ns
                                            and points >= c.critical_points):
+            if bars and c.max_severity_on_bars == "warn":
+                return Severity.WARN
             return Severity.CRITICAL
         if excess >= c.warn_excess or (duration >= c.warn_duration_ns
                                        and points >= c.warn_points):
@@ -629,7 +636,7 @@ class DetectorLogic:
                 s.ep_peak_excess = excess
                 s.ep_warming = warming
                 s.ep_points = 1
-                sev = self._severity(excess, 0)
+                sev = self._severity(excess, 0, 0, fv.interval_ns > 0)
                 s.ep_severity = sev.value
                 s.ep_last_anom = ts
                 return [self._signal(fv, "anomaly", "open", score, thr, sev, warming,
@@ -641,7 +648,8 @@ class DetectorLogic:
             # that starts inside it must not be reported as warming up
             s.ep_warming = s.ep_warming and warming
             s.ep_peak_excess = max(s.ep_peak_excess, excess)
-            sev = self._severity(s.ep_peak_excess, ts - s.ep_start, s.ep_points)
+            sev = self._severity(s.ep_peak_excess, ts - s.ep_start, s.ep_points,
+                                 fv.interval_ns > 0)
             if _SEVERITY_RANK[sev] > _SEVERITY_RANK[Severity(s.ep_severity)]:
                 s.ep_severity = sev.value
                 return [self._signal(fv, "anomaly", "escalate", score, thr, sev,

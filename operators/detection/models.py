@@ -27,7 +27,7 @@ from riskguard.operators.detection.venue_confirm import VenueConfirmConfig
 from riskguard.errors import ConfigError
 
 NS = 1_000_000_000
-_MODELS = ("auto", "hst", "river_hst", "range", "gaussian", "oneclass_svm", "lof")
+_MODELS = ("auto", "hst", "river_hst", "range", "gaussian", "oneclass_svm", "lof", "none")
 
 
 class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -37,8 +37,9 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     seconds to build. ``lof`` manages about 160 events/s: low-rate keys only.
     """
 
+    # the learned path's model; "none" runs the move bands alone (no learned path)
     model: Literal["auto", "hst", "river_hst", "range", "gaussian", "oneclass_svm",
-                   "lof"] = "auto"
+                   "lof", "none"] = "auto"
     model_version: str = "2"
     features: tuple[str, ...] = ()
     scaler: Literal["squash", "minmax"] = "squash"
@@ -77,6 +78,9 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     critical_duration_ns: int = 60 * NS
     warn_points: int = 10
     critical_points: int = 60
+    # the highest severity on bar data (klines, OHLCV): a bar carries only the price path
+    # and volume, which the move bands judge, so there critical comes from them
+    max_severity_on_bars: Literal["warn", "critical"] = "warn"
     top_k: int = 3
     range_threshold: float = 0.01
     range_block: int = 128

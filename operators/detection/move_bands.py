@@ -93,6 +93,14 @@ from riskguard.operators.detection.band_levels import (
     MoveBandConfig,
     log_interpolate,
 )
+from riskguard.operators.detection.band_rules import (
+    LIMIT,
+    MOVE,
+    RANGE,
+    SETTLEMENT,
+    CriticalRules,
+    Reading,
+)
 from riskguard.schemas.signals import AnomalySignal, Contribution, FeatureVector, Severity
 
 NS = 1_000_000_000
@@ -143,6 +151,11 @@ _FINE_NS = 60 * NS
 _COARSE_NS = 900 * NS
 
 
+def _level(share: float, falling: bool) -> float:
+    """A share of the price as a log move: a fall of 7 % is 725 bps, a rise 677."""
+    return -math.log1p(-share) if falling else math.log1p(share)
+
+
 def _label(seconds: float) -> str:
     for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
@@ -169,7 +182,8 @@ class MoveBands:
         self._dd_ns = int(c.drawdown_s * NS)
         self._limits = [b * 1e-4 for b in c.daily_limits_bps]
         self._settle_ns = int(c.settlement_s * NS)
-        self._adverse = CRITICAL_MOVES[c.critical_moves]
+        self._rules = CriticalRules(c, CRITICAL_MOVES[c.critical_moves])
+        self.rule: str | None = None  # the critical rule of the last critical reading
         self._for_interval = -1
         self._plan: list[tuple[int, bool, float, float, float, str, float]] = []
         self._params_at: dict[int, tuple[float, float, float]] = {}
@@ -235,9 +249,9 @@ class MoveBands:
 
     # -- internals ---------------------------------------------------------
     def _measure(self, ts: int, price: float, low: float, high: float,
-                 since: int | None = None) -> list[tuple[float, float, str, float, float]]:
-        """``(ratio, move, name, cap, typical move)`` per horizon and for the
-        drawdown/rally. A horizon shorter than the data's interval is measured over one
+                 since: int | None = None) -> list[Reading]:
+        """A :class:`~riskguard.operators.detection.band_rules.Reading` per horizon and
+        for the drawdown/rally. A horizon shorter than the data's interval is measured over one
         interval, with the band settings of that length (interpolated between the
         configured horizons). With ``since`` (a trip's time), no move reaches back
         before it: a horizon whose look-back does is measured from the trip's price,
@@ -252,7 +266,7 @@ class MoveBands:
         s = self.s
         sigma = self.sigma_per_sqrt_ns
         interval = s.interval_ns
-        out: list[tuple[float, float, str, float, float]] = []
+        out: list[Reading] = []
         if interval != self._for_interval:
             self._plan_for(interval)
         returns = self._returns
@@ -291,8 +305,12 @@ class MoveBands:
                 scale: float | None = sqrt(hv[0])
             else:
                 scale = None if sigma is None else sigma * sqrt_h
-            band = cap if scale is None else min(cap, max(floor, k * scale))
-            out.append((abs(move) / band, move, name, cap, scale or 0.0))
+            if scale is None:
+                out.append(Reading(abs(move) / cap, move, name, cap, -1.0, h))
+            else:
+                learned = max(floor, k * scale)
+                out.append(Reading(abs(move) / min(cap, learned), move, name, cap, scale, h,
+                                   MOVE, abs(move) / learned))
         if coarse:
             hi, lo = self._day_range(ts) if since is None else self._range_since(since)
             hi, lo = max(hi, high), min(lo, low)
@@ -303,16 +321,20 @@ class MoveBands:
             returns.append((-h, move))  # its own scale: a drawdown is no close-to-close move
             scale = self._scale(-h, sigma, h)
             band = self._band(k, floor, cap, scale)
-            out.append((abs(move) / band, move, name, cap, scale or 0.0))
+            learned = band if scale is None else max(floor, k * scale)
+            out.append(Reading(abs(move) / band, move, name, cap,
+                               -1.0 if scale is None else scale, h, RANGE,
+                               abs(move) / learned))
         return out
 
-    def _daily_limits(self, ts: int, low: float, high: float,
-                      ratios: list[tuple[float, float, str, float, float]],
-                      since: list[tuple[float, float, str, float, float]] | None) -> None:
-        """A day's first reading past a tier of the daily limits joins the measures as a
-        move past its cap (critical), since the trip too. The settlement is the last
-        price at or before the day's start, if it is no older than a day. A price at a
-        tier's level reaches it (to a part in 10^12: 1 - 93/100 is 0.06999...)."""
+    def _daily_limits(self, ts: int, low: float, high: float, ratios: list[Reading],
+                      since: list[Reading] | None) -> None:
+        """The move from the settlement price joins the measures, as its ratio to the first
+        daily limit; on the reading that first reaches a tier that day, as a limit too
+        (since a trip with the day's range: a fall that keeps going is judged again at
+        each tier). The settlement is the last price at or before the day's start, if it
+        is no older than a day. A price at a tier's level reaches it (to a part in
+        10^12: 1 - 93/100 is 0.06999...)."""
         s = self.s
         start = (ts - 1 - self._settle_ns) // _DAY * _DAY + self._settle_ns
         if start != s.day_start:
@@ -323,29 +345,35 @@ class MoveBands:
         if not s.settle > 0.0:
             return
         limits = self._limits
-        for falling in (True, False):
-            reach = 1.0 - low / s.settle if falling else high / s.settle - 1.0
+        fall, rise = 1.0 - low / s.settle, high / s.settle - 1.0
+        log_fall, log_rise = math.log(low / s.settle), math.log(high / s.settle)
+        falling = fall >= rise
+        ratios.append(Reading((max(fall, rise) + 1e-12) / limits[0],
+                              log_fall if falling else log_rise, "from_settlement",
+                              _level(limits[0], falling), -1.0, 0, SETTLEMENT))
+        for down, reach, move in ((True, fall, log_fall), (False, rise, log_rise)):
             tiers = bisect.bisect_right(limits, reach + 1e-12)
-            if tiers <= (s.tiers_down if falling else s.tiers_up):
+            if tiers <= (s.tiers_down if down else s.tiers_up):
                 continue
-            if falling:
+            if down:
                 s.tiers_down = tiers
             else:
                 s.tiers_up = tiers
             tier = limits[tiers - 1]
-            move = math.log((low if falling else high) / s.settle)
-            # the tier as a log move (no further than the move: a price at the tier is past it)
-            cap = min(abs(move), -math.log1p(-tier) if falling else math.log1p(tier))
-            entry = (abs(move) / cap, move, "from_settlement", cap, 0.0)
-            ratios.append(entry)
+            limit = Reading((reach + 1e-12) / tier, move, "from_settlement",
+                            _level(tier, down), -1.0, 0, LIMIT)
+            ratios.append(limit)
             if since is not None:
-                since.append(entry)
+                since.append(limit)
+                # with the whole day's range: a new tier is judged against the day's fall
+                since.extend(r for r in ratios if r.kind == RANGE)
 
     def _plan_for(self, interval: int) -> None:
         """Per horizon for data of this interval: ``(h, on the fine tier, band_k, floor,
         cap, name, sqrt(h))``; a horizon shorter than the interval becomes the
         interval."""
         self._for_interval = interval
+        self._rules.for_interval(interval)
         self._plan = [(h, h <= 3600 * NS and h % _FINE_NS == 0, *self._params(h),
                        f"move_{_label(h / NS)}", math.sqrt(h))
                       for h in sorted({max(h, interval) for h in self._h_ns})]
@@ -480,23 +508,18 @@ class MoveBands:
                 while tier and tier[0][0] <= k - keep:
                     del tier[0]
 
-    def _severity(self, ratios: list[tuple[float, float, str, float, float]]
-                  ) -> tuple[Severity | None, float]:
-        """``(severity or None when every move is in its band, largest ratio)``."""
-        c = self.config
-        top = max((r[0] for r in ratios), default=0.0)
-        capped = any(abs(r[1]) >= r[3] for r in ratios)
-        if not (top >= 1.0 or capped):
+    def _severity(self, readings: list[Reading]) -> tuple[Severity | None, float]:
+        """``(severity or None when every move is in its band and below its static
+        level, largest ratio)``: critical when one of the key's critical rules holds
+        (the rule's name is kept in ``self.rule``), else a warning."""
+        top = max((r[0] for r in readings), default=0.0)
+        if not (top >= 1.0 or any(abs(r[1]) >= r[3] for r in readings)):
             return None, top
-        sign = self._adverse
-        judged = ratios if not sign else [r for r in ratios if r[1] * sign > 0.0]
-        confirmed = sum(1 for r in judged if r[0] >= 1.0) >= c.confirm_horizons
-        worst = top if not sign else max((r[0] for r in judged), default=0.0)
-        return (Severity.CRITICAL if capped or confirmed or worst >= c.critical_ratio
-                else Severity.WARN), top
+        self.rule = self._rules.first(readings)
+        return (Severity.CRITICAL if self.rule is not None else Severity.WARN), top
 
     def _trip(self, fv: FeatureVector, low: float, high: float,
-              ratios: list[tuple[float, float, str, float, float]]) -> None:
+              ratios: list[Reading]) -> None:
         """A critical reading: the moves that judge severity start from here, and the
         trip's direction is that of its largest move."""
         s = self.s
@@ -509,8 +532,8 @@ class MoveBands:
         s.reset_extreme = low if s.reset_dir < 0 else high
 
     def _episode(self, fv: FeatureVector, low: float, high: float,
-                 ratios: list[tuple[float, float, str, float, float]],
-                 since: list[tuple[float, float, str, float, float]] | None
+                 ratios: list[Reading],
+                 since: list[Reading] | None
                  ) -> list[AnomalySignal]:
         s = self.s
         c = self.config
@@ -547,16 +570,21 @@ class MoveBands:
                 s.ep_severity = Severity.CRITICAL.value
                 return [self._signal(fv, "escalate", Severity.CRITICAL, top_since, since)]
             return []
-        # quiet: every move since the trip inside its band, and no new extreme in the
-        # trip's direction (a price still grinding the same way has not found its level)
-        further = low < s.reset_extreme if s.reset_dir < 0 else high > s.reset_extreme
+        # quiet: every move since the trip in the trip's direction inside its band, and no
+        # new extreme that way (a price still grinding the same way has not found its
+        # level; one that rebounds has)
+        price = fv.price or 0.0
+        further = price < s.reset_extreme if s.reset_dir < 0 else price > s.reset_extreme
         if further:
-            s.reset_extreme = low if s.reset_dir < 0 else high
-        s.reset_quiet = s.reset_quiet + 1 if top_since < c.hysteresis and not further else 0
+            s.reset_extreme = price
+        way, shortest = s.reset_dir, self._plan[0][0]
+        loud = any(r.kind == MOVE and r.horizon_ns <= shortest and r.ratio >= c.hysteresis
+                   and r.move * way > 0.0 for r in since)
+        s.reset_quiet = s.reset_quiet + 1 if not (loud or further) else 0
         if not s.reset_quiet:
             s.reset_loud_ts = fv.ts
         elif (s.ep_severity == Severity.CRITICAL.value
-              and (s.reset_quiet >= c.close_quiet_points
+              and (s.reset_quiet >= c.deescalate_quiet_points
                    or fv.ts - s.reset_loud_ts >= self._deescalate_ns)
               and fv.ts - s.reset_ts >= c.close_quiet_ns):
             s.ep_severity = Severity.WARN.value
@@ -566,13 +594,14 @@ class MoveBands:
     def _signal(self, fv: FeatureVector,
                 phase: Literal["open", "escalate", "deescalate", "close"],
                 severity: Severity, top: float,
-                ratios: list[tuple[float, float, str, float, float]]) -> AnomalySignal:
+                ratios: list[Reading]) -> AnomalySignal:
         s = self.s
         s.signals += 1
         contributions = [
             Contribution(feature=name, value=move * 1e4,
-                         zscore=max(-1e12, min(1e12, move / scale)) if scale else 0.0)
-            for _ratio, move, name, _cap, scale in sorted(ratios, key=lambda r: (-r[0], r[2]))[
+                         zscore=max(-1e12, min(1e12, move / scale)) if scale > 0 else 0.0)
+            for _ratio, move, name, _cap, scale, _h, _kind, _learned in sorted(
+                    ratios, key=lambda r: (-r[0], r[2]))[
                 : self.config.top_k]]
         key = self.key or fv.key
         sid = str(uuid.uuid5(_NAMESPACE, f"{key}:{s.signals}:{phase}:{fv.ts}"))
