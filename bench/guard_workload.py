@@ -29,14 +29,18 @@ import msgspec
 from confluent_kafka import Consumer, Producer, TopicPartition
 from riskguard.connectors.broker import DevBroker
 from riskguard.connectors.settings import KafkaSettings
-from riskguard.connectors.topics import create_topics, topic_name
+from riskguard.connectors.topics import (
+    INPUT_STREAMS,
+    TopicsConfig,
+    create_topics,
+    topic_name,
+    topic_specs,
+)
 from riskguard.dataflows.demo import DemoKeys, init_keys, stream_of, write_config
 from riskguard.dataflows.demo_scenario import build_scenario
-from riskguard.dataflows.guard import INPUT_STREAMS
 from riskguard.schemas import Fill, encode
 
-from riskguard.cli_topics import topic_specs
-from riskguard.config import CommonConfig, TopicsConfig
+from riskguard.config import CommonConfig
 
 NS = 1_000_000_000
 
@@ -79,7 +83,7 @@ def setup_env(
     workdir.mkdir(parents=True, exist_ok=True)
     common = CommonConfig(env=env, kafka=KafkaSettings(bootstrap=bootstrap),
                           topics=TopicsConfig(default_partitions=partitions))
-    create_topics(common.kafka.client_config(), topic_specs(common))
+    create_topics(common.kafka.client_config(), topic_specs(common.env, common.topics))
     keys = init_keys(workdir)
     path = write_config(workdir, bootstrap, keys, env)
     text = path.read_text()

@@ -602,7 +602,7 @@ class StressOutcome:
 _KEYS: dict[str, DemoKeys] = {}
 
 
-def _keys(workdir: Path) -> DemoKeys:
+def scenario_keys(workdir: Path) -> DemoKeys:
     k = str(workdir)
     if k not in _KEYS:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -640,7 +640,7 @@ def backtest_scenario(sc: Scenario, records: list[Any], workdir: str | Path, *,
     """The guard over ``records`` on the scenario's config (with ``replica`` as its
     ``[replica]`` table, and ``overrides`` merged in); the result and the config hash."""
     work = Path(workdir)
-    doc = guard_config_doc(sc, _keys(work), playbook)
+    doc = guard_config_doc(sc, scenario_keys(work), playbook)
     if replica is not None:
         doc["replica"] = replica
     if overrides:

@@ -355,7 +355,7 @@ def _summary(c: Counts, elapsed_s: float, how: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bytewax._bytewax import cli_main  # noqa: PLC0415  (what python -m bytewax.run calls)
+    from bytewax.run import cli_main  # noqa: PLC0415  (what python -m bytewax.run calls)
     from bytewax.recovery import RecoveryConfig  # noqa: PLC0415
 
     from riskguard.cli import one_line, reach_kafka  # noqa: PLC0415  (imports this module)

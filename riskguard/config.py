@@ -36,6 +36,7 @@ import msgspec
 import msgspec.inspect as mi
 
 from riskguard.connectors.settings import REDACTED, KafkaSettings, looks_secret
+from riskguard.connectors.topics import TopicsConfig
 from riskguard.errors import ConfigError
 
 T = TypeVar("T")
@@ -46,21 +47,6 @@ _TYPE = re.compile(r"^Expected `(?P<exp>[^`]*)`, got `(?P<got>[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]*)`$")
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]*)`$")
 _PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
-
-
-class TopicsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Partition counts and settings per stream (``topics.partitions.<stream>``)."""
-
-    partitions: dict[str, int] = {}
-    default_partitions: int = 2
-    replication_factor: int = 1
-    min_insync_replicas: int | None = None
-    retention_ms: dict[str, int] = {}
-
-    def __post_init__(self) -> None:
-        for stream, n in self.partitions.items():
-            if n < 1:
-                raise ConfigError(f"topics.partitions.{stream}", "must be >= 1", n)
 
 
 def _lookup(data: Any, path: str) -> Any:

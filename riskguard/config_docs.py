@@ -9,7 +9,7 @@ compares it with the checked-in one, so it cannot fall behind the code::
 
     python -m riskguard.config_docs > docs/configuration.md
 
->>> from riskguard.config import TopicsConfig
+>>> from riskguard.connectors.topics import TopicsConfig
 >>> [key for key, *_ in rows(TopicsConfig)][:2]
 ['partitions', 'default_partitions']
 """

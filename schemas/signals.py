@@ -29,6 +29,10 @@ class Severity(StrEnum):
     CRITICAL = "critical"
 
 
+SEVERITY_RANK = {Severity.INFO: 0, Severity.WARN: 1, Severity.CRITICAL: 2}
+"""Severities in order: ``SEVERITY_RANK[a] > SEVERITY_RANK[b]`` when ``a`` is worse."""
+
+
 class ScopeKind(StrEnum):
     VENUE = "venue"
     COUNTERPARTY = "counterparty"
@@ -264,3 +268,28 @@ class DetectProgress(Record, frozen=True, kw_only=True, tag="detect_progress"):
 
 SIGNAL_TYPES = (FeatureVector, AnomalySignal, RiskAlert, Exposure, Utilization, LimitBreach,
                 DetectProgress)
+
+
+def parse_limit_path(path: str) -> tuple[str, str, str]:
+    """``(key, level, name)`` of a limit path; raises ``ValueError`` if malformed.
+
+    >>> parse_limit_path("counterparty.okx.asset.BTC")
+    ('okx', 'asset', 'BTC')
+    >>> parse_limit_path("firm")
+    ('*', 'firm', '*')
+    """
+    if path == "firm":
+        return "*", "firm", "*"
+    if path.startswith("firm.asset."):
+        return "*", "asset", path[len("firm.asset."):]
+    if not path.startswith("counterparty.") or len(path) <= len("counterparty."):
+        msg = f"limit path must be firm[.asset.<a>] or counterparty.<cp>[...]; got {path!r}"
+        raise ValueError(msg)
+    rest = path[len("counterparty."):]
+    for level in ("instrument", "asset"):
+        sep = f".{level}."
+        if sep in rest:
+            cp, name = rest.rsplit(sep, 1)
+            if cp and name:
+                return cp, level, name
+    return rest, "cp", rest

@@ -30,18 +30,18 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 from confluent_kafka import KafkaError as _KE
 from msgspec.structs import force_setattr
 from riskguard.connectors.kafka.consumer import (
-    _IDLE_BACKOFF,
-    _IDLE_PATIENCE,
-    _IDLE_WAIT_S,
-    _LAG_EVERY_NS,
-    _RECHECK_NS,
-    _STARTS,
+    IDLE_BACKOFF,
+    IDLE_PATIENCE,
+    IDLE_WAIT_S,
+    LAG_EVERY_NS,
+    RECHECK_NS,
+    STARTS,
     EventTimeAlignment,
     SharedConsumer,
-    _event_times,
-    _stamp_of,
     consumer_lag,
+    event_times,
     list_partitions,
+    stamp_of,
 )
 from riskguard.connectors.settings import KafkaSettings, as_settings
 from riskguard.operators.core.base import SplitOut, split_dead_letters
@@ -105,7 +105,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         self._align = align
         self._name = name or f"{idx}-{topic}"
         # records read but held back by alignment: recs[head:], with their offsets and
-        # event times (_NO_TS for those that never wait: dead letters, no ts)
+        # event times (NO_TS for those that never wait: dead letters, no ts)
         self._recs: list[Any] = []
         self._offs: list[int] = []
         self._tss: list[int] = []
@@ -122,11 +122,11 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
     def _unread_left(self, idle_eof: int, now: int) -> bool:
         """Idle for ``idle_eof``: whether messages are still left before the partition's
         end (a fetch that stalled, not the end of input). Asked of the broker at most every
-        ``_RECHECK_NS``; after ``_IDLE_PATIENCE`` idle periods with messages still left
+        ``RECHECK_NS``; after ``IDLE_PATIENCE`` idle periods with messages still left
         (a transactional topic's last offset is a marker no read returns) the partition
         ends anyway, with a warning naming how many. A broker that does not answer cannot
         confirm the end: the partition stays open, and once the cluster has left every
-        such question unanswered for ``_IDLE_PATIENCE`` idle periods, :class:`BrokerError`
+        such question unanswered for ``IDLE_PATIENCE`` idle periods, :class:`BrokerError`
         stops the flow (a bounded run never ends as if its input were complete)."""
         if self._idle_since is None:
             self._idle_since = now
@@ -134,24 +134,24 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         bootstrap = self.shared.bootstrap
         if ends is None:
             since = _END_UNANSWERED.setdefault((bootstrap, self._clock), now)
-            if now - since >= _IDLE_PATIENCE * idle_eof:
+            if now - since >= IDLE_PATIENCE * idle_eof:
                 raise BrokerError(
                     f"cannot confirm the end of input on topic {self._topic!r} partition "
                     f"{self._idx}: the broker at {bootstrap} has not answered for "
                     f"{(now - since) / 1e9:.0f} s")
-            self._recheck_at = now + min(idle_eof, _RECHECK_NS)
+            self._recheck_at = now + min(idle_eof, RECHECK_NS)
             return True
         _END_UNANSWERED.pop((bootstrap, self._clock), None)
         lo, hi = ends
         pos = lo if self._offset == OFFSET_BEGINNING else self._offset
         if pos < 0 or hi <= pos:
             return False
-        if now - self._idle_since >= _IDLE_PATIENCE * idle_eof:
+        if now - self._idle_since >= IDLE_PATIENCE * idle_eof:
             _log.warning("topic %r partition %d ends idle with %d messages unread "
                          "(offset %d, high watermark %d)", self._topic, self._idx, hi - pos,
                          pos, hi)
             return False
-        self._recheck_at = now + min(idle_eof, _RECHECK_NS)
+        self._recheck_at = now + min(idle_eof, RECHECK_NS)
         return True
 
     def _fetch(self) -> tuple[list[Any], list[int]] | None:
@@ -235,7 +235,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
             skipped = None
         if skipped is not None and self._align is not None:  # only alignment asks
             self._skipped_any = True
-            self._skipped_ts = max(self._skipped_ts, _stamp_of(skipped.value()))
+            self._skipped_ts = max(self._skipped_ts, stamp_of(skipped.value()))
         self._at_end = at_end
         now = self._clock()
         if last_off >= 0:
@@ -248,12 +248,12 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         return out, offsets
 
     def _report_lag(self, now: int, force: bool = False) -> None:
-        """Every ``_LAG_EVERY_NS`` (or now, when ``force``): the partition's lag gauge,
+        """Every ``LAG_EVERY_NS`` (or now, when ``force``): the partition's lag gauge,
         from the last fetch's high watermark and the next offset to read. Before the first
         message the broker is asked for both watermarks (:func:`consumer_lag`)."""
         if not force and now < self._lag_due:
             return
-        self._lag_due = now + _LAG_EVERY_NS
+        self._lag_due = now + LAG_EVERY_NS
         lo = None
         hi = self.shared.high_watermark(self._topic, self._idx)
         if self._offset < 0 and self._offset != OFFSET_END:  # nothing read yet
@@ -281,7 +281,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
             return self._next_aligned(self._align)
         fetched = self._fetch()
         if fetched is None:
-            self._awake = datetime.now(UTC) + _IDLE_BACKOFF
+            self._awake = datetime.now(UTC) + IDLE_BACKOFF
             return []
         self._awake = None
         return fetched[0]
@@ -292,7 +292,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
             fetched = self._fetch()
             if fetched and fetched[0]:
                 self._recs, self._offs = fetched
-                self._tss = _event_times(self._recs)
+                self._tss = event_times(self._recs)
                 self._peak = list(accumulate(self._tss, max))
                 self._head = 0
                 got = True
@@ -321,7 +321,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         align.update(self._name, head, stand, got or self._skipped_any, now,
                      self._at_end and not self._writers)
         self._skipped_any = False
-        self._awake = None if out else datetime.now(UTC) + _IDLE_BACKOFF
+        self._awake = None if out else datetime.now(UTC) + IDLE_BACKOFF
         return out
 
     def next_awake(self) -> datetime | None:
@@ -394,10 +394,10 @@ class _Bundle(StatefulSourcePartition[Any, dict[str, tuple[int, int]]]):
         elif self._wait_on is not None:
             # sleep in librdkafka until a message is ready (or a short while), then read
             # again at once: no latency added, and no poll loop while idle
-            self._wait_on.wait(_IDLE_WAIT_S)
+            self._wait_on.wait(IDLE_WAIT_S)
             self._awake = None
         else:
-            self._awake = datetime.now(UTC) + _IDLE_BACKOFF
+            self._awake = datetime.now(UTC) + IDLE_BACKOFF
         return out
 
     def next_awake(self) -> datetime | None:
@@ -553,7 +553,7 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
     ) -> None:
         if isinstance(topics, str):
             raise ConfigError("kafka.topics", "a list of topic names", topics)
-        if starting_offset not in _STARTS:
+        if starting_offset not in STARTS:
             raise ConfigError("kafka.starting_offset", "'earliest' or 'latest'", starting_offset)
         self.settings = as_settings(brokers)
         self.topics = list(topics)
@@ -625,7 +625,7 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
     def _build_one(self, consumer: SharedConsumer, topic: str, idx: int,
                    resume_state: tuple[int, int] | None) -> _SourcePartition:
         offset, watermark = resume_state if resume_state is not None else (
-            _STARTS[self.starting_offset], -1
+            STARTS[self.starting_offset], -1
         )
         checks = self.checks
         split = self.split if self.split is not None and topic in self.split.topics else None

@@ -30,7 +30,7 @@ Run it with ``riskguard run --config guard.toml`` or
 from typing import Any
 
 from bytewax.dataflow import Dataflow
-from riskguard.dataflows.guard.config import (
+from riskguard.connectors.topics import (
     DETECTED,
     DETECTIONS,
     FIRM_STREAMS,
@@ -38,11 +38,13 @@ from riskguard.dataflows.guard.config import (
     INPUT_STREAMS,
     MARKET,
     MARKET_STREAMS,
+    STREAM_TYPES,
+    TRADING,
+)
+from riskguard.dataflows.guard.config import (
     NS,
     REPLICA_ID_ENV,
-    STREAM_TYPES,
     TIER_INDEX_ENV,
-    TRADING,
     GuardConfig,
     InputConfig,
     KeysConfig,

@@ -23,26 +23,6 @@ from riskguard.operators.mitigation.playbook import PlaybookConfig
 from riskguard.operators.signing import SignConfig
 from riskguard.operators.signing.crypto import Signer
 from riskguard.operators.signing.trust import RootSet, TrustStore
-from riskguard.schemas import (
-    AnomalySignal,
-    Balance,
-    Bar,
-    BookDepth,
-    DetectProgress,
-    Fill,
-    FundingRate,
-    IndexPrice,
-    OpenInterest,
-    OpenOrders,
-    OptionQuote,
-    PositionSnapshot,
-    PremiumIndexBar,
-    Quote,
-    SignedEnvelope,
-    Trade,
-    Valuation,
-    VenueStatus,
-)
 
 from riskguard.config import (
     CommonConfig,
@@ -54,35 +34,6 @@ from riskguard.config import (
 from riskguard.errors import ConfigError
 
 NS = 1_000_000_000
-MARKET = (Trade, Quote, Bar, BookDepth, OptionQuote, IndexPrice, FundingRate, OpenInterest,
-          PremiumIndexBar)
-TRADING = (Fill, PositionSnapshot, Balance, OpenOrders)
-# Everything the guard core consumes; any other record type (a bare, unsigned command
-# included) is a dead letter.
-HANDLED = (*MARKET, VenueStatus, *TRADING, SignedEnvelope)
-INPUT_STREAMS = ("market", "venue_status", "fills", "positions", "balances", "limit_updates",
-                 "acks")
-# The topic market processes write for the firm process, and what it carries
-DETECTIONS = "detections"
-DETECTED = (AnomalySignal, DetectProgress, Valuation)
-# What a market process reads (the market topic split by underlying, the others whole),
-# and what the firm process reads
-MARKET_STREAMS = ("market", "venue_status", "fills", "positions", "balances")
-FIRM_STREAMS = ("venue_status", "limit_updates", "acks", DETECTIONS)
-# What each input topic may carry: any other record on it is a wrong_topic dead letter
-# (whoever may write market data must not move positions, nor sign anything)
-STREAM_TYPES: dict[str, tuple[type, ...]] = {
-    "market": MARKET,
-    "venue_status": (VenueStatus,),
-    "fills": (Fill,),
-    "positions": (PositionSnapshot,),
-    "balances": (Balance, OpenOrders),
-    "limit_updates": (SignedEnvelope,),
-    "acks": (SignedEnvelope,),  # executors' signed acks (their payload type says so)
-    DETECTIONS: DETECTED,
-}
-
-
 class ReplicaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """This guard's place among redundant replicas (docs/replicas.md).
 

@@ -23,18 +23,19 @@ from typing import Any
 import bytewax.operators as op
 import msgspec
 from bytewax.dataflow import Stream, operator
-from riskguard.dataflows.guard.config import DETECTED, HANDLED, GuardConfig
+from riskguard.connectors.topics import DETECTED, HANDLED
+from riskguard.dataflows.guard.config import GuardConfig
 from riskguard.dataflows.guard.steps import (
     MarkFilter,
-    _detect_on,
-    _first_of_each_id,
-    _market_parts,
-    _market_ticks,
-    _monitor_builder,
-    _select_feeds,
-    _split_inputs,
-    _tick_fn,
-    _unhandled,
+    detect_on,
+    first_of_each_id,
+    market_parts,
+    market_ticks,
+    monitor_builder,
+    select_feeds,
+    split_inputs,
+    tick_fn,
+    unhandled_letter,
 )
 from riskguard.operators.audit import AuditState
 from riskguard.operators.audit.ops import audit_log
@@ -129,13 +130,13 @@ def guard_core(
     # Event-time progress from every record (not only market data: fills during a market
     # data outage must still be valued).
     ticks = own_ticks = op.flat_map_batch(
-        "ticks", records, _tick_fn(cfg.tick_ns,
+        "ticks", records, tick_fn(cfg.tick_ns,
                                    of=tick_sources + processes if firm else tick_sources))
     if detected_in is not None:
         # each market process is one more tick source: time holds until it has passed
         ticks = op.merge("all_ticks", ticks, op.flat_map_batch(
-            "market_ticks", detected_in, _market_ticks(processes)))
-    market, records, status, trading = _split_inputs(records)
+            "market_ticks", detected_in, market_ticks(processes)))
+    market, records, status, trading = split_inputs(records)
     updates = op.flat_map_batch("updates", records, lambda rs: [
         r for r in rs if isinstance(r, SignedEnvelope)
         and r.payload_type not in (PAYLOAD_COMMAND, PAYLOAD_ACK)])
@@ -160,7 +161,7 @@ def guard_core(
         values_of))
     manual = verified.oks
     unhandled = op.flat_map_batch("unhandled", records, lambda rs: [
-        _unhandled(r) for r in rs if not isinstance(r, HANDLED)])
+        unhandled_letter(r) for r in rs if not isinstance(r, HANDLED)])
 
     fcfg = cfg.feeds
     feed_venues = tuple(fcfg.venues)
@@ -173,20 +174,20 @@ def guard_core(
     monitor_in = op.flat_map("monitor_key", op.merge("monitor_src", status, ticks), monitor_keys)
     feed_alerts = op.map(
         "monitor_unkey",
-        stateful_logic("feed_monitor", monitor_in, _monitor_builder(fcfg, clock),
+        stateful_logic("feed_monitor", monitor_in, monitor_builder(fcfg, clock),
                        order=event_time),
         lambda kv: kv[1],
     )
 
     step_errs: list[Stream[DeadLetter]] = []
     if detected_in is not None:
-        anomalies = _first_of_each_id(detected_in, cfg.tier.recent_ids)
-        summed = sum_exposures("exposure", _market_parts(detected_in, own_ticks, cfg),
+        anomalies = first_of_each_id(detected_in, cfg.tier.recent_ids)
+        summed = sum_exposures("exposure", market_parts(detected_in, own_ticks, cfg),
                                config=cfg.exposure)
         exposures, exposure_alerts, progress = summed.exposures, summed.alerts, summed.progress
     else:
-        market_ok = _select_feeds(market, status, cfg, None)
-        anomalies, detect_errs = _detect_on(market_ok, status, cfg, clock, None, read=market,
+        market_ok = select_feeds(market, status, cfg, None)
+        anomalies, detect_errs = detect_on(market_ok, status, cfg, clock, None, read=market,
                                             tick_sources=tick_sources)
         step_errs.extend(detect_errs)
         marks = op.flat_map_batch("marks", market_ok,

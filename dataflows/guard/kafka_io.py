@@ -14,11 +14,8 @@ from riskguard.connectors.kafka import (
     RecordChecks,
     kafka_input,
 )
-from riskguard.dataflows.guard.config import (
-    DETECTIONS,
-    STREAM_TYPES,
-    GuardConfig,
-)
+from riskguard.connectors.topics import DETECTIONS, STREAM_TYPES
+from riskguard.dataflows.guard.config import GuardConfig
 from riskguard.operators.core.base import SplitOut, split_dead_letters
 from riskguard.operators.core.clock import Clock
 from riskguard.schemas import (
@@ -94,6 +91,6 @@ def exposures_key(rec: Any) -> str:
     return str(getattr(rec, "limit_path", ""))
 
 
-def _audit_key(rec: Any) -> str:
+def audit_key(rec: Any) -> str:
     """Audit records and checkpoints of one chain share a Kafka partition, in order."""
     return str(getattr(rec, "chain", None) or getattr(rec, "origin", ""))

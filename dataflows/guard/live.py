@@ -14,16 +14,15 @@ from bytewax.dataflow import Dataflow
 from riskguard.connectors.audit_tail import read_chains_and_peers
 from riskguard.connectors.command_log import last_signed_seq
 from riskguard.connectors.kafka import kafka_output
+from riskguard.connectors.topics import FIRM_STREAMS, INPUT_STREAMS
 from riskguard.dataflows.guard.config import (
-    FIRM_STREAMS,
-    INPUT_STREAMS,
     GuardConfig,
     apply_gc_policy,
     load_guard_config,
     load_keys,
 )
 from riskguard.dataflows.guard.core import guard_core
-from riskguard.dataflows.guard.kafka_io import _audit_key, exposures_key, guard_input
+from riskguard.dataflows.guard.kafka_io import audit_key, exposures_key, guard_input
 from riskguard.dataflows.guard.market import market_flow
 from riskguard.operators.core.clock import Clock, system_clock
 from riskguard.operators.core.metrics import start_metrics_server_from_env
@@ -54,7 +53,7 @@ def build_flow(
     )))
     role = cfg.tier.role
     if role != "firm":
-        _prepare_detection(cfg)
+        prepare_detection(cfg)
     if role == "market":
         return market_flow(cfg, clock)
     if signer is None or trust is None:
@@ -85,7 +84,7 @@ def build_flow(
     kafka_output("exposures", out.exposures, brokers=brokers, topic=cfg.topic("exposures"),
                  delivery_timeout_s=timeout, key=exposures_key)
     kafka_output("audit", out.audit, brokers=brokers, topic=cfg.topic("audit"),
-                 delivery_timeout_s=timeout, key=_audit_key)
+                 delivery_timeout_s=timeout, key=audit_key)
     return flow
 
 
@@ -114,7 +113,7 @@ def check_peer_configs(replica: str, cfg_hash: str, peers: dict[str, str]) -> No
                       "--new-config to change theirs next", replica)
 
 
-def _prepare_detection(cfg: GuardConfig) -> None:
+def prepare_detection(cfg: GuardConfig) -> None:
     """Build at start-up what detection would otherwise build on its first records."""
     if cfg.detector.drift != "none":
         # Start-up, not the first market record, pays for River's drift module (~1 s:

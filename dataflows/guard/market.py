@@ -18,22 +18,18 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream, operator
 from riskguard.connectors.kafka import KeySplit, StartSignal, kafka_output
-from riskguard.dataflows.guard.config import (
-    DETECTIONS,
-    MARKET_STREAMS,
-    GuardConfig,
-    price_key_prefixes,
-)
+from riskguard.connectors.topics import DETECTIONS, MARKET_STREAMS
+from riskguard.dataflows.guard.config import GuardConfig, price_key_prefixes
 from riskguard.dataflows.guard.kafka_io import guard_input
 from riskguard.dataflows.guard.steps import (
     MarkFilter,
-    _detect_on,
-    _progress,
-    _select_feeds,
-    _split_inputs,
-    _tick_fn,
-    _with_own_index,
+    detect_on,
     is_broadcast,
+    progress_records,
+    select_feeds,
+    split_inputs,
+    tick_fn,
+    with_own_index,
 )
 from riskguard.operators.core.base import (
     split_dead_letters,
@@ -256,11 +252,11 @@ def market_core(
     signals and valuations it made before it. Its ticks hold only its own time (``of``
     1); the progress it passes on announces every market process."""
     name = market_source(owners.index)
-    ticks = op.flat_map_batch("ticks", records, _tick_fn(cfg.tick_ns, source=name, of=1))
-    market, _rest, status, trading = _split_inputs(records)
-    market_ok = _select_feeds(market, status, cfg, owners.local)
-    feat_market = _with_own_index(market, market_ok)
-    anomalies, errs = _detect_on(feat_market, status, cfg, clock, owners.local)
+    ticks = op.flat_map_batch("ticks", records, tick_fn(cfg.tick_ns, source=name, of=1))
+    market, _rest, status, trading = split_inputs(records)
+    market_ok = select_feeds(market, status, cfg, owners.local)
+    feat_market = with_own_index(market, market_ok)
+    anomalies, errs = detect_on(feat_market, status, cfg, clock, owners.local)
     marks = op.flat_map_batch("marks", feat_market,
                               MarkFilter(cfg.mark_interval_ns, cfg.mark_move_bps).passed)
     place = ShardPlace(f"m{owners.index}.", owners.owns, owners.processes)
@@ -268,8 +264,8 @@ def market_core(
                              ticks=ticks, clock=clock, wall_clock=wall_clock)
     valuations = op.flat_map_batch("valuations", valued.made, _valuation_records(name))
     # the signals first: a batch's progress goes out behind its signals
-    detections = op.merge("detections", anomalies, valuations,
-                          op.flat_map_batch("progress", ticks, lambda ts: _progress(ts, name)))
+    progress = op.flat_map_batch("progress", ticks, lambda ts: progress_records(ts, name))
+    detections = op.merge("detections", anomalies, valuations, progress)
     dead = op.flat_map_batch("observe_errs", op.merge("errs", *errs, valued.errs), observe_all)
     return MarketOut(detections=detections, dead_letters=dead)
 

@@ -13,7 +13,8 @@ from typing import Any
 import bytewax.operators as op
 import msgspec
 from bytewax.dataflow import Stream
-from riskguard.dataflows.guard.config import MARKET, TRADING, GuardConfig
+from riskguard.connectors.topics import MARKET, TRADING
+from riskguard.dataflows.guard.config import GuardConfig
 from riskguard.operators.core.base import (
     event_time,
     stateful_logic,
@@ -114,7 +115,7 @@ class MarkFilter:
         return out
 
 
-def _split_inputs(records: Stream[Any]) -> tuple[Stream[Any], Stream[Any], Stream[VenueStatus],
+def split_inputs(records: Stream[Any]) -> tuple[Stream[Any], Stream[Any], Stream[VenueStatus],
                                                   Stream[Any]]:
     """``(market data, everything else, heartbeats, trading records)`` of the decoded
     input. Market data is most of it: split off first, so the other filters see only
@@ -136,7 +137,7 @@ def _status_records(recs: list[Any]) -> list[Any]:
     return [r for r in recs if isinstance(r, VenueStatus)]
 
 
-def _tick_fn(tick_ns: int, source: str | None = None, of: int = 0) -> Any:
+def tick_fn(tick_ns: int, source: str | None = None, of: int = 0) -> Any:
     """A Tick each time the records' event time crosses a new ``tick_ns`` boundary, named
     ``source`` (default: this process) and announcing ``of`` tick sources in all (the firm
     process: itself and each market process; 0: unknown, as in a replay, which holds for
@@ -169,7 +170,7 @@ def _tick_fn(tick_ns: int, source: str | None = None, of: int = 0) -> Any:
     return ticks
 
 
-def _unhandled(rec: Any) -> DeadLetter:
+def unhandled_letter(rec: Any) -> DeadLetter:
     """A valid record of a type the guard does not consume (e.g. on the wrong topic); a
     bare command record is refused as unsigned: nothing unsigned acts."""
     unsigned = isinstance(rec, MitigationCommand)
@@ -184,7 +185,7 @@ def _unhandled(rec: Any) -> DeadLetter:
 
 
 
-def _select_feeds(market: Stream[Any], status: Stream[VenueStatus], cfg: GuardConfig,
+def select_feeds(market: Stream[Any], status: Stream[VenueStatus], cfg: GuardConfig,
                   local_keys: Callable[[str], bool] | None) -> Stream[Any]:
     """Feed selection (primary/backup failover) on the features' key (venue/instrument),
     so market data changes worker at most once before features; heartbeats fan out."""
@@ -215,7 +216,7 @@ def _select_feeds(market: Stream[Any], status: Stream[VenueStatus], cfg: GuardCo
     )
 
 
-def _with_own_index(market: Stream[Any], market_ok: Stream[Any]) -> Stream[Any]:
+def with_own_index(market: Stream[Any], market_ok: Stream[Any]) -> Stream[Any]:
     """A market process's feed-selected market data with its own copy of every index price,
     which feeds its own keys and marks its own shards."""
     return op.merge(
@@ -227,7 +228,7 @@ def _with_own_index(market: Stream[Any], market_ok: Stream[Any]) -> Stream[Any]:
     )
 
 
-def _detect_on(feat_market: Stream[Any], status: Stream[VenueStatus], cfg: GuardConfig,
+def detect_on(feat_market: Stream[Any], status: Stream[VenueStatus], cfg: GuardConfig,
                clock: Clock, local_keys: Callable[[str], bool] | None,
                read: Stream[Any] | None = None, tick_sources: int = 0,
                ) -> tuple[Stream[AnomalySignal], list[Stream[DeadLetter]]]:
@@ -242,12 +243,12 @@ def _detect_on(feat_market: Stream[Any], status: Stream[VenueStatus], cfg: Guard
     if cfg.detector.cross.enabled and read is not None:
         anomalies = op.merge("with_dislocations", anomalies, detect_dislocations(
             "cross", read, config=cfg.detector.cross,
-            ticks_of=_tick_fn(cfg.tick_ns, of=tick_sources),
+            ticks_of=tick_fn(cfg.tick_ns, of=tick_sources),
             clock=clock, bar_ns=cfg.features.bar_ns))
     return anomalies, [feats.errs, detected.errs]
 
 
-def _market_ticks(processes: int) -> Any:
+def market_ticks(processes: int) -> Any:
     """The firm process: each :class:`~riskguard.schemas.DetectProgress` as a Tick from its
     market process, counted among all the tick sources (the firm's own, and each market
     process's), like its own ticks."""
@@ -272,7 +273,7 @@ def _signals_in(recs: list[Any]) -> list[tuple[str, Any]]:
     return out
 
 
-def _market_parts(detected: Stream[Any], ticks: Stream[Tick], cfg: GuardConfig) -> Stream[Any]:
+def market_parts(detected: Stream[Any], ticks: Stream[Tick], cfg: GuardConfig) -> Stream[Any]:
     """The firm process: the parts and progress of the market processes' valuations, each
     record's parts before its progress, and its own ticks as progress too.
 
@@ -300,7 +301,7 @@ def _market_parts(detected: Stream[Any], ticks: Stream[Tick], cfg: GuardConfig) 
                     op.flat_map_batch("own_progress", ticks, own_progress))
 
 
-def _first_of_each_id(detected: Stream[Any], keep: int) -> Stream[AnomalySignal | RiskAlert]:
+def first_of_each_id(detected: Stream[Any], keep: int) -> Stream[AnomalySignal | RiskAlert]:
     """The firm process's anomaly signals (and the market processes' stage-1 alerts), each
     id once: a market process that resumed from its snapshot sends the signals made
     after it again (:mod:`riskguard.operators.core.dedup`)."""
@@ -311,7 +312,7 @@ def _first_of_each_id(detected: Stream[Any], keep: int) -> Stream[AnomalySignal 
         values_of)
 
 
-def _progress(ticks: list[Tick], name: str) -> list[DetectProgress]:
+def progress_records(ticks: list[Tick], name: str) -> list[DetectProgress]:
     """A market process: each of its ticks as a :class:`~riskguard.schemas.DetectProgress`
     from ``name`` (the same name after a restart, so the firm process goes on waiting
     for it, not for a new source)."""
@@ -327,7 +328,7 @@ def _bind_venue(fcfg: FeedConfig) -> Any:
     return lambda state: _PerVenue(FeedSelectLogic, fcfg, state)
 
 
-def _monitor_builder(fcfg: FeedConfig, clock: Clock) -> Any:
+def monitor_builder(fcfg: FeedConfig, clock: Clock) -> Any:
     monitor = functools.partial(FeedMonitorLogic, clock=clock)
     return lambda state: _PerVenue(monitor, fcfg, state)
 

@@ -56,13 +56,18 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import msgspec
-from riskguard.schemas.signals import AnomalySignal, Contribution, FeatureVector, Severity
+from riskguard.schemas.signals import (
+    SEVERITY_RANK,
+    AnomalySignal,
+    Contribution,
+    FeatureVector,
+    Severity,
+)
 
 from riskguard.errors import ConfigError
 
 NS = 1_000_000_000
 _NAMESPACE = uuid.UUID("2c1b8e0a-7f43-5b7e-9d1e-5a6f0c3b8d27")
-_RANK = {Severity.INFO: 0, Severity.WARN: 1, Severity.CRITICAL: 2}
 QUOTES = ("FDUSD", "USDT", "USDC", "BUSD", "TUSD", "USD", "DAI", "EUR", "BTC", "ETH")
 USD_LIKE = frozenset({"FDUSD", "USDT", "USDC", "BUSD", "TUSD", "USD", "DAI"})
 ALIASES = {"XBT": "BTC"}
@@ -232,7 +237,7 @@ class CrossRates:
                 m.ep_open, m.ep_severity = True, sev.value
                 m.episodes += 1
                 out.append(self._signal(fv, m, "open", sev, excess, ratio, ref_key))
-            elif _RANK[sev] > _RANK[Severity(m.ep_severity)]:
+            elif SEVERITY_RANK[sev] > SEVERITY_RANK[Severity(m.ep_severity)]:
                 m.ep_severity = sev.value
                 out.append(self._signal(fv, m, "escalate", sev, excess, ratio, ref_key))
         elif m.ep_open:

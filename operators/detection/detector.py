@@ -101,7 +101,7 @@ import msgspec
 from riskguard.operators.detection.hst import ArrayHST
 from riskguard.operators.detection.models import (
     DetectorConfig,
-    _make_drift,
+    make_drift,
     make_model,
     model_kind,
     model_name,
@@ -111,13 +111,18 @@ from riskguard.operators.detection.move_bands import MoveBands, MoveBandState
 from riskguard.operators.detection.score_quantile import ScoreQuantile
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import encode
-from riskguard.schemas.signals import AnomalySignal, Contribution, FeatureVector, Severity
+from riskguard.schemas.signals import (
+    SEVERITY_RANK,
+    AnomalySignal,
+    Contribution,
+    FeatureVector,
+    Severity,
+)
 
 from riskguard.errors import ConfigError
 
 NS = 1_000_000_000
 _NAMESPACE = uuid.UUID("6f1d3c1e-6a57-5d8e-9a55-7c1b0a2e4d11")
-_SEVERITY_RANK = {Severity.INFO: 0, Severity.WARN: 1, Severity.CRITICAL: 2}
 _MAX_FINITE = 1.7976931348623157e308
 
 
@@ -197,7 +202,7 @@ class DetectorLogic:
         self._enough = min(50, self._min_scores)  # scores before the quantile is used
         self._tail_share = 1.0 - (1.0 - config.target_alarm_rate)  # as ScoreQuantile.get
         self.quantile = ScoreQuantile(config.threshold_window, True, s.quantile or None)
-        self.drift: Any = pickle.loads(s.drift) if s.drift else _make_drift(config)  # own state
+        self.drift: Any = pickle.loads(s.drift) if s.drift else make_drift(config)  # own state
         self._up = 1.0 + config.tail_step
         self._open_decay = 1.0 - 2.0 / config.threshold_window
         self._down = 1.0 - config.tail_step * (1.0 - config.tail_quantile) / config.tail_quantile
@@ -650,7 +655,7 @@ class DetectorLogic:
             s.ep_peak_excess = max(s.ep_peak_excess, excess)
             sev = self._severity(s.ep_peak_excess, ts - s.ep_start, s.ep_points,
                                  fv.interval_ns > 0)
-            if _SEVERITY_RANK[sev] > _SEVERITY_RANK[Severity(s.ep_severity)]:
+            if SEVERITY_RANK[sev] > SEVERITY_RANK[Severity(s.ep_severity)]:
                 s.ep_severity = sev.value
                 return [self._signal(fv, "anomaly", "escalate", score, thr, sev,
                                      s.ep_warming, contributions, self._episode_id())]

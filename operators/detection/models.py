@@ -221,7 +221,7 @@ def make_model(config: DetectorConfig, features: tuple[str, ...]) -> Any:
                                   limits=dict.fromkeys(features, (0.0, 1.0)))
 
 
-def _make_drift(config: DetectorConfig) -> Any:
+def make_drift(config: DetectorConfig) -> Any:
     from river import drift  # noqa: PLC0415  # lazy, as above
 
     if config.drift == "adwin":

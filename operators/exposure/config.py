@@ -143,7 +143,7 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
         return InstrumentRegistry(self.instruments, path=f"{path}.instruments")
 
 
-def _price_of(ev: Any) -> float | None:
+def price_of(ev: Any) -> float | None:
     t = type(ev)
     if t is Trade or t is IndexPrice:
         return ev.price
@@ -155,11 +155,11 @@ def _price_of(ev: Any) -> float | None:
 
 
 
-def _alert_id(*parts: object) -> str:
+def alert_id(*parts: object) -> str:
     return str(uuid.uuid5(_NS, "|".join(str(p) for p in parts)))
 
 
-def _evidence_add(buf: list[str], rid: str, cap: int) -> None:
+def evidence_add(buf: list[str], rid: str, cap: int) -> None:
     if rid in buf:
         return
     buf.append(rid)

@@ -58,6 +58,7 @@ from riskguard.schemas import (
     Severity,
     Utilization,
 )
+from riskguard.schemas.signals import parse_limit_path
 
 from riskguard.errors import ConfigError
 
@@ -340,31 +341,6 @@ def _unvalued(level: str, name: str, kind: str) -> Unvalued:
     return lambda e: e.unvalued_instruments
 
 
-def parse_path(path: str) -> tuple[str, str, str]:
-    """``(key, level, name)`` of a limit path; raises ``ValueError`` if malformed.
-
-    >>> parse_path("counterparty.okx.asset.BTC")
-    ('okx', 'asset', 'BTC')
-    >>> parse_path("firm")
-    ('*', 'firm', '*')
-    """
-    if path == "firm":
-        return "*", "firm", "*"
-    if path.startswith("firm.asset."):
-        return "*", "asset", path[len("firm.asset."):]
-    if not path.startswith("counterparty.") or len(path) <= len("counterparty."):
-        msg = f"limit path must be firm[.asset.<a>] or counterparty.<cp>[...]; got {path!r}"
-        raise ValueError(msg)
-    rest = path[len("counterparty."):]
-    for level in ("instrument", "asset"):
-        sep = f".{level}."
-        if sep in rest:
-            cp, name = rest.rsplit(sep, 1)
-            if cp and name:
-                return cp, level, name
-    return rest, "cp", rest
-
-
 class LimitsLogic:
     """Limits of one counterparty (or of the firm, key ``"*"``)."""
 
@@ -428,12 +404,12 @@ class LimitsLogic:
         out = [(p, lv, n, k, over.get((p, k), s)) for p, lv, n, k, s in rows]
         for (p, k), s in sorted(over.items()):
             if (p, k) not in seen:
-                _key, lv, n = parse_path(p)
+                _key, lv, n = parse_limit_path(p)
                 out.append((p, lv, n, k, s))
         return known, out
 
     def current_spec(self, path: str, kind: str) -> LimitSpec | None:
-        key, _lv, _n = parse_path(path)
+        key, _lv, _n = parse_limit_path(path)
         for p, _l, _nm, k, s in self._configured(key)[1]:
             if p == path and k == kind:
                 return s
@@ -475,7 +451,7 @@ class LimitsLogic:
 
     def _on_update(self, upd: LimitUpdate) -> list[Any]:
         st = self.state
-        key, _lv, _n = parse_path(upd.limit_path)
+        key, _lv, _n = parse_limit_path(upd.limit_path)
         st.key = key
         if upd.update_id in self._updates:
             return []
@@ -543,7 +519,7 @@ class LimitsLogic:
                                self._scope(upd.limit_path))
 
     def _scope(self, path: str) -> Scope:
-        key, level, name = parse_path(path)
+        key, level, name = parse_limit_path(path)
         if key == "*" and level == "firm":
             return Scope(kind=ScopeKind.FIRM, value="*")
         if level == "asset":
@@ -756,7 +732,7 @@ def rejection_alert(reason: str, detail: str, evidence: str, ts: int, scope: Sco
 def route_update(upd: LimitUpdate, ts: int) -> tuple[str, tuple[str, Any]] | RiskAlert:
     """The limits key a verified update goes to, or a rejection alert."""
     try:
-        key, _lv, _n = parse_path(upd.limit_path)
+        key, _lv, _n = parse_limit_path(upd.limit_path)
     except ValueError as err:
         return rejection_alert("bad_path", str(err), upd.update_id, ts,
                                Scope(kind=ScopeKind.FIRM, value="*"))

@@ -18,8 +18,8 @@ from riskguard.operators.exposure.config import (
     NS_PER_S,
     STATE_VERSION,
     ExposureConfig,
-    _alert_id,
-    _evidence_add,
+    alert_id,
+    evidence_add,
 )
 from riskguard.operators.exposure.routing import split_progress
 from riskguard.operators.exposure.valuation import NEVER_STALE
@@ -100,7 +100,7 @@ class CounterpartyLogic:
             st.watermark = max(st.watermark, p.ts)
             if st.evidence:
                 for rid in p.evidence:
-                    _evidence_add(st.evidence, rid, cap)
+                    evidence_add(st.evidence, rid, cap)
             else:  # the common case: the first part since the last emit
                 st.evidence = list(dict.fromkeys(p.evidence))[-cap:]
         if not changed:
@@ -163,7 +163,7 @@ class CounterpartyLogic:
                 continue
             st.stale[name] = mark_ts
             out.append(RiskAlert(
-                id=_alert_id("stale_mark", st.counterparty, name, mark_ts, st.watermark),
+                id=alert_id("stale_mark", st.counterparty, name, mark_ts, st.watermark),
                 kind="stale_mark",
                 scope=Scope(kind=ScopeKind.INSTRUMENT, value=name),
                 ts=st.watermark, severity=Severity.WARN,

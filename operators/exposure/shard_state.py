@@ -34,7 +34,7 @@ class Pending:
                        self.recv, self.first_recv)
 
 
-def _note_first(acc: Pending, items: Sequence[Any]) -> None:
+def note_first(acc: Pending, items: Sequence[Any]) -> None:
     """Ticked mode: the receive time of the first record since the last tick."""
     if acc.first_recv is None and items:
         it = items[0]
@@ -42,15 +42,15 @@ def _note_first(acc: Pending, items: Sequence[Any]) -> None:
         acc.first_recv = getattr(ev, "recv_ts", None)
 
 
-_OWN_ITEM_ROLES = frozenset(("fill", "snap", "orders", "bal"))
+OWN_ITEM_ROLES = frozenset(("fill", "snap", "orders", "bal"))
 
 
-def _item_ts(it: Item) -> int:
+def item_ts(it: Item) -> int:
     """Event time of a stage-1 item (a run of plain marks: its first mark's)."""
     return it[3][0].ts if it[0] == "marks" else it[3].ts
 
 
-def _split_at(items: list[Item], due: int) -> tuple[list[Item], list[Item] | None]:
+def split_at(items: list[Item], due: int) -> tuple[list[Item], list[Item] | None]:
     """``items`` before the first record (or tick) with ``ts >= due``, and the rest from
     it (``None``: none reaches ``due``); a run of plain marks is split inside."""
     for n, it in enumerate(items):
@@ -128,7 +128,7 @@ class ShardState:
 
 
 # the per-instrument columns: dtype, and the value of an instrument not marked yet
-_COLUMNS: dict[str, tuple[Any, Any]] = {
+COLUMNS: dict[str, tuple[Any, Any]] = {
     "mark": (np.float64, math.nan), "mark_ts": (np.int64, -1), "mark_id": (object, ""),
     "opt_delta": (np.float64, 0.0), "und_price": (np.float64, 0.0), "last_ts": (np.int64, 0),
     "ewma_price": (np.float64, 0.0), "ewma_ts": (np.int64, -1), "ewma_var": (np.float64, 0.0),
@@ -136,25 +136,25 @@ _COLUMNS: dict[str, tuple[Any, Any]] = {
     "feature_vol_ts": (np.int64, -1),
 }
 # the counterparty x instrument grids, and the value of a cell without a position
-_GRIDS: dict[str, tuple[Any, Any]] = {
+GRIDS: dict[str, tuple[Any, Any]] = {
     "qty": (np.float64, 0.0), "avg": (np.float64, 0.0), "orders": (np.float64, 0.0),
     "snap_ts": (np.int64, -1),
 }
 
 
-def _widen(st: ShardState, insts: list[str]) -> None:
+def widen(st: ShardState, insts: list[str]) -> None:
     """Give ``st`` the columns of ``insts`` (a name-ordered superset of its instruments):
     each new one empty, as a fresh shard's, and the held ones moved to their new places,
     with everything that refers to a column by index."""
     at = {name: j for j, name in enumerate(insts)}
     moved = [at[name] for name in st.insts]
     k = len(insts)
-    for name, (dt, fill) in _GRIDS.items():
+    for name, (dt, fill) in GRIDS.items():
         old = getattr(st, name)
         grid = np.full((old.shape[0], k), fill, dtype=dt)
         grid[:, moved] = old
         setattr(st, name, grid)
-    for name, (dt, fill) in _COLUMNS.items():
+    for name, (dt, fill) in COLUMNS.items():
         col = np.full(k, fill, dtype=dt)
         col[moved] = getattr(st, name)
         setattr(st, name, col)

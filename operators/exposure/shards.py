@@ -17,9 +17,9 @@ from riskguard.operators.core.base import copy_state
 from riskguard.operators.core.clock import Clock, Tick, Watermark, system_clock
 from riskguard.operators.exposure.config import (
     ExposureConfig,
-    _alert_id,
-    _evidence_add,
-    _price_of,
+    alert_id,
+    evidence_add,
+    price_of,
 )
 from riskguard.operators.exposure.instruments import (
     InstrumentRegistry,
@@ -27,17 +27,17 @@ from riskguard.operators.exposure.instruments import (
 from riskguard.operators.exposure.limits import level_of
 from riskguard.operators.exposure.routing import PROGRESS_KEY, Item, ShardPlace
 from riskguard.operators.exposure.shard_state import (
-    _COLUMNS,
-    _GRIDS,
-    _OWN_ITEM_ROLES,
+    COLUMNS,
+    GRIDS,
+    OWN_ITEM_ROLES,
     Pending,
     ShardState,
-    _item_ts,
-    _note_first,
-    _split_at,
-    _widen,
+    item_ts,
+    note_first,
+    split_at,
+    widen,
 )
-from riskguard.operators.exposure.valuation import _LEVEL_RANK, ShardValuation
+from riskguard.operators.exposure.valuation import LEVEL_RANK, ShardValuation
 from riskguard.schemas import (
     LimitLevel,
     PositionSnapshot,
@@ -115,7 +115,7 @@ class ShardLogic(ShardValuation):
         held = set(st.insts)
         new = [i for i in configured if i not in held and self._here("i:" + i)]
         if new:
-            _widen(st, sorted([*st.insts, *new]))
+            widen(st, sorted([*st.insts, *new]))
 
     def snapshot(self) -> ShardState:
         """An independent copy, field by field (arrays copied, immutable leaves shared):
@@ -123,7 +123,7 @@ class ShardLogic(ShardValuation):
         st = self.state
         if not st.key:
             return copy_state(st)
-        cols = {name: getattr(st, name).copy() for name in _COLUMNS}
+        cols = {name: getattr(st, name).copy() for name in COLUMNS}
         return ShardState(
             version=st.version, key=st.key, insts=list(st.insts), cps=list(st.cps),
             qty=st.qty.copy(), avg=st.avg.copy(), orders=st.orders.copy(),
@@ -147,9 +147,9 @@ class ShardLogic(ShardValuation):
         st.key = key
         st.insts = sorted(i for i in self.config.instruments.instruments if self._here("i:" + i))
         k = len(st.insts)
-        for name, (dt, fill) in _GRIDS.items():
+        for name, (dt, fill) in GRIDS.items():
             setattr(st, name, np.full((0, k), fill, dtype=dt))
-        for name, (dt, fill) in _COLUMNS.items():
+        for name, (dt, fill) in COLUMNS.items():
             setattr(st, name, np.full(k, fill, dtype=dt))
         st.seen = [{} for _ in range(k)]
         self._derive()
@@ -294,11 +294,11 @@ class ShardLogic(ShardValuation):
         st = self.state
         st.arrivals += 1
         due = -1
-        if self.wall_clock is not None and it[0] in _OWN_ITEM_ROLES:
+        if self.wall_clock is not None and it[0] in OWN_ITEM_ROLES:
             due = self.wall_clock() + self.config.max_hold_ns
             if self._held_due is None or due < self._held_due:
                 self._held_due = due
-        heapq.heappush(st.held, (_item_ts(it), st.arrivals, it, due))
+        heapq.heappush(st.held, (item_ts(it), st.arrivals, it, due))
         if self.on_reorder is not None:
             self.on_reorder("held", 1)
 
@@ -331,19 +331,19 @@ class ShardLogic(ShardValuation):
         rest = items
         while rest:
             if st.fast_due:
-                head, tail = _split_at(rest, st.fast_due)
+                head, tail = split_at(rest, st.fast_due)
                 if head:
-                    _note_first(acc, head)
+                    note_first(acc, head)
                     out.extend(self._apply(head, acc))
                 if tail is None:
                     return out
                 out.extend(self._flush_fast())
                 rest = tail
                 continue
-            k = next((n for n, it in enumerate(rest) if it[0] in _OWN_ITEM_ROLES), -1) \
+            k = next((n for n, it in enumerate(rest) if it[0] in OWN_ITEM_ROLES), -1) \
                 if step else -1
             head = rest if k < 0 else rest[:k + 1]
-            _note_first(acc, head)
+            note_first(acc, head)
             out.extend(self._apply(head, acc))
             if k < 0:
                 return out
@@ -441,7 +441,7 @@ class ShardLogic(ShardValuation):
                 continue
             if role == "fx":
                 cur = st.fx.get(target)
-                price = _price_of(ev)
+                price = price_of(ev)
                 for j in self._needing.get(target, ()):
                     if ts > last_ts[j]:  # noqa: PLR1730 - cheaper than max() per record
                         last_ts[j] = ts
@@ -509,7 +509,7 @@ class ShardLogic(ShardValuation):
             if buf is None:
                 evidence[(i, j)] = [rid]
             else:
-                _evidence_add(buf, rid, cap)
+                evidence_add(buf, rid, cap)
             own = touched.get(i)
             if own is None:
                 touched[i] = [rid]
@@ -547,12 +547,12 @@ class ShardLogic(ShardValuation):
             kind, sev = "peg_restored", Severity.INFO
         else:
             levels[asset] = new.value
-            if _LEVEL_RANK[new] <= _LEVEL_RANK[old]:  # no rise: the open incident stands
+            if LEVEL_RANK[new] <= LEVEL_RANK[old]:  # no rise: the open incident stands
                 return []
             kind = "depeg"
             sev = Severity.CRITICAL if new is LimitLevel.BREACH else Severity.WARN
         return [RiskAlert(
-            id=_alert_id(kind, asset, ev.id), kind=kind,
+            id=alert_id(kind, asset, ev.id), kind=kind,
             scope=Scope(kind=ScopeKind.UNDERLYING, value=asset), ts=ev.ts, recv_ts=ev.recv_ts,
             severity=sev,
             reason=(f"{asset} at {price:g} is {off:.0f} bps off its peg {peg:g} "
@@ -564,7 +564,7 @@ class ShardLogic(ShardValuation):
     def _on_snapshot(self, ev: PositionSnapshot, i: int, j: int) -> list[Any]:
         st = self.state
         ev_buf = st.evidence.setdefault((i, j), [])
-        _evidence_add(ev_buf, ev.id, self.config.max_evidence)
+        evidence_add(ev_buf, ev.id, self.config.max_evidence)
         out: list[Any] = []
         qty = float(st.qty[i, j])
         diff = ev.qty - qty
@@ -572,7 +572,7 @@ class ShardLogic(ShardValuation):
         tol = cfg.recon_abs_tol + cfg.recon_rel_tol * max(abs(ev.qty), abs(qty))
         if abs(diff) > tol:
             out.append(RiskAlert(
-                id=_alert_id("reconciliation_break", ev.counterparty, ev.instrument, ev.id),
+                id=alert_id("reconciliation_break", ev.counterparty, ev.instrument, ev.id),
                 kind="reconciliation_break",
                 scope=Scope(kind=ScopeKind.INSTRUMENT, value=ev.instrument, venue=ev.venue),
                 ts=ev.ts, severity=Severity.WARN,

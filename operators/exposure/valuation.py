@@ -12,20 +12,20 @@ from typing import Any, NamedTuple
 import numpy as np
 from riskguard.operators.core.dedup import IdWindow
 from riskguard.operators.exposure.arrays import (
-    _ewma_runs,
-    _not_before_earlier,
-    _row_reduce,
-    _run_ends,
-    _run_starts,
-    _seq_sum,
-    _shifted,
+    ewma_runs,
+    not_before_earlier,
+    row_reduce,
+    run_ends,
+    run_starts,
+    seq_sum,
+    shifted,
 )
 from riskguard.operators.exposure.config import (
     NS_PER_S,
     SECONDS_PER_YEAR,
     ExposureConfig,
-    _alert_id,
-    _price_of,
+    alert_id,
+    price_of,
 )
 from riskguard.operators.exposure.instruments import (
     InstrumentRegistry,
@@ -33,7 +33,7 @@ from riskguard.operators.exposure.instruments import (
 )
 from riskguard.operators.exposure.limits import LimitSpec
 from riskguard.operators.exposure.routing import ShardPlace, shard_key
-from riskguard.operators.exposure.shard_state import _GRIDS, Pending, ShardState
+from riskguard.operators.exposure.shard_state import GRIDS, Pending, ShardState
 from riskguard.schemas import (
     LimitLevel,
     RiskAlert,
@@ -46,7 +46,7 @@ from riskguard.schemas.valuation import Part
 from riskguard.errors import ConfigError
 
 NEVER_STALE = 2**62
-_LEVEL_RANK = {LimitLevel.OK: 0, LimitLevel.WARN: 1, LimitLevel.BREACH: 2}
+LEVEL_RANK = {LimitLevel.OK: 0, LimitLevel.WARN: 1, LimitLevel.BREACH: 2}
 _VECTOR_MIN = 64  # fewer plain marks than this are applied one by one (measured crossover)
 _SMALL_HELD = 32  # up to this many held instruments, realized vols are ranked in a loop
 # A book of at most this many cells, none of its rows holding more than _SEQ_SUM_MAX, is
@@ -192,7 +192,7 @@ class ShardValuation:
         if i >= st.qty.shape[0]:
             cap = max(8, 2 * st.qty.shape[0])
             k = len(st.insts)
-            for name, (dt, fill) in _GRIDS.items():
+            for name, (dt, fill) in GRIDS.items():
                 old = getattr(st, name)
                 grid = np.full((cap, k), fill, dtype=dt)
                 grid[: old.shape[0]] = old
@@ -258,7 +258,7 @@ class ShardValuation:
             st.last_ts[j] = ts
         if ts < st.mark_ts.item(j):
             return
-        price = _price_of(ev)
+        price = price_of(ev)
         if price is None:  # a funding rate without a mark price
             return
         rid = ev.id
@@ -310,8 +310,8 @@ class ShardValuation:
         try:
             px = np.array([e.price for e in ms], dtype=np.float64)[order]
         except AttributeError:  # quotes: the mid
-            px = np.array([_price_of(e) for e in ms], dtype=np.float64)[order]
-        starts = _run_starts(js)
+            px = np.array([price_of(e) for e in ms], dtype=np.float64)[order]
+        starts = run_starts(js)
         cols = js[starts]
         st.last_ts[cols] = np.maximum(st.last_ts[cols],
                                       np.maximum.reduceat(ts, np.flatnonzero(starts)))
@@ -319,13 +319,13 @@ class ShardValuation:
         # on that column (several venues' prices of one instrument interleave)
         acc = ts >= st.mark_ts[js]
         if ((js[1:] == js[:-1]) & (ts[1:] < ts[:-1])).any():
-            acc &= _not_before_earlier(js, ts, starts)
+            acc &= not_before_earlier(js, ts, starts)
         a = np.flatnonzero(acc)
         if not len(a):
             return recv
         # the accepted marks are in time order per column: the last one is the mark
         js, ts, px, order = js[a], ts[a], px[a], order[a]
-        last = np.flatnonzero(_run_ends(js))
+        last = np.flatnonzero(run_ends(js))
         ac = js[last]
         st.mark[ac] = px[last]
         st.mark_ts[ac] = ts[last]
@@ -343,28 +343,28 @@ class ShardValuation:
         if not len(f):
             return
         fj, ft, fp = js[f], ts[f], px[f]
-        new_f = _run_starts(fj)
+        new_f = run_starts(fj)
         # an update needs a strictly newer time than the column's previous update
-        keep = ft > np.where(new_f, st.ewma_ts[fj], _shifted(ft, 0))
+        keep = ft > np.where(new_f, st.ewma_ts[fj], shifted(ft, 0))
         kj, kt, kp = fj[keep], ft[keep], fp[keep]
         if not len(kj):
             return
-        new_k = _run_starts(kj)
-        pt = np.where(new_k, st.ewma_ts[kj], _shifted(kt, 0))
-        pp = np.where(new_k, st.ewma_price[kj], _shifted(kp, 0.0))
+        new_k = run_starts(kj)
+        pt = np.where(new_k, st.ewma_ts[kj], shifted(kt, 0))
+        pp = np.where(new_k, st.ewma_price[kj], shifted(kp, 0.0))
         h = np.flatnonzero((pt >= 0) & (pp > 0))
         if len(h):
             r = np.array(list(map(math.log, (kp[h] / pp[h]).tolist())))
             x = r * r / ((kt[h] - pt[h]) / NS_PER_S)
             hj = kj[h]
-            first = np.flatnonzero(_run_starts(hj))
+            first = np.flatnonzero(run_starts(hj))
             cols = hj[first]
             lens = np.diff(np.append(first, len(hj)))
             cnt = st.ewma_n[cols]
-            st.ewma_var[cols] = _ewma_runs(st.ewma_var[cols], cnt == 0, x, first, lens,
+            st.ewma_var[cols] = ewma_runs(st.ewma_var[cols], cnt == 0, x, first, lens,
                                            self.config.vol_alpha)
             st.ewma_n[cols] = cnt + lens
-        lk = np.flatnonzero(_run_ends(kj))
+        lk = np.flatnonzero(run_ends(kj))
         st.ewma_price[kj[lk]] = kp[lk]
         st.ewma_ts[kj[lk]] = kt[lk]
 
@@ -403,7 +403,7 @@ class ShardValuation:
             cp = st.cps[row]
             reason = (f"{why}; position of {cp} is unvalued" if mark_missing else why)
             out.append(RiskAlert(
-                id=_alert_id(kind, name, cp, rid), kind=kind,
+                id=alert_id(kind, name, cp, rid), kind=kind,
                 scope=Scope(kind=ScopeKind.INSTRUMENT, value=name), ts=int(st.last_ts[j]),
                 severity=Severity.WARN, reason=reason,
                 details={"counterparty": cp}, evidence_ids=[rid],
@@ -431,7 +431,7 @@ class ShardValuation:
                 if seen.get("fx") != "missing_fx":
                     seen["fx"] = "missing_fx"
                     alerts.append(RiskAlert(
-                        id=_alert_id("missing_fx", asset, cp, cur[1]), kind="missing_fx",
+                        id=alert_id("missing_fx", asset, cp, cur[1]), kind="missing_fx",
                         scope=Scope(kind=ScopeKind.INSTRUMENT, value=asset),
                         ts=st.asset_ts.get(asset, 0), severity=Severity.WARN,
                         reason=f"no FX rate {asset}->{rep} for collateral",
@@ -519,10 +519,10 @@ class ShardValuation:
         # no average entry price (nan): no unrealized PnL for that position
         upnl[np.isnan(upnl)] = 0.0
         # each row's positions are one run (row-major): a segmented sum, 10x a bincount's
-        gross = _row_reduce(np.add, np.abs(notional), bounds_a, 0.0)
-        net = _row_reduce(np.add, notional, bounds_a, 0.0)
-        upnl_s = _row_reduce(np.add, upnl, bounds_a, 0.0)
-        ord_s = (_row_reduce(np.add, st.orders.ravel()[flat] * fx_v[c_i], bounds_a, 0.0)
+        gross = row_reduce(np.add, np.abs(notional), bounds_a, 0.0)
+        net = row_reduce(np.add, notional, bounds_a, 0.0)
+        upnl_s = row_reduce(np.add, upnl, bounds_a, 0.0)
+        ord_s = (row_reduce(np.add, st.orders.ravel()[flat] * fx_v[c_i], bounds_a, 0.0)
                  if self._any_orders else [0.0] * m)
         d_u: Any = np.bincount(ug, qm * df[c_i], m * n_u).reshape(m, n_u).tolist()
         held_all_u: Any = held_u.all(axis=1).tolist()
@@ -541,8 +541,8 @@ class ShardValuation:
         # parts carry packed little-endian int64s, not per-position int objects
         mts_b = mts_c.astype("<i8", copy=False).tobytes()
         bounds = bounds_a.tolist()
-        ts_rows = _row_reduce(np.maximum, st.last_ts[c_i], bounds_a, 0)
-        oldest_rows = _row_reduce(np.minimum, mts_c, bounds_a, NEVER_STALE)
+        ts_rows = row_reduce(np.maximum, st.last_ts[c_i], bounds_a, 0)
+        oldest_rows = row_reduce(np.minimum, mts_c, bounds_a, NEVER_STALE)
         und_names = self._und_names
         any_unvalued = (act & ~valued).any(axis=1).tolist()
         if len(jc):
@@ -659,10 +659,10 @@ class ShardValuation:
                     da[a] = da.get(a, 0.0) + nt
                 if not ok:
                     unvalued.append(name)
-            v.gross.append(_seq_sum([abs(x) for x in nots]))
-            v.net.append(_seq_sum(nots))
-            v.upnl.append(_seq_sum(ups))
-            v.orders.append(_seq_sum(ords))
+            v.gross.append(seq_sum([abs(x) for x in nots]))
+            v.net.append(seq_sum(nots))
+            v.upnl.append(seq_sum(ups))
+            v.orders.append(seq_sum(ords))
             d = {und_names[u]: du[u] for u in sorted(du)}
             v.delta.append(d)
             v.by_asset.append(d if same else {asset_names[a]: da[a] for a in sorted(da)})
@@ -737,7 +737,7 @@ class ShardValuation:
             vts = vol_ts[idx]
             order = np.lexsort((vts, codes))
             sc = codes[order]
-            last = np.flatnonzero(_run_ends(sc))
+            last = np.flatnonzero(run_ends(sc))
             best = idx[order[last]]
             names = map(self._und_names.__getitem__, sc[last].tolist())
             uv = dict(zip(names, zip(vol[best].tolist(), vol_ts[best].tolist(), strict=True),

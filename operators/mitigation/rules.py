@@ -20,6 +20,7 @@ import msgspec
 from riskguard.operators.mitigation.acks import ACKNOWLEDGED, UNACKNOWLEDGED, AckConfig
 from riskguard.schemas import FIRM, Action, Scope, ScopeKind, Severity
 from riskguard.schemas.action_params import check_rung_params
+from riskguard.schemas.signals import SEVERITY_RANK
 
 from riskguard.errors import ConfigError
 
@@ -29,10 +30,9 @@ if TYPE_CHECKING:
 S = 1_000_000_000
 """Nanoseconds per second."""
 
-_NS = uuid.UUID("6f1c2f0e-3a57-4f43-9a39-2b5d6f0c9e11")
-_RANK = {Severity.INFO: 0, Severity.WARN: 1, Severity.CRITICAL: 2}
+COMMAND_NAMESPACE = uuid.UUID("6f1c2f0e-3a57-4f43-9a39-2b5d6f0c9e11")
 _NAME = re.compile(r"^[A-Za-z0-9_.:/@+-]{1,64}$")
-_MAX_EVIDENCE = 16
+MAX_EVIDENCE = 16
 #: RiskAlert kinds that close an incident opened by another kind.
 CLOSERS = {"heartbeat_restored": "heartbeat_loss", "feed_restored": "feed_failover",
            "withdrawals_resumed": "withdrawals_halted", "peg_restored": "depeg",
@@ -43,7 +43,7 @@ CLOSERS = {"heartbeat_restored": "heartbeat_loss", "feed_restored": "feed_failov
 OPENERS = frozenset({"anomaly", "price_move", "dislocation", "breach", "heartbeat_loss",
                      "feed_failover", "withdrawals_halted", "depeg", UNACKNOWLEDGED})
 TARGETS = ("same", "venue", "counterparty", "underlying", "firm")
-_PROTECTIVE = frozenset({Action.REDUCE_ONLY, Action.HALT_TRADING})
+PROTECTIVE = frozenset({Action.REDUCE_ONLY, Action.HALT_TRADING})
 _REQUIRED: dict[Action, tuple[str, ...]] = {
     Action.WIDEN_QUOTES: ("bps",),
     Action.REDUCE_LIMITS: ("factor",),
@@ -228,7 +228,7 @@ def _check_rule(p: str, rule: Rule, seen: set[str]) -> None:
 # -- targets -------------------------------------------------------------------
 
 
-def _venue_of(scope: Scope, venues: tuple[str, ...]) -> str | None:
+def venue_of(scope: Scope, venues: tuple[str, ...]) -> str | None:
     if scope.kind is ScopeKind.VENUE:
         return scope.value
     if scope.venue:
@@ -250,7 +250,7 @@ def map_scope(scope: Scope, target: str, venues: tuple[str, ...] = ()) -> Scope 
     if target == "firm":
         return FIRM
     if target == "venue":
-        v = _venue_of(scope, venues)
+        v = venue_of(scope, venues)
         return None if v is None else Scope(kind=ScopeKind.VENUE, value=v)
     if target == "counterparty":
         if scope.kind is ScopeKind.COUNTERPARTY:
@@ -271,14 +271,18 @@ def reached_rung(rule: Rule, inc: Incident, elapsed_ns: int) -> int:
     ``after_s``, by ``min_severity`` or at once, never past a rung whose ``requires``
     its severity does not meet; a repeat trip starts higher."""
     gate = next((i for i, rung in enumerate(rule.ladder) if rung.requires is not None
-                 and _RANK[inc.severity] < _RANK[rung.requires]), len(rule.ladder))
+                 and SEVERITY_RANK[inc.severity] < SEVERITY_RANK[rung.requires]), len(rule.ladder))
     top = min(inc.start_rung, gate - 1)
     for i, rung in enumerate(rule.ladder[:gate]):
-        if rung.after_s <= 0 or elapsed_ns >= rung.after_s * S or (
-                rung.min_severity is not None
-                and _RANK[inc.severity] >= _RANK[rung.min_severity]):
+        if rung.after_s <= 0 or elapsed_ns >= rung.after_s * S or _worsened(inc, rung):
             top = max(top, i)
     return top
+
+
+def _worsened(inc: Incident, rung: Rung) -> bool:
+    """Has the incident reached the rung's ``min_severity``?"""
+    return (rung.min_severity is not None
+            and SEVERITY_RANK[inc.severity] >= SEVERITY_RANK[rung.min_severity])
 
 
 def rung_reason(rule: Rule, inc: Incident, index: int, elapsed_ns: int) -> str:
@@ -296,6 +300,6 @@ def rung_reason(rule: Rule, inc: Incident, index: int, elapsed_ns: int) -> str:
         return f"severity {inc.severity.value}" if gated else "opened"
     if elapsed_ns >= rung.after_s * S:
         return f"persisted {rung.after_s:g}s"
-    if rung.min_severity is not None and _RANK[inc.severity] >= _RANK[rung.min_severity]:
+    if _worsened(inc, rung):
         return f"worsened to {inc.severity.value}"
     return f"on the way to rung {reached + 1}"
