@@ -279,5 +279,5 @@ def test_the_security_page_shows_the_real_trust_file_error() -> None:
 
     page = (Path(__file__).resolve().parents[1] / "docs" / "security.md").read_text()
     with pytest.raises(ConfigError) as err:
-        parse_trust("version = 1\n[two_preson]\nactions = []\n", source="trust.toml")
+        parse_trust('version = 1\n[two_preson]\nactions = ["resume"]\n', source="trust.toml")
     assert str(err.value) in page
