@@ -355,8 +355,8 @@ def _summary(c: Counts, elapsed_s: float, how: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bytewax.run import cli_main  # noqa: PLC0415  (what python -m bytewax.run calls)
     from bytewax.recovery import RecoveryConfig  # noqa: PLC0415
+    from bytewax.run import cli_main  # noqa: PLC0415  (what python -m bytewax.run calls)
 
     from riskguard.cli import one_line, reach_kafka  # noqa: PLC0415  (imports this module)
     from riskguard.dataflows.guard import (  # noqa: PLC0415  (heavy imports)

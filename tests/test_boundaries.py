@@ -45,10 +45,10 @@ def layer(module: str) -> int:
     best, found = -1, -1
     for rank, prefixes in enumerate(LAYERS):
         for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")
-                    or (prefix.endswith("_") and module.startswith(prefix))):
-                if len(prefix) > best:
-                    best, found = len(prefix), rank
+            inside = (module == prefix or module.startswith(prefix + ".")
+                      or (prefix.endswith("_") and module.startswith(prefix)))
+            if inside and len(prefix) > best:
+                best, found = len(prefix), rank
     assert found >= 0, f"{module} is in no layer"
     return found
 
