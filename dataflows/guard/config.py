@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -32,8 +31,18 @@ from riskguard.config import (
     read_toml,
 )
 from riskguard.errors import ConfigError
+from riskguard.validation import (
+    NonNegative,
+    NonNegativeInt,
+    PositiveFinite,
+    PositiveInt,
+    check_declared,
+)
 
 NS = 1_000_000_000
+ReplicaName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+
+
 class ReplicaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """This guard's place among redundant replicas (docs/replicas.md).
 
@@ -48,15 +57,13 @@ class ReplicaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     ``$RISKGUARD_REPLICA_ID`` (ops/k8s/replicas/).
     """
 
-    id: str = ""
-    peers: tuple[str, ...] = ()
+    id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{0,32}$")] = ""
+    peers: tuple[ReplicaName, ...] = ()
     issuers: dict[str, str] = {}
 
     def validate(self, path: str = "replica") -> None:
-        for i, name in enumerate((self.id, *self.peers)):
-            if (name or i) and not _REPLICA_NAME.fullmatch(name):
-                where = f"{path}.id" if i == 0 else f"{path}.peers"
-                raise ConfigError(where, "a name of 1-32 [A-Za-z0-9_-]", name)
+        """Raise ``ConfigError`` naming the key of the first bad value."""
+        check_declared(self, path)
         if self.peers and not self.id:
             raise ConfigError(f"{path}.id", "this replica's id, one of the peers (or "
                               f"${REPLICA_ID_ENV})", self.id)
@@ -74,7 +81,6 @@ class ReplicaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
                                   "replica", dict(self.issuers))
 
 
-_REPLICA_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
 # Sections that say where this process connects and which key it signs with, not what
 # it decides: replicas of one guard differ there and share the rest of the hash.
 _NOT_DECIDING = ("keys", "replica", "kafka")
@@ -111,13 +117,13 @@ class TierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 class InputConfig(msgspec.Struct, frozen=True, kw_only=True):
     """How the guard reads its topics."""
 
-    starting_offset: str = "earliest"
-    idle_eof_s: float | None = None
-    max_lateness_ns: int = 10 * NS
-    max_future_skew_ns: int = 5 * NS
+    starting_offset: Literal["earliest", "latest"] = "earliest"
+    idle_eof_s: PositiveFinite | None = None
+    max_lateness_ns: NonNegativeInt = 10 * NS
+    max_future_skew_ns: NonNegativeInt = 5 * NS
     check_future: bool = True
-    batch_size: int = 1000
-    align_skew_s: float | None = 2.0
+    batch_size: PositiveInt = 1000
+    align_skew_s: NonNegative | None = 2.0
     # Live, latency first: each read takes at most batch_size per partition, so a fill
     # is not processed behind a whole market-data burst (costs replay throughput).
     fair_reads: bool = False
@@ -162,11 +168,11 @@ class GuardConfig(CommonConfig, frozen=True, kw_only=True, forbid_unknown_fields
     audit: AuditConfig = AuditConfig()
     tier: TierConfig = TierConfig()
     replica: ReplicaConfig = ReplicaConfig()
-    tick_ns: int = NS
-    mark_interval_ns: int = 250_000_000
-    mark_move_bps: float = 5.0
+    tick_ns: PositiveInt = NS
+    mark_interval_ns: NonNegativeInt = 250_000_000
+    mark_move_bps: NonNegative = 5.0
     playbook_file: str | None = None
-    sink_delivery_timeout_s: float = 30.0
+    sink_delivery_timeout_s: PositiveFinite = 30.0
     # Python's youngest-generation collection threshold in the guard process (0: leave
     # Python's default of 700); see apply_gc_policy
     gc_gen0_threshold: Annotated[int, msgspec.Meta(ge=0)] = 50_000

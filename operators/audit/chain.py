@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from riskguard.operators.audit.merkle import CompactRange, leaf_hash
@@ -19,7 +19,8 @@ from riskguard.operators.signing.crypto import PAYLOAD_AUDIT_CHECKPOINT, Signer,
 from riskguard.schemas.audit import AuditCheckpoint, AuditRecord, DeadLetter
 
 import riskguard
-from riskguard.errors import ConfigError, SigningError, VerificationError
+from riskguard.errors import SigningError, VerificationError
+from riskguard.validation import PositiveInt, check_declared
 
 STATE_VERSION = 1
 _NS_PER_S = 1_000_000_000
@@ -87,23 +88,14 @@ class AuditConfig(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     origin: str = "riskguard"
-    checkpoint_every: int = 1000
-    checkpoint_interval_ns: int = 60 * _NS_PER_S
-    partitions: int = 1
+    checkpoint_every: PositiveInt = 1000
+    checkpoint_interval_ns: PositiveInt = 60 * _NS_PER_S
+    partitions: PositiveInt = 1
     operator_version: str = riskguard.__version__
-    config_hash: str = "0" * 64
+    config_hash: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")] = "0" * 64
 
     def __post_init__(self) -> None:
-        if self.checkpoint_every < 1:
-            raise ConfigError("audit.checkpoint_every", "an integer >= 1", self.checkpoint_every)
-        if self.checkpoint_interval_ns < 1:
-            raise ConfigError("audit.checkpoint_interval_ns", "an integer >= 1 (ns)",
-                              self.checkpoint_interval_ns)
-        if self.partitions < 1:
-            raise ConfigError("audit.partitions", "an integer >= 1", self.partitions)
-        hexdigits = "0123456789abcdef"
-        if len(self.config_hash) != 64 or any(c not in hexdigits for c in self.config_hash):
-            raise ConfigError("audit.config_hash", "64 lowercase hex digits", self.config_hash)
+        check_declared(self, "audit")
 
 
 @persisted("riskguard.audit")

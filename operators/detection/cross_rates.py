@@ -53,7 +53,7 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 from riskguard.schemas.signals import (
@@ -64,7 +64,7 @@ from riskguard.schemas.signals import (
     Severity,
 )
 
-from riskguard.errors import ConfigError
+from riskguard.validation import NonNegativeInt, PositiveFinite, PositiveInt, check_declared
 
 NS = 1_000_000_000
 _NAMESPACE = uuid.UUID("2c1b8e0a-7f43-5b7e-9d1e-5a6f0c3b8d27")
@@ -132,32 +132,20 @@ class CrossRateConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     """
 
     enabled: bool = True
-    shards: int = 4
-    min_markets: int = 3
-    floor_bps: float = 50.0
-    band_k: float = 8.0
-    critical_ratio: float = 2.0
-    halflife_s: float = 86_400.0
-    max_age_ns: int = 120 * NS
-    warmup_points: int = 60
-    close_quiet_points: int = 3
+    shards: PositiveInt = 4
+    min_markets: Annotated[int, msgspec.Meta(ge=2)] = 3
+    floor_bps: PositiveFinite = 50.0
+    band_k: PositiveFinite = 8.0
+    critical_ratio: Annotated[float, msgspec.Meta(ge=1.0)] = 2.0
+    halflife_s: PositiveFinite = 86_400.0
+    max_age_ns: NonNegativeInt = 120 * NS
+    warmup_points: NonNegativeInt = 60
+    close_quiet_points: NonNegativeInt = 3
     model_version: str = "1"
 
     def validate(self, path: str = "detector.cross") -> CrossRateConfig:
         """Raise ``ConfigError`` naming the key of the first bad value."""
-        for name in ("floor_bps", "band_k", "halflife_s"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
-                raise ConfigError(f"{path}.{name}", "must be a positive number", v)
-        if not self.critical_ratio >= 1.0:
-            raise ConfigError(path + ".critical_ratio", "must be >= 1", self.critical_ratio)
-        if self.shards < 1:
-            raise ConfigError(path + ".shards", "must be >= 1", self.shards)
-        if self.min_markets < 2:
-            raise ConfigError(path + ".min_markets", "must be >= 2", self.min_markets)
-        for name in ("max_age_ns", "warmup_points", "close_quiet_points"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{path}.{name}", "must be >= 0", getattr(self, name))
+        check_declared(self, path)
         return self
 
 

@@ -64,7 +64,7 @@ from riskguard.schemas.market import (
 )
 from riskguard.schemas.signals import FeatureVector, Scope, ScopeKind
 
-from riskguard.errors import ConfigError
+from riskguard.validation import NonNegativeInt, PositiveInt, Share, check_declared
 
 NS = 1_000_000_000
 SECONDS_PER_YEAR = 31_536_000.0
@@ -86,9 +86,9 @@ class FeatureConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``venues`` lists the venues whose ``venue/instrument`` keys receive each
     index or oracle price (the fan-out that brings the reference price to
     every key without a per-event exchange). Left empty, the venues are taken
-    from the market data each worker routes: list them on a cluster, where an
-    index price may be routed by a worker that has not seen the venue yet.
-    ``index_map`` maps an index instrument name to the instruments it prices when the names differ.
+    from the market data routed so far: list them where an index price may come before
+    a venue's first market record. ``index_map`` maps an index instrument name to the
+    instruments it prices when the names differ.
     """
 
     venues: tuple[str, ...] = ()
@@ -96,35 +96,21 @@ class FeatureConfig(msgspec.Struct, frozen=True, kw_only=True):
     oracle_sources: tuple[str, ...] = ("oracle",)
     index_map: dict[str, tuple[str, ...]] = {}
     cadence: Literal["bar", "event"] = "bar"
-    bar_ns: int = NS
-    allowed_lateness_ns: int = 2 * NS
-    allowed_skew_ns: int = 5 * NS
-    return_window_ns: int = 5 * NS
-    iv_window_ns: int = 10 * NS
-    fast_alpha: float = 0.3
-    slow_alpha: float = 0.01
-    rate_halflife_ns: int = 10 * NS
-    max_evidence: int = 8
+    bar_ns: PositiveInt = NS
+    allowed_lateness_ns: NonNegativeInt = 2 * NS
+    allowed_skew_ns: NonNegativeInt = 5 * NS
+    return_window_ns: PositiveInt = 5 * NS
+    iv_window_ns: PositiveInt = 10 * NS
+    fast_alpha: Share = 0.3
+    slow_alpha: Share = 0.01
+    rate_halflife_ns: PositiveInt = 10 * NS
+    max_evidence: PositiveInt = 8
     topic: str = "market"
     step: str = "features"
 
     def validate(self, path: str = "features") -> FeatureConfig:
         """Raise ``ConfigError`` naming the key of the first bad value."""
-        for name in ("bar_ns", "return_window_ns", "iv_window_ns", "rate_halflife_ns"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(path + "." + name, "must be a positive duration in ns",
-                                  getattr(self, name))
-        for name in ("allowed_lateness_ns", "allowed_skew_ns"):
-            if getattr(self, name) < 0:
-                raise ConfigError(path + "." + name, "must be >= 0 ns", getattr(self, name))
-        for name in ("fast_alpha", "slow_alpha"):
-            a = getattr(self, name)
-            if not 0.0 < a <= 1.0:
-                raise ConfigError(path + "." + name, "must be in (0, 1]", a)
-        if self.max_evidence < 1:
-            raise ConfigError(path + ".max_evidence", "must be >= 1", self.max_evidence)
-        if self.cadence not in ("bar", "event"):
-            raise ConfigError(path + ".cadence", "must be 'bar' or 'event'", self.cadence)
+        check_declared(self, path)
         return self
 
 

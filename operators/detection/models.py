@@ -13,9 +13,8 @@ detector uses it).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from riskguard.operators.detection.band_levels import MoveBandConfig
@@ -25,9 +24,17 @@ from riskguard.operators.detection.range_scorer import RangeScorer
 from riskguard.operators.detection.venue_confirm import VenueConfirmConfig
 
 from riskguard.errors import ConfigError
+from riskguard.validation import (
+    NonNegative,
+    NonNegativeInt,
+    Positive,
+    PositiveFinite,
+    PositiveInt,
+    Share,
+    check_declared,
+)
 
 NS = 1_000_000_000
-_MODELS = ("auto", "hst", "river_hst", "range", "gaussian", "oneclass_svm", "lof", "none")
 
 
 class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -43,68 +50,62 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     model_version: str = "2"
     features: tuple[str, ...] = ()
     scaler: Literal["squash", "minmax"] = "squash"
-    squash_scale: float = 8.0
-    hst_trees: int = 10
-    hst_height: int = 8
-    hst_window: int = 250
+    squash_scale: Positive = 8.0
+    hst_trees: PositiveInt = 10
+    hst_height: Annotated[int, msgspec.Meta(ge=1, le=12)] = 8  # 15: > 500 us per event
+    hst_window: PositiveInt = 250
     seed: int = 42
     tail: bool = True
-    tail_cut: float = 2.0
-    tail_min_z: float = 4.0
-    tail_quantile: float = 0.999
-    tail_step: float = 0.05
-    stats_alpha: float = 0.002
-    stats_clip: float = 4.0
-    warmup_events: int = 300
-    warmup_ns: int = 300 * NS
-    target_alarm_rate: float = 0.0005
-    threshold_window: int = 4000
+    tail_cut: Positive = 2.0
+    tail_min_z: Positive = 4.0
+    tail_quantile: Annotated[float, msgspec.Meta(ge=0.5, lt=1.0)] = 0.999
+    tail_step: Positive = 0.05
+    stats_alpha: Share = 0.002
+    stats_clip: Positive = 4.0
+    warmup_events: NonNegativeInt = 300
+    warmup_ns: NonNegativeInt = 300 * NS
+    target_alarm_rate: Annotated[float, msgspec.Meta(gt=0.0, lt=0.5)] = 0.0005
+    threshold_window: PositiveInt = 4000
     threshold_floor: float | None = None
-    threshold_margin: float = 0.8
+    threshold_margin: NonNegative = 0.8
     protect_model: bool = True
-    protect_max_points: int = 120
+    protect_max_points: PositiveInt = 120
     protect_max_episodes: float = 3.0
     drift: Literal["adwin", "page_hinkley", "none"] = "adwin"
     drift_delta: float = 0.0001
     drift_policy: Literal["keep", "reset", "blend"] = "blend"
-    drift_cooldown_points: int = 300
-    blend_points: int = 250
-    hysteresis: float = 0.9
-    close_quiet_points: int = 5
-    close_quiet_ns: int = 5 * NS
+    drift_cooldown_points: NonNegativeInt = 300
+    blend_points: PositiveInt = 250
+    hysteresis: Share = 0.9
+    close_quiet_points: PositiveInt = 5
+    close_quiet_ns: NonNegativeInt = 5 * NS
     warn_excess: float = 0.05
     critical_excess: float = 0.15
     warn_duration_ns: int = 10 * NS
     critical_duration_ns: int = 60 * NS
-    warn_points: int = 10
-    critical_points: int = 60
+    warn_points: NonNegativeInt = 10
+    critical_points: NonNegativeInt = 60
     # the highest severity on bar data (klines, OHLCV): a bar carries only the price path
     # and volume, which the move bands judge, so there critical comes from them
     max_severity_on_bars: Literal["warn", "critical"] = "warn"
-    top_k: int = 3
-    range_threshold: float = 0.01
-    range_block: int = 128
-    range_blocks: int = 48
-    range_quiet_points: int = 60
+    top_k: PositiveInt = 3
+    range_threshold: PositiveFinite = 0.01
+    range_block: PositiveInt = 128
+    range_blocks: PositiveInt = 48
+    range_quiet_points: PositiveInt = 60
     bands: MoveBandConfig = MoveBandConfig()
     cross: CrossRateConfig = CrossRateConfig()
     confirm: VenueConfirmConfig = VenueConfirmConfig()
     topic: str = "features"
     step: str = "detect"
 
-    def validate(self, path: str = "detector") -> DetectorConfig:  # flat list of checks
-        """Raise ``ConfigError`` naming the key of the first bad value."""
+    def validate(self, path: str = "detector") -> DetectorConfig:
+        """Raise ``ConfigError`` naming the key of the first bad value: a value its field
+        does not allow, then the checks across fields."""
+        check_declared(self, path)
         self.bands.validate(path + ".bands")
         self.cross.validate(path + ".cross")
         self.confirm.validate(path + ".confirm")
-        if self.model not in _MODELS:
-            raise ConfigError(path + ".model", "must be one of " + ", ".join(_MODELS),
-                              self.model)
-        if self.scaler not in ("squash", "minmax"):
-            raise ConfigError(path + ".scaler", "must be squash or minmax", self.scaler)
-        if not 0.0 < self.target_alarm_rate < 0.5:
-            raise ConfigError(path + ".target_alarm_rate", "must be in (0, 0.5)",
-                              self.target_alarm_rate)
         if self.target_alarm_rate * (self.threshold_window // 2) < 1.0:
             # the quantile spans threshold_window / 2 to threshold_window scores: below one
             # alarm per half window it is the largest recent score, which no score exceeds
@@ -113,49 +114,15 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
                 "must give at least one alarm per half threshold window "
                 f"(target_alarm_rate * threshold_window / 2 >= 1, threshold_window "
                 f"{self.threshold_window}; raise one of them)", self.target_alarm_rate)
-        bounded = self.model in ("auto", "hst", "river_hst")
-        top = 1.0 if bounded else math.inf
-        if not 0.0 <= self.threshold_margin < top:
-            raise ConfigError(path + ".threshold_margin",
-                              "must be in [0, 1) (a share of the room below 1 for Half-Space "
-                              "Trees)" if bounded else "must be a number >= 0",
-                              self.threshold_margin)
-        if self.threshold_floor is not None and self.threshold_floor >= 1.0 and bounded:
-            raise ConfigError(path + ".threshold_floor",
-                              "must be below 1: Half-Space Trees scores never exceed 1",
-                              self.threshold_floor)
-        if not (math.isfinite(self.range_threshold) and self.range_threshold > 0.0):
-            raise ConfigError(path + ".range_threshold", "must be a positive number",
-                              self.range_threshold)
-        for name in ("hst_trees", "hst_height", "hst_window", "threshold_window", "range_block",
-                     "range_blocks", "range_quiet_points",
-                     "blend_points", "top_k", "close_quiet_points", "protect_max_points"):
-            if getattr(self, name) < 1:
-                raise ConfigError(path + "." + name, "must be a positive integer",
-                                  getattr(self, name))
-        if self.hst_height > 12:
-            raise ConfigError(path + ".hst_height",
-                              "must be <= 12 (height 15 costs > 500 us per event)",
-                              self.hst_height)
-        for name in ("warmup_events", "warmup_ns", "close_quiet_ns", "drift_cooldown_points",
-                     "warn_points", "critical_points"):
-            if getattr(self, name) < 0:
-                raise ConfigError(path + "." + name, "must be >= 0", getattr(self, name))
-        if not 0.5 <= self.tail_quantile < 1.0:
-            raise ConfigError(path + ".tail_quantile", "must be in [0.5, 1)", self.tail_quantile)
-        for name in ("tail_cut", "tail_min_z", "squash_scale", "tail_step", "stats_clip"):
-            if not getattr(self, name) > 0.0:
-                raise ConfigError(path + "." + name, "must be a positive number",
-                                  getattr(self, name))
-        if not 0.0 < self.stats_alpha <= 1.0:
-            raise ConfigError(path + ".stats_alpha", "must be in (0, 1]", self.stats_alpha)
-        if not 0.0 < self.hysteresis <= 1.0:
-            raise ConfigError(path + ".hysteresis", "must be in (0, 1]", self.hysteresis)
-        if self.drift not in ("adwin", "page_hinkley", "none"):
-            raise ConfigError(path + ".drift", "must be adwin, page_hinkley or none", self.drift)
-        if self.drift_policy not in ("keep", "reset", "blend"):
-            raise ConfigError(path + ".drift_policy", "must be keep, reset or blend",
-                              self.drift_policy)
+        if self.model in ("auto", "hst", "river_hst"):  # Half-Space Trees score at most 1
+            if self.threshold_margin >= 1.0:
+                raise ConfigError(path + ".threshold_margin", "must be below 1 (a share of "
+                                  "the room below 1 for Half-Space Trees)",
+                                  self.threshold_margin)
+            if self.threshold_floor is not None and self.threshold_floor >= 1.0:
+                raise ConfigError(path + ".threshold_floor",
+                                  "must be below 1: Half-Space Trees scores never exceed 1",
+                                  self.threshold_floor)
         return self
 
 

@@ -40,7 +40,7 @@ import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 from riskguard.operators.core.base import copy_fields
@@ -61,16 +61,25 @@ from riskguard.schemas import (
 from riskguard.schemas.signals import parse_limit_path
 
 from riskguard.errors import ConfigError
+from riskguard.validation import (
+    MAX_FLOAT,
+    Fraction,
+    NonNegative,
+    NonNegativeInt,
+    Positive,
+    PositiveFinite,
+    Share,
+    check_declared,
+)
 
 STATE_VERSION = 2
 """Version 2: limits count unvalued exposure (tracks' unvalued times, the tick sources'
 watermark, the unvalued names alerted); version-1 snapshots are migrated on resume."""
 
 
-KINDS = (
-    "gross_notional", "net_notional", "delta", "collateral", "concentration",
-    "open_order_notional",
-)
+LimitKind = Literal["gross_notional", "net_notional", "delta", "collateral", "concentration",
+                   "open_order_notional"]
+KINDS: tuple[str, ...] = get_args(LimitKind)
 UTIL_CAP = 1e6
 _NS = uuid.UUID("3d2b8c41-6a0e-4b8e-a4a9-5c7f1e0d2b77")
 _ORDER = {LimitLevel.OK: 0, LimitLevel.WARN: 1, LimitLevel.BREACH: 2, LimitLevel.HARD: 3}
@@ -83,10 +92,10 @@ class VolScaling(msgspec.Struct, frozen=True, kw_only=True):
     """``factor = clamp((ref_vol / vol) ** exponent, lo, hi)``; vol of ``underlying``."""
 
     underlying: str
-    ref_vol: float
-    exponent: float = 1.0
-    lo: float = 0.25
-    hi: float = 1.0
+    ref_vol: PositiveFinite
+    exponent: Annotated[float, msgspec.Meta(ge=-MAX_FLOAT, le=MAX_FLOAT)] = 1.0
+    lo: Positive = 0.25
+    hi: PositiveFinite = 1.0
 
 
 class LimitSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -97,19 +106,19 @@ class LimitSpec(msgspec.Struct, frozen=True, kw_only=True):
     limit is breached; 0: at once.
     """
 
-    limit: float
-    warn: float = 0.8
-    hard: float | None = None
-    hysteresis: float = 0.05
+    limit: NonNegative
+    warn: Share = 0.8
+    hard: Annotated[float, msgspec.Meta(gt=1.0, le=MAX_FLOAT)] | None = None  # breach is 1.0
+    hysteresis: Fraction = 0.05  # below warn
     manual_reset: bool = False
     vol_scaling: VolScaling | None = None
-    unvalued_grace_ns: int = UNVALUED_GRACE_NS
+    unvalued_grace_ns: NonNegativeInt = UNVALUED_GRACE_NS  # 0: breached at once
 
 
 class CounterpartyLimits(msgspec.Struct, frozen=True, kw_only=True):
-    limits: dict[str, LimitSpec] = {}
-    assets: dict[str, dict[str, LimitSpec]] = {}
-    instruments: dict[str, dict[str, LimitSpec]] = {}
+    limits: dict[LimitKind, LimitSpec] = {}
+    assets: dict[str, dict[LimitKind, LimitSpec]] = {}
+    instruments: dict[str, dict[LimitKind, LimitSpec]] = {}
 
 
 class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -127,77 +136,49 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True):
     while no realized vol is known.
     """
 
-    firm: dict[str, LimitSpec] = {}
-    firm_assets: dict[str, dict[str, LimitSpec]] = {}
+    firm: dict[LimitKind, LimitSpec] = {}
+    firm_assets: dict[str, dict[LimitKind, LimitSpec]] = {}
     counterparties: dict[str, CounterpartyLimits] = {}
-    unknown_counterparty_kinds: tuple[str, ...] = ("gross_notional", "collateral")
-    utilization_interval_ns: int = 1_000_000_000
-    utilization_heartbeat_ns: int = 60_000_000_000
-    missing_vol_factor: float = 1.0
+    unknown_counterparty_kinds: tuple[LimitKind, ...] = ("gross_notional", "collateral")
+    utilization_interval_ns: NonNegativeInt = 1_000_000_000
+    # 0: no heartbeat, repeats every interval
+    utilization_heartbeat_ns: NonNegativeInt = 60_000_000_000
+    missing_vol_factor: PositiveFinite = 1.0
 
     def validate(self, path: str = "limits") -> None:
-        def check(p: str, kinds: dict[str, LimitSpec]) -> None:
+        """Raise ``ConfigError`` naming the key of the first bad value."""
+        check_declared(self, path)
+        for p, kinds in self._tables(path):
             for kind, spec in kinds.items():
-                check_spec(f"{p}.{kind}", kind, spec)
+                _check_across(f"{p}.{kind}", spec)
 
-        check(f"{path}.firm", self.firm)
-        for a, kinds in self.firm_assets.items():
-            check(f"{path}.firm_assets.{a}", kinds)
+    def _tables(self, path: str) -> list[tuple[str, dict[LimitKind, LimitSpec]]]:
+        out = [(f"{path}.firm", self.firm)]
+        out += [(f"{path}.firm_assets.{a}", kinds) for a, kinds in self.firm_assets.items()]
         for cp, cl in self.counterparties.items():
-            check(f"{path}.counterparties.{cp}.limits", cl.limits)
-            for a, kinds in cl.assets.items():
-                check(f"{path}.counterparties.{cp}.assets.{a}", kinds)
-            for i, kinds in cl.instruments.items():
-                check(f"{path}.counterparties.{cp}.instruments.{i}", kinds)
-        for k in self.unknown_counterparty_kinds:
-            if k not in KINDS:
-                where = f"{path}.unknown_counterparty_kinds"
-                raise ConfigError(where, f"one of {KINDS}", k)
-        if self.utilization_interval_ns < 0:
-            where = f"{path}.utilization_interval_ns"
-            raise ConfigError(where, "must be >= 0",
-                              self.utilization_interval_ns)
-        if self.utilization_heartbeat_ns < 0:
-            where = f"{path}.utilization_heartbeat_ns"
-            raise ConfigError(where, "must be >= 0 (0: no heartbeat, repeats every interval)",
-                              self.utilization_heartbeat_ns)
-        if not (math.isfinite(self.missing_vol_factor) and self.missing_vol_factor > 0):
-            where = f"{path}.missing_vol_factor"
-            raise ConfigError(where, "must be > 0",
-                              self.missing_vol_factor)
+            out.append((f"{path}.counterparties.{cp}.limits", cl.limits))
+            out += [(f"{path}.counterparties.{cp}.assets.{a}", k) for a, k in cl.assets.items()]
+            out += [(f"{path}.counterparties.{cp}.instruments.{i}", k)
+                    for i, k in cl.instruments.items()]
+        return out
 
 
 def check_spec(path: str, kind: str, spec: LimitSpec) -> None:
-    """Raise :class:`ConfigError` naming ``path`` if ``spec`` is invalid."""
+    """Raise :class:`ConfigError` naming ``path`` if ``spec`` is invalid (a limit built in
+    Python, such as one a signed update sets)."""
     if kind not in KINDS:
         raise ConfigError(path, f"a limit kind, one of {', '.join(KINDS)}", kind)
-    if not (math.isfinite(spec.limit) and spec.limit >= 0):
-        where = f"{path}.limit"
-        raise ConfigError(where, "must be a non-negative number", spec.limit)
-    if not 0 < spec.warn <= 1:
-        where = f"{path}.warn"
-        raise ConfigError(where, "must be in (0, 1]", spec.warn)
-    if spec.hard is not None and not (math.isfinite(spec.hard) and spec.hard > 1):
-        where = f"{path}.hard"
-        raise ConfigError(where, "must be > 1 (breach is 1.0)", spec.hard)
-    if not 0 <= spec.hysteresis < spec.warn:
-        where = f"{path}.hysteresis"
-        raise ConfigError(where, "must be in [0, warn)", spec.hysteresis)
-    grace = spec.unvalued_grace_ns
-    if type(grace) is not int or grace < 0:
-        where = f"{path}.unvalued_grace_ns"
-        raise ConfigError(where, "an integer >= 0 (ns; 0: breached at once)", grace)
+    check_declared(spec, path)
+    _check_across(path, spec)
+
+
+def _check_across(path: str, spec: LimitSpec) -> None:
+    if spec.hysteresis >= spec.warn:
+        raise ConfigError(f"{path}.hysteresis", f"must be below warn ({spec.warn})",
+                          spec.hysteresis)
     vs = spec.vol_scaling
-    if vs is not None:
-        if not (math.isfinite(vs.ref_vol) and vs.ref_vol > 0):
-            where = f"{path}.vol_scaling.ref_vol"
-            raise ConfigError(where, "must be > 0", vs.ref_vol)
-        if not (0 < vs.lo <= vs.hi and math.isfinite(vs.hi)):
-            where = f"{path}.vol_scaling"
-            raise ConfigError(where, "needs 0 < lo <= hi", (vs.lo, vs.hi))
-        if not math.isfinite(vs.exponent):
-            where = f"{path}.vol_scaling.exponent"
-            raise ConfigError(where, "must be finite", vs.exponent)
+    if vs is not None and vs.lo > vs.hi:
+        raise ConfigError(f"{path}.vol_scaling.lo", f"must not exceed hi ({vs.hi})", vs.lo)
 
 
 def vol_factor(

@@ -11,10 +11,9 @@ is :class:`~riskguard.operators.mitigation.playbook.PlaybookLogic`.
 
 from __future__ import annotations
 
-import math
 import re
 import uuid
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
 from riskguard.operators.mitigation.acks import ACKNOWLEDGED, UNACKNOWLEDGED, AckConfig
@@ -23,6 +22,12 @@ from riskguard.schemas.action_params import check_rung_params
 from riskguard.schemas.signals import SEVERITY_RANK
 
 from riskguard.errors import ConfigError
+from riskguard.validation import (
+    NonNegative,
+    PositiveFinite,
+    PositiveInt,
+    check_declared,
+)
 
 if TYPE_CHECKING:
     from riskguard.operators.mitigation.incidents import Incident
@@ -31,7 +36,6 @@ S = 1_000_000_000
 """Nanoseconds per second."""
 
 COMMAND_NAMESPACE = uuid.UUID("6f1c2f0e-3a57-4f43-9a39-2b5d6f0c9e11")
-_NAME = re.compile(r"^[A-Za-z0-9_.:/@+-]{1,64}$")
 MAX_EVIDENCE = 16
 #: RiskAlert kinds that close an incident opened by another kind.
 CLOSERS = {"heartbeat_restored": "heartbeat_loss", "feed_restored": "feed_failover",
@@ -44,12 +48,7 @@ OPENERS = frozenset({"anomaly", "price_move", "dislocation", "breach", "heartbea
                      "feed_failover", "withdrawals_halted", "depeg", UNACKNOWLEDGED})
 TARGETS = ("same", "venue", "counterparty", "underlying", "firm")
 PROTECTIVE = frozenset({Action.REDUCE_ONLY, Action.HALT_TRADING})
-_REQUIRED: dict[Action, tuple[str, ...]] = {
-    Action.WIDEN_QUOTES: ("bps",),
-    Action.REDUCE_LIMITS: ("factor",),
-    Action.HEDGE_DELTA: ("target_delta", "hedge_instrument"),
-    Action.FAILOVER_FEED: ("backup_feed",),
-}
+Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:/@+-]{1,64}$")]
 
 ParamValue = float | str | list[str]
 
@@ -65,7 +64,7 @@ class Rung(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     """
 
     action: Action
-    after_s: float = 0.0
+    after_s: NonNegative = 0.0
     min_severity: Severity | None = None
     requires: Severity | None = None
     params: dict[str, ParamValue] = {}
@@ -81,18 +80,18 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     ``firm``. A signal whose scope cannot be mapped does not match the rule.
     """
 
-    name: str
+    name: Annotated[str, msgspec.Meta(min_length=1)]
     signal: str
-    ladder: tuple[Rung, ...]
+    ladder: Annotated[tuple[Rung, ...], msgspec.Meta(min_length=1)]
     min_severity: Severity = Severity.INFO
     scope: str = "*"
     target: Literal["same", "venue", "counterparty", "underlying", "firm"] = "same"
-    min_score_ratio: float | None = None
-    min_utilization: float | None = None
+    min_score_ratio: NonNegative | None = None
+    min_utilization: NonNegative | None = None
     recovery: Literal["auto", "manual"] = "auto"
-    quiet_s: float = 60.0
-    repeat_window_s: float = 900.0
-    alternatives: tuple[str, ...] = ()
+    quiet_s: NonNegative = 60.0
+    repeat_window_s: NonNegative = 900.0
+    alternatives: tuple[Name, ...] = ()
 
 
 class PlaybookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -114,16 +113,16 @@ class PlaybookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     applied without waiting further (counted in ``PlaybookState.forced``).
     """
 
-    issuer: str = "riskguard"
-    env: str = "dev"
-    topic: str = "commands"
-    replica: str = ""
-    ttl_s: float = 300.0
-    max_commands: int = 20
-    rate_window_s: float = 10.0
-    reorder_slack_s: float = 2.0
-    max_hold_s: float = 5.0
-    venues: tuple[str, ...] = ()
+    issuer: Name = "riskguard"
+    env: Name = "dev"
+    topic: Name = "commands"
+    replica: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:/@+-]{0,64}$")] = ""
+    ttl_s: PositiveFinite = 300.0
+    max_commands: PositiveInt = 20
+    rate_window_s: PositiveFinite = 10.0
+    reorder_slack_s: PositiveFinite = 2.0
+    max_hold_s: PositiveFinite = 5.0
+    venues: tuple[Name, ...] = ()
     rules: tuple[Rule, ...] = ()
     acks: AckConfig = AckConfig()
 
@@ -132,94 +131,34 @@ class PlaybookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
     def validate(self, path: str = "playbook") -> None:
         """Raise :class:`ConfigError` naming the key path of the first bad value."""
-        for key in ("issuer", "env", "topic"):
-            value = getattr(self, key)
-            if not _NAME.match(value):
-                where = f"{path}.{key}"
-                raise ConfigError(where, "must be a name of 1-64 [A-Za-z0-9_.:/@+-]",
-                                  value)
-        if self.replica and not _NAME.match(self.replica):
-            raise ConfigError(f"{path}.replica", "a name of 1-64 [A-Za-z0-9_.:/@+-] or empty",
-                              self.replica)
-        _positive(f"{path}.ttl_s", self.ttl_s)
-        _positive(f"{path}.rate_window_s", self.rate_window_s)
-        _positive(f"{path}.reorder_slack_s", self.reorder_slack_s)
-        _positive(f"{path}.max_hold_s", self.max_hold_s)
-        if self.max_commands < 1:
-            where = f"{path}.max_commands"
-            raise ConfigError(where, "must be >= 1", self.max_commands)
-        for v in self.venues:
-            if not _NAME.match(v):
-                where = f"{path}.venues"
-                raise ConfigError(where, "must hold venue names", v)
+        check_declared(self, path)
+        self._check_rules(path)
+
+    def _check_rules(self, path: str) -> None:
+        """The checks across values (each value's own are declared on its field)."""
         seen: set[str] = set()
         for i, rule in enumerate(self.rules):
             _check_rule(f"{path}.rules[{i}]", rule, seen)
         self.acks.validate(f"{path}.acks")
 
 
-def _positive(path: str, value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(path, "must be a positive number", value)
-
-
 def _check_rule(p: str, rule: Rule, seen: set[str]) -> None:
-    if not rule.name or rule.name in seen:
-        where = f"{p}.name"
-        raise ConfigError(where, "must be a unique, non-empty rule name", rule.name)
+    if rule.name in seen:
+        raise ConfigError(f"{p}.name", "must be a unique rule name", rule.name)
     seen.add(rule.name)
     if rule.signal in CLOSERS:
-        where = f"{p}.signal"
-        raise ConfigError(where, "must be a signal that opens an incident (closers "
+        raise ConfigError(f"{p}.signal", "must be a signal that opens an incident (closers "
                           f"{sorted(CLOSERS)} only close one)", rule.signal)
-    if not rule.ladder:
-        where = f"{p}.ladder"
-        raise ConfigError(where, "must have at least one rung", [])
-    for x in ("quiet_s", "repeat_window_s"):
-        if not (math.isfinite(getattr(rule, x)) and getattr(rule, x) >= 0):
-            where = f"{p}.{x}"
-            raise ConfigError(where, "must be a non-negative number", getattr(rule, x))
-    for x in ("min_score_ratio", "min_utilization"):
-        v = getattr(rule, x)
-        if v is not None and not (math.isfinite(v) and v >= 0):
-            where = f"{p}.{x}"
-            raise ConfigError(where, "must be a non-negative number", v)
-    for v in rule.alternatives:
-        if not _NAME.match(v):
-            where = f"{p}.alternatives"
-            raise ConfigError(where, "must hold venue names", v)
-    last = -1.0
+    last = 0.0
     for j, rung in enumerate(rule.ladder):
         rp = f"{p}.ladder[{j}]"
         if rung.action is Action.RESUME:
-            where = f"{rp}.action"
-            raise ConfigError(where, "must not be resume (recovery resumes)", "resume")
-        if not (math.isfinite(rung.after_s) and rung.after_s >= 0):
-            where = f"{rp}.after_s"
-            raise ConfigError(where, "must be a non-negative number", rung.after_s)
+            raise ConfigError(f"{rp}.action", "must not be resume (recovery resumes)",
+                              "resume")
         if rung.after_s < last:
-            where = f"{rp}.after_s"
-            raise ConfigError(where, f"must not be below the previous rung's {last}",
+            raise ConfigError(f"{rp}.after_s", f"must not be below the previous rung's {last}",
                               rung.after_s)
         last = rung.after_s
-        for key in _REQUIRED.get(rung.action, ()):
-            if key not in rung.params:
-                where = f"{rp}.params.{key}"
-                raise ConfigError(where, f"is required for {rung.action.value}")
-        for key, v in rung.params.items():
-            if isinstance(v, float | int) and not math.isfinite(v):
-                where = f"{rp}.params.{key}"
-                raise ConfigError(where, "must be a finite number", v)
-        if rung.action is Action.WIDEN_QUOTES:
-            bps = rung.params["bps"]
-            if not isinstance(bps, float | int) or bps <= 0:
-                where = f"{rp}.params.bps"
-                raise ConfigError(where, "must be a positive number", bps)
-        if rung.action is Action.REDUCE_LIMITS:
-            f = rung.params["factor"]
-            if not isinstance(f, float | int) or not 0 < f <= 1:
-                where = f"{rp}.params.factor"
-                raise ConfigError(where, "must be a number in (0, 1]", f)
         problem = check_rung_params(rung.action.value, rung.params)
         if problem is not None:  # every command the playbook makes passes the verifier
             raise ConfigError(f"{rp}.params", problem, dict(rung.params))

@@ -38,6 +38,7 @@ from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.commands import MitigationCommand, Signature, SignedEnvelope
 
 from riskguard.errors import ConfigError, SigningError, VerificationError
+from riskguard.validation import NonNegativeInt, PositiveInt, check_declared
 
 STATE_VERSION = 1
 _encoder = msgspec.json.Encoder()
@@ -57,13 +58,12 @@ class SignConfig(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     issuer: str = ""
-    recent_ids: int = 10_000
+    recent_ids: PositiveInt = 10_000
     topic: str = "commands"
-    resume_seq_gap: int = 1_000_000
+    resume_seq_gap: NonNegativeInt = 1_000_000
 
     def __post_init__(self) -> None:
-        if self.recent_ids < 1:
-            raise ConfigError("sign.recent_ids", "an integer >= 1", self.recent_ids)
+        check_declared(self, "sign")
 
 
 @persisted("riskguard.sign")
