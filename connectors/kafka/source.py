@@ -59,7 +59,7 @@ from riskguard.schemas.time_policy import EventTimePolicy
 
 from riskguard.errors import BrokerError, ConfigError
 
-# the name this module logged under before the source and sink were split
+# logged under the package's name, which log configs select
 _log = logging.getLogger("riskguard.connectors.kafka")
 
 # per cluster (bootstrap servers) and clock: since when no end-of-input question was
@@ -159,44 +159,32 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
 
         A :class:`KeySplit` skips other processes' keys undecoded, and after decoding
         emits a record only if it is this process's to emit; ``self._offset`` moves past
-        every message taken.
+        every message taken. The loop runs once per message: what it does to a message
+        of this process is :meth:`_record`.
         """
         if self._writers and len(self._finished) >= self._writers:
             raise StopIteration  # every writer's input ended, and all it wrote was read
         msgs = self.shared.take(self._topic, self._idx)
         if not msgs:
-            idle_eof = self._idle_eof_ns
-            at = self._clock()
-            # a progress partition's writer may still be starting: idle only once it wrote
-            if (idle_eof is not None and (self._got_any or not self._writers)
-                    and at - self._last_msg_ns > idle_eof
-                    and at >= self._recheck_at and not self._unread_left(idle_eof, at)):
-                self._report_lag(at, force=True)
-                raise StopIteration
-            self._report_lag(at)  # caught up or idle: the gauge still moves (to 0)
+            self._idle()
             return None
-        topic, idx, decode, policy = self._topic, self._idx, self._decode, self._policy
-        stamp, writers = self._stamp, self._writers
-        received = self._clock() if stamp else 0
+        topic, split, record = self._topic, self._split, self._record
+        received = self._clock() if self._stamp else 0
         # the future-skew check's processing time: read once per fetch, not per record
-        now = None if policy is None else policy.policy.now()
+        now = None if self._policy is None else self._policy.policy.now()
         out: list[Any] = []
         offsets: list[int] = []
         append, append_off = out.append, offsets.append
-        split = self._split
         owned = shared = False
+        key = None
         last_off = -1
         at_end = was_at_end = self._at_end
         skipped: Any = None  # the last message skipped after the last one taken
         for m in msgs:
             err = m.error()
             if err is not None:
-                if err.code() == _KE._PARTITION_EOF:
-                    at_end = True
-                    continue
-                msg = (f"consuming Kafka topic {topic!r} partition {idx} near offset "
-                       f"{self._offset}: {err.str()}")
-                raise BrokerError(msg)
+                at_end = self._end_or_raise(err)
+                continue
             off = last_off = m.offset() or 0
             at_end = False
             if split is not None:
@@ -206,21 +194,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
                     skipped = m
                     continue
             value = m.value()
-            if value is None:
-                rec: Any = DeadLetter(
-                    topic=topic, partition=idx, offset=off, ts=self._clock(),
-                    reason="empty", expected="a message value", found="null (tombstone)",
-                )
-            else:
-                rec = decode(topic, value, partition=idx, offset=off)
-                if policy is not None and type(rec) is not DeadLetter:
-                    rec = policy.check(rec, value, topic, idx, off, now)
-                if stamp and type(rec) is not DeadLetter and getattr(rec, "recv_ts", 0) is None:
-                    force_setattr(rec, "recv_ts", received)  # just decoded: no one else holds it
-                if type(rec) in SOURCED_TYPES:  # a later step may refuse it: name the input
-                    rec.__dict__["source"] = (topic, idx, off)
-                if writers and type(rec) is DetectProgress and rec.final:
-                    self._finished.add(rec.source)
+            rec = self._tombstone(off) if value is None else record(value, off, received, now)
             if split is not None:
                 verdict = split.admit(rec, owned, shared, dead=type(rec) is DeadLetter)
                 if verdict == "skip":
@@ -233,6 +207,56 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
             append(rec)
             append_off(off)
             skipped = None
+        self._fetched(len(out), last_off, at_end=at_end, was_at_end=was_at_end,
+                      skipped=skipped)
+        return out, offsets
+
+    def _idle(self) -> None:
+        """No message came: end the partition (StopIteration) once it has been quiet for
+        ``idle_eof`` with nothing left to read; else move the lag gauge (to 0)."""
+        idle_eof = self._idle_eof_ns
+        at = self._clock()
+        # a progress partition's writer may still be starting: idle only once it wrote
+        if (idle_eof is not None and (self._got_any or not self._writers)
+                and at - self._last_msg_ns > idle_eof
+                and at >= self._recheck_at and not self._unread_left(idle_eof, at)):
+            self._report_lag(at, force=True)
+            raise StopIteration
+        self._report_lag(at)
+
+    def _end_or_raise(self, err: Any) -> bool:
+        """A message that is an error: True at the partition's end, else BrokerError."""
+        if err.code() == _KE._PARTITION_EOF:
+            return True
+        msg = (f"consuming Kafka topic {self._topic!r} partition {self._idx} near offset "
+               f"{self._offset}: {err.str()}")
+        raise BrokerError(msg)
+
+    def _tombstone(self, off: int) -> DeadLetter:
+        return DeadLetter(topic=self._topic, partition=self._idx, offset=off, ts=self._clock(),
+                          reason="empty", expected="a message value",
+                          found="null (tombstone)")
+
+    def _record(self, value: bytes, off: int, received: int, now: int | None) -> Any:
+        """One message's record: decoded, held to the event-time policy, stamped with its
+        receive time (live) and named by its input; a writer's final progress noted."""
+        topic, idx = self._topic, self._idx
+        rec = self._decode(topic, value, partition=idx, offset=off)
+        policy = self._policy
+        if policy is not None and type(rec) is not DeadLetter:
+            rec = policy.check(rec, value, topic, idx, off, now)
+        if self._stamp and type(rec) is not DeadLetter and getattr(rec, "recv_ts", 0) is None:
+            force_setattr(rec, "recv_ts", received)  # just decoded: no one else holds it
+        if type(rec) in SOURCED_TYPES:  # a later step may refuse it: name the input
+            rec.__dict__["source"] = (topic, idx, off)
+        if self._writers and type(rec) is DetectProgress and rec.final:
+            self._finished.add(rec.source)
+        return rec
+
+    def _fetched(self, n: int, last_off: int, *, at_end: bool, was_at_end: bool,
+                 skipped: Any) -> None:
+        """After a fetch of ``n`` records up to ``last_off`` (-1: none taken): where the
+        partition stands, for the next read, alignment and the lag gauge."""
         if skipped is not None and self._align is not None:  # only alignment asks
             self._skipped_any = True
             self._skipped_ts = max(self._skipped_ts, stamp_of(skipped.value()))
@@ -243,9 +267,8 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
             self._last_msg_ns = now
             self._offset = last_off + 1
             self._idle_since = None
-        self._in.inc(len(out))
+        self._in.inc(n)
         self._report_lag(now, force=at_end and not was_at_end)  # at once on reaching the end
-        return out, offsets
 
     def _report_lag(self, now: int, force: bool = False) -> None:
         """Every ``LAG_EVERY_NS`` (or now, when ``force``): the partition's lag gauge,
