@@ -362,6 +362,37 @@ def parse_trust(text: str, *, source: str = "trust") -> TrustDoc:
         serial=doc.serial, max_ttl_ns=ttls, default_max_ttl_ns=default_ttl)
 
 
+def _decode_payload(payload_type: str, payload: bytes
+                    ) -> MitigationCommand | LimitUpdate | ExecutionAck:
+    """The signed payload as its message; anything a parser raises is a refusal. Every
+    parser must read these bytes as msgspec did, so no key may repeat: bytes that are
+    msgspec's own encoding of the message (riskguard's signers write exactly that) hold
+    none, and only others are scanned."""
+    msg: MitigationCommand | LimitUpdate | ExecutionAck
+    try:
+        if payload_type == PAYLOAD_COMMAND:
+            msg = _cmd_decoder.decode(payload)
+        elif payload_type == PAYLOAD_LIMIT_UPDATE:
+            msg = _limit_decoder.decode(payload)
+        elif payload_type == PAYLOAD_ACK:
+            msg = _ack_decoder.decode(payload)
+        else:
+            raise rejection(Reason.WRONG_PAYLOAD_TYPE,
+                   f"{payload_type!r} is not a command, limit update or ack")
+    except (msgspec.DecodeError, UnicodeDecodeError) as err:
+        raise rejection(Reason.MALFORMED_PAYLOAD, str(err)[:200]) from None
+    except VerificationError:
+        raise
+    except Exception as err:  # anything a parser raises is a refusal
+        raise rejection(Reason.MALFORMED_PAYLOAD,
+                        f"{type(err).__name__}: {str(err)[:160]}") from None
+    if _payload_encoder.encode(msg) != payload:
+        problem = duplicate_key_problem(payload)
+        if problem is not None:
+            raise rejection(Reason.MALFORMED_PAYLOAD, problem)
+    return msg
+
+
 def sig_path(trust_path: str | Path) -> Path:
     """The sidecar holding the root signatures of a trust file."""
     p = Path(trust_path)
@@ -548,65 +579,13 @@ class TrustStore:
                    f"expected {expected_payload_type!r}; got {envelope.payload_type!r}")
         payload: bytes = envelope.payload
         signers = self.signing_keys(expected_payload_type, payload, envelope.signatures, now_ns)
-        msg: MitigationCommand | LimitUpdate | ExecutionAck
-        try:
-            if expected_payload_type == PAYLOAD_COMMAND:
-                msg = _cmd_decoder.decode(payload)
-            elif expected_payload_type == PAYLOAD_LIMIT_UPDATE:
-                msg = _limit_decoder.decode(payload)
-            elif expected_payload_type == PAYLOAD_ACK:
-                msg = _ack_decoder.decode(payload)
-            else:
-                raise rejection(Reason.WRONG_PAYLOAD_TYPE,
-                       f"{expected_payload_type!r} is not a command, limit update or ack")
-        except (msgspec.DecodeError, UnicodeDecodeError) as err:
-            raise rejection(Reason.MALFORMED_PAYLOAD, str(err)[:200]) from None
-        except VerificationError:
-            raise
-        except Exception as err:  # anything a parser raises is a refusal
-            raise rejection(Reason.MALFORMED_PAYLOAD,
-                            f"{type(err).__name__}: {str(err)[:160]}") from None
-        # Every parser must read these bytes as msgspec did: no key may repeat. Bytes
-        # that are msgspec's own encoding of the message (riskguard's signers write
-        # exactly that) hold none; only others are scanned.
-        if _payload_encoder.encode(msg) != payload:
-            problem = duplicate_key_problem(payload)
-            if problem is not None:
-                raise rejection(Reason.MALFORMED_PAYLOAD, problem)
-        issuer = msg.issuer
-        for k in signers:
-            if k.name == issuer:
-                break
-        else:
+        msg = _decode_payload(expected_payload_type, payload)
+        if not any(k.name == msg.issuer for k in signers):
             raise rejection(Reason.ISSUER_MISMATCH,
                    f"issuer {msg.issuer!r} is not bound to any signing key "
                    f"({', '.join(k.name for k in signers)})")
-        if isinstance(msg, MitigationCommand):
-            action, scope_label = msg.action.value, msg.scope.label()
-            bad_scope = command_scope_problem(msg.scope)
-            if bad_scope is not None:
-                raise rejection(Reason.BAD_SCOPE, bad_scope)
-            bad_params = check_params(action, msg.params)
-            if bad_params is not None:
-                raise rejection(Reason.BAD_PARAMS, bad_params)
-            two = self.doc.two_person.applies_to_command(action, msg.scope)
-        elif isinstance(msg, ExecutionAck):
-            # An ack reports on a command; the executor's key says which actions and
-            # scopes it executes. It needs one signer: it asks nothing of anyone.
-            action, scope_label, two = msg.action.value, msg.scope.label(), False
-        else:
-            action, scope_label = LIMIT_UPDATE_ACTION, limit_scope_label(msg.limit_path)
-            two = self.doc.two_person.applies_to_limit(msg)
-        authorized: list[TrustedKey] = []
-        first_refusal: tuple[Reason, str] | None = None
-        for k in signers:
-            refusal = self._refusal(k, expected_payload_type, action, scope_label)
-            if refusal is None:
-                authorized.append(k)
-            elif first_refusal is None:
-                first_refusal = refusal
-        if not authorized and first_refusal is not None:
-            raise rejection(*first_refusal)
+        action, scope_label, two = self._subject(msg)
+        authorized = self._authorized(signers, expected_payload_type, action, scope_label)
         approvers = tuple(dict.fromkeys(k.name for k in authorized))
         if two and len(approvers) < 2:
             raise rejection(Reason.TWO_PERSON_REQUIRED,
@@ -629,6 +608,43 @@ class TrustStore:
             signers=tuple([k.key.key_id for k in authorized]), payload=payload,
             approvers=approvers,
         )
+
+    def _subject(self, msg: MitigationCommand | LimitUpdate | ExecutionAck
+                 ) -> tuple[str, str, bool]:
+        """What ``msg`` asks: its action, the label of its scope, and whether it needs two
+        people. A command's scope and params are checked here."""
+        if isinstance(msg, MitigationCommand):
+            action = msg.action.value
+            bad_scope = command_scope_problem(msg.scope)
+            if bad_scope is not None:
+                raise rejection(Reason.BAD_SCOPE, bad_scope)
+            bad_params = check_params(action, msg.params)
+            if bad_params is not None:
+                raise rejection(Reason.BAD_PARAMS, bad_params)
+            return action, msg.scope.label(), \
+                self.doc.two_person.applies_to_command(action, msg.scope)
+        if isinstance(msg, ExecutionAck):
+            # An ack reports on a command; the executor's key says which actions and
+            # scopes it executes. It needs one signer: it asks nothing of anyone.
+            return msg.action.value, msg.scope.label(), False
+        return (LIMIT_UPDATE_ACTION, limit_scope_label(msg.limit_path),
+                self.doc.two_person.applies_to_limit(msg))
+
+    def _authorized(self, signers: list[TrustedKey], payload_type: str, action: str,
+                    scope_label: str) -> list[TrustedKey]:
+        """The signers whose role, actions and scopes allow this; none: the first
+        signer's refusal."""
+        authorized: list[TrustedKey] = []
+        first_refusal: tuple[Reason, str] | None = None
+        for k in signers:
+            refusal = self._refusal(k, payload_type, action, scope_label)
+            if refusal is None:
+                authorized.append(k)
+            elif first_refusal is None:
+                first_refusal = refusal
+        if not authorized and first_refusal is not None:
+            raise rejection(*first_refusal)
+        return authorized
 
     @staticmethod
     def _refusal(k: TrustedKey, payload_type: str, action: str,
