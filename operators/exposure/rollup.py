@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from functools import reduce
 from itertools import chain, repeat
 from operator import add, attrgetter, is_, itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
@@ -108,56 +108,56 @@ class CounterpartyLogic:
         return self._emit()
 
     def _emit(self) -> list[Any]:
+        """The counterparty's exposure over its parts (in shard order), after a
+        ``stale_mark`` alert for each mark that has just grown too old."""
         st = self.state
-        cfg = self.config
         ps = [st.parts[k] for k in sorted(st.parts)] if len(st.parts) > 1 else list(
             st.parts.values())
-        gross = net = upnl = orders = coll = 0.0
-        names: list[str] = []
-        notionals: list[float] = []
-        vols: dict[str, tuple[float, int]] = {}
-        unvalued: list[str] = []
-        vol_values: dict[str, float] | None = None
-        if len(ps) == 1:
-            # a part's dicts are built for it alone and never mutated: share them
-            p = ps[0]
-            gross, net, upnl, orders, coll = p.gross, p.net, p.upnl, p.orders, p.collateral
-            delta, by_asset = p.delta, p.by_asset
-            names, notionals = p.position_lists()
-            vol_values = p.vol_values
-            unvalued = p.unvalued
-        else:
-            delta, by_asset = {}, {}
-            for p in ps:
-                gross += p.gross
-                net += p.net
-                upnl += p.upnl
-                orders += p.orders
-                coll += p.collateral
-                for k, v in p.delta.items():
-                    delta[k] = delta.get(k, 0.0) + v
-                for k, v in p.by_asset.items():
-                    by_asset[k] = by_asset.get(k, 0.0) + v
-                pn, pv = p.position_lists()  # shards hold disjoint instruments
-                names.extend(pn)
-                notionals.extend(pv)
-                for k, vt in p.vols.items():
-                    cur = vols.get(k)
-                    if cur is None or vt[1] > cur[1]:
-                        vols[k] = vt
-                if p.unvalued:
-                    unvalued.extend(p.unvalued)
-        out: list[Any] = []
-        horizon = st.watermark - cfg.max_mark_age_ns
+        t = _sum_parts(ps)
+        old = self._old_marks(ps)
+        out: list[Any] = self._stale_alerts(old)
+        stale = sorted({*t.unvalued, *old}) if t.unvalued or old else []
+        unv_inst: list[str] = []
+        unv_coll: list[str] = []
+        if t.unvalued:  # a part's unvalued names: its positions', then collateral assets'
+            positions = set(t.names)
+            unv_inst = sorted({n for n in t.unvalued if n in positions})
+            unv_coll = sorted({n for n in t.unvalued if n not in positions})
+        st.seq += 1
+        out.append(Exposure(
+            counterparty=st.counterparty, ts=st.watermark, gross_notional=t.gross,
+            net_notional=t.net, delta_by_underlying=t.delta,
+            notional_by_asset=t.by_asset, instruments=t.names,
+            instrument_notionals=t.notionals, collateral=t.coll, unrealized_pnl=t.upnl,
+            open_order_notional=t.orders, stale=bool(stale), stale_instruments=stale,
+            evidence_ids=st.evidence, seq=st.seq, recv_ts=self._recv_ts,
+            vol_by_underlying=t.vols, unvalued_instruments=unv_inst,
+            unvalued_collateral=unv_coll,
+        ))
+        st.evidence = []
+        return out
+
+    def _old_marks(self, ps: list[Part]) -> dict[str, int]:
+        """Each held instrument whose mark is older than ``max_mark_age_ns`` before the
+        watermark, with its mark's time."""
+        horizon = self.state.watermark - self.config.max_mark_age_ns
         old: dict[str, int] = {}
         if (ps[0].oldest if len(ps) == 1 else min((p.oldest for p in ps),
-                                                  default=NEVER_STALE)) < horizon:
-            for p in ps:
-                if p.oldest < horizon:
-                    mts = np.frombuffer(p.mark_ts, dtype="<i8")
-                    stale_ix = np.flatnonzero(mts < horizon).tolist()
-                    held = p.position_lists()[0]
-                    old.update((held[x], int(mts[x])) for x in stale_ix)
+                                                  default=NEVER_STALE)) >= horizon:
+            return old
+        for p in ps:
+            if p.oldest < horizon:
+                mts = np.frombuffer(p.mark_ts, dtype="<i8")
+                stale_ix = np.flatnonzero(mts < horizon).tolist()
+                held = p.position_lists()[0]
+                old.update((held[x], int(mts[x])) for x in stale_ix)
+        return old
+
+    def _stale_alerts(self, old: dict[str, int]) -> list[Any]:
+        """A ``stale_mark`` alert per mark newly too old; marks fresh again forgotten."""
+        st = self.state
+        cfg = self.config
+        out: list[Any] = []
         for name, mark_ts in old.items():
             if name in st.stale:
                 continue
@@ -177,27 +177,62 @@ class CounterpartyLogic:
         if st.stale:
             for name in [n for n in st.stale if n not in old]:
                 del st.stale[name]
-        stale = sorted({*unvalued, *old}) if unvalued or old else []
-        unv_inst: list[str] = []
-        unv_coll: list[str] = []
-        if unvalued:  # a part's unvalued names: its positions', then collateral assets'
-            positions = set(names)
-            unv_inst = sorted({n for n in unvalued if n in positions})
-            unv_coll = sorted({n for n in unvalued if n not in positions})
-        st.seq += 1
-        out.append(Exposure(
-            counterparty=st.counterparty, ts=st.watermark, gross_notional=gross,
-            net_notional=net, delta_by_underlying=delta,
-            notional_by_asset=by_asset, instruments=names, instrument_notionals=notionals,
-            collateral=coll, unrealized_pnl=upnl, open_order_notional=orders,
-            stale=bool(stale), stale_instruments=stale, evidence_ids=st.evidence,
-            seq=st.seq, recv_ts=self._recv_ts, vol_by_underlying=(
-                vol_values if vol_values is not None
-                else {k: v for k, (v, _t) in sorted(vols.items())}),
-            unvalued_instruments=unv_inst, unvalued_collateral=unv_coll,
-        ))
-        st.evidence = []
         return out
+
+
+class _Totals(NamedTuple):
+    """A counterparty's parts summed."""
+
+    gross: float
+    net: float
+    upnl: float
+    orders: float
+    coll: float
+    delta: dict[str, float]
+    by_asset: dict[str, float]
+    names: list[str]
+    notionals: list[float]
+    vols: dict[str, float]
+    unvalued: list[str]
+
+
+def _sum_parts(ps: list[Part]) -> _Totals:
+    """The parts' sums; one part's own dicts and lists are shared (built for it alone
+    and never mutated). Shards hold disjoint instruments; the newest vol of each
+    underlying wins."""
+    if len(ps) == 1:
+        p = ps[0]
+        names, notionals = p.position_lists()
+        return _Totals(p.gross, p.net, p.upnl, p.orders, p.collateral, p.delta, p.by_asset,
+                       names, notionals, p.vol_values, p.unvalued)
+    gross = net = upnl = orders = coll = 0.0
+    delta: dict[str, float] = {}
+    by_asset: dict[str, float] = {}
+    names = []
+    notionals = []
+    vols: dict[str, tuple[float, int]] = {}
+    unvalued: list[str] = []
+    for p in ps:
+        gross += p.gross
+        net += p.net
+        upnl += p.upnl
+        orders += p.orders
+        coll += p.collateral
+        for k, v in p.delta.items():
+            delta[k] = delta.get(k, 0.0) + v
+        for k, v in p.by_asset.items():
+            by_asset[k] = by_asset.get(k, 0.0) + v
+        pn, pv = p.position_lists()
+        names.extend(pn)
+        notionals.extend(pv)
+        for k, vt in p.vols.items():
+            cur = vols.get(k)
+            if cur is None or vt[1] > cur[1]:
+                vols[k] = vt
+        if p.unvalued:
+            unvalued.extend(p.unvalued)
+    return _Totals(gross, net, upnl, orders, coll, delta, by_asset, names, notionals,
+                   {k: v for k, (v, _t) in sorted(vols.items())}, unvalued)
 
 
 def _per_tick(batch: Any, items: list[Any]) -> list[Any]:
