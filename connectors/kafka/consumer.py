@@ -168,8 +168,7 @@ class SharedConsumer:
     partition, so they stay bounded however far behind the busy topics are; a reader
     held back by alignment does not drain, and its list does not count (it is bounded
     by the skew), so alignment cannot starve the partition it waits for. The cost is
-    throughput on a backlog (a replay): more, smaller steps (measured, 8 scenario copies:
-    the guard's 1-worker replay rate fell from 52-72k to about 41k events/s).
+    throughput on a backlog (a replay): more, smaller steps.
 
     No pause/resume: resuming a partition discards what was prefetched.
     """

@@ -222,8 +222,8 @@ def split_dead_letters(step_id: str, up: Stream[Any]) -> SplitOut[Any]:
     """Route ``DeadLetter`` items (bare or as ``(key, DeadLetter)``) to ``errs``.
 
     Two list comprehensions per batch rather than ``op.branch``, which calls a
-    Python predicate per item (0.30 against 0.24 µs per item in all, bytewax included);
-    a batch whose item types include neither a dead letter nor a tuple skips both.
+    Python predicate per item; a batch whose item types include neither a dead letter
+    nor a tuple skips both.
     """
     oks = op.flat_map_batch("oks", up, _live)
     errs = op.flat_map_batch("errs", up, _dead_letters)

@@ -139,8 +139,8 @@ class Observer:
         self._lock = threading.Lock()
         self._open: dict[str, str] = {}  # anomaly key -> its key class, while an episode is open
         # (limit path, kind) -> its utilization gauge: prometheus_client's labels() takes
-        # a lock and hashes the label tuple, about 3 us per utilization (1,200 per tick
-        # with 600 counterparties); the same children, so the same cardinality
+        # a lock and hashes the label tuple on every call, and a tick may carry a
+        # utilization per limit; the same children, so the same cardinality
         self._util_gauges: dict[tuple[str, str], Any] = {}
 
     def observe(self, item: Any) -> Any:

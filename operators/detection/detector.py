@@ -105,7 +105,6 @@ from riskguard.operators.detection.models import (
     make_model,
     model_kind,
     model_name,
-    prepare_models,  # noqa: F401  # old path
 )
 from riskguard.operators.detection.move_bands import MoveBands, MoveBandState
 from riskguard.operators.detection.score_quantile import ScoreQuantile

@@ -30,8 +30,8 @@ from riskguard.validation import (
 )
 
 STATE_VERSION = 4
-"""Version 4: stage-1 per-instrument columns are numpy arrays (version 3 held lists and
-is migrated on resume; stage-2 and stage-3 states are unchanged since version 3)."""
+"""The version of the exposure states a snapshot holds; a snapshot of another is
+refused."""
 
 
 NS_PER_S = 1_000_000_000

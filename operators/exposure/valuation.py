@@ -777,8 +777,8 @@ class ShardValuation:
 
     def _und_vols_small(self, held: list[int]) -> dict[str, tuple[float, int]]:
         """:meth:`_und_vols` one column at a time: for a few held instruments, each of
-        the whole-array path's numpy calls costs more than the loop (4 against 23 µs per
-        re-valuation for the demo's 3 held instruments). The same values, bit for bit."""
+        the whole-array path's numpy calls costs more than the loop. The same values, bit
+        for bit."""
         st = self.state
         fv, fts = st.feature_vol, st.feature_vol_ts
         ewma_n, ewma_var, ewma_ts = st.ewma_n, st.ewma_var, st.ewma_ts
