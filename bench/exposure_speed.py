@@ -167,7 +167,7 @@ def run_stage1(evs: list[Any], batch: int) -> tuple[float, int]:
     flow = Dataflow("bench_stage1")
     inp = op.input("in", flow, TestingSource(evs, batch_size=batch))
     made, errs = _value("exposure", inp, exp_cfg, exp_cfg.validate(), ticked=False,
-                        clock=lambda: 0, wall_clock=None, remote_keys=None, place=None)
+                        clock=lambda: 0, wall_clock=None, place=None)
     sink = CountSink()
     op.output("out", op.merge("all", op.flat_map_batch("unkey", made, values_of), errs), sink)
     t0 = time.process_time()

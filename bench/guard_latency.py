@@ -157,8 +157,7 @@ def main() -> None:
             rate = args.rate
         bench = setup_env(bootstrap, work / "live", f"lv{tag}", partitions=args.partitions,
                           idle_eof_s=None, max_commands=1_000_000, starting_offset="earliest",
-                          batch_size=args.batch_size, fair_reads=not args.unfair_reads,
-                          aligned_market=args.market)
+                          batch_size=args.batch_size, fair_reads=not args.unfair_reads)
         if args.tick_ms is not None:
             text = bench.config.read_text()
             line = next(ln for ln in text.splitlines() if ln.startswith("tick_ns"))
@@ -177,14 +176,9 @@ def main() -> None:
               f" (tick_ns {args.tick_ms or 1000:g} ms, "
               f"batch_size {args.batch_size}, fair_reads {not args.unfair_reads}, "
               f"load linger.ms {args.load_linger_ms})", flush=True)
-        owners = None
-        if args.market:  # each market process reads only the partitions produced for it
-            from guard_throughput import bench_owners
-
-            owners = bench_owners(bench)
         hold = args.incident_hold_s if args.incident_hold_s > 0 else None
         load = LiveLoad(bench, rate, args.incident_rate, linger_ms=args.load_linger_ms,
-                        owners=owners, incident_hold_s=hold)
+                        incident_hold_s=hold)
         load.run(args.warmup)
         load.incidents_on = True
         t_on = time.time_ns()

@@ -9,28 +9,21 @@ six guard input topics with ``--partitions`` partitions each):
   (Kafka key) -> keyed ``op.stateful_map`` (a counter) -> ``KafkaSink``, one
   worker, reading the same six topics;
 - **guard, 1 worker**: ``riskguard.dataflows.guard`` with ``input.idle_eof_s``;
-- **guard, 2 processes**: the same with ``-i 0 -a "p1;p2"`` and ``-i 1 -a ...``;
-- with ``--tiers``, also **2 tiers**: a detect tier and a firm tier
-  (``[tier] role``, docs/scaling.md "Two tiers"), one 1-worker dataflow each, started at
-  once over the same topics; the firm tier's ``idle_eof_s`` is 3 s longer, as its
-  detections topic stays empty until the detect tier has started; its line counts the
-  ``detect_silent`` alerts on the signals topic (0 expected: one would mean the firm tier
-  ran on past a detect worker it took for dead);
+- with ``--market``, also **the market tier**: 2 market processes (BTC, ETH) and a firm
+  process fed by them (``[tier] role``, docs/scaling.md "The market tier"), one
+  1-worker dataflow each, started at once over their own copy of the input;
 - with ``--independent``, also **2 independent guards**: two 1-worker guards at
   once, each over its own environment holding half the copies (no cluster, nothing
   shared). No design of one dataflow over 2 processes can beat it: it is the
-  ceiling the 2-process figure is measured against on this machine.
+  ceiling the market tier's figure is measured against on this machine.
 
 Method. The guard emits few outputs, so its rate cannot be read off its
 output. Every flow runs to its own end of input (bounded: ``tail=False`` for
 the baseline, ``idle_eof_s`` for the guard) and its wall time (process start
-to exit; for 2 processes, until both exited) is taken twice: over the workload
+to exit; for several processes, until all exited) is taken twice: over the workload
 and over an otherwise identical environment whose input topics are empty. The
 empty run costs start-up, partition assignment, the idle EOF wait and
-shutdown; the difference is the time spent processing the workload (with 2
-processes, process 1 starts once process 0 listens on its cluster port: one
-that connects too early waits out timely's 1 s retry, which made the empty
-run's start-up 3.7 s in some runs and 4.7 s in others)::
+shutdown; the difference is the time spent processing the workload::
 
     rate = events / (T(workload) - T(empty))
 
@@ -43,17 +36,16 @@ copy's fills, so the span covers nearly all of the processing).
 
 Each guard line (and the baseline's) also gives the CPU seconds its processes
 used (workload minus empty run, all processes and threads together, each
-process's own rusage from ``os.wait4``); with several processes (2 processes,
-tiers, independent guards) each one's share, in start order (tiers: detect,
-then firm), and the dev broker's, from ``/proc`` (the benches' own broker
+process's own rusage from ``os.wait4``); with several processes (the market tier,
+independent guards) each one's share, in start order (the market processes, then the
+firm), and the dev broker's, from ``/proc`` (the benches' own broker
 only). CPU time is steadier than wall time on a shared machine:
 with 8 copies the data phase is shorter than the start-up the wall-time
 subtraction removes, and 1-worker runs of one series have read 62k-159k events/s.
 One worker is CPU-bound, so its CPU per event against the pass-through's is
 printed as the ratio "by CPU time" (librdkafka's threads count too, so it errs
-low). The 2-process / 1-worker CPU ratio says what a second process costs in
-all: ``2 / ratio`` is the most 2 processes could reach on 2 otherwise idle
-cores, perfectly balanced. The cores are not idle: the dev broker shares them, and
+low). The market tier's / 1 worker's CPU ratio says what splitting the guard costs in
+all. The cores are not idle: the dev broker shares them, and
 serves several processes' consumers at more CPU than one worker's. So each
 multi-process kind also gets a CPU-bound estimate with the broker counted
 (:func:`cpu_bound_wall_s`): its CPU and the broker's, spread evenly over the machine's
@@ -62,23 +54,9 @@ cores, against one worker's wall time (the market tier's median of three has rea
 
 Each guard line also counts the dead letters the run wrote: a run that
 dead-letters records (e.g. as late) did less work, so its rate is not
-comparable. ``--no-split-market`` turns ``input.split_market_by_key`` (the
-default) off: market data is then read where bytewax places each partition.
+comparable.
 
-Placement with 2 processes (bytewax 0.21): with the split (default), each
-process reads the whole market topic and keeps its own keys' records plus
-its own copy of every index price and heartbeat, so market data is not
-pickled between processes. Without it, source partitions go to workers
-round-robin over their sorted names (``{partition}-{topic}``): one process
-reads all of market, fills and venue_status, and pickles every market record
-whose ``venue/instrument`` key hashes to the other process. With
-``--aligned-market`` (``input.aligned_market``) market data is produced with
-``placement.aligned_partitions`` and each process reads only its own
-partitions; the baseline then reads a second, unaligned copy of the workload
-(the aligned topic holds one copy of each index price per partition).
-
-    python bench/guard_throughput.py [--copies 8] [--partitions 4] [--skip-2p] [--repeats 1]
-                                     [--no-split-market | --aligned-market] [--tiers]
+    python bench/guard_throughput.py [--copies 8] [--partitions 4] [--repeats 1]
                                      [--independent] [--market] [--fetch-wait-ms N]
                                      [--timeline]
 
@@ -87,9 +65,9 @@ broker used in each second (``CoreTimeline``): whether a multi-process run's pro
 overlapped, or one waited on the others or on the broker. ``--fetch-wait-ms N`` sets
 every guard's ``input.fetch_wait_max_ms``.
 
-``--repeats R`` runs each guard R times, 1 worker and 2 processes interleaved, and
-also prints the medians and the scaling of the medians: one 24-copy run of the
-same code has given anywhere from 1.08x to 1.43x.
+``--repeats R`` runs each guard R times, the kinds interleaved, and also prints the
+medians and the scaling of the medians: one 24-copy run of the same code has given
+anywhere from 1.08x to 1.43x.
 """
 
 from __future__ import annotations
@@ -98,7 +76,6 @@ import argparse
 import dataclasses
 import functools
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -111,7 +88,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bytewax.operators as op
-import msgspec
 from bytewax.dataflow import Dataflow
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -127,16 +103,12 @@ from guard_workload import (
     start_guard,
     steal_seconds,
 )
-from riskguard.connectors.broker import free_port
-from riskguard.connectors.placement import MarketOwners
 from riskguard.connectors.topics import TopicSpec, create_topics
 from riskguard.dataflows.demo import tier_config
 from riskguard.dataflows.demo_scenario import DURATION_S, scenario_copies
-from riskguard.dataflows.guard import load_guard_config, market_owners
 
 HERE = Path(__file__).resolve().parent
 INDEPENDENT = -2  # the run kind of 2 independent 1-worker guards
-TIERS = -3  # the run kind of a detect tier and a firm tier, 1 worker each
 MARKET = -4  # the run kind of 2 market processes and a firm tier fed by them
 # the bench's market processes: BTC on one, ETH on the other (each about half the data)
 MARKET_OWNERS = {"BTC": 0, "ETH": 1}
@@ -145,11 +117,9 @@ MARKET_OWNERS = {"BTC": 0, "ETH": 1}
 def _label(procs: int) -> str:
     if procs == INDEPENDENT:
         return "2 independent"
-    if procs == TIERS:
-        return "2 tiers    "
     if procs == MARKET:
         return "2 market + firm"
-    return "1 worker   " if procs == 1 else f"{procs} processes"
+    return "1 worker   "
 
 
 def passthrough(bootstrap: str, topics: list[str], out: str) -> Dataflow:
@@ -181,41 +151,16 @@ def passthrough(bootstrap: str, topics: list[str], out: str) -> Dataflow:
     return flow
 
 
-def tier_envs(bench: BenchEnv, firm_idle_extra_s: float = 3.0) -> list[BenchEnv]:
-    """The env as a detect tier and a firm tier (``tier.role``), each with its own
-    config. The firm tier's idle EOF is ``firm_idle_extra_s`` longer: its detections
-    topic is empty until the detect tier, started at the same time, has started up."""
-    detect, firm = (tier_config(bench.config, role) for role in ("detect", "firm"))
-    _idle_longer(firm, firm_idle_extra_s)
-    return [dataclasses.replace(bench, config=path) for path in (detect, firm)]
-
-
 def market_envs(bench: BenchEnv) -> list[BenchEnv]:
-    """The env as 2 market processes (BTC, ETH) and a firm tier fed by them, each with
-    its own config (docs/scaling.md, "The market tier"). Unlike :func:`tier_envs` the firm needs
-    no longer idle EOF: it ends each market process's partition on that process's final
-    progress, and does not take it for ended before the process has written."""
+    """The env as 2 market processes (BTC, ETH) and a firm process fed by them, each with
+    its own config (docs/scaling.md, "The market tier"). The firm needs no longer idle
+    EOF: it ends each market process's partition on that process's final progress, and
+    does not take it for ended before the process has written."""
     n = len(set(MARKET_OWNERS.values()))
-    paths = [tier_config(bench.config, "market", index=i, detect_workers=n,
+    paths = [tier_config(bench.config, "market", index=i, market_processes=n,
                          owners=MARKET_OWNERS) for i in range(n)]
-    firm = tier_config(bench.config, "firm", upstream="market", detect_workers=n)
+    firm = tier_config(bench.config, "firm", market_processes=n)
     return [dataclasses.replace(bench, config=path) for path in (*paths, firm)]
-
-
-def bench_owners(bench: BenchEnv) -> MarketOwners:
-    """Who owns what among the bench's market processes (:data:`MARKET_OWNERS`)."""
-    cfg = load_guard_config(bench.config)[0]
-    n = len(set(MARKET_OWNERS.values()))
-    return market_owners(msgspec.structs.replace(cfg, tier=msgspec.structs.replace(
-        cfg.tier, detect_workers=n, owners=MARKET_OWNERS)))
-
-
-def _idle_longer(config: Path, extra_s: float) -> None:
-    text = config.read_text()
-    idle = re.search(r"(?m)^idle_eof_s = ([0-9.]+)$", text)
-    if idle:
-        longer = float(idle.group(1)) + extra_s
-        config.write_text(text.replace(idle.group(0), f"idle_eof_s = {longer}", 1))
 
 
 def _wait(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> list[float]:
@@ -314,28 +259,16 @@ class CoreTimeline:
         return " ".join("|".join(f"{x:.2f}" for x in row) for row in self.rows)
 
 
-def run_guard(bench: BenchEnv | list[BenchEnv], procs: int,
-              timeout_s: float = 600.0, watch: list[int] | None = None) -> GuardRun:
-    """One guard run: 1 worker, or ``procs`` processes. Given a list of envs: one
-    1-worker guard per env, all at once (independent guards or tiers). Given ``watch``
-    (more pids, e.g. the dev broker's), the run's :class:`CoreTimeline` over its
-    processes and those."""
+def run_guard(bench: BenchEnv | list[BenchEnv], timeout_s: float = 600.0,
+              watch: list[int] | None = None) -> GuardRun:
+    """One guard run: 1 worker, or given a list of envs, one 1-worker guard per env, all
+    at once (independent guards, or the market tier). Given ``watch`` (more pids, e.g.
+    the dev broker's), the run's :class:`CoreTimeline` over its processes and those."""
     if isinstance(bench, list):
         fresh_detections(bench[0])
     started = time.time()
     t0 = time.monotonic()
-    if isinstance(bench, list):
-        ps = [start_guard(b) for b in bench]
-    elif procs == 1:
-        ps = [start_guard(bench)]
-    else:
-        ports = [free_port() for _ in range(procs)]
-        addrs = ";".join(f"127.0.0.1:{port}" for port in ports)
-        # The others start once process 0 listens: a process that connects too early
-        # waits out timely's 1 s retry, which would add a second to some runs only.
-        ps = [start_guard(bench, "-i", "0", "-a", addrs)]
-        _await_listening(ports[0], ps[0])
-        ps += [start_guard(bench, "-i", str(i), "-a", addrs) for i in range(1, procs)]
+    ps = [start_guard(b) for b in bench] if isinstance(bench, list) else [start_guard(bench)]
     timeline = None if watch is None else CoreTimeline([p.pid for p in ps] + watch)
     if timeline is not None:
         timeline.start()
@@ -372,8 +305,8 @@ def _print_timeline(run: GuardRun, broker_pid: int | None) -> None:
 
 
 def fresh_detections(bench: BenchEnv) -> None:
-    """An empty ``detections`` topic for a multi-tier run: a firm tier reads it from the
-    start, and a repeat must not read the previous run's signals and (market tier) final
+    """An empty ``detections`` topic for a market-tier run: the firm reads it from the
+    start, and a repeat must not read the previous run's signals and final
     progress, which would end its partitions before this run's data came."""
     topic = bench.topic("detections")
     admin = AdminClient({"bootstrap.servers": bench.bootstrap})
@@ -386,21 +319,6 @@ def fresh_detections(bench: BenchEnv) -> None:
             msg = f"could not recreate {topic}"
             raise SystemExit(msg)
         time.sleep(0.2)
-
-
-def _await_listening(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
-    """Until a socket listens on 127.0.0.1:``port`` (read from ``/proc/net/tcp``, without
-    connecting: timely would take a probe connection for a peer)."""
-    want = f":{port:04X}"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and proc.poll() is None:
-        with open("/proc/net/tcp") as f:
-            rows = [ln.split() for ln in f.readlines()[1:]]
-        if any(r[1].endswith(want) and r[3] == "0A" for r in rows):  # 0A: LISTEN
-            return
-        time.sleep(0.01)
-    msg = f"process 0 did not listen on port {port} within {timeout_s:.0f} s"
-    raise SystemExit(msg)
 
 
 def run_passthrough(bootstrap: str, topics: list[str], out: str,
@@ -476,26 +394,17 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=4, help="partitions per input topic")
     ap.add_argument("--batch-size", type=int, default=1000, help="guard input.batch_size")
     ap.add_argument("--idle-eof-s", type=float, default=2.0)
-    ap.add_argument("--skip-2p", action="store_true", help="skip the 2-process guard run")
     ap.add_argument("--repeats", type=int, default=1,
                     help="guard runs per worker count, interleaved; the medians are compared "
-                         "(the 2-process figure varies by about +-10%% run to run)")
+                         "(a multi-process figure varies by about +-10%% run to run)")
     ap.add_argument("--bootstrap", default=None, help="use this broker instead of a dev broker")
-    ap.add_argument("--no-split-market", action="store_true",
-                    help="guard input.split_market_by_key = false")
-    ap.add_argument("--aligned-market", action="store_true",
-                    help="guard input.aligned_market = true (market data produced with "
-                         "placement.aligned_partitions)")
-    ap.add_argument("--tiers", action="store_true",
-                    help="also run the guard as two tiers (a detect and a firm 1-worker "
-                         "dataflow, at once)")
     ap.add_argument("--timeline", action="store_true",
                     help="print the cores each guard process (then the dev broker) used "
                          "in each second of each workload run")
     ap.add_argument("--fetch-wait-ms", type=int, default=None,
                     help="every guard's input.fetch_wait_max_ms (default: the guard's, 10)")
     ap.add_argument("--market", action="store_true",
-                    help="also run the guard as 2 market processes (BTC, ETH) and a firm tier "
+                    help="also run the guard as 2 market processes (BTC, ETH) and a firm process "
                          "fed by them (three 1-worker dataflows, at once)")
     ap.add_argument("--independent", action="store_true",
                     help="also run 2 independent 1-worker guards, each over half the copies "
@@ -506,28 +415,19 @@ def main() -> None:
     try:
         tag = uuid.uuid4().hex[:6]
         kw = {"partitions": args.partitions, "idle_eof_s": args.idle_eof_s,
-              "batch_size": args.batch_size, "split_market": not args.no_split_market,
-              "aligned_market": args.aligned_market, "fetch_wait_ms": args.fetch_wait_ms}
+              "batch_size": args.batch_size, "fetch_wait_ms": args.fetch_wait_ms}
         full = setup_env(bootstrap, work / "full", f"bw{tag}", **kw)
         empty = setup_env(bootstrap, work / "empty", f"be{tag}", **kw)
         start_ns = time.time_ns() - (args.copies * DURATION_S + 30) * NS
         records = scenario_copies(args.copies, start_ns)
         n = publish(full, records)
-        # Aligned market data holds a copy of each index price per partition: the baseline
-        # reads the records once each, as published without alignment.
         base = full
-        if args.aligned_market:
-            base = setup_env(bootstrap, work / "base", f"bb{tag}",
-                             **{**kw, "aligned_market": False})
-            publish(base, records)
         market_full = market_empty = full
         if args.market:
-            # the market tier reads its own copy of the workload, its market topic
-            # produced for its processes (each reads only its own partitions)
-            kw_m = {**kw, "aligned_market": True}
-            market_full = setup_env(bootstrap, work / "market", f"bm{tag}", **kw_m)
-            market_empty = setup_env(bootstrap, work / "market-empty", f"bme{tag}", **kw_m)
-            publish(market_full, records, owners=bench_owners(market_full))
+            # the market tier reads its own copy of the workload
+            market_full = setup_env(bootstrap, work / "market", f"bm{tag}", **kw)
+            market_empty = setup_env(bootstrap, work / "market-empty", f"bme{tag}", **kw)
+            publish(market_full, records)
         halves: list[BenchEnv] = []
         halves_empty: list[BenchEnv] = []
         if args.independent:
@@ -569,33 +469,29 @@ def main() -> None:
         brokers: dict[int, list[float]] = {}  # the dev broker's CPU seconds per run
         walls: dict[int, list[float]] = {}  # workload minus empty run, wall seconds
         steals: dict[int, list[float]] = {}  # CPU the hypervisor took during the workload
-        # repeats interleave 1 worker and 2 processes, so load drift hits both alike
-        kinds = [1] if args.skip_2p else [1, 2]
-        if args.tiers:
-            kinds.append(TIERS)
+        # repeats interleave the kinds, so load drift hits them alike
+        kinds = [1]
         if args.market:
             kinds.append(MARKET)
         if args.independent:
             kinds.append(INDEPENDENT)
-        tiers = (tier_envs(full), tier_envs(empty)) if args.tiers else None
         market = ((market_envs(market_full), market_envs(market_empty)) if args.market
                   else None)
         for procs in [p for _ in range(args.repeats) for p in kinds]:
             envs: tuple[BenchEnv | list[BenchEnv], ...] = (
                 (halves, halves_empty) if procs == INDEPENDENT
-                else tiers if procs == TIERS and tiers
                 else market if procs == MARKET and market else (full, empty))
             b0, s0 = cpu_seconds(broker_pid), steal_seconds()
-            run_full = run_guard(envs[0], procs, watch=(
+            run_full = run_guard(envs[0], watch=(
                 None if not args.timeline else [] if broker_pid is None else [broker_pid]))
             b1, s1 = cpu_seconds(broker_pid), steal_seconds()
-            run_empty = run_guard(envs[1], procs)
+            run_empty = run_guard(envs[1])
             b2 = cpu_seconds(broker_pid)
             t_full, started, c_full = run_full.wall, run_full.started, run_full.cpu
             t_empty, c_empty = run_empty.wall, run_empty.cpu
             rate = n / (t_full - t_empty)
             # each process's CPU and the broker's, workload minus empty run: which one
-            # sets the pace when the processes differ (tiers), and the broker's share
+            # sets the pace when the processes differ (market tier), and the broker's share
             split = ", ".join(f"{f - e:.1f}" for f, e in zip(
                 run_full.per_process, run_empty.per_process, strict=True))
             cpu_note = (f"; per process {split} s" if len(run_full.per_process) > 1 else "")
@@ -629,11 +525,6 @@ def main() -> None:
             dead, _ = output_span(bootstrap, [run_env.topic("dead_letters")], args.partitions,
                                   after_ms=after)
             label = _label(procs)
-            if procs in (TIERS, MARKET):
-                # the firm tier must not have run past a detect worker it took for dead
-                silent, _ = output_span(bootstrap, [run_env.topic("signals")], args.partitions,
-                                        after_ms=after, holding=b'"detect_silent"')
-                label = f"{label.strip()} ({silent} detect_silent)"
             print(f"guard, {label}:              {rate:10,.0f} events/s  ratio "
                   f"{rate / pt_rate:.2f}x of baseline (goal >= 0.5x)  (wall {t_full:.1f} s - "
                   f"empty {t_empty:.1f} s; output span {span:.1f} s -> "
@@ -656,22 +547,6 @@ def main() -> None:
             print(f"by CPU time, 1 worker: {n / guard_cpu:,.0f} events/s against the "
                   f"pass-through's {n / pt_cpu:,.0f} = {pt_cpu / guard_cpu:.2f}x (goal >= 0.5x; "
                   f"median of {len(cpus[1])}, all threads counted)")
-        if 2 in med:
-            pairs = [b / a for a, b in zip(rates[1], rates[2], strict=True)]
-            print(f"scaling, 2 processes / 1 worker: {med[2] / med[1]:.2f}x (goal >= 1.5x)"
-                  + (f"  (per repeat {min(pairs):.2f}-{max(pairs):.2f}x)" if len(pairs) > 1
-                     else ""))
-            # CPU time is steadier than wall time on a shared machine: what the second
-            # process costs in all, and the scaling it leaves room for on 2 idle cores
-            cpu_ratio = statistics.median(cpus[2]) / statistics.median(cpus[1])
-            print(f"CPU, 2 processes / 1 worker (workload - empty, medians): {cpu_ratio:.2f}x; "
-                  f"perfectly balanced on 2 cores that allows at most {2 / cpu_ratio:.2f}x")
-        if TIERS in med:
-            pairs = [b / a for a, b in zip(rates[1], rates[TIERS], strict=True)]
-            print(f"scaling, 2 tiers / 1 worker: {med[TIERS] / med[1]:.2f}x (goal >= 1.5x)"
-                  + (f"  (per repeat {min(pairs):.2f}-{max(pairs):.2f}x)" if len(pairs) > 1
-                     else "")
-                  + f"; CPU {statistics.median(cpus[TIERS]) / statistics.median(cpus[1]):.2f}x")
         if MARKET in med:
             pairs = [b / a for a, b in zip(rates[1], rates[MARKET], strict=True)]
             print(f"scaling, 2 market processes + firm / 1 worker: {med[MARKET] / med[1]:.2f}x "
@@ -680,7 +555,7 @@ def main() -> None:
                      else "")
                   + f"; CPU {statistics.median(cpus[MARKET]) / statistics.median(cpus[1]):.2f}x")
         cores = os.cpu_count() or 1
-        for procs in (2, TIERS, MARKET):
+        for procs in (MARKET,):
             if procs in cpus and 1 in walls and broker_pid is not None:
                 steal = statistics.median(steals[procs])
                 est = cpu_bound_wall_s(statistics.median(cpus[procs]),
@@ -699,7 +574,7 @@ def main() -> None:
             print(f"ceiling, 2 independent guards / 1 worker: {med[INDEPENDENT] / med[1]:.2f}x; "
                   f"CPU {statistics.median(cpus[INDEPENDENT]) / statistics.median(cpus[1]):.2f}x"
                   f"; steal {statistics.median(steals[INDEPENDENT]):.1f} s")
-            for procs in (2, TIERS, MARKET):
+            for procs in (MARKET,):
                 if procs in med:
                     print(f"{_label(procs).strip()} / the ceiling: "
                           f"{med[procs] / med[INDEPENDENT]:.2f}x (medians)")

@@ -4,9 +4,7 @@
   trust file and a guard config derived from ``dataflows/demo.toml`` with
   bench overrides (``[input]`` values, ``playbook.max_commands``).
 - :func:`publish`: produce records to the guard's input topics, keyed by
-  ``venue/instrument`` as ``riskguard demo`` does (market data to the partition
-  :func:`~riskguard.connectors.placement.aligned_partition` names, when the env's
-  config has ``input.aligned_market``).
+  ``venue/instrument`` as ``riskguard demo`` does.
 - :func:`LiveLoad`: the same records re-stamped to the wall clock and produced
   at a steady rate, with fills from fresh (unconfigured) counterparties mixed
   in at a fixed rate; each of those makes one ``reduce_only`` command.
@@ -22,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,16 +28,19 @@ from typing import Any
 import msgspec
 from confluent_kafka import Consumer, Producer, TopicPartition
 from riskguard.connectors.broker import DevBroker
-from riskguard.connectors.placement import MarketOwners, aligned_partitions
 from riskguard.connectors.settings import KafkaSettings
-from riskguard.connectors.topics import create_topics, topic_name
+from riskguard.connectors.topics import (
+    INPUT_STREAMS,
+    TopicsConfig,
+    create_topics,
+    topic_name,
+    topic_specs,
+)
 from riskguard.dataflows.demo import DemoKeys, init_keys, stream_of, write_config
 from riskguard.dataflows.demo_scenario import build_scenario
-from riskguard.dataflows.guard import INPUT_STREAMS, load_guard_config, price_key_prefixes
 from riskguard.schemas import Fill, encode
 
-from riskguard.cli_topics import topic_specs
-from riskguard.config import CommonConfig, TopicsConfig
+from riskguard.config import CommonConfig
 
 NS = 1_000_000_000
 
@@ -53,7 +54,6 @@ class BenchEnv:
     config: Path
     keys: DemoKeys
     partitions: int
-    aligned_market: bool = False
 
     def topic(self, stream: str) -> str:
         return topic_name(self.env, stream)
@@ -76,14 +76,14 @@ def broker_unless(bootstrap: str | None, folder: Path) -> tuple[str, DevBroker |
 def setup_env(
     bootstrap: str, workdir: Path, env: str, *, partitions: int = 4,
     idle_eof_s: float | None = 2.0, batch_size: int = 1000, max_commands: int | None = None,
-    starting_offset: str = "earliest", split_market: bool = True, fair_reads: bool = False,
-    aligned_market: bool = False, fetch_wait_ms: int | None = None,
+    starting_offset: str = "earliest", fair_reads: bool = False,
+    fetch_wait_ms: int | None = None,
 ) -> BenchEnv:
     """Create the env's topics, keys, trust file and guard config."""
     workdir.mkdir(parents=True, exist_ok=True)
     common = CommonConfig(env=env, kafka=KafkaSettings(bootstrap=bootstrap),
                           topics=TopicsConfig(default_partitions=partitions))
-    create_topics(common.kafka.client_config(), topic_specs(common))
+    create_topics(common.kafka.client_config(), topic_specs(common.env, common.topics))
     keys = init_keys(workdir)
     path = write_config(workdir, bootstrap, keys, env)
     text = path.read_text()
@@ -92,14 +92,10 @@ def setup_env(
     text = _set_key(text, "input", "batch_size", f"batch_size = {batch_size}")
     text = _set_key(text, "input", "starting_offset", f'starting_offset = "{starting_offset}"')
     text = _set_key(text, "topics", "default_partitions", f"default_partitions = {partitions}")
-    text = _set_key(text, "input", "split_market_by_key",
-                    f"split_market_by_key = {str(split_market).lower()}")
     # The guard's default alignment skew, not demo.toml's strict merge (set there so demo
     # runs are reproducible): the benchmarks measure the production default.
     text = _set_key(text, "input", "align_skew_s", None)
     text = _set_key(text, "input", "fair_reads", f"fair_reads = {str(fair_reads).lower()}")
-    text = _set_key(text, "input", "aligned_market",
-                    f"aligned_market = {str(aligned_market).lower()}")
     text = _set_key(text, "input", "fetch_wait_max_ms",
                     None if fetch_wait_ms is None else f"fetch_wait_max_ms = {fetch_wait_ms}")
     path.write_text(text)
@@ -107,7 +103,7 @@ def setup_env(
         pb = workdir / "playbook.toml"
         pb.write_text(re.sub(r"(?m)^max_commands = \d+", f"max_commands = {max_commands}",
                              pb.read_text()))
-    return BenchEnv(bootstrap, env, path, keys, partitions, aligned_market)
+    return BenchEnv(bootstrap, env, path, keys, partitions)
 
 
 def _set_key(text: str, table: str, key: str, line: str | None) -> str:
@@ -136,17 +132,14 @@ def producer(bootstrap: str, linger_ms: int = 20) -> Producer:
                      "queue.buffering.max.messages": 1_000_000})
 
 
-def publish(bench: BenchEnv, records: list[Any], owners: MarketOwners | None = None) -> int:
-    """Produce ``records`` to the env's input topics; returns how many. With ``owners``
-    (and ``input.aligned_market``), market data goes to the partitions its market
-    process reads (docs/scaling.md, "The market tier")."""
+def publish(bench: BenchEnv, records: list[Any]) -> int:
+    """Produce ``records`` to the env's input topics; returns how many."""
     p = producer(bench.bootstrap)
     topics = {s: bench.topic(s) for s in INPUT_STREAMS}
-    partitions_of = _placement(bench, owners)
     for rec in records:
         topic = topics[stream_of(rec)]
         data, key = encode(rec), _key(rec)
-        _produce(p, topic, data, key, partitions_of(topic, key), backoff_s=0.05)
+        _produce(p, topic, data, key, _BY_KEY, backoff_s=0.05)
     left = p.flush(120)
     if left:
         msg = f"could not publish {left} records"
@@ -154,20 +147,7 @@ def publish(bench: BenchEnv, records: list[Any], owners: MarketOwners | None = N
     return len(records)
 
 
-def _placement(bench: BenchEnv, owners: MarketOwners | None) -> Callable[[str, bytes],
-                                                                          list[int]]:
-    """``(topic, key) -> partitions`` a record is produced to: ``[-1]`` (librdkafka's
-    partitioner), or with ``input.aligned_market`` the market topic's aligned partitions
-    (with ``owners``: its market process's, docs/scaling.md "The market tier")."""
-    aligned = bench.topic("market") if bench.aligned_market else None
-    prefixes = price_key_prefixes(load_guard_config(bench.config)[0])
-
-    def partitions_of(topic: str, key: bytes) -> list[int]:
-        if topic != aligned:
-            return [-1]
-        return aligned_partitions(key, bench.partitions, prefixes, owners)
-
-    return partitions_of
+_BY_KEY = [-1]  # librdkafka's partitioner: each key keeps one partition
 
 
 def _produce(p: Producer, topic: str, data: bytes, key: bytes, parts: list[int], *,
@@ -289,8 +269,7 @@ class LiveLoad:
     """
 
     def __init__(self, bench: BenchEnv, rate: float, incident_rate: float,
-                 linger_ms: int = 50, owners: MarketOwners | None = None,
-                 incident_hold_s: float | None = None) -> None:
+                 linger_ms: int = 50, incident_hold_s: float | None = None) -> None:
         self.bench = bench
         self.rate = rate
         self.incident_rate = incident_rate
@@ -303,16 +282,13 @@ class LiveLoad:
         self.incidents = 0
         self.incidents_on = False
         self.sent_at: dict[str, int] = {}
-        # as publish() writes them (with owners: to each market process's partitions)
-        self._partitions_of = _placement(bench, owners)
         # each scenario record encoded once as a template, with its topic, key,
         # partitions and id
         self._plans = []
         for r in build_scenario(0).events:
             topic = self.topics[stream_of(r)]
             key = _key(r)
-            self._plans.append((RecordTemplate(r), topic, key,
-                                self._partitions_of(topic, key), r.id))
+            self._plans.append((RecordTemplate(r), topic, key, _BY_KEY, r.id))
         self._records = self._cycle()
 
     def _cycle(self) -> Iterator[tuple[RecordTemplate, str, bytes, list[int], str]]:
@@ -326,7 +302,7 @@ class LiveLoad:
     def _produce(self, rec: Any) -> None:
         topic = self.topics[stream_of(rec)]
         data, key = encode(rec), _key(rec)
-        _produce(self.p, topic, data, key, self._partitions_of(topic, key), backoff_s=0.01)
+        _produce(self.p, topic, data, key, _BY_KEY, backoff_s=0.01)
 
     def run(self, seconds: float, *, step_s: float = 0.005) -> None:
         """Produce at the steady rate for ``seconds`` of wall time."""

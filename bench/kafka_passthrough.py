@@ -37,10 +37,10 @@ def stock(bootstrap: str, src: str, out: str) -> Dataflow:
     return flow
 
 
-def ours(bootstrap: str, src: str, out: str, dlq: str, share: bool = False) -> Dataflow:
+def ours(bootstrap: str, src: str, out: str, dlq: str) -> Dataflow:
     from riskguard.dataflows.passthrough import build
 
-    return build(bootstrap, [src], out, dlq, share_consumer=share)
+    return build(bootstrap, [src], out, dlq)
 
 
 def fill(bootstrap: str, topic: str, n: int) -> None:
@@ -100,13 +100,12 @@ def main() -> None:
         bootstrap = broker.start().bootstrap
     try:
         tag = uuid.uuid4().hex[:6]
-        src, out_s, out_o, out_p, dlq = (
-            f"{x}-{tag}" for x in ("in", "out-stock", "out-ours", "out-per-part", "dlq")
+        src, out_s, out_o, dlq = (
+            f"{x}-{tag}" for x in ("in", "out-stock", "out-ours", "dlq")
         )
         create_topics({"bootstrap.servers": bootstrap}, [
             TopicSpec(src, args.partitions), TopicSpec(out_s, args.partitions),
-            TopicSpec(out_o, args.partitions), TopicSpec(out_p, args.partitions),
-            TopicSpec(dlq, 1),
+            TopicSpec(out_o, args.partitions), TopicSpec(dlq, 1),
         ])
         fill(bootstrap, src, args.n)
         mod = "kafka_passthrough"
@@ -114,14 +113,9 @@ def main() -> None:
                        args.n, args.partitions)
         mine = measure(bootstrap, f"{mod}:ours({bootstrap!r}, {src!r}, {out_o!r}, {dlq!r})", out_o,
                        args.n, args.partitions)
-        shared = measure(bootstrap,
-                         f"{mod}:ours({bootstrap!r}, {src!r}, {out_p!r}, {dlq!r}, True)", out_p,
-                         args.n, args.partitions)
         print(f"bytewax KafkaSource->KafkaSink (no decode)   {base:10,.0f} events/s  (baseline)")
-        print(f"riskguard, a consumer per partition (default){mine:10,.0f} events/s  "
+        print(f"riskguard kafka_input->kafka_output          {mine:10,.0f} events/s  "
               f"ratio {mine / base:.2f}x  (goal >= 1.0x)")
-        print(f"riskguard, one shared consumer               {shared:10,.0f} events/s  "
-              f"ratio {shared / base:.2f}x")
     finally:
         if broker is not None:
             broker.stop()

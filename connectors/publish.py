@@ -29,8 +29,7 @@ from typing import Any
 from riskguard.connectors.formats.core import is_compressed
 from riskguard.connectors.replay import ReplayFile, ReplaySource
 from riskguard.connectors.settings import KafkaSettings, with_logger
-from riskguard.connectors.topics import topic_name
-from riskguard.dataflows.guard.config import INPUT_STREAMS, STREAM_TYPES
+from riskguard.connectors.topics import INPUT_STREAMS, STREAM_TYPES, topic_name
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import Codec, encode, tag_of
 from riskguard.schemas.market import Side, Trade  # noqa: F401  (doctest)

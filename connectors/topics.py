@@ -9,13 +9,79 @@ import socket
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 from riskguard.connectors.settings import KafkaSettings, as_settings, with_logger
+from riskguard.schemas import (
+    AnomalySignal,
+    Balance,
+    Bar,
+    BookDepth,
+    DetectProgress,
+    Fill,
+    FundingRate,
+    IndexPrice,
+    OpenInterest,
+    OpenOrders,
+    OptionQuote,
+    PositionSnapshot,
+    PremiumIndexBar,
+    Quote,
+    SignedEnvelope,
+    Trade,
+    Valuation,
+    VenueStatus,
+)
 
 from riskguard.errors import BrokerError, ConfigError
 
 PROBE_TIMEOUT_S = 5.0
+
+MARKET = (Trade, Quote, Bar, BookDepth, OptionQuote, IndexPrice, FundingRate, OpenInterest,
+          PremiumIndexBar)
+TRADING = (Fill, PositionSnapshot, Balance, OpenOrders)
+# Everything the guard core consumes; any other record type (a bare, unsigned command
+# included) is a dead letter.
+HANDLED = (*MARKET, VenueStatus, *TRADING, SignedEnvelope)
+INPUT_STREAMS = ("market", "venue_status", "fills", "positions", "balances", "limit_updates",
+                 "acks")
+# The topic market processes write for the firm process, and what it carries
+DETECTIONS = "detections"
+DETECTED = (AnomalySignal, DetectProgress, Valuation)
+# What a market process reads (the market topic split by underlying, the others whole),
+# and what the firm process reads
+MARKET_STREAMS = ("market", "venue_status", "fills", "positions", "balances")
+FIRM_STREAMS = ("venue_status", "limit_updates", "acks", DETECTIONS)
+# What each input topic may carry: any other record on it is a wrong_topic dead letter
+# (whoever may write market data must not move positions, nor sign anything)
+STREAM_TYPES: dict[str, tuple[type, ...]] = {
+    "market": MARKET,
+    "venue_status": (VenueStatus,),
+    "fills": (Fill,),
+    "positions": (PositionSnapshot,),
+    "balances": (Balance, OpenOrders),
+    "limit_updates": (SignedEnvelope,),
+    "acks": (SignedEnvelope,),  # executors' signed acks (their payload type says so)
+    DETECTIONS: DETECTED,
+}
+
+DAY_MS = 24 * 3600 * 1000
+
+# Retention when [topics] retention_ms does not say: raw inputs are replayable for a week,
+# decisions and rejections for 30 days, the audit log forever (-1), limit updates compacted.
+DEFAULT_RETENTION_MS = {
+    "market": 7 * DAY_MS, "fills": 30 * DAY_MS, "positions": 7 * DAY_MS,
+    "balances": 7 * DAY_MS, "venue_status": 7 * DAY_MS, "features": 2 * DAY_MS,
+    "signals": 30 * DAY_MS, "exposures": 7 * DAY_MS, "commands": 30 * DAY_MS,
+    "acks": 30 * DAY_MS,
+    "audit": -1, "rejections": 30 * DAY_MS, "dead_letters": 30 * DAY_MS,
+    "detections": 2 * DAY_MS,
+}
+COMPACTED = ("limit_updates",)
+# Never lose an acknowledged command, an executor's ack or an audit record to an
+# out-of-sync leader.
+STRICT = ("commands", "acks", "audit", "limit_updates")
 
 STREAMS = (
     "market", "fills", "positions", "balances", "venue_status", "limit_updates",
@@ -37,6 +103,20 @@ def topic_name(env: str, stream: str, major: int = 1) -> str:
     return f"{env}.riskguard.{stream}.v{major}"
 
 
+class TopicsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Partition counts and settings per stream (``topics.partitions.<stream>``)."""
+
+    # stream -> its partition count, over default_partitions
+    partitions: dict[str, Annotated[int, msgspec.Meta(ge=1)]] = {}
+    default_partitions: int = 2
+    replication_factor: int = 1  # copies of each partition the brokers keep
+    # the topics' min.insync.replicas (unset: replication_factor - 1, at least 1)
+    min_insync_replicas: int | None = None
+    # stream -> its retention.ms (-1: forever; unset: a week for inputs, 30 days for decisions,
+    # forever for the audit log)
+    retention_ms: dict[str, int] = {}
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     """One topic to create, with its settings."""
@@ -45,6 +125,36 @@ class TopicSpec:
     partitions: int = 1
     replication_factor: int = 1
     config: Mapping[str, str] = field(default_factory=dict)
+
+
+def topic_specs(env: str, t: TopicsConfig) -> list[TopicSpec]:
+    """One spec per riskguard stream, with partitions, replication and retention from config.
+
+    >>> specs = {s.name: s for s in topic_specs("prod", TopicsConfig())}
+    >>> dict(specs["prod.riskguard.limit_updates.v1"].config)["cleanup.policy"]
+    'compact'
+    >>> dict(specs["prod.riskguard.audit.v1"].config)["retention.ms"]
+    '-1'
+    """
+    rf = t.replication_factor
+    min_isr = t.min_insync_replicas if t.min_insync_replicas is not None else max(1, rf - 1)
+    specs = []
+    for stream in STREAMS:
+        settings: dict[str, str] = {"min.insync.replicas": str(min(min_isr, rf))}
+        if stream in COMPACTED:
+            settings["cleanup.policy"] = "compact"
+            settings["min.compaction.lag.ms"] = str(3600 * 1000)
+        else:
+            settings["cleanup.policy"] = "delete"
+            retention = t.retention_ms.get(stream, DEFAULT_RETENTION_MS.get(stream, 7 * DAY_MS))
+            settings["retention.ms"] = str(retention)
+        if stream in STRICT:
+            settings["unclean.leader.election.enable"] = "false"
+        specs.append(TopicSpec(
+            topic_name(env, stream), partitions=t.partitions.get(stream, t.default_partitions),
+            replication_factor=rf, config=settings,
+        ))
+    return specs
 
 
 def create_topics(

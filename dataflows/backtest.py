@@ -730,8 +730,4 @@ __all__ = [
 ]
 
 
-def _signal_ts(sig: Any) -> int:  # used by report/stress
-    return int(getattr(sig, "ts", 0))
-
-
 SIGNAL_TYPES = (AnomalySignal, RiskAlert, LimitBreach)

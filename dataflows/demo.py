@@ -33,13 +33,11 @@ from typing import Any, TextIO
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from riskguard.connectors.broker import DevBroker
-from riskguard.connectors.placement import aligned_partitions
 from riskguard.connectors.settings import KafkaSettings, with_logger
 from riskguard.connectors.subscriber import CommandSubscriber, GapAlert, Rejection
-from riskguard.connectors.topics import create_topics, topic_name
+from riskguard.connectors.topics import TopicsConfig, create_topics, topic_name, topic_specs
 from riskguard.dataflows.backtest import dump_toml
 from riskguard.dataflows.demo_scenario import DURATION_S, build_scenario, scenario_copies
-from riskguard.dataflows.guard import load_guard_config, price_key_prefixes
 from riskguard.dataflows.signal_text import score_text
 from riskguard.operators.signing.crypto import (
     PAYLOAD_COMMAND,
@@ -72,8 +70,6 @@ from riskguard.schemas import (
     decode,
     encode,
 )
-
-from riskguard.config import CommonConfig, TopicsConfig
 
 NS = 1_000_000_000
 ISSUER = "riskguard-guard"
@@ -198,14 +194,10 @@ def write_config(workdir: Path, bootstrap: str, keys: DemoKeys, env: str = ENV,
 
 
 def publish_scenario(bootstrap: str, start_ns: int, env: str = ENV, *,
-                     aligned: tuple[int, tuple[bytes, ...]] | None = None,
                      copies: int = 1, between_s: tuple[float, float] | None = None) -> int:
     """Produce the scenario to the input topics; returns the record count.
 
     ``copies`` > 1: that many back-to-back copies (:func:`scenario_copies`).
-    ``aligned``: ``(partitions, broadcast key prefixes)`` of an aligned market topic
-    (``input.aligned_market``): market data goes where
-    :func:`~riskguard.connectors.placement.aligned_partitions` puts it.
     ``between_s``: only the records from ``a`` to before ``b`` seconds of scenario time
     (a live run fed in two parts).
     """
@@ -218,20 +210,15 @@ def publish_scenario(bootstrap: str, start_ns: int, env: str = ENV, *,
                   if (lo is None or ts >= lo) and (hi is None or ts < hi)]
     p = Producer(with_logger({"bootstrap.servers": bootstrap, "linger.ms": 20,
                               "enable.idempotence": True}))
-    market = topic_name(env, "market")
     for rec in events:
         key = f"{getattr(rec, 'venue', '')}/{getattr(rec, 'instrument', '')}".encode()
         topic = topic_name(env, stream_of(rec))
-        parts = [-1]  # librdkafka's partitioner
-        if aligned is not None and topic == market:
-            parts = aligned_partitions(key, *aligned)
-        for part in parts:
-            while True:
-                try:
-                    p.produce(topic, encode(rec), key, partition=part)
-                    break
-                except BufferError:
-                    p.poll(0.05)
+        while True:
+            try:
+                p.produce(topic, encode(rec), key)
+                break
+            except BufferError:
+                p.poll(0.05)
     left = p.flush(60)
     if left:
         msg = f"could not publish {left} scenario records"
@@ -350,31 +337,21 @@ class PreparedRun:
 
 
 def prepare_run(bootstrap: str, workdir: Path, *, env: str = ENV, partitions: int = 2,
-                overrides: str = "", aligned_market: bool = False,
-                copies: int = 1, publish_until_s: float = math.inf) -> PreparedRun:
+                overrides: str = "", copies: int = 1,
+                publish_until_s: float = math.inf) -> PreparedRun:
     """Create topics, keys, trust file and config; publish the scenario (``copies``
-    back-to-back copies of it; with ``aligned_market``, the config sets
-    ``input.aligned_market`` and market data is produced aligned), up to
-    ``publish_until_s`` seconds of it (the rest: :func:`publish_scenario` with
-    ``between_s``)."""
-    from riskguard.cli_topics import topic_specs  # noqa: PLC0415  (CLI helper, imported late)
-
+    back-to-back copies of it), up to ``publish_until_s`` seconds of it (the rest:
+    :func:`publish_scenario` with ``between_s``)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    common = CommonConfig(env=env, kafka=KafkaSettings(bootstrap=bootstrap),
-                          topics=TopicsConfig(default_partitions=partitions))
-    create_topics(common.kafka.client_config(), topic_specs(common))
+    create_topics(KafkaSettings(bootstrap=bootstrap).client_config(),
+                  topic_specs(env, TopicsConfig(default_partitions=partitions)))
     keys = init_keys(workdir)
     config = write_config(workdir, bootstrap, keys, env, overrides)
-    aligned = None
-    if aligned_market:
-        config.write_text(config.read_text().replace(
-            "[input]\n", "[input]\naligned_market = true\n", 1))
-        aligned = (partitions, price_key_prefixes(load_guard_config(config)[0]))
     # On a whole minute: bars and ticks are cut on whole seconds of event time and the
     # move bands keep prices per minute, so every prepared run sees the scenario cut the
     # same way (a run is comparable with another).
     start_ns = (time.time_ns() // NS - copies * DURATION_S - 5) // 60 * 60 * NS
-    n = publish_scenario(bootstrap, start_ns, env, aligned=aligned, copies=copies,
+    n = publish_scenario(bootstrap, start_ns, env, copies=copies,
                          between_s=None if math.isinf(publish_until_s)
                          else (0.0, publish_until_s))
     return PreparedRun(bootstrap, env, workdir, config, keys, start_ns, n)
@@ -383,7 +360,7 @@ def prepare_run(bootstrap: str, workdir: Path, *, env: str = ENV, partitions: in
 def start_guard(run: PreparedRun, *bytewax_args: str,
                 config: Path | None = None) -> subprocess.Popen[bytes]:
     """Start the guard dataflow as ``python -m bytewax.run`` with extra arguments (and
-    another ``config`` than the run's, e.g. one tier's: :func:`tier_config`)."""
+    another ``config`` than the run's, e.g. a market process's: :func:`tier_config`)."""
     env = {**os.environ, "RISKGUARD_CONFIG": str(Path(config or run.config).resolve())}
     # Run in the work dir: bytewax.run puts its current folder first on sys.path, where a
     # folder named riskguard (a clone, seen from its parent) would hide the package
@@ -395,9 +372,9 @@ def start_guard(run: PreparedRun, *bytewax_args: str,
 
 
 def tier_config(config: Path, role: str, **tier: Any) -> Path:
-    """A copy of guard config ``config`` with ``tier.role = role`` (``detect``, ``firm``
-    or ``market``) and any other ``[tier]`` settings given (e.g. ``silent_s``,
-    ``index``, ``owners``), beside it (a market process's named after its index)."""
+    """A copy of guard config ``config`` with ``tier.role = role`` (``market`` or
+    ``firm``) and any other ``[tier]`` settings given (e.g. ``index``, ``owners``),
+    beside it (a market process's named after its index)."""
     suffix = f"-{tier['index']}" if "index" in tier else ""
     path = config.with_name(f"guard-{role}{suffix}.toml")
     path.write_text(config.read_text() + dump_toml({"tier": {"role": role, **tier}}))
@@ -519,10 +496,11 @@ def _run(bootstrap: str, work: Path, say: Callable[[str], Any], timeout_s: float
     _summary(tally, say)
     command = audit_verify_command(bootstrap, work)
     say(f"\nverifying the audit log: {shlex.join(command)}\n")
-    from riskguard.cli import main as cli_main  # noqa: PLC0415  (avoid an import cycle)
-
-    rc = cli_main(command[1:])
-    return (0 if rc == 0 else 1), tally
+    # as a user runs it: the command line printed above, in a process of its own
+    verified = subprocess.run([sys.executable, "-m", "riskguard.cli", *command[1:]],
+                          capture_output=True, text=True, check=False)
+    say(verified.stdout + verified.stderr)
+    return (0 if verified.returncode == 0 else 1), tally
 
 
 def _inject_forged(bootstrap: str, topic: str) -> None:

@@ -34,10 +34,10 @@ from riskguard.dataflows.stress import (
     ExecutorDown,
     Scenario,
     StressOutcome,
-    _keys,
     backtest_scenario,
     check_run,
     generate_market,
+    scenario_keys,
     scenario_outcome,
 )
 from riskguard.operators.mitigation.acks import UNACKNOWLEDGED
@@ -53,7 +53,7 @@ def run_executor_down(sc: Scenario, spec: ExecutorDown, workdir: str | Path, *,
                       out_dir: str | Path | None = None, start_ns: int) -> StressOutcome:
     """Run ``sc`` with an executor that acknowledges until ``spec.down_at_s``; check it."""
     work = Path(workdir)
-    executor = add_executor_key(_keys(work), spec.name)
+    executor = add_executor_key(scenario_keys(work), spec.name)
     acks_cfg = {"playbook": {"acks": {"executors": [spec.name], "timeout_s": ACK_TIMEOUT_S,
                                       "require": [a.value for a in REQUIRED]}}}
     records = generate_market(sc, start_ns)

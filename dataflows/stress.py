@@ -45,7 +45,7 @@ import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from riskguard.connectors.replay import ReplayFile, ReplaySource, read_all
@@ -78,6 +78,7 @@ from riskguard.schemas import (
 
 from riskguard.config import decode_section
 from riskguard.errors import ConfigError
+from riskguard.validation import NonNegative
 
 MS = 1_000_000
 ShockKind = Literal["price", "cascade", "heartbeat_stop", "freeze", "venue_down",
@@ -188,18 +189,16 @@ class ZoneLoss(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """``[zone_loss]`` of a scenario: ``replicas`` run it; ``lost`` is lost
     ``lost_at_s`` after the start."""
 
-    replicas: tuple[str, ...] = ("a", "b")
+    replicas: Annotated[tuple[str, ...], msgspec.Meta(min_length=2)] = ("a", "b")
     lost: str = "b"
-    lost_at_s: float = 0.0
+    lost_at_s: NonNegative = 0.0
 
     def __post_init__(self) -> None:
-        if len(self.replicas) < 2 or len(set(self.replicas)) != len(self.replicas):
-            raise ConfigError("zone_loss.replicas", "two or more distinct replica ids",
+        if len(set(self.replicas)) != len(self.replicas):
+            raise ConfigError("zone_loss.replicas", "distinct replica ids",
                               list(self.replicas))
         if self.lost not in self.replicas:
             raise ConfigError("zone_loss.lost", f"one of {list(self.replicas)}", self.lost)
-        if not self.lost_at_s >= 0:
-            raise ConfigError("zone_loss.lost_at_s", "seconds >= 0", self.lost_at_s)
 
 
 class ExecutorDown(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -207,13 +206,8 @@ class ExecutorDown(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     ``ack_latency_s`` after it was issued, until ``down_at_s`` after the start."""
 
     name: str = "oms"
-    down_at_s: float = 0.0
-    ack_latency_s: float = 0.5
-
-    def __post_init__(self) -> None:
-        for key in ("down_at_s", "ack_latency_s"):
-            if not getattr(self, key) >= 0:
-                raise ConfigError(f"executor_down.{key}", "seconds >= 0", getattr(self, key))
+    down_at_s: NonNegative = 0.0
+    ack_latency_s: NonNegative = 0.5
 
 
 class Scenario(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -602,7 +596,7 @@ class StressOutcome:
 _KEYS: dict[str, DemoKeys] = {}
 
 
-def _keys(workdir: Path) -> DemoKeys:
+def scenario_keys(workdir: Path) -> DemoKeys:
     k = str(workdir)
     if k not in _KEYS:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -640,7 +634,7 @@ def backtest_scenario(sc: Scenario, records: list[Any], workdir: str | Path, *,
     """The guard over ``records`` on the scenario's config (with ``replica`` as its
     ``[replica]`` table, and ``overrides`` merged in); the result and the config hash."""
     work = Path(workdir)
-    doc = guard_config_doc(sc, _keys(work), playbook)
+    doc = guard_config_doc(sc, scenario_keys(work), playbook)
     if replica is not None:
         doc["replica"] = replica
     if overrides:

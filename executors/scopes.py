@@ -35,7 +35,6 @@ exactly its own scope (the actions in ``params.actions``, the commands in
 from __future__ import annotations
 
 import copy
-import difflib
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ import msgspec
 from riskguard.schemas.signals import Scope, ScopeKind
 
 from riskguard.errors import ConfigError
+from riskguard.validation import did_you_mean
 
 __all__ = ["HELD_ACTIONS", "Hold", "Market", "MarketMap", "ScopeBook", "ScopeBookState",
            "TradeState", "covers"]
@@ -119,13 +119,12 @@ def _known_keys(table: Mapping[str, Any], known: tuple[str, ...], where: str) ->
     >>> try:
     ...     _known_keys({"venue": "OKX", "countreparty": "x"}, _VENUE_KEYS, "venues.okx")
     ... except ConfigError as err:
-    ...     print(str(err).split(": ", 1)[0], "(did you mean 'counterparty'?)" in str(err))
+    ...     print(str(err).split(": ", 1)[0], "(did you mean `counterparty`?)" in str(err))
     venues.okx.countreparty True
     """
     for key in table:
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(key, known)
             raise ConfigError(f"{where}.{key}",
                               f"a known key ({', '.join(sorted(known))}){hint}", key)
 

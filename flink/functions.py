@@ -32,9 +32,8 @@ from pyflink.datastream import (
     TimeDomain,
 )
 from pyflink.datastream.state import ValueStateDescriptor
-from riskguard.connectors.placement import claim_worker
 from riskguard.flink.graph import FlowRef
-from riskguard.operators.core.clock import step_event_time
+from riskguard.operators.core.clock import claim_worker, step_event_time
 
 EOF_TIMER_MS = 2**63 - 2
 """An event-time timer only the final watermark of a bounded input reaches."""
@@ -84,10 +83,10 @@ class _StepFunction:
 
 
 class FlatMapBatch(_StepFunction, FlatMapFunction):
-    """A ``flat_map_batch`` step, one record a call. The calling thread is this subtask's
-    worker (:func:`~riskguard.connectors.placement.worker_of_thread`), as a bytewax
-    worker is, so event-time ticks it makes are named per subtask and announce how
-    many there are: a consumer's watermark then waits for every subtask."""
+    """A ``flat_map_batch`` step, one record a call. Each call claims this subtask's task
+    (:func:`~riskguard.operators.core.clock.claim_worker`), so event-time ticks it makes
+    are named per subtask and announce how many there are: a consumer's watermark then
+    waits for every subtask."""
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.mapper = self._op().mapper

@@ -42,17 +42,12 @@ from riskguard.connectors.command_log import last_signed_seq
 from riskguard.connectors.kafka.admit import PartitionAdmission
 from riskguard.connectors.kafka.consumer import list_partitions
 from riskguard.connectors.kafka.merge import BrokerEnds, Frontier, PartitionMerge
+from riskguard.connectors.topics import INPUT_STREAMS, STREAM_TYPES
 from riskguard.dataflows.backtest import DiscardSink
-from riskguard.dataflows.guard.config import (
-    INPUT_STREAMS,
-    STREAM_TYPES,
-    GuardConfig,
-    load_guard_config,
-    load_keys,
-)
+from riskguard.dataflows.guard.config import GuardConfig, load_guard_config, load_keys
 from riskguard.dataflows.guard.core import guard_core
-from riskguard.dataflows.guard.kafka_io import _audit_key, exposures_key
-from riskguard.dataflows.guard.live import _prepare_detection, check_peer_configs
+from riskguard.dataflows.guard.kafka_io import audit_key, exposures_key
+from riskguard.dataflows.guard.live import check_peer_configs, prepare_detection
 from riskguard.flink.graph import FlowRef
 from riskguard.operators.core.base import split_dead_letters, stateful_logic
 from riskguard.operators.core.clock import system_clock
@@ -112,7 +107,7 @@ def guard_flow(config: str) -> Dataflow:
     cfg, digest = load_guard_config(config)
     if cfg.tier.role != "whole":
         raise ConfigError("tier.role", "'whole' (the tiers run on bytewax)", cfg.tier.role)
-    _prepare_detection(cfg)
+    prepare_detection(cfg)
     signer, trust = load_keys(cfg)
     issuer = cfg.sign.issuer or signer.issuer
     delivered = last_signed_seq(cfg.kafka, cfg.topic("commands"), signer.public_key, issuer)
@@ -139,7 +134,7 @@ def _keyer(name: str, issuer: str) -> Callable[[Any], bytes | None]:
     if name == "exposures":
         return lambda rec: exposures_key(rec).encode()
     if name == "audit":
-        return lambda rec: _audit_key(rec).encode()
+        return lambda rec: audit_key(rec).encode()
     return lambda _rec: None
 
 

@@ -35,20 +35,7 @@ the logic classes they adapt (docs/api.md lists them all):
 >>> run_main(flow)
 >>> [(key, vec.price, vec.values["spread_bps"]) for key, vec in got]
 [('okx/BTC-USDT', 100.0, 200.0)]
-
-Old flat module paths
----------------------
-Before the subpackages every module sat directly in this package
-(``riskguard.operators.clock``, ``riskguard.operators.detector`` ...). bytewax recovery
-snapshots pickle state classes by module path, so each moved module stays importable
-under its old name as the *same* module object: an entry in ``sys.modules``, registered
-below once the subpackages are imported (tests/test_snapshot_compat.py loads snapshots
-pickled before the move). The modules split into a package of the same name
-(``exposure``, ``signing``, ``audit``) re-export the old module's names from that
-package instead. New code imports the new paths.
 """
-
-import sys
 
 from riskguard.operators.audit import (
     AuditConfig,
@@ -165,45 +152,3 @@ __all__ = [
     "value_positions",
     "watch_replicas",
 ]
-
-# old flat module name -> its module in the domain subpackages
-_OLD_PATHS = {
-    "base": "core.base",
-    "clock": "core.clock",
-    "dedup": "core.dedup",
-    "end_of_input": "core.end_of_input",
-    "metrics": "core.metrics",
-    "observe": "core.observe",
-    "anomaly": "detection.ops",
-    "anomaly_hst": "detection.hst",
-    "cross_rates": "detection.cross_rates",
-    "detect_watch": "detection.detect_watch",
-    "detector": "detection.detector",
-    "features": "detection.features",
-    "market_sim": "detection.market_sim",
-    "move_bands": "detection.move_bands",
-    "range_scorer": "detection.range_scorer",
-    "score_quantile": "detection.score_quantile",
-    "instruments": "exposure.instruments",
-    "limits": "exposure.limits",
-    "risk": "exposure.ops",
-    "feeds": "mitigation.feeds",
-    "playbook": "mitigation.playbook",
-    "playbook_op": "mitigation.ops",
-    "crypto": "signing.crypto",
-    "operator_commands": "signing.operator_commands",
-    "signing_op": "signing.ops",
-    "trust": "signing.trust",
-    "audit_op": "audit.ops",
-}
-
-
-def _register_old_paths() -> None:
-    package = sys.modules[__name__]
-    for old, new in _OLD_PATHS.items():
-        module = sys.modules[f"{__name__}.{new}"]
-        sys.modules[f"{__name__}.{old}"] = module
-        setattr(package, old, module)
-
-
-_register_old_paths()

@@ -14,7 +14,8 @@ Exit codes: 0 the dataflow ended (its input went idle, ``input.idle_eof_s``);
 interrupted (Ctrl-C or SIGTERM), after the summary.
 
 bytewax's own arguments go after ``--`` as for ``python -m bytewax.run``:
-``riskguard run --config guard.toml -- -w 2 -r recovery/ -s 5 -b 30``.
+``riskguard run --config guard.toml -- -r recovery/ -s 5 -b 30``. The guard is a
+one-worker dataflow (docs/scaling.md): bytewax's ``-w``, ``-i`` and ``-a`` are refused.
 """
 
 from __future__ import annotations
@@ -143,30 +144,30 @@ class StatusReporter:
 
 @dataclass(frozen=True)
 class BytewaxArgs:
-    """What ``python -m bytewax.run`` would take, parsed the same way."""
+    """What ``python -m bytewax.run`` would take for a one-worker dataflow, parsed the
+    same way."""
 
-    workers_per_process: int = 1
-    process_id: int | None = None
-    addresses: list[str] | None = None
     recovery_directory: Path | None = None
     snapshot_interval: timedelta | None = None
     backup_interval: timedelta | None = None
 
 
 def parse_bytewax_args(argv: list[str], env: dict[str, str] | None = None) -> BytewaxArgs:
-    """``-w/-i/-a/-r/-s/-b`` as ``bytewax.run`` takes them (and its ``BYTEWAX_*``
-    variables); ``ConfigError`` names anything else.
+    """``-r/-s/-b`` as ``bytewax.run`` takes them (and its ``BYTEWAX_*`` recovery
+    variables); ``ConfigError`` names anything else, more workers (``-w``, ``-i/-a``)
+    included.
 
-    >>> parse_bytewax_args(["--", "-w", "2"]).workers_per_process
-    2
+    >>> parse_bytewax_args(["--", "-r", "/", "-s", "5", "-b", "30"]).snapshot_interval
+    datetime.timedelta(seconds=5)
+    >>> try:
+    ...     parse_bytewax_args(["--", "-w", "2"])
+    ... except ConfigError as err:
+    ...     print(err)
+    bytewax arguments: -r DIR -s S -b S (after --; the guard runs one worker); got '-w 2'
     """
     env = dict(os.environ) if env is None else env
     argv = argv[1:] if argv[:1] == ["--"] else argv
     p = argparse.ArgumentParser(prog="riskguard run --", add_help=False, exit_on_error=False)
-    p.add_argument("-w", "--workers-per-process", type=int,
-                   default=env.get("BYTEWAX_WORKERS_PER_PROCESS", 1))
-    p.add_argument("-i", "--process-id", type=int, default=env.get("BYTEWAX_PROCESS_ID"))
-    p.add_argument("-a", "--addresses", default=env.get("BYTEWAX_ADDRESSES"))
     p.add_argument("-r", "--recovery-directory", type=Path,
                    default=env.get("BYTEWAX_RECOVERY_DIRECTORY"))
     p.add_argument("-s", "--snapshot-interval", type=int,
@@ -176,13 +177,10 @@ def parse_bytewax_args(argv: list[str], env: dict[str, str] | None = None) -> By
     try:
         ns, rest = p.parse_known_args(argv)
     except argparse.ArgumentError as err:
-        raise ConfigError("bytewax arguments", "-w N, -i ID -a ADDRS, -r DIR -s S -b S",
-                          str(err)) from None
+        raise ConfigError("bytewax arguments", "-r DIR -s S -b S", str(err)) from None
     if rest:
-        raise ConfigError("bytewax arguments", "-w N, -i ID -a ADDRS, -r DIR -s S -b S "
-                          "(after --)", " ".join(rest))
-    if ns.process_id is not None and ns.addresses is None:
-        raise ConfigError("-i", "-a with the addresses of every process", None)
+        raise ConfigError("bytewax arguments", "-r DIR -s S -b S (after --; the guard runs "
+                          "one worker)", " ".join(rest))
     rec = ns.recovery_directory
     if rec is not None:
         if ns.snapshot_interval is None or ns.backup_interval is None:
@@ -192,9 +190,6 @@ def parse_bytewax_args(argv: list[str], env: dict[str, str] | None = None) -> By
             raise ConfigError("-r", "an existing recovery directory, initialised by "
                               "bytewax.recovery (docs/cli.md)", str(rec))
     return BytewaxArgs(
-        workers_per_process=int(ns.workers_per_process),
-        process_id=None if ns.process_id is None else int(ns.process_id),
-        addresses=ns.addresses.split(";") if ns.addresses else None,
         recovery_directory=Path(rec) if rec is not None else None,
         snapshot_interval=(timedelta(seconds=int(ns.snapshot_interval))
                            if ns.snapshot_interval is not None else None),
@@ -347,12 +342,10 @@ def _start_line(cfg: Any, digest: str, config: Path, key_id: str, bw: BytewaxArg
               f"tier {cfg.tier.role} on topics {env}.riskguard.*.v1")
     recovery = (f"recovery dir {bw.recovery_directory}" if bw.recovery_directory else
                 "no recovery dir (state starts empty on restart)")
-    procs = f"process {bw.process_id} of {len(bw.addresses)}, " if bw.addresses else ""
     status = f"status every {every_s:g} s" if every_s > 0 else "no status lines"
     return (f"riskguard run: config {config} (sha256 {digest[:12]}), env {env}, Kafka "
             f"{cfg.kafka.bootstrap}, {topics}, signing key {key_id} (issuer "
-            f"{cfg.keys.issuer}), {recovery}, {procs}"
-            f"{bw.workers_per_process} worker(s), {status}")
+            f"{cfg.keys.issuer}), {recovery}, 1 worker(s), {status}")
 
 
 class FirstLast:
@@ -417,8 +410,8 @@ def _summary(c: Counts, elapsed_s: float, how: str, spent: str = "") -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bytewax._bytewax import cli_main  # noqa: PLC0415  (what python -m bytewax.run calls)
     from bytewax.recovery import RecoveryConfig  # noqa: PLC0415
+    from bytewax.run import cli_main  # noqa: PLC0415  (what python -m bytewax.run calls)
 
     from riskguard.cli import STARTED, one_line, reach_kafka  # noqa: PLC0415  (imports this)
     from riskguard.dataflows.guard import (  # noqa: PLC0415  (heavy imports)
@@ -482,11 +475,10 @@ def _run(args: argparse.Namespace) -> int:
             out.write(_start_line(cfg, digest, config, signer.key_id, bw, args.status_every)
                       + "\n")
             if not cfg.playbook.rules and cfg.tier.role in ("whole", "firm"):
-                out.write(no_rules_note() + "\n")  # a detect or market tier plans nothing
+                out.write(no_rules_note() + "\n")  # a market process plans nothing
             out.flush()
             reporter.start()
-            cli_main(flow, workers_per_process=bw.workers_per_process,
-                     process_id=bw.process_id, addresses=bw.addresses,
+            cli_main(flow, workers_per_process=1, process_id=None, addresses=None,
                      epoch_interval=epoch, recovery_config=recovery)
     except KeyboardInterrupt as err:
         how, rc = ("stopped (SIGTERM)", 143) if isinstance(err, Stopped) else ("interrupted",
@@ -596,7 +588,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="bytewax (default: in this process) or flink (the Flink job in a "
                         "child process, run by $RISKGUARD_FLINK_PYTHON; docs/engines.md)")
     p.add_argument("bytewax", nargs=argparse.REMAINDER,
-                   help="engine arguments after --: bytewax.run's (e.g. -- -w 2 -r "
+                   help="engine arguments after --: bytewax.run's (e.g. -- -r "
                         "recovery/ -s 5 -b 30), or with --engine flink the job's (e.g. -- "
                         "--parallelism 2 --checkpoints file:///var/lib/riskguard/chk)")
     p.set_defaults(func=_run)

@@ -19,61 +19,14 @@ from collections.abc import Sequence
 
 from riskguard.config import CommonConfig, load_common
 from riskguard.connectors.settings import KafkaSettings
-from riskguard.connectors.topics import STREAMS, TopicSpec, create_topics, topic_name
+from riskguard.connectors.topics import TopicSpec, create_topics, topic_name, topic_specs
 
-DAY_MS = 24 * 3600 * 1000
-
-# Retention when [topics] retention_ms does not say: raw inputs are replayable for a week,
-# decisions and rejections for 30 days, the audit log forever (-1), limit updates compacted.
-DEFAULT_RETENTION_MS = {
-    "market": 7 * DAY_MS, "fills": 30 * DAY_MS, "positions": 7 * DAY_MS,
-    "balances": 7 * DAY_MS, "venue_status": 7 * DAY_MS, "features": 2 * DAY_MS,
-    "signals": 30 * DAY_MS, "exposures": 7 * DAY_MS, "commands": 30 * DAY_MS,
-    "acks": 30 * DAY_MS,
-    "audit": -1, "rejections": 30 * DAY_MS, "dead_letters": 30 * DAY_MS,
-    "detections": 2 * DAY_MS,
-}
-COMPACTED = ("limit_updates",)
 # Streams the guard itself writes (riskguard principal needs WRITE) and reads (the
-# detections topic: the detect tier writes it, the firm tier reads it).
+# detections topic: the market processes write it, the firm process reads it).
 GUARD_WRITES = ("features", "signals", "exposures", "commands", "audit", "dead_letters",
                 "detections")
 GUARD_READS = ("market", "fills", "positions", "balances", "venue_status", "limit_updates",
                "acks", "detections")
-# Never lose an acknowledged command, an executor's ack or an audit record to an
-# out-of-sync leader.
-STRICT = ("commands", "acks", "audit", "limit_updates")
-
-
-def topic_specs(cfg: CommonConfig) -> list[TopicSpec]:
-    """One spec per riskguard stream, with partitions, replication and retention from config.
-
-    >>> specs = {s.name: s for s in topic_specs(CommonConfig(env="prod"))}
-    >>> dict(specs["prod.riskguard.limit_updates.v1"].config)["cleanup.policy"]
-    'compact'
-    >>> dict(specs["prod.riskguard.audit.v1"].config)["retention.ms"]
-    '-1'
-    """
-    t = cfg.topics
-    rf = t.replication_factor
-    min_isr = t.min_insync_replicas if t.min_insync_replicas is not None else max(1, rf - 1)
-    specs = []
-    for stream in STREAMS:
-        settings: dict[str, str] = {"min.insync.replicas": str(min(min_isr, rf))}
-        if stream in COMPACTED:
-            settings["cleanup.policy"] = "compact"
-            settings["min.compaction.lag.ms"] = str(3600 * 1000)
-        else:
-            settings["cleanup.policy"] = "delete"
-            retention = t.retention_ms.get(stream, DEFAULT_RETENTION_MS.get(stream, 7 * DAY_MS))
-            settings["retention.ms"] = str(retention)
-        if stream in STRICT:
-            settings["unclean.leader.election.enable"] = "false"
-        specs.append(TopicSpec(
-            topic_name(cfg.env, stream), partitions=t.partitions.get(stream, t.default_partitions),
-            replication_factor=rf, config=settings,
-        ))
-    return specs
 
 
 def acl_commands(
@@ -124,7 +77,7 @@ def _settings(spec: TopicSpec) -> str:
 
 def _create(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    specs = topic_specs(cfg)
+    specs = topic_specs(cfg.env, cfg.topics)
     if args.dry_run:
         result = dict.fromkeys((s.name for s in specs), "plan")
     else:

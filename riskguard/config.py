@@ -23,131 +23,22 @@ riskguard.errors.ConfigError: topics.partitionz: is not a known setting
 
 from __future__ import annotations
 
-import difflib
 import functools
 import hashlib
-import re
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import msgspec.inspect as mi
 
 from riskguard.connectors.settings import REDACTED, KafkaSettings, looks_secret
+from riskguard.connectors.topics import TopicsConfig
 from riskguard.errors import ConfigError
+from riskguard.validation import config_error, did_you_mean
 
 T = TypeVar("T")
-
-_MSG = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
-_CMP = re.compile(r"^Expected `(?P<type>[^`]*)` (?P<op>[<>]=?) (?P<bound>\S+)$")
-_TYPE = re.compile(r"^Expected `(?P<exp>[^`]*)`, got `(?P<got>[^`]*)`$")
-_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]*)`$")
-_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]*)`$")
-_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
-
-
-class TopicsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Partition counts and settings per stream (``topics.partitions.<stream>``)."""
-
-    partitions: dict[str, int] = {}  # stream -> its partition count, over default_partitions
-    default_partitions: int = 2
-    replication_factor: int = 1  # copies of each partition the brokers keep
-    # the topics' min.insync.replicas (unset: replication_factor - 1, at least 1)
-    min_insync_replicas: int | None = None
-    # stream -> its retention.ms (-1: forever; unset: a week for inputs, 30 days for decisions,
-    # forever for the audit log)
-    retention_ms: dict[str, int] = {}
-
-    def __post_init__(self) -> None:
-        for stream, n in self.partitions.items():
-            if n < 1:
-                raise ConfigError(f"topics.partitions.{stream}", "must be >= 1", n)
-
-
-def _lookup(data: Any, path: str) -> Any:
-    cur = data
-    for m in _PART.finditer(path):
-        key, idx = m.groups()
-        try:
-            cur = cur[int(idx)] if idx is not None else cur[key]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return cur
-
-
-_SEG = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
-
-
-def _concrete_path(data: Any, cls: Any, rel: str) -> str:
-    """Resolve msgspec's ``[...]`` dict placeholders to the offending keys."""
-    if "[...]" not in rel:
-        return rel
-    t: Any = mi.type_info(cls)
-    cur, out = data, ""
-    for m in _SEG.finditer(rel):
-        field, idx = m.groups()
-        while isinstance(t, mi.Metadata):
-            t = t.type
-        if isinstance(t, mi.UnionType):
-            t = next((x for x in t.types if not isinstance(x, mi.NoneType)), t)
-        if field is not None and isinstance(t, mi.StructType):
-            t = next((f.type for f in t.fields if f.encode_name == field), mi.AnyType())
-            cur = cur.get(field) if isinstance(cur, dict) else None
-            out += f".{field}"
-        elif idx == "..." and isinstance(t, mi.DictType) and isinstance(cur, dict):
-            value_type = t.value_type
-            bad = next(
-                (k for k, v in cur.items() if not _converts(v, value_type)), next(iter(cur), "?")
-            )
-            cur, t = cur.get(bad), value_type
-            out += f".{bad}"
-        elif idx is not None and idx != "..." and isinstance(t, mi.ListType | mi.DictType):
-            cur = cur[int(idx)] if isinstance(cur, list) and int(idx) < len(cur) else None
-            t = t.item_type if isinstance(t, mi.ListType) else t.value_type
-            out += f"[{idx}]"
-        else:
-            return rel
-    return out
-
-
-def _converts(value: Any, t: Any) -> bool:
-    try:
-        msgspec.convert(value, _python_type(t), strict=True)
-    except (msgspec.ValidationError, TypeError):
-        return False
-    return True
-
-
-def _python_type(t: Any) -> Any:
-    """Rebuild a Python annotation from msgspec type info (enough for validation)."""
-    if isinstance(t, mi.Metadata):
-        inner = _python_type(t.type)
-        limits = _constraints(t.type)
-        return Annotated[inner, msgspec.Meta(**limits)] if limits else inner
-    if isinstance(t, mi.StructType):
-        return t.cls
-    if isinstance(t, mi.DictType):
-        return dict[_python_type(t.key_type), _python_type(t.value_type)]  # type: ignore[misc]
-    if isinstance(t, mi.ListType):
-        return list[_python_type(t.item_type)]  # type: ignore[misc]
-    simple: dict[type, Any] = {mi.IntType: int, mi.FloatType: float, mi.StrType: str,
-                               mi.BoolType: bool}
-    return simple.get(type(t), Any)
-
-
-def _constraints(t: Any) -> dict[str, Any]:
-    names = ("gt", "ge", "lt", "le", "min_length", "max_length", "pattern")
-    return {n: getattr(t, n) for n in names if getattr(t, n, None) is not None}
-
-
-def _bound(text: str) -> str:
-    try:
-        value = float(text)
-    except ValueError:
-        return text
-    return str(int(value)) if value.is_integer() and "." in text else text
 
 
 def decode_section(data: Any, cls: type[T], prefix: str = "") -> T:
@@ -164,34 +55,10 @@ def decode_section(data: Any, cls: type[T], prefix: str = "") -> T:
             raise ConfigError(f"{prefix}.{err.path}", err.expected, err.found) from None
         raise
     except msgspec.ValidationError as err:
-        inner = err.__cause__ or err.__context__
-        if isinstance(inner, ConfigError):
-            path = inner.path
-            if prefix and not path.startswith(prefix):
-                path = f"{prefix}.{path}"
-            raise ConfigError(path, inner.expected, inner.found) from None
-        m = _MSG.match(str(err))
-        msg = m.group("msg") if m else str(err)
-        rel = _concrete_path(data, cls, (m.group("path") if m else "") or "")
-        found = _lookup(data, rel)
-        dotted = rel.lstrip(".").replace("[", ".").replace("]", "")
-        path = ".".join(p for p in (prefix, dotted) if p) or "(root)"
-        if mm := _CMP.match(msg):
-            expected = f"must be {mm['op']} {_bound(mm['bound'])}"
-        elif mm := _TYPE.match(msg):
-            expected, found = f"must be {mm['exp']}", found if found is not None else mm["got"]
-        elif mm := _MISSING.match(msg):
-            path = ".".join(p for p in (prefix, dotted, mm["field"]) if p)
-            expected, found = "is required", None
-        elif mm := _UNKNOWN.match(msg):
-            path = ".".join(p for p in (prefix, dotted, mm["field"]) if p)
-            expected = "is not a known setting"
-            found = _lookup(data, f"{rel}.{mm['field']}")
-        else:
-            expected = msg
-        if looks_secret(path.rsplit(".", 1)[-1]):
-            found = REDACTED
-        raise ConfigError(path, expected, found) from None
+        bad = config_error(err, data, cls, prefix)
+        if looks_secret(bad.path.rsplit(".", 1)[-1]):
+            bad = ConfigError(bad.path, bad.expected, REDACTED)
+        raise bad from None
 
 
 # -- unknown keys ---------------------------------------------------------------------
@@ -243,11 +110,6 @@ def _member_for(t: Any, value: Any) -> Any:
     return None
 
 
-def _suggest(key: str, known: Any) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1)
-    return f" (did you mean `{close[0]}`?)" if close else ""
-
-
 def _check_known(value: Any, t: Any, path: str) -> None:
     t = _unwrap(t)
     if isinstance(t, mi.UnionType):
@@ -261,7 +123,7 @@ def _check_known(value: Any, t: Any, path: str) -> None:
                 where = f"{path}.{key}" if path else str(key)
                 if key not in known:
                     found = REDACTED if looks_secret(str(key)) else item
-                    raise ConfigError(where, "is not a known setting" + _suggest(key, known),
+                    raise ConfigError(where, "is not a known setting" + did_you_mean(key, known),
                                       found)
                 _check_known(item, known[key], where)
         elif isinstance(t, _DICTS):
@@ -321,8 +183,7 @@ def check_key_path(cls: Any, dotted: str, *, extra: Iterable[str] = (),
                 here = f"{done}." if done else ""
                 names = [*known, *(e[len(here):] for e in extra
                                    if e.startswith(here) and "." not in e[len(here):])]
-                close = difflib.get_close_matches(part, names, n=1)
-                hint = f" (did you mean `{here}{close[0]}`?)" if close else ""
+                hint = did_you_mean(part, names).replace("`", f"`{here}", 1)
                 raise ConfigError(f"{here}{part}", "is not a known setting" + hint, found)
             t = known[part]
         elif isinstance(t, _DICTS):
@@ -344,7 +205,7 @@ def read_playbook_file(path: Path | str) -> dict[str, Any]:
     for key in doc:
         if key != "playbook":
             raise ConfigError(f"{path}: {key}", "is not a known setting of a playbook file "
-                              "(it holds one [playbook] table)" + _suggest(key, ["playbook"]),
+                              "(it holds one [playbook] table)" + did_you_mean(key, ["playbook"]),
                               doc[key])
     table = doc.get("playbook")
     if not isinstance(table, dict):

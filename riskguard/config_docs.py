@@ -9,7 +9,7 @@ compares it with the checked-in one, so it cannot fall behind the code::
 
     python -m riskguard.config_docs > docs/configuration.md
 
->>> from riskguard.config import TopicsConfig
+>>> from riskguard.connectors.topics import TopicsConfig
 >>> [key for key, *_ in rows(TopicsConfig)][:2]
 ['partitions', 'default_partitions']
 """
@@ -37,6 +37,7 @@ import msgspec.inspect as mi
 from riskguard.config_examples import examples
 from riskguard.config_examples import record as _record
 from riskguard.config_examples import unwrap as _unwrap
+from riskguard.validation import MAX_FLOAT
 
 HEADER = """\
 # Configuration reference
@@ -96,9 +97,22 @@ def sections(root: Any) -> list[tuple[str, type, list[str]]]:
 
 
 def _limits(t: Any) -> str:
+    """A value's declared bounds in words: ``> 0.0, finite``, ``not empty``."""
     names = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
-    return ", ".join(f"{op} {_value(getattr(t, n))}" for n, op in names.items()
-                     if getattr(t, n, None) is not None)
+    out = []
+    for n, op in names.items():
+        bound = getattr(t, n, None)
+        if bound is not None and abs(bound) != MAX_FLOAT:
+            out.append(f"{op} {_value(bound)}")
+    if getattr(t, "le", None) == MAX_FLOAT:
+        out.append("finite")
+    if getattr(t, "min_length", None) == 1:
+        out.append("not empty")
+    elif getattr(t, "min_length", None) is not None:
+        out.append(f"at least {t.min_length} long")
+    if getattr(t, "pattern", None) is not None:
+        out.append(f"matching `{t.pattern}`")
+    return ", ".join(out)
 
 
 def type_text(t: Any) -> str:
@@ -114,7 +128,8 @@ def type_text(t: Any) -> str:
     if isinstance(t, mi.EnumType):
         return "one of " + ", ".join(str(m.value) for m in t.cls)
     if isinstance(t, mi.ListType | mi.VarTupleType | mi.SetType | mi.FrozenSetType):
-        return f"list of {type_text(t.item_type)}"
+        bounds = _limits(t)
+        return f"list of {type_text(t.item_type)}" + (f", {bounds}" if bounds else "")
     if isinstance(t, mi.DictType):
         return f"table of {type_text(t.value_type)}"
     if isinstance(t, mi.StructType):

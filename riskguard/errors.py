@@ -36,6 +36,23 @@ class ConfigError(RiskguardError, ValueError):
         super().__init__(f"{path}: {expected}; got {found_text}")
 
 
+class SnapshotError(RiskguardError, ValueError):
+    """A recovery snapshot this riskguard does not restore: another version of a state,
+    a state it does not know, or one pickled by riskguard 0.1. Re-initialise the
+    recovery store and replay the retained topics (docs/scaling.md).
+
+    >>> err = SnapshotError("riskguard.playbook", "version 3 only", "version 2")
+    >>> print(err)
+    snapshot 'riskguard.playbook': this riskguard restores version 3 only; got version 2
+    """
+
+    def __init__(self, name: str, expected: str, found: Any) -> None:
+        self.name = name
+        self.expected = expected
+        self.found = found
+        super().__init__(f"snapshot {name!r}: this riskguard restores {expected}; got {found}")
+
+
 class DeliveryError(RiskguardError, RuntimeError):
     """A Kafka message was not acknowledged by the broker."""
 

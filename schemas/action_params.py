@@ -16,12 +16,11 @@ True
 >>> check_params("widen_quotes", {})
 "widen_quotes: param 'bps' is required (a number > 0 and <= 10000)"
 >>> check_params("widen_quotes", {"bps": 25.0, "bsp": 5.0})
-"widen_quotes: unknown param 'bsp' (did you mean 'bps'?); it takes bps"
+"widen_quotes: unknown param 'bsp' (did you mean `bps`?); it takes bps"
 """
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from collections.abc import Collection, Mapping
@@ -30,6 +29,8 @@ from typing import Any, Literal
 
 from riskguard.schemas.commands import Action
 from riskguard.schemas.types import NAME_PATTERN
+
+from riskguard.validation import did_you_mean
 
 Kind = Literal["number", "name", "id", "action", "names", "ids", "actions"]
 """What a param holds: a number; one venue, instrument or feed name (``Name``); a
@@ -197,8 +198,7 @@ def check_params(action: str, params: Mapping[str, Any], *,
         if spec.param(key) is None:
             if not names:
                 return f"{action}: takes no params; got {key!r}"
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(key, names)
             return f"{action}: unknown param {key!r}{hint}; it takes {', '.join(names)}"
     for p in spec.params:
         if p.name not in params:

@@ -47,6 +47,8 @@ from riskguard.schemas.trading import TRADING_TYPES
 from riskguard.schemas.types import NAME_PATTERN
 from riskguard.schemas.valuation import VALUATION_TYPES
 
+from riskguard.validation import read_error
+
 ALL_TYPES: tuple[type[Record], ...] = (
     MARKET_TYPES + TRADING_TYPES + SIGNAL_TYPES + COMMAND_TYPES + AUDIT_TYPES + VALUATION_TYPES
 )
@@ -56,11 +58,6 @@ DEFAULT_MAX_BYTES = 64 * 1024
 #: read such dead-letter topics with ``Codec(max_bytes=DEAD_LETTER_MAX_BYTES)``.
 DEAD_LETTER_MAX_BYTES = 4 * DEFAULT_MAX_BYTES
 
-_AT = re.compile(r"^(?P<msg>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.S)
-_EXPECTED_GOT = re.compile(r"^Expected `(?P<exp>[^`]*)`, got `(?P<got>[^`]*)`")
-_EXPECTED_CMP = re.compile(r"^Expected `(?P<exp>[^`]*)` (?P<cmp>[<>]=?) (?P<bound>\S+)")
-_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]*)`")
-_INVALID_VALUE = re.compile(r"^Invalid (?:enum )?value (?P<val>.*)$")
 _NAME = re.compile(NAME_PATTERN)
 #: Names (``CachedName`` fields) a codec remembers as valid; the set is emptied when full.
 NAMES_CACHED = 65_536
@@ -232,11 +229,10 @@ class Codec:
     def _classify_validation(
         self, topic: str, data: bytes, partition: int, offset: int, text: str
     ) -> DeadLetter:
-        m = _AT.match(text)
-        msg = m.group("msg") if m else text
-        path = (m.group("path") if m else None) or "$"
+        bad = read_error(text)
+        path = bad.path
+        found = bad.got if bad.kind == "value" else bad.message
         if path == "$.type":
-            found = _found_value(msg)
             return self._dead(
                 topic, data, partition, offset, "unknown_type", path,
                 "one of " + ", ".join(sorted(self._tags)), found,
@@ -244,35 +240,34 @@ class Codec:
         if path == "$.v":
             return self._dead(
                 topic, data, partition, offset, "unknown_version", path,
-                f"major version {SUPPORTED_MAJOR}", _found_value(msg),
+                f"major version {SUPPORTED_MAJOR}", found,
             )
-        if msg.startswith("Number out of range"):
+        if bad.message.startswith("Number out of range"):
             return self._dead(
                 topic, data, partition, offset, "non_finite", path,
                 "finite number", "out-of-range number",
             )
-        if mm := _EXPECTED_GOT.match(msg):
+        if bad.kind == "type":
             return self._dead(
-                topic, data, partition, offset, "validation", path, mm["exp"], mm["got"]
+                topic, data, partition, offset, "validation", path, bad.type, bad.got
             )
-        if mm := _EXPECTED_CMP.match(msg):
+        if bad.kind == "bound":
             return self._dead(
                 topic, data, partition, offset, "validation", path,
-                f"{mm['exp']} {mm['cmp']} {mm['bound']}", msg,
+                f"{bad.type} {bad.op} {bad.bound}", bad.message,
             )
-        if mm := _MISSING.match(msg):
-            field = mm["field"]
-            where = f"{path}.{field}"
-            if field == "type":
+        if bad.kind == "missing":
+            where = f"{path}.{bad.field}"
+            if bad.field == "type":
                 return self._dead(
                     topic, data, partition, offset, "unknown_type", where,
                     "a `type` tag", "no tag",
                 )
             return self._dead(
                 topic, data, partition, offset, "validation", where,
-                f"required field `{field}`", "missing",
+                f"required field `{bad.field}`", "missing",
             )
-        return self._dead(topic, data, partition, offset, "validation", path, "", msg)
+        return self._dead(topic, data, partition, offset, "validation", path, "", bad.message)
 
     def _dead(
         self, topic: str, data: bytes, partition: int, offset: int,
@@ -349,11 +344,6 @@ def _first_invalid_utf8(data: bytes) -> str:
     except UnicodeDecodeError as err:
         return f"byte 0x{data[err.start]:02x} at {err.start}"
     return "invalid UTF-8"
-
-
-def _found_value(msg: str) -> str:
-    mm = _INVALID_VALUE.match(msg)
-    return mm["val"] if mm else msg
 
 
 _default_codec = Codec()

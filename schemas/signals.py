@@ -29,6 +29,10 @@ class Severity(StrEnum):
     CRITICAL = "critical"
 
 
+SEVERITY_RANK = {Severity.INFO: 0, Severity.WARN: 1, Severity.CRITICAL: 2}
+"""Severities in order: ``SEVERITY_RANK[a] > SEVERITY_RANK[b]`` when ``a`` is worse."""
+
+
 class ScopeKind(StrEnum):
     VENUE = "venue"
     COUNTERPARTY = "counterparty"
@@ -128,8 +132,7 @@ class RiskAlert(Record, frozen=True, kw_only=True, tag="risk_alert"):
     ``feed_failover``, ``feed_restored``, ``withdrawals_halted``,
     ``withdrawals_resumed``, ``depeg``, ``peg_restored``,
     ``limit_update_accepted``, ``limit_update_rejected``, ``unvalued_exposure`` (a
-    limit measures an exposure that cannot be valued), ``detect_silent`` or
-    ``detect_restored`` (a firm tier's detect worker went silent, and came back),
+    limit measures an exposure that cannot be valued),
     ``command_unacknowledged``, ``command_acknowledged`` or ``command_refused`` (what
     executors said about the guard's commands, or did not say in time).
     """
@@ -246,14 +249,15 @@ class LimitBreach(Record, frozen=True, kw_only=True, tag="limit_breach"):
 
 
 class DetectProgress(Record, frozen=True, kw_only=True, tag="detect_progress"):
-    """Event-time progress of one detect-tier worker, on the ``detections`` topic.
+    """Event-time progress of one market process, on the ``detections`` topic.
 
-    The detect tier (``tier.role = "detect"``) writes it behind the anomaly
-    signals its worker made from the records read before it. A signal of a
-    feature bar still open comes later, with an older time. The firm tier holds
-    its clock at the slowest live source's ``ts`` (see docs/scaling.md, "Two tiers").
-    A ``final`` one is the last a worker writes when its input ends (a bounded run:
-    a replay, a test, the demo): a firm tier reading it ends that source's partition.
+    A market process (``tier.role = "market"``) writes it behind the anomaly
+    signals and valuations it made from the records read before it. A signal of a
+    feature bar still open comes later, with an older time. The firm process holds
+    its clock at the slowest live source's ``ts`` (see docs/scaling.md, "The market
+    tier"). A ``final`` one is the last a market process writes when its input ends (a
+    bounded run: a replay, a test, the demo): the firm process reading it ends that
+    source's partition.
     """
 
     ts: Nanos
@@ -264,3 +268,28 @@ class DetectProgress(Record, frozen=True, kw_only=True, tag="detect_progress"):
 
 SIGNAL_TYPES = (FeatureVector, AnomalySignal, RiskAlert, Exposure, Utilization, LimitBreach,
                 DetectProgress)
+
+
+def parse_limit_path(path: str) -> tuple[str, str, str]:
+    """``(key, level, name)`` of a limit path; raises ``ValueError`` if malformed.
+
+    >>> parse_limit_path("counterparty.okx.asset.BTC")
+    ('okx', 'asset', 'BTC')
+    >>> parse_limit_path("firm")
+    ('*', 'firm', '*')
+    """
+    if path == "firm":
+        return "*", "firm", "*"
+    if path.startswith("firm.asset."):
+        return "*", "asset", path[len("firm.asset."):]
+    if not path.startswith("counterparty.") or len(path) <= len("counterparty."):
+        msg = f"limit path must be firm[.asset.<a>] or counterparty.<cp>[...]; got {path!r}"
+        raise ValueError(msg)
+    rest = path[len("counterparty."):]
+    for level in ("instrument", "asset"):
+        sep = f".{level}."
+        if sep in rest:
+            cp, name = rest.rsplit(sep, 1)
+            if cp and name:
+                return cp, level, name
+    return rest, "cp", rest

@@ -20,7 +20,6 @@ DurationNs = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX, description="durati
 Finite = Annotated[float, msgspec.Meta(ge=-MAX_FLOAT, le=MAX_FLOAT)]
 Positive = Annotated[float, msgspec.Meta(gt=0.0, le=MAX_FLOAT)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_FLOAT)]
-Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 Seq = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
 Offset = Annotated[int, msgspec.Meta(ge=-2, le=INT64_MAX)]
 RecordId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]

@@ -1,8 +1,8 @@
 """What exposure valuation (stage 1) hands the counterparty stage: parts and progress.
 
 Inside one dataflow a :class:`Part` and a :class:`Progress` travel between keyed steps
-as they are. Between the market tier and the firm tier (docs/scaling.md, "The market tier")
-they cross the ``detections`` topic, packed in order in a :class:`Valuation` record.
+as they are. Between a market process and the firm process (docs/scaling.md, "The market
+tier") they cross the ``detections`` topic, packed in order in a :class:`Valuation` record.
 
 >>> from riskguard.schemas import decode, encode
 >>> p = Part("okx", "m0.s0", 1, 5, 10.0, 10.0, 0.0, 0.0, 0.0, {"BTC": 10.0}, {"BTC": 10.0},
@@ -31,7 +31,7 @@ MARK_TS_BYTES = 8
 VALUATION_CHUNK_BYTES = 48 * 1024
 """A market process splits its valuation output into records of about this size."""
 VALUATION_MAX_BYTES = 1024 * 1024
-"""The firm tier's size cap on the ``detections`` topic (one part may exceed a chunk)."""
+"""The firm process's size cap on the ``detections`` topic (one part may exceed a chunk)."""
 
 
 class Part(msgspec.Struct, frozen=True, array_like=True):
@@ -83,13 +83,13 @@ class Part(msgspec.Struct, frozen=True, array_like=True):
 
 class Progress(msgspec.Struct, frozen=True, omit_defaults=True):
     """Ticked mode: a tick passed down the exposure path, behind everything its stage
-    sent before it on the same key (it relies on in-order delivery between a pair of
-    workers, and on one Kafka partition per market process across the tiers).
+    sent before it on the same key (it relies on in-order delivery between steps, and on
+    one Kafka partition per market process between the market and firm processes).
 
     ``source`` (``<worker>@<shard>``) reached ``ts`` at every stage before, for the
     stage-2 or limits key ``counterparty``. A consumer that takes its clock from the
     limits stage's ticks (the playbook) never runs ahead of a breach still on its way:
-    in a backlogged cluster the exposure path's queues are the longest. ``of``: how many
+    in a backlog the exposure path's queues are the longest. ``of``: how many
     sources the receiving stage should expect. ``key_of``: on progress to a limits key,
     how many sources that one key hears (each source reaches every limits key), so its
     own clock (grace deadlines) holds until all of them have spoken.
@@ -106,9 +106,9 @@ class Progress(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 class Valuation(Record, frozen=True, kw_only=True, tag="valuation"):
-    """A market process's exposure valuation output, in order, for the firm tier.
+    """A market process's exposure valuation output, in order, for the firm process.
 
-    ``source`` is the market process (``detect/w<i>``). The firm tier applies
+    ``source`` is the market process (``market/<i>``). The firm process applies
     ``alerts`` (stage-1 signals: missing marks and FX, reconciliation breaks, depegs),
     then ``parts``, then ``progress``: a progress item never overtakes the parts it
     follows. Written to the ``detections`` topic, one Kafka partition per market
@@ -117,7 +117,7 @@ class Valuation(Record, frozen=True, kw_only=True, tag="valuation"):
     """
 
     source: Label
-    ts: Nanos  # the newest event time in it (the firm tier's input alignment reads it)
+    ts: Nanos  # the newest event time in it (the firm process's input alignment reads it)
     alerts: list[RiskAlert] = []
     parts: list[Part] = []
     progress: list[Progress] = []

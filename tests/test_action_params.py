@@ -65,7 +65,7 @@ GOOD = [
 BAD = [
     ("widen_quotes", {"bps": "abc"}, "param 'bps' must be a number > 0 and <= 10000; got 'abc'"),
     ("widen_quotes", {}, "param 'bps' is required"),
-    ("widen_quotes", {"bps": 25.0, "bsp": 1.0}, "unknown param 'bsp' (did you mean 'bps'?)"),
+    ("widen_quotes", {"bps": 25.0, "bsp": 1.0}, "unknown param 'bsp' (did you mean `bps`?)"),
     ("widen_quotes", {"bps": 0.0}, "param 'bps' must be"),
     ("widen_quotes", {"bps": 25_000.0}, "param 'bps' must be"),
     ("widen_quotes", {"bps": math.inf}, "param 'bps' must be"),

@@ -272,12 +272,3 @@ def test_a_signed_command_with_bad_params_never_verifies(params: dict) -> None:
 def test_a_signed_command_with_good_params_verifies() -> None:
     cmd = command(15, scope=VENUE_X, action=Action.WIDEN_QUOTES, params={"bps": 25.0})
     assert _reason(_signed(cmd, ENGINE)) == "ok"
-
-
-def test_the_security_page_shows_the_real_trust_file_error() -> None:
-    from pathlib import Path
-
-    page = (Path(__file__).resolve().parents[1] / "docs" / "security.md").read_text()
-    with pytest.raises(ConfigError) as err:
-        parse_trust("version = 1\n[two_preson]\nactions = []\n", source="trust.toml")
-    assert str(err.value) in page

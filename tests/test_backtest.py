@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from riskguard.connectors.topics import TopicSpec, create_topics, topic_name
+from riskguard.connectors.topics import INPUT_STREAMS, TopicSpec, create_topics, topic_name
 from riskguard.dataflows.backtest import (
     backtest_files,
     dump_toml,
@@ -18,7 +18,7 @@ from riskguard.dataflows.backtest import (
     run_backtest,
 )
 from riskguard.dataflows.demo import init_keys, stream_of
-from riskguard.dataflows.guard import INPUT_STREAMS, build_flow, load_guard_config
+from riskguard.dataflows.guard import build_flow, load_guard_config
 from riskguard.dataflows.report import strip_run
 from riskguard.dataflows.stress import (
     generate_market,

@@ -54,7 +54,7 @@ def _new(tmp: Path, action: str, *extra: str) -> list[str]:
 
 @pytest.mark.parametrize(("extra", "reason"), [
     (["--param", "bps=abc"], "param 'bps' must be a number > 0 and <= 10000; got 'abc'"),
-    (["--param", "bps=25", "--param", "bsp=5"], "unknown param 'bsp' (did you mean 'bps'?)"),
+    (["--param", "bps=25", "--param", "bsp=5"], "unknown param 'bsp' (did you mean `bps`?)"),
     ([], "param 'bps' is required"),
 ])
 def test_command_new_refuses_to_sign_widen_quotes_with_bad_params(tmp_path, capsys, extra,
@@ -101,7 +101,7 @@ def test_command_show_reports_a_signed_command_with_bad_params_invalid(tmp_path,
     assert main(["command", "show", str(path)]) == 1
     out = capsys.readouterr().out
     assert out.splitlines()[-1] == ("invalid: widen_quotes: unknown param 'bsp' (did you "
-                                    "mean 'bps'?); it takes bps")
+                                    "mean `bps`?); it takes bps")
     bob = _key_file(tmp_path, "op-bob")
     before = path.read_bytes()
     assert main(["command", "cosign", str(path), "--key", str(bob)]) == 2

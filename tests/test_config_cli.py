@@ -175,39 +175,19 @@ def test_the_documented_example_config_loads_and_names_every_setting() -> None:
     assert missing == [], f"guard.example.toml does not document: {missing}"
 
 
-def test_split_market_data_refuses_an_index_source_with_a_feed_failover_pair(
+def test_a_market_process_refuses_an_index_source_with_a_feed_failover_pair(
     tmp_path: Path,
 ) -> None:
-    """With input.split_market_by_key, each worker routes its own copy of an index price
-    around feed selection, so an index source with a [feeds.venues] pair stops start-up
-    naming the setting and the venue."""
+    """Each market process routes its own copy of an index price around feed selection,
+    so an index source with a [feeds.venues] pair stops a market process's start-up
+    naming the setting and the venue; the whole guard takes it."""
     from riskguard.dataflows.guard import load_guard_config
 
     binance = ('index_sources = ["index"]', 'index_sources = ["binance"]')
-    # the example's (and the default) setting
-    path = edited_example(tmp_path, ("split_market_by_key = true", "split_market_by_key = true"),
-                          binance)
-    with pytest.raises(ConfigError, match=r"^input\.split_market_by_key: .*binance"):
+    assert load_guard_config(edited_example(tmp_path, binance))[0].tier.role == "whole"
+    path = edited_example(tmp_path, binance, ('role = "whole"', 'role = "market"'))
+    with pytest.raises(ConfigError, match=r"^tier\.role: .*binance"):
         load_guard_config(path)
-    # aligned market data gives each worker its own index copies too: the same rule
-    path = edited_example(tmp_path, binance, ("aligned_market = false", "aligned_market = true"))
-    with pytest.raises(ConfigError, match=r"^input\.aligned_market: .*binance"):
-        load_guard_config(path)
-
-
-def test_a_detect_silence_longer_than_the_clocks_idle_limit_stops_start_up(
-    tmp_path: Path,
-) -> None:
-    """tier.silent_s above 10 s (TICK_IDLE_NS) would let the firm tier's clock stop
-    waiting for a dead detect worker before the alert, so the firm would act without its
-    anomaly signals, unalerted: start-up stops naming the setting and the bound."""
-    from riskguard.dataflows.guard import load_guard_config
-
-    path = edited_example(tmp_path, ("silent_s = 10.0 ", "silent_s = 30.0 "))
-    with pytest.raises(ConfigError, match=r"^tier\.silent_s: must be <= 10; got 30\.0$"):
-        load_guard_config(path)
-    path = edited_example(tmp_path, ("silent_s = 10.0 ", "silent_s = 9.5  "))
-    assert load_guard_config(path)[0].tier.silent_s == 9.5
 
 
 def test_a_market_process_takes_its_index_from_the_environment(
@@ -219,11 +199,12 @@ def test_a_market_process_takes_its_index_from_the_environment(
     from riskguard.dataflows.guard import load_guard_config
 
     path = edited_example(tmp_path, ('role = "whole"', 'role = "market"'),
-                          ("detect_workers = 1 ", "detect_workers = 3 "))
+                          ("market_processes = 1 ", "market_processes = 3 "))
     monkeypatch.setenv("RISKGUARD_TIER_INDEX", "2")
     assert load_guard_config(path)[0].tier.index == 2
     monkeypatch.setenv("RISKGUARD_TIER_INDEX", "3")
-    with pytest.raises(ConfigError, match=r"^tier\.index: .*below detect_workers \(3\); got 3$"):
+    with pytest.raises(ConfigError,
+                       match=r"^tier\.index: .*below market_processes \(3\); got 3$"):
         load_guard_config(path)
     monkeypatch.setenv("RISKGUARD_TIER_INDEX", "two")
     with pytest.raises(ConfigError, match=r"^RISKGUARD_TIER_INDEX: .*got 'two'$"):
@@ -244,7 +225,7 @@ def test_the_guards_fetch_wait_reaches_its_consumer_and_is_bounded(tmp_path: Pat
     path = edited_example(tmp_path, ("fetch_wait_max_ms = 10 ", "fetch_wait_max_ms = 250"))
     cfg = guard.load_guard_config(path)[0]
     flow = Dataflow("fetch_wait")
-    guard.kafka_io._input(flow, cfg, ("market", "fills"), lambda: 0)
+    guard.kafka_io.guard_input(flow, cfg, ("market", "fills"), lambda: 0)
 
     def steps(step: object) -> list[object]:
         return [step, *(s for sub in getattr(step, "substeps", []) for s in steps(sub))]

@@ -230,9 +230,11 @@ def test_the_readme_and_docs_config_snippets_hold_only_known_keys() -> None:
             MarketMap.from_dict(data)
             continue
         if "keys" in data and isinstance(data["keys"], list):
-            assert set(data) <= trust._ROOT_FIELDS, block
-            assert all(set(k) <= trust._KEY_FIELDS for k in data["keys"]), block
-            assert set(data.get("two_person", {})) <= trust._TWO_PERSON_FIELDS, block
+            assert set(data) <= set(trust.TrustFile.__struct_fields__), block
+            key_fields = set(trust.KeyEntry.__struct_fields__)
+            assert all(set(k) <= key_fields for k in data["keys"]), block
+            two_person_fields = set(trust.TwoPersonEntry.__struct_fields__)
+            assert set(data.get("two_person", {})) <= two_person_fields, block
             assert set(data.get("max_ttl_s", {})) <= trust.TTL_ACTIONS | {"default"}, block
             continue
         check_known_keys(data, GuardConfig)

@@ -57,15 +57,3 @@ def test_a_caught_up_source_reports_lag_0_on_every_partition(
     out, dlq = new_topic(1), new_topic(1)
     run_main(build(kafka_bootstrap, [full, empty], out, dlq, idle_eof_s=1.0, batch_size=1))
     assert (lag_of(full, 0), lag_of(full, 1), lag_of(empty, 0)) == (0.0, 0.0, 0.0)
-
-
-@pytest.mark.kafka
-def test_a_caught_up_shared_consumer_reports_lag_0(kafka_bootstrap: str, new_topic) -> None:
-    """The same through one shared consumer for all partitions."""
-    full, empty = new_topic(2), new_topic(1)
-    produce(kafka_bootstrap, full, trades(24), partition=0)
-    produce(kafka_bootstrap, full, trades(2), partition=1)
-    out, dlq = new_topic(1), new_topic(1)
-    run_main(build(kafka_bootstrap, [full, empty], out, dlq, idle_eof_s=1.0,
-                   share_consumer=True))
-    assert (lag_of(full, 0), lag_of(full, 1), lag_of(empty, 0)) == (0.0, 0.0, 0.0)

@@ -199,9 +199,10 @@ def test_volatility_indices_and_an_empty_list_have_no_limits() -> None:
          "volatility-repeated-tier"],
 )
 def test_bad_limits_name_their_place(bands: dict, path: str) -> None:
-    cfg = decode_section({"bands": bands}, DetectorConfig, "detector")
+    """A value its field refuses stops decoding, an order across values validation; both
+    name the key."""
     with pytest.raises(ConfigError) as info:
-        cfg.validate()
+        decode_section({"bands": bands}, DetectorConfig, "detector").validate()
     assert info.value.path == path
 
 

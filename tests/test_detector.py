@@ -197,7 +197,7 @@ def test_signal_ids_are_deterministic() -> None:
 
 def test_bad_config_names_the_key() -> None:
     """Config errors name the offending key path and value."""
-    with pytest.raises(ConfigError, match=r"detector.target_alarm_rate: must be in") as ei:
+    with pytest.raises(ConfigError, match=r"detector.target_alarm_rate: must be < 0.5") as ei:
         DetectorConfig(target_alarm_rate=0.9).validate()
     assert ei.value.found == 0.9
     with pytest.raises(ConfigError, match="hst_height"):

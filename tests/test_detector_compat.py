@@ -9,6 +9,7 @@ vectors 300..700 of the same uninterrupted run.
 
 from __future__ import annotations
 
+import io
 import pickle
 import random
 from pathlib import Path
@@ -25,6 +26,16 @@ CONFIG = DetectorConfig(features=("a", "b", "c"), hst_window=50, warmup_events=1
                         threshold_margin=0.15, close_quiet_points=5)
 SPLIT = 300
 SCOPE = Scope(kind=ScopeKind.INSTRUMENT, value="BTC-USDT", venue="okx")
+
+
+class _FlatPath(pickle.Unpickler):
+    """The fixture names the detector's module by the flat path it had then
+    (``riskguard.operators.detector``); riskguard no longer imports it there."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if module == "riskguard.operators.detector":
+            module = "riskguard.operators.detection.detector"
+        return super().find_class(module, name)
 
 
 def vectors(n: int = 700) -> list[FeatureVector]:
@@ -51,7 +62,7 @@ def test_a_previous_release_snapshot_resumes_with_the_same_episodes() -> None:
     the same opens and closes, at the same vectors, with the same severity, episode ids,
     top feature and evidence. (Their threshold and score differ: the threshold of
     Half-Space Trees now stays reachable, its margin a share of the room below 1.)"""
-    fixture = pickle.loads(FIXTURE.read_bytes())  # our own checked-in file
+    fixture = _FlatPath(io.BytesIO(FIXTURE.read_bytes())).load()  # our own checked-in file
     logic = DetectorLogic(CONFIG, ManualClock(), fixture["state"])
     got = [msgspec.json.decode(msgspec.json.encode(o))
            for v in vectors()[SPLIT:] for o in logic.on_event(v)]

@@ -10,10 +10,9 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from riskguard.connectors.placement import route_worker
 from riskguard.operators.core.clock import ManualClock, Tick
+from riskguard.operators.core.snapshot import decode_snapshot, encode_snapshot
 from riskguard.operators.exposure import (
-    CounterpartyLogic,
     CounterpartyState,
     ExposureConfig,
     FirmLogic,
@@ -43,7 +42,7 @@ from riskguard.schemas import (
     Trade,
 )
 
-from riskguard.errors import ConfigError
+from riskguard.errors import ConfigError, SnapshotError
 
 S = 1_000_000_000
 
@@ -472,15 +471,14 @@ def test_firm_vol_per_underlying_is_the_newest_exposures_first_in_order_on_ties(
     assert firm.vol_by_underlying == {"BTC": 0.5, "ETH": 0.9}
 
 
-def test_an_old_layout_snapshot_is_refused_with_a_config_error() -> None:
-    """Resuming stage 1 or 2 from a pre-shard (version 2) snapshot names the step and asks
-    for a fresh recovery store instead of failing obscurely."""
-    cfg = worked_config()
-    old = ShardState(version=2)
-    with pytest.raises(ConfigError, match="fresh recovery store"):
-        ShardLogic(cfg, cfg.validate(), old)
-    with pytest.raises(ConfigError, match="fresh recovery store"):
-        CounterpartyLogic(cfg, CounterpartyState(version=2))
+def test_a_snapshot_of_another_version_is_refused_by_name() -> None:
+    """Resuming stage 1 or 2 from a snapshot of another state version stops naming the
+    state and both versions, instead of patching the fields it lacks."""
+    for old, name in ((ShardState(version=2), "riskguard.exposure.shard"),
+                      (CounterpartyState(version=2), "riskguard.exposure.counterparty")):
+        with pytest.raises(SnapshotError, match="version 4 only; got version 2") as err:
+            decode_snapshot(encode_snapshot(old))
+        assert err.value.name == name
 
 
 def test_a_stablecoin_leaving_its_peg_raises_depeg_then_critical_then_restored():
@@ -616,20 +614,9 @@ def test_a_resumed_market_shard_whose_collateral_moved_process_is_a_config_error
         ShardLogic(cfg, reg, snap, place=no_usdc)
 
 
-@pytest.mark.parametrize("shards", [2, 3, 4, 6, 8, 48])
-def test_valuation_shards_spread_one_per_worker_over_every_dividing_worker_count(
-        shards: int) -> None:
-    """Shard k of ``valuation_shards`` lives on worker ``k % W`` for each worker count W
-    dividing it (past 32 shards, dividing its largest divisor up to 32), by bytewax's own
-    routing (``route_worker``): with as many shards as workers each worker values one.
-    Plain ``s0``/``s1`` both routed to worker 1 of 2. One shard keeps the key ``s0`` its
-    snapshots carry, and a market process's prefix is part of the names searched."""
-    cap = routing._SPREAD_MAX
-    spread = max(d for d in range(1, min(shards, cap) + 1) if shards % d == 0)
-    for prefix in ("", "m1."):
-        keys = routing.shard_keys(shards, prefix)
-        assert len(set(keys)) == shards and all(k.startswith(prefix + "s") for k in keys)
-        for workers in (w for w in range(1, spread + 1) if spread % w == 0):
-            assert [route_worker(k, workers) for k in keys] == [
-                k % workers for k in range(shards)], (prefix, workers)
-    assert routing.shard_keys(1) == ("s0",)
+def test_valuation_shard_keys_are_named_by_index_with_a_market_processs_prefix() -> None:
+    """Shard k of ``valuation_shards`` is keyed ``<prefix>s<k>``: distinct, stable across
+    runs, and a market process's prefix makes its keys its own."""
+    assert routing.shard_keys(3) == ("s0", "s1", "s2")
+    assert routing.shard_keys(2, "m1.") == ("m1.s0", "m1.s1")
+    assert routing.shard_key("i:BTC-PERP", 1) == "s0"

@@ -3,7 +3,6 @@ one by one, across restarts and across processes."""
 
 from __future__ import annotations
 
-import pickle
 from typing import Any
 from unittest.mock import patch
 
@@ -11,18 +10,14 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from riskguard.operators.core.clock import Tick
 from riskguard.operators.exposure import (
-    CounterpartyLogic,
     ExposureConfig,
     InstrumentsConfig,
     InstrumentSpec,
     Part,
     Router,
     ShardLogic,
-    ShardState,
     arrays,
-    pack_for_wire,
     valuation,
 )
 from riskguard.schemas import (
@@ -30,7 +25,7 @@ from riskguard.schemas import (
     Quote,
     Trade,
 )
-from test_exposure import S, fill, worked_config, worked_events
+from test_exposure import S, fill
 
 BATCH_CFG = ExposureConfig(
     instruments=InstrumentsConfig(instruments={
@@ -216,58 +211,3 @@ def test_a_long_run_of_marks_is_applied_whole_array_like_one_by_one() -> None:
     assert int(batched.state.ewma_n[0]) > 50
 
 
-@settings(max_examples=40, deadline=None)
-@given(first=mark_batches(), second=mark_batches())
-@example(*_dup_fill_later())  # runs of marks and a fill: the wire path is taken
-def test_packs_sent_to_another_process_value_exactly_as_local_ones(
-    first: list[object], second: list[object]
-) -> None:
-    """A pack whose runs of marks crossed a process as msgpack bytes gives the same parts
-    and state as the same pack handed over in memory, batched and ticked alike."""
-    reg = BATCH_CFG.validate()
-    router = Router(reg, BATCH_CFG)
-    for ticked in (False, True):
-        local = ShardLogic(BATCH_CFG, reg, ticked=ticked)
-        remote = ShardLogic(BATCH_CFG, reg, ticked=ticked)
-        for evs in (first, second, [Tick(ts=31 * S)] if ticked else []):
-            for _k, pack in router.route_batch(evs):
-                wire = pickle.loads(pickle.dumps(pack_for_wire(pack)))
-                assert all(type(it[3]) is bytes for it in wire if it[0] == "marks")
-                assert remote.on_batch([wire]) == local.on_batch([pack])
-        if local.state.key:
-            for name in COLUMNS:
-                np.testing.assert_array_equal(getattr(remote.state, name),
-                                              getattr(local.state, name), err_msg=name)
-
-
-def test_a_version_3_shard_snapshot_is_migrated_and_resumes_identically() -> None:
-    """A stage-1 snapshot from state version 3 (per-instrument lists) resumes as version 4
-    (numpy columns) and produces the same parts as the uninterrupted run."""
-    cfg = worked_config()
-    reg = cfg.validate()
-    router = Router(reg, cfg)
-    items = [it for ev in worked_events() for _k, it in router.route(ev)]
-    key = items[0][1]
-    mine = [it for it in items if it[1] == key]
-    whole = ShardLogic(cfg, reg)
-    ref = [o for it in mine for o in whole.on_event(it)]
-    half = ShardLogic(cfg, reg)
-    out = [o for it in mine[:8] for o in half.on_event(it)]
-    snap = half.snapshot()
-    v3 = ShardState(**{**snap.__dict__, "version": 3,
-                       **{k: getattr(snap, k).tolist() for k in (
-                           *COLUMNS, "opt_delta", "und_price", "feature_vol", "feature_vol_ts")}})
-    resumed = ShardLogic(cfg, reg, pickle.loads(pickle.dumps(v3)))
-    assert resumed.state.version == 4
-    out += [o for it in mine[8:] for o in resumed.on_event(it)]
-    assert out == ref
-    parts = [p for p in ref if isinstance(p, Part)]
-    cp_whole = CounterpartyLogic(cfg)
-    cp_ref = [o for p in parts for o in cp_whole.on_event(p)]
-    cp_half = CounterpartyLogic(cfg)
-    cp_out = [o for p in parts[:2] for o in cp_half.on_event(p)]
-    cp_snap = cp_half.snapshot()
-    cp_snap.version = 3  # stage 2 kept its layout: a version-3 snapshot resumes as is
-    cp_resumed = CounterpartyLogic(cfg, cp_snap)
-    cp_out += [o for p in parts[2:] for o in cp_resumed.on_event(p)]
-    assert cp_out == cp_ref and cp_resumed.state.version == 4

@@ -9,7 +9,6 @@ of event time, until it is valued again and inside the limit.
 from __future__ import annotations
 
 import math
-import pickle
 from typing import Any
 
 import bytewax.operators as op
@@ -31,9 +30,7 @@ from riskguard.operators.exposure.limits import (
     LimitsConfig,
     LimitsLogic,
     LimitSpec,
-    LimitsState,
     VolScaling,
-    drive,
 )
 from riskguard.operators.exposure.ops import aggregate_exposure, enforce_limits
 from riskguard.schemas import (
@@ -55,6 +52,11 @@ from riskguard.errors import ConfigError, VerificationError
 
 S = 1_000_000_000
 T0 = 1_000 * S
+
+
+def drive(logic: LimitsLogic, items: list[Any]) -> list[Any]:
+    """Feed ``items`` to ``logic`` in order; every output."""
+    return [out for it in items for out in logic.on_event(it)]
 GRACE = 30 * S
 
 
@@ -412,22 +414,6 @@ def test_a_negative_grace_is_a_config_error_naming_the_limit() -> None:
                                           r".unvalued_grace_ns"):
         gross_limit(unvalued_grace_ns=-1).validate()
     gross_limit(unvalued_grace_ns=0).validate()
-
-
-def test_a_version_1_snapshot_resumes_with_nothing_unvalued_pending() -> None:
-    """A snapshot from before unvalued exposure was counted resumes and then counts it."""
-    old = LimitsLogic(gross_limit(), clock=lambda: 0)
-    drive(old, [exposure(0, 10.0)])
-    snap = old.snapshot()
-    snap.version = 1
-    for name in ("sources", "unvalued_due", "unvalued_alerted", "unvalued_alert"):
-        del snap.__dict__[name]
-    for tr in snap.tracks.values():
-        del tr.__dict__["unvalued_since"], tr.__dict__["unvalued_overdue"]
-    logic = LimitsLogic(gross_limit(), pickle.loads(pickle.dumps(snap)), clock=lambda: 0)
-    assert isinstance(logic.state, LimitsState) and logic.state.version == 2
-    drive(logic, [exposure(S, **UNVALUED)])
-    assert gross_levels(drive(logic, [tick(S + GRACE)])) == [(S + GRACE, "breach")]
 
 
 # -- the contract: the new state survives snapshot and resume --------------------------

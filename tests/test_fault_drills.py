@@ -15,7 +15,7 @@ from riskguard.connectors.broker import DevBroker
 from riskguard.dataflows.demo import PreparedRun, prepare_run, start_guard, subscriber_for
 from riskguard.schemas import MitigationCommand
 
-from tests.kafka_helpers import consume_all, free_ports
+from tests.kafka_helpers import consume_all
 from tests.test_guard_e2e import _assert_same_outcome, _finish
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -46,38 +46,6 @@ def reference(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):
     run = _prepare(kafka_bootstrap, tmp, "ref")
     _finish(start_guard(run))
     return _executed(run, tmp / "sub.sqlite")
-
-
-def test_two_process_cluster_killed_and_restarted_from_recovery(
-    reference, kafka_bootstrap, tmp_path, recovery_dir
-) -> None:
-    """SIGKILL one of two processes halfway; the cluster stops; restarted from recovery, the
-    subscriber's executed commands equal an uninterrupted run's."""
-    run = _prepare(kafka_bootstrap, tmp_path, "p2")
-    rec = recovery_dir(2)
-    addresses = ";".join(f"127.0.0.1:{p}" for p in free_ports(2))
-    args = ("-r", str(rec), "-s", "1", "-b", "10", "-a", addresses)
-    procs = [start_guard(run, "-i", str(i), *args) for i in range(2)]
-    _wait_for_commands(run, procs)
-    os.kill(procs[1].pid, signal.SIGKILL)
-    for p in procs:  # the survivor cannot go on without its peer: stop it too
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-    executed: list[MitigationCommand] = _executed(run, tmp_path / "sub.sqlite")
-    addresses = ";".join(f"127.0.0.1:{p}" for p in free_ports(2))
-    args = ("-r", str(rec), "-s", "1", "-b", "10", "-a", addresses)
-    procs = [start_guard(run, "-i", str(i), *args) for i in range(2)]
-    for p in procs:
-        _finish(p)
-    executed += _executed(run, tmp_path / "sub.sqlite")
-    ids = [c.command_id for c in executed]
-    assert len(ids) == len(set(ids)), "a command was executed twice"
-    # While a restarted cluster catches up its processes' event times drift apart, and the
-    # detector may add protective rungs elsewhere; nothing the reference did may be missing.
-    _assert_same_outcome(executed, reference, extra_scopes_ok=True)
 
 
 @pytest.fixture

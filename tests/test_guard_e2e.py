@@ -7,7 +7,6 @@ import shutil
 import signal
 import time
 import uuid
-from collections import Counter
 from pathlib import Path
 
 import msgspec
@@ -23,7 +22,6 @@ from riskguard.dataflows.demo import (
     tier_config,
 )
 from riskguard.dataflows.demo_scenario import DURATION_S
-from riskguard.operators.core.clock import TICK_IDLE_NS
 from riskguard.operators.signing.crypto import (
     PAYLOAD_COMMAND,
     Signer,
@@ -36,11 +34,10 @@ from riskguard.schemas import (
     Scope,
     ScopeKind,
     Trade,
-    VenueStatus,
     encode,
 )
 
-from tests.kafka_helpers import consume_all, free_ports, hold_for_replay
+from tests.kafka_helpers import consume_all, free_ports
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -198,231 +195,16 @@ def _assert_never_twice(cmds: list[MitigationCommand]) -> None:
             held[(action, scope)] = params
 
 
-def test_two_worker_threads_give_the_same_commands(baseline, kafka_bootstrap, tmp_path) -> None:
-    """`bytewax.run -w 2` puts the same mitigations in force, on the same scopes, and ends in
-    the same state as one worker. (Momentary alerts from drift detection may differ: which
-    of two partitions' records a key sees first inside the alignment window varies.)"""
-    _, base, _ = baseline
-    run = _prepare(kafka_bootstrap, tmp_path, "w2")
-    _finish(start_guard(run, "-w", "2"))
-    cmds, _ = _executed(run, tmp_path / "sub.sqlite")
-    _assert_same_outcome(cmds, base)
-
-
-def _two_processes(kafka_bootstrap: str, tmp_path: Path, *, split: bool,
-                   aligned: bool = False) -> tuple[PreparedRun, list[MitigationCommand]]:
-    """The scenario through two bytewax processes wired with -i/-a, with
-    ``input.split_market_by_key`` set to ``split`` (and ``input.aligned_market`` to
-    ``aligned``, market data produced aligned); the commands a subscriber executes."""
-    env = f"e{uuid.uuid4().hex[:8]}"
-    run = prepare_run(kafka_bootstrap, tmp_path / f"p2-{split}-{aligned}", env=env,
-                      aligned_market=aligned)
-    line = f"split_market_by_key = {str(split).lower()}"
-    run.config.write_text(run.config.read_text().replace("[input]\n", f"[input]\n{line}\n", 1))
-    assert line in run.config.read_text()
-    addresses = ";".join(f"127.0.0.1:{p}" for p in free_ports(2))
-    procs = [start_guard(run, "-i", str(i), "-a", addresses) for i in range(2)]
-    for p in procs:
-        _finish(p)
-    cmds, _ = _executed(run, tmp_path / "sub.sqlite")
-    return run, cmds
-
-
-def test_two_processes_give_the_same_commands(baseline, kafka_bootstrap, tmp_path) -> None:
-    """Two bytewax processes wired with -i/-a, market data read where bytewax places each
-    partition (``split_market_by_key = false``), put the same mitigations in force and end
-    in the same state as one worker."""
-    _, base, _ = baseline
-    _run, cmds = _two_processes(kafka_bootstrap, tmp_path, split=False)
-    _assert_same_outcome(cmds, base)
-
-
-def test_two_processes_with_market_data_split_by_key_give_the_same_commands(
-    baseline, kafka_bootstrap, tmp_path
-) -> None:
-    """With ``input.split_market_by_key`` (the default) each process reads its own keys'
-    market data and its own copy of every index price and heartbeat: the same mitigations
-    as one worker, and nothing dead-lettered as late (each process sees its keys' inputs
-    in one event-time order) or half-delivered."""
-    _, base, _ = baseline
-    run, cmds = _two_processes(kafka_bootstrap, tmp_path, split=True)
-    _assert_same_outcome(cmds, base)
-    dead = [msgspec.json.decode(v) for _p, _o, v in consume_all(kafka_bootstrap,
-                                                                 run.topic("dead_letters"))]
-    assert not [d for d in dead if d.get("reason") in ("late", "not_broadcast")], dead[:3]
-
-
-def test_two_processes_with_aligned_market_data_give_the_same_commands(
-    baseline, kafka_bootstrap, tmp_path
-) -> None:
-    """With ``input.aligned_market`` (market data produced with ``aligned_partitions``)
-    each process reads only its own partitions: the same mitigations as one worker, and
-    nothing dead-lettered as late or half-delivered."""
-    _, base, _ = baseline
-    run, cmds = _two_processes(kafka_bootstrap, tmp_path, split=True, aligned=True)
-    _assert_same_outcome(cmds, base)
-    dead = [msgspec.json.decode(v) for _p, _o, v in consume_all(kafka_bootstrap,
-                                                                 run.topic("dead_letters"))]
-    assert not [d for d in dead if d.get("reason") in ("late", "not_broadcast")], dead[:3]
-
-
-def test_a_backlog_of_three_incidents_through_two_processes_gives_one_workers_commands(
-    kafka_bootstrap, tmp_path
-) -> None:
-    """Three back-to-back copies of the scenario, replayed at full speed: 2 processes
-    execute the same non-alert commands, on the same scopes, as many times as 1 worker,
-    and raise the same price moves and cross-market dislocations.
-    (The processes drift apart in event time; signals and records too far ahead of
-    their watermark wait in the playbook and the valuation shards, and the playbook
-    takes its clock from the end of the exposure path, so no breach arrives late; the
-    cross-market check judges prices once both processes have passed them.)"""
-    executed: dict[int, Counter[tuple[str, str]]] = {}
-    story: dict[int, list[str]] = {}
-    judged: dict[int, list[tuple[str, str, str, int]]] = {}
-    for procs in (1, 2):
-        run = prepare_run(kafka_bootstrap, tmp_path / f"backlog-{procs}",
-                          env=f"e{uuid.uuid4().hex[:8]}", copies=3)
-        hold_for_replay(run)
-        addresses = ";".join(f"127.0.0.1:{p}" for p in free_ports(procs))
-        args = [("-i", str(i), "-a", addresses) for i in range(procs)] if procs > 1 else [()]
-        for p in [start_guard(run, *a) for a in args]:
-            _finish(p)
-        cmds, _ = _executed(run, tmp_path / f"sub-{procs}.sqlite")
-        executed[procs] = Counter((c.action.value, c.scope.label()) for c in cmds
-                                  if c.action.value != "alert")
-        story[procs] = [c.reason[:160] for c in cmds if c.action.value != "alert"]
-        judged[procs] = sorted(  # ids hash event times: the runs start minutes apart
-            (d["key"], d["kind"], d["phase"], d["ts"] - run.start_ns) for _p, _o, v in
-            consume_all(kafka_bootstrap, run.topic("signals"))
-            if (d := msgspec.json.decode(v)).get("kind") in ("dislocation", "price_move"))
-    assert executed[2] == executed[1], "\n".join(
-        ["1 worker:", *story[1], "2 processes:", *story[2]])
-    assert judged[2] == judged[1]
-    assert {k for _key, k, _p, _t in judged[1]} == {"dislocation", "price_move"}
-
-
-def _start_detect(run: PreparedRun, detect_args: tuple[str, ...] = ()):
-    """The detect tier, a 1-worker ``python -m bytewax.run`` of the guard with its tier's
-    config, once its first progress is on the detections topic."""
-    detect = start_guard(run, *detect_args, config=tier_config(run.config, "detect"))
-    deadline = time.monotonic() + 60
-    while not consume_all(run.bootstrap, run.topic("detections"), idle_s=0.2, timeout_s=1.0):
-        assert detect.poll() is None and time.monotonic() < deadline, "no detect progress"
-    return detect
-
-
-def _start_tiers(run: PreparedRun, detect_args: tuple[str, ...] = (),
-                 firm_args: tuple[str, ...] = ()) -> list:
-    """The detect tier (:func:`_start_detect`), then the firm tier, likewise."""
-    detect = _start_detect(run, detect_args)
-    return [detect, start_guard(run, *firm_args, config=tier_config(run.config, "firm"))]
-
-
 def _anomaly_ids(run: PreparedRun) -> list[str]:
     return [d["id"] for _p, _o, v in consume_all(run.bootstrap, run.topic("signals"))
             if (d := msgspec.json.decode(v)).get("type") == "anomaly"]
-
-
-def test_a_detect_tier_and_a_firm_tier_give_one_workers_commands(
-    baseline, kafka_bootstrap, tmp_path
-) -> None:
-    """Two tiers, each its own 1-worker dataflow (``tier.role = "detect"`` and
-    ``"firm"``), joined by the detections topic: the same mitigations as one whole guard,
-    every anomaly signal audited once, and nothing dead-lettered twice or as late."""
-    _, base, _ = baseline
-    run = _prepare(kafka_bootstrap, tmp_path, "tiers")
-    # one bad record on each topic both tiers read: the firm tier dead-letters each once
-    producer = Producer({"bootstrap.servers": kafka_bootstrap})
-    producer.produce(run.topic("market"), b'{"type":"trade","id":', key=b"okx/BTC-USDT")
-    producer.produce(run.topic("venue_status"), b'{"type":"venue_status"', key=b"okx")
-    assert producer.flush(10) == 0
-    for p in _start_tiers(run):
-        _finish(p)
-    cmds, _ = _executed(run, tmp_path / "sub.sqlite")
-    _assert_scenario(cmds)
-    _assert_same_outcome(cmds, base)
-    ids = _anomaly_ids(run)
-    assert ids and len(ids) == len(set(ids))
-    dead = [msgspec.json.decode(v) for _p, _o, v in consume_all(kafka_bootstrap,
-                                                                 run.topic("dead_letters"))]
-    assert not [d for d in dead if d.get("reason") == "late"], dead[:3]
-    bad = sorted((d["topic"], d["reason"]) for d in dead if d.get("reason") == "malformed")
-    assert bad == [(run.topic("market"), "malformed"), (run.topic("venue_status"), "malformed")]
-
-
-def test_a_detect_tier_killed_halfway_and_resumed_sends_no_signal_twice(
-    baseline, kafka_bootstrap, tmp_path, recovery_dir
-) -> None:
-    """SIGKILL the detect tier once it has sent signals, put every signal it sent on the
-    detections topic again (what a resume from an older snapshot sends), and resume it
-    from recovery while the firm tier runs on: the firm tier lets each anomaly id through
-    once, and the subscriber executes one whole guard's commands, none twice."""
-    _, base, _ = baseline
-    run = _prepare(kafka_bootstrap, tmp_path, "tiers-kill")
-    detect_args = _recovering(recovery_dir(1))
-    detect, firm = _start_tiers(run, detect_args, _recovering(recovery_dir(1)))
-    deadline = time.monotonic() + 120
-    sent: list[bytes] = []
-    while time.monotonic() < deadline and detect.poll() is None and not sent:
-        got = consume_all(kafka_bootstrap, run.topic("detections"), idle_s=0.2, timeout_s=1.0)
-        sent = [v for _p, _o, v in got if b'"anomaly"' in v]
-    assert detect.poll() is None, "the detect tier ended before it could be killed"
-    os.kill(detect.pid, signal.SIGKILL)
-    detect.wait()
-    producer = Producer({"bootstrap.servers": kafka_bootstrap})
-    for v in sent:
-        producer.produce(run.topic("detections"), v, key=b"detect/w0")
-    assert producer.flush(10) == 0
-    _finish(start_guard(run, *detect_args, config=tier_config(run.config, "detect")))
-    _finish(firm)
-    on_topic = [msgspec.json.decode(v)["id"] for _p, _o, v in consume_all(
-        kafka_bootstrap, run.topic("detections")) if b'"anomaly"' in v]
-    assert len(on_topic) > len(set(on_topic))  # some were sent twice
-    ids = _anomaly_ids(run)
-    assert sorted(ids) == sorted(set(on_topic))
-    cmds, _ = _executed(run, tmp_path / "sub.sqlite")
-    assert len({c.command_id for c in cmds}) == len(cmds)
-    _assert_same_outcome(cmds, base)
-
-
-def test_a_firm_tier_whose_detect_tier_died_raises_detect_silent_and_alerts(
-    kafka_bootstrap, tmp_path
-) -> None:
-    """The detect tier is SIGKILLed once its progress is on the topic and never comes
-    back; the firm tier (``tier.silent_s`` = 1 s) reads live heartbeats past it, raises
-    a critical ``detect_silent`` alert on the signals topic, and the subscriber
-    executes the playbook's firm-wide alert for it."""
-    run = _prepare(kafka_bootstrap, tmp_path, "tiers-silent")
-    detect = _start_detect(run)
-    os.kill(detect.pid, signal.SIGKILL)
-    detect.wait()
-    firm = start_guard(run, config=tier_config(run.config, "firm", silent_s=1.0))
-    # live heartbeats past the dead tier's last progress, for longer than the firm's
-    # clock waits for an idle tick source (TICK_IDLE_NS): only the firm reads them
-    producer = Producer({"bootstrap.servers": kafka_bootstrap})
-    end = time.monotonic() + TICK_IDLE_NS / 1e9 + 5
-    k = 0
-    while time.monotonic() < end and firm.poll() is None:
-        hb = VenueStatus(id=f"hb-live-{k}", venue="binance", ts=time.time_ns())
-        producer.produce(run.topic("venue_status"), encode(hb), key=b"binance")
-        assert producer.flush(10) == 0
-        k += 1
-        time.sleep(0.5)
-    _finish(firm)
-    alerts = [d for _p, _o, v in consume_all(kafka_bootstrap, run.topic("signals"))
-              if (d := msgspec.json.decode(v)).get("kind") == "detect_silent"]
-    assert [(a["severity"], a["scope"]["kind"], a["details"]["worker"]) for a in alerts] == [
-        ("critical", "firm", "detect/w0")], alerts
-    cmds, _ = _executed(run, tmp_path / "sub.sqlite")
-    firm_cmds = [c for c in cmds if c.scope.label() == "firm:*" and "detect_silent" in c.reason]
-    assert firm_cmds and firm_cmds[0].action.value == "alert", [c.reason for c in cmds][:10]
 
 
 MARKET_OWNERS = {"BTC": 0, "ETH": 1}
 
 
 def _market_config(run: PreparedRun, index: int) -> Path:
-    return tier_config(run.config, "market", index=index, detect_workers=2,
+    return tier_config(run.config, "market", index=index, market_processes=2,
                        owners=MARKET_OWNERS)
 
 
@@ -430,7 +212,7 @@ def _start_markets(run: PreparedRun, args: tuple[str, ...] = (),
                    more: tuple[str, ...] = ()) -> list:
     """Two market processes (BTC and ETH, ``tier.role = "market"``), each a 1-worker
     ``python -m bytewax.run`` of the guard (``args`` for the first, ``more`` for the
-    second), once both have put progress on the detections topic; then the firm tier
+    second), once both have put progress on the detections topic; then the firm process
     fed by them."""
     procs = [start_guard(run, *a, config=_market_config(run, i))
              for i, a in enumerate((args, more))]
@@ -446,15 +228,15 @@ def _start_markets(run: PreparedRun, args: tuple[str, ...] = (),
 
 
 def _start_firm_of_markets(run: PreparedRun, *args: str):
-    return start_guard(run, *args, config=tier_config(run.config, "firm", upstream="market",
-                                                        detect_workers=2))
+    return start_guard(run, *args, config=tier_config(run.config, "firm",
+                                                        market_processes=2))
 
 
 def test_two_market_processes_and_a_firm_tier_give_one_workers_commands(
     baseline, kafka_bootstrap, tmp_path
 ) -> None:
     """Two market processes splitting the scenario by underlying (BTC, ETH), each its own
-    1-worker dataflow, and a firm tier summing their valuations: the same mitigations as
+    1-worker dataflow, and a firm process summing their valuations: the same mitigations as
     one whole guard, every anomaly audited once, nothing late, and each bad record
     dead-lettered exactly once: a malformed market record, fill and heartbeat, and a
     market record whose Kafka key names another process's underlying."""
@@ -492,7 +274,7 @@ def test_a_market_process_killed_halfway_and_resumed_gives_one_workers_commands(
 ) -> None:
     """SIGKILL the BTC market process once its progress passes 150 s of the scenario's
     event time (before the fills that breach deribit's limit at 235 s), resume it from
-    recovery while the ETH process and the firm tier run on: the firm tier takes each
+    recovery while the ETH process and the firm process run on: the firm takes each
     part once (by its shard's sequence), each signal once (by id), and the subscriber
     executes one whole guard's commands, none twice. (The resumed process names its
     ticks as before; if time stood still for it, it would send too few parts, below
@@ -518,7 +300,7 @@ def test_a_market_process_killed_halfway_and_resumed_gives_one_workers_commands(
             for m in progress.consume(500, 0.02):
                 if m.error() is None and b'"detect_progress"' in m.value():
                     d = msgspec.json.decode(m.value())
-                    if d.get("source") == "detect/w0":
+                    if d.get("source") == "market/0":
                         reached = max(reached, d["ts"])
     finally:
         progress.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 from riskguard.connectors.settings import KafkaSettings
-from riskguard.connectors.topics import create_topics
+from riskguard.connectors.topics import TopicsConfig, create_topics, topic_specs
 from riskguard.dataflows.demo import (
     ISSUER,
     PreparedRun,
@@ -28,8 +28,7 @@ from riskguard.schemas import DeadLetter, MitigationCommand
 from riskguard.schemas.codec import Codec
 
 from riskguard.cli import main
-from riskguard.cli_topics import topic_specs
-from riskguard.config import CommonConfig, TopicsConfig
+from riskguard.config import CommonConfig
 from tests.kafka_helpers import consume_all
 from tests.malformed_corpus import (
     Entry,
@@ -67,7 +66,7 @@ def corpus_run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -
     env = f"c{uuid.uuid4().hex[:8]}"
     common = CommonConfig(env=env, kafka=KafkaSettings(bootstrap=kafka_bootstrap),
                           topics=TopicsConfig(default_partitions=2))
-    create_topics(common.kafka.client_config(), topic_specs(common))
+    create_topics(common.kafka.client_config(), topic_specs(common.env, common.topics))
     keys = init_keys(work)
     config = write_config(work, kafka_bootstrap, keys, env)
     start_ns = (time.time_ns() // NS - DURATION_S - 5) * NS

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections import Counter
 from datetime import timedelta
 from typing import Any, cast
 
@@ -138,49 +137,33 @@ def test_malformed_corpus_lands_in_dead_letter_topic_and_flow_keeps_running(
     )
 
 
-@pytest.mark.parametrize("bundle", [False, True])
-def test_two_workers_give_the_same_multiset_as_one(kafka_bootstrap: str, new_topic,
-                                                   bundle: bool) -> None:
-    """`python -m bytewax.run -w 2` of the source-to-sink flow equals a one-worker run
-    (also with each worker's partitions bundled into one source partition)."""
-    src = new_topic(4)
-    values = [_trade(id=f"r{i}", ts=i) for i in range(400)] + [b"junk"] * 7
-    produce(kafka_bootstrap, src, values)
-    results = []
-    for workers in (1, 2):
-        out, dlq = new_topic(3), new_topic(1)
-        spec = (
-            "riskguard.dataflows.passthrough:"
-            f"build({kafka_bootstrap!r}, [{src!r}], {out!r}, {dlq!r}, 1.5, bundle={bundle})"
-        )
-        subprocess.run(
-            [sys.executable, "-m", "bytewax.run", spec, "-w", str(workers)],
-            check=True, timeout=120, capture_output=True,
-        )
-        oks = Counter(v for _, _, v in consume_all(kafka_bootstrap, out, expect=400))
-        errs = Counter(
-            decode(dlq, v).raw for _, _, v in consume_all(kafka_bootstrap, dlq, expect=7)
-        )
-        results.append((oks, errs))
-    assert results[0] == results[1]
-    assert sum(results[0][0].values()) == 400 and results[0][1] == Counter({b"junk": 7})
+def test_a_dataflow_of_two_workers_is_refused_at_start(kafka_bootstrap: str,
+                                                      new_topic) -> None:
+    """`python -m bytewax.run -w 2` of a flow with a Kafka source stops with an error that
+    names the layouts there are: a dataflow has one worker."""
+    src, out, dlq = new_topic(2), new_topic(1), new_topic(1)
+    spec = (f"riskguard.dataflows.passthrough:"
+            f"build({kafka_bootstrap!r}, [{src!r}], {out!r}, {dlq!r}, 1.5)")
+    run = subprocess.run([sys.executable, "-m", "bytewax.run", spec, "-w", "2"],
+                         timeout=120, capture_output=True, text=True, check=False)
+    assert run.returncode != 0
+    assert "one worker per dataflow" in run.stderr + run.stdout
 
 
-@pytest.mark.parametrize("bundle", [False, True])
 def test_resumed_source_continues_from_its_recovered_offset(
-    kafka_bootstrap: str, new_topic, recovery_dir, bundle: bool
+    kafka_bootstrap: str, new_topic, recovery_dir
 ) -> None:
     """With recovery on, a second run reads only what arrived after the first; nothing twice
-    (a bundle resumes each of its partitions from its own offset)."""
+    (each partition resumes from its own offset)."""
     src, out, dlq = new_topic(2), new_topic(1), new_topic(1)
     rec = recovery_dir(1)
     from bytewax.recovery import RecoveryConfig
 
     produce(kafka_bootstrap, src, [_trade(id=f"a{i}") for i in range(50)])
-    run_main(build(kafka_bootstrap, [src], out, dlq, idle_eof_s=1.0, bundle=bundle),
+    run_main(build(kafka_bootstrap, [src], out, dlq, idle_eof_s=1.0),
              epoch_interval=timedelta(milliseconds=200), recovery_config=RecoveryConfig(str(rec)))
     produce(kafka_bootstrap, src, [_trade(id=f"b{i}") for i in range(30)])
-    run_main(build(kafka_bootstrap, [src], out, dlq, idle_eof_s=1.0, bundle=bundle),
+    run_main(build(kafka_bootstrap, [src], out, dlq, idle_eof_s=1.0),
              epoch_interval=timedelta(milliseconds=200), recovery_config=RecoveryConfig(str(rec)))
     ids = [decode(out, v).id for _, _, v in consume_all(kafka_bootstrap, out, expect=80)]
     assert sorted(ids) == sorted([f"a{i}" for i in range(50)] + [f"b{i}" for i in range(30)])
@@ -214,9 +197,9 @@ def test_event_time_alignment_holds_a_partition_that_runs_ahead() -> None:
 
 
 @pytest.mark.kafka
-def test_a_replica_that_only_skips_others_keys_does_not_hold_its_process_back(
+def test_a_key_split_that_only_skips_others_keys_does_not_hold_its_process_back(
         kafka_bootstrap, new_topic) -> None:
-    """A replica of a key-split partition none of whose keys are its own emits nothing,
+    """A key-split partition none of whose keys are this process's emits nothing,
     but it stands where it has skipped to (the event time of the last message it
     passed), not at the start: the process's other partitions may run up to there
     within the skew instead of waiting for it to reach the partition's end (with a
@@ -225,21 +208,22 @@ def test_a_replica_that_only_skips_others_keys_does_not_hold_its_process_back(
     import time
 
     from confluent_kafka import Producer
-    from riskguard.connectors.kafka import KafkaInput
-    from riskguard.connectors.placement import route_worker
+    from riskguard.connectors.kafka import Alignment, Fetch, KafkaInput, KeySplit
 
     s = 1_000_000_000
     split, plain = new_topic(), new_topic()
-    theirs = [k for k in (f"v{i}/BTC-PERP" for i in range(40)) if route_worker(k, 2) == 1]
+    theirs = [f"v{i}/BTC-PERP" for i in range(40)]
     p = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
     for i in range(100):
         p.produce(split, _trade(id=f"m{i}", ts=i * s), theirs[i % len(theirs)].encode())
     assert p.flush(30) == 0
     produce(kafka_bootstrap, plain, [_trade(id=f"f{i}", ts=i * s) for i in range(100)])
-    src = KafkaInput(kafka_bootstrap, [split, plain], align_skew_s=0.0, batch_size=10,
-                     key_split_topics=[split])
-    a = src.build_part("in", f"+{split}:000000:0000/2", None)  # replica 0 of worker 2
-    b = src.build_part("in", f"0-{plain}", None)
+    # fair reads: each takes at most a batch of the split partition, so it moves in steps
+    src = KafkaInput(kafka_bootstrap, [split, plain], align=Alignment(0.0),
+                     fetch=Fetch(batch_size=10, fair=True),
+                     split=KeySplit(frozenset({split}), lambda _key: False))
+    parts = src.partitions()
+    a, b = parts[f"0-{split}"], parts[f"0-{plain}"]
     got: list = []
     pause = time.monotonic() + 1.0
     while time.monotonic() < pause:  # the replica has not moved: everything is held
@@ -248,13 +232,15 @@ def test_a_replica_that_only_skips_others_keys_does_not_hold_its_process_back(
     deadline = time.monotonic() + 20
     while a.snapshot()[0] < 1 and time.monotonic() < deadline:  # -2: not read yet
         assert a.next_batch() == []  # none of the keys are its own
-    passed = a.snapshot()[0]  # the next offset: it has skipped messages 0..passed-1
     soon = time.monotonic() + 5.0  # well within the 10 s start-up grace of alignment
     while not got and time.monotonic() < soon:
         got.extend(b.next_batch())
-    assert got, "the plain partition was held back by a replica with nothing of its own"
+        if not got:  # the one consumer fills for both: the split reads on, as a bundle does
+            assert a.next_batch() == []
+    passed = a.snapshot()[0]  # the next offset: it has skipped messages 0..passed-1
+    assert got, "the plain partition was held back by a split with nothing of its own"
     assert 0 < passed < 100
-    assert max(r.ts for r in got) <= (passed - 1) * s  # never past where the replica stands
+    assert max(r.ts for r in got) <= (passed - 1) * s  # never past where the split stands
     while len(got) < 100 and time.monotonic() < deadline:
         assert a.next_batch() == []
         got.extend(b.next_batch())
@@ -266,10 +252,10 @@ def test_a_replica_that_only_skips_others_keys_does_not_hold_its_process_back(
 def test_an_untimed_topic_keeps_records_the_time_policy_would_call_late(
         kafka_bootstrap, new_topic) -> None:
     """The same out-of-order times are dead-lettered as late on a timed topic and kept on
-    one named in ``untimed_topics`` (the firm tier's detections topic)."""
+    one named in ``untimed_topics`` (the firm process's detections topic)."""
     import time
 
-    from riskguard.connectors.kafka import KafkaInput
+    from riskguard.connectors.kafka import KafkaInput, RecordChecks
     from riskguard.schemas.time_policy import EventTimePolicy
 
     s = 1_000_000_000
@@ -277,11 +263,13 @@ def test_an_untimed_topic_keeps_records_the_time_policy_would_call_late(
     recs = [_trade(id="new", ts=60 * s), _trade(id="old", ts=5 * s)]
     produce(kafka_bootstrap, timed, recs)
     produce(kafka_bootstrap, untimed, recs)
-    src = KafkaInput(kafka_bootstrap, [timed, untimed], untimed_topics=[untimed],
-                     time_policy=EventTimePolicy(max_lateness_ns=10 * s))
+    src = KafkaInput(kafka_bootstrap, [timed, untimed], checks=RecordChecks(
+        time_policy=EventTimePolicy(max_lateness_ns=10 * s),
+        untimed_topics=frozenset({untimed})))
+    parts = src.partitions()
     got: dict[str, list[str]] = {}
     for topic in (timed, untimed):
-        part = src.build_part("in", f"0-{topic}", None)
+        part = parts[f"0-{topic}"]
         out: list = []
         deadline = time.monotonic() + 20
         while len(out) < 2 and time.monotonic() < deadline:
@@ -299,7 +287,7 @@ def test_records_held_back_by_alignment_are_not_late_after_a_resume(kafka_bootst
     they come back as records, not as 'late' dead letters."""
     import time
 
-    from riskguard.connectors.kafka import KafkaInput
+    from riskguard.connectors.kafka import Alignment, Fetch, KafkaInput, RecordChecks
     from riskguard.schemas.time_policy import EventTimePolicy
 
     s = 1_000_000_000
@@ -307,9 +295,14 @@ def test_records_held_back_by_alignment_are_not_late_after_a_resume(kafka_bootst
     produce(kafka_bootstrap, slow, [_trade(id=f"s{i}", ts=i * s) for i in range(0, 20)])
     produce(kafka_bootstrap, fast, [_trade(id=f"f{i}", ts=i * s) for i in range(10, 60)])
 
-    def source() -> KafkaInput:
-        return KafkaInput(kafka_bootstrap, [slow, fast], align_skew_s=0.0, batch_size=100,
-                          time_policy=EventTimePolicy(max_lateness_ns=5 * s))
+    def source(*topics: str) -> KafkaInput:
+        # the slow partition written as it goes (a progress topic): at its end it goes on
+        # holding the fast one back where it stands, as a slow partition not yet at its
+        # end would (through one consumer, its end is seen with its last records)
+        return KafkaInput(kafka_bootstrap, list(topics),
+                          align=Alignment(0.0, progress_topics={slow: 1}),
+                          fetch=Fetch(batch_size=100), checks=RecordChecks(
+                              time_policy=EventTimePolicy(max_lateness_ns=5 * s)))
 
     def drain(part, want: int) -> list:  # type: ignore[no-untyped-def]
         got: list = []
@@ -318,8 +311,8 @@ def test_records_held_back_by_alignment_are_not_late_after_a_resume(kafka_bootst
             got.extend(part.next_batch())
         return got
 
-    src = source()
-    a, b = src.build_part("in", f"0-{slow}", None), src.build_part("in", f"0-{fast}", None)
+    parts = source(slow, fast).partitions()
+    a, b = parts[f"0-{slow}"], parts[f"0-{fast}"]
     assert [r.id for r in drain(a, 20)][-1] == "s19"   # the slow one is read to t=19
     emitted = drain(b, 10)                              # the fast one may go to t=19 only
     assert [r.id for r in emitted] == [f"f{i}" for i in range(10, 20)]
@@ -327,7 +320,7 @@ def test_records_held_back_by_alignment_are_not_late_after_a_resume(kafka_bootst
     assert state[1] == 19 * s                           # not t=59, which it fetched
     a.close()
     b.close()
-    resumed = source().build_part("in", f"0-{fast}", state)
+    resumed = source(fast).partitions({f"0-{fast}": state})[f"0-{fast}"]
     rest = drain(resumed, 40)
     resumed.close()
     assert [type(r).__name__ for r in rest] == ["Trade"] * 40
@@ -338,20 +331,22 @@ def test_records_held_back_by_alignment_are_not_late_after_a_resume(kafka_bootst
 @pytest.mark.parametrize("align_skew_s", [None, 0.0])
 def test_a_shared_consumer_reads_at_most_a_batch_per_partition_per_read(
         kafka_bootstrap, new_topic, align_skew_s) -> None:
-    """With one shared consumer and ``fair_reads``, each read takes at most ``batch_size``
+    """With ``Fetch.fair``, each read through the source's one consumer takes at most
+    ``batch_size``
     of its partition, so a 1,000-record burst on a busy topic is spread over ten or more
     reads (worker steps) instead of one. With event-time alignment, the reader held back
     does not stop the other from reading. Nothing is lost or reordered."""
     import time
 
-    from riskguard.connectors.kafka import KafkaInput
+    from riskguard.connectors.kafka import Alignment, Fetch, KafkaInput
 
     busy, quiet = new_topic(), new_topic()
     produce(kafka_bootstrap, busy, [_trade(id=f"m{i}", ts=i) for i in range(1000)])
     produce(kafka_bootstrap, quiet, [_trade(id=f"q{i}", ts=i * 100) for i in range(10)])
-    src = KafkaInput(kafka_bootstrap, [busy, quiet], batch_size=100, share_consumer=True,
-                     fair_reads=True, align_skew_s=align_skew_s)
-    a, b = src.build_part("in", f"0-{busy}", None), src.build_part("in", f"0-{quiet}", None)
+    src = KafkaInput(kafka_bootstrap, [busy, quiet], fetch=Fetch(batch_size=100, fair=True),
+                     align=None if align_skew_s is None else Alignment(align_skew_s))
+    parts = src.partitions()
+    a, b = parts[f"0-{busy}"], parts[f"0-{quiet}"]
     got_busy: list = []
     got_quiet: list = []
     sizes: list[int] = []
@@ -435,30 +430,19 @@ def test_a_latency_first_bundle_reads_one_round() -> None:
     assert bundle.snapshot() == {"a": (2, -1), "b": (1, -1)}
 
 
-def test_bundles_split_the_partitions_between_workers_as_bytewax_would() -> None:
-    """Worker w's bundle holds what bytewax would hand worker w unbundled; a resume state
-    naming a partition the bundle no longer holds stops start-up."""
+def test_a_resume_naming_a_partition_the_source_no_longer_reads_stops_start_up() -> None:
+    """A recovery state for a partition the topics no longer have (a topic dropped, or
+    fewer partitions) is a config error naming it, not silently forgotten."""
     from riskguard.connectors.kafka import KafkaInput
 
     class Listed(KafkaInput):
-        def _kafka_parts(self) -> list[str]:
-            return ["+m:000000:0000/2", "+m:000000:0001/2", "0-f", "1-f", "2-f"]
+        def kafka_parts(self) -> list[tuple[str, int]]:
+            return [("f", 0), ("f", 1)]
 
-    src = Listed("127.0.0.1:1", ["m", "f"], bundle=True)
-    held = [src.bundled_parts(w, 2) for w in range(2)]
-    assert held == [["+m:000000:0000/2", "0-f", "2-f"], ["+m:000000:0001/2", "1-f"]]
-    with pytest.raises(ConfigError, match="no longer holds"):
-        src.build_part("in", "@0001/0002", {"1-f": (5, -1), "9-f": (1, -1)})
-
-
-def test_a_bundled_source_without_the_probe_step_refuses_to_list_its_parts(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    from riskguard.connectors import placement
-    from riskguard.connectors.kafka import KafkaInput
-
-    monkeypatch.setattr(placement, "_CLUSTER", {})  # no probe step has run
-    with pytest.raises(ConfigError, match="probe"):
-        KafkaInput("127.0.0.1:1", ["t"], bundle=True).list_parts()
+    src = Listed("127.0.0.1:1", ["f"])
+    with pytest.raises(ConfigError, match="no longer reads") as err:
+        src.build_part("in", "kafka", {"1-f": (5, -1), "9-f": (1, -1)})
+    assert err.value.found == ["9-f"]
 
 
 class _Msg:
@@ -705,8 +689,7 @@ def test_the_broker_says_what_an_idle_partition_has_left_to_read(kafka_bootstrap
     topic = new_topic()
     for i in range(5):
         produce(kafka_bootstrap, topic, [_trade(id=f"r{i}", ts=i)], partition=0)
-    part = KafkaInput(kafka_bootstrap, [topic], idle_eof_s=60.0).build_part(
-        "in", f"0-{topic}", None)
+    part = KafkaInput(kafka_bootstrap, [topic], idle_eof_s=60.0).partitions()[f"0-{topic}"]
     assert part.shared.end_offsets(topic, 0) == (0, 5)
     assert part._unread_left(60 * 10**9, time.time_ns())  # nothing read yet: 5 left
     got: list = []

@@ -13,7 +13,6 @@ from riskguard.operators.exposure.limits import (
     LimitsLogic,
     LimitSpec,
     VolScaling,
-    drive,
     route_update,
 )
 from riskguard.operators.exposure.ops import Verifier, trust_verifier
@@ -31,6 +30,7 @@ from riskguard.schemas import (
     encode,
 )
 from signing_fixtures import ADMIN, AUD, ENGINE, OP1, OUTSIDER, T0, write_signed_trust
+from test_exposure_unvalued import drive
 
 from riskguard.errors import ConfigError, VerificationError
 

@@ -10,10 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from risk_flow_app import make_events
-from riskguard.connectors.placement import MarketOwners, aligned_partitions
+from riskguard.connectors.kafka import KeySplit
+from riskguard.connectors.kafka import source as kafka_source
 from riskguard.dataflows.guard import GuardConfig
 from riskguard.dataflows.guard.config import _check_tier
-from riskguard.dataflows.guard.tiers import _owned_records, _valuation_records
+from riskguard.dataflows.guard.market import (
+    MarketOwners,
+    _owned_records,
+    _valuation_records,
+)
 from riskguard.operators.exposure import (
     CounterpartyLogic,
     ExposureConfig,
@@ -208,25 +213,25 @@ def test_valuation_records_are_cut_to_size_and_keep_the_order() -> None:
     alert = RiskAlert(id="a1", kind="missing_mark", scope=Scope(kind=ScopeKind.FIRM, value="*"),
                       ts=5, severity=Severity.WARN, reason="r")
     parts = [_part(f"cp{k}", 20) for k in range(400)]
-    progress = [Progress(counterparty=f"cp{k}", ts=5, source="detect/w0@m0.s0")
+    progress = [Progress(counterparty=f"cp{k}", ts=5, source="market/0@m0.s0")
                 for k in range(400)]
     made = [progress[0], parts[0], alert, *parts[1:], *progress[1:]]
-    records = _valuation_records("detect/w0")(made)
+    records = _valuation_records("market/0")(made)
     assert len(records) > 2
     assert all(len(r) <= VALUATION_CHUNK_BYTES for r in records)
     decoded = [Codec().decode("detections", r) for r in records]
-    assert all(isinstance(v, Valuation) and v.source == "detect/w0" and v.ts == 5
+    assert all(isinstance(v, Valuation) and v.source == "market/0" and v.ts == 5
                for v in decoded)
     flat = [x for v in decoded for x in (*v.alerts, *v.parts, *v.progress)]
     assert flat == [alert, *parts, *progress]
     big = _part("big", 3000)
-    (alone,) = _valuation_records("detect/w0")([big])
+    (alone,) = _valuation_records("market/0")([big])
     assert len(alone) > VALUATION_CHUNK_BYTES
     assert Codec(topic_max_bytes={"detections": 1 << 20}).decode("detections", alone).parts == [
         big]
-    assert _valuation_records("detect/w0")([]) == []
+    assert _valuation_records("market/0")([]) == []
     with pytest.raises(KeyError):  # stage 1 makes nothing else: a bug, never dropped
-        _valuation_records("detect/w0")([alert, "stray"])
+        _valuation_records("market/0")([alert, "stray"])
 
 
 def test_the_encode_side_valuation_form_mirrors_the_schema() -> None:
@@ -241,16 +246,21 @@ def test_the_encode_side_valuation_form_mirrors_the_schema() -> None:
     assert shape(_Packed) == shape(Valuation)
 
 
-def test_owner_aligned_partitions_put_each_key_where_its_owner_reads() -> None:
-    """With owners, a record goes to a partition its market process reads
-    (``p % processes == owner``), spread over those by key; an index price to all."""
-    owners = _owners(worked_config(), 0)
-    keys = [f"{v}/{i}" for v in ("okx", "binance", "deribit")
-            for i in ("BTC-PERP", "ETH-PERP", "BTC-USDC")]
-    placed = {k: aligned_partitions(k, 6, (b"index/",), owners) for k in keys}
-    assert all(len(p) == 1 and p[0] % 2 == owners.of_key(k) for k, p in placed.items())
-    assert len({p[0] for p in placed.values()}) > 2
-    assert aligned_partitions("index/BTC-USD", 6, (b"index/",), owners) == list(range(6))
+def test_a_key_split_answers_the_same_from_its_memo_and_past_the_memo_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A market process's key split places each key by its owner, memoized per key: the
+    answers match the direct rule, also past the memo's cap."""
+    monkeypatch.setattr(kafka_source, "_PLACED_MAX", 5)
+    owners = _owners(worked_config(), 1)
+    split = KeySplit(frozenset({"m"}), owners.owns_key, shared_prefixes=(b"index/",))
+    keys = [None, b"index/BTC-USD", *(f"v{k % 4}/{('BTC', 'ETH')[k % 2]}-I{k}".encode()
+                                      for k in range(12))]
+    want = [(owners.of_key(k) == 1, k is not None and k.startswith(b"index/")) for k in keys]
+    assert {w[0] for w in want} == {True, False}
+    for _ in range(3):  # first answers, then memo hits and answers recomputed after eviction
+        assert [split.place(k) for k in keys] == want
+    assert split.place.cache_info().currsize <= 5  # type: ignore[attr-defined]
 
 
 def _guard_config(**tier: Any) -> GuardConfig:
@@ -259,8 +269,8 @@ def _guard_config(**tier: Any) -> GuardConfig:
 
 
 @pytest.mark.parametrize(("tier", "where"), [
-    ({"role": "market", "index": 2, "detect_workers": 2}, "tier.index"),
-    ({"role": "market", "detect_workers": 2, "owners": {"BTC": 3}}, "tier.owners"),
+    ({"role": "market", "index": 2, "market_processes": 2}, "tier.index"),
+    ({"role": "market", "market_processes": 2, "owners": {"BTC": 3}}, "tier.owners"),
 ])
 def test_a_market_process_that_names_no_real_process_stops_start_up(
     tier: dict[str, Any], where: str
@@ -271,10 +281,10 @@ def test_a_market_process_that_names_no_real_process_stops_start_up(
     assert err.value.path == where
 
 
-def test_a_firm_tier_fed_by_market_processes_needs_input_alignment() -> None:
-    """It reads their valuations in step (event-time alignment): without it, one
-    process's parts could be summed with another's from minutes before."""
-    cfg = _guard_config(role="firm", upstream="market", detect_workers=2)
+def test_the_firm_process_needs_input_alignment() -> None:
+    """It reads the market processes' valuations in step (event-time alignment): without
+    it, one process's parts could be summed with another's from minutes before."""
+    cfg = _guard_config(role="firm", market_processes=2)
     _check_tier(cfg)
     off = msgspec.structs.replace(cfg, input=msgspec.structs.replace(cfg.input,
                                                                      align_skew_s=None))
@@ -290,9 +300,9 @@ def _final_inputs() -> list[Any]:
 
     out: list[Any] = [None]
     for k in range(30):
-        out.append(DetectProgress(ts=10 * k, source="detect/w1"))
+        out.append(DetectProgress(ts=10 * k, source="market/1"))
         if k % 4 == 0:
-            out.append(_valuation_records("detect/w1")([_part(f"cp{k}", 2)])[0])
+            out.append(_valuation_records("market/1")([_part(f"cp{k}", 2)])[0])
     return out
 
 
@@ -303,7 +313,7 @@ def test_final_progress_logic_meets_the_contract() -> None:
     from riskguard.operators.core.end_of_input import FinalProgressLogic
 
     def build(state: Any) -> FinalProgressLogic:
-        return FinalProgressLogic("detect/w1", state)
+        return FinalProgressLogic("market/1", state)
 
     events = _final_inputs()
     for check in CHECKS:
@@ -325,10 +335,10 @@ def test_a_market_process_passes_its_detections_through_then_ends_with_a_final_p
     from riskguard.operators.core.end_of_input import FinalProgressLogic
 
     recs = _final_inputs()
-    logic = FinalProgressLogic("detect/w1")
+    logic = FinalProgressLogic("market/1")
     assert logic.on_batch(list(recs)) == recs[1:]
     (final,) = logic.on_eof()
-    assert (final.source, final.ts, final.final) == ("detect/w1", 290, True)
-    empty = FinalProgressLogic("detect/w0")
+    assert (final.source, final.ts, final.final) == ("market/1", 290, True)
+    empty = FinalProgressLogic("market/0")
     assert empty.on_event(None) == []
     assert [(p.ts, p.final) for p in empty.on_eof()] == [(0, True)]

@@ -91,9 +91,11 @@ def test_a_product_holds_every_band_setting_but_the_lists_of_levels() -> None:
     ids=["empty-match", "cap-length", "floor-above-inherited-cap"],
 )
 def test_a_bad_product_names_its_place(product: dict, path: str) -> None:
-    cfg = decode_section({"bands": {"products": [product]}}, DetectorConfig)
+    """A value its field refuses stops decoding; one that fits no other setting stops
+    validation; either names the product's key."""
     with pytest.raises(ConfigError) as info:
-        cfg.validate()
+        decode_section({"bands": {"products": [product]}}, DetectorConfig,
+                       "detector").validate()
     assert info.value.path == path
 
 

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from riskguard.connectors.subscriber import CommandSubscriber
-from riskguard.dataflows.guard.steps import _unhandled
+from riskguard.dataflows.guard.steps import unhandled_letter
 from riskguard.operators.core.clock import ManualClock
 from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, decode_envelope, sign_envelope
 from riskguard.operators.signing.operator_commands import OperatorCommandLogic
@@ -69,7 +69,7 @@ def test_a_key_not_allowed_to_resume_is_refused_with_its_reason() -> None:
 
 
 def test_a_bare_command_record_is_refused_as_unsigned() -> None:
-    out = _unhandled(command(4, action=Action.RESUME))
+    out = unhandled_letter(command(4, action=Action.RESUME))
     assert (out.reason, out.found) == ("unsigned_command", "MitigationCommand")
 
 

@@ -1,11 +1,9 @@
-"""The public API of riskguard.operators: what each package exports, the old flat module
-paths, and docs/api.md."""
+"""The public API of riskguard.operators: what each package exports, and docs/api.md."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import pkgutil
 import re
 import subprocess
@@ -19,9 +17,6 @@ import riskguard.operators
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = ("audit", "core", "detection", "exposure", "mitigation", "signing")
-# names each module had when every operator module sat directly in riskguard.operators
-# (its public definitions and its __all__), taken at commit 6a66b2b
-FLAT_NAMES = json.loads((ROOT / "tests" / "vectors" / "flat_operators_names.json").read_text())
 
 
 def _package(name: str) -> ModuleType:
@@ -101,32 +96,6 @@ def test_a_bare_import_of_riskguard_operators_gives_the_operators() -> None:
                          check=False, cwd=ROOT / "tests")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["detect_anomalies", "aggregate_exposure", "FeatureConfig"]
-
-
-@pytest.mark.parametrize("old", sorted(FLAT_NAMES))
-def test_an_old_flat_module_path_still_imports_with_every_name_it_had(old: str) -> None:
-    """riskguard.operators.<old module> imports (a moved module: as the very same module
-    object as its new path) and still has every public name it had."""
-    module = importlib.import_module(f"riskguard.operators.{old}")
-    assert [n for n in FLAT_NAMES[old] if not hasattr(module, n)] == []
-    new = riskguard.operators._OLD_PATHS.get(old)
-    if new is not None:
-        assert module is importlib.import_module(f"riskguard.operators.{new}")
-        assert sys.modules[f"riskguard.operators.{old}"] is module
-    else:  # split into a package of the same name
-        assert hasattr(module, "__path__"), old
-
-
-def test_a_new_interpreter_imports_an_old_path_first() -> None:
-    """An old path imported before anything else of riskguard (as a snapshot being
-    unpickled does) resolves."""
-    code = ("import pickle, riskguard.operators.dedup as d; "
-            "s = d.RecentIdsState(); "
-            "print(type(pickle.loads(pickle.dumps(s))).__module__)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=False, cwd=ROOT / "tests")
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "riskguard.operators.core.dedup"
 
 
 def _api_doc() -> str:

@@ -1,6 +1,6 @@
 """ops/: the JSON and YAML parse, the k8s manifests match the Kubernetes schemas, the
-Dockerfile lints clean, the alert rules pass promtool, the entrypoint builds the
-bytewax cluster arguments, and the topic plan and ACLs are what docs/operations.md
+Dockerfile lints clean, the alert rules pass promtool, the entrypoint builds a
+one-worker dataflow's arguments, and the topic plan and ACLs are what docs/operations.md
 promises."""
 
 from __future__ import annotations
@@ -112,8 +112,9 @@ def test_k8s_manifests_validate_against_the_kubernetes_schemas() -> None:
             kv.validate(d, "1.30.0", strict=True)
 
 
-def test_statefulset_wires_recovery_probes_resources_and_cluster_addresses() -> None:
-    """Per-pod recovery PVC, probes on the metrics port, requests, headless service, entrypoint."""
+def test_statefulset_wires_recovery_probes_resources_and_one_guard_process() -> None:
+    """One replica, per-pod recovery PVC, probes on the metrics port, requests, headless
+    service, entrypoint."""
     k = by_kind()
     sts = k["StatefulSet"]
     spec = sts["spec"]
@@ -123,8 +124,7 @@ def test_statefulset_wires_recovery_probes_resources_and_cluster_addresses() -> 
     assert spec["serviceName"] == k["Service"]["metadata"]["name"]
     assert k["Service"]["spec"]["clusterIP"] == "None"
     assert k["Service"]["spec"]["publishNotReadyAddresses"] is True
-    assert spec["podManagementPolicy"] == "Parallel"
-    assert env["REPLICAS"] == str(spec["replicas"])
+    assert env["REPLICAS"] == str(spec["replicas"]) == "1"
     assert env["RISKGUARD_CONFIG"] == "/etc/riskguard/guard.toml"
     assert env["BYTEWAX_DATAFLOW_API_ENABLED"] == "true"
     assert [t["metadata"]["name"] for t in spec["volumeClaimTemplates"]] == ["recovery"]
@@ -177,27 +177,25 @@ def test_network_policy_and_pdb_select_the_guard_pods() -> None:
     assert k["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 0
 
 
-def test_entrypoint_builds_process_id_addresses_and_one_recovery_partition(tmp_path: Path) -> None:
-    """riskguard-2 of 3: -i 2, three stable hostnames, and only part-2 kept on its volume."""
+def test_entrypoint_runs_one_worker_with_one_recovery_partition(tmp_path: Path) -> None:
+    """riskguard-0 of 1: a 1-worker dataflow (no -w/-i/-a) recovering from part-0 on its
+    own volume; a volume that lost its partition stops the start."""
     rec = tmp_path / "rec"
-    env = {**os.environ, "POD_NAME": "riskguard-2", "REPLICAS": "3", "RISKGUARD_CONFIG": "/c",
-           "HEADLESS_SERVICE": "riskguard-headless", "POD_NAMESPACE": "riskguard",
+    env = {**os.environ, "POD_NAME": "riskguard-0", "REPLICAS": "1", "RISKGUARD_CONFIG": "/c",
            "RECOVERY_DIR": str(rec), "PYTHON": sys.executable,
            "RISKGUARD_ENTRYPOINT_DRY_RUN": "1", "TMPDIR": str(tmp_path)}
     out = subprocess.run(["sh", str(OPS / "k8s" / "entrypoint.sh")], env=env,
                          capture_output=True, text=True, check=True).stdout.split()
-    assert out[:4] == [sys.executable, "-m", "bytewax.run", "riskguard.dataflows.guard"]
-    args = dict(zip(out[4::2], out[5::2], strict=True))
-    assert args["-i"] == "2"
-    assert args["-w"] == "2"
-    assert args["-a"] == ";".join(
-        f"riskguard-{i}.riskguard-headless.riskguard.svc:2101" for i in range(3))
+    assert out[0] == "RISKGUARD_TIER_INDEX=0"
+    assert out[1:5] == [sys.executable, "-m", "bytewax.run", "riskguard.dataflows.guard"]
+    args = dict(zip(out[5::2], out[6::2], strict=True))
+    assert set(args) == {"-r", "-s", "-b"}
     assert args["-r"] == str(rec)
-    assert sorted(p.name for p in rec.glob("part-*")) == ["part-2.sqlite3"]
+    assert sorted(p.name for p in rec.glob("part-*")) == ["part-0.sqlite3"]
     again = subprocess.run(["sh", str(OPS / "k8s" / "entrypoint.sh")], env=env,
                            capture_output=True, text=True, check=True)
     assert again.returncode == 0
-    (rec / "part-2.sqlite3").unlink()
+    (rec / "part-0.sqlite3").unlink()
     lost = subprocess.run(["sh", str(OPS / "k8s" / "entrypoint.sh")], env=env,
                           capture_output=True, text=True, check=False)
     assert lost.returncode == 3
@@ -289,7 +287,7 @@ MARKET_TIER = OPS / "k8s" / "market-tier" / "statefulsets.yaml"
 
 
 def test_market_tier_manifests_run_independent_processes_with_their_own_configs() -> None:
-    """The market tier's StatefulSets (an alternative to the cluster's) validate, select
+    """The market tier's StatefulSets (an alternative to the one guard's) validate, select
     only their own pods, run one 1-worker dataflow per pod from their tier's config in
     the shared ConfigMap, agree with it on the number of market processes, and do not
     give market processes the signing key."""
@@ -310,7 +308,7 @@ def test_market_tier_manifests_run_independent_processes_with_their_own_configs(
         assert labels["app.kubernetes.io/component"] == name.split("-")[1]
         (c,) = spec["template"]["spec"]["containers"]
         env = {e["name"]: e.get("value") for e in c["env"]}
-        assert (env["INDEPENDENT"], env["REPLICAS"]) == ("1", str(spec["replicas"]))
+        assert env["REPLICAS"] == str(spec["replicas"])
         key = env["RISKGUARD_CONFIG"].removeprefix("/etc/riskguard/")
         configs[name] = tomllib.loads(data[key])["tier"]
         items = spec["template"]["spec"]["volumes"][1]["projected"]["sources"][0]["secret"]
@@ -318,19 +316,18 @@ def test_market_tier_manifests_run_independent_processes_with_their_own_configs(
         assert ("signing.pem" in keys) == (name == "riskguard-firm")
     market = sets["riskguard-market"]["spec"]["replicas"]
     assert configs["riskguard-market"]["role"] == "market"
-    assert configs["riskguard-firm"] == {"role": "firm", "upstream": "market",
-                                         "detect_workers": market}
-    assert configs["riskguard-market"]["detect_workers"] == market
+    assert configs["riskguard-firm"] == {"role": "firm", "market_processes": market}
+    assert configs["riskguard-market"]["market_processes"] == market
 
 
 def test_entrypoint_starts_an_independent_market_process_with_its_ordinal_as_index(
     tmp_path: Path
 ) -> None:
-    """INDEPENDENT=1: riskguard-market-1 runs one 1-worker dataflow (no -w/-i/-a), tier
-    index 1, and keeps a single recovery partition of its own (part-0)."""
+    """riskguard-market-1 runs one 1-worker dataflow (no -w/-i/-a), tier index 1, and
+    keeps a single recovery partition of its own (part-0)."""
     rec = tmp_path / "rec"
     env = {**os.environ, "POD_NAME": "riskguard-market-1", "REPLICAS": "2",
-           "RISKGUARD_CONFIG": "/c", "INDEPENDENT": "1", "RECOVERY_DIR": str(rec),
+           "RISKGUARD_CONFIG": "/c", "RECOVERY_DIR": str(rec),
            "PYTHON": sys.executable, "RISKGUARD_ENTRYPOINT_DRY_RUN": "1",
            "TMPDIR": str(tmp_path)}
     out = subprocess.run(["sh", str(OPS / "k8s" / "entrypoint.sh")], env=env,
@@ -348,7 +345,7 @@ REPLICAS = OPS / "k8s" / "replicas" / "statefulsets.yaml"
 def test_replica_manifests_pin_each_replica_to_its_zone_with_its_own_key_and_id(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The replicas' StatefulSets (an alternative to the cluster's) validate; each runs one
+    """The replicas' StatefulSets (an alternative to the one guard's) validate; each runs one
     1-worker dataflow in its own zone, with its own signing-key Secret and replica id,
     from the one shared config, which gives each its own issuer and the same config
     hash; the watch reads that config and signs nothing."""
@@ -369,7 +366,7 @@ def test_replica_manifests_pin_each_replica_to_its_zone_with_its_own_key_and_id(
         spec = found[f"riskguard-replica-{rid}"]["spec"]["template"]["spec"]
         (c,) = spec["containers"]
         env = {e["name"]: e.get("value") for e in c["env"]}
-        assert (env["INDEPENDENT"], env["RISKGUARD_REPLICA_ID"]) == ("1", rid)
+        assert env["RISKGUARD_REPLICA_ID"] == rid
         zone = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         (term,) = zone["nodeSelectorTerms"][0]["matchExpressions"]
         secret = spec["volumes"][1]["projected"]["sources"][0]["secret"]

@@ -54,7 +54,7 @@ def test_wheel_imports_cleanly_in_a_fresh_virtualenv(tmp_path: Path) -> None:
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     code = (
         "import riskguard, riskguard.schemas, riskguard.connectors.kafka, "
-        "riskguard.operators.core.base, riskguard.operators.base, "
+        "riskguard.operators.core.base, riskguard.operators.core.snapshot, "
         "riskguard.dataflows.passthrough, riskguard.cli; "
         "assert 'site-packages' in riskguard.schemas.__file__ and str(riskguard.schemas.__file__)"
         ".startswith(" + repr(str(site)) + "); "

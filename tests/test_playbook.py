@@ -420,11 +420,12 @@ def test_unexpected_inputs_become_dead_letters() -> None:
 
 def test_config_errors_name_the_key_path() -> None:
     """Bad playbook values raise ConfigError naming where they are."""
-    with pytest.raises(ConfigError, match=r"playbook\.rules\[0\]\.ladder\[1\]\.params\.bps"):
+    with pytest.raises(ConfigError, match=r"playbook\.rules\[0\]\.ladder\[1\]\.params: "
+                                          r"widen_quotes: param 'bps'"):
         PlaybookConfig(rules=(Rule(name="x", signal="anomaly", ladder=(
             Rung(action=A), Rung(action=Action.WIDEN_QUOTES, params={"bps": -5.0}))),))
-    with pytest.raises(ConfigError, match=r"playbook\.rules\[0\]\.ladder\[0\]\.params"
-                                          r"\.hedge_instrument: is required"):
+    with pytest.raises(ConfigError, match=r"playbook\.rules\[0\]\.ladder\[0\]\.params: "
+                                          r"hedge_delta: param 'hedge_instrument' is required"):
         PlaybookConfig(rules=(Rule(name="x", signal="anomaly", ladder=(
             Rung(action=Action.HEDGE_DELTA, params={"target_delta": 0.0}),)),))
     with pytest.raises(ConfigError, match=r"playbook\.rules\[1\]\.name"):
@@ -447,7 +448,7 @@ def test_default_playbook_toml_decodes_and_runs() -> None:
     assert [(c.action.value, c.params.get("targets")) for c in out] == [
         ("reroute_order_flow", ["binance", "deribit"])]
     bad = {**data, "rules": [{**data["rules"][0], "ladder": [{"action": "explode"}]}]}
-    with pytest.raises(ConfigError, match=r"playbook\.rules\.0\.ladder\.0\.action"):
+    with pytest.raises(ConfigError, match=r"playbook\.rules\[0\]\.ladder\[0\]\.action"):
         decode_section(bad, PlaybookConfig, "playbook")
 
 

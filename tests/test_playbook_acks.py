@@ -194,14 +194,6 @@ def test_without_executors_nothing_is_awaited() -> None:
     assert logic.state.acks.awaited == {}
 
 
-def test_a_snapshot_from_before_acks_were_tracked_resumes() -> None:
-    logic, _clock, _halt = halted()
-    state = logic.snapshot()
-    del state.__dict__["acks"]
-    resumed = PlaybookLogic(config(), lambda: 0, state)
-    assert resumed.state.acks.awaited == {}
-
-
 @pytest.mark.parametrize(("table", "path"), [
     ({"timeout_s": 0}, "playbook.acks.timeout_s"),
     ({"executors": ["oms", "oms"]}, "playbook.acks.executors"),

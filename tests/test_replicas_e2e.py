@@ -17,8 +17,7 @@ import msgspec
 import pytest
 from confluent_kafka import Producer
 from riskguard.connectors.broker import DevBroker
-from riskguard.connectors.settings import KafkaSettings
-from riskguard.connectors.topics import create_topics, topic_name
+from riskguard.connectors.topics import TopicsConfig, create_topics, topic_name, topic_specs
 from riskguard.dataflows.demo import (
     ISSUER,
     PreparedRun,
@@ -32,8 +31,6 @@ from riskguard.dataflows.demo_scenario import build_scenario
 from riskguard.operators.signing.crypto import decode_envelope
 from riskguard.schemas import Fill, MitigationCommand, encode
 
-from riskguard.cli_topics import topic_specs
-from riskguard.config import CommonConfig, TopicsConfig
 from tests.kafka_helpers import consume_all
 from tests.test_guard_e2e import SOFT, _assert_never_twice, _assert_scenario, _finish
 
@@ -176,9 +173,8 @@ def test_the_replica_that_was_ahead_killed_and_resumed_executes_nothing_twice(
 def _publish_partial(bootstrap: str, run: PreparedRun, drop: Callable[[Any], bool]) -> int:
     """The run's scenario on another cluster's input topics, without what ``drop`` picks
     (a mirrored copy that lost records); the count dropped."""
-    create_topics({"bootstrap.servers": bootstrap}, topic_specs(CommonConfig(
-        env=run.env, kafka=KafkaSettings(bootstrap=bootstrap),
-        topics=TopicsConfig(default_partitions=2))))
+    create_topics({"bootstrap.servers": bootstrap}, topic_specs(
+        run.env, TopicsConfig(default_partitions=2)))
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
     dropped = 0
     for rec in build_scenario(run.start_ns).events:

@@ -90,12 +90,12 @@ def test_replay_audit_log_runbook(tmp_path: Path) -> None:
 
 
 def test_lost_recovery_directory_runbook(tmp_path: Path) -> None:
-    """The entrypoint refuses a half-lost set; a fresh consistent set has one part per pod."""
+    """The entrypoint refuses a volume that lost its partition; a fresh market tier has one
+    partition of its own per process."""
     ran = run_all("lost-recovery-directory.md", tmp_path, {})
     assert len(ran) == 2
-    for n in range(3):
-        assert sorted(p.name for p in (tmp_path / f"rec-{n}").glob("part-*")) == [
-            f"part-{n}.sqlite3"]
+    for name in ("rec-market-0", "rec-market-1", "rec-firm"):
+        assert sorted(p.name for p in (tmp_path / name).glob("part-*")) == ["part-0.sqlite3"]
 
 
 def test_firm_wide_halt_runbook(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from riskguard.connectors.feeds.exchanges import CHANNELS, ExchangeSpec, check_c
 from riskguard.connectors.feeds.health import ConnectionSeen, VenueHealth
 from riskguard.connectors.feeds.mapping import FeedMapper
 from riskguard.connectors.publish import route
-from riskguard.dataflows.guard.config import STREAM_TYPES
+from riskguard.connectors.topics import STREAM_TYPES
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import tag_of
 from riskguard.schemas.market import VenueState

@@ -34,6 +34,7 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from riskguard.operators.core.snapshot import persisted
 from riskguard.schemas.market import VenueState, VenueStatus
 
 
@@ -51,6 +52,7 @@ class ConnectionSeen:
     opened_ns: int | None = None
 
 
+@persisted("riskguard.venue_health")
 @dataclass
 class HealthState:
     """What :class:`VenueHealth` remembers between heartbeats; plain data."""

@@ -15,15 +15,15 @@ from riskguard.schemas.audit import DeadLetter
 
 from riskguard.errors import BrokerError
 
-_STARTS = {"earliest": OFFSET_BEGINNING, "latest": OFFSET_END}
-_IDLE_BACKOFF = timedelta(milliseconds=2)
+STARTS = {"earliest": OFFSET_BEGINNING, "latest": OFFSET_END}
+IDLE_BACKOFF = timedelta(milliseconds=2)
 # an idle bundle with one consumer waits this long in librdkafka for its next message
-# (it returns at once when one arrives) instead of polling every _IDLE_BACKOFF
-_IDLE_WAIT_S = 0.005
+# (it returns at once when one arrives) instead of polling every IDLE_BACKOFF
+IDLE_WAIT_S = 0.005
 # an idle partition with messages left before its end: how often to ask the broker again,
 # and after how many idle periods to end it anyway
-_RECHECK_NS = 250_000_000
-_IDLE_PATIENCE = 5
+RECHECK_NS = 250_000_000
+IDLE_PATIENCE = 5
 
 
 class _Stamp(msgspec.Struct):
@@ -35,28 +35,28 @@ class _Stamp(msgspec.Struct):
 _read_stamp = msgspec.json.Decoder(_Stamp).decode
 
 
-_NO_TS = -(1 << 63)  # below any alignment limit: such records never wait
+NO_TS = -(1 << 63)  # below any alignment limit: such records never wait
 
 
-def _event_times(recs: list[Any]) -> list[int]:
-    """Each record's ``ts`` for alignment; ``_NO_TS`` for a dead letter or a record
+def event_times(recs: list[Any]) -> list[int]:
+    """Each record's ``ts`` for alignment; ``NO_TS`` for a dead letter or a record
     without one.
 
     >>> from riskguard.schemas import DeadLetter, IndexPrice
     >>> ix = IndexPrice(id="i", venue="index", instrument="BTC-USD", ts=7, price=1.0)
     >>> dl = DeadLetter(topic="t", ts=9, reason="malformed")
-    >>> _event_times([ix, dl]) == [7, _NO_TS]
+    >>> event_times([ix, dl]) == [7, NO_TS]
     True
     """
     dead = DeadLetter
-    return [_NO_TS if type(r) is dead or (t := getattr(r, "ts", None)) is None else t
+    return [NO_TS if type(r) is dead or (t := getattr(r, "ts", None)) is None else t
             for r in recs]
 
 
-def _stamp_of(value: bytes | None) -> int:
+def stamp_of(value: bytes | None) -> int:
     """The ``ts`` of an undecoded message value, or -1 if it has none.
 
-    >>> _stamp_of(b'{"type": "trade", "ts": 42, "price": 1.0}'), _stamp_of(b"not json")
+    >>> stamp_of(b'{"type": "trade", "ts": 42, "price": 1.0}'), stamp_of(b"not json")
     (42, -1)
     """
     try:
@@ -168,8 +168,7 @@ class SharedConsumer:
     partition, so they stay bounded however far behind the busy topics are; a reader
     held back by alignment does not drain, and its list does not count (it is bounded
     by the skew), so alignment cannot starve the partition it waits for. The cost is
-    throughput on a backlog (a replay): more, smaller steps (measured, 8 scenario copies:
-    the guard's 1-worker replay rate fell from 52-72k to about 41k events/s).
+    throughput on a backlog (a replay): more, smaller steps.
 
     No pause/resume: resuming a partition discards what was prefetched.
     """
@@ -304,7 +303,7 @@ class SharedConsumer:
                 self._consumer = None
 
 
-_LAG_EVERY_NS = 5_000_000_000
+LAG_EVERY_NS = 5_000_000_000
 
 
 def consumer_lag(offset: int, lo: int | None, hi: int | None) -> int | None:

@@ -16,9 +16,6 @@ from bytewax.dataflow import Stream, operator
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import Producer
 from riskguard.connectors.kafka.consumer import list_partitions
-from riskguard.connectors.placement import (
-    worker_of_thread,
-)
 from riskguard.connectors.settings import KafkaSettings, as_settings
 from riskguard.operators.core.metrics import (
     DELIVERY_ERRORS,
@@ -26,7 +23,7 @@ from riskguard.operators.core.metrics import (
 )
 from riskguard.schemas.codec import encode
 
-from riskguard.errors import ConfigError, DeliveryError
+from riskguard.errors import DeliveryError
 
 # Topics whose sink has raised in this process: once one has, the flow is failing.
 _FAILED_SINKS: set[str] = set()
@@ -100,22 +97,16 @@ class _SinkPartition(StatefulSinkPartition[tuple[bytes | None, bytes], None]):
 
 
 class KafkaOutput(FixedPartitionedSink[tuple[bytes | None, bytes], None]):
-    """Delivery-checked Kafka sink; one bytewax partition per Kafka partition.
+    """Delivery-checked Kafka sink, written by the one worker of its dataflow.
 
     Items are ``(route_key, (kafka_key, value_bytes))``; :func:`kafka_output`
-    builds them. ``delivery_timeout_s`` bounds how long librdkafka retries a
-    message before reporting it failed.
-
-    ``worker_local``: one bytewax partition per worker instead, and every
-    item is written by the worker that made it, librdkafka choosing the Kafka
-    partition from the Kafka key. Nothing is pickled to another process to be
-    written; a key's messages stay in order as long as one worker makes them
-    all (true of every keyed output of the guard). Needs the ``workers`` probe
-    step (:func:`kafka_input` always adds it).
+    builds them. librdkafka chooses each message's Kafka partition from its Kafka key,
+    so a key's messages stay in order. ``delivery_timeout_s`` bounds how long librdkafka
+    retries a message before reporting it failed.
 
     ``partition``: every item goes to this Kafka partition (modulo the topic's count):
     a market process writes the ``detections`` partition of its index, which the firm
-    tier knows to align on (``KafkaInput(progress_topics=...)``).
+    process knows to align on (``Alignment(progress_topics=...)``).
     """
 
     def __init__(
@@ -126,12 +117,9 @@ class KafkaOutput(FixedPartitionedSink[tuple[bytes | None, bytes], None]):
         delivery_timeout_s: float = 30.0,
         linger_ms: int = 5,
         flush_timeout_s: float | None = None,
-        worker_local: bool = False,
         partition: int | None = None,
     ) -> None:
-        self.worker_local = worker_local
         self.partition = partition
-        self._part_index: int | None = None  # the fixed partition's place in list_parts
         self.settings = as_settings(brokers)
         self.topic = topic
         self.delivery_timeout_s = delivery_timeout_s
@@ -139,29 +127,7 @@ class KafkaOutput(FixedPartitionedSink[tuple[bytes | None, bytes], None]):
         self.flush_timeout_s = flush_timeout_s or delivery_timeout_s + 5.0
 
     def list_parts(self) -> list[str]:
-        if self.worker_local:  # only this worker's own part: bytewax makes it its primary
-            return [f"w{self._this_worker():04d}"]
-        return [str(i) for i in list_partitions(self.settings, self.topic)]
-
-    def part_fn(self, item_key: str) -> int:
-        """Worker-local: the calling worker's part (the parts sort by worker index); with a
-        fixed ``partition``, that partition's part."""
-        if self.worker_local:
-            return self._this_worker()
-        if self.partition is not None:
-            if self._part_index is None:
-                names = sorted(self.list_parts())  # bytewax indexes its parts in name order
-                self._part_index = names.index(str(self.partition % len(names)))
-            return self._part_index
-        return super().part_fn(item_key)
-
-    def _this_worker(self) -> int:
-        where = worker_of_thread()
-        if where is None:
-            msg = ("a worker-local Kafka sink needs the 'workers' probe step before it "
-                   "(kafka_input always adds it)")
-            raise ConfigError("kafka_output.worker_local", msg, self.topic)
-        return where[0]
+        return ["kafka"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _SinkPartition:
         _FAILED_SINKS.clear()  # a new execution starts healthy
@@ -173,7 +139,9 @@ class KafkaOutput(FixedPartitionedSink[tuple[bytes | None, bytes], None]):
             "message.timeout.ms": int(self.delivery_timeout_s * 1000),
             "linger.ms": self.linger_ms,
         })
-        idx = -1 if for_part.startswith("w") else int(for_part)
+        idx = -1  # librdkafka's partitioner picks by key
+        if self.partition is not None:
+            idx = self.partition % len(list_partitions(self.settings, self.topic))
         return _SinkPartition(config, self.topic, idx, self.flush_timeout_s)
 
 

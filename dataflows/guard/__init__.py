@@ -14,36 +14,37 @@ Wiring (:func:`guard_core`, in :mod:`~riskguard.dataflows.guard.core`)::
 
 Run it with ``riskguard run --config guard.toml`` or
 ``RISKGUARD_CONFIG=guard.toml python -m bytewax.run riskguard.dataflows.guard``
-(add ``-w``/``-p``/``-i -a`` and ``-r`` for recovery). Every parameter comes
-from that one TOML file; ``dataflows/guard.example.toml`` documents them.
+(add ``-r`` for recovery). Every parameter comes from that one TOML file;
+``dataflows/guard.example.toml`` documents them.
 
 - :mod:`~riskguard.dataflows.guard.config`: :class:`GuardConfig` and its loading;
 - :mod:`~riskguard.dataflows.guard.core`: :func:`guard_core`, the whole guard;
 - :mod:`~riskguard.dataflows.guard.steps`: the steps the core is built from;
-- :mod:`~riskguard.dataflows.guard.tiers`: the detect tier and market processes that
-  feed a firm tier (``tier.role``);
-- :mod:`~riskguard.dataflows.guard.kafka_io`: the Kafka source per tier and placement;
+- :mod:`~riskguard.dataflows.guard.market`: the market processes that feed the firm
+  process (``tier.role``);
+- :mod:`~riskguard.dataflows.guard.kafka_io`: the Kafka source of each process;
 - :mod:`~riskguard.dataflows.guard.live`: :func:`build_flow`, the live dataflow of any
-  tier, and :func:`from_env` behind ``python -m bytewax.run``.
+  process, and :func:`from_env` behind ``python -m bytewax.run``.
 """
 
 from typing import Any
 
 from bytewax.dataflow import Dataflow
-from riskguard.dataflows.guard.config import (
-    DETECT_STREAMS,
+from riskguard.connectors.topics import (
     DETECTED,
     DETECTIONS,
-    FIRM_OF_MARKET_STREAMS,
+    FIRM_STREAMS,
     HANDLED,
     INPUT_STREAMS,
     MARKET,
     MARKET_STREAMS,
+    STREAM_TYPES,
+    TRADING,
+)
+from riskguard.dataflows.guard.config import (
     NS,
     REPLICA_ID_ENV,
-    STREAM_TYPES,
     TIER_INDEX_ENV,
-    TRADING,
     GuardConfig,
     InputConfig,
     KeysConfig,
@@ -64,16 +65,16 @@ from riskguard.dataflows.guard.live import (
     build_flow,
     from_env,
 )
+from riskguard.dataflows.guard.market import (
+    MarketOut,
+    MarketOwners,
+    market_core,
+    market_owners,
+    market_source,
+)
 from riskguard.dataflows.guard.steps import (
     MarkFilter,
     is_broadcast,
-)
-from riskguard.dataflows.guard.tiers import (
-    DetectOut,
-    MarketOut,
-    detect_core,
-    market_core,
-    market_owners,
 )
 
 
@@ -89,8 +90,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "DETECTED",
     "DETECTIONS",
-    "DETECT_STREAMS",
-    "FIRM_OF_MARKET_STREAMS",
+    "FIRM_STREAMS",
     "HANDLED",
     "INPUT_STREAMS",
     "MARKET",
@@ -100,17 +100,16 @@ __all__ = [
     "STREAM_TYPES",
     "TIER_INDEX_ENV",
     "TRADING",
-    "DetectOut",
     "GuardConfig",
     "GuardOut",
     "InputConfig",
     "KeysConfig",
     "MarkFilter",
     "MarketOut",
+    "MarketOwners",
     "TierConfig",
     "apply_gc_policy",
     "build_flow",
-    "detect_core",
     "exposures_key",
     "from_env",
     "guard_core",
@@ -119,5 +118,6 @@ __all__ = [
     "load_keys",
     "market_core",
     "market_owners",
+    "market_source",
     "price_key_prefixes",
 ]

@@ -1,18 +1,16 @@
 """The guard's configuration: one TOML file, its checks, the keys it names, and the
-stream and record types each tier reads; also the process's garbage-collector policy."""
+stream and record types each process reads; also the process's garbage-collector policy."""
 
 from __future__ import annotations
 
 import gc
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
 from riskguard.connectors.topics import topic_name
 from riskguard.operators.audit import AuditConfig
-from riskguard.operators.core.clock import TICK_IDLE_NS
 from riskguard.operators.detection.features import (
     FeatureConfig,
 )
@@ -24,26 +22,6 @@ from riskguard.operators.mitigation.playbook import PlaybookConfig
 from riskguard.operators.signing import SignConfig
 from riskguard.operators.signing.crypto import Signer
 from riskguard.operators.signing.trust import RootSet, TrustStore
-from riskguard.schemas import (
-    AnomalySignal,
-    Balance,
-    Bar,
-    BookDepth,
-    DetectProgress,
-    Fill,
-    FundingRate,
-    IndexPrice,
-    OpenInterest,
-    OpenOrders,
-    OptionQuote,
-    PositionSnapshot,
-    PremiumIndexBar,
-    Quote,
-    SignedEnvelope,
-    Trade,
-    Valuation,
-    VenueStatus,
-)
 
 from riskguard.config import (
     CommonConfig,
@@ -53,36 +31,16 @@ from riskguard.config import (
     read_toml,
 )
 from riskguard.errors import ConfigError
+from riskguard.validation import (
+    NonNegative,
+    NonNegativeInt,
+    PositiveFinite,
+    PositiveInt,
+    check_declared,
+)
 
 NS = 1_000_000_000
-MARKET = (Trade, Quote, Bar, BookDepth, OptionQuote, IndexPrice, FundingRate, OpenInterest,
-          PremiumIndexBar)
-TRADING = (Fill, PositionSnapshot, Balance, OpenOrders)
-# Everything the guard core consumes; any other record type (a bare, unsigned command
-# included) is a dead letter.
-HANDLED = (*MARKET, VenueStatus, *TRADING, SignedEnvelope)
-INPUT_STREAMS = ("market", "venue_status", "fills", "positions", "balances", "limit_updates",
-                 "acks")
-# What the detect tier reads, and the topic it writes for the firm tier
-DETECT_STREAMS = ("market", "venue_status")
-DETECTIONS = "detections"
-DETECTED = (AnomalySignal, DetectProgress, Valuation)
-# What a market process reads (the market topic split by underlying, the others whole),
-# and what a firm tier fed by market processes reads
-MARKET_STREAMS = ("market", "venue_status", "fills", "positions", "balances")
-FIRM_OF_MARKET_STREAMS = ("venue_status", "limit_updates", "acks", DETECTIONS)
-# What each input topic may carry: any other record on it is a wrong_topic dead letter
-# (whoever may write market data must not move positions, nor sign anything)
-STREAM_TYPES: dict[str, tuple[type, ...]] = {
-    "market": MARKET,
-    "venue_status": (VenueStatus,),
-    "fills": (Fill,),
-    "positions": (PositionSnapshot,),
-    "balances": (Balance, OpenOrders),
-    "limit_updates": (SignedEnvelope,),
-    "acks": (SignedEnvelope,),  # executors' signed acks (their payload type says so)
-    DETECTIONS: DETECTED,
-}
+ReplicaName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
 
 
 class ReplicaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -99,15 +57,13 @@ class ReplicaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     ``$RISKGUARD_REPLICA_ID`` (ops/k8s/replicas/).
     """
 
-    id: str = ""
-    peers: tuple[str, ...] = ()
+    id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{0,32}$")] = ""
+    peers: tuple[ReplicaName, ...] = ()
     issuers: dict[str, str] = {}
 
     def validate(self, path: str = "replica") -> None:
-        for i, name in enumerate((self.id, *self.peers)):
-            if (name or i) and not _REPLICA_NAME.fullmatch(name):
-                where = f"{path}.id" if i == 0 else f"{path}.peers"
-                raise ConfigError(where, "a name of 1-32 [A-Za-z0-9_-]", name)
+        """Raise ``ConfigError`` naming the key of the first bad value."""
+        check_declared(self, path)
         if self.peers and not self.id:
             raise ConfigError(f"{path}.id", "this replica's id, one of the peers (or "
                               f"${REPLICA_ID_ENV})", self.id)
@@ -125,68 +81,49 @@ class ReplicaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
                                   "replica", dict(self.issuers))
 
 
-_REPLICA_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
 # Sections that say where this process connects and which key it signs with, not what
 # it decides: replicas of one guard differ there and share the rest of the hash.
 _NOT_DECIDING = ("keys", "replica", "kafka")
 
 
 class TierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Which part of the guard this process runs (docs/scaling.md: "Two tiers" and "The
-    market tier").
+    """Which part of the guard this process runs (docs/scaling.md, "The market tier").
 
-    ``whole`` runs everything. ``detect`` runs feed selection, features and
-    anomaly detection over the market and venue-status topics and writes the
-    anomaly signals, with its event-time progress, to the ``detections`` topic.
-    ``firm`` runs everything else (feed selection again for the marks, the feed
-    monitor, exposure, limits, playbook, signing, audit) and takes its anomaly
-    signals from that topic. Each tier is its own dataflow: on 2 cores, one of
-    each runs where one whole guard would, with nothing exchanged between
-    processes but the few signals.
-
-    ``market`` is a detect tier that also values positions (exposure stage 1), for
-    the underlyings it owns: ``detect_workers`` market processes, each its own
-    one-worker dataflow (``index`` 0, 1, ...), split the market, fill, position,
-    balance and orders records by underlying (``owners``, else a hash) and write their
-    signals and valuation parts to ``detections``; a ``firm`` tier with ``upstream =
-    "market"`` sums the parts into exposures and runs limits, the feed monitor, the
-    playbook, signing and the audit, and reads no market or trading topic.
+    ``whole`` runs everything, in one worker. The market tier splits the guard into
+    ``market_processes`` market processes and one firm process, each its own
+    one-worker dataflow. A ``market`` process (``index`` 0, 1, ...) owns whole
+    underlyings (``owners``, else a hash): it reads the market, fill, position, balance
+    and orders records of its underlyings, runs feed selection and anomaly detection on
+    them, values their positions (exposure stage 1), and writes its signals, valuation
+    parts and progress to the ``detections`` topic. The ``firm`` process sums the parts
+    into exposures and runs limits, the feed monitor, the playbook, signing and the
+    audit; it reads no market or trading topic.
     """
 
-    role: Literal["whole", "detect", "firm", "market"] = "whole"
-    # firm: the detect tier's worker count (or, upstream = "market", how many market
-    # processes); its clock waits for each one's progress. market: how many market
-    # processes there are (each is detect worker detect/w<index>)
-    detect_workers: Annotated[int, msgspec.Meta(ge=1)] = 1
-    # market: this process's index, 0 <= index < detect_workers
+    role: Literal["whole", "market", "firm"] = "whole"
+    # market and firm: how many market processes there are; the firm's clock waits for
+    # each one's progress
+    market_processes: Annotated[int, msgspec.Meta(ge=1)] = 1
+    # market: this process's index, 0 <= index < market_processes
     index: Annotated[int, msgspec.Meta(ge=0)] = 0
     # market: the market process that owns an underlying; any other underlying goes to
-    # crc32(name) % detect_workers (balance the load: a few underlyings carry most data)
+    # crc32(name) % market_processes (balance the load: a few underlyings carry most data)
     owners: dict[str, int] = {}
-    # firm: what feeds it: "detect" (anomaly signals; it reads market data itself) or
-    # "market" (signals and valuation parts; it reads no market or trading topic)
-    upstream: Literal["detect", "market"] = "detect"
-    # firm: how many anomaly ids it remembers, to drop those a resumed detect tier
+    # firm: how many signal ids it remembers, to drop those a resumed market process
     # sends again
     recent_ids: Annotated[int, msgspec.Meta(ge=1)] = 65_536
-    # firm: a detect worker without progress this long (processing time) while the
-    # firm's time moves past it raises a critical detect_silent alert. At most
-    # TICK_IDLE_NS (10 s): after that the firm's clock stops waiting for the worker, and
-    # a longer silent_s would let the firm run on without its signals, unalerted
-    silent_s: Annotated[float, msgspec.Meta(gt=0, le=TICK_IDLE_NS / NS)] = 10.0
 
 
 class InputConfig(msgspec.Struct, frozen=True, kw_only=True):
     """How the guard reads its topics."""
 
-    starting_offset: str = "earliest"
-    idle_eof_s: float | None = None
-    max_lateness_ns: int = 10 * NS
-    max_future_skew_ns: int = 5 * NS
+    starting_offset: Literal["earliest", "latest"] = "earliest"
+    idle_eof_s: PositiveFinite | None = None
+    max_lateness_ns: NonNegativeInt = 10 * NS
+    max_future_skew_ns: NonNegativeInt = 5 * NS
     check_future: bool = True
-    batch_size: int = 1000
-    align_skew_s: float | None = 2.0
-    share_consumer: bool = True
+    batch_size: PositiveInt = 1000
+    align_skew_s: NonNegative | None = 2.0
     # Live, latency first: each read takes at most batch_size per partition, so a fill
     # is not processed behind a whole market-data burst (costs replay throughput).
     fair_reads: bool = False
@@ -194,24 +131,6 @@ class InputConfig(msgspec.Struct, frozen=True, kw_only=True):
     # detection-to-command latency and the venue-latency feature). Turn it off to replay
     # historical data through the live path: old events would look days late.
     stamp_recv_ts: bool = True
-    # Each worker reads the whole market topic and keeps the records whose Kafka key
-    # (``venue/instrument``) bytewax routes to it, plus its own copy of every index and
-    # oracle price and venue heartbeat, which it fans out to its own keys only: market
-    # data never crosses processes, and each process sees its inputs in one event-time
-    # order. See docs/scaling.md.
-    split_market_by_key: bool = True
-    # The market topic is produced with riskguard.connectors.placement.aligned_partitions
-    # (partitions a multiple of the worker count; index and oracle prices to every
-    # partition): each worker reads only its own partitions, whose keys all route to it,
-    # so market data is fetched once, never crosses processes, and each process still
-    # has its own copy of every index price and heartbeat. Takes precedence over
-    # split_market_by_key. See docs/scaling.md.
-    aligned_market: bool = False
-    # One bytewax source partition per worker, holding all of its Kafka partitions, read
-    # into batches of up to batch_size per partition: every step pays per batch, and on a
-    # backlog alignment cuts the per-partition reads small. Renames the source
-    # partitions (a recovery store made with the other setting must be re-initialised).
-    bundle_partitions: bool = True
     # The longest a fetch waits at the broker for data (librdkafka ``fetch.wait.max.ms``).
     # Short keeps a hop's latency low on the dev broker, which ends a waiting fetch only
     # at this time, not when data arrives; but every consumer that has caught up then
@@ -249,11 +168,11 @@ class GuardConfig(CommonConfig, frozen=True, kw_only=True, forbid_unknown_fields
     audit: AuditConfig = AuditConfig()
     tier: TierConfig = TierConfig()
     replica: ReplicaConfig = ReplicaConfig()
-    tick_ns: int = NS
-    mark_interval_ns: int = 250_000_000
-    mark_move_bps: float = 5.0
+    tick_ns: PositiveInt = NS
+    mark_interval_ns: NonNegativeInt = 250_000_000
+    mark_move_bps: NonNegative = 5.0
     playbook_file: str | None = None
-    sink_delivery_timeout_s: float = 30.0
+    sink_delivery_timeout_s: PositiveFinite = 30.0
     # Python's youngest-generation collection threshold in the guard process (0: leave
     # Python's default of 700); see apply_gc_policy
     gc_gen0_threshold: Annotated[int, msgspec.Meta(ge=0)] = 50_000
@@ -338,59 +257,36 @@ def _load_guard_config(path: str | Path) -> tuple[GuardConfig, str]:
     cfg.limits.validate("limits")
     cfg.feeds.validate("feeds")
     _check_tier(cfg)
-    _check_split(cfg)
     return cfg, config_hash({k: v for k, v in data.items() if k not in _NOT_DECIDING})
 
 
-def _fed_by_market(cfg: GuardConfig) -> bool:
-    """Is this a firm tier that sums market processes' valuations?"""
-    return cfg.tier.role == "firm" and cfg.tier.upstream == "market"
-
-
 def _check_tier(cfg: GuardConfig) -> None:
-    """A market process's index and the owners name market processes that exist; a firm
-    tier fed by market processes aligns its input."""
+    """A market process's index and the owners name market processes that exist, and its
+    index sources have no feed failover pair; the firm process aligns its input."""
     tier = cfg.tier
-    if _fed_by_market(cfg) and cfg.input.align_skew_s is None:
-        raise ConfigError("input.align_skew_s", "a number of seconds for a firm tier fed by "
-                          "market processes (it reads their valuations in step)", None)
+    if tier.role == "firm" and cfg.input.align_skew_s is None:
+        raise ConfigError("input.align_skew_s", "a number of seconds for the firm process "
+                          "(it reads the market processes' valuations in step)", None)
     if tier.role != "market":
         return
-    n = tier.detect_workers
+    n = tier.market_processes
     if tier.index >= n:
-        raise ConfigError("tier.index", f"a market process index below detect_workers ({n})",
+        raise ConfigError("tier.index", f"a market process index below market_processes ({n})",
                           tier.index)
     bad = {u: i for u, i in tier.owners.items() if not 0 <= i < n}
     if bad:
         raise ConfigError("tier.owners", f"market process indexes in [0, {n})", bad)
-
-
-def _check_split(cfg: GuardConfig) -> None:
-    """With split market data each worker routes its own copy of an index price
-    around feed selection, so an index source must not have a feed failover pair."""
-    if not _split(cfg):
-        return
+    # each market process routes its own copy of an index price around feed selection
     both = sorted(set(_price_sources(cfg)) & set(cfg.feeds.venues))
     if both:
-        field = "aligned_market" if cfg.input.aligned_market else "split_market_by_key"
-        raise ConfigError(f"input.{field}",
+        raise ConfigError("tier.role",
                           "index and oracle sources without a [feeds.venues] failover pair "
-                          "(each worker reads its own copy of their prices)", both)
-
-
-def _split(cfg: GuardConfig) -> bool:
-    """Does each worker read its own keys' market data (split by key, or aligned, or by
-    underlying in a market process) and its own copy of every index price and
-    heartbeat?"""
-    return (cfg.input.split_market_by_key or cfg.input.aligned_market
-            or cfg.tier.role == "market")
+                          "(each market process reads its own copy of their prices)", both)
 
 
 def price_key_prefixes(cfg: GuardConfig) -> tuple[bytes, ...]:
     """The Kafka key prefixes (``<source>/``) of index and oracle prices on the market
-    topic: every worker reads its own copy of them (with ``input.aligned_market``, a
-    producer writes them to every partition:
-    :func:`~riskguard.connectors.placement.aligned_partitions`)."""
+    topic: every market process reads its own copy of them."""
     return tuple(f"{s}/".encode() for s in _price_sources(cfg))
 
 

@@ -17,26 +17,25 @@ backtests and stress runs feed it from files or generators. The steps it uses ar
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import bytewax.operators as op
 import msgspec
 from bytewax.dataflow import Stream, operator
-from riskguard.dataflows.guard.config import DETECTED, HANDLED, GuardConfig, _fed_by_market
+from riskguard.connectors.topics import DETECTED, HANDLED
+from riskguard.dataflows.guard.config import GuardConfig
 from riskguard.dataflows.guard.steps import (
     MarkFilter,
-    _detect,
-    _detect_ticks,
-    _first_of_each_id,
-    _market_parts,
-    _monitor_builder,
-    _select_feeds,
-    _split_inputs,
-    _tick_fn,
-    _unhandled,
-    _watch_detect,
+    detect_on,
+    first_of_each_id,
+    market_parts,
+    market_ticks,
+    monitor_builder,
+    select_feeds,
+    split_inputs,
+    tick_fn,
+    unhandled_letter,
 )
 from riskguard.operators.audit import AuditState
 from riskguard.operators.audit.ops import audit_log
@@ -95,11 +94,10 @@ def guard_core(
     signer: Signer,
     trust: TrustStore,
     seq_floor: int | None = None,
-    local_keys: Callable[[str], bool] | None = None,
     wall_clock: Clock | None = None,
-    remote_keys: Callable[[str], bool] | None = None,
     audit_resume: dict[str, AuditState] | None = None,
     input_errs: Stream[DeadLetter] | None = None,
+    tick_sources: int = 0,
     watch: Any = None,
 ) -> GuardOut:
     """The whole guard over a stream of decoded records, whatever their source.
@@ -109,27 +107,25 @@ def guard_core(
     ``seq_floor`` is the signing step's (the highest seq already delivered);
     ``audit_resume`` the audit step's (each chain's state on the audit topic,
     :func:`~riskguard.connectors.audit_tail.read_chain_states`).
-    ``local_keys``: every worker gets its own copy of each index price and
-    venue heartbeat (:func:`is_broadcast`), and fans it out to the keys
-    ``local_keys`` says live on it; one copy (its key's owner's) goes on to
-    feed selection, the feed monitor and exposure marks. ``wall_clock`` (live runs
-    only; a replay must not depend on wall time) lets a fill's re-valuation boundary
-    pass by wall time on a shard no later record reaches
-    (:func:`~riskguard.operators.exposure.ops.aggregate_exposure`). ``remote_keys`` says
-    which exposure valuation keys live in another process (packs bound there go
-    msgpack-encoded, not pickled). A firm tier fed by market processes
-    (``tier.upstream = "market"``) sums their valuation parts instead of valuing
-    positions itself, and has no market or trading records. ``input_errs`` are the
+    ``wall_clock`` (live runs only; a replay must not depend on wall time) lets a
+    fill's re-valuation boundary pass by wall time on a shard no later record reaches
+    (:func:`~riskguard.operators.exposure.ops.aggregate_exposure`). The firm process of
+    the market tier (``tier.role = "firm"``) sums the market processes' valuation parts
+    instead of valuing positions itself, and has no market or trading records; its
+    anomaly signals come from them too. ``tick_sources``: how many event-time sources
+    this flow's own ticks count (1 for a live guard process, which the firm process adds
+    its market processes to; 0, unknown, for a replay). ``input_errs`` are the
     source's dead letters (bad bytes, a record on the wrong topic, late or future
     times): audited and passed on with the guard's own in ``dead_letters``. ``watch`` (a
     :class:`~riskguard.dataflows.readiness.DetectorWatch`) is shown what the detectors are
     fed, so a run can say which of them could fire, and when.
     """
     firm = cfg.tier.role == "firm"
-    of_market = _fed_by_market(cfg)
+    processes = cfg.tier.market_processes
     detected_in = None
     if firm:
-        # the detect tier's signals and progress (the detections topic) go their own way
+        # the market processes' signals, parts and progress (the detections topic) go
+        # their own way
         detected_in = op.flat_map_batch("detected", records,
                                         lambda rs: [r for r in rs if isinstance(r, DETECTED)])
         records = op.flat_map_batch("not_detected", records,
@@ -137,12 +133,13 @@ def guard_core(
     # Event-time progress from every record (not only market data: fills during a market
     # data outage must still be valued).
     ticks = own_ticks = op.flat_map_batch(
-        "ticks", records, _tick_fn(cfg.tick_ns, cfg.tier.detect_workers if firm else 0))
+        "ticks", records, tick_fn(cfg.tick_ns,
+                                   of=tick_sources + processes if firm else tick_sources))
     if detected_in is not None:
-        # each detect worker is one more tick source: time holds until it has passed
+        # each market process is one more tick source: time holds until it has passed
         ticks = op.merge("all_ticks", ticks, op.flat_map_batch(
-            "detect_ticks", detected_in, _detect_ticks(cfg.tier.detect_workers)))
-    market, records, status, trading = _split_inputs(records)
+            "market_ticks", detected_in, market_ticks(processes)))
+    market, records, status, trading = split_inputs(records)
     updates = op.flat_map_batch("updates", records, lambda rs: [
         r for r in rs if isinstance(r, SignedEnvelope)
         and r.payload_type not in (PAYLOAD_COMMAND, PAYLOAD_ACK)])
@@ -167,50 +164,43 @@ def guard_core(
         values_of))
     manual = verified.oks
     unhandled = op.flat_map_batch("unhandled", records, lambda rs: [
-        _unhandled(r) for r in rs if not isinstance(r, HANDLED)])
+        unhandled_letter(r) for r in rs if not isinstance(r, HANDLED)])
 
     fcfg = cfg.feeds
     feed_venues = tuple(fcfg.venues)
 
     def monitor_keys(r: Any) -> list[tuple[str, Any]]:
         if isinstance(r, VenueStatus):
-            return [(r.venue, r)] if local_keys is None or local_keys(r.venue) else []
+            return [(r.venue, r)]
         return [(v, r) for v in feed_venues]
 
     monitor_in = op.flat_map("monitor_key", op.merge("monitor_src", status, ticks), monitor_keys)
     feed_alerts = op.map(
         "monitor_unkey",
-        stateful_logic("feed_monitor", monitor_in, _monitor_builder(fcfg, clock),
+        stateful_logic("feed_monitor", monitor_in, monitor_builder(fcfg, clock),
                        order=event_time),
         lambda kv: kv[1],
     )
 
-    market_ok = None if of_market else _select_feeds(market, status, cfg, local_keys)
+    step_errs: list[Stream[DeadLetter]] = []
     if detected_in is not None:
-        anomalies = op.merge("anomalies_and_watch",
-                             _first_of_each_id(detected_in, cfg.tier.recent_ids),
-                             _watch_detect(ticks, cfg.tier, clock))
-        detect_errs: list[Stream[DeadLetter]] = []
-    else:
-        assert market_ok is not None  # only a firm tier fed by market processes has none
-        anomalies, detect_errs = _detect(market, market_ok, status, cfg, clock, local_keys,
-                                         watch)
-    exposure_errs: list[Stream[DeadLetter]] = []
-    if of_market:
-        assert detected_in is not None  # a firm tier
-        summed = sum_exposures("exposure", _market_parts(detected_in, own_ticks, cfg),
+        anomalies = first_of_each_id(detected_in, cfg.tier.recent_ids)
+        summed = sum_exposures("exposure", market_parts(detected_in, own_ticks, cfg),
                                config=cfg.exposure)
         exposures, exposure_alerts, progress = summed.exposures, summed.alerts, summed.progress
     else:
-        assert market_ok is not None
+        market_ok = select_feeds(market, status, cfg, None)
+        anomalies, detect_errs = detect_on(market_ok, status, cfg, clock, None, read=market,
+                                            tick_sources=tick_sources, watch=watch)
+        step_errs.extend(detect_errs)
         marks = op.flat_map_batch("marks", market_ok,
                                   MarkFilter(cfg.mark_interval_ns, cfg.mark_move_bps).passed)
         exposure = aggregate_exposure(
             "exposure", marks, trading, config=cfg.exposure, clock=clock, ticks=ticks,
-            wall_clock=wall_clock, remote_keys=remote_keys)
+            wall_clock=wall_clock)
         exposures, exposure_alerts, progress = (exposure.exposures, exposure.alerts,
                                                 exposure.progress)
-        exposure_errs.append(exposure.errs)
+        step_errs.append(exposure.errs)
     audience = Audience(env=cfg.env, topic=cfg.topic("limit_updates"))
     limits = enforce_limits("limits", exposures, updates, config=cfg.limits,
                             verifier=trust_verifier(trust, audience), clock=clock,
@@ -237,7 +227,7 @@ def guard_core(
 
     out_cmds = op.map("observe_commands", signed.oks, observe_command)
     errs: Stream[DeadLetter] = op.flat_map_batch("observe_errs", op.merge(
-        "errs", *detect_errs, *exposure_errs, limits.errs, planned.errs, signed.errs,
+        "errs", *step_errs, limits.errs, planned.errs, signed.errs,
         verified.errs, acks.errs, unhandled, *([input_errs] if input_errs is not None else []),
     ), observe_all)
     audit_cfg = msgspec.structs.replace(cfg.audit, config_hash=cfg_hash)

@@ -1,9 +1,10 @@
-"""The live guard dataflow: Kafka topics in, the guard core (or a tier), Kafka topics out.
+"""The live guard dataflow: Kafka topics in, the guard core (or a market process), Kafka
+topics out.
 
 Run it with ``riskguard run --config guard.toml`` or
 ``RISKGUARD_CONFIG=guard.toml python -m bytewax.run riskguard.dataflows.guard``
-(add ``-w``/``-p``/``-i -a`` and ``-r`` for recovery). Every parameter comes
-from that one TOML file; ``dataflows/guard.example.toml`` documents them."""
+(add ``-r`` for recovery). Every parameter comes from that one TOML file;
+``dataflows/guard.example.toml`` documents them."""
 
 from __future__ import annotations
 
@@ -14,24 +15,16 @@ from bytewax.dataflow import Dataflow
 from riskguard.connectors.audit_tail import read_chains_and_peers
 from riskguard.connectors.command_log import last_signed_seq
 from riskguard.connectors.kafka import kafka_output
-from riskguard.connectors.placement import (
-    LocalKeys,
-    OtherProcessKeys,
-)
+from riskguard.connectors.topics import FIRM_STREAMS, INPUT_STREAMS
 from riskguard.dataflows.guard.config import (
-    DETECTIONS,
-    FIRM_OF_MARKET_STREAMS,
-    INPUT_STREAMS,
     GuardConfig,
-    _fed_by_market,
-    _split,
     apply_gc_policy,
     load_guard_config,
     load_keys,
 )
 from riskguard.dataflows.guard.core import guard_core
-from riskguard.dataflows.guard.kafka_io import _audit_key, _input, exposures_key
-from riskguard.dataflows.guard.tiers import _detect_flow, _market_flow
+from riskguard.dataflows.guard.kafka_io import audit_key, exposures_key, guard_input
+from riskguard.dataflows.guard.market import market_flow
 from riskguard.operators.core.clock import Clock, system_clock
 from riskguard.operators.core.metrics import start_metrics_server_from_env
 from riskguard.operators.core.observe import ObserveConfig, configure
@@ -64,19 +57,14 @@ def build_flow(
     )))
     role = cfg.tier.role
     if role != "firm":
-        _prepare_detection(cfg)
-    if role == "detect":
-        return _detect_flow(cfg, clock)
+        prepare_detection(cfg)
     if role == "market":
-        return _market_flow(cfg, clock)
+        return market_flow(cfg, clock)
     if signer is None or trust is None:
         signer, trust = load_keys(cfg)
     brokers = cfg.kafka
     flow = Dataflow("riskguard_guard")
-    streams = (INPUT_STREAMS if role != "firm"
-               else FIRM_OF_MARKET_STREAMS if _fed_by_market(cfg)
-               else (*INPUT_STREAMS, DETECTIONS))
-    src = _input(flow, cfg, streams, clock)
+    src = guard_input(flow, cfg, FIRM_STREAMS if role == "firm" else INPUT_STREAMS, clock)
     issuer = cfg.sign.issuer or signer.issuer
     # Read once, before any worker signs: the killed run this may resume is gone.
     delivered = last_signed_seq(brokers, cfg.topic("commands"), signer.public_key,
@@ -89,22 +77,18 @@ def build_flow(
         check_peer_configs(cfg.replica.id, cfg_hash, peers)
     out = guard_core("guard", src.oks, cfg=cfg, cfg_hash=cfg_hash, clock=clock, signer=signer,
                      trust=trust, seq_floor=delivered, audit_resume=chains, wall_clock=clock,
-                     local_keys=LocalKeys() if _split(cfg) else None,
-                     remote_keys=OtherProcessKeys(), input_errs=src.errs, watch=watch)
+                     input_errs=src.errs, tick_sources=1, watch=watch)
     timeout = cfg.sink_delivery_timeout_s
-    # split market data: every output is written by the worker that made it
-    local = _split(cfg)
     kafka_output("commands", out.commands, brokers=brokers, topic=cfg.topic("commands"),
-                 delivery_timeout_s=timeout, worker_local=local, key=lambda _env: issuer)
+                 delivery_timeout_s=timeout, key=lambda _env: issuer)
     kafka_output("dead_letters", out.dead_letters, brokers=brokers, topic=cfg.topic("dead_letters"),
-                 delivery_timeout_s=timeout, worker_local=local)
+                 delivery_timeout_s=timeout)
     kafka_output("signals", out.signals, brokers=brokers, topic=cfg.topic("signals"),
-                 delivery_timeout_s=timeout, worker_local=local)
+                 delivery_timeout_s=timeout)
     kafka_output("exposures", out.exposures, brokers=brokers, topic=cfg.topic("exposures"),
-                 delivery_timeout_s=timeout, worker_local=local, key=exposures_key)
+                 delivery_timeout_s=timeout, key=exposures_key)
     kafka_output("audit", out.audit, brokers=brokers, topic=cfg.topic("audit"),
-                 delivery_timeout_s=timeout, worker_local=local,
-                 key=_audit_key)
+                 delivery_timeout_s=timeout, key=audit_key)
     return flow
 
 
@@ -133,7 +117,7 @@ def check_peer_configs(replica: str, cfg_hash: str, peers: dict[str, str]) -> No
                       "--new-config to change theirs next", replica)
 
 
-def _prepare_detection(cfg: GuardConfig) -> None:
+def prepare_detection(cfg: GuardConfig) -> None:
     """Build at start-up what detection would otherwise build on its first records."""
     if cfg.detector.drift != "none":
         # Start-up, not the first market record, pays for River's drift module (~1 s:

@@ -1,31 +1,27 @@
 """The steps :func:`~riskguard.dataflows.guard.core.guard_core` is built from: inputs
 split by kind, event-time ticks, feed selection and the feed monitor, detection, and the
-firm tier's view of the detect tier's signals and the market processes' parts."""
+firm process's view of the market processes' signals and parts."""
 
 from __future__ import annotations
 
 import functools
 import os
 import socket
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import bytewax.operators as op
 import msgspec
 from bytewax.dataflow import Stream
-from riskguard.connectors.placement import (
-    worker_of_thread,
-)
-from riskguard.dataflows.guard.config import MARKET, NS, TRADING, GuardConfig, TierConfig
+from riskguard.connectors.topics import MARKET, TRADING
+from riskguard.dataflows.guard.config import GuardConfig
 from riskguard.operators.core.base import (
     event_time,
     stateful_logic,
     values_of,
 )
-from riskguard.operators.core.clock import Clock, Tick
+from riskguard.operators.core.clock import Clock, Tick, engine_task
 from riskguard.operators.core.dedup import RecentIdsLogic
-from riskguard.operators.detection.detect_watch import DetectWatchLogic, detect_worker
 from riskguard.operators.detection.ops import (
     detect_anomalies,
     detect_dislocations,
@@ -54,8 +50,8 @@ from riskguard.schemas.valuation import Progress
 
 
 def is_broadcast(rec: Any) -> bool:
-    """Records every worker reads its own copy of when market data is split by key:
-    index and oracle prices and venue heartbeats fan out to many keys."""
+    """Records every market process reads its own copy of: index and oracle prices and
+    venue heartbeats fan out to many keys."""
     t = type(rec)
     return t is IndexPrice or t is VenueStatus
 
@@ -119,7 +115,7 @@ class MarkFilter:
         return out
 
 
-def _split_inputs(records: Stream[Any]) -> tuple[Stream[Any], Stream[Any], Stream[VenueStatus],
+def split_inputs(records: Stream[Any]) -> tuple[Stream[Any], Stream[Any], Stream[VenueStatus],
                                                   Stream[Any]]:
     """``(market data, everything else, heartbeats, trading records)`` of the decoded
     input. Market data is most of it: split off first, so the other filters see only
@@ -141,41 +137,24 @@ def _status_records(recs: list[Any]) -> list[Any]:
     return [r for r in recs if isinstance(r, VenueStatus)]
 
 
-def _tick_sources(other_sources: int) -> int:
-    """``Tick.of`` for this worker's ticks: the flow's worker count plus
-    ``other_sources``; 0 (unknown) outside a flow with the ``workers`` probe step and
-    without other sources."""
-    where = worker_of_thread()
-    if where is not None:
-        return where[1] + other_sources
-    return 1 + other_sources if other_sources else 0
-
-
-def _detect_source() -> str:
-    """The calling detect worker's name (``detect/w<i>``): its progress's source and
-    its Kafka key on the detections topic; the same after a restart."""
-    where = worker_of_thread()
-    return detect_worker(where[0] if where else 0)
-
-
-def _tick_fn(tick_ns: int, other_sources: int = 0, source: str | None = None) -> Any:
-    """Per worker: a Tick, named after the worker, each time its event time crosses a
-    new ``tick_ns`` boundary. Consumers take the minimum over workers (a watermark), and
-    hold time until all of them (``Tick.of``) have ticked. Outside a flow with the
-    ``workers`` probe step the worker is unknown: one source per process, ``of`` 0.
-    ``other_sources`` (the firm tier's detect workers) adds to ``of``: those sources
-    tick on another topic, and time holds for them too. ``source`` names the ticks
-    instead (a market process: the same name after a restart).
+def tick_fn(tick_ns: int, source: str | None = None, of: int = 0) -> Any:
+    """A Tick each time the records' event time crosses a new ``tick_ns`` boundary, named
+    ``source`` (default: this process) and announcing ``of`` tick sources in all (the firm
+    process: itself and each market process; 0: unknown, as in a replay, which holds for
+    none). Consumers take the minimum over sources (a watermark), and hold time until all
+    of them have ticked. Where an engine runs the
+    step in several tasks (:data:`~riskguard.operators.core.clock.engine_task`), each
+    task names its own ticks and announces how many tasks tick.
 
     Takes a whole batch (one dataflow call per batch, not per record) and returns its
     ticks, in order."""
-    last: dict[int, int] = {}
     process = f"{socket.gethostname()}/{os.getpid()}"
-    names: dict[int, tuple[str, int]] = {}
+    name = source if source is not None else process
+    last: dict[tuple[int, int] | None, int] = {}
 
     def ticks(recs: list[Any]) -> list[Tick]:
-        thread = threading.get_ident()
-        top = last.get(thread, -1)
+        task = engine_task.get()
+        top = last.get(task, -1)
         out: list[Tick] = []
         for rec in recs:
             ts = getattr(rec, "ts", None)
@@ -183,20 +162,15 @@ def _tick_fn(tick_ns: int, other_sources: int = 0, source: str | None = None) ->
                 continue
             bucket = ts // tick_ns
             if bucket > top:
-                top = last[thread] = bucket
-                name = names.get(thread)
-                if name is None:
-                    where = worker_of_thread()
-                    made = (source if source is not None
-                            else f"{process}/w{where[0]}" if where else process)
-                    name = names[thread] = (made, _tick_sources(other_sources))
-                out.append(Tick(ts=ts, source=name[0], of=name[1]))
+                top = last[task] = bucket
+                out.append(Tick(ts=ts, source=name, of=of) if task is None else
+                           Tick(ts=ts, source=f"{process}/w{task[0]}", of=task[1]))
         return out
 
     return ticks
 
 
-def _unhandled(rec: Any) -> DeadLetter:
+def unhandled_letter(rec: Any) -> DeadLetter:
     """A valid record of a type the guard does not consume (e.g. on the wrong topic); a
     bare command record is refused as unsigned: nothing unsigned acts."""
     unsigned = isinstance(rec, MitigationCommand)
@@ -211,7 +185,7 @@ def _unhandled(rec: Any) -> DeadLetter:
 
 
 
-def _select_feeds(market: Stream[Any], status: Stream[VenueStatus], cfg: GuardConfig,
+def select_feeds(market: Stream[Any], status: Stream[VenueStatus], cfg: GuardConfig,
                   local_keys: Callable[[str], bool] | None) -> Stream[Any]:
     """Feed selection (primary/backup failover) on the features' key (venue/instrument),
     so market data changes worker at most once before features; heartbeats fan out."""
@@ -228,12 +202,12 @@ def _select_feeds(market: Stream[Any], status: Stream[VenueStatus], cfg: GuardCo
                 continue
             key = f"{rec.venue}/{rec.instrument}"
             if local_keys is not None and type(rec) is IndexPrice and not local_keys(key):
-                continue  # another worker's copy of this index price goes on
+                continue  # another market process's copy of this index price goes on
             out.append((key, rec))
         return out
 
     # Per-record steps on the market path run as one call per batch (flat_map_batch):
-    # bytewax's per-item filter and map cost 0.04-0.12 µs per record and step.
+    # bytewax's per-item filter and map pay a call per record and step.
     keyed = op.flat_map_batch("feed_key", op.merge("feed_in", market, status), feed_keys)
     return op.flat_map_batch(
         "feed_unkey",
@@ -242,23 +216,9 @@ def _select_feeds(market: Stream[Any], status: Stream[VenueStatus], cfg: GuardCo
     )
 
 
-def _detect(market: Stream[Any], market_ok: Stream[Any], status: Stream[VenueStatus],
-            cfg: GuardConfig, clock: Clock, local_keys: Callable[[str], bool] | None,
-            watch: Any = None,
-            ) -> tuple[Stream[AnomalySignal], list[Stream[DeadLetter]]]:
-    """Features, then anomaly detection: the anomaly signals and the steps' dead letters.
-    ``watch`` (a :class:`~riskguard.dataflows.readiness.DetectorWatch`) is shown every
-    feature vector and market record the detectors get."""
-    feat_market = market_ok if local_keys is None else _with_own_index(market, market_ok)
-    return _detect_on(feat_market, status, cfg, clock, local_keys, read=market, watch=watch)
-
-
-def _with_own_index(market: Stream[Any], market_ok: Stream[Any]) -> Stream[Any]:
-    """The feed-selected market data with this worker's own copy of every index price.
-
-    Each worker's own copy of an index price feeds its own keys; the one copy that
-    passed feed selection only marks exposure (in a market process, every process's
-    own copy marks its own shards)."""
+def with_own_index(market: Stream[Any], market_ok: Stream[Any]) -> Stream[Any]:
+    """A market process's feed-selected market data with its own copy of every index price,
+    which feeds its own keys and marks its own shards."""
     return op.merge(
         "feat_market",
         op.flat_map_batch("selected_not_index", market_ok,
@@ -268,14 +228,17 @@ def _with_own_index(market: Stream[Any], market_ok: Stream[Any]) -> Stream[Any]:
     )
 
 
-def _detect_on(feat_market: Stream[Any], status: Stream[VenueStatus], cfg: GuardConfig,
+def detect_on(feat_market: Stream[Any], status: Stream[VenueStatus], cfg: GuardConfig,
                clock: Clock, local_keys: Callable[[str], bool] | None,
-               read: Stream[Any] | None = None, watch: Any = None,
+               read: Stream[Any] | None = None, tick_sources: int = 0,
+               watch: Any = None,
                ) -> tuple[Stream[AnomalySignal], list[Stream[DeadLetter]]]:
-    """Features and anomaly detection on ``feat_market``; with ``read`` (the market
-    records where this flow reads them, every market of the cluster in some worker),
-    the cross-market check too. A market process sees only its own markets, so it
-    passes no ``read``: a group split between processes is not compared."""
+    """Features and anomaly detection on ``feat_market``; with ``read`` (every market
+    record, as read), the cross-market check too (its ticks announce ``tick_sources``).
+    A market process sees only its own markets, so it passes no ``read``: a group split
+    between processes is not compared. ``watch`` (a
+    :class:`~riskguard.dataflows.readiness.DetectorWatch`) is shown every feature vector
+    and market record the detectors get."""
     feats = extract_features("features", op.merge("feat_in", feat_market, status),
                              config=cfg.features, clock=clock, local_keys=local_keys)
     if watch is not None:  # what the detectors are fed (nothing flows on from here)
@@ -287,7 +250,8 @@ def _detect_on(feat_market: Stream[Any], status: Stream[VenueStatus], cfg: Guard
     anomalies = op.key_rm("anomalies", detected.oks)
     if cfg.detector.cross.enabled and read is not None:
         anomalies = op.merge("with_dislocations", anomalies, detect_dislocations(
-            "cross", read, config=cfg.detector.cross, ticks_of=_tick_fn(cfg.tick_ns),
+            "cross", read, config=cfg.detector.cross,
+            ticks_of=tick_fn(cfg.tick_ns, of=tick_sources),
             clock=clock, bar_ns=cfg.features.bar_ns))
     return anomalies, [feats.errs, detected.errs]
 
@@ -298,14 +262,14 @@ def _watched(see: Callable[[Any], None], items: Any) -> list[Any]:
     return []
 
 
-def _detect_ticks(detect_workers: int) -> Any:
-    """The firm tier: each :class:`~riskguard.schemas.DetectProgress` as a Tick from its
-    detect worker, counted among all the tick sources (this tier's workers and the
-    detect tier's), like its own ticks."""
+def market_ticks(processes: int) -> Any:
+    """The firm process: each :class:`~riskguard.schemas.DetectProgress` as a Tick from its
+    market process, counted among all the tick sources (the firm's own, and each market
+    process's), like its own ticks."""
 
     def ticks(recs: list[Any]) -> list[Tick]:
-        of = _tick_sources(detect_workers)
-        return [Tick(ts=r.ts, source=r.source, of=of) for r in recs if type(r) is DetectProgress]
+        return [Tick(ts=r.ts, source=r.source, of=1 + processes)
+                for r in recs if type(r) is DetectProgress]
 
     return ticks
 
@@ -323,16 +287,16 @@ def _signals_in(recs: list[Any]) -> list[tuple[str, Any]]:
     return out
 
 
-def _market_parts(detected: Stream[Any], ticks: Stream[Tick], cfg: GuardConfig) -> Stream[Any]:
-    """A firm tier fed by market processes: the parts and progress of their valuations,
-    each record's parts before its progress, and this tier's own ticks as progress too.
+def market_parts(detected: Stream[Any], ticks: Stream[Tick], cfg: GuardConfig) -> Stream[Any]:
+    """The firm process: the parts and progress of the market processes' valuations, each
+    record's parts before its progress, and its own ticks as progress too.
 
     Its own ticks carry time on when every market process has gone quiet (a source
-    silent for ``TICK_IDLE_NS`` stops holding time back), as a worker's own ticks do in
-    one whole guard: it has no parts, so its progress holds nothing back while market
+    silent for ``TICK_IDLE_NS`` stops holding time back), as the ticks of one whole
+    guard do: it has no parts, so its progress holds nothing back while market
     processes' progress lags it."""
-    tier = cfg.tier
-    market_sources = tier.detect_workers * cfg.exposure.valuation_shards
+    processes = cfg.tier.market_processes
+    market_sources = processes * cfg.exposure.valuation_shards
 
     def parts_of(recs: list[Any]) -> list[Any]:
         out: list[Any] = []
@@ -343,18 +307,18 @@ def _market_parts(detected: Stream[Any], ticks: Stream[Tick], cfg: GuardConfig) 
         return out
 
     def own_progress(recs: list[Tick]) -> list[Progress]:
-        # a tick's ``of`` counts this tier's workers and the market processes
+        # a tick's ``of`` counts the firm itself and the market processes
         return [Progress(counterparty=PROGRESS_KEY, ts=t.ts, source=f"{t.source}@firm",
-                         of=t.of - tier.detect_workers + market_sources) for t in recs]
+                         of=t.of - processes + market_sources) for t in recs]
 
     return op.merge("parts_in", op.flat_map_batch("valuations", detected, parts_of),
                     op.flat_map_batch("own_progress", ticks, own_progress))
 
 
-def _first_of_each_id(detected: Stream[Any], keep: int) -> Stream[AnomalySignal | RiskAlert]:
-    """The firm tier's anomaly signals (and a market process's stage-1 alerts), each id
-    once: a detect tier or market process that resumed from its snapshot sends the
-    signals made after it again (:mod:`riskguard.operators.core.dedup`)."""
+def first_of_each_id(detected: Stream[Any], keep: int) -> Stream[AnomalySignal | RiskAlert]:
+    """The firm process's anomaly signals (and the market processes' stage-1 alerts), each
+    id once: a market process that resumed from its snapshot sends the signals made
+    after it again (:mod:`riskguard.operators.core.dedup`)."""
     signals = op.flat_map_batch("anomaly_in", detected, _signals_in)
     return op.flat_map_batch(
         "anomalies", stateful_logic("anomaly_ids", signals,
@@ -362,26 +326,11 @@ def _first_of_each_id(detected: Stream[Any], keep: int) -> Stream[AnomalySignal 
         values_of)
 
 
-def _watch_detect(ticks: Stream[Tick], tier: TierConfig, clock: Clock) -> Stream[RiskAlert]:
-    """The firm tier: ``detect_silent`` / ``detect_restored`` alerts from every tick, its
-    own and the detect workers' (:mod:`riskguard.operators.detection.detect_watch`; one key: a
-    few ticks per second of event time)."""
-    keyed = op.flat_map_batch("watch_key", ticks, lambda ts: [("detect", t) for t in ts])
-    silent_ns = int(tier.silent_s * NS)
-    return op.flat_map_batch("watch_unkey", stateful_logic(
-        "detect_watch", keyed, lambda state: DetectWatchLogic(
-            tier.detect_workers, silent_ns, state, clock=clock)), values_of)
-
-
-def _progress(ticks: list[Tick], name: str | None = None) -> list[DetectProgress]:
-    """The detect tier: each of this worker's ticks as a
-    :class:`~riskguard.schemas.DetectProgress` from ``name`` (default
-    :func:`_detect_source`; the same name after a restart, so the firm tier goes on
-    waiting for it, not for a new source)."""
-    source = name if name is not None else _detect_source()
-    return [DetectProgress(ts=t.ts, source=source) for t in ticks]
-
-
+def progress_records(ticks: list[Tick], name: str) -> list[DetectProgress]:
+    """A market process: each of its ticks as a :class:`~riskguard.schemas.DetectProgress`
+    from ``name`` (the same name after a restart, so the firm process goes on waiting
+    for it, not for a new source)."""
+    return [DetectProgress(ts=t.ts, source=name) for t in ticks]
 
 
 def _instruments_of(cfg: GuardConfig) -> tuple[str, ...]:
@@ -393,7 +342,7 @@ def _bind_venue(fcfg: FeedConfig) -> Any:
     return lambda state: _PerVenue(FeedSelectLogic, fcfg, state)
 
 
-def _monitor_builder(fcfg: FeedConfig, clock: Clock) -> Any:
+def monitor_builder(fcfg: FeedConfig, clock: Clock) -> Any:
     monitor = functools.partial(FeedMonitorLogic, clock=clock)
     return lambda state: _PerVenue(monitor, fcfg, state)
 

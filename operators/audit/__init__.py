@@ -14,9 +14,6 @@ Every decision becomes an :class:`~riskguard.schemas.AuditRecord` appended to a 
 - :mod:`~riskguard.operators.audit.resume`: continuing a chain after a restart;
 - :mod:`~riskguard.operators.audit.replica_watch`: redundant replicas' chains compared
   (:func:`watch_replicas`).
-
-This package was the module ``riskguard/operators/audit.py``: every name it had is still
-importable from here.
 """
 
 from riskguard.operators.audit.chain import (

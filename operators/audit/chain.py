@@ -10,15 +10,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from riskguard.operators.audit.merkle import CompactRange, leaf_hash
+from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.signing.crypto import PAYLOAD_AUDIT_CHECKPOINT, Signer, VerifyKey
 from riskguard.schemas.audit import AuditCheckpoint, AuditRecord, DeadLetter
 
 import riskguard
-from riskguard.errors import ConfigError, SigningError, VerificationError
+from riskguard.errors import SigningError, VerificationError
+from riskguard.validation import PositiveInt, check_declared
 
 STATE_VERSION = 1
 _NS_PER_S = 1_000_000_000
@@ -87,27 +89,19 @@ class AuditConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     # prefixes every chain's name (<origin>/p<partition>); a replica's is <origin>@<replica id>
     origin: str = "riskguard"
-    checkpoint_every: int = 1000
-    checkpoint_interval_ns: int = 60 * _NS_PER_S
-    partitions: int = 1  # the number of audit chains decisions are spread over
+    checkpoint_every: PositiveInt = 1000
+    checkpoint_interval_ns: PositiveInt = 60 * _NS_PER_S
+    partitions: PositiveInt = 1  # the number of audit chains decisions are spread over
     # the version stamped on every audit record (default: riskguard's)
     operator_version: str = riskguard.__version__
     # stamped on every audit record; the guard sets it to its config's hash at start-up
-    config_hash: str = "0" * 64
+    config_hash: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")] = "0" * 64
 
     def __post_init__(self) -> None:
-        if self.checkpoint_every < 1:
-            raise ConfigError("audit.checkpoint_every", "an integer >= 1", self.checkpoint_every)
-        if self.checkpoint_interval_ns < 1:
-            raise ConfigError("audit.checkpoint_interval_ns", "an integer >= 1 (ns)",
-                              self.checkpoint_interval_ns)
-        if self.partitions < 1:
-            raise ConfigError("audit.partitions", "an integer >= 1", self.partitions)
-        hexdigits = "0123456789abcdef"
-        if len(self.config_hash) != 64 or any(c not in hexdigits for c in self.config_hash):
-            raise ConfigError("audit.config_hash", "64 lowercase hex digits", self.config_hash)
+        check_declared(self, "audit")
 
 
+@persisted("riskguard.audit")
 @dataclass
 class AuditState:
     """One chain's append state."""
@@ -150,8 +144,6 @@ class AuditLogic:
         self.config = config
         if state is None:
             state = AuditState(chain=chain)
-        elif state.version != STATE_VERSION:
-            raise ConfigError("audit.state.version", str(STATE_VERSION), state.version)
         self.state = state
         self._range = CompactRange(state.size, state.peaks)
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import msgspec
 from riskguard.operators.core.clock import Clock, system_clock
+from riskguard.operators.core.snapshot import persisted
 from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
 from riskguard.schemas.signals import FIRM, RiskAlert, Severity
 
@@ -74,6 +75,7 @@ class _Decision:
     evidence: list[str]
 
 
+@persisted("riskguard.replica_watch")
 @dataclass
 class ReplicaWatchState:
     """Per replica: when it last wrote (processing time) and its last config hash; the
@@ -88,6 +90,7 @@ class ReplicaWatchState:
     silent: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    version: int = 1
 
 
 def replica_of(chain: str) -> str | None:

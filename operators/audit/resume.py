@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from riskguard.operators.audit.chain import AuditState, record_leaf, verify_checkpoint
 from riskguard.operators.audit.merkle import CompactRange
-from riskguard.operators.audit.verify import AuditItem, KeyLookup, _key_lookup
+from riskguard.operators.audit.verify import AuditItem, KeyLookup, key_lookup
 from riskguard.operators.signing.crypto import VerifyKey
 from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
 
@@ -71,7 +71,7 @@ class ChainResume:
 
     def __init__(self, keys: Mapping[str, VerifyKey] | KeyLookup, *,
                  origin: str | None = None) -> None:
-        self._lookup = _key_lookup(keys)
+        self._lookup = key_lookup(keys)
         self._prefix = None if origin is None else f"{origin}/"
         self._tails: dict[str, _Tail] = {}
 

@@ -96,7 +96,7 @@ def read_jsonl(lines: Iterable[bytes]) -> list[AuditItem]:
 KeyLookup = Callable[[str], VerifyKey]
 
 
-def _key_lookup(keys: Mapping[str, VerifyKey] | KeyLookup) -> KeyLookup:
+def key_lookup(keys: Mapping[str, VerifyKey] | KeyLookup) -> KeyLookup:
     if callable(keys):
         return keys
 
@@ -125,7 +125,7 @@ def verify_log(
     boundary. With ``prove_each`` every record's inclusion proof under the
     checkpoint that first covers it is built and verified.
     """
-    lookup = _key_lookup(keys)
+    lookup = key_lookup(keys)
     indices: dict[str, set[int]] = {}
     for it in items:
         if isinstance(it, AuditRecord):
@@ -331,7 +331,7 @@ def check_proof(doc: Any, keys: Mapping[str, VerifyKey] | KeyLookup) -> None:
         msg = f"chain_mismatch: the checkpoint is for chain {cp.origin!r}"
         raise AuditError(msg, chain=chain, index=at)
     try:
-        verify_checkpoint(cp, _key_lookup(keys)(cp.key_id or ""))
+        verify_checkpoint(cp, key_lookup(keys)(cp.key_id or ""))
     except VerificationError as err:
         msg = f"bad_checkpoint: {err}"
         raise AuditError(msg, chain=chain, index=at) from None

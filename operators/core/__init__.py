@@ -7,6 +7,8 @@ and watermarks, de-duplication, end of input, and the Prometheus metrics.
   :class:`Watermark` over several tick sources;
 - :mod:`~riskguard.operators.core.dedup`: drop records whose id was already seen;
 - :mod:`~riskguard.operators.core.end_of_input`: a market process's final progress;
+- :mod:`~riskguard.operators.core.snapshot`: snapshots as versioned data
+  (:func:`persisted`, :func:`encode_snapshot`, :func:`decode_snapshot`);
 - :mod:`~riskguard.operators.core.metrics` and :mod:`~riskguard.operators.core.observe`:
   the metrics, and the pass-through step that updates them from records (the
   function ``observe.observe`` is not re-exported here: it would hide its module).
@@ -46,6 +48,13 @@ from riskguard.operators.core.observe import (
     observe_gap,
     observe_rejection,
 )
+from riskguard.operators.core.snapshot import (
+    Snapshot,
+    decode_snapshot,
+    encode_snapshot,
+    is_persisted,
+    persisted,
+)
 
 __all__ = [
     "NS_PER_MS",
@@ -63,17 +72,22 @@ __all__ = [
     "RecentIdsLogic",
     "RecentIdsState",
     "RestoredSources",
+    "Snapshot",
     "SplitOut",
     "Tick",
     "Watermark",
     "configure",
     "copy_fields",
     "copy_state",
+    "decode_snapshot",
+    "encode_snapshot",
     "event_time",
+    "is_persisted",
     "key_class",
     "observe_all",
     "observe_gap",
     "observe_rejection",
+    "persisted",
     "split_dead_letters",
     "start_metrics_server",
     "start_metrics_server_from_env",

@@ -42,6 +42,23 @@ the source has reached, which on such an engine can be far ahead of the step.
 """
 
 
+engine_task: ContextVar[tuple[int, int] | None] = ContextVar("engine_task", default=None)
+"""``(index, count)`` of the task running a step, where an engine runs one step of a flow
+in several tasks (Flink's subtasks): event-time ticks are then named per task and
+announce how many tasks tick. A bytewax flow runs in one worker and never sets it."""
+
+
+def claim_worker(index: int, count: int) -> None:
+    """Say that the calling task is ``index`` of ``count`` (:data:`engine_task`): what an
+    engine that runs a step in several tasks says before it calls the step's function.
+
+    >>> claim_worker(1, 2); engine_task.get()
+    (1, 2)
+    >>> engine_task.set(None) and None
+    """
+    engine_task.set((index, count))
+
+
 class ManualClock:
     """A clock that moves only when told to (tests, backtests)."""
 
@@ -60,15 +77,15 @@ class ManualClock:
         self.now_ns = max(self.now_ns, now_ns)
 
 
-class Tick(msgspec.Struct, frozen=True, kw_only=True):
+class Tick(msgspec.Struct, frozen=True, kw_only=True, tag="tick"):
     """Event-time progress (ns), with no data: lets time-based rules advance
     (ladders, quiet periods, heartbeat gaps) when no signal arrives.
 
-    ``source`` names the input that made it (one guard worker). A consumer
-    that sees named sources takes the *minimum* over the live ones as its
-    watermark (:class:`Watermark`), so a fast worker cannot carry time past
-    records a slow one has not delivered yet. ``of`` is how many sources the
-    cluster has (0: unknown); until that many have ticked, time holds.
+    ``source`` names the input that made it (a guard process, a market process). A
+    consumer that sees named sources takes the *minimum* over the live ones as its
+    watermark (:class:`Watermark`), so a fast source cannot carry time past
+    records a slow one has not delivered yet. ``of`` is how many sources there
+    are (0: unknown); until that many have ticked, time holds.
     """
 
     ts: int
@@ -77,8 +94,8 @@ class Tick(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # A tick source silent this long (processing time) stops holding time back, and a
-# source expected but not yet heard from stops holding the start back. In a bytewax
-# cluster a dead process stops every process, so only a source with no input goes quiet.
+# source expected but not yet heard from stops holding the start back: a market process
+# that died, or has no input, must not stop the firm process's clock.
 TICK_IDLE_NS = 10 * NS_PER_S
 
 

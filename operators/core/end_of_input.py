@@ -1,7 +1,7 @@
 """A market process's last word: its final progress when its bounded input ends.
 
-A firm tier fed by market processes reads their ``detections`` partitions in step
-(``KafkaInput(progress_topics=...)``), so it cannot take a quiet partition for an
+The firm process reads the market processes' ``detections`` partitions in step
+(``Alignment(progress_topics=...)``), so it cannot take a quiet partition for an
 ended one: the writer may still be starting up, or just slower. In a bounded run (a
 replay, a test, the demo: ``input.idle_eof_s``) each market process therefore ends its
 partition with a ``final`` :class:`~riskguard.schemas.DetectProgress`, written after
@@ -24,14 +24,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from riskguard.operators.core.snapshot import persisted
 from riskguard.schemas import DetectProgress
 
 
+@persisted("riskguard.final_progress")
 @dataclass
 class FinalProgressState:
     """The newest progress time the process wrote (0: none yet)."""
 
     newest: int = 0
+    version: int = 1
 
 
 class FinalProgressLogic:

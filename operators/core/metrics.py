@@ -7,8 +7,8 @@ They register on prometheus-client's default registry. Two ways to serve it:
   serves ``/metrics`` on ``0.0.0.0:$BYTEWAX_DATAFLOW_API_PORT`` (default
   3030). bytewax 0.21.1's ``bytewax._metrics.generate_python_metrics`` renders
   ``prometheus_client.REGISTRY`` there next to bytewax's own per-step
-  metrics (``bytewax_item_inp_count_total`` ...). This is the one to use on
-  a cluster: one endpoint per process, nothing extra to start.
+  metrics (``bytewax_item_inp_count_total`` ...). This is the one to use in
+  a deployment: one endpoint per process, nothing extra to start.
 - :func:`start_metrics_server` (``prometheus_client.start_http_server``) for
   processes that are not bytewax runs (the command subscriber) or when the
   bytewax API must stay off. ``RISKGUARD_METRICS_PORT`` makes
@@ -44,12 +44,6 @@ EVENTS_OUT = Counter(
 )
 DELIVERY_ERRORS = Counter(
     "riskguard_kafka_delivery_errors_total", "Kafka messages the broker did not acknowledge",
-    ["stream"],
-)
-MISALIGNED = Counter(
-    "riskguard_misaligned_records_total",
-    "Records of an aligned topic read on a worker their Kafka key does not route to "
-    "(the producer did not use aligned_partition); they change worker downstream",
     ["stream"],
 )
 CONSUMER_LAG = Gauge(

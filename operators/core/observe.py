@@ -69,7 +69,6 @@ from riskguard.operators.core.metrics import (
     UTILIZATION,
     record_checkpoint,
 )
-from riskguard.operators.exposure.limits import parse_path
 from riskguard.schemas.audit import AuditCheckpoint, DeadLetter
 from riskguard.schemas.commands import ExecutionAck
 from riskguard.schemas.signals import (
@@ -79,6 +78,7 @@ from riskguard.schemas.signals import (
     Scope,
     ScopeKind,
     Utilization,
+    parse_limit_path,
 )
 
 # Deribit-style option names: BTC-27DEC26-70000-C, ETH-27JUN-3000-P
@@ -126,7 +126,7 @@ def _counterparty(u: Utilization | LimitBreach) -> str:
     'okx'
     """
     try:
-        return parse_path(u.limit_path)[0]
+        return parse_limit_path(u.limit_path)[0]
     except ValueError:
         return u.scope.value if u.scope.kind is ScopeKind.COUNTERPARTY else "*"
 
@@ -139,8 +139,8 @@ class Observer:
         self._lock = threading.Lock()
         self._open: dict[str, str] = {}  # anomaly key -> its key class, while an episode is open
         # (limit path, kind) -> its utilization gauge: prometheus_client's labels() takes
-        # a lock and hashes the label tuple, about 3 us per utilization (1,200 per tick
-        # with 600 counterparties); the same children, so the same cardinality
+        # a lock and hashes the label tuple on every call, and a tick may carry a
+        # utilization per limit; the same children, so the same cardinality
         self._util_gauges: dict[tuple[str, str], Any] = {}
 
     def observe(self, item: Any) -> Any:
@@ -179,7 +179,7 @@ class Observer:
         g = self._util_gauges.get((u.limit_path, u.kind))
         if g is None:
             try:
-                cp = parse_path(u.limit_path)[0]
+                cp = parse_limit_path(u.limit_path)[0]
             except ValueError:  # labelled by its scope instead, which may vary: not kept
                 return UTILIZATION.labels(_counterparty(u), u.limit_path, u.kind)
             g = self._util_gauges[(u.limit_path, u.kind)] = UTILIZATION.labels(

@@ -16,8 +16,6 @@
 - :mod:`~riskguard.operators.detection.cross_rates`: markets of one base asset parting,
   judged in event-time order on shard keys by
   :mod:`~riskguard.operators.detection.cross_shard`;
-- :mod:`~riskguard.operators.detection.detect_watch`: the firm tier's alert when a
-  detect worker goes silent;
 - :mod:`~riskguard.operators.detection.market_sim`: a labelled synthetic market for
   tests, backtests and benches.
 """
@@ -30,11 +28,6 @@ from riskguard.operators.detection.band_levels import (
 )
 from riskguard.operators.detection.cross_rates import CrossRateConfig, CrossRates, market_group
 from riskguard.operators.detection.cross_shard import CrossShard, CrossShardState, cross_points
-from riskguard.operators.detection.detect_watch import (
-    DetectWatchLogic,
-    DetectWatchState,
-    detect_worker,
-)
 from riskguard.operators.detection.detector import (
     DetectorLogic,
     DetectorState,
@@ -75,8 +68,6 @@ __all__ = [
     "CrossShard",
     "CrossShardState",
     "DetectOut",
-    "DetectWatchLogic",
-    "DetectWatchState",
     "DetectorConfig",
     "DetectorLogic",
     "DetectorState",
@@ -102,7 +93,6 @@ __all__ = [
     "cross_points",
     "detect_anomalies",
     "detect_dislocations",
-    "detect_worker",
     "detector_builder",
     "extract_features",
     "feature_builder",

@@ -14,13 +14,28 @@ import fnmatch
 import itertools
 import math
 from collections.abc import Sequence
+from typing import Annotated, Literal, get_args
 
 import msgspec
 from riskguard.schemas.market import Measure
 
 from riskguard.errors import ConfigError
+from riskguard.validation import (
+    NonNegativeInt,
+    Positive,
+    PositiveFinite,
+    Share,
+    check_declared,
+)
 
 NS = 1_000_000_000
+Levels = Annotated[tuple[PositiveFinite, ...], msgspec.Meta(min_length=1)]
+"""One level per horizon."""
+DailyLimit = Annotated[float, msgspec.Meta(gt=0.0, lt=10_000.0)]  # bps of the settlement price
+TimeOfDay = Annotated[float, msgspec.Meta(ge=0.0, lt=86_400.0)]  # seconds after 00:00 UTC
+AtLeastOne = Annotated[float, msgspec.Meta(ge=1.0)]
+CriticalRule = Literal["fast_fall", "slide", "limit", "static", "ratio", "horizons"]
+CriticalMoves = Literal["down", "up", "both"]
 
 
 class BandLevels(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -28,31 +43,32 @@ class BandLevels(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     here replaces that one, and an unset one is inherited."""
 
     enabled: bool | None = None  # unset: detector.bands.enabled
-    horizons_s: tuple[float, ...] | None = None  # unset: detector.bands.horizons_s
-    floor_bps: tuple[float, ...] | None = None  # unset: detector.bands.floor_bps
-    cap_bps: tuple[float, ...] | None = None  # unset: detector.bands.cap_bps
-    drawdown_s: float | None = None  # unset: detector.bands.drawdown_s
-    daily_limits_bps: tuple[float, ...] | None = None  # unset: detector.bands.daily_limits_bps
-    settlement_s: float | None = None  # unset: detector.bands.settlement_s
-    band_k: tuple[float, ...] | None = None  # unset: detector.bands.band_k
-    critical_rules: tuple[str, ...] | None = None  # unset: detector.bands.critical_rules
-    fast_s: float | None = None  # unset: detector.bands.fast_s
-    deep_bps: float | None = None  # unset: detector.bands.deep_bps
-    deep_z: float | None = None  # unset: detector.bands.deep_z
-    slide_z: float | None = None  # unset: detector.bands.slide_z
-    static_z: float | None = None  # unset: detector.bands.static_z
-    critical_ratio: float | None = None  # unset: detector.bands.critical_ratio
-    critical_moves: str | None = None  # unset: detector.bands.critical_moves
-    confirm_horizons: int | None = None  # unset: detector.bands.confirm_horizons
-    vol_halflife_s: float | None = None  # unset: detector.bands.vol_halflife_s
-    vol_clip: float | None = None  # unset: detector.bands.vol_clip
-    warmup_returns: int | None = None  # unset: detector.bands.warmup_returns
-    hysteresis: float | None = None  # unset: detector.bands.hysteresis
-    close_quiet_points: int | None = None  # unset: detector.bands.close_quiet_points
-    close_quiet_ns: int | None = None  # unset: detector.bands.close_quiet_ns
-    deescalate_quiet_points: int | None = None  # unset: detector.bands.deescalate_quiet_points
-    deescalate_quiet_s: float | None = None  # unset: detector.bands.deescalate_quiet_s
-    top_k: int | None = None  # unset: detector.bands.top_k
+    horizons_s: Levels | None = None  # unset: detector.bands.horizons_s
+    floor_bps: Levels | None = None  # unset: detector.bands.floor_bps
+    cap_bps: Levels | None = None  # unset: detector.bands.cap_bps
+    drawdown_s: PositiveFinite | None = None  # unset: detector.bands.drawdown_s
+    daily_limits_bps: tuple[DailyLimit, ...] | None = None  # unset: detector.bands.daily_limits_bps
+    settlement_s: TimeOfDay | None = None  # unset: detector.bands.settlement_s
+    band_k: Levels | None = None  # unset: detector.bands.band_k
+    critical_rules: tuple[CriticalRule, ...] | None = None  # unset: detector.bands.critical_rules
+    fast_s: PositiveFinite | None = None  # unset: detector.bands.fast_s
+    deep_bps: PositiveFinite | None = None  # unset: detector.bands.deep_bps
+    deep_z: Positive | None = None  # unset: detector.bands.deep_z
+    slide_z: PositiveFinite | None = None  # unset: detector.bands.slide_z
+    static_z: Positive | None = None  # unset: detector.bands.static_z
+    critical_ratio: AtLeastOne | None = None  # unset: detector.bands.critical_ratio
+    critical_moves: CriticalMoves | None = None  # unset: detector.bands.critical_moves
+    confirm_horizons: NonNegativeInt | None = None  # unset: detector.bands.confirm_horizons
+    vol_halflife_s: PositiveFinite | None = None  # unset: detector.bands.vol_halflife_s
+    vol_clip: PositiveFinite | None = None  # unset: detector.bands.vol_clip
+    warmup_returns: NonNegativeInt | None = None  # unset: detector.bands.warmup_returns
+    hysteresis: Share | None = None  # unset: detector.bands.hysteresis
+    close_quiet_points: NonNegativeInt | None = None  # unset: detector.bands.close_quiet_points
+    close_quiet_ns: NonNegativeInt | None = None  # unset: detector.bands.close_quiet_ns
+    # unset: detector.bands.deescalate_quiet_points
+    deescalate_quiet_points: NonNegativeInt | None = None
+    deescalate_quiet_s: PositiveFinite | None = None  # unset: detector.bands.deescalate_quiet_s
+    top_k: NonNegativeInt | None = None  # unset: detector.bands.top_k
     model_version: str | None = None  # unset: detector.bands.model_version
 
 
@@ -62,12 +78,12 @@ class ProductBands(BandLevels, frozen=True, kw_only=True, forbid_unknown_fields=
     ``venue/instrument``, such as ``"deribit/DVOL-*"``) names takes every value set here
     over those of its measure. A key takes the first product it matches."""
 
-    match: str  # glob on venue/instrument
+    match: Annotated[str, msgspec.Meta(min_length=1)]  # glob on venue/instrument
 
 
 DEFAULT_HORIZONS_S = (60.0, 300.0, 900.0, 3600.0, 14_400.0, 86_400.0)
 CRITICAL_MOVES = {"down": -1, "up": 1, "both": 0}
-CRITICAL_RULES = ("fast_fall", "slide", "limit", "static", "ratio", "horizons")
+CRITICAL_RULES: tuple[str, ...] = get_args(CriticalRule)
 """The rules ``critical_rules`` may list (:mod:`~riskguard.operators.detection.band_rules`)."""
 """``critical_moves``: the sign of the moves the learned bands may make critical (0:
 either)."""
@@ -102,12 +118,12 @@ class VolatilityLevels(BandLevels, frozen=True, kw_only=True, forbid_unknown_fie
     default horizons)."""
 
     # a day's cap of 3,000 bps: a fall of 26 %, a rise of 35 %
-    cap_bps: tuple[float, ...] | None = VOLATILITY_CAPS_BPS
-    daily_limits_bps: tuple[float, ...] | None = ()  # a volatility index is no price
-    deep_bps: float | None = 1500.0  # a day's rise of implied volatility by 16 %
-    critical_moves: str | None = "up"  # a rise of implied volatility is the adverse move
+    cap_bps: Levels | None = VOLATILITY_CAPS_BPS
+    daily_limits_bps: tuple[DailyLimit, ...] | None = ()  # a volatility index is no price
+    deep_bps: PositiveFinite | None = 1500.0  # a day's rise of implied volatility by 16 %
+    critical_moves: CriticalMoves | None = "up"  # a rise of implied volatility is the adverse move
     # a day's rise of four typical ones: implied volatility spikes more often than a price
-    band_k: tuple[float, ...] | None = VOLATILITY_BAND_K
+    band_k: Levels | None = VOLATILITY_BAND_K
 
 
 VOLATILITY_LEVELS = VolatilityLevels()
@@ -142,42 +158,44 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
     enabled: bool = True  # false: no move bands (no price_move signals)
     # the look-backs a move is measured over, in seconds (one floor_bps, cap_bps and band_k each)
-    horizons_s: tuple[float, ...] = DEFAULT_HORIZONS_S
-    floor_bps: tuple[float, ...] = (50.0, 80.0, 120.0, 200.0, 300.0, 500.0)
-    cap_bps: tuple[float, ...] = (300.0, 500.0, 700.0, 700.0, 700.0, 700.0)
-    drawdown_s: float = 86_400.0
+    horizons_s: Levels = DEFAULT_HORIZONS_S
+    floor_bps: Levels = (50.0, 80.0, 120.0, 200.0, 300.0, 500.0)
+    cap_bps: Levels = (300.0, 500.0, 700.0, 700.0, 700.0, 700.0)
+    drawdown_s: PositiveFinite = 86_400.0
     # tiers of the daily price limits from the previous settlement: critical once a day each
-    daily_limits_bps: tuple[float, ...] = (500.0, 1000.0, 1500.0, 2000.0)
-    settlement_s: float = 0.0  # the settlement price: the last at this time after 00:00 UTC
-    band_k: tuple[float, ...] = (7.0, 6.0, 5.5, 5.0, 4.0, 3.0)
+    daily_limits_bps: tuple[DailyLimit, ...] = (500.0, 1000.0, 1500.0, 2000.0)
+    settlement_s: TimeOfDay = 0.0  # the settlement price: the last at this time after 00:00 UTC
+    band_k: Levels = (7.0, 6.0, 5.5, 5.0, 4.0, 3.0)
     # the evidence that makes a reading critical (band_rules): any one of these rules
-    critical_rules: tuple[str, ...] = ("fast_fall", "slide", "static")
-    fast_s: float = 3600.0  # fast_fall: a move over a horizon up to this long out of band ...
-    deep_bps: float = 600.0  # ... while the day's range from its extreme is past this
-    deep_z: float = 3.0  # ... or past this many typical day ranges
-    slide_z: float = 1.75  # slide: past a daily limit, the day's range this many typical
-    static_z: float = math.inf  # static: a static level, learned moves this many typical
-    critical_ratio: float = 1.25  # ratio: a move this many times its band
+    critical_rules: tuple[CriticalRule, ...] = ("fast_fall", "slide", "static")
+    # fast_fall: a move over a horizon up to this long out of band ...
+    fast_s: PositiveFinite = 3600.0
+    deep_bps: PositiveFinite = 600.0  # ... while the day's range from its extreme is past this
+    deep_z: Positive = 3.0  # ... or past this many typical day ranges
+    slide_z: PositiveFinite = 1.75  # slide: past a daily limit, the day's range this many typical
+    static_z: Positive = math.inf  # static: a static level, learned moves this many typical
+    critical_ratio: AtLeastOne = 1.25  # ratio: a move this many times its band
     # which moves may be critical: falls of a price (the adverse move of long collateral
     # and the trigger of liquidations); a rally past its band or level is a warning
-    critical_moves: str = "down"
-    confirm_horizons: int = 2  # horizons: this many horizons out of band at once
+    critical_moves: CriticalMoves = "down"
+    confirm_horizons: NonNegativeInt = 2  # horizons: this many horizons out of band at once
     # half-life of the learned typical moves; a gap in the data longer than this starts the key's
     # warm-up afresh
-    vol_halflife_s: float = 7 * 86_400.0
+    vol_halflife_s: PositiveFinite = 7 * 86_400.0
     # a move teaches the typical move at most as much as one this many typical moves would
-    vol_clip: float = 4.0
+    vol_clip: PositiveFinite = 4.0
     # moves a horizon learns before its own band stands (until then the interval returns'
     # volatility, and before those the cap, stand in)
-    warmup_returns: int = 30
-    hysteresis: float = 0.8
-    close_quiet_points: int = 3
-    close_quiet_ns: int = 60 * NS
+    warmup_returns: NonNegativeInt = 30
+    hysteresis: Share = 0.8
+    close_quiet_points: NonNegativeInt = 3
+    close_quiet_ns: NonNegativeInt = 60 * NS
     # a trip eases to a warning after this many quiet readings (no new low, the shortest
     # horizon's move back inside its band) ...
-    deescalate_quiet_points: int = 2
-    deescalate_quiet_s: float = 3600.0  # ... over at least this long
-    top_k: int = 3  # horizons named on each signal (the largest moves against their bands)
+    deescalate_quiet_points: NonNegativeInt = 2
+    deescalate_quiet_s: PositiveFinite = 3600.0  # ... over at least this long
+    # horizons named on each signal (the largest moves against their bands)
+    top_k: NonNegativeInt = 3
     # recorded on every price_move signal: change it when the levels change
     model_version: str = "1"
     volatility: VolatilityLevels = VOLATILITY_LEVELS
@@ -217,35 +235,26 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         """Raise ``ConfigError`` naming the key of the first bad value: of these settings,
         of those of volatility indices, or of a product over either measure. A value one
         table inherits from another is named where it is set."""
+        check_declared(self, path)
         self._validate_levels(path)
         volatility = self._with(self.volatility)
         vol_path = path + ".volatility"
         _check(volatility, vol_path, [(vol_path, self.volatility)], path)
         for i, product in enumerate(self.products):
             where = f"{path}.products[{i}]"
-            if not product.match:
-                raise ConfigError(where + ".match", "must name the keys it applies to",
-                                  product.match)
             _check(self._with(product), where, [(where, product)], path)
             _check(volatility._with(product), where,
                    [(where, product), (vol_path, self.volatility)], path)
         return self
 
     def _validate_levels(self, path: str) -> None:
+        """The checks across these levels' fields (each value's own are declared)."""
         n = len(self.horizons_s)
-        if n == 0:
-            raise ConfigError(path + ".horizons_s", "must list at least one horizon",
-                              self.horizons_s)
         for name in ("floor_bps", "cap_bps", "band_k"):
             if len(getattr(self, name)) != n:
                 raise ConfigError(f"{path}.{name}", f"must give one value per horizon ({n})",
                                   getattr(self, name))
-        for name in ("horizons_s", "floor_bps", "cap_bps", "band_k"):
-            for i, v in enumerate(getattr(self, name)):
-                if not (math.isfinite(v) and v > 0):
-                    raise ConfigError(f"{path}.{name}[{i}]", "must be a positive number", v)
-        hs = self.horizons_s
-        if any(b <= a for a, b in itertools.pairwise(hs)):
+        if any(b <= a for a, b in itertools.pairwise(self.horizons_s)):
             raise ConfigError(path + ".horizons_s", "must be in increasing order",
                               self.horizons_s)
         for i, (lo, hi) in enumerate(zip(self.floor_bps, self.cap_bps, strict=True)):
@@ -253,43 +262,8 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
                 raise ConfigError(f"{path}.floor_bps[{i}]",
                                   f"must not exceed cap_bps[{i}] ({hi})", lo)
         limits = self.daily_limits_bps
-        for i, v in enumerate(limits):
-            if not (math.isfinite(v) and 0 < v < 1e4):
-                raise ConfigError(f"{path}.daily_limits_bps[{i}]",
-                                  "must be a number of bps in (0, 10000)", v)
         if any(b <= a for a, b in itertools.pairwise(limits)):
             raise ConfigError(path + ".daily_limits_bps", "must be in increasing order", limits)
-        if not (math.isfinite(self.settlement_s) and 0.0 <= self.settlement_s < 86_400.0):
-            raise ConfigError(path + ".settlement_s", "must be in [0, 86400)",
-                              self.settlement_s)
-        for name in ("drawdown_s", "vol_halflife_s", "vol_clip", "deescalate_quiet_s"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
-                raise ConfigError(f"{path}.{name}", "must be a positive number", v)
-        if not self.critical_ratio >= 1.0:
-            raise ConfigError(path + ".critical_ratio", "must be >= 1", self.critical_ratio)
-        for i, rule in enumerate(self.critical_rules):
-            if rule not in CRITICAL_RULES:
-                raise ConfigError(f"{path}.critical_rules[{i}]",
-                                  "one of " + ", ".join(CRITICAL_RULES), rule)
-        for name in ("fast_s", "deep_bps", "slide_z"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
-                raise ConfigError(f"{path}.{name}", "must be a positive number", v)
-        for name in ("static_z", "deep_z"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{path}.{name}", "must be a positive number (inf: off)",
-                                  getattr(self, name))
-        if self.critical_moves not in CRITICAL_MOVES:
-            raise ConfigError(path + ".critical_moves", "one of down, up, both",
-                              self.critical_moves)
-        if not 0.0 < self.hysteresis <= 1.0:
-            raise ConfigError(path + ".hysteresis", "must be in (0, 1]", self.hysteresis)
-        for name in ("warmup_returns", "close_quiet_points", "deescalate_quiet_points",
-                     "close_quiet_ns", "top_k",
-                     "confirm_horizons"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{path}.{name}", "must be >= 0", getattr(self, name))
 
 
 _NO_LEVELS = VolatilityLevels(**dict.fromkeys(BandLevels.__struct_fields__))

@@ -53,16 +53,21 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
-from riskguard.schemas.signals import AnomalySignal, Contribution, FeatureVector, Severity
+from riskguard.schemas.signals import (
+    SEVERITY_RANK,
+    AnomalySignal,
+    Contribution,
+    FeatureVector,
+    Severity,
+)
 
-from riskguard.errors import ConfigError
+from riskguard.validation import NonNegativeInt, PositiveFinite, PositiveInt, check_declared
 
 NS = 1_000_000_000
 _NAMESPACE = uuid.UUID("2c1b8e0a-7f43-5b7e-9d1e-5a6f0c3b8d27")
-_RANK = {Severity.INFO: 0, Severity.WARN: 1, Severity.CRITICAL: 2}
 QUOTES = ("FDUSD", "USDT", "USDC", "BUSD", "TUSD", "USD", "DAI", "EUR", "BTC", "ETH")
 USD_LIKE = frozenset({"FDUSD", "USDT", "USDC", "BUSD", "TUSD", "USD", "DAI"})
 ALIASES = {"XBT": "BTC"}
@@ -127,34 +132,22 @@ class CrossRateConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     """
 
     enabled: bool = True  # false: no dislocation signals
-    shards: int = 4
-    min_markets: int = 3
-    floor_bps: float = 50.0
-    band_k: float = 8.0
-    critical_ratio: float = 2.0
-    halflife_s: float = 86_400.0
-    max_age_ns: int = 120 * NS
+    shards: PositiveInt = 4
+    min_markets: Annotated[int, msgspec.Meta(ge=2)] = 3
+    floor_bps: PositiveFinite = 50.0
+    band_k: PositiveFinite = 8.0
+    critical_ratio: Annotated[float, msgspec.Meta(ge=1.0)] = 2.0
+    halflife_s: PositiveFinite = 86_400.0
+    max_age_ns: NonNegativeInt = 120 * NS
     # comparisons a market learns its usual offset from before it can be judged
-    warmup_points: int = 60
+    warmup_points: NonNegativeInt = 60
     # a dislocation closes after this many comparisons back inside the band
-    close_quiet_points: int = 3
+    close_quiet_points: NonNegativeInt = 3
     model_version: str = "1"  # recorded on every dislocation signal
 
     def validate(self, path: str = "detector.cross") -> CrossRateConfig:
         """Raise ``ConfigError`` naming the key of the first bad value."""
-        for name in ("floor_bps", "band_k", "halflife_s"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
-                raise ConfigError(f"{path}.{name}", "must be a positive number", v)
-        if not self.critical_ratio >= 1.0:
-            raise ConfigError(path + ".critical_ratio", "must be >= 1", self.critical_ratio)
-        if self.shards < 1:
-            raise ConfigError(path + ".shards", "must be >= 1", self.shards)
-        if self.min_markets < 2:
-            raise ConfigError(path + ".min_markets", "must be >= 2", self.min_markets)
-        for name in ("max_age_ns", "warmup_points", "close_quiet_points"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{path}.{name}", "must be >= 0", getattr(self, name))
+        check_declared(self, path)
         return self
 
 
@@ -234,7 +227,7 @@ class CrossRates:
                 m.ep_open, m.ep_severity = True, sev.value
                 m.episodes += 1
                 out.append(self._signal(fv, m, "open", sev, excess, ratio, ref_key))
-            elif _RANK[sev] > _RANK[Severity(m.ep_severity)]:
+            elif SEVERITY_RANK[sev] > SEVERITY_RANK[Severity(m.ep_severity)]:
                 m.ep_severity = sev.value
                 out.append(self._signal(fv, m, "escalate", sev, excess, ratio, ref_key))
         elif m.ep_open:

@@ -95,30 +95,47 @@ import pickle
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 from riskguard.operators.detection.hst import ArrayHST
 from riskguard.operators.detection.models import (
     DetectorConfig,
-    _make_drift,
+    make_drift,
     make_model,
     model_kind,
     model_name,
-    prepare_models,  # noqa: F401  # old path
 )
 from riskguard.operators.detection.move_bands import MoveBands, MoveBandState
 from riskguard.operators.detection.score_quantile import ScoreQuantile
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import encode
-from riskguard.schemas.signals import AnomalySignal, Contribution, FeatureVector, Severity
+from riskguard.schemas.signals import (
+    SEVERITY_RANK,
+    AnomalySignal,
+    Contribution,
+    FeatureVector,
+    Severity,
+)
 
 from riskguard.errors import ConfigError
 
 NS = 1_000_000_000
 _NAMESPACE = uuid.UUID("6f1d3c1e-6a57-5d8e-9a55-7c1b0a2e4d11")
-_SEVERITY_RANK = {Severity.INFO: 0, Severity.WARN: 1, Severity.CRITICAL: 2}
 _MAX_FINITE = 1.7976931348623157e308
+
+
+class _Scored(NamedTuple):
+    """A vector as the learned path scored it: the features, as the model reads them,
+    their z-scores and the learned deviations, the leaves an ArrayHST counted it in, and
+    the model's own score (before the tail)."""
+
+    x: list[float]
+    xm: Sequence[float]
+    z: list[float]
+    sd: list[float] | None
+    leaves: tuple[int, ...] | None
+    model_score: float
 
 
 @dataclass
@@ -197,7 +214,7 @@ class DetectorLogic:
         self._enough = min(50, self._min_scores)  # scores before the quantile is used
         self._tail_share = 1.0 - (1.0 - config.target_alarm_rate)  # as ScoreQuantile.get
         self.quantile = ScoreQuantile(config.threshold_window, True, s.quantile or None)
-        self.drift: Any = pickle.loads(s.drift) if s.drift else _make_drift(config)  # own state
+        self.drift: Any = pickle.loads(s.drift) if s.drift else make_drift(config)  # own state
         self._up = 1.0 + config.tail_step
         self._open_decay = 1.0 - 2.0 / config.threshold_window
         self._down = 1.0 - config.tail_step * (1.0 - config.tail_quantile) / config.tail_quantile
@@ -322,6 +339,11 @@ class DetectorLogic:
         return thr
 
     def on_event(self, fv: FeatureVector) -> list[AnomalySignal | DeadLetter]:
+        """One feature vector: the move bands' readings, then the learned path's. That
+        path scores the vector (:meth:`_zscores`, :meth:`_model_score`,
+        :meth:`_tail_score`), learns from it unless protection holds the model back
+        (:meth:`_learn`), follows the episode (:meth:`_episode`) and the drift of the
+        scores (:meth:`_drift_step`)."""
         s = self.s
         c = self.config
         values = fv.values
@@ -336,113 +358,146 @@ class DetectorLogic:
         moves = bands.on_vector(fv) if bands is not None and fv.price else ()
         if self._bands_only:
             return list(moves)
-        if not s.features:
-            self._init_key(fv)
-        if s.first_ts < 0:
-            s.first_ts = fv.ts
-        feats = s.features
-        try:
-            x = self._pick(values)
-        except KeyError:  # a feature missing from this vector counts as 0
-            get = values.get
-            x = [get(f, 0.0) for f in feats]
-        s.n_seen += 1
+        x = self._vector(fv)
         if self.kind == "range":
             return self._on_range(fv, x[0], moves)
         # running z-scores against the learned statistics (score before learning)
-        n_stats = s.n_stats
-        sd: list[float] | None = None
-        if n_stats:
-            sqrt = math.sqrt
-            z = []
-            sd = []
-            for v, m, vv in zip(x, s.mean, s.var, strict=True):
-                # a feature that has not varied yet has no scale: it scores 0 until
-                # it has (one learned deviation gives it one)
-                floor = 1e-9 * (abs(m) + 1e-9)
-                r = sqrt(vv)
-                sd.append(r)
-                z.append((v - m) / r if vv > floor * floor else 0.0)
-        else:
-            z = [0.0] * len(x)
-        # the model's score; an ArrayHST also counts the point (taken back if not learned)
-        leaves: tuple[int, ...] | None = None
-        fresh_leaves: tuple[int, ...] | None = None
-        xm: Sequence[float]
-        if self._array or self.kind == "river_hst":
-            xm = self._scaled(x, z)
-            if self._array:
-                score, leaves = self.model.score(xm, True)
-            else:
-                xd = dict(zip(feats, xm, strict=True))
-                score = float(self.model.score_one(xd))
-        else:
-            xm = x
-            score = self._score_river(x)
-        ready = self._ready or self.model_ready()
-        self._ready = ready
+        z, sd = self._zscores(x)
+        score, leaves, xm = self._model_score(x, z)
+        ready = self._ready = self._ready or self.model_ready()
         warming = (s.n_learned < c.warmup_events or fv.ts - s.first_ts < c.warmup_ns
                    or not ready or self.quantile.count < self._min_scores)
         thr = self._thr
         if thr is None:
             thr = self._thr = self.threshold()
         model_score = score
-        # calibrated univariate tail: worst |z| over that feature's recent normal peak
-        tail = 0.0
-        if self._tailing and n_stats >= 30:
-            mz = c.tail_min_z
-            for zi, p in zip(z, s.peak, strict=True):
-                t = abs(zi) / (p if p > mz else mz)
-                if t > tail:  # noqa: PLR1730  # hot loop: a compare beats a max() call
-                    tail = t
-            if tail > c.tail_cut and thr != math.inf:
-                score = max(score, thr + abs(thr) * (tail / c.tail_cut - 1.0))
+        score = self._tail_score(score, z, thr)
         anomalous = score > thr
         contributions = self._explain(x, z) if anomalous or s.ep_open else []
-        # protection holds for an incident (one episode, even a long one) but not when
-        # episodes keep opening: that is a change of scale the model must absorb
+        self._learn(_Scored(x, xm, z, sd, leaves, model_score), anomalous=anomalous,
+                    warming=warming, ready=ready)
+        out: list[AnomalySignal | DeadLetter] = list(moves)
+        out.extend(self._episode(fv, score, thr, anomalous, warming, contributions))
+        if self.drift is not None and ready:
+            out.extend(self._drift_step(fv, model_score, score, thr, warming, contributions))
+        return out
+
+    def _vector(self, fv: FeatureVector) -> list[float]:
+        """The vector's configured features in order (a missing one counts as 0); the
+        key's features are fixed by its first vector."""
+        s = self.s
+        if not s.features:
+            self._init_key(fv)
+        if s.first_ts < 0:
+            s.first_ts = fv.ts
+        values = fv.values
+        try:
+            x = self._pick(values)
+        except KeyError:  # a feature missing from this vector counts as 0
+            get = values.get
+            x = [get(f, 0.0) for f in s.features]
+        s.n_seen += 1
+        return x
+
+    def _zscores(self, x: Sequence[float]) -> tuple[list[float], list[float] | None]:
+        """Each feature's z-score and the learned deviations (None before any)."""
+        s = self.s
+        if not s.n_stats:
+            return [0.0] * len(x), None
+        sqrt = math.sqrt
+        z = []
+        sd = []
+        for v, m, vv in zip(x, s.mean, s.var, strict=True):
+            # a feature that has not varied yet has no scale: it scores 0 until
+            # it has (one learned deviation gives it one)
+            floor = 1e-9 * (abs(m) + 1e-9)
+            r = sqrt(vv)
+            sd.append(r)
+            z.append((v - m) / r if vv > floor * floor else 0.0)
+        return z, sd
+
+    def _model_score(self, x: list[float], z: list[float]
+                     ) -> tuple[float, tuple[int, ...] | None, Sequence[float]]:
+        """The model's score, the leaves an ArrayHST counted the point in (taken back if
+        it is not learned), and the vector as the model reads it."""
+        if self._array:
+            xm = self._scaled(x, z)
+            score, leaves = self.model.score(xm, True)
+            return score, leaves, xm
+        if self.kind == "river_hst":
+            xm = self._scaled(x, z)
+            return float(self.model.score_one(dict(zip(self.s.features, xm, strict=True)))), \
+                None, xm
+        return self._score_river(x), None, x
+
+    def _tail_score(self, score: float, z: list[float], thr: float) -> float:
+        """The score raised by the calibrated univariate tail: the worst |z| over that
+        feature's recent normal peak, past ``tail_cut``."""
+        c = self.config
+        if not self._tailing or self.s.n_stats < 30:
+            return score
+        tail = 0.0
+        mz = c.tail_min_z
+        for zi, p in zip(z, self.s.peak, strict=True):
+            t = abs(zi) / (p if p > mz else mz)
+            if t > tail:  # noqa: PLR1730  # hot loop: a compare beats a max() call
+                tail = t
+        if tail > c.tail_cut and thr != math.inf:
+            score = max(score, thr + abs(thr) * (tail / c.tail_cut - 1.0))
+        return score
+
+    def _learn(self, v: _Scored, *, anomalous: bool, warming: bool, ready: bool) -> None:
+        """Learn the vector, unless protection holds: it does for an incident (one
+        episode, even a long one) but not when episodes keep opening, a change of scale
+        the model must absorb."""
+        s = self.s
+        c = self.config
         s.recent_opens *= self._open_decay
         protect = (c.protect_model and anomalous and not warming
                    and s.recent_opens < c.protect_max_episodes)
         if protect and s.protected_run < c.protect_max_points:
             s.protected_run += 1
-            if leaves is not None:
-                self.model.uncount(leaves)
-        else:
-            if not anomalous:
-                s.protected_run = 0
-            if self._array:
-                self.model.commit()
-                if self.fresh is not None:
-                    fresh_leaves = self.fresh.score(xm, True)[1]
-                    self.fresh.commit()
-            else:
-                self._learn_river(x, xm)
-            s.n_learned += 1
-            if ready:
-                self._update_quantile(model_score)
-            # the tail cut holds while an episode lasts: a persistent extreme move must
-            # stay anomalous, not become the new yardstick
-            self._learn_stats(x, z, sd, freeze_peak=anomalous or s.ep_open)
+            if v.leaves is not None:
+                self.model.uncount(v.leaves)
+            return
+        if not anomalous:
+            s.protected_run = 0
+        if self._array:
+            self.model.commit()
             if self.fresh is not None:
-                s.n_fresh += 1
-                if s.n_fresh >= c.blend_points:
-                    self.model, self.fresh, s.n_fresh = self.fresh, None, 0
-                self._ready = False
-        del fresh_leaves
-        out: list[AnomalySignal | DeadLetter] = list(moves)
-        out.extend(self._episode(fv, score, thr, anomalous, warming, contributions))
-        if self.drift is not None and ready:
-            self.drift.update(model_score)
-            self._drift_dirty = True
-            s.since_drift += 1
-            if self.drift.drift_detected and not warming and \
-                    s.since_drift >= c.drift_cooldown_points:
-                s.since_drift = 0
-                out.append(self._signal(fv, "regime_change", "open", score, thr,
-                                        Severity.INFO, warming, contributions, None))
-                self._adapt(fv.ts)
-        return out
+                self.fresh.score(v.xm, True)
+                self.fresh.commit()
+        else:
+            self._learn_river(v.x, v.xm)
+        s.n_learned += 1
+        if ready:
+            self._update_quantile(v.model_score)
+        # the tail cut holds while an episode lasts: a persistent extreme move must
+        # stay anomalous, not become the new yardstick
+        self._learn_stats(v.x, v.z, v.sd, freeze_peak=anomalous or s.ep_open)
+        if self.fresh is not None:
+            s.n_fresh += 1
+            if s.n_fresh >= c.blend_points:
+                self.model, self.fresh, s.n_fresh = self.fresh, None, 0
+            self._ready = False
+
+    def _drift_step(self, fv: FeatureVector, model_score: float, score: float, thr: float,
+                    warming: bool, contributions: list[Contribution]) -> list[AnomalySignal]:
+        """Feed the drift detector; on a drift past the cooldown, a regime_change signal
+        and the model adapts."""
+        assert self.drift is not None
+        s = self.s
+        self.drift.update(model_score)
+        self._drift_dirty = True
+        s.since_drift += 1
+        if not (self.drift.drift_detected and not warming
+                and s.since_drift >= self.config.drift_cooldown_points):
+            return []
+        s.since_drift = 0
+        signal = self._signal(fv, "regime_change", "open", score, thr, Severity.INFO, warming,
+                              contributions, None)
+        self._adapt(fv.ts)
+        return [signal]
 
     def _on_range(self, fv: FeatureVector, x: float, moves: Sequence[AnomalySignal]
                   ) -> list[AnomalySignal | DeadLetter]:
@@ -650,7 +705,7 @@ class DetectorLogic:
             s.ep_peak_excess = max(s.ep_peak_excess, excess)
             sev = self._severity(s.ep_peak_excess, ts - s.ep_start, s.ep_points,
                                  fv.interval_ns > 0)
-            if _SEVERITY_RANK[sev] > _SEVERITY_RANK[Severity(s.ep_severity)]:
+            if SEVERITY_RANK[sev] > SEVERITY_RANK[Severity(s.ep_severity)]:
                 s.ep_severity = sev.value
                 return [self._signal(fv, "anomaly", "escalate", score, thr, sev,
                                      s.ep_warming, contributions, self._episode_id())]

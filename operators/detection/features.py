@@ -64,7 +64,7 @@ from riskguard.schemas.market import (
 )
 from riskguard.schemas.signals import FeatureVector, Scope, ScopeKind
 
-from riskguard.errors import ConfigError
+from riskguard.validation import NonNegativeInt, PositiveInt, Share, check_declared
 
 NS = 1_000_000_000
 SECONDS_PER_YEAR = 31_536_000.0
@@ -86,9 +86,9 @@ class FeatureConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``venues`` lists the venues whose ``venue/instrument`` keys receive each
     index or oracle price (the fan-out that brings the reference price to
     every key without a per-event exchange). Left empty, the venues are taken
-    from the market data each worker routes: list them on a cluster, where an
-    index price may be routed by a worker that has not seen the venue yet.
-    ``index_map`` maps an index instrument name to the instruments it prices when the names differ.
+    from the market data routed so far: list them where an index price may come before
+    a venue's first market record. ``index_map`` maps an index instrument name to the
+    instruments it prices when the names differ.
     """
 
     venues: tuple[str, ...] = ()
@@ -96,35 +96,21 @@ class FeatureConfig(msgspec.Struct, frozen=True, kw_only=True):
     oracle_sources: tuple[str, ...] = ("oracle",)
     index_map: dict[str, tuple[str, ...]] = {}
     cadence: Literal["bar", "event"] = "bar"
-    bar_ns: int = NS
-    allowed_lateness_ns: int = 2 * NS
-    allowed_skew_ns: int = 5 * NS
-    return_window_ns: int = 5 * NS
-    iv_window_ns: int = 10 * NS
-    fast_alpha: float = 0.3
-    slow_alpha: float = 0.01
-    rate_halflife_ns: int = 10 * NS
-    max_evidence: int = 8
+    bar_ns: PositiveInt = NS
+    allowed_lateness_ns: NonNegativeInt = 2 * NS
+    allowed_skew_ns: NonNegativeInt = 5 * NS
+    return_window_ns: PositiveInt = 5 * NS
+    iv_window_ns: PositiveInt = 10 * NS
+    fast_alpha: Share = 0.3
+    slow_alpha: Share = 0.01
+    rate_halflife_ns: PositiveInt = 10 * NS
+    max_evidence: PositiveInt = 8
     topic: str = "market"
     step: str = "features"
 
     def validate(self, path: str = "features") -> FeatureConfig:
         """Raise ``ConfigError`` naming the key of the first bad value."""
-        for name in ("bar_ns", "return_window_ns", "iv_window_ns", "rate_halflife_ns"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(path + "." + name, "must be a positive duration in ns",
-                                  getattr(self, name))
-        for name in ("allowed_lateness_ns", "allowed_skew_ns"):
-            if getattr(self, name) < 0:
-                raise ConfigError(path + "." + name, "must be >= 0 ns", getattr(self, name))
-        for name in ("fast_alpha", "slow_alpha"):
-            a = getattr(self, name)
-            if not 0.0 < a <= 1.0:
-                raise ConfigError(path + "." + name, "must be in (0, 1]", a)
-        if self.max_evidence < 1:
-            raise ConfigError(path + ".max_evidence", "must be >= 1", self.max_evidence)
-        if self.cadence not in ("bar", "event"):
-            raise ConfigError(path + ".cadence", "must be 'bar' or 'event'", self.cadence)
+        check_declared(self, path)
         return self
 
 
@@ -274,10 +260,6 @@ def _depth_problem(rec: BookDepth) -> tuple[str, str, str] | None:
     if rec.mid is not None and not (math.isfinite(rec.mid) and rec.mid > 0.0):
         return ("$.mid", "finite number > 0", repr(rec.mid))
     return None
-
-
-def _finite(*xs: float) -> bool:
-    return all(math.isfinite(x) for x in xs)
 
 
 _CHECKS: dict[type, tuple[str, ...]] = {
@@ -453,64 +435,65 @@ class FeatureLogic:
             s.recv_lag_ns = rec.recv_ts - ts
 
     def _apply(self, rec: Any, ts: int) -> None:
-        """Every record but a quote (``on_event`` sends those to :meth:`_quote`)."""
-        s = self.s
-        t = type(rec)
-        if t is Trade:
-            if not s.kind:
-                s.kind = "market"
-            if not s.key:
-                s.key = f"{rec.venue}/{rec.instrument}"
-            if rec.price != s.last_trade:
-                s.change_ts = max(s.change_ts, ts)
-            s.last_trade = rec.price
-            s.quote_ts = max(s.quote_ts, ts)
-            self._trade(rec.qty, 1.0 if rec.side == "buy" else -1.0, ts)
-            if not s.has_quotes:
-                self._price(rec.price, ts)
-        elif t is Bar:
-            self._bar(rec, ts)
-        elif t is BookDepth:
-            self._depth(rec, ts)
-        elif t is IndexPrice:
-            if rec.venue in self.config.oracle_sources:
-                s.oracle_px = rec.price
-            else:
-                s.index_px = rec.price
-        elif t is FundingRate:
-            if not s.kind:
-                s.kind = "market"
-            if not s.key:
-                s.key = f"{rec.venue}/{rec.instrument}"
-            s.funding_bps = rec.rate * 1e4
-            if rec.mark_price and rec.index_price:
-                s.basis_bps = (rec.mark_price - rec.index_price) / rec.index_price * 1e4
-        elif t is PremiumIndexBar:
-            # the perpetual's premium over its index: the basis, as a funding record gives it
-            if not s.kind:
-                s.kind = "market"
-            if not s.key:
-                s.key = f"{rec.venue}/{rec.instrument}"
-            s.basis_bps = rec.close * 1e4
-        elif t is OptionQuote:
-            s.kind = "option"
-            if not s.key:
-                s.key = f"{rec.venue}/{rec.instrument}"
-            self._option(rec, ts)
-        elif t is VenueStatus:
-            self._venue(rec, ts)
+        """Every record but a quote (``on_event`` sends those to :meth:`_quote`): the
+        step for its type (:data:`_STEPS`)."""
+        step = _STEPS.get(type(rec))
+        if step is not None:
+            step(self, rec, ts)
         if getattr(rec, "recv_ts", None) is not None:
-            s.recv_lag_ns = rec.recv_ts - ts
+            self.s.recv_lag_ns = rec.recv_ts - ts
+
+    def _name(self, rec: Any) -> None:
+        """A market key's kind and name, from its first record."""
+        s = self.s
+        if not s.kind:
+            s.kind = "market"
+        if not s.key:
+            s.key = f"{rec.venue}/{rec.instrument}"
+
+    def _on_trade(self, rec: Trade, ts: int) -> None:
+        s = self.s
+        self._name(rec)
+        if rec.price != s.last_trade:
+            s.change_ts = max(s.change_ts, ts)
+        s.last_trade = rec.price
+        s.quote_ts = max(s.quote_ts, ts)
+        self._trade(rec.qty, 1.0 if rec.side == "buy" else -1.0, ts)
+        if not s.has_quotes:
+            self._price(rec.price, ts)
+
+    def _on_index(self, rec: IndexPrice, ts: int) -> None:
+        if rec.venue in self.config.oracle_sources:
+            self.s.oracle_px = rec.price
+        else:
+            self.s.index_px = rec.price
+
+    def _on_funding(self, rec: FundingRate, ts: int) -> None:
+        s = self.s
+        self._name(rec)
+        s.funding_bps = rec.rate * 1e4
+        if rec.mark_price and rec.index_price:
+            s.basis_bps = (rec.mark_price - rec.index_price) / rec.index_price * 1e4
+
+    def _on_premium(self, rec: PremiumIndexBar, ts: int) -> None:
+        """The perpetual's premium over its index: the basis, as a funding record gives
+        it."""
+        self._name(rec)
+        self.s.basis_bps = rec.close * 1e4
+
+    def _on_option(self, rec: OptionQuote, ts: int) -> None:
+        s = self.s
+        s.kind = "option"
+        if not s.key:
+            s.key = f"{rec.venue}/{rec.instrument}"
+        self._option(rec, ts)
 
     def _bar(self, rec: Bar, ts: int) -> None:
         """A closed bar: the market was seen at ``ts`` (so ``price_age_s`` restarts, unless
         the bar is flat at the last price: a frozen feed), over its range. A bar more
         than two intervals after the last price starts the path afresh at its open."""
         s = self.s
-        if not s.kind:
-            s.kind = "market"
-        if not s.key:
-            s.key = f"{rec.venue}/{rec.instrument}"
+        self._name(rec)
         frozen = rec.low == rec.high == s.mid
         s.interval_ns = rec.interval_ns
         s.measure = rec.measure
@@ -538,10 +521,7 @@ class FeatureLogic:
         """A depth snapshot: the innermost band's depth per side, and since when it has
         not changed by more than ``DEPTH_CHANGE`` (a frozen side is a stale feed)."""
         s = self.s
-        if not s.kind:
-            s.kind = "market"
-        if not s.key:
-            s.key = f"{rec.venue}/{rec.instrument}"
+        self._name(rec)
         i = min(range(len(rec.bands_pct)), key=rec.bands_pct.__getitem__)
         bid, ask = rec.bid_depth[i], rec.ask_depth[i]
         if not s.has_depth or abs(bid - s.bid_depth) > DEPTH_CHANGE * max(bid, s.bid_depth):
@@ -719,6 +699,15 @@ class FeatureLogic:
         s.evidence = []  # the vector owns the list now
         s.px_low = s.px_high = s.mid
         return vec
+
+
+_STEPS: dict[type, Callable[[FeatureLogic, Any, int], None]] = {
+    Trade: FeatureLogic._on_trade, Bar: FeatureLogic._bar, BookDepth: FeatureLogic._depth,
+    IndexPrice: FeatureLogic._on_index, FundingRate: FeatureLogic._on_funding,
+    PremiumIndexBar: FeatureLogic._on_premium, OptionQuote: FeatureLogic._on_option,
+    VenueStatus: FeatureLogic._venue,
+}
+"""What each record type (but a quote) does to its key's state."""
 
 
 def feature_builder(config: FeatureConfig, clock: Callable[[], int]

@@ -1,9 +1,9 @@
 """River's Half-Space Trees in array form: shared tree shape, per-key masses.
 
 River's :class:`river.anomaly.HalfSpaceTrees` keeps every node as a Python
-object. Per key that costs about 15 ms to build (the trees are made on the
-first ``learn_one``), about 170 KB to pickle and about 6 ms per snapshot,
-which dominates a keyed flow with many keys and frequent epochs.
+object: per key, the trees are built on the first ``learn_one`` and every node
+is pickled in every snapshot, which dominates a keyed flow with many keys and
+frequent epochs.
 
 :class:`ArrayHST` runs the same algorithm on the same trees:
 

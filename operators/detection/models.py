@@ -13,9 +13,8 @@ detector uses it).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from riskguard.operators.detection.band_levels import MoveBandConfig
@@ -25,9 +24,17 @@ from riskguard.operators.detection.range_scorer import RangeScorer
 from riskguard.operators.detection.venue_confirm import VenueConfirmConfig
 
 from riskguard.errors import ConfigError
+from riskguard.validation import (
+    NonNegative,
+    NonNegativeInt,
+    Positive,
+    PositiveFinite,
+    PositiveInt,
+    Share,
+    check_declared,
+)
 
 NS = 1_000_000_000
-_MODELS = ("auto", "hst", "river_hst", "range", "gaussian", "oneclass_svm", "lof", "none")
 
 
 class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -45,57 +52,59 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     features: tuple[str, ...] = ()
     scaler: Literal["squash", "minmax"] = "squash"
     # scaler squash: a feature's z-score z enters the model as 0.5 + 0.5 * tanh(z / squash_scale)
-    squash_scale: float = 8.0
-    hst_trees: int = 10  # Half-Space Trees: the number of trees
-    hst_height: int = 8  # Half-Space Trees: the height of each tree (at most 12; keep it near 8)
+    squash_scale: Positive = 8.0
+    hst_trees: PositiveInt = 10  # Half-Space Trees: the number of trees
+    # Half-Space Trees: the height of each tree (at most 12; keep it near 8)
+    hst_height: Annotated[int, msgspec.Meta(ge=1, le=12)] = 8
     # Half-Space Trees: points per reference window; the model scores nothing before its first
-    hst_window: int = 250
+    hst_window: PositiveInt = 250
     seed: int = 42  # the random seed of the trees (same seed, same scores)
     # also score how far a feature lies out (the calibrated z-score tail), not only which cell of
     # the space it falls in
     tail: bool = True
     # the tail crosses the threshold where a feature's |z| is this many times its normal peak
     # (tail_quantile)
-    tail_cut: float = 2.0
-    tail_min_z: float = 4.0  # a feature's normal peak |z| is never taken below this
+    tail_cut: Positive = 2.0
+    tail_min_z: Positive = 4.0  # a feature's normal peak |z| is never taken below this
     # the quantile of a feature's normal |z| that is its peak (0.999: one point in a thousand)
-    tail_quantile: float = 0.999
-    tail_step: float = 0.05  # how fast that quantile moves (a relative step per point)
+    tail_quantile: Annotated[float, msgspec.Meta(ge=0.5, lt=1.0)] = 0.999
+    tail_step: Positive = 0.05  # how fast that quantile moves (a relative step per point)
     # weight of a new point in the running mean and variance of each feature (about 1 / points
     # remembered)
-    stats_alpha: float = 0.002
+    stats_alpha: Share = 0.002
     # a point moves the statistics at most as far as one this many standard deviations out would
-    stats_clip: float = 4.0
+    stats_clip: Positive = 4.0
     # a key's signals are warming_up (and act on nothing) until it has learned this many vectors ...
-    warmup_events: int = 300
+    warmup_events: NonNegativeInt = 300
     # ... and seen this much event time since its first (riskguard backtest and run name the keys
     # that never warmed up)
-    warmup_ns: int = 300 * NS
+    warmup_ns: NonNegativeInt = 300 * NS
     # the share of a key's scores the adaptive threshold is set to let past (its quantile: 1 - this)
-    target_alarm_rate: float = 0.0005
+    target_alarm_rate: Annotated[float, msgspec.Meta(gt=0.0, lt=0.5)] = 0.0005
     # scores the threshold's quantile is taken over (the last half to whole window)
-    threshold_window: int = 4000
+    threshold_window: PositiveInt = 4000
     # the threshold is never below this (unset: no floor; below 1 for Half-Space Trees)
     threshold_floor: float | None = None
-    threshold_margin: float = 0.8
+    threshold_margin: NonNegative = 0.8
     # do not learn the points flagged anomalous, so an attack is not learned as normal
     protect_model: bool = True
     # ... but learn again after this many flagged points in a row (a lasting change)
-    protect_max_points: int = 120
+    protect_max_points: PositiveInt = 120
     # ... or while more than this many episodes opened within about threshold_window / 2 points
     protect_max_episodes: float = 3.0
     drift: Literal["adwin", "page_hinkley", "none"] = "adwin"
     # the drift detector's sensitivity (ADWIN's delta; smaller: fewer regime changes)
     drift_delta: float = 0.0001
     drift_policy: Literal["keep", "reset", "blend"] = "blend"
-    drift_cooldown_points: int = 300  # points between two regime_change signals of a key, at least
+    # points between two regime_change signals of a key, at least
+    drift_cooldown_points: NonNegativeInt = 300
     # drift_policy blend: the fresh model replaces the old one after learning this many points
-    blend_points: int = 250
+    blend_points: PositiveInt = 250
     # an episode is quiet while the score is below this times the threshold ...
-    hysteresis: float = 0.9
-    close_quiet_points: int = 5  # ... for this many vectors in a row ...
+    hysteresis: Share = 0.9
+    close_quiet_points: PositiveInt = 5  # ... for this many vectors in a row ...
     # ... and this much event time since its last anomalous point: then it closes
-    close_quiet_ns: int = 5 * NS
+    close_quiet_ns: NonNegativeInt = 5 * NS
     # an episode is warn once its score passes the threshold by this share ...
     warn_excess: float = 0.05
     critical_excess: float = 0.15  # ... critical by this share ...
@@ -104,37 +113,32 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     critical_duration_ns: int = 60 * NS
     # with warn_duration_ns: the anomalous vectors a lasting episode needs to be warn (two 1-minute
     # bars are not a minute of anomalous 1-second vectors)
-    warn_points: int = 10
+    warn_points: NonNegativeInt = 10
     # with critical_duration_ns: the anomalous vectors it needs to be critical
-    critical_points: int = 60
+    critical_points: NonNegativeInt = 60
     # the highest severity on bar data (klines, OHLCV): a bar carries only the price path
     # and volume, which the move bands judge, so there critical comes from them
     max_severity_on_bars: Literal["warn", "critical"] = "warn"
-    top_k: int = 3  # features named on each signal (the largest z-scores)
-    range_threshold: float = 0.01
+    top_k: PositiveInt = 3  # features named on each signal (the largest z-scores)
+    range_threshold: PositiveFinite = 0.01
     # model range: the envelope is the extremes of the last range_blocks blocks of this many vectors
-    range_block: int = 128
-    range_blocks: int = 48  # model range: how many blocks of range_block vectors the envelope spans
-    range_quiet_points: int = 60
+    range_block: PositiveInt = 128
+    # model range: how many blocks of range_block vectors the envelope spans
+    range_blocks: PositiveInt = 48
+    range_quiet_points: PositiveInt = 60
     bands: MoveBandConfig = MoveBandConfig()
     cross: CrossRateConfig = CrossRateConfig()
     confirm: VenueConfirmConfig = VenueConfirmConfig()
     topic: str = "features"  # the topic a dead letter of this step names
     step: str = "detect"  # the step a dead letter of this step names
 
-    def validate(self, path: str = "detector") -> DetectorConfig:  # flat list of checks
-        """Raise ``ConfigError`` naming the key of the first bad value."""
+    def validate(self, path: str = "detector") -> DetectorConfig:
+        """Raise ``ConfigError`` naming the key of the first bad value: a value its field
+        does not allow, then the checks across fields."""
+        check_declared(self, path)
         self.bands.validate(path + ".bands")
         self.cross.validate(path + ".cross")
         self.confirm.validate(path + ".confirm")
-        if self.model not in _MODELS:
-            raise ConfigError(path + ".model", "must be one of " + ", ".join(_MODELS),
-                              self.model)
-        if self.scaler not in ("squash", "minmax"):
-            raise ConfigError(path + ".scaler", "must be squash or minmax", self.scaler)
-        if not 0.0 < self.target_alarm_rate < 0.5:
-            raise ConfigError(path + ".target_alarm_rate", "must be in (0, 0.5)",
-                              self.target_alarm_rate)
         if self.target_alarm_rate * (self.threshold_window // 2) < 1.0:
             # the quantile spans threshold_window / 2 to threshold_window scores: below one
             # alarm per half window it is the largest recent score, which no score exceeds
@@ -143,49 +147,15 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
                 "must give at least one alarm per half threshold window "
                 f"(target_alarm_rate * threshold_window / 2 >= 1, threshold_window "
                 f"{self.threshold_window}; raise one of them)", self.target_alarm_rate)
-        bounded = self.model in ("auto", "hst", "river_hst")
-        top = 1.0 if bounded else math.inf
-        if not 0.0 <= self.threshold_margin < top:
-            raise ConfigError(path + ".threshold_margin",
-                              "must be in [0, 1) (a share of the room below 1 for Half-Space "
-                              "Trees)" if bounded else "must be a number >= 0",
-                              self.threshold_margin)
-        if self.threshold_floor is not None and self.threshold_floor >= 1.0 and bounded:
-            raise ConfigError(path + ".threshold_floor",
-                              "must be below 1: Half-Space Trees scores never exceed 1",
-                              self.threshold_floor)
-        if not (math.isfinite(self.range_threshold) and self.range_threshold > 0.0):
-            raise ConfigError(path + ".range_threshold", "must be a positive number",
-                              self.range_threshold)
-        for name in ("hst_trees", "hst_height", "hst_window", "threshold_window", "range_block",
-                     "range_blocks", "range_quiet_points",
-                     "blend_points", "top_k", "close_quiet_points", "protect_max_points"):
-            if getattr(self, name) < 1:
-                raise ConfigError(path + "." + name, "must be a positive integer",
-                                  getattr(self, name))
-        if self.hst_height > 12:
-            raise ConfigError(path + ".hst_height",
-                              "must be <= 12 (height 15 costs > 500 us per event)",
-                              self.hst_height)
-        for name in ("warmup_events", "warmup_ns", "close_quiet_ns", "drift_cooldown_points",
-                     "warn_points", "critical_points"):
-            if getattr(self, name) < 0:
-                raise ConfigError(path + "." + name, "must be >= 0", getattr(self, name))
-        if not 0.5 <= self.tail_quantile < 1.0:
-            raise ConfigError(path + ".tail_quantile", "must be in [0.5, 1)", self.tail_quantile)
-        for name in ("tail_cut", "tail_min_z", "squash_scale", "tail_step", "stats_clip"):
-            if not getattr(self, name) > 0.0:
-                raise ConfigError(path + "." + name, "must be a positive number",
-                                  getattr(self, name))
-        if not 0.0 < self.stats_alpha <= 1.0:
-            raise ConfigError(path + ".stats_alpha", "must be in (0, 1]", self.stats_alpha)
-        if not 0.0 < self.hysteresis <= 1.0:
-            raise ConfigError(path + ".hysteresis", "must be in (0, 1]", self.hysteresis)
-        if self.drift not in ("adwin", "page_hinkley", "none"):
-            raise ConfigError(path + ".drift", "must be adwin, page_hinkley or none", self.drift)
-        if self.drift_policy not in ("keep", "reset", "blend"):
-            raise ConfigError(path + ".drift_policy", "must be keep, reset or blend",
-                              self.drift_policy)
+        if self.model in ("auto", "hst", "river_hst"):  # Half-Space Trees score at most 1
+            if self.threshold_margin >= 1.0:
+                raise ConfigError(path + ".threshold_margin", "must be below 1 (a share of "
+                                  "the room below 1 for Half-Space Trees)",
+                                  self.threshold_margin)
+            if self.threshold_floor is not None and self.threshold_floor >= 1.0:
+                raise ConfigError(path + ".threshold_floor",
+                                  "must be below 1: Half-Space Trees scores never exceed 1",
+                                  self.threshold_floor)
         return self
 
 
@@ -251,7 +221,7 @@ def make_model(config: DetectorConfig, features: tuple[str, ...]) -> Any:
                                   limits=dict.fromkeys(features, (0.0, 1.0)))
 
 
-def _make_drift(config: DetectorConfig) -> Any:
+def make_drift(config: DetectorConfig) -> Any:
     from river import drift  # noqa: PLC0415  # lazy, as above
 
     if config.drift == "adwin":

@@ -101,11 +101,16 @@ from riskguard.operators.detection.band_rules import (
     CriticalRules,
     Reading,
 )
-from riskguard.schemas.signals import AnomalySignal, Contribution, FeatureVector, Severity
+from riskguard.schemas.signals import (
+    SEVERITY_RANK,
+    AnomalySignal,
+    Contribution,
+    FeatureVector,
+    Severity,
+)
 
 NS = 1_000_000_000
 _NAMESPACE = uuid.UUID("0b6f4c52-5d0e-5b8e-8f7a-3f0c2a9d6e41")
-_RANK = {Severity.INFO: 0, Severity.WARN: 1, Severity.CRITICAL: 2}
 _DAY = 86_400 * NS
 
 
@@ -557,7 +562,7 @@ class MoveBands:
                 s.reset_ts = -1
                 return [self._signal(fv, "close", Severity(s.ep_severity), top, ratios)]
         if since is None:  # not critical yet: severity on the whole look-back
-            if sev is not None and _RANK[sev] > _RANK[Severity(s.ep_severity)]:
+            if sev is not None and SEVERITY_RANK[sev] > SEVERITY_RANK[Severity(s.ep_severity)]:
                 s.ep_severity = sev.value
                 if sev is Severity.CRITICAL:
                     self._trip(fv, low, high, ratios)

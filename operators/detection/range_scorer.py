@@ -40,7 +40,7 @@ lately, and by how much of the recent range?*
 - **Warm-up** is explicit: :meth:`update` returns ``None`` for the first
   ``block`` points.
 
-About 10 µs per point; state is a few hundred floats.
+Its state is a few hundred floats.
 
 >>> scorer = RangeScorer()
 >>> [scorer.update(5.0) for _ in range(200)][-1]

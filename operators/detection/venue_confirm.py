@@ -63,11 +63,10 @@ from __future__ import annotations
 
 import functools
 import heapq
-import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from riskguard.operators.core.clock import NS_PER_S, TICK_IDLE_NS, Watermark
@@ -75,6 +74,7 @@ from riskguard.operators.detection.cross_rates import market_group
 from riskguard.schemas.signals import AnomalySignal, Contribution, Severity
 
 from riskguard.errors import ConfigError
+from riskguard.validation import NonNegative, check_declared
 
 STATE_VERSION = 2
 MODEL = "VenueConfirm"
@@ -87,14 +87,12 @@ class VenueConfirmConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     enabled: bool = True
     # after it first hears from a market (at start, and after a restart), a group waits
     # this long (clock time) before judging, so every market's first batch is in
-    join_s: float = 10.0
-    model_version: str = "1"
+    join_s: NonNegative = 10.0
+    model_version: Annotated[str, msgspec.Meta(min_length=1)] = "1"
 
     def validate(self, where: str = "detector.confirm") -> VenueConfirmConfig:
-        if not (math.isfinite(self.join_s) and self.join_s >= 0):
-            raise ConfigError(f"{where}.join_s", "a finite number of seconds >= 0", self.join_s)
-        if not self.model_version:
-            raise ConfigError(f"{where}.model_version", "a version label", self.model_version)
+        """Raise ``ConfigError`` naming the key of the first bad value."""
+        check_declared(self, where)
         return self
 
 

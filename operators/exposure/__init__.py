@@ -62,8 +62,6 @@ Where each part lives:
 - :mod:`~riskguard.operators.exposure.instruments`: the instrument registry and
   reporting-currency conversion;
 - :mod:`~riskguard.operators.exposure.routing`: sharding, records to stage-1 shards;
-- :mod:`~riskguard.operators.exposure.wire`: packing stage-1 items bound for another
-  process;
 - :mod:`~riskguard.operators.exposure.shards` (stage 1, its state in
   :mod:`~riskguard.operators.exposure.shard_state`), its marks and re-valuation in
   :mod:`~riskguard.operators.exposure.valuation` (numpy helpers in
@@ -71,9 +69,6 @@ Where each part lives:
 - :mod:`~riskguard.operators.exposure.rollup`: stages 2 and 3;
 - :mod:`~riskguard.operators.exposure.pipeline`: :class:`LocalPipeline`;
 - :mod:`~riskguard.operators.exposure.limits`: limit levels, hysteresis, latches.
-
-This package was the module ``riskguard/operators/exposure.py``: every name it had that
-a snapshot or a caller refers to is still importable from here.
 
 >>> cfg = ExposureConfig(instruments=InstrumentsConfig(instruments={
 ...     "BTC-USD": InstrumentSpec(kind="spot", base="BTC", quote="USD")}))
@@ -140,7 +135,6 @@ from riskguard.operators.exposure.routing import (
 from riskguard.operators.exposure.shard_state import Pending, ShardState
 from riskguard.operators.exposure.shards import ShardLogic, apply_fill
 from riskguard.operators.exposure.valuation import NEVER_STALE
-from riskguard.operators.exposure.wire import pack_for_wire, unpack_from_wire
 from riskguard.schemas.valuation import Part, Progress
 
 __all__ = [
@@ -184,13 +178,11 @@ __all__ = [
     "aggregate_exposure",
     "apply_fill",
     "enforce_limits",
-    "pack_for_wire",
     "route",
     "shard_key",
     "shard_keys",
     "split_progress",
     "sum_exposures",
     "trust_verifier",
-    "unpack_from_wire",
     "value_positions",
 ]

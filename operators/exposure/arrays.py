@@ -8,26 +8,26 @@ from typing import Any
 import numpy as np
 
 # the EWMA recursion's cost in Python-loop steps: one numpy step across every column,
-# and the per-column overhead of the loop (measured, see :func:`_ewma_runs`)
+# and the per-column overhead of the loop (measured, see :func:`ewma_runs`)
 _STEP_COST, _COLUMN_COST = 130, 6
 
 
 
-def _run_starts(a: Any) -> Any:
+def run_starts(a: Any) -> Any:
     """Mask of the positions where a run of equal values in ``a`` starts."""
     out = np.ones(len(a), dtype=bool)
     np.not_equal(a[1:], a[:-1], out=out[1:])
     return out
 
 
-def _run_ends(a: Any) -> Any:
+def run_ends(a: Any) -> Any:
     """Mask of the positions where a run of equal values in ``a`` ends."""
     out = np.ones(len(a), dtype=bool)
     np.not_equal(a[1:], a[:-1], out=out[:-1])
     return out
 
 
-def _shifted(a: Any, first: Any) -> Any:
+def shifted(a: Any, first: Any) -> Any:
     """``a`` moved one place right, ``first`` in front (its last value dropped)."""
     out = np.empty_like(a)
     if len(a):
@@ -36,31 +36,31 @@ def _shifted(a: Any, first: Any) -> Any:
     return out
 
 
-def _not_before_earlier(js: Any, ts: Any, starts: Any) -> Any:
+def not_before_earlier(js: Any, ts: Any, starts: Any) -> Any:
     """Mask: ``ts`` is not older than any earlier ``ts`` of its run of equal ``js``
     (``starts``: where those runs start), a per-run running maximum in one pass.
 
     >>> js, ts = np.array([0, 0, 0, 1, 1]), np.array([5, 3, 5, 9, 8])
-    >>> _not_before_earlier(js, ts, _run_starts(js)).tolist()
+    >>> not_before_earlier(js, ts, run_starts(js)).tolist()
     [True, False, True, True, False]
     """
     _u, rank = np.unique(ts, return_inverse=True)  # times as ranks: room for a run offset
     n = len(ts)
     g = np.cumsum(starts) - 1
     top = np.maximum.accumulate(g * n + rank) - g * n  # the running max rank per run
-    prev = _shifted(top, -1)
+    prev = shifted(top, -1)
     prev[starts] = -1
     return rank >= prev
 
 
-def _ewma_runs(var: Any, fresh: Any, x: Any, first: Any, lens: Any, alpha: float) -> Any:
+def ewma_runs(var: Any, fresh: Any, x: Any, first: Any, lens: Any, alpha: float) -> Any:
     """``var`` after the EWMA recursion ``v = (1 - alpha) * v + alpha * x`` over each
     column's run of ``x`` (run ``k`` is ``x[first[k]:first[k] + lens[k]]``; a ``fresh``
     column starts from its first ``x``). Bit-identical either way it is computed: step
     by step across all runs at once when runs are short (many columns, few marks each),
     else run by run on Python floats (the same IEEE operations as numpy's).
 
-    >>> v = _ewma_runs(np.array([1.0, 0.0]), np.array([False, True]),
+    >>> v = ewma_runs(np.array([1.0, 0.0]), np.array([False, True]),
     ...                np.array([2.0, 4.0, 3.0, 5.0]), np.array([0, 2]), np.array([2, 2]), 0.5)
     >>> v.tolist()
     [2.75, 4.0]
@@ -93,12 +93,12 @@ def _ewma_runs(var: Any, fresh: Any, x: Any, first: Any, lens: Any, alpha: float
 _SUM_ZERO = float(np.add.reduceat(np.array([-0.0, -0.0]), np.array([0]))[0])
 
 
-def _seq_sum(xs: list[float]) -> float:
+def seq_sum(xs: list[float]) -> float:
     """numpy's ``add.reduceat`` of one segment of at most :data:`_SEQ_SUM_MAX` terms, the
     same bits (0.0 for none).
 
     >>> xs = [0.1, 0.2, 0.3, 1e16, -1e16]
-    >>> _seq_sum(xs) == float(np.add.reduceat(np.array(xs), np.array([0]))[0])
+    >>> seq_sum(xs) == float(np.add.reduceat(np.array(xs), np.array([0]))[0])
     True
     """
     if len(xs) < 2:
@@ -109,13 +109,13 @@ def _seq_sum(xs: list[float]) -> float:
     return xs[0] + rest
 
 
-def _row_reduce(ufunc: Any, flat: Any, bounds: Any, empty: float) -> list[Any]:
+def row_reduce(ufunc: Any, flat: Any, bounds: Any, empty: float) -> list[Any]:
     """Per-row ``ufunc`` reduction of row-major ``flat`` values split at ``bounds``
     (``empty`` for a row with none). Only the rows that hold values start a segment:
     each then runs to the next such row's start, which is its own end.
 
     >>> bounds = np.array([0, 2, 2, 3, 3])  # rows of 2, 0, 1 and 0 values
-    >>> _row_reduce(np.add, np.array([1.0, 2.0, 4.0]), bounds, 0.0)
+    >>> row_reduce(np.add, np.array([1.0, 2.0, 4.0]), bounds, 0.0)
     [3.0, 0.0, 4.0, 0.0]
     """
     n = len(bounds) - 1

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from riskguard.operators.exposure.instruments import (
@@ -20,10 +19,19 @@ from riskguard.schemas import (
 )
 
 from riskguard.errors import ConfigError
+from riskguard.validation import (
+    NonNegative,
+    NonNegativeInt,
+    Positive,
+    PositiveFinite,
+    PositiveInt,
+    Share,
+    check_declared,
+)
 
 STATE_VERSION = 4
-"""Version 4: stage-1 per-instrument columns are numpy arrays (version 3 held lists and
-is migrated on resume; stage-2 and stage-3 states are unchanged since version 3)."""
+"""The version of the exposure states a snapshot holds; a snapshot of another is
+refused."""
 
 
 NS_PER_S = 1_000_000_000
@@ -65,8 +73,8 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
       not sent yet, nor marks against a future the watermark has not reached. Live, the
       workers are within a tick of each other and nothing waits. Keep it at least two
       tick intervals; ``0``: never wait. ``max_hold_ns`` (live runs, wall time) bounds
-      the wait of a fill, snapshot, balance or orders record: a cluster whose slower
-      process lags still sees a breach within seconds.
+      the wait of a fill, snapshot, balance or orders record: a guard whose slower
+      source lags still sees a breach within seconds.
     - ``pegs``: asset -> peg price in the reporting currency (e.g. ``{"USDC": 1.0}``).
       When an asset's FX index leaves its peg by ``peg_warn_bps`` a ``depeg``
       alert (warn) opens on ``underlying:<asset>``; past ``peg_critical_bps`` it
@@ -77,15 +85,15 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     instruments: InstrumentsConfig = InstrumentsConfig()
-    max_mark_age_ns: int = 30 * NS_PER_S
-    recon_abs_tol: float = 1e-9
-    recon_rel_tol: float = 1e-6
+    max_mark_age_ns: PositiveInt = 30 * NS_PER_S
+    recon_abs_tol: NonNegative = 1e-9
+    recon_rel_tol: NonNegative = 1e-6
     concentration_basis: Literal["gross_notional", "collateral", "gross_plus_collateral"] = (
         "gross_plus_collateral"
     )
-    concentration_epsilon: float = 0.005
-    vol_alpha: float = 0.05
-    vol_min_samples: int = 20
+    concentration_epsilon: NonNegative = 0.005
+    vol_alpha: Share = 0.05
+    vol_min_samples: PositiveInt = 20
     # the feature vector value that gives an instrument's realized volatility (for volatility-scaled
     # limits)
     vol_feature: str = "realized_vol"
@@ -93,60 +101,27 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
     mark_sources: tuple[MarkSource, ...] = (
         "trade", "quote", "index_price", "option_quote", "funding_rate",
     )
-    max_evidence: int = 8  # record ids an exposure carries as its evidence, at most
+    max_evidence: PositiveInt = 8  # record ids an exposure carries as its evidence, at most
     dedup_window: int = 4096
-    valuation_shards: int = 1
-    position_revalue_ns: int = 10_000_000
-    reorder_slack_ns: int = 2 * NS_PER_S
-    max_hold_ns: int = 5 * NS_PER_S
-    pegs: dict[str, float] = {}
-    peg_warn_bps: float = 50.0  # a pegged asset this far off its peg (bps): a depeg alert, warn ...
+    valuation_shards: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 1
+    position_revalue_ns: NonNegativeInt = 10_000_000  # 0: re-value per tick only
+    reorder_slack_ns: NonNegativeInt = 2 * NS_PER_S  # 0: never hold records back
+    max_hold_ns: PositiveInt = 5 * NS_PER_S
+    pegs: dict[str, PositiveFinite] = {}
+    # a pegged asset this far off its peg (bps): a depeg alert, warn ...
+    peg_warn_bps: Positive = 50.0
     peg_critical_bps: float = 200.0  # ... this far: critical
 
     def validate(self, path: str = "exposure") -> InstrumentRegistry:
         """Check every value; return the registry built from ``instruments``."""
-        if self.max_mark_age_ns <= 0:
-            where = f"{path}.max_mark_age_ns"
-            raise ConfigError(where, "must be > 0", self.max_mark_age_ns)
-        for name in ("recon_abs_tol", "recon_rel_tol", "concentration_epsilon"):
-            val = getattr(self, name)
-            if not (math.isfinite(val) and val >= 0):
-                where = f"{path}.{name}"
-                raise ConfigError(where, "must be a finite number >= 0", val)
-        if not 0 < self.vol_alpha <= 1:
-            where = f"{path}.vol_alpha"
-            raise ConfigError(where, "must be in (0, 1]", self.vol_alpha)
-        if self.vol_min_samples < 1:
-            where = f"{path}.vol_min_samples"
-            raise ConfigError(where, "must be >= 1", self.vol_min_samples)
-        if not 1 <= self.valuation_shards <= 4096:
-            where = f"{path}.valuation_shards"
-            raise ConfigError(where, "must be in [1, 4096]", self.valuation_shards)
-        if self.position_revalue_ns < 0:
-            where = f"{path}.position_revalue_ns"
-            raise ConfigError(where, "must be >= 0 (0: re-value per tick only)",
-                              self.position_revalue_ns)
-        if self.max_hold_ns <= 0:
-            where = f"{path}.max_hold_ns"
-            raise ConfigError(where, "must be > 0", self.max_hold_ns)
-        if self.reorder_slack_ns < 0:
-            where = f"{path}.reorder_slack_ns"
-            raise ConfigError(where, "must be >= 0 (0: never hold records back)",
-                              self.reorder_slack_ns)
-        for asset, peg in self.pegs.items():
-            if not (math.isfinite(peg) and peg > 0):
-                raise ConfigError(f"{path}.pegs.{asset}", "a finite peg price > 0", peg)
-        if not 0 < self.peg_warn_bps <= self.peg_critical_bps:
-            where = f"{path}.peg_warn_bps"
-            raise ConfigError(where, "> 0 and <= peg_critical_bps",
-                              (self.peg_warn_bps, self.peg_critical_bps))
-        if self.max_evidence < 1:
-            where = f"{path}.max_evidence"
-            raise ConfigError(where, "must be >= 1", self.max_evidence)
+        check_declared(self, path)
+        if self.peg_warn_bps > self.peg_critical_bps:
+            raise ConfigError(f"{path}.peg_warn_bps", "must not exceed peg_critical_bps "
+                              f"({self.peg_critical_bps})", self.peg_warn_bps)
         return InstrumentRegistry(self.instruments, path=f"{path}.instruments")
 
 
-def _price_of(ev: Any) -> float | None:
+def price_of(ev: Any) -> float | None:
     t = type(ev)
     if t is Trade or t is IndexPrice:
         return ev.price
@@ -158,11 +133,11 @@ def _price_of(ev: Any) -> float | None:
 
 
 
-def _alert_id(*parts: object) -> str:
+def alert_id(*parts: object) -> str:
     return str(uuid.uuid5(_NS, "|".join(str(p) for p in parts)))
 
 
-def _evidence_add(buf: list[str], rid: str, cap: int) -> None:
+def evidence_add(buf: list[str], rid: str, cap: int) -> None:
     if rid in buf:
         return
     buf.append(rid)

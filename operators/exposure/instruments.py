@@ -22,12 +22,12 @@ True
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import msgspec
 
 from riskguard.errors import ConfigError
+from riskguard.validation import PositiveFinite, check_declared
 
 InstrumentKind = Literal["spot", "perp", "future", "option"]
 
@@ -46,7 +46,8 @@ class InstrumentSpec(msgspec.Struct, frozen=True, kw_only=True):
     # needs its fx_index)
     quote: str
     underlying: str | None = None  # an option's or future's underlying asset (default: base)
-    multiplier: float = 1.0  # contract size in units of the underlying (1.0: one unit per contract)
+    # contract size in units of the underlying (1.0: one unit per contract)
+    multiplier: PositiveFinite = 1.0
     # the currency an option quote's underlying_price is in (default: quote)
     underlying_quote: str | None = None
 
@@ -81,13 +82,8 @@ class InstrumentRegistry:
     def __init__(self, config: InstrumentsConfig, *, path: str = "instruments") -> None:
         self.config = config
         self.reporting = config.reporting_currency
+        check_declared(config, path)
         for name, spec in config.instruments.items():
-            m = spec.multiplier
-            if not (isinstance(m, float | int) and math.isfinite(m) and m > 0):
-                where = f"{path}.instruments.{name}.multiplier"
-                raise ConfigError(
-                    where, "must be a positive number", m
-                )
             for ccy in {spec.quote, spec.underlying_ccy}:
                 if ccy != self.reporting and ccy not in config.fx_index:
                     where = f"{path}.fx_index.{ccy}"

@@ -38,14 +38,15 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 import msgspec
 from riskguard.operators.core.base import copy_fields
 from riskguard.operators.core.clock import Clock, Tick, Watermark, system_clock
 from riskguard.operators.core.dedup import IdWindow
+from riskguard.operators.core.snapshot import persisted
 from riskguard.schemas import (
     Exposure,
     LimitBreach,
@@ -57,18 +58,27 @@ from riskguard.schemas import (
     Severity,
     Utilization,
 )
+from riskguard.schemas.signals import parse_limit_path
 
 from riskguard.errors import ConfigError
+from riskguard.validation import (
+    MAX_FLOAT,
+    Fraction,
+    NonNegative,
+    NonNegativeInt,
+    Positive,
+    PositiveFinite,
+    Share,
+    check_declared,
+)
 
 STATE_VERSION = 2
-"""Version 2: limits count unvalued exposure (tracks' unvalued times, the tick sources'
-watermark, the unvalued names alerted); version-1 snapshots are migrated on resume."""
+"""The version of :class:`LimitsState` a snapshot holds; a snapshot of another is refused."""
 
 
-KINDS = (
-    "gross_notional", "net_notional", "delta", "collateral", "concentration",
-    "open_order_notional",
-)
+LimitKind = Literal["gross_notional", "net_notional", "delta", "collateral", "concentration",
+                   "open_order_notional"]
+KINDS: tuple[str, ...] = get_args(LimitKind)
 UTIL_CAP = 1e6
 _NS = uuid.UUID("3d2b8c41-6a0e-4b8e-a4a9-5c7f1e0d2b77")
 _ORDER = {LimitLevel.OK: 0, LimitLevel.WARN: 1, LimitLevel.BREACH: 2, LimitLevel.HARD: 3}
@@ -81,11 +91,12 @@ class VolScaling(msgspec.Struct, frozen=True, kw_only=True):
     """``factor = clamp((ref_vol / vol) ** exponent, lo, hi)``; vol of ``underlying``."""
 
     underlying: str  # the asset whose realized volatility scales the limit
-    ref_vol: float  # the annualized volatility at which the limit is its base value (0.6: 60 %)
+    # the annualized volatility at which the limit is its base value (0.6: 60 %)
+    ref_vol: PositiveFinite
     # how strongly the limit follows the volatility: factor = (ref_vol / vol) ^ exponent
-    exponent: float = 1.0
-    lo: float = 0.25  # the factor is never below this ...
-    hi: float = 1.0  # ... nor above this (1.0: volatility only ever tightens the limit)
+    exponent: Annotated[float, msgspec.Meta(ge=-MAX_FLOAT, le=MAX_FLOAT)] = 1.0
+    lo: Positive = 0.25  # the factor is never below this ...
+    hi: PositiveFinite = 1.0  # ... nor above this (1.0: volatility only ever tightens the limit)
 
 
 class LimitSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -98,27 +109,25 @@ class LimitSpec(msgspec.Struct, frozen=True, kw_only=True):
 
     # the limit, in the reporting currency (concentration: a share, 0 to 1); utilization 1.0 is a
     # breach
-    limit: float
-    warn: float = 0.8
-    hard: float | None = None
-    hysteresis: float = 0.05
+    limit: NonNegative
+    warn: Share = 0.8
+    hard: Annotated[float, msgspec.Meta(gt=1.0, le=MAX_FLOAT)] | None = None  # breach is 1.0
+    hysteresis: Fraction = 0.05  # below warn
     manual_reset: bool = False
     # makes the limit move with realized volatility: effective = limit * clamp((ref_vol / vol) ^
     # exponent, lo, hi)
     vol_scaling: VolScaling | None = None
-    unvalued_grace_ns: int = UNVALUED_GRACE_NS
+    unvalued_grace_ns: NonNegativeInt = UNVALUED_GRACE_NS  # 0: breached at once
 
 
 class CounterpartyLimits(msgspec.Struct, frozen=True, kw_only=True):
-    """One counterparty's limits: on its whole exposure, per asset and per instrument."""
-
     # limit kind (gross_notional, net_notional, delta, collateral, concentration,
     # open_order_notional) -> its limit, on the counterparty's whole exposure
-    limits: dict[str, LimitSpec] = {}
+    limits: dict[LimitKind, LimitSpec] = {}
     # asset -> limit kind -> its limit, on the counterparty's exposure to that asset
-    assets: dict[str, dict[str, LimitSpec]] = {}
+    assets: dict[str, dict[LimitKind, LimitSpec]] = {}
     # instrument -> limit kind -> its limit, on the counterparty's position in it
-    instruments: dict[str, dict[str, LimitSpec]] = {}
+    instruments: dict[str, dict[LimitKind, LimitSpec]] = {}
 
 
 class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -136,80 +145,52 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True):
     while no realized vol is known.
     """
 
-    firm: dict[str, LimitSpec] = {}  # limit kind -> its limit, on the whole firm's exposure
+    firm: dict[LimitKind, LimitSpec] = {}  # limit kind -> its limit, on the whole firm's exposure
     # asset -> limit kind -> its limit, on the firm's exposure to that asset
-    firm_assets: dict[str, dict[str, LimitSpec]] = {}
+    firm_assets: dict[str, dict[LimitKind, LimitSpec]] = {}
     # counterparty -> its limits; one not listed fails closed (zero limits of
     # unknown_counterparty_kinds)
     counterparties: dict[str, CounterpartyLimits] = {}
-    unknown_counterparty_kinds: tuple[str, ...] = ("gross_notional", "collateral")
-    utilization_interval_ns: int = 1_000_000_000
-    utilization_heartbeat_ns: int = 60_000_000_000
-    missing_vol_factor: float = 1.0
+    unknown_counterparty_kinds: tuple[LimitKind, ...] = ("gross_notional", "collateral")
+    utilization_interval_ns: NonNegativeInt = 1_000_000_000
+    # 0: no heartbeat, repeats every interval
+    utilization_heartbeat_ns: NonNegativeInt = 60_000_000_000
+    missing_vol_factor: PositiveFinite = 1.0
 
     def validate(self, path: str = "limits") -> None:
-        def check(p: str, kinds: dict[str, LimitSpec]) -> None:
+        """Raise ``ConfigError`` naming the key of the first bad value."""
+        check_declared(self, path)
+        for p, kinds in self._tables(path):
             for kind, spec in kinds.items():
-                check_spec(f"{p}.{kind}", kind, spec)
+                _check_across(f"{p}.{kind}", spec)
 
-        check(f"{path}.firm", self.firm)
-        for a, kinds in self.firm_assets.items():
-            check(f"{path}.firm_assets.{a}", kinds)
+    def _tables(self, path: str) -> list[tuple[str, dict[LimitKind, LimitSpec]]]:
+        out = [(f"{path}.firm", self.firm)]
+        out += [(f"{path}.firm_assets.{a}", kinds) for a, kinds in self.firm_assets.items()]
         for cp, cl in self.counterparties.items():
-            check(f"{path}.counterparties.{cp}.limits", cl.limits)
-            for a, kinds in cl.assets.items():
-                check(f"{path}.counterparties.{cp}.assets.{a}", kinds)
-            for i, kinds in cl.instruments.items():
-                check(f"{path}.counterparties.{cp}.instruments.{i}", kinds)
-        for k in self.unknown_counterparty_kinds:
-            if k not in KINDS:
-                where = f"{path}.unknown_counterparty_kinds"
-                raise ConfigError(where, f"one of {KINDS}", k)
-        if self.utilization_interval_ns < 0:
-            where = f"{path}.utilization_interval_ns"
-            raise ConfigError(where, "must be >= 0",
-                              self.utilization_interval_ns)
-        if self.utilization_heartbeat_ns < 0:
-            where = f"{path}.utilization_heartbeat_ns"
-            raise ConfigError(where, "must be >= 0 (0: no heartbeat, repeats every interval)",
-                              self.utilization_heartbeat_ns)
-        if not (math.isfinite(self.missing_vol_factor) and self.missing_vol_factor > 0):
-            where = f"{path}.missing_vol_factor"
-            raise ConfigError(where, "must be > 0",
-                              self.missing_vol_factor)
+            out.append((f"{path}.counterparties.{cp}.limits", cl.limits))
+            out += [(f"{path}.counterparties.{cp}.assets.{a}", k) for a, k in cl.assets.items()]
+            out += [(f"{path}.counterparties.{cp}.instruments.{i}", k)
+                    for i, k in cl.instruments.items()]
+        return out
 
 
 def check_spec(path: str, kind: str, spec: LimitSpec) -> None:
-    """Raise :class:`ConfigError` naming ``path`` if ``spec`` is invalid."""
+    """Raise :class:`ConfigError` naming ``path`` if ``spec`` is invalid (a limit built in
+    Python, such as one a signed update sets)."""
     if kind not in KINDS:
         raise ConfigError(path, f"a limit kind, one of {', '.join(KINDS)}", kind)
-    if not (math.isfinite(spec.limit) and spec.limit >= 0):
-        where = f"{path}.limit"
-        raise ConfigError(where, "must be a non-negative number", spec.limit)
-    if not 0 < spec.warn <= 1:
-        where = f"{path}.warn"
-        raise ConfigError(where, "must be in (0, 1]", spec.warn)
-    if spec.hard is not None and not (math.isfinite(spec.hard) and spec.hard > 1):
-        where = f"{path}.hard"
-        raise ConfigError(where, "must be > 1 (breach is 1.0)", spec.hard)
-    if not 0 <= spec.hysteresis < spec.warn:
-        where = f"{path}.hysteresis"
-        raise ConfigError(where, "must be in [0, warn)", spec.hysteresis)
-    grace = spec.unvalued_grace_ns
-    if type(grace) is not int or grace < 0:
-        where = f"{path}.unvalued_grace_ns"
-        raise ConfigError(where, "an integer >= 0 (ns; 0: breached at once)", grace)
+    check_declared(spec, path)
+    _check_across(path, spec)
+
+
+def _check_across(path: str, spec: LimitSpec) -> None:
+    if spec.hysteresis >= spec.warn:
+        raise ConfigError(f"{path}.hysteresis", f"must be below warn ({spec.warn})",
+                          spec.hysteresis)
     vs = spec.vol_scaling
-    if vs is not None:
-        if not (math.isfinite(vs.ref_vol) and vs.ref_vol > 0):
-            where = f"{path}.vol_scaling.ref_vol"
-            raise ConfigError(where, "must be > 0", vs.ref_vol)
-        if not (0 < vs.lo <= vs.hi and math.isfinite(vs.hi)):
-            where = f"{path}.vol_scaling"
-            raise ConfigError(where, "needs 0 < lo <= hi", (vs.lo, vs.hi))
-        if not math.isfinite(vs.exponent):
-            where = f"{path}.vol_scaling.exponent"
-            raise ConfigError(where, "must be finite", vs.exponent)
+    if vs is not None and vs.lo > vs.hi:
+        raise ConfigError(f"{path}.vol_scaling.lo", f"must not exceed hi ({vs.hi})", vs.lo)
 
 
 def vol_factor(
@@ -277,6 +258,89 @@ class _Track:
     unvalued_overdue: bool = False
 
 
+class _Row(NamedTuple):
+    """One limit of a key, with what evaluating it needs."""
+
+    key: tuple[str, str]  # (limit path, kind)
+    spec: LimitSpec
+    measure: Measure
+    unvalued: Unvalued
+    scope: Scope
+    warn: float
+
+
+class _Reading(NamedTuple):
+    """One limit's reading in an evaluation: the exposure, the effective limit, the
+    utilization, the level before and after, whether it is said whatever the interval
+    (first, moved in or out of unvalued, forced), whether it could not all be valued
+    (how many names), and the vol-scaling inputs."""
+
+    x: float
+    eff: float
+    u: float
+    old: LimitLevel
+    new: LimitLevel
+    said: bool
+    bad: bool
+    n_unvalued: int
+    inputs: dict[str, float] | None
+
+
+class _Pass:
+    """One evaluation of a key's limits: its output and what its unvalued limits could
+    not count (for the one alert that explains them)."""
+
+    __slots__ = ("alert_at", "e", "explained", "graces", "next_due", "not_finite", "now",
+                 "out", "recv_ts", "ts", "unvalued")
+
+    def __init__(self, e: Exposure, ts: int, recv_ts: int | None, now: int) -> None:
+        self.e, self.ts, self.recv_ts, self.now = e, ts, recv_ts, now
+        self.out: list[Any] = []
+        self.alert_at = 0  # an unvalued_exposure alert goes before this key's levels
+        self.unvalued: dict[str, None] = {}  # what the limits could not count
+        self.not_finite: list[str] = []
+        self.graces: list[int] = []
+        self.explained: list[int] = []  # breaches the unvalued_exposure alert explains
+        self.next_due = -1
+
+    def track_unvalued(self, tr: _Track, spec: LimitSpec,
+                       names: list[str] | tuple[str, ...]) -> bool:
+        """Note a limit that cannot count all it measures; start its grace, or find it
+        overdue. True if it has just become unvalued."""
+        self.unvalued.update(dict.fromkeys(names))
+        self.graces.append(spec.unvalued_grace_ns)
+        moved = False
+        if tr.unvalued_since < 0:
+            tr.unvalued_since, moved = self.ts, True
+        if not tr.unvalued_overdue:
+            due = tr.unvalued_since + spec.unvalued_grace_ns
+            if self.now >= due:
+                tr.unvalued_overdue = True
+            elif self.next_due < 0 or due < self.next_due:
+                self.next_due = due
+        return moved
+
+
+def _next_level(tr: _Track, u: float, old: LimitLevel, spec: LimitSpec
+                ) -> tuple[LimitLevel, float]:
+    """The level (and utilization) a limit moves to from ``old``: unvalued past its
+    grace is breached at 100% at least (a playbook rule's min_utilization then acts on
+    it like any breach), and a manual-reset limit stays breached once breached."""
+    new = level_of(u, old, spec)
+    if tr.unvalued_overdue:
+        u = max(u, 1.0)
+        if _ORDER[new] < _ORDER[LimitLevel.BREACH]:
+            new = LimitLevel.BREACH
+    if spec.manual_reset and _ORDER[new] >= _ORDER[LimitLevel.BREACH]:
+        tr.latched = True
+    if tr.latched and _ORDER[new] < _ORDER[LimitLevel.BREACH]:
+        new = LimitLevel.BREACH
+    if not spec.manual_reset:
+        tr.latched = False
+    return new, u
+
+
+@persisted("riskguard.limits")
 @dataclass
 class LimitsState:
     """State of one counterparty's (or the firm's) limits."""
@@ -297,14 +361,6 @@ class LimitsState:
     # evidence of a breach it explains), until the key is valued again
     unvalued_alerted: list[str] = field(default_factory=list)
     unvalued_alert: str = ""
-
-
-def _migrate_v1(state: LimitsState) -> LimitsState:
-    """A version-1 snapshot with the version-2 fields (nothing unvalued pending)."""
-    state.sources, state.unvalued_due, state.unvalued_alerted = {}, -1, []
-    state.unvalued_alert = ""
-    state.version = STATE_VERSION
-    return state
 
 
 Measure = Callable[[Exposure], float]
@@ -360,49 +416,19 @@ def _unvalued(level: str, name: str, kind: str) -> Unvalued:
     return lambda e: e.unvalued_instruments
 
 
-def parse_path(path: str) -> tuple[str, str, str]:
-    """``(key, level, name)`` of a limit path; raises ``ValueError`` if malformed.
-
-    >>> parse_path("counterparty.okx.asset.BTC")
-    ('okx', 'asset', 'BTC')
-    >>> parse_path("firm")
-    ('*', 'firm', '*')
-    """
-    if path == "firm":
-        return "*", "firm", "*"
-    if path.startswith("firm.asset."):
-        return "*", "asset", path[len("firm.asset."):]
-    if not path.startswith("counterparty.") or len(path) <= len("counterparty."):
-        msg = f"limit path must be firm[.asset.<a>] or counterparty.<cp>[...]; got {path!r}"
-        raise ValueError(msg)
-    rest = path[len("counterparty."):]
-    for level in ("instrument", "asset"):
-        sep = f".{level}."
-        if sep in rest:
-            cp, name = rest.rsplit(sep, 1)
-            if cp and name:
-                return cp, level, name
-    return rest, "cp", rest
-
-
 class LimitsLogic:
     """Limits of one counterparty (or of the firm, key ``"*"``)."""
 
     def __init__(self, config: LimitsConfig, state: LimitsState | None = None, *,
                  clock: Clock = system_clock) -> None:
         self.config = config
-        if state is not None and state.version == 1:
-            state = _migrate_v1(state)
-        if state is not None and state.version != STATE_VERSION:
-            where = "limits.state.version"
-            raise ConfigError(where, f"{STATE_VERSION} (or 1, migrated)", state.version)
         self.state = state if state is not None else LimitsState()
         # processing time, for the tick sources' idle rule only (clock.Watermark)
         self.clock = clock
         self._watermark = Watermark.resume(self.state.sources)
         self._updates = IdWindow(self.state.seen_updates, 1024)
         self._rows: dict[str, tuple[bool, list[tuple[str, str, str, str, LimitSpec]]]] = {}
-        self._plans: dict[str, tuple[bool, list[tuple[Any, ...]]]] = {}
+        self._plans: dict[str, tuple[bool, list[_Row]]] = {}
 
     def snapshot(self) -> LimitsState:
         """An independent copy, field by field: tracks copied, immutable leaves (limit
@@ -453,12 +479,12 @@ class LimitsLogic:
         out = [(p, lv, n, k, over.get((p, k), s)) for p, lv, n, k, s in rows]
         for (p, k), s in sorted(over.items()):
             if (p, k) not in seen:
-                _key, lv, n = parse_path(p)
+                _key, lv, n = parse_limit_path(p)
                 out.append((p, lv, n, k, s))
         return known, out
 
     def current_spec(self, path: str, kind: str) -> LimitSpec | None:
-        key, _lv, _n = parse_path(path)
+        key, _lv, _n = parse_limit_path(path)
         for p, _l, _nm, k, s in self._configured(key)[1]:
             if p == path and k == kind:
                 return s
@@ -500,7 +526,7 @@ class LimitsLogic:
 
     def _on_update(self, upd: LimitUpdate) -> list[Any]:
         st = self.state
-        key, _lv, _n = parse_path(upd.limit_path)
+        key, _lv, _n = parse_limit_path(upd.limit_path)
         st.key = key
         if upd.update_id in self._updates:
             return []
@@ -568,7 +594,7 @@ class LimitsLogic:
                                self._scope(upd.limit_path))
 
     def _scope(self, path: str) -> Scope:
-        key, level, name = parse_path(path)
+        key, level, name = parse_limit_path(path)
         if key == "*" and level == "firm":
             return Scope(kind=ScopeKind.FIRM, value="*")
         if level == "asset":
@@ -584,63 +610,46 @@ class LimitsLogic:
         st.last = e
         return self._evaluate(e)
 
-    def _plan(self, key: str) -> tuple[bool, list[tuple[Any, ...]]]:
+    def _plan(self, key: str) -> tuple[bool, list[_Row]]:
         """``_configured`` rows with what evaluating them needs, cached until an update."""
         hit = self._plans.get(key)
         if hit is None:
             known, rows = self._configured(key)
-            plan = []
-            for path, level, name, kind, spec in rows:
-                thresholds = [(LimitLevel.WARN, spec.warn), (LimitLevel.BREACH, 1.0)]
-                if spec.hard is not None:
-                    thresholds.append((LimitLevel.HARD, spec.hard))
-                plan.append(((path, kind), spec, _measure(level, name, kind),
-                             _unvalued(level, name, kind), self._scope(path),
-                             thresholds[0][1]))
+            plan = [_Row((path, kind), spec, _measure(level, name, kind),
+                         _unvalued(level, name, kind), self._scope(path), spec.warn)
+                    for path, level, name, kind, spec in rows]
             hit = self._plans[key] = (known, plan)
         return hit
 
     def _evaluate(self, e: Exposure, force_path: tuple[str, str] | None = None,
                   at: int | None = None) -> list[Any]:
         """Every limit of ``e``'s key against ``e``, at ``e.ts`` (or at ``at``: a grace
-        deadline that passed with ``e`` still the latest exposure)."""
+        deadline that passed with ``e`` still the latest exposure).
+
+        Per limit: its track follows what it cannot value (:meth:`_Pass.track_unvalued`),
+        its level moves (:func:`_next_level`), and the output policy decides what is
+        said (:meth:`_emit`); then one ``unvalued_exposure`` alert explains the key's
+        unvalued limits (:meth:`_close_pass`). The loop body stays inline up to the
+        fast path (a valued limit below warn that has nothing to say): it runs for every
+        limit of every exposure.
+        """
         st = self.state
-        cfg = self.config
         known, plan = self._plan(e.counterparty)
-        out: list[Any] = []
         ts = e.ts if at is None else at
-        recv_ts = e.recv_ts if at is None else None
         # what a grace deadline is measured against: the key's watermark when several
         # sources feed it (an exposure's own time may run ahead of another's parts)
         now = ts if at is not None or not self._watermark.several() else self._watermark.last
+        p = _Pass(e, ts, e.recv_ts if at is None else None, now)
         if not known and not st.unknown_alerted:
             st.unknown_alerted = True
-            out.append(RiskAlert(
-                id=str(uuid.uuid5(_NS, f"unknown|{e.counterparty}")), kind="unknown_counterparty",
-                scope=Scope(kind=ScopeKind.COUNTERPARTY, value=e.counterparty), ts=ts,
-                recv_ts=recv_ts, severity=Severity.CRITICAL,
-                reason=(f"counterparty {e.counterparty!r} has no configured limits; "
-                        "failing closed with zero limits"),
-                evidence_ids=list(e.evidence_ids),
-            ))
+            p.out.append(self._unknown_alert(e, ts, p.recv_ts))
+        p.alert_at = len(p.out)
         tracks = st.tracks
-        interval = cfg.utilization_interval_ns
-        heartbeat = cfg.utilization_heartbeat_ns
+        interval = self.config.utilization_interval_ns
         ok = LimitLevel.OK
         any_unvalued = bool(e.unvalued_instruments or e.unvalued_collateral)
-        alert_at = len(out)  # an unvalued_exposure alert goes before this key's levels
-        unvalued: dict[str, None] = {}  # what the limits could not count, for the alert
-        not_finite: list[str] = []
-        graces: list[int] = []
-        explained: list[int] = []  # breaches the unvalued_exposure alert explains
-        next_due = -1
-        for tkey, spec, measure, unv_of, scope, warn in plan:
-            if spec.vol_scaling is None:
-                eff = spec.limit
-                inputs = None
-            else:
-                factor, inputs = vol_factor(spec, e.vol_by_underlying, cfg.missing_vol_factor)
-                eff = spec.limit * factor
+        for row in plan:
+            tkey, spec, measure, unv_of, _scope, warn = row
             x = measure(e)
             names = unv_of(e) if any_unvalued else _NONE
             finite = math.isfinite(x)
@@ -653,19 +662,16 @@ class LimitsLogic:
             if bad:
                 if not finite:  # nan or inf is no amount: never compared with a limit
                     x = 0.0
-                    not_finite.append(f"{tkey[0]}#{tkey[1]}")
-                unvalued.update(dict.fromkeys(names))
-                graces.append(spec.unvalued_grace_ns)
-                if tr.unvalued_since < 0:
-                    tr.unvalued_since, moved = ts, True
-                if not tr.unvalued_overdue:
-                    due = tr.unvalued_since + spec.unvalued_grace_ns
-                    if now >= due:
-                        tr.unvalued_overdue = True
-                    elif next_due < 0 or due < next_due:
-                        next_due = due
+                    p.not_finite.append(f"{tkey[0]}#{tkey[1]}")
+                moved = p.track_unvalued(tr, spec, names)
             elif tr.unvalued_since >= 0:
                 tr.unvalued_since, tr.unvalued_overdue, moved = -1, False, True
+            if spec.vol_scaling is None:
+                eff, inputs = spec.limit, None
+            else:
+                factor, inputs = vol_factor(spec, e.vol_by_underlying,
+                                            self.config.missing_vol_factor)
+                eff = spec.limit * factor
             u = min(x / eff, UTIL_CAP) if eff > 0 else (0.0 if x <= 0 else UTIL_CAP)
             old = tr.level
             # fast path: below warn, was OK, no latch, valued -> still OK (same as level_of)
@@ -675,74 +681,90 @@ class LimitsLogic:
                     continue
                 new = ok
             else:
-                new = level_of(u, old, spec)
-                if tr.unvalued_overdue:
-                    # unvalued past its grace: breached, at 100% at least (a playbook
-                    # rule's min_utilization then acts on it like any breach)
-                    u = max(u, 1.0)
-                    if _ORDER[new] < _ORDER[LimitLevel.BREACH]:
-                        new = LimitLevel.BREACH
-                if spec.manual_reset and _ORDER[new] >= _ORDER[LimitLevel.BREACH]:
-                    tr.latched = True
-                if tr.latched and _ORDER[new] < _ORDER[LimitLevel.BREACH]:
-                    new = LimitLevel.BREACH
-                if not spec.manual_reset:
-                    tr.latched = False
-            changed = new is not old
-            big = changed and (_ORDER[new] >= 2 or _ORDER[old] >= 2)
-            if changed or first or moved or force_path == tkey:
-                emit = True  # a level change (so any breach, "big") always emits
-            elif ts - tr.last_emit_ts < interval:
-                emit = False
-            else:  # an exact repeat of the last one waits for the heartbeat
-                emit = (not heartbeat or ts - tr.last_emit_ts >= heartbeat
-                        or tr.sent != (x, eff, tr.latched))
-            path, kind = tkey
-            if emit:
-                inputs = {} if inputs is None else inputs
-                inputs["base_limit"] = spec.limit
-                if bad:  # why: what it could not count, for how long, against what grace
-                    inputs["unvalued"] = float(len(names) + (not finite))
-                    inputs["unvalued_for_ns"] = float(ts - tr.unvalued_since)
-                    inputs["unvalued_grace_ns"] = float(spec.unvalued_grace_ns)
-                tr.last_emit_ts = ts
-                tr.sent = (x, eff, tr.latched)
-                out.append(Utilization(
-                    limit_path=path, kind=kind, scope=scope, ts=ts, exposure=x,
-                    base_limit=spec.limit, effective_limit=eff, utilization=u, level=new,
-                    latched=tr.latched, inputs=inputs,
-                ))
-            tr.level = new
-            if big:
-                tr.changes += 1
-                sev = Severity.CRITICAL if _ORDER[new] >= 2 else Severity.INFO
-                if bad:
-                    explained.append(len(out))
-                out.append(LimitBreach(
-                    id=str(uuid.uuid5(_NS, f"{path}|{kind}|{tr.changes}|{new.value}|{ts}")),
-                    limit_path=path, kind=kind, scope=scope, ts=ts, recv_ts=recv_ts,
-                    exposure=x, base_limit=spec.limit, effective_limit=eff, utilization=u,
-                    level=new, severity=sev, inputs=inputs or {},
-                    evidence_ids=list(e.evidence_ids),
-                ))
-        st.unvalued_due = next_due
-        if graces:
-            alert = self._unvalued_alert(e, ts, recv_ts, list(unvalued), not_finite,
-                                         min(graces), len(graces))
-            for k in explained:  # the alert that says why is part of the evidence
+                new, u = _next_level(tr, u, old, spec)
+            said = first or moved or force_path == tkey
+            self._emit(p, row, tr, _Reading(x, eff, u, old, new, said, bad,
+                                             len(names) + (not finite), inputs))
+        st.unvalued_due = p.next_due
+        self._close_pass(p)
+        return p.out
+
+    def _unknown_alert(self, e: Exposure, ts: int, recv_ts: int | None) -> RiskAlert:
+        return RiskAlert(
+            id=str(uuid.uuid5(_NS, f"unknown|{e.counterparty}")), kind="unknown_counterparty",
+            scope=Scope(kind=ScopeKind.COUNTERPARTY, value=e.counterparty), ts=ts,
+            recv_ts=recv_ts, severity=Severity.CRITICAL,
+            reason=(f"counterparty {e.counterparty!r} has no configured limits; "
+                    "failing closed with zero limits"),
+            evidence_ids=list(e.evidence_ids),
+        )
+
+    def _emit(self, p: _Pass, row: _Row, tr: _Track, r: _Reading) -> None:
+        """The output policy: a Utilization on a level change, a first reading, a move in
+        or out of unvalued, a forced one, or once an interval has passed (an exact repeat
+        waits for the heartbeat); a LimitBreach when the level enters or leaves breach."""
+        cfg = self.config
+        (path, kind), spec, _measure_of, _unvalued_of, scope, _warn = row
+        ts = p.ts
+        changed = r.new is not r.old
+        if changed or r.said:
+            emit = True  # a level change (so any breach) always emits
+        elif ts - tr.last_emit_ts < cfg.utilization_interval_ns:
+            emit = False
+        else:  # an exact repeat of the last one waits for the heartbeat
+            heartbeat = cfg.utilization_heartbeat_ns
+            emit = (not heartbeat or ts - tr.last_emit_ts >= heartbeat
+                    or tr.sent != (r.x, r.eff, tr.latched))
+        inputs = r.inputs
+        if emit:
+            inputs = {} if inputs is None else inputs
+            inputs["base_limit"] = spec.limit
+            if r.bad:  # why: what it could not count, for how long, against what grace
+                inputs["unvalued"] = float(r.n_unvalued)
+                inputs["unvalued_for_ns"] = float(ts - tr.unvalued_since)
+                inputs["unvalued_grace_ns"] = float(spec.unvalued_grace_ns)
+            tr.last_emit_ts = ts
+            tr.sent = (r.x, r.eff, tr.latched)
+            p.out.append(Utilization(
+                limit_path=path, kind=kind, scope=scope, ts=ts, exposure=r.x,
+                base_limit=spec.limit, effective_limit=r.eff, utilization=r.u, level=r.new,
+                latched=tr.latched, inputs=inputs,
+            ))
+        tr.level = r.new
+        if changed and (_ORDER[r.new] >= 2 or _ORDER[r.old] >= 2):
+            tr.changes += 1
+            sev = Severity.CRITICAL if _ORDER[r.new] >= 2 else Severity.INFO
+            if r.bad:
+                p.explained.append(len(p.out))
+            p.out.append(LimitBreach(
+                id=str(uuid.uuid5(_NS, f"{path}|{kind}|{tr.changes}|{r.new.value}|{ts}")),
+                limit_path=path, kind=kind, scope=scope, ts=ts, recv_ts=p.recv_ts,
+                exposure=r.x, base_limit=spec.limit, effective_limit=r.eff,
+                utilization=r.u, level=r.new, severity=sev, inputs=inputs or {},
+                evidence_ids=list(p.e.evidence_ids),
+            ))
+
+    def _close_pass(self, p: _Pass) -> None:
+        """The ``unvalued_exposure`` alert, before the key's levels, as the evidence of
+        the breaches it explains; or, with everything valued, the alerted names forgotten."""
+        st = self.state
+        if p.graces:
+            alert = self._unvalued_alert(p)
+            out = p.out
+            for k in p.explained:  # the alert that says why is part of the evidence
                 out[k] = msgspec.structs.replace(
                     out[k], evidence_ids=[*out[k].evidence_ids, st.unvalued_alert])
             if alert is not None:
-                out.insert(alert_at, alert)
+                out.insert(p.alert_at, alert)
         elif st.unvalued_alerted:
             st.unvalued_alerted, st.unvalued_alert = [], ""
-        return out
 
-    def _unvalued_alert(self, e: Exposure, ts: int, recv_ts: int | None, names: list[str],
-                        not_finite: list[str], grace: int, n_limits: int) -> RiskAlert | None:
+    def _unvalued_alert(self, p: _Pass) -> RiskAlert | None:
         """``unvalued_exposure`` (critical) when the key's limits could not count something
         not named in the last such alert since it was last fully valued; else None."""
         st = self.state
+        e, ts, recv_ts, names, not_finite = p.e, p.ts, p.recv_ts, list(p.unvalued), p.not_finite
+        grace, n_limits = min(p.graces), len(p.graces)
         what = sorted(names) + sorted(not_finite)
         if set(what) <= set(st.unvalued_alerted):
             return None
@@ -781,7 +803,7 @@ def rejection_alert(reason: str, detail: str, evidence: str, ts: int, scope: Sco
 def route_update(upd: LimitUpdate, ts: int) -> tuple[str, tuple[str, Any]] | RiskAlert:
     """The limits key a verified update goes to, or a rejection alert."""
     try:
-        key, _lv, _n = parse_path(upd.limit_path)
+        key, _lv, _n = parse_limit_path(upd.limit_path)
     except ValueError as err:
         return rejection_alert("bad_path", str(err), upd.update_id, ts,
                                Scope(kind=ScopeKind.FIRM, value="*"))
@@ -790,10 +812,3 @@ def route_update(upd: LimitUpdate, ts: int) -> tuple[str, tuple[str, Any]] | Ris
                                upd.update_id, ts, Scope(kind=ScopeKind.FIRM, value="*"))
     return key, ("upd", upd)
 
-
-def drive(logic: LimitsLogic, items: Iterable[tuple[str, Any]]) -> list[Any]:
-    """Feed ``items`` in order (tests)."""
-    out: list[Any] = []
-    for it in items:
-        out.extend(logic.on_event(it))
-    return out

@@ -38,7 +38,6 @@ from riskguard.operators.exposure.limits import (
 from riskguard.operators.exposure.rollup import CounterpartyLogic, FirmLogic
 from riskguard.operators.exposure.routing import Router, ShardPlace
 from riskguard.operators.exposure.shards import ShardLogic
-from riskguard.operators.exposure.wire import pack_for_wire
 from riskguard.operators.signing.crypto import PAYLOAD_LIMIT_UPDATE
 from riskguard.operators.signing.trust import DEFAULT_LEEWAY_NS, TrustStore
 from riskguard.schemas import (
@@ -143,7 +142,6 @@ def aggregate_exposure(
     clock: Clock = system_clock,
     ticks: Stream[Tick] | None = None,
     wall_clock: Clock | None = None,
-    remote_keys: Callable[[str], bool] | None = None,
 ) -> ExposureOut:
     """Per-counterparty and firm-wide exposure from fills, positions, balances and marks.
 
@@ -164,11 +162,6 @@ def aggregate_exposure(
     when that much wall time has gone by, so a fill on a quiet shard is not held until
     the next record. Replays leave ``wall_clock`` out: their output must not depend on
     wall time.
-
-    ``remote_keys(key)`` (e.g. :class:`~riskguard.connectors.placement.OtherProcessKeys`)
-    says which valuation keys live in another process: packs bound there carry their
-    runs of marks msgpack-encoded once
-    (:func:`~riskguard.operators.exposure.pack_for_wire`), not pickled record by record.
 
     >>> from bytewax.dataflow import Dataflow
     >>> from bytewax.testing import TestingSink, TestingSource, run_main
@@ -200,7 +193,7 @@ def aggregate_exposure(
         more = (*more, ticks)
     merged = op.merge("merge", up, *more) if more else up
     made, errs = _value(step_id, merged, config, reg, ticked=ticked, clock=clock,
-                        wall_clock=wall_clock, remote_keys=remote_keys, place=None)
+                        wall_clock=wall_clock, place=None)
     s1 = op.branch("parts", made, _IS_PART)
     alerts1 = op.flat_map_batch("alerts1", s1.falses, values_of)
     summed = _sum(config, op.flat_map_batch("unkey1", s1.trues, values_of), ticked=ticked)
@@ -228,20 +221,14 @@ class SumOut:
 
 
 def _value(step_id: str, merged: Stream[Any], config: ExposureConfig, reg: Any, *,
-           ticked: bool, clock: Clock, wall_clock: Clock | None,
-           remote_keys: Callable[[str], bool] | None, place: ShardPlace | None,
+           ticked: bool, clock: Clock, wall_clock: Clock | None, place: ShardPlace | None,
            ) -> tuple[KeyedStream[Any], Stream[DeadLetter]]:
     """Stage 1's steps (valuation shards) inside the calling operator: what the shards
     made (keyed by shard), and the records routing refused."""
     router = Router(reg, config, step_id, place)
 
     def route_batch(evs: list[Any]) -> list[Any]:
-        out = router.route_batch(evs, clock())
-        if remote_keys is not None:
-            for n, kv in enumerate(out):
-                if type(kv) is tuple and remote_keys(kv[0]):
-                    out[n] = (kv[0], pack_for_wire(kv[1]))
-        return out
+        return router.route_batch(evs, clock())
 
     routed = op.branch("split", op.flat_map_batch("route", merged, route_batch), _IS_TUPLE)
 
@@ -289,7 +276,7 @@ def value_positions(
     """Stage 1 of :func:`aggregate_exposure` alone, for one market process (docs/scaling.md,
     "The market tier"): the positions in what ``place`` owns valued once per tick, as
     :class:`~riskguard.schemas.Part` items behind which each tick comes on as a
-    :class:`~riskguard.schemas.Progress`, for :func:`sum_exposures` in the firm tier;
+    :class:`~riskguard.schemas.Progress`, for :func:`sum_exposures` in the firm process;
     stage 1's alerts (missing marks and FX rates, reconciliation breaks, depegs) among
     them, in the order they were made.
 
@@ -321,7 +308,7 @@ def value_positions(
     reg = config.validate(f"step '{step_id}'")
     merged = op.merge("merge", up, *more, ticks)
     made, errs = _value(step_id, merged, config, reg, ticked=True, clock=clock,
-                        wall_clock=wall_clock, remote_keys=None, place=place)
+                        wall_clock=wall_clock, place=place)
     return ValuedOut(made=op.flat_map_batch("unkey", made, values_of), errs=errs)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.exposure.config import STATE_VERSION, ExposureConfig
 from riskguard.operators.exposure.rollup import (
     CounterpartyLogic,
@@ -31,6 +32,7 @@ class PipelineOut:
     errs: list[DeadLetter] = field(default_factory=list)
 
 
+@persisted("riskguard.exposure.pipeline")
 @dataclass
 class PipelineState:
     version: int = STATE_VERSION

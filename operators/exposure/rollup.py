@@ -4,21 +4,22 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import reduce
 from itertools import chain, repeat
 from operator import add, attrgetter, is_, itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
 from riskguard.operators.core.base import copy_fields
+from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.exposure.config import (
     NS_PER_S,
     STATE_VERSION,
     ExposureConfig,
-    _alert_id,
-    _evidence_add,
+    alert_id,
+    evidence_add,
 )
 from riskguard.operators.exposure.routing import split_progress
 from riskguard.operators.exposure.valuation import NEVER_STALE
@@ -31,9 +32,8 @@ from riskguard.schemas import (
 )
 from riskguard.schemas.valuation import Part, Progress
 
-from riskguard.errors import ConfigError
 
-
+@persisted("riskguard.exposure.counterparty")
 @dataclass
 class CounterpartyState:
     """State of one counterparty: its latest :class:`Part` per shard."""
@@ -59,12 +59,6 @@ class CounterpartyLogic:
                  ticked: bool = False) -> None:
         self.config = config
         self.ticked = ticked
-        if state is not None and state.version == 3:
-            state = replace(state, version=STATE_VERSION)
-        if state is not None and state.version != STATE_VERSION:
-            where = "exposure.counterparty"
-            raise ConfigError(where, f"a version-{STATE_VERSION} snapshot (start a fresh "
-                              "recovery store after upgrading)", state.version)
         self.state = state if state is not None else CounterpartyState()
         self._recv_ts: int | None = None  # newest receive time among this batch's parts
 
@@ -106,7 +100,7 @@ class CounterpartyLogic:
             st.watermark = max(st.watermark, p.ts)
             if st.evidence:
                 for rid in p.evidence:
-                    _evidence_add(st.evidence, rid, cap)
+                    evidence_add(st.evidence, rid, cap)
             else:  # the common case: the first part since the last emit
                 st.evidence = list(dict.fromkeys(p.evidence))[-cap:]
         if not changed:
@@ -114,62 +108,62 @@ class CounterpartyLogic:
         return self._emit()
 
     def _emit(self) -> list[Any]:
+        """The counterparty's exposure over its parts (in shard order), after a
+        ``stale_mark`` alert for each mark that has just grown too old."""
         st = self.state
-        cfg = self.config
         ps = [st.parts[k] for k in sorted(st.parts)] if len(st.parts) > 1 else list(
             st.parts.values())
-        gross = net = upnl = orders = coll = 0.0
-        names: list[str] = []
-        notionals: list[float] = []
-        vols: dict[str, tuple[float, int]] = {}
-        unvalued: list[str] = []
-        vol_values: dict[str, float] | None = None
-        if len(ps) == 1:
-            # a part's dicts are built for it alone and never mutated: share them
-            p = ps[0]
-            gross, net, upnl, orders, coll = p.gross, p.net, p.upnl, p.orders, p.collateral
-            delta, by_asset = p.delta, p.by_asset
-            names, notionals = p.position_lists()
-            vol_values = p.vol_values
-            unvalued = p.unvalued
-        else:
-            delta, by_asset = {}, {}
-            for p in ps:
-                gross += p.gross
-                net += p.net
-                upnl += p.upnl
-                orders += p.orders
-                coll += p.collateral
-                for k, v in p.delta.items():
-                    delta[k] = delta.get(k, 0.0) + v
-                for k, v in p.by_asset.items():
-                    by_asset[k] = by_asset.get(k, 0.0) + v
-                pn, pv = p.position_lists()  # shards hold disjoint instruments
-                names.extend(pn)
-                notionals.extend(pv)
-                for k, vt in p.vols.items():
-                    cur = vols.get(k)
-                    if cur is None or vt[1] > cur[1]:
-                        vols[k] = vt
-                if p.unvalued:
-                    unvalued.extend(p.unvalued)
-        out: list[Any] = []
-        horizon = st.watermark - cfg.max_mark_age_ns
+        t = _sum_parts(ps)
+        old = self._old_marks(ps)
+        out: list[Any] = self._stale_alerts(old)
+        stale = sorted({*t.unvalued, *old}) if t.unvalued or old else []
+        unv_inst: list[str] = []
+        unv_coll: list[str] = []
+        if t.unvalued:  # a part's unvalued names: its positions', then collateral assets'
+            positions = set(t.names)
+            unv_inst = sorted({n for n in t.unvalued if n in positions})
+            unv_coll = sorted({n for n in t.unvalued if n not in positions})
+        st.seq += 1
+        out.append(Exposure(
+            counterparty=st.counterparty, ts=st.watermark, gross_notional=t.gross,
+            net_notional=t.net, delta_by_underlying=t.delta,
+            notional_by_asset=t.by_asset, instruments=t.names,
+            instrument_notionals=t.notionals, collateral=t.coll, unrealized_pnl=t.upnl,
+            open_order_notional=t.orders, stale=bool(stale), stale_instruments=stale,
+            evidence_ids=st.evidence, seq=st.seq, recv_ts=self._recv_ts,
+            vol_by_underlying=t.vols, unvalued_instruments=unv_inst,
+            unvalued_collateral=unv_coll,
+        ))
+        st.evidence = []
+        return out
+
+    def _old_marks(self, ps: list[Part]) -> dict[str, int]:
+        """Each held instrument whose mark is older than ``max_mark_age_ns`` before the
+        watermark, with its mark's time."""
+        horizon = self.state.watermark - self.config.max_mark_age_ns
         old: dict[str, int] = {}
         if (ps[0].oldest if len(ps) == 1 else min((p.oldest for p in ps),
-                                                  default=NEVER_STALE)) < horizon:
-            for p in ps:
-                if p.oldest < horizon:
-                    mts = np.frombuffer(p.mark_ts, dtype="<i8")
-                    stale_ix = np.flatnonzero(mts < horizon).tolist()
-                    held = p.position_lists()[0]
-                    old.update((held[x], int(mts[x])) for x in stale_ix)
+                                                  default=NEVER_STALE)) >= horizon:
+            return old
+        for p in ps:
+            if p.oldest < horizon:
+                mts = np.frombuffer(p.mark_ts, dtype="<i8")
+                stale_ix = np.flatnonzero(mts < horizon).tolist()
+                held = p.position_lists()[0]
+                old.update((held[x], int(mts[x])) for x in stale_ix)
+        return old
+
+    def _stale_alerts(self, old: dict[str, int]) -> list[Any]:
+        """A ``stale_mark`` alert per mark newly too old; marks fresh again forgotten."""
+        st = self.state
+        cfg = self.config
+        out: list[Any] = []
         for name, mark_ts in old.items():
             if name in st.stale:
                 continue
             st.stale[name] = mark_ts
             out.append(RiskAlert(
-                id=_alert_id("stale_mark", st.counterparty, name, mark_ts, st.watermark),
+                id=alert_id("stale_mark", st.counterparty, name, mark_ts, st.watermark),
                 kind="stale_mark",
                 scope=Scope(kind=ScopeKind.INSTRUMENT, value=name),
                 ts=st.watermark, severity=Severity.WARN,
@@ -183,27 +177,62 @@ class CounterpartyLogic:
         if st.stale:
             for name in [n for n in st.stale if n not in old]:
                 del st.stale[name]
-        stale = sorted({*unvalued, *old}) if unvalued or old else []
-        unv_inst: list[str] = []
-        unv_coll: list[str] = []
-        if unvalued:  # a part's unvalued names: its positions', then collateral assets'
-            positions = set(names)
-            unv_inst = sorted({n for n in unvalued if n in positions})
-            unv_coll = sorted({n for n in unvalued if n not in positions})
-        st.seq += 1
-        out.append(Exposure(
-            counterparty=st.counterparty, ts=st.watermark, gross_notional=gross,
-            net_notional=net, delta_by_underlying=delta,
-            notional_by_asset=by_asset, instruments=names, instrument_notionals=notionals,
-            collateral=coll, unrealized_pnl=upnl, open_order_notional=orders,
-            stale=bool(stale), stale_instruments=stale, evidence_ids=st.evidence,
-            seq=st.seq, recv_ts=self._recv_ts, vol_by_underlying=(
-                vol_values if vol_values is not None
-                else {k: v for k, (v, _t) in sorted(vols.items())}),
-            unvalued_instruments=unv_inst, unvalued_collateral=unv_coll,
-        ))
-        st.evidence = []
         return out
+
+
+class _Totals(NamedTuple):
+    """A counterparty's parts summed."""
+
+    gross: float
+    net: float
+    upnl: float
+    orders: float
+    coll: float
+    delta: dict[str, float]
+    by_asset: dict[str, float]
+    names: list[str]
+    notionals: list[float]
+    vols: dict[str, float]
+    unvalued: list[str]
+
+
+def _sum_parts(ps: list[Part]) -> _Totals:
+    """The parts' sums; one part's own dicts and lists are shared (built for it alone
+    and never mutated). Shards hold disjoint instruments; the newest vol of each
+    underlying wins."""
+    if len(ps) == 1:
+        p = ps[0]
+        names, notionals = p.position_lists()
+        return _Totals(p.gross, p.net, p.upnl, p.orders, p.collateral, p.delta, p.by_asset,
+                       names, notionals, p.vol_values, p.unvalued)
+    gross = net = upnl = orders = coll = 0.0
+    delta: dict[str, float] = {}
+    by_asset: dict[str, float] = {}
+    names = []
+    notionals = []
+    vols: dict[str, tuple[float, int]] = {}
+    unvalued: list[str] = []
+    for p in ps:
+        gross += p.gross
+        net += p.net
+        upnl += p.upnl
+        orders += p.orders
+        coll += p.collateral
+        for k, v in p.delta.items():
+            delta[k] = delta.get(k, 0.0) + v
+        for k, v in p.by_asset.items():
+            by_asset[k] = by_asset.get(k, 0.0) + v
+        pn, pv = p.position_lists()
+        names.extend(pn)
+        notionals.extend(pv)
+        for k, vt in p.vols.items():
+            cur = vols.get(k)
+            if cur is None or vt[1] > cur[1]:
+                vols[k] = vt
+        if p.unvalued:
+            unvalued.extend(p.unvalued)
+    return _Totals(gross, net, upnl, orders, coll, delta, by_asset, names, notionals,
+                   {k: v for k, (v, _t) in sorted(vols.items())}, unvalued)
 
 
 def _per_tick(batch: Any, items: list[Any]) -> list[Any]:
@@ -237,6 +266,7 @@ def _sum_dicts(ds: list[dict[str, float]]) -> dict[str, float]:
             for k in dict.fromkeys(chain.from_iterable(ds))}
 
 
+@persisted("riskguard.exposure.firm")
 @dataclass
 class FirmState:
     version: int = STATE_VERSION
@@ -266,9 +296,6 @@ class FirmLogic:
         self.config = config
         self.ticked = ticked
         self.state = state if state is not None else FirmState()
-        if not hasattr(self.state, "progress"):  # a snapshot from before progress
-            self.state.progress, self.state.passed = {}, {}
-            self.state.reached, self.state.sources_of = {}, 0
         # derived from state, in counterparty name order: names, latest exposures, the
         # concentration basis and the share last emitted
         st = self.state

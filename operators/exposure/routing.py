@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from riskguard.connectors.placement import route_worker
 from riskguard.operators.core.clock import Tick
 from riskguard.operators.exposure.config import ExposureConfig
 from riskguard.operators.exposure.instruments import (
@@ -62,39 +61,24 @@ def shard_key(name: str, shards: int, prefix: str = "") -> str:
     return shard_keys(shards, prefix)[zlib.crc32(name.encode()) % shards]
 
 
-# shard k lives on worker k % W for every worker count W dividing the largest divisor of
-# the shard count up to this (the search hashes about shards x that divisor names)
-_SPREAD_MAX = 32
-
-
 @functools.cache
 def shard_keys(shards: int, prefix: str = "") -> tuple[str, ...]:
-    """The stage-1 keys of ``shards`` shards (``prefix``: a market process's), named so
-    that bytewax puts shard ``k`` on worker ``k % W`` for every worker count ``W`` that
-    divides ``shards`` (up to 32; past that, every ``W`` dividing its largest divisor up
-    to 32): ``<prefix>s<k>`` where bytewax routes that name so, else ``<prefix>s<k>.<j>``
-    for the first ``j`` that it routes so. Plain ``s0``, ``s1``, ... would not spread:
-    bytewax hashes ``s0`` and ``s1`` both to worker 1 of 2.
+    """The stage-1 keys of ``shards`` shards (``prefix``: a market process's).
 
-    >>> shard_keys(1), shard_keys(2)
-    (('s0',), ('s0.1', 's1'))
-    >>> keys = shard_keys(4)
-    >>> [route_worker(k, 4) for k in keys], [route_worker(k, 2) for k in keys]
-    ([0, 1, 2, 3], [0, 1, 0, 1])
+    >>> shard_keys(2), shard_keys(1, "m1.")
+    (('s0', 's1'), ('m1.s0',))
     """
-    spread = max(d for d in range(1, min(shards, _SPREAD_MAX) + 1) if shards % d == 0)
-    worker_of = route_worker.__wrapped__  # unmemoized: the misses would flush its cache
-    keys = []
-    for k in range(shards):
-        key, j = f"{prefix}s{k}", 0
-        while worker_of(key, spread) != k % spread:
-            key, j = f"{prefix}s{k}.{j}", j + 1
-        keys.append(key)
-    return tuple(keys)
+    return tuple(f"{prefix}s{k}" for k in range(shards))
 
 
 Item = tuple[str, str, str, Any]
 """A stage-1 item: ``(role, shard_key, target, record)``."""
+
+StageRecord = (Trade | Quote | IndexPrice | OptionQuote | FundingRate | Fill | PositionSnapshot
+               | OpenOrders | Balance | FeatureVector | Tick | list[Trade | Quote | IndexPrice])
+HeldItem = tuple[str, str, str, StageRecord]
+"""A stage-1 item as a shard's snapshot holds it: the record typed, so that it
+restores as the record it was (a run of plain marks is a list)."""
 
 _MARK_TYPES = (Trade, Quote, IndexPrice, OptionQuote, FundingRate)
 _OWN_ROLES: dict[type, str] = {Fill: "fill", PositionSnapshot: "snap", OpenOrders: "orders"}
@@ -103,7 +87,7 @@ _OWN_ROLES: dict[type, str] = {Fill: "fill", PositionSnapshot: "snap", OpenOrder
 @dataclass(frozen=True)
 class ShardPlace:
     """A market process's share of stage 1 (docs/scaling.md, "The market tier"): its shard keys
-    carry ``prefix`` (``m<i>.``: unique among the processes, so the firm tier's
+    carry ``prefix`` (``m<i>.``: unique among the processes, so the firm process's
     counterparty stage tells their parts apart), it holds only what ``owns`` says
     (called on ``"i:<instrument>"`` and ``"a:<asset>"``, the names :func:`shard_key`
     hashes), and the progress it passes on announces ``processes`` such processes.

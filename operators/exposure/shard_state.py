@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.exposure.config import STATE_VERSION
-from riskguard.operators.exposure.routing import Item
+from riskguard.operators.exposure.routing import HeldItem, Item
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Pending:
                        self.recv, self.first_recv)
 
 
-def _note_first(acc: Pending, items: Sequence[Any]) -> None:
+def note_first(acc: Pending, items: Sequence[Any]) -> None:
     """Ticked mode: the receive time of the first record since the last tick."""
     if acc.first_recv is None and items:
         it = items[0]
@@ -41,15 +42,15 @@ def _note_first(acc: Pending, items: Sequence[Any]) -> None:
         acc.first_recv = getattr(ev, "recv_ts", None)
 
 
-_OWN_ITEM_ROLES = frozenset(("fill", "snap", "orders", "bal"))
+OWN_ITEM_ROLES = frozenset(("fill", "snap", "orders", "bal"))
 
 
-def _item_ts(it: Item) -> int:
+def item_ts(it: Item) -> int:
     """Event time of a stage-1 item (a run of plain marks: its first mark's)."""
     return it[3][0].ts if it[0] == "marks" else it[3].ts
 
 
-def _split_at(items: list[Item], due: int) -> tuple[list[Item], list[Item] | None]:
+def split_at(items: list[Item], due: int) -> tuple[list[Item], list[Item] | None]:
     """``items`` before the first record (or tick) with ``ts >= due``, and the rest from
     it (``None``: none reaches ``due``); a run of plain marks is split inside."""
     for n, it in enumerate(items):
@@ -66,6 +67,13 @@ def _split_at(items: list[Item], due: int) -> tuple[list[Item], list[Item] | Non
 
 
 
+if TYPE_CHECKING:
+    Column = Any  # mypy: every shard that holds instruments has its columns; none is None
+else:
+    Column = np.ndarray | None  # what the snapshot decoder restores the columns as
+
+
+@persisted("riskguard.exposure.shard")
 @dataclass
 class ShardState:
     """State of one stage-1 shard: its instruments' marks and every counterparty's
@@ -76,23 +84,23 @@ class ShardState:
     key: str = ""
     insts: list[str] = field(default_factory=list)
     cps: list[str] = field(default_factory=list)
-    qty: Any = None
-    avg: Any = None  # nan: no average entry price (any value while flat)
-    orders: Any = None
-    snap_ts: Any = None
+    qty: Column = None
+    avg: Column = None  # nan: no average entry price (any value while flat)
+    orders: Column = None
+    snap_ts: Column = None
     # per instrument (column), numpy arrays since version 4 (lists before)
-    mark: Any = None  # float64; nan: no mark yet
-    mark_ts: Any = None  # int64
-    mark_id: Any = None  # object (str)
-    opt_delta: Any = None
-    und_price: Any = None
-    last_ts: Any = None  # int64
-    ewma_price: Any = None
-    ewma_ts: Any = None  # int64
-    ewma_var: Any = None
-    ewma_n: Any = None  # int64
-    feature_vol: Any = None
-    feature_vol_ts: Any = None  # int64
+    mark: Column = None  # float64; nan: no mark yet
+    mark_ts: Column = None  # int64
+    mark_id: Column = None  # object (str)
+    opt_delta: Column = None
+    und_price: Column = None
+    last_ts: Column = None  # int64
+    ewma_price: Column = None
+    ewma_ts: Column = None  # int64
+    ewma_var: Column = None
+    ewma_n: Column = None  # int64
+    feature_vol: Column = None
+    feature_vol_ts: Column = None  # int64
     seen: list[dict[str, None]] = field(default_factory=list)
     alerted: dict[str, dict[str, str]] = field(default_factory=dict)
     evidence: dict[tuple[int, int], list[str]] = field(default_factory=dict)
@@ -113,14 +121,14 @@ class ShardState:
     fast_recv: int | None = None
     # ticked mode, several tick sources: items too far ahead of the watermark, waiting
     # (a heap of (ts, arrival, item, wall time it is due regardless; -1: none))
-    held: list[tuple[int, int, Item, int]] = field(default_factory=list)
+    held: list[tuple[int, int, HeldItem, int]] = field(default_factory=list)
     arrivals: int = 0
     forced: int = 0  # live: held items applied after max_hold_ns, the watermark behind
     peg_level: dict[str, str] = field(default_factory=dict)  # asset -> "warn" | "breach"
 
 
 # the per-instrument columns: dtype, and the value of an instrument not marked yet
-_COLUMNS: dict[str, tuple[Any, Any]] = {
+COLUMNS: dict[str, tuple[Any, Any]] = {
     "mark": (np.float64, math.nan), "mark_ts": (np.int64, -1), "mark_id": (object, ""),
     "opt_delta": (np.float64, 0.0), "und_price": (np.float64, 0.0), "last_ts": (np.int64, 0),
     "ewma_price": (np.float64, 0.0), "ewma_ts": (np.int64, -1), "ewma_var": (np.float64, 0.0),
@@ -128,32 +136,25 @@ _COLUMNS: dict[str, tuple[Any, Any]] = {
     "feature_vol_ts": (np.int64, -1),
 }
 # the counterparty x instrument grids, and the value of a cell without a position
-_GRIDS: dict[str, tuple[Any, Any]] = {
+GRIDS: dict[str, tuple[Any, Any]] = {
     "qty": (np.float64, 0.0), "avg": (np.float64, 0.0), "orders": (np.float64, 0.0),
     "snap_ts": (np.int64, -1),
 }
 
 
-def _migrate_shard_v3(state: ShardState) -> ShardState:
-    """A version-3 shard state (per-instrument lists) as version 4 (numpy columns)."""
-    cols: dict[str, Any] = {name: np.array(getattr(state, name) or [], dtype=dt)
-                            for name, (dt, _fill) in _COLUMNS.items()}
-    return replace(state, version=4, **cols)
-
-
-def _widen(st: ShardState, insts: list[str]) -> None:
+def widen(st: ShardState, insts: list[str]) -> None:
     """Give ``st`` the columns of ``insts`` (a name-ordered superset of its instruments):
     each new one empty, as a fresh shard's, and the held ones moved to their new places,
     with everything that refers to a column by index."""
     at = {name: j for j, name in enumerate(insts)}
     moved = [at[name] for name in st.insts]
     k = len(insts)
-    for name, (dt, fill) in _GRIDS.items():
+    for name, (dt, fill) in GRIDS.items():
         old = getattr(st, name)
         grid = np.full((old.shape[0], k), fill, dtype=dt)
         grid[:, moved] = old
         setattr(st, name, grid)
-    for name, (dt, fill) in _COLUMNS.items():
+    for name, (dt, fill) in COLUMNS.items():
         col = np.full(k, fill, dtype=dt)
         col[moved] = getattr(st, name)
         setattr(st, name, col)

@@ -16,11 +16,10 @@ import numpy as np
 from riskguard.operators.core.base import copy_state
 from riskguard.operators.core.clock import Clock, Tick, Watermark, system_clock
 from riskguard.operators.exposure.config import (
-    STATE_VERSION,
     ExposureConfig,
-    _alert_id,
-    _evidence_add,
-    _price_of,
+    alert_id,
+    evidence_add,
+    price_of,
 )
 from riskguard.operators.exposure.instruments import (
     InstrumentRegistry,
@@ -28,19 +27,17 @@ from riskguard.operators.exposure.instruments import (
 from riskguard.operators.exposure.limits import level_of
 from riskguard.operators.exposure.routing import PROGRESS_KEY, Item, ShardPlace
 from riskguard.operators.exposure.shard_state import (
-    _COLUMNS,
-    _GRIDS,
-    _OWN_ITEM_ROLES,
+    COLUMNS,
+    GRIDS,
+    OWN_ITEM_ROLES,
     Pending,
     ShardState,
-    _item_ts,
-    _migrate_shard_v3,
-    _note_first,
-    _split_at,
-    _widen,
+    item_ts,
+    note_first,
+    split_at,
+    widen,
 )
-from riskguard.operators.exposure.valuation import _LEVEL_RANK, ShardValuation
-from riskguard.operators.exposure.wire import unpack_from_wire
+from riskguard.operators.exposure.valuation import LEVEL_RANK, ShardValuation
 from riskguard.schemas import (
     LimitLevel,
     PositionSnapshot,
@@ -86,19 +83,7 @@ class ShardLogic(ShardValuation):
         self._fast_deadline: int | None = None
         self.reg = reg
         self.ticked = ticked
-        if isinstance(state, ShardState) and state.version == 3:
-            state = _migrate_shard_v3(state)
-        if state is not None and (not isinstance(state, ShardState)
-                                  or state.version != STATE_VERSION):
-            where = "exposure.valuation"
-            raise ConfigError(where, f"a version-{STATE_VERSION} shard snapshot (start a "
-                              "fresh recovery store after upgrading)",
-                              getattr(state, "version", type(state).__name__))
         self.state = state if state is not None else ShardState()
-        if not hasattr(self.state, "tick_sources"):  # a snapshot from before the field
-            self.state.tick_sources = {}
-        if not hasattr(self.state, "held"):  # a snapshot from before records could wait
-            self.state.held, self.state.arrivals, self.state.forced = [], 0, 0
         self._slack = config.reorder_slack_ns
         # live runs: when the oldest held own record (fill, snapshot, balance, orders) is
         # due regardless of the watermark (derived from the dues the held entries carry)
@@ -130,7 +115,7 @@ class ShardLogic(ShardValuation):
         held = set(st.insts)
         new = [i for i in configured if i not in held and self._here("i:" + i)]
         if new:
-            _widen(st, sorted([*st.insts, *new]))
+            widen(st, sorted([*st.insts, *new]))
 
     def snapshot(self) -> ShardState:
         """An independent copy, field by field (arrays copied, immutable leaves shared):
@@ -138,7 +123,7 @@ class ShardLogic(ShardValuation):
         st = self.state
         if not st.key:
             return copy_state(st)
-        cols = {name: getattr(st, name).copy() for name in _COLUMNS}
+        cols = {name: getattr(st, name).copy() for name in COLUMNS}
         return ShardState(
             version=st.version, key=st.key, insts=list(st.insts), cps=list(st.cps),
             qty=st.qty.copy(), avg=st.avg.copy(), orders=st.orders.copy(),
@@ -162,9 +147,9 @@ class ShardLogic(ShardValuation):
         st.key = key
         st.insts = sorted(i for i in self.config.instruments.instruments if self._here("i:" + i))
         k = len(st.insts)
-        for name, (dt, fill) in _GRIDS.items():
+        for name, (dt, fill) in GRIDS.items():
             setattr(st, name, np.full((0, k), fill, dtype=dt))
-        for name, (dt, fill) in _COLUMNS.items():
+        for name, (dt, fill) in COLUMNS.items():
             setattr(st, name, np.full(k, fill, dtype=dt))
         st.seen = [{} for _ in range(k)]
         self._derive()
@@ -180,8 +165,6 @@ class ShardLogic(ShardValuation):
         """The dataflow hands over packs (one per upstream batch); apply them in order."""
         packs = list(packs)
         items = packs[0] if len(packs) == 1 else [it for p in packs for it in p]
-        if any(type(it[3]) is bytes for it in items):  # from another process
-            items = unpack_from_wire(items)
         if self.ticked:
             return self._on_ticked(items)
         return self._process(items)
@@ -230,69 +213,81 @@ class ShardLogic(ShardValuation):
             return self._apply_segment(items)
         if not st.key:
             self._init(items[0][1])
-        # with several sources, an item waits until the watermark is within the slack of
-        # it: ``admit[k]`` is how far segment k (after tick k - 1) lets items in
-        admit: list[int] = []
+        bounds: list[int] = ticks
         if holding:
-            admit.append(st.tick_wm + self._slack)
-            for wm in wms:
-                admit.append(max(admit[-1], wm + self._slack))
-            held, top, released = st.held, admit[-1], []
-            while held and held[0][0] <= top:
-                released.append(heapq.heappop(held)[2])
-            if released:
-                items = [*released, *items]
-        # per record, one C-level bisect: segment k takes a record at ts when
-        # ts < ticks[k] and ts <= admit[k]; both bounds rise with k, so their minimum
-        # does too, and the segment is the first k whose bound exceeds ts (past the
-        # last: the record waits)
-        bounds = ([min(t, a + 1) for t, a in zip(ticks, admit, strict=False)] + [admit[-1] + 1]
-                  if admit else ticks)
-        segment_of = partial(bisect_right, bounds)
-        wait = len(ticks) + 1
-        segments: list[list[Item]] = [[] for _ in range(wait)]
-        for it in items:
-            role = it[0]
-            if role == "tick":
-                continue
-            if role == "marks":  # a run of plain marks may straddle a tick: split it
-                run = it[3]
-                times = [ev.ts for ev in run]
-                k = segment_of(min(times))
-                if k == segment_of(max(times)):  # the whole run in one segment
-                    if k == wait:
-                        self._hold(it)
-                    else:
-                        segments[k].append(it)
-                    continue
-                parts: dict[int, list[Any]] = {}
-                for ev, ts in zip(run, times, strict=True):
-                    parts.setdefault(segment_of(ts), []).append(ev)
-                for k, evs in parts.items():
-                    part = ("marks", it[1], it[2], evs)
-                    if k == wait:
-                        self._hold(part)
-                    else:
-                        segments[k].append(part)
-                continue
-            k = segment_of(it[3].ts)
-            if k == wait:
-                self._hold(it)
-            else:
-                segments[k].append(it)
+            items, bounds = self._admit(items, ticks, wms)
+        segments = self._segments(items, bounds, len(ticks) + 1)
         out: list[Any] = []
         for k, seg in enumerate(segments):
             if seg:
                 out.extend(self._apply_segment(seg))
             if k < len(ticks):
-                if st.fast_due and st.fast_due <= ticks[k]:  # it fell due before the tick
-                    out.extend(self._flush_fast())
-                wm = wms[k]
-                if wm > st.tick_wm:
-                    st.tick_wm = wm
-                    out.extend(self._flush(max(st.tick_ts, wm)))
-                if self.forward_ticks:
-                    out.extend(self._progress(tick_recs[k]))
+                out.extend(self._at_tick(ticks[k], wms[k], tick_recs[k]))
+        return out
+
+    def _admit(self, items: list[Item], ticks: list[int], wms: list[int]
+               ) -> tuple[list[Item], list[int]]:
+        """With several sources an item waits until the watermark is within the slack of
+        it: the held items the ticks release go first, and segment k (after tick k - 1)
+        takes a record at ``ts`` when ``ts < ticks[k]`` and ``ts <= admit[k]``. Both
+        bounds rise with k, so one bound per segment, their minimum, does too."""
+        st = self.state
+        admit = [st.tick_wm + self._slack]
+        for wm in wms:
+            admit.append(max(admit[-1], wm + self._slack))
+        held, top, released = st.held, admit[-1], []
+        while held and held[0][0] <= top:
+            released.append(heapq.heappop(held)[2])
+        if released:
+            items = [*released, *items]
+        bounds = [min(t, a + 1) for t, a in zip(ticks, admit, strict=False)] + [admit[-1] + 1]
+        return items, bounds
+
+    def _segments(self, items: list[Item], bounds: list[int], wait: int) -> list[list[Item]]:
+        """The records between each two ticks: per record one C-level bisect finds the
+        first segment whose bound exceeds its ``ts`` (past the last: it is held). A run
+        of plain marks that straddles a tick is split."""
+        segment_of = partial(bisect_right, bounds)
+        segments: list[list[Item]] = [[] for _ in range(wait)]
+
+        def put(k: int, it: Item) -> None:
+            if k == wait:
+                self._hold(it)
+            else:
+                segments[k].append(it)
+
+        for it in items:
+            role = it[0]
+            if role == "tick":
+                continue
+            if role != "marks":
+                put(segment_of(it[3].ts), it)
+                continue
+            run = it[3]
+            times = [ev.ts for ev in run]
+            k = segment_of(min(times))
+            if k == segment_of(max(times)):  # the whole run in one segment
+                put(k, it)
+                continue
+            parts: dict[int, list[Any]] = {}
+            for ev, ts in zip(run, times, strict=True):
+                parts.setdefault(segment_of(ts), []).append(ev)
+            for k, evs in parts.items():
+                put(k, ("marks", it[1], it[2], evs))
+        return segments
+
+    def _at_tick(self, tick_ts: int, wm: int, tick: Tick) -> list[Any]:
+        """A tick after its segment: a position boundary that fell due before it, the
+        re-valuation once the watermark moved, and the tick passed on."""
+        st = self.state
+        out: list[Any] = []
+        if st.fast_due and st.fast_due <= tick_ts:  # it fell due before the tick
+            out.extend(self._flush_fast())
+        if wm > st.tick_wm:
+            st.tick_wm = wm
+            out.extend(self._flush(max(st.tick_ts, wm)))
+        if self.forward_ticks:
+            out.extend(self._progress(tick))
         return out
 
     def _progress(self, tick: Tick) -> list[Progress]:
@@ -311,11 +306,11 @@ class ShardLogic(ShardValuation):
         st = self.state
         st.arrivals += 1
         due = -1
-        if self.wall_clock is not None and it[0] in _OWN_ITEM_ROLES:
+        if self.wall_clock is not None and it[0] in OWN_ITEM_ROLES:
             due = self.wall_clock() + self.config.max_hold_ns
             if self._held_due is None or due < self._held_due:
                 self._held_due = due
-        heapq.heappush(st.held, (_item_ts(it), st.arrivals, it, due))
+        heapq.heappush(st.held, (item_ts(it), st.arrivals, it, due))
         if self.on_reorder is not None:
             self.on_reorder("held", 1)
 
@@ -348,19 +343,19 @@ class ShardLogic(ShardValuation):
         rest = items
         while rest:
             if st.fast_due:
-                head, tail = _split_at(rest, st.fast_due)
+                head, tail = split_at(rest, st.fast_due)
                 if head:
-                    _note_first(acc, head)
+                    note_first(acc, head)
                     out.extend(self._apply(head, acc))
                 if tail is None:
                     return out
                 out.extend(self._flush_fast())
                 rest = tail
                 continue
-            k = next((n for n, it in enumerate(rest) if it[0] in _OWN_ITEM_ROLES), -1) \
+            k = next((n for n, it in enumerate(rest) if it[0] in OWN_ITEM_ROLES), -1) \
                 if step else -1
             head = rest if k < 0 else rest[:k + 1]
-            _note_first(acc, head)
+            note_first(acc, head)
             out.extend(self._apply(head, acc))
             if k < 0:
                 return out
@@ -425,126 +420,166 @@ class ShardLogic(ShardValuation):
         return self._revalue(out, acc, acc.recv)
 
     def _apply(self, items: Sequence[Item], acc: Pending) -> list[Any]:
-        """Apply ``items`` in order, noting in ``acc`` what they moved; return alerts."""
+        """Apply ``items`` in order, noting in ``acc`` what they moved; return alerts.
+
+        Plain marks wait in runs (they commute with fills) until an FX rate or snapshot,
+        which read or re-value marks, or the end; every other record is applied by its
+        role's step. The loop runs once per record.
+        """
         st = self.state
         if not st.key and items:
             self._init(items[0][1])
         out: list[Any] = []
         col = self._col
-        last_ts = st.last_ts
-        changed, touched, touched_ts = acc.changed, acc.touched, acc.touched_ts
-        touched_cols, coll_dirty = acc.touched_cols, acc.coll_dirty
+        changed = acc.changed
         fx_dirty = False
         runs: list[list[Any]] = []  # plain marks not applied yet (they commute with fills)
         row_get = self._row.get
-        evidence = st.evidence
-        cap, windows = self.config.max_evidence, self._seen
         recv = acc.recv
         for role, _key, target, ev in items:
             if role == "marks":
                 runs.append(ev)
                 continue
             if runs and role in ("fx", "snap"):  # these read or re-value marks
-                rt = self._apply_marks(runs, changed)
-                if rt is not None and (recv is None or rt > recv):
-                    recv = rt
+                recv = self._apply_runs(runs, changed, recv)
                 runs = []
             rt = getattr(ev, "recv_ts", None)
             if rt is not None and (recv is None or rt > recv):
                 recv = rt
-            ts = ev.ts
             if role == "mark":
                 self._mark_one(col[target], ev, changed)
-                continue
-            if role == "fx":
-                cur = st.fx.get(target)
-                price = _price_of(ev)
-                for j in self._needing.get(target, ()):
-                    if ts > last_ts[j]:  # noqa: PLR1730 - cheaper than max() per record
-                        last_ts[j] = ts
-                if target in st.balances:
-                    st.asset_ts[target] = max(st.asset_ts.get(target, 0), ts)
-                if price is not None and (cur is None or ts >= cur[1]):
-                    st.fx[target] = (price, ts)
-                    fx_dirty = True
-                    if target in self._peg_here:
-                        out.extend(self._peg_check(target, price, ev))
-                    for j in self._needing.get(target, ()):
-                        changed[j] = ev.id
-                    for cp in st.balances.get(target, {}):
-                        coll_dirty[self._row_of(cp)] = ev.id
-                continue
-            if role == "vol":
-                j = col[target]
-                if ts > last_ts[j]:  # noqa: PLR1730 - cheaper than max() per record
-                    last_ts[j] = ts
-                if ts >= st.feature_vol_ts[j]:
-                    st.feature_vol[j] = float(ev.values[self.config.vol_feature])
-                    st.feature_vol_ts[j] = ts
-                continue
-            i = row_get(ev.counterparty)
-            if i is None:
-                i = self._row_of(ev.counterparty)
-            if role == "bal":
-                held = st.balances.setdefault(target, {})
-                st.asset_ts[target] = max(st.asset_ts.get(target, 0), ts)
-                cur_b = held.get(ev.counterparty)
-                if cur_b is None or ts >= cur_b[1]:
-                    held[ev.counterparty] = (ev.total, ts)
-                    coll_dirty[i] = ev.id
-                    touched.setdefault(i, []).append(ev.id)
-                    touched_ts[i] = max(touched_ts.get(i, 0), ts)
-                continue
-            j = col[target]
-            rid = ev.id
-            if role == "fill":
-                seen = windows[j]
-                if rid in seen.ids:  # a replayed fill is dropped whole: it moves nothing,
-                    continue         # not even the instrument's event time
-                seen.add(rid)
-            if ts > last_ts[j]:  # noqa: PLR1730 - cheaper than max() per record
-                last_ts[j] = ts
-            if role == "fill":
-                if ts > st.snap_ts.item(i, j):  # else already in the authoritative snapshot
-                    signed = ev.qty if ev.side == "buy" else -ev.qty
-                    a = st.avg.item(i, j)
-                    q0 = st.qty.item(i, j)
-                    q, new_avg = apply_fill(q0, None if q0 == 0.0 or math.isnan(a) else a,
-                                            signed, ev.price)
-                    st.qty[i, j] = q
-                    self._opened_or_closed(q0, q)
-                    # flat: no average (0.0 rather than nan keeps the PnL sums nan-free;
-                    # a flat position's average is never read)
-                    st.avg[i, j] = (0.0 if q == 0.0 else math.nan) if new_avg is None else new_avg
-            elif role == "snap":
-                out.extend(self._on_snapshot(ev, i, j))
-            else:  # orders
-                self._opened_or_closed(st.orders.item(i, j), ev.notional)
-                st.orders[i, j] = ev.notional
-                self._any_orders = True
-            buf = evidence.get((i, j))
-            if buf is None:
-                evidence[(i, j)] = [rid]
+            elif role == "fx":
+                fx_dirty = self._apply_fx(target, ev, acc, out) or fx_dirty
+            elif role == "vol":
+                self._apply_vol(col[target], ev)
             else:
-                _evidence_add(buf, rid, cap)
-            own = touched.get(i)
-            if own is None:
-                touched[i] = [rid]
-                touched_ts[i] = ts
-            else:
-                own.append(rid)
-                if ts > touched_ts[i]:  # noqa: PLR1730 - cheaper than max() per record
-                    touched_ts[i] = ts
-            if j not in touched_cols:
-                touched_cols[j] = (rid, i)
+                i = row_get(ev.counterparty)
+                if i is None:
+                    i = self._row_of(ev.counterparty)
+                if role == "bal":
+                    self._apply_balance(target, ev, i, acc)
+                else:
+                    self._apply_position(role, col[target], ev, i, acc, out)
         if runs:
-            rt = self._apply_marks(runs, changed)
-            if rt is not None and (recv is None or rt > recv):
-                recv = rt
+            recv = self._apply_runs(runs, changed, recv)
         if fx_dirty:
             self._refresh_fx()
         acc.recv = recv
         return out
+
+    def _apply_runs(self, runs: list[list[Any]], changed: dict[int, str], recv: int | None
+                    ) -> int | None:
+        """Apply the runs of plain marks; the latest receive time so far."""
+        rt = self._apply_marks(runs, changed)
+        return rt if rt is not None and (recv is None or rt > recv) else recv
+
+    def _apply_fx(self, asset: str, ev: Any, acc: Pending, out: list[Any]) -> bool:
+        """An FX rate: the event time of every instrument that needs it moves; a newer
+        rate is kept, checked against the asset's peg, and marks what it re-values. True
+        when the rate changed."""
+        st = self.state
+        ts = ev.ts
+        last_ts = st.last_ts
+        needing = self._needing.get(asset, ())
+        for j in needing:
+            if ts > last_ts[j]:  # noqa: PLR1730 - cheaper than max() per record
+                last_ts[j] = ts
+        if asset in st.balances:
+            st.asset_ts[asset] = max(st.asset_ts.get(asset, 0), ts)
+        cur = st.fx.get(asset)
+        price = price_of(ev)
+        if price is None or (cur is not None and ts < cur[1]):
+            return False
+        st.fx[asset] = (price, ts)
+        if asset in self._peg_here:
+            out.extend(self._peg_check(asset, price, ev))
+        for j in needing:
+            acc.changed[j] = ev.id
+        for cp in st.balances.get(asset, {}):
+            acc.coll_dirty[self._row_of(cp)] = ev.id
+        return True
+
+    def _apply_vol(self, j: int, ev: Any) -> None:
+        """A realized-vol feature of instrument column ``j`` (the newest one kept)."""
+        st = self.state
+        ts = ev.ts
+        if ts > st.last_ts[j]:  # noqa: PLR1730 - cheaper than max() per record
+            st.last_ts[j] = ts
+        if ts >= st.feature_vol_ts[j]:
+            st.feature_vol[j] = float(ev.values[self.config.vol_feature])
+            st.feature_vol_ts[j] = ts
+
+    def _apply_balance(self, asset: str, ev: Any, i: int, acc: Pending) -> None:
+        """A counterparty's collateral balance of ``asset`` (row ``i``); a newer one
+        replaces it and re-values the row's collateral."""
+        st = self.state
+        ts = ev.ts
+        held = st.balances.setdefault(asset, {})
+        st.asset_ts[asset] = max(st.asset_ts.get(asset, 0), ts)
+        cur = held.get(ev.counterparty)
+        if cur is None or ts >= cur[1]:
+            held[ev.counterparty] = (ev.total, ts)
+            acc.coll_dirty[i] = ev.id
+            acc.touched.setdefault(i, []).append(ev.id)
+            acc.touched_ts[i] = max(acc.touched_ts.get(i, 0), ts)
+
+    def _apply_position(self, role: str, j: int, ev: Any, i: int, acc: Pending,
+                        out: list[Any]) -> None:
+        """A fill (dropped whole if replayed), a position snapshot or an open-orders
+        record of row ``i`` in column ``j``; it becomes evidence and marks the row's own
+        re-valuation."""
+        st = self.state
+        rid, ts = ev.id, ev.ts
+        if role == "fill":
+            seen = self._seen[j]
+            if rid in seen.ids:  # a replayed fill is dropped whole: it moves nothing,
+                return           # not even the instrument's event time
+            seen.add(rid)
+        if ts > st.last_ts[j]:  # noqa: PLR1730 - cheaper than max() per record
+            st.last_ts[j] = ts
+        if role == "fill":
+            if ts > st.snap_ts.item(i, j):  # else already in the authoritative snapshot
+                self._fill(ev, i, j)
+        elif role == "snap":
+            out.extend(self._on_snapshot(ev, i, j))
+        else:  # orders
+            self._opened_or_closed(st.orders.item(i, j), ev.notional)
+            st.orders[i, j] = ev.notional
+            self._any_orders = True
+        self._note_own(rid, ts, i, j, acc)
+
+    def _note_own(self, rid: str, ts: int, i: int, j: int, acc: Pending) -> None:
+        """An own record of row ``i`` in column ``j``: evidence of the position, and the
+        row's own re-valuation due."""
+        st = self.state
+        buf = st.evidence.get((i, j))
+        if buf is None:
+            st.evidence[(i, j)] = [rid]
+        else:
+            evidence_add(buf, rid, self.config.max_evidence)
+        own = acc.touched.get(i)
+        if own is None:
+            acc.touched[i] = [rid]
+            acc.touched_ts[i] = ts
+        else:
+            own.append(rid)
+            if ts > acc.touched_ts[i]:  # noqa: PLR1730 - cheaper than max() per record
+                acc.touched_ts[i] = ts
+        if j not in acc.touched_cols:
+            acc.touched_cols[j] = (rid, i)
+
+    def _fill(self, ev: Any, i: int, j: int) -> None:
+        """A fill moves the position of row ``i`` in column ``j`` and its average price."""
+        st = self.state
+        signed = ev.qty if ev.side == "buy" else -ev.qty
+        a = st.avg.item(i, j)
+        q0 = st.qty.item(i, j)
+        q, new_avg = apply_fill(q0, None if q0 == 0.0 or math.isnan(a) else a, signed, ev.price)
+        st.qty[i, j] = q
+        self._opened_or_closed(q0, q)
+        # flat: no average (0.0 rather than nan keeps the PnL sums nan-free; a flat
+        # position's average is never read)
+        st.avg[i, j] = (0.0 if q == 0.0 else math.nan) if new_avg is None else new_avg
 
     def _peg_check(self, asset: str, price: float, ev: Any) -> list[RiskAlert]:
         """A ``depeg`` alert when ``asset``'s rate leaves its peg, ``peg_restored`` when it
@@ -564,12 +599,12 @@ class ShardLogic(ShardValuation):
             kind, sev = "peg_restored", Severity.INFO
         else:
             levels[asset] = new.value
-            if _LEVEL_RANK[new] <= _LEVEL_RANK[old]:  # no rise: the open incident stands
+            if LEVEL_RANK[new] <= LEVEL_RANK[old]:  # no rise: the open incident stands
                 return []
             kind = "depeg"
             sev = Severity.CRITICAL if new is LimitLevel.BREACH else Severity.WARN
         return [RiskAlert(
-            id=_alert_id(kind, asset, ev.id), kind=kind,
+            id=alert_id(kind, asset, ev.id), kind=kind,
             scope=Scope(kind=ScopeKind.UNDERLYING, value=asset), ts=ev.ts, recv_ts=ev.recv_ts,
             severity=sev,
             reason=(f"{asset} at {price:g} is {off:.0f} bps off its peg {peg:g} "
@@ -581,7 +616,7 @@ class ShardLogic(ShardValuation):
     def _on_snapshot(self, ev: PositionSnapshot, i: int, j: int) -> list[Any]:
         st = self.state
         ev_buf = st.evidence.setdefault((i, j), [])
-        _evidence_add(ev_buf, ev.id, self.config.max_evidence)
+        evidence_add(ev_buf, ev.id, self.config.max_evidence)
         out: list[Any] = []
         qty = float(st.qty[i, j])
         diff = ev.qty - qty
@@ -589,7 +624,7 @@ class ShardLogic(ShardValuation):
         tol = cfg.recon_abs_tol + cfg.recon_rel_tol * max(abs(ev.qty), abs(qty))
         if abs(diff) > tol:
             out.append(RiskAlert(
-                id=_alert_id("reconciliation_break", ev.counterparty, ev.instrument, ev.id),
+                id=alert_id("reconciliation_break", ev.counterparty, ev.instrument, ev.id),
                 kind="reconciliation_break",
                 scope=Scope(kind=ScopeKind.INSTRUMENT, value=ev.instrument, venue=ev.venue),
                 ts=ev.ts, severity=Severity.WARN,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import chain, compress, pairwise
 from typing import Any, NamedTuple
@@ -12,20 +13,20 @@ from typing import Any, NamedTuple
 import numpy as np
 from riskguard.operators.core.dedup import IdWindow
 from riskguard.operators.exposure.arrays import (
-    _ewma_runs,
-    _not_before_earlier,
-    _row_reduce,
-    _run_ends,
-    _run_starts,
-    _seq_sum,
-    _shifted,
+    ewma_runs,
+    not_before_earlier,
+    row_reduce,
+    run_ends,
+    run_starts,
+    seq_sum,
+    shifted,
 )
 from riskguard.operators.exposure.config import (
     NS_PER_S,
     SECONDS_PER_YEAR,
     ExposureConfig,
-    _alert_id,
-    _price_of,
+    alert_id,
+    price_of,
 )
 from riskguard.operators.exposure.instruments import (
     InstrumentRegistry,
@@ -33,7 +34,7 @@ from riskguard.operators.exposure.instruments import (
 )
 from riskguard.operators.exposure.limits import LimitSpec
 from riskguard.operators.exposure.routing import ShardPlace, shard_key
-from riskguard.operators.exposure.shard_state import _GRIDS, Pending, ShardState
+from riskguard.operators.exposure.shard_state import GRIDS, Pending, ShardState
 from riskguard.schemas import (
     LimitLevel,
     RiskAlert,
@@ -46,7 +47,7 @@ from riskguard.schemas.valuation import Part
 from riskguard.errors import ConfigError
 
 NEVER_STALE = 2**62
-_LEVEL_RANK = {LimitLevel.OK: 0, LimitLevel.WARN: 1, LimitLevel.BREACH: 2}
+LEVEL_RANK = {LimitLevel.OK: 0, LimitLevel.WARN: 1, LimitLevel.BREACH: 2}
 _VECTOR_MIN = 64  # fewer plain marks than this are applied one by one (measured crossover)
 _SMALL_HELD = 32  # up to this many held instruments, realized vols are ranked in a loop
 # A book of at most this many cells, none of its rows holding more than _SEQ_SUM_MAX, is
@@ -192,7 +193,7 @@ class ShardValuation:
         if i >= st.qty.shape[0]:
             cap = max(8, 2 * st.qty.shape[0])
             k = len(st.insts)
-            for name, (dt, fill) in _GRIDS.items():
+            for name, (dt, fill) in GRIDS.items():
                 old = getattr(st, name)
                 grid = np.full((cap, k), fill, dtype=dt)
                 grid[: old.shape[0]] = old
@@ -258,7 +259,7 @@ class ShardValuation:
             st.last_ts[j] = ts
         if ts < st.mark_ts.item(j):
             return
-        price = _price_of(ev)
+        price = price_of(ev)
         if price is None:  # a funding rate without a mark price
             return
         rid = ev.id
@@ -310,8 +311,8 @@ class ShardValuation:
         try:
             px = np.array([e.price for e in ms], dtype=np.float64)[order]
         except AttributeError:  # quotes: the mid
-            px = np.array([_price_of(e) for e in ms], dtype=np.float64)[order]
-        starts = _run_starts(js)
+            px = np.array([price_of(e) for e in ms], dtype=np.float64)[order]
+        starts = run_starts(js)
         cols = js[starts]
         st.last_ts[cols] = np.maximum(st.last_ts[cols],
                                       np.maximum.reduceat(ts, np.flatnonzero(starts)))
@@ -319,13 +320,13 @@ class ShardValuation:
         # on that column (several venues' prices of one instrument interleave)
         acc = ts >= st.mark_ts[js]
         if ((js[1:] == js[:-1]) & (ts[1:] < ts[:-1])).any():
-            acc &= _not_before_earlier(js, ts, starts)
+            acc &= not_before_earlier(js, ts, starts)
         a = np.flatnonzero(acc)
         if not len(a):
             return recv
         # the accepted marks are in time order per column: the last one is the mark
         js, ts, px, order = js[a], ts[a], px[a], order[a]
-        last = np.flatnonzero(_run_ends(js))
+        last = np.flatnonzero(run_ends(js))
         ac = js[last]
         st.mark[ac] = px[last]
         st.mark_ts[ac] = ts[last]
@@ -343,28 +344,28 @@ class ShardValuation:
         if not len(f):
             return
         fj, ft, fp = js[f], ts[f], px[f]
-        new_f = _run_starts(fj)
+        new_f = run_starts(fj)
         # an update needs a strictly newer time than the column's previous update
-        keep = ft > np.where(new_f, st.ewma_ts[fj], _shifted(ft, 0))
+        keep = ft > np.where(new_f, st.ewma_ts[fj], shifted(ft, 0))
         kj, kt, kp = fj[keep], ft[keep], fp[keep]
         if not len(kj):
             return
-        new_k = _run_starts(kj)
-        pt = np.where(new_k, st.ewma_ts[kj], _shifted(kt, 0))
-        pp = np.where(new_k, st.ewma_price[kj], _shifted(kp, 0.0))
+        new_k = run_starts(kj)
+        pt = np.where(new_k, st.ewma_ts[kj], shifted(kt, 0))
+        pp = np.where(new_k, st.ewma_price[kj], shifted(kp, 0.0))
         h = np.flatnonzero((pt >= 0) & (pp > 0))
         if len(h):
             r = np.array(list(map(math.log, (kp[h] / pp[h]).tolist())))
             x = r * r / ((kt[h] - pt[h]) / NS_PER_S)
             hj = kj[h]
-            first = np.flatnonzero(_run_starts(hj))
+            first = np.flatnonzero(run_starts(hj))
             cols = hj[first]
             lens = np.diff(np.append(first, len(hj)))
             cnt = st.ewma_n[cols]
-            st.ewma_var[cols] = _ewma_runs(st.ewma_var[cols], cnt == 0, x, first, lens,
+            st.ewma_var[cols] = ewma_runs(st.ewma_var[cols], cnt == 0, x, first, lens,
                                            self.config.vol_alpha)
             st.ewma_n[cols] = cnt + lens
-        lk = np.flatnonzero(_run_ends(kj))
+        lk = np.flatnonzero(run_ends(kj))
         st.ewma_price[kj[lk]] = kp[lk]
         st.ewma_ts[kj[lk]] = kt[lk]
 
@@ -403,7 +404,7 @@ class ShardValuation:
             cp = st.cps[row]
             reason = (f"{why}; position of {cp} is unvalued" if mark_missing else why)
             out.append(RiskAlert(
-                id=_alert_id(kind, name, cp, rid), kind=kind,
+                id=alert_id(kind, name, cp, rid), kind=kind,
                 scope=Scope(kind=ScopeKind.INSTRUMENT, value=name), ts=int(st.last_ts[j]),
                 severity=Severity.WARN, reason=reason,
                 details={"counterparty": cp}, evidence_ids=[rid],
@@ -431,7 +432,7 @@ class ShardValuation:
                 if seen.get("fx") != "missing_fx":
                     seen["fx"] = "missing_fx"
                     alerts.append(RiskAlert(
-                        id=_alert_id("missing_fx", asset, cp, cur[1]), kind="missing_fx",
+                        id=alert_id("missing_fx", asset, cp, cur[1]), kind="missing_fx",
                         scope=Scope(kind=ScopeKind.INSTRUMENT, value=asset),
                         ts=st.asset_ts.get(asset, 0), severity=Severity.WARN,
                         reason=f"no FX rate {asset}->{rep} for collateral",
@@ -458,34 +459,12 @@ class ShardValuation:
     def _revalue_whole(self, out: list[Any], acc: Pending, lay: _Layout) -> _Valued | None:
         """The rows ``acc`` moved, valued with whole-array operations (any book); missing
         mark and FX alerts go to ``out``. None: no row moved."""
-        changed, touched = acc.changed, acc.touched
-        touched_cols, coll_dirty = acc.touched_cols, acc.coll_dirty
+        changed = acc.changed
         st = self.state
-        n = len(st.cps)
-        cap = self.config.max_evidence
-        active_all = lay.active
         mark = st.mark
         fxq, fxu = self._fxq, self._fxu
         valued = ~(np.isnan(mark) | np.isnan(fxq) | np.isnan(fxu))
-        dirty = np.zeros(n, dtype=bool)
-        jc = np.fromiter(changed, dtype=np.int64, count=len(changed))
-        if len(jc):
-            held_jc = active_all[:, jc]
-            dirty |= held_jc.any(axis=1)
-        if touched:
-            dirty[list(touched)] = True
-        if coll_dirty:
-            dirty[list(coll_dirty)] = True
-        if touched_cols or changed:
-            cand = np.zeros(len(st.insts), dtype=bool)
-            if len(jc):
-                cand[jc] = held_jc.any(axis=0)
-            if touched_cols:
-                cand[list(touched_cols)] = True
-            bad = np.flatnonzero(cand & ~valued).tolist()
-            if bad or st.alerted:
-                out.extend(self._missing_alerts(bad, cand & valued, active_all, touched_cols,
-                                                changed))
+        dirty, jc = self._dirty_rows(out, acc, lay, valued)
         rows = np.flatnonzero(dirty)
         if not len(rows):
             return None
@@ -495,83 +474,38 @@ class ShardValuation:
         df = np.where(valued, np.where(opt, st.opt_delta * und_px * fxu, nf), 0.0)
         fx_v = np.where(valued, fxq, 0.0)
         mark_v = np.where(valued, mark, 0.0)
-        # the held positions of the dirty rows only, row-major (a few thousand cells rather
-        # than the whole counterparty x instrument grid)
         m = len(rows)
         rows_l = rows.tolist()
-        n_u = len(self._und_names)
-        if m == n:  # every row: the layout's cached gathers
-            act, r_i, c_i, flat, bounds_a = active_all, lay.r, lay.c, lay.flat, lay.bounds
-            names_rows = lay.names
-            mult, ug, held_u = lay.mult, lay.und, lay.held_u
-        else:
-            act = active_all[rows]
-            pick = np.flatnonzero(dirty[lay.r])
-            c_i, flat = lay.c[pick], lay.flat[pick]
-            r_i = (np.cumsum(dirty) - 1)[lay.r[pick]]
-            bounds_a = np.zeros(m + 1, dtype=np.int64)
-            np.cumsum(np.diff(lay.bounds)[rows], out=bounds_a[1:])
-            names_rows = [lay.names[i] for i in rows_l]
-            mult, ug, held_u = lay.mult[pick], r_i * n_u + self._und_code[c_i], lay.held_u[rows]
-        qm = st.qty.ravel()[flat] * mult
+        g = lay if m == len(st.cps) else self._dirty_layout(lay, dirty, rows, rows_l)
+        act, r_i, c_i, flat, bounds_a = g.active, g.r, g.c, g.flat, g.bounds
+        names_rows = g.names
+        qm = st.qty.ravel()[flat] * g.mult
         notional = qm * nf[c_i]
         upnl = qm * (mark_v[c_i] - st.avg.ravel()[flat]) * fx_v[c_i]
         # no average entry price (nan): no unrealized PnL for that position
         upnl[np.isnan(upnl)] = 0.0
         # each row's positions are one run (row-major): a segmented sum, 10x a bincount's
-        gross = _row_reduce(np.add, np.abs(notional), bounds_a, 0.0)
-        net = _row_reduce(np.add, notional, bounds_a, 0.0)
-        upnl_s = _row_reduce(np.add, upnl, bounds_a, 0.0)
-        ord_s = (_row_reduce(np.add, st.orders.ravel()[flat] * fx_v[c_i], bounds_a, 0.0)
+        gross = row_reduce(np.add, np.abs(notional), bounds_a, 0.0)
+        net = row_reduce(np.add, notional, bounds_a, 0.0)
+        upnl_s = row_reduce(np.add, upnl, bounds_a, 0.0)
+        ord_s = (row_reduce(np.add, st.orders.ravel()[flat] * fx_v[c_i], bounds_a, 0.0)
                  if self._any_orders else [0.0] * m)
-        d_u: Any = np.bincount(ug, qm * df[c_i], m * n_u).reshape(m, n_u).tolist()
-        held_all_u: Any = held_u.all(axis=1).tolist()
-        held_u_l = held_u.tolist()
-        same = self._asset_is_delta
-        if not same:
-            n_a = len(self._asset_names)
-            ag = r_i * n_a + self._asset_code[c_i]
-            d_a: Any = np.bincount(ag, notional, m * n_a).reshape(m, n_a).tolist()
-            held_a = np.bincount(ag, None, m * n_a).reshape(m, n_a) > 0
-            held_all_a: Any = held_a.all(axis=1).tolist()
-            held_a_l = held_a.tolist()
+        ds, as_ = self._row_dicts(g, qm * df[c_i], notional, m)
         mts_c = np.where(valued, st.mark_ts, NEVER_STALE)[c_i]
         # every per-row list in one pass each, then sliced per row
         not_all = notional.tolist()
         # parts carry packed little-endian int64s, not per-position int objects
         mts_b = mts_c.astype("<i8", copy=False).tobytes()
         bounds = bounds_a.tolist()
-        ts_rows = _row_reduce(np.maximum, st.last_ts[c_i], bounds_a, 0)
-        oldest_rows = _row_reduce(np.minimum, mts_c, bounds_a, NEVER_STALE)
-        und_names = self._und_names
+        ts_rows = row_reduce(np.maximum, st.last_ts[c_i], bounds_a, 0)
+        oldest_rows = row_reduce(np.minimum, mts_c, bounds_a, NEVER_STALE)
         any_unvalued = (act & ~valued).any(axis=1).tolist()
-        if len(jc):
-            # evidence: ids of the newest ``cap`` re-valuing records per row
-            cmask = np.zeros(len(st.insts), dtype=bool)
-            cmask[jc] = True
-            trig = np.empty(len(st.insts), dtype=object)
-            trig[jc] = list(changed.values())
-            flagged = np.flatnonzero(cmask[c_i])
-            ends = np.searchsorted(flagged, bounds_a[1:])[r_i[flagged]]
-            kept = flagged[ends - np.arange(len(flagged)) <= cap]
-            cc_all = trig[c_i[kept]].tolist()
-            cbounds: Any = np.searchsorted(kept, bounds_a).tolist()
         # the per-row lists, one comprehension each
         spans = list(pairwise(bounds))
         not_rows = [not_all[lo:hi] for lo, hi in spans]
         mts_rows = [mts_b[8 * lo:8 * hi] for lo, hi in spans]
-        ds = [dict(zip(und_names, row, strict=True)) if full
-              else dict(compress(zip(und_names, row, strict=True), held))
-              for row, full, held in zip(d_u, held_all_u, held_u_l, strict=True)]
-        # sharing one dict for both is safe: parts and exposures never mutate them
-        if same:
-            as_ = ds
-        else:
-            as_ = [dict(zip(self._asset_names, row, strict=True)) if full
-                   else dict(compress(zip(self._asset_names, row, strict=True), held))
-                   for row, full, held in zip(d_a, held_all_a, held_a_l, strict=True)]
-        evid: list[list[str]] = ([cc_all[lo:hi] for lo, hi in pairwise(cbounds)] if len(jc)
-                                 else [[] for _ in rows_l])
+        evid = (self._row_evidence(changed, jc, c_i, r_i, bounds_a) if len(jc)
+                else [[] for _ in rows_l])
         unvalued: list[list[str]] = [[] for _ in rows_l]
         if any(any_unvalued):
             valued_l = valued.tolist()
@@ -582,6 +516,90 @@ class ShardValuation:
                                    if not valued_l[c]]
         return _Valued(rows_l, gross, net, upnl_s, ord_s, ds, as_, names_rows, not_rows,
                        mts_rows, oldest_rows, ts_rows, unvalued, evid)
+
+    def _dirty_layout(self, lay: _Layout, dirty: np.ndarray, rows: np.ndarray,
+                      rows_l: list[int]) -> _Layout:
+        """The layout's gathers for the dirty rows only, row-major (a few thousand cells
+        rather than the whole counterparty x instrument grid)."""
+        m = len(rows_l)
+        pick = np.flatnonzero(dirty[lay.r])
+        c_i = lay.c[pick]
+        r_i = (np.cumsum(dirty) - 1)[lay.r[pick]]
+        bounds_a = np.zeros(m + 1, dtype=np.int64)
+        np.cumsum(np.diff(lay.bounds)[rows], out=bounds_a[1:])
+        return _Layout(active=lay.active[rows], r=r_i, c=c_i, flat=lay.flat[pick],
+                       bounds=bounds_a, names=[lay.names[i] for i in rows_l],
+                       mult=lay.mult[pick], und=r_i * len(self._und_names) + self._und_code[c_i],
+                       held_u=lay.held_u[rows], held_cols=lay.held_cols)
+
+    def _row_dicts(self, g: _Layout, delta: np.ndarray, notional: np.ndarray, m: int
+                   ) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+        """Per row, its delta by underlying and its notional by asset, over what it holds
+        (the same dicts when each asset is its own underlying: parts and exposures never
+        mutate them, so sharing is safe)."""
+        und_names = self._und_names
+        n_u = len(und_names)
+        d_u: Any = np.bincount(g.und, delta, m * n_u).reshape(m, n_u).tolist()
+        held_all_u: Any = g.held_u.all(axis=1).tolist()
+        ds = [dict(zip(und_names, row, strict=True)) if full
+              else dict(compress(zip(und_names, row, strict=True), held))
+              for row, full, held in zip(d_u, held_all_u, g.held_u.tolist(), strict=True)]
+        if self._asset_is_delta:
+            return ds, ds
+        names = self._asset_names
+        n_a = len(names)
+        ag = g.r * n_a + self._asset_code[g.c]
+        d_a: Any = np.bincount(ag, notional, m * n_a).reshape(m, n_a).tolist()
+        held_a = np.bincount(ag, None, m * n_a).reshape(m, n_a) > 0
+        held_all_a: Any = held_a.all(axis=1).tolist()
+        return ds, [dict(zip(names, row, strict=True)) if full
+                    else dict(compress(zip(names, row, strict=True), held))
+                    for row, full, held in zip(d_a, held_all_a, held_a.tolist(), strict=True)]
+
+    def _dirty_rows(self, out: list[Any], acc: Pending, lay: _Layout, valued: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """The rows ``acc`` moved (a mask over the counterparties) and the columns whose
+        marks changed; a missing mark or FX rate of a column it moved is alerted in
+        ``out`` (and one valued again is cleared)."""
+        changed, touched = acc.changed, acc.touched
+        touched_cols, coll_dirty = acc.touched_cols, acc.coll_dirty
+        st = self.state
+        dirty = np.zeros(len(st.cps), dtype=bool)
+        jc = np.fromiter(changed, dtype=np.int64, count=len(changed))
+        held_jc = lay.active[:, jc] if len(jc) else None
+        if held_jc is not None:
+            dirty |= held_jc.any(axis=1)
+        if touched:
+            dirty[list(touched)] = True
+        if coll_dirty:
+            dirty[list(coll_dirty)] = True
+        if touched_cols or changed:
+            cand = np.zeros(len(st.insts), dtype=bool)
+            if held_jc is not None:
+                cand[jc] = held_jc.any(axis=0)
+            if touched_cols:
+                cand[list(touched_cols)] = True
+            bad = np.flatnonzero(cand & ~valued).tolist()
+            if bad or st.alerted:
+                out.extend(self._missing_alerts(bad, cand & valued, lay.active, touched_cols,
+                                                changed))
+        return dirty, jc
+
+    def _row_evidence(self, changed: dict[int, str], jc: np.ndarray, c_i: np.ndarray,
+                      r_i: np.ndarray, bounds_a: np.ndarray) -> list[list[str]]:
+        """Per row, the ids of the newest ``max_evidence`` records that re-valued it."""
+        n_insts = len(self.state.insts)
+        cap = self.config.max_evidence
+        cmask = np.zeros(n_insts, dtype=bool)
+        cmask[jc] = True
+        trig = np.empty(n_insts, dtype=object)
+        trig[jc] = list(changed.values())
+        flagged = np.flatnonzero(cmask[c_i])
+        ends = np.searchsorted(flagged, bounds_a[1:])[r_i[flagged]]
+        kept = flagged[ends - np.arange(len(flagged)) <= cap]
+        cc_all = trig[c_i[kept]].tolist()
+        cbounds: Any = np.searchsorted(kept, bounds_a).tolist()
+        return [cc_all[lo:hi] for lo, hi in pairwise(cbounds)]
 
     def _revalue_small(self, out: list[Any], acc: Pending, lay: _Layout) -> _Valued | None:
         """:meth:`_revalue_whole` for a small book (``lay.row_cols``), in Python: the same
@@ -600,12 +618,30 @@ class ShardValuation:
         rows = sorted(dirty)
         cand = dict.fromkeys(held_changed)
         cand.update(dict.fromkeys(touched_cols))
-        # per column needed: (valued, notional factor, delta factor, fx, mark, mark time)
+        col = self._small_columns(chain.from_iterable([row_cols[i] for i in rows]
+                                                      + [list(cand)]))
+        if cand:
+            bad = sorted(j for j in cand if not col[j][0])
+            if bad or st.alerted:
+                good = np.zeros(len(st.insts), dtype=bool)
+                good[[j for j in cand if col[j][0]]] = True
+                out.extend(self._missing_alerts(bad, good, lay.active, touched_cols, changed))
+        if not rows:
+            return None
+        v = _Valued(rows, [], [], [], [], [], [], [], [], [], [], [], [], [])
+        for i in rows:
+            self._value_small_row(v, i, row_cols[i], lay.names[i], col, changed)
+        return v
+
+    def _small_columns(self, cols: Iterable[int]
+                       ) -> dict[int, tuple[bool, float, float, float, float, int]]:
+        """Per column: (valued, notional factor, delta factor, fx, mark, mark time)."""
+        st = self.state
         mark, mark_ts, fxq, fxu = st.mark, st.mark_ts, self._fxq, self._fxu
         opt, und_px, opt_delta = self._is_opt_list, st.und_price, st.opt_delta
         col: dict[int, tuple[bool, float, float, float, float, int]] = {}
         isnan = math.isnan
-        for j in chain.from_iterable([row_cols[i] for i in rows] + [list(cand)]):
+        for j in cols:
             if j in col:
                 continue
             mk, q, u = mark.item(j), fxq.item(j), fxu.item(j)
@@ -617,63 +653,58 @@ class ShardValuation:
             else:
                 nf = mk * q
                 col[j] = (True, nf, nf, q, mk, mark_ts.item(j))
-        if cand:
-            bad = sorted(j for j in cand if not col[j][0])
-            if bad or st.alerted:
-                good = np.zeros(len(st.insts), dtype=bool)
-                good[[j for j in cand if col[j][0]]] = True
-                out.extend(self._missing_alerts(bad, good, lay.active, touched_cols, changed))
-        if not rows:
-            return None
-        cap = self.config.max_evidence
+        return col
+
+    def _value_small_row(self, v: _Valued, i: int, cols: list[int], names: list[str],
+                         col: dict[int, tuple[bool, float, float, float, float, int]],
+                         changed: dict[int, str]) -> None:
+        """Row ``i`` of a small book valued, its results appended to ``v``."""
+        st = self.state
         qty, avg, orders = st.qty, st.avg, st.orders
         any_orders = self._any_orders
         mult, und_code, asset_code = self._mult_l, self._und_code_l, self._asset_code_l
-        und_names, asset_names = self._und_names, self._asset_names
-        last_ts = st.last_ts
         same = self._asset_is_delta
-        v = _Valued(rows, [], [], [], [], [], [], [], [], [], [], [], [], [])
-        for i in rows:
-            cols = row_cols[i]
-            nots: list[float] = []
-            ups: list[float] = []
-            ords: list[float] = []
-            mts: list[int] = []
-            du: dict[int, float] = {}
-            da: dict[int, float] = {}
-            unvalued: list[str] = []
-            for c, name in zip(cols, lay.names[i], strict=True):
-                ok, nf, df, fxv, mv, mt = col[c]
-                qm = qty.item(i, c) * mult[c]
-                nt = qm * nf
-                up = qm * (mv - avg.item(i, c)) * fxv
-                nots.append(nt)
-                ups.append(0.0 if isnan(up) else up)  # no average entry price: no PnL
-                if any_orders:
-                    ords.append(orders.item(i, c) * fxv)
-                mts.append(mt)
-                u = und_code[c]
-                du[u] = du.get(u, 0.0) + qm * df
-                if not same:
-                    a = asset_code[c]
-                    da[a] = da.get(a, 0.0) + nt
-                if not ok:
-                    unvalued.append(name)
-            v.gross.append(_seq_sum([abs(x) for x in nots]))
-            v.net.append(_seq_sum(nots))
-            v.upnl.append(_seq_sum(ups))
-            v.orders.append(_seq_sum(ords))
-            d = {und_names[u]: du[u] for u in sorted(du)}
-            v.delta.append(d)
-            v.by_asset.append(d if same else {asset_names[a]: da[a] for a in sorted(da)})
-            v.names.append(lay.names[i])
-            v.notionals.append(nots)
-            v.mark_ts.append(struct.pack(f"<{len(mts)}q", *mts))
-            v.oldest.append(min(mts, default=NEVER_STALE))
-            v.ts.append(max((last_ts.item(c) for c in cols), default=0))
-            v.unvalued.append(unvalued)
-            v.evidence.append([changed[c] for c in cols if c in changed][-cap:])
-        return v
+        isnan = math.isnan
+        nots: list[float] = []
+        ups: list[float] = []
+        ords: list[float] = []
+        mts: list[int] = []
+        du: dict[int, float] = {}
+        da: dict[int, float] = {}
+        unvalued: list[str] = []
+        for c, name in zip(cols, names, strict=True):
+            ok, nf, df, fxv, mv, mt = col[c]
+            qm = qty.item(i, c) * mult[c]
+            nt = qm * nf
+            up = qm * (mv - avg.item(i, c)) * fxv
+            nots.append(nt)
+            ups.append(0.0 if isnan(up) else up)  # no average entry price: no PnL
+            if any_orders:
+                ords.append(orders.item(i, c) * fxv)
+            mts.append(mt)
+            u = und_code[c]
+            du[u] = du.get(u, 0.0) + qm * df
+            if not same:
+                a = asset_code[c]
+                da[a] = da.get(a, 0.0) + nt
+            if not ok:
+                unvalued.append(name)
+        v.gross.append(seq_sum([abs(x) for x in nots]))
+        v.net.append(seq_sum(nots))
+        v.upnl.append(seq_sum(ups))
+        v.orders.append(seq_sum(ords))
+        und_names = self._und_names
+        d = {und_names[u]: du[u] for u in sorted(du)}
+        v.delta.append(d)
+        v.by_asset.append(d if same else {self._asset_names[a]: da[a] for a in sorted(da)})
+        v.names.append(names)
+        v.notionals.append(nots)
+        v.mark_ts.append(struct.pack(f"<{len(mts)}q", *mts))
+        v.oldest.append(min(mts, default=NEVER_STALE))
+        last_ts = st.last_ts
+        v.ts.append(max((last_ts.item(c) for c in cols), default=0))
+        v.unvalued.append(unvalued)
+        v.evidence.append([changed[c] for c in cols if c in changed][-self.config.max_evidence:])
 
     def _parts(self, out: list[Any], acc: Pending, lay: _Layout, v: _Valued,
                recv_ts: int | None, ts: int | None) -> list[Any]:
@@ -737,7 +768,7 @@ class ShardValuation:
             vts = vol_ts[idx]
             order = np.lexsort((vts, codes))
             sc = codes[order]
-            last = np.flatnonzero(_run_ends(sc))
+            last = np.flatnonzero(run_ends(sc))
             best = idx[order[last]]
             names = map(self._und_names.__getitem__, sc[last].tolist())
             uv = dict(zip(names, zip(vol[best].tolist(), vol_ts[best].tolist(), strict=True),
@@ -746,8 +777,8 @@ class ShardValuation:
 
     def _und_vols_small(self, held: list[int]) -> dict[str, tuple[float, int]]:
         """:meth:`_und_vols` one column at a time: for a few held instruments, each of
-        the whole-array path's numpy calls costs more than the loop (4 against 23 µs per
-        re-valuation for the demo's 3 held instruments). The same values, bit for bit."""
+        the whole-array path's numpy calls costs more than the loop. The same values, bit
+        for bit."""
         st = self.state
         fv, fts = st.feature_vol, st.feature_vol_ts
         ewma_n, ewma_var, ewma_ts = st.ewma_n, st.ewma_var, st.ewma_ts

@@ -51,6 +51,7 @@ from riskguard.schemas import (
 )
 
 from riskguard.errors import ConfigError
+from riskguard.validation import PositiveFinite
 
 S = 1_000_000_000
 UNACKNOWLEDGED = "command_unacknowledged"
@@ -71,12 +72,10 @@ class AckConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
     executors: tuple[str, ...] = ()
     require: tuple[Action, ...] = (Action.HALT_TRADING, Action.CANCEL_ALL)
-    timeout_s: float = 30.0
+    timeout_s: PositiveFinite = 30.0
 
     def validate(self, path: str = "playbook.acks") -> None:
-        if not self.timeout_s > 0:
-            raise ConfigError(f"{path}.timeout_s", "a positive number of seconds",
-                              self.timeout_s)
+        """The checks across values (each value's own are declared on its field)."""
         if len(set(self.executors)) != len(self.executors):
             raise ConfigError(f"{path}.executors", "each executor named once",
                               list(self.executors))

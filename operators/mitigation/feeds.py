@@ -39,10 +39,12 @@ from dataclasses import dataclass, field
 import msgspec
 from riskguard.operators.core.base import copy_state
 from riskguard.operators.core.clock import Clock, Tick, Watermark, system_clock
+from riskguard.operators.core.snapshot import persisted
 from riskguard.schemas.market import VenueState, VenueStatus
 from riskguard.schemas.signals import RiskAlert, Scope, ScopeKind, Severity
 
 from riskguard.errors import ConfigError
+from riskguard.validation import NonNegativeInt, PositiveInt, check_declared
 
 NS = 1_000_000_000
 _NAMESPACE = uuid.UUID("5b0f3f4e-5c55-4f0e-9f1c-0a9c3e0f7a11")
@@ -55,9 +57,9 @@ class VenueFeeds(msgspec.Struct, frozen=True, kw_only=True):
     primary: str = "primary"
     # the feed name of its backup, which takes over while the primary is silent
     backup: str = "backup"
-    max_gap_ns: int = 3 * NS
-    restore_after_ns: int = 10 * NS
-    skew_ns: int = 2 * NS
+    max_gap_ns: PositiveInt = 3 * NS
+    restore_after_ns: NonNegativeInt = 10 * NS
+    skew_ns: NonNegativeInt = 2 * NS
 
 
 class FeedConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,21 +68,16 @@ class FeedConfig(msgspec.Struct, frozen=True, kw_only=True):
     venues: dict[str, VenueFeeds] = {}
 
     def validate(self, path: str = "feeds") -> FeedConfig:
+        """Raise ``ConfigError`` naming the key of the first bad value."""
+        check_declared(self, path)
         for venue, vf in self.venues.items():
-            if vf.max_gap_ns <= 0:
-                raise ConfigError(f"{path}.venues.{venue}.max_gap_ns", "must be > 0", vf.max_gap_ns)
-            if vf.restore_after_ns < 0:
-                raise ConfigError(
-                    f"{path}.venues.{venue}.restore_after_ns", "must be >= 0", vf.restore_after_ns
-                )
-            if vf.skew_ns < 0:
-                raise ConfigError(f"{path}.venues.{venue}.skew_ns", "must be >= 0", vf.skew_ns)
             if vf.primary == vf.backup:
                 raise ConfigError(f"{path}.venues.{venue}.backup", "must differ from primary",
                                   vf.backup)
         return self
 
 
+@persisted("riskguard.feed")
 @dataclass
 class FeedState:
     """The failover decision for one venue; plain data."""

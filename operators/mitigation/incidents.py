@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.mitigation.acks import AckState
-from riskguard.operators.mitigation.rules import _MAX_EVIDENCE, CLOSERS
+from riskguard.operators.mitigation.rules import CLOSERS, MAX_EVIDENCE
 from riskguard.schemas import (
     Action,
     AnomalySignal,
     LimitBreach,
+    RiskAlert,
     Scope,
     Severity,
     encode,
@@ -61,6 +63,7 @@ class Mitigation:
     decision_id: str = ""
 
 
+@persisted("riskguard.playbook")
 @dataclass
 class PlaybookState:
     """Everything the playbook remembers; snapshots are independent copies."""
@@ -80,7 +83,8 @@ class PlaybookState:
     watermark: int = -1
     # Signals too far ahead of the watermark, waiting: a heap of
     # (ts, arrival, signal, processing time it arrived)
-    held: list[tuple[int, int, Any, int]] = field(default_factory=list)
+    held: list[tuple[int, int, AnomalySignal | RiskAlert | LimitBreach, int]] = field(
+        default_factory=list)
     arrivals: int = 0
     forced: int = 0  # held signals applied after max_hold_s, the watermark still behind
     # commands awaiting executors' acknowledgements (AckTracker)
@@ -90,7 +94,7 @@ class PlaybookState:
 # -- helpers -------------------------------------------------------------------
 
 
-def _lists(d: dict[str, list[Any]]) -> dict[str, list[Any]]:
+def copy_lists(d: dict[str, list[Any]]) -> dict[str, list[Any]]:
     return {k: list(v) for k, v in d.items()}
 
 
@@ -99,7 +103,7 @@ def evidence_digest(record: msgspec.Struct) -> str:
     return hashlib.sha256(encode(record)).hexdigest()
 
 
-def _signal_kind(sig: Any) -> str:
+def signal_kind(sig: Any) -> str:
     if isinstance(sig, AnomalySignal):
         return sig.kind
     if isinstance(sig, LimitBreach):
@@ -107,15 +111,15 @@ def _signal_kind(sig: Any) -> str:
     return str(sig.kind)
 
 
-def _source_key(sig: Any, kind: str) -> str:
+def source_key(sig: Any, kind: str) -> str:
     label = sig.scope.label()
     if isinstance(sig, LimitBreach):
         return f"breach|{label}|{sig.limit_path}|{sig.kind}"
     return f"{CLOSERS.get(kind, kind)}|{label}"
 
 
-def _describe(sig: Any) -> str:
-    kind = _signal_kind(sig)
+def describe(sig: Any) -> str:
+    kind = signal_kind(sig)
     head = f"{kind} {sig.severity.value} on {sig.scope.label()}"
     if isinstance(sig, AnomalySignal):
         ratio = sig.score / sig.threshold if sig.threshold > 0 else math.inf
@@ -129,24 +133,24 @@ def _describe(sig: Any) -> str:
     return f"{head}: {sig.reason}"[:512]
 
 
-def _ratio(sig: AnomalySignal) -> float:
+def score_ratio(sig: AnomalySignal) -> float:
     return sig.score / sig.threshold if sig.threshold > 0 else math.inf
 
 
-def _pushed(ids: list[str] | None, sig_id: str) -> list[str]:
+def pushed(ids: list[str] | None, sig_id: str) -> list[str]:
     """``ids`` with ``sig_id`` last (a list made for a pre-decision-id snapshot)."""
     ids = [] if ids is None else ids
-    _push(ids, sig_id)
+    push_evidence(ids, sig_id)
     return ids
 
 
-def _push(evidence: list[str], digest: str) -> None:
+def push_evidence(evidence: list[str], digest: str) -> None:
     if digest not in evidence:
         evidence.append(digest)
-        del evidence[:-_MAX_EVIDENCE]
+        del evidence[:-MAX_EVIDENCE]
 
 
-def _mark(table: dict[str, list[str]], name: str, why: str, on: bool) -> None:
+def mark_reason(table: dict[str, list[str]], name: str, why: str, on: bool) -> None:
     reasons = [r for r in table.get(name, []) if r != why]
     if on:
         reasons.append(why)

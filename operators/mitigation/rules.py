@@ -11,17 +11,23 @@ is :class:`~riskguard.operators.mitigation.playbook.PlaybookLogic`.
 
 from __future__ import annotations
 
-import math
 import re
 import uuid
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
 from riskguard.operators.mitigation.acks import ACKNOWLEDGED, UNACKNOWLEDGED, AckConfig
 from riskguard.schemas import FIRM, Action, Scope, ScopeKind, Severity
 from riskguard.schemas.action_params import check_rung_params
+from riskguard.schemas.signals import SEVERITY_RANK
 
 from riskguard.errors import ConfigError
+from riskguard.validation import (
+    NonNegative,
+    PositiveFinite,
+    PositiveInt,
+    check_declared,
+)
 
 if TYPE_CHECKING:
     from riskguard.operators.mitigation.incidents import Incident
@@ -29,28 +35,20 @@ if TYPE_CHECKING:
 S = 1_000_000_000
 """Nanoseconds per second."""
 
-_NS = uuid.UUID("6f1c2f0e-3a57-4f43-9a39-2b5d6f0c9e11")
-_RANK = {Severity.INFO: 0, Severity.WARN: 1, Severity.CRITICAL: 2}
-_NAME = re.compile(r"^[A-Za-z0-9_.:/@+-]{1,64}$")
-_MAX_EVIDENCE = 16
+COMMAND_NAMESPACE = uuid.UUID("6f1c2f0e-3a57-4f43-9a39-2b5d6f0c9e11")
+MAX_EVIDENCE = 16
 #: RiskAlert kinds that close an incident opened by another kind.
 CLOSERS = {"heartbeat_restored": "heartbeat_loss", "feed_restored": "feed_failover",
            "withdrawals_resumed": "withdrawals_halted", "peg_restored": "depeg",
-           "detect_restored": "detect_silent", ACKNOWLEDGED: UNACKNOWLEDGED}
+           ACKNOWLEDGED: UNACKNOWLEDGED}
 #: Signal kinds whose incidents stay open until an explicit close arrives.
 #: Every other kind is momentary: its incident counts as closed right after
 #: each signal, so the quiet period starts at once and a repeat reopens it.
 OPENERS = frozenset({"anomaly", "price_move", "dislocation", "breach", "heartbeat_loss",
-                     "feed_failover", "withdrawals_halted", "depeg", "detect_silent",
-                     UNACKNOWLEDGED})
+                     "feed_failover", "withdrawals_halted", "depeg", UNACKNOWLEDGED})
 TARGETS = ("same", "venue", "counterparty", "underlying", "firm")
-_PROTECTIVE = frozenset({Action.REDUCE_ONLY, Action.HALT_TRADING})
-_REQUIRED: dict[Action, tuple[str, ...]] = {
-    Action.WIDEN_QUOTES: ("bps",),
-    Action.REDUCE_LIMITS: ("factor",),
-    Action.HEDGE_DELTA: ("target_delta", "hedge_instrument"),
-    Action.FAILOVER_FEED: ("backup_feed",),
-}
+PROTECTIVE = frozenset({Action.REDUCE_ONLY, Action.HALT_TRADING})
+Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:/@+-]{1,64}$")]
 
 ParamValue = float | str | list[str]
 
@@ -68,7 +66,7 @@ class Rung(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     # the command this rung issues (alert, widen_quotes, reduce_only, cancel_all, halt_trading, ...;
     # docs/commands.md)
     action: Action
-    after_s: float = 0.0  # reached once the incident has been open this long (event time)
+    after_s: NonNegative = 0.0  # reached once the incident has been open this long (event time)
     min_severity: Severity | None = None  # ... or as soon as the incident's severity reaches this
     # never reached, nor any rung after it, while the incident's severity is below this
     requires: Severity | None = None
@@ -87,31 +85,33 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     ``firm``. A signal whose scope cannot be mapped does not match the rule.
     """
 
-    name: str  # the rule's name, in every command's reason
+    name: Annotated[str, msgspec.Meta(min_length=1)]  # the rule's name, in every command's reason
     # the signals it answers: anomaly, price_move, dislocation, regime_change, breach, or a
     # RiskAlert kind (heartbeat_loss, depeg, feed_failover, command_unacknowledged, ...)
     signal: str
-    ladder: tuple[Rung, ...]  # the rungs it climbs, in order, while the incident lasts
+    # the rungs it climbs, in order, while the incident lasts
+    ladder: Annotated[tuple[Rung, ...], msgspec.Meta(min_length=1)]
     # signals below this severity (info, warn, critical) do not match
     min_severity: Severity = Severity.INFO
     # fnmatch pattern on the signal's scope label (instrument:*, venue:okx, counterparty:*, firm:*)
     scope: str = "*"
     # where its commands go: same (the signal's scope), venue, counterparty, underlying or firm
     target: Literal["same", "venue", "counterparty", "underlying", "firm"] = "same"
-    min_score_ratio: float | None = None  # anomaly signals only: score / threshold must reach this
+    # anomaly signals only: score / threshold must reach this
+    min_score_ratio: NonNegative | None = None
     # breach signals only: the utilization must reach this (1.0: the limit)
-    min_utilization: float | None = None
+    min_utilization: NonNegative | None = None
     # auto: once the incident has been quiet for quiet_s, one resume lifts what it did; manual: its
     # mitigations stay until an operator's signed resume
     recovery: Literal["auto", "manual"] = "auto"
     # how long a closed incident stays quiet before the automatic resume (a reopen restarts the
     # count)
-    quiet_s: float = 60.0
+    quiet_s: NonNegative = 60.0
     # a repeat trip of the same rule and scope within this starts one rung higher per earlier trip
-    repeat_window_s: float = 900.0
+    repeat_window_s: NonNegative = 900.0
     # reroute_order_flow candidates (default: playbook.venues); failing, unhealthy or breached
     # venues never qualify
-    alternatives: tuple[str, ...] = ()
+    alternatives: tuple[Name, ...] = ()
 
 
 class PlaybookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -128,23 +128,23 @@ class PlaybookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     backlog replayed through several processes then meets its signals in the
     order one worker would; live, the workers are within a tick of each other
     and no signal waits. Keep it at least two tick intervals. ``max_hold_s``
-    (processing time) bounds that wait: live, a cluster whose exposure path
+    (processing time) bounds that wait: live, a guard whose exposure path
     falls behind must still act within seconds, so a signal held that long is
     applied without waiting further (counted in ``PlaybookState.forced``).
     """
 
-    issuer: str = "riskguard"
-    env: str = "dev"
-    topic: str = "commands"
-    replica: str = ""
-    ttl_s: float = 300.0
-    max_commands: int = 20
-    rate_window_s: float = 10.0
-    reorder_slack_s: float = 2.0
-    max_hold_s: float = 5.0
+    issuer: Name = "riskguard"
+    env: Name = "dev"
+    topic: Name = "commands"
+    replica: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:/@+-]{0,64}$")] = ""
+    ttl_s: PositiveFinite = 300.0
+    max_commands: PositiveInt = 20
+    rate_window_s: PositiveFinite = 10.0
+    reorder_slack_s: PositiveFinite = 2.0
+    max_hold_s: PositiveFinite = 5.0
     # the known venues: reroute candidates where a rule names no alternatives, and the
     # counterparties a venue target can name
-    venues: tuple[str, ...] = ()
+    venues: tuple[Name, ...] = ()
     rules: tuple[Rule, ...] = ()
     acks: AckConfig = AckConfig()
 
@@ -153,94 +153,34 @@ class PlaybookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
     def validate(self, path: str = "playbook") -> None:
         """Raise :class:`ConfigError` naming the key path of the first bad value."""
-        for key in ("issuer", "env", "topic"):
-            value = getattr(self, key)
-            if not _NAME.match(value):
-                where = f"{path}.{key}"
-                raise ConfigError(where, "must be a name of 1-64 [A-Za-z0-9_.:/@+-]",
-                                  value)
-        if self.replica and not _NAME.match(self.replica):
-            raise ConfigError(f"{path}.replica", "a name of 1-64 [A-Za-z0-9_.:/@+-] or empty",
-                              self.replica)
-        _positive(f"{path}.ttl_s", self.ttl_s)
-        _positive(f"{path}.rate_window_s", self.rate_window_s)
-        _positive(f"{path}.reorder_slack_s", self.reorder_slack_s)
-        _positive(f"{path}.max_hold_s", self.max_hold_s)
-        if self.max_commands < 1:
-            where = f"{path}.max_commands"
-            raise ConfigError(where, "must be >= 1", self.max_commands)
-        for v in self.venues:
-            if not _NAME.match(v):
-                where = f"{path}.venues"
-                raise ConfigError(where, "must hold venue names", v)
+        check_declared(self, path)
+        self._check_rules(path)
+
+    def _check_rules(self, path: str) -> None:
+        """The checks across values (each value's own are declared on its field)."""
         seen: set[str] = set()
         for i, rule in enumerate(self.rules):
             _check_rule(f"{path}.rules[{i}]", rule, seen)
         self.acks.validate(f"{path}.acks")
 
 
-def _positive(path: str, value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(path, "must be a positive number", value)
-
-
 def _check_rule(p: str, rule: Rule, seen: set[str]) -> None:
-    if not rule.name or rule.name in seen:
-        where = f"{p}.name"
-        raise ConfigError(where, "must be a unique, non-empty rule name", rule.name)
+    if rule.name in seen:
+        raise ConfigError(f"{p}.name", "must be a unique rule name", rule.name)
     seen.add(rule.name)
     if rule.signal in CLOSERS:
-        where = f"{p}.signal"
-        raise ConfigError(where, "must be a signal that opens an incident (closers "
+        raise ConfigError(f"{p}.signal", "must be a signal that opens an incident (closers "
                           f"{sorted(CLOSERS)} only close one)", rule.signal)
-    if not rule.ladder:
-        where = f"{p}.ladder"
-        raise ConfigError(where, "must have at least one rung", [])
-    for x in ("quiet_s", "repeat_window_s"):
-        if not (math.isfinite(getattr(rule, x)) and getattr(rule, x) >= 0):
-            where = f"{p}.{x}"
-            raise ConfigError(where, "must be a non-negative number", getattr(rule, x))
-    for x in ("min_score_ratio", "min_utilization"):
-        v = getattr(rule, x)
-        if v is not None and not (math.isfinite(v) and v >= 0):
-            where = f"{p}.{x}"
-            raise ConfigError(where, "must be a non-negative number", v)
-    for v in rule.alternatives:
-        if not _NAME.match(v):
-            where = f"{p}.alternatives"
-            raise ConfigError(where, "must hold venue names", v)
-    last = -1.0
+    last = 0.0
     for j, rung in enumerate(rule.ladder):
         rp = f"{p}.ladder[{j}]"
         if rung.action is Action.RESUME:
-            where = f"{rp}.action"
-            raise ConfigError(where, "must not be resume (recovery resumes)", "resume")
-        if not (math.isfinite(rung.after_s) and rung.after_s >= 0):
-            where = f"{rp}.after_s"
-            raise ConfigError(where, "must be a non-negative number", rung.after_s)
+            raise ConfigError(f"{rp}.action", "must not be resume (recovery resumes)",
+                              "resume")
         if rung.after_s < last:
-            where = f"{rp}.after_s"
-            raise ConfigError(where, f"must not be below the previous rung's {last}",
+            raise ConfigError(f"{rp}.after_s", f"must not be below the previous rung's {last}",
                               rung.after_s)
         last = rung.after_s
-        for key in _REQUIRED.get(rung.action, ()):
-            if key not in rung.params:
-                where = f"{rp}.params.{key}"
-                raise ConfigError(where, f"is required for {rung.action.value}")
-        for key, v in rung.params.items():
-            if isinstance(v, float | int) and not math.isfinite(v):
-                where = f"{rp}.params.{key}"
-                raise ConfigError(where, "must be a finite number", v)
-        if rung.action is Action.WIDEN_QUOTES:
-            bps = rung.params["bps"]
-            if not isinstance(bps, float | int) or bps <= 0:
-                where = f"{rp}.params.bps"
-                raise ConfigError(where, "must be a positive number", bps)
-        if rung.action is Action.REDUCE_LIMITS:
-            f = rung.params["factor"]
-            if not isinstance(f, float | int) or not 0 < f <= 1:
-                where = f"{rp}.params.factor"
-                raise ConfigError(where, "must be a number in (0, 1]", f)
         problem = check_rung_params(rung.action.value, rung.params)
         if problem is not None:  # every command the playbook makes passes the verifier
             raise ConfigError(f"{rp}.params", problem, dict(rung.params))
@@ -249,7 +189,7 @@ def _check_rule(p: str, rule: Rule, seen: set[str]) -> None:
 # -- targets -------------------------------------------------------------------
 
 
-def _venue_of(scope: Scope, venues: tuple[str, ...]) -> str | None:
+def venue_of(scope: Scope, venues: tuple[str, ...]) -> str | None:
     if scope.kind is ScopeKind.VENUE:
         return scope.value
     if scope.venue:
@@ -271,7 +211,7 @@ def map_scope(scope: Scope, target: str, venues: tuple[str, ...] = ()) -> Scope 
     if target == "firm":
         return FIRM
     if target == "venue":
-        v = _venue_of(scope, venues)
+        v = venue_of(scope, venues)
         return None if v is None else Scope(kind=ScopeKind.VENUE, value=v)
     if target == "counterparty":
         if scope.kind is ScopeKind.COUNTERPARTY:
@@ -292,14 +232,18 @@ def reached_rung(rule: Rule, inc: Incident, elapsed_ns: int) -> int:
     ``after_s``, by ``min_severity`` or at once, never past a rung whose ``requires``
     its severity does not meet; a repeat trip starts higher."""
     gate = next((i for i, rung in enumerate(rule.ladder) if rung.requires is not None
-                 and _RANK[inc.severity] < _RANK[rung.requires]), len(rule.ladder))
+                 and SEVERITY_RANK[inc.severity] < SEVERITY_RANK[rung.requires]), len(rule.ladder))
     top = min(inc.start_rung, gate - 1)
     for i, rung in enumerate(rule.ladder[:gate]):
-        if rung.after_s <= 0 or elapsed_ns >= rung.after_s * S or (
-                rung.min_severity is not None
-                and _RANK[inc.severity] >= _RANK[rung.min_severity]):
+        if rung.after_s <= 0 or elapsed_ns >= rung.after_s * S or _worsened(inc, rung):
             top = max(top, i)
     return top
+
+
+def _worsened(inc: Incident, rung: Rung) -> bool:
+    """Has the incident reached the rung's ``min_severity``?"""
+    return (rung.min_severity is not None
+            and SEVERITY_RANK[inc.severity] >= SEVERITY_RANK[rung.min_severity])
 
 
 def rung_reason(rule: Rule, inc: Incident, index: int, elapsed_ns: int) -> str:
@@ -317,6 +261,6 @@ def rung_reason(rule: Rule, inc: Incident, index: int, elapsed_ns: int) -> str:
         return f"severity {inc.severity.value}" if gated else "opened"
     if elapsed_ns >= rung.after_s * S:
         return f"persisted {rung.after_s:g}s"
-    if rung.min_severity is not None and _RANK[inc.severity] >= _RANK[rung.min_severity]:
+    if _worsened(inc, rung):
         return f"worsened to {inc.severity.value}"
     return f"on the way to rung {reached + 1}"

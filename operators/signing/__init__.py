@@ -10,9 +10,6 @@ what, and the commands signed on the way out and verified on the way in.
   the verifier that enforces it;
 - :mod:`~riskguard.operators.signing.operator_commands`: operators' signed commands
   (a resume, a manual halt), verified once each before the playbook sees them.
-
-This package was the module ``riskguard/operators/signing.py``: its names (the sign
-logic and its state) are still importable from here.
 """
 
 from riskguard.operators.signing.commands import (

@@ -32,11 +32,13 @@ from typing import Any
 
 import msgspec
 from riskguard.operators.core.dedup import IdWindow
+from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, Signer
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.commands import MitigationCommand, Signature, SignedEnvelope
 
 from riskguard.errors import ConfigError, SigningError, VerificationError
+from riskguard.validation import NonNegativeInt, PositiveInt, check_declared
 
 STATE_VERSION = 1
 _encoder = msgspec.json.Encoder()
@@ -56,17 +58,17 @@ class SignConfig(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     issuer: str = ""
-    recent_ids: int = 10_000
+    recent_ids: PositiveInt = 10_000
     topic: str = "commands"  # the topic a dead letter of this step names
     # a restart from recovery with no seq floor read from the commands topic jumps seq by this much,
     # so no seq is reused (0: off)
-    resume_seq_gap: int = 1_000_000
+    resume_seq_gap: NonNegativeInt = 1_000_000
 
     def __post_init__(self) -> None:
-        if self.recent_ids < 1:
-            raise ConfigError("sign.recent_ids", "an integer >= 1", self.recent_ids)
+        check_declared(self, "sign")
 
 
+@persisted("riskguard.sign")
 @dataclass
 class SignState:
     """Per-issuer signing state: last ``seq`` and recent ``command_id -> (seq, digest)``."""
@@ -103,8 +105,6 @@ class SignLogic:
         self.config = config
         if state is None:
             state = SignState(issuer=issuer)
-        elif state.version != STATE_VERSION:
-            raise ConfigError("sign.state.version", f"{STATE_VERSION}", state.version)
         elif state.issuer != issuer:
             raise ConfigError("sign.issuer", f"the issuer of the resumed state {state.issuer!r}",
                               issuer)

@@ -52,8 +52,6 @@ PAYLOAD_LIMIT_UPDATE = "application/vnd.riskguard.limit-update+json"
 PAYLOAD_AUDIT_CHECKPOINT = "application/vnd.riskguard.audit-checkpoint+json"
 PAYLOAD_TRUST = "application/vnd.riskguard.trust+toml"
 PAYLOAD_ACK = "application/vnd.riskguard.execution-ack+json"
-PAYLOAD_TYPES = (PAYLOAD_COMMAND, PAYLOAD_LIMIT_UPDATE, PAYLOAD_AUDIT_CHECKPOINT, PAYLOAD_TRUST,
-                 PAYLOAD_ACK)
 
 SIGNATURE_LEN = 64
 PUBLIC_KEY_LEN = 32

@@ -14,7 +14,7 @@ resumed guard refuses what the stopped one had accepted.
 >>> logic = OperatorCommandLogic(TrustStore(TrustDoc(keys=())), env="prod",
 ...                              topic="prod.riskguard.commands.v1", clock=ManualClock(0))
 >>> logic.snapshot()
-OperatorCommandState(seen={}, high_water={})
+OperatorCommandState(seen={}, high_water={}, version=1)
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 from riskguard.operators.core.clock import Clock
+from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.signing.crypto import (
     PAYLOAD_ACK,
     PAYLOAD_COMMAND,
@@ -46,6 +47,7 @@ OPERATOR_COMMANDS_KEY = "operator_commands"
 """The one key all operators' commands share (one replay state for the firm)."""
 
 
+@persisted("riskguard.operator_commands")
 @dataclass
 class OperatorCommandState:
     """Replay state: accepted command ids with their expiry, and each issuer's highest
@@ -54,6 +56,7 @@ class OperatorCommandState:
 
     seen: dict[str, int] = field(default_factory=dict)
     high_water: dict[str, int] = field(default_factory=dict)
+    version: int = 1
 
 
 class OperatorCommandLogic:

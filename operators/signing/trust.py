@@ -41,7 +41,6 @@ approval.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import functools
 import re
@@ -51,7 +50,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from riskguard.operators.signing.crypto import (
@@ -83,6 +82,7 @@ from riskguard.schemas.json_limits import duplicate_key_problem
 from riskguard.schemas.signals import Scope
 
 from riskguard.errors import ConfigError, TrustError, VerificationError
+from riskguard.validation import config_error, did_you_mean
 
 NS_PER_S = 1_000_000_000
 DEFAULT_LEEWAY_NS = 10 * NS_PER_S
@@ -226,21 +226,25 @@ class RootSet:
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
             msg = f"roots file {str(p)!r} cannot be read: {err}"
             raise TrustError(msg) from None
-        roots = data.get("roots")
-        if not isinstance(roots, list) or not roots:
-            msg = f"{p}:roots"
-            raise ConfigError(msg, "a non-empty array of [[roots]] tables", roots)
-        keys = []
-        for i, r in enumerate(roots):
-            if not isinstance(r, dict) or not isinstance(r.get("public_key"), str):
-                msg = f"{p}:roots[{i}].public_key"
-                raise ConfigError(msg, "64 hex digits", r)
-            keys.append(VerifyKey.from_hex(r["public_key"], path=f"{p}:roots[{i}].public_key"))
-        threshold = data.get("threshold", 1)
-        if not isinstance(threshold, int) or isinstance(threshold, bool):
-            msg = f"{p}:threshold"
-            raise ConfigError(msg, "an integer", threshold)
-        return cls(keys=tuple(keys), threshold=threshold)
+        try:
+            doc = msgspec.convert(data, RootsFile)
+        except msgspec.ValidationError as err:
+            bad = config_error(err, data, RootsFile)
+            raise ConfigError(f"{p}:{bad.path}", bad.expected, bad.found) from None
+        keys = [VerifyKey.from_hex(r.public_key, path=f"{p}:roots[{i}].public_key")
+                for i, r in enumerate(doc.roots)]
+        return cls(keys=tuple(keys), threshold=doc.threshold)
+
+
+class RootEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    public_key: str  # 64 hex digits
+
+
+class RootsFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``roots.toml`` as written: the pinned root keys and how many must sign."""
+
+    roots: Annotated[tuple[RootEntry, ...], msgspec.Meta(min_length=1)]
+    threshold: Annotated[int, msgspec.Meta(ge=1)] = 1
 
 
 @dataclass(frozen=True)
@@ -264,26 +268,55 @@ _ack_decoder = msgspec.json.Decoder(ExecutionAck)
 _payload_encoder = msgspec.json.Encoder()
 
 
-def _ns(value: Any, path: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ConfigError(path, "an offset date-time or integer ns", value)
-    if isinstance(value, int):
+ActionName = Annotated[str, msgspec.Meta(min_length=1)]
+"""An action name: a :class:`~riskguard.schemas.Action`, ``limit_update`` or ``*``."""
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=366 * 86_400)]
+
+
+class KeyEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One ``[[keys]]`` table of the trust file, as written."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1)]  # the issuer this key speaks for
+    public_key: str  # 64 hex digits
+    role: Role
+    key_id: str | None = None  # if given, must be the one derived from public_key
+    actions: tuple[ActionName, ...] = ()
+    scopes: tuple[str, ...] = ()
+    not_before: Annotated[datetime, msgspec.Meta(tz=True)] | int | None = None
+    not_after: Annotated[datetime, msgspec.Meta(tz=True)] | int | None = None
+    revoked: bool = False
+    comment: str = ""
+
+
+class TwoPersonEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The ``[two_person]`` table of the trust file."""
+
+    actions: tuple[ActionName, ...] = ()
+    scopes: tuple[str, ...] = ("*",)
+    limit_cap: Annotated[float, msgspec.Meta(ge=0)] | None = None
+
+
+class TrustFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The trust file as written: decoded in one pass, its values checked as declared."""
+
+    version: Literal[1] = 1
+    serial: Annotated[int, msgspec.Meta(ge=0)] = 0
+    keys: tuple[KeyEntry, ...] = ()
+    two_person: TwoPersonEntry = TwoPersonEntry()
+    max_ttl_s: dict[str, Seconds] = {}  # action (or "default") -> longest lifetime
+
+
+def _ns(value: datetime | int | None) -> int | None:
+    if value is None or isinstance(value, int):
         return value
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ConfigError(path, "a date-time with a UTC offset (e.g. ...T00:00:00Z)", value)
-        return (value - _EPOCH) // timedelta(microseconds=1) * 1000
-    raise ConfigError(path, "an offset date-time or integer ns", value)
+    return (value - _EPOCH) // timedelta(microseconds=1) * 1000
 
 
-def _str_list(value: Any, path: str, default: Sequence[str]) -> tuple[str, ...]:
-    if value is None:
-        return tuple(default)
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(path, "an array of strings", value)
-    return tuple(value)
+def _known_actions(names: Iterable[str], where: str, extra: frozenset[str] = frozenset()
+                   ) -> None:
+    for name in names:
+        if name not in TTL_ACTIONS and name not in extra:
+            raise ConfigError(where, "action names" + did_you_mean(name, TTL_ACTIONS), name)
 
 
 def parse_trust(text: str, *, source: str = "trust") -> TrustDoc:
@@ -293,126 +326,71 @@ def parse_trust(text: str, *, source: str = "trust") -> TrustDoc:
     except tomllib.TOMLDecodeError as err:
         msg = f"{source}: not valid TOML: {err}"
         raise TrustError(msg) from None
-    _only_known(data, _ROOT_FIELDS, source, sep=":")
-    version = data.get("version", 1)
-    if version != 1:
-        msg = f"{source}:version"
-        raise ConfigError(msg, "1", version)
-    serial = data.get("serial", 0)
-    if not isinstance(serial, int) or isinstance(serial, bool) or serial < 0:
-        msg = f"{source}:serial"
-        raise ConfigError(msg, "a non-negative integer", serial)
+    try:
+        doc = msgspec.convert(data, TrustFile)
+    except msgspec.ValidationError as err:
+        bad = config_error(err, data, TrustFile)
+        raise ConfigError(f"{source}:{bad.path}", bad.expected, bad.found) from None
     keys: list[TrustedKey] = []
     seen: set[bytes] = set()
-    raw_keys = data.get("keys", [])
-    if not isinstance(raw_keys, list):
-        msg = f"{source}:keys"
-        raise ConfigError(msg, "an array of [[keys]] tables", raw_keys)
-    for i, k in enumerate(raw_keys):
+    for i, k in enumerate(doc.keys):
         where = f"{source}:keys[{i}]"
-        if not isinstance(k, dict):
-            raise ConfigError(where, "a table", k)
-        _only_known(k, _KEY_FIELDS, where)
-        name = k.get("name")
-        if not isinstance(name, str) or not name:
-            msg = f"{where}.name"
-            raise ConfigError(msg, "the issuer name (non-empty string)", name)
-        pk = k.get("public_key")
-        if not isinstance(pk, str):
-            msg = f"{where}.public_key"
-            raise ConfigError(msg, "64 hex digits", pk)
-        vk = VerifyKey.from_hex(pk, path=f"{where}.public_key")
-        if "key_id" in k and k["key_id"] != vk.key_id:
-            msg = f"{where}.key_id"
-            raise ConfigError(msg, f"{vk.key_id} (derived from public_key)",
-                              k["key_id"])
+        vk = VerifyKey.from_hex(k.public_key, path=f"{where}.public_key")
+        if k.key_id is not None and k.key_id != vk.key_id:
+            raise ConfigError(f"{where}.key_id", f"{vk.key_id} (derived from public_key)",
+                              k.key_id)
         if vk.raw in seen:
-            msg = f"{where}.public_key"
-            raise ConfigError(msg, "each key listed once", vk.key_id)
+            raise ConfigError(f"{where}.public_key", "each key listed once", vk.key_id)
         seen.add(vk.raw)
-        try:
-            role = Role(str(k.get("role")))
-        except ValueError:
-            msg = f"{where}.role"
-            raise ConfigError(msg, "one of " + ", ".join(r.value for r in Role),
-                              k.get("role")) from None
-        revoked = k.get("revoked", False)
-        if not isinstance(revoked, bool):
-            msg = f"{where}.revoked"
-            raise ConfigError(msg, "true or false", revoked)
-        nb = _ns(k.get("not_before"), f"{where}.not_before")
-        na = _ns(k.get("not_after"), f"{where}.not_after")
+        nb, na = _ns(k.not_before), _ns(k.not_after)
         if nb is not None and na is not None and na <= nb:
-            msg = f"{where}.not_after"
-            raise ConfigError(msg, "later than not_before", k.get("not_after"))
-        key_actions = _str_list(k.get("actions"), f"{where}.actions", ())
-        _known_actions((a for a in key_actions if a != "*"), f"{where}.actions")
-        keys.append(TrustedKey(
-            name=name, key=vk, role=role,
-            actions=frozenset(key_actions),
-            scopes=_str_list(k.get("scopes"), f"{where}.scopes", ()),
-            not_before=nb, not_after=na, revoked=revoked,
-        ))
-    tp = data.get("two_person", {})
-    if not isinstance(tp, dict):
-        msg = f"{source}:two_person"
-        raise ConfigError(msg, "a table", tp)
-    _only_known(tp, _TWO_PERSON_FIELDS, f"{source}:two_person")
-    cap = tp.get("limit_cap")
-    if cap is not None and (not isinstance(cap, int | float) or isinstance(cap, bool) or cap < 0):
-        msg = f"{source}:two_person.limit_cap"
-        raise ConfigError(msg, "a non-negative number", cap)
-    two_actions = _str_list(tp.get("actions"), f"{source}:two_person.actions", ())
-    _known_actions(two_actions, f"{source}:two_person.actions")
-    rule = TwoPersonRule(
-        actions=frozenset(two_actions),
-        scopes=_str_list(tp.get("scopes"), f"{source}:two_person.scopes", ("*",)),
-        limit_cap=None if cap is None else float(cap),
-    )
-    default_ttl, ttls = _max_ttls(data.get("max_ttl_s", {}), f"{source}:max_ttl_s")
-    return TrustDoc(keys=tuple(keys), two_person=rule, serial=serial, max_ttl_ns=ttls,
-                    default_max_ttl_ns=default_ttl)
+            raise ConfigError(f"{where}.not_after", "later than not_before", k.not_after)
+        _known_actions(k.actions, f"{where}.actions", frozenset({"*"}))
+        keys.append(TrustedKey(name=k.name, key=vk, role=k.role, actions=frozenset(k.actions),
+                               scopes=k.scopes, not_before=nb, not_after=na,
+                               revoked=k.revoked))
+    tp = doc.two_person
+    _known_actions(tp.actions, f"{source}:two_person.actions")
+    for name in doc.max_ttl_s:
+        if name not in TTL_ACTIONS and name != "default":
+            raise ConfigError(f"{source}:max_ttl_s.{name}", "an action or default"
+                              + did_you_mean(name, [*TTL_ACTIONS, "default"]), name)
+    ttls = {name: int(s * NS_PER_S) for name, s in doc.max_ttl_s.items()}
+    default_ttl = ttls.pop("default", DEFAULT_MAX_TTL_NS)
+    return TrustDoc(keys=tuple(keys), two_person=TwoPersonRule(
+        actions=frozenset(tp.actions), scopes=tp.scopes, limit_cap=tp.limit_cap),
+        serial=doc.serial, max_ttl_ns=ttls, default_max_ttl_ns=default_ttl)
 
 
-_ROOT_FIELDS = frozenset({"version", "serial", "two_person", "keys", "max_ttl_s"})
-_KEY_FIELDS = frozenset({"name", "public_key", "key_id", "role", "actions", "scopes",
-                         "not_before", "not_after", "revoked", "comment"})
-_TWO_PERSON_FIELDS = frozenset({"actions", "scopes", "limit_cap"})
-
-
-def _only_known(table: Mapping[str, Any], known: frozenset[str], where: str,
-                sep: str = ".") -> None:
-    """Refuse a trust-file table with a key it does not know (a typo must not
-    silently drop a rule), naming the key and the closest known one."""
-    for name in table:
-        if name not in known:
-            close = difflib.get_close_matches(name, sorted(known), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where}{sep}{name}",
-                              f"a known key ({', '.join(sorted(known))}){hint}", name)
-
-
-def _known_actions(names: Iterable[str], where: str) -> None:
-    for name in names:
-        if name not in TTL_ACTIONS:
-            close = difflib.get_close_matches(name, sorted(TTL_ACTIONS), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(where, "action names" + hint, name)
-
-
-def _max_ttls(table: Any, where: str) -> tuple[int, dict[str, int]]:
-    """``[max_ttl_s]``: ``default`` and per-action lifetimes in seconds, as ns."""
-    if not isinstance(table, dict):
-        raise ConfigError(where, "a table of action = seconds", table)
-    _only_known(table, TTL_ACTIONS | {"default"}, where)
-    out: dict[str, int] = {}
-    for name, value in table.items():
-        if (not isinstance(value, int | float) or isinstance(value, bool)
-                or not 0 < value <= 366 * 86_400):
-            raise ConfigError(f"{where}.{name}", "seconds, > 0 and at most a year", value)
-        out[name] = int(value * NS_PER_S)
-    default = out.pop("default", DEFAULT_MAX_TTL_NS)
-    return default, out
+def _decode_payload(payload_type: str, payload: bytes
+                    ) -> MitigationCommand | LimitUpdate | ExecutionAck:
+    """The signed payload as its message; anything a parser raises is a refusal. Every
+    parser must read these bytes as msgspec did, so no key may repeat: bytes that are
+    msgspec's own encoding of the message (riskguard's signers write exactly that) hold
+    none, and only others are scanned."""
+    msg: MitigationCommand | LimitUpdate | ExecutionAck
+    try:
+        if payload_type == PAYLOAD_COMMAND:
+            msg = _cmd_decoder.decode(payload)
+        elif payload_type == PAYLOAD_LIMIT_UPDATE:
+            msg = _limit_decoder.decode(payload)
+        elif payload_type == PAYLOAD_ACK:
+            msg = _ack_decoder.decode(payload)
+        else:
+            raise rejection(Reason.WRONG_PAYLOAD_TYPE,
+                   f"{payload_type!r} is not a command, limit update or ack")
+    except (msgspec.DecodeError, UnicodeDecodeError) as err:
+        raise rejection(Reason.MALFORMED_PAYLOAD, str(err)[:200]) from None
+    except VerificationError:
+        raise
+    except Exception as err:  # anything a parser raises is a refusal
+        raise rejection(Reason.MALFORMED_PAYLOAD,
+                        f"{type(err).__name__}: {str(err)[:160]}") from None
+    if _payload_encoder.encode(msg) != payload:
+        problem = duplicate_key_problem(payload)
+        if problem is not None:
+            raise rejection(Reason.MALFORMED_PAYLOAD, problem)
+    return msg
 
 
 def sig_path(trust_path: str | Path) -> Path:
@@ -601,65 +579,13 @@ class TrustStore:
                    f"expected {expected_payload_type!r}; got {envelope.payload_type!r}")
         payload: bytes = envelope.payload
         signers = self.signing_keys(expected_payload_type, payload, envelope.signatures, now_ns)
-        msg: MitigationCommand | LimitUpdate | ExecutionAck
-        try:
-            if expected_payload_type == PAYLOAD_COMMAND:
-                msg = _cmd_decoder.decode(payload)
-            elif expected_payload_type == PAYLOAD_LIMIT_UPDATE:
-                msg = _limit_decoder.decode(payload)
-            elif expected_payload_type == PAYLOAD_ACK:
-                msg = _ack_decoder.decode(payload)
-            else:
-                raise rejection(Reason.WRONG_PAYLOAD_TYPE,
-                       f"{expected_payload_type!r} is not a command, limit update or ack")
-        except (msgspec.DecodeError, UnicodeDecodeError) as err:
-            raise rejection(Reason.MALFORMED_PAYLOAD, str(err)[:200]) from None
-        except VerificationError:
-            raise
-        except Exception as err:  # anything a parser raises is a refusal
-            raise rejection(Reason.MALFORMED_PAYLOAD,
-                            f"{type(err).__name__}: {str(err)[:160]}") from None
-        # Every parser must read these bytes as msgspec did: no key may repeat. Bytes
-        # that are msgspec's own encoding of the message (riskguard's signers write
-        # exactly that) hold none; only others are scanned.
-        if _payload_encoder.encode(msg) != payload:
-            problem = duplicate_key_problem(payload)
-            if problem is not None:
-                raise rejection(Reason.MALFORMED_PAYLOAD, problem)
-        issuer = msg.issuer
-        for k in signers:
-            if k.name == issuer:
-                break
-        else:
+        msg = _decode_payload(expected_payload_type, payload)
+        if not any(k.name == msg.issuer for k in signers):
             raise rejection(Reason.ISSUER_MISMATCH,
                    f"issuer {msg.issuer!r} is not bound to any signing key "
                    f"({', '.join(k.name for k in signers)})")
-        if isinstance(msg, MitigationCommand):
-            action, scope_label = msg.action.value, msg.scope.label()
-            bad_scope = command_scope_problem(msg.scope)
-            if bad_scope is not None:
-                raise rejection(Reason.BAD_SCOPE, bad_scope)
-            bad_params = check_params(action, msg.params)
-            if bad_params is not None:
-                raise rejection(Reason.BAD_PARAMS, bad_params)
-            two = self.doc.two_person.applies_to_command(action, msg.scope)
-        elif isinstance(msg, ExecutionAck):
-            # An ack reports on a command; the executor's key says which actions and
-            # scopes it executes. It needs one signer: it asks nothing of anyone.
-            action, scope_label, two = msg.action.value, msg.scope.label(), False
-        else:
-            action, scope_label = LIMIT_UPDATE_ACTION, limit_scope_label(msg.limit_path)
-            two = self.doc.two_person.applies_to_limit(msg)
-        authorized: list[TrustedKey] = []
-        first_refusal: tuple[Reason, str] | None = None
-        for k in signers:
-            refusal = self._refusal(k, expected_payload_type, action, scope_label)
-            if refusal is None:
-                authorized.append(k)
-            elif first_refusal is None:
-                first_refusal = refusal
-        if not authorized and first_refusal is not None:
-            raise rejection(*first_refusal)
+        action, scope_label, two = self._subject(msg)
+        authorized = self._authorized(signers, expected_payload_type, action, scope_label)
         approvers = tuple(dict.fromkeys(k.name for k in authorized))
         if two and len(approvers) < 2:
             raise rejection(Reason.TWO_PERSON_REQUIRED,
@@ -682,6 +608,43 @@ class TrustStore:
             signers=tuple([k.key.key_id for k in authorized]), payload=payload,
             approvers=approvers,
         )
+
+    def _subject(self, msg: MitigationCommand | LimitUpdate | ExecutionAck
+                 ) -> tuple[str, str, bool]:
+        """What ``msg`` asks: its action, the label of its scope, and whether it needs two
+        people. A command's scope and params are checked here."""
+        if isinstance(msg, MitigationCommand):
+            action = msg.action.value
+            bad_scope = command_scope_problem(msg.scope)
+            if bad_scope is not None:
+                raise rejection(Reason.BAD_SCOPE, bad_scope)
+            bad_params = check_params(action, msg.params)
+            if bad_params is not None:
+                raise rejection(Reason.BAD_PARAMS, bad_params)
+            return action, msg.scope.label(), \
+                self.doc.two_person.applies_to_command(action, msg.scope)
+        if isinstance(msg, ExecutionAck):
+            # An ack reports on a command; the executor's key says which actions and
+            # scopes it executes. It needs one signer: it asks nothing of anyone.
+            return msg.action.value, msg.scope.label(), False
+        return (LIMIT_UPDATE_ACTION, limit_scope_label(msg.limit_path),
+                self.doc.two_person.applies_to_limit(msg))
+
+    def _authorized(self, signers: list[TrustedKey], payload_type: str, action: str,
+                    scope_label: str) -> list[TrustedKey]:
+        """The signers whose role, actions and scopes allow this; none: the first
+        signer's refusal."""
+        authorized: list[TrustedKey] = []
+        first_refusal: tuple[Reason, str] | None = None
+        for k in signers:
+            refusal = self._refusal(k, payload_type, action, scope_label)
+            if refusal is None:
+                authorized.append(k)
+            elif first_refusal is None:
+                first_refusal = refusal
+        if not authorized and first_refusal is not None:
+            raise rejection(*first_refusal)
+        return authorized
 
     @staticmethod
     def _refusal(k: TrustedKey, payload_type: str, action: str,
@@ -740,14 +703,9 @@ def limit_scope_label(limit_path: str) -> str:
     return f"limit:{limit_path}"
 
 
-def scope_label(scope: Scope) -> str:
-    """Alias of ``Scope.label`` (the string key scopes are matched against)."""
-    return scope.label()
-
-
 def trust_doc_to_toml(doc_keys: Iterable[Mapping[str, Any]], *, serial: int = 1,
                       two_person: Mapping[str, Any] | None = None) -> str:
-    """Render a simple trust file (used by tests and ``riskguard keys trust-init``)."""
+    """Render a simple trust file (tests and benches write theirs with it)."""
     lines = ["version = 1", f"serial = {serial}", ""]
     if two_person:
         lines.append("[two_person]")

@@ -1,36 +1,26 @@
 #!/bin/sh
-# Start one process of the multi-process bytewax cluster that runs the guard, or
-# (INDEPENDENT=1) one independent 1-worker dataflow: a market process of the market
-# tier, its index the pod ordinal, or the firm tier (docs/scaling.md, "The market tier").
+# Start one guard process: a 1-worker bytewax dataflow, whatever the pod runs (the
+# whole guard, a market process of the market tier, its firm process, or a replica;
+# docs/scaling.md). A market process's index is its pod's ordinal
+# (RISKGUARD_TIER_INDEX), so the market processes of one StatefulSet share a config.
 #
-# The StatefulSet gives every pod a stable name <statefulset>-<ordinal> and the
-# headless Service a stable DNS name <pod>.<service>.<namespace>.svc. The
-# ordinal is the bytewax process id (-i); the addresses of all processes (-a)
-# are built from the same names, so every process computes the same list.
+# The StatefulSet gives every pod a stable name <statefulset>-<ordinal>.
 #
-# Recovery: each pod keeps exactly one bytewax recovery partition (part-<ordinal>)
-# on its own volume. On the very first start the pod creates the partition set
-# and keeps only its own file; the union over pods is then complete.
+# Recovery: each pod's dataflow keeps its one bytewax recovery partition (part-0) on
+# its own volume, created on the very first start.
 #
-# Environment (set by ops/k8s/statefulset.yaml):
-#   POD_NAME            e.g. riskguard-2 (downward API)
-#   REPLICAS            number of processes (= StatefulSet replicas)
-#   WORKERS_PER_PROCESS worker threads per process (default 2)
-#   HEADLESS_SERVICE    headless Service name; POD_NAMESPACE its namespace
-#   CLUSTER_PORT        bytewax inter-process port (default 2101)
+# Environment (set by ops/k8s/statefulset.yaml and the StatefulSets beside it):
+#   POD_NAME            e.g. riskguard-market-1 (downward API)
+#   REPLICAS            the StatefulSet's replica count
 #   RECOVERY_DIR        mounted per-pod volume (default /var/lib/riskguard/recovery)
 #   SNAPSHOT_INTERVAL_S, BACKUP_INTERVAL_S
 #   RISKGUARD_CONFIG    the guard TOML (read by riskguard.dataflows.guard)
-#   INDEPENDENT=1       each pod its own 1-worker dataflow (no -w/-i/-a): the market
-#                       tier's processes (RISKGUARD_TIER_INDEX = the ordinal) or its firm
 #   RISKGUARD_ENTRYPOINT_DRY_RUN=1 prints the command instead of running it
 set -eu
 
 : "${POD_NAME:?POD_NAME must be set (downward API metadata.name)}"
 : "${REPLICAS:?REPLICAS must be set to the StatefulSet replica count}"
 : "${RISKGUARD_CONFIG:?RISKGUARD_CONFIG must name the guard TOML}"
-WORKERS_PER_PROCESS="${WORKERS_PER_PROCESS:-2}"
-CLUSTER_PORT="${CLUSTER_PORT:-2101}"
 RECOVERY_DIR="${RECOVERY_DIR:-/var/lib/riskguard/recovery}"
 SNAPSHOT_INTERVAL_S="${SNAPSHOT_INTERVAL_S:-30}"
 BACKUP_INTERVAL_S="${BACKUP_INTERVAL_S:-300}"
@@ -43,28 +33,6 @@ esac
 if [ "$ordinal" -ge "$REPLICAS" ]; then
   echo "entrypoint: ordinal $ordinal >= REPLICAS=$REPLICAS" >&2; exit 2
 fi
-set_name="${POD_NAME%-*}"
-domain=""
-if [ -n "${HEADLESS_SERVICE:-}" ]; then
-  domain=".${HEADLESS_SERVICE}"
-  if [ -n "${POD_NAMESPACE:-}" ]; then domain="${domain}.${POD_NAMESPACE}.svc"; fi
-fi
-
-addresses=""
-i=0
-while [ "$i" -lt "$REPLICAS" ]; do
-  addr="${set_name}-${i}${domain}:${CLUSTER_PORT}"
-  addresses="${addresses:+$addresses;}$addr"
-  i=$((i + 1))
-done
-
-# an independent pod's dataflow is its own: one recovery partition, part-0
-parts="$REPLICAS"
-part="$ordinal"
-if [ "${INDEPENDENT:-}" = "1" ]; then
-  parts=1
-  part=0
-fi
 
 mkdir -p "$RECOVERY_DIR"
 if ! ls "$RECOVERY_DIR"/part-*.sqlite3 >/dev/null 2>&1; then
@@ -73,27 +41,15 @@ if ! ls "$RECOVERY_DIR"/part-*.sqlite3 >/dev/null 2>&1; then
          "see ops/runbooks/lost-recovery-directory.md" >&2
     exit 3
   fi
-  tmp="$(mktemp -d)"
-  "$PYTHON" -m bytewax.recovery "$tmp" "$parts"
-  mv "$tmp/part-${part}.sqlite3" "$RECOVERY_DIR/"
-  rm -rf "$tmp"
+  "$PYTHON" -m bytewax.recovery "$RECOVERY_DIR" 1
   date -u +%Y-%m-%dT%H:%M:%SZ > "$RECOVERY_DIR/.initialized"
 fi
 
-if [ "${INDEPENDENT:-}" = "1" ]; then
-  export RISKGUARD_TIER_INDEX="$ordinal"
-  set -- "$PYTHON" -m bytewax.run riskguard.dataflows.guard \
-    -r "$RECOVERY_DIR" -s "$SNAPSHOT_INTERVAL_S" -b "$BACKUP_INTERVAL_S"
-else
-  set -- "$PYTHON" -m bytewax.run riskguard.dataflows.guard \
-    -w "$WORKERS_PER_PROCESS" -i "$ordinal" -a "$addresses" \
-    -r "$RECOVERY_DIR" -s "$SNAPSHOT_INTERVAL_S" -b "$BACKUP_INTERVAL_S"
-fi
+export RISKGUARD_TIER_INDEX="$ordinal"
+set -- "$PYTHON" -m bytewax.run riskguard.dataflows.guard \
+  -r "$RECOVERY_DIR" -s "$SNAPSHOT_INTERVAL_S" -b "$BACKUP_INTERVAL_S"
 if [ "${RISKGUARD_ENTRYPOINT_DRY_RUN:-}" = "1" ]; then
-  if [ "${INDEPENDENT:-}" = "1" ]; then
-    printf 'RISKGUARD_TIER_INDEX=%s ' "$RISKGUARD_TIER_INDEX"
-  fi
-  printf '%s\n' "$*"
+  printf 'RISKGUARD_TIER_INDEX=%s %s\n' "$RISKGUARD_TIER_INDEX" "$*"
   exit 0
 fi
 exec "$@"

@@ -235,7 +235,7 @@ def config_seeds() -> list[bytes]:
     inlined = "\n".join(line for line in example.splitlines()
                         if not line.startswith("playbook_file")) + "\n" + playbook
     small = ('env = "prod"\n[kafka]\nbootstrap = "127.0.0.1:9092"\n'
-             '[tier]\nrole = "market"\ndetect_workers = 2\nindex = 1\n')
+             '[tier]\nrole = "market"\nmarket_processes = 2\nindex = 1\n')
     return [t.encode() for t in (example, demo, inlined, small, "")]
 
 

@@ -1,0 +1,314 @@
+"""The market tier: market processes, each owning whole underlyings, feeding a firm
+process (docs/scaling.md, "The market tier").
+
+- ``tier.role = "market"``: :func:`market_core`, a market process detecting anomalies on
+  and valuing the positions in the underlyings it owns (:class:`MarketOwners`), its
+  signals, parts and progress to the ``detections`` topic (:func:`market_flow`);
+- ``tier.role = "firm"``: :func:`~riskguard.dataflows.guard.core.guard_core` over that
+  topic (:func:`~riskguard.dataflows.guard.live.build_flow`)."""
+
+from __future__ import annotations
+
+import functools
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream, operator
+from riskguard.connectors.kafka import KeySplit, StartSignal, kafka_output
+from riskguard.connectors.topics import DETECTIONS, MARKET_STREAMS
+from riskguard.dataflows.guard.config import GuardConfig, price_key_prefixes
+from riskguard.dataflows.guard.kafka_io import guard_input
+from riskguard.dataflows.guard.steps import (
+    MarkFilter,
+    detect_on,
+    is_broadcast,
+    progress_records,
+    select_feeds,
+    split_inputs,
+    tick_fn,
+    with_own_index,
+)
+from riskguard.operators.core.base import (
+    split_dead_letters,
+    stateful_logic,
+    values_of,
+)
+from riskguard.operators.core.clock import Clock
+from riskguard.operators.core.end_of_input import FinalProgressLogic
+from riskguard.operators.core.observe import observe_all
+from riskguard.operators.exposure import ShardPlace
+from riskguard.operators.exposure.ops import (
+    value_positions,
+)
+from riskguard.schemas import (
+    Balance,
+    DeadLetter,
+    Fill,
+    FundingRate,
+    OpenOrders,
+    OptionQuote,
+    PositionSnapshot,
+    Quote,
+    RiskAlert,
+    Trade,
+    encode,
+)
+from riskguard.schemas.valuation import Part, Progress, encode_valuations
+
+_CACHED_MAX = 100_000
+
+
+def market_source(index: int) -> str:
+    """The name market process ``index`` gives its progress and valuations, and its Kafka
+    key on the detections topic: the same after a restart.
+
+    >>> market_source(1)
+    'market/1'
+    """
+    return f"market/{index}"
+
+
+class MarketOwners:
+    """Which of ``processes`` market processes owns what.
+
+    A market process owns whole *underlyings*: every instrument on one (spot, perpetual,
+    future or option, on every venue), its market data, its positions and the fills and
+    snapshots that move them, so all the prices of an instrument meet its positions in
+    one process and nothing is exchanged between market processes. ``owners`` names the
+    process of an underlying (balance the load by hand: a few underlyings usually carry
+    most records); any other goes to ``crc32(name) % processes``. An instrument the
+    registry does not declare counts as the underlying before its first ``-``
+    (``SOL-USDT`` -> ``SOL``); a collateral asset as itself; a venue's own features (key
+    ``<venue>``) as the venue's name.
+
+    >>> owners = MarketOwners(0, 2, {"BTC": 0, "ETH": 1}, {"BTC-27DEC26-70000-C": "BTC"}.get)
+    >>> [owners.of_key(k) for k in ("okx/BTC-PERP", b"deribit/BTC-27DEC26-70000-C",
+    ...                             "okx/ETH-USDT")]
+    [0, 0, 1]
+    >>> owners.local("okx/ETH-PERP"), owners.owns("i:BTC-PERP"), owners.owns("a:ETH")
+    (False, True, False)
+    """
+
+    def __init__(self, index: int, processes: int, owners: Mapping[str, int],
+                 underlying_of: Callable[[str], str | None]) -> None:
+        self.index = index
+        self.processes = processes
+        self.owners = dict(owners)
+        self.underlying_of = underlying_of
+        # asked per market message (before decoding) and per record: memoized
+        self.of_key: Callable[[str | bytes | None], int] = functools.lru_cache(
+            maxsize=_CACHED_MAX)(self._of_key)
+        self.of_instrument: Callable[[str], int] = functools.lru_cache(
+            maxsize=_CACHED_MAX)(self._of_instrument)
+
+    def of_underlying(self, name: str) -> int:
+        """The process owning underlying (or collateral asset) ``name``."""
+        hit = self.owners.get(name)
+        return hit if hit is not None else zlib.crc32(name.encode()) % self.processes
+
+    def _of_instrument(self, name: str) -> int:
+        """The process owning instrument ``name`` (its underlying's); called as
+        ``of_instrument``."""
+        return self.of_underlying(self.underlying_of(name) or name.split("-", 1)[0])
+
+    def _of_key(self, key: str | bytes | None) -> int:
+        """The process owning a Kafka or state key: ``<venue>/<instrument>`` (market data,
+        fills, snapshots, features, feed selection) or ``<venue>`` (a venue's features);
+        no key belongs to process 0."""
+        if key is None:
+            return 0
+        text = key.decode(errors="replace") if isinstance(key, bytes) else key
+        venue, slash, instrument = text.partition("/")
+        return self.of_instrument(instrument) if slash else self.of_underlying(venue)
+
+    def local(self, key: str) -> bool:
+        """Does state key ``key`` live in this process? (a guard step's ``local_keys``)"""
+        return self.of_key(key) == self.index
+
+    def owns_key(self, key: bytes | None) -> bool:
+        """Is the Kafka key ``key`` of a market message this process's?"""
+        return self.of_key(key) == self.index
+
+    def owns(self, name: str) -> bool:
+        """Does this process hold ``i:<instrument>`` or ``a:<asset>`` in exposure valuation
+        (:class:`~riskguard.operators.exposure.ShardPlace`)?"""
+        kind, _, rest = name.partition(":")
+        where = self.of_instrument(rest) if kind == "i" else self.of_underlying(rest)
+        return where == self.index
+
+    def keeps(self, rec: Any) -> bool:
+        """Of what every market process reads whole (heartbeats, fills, snapshots,
+        balances and orders): does this one keep ``rec``? Heartbeats: every process; a
+        trading record: the owner of its instrument (a balance: of its asset); a dead
+        letter: the process its source partition falls to, so it is written once.
+
+        >>> owners = MarketOwners(1, 2, {"BTC": 0, "ETH": 1}, lambda name: None)
+        >>> fill = Fill(id="f", venue="okx", counterparty="okx", instrument="ETH-PERP",
+        ...             side="buy", qty=1.0, price=1.0, ts=1)
+        >>> dead = DeadLetter(topic="t", partition=2, ts=1, reason="malformed")
+        >>> owners.keeps(fill), owners.keeps(dead)
+        (True, False)
+        """
+        t = type(rec)
+        if t is Fill or t is PositionSnapshot or t is OpenOrders:
+            return self.of_instrument(rec.instrument) == self.index
+        if t is Balance:
+            return self.of_underlying(rec.asset) == self.index
+        if t is DeadLetter:
+            return max(rec.partition, 0) % self.processes == self.index
+        return True
+
+
+def market_owners(cfg: GuardConfig) -> MarketOwners:
+    """What this market process owns (``[tier]``: ``index`` of ``market_processes``,
+    ``owners``), underlyings taken from the instruments ``[exposure]`` declares."""
+    reg = cfg.exposure.validate()
+
+    def underlying_of(name: str) -> str | None:
+        spec = reg.get(name)
+        return None if spec is None else spec.underlying_asset
+
+    tier = cfg.tier
+    return MarketOwners(tier.index, tier.market_processes, tier.owners, underlying_of)
+
+
+_PRICED = (Trade, Quote, OptionQuote, FundingRate)
+
+
+def _owned_records(owners: MarketOwners, market_topic: str) -> Callable[[list[Any]], list[Any]]:
+    """A market process's share of what it read: its own underlyings' records, every
+    index price and heartbeat. A market record its Kafka key brought here (the market
+    topic is split by key) but whose instrument another process owns was keyed by
+    something other than ``<venue>/<instrument>``: no other process has it, so it is a
+    ``misplaced`` dead letter rather than lost."""
+    index = owners.index
+    of_instrument = owners.of_instrument
+    keeps = owners.keeps
+
+    def misplaced(rec: Any) -> DeadLetter:
+        return DeadLetter.of(
+            topic=market_topic, ts=rec.ts, reason="misplaced", path="$.instrument",
+            expected=(f"a record of an underlying market process {index} owns, keyed "
+                      "<venue>/<instrument>"),
+            found=f"{rec.venue}/{rec.instrument}", step="market_owners", raw=encode(rec))
+
+    def own(recs: list[Any]) -> list[Any]:
+        out: list[Any] = []
+        for r in recs:
+            if isinstance(r, _PRICED):
+                out.append(r if of_instrument(r.instrument) == index else misplaced(r))
+            elif keeps(r):
+                out.append(r)
+        return out
+
+    return own
+
+
+def _valuation_records(source: str) -> Callable[[list[Any]], list[bytes]]:
+    """A market process's stage-1 output as encoded :class:`~riskguard.schemas.Valuation`
+    records from ``source``: alerts, then parts, then progress, cut into records of
+    about ``VALUATION_CHUNK_BYTES`` (:func:`~riskguard.schemas.valuation.encode_valuations`)."""
+
+    def pack(made: list[Any]) -> list[bytes]:
+        alerts: list[RiskAlert] = []
+        parts: list[Part] = []
+        progress: list[Progress] = []
+        # one pass (stage 1 makes nothing else: another type is a bug, and raises)
+        to: dict[type, Callable[[Any], None]] = {
+            RiskAlert: alerts.append, Part: parts.append, Progress: progress.append}
+        for x in made:
+            to[type(x)](x)
+        return encode_valuations(source, alerts, parts, progress)
+
+    return pack
+
+
+@dataclass(frozen=True)
+class MarketOut:
+    """A market process's outputs."""
+
+    # AnomalySignal and DetectProgress records, and encoded Valuation records (bytes)
+    detections: Stream[Any]
+    dead_letters: Stream[DeadLetter]
+
+
+@operator
+def market_core(
+    step_id: str,
+    records: Stream[Any],
+    *,
+    cfg: GuardConfig,
+    clock: Clock,
+    owners: MarketOwners,
+    wall_clock: Clock | None = None,
+) -> MarketOut:
+    """One market process (``tier.role = "market"``) over its decoded records: feed
+    selection, features and anomaly detection on its own keys, and exposure valuation
+    (stage 1) of the positions in its own underlyings, marked by its own prices and its
+    own copy of every index price; its progress (:func:`market_source`) behind the
+    signals and valuations it made before it. Its ticks hold only its own time (``of``
+    1); the progress it passes on announces every market process."""
+    name = market_source(owners.index)
+    ticks = op.flat_map_batch("ticks", records, tick_fn(cfg.tick_ns, source=name, of=1))
+    market, _rest, status, trading = split_inputs(records)
+    market_ok = select_feeds(market, status, cfg, owners.local)
+    feat_market = with_own_index(market, market_ok)
+    anomalies, errs = detect_on(feat_market, status, cfg, clock, owners.local)
+    marks = op.flat_map_batch("marks", feat_market,
+                              MarkFilter(cfg.mark_interval_ns, cfg.mark_move_bps).passed)
+    place = ShardPlace(f"m{owners.index}.", owners.owns, owners.processes)
+    valued = value_positions("exposure", marks, trading, config=cfg.exposure, place=place,
+                             ticks=ticks, clock=clock, wall_clock=wall_clock)
+    valuations = op.flat_map_batch("valuations", valued.made, _valuation_records(name))
+    # the signals first: a batch's progress goes out behind its signals
+    progress = op.flat_map_batch("progress", ticks, lambda ts: progress_records(ts, name))
+    detections = op.merge("detections", anomalies, valuations, progress)
+    dead = op.flat_map_batch("observe_errs", op.merge("errs", *errs, valued.errs), observe_all)
+    return MarketOut(detections=detections, dead_letters=dead)
+
+
+
+def market_flow(cfg: GuardConfig, clock: Clock) -> Dataflow:
+    """A market process (``tier.role = "market"``): the market topic split by underlying
+    and the venue-status, fill, position and balance topics whole in; its anomaly
+    signals, valuations and progress out to the ``detections`` topic (its partition
+    ``index`` modulo the count, key :func:`market_source`).
+
+    Its source's dead letters are written once among all processes: the market topic's
+    by the owner of their key, the fill, position and balance topics' by the process
+    their partition falls to, and the venue-status topic's by the firm process, which
+    reads it too."""
+    flow = Dataflow("riskguard_market")
+    owners = market_owners(cfg)
+    # its replica of the market topic: the messages whose key's underlying it owns, and
+    # every index and oracle price
+    split = KeySplit(frozenset({cfg.topic("market")}), owners.owns_key,
+                     shared_prefixes=price_key_prefixes(cfg), must_share=is_broadcast)
+    src = guard_input(flow, cfg, MARKET_STREAMS, clock, split=split)
+    mine = split_dead_letters("owned", op.flat_map_batch(
+        "own", src.oks, _owned_records(owners, cfg.topic("market"))))
+    out = market_core("market_tier", mine.oks, cfg=cfg, clock=clock, owners=owners,
+                      wall_clock=clock)
+    timeout = cfg.sink_delivery_timeout_s
+    name = market_source(owners.index)
+    # everything it writes, then (a bounded run) its final progress, which ends its
+    # partition for the firm process
+    started = op.input("start", flow, StartSignal())
+    detections = op.flat_map_batch("final_unkey", stateful_logic(
+        "final", op.flat_map_batch("final_key", op.merge("final_in", started, out.detections),
+                                   lambda rs: [(name, r) for r in rs]),
+        lambda state: FinalProgressLogic(name, state)), values_of)
+    # its own partition (index modulo the count): the firm process aligns on exactly those
+    kafka_output("detections", detections, brokers=cfg.kafka,
+                 topic=cfg.topic(DETECTIONS), delivery_timeout_s=timeout,
+                 key=lambda _rec: name, partition=owners.index)
+    market_topic, status_topic = cfg.topic("market"), cfg.topic("venue_status")
+    src_dead = op.flat_map_batch("own_dead", src.errs, lambda ds: [
+        d for d in ds if d.topic != status_topic and (d.topic == market_topic or owners.keeps(d))])
+    kafka_output("dead_letters", op.merge("dead", src_dead, mine.errs, out.dead_letters),
+                 brokers=cfg.kafka, topic=cfg.topic("dead_letters"),
+                 delivery_timeout_s=timeout)
+    return flow
