@@ -30,6 +30,7 @@ from riskguard.dataflows.guard.steps import (
     detect_on,
     first_of_each_id,
     market_parts,
+    FirmClock,
     market_ticks,
     monitor_builder,
     select_feeds,
@@ -45,7 +46,7 @@ from riskguard.operators.core.base import (
     stateful_logic,
     values_of,
 )
-from riskguard.operators.core.clock import Clock
+from riskguard.operators.core.clock import NS_PER_S, Clock
 from riskguard.operators.core.metrics import record_command
 from riskguard.operators.core.observe import observe_all
 from riskguard.operators.exposure.ops import (
@@ -136,8 +137,12 @@ def guard_core(
         "ticks", records, tick_fn(cfg.tick_ns,
                                    of=tick_sources + processes if firm else tick_sources))
     if detected_in is not None:
-        # each market process is one more tick source: time holds until it has passed
-        ticks = op.merge("all_ticks", ticks, op.flat_map_batch(
+        # the firm's own ticks wait for a restarting market process (FirmClock), and each
+        # market process is one more tick source: time holds until it has passed
+        own_ticks = op.flat_map_batch(
+            "firm_clock", op.merge("firm_clock_in", own_ticks, detected_in),
+            FirmClock(processes, int(cfg.tier.market_wait_s * NS_PER_S), clock))
+        ticks = op.merge("all_ticks", own_ticks, op.flat_map_batch(
             "market_ticks", detected_in, market_ticks(processes)))
     market, records, status, trading = split_inputs(records)
     updates = op.flat_map_batch("updates", records, lambda rs: [

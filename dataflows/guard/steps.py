@@ -274,6 +274,64 @@ def market_ticks(processes: int) -> Any:
     return ticks
 
 
+class FirmClock:
+    """The firm process's own ticks, held at the slowest market process's progress.
+
+    Each step of the firm takes the minimum over its tick sources, and stops waiting for
+    one silent for :data:`~riskguard.operators.core.clock.TICK_IDLE_NS`. A market process
+    that is restarting (killed, then resumed from its recovery snapshot) is silent longer
+    than that, and the firm's own ticks would carry its clock past signals the market
+    process has yet to send again: in a replay, minutes of event time. Held to every
+    market process heard from within ``wait_ns`` of processing time, a restart shorter
+    than that leaves the firm's outputs as if nothing had stopped. One silent for longer
+    holds nothing back: the firm must go on valuing fills and enforcing limits.
+
+    >>> clock = FirmClock(2, wait_ns=100, clock=lambda: now)
+    >>> now = 0
+    >>> clock([Tick(ts=50, source="firm")])   # no market process heard from yet
+    []
+    >>> clock([DetectProgress(ts=40, source="m0"), DetectProgress(ts=70, source="m1"),
+    ...        Tick(ts=60, source="firm")])
+    [Tick(ts=40, source='firm', of=0)]
+    >>> now = 150   # m0 silent past the wait: it no longer holds the firm
+    >>> clock([DetectProgress(ts=90, source="m1"), Tick(ts=80, source="firm")])
+    [Tick(ts=80, source='firm', of=0)]
+    """
+
+    def __init__(self, processes: int, wait_ns: int, clock: Clock) -> None:
+        self.processes = processes
+        self.wait_ns = wait_ns
+        self.clock = clock
+        self.started: int | None = None
+        self.markets: dict[str, tuple[int, int]] = {}  # source -> (newest ts, heard at)
+
+    def __call__(self, recs: list[Any]) -> list[Tick]:
+        now = self.clock()
+        if self.started is None:
+            self.started = now
+        out: list[Tick] = []
+        for r in recs:
+            if type(r) is DetectProgress:
+                seen = self.markets.get(r.source)
+                self.markets[r.source] = (r.ts if seen is None else max(r.ts, seen[0]), now)
+            elif type(r) is Tick:
+                held = self._held(now)
+                if held is None or r.ts <= held:
+                    out.append(r)
+                elif held >= 0:
+                    out.append(Tick(ts=held, source=r.source, of=r.of))
+        return out
+
+    def _held(self, now: int) -> int | None:
+        """How far the firm's own ticks may go: None for anywhere, -1 for nowhere yet."""
+        live = [ts for ts, heard in self.markets.values() if now - heard < self.wait_ns]
+        starting = (len(self.markets) < self.processes
+                    and self.started is not None and now - self.started < self.wait_ns)
+        if starting and not live:
+            return -1
+        return min(live) if live else None
+
+
 def _signals_in(recs: list[Any]) -> list[tuple[str, Any]]:
     """The anomaly signals on the detections topic, and the stage-1 alerts inside market
     processes' valuations, keyed for the one id window."""
