@@ -472,13 +472,7 @@ def _run(bootstrap: str, work: Path, say: Callable[[str], Any], timeout_s: float
             timeline.flush()
             if guard.poll() is not None:
                 break
-        if guard.poll() is None:
-            guard.kill()
-            say("guard did not finish in time\n")
-            return 1, tally
-        if guard.returncode != 0:
-            log = guard.stdout.read().decode(errors="replace") if guard.stdout else ""
-            say(f"guard dataflow failed (exit {guard.returncode}):\n{log[-3000:]}\n")
+        if not _guard_finished(guard, say):
             return 1, tally
         read_signals(drain=True)
         sub.poll(idle_timeout_s=1.0)
@@ -494,13 +488,32 @@ def _run(bootstrap: str, work: Path, say: Callable[[str], Any], timeout_s: float
             guard.kill()
             guard.wait()
     _summary(tally, say)
+    return _verify_audit(bootstrap, work, say), tally
+
+
+def _guard_finished(guard: Any, say: Callable[[str], Any]) -> bool:
+    """Whether the guard's dataflow ended well; else it is stopped and said why."""
+    if guard.poll() is None:
+        guard.kill()
+        say("guard did not finish in time\n")
+        return False
+    if guard.returncode != 0:
+        log = guard.stdout.read().decode(errors="replace") if guard.stdout else ""
+        say(f"guard dataflow failed (exit {guard.returncode}):\n{log[-3000:]}\n")
+        return False
+    return True
+
+
+def _verify_audit(bootstrap: str, work: Path, say: Callable[[str], Any]) -> int:
+    """Verify the audit log as a user runs it: the command line it prints, in a process
+    of its own (``-P``: a folder named riskguard where the demo runs does not hide the
+    package, as it does not from the ``riskguard`` script); 0 if it verifies."""
     command = audit_verify_command(bootstrap, work)
     say(f"\nverifying the audit log: {shlex.join(command)}\n")
-    # as a user runs it: the command line printed above, in a process of its own
-    verified = subprocess.run([sys.executable, "-m", "riskguard.cli", *command[1:]],
-                          capture_output=True, text=True, check=False)
+    verified = subprocess.run([sys.executable, "-P", "-m", "riskguard.cli", *command[1:]],
+                              capture_output=True, text=True, check=False)
     say(verified.stdout + verified.stderr)
-    return (0 if verified.returncode == 0 else 1), tally
+    return 0 if verified.returncode == 0 else 1
 
 
 def _inject_forged(bootstrap: str, topic: str) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -76,7 +77,11 @@ def _crash_factor(t_s: float) -> float:
 
 
 def build_scenario(start_ns: int, seed: int = 7) -> Scenario:
-    """Generate the scenario with market time starting at ``start_ns``."""
+    """Generate the scenario with market time starting at ``start_ns``: every 250 ms the
+    fair prices move and each venue quotes and trades (:func:`_market_tick`); once a
+    second the index prices and heartbeats (:func:`_second`); every second tick the
+    options (:func:`_options`); and the book's opening positions and the fills that
+    breach a limit (:func:`_book`)."""
     rng = random.Random(seed)
     ev: list[tuple[int, int, Record]] = []
     n = [0]
@@ -94,52 +99,85 @@ def build_scenario(start_ns: int, seed: int = 7) -> Scenario:
         for u in fair:
             fair[u] *= math.exp(rng.gauss(0, 0.0004))
         if tick % 4 == 0:
-            for u, px in fair.items():
-                add(IndexPrice(id=f"ix-{u}-{tick}", venue="index", instrument=f"{u}-USD",
-                               ts=ts, price=round(px, 2)))
-            add(IndexPrice(id=f"ix-USDT-{tick}", venue="index", instrument="USDT-USD", ts=ts,
-                           price=1.0))
-            for venue in VENUES:
-                feeds = ("primary", "backup") if venue == "binance" else ("primary",)
-                for feed in feeds:
-                    if venue == "binance" and feed == "primary" and 200 <= t_s < 240:
-                        continue
-                    add(VenueStatus(id=f"hb-{venue}-{feed}-{tick}", venue=venue, feed=feed,
-                                    ts=ts, seq=tick // 4))
-        for venue, listed in LISTINGS.items():
-            for inst in listed:
-                u = inst.split("-")[0]
-                px = fair[u] * (1 + rng.gauss(0, 0.0002))
-                if venue == "okx" and inst == "BTC-USDT":
-                    px *= _crash_factor(t_s)
-                spread = px * 0.0001 * (1 + rng.random())
-                feeds = ("primary", "backup") if venue == "binance" else ("primary",)
-                for feed in feeds:
-                    if venue == "binance" and feed == "primary" and 200 <= t_s < 240:
-                        continue
-                    rid = f"{venue}-{feed}-{inst}-{tick}"
-                    add(Quote(id=f"q-{rid}", venue=venue, instrument=inst, ts=ts, feed=feed,
-                              bid=round(px - spread / 2, 2), ask=round(px + spread / 2, 2),
-                              bid_size=round(1 + 4 * rng.random(), 3),
-                              ask_size=round(1 + 4 * rng.random(), 3)))
-                    if tick % 2 == 0:
-                        add(Trade(id=f"t-{rid}", venue=venue, instrument=inst, ts=ts + MS,
-                                  feed=feed, price=round(px, 2),
-                                  qty=round(0.01 + 0.5 * rng.random(), 4),
-                                  side=Side.BUY if rng.random() < 0.5 else Side.SELL))
+            _second(add, fair, tick, ts, t_s)
+        _market_tick(add, rng, fair, tick, ts, t_s)
         if tick % 4 == 2:
-            for inst, (u, strike) in OPTIONS.items():
-                spot = fair[u]
-                iv = 0.55 + rng.gauss(0, 0.005)
-                mark = max(spot - strike, 0) + spot * iv * 0.08
-                add(OptionQuote(id=f"o-{inst}-{tick}", venue="deribit", instrument=inst, ts=ts,
-                                underlying=u, expiry=EXPIRY_NS, strike=strike,
-                                option_type=OptionType.CALL, bid=round(mark * 0.99, 2),
-                                ask=round(mark * 1.01, 2), mark_price=round(mark, 2),
-                                mark_iv=round(iv, 4), underlying_price=round(spot, 2),
-                                delta=0.45, gamma=0.0001, vega=round(spot * 0.002, 3),
-                                theta=-round(spot * 0.0005, 3)))
-    # Opening positions and collateral.
+            _options(add, rng, fair, tick, ts)
+    _book(add, start_ns)
+    ev.sort(key=lambda x: (x[0], x[1]))
+    incidents = [
+        Incident("flash_crash", "instrument:okx/BTC-USDT",
+                 start_ns + 150 * NS, start_ns + 183 * NS),
+        Incident("heartbeat_loss", "venue:binance", start_ns + 200 * NS, start_ns + 240 * NS),
+        Incident("exposure_breach", "counterparty:deribit", start_ns + 225 * NS,
+                 start_ns + DURATION_S * NS),
+    ]
+    return Scenario(events=[e for _, _, e in ev], incidents=incidents)
+
+
+def _feeds(venue: str, t_s: float) -> tuple[str, ...]:
+    """The feeds a venue publishes on at ``t_s``: binance's primary stops from 200 s to
+    240 s (its backup goes on)."""
+    if venue != "binance":
+        return ("primary",)
+    return ("backup",) if 200 <= t_s < 240 else ("primary", "backup")
+
+
+def _second(add: Callable[[Record], None], fair: dict[str, float], tick: int, ts: int,
+            t_s: float) -> None:
+    for u, px in fair.items():
+        add(IndexPrice(id=f"ix-{u}-{tick}", venue="index", instrument=f"{u}-USD",
+                       ts=ts, price=round(px, 2)))
+    add(IndexPrice(id=f"ix-USDT-{tick}", venue="index", instrument="USDT-USD", ts=ts,
+                   price=1.0))
+    for venue in VENUES:
+        for feed in _feeds(venue, t_s):
+            add(VenueStatus(id=f"hb-{venue}-{feed}-{tick}", venue=venue, feed=feed,
+                            ts=ts, seq=tick // 4))
+
+
+def _market_tick(add: Callable[[Record], None], rng: random.Random, fair: dict[str, float],
+                 tick: int, ts: int, t_s: float) -> None:
+    """Each listed instrument's quote on each feed, and every second tick a trade; okx's
+    BTC-USDT crashes (:func:`_crash_factor`)."""
+    for venue, listed in LISTINGS.items():
+        for inst in listed:
+            u = inst.split("-")[0]
+            px = fair[u] * (1 + rng.gauss(0, 0.0002))
+            if venue == "okx" and inst == "BTC-USDT":
+                px *= _crash_factor(t_s)
+            spread = px * 0.0001 * (1 + rng.random())
+            for feed in _feeds(venue, t_s):
+                rid = f"{venue}-{feed}-{inst}-{tick}"
+                add(Quote(id=f"q-{rid}", venue=venue, instrument=inst, ts=ts, feed=feed,
+                          bid=round(px - spread / 2, 2), ask=round(px + spread / 2, 2),
+                          bid_size=round(1 + 4 * rng.random(), 3),
+                          ask_size=round(1 + 4 * rng.random(), 3)))
+                if tick % 2 == 0:
+                    add(Trade(id=f"t-{rid}", venue=venue, instrument=inst, ts=ts + MS,
+                              feed=feed, price=round(px, 2),
+                              qty=round(0.01 + 0.5 * rng.random(), 4),
+                              side=Side.BUY if rng.random() < 0.5 else Side.SELL))
+
+
+def _options(add: Callable[[Record], None], rng: random.Random, fair: dict[str, float],
+             tick: int, ts: int) -> None:
+    for inst, (u, strike) in OPTIONS.items():
+        spot = fair[u]
+        iv = 0.55 + rng.gauss(0, 0.005)
+        mark = max(spot - strike, 0) + spot * iv * 0.08
+        add(OptionQuote(id=f"o-{inst}-{tick}", venue="deribit", instrument=inst, ts=ts,
+                        underlying=u, expiry=EXPIRY_NS, strike=strike,
+                        option_type=OptionType.CALL, bid=round(mark * 0.99, 2),
+                        ask=round(mark * 1.01, 2), mark_price=round(mark, 2),
+                        mark_iv=round(iv, 4), underlying_price=round(spot, 2),
+                        delta=0.45, gamma=0.0001, vega=round(spot * 0.002, 3),
+                        theta=-round(spot * 0.0005, 3)))
+
+
+def _book(add: Callable[[Record], None], start_ns: int) -> None:
+    """Opening positions and collateral, and the fills that breach deribit's gross
+    notional limit."""
     t0 = start_ns + 5 * NS
     for venue in VENUES:
         add(Balance(id=f"bal-{venue}", venue=venue, counterparty=venue, asset="USDT",
@@ -151,20 +189,10 @@ def build_scenario(start_ns: int, seed: int = 7) -> Scenario:
     add(Fill(id="f-open-deribit-opt", venue="deribit", counterparty="deribit",
              instrument="BTC-27DEC26-70000-C", side=Side.BUY, qty=10.0, price=4_000.0,
              ts=t0 + 3 * MS))
-    # The fills that breach deribit's gross notional limit.
     for k in range(12):
         add(Fill(id=f"f-deribit-{k}", venue="deribit", counterparty="deribit",
                  instrument="BTC-PERP", side=Side.BUY, qty=5.0, price=START_PX["BTC"],
                  ts=start_ns + (225 + 2 * k) * NS + 7 * MS))
-    ev.sort(key=lambda x: (x[0], x[1]))
-    incidents = [
-        Incident("flash_crash", "instrument:okx/BTC-USDT",
-                 start_ns + 150 * NS, start_ns + 183 * NS),
-        Incident("heartbeat_loss", "venue:binance", start_ns + 200 * NS, start_ns + 240 * NS),
-        Incident("exposure_breach", "counterparty:deribit", start_ns + 225 * NS,
-                 start_ns + DURATION_S * NS),
-    ]
-    return Scenario(events=[e for _, _, e in ev], incidents=incidents)
 
 
 def scenario_copies(copies: int, start_ns: int) -> list[Record]:

@@ -354,6 +354,9 @@ def generate_market(sc: Scenario, start_ns: int = START_NS) -> list[Any]:
 
 
 def _generate(sc: Scenario, g: _Gen, start_ns: int) -> list[Any]:
+    """The scenario's market records, tick by tick: each underlying's fair price moves,
+    then each venue quotes and trades (:func:`_venue_tick`), and once a second the index
+    and FX prices are published (:func:`_index_tick`)."""
     m = sc.market
     rng = g.rng
     insts = list(m.instruments)
@@ -373,69 +376,95 @@ def _generate(sc: Scenario, g: _Gen, start_ns: int) -> list[Any]:
         for u in unders:
             fair[u] *= math.exp(rng.gauss(0.0, vol[u]))
         for venue in m.venues:
-            listed = m.listings.get(venue, tuple(insts))
-            feeds = ("primary", "backup") if venue in m.backup_feeds else ("primary",)
-            delay = _delay(sc, venue, t_s)
-            storm = _active(sc, "storm", venue, "*", t_s)
-            reps = max(1, int(storm.magnitude)) if storm else 1
-            for inst in listed:
-                u = _base(inst)
-                mid = fair[u] / _fx(sc, _quote_ccy(inst), t_s) * _price_mult(sc, venue, inst, t_s)
-                mid *= 1.0 + rng.gauss(0.0, 0.00005)
-                spread = mid * 0.0001 * (1.0 + rng.random())
-                key = (venue, inst)
-                frz = _active(sc, "freeze", venue, inst, t_s)
-                if frz is None:
-                    frozen.pop(key, None)
-                elif key not in frozen:
-                    frozen[key] = (mid, spread)
-                for feed in feeds:
-                    if feed == "primary" and venue in m.backup_feeds and _active(
-                            sc, "heartbeat_stop", venue, inst, t_s):
-                        continue  # the primary is down; the backup keeps publishing
-                    qmid, qspread = frozen.get(key, (mid, spread))
-                    for _r in range(reps):
-                        out.append(Quote(
-                            id=g.nid("q"), venue=venue, instrument=inst, ts=ts, feed=feed,
-                            recv_ts=ts + 2 * MS + delay, bid=round(qmid - qspread / 2, 8),
-                            ask=round(qmid + qspread / 2, 8),
-                            bid_size=round(1 + 4 * rng.random(), 3),
-                            ask_size=round(1 + 4 * rng.random(), 3)))
-                    if frz is None and k % m.trade_every == 0:
-                        qty = 0.01 + 0.5 * rng.random()
-                        casc = _active(sc, "cascade", venue, inst, t_s)
-                        if casc is not None:
-                            qty *= casc.volume
-                        out.append(Trade(
-                            id=g.nid("t"), venue=venue, instrument=inst, ts=ts + MS, feed=feed,
-                            recv_ts=ts + 3 * MS + delay, price=round(mid, 8), qty=round(qty, 6),
-                            side=Side.SELL if casc is not None or rng.random() < 0.5 else Side.BUY))
-            if k % per_s == 0:
-                wd = _active(sc, "withdrawals_halt", venue, "*", t_s) is None
-                for feed in feeds:
-                    if _active(sc, "heartbeat_stop", venue, "*", t_s) and feed == "primary":
-                        continue
-                    out.append(VenueStatus(id=g.nid("hb"), venue=venue, feed=feed, ts=ts,
-                                           recv_ts=ts + 3 * MS + delay, seq=k // per_s,
-                                           withdrawals_enabled=wd))
+            _venue_tick(sc, g, out, frozen, fair, venue, k, ts, t_s)
         if k % per_s == 0:
-            for u in unders:
-                # A market-wide move (a price shock on every venue) moves the index too.
-                px = fair[u] * _market_mult(sc, u, t_s)
-                for s in sc.shocks:
-                    if s.kind == "index_diverge" and (not s.instruments or any(
-                            fnmatch.fnmatchcase(f"{u}-USD", p) for p in s.instruments)):
-                        px *= 1.0 + s.magnitude * s.fraction(t_s)
-                out.append(IndexPrice(id=g.nid("ix"), venue="index", instrument=f"{u}-USD",
-                                      ts=ts, recv_ts=ts + MS, price=round(px, 8)))
-            for ccy in sorted(m.fx):
-                out.append(IndexPrice(id=g.nid("fx"), venue="index", instrument=f"{ccy}-USD",
-                                      ts=ts, recv_ts=ts + MS,
-                                      price=round(_fx(sc, ccy, t_s), 8)))
-            for s in sc.shocks:
-                if s.kind == "balance_freeze" and abs(t_s - s.onset_s) < 1e-9:
-                    out.extend(_frozen_balances(sc, g, s, ts))
+            _index_tick(sc, g, out, fair, unders, ts, t_s)
     return out
+
+
+def _venue_tick(sc: Scenario, g: _Gen, out: list[Any],
+                frozen: dict[tuple[str, str], tuple[float, float]], fair: dict[str, float],
+                venue: str, k: int, ts: int, t_s: float) -> None:
+    """One venue's tick: a quote per listed instrument and feed (repeated in a latency
+    storm, frozen in a freeze, none on a primary feed that stopped), a trade every
+    ``trade_every`` ticks, and once a second its heartbeat."""
+    m = sc.market
+    rng = g.rng
+    listed = m.listings.get(venue, tuple(m.instruments))
+    feeds = ("primary", "backup") if venue in m.backup_feeds else ("primary",)
+    delay = _delay(sc, venue, t_s)
+    storm = _active(sc, "storm", venue, "*", t_s)
+    reps = max(1, int(storm.magnitude)) if storm else 1
+    for inst in listed:
+        u = _base(inst)
+        mid = fair[u] / _fx(sc, _quote_ccy(inst), t_s) * _price_mult(sc, venue, inst, t_s)
+        mid *= 1.0 + rng.gauss(0.0, 0.00005)
+        spread = mid * 0.0001 * (1.0 + rng.random())
+        key = (venue, inst)
+        frz = _active(sc, "freeze", venue, inst, t_s)
+        if frz is None:
+            frozen.pop(key, None)
+        elif key not in frozen:
+            frozen[key] = (mid, spread)
+        for feed in feeds:
+            if feed == "primary" and venue in m.backup_feeds and _active(
+                    sc, "heartbeat_stop", venue, inst, t_s):
+                continue  # the primary is down; the backup keeps publishing
+            qmid, qspread = frozen.get(key, (mid, spread))
+            for _r in range(reps):
+                out.append(Quote(
+                    id=g.nid("q"), venue=venue, instrument=inst, ts=ts, feed=feed,
+                    recv_ts=ts + 2 * MS + delay, bid=round(qmid - qspread / 2, 8),
+                    ask=round(qmid + qspread / 2, 8),
+                    bid_size=round(1 + 4 * rng.random(), 3),
+                    ask_size=round(1 + 4 * rng.random(), 3)))
+            if frz is None and k % m.trade_every == 0:
+                out.append(_trade(sc, g, venue, inst, feed, mid, ts, t_s, delay))
+    per_s = max(1, 1000 // m.tick_ms)
+    if k % per_s == 0:
+        wd = _active(sc, "withdrawals_halt", venue, "*", t_s) is None
+        for feed in feeds:
+            if _active(sc, "heartbeat_stop", venue, "*", t_s) and feed == "primary":
+                continue
+            out.append(VenueStatus(id=g.nid("hb"), venue=venue, feed=feed, ts=ts,
+                                   recv_ts=ts + 3 * MS + delay, seq=k // per_s,
+                                   withdrawals_enabled=wd))
+
+
+def _trade(sc: Scenario, g: _Gen, venue: str, inst: str, feed: str, mid: float, ts: int,
+           t_s: float, delay: int) -> Trade:
+    """A trade at the mid: larger and a sell in a liquidation cascade."""
+    rng = g.rng
+    qty = 0.01 + 0.5 * rng.random()
+    casc = _active(sc, "cascade", venue, inst, t_s)
+    if casc is not None:
+        qty *= casc.volume
+    return Trade(
+        id=g.nid("t"), venue=venue, instrument=inst, ts=ts + MS, feed=feed,
+        recv_ts=ts + 3 * MS + delay, price=round(mid, 8), qty=round(qty, 6),
+        side=Side.SELL if casc is not None or rng.random() < 0.5 else Side.BUY)
+
+
+def _index_tick(sc: Scenario, g: _Gen, out: list[Any], fair: dict[str, float],
+                unders: list[str], ts: int, t_s: float) -> None:
+    """Once a second: each underlying's index price (a market-wide move, a price shock
+    on every venue, moves it too; an index_diverge shock moves it alone), each FX rate,
+    and the balances a balance_freeze freezes at its onset."""
+    m = sc.market
+    for u in unders:
+        px = fair[u] * _market_mult(sc, u, t_s)
+        for s in sc.shocks:
+            if s.kind == "index_diverge" and (not s.instruments or any(
+                    fnmatch.fnmatchcase(f"{u}-USD", p) for p in s.instruments)):
+                px *= 1.0 + s.magnitude * s.fraction(t_s)
+        out.append(IndexPrice(id=g.nid("ix"), venue="index", instrument=f"{u}-USD",
+                              ts=ts, recv_ts=ts + MS, price=round(px, 8)))
+    for ccy in sorted(m.fx):
+        out.append(IndexPrice(id=g.nid("fx"), venue="index", instrument=f"{ccy}-USD",
+                              ts=ts, recv_ts=ts + MS, price=round(_fx(sc, ccy, t_s), 8)))
+    for s in sc.shocks:
+        if s.kind == "balance_freeze" and abs(t_s - s.onset_s) < 1e-9:
+            out.extend(_frozen_balances(sc, g, s, ts))
 
 
 def _delay(sc: Scenario, venue: str, t_s: float) -> int:

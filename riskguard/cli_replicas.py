@@ -37,8 +37,6 @@ def _run(args: argparse.Namespace) -> int:
         decode_item,
     )
     from riskguard.operators.core.metrics import start_metrics_server_from_env  # noqa: PLC0415
-    from riskguard.operators.core.observe import observe  # noqa: PLC0415
-    from riskguard.schemas import encode  # noqa: PLC0415
 
     settings, topic, peers = _where(args)
     config = ReplicaWatchConfig(peers=peers, tolerance_s=args.tolerance, silent_s=args.silent)
@@ -50,28 +48,10 @@ def _run(args: argparse.Namespace) -> int:
                          "enable.auto.commit": False, "fetch.wait.max.ms": 100})
     start = OFFSET_BEGINNING if args.from_beginning else OFFSET_END
     consumer.assign([TopicPartition(topic, p, start) for p in parts])
-    producer = Producer(settings.client_config()) if args.alerts_topic else None
-    failed: list[str] = []
-
-    def delivered(err: Any, _msg: Any) -> None:
-        if err is not None:
-            failed.append(str(err))
-
+    alerts = _Alerts(Producer(settings.client_config()) if args.alerts_topic else None,
+                     args.alerts_topic)
     logic = ReplicaWatchLogic(config)
-    kinds: Counter[str] = Counter()
     unreadable = 0
-
-    def emit(alerts: list[Any]) -> None:
-        for a in alerts:
-            kinds[a.kind] += 1
-            observe(a)
-            body = encode(a)
-            sys.stdout.write("ALERT " + body.decode() + "\n")
-            if producer is not None:
-                producer.produce(args.alerts_topic, value=body, key=a.kind.encode(),
-                                 on_delivery=delivered)
-        sys.stdout.flush()
-
     last_message = last_tick = time.monotonic()
     try:
         while args.idle_timeout is None or time.monotonic() - last_message < args.idle_timeout:
@@ -85,28 +65,66 @@ def _run(args: argparse.Namespace) -> int:
                 except Exception:  # not an audit item: counted, never the end of the watch
                     unreadable += 1
                     continue
-                emit(logic.on_event(item))
+                alerts.emit(logic.on_event(item))
             if now - last_tick >= _TICK_S:
                 last_tick = now
-                emit(logic.on_event(None))
-            if producer is not None:
-                producer.poll(0)
-                if failed:
-                    raise BrokerError(f"an alert could not be delivered to "
-                                      f"{args.alerts_topic}: {failed[0]}")
-        emit(logic.on_event(None))
+                alerts.emit(logic.on_event(None))
+            alerts.check()
+        alerts.emit(logic.on_event(None))
     finally:
         consumer.close()
-        if producer is not None:
-            left = producer.flush(10)
-            if left or failed:
-                msg = (f"{left or len(failed)} alert(s) not delivered to {args.alerts_topic}"
-                       f"{': ' + failed[0] if failed else ''}")
-                raise BrokerError(msg)
-    summary = {**logic.state.counts, **{f"alerts.{k}": v for k, v in kinds.items()},
+        alerts.close()
+    summary = {**logic.state.counts, **{f"alerts.{k}": v for k, v in alerts.kinds.items()},
                "unreadable": unreadable}
     sys.stdout.write("SUMMARY " + json.dumps(summary, sort_keys=True) + "\n")
     return 0
+
+
+class _Alerts:
+    """Where the watch's alerts go: stdout (``ALERT`` lines), the metrics, and the
+    alerts topic when one is given; a delivery that fails stops the watch."""
+
+    def __init__(self, producer: Any, topic: str | None) -> None:
+        self.producer, self.topic = producer, topic
+        self.failed: list[str] = []
+        self.kinds: Counter[str] = Counter()
+
+    def _delivered(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self.failed.append(str(err))
+
+    def emit(self, alerts: list[Any]) -> None:
+        from riskguard.operators.core.observe import observe  # noqa: PLC0415
+        from riskguard.schemas import encode  # noqa: PLC0415
+
+        for a in alerts:
+            self.kinds[a.kind] += 1
+            observe(a)
+            body = encode(a)
+            sys.stdout.write("ALERT " + body.decode() + "\n")
+            if self.producer is not None:
+                self.producer.produce(self.topic, value=body, key=a.kind.encode(),
+                                      on_delivery=self._delivered)
+        sys.stdout.flush()
+
+    def check(self) -> None:
+        """Serve the producer's delivery reports; BrokerError on a failed one."""
+        if self.producer is None:
+            return
+        self.producer.poll(0)
+        if self.failed:
+            raise BrokerError(f"an alert could not be delivered to {self.topic}: "
+                              f"{self.failed[0]}")
+
+    def close(self) -> None:
+        """Flush the alerts still on their way; BrokerError if any is not delivered."""
+        if self.producer is None:
+            return
+        left = self.producer.flush(10)
+        if left or self.failed:
+            msg = (f"{left or len(self.failed)} alert(s) not delivered to {self.topic}"
+                   f"{': ' + self.failed[0] if self.failed else ''}")
+            raise BrokerError(msg)
 
 
 def _where(args: argparse.Namespace) -> tuple[Any, str, tuple[str, ...]]:

@@ -413,12 +413,10 @@ def _run(args: argparse.Namespace) -> int:
     from bytewax.recovery import RecoveryConfig  # noqa: PLC0415
     from bytewax.run import cli_main  # noqa: PLC0415  (what python -m bytewax.run calls)
 
-    from riskguard.cli import STARTED, one_line, reach_kafka  # noqa: PLC0415  (imports this)
+    from riskguard.cli import STARTED, reach_kafka  # noqa: PLC0415  (imports this module)
     from riskguard.dataflows.guard import (  # noqa: PLC0415  (heavy imports)
         apply_gc_policy,
         build_flow,
-        load_guard_config,
-        load_keys,
     )
     from riskguard.dataflows.readiness import (  # noqa: PLC0415
         DetectorWatch,
@@ -434,19 +432,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.status_every < 0:
         raise ConfigError("--status-every", "seconds >= 0 (0: no status lines)",
                           args.status_every)
-    try:
-        cfg, digest = load_guard_config(config)  # names the bad key, before anything starts
-    except ConfigError as err:
-        if config.is_file():
-            err.add_note(f"fix it in {config} (dataflows/guard.example.toml describes every "
-                         "setting)")
-        raise
-    try:
-        signer, trust = load_keys(cfg)
-    except RiskguardError as err:
-        err.add_note(f"check [keys] in {config} (relative paths are relative to the config "
-                     "file's folder)")
-        raise
+    cfg, digest, signer, trust = _load(config)
     if bw.recovery_directory is not None:
         claim_recovery_store(bw.recovery_directory, cfg.replica.id)
     reach_kafka(cfg.kafka, f"[kafka] bootstrap in {config}")
@@ -484,19 +470,7 @@ def _run(args: argparse.Namespace) -> int:
         how, rc = ("stopped (SIGTERM)", 143) if isinstance(err, Stopped) else ("interrupted",
                                                                               130)
     except Exception as err:
-        cause = _innermost(err)
-        # bytewax wraps an interrupt it caught; a C extension may have replaced it
-        if isinstance(cause, KeyboardInterrupt) or received:
-            sigterm = isinstance(cause, Stopped) or signal.SIGTERM in received
-            how, rc = ("stopped (SIGTERM)", 143) if sigterm else ("interrupted", 130)
-        else:
-            how, rc = "stopped on an error", 1
-            if debug:
-                import traceback  # noqa: PLC0415
-
-                traceback.print_exception(err, file=sys.stderr)
-            sys.stderr.write(one_line(f"riskguard run: the dataflow stopped: "
-                                      f"{type(cause).__name__}: {cause}") + "\n")
+        how, rc = _stopped_by(err, received, debug=debug)
     finally:
         reporter.stop()
         first_last.stop()
@@ -514,6 +488,43 @@ def _end(out: TextIO, counts: Counts, how: str, started: float, first_last: Firs
     if detectors:
         out.write("\n".join(detectors) + "\n")
     out.flush()
+def _load(config: Path) -> tuple[Any, str, Any, Any]:
+    """The guard config and its hash, then its signing key and trust store; an error
+    names what to fix in ``config``, before anything starts."""
+    from riskguard.dataflows.guard import load_guard_config, load_keys  # noqa: PLC0415
+
+    try:
+        cfg, digest = load_guard_config(config)  # names the bad key
+    except ConfigError as err:
+        if config.is_file():
+            err.add_note(f"fix it in {config} (dataflows/guard.example.toml describes every "
+                         "setting)")
+        raise
+    try:
+        signer, trust = load_keys(cfg)
+    except RiskguardError as err:
+        err.add_note(f"check [keys] in {config} (relative paths are relative to the config "
+                     "file's folder)")
+        raise
+    return cfg, digest, signer, trust
+
+
+def _stopped_by(err: Exception, received: list[int], *, debug: bool) -> tuple[str, int]:
+    """How the dataflow ended when it raised ``err``, and the exit code: an interrupt
+    bytewax wrapped (or a C extension replaced), or an error, said on stderr."""
+    from riskguard.cli import one_line  # noqa: PLC0415  (imports this module)
+
+    cause = _innermost(err)
+    if isinstance(cause, KeyboardInterrupt) or received:
+        sigterm = isinstance(cause, Stopped) or signal.SIGTERM in received
+        return ("stopped (SIGTERM)", 143) if sigterm else ("interrupted", 130)
+    if debug:
+        import traceback  # noqa: PLC0415
+
+        traceback.print_exception(err, file=sys.stderr)
+    sys.stderr.write(one_line(f"riskguard run: the dataflow stopped: "
+                              f"{type(cause).__name__}: {cause}") + "\n")
+    return "stopped on an error", 1
 
 
 def flink_python() -> str:

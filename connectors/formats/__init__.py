@@ -97,19 +97,7 @@ def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
     work.
     """
     p = Path(path)
-    if fmt not in FORMATS:
-        raise ConfigError("replay.format", f"one of {', '.join(FORMATS)}", fmt)
-    if market not in MARKETS:
-        raise ConfigError("replay.market", f"one of {', '.join(MARKETS)}", market)
-    if measure not in MEASURES:
-        raise ConfigError("replay.measure", f"one of {', '.join(MEASURES)}", measure)
-    if contract_size is not None and not contract_size > 0:
-        raise ConfigError("replay.contract_size", "a contract's value in USD, > 0",
-                          contract_size)
-    for key, value in (("venue", venue), ("instrument", instrument)):
-        if not valid_name(value):
-            raise ConfigError(f"replay.{key}", "1-64 characters of A-Z a-z 0-9 _ . : / @ + -",
-                              value)
+    _check_arguments(fmt, market, measure, contract_size, venue, instrument)
     found = (detect(p, first_line(p)) if AUTO in (fmt, market) or instrument == "unknown"
              else Detected(""))
     if fmt == AUTO:
@@ -146,6 +134,24 @@ def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
     return fmt, Source(name=p.name, venue=venue, instrument=instrument, market=market,
                        contract_size=size, venue_given=venue_given, interval_ns=interval,
                        measure=measure)
+
+
+def _check_arguments(fmt: str, market: str, measure: str, contract_size: float | None,
+                     venue: str, instrument: str) -> None:
+    """What :func:`resolve` is told, each against what it may be."""
+    if fmt not in FORMATS:
+        raise ConfigError("replay.format", f"one of {', '.join(FORMATS)}", fmt)
+    if market not in MARKETS:
+        raise ConfigError("replay.market", f"one of {', '.join(MARKETS)}", market)
+    if measure not in MEASURES:
+        raise ConfigError("replay.measure", f"one of {', '.join(MEASURES)}", measure)
+    if contract_size is not None and not contract_size > 0:
+        raise ConfigError("replay.contract_size", "a contract's value in USD, > 0",
+                          contract_size)
+    for key, value in (("venue", venue), ("instrument", instrument)):
+        if not valid_name(value):
+            raise ConfigError(f"replay.{key}", "1-64 characters of A-Z a-z 0-9 _ . : / @ + -",
+                              value)
 
 
 class Reader(FileReader):

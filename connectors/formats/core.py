@@ -314,7 +314,9 @@ class FileReader:
             detail=f"{self.path.name} line {line_no}: {message}", raw=line[:4096],
         )
 
-    def lines(self) -> Iterator[tuple[int, int, Any]]:
+    # A hot loop: its inner loop runs once per row of a data file, in one generator frame
+    # (replaying exchange files is measured per format in docs/performance.md).
+    def lines(self) -> Iterator[tuple[int, int, Any]]:  # noqa: C901, PLR0912, PLR0915
         """``(line_no, offset, emission)`` of every emission from ``offset`` on."""
         fh, stats = self._fh, self.stats
         # a compressed stream is read a decompression step at a time (read1), so a
@@ -490,7 +492,8 @@ class IndexedReader(FileReader):
         if self._copy is not None:
             self._copy.close()
 
-    def lines(self) -> Iterator[tuple[int, int, Any]]:
+    # A hot loop, as FileReader.lines: once per row of a data file, in one generator frame.
+    def lines(self) -> Iterator[tuple[int, int, Any]]:  # noqa: C901, PLR0912, PLR0915
         fh, stats = self._fh, self.stats
         line_no, header = 0, b""
         for raw in fh:  # the header: the first line neither blank nor a title

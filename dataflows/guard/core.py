@@ -26,11 +26,11 @@ from bytewax.dataflow import Stream, operator
 from riskguard.connectors.topics import DETECTED, HANDLED
 from riskguard.dataflows.guard.config import GuardConfig
 from riskguard.dataflows.guard.steps import (
+    FirmClock,
     MarkFilter,
     detect_on,
     first_of_each_id,
     market_parts,
-    FirmClock,
     market_ticks,
     monitor_builder,
     select_feeds,
@@ -41,6 +41,7 @@ from riskguard.dataflows.guard.steps import (
 from riskguard.operators.audit import AuditState
 from riskguard.operators.audit.ops import audit_log
 from riskguard.operators.core.base import (
+    SplitOut,
     event_time,
     split_dead_letters,
     stateful_logic,
@@ -82,6 +83,59 @@ class GuardOut:
     signals: Stream[Any]
     exposures: Stream[Any]
     dead_letters: Stream[DeadLetter]
+
+
+def _signed_inputs(records: Stream[Any], cfg: GuardConfig, trust: TrustStore, clock: Clock
+                   ) -> tuple[Stream[Any], SplitOut[Any], SplitOut[Any], Stream[DeadLetter]]:
+    """What comes signed on the trading topics: limit updates (verified by the limits
+    step), executors' acks and operator commands (verified here), and the records no step
+    handles (dead letters)."""
+    updates = op.flat_map_batch("updates", records, lambda rs: [
+        r for r in rs if isinstance(r, SignedEnvelope)
+        and r.payload_type not in (PAYLOAD_COMMAND, PAYLOAD_ACK)])
+    # Executors' acks (the acks topic), verified against the trust file: the playbook
+    # learns which commands were applied, and escalates what was not.
+    acks = split_dead_letters("verify_acks", op.flat_map_batch(
+        "acks", op.filter("ack_envelopes", records, lambda r: isinstance(r, SignedEnvelope)
+                          and r.payload_type == PAYLOAD_ACK),
+        ack_verifier(trust, env=cfg.env, topic=cfg.topic("acks"), clock=clock)))
+    # Operator commands (a resume) come signed, on the limit-updates topic; they reach the
+    # playbook only once verified against the trust file, with their approvals counted
+    # from the signatures. A bare command record is refused: nothing unsigned acts.
+    # Each acts once: the replay state is keyed on one key and snapshotted.
+    operator_cmds = op.flat_map_batch("operator_cmds", records, lambda rs: [
+        (OPERATOR_COMMANDS_KEY, r) for r in rs
+        if isinstance(r, SignedEnvelope) and r.payload_type == PAYLOAD_COMMAND])
+    commands_topic = cfg.topic("commands")
+    verified = split_dead_letters("verify_operator", op.flat_map_batch(
+        "verify_cmd_unkey", stateful_logic(
+            "verify_cmd", operator_cmds, lambda state: OperatorCommandLogic(
+                trust, env=cfg.env, topic=commands_topic, clock=clock, state=state)),
+        values_of))
+    unhandled = op.flat_map_batch("unhandled", records, lambda rs: [
+        unhandled_letter(r) for r in rs if not isinstance(r, HANDLED)])
+    return updates, acks, verified, unhandled
+
+
+def _feed_monitor(status: Stream[Any], ticks: Stream[Any], cfg: GuardConfig, clock: Clock
+                  ) -> Stream[Any]:
+    """The feed monitor's alerts: each configured venue's primary and backup feeds
+    judged on their heartbeats and the ticks."""
+    fcfg = cfg.feeds
+    feed_venues = tuple(fcfg.venues)
+
+    def monitor_keys(r: Any) -> list[tuple[str, Any]]:
+        if isinstance(r, VenueStatus):
+            return [(r.venue, r)]
+        return [(v, r) for v in feed_venues]
+
+    monitor_in = op.flat_map("monitor_key", op.merge("monitor_src", status, ticks), monitor_keys)
+    return op.map(
+        "monitor_unkey",
+        stateful_logic("feed_monitor", monitor_in, monitor_builder(fcfg, clock),
+                       order=event_time),
+        lambda kv: kv[1],
+    )
 
 
 @operator
@@ -145,47 +199,9 @@ def guard_core(
         ticks = op.merge("all_ticks", own_ticks, op.flat_map_batch(
             "market_ticks", detected_in, market_ticks(processes)))
     market, records, status, trading = split_inputs(records)
-    updates = op.flat_map_batch("updates", records, lambda rs: [
-        r for r in rs if isinstance(r, SignedEnvelope)
-        and r.payload_type not in (PAYLOAD_COMMAND, PAYLOAD_ACK)])
-    # Executors' acks (the acks topic), verified against the trust file: the playbook
-    # learns which commands were applied, and escalates what was not.
-    acks = split_dead_letters("verify_acks", op.flat_map_batch(
-        "acks", op.filter("ack_envelopes", records, lambda r: isinstance(r, SignedEnvelope)
-                          and r.payload_type == PAYLOAD_ACK),
-        ack_verifier(trust, env=cfg.env, topic=cfg.topic("acks"), clock=clock)))
-    # Operator commands (a resume) come signed, on the limit-updates topic; they reach the
-    # playbook only once verified against the trust file, with their approvals counted
-    # from the signatures. A bare command record is refused: nothing unsigned acts.
-    # Each acts once: the replay state is keyed on one key and snapshotted.
-    operator_cmds = op.flat_map_batch("operator_cmds", records, lambda rs: [
-        (OPERATOR_COMMANDS_KEY, r) for r in rs
-        if isinstance(r, SignedEnvelope) and r.payload_type == PAYLOAD_COMMAND])
-    commands_topic = cfg.topic("commands")
-    verified = split_dead_letters("verify_operator", op.flat_map_batch(
-        "verify_cmd_unkey", stateful_logic(
-            "verify_cmd", operator_cmds, lambda state: OperatorCommandLogic(
-                trust, env=cfg.env, topic=commands_topic, clock=clock, state=state)),
-        values_of))
+    updates, acks, verified, unhandled = _signed_inputs(records, cfg, trust, clock)
     manual = verified.oks
-    unhandled = op.flat_map_batch("unhandled", records, lambda rs: [
-        unhandled_letter(r) for r in rs if not isinstance(r, HANDLED)])
-
-    fcfg = cfg.feeds
-    feed_venues = tuple(fcfg.venues)
-
-    def monitor_keys(r: Any) -> list[tuple[str, Any]]:
-        if isinstance(r, VenueStatus):
-            return [(r.venue, r)]
-        return [(v, r) for v in feed_venues]
-
-    monitor_in = op.flat_map("monitor_key", op.merge("monitor_src", status, ticks), monitor_keys)
-    feed_alerts = op.map(
-        "monitor_unkey",
-        stateful_logic("feed_monitor", monitor_in, monitor_builder(fcfg, clock),
-                       order=event_time),
-        lambda kv: kv[1],
-    )
+    feed_alerts = _feed_monitor(status, ticks, cfg, clock)
 
     step_errs: list[Stream[DeadLetter]] = []
     if detected_in is not None:

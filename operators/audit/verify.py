@@ -285,29 +285,7 @@ def check_proof(doc: Any, keys: Mapping[str, VerifyKey] | KeyLookup) -> None:
     A document that is not a JSON object of those fields raises
     ``AuditError`` (``malformed``) too.
     """
-    if not isinstance(doc, Mapping):
-        msg = f"malformed: a proof is a JSON object; got {type(doc).__name__}"
-        raise AuditError(msg)
-    missing = [k for k in PROOF_FIELDS if k not in doc]
-    extra = sorted(str(k) for k in doc if k not in PROOF_FIELDS)
-    if missing or extra:
-        msg = (f"malformed: a proof has exactly the fields {', '.join(PROOF_FIELDS)}; "
-               f"missing {missing or 'none'}, unexpected {extra or 'none'}")
-        raise AuditError(msg)
-    try:
-        rec = msgspec.convert(doc["record"], AuditRecord)
-        cp = msgspec.convert(doc["checkpoint"], AuditCheckpoint)
-        index = _proof_int(doc["index"], "index")
-        tree_size = _proof_int(doc["tree_size"], "tree_size")
-        claimed = _proof_digest(doc["leaf_hash"], "leaf_hash")
-        if not isinstance(doc["proof"], list):
-            raise TypeError("proof must be a list of hashes")
-        path = [_proof_digest(h, f"proof[{k}]") for k, h in enumerate(doc["proof"])]
-        # text JSON can carry but UTF-8 cannot (a lone surrogate) fails here, as malformed
-        leaf = record_leaf(rec)
-    except (TypeError, ValueError, msgspec.ValidationError) as err:  # UnicodeError too
-        msg = f"malformed: {err}"
-        raise AuditError(msg) from None
+    rec, cp, index, tree_size, claimed, path, leaf = _read_proof(doc)
     chain, at = rec.chain, rec.index
     if rec.leaf_hash != leaf.hex():
         raise AuditError("leaf_hash_mismatch: the record's leaf_hash is not the hash of "
@@ -345,6 +323,37 @@ def check_proof(doc: Any, keys: Mapping[str, VerifyKey] | KeyLookup) -> None:
         raise AuditError("not_canonical: the document differs from the proof of what it "
                          "claims (a field added, left out or spelled otherwise)",
                          chain=chain, index=at)
+
+
+def _read_proof(doc: Any) -> tuple[AuditRecord, AuditCheckpoint, int, int, bytes,
+                                    list[bytes], bytes]:
+    """A proof document's record, checkpoint, index, tree size, claimed leaf hash and
+    path, and the leaf hash of the record; ``AuditError`` (``malformed``) if it is not a
+    JSON object of exactly those fields, each of its type."""
+    if not isinstance(doc, Mapping):
+        msg = f"malformed: a proof is a JSON object; got {type(doc).__name__}"
+        raise AuditError(msg)
+    missing = [k for k in PROOF_FIELDS if k not in doc]
+    extra = sorted(str(k) for k in doc if k not in PROOF_FIELDS)
+    if missing or extra:
+        msg = (f"malformed: a proof has exactly the fields {', '.join(PROOF_FIELDS)}; "
+               f"missing {missing or 'none'}, unexpected {extra or 'none'}")
+        raise AuditError(msg)
+    try:
+        rec = msgspec.convert(doc["record"], AuditRecord)
+        cp = msgspec.convert(doc["checkpoint"], AuditCheckpoint)
+        index = _proof_int(doc["index"], "index")
+        tree_size = _proof_int(doc["tree_size"], "tree_size")
+        claimed = _proof_digest(doc["leaf_hash"], "leaf_hash")
+        if not isinstance(doc["proof"], list):
+            raise TypeError("proof must be a list of hashes")
+        path = [_proof_digest(h, f"proof[{k}]") for k, h in enumerate(doc["proof"])]
+        # text JSON can carry but UTF-8 cannot (a lone surrogate) fails here, as malformed
+        leaf = record_leaf(rec)
+    except (TypeError, ValueError, msgspec.ValidationError) as err:  # UnicodeError too
+        msg = f"malformed: {err}"
+        raise AuditError(msg) from None
+    return rec, cp, index, tree_size, claimed, path, leaf
 
 
 def _proof_int(v: Any, name: str) -> int:

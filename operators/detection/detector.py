@@ -130,7 +130,7 @@ class _Scored(NamedTuple):
     their z-scores and the learned deviations, the leaves an ArrayHST counted it in, and
     the model's own score (before the tail)."""
 
-    x: list[float]
+    x: Sequence[float]
     xm: Sequence[float]
     z: list[float]
     sd: list[float] | None
@@ -382,7 +382,7 @@ class DetectorLogic:
             out.extend(self._drift_step(fv, model_score, score, thr, warming, contributions))
         return out
 
-    def _vector(self, fv: FeatureVector) -> list[float]:
+    def _vector(self, fv: FeatureVector) -> Sequence[float]:
         """The vector's configured features in order (a missing one counts as 0); the
         key's features are fixed by its first vector."""
         s = self.s
@@ -416,7 +416,7 @@ class DetectorLogic:
             z.append((v - m) / r if vv > floor * floor else 0.0)
         return z, sd
 
-    def _model_score(self, x: list[float], z: list[float]
+    def _model_score(self, x: Sequence[float], z: list[float]
                      ) -> tuple[float, tuple[int, ...] | None, Sequence[float]]:
         """The model's score, the leaves an ArrayHST counted the point in (taken back if
         it is not learned), and the vector as the model reads it."""

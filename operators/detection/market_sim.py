@@ -189,171 +189,207 @@ def _plan_incidents(cfg: SimConfig, rng: random.Random, linear: list[str],
 
 def generate(cfg: SimConfig | None = None) -> Scenario:
     """Generate a scenario: a time-ordered list of records and its incidents."""
-    cfg = cfg or SimConfig()
-    rng = random.Random(cfg.seed)
-    linear, options = instrument_names(cfg)
-    instruments = linear + options
-    incidents = _plan_incidents(cfg, rng, linear, options)
-    by_inst: dict[str, list[Incident]] = {}
-    for inc in incidents:
-        by_inst.setdefault(inc.instrument, []).append(inc)
+    sim = _Sim(cfg or SimConfig())
+    for k in range(sim.cfg.duration_s * 1000 // sim.cfg.tick_ms):
+        sim.tick(k)
+    sim.events.sort(key=attrgetter("ts"))  # every record here has ts
+    return Scenario(sim.cfg, tuple(sim.cfg.venues), tuple(sim.instruments), sim.events,
+                    sim.incidents)
 
-    tick = cfg.tick_ms * 1_000_000
-    dt_s = cfg.tick_ms / 1000.0
-    n_ticks = cfg.duration_s * 1000 // cfg.tick_ms
-    fair = {}
-    base_of = {}
-    for i, name in enumerate(linear):
-        fair[name] = math.log(_PRICES[i % len(_PRICES)])
-    for name in options:
-        base_of[name] = name.split("-")[0] + "-USDT"
-    regime = dict.fromkeys(instruments, 0)
-    iv = {name: 0.55 + 0.05 * i for i, name in enumerate(options)}
-    venue_bias = {(v, s): rng.gauss(0.0, 0.0001) for v in cfg.venues for s in linear}
-    last_mid: dict[tuple[str, str], float] = {}
-    frozen: dict[tuple[str, str], Quote] = {}
-    events: list[Record] = []
-    seq = dict.fromkeys(cfg.venues, 0)
-    counter = 0
-    p_q = cfg.quote_rate * dt_s
-    p_t = cfg.trade_rate * dt_s
-    p_o = cfg.option_quote_rate * dt_s
-    idx_every = max(1, round(cfg.index_every_s / dt_s))
-    fund_every = max(1, round(cfg.funding_every_s / dt_s))
-    hb_every = max(1, round(cfg.heartbeat_every_s / dt_s))
 
-    def nid(prefix: str) -> str:
-        nonlocal counter
-        counter += 1
-        return f"{prefix}-{counter}"
+class _Sim:
+    """The generator's state: fair log prices (with their calm or volatile regime),
+    implied vols, each venue's bias and last mid, frozen quotes, and the records made.
+    One random stream, drawn in a fixed order, makes a scenario a function of its seed."""
 
-    def active(inst: str, t: int, kind: str) -> Incident | None:
-        for inc in by_inst.get(inst, ()):
+    def __init__(self, cfg: SimConfig) -> None:
+        self.cfg = cfg
+        rng = self.rng = random.Random(cfg.seed)
+        self.linear, self.options = instrument_names(cfg)
+        self.instruments = self.linear + self.options
+        self.incidents = _plan_incidents(cfg, rng, self.linear, self.options)
+        self.by_inst: dict[str, list[Incident]] = {}
+        for inc in self.incidents:
+            self.by_inst.setdefault(inc.instrument, []).append(inc)
+        self.tick_ns = cfg.tick_ms * 1_000_000
+        dt_s = cfg.tick_ms / 1000.0
+        self.fair = {name: math.log(_PRICES[i % len(_PRICES)])
+                     for i, name in enumerate(self.linear)}
+        self.base_of = {name: name.split("-")[0] + "-USDT" for name in self.options}
+        self.regime = dict.fromkeys(self.instruments, 0)
+        self.iv = {name: 0.55 + 0.05 * i for i, name in enumerate(self.options)}
+        self.venue_bias = {(v, s): rng.gauss(0.0, 0.0001) for v in cfg.venues
+                           for s in self.linear}
+        self.last_mid: dict[tuple[str, str], float] = {}
+        self.frozen: dict[tuple[str, str], Quote] = {}
+        self.events: list[Record] = []
+        self.seq = dict.fromkeys(cfg.venues, 0)
+        self.counter = 0
+        self.p_q = cfg.quote_rate * dt_s
+        self.p_t = cfg.trade_rate * dt_s
+        self.p_o = cfg.option_quote_rate * dt_s
+        self.idx_every = max(1, round(cfg.index_every_s / dt_s))
+        self.fund_every = max(1, round(cfg.funding_every_s / dt_s))
+        self.hb_every = max(1, round(cfg.heartbeat_every_s / dt_s))
+
+    def nid(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}-{self.counter}"
+
+    def active(self, inst: str, t: int, kind: str) -> Incident | None:
+        for inc in self.by_inst.get(inst, ()):
             if inc.kind == kind and inc.start_ns <= t < inc.end_ns:
                 return inc
         return None
 
-    for k in range(n_ticks):
-        t = cfg.start_ns + k * tick
-        for name in linear:
+    def tick(self, k: int) -> None:
+        """Tick ``k``: the fair prices and vols move, each venue publishes, and every
+        ``index_every_s`` the index and oracle prices."""
+        rng = self.rng
+        t = self.cfg.start_ns + k * self.tick_ns
+        for name in self.linear:
             if rng.random() < 0.0005:
-                regime[name] ^= 1
-            sigma = (0.00005 if regime[name] == 0 else 0.00015)
-            fair[name] += rng.gauss(0.0, sigma)
-        for name in options:
+                self.regime[name] ^= 1
+            sigma = (0.00005 if self.regime[name] == 0 else 0.00015)
+            self.fair[name] += rng.gauss(0.0, sigma)
+        for name in self.options:
             if rng.random() < 0.0005:
-                regime[name] ^= 1
-            iv[name] = min(1.5, max(0.2, iv[name] + rng.gauss(0.0, 0.0005)))
-        for v in cfg.venues:
-            for name in linear:
-                ts = t + rng.randrange(0, tick)
-                key = (v, name)
-                mid = math.exp(fair[name] + venue_bias[key] + rng.gauss(0.0, 0.00005))
-                spread_bps = 2.0 + abs(rng.gauss(0.0, 0.7))
-                qty_mult = 1.0
-                rate_mult = 1.0
-                stale = False
-                for inc in by_inst.get(name, ()):
-                    if not (inc.start_ns <= t < inc.end_ns) or inc.venue not in (None, v):
-                        continue
-                    frac = (t - inc.start_ns) / max(1, inc.end_ns - inc.start_ns)
-                    if inc.kind == "flash_crash":
-                        drop = inc.magnitude * (min(1.0, frac / 0.15) if frac < 0.15
-                                                else max(0.0, 1.0 - (frac - 0.15) / 0.85))
-                        mid *= 1.0 - drop
-                    elif inc.kind == "venue_dislocation":
-                        mid *= 1.0 + inc.magnitude
-                    elif inc.kind == "spread_blowout":
-                        spread_bps *= inc.magnitude
-                    elif inc.kind == "volume_spike":
-                        qty_mult = inc.magnitude
-                        rate_mult = 5.0
-                    elif inc.kind == "stale_feed":
-                        stale = True
-                        if inc.magnitude >= 0.5 and key not in frozen and key in last_mid:
-                            frozen[key] = Quote(
-                                id="frozen", venue=v, instrument=name, ts=ts,
-                                bid=last_mid[key] * 0.9999, bid_size=1.0,
-                                ask=last_mid[key] * 1.0001, ask_size=1.0,
-                            )
-                if not stale:
-                    frozen.pop(key, None)
-                    last_mid[key] = mid
-                if rng.random() < p_q:
-                    if stale and key in frozen:
-                        fq = frozen[key]
-                        events.append(Quote(
-                            id=nid("q"), venue=v, instrument=name, ts=ts, recv_ts=ts + 2_000_000,
-                            bid=fq.bid, bid_size=fq.bid_size, ask=fq.ask, ask_size=fq.ask_size,
-                        ))
-                    elif not stale:
-                        half = mid * spread_bps / 20000.0
-                        events.append(Quote(
-                            id=nid("q"), venue=v, instrument=name, ts=ts, recv_ts=ts + 2_000_000,
-                            bid=mid - half, bid_size=rng.uniform(0.5, 5.0),
-                            ask=mid + half, ask_size=rng.uniform(0.5, 5.0),
-                        ))
-                if not stale and rng.random() < p_t * rate_mult:
-                    side = Side.BUY if rng.random() < 0.5 else Side.SELL
-                    half = mid * spread_bps / 20000.0
-                    px = mid + half if side is Side.BUY else mid - half
-                    events.append(Trade(
-                        id=nid("t"), venue=v, instrument=name, ts=ts, recv_ts=ts + 2_000_000,
-                        price=px, qty=rng.expovariate(1.0) * qty_mult + 0.001, side=side,
-                    ))
-                if name.endswith("-PERP") and k % fund_every == fund_every - 1:
-                    idx = math.exp(fair[name])
-                    events.append(FundingRate(
-                        id=nid("f"), venue=v, instrument=name, ts=ts, recv_ts=ts + 2_000_000,
-                        rate=(mid - idx) / idx * 0.1 + 0.0001, mark_price=mid, index_price=idx,
-                    ))
-            for name in options:
-                if rng.random() >= p_o:
+                self.regime[name] ^= 1
+            self.iv[name] = min(1.5, max(0.2, self.iv[name] + rng.gauss(0.0, 0.0005)))
+        for v in self.cfg.venues:
+            for name in self.linear:
+                self.linear_quote(v, name, k, t)
+            for name in self.options:
+                if rng.random() >= self.p_o:
                     continue
-                ts = t + rng.randrange(0, tick)
-                under = math.exp(fair[base_of[name]])
-                vol = iv[name]
-                spike = active(name, t, "iv_spike")
-                if spike is not None:
-                    vol += spike.magnitude
-                vol += rng.gauss(0.0, 0.003)
-                strike = float(name.split("-")[2])
-                tau = 0.25
-                d1 = (math.log(under / strike) + 0.5 * vol * vol * tau) / (vol * math.sqrt(tau))
-                d2 = d1 - vol * math.sqrt(tau)
-                price = under * _norm_cdf(d1) - strike * _norm_cdf(d2)
-                pdf = math.exp(-0.5 * d1 * d1) / math.sqrt(2 * math.pi)
-                events.append(OptionQuote(
-                    id=nid("o"), venue=v, instrument=name, ts=ts, recv_ts=ts + 2_000_000,
-                    underlying=base_of[name], expiry=cfg.start_ns + 90 * 86400 * NS,
-                    strike=strike, option_type=OptionType.CALL,
-                    bid=max(0.0, price * 0.99), ask=price * 1.01, mark_price=max(0.0, price),
-                    mark_iv=max(0.0, vol), underlying_price=under, delta=_norm_cdf(d1),
-                    gamma=pdf / (under * vol * math.sqrt(tau)), vega=under * pdf * math.sqrt(tau),
+                self.option_quote(v, name, t)
+            if k % self.hb_every == 0:
+                self.seq[v] += 1
+                self.events.append(VenueStatus(
+                    id=self.nid("h"), venue=v, ts=t, recv_ts=t + 3_000_000, seq=self.seq[v],
                 ))
-            if k % hb_every == 0:
-                seq[v] += 1
-                events.append(VenueStatus(
-                    id=nid("h"), venue=v, ts=t, recv_ts=t + 3_000_000, seq=seq[v],
+        if k % self.idx_every == self.idx_every - 1:
+            self.index_prices(t + self.tick_ns - 1, t)
+
+    def linear_quote(self, v: str, name: str, k: int, t: int) -> None:
+        """A venue's quote, trade and funding of a linear instrument, as its incidents
+        shape them."""
+        rng = self.rng
+        ts = t + rng.randrange(0, self.tick_ns)
+        key = (v, name)
+        mid = math.exp(self.fair[name] + self.venue_bias[key] + rng.gauss(0.0, 0.00005))
+        spread_bps = 2.0 + abs(rng.gauss(0.0, 0.7))
+        mid, spread_bps, qty_mult, rate_mult, stale = self.shaped(v, name, t, ts, mid,
+                                                                  spread_bps)
+        if not stale:
+            self.frozen.pop(key, None)
+            self.last_mid[key] = mid
+        if rng.random() < self.p_q:
+            if stale and key in self.frozen:
+                fq = self.frozen[key]
+                self.events.append(Quote(
+                    id=self.nid("q"), venue=v, instrument=name, ts=ts, recv_ts=ts + 2_000_000,
+                    bid=fq.bid, bid_size=fq.bid_size, ask=fq.ask, ask_size=fq.ask_size,
                 ))
-        if k % idx_every == idx_every - 1:
-            ts = t + tick - 1
-            for name in instruments:
-                mids = sorted(last_mid[(v, name)] for v in cfg.venues if (v, name) in last_mid)
-                if name in fair:
-                    truth = math.exp(fair[name])
-                    if mids:
-                        events.append(IndexPrice(
-                            id=nid("i"), venue=INDEX_SOURCE, instrument=name, ts=ts,
-                            recv_ts=ts + 1_000_000, price=mids[len(mids) // 2],
-                        ))
-                    div = active(name, t, "oracle_divergence")
-                    oracle = truth * (1.0 + rng.gauss(0.0, 0.0002))
-                    if div is not None:
-                        oracle *= 1.0 + div.magnitude
-                    events.append(IndexPrice(
-                        id=nid("i"), venue=ORACLE_SOURCE, instrument=name, ts=ts,
-                        recv_ts=ts + 1_000_000, price=oracle,
-                    ))
-    events.sort(key=attrgetter("ts"))  # every record here has ts
-    return Scenario(cfg, tuple(cfg.venues), tuple(instruments), events, incidents)
+            elif not stale:
+                half = mid * spread_bps / 20000.0
+                self.events.append(Quote(
+                    id=self.nid("q"), venue=v, instrument=name, ts=ts, recv_ts=ts + 2_000_000,
+                    bid=mid - half, bid_size=rng.uniform(0.5, 5.0),
+                    ask=mid + half, ask_size=rng.uniform(0.5, 5.0),
+                ))
+        if not stale and rng.random() < self.p_t * rate_mult:
+            side = Side.BUY if rng.random() < 0.5 else Side.SELL
+            half = mid * spread_bps / 20000.0
+            px = mid + half if side is Side.BUY else mid - half
+            self.events.append(Trade(
+                id=self.nid("t"), venue=v, instrument=name, ts=ts, recv_ts=ts + 2_000_000,
+                price=px, qty=rng.expovariate(1.0) * qty_mult + 0.001, side=side,
+            ))
+        if name.endswith("-PERP") and k % self.fund_every == self.fund_every - 1:
+            idx = math.exp(self.fair[name])
+            self.events.append(FundingRate(
+                id=self.nid("f"), venue=v, instrument=name, ts=ts, recv_ts=ts + 2_000_000,
+                rate=(mid - idx) / idx * 0.1 + 0.0001, mark_price=mid, index_price=idx,
+            ))
+
+    def shaped(self, v: str, name: str, t: int, ts: int, mid: float, spread_bps: float
+               ) -> tuple[float, float, float, float, bool]:
+        """The mid, spread, trade size and rate multipliers and staleness under the
+        incidents active at ``t`` on venue ``v``; a stale feed freezes its last quote."""
+        key = (v, name)
+        qty_mult = rate_mult = 1.0
+        stale = False
+        for inc in self.by_inst.get(name, ()):
+            if not (inc.start_ns <= t < inc.end_ns) or inc.venue not in (None, v):
+                continue
+            frac = (t - inc.start_ns) / max(1, inc.end_ns - inc.start_ns)
+            if inc.kind == "flash_crash":
+                drop = inc.magnitude * (min(1.0, frac / 0.15) if frac < 0.15
+                                        else max(0.0, 1.0 - (frac - 0.15) / 0.85))
+                mid *= 1.0 - drop
+            elif inc.kind == "venue_dislocation":
+                mid *= 1.0 + inc.magnitude
+            elif inc.kind == "spread_blowout":
+                spread_bps *= inc.magnitude
+            elif inc.kind == "volume_spike":
+                qty_mult = inc.magnitude
+                rate_mult = 5.0
+            elif inc.kind == "stale_feed":
+                stale = True
+                if inc.magnitude >= 0.5 and key not in self.frozen and key in self.last_mid:
+                    last = self.last_mid[key]
+                    self.frozen[key] = Quote(
+                        id="frozen", venue=v, instrument=name, ts=ts, bid=last * 0.9999,
+                        bid_size=1.0, ask=last * 1.0001, ask_size=1.0,
+                    )
+        return mid, spread_bps, qty_mult, rate_mult, stale
+
+    def option_quote(self, v: str, name: str, t: int) -> None:
+        """An option's quote, priced by Black-Scholes at its implied vol (raised in an
+        iv_spike)."""
+        rng = self.rng
+        ts = t + rng.randrange(0, self.tick_ns)
+        under = math.exp(self.fair[self.base_of[name]])
+        vol = self.iv[name]
+        spike = self.active(name, t, "iv_spike")
+        if spike is not None:
+            vol += spike.magnitude
+        vol += rng.gauss(0.0, 0.003)
+        strike = float(name.split("-")[2])
+        tau = 0.25
+        d1 = (math.log(under / strike) + 0.5 * vol * vol * tau) / (vol * math.sqrt(tau))
+        d2 = d1 - vol * math.sqrt(tau)
+        price = under * _norm_cdf(d1) - strike * _norm_cdf(d2)
+        pdf = math.exp(-0.5 * d1 * d1) / math.sqrt(2 * math.pi)
+        self.events.append(OptionQuote(
+            id=self.nid("o"), venue=v, instrument=name, ts=ts, recv_ts=ts + 2_000_000,
+            underlying=self.base_of[name], expiry=self.cfg.start_ns + 90 * 86400 * NS,
+            strike=strike, option_type=OptionType.CALL,
+            bid=max(0.0, price * 0.99), ask=price * 1.01, mark_price=max(0.0, price),
+            mark_iv=max(0.0, vol), underlying_price=under, delta=_norm_cdf(d1),
+            gamma=pdf / (under * vol * math.sqrt(tau)), vega=under * pdf * math.sqrt(tau),
+        ))
+
+    def index_prices(self, ts: int, t: int) -> None:
+        """Each linear instrument's index price (the venues' median mid) and oracle
+        price (the fair price, off by an oracle_divergence)."""
+        for name in self.instruments:
+            mids = sorted(self.last_mid[(v, name)] for v in self.cfg.venues
+                          if (v, name) in self.last_mid)
+            if name not in self.fair:
+                continue
+            truth = math.exp(self.fair[name])
+            if mids:
+                self.events.append(IndexPrice(
+                    id=self.nid("i"), venue=INDEX_SOURCE, instrument=name, ts=ts,
+                    recv_ts=ts + 1_000_000, price=mids[len(mids) // 2],
+                ))
+            div = self.active(name, t, "oracle_divergence")
+            oracle = truth * (1.0 + self.rng.gauss(0.0, 0.0002))
+            if div is not None:
+                oracle *= 1.0 + div.magnitude
+            self.events.append(IndexPrice(
+                id=self.nid("i"), venue=ORACLE_SOURCE, instrument=name, ts=ts,
+                recv_ts=ts + 1_000_000, price=oracle,
+            ))

@@ -317,20 +317,24 @@ class MoveBands:
                 out.append(Reading(abs(move) / min(cap, learned), move, name, cap, scale, h,
                                    MOVE, abs(move) / learned))
         if coarse:
-            hi, lo = self._day_range(ts) if since is None else self._range_since(since)
-            hi, lo = max(hi, high), min(lo, low)
-            h = max(self._dd_ns, interval)
-            k, floor, cap = self._params(h)
-            dd, ru = log(low / hi), log(high / lo)
-            move, name = (dd, self._dd_names[0]) if -dd >= ru else (ru, self._dd_names[1])
-            returns.append((-h, move))  # its own scale: a drawdown is no close-to-close move
-            scale = self._scale(-h, sigma, h)
-            band = self._band(k, floor, cap, scale)
-            learned = band if scale is None else max(floor, k * scale)
-            out.append(Reading(abs(move) / band, move, name, cap,
-                               -1.0 if scale is None else scale, h, RANGE,
-                               abs(move) / learned))
+            out.append(self._range_reading(ts, low, high, since))
         return out
+
+    def _range_reading(self, ts: int, low: float, high: float, since: int | None) -> Reading:
+        """The drawdown or rally from the day's extremes (since a trip: from the trip's),
+        with its own scale: a drawdown is no close-to-close move."""
+        hi, lo = self._day_range(ts) if since is None else self._range_since(since)
+        hi, lo = max(hi, high), min(lo, low)
+        h = max(self._dd_ns, self.s.interval_ns)
+        k, floor, cap = self._params(h)
+        dd, ru = math.log(low / hi), math.log(high / lo)
+        move, name = (dd, self._dd_names[0]) if -dd >= ru else (ru, self._dd_names[1])
+        self._returns.append((-h, move))
+        scale = self._scale(-h, self.sigma_per_sqrt_ns, h)
+        band = self._band(k, floor, cap, scale)
+        learned = band if scale is None else max(floor, k * scale)
+        return Reading(abs(move) / band, move, name, cap, -1.0 if scale is None else scale, h,
+                       RANGE, abs(move) / learned)
 
     def _daily_limits(self, ts: int, low: float, high: float, ratios: list[Reading],
                       since: list[Reading] | None) -> None:

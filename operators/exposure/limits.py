@@ -258,6 +258,41 @@ class _Track:
     unvalued_overdue: bool = False
 
 
+def _updated_spec(upd: LimitUpdate, base: LimitSpec) -> LimitSpec | str:
+    """``base`` with what ``upd`` sets, checked as a configured limit is; or why it is
+    refused."""
+    changes: dict[str, Any] = {}
+    if upd.limit is not None:
+        changes["limit"] = upd.limit
+    if upd.warn is not None:
+        changes["warn"] = upd.warn
+    if upd.hard is not None:
+        changes["hard"] = upd.hard
+    if upd.manual_reset is not None:
+        changes["manual_reset"] = upd.manual_reset
+    if upd.vol_scaling is not None:
+        vs = dict(upd.vol_scaling)
+        und = base.vol_scaling.underlying if base.vol_scaling else ""
+        try:
+            changes["vol_scaling"] = (
+                None if not vs else VolScaling(
+                    underlying=und,
+                    ref_vol=float(vs["ref_vol"]),
+                    exponent=float(vs.get("exponent", 1.0)),
+                    lo=float(vs.get("lo", 0.25)), hi=float(vs.get("hi", 1.0)),
+                ))
+        except KeyError as err:
+            return f"vol_scaling needs {err}"
+    new = msgspec.structs.replace(base, **changes)
+    try:
+        check_spec(f"{upd.limit_path}.{upd.kind}", upd.kind, new)
+    except ConfigError as err:
+        return str(err)
+    if new.vol_scaling is not None and not new.vol_scaling.underlying:
+        return "vol_scaling needs an underlying (configure it first)"
+    return new
+
+
 class _Row(NamedTuple):
     """One limit of a key, with what evaluating it needs."""
 
@@ -525,6 +560,8 @@ class LimitsLogic:
         return out
 
     def _on_update(self, upd: LimitUpdate) -> list[Any]:
+        """A verified limit update: the limit it sets (or its rejection), a latch it
+        resets, the acceptance alert, and the key's limits evaluated again."""
         st = self.state
         key, _lv, _n = parse_limit_path(upd.limit_path)
         st.key = key
@@ -533,36 +570,9 @@ class LimitsLogic:
         self._updates.add(upd.update_id)
         old = self.current_spec(upd.limit_path, upd.kind)
         base = old if old is not None else LimitSpec(limit=0.0)
-        changes: dict[str, Any] = {}
-        if upd.limit is not None:
-            changes["limit"] = upd.limit
-        if upd.warn is not None:
-            changes["warn"] = upd.warn
-        if upd.hard is not None:
-            changes["hard"] = upd.hard
-        if upd.manual_reset is not None:
-            changes["manual_reset"] = upd.manual_reset
-        if upd.vol_scaling is not None:
-            vs = dict(upd.vol_scaling)
-            und = base.vol_scaling.underlying if base.vol_scaling else ""
-            try:
-                changes["vol_scaling"] = (
-                    None if not vs else VolScaling(
-                        underlying=und,
-                        ref_vol=float(vs["ref_vol"]),
-                        exponent=float(vs.get("exponent", 1.0)),
-                        lo=float(vs.get("lo", 0.25)), hi=float(vs.get("hi", 1.0)),
-                    ))
-            except KeyError as err:
-                return [self._reject(upd, "invalid_update", f"vol_scaling needs {err}")]
-        new = msgspec.structs.replace(base, **changes)
-        try:
-            check_spec(f"{upd.limit_path}.{upd.kind}", upd.kind, new)
-        except ConfigError as err:
-            return [self._reject(upd, "invalid_update", str(err))]
-        if new.vol_scaling is not None and not new.vol_scaling.underlying:
-            return [self._reject(upd, "invalid_update",
-                                 "vol_scaling needs an underlying (configure it first)")]
+        new = _updated_spec(upd, base)
+        if isinstance(new, str):
+            return [self._reject(upd, "invalid_update", new)]
         st.overrides[(upd.limit_path, upd.kind)] = new
         self._rows.clear()
         self._plans.clear()
@@ -624,15 +634,10 @@ class LimitsLogic:
     def _evaluate(self, e: Exposure, force_path: tuple[str, str] | None = None,
                   at: int | None = None) -> list[Any]:
         """Every limit of ``e``'s key against ``e``, at ``e.ts`` (or at ``at``: a grace
-        deadline that passed with ``e`` still the latest exposure).
-
-        Per limit: its track follows what it cannot value (:meth:`_Pass.track_unvalued`),
-        its level moves (:func:`_next_level`), and the output policy decides what is
-        said (:meth:`_emit`); then one ``unvalued_exposure`` alert explains the key's
-        unvalued limits (:meth:`_close_pass`). The loop body stays inline up to the
-        fast path (a valued limit below warn that has nothing to say): it runs for every
-        limit of every exposure.
-        """
+        deadline that passed with ``e`` still the latest exposure). Per limit: what it
+        cannot value (:meth:`_Pass.track_unvalued`), its level (:func:`_next_level`),
+        what is said (:meth:`_emit`); then the alert on the unvalued (:meth:`_close_pass`).
+        The loop stays inline up to the fast path: it runs per limit and exposure."""
         st = self.state
         known, plan = self._plan(e.counterparty)
         ts = e.ts if at is None else at
