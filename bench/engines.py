@@ -162,33 +162,25 @@ def bytewax_flow(config: str, records: str, out: str) -> Dataflow:
 
 
 def flink_child(config: str, records: str, parallelism: int, out: str) -> None:
-    """The Flink job of :func:`riskguard.flink.backtest.run`, built as it builds it (the
-    same flow reference, source, watermarks and tagged outputs), noting when the client
-    receives each output's first record. Runs in the Flink environment."""
-    from pyflink.common import Types, WatermarkStrategy
+    """The Flink job of :func:`riskguard.flink.backtest.run` (:func:`riskguard.flink.backtest.job`),
+    noting when the client receives each output's first record. Runs in the Flink
+    environment, with its Python workers in processes of their own."""
     from pyflink.datastream import StreamExecutionEnvironment
-    from riskguard.flink.backtest import _as_batch, _tagger
-    from riskguard.flink.functions import EventTimeMs
-    from riskguard.flink.graph import FlowRef
-    from riskguard.flink.job import PICKLED, to_flink
+    from riskguard.flink.backtest import job
+    from riskguard.schemas import Codec
 
     env = StreamExecutionEnvironment.get_execution_environment()
     env.set_parallelism(parallelism)
     env.set_python_executable(sys.executable)
-    ref = FlowRef("riskguard.flink.backtest:flow_for", (config, 100))
-    lines = [line.decode() for line in Path(records).read_bytes().splitlines() if line.strip()]
-    source = env.from_collection(lines, type_info=Types.STRING()).map(
-        _as_batch, output_type=PICKLED).assign_timestamps_and_watermarks(
-        WatermarkStrategy.for_monotonous_timestamps().with_timestamp_assigner(EventTimeMs()))
-    tagged = [s.map(_tagger(name), output_type=PICKLED)
-              for name, s in to_flink(ref, {"in": source}).items() if name in OUTPUTS]
-    merged = tagged[0].union(*tagged[1:]) if len(tagged) > 1 else tagged[0]
+    codec = Codec(clock=lambda: 0)
     found: dict[str, list[Any]] = {name: [] for name in OUTPUTS}
     firsts: dict[str, float] = {}
-    with merged.execute_and_collect() as results:
-        for name, item in results:
-            firsts.setdefault(name, time.time())
-            found[name].append(item)
+    with job(env, config, records, parallelism=parallelism).execute_and_collect() as results:
+        for row in results:
+            name = row[1]
+            if name in found:
+                firsts.setdefault(name, time.time())
+                found[name].append(codec.decode(name, bytes(row[5])))
     for name in OUTPUTS:
         write_outputs(Path(out), name, 0, found[name], firsts.get(name))
 
@@ -536,12 +528,19 @@ def flink_python(out: Path, named: str | None) -> tuple[list[str], dict[str, str
     return list(cmd), dict(env)
 
 
+PROCESS_MODE = "_python_worker_execution_mode"
+"""PyFlink's switch between loopback (the client's interpreter) and process mode."""
+
+
 def run_flink(config: Path, records: Path, events: int, parallelism: int, out: Path,
               python: tuple[list[str], dict[str, str]], timeout_s: float = 1800.0) -> Run:
     """The Flink job at ``parallelism`` on a local mini-cluster, in its own process."""
     out.mkdir(parents=True)
     log = out / "run.log"
     cmd, env = python
+    # PyFlink runs a local job's Python functions in the client process (loopback) unless
+    # told otherwise: each worker in a process of its own, as on a cluster
+    env = {**env, PROCESS_MODE: "process"}
     argv = [*cmd, str(HERE / "engines.py"), "--flink-child", str(config), str(records),
             str(parallelism), str(out)]
     memory = TreeSampler()

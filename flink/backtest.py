@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from bytewax.dataflow import Dataflow
 from riskguard.dataflows.backtest import OUTPUTS, backtest_flow
 from riskguard.dataflows.guard import load_guard_config, load_keys
@@ -44,43 +45,91 @@ def flow_for(config: str, batch_size: int = 100) -> Dataflow:
                          batch_size=batch_size)
 
 
-def _as_batch(line: str) -> list[Any]:
-    return [_CODEC.decode("records", line.encode())]
+RT = "TO_TIMESTAMP_LTZ(ts / 1000000, 3)"
+"""A row's event time (``ts``, ns) as Flink's rowtime (ms)."""
+
+
+class _Ts(msgspec.Struct):
+    ts: int | None = None
+
+
+_TS = msgspec.json.Decoder(_Ts)
+
+
+def source_rows(lines: list[bytes]) -> list[tuple[int, int, bytes]]:
+    """Each JSONL line as ``(event time ns, line number, bytes)``: a record without an
+    event time (a signed envelope) or a line that is not one takes the latest event time
+    before it, so it goes with its neighbours and moves no watermark.
+
+    >>> source_rows([b'{"ts": 5}', b'{"payload": "x"}', b'nonsense', b'{"ts": 9}'])
+    [(5, 0, b'{"ts": 5}'), (5, 1, b'{"payload": "x"}'), (5, 2, b'nonsense'), (9, 3, b'{"ts": 9}')]
+    """
+    out: list[tuple[int, int, bytes]] = []
+    last = 0
+    for i, line in enumerate(lines):
+        try:
+            ts = _TS.decode(line).ts
+        except msgspec.DecodeError:
+            ts = None
+        if type(ts) is int:
+            last = max(last, ts)
+        out.append((last, i, line))
+    return out
+
+
+def job(env: Any, config: str | Path, records: str | Path, *, parallelism: int = 1,
+        batch_size: int = 100) -> Any:
+    """The backtest laid onto ``env``: the records file as rows stamped with their
+    event time and a watermark in Java, the flow as one segment fed a tick at a time
+    (:class:`~riskguard.flink.fused.TickSegment`), and the stream of its output rows
+    (:data:`~riskguard.flink.fused.ROW`, each output's name as its input)."""
+    from pyflink.common import Types  # noqa: PLC0415
+    from pyflink.table import Schema, StreamTableEnvironment  # noqa: PLC0415
+    from riskguard.flink.fused import KEYED_ROW, ROW, TickSegment, keyed  # noqa: PLC0415
+    from riskguard.flink.plan import SegmentPlan  # noqa: PLC0415
+
+    ref = FlowRef("riskguard.flink.backtest:flow_for", (str(config), batch_size))
+    cfg, _digest = load_guard_config(str(config))
+    lines = [line for line in Path(records).read_bytes().splitlines() if line.strip()]
+    rows = env.from_collection(
+        [(ts, pos, line) for ts, pos, line in source_rows(lines)],
+        type_info=Types.ROW_NAMED(["ts", "pos", "v"], [
+            Types.LONG(), Types.LONG(), Types.PRIMITIVE_ARRAY(Types.BYTE())]))
+    tables = StreamTableEnvironment.create(env)
+    # event time and the watermark in Java: no Python function sees a record before
+    # the segment does
+    stamped = tables.from_data_stream(rows, Schema.new_builder()
+                                      .column("ts", "BIGINT").column("pos", "BIGINT")
+                                      .column("v", "BYTES")
+                                      .column_by_expression("rt", RT)
+                                      .watermark("rt", "rt").build())
+    tables.create_temporary_view("records", stamped)
+    # the whole flow is one segment under one key: the keyed steps inside it key
+    # themselves, as one bytewax worker does
+    plan = SegmentPlan.whole(ref.steps(), {"in": "records"})
+    src = tables.to_append_stream(tables.sql_query(
+        "SELECT CAST('all' AS STRING) AS k, ROW(CAST('in' AS STRING), ts, "
+        "CAST('' AS STRING), pos, v) FROM records"), KEYED_ROW)
+    tick_ms = max(1, cfg.tick_ns // 1_000_000)
+    return keyed(src).process(TickSegment(ref, plan, tick_ms), output_type=ROW).name(
+        "riskguard_backtest").set_parallelism(1)
 
 
 def run(config: str | Path, records: str | Path, *, parallelism: int = 1,
         batch_size: int = 100) -> dict[str, list[Any]]:
     """Run the backtest on a local Flink mini-cluster; every output by name."""
-    from pyflink.common import Types, WatermarkStrategy  # noqa: PLC0415
     from pyflink.datastream import StreamExecutionEnvironment  # noqa: PLC0415
-    from riskguard.flink.functions import EventTimeMs  # noqa: PLC0415
-    from riskguard.flink.job import PICKLED, to_flink  # noqa: PLC0415
 
     env = StreamExecutionEnvironment.get_execution_environment()
     env.set_parallelism(parallelism)
     env.set_python_executable(sys.executable)
-    ref = FlowRef("riskguard.flink.backtest:flow_for", (str(config), batch_size))
-    lines = [line.decode() for line in Path(records).read_bytes().splitlines() if line.strip()]
-    source = env.from_collection(lines, type_info=Types.STRING()).map(
-        _as_batch, output_type=PICKLED).assign_timestamps_and_watermarks(
-        WatermarkStrategy.for_monotonous_timestamps().with_timestamp_assigner(EventTimeMs()))
-    outs = to_flink(ref, {"in": source})
-    tagged = [s.map(_tagger(name), output_type=PICKLED) for name, s in outs.items()
-              if name in OUTPUTS]
     found: dict[str, list[Any]] = {name: [] for name in OUTPUTS}
-    merged = tagged[0].union(*tagged[1:]) if len(tagged) > 1 else tagged[0]
-    with merged.execute_and_collect() as results:
-        for name, item in results:
-            found[name].append(item)
+    with job(env, config, records, parallelism=parallelism,
+             batch_size=batch_size).execute_and_collect() as results:
+        for row in results:
+            if row[1] in found:
+                found[row[1]].append(_CODEC.decode(row[1], bytes(row[5])))
     return found
-
-
-class _tagger:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __call__(self, item: Any) -> tuple[str, Any]:
-        return self.name, item
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -89,6 +89,100 @@ def test_the_backtest_clock_reads_the_time_the_running_step_has_reached() -> Non
     assert clock() == 50
 
 
+def test_the_flink_modules_that_do_not_import_flink_have_running_examples() -> None:
+    """The segment, the wire and the graph reader run anywhere; their >>> examples give
+    the output they show."""
+    import doctest
+    import importlib
+
+    for name in ("riskguard.flink.segment", "riskguard.flink.wire", "riskguard.flink.graph",
+                 "riskguard.flink.plan"):
+        result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, name
+
+
+def _keyed_flow(out: list[Any]) -> Dataflow:
+    """Branches merged, a keyed step with a deadline and an end, a batch function."""
+    from riskguard.operators.core.base import stateful_logic
+
+    class Count:
+        def __init__(self, state: Any) -> None:
+            self.n = state or 0
+
+        def on_event(self, x: int) -> list[tuple[int, int]]:
+            self.n += x
+            return [(x, self.n)]
+
+        def on_eof(self) -> list[tuple[str, int]]:
+            return [("end", self.n)]
+
+        def snapshot(self) -> int:
+            return self.n
+
+    flow = Dataflow("seg")
+    nums = op.input("in", flow, TestingSource([[1, 2, 3], [4, 5], [6]]))
+    flat = op.flat_map("unbatch", nums, lambda b: b)
+    halves = op.branch("even", flat, lambda x: x % 2 == 0)
+    both = op.merge("both", halves.falses, op.map("tenfold", halves.trues, lambda x: 10 * x))
+    keyed = op.key_on("key", both, lambda x: "big" if x >= 10 else "small")
+    counted = stateful_logic("count", keyed, Count)
+    op.output("out", op.flat_map_batch("strip", counted, lambda kvs: [v for _k, v in kvs]),
+              TestingSink(out))
+    return flow
+
+
+def test_a_segment_gives_what_one_bytewax_worker_gives_batch_by_batch_and_resumes() -> None:
+    """The same flow run by bytewax and by a Segment fed the same batches: the same
+    outputs in the same order, each key's end included; a segment resumed from its
+    snapshot halfway goes on as the unbroken one does."""
+    from bytewax.testing import run_main
+    from riskguard.flink.segment import Segment
+
+    want: list[Any] = []
+    run_main(_keyed_flow(want))
+    seg = Segment.of(core_steps(_keyed_flow([])))
+    got = [v for batch in ([1, 2, 3], [4, 5], [6]) for _n, v in seg.feed({"in": [batch]})]
+    got += [v for _n, v in seg.eof()]
+    assert got == want
+    first = Segment.of(core_steps(_keyed_flow([])))
+    first.feed({"in": [[1, 2, 3]]})
+    resumed = Segment.of(core_steps(_keyed_flow([])), state=first.snapshot())
+    again = [v for batch in ([4, 5], [6]) for _n, v in resumed.feed({"in": [batch]})]
+    assert again + [v for _n, v in resumed.eof()] == want[3:]
+
+
+@pytest.mark.slow
+def test_the_backtest_flow_as_one_segment_fed_whole_ticks_decides_as_bytewax(
+        scenario: dict[str, Path]) -> None:
+    """Two copies of the demo scenario (the second starts with every price jumping back,
+    where several same-time anomalies open at once), fed to the backtest flow as one
+    segment a whole tick at a time: bytewax's commands, signals and audit records."""
+    from riskguard.connectors.placement import claim_worker
+    from riskguard.dataflows.backtest import backtest_flow, span_batches
+    from riskguard.dataflows.demo_scenario import scenario_copies
+    from riskguard.dataflows.guard import load_keys
+    from riskguard.flink.segment import Segment
+
+    cfg, digest = load_guard_config(scenario["config"])
+    signer, trust = load_keys(cfg)
+    records = scenario_copies(2, START_NS)
+    want = run_backtest(cfg, digest, records=records, signer=signer, trust=trust)
+    seg = Segment.of(core_steps(backtest_flow(cfg, digest, signer=signer, trust=trust,
+                                              records=[])))
+    claim_worker(0, 1)
+    got: dict[str, list[Any]] = {}
+    for batch in span_batches(records, len(records), cfg.tick_ns):  # a tick a batch
+        for name, item in seg.feed({"in": [batch]}):
+            got.setdefault(name, []).append(item)
+    for name, item in seg.eof():
+        got.setdefault(name, []).append(item)
+    assert sorted(_command_identity(decode_command(e)) for e in got["commands"]) == sorted(
+        map(_command_identity, want.commands))
+    assert sorted(map(_signal_identity, got["signals"])) == sorted(
+        map(_signal_identity, want.signals))
+    assert len(got["audit"]) == want.n_audit
+
+
 # -- jobs on a Flink mini-cluster -------------------------------------------------------
 
 

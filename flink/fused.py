@@ -1,0 +1,193 @@
+"""Segments of a flow as Flink operators: one Python operator a segment, fed a tick at
+a time, with event time and order kept in Java.
+
+A job's records reach Python only in a :class:`TickSegment`, a keyed process function
+hosting one :class:`~riskguard.flink.segment.Segment` per key. Each record arrives as
+a row (:data:`ROW_FIELDS`: the segment key, the segment input it feeds, its event time
+in ns, its source and its position there, and its bytes); Flink stamps it with its
+event time and moves the watermark, all in Java. The function holds a tick's rows
+with one event-time timer for the tick, and when the watermark passes the tick hands
+them to the segment at once, in event time and then source order, so every run
+takes same-time records in the same order whatever order partitions were read in.
+What leaves is a row of the same shape: for another segment (its key and input), or
+for a sink (:data:`SINK`, the sink's name as its input, the Kafka key as its source).
+
+Rows carry bytes (``PRIMITIVE_ARRAY(BYTE)``), never pickles: a segment's records are
+msgspec-encoded (:mod:`riskguard.flink.wire`) where they cross.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from pyflink.common import Row, Types
+from pyflink.datastream import DataStream, KeyedProcessFunction, RuntimeContext, TimeDomain
+from pyflink.datastream.data_stream import KeyedStream
+from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
+from pyflink.java_gateway import get_gateway
+from riskguard.connectors.placement import claim_worker
+from riskguard.flink.graph import FlowRef
+from riskguard.flink.plan import SegmentPlan
+from riskguard.flink.segment import Segment, deadline_ms
+from riskguard.flink.wire import pack_row, unpack_row
+from riskguard.operators.core.clock import step_event_time
+
+ROW_FIELDS = ["k", "port", "ts", "src", "pos", "v"]
+ROW = Types.ROW_NAMED(ROW_FIELDS, [Types.STRING(), Types.STRING(), Types.LONG(),
+                                   Types.STRING(), Types.LONG(),
+                                   Types.PRIMITIVE_ARRAY(Types.BYTE())])
+"""A record between operators: segment key, input (or sink) name, event time (ns),
+source (``topic/partition``, a segment key, or a Kafka key), position, bytes."""
+
+VALUE = Types.ROW_NAMED(ROW_FIELDS[1:], [Types.STRING(), Types.LONG(), Types.STRING(),
+                                         Types.LONG(), Types.PRIMITIVE_ARRAY(Types.BYTE())])
+KEYED_ROW = Types.ROW([Types.STRING(), VALUE])
+"""A row as a keyed operator takes it: its key, and the rest (:data:`VALUE`)."""
+
+EOF_TIMER_MS = 2**63 - 2
+"""An event-time timer only the final watermark of a bounded input reaches."""
+
+
+def keyed(stream: DataStream) -> KeyedStream:
+    """``stream`` of :data:`KEYED_ROW` keyed by its first field in Java (PyFlink's
+    ``key_by`` runs a Python function a record to pick the key, and to pair them)."""
+    gateway = get_gateway()
+    j_keyed = stream._j_data_stream.keyBy(
+        gateway.jvm.KeyByKeySelector(), Types.ROW([Types.STRING()]).get_java_type_info())
+    return KeyedStream(j_keyed, VALUE, stream)
+
+
+class TickSegment(KeyedProcessFunction):
+    """A segment of the flow ``ref`` builds (:class:`~riskguard.flink.plan.SegmentPlan`),
+    one :class:`~riskguard.flink.segment.Segment` a key, fed a tick (``tick_ms`` of
+    event time) at once when the watermark passes it.
+
+    With ``commit_ms``, each key's segment snapshot is written to Flink state at most
+    that often (processing time), and the rows it took since are kept in a list state
+    beside it: a restore resumes from the snapshot and takes those rows again, as
+    bytewax resumes from its last epoch's snapshot and reads on from there (what it
+    writes twice has the same ids). Without, the function keeps no state (a backtest).
+    """
+
+    def __init__(self, ref: FlowRef, plan: SegmentPlan, tick_ms: int,
+                 commit_ms: int | None = None, worker: tuple[int, int] = (0, 1)) -> None:
+        self.ref = ref
+        self.plan = plan
+        self.tick_ms = tick_ms
+        self.commit_ms = commit_ms
+        self.worker = worker
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.steps = self.plan.steps_of(self.ref.steps())
+        self.decoders = self.plan.decoders(self.ref)
+        self.encoders = self.plan.encoders(self.ref)
+        self.live: dict[str, Segment] = {}
+        self.ticks: dict[str, dict[int, list[Row]]] = {}
+        self.committed: dict[str, float] = {}
+        self.high: dict[str, int] = {}
+        if self.commit_ms is not None:
+            self.snap = runtime_context.get_state(
+                ValueStateDescriptor("segment", Types.PICKLED_BYTE_ARRAY()))
+            self.since = runtime_context.get_list_state(
+                ListStateDescriptor("since", Types.PRIMITIVE_ARRAY(Types.BYTE())))
+
+    def _segment(self, key: str, ctx: Any) -> Segment:
+        seg = self.live.get(key)
+        if seg is None:
+            state = None
+            if self.commit_ms is not None:
+                state = self.snap.value()
+            seg = self.live[key] = self.plan.segment(self.steps, state)
+            self.ticks[key] = {}
+            self.committed[key] = time.monotonic()
+            ctx.timer_service().register_event_time_timer(EOF_TIMER_MS)
+            if state is not None:  # what it took after that snapshot, again
+                rows = [unpack_row(b) for b in self.since.get() or ()]
+                for row in rows:
+                    self._hold(key, row, ctx)
+        return seg
+
+    def _hold(self, key: str, row: Any, ctx: Any) -> None:
+        tick_end = (row[1] // 1_000_000 // self.tick_ms + 1) * self.tick_ms - 1
+        held = self.ticks[key]
+        if tick_end not in held:
+            held[tick_end] = []
+            ctx.timer_service().register_event_time_timer(tick_end)
+        held[tick_end].append(row)
+
+    def process_element(self, value: Row, ctx: Any) -> Iterator[Row]:
+        key = ctx.get_current_key()[0]
+        self._segment(key, ctx)
+        self._hold(key, value, ctx)
+        if self.commit_ms is not None:
+            self.since.add(pack_row(value))
+        return iter(())
+
+    def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Row]:
+        key = ctx.get_current_key()[0]
+        seg = self._segment(key, ctx)
+        claim_worker(*self.worker)
+        out: list[tuple[str, Any]] = []
+        if ctx.time_domain() == TimeDomain.EVENT_TIME:
+            held = self.ticks[key]
+            for tick_end in sorted(t for t in held if t <= timestamp):
+                rows = held.pop(tick_end)
+                rows.sort(key=_order)
+                self._run(key, functools.partial(seg.feed, self._inputs(rows), _now()), out,
+                          rows)
+            if timestamp >= EOF_TIMER_MS:
+                self._run(key, seg.eof, out, ())
+        else:
+            self._run(key, lambda: seg.notify(_now()), out, ())
+        self._after(key, seg, ctx)
+        return self._rows(out)
+
+    def _inputs(self, rows: list[Row]) -> dict[str, list[Any]]:
+        batches: dict[str, list[Any]] = {}
+        for row in rows:
+            batches.setdefault(row[0], []).append(row)
+        return {port: self.decoders[port](rs) for port, rs in batches.items()}
+
+    def _run(self, key: str, call: Callable[[], list[tuple[str, Any]]],
+             out: list[tuple[str, Any]], rows: Any) -> None:
+        high = self.high.get(key, 0)
+        for row in rows:
+            high = max(high, row[1])
+        self.high[key] = high
+        token = step_event_time.set(high)
+        try:
+            out.extend(call())
+        finally:
+            step_event_time.reset(token)
+
+    def _rows(self, out: list[tuple[str, Any]]) -> Iterator[Row]:
+        encoders = self.encoders
+        for n, (name, item) in enumerate(out):
+            yield from encoders[name](name, item, n)
+
+    def _after(self, key: str, seg: Segment, ctx: Any) -> None:
+        due = seg.next_due()
+        if due is not None:
+            ctx.timer_service().register_processing_time_timer(deadline_ms(due))
+        if self.commit_ms is None:
+            return
+        now = time.monotonic()
+        if (now - self.committed[key]) * 1000 >= self.commit_ms:
+            self.committed[key] = now
+            self.snap.update(seg.snapshot())
+            self.since.clear()
+            for rows in self.ticks[key].values():  # taken, not yet fed
+                for row in rows:
+                    self.since.add(pack_row(row))
+
+
+def _order(row: Any) -> tuple[int, str, int]:
+    return row[1], row[2], row[3]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
