@@ -47,6 +47,9 @@ def flow_for(config: str, batch_size: int = 100) -> Dataflow:
 
 RT = "TO_TIMESTAMP_LTZ(ts / 1000000, 3)"
 """A row's event time (``ts``, ns) as Flink's rowtime (ms)."""
+WATERMARK = "rt - INTERVAL '0.001' SECOND"
+"""The watermark a millisecond behind the latest rowtime: a row of the same millisecond
+as the latest is not yet late (ticks end on a millisecond)."""
 
 
 class _Ts(msgspec.Struct):
@@ -85,7 +88,12 @@ def job(env: Any, config: str | Path, records: str | Path, *, parallelism: int =
     (:data:`~riskguard.flink.fused.ROW`, each output's name as its input)."""
     from pyflink.common import Types  # noqa: PLC0415
     from pyflink.table import Schema, StreamTableEnvironment  # noqa: PLC0415
-    from riskguard.flink.fused import KEYED_ROW, ROW, TickSegment, keyed  # noqa: PLC0415
+    from riskguard.flink.fused import (  # noqa: PLC0415
+        KEYED_ROW,
+        ROW,
+        TickSegment,
+        keyed,
+    )
     from riskguard.flink.plan import SegmentPlan  # noqa: PLC0415
 
     ref = FlowRef("riskguard.flink.backtest:flow_for", (str(config), batch_size))
@@ -102,7 +110,7 @@ def job(env: Any, config: str | Path, records: str | Path, *, parallelism: int =
                                       .column("ts", "BIGINT").column("pos", "BIGINT")
                                       .column("v", "BYTES")
                                       .column_by_expression("rt", RT)
-                                      .watermark("rt", "rt").build())
+                                      .watermark("rt", WATERMARK).build())
     tables.create_temporary_view("records", stamped)
     # the whole flow is one segment under one key: the keyed steps inside it key
     # themselves, as one bytewax worker does
@@ -119,7 +127,9 @@ def run(config: str | Path, records: str | Path, *, parallelism: int = 1,
         batch_size: int = 100) -> dict[str, list[Any]]:
     """Run the backtest on a local Flink mini-cluster; every output by name."""
     from pyflink.datastream import StreamExecutionEnvironment  # noqa: PLC0415
+    from riskguard.flink.fused import worker_processes  # noqa: PLC0415
 
+    worker_processes()
     env = StreamExecutionEnvironment.get_execution_environment()
     env.set_parallelism(parallelism)
     env.set_python_executable(sys.executable)

@@ -19,6 +19,7 @@ msgspec-encoded (:mod:`riskguard.flink.wire`) where they cross.
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -47,6 +48,18 @@ VALUE = Types.ROW_NAMED(ROW_FIELDS[1:], [Types.STRING(), Types.LONG(), Types.STR
                                          Types.LONG(), Types.PRIMITIVE_ARRAY(Types.BYTE())])
 KEYED_ROW = Types.ROW([Types.STRING(), VALUE])
 """A row as a keyed operator takes it: its key, and the rest (:data:`VALUE`)."""
+
+PROCESS_MODE = "_python_worker_execution_mode"
+"""PyFlink's switch for where a local job's Python functions run: in the client's own
+interpreter (``loopback``, its default on a mini-cluster, where every Python worker
+shares one interpreter lock) or in worker processes of their own (``process``)."""
+
+
+def worker_processes() -> None:
+    """Run a local job's Python workers in processes of their own, as a cluster does,
+    unless the environment says otherwise."""
+    os.environ.setdefault(PROCESS_MODE, "process")
+
 
 EOF_TIMER_MS = 2**63 - 2
 """An event-time timer only the final watermark of a bounded input reaches."""
@@ -111,8 +124,13 @@ class TickSegment(KeyedProcessFunction):
                     self._hold(key, row, ctx)
         return seg
 
+    def _tick_end(self, row: Any) -> int:
+        """The last ms of the tick ``row`` falls in: the watermark passing it fires the
+        tick's timer."""
+        return (row[1] // 1_000_000 // self.tick_ms + 1) * self.tick_ms - 1
+
     def _hold(self, key: str, row: Any, ctx: Any) -> None:
-        tick_end = (row[1] // 1_000_000 // self.tick_ms + 1) * self.tick_ms - 1
+        tick_end = self._tick_end(row)
         held = self.ticks[key]
         if tick_end not in held:
             held[tick_end] = []
@@ -121,11 +139,22 @@ class TickSegment(KeyedProcessFunction):
 
     def process_element(self, value: Row, ctx: Any) -> Iterator[Row]:
         key = ctx.get_current_key()[0]
-        self._segment(key, ctx)
-        self._hold(key, value, ctx)
+        seg = self._segment(key, ctx)
+        if value[1] is None:  # no event time of its own: its rowtime's
+            value = Row(value[0], ctx.timestamp() * 1_000_000, *value[2:])
         if self.commit_ms is not None:
             self.since.add(pack_row(value))
-        return iter(())
+        if self._tick_end(value) > ctx.timer_service().current_watermark():
+            self._hold(key, value, ctx)
+            return iter(())
+        # behind the watermark (its tick has gone): at once, for the segment's own
+        # lateness rules to take or dead-letter it
+        claim_worker(*self.worker)
+        out: list[tuple[str, Any]] = []
+        self._run(key, functools.partial(seg.feed, self._inputs([value]), _now()), out,
+                  [value])
+        self._after(key, seg, ctx)
+        return self._rows(out)
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Row]:
         key = ctx.get_current_key()[0]

@@ -222,49 +222,25 @@ def test_the_backtest_job_is_the_backtest_flow_over_its_records_file(
     assert len(read_records(scenario["records"])) > 20_000
 
 
-HELD_CHECK = """
-import pickle
-from riskguard.flink.functions import Held
-
-class Counter:
-    n = 0
-    def snapshot(self):
-        return self.n
-
-logic = Counter()
-held = Held(logic, pending=[(1, 1_000_000, "r")])
-logic.n = 3  # after the update, before Flink writes the state
-back = pickle.loads(pickle.dumps(held))
-assert (back.logic, back.snapshot, back.pending) == (None, 3, [(1, 1_000_000, "r")])
-print("ok")
-"""
-
-
-def test_a_held_logic_pickles_as_its_snapshot_and_the_records_it_holds(
-        tmp_path: Path) -> None:
-    """What Flink state stores for a key: the logic's snapshot at the time Flink writes
-    it (not when the record arrived), and the records still held for the watermark."""
-    cmd, env = flink_command(tmp_path)
-    r = subprocess.run([*cmd, "-c", HELD_CHECK], capture_output=True, text=True, env=env,
-                       timeout=300, check=False, cwd=tmp_path)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
-
-
 @pytest.mark.kafka
-def test_the_live_guard_flow_merges_the_partitions_in_one_keyed_step_and_writes_five_topics(
+def test_the_live_guard_flow_admits_each_partition_under_its_own_key_and_writes_five_topics(
         kafka_bootstrap: str, tmp_path: Path) -> None:
-    """The flow the Flink guard job lays out: raw messages into one merge step (each
-    partition's admission and watermark in its keyed state), the guard core, and an
-    output per topic; the connector stands in for the input step."""
+    """The flow the Flink guard job runs: raw messages admitted per partition (each
+    one's lateness watermark in its keyed state), the guard core, and an output per
+    topic; the Kafka connector stands in for the input step, and the flow runs whole
+    as one segment."""
     from riskguard.dataflows.demo import prepare_run
-    from riskguard.flink.guard import MERGE_STEP, OUTPUT_STREAMS, guard_flow
+    from riskguard.flink.guard import OUTPUT_STREAMS, guard_flow
+    from riskguard.flink.plan import SegmentPlan
 
     run = prepare_run(kafka_bootstrap, tmp_path / "run", env=f"fg{uuid.uuid4().hex[:6]}")
     steps = core_steps(guard_flow(str(run.config)))
     assert [s.name for s in steps if s.kind == "input"] == ["kafka"]
     assert sorted(s.name for s in steps if s.kind == "output") == sorted(OUTPUT_STREAMS)
-    assert [s.step_id for s in steps if s.step_id.startswith("riskguard_guard.admit.")] == [
-        MERGE_STEP]
+    assert "riskguard_guard.admit.stateful" in {s.step_id for s in steps}
+    plan = SegmentPlan.whole({s.step_id: s for s in steps}, {"kafka": "kafka"})
+    assert [p for p, _s, _d in plan.inputs] == ["kafka"]
+    assert sorted(n for _s, n in plan.outputs) == sorted(OUTPUT_STREAMS)
 
 
 def _topic_count(run: Any, stream: str) -> int:
