@@ -436,6 +436,7 @@ class Run:
     cpu_s: float
     first: float | None
     outputs: Outputs
+    processing_first_s: float | None = None
 
     @property
     def first_output_s(self) -> float | None:
@@ -530,6 +531,30 @@ def flink_python(out: Path, named: str | None) -> tuple[list[str], dict[str, str
 
 PROCESS_MODE = "_python_worker_execution_mode"
 """PyFlink's switch between loopback (the client's interpreter) and process mode."""
+TRACE_ENV = "RISKGUARD_FLINK_TRACE"
+"""Where the job's segment operators note their first input and first output
+(:class:`riskguard.flink.fused.Trace`)."""
+
+
+def processing_first(trace: Path) -> float | None:
+    """Seconds from the first record any segment operator took to the first it gave, from
+    their trace lines; None without both.
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "trace.txt"
+    >>> _ = p.write_text("first_input 100.0 7\\nfirst_output 103.5 7\\nfirst_input 99.0 8\\n")
+    >>> processing_first(p)
+    4.5
+    """
+    if not trace.exists():
+        return None
+    seen: dict[str, float] = {}
+    for line in trace.read_text().splitlines():
+        what, at, _pid = line.split()
+        seen[what] = min(seen.get(what, float(at)), float(at))
+    if "first_input" not in seen or "first_output" not in seen:
+        return None
+    return seen["first_output"] - seen["first_input"]
 
 
 def run_flink(config: Path, records: Path, events: int, parallelism: int, out: Path,
@@ -540,7 +565,7 @@ def run_flink(config: Path, records: Path, events: int, parallelism: int, out: P
     cmd, env = python
     # PyFlink runs a local job's Python functions in the client process (loopback) unless
     # told otherwise: each worker in a process of its own, as on a cluster
-    env = {**env, PROCESS_MODE: "process"}
+    env = {**env, PROCESS_MODE: "process", TRACE_ENV: str(out / "trace.txt")}
     argv = [*cmd, str(HERE / "engines.py"), "--flink-child", str(config), str(records),
             str(parallelism), str(out)]
     memory = TreeSampler()
@@ -554,7 +579,8 @@ def run_flink(config: Path, records: Path, events: int, parallelism: int, out: P
         memory.stop()
     wall = time.time() - started
     return Run(f"Flink, parallelism {parallelism}", events, started, wall, memory.peak_kib,
-               memory.cpu_s, read_first(out), read_outputs(out))
+               memory.cpu_s, read_first(out), read_outputs(out),
+               processing_first(out / "trace.txt"))
 
 
 def write_input(path: Path, copies: float) -> int:
@@ -627,9 +653,9 @@ def report(engines: list[Engine]) -> None:
     base_rate, base_fixed = base.line() or (None, None)
     print()
     print("| engine | events/s | ratio | CPU µs an event | ratio | start-up s | ratio "
-          "| first output s | ratio | peak memory MiB | ratio "
+          "| first output s | ratio | from processing start s | peak memory MiB | ratio "
           "| outputs against bytewax, 1 worker |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for eng in engines:
         run = eng.shared
         assert run is not None
@@ -639,6 +665,7 @@ def report(engines: list[Engine]) -> None:
               f"| {_figure(eng.cpu_us(), base.cpu_us(), ',.0f')} "
               f"| {_figure(fixed, base_fixed, '.1f')} "
               f"| {_figure(run.first_output_s, base.shared.first_output_s, '.1f')} "
+              f"| {'-' if run.processing_first_s is None else f'{run.processing_first_s:.1f}'} "
               f"| {_figure(run.peak_kib / 1024, base.shared.peak_kib / 1024, ',.0f')} "
               f"| {check} |")
     print(f"\noutputs of bytewax, 1 worker over {base.shared.events:,} records: "

@@ -102,6 +102,7 @@ class TickSegment(KeyedProcessFunction):
         self.ticks: dict[str, dict[int, list[Row]]] = {}
         self.committed: dict[str, float] = {}
         self.high: dict[str, int] = {}
+        self.trace = Trace(os.environ.get(TRACE_ENV))
         if self.commit_ms is not None:
             self.snap = runtime_context.get_state(
                 ValueStateDescriptor("segment", Types.PICKLED_BYTE_ARRAY()))
@@ -138,6 +139,7 @@ class TickSegment(KeyedProcessFunction):
         held[tick_end].append(row)
 
     def process_element(self, value: Row, ctx: Any) -> Iterator[Row]:
+        self.trace.once("first_input")
         key = ctx.get_current_key()[0]
         seg = self._segment(key, ctx)
         if value[1] is None:  # no event time of its own: its rowtime's
@@ -194,6 +196,8 @@ class TickSegment(KeyedProcessFunction):
             step_event_time.reset(token)
 
     def _rows(self, out: list[tuple[str, Any]]) -> Iterator[Row]:
+        if out:
+            self.trace.once("first_output")
         encoders = self.encoders
         for n, (name, item) in enumerate(out):
             yield from encoders[name](name, item, n)
@@ -212,6 +216,26 @@ class TickSegment(KeyedProcessFunction):
             for rows in self.ticks[key].values():  # taken, not yet fed
                 for row in rows:
                     self.since.add(pack_row(row))
+
+
+TRACE_ENV = "RISKGUARD_FLINK_TRACE"
+"""A file each segment operator appends the wall time of its first input and its first
+output to (a bench's measure of how soon output follows the start of processing)."""
+
+
+class Trace:
+    """Each named moment's wall time, once, as a line of ``path`` (nothing without)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.seen: set[str] = set()
+
+    def once(self, what: str) -> None:
+        if self.path is None or what in self.seen:
+            return
+        self.seen.add(what)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(f"{what} {time.time():.3f} {os.getpid()}\n")
 
 
 def _order(row: Any) -> tuple[int, str, int]:
