@@ -108,6 +108,8 @@ class TickSegment(KeyedProcessFunction):
                 ValueStateDescriptor("segment", Types.PICKLED_BYTE_ARRAY()))
             self.since = runtime_context.get_list_state(
                 ListStateDescriptor("since", Types.PRIMITIVE_ARRAY(Types.BYTE())))
+            self.fed = runtime_context.get_state(ValueStateDescriptor("fed", Types.LONG()))
+        self.replayed: list[tuple[str, Any]] = []
 
     def _segment(self, key: str, ctx: Any) -> Segment:
         seg = self.live.get(key)
@@ -119,11 +121,23 @@ class TickSegment(KeyedProcessFunction):
             self.ticks[key] = {}
             self.committed[key] = time.monotonic()
             ctx.timer_service().register_event_time_timer(EOF_TIMER_MS)
-            if state is not None:  # what it took after that snapshot, again
-                rows = [unpack_row(b) for b in self.since.get() or ()]
-                for row in rows:
-                    self._hold(key, row, ctx)
+            if state is not None:
+                self._resume(key, seg, ctx)
         return seg
+
+    def _resume(self, key: str, seg: Segment, ctx: Any) -> None:
+        """What the key took after its snapshot, again: the ticks it had fed before it
+        stopped go through at once (before any deadline is looked at, so the logics are
+        where they were), each as it went then; the rest waits for its tick."""
+        fed = self.fed.value()
+        for row in (unpack_row(b) for b in self.since.get() or ()):
+            self._hold(key, row, ctx)
+        held = self.ticks[key]
+        claim_worker(*self.worker)
+        for tick_end in sorted(t for t in held if fed is not None and t <= fed):
+            rows = sorted(held.pop(tick_end), key=_order)
+            self._run(key, functools.partial(seg.feed, self._inputs(rows)), self.replayed,
+                      rows)
 
     def _tick_end(self, row: Any) -> int:
         """The last ms of the tick ``row`` falls in: the watermark passing it fires the
@@ -148,11 +162,12 @@ class TickSegment(KeyedProcessFunction):
             self.since.add(pack_row(value))
         if self._tick_end(value) > ctx.timer_service().current_watermark():
             self._hold(key, value, ctx)
-            return iter(())
+            out, self.replayed = self.replayed, []
+            return self._rows(out)
         # behind the watermark (its tick has gone): at once, for the segment's own
         # lateness rules to take or dead-letter it
         claim_worker(*self.worker)
-        out: list[tuple[str, Any]] = []
+        out, self.replayed = self.replayed, []
         self._run(key, functools.partial(seg.feed, self._inputs([value]), _now()), out,
                   [value])
         self._after(key, seg, ctx)
@@ -162,7 +177,7 @@ class TickSegment(KeyedProcessFunction):
         key = ctx.get_current_key()[0]
         seg = self._segment(key, ctx)
         claim_worker(*self.worker)
-        out: list[tuple[str, Any]] = []
+        out, self.replayed = self.replayed, []
         if ctx.time_domain() == TimeDomain.EVENT_TIME:
             held = self.ticks[key]
             for tick_end in sorted(t for t in held if t <= timestamp):
@@ -170,6 +185,8 @@ class TickSegment(KeyedProcessFunction):
                 rows.sort(key=_order)
                 self._run(key, functools.partial(seg.feed, self._inputs(rows), _now()), out,
                           rows)
+                if self.commit_ms is not None:
+                    self.fed.update(tick_end)
             if timestamp >= EOF_TIMER_MS:
                 self._run(key, seg.eof, out, ())
         else:

@@ -166,10 +166,13 @@ def _day_to_second(ns: int) -> str:
     return f"{days} {hours:02d}:{minutes:02d}:{ms // 1000:02d}.{ms % 1000:03d}"
 
 
-IDLE_TIMEOUT = "3 s"
+IDLE_TIMEOUT = "10 s"
 """A partition that sends nothing for this long (processing time, not counted while the
 source is back-pressured or paused: Flink's ``PausableRelativeClock``) stops holding the
-watermark back: most input topics are quiet most of the time."""
+watermark back: most input topics are quiet most of the time. Shorter, a source subtask
+slow to make its first fetch (a loaded machine, a restart) is passed over and its
+records come late; the price is that output starts that long after a start where some
+partition has nothing to read."""
 
 FETCH_BYTES = 64 * 1024
 """The most one fetch takes from one partition: a backlog's partitions then arrive

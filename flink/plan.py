@@ -61,6 +61,50 @@ class SegmentPlan:
             outputs=tuple((s.ups[0], s.name) for s in steps.values() if s.kind == "output"),
             sink_keys=sink_keys)
 
+    @classmethod
+    def cut(cls, steps: Mapping[str, CoreStep], decoders: Mapping[str, str],
+            first: frozenset[str], *, route: str,
+            sink_keys: tuple[str, tuple[Any, ...]] | None = None,
+            ) -> tuple[SegmentPlan, SegmentPlan]:
+        """The flow as two segments, cut where its keys change domain: the first runs
+        the keyed steps ``first`` (step ids) and every step that only they feed, the
+        second everything else; each runs the stateless steps before it on the input
+        itself (a map of the input costs less than moving its output). What the first
+        makes for the second crosses under the stream's id, to segment key ``route``."""
+        keyed_up = _keyed_ancestors(steps)
+        made = {sid: s.step_id for s in steps.values() for sid in s.downs.values()}
+        feeds_first = _stateless_before(steps, set(first), made, {}) | set(first)
+        inner = [s for s in steps.values() if s.kind not in ("input", "output")]
+        one: set[str] = set()
+        for s in inner:  # build order: a step after those that feed it
+            ups = keyed_up[s.step_id]
+            # the first side's keyed steps, what feeds them, and what only they feed
+            # (past that, the second side's own inputs join: its side)
+            if ups and ups <= first and (s.step_id in feeds_first or all(
+                    made.get(u) in one for u in s.ups)):
+                one.add(s.step_id)
+        two = {s.step_id for s in inner if keyed_up[s.step_id] and s.step_id not in one}
+        if not one or not two:
+            raise ConfigError("segments", "keyed steps on both sides of the cut",
+                              sorted(first))
+        crossing = sorted({u for sid in two for u in steps[sid].ups if made.get(u) in one})
+        plans = []
+        for own, extra_in in ((one, []), (two, crossing)):
+            run = own | _stateless_before(steps, own, made, keyed_up)
+            reads = {u for sid in run for u in steps[sid].ups}
+            ins = [(s.name, s.downs["down"], decoders[s.name]) for s in steps.values()
+                   if s.kind == "input" and s.downs["down"] in reads]
+            outs = [(s.ups[0], s.name) for s in steps.values() if s.kind == "output"
+                    and made.get(s.ups[0]) in (own if own is one else run - one)]
+            if own is one:
+                outs += [(sid, sid) for sid in crossing]
+            plans.append(cls(
+                inputs=tuple(ins + [(sid, sid, "wire") for sid in extra_in]),
+                outputs=tuple(outs), step_ids=frozenset(run),
+                routes=tuple((sid, route) for sid in crossing) if own is one else (),
+                sink_keys=sink_keys))
+        return plans[0], plans[1]
+
     def steps_of(self, steps: Mapping[str, CoreStep]) -> list[CoreStep]:
         """This segment's steps, in build order."""
         return [s for s in steps.values() if s.kind not in ("input", "output")
@@ -102,6 +146,34 @@ class SegmentPlan:
             else:
                 out[name] = _to_sink(Row, keys.get(name))
         return out
+
+
+def _keyed_ancestors(steps: Mapping[str, CoreStep]) -> dict[str, frozenset[str]]:
+    """Each step's keyed steps upstream of it (itself included), by step id."""
+    made: dict[str, frozenset[str]] = {}
+    out: dict[str, frozenset[str]] = {}
+    for s in steps.values():  # build order: every step after those that feed it
+        up = frozenset().union(*(made.get(u, frozenset()) for u in s.ups))
+        out[s.step_id] = up | {s.step_id} if s.kind == "stateful_batch" else up
+        for sid in s.downs.values():
+            made[sid] = out[s.step_id]
+    return out
+
+
+def _stateless_before(steps: Mapping[str, CoreStep], own: set[str], made: dict[str, str],
+                      keyed_up: dict[str, frozenset[str]]) -> set[str]:
+    """The stateless steps that feed ``own``, however indirectly, up to the input or a
+    keyed step (with ``keyed_up``, only those with no keyed step upstream)."""
+    found: set[str] = set()
+    todo = [u for sid in own for u in steps[sid].ups]
+    while todo:
+        maker = made.get(todo.pop())
+        if maker is None or maker in found or keyed_up.get(maker, frozenset()) or \
+                steps[maker].kind in ("input", "stateful_batch"):
+            continue
+        found.add(maker)
+        todo.extend(steps[maker].ups)
+    return found
 
 
 def _call(factory: str, args: tuple[Any, ...]) -> Any:
