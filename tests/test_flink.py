@@ -183,6 +183,65 @@ def test_the_backtest_flow_as_one_segment_fed_whole_ticks_decides_as_bytewax(
     assert len(got["audit"]) == want.n_audit
 
 
+@pytest.mark.slow
+def test_the_backtest_flow_cut_into_a_market_and_a_firm_segment_decides_as_bytewax(
+        scenario: dict[str, Path]) -> None:
+    """The backtest flow cut where its keys change domain: feeds, features, detection
+    and the cross-market and cross-venue checks in one segment, the firm-wide rest in
+    another, fed tick by tick with what crosses msgspec-encoded between them. Over two
+    copies of the scenario: bytewax's commands, signals and audit records, and what
+    crosses is the market segment's marks, signals and dead letters."""
+    from riskguard.connectors.placement import claim_worker
+    from riskguard.dataflows.backtest import backtest_flow, span_batches
+    from riskguard.dataflows.demo_scenario import scenario_copies
+    from riskguard.dataflows.guard import load_keys
+    from riskguard.flink.plan import SegmentPlan
+    from riskguard.flink.wire import Wire
+
+    cfg, digest = load_guard_config(scenario["config"])
+    signer, trust = load_keys(cfg)
+    records = scenario_copies(2, START_NS)
+    want = run_backtest(cfg, digest, records=records, signer=signer, trust=trust)
+
+    def steps() -> dict[str, Any]:
+        flow = backtest_flow(cfg, digest, signer=signer, trust=trust, records=[])
+        return {s.step_id: s for s in core_steps(flow)}
+
+    built = steps()
+    first = frozenset(sid for sid, s in built.items() if s.kind == "stateful_batch" and any(
+        f".guard.{n}." in sid for n in ("feed_select", "features", "detect", "cross")))
+    market, firm = SegmentPlan.cut(built, {"in": "records"}, first, route="firm")
+    assert sorted(sid.split(".")[2] for sid in dict(market.routes)) == [
+        "detect", "features", "marks", "with_dislocations"]
+    one = market.segment(market.steps_of(built))
+    two = firm.segment(firm.steps_of(steps()))
+    claim_worker(0, 1)
+    wire, routes = Wire(), dict(market.routes)
+    got: dict[str, list[Any]] = {}
+
+    def run(made: list[tuple[str, Any]], batch: list[Any] | None) -> None:
+        crossing: dict[str, list[Any]] = {}
+        for name, item in made:
+            if name in routes:
+                crossing.setdefault(name, []).append(wire.decode(wire.encode(item)))
+            else:
+                got.setdefault(name, []).append(item)
+        more = two.feed(({"in": [batch]} if batch is not None else {}) | crossing)
+        for name, item in more:
+            got.setdefault(name, []).append(item)
+
+    for batch in span_batches(records, len(records), cfg.tick_ns):
+        run(one.feed({"in": [batch]}), batch)
+    run(one.eof(), None)
+    for name, item in two.eof():
+        got.setdefault(name, []).append(item)
+    assert sorted(_command_identity(decode_command(e)) for e in got["commands"]) == sorted(
+        map(_command_identity, want.commands))
+    assert sorted(map(_signal_identity, got["signals"])) == sorted(
+        map(_signal_identity, want.signals))
+    assert len(got["audit"]) == want.n_audit
+
+
 # -- jobs on a Flink mini-cluster -------------------------------------------------------
 
 
