@@ -80,17 +80,31 @@ def source_rows(lines: list[bytes]) -> list[tuple[int, int, bytes]]:
     return out
 
 
+MARKET_STEPS = ("feed_select", "features", "detect", "cross")
+"""The guard core's operators whose keyed steps are the market domain: one segment
+with them, another with the firm-wide rest (:meth:`SegmentPlan.cut`)."""
+
+
+def market_steps(steps: dict[str, Any]) -> frozenset[str]:
+    """The keyed steps of the guard core's market domain (:data:`MARKET_STEPS`)."""
+    return frozenset(sid for sid, s in steps.items() if s.kind == "stateful_batch"
+                     and any(f".guard.{n}." in sid for n in MARKET_STEPS))
+
+
 def job(env: Any, config: str | Path, records: str | Path, *, parallelism: int = 1,
-        batch_size: int = 100) -> Any:
+        batch_size: int = 100, segments: int = 1) -> Any:
     """The backtest laid onto ``env``: the records file as rows stamped with their
     event time and a watermark in Java, the flow as one segment fed a tick at a time
-    (:class:`~riskguard.flink.fused.TickSegment`), and the stream of its output rows
-    (:data:`~riskguard.flink.fused.ROW`, each output's name as its input)."""
+    (:class:`~riskguard.flink.fused.TickSegment`), or as two (``segments=2``: the market
+    domain, then the firm-wide rest, each in a Python worker of its own), and the
+    stream of the output rows (:data:`~riskguard.flink.fused.ROW`, each output's name
+    as its input)."""
     from pyflink.common import Types  # noqa: PLC0415
     from pyflink.table import Schema, StreamTableEnvironment  # noqa: PLC0415
     from riskguard.flink.fused import (  # noqa: PLC0415
         KEYED_ROW,
         ROW,
+        SINKS,
         TickSegment,
         keyed,
     )
@@ -112,19 +126,28 @@ def job(env: Any, config: str | Path, records: str | Path, *, parallelism: int =
                                       .column_by_expression("rt", RT)
                                       .watermark("rt", WATERMARK).build())
     tables.create_temporary_view("records", stamped)
-    # the whole flow is one segment under one key: the keyed steps inside it key
-    # themselves, as one bytewax worker does
-    plan = SegmentPlan.whole(ref.steps(), {"in": "records"})
     src = tables.to_append_stream(tables.sql_query(
         "SELECT CAST('all' AS STRING) AS k, ROW(CAST('in' AS STRING), ts, "
         "CAST('' AS STRING), pos, v) FROM records"), KEYED_ROW)
     tick_ms = max(1, cfg.tick_ns // 1_000_000)
-    return keyed(src).process(TickSegment(ref, plan, tick_ms), output_type=ROW).name(
-        "riskguard_backtest").set_parallelism(1)
+    steps = ref.steps()
+    if segments == 1:
+        # the whole flow is one segment under one key: the keyed steps inside it key
+        # themselves, as one bytewax worker does
+        plan = SegmentPlan.whole(steps, {"in": "records"})
+        return keyed(src).process(TickSegment(ref, plan, tick_ms), output_type=ROW).name(
+            "riskguard_backtest").set_parallelism(1)
+    market, firm = SegmentPlan.cut(steps, {"in": "records"}, market_steps(steps),
+                                   route="all")
+    first = keyed(src).process(TickSegment(ref, market, tick_ms), output_type=KEYED_ROW
+                               ).name("riskguard_backtest.market").set_parallelism(1)
+    rest = keyed(src.union(first)).process(TickSegment(ref, firm, tick_ms), output_type=ROW
+                                           ).name("riskguard_backtest.firm").set_parallelism(1)
+    return rest.union(first.get_side_output(SINKS))
 
 
 def run(config: str | Path, records: str | Path, *, parallelism: int = 1,
-        batch_size: int = 100) -> dict[str, list[Any]]:
+        batch_size: int = 100, segments: int = 1) -> dict[str, list[Any]]:
     """Run the backtest on a local Flink mini-cluster; every output by name."""
     from pyflink.datastream import StreamExecutionEnvironment  # noqa: PLC0415
     from riskguard.flink.fused import worker_processes  # noqa: PLC0415
@@ -134,8 +157,8 @@ def run(config: str | Path, records: str | Path, *, parallelism: int = 1,
     env.set_parallelism(parallelism)
     env.set_python_executable(sys.executable)
     found: dict[str, list[Any]] = {name: [] for name in OUTPUTS}
-    with job(env, config, records, parallelism=parallelism,
-             batch_size=batch_size).execute_and_collect() as results:
+    with job(env, config, records, parallelism=parallelism, batch_size=batch_size,
+             segments=segments).execute_and_collect() as results:
         for row in results:
             if row[1] in found:
                 found[row[1]].append(_CODEC.decode(row[1], bytes(row[5])))
@@ -149,10 +172,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--records", required=True, help="a JSONL file of records")
     ap.add_argument("--parallelism", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--segments", type=int, choices=(1, 2), default=1,
+                    help="the flow as one segment, or as the market domain and the "
+                         "firm-wide rest, each in a Python worker of its own")
     ap.add_argument("--out", required=True, help="folder for the outputs' JSONL files")
     args = ap.parse_args(argv)
     found = run(args.config, args.records, parallelism=args.parallelism,
-                batch_size=args.batch_size)
+                batch_size=args.batch_size, segments=args.segments)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, items in found.items():

@@ -26,7 +26,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pyflink.common import Row, Types
-from pyflink.datastream import DataStream, KeyedProcessFunction, RuntimeContext, TimeDomain
+from pyflink.datastream import (
+    DataStream,
+    KeyedProcessFunction,
+    OutputTag,
+    RuntimeContext,
+    TimeDomain,
+)
 from pyflink.datastream.data_stream import KeyedStream
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 from pyflink.java_gateway import get_gateway
@@ -61,8 +67,14 @@ def worker_processes() -> None:
     os.environ.setdefault(PROCESS_MODE, "process")
 
 
+SINKS = OutputTag("sinks", ROW)
+"""Where a segment whose main output feeds another segment puts its sinks' rows."""
+
 EOF_TIMER_MS = 2**63 - 2
 """An event-time timer only the final watermark of a bounded input reaches."""
+
+MAX_MS = (2**63 - 1) // 1_000_000
+"""The latest ms whose ns fits a row's event time."""
 
 
 def keyed(stream: DataStream) -> KeyedStream:
@@ -98,10 +110,13 @@ class TickSegment(KeyedProcessFunction):
         self.steps = self.plan.steps_of(self.ref.steps())
         self.decoders = self.plan.decoders(self.ref)
         self.encoders = self.plan.encoders(self.ref)
+        self.routed = frozenset(name for name, _key in self.plan.routes)
+        self.timed = {port for port, _sid, kind in self.plan.inputs if kind != "wire"}
         self.live: dict[str, Segment] = {}
         self.ticks: dict[str, dict[int, list[Row]]] = {}
         self.committed: dict[str, float] = {}
         self.high: dict[str, int] = {}
+        self.seen: dict[str, int] = {}
         self.trace = Trace(os.environ.get(TRACE_ENV))
         if self.commit_ms is not None:
             self.snap = runtime_context.get_state(
@@ -130,8 +145,8 @@ class TickSegment(KeyedProcessFunction):
         stopped go through at once (before any deadline is looked at, so the logics are
         where they were), each as it went then; the rest waits for its tick."""
         fed = self.fed.value()
-        for row in (unpack_row(b) for b in self.since.get() or ()):
-            self._hold(key, row, ctx)
+        for *row, at_ms in (unpack_row(b) for b in self.since.get() or ()):
+            self._hold(key, row, at_ms, ctx)
         held = self.ticks[key]
         claim_worker(*self.worker)
         for tick_end in sorted(t for t in held if fed is not None and t <= fed):
@@ -139,13 +154,14 @@ class TickSegment(KeyedProcessFunction):
             self._run(key, functools.partial(seg.feed, self._inputs(rows)), self.replayed,
                       rows)
 
-    def _tick_end(self, row: Any) -> int:
-        """The last ms of the tick ``row`` falls in: the watermark passing it fires the
-        tick's timer."""
-        return (row[1] // 1_000_000 // self.tick_ms + 1) * self.tick_ms - 1
+    def _tick_end(self, at_ms: int) -> int:
+        """The last ms of the tick a row stamped ``at_ms`` (its event time, or the tick
+        another segment made it in) falls in: the watermark passing it fires the tick's
+        timer."""
+        return min((at_ms // self.tick_ms + 1) * self.tick_ms - 1, EOF_TIMER_MS)
 
-    def _hold(self, key: str, row: Any, ctx: Any) -> None:
-        tick_end = self._tick_end(row)
+    def _hold(self, key: str, row: Any, at_ms: int, ctx: Any) -> None:
+        tick_end = self._tick_end(at_ms)
         held = self.ticks[key]
         if tick_end not in held:
             held[tick_end] = []
@@ -156,14 +172,19 @@ class TickSegment(KeyedProcessFunction):
         self.trace.once("first_input")
         key = ctx.get_current_key()[0]
         seg = self._segment(key, ctx)
-        if value[1] is None:  # no event time of its own: its rowtime's
-            value = Row(value[0], ctx.timestamp() * 1_000_000, *value[2:])
+        if value[1] is None:  # no event time of its own: the latest taken before it
+            value = Row(value[0], self.seen.get(key, 0), *value[2:])
+        elif value[0] in self.timed:  # the input's time, not a tick another segment made
+            self.seen[key] = max(self.seen.get(key, 0), value[1])
+        # the row's own time, not the record's: a table turned into a stream carries
+        # Flink's watermark but not each record's timestamp (it is Long.MIN_VALUE)
+        at_ms = value[1] // 1_000_000
         if self.commit_ms is not None:
-            self.since.add(pack_row(value))
-        if self._tick_end(value) > ctx.timer_service().current_watermark():
-            self._hold(key, value, ctx)
+            self.since.add(pack_row(value, at_ms))
+        if self._tick_end(at_ms) > ctx.timer_service().current_watermark():
+            self._hold(key, value, at_ms, ctx)
             out, self.replayed = self.replayed, []
-            return self._rows(out)
+            return self._rows(out, at_ms)
         # behind the watermark (its tick has gone): at once, for the segment's own
         # lateness rules to take or dead-letter it
         claim_worker(*self.worker)
@@ -171,28 +192,33 @@ class TickSegment(KeyedProcessFunction):
         self._run(key, functools.partial(seg.feed, self._inputs([value]), _now()), out,
                   [value])
         self._after(key, seg, ctx)
-        return self._rows(out)
+        return self._rows(out, at_ms)
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Row]:
         key = ctx.get_current_key()[0]
         seg = self._segment(key, ctx)
         claim_worker(*self.worker)
         out, self.replayed = self.replayed, []
+        made: list[tuple[int, list[tuple[str, Any]]]] = [(timestamp, out)]
         if ctx.time_domain() == TimeDomain.EVENT_TIME:
             held = self.ticks[key]
             for tick_end in sorted(t for t in held if t <= timestamp):
                 rows = held.pop(tick_end)
                 rows.sort(key=_order)
-                self._run(key, functools.partial(seg.feed, self._inputs(rows), _now()), out,
-                          rows)
+                # what each tick makes is stamped with that tick (a timer usually has
+                # one: every tick has its own)
+                made.append((tick_end, []))
+                self._run(key, functools.partial(seg.feed, self._inputs(rows), _now()),
+                          made[-1][1], rows)
                 if self.commit_ms is not None:
                     self.fed.update(tick_end)
             if timestamp >= EOF_TIMER_MS:
-                self._run(key, seg.eof, out, ())
+                made.append((timestamp, []))
+                self._run(key, seg.eof, made[-1][1], ())
         else:
             self._run(key, lambda: seg.notify(_now()), out, ())
         self._after(key, seg, ctx)
-        return self._rows(out)
+        return (row for at_ms, part in made for row in self._rows(part, at_ms))
 
     def _inputs(self, rows: list[Row]) -> dict[str, list[Any]]:
         batches: dict[str, list[Any]] = {}
@@ -203,8 +229,10 @@ class TickSegment(KeyedProcessFunction):
     def _run(self, key: str, call: Callable[[], list[tuple[str, Any]]],
              out: list[tuple[str, Any]], rows: Any) -> None:
         high = self.high.get(key, 0)
-        for row in rows:
-            high = max(high, row[1])
+        timed = self.timed
+        for row in rows:  # the time the input has reached, not what crossed from a segment
+            if row[0] in timed:
+                high = max(high, row[1])
         self.high[key] = high
         token = step_event_time.set(high)
         try:
@@ -212,12 +240,20 @@ class TickSegment(KeyedProcessFunction):
         finally:
             step_event_time.reset(token)
 
-    def _rows(self, out: list[tuple[str, Any]]) -> Iterator[Row]:
+    def _rows(self, out: list[tuple[str, Any]], at_ms: int) -> Iterator[Row]:
+        """What the segment made, as rows: each to another segment stamped with the
+        tick it was made in (and numbered in the order made), or to a sink."""
         if out:
             self.trace.once("first_output")
         encoders = self.encoders
+        at_ns = min(at_ms, MAX_MS) * 1_000_000
+        routed = self.routed
         for n, (name, item) in enumerate(out):
-            yield from encoders[name](name, item, n)
+            if not routed or name in routed:
+                yield from encoders[name](name, item, n, at_ns)
+            else:  # the main output carries rows for the next segment; sinks' go aside
+                for row in encoders[name](name, item, n, at_ns):
+                    yield SINKS, row
 
     def _after(self, key: str, seg: Segment, ctx: Any) -> None:
         due = seg.next_due()
@@ -230,9 +266,9 @@ class TickSegment(KeyedProcessFunction):
             self.committed[key] = now
             self.snap.update(seg.snapshot())
             self.since.clear()
-            for rows in self.ticks[key].values():  # taken, not yet fed
+            for tick_end, rows in self.ticks[key].items():  # taken, not yet fed
                 for row in rows:
-                    self.since.add(pack_row(row))
+                    self.since.add(pack_row(row, tick_end))
 
 
 TRACE_ENV = "RISKGUARD_FLINK_TRACE"

@@ -26,6 +26,10 @@ SINK = "sink"
 Rowish = Sequence[Any]
 """A row as a keyed function gets it: input, event time ns, source, position, bytes."""
 
+Encoder = Callable[[str, Any, int, int], Iterator[Any]]
+"""An output's item (its name, the item, its number among what the call made, and the
+tick's time in ns) as the rows it leaves in."""
+
 DECODERS = ("records", "kafka", "wire")
 """How an input's rows become the items its stream carries: ``records`` one batch of
 wire records (the backtest's input step takes batches), ``kafka`` ``(topic, partition,
@@ -130,14 +134,14 @@ class SegmentPlan:
                 out[port] = functools.partial(_crossed, Wire())
         return out
 
-    def encoders(self, ref: FlowRef) -> dict[str, Callable[[str, Any, int], Iterator[Any]]]:
+    def encoders(self, ref: FlowRef) -> dict[str, Encoder]:
         """Each output's items into rows."""
         from pyflink.common import Row  # noqa: PLC0415
 
         routes = dict(self.routes)
         keys: dict[str, Callable[[Any], str | None]] = (
             {} if self.sink_keys is None else _call(*self.sink_keys))
-        out: dict[str, Callable[[str, Any, int], Iterator[Any]]] = {}
+        out: dict[str, Encoder] = {}
         for _sid, name in self.outputs:
             if name in routes:
                 from riskguard.flink.wire import Wire  # noqa: PLC0415
@@ -204,16 +208,17 @@ def _ts(item: Any) -> int:
     return ts if type(ts) is int else 0
 
 
-def _to_sink(row: Any, key: Callable[[Any], str | None] | None,
-             ) -> Callable[[str, Any, int], Iterator[Any]]:
-    def rows(name: str, item: Any, n: int) -> Iterator[Any]:
+def _to_sink(row: Any, key: Callable[[Any], str | None] | None) -> Encoder:
+    def rows(name: str, item: Any, n: int, _at_ns: int) -> Iterator[Any]:
         yield row(SINK, name, _ts(item), None if key is None else key(item), n, encode(item))
 
     return rows
 
 
-def _to_segment(row: Any, key: str, wire: Any) -> Callable[[str, Any, int], Iterator[Any]]:
-    def rows(name: str, item: Any, n: int) -> Iterator[Any]:
-        yield row(key, name, _ts(item), "", n, wire.encode(item))
+def _to_segment(row: Any, key: str, wire: Any) -> Encoder:
+    # stamped with the tick it was made in and numbered in the order made: the next
+    # segment takes it in that tick, in that order
+    def rows(name: str, item: Any, n: int, at_ns: int) -> Iterator[Any]:
+        yield row(key, row(name, at_ns, "", n, wire.encode(item)))
 
     return rows

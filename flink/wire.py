@@ -8,8 +8,8 @@ where they cross from one segment to another (never pickled).
 True
 >>> wire.decode(wire.encode(t)) == t
 True
->>> unpack_row(pack_row(("in", 5, "m/0", 7, b"x")))
-('in', 5, 'm/0', 7, b'x')
+>>> unpack_row(pack_row(("in", 5, "m/0", 7, b"x"), 0))
+('in', 5, 'm/0', 7, b'x', 0)
 """
 
 from __future__ import annotations
@@ -21,16 +21,16 @@ from riskguard.operators.core.clock import Tick
 from riskguard.schemas.codec import ALL_TYPES
 
 _ROW = msgspec.msgpack.Encoder()
-_ROW_DECODER = msgspec.msgpack.Decoder(tuple[str, int, str, int, bytes])
+_ROW_DECODER = msgspec.msgpack.Decoder(tuple[str, int, str, int, bytes, int])
 
 
-def pack_row(row: Any) -> bytes:
-    """A keyed operator's row (:data:`riskguard.flink.fused.VALUE`) as bytes, for Flink
-    list state."""
-    return _ROW.encode((row[0], row[1], row[2], row[3], bytes(row[4])))
+def pack_row(row: Any, at_ms: int) -> bytes:
+    """A keyed operator's row (:data:`riskguard.flink.fused.VALUE`) and its Flink
+    timestamp as bytes, for Flink list state."""
+    return _ROW.encode((row[0], row[1], row[2], row[3], bytes(row[4]), at_ms))
 
 
-def unpack_row(data: bytes) -> tuple[str, int, str, int, bytes]:
+def unpack_row(data: bytes) -> tuple[str, int, str, int, bytes, int]:
     """A row from :func:`pack_row`."""
     return _ROW_DECODER.decode(data)
 
