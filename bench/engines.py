@@ -30,7 +30,10 @@ run is its own process tree, started by the bench:
 - **Flink, parallelism 1 and 2**: the job :func:`riskguard.flink.backtest.run` runs, built
   as it builds it (:func:`flink_child`), on a local mini-cluster in the Flink environment
   ``tests/flink_env.py`` builds (``--flink-python`` names another interpreter with
-  riskguard importable).
+  riskguard importable), its Python workers in processes of their own and its JVM
+  compiling with C1 only (:func:`riskguard.flink.fused.quick_jvm`). At parallelism 1
+  the flow is one segment; at 2, its market segment and its firm segment, each in a
+  Python worker (``--segments 2``).
 
 Method.
 
@@ -44,8 +47,7 @@ Method.
   What a run pays once (interpreter, JVM, job submission, each worker building the flow,
   shutdown) cancels; what it pays per record (reading the input, shipping it into the
   job, processing it) counts. The time from the first output to the last is no measure
-  on Flink: its keyed steps hold each record until the watermark passes it, and its
-  first output comes some 20 s after the job starts processing (2 copies, 2026-11-25).
+  on Flink: its output is collected by the client, which receives it in batches.
 - **CPU per event**: the same subtraction over the CPU seconds of the run's processes
   (sampled with the memory, below): what an added event costs all of them together,
   steadier than wall time on a shared machine.
@@ -166,21 +168,25 @@ def flink_child(config: str, records: str, parallelism: int, out: str) -> None:
     noting when the client receives each output's first record. Runs in the Flink
     environment, with its Python workers in processes of their own."""
     from pyflink.datastream import StreamExecutionEnvironment
-    from riskguard.flink.backtest import job
+    from riskguard.flink.backtest import job, local_slots
+    from riskguard.flink.fused import quick_jvm
     from riskguard.schemas import Codec
 
-    env = StreamExecutionEnvironment.get_execution_environment()
+    quick_jvm()
+    env = StreamExecutionEnvironment.get_execution_environment(
+        local_slots(parallelism, min(parallelism, 2)))
     env.set_parallelism(parallelism)
     env.set_python_executable(sys.executable)
     codec = Codec(clock=lambda: 0)
     found: dict[str, list[Any]] = {name: [] for name in OUTPUTS}
     firsts: dict[str, float] = {}
-    with job(env, config, records, parallelism=parallelism).execute_and_collect() as results:
-        for row in results:
-            name = row[1]
+    # at parallelism 2 the flow runs as its two segments, each in a Python worker
+    with job(env, config, records, parallelism=parallelism,
+             segments=min(parallelism, 2)).execute_and_collect() as results:
+        for name, text in results:
             if name in found:
                 firsts.setdefault(name, time.time())
-                found[name].append(codec.decode(name, bytes(row[5])))
+                found[name].append(codec.decode(name, text.encode()))
     for name in OUTPUTS:
         write_outputs(Path(out), name, 0, found[name], firsts.get(name))
 

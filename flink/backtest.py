@@ -11,7 +11,11 @@ writes ``commands.jsonl``, ``signals.jsonl``, ``utilization.jsonl``, ``audit.jso
 from __future__ import annotations
 
 import argparse
+import atexit
+import base64
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -80,6 +84,23 @@ def source_rows(lines: list[bytes]) -> list[tuple[int, int, bytes]]:
     return out
 
 
+def write_table_file(rows: list[tuple[int, int, bytes]]) -> Path:
+    """``rows`` (:func:`source_rows`) as a CSV file Flink's ``csv`` format reads, each
+    line's bytes base64 (its ``BYTES`` form), in a folder removed when the process ends.
+
+    >>> path = write_table_file([(5, 0, b'{"ts": 5}')])
+    >>> path.read_text()
+    '5,0,eyJ0cyI6IDV9\\n'
+    """
+    folder = Path(tempfile.mkdtemp(prefix="riskguard-flink-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = folder / "records.csv"
+    with path.open("w", encoding="ascii") as fh:
+        for ts, pos, line in rows:
+            fh.write(f"{ts},{pos},{base64.b64encode(line).decode()}\n")
+    return path
+
+
 MARKET_STEPS = ("feed_select", "features", "detect", "cross")
 """The guard core's operators whose keyed steps are the market domain: one segment
 with them, another with the firm-wide rest (:meth:`SegmentPlan.cut`)."""
@@ -91,16 +112,25 @@ def market_steps(steps: dict[str, Any]) -> frozenset[str]:
                      and any(f".guard.{n}." in sid for n in MARKET_STEPS))
 
 
+OUT_FIELDS = ("name", "text")
+"""A backtest job's output row: the output's name, and the record's JSON text."""
+
+
+def out_type() -> Any:
+    """The type of a backtest job's output rows (:data:`OUT_FIELDS`)."""
+    from pyflink.common import Types  # noqa: PLC0415
+
+    return Types.ROW_NAMED(list(OUT_FIELDS), [Types.STRING(), Types.STRING()])
+
+
 def job(env: Any, config: str | Path, records: str | Path, *, parallelism: int = 1,
         batch_size: int = 100, segments: int = 1) -> Any:
     """The backtest laid onto ``env``: the records file as rows stamped with their
     event time and a watermark in Java, the flow as one segment fed a tick at a time
     (:class:`~riskguard.flink.fused.TickSegment`), or as two (``segments=2``: the market
     domain, then the firm-wide rest, each in a Python worker of its own), and the
-    stream of the output rows (:data:`~riskguard.flink.fused.ROW`, each output's name
-    as its input)."""
-    from pyflink.common import Types  # noqa: PLC0415
-    from pyflink.table import Schema, StreamTableEnvironment  # noqa: PLC0415
+    stream of the outputs as ``(name, JSON text)`` rows (:func:`out_type`)."""
+    from pyflink.table import StreamTableEnvironment  # noqa: PLC0415
     from riskguard.flink.fused import (  # noqa: PLC0415
         KEYED_ROW,
         ROW,
@@ -113,19 +143,16 @@ def job(env: Any, config: str | Path, records: str | Path, *, parallelism: int =
     ref = FlowRef("riskguard.flink.backtest:flow_for", (str(config), batch_size))
     cfg, _digest = load_guard_config(str(config))
     lines = [line for line in Path(records).read_bytes().splitlines() if line.strip()]
-    rows = env.from_collection(
-        [(ts, pos, line) for ts, pos, line in source_rows(lines)],
-        type_info=Types.ROW_NAMED(["ts", "pos", "v"], [
-            Types.LONG(), Types.LONG(), Types.PRIMITIVE_ARRAY(Types.BYTE())]))
+    table_file = write_table_file(source_rows(lines))
     tables = StreamTableEnvironment.create(env)
-    # event time and the watermark in Java: no Python function sees a record before
-    # the segment does
-    stamped = tables.from_data_stream(rows, Schema.new_builder()
-                                      .column("ts", "BIGINT").column("pos", "BIGINT")
-                                      .column("v", "BYTES")
-                                      .column_by_expression("rt", RT)
-                                      .watermark("rt", WATERMARK).build())
-    tables.create_temporary_view("records", stamped)
+    # read, stamped with event time and watermarked in Java: no Python function sees
+    # a record before the segment does (a collection from the client would be pickled,
+    # unpickled into the JVM and shipped inside the job)
+    tables.execute_sql(f"""
+        CREATE TEMPORARY TABLE records (
+          ts BIGINT, pos BIGINT, v BYTES, rt AS {RT}, WATERMARK FOR rt AS {WATERMARK}
+        ) WITH ('connector' = 'filesystem', 'path' = '{table_file.as_uri()}',
+                'format' = 'csv')""")
     src = tables.to_append_stream(tables.sql_query(
         "SELECT CAST('all' AS STRING) AS k, ROW(CAST('in' AS STRING), ts, "
         "CAST('' AS STRING), pos, v) FROM records"), KEYED_ROW)
@@ -135,33 +162,55 @@ def job(env: Any, config: str | Path, records: str | Path, *, parallelism: int =
         # the whole flow is one segment under one key: the keyed steps inside it key
         # themselves, as one bytewax worker does
         plan = SegmentPlan.whole(steps, {"in": "records"})
-        return keyed(src).process(TickSegment(ref, plan, tick_ms), output_type=ROW).name(
+        out = keyed(src).process(TickSegment(ref, plan, tick_ms), output_type=ROW).name(
             "riskguard_backtest").set_parallelism(1)
-    market, firm = SegmentPlan.cut(steps, {"in": "records"}, market_steps(steps),
-                                   route="all")
-    first = keyed(src).process(TickSegment(ref, market, tick_ms), output_type=KEYED_ROW
-                               ).name("riskguard_backtest.market").set_parallelism(1)
-    rest = keyed(src.union(first)).process(TickSegment(ref, firm, tick_ms), output_type=ROW
-                                           ).name("riskguard_backtest.firm").set_parallelism(1)
-    return rest.union(first.get_side_output(SINKS))
+    else:
+        market, firm = SegmentPlan.cut(steps, {"in": "records"}, market_steps(steps),
+                                       route="all")
+        first = keyed(src).process(TickSegment(ref, market, tick_ms), output_type=KEYED_ROW
+                                   ).name("riskguard_backtest.market").set_parallelism(1)
+        # a slot sharing group of its own: operators sharing a slot share a Python
+        # worker process
+        out = keyed(src.union(first)).process(
+            TickSegment(ref, firm, tick_ms), output_type=ROW,
+        ).name("riskguard_backtest.firm").set_parallelism(1).slot_sharing_group(
+            "firm").union(first.get_side_output(SINKS))
+    # text, decoded in Java: a client collects a byte array a byte at a time (each
+    # pickled on its own, then through py4j), some 20 µs a byte
+    tables.create_temporary_view("outputs", tables.from_data_stream(out))
+    return tables.to_append_stream(tables.sql_query(
+        "SELECT port, DECODE(v, 'UTF-8') FROM outputs"), out_type())
+
+
+def local_slots(parallelism: int, segments: int) -> Any:
+    """A mini-cluster's configuration with the slots a job needs: ``parallelism`` for
+    the default slot sharing group, and one more for the firm segment (in a slot sharing
+    group, and so a Python worker, of its own)."""
+    from pyflink.common import Configuration  # noqa: PLC0415
+
+    conf = Configuration()
+    conf.set_string("taskmanager.numberOfTaskSlots", str(parallelism + segments - 1))
+    return conf
 
 
 def run(config: str | Path, records: str | Path, *, parallelism: int = 1,
         batch_size: int = 100, segments: int = 1) -> dict[str, list[Any]]:
     """Run the backtest on a local Flink mini-cluster; every output by name."""
     from pyflink.datastream import StreamExecutionEnvironment  # noqa: PLC0415
-    from riskguard.flink.fused import worker_processes  # noqa: PLC0415
+    from riskguard.flink.fused import quick_jvm, worker_processes  # noqa: PLC0415
 
     worker_processes()
-    env = StreamExecutionEnvironment.get_execution_environment()
+    quick_jvm()
+    env = StreamExecutionEnvironment.get_execution_environment(
+        local_slots(parallelism, segments))
     env.set_parallelism(parallelism)
     env.set_python_executable(sys.executable)
     found: dict[str, list[Any]] = {name: [] for name in OUTPUTS}
     with job(env, config, records, parallelism=parallelism, batch_size=batch_size,
              segments=segments).execute_and_collect() as results:
-        for row in results:
-            if row[1] in found:
-                found[row[1]].append(_CODEC.decode(row[1], bytes(row[5])))
+        for name, text in results:
+            if name in found:
+                found[name].append(_CODEC.decode(name, text.encode()))
     return found
 
 

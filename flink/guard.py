@@ -138,7 +138,7 @@ def latest_checkpoint(checkpoints: str) -> str | None:
     >>> import tempfile
     >>> d = Path(tempfile.mkdtemp())
     >>> for n in ("j1/chk-3", "j1/chk-12", "j2/shared"): (d / n).mkdir(parents=True)
-    >>> for n in ("j1/chk-3", "j1/chk-12"): (d / n / "_metadata").write_bytes(b"")
+    >>> for n in ("j1/chk-3", "j1/chk-12"): _ = (d / n / "_metadata").write_bytes(b"")
     >>> latest_checkpoint(str(d)).endswith("chk-12")
     True
     """

@@ -90,13 +90,13 @@ def test_the_backtest_clock_reads_the_time_the_running_step_has_reached() -> Non
 
 
 def test_the_flink_modules_that_do_not_import_flink_have_running_examples() -> None:
-    """The segment, the wire and the graph reader run anywhere; their >>> examples give
-    the output they show."""
+    """The segment, the wire, the graph reader and the jobs' helpers run anywhere; their
+    >>> examples give the output they show."""
     import doctest
     import importlib
 
     for name in ("riskguard.flink.segment", "riskguard.flink.wire", "riskguard.flink.graph",
-                 "riskguard.flink.plan"):
+                 "riskguard.flink.plan", "riskguard.flink.backtest", "riskguard.flink.guard"):
         result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
         assert result.failed == 0, name
 
