@@ -281,6 +281,47 @@ def test_the_backtest_job_is_the_backtest_flow_over_its_records_file(
     assert len(read_records(scenario["records"])) > 20_000
 
 
+@pytest.mark.slow
+def test_the_backtest_job_as_two_segments_in_two_python_workers_decides_as_bytewax(
+        tmp_path: Path) -> None:
+    """``python -m riskguard.flink.backtest --segments 2 --parallelism 2`` on a
+    mini-cluster over two copies of the demo scenario (the second starts with several
+    same-time anomalies): the market segment and the firm segment, each in a Python
+    worker of its own, give bytewax's commands, signals and audit records."""
+    if reason := java_missing():
+        pytest.skip(reason)
+    from riskguard.dataflows.demo_scenario import scenario_copies
+    from riskguard.dataflows.guard import load_keys
+
+    keys = init_keys(tmp_path)
+    config = write_config(tmp_path, "127.0.0.1:9", keys, f"f{uuid.uuid4().hex[:6]}")
+    records = scenario_copies(2, START_NS)
+    path = tmp_path / "records.jsonl"
+    path.write_bytes(b"".join(encode(r) + b"\n" for r in records))
+    cfg, digest = load_guard_config(config)
+    signer, trust = load_keys(cfg)
+    want = run_backtest(cfg, digest, records=read_records(path), signer=signer, trust=trust)
+    cmd, env = flink_command(tmp_path)
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [*cmd, "-m", "riskguard.flink.backtest", "--config", str(config), "--records",
+         str(path), "--segments", "2", "--parallelism", "2", "--out", str(out)],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    codec = Codec(clock=lambda: 0)
+
+    def got(name: str) -> list[Any]:
+        return [codec.decode(name, line) for line in
+                (out / f"{name}.jsonl").read_bytes().splitlines() if line.strip()]
+
+    assert sorted(_command_identity(decode_command(e)) for e in got("commands")) == sorted(
+        map(_command_identity, want.commands))
+    assert sorted(map(_signal_identity, got("signals"))) == sorted(
+        map(_signal_identity, want.signals))
+    assert len(got("audit")) == want.n_audit
+    assert got("dead_letters") == []
+
+
 @pytest.mark.kafka
 def test_the_live_guard_flow_admits_each_partition_under_its_own_key_and_writes_five_topics(
         kafka_bootstrap: str, tmp_path: Path) -> None:
