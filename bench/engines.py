@@ -50,7 +50,9 @@ Method.
   on Flink: its output is collected by the client, which receives it in batches.
 - **CPU per event**: the same subtraction over the CPU seconds of the run's processes
   (sampled with the memory, below): what an added event costs all of them together,
-  steadier than wall time on a shared machine.
+  steadier than wall time on a shared machine. For Flink, also by kind of process (the
+  client, the JVM, the Python workers: :func:`process_kind`), with the CPU seconds a
+  run costs at 0 records.
 - **Start-up** = the fixed cost of a run: the same line's value at 0 records
   (``T_short - n_short / rate``), start-up and shutdown together.
 - **First output** = from starting the process (of 2 bytewax processes, the first) to
@@ -382,6 +384,24 @@ def sample_tree(roots: Iterable[int]) -> tuple[int, dict[int, float]]:
     return rss, {pid: stats[pid][1] * TICK_S for pid in tree if pid in stats}
 
 
+def process_kind(cmdline: str) -> str:
+    """Which part of a run a process is, by its command line: Flink's ``JVM``, a
+    ``Python worker`` of Flink's, or the ``client`` (the process the bench started).
+
+    >>> process_kind("java -XX:TieredStopAtLevel=1 -cp ...")
+    'JVM'
+    >>> process_kind("python -m pyflink.fn_execution.beam.beam_boot ...")
+    'Python worker'
+    >>> process_kind("python engines.py --flink-child ...")
+    'client'
+    """
+    if cmdline.split(" ", 1)[0].endswith("java"):
+        return "JVM"
+    if "pyflink.fn_execution" in cmdline:
+        return "Python worker"
+    return "client"
+
+
 class TreeSampler(threading.Thread):
     """Samples the process trees of the pids :meth:`watch` adds until :meth:`stop`: the
     largest summed memory seen (:attr:`peak_kib`), and the CPU seconds of every process
@@ -393,6 +413,7 @@ class TreeSampler(threading.Thread):
         self.roots: list[int] = []
         self.peak_kib = 0
         self._cpu: dict[int, float] = {}
+        self._kind: dict[int, str] = {}
         self._done = threading.Event()
 
     def watch(self, pid: int) -> None:
@@ -402,11 +423,23 @@ class TreeSampler(threading.Thread):
     def cpu_s(self) -> float:
         return sum(self._cpu.values())
 
+    @property
+    def cpu_by_kind(self) -> dict[str, float]:
+        """The CPU seconds of each kind of process (:func:`process_kind`)."""
+        out: dict[str, float] = {}
+        for pid, cpu in self._cpu.items():
+            kind = self._kind.get(pid, "client")
+            out[kind] = out.get(kind, 0.0) + cpu
+        return out
+
     def run(self) -> None:
         while not self._done.wait(SAMPLE_S):
             rss, cpu = sample_tree(list(self.roots))
             self.peak_kib = max(self.peak_kib, rss)
             self._cpu.update(cpu)
+            for pid in cpu.keys() - self._kind.keys():
+                self._kind[pid] = process_kind(
+                    _read(f"/proc/{pid}/cmdline").replace("\0", " "))
 
     def stop(self) -> None:
         self._done.set()
@@ -443,6 +476,7 @@ class Run:
     first: float | None
     outputs: Outputs
     processing_first_s: float | None = None
+    cpu_by_kind: dict[str, float] = field(default_factory=dict)
 
     @property
     def first_output_s(self) -> float | None:
@@ -586,7 +620,7 @@ def run_flink(config: Path, records: Path, events: int, parallelism: int, out: P
     wall = time.time() - started
     return Run(f"Flink, parallelism {parallelism}", events, started, wall, memory.peak_kib,
                memory.cpu_s, read_first(out), read_outputs(out),
-               processing_first(out / "trace.txt"))
+               processing_first(out / "trace.txt"), memory.cpu_by_kind)
 
 
 def write_input(path: Path, copies: float) -> int:
@@ -683,6 +717,16 @@ def report(engines: list[Engine]) -> None:
                 first = "-" if run.first_output_s is None else f"{run.first_output_s:.1f}"
                 print(f"  {run.label}: {run.events:,}; {run.wall_s:.1f}; {run.cpu_s:.1f}; {first}; "
                       f"{run.peak_kib / 1024:,.0f}; {run.outputs.summary()}")
+    for eng in engines:
+        if eng.short is not None and eng.shared is not None and eng.shared.cpu_by_kind:
+            added = eng.shared.events - eng.short.events
+            short, shared = eng.short.cpu_by_kind, eng.shared.cpu_by_kind
+            parts = [f"{kind} {(shared.get(kind, 0.0) - short.get(kind, 0.0)) / added * 1e6:,.0f}"
+                     for kind in ("client", "JVM", "Python worker")]
+            fixed = sum(eng.short.cpu_by_kind.values()) - (
+                eng.short.events * (eng.cpu_us() or 0.0) / 1e6)
+            print(f"{eng.label}: CPU µs an added event by process: {', '.join(parts)}; "
+                  f"fixed CPU s of a run {fixed:.1f}")
     for eng in engines[1:]:
         if eng.long is not None and base.long is not None:
             print(f"outputs over {base.long.events:,} records, {eng.label} against "
