@@ -30,7 +30,10 @@ run is its own process tree, started by the bench:
 - **Flink, parallelism 1 and 2**: the job :func:`riskguard.flink.backtest.run` runs, built
   as it builds it (:func:`flink_child`), on a local mini-cluster in the Flink environment
   ``tests/flink_env.py`` builds (``--flink-python`` names another interpreter with
-  riskguard importable).
+  riskguard importable), its Python workers in processes of their own and its JVM
+  compiling with C1 only (:func:`riskguard.flink.fused.quick_jvm`). At parallelism 1
+  the flow is one segment; at 2, its market segment and its firm segment, each in a
+  Python worker (``--segments 2``).
 
 Method.
 
@@ -44,11 +47,12 @@ Method.
   What a run pays once (interpreter, JVM, job submission, each worker building the flow,
   shutdown) cancels; what it pays per record (reading the input, shipping it into the
   job, processing it) counts. The time from the first output to the last is no measure
-  on Flink: its keyed steps hold each record until the watermark passes it, and its
-  first output comes some 20 s after the job starts processing (2 copies, 2026-11-25).
+  on Flink: its output is collected by the client, which receives it in batches.
 - **CPU per event**: the same subtraction over the CPU seconds of the run's processes
   (sampled with the memory, below): what an added event costs all of them together,
-  steadier than wall time on a shared machine.
+  steadier than wall time on a shared machine. For Flink, also by kind of process (the
+  client, the JVM, the Python workers: :func:`process_kind`), with the CPU seconds a
+  run costs at 0 records.
 - **Start-up** = the fixed cost of a run: the same line's value at 0 records
   (``T_short - n_short / rate``), start-up and shutdown together.
 - **First output** = from starting the process (of 2 bytewax processes, the first) to
@@ -162,33 +166,29 @@ def bytewax_flow(config: str, records: str, out: str) -> Dataflow:
 
 
 def flink_child(config: str, records: str, parallelism: int, out: str) -> None:
-    """The Flink job of :func:`riskguard.flink.backtest.run`, built as it builds it (the
-    same flow reference, source, watermarks and tagged outputs), noting when the client
-    receives each output's first record. Runs in the Flink environment."""
-    from pyflink.common import Types, WatermarkStrategy
+    """The Flink job of :func:`riskguard.flink.backtest.run` (:func:`riskguard.flink.backtest.job`),
+    noting when the client receives each output's first record. Runs in the Flink
+    environment, with its Python workers in processes of their own."""
     from pyflink.datastream import StreamExecutionEnvironment
-    from riskguard.flink.backtest import _as_batch, _tagger
-    from riskguard.flink.functions import EventTimeMs
-    from riskguard.flink.graph import FlowRef
-    from riskguard.flink.job import PICKLED, to_flink
+    from riskguard.flink.backtest import job, local_slots
+    from riskguard.flink.fused import quick_jvm
+    from riskguard.schemas import Codec
 
-    env = StreamExecutionEnvironment.get_execution_environment()
+    quick_jvm()
+    env = StreamExecutionEnvironment.get_execution_environment(
+        local_slots(parallelism, min(parallelism, 2)))
     env.set_parallelism(parallelism)
     env.set_python_executable(sys.executable)
-    ref = FlowRef("riskguard.flink.backtest:flow_for", (config, 100))
-    lines = [line.decode() for line in Path(records).read_bytes().splitlines() if line.strip()]
-    source = env.from_collection(lines, type_info=Types.STRING()).map(
-        _as_batch, output_type=PICKLED).assign_timestamps_and_watermarks(
-        WatermarkStrategy.for_monotonous_timestamps().with_timestamp_assigner(EventTimeMs()))
-    tagged = [s.map(_tagger(name), output_type=PICKLED)
-              for name, s in to_flink(ref, {"in": source}).items() if name in OUTPUTS]
-    merged = tagged[0].union(*tagged[1:]) if len(tagged) > 1 else tagged[0]
+    codec = Codec(clock=lambda: 0)
     found: dict[str, list[Any]] = {name: [] for name in OUTPUTS}
     firsts: dict[str, float] = {}
-    with merged.execute_and_collect() as results:
-        for name, item in results:
-            firsts.setdefault(name, time.time())
-            found[name].append(item)
+    # at parallelism 2 the flow runs as its two segments, each in a Python worker
+    with job(env, config, records, parallelism=parallelism,
+             segments=min(parallelism, 2)).execute_and_collect() as results:
+        for name, text in results:
+            if name in found:
+                firsts.setdefault(name, time.time())
+                found[name].append(codec.decode(name, text.encode()))
     for name in OUTPUTS:
         write_outputs(Path(out), name, 0, found[name], firsts.get(name))
 
@@ -384,6 +384,24 @@ def sample_tree(roots: Iterable[int]) -> tuple[int, dict[int, float]]:
     return rss, {pid: stats[pid][1] * TICK_S for pid in tree if pid in stats}
 
 
+def process_kind(cmdline: str) -> str:
+    """Which part of a run a process is, by its command line: Flink's ``JVM``, a
+    ``Python worker`` of Flink's, or the ``client`` (the process the bench started).
+
+    >>> process_kind("java -XX:TieredStopAtLevel=1 -cp ...")
+    'JVM'
+    >>> process_kind("python -m pyflink.fn_execution.beam.beam_boot ...")
+    'Python worker'
+    >>> process_kind("python engines.py --flink-child ...")
+    'client'
+    """
+    if cmdline.split(" ", 1)[0].endswith("java"):
+        return "JVM"
+    if "pyflink.fn_execution" in cmdline:
+        return "Python worker"
+    return "client"
+
+
 class TreeSampler(threading.Thread):
     """Samples the process trees of the pids :meth:`watch` adds until :meth:`stop`: the
     largest summed memory seen (:attr:`peak_kib`), and the CPU seconds of every process
@@ -395,6 +413,7 @@ class TreeSampler(threading.Thread):
         self.roots: list[int] = []
         self.peak_kib = 0
         self._cpu: dict[int, float] = {}
+        self._kind: dict[int, str] = {}
         self._done = threading.Event()
 
     def watch(self, pid: int) -> None:
@@ -404,11 +423,23 @@ class TreeSampler(threading.Thread):
     def cpu_s(self) -> float:
         return sum(self._cpu.values())
 
+    @property
+    def cpu_by_kind(self) -> dict[str, float]:
+        """The CPU seconds of each kind of process (:func:`process_kind`)."""
+        out: dict[str, float] = {}
+        for pid, cpu in self._cpu.items():
+            kind = self._kind.get(pid, "client")
+            out[kind] = out.get(kind, 0.0) + cpu
+        return out
+
     def run(self) -> None:
         while not self._done.wait(SAMPLE_S):
             rss, cpu = sample_tree(list(self.roots))
             self.peak_kib = max(self.peak_kib, rss)
             self._cpu.update(cpu)
+            for pid in cpu.keys() - self._kind.keys():
+                self._kind[pid] = process_kind(
+                    _read(f"/proc/{pid}/cmdline").replace("\0", " "))
 
     def stop(self) -> None:
         self._done.set()
@@ -444,6 +475,8 @@ class Run:
     cpu_s: float
     first: float | None
     outputs: Outputs
+    processing_first_s: float | None = None
+    cpu_by_kind: dict[str, float] = field(default_factory=dict)
 
     @property
     def first_output_s(self) -> float | None:
@@ -536,12 +569,43 @@ def flink_python(out: Path, named: str | None) -> tuple[list[str], dict[str, str
     return list(cmd), dict(env)
 
 
+PROCESS_MODE = "_python_worker_execution_mode"
+"""PyFlink's switch between loopback (the client's interpreter) and process mode."""
+TRACE_ENV = "RISKGUARD_FLINK_TRACE"
+"""Where the job's segment operators note their first input and first output
+(:class:`riskguard.flink.fused.Trace`)."""
+
+
+def processing_first(trace: Path) -> float | None:
+    """Seconds from the first record any segment operator took to the first it gave, from
+    their trace lines; None without both.
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "trace.txt"
+    >>> _ = p.write_text("first_input 100.0 7\\nfirst_output 103.5 7\\nfirst_input 99.0 8\\n")
+    >>> processing_first(p)
+    4.5
+    """
+    if not trace.exists():
+        return None
+    seen: dict[str, float] = {}
+    for line in trace.read_text().splitlines():
+        what, at, _pid = line.split()
+        seen[what] = min(seen.get(what, float(at)), float(at))
+    if "first_input" not in seen or "first_output" not in seen:
+        return None
+    return seen["first_output"] - seen["first_input"]
+
+
 def run_flink(config: Path, records: Path, events: int, parallelism: int, out: Path,
               python: tuple[list[str], dict[str, str]], timeout_s: float = 1800.0) -> Run:
     """The Flink job at ``parallelism`` on a local mini-cluster, in its own process."""
     out.mkdir(parents=True)
     log = out / "run.log"
     cmd, env = python
+    # PyFlink runs a local job's Python functions in the client process (loopback) unless
+    # told otherwise: each worker in a process of its own, as on a cluster
+    env = {**env, PROCESS_MODE: "process", TRACE_ENV: str(out / "trace.txt")}
     argv = [*cmd, str(HERE / "engines.py"), "--flink-child", str(config), str(records),
             str(parallelism), str(out)]
     memory = TreeSampler()
@@ -555,7 +619,8 @@ def run_flink(config: Path, records: Path, events: int, parallelism: int, out: P
         memory.stop()
     wall = time.time() - started
     return Run(f"Flink, parallelism {parallelism}", events, started, wall, memory.peak_kib,
-               memory.cpu_s, read_first(out), read_outputs(out))
+               memory.cpu_s, read_first(out), read_outputs(out),
+               processing_first(out / "trace.txt"), memory.cpu_by_kind)
 
 
 def write_input(path: Path, copies: float) -> int:
@@ -628,9 +693,9 @@ def report(engines: list[Engine]) -> None:
     base_rate, base_fixed = base.line() or (None, None)
     print()
     print("| engine | events/s | ratio | CPU µs an event | ratio | start-up s | ratio "
-          "| first output s | ratio | peak memory MiB | ratio "
+          "| first output s | ratio | from processing start s | peak memory MiB | ratio "
           "| outputs against bytewax, 1 worker |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for eng in engines:
         run = eng.shared
         assert run is not None
@@ -640,6 +705,7 @@ def report(engines: list[Engine]) -> None:
               f"| {_figure(eng.cpu_us(), base.cpu_us(), ',.0f')} "
               f"| {_figure(fixed, base_fixed, '.1f')} "
               f"| {_figure(run.first_output_s, base.shared.first_output_s, '.1f')} "
+              f"| {'-' if run.processing_first_s is None else f'{run.processing_first_s:.1f}'} "
               f"| {_figure(run.peak_kib / 1024, base.shared.peak_kib / 1024, ',.0f')} "
               f"| {check} |")
     print(f"\noutputs of bytewax, 1 worker over {base.shared.events:,} records: "
@@ -651,6 +717,16 @@ def report(engines: list[Engine]) -> None:
                 first = "-" if run.first_output_s is None else f"{run.first_output_s:.1f}"
                 print(f"  {run.label}: {run.events:,}; {run.wall_s:.1f}; {run.cpu_s:.1f}; {first}; "
                       f"{run.peak_kib / 1024:,.0f}; {run.outputs.summary()}")
+    for eng in engines:
+        if eng.short is not None and eng.shared is not None and eng.shared.cpu_by_kind:
+            added = eng.shared.events - eng.short.events
+            short, shared = eng.short.cpu_by_kind, eng.shared.cpu_by_kind
+            parts = [f"{kind} {(shared.get(kind, 0.0) - short.get(kind, 0.0)) / added * 1e6:,.0f}"
+                     for kind in ("client", "JVM", "Python worker")]
+            fixed = sum(eng.short.cpu_by_kind.values()) - (
+                eng.short.events * (eng.cpu_us() or 0.0) / 1e6)
+            print(f"{eng.label}: CPU µs an added event by process: {', '.join(parts)}; "
+                  f"fixed CPU s of a run {fixed:.1f}")
     for eng in engines[1:]:
         if eng.long is not None and base.long is not None:
             print(f"outputs over {base.long.events:,} records, {eng.label} against "

@@ -38,6 +38,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,15 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from engines import fit, flink_python, ratio  # noqa: E402
+from engines import (  # noqa: E402
+    PROCESS_MODE,
+    TRACE_ENV,
+    TreeSampler,
+    fit,
+    flink_python,
+    processing_first,
+    ratio,
+)
 from riskguard.connectors.broker import DevBroker  # noqa: E402
 from riskguard.dataflows.demo import PreparedRun, prepare_run  # noqa: E402
 
@@ -53,9 +62,9 @@ OUTPUTS = ("commands", "dead_letters", "signals", "exposures", "audit")
 QUIET_S = 15.0
 
 
-def last_write(run: PreparedRun) -> tuple[float | None, int, int]:
-    """The broker time (s) of the last record on the run's output topics, and how many
-    commands and records in all they hold."""
+def written(run: PreparedRun) -> tuple[float | None, float | None, int, int]:
+    """The broker times (s) of the first and the last record on the run's output topics,
+    and how many commands and records in all they hold."""
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer({"bootstrap.servers": run.bootstrap, "group.id": uuid.uuid4().hex,
@@ -64,7 +73,7 @@ def last_write(run: PreparedRun) -> tuple[float | None, int, int]:
     meta = consumer.list_topics(timeout=10)
     parts = [TopicPartition(t, p, 0) for t in topics for p in meta.topics[t].partitions]
     consumer.assign(parts)
-    last, commands, total, ends = None, 0, 0, 0
+    first, last, commands, total, ends = None, None, 0, 0, 0
     while ends < len(parts):
         msgs = consumer.consume(1000, timeout=2.0)
         if not msgs:
@@ -77,19 +86,38 @@ def last_write(run: PreparedRun) -> tuple[float | None, int, int]:
             commands += m.topic() == run.topic("commands")
             ts = m.timestamp()[1] / 1000
             last = ts if last is None else max(last, ts)
+            first = ts if first is None else min(first, ts)
     consumer.close()
-    return last, commands, total
+    return first, last, commands, total
+
+
+@dataclass
+class Point:
+    """One run: records in, seconds from start to the first and the last output, CPU
+    seconds and peak memory of its process tree, commands out, and (Flink) seconds from
+    the job's first input to its first output."""
+
+    records: int
+    first_s: float
+    last_s: float
+    cpu_s: float
+    peak_mib: float
+    commands: int
+    processing_first_s: float | None
 
 
 def run_engine(run: PreparedRun, argv: list[str], env: dict[str, str], log: Path,
-               ends_itself: bool, timeout_s: float = 1800.0) -> tuple[float, int]:
-    """Start the guard, wait for it to end (or its outputs to go quiet), and give the
-    seconds from start to its last output and the commands it wrote."""
+               ends_itself: bool, timeout_s: float = 1800.0) -> Point:
+    """Start the guard, wait for it to end (or its outputs to go quiet), and measure it."""
+    trace = log.with_suffix(".trace")
+    env = {**env, TRACE_ENV: str(trace)}
+    sampler = TreeSampler()
+    sampler.start()
     started = time.time()
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 cwd=log.parent, start_new_session=True)  # not a checkout
-
+        sampler.watch(proc.pid)
         try:
             seen, still_since = -1, time.monotonic()
             while time.time() - started < timeout_s:
@@ -98,26 +126,78 @@ def run_engine(run: PreparedRun, argv: list[str], env: dict[str, str], log: Path
                 time.sleep(3)
                 if ends_itself:
                     continue
-                _last, _c, total = last_write(run)
+                total = written(run)[3]
                 if total != seen:
                     seen, still_since = total, time.monotonic()
                 elif total and time.monotonic() - still_since > QUIET_S:
                     break
         finally:
+            sampler.stop()
             if proc.poll() is None:
                 os.killpg(proc.pid, 9)
             proc.wait()
-    last, commands, _total = last_write(run)
-    if last is None:
+    first, last, commands, _total = written(run)
+    if first is None or last is None:
         raise SystemExit(f"no output from {argv}: see {log}")
-    return last - started, commands
+    # the quiet wait after the last output is not the guard's work: CPU is sampled to the
+    # end, so a Flink run's figure includes idling for QUIET_S (stated in the docs)
+    return Point(run.records, first - started, last - started, sampler.cpu_s,
+                 sampler.peak_kib / 1024, commands, processing_first(trace))
+
+
+ENGINES = {
+    "bytewax": ("bytewax, 1 worker", [], True),
+    "flink1": ("Flink, parallelism 1", ["--engine", "flink", "--", "--parallelism", "1"], False),
+    "flink2": ("Flink, parallelism 2", ["--engine", "flink", "--", "--parallelism", "2"], False),
+}
+"""The engines a run can measure (``--engines``): label, ``riskguard run`` arguments, and
+whether the run ends itself (bytewax's ``input.idle_eof_s``; Flink's runs are stopped
+once their outputs are quiet)."""
+
+
+def _measure(bootstrap: str, work: Path, key: str, copies: int, partitions: int,
+             env: dict[str, str]) -> Point:
+    name, extra, ends_itself = ENGINES[key]
+    tag = f"{key}-{copies}-p{partitions}"
+    run = prepare_run(bootstrap, work / tag, env=f"b{uuid.uuid4().hex[:6]}", copies=copies,
+                      partitions=partitions)
+    cli = [sys.executable, "-m", "riskguard.cli", "run", "--config", str(run.config),
+           "--status-every", "0", *extra]
+    point = run_engine(run, cli, env, work / f"{tag}.log", ends_itself)
+    first = "-" if point.processing_first_s is None else f"{point.processing_first_s:.1f}"
+    print(f"  {name}, {partitions} partitions: {point.records:,} records, first output at "
+          f"{point.first_s:.1f} s ({first} s after its first input), last at "
+          f"{point.last_s:.1f} s, {point.cpu_s:.1f} CPU s, {point.peak_mib:,.0f} MiB, "
+          f"{point.commands} commands ({_load()})", flush=True)
+    return point
+
+
+def _load() -> str:
+    return f"load {os.getloadavg()[0]:.1f}"
+
+
+def _row(name: str, one: Point, more: Point, base: tuple[float | None, float | None]) -> str:
+    line = fit(one.records, one.last_s, more.records, more.last_s)
+    cpu = fit(one.records, one.cpu_s, more.records, more.cpu_s)
+    rate, fixed = line if line else (None, None)
+    cpu_us = None if cpu is None else 1e6 / cpu[0]
+    proc = "-" if one.processing_first_s is None else f"{one.processing_first_s:.1f}"
+    return (f"| {name} | {'-' if rate is None else f'{rate:,.0f}'} | {ratio(rate, base[0])} "
+            f"| {'-' if cpu_us is None else f'{cpu_us:,.0f}'} | {ratio(cpu_us, base[1])} "
+            f"| {'-' if fixed is None else f'{fixed:.1f}'} | {one.first_s:.1f} | {proc} "
+            f"| {max(one.peak_mib, more.peak_mib):,.0f} | {one.commands}, {more.commands} |")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--copies", type=int, default=2)
+    ap.add_argument("--partitions", type=int, nargs="+", default=[2],
+                    help="partitions a topic; several: each engine at each (default 2)")
+    ap.add_argument("--engines", default="bytewax,flink1,flink2",
+                    help=f"comma-separated, of {sorted(ENGINES)}")
     ap.add_argument("--flink-python", help="an interpreter with riskguard[flink]")
     args = ap.parse_args(argv)
+    keys = args.engines.split(",")
     work = Path(tempfile.mkdtemp(prefix="rg-guard-engines-"))
     broker = None
     bootstrap = os.environ.get("RISKGUARD_KAFKA_BOOTSTRAP")
@@ -131,39 +211,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         flink_env: Any = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(flink_env)
         fcmd, fenv = flink_python(work, args.flink_python)
-        fenv |= {"RISKGUARD_FLINK_PYTHON": fcmd[0],
+        fenv |= {"RISKGUARD_FLINK_PYTHON": fcmd[0], PROCESS_MODE: "process",
                  "RISKGUARD_FLINK_JARS": ";".join(flink_env.kafka_jars())}
-        cli = [sys.executable, "-m", "riskguard.cli", "run", "--status-every", "0"]
-        engines: list[tuple[str, list[str], dict[str, str], bool]] = [
-            ("bytewax, 1 worker", [], dict(os.environ), True),
-            ("Flink, parallelism 1", ["--engine", "flink", "--", "--parallelism", "1"],
-             fenv, False),
-            ("Flink, parallelism 2", ["--engine", "flink", "--", "--parallelism", "2"],
-             fenv, False),
-        ]
         print(f"guard engines, fed by Kafka: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
               f"{os.cpu_count()} CPUs, 1 and {args.copies} copies of the demo scenario")
-        rows = []
-        for name, extra, env, ends_itself in engines:
-            points = []
-            for copies in (1, args.copies):
-                tag = f"{name.split(',')[0].lower()}{extra[-1] if extra else ''}-{copies}"
-                run = prepare_run(bootstrap, work / tag, env=f"b{uuid.uuid4().hex[:6]}",
-                                  copies=copies)
-                secs, commands = run_engine(
-                    run, [*cli[:4], "--config", str(run.config), *cli[4:], *extra], env,
-                    work / f"{tag}.log", ends_itself)
-                points.append((run.records, secs))
-                print(f"  {name}: {run.records:,} records, last output at {secs:.1f} s, "
-                      f"{commands} commands", flush=True)
-            (n1, t1), (n2, t2) = points
-            rows.append((name, fit(n1, t1, n2, t2)))
-        base = rows[0][1][0] if rows[0][1] else None
-        print("\n| engine | events/s | ratio to bytewax | fixed s |\n|---|---|---|---|")
-        for name, line in rows:
-            rate, fixed = line if line else (None, None)
-            print(f"| {name} | {'-' if rate is None else f'{rate:,.0f}'} | "
-                  f"{ratio(rate, base)} | {'-' if fixed is None else f'{fixed:.1f}'} |")
+        rows: list[str] = []
+        for partitions in args.partitions:
+            base: tuple[float | None, float | None] = (None, None)
+            for key in keys:
+                env = dict(os.environ) if key == "bytewax" else fenv
+                one = _measure(bootstrap, work, key, 1, partitions, env)
+                more = _measure(bootstrap, work, key, args.copies, partitions, env)
+                if key == keys[0]:
+                    line = fit(one.records, one.last_s, more.records, more.last_s)
+                    cpu = fit(one.records, one.cpu_s, more.records, more.cpu_s)
+                    base = (line[0] if line else None, 1e6 / cpu[0] if cpu else None)
+                rows.append(_row(f"{ENGINES[key][0]}, {partitions} partitions", one, more,
+                                 base))
+        print("\n| engine | events/s | ratio | CPU µs an event | ratio | fixed s "
+              "| first output s | from first input s | peak MiB | commands |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("\n".join(rows))
     finally:
         if broker is not None:
             broker.stop()

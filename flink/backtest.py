@@ -11,11 +11,16 @@ writes ``commands.jsonl``, ``signals.jsonl``, ``utilization.jsonl``, ``audit.jso
 from __future__ import annotations
 
 import argparse
+import atexit
+import base64
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from bytewax.dataflow import Dataflow
 from riskguard.dataflows.backtest import OUTPUTS, backtest_flow
 from riskguard.dataflows.guard import load_guard_config, load_keys
@@ -44,43 +49,169 @@ def flow_for(config: str, batch_size: int = 100) -> Dataflow:
                          batch_size=batch_size)
 
 
-def _as_batch(line: str) -> list[Any]:
-    return [_CODEC.decode("records", line.encode())]
+RT = "TO_TIMESTAMP_LTZ(ts / 1000000, 3)"
+"""A row's event time (``ts``, ns) as Flink's rowtime (ms)."""
+WATERMARK = "rt - INTERVAL '0.001' SECOND"
+"""The watermark a millisecond behind the latest rowtime: a row of the same millisecond
+as the latest is not yet late (ticks end on a millisecond)."""
+
+
+class _Ts(msgspec.Struct):
+    ts: int | None = None
+
+
+_TS = msgspec.json.Decoder(_Ts)
+
+
+def source_rows(lines: list[bytes]) -> list[tuple[int, int, bytes]]:
+    """Each JSONL line as ``(event time ns, line number, bytes)``: a record without an
+    event time (a signed envelope) or a line that is not one takes the latest event time
+    before it, so it goes with its neighbours and moves no watermark.
+
+    >>> source_rows([b'{"ts": 5}', b'{"payload": "x"}', b'nonsense', b'{"ts": 9}'])
+    [(5, 0, b'{"ts": 5}'), (5, 1, b'{"payload": "x"}'), (5, 2, b'nonsense'), (9, 3, b'{"ts": 9}')]
+    """
+    out: list[tuple[int, int, bytes]] = []
+    last = 0
+    for i, line in enumerate(lines):
+        try:
+            ts = _TS.decode(line).ts
+        except msgspec.DecodeError:
+            ts = None
+        if type(ts) is int:
+            last = max(last, ts)
+        out.append((last, i, line))
+    return out
+
+
+def write_table_file(rows: list[tuple[int, int, bytes]]) -> Path:
+    """``rows`` (:func:`source_rows`) as a CSV file Flink's ``csv`` format reads, each
+    line's bytes base64 (its ``BYTES`` form), in a folder removed when the process ends.
+
+    >>> path = write_table_file([(5, 0, b'{"ts": 5}')])
+    >>> path.read_text()
+    '5,0,eyJ0cyI6IDV9\\n'
+    """
+    folder = Path(tempfile.mkdtemp(prefix="riskguard-flink-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = folder / "records.csv"
+    with path.open("w", encoding="ascii") as fh:
+        for ts, pos, line in rows:
+            fh.write(f"{ts},{pos},{base64.b64encode(line).decode()}\n")
+    return path
+
+
+MARKET_STEPS = ("feed_select", "features", "detect", "cross")
+"""The guard core's operators whose keyed steps are the market domain: one segment
+with them, another with the firm-wide rest (:meth:`SegmentPlan.cut`)."""
+
+
+def market_steps(steps: dict[str, Any]) -> frozenset[str]:
+    """The keyed steps of the guard core's market domain (:data:`MARKET_STEPS`)."""
+    return frozenset(sid for sid, s in steps.items() if s.kind == "stateful_batch"
+                     and any(f".guard.{n}." in sid for n in MARKET_STEPS))
+
+
+OUT_FIELDS = ("name", "text")
+"""A backtest job's output row: the output's name, and the record's JSON text."""
+
+
+def out_type() -> Any:
+    """The type of a backtest job's output rows (:data:`OUT_FIELDS`)."""
+    from pyflink.common import Types  # noqa: PLC0415
+
+    return Types.ROW_NAMED(list(OUT_FIELDS), [Types.STRING(), Types.STRING()])
+
+
+def job(env: Any, config: str | Path, records: str | Path, *, parallelism: int = 1,
+        batch_size: int = 100, segments: int = 1) -> Any:
+    """The backtest laid onto ``env``: the records file as rows stamped with their
+    event time and a watermark in Java, the flow as one segment fed a tick at a time
+    (:class:`~riskguard.flink.fused.TickSegment`), or as two (``segments=2``: the market
+    domain, then the firm-wide rest, each in a Python worker of its own), and the
+    stream of the outputs as ``(name, JSON text)`` rows (:func:`out_type`)."""
+    from pyflink.table import StreamTableEnvironment  # noqa: PLC0415
+    from riskguard.flink.fused import (  # noqa: PLC0415
+        KEYED_ROW,
+        ROW,
+        SINKS,
+        TickSegment,
+        keyed,
+    )
+    from riskguard.flink.plan import SegmentPlan  # noqa: PLC0415
+
+    ref = FlowRef("riskguard.flink.backtest:flow_for", (str(config), batch_size))
+    cfg, _digest = load_guard_config(str(config))
+    lines = [line for line in Path(records).read_bytes().splitlines() if line.strip()]
+    table_file = write_table_file(source_rows(lines))
+    tables = StreamTableEnvironment.create(env)
+    # read, stamped with event time and watermarked in Java: no Python function sees
+    # a record before the segment does (a collection from the client would be pickled,
+    # unpickled into the JVM and shipped inside the job)
+    tables.execute_sql(f"""
+        CREATE TEMPORARY TABLE records (
+          ts BIGINT, pos BIGINT, v BYTES, rt AS {RT}, WATERMARK FOR rt AS {WATERMARK}
+        ) WITH ('connector' = 'filesystem', 'path' = '{table_file.as_uri()}',
+                'format' = 'csv')""")
+    src = tables.to_append_stream(tables.sql_query(
+        "SELECT CAST('all' AS STRING) AS k, ROW(CAST('in' AS STRING), ts, "
+        "CAST('' AS STRING), pos, v) FROM records"), KEYED_ROW)
+    tick_ms = max(1, cfg.tick_ns // 1_000_000)
+    steps = ref.steps()
+    if segments == 1:
+        # the whole flow is one segment under one key: the keyed steps inside it key
+        # themselves, as one bytewax worker does
+        plan = SegmentPlan.whole(steps, {"in": "records"})
+        out = keyed(src).process(TickSegment(ref, plan, tick_ms), output_type=ROW).name(
+            "riskguard_backtest").set_parallelism(1)
+    else:
+        market, firm = SegmentPlan.cut(steps, {"in": "records"}, market_steps(steps),
+                                       route="all")
+        first = keyed(src).process(TickSegment(ref, market, tick_ms), output_type=KEYED_ROW
+                                   ).name("riskguard_backtest.market").set_parallelism(1)
+        # a slot sharing group of its own: operators sharing a slot share a Python
+        # worker process
+        out = keyed(src.union(first)).process(
+            TickSegment(ref, firm, tick_ms), output_type=ROW,
+        ).name("riskguard_backtest.firm").set_parallelism(1).slot_sharing_group(
+            "firm").union(first.get_side_output(SINKS))
+    # text, decoded in Java: a client collects a byte array a byte at a time (each
+    # pickled on its own, then through py4j), some 20 µs a byte
+    tables.create_temporary_view("outputs", tables.from_data_stream(out))
+    return tables.to_append_stream(tables.sql_query(
+        "SELECT port, DECODE(v, 'UTF-8') FROM outputs"), out_type())
+
+
+def local_slots(parallelism: int, segments: int) -> Any:
+    """A mini-cluster's configuration with the slots a job needs: ``parallelism`` for
+    the default slot sharing group, and one more for the firm segment (in a slot sharing
+    group, and so a Python worker, of its own)."""
+    from pyflink.common import Configuration  # noqa: PLC0415
+
+    conf = Configuration()
+    conf.set_string("taskmanager.numberOfTaskSlots", str(parallelism + segments - 1))
+    return conf
 
 
 def run(config: str | Path, records: str | Path, *, parallelism: int = 1,
-        batch_size: int = 100) -> dict[str, list[Any]]:
+        batch_size: int = 100, segments: int = 1) -> dict[str, list[Any]]:
     """Run the backtest on a local Flink mini-cluster; every output by name."""
-    from pyflink.common import Types, WatermarkStrategy  # noqa: PLC0415
     from pyflink.datastream import StreamExecutionEnvironment  # noqa: PLC0415
-    from riskguard.flink.functions import EventTimeMs  # noqa: PLC0415
-    from riskguard.flink.job import PICKLED, to_flink  # noqa: PLC0415
+    from riskguard.flink.fused import quick_jvm, worker_processes  # noqa: PLC0415
 
-    env = StreamExecutionEnvironment.get_execution_environment()
+    worker_processes()
+    quick_jvm()
+    env = StreamExecutionEnvironment.get_execution_environment(
+        local_slots(parallelism, segments))
     env.set_parallelism(parallelism)
     env.set_python_executable(sys.executable)
-    ref = FlowRef("riskguard.flink.backtest:flow_for", (str(config), batch_size))
-    lines = [line.decode() for line in Path(records).read_bytes().splitlines() if line.strip()]
-    source = env.from_collection(lines, type_info=Types.STRING()).map(
-        _as_batch, output_type=PICKLED).assign_timestamps_and_watermarks(
-        WatermarkStrategy.for_monotonous_timestamps().with_timestamp_assigner(EventTimeMs()))
-    outs = to_flink(ref, {"in": source})
-    tagged = [s.map(_tagger(name), output_type=PICKLED) for name, s in outs.items()
-              if name in OUTPUTS]
     found: dict[str, list[Any]] = {name: [] for name in OUTPUTS}
-    merged = tagged[0].union(*tagged[1:]) if len(tagged) > 1 else tagged[0]
-    with merged.execute_and_collect() as results:
-        for name, item in results:
-            found[name].append(item)
+    with job(env, config, records, parallelism=parallelism, batch_size=batch_size,
+             segments=segments).execute_and_collect() as results:
+        for name, text in results:
+            if name in found:
+                found[name].append(_CODEC.decode(name, text.encode()))
     return found
-
-
-class _tagger:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __call__(self, item: Any) -> tuple[str, Any]:
-        return self.name, item
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,10 +221,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--records", required=True, help="a JSONL file of records")
     ap.add_argument("--parallelism", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--segments", type=int, choices=(1, 2), default=1,
+                    help="the flow as one segment, or as the market domain and the "
+                         "firm-wide rest, each in a Python worker of its own")
     ap.add_argument("--out", required=True, help="folder for the outputs' JSONL files")
     args = ap.parse_args(argv)
     found = run(args.config, args.records, parallelism=args.parallelism,
-                batch_size=args.batch_size)
+                batch_size=args.batch_size, segments=args.segments)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, items in found.items():

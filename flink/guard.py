@@ -14,15 +14,13 @@ restart writes twice has the same ids (the verifying subscriber drops the copy).
 ``--restore`` resumes from a checkpoint or savepoint; ``--restore latest`` from the
 newest retained checkpoint under ``--checkpoints``.
 
-Order: the Flink source hands over messages as its fetches come, so the flow's first
-step (:class:`~riskguard.connectors.kafka.merge.PartitionMerge`, one task) admits each
-partition's messages and merges them in event-time order, waiting for a partition
-that is behind (never for one that is caught up); the watermark of every keyed step
-after it comes from that ordered stream. Each operator's uid is its step id, so a
-checkpoint restores at another parallelism. Measured on the demo scenario published
-to the dev broker with two partitions a topic (2026-11-25): bytewax's 12 commands and
-no dead letter at parallelism 1 and 2, and through a kill of the whole job restored
-at the other parallelism (``tests/test_flink.py``).
+Time and order are Flink's, in Java: the input table declares each message's event
+time (its ``ts`` field; the Kafka timestamp for a record without one) and a watermark,
+which the Kafka source keeps per partition, with an idle timeout and watermark
+alignment. The flow runs as one Python operator
+(:class:`~riskguard.flink.fused.TickSegment`) that takes a tick's messages at once when
+the watermark passes it, in event time and then partition and offset order. Each
+operator's uid is stable, so a checkpoint restores at another parallelism.
 """
 
 from __future__ import annotations
@@ -40,8 +38,6 @@ from bytewax.testing import TestingSource
 from riskguard.connectors.audit_tail import read_chains_and_peers
 from riskguard.connectors.command_log import last_signed_seq
 from riskguard.connectors.kafka.admit import PartitionAdmission
-from riskguard.connectors.kafka.consumer import list_partitions
-from riskguard.connectors.kafka.merge import BrokerEnds, Frontier, PartitionMerge
 from riskguard.connectors.topics import INPUT_STREAMS, STREAM_TYPES
 from riskguard.dataflows.backtest import DiscardSink
 from riskguard.dataflows.guard.config import GuardConfig, load_guard_config, load_keys
@@ -49,9 +45,8 @@ from riskguard.dataflows.guard.core import guard_core
 from riskguard.dataflows.guard.kafka_io import audit_key, exposures_key
 from riskguard.dataflows.guard.live import check_peer_configs, prepare_detection
 from riskguard.flink.graph import FlowRef
-from riskguard.operators.core.base import split_dead_letters, stateful_logic
+from riskguard.operators.core.base import split_dead_letters, stateful_logic, values_of
 from riskguard.operators.core.clock import system_clock
-from riskguard.schemas import encode
 from riskguard.schemas.codec import Codec
 from riskguard.schemas.time_policy import EventTimePolicy
 
@@ -77,33 +72,15 @@ def _admission(cfg: GuardConfig) -> Callable[[Any], PartitionAdmission]:
     return build
 
 
-def _merge(cfg: GuardConfig) -> Callable[[Any], PartitionMerge]:
-    admission = _admission(cfg)
-    acks = cfg.topic("acks")
-    parts = [(t, i) for t in (cfg.topic(s) for s in INPUT_STREAMS) if t != acks
-             for i in list_partitions(cfg.kafka, t)]
-    ends = BrokerEnds(cfg.kafka)
-
-    def build(resume: Any) -> PartitionMerge:
-        return PartitionMerge(admission, ends, parts, clock=system_clock,
-                              untimed=frozenset({acks}), resume=resume)
-
-    return build
-
-
-def _admitted(recs: list[tuple[str, Any]]) -> list[Any]:
-    return [r for _k, r in recs if type(r) is not Frontier]
-
-
-MERGE_STEP = "riskguard_guard.admit.stateful"
-"""The step that merges the input partitions in event-time order: it runs as one task,
-and the watermark of the keyed steps after it comes from its output."""
+def _partition_of(msg: tuple[str, int, int, bytes | None]) -> str:
+    return f"{msg[0]}/{msg[1]}"
 
 
 def guard_flow(config: str) -> Dataflow:
     """The live guard's flow, with its input step ``kafka`` taking ``(topic, partition,
-    offset, value)`` messages and an output step per topic in :data:`OUTPUT_STREAMS`: the
-    factory each Flink worker builds its copy from."""
+    offset, value)`` messages (each partition's admission, with its lateness watermark,
+    in keyed state) and an output step per topic in :data:`OUTPUT_STREAMS`: the factory
+    each Flink worker builds its copy from."""
     cfg, digest = load_guard_config(config)
     if cfg.tier.role != "whole":
         raise ConfigError("tier.role", "'whole' (the tiers run on bytewax)", cfg.tier.role)
@@ -116,10 +93,10 @@ def guard_flow(config: str) -> Dataflow:
     if cfg.replica.id:
         check_peer_configs(cfg.replica.id, digest, peers)
     flow = Dataflow("riskguard_guard")
-    msgs: Any = op.key_on("as_one", op.input("kafka", flow, TestingSource([])),
-                          lambda _m: "all")
+    msgs: Any = op.key_on("partition", op.input("kafka", flow, TestingSource([])),
+                          _partition_of)
     admitted = split_dead_letters("admitted", op.flat_map_batch(
-        "admit_unkey", stateful_logic("admit", msgs, _merge(cfg)), _admitted))
+        "admit_unkey", stateful_logic("admit", msgs, _admission(cfg)), values_of))
     out = guard_core("guard", admitted.oks, cfg=cfg, cfg_hash=digest, clock=system_clock,
                      signer=signer, trust=trust, seq_floor=delivered, audit_resume=chains,
                      wall_clock=system_clock, input_errs=admitted.errs)
@@ -128,36 +105,21 @@ def guard_flow(config: str) -> Dataflow:
     return flow
 
 
-def _keyer(name: str, issuer: str) -> Callable[[Any], bytes | None]:
+def _keyer(name: str, issuer: str) -> Callable[[Any], str | None]:
     if name == "commands":
-        return lambda _env: issuer.encode()
+        return lambda _env: issuer
     if name == "exposures":
-        return lambda rec: exposures_key(rec).encode()
+        return exposures_key
     if name == "audit":
-        return lambda rec: audit_key(rec).encode()
+        return audit_key
     return lambda _rec: None
 
 
-class _ToRow:
-    """A record as the sink table's row: its Kafka key and its encoded value."""
-
-    def __init__(self, name: str, issuer: str) -> None:
-        self.name = name
-        self.issuer = issuer
-        self.key: Callable[[Any], bytes | None] | None = None
-        self.row: Any = None
-
-    def __call__(self, rec: Any) -> Any:
-        if self.key is None:  # in the worker, once
-            from pyflink.common import Row  # noqa: PLC0415
-
-            self.row, self.key = Row, _keyer(self.name, self.issuer)
-        return self.row(self.key(rec), encode(rec))
-
-
-def _message(row: Any) -> tuple[str, int, int, bytes | None]:
-    value = row["value"]
-    return row["topic"], row["partition"], row["offset"], None if value is None else bytes(value)
+def sink_keys(config: str) -> dict[str, Callable[[Any], str | None]]:
+    """The Kafka key of each output topic's records (the segment's sink rows carry it)."""
+    cfg, _digest = load_guard_config(config)
+    issuer = cfg.sign.issuer or load_keys(cfg)[0].issuer
+    return {name: _keyer(name, issuer) for name in OUTPUT_STREAMS}
 
 
 def _kafka_options(cfg: GuardConfig) -> str:
@@ -171,7 +133,7 @@ def latest_checkpoint(checkpoints: str) -> str | None:
     >>> import tempfile
     >>> d = Path(tempfile.mkdtemp())
     >>> for n in ("j1/chk-3", "j1/chk-12", "j2/shared"): (d / n).mkdir(parents=True)
-    >>> for n in ("j1/chk-3", "j1/chk-12"): (d / n / "_metadata").write_bytes(b"")
+    >>> for n in ("j1/chk-3", "j1/chk-12"): _ = (d / n / "_metadata").write_bytes(b"")
     >>> latest_checkpoint(str(d)).endswith("chk-12")
     True
     """
@@ -182,20 +144,91 @@ def latest_checkpoint(checkpoints: str) -> str | None:
     return str(max(found, key=lambda p: (p.stat().st_mtime, int(p.name[4:]))))
 
 
+TS_NS = "TRY_CAST(JSON_VALUE(CAST(`value` AS STRING), '$.ts') AS BIGINT)"
+"""A message's event time (ns) as Flink SQL reads it: its ``ts`` field, if it has one."""
+
+
+def _day_to_second(ns: int) -> str:
+    """``ns`` as a SQL ``DAY TO SECOND`` interval's text.
+
+    >>> _day_to_second(90_061_500_000_000)
+    '1 01:01:01.500'
+    """
+    ms = ns // 1_000_000
+    days, ms = divmod(ms, 86_400_000)
+    hours, ms = divmod(ms, 3_600_000)
+    minutes, ms = divmod(ms, 60_000)
+    return f"{days} {hours:02d}:{minutes:02d}:{ms // 1000:02d}.{ms % 1000:03d}"
+
+
+IDLE_TIMEOUT = "10 s"
+"""A partition that sends nothing for this long (processing time, not counted while the
+source is back-pressured or paused: Flink's ``PausableRelativeClock``) stops holding the
+watermark back: most input topics are quiet most of the time. Shorter, a source subtask
+slow to make its first fetch (a loaded machine, a restart) is passed over and its
+records come late; the price is that output starts that long after a start where some
+partition has nothing to read."""
+
+FETCH_BYTES = 64 * 1024
+"""The most one fetch takes from one partition: a backlog's partitions then arrive
+interleaved, not one partition's whole backlog before the next one's first record (which
+its idle timeout would have passed over by then)."""
+
+ALIGN_DRIFT = "30 s"
+"""How far in event time a partition may read ahead of the slowest before the source
+pauses it (watermark alignment): a backlog is read in step across partitions."""
+
+
+def _input_table(cfg: GuardConfig) -> str:
+    """The input topics as a table whose rows carry their event time and a watermark,
+    all computed in Java. A record without ``ts`` (a signed envelope) takes the Kafka
+    timestamp; event time beyond the Kafka timestamp plus the allowed future skew is
+    cut there, so a record from the future cannot carry a partition's watermark away
+    (the flow's admission dead-letters it)."""
+    topics = ";".join(cfg.topic(s) for s in INPUT_STREAMS)
+    group = f"riskguard-flink-{cfg.env}"
+    start = "earliest-offset" if cfg.input.starting_offset == "earliest" else "latest-offset"
+    skew = _day_to_second(cfg.input.max_future_skew_ns)
+    return f"""
+        CREATE TABLE riskguard_in (
+          `value` BYTES,
+          `topic` STRING METADATA VIRTUAL,
+          `partition` INT METADATA VIRTUAL,
+          `offset` BIGINT METADATA VIRTUAL,
+          `kts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
+          `rt` AS LEAST(COALESCE(TO_TIMESTAMP_LTZ({TS_NS} / 1000000, 3), kts),
+                        kts + INTERVAL '{skew}' DAY TO SECOND(3)),
+          WATERMARK FOR `rt` AS `rt` - INTERVAL '0.001' SECOND
+        ) WITH ('connector' = 'kafka', 'topic' = '{topics}',
+                'properties.group.id' = '{group}', 'scan.startup.mode' = '{start}',
+                'value.format' = 'raw',
+                'properties.max.partition.fetch.bytes' = '{FETCH_BYTES}',
+                'scan.watermark.idle-timeout' = '{IDLE_TIMEOUT}',
+                'scan.watermark.alignment.group' = 'riskguard-{cfg.env}',
+                'scan.watermark.alignment.max-drift' = '{ALIGN_DRIFT}',
+                {_kafka_options(cfg)})"""
+
+
 def run(config: str, *, parallelism: int | None = None, checkpoints: str | None = None,
         interval_ms: int = 2000, restore: str | None = None, jars: Sequence[str] = ()) -> None:
     """Run the guard on Flink until cancelled (a local mini-cluster when run directly,
     the cluster's when submitted)."""
-    from pyflink.common import Configuration, Types, WatermarkStrategy  # noqa: PLC0415
+    from pyflink.common import Configuration  # noqa: PLC0415
     from pyflink.datastream import StreamExecutionEnvironment  # noqa: PLC0415
     from pyflink.table import StreamTableEnvironment  # noqa: PLC0415
-    from riskguard.flink.functions import MergedTimeMs  # noqa: PLC0415
-    from riskguard.flink.job import PICKLED, Placement, to_flink  # noqa: PLC0415
+    from riskguard.flink.fused import (  # noqa: PLC0415
+        KEYED_ROW,
+        ROW,
+        TickSegment,
+        keyed,
+        worker_processes,
+    )
+    from riskguard.flink.plan import SegmentPlan  # noqa: PLC0415
 
+    worker_processes()
     cfg, _digest = load_guard_config(config)
     conf = Configuration()
-    # small Python bundles: a watermark reaches the keyed steps only between bundles
-    conf.set_string("python.fn-execution.bundle.size", "1000")
+    # a watermark reaches the segment between bundles: small ones keep output prompt
     conf.set_string("python.fn-execution.bundle.time", "100")
     conf.set_string("pipeline.auto-watermark-interval", "50 ms")
     if checkpoints:
@@ -214,37 +247,24 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
     if jars:
         env.add_jars(*jars)
     tables = StreamTableEnvironment.create(env)
-    # the Kafka source's and sinks' operators get uids too, for the same reason as the
-    # flow's steps (riskguard.flink.job): a checkpoint restores at another parallelism
+    # the Kafka source's and sinks' operators get uids too: a checkpoint restores at
+    # another parallelism
     tables.get_config().set("table.exec.uid.generation", "ALWAYS")
-    topics = ";".join(cfg.topic(s) for s in INPUT_STREAMS)
-    group = f"riskguard-flink-{cfg.env}"
-    start = "earliest-offset" if cfg.input.starting_offset == "earliest" else "latest-offset"
-    # raw messages in the order the source reads them: the flow's first step merges
-    # the partitions in event-time order, and the watermark comes from its output
-    tables.execute_sql(f"""
-        CREATE TABLE riskguard_in (
-          `value` BYTES,
-          `topic` STRING METADATA VIRTUAL,
-          `partition` INT METADATA VIRTUAL,
-          `offset` BIGINT METADATA VIRTUAL
-        ) WITH ('connector' = 'kafka', 'topic' = '{topics}',
-                'properties.group.id' = '{group}', 'scan.startup.mode' = '{start}',
-                'value.format' = 'raw', {_kafka_options(cfg)})""")
-    msgs = tables.to_data_stream(tables.from_path("riskguard_in")).map(
-        _message, output_type=PICKLED).uid("kafka.messages")
+    tables.execute_sql(_input_table(cfg))
     ref = FlowRef("riskguard.flink.guard:guard_flow", (str(config),))
-    merged = (WatermarkStrategy.for_monotonous_timestamps()
-              .with_timestamp_assigner(MergedTimeMs()))
-    outs = to_flink(ref, {"kafka": msgs}, watermarks={MERGE_STEP: merged},
-                    placement=Placement({MERGE_STEP: 1}, frozenset({MERGE_STEP}), uids=True))
-    signer_issuer = cfg.sign.issuer or load_keys(cfg)[0].issuer
+    msgs = tables.to_append_stream(tables.sql_query(
+        f"SELECT CAST('guard' AS STRING), ROW(CAST('kafka' AS STRING), {TS_NS}, "
+        "`topic` || '/' || CAST(`partition` AS STRING), `offset`, `value`) "
+        "FROM riskguard_in"), KEYED_ROW)
+    plan = SegmentPlan.whole(ref.steps(), {"kafka": "kafka"},
+                             sink_keys=("riskguard.flink.guard:sink_keys", (str(config),)))
+    tick_ms = max(1, cfg.tick_ns // 1_000_000)
+    # the flow is one segment under one key, as one bytewax worker runs it
+    out = keyed(msgs).process(TickSegment(ref, plan, tick_ms, commit_ms=interval_ms),
+                              output_type=ROW).uid("riskguard_guard").name("riskguard_guard")
+    tables.create_temporary_view("riskguard_out", tables.from_data_stream(out))
     sinks = tables.create_statement_set()
-    row = Types.ROW_NAMED(["k", "v"], [Types.PRIMITIVE_ARRAY(Types.BYTE()),
-                                       Types.PRIMITIVE_ARRAY(Types.BYTE())])
     for name in OUTPUT_STREAMS:
-        if name not in outs:
-            continue
         table = f"riskguard_{name}"
         tables.execute_sql(f"""
             CREATE TABLE {table} (`k` BYTES, `v` BYTES)
@@ -252,9 +272,8 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
                   'key.format' = 'raw', 'key.fields' = 'k',
                   'value.format' = 'raw', 'value.fields-include' = 'EXCEPT_KEY',
                   'sink.delivery-guarantee' = 'at-least-once', {_kafka_options(cfg)})""")
-        rows = outs[name].map(_ToRow(name, signer_issuer), output_type=row).uid(
-            f"{name}.rows")
-        sinks.add_insert(table, tables.from_data_stream(rows))
+        sinks.add_insert_sql(f"INSERT INTO {table} SELECT ENCODE(src, 'UTF-8'), v "
+                             f"FROM riskguard_out WHERE port = '{name}'")
     sinks.attach_as_datastream()
     env.execute(f"riskguard guard {cfg.env}")
 

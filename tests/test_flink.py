@@ -89,6 +89,159 @@ def test_the_backtest_clock_reads_the_time_the_running_step_has_reached() -> Non
     assert clock() == 50
 
 
+def test_the_flink_modules_that_do_not_import_flink_have_running_examples() -> None:
+    """The segment, the wire, the graph reader and the jobs' helpers run anywhere; their
+    >>> examples give the output they show."""
+    import doctest
+    import importlib
+
+    for name in ("riskguard.flink.segment", "riskguard.flink.wire", "riskguard.flink.graph",
+                 "riskguard.flink.plan", "riskguard.flink.backtest", "riskguard.flink.guard"):
+        result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, name
+
+
+def _keyed_flow(out: list[Any]) -> Dataflow:
+    """Branches merged, a keyed step with a deadline and an end, a batch function."""
+    from riskguard.operators.core.base import stateful_logic
+
+    class Count:
+        def __init__(self, state: Any) -> None:
+            self.n = state or 0
+
+        def on_event(self, x: int) -> list[tuple[int, int]]:
+            self.n += x
+            return [(x, self.n)]
+
+        def on_eof(self) -> list[tuple[str, int]]:
+            return [("end", self.n)]
+
+        def snapshot(self) -> int:
+            return self.n
+
+    flow = Dataflow("seg")
+    nums = op.input("in", flow, TestingSource([[1, 2, 3], [4, 5], [6]]))
+    flat = op.flat_map("unbatch", nums, lambda b: b)
+    halves = op.branch("even", flat, lambda x: x % 2 == 0)
+    both = op.merge("both", halves.falses, op.map("tenfold", halves.trues, lambda x: 10 * x))
+    keyed = op.key_on("key", both, lambda x: "big" if x >= 10 else "small")
+    counted = stateful_logic("count", keyed, Count)
+    op.output("out", op.flat_map_batch("strip", counted, lambda kvs: [v for _k, v in kvs]),
+              TestingSink(out))
+    return flow
+
+
+def test_a_segment_gives_what_one_bytewax_worker_gives_batch_by_batch_and_resumes() -> None:
+    """The same flow run by bytewax and by a Segment fed the same batches: the same
+    outputs in the same order, each key's end included; a segment resumed from its
+    snapshot halfway goes on as the unbroken one does."""
+    from bytewax.testing import run_main
+    from riskguard.flink.segment import Segment
+
+    want: list[Any] = []
+    run_main(_keyed_flow(want))
+    seg = Segment.of(core_steps(_keyed_flow([])))
+    got = [v for batch in ([1, 2, 3], [4, 5], [6]) for _n, v in seg.feed({"in": [batch]})]
+    got += [v for _n, v in seg.eof()]
+    assert got == want
+    first = Segment.of(core_steps(_keyed_flow([])))
+    first.feed({"in": [[1, 2, 3]]})
+    resumed = Segment.of(core_steps(_keyed_flow([])), state=first.snapshot())
+    again = [v for batch in ([4, 5], [6]) for _n, v in resumed.feed({"in": [batch]})]
+    assert again + [v for _n, v in resumed.eof()] == want[3:]
+
+
+@pytest.mark.slow
+def test_the_backtest_flow_as_one_segment_fed_whole_ticks_decides_as_bytewax(
+        scenario: dict[str, Path]) -> None:
+    """Two copies of the demo scenario (the second starts with every price jumping back,
+    where several same-time anomalies open at once), fed to the backtest flow as one
+    segment a whole tick at a time: bytewax's commands, signals and audit records."""
+    from riskguard.connectors.placement import claim_worker
+    from riskguard.dataflows.backtest import backtest_flow, span_batches
+    from riskguard.dataflows.demo_scenario import scenario_copies
+    from riskguard.dataflows.guard import load_keys
+    from riskguard.flink.segment import Segment
+
+    cfg, digest = load_guard_config(scenario["config"])
+    signer, trust = load_keys(cfg)
+    records = scenario_copies(2, START_NS)
+    want = run_backtest(cfg, digest, records=records, signer=signer, trust=trust)
+    seg = Segment.of(core_steps(backtest_flow(cfg, digest, signer=signer, trust=trust,
+                                              records=[])))
+    claim_worker(0, 1)
+    got: dict[str, list[Any]] = {}
+    for batch in span_batches(records, len(records), cfg.tick_ns):  # a tick a batch
+        for name, item in seg.feed({"in": [batch]}):
+            got.setdefault(name, []).append(item)
+    for name, item in seg.eof():
+        got.setdefault(name, []).append(item)
+    assert sorted(_command_identity(decode_command(e)) for e in got["commands"]) == sorted(
+        map(_command_identity, want.commands))
+    assert sorted(map(_signal_identity, got["signals"])) == sorted(
+        map(_signal_identity, want.signals))
+    assert len(got["audit"]) == want.n_audit
+
+
+@pytest.mark.slow
+def test_the_backtest_flow_cut_into_a_market_and_a_firm_segment_decides_as_bytewax(
+        scenario: dict[str, Path]) -> None:
+    """The backtest flow cut where its keys change domain: feeds, features, detection
+    and the cross-market and cross-venue checks in one segment, the firm-wide rest in
+    another, fed tick by tick with what crosses msgspec-encoded between them. Over two
+    copies of the scenario: bytewax's commands, signals and audit records, and what
+    crosses is the market segment's marks, signals and dead letters."""
+    from riskguard.connectors.placement import claim_worker
+    from riskguard.dataflows.backtest import backtest_flow, span_batches
+    from riskguard.dataflows.demo_scenario import scenario_copies
+    from riskguard.dataflows.guard import load_keys
+    from riskguard.flink.plan import SegmentPlan
+    from riskguard.flink.wire import Wire
+
+    cfg, digest = load_guard_config(scenario["config"])
+    signer, trust = load_keys(cfg)
+    records = scenario_copies(2, START_NS)
+    want = run_backtest(cfg, digest, records=records, signer=signer, trust=trust)
+
+    def steps() -> dict[str, Any]:
+        flow = backtest_flow(cfg, digest, signer=signer, trust=trust, records=[])
+        return {s.step_id: s for s in core_steps(flow)}
+
+    built = steps()
+    first = frozenset(sid for sid, s in built.items() if s.kind == "stateful_batch" and any(
+        f".guard.{n}." in sid for n in ("feed_select", "features", "detect", "cross")))
+    market, firm = SegmentPlan.cut(built, {"in": "records"}, first, route="firm")
+    assert sorted(sid.split(".")[2] for sid in dict(market.routes)) == [
+        "detect", "features", "marks", "with_dislocations"]
+    one = market.segment(market.steps_of(built))
+    two = firm.segment(firm.steps_of(steps()))
+    claim_worker(0, 1)
+    wire, routes = Wire(), dict(market.routes)
+    got: dict[str, list[Any]] = {}
+
+    def run(made: list[tuple[str, Any]], batch: list[Any] | None) -> None:
+        crossing: dict[str, list[Any]] = {}
+        for name, item in made:
+            if name in routes:
+                crossing.setdefault(name, []).append(wire.decode(wire.encode(item)))
+            else:
+                got.setdefault(name, []).append(item)
+        more = two.feed(({"in": [batch]} if batch is not None else {}) | crossing)
+        for name, item in more:
+            got.setdefault(name, []).append(item)
+
+    for batch in span_batches(records, len(records), cfg.tick_ns):
+        run(one.feed({"in": [batch]}), batch)
+    run(one.eof(), None)
+    for name, item in two.eof():
+        got.setdefault(name, []).append(item)
+    assert sorted(_command_identity(decode_command(e)) for e in got["commands"]) == sorted(
+        map(_command_identity, want.commands))
+    assert sorted(map(_signal_identity, got["signals"])) == sorted(
+        map(_signal_identity, want.signals))
+    assert len(got["audit"]) == want.n_audit
+
+
 # -- jobs on a Flink mini-cluster -------------------------------------------------------
 
 
@@ -128,49 +281,66 @@ def test_the_backtest_job_is_the_backtest_flow_over_its_records_file(
     assert len(read_records(scenario["records"])) > 20_000
 
 
-HELD_CHECK = """
-import pickle
-from riskguard.flink.functions import Held
-
-class Counter:
-    n = 0
-    def snapshot(self):
-        return self.n
-
-logic = Counter()
-held = Held(logic, pending=[(1, 1_000_000, "r")])
-logic.n = 3  # after the update, before Flink writes the state
-back = pickle.loads(pickle.dumps(held))
-assert (back.logic, back.snapshot, back.pending) == (None, 3, [(1, 1_000_000, "r")])
-print("ok")
-"""
-
-
-def test_a_held_logic_pickles_as_its_snapshot_and_the_records_it_holds(
+@pytest.mark.slow
+def test_the_backtest_job_as_two_segments_in_two_python_workers_decides_as_bytewax(
         tmp_path: Path) -> None:
-    """What Flink state stores for a key: the logic's snapshot at the time Flink writes
-    it (not when the record arrived), and the records still held for the watermark."""
+    """``python -m riskguard.flink.backtest --segments 2 --parallelism 2`` on a
+    mini-cluster over two copies of the demo scenario (the second starts with several
+    same-time anomalies): the market segment and the firm segment, each in a Python
+    worker of its own, give bytewax's commands, signals and audit records."""
+    if reason := java_missing():
+        pytest.skip(reason)
+    from riskguard.dataflows.demo_scenario import scenario_copies
+    from riskguard.dataflows.guard import load_keys
+
+    keys = init_keys(tmp_path)
+    config = write_config(tmp_path, "127.0.0.1:9", keys, f"f{uuid.uuid4().hex[:6]}")
+    records = scenario_copies(2, START_NS)
+    path = tmp_path / "records.jsonl"
+    path.write_bytes(b"".join(encode(r) + b"\n" for r in records))
+    cfg, digest = load_guard_config(config)
+    signer, trust = load_keys(cfg)
+    want = run_backtest(cfg, digest, records=read_records(path), signer=signer, trust=trust)
     cmd, env = flink_command(tmp_path)
-    r = subprocess.run([*cmd, "-c", HELD_CHECK], capture_output=True, text=True, env=env,
-                       timeout=300, check=False, cwd=tmp_path)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [*cmd, "-m", "riskguard.flink.backtest", "--config", str(config), "--records",
+         str(path), "--segments", "2", "--parallelism", "2", "--out", str(out)],
+        check=False, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    codec = Codec(clock=lambda: 0)
+
+    def got(name: str) -> list[Any]:
+        return [codec.decode(name, line) for line in
+                (out / f"{name}.jsonl").read_bytes().splitlines() if line.strip()]
+
+    assert sorted(_command_identity(decode_command(e)) for e in got("commands")) == sorted(
+        map(_command_identity, want.commands))
+    assert sorted(map(_signal_identity, got("signals"))) == sorted(
+        map(_signal_identity, want.signals))
+    assert len(got("audit")) == want.n_audit
+    assert got("dead_letters") == []
 
 
 @pytest.mark.kafka
-def test_the_live_guard_flow_merges_the_partitions_in_one_keyed_step_and_writes_five_topics(
+def test_the_live_guard_flow_admits_each_partition_under_its_own_key_and_writes_five_topics(
         kafka_bootstrap: str, tmp_path: Path) -> None:
-    """The flow the Flink guard job lays out: raw messages into one merge step (each
-    partition's admission and watermark in its keyed state), the guard core, and an
-    output per topic; the connector stands in for the input step."""
+    """The flow the Flink guard job runs: raw messages admitted per partition (each
+    one's lateness watermark in its keyed state), the guard core, and an output per
+    topic; the Kafka connector stands in for the input step, and the flow runs whole
+    as one segment."""
     from riskguard.dataflows.demo import prepare_run
-    from riskguard.flink.guard import MERGE_STEP, OUTPUT_STREAMS, guard_flow
+    from riskguard.flink.guard import OUTPUT_STREAMS, guard_flow
+    from riskguard.flink.plan import SegmentPlan
 
     run = prepare_run(kafka_bootstrap, tmp_path / "run", env=f"fg{uuid.uuid4().hex[:6]}")
     steps = core_steps(guard_flow(str(run.config)))
     assert [s.name for s in steps if s.kind == "input"] == ["kafka"]
     assert sorted(s.name for s in steps if s.kind == "output") == sorted(OUTPUT_STREAMS)
-    assert [s.step_id for s in steps if s.step_id.startswith("riskguard_guard.admit.")] == [
-        MERGE_STEP]
+    assert "riskguard_guard.admit.stateful" in {s.step_id for s in steps}
+    plan = SegmentPlan.whole({s.step_id: s for s in steps}, {"kafka": "kafka"})
+    assert [p for p, _s, _d in plan.inputs] == ["kafka"]
+    assert sorted(n for _s, n in plan.outputs) == sorted(OUTPUT_STREAMS)
 
 
 def _topic_count(run: Any, stream: str) -> int:

@@ -1,0 +1,210 @@
+"""A part of a flow run in one process, the way one bytewax worker runs it.
+
+:class:`Segment` takes some of a flow's core steps (:mod:`riskguard.flink.graph`) and
+runs a batch through all of them in build order: a map step calls its function once
+on the whole batch, a branch splits it, a merge joins its inputs in order, and a keyed
+step hands each key its share at once, keys in sorted order (as bytewax's
+``stateful_batch`` does, from a ``BTreeMap``). Nothing crosses a process or is
+serialized inside a segment; an engine calls it once per batch, and moves only what
+enters and leaves it. It does not import Flink, so it runs (and is tested) anywhere.
+
+>>> import bytewax.operators as op
+>>> from bytewax.dataflow import Dataflow
+>>> from bytewax.testing import TestingSink, TestingSource
+>>> from riskguard.flink.graph import core_steps
+>>> flow = Dataflow("doc")
+>>> nums = op.input("in", flow, TestingSource([]))
+>>> keyed = op.key_on("parity", nums, lambda x: "even" if x % 2 == 0 else "odd")
+>>> sums = op.stateful_map("sum", keyed, lambda s, x: ((s or 0) + x, (s or 0) + x))
+>>> op.output("out", sums, TestingSink([]))
+>>> seg = Segment.of(core_steps(flow))
+>>> seg.feed({"in": [1, 2, 3, 4]})
+[('out', ('even', 2)), ('out', ('even', 6)), ('out', ('odd', 1)), ('out', ('odd', 4))]
+>>> back = Segment.of(core_steps(flow), state=seg.snapshot())
+>>> back.feed({"in": [5]})
+[('out', ('odd', 9))]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from riskguard.flink.graph import CoreStep
+
+from riskguard.errors import ConfigError
+
+State = dict[str, dict[Any, Any]]
+"""A segment's keyed state: step id -> key -> the logic's snapshot."""
+
+_STATELESS = frozenset({"flat_map_batch", "branch", "merge", "redistribute",
+                        "inspect_debug"})
+
+
+@dataclass
+class _Keyed:
+    """One keyed step's logics by key, and each one's ``notify_at`` deadline."""
+
+    builder: Callable[[Any], Any]
+    logics: dict[Any, Any] = field(default_factory=dict)
+    due: dict[Any, datetime] = field(default_factory=dict)
+
+
+class Segment:
+    """Core steps run in process over batches (see the module docstring).
+
+    ``steps`` are in build order (each after the steps that make its inputs);
+    ``inputs`` maps a name to the stream id a batch given under that name feeds, and
+    ``outputs`` a stream id to the name its items leave under. ``state`` resumes the
+    keyed steps from a :meth:`snapshot`. ``worker`` is ``(index, count)``: what a
+    step that names its worker (event-time ticks) is told it runs as."""
+
+    def __init__(self, steps: Sequence[CoreStep], inputs: Mapping[str, str],
+                 outputs: Mapping[str, str], state: State | None = None) -> None:
+        for s in steps:
+            if s.kind not in _STATELESS and s.kind != "stateful_batch":
+                raise ConfigError(f"step {s.step_id!r}", "a core step a segment runs", s.kind)
+        self.steps = list(steps)
+        self.inputs = dict(inputs)
+        self.outputs = dict(outputs)
+        self.keyed: dict[str, _Keyed] = {
+            s.step_id: _Keyed(s.op.builder) for s in self.steps if s.kind == "stateful_batch"}
+        for step_id, snaps in (state or {}).items():
+            if step_id in self.keyed:
+                k = self.keyed[step_id]
+                k.logics = {key: k.builder(snap) for key, snap in snaps.items()}
+                k.due = {key: at for key, lg in k.logics.items()
+                         if (at := lg.notify_at()) is not None}
+
+    @classmethod
+    def of(cls, steps: Sequence[CoreStep], state: State | None = None) -> Segment:
+        """A segment of a whole flow: its input steps are its inputs, its output steps
+        its outputs, by their names."""
+        inner = [s for s in steps if s.kind not in ("input", "output")]
+        inputs = {s.name: s.downs["down"] for s in steps if s.kind == "input"}
+        outputs = {s.ups[0]: s.name for s in steps if s.kind == "output"}
+        return cls(inner, inputs, outputs, state)
+
+    def feed(self, batches: Mapping[str, list[Any]], now: datetime | None = None,
+             ) -> list[tuple[str, Any]]:
+        """Run one batch per input name through every step; what leaves, in order, as
+        ``(output name, item)``. With ``now``, each logic whose deadline has come is
+        notified too, after its step's batch (as bytewax does in an epoch)."""
+        streams: dict[str, list[Any]] = {}
+        for name, items in batches.items():
+            if items:
+                streams.setdefault(self.inputs[name], []).extend(items)
+        return self._pass(streams, now=now)
+
+    def notify(self, now: datetime) -> list[tuple[str, Any]]:
+        """Notify every logic whose deadline is at or before ``now``; what leaves."""
+        return self._pass({}, now=now)
+
+    def eof(self) -> list[tuple[str, Any]]:
+        """The end of the input: each keyed step's logics' ``on_eof`` in build order
+        (what one step says at its end reaches the next before that one's end)."""
+        return self._pass({}, eof=True)
+
+    def next_due(self) -> datetime | None:
+        """The earliest deadline of any logic, if any."""
+        return min((at for k in self.keyed.values() for at in k.due.values()), default=None)
+
+    def snapshot(self) -> State:
+        """Every keyed step's logics' snapshots (taken now), by step id and key."""
+        return {step_id: {key: lg.snapshot() for key, lg in k.logics.items()}
+                for step_id, k in self.keyed.items() if k.logics}
+
+    def keys(self) -> int:
+        """How many keyed logics the segment holds."""
+        return sum(len(k.logics) for k in self.keyed.values())
+
+    def _pass(self, streams: dict[str, list[Any]], now: datetime | None = None,
+              eof: bool = False) -> list[tuple[str, Any]]:
+        out: list[tuple[str, Any]] = []
+        for step in self.steps:
+            made = self._step(step, streams, now, eof)
+            for port, items in made.items():
+                if not items:
+                    continue
+                sid = step.downs[port]
+                name = self.outputs.get(sid)
+                if name is not None:
+                    out.extend((name, x) for x in items)
+                streams.setdefault(sid, []).extend(items)
+        return out
+
+    def _step(self, step: CoreStep, streams: dict[str, list[Any]], now: datetime | None,
+              eof: bool) -> dict[str, list[Any]]:
+        if step.kind == "merge":
+            return {"down": [x for u in step.ups for x in streams.get(u, ())]}
+        items = streams.get(step.ups[0]) if step.ups else None
+        if step.kind == "stateful_batch":
+            return {"down": self._keyed_step(step.step_id, items or [], now, eof)}
+        if not items:
+            return {}
+        if step.kind == "flat_map_batch":
+            # a copy: a function may sort its batch in place, and others read it too
+            return {"down": list(step.op.mapper(list(items)))}
+        if step.kind == "branch":
+            pred = step.op.predicate
+            trues: list[Any] = []
+            falses: list[Any] = []
+            for x in items:
+                (trues if pred(x) else falses).append(x)
+            return {"trues": trues, "falses": falses}
+        if step.kind == "inspect_debug":
+            for x in items:
+                step.op.inspector(step.step_id, x, 0, 0)
+        return {"down": items}  # redistribute and inspect_debug pass their batch on
+
+    def _keyed_step(self, step_id: str, items: list[tuple[Any, Any]], now: datetime | None,
+                    eof: bool) -> list[tuple[Any, Any]]:
+        k = self.keyed[step_id]
+        out: list[tuple[Any, Any]] = []
+        if items:
+            by_key: dict[Any, list[Any]] = {}
+            for key, value in items:
+                by_key.setdefault(key, []).append(value)
+            for key in sorted(by_key):
+                logic = k.logics.get(key)
+                if logic is None:
+                    logic = k.logics[key] = k.builder(None)
+                self._called(k, key, logic, logic.on_batch(by_key[key]), out)
+        if now is not None and k.due:
+            for key in sorted(key for key, at in k.due.items() if at <= now):
+                logic = k.logics[key]
+                self._called(k, key, logic, logic.on_notify(), out)
+        if eof:
+            for key in sorted(k.logics):
+                logic = k.logics[key]
+                self._called(k, key, logic, logic.on_eof(), out)
+        return out
+
+    @staticmethod
+    def _called(k: _Keyed, key: Any, logic: Any, result: tuple[Iterable[Any], bool],
+                out: list[tuple[Any, Any]]) -> None:
+        emitted, discard = result
+        out.extend((key, x) for x in emitted)
+        if discard:
+            k.logics.pop(key, None)
+            k.due.pop(key, None)
+            return
+        at = logic.notify_at()
+        if at is None:
+            k.due.pop(key, None)
+        else:
+            k.due[key] = at
+
+
+def deadline_ms(at: datetime) -> int:
+    """The first whole ms at or after ``at``: a timer on the ms before a deadline fires
+    early, finds it not yet due, and never comes again.
+
+    >>> from datetime import UTC
+    >>> deadline_ms(datetime(2026, 1, 1, 0, 0, 0, 1500, tzinfo=UTC)) % 1000
+    2
+    """
+    return math.ceil(at.timestamp() * 1000)
