@@ -726,16 +726,37 @@ def test_a_progress_partition_ends_on_its_writers_final_progress_not_on_idle() -
         ("detect/w2", 8, True)]
 
 
-def test_a_progress_partition_whose_writer_wrote_then_went_quiet_ends_idle() -> None:
+@pytest.mark.parametrize("wait_s", [0, 30])
+def test_a_progress_partition_whose_writer_wrote_then_went_quiet_ends_idle(
+        wait_s: int) -> None:
     """A writer that wrote and then fell silent without its final progress (killed in a
-    bounded run) does not keep the reader open for ever: idleness ends it as usual."""
+    bounded run, and not restarted) does not keep the reader open for ever: idleness
+    ends it as usual, once the wait for a restarting writer (if any) is over too."""
     from riskguard.connectors.kafka.source import _SourcePartition
 
     t = iter(range(0, 10**13, 5 * 10**8))
     shared = _Stalling([[_Msg(0, _progress("detect/w0", 5))]], stall=0, end=1)
     part = _SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
-                            lambda: next(t), writers=1)
+                            lambda: next(t), writers=1, writer_wait_ns=wait_s * 10**9)
     assert [r.ts for r in _read_until_end(part)] == [5]
+
+
+def test_a_progress_partition_reads_on_after_its_writer_restarts() -> None:
+    """A writer killed and resumed from its recovery snapshot is quiet, with nothing
+    unread, for as long as it takes to start again: longer than ``idle_eof_s`` (here
+    about 20 s against 1 s), shorter than the wait for a restarting writer (60 s). The
+    partition does not end meanwhile: what the writer writes once resumed is read, and
+    its final progress ends it."""
+    from riskguard.connectors.kafka.source import _SourcePartition
+
+    t = iter(range(0, 10**13, 5 * 10**8))  # half a second per clock reading
+    before, after = [_Msg(0, _progress("market/0", 5))], [
+        _Msg(1, _progress("market/0", 6)), _Msg(2, _progress("market/0", 6, final=True))]
+    shared = _Stalling([before, *[[] for _ in range(40)], after], stall=0, end=1)
+    part = _SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
+                            lambda: next(t), writers=1, writer_wait_ns=60 * 10**9)
+    assert [(r.ts, r.final) for r in _read_until_end(part)] == [
+        (5, False), (6, False), (6, True)]
 
 
 def test_a_sink_with_a_fixed_partition_writes_there(kafka_bootstrap: str, new_topic) -> None:

@@ -75,12 +75,15 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         policy: EventTimePolicy | None, clock: Clock, watermark: int = -1,
         stamp_recv_ts: bool = False, align: EventTimeAlignment | None = None,
         name: str | None = None, split: KeySplit | None = None, writers: int = 0,
+        writer_wait_ns: int = 0,
     ) -> None:
         self._stamp = stamp_recv_ts
         # a progress partition (``writers`` flows write it as they go): at its end it is not
         # caught up; it ends once every writer sent its final progress, or had written and
-        # then went idle
+        # then went idle for ``idle_eof`` and at least ``writer_wait_ns`` (a writer that is
+        # restarting is quiet for as long as it takes to start again)
         self._writers = writers
+        self._writer_wait_ns = writer_wait_ns
         self._finished: set[str] = set()
         self._got_any = False
         self._split = split
@@ -216,9 +219,12 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         ``idle_eof`` with nothing left to read; else move the lag gauge (to 0)."""
         idle_eof = self._idle_eof_ns
         at = self._clock()
-        # a progress partition's writer may still be starting: idle only once it wrote
+        # a progress partition's writer may still be starting: idle only once it wrote,
+        # and only once it has been quiet for longer than a restart may take
+        quiet = idle_eof if idle_eof is None or not self._writers else max(
+            idle_eof, self._writer_wait_ns)
         if (idle_eof is not None and (self._got_any or not self._writers)
-                and at - self._last_msg_ns > idle_eof
+                and at - self._last_msg_ns > quiet
                 and at >= self._recheck_at and not self._unread_left(idle_eof, at)):
             self._report_lag(at, force=True)
             raise StopIteration
@@ -527,12 +533,14 @@ class Alignment:
     reached until it stalls (no data for 10 s: a writer gone), so the others are read in
     step with it however far ahead their writers have run. It ends once each of its
     writers sent its ``final`` :class:`~riskguard.schemas.DetectProgress` (its bounded
-    input ended), or wrote and then went idle for ``idle_eof_s``: not before a writer
-    still starting up has written anything.
+    input ended), or wrote and then went idle for ``idle_eof_s`` and at least
+    ``writer_wait_s``: not before a writer still starting up has written anything, nor
+    while one killed and resuming from its recovery snapshot may still write the rest.
     """
 
     max_skew_s: float
     progress_topics: dict[str, int] = field(default_factory=dict)
+    writer_wait_s: float = 0.0
 
 
 class KafkaInput(FixedPartitionedSource[Any, Any]):
@@ -588,6 +596,7 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
         self.checks = checks
         self.split = split
         self.progress_topics = dict(align.progress_topics) if align is not None else {}
+        self.writer_wait_ns = int(align.writer_wait_s * 1e9) if align is not None else 0
         self.alignment = (
             None if align is None else EventTimeAlignment(int(align.max_skew_s * 1e9))
         )
@@ -657,6 +666,7 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
             self.idle_eof_ns, None if topic in checks.untimed_topics else checks.time_policy,
             self.clock, watermark, checks.stamp_recv_ts, self.alignment,
             name=f"{idx}-{topic}", split=split, writers=self._writers_of(topic, idx),
+            writer_wait_ns=self.writer_wait_ns,
         )
 
     def _writers_of(self, topic: str, idx: int) -> int:

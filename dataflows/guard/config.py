@@ -112,8 +112,9 @@ class TierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     # firm: how many signal ids it remembers, to drop those a resumed market process
     # sends again
     recent_ids: Annotated[int, msgspec.Meta(ge=1)] = 65_536
-    # firm: how long (processing time) its clock waits for a silent market process; a
-    # market process restarted within this leaves the firm's outputs as if it never stopped
+    # firm: how long (processing time) its clock waits for a silent market process, and
+    # its input for more of what it writes; a market process restarted within this leaves
+    # the firm's outputs as if it never stopped
     market_wait_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
 
 

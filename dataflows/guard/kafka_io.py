@@ -44,10 +44,12 @@ def guard_input(flow: Dataflow, cfg: GuardConfig, streams: tuple[str, ...], cloc
     align = None
     if inp.align_skew_s is not None:
         # the firm process applies the market processes' valuations in step with each
-        # other (it sums their parts), not as fast as each process wrote them
+        # other (it sums their parts), not as fast as each process wrote them, and reads
+        # on after a market process that went quiet for as long as it may take to restart
+        firm = cfg.tier.role == "firm"
         align = Alignment(inp.align_skew_s, progress_topics=(
-            {cfg.topic(DETECTIONS): cfg.tier.market_processes}
-            if cfg.tier.role == "firm" else {}))
+            {cfg.topic(DETECTIONS): cfg.tier.market_processes} if firm else {}),
+            writer_wait_s=cfg.tier.market_wait_s if firm else 0.0)
     return kafka_input(
         "in", flow, brokers=cfg.kafka, topics=[cfg.topic(s) for s in streams],
         starting_offset=inp.starting_offset, idle_eof_s=inp.idle_eof_s, clock=clock,
