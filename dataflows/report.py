@@ -301,17 +301,6 @@ def build_report(res: BacktestResult, labels: Sequence[Label], *, title: str,
     inst_days = max(len(res.keys), 1) * span_days
     cmds = res.commands
     timeline = state_timeline(cmds)
-    by_action = Counter(c.action.value for c in cmds)
-    by_scope = Counter(c.scope.kind.value for c in cmds)
-    pairs = Counter((c.action.value, c.scope.label()) for c in cmds)
-    # Plot series: the most-labelled / first keys' prices, anomaly ratios, utilizations.
-    wanted = [k for lab in labels for k in res.prices if scope_related(lab.scope, _key_scope(k))]
-    keys = list(dict.fromkeys([*wanted, *sorted(res.prices)]))[:max_price_series]
-    anomalies = [s for s in res.signals if isinstance(s, AnomalySignal) and not s.warming_up]
-    util: dict[str, list[tuple[int, float]]] = {}
-    for u in res.utilizations:
-        util.setdefault(f"{u.limit_path}.{u.kind}", []).append((u.ts, u.utilization))
-    top_util = sorted(util, key=lambda k: -max(v for _, v in util[k]))[:6]
     report: dict[str, Any] = {
         "title": title,
         "config_hash": config_hash,
@@ -331,11 +320,7 @@ def build_report(res: BacktestResult, labels: Sequence[Label], *, title: str,
             "per_instrument_day": round(ep["false_alarms"] / inst_days, 4),
             "by_signal": ep["false_alarms_by_signal"],
         },
-        "commands": {
-            "by_action": dict(sorted(by_action.items())),
-            "by_scope_kind": dict(sorted(by_scope.items())),
-            "by_action_scope": [[a, s, n] for (a, s), n in sorted(pairs.items())],
-        },
+        "commands": _command_counts(cmds),
         "mitigation_states": time_in_states(timeline, res.start_ns, res.end_ns),
         "command_log": [
             {"t": c.issued_at, "action": c.action.value, "scope": c.scope.label(),
@@ -344,17 +329,42 @@ def build_report(res: BacktestResult, labels: Sequence[Label], *, title: str,
         ],
         "labels": [{"kind": lab.kind, "scope": lab.scope, "start": lab.start_ns,
                     "end": lab.end_ns} for lab in labels],
-        "series": {
-            "prices": {k: _thin(res.prices[k]) for k in keys},
-            "anomalies": [[s.ts, _r(s.score / s.threshold if s.threshold > 0 else 0.0, 4),
-                           s.key, s.severity.value] for s in anomalies],
-            "utilization": {k: _thin(util[k]) for k in top_util},
-        },
+        "series": _series(res, labels, max_price_series),
     }
     if extra:
         report.update(extra)
     report["run"] = run_info(res.wall_s, res.n_events)
     return report
+
+
+def _command_counts(cmds: Sequence[MitigationCommand]) -> dict[str, Any]:
+    by_action = Counter(c.action.value for c in cmds)
+    by_scope = Counter(c.scope.kind.value for c in cmds)
+    pairs = Counter((c.action.value, c.scope.label()) for c in cmds)
+    return {
+        "by_action": dict(sorted(by_action.items())),
+        "by_scope_kind": dict(sorted(by_scope.items())),
+        "by_action_scope": [[a, s, n] for (a, s), n in sorted(pairs.items())],
+    }
+
+
+def _series(res: BacktestResult, labels: Sequence[Label], max_price_series: int
+            ) -> dict[str, Any]:
+    """Plot series: the most-labelled (then the first) keys' prices, anomaly ratios, and
+    the six most utilized limits."""
+    wanted = [k for lab in labels for k in res.prices if scope_related(lab.scope, _key_scope(k))]
+    keys = list(dict.fromkeys([*wanted, *sorted(res.prices)]))[:max_price_series]
+    anomalies = [s for s in res.signals if isinstance(s, AnomalySignal) and not s.warming_up]
+    util: dict[str, list[tuple[int, float]]] = {}
+    for u in res.utilizations:
+        util.setdefault(f"{u.limit_path}.{u.kind}", []).append((u.ts, u.utilization))
+    top_util = sorted(util, key=lambda k: -max(v for _, v in util[k]))[:6]
+    return {
+        "prices": {k: _thin(res.prices[k]) for k in keys},
+        "anomalies": [[s.ts, _r(s.score / s.threshold if s.threshold > 0 else 0.0, 4),
+                       s.key, s.severity.value] for s in anomalies],
+        "utilization": {k: _thin(util[k]) for k in top_util},
+    }
 
 
 def _params(c: MitigationCommand) -> dict[str, Any]:
