@@ -126,19 +126,12 @@ def summarize(scrapes: Sequence[Scrape], top: int = 5) -> dict[str, Any]:
     lag = _by(ok, "riskguard_kafka_consumer_lag", "stream") or _by(
         ok, "bytewax_kafka_consumer_lag", "topic")
     episodes = _by(ok, "riskguard_episodes_open", "key_class")
-    commands = _fold(ok, "riskguard_commands_total", ("action", "scope_kind"))
-    last = _fold(ok, "riskguard_last_command_timestamp_seconds", ("action", "scope_kind"), max)
-    by_action: dict[str, float] = {}
-    for (action, _), n in sorted(commands.items()):
-        by_action[action] = by_action.get(action, 0.0) + n
     util = _fold(ok, "riskguard_limit_utilization", ("counterparty", "limit", "kind"), max)
     ranked = sorted(util.items(), key=lambda kv: (-kv[1], kv[0][1], kv[0][2]))
     utils = [{"counterparty": c, "limit": lim, "kind": k, "utilization": v}
              for (c, lim, k), v in ranked]
     ages = [s.value for sc in ok for s in sc.samples
             if s.name == "riskguard_audit_checkpoint_age_seconds"]
-    acks = _fold(ok, "riskguard_command_acks_total", ("action", "outcome"))
-    alerts = _fold(ok, "riskguard_risk_alerts_total", ("kind", "severity"))
     lat_n = _total(ok, "riskguard_detection_to_command_seconds_count")
     lat_sum = _total(ok, "riskguard_detection_to_command_seconds_sum")
     return {
@@ -153,25 +146,8 @@ def summarize(scrapes: Sequence[Scrape], top: int = 5) -> dict[str, Any]:
         },
         "lag": {"total": sum(lag.values()), "by_stream": lag} if lag else None,
         "episodes_open": {"total": sum(episodes.values()), "by_class": episodes},
-        "commands": {
-            "total": sum(by_action.values()),
-            "by_action": by_action,
-            "by_action_scope": [
-                {"action": a, "scope_kind": k, "count": n,
-                 "last_ts": last.get((a, k))}
-                for (a, k), n in sorted(commands.items())
-            ],
-        },
-        # what executors said about them (the guard's acks topic)
-        "acks": {
-            "acknowledged": sum(n for (_a, o), n in acks.items()
-                                if o in ("applied", "already_applied")),
-            "refused": sum(n for (_a, o), n in acks.items() if o in ("refused", "failed")),
-            "unacknowledged": sum(n for (k, _s), n in alerts.items()
-                                  if k == "command_unacknowledged"),
-            "by_action_outcome": [{"action": a, "outcome": o, "count": n}
-                                  for (a, o), n in sorted(acks.items())],
-        },
+        "commands": _commands(ok),
+        "acks": _acks(ok),
         "breaches": _by(ok, "riskguard_limit_breaches_total", "level"),
         "utilizations": utils[:top],
         "feeds": {
@@ -183,6 +159,39 @@ def summarize(scrapes: Sequence[Scrape], top: int = 5) -> dict[str, Any]:
         "rejections": _by(ok, "riskguard_subscriber_rejections_total", "reason"),
         "checkpoint_age_s": min(ages) if ages else None,
         "detection_to_command_mean_s": lat_sum / lat_n if lat_n else None,
+    }
+
+
+def _commands(ok: Sequence[Scrape]) -> dict[str, Any]:
+    """The commands issued, by action and by action and scope kind (with the last's
+    time)."""
+    commands = _fold(ok, "riskguard_commands_total", ("action", "scope_kind"))
+    last = _fold(ok, "riskguard_last_command_timestamp_seconds", ("action", "scope_kind"), max)
+    by_action: dict[str, float] = {}
+    for (action, _), n in sorted(commands.items()):
+        by_action[action] = by_action.get(action, 0.0) + n
+    return {
+        "total": sum(by_action.values()),
+        "by_action": by_action,
+        "by_action_scope": [
+            {"action": a, "scope_kind": k, "count": n, "last_ts": last.get((a, k))}
+            for (a, k), n in sorted(commands.items())
+        ],
+    }
+
+
+def _acks(ok: Sequence[Scrape]) -> dict[str, Any]:
+    """What executors said about the commands (the guard's acks topic)."""
+    acks = _fold(ok, "riskguard_command_acks_total", ("action", "outcome"))
+    alerts = _fold(ok, "riskguard_risk_alerts_total", ("kind", "severity"))
+    return {
+        "acknowledged": sum(n for (_a, o), n in acks.items()
+                            if o in ("applied", "already_applied")),
+        "refused": sum(n for (_a, o), n in acks.items() if o in ("refused", "failed")),
+        "unacknowledged": sum(n for (k, _s), n in alerts.items()
+                              if k == "command_unacknowledged"),
+        "by_action_outcome": [{"action": a, "outcome": o, "count": n}
+                              for (a, o), n in sorted(acks.items())],
     }
 
 

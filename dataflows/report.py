@@ -321,9 +321,6 @@ def build_report(res: BacktestResult, labels: Sequence[Label], *, title: str,
     inst_days = max(len(res.keys), 1) * span_days
     cmds = res.commands
     timeline = state_timeline(cmds)
-    by_action = Counter(c.action.value for c in cmds)
-    by_scope = Counter(c.scope.kind.value for c in cmds)
-    pairs = Counter((c.action.value, c.scope.label()) for c in cmds)
     labelled = bool(labels)
     report: dict[str, Any] = {
         "title": title,
@@ -341,11 +338,7 @@ def build_report(res: BacktestResult, labels: Sequence[Label], *, title: str,
             "by_signal": ep["false_alarms_by_signal"] if labelled else {},
         },
         "alarms_by_signal": dict(sorted(Counter(a[1] for a in alarms).items())),
-        "commands": {
-            "by_action": dict(sorted(by_action.items())),
-            "by_scope_kind": dict(sorted(by_scope.items())),
-            "by_action_scope": [[a, s, n] for (a, s), n in sorted(pairs.items())],
-        },
+        "commands": _command_counts(cmds),
         "mitigation_states": time_in_states(timeline, res.start_ns, res.end_ns),
         "state_changes": [[t, label, state] for t, label, state in timeline],
         "command_log": [
@@ -379,6 +372,17 @@ def _summary(res: BacktestResult, n_alarms: int, n_labels: int) -> dict[str, Any
         "instruments": len(res.keys), "signals": len(res.signals), "alarms": n_alarms,
         "commands": len(res.commands), "dead_letters": len(res.dead_letters),
         "audit_records": res.n_audit, "labels": n_labels, "markets": sorted(res.keys),
+    }
+
+
+def _command_counts(cmds: Sequence[MitigationCommand]) -> dict[str, Any]:
+    by_action = Counter(c.action.value for c in cmds)
+    by_scope = Counter(c.scope.kind.value for c in cmds)
+    pairs = Counter((c.action.value, c.scope.label()) for c in cmds)
+    return {
+        "by_action": dict(sorted(by_action.items())),
+        "by_scope_kind": dict(sorted(by_scope.items())),
+        "by_action_scope": [[a, s, n] for (a, s), n in sorted(pairs.items())],
     }
 
 

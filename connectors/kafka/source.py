@@ -221,9 +221,11 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         at = self._clock()
         # a progress partition's writer may still be starting: idle only once it wrote,
         # and only once it has been quiet for longer than a restart may take
-        quiet = idle_eof if idle_eof is None or not self._writers else max(
-            idle_eof, self._writer_wait_ns)
-        if (idle_eof is not None and (self._got_any or not self._writers)
+        if idle_eof is None:
+            self._report_lag(at)
+            return
+        quiet = max(idle_eof, self._writer_wait_ns) if self._writers else idle_eof
+        if ((self._got_any or not self._writers)
                 and at - self._last_msg_ns > quiet
                 and at >= self._recheck_at and not self._unread_left(idle_eof, at)):
             self._report_lag(at, force=True)

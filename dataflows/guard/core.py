@@ -138,6 +138,27 @@ def _feed_monitor(status: Stream[Any], ticks: Stream[Any], cfg: GuardConfig, clo
     )
 
 
+def _detect_and_value(market: Stream[Any], status: Stream[Any], trading: Stream[Any],
+                      ticks: Stream[Any], cfg: GuardConfig, clock: Clock,
+                      wall_clock: Clock | None, tick_sources: int,
+                      step_errs: list[Stream[DeadLetter]], watch: Any = None,
+                      ) -> tuple[Stream[Any], Stream[Any], Stream[Any], Stream[Any]]:
+    """A process that reads market and trading data: its anomalies (on the selected
+    feeds), exposures, exposure alerts and progress; the steps' dead letters join
+    ``step_errs``. ``watch`` is shown what the detectors are fed."""
+    market_ok = select_feeds(market, status, cfg, None)
+    anomalies, detect_errs = detect_on(market_ok, status, cfg, clock, None, read=market,
+                                        tick_sources=tick_sources, watch=watch)
+    step_errs.extend(detect_errs)
+    marks = op.flat_map_batch("marks", market_ok,
+                              MarkFilter(cfg.mark_interval_ns, cfg.mark_move_bps).passed)
+    exposure = aggregate_exposure(
+        "exposure", marks, trading, config=cfg.exposure, clock=clock, ticks=ticks,
+        wall_clock=wall_clock)
+    step_errs.append(exposure.errs)
+    return anomalies, exposure.exposures, exposure.alerts, exposure.progress
+
+
 @operator
 def guard_core(
     step_id: str,
@@ -210,18 +231,9 @@ def guard_core(
                                config=cfg.exposure)
         exposures, exposure_alerts, progress = summed.exposures, summed.alerts, summed.progress
     else:
-        market_ok = select_feeds(market, status, cfg, None)
-        anomalies, detect_errs = detect_on(market_ok, status, cfg, clock, None, read=market,
-                                            tick_sources=tick_sources, watch=watch)
-        step_errs.extend(detect_errs)
-        marks = op.flat_map_batch("marks", market_ok,
-                                  MarkFilter(cfg.mark_interval_ns, cfg.mark_move_bps).passed)
-        exposure = aggregate_exposure(
-            "exposure", marks, trading, config=cfg.exposure, clock=clock, ticks=ticks,
-            wall_clock=wall_clock)
-        exposures, exposure_alerts, progress = (exposure.exposures, exposure.alerts,
-                                                exposure.progress)
-        step_errs.append(exposure.errs)
+        anomalies, exposures, exposure_alerts, progress = _detect_and_value(
+            market, status, trading, ticks, cfg, clock, wall_clock, tick_sources, step_errs,
+            watch)
     audience = Audience(env=cfg.env, topic=cfg.topic("limit_updates"))
     limits = enforce_limits("limits", exposures, updates, config=cfg.limits,
                             verifier=trust_verifier(trust, audience), clock=clock,

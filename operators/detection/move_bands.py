@@ -260,13 +260,8 @@ class MoveBands:
         interval, with the band settings of that length (interpolated between the
         configured horizons). With ``since`` (a trip's time), no move reaches back
         before it: a horizon whose look-back does is measured from the trip's price,
-        and so is the drawdown.
-
-        A horizon's reference is the close of the slot ending at ``ts - h``, else of the
-        last one before the slot holding it (slot ``k`` covers ``((k - 1) * slot_ns,
-        k * slot_ns]``), found by position while a tier has a slot for every step; none
-        across a gap in the data; with ``since``, a slot that ended before the trip gives
-        the trip's price. The typical move is :meth:`_scale`'s, the band :meth:`_band`'s.
+        and so is the drawdown. A horizon's reference price is :meth:`_reference`'s, the
+        typical move :meth:`_scale`'s, the band :meth:`_band`'s.
         """
         s = self.s
         sigma = self.sigma_per_sqrt_ns
@@ -289,18 +284,11 @@ class MoveBands:
             if since is not None and at <= since:
                 ref = s.reset_price  # the trip's price is the reference
             else:
-                tier, slot_ns, first = ((fine, _FINE_NS, fine_first) if on_fine
-                                        else (coarse, _COARSE_NS, coarse_first))
-                want = at // slot_ns  # the last slot that ended at or before ``at``
-                i = (min(want - first, len(tier) - 1) if first is not None
-                     else bisect.bisect_right(tier, (want, math.inf)) - 1)
-                if i < 0:
+                found = (self._reference(fine, _FINE_NS, fine_first, at, h, since) if on_fine
+                         else self._reference(coarse, _COARSE_NS, coarse_first, at, h, since))
+                if found is None:
                     continue
-                slot = tier[i]
-                if slot[0] * slot_ns < at - h:
-                    continue  # across a gap in the data
-                ref = (s.reset_price if since is not None and slot[0] * slot_ns < since
-                       else slot[1])
+                ref = found
             down = log(low / ref)
             up = log(high / ref)
             move = down if -down >= up else up
@@ -319,6 +307,25 @@ class MoveBands:
         if coarse:
             out.append(self._range_reading(ts, low, high, since))
         return out
+
+    def _reference(self, tier: list[tuple[int, float, float, float]], slot_ns: int,
+                   first: int | None, at: int, h: int,
+                   since: int | None) -> float | None:
+        """A horizon ``h``'s reference price at ``at = ts - h``: the close of the slot
+        ending at ``at``, else of the last one before the slot holding it (slot ``k``
+        covers ``((k - 1) * slot_ns, k * slot_ns]``), found by position while the tier has
+        a slot for every step (``first``); none across a gap in the data; with ``since``,
+        a slot that ended before the trip gives the trip's price."""
+        want = at // slot_ns  # the last slot that ended at or before ``at``
+        i = (min(want - first, len(tier) - 1) if first is not None
+             else bisect.bisect_right(tier, (want, math.inf)) - 1)
+        if i < 0:
+            return None
+        slot = tier[i]
+        if slot[0] * slot_ns < at - h:
+            return None  # across a gap in the data
+        return self.s.reset_price if since is not None and slot[0] * slot_ns < since \
+            else slot[1]
 
     def _range_reading(self, ts: int, low: float, high: float, since: int | None) -> Reading:
         """The drawdown or rally from the day's extremes (since a trip: from the trip's),

@@ -649,9 +649,7 @@ class LimitsLogic:
             st.unknown_alerted = True
             p.out.append(self._unknown_alert(e, ts, p.recv_ts))
         p.alert_at = len(p.out)
-        tracks = st.tracks
-        interval = self.config.utilization_interval_ns
-        ok = LimitLevel.OK
+        tracks, interval, ok = st.tracks, self.config.utilization_interval_ns, LimitLevel.OK
         any_unvalued = bool(e.unvalued_instruments or e.unvalued_collateral)
         for row in plan:
             tkey, spec, measure, unv_of, _scope, warn = row
@@ -671,12 +669,8 @@ class LimitsLogic:
                 moved = p.track_unvalued(tr, spec, names)
             elif tr.unvalued_since >= 0:
                 tr.unvalued_since, tr.unvalued_overdue, moved = -1, False, True
-            if spec.vol_scaling is None:
-                eff, inputs = spec.limit, None
-            else:
-                factor, inputs = vol_factor(spec, e.vol_by_underlying,
-                                            self.config.missing_vol_factor)
-                eff = spec.limit * factor
+            eff, inputs = (spec.limit, None) if spec.vol_scaling is None else \
+                self._scaled(spec, e)
             u = min(x / eff, UTIL_CAP) if eff > 0 else (0.0 if x <= 0 else UTIL_CAP)
             old = tr.level
             # fast path: below warn, was OK, no latch, valued -> still OK (same as level_of)
@@ -693,6 +687,11 @@ class LimitsLogic:
         st.unvalued_due = p.next_due
         self._close_pass(p)
         return p.out
+
+    def _scaled(self, spec: LimitSpec, e: Exposure) -> tuple[float, dict[str, float]]:
+        """A vol-scaled limit's effective value, and the inputs that scaled it."""
+        factor, inputs = vol_factor(spec, e.vol_by_underlying, self.config.missing_vol_factor)
+        return spec.limit * factor, inputs
 
     def _unknown_alert(self, e: Exposure, ts: int, recv_ts: int | None) -> RiskAlert:
         return RiskAlert(

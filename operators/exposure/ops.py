@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import bytewax.operators as op
@@ -324,6 +325,27 @@ def sum_exposures(step_id: str, parts: Stream[Part | Progress], *,
     return _sum(config, parts, ticked=True)
 
 
+def _verify_update(verifier: Verifier, clock: Clock, env: Any) -> list[Any]:
+    """A signed limit update, verified and routed to its key; refused: an alert for the
+    desk and a dead letter naming the input it came from."""
+    now = clock()
+    firm_scope = Scope(kind=ScopeKind.FIRM, value="*")
+    if not isinstance(env, SignedEnvelope):
+        return [rejection_alert("not_an_envelope", type(env).__name__, "unsigned", now,
+                                firm_scope)]
+    try:
+        upd = verifier(env, now)
+    except VerificationError as err:
+        digest = hashlib.sha256(env.payload).hexdigest()
+        topic, partition, offset = source_of(env) or ("limit_updates", -1, -1)
+        return [rejection_alert(err.reason, err.detail, digest, now, firm_scope),
+                DeadLetter.of(topic=topic, partition=partition, offset=offset, ts=now,
+                              reason=f"limit_update_{err.reason}",
+                              expected="a verified limit update", found=err.detail,
+                              step="verify_limit_update", raw=encode(env))]
+    return [route_update(upd, now)]
+
+
 @operator
 def enforce_limits(
     step_id: str,
@@ -372,7 +394,6 @@ def enforce_limits(
     ['unknown_counterparty']
     """
     config.validate(f"step '{step_id}'")
-    firm_scope = Scope(kind=ScopeKind.FIRM, value="*")
 
     def key_exposures(es: list[Any]) -> list[Any]:
         return [(e.counterparty, ("exp", e)) if type(e) is Exposure else DeadLetter.of(
@@ -385,26 +406,7 @@ def enforce_limits(
         streams.append(op.flat_map_batch(
             "key_progress", progress, lambda ps: [(p.counterparty, ("tick", p)) for p in ps]))
     if updates is not None:
-        def verify(env: Any) -> list[Any]:
-            now = clock()
-            if not isinstance(env, SignedEnvelope):
-                return [rejection_alert("not_an_envelope", type(env).__name__,
-                                        "unsigned", now, firm_scope)]
-            try:
-                upd = verifier(env, now)
-            except VerificationError as err:
-                digest = hashlib.sha256(env.payload).hexdigest()
-                # an alert for the desk, and a dead letter naming the input it came from
-                topic, partition, offset = source_of(env) or ("limit_updates", -1, -1)
-                return [rejection_alert(err.reason, err.detail, digest, now, firm_scope),
-                        DeadLetter.of(topic=topic, partition=partition, offset=offset, ts=now,
-                                      reason=f"limit_update_{err.reason}",
-                                      expected="a verified limit update",
-                                      found=err.detail, step="verify_limit_update",
-                                      raw=encode(env))]
-            return [route_update(upd, now)]
-
-        streams.append(op.flat_map("verify", updates, verify))
+        streams.append(op.flat_map("verify", updates, partial(_verify_update, verifier, clock)))
     merged = op.merge("merge", *streams) if len(streams) > 1 else streams[0]
     # per-item predicates are C-level isinstance checks (the hot path is per record)
     keyed = op.branch("keyed", merged, _IS_TUPLE)
