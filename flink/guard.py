@@ -26,8 +26,11 @@ operator's uid is stable, so a checkpoint restores at another parallelism.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -209,6 +212,14 @@ def _input_table(cfg: GuardConfig) -> str:
                 {_kafka_options(cfg)})"""
 
 
+def scratch_checkpoints() -> str:
+    """A ``file://`` folder for the checkpoints of a run not given one, removed when
+    the process ends (a restart within the run resumes from it; a new run does not)."""
+    folder = Path(tempfile.mkdtemp(prefix="riskguard-flink-checkpoints-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder.as_uri()
+
+
 def run(config: str, *, parallelism: int | None = None, checkpoints: str | None = None,
         interval_ms: int = 2000, restore: str | None = None, jars: Sequence[str] = ()) -> None:
     """Run the guard on Flink until cancelled (a local mini-cluster when run directly,
@@ -235,6 +246,11 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
         conf.set_string("execution.checkpointing.dir", checkpoints)
         conf.set_string("execution.checkpointing.externalized-checkpoint-retention",
                         "RETAIN_ON_CANCELLATION")
+    else:
+        # without a folder Flink keeps checkpoints in the JobManager's memory, at most
+        # 5 MiB a state handle: the segment's snapshot of a backlog is larger, its
+        # checkpoint fails and the job restarts from the start, over and over
+        conf.set_string("execution.checkpointing.dir", scratch_checkpoints())
     if restore == "latest":
         restore = latest_checkpoint(checkpoints) if checkpoints else None
     if restore:
