@@ -157,7 +157,7 @@ def test_the_backtest_flow_as_one_segment_fed_whole_ticks_decides_as_bytewax(
     """Two copies of the demo scenario (the second starts with every price jumping back,
     where several same-time anomalies open at once), fed to the backtest flow as one
     segment a whole tick at a time: bytewax's commands, signals and audit records."""
-    from riskguard.connectors.placement import claim_worker
+    from riskguard.operators.core.clock import claim_worker
     from riskguard.dataflows.backtest import backtest_flow, span_batches
     from riskguard.dataflows.demo_scenario import scenario_copies
     from riskguard.dataflows.guard import load_keys
@@ -191,7 +191,7 @@ def test_the_backtest_flow_cut_into_a_market_and_a_firm_segment_decides_as_bytew
     another, fed tick by tick with what crosses msgspec-encoded between them. Over two
     copies of the scenario: bytewax's commands, signals and audit records, and what
     crosses is the market segment's marks, signals and dead letters."""
-    from riskguard.connectors.placement import claim_worker
+    from riskguard.operators.core.clock import claim_worker
     from riskguard.dataflows.backtest import backtest_flow, span_batches
     from riskguard.dataflows.demo_scenario import scenario_copies
     from riskguard.dataflows.guard import load_keys
