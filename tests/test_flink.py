@@ -157,11 +157,11 @@ def test_the_backtest_flow_as_one_segment_fed_whole_ticks_decides_as_bytewax(
     """Two copies of the demo scenario (the second starts with every price jumping back,
     where several same-time anomalies open at once), fed to the backtest flow as one
     segment a whole tick at a time: bytewax's commands, signals and audit records."""
-    from riskguard.operators.core.clock import claim_worker
     from riskguard.dataflows.backtest import backtest_flow, span_batches
     from riskguard.dataflows.demo_scenario import scenario_copies
     from riskguard.dataflows.guard import load_keys
     from riskguard.flink.segment import Segment
+    from riskguard.operators.core.clock import claim_worker
 
     cfg, digest = load_guard_config(scenario["config"])
     signer, trust = load_keys(cfg)
@@ -191,12 +191,12 @@ def test_the_backtest_flow_cut_into_a_market_and_a_firm_segment_decides_as_bytew
     another, fed tick by tick with what crosses msgspec-encoded between them. Over two
     copies of the scenario: bytewax's commands, signals and audit records, and what
     crosses is the market segment's marks, signals and dead letters."""
-    from riskguard.operators.core.clock import claim_worker
     from riskguard.dataflows.backtest import backtest_flow, span_batches
     from riskguard.dataflows.demo_scenario import scenario_copies
     from riskguard.dataflows.guard import load_keys
     from riskguard.flink.plan import SegmentPlan
     from riskguard.flink.wire import Wire
+    from riskguard.operators.core.clock import claim_worker
 
     cfg, digest = load_guard_config(scenario["config"])
     signer, trust = load_keys(cfg)
