@@ -67,6 +67,11 @@ class TrustError(RiskguardError, ValueError):
     """The trust file is malformed, unsigned or lacks its root threshold."""
 
 
+class StateError(RiskguardError, RuntimeError):
+    """Durable state cannot be used as it is: lost, or rolled back behind its high-water
+    mark. The message says how to recover."""
+
+
 class AuditError(RiskguardError, ValueError):
     """An audit log failed verification; ``index`` names the first bad record."""
 

@@ -190,6 +190,9 @@ class ExecutionAck(Record, frozen=True, kw_only=True, tag="execution_ack"):
     is ``<issuer>:<command_id>``: one command has one ack per executor, and a later
     ack of the same id (a retry that now applied) supersedes the earlier one.
     ``detail`` says what changed (instruments halted, orders cancelled, ...).
+    ``settles`` (``already_applied`` only) names the executed command whose state this
+    one found in force: another replica's copy of the same decision, or the command
+    holding the same mitigation on the scope. An ack settles exactly that copy.
     """
 
     ack_id: RecordId
@@ -206,6 +209,7 @@ class ExecutionAck(Record, frozen=True, kw_only=True, tag="execution_ack"):
     outcome: AckOutcome
     reason: Text = ""
     detail: dict[str, Finite | str | list[str]] = {}
+    settles: RecordId | None = None
 
 
 COMMAND_TYPES = (MitigationCommand, LimitUpdate, SignedEnvelope, ExecutionAck)

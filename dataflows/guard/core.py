@@ -59,9 +59,10 @@ from riskguard.operators.mitigation.ops import plan_mitigation
 from riskguard.operators.signing import decode_command
 from riskguard.operators.signing.crypto import PAYLOAD_ACK, PAYLOAD_COMMAND, Signer
 from riskguard.operators.signing.operator_commands import (
+    ACKS_KEY,
     OPERATOR_COMMANDS_KEY,
+    AckLogic,
     OperatorCommandLogic,
-    ack_verifier,
 )
 from riskguard.operators.signing.ops import sign_commands
 from riskguard.operators.signing.trust import TrustStore
@@ -145,10 +146,16 @@ def guard_core(
         and r.payload_type not in (PAYLOAD_COMMAND, PAYLOAD_ACK)])
     # Executors' acks (the acks topic), verified against the trust file: the playbook
     # learns which commands were applied, and escalates what was not.
+    # Each ack counts once (its executor's seq), and only about a guard replica's command:
+    # the replay state is keyed on one key and snapshotted.
+    ack_envs = op.flat_map_batch("acks", records, lambda rs: [
+        (ACKS_KEY, r) for r in rs
+        if isinstance(r, SignedEnvelope) and r.payload_type == PAYLOAD_ACK])
     acks = split_dead_letters("verify_acks", op.flat_map_batch(
-        "acks", op.filter("ack_envelopes", records, lambda r: isinstance(r, SignedEnvelope)
-                          and r.payload_type == PAYLOAD_ACK),
-        ack_verifier(trust, env=cfg.env, topic=cfg.topic("acks"), clock=clock)))
+        "verify_ack_unkey", stateful_logic(
+            "verify_ack", ack_envs, lambda state: AckLogic(
+                trust, env=cfg.env, topic=cfg.topic("acks"), clock=clock, state=state)),
+        values_of))
     # Operator commands (a resume) come signed, on the limit-updates topic; they reach the
     # playbook only once verified against the trust file, with their approvals counted
     # from the signatures. A bare command record is refused: nothing unsigned acts.

@@ -63,6 +63,7 @@ from riskguard.operators.core.metrics import (
     FEED_ON_BACKUP,
     FEED_STALE,
     RISK_ALERTS,
+    SUBSCRIBER_CONFLICTS,
     SUBSCRIBER_DUPLICATES,
     SUBSCRIBER_GAPS,
     SUBSCRIBER_REJECTIONS,
@@ -285,3 +286,9 @@ def observe_gap(alert: Any) -> None:
 def observe_duplicate(duplicate: Any) -> None:
     """Subscriber hook: count a dropped copy of an executed decision by its issuer."""
     SUBSCRIBER_DUPLICATES.labels(str(duplicate.issuer)).inc()
+
+
+def observe_conflict(conflict: Any) -> None:
+    """Subscriber hook: count a command whose decision id an executed copy with other
+    content holds, by its issuer."""
+    SUBSCRIBER_CONFLICTS.labels(str(conflict.issuer)).inc()

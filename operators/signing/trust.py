@@ -11,6 +11,8 @@ An example trust file::
 
     version = 1
     serial = 7                      # raise on every change; rollbacks are refused
+    replicas = ["engine-1"]         # the guard replicas whose copies of one decision
+                                    # are one (default: every risk-engine key)
 
     [two_person]
     actions = ["resume"]            # these need two distinct people (key names)
@@ -196,6 +198,15 @@ class TrustDoc:
     serial: int = 0
     max_ttl_ns: Mapping[str, int] = field(default_factory=dict)
     default_max_ttl_ns: int = DEFAULT_MAX_TTL_NS
+    replicas: tuple[str, ...] | None = None
+    """The issuer names of the guard replicas (``replicas``); None: not declared."""
+
+    def replica_issuers(self) -> frozenset[str]:
+        """Who may issue a copy of a guard's decision: the replicas the file names, or
+        (none named) every key of role ``risk-engine``."""
+        if self.replicas is not None:
+            return frozenset(self.replicas)
+        return frozenset(k.name for k in self.keys if k.role is Role.RISK_ENGINE)
 
     def max_ttl_for(self, action: str) -> int:
         """The longest lifetime (ns) a signed ``action`` (or ``limit_update``) may have."""
@@ -371,10 +382,29 @@ def parse_trust(text: str, *, source: str = "trust") -> TrustDoc:
     )
     default_ttl, ttls = _max_ttls(data.get("max_ttl_s", {}), f"{source}:max_ttl_s")
     return TrustDoc(keys=tuple(keys), two_person=rule, serial=serial, max_ttl_ns=ttls,
-                    default_max_ttl_ns=default_ttl)
+                    default_max_ttl_ns=default_ttl,
+                    replicas=_replicas(data.get("replicas"), keys, f"{source}:replicas"))
 
 
-_ROOT_FIELDS = frozenset({"version", "serial", "two_person", "keys", "max_ttl_s"})
+def _replicas(value: Any, keys: Sequence[TrustedKey], where: str) -> tuple[str, ...] | None:
+    """``replicas``: names of ``[[keys]]`` of role ``risk-engine``, each once."""
+    if value is None:
+        return None
+    names = _str_list(value, where, ())
+    engines = sorted({k.name for k in keys if k.role is Role.RISK_ENGINE})
+    for name in names:
+        if name not in engines:
+            close = difflib.get_close_matches(name, engines, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(where, "names of [[keys]] of role risk-engine (" +
+                              (", ".join(engines) or "none listed") + ")" + hint, name)
+    if len(set(names)) != len(names):
+        raise ConfigError(where, "each replica named once", list(names))
+    return names
+
+
+_ROOT_FIELDS = frozenset({"version", "serial", "two_person", "keys", "max_ttl_s",
+                          "replicas"})
 _KEY_FIELDS = frozenset({"name", "public_key", "key_id", "role", "actions", "scopes",
                          "not_before", "not_after", "revoked", "comment"})
 _TWO_PERSON_FIELDS = frozenset({"actions", "scopes", "limit_cap"})
@@ -746,9 +776,13 @@ def scope_label(scope: Scope) -> str:
 
 
 def trust_doc_to_toml(doc_keys: Iterable[Mapping[str, Any]], *, serial: int = 1,
-                      two_person: Mapping[str, Any] | None = None) -> str:
+                      two_person: Mapping[str, Any] | None = None,
+                      replicas: Sequence[str] | None = None) -> str:
     """Render a simple trust file (used by tests and ``riskguard keys trust-init``)."""
-    lines = ["version = 1", f"serial = {serial}", ""]
+    lines = ["version = 1", f"serial = {serial}"]
+    if replicas is not None:
+        lines.append(f"replicas = {_toml_value(list(replicas))}")
+    lines.append("")
     if two_person:
         lines.append("[two_person]")
         for name, value in two_person.items():
