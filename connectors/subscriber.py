@@ -191,6 +191,13 @@ class GapAlert:
 Outcome: TypeAlias = MitigationCommand | Rejection | Duplicate
 
 
+def _fields(rej: Rejection) -> dict[str, Any]:
+    """``asdict(rej)``, without its deep copy of every field (a flood's hot path)."""
+    return {"reason": rej.reason, "detail": rej.detail, "topic": rej.topic,
+            "partition": rej.partition, "offset": rej.offset, "issuer": rej.issuer,
+            "command_id": rej.command_id, "seq": rej.seq}
+
+
 def _describe(content: bytes) -> str:
     action, scope, params = msgspec.json.decode(content)
     return f"{action} on {scope}" + (f" {params}" if params else "")
@@ -249,6 +256,7 @@ class CommandSubscriber:
         self.leeway_ns = leeway_ns
         self.clock = clock
         self.stats: Counter[str] = Counter()
+        self._unobserved: Counter[str] = Counter()  # rejections not yet in the metrics
         self.state = SubscriberState(state_path)
         self.mark = HighWaterMark(high_water or f"{state_path}.hwm")
         try:
@@ -297,6 +305,9 @@ class CommandSubscriber:
             self._save_mark()
         if self._log_fh is not None:
             self._log_fh.flush()
+        for reason, n in self._unobserved.items():  # counted per batch, not per message
+            observe_rejection(reason, n)
+        self._unobserved.clear()
 
     # -- one message ---------------------------------------------------------
 
@@ -461,17 +472,19 @@ class CommandSubscriber:
         )
         self.stats["rejected"] += 1
         self.stats[f"rejected.{reason}"] += 1
-        observe_rejection(rej)
+        self._unobserved[reason] += 1
         if self.on_reject is not None:
             self.on_reject(rej)
-        self._log(asdict(rej), rej.issuer)
+        if self.rejection_log is not None or self._producer is not None:
+            self._log(_fields(rej), rej.issuer)
         self.state.record(topic=self.topic, partition=partition, offset=offset,
                           cmd=cmd if record else None, executed=False)
         return rej
 
     # -- Kafka -----------------------------------------------------------------
 
-    def _connect(self) -> None:
+    def connect(self) -> None:
+        """Join the topic at the stored offsets (``poll`` does it when not done yet)."""
         if not self.brokers:
             raise BrokerError("subscriber: no brokers configured")
         conf: dict[str, Any] = with_logger({"bootstrap.servers": self.brokers})
@@ -506,7 +519,7 @@ class CommandSubscriber:
         or settled command is committed at once, with every rejection before it.
         """
         if self._consumer is None:
-            self._connect()
+            self.connect()
         handled = 0
         idle_since = time.monotonic()
         self._batching = True

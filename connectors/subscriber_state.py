@@ -78,6 +78,9 @@ class SubscriberState:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
         self.raised_seq = False  # a seq high-water mark rose in the open transaction
+        self.commits = 0  # synced commits so far (a flood of rejections costs few)
+        # consumed offsets not yet written: (topic, partition) -> next offset
+        self._offsets: dict[tuple[str, int], int] = {}
 
     # -- reads (they see the open transaction's writes) -------------------------
 
@@ -107,7 +110,11 @@ class SubscriberState:
 
     def next_offsets(self, topic: str) -> dict[int, int]:
         rows = self.db.execute("SELECT part, next_offset FROM offsets WHERE topic=?", (topic,))
-        return {int(p): int(o) for p, o in rows}
+        out = {int(p): int(o) for p, o in rows}
+        for (t, p), o in self._offsets.items():
+            if t == topic:
+                out[p] = max(out.get(p, o), o)
+        return out
 
     def trust_serial(self) -> int | None:
         row = self.db.execute("SELECT v FROM meta WHERE k='trust_serial'").fetchone()
@@ -136,22 +143,22 @@ class SubscriberState:
                keep_decision_until: int = 0) -> None:
         """Record a handled message: the command (if any), what it leaves in force, its
         decision's copy, and the consumed offset. Committed by the next :meth:`flush`."""
+        if offset >= 0:  # written at the flush: a flood of rejections writes no row each
+            key = (topic, partition)
+            if offset >= self._offsets.get(key, 0):
+                self._offsets[key] = offset + 1
+        if cmd is None:
+            return
         self._begin()
-        if cmd is not None and executed:
+        if executed:
             if cmd.decision_id:
                 self.db.execute("INSERT OR IGNORE INTO copies VALUES (?, ?, ?, ?, ?)",
                                 (cmd.decision_id, content_key(cmd), cmd.issuer,
                                  cmd.command_id, max(cmd.expires_at, keep_decision_until)))
             self._hold(cmd)
-        if cmd is not None:
-            self.raise_seq(cmd.issuer, cmd.seq)
-            self.db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?, ?, ?)",
-                            (cmd.command_id, cmd.issuer, cmd.seq, cmd.expires_at))
-        if offset >= 0:
-            self.db.execute(
-                "INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT(topic, part) DO UPDATE "
-                "SET next_offset=max(next_offset, excluded.next_offset)",
-                (topic, partition, offset + 1))
+        self.raise_seq(cmd.issuer, cmd.seq)
+        self.db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?, ?, ?)",
+                        (cmd.command_id, cmd.issuer, cmd.seq, cmd.expires_at))
 
     def _hold(self, cmd: MitigationCommand) -> None:
         """A held action stays in force on its scope; a resume lifts what it names."""
@@ -170,8 +177,16 @@ class SubscriberState:
 
     def flush(self) -> bool:
         """Commit the open transaction (one synced write); whether a seq mark rose."""
+        if self._offsets:
+            self._begin()
+            self.db.executemany(
+                "INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT(topic, part) DO UPDATE "
+                "SET next_offset=max(next_offset, excluded.next_offset)",
+                [(t, p, o) for (t, p), o in self._offsets.items()])
+            self._offsets.clear()
         if self.db.in_transaction:
             self.db.execute("COMMIT")
+            self.commits += 1
         raised, self.raised_seq = self.raised_seq, False
         return raised
 

@@ -273,9 +273,11 @@ def observe_all(items: list[Any]) -> list[Any]:
     return items
 
 
-def observe_rejection(rejection: Any) -> None:
-    """Subscriber ``on_reject`` hook: count a refused command message by its reason."""
-    SUBSCRIBER_REJECTIONS.labels(str(rejection.reason)).inc()
+def observe_rejection(rejection: Any, n: int = 1) -> None:
+    """Subscriber hook: count ``n`` refused command messages by their reason (a
+    :class:`~riskguard.connectors.subscriber.Rejection`, or the reason itself)."""
+    reason = rejection if isinstance(rejection, str) else rejection.reason
+    SUBSCRIBER_REJECTIONS.labels(str(reason)).inc(n)
 
 
 def observe_gap(alert: Any) -> None:

@@ -553,22 +553,23 @@ class TrustStore:
     # -- verification ---------------------------------------------------
 
     def identify(self, payload_type: str, payload: bytes, sig: Signature) -> TrustedKey:
-        """Find the trusted key that made ``sig``; the hint is tried first.
+        """Find the trusted key that made ``sig``, starting from the hint.
 
-        Raises ``bad_signature`` when no listed key verifies and the hint names
-        a listed key, ``unknown_key`` when the hint names no listed key, and
-        ``key_id_mismatch`` when a different listed key than the hinted one
-        made the signature.
+        Raises ``unknown_key`` when the hint names no listed key (without trying the
+        listed keys: a flood of made-up key ids costs no signature check),
+        ``bad_signature`` when no listed key verifies, and ``key_id_mismatch`` when a
+        different listed key than the hinted one made the signature.
         """
-        msg = pae_prefix(payload_type) + payload
         hinted = self._by_id.get(sig.key_id)
-        if hinted is not None:
-            try:
-                hinted.key.verify_raw(msg, sig.sig)
-            except VerificationError:
-                pass
-            else:
-                return hinted
+        if hinted is None:
+            raise rejection(Reason.UNKNOWN_KEY, f"key {sig.key_id!r} is not in the trust file")
+        msg = pae_prefix(payload_type) + payload
+        try:
+            hinted.key.verify_raw(msg, sig.sig)
+        except VerificationError:
+            pass
+        else:
+            return hinted
         for k in self.doc.keys:
             if k is hinted:
                 continue
@@ -578,8 +579,6 @@ class TrustStore:
                 continue
             raise rejection(Reason.KEY_ID_MISMATCH,
                    f"key_id names {sig.key_id!r} but key {k.key_id!r} made the signature")
-        if hinted is None:
-            raise rejection(Reason.UNKNOWN_KEY, f"key {sig.key_id!r} is not in the trust file")
         raise rejection(Reason.BAD_SIGNATURE, f"signature does not verify under key {sig.key_id!r}")
 
     def check_key_status(self, k: TrustedKey, now_ns: int) -> None:
