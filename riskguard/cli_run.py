@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from riskguard.config import no_rules_note
-from riskguard.errors import ConfigError, RiskguardError
+from riskguard.errors import AuditError, ConfigError, RiskguardError
 
 # The topics the guard reads and writes, in the order the start line names them.
 READS = ("market", "fills", "positions", "balances", "venue_status", "limit_updates")
@@ -339,6 +339,32 @@ def claim_recovery_store(folder: Path, replica: str) -> None:
     mark.write_text(replica + "\n")
 
 
+def with_audit_origin(cfg: Any, origin: str) -> Any:
+    """``cfg`` with its audit chains under ``origin`` (a replica's keep its ``@id``)."""
+    import msgspec  # noqa: PLC0415
+
+    replica = f"@{cfg.replica.id}" if cfg.replica.id else ""
+    return msgspec.structs.replace(cfg, audit=msgspec.structs.replace(
+        cfg.audit, origin=f"{origin}{replica}"))
+
+
+def new_origin_note(config: Path, origin: str, today: str | None = None) -> str:
+    """What to do when the last checkpoint of the guard's audit chain does not verify
+    (signed by a key the trust file no longer trusts): the command that starts a new
+    chain origin, the old chain left as it is for the auditors.
+
+    >>> new_origin_note(Path("g.toml"), "riskguard@a", "20261127").split(": ")[1]
+    'riskguard run --config g.toml --audit-origin riskguard-20261127 (or set [audit] origin)'
+    """
+    import datetime  # noqa: PLC0415
+
+    day = today or datetime.datetime.now(datetime.UTC).strftime("%Y%m%d")
+    base = origin.split("@", 1)[0]
+    return ("its chain cannot be extended (a new checkpoint would vouch for it); start a new "
+            f"audit origin, leaving this one for audit: riskguard run --config {config} "
+            f"--audit-origin {base}-{day} (or set [audit] origin)")
+
+
 def _start_line(cfg: Any, digest: str, config: Path, key_id: str, bw: BytewaxArgs,
                 every_s: float) -> str:
     env = cfg.env
@@ -369,6 +395,7 @@ def _run(args: argparse.Namespace) -> int:
     from riskguard.dataflows.guard import (  # noqa: PLC0415  (heavy imports)
         apply_gc_policy,
         build_flow,
+        check_grants,
         load_guard_config,
         load_keys,
     )
@@ -394,6 +421,9 @@ def _run(args: argparse.Namespace) -> int:
         err.add_note(f"check [keys] in {config} (relative paths are relative to the config "
                      "file's folder)")
         raise
+    notes = check_grants(cfg, signer, trust, time.time_ns())  # before a record is read
+    if args.audit_origin:
+        cfg = with_audit_origin(cfg, args.audit_origin)
     if bw.recovery_directory is not None:
         claim_recovery_store(bw.recovery_directory, cfg.replica.id)
     reach_kafka(cfg.kafka, f"[kafka] bootstrap in {config}")
@@ -403,7 +433,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.new_config:
         os.environ["RISKGUARD_NEW_CONFIG"] = "1"
     start_metrics_server_from_env()
-    flow = build_flow(cfg, digest, signer=signer, trust=trust)
+    try:
+        flow = build_flow(cfg, digest, signer=signer, trust=trust)
+    except AuditError as err:
+        if "bad_checkpoint" in str(err):
+            err.add_note(new_origin_note(config, cfg.audit.origin))
+        raise
     apply_gc_policy(cfg)
     out = sys.stdout
     reporter = StatusReporter(
@@ -421,6 +456,8 @@ def _run(args: argparse.Namespace) -> int:
                       + "\n")
             if not cfg.playbook.rules and cfg.tier.role in ("whole", "firm"):
                 out.write(no_rules_note() + "\n")  # a detect or market tier plans nothing
+            for note in notes:
+                out.write(one_line(note) + "\n")
             out.flush()
             reporter.start()
             cli_main(flow, workers_per_process=bw.workers_per_process,
@@ -516,6 +553,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--new-config", action="store_true",
                    help="start this replica on a config its peers do not run yet (the first "
                         "replica of a planned config change; docs/replicas.md)")
+    p.add_argument("--audit-origin", metavar="NAME",
+                   help="write the audit chains under this origin instead of [audit] "
+                   "origin (start a new chain when the last one cannot be extended)")
     p.add_argument("--status-every", type=float, default=10.0, metavar="SECONDS",
                    help="print a status line every SECONDS (default 10; 0: none)")
     p.add_argument("--engine", choices=("bytewax", "flink"), default="bytewax",

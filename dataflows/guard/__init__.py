@@ -50,6 +50,7 @@ from riskguard.dataflows.guard.config import (
     TierConfig,
     apply_gc_policy,
     load_guard_config,
+    check_grants,
     load_keys,
     price_key_prefixes,
 )
@@ -116,6 +117,7 @@ __all__ = [
     "guard_core",
     "is_broadcast",
     "load_guard_config",
+    "check_grants",
     "load_keys",
     "market_core",
     "market_owners",

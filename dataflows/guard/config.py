@@ -23,6 +23,7 @@ from riskguard.operators.mitigation.feeds import FeedConfig
 from riskguard.operators.mitigation.playbook import PlaybookConfig
 from riskguard.operators.signing import SignConfig
 from riskguard.operators.signing.crypto import Signer
+from riskguard.operators.signing.preflight import preflight, warnings
 from riskguard.operators.signing.trust import RootSet, TrustStore
 from riskguard.schemas import (
     AnomalySignal,
@@ -52,7 +53,7 @@ from riskguard.config import (
     inline_playbook_file,
     read_toml,
 )
-from riskguard.errors import ConfigError
+from riskguard.errors import ConfigError, TrustError
 
 NS = 1_000_000_000
 MARKET = (Trade, Quote, Bar, BookDepth, OptionQuote, IndexPrice, FundingRate, OpenInterest,
@@ -379,6 +380,25 @@ def load_keys(cfg: GuardConfig) -> tuple[Signer, TrustStore]:
     signer = Signer.from_file(cfg.keys.signing_key, issuer=cfg.keys.issuer)
     trust = TrustStore.load(cfg.keys.trust_file, RootSet.load(cfg.keys.roots_file))
     return signer, trust
+
+
+def check_grants(cfg: GuardConfig, signer: Signer, trust: TrustStore,
+                 now_ns: int) -> list[str]:
+    """Refuse to start a guard whose trust file does not let its key sign what its
+    playbook issues (:func:`~riskguard.operators.signing.preflight.preflight`): one
+    ``TrustError`` line naming the rule and the missing grant. A detect or market process
+    signs no command and is not checked. Returns what fails closed only (an automatic
+    resume or the playbook's own alert the key may not sign), one line each, to show."""
+    if cfg.tier.role not in ("whole", "firm"):
+        return []
+    problem = preflight(trust, signer.key_id, cfg.playbook, now_ns=now_ns)
+    if problem is not None:
+        msg = (f"{cfg.keys.trust_file}: {problem}; every subscriber would refuse those "
+               "commands: grant it in the trust file (raise serial, sign it again) or "
+               "change the playbook")
+        raise TrustError(msg)
+    return [f"warning: {w}; subscribers will refuse it (fails closed: an operator's signed "
+            "resume lifts what stays held)" for w in warnings(trust, signer.key_id, cfg.playbook)]
 
 
 

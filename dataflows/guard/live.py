@@ -25,6 +25,7 @@ from riskguard.dataflows.guard.config import (
     _fed_by_market,
     _split,
     apply_gc_policy,
+    check_grants,
     load_guard_config,
     load_keys,
 )
@@ -147,7 +148,9 @@ def from_env() -> Dataflow:
     if not path:
         raise ConfigError("RISKGUARD_CONFIG", "the path of a guard TOML config", None)
     cfg, digest = load_guard_config(path)
+    signer, trust = load_keys(cfg)
+    check_grants(cfg, signer, trust, system_clock())  # before a record is read
     start_metrics_server_from_env()
-    flow = build_flow(cfg, digest)
+    flow = build_flow(cfg, digest, signer=signer, trust=trust)
     apply_gc_policy(cfg)
     return flow
