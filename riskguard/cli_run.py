@@ -434,7 +434,7 @@ def _run(args: argparse.Namespace) -> int:
         os.environ["RISKGUARD_NEW_CONFIG"] = "1"
     start_metrics_server_from_env()
     try:
-        flow = build_flow(cfg, digest, signer=signer, trust=trust)
+        flow = build_flow(cfg, digest, signer=signer, trust=trust, on_note=notes.append)
     except AuditError as err:
         if "bad_checkpoint" in str(err):
             err.add_note(new_origin_note(config, cfg.audit.origin))
