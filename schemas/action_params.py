@@ -23,19 +23,17 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from riskguard.schemas.commands import Action
-from riskguard.schemas.types import NAME_PATTERN
+from riskguard.schemas.names import MARKET_NAME_PATTERN, MARKET_NAME_RULE, is_market_name
 
 Kind = Literal["number", "name", "id", "action", "names", "ids", "actions"]
 """What a param holds: a number; one venue, instrument or feed name (``Name``); a
 record id (a ``command_id``); an action name; or a list of one of those."""
 
-_NAME = re.compile(NAME_PATTERN)
 _ACTIONS = frozenset(a.value for a in Action)
 _LIFTABLE = _ACTIONS - {Action.RESUME.value}
 MAX_ITEMS = 64
@@ -61,7 +59,7 @@ class Param:
                                                        ("<=", self.le)) if v is not None]
             return "a number" + (" " + " and ".join(bounds) if bounds else "")
         return {
-            "name": "a name (1-64 of A-Z a-z 0-9 _ . : / @ + -)",
+            "name": f"a market name ({MARKET_NAME_RULE})",
             "id": "a command id (1-128 characters)",
             "action": "an action name",
             "names": f"a list of 1-{MAX_ITEMS} names",
@@ -90,7 +88,7 @@ def _scalar_ok(kind: str, value: Any, *, liftable: bool = False) -> bool:
     if not isinstance(value, str):
         return False
     if kind == "name":
-        return _NAME.match(value) is not None and len(value) <= 64
+        return is_market_name(value)
     if kind == "id":
         return 1 <= len(value) <= 128
     return value in (_LIFTABLE if liftable else _ACTIONS)
@@ -251,7 +249,7 @@ def param_kind(action: str, name: str) -> Kind | None:
 
 
 def _param_schema(p: Param) -> dict[str, Any]:
-    name = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": NAME_PATTERN}
+    name = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": MARKET_NAME_PATTERN}
     one: dict[str, dict[str, Any]] = {
         "name": name, "id": {"type": "string", "minLength": 1, "maxLength": 128},
         "action": {"enum": sorted(_ACTIONS)}}

@@ -10,7 +10,7 @@ from riskguard.schemas.types import (
     CachedName,
     DurationNs,
     Finite,
-    Name,
+    MarketName,
     Nanos,
     NonNegative,
     Positive,
@@ -205,10 +205,10 @@ class VenueStatus(Record, frozen=True, kw_only=True, tag="venue_status"):
     """A venue heartbeat or status change on one feed."""
 
     id: RecordId
-    venue: Name
+    venue: MarketName
     ts: Nanos
     recv_ts: Nanos | None = None
-    feed: Name = "primary"
+    feed: MarketName = "primary"
     state: VenueState = VenueState.OK
     seq: Seq = 0
     withdrawals_enabled: bool = True

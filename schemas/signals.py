@@ -12,6 +12,7 @@ from riskguard.schemas.types import (
     DurationNs,
     Finite,
     Label,
+    MarketName,
     Name,
     Nanos,
     NonNegative,
@@ -47,7 +48,7 @@ class Scope(msgspec.Struct, frozen=True, kw_only=True):
 
     kind: ScopeKind
     value: ScopeValue
-    venue: Name | None = None
+    venue: MarketName | None = None
 
     def label(self) -> str:
         """A stable text form, e.g. ``instrument:binance/BTC-USDT``."""

@@ -44,13 +44,13 @@ from riskguard.connectors.formats.core import (
     first_line,
     header_cells,
     open_stream,
-    valid_name,
 )
 from riskguard.connectors.formats.detect import Detected, detect
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.base import stamp_source
 from riskguard.schemas.codec import Codec
 from riskguard.schemas.commands import SOURCED_TYPES
+from riskguard.schemas.names import MARKET_NAME_RULE, normalise_name
 
 from riskguard.errors import ConfigError
 
@@ -83,6 +83,16 @@ FORMATS: tuple[str, ...] = (AUTO, "jsonl", *PARSERS)
 """Every name ``--format`` takes."""
 
 
+def _market_name(key: str, value: str) -> str:
+    """``--venue``/``--instrument`` (or a file name's symbol) as a market name
+    (``BTC/USDT`` -> ``BTC-USDT``); ``ConfigError`` naming it if it cannot be one."""
+    try:
+        return normalise_name(value)
+    except ValueError as err:
+        raise ConfigError(f"replay.{key}", f"a market name ({MARKET_NAME_RULE})",
+                          value) from err
+
+
 def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
             instrument: str = "unknown", market: str = AUTO,
             contract_size: float | None = None, measure: str = "price",
@@ -106,10 +116,8 @@ def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
     if contract_size is not None and not contract_size > 0:
         raise ConfigError("replay.contract_size", "a contract's value in USD, > 0",
                           contract_size)
-    for key, value in (("venue", venue), ("instrument", instrument)):
-        if not valid_name(value):
-            raise ConfigError(f"replay.{key}", "1-64 characters of A-Z a-z 0-9 _ . : / @ + -",
-                              value)
+    venue, instrument = (_market_name(key, value) for key, value in
+                         (("venue", venue), ("instrument", instrument)))
     found = (detect(p, first_line(p)) if AUTO in (fmt, market) or instrument == "unknown"
              else Detected(""))
     if fmt == AUTO:
@@ -122,7 +130,7 @@ def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
         market = found.market or "spot"
     symbol = found.symbol if fmt.startswith("binance") else ""
     if instrument == "unknown" and symbol:
-        instrument = symbol
+        instrument = _market_name(f"files[{p.name}].symbol", symbol)
     if instrument == "unknown" and fmt.startswith("binance") and fmt != "binance_metrics":
         # its rows name no symbol (metrics rows do): two such files would replay as one
         raise ConfigError(f"replay.files[{p.name}].instrument", "an instrument (--instrument),"

@@ -47,6 +47,7 @@ from typing import IO, Any, BinaryIO, cast
 
 import numpy as np
 from riskguard.schemas.audit import DeadLetter
+from riskguard.schemas.names import MARKET_NAME_RULE, normalise_name
 from riskguard.schemas.types import NAME_PATTERN
 
 from riskguard.errors import ConfigError
@@ -652,19 +653,16 @@ def flag(cell: bytes, column: str) -> bool:
                    expected="true or false", found=found)
 
 
-def valid_name(text: str) -> bool:
-    """Whether ``text`` is a wire-contract name (1-64 of ``A-Z a-z 0-9 _ . : / @ + -``)."""
-    return len(text) <= 64 and _NAME.search(text) is not None
-
-
 @lru_cache(maxsize=4096)
 def name(cell: bytes, column: str) -> str:
-    """A wire-contract name (``A-Z a-z 0-9 _ . : / @ + -``, 1-64 characters)."""
+    """A cell as a market name: ``BTC/USDT`` (Kraken, ccxt, CryptoDataDownload) becomes
+    ``BTC-USDT``; what reads as a path, or cannot become a market name, is refused."""
     text = cell.strip().decode("utf-8", "replace")
-    if len(text) > 64 or not _NAME.search(text):
-        raise RowError(f"{column} {text!r} is not a valid name", path=f"$.{column}",
-                       expected="1-64 characters of A-Z a-z 0-9 _ . : / @ + -", found=text)
-    return text
+    try:
+        return normalise_name(text)
+    except ValueError as err:
+        raise RowError(f"{column} {text!r} is not a market name: {err}", path=f"$.{column}",
+                       expected=f"a market name ({MARKET_NAME_RULE})", found=text) from None
 
 
 _DATETIME = re.compile(rb"\s*(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?Z?\s*")
