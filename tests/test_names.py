@@ -87,5 +87,5 @@ def test_an_instrument_flag_is_normalised_and_a_path_like_venue_refused(tmp_path
                    "2024-01-01 00:01:00,1,2,1,2,3\n")
     assert resolve(csv, "ohlcv_csv", venue="kraken", instrument="XBT/USD")[1].instrument \
         == "XBT-USD"
-    with pytest.raises(ConfigError, match="replay.venue: a market name"):
+    with pytest.raises(ConfigError, match=r"replay\.venue: a market name"):
         resolve(csv, "ohlcv_csv", venue="..", instrument="BTC-USD")
