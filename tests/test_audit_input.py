@@ -137,10 +137,9 @@ def test_garbage_and_a_forged_peer_chain_on_the_audit_topic_do_not_stop_a_replic
     """Replica a's audit topic holds garbage, and records of replica b with another config
     hash under a checkpoint no trusted key signed: a starts (its peers' hash is not
     compared), says so, and alerts replica_unverified on the signals topic."""
+    from kafka_helpers import consume_all
     from riskguard.dataflows.demo import prepare_run, replica_configs
     from riskguard.dataflows.guard import build_flow, load_guard_config
-
-    from kafka_helpers import consume_all
 
     run = prepare_run(kafka_bootstrap, tmp_path, env=f"ai{tmp_path.name[-6:]}")
     cfg_a, _ = replica_configs(run.config, run.keys)

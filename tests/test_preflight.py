@@ -101,10 +101,11 @@ def test_an_unverifiable_last_checkpoint_names_the_command_that_starts_a_new_ori
 
     import msgspec
     from confluent_kafka import Producer
-    from riskguard.config import CommonConfig
     from riskguard.connectors.settings import KafkaSettings
     from riskguard.connectors.topics import create_topics
     from riskguard.operators.audit import AuditConfig, AuditLogic
+
+    from riskguard.config import CommonConfig
 
     keys = init_keys(tmp_path)
     env = f"pf{uuid.uuid4().hex[:6]}"

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from riskguard.schemas import ALL_TYPES, Codec, DeadLetter, Trade, decode, encode, tag_of
 from riskguard.schemas.jsonschema import JSON_DIR, drift
 from riskguard.schemas.names import MARKET_NAME_RULE
-from riskguard.schemas.types import NAME_PATTERN
 
 from tests.strategies import records
 
