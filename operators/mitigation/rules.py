@@ -102,7 +102,9 @@ class PlaybookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     ``venues`` are the known venues (reroute candidates when a rule names no
     ``alternatives``). ``replica`` names this guard among redundant replicas (set from
     ``[replica] id``); commands carry it. At most ``max_commands`` commands are issued per
-    ``rate_window_s`` of event time; ``ttl_s`` sets ``expires_at``.
+    ``rate_window_s`` of event time on each venue (a venue, or an instrument or
+    underlying on it) and on each other scope (a counterparty, the firm), so a flood on
+    one cannot starve another; ``ttl_s`` sets ``expires_at``.
 
     ``reorder_slack_s``: with named tick sources (several guard workers), a
     signal more than this ahead of their watermark waits until the watermark
