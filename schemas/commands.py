@@ -7,6 +7,7 @@ from enum import StrEnum
 
 import msgspec
 from riskguard.schemas.base import Record, Sourced
+from riskguard.schemas.market import MARKET_TYPES
 from riskguard.schemas.signals import Scope, ScopeKind
 from riskguard.schemas.trading import TRADING_TYPES
 from riskguard.schemas.types import Finite, HexDigest, Name, Nanos, NonNegative, RecordId, Seq, Text
@@ -213,5 +214,5 @@ class ExecutionAck(Record, frozen=True, kw_only=True, tag="execution_ack"):
 
 
 COMMAND_TYPES = (MitigationCommand, LimitUpdate, SignedEnvelope, ExecutionAck)
-SOURCED_TYPES = frozenset({SignedEnvelope, *TRADING_TYPES})
+SOURCED_TYPES = frozenset({SignedEnvelope, *TRADING_TYPES, *MARKET_TYPES})
 """Inputs a reader stamps with where it read them (:func:`~riskguard.schemas.base.stamp_source`)."""

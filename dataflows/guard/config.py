@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 import msgspec
 from riskguard.connectors.topics import topic_name
 from riskguard.operators.audit import AuditConfig
+from riskguard.operators.core.admission import AdmissionConfig, Known
 from riskguard.operators.core.clock import TICK_IDLE_NS
 from riskguard.operators.detection.features import (
     FeatureConfig,
@@ -250,6 +251,7 @@ class GuardConfig(CommonConfig, frozen=True, kw_only=True, forbid_unknown_fields
     audit: AuditConfig = AuditConfig()
     tier: TierConfig = TierConfig()
     replica: ReplicaConfig = ReplicaConfig()
+    admission: AdmissionConfig = AdmissionConfig()
     tick_ns: int = NS
     mark_interval_ns: int = 250_000_000
     mark_move_bps: float = 5.0
@@ -366,6 +368,19 @@ def price_key_prefixes(cfg: GuardConfig) -> tuple[bytes, ...]:
     producer writes them to every partition:
     :func:`~riskguard.connectors.placement.aligned_partitions`)."""
     return tuple(f"{s}/".encode() for s in _price_sources(cfg))
+
+
+def known_names(cfg: GuardConfig) -> Known:
+    """The venues, instruments and counterparties the config names: always admitted
+    (:class:`~riskguard.operators.core.admission.KeyAdmission`)."""
+    inst = cfg.exposure.instruments
+    index_map = cfg.features.index_map
+    return Known(
+        venues=frozenset({*cfg.features.venues, *cfg.feeds.venues, *cfg.playbook.venues,
+                          *_price_sources(cfg)}),
+        instruments=frozenset({*inst.instruments, *inst.fx_index.values(), *index_map,
+                               *(i for targets in index_map.values() for i in targets)}),
+        counterparties=frozenset({*cfg.limits.counterparties, *cfg.playbook.venues}))
 
 
 def _price_sources(cfg: GuardConfig) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ from typing import Any
 import bytewax.operators as op
 import msgspec
 from bytewax.dataflow import Stream, operator
+from riskguard.dataflows.guard.admit import admit_keys
 from riskguard.dataflows.guard.config import DETECTED, HANDLED, GuardConfig, _fed_by_market
 from riskguard.dataflows.guard.steps import (
     MarkFilter,
@@ -125,6 +126,10 @@ def guard_core(
     """
     firm = cfg.tier.role == "firm"
     of_market = _fed_by_market(cfg)
+    admit_errs: list[Stream[DeadLetter]] = []
+    if local_keys is None:  # names past a cap go no further than the door
+        admitted = admit_keys("admit", records, cfg=cfg, clock=clock)
+        records, admit_errs = admitted.oks, [admitted.errs]
     detected_in = None
     if firm:
         # the detect tier's signals and progress (the detections topic) go their own way
@@ -240,7 +245,8 @@ def guard_core(
 
     out_cmds = op.map("observe_commands", signed.oks, observe_command)
     errs: Stream[DeadLetter] = op.flat_map_batch("observe_errs", op.merge(
-        "errs", *detect_errs, *exposure_errs, limits.errs, planned.errs, signed.errs,
+        "errs", *admit_errs, *detect_errs, *exposure_errs, limits.errs, planned.errs,
+        signed.errs,
         verified.errs, acks.errs, unhandled, *([input_errs] if input_errs is not None else []),
     ), observe_all)
     audit_cfg = msgspec.structs.replace(cfg.audit, config_hash=cfg_hash)
