@@ -90,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
                     unreadable += 1
                     continue
                 alerts = logic.on_event(item)
-                if args.from_beginning or m.offset() >= ends[m.partition()]:
+                if args.from_beginning or (m.offset() or 0) >= ends.get(m.partition() or 0, 0):
                     emit(alerts)
             if now - last_tick >= _TICK_S:
                 last_tick = now
