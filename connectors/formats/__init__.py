@@ -151,9 +151,12 @@ def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
     if not venue_given and fmt.startswith("binance"):
         venue = {"spot": "binance", "um": "binance_um", "cm": "binance_cm"}[market]
     size = contract_size or binance.default_contract_size(instrument)
+    # Binance's spot files give µs from 2025-01-01 on; its name's date says which
+    date = detect(p, b"").date if fmt.startswith("binance") else ""
+    unit = "us" if market == "spot" and date >= "2025-01" else "ms"
     return fmt, Source(name=p.name, venue=venue, instrument=instrument, market=market,
                        contract_size=size, venue_given=venue_given, interval_ns=interval,
-                       measure=measure)
+                       measure=measure, time_unit=unit)
 
 
 class Reader(FileReader):

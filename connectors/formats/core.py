@@ -48,6 +48,7 @@ from typing import IO, Any, BinaryIO, cast
 
 import numpy as np
 from riskguard.schemas.audit import DeadLetter
+from riskguard.schemas.market import Bar, OptionQuote
 from riskguard.schemas.names import MARKET_NAME_RULE, normalise_name
 from riskguard.schemas.types import NAME_PATTERN
 
@@ -66,6 +67,10 @@ decompressed copy); more, or more than the temporary directory has free, is refu
 MAX_FLOAT = 1.7976931348623157e308
 MS_NS = 1_000_000
 US_NS = 1_000
+MIN_TS = 1_230_768_000 * 1_000_000_000
+"""The earliest plausible time of a row: 2009-01-01 (no crypto market is older)."""
+MAX_TS = 4_102_444_800 * 1_000_000_000
+"""The latest plausible time of a row: 2100-01-01 (an option expiry included)."""
 _NAME = re.compile(NAME_PATTERN)
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -88,7 +93,8 @@ class Source:
     ``market`` is ``spot``, ``um`` (USDT-M futures) or ``cm`` (COIN-M futures);
     ``contract_size`` is a COIN-M contract's value in USD. ``interval_ns`` is the
     bars' interval of a file whose rows give only their start (0: none), and
-    ``measure`` what its bars measure (``price`` or ``volatility``).
+    ``measure`` what its bars measure (``price`` or ``volatility``). ``time_unit`` is the
+    unit (``ms`` or ``us``) of a Binance file's epoch times, as its name states it.
     """
 
     name: str
@@ -99,6 +105,7 @@ class Source:
     venue_given: bool = False
     interval_ns: int = 0
     measure: str = "price"
+    time_unit: str = "ms"
 
     @property
     def stem(self) -> str:
@@ -450,6 +457,8 @@ class FileReader:
                     if len(line) > max_line:
                         raise self._too_long_error(len(line))
                     item = row(line, line_no, pos - len(line) - 1)
+                    if item is not None:
+                        check_plausible(item)
                 except Exception as err:  # a bad row is a dead letter, whatever it raised
                     dead = self.dead_letter(line, line_no, pos - len(line) - 1, err)
                     if parser.pending() is not None:
@@ -665,6 +674,8 @@ class IndexedReader(FileReader):
                     if size > self.max_line:
                         raise self._too_long_error(size)
                     item = row(line, no, at)
+                    if item is not None:
+                        check_plausible(item)
                 except Exception as err:  # a bad row is a dead letter, whatever it raised
                     item = self.dead_letter(line, no, at, err)
                 if item is not None:
@@ -679,6 +690,56 @@ class IndexedReader(FileReader):
                 f"the file cannot be read past here: {type(broken).__name__}: {broken}",
                 expected="a readable stream", found=type(broken).__name__,
                 reason="decode_error"))
+
+
+def _when(ts: int) -> str:
+    try:
+        return datetime.fromtimestamp(ts / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, ValueError, OSError):
+        return f"{ts} ns"
+
+
+def _implausible(column: str, value: Any, expected: str) -> RowError:
+    return RowError(f"{column} {value} is implausible: expected {expected}",
+                    path=f"$.{column}", expected=expected, found=str(value),
+                    reason="implausible")
+
+
+def check_plausible(item: Any) -> None:
+    """Raise a ``implausible`` :class:`RowError` for a record a file should never give:
+    a time outside :data:`MIN_TS`..:data:`MAX_TS` (a time of 0, the year 3000, a time
+    read in the wrong unit), an option whose expiry is no such time, a delta outside
+    -1..1, a negative gamma or vega. Lists (a book snapshot) are checked item by item;
+    dead letters pass.
+
+    >>> from riskguard.schemas import Trade
+    >>> try:
+    ...     check_plausible(Trade(id="t", venue="v", instrument="I", ts=0, price=1.0,
+    ...                           qty=1.0, side="buy"))
+    ... except RowError as err:
+    ...     print(err.reason, err.found)
+    implausible 0
+    """
+    if item.__class__ is list:
+        for x in item:
+            check_plausible(x)
+        return
+    ts = getattr(item, "ts", None)
+    if ts is None or item.__class__ is DeadLetter:
+        return
+    span = f"a time from {_when(MIN_TS)} to {_when(MAX_TS)} UTC"
+    if not MIN_TS <= ts <= MAX_TS:
+        raise _implausible("ts", ts, span)
+    if item.__class__ is Bar and item.start < MIN_TS:
+        raise _implausible("start", item.start, span)
+    if item.__class__ is OptionQuote:
+        if not MIN_TS <= item.expiry <= MAX_TS:
+            raise _implausible("expiry", item.expiry, span)
+        if not -1.0 <= item.delta <= 1.0:
+            raise _implausible("delta", item.delta, "a delta from -1 to 1")
+        if item.gamma < 0.0 or item.vega < 0.0:
+            column = "gamma" if item.gamma < 0.0 else "vega"
+            raise _implausible(column, getattr(item, column), "a gamma and vega >= 0")
 
 
 def _records_in(items: list[Any]) -> int:
