@@ -15,9 +15,11 @@ everything, with the traceback of an unexpected error.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -47,8 +49,40 @@ class Parser(argparse.ArgumentParser):
                           help="show librdkafka's and riskguard's log lines on stderr "
                           "(-v warnings, -vv info, -vvv debug; also RISKGUARD_LOG=LEVEL)")
 
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._words = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: {message}{self._did_you_mean(message)} "
+                     f"(see {self.prog} --help)\n")
+
+    def _did_you_mean(self, message: str) -> str:
+        """``; did you mean ...?`` for a misspelt command (``runn``) or flag (``--confg``),
+        '' if nothing is close."""
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            close = difflib.get_close_matches(m[1], re.findall(r"'([^']*)'", m[2]), n=1)
+            return f"; did you mean '{close[0]}'?" if close else ""
+        known = _options(self)
+        hints = []
+        for word in getattr(self, "_words", []):
+            flag = word.split("=", 1)[0]
+            if flag.startswith("--") and flag not in known:
+                close = difflib.get_close_matches(flag, sorted(known), n=1)
+                if close:
+                    hints.append(f"{close[0]} (for {flag})")
+        return f"; did you mean {', '.join(hints)}?" if hints else ""
+
+
+def _options(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option string of ``parser`` and of its subcommands, all the way down."""
+    known = set(parser._option_string_actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                known |= _options(sub)
+    return known
 
 
 def one_line(text: str) -> str:

@@ -411,9 +411,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         cfg, digest = load_guard_config(config)  # names the bad key, before anything starts
     except ConfigError as err:
-        if config.is_file():
-            err.add_note(f"fix it in {config} (dataflows/guard.example.toml describes every "
-                         "setting)")
+        if err.file or config.is_file():
+            err.add_note(f"fix it in {err.file or config} (dataflows/guard.example.toml "
+                         "describes every setting)")
         raise
     try:
         signer, trust = load_keys(cfg)

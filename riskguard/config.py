@@ -45,6 +45,7 @@ _CMP = re.compile(r"^Expected `(?P<type>[^`]*)` (?P<op>[<>]=?) (?P<bound>\S+)$")
 _TYPE = re.compile(r"^Expected `(?P<exp>[^`]*)`, got `(?P<got>[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]*)`$")
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]*)`$")
+_ENUM = re.compile(r"^Invalid enum value (?P<value>.*)$")
 _PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 
 
@@ -75,6 +76,42 @@ def _lookup(data: Any, path: str) -> Any:
 
 
 _SEG = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
+
+
+def _type_at(cls: Any, rel: str) -> Any:
+    """The msgspec type info at ``rel`` (``.rules[1].ladder[0].action``) of ``cls``, or
+    None where the path leaves what the types say."""
+    t: Any = mi.type_info(cls)
+    for m in _SEG.finditer(rel):
+        field, idx = m.groups()
+        while isinstance(t, mi.Metadata):
+            t = t.type
+        if isinstance(t, mi.UnionType):
+            t = next((x for x in t.types if isinstance(x, mi.StructType | mi.DictType)
+                      or hasattr(x, "item_type")), t)
+        if field is not None and isinstance(t, mi.StructType):
+            t = next((f.type for f in t.fields if f.encode_name == field), None)
+        elif idx is not None and hasattr(t, "item_type"):  # a list, tuple or set
+            t = t.item_type
+        elif idx is not None and isinstance(t, mi.DictType):
+            t = t.value_type
+        else:
+            return None
+    while isinstance(t, mi.Metadata):
+        t = t.type
+    return t
+
+
+def _choices(cls: Any, rel: str) -> list[str]:
+    """The values an enum or literal at ``rel`` of ``cls`` takes ([] if it is neither)."""
+    t = _type_at(cls, rel)
+    if isinstance(t, mi.UnionType):
+        t = next((x for x in t.types if isinstance(x, mi.EnumType | mi.LiteralType)), t)
+    if isinstance(t, mi.EnumType):
+        return [str(m.value) for m in t.cls]
+    if isinstance(t, mi.LiteralType):
+        return [str(v) for v in t.values]
+    return []
 
 
 def _concrete_path(data: Any, cls: Any, rel: str) -> str:
@@ -184,6 +221,11 @@ def decode_section(data: Any, cls: type[T], prefix: str = "") -> T:
             path = ".".join(p for p in (prefix, dotted, mm["field"]) if p)
             expected = "is not a known setting"
             found = _lookup(data, f"{rel}.{mm['field']}")
+        elif (mm := _ENUM.match(msg)) and (valid := _choices(cls, rel)):
+            hint, listed = _suggest(str(found), valid), ", ".join(valid)
+            # a long list after the hint, where a message cut to one line keeps the hint
+            expected = (f"must be one of {listed}{hint}" if len(listed) < 160
+                        else f"must be one of the {len(valid)} values{hint}: {listed}")
         else:
             expected = msg
         if looks_secret(path.rsplit(".", 1)[-1]):
@@ -241,7 +283,15 @@ def _member_for(t: Any, value: Any) -> Any:
 
 
 def _suggest(key: str, known: Any) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1)
+    """`` (did you mean `x`?)`` for the known name closest to ``key`` ('' if none is):
+    one that starts with it first (``halt`` -> ``halt_trading``), else the most alike.
+
+    >>> _suggest("halt", ["alert", "halt_trading"]), _suggest("playbok", ["playbook"])
+    (' (did you mean `halt_trading`?)', ' (did you mean `playbook`?)')
+    """
+    names = [str(k) for k in known]
+    start = [n for n in names if key and n.startswith(key)]
+    close = start[:1] if len(start) == 1 else difflib.get_close_matches(key, names, n=1)
     return f" (did you mean `{close[0]}`?)" if close else ""
 
 

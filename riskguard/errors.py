@@ -26,6 +26,10 @@ class ConfigError(RiskguardError, ValueError):
     ('limits.counterparty.okx.gross_notional', -5)
     """
 
+    file: str | None = None
+    """The file the bad value is in, where it is not the file the command was given (a
+    playbook file a config names)."""
+
     def __init__(self, path: str, expected: str, found: Any = None) -> None:
         self.path = path
         self.expected = expected

@@ -265,3 +265,20 @@ class DetectProgress(Record, frozen=True, kw_only=True, tag="detect_progress"):
 
 SIGNAL_TYPES = (FeatureVector, AnomalySignal, RiskAlert, Exposure, Utilization, LimitBreach,
                 DetectProgress)
+
+
+ANOMALY_KINDS = ("anomaly", "regime_change", "price_move", "dislocation")
+"""``AnomalySignal.kind`` values."""
+ALERT_KINDS = (
+    "stale_mark", "reconciliation_break", "heartbeat_loss", "heartbeat_restored",
+    "subscriber_gap", "unknown_counterparty", "missing_mark", "missing_fx",
+    "feed_failover", "feed_restored", "withdrawals_halted", "withdrawals_resumed", "depeg",
+    "peg_restored", "limit_update_accepted", "limit_update_rejected", "unvalued_exposure",
+    "detect_silent", "detect_restored", "command_unacknowledged", "command_acknowledged",
+    "command_refused", "replica_silent", "replica_restored", "replica_divergence",
+    "replica_config_mismatch", "replica_unverified",
+)
+"""``RiskAlert.kind`` values the guard and its executors raise."""
+SIGNAL_KINDS = frozenset({*ANOMALY_KINDS, "breach", *ALERT_KINDS})
+"""Every signal kind a playbook rule can match (``Rule.signal``): anomaly kinds, a limit
+``breach``, and alert kinds."""

@@ -292,6 +292,15 @@ def load_guard_config(path: str | Path) -> tuple[GuardConfig, str]:
         data = {**data, "replica": {**data.get("replica", {}), "id": replica_id}}
     base = Path(path).resolve().parent
     data = inline_playbook_file(data, base)
+    try:
+        return _load(data, base)
+    except ConfigError as err:
+        if "playbook_file" in data and err.path.split(".")[0].split("[")[0] == "playbook":
+            err.file = str(base / data["playbook_file"])  # the rule is in that file
+        raise
+
+
+def _load(data: dict[str, object], base: Path) -> tuple[GuardConfig, str]:
     cfg = decode_section(data, GuardConfig)
     keys = cfg.keys
     resolved = KeysConfig(

@@ -11,6 +11,7 @@ is :class:`~riskguard.operators.mitigation.playbook.PlaybookLogic`.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import uuid
@@ -20,6 +21,7 @@ import msgspec
 from riskguard.operators.mitigation.acks import ACKNOWLEDGED, UNACKNOWLEDGED, AckConfig
 from riskguard.schemas import FIRM, Action, Scope, ScopeKind, Severity
 from riskguard.schemas.action_params import check_rung_params
+from riskguard.schemas.signals import SIGNAL_KINDS
 
 from riskguard.errors import ConfigError
 
@@ -175,6 +177,12 @@ def _check_rule(p: str, rule: Rule, seen: set[str]) -> None:
         where = f"{p}.signal"
         raise ConfigError(where, "must be a signal that opens an incident (closers "
                           f"{sorted(CLOSERS)} only close one)", rule.signal)
+    if rule.signal not in SIGNAL_KINDS:  # a typo would never match: the rule never acts
+        close = difflib.get_close_matches(rule.signal, sorted(SIGNAL_KINDS), n=1)
+        hint = f" (did you mean `{close[0]}`?)" if close else ""
+        kinds = ", ".join(sorted(SIGNAL_KINDS - CLOSERS.keys()))
+        raise ConfigError(f"{p}.signal", f"must be a signal kind{hint}" if hint else
+                          f"must be a signal kind, one of {kinds}", rule.signal)
     if not rule.ladder:
         where = f"{p}.ladder"
         raise ConfigError(where, "must have at least one rung", [])
