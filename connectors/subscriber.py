@@ -508,6 +508,12 @@ class CommandSubscriber:
             for p in sorted(tmd.partitions)
         ])
         if self.rejections_topic:
+            rej = md.topics.get(self.rejections_topic)
+            if rej is None or rej.error is not None:  # producing to it would create it
+                msg = (f"subscriber: rejections topic {self.rejections_topic!r} does not "
+                       f"exist at {self.brokers}; create it (riskguard topics create) or "
+                       "check --rejections-topic")
+                raise BrokerError(msg)
             self._producer = Producer({**conf, "enable.idempotence": True, "acks": "all"})
 
     def poll(self, *, max_messages: int | None = None, idle_timeout_s: float = 2.0,

@@ -204,6 +204,13 @@ def open_stream(path: Path | str) -> BinaryIO:
     fh = p.open("rb")
     magic = fh.read(4)
     fh.seek(0)
+    for suffix, kind, is_it in ((".zip", "zip archive", magic == _ZIP_MAGIC),
+                                (".gz", "gzip stream", magic[:2] == _GZIP_MAGIC)):
+        if p.name.lower().endswith(suffix) and not is_it:
+            fh.close()
+            raise ConfigError(f"replay file {p.name}", f"a {kind} (the name ends {suffix})",
+                              "an empty file" if not magic else "an empty zip archive"
+                              if magic == b"PK\x05\x06" else f"bytes {magic!r}")
     if magic[:2] == _GZIP_MAGIC:
         fh.close()  # opened by path, the gzip stream closes its own file
         return gzip.open(p, "rb")  # type: ignore[return-value]
