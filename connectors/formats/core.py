@@ -706,6 +706,10 @@ def _when(ts: int) -> str:
         return f"{ts} ns"
 
 
+def _span() -> str:
+    return f"a time from {_when(MIN_TS)} to {_when(MAX_TS)} UTC"
+
+
 def _implausible(column: str, value: Any, expected: str) -> RowError:
     return RowError(f"{column} {value} is implausible: expected {expected}",
                     path=f"$.{column}", expected=expected, found=str(value),
@@ -734,14 +738,13 @@ def check_plausible(item: Any) -> None:
     ts = getattr(item, "ts", None)
     if ts is None or item.__class__ is DeadLetter:
         return
-    span = f"a time from {_when(MIN_TS)} to {_when(MAX_TS)} UTC"
     if not MIN_TS <= ts <= MAX_TS:
-        raise _implausible("ts", ts, span)
+        raise _implausible("ts", ts, _span())
     if item.__class__ is Bar and item.start < MIN_TS:
-        raise _implausible("start", item.start, span)
+        raise _implausible("start", item.start, _span())
     if item.__class__ is OptionQuote:
         if not MIN_TS <= item.expiry <= MAX_TS:
-            raise _implausible("expiry", item.expiry, span)
+            raise _implausible("expiry", item.expiry, _span())
         if not -1.0 <= item.delta <= 1.0:
             raise _implausible("delta", item.delta, "a delta from -1 to 1")
         if item.gamma < 0.0 or item.vega < 0.0:
