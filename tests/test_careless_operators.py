@@ -84,3 +84,20 @@ def test_an_invalid_enum_value_lists_the_valid_ones(config_dir: Path) -> None:
         assert "did you mean `halt_trading`?" in text
     finally:
         (config_dir / "playbook.toml").write_text(good)
+
+
+@pytest.mark.parametrize(("scope", "says"), [
+    ("venu:*", "did you mean `venue:...`?"),
+    ("okx", "matches no scope"),
+])
+def test_a_scope_pattern_no_scope_label_can_match_is_refused(scope: str, says: str) -> None:
+    rule = Rule(name="r", signal="anomaly", scope=scope, ladder=(Rung(action=Action.ALERT),))
+    with pytest.raises(ConfigError) as err:
+        PlaybookConfig(issuer="g", rules=(rule,))
+    assert err.value.path == "playbook.rules[0].scope" and says in str(err.value)
+
+
+@pytest.mark.parametrize("scope", ["*", "venue:*", "instrument:okx/*", "*okx*", "firm:*"])
+def test_scope_patterns_that_can_match_are_accepted(scope: str) -> None:
+    rule = Rule(name="r", signal="anomaly", scope=scope, ladder=(Rung(action=Action.ALERT),))
+    PlaybookConfig(issuer="g", rules=(rule,))
