@@ -93,12 +93,13 @@ _BOOLS = (b"true", b"false")
 @dataclass(frozen=True)
 class Detected:
     """What :func:`detect` found: the format ('' if none), the Binance market, and the
-    symbol and exchange the name gives ('' if it gives none)."""
+    symbol, exchange and date (``YYYY-MM[-DD]``) the name gives ('' if it gives none)."""
 
     format: str
     market: str = ""
     symbol: str = ""
     exchange: str = ""
+    date: str = ""
 
 
 def _market(path: PurePath, symbol: str, header: bool) -> str:
@@ -161,11 +162,11 @@ def detect(path: str | PurePath, first: bytes) -> Detected:
             folders = [q.lower() for q in p.parts[:-1]]
             fmt = next((f for k, f in _KLINE_FOLDERS.items() if k in folders),
                        "binance_klines")
-            return Detected(fmt, market, symbol)
+            return Detected(fmt, market, symbol, date=m.group("date"))
         if kind in _BINANCE_KINDS:
             if kind in _FUTURES_ONLY and market == "spot":
                 market = "um"
-            return Detected(_BINANCE_KINDS[kind], market, symbol)
+            return Detected(_BINANCE_KINDS[kind], market, symbol, date=m.group("date"))
     lower = file.lower()
     if lower.endswith((".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz")):
         return Detected("jsonl")
