@@ -124,14 +124,14 @@ def test_an_unverifiable_last_checkpoint_names_the_command_that_starts_a_new_ori
 def test_an_automatic_resume_the_trust_file_does_not_let_the_guard_sign_is_a_warning(
         tmp_path: Path) -> None:
     """The demo's trust file asks two people for a resume of firm:*; the playbook lifts
-    its firm-wide widen_quotes by itself: that resume would be refused, which fails
-    closed (the mitigation stays until an operator lifts it), so start-up says so and
-    goes on."""
+    its firm-wide mitigation of an unacknowledged command by itself: that resume would be
+    refused, which fails closed (the mitigation stays until an operator lifts it), so
+    start-up says so and goes on."""
     from riskguard.dataflows.guard import check_grants, load_guard_config, load_keys
 
     keys = init_keys(tmp_path)
     cfg, _ = load_guard_config(write_config(tmp_path, "127.0.0.1:1", keys))
     signer, trust = load_keys(cfg)
     notes = check_grants(cfg, signer, trust, int(NOW.timestamp() * 1e9))
-    assert any("rule 'detect_silent' resumes automatically on firm:*" in n
+    assert any("rule 'unacknowledged_command' resumes automatically on firm:*" in n
                and "[two_person]" in n for n in notes)
