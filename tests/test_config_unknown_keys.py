@@ -214,8 +214,9 @@ def test_the_k8s_configmap_guard_configs_hold_only_known_keys() -> None:
 
 def test_the_readme_and_docs_config_snippets_hold_only_known_keys() -> None:
     """Every ```toml block of the README and docs/ is part of a guard config, a trust
-    file (it has ``[[keys]]``) holding only the keys a trust file takes, or an
-    executor's market map (```toml markets.toml) that loads."""
+    file (it has ``[[keys]]``) holding only the keys a trust file takes, an executor's
+    market map (```toml markets.toml) that loads, or a benchmark's incident labels
+    (```toml labels.toml)."""
     from riskguard.executors.scopes import MarketMap
     from riskguard.operators.signing import trust
 
@@ -228,6 +229,9 @@ def test_the_readme_and_docs_config_snippets_hold_only_known_keys() -> None:
         data = tomllib.loads(block)
         if name == "markets.toml":
             MarketMap.from_dict(data)
+            continue
+        if name == "labels.toml":  # the detector benchmark's incidents (detection.md)
+            assert set(data) == {"incident"}, block
             continue
         if "keys" in data and isinstance(data["keys"], list):
             assert set(data) <= set(trust.TrustFile.__struct_fields__), block
