@@ -46,10 +46,10 @@ from bytewax.testing import TestingSink, run_main
 from riskguard.dataflows.backtest import backtest_flow, deep_merge, dump_toml
 from riskguard.dataflows.guard import load_guard_config, load_keys
 from riskguard.dataflows.stress import (
-    _keys,
     generate_market,
     guard_config_doc,
     load_scenario,
+    scenario_keys,
     scenario_path,
 )
 from riskguard.dataflows.stress_checks import NS, START_NS
@@ -118,7 +118,7 @@ def child(n: int, kind: str, per_key: int, before_s: float, caps: bool) -> dict[
         recs = sorted([*recs, *junk(kind, n, per_key, onset - span, span)],
                       key=lambda r: r.ts)
     work = Path(tempfile.mkdtemp(prefix="junk-keys-"))
-    doc = guard_config_doc(sc, _keys(work), None)
+    doc = guard_config_doc(sc, scenario_keys(work), None)
     if not caps:
         doc = deep_merge(doc, NO_CAPS)
     (work / "guard.toml").write_text(dump_toml(doc))
