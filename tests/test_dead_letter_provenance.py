@@ -90,9 +90,9 @@ def test_where_a_record_was_read_survives_pickling_between_workers() -> None:
 def test_a_fill_the_exposure_step_refuses_names_its_partition_and_offset() -> None:
     """A fill for an instrument the exposure config does not declare is refused by the
     exposure step, after the source: its dead letter still names where it was read."""
-    from riskguard.operators.exposure import Router  # noqa: PLC0415
+    from riskguard.operators.exposure import Router
 
-    from tests.test_exposure import worked_config  # noqa: PLC0415
+    from tests.test_exposure import worked_config
 
     cfg = worked_config()
     fill = Fill(id="f1", venue="okx", counterparty="okx", instrument="NOPE-USDT", side="buy",

@@ -180,17 +180,17 @@ def _check_rule(p: str, rule: Rule, seen: set[str]) -> None:
     if rule.signal not in SIGNAL_KINDS:  # a typo would never match: the rule never acts
         close = difflib.get_close_matches(rule.signal, sorted(SIGNAL_KINDS), n=1)
         hint = f" (did you mean `{close[0]}`?)" if close else ""
-        kinds = ", ".join(sorted(SIGNAL_KINDS - CLOSERS.keys()))
+        listed = ", ".join(sorted(SIGNAL_KINDS - CLOSERS.keys()))
         raise ConfigError(f"{p}.signal", f"must be a signal kind{hint}" if hint else
-                          f"must be a signal kind, one of {kinds}", rule.signal)
-    kinds = [k.value for k in ScopeKind]
+                          f"must be a signal kind, one of {listed}", rule.signal)
+    scope_kinds = [k.value for k in ScopeKind]
     head = rule.scope.split(":", 1)[0]
     literal = not any(c in head for c in "*?[")
-    if literal and (head not in kinds or ":" not in rule.scope):  # no label matches it
-        close = difflib.get_close_matches(head, kinds, n=1)
+    if literal and (head not in scope_kinds or ":" not in rule.scope):  # no label matches
+        close = difflib.get_close_matches(head, scope_kinds, n=1)
         hint = f" (did you mean `{close[0]}:...`?)" if close else ""
         raise ConfigError(f"{p}.scope", "must be a pattern on a scope label, <kind>:<value> "
-                          f"with kind one of {', '.join(kinds)} or a glob such as * "
+                          f"with kind one of {', '.join(scope_kinds)} or a glob such as * "
                           f"(this one matches no scope){hint}", rule.scope)
     if not rule.ladder:
         where = f"{p}.ladder"
