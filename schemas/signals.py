@@ -132,7 +132,8 @@ class RiskAlert(Record, frozen=True, kw_only=True, tag="risk_alert"):
     limit measures an exposure that cannot be valued), ``detect_silent`` or
     ``detect_restored`` (a firm tier's detect worker went silent, and came back),
     ``command_unacknowledged``, ``command_acknowledged`` or ``command_refused`` (what
-    executors said about the guard's commands, or did not say in time).
+    executors said about the guard's commands, or did not say in time), ``admission_cap``
+    (more venues, instruments or counterparties than ``[admission]`` admits).
     """
 
     id: RecordId
@@ -276,7 +277,7 @@ ALERT_KINDS = (
     "peg_restored", "limit_update_accepted", "limit_update_rejected", "unvalued_exposure",
     "detect_silent", "detect_restored", "command_unacknowledged", "command_acknowledged",
     "command_refused", "replica_silent", "replica_restored", "replica_divergence",
-    "replica_config_mismatch", "replica_unverified",
+    "replica_config_mismatch", "replica_unverified", "admission_cap",
 )
 """``RiskAlert.kind`` values the guard and its executors raise."""
 SIGNAL_KINDS = frozenset({*ANOMALY_KINDS, "breach", *ALERT_KINDS})

@@ -127,9 +127,10 @@ def guard_core(
     firm = cfg.tier.role == "firm"
     of_market = _fed_by_market(cfg)
     admit_errs: list[Stream[DeadLetter]] = []
+    admit_alerts: list[Stream[Any]] = []
     if local_keys is None:  # names past a cap go no further than the door
         admitted = admit_keys("admit", records, cfg=cfg, clock=clock)
-        records, admit_errs = admitted.oks, [admitted.errs]
+        records, admit_errs, admit_alerts = admitted.oks, [admitted.errs], [admitted.alerts]
     detected_in = None
     if firm:
         # the detect tier's signals and progress (the detections topic) go their own way
@@ -226,6 +227,7 @@ def guard_core(
 
     signals = op.flat_map_batch("observe_signals", op.merge(
         "signals", anomalies, exposure_alerts, limits.breaches, limits.alerts, feed_alerts,
+        *admit_alerts,
     ), observe_all)
     # The playbook's clock: the ticks as the exposure path passes them on (valuation,
     # counterparty, firm, limits), not as the sources make them. In a backlog that path's
