@@ -135,7 +135,8 @@ class RiskAlert(Record, frozen=True, kw_only=True, tag="risk_alert"):
     ``limit_update_accepted``, ``limit_update_rejected``, ``unvalued_exposure`` (a
     limit measures an exposure that cannot be valued),
     ``command_unacknowledged``, ``command_acknowledged`` or ``command_refused`` (what
-    executors said about the guard's commands, or did not say in time).
+    executors said about the guard's commands, or did not say in time), ``admission_cap``
+    (more venues, instruments or counterparties than ``[admission]`` admits).
     """
 
     id: RecordId
@@ -305,6 +306,7 @@ ALERT_KINDS = (
     "peg_restored", "limit_update_accepted", "limit_update_rejected", "unvalued_exposure",
     "command_unacknowledged", "command_acknowledged", "command_refused", "replica_silent",
     "replica_restored", "replica_divergence", "replica_config_mismatch", "replica_unverified",
+    "admission_cap",
 )
 """``RiskAlert.kind`` values the guard and its executors raise."""
 SIGNAL_KINDS = frozenset({*ANOMALY_KINDS, "breach", *ALERT_KINDS})

@@ -16,6 +16,7 @@ from riskguard.schemas import (
     Action,
     DeadLetter,
     Fill,
+    RiskAlert,
     Scope,
     ScopeKind,
     Severity,
@@ -130,6 +131,13 @@ def test_names_past_a_cap_are_dead_letters_naming_their_input() -> None:
     assert gate.state.refused == {"too_many_instruments": 2, "too_many_venues": 1,
                                   "too_many_counterparties": 1}
     assert isinstance(gate.on_event(_trade("okx", "BTC-USDT"))[0], Trade)  # named: always
+    # each cap's first refusal (of instruments: per venue) is an alert, never silent
+    alerts = [(a.details["reason"], a.scope.label(), a.severity.value) for a in out
+              if isinstance(a, RiskAlert)]
+    assert alerts == [("too_many_instruments", "venue:okx", "warn"),
+                      ("too_many_venues", "firm:*", "warn"),
+                      ("too_many_counterparties", "firm:*", "critical")]
+    assert all(a.kind == "admission_cap" for a in out if isinstance(a, RiskAlert))
 
 
 def test_the_gate_meets_the_contract_so_a_resume_admits_exactly_what_it_would_have() -> None:
@@ -183,3 +191,6 @@ def test_the_guard_turns_names_past_the_caps_into_dead_letters_and_still_meets_t
     assert {d.found for d in refused} == {f"JUNK-{i}" for i in range(50, 300)}
     okx = {(c.action.value, c.scope.label()) for c in res.commands}
     assert {("alert", "venue:okx"), ("reduce_only", "venue:okx")} <= okx
+    capped = [a for a in res.signals if getattr(a, "kind", "") == "admission_cap"]
+    assert [(a.scope.label(), a.details["first_refused"]) for a in capped] == [
+        ("venue:okx", "JUNK-50")]

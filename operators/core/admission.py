@@ -9,7 +9,11 @@ end. :class:`KeyAdmission` admits the names the config lists, and others up to a
 cap is a dead letter (``too_many_venues``, ``too_many_instruments``,
 ``too_many_counterparties``) naming the input and the cap, counted like any other; it
 never reaches a keyed step. Admission is first come, first admitted, and its state is
-snapshotted, so a resumed guard admits exactly what the stopped one would have.
+snapshotted, so a resumed guard admits exactly what the stopped one would have. The
+first refusal of each cap (of instruments: on each venue) also raises an
+``admission_cap`` :class:`~riskguard.schemas.RiskAlert`: critical for counterparties
+(fills of ours the guard no longer values), a warning otherwise, so the guard never
+stops tracking names silently.
 
 >>> cfg = AdmissionConfig(max_venues=1, max_instruments_per_venue=1)
 >>> gate = KeyAdmission(cfg, Known(venues=frozenset({"okx"}),
@@ -20,7 +24,7 @@ snapshotted, so a resumed guard admits exactly what the stopped one would have.
 >>> [type(r).__name__ for r in gate.on_batch([t("okx", "BTC-USDT"), t("okx", "JUNK-1"),
 ...                                            t("okx", "JUNK-2"), t("kraken", "BTC-USDT"),
 ...                                            t("junkex", "BTC-USDT")])]
-['Trade', 'Trade', 'DeadLetter', 'Trade', 'DeadLetter']
+['Trade', 'Trade', 'DeadLetter', 'RiskAlert', 'Trade', 'DeadLetter', 'RiskAlert']
 >>> gate.state.refused
 {'too_many_instruments': 1, 'too_many_venues': 1}
 """
@@ -36,6 +40,7 @@ from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.base import source_of
 from riskguard.schemas.codec import encode, tag_of
 from riskguard.schemas.market import MARKET_TYPES, VenueStatus
+from riskguard.schemas.signals import FIRM, RiskAlert, Scope, ScopeKind, Severity
 from riskguard.schemas.trading import TRADING_TYPES
 
 Cap = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
@@ -74,10 +79,13 @@ class AdmissionState:
     venues: dict[str, list[str]] = field(default_factory=dict)
     counterparties: list[str] = field(default_factory=list)
     refused: dict[str, int] = field(default_factory=dict)
+    alerted: list[str] = field(default_factory=list)  # the caps already alerted
     version: int = 1
 
 
 _MARKET = frozenset(MARKET_TYPES)
+_FIELD = {"too_many_venues": "venue", "too_many_instruments": "instrument",
+          "too_many_counterparties": "counterparty"}
 _TRADING = frozenset(TRADING_TYPES)
 
 
@@ -101,7 +109,8 @@ class KeyAdmission:
         st = self.state
         return AdmissionState(venues={v: list(i) for v, i in st.venues.items()},
                               counterparties=list(st.counterparties),
-                              refused=dict(st.refused), version=st.version)
+                              refused=dict(st.refused), alerted=list(st.alerted),
+                              version=st.version)
 
     def on_event(self, rec: Any) -> list[Any]:
         return self.on_batch([rec])
@@ -116,8 +125,30 @@ class KeyAdmission:
                 why = self._counterparty(rec.counterparty)
             else:
                 why = None
-            out.append(rec if why is None else self._dead(rec, *why))
+            if why is None:
+                out.append(rec)
+            else:
+                out.append(self._dead(rec, *why))
+                alert = self._alert(rec, why[0], why[2])
+                if alert is not None:
+                    out.append(alert)
         return out
+
+    def _alert(self, rec: Any, reason: str, expected: str) -> RiskAlert | None:
+        """The ``admission_cap`` alert of a cap's first refusal (None after it)."""
+        venue = getattr(rec, "venue", "")
+        key = f"{reason}|{venue}" if reason == "too_many_instruments" else reason
+        if key in self.state.alerted:
+            return None
+        self.state.alerted.append(key)
+        ours = reason == "too_many_counterparties"
+        scope = (Scope(kind=ScopeKind.VENUE, value=venue)
+                 if reason == "too_many_instruments" else FIRM)
+        return RiskAlert(
+            id=f"admission_cap|{key}", kind="admission_cap", scope=scope, ts=rec.ts,
+            severity=Severity.CRITICAL if ours else Severity.WARN,
+            reason=f"{reason}: names past the cap are dead letters from here on ({expected})",
+            details={"reason": reason, "first_refused": str(getattr(rec, _FIELD[reason], ""))})
 
     def _market(self, rec: Any) -> tuple[str, str, str] | None:
         venue = rec.venue
