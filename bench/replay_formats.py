@@ -293,14 +293,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_daily_files(folder: Path, days: int, rows: int) -> list[Path]:
     """``days`` one-day Binance 1m kline files of ``rows`` rows each, as the dumps come
-    (one file a day; more of them than a replay keeps open at once)."""
+    (one file a day; more of them than a replay keeps open at once; from 2025-01-01 on in
+    µs, as Binance's spot files are)."""
     folder.mkdir()
     rng = random.Random(11)
     paths = []
     for d in range(days):
         day_ms = T0_MS + d * 86_400_000
-        lines = [f"{day_ms + m * 60_000},{100 + rng.random():.2f},101,99,100.5,2,"
-                 f"{day_ms + m * 60_000 + 59_999},200,3,1,100,0" for m in range(rows)]
+        k = 1000 if day_ms >= 1_735_689_600_000 else 1  # 2025-01-01: ms -> µs
+        lines = [f"{(day_ms + m * 60_000) * k},{100 + rng.random():.2f},101,99,100.5,2,"
+                 f"{(day_ms + m * 60_000 + 60_000) * k - 1},200,3,1,100,0"
+                 for m in range(rows)]
         path = folder / f"BTCUSDT-1m-{datetime.fromtimestamp(day_ms / 1000, UTC):%Y-%m-%d}.csv"
         path.write_text("\n".join(lines) + "\n")
         paths.append(path)

@@ -69,6 +69,8 @@ class Applied:
     outcome: AckOutcome
     reason: str = ""
     detail: dict[str, float | str | list[str]] = field(default_factory=dict)
+    settles: str = ""
+    """``already_applied`` for a command found in force: the executed command it found."""
 
 
 class AckSigner:
@@ -99,6 +101,7 @@ class AckSigner:
             command_id=cmd.command_id, command_issuer=cmd.issuer,
             decision_id=cmd.decision_id, action=cmd.action, scope=cmd.scope,
             outcome=applied.outcome, reason=applied.reason[:500], detail=dict(applied.detail),
+            settles=applied.settles or None,
         )
 
     def sign(self, ack: ExecutionAck) -> bytes:
@@ -122,7 +125,7 @@ class SubscriberHooks(TypedDict):
     """The subscriber callbacks an executor provides (:meth:`AckingExecutor.hooks`)."""
 
     on_command: Callable[[MitigationCommand], Applied]
-    on_settled: Callable[[MitigationCommand, str], None]
+    on_settled: Callable[[MitigationCommand, str, str], None]
 
 
 class AckingExecutor:
@@ -155,11 +158,12 @@ class AckingExecutor:
         self._send(cmd, applied)
         return applied
 
-    def on_settled(self, cmd: MitigationCommand, reason: str) -> None:
+    def on_settled(self, cmd: MitigationCommand, reason: str, settles: str = "") -> None:
         """The subscriber's ``on_settled``: a verified command whose state already holds
         (another replica's copy, a mitigation in force) is acknowledged as
-        ``already_applied``, without acting."""
-        self._send(cmd, Applied(AckOutcome.ALREADY_APPLIED, reason))
+        ``already_applied``, without acting, naming the executed command that holds it
+        (``settles``)."""
+        self._send(cmd, Applied(AckOutcome.ALREADY_APPLIED, reason, settles=settles))
 
     def hooks(self) -> SubscriberHooks:
         """``CommandSubscriber(**executor.hooks(), ...)``: both callbacks at once."""

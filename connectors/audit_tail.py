@@ -8,8 +8,13 @@ beginning, checks every chain of the guard's origin as read
 (:class:`~riskguard.operators.audit.ChainResume`: indices, leaf hashes, signed
 checkpoint roots) and returns each chain's append state: its size and its
 Merkle peaks, rebuilt from the records. A topic that cannot be read, or a
-chain that does not verify, raises a :class:`~riskguard.errors.RiskguardError`:
-the guard refuses to start rather than extend a chain it cannot vouch for.
+chain of its own that does not verify, raises a :class:`~riskguard.errors.RiskguardError`:
+the guard refuses to start rather than extend a chain it cannot vouch for. A message
+that is no audit record or checkpoint at all is skipped and counted: one message of
+garbage must not stop every restart. Other replicas' chains are believed only where a
+signed checkpoint vouches for them (:class:`~riskguard.operators.audit.attest.Attestor`):
+their config hashes come from attested records, and a peer chain that cannot be
+verified is reported, never a reason to refuse the start.
 
 Reading goes on past the end the broker reports until every partition has
 reached its end and the topic has been quiet for ``idle_s`` (some brokers,
@@ -25,6 +30,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -37,10 +43,11 @@ from riskguard.operators.audit import (
     decode_item,
     replica_of,
 )
+from riskguard.operators.audit.attest import Attestor
 from riskguard.operators.signing.crypto import VerifyKey
 from riskguard.schemas.audit import AuditRecord
 
-from riskguard.errors import BrokerError
+from riskguard.errors import AuditError, BrokerError
 
 
 def topic_partitions(settings: KafkaSettings, topic: str, *, timeout_s: float = 10.0) -> list[int]:
@@ -130,21 +137,57 @@ def read_chain_states(settings: KafkaSettings, topic: str,
                                  stall_s=stall_s)[0]
 
 
+@dataclass
+class AuditTail:
+    """What the audit topic says at start-up: this guard's chains (``chains``), the config
+    hash of each other replica's last attested record (``peers``), the peer chains no
+    signed checkpoint vouches for (``unverified``: chain -> why), and how many messages
+    were garbage (``garbage``, with the first one's place)."""
+
+    chains: dict[str, AuditState] = field(default_factory=dict)
+    peers: dict[str, str] = field(default_factory=dict)
+    unverified: dict[str, str] = field(default_factory=dict)
+    garbage: int = 0
+    first_garbage: str = ""
+
+
+def read_audit_tail(settings: KafkaSettings, topic: str,
+                    keys: Mapping[str, VerifyKey] | KeyLookup, *, origin: str,
+                    idle_s: float = 0.5, stall_s: float = 30.0) -> AuditTail:
+    """One read of the audit topic: this guard's chains checked as read (``AuditError``
+    if one does not verify), its replicas' chains attested, garbage skipped and counted."""
+    resume = ChainResume(keys, origin=origin)
+    base = origin.split("@", 1)[0]
+    own = replica_of(origin + "/")
+    peers = Attestor(keys, follow=base + "@")
+    out = AuditTail()
+    for p, off, raw in scan_topic(settings, topic, idle_s=idle_s, stall_s=stall_s):
+        try:
+            item = decode_item(raw, f"{topic}[{p}]@{off}")
+        except AuditError as err:  # not an audit item: skipped, counted
+            out.garbage += 1
+            out.first_garbage = out.first_garbage or str(err)
+            continue
+        resume.add(item)
+        chain = item.chain if isinstance(item, AuditRecord) else item.origin
+        if replica_of(chain) in (None, own):
+            continue
+        for believed in peers.on_item(item):
+            peer = replica_of(believed.chain) if isinstance(believed, AuditRecord) else None
+            if peer is not None and isinstance(believed, AuditRecord):
+                out.peers[peer] = believed.config_hash
+    out.chains = resume.states()
+    out.unverified = dict(peers.state.broken)
+    return out
+
+
 def read_chains_and_peers(settings: KafkaSettings, topic: str,
                           keys: Mapping[str, VerifyKey] | KeyLookup, *, origin: str,
                           idle_s: float = 0.5, stall_s: float = 30.0,
                           ) -> tuple[dict[str, AuditState], dict[str, str]]:
-    """:func:`read_chain_states`, and the config hash of the last record of each other
-    replica of the same guard (chains ``<base origin>@<replica>/...``), in one read."""
-    resume = ChainResume(keys, origin=origin)
-    base = origin.split("@", 1)[0]
-    own = replica_of(origin + "/")
-    peers: dict[str, str] = {}
-    for p, off, raw in scan_topic(settings, topic, idle_s=idle_s, stall_s=stall_s):
-        item = decode_item(raw, f"{topic}[{p}]@{off}")
-        resume.add(item)
-        if isinstance(item, AuditRecord) and item.chain.startswith(base + "@"):
-            peer = replica_of(item.chain)
-            if peer is not None and peer != own:
-                peers[peer] = item.config_hash
-    return resume.states(), peers
+    """:func:`read_chain_states`, and the config hash of the last attested record of each
+    other replica of the same guard (chains ``<base origin>@<replica>/...``), in one read
+    (:func:`read_audit_tail`)."""
+    tail = read_audit_tail(settings, topic, keys, origin=origin, idle_s=idle_s,
+                           stall_s=stall_s)
+    return tail.chains, tail.peers

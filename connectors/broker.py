@@ -98,6 +98,19 @@ def wait_until_ready(bootstrap: str, timeout_s: float = 20.0) -> None:
     raise BrokerError(msg)
 
 
+def process_identity(pid: int) -> tuple[int, str] | None:
+    """``(owner uid, start time)`` of process ``pid`` from ``/proc``, or None where there
+    is no such process (or no ``/proc``): a pid names a process only as long as it
+    lives, and a later one may reuse it, another user's included."""
+    try:
+        uid = os.stat(f"/proc/{pid}").st_uid
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()  # the name may hold spaces and ')'
+    return uid, fields[19] if len(fields) > 19 else ""
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -123,9 +136,19 @@ class DevBroker:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        if pid != info.get("pid") or not _pid_alive(pid):
+        if pid != info.get("pid") or not _pid_alive(pid) or not self._same_process(info):
             return None
         return BrokerInfo(pid=pid, bootstrap=info["bootstrap"], log=info["log"])
+
+    @staticmethod
+    def _same_process(info: dict[str, object]) -> bool:
+        """Whether the recorded pid is still the broker that was started (its start time
+        as recorded): after the broker died its pid may belong to anything."""
+        pid, started = info.get("pid"), info.get("started")
+        if not isinstance(pid, int) or started is None:
+            return True  # recorded before start times were, or no /proc: the pid alone
+        now = process_identity(pid)
+        return now is None or now[1] == started
 
     def start(self, port: int | None = None, timeout_s: float = 20.0) -> BrokerInfo:
         """Start a broker (or return the one already running here)."""
@@ -158,14 +181,23 @@ class DevBroker:
             msg = f"dev broker exited at start (code {proc.returncode}); see {log_path}"
             raise BrokerError(msg)
         self.pid_file.write_text(f"{proc.pid}\n")
-        self.info_file.write_text(
-            json.dumps({"pid": proc.pid, "bootstrap": bootstrap, "log": str(log_path)})
-        )
+        ident = process_identity(proc.pid)
+        self.info_file.write_text(json.dumps({
+            "pid": proc.pid, "bootstrap": bootstrap, "log": str(log_path),
+            **({"uid": ident[0], "started": ident[1]} if ident is not None else {})}))
         return BrokerInfo(pid=proc.pid, bootstrap=bootstrap, log=str(log_path))
 
     def stop(self, timeout_s: float = 5.0) -> bool:
-        """Stop the broker recorded here (that pid only). True if one was stopped."""
+        """Stop the broker recorded here (that pid only, and only while it is the process
+        that was started, owned by this user). True if one was stopped; a
+        :class:`BrokerError` for another user's broker (its files are left alone)."""
         info = self.status()
+        ident = process_identity(info.pid) if info is not None else None
+        if info is not None and ident is not None and ident[0] != os.getuid():
+            msg = (f"the dev broker recorded in {self.state_dir} (pid {info.pid}) belongs to "
+                   f"another user (uid {ident[0]}); not stopped: each user runs their own "
+                   f"(set {STATE_DIR_ENV} to a folder of yours)")
+            raise BrokerError(msg)
         for f in (self.pid_file, self.info_file):
             with contextlib.suppress(FileNotFoundError):
                 f.unlink()

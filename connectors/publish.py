@@ -34,7 +34,7 @@ from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import Codec, encode, tag_of
 from riskguard.schemas.market import Side, Trade  # noqa: F401  (doctest)
 
-from riskguard.errors import ConfigError, DeliveryError
+from riskguard.errors import BrokerError, ConfigError, DeliveryError
 
 AUTO = "auto"
 STREAMS = INPUT_STREAMS  # what a user may publish to: the topics the guard reads
@@ -95,6 +95,8 @@ def read_files(
     (None)."""
     files = [ReplayFile(p, format=fmt, venue=venue, instrument=instrument, market=market,
                         contract_size=contract_size, measure=measure) for p in paths]
+    for f in files:
+        f.require_rows()
     src = ReplaySource(files, codec=Codec(clock=lambda: 0), batch_size=batch_size)
     total: int | None = sum(Path(p).stat().st_size for p in paths)
     if any(is_compressed(p) for p in paths):
@@ -127,7 +129,11 @@ class Publisher:
     """Produces records to ``<env>.riskguard.<stream>.v1`` and checks every delivery."""
 
     def __init__(self, settings: KafkaSettings, env: str, *, delivery_timeout_s: float = 30.0,
-                 linger_ms: int = 20) -> None:
+                 linger_ms: int = 20,
+                 create: Callable[[str], Any] | None = None) -> None:
+        """``create(topic)`` makes a topic that does not exist yet; without it a missing
+        topic is a :class:`~riskguard.errors.BrokerError` before anything goes to it (a
+        misspelt env would otherwise create topics the guard never reads)."""
         from confluent_kafka import Producer  # noqa: PLC0415  (keep CLI start-up light)
 
         config = settings.client_config()
@@ -141,11 +147,33 @@ class Publisher:
         self.acked = 0
         self._errors: list[str] = []
         self._topics: dict[str, str] = {}
+        self._settings = settings
+        self._create = create
 
     def topic(self, stream: str) -> str:
         if stream not in self._topics:
-            self._topics[stream] = topic_name(self.env, stream)
+            name = topic_name(self.env, stream)
+            self._exists(name)
+            self._topics[stream] = name
         return self._topics[stream]
+
+    def _exists(self, name: str) -> None:
+        from confluent_kafka.admin import AdminClient  # noqa: PLC0415
+
+        # the whole topic list: asking for one topic by name may create it
+        try:
+            md = AdminClient(with_logger(self._settings.client_config())).list_topics(
+                timeout=5)
+        except Exception:  # unreachable: the first delivery says so (DeliveryError)
+            return
+        if name in md.topics and md.topics[name].error is None:
+            return
+        if self._create is None:
+            msg = (f"topic {name!r} does not exist at {self._settings.bootstrap}; create the "
+                   "guard's topics with: riskguard topics create --env "
+                   f"{self.env} (or pass --create-topics), or check --env")
+            raise BrokerError(msg)
+        self._create(name)
 
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is None:

@@ -100,6 +100,18 @@ class ReplayFile:
                        market=self.market, contract_size=self.contract_size,
                        measure=self.measure, interval_ns=self.interval_ns)[0]
 
+    def require_rows(self) -> None:
+        """A :class:`~riskguard.errors.ConfigError` naming the file unless it holds at
+        least one row (a record or a refused row): an empty file, or one of blank lines,
+        is a mistake a run must not report as "read 0"."""
+        reader = self.open(0, None)
+        try:
+            if next(iter(reader.lines()), None) is None:
+                raise ConfigError(f"data file {Path(self.path).name}", "a file holding rows",
+                                  "no rows (an empty file)")
+        finally:
+            reader.close()
+
     def open(self, offset: int, codec: Codec | None) -> Reader:
         return open_reader(self.path, self.format, venue=self.venue,
                            instrument=self.instrument, market=self.market,

@@ -10,24 +10,34 @@ group) and for each message, in this order:
 4. checks the audience (environment and topic);
 5. checks freshness, with a clock-skew leeway (10 s by default);
 6. drops replays: a ``seq`` at or below the issuer's high-water mark, or a
-   ``command_id`` already executed, is a no-op; another replica's copy of a
-   decision already executed (same ``decision_id``, kept for
-   ``decision_window_s`` and until it expires) is dropped as a
-   :class:`Duplicate` (``duplicate_decision``, counted apart from rejections, and
-   logged with ``"outcome": "duplicate"`` where rejections are);
-   and (``dedupe_in_force``, on by
-   default) so is a mitigation already in force on the same exact scope with
-   the same params until a ``resume`` lifts it, reason ``already_in_force``: a guard restarted from
-   recovery may re-derive a mitigation under a new id, and an executor must
-   not act twice;
-7. raises a :class:`GapAlert` when ``seq`` jumps (a command may have been lost);
-8. only then calls the user's callback with the typed
-   :class:`~riskguard.schemas.MitigationCommand`.
+   ``command_id`` already executed, is a no-op;
+7. reads a ``decision_id`` as a claim about content: another replica's copy of an
+   executed decision (the same ``decision_id``, action, exact scope and params, both
+   copies signed by guard replicas the trust file names in ``replicas``; remembered
+   for ``decision_window_s`` and until it expires) is dropped as a :class:`Duplicate`
+   (``duplicate_decision``, counted apart from rejections, and logged with
+   ``"outcome": "duplicate"``). A command whose ``decision_id`` an executed copy holds
+   with other content raises a :class:`DecisionConflict` (``on_conflict``, counted,
+   logged ``"outcome": "conflict"``) and is never dropped for it: it is checked and
+   executed on its own, so no key can suppress another decision by taking its id. A
+   ``decision_id`` from a signer that is not a named replica is refused
+   (``decision_not_replica``);
+8. (``dedupe_in_force``, on by default) a held action
+   (:data:`~riskguard.schemas.action_params.HELD_ACTIONS`: ``halt_trading``,
+   ``reduce_only``, ``reduce_limits``, ``widen_quotes``) already in force on the same
+   exact scope with the same params is a no-op until a ``resume`` lifts it, reason
+   ``already_in_force``: a guard restarted from recovery may re-derive a mitigation
+   under a new id, and an executor must not act twice. Every other action is an act:
+   a later command repeats it;
+9. raises a :class:`GapAlert` when ``seq`` jumps (a command may have been lost);
+10. only then calls the user's callback with the typed
+    :class:`~riskguard.schemas.MitigationCommand`.
 
 An authentic command that is not executed because its state already holds (another
 replica's copy of an executed decision, a mitigation already in force) goes to
-``on_settled(command, reason)``: an executor acknowledges it as ``already_applied``
-(:class:`~riskguard.connectors.acks.AckingExecutor`), so the guard that sent that copy
+``on_settled(command, reason, settles)``, ``settles`` naming the executed command that
+holds it: an executor acknowledges it as ``already_applied`` and names that copy
+(:class:`~riskguard.connectors.acks.AckingExecutor`), so the guard that sent it
 learns it holds, and does not escalate it as unconfirmed. A state "holds" only if the
 executor applied it: when the callback returns a result whose ``outcome`` is
 ``refused`` or ``failed`` (an :class:`~riskguard.connectors.acks.Applied`), the command
@@ -37,21 +47,27 @@ place. A callback that raises leaves the message to be read again: ``poll`` seek
 to it before the exception propagates.
 
 Its state (per-issuer ``seq`` high-water marks, executed ``command_id``s,
-consumed offsets and the highest trust-file serial seen) lives in SQLite and
-is committed in one transaction *after* the callback returns, so a crash
-re-delivers at most the command being executed (make the executor
-idempotent on ``command_id``; it always gets one). Every rejection carries
-a machine-readable ``reason``, is counted, and goes to ``on_reject``, an
-optional rejections topic and an optional JSONL log; its offset is consumed
-like an executed command's, so a message that cannot be read (nested too
-deep, say: ``malformed_envelope``) is refused once, never re-read on every
-start. An exception the checks raise unforeseen is a rejection too
-(``verify_error``, naming its type), never the end of the subscriber.
+consumed offsets and the highest trust-file serial seen) lives in SQLite
+(:mod:`~riskguard.connectors.subscriber_state`). An executed command is committed
+*after* the callback returns, together with every rejection before it, so a crash
+re-delivers at most the command being executed (make the executor idempotent on
+``command_id``; it always gets one). Rejections are committed in batches (one synced
+write per :data:`COMMIT_EVERY` messages or :data:`COMMIT_EVERY_S`): a crash re-reads
+and refuses again at most one batch. Every rejection carries a machine-readable
+``reason``, is counted, and goes to ``on_reject``, an optional rejections topic and an
+optional JSONL log; its offset is consumed like an executed command's, so a message
+that cannot be read (nested too deep, say: ``malformed_envelope``) is refused once,
+never re-read on every start. An exception the checks raise unforeseen is a rejection
+too (``verify_error``, naming its type), never the end of the subscriber.
+
+A high-water mark kept apart from the state (the highest ``seq`` per signer and the
+trust serial, :class:`~riskguard.connectors.subscriber_state.HighWaterMark`) is
+checked at start: a state that was lost or rolled back stops start-up
+(:class:`~riskguard.errors.StateError`) instead of executing again what it executed.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -63,36 +79,50 @@ import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from riskguard.connectors.settings import with_logger
+from riskguard.connectors.subscriber_state import (
+    Copy,
+    HighWaterMark,
+    Mark,
+    SubscriberState,
+    content_key,
+    params_key,
+    state_behind,
+)
 from riskguard.operators.core.clock import Clock, system_clock
-from riskguard.operators.core.observe import observe_duplicate, observe_gap, observe_rejection
+from riskguard.operators.core.observe import (
+    observe_conflict,
+    observe_duplicate,
+    observe_gap,
+    observe_rejection,
+)
 from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, Reason, decode_envelope
 from riskguard.operators.signing.trust import DEFAULT_LEEWAY_NS, TrustStore
+from riskguard.schemas.action_params import HELD_ACTIONS
 from riskguard.schemas.commands import Audience, MitigationCommand
 
-from riskguard.errors import BrokerError, DeliveryError, TrustError, VerificationError
+from riskguard.errors import (
+    BrokerError,
+    DeliveryError,
+    StateError,
+    TrustError,
+    VerificationError,
+)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS seq_hw (issuer TEXT PRIMARY KEY, seq INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS seen (command_id TEXT PRIMARY KEY, issuer TEXT NOT NULL,
-                                 seq INTEGER NOT NULL, expires_at INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS offsets (topic TEXT NOT NULL, part INTEGER NOT NULL,
-                                    next_offset INTEGER NOT NULL, PRIMARY KEY (topic, part));
-CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS in_force (action TEXT NOT NULL, scope TEXT NOT NULL,
-                                     command_id TEXT NOT NULL, params BLOB NOT NULL,
-                                     PRIMARY KEY (action, scope));
-CREATE TABLE IF NOT EXISTS decisions (decision_id TEXT PRIMARY KEY, issuer TEXT NOT NULL,
-                                      command_id TEXT NOT NULL,
-                                      keep_until INTEGER NOT NULL);
-"""
+__all__ = ["CONNECT_S", "DEFAULT_DECISION_WINDOW_S", "CommandSubscriber", "DecisionConflict",
+           "Duplicate", "GapAlert", "Outcome", "Rejection", "SubscriberState",
+           "read_topic_bytes"]
+
 DEFAULT_DECISION_WINDOW_S = 3600.0
 """How long an executed decision is remembered, at least (and until its command
 expires): a replica's copy arriving later than that is no longer dropped as a
 duplicate (it would have expired already with the default lifetimes)."""
-# Actions that are momentary, not a state an executor holds.
-_MOMENTARY = frozenset({"alert", "resume"})
 # What an executor's callback may report for a command it did not apply (AckOutcome values).
 _NOT_APPLIED = frozenset({"refused", "failed"})
+COMMIT_EVERY = 2048
+"""Rejections committed in one transaction at most, while polling (one synced write)."""
+COMMIT_EVERY_S = 0.5
+"""... or after this long, whichever comes first."""
+NOT_A_REPLICA = "decision_not_replica"
 
 
 @dataclass(frozen=True)
@@ -113,8 +143,10 @@ class Rejection:
 class Duplicate:
     """Another replica's copy of a decision already executed: dropped, not refused.
 
-    ``reason`` is ``duplicate_decision``; ``first_issuer`` and ``first_command_id``
-    name the copy that was executed."""
+    It matched the executed copy's ``decision_id``, action, scope and params, and both
+    were signed by guard replicas the trust file names. ``reason`` is
+    ``duplicate_decision``; ``first_issuer`` and ``first_command_id`` name the copy that
+    was executed."""
 
     decision_id: str
     topic: str
@@ -129,6 +161,23 @@ class Duplicate:
 
 
 @dataclass(frozen=True)
+class DecisionConflict:
+    """A command carrying the ``decision_id`` of an executed copy, but not that copy's
+    content (action, scope, params) or not from a guard replica: never dropped as a
+    duplicate of it. ``first`` describes the executed copy, ``got`` this one."""
+
+    decision_id: str
+    issuer: str
+    command_id: str
+    got: str
+    first_issuer: str
+    first_command_id: str
+    first: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
 class GapAlert:
     """``seq`` jumped: commands between ``expected`` and ``got - 1`` were not seen."""
 
@@ -139,106 +188,31 @@ class GapAlert:
     offset: int
 
 
-class SubscriberState:
-    """Durable replay state in SQLite."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        self.db = sqlite3.connect(self.path, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(_SCHEMA)
-
-    def high_water(self, issuer: str) -> int | None:
-        row = self.db.execute("SELECT seq FROM seq_hw WHERE issuer=?", (issuer,)).fetchone()
-        return None if row is None else int(row[0])
-
-    def seen(self, command_id: str) -> bool:
-        q = "SELECT 1 FROM seen WHERE command_id=?"
-        return self.db.execute(q, (command_id,)).fetchone() is not None
-
-    def decided(self, decision_id: str) -> tuple[str, str] | None:
-        """``(issuer, command_id)`` of the executed copy of ``decision_id``, if any."""
-        row = self.db.execute("SELECT issuer, command_id FROM decisions WHERE decision_id=?",
-                              (decision_id,)).fetchone()
-        return None if row is None else (str(row[0]), str(row[1]))
-
-    def in_force(self, action: str, scope: str, params: bytes) -> str | None:
-        """The command_id holding ``action`` on ``scope`` with these exact params, if any."""
-        row = self.db.execute(
-            "SELECT command_id FROM in_force WHERE action=? AND scope=? AND params=?",
-            (action, scope, params)).fetchone()
-        return None if row is None else str(row[0])
-
-    def next_offsets(self, topic: str) -> dict[int, int]:
-        rows = self.db.execute("SELECT part, next_offset FROM offsets WHERE topic=?", (topic,))
-        return {int(p): int(o) for p, o in rows}
-
-    def trust_serial(self) -> int | None:
-        row = self.db.execute("SELECT v FROM meta WHERE k='trust_serial'").fetchone()
-        return None if row is None else int(row[0])
-
-    def set_trust_serial(self, serial: int) -> None:
-        self.db.execute("INSERT INTO meta VALUES ('trust_serial', ?) ON CONFLICT(k) "
-                        "DO UPDATE SET v=excluded.v", (serial,))
-
-    def commit(self, *, topic: str, partition: int, offset: int,
-               cmd: MitigationCommand | None, executed: bool = True,
-               keep_decision_until: int = 0) -> None:
-        """Record a handled command (if any), what it leaves in force, its decision, and
-        the consumed offset, atomically."""
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            if cmd is not None and executed and cmd.decision_id:
-                self.db.execute("INSERT OR IGNORE INTO decisions VALUES (?, ?, ?, ?)",
-                                (cmd.decision_id, cmd.issuer, cmd.command_id,
-                                 max(cmd.expires_at, keep_decision_until)))
-            if cmd is not None and executed:
-                scope = cmd.scope.label()
-                action = cmd.action.value
-                if action == "resume":
-                    lifted = cmd.params.get("actions")
-                    if isinstance(lifted, list) and lifted:
-                        self.db.executemany(
-                            "DELETE FROM in_force WHERE action=? AND scope=?",
-                            [(str(a), scope) for a in lifted])
-                    else:
-                        self.db.execute("DELETE FROM in_force WHERE scope=?", (scope,))
-                elif action not in _MOMENTARY:
-                    self.db.execute("INSERT OR REPLACE INTO in_force VALUES (?, ?, ?, ?)",
-                                    (action, scope, cmd.command_id, _params_key(cmd)))
-            if cmd is not None:
-                self.db.execute(
-                    "INSERT INTO seq_hw VALUES (?, ?) ON CONFLICT(issuer) DO UPDATE SET "
-                    "seq=max(seq, excluded.seq)", (cmd.issuer, cmd.seq))
-                self.db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?, ?, ?)",
-                                (cmd.command_id, cmd.issuer, cmd.seq, cmd.expires_at))
-            if offset >= 0:
-                self.db.execute(
-                    "INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT(topic, part) DO UPDATE "
-                    "SET next_offset=max(next_offset, excluded.next_offset)",
-                    (topic, partition, offset + 1))
-
-    def prune(self, before_ns: int) -> int:
-        """Forget executed ids that expired before ``before_ns`` (freshness rejects them)."""
-        cur = self.db.execute("DELETE FROM seen WHERE expires_at < ?", (before_ns,))
-        self.db.execute("DELETE FROM decisions WHERE keep_until < ?", (before_ns,))
-        return cur.rowcount
-
-    def close(self) -> None:
-        self.db.close()
-
-
 Outcome: TypeAlias = MitigationCommand | Rejection | Duplicate
 
 
-def _params_key(cmd: MitigationCommand) -> bytes:
-    """Canonical bytes of a command's params (an update with new params is not a repeat)."""
-    return msgspec.json.encode(cmd.params, order="sorted")
+def _fields(rej: Rejection) -> dict[str, Any]:
+    """``asdict(rej)``, without its deep copy of every field (a flood's hot path)."""
+    return {"reason": rej.reason, "detail": rej.detail, "topic": rej.topic,
+            "partition": rej.partition, "offset": rej.offset, "issuer": rej.issuer,
+            "command_id": rej.command_id, "seq": rej.seq}
+
+
+def _describe(content: bytes) -> str:
+    action, scope, params = msgspec.json.decode(content)
+    return f"{action} on {scope}" + (f" {params}" if params else "")
 
 
 class CommandSubscriber:
-    """Consume, verify, de-duplicate and hand over signed mitigation commands."""
+    """Consume, verify, de-duplicate and hand over signed mitigation commands.
+
+    ``high_water`` names the high-water mark file (default ``<state_path>.hwm``; keep it
+    on another volume than the state where you can). A state behind it (deleted, or
+    restored from an older copy) stops start-up with :class:`~riskguard.errors.StateError`
+    unless ``accept_state_loss``: then the state takes the mark's seqs and trust serial,
+    so nothing executed before runs again, and nothing older than the commands'
+    lifetime can (freshness refuses it).
+    """
 
     def __init__(
         self,
@@ -258,13 +232,18 @@ class CommandSubscriber:
         dedupe_in_force: bool = True,
         on_duplicate: Callable[[Duplicate], None] | None = None,
         decision_window_s: float = DEFAULT_DECISION_WINDOW_S,
-        on_settled: Callable[[MitigationCommand, str], None] | None = None,
+        on_settled: Callable[[MitigationCommand, str, str], None] | None = None,
+        on_conflict: Callable[[DecisionConflict], None] | None = None,
+        high_water: str | Path | None = None,
+        accept_state_loss: bool = False,
     ) -> None:
         self.on_settled = on_settled
+        self.on_conflict = on_conflict
         self.dedupe_in_force = dedupe_in_force
         self.on_duplicate = on_duplicate
         self.decision_window_ns = int(decision_window_s * 1_000_000_000)
         self.trust = trust
+        self.replicas = trust.doc.replica_issuers()
         self.audience = audience
         self.on_command = on_command
         self.on_reject = on_reject
@@ -273,24 +252,77 @@ class CommandSubscriber:
         self.topic = topic or audience.topic
         self.rejections_topic = rejections_topic
         self.rejection_log = Path(rejection_log) if rejection_log else None
+        self._log_fh: Any = None
         self.leeway_ns = leeway_ns
         self.clock = clock
-        self.state = SubscriberState(state_path)
         self.stats: Counter[str] = Counter()
-        old = self.state.trust_serial()
-        if old is not None and trust.serial < old:
+        self._unobserved: Counter[str] = Counter()  # rejections not yet in the metrics
+        self.state = SubscriberState(state_path)
+        self.mark = HighWaterMark(high_water or f"{state_path}.hwm")
+        try:
+            self._anchor(accept_state_loss)
+        except BaseException:
             self.state.close()
-            msg = (f"trust file serial {trust.serial} is older than serial {old} already "
-                   "accepted by this subscriber (rollback refused)")
-            raise TrustError(msg)
-        self.state.set_trust_serial(trust.serial)
+            raise
+        self._batching = False
         self._consumer: Any = None
         self._producer: Any = None
+
+    def _anchor(self, accept_state_loss: bool) -> None:
+        """Check the state against the high-water mark and the trust file's serial."""
+        mark = self.mark.load()
+        if mark is not None:
+            behind = state_behind(mark, self.state.high_waters(), self.state.trust_serial())
+            if behind is not None and not accept_state_loss:
+                msg = (f"subscriber state {self.state.path} is behind its high-water mark "
+                       f"{self.mark.path}: {behind} (the state was lost or restored from an "
+                       "older copy, and would execute again what it executed); restore the "
+                       "latest state, or start with --accept-state-loss (accept_state_loss"
+                       "=True): nothing at or below the mark, and nothing older than the "
+                       "commands' lifetime, is executed again")
+                raise StateError(msg)
+            if behind is not None:
+                self.stats["state_loss_accepted"] += 1
+                for issuer, seq in mark.seq.items():
+                    self.state.raise_seq(issuer, seq)
+                self.state.set_trust_serial(mark.trust_serial)
+        old = self.state.trust_serial()
+        if old is not None and self.trust.serial < old:
+            msg = (f"trust file serial {self.trust.serial} is older than serial {old} already "
+                   "accepted by this subscriber (rollback refused)")
+            raise TrustError(msg)
+        self.state.set_trust_serial(self.trust.serial)
+        self.state.flush()
+        self._save_mark()
+
+    def _save_mark(self) -> None:
+        self.mark.save(Mark(seq=self.state.high_waters(),
+                            trust_serial=self.state.trust_serial() or 0))
+
+    def flush(self) -> None:
+        """Commit what was handled (one synced write), then raise the high-water mark."""
+        if self.state.flush():
+            self._save_mark()
+        if self._log_fh is not None:
+            self._log_fh.flush()
+        for reason, n in self._unobserved.items():  # counted per batch, not per message
+            observe_rejection(reason, n)
+        self._unobserved.clear()
 
     # -- one message ---------------------------------------------------------
 
     def handle(self, data: bytes, *, partition: int = -1, offset: int = -1) -> Outcome:
-        """Verify and (maybe) execute one message; returns the command or the rejection."""
+        """Verify and (maybe) execute one message; returns the command or the rejection.
+
+        Called directly (not from :meth:`poll`), every outcome is committed before it
+        returns."""
+        try:
+            return self._handle(data, partition, offset)
+        finally:
+            if not self._batching:
+                self.flush()
+
+    def _handle(self, data: bytes, partition: int, offset: int) -> Outcome:
         now = self.clock()
         try:
             env = decode_envelope(data)
@@ -308,15 +340,45 @@ class CommandSubscriber:
             return self._reject(Reason.REPLAYED_SEQ.value,
                                 f"seq {cmd.seq} <= high-water {hw} of {cmd.issuer!r}",
                                 partition, offset, cmd)
-        first = self.state.decided(cmd.decision_id) if cmd.decision_id else None
-        if first is not None:
-            return self._duplicate(cmd, first, partition, offset)
+        if cmd.decision_id:
+            found = self._decision(cmd, partition, offset)
+            if found is not None:
+                return found
         if self.state.seen(cmd.command_id):
             # Authentic under a new seq (re-derived after a restart): the seq is used up.
             # The executor answered this id when it handled it: nothing to settle.
             return self._reject(Reason.REPLAYED_COMMAND_ID.value,
                                 f"command_id {cmd.command_id!r} already executed",
                                 partition, offset, cmd, record=True)
+        self._check_gap(cmd, hw, partition, offset)
+        holder = None
+        if self.dedupe_in_force and cmd.action.value in HELD_ACTIONS:
+            holder = self.state.in_force(cmd.action.value, cmd.scope.label(), params_key(cmd))
+        if holder is not None:
+            # Authentic, but the same mitigation already holds on this exact scope (for
+            # example re-derived after a restart): executing it again would act twice.
+            self._settled(cmd, "already_in_force", holder)
+            rej = self._reject("already_in_force",
+                               f"{cmd.action.value} on {cmd.scope.label()} is in force "
+                               f"since command {holder}", partition, offset, cmd, record=True)
+            self.flush()  # its ack is out
+            return rej
+        return self._execute(cmd, now, partition, offset)
+
+    def _execute(self, cmd: MitigationCommand, now: int, partition: int,
+                 offset: int) -> MitigationCommand:
+        result = self.on_command(cmd)
+        applied = str(getattr(result, "outcome", "applied")) not in _NOT_APPLIED
+        if not applied:
+            self.stats["not_applied"] += 1
+        self.state.record(topic=self.topic, partition=partition, offset=offset, cmd=cmd,
+                          executed=applied, keep_decision_until=now + self.decision_window_ns)
+        self.flush()  # executed: committed before the next message, with what came before
+        self.stats["accepted"] += 1
+        return cmd
+
+    def _check_gap(self, cmd: MitigationCommand, hw: int | None, partition: int,
+                   offset: int) -> None:
         expected = (hw or 0) + 1
         if cmd.seq > expected:
             self.stats["gaps"] += 1
@@ -325,55 +387,80 @@ class CommandSubscriber:
             observe_gap(alert)
             if self.on_alert is not None:
                 self.on_alert(alert)
-        holder = None
-        if self.dedupe_in_force and cmd.action.value not in _MOMENTARY:
-            holder = self.state.in_force(cmd.action.value, cmd.scope.label(), _params_key(cmd))
-        if holder is not None:
-            # Authentic, but the same mitigation already holds on this exact scope (for
-            # example re-derived after a restart): executing it again would act twice.
-            self._settled(cmd, "already_in_force")
-            return self._reject("already_in_force",
-                                f"{cmd.action.value} on {cmd.scope.label()} is in force "
-                                f"since command {holder}", partition, offset, cmd, record=True)
-        result = self.on_command(cmd)
-        applied = str(getattr(result, "outcome", "applied")) not in _NOT_APPLIED
-        if not applied:
-            self.stats["not_applied"] += 1
-        self.state.commit(topic=self.topic, partition=partition, offset=offset, cmd=cmd,
-                          executed=applied, keep_decision_until=now + self.decision_window_ns)
-        self.stats["accepted"] += 1
-        return cmd
 
-    def _duplicate(self, cmd: MitigationCommand, first: tuple[str, str], partition: int,
+    def _decision(self, cmd: MitigationCommand, partition: int,
+                  offset: int) -> Outcome | None:
+        """A command carrying a ``decision_id``: a duplicate of an executed copy (same
+        decision id, action, scope and params, both from replicas the trust file names),
+        a refusal (not from a replica), or None: it is checked and executed on its own,
+        after an alert if the id was executed with another content."""
+        copies = self.state.copies(cmd.decision_id or "")
+        content = content_key(cmd)
+        from_replica = cmd.issuer in self.replicas
+        same = next((c for c in copies if c.content == content and c.issuer in self.replicas),
+                    None)
+        if same is not None and from_replica:
+            return self._duplicate(cmd, same, partition, offset)
+        if copies:
+            self._conflict(cmd, copies[0], content, partition, offset)
+        if not from_replica:
+            return self._reject(NOT_A_REPLICA,
+                                f"decision_id {cmd.decision_id!r} from {cmd.issuer!r}, which "
+                                "is not a guard replica named in the trust file "
+                                f"({', '.join(sorted(self.replicas)) or 'none'})",
+                                partition, offset, cmd, record=True)
+        return None
+
+    def _conflict(self, cmd: MitigationCommand, first: Copy, content: bytes,
+                  partition: int, offset: int) -> None:
+        c = DecisionConflict(decision_id=cmd.decision_id or "", issuer=cmd.issuer,
+                             command_id=cmd.command_id, got=_describe(content),
+                             first_issuer=first.issuer, first_command_id=first.command_id,
+                             first=_describe(first.content), partition=partition,
+                             offset=offset)
+        self.stats["conflicts"] += 1
+        observe_conflict(c)
+        if self.on_conflict is not None:
+            self.on_conflict(c)
+        self._log({"outcome": "conflict", "topic": self.topic, **asdict(c)}, c.issuer)
+
+    def _duplicate(self, cmd: MitigationCommand, first: Copy, partition: int,
                    offset: int) -> Duplicate:
         """Drop another replica's copy of an executed decision: counted and logged as a
         duplicate; its seq and id count as seen."""
         dup = Duplicate(decision_id=cmd.decision_id or "", topic=self.topic,
                         partition=partition, offset=offset, issuer=cmd.issuer,
-                        command_id=cmd.command_id, seq=cmd.seq, first_issuer=first[0],
-                        first_command_id=first[1])
+                        command_id=cmd.command_id, seq=cmd.seq, first_issuer=first.issuer,
+                        first_command_id=first.command_id)
         self.stats["duplicates"] += 1
         observe_duplicate(dup)
-        self._settled(cmd, dup.reason)
+        self._settled(cmd, dup.reason, first.command_id)
         if self.on_duplicate is not None:
             self.on_duplicate(dup)
         self._log({"outcome": "duplicate", **asdict(dup)}, dup.issuer)
-        self.state.commit(topic=self.topic, partition=partition, offset=offset, cmd=cmd,
+        self.state.record(topic=self.topic, partition=partition, offset=offset, cmd=cmd,
                           executed=False)
+        self.flush()  # its ack is out
         return dup
 
-    def _settled(self, cmd: MitigationCommand, reason: str) -> None:
+    def _settled(self, cmd: MitigationCommand, reason: str, settles: str) -> None:
         if self.on_settled is not None:
-            self.on_settled(cmd, reason)
+            self.on_settled(cmd, reason, settles)
 
     def _log(self, entry: dict[str, Any], issuer: str) -> None:
         """One line to the rejection log and the rejections topic, where they are set."""
         line = msgspec.json.encode(entry)
         if self.rejection_log is not None:
-            with self.rejection_log.open("ab") as fh:
-                fh.write(line + b"\n")
+            if self._log_fh is None:
+                self._log_fh = self.rejection_log.open("ab")
+            self._log_fh.write(line + b"\n")
         if self._producer is not None and self.rejections_topic:
-            self._producer.produce(self.rejections_topic, value=line, key=issuer.encode() or None)
+            key = issuer.encode() or None
+            try:
+                self._producer.produce(self.rejections_topic, value=line, key=key)
+            except BufferError:  # a flood filled the local queue: let it drain
+                self._producer.flush(10)
+                self._producer.produce(self.rejections_topic, value=line, key=key)
 
     def _reject(self, reason: str, detail: str, partition: int, offset: int,
                 cmd: MitigationCommand | None = None, *, record: bool = False) -> Rejection:
@@ -385,22 +472,24 @@ class CommandSubscriber:
         )
         self.stats["rejected"] += 1
         self.stats[f"rejected.{reason}"] += 1
-        observe_rejection(rej)
+        self._unobserved[reason] += 1
         if self.on_reject is not None:
             self.on_reject(rej)
-        self._log(asdict(rej), rej.issuer)
-        self.state.commit(topic=self.topic, partition=partition, offset=offset,
+        if self.rejection_log is not None or self._producer is not None:
+            self._log(_fields(rej), rej.issuer)
+        self.state.record(topic=self.topic, partition=partition, offset=offset,
                           cmd=cmd if record else None, executed=False)
         return rej
 
     # -- Kafka -----------------------------------------------------------------
 
-    def _connect(self) -> None:
+    def connect(self) -> None:
+        """Join the topic at the stored offsets (``poll`` does it when not done yet)."""
         if not self.brokers:
             raise BrokerError("subscriber: no brokers configured")
         conf: dict[str, Any] = with_logger({"bootstrap.servers": self.brokers})
         try:
-            md = AdminClient(conf).list_topics(self.topic, timeout=10)
+            md = AdminClient(conf).list_topics(timeout=10)
         except Exception as err:
             msg = f"subscriber: cannot reach Kafka at {self.brokers}: {err}"
             raise BrokerError(msg) from err
@@ -419,39 +508,74 @@ class CommandSubscriber:
             for p in sorted(tmd.partitions)
         ])
         if self.rejections_topic:
+            rej = md.topics.get(self.rejections_topic)
+            if rej is None or rej.error is not None:  # producing to it would create it
+                msg = (f"subscriber: rejections topic {self.rejections_topic!r} does not "
+                       f"exist at {self.brokers}; create it (riskguard topics create) or "
+                       "check --rejections-topic")
+                raise BrokerError(msg)
             self._producer = Producer({**conf, "enable.idempotence": True, "acks": "all"})
 
     def poll(self, *, max_messages: int | None = None, idle_timeout_s: float = 2.0,
              poll_timeout_s: float = 0.2) -> int:
         """Consume until ``max_messages`` handled or nothing arrives for ``idle_timeout_s``.
 
-        Returns how many messages were handled (accepted or rejected).
+        Returns how many messages were handled (accepted or rejected). Rejections are
+        committed in batches (:data:`COMMIT_EVERY`, :data:`COMMIT_EVERY_S`); an executed
+        or settled command is committed at once, with every rejection before it.
         """
         if self._consumer is None:
-            self._connect()
+            self.connect()
         handled = 0
         idle_since = time.monotonic()
-        while max_messages is None or handled < max_messages:
-            msg = self._consumer.poll(poll_timeout_s)
-            if msg is None:
-                if time.monotonic() - idle_since >= idle_timeout_s:
-                    break
-                continue
+        self._batching = True
+        try:
+            while max_messages is None or handled < max_messages:
+                want = 512 if max_messages is None else min(512, max_messages - handled)
+                msgs = self._consumer.consume(want, poll_timeout_s)
+                if not msgs:
+                    if time.monotonic() - idle_since >= idle_timeout_s:
+                        break
+                    self.flush()
+                    continue
+                idle_since = time.monotonic()
+                handled += self._handle_batch(msgs)
+        finally:
+            self._batching = False
+            self.flush()
+        self._flush_rejections()
+        self.state.prune(self.clock() - self.leeway_ns - 3600 * 1_000_000_000)
+        self.flush()
+        return handled
+
+    def _handle_batch(self, msgs: list[Any]) -> int:
+        """Handle consumed messages in order; on an exception, seek every partition back
+        to its first message not handled (read again, never skipped) and raise."""
+        handled = 0
+        since = time.monotonic()
+        for i, msg in enumerate(msgs):
             if msg.error() is not None:
                 self.stats["consumer_errors"] += 1
                 continue
-            idle_since = time.monotonic()
             try:
-                self.handle(msg.value() or b"", partition=msg.partition(), offset=msg.offset())
+                self._handle(msg.value() or b"", msg.partition(), msg.offset())
             except BaseException:
-                # not committed: read it again on the next poll (or after a restart), never
-                # skip it because a later message's offset was committed first
-                self._consumer.seek(TopicPartition(self.topic, msg.partition(), msg.offset()))
+                self._seek_back(msgs[i:])
                 raise
             handled += 1
-        self._flush_rejections()
-        self.state.prune(self.clock() - self.leeway_ns - 3600 * 1_000_000_000)
+            if handled % COMMIT_EVERY == 0 or time.monotonic() - since >= COMMIT_EVERY_S:
+                self.flush()
+                since = time.monotonic()
         return handled
+
+    def _seek_back(self, unhandled: list[Any]) -> None:
+        self.flush()  # what was handled before stays handled
+        first: dict[int, int] = {}
+        for m in unhandled:
+            if m.error() is None and m.partition() not in first:
+                first[m.partition()] = m.offset()
+        for part, off in first.items():
+            self._consumer.seek(TopicPartition(self.topic, part, off))
 
     def _flush_rejections(self) -> None:
         if self._producer is not None:
@@ -461,7 +585,8 @@ class CommandSubscriber:
                 raise DeliveryError(msg, undelivered=left, reasons=["flush timeout"])
 
     def summary(self) -> dict[str, int]:
-        """Counters: accepted, rejected, rejected.<reason>, gaps, consumer_errors."""
+        """Counters: accepted, rejected, rejected.<reason>, duplicates, conflicts, gaps,
+        consumer_errors."""
         return dict(sorted(self.stats.items()))
 
     def close(self) -> None:
@@ -470,6 +595,10 @@ class CommandSubscriber:
             self._consumer = None
         self._flush_rejections()
         self._producer = None
+        self.flush()
+        if self._log_fh is not None:
+            self._log_fh.close()
+            self._log_fh = None
         self.state.close()
 
     def __enter__(self) -> CommandSubscriber:

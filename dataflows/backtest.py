@@ -641,6 +641,8 @@ def backtest_files(
     files = [ReplayFile(p, format=fmt, venue=venue, market=market, measure=measure,
                         instrument=named.get(str(p), instrument),
                         contract_size=contract_size) for p in data]
+    for f in files:
+        f.require_rows()  # an empty file is a mistake, not a run that read nothing
     res = run_backtest(cfg, digest, files=files, out_dir=out_dir, batch_size=batch_size,
                        progress=progress)
     names = [Path(p).name for p in data]

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from riskguard.schemas.action_params import HELD_ACTIONS as HELD
 from riskguard.schemas.signals import Scope, ScopeKind
 
 from riskguard.errors import ConfigError
@@ -62,11 +63,12 @@ class TradeState(IntEnum):
     """No new orders; cancels only."""
 
 
-HELD_ACTIONS: Mapping[str, TradeState | None] = {
-    "halt_trading": TradeState.HALTED, "reduce_only": TradeState.REDUCING,
-    "reduce_limits": None, "widen_quotes": None}
-"""Actions an executor holds on a scope until a ``resume`` lifts them (and the state each
-one imposes; ``None``: a cap or a quote width, no trading state)."""
+_STATES: Mapping[str, TradeState] = {
+    "halt_trading": TradeState.HALTED, "reduce_only": TradeState.REDUCING}
+HELD_ACTIONS: Mapping[str, TradeState | None] = {a: _STATES.get(a) for a in sorted(HELD)}
+"""Actions an executor holds on a scope until a ``resume`` lifts them (the wire
+contract's table, :data:`~riskguard.schemas.action_params.HELD_ACTIONS`), and the state
+each one imposes (``None``: a cap or a quote width, no trading state)."""
 
 
 @dataclass(frozen=True)

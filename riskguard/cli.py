@@ -18,6 +18,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -51,8 +52,42 @@ class Parser(argparse.ArgumentParser):
                           help="show librdkafka's and riskguard's log lines on stderr "
                           "(-v warnings, -vv info, -vvv debug; also RISKGUARD_LOG=LEVEL)")
 
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._words = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: {message}{self._did_you_mean(message)} "
+                     f"(see {self.prog} --help)\n")
+
+    def _did_you_mean(self, message: str) -> str:
+        """``; did you mean ...?`` for a misspelt command (``runn``) or flag (``--confg``),
+        '' if nothing is close."""
+        from riskguard.validation import closest  # noqa: PLC0415  (msgspec: only on an error)
+
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            close = closest(m[1], re.findall(r"'([^']*)'", m[2]))
+            return f"; did you mean '{close}'?" if close is not None else ""
+        known = _options(self)
+        hints = []
+        for word in getattr(self, "_words", []):
+            flag = word.split("=", 1)[0]
+            if flag.startswith("--") and flag not in known:
+                close = closest(flag, sorted(known))
+                if close is not None:
+                    hints.append(f"{close} (for {flag})")
+        return f"; did you mean {', '.join(hints)}?" if hints else ""
+
+
+def _options(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option string of ``parser`` and of its subcommands, all the way down."""
+    known = set(parser._option_string_actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                known |= _options(sub)
+    return known
 
 
 def one_line(text: str) -> str:

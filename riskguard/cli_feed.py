@@ -47,8 +47,23 @@ def _bridge_config(args: argparse.Namespace) -> Any:
         spec=spec_for(args.exchange), symbols=bridge.parse_list(args.symbols),
         channels=bridge.parse_list(args.channels), feeds=tuple(bridge.feeds_of(args.feed)),
         heartbeat_s=args.heartbeat, silence_s=args.silence, restart_after_s=args.restart_after,
-        candle_interval=args.candle_interval,
+        candle_interval=args.candle_interval, aliases=_aliases(args.alias or []),
     ).validate()
+
+
+def _aliases(pairs: list[str]) -> dict[str, str]:
+    """``--alias XBT=BTC`` (repeatable) as a mapping; ``ConfigError`` naming a bad one.
+
+    >>> _aliases(["XBT=BTC"])
+    {'XBT': 'BTC'}
+    """
+    out = {}
+    for pair in pairs:
+        old, eq, new = pair.partition("=")
+        if not (eq and old.strip() and new.strip()):
+            raise ConfigError("feed --alias", "FROM=TO, e.g. XBT=BTC", pair)
+        out[old.strip()] = new.strip()
+    return out
 
 
 async def _run(feed_bridge: Any, duration: float | None, banner: str) -> Any:
@@ -137,6 +152,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # argparse private gener
     p.add_argument("--restart-after", type=float, default=60.0, metavar="S",
                    help="a connection silent this long is re-opened, a feed down this long "
                    "started afresh (default 60; -1 never)")
+    p.add_argument("--alias", action="append", metavar="FROM=TO",
+                   help="a symbol part the exchange spells its own way (XBT=BTC: XBT/USD "
+                        "becomes BTC-USD); repeatable")
     p.add_argument("--candle-interval", default="1m", metavar="I",
                    help="candle interval for the candles channel (default 1m)")
     p.add_argument("--duration", type=float, metavar="S",

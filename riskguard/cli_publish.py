@@ -42,7 +42,10 @@ def _publish(args: argparse.Namespace) -> int:
         from riskguard.cli import reach_kafka  # noqa: PLC0415  (the CLI imports this module)
 
         reach_kafka(cfg.kafka, "--brokers HOST:PORT (or [kafka] bootstrap in --config)")
-        publisher = pub.Publisher(cfg.kafka, cfg.env)
+        publisher = pub.Publisher(cfg.kafka, cfg.env,
+                                  create=_creator(cfg) if args.create_topics else None)
+        if stream != "auto":
+            publisher.topic(stream)  # a missing topic stops here, before a file is read
     rejects = Path(args.rejects).open("wb") if args.rejects else None  # noqa: SIM115
     try:
         def rejected(dl: Any) -> None:
@@ -73,6 +76,17 @@ def _publish(args: argparse.Namespace) -> int:
     return 1 if n_rej else 0
 
 
+def _creator(cfg: Any) -> Any:
+    """Creates a missing topic with the settings ``riskguard topics create`` gives it."""
+    from riskguard.connectors.topics import create_topics, topic_specs  # noqa: PLC0415
+
+    specs = {s.name: s for s in topic_specs(cfg.env, cfg.topics)}
+
+    def create(name: str) -> None:
+        create_topics(cfg.kafka.client_config(), [specs[name]])
+    return create
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # argparse private generic
     from riskguard.connectors.formats import FORMATS, MARKETS  # noqa: PLC0415
 
@@ -100,4 +114,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # argparse private gener
                    help="write each rejected record here as a dead letter")
     p.add_argument("--check", action="store_true",
                    help="check the files only; produce nothing, do not contact Kafka")
+    p.add_argument("--create-topics", action="store_true",
+                   help="create a missing input topic (as riskguard topics create does); "
+                   "without it a missing topic is an error")
     p.set_defaults(func=_publish)

@@ -23,7 +23,6 @@ _TICK_S = 1.0
 def _run(args: argparse.Namespace) -> int:
     from confluent_kafka import (  # noqa: PLC0415
         OFFSET_BEGINNING,
-        OFFSET_END,
         Consumer,
         Producer,
         TopicPartition,
@@ -40,17 +39,22 @@ def _run(args: argparse.Namespace) -> int:
 
     settings, topic, peers = _where(args)
     config = ReplicaWatchConfig(peers=peers, tolerance_s=args.tolerance, silent_s=args.silent)
+    trust = _trust(args)
     reach_kafka(settings, "--brokers HOST:PORT, or [kafka] in --config")
     start_metrics_server_from_env()  # RISKGUARD_METRICS_PORT: riskguard_risk_alerts_total
     parts = topic_partitions(settings, topic)
     consumer = Consumer({**settings.client_config(),
                          "group.id": f"riskguard-replicas-{uuid.uuid4().hex[:8]}",
                          "enable.auto.commit": False, "fetch.wait.max.ms": 100})
-    start = OFFSET_BEGINNING if args.from_beginning else OFFSET_END
-    consumer.assign([TopicPartition(topic, p, start) for p in parts])
+    # every chain from its start: a record is believed once its signed checkpoint is, and
+    # that needs the chain's Merkle state; without --from-beginning what was written
+    # before the watch began only builds that state, it raises nothing
+    ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in parts}
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
     alerts = _Alerts(Producer(settings.client_config()) if args.alerts_topic else None,
                      args.alerts_topic)
-    logic = ReplicaWatchLogic(config)
+    logic = ReplicaWatchLogic(config, keys=trust.checkpoint_key)
     unreadable = 0
     last_message = last_tick = time.monotonic()
     try:
@@ -65,7 +69,9 @@ def _run(args: argparse.Namespace) -> int:
                 except Exception:  # not an audit item: counted, never the end of the watch
                     unreadable += 1
                     continue
-                alerts.emit(logic.on_event(item))
+                raised = logic.on_event(item)
+                if args.from_beginning or (m.offset() or 0) >= ends.get(m.partition() or 0, 0):
+                    alerts.emit(raised)
             if now - last_tick >= _TICK_S:
                 last_tick = now
                 alerts.emit(logic.on_event(None))
@@ -74,8 +80,9 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         consumer.close()
         alerts.close()
+    attested = logic.state.attest.counts if logic.state.attest is not None else {}
     summary = {**logic.state.counts, **{f"alerts.{k}": v for k, v in alerts.kinds.items()},
-               "unreadable": unreadable}
+               **{f"records.{k}": v for k, v in attested.items()}, "unreadable": unreadable}
     sys.stdout.write("SUMMARY " + json.dumps(summary, sort_keys=True) + "\n")
     return 0
 
@@ -127,6 +134,24 @@ class _Alerts:
             raise BrokerError(msg)
 
 
+def _trust(args: argparse.Namespace) -> Any:
+    """The trust file whose keys sign checkpoints: --trust/--roots, else [keys] of
+    --config (a record is believed only once a checkpoint signed by one vouches for it)."""
+    from riskguard.operators.signing.trust import RootSet, TrustStore  # noqa: PLC0415
+
+    trust, roots = args.trust, args.roots
+    if args.config and not (trust and roots):
+        from riskguard.dataflows.guard import load_guard_config  # noqa: PLC0415
+
+        keys = load_guard_config(args.config)[0].keys
+        trust, roots = trust or keys.trust_file, roots or keys.roots_file
+    if not (trust and roots):
+        raise ConfigError("--trust/--roots", "the trust file and its roots (or --config with "
+                          "[keys]): the watch believes a record only once a checkpoint "
+                          "signed by a key the trust file lists vouches for it", None)
+    return TrustStore.load(trust, RootSet.load(roots))
+
+
 def _where(args: argparse.Namespace) -> tuple[Any, str, tuple[str, ...]]:
     """Kafka settings, the audit topic and the peers: from the flags, or from a replica's
     guard config (its ``[kafka]`` with TLS/SASL, its env's audit topic, ``[replica]
@@ -159,6 +184,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--brokers", help="HOST:PORT (default 127.0.0.1:9092, or [kafka] of "
                                      "--config)")
     w.add_argument("--topic", help="the guard's audit topic (default: from --config)")
+    w.add_argument("--trust", help="trust file whose keys sign checkpoints (default: [keys] "
+                                   "of --config)")
+    w.add_argument("--roots", help="roots file of --trust (default: [keys] of --config)")
     w.add_argument("--peers", help="every replica's id, comma-separated (default: "
                                    "[replica] peers of --config, else every replica seen)")
     w.add_argument("--tolerance", type=float, default=10.0, metavar="SECONDS",
@@ -167,7 +195,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how long a replica may write nothing while another writes")
     w.add_argument("--alerts-topic", help="also produce each alert (JSON) to this topic")
     w.add_argument("--from-beginning", action="store_true",
-                   help="read the topic from its start (default: from now on)")
+                   help="alert on the whole topic (default: from now on; what came before "
+                        "is read only to check the chains)")
     w.add_argument("--idle-timeout", type=float, metavar="SECONDS",
                    help="stop after this long without a message (default: run until stopped)")
     w.set_defaults(func=_run)

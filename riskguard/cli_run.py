@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from riskguard.config import no_rules_note
-from riskguard.errors import ConfigError, RiskguardError
+from riskguard.errors import AuditError, ConfigError, RiskguardError
 
 # The topics the guard reads and writes, in the order the start line names them.
 READS = ("market", "fills", "positions", "balances", "venue_status", "limit_updates")
@@ -334,6 +334,32 @@ def claim_recovery_store(folder: Path, replica: str) -> None:
     mark.write_text(replica + "\n")
 
 
+def with_audit_origin(cfg: Any, origin: str) -> Any:
+    """``cfg`` with its audit chains under ``origin`` (a replica's keep its ``@id``)."""
+    import msgspec  # noqa: PLC0415
+
+    replica = f"@{cfg.replica.id}" if cfg.replica.id else ""
+    return msgspec.structs.replace(cfg, audit=msgspec.structs.replace(
+        cfg.audit, origin=f"{origin}{replica}"))
+
+
+def new_origin_note(config: Path, origin: str, today: str | None = None) -> str:
+    """What to do when the last checkpoint of the guard's audit chain does not verify
+    (signed by a key the trust file no longer trusts): the command that starts a new
+    chain origin, the old chain left as it is for the auditors.
+
+    >>> new_origin_note(Path("g.toml"), "riskguard@a", "20261127").split(": ")[1]
+    'riskguard run --config g.toml --audit-origin riskguard-20261127 (or set [audit] origin)'
+    """
+    import datetime  # noqa: PLC0415
+
+    day = today or datetime.datetime.now(datetime.UTC).strftime("%Y%m%d")
+    base = origin.split("@", 1)[0]
+    return ("its chain cannot be extended (a new checkpoint would vouch for it); start a new "
+            f"audit origin, leaving this one for audit: riskguard run --config {config} "
+            f"--audit-origin {base}-{day} (or set [audit] origin)")
+
+
 def _start_line(cfg: Any, digest: str, config: Path, key_id: str, bw: BytewaxArgs,
                 every_s: float) -> str:
     env = cfg.env
@@ -414,10 +440,7 @@ def _run(args: argparse.Namespace) -> int:
     from bytewax.run import cli_main  # noqa: PLC0415  (what python -m bytewax.run calls)
 
     from riskguard.cli import STARTED, reach_kafka  # noqa: PLC0415  (imports this module)
-    from riskguard.dataflows.guard import (  # noqa: PLC0415  (heavy imports)
-        apply_gc_policy,
-        build_flow,
-    )
+    from riskguard.dataflows.guard import apply_gc_policy  # noqa: PLC0415  (heavy imports)
     from riskguard.dataflows.readiness import (  # noqa: PLC0415
         DetectorWatch,
         readiness,
@@ -432,7 +455,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.status_every < 0:
         raise ConfigError("--status-every", "seconds >= 0 (0: no status lines)",
                           args.status_every)
-    cfg, digest, signer, trust = _load(config)
+    cfg, digest, signer, trust, notes = _load(config, args.audit_origin)
     if bw.recovery_directory is not None:
         claim_recovery_store(bw.recovery_directory, cfg.replica.id)
     reach_kafka(cfg.kafka, f"[kafka] bootstrap in {config}")
@@ -443,7 +466,7 @@ def _run(args: argparse.Namespace) -> int:
         os.environ["RISKGUARD_NEW_CONFIG"] = "1"
     start_metrics_server_from_env()
     watch = DetectorWatch(cfg.detector)
-    flow = build_flow(cfg, digest, signer=signer, trust=trust, watch=watch)
+    flow = _build(config, cfg, digest, signer, trust, watch, notes)
     apply_gc_policy(cfg)
     out = sys.stdout
     reporter = StatusReporter(
@@ -458,11 +481,8 @@ def _run(args: argparse.Namespace) -> int:
     received: list[int] = []
     try:  # from the start line on, however it ends, it ends with the summary
         with _stop_signals(received), _without_panic_reports(not debug):
-            out.write(_start_line(cfg, digest, config, signer.key_id, bw, args.status_every)
-                      + "\n")
-            if not cfg.playbook.rules and cfg.tier.role in ("whole", "firm"):
-                out.write(no_rules_note() + "\n")  # a market process plans nothing
-            out.flush()
+            _starting(out, _start_line(cfg, digest, config, signer.key_id, bw,
+                                       args.status_every), cfg, notes)
             reporter.start()
             cli_main(flow, workers_per_process=1, process_id=None, addresses=None,
                      epoch_interval=epoch, recovery_config=recovery)
@@ -488,17 +508,39 @@ def _end(out: TextIO, counts: Counts, how: str, started: float, first_last: Firs
     if detectors:
         out.write("\n".join(detectors) + "\n")
     out.flush()
-def _load(config: Path) -> tuple[Any, str, Any, Any]:
-    """The guard config and its hash, then its signing key and trust store; an error
-    names what to fix in ``config``, before anything starts."""
-    from riskguard.dataflows.guard import load_guard_config, load_keys  # noqa: PLC0415
+
+
+def _starting(out: TextIO, start_line: str, cfg: Any, notes: list[str]) -> None:
+    """The start line, then what the start noted (a playbook without rules, what the
+    signing key may not sign), one line each."""
+    from riskguard.cli import one_line  # noqa: PLC0415  (imports this module)
+
+    out.write(start_line + "\n")
+    if not cfg.playbook.rules and cfg.tier.role in ("whole", "firm"):
+        out.write(no_rules_note() + "\n")  # a market process plans nothing
+    for note in notes:
+        out.write(one_line(note) + "\n")
+    out.flush()
+
+
+def _load(config: Path, audit_origin: str | None = None
+          ) -> tuple[Any, str, Any, Any, list[str]]:
+    """The guard config and its hash, then its signing key and trust store, the key
+    checked against the trust file and the playbook (:func:`check_grants`: what fails
+    closed comes back as notes); an error names what to fix in ``config``, before
+    anything starts. ``audit_origin``: write the audit chains under this origin."""
+    from riskguard.dataflows.guard import (  # noqa: PLC0415
+        check_grants,
+        load_guard_config,
+        load_keys,
+    )
 
     try:
         cfg, digest = load_guard_config(config)  # names the bad key
     except ConfigError as err:
-        if config.is_file():
-            err.add_note(f"fix it in {config} (dataflows/guard.example.toml describes every "
-                         "setting)")
+        if err.file or config.is_file():  # a playbook file the config names: that file
+            err.add_note(f"fix it in {err.file or config} (dataflows/guard.example.toml "
+                         "describes every setting)")
         raise
     try:
         signer, trust = load_keys(cfg)
@@ -506,7 +548,25 @@ def _load(config: Path) -> tuple[Any, str, Any, Any]:
         err.add_note(f"check [keys] in {config} (relative paths are relative to the config "
                      "file's folder)")
         raise
-    return cfg, digest, signer, trust
+    notes = check_grants(cfg, signer, trust, time.time_ns())  # before a record is read
+    if audit_origin:
+        cfg = with_audit_origin(cfg, audit_origin)
+    return cfg, digest, signer, trust, notes
+
+
+def _build(config: Path, cfg: Any, digest: str, signer: Any, trust: Any, watch: Any,
+           notes: list[str]) -> Any:
+    """The live dataflow; what starting it notes goes to ``notes``. A last audit checkpoint
+    that does not verify names the command that starts a new audit origin."""
+    from riskguard.dataflows.guard import build_flow  # noqa: PLC0415
+
+    try:
+        return build_flow(cfg, digest, signer=signer, trust=trust, watch=watch,
+                          on_note=notes.append)
+    except AuditError as err:
+        if "bad_checkpoint" in str(err):
+            err.add_note(new_origin_note(config, cfg.audit.origin))
+        raise
 
 
 def _stopped_by(err: Exception, received: list[int], *, debug: bool) -> tuple[str, int]:
@@ -593,6 +653,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--new-config", action="store_true",
                    help="start this replica on a config its peers do not run yet (the first "
                         "replica of a planned config change; docs/replicas.md)")
+    p.add_argument("--audit-origin", metavar="NAME",
+                   help="write the audit chains under this origin instead of [audit] "
+                   "origin (start a new chain when the last one cannot be extended)")
     p.add_argument("--status-every", type=float, default=10.0, metavar="SECONDS",
                    help="print a status line every SECONDS (default 10; 0: none)")
     p.add_argument("--engine", choices=("bytewax", "flink"), default="bytewax",

@@ -9,6 +9,7 @@ import sys
 from riskguard.connectors.subscriber import (
     DEFAULT_DECISION_WINDOW_S,
     CommandSubscriber,
+    DecisionConflict,
     Duplicate,
     GapAlert,
     Rejection,
@@ -48,12 +49,19 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.write(f"ALERT   seq gap from {a.issuer}: expected {a.expected}, "
                          f"got {a.got}\n")
 
+    def conflict(c: DecisionConflict) -> None:
+        sys.stdout.write(f"ALERT   decision conflict {c.decision_id[:16]}: {c.issuer} sent "
+                         f"{c.got} ({c.command_id}); executed as {c.first} "
+                         f"({c.first_command_id} from {c.first_issuer})\n")
+
     sub = CommandSubscriber(
         trust=trust, audience=Audience(env=args.env, topic=args.topic),
         state_path=args.state, on_command=show, on_reject=rejected, on_alert=alert,
         brokers=args.brokers, topic=args.topic, rejections_topic=args.rejections_topic,
         rejection_log=args.rejection_log, leeway_ns=int(args.leeway * 1e9),
         on_duplicate=duplicate, decision_window_s=args.decision_window,
+        on_conflict=conflict, high_water=args.high_water,
+        accept_state_loss=args.accept_state_loss,
     )
     try:
         sub.poll(max_messages=args.max_messages, idle_timeout_s=args.idle_timeout)
@@ -76,6 +84,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--state", default="riskguard-subscriber.sqlite",
                    help="SQLite file of replay state (seen ids, each issuer's last seq, "
                    "offsets); keep it between runs (default riskguard-subscriber.sqlite)")
+    p.add_argument("--high-water", metavar="FILE",
+                   help="the high-water mark kept apart from --state (default STATE.hwm; "
+                   "put it on another volume): a state behind it stops start-up")
+    p.add_argument("--accept-state-loss", action="store_true",
+                   help="start on a state behind its high-water mark (lost or restored "
+                   "from an older copy): the state takes the mark's seqs, so nothing at or "
+                   "below it, and nothing older than the commands' lifetime, runs again")
     p.add_argument("--rejections-topic", metavar="TOPIC",
                    help="also produce each rejection (and duplicate) as a JSON line to TOPIC")
     p.add_argument("--rejection-log", metavar="FILE",

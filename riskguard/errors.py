@@ -26,6 +26,10 @@ class ConfigError(RiskguardError, ValueError):
     ('limits.counterparty.okx.gross_notional', -5)
     """
 
+    file: str | None = None
+    """The file the bad value is in, where it is not the file the command was given (a
+    playbook file a config names)."""
+
     def __init__(self, path: str, expected: str, found: Any = None, *,
                  found_text: str | None = None) -> None:
         self.path = path
@@ -84,6 +88,11 @@ class VerificationError(RiskguardError, ValueError):
 
 class TrustError(RiskguardError, ValueError):
     """The trust file is malformed, unsigned or lacks its root threshold."""
+
+
+class StateError(RiskguardError, RuntimeError):
+    """Durable state cannot be used as it is: lost, or rolled back behind its high-water
+    mark. The message says how to recover."""
 
 
 class AuditError(RiskguardError, ValueError):

@@ -134,10 +134,24 @@ def _bound(text: str) -> str:
     return str(int(value)) if value.is_integer() and "." in text else text
 
 
-def did_you_mean(name: str, known: Iterable[str]) -> str:
-    """`` (did you mean `x`?)`` for the known name closest to ``name``, or nothing."""
-    close = difflib.get_close_matches(str(name), list(known), n=1)
-    return f" (did you mean `{close[0]}`?)" if close else ""
+def closest(name: str, known: Iterable[str]) -> str | None:
+    """The known name ``name`` likely meant, or None: the one that starts with it, if one
+    does (``halt`` -> ``halt_trading``), else the most alike.
+
+    >>> closest("halt", ["alert", "halt_trading"]), closest("playbok", ["playbook"])
+    ('halt_trading', 'playbook')
+    """
+    key, names = str(name), [str(k) for k in known]
+    start = [n for n in names if key and n.startswith(key)]
+    close = start[:1] if len(start) == 1 else difflib.get_close_matches(key, names, n=1)
+    return close[0] if close else None
+
+
+def did_you_mean(name: str, known: Iterable[str], *, shown: str = "{}") -> str:
+    """`` (did you mean `x`?)`` for the known name closest to ``name``, or nothing;
+    ``shown`` formats the name offered (``"{}:..."``: `` (did you mean `venue:...`?)``)."""
+    close = closest(name, known)
+    return f" (did you mean `{shown.format(close)}`?)" if close is not None else ""
 
 
 def config_error(err: msgspec.ValidationError, data: Any, cls: Any,
@@ -169,8 +183,17 @@ def config_error(err: msgspec.ValidationError, data: Any, cls: Any,
     elif invalid.kind == "type" and found is None:
         found = invalid.got
     elif invalid.kind == "value" and (choices := _choices(t)):
-        expected = "must be one of " + ", ".join(choices)
+        expected = _one_of(choices, found)
     return ConfigError(path, expected, found)
+
+
+def _one_of(choices: list[str], found: Any) -> str:
+    """``must be one of ...`` with the value ``found`` likely meant; a long list goes after
+    the hint, so a message cut to one line keeps the hint."""
+    hint, listed = did_you_mean(str(found), choices), ", ".join(choices)
+    if len(listed) < 160:
+        return f"must be one of {listed}{hint}"
+    return f"must be one of the {len(choices)} values{hint}: {listed}"
 
 
 def _literal(text: str) -> Any:
@@ -260,8 +283,8 @@ def _choices(t: Any) -> list[str]:
     t = _unwrap(t)
     if isinstance(t, mi.LiteralType):
         return sorted(str(v) for v in t.values)
-    if isinstance(t, mi.EnumType):
-        return sorted(str(m.value) for m in t.cls)
+    if isinstance(t, mi.EnumType):  # in the order the enum declares them
+        return [str(m.value) for m in t.cls]
     return []
 
 

@@ -22,13 +22,12 @@ True
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from riskguard.schemas.commands import Action
-from riskguard.schemas.types import NAME_PATTERN
+from riskguard.schemas.names import MARKET_NAME_PATTERN, MARKET_NAME_RULE, is_market_name
 
 from riskguard.validation import did_you_mean
 
@@ -36,7 +35,6 @@ Kind = Literal["number", "name", "id", "action", "names", "ids", "actions"]
 """What a param holds: a number; one venue, instrument or feed name (``Name``); a
 record id (a ``command_id``); an action name; or a list of one of those."""
 
-_NAME = re.compile(NAME_PATTERN)
 _ACTIONS = frozenset(a.value for a in Action)
 _LIFTABLE = _ACTIONS - {Action.RESUME.value}
 MAX_ITEMS = 64
@@ -62,7 +60,7 @@ class Param:
                                                        ("<=", self.le)) if v is not None]
             return "a number" + (" " + " and ".join(bounds) if bounds else "")
         return {
-            "name": "a name (1-64 of A-Z a-z 0-9 _ . : / @ + -)",
+            "name": f"a market name ({MARKET_NAME_RULE})",
             "id": "a command id (1-128 characters)",
             "action": "an action name",
             "names": f"a list of 1-{MAX_ITEMS} names",
@@ -91,7 +89,7 @@ def _scalar_ok(kind: str, value: Any, *, liftable: bool = False) -> bool:
     if not isinstance(value, str):
         return False
     if kind == "name":
-        return _NAME.match(value) is not None and len(value) <= 64
+        return is_market_name(value)
     if kind == "id":
         return 1 <= len(value) <= 128
     return value in (_LIFTABLE if liftable else _ACTIONS)
@@ -109,6 +107,9 @@ class ActionSpec:
     effect: str
     scopes: str
     params: tuple[Param, ...] = ()
+    held: bool = False
+    """Held on its exact scope until a ``resume`` lifts it (a state); otherwise a one-off
+    act, which a later command of the same action on the same scope repeats."""
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -132,20 +133,20 @@ _SPECS = (
         Action.WIDEN_QUOTES, "Quote wider on the scope by `bps` basis points.",
         "any (the bundled playbook: a venue, the firm)",
         (Param("bps", "number", "how much wider, in basis points (10000 = 100%)",
-               required=True, gt=0, le=10_000),)),
+               required=True, gt=0, le=10_000),), held=True),
     ActionSpec(
         Action.REDUCE_LIMITS, "Scale the scope's trading limits by `factor`.",
         "any",
         (Param("factor", "number", "the new limit as a fraction of the current one",
-               required=True, gt=0, le=1),)),
+               required=True, gt=0, le=1),), held=True),
     ActionSpec(
         Action.REDUCE_ONLY, "Accept only orders that reduce positions on the scope.",
-        "any"),
+        "any", held=True),
     ActionSpec(
         Action.CANCEL_ALL, "Cancel every open order on the scope.", "any"),
     ActionSpec(
         Action.HALT_TRADING, "Stop trading on the scope (protective orders stay allowed).",
-        "any; firm:* needs a two-person manual resume"),
+        "any; firm:* needs a two-person manual resume", held=True),
     ActionSpec(
         Action.REROUTE_ORDER_FLOW, "Send new orders for the scope to `targets` instead of "
         "`from`.", "a venue, or an instrument or counterparty on one venue (`from`)",
@@ -176,6 +177,14 @@ _SPECS = (
 
 ACTION_PARAMS: Mapping[str, ActionSpec] = {s.action.value: s for s in _SPECS}
 """Each action's spec, by action name."""
+
+HELD_ACTIONS: frozenset[str] = frozenset(s.action.value for s in _SPECS if s.held)
+"""The actions an executor holds on their exact scope until a ``resume`` lifts them; every
+other action is a one-off act (the table's "held" column, the one place that says so).
+
+>>> sorted(HELD_ACTIONS)
+['halt_trading', 'reduce_limits', 'reduce_only', 'widen_quotes']
+"""
 
 
 def check_params(action: str, params: Mapping[str, Any], *,
@@ -240,7 +249,7 @@ def param_kind(action: str, name: str) -> Kind | None:
 
 
 def _param_schema(p: Param) -> dict[str, Any]:
-    name = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": NAME_PATTERN}
+    name = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": MARKET_NAME_PATTERN}
     one: dict[str, dict[str, Any]] = {
         "name": name, "id": {"type": "string", "minLength": 1, "maxLength": 128},
         "action": {"enum": sorted(_ACTIONS)}}
@@ -276,16 +285,19 @@ def command_params_schema() -> dict[str, Any]:
 
 def markdown_table() -> str:
     """The params table of ``docs/commands.md`` (a test keeps the page in step)."""
-    rows = ["| action | params | what an executor does | scopes |",
-            "| --- | --- | --- | --- |"]
+    rows = ["| action | params | what an executor does | held | scopes |",
+            "| --- | --- | --- | --- | --- |"]
     for spec in _SPECS:
         params = "<br>".join(
             f"`{p.name}`{' (required)' if p.required else ''}: {p.describe()}; {p.doc}"
             for p in spec.params) or "none"
-        rows.append(f"| `{spec.action.value}` | {params} | {spec.effect} | {spec.scopes} |")
+        held = ("until resumed" if spec.held else "lifts what is held"
+                if spec.action is Action.RESUME else "no: an act")
+        rows.append(f"| `{spec.action.value}` | {params} | {spec.effect} | {held} | "
+                    f"{spec.scopes} |")
     return "\n".join(rows) + "\n"
 
 
-__all__ = ["ACTION_PARAMS", "FILLED_BY_PLAYBOOK", "MAX_ITEMS", "ActionSpec", "Kind", "Param",
-           "check_params", "check_rung_params", "command_params_schema", "markdown_table",
-           "param_kind", "params_json_schema"]
+__all__ = ["ACTION_PARAMS", "FILLED_BY_PLAYBOOK", "HELD_ACTIONS", "MAX_ITEMS", "ActionSpec",
+           "Kind", "Param", "check_params", "check_rung_params", "command_params_schema",
+           "markdown_table", "param_kind", "params_json_schema"]

@@ -42,9 +42,9 @@ from riskguard.schemas.base import SUPPORTED_MAJOR, Record
 from riskguard.schemas.commands import COMMAND_TYPES
 from riskguard.schemas.json_limits import MAX_JSON_DEPTH, TOO_DEEP, check_json_depth
 from riskguard.schemas.market import MARKET_TYPES
+from riskguard.schemas.names import MARKET_NAME_PATTERN, MARKET_NAME_RULE, name_problem
 from riskguard.schemas.signals import SIGNAL_TYPES
 from riskguard.schemas.trading import TRADING_TYPES
-from riskguard.schemas.types import NAME_PATTERN
 from riskguard.schemas.valuation import VALUATION_TYPES
 
 from riskguard.validation import read_error
@@ -58,7 +58,7 @@ DEFAULT_MAX_BYTES = 64 * 1024
 #: read such dead-letter topics with ``Codec(max_bytes=DEAD_LETTER_MAX_BYTES)``.
 DEAD_LETTER_MAX_BYTES = 4 * DEFAULT_MAX_BYTES
 
-_NAME = re.compile(NAME_PATTERN)
+_NAME = re.compile(MARKET_NAME_PATTERN)
 #: Names (``CachedName`` fields) a codec remembers as valid; the set is emptied when full.
 NAMES_CACHED = 65_536
 
@@ -209,7 +209,7 @@ class Codec:
     def _check_names(
         self, rec: Record, topic: str, data: bytes, partition: int, offset: int
     ) -> Record | DeadLetter:
-        """``rec`` if its CachedName fields match ``NAME_PATTERN`` (remembering them),
+        """``rec`` if its CachedName fields match ``MARKET_NAME_PATTERN`` (remembering them),
         else a dead letter naming the first that does not."""
         ok = self._names_ok
         for field in self._name_fields[type(rec)]:
@@ -219,7 +219,8 @@ class Codec:
             if _NAME.search(value) is None:  # as msgspec checks a Name's pattern
                 return self._dead(
                     topic, data, partition, offset, "validation", f"$.{field}",
-                    f"str matching regex '{NAME_PATTERN}'", value,
+                    f"a market name ({MARKET_NAME_RULE})", value,
+                    detail=name_problem(value) or "",
                 )
             if len(ok) >= NAMES_CACHED:
                 ok.clear()
@@ -292,7 +293,7 @@ def cached_name_fields(cls: type[Record]) -> tuple[str, ...]:
         t = f.type
         if (isinstance(t, mi.Metadata) and isinstance(t.type, mi.StrType)
                 and t.type.pattern is None
-                and (t.extra_json_schema or {}).get("pattern") == NAME_PATTERN):
+                and (t.extra_json_schema or {}).get("pattern") == MARKET_NAME_PATTERN):
             out.append(f.name)
     return tuple(out)
 

@@ -7,6 +7,7 @@ from enum import StrEnum
 
 import msgspec
 from riskguard.schemas.base import Record, Sourced
+from riskguard.schemas.market import MARKET_TYPES
 from riskguard.schemas.signals import Scope, ScopeKind
 from riskguard.schemas.trading import TRADING_TYPES
 from riskguard.schemas.types import Finite, HexDigest, Name, Nanos, NonNegative, RecordId, Seq, Text
@@ -190,6 +191,9 @@ class ExecutionAck(Record, frozen=True, kw_only=True, tag="execution_ack"):
     is ``<issuer>:<command_id>``: one command has one ack per executor, and a later
     ack of the same id (a retry that now applied) supersedes the earlier one.
     ``detail`` says what changed (instruments halted, orders cancelled, ...).
+    ``settles`` (``already_applied`` only) names the executed command whose state this
+    one found in force: another replica's copy of the same decision, or the command
+    holding the same mitigation on the scope. An ack settles exactly that copy.
     """
 
     ack_id: RecordId
@@ -206,8 +210,9 @@ class ExecutionAck(Record, frozen=True, kw_only=True, tag="execution_ack"):
     outcome: AckOutcome
     reason: Text = ""
     detail: dict[str, Finite | str | list[str]] = {}
+    settles: RecordId | None = None
 
 
 COMMAND_TYPES = (MitigationCommand, LimitUpdate, SignedEnvelope, ExecutionAck)
-SOURCED_TYPES = frozenset({SignedEnvelope, *TRADING_TYPES})
+SOURCED_TYPES = frozenset({SignedEnvelope, *TRADING_TYPES, *MARKET_TYPES})
 """Inputs a reader stamps with where it read them (:func:`~riskguard.schemas.base.stamp_source`)."""

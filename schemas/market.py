@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from riskguard.schemas.base import Record
+from riskguard.schemas.base import Sourced
 from riskguard.schemas.types import (
     CachedName,
     DurationNs,
     Finite,
-    Name,
+    MarketName,
     Nanos,
     NonNegative,
     Positive,
@@ -48,11 +48,13 @@ class VenueState(StrEnum):
     MAINTENANCE = "maintenance"
 
 
-class MarketEvent(Record, frozen=True, kw_only=True):
+class MarketEvent(Sourced, frozen=True, kw_only=True):
     """Fields every market event carries.
 
     ``ts`` is the exchange (event) time; ``recv_ts`` is when we received it.
-    ``feed`` names the feed it came through (``primary`` or ``backup``).
+    ``feed`` names the feed it came through (``primary`` or ``backup``). The reader
+    stamps where it read it (:class:`~riskguard.schemas.base.Sourced`), so a step that
+    refuses it later names the input.
     """
 
     id: RecordId
@@ -201,14 +203,14 @@ class FundingRate(MarketEvent, frozen=True, kw_only=True, tag="funding_rate"):
     predicted_rate: Finite | None = None
 
 
-class VenueStatus(Record, frozen=True, kw_only=True, tag="venue_status"):
+class VenueStatus(Sourced, frozen=True, kw_only=True, tag="venue_status"):
     """A venue heartbeat or status change on one feed."""
 
     id: RecordId
-    venue: Name
+    venue: MarketName
     ts: Nanos
     recv_ts: Nanos | None = None
-    feed: Name = "primary"
+    feed: MarketName = "primary"
     state: VenueState = VenueState.OK
     seq: Seq = 0
     withdrawals_enabled: bool = True

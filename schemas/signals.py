@@ -12,6 +12,7 @@ from riskguard.schemas.types import (
     DurationNs,
     Finite,
     Label,
+    MarketName,
     Name,
     Nanos,
     NonNegative,
@@ -51,7 +52,7 @@ class Scope(msgspec.Struct, frozen=True, kw_only=True):
 
     kind: ScopeKind
     value: ScopeValue
-    venue: Name | None = None
+    venue: MarketName | None = None
 
     def label(self) -> str:
         """A stable text form, e.g. ``instrument:binance/BTC-USDT``."""
@@ -134,7 +135,8 @@ class RiskAlert(Record, frozen=True, kw_only=True, tag="risk_alert"):
     ``limit_update_accepted``, ``limit_update_rejected``, ``unvalued_exposure`` (a
     limit measures an exposure that cannot be valued),
     ``command_unacknowledged``, ``command_acknowledged`` or ``command_refused`` (what
-    executors said about the guard's commands, or did not say in time).
+    executors said about the guard's commands, or did not say in time), ``admission_cap``
+    (more venues, instruments or counterparties than ``[admission]`` admits).
     """
 
     id: RecordId
@@ -293,3 +295,20 @@ def parse_limit_path(path: str) -> tuple[str, str, str]:
             if cp and name:
                 return cp, level, name
     return rest, "cp", rest
+
+
+ANOMALY_KINDS = ("anomaly", "regime_change", "price_move", "dislocation")
+"""``AnomalySignal.kind`` values."""
+ALERT_KINDS = (
+    "stale_mark", "reconciliation_break", "heartbeat_loss", "heartbeat_restored",
+    "subscriber_gap", "unknown_counterparty", "missing_mark", "missing_fx",
+    "feed_failover", "feed_restored", "withdrawals_halted", "withdrawals_resumed", "depeg",
+    "peg_restored", "limit_update_accepted", "limit_update_rejected", "unvalued_exposure",
+    "command_unacknowledged", "command_acknowledged", "command_refused", "replica_silent",
+    "replica_restored", "replica_divergence", "replica_config_mismatch", "replica_unverified",
+    "admission_cap",
+)
+"""``RiskAlert.kind`` values the guard and its executors raise."""
+SIGNAL_KINDS = frozenset({*ANOMALY_KINDS, "breach", *ALERT_KINDS})
+"""Every signal kind a playbook rule can match (``Rule.signal``): anomaly kinds, a limit
+``breach``, and alert kinds."""

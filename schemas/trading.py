@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from riskguard.schemas.base import Sourced
 from riskguard.schemas.market import Side
-from riskguard.schemas.types import Finite, Name, Nanos, NonNegative, Positive, RecordId
+from riskguard.schemas.types import Finite, MarketName, Nanos, NonNegative, Positive, RecordId
 
 
 class Fill(Sourced, frozen=True, kw_only=True, tag="fill"):
     """One execution of ours at a venue or with a counterparty."""
 
     id: RecordId
-    venue: Name
-    counterparty: Name
-    instrument: Name
+    venue: MarketName
+    counterparty: MarketName
+    instrument: MarketName
     side: Side
     qty: Positive
     price: Positive
     fee: Finite = 0.0
-    fee_asset: Name | None = None
+    fee_asset: MarketName | None = None
     order_id: RecordId | None = None
     ts: Nanos
     recv_ts: Nanos | None = None
@@ -31,9 +31,9 @@ class PositionSnapshot(Sourced, frozen=True, kw_only=True, tag="position"):
     """
 
     id: RecordId
-    venue: Name
-    counterparty: Name
-    instrument: Name
+    venue: MarketName
+    counterparty: MarketName
+    instrument: MarketName
     qty: Finite
     avg_price: NonNegative | None = None
     ts: Nanos
@@ -47,9 +47,9 @@ class Balance(Sourced, frozen=True, kw_only=True, tag="balance"):
     """
 
     id: RecordId
-    venue: Name
-    counterparty: Name
-    asset: Name
+    venue: MarketName
+    counterparty: MarketName
+    asset: MarketName
     total: Finite
     available: Finite | None = None
     locked: NonNegative = 0.0
@@ -61,9 +61,9 @@ class OpenOrders(Sourced, frozen=True, kw_only=True, tag="open_orders"):
     """Open-order notional resting at a counterparty for one instrument."""
 
     id: RecordId
-    venue: Name
-    counterparty: Name
-    instrument: Name
+    venue: MarketName
+    counterparty: MarketName
+    instrument: MarketName
     notional: NonNegative
     ts: Nanos
     recv_ts: Nanos | None = None

@@ -7,6 +7,7 @@ are covered without editing this file.
 from __future__ import annotations
 
 import enum
+import re
 from functools import partial
 from typing import Any
 
@@ -33,7 +34,9 @@ def _str(t: mi.StrType) -> st.SearchStrategy[str]:
     if t.pattern == HEX_DIGEST_PATTERN:
         return st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
     if t.pattern:
-        return st.text(alphabet=_NAME_ALPHABET, min_size=max(lo, 1), max_size=max(hi, 1))
+        rx = re.compile(t.pattern)
+        return st.text(alphabet=_NAME_ALPHABET, min_size=max(lo, 1),
+                       max_size=max(hi, 1)).filter(lambda s: rx.search(s) is not None)
     return st.text(min_size=lo, max_size=hi)
 
 

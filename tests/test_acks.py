@@ -23,7 +23,7 @@ from riskguard.operators.signing.crypto import (
     encode_envelope,
     sign_envelope,
 )
-from riskguard.operators.signing.operator_commands import ack_verifier
+from riskguard.operators.signing.operator_commands import AckLogic, ack_verifier
 from riskguard.operators.signing.trust import TrustStore, parse_trust
 from riskguard.schemas import (
     AckOutcome,
@@ -98,6 +98,34 @@ def test_acks_from_keys_not_allowed_to_give_them_are_dead_letters(
     out = verify(s.sign(s.ack(command(scope=scope), Applied(AckOutcome.APPLIED))))
     assert isinstance(out, DeadLetter)
     assert (out.reason, out.step) == (reason, "verify_ack")
+
+
+def test_an_ack_presented_again_is_a_replay_and_a_refusal_alerts_once() -> None:
+    """Any executor key could otherwise raise command_refused without end: the same ack
+    again is refused by its seq, and a refusal of a command already refused (a new seq)
+    is passed on once."""
+    logic = AckLogic(trust(), env=AUD.env, topic=ACKS.topic, clock=lambda: T0 + 2 * S)
+    clock = [T0 + S]
+    s = AckSigner(EXECUTOR, env=AUD.env, clock=lambda: clock[0])
+    refused = s.sign(s.ack(command(), Applied(AckOutcome.REFUSED, "scope unknown")))
+    clock[0] += 1000
+    again = s.sign(s.ack(command(), Applied(AckOutcome.REFUSED, "scope unknown")))
+    clock[0] += 1000
+    applied = s.sign(s.ack(command(), Applied(AckOutcome.APPLIED)))
+    out = [logic.check(decode_envelope(b)) for b in (refused, refused, again, applied)]
+    assert isinstance(out[0], ExecutionAck) and isinstance(out[3], ExecutionAck)
+    assert [getattr(o, "reason", None) for o in out[1:3]] == [
+        "ack_replayed_seq", "ack_repeated"]
+    resumed = AckLogic(trust(), env=AUD.env, topic=ACKS.topic, clock=lambda: T0 + 2 * S,
+                       state=logic.snapshot())
+    replay = resumed.check(decode_envelope(applied))
+    assert isinstance(replay, DeadLetter) and replay.reason == "ack_replayed_seq"
+
+
+def test_an_ack_about_a_command_no_guard_issued_is_refused() -> None:
+    s = ack_signer()
+    out = verify(s.sign(s.ack(command(by="op-alice"), Applied(AckOutcome.REFUSED, "no"))))
+    assert isinstance(out, DeadLetter) and out.reason == "ack_not_ours"
 
 
 def test_a_stale_or_misaddressed_ack_is_refused() -> None:

@@ -78,7 +78,9 @@ BAD = [
     ("reroute_order_flow", {"targets": []}, "param 'targets' must be a list"),
     ("reroute_order_flow", {"targets": ["ok x"]}, "param 'targets' must be a list"),
     ("hedge_delta", {"target_delta": 1.0}, "param 'hedge_instrument' is required"),
-    ("failover_feed", {"backup_feed": 1.0}, "param 'backup_feed' must be a name"),
+    ("failover_feed", {"backup_feed": 1.0}, "param 'backup_feed' must be a market name"),
+    ("failover_feed", {"backup_feed": "../x"}, "param 'backup_feed' must be a market name"),
+    ("reroute_order_flow", {"targets": [".."]}, "param 'targets' must be a list"),
     ("resume", {"actions": []}, "param 'actions' must be a list"),
     ("resume", {"actions": ["resume"]}, "param 'actions' must be a list"),
     ("resume", {"actions": ["halt"]}, "param 'actions' must be a list"),
@@ -156,10 +158,10 @@ def test_every_command_the_guard_emits_on_a_stress_scenario_passes(name) -> None
                     "pause_withdrawals"}
 
 
-def _anomaly(t: float, v: str, phase: str = "open") -> AnomalySignal:
+def _anomaly(t: float, v: str, phase: str = "open", inst: str = "BTC-USDT") -> AnomalySignal:
     return AnomalySignal(
-        id=f"a-{v}-{t}-{phase}", kind="anomaly", phase=phase, key=f"{v}/BTC-USDT",
-        scope=Scope(kind=ScopeKind.INSTRUMENT, value="BTC-USDT", venue=v), ts=int(t * S),
+        id=f"a-{v}-{inst}-{t}-{phase}", kind="anomaly", phase=phase, key=f"{v}/{inst}",
+        scope=Scope(kind=ScopeKind.INSTRUMENT, value=inst, venue=v), ts=int(t * S),
         score=9.0, threshold=3.0, severity=Severity.WARN, warming_up=False, model="hst",
         model_version="1")
 
@@ -183,16 +185,17 @@ def test_every_command_of_the_playbooks_rare_paths_passes() -> None:
              alternatives=("solo",), ladder=(Rung(action=Action.REROUTE_ORDER_FLOW),)),
         Rule(name="halt", signal="anomaly", scope="instrument:deribit/*", target="firm",
              quiet_s=5, ladder=(Rung(action=Action.HALT_TRADING),)),
-        Rule(name="storm", signal="anomaly", scope="instrument:v*/*", target="venue",
+        Rule(name="storm", signal="anomaly", scope="instrument:storm/*", target="same",
              quiet_s=5, ladder=(Rung(action=Action.WIDEN_QUOTES, params={"bps": 10.0}),)),
     )
     logic = PlaybookLogic(PlaybookConfig(issuer="guard", venues=("okx", "binance", "deribit"),
                                          rules=venue_rules, max_commands=3, rate_window_s=10),
                           ManualClock(1_000))
     events: list[Any] = [_anomaly(1, "okx"), _anomaly(1, "solo"), _anomaly(1, "deribit"),
-                         *[_anomaly(2, f"v{i}") for i in range(4)],
+                         # four instruments on one venue: its cap (3) holds the fourth back
+                         *[_anomaly(2, "storm", inst=f"C{i}-USDT") for i in range(4)],
                          _anomaly(3, "okx", "close"), _anomaly(3, "deribit", "close"),
-                         *[_anomaly(4, f"v{i}", "close") for i in range(4)],
+                         *[_anomaly(4, "storm", "close", f"C{i}-USDT") for i in range(4)],
                          *[Tick(ts=t * S) for t in range(5, 40)],
                          _resume(40, 1.0), _resume(41, 2.0), Tick(ts=42 * S)]
     out: list[MitigationCommand] = []

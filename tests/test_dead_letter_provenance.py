@@ -85,3 +85,19 @@ def test_where_a_record_was_read_survives_pickling_between_workers() -> None:
     again = pickle.loads(pickle.dumps(fill))
     assert source_of(again) == ("prod.riskguard.fills.v1", 2, 77)
     assert again == fill and encode(again) == encode(fill)  # not part of the wire form
+
+
+def test_a_fill_the_exposure_step_refuses_names_its_partition_and_offset() -> None:
+    """A fill for an instrument the exposure config does not declare is refused by the
+    exposure step, after the source: its dead letter still names where it was read."""
+    from riskguard.operators.exposure import Router
+
+    from tests.test_exposure import worked_config
+
+    cfg = worked_config()
+    fill = Fill(id="f1", venue="okx", counterparty="okx", instrument="NOPE-USDT", side="buy",
+                qty=1.0, price=1.0, ts=NS)
+    stamp_source(fill, "prod.riskguard.fills.v1", 4, 77)
+    dead = Router(cfg.validate(), cfg).route(fill, now=5)
+    assert (dead.reason, dead.topic, dead.partition, dead.offset) == (
+        "unknown_instrument", "prod.riskguard.fills.v1", 4, 77)

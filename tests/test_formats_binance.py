@@ -81,7 +81,7 @@ def test_a_binance_file_whose_name_gives_no_symbol_needs_an_instrument(tmp_path:
 
 
 def test_microsecond_spot_klines_from_2025_give_the_same_times(tmp_path: Path) -> None:
-    """Spot files from 2025 count µs: told apart by magnitude, the bar is the same."""
+    """Spot files from 2025 count µs: their name's date says so, the bar is the same."""
     t_us = T * 1000
     p = write(tmp_path, "BTCUSDT-1m-2025-01-01.csv",
               f"{t_us},100,101,99,100.5,2,{t_us + 59_999_999},200,3,1,100,0\n")

@@ -364,7 +364,9 @@ def test_a_forged_command_on_the_topic_is_rejected_with_its_reason(baseline, tmp
     with subscriber_for(run, tmp_path / "fresh.sqlite", on_command=executed.append,
                         on_reject=rejections.append) as sub:
         sub.poll(idle_timeout_s=2.0)
-    assert [r.reason for r in rejections if r.seq in (-1, 999_999)] == ["unknown_key"]
+    # the baseline's own commands may have expired by now on a slow machine: not this
+    assert [r.reason for r in rejections
+            if r.seq in (-1, 999_999) and r.reason != "expired"] == ["unknown_key"]
     assert all(c.command_id != cmd.command_id for c in executed)
 
 

@@ -163,6 +163,7 @@ def test_a_delivery_the_broker_never_acknowledges_raises_delivery_error(tmp_path
     broker = DevBroker(tmp_path / "broker")
     info = broker.start()
     try:
+        _topics(info.bootstrap, "gone", "market")
         p = Publisher(KafkaSettings(bootstrap=info.bootstrap), "gone", delivery_timeout_s=2)
         p.produce("market", _quote(0))
         p.flush()

@@ -172,7 +172,8 @@ def test_flow_killed_halfway_resumes_and_every_record_comes_out_once(files, reco
 
 def test_real_time_pacing_waits_for_event_time(tmp_path: Path) -> None:
     """At speed 1 the source releases a record only once the clock reaches its event time."""
-    p = _jsonl(tmp_path / "p.jsonl", [0, 1_000_000_000, 2_000_000_000], "p")
+    t0 = 1_704_067_200_000_000_000  # 2024-01-01: a file's times must be plausible
+    p = _jsonl(tmp_path / "p.jsonl", [t0, t0 + 1_000_000_000, t0 + 2_000_000_000], "p")
     clock = ManualClock(5_000)
     part = ReplaySource([ReplayFile(p)], speed=1.0, clock=clock).build_part("s", "replay", None)
     assert [r.id for r in part.next_batch()] == ["p0"]

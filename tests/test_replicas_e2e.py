@@ -64,6 +64,7 @@ def _watch(run: PreparedRun, *args: str) -> list[dict]:
     out = subprocess.run(
         [sys.executable, "-m", "riskguard.cli", "replicas", "watch", "--brokers",
          run.bootstrap, "--topic", run.topic("audit"), "--peers", "a,b",
+         "--trust", str(run.keys.trust_file), "--roots", str(run.keys.roots_file),
          "--from-beginning", "--idle-timeout", "3", *args],
         capture_output=True, text=True, timeout=120, check=True)
     return [msgspec.json.decode(line[6:]) for line in out.stdout.splitlines()

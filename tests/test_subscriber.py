@@ -254,16 +254,17 @@ def test_in_force_state_survives_a_subscriber_restart(tmp_path: Path) -> None:
 
 
 def test_the_same_action_with_new_params_is_an_update_and_executes(tmp_path: Path) -> None:
-    """A reroute narrowed to new targets is not a repeat: it executes."""
+    """Quotes widened further are not a repeat: the update executes; the same width
+    again is in force already."""
     from riskguard.schemas import Action
 
     h = Harness(tmp_path, dedupe_in_force=True)
     first = command(1, issuer="engine-2", seq=1, scope=VENUE_X,
-                    action=Action.REROUTE_ORDER_FLOW, params={"targets": ["okx", "deribit"]})
+                    action=Action.WIDEN_QUOTES, params={"bps": 25.0})
     narrowed = command(2, issuer="engine-2", seq=2, scope=VENUE_X,
-                       action=Action.REROUTE_ORDER_FLOW, params={"targets": ["okx"]})
+                       action=Action.WIDEN_QUOTES, params={"bps": 50.0})
     again = command(3, issuer="engine-2", seq=3, scope=VENUE_X,
-                    action=Action.REROUTE_ORDER_FLOW, params={"targets": ["okx"]})
+                    action=Action.WIDEN_QUOTES, params={"bps": 50.0})
     for i, c in enumerate((first, narrowed, again)):
         h.sub.handle(env_bytes(c, ENGINE2), partition=0, offset=i)
     assert [c.seq for c in h.executed] == [1, 2]

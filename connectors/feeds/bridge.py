@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,7 +64,9 @@ class BridgeConfig:
     ``silence_s``: a connection without a message for longer is ``degraded``;
     ``restart_after_s``: cryptofeed closes and re-opens a connection silent that long,
     and the bridge starts afresh a feed down that long (-1: never);
-    ``candle_interval``: cryptofeed's candle interval (``1m``, ``1h``...).
+    ``candle_interval``: cryptofeed's candle interval (``1m``, ``1h``...); ``aliases``:
+    symbol parts the exchange spells its own way (``{"XBT": "BTC"}``), applied as each
+    symbol becomes a market name (``XBT/USD`` -> ``BTC-USD``).
     """
 
     spec: ExchangeSpec
@@ -75,6 +77,7 @@ class BridgeConfig:
     silence_s: float = 10.0
     restart_after_s: float = 60.0
     candle_interval: str = "1m"
+    aliases: Mapping[str, str] = field(default_factory=dict)
 
     def validate(self) -> BridgeConfig:
         """Raise ConfigError naming the first bad setting."""
@@ -203,7 +206,7 @@ class FeedBridge:
         cfg, spec = self.config, self.config.spec
         cls: Any = self.feed_class or EXCHANGE_MAP[spec.cryptofeed_id]
         restart = cfg.restart_after_s
-        mapper = FeedMapper(spec, feed=name, clock=self.clock)
+        mapper = FeedMapper(spec, feed=name, clock=self.clock, aliases=self.config.aliases)
         callbacks = {spec.channels[ch]: self._callback(ch, mapper) for ch in cfg.channels}
         try:
             return cls(

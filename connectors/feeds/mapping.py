@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -59,6 +59,7 @@ from riskguard.schemas.market import (
     Side,
     Trade,
 )
+from riskguard.schemas.names import normalise_name
 
 _INTERVAL = re.compile(r"^(\d+)([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
@@ -73,7 +74,7 @@ def seconds_to_ns(seconds: float | Decimal | None) -> int | None:
     """
     if seconds is None:
         return None
-    return round(float(seconds) * 1_000_000) * 1_000
+    return round(float(seconds) * 1_000_000) * 1_000  # NaN and infinity raise here
 
 
 def interval_ns(interval: str) -> int | None:
@@ -112,10 +113,12 @@ class FeedMapper:
     """
 
     def __init__(self, spec: ExchangeSpec, *, feed: str = "primary",
-                 clock: Callable[[], int] = time.time_ns) -> None:
+                 clock: Callable[[], int] = time.time_ns,
+                 aliases: Mapping[str, str] | None = None) -> None:
         self.spec = spec
         self.venue = spec.venue
         self.feed = feed
+        self.aliases = dict(aliases or {})
         self.source = f"feed.{spec.name}"
         self._codec = Codec(MARKET_TYPES, clock=clock)
         self._build: dict[str, Callable[[Any, int, int | None], Record]] = {
@@ -125,9 +128,10 @@ class FeedMapper:
         }
 
     def record(self, channel: str, obj: Any, receipt_ts: float | None) -> Record | DeadLetter:
-        """The record ``obj`` of riskguard channel ``channel`` becomes; never raises."""
-        recv = seconds_to_ns(receipt_ts)
+        """The record ``obj`` of riskguard channel ``channel`` becomes; never raises (a
+        receipt time that is no time, NaN say, is a dead letter too)."""
         try:
+            recv = seconds_to_ns(receipt_ts)
             ts = seconds_to_ns(getattr(obj, "timestamp", None))
             if ts is None:
                 ts = recv
@@ -147,9 +151,18 @@ class FeedMapper:
     def _id(self, obj: Any, kind: str, ts: int) -> str:
         return f"{self.venue}:{obj.symbol}:{kind}:{ts}"
 
+    def _instrument(self, symbol: Any) -> str:
+        """The exchange's symbol as a market name (``BTC/USDT`` -> ``BTC-USDT``, aliases
+        applied), or a dead letter saying why it is none."""
+        try:
+            return normalise_name(str(symbol), self.aliases)
+        except ValueError as err:
+            raise _Unfit("$.instrument", "a market name", str(err)) from None
+
     def _common(self, obj: Any, kind: str, ts: int, recv: int | None) -> dict[str, Any]:
-        return {"id": self._id(obj, kind, ts), "venue": self.venue, "instrument": obj.symbol,
-                "ts": ts, "recv_ts": recv, "feed": self.feed}
+        return {"id": self._id(obj, kind, ts), "venue": self.venue,
+                "instrument": self._instrument(obj.symbol), "ts": ts, "recv_ts": recv,
+                "feed": self.feed}
 
     def _trade(self, obj: Any, ts: int, recv: int | None) -> Record:
         common = self._common(obj, "t", ts, recv)

@@ -44,13 +44,13 @@ from riskguard.connectors.formats.core import (
     first_line,
     header_cells,
     open_stream,
-    valid_name,
 )
 from riskguard.connectors.formats.detect import Detected, detect
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.base import stamp_source
 from riskguard.schemas.codec import Codec
 from riskguard.schemas.commands import SOURCED_TYPES
+from riskguard.schemas.names import MARKET_NAME_RULE, normalise_name
 
 from riskguard.errors import ConfigError
 
@@ -83,6 +83,16 @@ FORMATS: tuple[str, ...] = (AUTO, "jsonl", *PARSERS)
 """Every name ``--format`` takes."""
 
 
+def _market_name(key: str, value: str) -> str:
+    """``--venue``/``--instrument`` (or a file name's symbol) as a market name
+    (``BTC/USDT`` -> ``BTC-USDT``); ``ConfigError`` naming it if it cannot be one."""
+    try:
+        return normalise_name(value)
+    except ValueError as err:
+        raise ConfigError(f"replay.{key}", f"a market name ({MARKET_NAME_RULE})",
+                          value) from err
+
+
 def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
             instrument: str = "unknown", market: str = AUTO,
             contract_size: float | None = None, measure: str = "price",
@@ -97,7 +107,9 @@ def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
     work.
     """
     p = Path(path)
-    _check_arguments(fmt, market, measure, contract_size, venue, instrument)
+    _check_arguments(fmt, market, measure, contract_size)
+    venue, instrument = (_market_name(key, value) for key, value in
+                         (("venue", venue), ("instrument", instrument)))
     found = (detect(p, first_line(p)) if AUTO in (fmt, market) or instrument == "unknown"
              else Detected(""))
     if fmt == AUTO:
@@ -110,7 +122,7 @@ def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
         market = found.market or "spot"
     symbol = found.symbol if fmt.startswith("binance") else ""
     if instrument == "unknown" and symbol:
-        instrument = symbol
+        instrument = _market_name(f"files[{p.name}].symbol", symbol)
     if instrument == "unknown" and fmt.startswith("binance") and fmt != "binance_metrics":
         # its rows name no symbol (metrics rows do): two such files would replay as one
         raise ConfigError(f"replay.files[{p.name}].instrument", "an instrument (--instrument),"
@@ -131,13 +143,16 @@ def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
     if not venue_given and fmt.startswith("binance"):
         venue = {"spot": "binance", "um": "binance_um", "cm": "binance_cm"}[market]
     size = contract_size or binance.default_contract_size(instrument)
+    # Binance's spot files give µs from 2025-01-01 on; its name's date says which
+    date = detect(p, b"").date if fmt.startswith("binance") else ""
+    unit = "us" if market == "spot" and date >= "2025-01" else "ms"
     return fmt, Source(name=p.name, venue=venue, instrument=instrument, market=market,
                        contract_size=size, venue_given=venue_given, interval_ns=interval,
-                       measure=measure)
+                       measure=measure, time_unit=unit)
 
 
-def _check_arguments(fmt: str, market: str, measure: str, contract_size: float | None,
-                     venue: str, instrument: str) -> None:
+def _check_arguments(fmt: str, market: str, measure: str,
+                     contract_size: float | None) -> None:
     """What :func:`resolve` is told, each against what it may be."""
     if fmt not in FORMATS:
         raise ConfigError("replay.format", f"one of {', '.join(FORMATS)}", fmt)
@@ -148,10 +163,6 @@ def _check_arguments(fmt: str, market: str, measure: str, contract_size: float |
     if contract_size is not None and not contract_size > 0:
         raise ConfigError("replay.contract_size", "a contract's value in USD, > 0",
                           contract_size)
-    for key, value in (("venue", venue), ("instrument", instrument)):
-        if not valid_name(value):
-            raise ConfigError(f"replay.{key}", "1-64 characters of A-Z a-z 0-9 _ . : / @ + -",
-                              value)
 
 
 class Reader(FileReader):

@@ -3,12 +3,13 @@
 Every file is a CSV, zipped on the site (read here as a stream, or unzipped, or
 gzipped). Futures files (``um`` USDT-M, ``cm`` COIN-M) have had a header line
 since 2022, spot files have none: both are read. Times are UTC epoch
-milliseconds; spot files from 2025-01-01 on use microseconds, told apart here by
-magnitude (>= 10^14 is µs). Prices are in the quote currency (USDT, USD for
-COIN-M). Quantities are in the base asset, except COIN-M's, which count
-contracts of ``contract_size`` USD (Binance: 100 for BTC, 10 for every other
-coin): they are converted to the base asset with the file's own base-asset
-column where it has one, else as ``contracts * contract_size / price``.
+milliseconds; spot files dated 2025-01-01 on use microseconds, told by the date in the
+file's name (Binance's own name), never by a value's size: a time that read in the
+file's unit falls outside the plausible years is a dead letter that says so. Prices
+are in the quote currency (USDT, USD for COIN-M). Quantities are in the base asset,
+except COIN-M's, which count contracts of ``contract_size`` USD (Binance: 100 for BTC,
+10 for every other coin): they are converted to the base asset with the file's own
+base-asset column where it has one, else as ``contracts * contract_size / price``.
 
 Each format, its columns, and the record it gives:
 
@@ -61,6 +62,8 @@ from typing import Any
 import msgspec
 from riskguard.connectors.formats.core import (
     MAX_FLOAT,
+    MAX_TS,
+    MIN_TS,
     MS_NS,
     US_NS,
     ParserFactory,
@@ -102,17 +105,34 @@ def default_contract_size(symbol: str) -> float:
     return 100.0 if symbol.upper().startswith("BTC") else 10.0
 
 
-def _unit(value: int) -> int:
-    """ns per unit of a Binance time: µs from 10^14 on (spot files from 2025), else ms."""
-    return US_NS if value >= 10**14 else MS_NS
+def unit_ns(source: Source) -> int:
+    """ns per unit of the file's times, as its format states it (:attr:`Source.time_unit`:
+    µs for spot files dated 2025-01-01 on, else ms); never guessed from a value."""
+    return US_NS if source.time_unit == "us" else MS_NS
 
 
-def _time(cell: bytes, column: str) -> int:
+def _time(cell: bytes, column: str, unit: int) -> int:
     value = whole(cell, column)
-    if not 0 <= value < 10**17:
-        raise RowError(f"{column} {value} is not a time in ms or µs", path=f"$.{column}",
-                       expected="ms or µs since the epoch", found=str(value))
-    return value * _unit(value)
+    return plausible_time(value * unit, column, value, unit)
+
+
+def plausible_time(ts: int, column: str, value: int, unit: int) -> int:
+    """``ts`` if within the plausible bounds, else a :class:`RowError` naming the file's
+    unit (a µs time in a ms file reads as the year 50,000; a ms time in a µs file as
+    1970)."""
+    if MIN_TS <= ts <= MAX_TS:
+        return ts
+    name = "µs" if unit == US_NS else "ms"
+    raise RowError(f"{column} {value} read in {name} is {_year(ts)}, outside the plausible "
+                   f"{_year(MIN_TS)}..{_year(MAX_TS)} (spot files dated 2025-01-01 on give "
+                   "µs, every other Binance file ms: a file renamed from Binance's name "
+                   "loses its date)", path=f"$.{column}",
+                   expected=f"{name} since the epoch, {_year(MIN_TS)}..{_year(MAX_TS)}",
+                   found=str(value))
+
+
+def _year(ts: int) -> str:
+    return f"the year {1970 + ts / (365.2425 * 86_400e9):.0f}"
 
 
 def _columns(header: list[str] | None, wanted: dict[str, tuple[str, ...]],
@@ -164,6 +184,7 @@ class KlineParser(RowParser):
         self.size = source.contract_size
         self.prefix = f"{source.stem}@"
         self.venue, self.instrument = source.venue, source.instrument
+        self.unit = unit_ns(source)
         self.price_only, self.premium = price_only, premium
         self.slow = coin_m or price_only or premium
 
@@ -172,9 +193,10 @@ class KlineParser(RowParser):
             open_t, close_t = int(c[0]), int(c[6])
         except ValueError:
             open_t, close_t = whole(c[0], "open_time"), whole(c[6], "close_time")
-        unit = US_NS if open_t >= 10**14 else MS_NS
+        unit = self.unit
         start, end = open_t * unit, (close_t + 1) * unit
-        if open_t < 0 or end <= start or close_t >= 10**17:
+        plausible_time(start, "open_time", open_t, unit)
+        if end <= start or end > MAX_TS:
             raise RowError(f"close_time {close_t} is not after open_time {open_t}",
                            path="$.close_time", expected="open_time <= close_time",
                            found=f"open_time={open_t} close_time={close_t}")
@@ -190,9 +212,9 @@ class KlineParser(RowParser):
             ot, o, h, lo, cl, v, ct, q, n, tb, _, _ = _KLINE_ROW.decode(b"[" + line + b"]")
         except msgspec.DecodeError:
             return self.checked_row(line.split(b","), line, line_no)
-        unit = US_NS if ot >= 10**14 else MS_NS
+        unit = self.unit
         start, end = ot * unit, (ct + 1) * unit
-        if not (0 <= start < end and ct < 10**17 and 0.0 < lo <= o <= h and lo <= cl <= h
+        if not (MIN_TS <= start < end <= MAX_TS and 0.0 < lo <= o <= h and lo <= cl <= h
                 <= MAX_FLOAT and 0.0 <= v <= MAX_FLOAT and 0.0 <= q <= MAX_FLOAT and n >= 0
                 and 0.0 <= tb <= MAX_FLOAT):
             return self.checked_row(line.split(b","), line, line_no)
@@ -289,6 +311,7 @@ class TradeParser(RowParser):
         self.width = max(cols.values()) + 1
         self.prefix = f"{source.stem}@"
         self.venue, self.instrument = source.venue, source.instrument
+        self.unit = unit_ns(source)
 
     def row(self, line: bytes, line_no: int, offset: int) -> Any:
         c = line.split(b",")
@@ -304,7 +327,7 @@ class TradeParser(RowParser):
         maker = c[self.maker_i]
         sell = maker in (b"true", b"True") or flag(maker, "is_buyer_maker")
         return Trade(id=f"{self.prefix}{line_no}", venue=self.venue, instrument=self.instrument,
-                     ts=_time(c[self.time_i], "time"), price=price, qty=qty,
+                     ts=_time(c[self.time_i], "time", self.unit), price=price, qty=qty,
                      side=Side.SELL if sell else Side.BUY)
 
 
@@ -324,6 +347,7 @@ class BookTickerParser(RowParser):
         self.size = source.contract_size
         self.prefix = f"{source.stem}@"
         self.venue, self.instrument = source.venue, source.instrument
+        self.unit = unit_ns(source)
         ix = self.cols
         self.at = (ix["best_bid_price"], ix["best_ask_price"], ix["best_bid_qty"],
                    ix["best_ask_qty"], ix["transaction_time"])
@@ -340,8 +364,8 @@ class BookTickerParser(RowParser):
         if self.coin_m:
             bid_size, ask_size = bid_size * self.size / bid, ask_size * self.size / ask
         return Quote(id=f"{self.prefix}{line_no}", venue=self.venue, instrument=self.instrument,
-                     ts=_time(c[t], "transaction_time"), bid=bid, bid_size=bid_size, ask=ask,
-                     ask_size=ask_size)
+                     ts=_time(c[t], "transaction_time", self.unit), bid=bid, bid_size=bid_size,
+                     ask=ask, ask_size=ask_size)
 
 
 class BookDepthParser(RowParser):
@@ -368,6 +392,7 @@ class BookDepthParser(RowParser):
         self.size = source.contract_size
         self.prefix = f"{source.stem}@"
         self.venue, self.instrument = source.venue, source.instrument
+        self.unit = unit_ns(source)
         self.ts = -1
         self.rows: list[tuple[bytes, int, int, float, float, float]] = []
         self.start: int | None = None
@@ -440,12 +465,13 @@ class FundingParser(RowParser):
         self.width = max(self.cols.values()) + 1
         self.prefix = f"{source.stem}@"
         self.venue, self.instrument = source.venue, source.instrument
+        self.unit = unit_ns(source)
 
     def row(self, line: bytes, line_no: int, offset: int) -> Any:
         c = split_row(line, self.width)
         return FundingRate(id=f"{self.prefix}{line_no}", venue=self.venue,
                            instrument=self.instrument,
-                           ts=_time(c[self.cols["calc_time"]], "calc_time"),
+                           ts=_time(c[self.cols["calc_time"]], "calc_time", self.unit),
                            rate=number(c[self.cols["rate"]], "last_funding_rate"))
 
 
@@ -471,6 +497,7 @@ class MetricsParser(RowParser):
         self.size = source.contract_size
         self.prefix = f"{source.stem}@"
         self.venue, self.instrument = source.venue, source.instrument
+        self.unit = unit_ns(source)
 
     def _ratio(self, c: list[bytes], column: str) -> float | None:
         i = self.cols.get(column)

@@ -34,6 +34,7 @@ import gzip
 import io
 import os
 import re
+import shutil
 import tempfile
 import zipfile
 import zlib
@@ -47,14 +48,29 @@ from typing import IO, Any, BinaryIO, cast
 
 import numpy as np
 from riskguard.schemas.audit import DeadLetter
+from riskguard.schemas.market import Bar, OptionQuote
+from riskguard.schemas.names import MARKET_NAME_RULE, normalise_name
 from riskguard.schemas.types import NAME_PATTERN
 
 from riskguard.errors import ConfigError
 
 CHUNK = 1 << 20
+MAX_LINE_BYTES = 1 << 20
+"""A row longer than this is a ``line_too_long`` dead letter, skipped without being held
+in memory (a one-line file of 256 MB costs what its first MiB does)."""
+MAX_DECOMPRESSED_BYTES = 64 << 30
+"""A compressed file that decompresses to more than this ends there with one
+``too_large`` dead letter (a zip bomb fills neither memory nor disk)."""
+MAX_TEMP_BYTES = 8 << 30
+"""The most temporary disk a compressed file read out of order may take (its
+decompressed copy); more, or more than the temporary directory has free, is refused."""
 MAX_FLOAT = 1.7976931348623157e308
 MS_NS = 1_000_000
 US_NS = 1_000
+MIN_TS = 1_230_768_000 * 1_000_000_000
+"""The earliest plausible time of a row: 2009-01-01 (no crypto market is older)."""
+MAX_TS = 4_102_444_800 * 1_000_000_000
+"""The latest plausible time of a row: 2100-01-01 (an option expiry included)."""
 _NAME = re.compile(NAME_PATTERN)
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -77,7 +93,8 @@ class Source:
     ``market`` is ``spot``, ``um`` (USDT-M futures) or ``cm`` (COIN-M futures);
     ``contract_size`` is a COIN-M contract's value in USD. ``interval_ns`` is the
     bars' interval of a file whose rows give only their start (0: none), and
-    ``measure`` what its bars measure (``price`` or ``volatility``).
+    ``measure`` what its bars measure (``price`` or ``volatility``). ``time_unit`` is the
+    unit (``ms`` or ``us``) of a Binance file's epoch times, as its name states it.
     """
 
     name: str
@@ -88,6 +105,7 @@ class Source:
     venue_given: bool = False
     interval_ns: int = 0
     measure: str = "price"
+    time_unit: str = "ms"
 
     @property
     def stem(self) -> str:
@@ -186,6 +204,13 @@ def open_stream(path: Path | str) -> BinaryIO:
     fh = p.open("rb")
     magic = fh.read(4)
     fh.seek(0)
+    for suffix, kind, is_it in ((".zip", "zip archive", magic == _ZIP_MAGIC),
+                                (".gz", "gzip stream", magic[:2] == _GZIP_MAGIC)):
+        if p.name.lower().endswith(suffix) and not is_it:
+            fh.close()
+            raise ConfigError(f"replay file {p.name}", f"a {kind} (the name ends {suffix})",
+                              "an empty file" if not magic else "an empty zip archive"
+                              if magic == b"PK\x05\x06" else f"bytes {magic!r}")
     if magic[:2] == _GZIP_MAGIC:
         fh.close()  # opened by path, the gzip stream closes its own file
         return gzip.open(p, "rb")  # type: ignore[return-value]
@@ -211,6 +236,27 @@ def open_stream(path: Path | str) -> BinaryIO:
                               f"{type(err).__name__}: {err}") from err
         return cast(BinaryIO, _ZipMember(archive, member))
     return fh
+
+
+def lines_of(fh: BinaryIO, max_line: int | None = None) -> Iterator[tuple[bytes, int, int]]:
+    """``(line, size, length)`` of each line of ``fh``: the line with its newline, cut to
+    its first ``max_line`` bytes when longer (the rest is read and dropped, never held);
+    its size without the newline; its whole length in the stream.
+
+    >>> list(lines_of(io.BytesIO(b"ab\\n" + b"x" * 10 + b"\\nc"), max_line=4))
+    [(b'ab\\n', 2, 3), (b'xxxx', 10, 11), (b'c', 1, 1)]
+    """
+    limit = MAX_LINE_BYTES if max_line is None else max_line
+    while raw := fh.readline(limit + 1):
+        n = len(raw)
+        if n > limit and raw[-1:] != b"\n":
+            raw, more = raw[:limit], b""
+            while (more := fh.readline(CHUNK)) and more[-1:] != b"\n":
+                n += len(more)
+            n += len(more)
+            yield raw, n - (more[-1:] == b"\n"), n
+        else:
+            yield raw, n - (raw[-1:] == b"\n"), n
 
 
 def is_compressed(path: Path | str) -> bool:
@@ -274,14 +320,20 @@ class FileReader:
     included. ``header``: True if the file has a header line, False if not, None to
     tell from its first line (:func:`is_header`). ``on_dead_letter(line_no, message)``
     hears of every row refused, in the order they are met. :attr:`refused` is true
-    once the header was refused (nothing else of the file is read).
+    once the header was refused (nothing else of the file is read). A row longer than
+    ``max_line`` bytes is a ``line_too_long`` dead letter (skipped as it streams by,
+    never held whole); a compressed file decompressing to more than ``max_bytes`` ends
+    there with a ``too_large`` one.
     """
 
     def __init__(self, path: Path | str, factory: ParserFactory, *,
                  source: Source | None = None, header: bool | None = None,
                  offset: int = 0, step: str = "replay",
-                 on_dead_letter: Callable[[int, str], Any] | None = None) -> None:
+                 on_dead_letter: Callable[[int, str], Any] | None = None,
+                 max_line: int | None = None, max_bytes: int | None = None) -> None:
         self.path = Path(path)
+        self.max_line = MAX_LINE_BYTES if max_line is None else max_line
+        self.max_bytes = MAX_DECOMPRESSED_BYTES if max_bytes is None else max_bytes
         self.on_dead_letter = on_dead_letter
         name = self.path.name
         self.source = source or Source(name=name, venue="file", instrument="unknown")
@@ -329,6 +381,10 @@ class FileReader:
         deferred: list[Any] = []  # dead letters met inside a group still gathering
         grouped = False
         row = _Nothing().row
+        max_line = self.max_line
+        compressed = not isinstance(fh, io.BufferedReader)
+        inflated = 0  # decompressed bytes read so far
+        skipping = -1  # bytes of an over-long line seen so far (-1: none being skipped)
         while not self._refused:
             try:
                 chunk = read(CHUNK)
@@ -342,6 +398,31 @@ class FileReader:
                         expected="a readable stream", found=type(err).__name__,
                         reason="decode_error"))
                 chunk, buf = b"", b""
+            inflated += len(chunk)
+            if compressed and inflated > self.max_bytes:
+                yield line_no + 1, pos, self.dead_letter(
+                    b"", line_no + 1, pos, RowError(
+                        f"the file decompresses to more than {self.max_bytes} bytes; it is "
+                        "not read past here", expected=f"at most {self.max_bytes} bytes "
+                        "decompressed", found=f"more than {self.max_bytes}",
+                        reason="too_large"))
+                break
+            if skipping >= 0:  # an over-long line: pass over it up to its newline
+                if not chunk:
+                    break  # the file ends inside it (reported below)
+                nl = chunk.find(b"\n")
+                if nl < 0:
+                    skipping += len(chunk)
+                    continue
+                skipping += nl
+                line_no += 1
+                if pos >= self._start:
+                    stats.rows += 1
+                    yield line_no, pos, self._too_long(buf, line_no, pos, skipping)
+                pos += skipping + 1
+                chunk, buf, skipping = chunk[nl + 1:], b"", -1
+                if not chunk:
+                    continue
             if chunk:
                 data = buf + chunk
                 if parser is not None and pos + len(data) <= self._start:
@@ -349,6 +430,8 @@ class FileReader:
                     cut = data.rfind(b"\n") + 1
                     line_no += data.count(b"\n", 0, cut)
                     pos, buf = pos + cut, data[cut:]
+                    if len(buf) > max_line:
+                        buf, skipping = buf[:256], len(buf)
                     continue
                 lines = data.split(b"\n")
                 buf = lines.pop()
@@ -356,10 +439,13 @@ class FileReader:
                 lines, buf = [buf], b""
             else:
                 break
+            tail_too_long = len(buf) > max_line
             if parser is None or pos < self._start:  # the header, or a resume's skip
                 i, pos, line_no, parser, early = self._prologue(lines, pos, line_no, parser)
                 yield from early
                 if parser is None or self._refused:
+                    if tail_too_long:
+                        buf, skipping = buf[:256], len(buf)
                     continue
                 lines = lines[i:]
                 grouped = parser.grouped
@@ -377,7 +463,11 @@ class FileReader:
                     if group is not None:
                         off = group
                 try:
+                    if len(line) > max_line:
+                        raise self._too_long_error(len(line))
                     item = row(line, line_no, pos - len(line) - 1)
+                    if item is not None:
+                        check_plausible(item)
                 except Exception as err:  # a bad row is a dead letter, whatever it raised
                     dead = self.dead_letter(line, line_no, pos - len(line) - 1, err)
                     if parser.pending() is not None:
@@ -394,6 +484,14 @@ class FileReader:
                 elif item.__class__ is not DeadLetter:
                     stats.records += 1
                 yield line_no, off, item
+            if tail_too_long:  # the unfinished line is already too long: skip the rest
+                buf, skipping = buf[:256], len(buf)
+        if skipping >= 0:  # the file ended inside an over-long line
+            line_no += 1
+            if pos >= self._start:
+                stats.rows += 1
+                yield line_no, pos, self._too_long(buf, line_no, pos, skipping)
+            pos += skipping
         self.position = pos
         if parser is None:
             return
@@ -408,6 +506,15 @@ class FileReader:
             stats.records += _records_in(items)
             yield line_no, pos if group is None else group, \
                 items if len(items) > 1 else items[0]
+
+    def _too_long_error(self, size: int) -> RowError:
+        return RowError(f"the row is {size} bytes long, more than the {self.max_line} a "
+                        "row may be", expected=f"a row of at most {self.max_line} bytes",
+                        found=f"{size} bytes", reason="line_too_long")
+
+    def _too_long(self, line: bytes, line_no: int, offset: int, size: int) -> DeadLetter:
+        """The dead letter of a row longer than ``max_line`` (its first bytes kept)."""
+        return self.dead_letter(line[:256], line_no, offset, self._too_long_error(size))
 
     def _resolve(self, items: list[Any]) -> list[Any]:
         """An emission's items with every :class:`RowFailure` made a dead letter."""
@@ -472,8 +579,9 @@ class IndexedReader(FileReader):
     Its offsets are positions in that order: reading from ``offset`` k starts at the
     index's k-th row, and :attr:`position` is the number of rows once all are read. A
     compressed file is decompressed to a temporary file first (rows are read where they
-    lie); a stream that cannot be read to its end gives what it holds, then one dead
-    letter.
+    lie), of at most ``max_temp`` bytes and never more than the temporary directory has
+    free (else one ``too_large`` dead letter and no row); a stream that cannot be read to
+    its end gives what it holds, then one dead letter.
     """
 
     WINDOW = 256  # rows looked up at once
@@ -481,9 +589,13 @@ class IndexedReader(FileReader):
 
     def __init__(self, path: Path | str, factory: ParserFactory, *, index: RowIndex,
                  source: Source | None = None, offset: int = 0, step: str = "replay",
-                 on_dead_letter: Callable[[int, str], Any] | None = None) -> None:
+                 on_dead_letter: Callable[[int, str], Any] | None = None,
+                 max_line: int | None = None, max_bytes: int | None = None,
+                 max_temp: int | None = None) -> None:
         super().__init__(path, factory, source=source, header=True, offset=offset,
-                         step=step, on_dead_letter=on_dead_letter)
+                         step=step, on_dead_letter=on_dead_letter, max_line=max_line,
+                         max_bytes=max_bytes)
+        self.max_temp = MAX_TEMP_BYTES if max_temp is None else max_temp
         self.index = index
         self._copy: IO[bytes] | None = None
 
@@ -496,8 +608,8 @@ class IndexedReader(FileReader):
     def lines(self) -> Iterator[tuple[int, int, Any]]:  # noqa: C901, PLR0912, PLR0915
         fh, stats = self._fh, self.stats
         line_no, header = 0, b""
-        for raw in fh:  # the header: the first line neither blank nor a title
-            line_no += 1
+        for raw, _size, _n in lines_of(fh, self.max_line):  # the header: the first line
+            line_no += 1  # neither blank nor a title
             if not is_preamble(raw):
                 header = raw.rstrip(b"\r\n")
                 break
@@ -513,10 +625,25 @@ class IndexedReader(FileReader):
             fd = fh.fileno()
         else:  # compressed: read once into a file that can be read anywhere
             self._copy = tempfile.TemporaryFile()  # noqa: SIM115  # closed by close()
+            room = min(self.max_temp, self.max_bytes,
+                       shutil.disk_usage(tempfile.gettempdir()).free - (256 << 20))
+            written = 0
             try:
                 with open_stream(self.path) as whole:
                     step = getattr(whole, "read1", whole.read)
                     while chunk := step(CHUNK):  # a decompression step at a time
+                        written += len(chunk)
+                        if written > room:
+                            self._refused = True
+                            yield line_no, 0, self.dead_letter(header, line_no, 0, RowError(
+                                f"reading it in time order needs a decompressed copy of "
+                                f"more than {room} bytes (the most temporary space it may "
+                                f"take: max_temp {self.max_temp}, or what "
+                                f"{tempfile.gettempdir()} has free); sort the file, or "
+                                "decompress it first", expected=f"at most {room} bytes "
+                                "decompressed", found=f"more than {room}",
+                                reason="too_large"))
+                            return
                         self._copy.write(chunk)
             except (OSError, EOFError, zlib.error, zipfile.BadZipFile,
                     NotImplementedError) as err:
@@ -532,7 +659,8 @@ class IndexedReader(FileReader):
         while k < n:
             end = min(n, k + window)
             offsets = index.offsets[k:end]
-            lengths = index.lengths[k:end]
+            whole_lengths = index.lengths[k:end]
+            lengths = np.where(whole_lengths > self.max_line, 0, whole_lengths)
             texts = [b""] * (end - k)
             # the window's rows by place in the file, read a run of nearby rows at a time
             by_place = np.argsort(offsets, kind="stable")
@@ -552,7 +680,12 @@ class IndexedReader(FileReader):
                     continue  # past where a broken stream could be read (reported below)
                 stats.rows += 1
                 try:
+                    size = int(whole_lengths[j])
+                    if size > self.max_line:
+                        raise self._too_long_error(size)
                     item = row(line, no, at)
+                    if item is not None:
+                        check_plausible(item)
                 except Exception as err:  # a bad row is a dead letter, whatever it raised
                     item = self.dead_letter(line, no, at, err)
                 if item is not None:
@@ -567,6 +700,59 @@ class IndexedReader(FileReader):
                 f"the file cannot be read past here: {type(broken).__name__}: {broken}",
                 expected="a readable stream", found=type(broken).__name__,
                 reason="decode_error"))
+
+
+def _when(ts: int) -> str:
+    try:
+        return datetime.fromtimestamp(ts / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, ValueError, OSError):
+        return f"{ts} ns"
+
+
+def _span() -> str:
+    return f"a time from {_when(MIN_TS)} to {_when(MAX_TS)} UTC"
+
+
+def _implausible(column: str, value: Any, expected: str) -> RowError:
+    return RowError(f"{column} {value} is implausible: expected {expected}",
+                    path=f"$.{column}", expected=expected, found=str(value),
+                    reason="implausible")
+
+
+def check_plausible(item: Any) -> None:
+    """Raise a ``implausible`` :class:`RowError` for a record a file should never give:
+    a time outside :data:`MIN_TS`..:data:`MAX_TS` (a time of 0, the year 3000, a time
+    read in the wrong unit), an option whose expiry is no such time, a delta outside
+    -1..1, a negative gamma or vega. Lists (a book snapshot) are checked item by item;
+    dead letters pass.
+
+    >>> from riskguard.schemas import Trade
+    >>> try:
+    ...     check_plausible(Trade(id="t", venue="v", instrument="I", ts=0, price=1.0,
+    ...                           qty=1.0, side="buy"))
+    ... except RowError as err:
+    ...     print(err.reason, err.found)
+    implausible 0
+    """
+    if item.__class__ is list:
+        for x in item:
+            check_plausible(x)
+        return
+    ts = getattr(item, "ts", None)
+    if ts is None or item.__class__ is DeadLetter:
+        return
+    if not MIN_TS <= ts <= MAX_TS:
+        raise _implausible("ts", ts, _span())
+    if item.__class__ is Bar and item.start < MIN_TS:
+        raise _implausible("start", item.start, _span())
+    if item.__class__ is OptionQuote:
+        if not MIN_TS <= item.expiry <= MAX_TS:
+            raise _implausible("expiry", item.expiry, _span())
+        if not -1.0 <= item.delta <= 1.0:
+            raise _implausible("delta", item.delta, "a delta from -1 to 1")
+        if item.gamma < 0.0 or item.vega < 0.0:
+            column = "gamma" if item.gamma < 0.0 else "vega"
+            raise _implausible(column, getattr(item, column), "a gamma and vega >= 0")
 
 
 def _records_in(items: list[Any]) -> int:
@@ -655,19 +841,16 @@ def flag(cell: bytes, column: str) -> bool:
                    expected="true or false", found=found)
 
 
-def valid_name(text: str) -> bool:
-    """Whether ``text`` is a wire-contract name (1-64 of ``A-Z a-z 0-9 _ . : / @ + -``)."""
-    return len(text) <= 64 and _NAME.search(text) is not None
-
-
 @lru_cache(maxsize=4096)
 def name(cell: bytes, column: str) -> str:
-    """A wire-contract name (``A-Z a-z 0-9 _ . : / @ + -``, 1-64 characters)."""
+    """A cell as a market name: ``BTC/USDT`` (Kraken, ccxt, CryptoDataDownload) becomes
+    ``BTC-USDT``; what reads as a path, or cannot become a market name, is refused."""
     text = cell.strip().decode("utf-8", "replace")
-    if len(text) > 64 or not _NAME.search(text):
-        raise RowError(f"{column} {text!r} is not a valid name", path=f"$.{column}",
-                       expected="1-64 characters of A-Z a-z 0-9 _ . : / @ + -", found=text)
-    return text
+    try:
+        return normalise_name(text)
+    except ValueError as err:
+        raise RowError(f"{column} {text!r} is not a market name: {err}", path=f"$.{column}",
+                       expected=f"a market name ({MARKET_NAME_RULE})", found=text) from None
 
 
 _DATETIME = re.compile(rb"\s*(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?Z?\s*")

@@ -22,10 +22,13 @@ The Binance market is ``cm`` (COIN-M) when the symbol has an underscore
 (``BTCUSD_PERP``, ``ETHUSD_240628``), a folder is ``cm`` or the header names a base
 column; ``um`` when a folder is ``um`` or the file has a header; else ``spot``.
 
->>> detect("binance-futures_derivative_ticker_2024-01-01_BTCUSDT.csv.gz", b"")
-Detected(format='tardis_derivative_ticker', market='', symbol='BTCUSDT', exchange='binance-futures')
->>> detect("data/futures/um/daily/premiumIndexKlines/BTCUSDT/1m/BTCUSDT-1m-2024-01-01.zip", b"")
-Detected(format='binance_premium_index_klines', market='um', symbol='BTCUSDT', exchange='')
+>>> d = detect("binance-futures_derivative_ticker_2024-01-01_BTCUSDT.csv.gz", b"")
+>>> d.format, d.symbol, d.exchange
+('tardis_derivative_ticker', 'BTCUSDT', 'binance-futures')
+>>> d = detect("data/futures/um/daily/premiumIndexKlines/BTCUSDT/1m/BTCUSDT-1m-2024-01-01.zip",
+...            b"")
+>>> d.format, d.market, d.symbol, d.date
+('binance_premium_index_klines', 'um', 'BTCUSDT', '2024-01-01')
 >>> detect("BTCUSD_PERP-aggTrades-2024-01-01.zip", b"").market
 'cm'
 >>> detect("dump.csv", b"1,100.5,0.2,20.1,1700000000000,True,True").format
@@ -93,12 +96,13 @@ _BOOLS = (b"true", b"false")
 @dataclass(frozen=True)
 class Detected:
     """What :func:`detect` found: the format ('' if none), the Binance market, and the
-    symbol and exchange the name gives ('' if it gives none)."""
+    symbol, exchange and date (``YYYY-MM[-DD]``) the name gives ('' if it gives none)."""
 
     format: str
     market: str = ""
     symbol: str = ""
     exchange: str = ""
+    date: str = ""
 
 
 def _market(path: PurePath, symbol: str, header: bool) -> str:
@@ -161,11 +165,11 @@ def detect(path: str | PurePath, first: bytes) -> Detected:
             folders = [q.lower() for q in p.parts[:-1]]
             fmt = next((f for k, f in _KLINE_FOLDERS.items() if k in folders),
                        "binance_klines")
-            return Detected(fmt, market, symbol)
+            return Detected(fmt, market, symbol, date=m.group("date"))
         if kind in _BINANCE_KINDS:
             if kind in _FUTURES_ONLY and market == "spot":
                 market = "um"
-            return Detected(_BINANCE_KINDS[kind], market, symbol)
+            return Detected(_BINANCE_KINDS[kind], market, symbol, date=m.group("date"))
     lower = file.lower()
     if lower.endswith((".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz")):
         return Detected("jsonl")

@@ -68,6 +68,7 @@ from riskguard.connectors.formats.core import (
     factory,
     header_cells,
     is_preamble,
+    lines_of,
     name,
     non_negative,
     number,
@@ -213,7 +214,7 @@ def scan(path: Path | str, *, whole: bool = True) -> BarScan:
             layout, _pos, _lines = _header(fh)
             if layout is None:
                 return BarScan(True, None)
-            for n, raw in enumerate(fh, 1):
+            for n, (raw, _size, _len) in enumerate(lines_of(fh), 1):
                 cells = raw.split(b",")
                 start = _start(cells, layout)
                 if start is not None:
@@ -227,7 +228,7 @@ def scan(path: Path | str, *, whole: bool = True) -> BarScan:
                 if n >= SCAN_ROWS:
                     break
             if whole and ordered:  # the rest, only as far as a start that goes back
-                ordered = _in_order(fh, layout, last)
+                ordered = _in_order((raw for raw, _s, _n in lines_of(fh)), layout, last)
     except (OSError, EOFError, zlib.error, zipfile.BadZipFile, NotImplementedError):
         pass
     return BarScan(ordered, steps.most_common(1)[0][0] if steps else None)
@@ -273,7 +274,7 @@ def file_symbols(path: Path | str) -> frozenset[str]:
             layout, _pos, _lines = _header(fh)
             column = None if layout is None else layout.symbol
             if column is not None:
-                for raw in fh:
+                for raw, _size, _n in lines_of(fh):
                     cells = raw.split(b",", column + 1)
                     if len(cells) > column:
                         names.add(cells[column].strip())
@@ -307,8 +308,8 @@ def _header(fh: BinaryIO) -> tuple[_Layout | None, int, int]:
     and including it (blank lines and a title before it passed over, as the reader
     passes them)."""
     pos = line_no = 0
-    for raw in fh:
-        pos, line_no = pos + len(raw), line_no + 1
+    for raw, _size, n in lines_of(fh):
+        pos, line_no = pos + n, line_no + 1
         if not is_preamble(raw):
             try:
                 return _Layout(header_cells(raw.rstrip(b"\r\n"))), pos, line_no
@@ -317,16 +318,15 @@ def _header(fh: BinaryIO) -> tuple[_Layout | None, int, int]:
     return None, pos, line_no
 
 
-def _index_rows(fh: Iterable[bytes], layout: _Layout, pos: int, line_no: int,
+def _index_rows(fh: BinaryIO, layout: _Layout, pos: int, line_no: int,
                 into: tuple[array[int], array[int], array[int], array[int]]) -> None:
     """Offset, length (without the newline), line number and start of every row after
     the header (which ends at byte ``pos``, line ``line_no``), blank lines left out."""
     add_offset, add_length, add_line, add_start = (a.append for a in into)
     previous = -1
-    for raw in fh:
+    for raw, size, n in lines_of(fh):  # an over-long row: its length (the reader refuses it)
         line_no += 1
-        at, pos = pos, pos + len(raw)
-        size = len(raw) - (raw[-1:] == b"\n")
+        at, pos = pos, pos + n
         if size < 2 and not raw.strip():
             continue  # blank: no row (the reader passes it over too)
         got = _row_start(raw, layout)

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 import msgspec
 from riskguard.connectors.topics import topic_name
 from riskguard.operators.audit import AuditConfig
+from riskguard.operators.core.admission import AdmissionConfig, Known
 from riskguard.operators.detection.features import (
     FeatureConfig,
 )
@@ -21,6 +22,7 @@ from riskguard.operators.mitigation.feeds import FeedConfig
 from riskguard.operators.mitigation.playbook import PlaybookConfig
 from riskguard.operators.signing import SignConfig
 from riskguard.operators.signing.crypto import Signer
+from riskguard.operators.signing.preflight import preflight, warnings
 from riskguard.operators.signing.trust import RootSet, TrustStore
 
 from riskguard.config import (
@@ -30,7 +32,7 @@ from riskguard.config import (
     inline_playbook_file,
     read_toml,
 )
-from riskguard.errors import ConfigError
+from riskguard.errors import ConfigError, TrustError
 from riskguard.validation import (
     NonNegative,
     NonNegativeInt,
@@ -172,6 +174,9 @@ class GuardConfig(CommonConfig, frozen=True, kw_only=True, forbid_unknown_fields
     audit: AuditConfig = AuditConfig()
     tier: TierConfig = TierConfig()
     replica: ReplicaConfig = ReplicaConfig()
+    # how many venues, instruments and counterparties beyond the config's the guard keeps
+    # state for
+    admission: AdmissionConfig = AdmissionConfig()
     tick_ns: PositiveInt = NS
     mark_interval_ns: NonNegativeInt = 250_000_000
     mark_move_bps: NonNegative = 5.0
@@ -239,6 +244,15 @@ def _load_guard_config(path: str | Path) -> tuple[GuardConfig, str]:
         data = {**data, "replica": {**data.get("replica", {}), "id": replica_id}}
     base = Path(path).resolve().parent
     data = inline_playbook_file(data, base)
+    try:
+        return _load(data, base)
+    except ConfigError as err:
+        if "playbook_file" in data and err.path.split(".")[0].split("[")[0] == "playbook":
+            err.file = str(base / data["playbook_file"])  # the rule is in that file
+        raise
+
+
+def _load(data: dict[str, object], base: Path) -> tuple[GuardConfig, str]:
     cfg = decode_section(data, GuardConfig)
     keys = cfg.keys
     resolved = KeysConfig(
@@ -294,6 +308,19 @@ def price_key_prefixes(cfg: GuardConfig) -> tuple[bytes, ...]:
     return tuple(f"{s}/".encode() for s in _price_sources(cfg))
 
 
+def known_names(cfg: GuardConfig) -> Known:
+    """The venues, instruments and counterparties the config names: always admitted
+    (:class:`~riskguard.operators.core.admission.KeyAdmission`)."""
+    inst = cfg.exposure.instruments
+    index_map = cfg.features.index_map
+    return Known(
+        venues=frozenset({*cfg.features.venues, *cfg.feeds.venues, *cfg.playbook.venues,
+                          *_price_sources(cfg)}),
+        instruments=frozenset({*inst.instruments, *inst.fx_index.values(), *index_map,
+                               *(i for targets in index_map.values() for i in targets)}),
+        counterparties=frozenset({*cfg.limits.counterparties, *cfg.playbook.venues}))
+
+
 def _price_sources(cfg: GuardConfig) -> tuple[str, ...]:
     """The venues whose prices fan out to every venue's key: index and oracle sources."""
     return (*cfg.features.index_sources, *cfg.features.oracle_sources)
@@ -308,6 +335,23 @@ def load_keys(cfg: GuardConfig) -> tuple[Signer, TrustStore]:
     return signer, trust
 
 
+def check_grants(cfg: GuardConfig, signer: Signer, trust: TrustStore,
+                 now_ns: int) -> list[str]:
+    """Refuse to start a guard whose trust file does not let its key sign what its
+    playbook issues (:func:`~riskguard.operators.signing.preflight.preflight`): one
+    ``TrustError`` line naming the rule and the missing grant. A market process signs no
+    command and is not checked. Returns what fails closed only (an automatic
+    resume or the playbook's own alert the key may not sign), one line each, to show."""
+    if cfg.tier.role not in ("whole", "firm"):
+        return []
+    problem = preflight(trust, signer.key_id, cfg.playbook, now_ns=now_ns)
+    if problem is not None:
+        msg = (f"{cfg.keys.trust_file}: {problem}; every subscriber would refuse those "
+               "commands: grant it in the trust file (raise serial, sign it again) or "
+               "change the playbook")
+        raise TrustError(msg)
+    return [f"warning: {w}; subscribers will refuse it (fails closed: an operator's signed "
+            "resume lifts what stays held)" for w in warnings(trust, signer.key_id, cfg.playbook)]
 
 
 def apply_gc_policy(cfg: GuardConfig) -> None:

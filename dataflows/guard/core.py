@@ -3,6 +3,7 @@
 Wiring::
 
     records (market, venue_status, fills, positions, balances, limit_updates)
+      -> admission (names past the [admission] caps: dead letters)
       -> feed selection (primary/backup failover)   keyed venue/instrument
       -> features -> anomalies                      same key: no extra exchange
       -> exposures -> limits (signed limit updates verified against the trust file)
@@ -24,6 +25,7 @@ import bytewax.operators as op
 import msgspec
 from bytewax.dataflow import Stream, operator
 from riskguard.connectors.topics import DETECTED, HANDLED
+from riskguard.dataflows.guard.admit import admit_keys
 from riskguard.dataflows.guard.config import GuardConfig
 from riskguard.dataflows.guard.steps import (
     FirmClock,
@@ -60,9 +62,10 @@ from riskguard.operators.mitigation.ops import plan_mitigation
 from riskguard.operators.signing import decode_command
 from riskguard.operators.signing.crypto import PAYLOAD_ACK, PAYLOAD_COMMAND, Signer
 from riskguard.operators.signing.operator_commands import (
+    ACKS_KEY,
     OPERATOR_COMMANDS_KEY,
+    AckLogic,
     OperatorCommandLogic,
-    ack_verifier,
 )
 from riskguard.operators.signing.ops import sign_commands
 from riskguard.operators.signing.trust import TrustStore
@@ -95,10 +98,16 @@ def _signed_inputs(records: Stream[Any], cfg: GuardConfig, trust: TrustStore, cl
         and r.payload_type not in (PAYLOAD_COMMAND, PAYLOAD_ACK)])
     # Executors' acks (the acks topic), verified against the trust file: the playbook
     # learns which commands were applied, and escalates what was not.
+    # Each ack counts once (its executor's seq), and only about a guard replica's command:
+    # the replay state is keyed on one key and snapshotted.
+    ack_envs = op.flat_map_batch("acks", records, lambda rs: [
+        (ACKS_KEY, r) for r in rs
+        if isinstance(r, SignedEnvelope) and r.payload_type == PAYLOAD_ACK])
     acks = split_dead_letters("verify_acks", op.flat_map_batch(
-        "acks", op.filter("ack_envelopes", records, lambda r: isinstance(r, SignedEnvelope)
-                          and r.payload_type == PAYLOAD_ACK),
-        ack_verifier(trust, env=cfg.env, topic=cfg.topic("acks"), clock=clock)))
+        "verify_ack_unkey", stateful_logic(
+            "verify_ack", ack_envs, lambda state: AckLogic(
+                trust, env=cfg.env, topic=cfg.topic("acks"), clock=clock, state=state)),
+        values_of))
     # Operator commands (a resume) come signed, on the limit-updates topic; they reach the
     # playbook only once verified against the trust file, with their approvals counted
     # from the signatures. A bare command record is refused: nothing unsigned acts.
@@ -198,6 +207,10 @@ def guard_core(
     """
     firm = cfg.tier.role == "firm"
     processes = cfg.tier.market_processes
+    # names past an [admission] cap go no further than the door: no keyed step holds
+    # state for them
+    admitted = admit_keys("admit", records, cfg=cfg, clock=clock)
+    records = admitted.oks
     detected_in = None
     if firm:
         # the market processes' signals, parts and progress (the detections topic) go
@@ -241,6 +254,7 @@ def guard_core(
 
     signals = op.flat_map_batch("observe_signals", op.merge(
         "signals", anomalies, exposure_alerts, limits.breaches, limits.alerts, feed_alerts,
+        admitted.alerts,
     ), observe_all)
     # The playbook's clock: the ticks as the exposure path passes them on (valuation,
     # counterparty, firm, limits), not as the sources make them. In a backlog that path's
@@ -260,7 +274,7 @@ def guard_core(
 
     out_cmds = op.map("observe_commands", signed.oks, observe_command)
     errs: Stream[DeadLetter] = op.flat_map_batch("observe_errs", op.merge(
-        "errs", *step_errs, limits.errs, planned.errs, signed.errs,
+        "errs", admitted.errs, *step_errs, limits.errs, planned.errs, signed.errs,
         verified.errs, acks.errs, unhandled, *([input_errs] if input_errs is not None else []),
     ), observe_all)
     audit_cfg = msgspec.structs.replace(cfg.audit, config_hash=cfg_hash)

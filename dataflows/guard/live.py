@@ -8,26 +8,30 @@ Run it with ``riskguard run --config guard.toml`` or
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from bytewax.dataflow import Dataflow
-from riskguard.connectors.audit_tail import read_chains_and_peers
+from riskguard.connectors.audit_tail import AuditTail, read_audit_tail
 from riskguard.connectors.command_log import last_signed_seq
 from riskguard.connectors.kafka import kafka_output
 from riskguard.connectors.topics import FIRM_STREAMS, INPUT_STREAMS
 from riskguard.dataflows.guard.config import (
     GuardConfig,
     apply_gc_policy,
+    check_grants,
     load_guard_config,
     load_keys,
 )
 from riskguard.dataflows.guard.core import guard_core
 from riskguard.dataflows.guard.kafka_io import audit_key, exposures_key, guard_input
 from riskguard.dataflows.guard.market import market_flow
+from riskguard.operators.audit import replica_of
 from riskguard.operators.core.clock import Clock, system_clock
 from riskguard.operators.core.metrics import start_metrics_server_from_env
-from riskguard.operators.core.observe import ObserveConfig, configure
+from riskguard.operators.core.observe import ObserveConfig, configure, observe
 from riskguard.operators.detection.features import (
     MARKET_FEATURES,
     OPTION_FEATURES,
@@ -36,8 +40,11 @@ from riskguard.operators.detection.features import (
 from riskguard.operators.detection.models import prepare_models
 from riskguard.operators.signing.crypto import Signer
 from riskguard.operators.signing.trust import TrustStore
+from riskguard.schemas import FIRM, RiskAlert, Severity, encode
 
-from riskguard.errors import ConfigError
+from riskguard.errors import ConfigError, DeliveryError
+
+log = logging.getLogger(__name__)
 
 
 def build_flow(
@@ -48,10 +55,14 @@ def build_flow(
     signer: Signer | None = None,
     trust: TrustStore | None = None,
     watch: Any = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> Dataflow:
     """The live guard: Kafka topics in, the guard core, Kafka topics out. ``watch`` (a
     :class:`~riskguard.dataflows.readiness.DetectorWatch`) is shown what this process's
-    detectors are fed (the whole guard only)."""
+    detectors are fed (the whole guard only). ``on_note`` is told what start-up found
+    that does not stop it (garbage on the audit topic, a peer replica's chain that cannot
+    be verified: that one is also a critical ``replica_unverified`` alert on the signals
+    topic)."""
     configure(ObserveConfig(option_instruments=frozenset(
         n for n, spec in cfg.exposure.instruments.instruments.items() if spec.kind == "option"
     )))
@@ -71,10 +82,12 @@ def build_flow(
                                 issuer)
     # Likewise each audit chain continues where the topic ends (verified as read), never
     # again from index 0; a topic that cannot be read or verified stops the start.
-    chains, peers = read_chains_and_peers(brokers, cfg.topic("audit"), trust.checkpoint_key,
-                                          origin=cfg.audit.origin)
+    tail = read_audit_tail(brokers, cfg.topic("audit"), trust.checkpoint_key,
+                           origin=cfg.audit.origin)
+    chains = tail.chains
+    _report_tail(cfg, tail, clock(), on_note)
     if cfg.replica.id:
-        check_peer_configs(cfg.replica.id, cfg_hash, peers)
+        check_peer_configs(cfg.replica.id, cfg_hash, tail.peers)
     out = guard_core("guard", src.oks, cfg=cfg, cfg_hash=cfg_hash, clock=clock, signer=signer,
                      trust=trust, seq_floor=delivered, audit_resume=chains, wall_clock=clock,
                      input_errs=src.errs, tick_sources=1, watch=watch)
@@ -90,6 +103,40 @@ def build_flow(
     kafka_output("audit", out.audit, brokers=brokers, topic=cfg.topic("audit"),
                  delivery_timeout_s=timeout, key=audit_key)
     return flow
+
+
+def _report_tail(cfg: GuardConfig, tail: AuditTail, now: int,
+                 on_note: Callable[[str], None] | None) -> None:
+    """Say what the audit topic held that the start does not stop on; a peer chain that
+    cannot be verified is also a critical alert on the signals topic."""
+    notes = []
+    if tail.garbage:
+        notes.append(f"warning: {tail.garbage} message(s) on {cfg.topic('audit')} are no "
+                     f"audit record or checkpoint and were skipped (first: "
+                     f"{tail.first_garbage[:200]})")
+    alerts = []
+    for chain, why in sorted(tail.unverified.items()):
+        notes.append(f"warning: replica chain {chain} cannot be verified ({why}); its records "
+                     "are not believed (its config hash is not compared)")
+        alerts.append(RiskAlert(
+            id=f"replica_unverified|{chain}|{now}"[:128], kind="replica_unverified",
+            scope=FIRM, ts=now, severity=Severity.CRITICAL,
+            reason=f"audit chain {chain}: {why}; its records are not believed"[:4096],
+            details={"chain": chain, "replica": replica_of(chain) or ""}))
+    for note in notes:
+        log.warning("%s", note)
+        if on_note is not None:
+            on_note(note)
+    if alerts:
+        from confluent_kafka import Producer  # noqa: PLC0415
+
+        producer = Producer(cfg.kafka.client_config())
+        for a in alerts:
+            observe(a)
+            producer.produce(cfg.topic("signals"), encode(a), key=a.kind.encode())
+        if producer.flush(cfg.sink_delivery_timeout_s):
+            msg = f"a replica_unverified alert was not delivered to {cfg.topic('signals')}"
+            raise DeliveryError(msg, undelivered=len(alerts), reasons=["flush timeout"])
 
 
 NEW_CONFIG_ENV = "RISKGUARD_NEW_CONFIG"
@@ -127,15 +174,15 @@ def prepare_detection(cfg: GuardConfig) -> None:
     prepare_models(cfg.detector, (MARKET_FEATURES, OPTION_FEATURES, VENUE_FEATURES))
 
 
-
-
 def from_env() -> Dataflow:
     """Build from ``$RISKGUARD_CONFIG`` (used by ``python -m bytewax.run``)."""
     path = os.environ.get("RISKGUARD_CONFIG")
     if not path:
         raise ConfigError("RISKGUARD_CONFIG", "the path of a guard TOML config", None)
     cfg, digest = load_guard_config(path)
+    signer, trust = load_keys(cfg)
+    check_grants(cfg, signer, trust, system_clock())  # before a record is read
     start_metrics_server_from_env()
-    flow = build_flow(cfg, digest)
+    flow = build_flow(cfg, digest, signer=signer, trust=trust)
     apply_gc_policy(cfg)
     return flow

@@ -13,7 +13,16 @@ when they part:
 - ``replica_silent`` (critical) when a replica has written nothing for ``silent_s``
   while another has, and ``replica_restored`` (info) when it writes again;
 - ``replica_config_mismatch`` (critical): two replicas' records carry different
-  config hashes (compared on every record, so at each start and each checkpoint).
+  config hashes (compared on every record, so at each start and each checkpoint);
+- ``replica_unverified`` (critical): a chain whose records no good signed checkpoint
+  vouches for (a forged checkpoint, records that do not hash to the signed root, a key
+  the trust file does not let sign checkpoints).
+
+Given the checkpoint keys (``keys``: a trust file's ``checkpoint_key``), the watch
+believes a record only once a signed checkpoint covers it
+(:class:`~riskguard.operators.audit.attest.Attestor`): a forged record can neither hide
+a dead replica nor raise a false divergence. Without keys it believes what it reads
+(tests and tools only).
 
 Time is processing time (an injected clock): replicas stamp commands with their own
 wall clocks, and what matters is whether the other copy arrived in time. Feed
@@ -33,12 +42,16 @@ while no record arrives.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from riskguard.operators.audit.attest import Attestor, AttestState
+from riskguard.operators.audit.verify import KeyLookup
 from riskguard.operators.core.clock import Clock, system_clock
 from riskguard.operators.core.snapshot import persisted
+from riskguard.operators.signing.crypto import VerifyKey
 from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
 from riskguard.schemas.signals import FIRM, RiskAlert, Severity
 
@@ -90,6 +103,9 @@ class ReplicaWatchState:
     silent: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    # what signed checkpoints vouch for (a watch given the checkpoint keys)
+    attest: AttestState | None = None
+    unverified: list[str] = field(default_factory=list)  # chains alerted as unverified
     version: int = 1
 
 
@@ -107,12 +123,17 @@ class ReplicaWatchLogic:
     """``on_event(AuditRecord | AuditCheckpoint | anything) -> [RiskAlert]``."""
 
     def __init__(self, config: ReplicaWatchConfig, clock: Clock = system_clock,
-                 state: ReplicaWatchState | None = None) -> None:
+                 state: ReplicaWatchState | None = None, *,
+                 keys: Mapping[str, VerifyKey] | KeyLookup | None = None) -> None:
         self.config = config
         self.clock = clock
         self.state = state if state is not None else ReplicaWatchState()
         self._tolerance = int(config.tolerance_s * _NS)
         self._silent = int(config.silent_s * _NS)
+        self.attestor: Attestor | None = None
+        if keys is not None:
+            self.attestor = Attestor(keys, state=self.state.attest)
+            self.state.attest = self.attestor.state
 
     def snapshot(self) -> ReplicaWatchState:
         st = self.state
@@ -121,7 +142,9 @@ class ReplicaWatchLogic:
             pending={k: _Decision(d.first, d.at, list(d.seen), d.action, d.scope,
                                   list(d.evidence)) for k, d in st.pending.items()},
             settled=dict(st.settled), silent=list(st.silent), mismatched=list(st.mismatched),
-            counts=dict(st.counts))
+            counts=dict(st.counts),
+            attest=None if self.attestor is None else self.attestor.snapshot(),
+            unverified=list(st.unverified))
 
     def on_event(self, item: Any) -> list[RiskAlert]:
         st = self.state
@@ -130,14 +153,39 @@ class ReplicaWatchLogic:
             st.started = now
         out: list[RiskAlert] = []
         if isinstance(item, AuditRecord | AuditCheckpoint):
-            replica = replica_of(item.chain if isinstance(item, AuditRecord) else item.origin)
-            if replica is not None and (not self.config.peers or replica in self.config.peers):
-                out.extend(self._heard(replica, now))
-                if isinstance(item, AuditRecord):
-                    out.extend(self._config(replica, item.config_hash, now))
-                    if item.kind == "command":
-                        self._decision(replica, item, now)
+            if self.attestor is None:
+                out.extend(self._believed(item, now))
+            else:
+                for believed in self.attestor.on_item(item):
+                    out.extend(self._believed(believed, now))
+                out.extend(self._unverified(now))
         out.extend(self._sweep(now))
+        return out
+
+    def _believed(self, item: AuditRecord | AuditCheckpoint, now: int) -> list[RiskAlert]:
+        replica = replica_of(item.chain if isinstance(item, AuditRecord) else item.origin)
+        if replica is None or (self.config.peers and replica not in self.config.peers):
+            return []
+        out = self._heard(replica, now)
+        if isinstance(item, AuditRecord):
+            out.extend(self._config(replica, item.config_hash, now))
+            if item.kind == "command":
+                self._decision(replica, item, now)
+        return out
+
+    def _unverified(self, now: int) -> list[RiskAlert]:
+        """One alert per chain the attestor could not verify."""
+        st = self.state
+        assert st.attest is not None  # a watch with keys
+        out = []
+        for chain, why in sorted(st.attest.broken.items()):
+            if chain in st.unverified:
+                continue
+            st.unverified.append(chain)
+            out.append(self._alert(
+                "replica_unverified", Severity.CRITICAL, now,
+                f"audit chain {chain}: {why}; its records are not believed",
+                {"chain": chain, "replica": replica_of(chain) or "", "why": why[:500]}))
         return out
 
     # -- what a record says

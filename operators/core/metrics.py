@@ -118,6 +118,12 @@ SUBSCRIBER_DUPLICATES = Counter(
     "Copies of an executed decision a subscriber dropped (another guard replica's), by issuer",
     ["issuer"],
 )
+SUBSCRIBER_CONFLICTS = Counter(
+    "riskguard_subscriber_conflicts_total",
+    "Commands carrying an executed decision's id with another action, scope or params, or "
+    "not from a guard replica, by issuer",
+    ["issuer"],
+)
 
 # -- audit, recovery, feeds --------------------------------------------------------------------
 AUDIT_LAST_CHECKPOINT = Gauge(

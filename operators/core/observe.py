@@ -63,6 +63,7 @@ from riskguard.operators.core.metrics import (
     FEED_ON_BACKUP,
     FEED_STALE,
     RISK_ALERTS,
+    SUBSCRIBER_CONFLICTS,
     SUBSCRIBER_DUPLICATES,
     SUBSCRIBER_GAPS,
     SUBSCRIBER_REJECTIONS,
@@ -272,9 +273,11 @@ def observe_all(items: list[Any]) -> list[Any]:
     return items
 
 
-def observe_rejection(rejection: Any) -> None:
-    """Subscriber ``on_reject`` hook: count a refused command message by its reason."""
-    SUBSCRIBER_REJECTIONS.labels(str(rejection.reason)).inc()
+def observe_rejection(rejection: Any, n: int = 1) -> None:
+    """Subscriber hook: count ``n`` refused command messages by their reason (a
+    :class:`~riskguard.connectors.subscriber.Rejection`, or the reason itself)."""
+    reason = rejection if isinstance(rejection, str) else rejection.reason
+    SUBSCRIBER_REJECTIONS.labels(str(reason)).inc(n)
 
 
 def observe_gap(alert: Any) -> None:
@@ -285,3 +288,9 @@ def observe_gap(alert: Any) -> None:
 def observe_duplicate(duplicate: Any) -> None:
     """Subscriber hook: count a dropped copy of an executed decision by its issuer."""
     SUBSCRIBER_DUPLICATES.labels(str(duplicate.issuer)).inc()
+
+
+def observe_conflict(conflict: Any) -> None:
+    """Subscriber hook: count a command whose decision id an executed copy with other
+    content holds, by its issuer."""
+    SUBSCRIBER_CONFLICTS.labels(str(conflict.issuer)).inc()

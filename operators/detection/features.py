@@ -48,6 +48,7 @@ from typing import Any, Literal
 import msgspec
 from riskguard.operators.core.base import copy_fields
 from riskguard.schemas.audit import DeadLetter
+from riskguard.schemas.base import source_of
 from riskguard.schemas.codec import encode
 from riskguard.schemas.market import (
     Bar,
@@ -360,9 +361,10 @@ class FeatureLogic:
             raw = encode(rec)
         except (TypeError, ValueError, msgspec.EncodeError):
             raw = repr(rec).encode()
+        topic, partition, offset = source_of(rec) or (self.config.topic, -1, -1)
         return DeadLetter.of(
-            topic=self.config.topic, ts=self.clock(), reason=reason, path=path,
-            expected=expected, found=found, step=self.config.step, raw=raw,
+            topic=topic, partition=partition, offset=offset, ts=self.clock(), reason=reason,
+            path=path, expected=expected, found=found, step=self.config.step, raw=raw,
         )
 
     def _reject(self, rec: Any) -> DeadLetter | None:

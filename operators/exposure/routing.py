@@ -35,17 +35,20 @@ from riskguard.schemas import (
     encode,
     tag_of,
 )
+from riskguard.schemas.base import source_of
 from riskguard.schemas.valuation import Progress
 
 
 def _dead(
     ev: Any, reason: str, *, path: str, expected: str, found: str, step: str, now: int
 ) -> DeadLetter:
-    topic = tag_of(type(ev)) if isinstance(ev, Record) else "unknown"
+    # the input it was read from (a fill's topic, partition and offset), where known
+    topic, partition, offset = source_of(ev) or (
+        tag_of(type(ev)) if isinstance(ev, Record) else "unknown", -1, -1)
     raw = encode(ev) if isinstance(ev, msgspec.Struct) else repr(ev).encode()
     return DeadLetter.of(
-        topic=topic, ts=now, reason=reason, path=path, expected=expected,
-        found=found, step=step, raw=raw,
+        topic=topic, partition=partition, offset=offset, ts=now, reason=reason, path=path,
+        expected=expected, found=found, step=step, raw=raw,
     )
 
 

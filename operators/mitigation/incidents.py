@@ -78,6 +78,10 @@ class PlaybookState:
     window_start: int = 0
     window_count: int = 0
     suppressed: list[str] = field(default_factory=list)
+    # the rate window per rate key (a scope's venue, else its label): commands issued,
+    # and commands held back, in the window from ``window_start``
+    window_counts: dict[str, int] = field(default_factory=dict)
+    suppressed_by: dict[str, int] = field(default_factory=dict)
     # Named tick sources (one per guard worker): latest ts and processing time seen.
     sources: dict[str, list[int]] = field(default_factory=dict)
     watermark: int = -1

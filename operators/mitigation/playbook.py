@@ -11,9 +11,11 @@ start one rung higher per earlier trip.
 :class:`PlaybookLogic` holds the whole firm's playbook state in one place
 (it runs under a single key): incidents and their ladders, mitigations in
 force (so the same action on the same scope is never re-issued while in
-force), repeat history, venue health, breached names and the global
-command-rate window. Event time comes from the records and from
-:class:`Tick`; ``issued_at`` comes from the injected processing clock.
+force), repeat history, venue health, breached names and the command-rate window,
+counted per scope's venue (:func:`rate_key`): a flood of commands on one venue cannot
+use up another's. An incident the cap holds back sleeps until the window rolls. Event
+time comes from the records and from :class:`Tick`; ``issued_at`` comes from the
+injected processing clock.
 
 >>> from riskguard.schemas import AnomalySignal, Scope, ScopeKind, Severity
 >>> cfg = PlaybookConfig(issuer="guard", rules=(Rule(
@@ -98,7 +100,7 @@ from riskguard.schemas import (
 __all__ = [
     "CLOSERS", "OPENERS", "STATE_VERSION", "TARGETS", "Incident", "Mitigation",
     "ParamValue", "PlaybookConfig", "PlaybookLogic", "PlaybookState", "Rule", "Rung",
-    "S", "evidence_digest", "map_scope", "playbook_builder",
+    "S", "evidence_digest", "map_scope", "playbook_builder", "rate_key",
 ]
 
 
@@ -147,6 +149,9 @@ class PlaybookLogic:
                           if m.action is Action.REROUTE_ORDER_FLOW}
         self._sleeping: list[tuple[int, str]] = []
         self._due_of: dict[str, int] = {}  # each sleeping incident's current due time
+        # derived: incidents whose next rung the rate cap held back, and when their
+        # window ends (they sleep until then instead of being visited by every event)
+        self._capped: dict[str, int] = {}
         self._leaves_at: int | None = None  # while catching up: the clock outside it
         # a resumed state's incidents are all awake: the first time step sorts them into
         # the sleeping ones first, as the evaluation before the snapshot did
@@ -256,7 +261,8 @@ class PlaybookLogic:
                     for k, m in st.active.items()},
             history=copy_lists(st.history), sources=copy_lists(st.sources),
             unhealthy=copy_lists(st.unhealthy), breached=copy_lists(st.breached),
-            suppressed=list(st.suppressed), held=list(st.held), acks=st.acks.copy())
+            suppressed=list(st.suppressed), held=list(st.held), acks=st.acks.copy(),
+            window_counts=dict(st.window_counts), suppressed_by=dict(st.suppressed_by))
 
     # -- inputs ------------------------------------------------------------------
 
@@ -546,7 +552,9 @@ class PlaybookLogic:
                 return None  # a momentary incident retries its climb at the same time
             return inc.closed_at + math.ceil(rule.quiet_s * S)
         if self._reached(inc, rule) > inc.rung:
-            return None
+            # held back by the rate cap: nothing changes for it before its window rolls
+            until = self._capped.get(inc.key, 0)
+            return until if until > self._time() else None
         later = [rung.after_s for rung in rule.ladder[inc.rung + 1:] if rung.after_s > 0]
         # rounded up: at the due time the rung is reached (``_reached`` compares floats)
         return inc.opened_at + math.ceil(min(later) * S) if later else 0
@@ -595,6 +603,8 @@ class PlaybookLogic:
             i = inc.rung + 1
             status = self._apply(inc, rule, i, rule.ladder[i])
             if status == "suppressed":
+                st = self.state
+                self._capped[inc.key] = st.window_start + int(self.config.rate_window_s * S)
                 return
             inc.rung = i
             if status == "no_route":
@@ -740,10 +750,13 @@ class PlaybookLogic:
     def _emit(self, cmd: MitigationCommand, *, capped: bool) -> bool:
         st = self.state
         if capped:
-            if st.window_count >= self.config.max_commands:
+            key = rate_key(cmd.scope)
+            if st.window_counts.get(key, 0) >= self.config.max_commands:
                 if cmd.command_id not in st.suppressed:
                     st.suppressed.append(cmd.command_id)
+                    st.suppressed_by[key] = st.suppressed_by.get(key, 0) + 1
                 return False
+            st.window_counts[key] = st.window_counts.get(key, 0) + 1
             st.window_count += 1
         self._out.append(cmd)
         self.acks.sent(cmd, self._leaves_at)
@@ -757,17 +770,22 @@ class PlaybookLogic:
             return
         if st.suppressed:
             n = len(st.suppressed)
+            where = ", ".join(f"{k} {v}" for k, v in sorted(
+                st.suppressed_by.items(), key=lambda kv: (-kv[1], kv[0]))[:8])
             self._emit(self._command(
                 f"rate_cap|{st.window_start}", FIRM, Action.ALERT,
                 {"suppressed": float(n), "window_start": float(st.window_start)},
                 f"command-rate cap hit: {n} command(s) suppressed in the "
                 f"{self.config.rate_window_s:g}s window from {st.window_start} ns "
-                f"(max {self.config.max_commands}); they are retried while their incidents "
-                "stay open", []), capped=False)
+                f"(max {self.config.max_commands} per venue or scope; {where}); they are "
+                "retried while their incidents stay open", []), capped=False)
         st.suppressed = []
+        st.suppressed_by = {}
         if start != st.window_start:
             st.window_start = start
             st.window_count = 0
+            st.window_counts = {}
+            self._capped.clear()
             self._prune_history()
 
     def _prune_history(self) -> None:
@@ -786,6 +804,19 @@ class PlaybookLogic:
         raw = encode(event) if isinstance(event, msgspec.Struct) else repr(event).encode()
         return DeadLetter.of(topic="playbook", ts=self.clock(), reason=reason, path=path,
                              expected=expected, found=found[:256], raw=raw)
+
+
+def rate_key(scope: Scope) -> str:
+    """What a command counts against in the rate cap: its scope's venue (a venue, or an
+    instrument or underlying narrowed to one), else its scope (a counterparty, an
+    instrument on every venue, the firm).
+
+    >>> rate_key(Scope(kind=ScopeKind.INSTRUMENT, value="BTC-USDT", venue="okx")), rate_key(FIRM)
+    ('venue:okx', 'firm:*')
+    """
+    if scope.kind is ScopeKind.VENUE:
+        return scope.label()
+    return f"venue:{scope.venue}" if scope.venue else scope.label()
 
 
 def playbook_builder(config: PlaybookConfig, clock: Callable[[], int],

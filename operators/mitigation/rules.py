@@ -19,7 +19,7 @@ import msgspec
 from riskguard.operators.mitigation.acks import ACKNOWLEDGED, UNACKNOWLEDGED, AckConfig
 from riskguard.schemas import FIRM, Action, Scope, ScopeKind, Severity
 from riskguard.schemas.action_params import check_rung_params
-from riskguard.schemas.signals import SEVERITY_RANK
+from riskguard.schemas.signals import SEVERITY_RANK, SIGNAL_KINDS
 
 from riskguard.errors import ConfigError
 from riskguard.validation import (
@@ -27,6 +27,7 @@ from riskguard.validation import (
     PositiveFinite,
     PositiveInt,
     check_declared,
+    did_you_mean,
 )
 
 if TYPE_CHECKING:
@@ -120,7 +121,9 @@ class PlaybookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     ``venues`` are the known venues (reroute candidates when a rule names no
     ``alternatives``). ``replica`` names this guard among redundant replicas (set from
     ``[replica] id``); commands carry it. At most ``max_commands`` commands are issued per
-    ``rate_window_s`` of event time; ``ttl_s`` sets ``expires_at``.
+    ``rate_window_s`` of event time on each venue (a venue, or an instrument or
+    underlying on it) and on each other scope (a counterparty, the firm), so a flood on
+    one cannot starve another; ``ttl_s`` sets ``expires_at``.
 
     ``reorder_slack_s``: with named tick sources (several guard workers), a
     signal more than this ahead of their watermark waits until the watermark
@@ -171,6 +174,8 @@ def _check_rule(p: str, rule: Rule, seen: set[str]) -> None:
     if rule.signal in CLOSERS:
         raise ConfigError(f"{p}.signal", "must be a signal that opens an incident (closers "
                           f"{sorted(CLOSERS)} only close one)", rule.signal)
+    _check_signal(p, rule)
+    _check_scope_pattern(p, rule)
     last = 0.0
     for j, rung in enumerate(rule.ladder):
         rp = f"{p}.ladder[{j}]"
@@ -184,6 +189,29 @@ def _check_rule(p: str, rule: Rule, seen: set[str]) -> None:
         problem = check_rung_params(rung.action.value, rung.params)
         if problem is not None:  # every command the playbook makes passes the verifier
             raise ConfigError(f"{rp}.params", problem, dict(rung.params))
+
+
+def _check_signal(p: str, rule: Rule) -> None:
+    """A rule's signal is a kind the guard raises: a typo would never match, so the rule
+    would never act."""
+    if rule.signal not in SIGNAL_KINDS:
+        hint = did_you_mean(rule.signal, sorted(SIGNAL_KINDS))
+        kinds = ", ".join(sorted(SIGNAL_KINDS - CLOSERS.keys()))
+        raise ConfigError(f"{p}.signal", f"must be a signal kind{hint}" if hint else
+                          f"must be a signal kind, one of {kinds}", rule.signal)
+
+
+def _check_scope_pattern(p: str, rule: Rule) -> None:
+    """A rule's scope pattern can match some scope label (``venu:*`` or a bare ``okx``
+    never would)."""
+    kinds = [k.value for k in ScopeKind]
+    head = rule.scope.split(":", 1)[0]
+    literal = not any(c in head for c in "*?[")
+    if literal and (head not in kinds or ":" not in rule.scope):
+        hint = did_you_mean(head, kinds, shown="{}:...")
+        raise ConfigError(f"{p}.scope", "must be a pattern on a scope label, <kind>:<value> "
+                          f"with kind one of {', '.join(kinds)} or a glob such as * "
+                          f"(this one matches no scope){hint}", rule.scope)
 
 
 # -- targets -------------------------------------------------------------------

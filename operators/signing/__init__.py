@@ -31,6 +31,8 @@ from riskguard.operators.signing.crypto import (
     sign_envelope,
 )
 from riskguard.operators.signing.operator_commands import (
+    AckLogic,
+    AckState,
     OperatorCommandLogic,
     OperatorCommandState,
 )
@@ -39,6 +41,8 @@ from riskguard.operators.signing.trust import RootSet, TrustDoc, TrustStore, par
 
 __all__ = [
     "STATE_VERSION",
+    "AckLogic",
+    "AckState",
     "OperatorCommandLogic",
     "OperatorCommandState",
     "RootSet",

@@ -126,29 +126,104 @@ def _refused(env: SignedEnvelope, now: int, reason: str, detail: str, *,
                          found=detail, step=step, raw=encode_envelope(env))
 
 
+ACKS_KEY = "acks"
+"""The one key all executors' acks share (one replay state for the guard)."""
+MAX_REFUSALS_KEPT = 4096
+"""Refused or failed acks remembered (each raises its alert once); the oldest go first."""
+
+
+@persisted("riskguard.ack_replay")
+@dataclass
+class AckState:
+    """Replay state of executors' acks: each executor's highest ``seq``, and the refused
+    or failed acks already passed on (``ack_id`` -> ``expires_at``, at most
+    :data:`MAX_REFUSALS_KEPT`)."""
+
+    high_water: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)
+    version: int = 1
+
+
+class AckLogic:
+    """Verify executors' acks (signed, on the acks topic) against the trust file, once each.
+
+    A key of role ``executor`` allowed that action and scope, the acks topic's audience,
+    fresh; an ack about a command no guard replica of the trust file issued
+    (``ack_not_ours``); an ack whose ``seq`` is at or below its executor's
+    (``ack_replayed_seq``: an ack presented again); and a refusal already passed on
+    (``ack_repeated``: it raised its alert) are dead letters. What passes goes to the
+    playbook, which matches it to the command it confirms. An executor key can so raise
+    each refusal's alert once, never without end.
+    """
+
+    def __init__(self, trust: TrustStore, *, env: str, topic: str, clock: Clock,
+                 state: AckState | None = None,
+                 leeway_ns: int = DEFAULT_LEEWAY_NS) -> None:
+        self.trust = trust
+        self.audience = Audience(env=env, topic=topic)
+        self.clock = clock
+        self.leeway_ns = leeway_ns
+        self.guards = trust.doc.replica_issuers()
+        self.state = state if state is not None else AckState()
+
+    def snapshot(self) -> AckState:
+        return AckState(high_water=dict(self.state.high_water),
+                        refused=dict(self.state.refused), version=self.state.version)
+
+    def on_event(self, env: SignedEnvelope) -> list[ExecutionAck | DeadLetter]:
+        return [self.check(env)]
+
+    def check(self, env: SignedEnvelope) -> ExecutionAck | DeadLetter:
+        now = self.clock()
+        try:
+            v = self.trust.verify(env, expected_payload_type=PAYLOAD_ACK, audience=self.audience,
+                                  now_ns=now, leeway_ns=self.leeway_ns)
+        except VerificationError as err:
+            return _ack_refused(env, now, err.reason, err.detail)
+        ack = v.message
+        assert isinstance(ack, ExecutionAck)  # PAYLOAD_ACK decodes to an ack
+        st = self.state
+        if ack.command_issuer not in self.guards:
+            return _ack_refused(env, now, "not_ours",
+                                f"acks a command of {ack.command_issuer!r}, not of a guard "
+                                f"replica ({', '.join(sorted(self.guards)) or 'none'})")
+        high = st.high_water.get(ack.issuer)
+        if high is not None and ack.seq <= high:
+            return _ack_refused(env, now, Reason.REPLAYED_SEQ.value,
+                                f"seq {ack.seq} <= high-water {high} of {ack.issuer!r}")
+        st.high_water[ack.issuer] = ack.seq
+        if ack.outcome.value in ("refused", "failed"):
+            self._forget_expired(now)
+            if ack.ack_id in st.refused:
+                return _ack_refused(env, now, "repeated",
+                                    f"{ack.ack_id} {ack.outcome.value} already: its alert "
+                                    "was raised")
+            st.refused[ack.ack_id] = ack.expires_at
+            if len(st.refused) > MAX_REFUSALS_KEPT:
+                del st.refused[next(iter(st.refused))]
+        return ack
+
+    def _forget_expired(self, now: int) -> None:
+        refused = self.state.refused
+        horizon = now - self.leeway_ns
+        if refused and min(refused.values()) < horizon:
+            for k in [k for k, exp in refused.items() if exp < horizon]:
+                del refused[k]
+
+
+def _ack_refused(env: SignedEnvelope, now: int, reason: str, detail: str) -> DeadLetter:
+    return _refused(env, now, reason, detail, what="ack", step="verify_ack",
+                    expected="a verified execution ack")
+
+
 def ack_verifier(trust: TrustStore, *, env: str, topic: str, clock: Clock,
                  leeway_ns: int = DEFAULT_LEEWAY_NS,
                  ) -> Callable[[list[SignedEnvelope]], list[ExecutionAck | DeadLetter]]:
-    """A batch step that verifies executors' acks (signed, on the acks topic) against the
-    trust file: a key of role ``executor`` allowed that action and scope, the acks
-    topic's audience, fresh. What fails is a dead letter ``ack_<reason>``; what passes
-    goes to the playbook, which matches it to the command it confirms (a repeat is
-    harmless there, so no replay state is kept)."""
-    audience = Audience(env=env, topic=topic)
+    """A batch step that verifies executors' acks with :class:`AckLogic`, its replay
+    state kept for the step's life only (the guard keys it and snapshots it instead)."""
+    logic = AckLogic(trust, env=env, topic=topic, clock=clock, leeway_ns=leeway_ns)
 
     def verify(batch: list[SignedEnvelope]) -> list[ExecutionAck | DeadLetter]:
-        now = clock()
-        out: list[ExecutionAck | DeadLetter] = []
-        for env_ in batch:
-            try:
-                v = trust.verify(env_, expected_payload_type=PAYLOAD_ACK, audience=audience,
-                                 now_ns=now, leeway_ns=leeway_ns)
-            except VerificationError as err:
-                out.append(_refused(env_, now, err.reason, err.detail, what="ack",
-                                    step="verify_ack", expected="a verified execution ack"))
-                continue
-            assert isinstance(v.message, ExecutionAck)  # PAYLOAD_ACK decodes to an ack
-            out.append(v.message)
-        return out
+        return [logic.check(env_) for env_ in batch]
 
     return verify

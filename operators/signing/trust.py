@@ -11,6 +11,8 @@ An example trust file::
 
     version = 1
     serial = 7                      # raise on every change; rollbacks are refused
+    replicas = ["engine-1"]         # the guard replicas whose copies of one decision
+                                    # are one (default: every risk-engine key)
 
     [two_person]
     actions = ["resume"]            # these need two distinct people (key names)
@@ -196,6 +198,15 @@ class TrustDoc:
     serial: int = 0
     max_ttl_ns: Mapping[str, int] = field(default_factory=dict)
     default_max_ttl_ns: int = DEFAULT_MAX_TTL_NS
+    replicas: tuple[str, ...] | None = None
+    """The issuer names of the guard replicas (``replicas``); None: not declared."""
+
+    def replica_issuers(self) -> frozenset[str]:
+        """Who may issue a copy of a guard's decision: the replicas the file names, or
+        (none named) every key of role ``risk-engine``."""
+        if self.replicas is not None:
+            return frozenset(self.replicas)
+        return frozenset(k.name for k in self.keys if k.role is Role.RISK_ENGINE)
 
     def max_ttl_for(self, action: str) -> int:
         """The longest lifetime (ns) a signed ``action`` (or ``limit_update``) may have."""
@@ -304,6 +315,8 @@ class TrustFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     keys: tuple[KeyEntry, ...] = ()
     two_person: TwoPersonEntry = TwoPersonEntry()
     max_ttl_s: dict[str, Seconds] = {}  # action (or "default") -> longest lifetime
+    # the guard replicas whose copies of one decision are one (default: every risk-engine)
+    replicas: tuple[Annotated[str, msgspec.Meta(min_length=1)], ...] | None = None
 
 
 def _ns(value: datetime | int | None) -> int | None:
@@ -359,7 +372,24 @@ def parse_trust(text: str, *, source: str = "trust") -> TrustDoc:
     default_ttl = ttls.pop("default", DEFAULT_MAX_TTL_NS)
     return TrustDoc(keys=tuple(keys), two_person=TwoPersonRule(
         actions=frozenset(tp.actions), scopes=tp.scopes, limit_cap=tp.limit_cap),
-        serial=doc.serial, max_ttl_ns=ttls, default_max_ttl_ns=default_ttl)
+        serial=doc.serial, max_ttl_ns=ttls, default_max_ttl_ns=default_ttl,
+        replicas=_replicas(doc.replicas, keys, f"{source}:replicas"))
+
+
+def _replicas(names: tuple[str, ...] | None, keys: Sequence[TrustedKey], where: str
+              ) -> tuple[str, ...] | None:
+    """``replicas``: names of ``[[keys]]`` of role ``risk-engine``, each once."""
+    if names is None:
+        return None
+    engines = sorted({k.name for k in keys if k.role is Role.RISK_ENGINE})
+    for name in names:
+        if name not in engines:
+            raise ConfigError(where, "names of [[keys]] of role risk-engine (" +
+                              (", ".join(engines) or "none listed") + ")"
+                              + did_you_mean(name, engines), name)
+    if len(set(names)) != len(names):
+        raise ConfigError(where, "each replica named once", list(names))
+    return names
 
 
 def _decode_payload(payload_type: str, payload: bytes
@@ -501,22 +531,23 @@ class TrustStore:
     # -- verification ---------------------------------------------------
 
     def identify(self, payload_type: str, payload: bytes, sig: Signature) -> TrustedKey:
-        """Find the trusted key that made ``sig``; the hint is tried first.
+        """Find the trusted key that made ``sig``, starting from the hint.
 
-        Raises ``bad_signature`` when no listed key verifies and the hint names
-        a listed key, ``unknown_key`` when the hint names no listed key, and
-        ``key_id_mismatch`` when a different listed key than the hinted one
-        made the signature.
+        Raises ``unknown_key`` when the hint names no listed key (without trying the
+        listed keys: a flood of made-up key ids costs no signature check),
+        ``bad_signature`` when no listed key verifies, and ``key_id_mismatch`` when a
+        different listed key than the hinted one made the signature.
         """
-        msg = pae_prefix(payload_type) + payload
         hinted = self._by_id.get(sig.key_id)
-        if hinted is not None:
-            try:
-                hinted.key.verify_raw(msg, sig.sig)
-            except VerificationError:
-                pass
-            else:
-                return hinted
+        if hinted is None:
+            raise rejection(Reason.UNKNOWN_KEY, f"key {sig.key_id!r} is not in the trust file")
+        msg = pae_prefix(payload_type) + payload
+        try:
+            hinted.key.verify_raw(msg, sig.sig)
+        except VerificationError:
+            pass
+        else:
+            return hinted
         for k in self.doc.keys:
             if k is hinted:
                 continue
@@ -526,8 +557,6 @@ class TrustStore:
                 continue
             raise rejection(Reason.KEY_ID_MISMATCH,
                    f"key_id names {sig.key_id!r} but key {k.key_id!r} made the signature")
-        if hinted is None:
-            raise rejection(Reason.UNKNOWN_KEY, f"key {sig.key_id!r} is not in the trust file")
         raise rejection(Reason.BAD_SIGNATURE, f"signature does not verify under key {sig.key_id!r}")
 
     def check_key_status(self, k: TrustedKey, now_ns: int) -> None:
@@ -704,9 +733,13 @@ def limit_scope_label(limit_path: str) -> str:
 
 
 def trust_doc_to_toml(doc_keys: Iterable[Mapping[str, Any]], *, serial: int = 1,
-                      two_person: Mapping[str, Any] | None = None) -> str:
+                      two_person: Mapping[str, Any] | None = None,
+                      replicas: Sequence[str] | None = None) -> str:
     """Render a simple trust file (tests and benches write theirs with it)."""
-    lines = ["version = 1", f"serial = {serial}", ""]
+    lines = ["version = 1", f"serial = {serial}"]
+    if replicas is not None:
+        lines.append(f"replicas = {_toml_value(list(replicas))}")
+    lines.append("")
     if two_person:
         lines.append("[two_person]")
         for name, value in two_person.items():

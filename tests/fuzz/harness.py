@@ -58,7 +58,7 @@ import signing_fixtures as fx
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from riskguard.connectors.broker import _pid_alive
-from riskguard.connectors.formats import FORMATS
+from riskguard.connectors.formats import FORMATS, core
 from riskguard.connectors.replay import ReplayFile
 from riskguard.operators.audit import (
     check_proof,
@@ -553,14 +553,18 @@ def fuzz_formats(data: bytes) -> None:
         return
     if not _format_dir:
         _format_dir.append(Path(tempfile.mkdtemp(prefix="rg-fuzz-formats-")))
-    fmt = _FORMATS[data[0] % len(_FORMATS)]
+    fmt = _FORMATS[(data[0] & 0x7F) % len(_FORMATS)]
     path = _format_dir[0] / "input.csv"
     path.write_bytes(data[1:])
+    caps = (core.MAX_LINE_BYTES, core.MAX_DECOMPRESSED_BYTES, core.MAX_TEMP_BYTES)
+    if data[0] & 0x80:  # the bounded readers' caps within reach of a small input
+        core.MAX_LINE_BYTES, core.MAX_DECOMPRESSED_BYTES, core.MAX_TEMP_BYTES = 48, 512, 512
     try:
         # planned as a replay plans it: an OHLCV file out of time order is read through
         # its time index; the instrument is given, as a Binance dump's name would give it
         reader = ReplayFile(path, format=fmt, instrument="BTCUSDT").planned().open(0, None)
     except ConfigError:
+        core.MAX_LINE_BYTES, core.MAX_DECOMPRESSED_BYTES, core.MAX_TEMP_BYTES = caps
         return  # a file-level refusal (an unreadable zip): documented
     try:
         for _line, _offset, item in reader.lines():
@@ -571,6 +575,7 @@ def fuzz_formats(data: bytes) -> None:
                     raise AssertionError(f"{fmt}: a dead letter of {len(encode(rec))} bytes")
     finally:
         reader.close()
+        core.MAX_LINE_BYTES, core.MAX_DECOMPRESSED_BYTES, core.MAX_TEMP_BYTES = caps
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {

@@ -1,0 +1,283 @@
+"""The command subscriber's durable state, and the high-water mark kept apart from it.
+
+:class:`SubscriberState` is SQLite: per-issuer ``seq`` high-water marks, executed
+``command_id``s, consumed offsets, the highest trust-file serial, the mitigations held in
+force and the executed copies of each decision. Writes go into one open transaction that
+:meth:`SubscriberState.flush` commits, so a flood of rejections costs one synced commit
+per batch, not one per message; a command that was executed is flushed at once (its ack
+is out).
+
+:class:`HighWaterMark` is a small JSON file beside it (or anywhere else): the highest
+``seq`` executed per signer and the trust serial, rewritten atomically after each flush
+that raised them. At start the subscriber compares its state with it: a state that was
+deleted, or restored from an older copy, is behind the mark and would execute again
+what it executed before, so the subscriber refuses to start on it
+(:func:`state_behind`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+from riskguard.schemas.action_params import HELD_ACTIONS
+from riskguard.schemas.commands import MitigationCommand
+
+from riskguard.errors import ConfigError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS seq_hw (issuer TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS seen (command_id TEXT PRIMARY KEY, issuer TEXT NOT NULL,
+                                 seq INTEGER NOT NULL, expires_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS offsets (topic TEXT NOT NULL, part INTEGER NOT NULL,
+                                    next_offset INTEGER NOT NULL, PRIMARY KEY (topic, part));
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS in_force (action TEXT NOT NULL, scope TEXT NOT NULL,
+                                     command_id TEXT NOT NULL, params BLOB NOT NULL,
+                                     PRIMARY KEY (action, scope));
+CREATE TABLE IF NOT EXISTS copies (decision_id TEXT NOT NULL, content BLOB NOT NULL,
+                                   issuer TEXT NOT NULL, command_id TEXT NOT NULL,
+                                   keep_until INTEGER NOT NULL,
+                                   PRIMARY KEY (decision_id, content));
+"""
+
+
+def params_key(cmd: MitigationCommand) -> bytes:
+    """Canonical bytes of a command's params (an update with new params is not a repeat)."""
+    return msgspec.json.encode(cmd.params, order="sorted")
+
+
+def content_key(cmd: MitigationCommand) -> bytes:
+    """What a decision is: its action, exact scope and params, canonically encoded. Two
+    copies of one decision agree on it; a copy that does not is another decision."""
+    return msgspec.json.encode([cmd.action.value, cmd.scope.label(), cmd.params],
+                               order="sorted")
+
+
+@dataclass(frozen=True)
+class Copy:
+    """An executed copy of a decision."""
+
+    content: bytes
+    issuer: str
+    command_id: str
+
+
+class SubscriberState:
+    """Durable replay state in SQLite, written in batches (:meth:`flush` commits)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self.db = sqlite3.connect(self.path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(_SCHEMA)
+        self.raised_seq = False  # a seq high-water mark rose in the open transaction
+        self.commits = 0  # synced commits so far (a flood of rejections costs few)
+        # consumed offsets not yet written: (topic, partition) -> next offset
+        self._offsets: dict[tuple[str, int], int] = {}
+
+    # -- reads (they see the open transaction's writes) -------------------------
+
+    def high_water(self, issuer: str) -> int | None:
+        row = self.db.execute("SELECT seq FROM seq_hw WHERE issuer=?", (issuer,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def high_waters(self) -> dict[str, int]:
+        return {str(i): int(s) for i, s in self.db.execute("SELECT issuer, seq FROM seq_hw")}
+
+    def seen(self, command_id: str) -> bool:
+        q = "SELECT 1 FROM seen WHERE command_id=?"
+        return self.db.execute(q, (command_id,)).fetchone() is not None
+
+    def copies(self, decision_id: str) -> list[Copy]:
+        """The executed copies of ``decision_id``, oldest first (one per content)."""
+        rows = self.db.execute("SELECT content, issuer, command_id FROM copies WHERE "
+                               "decision_id=? ORDER BY rowid", (decision_id,))
+        return [Copy(bytes(c), str(i), str(k)) for c, i, k in rows]
+
+    def in_force(self, action: str, scope: str, params: bytes) -> str | None:
+        """The command_id holding ``action`` on ``scope`` with these exact params, if any."""
+        row = self.db.execute(
+            "SELECT command_id FROM in_force WHERE action=? AND scope=? AND params=?",
+            (action, scope, params)).fetchone()
+        return None if row is None else str(row[0])
+
+    def next_offsets(self, topic: str) -> dict[int, int]:
+        rows = self.db.execute("SELECT part, next_offset FROM offsets WHERE topic=?", (topic,))
+        out = {int(p): int(o) for p, o in rows}
+        for (t, p), o in self._offsets.items():
+            if t == topic:
+                out[p] = max(out.get(p, o), o)
+        return out
+
+    def trust_serial(self) -> int | None:
+        row = self.db.execute("SELECT v FROM meta WHERE k='trust_serial'").fetchone()
+        return None if row is None else int(row[0])
+
+    # -- writes (into the open transaction) --------------------------------------
+
+    def _begin(self) -> None:
+        if not self.db.in_transaction:
+            self.db.execute("BEGIN IMMEDIATE")
+
+    def set_trust_serial(self, serial: int) -> None:
+        self._begin()
+        self.db.execute("INSERT INTO meta VALUES ('trust_serial', ?) ON CONFLICT(k) "
+                        "DO UPDATE SET v=max(v, excluded.v)", (serial,))
+
+    def raise_seq(self, issuer: str, seq: int) -> None:
+        """The seq high-water mark of ``issuer`` is at least ``seq``."""
+        self._begin()
+        self.db.execute("INSERT INTO seq_hw VALUES (?, ?) ON CONFLICT(issuer) DO UPDATE SET "
+                        "seq=max(seq, excluded.seq)", (issuer, seq))
+        self.raised_seq = True
+
+    def record(self, *, topic: str, partition: int, offset: int,
+               cmd: MitigationCommand | None, executed: bool = True,
+               keep_decision_until: int = 0) -> None:
+        """Record a handled message: the command (if any), what it leaves in force, its
+        decision's copy, and the consumed offset. Committed by the next :meth:`flush`."""
+        if offset >= 0:  # written at the flush: a flood of rejections writes no row each
+            key = (topic, partition)
+            if offset >= self._offsets.get(key, 0):
+                self._offsets[key] = offset + 1
+        if cmd is None:
+            return
+        self._begin()
+        if executed:
+            if cmd.decision_id:
+                self.db.execute("INSERT OR IGNORE INTO copies VALUES (?, ?, ?, ?, ?)",
+                                (cmd.decision_id, content_key(cmd), cmd.issuer,
+                                 cmd.command_id, max(cmd.expires_at, keep_decision_until)))
+            self._hold(cmd)
+        self.raise_seq(cmd.issuer, cmd.seq)
+        self.db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?, ?, ?)",
+                        (cmd.command_id, cmd.issuer, cmd.seq, cmd.expires_at))
+
+    def _hold(self, cmd: MitigationCommand) -> None:
+        """A held action stays in force on its scope; a resume lifts what it names."""
+        scope = cmd.scope.label()
+        action = cmd.action.value
+        if action == "resume":
+            lifted = cmd.params.get("actions")
+            if isinstance(lifted, list) and lifted:
+                self.db.executemany("DELETE FROM in_force WHERE action=? AND scope=?",
+                                    [(str(a), scope) for a in lifted])
+            else:
+                self.db.execute("DELETE FROM in_force WHERE scope=?", (scope,))
+        elif action in HELD_ACTIONS:
+            self.db.execute("INSERT OR REPLACE INTO in_force VALUES (?, ?, ?, ?)",
+                            (action, scope, cmd.command_id, params_key(cmd)))
+
+    def flush(self) -> bool:
+        """Commit the open transaction (one synced write); whether a seq mark rose."""
+        if self._offsets:
+            self._begin()
+            self.db.executemany(
+                "INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT(topic, part) DO UPDATE "
+                "SET next_offset=max(next_offset, excluded.next_offset)",
+                [(t, p, o) for (t, p), o in self._offsets.items()])
+            self._offsets.clear()
+        if self.db.in_transaction:
+            self.db.execute("COMMIT")
+            self.commits += 1
+        raised, self.raised_seq = self.raised_seq, False
+        return raised
+
+    def prune(self, before_ns: int) -> int:
+        """Forget executed ids that expired before ``before_ns`` (freshness rejects them)."""
+        self._begin()
+        cur = self.db.execute("DELETE FROM seen WHERE expires_at < ?", (before_ns,))
+        self.db.execute("DELETE FROM copies WHERE keep_until < ?", (before_ns,))
+        return cur.rowcount
+
+    def close(self) -> None:
+        self.flush()
+        self.db.close()
+
+
+# -- the high-water mark ---------------------------------------------------------------
+
+
+@dataclass
+class Mark:
+    """What the high-water mark file holds."""
+
+    seq: dict[str, int] = field(default_factory=dict)
+    trust_serial: int = 0
+
+
+class HighWaterMark:
+    """The highest seq executed per signer and the trust serial, in a file of its own.
+
+    Keep it apart from the state (another volume, or at least another file): losing or
+    rolling back the state must not lose the mark too. Written atomically (a temporary
+    file, fsynced, renamed over it, the folder fsynced).
+    """
+
+    VERSION = 1
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def load(self) -> Mark | None:
+        """The mark, or None if there is no file yet; ``ConfigError`` if unreadable."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise ConfigError(str(self.path), "a readable high-water mark file",
+                              err.strerror) from None
+        try:
+            data = json.loads(text)
+            if data.get("version") != self.VERSION:
+                raise ValueError(f"version {data.get('version')!r}")
+            seq = {str(k): int(v) for k, v in dict(data["seq"]).items()}
+            return Mark(seq=seq, trust_serial=int(data["trust_serial"]))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ConfigError(str(self.path), "a high-water mark written by riskguard "
+                              f"(version {self.VERSION})", str(err)[:200]) from None
+
+    def save(self, mark: Mark) -> None:
+        body = json.dumps({"version": self.VERSION, "seq": dict(sorted(mark.seq.items())),
+                           "trust_serial": mark.trust_serial}, indent=1).encode()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("wb") as fh:
+            fh.write(body)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(self.path)
+        fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def state_behind(mark: Mark, seq: Mapping[str, int], trust_serial: int | None) -> str | None:
+    """Why a state with these seq marks and trust serial is behind ``mark`` (None: it is
+    not: it may be ahead, after a crash between the state's commit and the mark's write).
+
+    >>> state_behind(Mark({"engine-1": 12}, 3), {"engine-1": 12}, 3) is None
+    True
+    >>> state_behind(Mark({"engine-1": 12}, 3), {"engine-1": 7}, 3)
+    "issuer 'engine-1' executed up to seq 12, the state knows seq 7"
+    >>> state_behind(Mark({"engine-1": 12}, 3), {}, None)
+    "issuer 'engine-1' executed up to seq 12, the state knows none"
+    """
+    for issuer, hw in sorted(mark.seq.items()):
+        have = seq.get(issuer)
+        if have is None or have < hw:
+            return (f"issuer {issuer!r} executed up to seq {hw}, the state knows "
+                    f"{'none' if have is None else f'seq {have}'}")
+    if mark.trust_serial > (trust_serial or 0):
+        return (f"trust serial {mark.trust_serial} was accepted, the state knows "
+                f"{trust_serial if trust_serial is not None else 'none'}")
+    return None

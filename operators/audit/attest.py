@@ -1,0 +1,180 @@
+"""Believing audit records only once a signed checkpoint vouches for them.
+
+An audit record carries no signature of its own: anyone who may write to the audit
+topic can write one. A checkpoint is signed (by a key the trust file lets sign
+checkpoints) and names its chain's size and Merkle root. :class:`Attestor` holds each
+chain's records back until a checkpoint covers them, checks the signature and that
+exactly those records hash to the signed root, and only then passes them on. Records
+no good checkpoint covers are never passed on: garbage, forged records and records of
+a key no longer trusted are counted, and a chain that cannot be verified is reported
+once (:attr:`AttestState.broken`).
+
+Two records claiming one index (a forged one beside the real one) are both kept, and
+the checkpoint decides between them (up to :data:`MAX_CHOICES` combinations).
+
+>>> from riskguard.operators.audit.chain import AuditConfig, AuditLogic
+>>> from riskguard.operators.signing.crypto import Signer
+>>> key = Signer.from_private_bytes(bytes(32), issuer="engine-a")
+>>> log = AuditLogic("riskguard@a/p0", key, AuditConfig(checkpoint_every=2))
+>>> items = [out for i in range(3) for out in log.on_event({"n": i})]
+>>> att = Attestor({key.key_id: key.public_key})
+>>> [[type(x).__name__ for x in att.on_item(it)] for it in items]
+[[], [], ['AuditRecord', 'AuditRecord', 'AuditCheckpoint'], []]
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from riskguard.operators.audit.chain import record_leaf, verify_checkpoint
+from riskguard.operators.audit.merkle import CompactRange
+from riskguard.operators.audit.verify import AuditItem, KeyLookup, key_lookup
+from riskguard.operators.signing.crypto import VerifyKey
+from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
+
+from riskguard.errors import VerificationError
+
+MAX_CHAINS = 1024
+"""Chains followed at most (each guard process writes one per partition)."""
+MAX_PENDING = 100_000
+"""Records held back per chain waiting for their checkpoint; past it, the chain's
+oldest waiting records are dropped (and the chain reported)."""
+MAX_CANDIDATES = 3
+"""Records kept per index (the real one and forged ones claiming its place)."""
+MAX_CHOICES = 64
+"""Combinations of candidates a checkpoint is tried against."""
+
+
+@dataclass
+class ChainTail:
+    """One chain: its verified Merkle state and the records waiting for a checkpoint."""
+
+    size: int = 0
+    peaks: list[bytes] = field(default_factory=list)
+    pending: dict[int, list[AuditRecord]] = field(default_factory=dict)
+
+
+@dataclass
+class AttestState:
+    """Per chain, what is verified and what waits; counts; chains that failed."""
+
+    chains: dict[str, ChainTail] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    broken: dict[str, str] = field(default_factory=dict)
+    version: int = 1
+
+
+class Attestor:
+    """``on_item(item) -> [attested records..., checkpoint]``: what a signed checkpoint
+    vouches for, in order; everything else is held back or counted.
+
+    ``keys``: the keys that may sign checkpoints (a trust file's ``checkpoint_key``).
+    ``follow``: which chains to follow (default all)."""
+
+    def __init__(self, keys: Mapping[str, VerifyKey] | KeyLookup, *,
+                 state: AttestState | None = None,
+                 follow: str | None = None) -> None:
+        self._lookup = key_lookup(keys)
+        self._follow = follow
+        self.state = state if state is not None else AttestState()
+
+    def _count(self, what: str, n: int = 1) -> None:
+        if n:
+            self.state.counts[what] = self.state.counts.get(what, 0) + n
+
+    def _tail(self, chain: str) -> ChainTail | None:
+        st = self.state
+        tail = st.chains.get(chain)
+        if tail is None:
+            if len(st.chains) >= MAX_CHAINS:
+                self._count("chains_over_cap")
+                return None
+            tail = st.chains[chain] = ChainTail()
+        return tail
+
+    def on_item(self, item: AuditItem) -> list[AuditItem]:
+        chain = item.chain if isinstance(item, AuditRecord) else item.origin
+        if self._follow is not None and not chain.startswith(self._follow):
+            return []
+        tail = self._tail(chain)
+        if tail is None:
+            return []
+        if isinstance(item, AuditRecord):
+            self._hold(chain, tail, item)
+            return []
+        return self._checkpoint(chain, tail, item)
+
+    def _hold(self, chain: str, tail: ChainTail, rec: AuditRecord) -> None:
+        if rec.index < tail.size or rec.leaf_hash != record_leaf(rec).hex():
+            self._count("unattested")  # behind what is verified, or not its own hash
+            return
+        same = tail.pending.setdefault(rec.index, [])
+        if rec in same:
+            return
+        if len(same) >= MAX_CANDIDATES:
+            self._count("unattested")
+            return
+        same.append(rec)
+        if len(tail.pending) > MAX_PENDING:
+            del tail.pending[min(tail.pending)]
+            self._count("unattested")
+            self.state.broken.setdefault(chain, f"more than {MAX_PENDING} records waited "
+                                                "for a checkpoint")
+
+    def _checkpoint(self, chain: str, tail: ChainTail, cp: AuditCheckpoint) -> list[AuditItem]:
+        try:
+            verify_checkpoint(cp, self._lookup(cp.key_id or ""))
+        except VerificationError as err:
+            self._count("unverified_checkpoints")
+            self.state.broken.setdefault(chain, f"checkpoint at size {cp.size}: {err}")
+            return []
+        if cp.size < tail.size:
+            self._count("stale_checkpoints")
+            return []
+        options = [tail.pending.get(i, []) for i in range(tail.size, cp.size)]
+        if any(not o for o in options):
+            self._count("unattested", sum(len(o) for o in options))
+            self.state.broken.setdefault(chain, f"records missing before the checkpoint at "
+                                                f"size {cp.size}")
+            self._drop(tail, cp.size)
+            return []
+        chosen = self._match(tail, options, cp.root)
+        self._drop(tail, cp.size)
+        if chosen is None:
+            self._count("unattested", sum(len(o) for o in options))
+            self.state.broken.setdefault(chain, f"the records before the checkpoint at size "
+                                                f"{cp.size} do not hash to its signed root")
+            return []
+        self._count("attested", len(chosen))
+        self._count("unattested", sum(len(o) for o in options) - len(chosen))
+        return [*chosen, cp]
+
+    def _match(self, tail: ChainTail, options: list[list[AuditRecord]],
+               root: str) -> list[AuditRecord] | None:
+        """The records, one per index, that extend ``tail`` to ``root`` (moving ``tail``
+        there), or None."""
+        for n, pick in enumerate(itertools.product(*options)):
+            if n >= MAX_CHOICES:
+                return None
+            rng = CompactRange(tail.size, tail.peaks)
+            for rec in pick:
+                rng.append(bytes.fromhex(rec.leaf_hash or ""))
+            if rng.root().hex() == root:
+                tail.size, tail.peaks = rng.size, list(rng.peaks)
+                return list(pick)
+        return None
+
+    @staticmethod
+    def _drop(tail: ChainTail, below: int) -> None:
+        for i in [i for i in tail.pending if i < below]:
+            del tail.pending[i]
+
+    def snapshot(self) -> AttestState:
+        st = self.state
+        return AttestState(
+            chains={k: ChainTail(t.size, list(t.peaks), {i: list(r) for i, r in
+                                                        t.pending.items()})
+                    for k, t in st.chains.items()},
+            counts=dict(st.counts), broken=dict(st.broken), version=st.version)

@@ -1,0 +1,200 @@
+"""Bounded keys: the venues, instruments and counterparties the guard keeps state for.
+
+Every market key (``venue/instrument``) becomes state in several steps (feed selection,
+features, detectors, marks), and every counterparty a rollup, an incident and a limit.
+A feed or a trading system that sends made-up names would make that state grow without
+end. :class:`KeyAdmission` admits the names the config lists, and others up to a cap:
+``max_venues`` venues, ``max_instruments_per_venue`` instruments on each, at most
+``max_market_keys`` in all, and ``max_counterparties`` counterparties. A record past a
+cap is a dead letter (``too_many_venues``, ``too_many_instruments``,
+``too_many_counterparties``) naming the input and the cap, counted like any other; it
+never reaches a keyed step. Admission is first come, first admitted, and its state is
+snapshotted, so a resumed guard admits exactly what the stopped one would have. The
+first refusal of each cap (of instruments: on each venue) also raises an
+``admission_cap`` :class:`~riskguard.schemas.RiskAlert`: critical for counterparties
+(fills of ours the guard no longer values), a warning otherwise, so the guard never
+stops tracking names silently.
+
+>>> cfg = AdmissionConfig(max_venues=1, max_instruments_per_venue=1)
+>>> gate = KeyAdmission(cfg, Known(venues=frozenset({"okx"}),
+...                                instruments=frozenset({"BTC-USDT"})))
+>>> from riskguard.schemas import Trade
+>>> def t(v, i): return Trade(id="t", venue=v, instrument=i, ts=1, price=1.0, qty=1.0,
+...                           side="buy")
+>>> [type(r).__name__ for r in gate.on_batch([t("okx", "BTC-USDT"), t("okx", "JUNK-1"),
+...                                            t("okx", "JUNK-2"), t("kraken", "BTC-USDT"),
+...                                            t("junkex", "BTC-USDT")])]
+['Trade', 'Trade', 'DeadLetter', 'RiskAlert', 'Trade', 'DeadLetter', 'RiskAlert']
+>>> gate.state.refused
+{'too_many_instruments': 1, 'too_many_venues': 1}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import msgspec
+from riskguard.operators.core.snapshot import persisted
+from riskguard.schemas.audit import DeadLetter
+from riskguard.schemas.base import source_of
+from riskguard.schemas.codec import encode, tag_of
+from riskguard.schemas.market import MARKET_TYPES, VenueStatus
+from riskguard.schemas.signals import FIRM, RiskAlert, Scope, ScopeKind, Severity
+from riskguard.schemas.trading import TRADING_TYPES
+
+Cap = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
+
+
+class AdmissionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[admission]``: how many names the guard admits beyond those its config lists.
+
+    Venues, instruments and counterparties the config names (``features.venues``,
+    ``feeds.venues``, ``playbook.venues``, the index and oracle sources,
+    ``exposure.instruments`` and its FX indices, ``limits.counterparties``) are always
+    admitted. 0 admits none beyond them.
+    """
+
+    max_venues: Cap = 32  # venues no config names
+    max_instruments_per_venue: Cap = 256  # instruments no config names, per venue
+    max_market_keys: Cap = 1024  # such instruments over all venues
+    max_counterparties: Cap = 256  # counterparties no config names
+
+
+@dataclass(frozen=True)
+class Known:
+    """The names the config lists (always admitted)."""
+
+    venues: frozenset[str] = frozenset()
+    instruments: frozenset[str] = frozenset()
+    counterparties: frozenset[str] = frozenset()
+
+
+@persisted("riskguard.admission")
+@dataclass
+class AdmissionState:
+    """Names admitted beyond the config (venue -> its instruments; counterparties) and
+    how many records each cap refused."""
+
+    venues: dict[str, list[str]] = field(default_factory=dict)
+    counterparties: list[str] = field(default_factory=list)
+    refused: dict[str, int] = field(default_factory=dict)
+    alerted: list[str] = field(default_factory=list)  # the caps already alerted
+    version: int = 1
+
+
+_MARKET = frozenset(MARKET_TYPES)
+_FIELD = {"too_many_venues": "venue", "too_many_instruments": "instrument",
+          "too_many_counterparties": "counterparty"}
+_TRADING = frozenset(TRADING_TYPES)
+
+
+class KeyAdmission:
+    """``on_batch(records) -> records, or a dead letter in place of each refused one``.
+    Records of other types pass untouched."""
+
+    def __init__(self, config: AdmissionConfig, known: Known, *,
+                 state: AdmissionState | None = None, clock: Any = None) -> None:
+        self.config = config
+        self.known = known
+        self.clock = clock
+        self.state = state if state is not None else AdmissionState()
+        # derived: the admitted names as sets (the state keeps lists, in admission order)
+        self._venues = {v: set(i) for v, i in self.state.venues.items()}
+        self._counterparties = set(self.state.counterparties)
+        self._keys = sum(len(i) for i in self._venues.values())
+        self._extra_venues = sum(1 for v in self._venues if v not in known.venues)
+
+    def snapshot(self) -> AdmissionState:
+        st = self.state
+        return AdmissionState(venues={v: list(i) for v, i in st.venues.items()},
+                              counterparties=list(st.counterparties),
+                              refused=dict(st.refused), alerted=list(st.alerted),
+                              version=st.version)
+
+    def on_event(self, rec: Any) -> list[Any]:
+        return self.on_batch([rec])
+
+    def on_batch(self, recs: list[Any]) -> list[Any]:
+        out = []
+        for rec in recs:
+            t = type(rec)
+            if t in _MARKET:
+                why = self._market(rec)
+            elif t in _TRADING:
+                why = self._counterparty(rec.counterparty)
+            else:
+                why = None
+            if why is None:
+                out.append(rec)
+            else:
+                out.append(self._dead(rec, *why))
+                alert = self._alert(rec, why[0], why[2])
+                if alert is not None:
+                    out.append(alert)
+        return out
+
+    def _alert(self, rec: Any, reason: str, expected: str) -> RiskAlert | None:
+        """The ``admission_cap`` alert of a cap's first refusal (None after it)."""
+        venue = getattr(rec, "venue", "")
+        key = f"{reason}|{venue}" if reason == "too_many_instruments" else reason
+        if key in self.state.alerted:
+            return None
+        self.state.alerted.append(key)
+        ours = reason == "too_many_counterparties"
+        scope = (Scope(kind=ScopeKind.VENUE, value=venue)
+                 if reason == "too_many_instruments" else FIRM)
+        return RiskAlert(
+            id=f"admission_cap|{key}", kind="admission_cap", scope=scope, ts=rec.ts,
+            severity=Severity.CRITICAL if ours else Severity.WARN,
+            reason=f"{reason}: names past the cap are dead letters from here on ({expected})",
+            details={"reason": reason, "first_refused": str(getattr(rec, _FIELD[reason], ""))})
+
+    def _market(self, rec: Any) -> tuple[str, str, str] | None:
+        venue = rec.venue
+        admitted = self._venues.get(venue)
+        if admitted is None:
+            if venue not in self.known.venues:
+                if self._extra_venues >= self.config.max_venues:
+                    return ("too_many_venues", "$.venue", f"one of the {self._extra_venues} "
+                            f"venues admitted beyond the config (max_venues "
+                            f"{self.config.max_venues})")
+                self._extra_venues += 1
+            admitted = self._venues[venue] = set()
+            self.state.venues[venue] = []
+        if type(rec) is VenueStatus:
+            return None  # a venue's heartbeat: its venue is its key
+        inst = rec.instrument
+        if inst in admitted or inst in self.known.instruments:
+            return None
+        cfg = self.config
+        if len(admitted) >= cfg.max_instruments_per_venue or self._keys >= cfg.max_market_keys:
+            return ("too_many_instruments", "$.instrument",
+                    f"one of the instruments admitted beyond the config "
+                    f"(max_instruments_per_venue {cfg.max_instruments_per_venue}, "
+                    f"max_market_keys {cfg.max_market_keys}; {venue} has {len(admitted)})")
+        admitted.add(inst)
+        self.state.venues[venue].append(inst)
+        self._keys += 1
+        return None
+
+    def _counterparty(self, cp: str) -> tuple[str, str, str] | None:
+        if cp in self._counterparties or cp in self.known.counterparties:
+            return None
+        if len(self._counterparties) >= self.config.max_counterparties:
+            return ("too_many_counterparties", "$.counterparty",
+                    f"one of the {len(self._counterparties)} counterparties admitted beyond "
+                    f"the config (max_counterparties {self.config.max_counterparties})")
+        self._counterparties.add(cp)
+        self.state.counterparties.append(cp)
+        return None
+
+    def _dead(self, rec: Any, reason: str, path: str, expected: str) -> DeadLetter:
+        refused = self.state.refused
+        refused[reason] = refused.get(reason, 0) + 1
+        topic, partition, offset = source_of(rec) or (tag_of(type(rec)), -1, -1)
+        found = getattr(rec, path[2:], "")
+        return DeadLetter.of(topic=topic, partition=partition, offset=offset,
+                             ts=self.clock() if self.clock is not None else rec.ts,
+                             reason=reason, path=path, expected=expected, found=str(found),
+                             step="admit", raw=encode(rec))

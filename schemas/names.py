@@ -1,0 +1,86 @@
+"""One grammar for the names of markets: venues, instruments, underlyings, counterparties,
+assets and feeds, and every scope value.
+
+A market name is 1 to 64 characters of ``A-Z a-z 0-9 _ . : @ + -``, starting with a
+letter or a digit, with no ``..``: no ``/`` (a scope label and a market key use it to
+join a venue to an instrument, ``instrument:okx/BTC-USDT``), nothing that reads as a
+path (``..``, ``../../etc``, ``.hidden``). The wire contract enforces it (the schemas'
+:data:`~riskguard.schemas.types.MarketName`), so what the market topic accepts the
+command layer accepts too.
+
+Sources spell symbols their own way. :func:`normalise_name` turns the spellings of
+Kraken, ccxt and CryptoDataDownload (``BTC/USDT``, ``BTC/USDT:USDT``) into the
+grammar (``BTC-USDT``, ``BTC-USDT:USDT``), applies configured aliases
+(``{"XBT": "BTC"}``) to each part, and refuses the rest with the reason.
+
+>>> normalise_name("BTC/USDT"), normalise_name("XBT/USD", {"XBT": "BTC"})
+('BTC-USDT', 'BTC-USD')
+>>> name_problem("../../etc")
+"a market name has no '/' (a venue/instrument pair is two names); got '../../etc'"
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+
+_END = r"$(?!\n)"
+MARKET_NAME_CHARS = r"A-Za-z0-9_.:@+-"
+MARKET_NAME_PATTERN = rf"^(?!.*\.\.)[A-Za-z0-9][{MARKET_NAME_CHARS}]{{0,63}}{_END}"
+"""The pattern (Python and ECMA regex alike) of a market name."""
+MARKET_NAME_RULE = ("1-64 characters of A-Z a-z 0-9 _ . : @ + -, starting with a letter or "
+                    "a digit, no '..'")
+_MARKET = re.compile(MARKET_NAME_PATTERN)
+_PAIR = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.+-]*)/([A-Za-z0-9][A-Za-z0-9_.+-]*)"
+                   r"(:[A-Za-z0-9][A-Za-z0-9_.+-]*)?$")
+
+
+def is_market_name(value: str) -> bool:
+    """Whether ``value`` follows the market-name grammar."""
+    return _MARKET.search(value) is not None
+
+
+@lru_cache(maxsize=8192)
+def name_problem(value: str) -> str | None:
+    """None if ``value`` is a market name; else why not, in one line.
+
+    >>> name_problem("BTC-USDT") is None, name_problem("..")
+    (True, "a market name starts with a letter or a digit and holds no '..'; got '..'")
+    """
+    if _MARKET.search(value) is not None:
+        return None
+    if not value or len(value) > 64:
+        return f"a market name is 1-64 characters; got {len(value)}"
+    if "/" in value:
+        return ("a market name has no '/' (a venue/instrument pair is two names); got "
+                f"{value!r}")
+    if ".." in value or not value[0].isascii() or not value[0].isalnum():
+        return f"a market name starts with a letter or a digit and holds no '..'; got {value!r}"
+    return f"a market name is {MARKET_NAME_RULE}; got {value!r}"
+
+
+def normalise_name(raw: str, aliases: Mapping[str, str] | None = None) -> str:
+    """``raw`` in the market-name grammar: surrounding blanks gone, ``BASE/QUOTE`` (and
+    ccxt's ``BASE/QUOTE:SETTLE``) joined with ``-``, each part of a ``-``-joined name
+    mapped through ``aliases``; ``ValueError`` naming the problem if that is no market
+    name either.
+
+    >>> normalise_name(" BTC/USDT:USDT "), normalise_name("XBT-PERP", {"XBT": "BTC"})
+    ('BTC-USDT:USDT', 'BTC-PERP')
+    >>> normalise_name("a/b/c")
+    Traceback (most recent call last):
+    ...
+    ValueError: a market name has no '/' (a venue/instrument pair is two names); got 'a/b/c'
+    """
+    text = raw.strip()
+    m = _PAIR.match(text)
+    if m is not None:
+        text = f"{m.group(1)}-{m.group(2)}{m.group(3) or ''}"
+    if aliases:
+        head, colon, tail = text.partition(":")
+        text = "-".join(aliases.get(p, p) for p in head.split("-")) + colon + tail
+    problem = name_problem(text)
+    if problem is not None:
+        raise ValueError(problem if text == raw else f"{problem} (from {raw!r})")
+    return text

@@ -1,0 +1,161 @@
+"""Audit input is verified before it is believed: garbage on the audit topic is skipped
+and counted, peers' records count only where a signed checkpoint vouches for them, and
+a replica whose peer's chain cannot be verified starts and alerts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from confluent_kafka import Producer
+from contract import CHECKS, Case
+from riskguard.operators.audit import (
+    AuditConfig,
+    AuditLogic,
+    ReplicaWatchConfig,
+    ReplicaWatchLogic,
+)
+from riskguard.operators.audit.attest import Attestor
+from riskguard.operators.audit.replica_watch import _record
+from riskguard.operators.signing.crypto import Signer
+from riskguard.schemas import AuditCheckpoint, AuditRecord
+from signing_fixtures import S, signer
+
+A, B = signer("engine-a"), signer("engine-b")
+MALLORY = signer("mallory")
+KEYS = {A.key_id: A.public_key, B.key_id: B.public_key}
+WATCH = ReplicaWatchConfig(peers=("a", "b"), tolerance_s=10, silent_s=60)
+
+
+class Decision(msgspec.Struct, frozen=True, tag="command"):
+    """What an audited command's body says, as the watch reads it."""
+
+    decision_id: str
+    action: str = "reduce_only"
+    scope: dict[str, str] = msgspec.field(
+        default_factory=lambda: {"kind": "venue", "value": "okx"})
+    evidence_hashes: list[str] = msgspec.field(default_factory=lambda: ["e1"])
+
+
+def _chain(name: str, key: Signer, decisions: list[str], *, every: int = 2,
+           config_hash: str = "0" * 64) -> list[Any]:
+    """A replica's audit chain: one audited command per decision id, checkpoints signed."""
+    logic = AuditLogic(name, key, AuditConfig(checkpoint_every=every, config_hash=config_hash))
+    return [out for d in decisions for out in logic.on_event(Decision(decision_id=d))]
+
+
+def _forged(chain: str, index: int, decision: str, config_hash: str = "0" * 64) -> AuditRecord:
+    """A record anyone who may write the topic can make: its own hash is right."""
+    from riskguard.operators.audit.chain import record_leaf
+
+    rec = _record(chain, index, decision, config_hash)
+    return msgspec.structs.replace(rec, leaf_hash=record_leaf(rec).hex())
+
+
+class Watch:
+    def __init__(self) -> None:
+        self.now = 0
+        self.logic = ReplicaWatchLogic(WATCH, lambda: self.now, keys=KEYS)
+        self.alerts: list[Any] = []
+
+    def at(self, t: float, item: Any) -> list[str]:
+        self.now = int(t * S)
+        out = self.logic.on_event(item)
+        self.alerts += out
+        return [a.kind for a in out]
+
+
+def test_records_count_once_a_signed_checkpoint_vouches_for_them() -> None:
+    items = _chain("riskguard@a/p0", A, ["d1", "d2", "d3"])
+    att = Attestor(KEYS)
+    out = [x for it in items for x in att.on_item(it)]
+    assert [x.index for x in out if isinstance(x, AuditRecord)] == [0, 1]  # 2 waits
+    assert att.state.counts == {"attested": 2}
+
+
+def test_forged_records_beside_the_real_ones_are_not_believed() -> None:
+    """A forged record claiming index 1 comes first; the checkpoint decides for the real
+    one."""
+    real = _chain("riskguard@a/p0", A, ["d1", "d2"])
+    fake = _forged("riskguard@a/p0", 1, "forged")
+    att = Attestor(KEYS)
+    out = [x for it in [real[0], fake, *real[1:]] for x in att.on_item(it)]
+    recs = [x for x in out if isinstance(x, AuditRecord)]
+    assert [r.body["decision_id"] for r in recs] == ["d1", "d2"]
+    assert att.state.counts == {"attested": 2, "unattested": 1} and att.state.broken == {}
+
+
+def test_a_forged_checkpoint_breaks_its_chain_and_nothing_under_it_is_believed() -> None:
+    fake = _forged("riskguard@b/p0", 0, "d1")
+    cp = AuditCheckpoint(origin="riskguard@b/p0", size=1, root=fake.leaf_hash or "",
+                         ts=1, key_id=MALLORY.key_id, signature=b"x" * 64)
+    att = Attestor(KEYS)
+    assert att.on_item(fake) == [] and att.on_item(cp) == []
+    assert "checkpoint at size 1" in att.state.broken["riskguard@b/p0"]
+
+
+def test_forged_records_neither_hide_a_dead_replica_nor_raise_a_false_divergence() -> None:
+    """b is dead after d1: forged b records keep writing, and a forged a decision nobody
+    made appears. The watch hears only what checkpoints vouch for: b is silent, no
+    divergence on the forged decision, and b's forged checkpoint is an alert."""
+    w = Watch()
+    a_items = _chain("riskguard@a/p0", A, [f"d{i}" for i in range(1, 9)])
+    b_items = _chain("riskguard@b/p0", B, ["d1", "d2"])
+    kinds: list[str] = []
+    for t, it in enumerate(b_items):
+        kinds += w.at(t, it)
+    for i, it in enumerate(a_items):
+        kinds += w.at(i * 10, it)
+        kinds += w.at(i * 10 + 1, _forged("riskguard@b/p0", 2 + i, f"d{i + 3}"))
+    kinds += w.at(81, _forged("riskguard@a/p0", 8, "never-made"))
+    cp = AuditCheckpoint(origin="riskguard@b/p0", size=9, root="0" * 64, ts=1,
+                         key_id=MALLORY.key_id, signature=b"x" * 64)
+    kinds += w.at(82, cp)
+    kinds += w.at(100, None)
+    assert "replica_silent" in kinds and "replica_unverified" in kinds
+    diverged = {a.details["decision_id"] for a in w.alerts if a.kind == "replica_divergence"}
+    assert "never-made" not in diverged and diverged <= {f"d{i}" for i in range(3, 9)}
+    assert w.logic.state.attest is not None
+    assert w.logic.state.attest.counts["attested"] == 10  # a's 8 and b's 2, nothing forged
+
+
+def test_the_watch_with_keys_meets_the_contract(check: Any = None) -> None:
+    items = _chain("riskguard@a/p0", A, ["d1", "d2", "d3"]) + _chain(
+        "riskguard@b/p0", B, ["d1", "d2"])
+    case = Case(name="watch_attested",
+                builder=lambda state: ReplicaWatchLogic(WATCH, lambda: 0, state, keys=KEYS),
+                events=items)
+    for c in CHECKS:
+        c(case)
+
+
+@pytest.mark.kafka
+def test_garbage_and_a_forged_peer_chain_on_the_audit_topic_do_not_stop_a_replica(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    """Replica a's audit topic holds garbage, and records of replica b with another config
+    hash under a checkpoint no trusted key signed: a starts (its peers' hash is not
+    compared), says so, and alerts replica_unverified on the signals topic."""
+    from kafka_helpers import consume_all
+    from riskguard.dataflows.demo import prepare_run, replica_configs
+    from riskguard.dataflows.guard import build_flow, load_guard_config
+
+    run = prepare_run(kafka_bootstrap, tmp_path, env=f"ai{tmp_path.name[-6:]}")
+    cfg_a, _ = replica_configs(run.config, run.keys)
+    cfg, digest = load_guard_config(cfg_a)
+    forged = [_forged("riskguard@b/p0", 0, "d1", config_hash="f" * 64)]
+    forged.append(AuditCheckpoint(origin="riskguard@b/p0", size=1,
+                                  root=forged[0].leaf_hash or "", ts=1,
+                                  key_id=MALLORY.key_id, signature=b"x" * 64))
+    p = Producer({"bootstrap.servers": kafka_bootstrap})
+    for value in [b"\x00garbage", b'{"type":"audit"}', *map(msgspec.json.encode, forged)]:
+        p.produce(run.topic("audit"), value)
+    assert p.flush(30) == 0
+    notes: list[str] = []
+    build_flow(cfg, digest, on_note=notes.append)
+    assert any("2 message(s)" in n and "skipped" in n for n in notes)
+    assert any("replica chain riskguard@b/p0 cannot be verified" in n for n in notes)
+    alerts = [msgspec.json.decode(v) for _p, _o, v in consume_all(
+        kafka_bootstrap, run.topic("signals"), expect=1)]
+    assert [a["kind"] for a in alerts] == ["replica_unverified"]
