@@ -22,7 +22,7 @@ from riskguard.operators.mitigation.feeds import FeedConfig
 from riskguard.operators.mitigation.playbook import PlaybookConfig
 from riskguard.operators.signing import SignConfig
 from riskguard.operators.signing.crypto import Signer
-from riskguard.operators.signing.preflight import preflight, warnings
+from riskguard.operators.mitigation.preflight import preflight, warnings
 from riskguard.operators.signing.trust import RootSet, TrustStore
 
 from riskguard.config import (
@@ -338,7 +338,7 @@ def load_keys(cfg: GuardConfig) -> tuple[Signer, TrustStore]:
 def check_grants(cfg: GuardConfig, signer: Signer, trust: TrustStore,
                  now_ns: int) -> list[str]:
     """Refuse to start a guard whose trust file does not let its key sign what its
-    playbook issues (:func:`~riskguard.operators.signing.preflight.preflight`): one
+    playbook issues (:func:`~riskguard.operators.mitigation.preflight.preflight`): one
     ``TrustError`` line naming the rule and the missing grant. A market process signs no
     command and is not checked. Returns what fails closed only (an automatic
     resume or the playbook's own alert the key may not sign), one line each, to show."""
