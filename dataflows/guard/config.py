@@ -20,9 +20,9 @@ from riskguard.operators.exposure import ExposureConfig
 from riskguard.operators.exposure.limits import LimitsConfig
 from riskguard.operators.mitigation.feeds import FeedConfig
 from riskguard.operators.mitigation.playbook import PlaybookConfig
+from riskguard.operators.mitigation.preflight import preflight, warnings
 from riskguard.operators.signing import SignConfig
 from riskguard.operators.signing.crypto import Signer
-from riskguard.operators.mitigation.preflight import preflight, warnings
 from riskguard.operators.signing.trust import RootSet, TrustStore
 
 from riskguard.config import (
