@@ -151,6 +151,16 @@ def test_a_segment_gives_what_one_bytewax_worker_gives_batch_by_batch_and_resume
     assert again + [v for _n, v in resumed.eof()] == want[3:]
 
 
+def _assert_decides_as(got: dict[str, list[Any]], want: Any) -> None:
+    """A Flink segment's outputs are bytewax's: the same commands, signals and as many
+    audit records."""
+    assert sorted(_command_identity(decode_command(e)) for e in got["commands"]) == sorted(
+        map(_command_identity, want.commands))
+    assert sorted(map(_signal_identity, got["signals"])) == sorted(
+        map(_signal_identity, want.signals))
+    assert len(got["audit"]) == want.n_audit
+
+
 @pytest.mark.slow
 def test_the_backtest_flow_as_one_segment_fed_whole_ticks_decides_as_bytewax(
         scenario: dict[str, Path]) -> None:
@@ -176,11 +186,7 @@ def test_the_backtest_flow_as_one_segment_fed_whole_ticks_decides_as_bytewax(
             got.setdefault(name, []).append(item)
     for name, item in seg.eof():
         got.setdefault(name, []).append(item)
-    assert sorted(_command_identity(decode_command(e)) for e in got["commands"]) == sorted(
-        map(_command_identity, want.commands))
-    assert sorted(map(_signal_identity, got["signals"])) == sorted(
-        map(_signal_identity, want.signals))
-    assert len(got["audit"]) == want.n_audit
+    _assert_decides_as(got, want)
 
 
 @pytest.mark.slow
@@ -235,11 +241,7 @@ def test_the_backtest_flow_cut_into_a_market_and_a_firm_segment_decides_as_bytew
     run(one.eof(), None)
     for name, item in two.eof():
         got.setdefault(name, []).append(item)
-    assert sorted(_command_identity(decode_command(e)) for e in got["commands"]) == sorted(
-        map(_command_identity, want.commands))
-    assert sorted(map(_signal_identity, got["signals"])) == sorted(
-        map(_signal_identity, want.signals))
-    assert len(got["audit"]) == want.n_audit
+    _assert_decides_as(got, want)
 
 
 # -- jobs on a Flink mini-cluster -------------------------------------------------------
