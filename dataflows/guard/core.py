@@ -168,6 +168,36 @@ def _detect_and_value(market: Stream[Any], status: Stream[Any], trading: Stream[
     return anomalies, exposure.exposures, exposure.alerts, exposure.progress
 
 
+def _clock_of(records: Stream[Any], cfg: GuardConfig, clock: Clock, tick_sources: int
+              ) -> tuple[Stream[Any], Stream[Any] | None, Stream[Any], Stream[Any]]:
+    """The records this process handles itself, the firm's detections (None elsewhere),
+    every tick and this process's own ticks."""
+    firm = cfg.tier.role == "firm"
+    processes = cfg.tier.market_processes
+    detected_in = None
+    if firm:
+        # the market processes' signals, parts and progress (the detections topic) go
+        # their own way
+        detected_in = op.flat_map_batch("detected", records,
+                                        lambda rs: [r for r in rs if isinstance(r, DETECTED)])
+        records = op.flat_map_batch("not_detected", records,
+                                    lambda rs: [r for r in rs if not isinstance(r, DETECTED)])
+    # Event-time progress from every record (not only market data: fills during a market
+    # data outage must still be valued).
+    ticks = own_ticks = op.flat_map_batch(
+        "ticks", records, tick_fn(cfg.tick_ns,
+                                   of=tick_sources + processes if firm else tick_sources))
+    if detected_in is not None:
+        # the firm's own ticks wait for a restarting market process (FirmClock), and each
+        # market process is one more tick source: time holds until it has passed
+        own_ticks = op.flat_map_batch(
+            "firm_clock", op.merge("firm_clock_in", own_ticks, detected_in),
+            FirmClock(processes, int(cfg.tier.market_wait_s * NS_PER_S), clock))
+        ticks = op.merge("all_ticks", own_ticks, op.flat_map_batch(
+            "market_ticks", detected_in, market_ticks(processes)))
+    return records, detected_in, ticks, own_ticks
+
+
 @operator
 def guard_core(
     step_id: str,
@@ -205,33 +235,11 @@ def guard_core(
     :class:`~riskguard.dataflows.readiness.DetectorWatch`) is shown what the detectors are
     fed, so a run can say which of them could fire, and when.
     """
-    firm = cfg.tier.role == "firm"
-    processes = cfg.tier.market_processes
     # names past an [admission] cap go no further than the door: no keyed step holds
     # state for them
     admitted = admit_keys("admit", records, cfg=cfg, clock=clock)
     records = admitted.oks
-    detected_in = None
-    if firm:
-        # the market processes' signals, parts and progress (the detections topic) go
-        # their own way
-        detected_in = op.flat_map_batch("detected", records,
-                                        lambda rs: [r for r in rs if isinstance(r, DETECTED)])
-        records = op.flat_map_batch("not_detected", records,
-                                    lambda rs: [r for r in rs if not isinstance(r, DETECTED)])
-    # Event-time progress from every record (not only market data: fills during a market
-    # data outage must still be valued).
-    ticks = own_ticks = op.flat_map_batch(
-        "ticks", records, tick_fn(cfg.tick_ns,
-                                   of=tick_sources + processes if firm else tick_sources))
-    if detected_in is not None:
-        # the firm's own ticks wait for a restarting market process (FirmClock), and each
-        # market process is one more tick source: time holds until it has passed
-        own_ticks = op.flat_map_batch(
-            "firm_clock", op.merge("firm_clock_in", own_ticks, detected_in),
-            FirmClock(processes, int(cfg.tier.market_wait_s * NS_PER_S), clock))
-        ticks = op.merge("all_ticks", own_ticks, op.flat_map_batch(
-            "market_ticks", detected_in, market_ticks(processes)))
+    records, detected_in, ticks, own_ticks = _clock_of(records, cfg, clock, tick_sources)
     market, records, status, trading = split_inputs(records)
     updates, acks, verified, unhandled = _signed_inputs(records, cfg, trust, clock)
     manual = verified.oks
