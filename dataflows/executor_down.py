@@ -72,13 +72,16 @@ def run_executor_down(sc: Scenario, spec: ExecutorDown, workdir: str | Path, *,
 
 
 def executor_acks(executor: Any, sc: Scenario, spec: ExecutorDown) -> Any:
-    """``ack(command) -> (arrival ns, envelope)``: the executor's signed ``applied``."""
+    """``ack(command) -> (arrival ns, envelope)``: the executor's signed ``applied``, its
+    ``seq`` rising with each call (call it in the order the acks arrive)."""
     latency = int(spec.ack_latency_s * NS)
     env = str(sc.guard.get("env", "stress"))
 
+    now = [0]
+    signer = AckSigner(executor, env=env, clock=lambda: now[0])  # one seq, rising
+
     def ack(cmd: MitigationCommand) -> tuple[int, Any]:
-        at = cmd.issued_at + latency
-        signer = AckSigner(executor, env=env, clock=lambda: at)
+        now[0] = at = cmd.issued_at + latency
         data = signer.sign(signer.ack(cmd, Applied(AckOutcome.APPLIED)))
         return at, decode_envelope(data)
 
