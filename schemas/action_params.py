@@ -27,12 +27,19 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from riskguard.schemas.commands import Action
-from riskguard.schemas.names import MARKET_NAME_PATTERN, MARKET_NAME_RULE, is_market_name
+from riskguard.schemas.names import (
+    MARKET_KEY_PATTERN,
+    MARKET_NAME_PATTERN,
+    MARKET_NAME_RULE,
+    is_market_key,
+    is_market_name,
+)
 
 from riskguard.validation import did_you_mean
 
-Kind = Literal["number", "name", "id", "action", "names", "ids", "actions"]
+Kind = Literal["number", "name", "instrument", "id", "action", "names", "ids", "actions"]
 """What a param holds: a number; one venue, instrument or feed name (``Name``); a
+instrument, bare or on one venue (``BTC-PERP``, ``binance/BTC-USDT``); a
 record id (a ``command_id``); an action name; or a list of one of those."""
 
 _ACTIONS = frozenset(a.value for a in Action)
@@ -61,6 +68,7 @@ class Param:
             return "a number" + (" " + " and ".join(bounds) if bounds else "")
         return {
             "name": f"a market name ({MARKET_NAME_RULE})",
+            "instrument": "an instrument's market name, or venue/instrument for one venue's",
             "id": "a command id (1-128 characters)",
             "action": "an action name",
             "names": f"a list of 1-{MAX_ITEMS} names",
@@ -90,6 +98,8 @@ def _scalar_ok(kind: str, value: Any, *, liftable: bool = False) -> bool:
         return False
     if kind == "name":
         return is_market_name(value)
+    if kind == "instrument":
+        return is_market_name(value) or is_market_key(value)
     if kind == "id":
         return 1 <= len(value) <= 128
     return value in (_LIFTABLE if liftable else _ACTIONS)
@@ -158,7 +168,7 @@ _SPECS = (
         "`target_delta`.", "any (typically an underlying or the firm)",
         (Param("target_delta", "number", "the delta to reach, in the hedge instrument's "
                "units", required=True),
-         Param("hedge_instrument", "name", "the instrument to hedge with", required=True))),
+         Param("hedge_instrument", "instrument", "the instrument to hedge with", required=True))),
     ActionSpec(
         Action.PAUSE_WITHDRAWALS, "Stop moving funds off the scope.",
         "a venue or counterparty (the bundled playbook: a counterparty)"),
@@ -251,7 +261,9 @@ def param_kind(action: str, name: str) -> Kind | None:
 def _param_schema(p: Param) -> dict[str, Any]:
     name = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": MARKET_NAME_PATTERN}
     one: dict[str, dict[str, Any]] = {
-        "name": name, "id": {"type": "string", "minLength": 1, "maxLength": 128},
+        "name": name, "instrument": {"anyOf": [name, {
+            "type": "string", "maxLength": 129, "pattern": MARKET_KEY_PATTERN}]},
+        "id": {"type": "string", "minLength": 1, "maxLength": 128},
         "action": {"enum": sorted(_ACTIONS)}}
     items = {"names": one["name"], "ids": one["id"], "actions": {"enum": sorted(_LIFTABLE)}}
     if p.kind == "number":

@@ -29,6 +29,9 @@ _END = r"$(?!\n)"
 MARKET_NAME_CHARS = r"A-Za-z0-9_.:@+-"
 MARKET_NAME_PATTERN = rf"^(?!.*\.\.)[A-Za-z0-9][{MARKET_NAME_CHARS}]{{0,63}}{_END}"
 """The pattern (Python and ECMA regex alike) of a market name."""
+MARKET_KEY_PATTERN = (rf"^(?!.*\.\.)[A-Za-z0-9][{MARKET_NAME_CHARS}]{{0,63}}"
+                      rf"/[A-Za-z0-9][{MARKET_NAME_CHARS}]{{0,63}}{_END}")
+"""The pattern of a market key: ``venue/instrument``, each a market name."""
 MARKET_NAME_RULE = ("1-64 characters of A-Z a-z 0-9 _ . : @ + -, starting with a letter or "
                     "a digit, no '..'")
 _MARKET = re.compile(MARKET_NAME_PATTERN)
@@ -39,6 +42,17 @@ _PAIR = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.+-]*)/([A-Za-z0-9][A-Za-z0-9_.+-]*
 def is_market_name(value: str) -> bool:
     """Whether ``value`` follows the market-name grammar."""
     return _MARKET.search(value) is not None
+
+
+def is_market_key(value: str) -> bool:
+    """Whether ``value`` is a market key: a venue and an instrument, each a market name,
+    joined by ``/`` (``binance/BTC-USDT``).
+
+    >>> is_market_key("binance/BTC-USDT"), is_market_key("BTC-USDT"), is_market_key("a/b/c")
+    (True, False, False)
+    """
+    venue, slash, instrument = value.partition("/")
+    return bool(slash) and is_market_name(venue) and is_market_name(instrument)
 
 
 @lru_cache(maxsize=8192)
