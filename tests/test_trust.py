@@ -269,6 +269,9 @@ def test_root_threshold_above_root_count_is_a_config_error() -> None:
         (('role = "risk-engine"', 'role = "god"'), "keys[0].role"),
         (("version = 1", "version = 2"), "version"),
         (('name = "engine-1"', 'name = ""'), "keys[0].name"),
+        (('scopes = ["venue:*"]', 'scopes = ["venu:*"]'), "keys[1].scopes"),
+        (('scopes = ["venue:*"]', 'scopes = ["binance"]'), "keys[1].scopes"),
+        (('scopes = ["firm:*"]', 'scopes = ["frim:*"]'), "two_person.scopes"),
     ],
 )
 def test_bad_trust_entries_raise_config_error_naming_the_key_path(
@@ -277,3 +280,12 @@ def test_bad_trust_entries_raise_config_error_naming_the_key_path(
     with pytest.raises(ConfigError) as err:
         parse_trust(trust_text().replace(*edit, 1))
     assert path in err.value.path
+
+
+def test_scope_patterns_name_a_scope_kind_or_glob_it() -> None:
+    """A misspelt kind stops loading with a suggestion; globbed kinds and values load."""
+    with pytest.raises(ConfigError, match=r"did you mean `firm`\?\); got 'frim:\*'"):
+        parse_trust(trust_text().replace('scopes = ["firm:*"]', 'scopes = ["frim:*"]', 1))
+    doc = parse_trust(trust_text().replace('scopes = ["venue:*"]',
+                                           'scopes = ["*:okx", "instrument:okx/BTC-*"]', 1))
+    assert doc.keys[1].scopes == ("*:okx", "instrument:okx/BTC-*")

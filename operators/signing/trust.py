@@ -81,7 +81,7 @@ from riskguard.schemas.commands import (
     scope_is_wide,
 )
 from riskguard.schemas.json_limits import duplicate_key_problem
-from riskguard.schemas.signals import Scope
+from riskguard.schemas.signals import Scope, ScopeKind
 
 from riskguard.errors import ConfigError, TrustError, VerificationError
 from riskguard.validation import config_error, did_you_mean
@@ -332,10 +332,32 @@ def _known_actions(names: Iterable[str], where: str, extra: frozenset[str] = fro
             raise ConfigError(where, "action names" + did_you_mean(name, TTL_ACTIONS), name)
 
 
+_SCOPE_KINDS = tuple(k.value for k in ScopeKind)
+
+
+def _known_scopes(patterns: Iterable[str], where: str) -> None:
+    """Each pattern is ``*`` or ``kind:value`` (globs allowed), its kind one that exists: a
+    misspelt kind would match nothing, and a two-person rule on it would never apply."""
+    for pattern in patterns:
+        if pattern == "*":
+            continue
+        kind, colon, value = pattern.partition(":")
+        if not colon or not value:
+            raise ConfigError(where, "scope patterns: * or kind:value (venue:*, "
+                              "counterparty:okx)", pattern)
+        if not any(c in kind for c in "*?[") and kind not in _SCOPE_KINDS:
+            raise ConfigError(where, "a scope kind of " + ", ".join(_SCOPE_KINDS)
+                              + did_you_mean(kind, _SCOPE_KINDS), pattern)
+
+
 def parse_trust(text: str, *, source: str = "trust") -> TrustDoc:
     """Parse trust-file TOML (already signature-checked) into a :class:`TrustDoc`."""
     try:
+        text.encode()
         data = tomllib.loads(text)
+    except UnicodeEncodeError as err:  # lone surrogates: no file decodes to them
+        msg = f"{source}: not UTF-8 text: {err.reason} at character {err.start}"
+        raise TrustError(msg) from None
     except tomllib.TOMLDecodeError as err:
         msg = f"{source}: not valid TOML: {err}"
         raise TrustError(msg) from None
@@ -359,11 +381,13 @@ def parse_trust(text: str, *, source: str = "trust") -> TrustDoc:
         if nb is not None and na is not None and na <= nb:
             raise ConfigError(f"{where}.not_after", "later than not_before", k.not_after)
         _known_actions(k.actions, f"{where}.actions", frozenset({"*"}))
+        _known_scopes(k.scopes, f"{where}.scopes")
         keys.append(TrustedKey(name=k.name, key=vk, role=k.role, actions=frozenset(k.actions),
                                scopes=k.scopes, not_before=nb, not_after=na,
                                revoked=k.revoked))
     tp = doc.two_person
     _known_actions(tp.actions, f"{source}:two_person.actions")
+    _known_scopes(tp.scopes, f"{source}:two_person.scopes")
     for name in doc.max_ttl_s:
         if name not in TTL_ACTIONS and name != "default":
             raise ConfigError(f"{source}:max_ttl_s.{name}", "an action or default"
