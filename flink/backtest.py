@@ -101,9 +101,10 @@ def write_table_file(rows: list[tuple[int, int, bytes]]) -> Path:
     return path
 
 
-MARKET_STEPS = ("feed_select", "features", "detect", "cross")
+MARKET_STEPS = ("admit", "feed_select", "features", "detect", "cross")
 """The guard core's operators whose keyed steps are the market domain: one segment
-with them, another with the firm-wide rest (:meth:`SegmentPlan.cut`)."""
+with them, another with the firm-wide rest (:meth:`SegmentPlan.cut`). The admission gate
+runs first, in the market segment; the firm reads the records it passes."""
 
 
 def market_steps(steps: dict[str, Any]) -> frozenset[str]:

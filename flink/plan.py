@@ -73,13 +73,22 @@ class SegmentPlan:
         """The flow as two segments, cut where its keys change domain: the first runs
         the keyed steps ``first`` (step ids) and every step that only they feed, the
         second everything else; each runs the stateless steps before it on the input
-        itself (a map of the input costs less than moving its output). What the first
-        makes for the second crosses under the stream's id, to segment key ``route``."""
+        itself (a map of the input costs less than moving its output). A keyed step of
+        ``first`` that every other keyed step reads after (the admission gate) is, for
+        the cut, where the input comes in: it runs on the first side, and what it passes
+        crosses once. What the first makes for the second crosses under the stream's id,
+        to segment key ``route``."""
         keyed_up = _keyed_ancestors(steps)
+        # a keyed step every other keyed step reads after (the admission gate) runs on
+        # the first side and is, for the cut, where the input comes in
+        gate = frozenset(k for k in first if all(
+            k in keyed_up[s.step_id] for s in steps.values()
+            if s.kind == "stateful_batch" and s.step_id != k))
+        keyed_up = {sid: ups - gate for sid, ups in keyed_up.items()}
         made = {sid: s.step_id for s in steps.values() for sid in s.downs.values()}
         feeds_first = _stateless_before(steps, set(first), made, {}) | set(first)
         inner = [s for s in steps.values() if s.kind not in ("input", "output")]
-        one: set[str] = set()
+        one: set[str] = set(gate)
         for s in inner:  # build order: a step after those that feed it
             ups = keyed_up[s.step_id]
             # the first side's keyed steps, what feeds them, and what only they feed
@@ -88,16 +97,20 @@ class SegmentPlan:
                     made.get(u) in one for u in s.ups)):
                 one.add(s.step_id)
         two = {s.step_id for s in inner if keyed_up[s.step_id] and s.step_id not in one}
-        if not one or not two:
+        if not one - gate or not two:
             raise ConfigError("segments", "keyed steps on both sides of the cut",
                               sorted(first))
-        crossing = sorted({u for sid in two for u in steps[sid].ups if made.get(u) in one})
+        runs = [own | _stateless_before(steps, own, made, keyed_up) for own in (one, two)]
+        # the steps from the input to the gate run on both sides (the event clock)
+        runs[1] |= _stateless_before(steps, set(gate), made, keyed_up)
+        crossing = sorted({u for sid in runs[1] for u in steps[sid].ups
+                           if made.get(u) in runs[0] and made[u] not in runs[1]})
         plans = []
-        for own, extra_in in ((one, []), (two, crossing)):
-            run = own | _stateless_before(steps, own, made, keyed_up)
-            reads = {u for sid in run for u in steps[sid].ups}
+        for own, run, extra_in in ((one, runs[0], []), (two, runs[1], crossing)):
+            # every input feeds both sides: a side's event time is the input's, also
+            # where it reads the records only as the gate passes them on
             ins = [(s.name, s.downs["down"], decoders[s.name]) for s in steps.values()
-                   if s.kind == "input" and s.downs["down"] in reads]
+                   if s.kind == "input"]
             outs = [(s.ups[0], s.name) for s in steps.values() if s.kind == "output"
                     and made.get(s.ups[0]) in (own if own is one else run - one)]
             if own is one:

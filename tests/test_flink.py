@@ -200,6 +200,7 @@ def test_the_backtest_flow_cut_into_a_market_and_a_firm_segment_decides_as_bytew
     from riskguard.dataflows.backtest import backtest_flow, span_batches
     from riskguard.dataflows.demo_scenario import scenario_copies
     from riskguard.dataflows.guard import load_keys
+    from riskguard.flink.backtest import market_steps
     from riskguard.flink.plan import SegmentPlan
     from riskguard.flink.wire import Wire
     from riskguard.operators.core.clock import claim_worker
@@ -214,11 +215,12 @@ def test_the_backtest_flow_cut_into_a_market_and_a_firm_segment_decides_as_bytew
         return {s.step_id: s for s in core_steps(flow)}
 
     built = steps()
-    first = frozenset(sid for sid, s in built.items() if s.kind == "stateful_batch" and any(
-        f".guard.{n}." in sid for n in ("feed_select", "features", "detect", "cross")))
+    first = market_steps(built)
     market, firm = SegmentPlan.cut(built, {"in": "records"}, first, route="firm")
+    # the admission gate runs first, in the market segment: what it lets through
+    # crosses once, and the firm segment reads its records from there
     assert sorted(sid.split(".")[2] for sid in dict(market.routes)) == [
-        "detect", "features", "marks", "with_dislocations"]
+        "admit", "detect", "features", "marks", "with_dislocations"]
     one = market.segment(market.steps_of(built))
     two = firm.segment(firm.steps_of(steps()))
     claim_worker(0, 1)
