@@ -342,3 +342,35 @@ def test_a_market_process_passes_its_detections_through_then_ends_with_a_final_p
     empty = FinalProgressLogic("market/0")
     assert empty.on_event(None) == []
     assert [(p.ts, p.final) for p in empty.on_eof()] == [(0, True)]
+
+
+def test_a_market_process_turns_names_past_its_admission_caps_into_dead_letters() -> None:
+    """Each market process has its own door: instruments past ``[admission]``'s caps on a
+    venue are dead letters there, before any keyed step holds state for them, and the
+    cap's first refusal reaches the firm as a stage-1 alert inside a valuation."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink, TestingSource, run_main
+    from riskguard.dataflows.guard.market import market_core, market_owners
+
+    cfg = msgspec.convert({
+        "keys": {"signing_key": "k", "trust_file": "t", "roots_file": "r"},
+        "tier": {"role": "market", "market_processes": 1},
+        "admission": {"max_instruments_per_venue": 3, "max_market_keys": 3}}, GuardConfig)
+    recs = [Trade(id=f"t{i}", venue="okx", instrument=f"JUNK-{i}", ts=(i + 1) * 10**9,
+                  price=100.0, qty=1.0, side="buy") for i in range(10)]
+    flow = Dataflow("market_admission")
+    out = market_core("m", op.input("in", flow, TestingSource(recs)), cfg=cfg,
+                      clock=lambda: 0, owners=market_owners(cfg))
+    dead: list[DeadLetter] = []
+    detections: list[Any] = []
+    op.output("dead", out.dead_letters, TestingSink(dead))
+    op.output("detections", out.detections, TestingSink(detections))
+    run_main(flow)
+    assert [(d.reason, d.found) for d in dead] == [
+        ("too_many_instruments", f"JUNK-{i}") for i in range(3, 10)]
+    codec = Codec(clock=lambda: 0)
+    alerts = [a for v in detections if isinstance(v, bytes)
+              for a in codec.decode("detections", v).alerts]
+    assert [(a.kind, a.scope.label(), a.details["first_refused"]) for a in alerts] == [
+        ("admission_cap", "venue:okx", "JUNK-3")]

@@ -19,6 +19,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream, operator
 from riskguard.connectors.kafka import KeySplit, StartSignal, kafka_output
 from riskguard.connectors.topics import DETECTIONS, MARKET_STREAMS
+from riskguard.dataflows.guard.admit import admit_keys
 from riskguard.dataflows.guard.config import GuardConfig, price_key_prefixes
 from riskguard.dataflows.guard.kafka_io import guard_input
 from riskguard.dataflows.guard.steps import (
@@ -245,13 +246,17 @@ def market_core(
     owners: MarketOwners,
     wall_clock: Clock | None = None,
 ) -> MarketOut:
-    """One market process (``tier.role = "market"``) over its decoded records: feed
+    """One market process (``tier.role = "market"``) over its decoded records, past its
+    own admission gate (``[admission]``'s caps count in each process): feed
     selection, features and anomaly detection on its own keys, and exposure valuation
     (stage 1) of the positions in its own underlyings, marked by its own prices and its
     own copy of every index price; its progress (:func:`market_source`) behind the
     signals and valuations it made before it. Its ticks hold only its own time (``of``
     1); the progress it passes on announces every market process."""
     name = market_source(owners.index)
+    # its own door: names past an [admission] cap hold no state here either
+    admitted = admit_keys("admit", records, cfg=cfg, clock=clock)
+    records = admitted.oks
     ticks = op.flat_map_batch("ticks", records, tick_fn(cfg.tick_ns, source=name, of=1))
     market, _rest, status, trading = split_inputs(records)
     market_ok = select_feeds(market, status, cfg, owners.local)
@@ -262,11 +267,14 @@ def market_core(
     place = ShardPlace(f"m{owners.index}.", owners.owns, owners.processes)
     valued = value_positions("exposure", marks, trading, config=cfg.exposure, place=place,
                              ticks=ticks, clock=clock, wall_clock=wall_clock)
-    valuations = op.flat_map_batch("valuations", valued.made, _valuation_records(name))
+    # the gate's alerts travel as stage-1 alerts do, inside valuations
+    valuations = op.flat_map_batch("valuations", op.merge(
+        "made", valued.made, admitted.alerts), _valuation_records(name))
     # the signals first: a batch's progress goes out behind its signals
     progress = op.flat_map_batch("progress", ticks, lambda ts: progress_records(ts, name))
     detections = op.merge("detections", anomalies, valuations, progress)
-    dead = op.flat_map_batch("observe_errs", op.merge("errs", *errs, valued.errs), observe_all)
+    dead = op.flat_map_batch("observe_errs", op.merge(
+        "errs", admitted.errs, *errs, valued.errs), observe_all)
     return MarketOut(detections=detections, dead_letters=dead)
 
 
