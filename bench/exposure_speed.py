@@ -243,7 +243,7 @@ class InProcessStages:
                 lim = self.limits.get(e.counterparty)
                 if lim is None:
                     lim = self.limits[e.counterparty] = LimitsLogic(self.lim_cfg)
-                lim.on_event(("exp", e))
+                lim.on_event(e)
         t5 = clock()
         return [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4]
 

@@ -122,7 +122,7 @@ class Burst:
         for e in summed:
             lim = self.limits.get(e.counterparty) or self.limits.setdefault(
                 e.counterparty, LimitsLogic(self.limits_cfg))
-            made.extend(lim.on_event(("exp", e)))
+            made.extend(lim.on_event(e))
         t4 = clock()
         out = [*summed, *(u for u in made if type(u) is Utilization)]
         observe_all(out)

@@ -80,7 +80,7 @@ CASES = [
     Case("exposure.valuation", lambda s: ShardLogic(CFG, REG, s), VAL),
     Case("exposure.counterparty", lambda s: CounterpartyLogic(CFG, s), CONTRIBS),
     Case("exposure.firm", lambda s: FirmLogic(CFG, s), CP_EXPOSURES),
-    Case("limits", lambda s: LimitsLogic(limits_config(), s), [("exp", e) for e in OKX]),
+    Case("limits", lambda s: LimitsLogic(limits_config(), s), list(OKX)),
     Case("exposure.valuation.ticked", lambda s: ShardLogic(CFG, REG, s, ticked=True),
          _with_ticks(VAL)),
     Case("exposure.valuation.two_processes",

@@ -218,7 +218,7 @@ def test_a_stale_mark_is_counted_at_its_last_value_not_as_unvalued() -> None:
     assert okx.stale and okx.stale_instruments == ["BTC-USDT"]
     assert okx.unvalued_instruments == [] and okx.gross_notional == pytest.approx(1_200_060.0)
     logic = LimitsLogic(usd_limits(), clock=lambda: 0)
-    outs = drive(logic, [("exp", okx)])
+    outs = drive(logic, [okx])
     assert [(b.kind, b.level.value) for b in outs if isinstance(b, LimitBreach)] == [
         ("gross_notional", "breach")]
     assert alerts(outs) == []
@@ -227,13 +227,13 @@ def test_a_stale_mark_is_counted_at_its_last_value_not_as_unvalued() -> None:
 # -- the limits logic ----------------------------------------------------------------
 
 
-def exposure(ts: int, gross: float = 0.0, cp: str = "okx", **kw: Any) -> tuple[str, Exposure]:
-    return ("exp", Exposure(counterparty=cp, ts=ts, gross_notional=gross, net_notional=gross,
-                            evidence_ids=[f"e{ts}"], **kw))
+def exposure(ts: int, gross: float = 0.0, cp: str = "okx", **kw: Any) -> Exposure:
+    return Exposure(counterparty=cp, ts=ts, gross_notional=gross, net_notional=gross,
+                    evidence_ids=[f"e{ts}"], **kw)
 
 
-def tick(ts: int, source: str = "w0", cp: str = "okx") -> tuple[str, Progress]:
-    return ("tick", Progress(counterparty=cp, ts=ts, source=source, of=1))
+def tick(ts: int, source: str = "w0", cp: str = "okx") -> Progress:
+    return Progress(counterparty=cp, ts=ts, source=source, of=1)
 
 
 def gross_limit(**spec: Any) -> LimitsConfig:
@@ -343,9 +343,9 @@ def test_ticks_move_time_to_the_slowest_source() -> None:
     assert gross_levels(drive(logic, [tick(31 * S, "b")])) == [(GRACE, "breach")]
 
 
-def keyed_tick(ts: int, source: str, key_of: int) -> tuple[str, Progress]:
-    return ("tick", Progress(counterparty="okx", ts=ts, source=source, of=2 * key_of,
-                             key_of=key_of))
+def keyed_tick(ts: int, source: str, key_of: int) -> Progress:
+    return Progress(counterparty="okx", ts=ts, source=source, of=2 * key_of,
+                    key_of=key_of)
 
 
 def test_a_source_announced_but_not_heard_holds_the_deadline() -> None:
@@ -384,7 +384,7 @@ def test_an_update_does_not_clear_a_breach_of_unvalued_exposure() -> None:
     upd = LimitUpdate(update_id="u1", issuer="admin", issued_at=GRACE, expires_at=10**18,
                       audience=AUD, limit_path="counterparty.okx", kind="gross_notional",
                       limit=200.0)
-    outs = drive(logic, [("upd", upd)])
+    outs = drive(logic, [upd])
     (u,) = [o for o in outs if isinstance(o, Utilization)]
     assert (u.effective_limit, u.level) == (200.0, LimitLevel.BREACH)
 

@@ -37,9 +37,9 @@ from riskguard.errors import ConfigError, VerificationError
 S = 1_000_000_000
 
 
-def exp(ts: int, gross: float, cp: str = "okx", **kw: object) -> tuple[str, Exposure]:
-    return ("exp", Exposure(counterparty=cp, ts=ts, gross_notional=gross, net_notional=gross,
-                            evidence_ids=[f"e{ts}"], **kw))
+def exp(ts: int, gross: float, cp: str = "okx", **kw: object) -> Exposure:
+    return Exposure(counterparty=cp, ts=ts, gross_notional=gross, net_notional=gross,
+                    evidence_ids=[f"e{ts}"], **kw)
 
 
 def cfg(**spec: object) -> LimitsConfig:
@@ -128,7 +128,7 @@ def test_manual_reset_latch_holds_breach_until_signed_reset() -> None:
     outs = drive(logic, [exp(100, 10.0)])
     assert levels(outs) == ["breach"] and next(
         o for o in outs if isinstance(o, Utilization)).latched
-    outs = drive(logic, [("upd", update(reset_latch=True))])
+    outs = drive(logic, [update(reset_latch=True)])
     assert [o.kind for o in outs if isinstance(o, RiskAlert)] == ["limit_update_accepted"]
     assert levels(outs) == ["ok"]
     assert [o.level.value for o in outs if isinstance(o, LimitBreach)] == ["ok"]
@@ -138,14 +138,14 @@ def test_accepted_update_changes_limit_and_audits_old_and_new_values() -> None:
     """Limit 100 -> 200 is audited with both values and used from then on."""
     logic = LimitsLogic(cfg())
     drive(logic, [exp(0, 150.0)])
-    outs = drive(logic, [("upd", update(limit=200.0, reason="raise for event"))])
+    outs = drive(logic, [update(limit=200.0, reason="raise for event")])
     (a,) = [o for o in outs if isinstance(o, RiskAlert)]
     assert (a.kind, a.details["old_limit"], a.details["new_limit"]) == (
         "limit_update_accepted", 100.0, 200.0)
     outs = drive(logic, [exp(100, 160.0)])
     u = next(o for o in outs if isinstance(o, Utilization))
     assert (u.effective_limit, u.level) == (200.0, LimitLevel.WARN)
-    assert drive(logic, [("upd", update(limit=1.0))]) == []  # same update_id replayed
+    assert drive(logic, [update(limit=1.0)]) == []  # same update_id replayed
 
 
 def test_an_unchanged_utilization_repeats_only_at_the_heartbeat() -> None:
@@ -165,7 +165,7 @@ def test_an_unchanged_utilization_repeats_only_at_the_heartbeat() -> None:
 def test_invalid_update_values_are_rejected_and_the_old_limit_stays() -> None:
     """A warn level above 1 is rejected with a reason; the limit is unchanged."""
     logic = LimitsLogic(cfg())
-    outs = drive(logic, [("upd", update(update_id="u2", warn=2.0))])
+    outs = drive(logic, [update(update_id="u2", warn=2.0)])
     assert [(o.kind, o.details["reason"]) for o in outs if isinstance(o, RiskAlert)] == [
         ("limit_update_rejected", "invalid_update")]
     assert logic.current_spec("counterparty.okx", "gross_notional") == LimitSpec(limit=100.0)

@@ -1,8 +1,10 @@
 """Engine-neutral limit enforcement: levels, hysteresis, latches, dynamic limits.
 
 :class:`LimitsLogic` is keyed by counterparty (the firm rollup uses key
-``"*"``). It receives ``("exp", Exposure)`` and ``("upd", LimitUpdate)``
-items (updates are verified *before* they reach it) and emits
+``"*"``). It receives :class:`~riskguard.schemas.Exposure`, exposure-path
+:class:`~riskguard.schemas.valuation.Progress` and
+:class:`~riskguard.schemas.LimitUpdate` records (updates are verified *before* they
+reach it) and emits
 :class:`~riskguard.schemas.Utilization`, :class:`~riskguard.schemas.LimitBreach`
 and :class:`~riskguard.schemas.RiskAlert` records.
 
@@ -24,12 +26,12 @@ and inside the limit.
 >>> cfg = LimitsConfig(counterparties={"okx": CounterpartyLimits(
 ...     limits={"gross_notional": LimitSpec(limit=100.0)})})
 >>> logic = LimitsLogic(cfg)
->>> outs = logic.on_event(("exp", Exposure(counterparty="okx", ts=1, gross_notional=85.0,
-...                                        net_notional=85.0)))
+>>> outs = logic.on_event(Exposure(counterparty="okx", ts=1, gross_notional=85.0,
+...                                net_notional=85.0))
 >>> [(type(o).__name__, o.level.value, o.utilization) for o in outs]
 [('Utilization', 'warn', 0.85)]
->>> outs = logic.on_event(("exp", Exposure(counterparty="okx", ts=2, gross_notional=120.0,
-...                                        net_notional=120.0)))
+>>> outs = logic.on_event(Exposure(counterparty="okx", ts=2, gross_notional=120.0,
+...                                net_notional=120.0))
 >>> [(type(o).__name__, o.level.value) for o in outs]
 [('Utilization', 'breach'), ('LimitBreach', 'breach')]
 """
@@ -59,6 +61,7 @@ from riskguard.schemas import (
     Utilization,
 )
 from riskguard.schemas.signals import parse_limit_path
+from riskguard.schemas.valuation import Progress
 
 from riskguard.errors import ConfigError
 from riskguard.validation import (
@@ -527,9 +530,8 @@ class LimitsLogic:
 
     # -- events
 
-    def on_event(self, item: tuple[str, Any]) -> list[Any]:
-        tag, rec = item
-        if tag == "exp":
+    def on_event(self, rec: Exposure | Progress | LimitUpdate) -> list[Any]:
+        if type(rec) is Exposure:
             # one source: its exposures come in event-time order, so one shows that time
             # has passed the deadlines before it (one at its own time is its own
             # evaluation's: a tick at that time comes behind it, and it may be valued
@@ -537,7 +539,7 @@ class LimitsLogic:
             out = [] if self._watermark.several() else self._overdue(rec.ts - 1)
             out.extend(self._on_exposure(rec))
             return out
-        if tag == "tick":  # exposure-path progress: passed on behind what came before
+        if type(rec) is Progress:  # the exposure path's: passed on behind what came before
             # the key's event time: the minimum over its sources, held until as many as
             # announced have spoken (a grace deadline never passes on one process's
             # progress while another's valuation is still on its way)
@@ -547,6 +549,7 @@ class LimitsLogic:
             name = f"{rec.source}/{rec.counterparty}" if rec.source else ""
             out.append(Tick(ts=rec.ts, source=name, of=rec.of))
             return out
+        assert type(rec) is LimitUpdate  # what else reaches it is a bug
         return self._on_update(rec)
 
     def _overdue(self, now: int) -> list[Any]:
@@ -804,7 +807,7 @@ def rejection_alert(reason: str, detail: str, evidence: str, ts: int, scope: Sco
     )
 
 
-def route_update(upd: LimitUpdate, ts: int) -> tuple[str, tuple[str, Any]] | RiskAlert:
+def route_update(upd: LimitUpdate, ts: int) -> tuple[str, LimitUpdate] | RiskAlert:
     """The limits key a verified update goes to, or a rejection alert."""
     try:
         key, _lv, _n = parse_limit_path(upd.limit_path)
@@ -814,5 +817,5 @@ def route_update(upd: LimitUpdate, ts: int) -> tuple[str, tuple[str, Any]] | Ris
     if upd.kind not in KINDS:
         return rejection_alert("bad_kind", f"kind must be one of {KINDS}; got {upd.kind!r}",
                                upd.update_id, ts, Scope(kind=ScopeKind.FIRM, value="*"))
-    return key, ("upd", upd)
+    return key, upd
 

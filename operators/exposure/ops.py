@@ -396,7 +396,7 @@ def enforce_limits(
     config.validate(f"step '{step_id}'")
 
     def key_exposures(es: list[Any]) -> list[Any]:
-        return [(e.counterparty, ("exp", e)) if type(e) is Exposure else DeadLetter.of(
+        return [(e.counterparty, e) if type(e) is Exposure else DeadLetter.of(
             topic="exposure", ts=clock(), reason="unexpected_type", expected="exposure",
             found=type(e).__name__, step=step_id,
             raw=encode(e) if hasattr(e, "__struct_fields__") else b"") for e in es]
@@ -404,7 +404,7 @@ def enforce_limits(
     streams = [op.flat_map_batch("key_exp", exposures, key_exposures)]
     if progress is not None:
         streams.append(op.flat_map_batch(
-            "key_progress", progress, lambda ps: [(p.counterparty, ("tick", p)) for p in ps]))
+            "key_progress", progress, lambda ps: [(p.counterparty, p) for p in ps]))
     if updates is not None:
         streams.append(op.flat_map("verify", updates, partial(_verify_update, verifier, clock)))
     merged = op.merge("merge", *streams) if len(streams) > 1 else streams[0]
