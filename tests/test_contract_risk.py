@@ -57,7 +57,8 @@ def _with_ticks(items: list[Any], every: int = 15) -> list[Any]:
     out: list[Any] = []
     for k, it in enumerate(items):
         if k and k % every == 0:
-            out.append(("tick", it[1], "", Tick(ts=it[3].ts, source="p")))
+            out.append(it._replace(role="tick", target="", record=Tick(ts=it.record.ts,
+                                                                       source="p")))
         out.append(it)
     return out
 

@@ -150,3 +150,20 @@ def test_states_not_declared_persisted_pass_as_they_are() -> None:
     plain = {"ids": [1, 2]}
     assert encode_snapshot(plain) is plain and decode_snapshot(plain) is plain
     assert encode_snapshot(None) is None and decode_snapshot(None) is None
+
+
+def test_a_shards_held_items_restore_as_items_with_their_records_typed() -> None:
+    """Stage-1 items waiting for the watermark come back as :class:`Item` (a run of plain
+    marks as a list of records), so the resumed shard reads them by name."""
+    from riskguard.operators.core.snapshot import decode_snapshot, encode_snapshot
+    from riskguard.operators.exposure.routing import Item
+    from riskguard.operators.exposure.shard_state import ShardState
+    from riskguard.schemas import Trade
+
+    t = Trade(id="t", venue="v", instrument="I", ts=1, price=1.0, qty=1.0, side="buy")
+    st = ShardState(held=[(1, 1, Item("marks", "s0", "", [t]), -1),
+                          (2, 2, Item("fill", "s0", "I", t), 5)])
+    back = decode_snapshot(encode_snapshot(st))
+    assert back.held == st.held
+    assert [(type(h[2]), h[2].role, type(h[2].record)) for h in back.held] == [
+        (Item, "marks", list), (Item, "fill", Trade)]

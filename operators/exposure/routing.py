@@ -11,7 +11,7 @@ import functools
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar
 
 import msgspec
 from riskguard.operators.core.clock import Tick
@@ -74,12 +74,27 @@ def shard_keys(shards: int, prefix: str = "") -> tuple[str, ...]:
     return tuple(f"{prefix}s{k}" for k in range(shards))
 
 
-Item = tuple[str, str, str, Any]
-"""A stage-1 item: ``(role, shard_key, target, record)``."""
+R = TypeVar("R")
 
-StageRecord = (Trade | Quote | IndexPrice | OptionQuote | FundingRate | Fill | PositionSnapshot
-               | OpenOrders | Balance | FeatureVector | Tick | list[Trade | Quote | IndexPrice])
-HeldItem = tuple[str, str, str, StageRecord]
+
+class Item(NamedTuple, Generic[R]):
+    """A stage-1 item: what ``record`` does at shard ``shard``.
+
+    ``role``: ``mark``, ``fx`` or ``vol`` (market data and features on ``target``, an
+    instrument or asset), ``marks`` (a run of plain marks, ``record`` a list), ``tick``,
+    or an own record: ``fill``, ``snap``, ``orders`` (on instrument ``target``) or ``bal``
+    (on asset ``target``)."""
+
+    role: str
+    shard: str
+    target: str
+    record: R
+
+
+StageRecord: TypeAlias = (
+    Trade | Quote | IndexPrice | OptionQuote | FundingRate | Fill | PositionSnapshot
+    | OpenOrders | Balance | FeatureVector | Tick | list[Trade | Quote | IndexPrice])
+HeldItem: TypeAlias = Item[StageRecord]
 """A stage-1 item as a shard's snapshot holds it: the record typed, so that it
 restores as the record it was (a run of plain marks is a list)."""
 
@@ -167,7 +182,7 @@ class Router:
                      if self.place is not None else "", found=name, step=self.step, now=now)
 
     def route(self, ev: Any, now: int = 0) -> list[tuple[str, Item]] | DeadLetter:
-        """Where ``ev`` goes in stage 1: ``[(key, (role, key, target, record))]``.
+        """Where ``ev`` goes in stage 1: ``[(key, Item(role, key, target, ev))]``.
 
         Our own records (fills, snapshots, orders, balances) for an undeclared
         instrument or asset are dead letters. Market data for instruments we do
@@ -182,9 +197,9 @@ class Router:
             routes = self._market.get(ck)
             if routes is None:
                 routes = self._market[ck] = self._market_routes(*ck)
-            return [(k, (role, k, target, ev)) for k, role, target in routes]
+            return [(k, Item(role, k, target, ev)) for k, role, target in routes]
         if t is Tick:  # event-time progress: every shard re-values what moved before it
-            return [(k, ("tick", k, "", ev)) for k in self._all_keys]
+            return [(k, Item("tick", k, "", ev)) for k in self._all_keys]
         role = _OWN_ROLES.get(t)
         if role is not None:
             key = self._inst_key.get(ev.instrument)
@@ -194,7 +209,7 @@ class Router:
                 return _dead(ev, "unknown_instrument", path="$.instrument",
                              expected="a declared instrument", found=ev.instrument,
                              step=self.step, now=now)
-            return [(key, (role, key, ev.instrument, ev))]
+            return [(key, Item(role, key, ev.instrument, ev))]
         if t is Balance:
             if not self.reg.convertible(ev.asset):
                 return _dead(ev, "missing_fx", path="$.asset",
@@ -203,13 +218,13 @@ class Router:
             if not self._owns("a:" + ev.asset):
                 return self._not_owned(ev, "$.asset", ev.asset, now)
             key = self.asset_key(ev.asset)
-            return [(key, ("bal", key, ev.asset, ev))]
+            return [(key, Item("bal", key, ev.asset, ev))]
         if t is FeatureVector:
             inst = ev.key.rsplit("/", 1)[-1]
             key = self._inst_key.get(inst)
             if key is None or self.config.vol_feature not in ev.values:
                 return []
-            return [(key, ("vol", key, inst, ev))]
+            return [(key, Item("vol", key, inst, ev))]
         return _dead(ev, "unexpected_type", path="$.type",
                      expected="fill, position, open_orders, balance, features or market data",
                      found=type(ev).__name__, step=self.step, now=now)
@@ -218,7 +233,7 @@ class Router:
         """A whole input batch: one ``(key, [items])`` pack per shard, plus dead letters.
 
         Consecutive plain marks (trades, index prices and quotes of an instrument that is
-        nobody's FX index and not an option) travel as one ``("marks", key, "", [records])``
+        nobody's FX index and not an option) travel as one ``Item("marks", key, "", [records])``
         item per run, which stage 1 applies whole-array; everything else is one
         :data:`Item` per record, in order.
         """
@@ -238,9 +253,9 @@ class Router:
                     run = runs[k] = [ev]
                     pack = packs.get(k)
                     if pack is None:
-                        packs[k] = [("marks", k, "", run)]
+                        packs[k] = [Item("marks", k, "", run)]
                     else:
-                        pack.append(("marks", k, "", run))
+                        pack.append(Item("marks", k, "", run))
                     continue
             r = route(ev, now)
             if type(r) is list:

@@ -38,7 +38,7 @@ def note_first(acc: Pending, items: Sequence[Any]) -> None:
     """Ticked mode: the receive time of the first record since the last tick."""
     if acc.first_recv is None and items:
         it = items[0]
-        ev = it[3][0] if it[0] == "marks" else it[3]
+        ev = it.record[0] if it.role == "marks" else it.record
         acc.first_recv = getattr(ev, "recv_ts", None)
 
 
@@ -47,21 +47,21 @@ OWN_ITEM_ROLES = frozenset(("fill", "snap", "orders", "bal"))
 
 def item_ts(it: Item) -> int:
     """Event time of a stage-1 item (a run of plain marks: its first mark's)."""
-    return it[3][0].ts if it[0] == "marks" else it[3].ts
+    return it.record[0].ts if it.role == "marks" else it.record.ts
 
 
 def split_at(items: list[Item], due: int) -> tuple[list[Item], list[Item] | None]:
     """``items`` before the first record (or tick) with ``ts >= due``, and the rest from
     it (``None``: none reaches ``due``); a run of plain marks is split inside."""
     for n, it in enumerate(items):
-        if it[0] == "marks":
-            run = it[3]
+        if it.role == "marks":
+            run = it.record
             m = next((x for x, e in enumerate(run) if e.ts >= due), -1)
             if m < 0:
                 continue
-            head = [*items[:n], ("marks", it[1], it[2], run[:m])] if m else items[:n]
-            return head, [("marks", it[1], it[2], run[m:]), *items[n + 1:]]
-        if it[3].ts >= due:
+            head = [*items[:n], it._replace(record=run[:m])] if m else items[:n]
+            return head, [it._replace(record=run[m:]), *items[n + 1:]]
+        if it.record.ts >= due:
             return items[:n], items[n:]
     return items, None
 

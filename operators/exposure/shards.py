@@ -202,7 +202,7 @@ class ShardLogic(ShardValuation):
         how they were cut into batches. A record is before a tick when its ``ts`` is
         smaller (the tick is made by the first record at or past its ``ts``)."""
         st = self.state
-        tick_recs = sorted((it[3] for it in items if it[0] == "tick"), key=lambda t: t.ts)
+        tick_recs = sorted((it.record for it in items if it.role == "tick"), key=lambda t: t.ts)
         ticks = [t.ts for t in tick_recs]
         # the processes' watermark after each tick: with several, every one ticks each
         # bucket, so the shard re-values once per bucket (at the slowest's tick)
@@ -212,7 +212,7 @@ class ShardLogic(ShardValuation):
         if not ticks and not holding:
             return self._apply_segment(items)
         if not st.key:
-            self._init(items[0][1])
+            self._init(items[0].shard)
         bounds: list[int] = ticks
         if holding:
             items, bounds = self._admit(items, ticks, wms)
@@ -257,13 +257,13 @@ class ShardLogic(ShardValuation):
                 segments[k].append(it)
 
         for it in items:
-            role = it[0]
+            role = it.role
             if role == "tick":
                 continue
             if role != "marks":
-                put(segment_of(it[3].ts), it)
+                put(segment_of(it.record.ts), it)
                 continue
-            run = it[3]
+            run = it.record
             times = [ev.ts for ev in run]
             k = segment_of(min(times))
             if k == segment_of(max(times)):  # the whole run in one segment
@@ -273,7 +273,7 @@ class ShardLogic(ShardValuation):
             for ev, ts in zip(run, times, strict=True):
                 parts.setdefault(segment_of(ts), []).append(ev)
             for k, evs in parts.items():
-                put(k, ("marks", it[1], it[2], evs))
+                put(k, it._replace(record=evs))
         return segments
 
     def _at_tick(self, tick_ts: int, wm: int, tick: Tick) -> list[Any]:
@@ -306,7 +306,7 @@ class ShardLogic(ShardValuation):
         st = self.state
         st.arrivals += 1
         due = -1
-        if self.wall_clock is not None and it[0] in OWN_ITEM_ROLES:
+        if self.wall_clock is not None and it.role in OWN_ITEM_ROLES:
             due = self.wall_clock() + self.config.max_hold_ns
             if self._held_due is None or due < self._held_due:
                 self._held_due = due
@@ -352,14 +352,14 @@ class ShardLogic(ShardValuation):
                 out.extend(self._flush_fast())
                 rest = tail
                 continue
-            k = next((n for n, it in enumerate(rest) if it[0] in OWN_ITEM_ROLES), -1) \
+            k = next((n for n, it in enumerate(rest) if it.role in OWN_ITEM_ROLES), -1) \
                 if step else -1
             head = rest if k < 0 else rest[:k + 1]
             note_first(acc, head)
             out.extend(self._apply(head, acc))
             if k < 0:
                 return out
-            ev = rest[k][3]
+            ev = rest[k].record
             st.fast_due = (ev.ts // step + 1) * step
             st.fast_recv = getattr(ev, "recv_ts", None)
             if self.wall_clock is not None:
@@ -428,7 +428,7 @@ class ShardLogic(ShardValuation):
         """
         st = self.state
         if not st.key and items:
-            self._init(items[0][1])
+            self._init(items[0].shard)
         out: list[Any] = []
         col = self._col
         changed = acc.changed
