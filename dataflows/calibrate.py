@@ -234,29 +234,11 @@ def calibrate(
     if objective not in ("f1", "recall"):
         raise ConfigError("calibrate.objective", "f1 or recall", objective)
     grid = check_grid(DEFAULT_GRID if grid is None else grid)
-    w = Path(work)
-    w.mkdir(parents=True, exist_ok=True)
+    (w := Path(work)).mkdir(parents=True, exist_ok=True)
     recs = sorted(records, key=lambda r: r.ts)
-    if not recs:
-        raise ConfigError("calibrate.data", "at least one record", 0)
-    t0, t1 = recs[0].ts, recs[-1].ts
-    split = t0 + int((t1 - t0) * train_frac)
-    # The training fold: records strictly before the split; labels that start
-    # before it, clipped to it. Nothing later is passed to the search.
-    train = [r for r in recs if r.ts < split]
-    train_labels = [Label(lab.kind, lab.scope, lab.start_ns, min(lab.end_ns, split - 1))
-                    for lab in labels if lab.start_ns < split]
-    if objective == "f1" and not train_labels:
-        inside = sum(1 for lab in labels if t0 <= lab.start_ns <= t1)
-        raise ConfigError(
-            "calibrate.labels",
-            "a labelled incident in the training fold: F1 means nothing on data with no "
-            f"incident ({inside} of {len(labels)} labels start inside the data, none before "
-            f"the split at {train_frac:.0%} of its span); add labels or calibrate with "
-            "--objective recall and a false-alarm budget", len(train_labels))
+    split, train, train_labels = _training_fold(recs, labels, train_frac, objective)
     base = config_doc(config)
-    cfg0, _ = _load(base, w, "defaults")
-    signer, trust = load_keys(cfg0)
+    signer, trust = load_keys(_load(base, w, "defaults")[0])
     cands = [{}, *expand_grid(grid)]
     # every candidate decodes before any runs: a bad value stops the search at once
     loaded = [_load(apply_overrides(base, over), w, f"candidate-{i}")
@@ -274,27 +256,58 @@ def calibrate(
             best = (key, i)
     assert best is not None
     chosen = cands[best[1]]
-    chosen_doc = apply_overrides(base, chosen)
-    held: dict[str, Any] = {}
-    for name, over in (("defaults", {}), ("chosen", chosen)):
-        cfg, digest = _load(apply_overrides(base, over), w, f"heldout-{name}")
-        res = runner(cfg, digest, records=recs, signer=signer, trust=trust,
-                     batch_size=batch_size)
-        held[name] = score(res, labels, start_ns=split, objective=objective,
-                           fa_budget=fa_budget)
-        if not any(lab.start_ns >= split for lab in labels):
-            # no incident held out: an F1 there would be a number about nothing
-            held[name] = {**held[name], "f1": None, "objective": None,
-                          "note": "no labelled incident in the held-out fold"}
+    held = {name: _held_out(apply_overrides(base, over), w, name, recs, labels, split,
+                            runner=runner, keys=(signer, trust), batch_size=batch_size,
+                            objective=objective, fa_budget=fa_budget)
+            for name, over in (("defaults", {}), ("chosen", chosen))}
     (w / "calibrated.toml").write_text(
         "# written by riskguard calibrate (time-ordered split; see calibration.json)\n"
-        + dump_toml(chosen_doc))
+        + dump_toml(apply_overrides(base, chosen)))
     return {"split_ns": split, "train_frac": train_frac, "objective": objective,
             "fa_budget": fa_budget, "train_records": len(train), "records": len(recs),
             "train_labels": len(train_labels), "held_out_labels": sum(
                 1 for lab in labels if lab.start_ns >= split),
             "chosen": chosen, "chosen_index": best[1], "candidates": rows, "held_out": held,
             "calibrated_config": str(w / "calibrated.toml")}
+
+
+def _training_fold(recs: list[Any], labels: Sequence[Label], train_frac: float,
+                   objective: str) -> tuple[int, list[Any], list[Label]]:
+    """The split time, and the training fold: records strictly before it; labels that
+    start before it, clipped to it. Nothing later is passed to the search."""
+    if not recs:
+        raise ConfigError("calibrate.data", "at least one record", 0)
+    t0, t1 = recs[0].ts, recs[-1].ts
+    split = t0 + int((t1 - t0) * train_frac)
+    train = [r for r in recs if r.ts < split]
+    train_labels = [Label(lab.kind, lab.scope, lab.start_ns, min(lab.end_ns, split - 1))
+                    for lab in labels if lab.start_ns < split]
+    if objective == "f1" and not train_labels:
+        inside = sum(1 for lab in labels if t0 <= lab.start_ns <= t1)
+        raise ConfigError(
+            "calibrate.labels",
+            "a labelled incident in the training fold: F1 means nothing on data with no "
+            f"incident ({inside} of {len(labels)} labels start inside the data, none before "
+            f"the split at {train_frac:.0%} of its span); add labels or calibrate with "
+            "--objective recall and a false-alarm budget", len(train_labels))
+    return split, train, train_labels
+
+
+def _held_out(doc: dict[str, Any], work: Path, name: str, recs: list[Any],
+              labels: Sequence[Label], split: int, *, runner: Runner,
+              keys: tuple[Any, Any], batch_size: int, objective: str,
+              fa_budget: float | None) -> dict[str, Any]:
+    """The scores of config ``doc`` on the held-out fold (every record, scored from
+    ``split``)."""
+    cfg, digest = _load(doc, work, f"heldout-{name}")
+    res = runner(cfg, digest, records=recs, signer=keys[0], trust=keys[1],
+                 batch_size=batch_size)
+    held = score(res, labels, start_ns=split, objective=objective, fa_budget=fa_budget)
+    if not any(lab.start_ns >= split for lab in labels):
+        # no incident held out: an F1 there would be a number about nothing
+        held = {**held, "f1": None, "objective": None,
+                "note": "no labelled incident in the held-out fold"}
+    return held
 
 
 def read_records(data: Sequence[str | Path], venue: str = "file",

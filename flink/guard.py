@@ -238,24 +238,8 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
 
     worker_processes()
     cfg, _digest = load_guard_config(config)
-    conf = Configuration()
-    # a watermark reaches the segment between bundles: small ones keep output prompt
-    conf.set_string("python.fn-execution.bundle.time", "100")
-    conf.set_string("pipeline.auto-watermark-interval", "50 ms")
-    if checkpoints:
-        conf.set_string("execution.checkpointing.dir", checkpoints)
-        conf.set_string("execution.checkpointing.externalized-checkpoint-retention",
-                        "RETAIN_ON_CANCELLATION")
-    else:
-        # without a folder Flink keeps checkpoints in the JobManager's memory, at most
-        # 5 MiB a state handle: the segment's snapshot of a backlog is larger, its
-        # checkpoint fails and the job restarts from the start, over and over
-        conf.set_string("execution.checkpointing.dir", scratch_checkpoints())
-    if restore == "latest":
-        restore = latest_checkpoint(checkpoints) if checkpoints else None
-    if restore:
-        conf.set_string("execution.state-recovery.path", restore)
-    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    env = StreamExecutionEnvironment.get_execution_environment(
+        _job_configuration(Configuration(), checkpoints, restore))
     if parallelism is not None:
         env.set_parallelism(parallelism)
     env.set_python_executable(sys.executable)
@@ -279,6 +263,34 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
     out = keyed(msgs).process(TickSegment(ref, plan, tick_ms, commit_ms=interval_ms),
                               output_type=ROW).uid("riskguard_guard").name("riskguard_guard")
     tables.create_temporary_view("riskguard_out", tables.from_data_stream(out))
+    _kafka_sinks(tables, cfg)
+    env.execute(f"riskguard guard {cfg.env}")
+
+
+def _job_configuration(conf: Any, checkpoints: str | None, restore: str | None) -> Any:
+    """``conf`` set for the guard's job: prompt watermarks, and where checkpoints go and
+    which one the job restores (``restore="latest"``: the newest in ``checkpoints``)."""
+    # a watermark reaches the segment between bundles: small ones keep output prompt
+    conf.set_string("python.fn-execution.bundle.time", "100")
+    conf.set_string("pipeline.auto-watermark-interval", "50 ms")
+    if checkpoints:
+        conf.set_string("execution.checkpointing.dir", checkpoints)
+        conf.set_string("execution.checkpointing.externalized-checkpoint-retention",
+                        "RETAIN_ON_CANCELLATION")
+    else:
+        # without a folder Flink keeps checkpoints in the JobManager's memory, at most
+        # 5 MiB a state handle: the segment's snapshot of a backlog is larger, its
+        # checkpoint fails and the job restarts from the start, over and over
+        conf.set_string("execution.checkpointing.dir", scratch_checkpoints())
+    if restore == "latest":
+        restore = latest_checkpoint(checkpoints) if checkpoints else None
+    if restore:
+        conf.set_string("execution.state-recovery.path", restore)
+    return conf
+
+
+def _kafka_sinks(tables: Any, cfg: GuardConfig) -> None:
+    """One Kafka table per output stream, each fed the segment's rows for it."""
     sinks = tables.create_statement_set()
     for name in OUTPUT_STREAMS:
         table = f"riskguard_{name}"
@@ -291,7 +303,6 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
         sinks.add_insert_sql(f"INSERT INTO {table} SELECT ENCODE(src, 'UTF-8'), v "
                              f"FROM riskguard_out WHERE port = '{name}'")
     sinks.attach_as_datastream()
-    env.execute(f"riskguard guard {cfg.env}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,7 +33,6 @@ def _run(args: argparse.Namespace) -> int:
     from riskguard.operators.audit import (  # noqa: PLC0415
         ReplicaWatchConfig,
         ReplicaWatchLogic,
-        decode_item,
     )
     from riskguard.operators.core.metrics import start_metrics_server_from_env  # noqa: PLC0415
 
@@ -55,28 +54,8 @@ def _run(args: argparse.Namespace) -> int:
     alerts = _Alerts(Producer(settings.client_config()) if args.alerts_topic else None,
                      args.alerts_topic)
     logic = ReplicaWatchLogic(config, keys=trust.checkpoint_key)
-    unreadable = 0
-    last_message = last_tick = time.monotonic()
     try:
-        while args.idle_timeout is None or time.monotonic() - last_message < args.idle_timeout:
-            m = consumer.poll(0.2)
-            now = time.monotonic()
-            if m is not None and m.error() is None:
-                last_message = now
-                try:
-                    item = decode_item(m.value() or b"", f"{topic}[{m.partition()}]"
-                                                         f"@{m.offset()}")
-                except Exception:  # not an audit item: counted, never the end of the watch
-                    unreadable += 1
-                    continue
-                raised = logic.on_event(item)
-                if args.from_beginning or (m.offset() or 0) >= ends.get(m.partition() or 0, 0):
-                    alerts.emit(raised)
-            if now - last_tick >= _TICK_S:
-                last_tick = now
-                alerts.emit(logic.on_event(None))
-            alerts.check()
-        alerts.emit(logic.on_event(None))
+        unreadable = _watch(consumer, logic, alerts, args, topic, ends)
     finally:
         consumer.close()
         alerts.close()
@@ -85,6 +64,37 @@ def _run(args: argparse.Namespace) -> int:
                **{f"records.{k}": v for k, v in attested.items()}, "unreadable": unreadable}
     sys.stdout.write("SUMMARY " + json.dumps(summary, sort_keys=True) + "\n")
     return 0
+
+
+def _watch(consumer: Any, logic: Any, alerts: _Alerts, args: argparse.Namespace, topic: str,
+           ends: dict[int, int]) -> int:
+    """Feed the audit topic's items to ``logic`` until idle for ``--idle-timeout`` (or
+    for ever), ticking it each second; its alerts go out (those about what was written
+    before the watch began only with ``--from-beginning``). Returns how many messages
+    were no audit item."""
+    from riskguard.operators.audit import decode_item  # noqa: PLC0415
+
+    unreadable = 0
+    last_message = last_tick = time.monotonic()
+    while args.idle_timeout is None or time.monotonic() - last_message < args.idle_timeout:
+        m = consumer.poll(0.2)
+        now = time.monotonic()
+        if m is not None and m.error() is None:
+            last_message = now
+            try:
+                item = decode_item(m.value() or b"", f"{topic}[{m.partition()}]@{m.offset()}")
+            except Exception:  # not an audit item: counted, never the end of the watch
+                unreadable += 1
+                continue
+            raised = logic.on_event(item)
+            if args.from_beginning or (m.offset() or 0) >= ends.get(m.partition() or 0, 0):
+                alerts.emit(raised)
+        if now - last_tick >= _TICK_S:
+            last_tick = now
+            alerts.emit(logic.on_event(None))
+        alerts.check()
+    alerts.emit(logic.on_event(None))
+    return unreadable
 
 
 class _Alerts:

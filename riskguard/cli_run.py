@@ -436,9 +436,6 @@ def _summary(c: Counts, elapsed_s: float, how: str, spent: str = "") -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bytewax.recovery import RecoveryConfig  # noqa: PLC0415
-    from bytewax.run import cli_main  # noqa: PLC0415  (what python -m bytewax.run calls)
-
     from riskguard.cli import STARTED, reach_kafka  # noqa: PLC0415  (imports this module)
     from riskguard.dataflows.guard import apply_gc_policy  # noqa: PLC0415  (heavy imports)
     from riskguard.dataflows.readiness import (  # noqa: PLC0415
@@ -473,30 +470,43 @@ def _run(args: argparse.Namespace) -> int:
         lambda: read_counts(cfg.topic("signals"), cfg.topic("commands")),
         args.status_every, out)
     first_last = FirstLast(lambda: read_counts("", "").events_in).start()
-    recovery = (RecoveryConfig(str(bw.recovery_directory), bw.backup_interval)
-                if bw.recovery_directory else None)
-    epoch = bw.snapshot_interval or (None if recovery else timedelta(seconds=10))
-    how, rc = "ended", 0
-    debug = logging.getLogger("riskguard").isEnabledFor(logging.DEBUG)
-    received: list[int] = []
+
+    def started() -> None:
+        _starting(out, _start_line(cfg, digest, config, signer.key_id, bw,
+                                   args.status_every), cfg, notes)
+        reporter.start()
+
     try:  # from the start line on, however it ends, it ends with the summary
-        with _stop_signals(received), _without_panic_reports(not debug):
-            _starting(out, _start_line(cfg, digest, config, signer.key_id, bw,
-                                       args.status_every), cfg, notes)
-            reporter.start()
-            cli_main(flow, workers_per_process=1, process_id=None, addresses=None,
-                     epoch_interval=epoch, recovery_config=recovery)
-    except KeyboardInterrupt as err:
-        how, rc = ("stopped (SIGTERM)", 143) if isinstance(err, Stopped) else ("interrupted",
-                                                                              130)
-    except Exception as err:
-        how, rc = _stopped_by(err, received, debug=debug)
+        how, rc = _serve(flow, bw, started)
     finally:
         reporter.stop()
         first_last.stop()
     _end(out, reporter.counts(), how, STARTED, first_last,
          summary_lines(readiness(watch, cfg)) if watch.keys else [])
     return rc
+
+
+def _serve(flow: Any, bw: Any, started: Callable[[], Any]) -> tuple[str, int]:
+    """Run ``flow`` on bytewax in this process (``started`` once the signals are set),
+    until it ends or is stopped; how it ended, and the exit code."""
+    from bytewax.recovery import RecoveryConfig  # noqa: PLC0415
+    from bytewax.run import cli_main  # noqa: PLC0415  (what python -m bytewax.run calls)
+
+    recovery = (RecoveryConfig(str(bw.recovery_directory), bw.backup_interval)
+                if bw.recovery_directory else None)
+    epoch = bw.snapshot_interval or (None if recovery else timedelta(seconds=10))
+    debug = logging.getLogger("riskguard").isEnabledFor(logging.DEBUG)
+    received: list[int] = []
+    try:
+        with _stop_signals(received), _without_panic_reports(not debug):
+            started()
+            cli_main(flow, workers_per_process=1, process_id=None, addresses=None,
+                     epoch_interval=epoch, recovery_config=recovery)
+    except KeyboardInterrupt as err:
+        return ("stopped (SIGTERM)", 143) if isinstance(err, Stopped) else ("interrupted", 130)
+    except Exception as err:
+        return _stopped_by(err, received, debug=debug)
+    return "ended", 0
 
 
 def _end(out: TextIO, counts: Counts, how: str, started: float, first_last: FirstLast,

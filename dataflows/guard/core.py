@@ -215,84 +215,94 @@ def guard_core(
     tick_sources: int = 0,
     watch: Any = None,
 ) -> GuardOut:
-    """The whole guard over a stream of decoded records, whatever their source.
+    """The whole guard over a stream of decoded records, whatever their source (Kafka,
+    files, generators): the single implementation of the guard logic.
 
-    The live flow feeds it from Kafka; backtests and stress runs feed it from
-    files or generators. It is the single implementation of the guard logic.
-    ``seq_floor`` is the signing step's (the highest seq already delivered);
-    ``audit_resume`` the audit step's (each chain's state on the audit topic,
-    :func:`~riskguard.connectors.audit_tail.read_chain_states`).
-    ``wall_clock`` (live runs only; a replay must not depend on wall time) lets a
-    fill's re-valuation boundary pass by wall time on a shard no later record reaches
-    (:func:`~riskguard.operators.exposure.ops.aggregate_exposure`). The firm process of
-    the market tier (``tier.role = "firm"``) sums the market processes' valuation parts
-    instead of valuing positions itself, and has no market or trading records; its
-    anomaly signals come from them too. ``tick_sources``: how many event-time sources
-    this flow's own ticks count (1 for a live guard process, which the firm process adds
-    its market processes to; 0, unknown, for a replay). ``input_errs`` are the
-    source's dead letters (bad bytes, a record on the wrong topic, late or future
-    times): audited and passed on with the guard's own in ``dead_letters``. ``watch`` (a
-    :class:`~riskguard.dataflows.readiness.DetectorWatch`) is shown what the detectors are
-    fed, so a run can say which of them could fire, and when.
+    ``seq_floor``: the highest seq already delivered; ``audit_resume``: each audit
+    chain's state on the topic (:func:`~riskguard.connectors.audit_tail.read_chain_states`);
+    ``wall_clock`` (live runs only) lets a fill's re-valuation boundary pass by wall time
+    (:func:`~riskguard.operators.exposure.ops.aggregate_exposure`). The market tier's firm
+    process (``tier.role = "firm"``) sums the market processes' valuation parts and takes
+    their anomaly signals. ``tick_sources``: the event-time sources its own ticks count
+    (1 live, 0 unknown in a replay). ``input_errs``: the source's dead letters, audited
+    and passed on with the guard's own. ``watch``
+    (:class:`~riskguard.dataflows.readiness.DetectorWatch`) is shown what the detectors
+    are fed.
     """
-    # names past an [admission] cap go no further than the door: no keyed step holds
-    # state for them
+    # names past an [admission] cap go no further than the door
     admitted = admit_keys("admit", records, cfg=cfg, clock=clock)
-    records = admitted.oks
-    records, detected_in, ticks, own_ticks = _clock_of(records, cfg, clock, tick_sources)
+    records, detected_in, ticks, own_ticks = _clock_of(admitted.oks, cfg, clock, tick_sources)
     market, records, status, trading = split_inputs(records)
     updates, acks, verified, unhandled = _signed_inputs(records, cfg, trust, clock)
-    manual = verified.oks
     feed_alerts = _feed_monitor(status, ticks, cfg, clock)
-
     step_errs: list[Stream[DeadLetter]] = []
-    if detected_in is not None:
-        anomalies = first_of_each_id(detected_in, cfg.tier.recent_ids)
-        summed = sum_exposures("exposure", market_parts(detected_in, own_ticks, cfg),
-                               config=cfg.exposure)
-        exposures, exposure_alerts, progress = summed.exposures, summed.alerts, summed.progress
-    else:
-        anomalies, exposures, exposure_alerts, progress = _detect_and_value(
-            market, status, trading, ticks, cfg, clock, wall_clock, tick_sources, step_errs,
-            watch)
-    audience = Audience(env=cfg.env, topic=cfg.topic("limit_updates"))
-    limits = enforce_limits("limits", exposures, updates, config=cfg.limits,
-                            verifier=trust_verifier(trust, audience), clock=clock,
-                            progress=progress)
-
+    anomalies, exposures, exposure_alerts, progress = (
+        _from_market_processes(detected_in, own_ticks, cfg) if detected_in is not None
+        else _detect_and_value(market, status, trading, ticks, cfg, clock, wall_clock,
+                               tick_sources, step_errs, watch))
+    limits = enforce_limits(
+        "limits", exposures, updates, config=cfg.limits, clock=clock, progress=progress,
+        verifier=trust_verifier(trust, Audience(env=cfg.env, topic=cfg.topic("limit_updates"))))
     signals = op.flat_map_batch("observe_signals", op.merge(
         "signals", anomalies, exposure_alerts, limits.breaches, limits.alerts, feed_alerts,
-        admitted.alerts,
-    ), observe_all)
+        admitted.alerts), observe_all)
+    signed, errs, audit = _decide(
+        signals, limits.ticks, verified.oks, acks.oks, cfg=cfg, cfg_hash=cfg_hash, clock=clock,
+        wall_clock=wall_clock, signer=signer, seq_floor=seq_floor, audit_resume=audit_resume,
+        errs_before=[admitted.errs, *step_errs, limits.errs],
+        errs_after=[verified.errs, acks.errs, unhandled,
+                    *([input_errs] if input_errs is not None else [])])
+    return GuardOut(
+        commands=op.map("observe_commands", signed, _observe_command(clock)),
+        audit=audit, signals=signals, dead_letters=errs,
+        exposures=op.flat_map_batch("observe_exposures", op.merge(
+            "exp_util", exposures, limits.utilizations), observe_all))
+
+
+def _decide(signals: Stream[Any], ticks: Stream[Any], manual: Stream[Any],
+            acks: Stream[Any], *, cfg: GuardConfig, cfg_hash: str, clock: Clock,
+            wall_clock: Clock | None, signer: Signer, seq_floor: int | None,
+            audit_resume: dict[str, AuditState] | None,
+            errs_before: list[Stream[DeadLetter]], errs_after: list[Stream[DeadLetter]],
+            ) -> tuple[Stream[SignedEnvelope], Stream[DeadLetter], Stream[Any]]:
+    """The playbook, signing and the audit log: the signed commands, every dead letter
+    (the playbook's and the signer's between ``errs_before`` and ``errs_after``) and the
+    audit records of the signals, commands, acks and dead letters."""
     # The playbook's clock: the ticks as the exposure path passes them on (valuation,
     # counterparty, firm, limits), not as the sources make them. In a backlog that path's
     # queues are the longest, and a breach must not reach the playbook after time has
     # moved past it.
     planned = plan_mitigation(
-        "playbook", op.merge("playbook_in", signals, limits.ticks, manual, acks.oks),
+        "playbook", op.merge("playbook_in", signals, ticks, manual, acks),
         config=cfg.playbook, clock=clock, wall_clock=wall_clock,
     )
-    commands = planned.oks
-    signed = sign_commands("sign", commands, signer, config=cfg.sign, seq_floor=seq_floor)
+    signed = sign_commands("sign", planned.oks, signer, config=cfg.sign, seq_floor=seq_floor)
+    errs: Stream[DeadLetter] = op.flat_map_batch("observe_errs", op.merge(
+        "errs", *errs_before, planned.errs, signed.errs, *errs_after), observe_all)
+    audit_cfg = msgspec.structs.replace(cfg.audit, config_hash=cfg_hash)
+    audit = op.flat_map_batch("observe_audit", audit_log(
+        "audit", op.merge("decisions", signals, planned.oks, acks, errs), signer=signer,
+        config=audit_cfg, resume=audit_resume), observe_all)
+    return signed.oks, errs, audit
 
-    def observe_command(env: SignedEnvelope) -> SignedEnvelope:
+
+def _from_market_processes(detected_in: Stream[Any], own_ticks: Stream[Any],
+                           cfg: GuardConfig,
+                           ) -> tuple[Stream[Any], Stream[Any], Stream[Any], Stream[Any]]:
+    """The firm process: the market processes' anomalies (each id once), and the
+    exposures, exposure alerts and progress summed from their valuation parts."""
+    anomalies = first_of_each_id(detected_in, cfg.tier.recent_ids)
+    summed = sum_exposures("exposure", market_parts(detected_in, own_ticks, cfg),
+                           config=cfg.exposure)
+    return anomalies, summed.exposures, summed.alerts, summed.progress
+
+
+def _observe_command(clock: Clock) -> Any:
+    """A map step counting each signed command (its action, scope kind and latency)."""
+
+    def observe(env: SignedEnvelope) -> SignedEnvelope:
         cmd = decode_command(env)
         record_command(cmd.action.value, cmd.scope.kind.value, cmd.recv_ts, clock())
         return env
 
-    out_cmds = op.map("observe_commands", signed.oks, observe_command)
-    errs: Stream[DeadLetter] = op.flat_map_batch("observe_errs", op.merge(
-        "errs", admitted.errs, *step_errs, limits.errs, planned.errs, signed.errs,
-        verified.errs, acks.errs, unhandled, *([input_errs] if input_errs is not None else []),
-    ), observe_all)
-    audit_cfg = msgspec.structs.replace(cfg.audit, config_hash=cfg_hash)
-    decisions = op.merge("decisions", signals, commands, acks.oks, errs)
-    audit = op.flat_map_batch(
-        "observe_audit", audit_log("audit", decisions, signer=signer, config=audit_cfg,
-                                  resume=audit_resume),
-        observe_all)
-    observed = op.flat_map_batch(
-        "observe_exposures", op.merge("exp_util", exposures, limits.utilizations),
-        observe_all)
-    return GuardOut(commands=out_cmds, audit=audit, signals=signals, exposures=observed,
-                    dead_letters=errs)
+    return observe
