@@ -93,8 +93,8 @@ def extract_features(step_id: str, up: Stream[Any], *, config: FeatureConfig,
 
     ``up`` carries unkeyed ``Trade``, ``Quote``, ``OptionQuote``,
     ``IndexPrice``, ``FundingRate`` and ``VenueStatus`` records. See the
-    module example. ``local_keys``: when each worker gets its own copy of
-    every index price and heartbeat (a broadcast source), it routes its copy
+    module example. ``local_keys``: when each market process gets its own copy
+    of every index price and heartbeat (a broadcast source), it routes its copy
     to its own keys only (see :func:`riskguard.operators.detection.features.route`).
     """
     config.validate(f"step {step_id!r}: features")
