@@ -214,8 +214,10 @@ class LimitLevel(StrEnum):
     HARD = "hard"
 
 
-class Utilization(Record, frozen=True, kw_only=True, tag="utilization"):
-    """A limit's current utilization and how its effective limit was derived."""
+class LimitReading(Record, frozen=True, kw_only=True):
+    """What one limit reads at ``ts``: the exposure it measures, its base and effective
+    limits, the utilization and its level (the fields :class:`Utilization` and
+    :class:`LimitBreach` share)."""
 
     limit_path: Name
     kind: Name
@@ -227,24 +229,19 @@ class Utilization(Record, frozen=True, kw_only=True, tag="utilization"):
     effective_limit: NonNegative
     utilization: NonNegative
     level: LimitLevel
+
+
+class Utilization(LimitReading, frozen=True, kw_only=True, tag="utilization"):
+    """A limit's current utilization and how its effective limit was derived."""
+
     latched: bool = False
     inputs: dict[str, Finite] = {}
 
 
-class LimitBreach(Record, frozen=True, kw_only=True, tag="limit_breach"):
+class LimitBreach(LimitReading, frozen=True, kw_only=True, tag="limit_breach"):
     """A limit crossed its breach or hard level (or cleared it: ``level == ok``)."""
 
     id: RecordId
-    limit_path: Name
-    kind: Name
-    scope: Scope
-    ts: Nanos
-    recv_ts: Nanos | None = None
-    exposure: Finite
-    base_limit: NonNegative
-    effective_limit: NonNegative
-    utilization: NonNegative
-    level: LimitLevel
     severity: Severity
     inputs: dict[str, Finite] = {}
     evidence_ids: list[RecordId] = []
