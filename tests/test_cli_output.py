@@ -256,16 +256,21 @@ def test_demo_interrupted_removes_its_work_dir_and_stops_its_broker(tmp_path: Pa
     it started stopped."""
     temp = tmp_path / "tmp"
     temp.mkdir()
+    # as a terminal starts it: a shell's background job (a suite run with &) ignores
+    # SIGINT, and a child inherits that
     proc = subprocess.Popen([*CLI, "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=_env(TMPDIR=str(temp)))
+                            text=True, env=_env(TMPDIR=str(temp)),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout is not None
     proc.stdout.readline()  # dev broker ... on ...
     work = proc.stdout.readline()
     assert work.startswith(f"work dir {temp}"), work
     pid = int((Path(work.split()[2]) / "broker" / "broker.pid").read_text())
+    masks = [line for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+             if line.startswith(("SigBlk", "SigIgn", "SigCgt"))]
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, (out, err)
+    assert proc.returncode == 130, (masks, out, err)
     assert err.strip() == "riskguard demo: interrupted", err
     assert list(temp.iterdir()) == []
     assert _stopped(pid), f"the demo's broker (pid {pid}) still runs"
