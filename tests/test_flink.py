@@ -151,6 +151,59 @@ def test_a_segment_gives_what_one_bytewax_worker_gives_batch_by_batch_and_resume
     assert again + [v for _n, v in resumed.eof()] == want[3:]
 
 
+def _gated_flow(market: list[Any], firm: list[Any]) -> Dataflow:
+    """A gate under one key that every record passes first, then two key domains."""
+
+    def count(st: int | None, x: int) -> tuple[int, tuple[int, int]]:
+        st = (st or 0) + 1
+        return st, (x, st)
+
+    flow = Dataflow("gated")
+    s = op.input("in", flow, TestingSource(list(range(12)), batch_size=4))
+    gated = op.stateful_map("gate", op.key_on("gate_key", s, lambda x: "all"),
+                            lambda st, x: (st, x))
+    vals = op.map("unkey", gated, lambda kv: kv[1])
+    op.output("m_out", op.stateful_map("market", op.key_on(
+        "m_key", vals, lambda x: f"m{x % 2}"), count), TestingSink(market))
+    op.output("f_out", op.stateful_map("firm", op.key_on(
+        "f_key", vals, lambda x: f"f{x % 3}"), count), TestingSink(firm))
+    return flow
+
+
+def test_a_cut_behind_a_gate_every_keyed_step_reads_after_crosses_once() -> None:
+    """A keyed step of the first side that every other keyed step reads after (an
+    admission gate) is where the input comes in: it runs on the first side, what it
+    passes is the one stream that crosses, and the second side reads the input for its
+    time. Fed the same batches, the two segments give what bytewax gives."""
+    from bytewax.testing import run_main
+    from riskguard.flink.plan import SegmentPlan
+
+    want_m: list[Any] = []
+    want_f: list[Any] = []
+    run_main(_gated_flow(want_m, want_f))
+    steps = {st.step_id: st for st in core_steps(_gated_flow([], []))}
+    first = frozenset(sid for sid, st in steps.items() if st.kind == "stateful_batch"
+                      and (".gate." in sid or ".market." in sid))
+    one, two = SegmentPlan.cut(steps, {"in": "records"}, first, route="firm")
+    gate = next(sid for sid in first if ".gate." in sid)
+    assert [sid for sid, _key in one.routes] == [steps[gate].downs["down"]]
+    assert gate in (one.step_ids or ()) and gate not in (two.step_ids or ())
+    assert [port for port, _sid, _d in two.inputs] == ["in", steps[gate].downs["down"]]
+    a = one.segment(one.steps_of(steps))
+    b = two.segment(two.steps_of({st.step_id: st for st in core_steps(_gated_flow([], []))}))
+    got: dict[str, list[Any]] = {}
+    for batch in ([0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], None):
+        made = a.feed({"in": batch}) if batch is not None else a.eof()
+        crossing: dict[str, list[Any]] = {}
+        for name, item in made:
+            (crossing if name in dict(one.routes) else got).setdefault(name, []).append(item)
+        more = b.feed(({"in": batch} if batch is not None else {}) | crossing)
+        for name, item in more + (b.eof() if batch is None else []):
+            got.setdefault(name, []).append(item)
+    assert sorted(got["m_out"]) == sorted(want_m)
+    assert sorted(got["f_out"]) == sorted(want_f)
+
+
 def _assert_decides_as(got: dict[str, list[Any]], want: Any) -> None:
     """A Flink segment's outputs are bytewax's: the same commands, signals and as many
     audit records."""
