@@ -311,7 +311,10 @@ class BacktestResult:
 
     ``prices`` holds each market's price sampled at most once per ``price_every_ns``
     (a trade's price, a quote's or book's mid, a bar's close, a funding or option record's
-    mark); ``ranges`` a bar's low and high beside its close (bars only). ``keys`` are the
+    mark); ``ranges`` a bar's low and high beside its close (bars only). Both are bounded:
+    a market's series keeps at most :data:`MAX_PRICE_POINTS` (past that, every other
+    point goes and its sampling interval doubles), and the first
+    :data:`MAX_PRICED_MARKETS` markets are sampled. ``keys`` are the
     markets of the input (``venue/instrument``, index prices aside). ``startup_s`` is the
     wall time before the first record entered the flow, ``process_s`` the rest.
     ``verified`` is each command's check against the trust file as an executor makes it
@@ -372,6 +375,13 @@ def price_of(rec: Any) -> tuple[float, float, float] | None:
     return px, px, px
 
 
+MAX_PRICE_POINTS = 50_000
+"""The most sampled prices a backtest keeps of one market (a month of trades at one a
+second would be 2.6 million)."""
+MAX_PRICED_MARKETS = 1_000
+"""The most markets whose prices a backtest samples (a report plots a few of them)."""
+
+
 class _Tap:
     """Input-side bookkeeping for the report: event count, span, markets, sampled prices
     (and bars' ranges), and when the first record came in (the end of start-up)."""
@@ -380,6 +390,7 @@ class _Tap:
         self.res = res
         self.every = every_ns
         self.last: dict[str, int] = {}
+        self.every_of: dict[str, int] = {}  # a market's interval, once its series thinned
         self.first_in: float | None = None
 
     def __call__(self, rec: Any) -> Any:
@@ -398,12 +409,26 @@ class _Tap:
         if not isinstance(rec, IndexPrice):
             res.keys.add(key)
         px = price_of(rec)
-        if px is not None and ts - self.last.get(key, -self.every) >= self.every:
-            self.last[key] = ts
-            res.prices.setdefault(key, []).append((ts, px[0]))
-            if type(rec) is Bar:
-                res.ranges.setdefault(key, []).append((ts, px[1], px[2]))
-                res.measures.setdefault(key, str(rec.measure))
+        if px is None:
+            return rec
+        last = self.last.get(key)
+        if last is None:
+            if len(self.last) >= MAX_PRICED_MARKETS:
+                return rec
+        elif ts - last < self.every_of.get(key, self.every):
+            return rec
+        self.last[key] = ts
+        series = res.prices.setdefault(key, [])
+        series.append((ts, px[0]))
+        if type(rec) is Bar:
+            ranges = res.ranges.setdefault(key, [])
+            ranges.append((ts, px[1], px[2]))
+            res.measures.setdefault(key, str(rec.measure))
+            if len(ranges) >= MAX_PRICE_POINTS:
+                ranges[:] = ranges[::2]
+        if len(series) >= MAX_PRICE_POINTS:
+            series[:] = series[::2]
+            self.every_of[key] = 2 * self.every_of.get(key, self.every)
         return rec
 
 

@@ -171,3 +171,26 @@ def test_a_volatility_index_runs_with_its_own_levels_through_the_backtest(defaul
     assert critical == {"deribit/BTC-PERPETUAL"}
     reduce = {c.scope.label() for c in res.commands if c.action.value == "reduce_only"}
     assert reduce == {"instrument:deribit/BTC-PERPETUAL"}
+
+
+def test_the_reports_price_series_stay_bounded_however_long_the_input(
+        default_config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A market's sampled prices thin out (every other point, the interval doubled) once
+    they reach the cap, still spanning the whole input; markets past the markets' cap
+    are counted but not sampled."""
+    from riskguard.dataflows import backtest
+
+    monkeypatch.setattr(backtest, "MAX_PRICE_POINTS", 64)
+    monkeypatch.setattr(backtest, "MAX_PRICED_MARKETS", 1)
+    cfg, digest = default_config
+    recs = bars(n_calm=900, crash_at=None)
+    other = [Bar(id=f"o{b.id}", venue="okx", instrument="BTC-USDT", ts=b.ts, start=b.start,
+                 interval_ns=MIN, open=b.open, high=b.high, low=b.low, close=b.close,
+                 price_only=True) for b in recs[:10]]
+    res = run_backtest(cfg, digest, records=sorted(recs + other, key=lambda r: r.ts))
+    (key,) = res.prices
+    series = res.prices[key]
+    assert key == "binance/BTCUSDT" and res.keys == {"binance/BTCUSDT", "okx/BTC-USDT"}
+    assert 32 <= len(series) < 64 and len(res.ranges[key]) < 64
+    assert series[0][0] == recs[0].ts and series[-1][0] >= recs[-1].ts - 32 * MIN
+    assert [t for t, _p in series] == sorted({t for t, _p in series})
