@@ -29,6 +29,7 @@ market record's decode.) Any other exception while decoding is a
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -114,8 +115,7 @@ class Codec:
         self.topic_max_bytes = dict(topic_max_bytes or {})
         self.clock = clock
         self._tags = {tag_of(t) for t in self.types}
-        union: Any = Union[self.types] if len(self.types) > 1 else self.types[0]  # noqa: UP007
-        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(union)
+        self._decoder: msgspec.json.Decoder[Any] = _decoder_of(self.types)
         # CachedName fields per type: checked after decoding, against the names seen
         self._name_fields = {t: f for t in self.types if (f := cached_name_fields(t))}
         # types whose values nest as deep as the input does: their depth is checked
@@ -280,6 +280,14 @@ class Codec:
         )
 
 
+@functools.cache
+def _decoder_of(types: tuple[type[Record], ...]) -> msgspec.json.Decoder[Any]:
+    """One decoder per set of types (a decoder holds no state: codecs may share it)."""
+    union: Any = Union[types] if len(types) > 1 else types[0]  # noqa: UP007
+    return msgspec.json.Decoder(union)
+
+
+@functools.cache
 def cached_name_fields(cls: type[Record]) -> tuple[str, ...]:
     """The fields of ``cls`` typed :data:`~riskguard.schemas.types.CachedName` (their
     pattern is in the JSON Schema, and the :class:`Codec` checks it after decoding).
@@ -298,6 +306,7 @@ def cached_name_fields(cls: type[Record]) -> tuple[str, ...]:
     return tuple(out)
 
 
+@functools.cache
 def has_free_form(cls: type[Record]) -> bool:
     """Whether ``cls`` holds values of any shape (``Any`` somewhere in its fields, or a
     type that contains itself): decoded, they nest as deep as the input does.
