@@ -256,11 +256,13 @@ def test_demo_interrupted_removes_its_work_dir_and_stops_its_broker(tmp_path: Pa
     it started stopped."""
     temp = tmp_path / "tmp"
     temp.mkdir()
-    # as a terminal starts it: a shell's background job (a suite run with &) ignores
-    # SIGINT, and a child inherits that
-    proc = subprocess.Popen([*CLI, "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=_env(TMPDIR=str(temp)),
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # as a terminal starts it, SIGINT at its default: a shell's background job (a suite
+    # run with &) ignores SIGINT, and a child inherits that (the same process execs)
+    at_default = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                  "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+    proc = subprocess.Popen([sys.executable, "-c", at_default, *CLI[1:], "demo"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=_env(TMPDIR=str(temp)))
     assert proc.stdout is not None
     proc.stdout.readline()  # dev broker ... on ...
     work = proc.stdout.readline()
