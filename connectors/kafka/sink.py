@@ -25,8 +25,15 @@ from riskguard.schemas.codec import encode
 
 from riskguard.errors import DeliveryError
 
-# Topics whose sink has raised in this process: once one has, the flow is failing.
-_FAILED_SINKS: set[str] = set()
+_FAILING: set[str] = set()  # what has raised in this process: the flow is failing
+
+
+def flow_failing(what: str) -> None:
+    """Note that ``what`` (a sink's topic, a source's partition) is about to raise: the
+    flow is failing, and the sinks closed while bytewax unwinds drop what they still
+    hold instead of raising again, which would abort the process before the first error
+    is reported (a restart from recovery writes it again)."""
+    _FAILING.add(what)
 
 
 class _SinkPartition(StatefulSinkPartition[tuple[bytes | None, bytes], None]):
@@ -75,7 +82,7 @@ class _SinkPartition(StatefulSinkPartition[tuple[bytes | None, bytes], None]):
                 f"reasons: {reasons or ['flush timeout']}"
             )
             self._failed = True
-            _FAILED_SINKS.add(self._topic)
+            flow_failing(self._topic)
             raise DeliveryError(msg, undelivered=total, reasons=reasons)
 
     def _flush(self) -> None:
@@ -86,10 +93,10 @@ class _SinkPartition(StatefulSinkPartition[tuple[bytes | None, bytes], None]):
         self._flush()
 
     def close(self) -> None:
-        # After a failure (of this or any sink in the process) bytewax closes the
+        # After a failure (of this sink, another, or a source) bytewax closes the
         # partitions while unwinding, some from destructors; raising again there
         # would abort the process instead of surfacing the first error.
-        if self._failed or _FAILED_SINKS:
+        if self._failed or _FAILING:
             self._producer.purge()
             self._producer.flush(0)
             return
@@ -130,7 +137,7 @@ class KafkaOutput(FixedPartitionedSink[tuple[bytes | None, bytes], None]):
         return ["kafka"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _SinkPartition:
-        _FAILED_SINKS.clear()  # a new execution starts healthy
+        _FAILING.clear()  # a new execution starts healthy
         config = self.settings.client_config()
         config.update({
             "enable.idempotence": True,

@@ -43,6 +43,7 @@ from riskguard.connectors.kafka.consumer import (
     list_partitions,
     stamp_of,
 )
+from riskguard.connectors.kafka.sink import flow_failing
 from riskguard.connectors.settings import KafkaSettings, as_settings
 from riskguard.operators.core.base import SplitOut, split_dead_letters
 from riskguard.operators.core.clock import Clock, system_clock
@@ -138,6 +139,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         if ends is None:
             since = _END_UNANSWERED.setdefault((bootstrap, self._clock), now)
             if now - since >= IDLE_PATIENCE * idle_eof:
+                flow_failing(f"{self._topic}[{self._idx}]")
                 raise BrokerError(
                     f"cannot confirm the end of input on topic {self._topic!r} partition "
                     f"{self._idx}: the broker at {bootstrap} has not answered for "
@@ -238,6 +240,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
             return True
         msg = (f"consuming Kafka topic {self._topic!r} partition {self._idx} near offset "
                f"{self._offset}: {err.str()}")
+        flow_failing(f"{self._topic}[{self._idx}]")
         raise BrokerError(msg)
 
     def _tombstone(self, off: int) -> DeadLetter:
