@@ -500,11 +500,12 @@ def page(poll_ms: int = 2000) -> bytes:
 
 
 class StatusServer:
-    """Serves ``/`` (the page), ``/api/status`` (JSON summary) and ``/healthz``."""
+    """Serves ``/`` (the page; ``body`` replaces it, e.g. with a measuring script added),
+    ``/api/status`` (JSON summary) and ``/healthz``."""
 
     def __init__(self, poller: StatusPoller, *, host: str = "127.0.0.1", port: int = 0,
-                 poll_ms: int = 2000) -> None:
-        body = page(poll_ms)
+                 poll_ms: int = 2000, body: bytes | None = None) -> None:
+        body = page(poll_ms) if body is None else body
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:

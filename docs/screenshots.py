@@ -25,15 +25,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from riskguard.connectors.broker import DevBroker
-from riskguard.connectors.status import StatusPoller, page, scrape, summarize
+from riskguard.connectors.status import StatusPoller, StatusServer, page, scrape, summarize
 from riskguard.connectors.subscriber import read_topic_bytes
 from riskguard.dataflows.backtest import backtest_files
 from riskguard.dataflows.demo import init_keys, prepare_run, start_guard, write_config
@@ -125,16 +123,15 @@ def make(out_dir: Path, widths: tuple[int, ...] = WIDTHS, *,
             found["report"][w] = measure(measured.as_uri(), w)
             shoot(page.as_uri(), w, found["report"][w]["height"], out_dir / f"report-{w}.png")
         with _live_guard(work / "status", bootstrap) as poller:
-            httpd = _serve(poller)
-            url = f"http://127.0.0.1:{httpd.server_address[1]}"
+            plain, measuring = _serve(poller)
             try:
                 for w in widths:
-                    found["status"][w] = measure(f"{url}/measure", w)
-                    shoot(f"{url}/", w, found["status"][w]["height"],
+                    found["status"][w] = measure(f"http://127.0.0.1:{measuring.port}/", w)
+                    shoot(f"http://127.0.0.1:{plain.port}/", w, found["status"][w]["height"],
                           out_dir / f"status-{w}.png")
             finally:
-                httpd.shutdown()
-                httpd.server_close()
+                plain.close()
+                measuring.close()
     return found
 
 
@@ -191,30 +188,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _serve(poller: Any) -> ThreadingHTTPServer:
-    """The status page as ``riskguard status --serve`` serves it (``/`` and
-    ``/api/status``), and at ``/measure`` the same page carrying :data:`MEASURE`."""
+def _serve(poller: Any) -> tuple[StatusServer, StatusServer]:
+    """The status page as ``riskguard status --serve`` serves it, and the same page
+    carrying :data:`MEASURE`, each from its own server."""
     body = page(60_000)
     measured = body.replace(b"</body>", MEASURE.encode() + b"</body>")
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.startswith("/api/status"):
-                data, ctype = json.dumps(poller.poll()).encode(), "application/json"
-            else:
-                data, ctype = (measured if self.path == "/measure" else body), "text/html"
-            self.send_response(200)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  # base signature
-            return
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd
+    return (StatusServer(poller, body=body).start(),
+            StatusServer(poller, body=measured).start())
 
 
 def main() -> int:

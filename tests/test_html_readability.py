@@ -16,9 +16,7 @@ import json
 import re
 import shutil
 import subprocess
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -316,31 +314,17 @@ def test_status_page_long_names_and_reasons_wrap_inside_their_boxes(tmp_path) ->
     cmds = [_cmd(1, Action.WIDEN_QUOTES, okx, T0, reason=REASON.replace(" ", "_", 30))]
     poller = StatusPoller([f"http://127.0.0.1:{metrics.server_port}/metrics"],
                           now=lambda: (T0 + S) / S, commands=lambda: cmds)
-    body = page(60_000).replace(b"</body>", STATUS_MEASURE.encode() + b"</body>")
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            data = json.dumps(poller.poll()).encode() if "api" in self.path else body
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  # base signature
-            return
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    server = StatusServer(poller, body=page(60_000).replace(
+        b"</body>", STATUS_MEASURE.encode() + b"</body>")).start()
     try:
         dom = subprocess.run(
             [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
              "--disable-background-networking", "--disable-dev-shm-usage",
              "--window-size=800,1200", "--virtual-time-budget=2000", "--dump-dom",
-             f"http://127.0.0.1:{httpd.server_address[1]}/"],
+             f"http://127.0.0.1:{server.port}/"],
             capture_output=True, text=True, timeout=120, check=True).stdout
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        server.close()
         metrics.shutdown()
     m = re.search(r'<pre id="rg-measure">(.*?)</pre>', dom, re.S)
     assert m, dom[-2000:]
