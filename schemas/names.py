@@ -27,14 +27,15 @@ from functools import lru_cache
 
 _END = r"$(?!\n)"
 MARKET_NAME_CHARS = r"A-Za-z0-9_.:@+-"
-MARKET_NAME_PATTERN = rf"^(?!.*\.\.)[A-Za-z0-9][{MARKET_NAME_CHARS}]{{0,63}}{_END}"
+_NAME = rf"[A-Za-z0-9][{MARKET_NAME_CHARS}]{{0,63}}"
+MARKET_NAME_PATTERN = rf"^(?!.*\.\.){_NAME}{_END}"
 """The pattern (Python and ECMA regex alike) of a market name."""
-MARKET_KEY_PATTERN = (rf"^(?!.*\.\.)[A-Za-z0-9][{MARKET_NAME_CHARS}]{{0,63}}"
-                      rf"/[A-Za-z0-9][{MARKET_NAME_CHARS}]{{0,63}}{_END}")
+MARKET_KEY_PATTERN = rf"^(?!.*\.\.){_NAME}/{_NAME}{_END}"
 """The pattern of a market key: ``venue/instrument``, each a market name."""
 MARKET_NAME_RULE = ("1-64 characters of A-Z a-z 0-9 _ . : @ + -, starting with a letter or "
                     "a digit, no '..'")
 _MARKET = re.compile(MARKET_NAME_PATTERN)
+_KEY = re.compile(MARKET_KEY_PATTERN)
 _PAIR = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.+-]*)/([A-Za-z0-9][A-Za-z0-9_.+-]*)"
                    r"(:[A-Za-z0-9][A-Za-z0-9_.+-]*)?$")
 
@@ -51,8 +52,7 @@ def is_market_key(value: str) -> bool:
     >>> is_market_key("binance/BTC-USDT"), is_market_key("BTC-USDT"), is_market_key("a/b/c")
     (True, False, False)
     """
-    venue, slash, instrument = value.partition("/")
-    return bool(slash) and is_market_name(venue) and is_market_name(instrument)
+    return _KEY.search(value) is not None
 
 
 @lru_cache(maxsize=8192)
