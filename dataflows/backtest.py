@@ -218,16 +218,7 @@ def incident_labels(doc: Any, data: Sequence[str | Path], where: str = "labels",
     symbols_of: dict[str, frozenset[str]] = {}
     for i, item in enumerate(items):
         p = f"{where}.incident[{i}]"
-        if not isinstance(item, dict):
-            raise ConfigError(p, "a table with file, name, series, onset, end", item)
-        check_known_keys(item, IncidentKeys, p)
-        for key in ("file", "name", "series", "onset", "end"):
-            if key not in item:
-                raise ConfigError(f"{p}.{key}", "a value (required)", None)
-        onset = time_ns_of(item["onset"], f"{p}.onset")
-        end = time_ns_of(item["end"], f"{p}.end")
-        if end < onset:
-            raise ConfigError(f"{p}.end", f"a time >= onset ({onset})", end)
+        onset, end = _incident_span(item, p)
         path = by_name.get(str(item["file"]))
         if path is None:
             continue
@@ -249,6 +240,22 @@ def incident_labels(doc: Any, data: Sequence[str | Path], where: str = "labels",
     instruments = {path: next(iter(names)) for path, names in series_of.items()
                    if len(names) == 1}
     return sorted(out, key=lambda lab: (lab.start_ns, lab.kind, lab.scope)), instruments
+
+
+def _incident_span(item: Any, p: str) -> tuple[int, int]:
+    """An ``[[incident]]`` table checked (known keys, each required one there): its
+    onset and end, in ns."""
+    if not isinstance(item, dict):
+        raise ConfigError(p, "a table with file, name, series, onset, end", item)
+    check_known_keys(item, IncidentKeys, p)
+    for key in ("file", "name", "series", "onset", "end"):
+        if key not in item:
+            raise ConfigError(f"{p}.{key}", "a value (required)", None)
+    onset = time_ns_of(item["onset"], f"{p}.onset")
+    end = time_ns_of(item["end"], f"{p}.end")
+    if end < onset:
+        raise ConfigError(f"{p}.end", f"a time >= onset ({onset})", end)
+    return onset, end
 
 
 def read_labels(labels: str | Path | None, data: Sequence[str | Path],
@@ -580,10 +587,9 @@ def run_backtest(
     sigs: list[Any] = []
     exps: list[Any] = []
     deads: list[Any] = []
-    audit_n = [0]
 
     def audited(item: Any) -> None:
-        audit_n[0] += 1
+        res.n_audit += 1
         if isinstance(item, AuditRecord) and item.kind == "execution_ack":
             res.acks.append(item.body)
 
@@ -597,15 +603,18 @@ def run_backtest(
         on_audit=audited, out_dir=out_dir, watch=watch, until_ns=until_ns)
     t0 = time.perf_counter()
     run_main(flow)
-    t1 = time.perf_counter()
-    res.wall_s = t1 - t0
-    first = tap.first_in if tap.first_in is not None else t1
-    res.startup_s, res.process_s = first - t0, t1 - first
+    _timed(res, t0, time.perf_counter(), tap.first_in)
     res.commands = [decode_command(e) for e in envs]
     res.signals, res.utilizations, res.dead_letters = sigs, exps, deads
-    res.n_audit = audit_n[0]
     _checked(res, envs, trust, cfg, watch)
     return res
+
+
+def _timed(res: BacktestResult, t0: float, t1: float, first_in: float | None) -> None:
+    """The run's wall time, split at the first record's entry into start-up and
+    processing."""
+    first = first_in if first_in is not None else t1
+    res.wall_s, res.startup_s, res.process_s = t1 - t0, first - t0, t1 - first
 
 
 def _checked(res: BacktestResult, envelopes: list[Any], trust: TrustStore, cfg: GuardConfig,

@@ -394,14 +394,7 @@ def enforce_limits(
     ['unknown_counterparty']
     """
     config.validate(f"step '{step_id}'")
-
-    def key_exposures(es: list[Any]) -> list[Any]:
-        return [(e.counterparty, e) if type(e) is Exposure else DeadLetter.of(
-            topic="exposure", ts=clock(), reason="unexpected_type", expected="exposure",
-            found=type(e).__name__, step=step_id,
-            raw=encode(e) if hasattr(e, "__struct_fields__") else b"") for e in es]
-
-    streams = [op.flat_map_batch("key_exp", exposures, key_exposures)]
+    streams = [op.flat_map_batch("key_exp", exposures, _keyed_exposures(step_id, clock))]
     if progress is not None:
         streams.append(op.flat_map_batch(
             "key_progress", progress, lambda ps: [(p.counterparty, p) for p in ps]))
@@ -416,13 +409,29 @@ def enforce_limits(
     def build(state: Any) -> LimitsLogic:
         return LimitsLogic(config, state, clock=clock)
 
-    done = op.branch("ticks", op.flat_map_batch(
-        "unkey", stateful_logic("limits", keyed.trues, build), values_of),
-        Tick.__instancecheck__)
-    ticks, outs = done.trues, done.falses
-    u = op.branch("utils", outs, Utilization.__instancecheck__)
+    made = op.flat_map_batch("unkey", stateful_logic("limits", keyed.trues, build), values_of)
+    return _limits_out(made, pre_alerts, errs)
+
+
+def _keyed_exposures(step_id: str, clock: Clock) -> Any:
+    """A batch step: each exposure keyed by its counterparty; anything else a dead
+    letter."""
+
+    def key(es: list[Any]) -> list[Any]:
+        return [(e.counterparty, e) if type(e) is Exposure else DeadLetter.of(
+            topic="exposure", ts=clock(), reason="unexpected_type", expected="exposure",
+            found=type(e).__name__, step=step_id,
+            raw=encode(e) if hasattr(e, "__struct_fields__") else b"") for e in es]
+
+    return key
+
+
+def _limits_out(made: Stream[Any], pre_alerts: Stream[Any], errs: Stream[DeadLetter],
+                ) -> LimitsOut:
+    """What the limits logic made, by type: ticks, utilizations, breaches and alerts
+    (with those raised before it, by the update verification)."""
+    done = op.branch("ticks", made, Tick.__instancecheck__)
+    u = op.branch("utils", done.falses, Utilization.__instancecheck__)
     b = op.branch("breaches", u.falses, LimitBreach.__instancecheck__)
-    utils, breaches = u.trues, b.trues
-    alerts = op.merge("alerts", pre_alerts, b.falses)
-    return LimitsOut(utilizations=utils, breaches=breaches, alerts=alerts, errs=errs,
-                     ticks=ticks)
+    return LimitsOut(utilizations=u.trues, breaches=b.trues, errs=errs, ticks=done.trues,
+                     alerts=op.merge("alerts", pre_alerts, b.falses))
