@@ -505,13 +505,13 @@ class StatusServer:
 
     def __init__(self, poller: StatusPoller, *, host: str = "127.0.0.1", port: int = 0,
                  poll_ms: int = 2000, body: bytes | None = None) -> None:
-        body = page(poll_ms) if body is None else body
+        html = page(poll_ms) if body is None else body
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path in ("/", "/index.html"):
-                    self._send(200, "text/html; charset=utf-8", body)
+                    self._send(200, "text/html; charset=utf-8", html)
                 elif path == "/api/status":
                     data = json.dumps(poller.poll(), sort_keys=True).encode()
                     self._send(200, "application/json", data)
