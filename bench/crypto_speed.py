@@ -34,7 +34,8 @@ from riskguard.operators.signing.crypto import (
     encode_envelope,
     pae,
 )
-from riskguard.operators.signing.trust import TrustStore, parse_trust, trust_doc_to_toml
+from riskguard.operators.signing.trust import TrustStore, parse_trust
+from riskguard.operators.signing.trust_toml import trust_doc_to_toml
 from riskguard.schemas.commands import Audience, MitigationCommand
 from riskguard.schemas.signals import Scope, ScopeKind
 

@@ -2,16 +2,18 @@
 and how late a genuine command behind 100,000 of them executes.
 
 Method. On the dev broker (or ``--bootstrap``), fresh topics per measure, a trust file
-with one guard key, and a :class:`~riskguard.connectors.subscriber.CommandSubscriber`
-with a SQLite state on local disk (synced commits, its high-water mark beside it):
+listing four keys (the guard's, an executor's and two operators'), and a
+:class:`~riskguard.connectors.subscriber.CommandSubscriber` with a SQLite state on local
+disk (synced commits, its high-water mark beside it):
 
 - **refused per second**, per kind of garbage: ``--count`` messages already on the
   topic (a fifth as many with a bad signature), the subscriber's ``poll`` timed from its
-  first refusal to its last. Kinds: random bytes; JSON that is
-  no envelope; an envelope whose key id names no trusted key; an envelope naming the
-  guard's key with a bad signature (each costs Ed25519 checks, so fewer of them). The
-  baseline is a bare Kafka consumer reading the same topic in the same run (no
-  verification, no state): the ratio says what the subscriber adds to reading.
+  first refusal to its last. Kinds: random bytes; JSON that is no envelope; an envelope
+  whose key id names no trusted key; an envelope naming the guard's key with a bad
+  signature, each a different one in canonical form (each costs an Ed25519 check, so
+  fewer of them), checked on one thread and on one thread per core (the subscriber's
+  default). The baseline is a bare Kafka consumer reading the same topic in the same
+  run (no verification, no state): the ratio says what the subscriber adds to reading.
 - **a genuine command behind 100,000 garbage messages**, two ways. *Flooding*: a
   producer sends ``--behind`` garbage messages at ``--flood-rate`` a second (20,000)
   and then one genuine command while the subscriber runs; the figure is the command's
@@ -26,6 +28,7 @@ with a SQLite state on local disk (synced commits, its high-water mark beside it
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import sys
 import tempfile
@@ -49,7 +52,8 @@ from riskguard.operators.signing.crypto import (
     encode_envelope,
     sign_envelope,
 )
-from riskguard.operators.signing.trust import TrustStore, parse_trust, trust_doc_to_toml
+from riskguard.operators.signing.trust import TrustStore, parse_trust
+from riskguard.operators.signing.trust_toml import trust_doc_to_toml
 from riskguard.schemas import Action, Audience, MitigationCommand, Scope, ScopeKind
 
 S = 1_000_000_000
@@ -57,10 +61,16 @@ GUARD = Signer.from_private_bytes(bytes(range(32)), issuer="guard")
 STRANGER = Signer.from_private_bytes(bytes(range(1, 33)), issuer="guard")
 
 
+OTHERS = [Signer.from_private_bytes(bytes([i]) * 32, issuer=name)
+          for i, name in ((7, "executor"), (8, "alice"), (9, "bob"))]
+
+
 def _trust() -> TrustStore:
-    return TrustStore(parse_trust(trust_doc_to_toml([{
-        "name": "guard", "public_key": GUARD.public_key.hex(), "role": "risk-engine",
-        "actions": ["*"], "scopes": ["*"]}])))
+    guard = {"name": "guard", "public_key": GUARD.public_key.hex(), "role": "risk-engine",
+             "actions": ["*"], "scopes": ["*"]}
+    others = [{"name": k.issuer, "public_key": k.public_key.hex(),
+               "role": "executor" if k.issuer == "executor" else "operator"} for k in OTHERS]
+    return TrustStore(parse_trust(trust_doc_to_toml([guard, *others])))
 
 
 def _command(topic: str, seq: int) -> MitigationCommand:
@@ -85,9 +95,12 @@ def garbage(kind: str, topic: str, n: int) -> list[bytes]:
     if kind == "unknown key id":
         return [_signed(_command(topic, i + 1), STRANGER) for i in range(n)]
     body = msgspec.json.decode(_signed(_command(topic, 1)))
-    body["signatures"][0]["sig"] = "A" * 86 + "=="  # the guard's key id, a bad signature
-    one = msgspec.json.encode(body)
-    return [one] * n
+    out = []
+    for _ in range(n):  # the guard's key id; a bad signature with S < L (no early refusal)
+        sig = os.urandom(63) + bytes([os.urandom(1)[0] & 0x0F])
+        body["signatures"][0]["sig"] = base64.b64encode(sig).decode()
+        out.append(msgspec.json.encode(body))
+    return out
 
 
 class Bench:
@@ -117,12 +130,14 @@ class Bench:
                     time.sleep(ahead)
         assert self.producer.flush(120) == 0
 
-    def subscriber(self, topic: str, on_command: Callable[[Any], Any]) -> CommandSubscriber:
+    def subscriber(self, topic: str, on_command: Callable[[Any], Any],
+                   verify_threads: int | None = None) -> CommandSubscriber:
         state = self.work / uuid.uuid4().hex
         state.mkdir()
         return CommandSubscriber(trust=_trust(), audience=Audience(env="bench", topic=topic),
                                  state_path=state / "sub.sqlite", on_command=on_command,
-                                 brokers=self.bootstrap, topic=topic)
+                                 brokers=self.bootstrap, topic=topic,
+                                 verify_threads=verify_threads)
 
     def bare_read_s(self, topic: str, n: int) -> float:
         c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": uuid.uuid4().hex,
@@ -138,10 +153,10 @@ class Bench:
         c.close()
         return took
 
-    def refused_s(self, topic: str, n: int) -> float:
+    def refused_s(self, topic: str, n: int, verify_threads: int | None = None) -> float:
         """Seconds from the first refusal to the last (as the bare read is timed from its
         first message: the broker's first fetch is no part of either)."""
-        sub = self.subscriber(topic, lambda _c: None)
+        sub = self.subscriber(topic, lambda _c: None, verify_threads)
         first: list[float] = []
         sub.on_reject = lambda _r: first or first.append(time.perf_counter())
         sub.connect()  # first: the figure is the handling, not the join
@@ -154,13 +169,18 @@ class Bench:
 def _rates(b: Bench, count: int) -> None:
     print(f"refused per second ({count:,} messages each; baseline: a bare consumer of the "
           "same topic)")
-    for kind in ("random bytes", "JSON, no envelope", "unknown key id", "bad signature"):
+    cores = os.cpu_count() or 1
+    for kind, threads in (("random bytes", None), ("JSON, no envelope", None),
+                          ("unknown key id", None), ("bad signature", 1),
+                          ("bad signature", None)):
         n = count if kind != "bad signature" else max(count // 5, 200)
         topic = b.topic()
         b.produce(topic, garbage(kind, topic, n))
         bare = b.bare_read_s(topic, n)
-        took = b.refused_s(topic, n)
-        print(f"  {kind:<18} {n / took:>9,.0f}/s   bare read {n / bare:>9,.0f}/s   "
+        took = b.refused_s(topic, n, threads)
+        label = kind if kind != "bad signature" else (
+            f"{kind}, {threads or cores} thread{'s' if (threads or cores) > 1 else ''}")
+        print(f"  {label:<26} {n / took:>9,.0f}/s   bare read {n / bare:>9,.0f}/s   "
               f"ratio {bare / took:.2f}x of the bare read's speed")
 
 

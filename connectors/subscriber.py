@@ -60,6 +60,11 @@ that cannot be read (nested too deep, say: ``malformed_envelope``) is refused on
 never re-read on every start. An exception the checks raise unforeseen is a rejection
 too (``verify_error``, naming its type), never the end of the subscriber.
 
+The signatures of a consumed batch are checked up front on ``verify_threads`` threads
+(one per core by default; Ed25519 releases the GIL), so a flood of forged envelopes is
+refused at the rate of every core, while the checks above still run one message at a
+time, in order.
+
 A high-water mark kept apart from the state (the highest ``seq`` per signer and the
 trust serial, :class:`~riskguard.connectors.subscriber_state.HighWaterMark`) is
 checked at start: a state that was lost or rolled back stops start-up
@@ -68,9 +73,11 @@ checked at start: a state that was lost or rolled back stops start-up
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -236,6 +243,7 @@ class CommandSubscriber:
         on_conflict: Callable[[DecisionConflict], None] | None = None,
         high_water: str | Path | None = None,
         accept_state_loss: bool = False,
+        verify_threads: int | None = None,
     ) -> None:
         self.on_settled = on_settled
         self.on_conflict = on_conflict
@@ -265,6 +273,9 @@ class CommandSubscriber:
             self.state.close()
             raise
         self._batching = False
+        self.verify_threads = verify_threads or os.cpu_count() or 1
+        self._pool = (ThreadPoolExecutor(self.verify_threads, thread_name_prefix="verify")
+                      if self.verify_threads > 1 else None)
         self._consumer: Any = None
         self._producer: Any = None
 
@@ -553,6 +564,8 @@ class CommandSubscriber:
         to its first message not handled (read again, never skipped) and raise."""
         handled = 0
         since = time.monotonic()
+        if self._pool is not None and len(msgs) > 1:
+            self._check_signatures_ahead(msgs)
         for i, msg in enumerate(msgs):
             if msg.error() is not None:
                 self.stats["consumer_errors"] += 1
@@ -567,6 +580,19 @@ class CommandSubscriber:
                 self.flush()
                 since = time.monotonic()
         return handled
+
+    def _check_signatures_ahead(self, msgs: list[Any]) -> None:
+        envelopes = []
+        for msg in msgs:
+            if msg.error() is None:
+                try:
+                    env = decode_envelope(msg.value() or b"")
+                except Exception:  # refused again, with its reason, when handled
+                    continue
+                if env.payload_type == PAYLOAD_COMMAND:
+                    envelopes.append((env.payload, env.signatures))
+        if self._pool is not None and envelopes:
+            self.trust.check_ahead(PAYLOAD_COMMAND, envelopes, self._pool, self.verify_threads)
 
     def _seek_back(self, unhandled: list[Any]) -> None:
         self.flush()  # what was handled before stays handled
@@ -596,6 +622,9 @@ class CommandSubscriber:
         self._flush_rejections()
         self._producer = None
         self.flush()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         if self._log_fh is not None:
             self._log_fh.close()
             self._log_fh = None

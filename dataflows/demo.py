@@ -51,8 +51,8 @@ from riskguard.operators.signing.trust import (
     TrustStore,
     sig_path,
     sign_trust_file,
-    trust_doc_to_toml,
 )
+from riskguard.operators.signing.trust_toml import trust_doc_to_toml
 from riskguard.schemas import (
     Action,
     AnomalySignal,

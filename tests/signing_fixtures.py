@@ -18,8 +18,8 @@ from riskguard.operators.signing.trust import (
     TrustStore,
     parse_trust,
     sign_trust_file,
-    trust_doc_to_toml,
 )
+from riskguard.operators.signing.trust_toml import trust_doc_to_toml
 from riskguard.schemas.commands import Action, Audience, MitigationCommand
 from riskguard.schemas.signals import FIRM as _SCHEMA_FIRM
 from riskguard.schemas.signals import Scope, ScopeKind

@@ -22,7 +22,8 @@ from riskguard.connectors.subscriber import (
 )
 from riskguard.operators.core.clock import ManualClock
 from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, encode_envelope, sign_envelope
-from riskguard.operators.signing.trust import TrustStore, parse_trust, trust_doc_to_toml
+from riskguard.operators.signing.trust import TrustStore, parse_trust
+from riskguard.operators.signing.trust_toml import trust_doc_to_toml
 from riskguard.schemas import (
     AckOutcome,
     Action,

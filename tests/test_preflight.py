@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from riskguard.dataflows.demo import ISSUER, init_keys, write_config
 from riskguard.operators.signing.crypto import Signer
-from riskguard.operators.signing.trust import sign_trust_file, trust_doc_to_toml
+from riskguard.operators.signing.trust import sign_trust_file
+from riskguard.operators.signing.trust_toml import trust_doc_to_toml
 
 from riskguard.cli import main
 

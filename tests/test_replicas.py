@@ -16,7 +16,8 @@ from riskguard.operators.audit.replica_watch import _record
 from riskguard.operators.core.clock import ManualClock, Tick
 from riskguard.operators.mitigation.playbook import PlaybookConfig, PlaybookLogic
 from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, encode_envelope, sign_envelope
-from riskguard.operators.signing.trust import TrustStore, parse_trust, trust_doc_to_toml
+from riskguard.operators.signing.trust import TrustStore, parse_trust
+from riskguard.operators.signing.trust_toml import trust_doc_to_toml
 from riskguard.schemas import Action, AuditCheckpoint, MitigationCommand, decision_digest
 from signing_fixtures import AUD, T0, VENUE_X, S, command, key_entries, signer
 from test_playbook import FLASH, VENUES, anomaly, feed

@@ -51,12 +51,14 @@ class Run:
     """One subscriber over the topic, with what it executed."""
 
     def __init__(self, tmp: Path, bootstrap: str, topic: str, executed: list[str], *,
-                 accept: bool = False, trust: TrustStore | None = None) -> None:
+                 accept: bool = False, trust: TrustStore | None = None,
+                 verify_threads: int | None = None) -> None:
         self.sub = CommandSubscriber(
             trust=trust or trust_store(), audience=Audience(env="prod", topic=topic),
             state_path=tmp / "state" / "sub.sqlite", high_water=tmp / "mark.hwm",
             on_command=lambda c: executed.append(c.command_id), brokers=bootstrap,
-            topic=topic, clock=ManualClock(T0 + S), accept_state_loss=accept)
+            topic=topic, clock=ManualClock(T0 + S), accept_state_loss=accept,
+            verify_threads=verify_threads)
 
     def drain(self) -> dict[str, int]:
         self.sub.poll(idle_timeout_s=2)
@@ -159,3 +161,27 @@ def test_a_flood_of_garbage_is_committed_in_batches_and_a_command_behind_it_exec
     assert run.sub.state.commits < 100
     again = Run(tmp_path, kafka_bootstrap, topic, executed).drain()
     assert again == {}  # every offset was committed: nothing is read twice
+
+
+@pytest.mark.kafka
+def test_forgeries_checked_on_threads_are_refused_as_one_thread_refuses_them(
+        tmp_path: Path, kafka_bootstrap: str, topic: str) -> None:
+    """Forged envelopes under a trusted key, between genuine commands: checked in batches
+    on two threads, every outcome is the one-thread outcome, in order."""
+    aud = Audience(env="prod", topic=topic)
+    values = []
+    for c in _commands(aud, 1, 6):
+        env = sign_envelope(PAYLOAD_COMMAND, msgspec.json.encode(c), [ENGINE2])
+        forged = msgspec.structs.replace(env, payload=env.payload.replace(b'"okx"', b'"bybit"'))
+        values += [encode_envelope(forged), encode_envelope(env)]
+    _produce(kafka_bootstrap, topic, values)
+    outcomes = {}
+    for threads in (1, 2):
+        (tmp_path / str(threads) / "state").mkdir(parents=True)
+        executed: list[str] = []
+        run = Run(tmp_path / str(threads), kafka_bootstrap, topic, executed,
+                  verify_threads=threads)
+        outcomes[threads] = (run.drain(), executed)
+    assert outcomes[1] == outcomes[2]
+    summary, executed = outcomes[2]
+    assert summary["rejected.bad_signature"] == 6 and len(executed) == 6

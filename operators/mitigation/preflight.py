@@ -18,7 +18,8 @@ the command-rate cap, a firm halt held).
 
 >>> from riskguard.operators.mitigation.rules import PlaybookConfig, Rule, Rung
 >>> from riskguard.operators.signing.crypto import Signer
->>> from riskguard.operators.signing.trust import TrustStore, parse_trust, trust_doc_to_toml
+>>> from riskguard.operators.signing.trust import TrustStore, parse_trust
+>>> from riskguard.operators.signing.trust_toml import trust_doc_to_toml
 >>> from riskguard.schemas import Action
 >>> key = Signer.from_private_bytes(bytes(32), issuer="guard")
 >>> trust = TrustStore(parse_trust(trust_doc_to_toml([{"name": "guard",

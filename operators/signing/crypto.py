@@ -70,7 +70,6 @@ class Reason(StrEnum):
     MALFORMED_SIGNATURE = "malformed_signature"
     BAD_SIGNATURE = "bad_signature"
     UNKNOWN_KEY = "unknown_key"
-    KEY_ID_MISMATCH = "key_id_mismatch"
     REVOKED_KEY = "revoked_key"
     KEY_EXPIRED = "key_expired"
     KEY_NOT_YET_VALID = "key_not_yet_valid"
@@ -180,6 +179,18 @@ class VerifyKey:
             self._key.verify(sig, message)
         except InvalidSignature:
             reject(Reason.BAD_SIGNATURE, f"signature does not verify under key {self.key_id}")
+
+    def verifies(self, message: bytes, sig: bytes) -> bool:
+        """Whether the 64-byte ``sig`` signs the raw bytes ``message``.
+
+        The check releases the GIL: signatures checked on several threads are
+        checked at once (:meth:`~riskguard.operators.signing.trust.TrustStore.check_ahead`).
+        """
+        try:
+            self._key.verify(sig, message)
+        except InvalidSignature:
+            return False
+        return True
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, VerifyKey) and other.raw == self.raw

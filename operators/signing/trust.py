@@ -48,6 +48,7 @@ import functools
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -56,11 +57,13 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from riskguard.operators.signing.crypto import (
+    MAX_SIGNATURES,
     PAYLOAD_ACK,
     PAYLOAD_AUDIT_CHECKPOINT,
     PAYLOAD_COMMAND,
     PAYLOAD_LIMIT_UPDATE,
     PAYLOAD_TRUST,
+    SIGNATURE_LEN,
     Reason,
     Signer,
     VerifyKey,
@@ -498,6 +501,10 @@ def check_root_threshold(data: bytes, sigs: Sequence[Signature], roots: RootSet,
     return good
 
 
+def _verifies(share: list[tuple[VerifyKey, bytes, Signature]]) -> list[bool]:
+    return [key.verifies(msg, s.sig) for key, msg, s in share]
+
+
 class TrustStore:
     """The verified trust file, and the verifier for signed envelopes.
 
@@ -508,6 +515,7 @@ class TrustStore:
     def __init__(self, doc: TrustDoc) -> None:
         self.doc = doc
         self._by_id: dict[str, TrustedKey] = {k.key_id: k for k in doc.keys}
+        self._ahead: dict[tuple[str, bytes, bytes], bool] = {}
 
     @property
     def serial(self) -> int:
@@ -555,33 +563,47 @@ class TrustStore:
     # -- verification ---------------------------------------------------
 
     def identify(self, payload_type: str, payload: bytes, sig: Signature) -> TrustedKey:
-        """Find the trusted key that made ``sig``, starting from the hint.
+        """The trusted key the signature's hint names, if it made ``sig``.
 
-        Raises ``unknown_key`` when the hint names no listed key (without trying the
-        listed keys: a flood of made-up key ids costs no signature check),
-        ``bad_signature`` when no listed key verifies, and ``key_id_mismatch`` when a
-        different listed key than the hinted one made the signature.
+        Raises ``unknown_key`` when the hint names no listed key and ``bad_signature``
+        when the named key did not sign. Only the named key is tried: a forged
+        signature costs one Ed25519 check, however many keys the file lists.
         """
         hinted = self._by_id.get(sig.key_id)
         if hinted is None:
             raise rejection(Reason.UNKNOWN_KEY, f"key {sig.key_id!r} is not in the trust file")
         msg = pae_prefix(payload_type) + payload
-        try:
+        checked = self._ahead.pop((sig.key_id, sig.sig, msg), None)
+        if checked is None:
             hinted.key.verify_raw(msg, sig.sig)
-        except VerificationError:
-            pass
-        else:
-            return hinted
-        for k in self.doc.keys:
-            if k is hinted:
-                continue
-            try:
-                k.key.verify_raw(msg, sig.sig)
-            except VerificationError:
-                continue
-            raise rejection(Reason.KEY_ID_MISMATCH,
-                   f"key_id names {sig.key_id!r} but key {k.key_id!r} made the signature")
-        raise rejection(Reason.BAD_SIGNATURE, f"signature does not verify under key {sig.key_id!r}")
+        elif not checked:
+            raise rejection(Reason.BAD_SIGNATURE,
+                            f"signature does not verify under key {sig.key_id}")
+        return hinted
+
+    def check_ahead(self, payload_type: str,
+                    envelopes: Sequence[tuple[bytes, Sequence[Signature]]],
+                    pool: Executor, threads: int) -> None:
+        """Check the signatures of many ``(payload, signatures)`` at once, in ``threads``
+        shares on ``pool``; :meth:`identify` then takes each result once.
+
+        Ed25519 checks release the GIL, so a batch of forgeries is refused at the rate
+        of all the pool's cores. Results not taken by the next call are dropped.
+        """
+        prefix = pae_prefix(payload_type)
+        work: list[tuple[VerifyKey, bytes, Signature]] = []
+        for payload, sigs in envelopes:
+            msg = prefix + payload
+            for s in sigs[:MAX_SIGNATURES]:
+                k = self._by_id.get(s.key_id)
+                if k is not None and isinstance(s.sig, bytes) and len(s.sig) == SIGNATURE_LEN:
+                    work.append((k.key, msg, s))
+        self._ahead = {}
+        size = -(-len(work) // max(1, threads))
+        shares = [work[i:i + size] for i in range(0, len(work), size)]
+        for share, results in zip(shares, pool.map(_verifies, shares), strict=True):
+            for (_, msg, s), ok in zip(share, results, strict=True):
+                self._ahead[(s.key_id, s.sig, msg)] = ok
 
     def check_key_status(self, k: TrustedKey, now_ns: int) -> None:
         """Revoked, not yet valid or expired keys are rejected."""
@@ -754,38 +776,3 @@ def limit_scope_label(limit_path: str) -> str:
     if parts[0] == "firm":
         return "firm:*"
     return f"limit:{limit_path}"
-
-
-def trust_doc_to_toml(doc_keys: Iterable[Mapping[str, Any]], *, serial: int = 1,
-                      two_person: Mapping[str, Any] | None = None,
-                      replicas: Sequence[str] | None = None) -> str:
-    """Render a simple trust file (tests and benches write theirs with it)."""
-    lines = ["version = 1", f"serial = {serial}"]
-    if replicas is not None:
-        lines.append(f"replicas = {_toml_value(list(replicas))}")
-    lines.append("")
-    if two_person:
-        lines.append("[two_person]")
-        for name, value in two_person.items():
-            lines.append(f"{name} = {_toml_value(value)}")
-        lines.append("")
-    for k in doc_keys:
-        lines.append("[[keys]]")
-        for name, value in k.items():
-            lines.append(f"{name} = {_toml_value(value)}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    if isinstance(value, list | tuple | frozenset | set):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise ConfigError("trust", "a TOML scalar or array", value)

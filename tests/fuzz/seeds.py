@@ -33,7 +33,7 @@ from riskguard.operators.signing.crypto import (
     encode_envelope,
     sign_envelope,
 )
-from riskguard.operators.signing.trust import trust_doc_to_toml
+from riskguard.operators.signing.trust_toml import trust_doc_to_toml
 from riskguard.schemas import ALL_TYPES, Codec, Record, encode
 from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
 from riskguard.schemas.commands import Action, LimitUpdate
