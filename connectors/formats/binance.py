@@ -60,19 +60,14 @@ import math
 from typing import Any
 
 import msgspec
-from riskguard.connectors.formats.core import (
+from riskguard.connectors.formats.cells import (
     MAX_FLOAT,
     MAX_TS,
     MIN_TS,
     MS_NS,
     US_NS,
-    ParserFactory,
     RowError,
-    RowFailure,
-    RowParser,
-    Source,
     datetime_ns,
-    factory,
     flag,
     name,
     non_negative,
@@ -81,6 +76,13 @@ from riskguard.connectors.formats.core import (
     positive,
     split_row,
     whole,
+)
+from riskguard.connectors.formats.core import (
+    ParserFactory,
+    RowFailure,
+    RowParser,
+    Source,
+    factory,
 )
 from riskguard.schemas.market import (
     Bar,

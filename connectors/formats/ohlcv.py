@@ -58,23 +58,25 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-from riskguard.connectors.formats.core import (
+from riskguard.connectors.formats.cells import (
     MAX_FLOAT,
     RowError,
+    datetime_ns,
+    name,
+    non_negative,
+    number,
+    split_row,
+    whole,
+)
+from riskguard.connectors.formats.core import (
     RowIndex,
     RowParser,
     Source,
-    datetime_ns,
     factory,
     header_cells,
     is_preamble,
     lines_of,
-    name,
-    non_negative,
-    number,
     open_stream,
-    split_row,
-    whole,
 )
 from riskguard.schemas import Bar, Measure
 

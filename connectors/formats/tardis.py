@@ -66,18 +66,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from riskguard.connectors.formats.core import (
-    ParserFactory,
+from riskguard.connectors.formats.cells import (
     RowError,
-    RowParser,
-    Source,
-    factory,
     name,
     non_negative,
     optional,
     positive,
     split_row,
     whole,
+)
+from riskguard.connectors.formats.core import (
+    ParserFactory,
+    RowParser,
+    Source,
+    factory,
 )
 from riskguard.schemas.market import (
     BookDepth,
