@@ -149,20 +149,15 @@ def aggregate_exposure(
     Emits an :class:`~riskguard.schemas.Exposure` per counterparty (with its
     concentration) and the firm rollup (``counterparty == "*"``).
 
-    Without ``ticks``, exposures are re-valued once per input batch: the
-    lowest latency, but where the levels move depends on how the input was
-    batched. With a ``ticks`` stream (:class:`~riskguard.operators.core.clock.Tick`,
-    event-time progress), records are applied as they come and re-valued once
-    per tick, stamped with the tick's time (and ``progress`` carries each tick on,
-    behind everything each stage sent before it: feed it to :func:`enforce_limits`),
-    so a replay gives the same exposures (and limit breaches) however it is batched:
-    a backtest equals a live run. The cost is latency: a price move waits up to one tick interval of
-    event time; a fill, snapshot, balance or orders record only until the next
-    ``config.position_revalue_ns`` boundary. That boundary passes when a record at or
-    past it arrives; in a live run (``wall_clock`` given, e.g. the system clock) also
-    when that much wall time has gone by, so a fill on a quiet shard is not held until
-    the next record. Replays leave ``wall_clock`` out: their output must not depend on
-    wall time.
+    Without ``ticks``, exposures are re-valued once per input batch (the lowest latency;
+    where levels move depends on the batching). With ``ticks``
+    (:class:`~riskguard.operators.core.clock.Tick`), they are re-valued once per tick,
+    stamped with its time, so a replay gives the same exposures however it is batched,
+    and ``progress`` carries each tick on for :func:`enforce_limits`. A price move then
+    waits up to one tick; a fill, snapshot, balance or orders record until the next
+    ``config.position_revalue_ns`` boundary, which a record past it passes, and in a
+    live run (``wall_clock`` given) also that much wall time. Replays leave
+    ``wall_clock`` out: their output must not depend on wall time.
 
     >>> from bytewax.dataflow import Dataflow
     >>> from bytewax.testing import TestingSink, TestingSource, run_main
@@ -179,13 +174,12 @@ def aggregate_exposure(
     ...     Fill(id="f2", venue="okx", counterparty="okx", instrument="NOPE",
     ...          side="buy", qty=1.0, price=1.0, ts=3)]))
     >>> out = aggregate_exposure("exposure", inp, config=cfg, clock=lambda: 0)
-    >>> exps, errs = [], []
-    >>> op.output("exps", out.exposures, TestingSink(exps))
-    >>> op.output("errs", out.errs, TestingSink(errs))
+    >>> exps, bad = [], []
+    >>> op.output("e", out.exposures, TestingSink(exps)); op.output("x", out.errs, TestingSink(bad))
     >>> run_main(flow)
     >>> [(e.counterparty, e.net_notional, e.unrealized_pnl, e.concentration) for e in exps]
     [('okx', -300.0, 30.0, 1.0), ('*', -300.0, 30.0, 1.0)]
-    >>> [(d.reason, d.found) for d in errs]
+    >>> [(d.reason, d.found) for d in bad]
     [('unknown_instrument', 'NOPE')]
     """
     reg = config.validate(f"step '{step_id}'")
@@ -359,14 +353,12 @@ def enforce_limits(
 ) -> LimitsOut:
     """Utilizations and breaches of the limit hierarchy, with signed runtime updates.
 
-    ``progress`` (``aggregate_exposure(..., ticks=...).progress``) comes out again on
+    ``progress`` (``aggregate_exposure(..., ticks=...).progress``) comes out on
     ``LimitsOut.ticks`` as :class:`~riskguard.operators.core.clock.Tick` items, each
-    behind the utilizations and breaches its key made before it.
-
-    ``verifier(envelope, now_ns)`` returns the verified
-    :class:`~riskguard.schemas.LimitUpdate` or raises
-    :class:`~riskguard.errors.VerificationError`; rejected updates become
-    ``limit_update_rejected`` alerts and the old limit stays.
+    behind what its key made before it. ``verifier(envelope, now_ns)`` returns the
+    verified :class:`~riskguard.schemas.LimitUpdate` or raises
+    :class:`~riskguard.errors.VerificationError`: a refused update is a
+    ``limit_update_rejected`` alert, and the old limit stays.
 
     >>> from bytewax.dataflow import Dataflow
     >>> from bytewax.testing import TestingSink, TestingSource, run_main
@@ -383,8 +375,7 @@ def enforce_limits(
     ...     Exposure(counterparty="kraken", ts=3, gross_notional=1.0, net_notional=1.0)]))
     >>> out = enforce_limits("limits", exps, None, config=cfg, verifier=refuse, clock=lambda: 0)
     >>> br, al = [], []
-    >>> op.output("br", out.breaches, TestingSink(br))
-    >>> op.output("al", out.alerts, TestingSink(al))
+    >>> op.output("br", out.breaches, TestingSink(br)); op.output("al", out.alerts, TestingSink(al))
     >>> run_main(flow)
     >>> for b in br:
     ...     print(b.limit_path, b.kind, b.level.value, b.utilization, b.evidence_ids)
@@ -401,7 +392,6 @@ def enforce_limits(
     if updates is not None:
         streams.append(op.flat_map("verify", updates, partial(_verify_update, verifier, clock)))
     merged = op.merge("merge", *streams) if len(streams) > 1 else streams[0]
-    # per-item predicates are C-level isinstance checks (the hot path is per record)
     keyed = op.branch("keyed", merged, _IS_TUPLE)
     unkeyed = op.branch("errs", keyed.falses, DeadLetter.__instancecheck__)
     errs, pre_alerts = unkeyed.trues, unkeyed.falses
