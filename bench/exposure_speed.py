@@ -57,12 +57,8 @@ from riskguard.operators.exposure import (
     Router,
     ShardLogic,
 )
-from riskguard.operators.exposure.limits import (
-    CounterpartyLimits,
-    LimitsConfig,
-    LimitsLogic,
-    LimitSpec,
-)
+from riskguard.operators.exposure.limit_specs import CounterpartyLimits, LimitsConfig, LimitSpec
+from riskguard.operators.exposure.limits import LimitsLogic
 from riskguard.operators.exposure.ops import _value, aggregate_exposure, enforce_limits
 from riskguard.schemas import Exposure, Fill, LimitUpdate, SignedEnvelope, Trade
 

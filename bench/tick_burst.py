@@ -53,12 +53,8 @@ from riskguard.operators.exposure import (
     Router,
     ShardLogic,
 )
-from riskguard.operators.exposure.limits import (
-    CounterpartyLimits,
-    LimitsConfig,
-    LimitsLogic,
-    LimitSpec,
-)
+from riskguard.operators.exposure.limit_specs import CounterpartyLimits, LimitsConfig, LimitSpec
+from riskguard.operators.exposure.limits import LimitsLogic
 from riskguard.schemas import Exposure, Fill, Part, Progress, Trade, Utilization
 
 S = 1_000_000_000

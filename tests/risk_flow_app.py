@@ -16,7 +16,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource
-from riskguard.operators.exposure.limits import (
+from riskguard.operators.exposure.limit_specs import (
     CounterpartyLimits,
     LimitsConfig,
     LimitSpec,

@@ -25,13 +25,13 @@ from riskguard.operators.exposure import (
     LocalPipeline,
     Progress,
 )
-from riskguard.operators.exposure.limits import (
+from riskguard.operators.exposure.limit_specs import (
     CounterpartyLimits,
     LimitsConfig,
-    LimitsLogic,
     LimitSpec,
     VolScaling,
 )
+from riskguard.operators.exposure.limits import LimitsLogic
 from riskguard.operators.exposure.ops import aggregate_exposure, enforce_limits
 from riskguard.schemas import (
     Balance,

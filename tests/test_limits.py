@@ -7,14 +7,13 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from riskguard.operators.exposure.limits import (
+from riskguard.operators.exposure.limit_specs import (
     CounterpartyLimits,
     LimitsConfig,
-    LimitsLogic,
     LimitSpec,
     VolScaling,
-    route_update,
 )
+from riskguard.operators.exposure.limits import LimitsLogic, route_update
 from riskguard.operators.exposure.ops import Verifier, trust_verifier
 from riskguard.operators.signing.crypto import PAYLOAD_LIMIT_UPDATE, Signer, sign_envelope
 from riskguard.operators.signing.trust import RootSet, TrustStore

@@ -17,7 +17,7 @@ from riskguard.operators.detection.features import (
 )
 from riskguard.operators.detection.models import DetectorConfig
 from riskguard.operators.exposure import ExposureConfig
-from riskguard.operators.exposure.limits import LimitsConfig
+from riskguard.operators.exposure.limit_specs import LimitsConfig
 from riskguard.operators.mitigation.feeds import FeedConfig
 from riskguard.operators.mitigation.playbook import PlaybookConfig
 from riskguard.operators.mitigation.preflight import preflight, warnings

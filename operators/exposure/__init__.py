@@ -68,7 +68,8 @@ Where each part lives:
   :mod:`~riskguard.operators.exposure.arrays`);
 - :mod:`~riskguard.operators.exposure.rollup`: stages 2 and 3;
 - :mod:`~riskguard.operators.exposure.pipeline`: :class:`LocalPipeline`;
-- :mod:`~riskguard.operators.exposure.limits`: limit levels, hysteresis, latches.
+- :mod:`~riskguard.operators.exposure.limits`: limit levels, hysteresis, latches, their
+  specs and tables in :mod:`~riskguard.operators.exposure.limit_specs`.
 
 >>> cfg = ExposureConfig(instruments=InstrumentsConfig(instruments={
 ...     "BTC-USD": InstrumentSpec(kind="spot", base="BTC", quote="USD")}))
@@ -95,14 +96,13 @@ from riskguard.operators.exposure.instruments import (
     InstrumentsConfig,
     InstrumentSpec,
 )
-from riskguard.operators.exposure.limits import (
+from riskguard.operators.exposure.limit_specs import (
     CounterpartyLimits,
     LimitsConfig,
-    LimitsLogic,
     LimitSpec,
-    LimitsState,
     VolScaling,
 )
+from riskguard.operators.exposure.limits import LimitsLogic, LimitsState
 from riskguard.operators.exposure.ops import (
     ExposureOut,
     LimitsOut,

@@ -30,12 +30,8 @@ from riskguard.operators.core.base import stateful_logic, values_of
 from riskguard.operators.core.clock import Clock, Tick, system_clock
 from riskguard.operators.core.metrics import reorder_counter
 from riskguard.operators.exposure.config import FIRM_KEY, ExposureConfig
-from riskguard.operators.exposure.limits import (
-    LimitsConfig,
-    LimitsLogic,
-    rejection_alert,
-    route_update,
-)
+from riskguard.operators.exposure.limit_specs import LimitsConfig
+from riskguard.operators.exposure.limits import LimitsLogic, rejection_alert, route_update
 from riskguard.operators.exposure.rollup import CounterpartyLogic, FirmLogic
 from riskguard.operators.exposure.routing import Router, ShardPlace
 from riskguard.operators.exposure.shards import ShardLogic
@@ -362,7 +358,7 @@ def enforce_limits(
 
     >>> from bytewax.dataflow import Dataflow
     >>> from bytewax.testing import TestingSink, TestingSource, run_main
-    >>> from riskguard.operators.exposure.limits import CounterpartyLimits, LimitSpec
+    >>> from riskguard.operators.exposure.limit_specs import CounterpartyLimits, LimitSpec
     >>> cfg = LimitsConfig(counterparties={"okx": CounterpartyLimits(
     ...     limits={"gross_notional": LimitSpec(limit=100.0)})})
     >>> def refuse(env, now):

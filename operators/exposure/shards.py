@@ -24,7 +24,7 @@ from riskguard.operators.exposure.config import (
 from riskguard.operators.exposure.instruments import (
     InstrumentRegistry,
 )
-from riskguard.operators.exposure.limits import level_of
+from riskguard.operators.exposure.limit_specs import level_of
 from riskguard.operators.exposure.routing import PROGRESS_KEY, Item, ShardPlace
 from riskguard.operators.exposure.shard_state import (
     COLUMNS,
@@ -584,8 +584,9 @@ class ShardLogic(ShardValuation):
     def _peg_check(self, asset: str, price: float, ev: Any) -> list[RiskAlert]:
         """A ``depeg`` alert when ``asset``'s rate leaves its peg, ``peg_restored`` when it
         is back; raised by the asset's own shard only. The levels are the limits' own
-        (:func:`~riskguard.operators.exposure.limits.level_of`): critical at ``peg_critical_bps``,
-        warn at ``peg_warn_bps``, each left only half ``peg_warn_bps`` below it."""
+        (:func:`~riskguard.operators.exposure.limit_specs.level_of`): critical at
+        ``peg_critical_bps``, warn at ``peg_warn_bps``, each left only half
+        ``peg_warn_bps`` below it."""
         cfg = self.config
         peg = cfg.pegs[asset]
         off = abs(price / peg - 1.0) * 1e4

@@ -32,7 +32,7 @@ from riskguard.operators.exposure.instruments import (
     InstrumentRegistry,
     InstrumentSpec,
 )
-from riskguard.operators.exposure.limits import LimitSpec
+from riskguard.operators.exposure.limit_specs import LimitSpec
 from riskguard.operators.exposure.routing import ShardPlace, shard_key
 from riskguard.operators.exposure.shard_state import GRIDS, Pending, ShardState
 from riskguard.schemas import (

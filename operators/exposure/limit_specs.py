@@ -1,0 +1,192 @@
+"""The limits' configuration: each limit's spec, the tables that hold them, and the
+level a utilization reaches.
+
+>>> s = LimitSpec(limit=100.0, warn=0.8)
+>>> level_of(0.85, LimitLevel.OK, s).value
+'warn'
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal, get_args
+
+import msgspec
+from riskguard.operators.exposure.config import NS_PER_S
+from riskguard.schemas import LimitLevel
+
+from riskguard.errors import ConfigError
+from riskguard.validation import (
+    MAX_FLOAT,
+    Fraction,
+    NonNegative,
+    NonNegativeInt,
+    Positive,
+    PositiveFinite,
+    Share,
+    check_declared,
+)
+
+LimitKind = Literal["gross_notional", "net_notional", "delta", "collateral", "concentration",
+                   "open_order_notional"]
+KINDS: tuple[str, ...] = get_args(LimitKind)
+LEVEL_ORDER = {LimitLevel.OK: 0, LimitLevel.WARN: 1, LimitLevel.BREACH: 2, LimitLevel.HARD: 3}
+"""The levels from lowest to highest."""
+UNVALUED_GRACE_NS = 30 * NS_PER_S
+
+
+class VolScaling(msgspec.Struct, frozen=True, kw_only=True):
+    """``factor = clamp((ref_vol / vol) ** exponent, lo, hi)``; vol of ``underlying``."""
+
+    underlying: str  # the asset whose realized volatility scales the limit
+    # the annualized volatility at which the limit is its base value (0.6: 60 %)
+    ref_vol: PositiveFinite
+    # how strongly the limit follows the volatility: factor = (ref_vol / vol) ^ exponent
+    exponent: Annotated[float, msgspec.Meta(ge=-MAX_FLOAT, le=MAX_FLOAT)] = 1.0
+    lo: Positive = 0.25  # the factor is never below this ...
+    hi: PositiveFinite = 1.0  # ... nor above this (1.0: volatility only ever tightens the limit)
+
+
+class LimitSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One limit. ``warn`` and ``hard`` are utilization levels (breach is 1.0).
+
+    ``unvalued_grace_ns``: how long (event time) the exposure this limit measures may
+    stay unvalued (no mark or FX rate for a position or collateral it counts) before the
+    limit is breached; 0: at once.
+    """
+
+    # the limit, in the reporting currency (concentration: a share, 0 to 1); utilization 1.0 is a
+    # breach
+    limit: NonNegative
+    warn: Share = 0.8
+    hard: Annotated[float, msgspec.Meta(gt=1.0, le=MAX_FLOAT)] | None = None  # breach is 1.0
+    hysteresis: Fraction = 0.05  # below warn
+    manual_reset: bool = False
+    # makes the limit move with realized volatility: effective = limit * clamp((ref_vol / vol) ^
+    # exponent, lo, hi)
+    vol_scaling: VolScaling | None = None
+    unvalued_grace_ns: NonNegativeInt = UNVALUED_GRACE_NS  # 0: breached at once
+
+
+class CounterpartyLimits(msgspec.Struct, frozen=True, kw_only=True):
+    # limit kind (gross_notional, net_notional, delta, collateral, concentration,
+    # open_order_notional) -> its limit, on the counterparty's whole exposure
+    limits: dict[LimitKind, LimitSpec] = {}
+    # asset -> limit kind -> its limit, on the counterparty's exposure to that asset
+    assets: dict[str, dict[LimitKind, LimitSpec]] = {}
+    # instrument -> limit kind -> its limit, on the counterparty's position in it
+    instruments: dict[str, dict[LimitKind, LimitSpec]] = {}
+
+
+class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Configuration of ``enforce_limits``.
+
+    A counterparty missing from ``counterparties`` fails closed: it gets a
+    zero limit of each kind in ``unknown_counterparty_kinds`` (unvalued exposure
+    breaches them at once) and an alert.
+    ``utilization_interval_ns`` rate-limits utilization output per limit (in
+    event time); level changes are always emitted. A utilization that would
+    repeat the last one emitted for its limit exactly (the same exposure,
+    effective limit and latch, so the same level) is held back until
+    ``utilization_heartbeat_ns`` has passed since that one (0: repeats are
+    emitted every interval). ``missing_vol_factor`` is the scaling factor used
+    while no realized vol is known.
+    """
+
+    firm: dict[LimitKind, LimitSpec] = {}  # limit kind -> its limit, on the whole firm's exposure
+    # asset -> limit kind -> its limit, on the firm's exposure to that asset
+    firm_assets: dict[str, dict[LimitKind, LimitSpec]] = {}
+    # counterparty -> its limits; one not listed fails closed (zero limits of
+    # unknown_counterparty_kinds)
+    counterparties: dict[str, CounterpartyLimits] = {}
+    unknown_counterparty_kinds: tuple[LimitKind, ...] = ("gross_notional", "collateral")
+    utilization_interval_ns: NonNegativeInt = 1_000_000_000
+    # 0: no heartbeat, repeats every interval
+    utilization_heartbeat_ns: NonNegativeInt = 60_000_000_000
+    missing_vol_factor: PositiveFinite = 1.0
+
+    def validate(self, path: str = "limits") -> None:
+        """Raise ``ConfigError`` naming the key of the first bad value."""
+        check_declared(self, path)
+        for p, kinds in self._tables(path):
+            for kind, spec in kinds.items():
+                _check_across(f"{p}.{kind}", spec)
+
+    def _tables(self, path: str) -> list[tuple[str, dict[LimitKind, LimitSpec]]]:
+        out = [(f"{path}.firm", self.firm)]
+        out += [(f"{path}.firm_assets.{a}", kinds) for a, kinds in self.firm_assets.items()]
+        for cp, cl in self.counterparties.items():
+            out.append((f"{path}.counterparties.{cp}.limits", cl.limits))
+            out += [(f"{path}.counterparties.{cp}.assets.{a}", k) for a, k in cl.assets.items()]
+            out += [(f"{path}.counterparties.{cp}.instruments.{i}", k)
+                    for i, k in cl.instruments.items()]
+        return out
+
+
+def check_spec(path: str, kind: str, spec: LimitSpec) -> None:
+    """Raise :class:`ConfigError` naming ``path`` if ``spec`` is invalid (a limit built in
+    Python, such as one a signed update sets)."""
+    if kind not in KINDS:
+        raise ConfigError(path, f"a limit kind, one of {', '.join(KINDS)}", kind)
+    check_declared(spec, path)
+    _check_across(path, spec)
+
+
+def _check_across(path: str, spec: LimitSpec) -> None:
+    if spec.hysteresis >= spec.warn:
+        raise ConfigError(f"{path}.hysteresis", f"must be below warn ({spec.warn})",
+                          spec.hysteresis)
+    vs = spec.vol_scaling
+    if vs is not None and vs.lo > vs.hi:
+        raise ConfigError(f"{path}.vol_scaling.lo", f"must not exceed hi ({vs.hi})", vs.lo)
+
+
+def vol_factor(
+    spec: LimitSpec, vols: dict[str, float], missing: float
+) -> tuple[float, dict[str, float]]:
+    """The dynamic scaling factor and the inputs that produced it.
+
+    >>> vs = VolScaling(underlying="BTC", ref_vol=0.5, lo=0.25, hi=1.5)
+    >>> vol_factor(LimitSpec(limit=1.0, vol_scaling=vs), {"BTC": 1.0}, 1.0)[0]
+    0.5
+    >>> vol_factor(LimitSpec(limit=1.0, vol_scaling=vs), {"BTC": 0.1}, 1.0)[0]
+    1.5
+    """
+    vs = spec.vol_scaling
+    if vs is None:
+        return 1.0, {}
+    inputs = {"ref_vol": vs.ref_vol, "exponent": vs.exponent, "lo": vs.lo, "hi": vs.hi}
+    vol = vols.get(vs.underlying)
+    if vol is None or math.isnan(vol):  # unknown, or nan (never compared as a number)
+        inputs["vol_known"] = 0.0
+        inputs["factor"] = missing
+        return missing, inputs
+    raw = vs.hi if vol <= 0 else (vs.ref_vol / vol) ** vs.exponent
+    factor = min(max(raw, vs.lo), vs.hi)
+    inputs.update(vol_known=1.0, realized_vol=vol, raw_factor=min(raw, 1e300), factor=factor)
+    return factor, inputs
+
+
+def level_of(u: float, prev: LimitLevel, spec: LimitSpec) -> LimitLevel:
+    """Level of utilization ``u`` given the previous level (hysteresis on the way down).
+
+    >>> s = LimitSpec(limit=1.0, warn=0.8, hysteresis=0.05)
+    >>> level_of(0.79, LimitLevel.OK, s).value, level_of(0.81, LimitLevel.OK, s).value
+    ('ok', 'warn')
+    >>> level_of(0.77, LimitLevel.WARN, s).value, level_of(0.74, LimitLevel.WARN, s).value
+    ('warn', 'ok')
+    """
+    thresholds = [(LimitLevel.WARN, spec.warn), (LimitLevel.BREACH, 1.0)]
+    if spec.hard is not None:
+        thresholds.append((LimitLevel.HARD, spec.hard))
+    up = LimitLevel.OK
+    for lvl, thr in thresholds:
+        if u >= thr:
+            up = lvl
+    if LEVEL_ORDER[up] >= LEVEL_ORDER[prev]:
+        return up
+    level = LimitLevel.OK
+    for lvl, thr in thresholds:
+        if LEVEL_ORDER[lvl] <= LEVEL_ORDER[prev] and u >= thr - spec.hysteresis:
+            level = lvl
+    return level
