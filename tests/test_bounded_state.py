@@ -11,7 +11,8 @@ import pytest
 from contract import CHECKS, Case
 from riskguard.operators.core.admission import AdmissionConfig, KeyAdmission, Known
 from riskguard.operators.core.clock import Tick
-from riskguard.operators.mitigation.playbook import Rule, Rung, rate_key
+from riskguard.operators.mitigation.playbook import Rule, Rung
+from riskguard.operators.mitigation.rate_cap import rate_key
 from riskguard.schemas import (
     Action,
     DeadLetter,

@@ -12,10 +12,10 @@ start one rung higher per earlier trip.
 (it runs under a single key): incidents and their ladders, mitigations in
 force (so the same action on the same scope is never re-issued while in
 force), repeat history, venue health, breached names and the command-rate window,
-counted per scope's venue (:func:`rate_key`): a flood of commands on one venue cannot
-use up another's. An incident the cap holds back sleeps until the window rolls. Event
-time comes from the records and from :class:`Tick`; ``issued_at`` comes from the
-injected processing clock.
+counted per scope's venue (:mod:`~riskguard.operators.mitigation.rate_cap`): a flood
+of commands on one venue cannot use up another's. An incident the cap holds back
+sleeps until the window rolls. Event time comes from the records and from
+:class:`Tick`; ``issued_at`` comes from the injected processing clock.
 
 >>> from riskguard.schemas import AnomalySignal, Scope, ScopeKind, Severity
 >>> cfg = PlaybookConfig(issuer="guard", rules=(Rule(
@@ -62,6 +62,7 @@ from riskguard.operators.mitigation.incidents import (
     signal_kind,
     source_key,
 )
+from riskguard.operators.mitigation.rate_cap import RateCap
 from riskguard.operators.mitigation.rules import (
     CLOSERS,
     COMMAND_NAMESPACE,
@@ -100,7 +101,7 @@ from riskguard.schemas import (
 __all__ = [
     "CLOSERS", "OPENERS", "STATE_VERSION", "TARGETS", "Incident", "Mitigation",
     "ParamValue", "PlaybookConfig", "PlaybookLogic", "PlaybookState", "Rule", "Rung",
-    "S", "evidence_digest", "map_scope", "playbook_builder", "rate_key",
+    "S", "evidence_digest", "map_scope", "playbook_builder",
 ]
 
 
@@ -128,6 +129,8 @@ class PlaybookLogic:
         state = self.state
         # which commands executors confirmed; what they did not becomes a signal
         self.acks = AckTracker(config.acks, state.acks)
+        self.cap = RateCap(max_commands=config.max_commands,
+                           window_ns=int(config.rate_window_s * S), state=state)
         self.on_ack_alert = on_ack_alert  # sees the alerts acks raise (metrics)
         # live runs only: wakes the playbook when an awaited ack falls overdue, with no
         # event to notice it (a replay's output must not depend on wall time)
@@ -383,8 +386,7 @@ class PlaybookLogic:
                 break
         stop = sleeping[0][0] if sleeping and sleeping[0][0] < to else None
         if self.state.suppressed:  # a ticking clock retries them when the window rolls
-            width = int(self.config.rate_window_s * S)
-            roll = self.state.now - self.state.now % width + width
+            roll = self.cap.next_roll()
             if now < roll < to and (stop is None or roll < stop):
                 stop = roll
         return stop
@@ -603,8 +605,7 @@ class PlaybookLogic:
             i = inc.rung + 1
             status = self._apply(inc, rule, i, rule.ladder[i])
             if status == "suppressed":
-                st = self.state
-                self._capped[inc.key] = st.window_start + int(self.config.rate_window_s * S)
+                self._capped[inc.key] = self.cap.window_end()
                 return
             inc.rung = i
             if status == "no_route":
@@ -748,43 +749,23 @@ class PlaybookLogic:
         )
 
     def _emit(self, cmd: MitigationCommand, *, capped: bool) -> bool:
-        st = self.state
-        if capped:
-            key = rate_key(cmd.scope)
-            if st.window_counts.get(key, 0) >= self.config.max_commands:
-                if cmd.command_id not in st.suppressed:
-                    st.suppressed.append(cmd.command_id)
-                    st.suppressed_by[key] = st.suppressed_by.get(key, 0) + 1
-                return False
-            st.window_counts[key] = st.window_counts.get(key, 0) + 1
-            st.window_count += 1
+        if capped and not self.cap.admit(cmd.command_id, cmd.scope):
+            return False
         self._out.append(cmd)
         self.acks.sent(cmd, self._leaves_at)
         return True
 
     def _flush_window(self, *, force: bool = False) -> None:
-        st = self.state
-        width = int(self.config.rate_window_s * S)
-        start = st.now - st.now % width
-        if start == st.window_start and not force:
-            return
-        if st.suppressed:
-            n = len(st.suppressed)
-            where = ", ".join(f"{k} {v}" for k, v in sorted(
-                st.suppressed_by.items(), key=lambda kv: (-kv[1], kv[0]))[:8])
+        rolled, held = self.cap.roll(force=force)
+        if held is not None:
             self._emit(self._command(
-                f"rate_cap|{st.window_start}", FIRM, Action.ALERT,
-                {"suppressed": float(n), "window_start": float(st.window_start)},
-                f"command-rate cap hit: {n} command(s) suppressed in the "
-                f"{self.config.rate_window_s:g}s window from {st.window_start} ns "
-                f"(max {self.config.max_commands} per venue or scope; {where}); they are "
-                "retried while their incidents stay open", []), capped=False)
-        st.suppressed = []
-        st.suppressed_by = {}
-        if start != st.window_start:
-            st.window_start = start
-            st.window_count = 0
-            st.window_counts = {}
+                f"rate_cap|{held.window_start}", FIRM, Action.ALERT,
+                {"suppressed": float(held.count), "window_start": float(held.window_start)},
+                f"command-rate cap hit: {held.count} command(s) suppressed in the "
+                f"{self.config.rate_window_s:g}s window from {held.window_start} ns "
+                f"(max {self.config.max_commands} per venue or scope; {held.keys}); they "
+                "are retried while their incidents stay open", []), capped=False)
+        if rolled:
             self._capped.clear()
             self._prune_history()
 
@@ -804,19 +785,6 @@ class PlaybookLogic:
         raw = encode(event) if isinstance(event, msgspec.Struct) else repr(event).encode()
         return DeadLetter.of(topic="playbook", ts=self.clock(), reason=reason, path=path,
                              expected=expected, found=found[:256], raw=raw)
-
-
-def rate_key(scope: Scope) -> str:
-    """What a command counts against in the rate cap: its scope's venue (a venue, or an
-    instrument or underlying narrowed to one), else its scope (a counterparty, an
-    instrument on every venue, the firm).
-
-    >>> rate_key(Scope(kind=ScopeKind.INSTRUMENT, value="BTC-USDT", venue="okx")), rate_key(FIRM)
-    ('venue:okx', 'firm:*')
-    """
-    if scope.kind is ScopeKind.VENUE:
-        return scope.label()
-    return f"venue:{scope.venue}" if scope.venue else scope.label()
 
 
 def playbook_builder(config: PlaybookConfig, clock: Callable[[], int],
