@@ -136,7 +136,9 @@ class RiskAlert(Record, frozen=True, kw_only=True, tag="risk_alert"):
     limit measures an exposure that cannot be valued),
     ``command_unacknowledged``, ``command_acknowledged`` or ``command_refused`` (what
     executors said about the guard's commands, or did not say in time), ``admission_cap``
-    (more venues, instruments or counterparties than ``[admission]`` admits).
+    (more venues, instruments or counterparties than ``[admission]`` admits),
+    ``market_process_silent`` or ``market_process_restored`` (the market tier's firm
+    process stopped hearing from a market process, or hears from it again).
     """
 
     id: RecordId
@@ -303,7 +305,7 @@ ALERT_KINDS = (
     "peg_restored", "limit_update_accepted", "limit_update_rejected", "unvalued_exposure",
     "command_unacknowledged", "command_acknowledged", "command_refused", "replica_silent",
     "replica_restored", "replica_divergence", "replica_config_mismatch", "replica_unverified",
-    "admission_cap",
+    "admission_cap", "market_process_silent", "market_process_restored",
 )
 """``RiskAlert.kind`` values the guard and its executors raise."""
 SIGNAL_KINDS = frozenset({*ANOMALY_KINDS, "breach", *ALERT_KINDS})

@@ -116,7 +116,8 @@ class TierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     recent_ids: Annotated[int, msgspec.Meta(ge=1)] = 65_536
     # firm: how long (processing time) its clock waits for a silent market process, and
     # its input for more of what it writes; a market process restarted within this leaves
-    # the firm's outputs as if it never stopped
+    # the firm's outputs as if it never stopped. One silent longer raises a critical
+    # market_process_silent alert
     market_wait_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
 
 

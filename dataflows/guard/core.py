@@ -27,6 +27,7 @@ from bytewax.dataflow import Stream, operator
 from riskguard.connectors.topics import DETECTED, HANDLED
 from riskguard.dataflows.guard.admit import admit_keys
 from riskguard.dataflows.guard.config import GuardConfig
+from riskguard.dataflows.guard.market_watch import watch_market_processes
 from riskguard.dataflows.guard.steps import (
     FirmClock,
     MarkFilter,
@@ -237,7 +238,7 @@ def guard_core(
     feed_alerts = _feed_monitor(status, ticks, cfg, clock)
     step_errs: list[Stream[DeadLetter]] = []
     anomalies, exposures, exposure_alerts, progress = (
-        _from_market_processes(detected_in, own_ticks, cfg) if detected_in is not None
+        _from_market_processes(detected_in, own_ticks, cfg, clock) if detected_in is not None
         else _detect_and_value(market, status, trading, ticks, cfg, clock, wall_clock,
                                tick_sources, step_errs, watch))
     limits = enforce_limits(
@@ -287,14 +288,19 @@ def _decide(signals: Stream[Any], ticks: Stream[Any], manual: Stream[Any],
 
 
 def _from_market_processes(detected_in: Stream[Any], own_ticks: Stream[Any],
-                           cfg: GuardConfig,
+                           cfg: GuardConfig, clock: Clock,
                            ) -> tuple[Stream[Any], Stream[Any], Stream[Any], Stream[Any]]:
-    """The firm process: the market processes' anomalies (each id once), and the
-    exposures, exposure alerts and progress summed from their valuation parts."""
+    """The firm process: the market processes' anomalies (each id once), the exposures,
+    exposure alerts and progress summed from their valuation parts, and an alert for
+    each market process gone silent (and back)."""
     anomalies = first_of_each_id(detected_in, cfg.tier.recent_ids)
     summed = sum_exposures("exposure", market_parts(detected_in, own_ticks, cfg),
                            config=cfg.exposure)
-    return anomalies, summed.exposures, summed.alerts, summed.progress
+    silent = watch_market_processes(detected_in, own_ticks,
+                                    processes=cfg.tier.market_processes,
+                                    wait_s=cfg.tier.market_wait_s, clock=clock)
+    alerts = op.merge("firm_alerts", summed.alerts, silent)
+    return anomalies, summed.exposures, alerts, summed.progress
 
 
 def _observe_command(clock: Clock) -> Any:
