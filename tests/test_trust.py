@@ -134,10 +134,26 @@ def test_signatures_checked_ahead_on_threads_give_the_outcomes_checked_one_by_on
     store = trust_store()
     with ThreadPoolExecutor(2) as pool:
         store.check_ahead(PAYLOAD_COMMAND, [(e.payload, e.signatures) for e in batch], pool, 2)
-    assert len(store._ahead) == 5  # the unknown key is not checked; the two goods are one
+    # first signatures only (a forgery costs one check); the unknown key is not checked,
+    # and the two goods are one
+    assert len(store._ahead) == 4
     ahead = [_outcome(env, store) for env in batch]
     assert ahead == alone == ["ok", "bad_signature", "ok", "bad_signature", "unknown_key", "ok"]
     assert store._ahead == {}  # each result is taken once, then checked again as usual
+
+
+def test_a_list_of_forged_signatures_is_checked_ahead_once_and_its_shape_first() -> None:
+    env = signed(command(), ENGINE)
+    bogus = [Signature(key_id=ENGINE.key_id, sig=bytes(64))] * 8
+    many = msgspec.structs.replace(env, signatures=bogus)
+    too_many = msgspec.structs.replace(env, signatures=[*bogus, bogus[0]])
+    store = trust_store()
+    with ThreadPoolExecutor(2) as pool:
+        store.check_ahead(PAYLOAD_COMMAND, [(e.payload, e.signatures) for e in (many, too_many)],
+                          pool, 2)
+    assert len(store._ahead) == 1
+    assert [_outcome(many, store), _outcome(too_many, store)] == [
+        "bad_signature", "too_many_signatures"]
 
 
 def _outcome(env: SignedEnvelope, store: TrustStore = TRUST) -> str:

@@ -584,20 +584,23 @@ class TrustStore:
     def check_ahead(self, payload_type: str,
                     envelopes: Sequence[tuple[bytes, Sequence[Signature]]],
                     pool: Executor, threads: int) -> None:
-        """Check the signatures of many ``(payload, signatures)`` at once, in ``threads``
-        shares on ``pool``; :meth:`identify` then takes each result once.
+        """Check the first signature of many ``(payload, signatures)`` at once, in
+        ``threads`` shares on ``pool``; :meth:`identify` then takes each result once.
 
         Ed25519 checks release the GIL, so a batch of forgeries is refused at the rate
-        of all the pool's cores. Results not taken by the next call are dropped.
+        of all the pool's cores. Only a first signature of a well-formed list is checked
+        ahead: one checked in order stops at the first that fails, so a forgery costs
+        one check either way. Results not taken by the next call are dropped.
         """
         prefix = pae_prefix(payload_type)
         work: list[tuple[VerifyKey, bytes, Signature]] = []
         for payload, sigs in envelopes:
-            msg = prefix + payload
-            for s in sigs[:MAX_SIGNATURES]:
-                k = self._by_id.get(s.key_id)
-                if k is not None and isinstance(s.sig, bytes) and len(s.sig) == SIGNATURE_LEN:
-                    work.append((k.key, msg, s))
+            if not 0 < len(sigs) <= MAX_SIGNATURES or any(
+                    not isinstance(s.sig, bytes) or len(s.sig) != SIGNATURE_LEN for s in sigs):
+                continue  # refused for its shape before any check
+            k = self._by_id.get(sigs[0].key_id)
+            if k is not None:
+                work.append((k.key, prefix + payload, sigs[0]))
         self._ahead = {}
         size = -(-len(work) // max(1, threads))
         shares = [work[i:i + size] for i in range(0, len(work), size)]
