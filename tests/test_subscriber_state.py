@@ -17,7 +17,7 @@ from riskguard.operators.core.clock import ManualClock
 from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, encode_envelope, sign_envelope
 from riskguard.operators.signing.trust import TrustStore, parse_trust
 from riskguard.schemas import Action, Audience, MitigationCommand, Scope, ScopeKind
-from signing_fixtures import ENGINE2, T0, S, command, trust_store, trust_text
+from signing_fixtures import ENGINE2, OUTSIDER, T0, S, command, trust_store, trust_text
 
 from riskguard.errors import StateError, TrustError
 
@@ -173,7 +173,9 @@ def test_forgeries_checked_on_threads_are_refused_as_one_thread_refuses_them(
     for c in _commands(aud, 1, 6):
         env = sign_envelope(PAYLOAD_COMMAND, msgspec.json.encode(c), [ENGINE2])
         forged = msgspec.structs.replace(env, payload=env.payload.replace(b'"okx"', b'"bybit"'))
-        values += [encode_envelope(forged), encode_envelope(env)]
+        stranger = sign_envelope(PAYLOAD_COMMAND, msgspec.json.encode(c), [OUTSIDER])
+        values += [b"garbage", encode_envelope(stranger), encode_envelope(forged),
+                   encode_envelope(env)]
     _produce(kafka_bootstrap, topic, values)
     outcomes = {}
     for threads in (1, 2):
@@ -185,3 +187,4 @@ def test_forgeries_checked_on_threads_are_refused_as_one_thread_refuses_them(
     assert outcomes[1] == outcomes[2]
     summary, executed = outcomes[2]
     assert summary["rejected.bad_signature"] == 6 and len(executed) == 6
+    assert summary["rejected.unknown_key"] == 6 and summary["rejected.malformed_envelope"] == 6

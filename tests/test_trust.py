@@ -142,6 +142,16 @@ def test_signatures_checked_ahead_on_threads_give_the_outcomes_checked_one_by_on
     assert store._ahead == {}  # each result is taken once, then checked again as usual
 
 
+def test_a_batch_with_no_signature_to_check_ahead_checks_nothing() -> None:
+    unknown = signed(command(issuer="mallory"), OUTSIDER)
+    store = trust_store()
+    with ThreadPoolExecutor(2) as pool:
+        store.check_ahead(PAYLOAD_COMMAND, [(unknown.payload, unknown.signatures)], pool, 2)
+        store.check_ahead(PAYLOAD_COMMAND, [], pool, 2)
+    assert store._ahead == {}
+    assert _outcome(unknown, store) == "unknown_key"
+
+
 def test_a_list_of_forged_signatures_is_checked_ahead_once_and_its_shape_first() -> None:
     env = signed(command(), ENGINE)
     bogus = [Signature(key_id=ENGINE.key_id, sig=bytes(64))] * 8

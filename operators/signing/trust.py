@@ -602,6 +602,8 @@ class TrustStore:
             if k is not None:
                 work.append((k.key, prefix + payload, sigs[0]))
         self._ahead = {}
+        if not work:
+            return
         size = -(-len(work) // max(1, threads))
         shares = [work[i:i + size] for i in range(0, len(work), size)]
         for share, results in zip(shares, pool.map(_verifies, shares), strict=True):
