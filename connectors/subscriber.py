@@ -105,7 +105,7 @@ from riskguard.operators.core.observe import (
 from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, Reason, decode_envelope
 from riskguard.operators.signing.trust import DEFAULT_LEEWAY_NS, TrustStore
 from riskguard.schemas.action_params import HELD_ACTIONS
-from riskguard.schemas.commands import Audience, MitigationCommand
+from riskguard.schemas.commands import Audience, MitigationCommand, SignedEnvelope
 
 from riskguard.errors import (
     BrokerError,
@@ -333,11 +333,15 @@ class CommandSubscriber:
             if not self._batching:
                 self.flush()
 
-    def _handle(self, data: bytes, partition: int, offset: int) -> Outcome:
+    def _handle(self, data: bytes, partition: int, offset: int,
+                decoded: SignedEnvelope | Exception | None = None) -> Outcome:
         now = self.clock()
         try:
-            env = decode_envelope(data)
-            verified = self.trust.verify(env, expected_payload_type=PAYLOAD_COMMAND,
+            if decoded is None:
+                decoded = _decoded(data)
+            if isinstance(decoded, Exception):
+                raise decoded
+            verified = self.trust.verify(decoded, expected_payload_type=PAYLOAD_COMMAND,
                                          audience=self.audience, now_ns=now,
                                          leeway_ns=self.leeway_ns)
         except VerificationError as err:
@@ -564,14 +568,14 @@ class CommandSubscriber:
         to its first message not handled (read again, never skipped) and raise."""
         handled = 0
         since = time.monotonic()
-        if self._pool is not None and len(msgs) > 1:
-            self._check_signatures_ahead(msgs)
+        decoded = (self._check_signatures_ahead(msgs)
+                   if self._pool is not None and len(msgs) > 1 else [None] * len(msgs))
         for i, msg in enumerate(msgs):
             if msg.error() is not None:
                 self.stats["consumer_errors"] += 1
                 continue
             try:
-                self._handle(msg.value() or b"", msg.partition(), msg.offset())
+                self._handle(msg.value() or b"", msg.partition(), msg.offset(), decoded[i])
             except BaseException:
                 self._seek_back(msgs[i:])
                 raise
@@ -581,18 +585,18 @@ class CommandSubscriber:
                 since = time.monotonic()
         return handled
 
-    def _check_signatures_ahead(self, msgs: list[Any]) -> None:
+    def _check_signatures_ahead(self, msgs: list[Any]) -> list[SignedEnvelope | Exception | None]:
+        """Each message decoded (or why not), once; the commands' signatures checked."""
+        decoded: list[SignedEnvelope | Exception | None] = []
         envelopes = []
         for msg in msgs:
-            if msg.error() is None:
-                try:
-                    env = decode_envelope(msg.value() or b"")
-                except Exception:  # refused again, with its reason, when handled
-                    continue
-                if env.payload_type == PAYLOAD_COMMAND:
-                    envelopes.append((env.payload, env.signatures))
+            env = _decoded(msg.value() or b"") if msg.error() is None else None
+            decoded.append(env)
+            if isinstance(env, SignedEnvelope) and env.payload_type == PAYLOAD_COMMAND:
+                envelopes.append((env.payload, env.signatures))
         if self._pool is not None and envelopes:
             self.trust.check_ahead(PAYLOAD_COMMAND, envelopes, self._pool, self.verify_threads)
+        return decoded
 
     def _seek_back(self, unhandled: list[Any]) -> None:
         self.flush()  # what was handled before stays handled
@@ -635,6 +639,14 @@ class CommandSubscriber:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _decoded(data: bytes) -> SignedEnvelope | Exception:
+    """The envelope, or what refuses it (raised when the message is handled)."""
+    try:
+        return decode_envelope(data)
+    except Exception as err:  # a refusal with its reason, or one unforeseen (verify_error)
+        return err
 
 
 CONNECT_S = 10.0
