@@ -129,6 +129,8 @@ COMMIT_EVERY = 2048
 """Rejections committed in one transaction at most, while polling (one synced write)."""
 COMMIT_EVERY_S = 0.5
 """... or after this long, whichever comes first."""
+CHECK_AHEAD = 64
+"""Messages decoded, and their signatures checked on the verify threads, at a time."""
 NOT_A_REPLICA = "decision_not_replica"
 
 
@@ -568,14 +570,18 @@ class CommandSubscriber:
         to its first message not handled (read again, never skipped) and raise."""
         handled = 0
         since = time.monotonic()
-        decoded = (self._check_signatures_ahead(msgs)
-                   if self._pool is not None and len(msgs) > 1 else [None] * len(msgs))
+        decoded: list[SignedEnvelope | Exception | None] = []
         for i, msg in enumerate(msgs):
+            if i % CHECK_AHEAD == 0:  # a few at a time: the decoded are not held long
+                ahead = msgs[i:i + CHECK_AHEAD]
+                decoded = (self._check_signatures_ahead(ahead)
+                           if self._pool is not None and len(ahead) > 1 else [None] * len(ahead))
             if msg.error() is not None:
                 self.stats["consumer_errors"] += 1
                 continue
             try:
-                self._handle(msg.value() or b"", msg.partition(), msg.offset(), decoded[i])
+                self._handle(msg.value() or b"", msg.partition(), msg.offset(),
+                             decoded[i % CHECK_AHEAD])
             except BaseException:
                 self._seek_back(msgs[i:])
                 raise
@@ -586,11 +592,13 @@ class CommandSubscriber:
         return handled
 
     def _check_signatures_ahead(self, msgs: list[Any]) -> list[SignedEnvelope | Exception | None]:
-        """Each message decoded (or why not), once; the commands' signatures checked."""
+        """Each message that may be an envelope decoded (or why not), once; the
+        commands' signatures checked. The rest are decoded when handled."""
         decoded: list[SignedEnvelope | Exception | None] = []
         envelopes = []
         for msg in msgs:
-            env = _decoded(msg.value() or b"") if msg.error() is None else None
+            data = msg.value() if msg.error() is None else None
+            env = _decoded(data) if data and b'"signatures"' in data else None
             decoded.append(env)
             if isinstance(env, SignedEnvelope) and env.payload_type == PAYLOAD_COMMAND:
                 envelopes.append((env.payload, env.signatures))
@@ -646,7 +654,7 @@ def _decoded(data: bytes) -> SignedEnvelope | Exception:
     try:
         return decode_envelope(data)
     except Exception as err:  # a refusal with its reason, or one unforeseen (verify_error)
-        return err
+        return err.with_traceback(None)  # held until handled: not its frames
 
 
 CONNECT_S = 10.0
