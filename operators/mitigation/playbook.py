@@ -760,8 +760,8 @@ class PlaybookLogic:
         if held is not None:
             self._emit(self._command(
                 f"rate_cap|{held.window_start}", FIRM, Action.ALERT,
-                {"suppressed": float(held.count), "window_start": float(held.window_start)},
-                f"command-rate cap hit: {held.count} command(s) suppressed in the "
+                {"suppressed": float(held.commands), "window_start": float(held.window_start)},
+                f"command-rate cap hit: {held.commands} command(s) suppressed in the "
                 f"{self.config.rate_window_s:g}s window from {held.window_start} ns "
                 f"(max {self.config.max_commands} per venue or scope; {held.keys}); they "
                 "are retried while their incidents stay open", []), capped=False)

@@ -14,7 +14,7 @@ with the keys that held them.
 (True, False, True)
 >>> state.now = 12
 >>> cap.roll(force=False)
-(True, HeldBack(count=1, keys='venue:okx 1', window_start=0))
+(True, HeldBack(commands=1, keys='venue:okx 1', window_start=0))
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class HeldBack(NamedTuple):
     """The commands a window held back: how many, the keys that held most (``key n``),
     and the window's start."""
 
-    count: int
+    commands: int
     keys: str
     window_start: int
 
