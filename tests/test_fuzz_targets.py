@@ -192,6 +192,9 @@ def test_the_envelope_oracle_refuses_an_accepted_envelope_nobody_signed(
     from signing_fixtures import command
 
     class AcceptsAll:
+        def check_ahead(self, *_args: Any) -> None:
+            pass
+
         def verify(self, env: Any, **_kw: Any) -> Any:
             return VerifiedMessage(
                 payload_type=env.payload_type, payload=env.payload, issuer="engine-1",

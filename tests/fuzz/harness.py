@@ -48,6 +48,7 @@ import shutil
 import tempfile
 import traceback
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -192,12 +193,19 @@ def _independently_authorized(payload_type: str, payload: bytes,
     return False
 
 
+_VERIFY_POOL = ThreadPoolExecutor(2, thread_name_prefix="verify")
+
+
 def fuzz_envelope(data: bytes) -> None:
-    """Parse and verify wire bytes; only refusals; nothing accepted that was not signed."""
+    """Parse and verify wire bytes; only refusals; nothing accepted that was not signed.
+    Half the inputs have their first signature checked ahead on threads, as the
+    subscriber checks a batch's."""
     try:
         env = decode_envelope(data)
         expected = (PAYLOAD_LIMIT_UPDATE if env.payload_type == PAYLOAD_LIMIT_UPDATE
                     else PAYLOAD_COMMAND)
+        if data[-1] & 1:
+            _TRUST.check_ahead(expected, [(env.payload, env.signatures)], _VERIFY_POOL, 2)
         verified = _TRUST.verify(env, expected_payload_type=expected, audience=fx.AUD,
                                  now_ns=T0)
     except VerificationError as err:
