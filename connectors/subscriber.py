@@ -61,7 +61,8 @@ never re-read on every start. An exception the checks raise unforeseen is a reje
 too (``verify_error``, naming its type), never the end of the subscriber.
 
 The signatures of a consumed batch are checked up front on ``verify_threads`` threads
-(one per core by default; Ed25519 releases the GIL), so a flood of forged envelopes is
+(one per core the process may run on by default, :func:`usable_cores`; Ed25519
+releases the GIL), so a flood of forged envelopes is
 refused at the rate of every core, while the checks above still run one message at a
 time, in order.
 
@@ -275,7 +276,7 @@ class CommandSubscriber:
             self.state.close()
             raise
         self._batching = False
-        self.verify_threads = verify_threads or os.cpu_count() or 1
+        self.verify_threads = verify_threads or usable_cores()
         self._pool = (ThreadPoolExecutor(self.verify_threads, thread_name_prefix="verify")
                       if self.verify_threads > 1 else None)
         self._consumer: Any = None
@@ -647,6 +648,15 @@ class CommandSubscriber:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container's cpuset
+    narrows), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on every platform
+        return os.cpu_count() or 1
 
 
 def _decoded(data: bytes) -> SignedEnvelope | Exception:

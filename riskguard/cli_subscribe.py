@@ -61,7 +61,7 @@ def _run(args: argparse.Namespace) -> int:
         rejection_log=args.rejection_log, leeway_ns=int(args.leeway * 1e9),
         on_duplicate=duplicate, decision_window_s=args.decision_window,
         on_conflict=conflict, high_water=args.high_water,
-        accept_state_loss=args.accept_state_loss,
+        accept_state_loss=args.accept_state_loss, verify_threads=args.verify_threads,
     )
     try:
         sub.poll(max_messages=args.max_messages, idle_timeout_s=args.idle_timeout)
@@ -100,6 +100,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    metavar="SECONDS", help="how long an executed decision is remembered, so "
                    "another guard replica's copy is dropped as a duplicate (default "
                    f"{DEFAULT_DECISION_WINDOW_S:g})")
+    p.add_argument("--verify-threads", type=int, metavar="N",
+                   help="threads that check a batch's signatures at once (default: one per "
+                   "core this process may run on)")
     p.add_argument("--max-messages", type=int, metavar="N",
                    help="stop after N messages (default: no limit)")
     p.add_argument("--idle-timeout", type=float, default=5.0, metavar="SECONDS",
