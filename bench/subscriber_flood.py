@@ -14,6 +14,9 @@ disk (synced commits, its high-water mark beside it):
   fewer of them), checked on one thread and on one thread per core (the subscriber's
   default). The baseline is a bare Kafka consumer reading the same topic in the same
   run (no verification, no state): the ratio says what the subscriber adds to reading.
+  On the dev broker both wait on fetches, so the rate of cheap garbage is mostly the
+  broker's; the CPU a refusal costs (this process, every thread, over the same span)
+  is the subscriber's own, and steadier.
 - **a genuine command behind 100,000 garbage messages**, two ways. *Flooding*: a
   producer sends ``--behind`` garbage messages at ``--flood-rate`` a second (20,000)
   and then one genuine command while the subscriber runs; the figure is the command's
@@ -45,11 +48,12 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from guard_workload import broker_unless
-from riskguard.connectors.subscriber import CommandSubscriber
+from riskguard.connectors.subscriber import CommandSubscriber, usable_cores
 from riskguard.operators.signing.crypto import (
     PAYLOAD_COMMAND,
     Signer,
     encode_envelope,
+    pae_prefix,
     sign_envelope,
 )
 from riskguard.operators.signing.trust import TrustStore, parse_trust
@@ -153,23 +157,49 @@ class Bench:
         c.close()
         return took
 
-    def refused_s(self, topic: str, n: int, verify_threads: int | None = None) -> float:
+    def refused_s(self, topic: str, n: int, verify_threads: int | None = None
+                  ) -> tuple[float, float]:
         """Seconds from the first refusal to the last (as the bare read is timed from its
-        first message: the broker's first fetch is no part of either)."""
+        first message: the broker's first fetch is no part of either), and the CPU
+        seconds this process used over them (every thread: the verify threads', the
+        Kafka client's)."""
         sub = self.subscriber(topic, lambda _c: None, verify_threads)
-        first: list[float] = []
-        sub.on_reject = lambda _r: first or first.append(time.perf_counter())
+        first: list[tuple[float, float]] = []
+
+        def note_first(_rejection: Any) -> None:
+            if not first:
+                first.append((time.perf_counter(), time.process_time()))
+
+        sub.on_reject = note_first
         sub.connect()  # first: the figure is the handling, not the join
         assert sub.poll(max_messages=n, idle_timeout_s=10) == n
-        took = time.perf_counter() - first[0]
+        took = time.perf_counter() - first[0][0]
+        cpu = time.process_time() - first[0][1]
         sub.close()
-        return took * n / (n - 1)  # the first refusal's own time, as the others'
+        scale = n / (n - 1)  # the first refusal's own time, as the others'
+        return took * scale, cpu * scale
+
+
+def ed25519_verify_us(n: int = 2000) -> float:
+    """µs one Ed25519 check of a command envelope's size takes here, on one thread
+    (bare ``cryptography``): the forged envelopes' baseline, measured in the same run."""
+    env = msgspec.json.decode(_signed(_command("t", 1)))
+    message = pae_prefix(PAYLOAD_COMMAND) + base64.b64decode(env["payload"])
+    sig = base64.b64decode(env["signatures"][0]["sig"])
+    key = GUARD.public_key
+    start = time.perf_counter()
+    for _ in range(n):
+        key.verifies(message, sig)
+    return 1e6 * (time.perf_counter() - start) / n
 
 
 def _rates(b: Bench, count: int) -> None:
     print(f"refused per second ({count:,} messages each; baseline: a bare consumer of the "
           "same topic)")
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
+    verify_us = ed25519_verify_us()
+    print(f"  (one Ed25519 check here: {verify_us:.0f} µs, {1e6 / verify_us:,.0f}/s on one "
+          f"thread; {cores} core{'s' if cores > 1 else ''})")
     for kind, threads in (("random bytes", None), ("JSON, no envelope", None),
                           ("unknown key id", None), ("bad signature", 1),
                           ("bad signature", None)):
@@ -177,11 +207,15 @@ def _rates(b: Bench, count: int) -> None:
         topic = b.topic()
         b.produce(topic, garbage(kind, topic, n))
         bare = b.bare_read_s(topic, n)
-        took = b.refused_s(topic, n, threads)
+        took, cpu = b.refused_s(topic, n, threads)
         label = kind if kind != "bad signature" else (
             f"{kind}, {threads or cores} thread{'s' if (threads or cores) > 1 else ''}")
-        print(f"  {label:<26} {n / took:>9,.0f}/s   bare read {n / bare:>9,.0f}/s   "
-              f"ratio {bare / took:.2f}x of the bare read's speed")
+        line = (f"  {label:<26} {n / took:>9,.0f}/s   bare read {n / bare:>9,.0f}/s   "
+                f"ratio {bare / took:.2f}x of the bare read's speed   "
+                f"CPU {1e6 * cpu / n:6.1f} µs a refusal")
+        if kind == "bad signature":
+            line += f"   {n / took * verify_us / 1e6:.2f}x one thread's Ed25519 rate"
+        print(line)
 
 
 def _behind(b: Bench, behind: int, *, flooding: float | None) -> float:
