@@ -572,11 +572,12 @@ class CommandSubscriber:
         handled = 0
         since = time.monotonic()
         decoded: list[SignedEnvelope | Exception | None] = []
+        pool = self._pool
         for i, msg in enumerate(msgs):
             if i % CHECK_AHEAD == 0:  # a few at a time: the decoded are not held long
                 ahead = msgs[i:i + CHECK_AHEAD]
-                decoded = (self._check_signatures_ahead(ahead)
-                           if self._pool is not None and len(ahead) > 1 else [None] * len(ahead))
+                decoded = (self._check_signatures_ahead(ahead, pool)
+                           if pool is not None and len(ahead) > 1 else [None] * len(ahead))
             if msg.error() is not None:
                 self.stats["consumer_errors"] += 1
                 continue
@@ -592,7 +593,8 @@ class CommandSubscriber:
                 since = time.monotonic()
         return handled
 
-    def _check_signatures_ahead(self, msgs: list[Any]) -> list[SignedEnvelope | Exception | None]:
+    def _check_signatures_ahead(self, msgs: list[Any], pool: ThreadPoolExecutor
+                                ) -> list[SignedEnvelope | Exception | None]:
         """Each message that may be an envelope decoded (or why not), once; the
         commands' signatures checked. The rest are decoded when handled."""
         decoded: list[SignedEnvelope | Exception | None] = []
@@ -603,8 +605,8 @@ class CommandSubscriber:
             decoded.append(env)
             if isinstance(env, SignedEnvelope) and env.payload_type == PAYLOAD_COMMAND:
                 envelopes.append((env.payload, env.signatures))
-        if self._pool is not None and envelopes:
-            self.trust.check_ahead(PAYLOAD_COMMAND, envelopes, self._pool, self.verify_threads)
+        if envelopes:
+            self.trust.check_ahead(PAYLOAD_COMMAND, envelopes, pool, self.verify_threads)
         return decoded
 
     def _seek_back(self, unhandled: list[Any]) -> None:

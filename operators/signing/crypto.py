@@ -175,9 +175,7 @@ class VerifyKey:
         if not isinstance(sig, bytes) or len(sig) != SIGNATURE_LEN:
             n = len(sig) if isinstance(sig, bytes) else type(sig).__name__
             reject(Reason.MALFORMED_SIGNATURE, f"expected {SIGNATURE_LEN} bytes; got {n}")
-        try:
-            self._key.verify(sig, message)
-        except InvalidSignature:
+        if not self.verifies(message, sig):
             reject(Reason.BAD_SIGNATURE, f"signature does not verify under key {self.key_id}")
 
     def verifies(self, message: bytes, sig: bytes) -> bool:
