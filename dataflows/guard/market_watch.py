@@ -23,7 +23,6 @@ and a restarted firm gives each process the whole wait again.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +32,7 @@ from riskguard.dataflows.guard.market import market_source
 from riskguard.operators.core.base import stateful_logic, values_of
 from riskguard.operators.core.clock import Clock, Tick
 from riskguard.operators.core.snapshot import persisted
+from riskguard.operators.exposure.config import alert_id
 from riskguard.schemas import FIRM, DetectProgress, RiskAlert, Severity
 
 SILENT = "market_process_silent"
@@ -114,9 +114,8 @@ class MarketWatchLogic:
         reason = (f"market process {source} silent for {self.wait_ns / 1e9:g}s: the "
                   "anomalies and position values of the underlyings it owns have stopped"
                   if silent else f"market process {source} is heard from again")
-        digest = hashlib.sha256(f"{kind}|{source}|{st.newest_ts}|{now}".encode()).hexdigest()
         return RiskAlert(
-            id=f"{kind}:{digest[:24]}", kind=kind, scope=FIRM, ts=st.newest_ts,
+            id=alert_id(kind, source, st.newest_ts, now), kind=kind, scope=FIRM, ts=st.newest_ts,
             severity=Severity.CRITICAL if silent else Severity.INFO, reason=reason,
             details={"process": source, "silent": float(len(st.silent))})
 
