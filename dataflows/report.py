@@ -313,15 +313,15 @@ def build_report(res: BacktestResult, labels: Sequence[Label], *, title: str,
                  extra: dict[str, Any] | None = None, max_price_series: int = 6) -> dict[str, Any]:
     """Everything the JSON and HTML reports show, from one run's outputs.
 
-    Without labels, no alarm is judged: they are counted as unlabelled, and the false-alarm
-    figures are None (``labelled`` false)."""
+    Without labels, no alarm is judged: they are counted as unlabelled, and every figure
+    that needs labels (episodes, delays, false alarms) is None (``labelled`` false)."""
     alarms = alarms_of(res.signals)
-    ep = episode_metrics(alarms, labels, grace_ns=grace_ns)
+    labelled = bool(labels)
+    ep = episode_metrics(alarms, labels, grace_ns=grace_ns) if labelled else None
     span_days = max(res.end_ns - res.start_ns, NS) / DAY_NS
     inst_days = max(len(res.keys), 1) * span_days
     cmds = res.commands
     timeline = state_timeline(cmds)
-    labelled = bool(labels)
     report: dict[str, Any] = {
         "title": title,
         "config_hash": config_hash,
@@ -329,13 +329,13 @@ def build_report(res: BacktestResult, labels: Sequence[Label], *, title: str,
         "labelled": labelled,
         "summary": _summary(res, len(alarms), len(labels)),
         "episodes": ep,
-        "detection_delay_s": ep["all"]["detection_delay_s"],
-        "mitigation_delay_s": mitigation_delays(cmds, labels, grace_ns),
+        "detection_delay_s": ep["all"]["detection_delay_s"] if ep else None,
+        "mitigation_delay_s": mitigation_delays(cmds, labels, grace_ns) if ep else None,
         "false_alarms": {
-            "count": ep["false_alarms"] if labelled else None,
+            "count": ep["false_alarms"] if ep else None,
             "instrument_days": round(inst_days, 6),
-            "per_instrument_day": round(ep["false_alarms"] / inst_days, 4) if labelled else None,
-            "by_signal": ep["false_alarms_by_signal"] if labelled else {},
+            "per_instrument_day": round(ep["false_alarms"] / inst_days, 4) if ep else None,
+            "by_signal": ep["false_alarms_by_signal"] if ep else None,
         },
         "alarms_by_signal": dict(sorted(Counter(a[1] for a in alarms).items())),
         "commands": _command_counts(cmds),

@@ -101,11 +101,11 @@ def _backtest(args: argparse.Namespace) -> int:
 def result_lines(rep: dict[str, Any], total_s: float) -> list[str]:
     """What a backtest says when it ends: counts, the scores (or that there are none),
     the commands, how its time went, and which detectors could fire."""
-    s, ep, run = rep["summary"], rep["episodes"]["all"], rep["run"]
-    dd = rep["detection_delay_s"]
+    s, run = rep["summary"], rep["run"]
     out = [f"events {s['events']:,}  instruments {s['instruments']}  commands {s['commands']}  "
            f"signals {s['signals']}  dead letters {s['dead_letters']}"]
-    if s["labels"]:
+    if rep["labelled"]:
+        ep, dd = rep["episodes"]["all"], rep["detection_delay_s"]
         out.append(f"incidents {ep['labels']}  detected {ep['detected']}  precision "
                    f"{ep['precision']}  recall {ep['recall']}  F1 {ep['f1']}  delay p50 "
                    f"{dd['p50']} s p95 {dd['p95']} s")

@@ -79,12 +79,16 @@ def test_each_file_gives_a_report_with_its_prices_counts_and_verified_commands(
 
 def test_without_labels_alarms_are_unlabelled_and_the_page_says_how_to_add_them(
         guard_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """No --labels: no alarm is counted false; the run and the page say so, and the page
-    shows a labels file for this run's market and first alarm."""
+    """No --labels: no alarm is counted false, and report.json holds no figure that needs
+    labels (episodes, precision, delays, false alarms are null); the run and the page say
+    so, and the page shows a labels file for this run's market and first alarm."""
     stdout, rep, page = _backtest(guard_toml, tardis_trades_csv(tmp_path), tmp_path / "bt",
                                   capsys)
-    assert rep["labelled"] is False
-    assert rep["false_alarms"]["count"] is None and rep["summary"]["alarms"] >= 1
+    assert rep["labelled"] is False and rep["summary"]["alarms"] >= 1
+    assert rep["episodes"] is None
+    assert rep["detection_delay_s"] is None and rep["mitigation_delay_s"] is None
+    fa = rep["false_alarms"]
+    assert fa["count"] is None and fa["per_instrument_day"] is None and fa["by_signal"] is None
     assert "unlabelled: without --labels no alarm is counted true or false" in stdout
     assert "false alarm" not in stdout
     assert "are unlabelled: none is counted true or false" in page
