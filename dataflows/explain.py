@@ -38,7 +38,7 @@ from riskguard.dataflows.readiness import (
     key_parts,
     utc,
 )
-from riskguard.dataflows.report import events_of
+from riskguard.dataflows.report import event_what, events_of
 from riskguard.operators.detection.band_levels import log_interpolate
 
 from riskguard.errors import ConfigError
@@ -223,8 +223,8 @@ def _signals_around(res: BacktestResult, at: int) -> list[str]:
     near = [e for e in events_of(res.signals) if abs(e["t"] - at) <= AROUND_NS]
     head = (f"signals within {duration(AROUND_NS)} of it: "
             + ("none" if not near else f"{len(near)}"))
-    return [head, *(f"  {utc(e['t'])} {e['what']} ({e['severity']}) {e['scope']}: "
-                    f"{e['detail']}" for e in near[:20])]
+    return [head, *(f"  {utc(e['t'])} {event_what(e)} {e['scope']}: {e['detail']}"
+                    for e in near[:20])]
 
 
 def explain_files(config: Any, data: Sequence[str | Path], *, at: str | None,

@@ -2,10 +2,12 @@
 
 Definitions (all in event time):
 
-- **Alarm**: one episode of a guard signal: an anomaly/regime-change signal
-  with ``phase == "open"`` (not warming up), a ``RiskAlert`` that opens
-  something (not ``*_restored``), or a ``LimitBreach`` going to ``breach`` /
-  ``hard`` (once until it clears).
+- **Alarm**: one episode of a guard signal at warn or critical (an info signal,
+  such as a regime change, is shown but never an alarm): an anomaly episode
+  (``anomaly``, ``price_move``, ``dislocation``) counted once, at its first open or
+  escalation that is live (not warming up) at warn or higher; a ``RiskAlert`` at
+  warn or higher that opens something (not ``*_restored``); or a ``LimitBreach``
+  going to ``breach`` / ``hard`` (once until it clears).
 - An alarm **matches** a label when its time is in ``[start, end + grace]``
   and its scope is related to the label's scope (same label or fnmatch
   pattern; the same venue/counterparty; ``firm:*`` matches everything).
@@ -39,7 +41,7 @@ from typing import Any
 
 from riskguard.dataflows.backtest import BacktestResult, Label, run_info
 from riskguard.dataflows.readiness import to_json
-from riskguard.dataflows.report_html import render_html
+from riskguard.dataflows.report_html import event_what, render_html
 from riskguard.dataflows.signal_text import score_text
 from riskguard.schemas import (
     Action,
@@ -50,6 +52,7 @@ from riskguard.schemas import (
     RiskAlert,
     Scope,
     ScopeKind,
+    Severity,
 )
 
 NS = 1_000_000_000
@@ -79,25 +82,57 @@ def _r(x: float | None, nd: int = 6) -> float | None:
 # -- alarms and matching -------------------------------------------------------------
 
 
-def alarms_of(signals: Iterable[Any]) -> list[tuple[int, str, Scope]]:
-    """Alarm episodes ``(ts, signal_kind, scope)`` from the guard's signal stream."""
-    out: list[tuple[int, str, Scope]] = []
+ALARM_SEVERITIES = frozenset({Severity.WARN, Severity.CRITICAL})
+OPENING_PHASES = frozenset({"open", "escalate"})
+
+
+def episode_of(s: AnomalySignal) -> tuple[str, str]:
+    """The episode an anomaly signal belongs to (a signal of none is its own)."""
+    return s.kind, s.episode_id or s.id
+
+
+def alarm_signals(signals: Iterable[Any]) -> list[Any]:
+    """The signals that raise an alarm (module docstring), in stream order."""
+    out: list[Any] = []
     open_breach: set[str] = set()
+    raised: set[tuple[str, str]] = set()
     for s in signals:
         if isinstance(s, AnomalySignal):
-            if s.phase == "open" and not s.warming_up:
-                out.append((s.ts, s.kind, s.scope))
+            episode = episode_of(s)
+            if (s.phase in OPENING_PHASES and not s.warming_up
+                    and s.severity in ALARM_SEVERITIES and episode not in raised):
+                raised.add(episode)
+                out.append(s)
         elif isinstance(s, RiskAlert):
-            if s.kind not in CLOSING_ALERTS:
-                out.append((s.ts, s.kind, s.scope))
+            if s.kind not in CLOSING_ALERTS and s.severity in ALARM_SEVERITIES:
+                out.append(s)
         elif isinstance(s, LimitBreach):
             key = f"{s.scope.label()}|{s.limit_path}|{s.kind}"
             if s.level in (LimitLevel.BREACH, LimitLevel.HARD):
                 if key not in open_breach:
                     open_breach.add(key)
-                    out.append((s.ts, "breach", s.scope))
+                    out.append(s)
             else:
                 open_breach.discard(key)
+    return out
+
+
+def alarms_of(signals: Iterable[Any]) -> list[tuple[int, str, Scope]]:
+    """Alarm episodes ``(ts, signal_kind, scope)`` from the guard's signal stream.
+
+    >>> okx = Scope(kind=ScopeKind.INSTRUMENT, value="BTC-USDT", venue="okx")
+    >>> def sig(phase, severity, warming_up=False):
+    ...     return AnomalySignal(id=f"{phase}-{severity}", key="okx/BTC-USDT", scope=okx, ts=1,
+    ...                          phase=phase, episode_id="okx/BTC-USDT#1", score=2.0,
+    ...                          threshold=1.0, severity=Severity(severity),
+    ...                          warming_up=warming_up, model="m", model_version="1")
+    >>> len(alarms_of([sig("open", "info"), sig("escalate", "warn"), sig("escalate", "critical")]))
+    1
+    >>> alarms_of([sig("open", "warn", warming_up=True), sig("close", "warn")])
+    []
+    """
+    out = [(s.ts, "breach" if isinstance(s, LimitBreach) else s.kind, s.scope)
+           for s in alarm_signals(signals)]
     out.sort(key=lambda a: (a[0], a[1], a[2].label()))
     return out
 
@@ -420,25 +455,40 @@ def ack_status(c: MitigationCommand, res: BacktestResult) -> str:
 
 
 def events_of(signals: Iterable[Any]) -> list[dict[str, Any]]:
-    """The signals a reader of the report follows: each anomaly episode's open, escalation,
-    de-escalation and close (warm-up aside), each alert, each limit level a breach reaches."""
+    """The signals a reader of the report follows, each with ``alarm`` true where it raised
+    one (:func:`alarm_signals`): every phase of each anomaly episode that was live at some
+    point, each alert, each limit level a breach reaches.
+
+    An episode that opened while its detector warmed up and went on once it was warm shows
+    its warm-up phases too (``warming_up`` true), so that no escalation or close appears
+    without its open; an episode wholly inside the warm-up is left out, as it acted on
+    nothing."""
+    signals = list(signals)
+    alarms = {id(s) for s in alarm_signals(signals)}
+    live = {episode_of(s) for s in signals if isinstance(s, AnomalySignal) and not s.warming_up}
     out: list[dict[str, Any]] = []
     for s in signals:
         if isinstance(s, AnomalySignal):
-            if s.warming_up:
+            if episode_of(s) not in live:
                 continue
             top = ", ".join(f"{c.feature} z={c.zscore:+.1f}" for c in s.top_features[:2])
-            out.append({"t": s.ts, "what": f"{s.kind} {s.phase}", "scope": s.scope.label(),
-                        "severity": s.severity.value,
-                        "detail": f"{score_text(s)}" + (f" [{top}]" if top else "")})
+            event = {"t": s.ts, "what": f"{s.kind} {s.phase}", "scope": s.scope.label(),
+                     "severity": s.severity.value,
+                     "detail": f"{score_text(s)}" + (f" [{top}]" if top else "")}
+            if s.warming_up:
+                event["warming_up"] = True
         elif isinstance(s, RiskAlert):
-            out.append({"t": s.ts, "what": s.kind, "scope": s.scope.label(),
-                        "severity": s.severity.value, "detail": s.reason})
+            event = {"t": s.ts, "what": s.kind, "scope": s.scope.label(),
+                     "severity": s.severity.value, "detail": s.reason}
         elif isinstance(s, LimitBreach) and s.level in (LimitLevel.BREACH, LimitLevel.HARD):
-            out.append({"t": s.ts, "what": f"limit {s.level.value}", "scope": s.scope.label(),
-                        "severity": s.severity.value,
-                        "detail": f"{s.limit_path} {s.kind} at {s.utilization:.0%} of "
-                                  f"{s.effective_limit:,.0f}"})
+            event = {"t": s.ts, "what": f"limit {s.level.value}", "scope": s.scope.label(),
+                     "severity": s.severity.value,
+                     "detail": f"{s.limit_path} {s.kind} at {s.utilization:.0%} of "
+                               f"{s.effective_limit:,.0f}"}
+        else:
+            continue
+        event["alarm"] = id(s) in alarms
+        out.append(event)
     out.sort(key=lambda e: (e["t"], e["scope"]))
     return out
 
@@ -474,7 +524,8 @@ def strip_run(text: str) -> str:
 
 
 __all__ = [
-    "STATE_ORDER", "ack_status", "alarms_of", "build_report", "episode_metrics", "events_of",
-    "mitigation_delays", "pct", "render_html", "scope_related", "state_timeline", "states_at",
-    "strip_run", "time_in_states", "write_report",
+    "ALARM_SEVERITIES", "STATE_ORDER", "ack_status", "alarm_signals", "alarms_of", "build_report",
+    "episode_metrics", "episode_of", "event_what", "events_of", "mitigation_delays", "pct",
+    "render_html", "scope_related", "state_timeline", "states_at", "strip_run",
+    "time_in_states", "write_report",
 ]

@@ -10,6 +10,7 @@ commands and the detectors per key. Everything it shows is in ``report.json``.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -83,15 +84,26 @@ def _data(rep: dict[str, Any]) -> str:
     return text
 
 
+def event_what(e: dict[str, Any]) -> str:
+    """What a timeline entry is, with its severity: ``anomaly open (warn)``, and
+    ``warming up`` where the detector was (report.py's ``events_of``)."""
+    return f"{e['what']} ({e['severity']}{', warming up' if e.get('warming_up') else ''})"
+
+
 def _alarms(rep: dict[str, Any]) -> str:
-    events = [e for e in rep["events"] if not e["what"].endswith(("close", "deescalate"))]
-    if not events:
-        return "<b>Alarms:</b> the guard raised none."
-    first = events[0]
+    alarms = [e for e in rep["events"] if e.get("alarm")]
+    info = Counter(e["what"].removesuffix(" open") for e in rep["events"]
+                   if e["severity"] == "info" and not e.get("alarm")
+                   and not e["what"].endswith(("close", "escalate")))
+    besides = (f" Info-level signals, shown in the timeline but not alarms: "
+               f"{esc(_counts(dict(info)))}." if info else "")
+    if not alarms:
+        return f"<b>Alarms:</b> the guard raised none (nothing at warn or critical).{besides}"
+    first = alarms[0]
     kinds = _counts(rep.get("alarms_by_signal", {}))
     return (f"<b>Alarms:</b> the guard raised {_n(rep['summary']['alarms'], 'alarm')} "
-            f"({esc(kinds)}); the first at {esc(utc(first['t']))}: {esc(first['what'])} "
-            f"({esc(first['severity'])}) on {esc(first['scope'])}.")
+            f"({esc(kinds)}); the first at {esc(utc(first['t']))}: {esc(event_what(first))} "
+            f"on {esc(first['scope'])}.{besides}")
 
 
 def _commands(rep: dict[str, Any]) -> str:
@@ -173,7 +185,7 @@ def labels_example(rep: dict[str, Any]) -> str:
     """A labels file for this run: its first market, an hour from its first alarm (else
     from the start of the data)."""
     markets = rep["summary"].get("markets") or ["binance/BTCUSDT"]
-    events = rep["events"]
+    events = [e for e in rep["events"] if e.get("alarm")] or rep["events"]
     start = events[0]["t"] if events else rep["summary"]["start_ns"]
     scope = events[0]["scope"] if events else f"instrument:{markets[0]}"
 
@@ -199,8 +211,8 @@ def _detectors(rep: dict[str, Any]) -> list[str]:
 def _timeline_rows(rep: dict[str, Any]) -> list[list[Any]]:
     rows: list[tuple[int, int, list[Any]]] = []
     for e in rep["events"]:
-        rows.append((e["t"], 0, [utc(e["t"]), "signal", f"{e['what']} ({e['severity']})",
-                                 e["scope"], e["detail"], "", ""]))
+        rows.append((e["t"], 0, [utc(e["t"]), "alarm" if e.get("alarm") else "signal",
+                                 event_what(e), e["scope"], e["detail"], "", ""]))
     for c in rep["command_log"]:
         params = json.dumps(c["params"], sort_keys=True) + "; " if c["params"] else ""
         rows.append((c["t"], 1, [utc(c["t"]), "command", c["action"], c["scope"],
@@ -294,7 +306,11 @@ def render_html(rep: dict[str, Any]) -> str:
             "signal is in signals.jsonl, every command in commands.jsonl.</p>"
             if len(timeline) > MAX_TIMELINE else "")
     sections += [
-        "<h2>Timeline (UTC)</h2>", more,
+        "<h2>Timeline (UTC)</h2>",
+        '<p class="note">An alarm is the moment an episode first reaches warn or critical '
+        "with its detector live (each episode counts once); its other phases, and info-level "
+        "signals, are listed as signals. An episode that opened while its detector warmed "
+        "up shows that open too, marked warming up.</p>", more,
         _table("t-timeline", ["time", "kind", "what", "scope", "detail", "verified",
                               "acknowledged"], timeline[:MAX_TIMELINE]),
         "<h2>Plots</h2>", *plots(rep, t0, t1),
