@@ -163,8 +163,9 @@ def _acks(rep: dict[str, Any]) -> str:
                 "answer each command with a signed ack; docs/executors.md).")
     text = f"<b>Acknowledged:</b> {len(acked):,} of {len(log):,} commands by an executor."
     if missing:
-        text += (f' <span class="bad">{len(missing):,} required command(s) were not '
-                 "acknowledged</span> (the timeline names them).")
+        text += (f' <span class="bad">{_n(len(missing), "required command")} '
+                 f"{'was' if len(missing) == 1 else 'were'} not acknowledged</span> (the "
+                 f"timeline names {'it' if len(missing) == 1 else 'them'}).")
     return text
 
 
@@ -175,10 +176,25 @@ def _labels(rep: dict[str, Any]) -> str:
         return (f"<b>Scored against {_n(a['labels'], 'labelled incident')}:</b> "
                 f"{a['detected']} detected (recall {_fmt(a['recall'])}), precision "
                 f"{_fmt(a['precision'])}, {_n(rep['false_alarms']['count'] or 0, 'false alarm')}.")
-    return (f"<b>Not scored:</b> no labels were given, so the {_n(alarms, 'alarm')} "
-            "are unlabelled: none is counted true or false. To score them, rerun with "
+    return (f"<b>Not scored:</b> {_unlabelled(alarms)} To score "
+            f"{'it' if alarms == 1 else 'them' if alarms else 'a run'}, rerun with "
             f"<code>--labels labels.json</code> holding the incidents, e.g. "
             f"<code>{esc(labels_example(rep))}</code> (docs/backtests.md).")
+
+
+def _unlabelled(alarms: int) -> str:
+    """That ``alarms`` alarms went unjudged, in a sentence whose verbs agree with it.
+
+    >>> _unlabelled(1)
+    'no labels were given, so the one alarm is unlabelled: it is counted neither true nor false.'
+    """
+    if alarms == 0:
+        return "no labels were given, and the guard raised no alarm to judge."
+    if alarms == 1:
+        return ("no labels were given, so the one alarm is unlabelled: it is counted neither "
+                "true nor false.")
+    return (f"no labels were given, so the {alarms:,} alarms are unlabelled: none is counted "
+            "true or false.")
 
 
 def labels_example(rep: dict[str, Any]) -> str:

@@ -109,3 +109,18 @@ def test_no_later_phase_is_shown_without_its_open() -> None:
         assert seen[kind] == "open", e
     assert len(events_of(signals)) == 6
 
+
+def test_the_unlabelled_sentence_agrees_with_the_number_of_alarms() -> None:
+    """No labels: the page says none, one or several alarms went unjudged in sentences
+    whose verbs agree with the count."""
+    def story(n: int) -> str:
+        signals = [_sig(i, "price_move", "open", "warn", episode=f"move{i}")
+                   for i in range(1, n + 1)]
+        page = render_html(_report(signals))
+        return page[page.index("<b>Not scored:</b>"):page.index("</li>", page.index("Not scored"))]
+    assert "the guard raised no alarm to judge. To score a run, rerun" in story(0)
+    assert ("so the one alarm is unlabelled: it is counted neither true nor false. To score "
+            "it, rerun") in story(1)
+    assert ("so the 2 alarms are unlabelled: none is counted true or false. To score them, "
+            "rerun") in story(2)
+    assert "1 alarm are" not in story(1)
