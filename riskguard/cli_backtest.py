@@ -24,7 +24,8 @@ def add_format_options(p: argparse.ArgumentParser, formats: tuple[str, ...],
                    "docs/formats.md")
     p.add_argument("--venue", default="file",
                    help="venue name for CSV rows (default: from a Binance file's name; a "
-                   "Tardis row's exchange)")
+                   "Tardis row's exchange; an OHLCV row's venue, else a CryptoDataDownload "
+                   "name's exchange: Binance_ETHUSDT_1h.csv)")
     p.add_argument("--instrument", default="unknown",
                    help="instrument name for CSV rows (default: from a Binance file's name; "
                    "an OHLCV file's symbol column)")

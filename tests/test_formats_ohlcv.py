@@ -249,6 +249,26 @@ def test_a_cryptodatadownload_export_replays_as_it_comes(tmp_path: Path,
     assert b.id == f"Binance_BTCUSDT_1h@{8 if newest_first else 3}" and b.ts - b.start == H
 
 
+@pytest.mark.parametrize(("name", "header", "venue", "expected"), [
+    ("Binance_ETHUSDT_1h.csv", "unix,symbol", "file", "binance"),
+    ("Bitstamp_BTCUSD_d.csv", "unix,symbol", "file", "bitstamp"),
+    ("Gemini_BTCUSD_2021_minute.csv", "unix,symbol", "file", "gemini"),
+    ("Binance_ETHUSDT_1h.csv", "unix,exchange,symbol", "file", "kraken"),
+    ("Binance_ETHUSDT_1h.csv", "unix,symbol", "okx", "okx"),
+    ("my_coins_1h.csv", "unix,symbol", "file", "file"),
+    ("ethusdt_1h.csv", "unix,symbol", "file", "file"),
+])
+def test_a_cryptodatadownload_name_gives_the_venue_where_nothing_else_does(
+        tmp_path: Path, name: str, header: str, venue: str, expected: str) -> None:
+    """``<Exchange>_<SYMBOL>_<interval>.csv``, as CryptoDataDownload names its exports:
+    the exchange, lower-cased, is the venue of rows that name none; a row's exchange
+    cell and ``--venue`` come first, and any other name leaves ``file``."""
+    cells = {"unix,symbol": "ETHUSDT", "unix,exchange,symbol": "kraken,ETHUSDT"}[header]
+    rows = [f"{(T0 + h * 3600) * 1000},{cells},100,101,99,100" for h in range(3)]
+    path = _write(tmp_path, name, "\n".join([f"{header},open,high,low,close", *rows]) + "\n")
+    assert {b.venue for b in _read(path, venue=venue)} == {expected}
+
+
 def test_a_file_that_names_no_symbol_needs_an_instrument(tmp_path: Path) -> None:
     path = _write(tmp_path, "bars.csv", "timestamp_s,open,high,low,close\n"
                   f"{T0},1,2,0.5,1\n{T0 + 60},1,2,0.5,1\n")

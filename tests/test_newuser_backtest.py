@@ -48,7 +48,7 @@ def _backtest(guard_toml: Path, data: Path, out: Path, capsys: pytest.CaptureFix
 
 @pytest.mark.parametrize(("make", "market", "bars"), [
     (binance_klines_zip, "binance/BTCUSDT", True),
-    (cryptodatadownload_csv, "file/ETHUSDT", True),
+    (cryptodatadownload_csv, "binance/ETHUSDT", True),  # Binance_ETHUSDT_1h.csv
     (tardis_trades_csv, "deribit/BTC-PERPETUAL", False),
 ])
 def test_each_file_gives_a_report_with_its_prices_counts_and_verified_commands(

@@ -45,7 +45,7 @@ from riskguard.connectors.formats.core import (
     header_cells,
     open_stream,
 )
-from riskguard.connectors.formats.detect import Detected, detect
+from riskguard.connectors.formats.detect import Detected, detect, name_exchange
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.base import stamp_source
 from riskguard.schemas.codec import Codec
@@ -101,10 +101,10 @@ def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
     knows. ``venue``/``instrument`` left at ``file``/``unknown`` are taken from the
     name where it gives them (Binance: ``binance``, ``binance_um`` or ``binance_cm``
     and the symbol; a Binance file whose name does not needs ``instrument``; an OHLCV
-    file's rows may name theirs). ``measure``: what an OHLCV file's bars measure, where
-    its rows do not say; ``interval_ns``: its bars' interval, when already known (else
-    its rows tell it). Raises :class:`~riskguard.errors.ConfigError` for what cannot
-    work.
+    file's rows may name theirs, else a CryptoDataDownload name its exchange).
+    ``measure``: what an OHLCV file's bars measure, where its rows do not say;
+    ``interval_ns``: its bars' interval, when already known (else its rows tell it).
+    Raises :class:`~riskguard.errors.ConfigError` for what cannot work.
     """
     p = Path(path)
     _check_arguments(fmt, market, measure, contract_size)
@@ -142,6 +142,9 @@ def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
     venue_given = venue != "file"
     if not venue_given and fmt.startswith("binance"):
         venue = {"spot": "binance", "um": "binance_um", "cm": "binance_cm"}[market]
+    if not venue_given and fmt == "ohlcv_csv" and name_exchange(p):
+        # the fallback for rows that name no venue: a row's venue cell still wins
+        venue = _market_name(f"files[{p.name}].exchange", name_exchange(p))
     size = contract_size or binance.default_contract_size(instrument)
     # Binance's spot files give µs from 2025-01-01 on; its name's date says which
     date = detect(p, b"").date if fmt.startswith("binance") else ""

@@ -18,6 +18,11 @@ In order:
    ``bookdepth``, ``bookticker``, ``aggtrade``, ``trade``, ``funding``,
    ``metrics``), and ``.jsonl`` / ``.ndjson`` / ``.json`` for the wire contract.
 
+An OHLCV file named as CryptoDataDownload names its exports,
+``<Exchange>_<SYMBOL>_<interval>.csv`` (``Binance_ETHUSDT_1h.csv``,
+``Bitstamp_BTCUSD_d.csv``, ``Gemini_BTCUSD_2021_minute.csv``), gives its exchange,
+lower-cased, as the venue (:func:`name_exchange`).
+
 The Binance market is ``cm`` (COIN-M) when the symbol has an underscore
 (``BTCUSD_PERP``, ``ETHUSD_240628``), a folder is ``cm`` or the header names a base
 column; ``um`` when a folder is ``um`` or the file has a header; else ``spot``.
@@ -35,6 +40,8 @@ column; ``um`` when a folder is ``um`` or the file has a header; else ``spot``.
 'binance_trades'
 >>> detect("bars.csv", b"venue,symbol,timestamp_s,open,high,low,close,volume_base").format
 'ohlcv_csv'
+>>> detect("Binance_ETHUSDT_1h.csv", b"Unix,Date,Symbol,Open,High,Low,Close").exchange
+'binance'
 """
 
 from __future__ import annotations
@@ -56,6 +63,11 @@ _BINANCE_NAME = re.compile(
     r"^(?P<symbol>[A-Z0-9]+(?:_[A-Z0-9]+)?)-(?P<kind>[A-Za-z0-9]+)-"
     r"(?P<date>\d{4}-\d{2}(?:-\d{2})?)\.(?:csv|zip|csv\.gz)$")
 _INTERVAL = re.compile(r"^\d+(?:s|m|h|d|w|mo)$")
+# CryptoDataDownload's export names: the symbol in capitals, a year before minute files'
+# interval (an uppercase symbol keeps a name such as my_coins_5m.csv from matching)
+_CDD_NAME = re.compile(
+    r"^(?P<exchange>[A-Za-z][A-Za-z0-9]*)_(?P<symbol>[A-Z0-9]+)_(?:\d{4}_)?"
+    r"(?P<interval>minute|\d*(?:min|m|hr|h|d|w))\.csv(?:\.gz|\.zip)?$", re.IGNORECASE)
 _BINANCE_KINDS = {
     "trades": "binance_trades", "aggTrades": "binance_agg_trades",
     "bookTicker": "binance_book_ticker", "bookDepth": "binance_book_depth",
@@ -145,6 +157,19 @@ def _from_row(line: bytes) -> str:
     return ""
 
 
+def name_exchange(path: str | PurePath) -> str:
+    """The exchange a CryptoDataDownload export's name gives, lower-cased ('' if the name
+    is not one).
+
+    >>> name_exchange("Binance_ETHUSDT_1h.csv"), name_exchange("my_coins_5m.csv")
+    ('binance', '')
+    """
+    m = _CDD_NAME.match(PurePath(path).name)
+    if m is None or not m.group("symbol").isupper():
+        return ""
+    return m.group("exchange").lower()
+
+
 def detect(path: str | PurePath, first: bytes) -> Detected:
     """The format of the file at ``path`` whose first line is ``first``."""
     p = PurePath(path)
@@ -190,4 +215,6 @@ def detect(path: str | PurePath, first: bytes) -> Detected:
         if "base_volume" in cells or "base_qty" in cells:
             market = "cm"
         return Detected(fmt, market)
+    if fmt == "ohlcv_csv":
+        return Detected(fmt, exchange=name_exchange(p))
     return Detected(fmt)
