@@ -44,10 +44,14 @@ def _table(tid: str, head: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def _fmt(x: Any) -> str:
+    """A cell's value: ``-`` for none, a large number with thousands separators (never in
+    scientific notation), else four significant digits."""
     if x is None:
         return "-"
     if isinstance(x, float):
-        return f"{x:.4g}"
+        return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
+    if isinstance(x, int) and not isinstance(x, bool):
+        return f"{x:,}"
     return str(x)
 
 
@@ -276,7 +280,7 @@ def _state_table(rep: dict[str, Any]) -> str:
     cols = [x for x in STATE_ORDER if any(x in v for v in states["by_scope"].values())
             or x in states["worst"]]
     return _table("t-states", ["scope", *cols],
-                  [[lab, *[v.get(c, 0.0) for c in cols]]
+                  [[lab, *[duration(int(v.get(c, 0.0) * NS)) for c in cols]]
                    for lab, v in [("(firm worst)", states["worst"]),
                                   *states["by_scope"].items()]])
 
@@ -333,7 +337,7 @@ def render_html(rep: dict[str, Any]) -> str:
         *_score_tables(rep),
         "<h2>Commands by action and scope</h2>",
         _table("t-commands", ["action", "scope", "count"], rep["commands"]["by_action_scope"]),
-        "<h2>Time in each mitigation state (s)</h2>", _state_table(rep),
+        "<h2>Time in each mitigation state</h2>", _state_table(rep),
         "<h2>Command log</h2>",
         _table("t-log", ["time", "action", "scope", "params", "verified", "acknowledged",
                          "reason"],

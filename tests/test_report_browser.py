@@ -37,7 +37,7 @@ def test_report_page_renders_plots_and_tables(tmp_path):
     assert "<td>halt_trading</td><td>counterparty:binance</td><td>1</td>" in dom
     assert "<td>reroute_order_flow</td><td>venue:okx</td><td>1</td>" in dom
     n = o.report["summary"]["events"]
-    assert f"<td>{n}</td>" in dom
+    assert f"<td>{n:,}</td>" in dom  # counts have thousands separators
 
 
 def test_report_page_screenshot_is_not_blank(tmp_path):
