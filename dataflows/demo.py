@@ -244,14 +244,14 @@ def describe_signal(rec: Any, start_ns: int) -> str | None:
         if rec.warming_up:
             return None
         top = ", ".join(f"{c.feature} z={c.zscore:+.1f}" for c in rec.top_features[:2])
-        return (f"{_clock_s(rec.ts, start_ns)} SIGNAL  {rec.kind + '/' + rec.phase:<17} "
+        return (f"{_clock_s(rec.ts, start_ns)} SIGNAL  {rec.kind + '/' + rec.phase:<21} "
                 f"{rec.scope.label():<34} {score_text(rec)}  [{top}]")
     if isinstance(rec, LimitBreach):
-        return (f"{_clock_s(rec.ts, start_ns)} SIGNAL  {'breach/' + rec.level.value:<17} "
+        return (f"{_clock_s(rec.ts, start_ns)} SIGNAL  {'breach/' + rec.level.value:<21} "
                 f"{rec.limit_path:<34} util {rec.utilization:.0%} of "
                 f"{rec.effective_limit:,.0f}")
     if isinstance(rec, RiskAlert):
-        return (f"{_clock_s(rec.ts, start_ns)} SIGNAL  {rec.kind:<17} {rec.scope.label():<34} "
+        return (f"{_clock_s(rec.ts, start_ns)} SIGNAL  {rec.kind:<21} {rec.scope.label():<34} "
                 f"{rec.reason}")
     return None
 
@@ -422,7 +422,7 @@ class _Timeline:
             extra = f" {dict(cmd.params)}" if cmd.params else ""
             stamp = _clock_s(when, self.start_ns) if when is not None else " " * 9
             self.add(when if when is not None else 2**62,
-                     f"{stamp} COMMAND {cmd.action.value:<17} {cmd.scope.label():<34} "
+                     f"{stamp} COMMAND {cmd.action.value:<21} {cmd.scope.label():<34} "
                      f"seq {cmd.seq:<3} verified{extra}\n          reason: {cmd.reason}")
         self.waiting = still
         for _ts, _n, text in sorted(self.pending):
