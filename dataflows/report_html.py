@@ -27,7 +27,7 @@ CSS = (
     "#story li{margin:4px 0;line-height:1.4}code{overflow-wrap:anywhere;font-size:12px;"
     "background:#f5f5f5;padding:0 3px}"
     ".tick{font-size:10px;fill:#444}.ptitle{font-size:12px;font-weight:bold}"
-    ".nodata{font-size:16px;fill:#777}figure.plot{margin:6px 0 14px}"
+    "p.nodata{margin:2px 0 10px}figure.plot{margin:6px 0 14px}"
     "svg.plot{display:block;width:100%;height:auto}"
     ".legend{display:flex;flex-wrap:wrap;gap:2px 16px;list-style:none;margin:2px 0 0 "
     "70px;padding:0;font-size:12px}.legend li{overflow-wrap:anywhere;min-width:0}"

@@ -3,7 +3,7 @@
 Four plots share the run's time axis (UTC): prices (each market relative to its first
 price; a bar's high-low range shaded around its close), anomaly scores against their
 thresholds, limit utilization, and the commands on one row per scope. Labelled incident
-windows are shaded on each. A plot with nothing to show says "no data".
+windows are shaded on each. A plot with nothing to show is a one-line note saying so.
 
 >>> ax = Axes(0, 120 * NS, 0.0, 1.0)
 >>> ax.x(0), ax.x(120 * NS), time_tick(0, 120 * NS, 60 * NS)
@@ -52,14 +52,18 @@ def time_tick(t0: int, t1: int, t: float) -> str:
 
 
 class Axes:
-    """Event time on x, a value on y, both to SVG coordinates (5 % room on y)."""
+    """Event time on x, a value on y, both to SVG coordinates (5 % room on y, none below
+    ``floor``: a value that cannot be lower, as a score cannot be below 0)."""
 
-    def __init__(self, t0: int, t1: int, y0: float, y1: float) -> None:
+    def __init__(self, t0: int, t1: int, y0: float, y1: float,
+                 floor: float | None = None) -> None:
         self.t0, self.t1 = t0, max(t1, t0 + 1)
         if y1 <= y0:
             y0, y1 = y0 - 1.0, y1 + 1.0
         pad = (y1 - y0) * 0.05
         self.y0, self.y1 = y0 - pad, y1 + pad
+        if floor is not None:
+            self.y0 = max(self.y0, floor)
 
     def x(self, t: float) -> float:
         return round(PAD_L + (t - self.t0) / (self.t1 - self.t0) * (W - PAD_L - PAD_R), 2)
@@ -69,28 +73,27 @@ class Axes:
 
 
 def frame(ax: Axes, pid: str, title: str, body: list[str], legend: list[tuple[str, str]],
-          fmt: str = "{:.4g}", *, empty: bool = False) -> str:
+          fmt: str | None = "{:.4g}", *, empty: bool = False) -> str:
     """One plot: the SVG (as wide as the page) and its legend as an HTML list, whose
-    entries wrap between entries, never inside a name."""
+    entries wrap between entries, never inside a name. ``fmt`` None: no value ticks (the
+    body labels its rows); ``empty``: one line saying there is nothing to plot."""
+    if empty:
+        return f'<p class="note nodata" id="{pid}" data-plot="{pid}">{esc(title)}: no data.</p>'
     parts = [f'<figure class="plot" data-plot="{pid}">'
              f'<svg class="plot" id="{pid}" xmlns="http://www.w3.org/2000/svg" '
              f'viewBox="0 0 {W} {H}" role="img" aria-label="{esc(title)}">',
              f'<text x="{PAD_L}" y="15" class="ptitle">{esc(title)}</text>',
              f'<rect x="{PAD_L}" y="{PAD_T}" width="{W - PAD_L - PAD_R}" '
              f'height="{H - PAD_T - PAD_B}" fill="none" stroke="#ccc"/>']
-    for frac in (0.0, 0.5, 1.0):
+    for frac in (0.0, 0.5, 1.0) if fmt is not None else ():
         v = ax.y0 + (ax.y1 - ax.y0) * frac
         parts.append(f'<text x="{PAD_L - 4}" y="{ax.y(v) + 4}" text-anchor="end" '
-                     f'class="tick">{esc(fmt.format(v))}</text>')
+                     f'class="tick">{esc(str(fmt).format(v))}</text>')
     for frac, anchor in ((0.0, "start"), (0.5, "middle"), (1.0, "end")):  # inside the SVG
         t = ax.t0 + (ax.t1 - ax.t0) * frac
         parts.append(f'<text x="{ax.x(t)}" y="{H - 8}" text-anchor="{anchor}" class="tick">'
                      f'{esc(time_tick(ax.t0, ax.t1, t))}</text>')
     parts.extend(body)
-    if empty:
-        parts.append(f'<text class="nodata" x="{(PAD_L + W - PAD_R) / 2}" '
-                     f'y="{PAD_T + (H - PAD_T - PAD_B) * 0.3 + 6}" '
-                     'text-anchor="middle">no data</text>')
     parts.append("</svg>")
     if legend:
         parts.append('<ul class="legend">' + "".join(
@@ -153,15 +156,17 @@ def price_plot(rep: dict[str, Any], t0: int, t1: int) -> str:
         legend.append((f"{k}{what}", color))
     if ranges:
         legend.append(("shaded: each bar's high-low range", "#bbbbbb"))
-    title = ("Price, % from first value (close; bars' high-low range and incident windows "
-             "shaded)" if ranges else "Price, % from first value (incident windows shaded)")
+    shaded = [*(["bars' high-low range"] if ranges else []),
+              *(["incident windows"] if rep["labels"] else [])]
+    title = ("Price, % from first value" + (" (close)" if ranges else "")
+             + (f"; {' and '.join(shaded)} shaded" if shaded else ""))
     return frame(ax, "plot-price", title, body, legend, "{:+.2f}%", empty=not ys)
 
 
 def anomaly_plot(rep: dict[str, Any], t0: int, t1: int) -> str:
     pts = rep["series"]["anomalies"]
     top = max([p[1] for p in pts] + [2.0])
-    ax = Axes(t0, t1, 0.0, min(top, 50.0))
+    ax = Axes(t0, t1, 0.0, min(top, 50.0), floor=0.0)
     body = bands(ax, rep["labels"])
     body.append(threshold(ax))
     for t, ratio, key, sev in pts:
@@ -183,7 +188,7 @@ def threshold(ax: Axes) -> str:
 def util_plot(rep: dict[str, Any], t0: int, t1: int) -> str:
     series = rep["series"]["utilization"]
     top = max([p[1] for v in series.values() for p in v] + [1.1])
-    ax = Axes(t0, t1, 0.0, top)
+    ax = Axes(t0, t1, 0.0, top, floor=0.0)
     body = bands(ax, rep["labels"])
     body.append(threshold(ax))
     legend = [("limit (1.0)", THRESHOLD_COLOR)] if series else []
@@ -203,17 +208,46 @@ def command_plot(rep: dict[str, Any], t0: int, t1: int) -> str:
     row = {s: i for i, s in enumerate(scopes)}
     for i, s in enumerate(scopes):
         body.append(f'<text x="{PAD_L + 4}" y="{ax.y(i + 0.5) - 6}" class="tick">{esc(s)}</text>')
-    for c in log:
-        if c["scope"] not in row:
-            continue
-        color = ACTION_COLORS.get(c["action"], "#333")
-        y = ax.y(row[c["scope"]] + 0.5) - 5
-        body.append(f'<rect class="cmd" x="{ax.x(c["t"]) - 3}" y="{y}"'
-                    f' width="6" height="10" fill="{color}"><title>{esc(c["action"])} '
-                    f'{esc(c["scope"])}: {esc(c["reason"])}</title></rect>')
+    for scope in scopes:
+        cmds = sorted((c for c in log if c["scope"] == scope), key=lambda c: c["t"])
+        y = ax.y(row[scope] + 0.5) - 5
+        for c, x in zip(cmds, side_by_side([ax.x(c["t"]) for c in cmds]), strict=True):
+            color = ACTION_COLORS.get(c["action"], "#333")
+            body.append(f'<rect class="cmd" x="{round(x - MARK_W / 2, 2)}" y="{y}"'
+                        f' width="{MARK_W}" height="10" fill="{color}"><title>'
+                        f'{esc(c["action"])} {esc(c["scope"])}: {esc(c["reason"])}</title></rect>')
     legend = [(a, ACTION_COLORS.get(a, "#333")) for a in rep["commands"]["by_action"]]
     return frame(ax, "plot-commands", "Commands timeline (one row per scope)", body, legend,
-                 "{:.0f}", empty=not log)
+                 None, empty=not log)
+
+
+MARK_W = 6
+
+
+def side_by_side(xs: Sequence[float], gap: float = MARK_W + 1) -> list[float]:
+    """Where to draw marks meant for ``xs`` (in order) so that none hides another: marks
+    closer than ``gap`` sit side by side around their mean, inside the plot.
+
+    >>> side_by_side([100.0, 100.0, 300.0])
+    [96.5, 103.5, 300.0]
+    """
+    lo, hi = PAD_L + gap / 2, W - PAD_R - gap / 2
+    groups: list[list[int]] = []
+    for i, x in enumerate(xs):
+        if groups and x - xs[groups[-1][-1]] < gap:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    out = list(xs)
+    for g in groups:
+        first = sum(xs[i] for i in g) / len(g) - gap * (len(g) - 1) / 2
+        for k, i in enumerate(g):
+            out[i] = first + k * gap
+    for i in range(len(out)):  # groups widened into each other: push right, then back in
+        out[i] = max(out[i], lo, out[i - 1] + gap if i else lo)
+    for i in reversed(range(len(out))):
+        out[i] = min(out[i], hi, out[i + 1] - gap if i + 1 < len(out) else hi)
+    return [round(x, 2) for x in out]
 
 
 def plots(rep: dict[str, Any], t0: int, t1: int) -> list[str]:

@@ -65,8 +65,10 @@ for(const s of document.querySelectorAll("svg.plot")){
   for(const t of s.querySelectorAll("text")){const b=t.getBBox();
     if(b.x<vb.x||b.y<vb.y||b.x+b.width>vb.x+vb.width||b.y+b.height>vb.y+vb.height)
       out.overflow.push(s.id+" text: "+t.textContent);}
-  const nd=[...s.querySelectorAll("text")].filter(t=>/no data/.test(t.textContent));
-  out.nodata[s.id]=nd.map(t=>({text:t.textContent, w:r(t).width, h:r(t).height}));}
+  }
+for(const p of document.querySelectorAll("p.nodata")){
+  out.nodata[p.id]={text:p.textContent, h:r(p).height,
+    line:parseFloat(getComputedStyle(p).lineHeight)||1.2*parseFloat(getComputedStyle(p).fontSize)};}
 for(const f of document.querySelectorAll("[data-plot]")){
   out.legends[f.dataset.plot]=[...f.querySelectorAll(".legend li")].map(li=>({
     text:li.textContent, color:getComputedStyle(li.querySelector(".sw")).backgroundColor,
@@ -188,16 +190,18 @@ def test_report_threshold_and_critical_have_distinct_colours(full_page, tmp_path
     assert len(set(legend.values())) == len(legend), legend
 
 
-def test_report_empty_plots_say_no_data(tmp_path) -> None:
-    """A run with no prices, signals, utilizations or commands draws each plot
-    with a visible "no data" text; a plot with data has none."""
+def test_report_empty_plots_are_one_line_notes_saying_no_data(tmp_path) -> None:
+    """A run with no prices, signals, utilizations or commands shows each plot as one
+    rendered line, its title and "no data", with no plot height; a page whose plots all
+    have data has no such note."""
     m = measure(render_html(_report(empty=True)), tmp_path, 1000)
+    assert not m["plots"], m["plots"]
     for pid in ("plot-price", "plot-anomaly", "plot-util", "plot-commands"):
         nd = m["nodata"][pid]
-        assert [x["text"] for x in nd] == ["no data"], pid
-        assert nd[0]["w"] > 20 and nd[0]["h"] > 8, nd
+        assert nd["text"].endswith(": no data."), nd
+        assert 8 < nd["h"] <= 1.5 * nd["line"], nd
     full = measure(render_html(_report()), tmp_path, 1000)
-    assert all(v == [] for v in full["nodata"].values()), full["nodata"]
+    assert full["nodata"] == {}, full["nodata"]
 
 
 class _Lists(html.parser.HTMLParser):

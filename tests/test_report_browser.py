@@ -15,9 +15,10 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_report_page_renders_plots_and_tables(tmp_path):
-    """Chromium's DOM of report.html holds the four SVG plots with their
-    series, incident bands and command marks, and the tables show the
-    scenario's numbers (commands per action/scope, the PASS verdict)."""
+    """Chromium's DOM of report.html holds the SVG plots with their series, incident
+    bands and command marks (the scenario scores no anomaly: that plot is a one-line
+    note), and the tables show the scenario's numbers (commands per action/scope, the
+    PASS verdict)."""
     o = run_scenario(load_scenario(scenario_path("cascading_failure")), tmp_path / "w",
                      out_dir=tmp_path / "out")
     page = tmp_path / "out" / "report.html"
@@ -25,9 +26,10 @@ def test_report_page_renders_plots_and_tables(tmp_path):
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
          "--disable-background-networking", "--dump-dom", page.as_uri()],
         capture_output=True, text=True, timeout=120, check=True).stdout
-    for pid in ("plot-price", "plot-anomaly", "plot-util", "plot-commands"):
+    for pid in ("plot-price", "plot-util", "plot-commands"):
         assert re.search(rf'<svg[^>]*id="{pid}"', dom), pid
-    assert dom.count('class="incident"') >= 4 * 2  # two shocks shaded on each plot
+    assert re.search(r'<p class="note nodata" id="plot-anomaly"[^>]*>[^<]*: no data\.</p>', dom)
+    assert dom.count('class="incident"') >= 3 * 2  # two shocks shaded on each plot
     assert dom.count('class="cmd"') == len(o.result.commands)
     assert dom.count('class="series"') >= 2
     assert '<span id="verdict">PASS</span>' in dom
