@@ -377,21 +377,25 @@ class Readiness:
         return [(k, parts[0]) for k, parts in self.keys.items() if parts[0].live_from is None]
 
     def by_part(self) -> dict[str, tuple[list[str], list[str], list[str]]]:
-        """Part -> (keys live all along, keys live from part way, keys never live)."""
+        """Part -> (keys live from their first event, keys live from part way, keys never
+        live)."""
         out: dict[str, tuple[list[str], list[str], list[str]]] = {}
         assert self.watch is not None
         for key, parts in self.keys.items():
-            p = self.watch.keys[key]
-            soon = p.first_ts + max(p.interval_ns, NS) + 60 * NS  # its first minute or bar
+            first = self.watch.keys[key].first_ts
             for part in parts:
                 all_along, later, never = out.setdefault(part.name, ([], [], []))
                 if part.live_from is None:
                     never.append(key)
-                elif part.live_from <= soon:
+                elif part.live_from <= first:
                     all_along.append(key)
                 else:
                     later.append(key)
         return out
+
+    def live_from(self, name: str, key: str) -> int | None:
+        """When part ``name`` became live on ``key`` (None: never)."""
+        return next(p.live_from for p in self.keys[key] if p.name == name)
 
 
 def readiness(watch: DetectorWatch, cfg: Any) -> Readiness:
@@ -400,8 +404,9 @@ def readiness(watch: DetectorWatch, cfg: Any) -> Readiness:
 
 
 def summary_lines(r: Readiness, most: int = 4) -> list[str]:
-    """What a run says at its end: which parts were live for the whole run, from part
-    way, or never (and why), and the keys that never warmed up (and why)."""
+    """What a run says at its end: which parts were live for the whole run (from each
+    key's first event), which from part way (and from when, counted from the run's
+    start), which never (and why), and the keys that never warmed up (and why)."""
     if not r.keys:
         return ["detectors: no feature vector reached them (no market data)"]
     assert r.watch is not None
@@ -411,12 +416,15 @@ def summary_lines(r: Readiness, most: int = 4) -> list[str]:
     what = f"{len(r.keys) - venues} market(s)" + (f", {venues} venue(s)" if venues else "")
     out = [f"detectors: {what}, {utc(first)} to {utc(last)}"]
     groups = r.by_part()
-    whole = [n for n in PARTS if n in groups and groups[n][0] and not groups[n][2]]
-    out.append("  live for the whole run: " + ("; ".join(whole) or "none"))
-    part_way = [f"{n} ({_some(groups[n])})" for n in PARTS
-                if n in groups and n not in whole and (groups[n][0] or groups[n][1])]
+    whole = [n for n in PARTS if n in groups and not groups[n][1] and not groups[n][2]]
+    if whole:  # most parts need some data first: a run may well have none
+        out.append("  live for the whole run: " + "; ".join(whole))
+    part_way = sorted(((_since(r, n, [*groups[n][0], *groups[n][1]], first), n) for n in PARTS
+                       if n in groups and n not in whole and (groups[n][0] or groups[n][1])),
+                      key=lambda x: x[0][0])  # in the order they became live
     if part_way:
-        out.append("  live for part of it: " + "; ".join(part_way))
+        out.append("  live for part of it: " + "; ".join(
+            f"{n} ({_some(groups[n])}, {when})" for (_t, when), n in part_way))
     never = [n for n in PARTS if n in groups and not groups[n][0] and not groups[n][1]]
     for name in never:
         key = groups[name][2][0]
@@ -434,6 +442,15 @@ def summary_lines(r: Readiness, most: int = 4) -> list[str]:
         out.append(f"never warmed up (the learned detector needs {cold[0][1].needs}): "
                    f"{len(cold)} of {len(r.keys)} key(s), {shown}")
     return out
+
+
+def _since(r: Readiness, name: str, keys: list[str], first: int) -> tuple[int, str]:
+    """From when part ``name`` was live on ``keys``, counted from the run's start
+    ``first``: the earliest time, and in words (``from 30 s in``, or the earliest and
+    latest key's)."""
+    times = sorted(t - first for k in keys if (t := r.live_from(name, k)) is not None)
+    lo, hi = duration(times[0]), duration(times[-1])
+    return times[0], f"from {lo} in" if lo == hi else f"from {lo} to {hi} in"
 
 
 def _some(group: tuple[list[str], list[str], list[str]]) -> str:

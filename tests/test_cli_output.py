@@ -170,7 +170,9 @@ def test_run_prints_a_start_line_status_lines_and_a_summary(
     # then which detectors could fire, and the keys that never warmed up
     after = lines[lines.index(summary) + 1:]
     assert after and after[0].startswith("detectors: "), after
-    assert any(line.startswith("  live for the whole run: ") for line in after)
+    assert any(line.startswith("  live for the whole run: cross-venue confirmation")
+               for line in after)  # two venues of BTC from the first event
+    assert any(line.startswith("  live for part of it: ") and " in)" in line for line in after)
     assert commands > 0
 
 

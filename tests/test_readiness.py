@@ -1,6 +1,7 @@
 """What a run says of its detectors' warm-up agrees with the detectors themselves: the
 learned detector acts from the vector after the ones `vectors_to_warm` counts, not
-before; a watch read at a moment is the watch of the run up to that moment."""
+before; a watch read at a moment is the watch of the run up to that moment; the summary
+calls a part live for the whole run only if it was from each key's first event."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ import random
 
 import msgspec
 import pytest
-from riskguard.dataflows.readiness import DetectorWatch, key_parts, vectors_to_warm
+from riskguard.dataflows.readiness import (
+    PARTS,
+    DetectorWatch,
+    KeyProgress,
+    Part,
+    Readiness,
+    key_parts,
+    summary_lines,
+    vectors_to_warm,
+)
 from riskguard.operators.detection.detector import DetectorLogic
 from riskguard.operators.detection.models import DetectorConfig
 from riskguard.schemas import FeatureVector, Scope, ScopeKind
@@ -85,3 +95,23 @@ def _guard_config(detector: DetectorConfig):
 
     cfg = GuardConfig(keys=KeysConfig(signing_key="k", trust_file="t", roots_file="r"))
     return msgspec.structs.replace(cfg, detector=detector)
+
+
+def test_only_a_part_live_from_each_keys_first_event_is_live_for_the_whole_run() -> None:
+    """Two keys from t0: confirmation live on both from t0 is live for the whole run; the
+    static levels, live 60 s in on one key and 90 s on the other, and the learned bands,
+    live from t0 on one key but 30 s in on the other, are live for part of it, each with
+    from when, in the order they became live."""
+    t0 = 1_704_067_200 * NS
+    watch = DetectorWatch(DetectorConfig())
+    parts = {}
+    for key, static_s, bands_s in (("binance/BTCUSDT", 60, 0), ("okx/BTC-USDT", 90, 30)):
+        watch.keys[key] = KeyProgress(key=key, first_ts=t0, last_ts=t0 + 600 * NS)
+        parts[key] = [Part(PARTS[1], t0 + static_s * NS, "the price one horizon back"),
+                      Part(PARTS[2], t0 + bands_s * NS, "31 prices"),
+                      Part(PARTS[5], t0, "the asset on a second venue")]
+    lines = summary_lines(Readiness(parts, watch))
+    assert lines[1] == "  live for the whole run: cross-venue confirmation"
+    assert lines[2] == ("  live for part of it: move bands, learned bands (every key, from 0 s "
+                        "to 30 s in); move bands, static levels (every key, from 1 min to "
+                        "1 min 30 s in)")
