@@ -70,6 +70,30 @@ class Moment:
     parts: list[Part]
 
 
+class Extremes:
+    """A key's low and high at a moment: its bar's there (a price is its own where the
+    data has no bars)."""
+
+    def __init__(self, res: BacktestResult, key: str) -> None:
+        self.ranges = res.ranges.get(key) or []
+        self.times = [t for t, _lo, _hi in self.ranges]
+
+    def at(self, t: int, close: float) -> tuple[float, float]:
+        j = bisect.bisect_right(self.times, t) - 1
+        return (self.ranges[j][1], self.ranges[j][2]) if j >= 0 else (close, close)
+
+
+def move_bps(low: float, high: float, ref: float) -> float:
+    """The move from ``ref`` as the move bands measure it: the fall to ``low`` or the rise
+    to ``high``, whichever is larger (the fall on a tie), in bps.
+
+    >>> round(move_bps(98.0, 100.5, 100.0))
+    -202
+    """
+    down, up = math.log(low / ref) * 1e4, math.log(high / ref) * 1e4
+    return down if -down >= up else up
+
+
 def moves_at(res: BacktestResult, key: str, at: int, horizons_s: Sequence[float],
              ) -> list[tuple[str, float | None]]:
     """The key's move over each horizon at ``at``: its low (a fall) or high (a rise) there
@@ -79,41 +103,34 @@ def moves_at(res: BacktestResult, key: str, at: int, horizons_s: Sequence[float]
     i = bisect.bisect_right(times, at) - 1
     if i < 0:
         return [(duration(int(h * NS)), None) for h in horizons_s]
-    close = prices[i][1]
-    low = high = close
-    ranges = res.ranges.get(key)
-    if ranges:
-        j = bisect.bisect_right([t for t, _lo, _hi in ranges], at) - 1
-        if j >= 0:
-            low, high = ranges[j][1], ranges[j][2]
+    low, high = Extremes(res, key).at(at, prices[i][1])
     out: list[tuple[str, float | None]] = []
     for h in horizons_s:
         k = bisect.bisect_right(times, prices[i][0] - int(h * NS)) - 1
-        if k < 0:
-            out.append((duration(int(h * NS)), None))
-            continue
-        ref = prices[k][1]
-        down, up = math.log(low / ref) * 1e4, math.log(high / ref) * 1e4
-        out.append((duration(int(h * NS)), down if -down >= up else up))
+        out.append((duration(int(h * NS)),
+                    move_bps(low, high, prices[k][1]) if k >= 0 else None))
     return out
 
 
 def largest_move(res: BacktestResult, cfg: GuardConfig) -> tuple[int, str, float, int] | None:
     """The moment, market, size (bps) and span (ns) of the largest move over the move
-    bands' shortest horizon (one bar, where bars are longer) in the run's prices."""
+    bands' shortest horizon (one bar, where bars are longer) in the run's prices,
+    measured as :func:`moves_at` measures it (a bar's low or high against the close one
+    span back), so that the two give the same number for the same moment."""
     best: tuple[int, str, float, int] | None = None
     h_ns = int(min(cfg.detector.bands.horizons_s) * NS)
     for key, prices in res.prices.items():
         times = [t for t, _ in prices]
         steps = [b - a for a, b in itertools.pairwise(times) if b > a]
         span = max(h_ns, min(steps)) if steps else h_ns
+        extremes = Extremes(res, key)
         for t, close in prices:
             k = bisect.bisect_right(times, t - span) - 1
             if k < 0:
                 continue
-            move = abs(math.log(close / prices[k][1])) * 1e4
-            if best is None or move > abs(best[2]):
-                best = (t, key, math.copysign(move, close - prices[k][1]), span)
+            move = move_bps(*extremes.at(t, close), prices[k][1])
+            if best is None or abs(move) > abs(best[2]):
+                best = (t, key, move, span)
     return best
 
 
@@ -236,4 +253,5 @@ def explain_files(config: Any, data: Sequence[str | Path], *, at: str | None,
     return explain(cfg, digest, files, at=parse_at(at) if at else None, keys=keys)
 
 
-__all__ = ["explain", "explain_files", "largest_move", "moves_at", "parse_at"]
+__all__ = ["Extremes", "explain", "explain_files", "largest_move", "move_bps", "moves_at",
+           "parse_at"]

@@ -8,6 +8,7 @@ detector says so at the end of the run; explain says what could fire at the cras
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from importlib import resources
@@ -134,3 +135,17 @@ def test_explain_says_what_could_fire_at_the_crash_and_what_could_not(
     early = capsys.readouterr().out
     assert early.startswith("explain: 2024-01-01 00:00:30 UTC")
     assert "(no price that far back)" in early
+
+
+@pytest.mark.parametrize("make", [binance_klines_zip, cryptodatadownload_csv])
+def test_explain_gives_the_largest_move_as_the_moves_here_give_it(
+        guard_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        make: Callable[[Path], Path]) -> None:
+    """On bars, the headline's largest move and the moves-here line measure the same way
+    (the bar's low or high against the close one horizon back): the same number."""
+    assert main(["explain", "--config", str(guard_toml), "--data", str(make(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    head = re.search(r"the largest (.+?) move in the data, ([+-]\d+) bps", out)
+    here = re.search(r"moves here: (.+?) ([+-]\d+) bps", out)
+    assert head and here, out
+    assert (head.group(1), head.group(2)) == (here.group(1), here.group(2))
