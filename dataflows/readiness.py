@@ -167,7 +167,8 @@ class KeyProgress:
             key=self.key, vectors=n, first_ts=self.first_ts,
             last_ts=self.times[n - 1] if n else self.first_ts, n_features=self.n_features,
             needed=self.needed,
-            warm_vector_ts=self.times[self.needed] if n > self.needed else None,
+            # needed 0: never asked, as the key never came near warming up
+            warm_vector_ts=self.times[self.needed] if self.needed and n > self.needed else None,
             priced=m, first_priced_ts=self.priced_times[0] if m else -1,
             returns_ts=(self.priced_times[warmup_returns] if m > warmup_returns else None),
             interval_ns=self.interval_ns, measure=self.measure)

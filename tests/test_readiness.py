@@ -89,6 +89,22 @@ def test_a_watch_read_at_a_moment_is_the_watch_of_the_run_up_to_it() -> None:
         assert key_parts(at, "binance/BTCUSDT", cfg) == key_parts(part, "binance/BTCUSDT", cfg)
 
 
+def test_a_key_too_short_to_warm_is_not_warm_at_any_moment_of_it() -> None:
+    """200 vectors, never near the 400 the learned detector needs: read at any moment, the
+    watch says it is not live, as the whole run's does."""
+    config = DetectorConfig(warmup_ns=0)
+    rng = random.Random(5)
+    vectors = [_vector(i, 14, rng, price=100.0) for i in range(200)]
+    whole = DetectorWatch(config, keep_times=True)
+    for fv in vectors:
+        whole.vector(fv)
+    cfg = _guard_config(config)
+    assert key_parts(whole, "binance/BTCUSDT", cfg)[0].live_from is None
+    for cut in (1, 150, 200):
+        assert key_parts(whole.at(vectors[cut - 1].ts), "binance/BTCUSDT", cfg)[0].live_from \
+            is None
+
+
 def _guard_config(detector: DetectorConfig):
     from riskguard.dataflows.guard import GuardConfig
     from riskguard.dataflows.guard.config import KeysConfig
