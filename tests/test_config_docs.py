@@ -66,6 +66,16 @@ def test_every_key_in_the_reference_says_what_it_does() -> None:
     assert empty == []
 
 
+def test_every_key_in_the_reference_says_more_than_its_values() -> None:
+    """Each description is a phrase a newcomer can act on, at least four words (not
+    ``an index`` or ``keep | reset | blend``), unless it names the key it inherits
+    (``unset: detector.bands.hysteresis``) or the key holds a table (its section says)."""
+    terse = [f"{path}.{row.key}: {row.note}" for path, row in _every_row()
+             if len(row.note.split()) < 4 and not row.note.startswith("unset: ")
+             and row.default != "(table)"]
+    assert terse == []
+
+
 def test_every_key_in_the_reference_has_an_example_that_is_toml() -> None:
     """Every row shows how to write the key: a `key = value` line (or a table header) that
     TOML reads, taken from the shipped example configs (a table that overrides another

@@ -55,10 +55,14 @@ class AdmissionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     admitted. 0 admits none beyond them.
     """
 
-    max_venues: Cap = 32  # venues no config names
-    max_instruments_per_venue: Cap = 256  # instruments no config names, per venue
-    max_market_keys: Cap = 1024  # such instruments over all venues
-    max_counterparties: Cap = 256  # counterparties no config names
+    max_venues: Cap = 32  # venues admitted beyond those the config names
+    # instruments admitted beyond those the config names, on each venue
+    max_instruments_per_venue: Cap = 256
+    # instruments admitted beyond those the config names, over all venues together
+    max_market_keys: Cap = 1024
+    # counterparties admitted beyond limits.counterparties (a record past a cap is a dead
+    # letter, and an admission_cap alert says so)
+    max_counterparties: Cap = 256
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,9 @@ class ProductBands(BandLevels, frozen=True, kw_only=True, forbid_unknown_fields=
     ``venue/instrument``, such as ``"deribit/DVOL-*"``) names takes every value set here
     over those of its measure. A key takes the first product it matches."""
 
-    match: Annotated[str, msgspec.Meta(min_length=1)]  # glob on venue/instrument
+    # the keys these levels are for: a glob on venue/instrument ("*/USDCUSDT"); a key takes
+    # the first product it matches
+    match: Annotated[str, msgspec.Meta(min_length=1)]
 
 
 DEFAULT_HORIZONS_S = (60.0, 300.0, 900.0, 3600.0, 14_400.0, 86_400.0)
@@ -160,6 +162,8 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # the look-backs a move is measured over, in seconds (one floor_bps, cap_bps and band_k each)
     horizons_s: Levels = DEFAULT_HORIZONS_S
     floor_bps: Levels = (50.0, 80.0, 120.0, 200.0, 300.0, 500.0)
+    # the static level of each horizon, in bps of log price: a move past it is critical,
+    # whatever the learned band says
     cap_bps: Levels = (300.0, 500.0, 700.0, 700.0, 700.0, 700.0)
     drawdown_s: PositiveFinite = 86_400.0
     # tiers of the daily price limits from the previous settlement: critical once a day each

@@ -136,6 +136,8 @@ class CrossRateConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     min_markets: Annotated[int, msgspec.Meta(ge=2)] = 3
     floor_bps: PositiveFinite = 50.0
     band_k: PositiveFinite = 8.0
+    # a dislocation is critical past this many times its band (the larger of floor_bps and
+    # band_k usual spreads), else a warning
     critical_ratio: Annotated[float, msgspec.Meta(ge=1.0)] = 2.0
     halflife_s: PositiveFinite = 86_400.0
     max_age_ns: NonNegativeInt = 120 * NS

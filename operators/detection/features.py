@@ -95,7 +95,11 @@ class FeatureConfig(msgspec.Struct, frozen=True, kw_only=True):
     venues: tuple[str, ...] = ()
     index_sources: tuple[str, ...] = ("index",)
     oracle_sources: tuple[str, ...] = ("oracle",)
+    # index instrument -> the instruments it prices, where their names differ: its price
+    # goes to each of their keys (an index BTC-USD to BTC-USDT and BTC-PERP)
     index_map: dict[str, tuple[str, ...]] = {}
+    # bar: one feature vector per key per bar_ns of event time (as its last event left it);
+    # event: one after every event
     cadence: Literal["bar", "event"] = "bar"
     bar_ns: PositiveInt = NS
     allowed_lateness_ns: NonNegativeInt = 2 * NS

@@ -49,7 +49,11 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
                    "lof", "none"] = "auto"
     # recorded on every signal (model_version): change it when a setting changes what the model says
     model_version: str = "2"
+    # the features the learned detector scores, by name (extract_features makes them);
+    # empty: every feature of the key
     features: tuple[str, ...] = ()
+    # how a feature enters the model: squash (its running z-score through tanh, see
+    # squash_scale) or minmax (scaled to the range seen so far, River's MinMaxScaler)
     scaler: Literal["squash", "minmax"] = "squash"
     # scaler squash: a feature's z-score z enters the model as 0.5 + 0.5 * tanh(z / squash_scale)
     squash_scale: Positive = 8.0
@@ -92,9 +96,13 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     protect_max_points: PositiveInt = 120
     # ... or while more than this many episodes opened within about threshold_window / 2 points
     protect_max_episodes: float = 3.0
+    # the drift detector on a key's scores, whose drift is a regime_change signal: adwin,
+    # page_hinkley, or none (no regime changes)
     drift: Literal["adwin", "page_hinkley", "none"] = "adwin"
     # the drift detector's sensitivity (ADWIN's delta; smaller: fewer regime changes)
     drift_delta: float = 0.0001
+    # what a regime change does to the model: keep it, reset it (a new model, warming up
+    # again), or blend (a fresh model learns beside it and takes over after blend_points)
     drift_policy: Literal["keep", "reset", "blend"] = "blend"
     # points between two regime_change signals of a key, at least
     drift_cooldown_points: NonNegativeInt = 300

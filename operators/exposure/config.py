@@ -88,6 +88,8 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_mark_age_ns: PositiveInt = 30 * NS_PER_S
     recon_abs_tol: NonNegative = 1e-9
     recon_rel_tol: NonNegative = 1e-6
+    # what a counterparty's concentration is its share of, over all counterparties: its
+    # gross notional, its collateral, or the two added
     concentration_basis: Literal["gross_notional", "collateral", "gross_plus_collateral"] = (
         "gross_plus_collateral"
     )
@@ -104,13 +106,17 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_evidence: PositiveInt = 8  # record ids an exposure carries as its evidence, at most
     dedup_window: int = 4096
     valuation_shards: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 1
-    position_revalue_ns: NonNegativeInt = 10_000_000  # 0: re-value per tick only
-    reorder_slack_ns: NonNegativeInt = 2 * NS_PER_S  # 0: never hold records back
+    # a fill, position, balance or open-orders record re-values its counterparty at the next
+    # multiple of this much event time; 0: at the next tick only
+    position_revalue_ns: NonNegativeInt = 10_000_000
+    # fills, snapshots, balances and orders are held this much event time to be applied in
+    # event-time order; 0: never hold them back
+    reorder_slack_ns: NonNegativeInt = 2 * NS_PER_S
     max_hold_ns: PositiveInt = 5 * NS_PER_S
     pegs: dict[str, PositiveFinite] = {}
     # a pegged asset this far off its peg (bps): a depeg alert, warn ...
     peg_warn_bps: Positive = 50.0
-    peg_critical_bps: float = 200.0  # ... this far: critical
+    peg_critical_bps: float = 200.0  # ... this far off its peg (bps): a critical depeg alert
 
     def validate(self, path: str = "exposure") -> InstrumentRegistry:
         """Check every value; return the registry built from ``instruments``."""

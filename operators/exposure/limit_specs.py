@@ -59,13 +59,19 @@ class LimitSpec(msgspec.Struct, frozen=True, kw_only=True):
     # breach
     limit: NonNegative
     warn: Share = 0.8
-    hard: Annotated[float, msgspec.Meta(gt=1.0, le=MAX_FLOAT)] | None = None  # breach is 1.0
-    hysteresis: Fraction = 0.05  # below warn
+    # a second level past the breach (utilization 1.0): 1.25 is 25 % over the limit; crossing
+    # it emits a breach signal at level hard; unset: no such level
+    hard: Annotated[float, msgspec.Meta(gt=1.0, le=MAX_FLOAT)] | None = None
+    # how far utilization must fall below a level (warn, breach, hard) to leave it: with
+    # warn 0.8, a warning clears below 0.75; less than warn
+    hysteresis: Fraction = 0.05
     manual_reset: bool = False
     # makes the limit move with realized volatility: effective = limit * clamp((ref_vol / vol) ^
     # exponent, lo, hi)
     vol_scaling: VolScaling | None = None
-    unvalued_grace_ns: NonNegativeInt = UNVALUED_GRACE_NS  # 0: breached at once
+    # how long (event time) the exposure may stay unvalued (no mark or FX rate for part of
+    # it) before the limit is breached; 0: at once
+    unvalued_grace_ns: NonNegativeInt = UNVALUED_GRACE_NS
 
 
 class CounterpartyLimits(msgspec.Struct, frozen=True, kw_only=True):
@@ -99,6 +105,8 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True):
     # counterparty -> its limits; one not listed fails closed (zero limits of
     # unknown_counterparty_kinds)
     counterparties: dict[str, CounterpartyLimits] = {}
+    # a counterparty not in counterparties gets a zero limit of each of these kinds, so any
+    # exposure to it breaches (it fails closed)
     unknown_counterparty_kinds: tuple[LimitKind, ...] = ("gross_notional", "collateral")
     utilization_interval_ns: NonNegativeInt = 1_000_000_000
     # 0: no heartbeat, repeats every interval

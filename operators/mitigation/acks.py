@@ -72,6 +72,8 @@ class AckConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
     executors: tuple[str, ...] = ()
     require: tuple[Action, ...] = (Action.HALT_TRADING, Action.CANCEL_ALL)
+    # how long an executor has to confirm a required command, from its issued_at (processing
+    # time), before the guard raises command_unacknowledged
     timeout_s: PositiveFinite = 30.0
 
     def validate(self, path: str = "playbook.acks") -> None:

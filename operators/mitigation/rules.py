@@ -138,10 +138,17 @@ class PlaybookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     applied without waiting further (counted in ``PlaybookState.forced``).
     """
 
+    # the issuer every command names; a guard config's [keys] issuer (or its replica's)
+    # replaces it
     issuer: Name = "riskguard"
+    # the env every command is addressed to (its audience.env, which executors check); a
+    # guard config's top-level env replaces it
     env: Name = "dev"
+    # the topic every command is addressed to (its audience.topic); a guard config replaces
+    # it with <env>.riskguard.commands.v1
     topic: Name = "commands"
     replica: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:/@+-]{0,64}$")] = ""
+    # how long a command is valid: expires_at = issued_at + ttl_s; executors refuse it later
     ttl_s: PositiveFinite = 300.0
     max_commands: PositiveInt = 20
     rate_window_s: PositiveFinite = 10.0

@@ -57,7 +57,7 @@ class SignConfig(msgspec.Struct, frozen=True, kw_only=True):
     a different command (0 turns it off).
     """
 
-    issuer: str = ""
+    issuer: str = ""  # the issuer signed commands name; empty: the signing key's (keys.issuer)
     recent_ids: PositiveInt = 10_000
     topic: str = "commands"  # the topic a dead letter of this step names
     # a restart from recovery with no seq floor read from the commands topic jumps seq by this much,
