@@ -127,8 +127,9 @@ def out_type() -> Any:
 def job(env: Any, config: str | Path, records: str | Path, *, parallelism: int = 1,
         batch_size: int = 100, segments: int = 1) -> Any:
     """The backtest laid onto ``env``: the records file as rows stamped with their
-    event time and a watermark in Java, the flow as one segment fed a tick at a time
-    (:class:`~riskguard.flink.fused.TickSegment`), or as two (``segments=2``: the market
+    event time and a watermark in Java, each tick's rows made one row in Java
+    (:func:`~riskguard.flink.fused.tick_batches`), the flow as one segment fed a tick a
+    call (:class:`~riskguard.flink.fused.TickBatchSegment`), or as two (``segments=2``: the market
     domain, then the firm-wide rest, each in a Python worker of its own), and the
     stream of the outputs as ``(name, JSON text)`` rows (:func:`out_type`)."""
     from pyflink.table import StreamTableEnvironment  # noqa: PLC0415
@@ -136,15 +137,18 @@ def job(env: Any, config: str | Path, records: str | Path, *, parallelism: int =
         KEYED_ROW,
         ROW,
         SINKS,
-        TickSegment,
-        keyed,
+        TickBatchSegment,
+        tick_batches,
     )
+    from riskguard.flink.java_build import job_jars  # noqa: PLC0415
     from riskguard.flink.plan import SegmentPlan  # noqa: PLC0415
 
     ref = FlowRef("riskguard.flink.backtest:flow_for", (str(config), batch_size))
     cfg, _digest = load_guard_config(str(config))
     lines = [line for line in Path(records).read_bytes().splitlines() if line.strip()]
     table_file = write_table_file(source_rows(lines))
+    if jars := job_jars():
+        env.add_jars(*jars)
     tables = StreamTableEnvironment.create(env)
     # read, stamped with event time and watermarked in Java: no Python function sees
     # a record before the segment does (a collection from the client would be pickled,
@@ -163,19 +167,22 @@ def job(env: Any, config: str | Path, records: str | Path, *, parallelism: int =
         # the whole flow is one segment under one key: the keyed steps inside it key
         # themselves, as one bytewax worker does
         plan = SegmentPlan.whole(steps, {"in": "records"})
-        out = keyed(src).process(TickSegment(ref, plan, tick_ms), output_type=ROW).name(
+        out = tick_batches(src, tick_ms, ("in",), "riskguard_backtest").process(
+            TickBatchSegment(ref, plan), output_type=ROW).name(
             "riskguard_backtest").set_parallelism(1)
     else:
         market, firm = SegmentPlan.cut(steps, {"in": "records"}, market_steps(steps),
                                        route="all")
-        first = keyed(src).process(TickSegment(ref, market, tick_ms), output_type=KEYED_ROW
-                                   ).name("riskguard_backtest.market").set_parallelism(1)
+        first = tick_batches(src, tick_ms, ("in",), "riskguard_backtest_market").process(
+            TickBatchSegment(ref, market), output_type=KEYED_ROW,
+        ).name("riskguard_backtest.market").set_parallelism(1)
         # a slot sharing group of its own: operators sharing a slot share a Python
-        # worker process
-        out = keyed(src.union(first)).process(
-            TickSegment(ref, firm, tick_ms), output_type=ROW,
-        ).name("riskguard_backtest.firm").set_parallelism(1).slot_sharing_group(
-            "firm").union(first.get_side_output(SINKS))
+        # worker process; what the market segment made is stamped with its tick
+        out = tick_batches(src.union(first), tick_ms, ("in",), "riskguard_backtest_firm",
+                           ).process(TickBatchSegment(ref, firm), output_type=ROW,
+                                     ).name("riskguard_backtest.firm").set_parallelism(1
+                                     ).slot_sharing_group("firm").union(
+            first.get_side_output(SINKS))
     # text, decoded in Java: a client collects a byte array a byte at a time (each
     # pickled on its own, then through py4j), some 20 µs a byte
     tables.create_temporary_view("outputs", tables.from_data_stream(out))

@@ -1,16 +1,16 @@
 """Segments of a flow as Flink operators: one Python operator a segment, fed a tick at
 a time, with event time and order kept in Java.
 
-A job's records reach Python only in a :class:`TickSegment`, a keyed process function
-hosting one :class:`~riskguard.flink.segment.Segment` per key. Each record arrives as
-a row (:data:`ROW_FIELDS`: the segment key, the segment input it feeds, its event time
-in ns, its source and its position there, and its bytes); Flink stamps it with its
-event time and moves the watermark, all in Java. The function holds a tick's rows
-with one event-time timer for the tick, and when the watermark passes the tick hands
-them to the segment at once, in event time and then source order, so every run
-takes same-time records in the same order whatever order partitions were read in.
-What leaves is a row of the same shape: for another segment (its key and input), or
-for a sink (:data:`SINK`, the sink's name as its input, the Kafka key as its source).
+Each record arrives as a row (:data:`ROW_FIELDS`: the segment key, the segment input
+it feeds, its event time in ns, its source and its position there, and its bytes);
+Flink moves the watermark, in Java. Java also makes a key's rows of one tick one row
+(:func:`tick_batches`: a tumbling event-time window), in event time and then source
+order, so every run takes same-time records in the same order whatever order
+partitions were read in. A job's records reach Python only in a
+:class:`TickBatchSegment`, a keyed process function hosting one
+:class:`~riskguard.flink.segment.Segment` per key, fed a tick a call. What leaves is a
+row of the same shape: for another segment (its key and input), or for a sink
+(:data:`SINKS`, the sink's name as its input, the Kafka key as its source).
 
 Rows carry bytes (``PRIMITIVE_ARRAY(BYTE)``), never pickles: a segment's records are
 msgspec-encoded (:mod:`riskguard.flink.wire`) where they cross.
@@ -39,7 +39,7 @@ from pyflink.java_gateway import get_gateway
 from riskguard.flink.graph import FlowRef
 from riskguard.flink.plan import SegmentPlan
 from riskguard.flink.segment import Segment, deadline_ms
-from riskguard.flink.wire import pack_row, unpack_row
+from riskguard.flink.wire import pack_batch, unpack_batch
 from riskguard.operators.core.clock import claim_worker, step_event_time
 
 ROW_FIELDS = ["k", "port", "ts", "src", "pos", "v"]
@@ -91,32 +91,58 @@ MAX_MS = (2**63 - 1) // 1_000_000
 """The latest ms whose ns fits a row's event time."""
 
 
-def keyed(stream: DataStream) -> KeyedStream:
-    """``stream`` of :data:`KEYED_ROW` keyed by its first field in Java (PyFlink's
+def keyed(stream: DataStream, value_type: Any = VALUE) -> KeyedStream:
+    """``stream`` of ``(key, value)`` rows (:data:`KEYED_ROW`, or :data:`KEYED_BATCH`
+    with ``value_type`` :data:`BATCH`) keyed by its first field in Java (PyFlink's
     ``key_by`` runs a Python function a record to pick the key, and to pair them)."""
     gateway = get_gateway()
     j_keyed = stream._j_data_stream.keyBy(
         gateway.jvm.KeyByKeySelector(), Types.ROW([Types.STRING()]).get_java_type_info())
-    return KeyedStream(j_keyed, VALUE, stream)
+    return KeyedStream(j_keyed, value_type, stream)
 
 
-class TickSegment(KeyedProcessFunction):
+BATCH = Types.ROW_NAMED(["tick", "late", "rows"],
+                        [Types.LONG(), Types.BOOLEAN(), Types.OBJECT_ARRAY(VALUE)])
+KEYED_BATCH = Types.ROW([Types.STRING(), BATCH])
+"""A tick's rows for one key, as :func:`tick_batches` makes them in Java: the tick's last
+ms, whether they came behind the watermark (then one row, at once), and the rows."""
+
+
+def tick_batches(stream: DataStream, tick_ms: int, timed: tuple[str, ...],
+                 uid: str) -> KeyedStream:
+    """``stream`` of :data:`KEYED_ROW` as one :data:`BATCH` a key and tick, made in Java
+    (``riskguard.flink.TickBatches``, :mod:`riskguard.flink.java_build`): a tumbling
+    event-time window a tick long hands its rows on, in event time, then source and
+    position order, when the watermark passes it; a row behind the watermark goes on
+    alone, at once. A row without event time takes the latest a ``timed`` input gave.
+    The job must have the jar :func:`~riskguard.flink.java_build.job_jars` names."""
+    gateway = get_gateway()
+    ports = gateway.new_array(gateway.jvm.String, len(timed))
+    for i, port in enumerate(timed):
+        ports[i] = port
+    j_stream = gateway.jvm.riskguard.flink.TickBatches.of(
+        stream._j_data_stream, tick_ms, KEYED_ROW.get_java_type_info(),
+        KEYED_BATCH.get_java_type_info(), ports, uid)
+    return keyed(DataStream(j_stream), BATCH)
+
+
+class TickBatchSegment(KeyedProcessFunction):
     """A segment of the flow ``ref`` builds (:class:`~riskguard.flink.plan.SegmentPlan`),
-    one :class:`~riskguard.flink.segment.Segment` a key, fed a tick (``tick_ms`` of
-    event time) at once when the watermark passes it.
+    one :class:`~riskguard.flink.segment.Segment` a key, fed the ticks
+    :func:`tick_batches` makes in Java: one call, one state write and one list of
+    outputs a tick, not a record. Java holds what is not yet fed (in the tick window's
+    state, in Flink's checkpoints).
 
     With ``commit_ms``, each key's segment snapshot is written to Flink state at most
-    that often (processing time), and the rows it took since are kept in a list state
-    beside it: a restore resumes from the snapshot and takes those rows again, as
-    bytewax resumes from its last epoch's snapshot and reads on from there (what it
-    writes twice has the same ids). Without, the function keeps no state (a backtest).
-    """
+    that often (processing time), and the ticks it took since are kept in a list state
+    beside it: a restore resumes from the snapshot and takes those again, as bytewax
+    resumes from its last epoch's snapshot and reads on from there (what it writes
+    twice has the same ids). Without, the function keeps no state (a backtest)."""
 
-    def __init__(self, ref: FlowRef, plan: SegmentPlan, tick_ms: int,
-                 commit_ms: int | None = None, worker: tuple[int, int] = (0, 1)) -> None:
+    def __init__(self, ref: FlowRef, plan: SegmentPlan, commit_ms: int | None = None,
+                 worker: tuple[int, int] = (0, 1)) -> None:
         self.ref = ref
         self.plan = plan
-        self.tick_ms = tick_ms
         self.commit_ms = commit_ms
         self.worker = worker
 
@@ -127,18 +153,39 @@ class TickSegment(KeyedProcessFunction):
         self.routed = frozenset(name for name, _key in self.plan.routes)
         self.timed = {port for port, _sid, kind in self.plan.inputs if kind != "wire"}
         self.live: dict[str, Segment] = {}
-        self.ticks: dict[str, dict[int, list[Row]]] = {}
         self.committed: dict[str, float] = {}
         self.high: dict[str, int] = {}
-        self.seen: dict[str, int] = {}
         self.trace = Trace(os.environ.get(TRACE_ENV))
         if self.commit_ms is not None:
             self.snap = runtime_context.get_state(
                 ValueStateDescriptor("segment", Types.PICKLED_BYTE_ARRAY()))
             self.since = runtime_context.get_list_state(
                 ListStateDescriptor("since", Types.PRIMITIVE_ARRAY(Types.BYTE())))
-            self.fed = runtime_context.get_state(ValueStateDescriptor("fed", Types.LONG()))
         self.replayed: list[tuple[str, Any]] = []
+
+    def process_element(self, value: Row, ctx: Any) -> Iterator[Row]:
+        self.trace.once("first_input")
+        key = ctx.get_current_key()[0]
+        seg = self._segment(key, ctx)
+        tick_end, rows = value[0], value[2]
+        out, self.replayed = self.replayed, []
+        self._feed(key, seg, rows, out)
+        if self.commit_ms is not None:
+            self.since.add(pack_batch(tick_end, rows))
+        self._after(key, seg, ctx)
+        return self._rows(out, tick_end)
+
+    def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Row]:
+        key = ctx.get_current_key()[0]
+        seg = self._segment(key, ctx)
+        claim_worker(*self.worker)
+        out, self.replayed = self.replayed, []
+        if ctx.time_domain() == TimeDomain.EVENT_TIME:  # only the end's: EOF_TIMER_MS
+            self._run(key, seg.eof, out, ())
+        else:
+            self._run(key, lambda: seg.notify(_now()), out, ())
+        self._after(key, seg, ctx)
+        return self._rows(out, timestamp)
 
     def _segment(self, key: str, ctx: Any) -> Segment:
         seg = self.live.get(key)
@@ -147,94 +194,27 @@ class TickSegment(KeyedProcessFunction):
             if self.commit_ms is not None:
                 state = self.snap.value()
             seg = self.live[key] = self.plan.segment(self.steps, state)
-            self.ticks[key] = {}
             self.committed[key] = time.monotonic()
             ctx.timer_service().register_event_time_timer(EOF_TIMER_MS)
             if state is not None:
-                self._resume(key, seg, ctx)
+                self._resume(key, seg)
         return seg
 
-    def _resume(self, key: str, seg: Segment, ctx: Any) -> None:
-        """What the key took after its snapshot, again: the ticks it had fed before it
-        stopped go through at once (before any deadline is looked at, so the logics are
-        where they were), each as it went then; the rest waits for its tick."""
-        fed = self.fed.value()
-        for *row, at_ms in (unpack_row(b) for b in self.since.get() or ()):
-            self._hold(key, row, at_ms, ctx)
-        held = self.ticks[key]
+    def _resume(self, key: str, seg: Segment) -> None:
+        """The ticks fed after the snapshot, again and in the order fed, before any
+        deadline is looked at (so the logics are where they were at the checkpoint)."""
+        for _tick_end, rows in (unpack_batch(b) for b in self.since.get() or ()):
+            self._feed(key, seg, rows, self.replayed, replay=True)
+
+    def _feed(self, key: str, seg: Segment, rows: list[Any], out: list[tuple[str, Any]],
+              *, replay: bool = False) -> None:
+        """A tick's rows through the segment, in the order given; the deadlines due are
+        looked at after it, unless it is taken again on a restore."""
         claim_worker(*self.worker)
-        for tick_end in sorted(t for t in held if fed is not None and t <= fed):
-            rows = sorted(held.pop(tick_end), key=_order)
-            self._run(key, functools.partial(seg.feed, self._inputs(rows)), self.replayed,
-                      rows)
+        now = None if replay else _now()
+        self._run(key, functools.partial(seg.feed, self._inputs(rows), now), out, rows)
 
-    def _tick_end(self, at_ms: int) -> int:
-        """The last ms of the tick a row stamped ``at_ms`` (its event time, or the tick
-        another segment made it in) falls in: the watermark passing it fires the tick's
-        timer."""
-        return min((at_ms // self.tick_ms + 1) * self.tick_ms - 1, EOF_TIMER_MS)
-
-    def _hold(self, key: str, row: Any, at_ms: int, ctx: Any) -> None:
-        tick_end = self._tick_end(at_ms)
-        held = self.ticks[key]
-        if tick_end not in held:
-            held[tick_end] = []
-            ctx.timer_service().register_event_time_timer(tick_end)
-        held[tick_end].append(row)
-
-    def process_element(self, value: Row, ctx: Any) -> Iterator[Row]:
-        self.trace.once("first_input")
-        key = ctx.get_current_key()[0]
-        seg = self._segment(key, ctx)
-        if value[1] is None:  # no event time of its own: the latest taken before it
-            value = Row(value[0], self.seen.get(key, 0), *value[2:])
-        elif value[0] in self.timed:  # the input's time, not a tick another segment made
-            self.seen[key] = max(self.seen.get(key, 0), value[1])
-        # the row's own time, not the record's: a table turned into a stream carries
-        # Flink's watermark but not each record's timestamp (it is Long.MIN_VALUE)
-        at_ms = value[1] // 1_000_000
-        if self.commit_ms is not None:
-            self.since.add(pack_row(value, at_ms))
-        if self._tick_end(at_ms) > ctx.timer_service().current_watermark():
-            self._hold(key, value, at_ms, ctx)
-            out, self.replayed = self.replayed, []
-            return self._rows(out, at_ms)
-        # behind the watermark (its tick has gone): at once, for the segment's own
-        # lateness rules to take or dead-letter it
-        claim_worker(*self.worker)
-        out, self.replayed = self.replayed, []
-        self._run(key, functools.partial(seg.feed, self._inputs([value]), _now()), out,
-                  [value])
-        self._after(key, seg, ctx)
-        return self._rows(out, at_ms)
-
-    def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Row]:
-        key = ctx.get_current_key()[0]
-        seg = self._segment(key, ctx)
-        claim_worker(*self.worker)
-        out, self.replayed = self.replayed, []
-        made: list[tuple[int, list[tuple[str, Any]]]] = [(timestamp, out)]
-        if ctx.time_domain() == TimeDomain.EVENT_TIME:
-            held = self.ticks[key]
-            for tick_end in sorted(t for t in held if t <= timestamp):
-                rows = held.pop(tick_end)
-                rows.sort(key=_order)
-                # what each tick makes is stamped with that tick (a timer usually has
-                # one: every tick has its own)
-                made.append((tick_end, []))
-                self._run(key, functools.partial(seg.feed, self._inputs(rows), _now()),
-                          made[-1][1], rows)
-                if self.commit_ms is not None:
-                    self.fed.update(tick_end)
-            if timestamp >= EOF_TIMER_MS:
-                made.append((timestamp, []))
-                self._run(key, seg.eof, made[-1][1], ())
-        else:
-            self._run(key, lambda: seg.notify(_now()), out, ())
-        self._after(key, seg, ctx)
-        return (row for at_ms, part in made for row in self._rows(part, at_ms))
-
-    def _inputs(self, rows: list[Row]) -> dict[str, list[Any]]:
+    def _inputs(self, rows: list[Any]) -> dict[str, list[Any]]:
         batches: dict[str, list[Any]] = {}
         for row in rows:
             batches.setdefault(row[0], []).append(row)
@@ -280,9 +260,6 @@ class TickSegment(KeyedProcessFunction):
             self.committed[key] = now
             self.snap.update(seg.snapshot())
             self.since.clear()
-            for tick_end, rows in self.ticks[key].items():  # taken, not yet fed
-                for row in rows:
-                    self.since.add(pack_row(row, tick_end))
 
 
 TRACE_ENV = "RISKGUARD_FLINK_TRACE"
@@ -303,10 +280,6 @@ class Trace:
         self.seen.add(what)
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(f"{what} {time.time():.3f} {os.getpid()}\n")
-
-
-def _order(row: Any) -> tuple[int, str, int]:
-    return row[1], row[2], row[3]
 
 
 def _now() -> datetime:

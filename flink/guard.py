@@ -16,11 +16,12 @@ newest retained checkpoint under ``--checkpoints``.
 
 Time and order are Flink's, in Java: the input table declares each message's event
 time (its ``ts`` field; the Kafka timestamp for a record without one) and a watermark,
-which the Kafka source keeps per partition, with an idle timeout and watermark
-alignment. The flow runs as one Python operator
-(:class:`~riskguard.flink.fused.TickSegment`) that takes a tick's messages at once when
-the watermark passes it, in event time and then partition and offset order. Each
-operator's uid is stable, so a checkpoint restores at another parallelism.
+which the Kafka source keeps per partition, with an idle timeout. Java makes each
+tick's messages one row when the watermark passes the tick, in event time and then
+partition and offset order (:func:`~riskguard.flink.fused.tick_batches`), and the flow
+runs as one Python operator (:class:`~riskguard.flink.fused.TickBatchSegment`) fed a
+tick at a time. Each operator's uid is stable, so a checkpoint restores at another
+parallelism.
 """
 
 from __future__ import annotations
@@ -175,11 +176,12 @@ partition has nothing to read."""
 FETCH_BYTES = 64 * 1024
 """The most one fetch takes from one partition: a backlog's partitions then arrive
 interleaved, not one partition's whole backlog before the next one's first record (which
-its idle timeout would have passed over by then)."""
+its idle timeout would have passed over by then). This also keeps how far one partition
+reads ahead of the slowest, and so the rows the tick windows hold, small. Flink's
+watermark alignment would bound it outright, but it paused the source so often that a
+backlog was read at half the rate (4,706 against 9,478 events/s from the first input,
+six demo copies, two runs in a row, 2026-11-27, ``bench/guard_engines.py``)."""
 
-ALIGN_DRIFT = "30 s"
-"""How far in event time a partition may read ahead of the slowest before the source
-pauses it (watermark alignment): a backlog is read in step across partitions."""
 
 
 def _input_table(cfg: GuardConfig) -> str:
@@ -207,8 +209,6 @@ def _input_table(cfg: GuardConfig) -> str:
                 'value.format' = 'raw',
                 'properties.max.partition.fetch.bytes' = '{FETCH_BYTES}',
                 'scan.watermark.idle-timeout' = '{IDLE_TIMEOUT}',
-                'scan.watermark.alignment.group' = 'riskguard-{cfg.env}',
-                'scan.watermark.alignment.max-drift' = '{ALIGN_DRIFT}',
                 {_kafka_options(cfg)})"""
 
 
@@ -230,10 +230,11 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
     from riskguard.flink.fused import (  # noqa: PLC0415
         KEYED_ROW,
         ROW,
-        TickSegment,
-        keyed,
+        TickBatchSegment,
+        tick_batches,
         worker_processes,
     )
+    from riskguard.flink.java_build import job_jars  # noqa: PLC0415
     from riskguard.flink.plan import SegmentPlan  # noqa: PLC0415
 
     worker_processes()
@@ -244,6 +245,7 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
         env.set_parallelism(parallelism)
     env.set_python_executable(sys.executable)
     env.enable_checkpointing(interval_ms)
+    jars = [*jars, *job_jars()]
     if jars:
         env.add_jars(*jars)
     tables = StreamTableEnvironment.create(env)
@@ -259,9 +261,12 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
     plan = SegmentPlan.whole(ref.steps(), {"kafka": "kafka"},
                              sink_keys=("riskguard.flink.guard:sink_keys", (str(config),)))
     tick_ms = max(1, cfg.tick_ns // 1_000_000)
-    # the flow is one segment under one key, as one bytewax worker runs it
-    out = keyed(msgs).process(TickSegment(ref, plan, tick_ms, commit_ms=interval_ms),
-                              output_type=ROW).uid("riskguard_guard").name("riskguard_guard")
+    # Java makes each tick's messages one row; the flow is one segment under one key,
+    # fed a tick at a time, as one bytewax worker runs it
+    ticks = tick_batches(msgs, tick_ms, ("kafka",), "riskguard_guard")
+    out = ticks.process(TickBatchSegment(ref, plan, commit_ms=interval_ms),
+                        output_type=ROW).uid("riskguard_segment").name("riskguard_segment")
+    out.disable_chaining()
     tables.create_temporary_view("riskguard_out", tables.from_data_stream(out))
     _kafka_sinks(tables, cfg)
     env.execute(f"riskguard guard {cfg.env}")

@@ -1,5 +1,5 @@
-"""Bytes between Flink operators: rows packed for Flink state, and records msgspec-encoded
-where they cross from one segment to another (never pickled).
+"""Bytes between Flink operators: ticks of rows packed for Flink state, and records
+msgspec-encoded where they cross from one segment to another (never pickled).
 
 >>> from riskguard.schemas import Trade
 >>> t = Trade(id="t", venue="v", instrument="BTC-USDT", ts=5, price=1.0, qty=1.0, side="buy")
@@ -8,8 +8,8 @@ where they cross from one segment to another (never pickled).
 True
 >>> wire.decode(wire.encode(t)) == t
 True
->>> unpack_row(pack_row(("in", 5, "m/0", 7, b"x"), 0))
-('in', 5, 'm/0', 7, b'x', 0)
+>>> unpack_batch(pack_batch(9, [("in", 5, "m/0", 7, b"x")]))
+(9, [('in', 5, 'm/0', 7, b'x')])
 """
 
 from __future__ import annotations
@@ -20,19 +20,20 @@ import msgspec
 from riskguard.operators.core.clock import Tick
 from riskguard.schemas.codec import ALL_TYPES
 
-_ROW = msgspec.msgpack.Encoder()
-_ROW_DECODER = msgspec.msgpack.Decoder(tuple[str, int, str, int, bytes, int])
+_PACK = msgspec.msgpack.Encoder()
+_BATCH_DECODER = msgspec.msgpack.Decoder(tuple[int, list[tuple[str, int, str, int, bytes]]])
 
 
-def pack_row(row: Any, at_ms: int) -> bytes:
-    """A keyed operator's row (:data:`riskguard.flink.fused.VALUE`) and its Flink
-    timestamp as bytes, for Flink list state."""
-    return _ROW.encode((row[0], row[1], row[2], row[3], bytes(row[4]), at_ms))
+def pack_batch(tick_end: int, rows: Any) -> bytes:
+    """A tick's rows (each a :data:`riskguard.flink.fused.VALUE`) and the tick's last ms
+    as bytes, for Flink list state."""
+    return _PACK.encode((tick_end, [(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]))
 
 
-def unpack_row(data: bytes) -> tuple[str, int, str, int, bytes, int]:
-    """A row from :func:`pack_row`."""
-    return _ROW_DECODER.decode(data)
+def unpack_batch(data: bytes) -> tuple[int, list[tuple[str, int, str, int, bytes]]]:
+    """A tick from :func:`pack_batch`."""
+    t, rows = _BATCH_DECODER.decode(data)
+    return t, list(rows)
 
 
 class Wire:

@@ -76,6 +76,8 @@ def java_missing() -> str | None:
     """Why Flink cannot run here, or None."""
     if shutil.which("java") is None:
         return "Flink needs a Java runtime (11 or 17) on PATH"
+    if shutil.which("javac") is None:
+        return "the Flink jobs' Java part is compiled on first use: a JDK (javac) on PATH"
     return None
 
 

@@ -379,6 +379,32 @@ def test_the_backtest_job_as_two_segments_in_two_python_workers_decides_as_bytew
     assert got("dead_letters") == []
 
 
+@pytest.mark.slow
+def test_java_makes_a_tick_one_row_in_event_time_then_source_order(tmp_path: Path) -> None:
+    """``tick_batches`` (``flink/java/TickBatches.java``, compiled by
+    :mod:`riskguard.flink.java_build`) on a mini-cluster: each key's tick is one row, its
+    rows in event time, then source and position order, whatever order they came in; a
+    row without event time takes the latest a timed input gave before it."""
+    if reason := java_missing():
+        pytest.skip(reason)
+    import json
+
+    cmd, env = flink_command(tmp_path)
+    done = subprocess.run([*cmd, str(Path(__file__).parent / "flink_ticks_job.py")],
+                          env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    batches = sorted(json.loads(line) for line in done.stdout.splitlines())
+    ms = 1_000_000
+    assert batches == [
+        [1999, False, [["in", 1100 * ms, "t/0", 1, "b"]]],  # key b: a row of its own
+        [1999, False, [["in", 1200 * ms, "t/0", 4, "z"], ["in", 1200 * ms, "t/0", 9, "y"],
+                       ["acks", 1500 * ms, "acks/0", 0, "n"],
+                       ["in", 1500 * ms, "t/1", 3, "x"]]],
+        [2999, False, [["in", 2500 * ms, "t/1", 4, "w"]]],
+    ]
+
+
 @pytest.mark.kafka
 def test_the_live_guard_flow_admits_each_partition_under_its_own_key_and_writes_five_topics(
         kafka_bootstrap: str, tmp_path: Path) -> None:

@@ -1,0 +1,132 @@
+package riskguard.flink;
+
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.Comparator;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Set;
+
+import org.apache.flink.api.common.functions.MapFunction;
+import org.apache.flink.api.common.typeinfo.TypeInformation;
+import org.apache.flink.api.java.functions.KeySelector;
+import org.apache.flink.streaming.api.datastream.DataStream;
+import org.apache.flink.streaming.api.datastream.SingleOutputStreamOperator;
+import org.apache.flink.streaming.api.functions.windowing.ProcessWindowFunction;
+import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
+import org.apache.flink.streaming.api.operators.OneInputStreamOperator;
+import org.apache.flink.streaming.api.windowing.assigners.TumblingEventTimeWindows;
+import org.apache.flink.streaming.api.windowing.windows.TimeWindow;
+import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
+import org.apache.flink.types.Row;
+import org.apache.flink.util.Collector;
+import org.apache.flink.util.OutputTag;
+
+/**
+ * A keyed stream of rows as one row per key and tick of event time, made in Java.
+ *
+ * <p>Each input is {@code (key, (port, ts, src, pos, bytes))}: a segment key and a row
+ * whose {@code ts} (ns) is its event time. A tumbling event-time window a tick long holds
+ * a key's rows; when the watermark passes the tick the window hands them on at once, in
+ * event time, then source and position order, as {@code (key, (tick_end_ms, false,
+ * rows))}. A row whose tick the watermark has already passed goes on alone, at once, as
+ * {@code (key, (tick_end_ms, true, [row]))}: late rows are the flow's to judge, never
+ * dropped. A row without {@code ts} takes the latest {@code ts} a timed port carried
+ * before it on this subtask.
+ */
+public final class TickBatches {
+    private TickBatches() {}
+
+    /** Builds the chain on {@code keyedRows}; {@code out} is the type of what it emits. */
+    public static DataStream<Row> of(DataStream<Row> keyedRows, long tickMs,
+                                     TypeInformation<Row> in, TypeInformation<Row> out,
+                                     String[] timedPorts, String uid) {
+        OutputTag<Row> late = new OutputTag<>(uid + "_late", in);
+        SingleOutputStreamOperator<Row> stamped = keyedRows
+            .transform(uid + "_time", in, new RowTime(timedPorts))
+            .uid(uid + "_time").name(uid + "_time");
+        SingleOutputStreamOperator<Row> ticks = stamped
+            .keyBy(new SegmentKey(), org.apache.flink.api.common.typeinfo.Types.STRING)
+            .window(TumblingEventTimeWindows.of(Duration.ofMillis(tickMs)))
+            .sideOutputLateData(late)
+            .process(new TickRows(), out)
+            .uid(uid + "_ticks").name(uid + "_ticks");
+        DataStream<Row> alone = ticks.getSideOutput(late)
+            .map(new LateRow(tickMs), out).uid(uid + "_late").name(uid + "_late");
+        return ticks.union(alone);
+    }
+
+    static long tickEnd(long tsNs, long tickMs) {
+        return (Math.floorDiv(tsNs, 1_000_000L) / tickMs + 1) * tickMs - 1;
+    }
+
+    /** The segment key of a {@code (key, row)} pair. */
+    static final class SegmentKey implements KeySelector<Row, String> {
+        @Override
+        public String getKey(Row keyed) {
+            return (String) keyed.getField(0);
+        }
+    }
+
+    /** Stamps each pair with its row's event time (ms); watermarks pass through. */
+    static final class RowTime extends AbstractStreamOperator<Row>
+            implements OneInputStreamOperator<Row, Row> {
+        private final Set<String> timed;
+        private long seen;
+
+        RowTime(String[] timedPorts) {
+            this.timed = new HashSet<>(List.of(timedPorts));
+        }
+
+        @Override
+        public void processElement(StreamRecord<Row> element) {
+            Row keyed = element.getValue();
+            Row row = (Row) keyed.getField(1);
+            Long ts = (Long) row.getField(1);
+            if (ts == null) {
+                row = Row.copy(row);
+                row.setField(1, seen);
+                keyed = Row.of(keyed.getField(0), row);
+                ts = seen;
+            } else if (timed.contains((String) row.getField(0))) {
+                seen = Math.max(seen, ts);
+            }
+            output.collect(element.replace(keyed, Math.floorDiv(ts, 1_000_000L)));
+        }
+    }
+
+    static final Comparator<Row> ORDER = Comparator
+        .comparing((Row r) -> (Long) r.getField(1))
+        .thenComparing(r -> (String) r.getField(2))
+        .thenComparing(r -> (Long) r.getField(3));
+
+    /** A tick's rows, in order, as one row. */
+    static final class TickRows extends ProcessWindowFunction<Row, Row, String, TimeWindow> {
+        @Override
+        public void process(String key, Context ctx, Iterable<Row> pairs, Collector<Row> out) {
+            List<Row> rows = new ArrayList<>();
+            for (Row pair : pairs) {
+                rows.add((Row) pair.getField(1));
+            }
+            rows.sort(ORDER);
+            out.collect(Row.of(key, Row.of(ctx.window().maxTimestamp(), false,
+                                           rows.toArray(new Row[0]))));
+        }
+    }
+
+    /** A row behind the watermark, on its own. */
+    static final class LateRow implements MapFunction<Row, Row> {
+        private final long tickMs;
+
+        LateRow(long tickMs) {
+            this.tickMs = tickMs;
+        }
+
+        @Override
+        public Row map(Row pair) {
+            Row row = (Row) pair.getField(1);
+            long end = tickEnd((Long) row.getField(1), tickMs);
+            return Row.of(pair.getField(0), Row.of(end, true, new Row[] {row}));
+        }
+    }
+}

@@ -1,0 +1,95 @@
+"""The Java half of the Flink adapter: what must run in the JVM to be fast (a tick's rows
+made into one row before Python sees them, :file:`java/TickBatches.java`). Its source
+ships with the package and is compiled once, against the PyFlink in use, into a jar in
+the user's cache; a cluster image builds it into Flink's ``lib/`` instead::
+
+    python -m riskguard.flink.java_build --out /opt/flink/lib/riskguard-flink.jar
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from riskguard.errors import ConfigError
+
+JAR_NAME = "riskguard-flink.jar"
+SOURCES = Path(__file__).resolve().parent / "java"
+
+
+def _pyflink_lib() -> Path:
+    import pyflink  # noqa: PLC0415
+
+    return Path(pyflink.__file__).resolve().parent
+
+
+def _javac() -> str:
+    home = os.environ.get("JAVA_HOME")
+    found = (shutil.which("javac", path=str(Path(home) / "bin")) if home else None) \
+        or shutil.which("javac")
+    if found is None:
+        raise ConfigError("javac", "a Java compiler (a JDK 11 or 17: the Flink job compiles "
+                          f"its Java part once, or set $FLINK_HOME/lib/{JAR_NAME})", "none found")
+    return found
+
+
+def build(out: Path) -> Path:
+    """Compile :data:`SOURCES` against PyFlink's jars into the jar ``out``."""
+    lib = _pyflink_lib()
+    sources = sorted(SOURCES.glob("*.java"))
+    with tempfile.TemporaryDirectory(prefix="riskguard-javac-") as tmp:
+        classes = Path(tmp) / "classes"
+        classpath = os.pathsep.join(str(lib / d / "*") for d in ("lib", "opt"))
+        done = subprocess.run([_javac(), "-nowarn", "--release", "11", "-cp", classpath,
+                               "-d", str(classes), *map(str, sources)],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise ConfigError("riskguard.flink Java sources", "sources javac compiles",
+                              done.stderr.strip()[-2000:])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_suffix(f".{os.getpid()}.part")
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as jar:
+            jar.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\n")
+            for f in sorted(classes.rglob("*.class")):
+                jar.write(f, f.relative_to(classes).as_posix())
+        partial.replace(out)  # atomic: a concurrent build finds a whole jar or none
+    return out
+
+
+def job_jars() -> list[str]:
+    """``file://`` URLs of the jars a job adds for its Java part: none where Flink's
+    ``lib/`` has it (a cluster image), else the cached build for this PyFlink and
+    these sources (built now if missing)."""
+    flink_home = os.environ.get("FLINK_HOME")
+    if flink_home and (Path(flink_home) / "lib" / JAR_NAME).exists():
+        return []
+    lib = _pyflink_lib()
+    digest = hashlib.sha256(str(lib).encode())
+    for src in sorted(SOURCES.glob("*.java")):
+        digest.update(src.read_bytes())
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    jar = cache / "riskguard" / "flink-java" / digest.hexdigest()[:16] / JAR_NAME
+    if not jar.exists():
+        build(jar)
+    return [jar.as_uri()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m riskguard.flink.java_build",
+                                 description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="the jar to write")
+    args = ap.parse_args(argv)
+    print(build(Path(args.out)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
