@@ -1,6 +1,8 @@
-"""A Flink job that ``tests/test_flink.py`` runs in the Flink environment: rows of two
-keys, out of order, one without event time, through
-:func:`riskguard.flink.fused.tick_batches`; each batch it makes printed as a JSON line."""
+"""Flink jobs that ``tests/test_flink.py`` runs in the Flink environment, each printing
+the batches :func:`riskguard.flink.fused.tick_batches` makes as JSON lines: rows of two
+keys, out of order, one without event time (no arguments); or, with ``BOOTSTRAP TOPIC
+N``, the first ``N`` batches of a Kafka topic whose watermark moves with every message,
+so that a message behind it is late."""
 
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ ROWS = [  # (segment key, (input, event time ns, source, position, bytes)), as t
 ]
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    import os
+
     from pyflink.common import Row, Types
     from pyflink.datastream import StreamExecutionEnvironment
     from riskguard.flink.fused import KEYED_ROW, tick_batches, worker_processes
@@ -28,18 +32,46 @@ def main() -> int:
     env = StreamExecutionEnvironment.get_execution_environment()
     env.set_parallelism(1)
     env.set_python_executable(sys.executable)
-    env.add_jars(*job_jars())
-    rows = env.from_collection([Row(k, Row(*v)) for k, v in ROWS], type_info=KEYED_ROW)
+    kafka = [j for j in os.environ.get("RISKGUARD_FLINK_JARS", "").split(";") if j]
+    env.add_jars(*job_jars(), *kafka)
+    if argv:
+        rows, limit = _kafka_rows(env, argv[0], argv[1]), int(argv[2])
+    else:
+        rows = env.from_collection([Row(k, Row(*v)) for k, v in ROWS], type_info=KEYED_ROW)
+        limit = None
     batches = tick_batches(rows, 1000, ("in",), "test")
     # each batch: its tick's last ms, whether late, and its rows
     out = batches.map(lambda b: json.dumps(
         [b[0], b[1], [[r[0], r[1], r[2], r[3], bytes(r[4]).decode()] for r in b[2]]]),
         output_type=Types.STRING())
     with out.execute_and_collect() as results:
-        for line in results:
+        for n, line in enumerate(results, 1):
             print(line, flush=True)
+            if n == limit:
+                break
     return 0
 
 
+def _kafka_rows(env: object, bootstrap: str, topic: str) -> object:
+    """The topic's messages (their value is the event time in ms) as keyed rows, with a
+    watermark a ms behind the newest, emitted after every message."""
+    from pyflink.table import StreamTableEnvironment
+    from riskguard.flink.fused import KEYED_ROW
+
+    tables = StreamTableEnvironment.create(env)
+    tables.execute_sql(f"""
+        CREATE TABLE msgs (`value` STRING, `offset` BIGINT METADATA VIRTUAL,
+          rt AS TO_TIMESTAMP_LTZ(CAST(`value` AS BIGINT), 3),
+          WATERMARK FOR rt AS rt - INTERVAL '0.001' SECOND
+        ) WITH ('connector' = 'kafka', 'topic' = '{topic}',
+                'properties.bootstrap.servers' = '{bootstrap}',
+                'properties.group.id' = 'ticks-test', 'scan.startup.mode' = 'earliest-offset',
+                'value.format' = 'raw', 'scan.watermark.emit.strategy' = 'on-event')""")
+    return tables.to_append_stream(tables.sql_query(
+        "SELECT CAST('k' AS STRING), ROW(CAST('in' AS STRING), "
+        "CAST(`value` AS BIGINT) * 1000000, CAST('p/0' AS STRING), `offset`, "
+        "ENCODE(`value`, 'UTF-8')) FROM msgs"), KEYED_ROW)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

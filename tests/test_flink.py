@@ -406,6 +406,40 @@ def test_java_makes_a_tick_one_row_in_event_time_then_source_order(tmp_path: Pat
 
 
 @pytest.mark.kafka
+@pytest.mark.slow
+def test_a_row_behind_the_watermark_goes_on_alone_at_once_not_dropped(
+        kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path) -> None:
+    """Messages at 1.0 s, 5.0 s, then 1.5 s of event time on one partition, the
+    watermark moving with each: the tick ending at 1,999 ms goes on when 5.0 s passes
+    it, and the message at 1.5 s, behind the watermark, goes on by itself, marked
+    late, for the flow's lateness rules to judge. (The two come by two paths, a window
+    and its side output, so either may come first.)"""
+    if reason := java_missing():
+        pytest.skip(reason)
+    import json
+
+    from confluent_kafka import Producer
+
+    topic = new_topic()
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for at_ms in (1000, 5000, 1500):
+        producer.produce(topic, str(at_ms).encode())
+        producer.flush(10)  # one message a batch: the dev broker reports batches
+    del producer
+    cmd, env = flink_command(tmp_path)
+    env["RISKGUARD_FLINK_JARS"] = ";".join(kafka_jars())
+    done = subprocess.run([*cmd, str(Path(__file__).parent / "flink_ticks_job.py"),
+                           kafka_bootstrap, topic, "2"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ms = 1_000_000
+    assert sorted(json.loads(line) for line in done.stdout.splitlines()) == [
+        [1999, False, [["in", 1000 * ms, "p/0", 0, "1000"]]],
+        [1999, True, [["in", 1500 * ms, "p/0", 2, "1500"]]],
+    ]
+
+
+@pytest.mark.kafka
 def test_the_live_guard_flow_admits_each_partition_under_its_own_key_and_writes_five_topics(
         kafka_bootstrap: str, tmp_path: Path) -> None:
     """The flow the Flink guard job runs: raw messages admitted per partition (each
