@@ -91,7 +91,7 @@ def critical_spans(signals: Sequence[Any]) -> list[tuple[str, int, int | None]]:
     for s in signals:
         if not isinstance(s, AnomalySignal) or s.warming_up:
             continue
-        eid = s.episode_id or s.id
+        eid = s.episode
         if s.phase in ("close", "deescalate"):
             if eid in start:
                 key, ts = start.pop(eid)
@@ -121,7 +121,7 @@ def critical_episode_kinds(signals: Sequence[Any]) -> list[tuple[str, int, str]]
     for s in signals:
         if (isinstance(s, AnomalySignal) and not s.warming_up
                 and s.severity.value == "critical" and s.phase != "close"):
-            first.setdefault(s.episode_id or s.id, (s.key, s.ts, signal_kind(s)))
+            first.setdefault(s.episode, (s.key, s.ts, signal_kind(s)))
     return list(first.values())
 
 

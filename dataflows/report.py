@@ -86,11 +86,6 @@ ALARM_SEVERITIES = frozenset({Severity.WARN, Severity.CRITICAL})
 OPENING_PHASES = frozenset({"open", "escalate"})
 
 
-def episode_of(s: AnomalySignal) -> tuple[str, str]:
-    """The episode an anomaly signal belongs to (a signal of none is its own)."""
-    return s.kind, s.episode_id or s.id
-
-
 def alarm_signals(signals: Iterable[Any]) -> list[Any]:
     """The signals that raise an alarm (module docstring), in stream order."""
     out: list[Any] = []
@@ -98,7 +93,7 @@ def alarm_signals(signals: Iterable[Any]) -> list[Any]:
     raised: set[tuple[str, str]] = set()
     for s in signals:
         if isinstance(s, AnomalySignal):
-            episode = episode_of(s)
+            episode = (s.kind, s.episode)
             if (s.phase in OPENING_PHASES and not s.warming_up
                     and s.severity in ALARM_SEVERITIES and episode not in raised):
                 raised.add(episode)
@@ -465,11 +460,12 @@ def events_of(signals: Iterable[Any]) -> list[dict[str, Any]]:
     nothing."""
     signals = list(signals)
     alarms = {id(s) for s in alarm_signals(signals)}
-    live = {episode_of(s) for s in signals if isinstance(s, AnomalySignal) and not s.warming_up}
+    live = {(s.kind, s.episode) for s in signals
+            if isinstance(s, AnomalySignal) and not s.warming_up}
     out: list[dict[str, Any]] = []
     for s in signals:
         if isinstance(s, AnomalySignal):
-            if episode_of(s) not in live:
+            if (s.kind, s.episode) not in live:
                 continue
             top = ", ".join(f"{c.feature} z={c.zscore:+.1f}" for c in s.top_features[:2])
             event = {"t": s.ts, "what": f"{s.kind} {s.phase}", "scope": s.scope.label(),
@@ -525,7 +521,7 @@ def strip_run(text: str) -> str:
 
 __all__ = [
     "ALARM_SEVERITIES", "STATE_ORDER", "ack_status", "alarm_signals", "alarms_of", "build_report",
-    "episode_metrics", "episode_of", "event_what", "events_of", "mitigation_delays", "pct",
+    "episode_metrics", "event_what", "events_of", "mitigation_delays", "pct",
     "render_html", "scope_related", "state_timeline", "states_at", "strip_run",
     "time_in_states", "write_report",
 ]

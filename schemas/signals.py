@@ -123,6 +123,12 @@ class AnomalySignal(Record, frozen=True, kw_only=True, tag="anomaly"):
     model_version: Label
     evidence_ids: list[RecordId] = []
 
+    @property
+    def episode(self) -> str:
+        """The episode it belongs to: its ``episode_id``, or its own id (a signal of no
+        episode, such as a regime change, is one of its own)."""
+        return self.episode_id or self.id
+
 
 class RiskAlert(Record, frozen=True, kw_only=True, tag="risk_alert"):
     """A discrete risk condition that is not a score.

@@ -132,10 +132,6 @@ class VenueConfirmState:
     late: int = 0
 
 
-def _episode(sig: AnomalySignal) -> str:
-    return sig.episode_id or sig.id
-
-
 def _direction(sig: AnomalySignal) -> int:
     """-1 for a fall, 1 for a rise, 0 if the signal does not say (its largest move)."""
     move = sig.top_features[0].value if sig.top_features else 0.0
@@ -247,7 +243,7 @@ class VenueConfirmLogic:
             st.raised.pop(sig.key, None)
         else:
             st.episodes[sig.key] = sig
-            if st.raised.get(sig.key) not in (None, _episode(sig)):
+            if st.raised.get(sig.key) not in (None, sig.episode):
                 del st.raised[sig.key]  # a new episode: the old one's escalation ended
 
     def _judge(self, group: str, ts: int) -> list[AnomalySignal]:
@@ -263,9 +259,9 @@ class VenueConfirmLogic:
             d = _direction(own)
             peer = next((k for k, pd in trips if k != key and d and pd == d), None)
             want = own.severity is Severity.WARN and peer is not None
-            raised = st.raised.get(key) == _episode(own)
+            raised = st.raised.get(key) == own.episode
             if want and not raised:
-                st.raised[key] = _episode(own)
+                st.raised[key] = own.episode
                 out.append(self._signal(own, "escalate", Severity.CRITICAL, ts, peer))
             elif raised and not want:
                 del st.raised[key]
@@ -275,7 +271,7 @@ class VenueConfirmLogic:
 
     def _signal(self, own: AnomalySignal, phase: str, severity: Severity, ts: int,
                 peer: str | None) -> AnomalySignal:
-        eid = _episode(own)
+        eid = own.episode
         top = list(own.top_features)
         if peer is not None:
             trip = self.state.episodes[peer]
