@@ -142,9 +142,9 @@ def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
     venue_given = venue != "file"
     if not venue_given and fmt.startswith("binance"):
         venue = {"spot": "binance", "um": "binance_um", "cm": "binance_cm"}[market]
-    if not venue_given and fmt == "ohlcv_csv" and name_exchange(p):
+    if not venue_given and fmt == "ohlcv_csv" and (exchange := name_exchange(p)):
         # the fallback for rows that name no venue: a row's venue cell still wins
-        venue = _market_name(f"files[{p.name}].exchange", name_exchange(p))
+        venue = _market_name(f"files[{p.name}].exchange", exchange)
     size = contract_size or binance.default_contract_size(instrument)
     # Binance's spot files give µs from 2025-01-01 on; its name's date says which
     date = detect(p, b"").date if fmt.startswith("binance") else ""
