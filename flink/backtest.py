@@ -127,12 +127,50 @@ def out_type() -> Any:
 def job(env: Any, config: str | Path, records: str | Path, *, parallelism: int = 1,
         batch_size: int = 100, segments: int = 1) -> Any:
     """The backtest laid onto ``env``: the records file as rows stamped with their
-    event time and a watermark in Java, each tick's rows made one row in Java
-    (:func:`~riskguard.flink.fused.tick_batches`), the flow as one segment fed a tick a
-    call (:class:`~riskguard.flink.fused.TickBatchSegment`), or as two (``segments=2``: the market
-    domain, then the firm-wide rest, each in a Python worker of its own), and the
-    stream of the outputs as ``(name, JSON text)`` rows (:func:`out_type`)."""
+    event time and a watermark in Java (:func:`_records_stream`), the flow as one
+    segment or two (:func:`_segments`), and the stream of the outputs as ``(name, JSON
+    text)`` rows (:func:`out_type`)."""
     from pyflink.table import StreamTableEnvironment  # noqa: PLC0415
+    from riskguard.flink.java_build import job_jars  # noqa: PLC0415
+
+    ref = FlowRef("riskguard.flink.backtest:flow_for", (str(config), batch_size))
+    cfg, _digest = load_guard_config(str(config))
+    if jars := job_jars():
+        env.add_jars(*jars)
+    tables = StreamTableEnvironment.create(env)
+    out = _segments(_records_stream(tables, records), ref, cfg.tick_ns, segments)
+    # text, decoded in Java: a client collects a byte array a byte at a time (each
+    # pickled on its own, then through py4j), some 20 µs a byte
+    tables.create_temporary_view("outputs", tables.from_data_stream(out))
+    return tables.to_append_stream(tables.sql_query(
+        "SELECT port, DECODE(v, 'UTF-8') FROM outputs"), out_type())
+
+
+def _records_stream(tables: Any, records: str | Path) -> Any:
+    """The records file as :data:`~riskguard.flink.fused.KEYED_ROW` rows under one key,
+    read, stamped with event time and watermarked in Java: no Python function sees a
+    record before the segment does (a collection from the client would be pickled,
+    unpickled into the JVM and shipped inside the job)."""
+    from riskguard.flink.fused import KEYED_ROW  # noqa: PLC0415
+
+    lines = [line for line in Path(records).read_bytes().splitlines() if line.strip()]
+    table_file = write_table_file(source_rows(lines))
+    tables.execute_sql(f"""
+        CREATE TEMPORARY TABLE records (
+          ts BIGINT, pos BIGINT, v BYTES, rt AS {RT}, WATERMARK FOR rt AS {WATERMARK}
+        ) WITH ('connector' = 'filesystem', 'path' = '{table_file.as_uri()}',
+                'format' = 'csv')""")
+    return tables.to_append_stream(tables.sql_query(
+        "SELECT CAST('all' AS STRING) AS k, ROW(CAST('in' AS STRING), ts, "
+        "CAST('' AS STRING), pos, v) FROM records"), KEYED_ROW)
+
+
+def _segments(src: Any, ref: FlowRef, tick_ns: int, segments: int) -> Any:
+    """The flow over ``src``, each tick's rows made one row in Java
+    (:func:`~riskguard.flink.fused.tick_batches`) and fed a tick a call
+    (:class:`~riskguard.flink.fused.TickBatchSegment`): as one segment, or as two
+    (``segments=2``: the market domain, then the firm-wide rest, each in a Python worker
+    of its own). What leaves is :data:`~riskguard.flink.fused.ROW` rows for the sinks."""
     from riskguard.flink.fused import (  # noqa: PLC0415
         KEYED_ROW,
         ROW,
@@ -140,54 +178,27 @@ def job(env: Any, config: str | Path, records: str | Path, *, parallelism: int =
         TickBatchSegment,
         tick_batches,
     )
-    from riskguard.flink.java_build import job_jars  # noqa: PLC0415
     from riskguard.flink.plan import SegmentPlan  # noqa: PLC0415
 
-    ref = FlowRef("riskguard.flink.backtest:flow_for", (str(config), batch_size))
-    cfg, _digest = load_guard_config(str(config))
-    lines = [line for line in Path(records).read_bytes().splitlines() if line.strip()]
-    table_file = write_table_file(source_rows(lines))
-    if jars := job_jars():
-        env.add_jars(*jars)
-    tables = StreamTableEnvironment.create(env)
-    # read, stamped with event time and watermarked in Java: no Python function sees
-    # a record before the segment does (a collection from the client would be pickled,
-    # unpickled into the JVM and shipped inside the job)
-    tables.execute_sql(f"""
-        CREATE TEMPORARY TABLE records (
-          ts BIGINT, pos BIGINT, v BYTES, rt AS {RT}, WATERMARK FOR rt AS {WATERMARK}
-        ) WITH ('connector' = 'filesystem', 'path' = '{table_file.as_uri()}',
-                'format' = 'csv')""")
-    src = tables.to_append_stream(tables.sql_query(
-        "SELECT CAST('all' AS STRING) AS k, ROW(CAST('in' AS STRING), ts, "
-        "CAST('' AS STRING), pos, v) FROM records"), KEYED_ROW)
-    tick_ms = max(1, cfg.tick_ns // 1_000_000)
     steps = ref.steps()
     if segments == 1:
         # the whole flow is one segment under one key: the keyed steps inside it key
         # themselves, as one bytewax worker does
         plan = SegmentPlan.whole(steps, {"in": "records"})
-        out = tick_batches(src, tick_ms, ("in",), "riskguard_backtest").process(
+        return tick_batches(src, tick_ns, ("in",), "riskguard_backtest").process(
             TickBatchSegment(ref, plan), output_type=ROW).name(
             "riskguard_backtest").set_parallelism(1)
-    else:
-        market, firm = SegmentPlan.cut(steps, {"in": "records"}, market_steps(steps),
-                                       route="all")
-        first = tick_batches(src, tick_ms, ("in",), "riskguard_backtest_market").process(
-            TickBatchSegment(ref, market), output_type=KEYED_ROW,
-        ).name("riskguard_backtest.market").set_parallelism(1)
-        # a slot sharing group of its own: operators sharing a slot share a Python
-        # worker process; what the market segment made is stamped with its tick
-        out = tick_batches(src.union(first), tick_ms, ("in",), "riskguard_backtest_firm",
-                           ).process(TickBatchSegment(ref, firm), output_type=ROW,
-                                     ).name("riskguard_backtest.firm").set_parallelism(1
-                                     ).slot_sharing_group("firm").union(
-            first.get_side_output(SINKS))
-    # text, decoded in Java: a client collects a byte array a byte at a time (each
-    # pickled on its own, then through py4j), some 20 µs a byte
-    tables.create_temporary_view("outputs", tables.from_data_stream(out))
-    return tables.to_append_stream(tables.sql_query(
-        "SELECT port, DECODE(v, 'UTF-8') FROM outputs"), out_type())
+    market, firm = SegmentPlan.cut(steps, {"in": "records"}, market_steps(steps),
+                                   route="all")
+    first = tick_batches(src, tick_ns, ("in",), "riskguard_backtest_market").process(
+        TickBatchSegment(ref, market), output_type=KEYED_ROW,
+    ).name("riskguard_backtest.market").set_parallelism(1)
+    # what the market segment made is stamped with its tick; the firm segment gets a
+    # slot sharing group of its own: operators sharing a slot share a Python worker
+    firm_ticks = tick_batches(src.union(first), tick_ns, ("in",), "riskguard_backtest_firm")
+    out = firm_ticks.process(TickBatchSegment(ref, firm), output_type=ROW).name(
+        "riskguard_backtest.firm").set_parallelism(1).slot_sharing_group("firm")
+    return out.union(first.get_side_output(SINKS))
 
 
 def local_slots(parallelism: int, segments: int) -> Any:

@@ -108,9 +108,10 @@ KEYED_BATCH = Types.ROW([Types.STRING(), BATCH])
 ms, whether they came behind the watermark (then one row, at once), and the rows."""
 
 
-def tick_batches(stream: DataStream, tick_ms: int, timed: tuple[str, ...],
+def tick_batches(stream: DataStream, tick_ns: int, timed: tuple[str, ...],
                  uid: str) -> KeyedStream:
-    """``stream`` of :data:`KEYED_ROW` as one :data:`BATCH` a key and tick, made in Java
+    """``stream`` of :data:`KEYED_ROW` as one :data:`BATCH` a key and tick (``tick_ns``
+    of event time, whole ms), made in Java
     (``riskguard.flink.TickBatches``, :mod:`riskguard.flink.java_build`): a tumbling
     event-time window a tick long hands its rows on, in event time, then source and
     position order, when the watermark passes it; a row behind the watermark goes on
@@ -121,7 +122,7 @@ def tick_batches(stream: DataStream, tick_ms: int, timed: tuple[str, ...],
     for i, port in enumerate(timed):
         ports[i] = port
     j_stream = gateway.jvm.riskguard.flink.TickBatches.of(
-        stream._j_data_stream, tick_ms, KEYED_ROW.get_java_type_info(),
+        stream._j_data_stream, max(1, tick_ns // 1_000_000), KEYED_ROW.get_java_type_info(),
         KEYED_BATCH.get_java_type_info(), ports, uid)
     return keyed(DataStream(j_stream), BATCH)
 

@@ -260,10 +260,9 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
         "FROM riskguard_in"), KEYED_ROW)
     plan = SegmentPlan.whole(ref.steps(), {"kafka": "kafka"},
                              sink_keys=("riskguard.flink.guard:sink_keys", (str(config),)))
-    tick_ms = max(1, cfg.tick_ns // 1_000_000)
     # Java makes each tick's messages one row; the flow is one segment under one key,
     # fed a tick at a time, as one bytewax worker runs it
-    ticks = tick_batches(msgs, tick_ms, ("kafka",), "riskguard_guard")
+    ticks = tick_batches(msgs, cfg.tick_ns, ("kafka",), "riskguard_guard")
     out = ticks.process(TickBatchSegment(ref, plan, commit_ms=interval_ms),
                         output_type=ROW).uid("riskguard_segment").name("riskguard_segment")
     out.disable_chaining()

@@ -71,8 +71,10 @@ def job_jars() -> list[str]:
     flink_home = os.environ.get("FLINK_HOME")
     if flink_home and (Path(flink_home) / "lib" / JAR_NAME).exists():
         return []
+    from pyflink.version import __version__ as pyflink_version  # noqa: PLC0415
+
     lib = _pyflink_lib()
-    digest = hashlib.sha256(str(lib).encode())
+    digest = hashlib.sha256(f"{lib} {pyflink_version}".encode())
     for src in sorted(SOURCES.glob("*.java")):
         digest.update(src.read_bytes())
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")

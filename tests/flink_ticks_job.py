@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
     else:
         rows = env.from_collection([Row(k, Row(*v)) for k, v in ROWS], type_info=KEYED_ROW)
         limit = None
-    batches = tick_batches(rows, 1000, ("in",), "test")
+    batches = tick_batches(rows, 1_000_000_000, ("in",), "test")  # ticks of 1 s
     # each batch: its tick's last ms, whether late, and its rows
     out = batches.map(lambda b: json.dumps(
         [b[0], b[1], [[r[0], r[1], r[2], r[3], bytes(r[4]).decode()] for r in b[2]]]),
