@@ -49,13 +49,6 @@ def flow_for(config: str, batch_size: int = 100) -> Dataflow:
                          batch_size=batch_size)
 
 
-RT = "TO_TIMESTAMP_LTZ(ts / 1000000, 3)"
-"""A row's event time (``ts``, ns) as Flink's rowtime (ms)."""
-WATERMARK = "rt - INTERVAL '0.001' SECOND"
-"""The watermark a millisecond behind the latest rowtime: a row of the same millisecond
-as the latest is not yet late (ticks end on a millisecond)."""
-
-
 class _Ts(msgspec.Struct):
     ts: int | None = None
 
@@ -84,11 +77,11 @@ def source_rows(lines: list[bytes]) -> list[tuple[int, int, bytes]]:
     return out
 
 
-def write_table_file(rows: list[tuple[int, int, bytes]]) -> Path:
-    """``rows`` (:func:`source_rows`) as a CSV file Flink's ``csv`` format reads, each
-    line's bytes base64 (its ``BYTES`` form), in a folder removed when the process ends.
+def write_rows_file(rows: list[tuple[int, int, bytes]]) -> Path:
+    """``rows`` (:func:`source_rows`) as ``ts,pos,base64`` lines, in a folder removed
+    when the process ends.
 
-    >>> path = write_table_file([(5, 0, b'{"ts": 5}')])
+    >>> path = write_rows_file([(5, 0, b'{"ts": 5}')])
     >>> path.read_text()
     '5,0,eyJ0cyI6IDV9\\n'
     """
@@ -129,40 +122,36 @@ def job(env: Any, config: str | Path, records: str | Path, *, parallelism: int =
     """The backtest laid onto ``env``: the records file as rows stamped with their
     event time and a watermark in Java (:func:`_records_stream`), the flow as one
     segment or two (:func:`_segments`), and the stream of the outputs as ``(name, JSON
-    text)`` rows (:func:`out_type`)."""
-    from pyflink.table import StreamTableEnvironment  # noqa: PLC0415
+    text)`` rows (:func:`out_type`), the text decoded in Java (a client collects a byte
+    array a byte at a time, each pickled on its own, some 20 µs a byte)."""
+    from pyflink.datastream import DataStream  # noqa: PLC0415
+    from pyflink.java_gateway import get_gateway  # noqa: PLC0415
     from riskguard.flink.java_build import job_jars  # noqa: PLC0415
 
     ref = FlowRef("riskguard.flink.backtest:flow_for", (str(config), batch_size))
     cfg, _digest = load_guard_config(str(config))
     if jars := job_jars():
         env.add_jars(*jars)
-    tables = StreamTableEnvironment.create(env)
-    out = _segments(_records_stream(tables, records), ref, cfg.tick_ns, segments)
-    # text, decoded in Java: a client collects a byte array a byte at a time (each
-    # pickled on its own, then through py4j), some 20 µs a byte
-    tables.create_temporary_view("outputs", tables.from_data_stream(out))
-    return tables.to_append_stream(tables.sql_query(
-        "SELECT port, DECODE(v, 'UTF-8') FROM outputs"), out_type())
+    out = _segments(_records_stream(env, records), ref, cfg.tick_ns, segments)
+    return DataStream(get_gateway().jvm.riskguard.flink.RecordsFile.texts(
+        out._j_data_stream, out_type().get_java_type_info()))
 
 
-def _records_stream(tables: Any, records: str | Path) -> Any:
+def _records_stream(env: Any, records: str | Path) -> Any:
     """The records file as :data:`~riskguard.flink.fused.KEYED_ROW` rows under one key,
-    read, stamped with event time and watermarked in Java: no Python function sees a
-    record before the segment does (a collection from the client would be pickled,
-    unpickled into the JVM and shipped inside the job)."""
+    read, stamped with event time and watermarked in Java
+    (``flink/java/RecordsFile.java``): no Python function sees a record before the
+    segment does (a collection from the client would be pickled, unpickled into the
+    JVM and shipped inside the job)."""
+    from pyflink.datastream import DataStream  # noqa: PLC0415
+    from pyflink.java_gateway import get_gateway  # noqa: PLC0415
     from riskguard.flink.fused import KEYED_ROW  # noqa: PLC0415
 
     lines = [line for line in Path(records).read_bytes().splitlines() if line.strip()]
-    table_file = write_table_file(source_rows(lines))
-    tables.execute_sql(f"""
-        CREATE TEMPORARY TABLE records (
-          ts BIGINT, pos BIGINT, v BYTES, rt AS {RT}, WATERMARK FOR rt AS {WATERMARK}
-        ) WITH ('connector' = 'filesystem', 'path' = '{table_file.as_uri()}',
-                'format' = 'csv')""")
-    return tables.to_append_stream(tables.sql_query(
-        "SELECT CAST('all' AS STRING) AS k, ROW(CAST('in' AS STRING), ts, "
-        "CAST('' AS STRING), pos, v) FROM records"), KEYED_ROW)
+    rows_file = write_rows_file(source_rows(lines))
+    return DataStream(get_gateway().jvm.riskguard.flink.RecordsFile.rows(
+        env._j_stream_execution_environment, rows_file.as_uri(), "all", "in",
+        KEYED_ROW.get_java_type_info(), "riskguard_records"))
 
 
 def _segments(src: Any, ref: FlowRef, tick_ns: int, segments: int) -> Any:

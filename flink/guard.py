@@ -126,11 +126,6 @@ def sink_keys(config: str) -> dict[str, Callable[[Any], str | None]]:
     return {name: _keyer(name, issuer) for name in OUTPUT_STREAMS}
 
 
-def _kafka_options(cfg: GuardConfig) -> str:
-    props = {k: v for k, v in cfg.kafka.client_config().items() if isinstance(v, str | int)}
-    return ", ".join(f"'properties.{k}' = '{v}'" for k, v in sorted(props.items()))
-
-
 def latest_checkpoint(checkpoints: str) -> str | None:
     """The newest retained checkpoint (``.../<job>/chk-N``) under ``checkpoints``.
 
@@ -148,24 +143,7 @@ def latest_checkpoint(checkpoints: str) -> str | None:
     return str(max(found, key=lambda p: (p.stat().st_mtime, int(p.name[4:]))))
 
 
-TS_NS = "TRY_CAST(JSON_VALUE(CAST(`value` AS STRING), '$.ts') AS BIGINT)"
-"""A message's event time (ns) as Flink SQL reads it: its ``ts`` field, if it has one."""
-
-
-def _day_to_second(ns: int) -> str:
-    """``ns`` as a SQL ``DAY TO SECOND`` interval's text.
-
-    >>> _day_to_second(90_061_500_000_000)
-    '1 01:01:01.500'
-    """
-    ms = ns // 1_000_000
-    days, ms = divmod(ms, 86_400_000)
-    hours, ms = divmod(ms, 3_600_000)
-    minutes, ms = divmod(ms, 60_000)
-    return f"{days} {hours:02d}:{minutes:02d}:{ms // 1000:02d}.{ms % 1000:03d}"
-
-
-IDLE_TIMEOUT = "10 s"
+IDLE_TIMEOUT_MS = 10_000
 """A partition that sends nothing for this long (processing time, not counted while the
 source is back-pressured or paused: Flink's ``PausableRelativeClock``) stops holding the
 watermark back: most input topics are quiet most of the time. Shorter, a source subtask
@@ -184,32 +162,29 @@ six demo copies, two runs in a row, 2026-11-27, ``bench/guard_engines.py``)."""
 
 
 
-def _input_table(cfg: GuardConfig) -> str:
-    """The input topics as a table whose rows carry their event time and a watermark,
-    all computed in Java. A record without ``ts`` (a signed envelope) takes the Kafka
-    timestamp; event time beyond the Kafka timestamp plus the allowed future skew is
-    cut there, so a record from the future cannot carry a partition's watermark away
-    (the flow's admission dead-letters it)."""
-    topics = ";".join(cfg.topic(s) for s in INPUT_STREAMS)
-    group = f"riskguard-flink-{cfg.env}"
-    start = "earliest-offset" if cfg.input.starting_offset == "earliest" else "latest-offset"
-    skew = _day_to_second(cfg.input.max_future_skew_ns)
-    return f"""
-        CREATE TABLE riskguard_in (
-          `value` BYTES,
-          `topic` STRING METADATA VIRTUAL,
-          `partition` INT METADATA VIRTUAL,
-          `offset` BIGINT METADATA VIRTUAL,
-          `kts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
-          `rt` AS LEAST(COALESCE(TO_TIMESTAMP_LTZ({TS_NS} / 1000000, 3), kts),
-                        kts + INTERVAL '{skew}' DAY TO SECOND(3)),
-          WATERMARK FOR `rt` AS `rt` - INTERVAL '0.001' SECOND
-        ) WITH ('connector' = 'kafka', 'topic' = '{topics}',
-                'properties.group.id' = '{group}', 'scan.startup.mode' = '{start}',
-                'value.format' = 'raw',
-                'properties.max.partition.fetch.bytes' = '{FETCH_BYTES}',
-                'scan.watermark.idle-timeout' = '{IDLE_TIMEOUT}',
-                {_kafka_options(cfg)})"""
+def _kafka_io(cfg: GuardConfig, env: Any, gateway: Any) -> Any:
+    """The input topics as :data:`~riskguard.flink.fused.KEYED_ROW` rows under the one
+    segment key, stamped and watermarked in Java (``flink/java/kafka/KafkaIo.java``)."""
+    from riskguard.flink.fused import KEYED_ROW  # noqa: PLC0415
+
+    topics = gateway.new_array(gateway.jvm.String, len(INPUT_STREAMS))
+    for i, stream in enumerate(INPUT_STREAMS):
+        topics[i] = cfg.topic(stream)
+    props = _kafka_properties(cfg, gateway)
+    props.setProperty("max.partition.fetch.bytes", str(FETCH_BYTES))
+    return gateway.jvm.riskguard.flink.kafka.KafkaIo.source(
+        env._j_stream_execution_environment, props, topics, f"riskguard-flink-{cfg.env}",
+        cfg.input.starting_offset == "earliest", IDLE_TIMEOUT_MS,
+        cfg.input.max_future_skew_ns // 1_000_000, "guard", KEYED_ROW.get_java_type_info(),
+        "riskguard_in")
+
+
+def _kafka_properties(cfg: GuardConfig, gateway: Any) -> Any:
+    props = gateway.jvm.java.util.Properties()
+    for k, v in cfg.kafka.client_config().items():
+        if isinstance(v, str | int):
+            props.setProperty(k, str(v))
+    return props
 
 
 def scratch_checkpoints() -> str:
@@ -225,10 +200,9 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
     """Run the guard on Flink until cancelled (a local mini-cluster when run directly,
     the cluster's when submitted)."""
     from pyflink.common import Configuration  # noqa: PLC0415
-    from pyflink.datastream import StreamExecutionEnvironment  # noqa: PLC0415
-    from pyflink.table import StreamTableEnvironment  # noqa: PLC0415
+    from pyflink.datastream import DataStream, StreamExecutionEnvironment  # noqa: PLC0415
+    from pyflink.java_gateway import get_gateway  # noqa: PLC0415
     from riskguard.flink.fused import (  # noqa: PLC0415
-        KEYED_ROW,
         ROW,
         TickBatchSegment,
         tick_batches,
@@ -245,19 +219,11 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
         env.set_parallelism(parallelism)
     env.set_python_executable(sys.executable)
     env.enable_checkpointing(interval_ms)
-    jars = [*jars, *job_jars()]
-    if jars:
-        env.add_jars(*jars)
-    tables = StreamTableEnvironment.create(env)
-    # the Kafka source's and sinks' operators get uids too: a checkpoint restores at
-    # another parallelism
-    tables.get_config().set("table.exec.uid.generation", "ALWAYS")
-    tables.execute_sql(_input_table(cfg))
+    if added := [*jars, *job_jars(kafka=jars)]:
+        env.add_jars(*added)
+    gateway = get_gateway()
+    msgs = DataStream(_kafka_io(cfg, env, gateway))
     ref = FlowRef("riskguard.flink.guard:guard_flow", (str(config),))
-    msgs = tables.to_append_stream(tables.sql_query(
-        f"SELECT CAST('guard' AS STRING), ROW(CAST('kafka' AS STRING), {TS_NS}, "
-        "`topic` || '/' || CAST(`partition` AS STRING), `offset`, `value`) "
-        "FROM riskguard_in"), KEYED_ROW)
     plan = SegmentPlan.whole(ref.steps(), {"kafka": "kafka"},
                              sink_keys=("riskguard.flink.guard:sink_keys", (str(config),)))
     # Java makes each tick's messages one row; the flow is one segment under one key,
@@ -266,8 +232,11 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
     out = ticks.process(TickBatchSegment(ref, plan, commit_ms=interval_ms),
                         output_type=ROW).uid("riskguard_segment").name("riskguard_segment")
     out.disable_chaining()
-    tables.create_temporary_view("riskguard_out", tables.from_data_stream(out))
-    _kafka_sinks(tables, cfg)
+    topics = gateway.jvm.java.util.HashMap()
+    for name in OUTPUT_STREAMS:
+        topics.put(name, cfg.topic(name))
+    gateway.jvm.riskguard.flink.kafka.KafkaIo.sink(
+        out._j_data_stream, _kafka_properties(cfg, gateway), topics, "riskguard_out")
     env.execute(f"riskguard guard {cfg.env}")
 
 
@@ -291,22 +260,6 @@ def _job_configuration(conf: Any, checkpoints: str | None, restore: str | None) 
     if restore:
         conf.set_string("execution.state-recovery.path", restore)
     return conf
-
-
-def _kafka_sinks(tables: Any, cfg: GuardConfig) -> None:
-    """One Kafka table per output stream, each fed the segment's rows for it."""
-    sinks = tables.create_statement_set()
-    for name in OUTPUT_STREAMS:
-        table = f"riskguard_{name}"
-        tables.execute_sql(f"""
-            CREATE TABLE {table} (`k` BYTES, `v` BYTES)
-            WITH ('connector' = 'kafka', 'topic' = '{cfg.topic(name)}',
-                  'key.format' = 'raw', 'key.fields' = 'k',
-                  'value.format' = 'raw', 'value.fields-include' = 'EXCEPT_KEY',
-                  'sink.delivery-guarantee' = 'at-least-once', {_kafka_options(cfg)})""")
-        sinks.add_insert_sql(f"INSERT INTO {table} SELECT ENCODE(src, 'UTF-8'), v "
-                             f"FROM riskguard_out WHERE port = '{name}'")
-    sinks.attach_as_datastream()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -402,7 +402,8 @@ def test_the_flink_dockerfile_lints_clean_and_installs_what_the_job_needs() -> N
     """hadolint reports nothing; both stages start from the pinned Flink image of the
     release the flink extra pins; CPython 3.11 is built from a checked tarball; every
     package folder pyproject.toml maps is copied in; riskguard[flink] (no test extra)
-    is installed; the two Kafka jars come from Maven Central into lib/; it runs as the
+    is installed; the two Kafka jars come from Maven Central into lib/ (and the job's
+    Java part is built against them); it runs as the
     image's non-root flink user."""
     r = subprocess.run([str(HADOLINT), str(DOCKERFILE)], capture_output=True, text=True,
                        check=False)
@@ -424,7 +425,8 @@ def test_the_flink_dockerfile_lints_clean_and_installs_what_the_job_needs() -> N
                 "https://repo1.maven.org/maven2/org/apache/kafka/kafka-clients/3.9.1/"
                 "kafka-clients-3.9.1.jar"):
         assert f"{url} \\\n" in text and f"{url}.sha1 \\\n" in text
-    assert "WORKDIR /opt/flink/lib" in text
+    assert "COPY --from=python /opt/kafka-jars/ /opt/flink/lib/" in text
+    assert "java_build --out /opt/riskguard-flink.jar" in text
     users = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")]
     assert users[-1] == "9999:9999"
     assert ".pem" not in text

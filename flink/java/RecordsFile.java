@@ -1,0 +1,85 @@
+package riskguard.flink;
+
+import java.nio.charset.StandardCharsets;
+import java.time.Duration;
+import java.util.Base64;
+
+import org.apache.flink.api.common.eventtime.SerializableTimestampAssigner;
+import org.apache.flink.api.common.eventtime.WatermarkStrategy;
+import org.apache.flink.api.common.functions.MapFunction;
+import org.apache.flink.api.common.typeinfo.TypeInformation;
+import org.apache.flink.connector.file.src.FileSource;
+import org.apache.flink.connector.file.src.reader.TextLineInputFormat;
+import org.apache.flink.core.fs.Path;
+import org.apache.flink.streaming.api.datastream.DataStream;
+import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
+import org.apache.flink.types.Row;
+
+/**
+ * A backtest's records and outputs, in Java: no SQL planner in the job.
+ *
+ * <p>{@link #rows} reads a file of {@code ts,pos,base64} lines (event time in ns, line
+ * number, the record's bytes) as {@code (key, (port, ts, "", pos, bytes))} rows whose
+ * event time is {@code ts} in ms, with a watermark a millisecond behind the latest: a row
+ * of the same millisecond as the latest is not late. {@link #texts} makes the flow's
+ * {@code (k, port, ts, src, pos, v)} output rows {@code (port, v as UTF-8 text)}.
+ */
+public final class RecordsFile {
+    private RecordsFile() {}
+
+    /** The file's lines as watermarked rows of {@code type} under {@code key}. */
+    public static DataStream<Row> rows(StreamExecutionEnvironment env, String uri,
+                                       String key, String port, TypeInformation<Row> type,
+                                       String uid) {
+        FileSource<String> file = FileSource
+            .forRecordStreamFormat(new TextLineInputFormat(), new Path(uri)).build();
+        WatermarkStrategy<Row> time = WatermarkStrategy
+            .<Row>forBoundedOutOfOrderness(Duration.ZERO)
+            .withTimestampAssigner(new EventTime());
+        return env.fromSource(file, WatermarkStrategy.noWatermarks(), uid)
+            .uid(uid).setParallelism(1)
+            .map(new Line(key, port), type).uid(uid + "_rows").name(uid + "_rows")
+            .setParallelism(1)
+            .assignTimestampsAndWatermarks(time).uid(uid + "_time").name(uid + "_time")
+            .setParallelism(1);
+    }
+
+    /** Each output row as {@code (port, text)} of {@code type}. */
+    public static DataStream<Row> texts(DataStream<Row> outputs, TypeInformation<Row> type) {
+        return outputs.map(new Text(), type).name("texts");
+    }
+
+    static final class Line implements MapFunction<String, Row> {
+        private final String key;
+        private final String port;
+
+        Line(String key, String port) {
+            this.key = key;
+            this.port = port;
+        }
+
+        @Override
+        public Row map(String line) {
+            int a = line.indexOf(',');
+            int b = line.indexOf(',', a + 1);
+            return Row.of(key, Row.of(port, Long.parseLong(line.substring(0, a)), "",
+                Long.parseLong(line.substring(a + 1, b)),
+                Base64.getDecoder().decode(line.substring(b + 1))));
+        }
+    }
+
+    static final class EventTime implements SerializableTimestampAssigner<Row> {
+        @Override
+        public long extractTimestamp(Row keyed, long previous) {
+            return Math.floorDiv((Long) ((Row) keyed.getField(1)).getField(1), 1_000_000L);
+        }
+    }
+
+    static final class Text implements MapFunction<Row, Row> {
+        @Override
+        public Row map(Row row) {
+            return Row.of(row.getField(1),
+                          new String((byte[]) row.getField(5), StandardCharsets.UTF_8));
+        }
+    }
+}

@@ -1,0 +1,178 @@
+package riskguard.flink.kafka;
+
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.time.Duration;
+import java.util.Arrays;
+import java.util.HashMap;
+import java.util.Map;
+import java.util.Properties;
+
+import org.apache.flink.api.common.eventtime.SerializableTimestampAssigner;
+import org.apache.flink.api.common.eventtime.WatermarkStrategy;
+import org.apache.flink.api.common.functions.FilterFunction;
+import org.apache.flink.api.common.typeinfo.TypeInformation;
+import org.apache.flink.connector.base.DeliveryGuarantee;
+import org.apache.flink.connector.kafka.sink.KafkaRecordSerializationSchema;
+import org.apache.flink.connector.kafka.sink.KafkaSink;
+import org.apache.flink.connector.kafka.source.KafkaSource;
+import org.apache.flink.connector.kafka.source.enumerator.initializer.OffsetsInitializer;
+import org.apache.flink.connector.kafka.source.reader.deserializer.KafkaRecordDeserializationSchema;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonFactory;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonParser;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonToken;
+import org.apache.flink.streaming.api.datastream.DataStream;
+import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
+import org.apache.flink.types.Row;
+import org.apache.flink.util.Collector;
+import org.apache.kafka.clients.consumer.ConsumerRecord;
+import org.apache.kafka.clients.producer.ProducerRecord;
+
+/**
+ * The live guard's Kafka input and output, on Flink's DataStream connector: no SQL
+ * planner in the job.
+ *
+ * <p>The source reads every input topic as {@code (key, ("kafka", ts, "topic/partition",
+ * offset, value))} rows, {@code ts} being the message's top-level JSON {@code ts} field
+ * (ns; null where it has none). Its event time is {@code ts} in ms, or the Kafka
+ * timestamp for a message without one, and never beyond the Kafka timestamp plus the
+ * allowed future skew: a record from the future cannot carry a partition's watermark
+ * away. The watermark, a millisecond behind the latest event time, is kept per
+ * partition, and a partition quiet for the idle timeout stops holding it back.
+ *
+ * <p>The sink writes each {@code (k, port, ts, src, pos, v)} row whose port names an
+ * output topic to that topic, keyed by {@code src}, at least once: a delivery that fails
+ * fails the job.
+ */
+public final class KafkaIo {
+    private KafkaIo() {}
+
+    /** The input topics as watermarked rows of {@code type}, under the segment key. */
+    public static DataStream<Row> source(StreamExecutionEnvironment env, Properties props,
+                                         String[] topics, String group, boolean earliest,
+                                         long idleMs, long maxSkewMs, String segmentKey,
+                                         TypeInformation<Row> type, String uid) {
+        KafkaSource<Row> source = KafkaSource.<Row>builder()
+            .setProperties(props)
+            .setTopics(Arrays.asList(topics))
+            .setGroupId(group)
+            .setStartingOffsets(earliest ? OffsetsInitializer.earliest()
+                                         : OffsetsInitializer.latest())
+            .setDeserializer(new Messages(segmentKey, type))
+            .build();
+        WatermarkStrategy<Row> time = WatermarkStrategy
+            .<Row>forBoundedOutOfOrderness(Duration.ZERO)
+            .withTimestampAssigner(new EventTime(maxSkewMs))
+            .withIdleness(Duration.ofMillis(idleMs));
+        return env.fromSource(source, time, uid, type).uid(uid);
+    }
+
+    /** Writes each row of {@code rows} whose port is a key of {@code topics} there. */
+    public static void sink(DataStream<Row> rows, Properties props,
+                            Map<String, String> topics, String uid) {
+        KafkaSink<Row> sink = KafkaSink.<Row>builder()
+            .setKafkaProducerConfig(props)
+            .setRecordSerializer(new Outputs(new HashMap<>(topics)))
+            .setDeliveryGuarantee(DeliveryGuarantee.AT_LEAST_ONCE)
+            .build();
+        rows.filter(new ToTopic(new HashMap<>(topics))).uid(uid + "_ports").name(uid + "_ports")
+            .sinkTo(sink).uid(uid).name(uid);
+    }
+
+    /** A message's top-level {@code ts}, if it is a whole number that fits a long. */
+    static Long tsField(JsonFactory json, byte[] value) {
+        if (value == null) {
+            return null;
+        }
+        try (JsonParser p = json.createParser(value)) {
+            if (p.nextToken() != JsonToken.START_OBJECT) {
+                return null;
+            }
+            while (p.nextToken() == JsonToken.FIELD_NAME) {
+                boolean ts = "ts".equals(p.currentName());
+                JsonToken t = p.nextToken();
+                if (ts) {
+                    return t == JsonToken.VALUE_NUMBER_INT
+                        && p.getNumberType() != JsonParser.NumberType.BIG_INTEGER
+                        ? p.getLongValue() : null;
+                }
+                p.skipChildren();
+            }
+            return null;
+        } catch (IOException e) {
+            return null;
+        }
+    }
+
+    static final class Messages implements KafkaRecordDeserializationSchema<Row> {
+        private final String segmentKey;
+        private final TypeInformation<Row> type;
+        private transient JsonFactory json;
+
+        Messages(String segmentKey, TypeInformation<Row> type) {
+            this.segmentKey = segmentKey;
+            this.type = type;
+        }
+
+        @Override
+        public void deserialize(ConsumerRecord<byte[], byte[]> msg, Collector<Row> out) {
+            if (json == null) {
+                json = new JsonFactory();
+            }
+            byte[] value = msg.value();
+            out.collect(Row.of(segmentKey, Row.of(
+                "kafka", tsField(json, value), msg.topic() + "/" + msg.partition(),
+                msg.offset(), value)));
+        }
+
+        @Override
+        public TypeInformation<Row> getProducedType() {
+            return type;
+        }
+    }
+
+    static final class EventTime implements SerializableTimestampAssigner<Row> {
+        private final long maxSkewMs;
+
+        EventTime(long maxSkewMs) {
+            this.maxSkewMs = maxSkewMs;
+        }
+
+        @Override
+        public long extractTimestamp(Row keyed, long kafkaMs) {
+            Long ts = (Long) ((Row) keyed.getField(1)).getField(1);
+            long ms = ts == null ? kafkaMs : ts / 1_000_000L;
+            return kafkaMs < 0 ? ms : Math.min(ms, kafkaMs + maxSkewMs);
+        }
+    }
+
+    static final class ToTopic implements FilterFunction<Row> {
+        private final HashMap<String, String> topics;
+
+        ToTopic(HashMap<String, String> topics) {
+            this.topics = topics;
+        }
+
+        @Override
+        public boolean filter(Row row) {
+            return topics.containsKey((String) row.getField(1));
+        }
+    }
+
+    static final class Outputs implements KafkaRecordSerializationSchema<Row> {
+        private final HashMap<String, String> topics;
+
+        Outputs(HashMap<String, String> topics) {
+            this.topics = topics;
+        }
+
+        @Override
+        public ProducerRecord<byte[], byte[]> serialize(Row row, KafkaSinkContext ctx,
+                                                        Long timestamp) {
+            String src = (String) row.getField(3);
+            return new ProducerRecord<>(topics.get((String) row.getField(1)), null, null,
+                src == null ? null : src.getBytes(StandardCharsets.UTF_8),
+                (byte[]) row.getField(5));
+        }
+    }
+}
