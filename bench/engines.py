@@ -170,7 +170,7 @@ def flink_child(config: str, records: str, parallelism: int, out: str) -> None:
     noting when the client receives each output's first record. Runs in the Flink
     environment, with its Python workers in processes of their own."""
     from pyflink.datastream import StreamExecutionEnvironment
-    from riskguard.flink.backtest import job, local_slots
+    from riskguard.flink.backtest import collect, job, local_slots
     from riskguard.flink.fused import quick_jvm
     from riskguard.schemas import Codec
 
@@ -183,12 +183,11 @@ def flink_child(config: str, records: str, parallelism: int, out: str) -> None:
     found: dict[str, list[Any]] = {name: [] for name in OUTPUTS}
     firsts: dict[str, float] = {}
     # at parallelism 2 the flow runs as its two segments, each in a Python worker
-    with job(env, config, records, parallelism=parallelism,
-             segments=min(parallelism, 2)).execute_and_collect() as results:
-        for name, text in results:
-            if name in found:
-                firsts.setdefault(name, time.time())
-                found[name].append(codec.decode(name, text.encode()))
+    for name, text in collect(job(env, config, records, parallelism=parallelism,
+                                  segments=min(parallelism, 2))):
+        if name in found:
+            firsts.setdefault(name, time.time())
+            found[name].append(codec.decode(name, text.encode()))
     for name in OUTPUTS:
         write_outputs(Path(out), name, 0, found[name], firsts.get(name))
 

@@ -16,7 +16,7 @@ import base64
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,24 +106,24 @@ def market_steps(steps: dict[str, Any]) -> frozenset[str]:
                      and any(f".guard.{n}." in sid for n in MARKET_STEPS))
 
 
-OUT_FIELDS = ("name", "text")
-"""A backtest job's output row: the output's name, and the record's JSON text."""
-
-
-def out_type() -> Any:
-    """The type of a backtest job's output rows (:data:`OUT_FIELDS`)."""
-    from pyflink.common import Types  # noqa: PLC0415
-
-    return Types.ROW_NAMED(list(OUT_FIELDS), [Types.STRING(), Types.STRING()])
+def collect(stream: Any) -> Iterator[tuple[str, str]]:
+    """Run the job whose outputs are ``stream`` (:func:`job`) and yield each output as
+    ``(name, JSON text)``, in the order made."""
+    with stream.execute_and_collect() as results:
+        for lines in results:
+            for line in lines.splitlines():
+                name, _tab, text = line.partition("\t")
+                yield name, text
 
 
 def job(env: Any, config: str | Path, records: str | Path, *, parallelism: int = 1,
         batch_size: int = 100, segments: int = 1) -> Any:
     """The backtest laid onto ``env``: the records file as rows stamped with their
     event time and a watermark in Java (:func:`_records_stream`), the flow as one
-    segment or two (:func:`_segments`), and the stream of the outputs as ``(name, JSON
-    text)`` rows (:func:`out_type`), the text decoded in Java (a client collects a byte
-    array a byte at a time, each pickled on its own, some 20 µs a byte)."""
+    segment or two (:func:`_segments`), and the stream of the outputs as strings of
+    ``name TAB JSON text`` lines made in Java, several rows a string (:func:`collect`
+    reads them): a client collects a row with several calls to the JVM, and a byte array
+    a byte at a time."""
     from pyflink.datastream import DataStream  # noqa: PLC0415
     from pyflink.java_gateway import get_gateway  # noqa: PLC0415
     from riskguard.flink.java_build import job_jars  # noqa: PLC0415
@@ -134,7 +134,7 @@ def job(env: Any, config: str | Path, records: str | Path, *, parallelism: int =
         env.add_jars(*jars)
     out = _segments(_records_stream(env, records), ref, cfg.tick_ns, segments)
     return DataStream(get_gateway().jvm.riskguard.flink.RecordsFile.texts(
-        out._j_data_stream, out_type().get_java_type_info()))
+        out._j_data_stream))
 
 
 def _records_stream(env: Any, records: str | Path) -> Any:
@@ -214,11 +214,10 @@ def run(config: str | Path, records: str | Path, *, parallelism: int = 1,
     env.set_parallelism(parallelism)
     env.set_python_executable(sys.executable)
     found: dict[str, list[Any]] = {name: [] for name in OUTPUTS}
-    with job(env, config, records, parallelism=parallelism, batch_size=batch_size,
-             segments=segments).execute_and_collect() as results:
-        for name, text in results:
-            if name in found:
-                found[name].append(_CODEC.decode(name, text.encode()))
+    for name, text in collect(job(env, config, records, parallelism=parallelism,
+                                  batch_size=batch_size, segments=segments)):
+        if name in found:
+            found[name].append(_CODEC.decode(name, text.encode()))
     return found
 
 

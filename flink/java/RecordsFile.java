@@ -8,11 +8,17 @@ import org.apache.flink.api.common.eventtime.SerializableTimestampAssigner;
 import org.apache.flink.api.common.eventtime.WatermarkStrategy;
 import org.apache.flink.api.common.functions.MapFunction;
 import org.apache.flink.api.common.typeinfo.TypeInformation;
+import org.apache.flink.api.common.typeinfo.Types;
 import org.apache.flink.connector.file.src.FileSource;
 import org.apache.flink.connector.file.src.reader.TextLineInputFormat;
 import org.apache.flink.core.fs.Path;
 import org.apache.flink.streaming.api.datastream.DataStream;
 import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
+import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
+import org.apache.flink.streaming.api.operators.BoundedOneInput;
+import org.apache.flink.streaming.api.operators.OneInputStreamOperator;
+import org.apache.flink.streaming.api.watermark.Watermark;
+import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
 import org.apache.flink.types.Row;
 
 /**
@@ -22,7 +28,10 @@ import org.apache.flink.types.Row;
  * number, the record's bytes) as {@code (key, (port, ts, "", pos, bytes))} rows whose
  * event time is {@code ts} in ms, with a watermark a millisecond behind the latest: a row
  * of the same millisecond as the latest is not late. {@link #texts} makes the flow's
- * {@code (k, port, ts, src, pos, v)} output rows {@code (port, v as UTF-8 text)}.
+ * {@code (k, port, ts, src, pos, v)} output rows {@code port TAB text} lines (the text
+ * is {@code v} as UTF-8: a record's JSON, which holds no raw newline), several to a
+ * string: all that came before each watermark, and the rest at the end. A client
+ * collects each string with one call, not each row with several.
  */
 public final class RecordsFile {
     private RecordsFile() {}
@@ -44,9 +53,9 @@ public final class RecordsFile {
             .setParallelism(1);
     }
 
-    /** Each output row as {@code (port, text)} of {@code type}. */
-    public static DataStream<Row> texts(DataStream<Row> outputs, TypeInformation<Row> type) {
-        return outputs.map(new Text(), type).name("texts");
+    /** The output rows as strings of {@code port TAB text} lines. */
+    public static DataStream<String> texts(DataStream<Row> outputs) {
+        return outputs.transform("texts", Types.STRING, new Texts()).setParallelism(1);
     }
 
     static final class Line implements MapFunction<String, Row> {
@@ -75,11 +84,34 @@ public final class RecordsFile {
         }
     }
 
-    static final class Text implements MapFunction<Row, Row> {
+    static final class Texts extends AbstractStreamOperator<String>
+            implements OneInputStreamOperator<Row, String>, BoundedOneInput {
+        private final StringBuilder lines = new StringBuilder();
+
         @Override
-        public Row map(Row row) {
-            return Row.of(row.getField(1),
-                          new String((byte[]) row.getField(5), StandardCharsets.UTF_8));
+        public void processElement(StreamRecord<Row> element) {
+            Row row = element.getValue();
+            lines.append((String) row.getField(1)).append('\t')
+                 .append(new String((byte[]) row.getField(5), StandardCharsets.UTF_8))
+                 .append('\n');
+        }
+
+        @Override
+        public void processWatermark(Watermark mark) throws Exception {
+            flush();
+            super.processWatermark(mark);
+        }
+
+        @Override
+        public void endInput() {
+            flush();
+        }
+
+        private void flush() {
+            if (lines.length() > 0) {
+                output.collect(new StreamRecord<>(lines.toString()));
+                lines.setLength(0);
+            }
         }
     }
 }
