@@ -148,6 +148,8 @@ class TickBatchSegment(KeyedProcessFunction):
         self.worker = worker
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        self.trace = Trace(os.environ.get(TRACE_ENV))
+        self.trace.once("open")
         self.steps = self.plan.steps_of(self.ref.steps())
         self.decoders = self.plan.decoders(self.ref)
         self.encoders = self.plan.encoders(self.ref)
@@ -156,13 +158,13 @@ class TickBatchSegment(KeyedProcessFunction):
         self.live: dict[str, Segment] = {}
         self.committed: dict[str, float] = {}
         self.high: dict[str, int] = {}
-        self.trace = Trace(os.environ.get(TRACE_ENV))
         if self.commit_ms is not None:
             self.snap = runtime_context.get_state(
                 ValueStateDescriptor("segment", Types.PICKLED_BYTE_ARRAY()))
             self.since = runtime_context.get_list_state(
                 ListStateDescriptor("since", Types.PRIMITIVE_ARRAY(Types.BYTE())))
         self.replayed: list[tuple[str, Any]] = []
+        self.trace.once("opened")
 
     def process_element(self, value: Row, ctx: Any) -> Iterator[Row]:
         self.trace.once("first_input")
@@ -225,9 +227,13 @@ class TickBatchSegment(KeyedProcessFunction):
              out: list[tuple[str, Any]], rows: Any) -> None:
         high = self.high.get(key, 0)
         timed = self.timed
-        for row in rows:  # the time the input has reached, not what crossed from a segment
+        # the time the input has reached, not what crossed from a segment: a tick's rows
+        # come in event time order, so the last timed row has the tick's latest
+        for i in range(len(rows) - 1, -1, -1):
+            row = rows[i]
             if row[0] in timed:
                 high = max(high, row[1])
+                break
         self.high[key] = high
         token = step_event_time.set(high)
         try:
@@ -264,8 +270,9 @@ class TickBatchSegment(KeyedProcessFunction):
 
 
 TRACE_ENV = "RISKGUARD_FLINK_TRACE"
-"""A file each segment operator appends the wall time of its first input and its first
-output to (a bench's measure of how soon output follows the start of processing)."""
+"""A file each segment operator appends the wall time of its opening (``open``, and
+``opened`` once it has built its flow), its first input and its first output to (a
+bench's measure of start-up, and of how soon output follows the start of processing)."""
 
 
 class Trace:

@@ -27,7 +27,7 @@ _BATCH_DECODER = msgspec.msgpack.Decoder(tuple[int, list[tuple[str, int, str, in
 def pack_batch(tick_end: int, rows: Any) -> bytes:
     """A tick's rows (each a :data:`riskguard.flink.fused.VALUE`) and the tick's last ms
     as bytes, for Flink list state."""
-    return _PACK.encode((tick_end, [(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]))
+    return _PACK.encode((tick_end, [tuple(r) for r in rows]))
 
 
 def unpack_batch(data: bytes) -> tuple[int, list[tuple[str, int, str, int, bytes]]]:
