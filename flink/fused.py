@@ -70,14 +70,17 @@ JVM_ARGS = "JVM_ARGS"
 """The options PyFlink starts a local job's JVM with."""
 
 QUICK_JVM = "-XX:TieredStopAtLevel=1"
-"""Just-in-time compilation by C1 only: a backtest on a mini-cluster runs for a minute or
+"""Just-in-time compilation by C1 only, for a job on a local mini-cluster (a backtest, or
+the live guard run by ``riskguard run --engine flink``): a backtest runs for a minute or
 two, and the C2 compiler's threads took more CPU than the job's own over two demo copies
-(41 against 25 s of the JVM's CPU, 2026-11-27)."""
+(41 against 25 s of the JVM's CPU); on the live guard C1 left the JVM 15 instead of 27 s
+of CPU before the first record, and the first output came 3 s sooner (2026-11-27). A
+cluster's TaskManagers take their JVM options from the cluster's configuration."""
 
 
 def quick_jvm() -> None:
     """Start a local job's JVM with :data:`QUICK_JVM`, unless ``$JVM_ARGS`` says
-    otherwise (a job that runs for hours is better off with C2)."""
+    otherwise (a local job that runs for hours is better off with C2)."""
     os.environ.setdefault(JVM_ARGS, QUICK_JVM)
 
 

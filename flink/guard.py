@@ -80,20 +80,26 @@ def _partition_of(msg: tuple[str, int, int, bytes | None]) -> str:
     return f"{msg[0]}/{msg[1]}"
 
 
-def guard_flow(config: str) -> Dataflow:
+def guard_flow(config: str, resume: bool = True) -> Dataflow:
     """The live guard's flow, with its input step ``kafka`` taking ``(topic, partition,
     offset, value)`` messages (each partition's admission, with its lateness watermark,
     in keyed state) and an output step per topic in :data:`OUTPUT_STREAMS`: the factory
-    each Flink worker builds its copy from."""
+    each Flink worker builds its copy from. ``resume=False`` builds the same steps
+    without reading where the signing sequence and the audit chains stand (the client
+    plans the job from it; each worker reads them), but still checks a replica's peers."""
     cfg, digest = load_guard_config(config)
     if cfg.tier.role != "whole":
         raise ConfigError("tier.role", "'whole' (the tiers run on bytewax)", cfg.tier.role)
-    prepare_detection(cfg)
     signer, trust = load_keys(cfg)
     issuer = cfg.sign.issuer or signer.issuer
-    delivered = last_signed_seq(cfg.kafka, cfg.topic("commands"), signer.public_key, issuer)
-    chains, peers = read_chains_and_peers(cfg.kafka, cfg.topic("audit"), trust.checkpoint_key,
-                                          origin=cfg.audit.origin)
+    delivered, chains, peers = 0, {}, {}
+    if resume:
+        prepare_detection(cfg)
+        delivered = last_signed_seq(cfg.kafka, cfg.topic("commands"), signer.public_key,
+                                    issuer)
+    if resume or cfg.replica.id:
+        chains, peers = read_chains_and_peers(cfg.kafka, cfg.topic("audit"),
+                                              trust.checkpoint_key, origin=cfg.audit.origin)
     if cfg.replica.id:
         check_peer_configs(cfg.replica.id, digest, peers)
     flow = Dataflow("riskguard_guard")
@@ -205,6 +211,7 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
     from riskguard.flink.fused import (  # noqa: PLC0415
         ROW,
         TickBatchSegment,
+        quick_jvm,
         tick_batches,
         worker_processes,
     )
@@ -212,6 +219,7 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
     from riskguard.flink.plan import SegmentPlan  # noqa: PLC0415
 
     worker_processes()
+    quick_jvm()
     cfg, _digest = load_guard_config(config)
     env = StreamExecutionEnvironment.get_execution_environment(
         _job_configuration(Configuration(), checkpoints, restore))
@@ -224,7 +232,8 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
     gateway = get_gateway()
     msgs = DataStream(_kafka_io(cfg, env, gateway))
     ref = FlowRef("riskguard.flink.guard:guard_flow", (str(config),))
-    plan = SegmentPlan.whole(ref.steps(), {"kafka": "kafka"},
+    steps = FlowRef("riskguard.flink.guard:guard_flow", (str(config), False)).steps()
+    plan = SegmentPlan.whole(steps, {"kafka": "kafka"},
                              sink_keys=("riskguard.flink.guard:sink_keys", (str(config),)))
     # Java makes each tick's messages one row; the flow is one segment under one key,
     # fed a tick at a time, as one bytewax worker runs it

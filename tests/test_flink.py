@@ -445,7 +445,8 @@ def test_the_live_guard_flow_admits_each_partition_under_its_own_key_and_writes_
     """The flow the Flink guard job runs: raw messages admitted per partition (each
     one's lateness watermark in its keyed state), the guard core, and an output per
     topic; the Kafka connector stands in for the input step, and the flow runs whole
-    as one segment."""
+    as one segment. The client plans the job from the same steps built without reading
+    the command and audit topics."""
     from riskguard.dataflows.demo import prepare_run
     from riskguard.flink.guard import OUTPUT_STREAMS, guard_flow
     from riskguard.flink.plan import SegmentPlan
@@ -457,6 +458,9 @@ def test_the_live_guard_flow_admits_each_partition_under_its_own_key_and_writes_
     assert "riskguard_guard.admit.stateful" in {s.step_id for s in steps}
     plan = SegmentPlan.whole({s.step_id: s for s in steps}, {"kafka": "kafka"})
     assert [p for p, _s, _d in plan.inputs] == ["kafka"]
+    planned = core_steps(guard_flow(str(run.config), resume=False))
+    assert [(s.step_id, s.kind, s.ups, s.downs) for s in planned] == [
+        (s.step_id, s.kind, s.ups, s.downs) for s in steps]
     assert sorted(n for _s, n in plan.outputs) == sorted(OUTPUT_STREAMS)
 
 
