@@ -168,9 +168,18 @@ six demo copies, two runs in a row, 2026-11-27, ``bench/guard_engines.py``)."""
 
 
 
+ALIGN_DRIFT_MS = 30_000
+"""How far in event time one source subtask may read ahead of the slowest before it
+pauses (watermark alignment across subtasks, not across one subtask's partitions: one
+reader's partitions come interleaved by :data:`FETCH_BYTES`). Two readers are
+independent: unaligned, one read a backlog far ahead of the other, and the tick
+windows held, and checkpointed, all it had read."""
+
+
 def _kafka_io(cfg: GuardConfig, env: Any, gateway: Any) -> Any:
     """The input topics as :data:`~riskguard.flink.fused.KEYED_ROW` rows under the one
-    segment key, stamped and watermarked in Java (``flink/java/kafka/KafkaIo.java``)."""
+    segment key, stamped and watermarked in Java (``flink/java/kafka/KafkaIo.java``);
+    with more than one source subtask, aligned (:data:`ALIGN_DRIFT_MS`)."""
     from riskguard.flink.fused import KEYED_ROW  # noqa: PLC0415
 
     topics = gateway.new_array(gateway.jvm.String, len(INPUT_STREAMS))
@@ -181,8 +190,9 @@ def _kafka_io(cfg: GuardConfig, env: Any, gateway: Any) -> Any:
     return gateway.jvm.riskguard.flink.kafka.KafkaIo.source(
         env._j_stream_execution_environment, props, topics, f"riskguard-flink-{cfg.env}",
         cfg.input.starting_offset == "earliest", IDLE_TIMEOUT_MS,
-        cfg.input.max_future_skew_ns // 1_000_000, "guard", KEYED_ROW.get_java_type_info(),
-        "riskguard_in")
+        cfg.input.max_future_skew_ns // 1_000_000,
+        0 if env.get_parallelism() == 1 else ALIGN_DRIFT_MS, "guard",
+        KEYED_ROW.get_java_type_info(), "riskguard_in")
 
 
 def _kafka_properties(cfg: GuardConfig, gateway: Any) -> Any:
@@ -255,6 +265,8 @@ def _job_configuration(conf: Any, checkpoints: str | None, restore: str | None) 
     # a watermark reaches the segment between bundles: small ones keep output prompt
     conf.set_string("python.fn-execution.bundle.time", "100")
     conf.set_string("pipeline.auto-watermark-interval", "50 ms")
+    # watermark alignment pauses a source subtask, never one of its partitions
+    conf.set_string("pipeline.watermark-alignment.allow-unaligned-source-splits", "true")
     if checkpoints:
         conf.set_string("execution.checkpointing.dir", checkpoints)
         conf.set_string("execution.checkpointing.externalized-checkpoint-retention",
