@@ -56,16 +56,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from riskguard.errors import SnapshotError
+
 FLAT_DEPARTURE = 1e9
 CHANNELS = ("value", "mean3", "mean12", "stillness")
 _RESUM = 128  # re-add the running sums exactly this often: no float drift on long streams
+
+
+STATE_VERSION = 3
+"""The version of :class:`RangeState` this scorer reads (and no other)."""
 
 
 @dataclass
 class RangeState:
     """A :class:`RangeScorer`'s state: plain lists and numbers."""
 
-    version: int = 3  # 3: held excursions; 2: stillness in step units (1: in log units)
+    version: int = STATE_VERSION
     # per channel: complete blocks' (lo, hi), and the open block's lo, hi and count
     blocks: list[list[tuple[float, float]]] = field(default_factory=lambda: [[] for _ in
                                                                             CHANNELS])
@@ -95,14 +101,14 @@ class RangeScorer:
         self.accept = accept if accept is not None else block * blocks // 2
         self.s = state if state is not None else RangeState()
         self.reason: tuple[str, float, float, float, float] | None = None
-        self._migrate()
+        self._check_version()
         self._refresh_all()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Unpickled (a detector's snapshot holds the scorer itself): migrate as
-        ``__init__`` does, and derive what an older scorer did not keep."""
+        """Unpickled (a detector's snapshot holds the scorer itself): checked as
+        ``__init__`` checks it, and what is derived derived again."""
         self.__dict__.update(state)
-        self._migrate()
+        self._check_version()
         self._refresh_all()
 
     def _refresh_all(self) -> None:
@@ -118,18 +124,11 @@ class RangeScorer:
         self._bounds[i] = self._block_bounds(i)
         self._growth[i] = envelope_growth(self.s.blocks[i], self.nblocks)
 
-    def _migrate(self) -> None:
-        """Bring an older state to this version: version 1 kept stillness in log units
-        (that channel learns anew), and a state before version 3 holds no excursion (an
-        unpickled one lacks the field)."""
-        s = self.s
-        if s.version == 3:
-            return
-        if s.version == 1:
-            still = CHANNELS.index("stillness")
-            s.blocks[still], s.cur[still] = [], [0.0, 0.0, 0.0]
-        s.held = [[] for _ in CHANNELS]
-        s.version = 3
+    def _check_version(self) -> None:
+        """A state of another version is refused, never read as this one."""
+        if self.s.version != STATE_VERSION:
+            raise SnapshotError("riskguard.range_scorer", f"version {STATE_VERSION} only",
+                                f"version {self.s.version}")
 
     def snapshot(self) -> RangeState:
         s = self.s

@@ -1,4 +1,4 @@
-"""The state of a stage-1 shard, its migrations, and what a batch moved in it."""
+"""The state of a stage-1 shard, and what a batch moved in it."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ class ShardState:
     avg: Column = None  # nan: no average entry price (any value while flat)
     orders: Column = None
     snap_ts: Column = None
-    # per instrument (column), numpy arrays since version 4 (lists before)
+    # per instrument (column), numpy arrays
     mark: Column = None  # float64; nan: no mark yet
     mark_ts: Column = None  # int64
     mark_id: Column = None  # object (str)
