@@ -165,25 +165,17 @@ FETCH_BYTES = 64 * 1024
 interleaved, not one partition's whole backlog before the next one's first record (which
 its idle timeout would have passed over by then). This also keeps how far one partition
 reads ahead of the others of its subtask, and so the rows the tick windows hold, small.
-Watermark alignment of each partition would bound it outright, but it paused the source
-so often that a backlog was read at half the rate (4,706 against 9,478 events/s from the
-first input, six demo copies, 2026-11-27, ``bench/guard_engines.py``); the source aligns
-whole subtasks only (:data:`ALIGN_DRIFT_MS`)."""
+Watermark alignment would bound it outright, but it paused the source so often that a
+backlog was read at half the rate at parallelism 1 (4,706 against 9,478 events/s from
+the first input, six demo copies, 2026-11-27, ``bench/guard_engines.py``), and it did
+not make parallelism 2 faster (1,850 to 2,312 events/s in three of four runs, as
+without it)."""
 
-
-
-ALIGN_DRIFT_MS = 30_000
-"""How far in event time one source subtask may read ahead of the slowest before it
-pauses (watermark alignment across subtasks, not across one subtask's partitions: one
-reader's partitions come interleaved by :data:`FETCH_BYTES`). Two readers are
-independent: unaligned, one read a backlog far ahead of the other, and the tick
-windows held, and checkpointed, all it had read."""
 
 
 def _kafka_io(cfg: GuardConfig, env: Any, gateway: Any) -> Any:
     """The input topics as :data:`~riskguard.flink.fused.KEYED_ROW` rows under the one
-    segment key, stamped and watermarked in Java (``flink/java/kafka/KafkaIo.java``);
-    with more than one source subtask, aligned (:data:`ALIGN_DRIFT_MS`)."""
+    segment key, stamped and watermarked in Java (``flink/java/kafka/KafkaIo.java``)."""
     from riskguard.flink.fused import KEYED_ROW  # noqa: PLC0415
 
     topics = gateway.new_array(gateway.jvm.String, len(INPUT_STREAMS))
@@ -194,9 +186,8 @@ def _kafka_io(cfg: GuardConfig, env: Any, gateway: Any) -> Any:
     return gateway.jvm.riskguard.flink.kafka.KafkaIo.source(
         env._j_stream_execution_environment, props, topics, f"riskguard-flink-{cfg.env}",
         cfg.input.starting_offset == "earliest", IDLE_TIMEOUT_MS,
-        cfg.input.max_future_skew_ns // 1_000_000,
-        0 if env.get_parallelism() == 1 else ALIGN_DRIFT_MS, "guard",
-        KEYED_ROW.get_java_type_info(), "riskguard_in")
+        cfg.input.max_future_skew_ns // 1_000_000, "guard", KEYED_ROW.get_java_type_info(),
+        "riskguard_in")
 
 
 def _kafka_properties(cfg: GuardConfig, gateway: Any) -> Any:
@@ -269,8 +260,6 @@ def _job_configuration(conf: Any, checkpoints: str | None, restore: str | None) 
     # a watermark reaches the segment between bundles: small ones keep output prompt
     conf.set_string("python.fn-execution.bundle.time", "100")
     conf.set_string("pipeline.auto-watermark-interval", "50 ms")
-    # watermark alignment pauses a source subtask, never one of its partitions
-    conf.set_string("pipeline.watermark-alignment.allow-unaligned-source-splits", "true")
     if checkpoints:
         conf.set_string("execution.checkpointing.dir", checkpoints)
         conf.set_string("execution.checkpointing.externalized-checkpoint-retention",

@@ -38,9 +38,7 @@ import org.apache.kafka.clients.producer.ProducerRecord;
  * timestamp for a message without one, and never beyond the Kafka timestamp plus the
  * allowed future skew: a record from the future cannot carry a partition's watermark
  * away. The watermark, a millisecond behind the latest event time, is kept per
- * partition, and a partition quiet for the idle timeout stops holding it back. With
- * {@code alignDriftMs}, a source subtask whose watermark runs that far ahead of the
- * slowest one's pauses until it comes back within it.
+ * partition, and a partition quiet for the idle timeout stops holding it back.
  *
  * <p>The sink writes each {@code (k, port, ts, src, pos, v)} row whose port names an
  * output topic to that topic, keyed by {@code src}, at least once: a delivery that fails
@@ -52,9 +50,8 @@ public final class KafkaIo {
     /** The input topics as watermarked rows of {@code type}, under the segment key. */
     public static DataStream<Row> source(StreamExecutionEnvironment env, Properties props,
                                          String[] topics, String group, boolean earliest,
-                                         long idleMs, long maxSkewMs, long alignDriftMs,
-                                         String segmentKey, TypeInformation<Row> type,
-                                         String uid) {
+                                         long idleMs, long maxSkewMs, String segmentKey,
+                                         TypeInformation<Row> type, String uid) {
         KafkaSource<Row> source = KafkaSource.<Row>builder()
             .setProperties(props)
             .setTopics(Arrays.asList(topics))
@@ -67,10 +64,6 @@ public final class KafkaIo {
             .<Row>forBoundedOutOfOrderness(Duration.ZERO)
             .withTimestampAssigner(new EventTime(maxSkewMs))
             .withIdleness(Duration.ofMillis(idleMs));
-        if (alignDriftMs > 0) {
-            time = time.withWatermarkAlignment(uid, Duration.ofMillis(alignDriftMs),
-                                               Duration.ofMillis(100));
-        }
         return env.fromSource(source, time, uid, type).uid(uid);
     }
 
