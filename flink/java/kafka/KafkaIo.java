@@ -10,7 +10,7 @@ import java.util.Properties;
 
 import org.apache.flink.api.common.eventtime.SerializableTimestampAssigner;
 import org.apache.flink.api.common.eventtime.WatermarkStrategy;
-import org.apache.flink.api.common.functions.FilterFunction;
+import org.apache.flink.api.common.serialization.DeserializationSchema;
 import org.apache.flink.api.common.typeinfo.TypeInformation;
 import org.apache.flink.connector.base.DeliveryGuarantee;
 import org.apache.flink.connector.kafka.sink.KafkaRecordSerializationSchema;
@@ -75,8 +75,7 @@ public final class KafkaIo {
             .setRecordSerializer(new Outputs(new HashMap<>(topics)))
             .setDeliveryGuarantee(DeliveryGuarantee.AT_LEAST_ONCE)
             .build();
-        rows.filter(new ToTopic(new HashMap<>(topics))).uid(uid + "_ports").name(uid + "_ports")
-            .sinkTo(sink).uid(uid).name(uid);
+        rows.sinkTo(sink).uid(uid).name(uid);
     }
 
     /** A message's top-level {@code ts}, if it is a whole number that fits a long. */
@@ -109,6 +108,11 @@ public final class KafkaIo {
         private final TypeInformation<Row> type;
         private transient JsonFactory json;
 
+        @Override
+        public void open(DeserializationSchema.InitializationContext context) {
+            json = new JsonFactory();
+        }
+
         Messages(String segmentKey, TypeInformation<Row> type) {
             this.segmentKey = segmentKey;
             this.type = type;
@@ -116,9 +120,6 @@ public final class KafkaIo {
 
         @Override
         public void deserialize(ConsumerRecord<byte[], byte[]> msg, Collector<Row> out) {
-            if (json == null) {
-                json = new JsonFactory();
-            }
             byte[] value = msg.value();
             out.collect(Row.of(segmentKey, Row.of(
                 "kafka", tsField(json, value), msg.topic() + "/" + msg.partition(),
@@ -146,19 +147,6 @@ public final class KafkaIo {
         }
     }
 
-    static final class ToTopic implements FilterFunction<Row> {
-        private final HashMap<String, String> topics;
-
-        ToTopic(HashMap<String, String> topics) {
-            this.topics = topics;
-        }
-
-        @Override
-        public boolean filter(Row row) {
-            return topics.containsKey((String) row.getField(1));
-        }
-    }
-
     static final class Outputs implements KafkaRecordSerializationSchema<Row> {
         private final HashMap<String, String> topics;
 
@@ -169,8 +157,12 @@ public final class KafkaIo {
         @Override
         public ProducerRecord<byte[], byte[]> serialize(Row row, KafkaSinkContext ctx,
                                                         Long timestamp) {
+            String topic = topics.get((String) row.getField(1));
+            if (topic == null) {
+                return null;  // a port of no output topic: the writer sends nothing
+            }
             String src = (String) row.getField(3);
-            return new ProducerRecord<>(topics.get((String) row.getField(1)), null, null,
+            return new ProducerRecord<>(topic, null, null,
                 src == null ? null : src.getBytes(StandardCharsets.UTF_8),
                 (byte[]) row.getField(5));
         }
