@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -120,14 +120,19 @@ def tick_batches(stream: DataStream, tick_ns: int, timed: tuple[str, ...],
     position order, when the watermark passes it; a row behind the watermark goes on
     alone, at once. A row without event time takes the latest a ``timed`` input gave.
     The job must have the jar :func:`~riskguard.flink.java_build.job_jars` names."""
-    gateway = get_gateway()
-    ports = gateway.new_array(gateway.jvm.String, len(timed))
-    for i, port in enumerate(timed):
-        ports[i] = port
-    j_stream = gateway.jvm.riskguard.flink.TickBatches.of(
+    j_stream = get_gateway().jvm.riskguard.flink.TickBatches.of(
         stream._j_data_stream, max(1, tick_ns // 1_000_000), KEYED_ROW.get_java_type_info(),
-        KEYED_BATCH.get_java_type_info(), ports, uid)
+        KEYED_BATCH.get_java_type_info(), java_strings(timed), uid)
     return keyed(DataStream(j_stream), BATCH)
+
+
+def java_strings(values: Sequence[str]) -> Any:
+    """``values`` as a Java ``String[]`` (py4j passes a Python list as a ``List``)."""
+    gateway = get_gateway()
+    out = gateway.new_array(gateway.jvm.String, len(values))
+    for i, v in enumerate(values):
+        out[i] = v
+    return out
 
 
 class TickBatchSegment(KeyedProcessFunction):
