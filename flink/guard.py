@@ -152,13 +152,21 @@ def latest_checkpoint(checkpoints: str) -> str | None:
     return str(max(found, key=lambda p: (p.stat().st_mtime, int(p.name[4:]))))
 
 
-IDLE_TIMEOUT_MS = 10_000
-"""A partition that sends nothing for this long (processing time, not counted while the
-source is back-pressured or paused: Flink's ``PausableRelativeClock``) stops holding the
-watermark back: most input topics are quiet most of the time. Shorter, a source subtask
-slow to make its first fetch (a loaded machine, a restart) is passed over and its
-records come late; the price is that output starts that long after a start where some
-partition has nothing to read."""
+START_QUIET_MS = 10_000
+"""A partition that has sent nothing since the job started stops holding the watermark
+back after this long (processing time, not counted while the source is back-pressured
+or paused: Flink's ``PausableRelativeClock``): most input topics are empty or quiet.
+Shorter, a source subtask slow to make its first fetch (a loaded machine, a restart) is
+passed over and its backlog comes late; the price is that output starts that long after
+a start where some partition has nothing to read."""
+
+QUIET_MS = 1_000
+"""A partition that has sent a message and then nothing for this long stops holding the
+watermark back. After an ack or a limit update on a quiet topic, the ticks of every
+other partition wait at most this long (plus the watermark interval), not
+:data:`START_QUIET_MS`. A partition with a backlog is never this quiet: one fetch takes
+from every partition of a subtask (:data:`FETCH_BYTES`), and the clock stops while the
+job is back-pressured."""
 
 FETCH_BYTES = 64 * 1024
 """The most one fetch takes from one partition: a backlog's partitions then arrive
@@ -182,7 +190,7 @@ def _kafka_io(cfg: GuardConfig, env: Any, gateway: Any) -> Any:
     props.setProperty("max.partition.fetch.bytes", str(FETCH_BYTES))
     return gateway.jvm.riskguard.flink.kafka.KafkaIo.source(
         env._j_stream_execution_environment, props, topics, f"riskguard-flink-{cfg.env}",
-        cfg.input.starting_offset == "earliest", IDLE_TIMEOUT_MS,
+        cfg.input.starting_offset == "earliest", START_QUIET_MS, QUIET_MS,
         cfg.input.max_future_skew_ns // 1_000_000, "guard", KEYED_ROW.get_java_type_info(),
         "riskguard_in")
 

@@ -1,13 +1,17 @@
 """Flink jobs that ``tests/test_flink.py`` runs in the Flink environment, each printing
 the batches :func:`riskguard.flink.fused.tick_batches` makes as JSON lines: rows of two
-keys, out of order, one without event time (no arguments); or, with ``BOOTSTRAP TOPIC
-N``, the first ``N`` batches of a Kafka topic whose watermark moves with every message,
-so that a message behind it is late."""
+keys, out of order, one without event time (no arguments); with ``BOOTSTRAP TOPIC N``,
+the first ``N`` batches of a Kafka topic whose watermark moves with every message, so
+that a message behind it is late; or, with ``guard BOOTSTRAP TOPICS N``, the first
+``N`` batches of the ``,``-separated topics read by the live guard's Kafka source
+(``flink/java/kafka/KafkaIo.java``), a partition quiet before its first message held
+for ten minutes and one quiet after a message for one second."""
 
 from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 MS = 1_000_000
 ROWS = [  # (segment key, (input, event time ns, source, position, bytes)), as they arrive
@@ -33,16 +37,18 @@ def main(argv: list[str]) -> int:
     env.set_parallelism(1)
     env.set_python_executable(sys.executable)
     kafka = [j for j in os.environ.get("RISKGUARD_FLINK_JARS", "").split(";") if j]
-    env.add_jars(*job_jars(), *kafka)
-    if argv:
+    env.add_jars(*job_jars(kafka=kafka if argv[:1] == ["guard"] else ()), *kafka)
+    if argv[:1] == ["guard"]:
+        rows, limit = _guard_rows(env, argv[1], argv[2].split(",")), int(argv[3])
+    elif argv:
         rows, limit = _kafka_rows(env, argv[0], argv[1]), int(argv[2])
     else:
         rows = env.from_collection([Row(k, Row(*v)) for k, v in ROWS], type_info=KEYED_ROW)
         limit = None
-    batches = tick_batches(rows, 1_000_000_000, ("in",), "test")  # ticks of 1 s
+    batches = tick_batches(rows, 1_000_000_000, ("in", "kafka"), "test")  # ticks of 1 s
     # each batch: its tick's last ms, whether late, and its rows
     out = batches.map(lambda b: json.dumps(
-        [b[0], b[1], [[r[0], r[1], r[2], r[3], bytes(r[4]).decode()] for r in b[2]]]),
+        [b[0], b[1], [[r[0], r[1], r[2], r[3], bytes(r[4] or b"").decode()] for r in b[2]]]),
         output_type=Types.STRING())
     with out.execute_and_collect() as results:
         for n, line in enumerate(results, 1):
@@ -50,6 +56,21 @@ def main(argv: list[str]) -> int:
             if n == limit:
                 break
     return 0
+
+
+def _guard_rows(env: Any, bootstrap: str, topics: list[str]) -> Any:
+    """The live guard's source: ``("kafka", ts, "topic/partition", offset, value)`` rows
+    under the key ``k``, stamped and watermarked in Java (allowed future skew 0.5 s)."""
+    from pyflink.datastream import DataStream
+    from pyflink.java_gateway import get_gateway
+    from riskguard.flink.fused import KEYED_ROW, java_strings
+
+    gateway = get_gateway()
+    props = gateway.jvm.java.util.Properties()
+    props.setProperty("bootstrap.servers", bootstrap)
+    return DataStream(gateway.jvm.riskguard.flink.kafka.KafkaIo.source(
+        env._j_stream_execution_environment, props, java_strings(topics), "ticks-test", True,
+        600_000, 1_000, 500, "k", KEYED_ROW.get_java_type_info(), "in"))
 
 
 def _kafka_rows(env: object, bootstrap: str, topic: str) -> object:

@@ -440,6 +440,57 @@ def test_a_row_behind_the_watermark_goes_on_alone_at_once_not_dropped(
 
 
 @pytest.mark.kafka
+@pytest.mark.slow
+def test_the_guard_source_stamps_event_time_and_a_quiet_partition_holds_no_tick_back(
+        kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path) -> None:
+    """The live guard's Kafka source (``flink/java/kafka/KafkaIo.java``): a message's
+    event time is its top-level ``ts``, else its Kafka timestamp, never more than the
+    allowed skew (0.5 s here) past that; and a partition that sent one message (a
+    limit update at 1.2 s) and then nothing stops holding the watermark back a second
+    later, where one that sent nothing yet is waited for ten minutes. The ticks up to
+    the busy partition's 5.0 s then go on, each in event time, then source order."""
+    if reason := java_missing():
+        pytest.skip(reason)
+    import json
+
+    from confluent_kafka import Producer
+
+    busy, quiet = new_topic(), new_topic()
+    sent = [
+        (busy, b'{"ts": 1000000000, "x": 1}', None),
+        (quiet, b'{"kind": "limit", "ts": 1200000000}', None),
+        (busy, b'{"a": {"ts": 9}, "ts": 1500000000}', None),  # nested ts is not its ts
+        (busy, b'{"kind": "ack"}', 1_700),  # no ts: its Kafka timestamp, in ms
+        (busy, b'{"ts": 2500000000}', None),
+        (busy, b'{"ts": 100000000000}', 2_200),  # 100 s ahead of its Kafka time: 2.7 s
+        (busy, b'{"ts": 5000000000}', None),
+    ]
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for topic, value, kafka_ms in sent:
+        producer.produce(topic, value, **({"timestamp": kafka_ms} if kafka_ms else {}))
+        producer.flush(10)  # one message a batch: the dev broker reports batches
+    del producer
+    cmd, env = flink_command(tmp_path)
+    env["RISKGUARD_FLINK_JARS"] = ";".join(kafka_jars())
+    done = subprocess.run([*cmd, str(Path(__file__).parent / "flink_ticks_job.py"),
+                           "guard", kafka_bootstrap, f"{busy},{quiet}", "2"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ms = 1_000_000
+    assert sorted(json.loads(line) for line in done.stdout.splitlines()) == [
+        [1999, False, [["kafka", 1000 * ms, f"{busy}/0", 0, '{"ts": 1000000000, "x": 1}'],
+                       ["kafka", 1200 * ms, f"{quiet}/0", 0,
+                        '{"kind": "limit", "ts": 1200000000}'],
+                       ["kafka", 1500 * ms, f"{busy}/0", 1,
+                        '{"a": {"ts": 9}, "ts": 1500000000}'],
+                       ["kafka", 1500 * ms, f"{busy}/0", 2, '{"kind": "ack"}']]],
+        [2999, False, [["kafka", 2500 * ms, f"{busy}/0", 3, '{"ts": 2500000000}'],
+                       ["kafka", 100_000 * ms, f"{busy}/0", 4, '{"ts": 100000000000}']]],
+    ]
+
+
+@pytest.mark.kafka
 def test_the_live_guard_flow_admits_each_partition_under_its_own_key_and_writes_five_topics(
         kafka_bootstrap: str, tmp_path: Path) -> None:
     """The flow the Flink guard job runs: raw messages admitted per partition (each

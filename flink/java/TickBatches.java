@@ -32,7 +32,9 @@ import org.apache.flink.util.OutputTag;
  * rows))}. A row whose tick the watermark has already passed goes on alone, at once, as
  * {@code (key, (tick_end_ms, true, [row]))}: late rows are the flow's to judge, never
  * dropped. A row without {@code ts} takes the latest {@code ts} a timed port carried
- * before it on this subtask.
+ * before it on this subtask. A row whose {@code ts} is past the event time its source
+ * gave it (a source that caps how far ahead of its clock a message may be) goes in that
+ * time's tick, for the flow to judge at once, not when its own time comes.
  */
 public final class TickBatches {
     private TickBatches() {}
@@ -88,8 +90,14 @@ public final class TickBatches {
                 row.setField(1, seen);
                 keyed = Row.of(keyed.getField(0), row);
                 ts = seen;
-            } else if (timed.contains((String) row.getField(0))) {
-                seen = Math.max(seen, ts);
+            } else {
+                if (element.hasTimestamp()
+                        && Math.floorDiv(ts, 1_000_000L) > element.getTimestamp()) {
+                    ts = element.getTimestamp() * 1_000_000L;  // the source cut it: skew
+                }
+                if (timed.contains((String) row.getField(0))) {
+                    seen = Math.max(seen, ts);
+                }
             }
             output.collect(element.replace(keyed, Math.floorDiv(ts, 1_000_000L)));
         }

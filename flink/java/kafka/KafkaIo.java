@@ -2,7 +2,6 @@ package riskguard.flink.kafka;
 
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
-import java.time.Duration;
 import java.util.Arrays;
 import java.util.HashMap;
 import java.util.Map;
@@ -38,7 +37,7 @@ import org.apache.kafka.clients.producer.ProducerRecord;
  * timestamp for a message without one, and never beyond the Kafka timestamp plus the
  * allowed future skew: a record from the future cannot carry a partition's watermark
  * away. The watermark, a millisecond behind the latest event time, is kept per
- * partition, and a partition quiet for the idle timeout stops holding it back.
+ * partition, and a quiet partition stops holding it back ({@link QuietPartitions}).
  *
  * <p>The sink writes each {@code (k, port, ts, src, pos, v)} row whose port names an
  * output topic to that topic, keyed by {@code src}, at least once: a delivery that fails
@@ -50,7 +49,8 @@ public final class KafkaIo {
     /** The input topics as watermarked rows of {@code type}, under the segment key. */
     public static DataStream<Row> source(StreamExecutionEnvironment env, Properties props,
                                          String[] topics, String group, boolean earliest,
-                                         long idleMs, long maxSkewMs, String segmentKey,
+                                         long startMs, long quietMs, long maxSkewMs,
+                                         String segmentKey,
                                          TypeInformation<Row> type, String uid) {
         KafkaSource<Row> source = KafkaSource.<Row>builder()
             .setProperties(props)
@@ -60,10 +60,8 @@ public final class KafkaIo {
                                          : OffsetsInitializer.latest())
             .setDeserializer(new Messages(segmentKey, type))
             .build();
-        WatermarkStrategy<Row> time = WatermarkStrategy
-            .<Row>forBoundedOutOfOrderness(Duration.ZERO)
-            .withTimestampAssigner(new EventTime(maxSkewMs))
-            .withIdleness(Duration.ofMillis(idleMs));
+        WatermarkStrategy<Row> time =
+            QuietPartitions.strategy(startMs, quietMs, new EventTime(maxSkewMs));
         return env.fromSource(source, time, uid, type).uid(uid);
     }
 
