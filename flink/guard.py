@@ -171,13 +171,10 @@ job is back-pressured."""
 FETCH_BYTES = 64 * 1024
 """The most one fetch takes from one partition: a backlog's partitions then arrive
 interleaved, not one partition's whole backlog before the next one's first record (which
-its idle timeout would have passed over by then). This also keeps how far one partition
-reads ahead of the others of its subtask, and so the rows the tick windows hold, small.
-Watermark alignment would bound it outright, but it paused the source so often that a
-backlog was read at half the rate at parallelism 1 (4,706 against 9,478 events/s from
-the first input, six demo copies, 2026-11-27, ``bench/guard_engines.py``), and it did
-not make parallelism 2 faster (1,850 to 2,312 events/s in three of four runs, as
-without it)."""
+the quiet rule would have passed over by then). This also keeps how far one partition
+reads ahead of the others, and so the rows the tick windows hold, small. Flink's
+watermark alignment would bound it outright, but it pauses the source so often that a
+backlog is read at half the rate (docs/engines.md)."""
 
 
 def _kafka_io(cfg: GuardConfig, env: Any, gateway: Any) -> Any:

@@ -46,6 +46,7 @@ public final class TickBatches {
         OutputTag<Row> late = new OutputTag<>(uid + "_late", in);
         SingleOutputStreamOperator<Row> stamped = keyedRows
             .transform(uid + "_time", in, new RowTime(timedPorts))
+            .setParallelism(keyedRows.getParallelism())  // chained: one clock a reader
             .uid(uid + "_time").name(uid + "_time");
         SingleOutputStreamOperator<Row> ticks = stamped
             .keyBy(new SegmentKey(), org.apache.flink.api.common.typeinfo.Types.STRING)

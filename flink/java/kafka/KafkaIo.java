@@ -62,7 +62,9 @@ public final class KafkaIo {
             .build();
         WatermarkStrategy<Row> time =
             QuietPartitions.strategy(startMs, quietMs, new EventTime(maxSkewMs));
-        return env.fromSource(source, time, uid, type).uid(uid);
+        // one reader: the guard is one segment under one key, so a second reader adds
+        // no throughput, only a race between two watermarks that makes rows late
+        return env.fromSource(source, time, uid, type).setParallelism(1).uid(uid);
     }
 
     /** Writes each row of {@code rows} whose port is a key of {@code topics} there. */
