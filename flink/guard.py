@@ -47,7 +47,7 @@ from riskguard.dataflows.backtest import DiscardSink
 from riskguard.dataflows.guard.config import GuardConfig, load_guard_config, load_keys
 from riskguard.dataflows.guard.core import guard_core
 from riskguard.dataflows.guard.kafka_io import audit_key, exposures_key
-from riskguard.dataflows.guard.live import check_peer_configs, prepare_detection
+from riskguard.dataflows.guard.live import check_peer_configs, while_preparing_detection
 from riskguard.flink.graph import FlowRef
 from riskguard.operators.audit import AuditState
 from riskguard.operators.core.base import split_dead_letters, stateful_logic, values_of
@@ -96,13 +96,17 @@ def guard_flow(config: str, resume: bool = True) -> Dataflow:
     delivered = 0
     chains: dict[str, AuditState] = {}
     peers: dict[str, str] = {}
+
+    def read_chains() -> tuple[dict[str, AuditState], dict[str, str]]:
+        return read_chains_and_peers(cfg.kafka, cfg.topic("audit"), trust.checkpoint_key,
+                                     origin=cfg.audit.origin)
+
     if resume:
-        prepare_detection(cfg)
-        delivered = last_signed_seq(cfg.kafka, cfg.topic("commands"), signer.public_key,
-                                    issuer)
-    if resume or cfg.replica.id:
-        chains, peers = read_chains_and_peers(cfg.kafka, cfg.topic("audit"),
-                                              trust.checkpoint_key, origin=cfg.audit.origin)
+        delivered, (chains, peers) = while_preparing_detection(cfg, lambda: (
+            last_signed_seq(cfg.kafka, cfg.topic("commands"), signer.public_key, issuer),
+            read_chains()))
+    elif cfg.replica.id:
+        chains, peers = read_chains()
     if cfg.replica.id:
         check_peer_configs(cfg.replica.id, digest, peers)
     flow = Dataflow("riskguard_guard")
@@ -152,13 +156,14 @@ def latest_checkpoint(checkpoints: str) -> str | None:
     return str(max(found, key=lambda p: (p.stat().st_mtime, int(p.name[4:]))))
 
 
-START_QUIET_MS = 10_000
+START_QUIET_MS = 3_000
 """A partition that has sent nothing since the job started stops holding the watermark
 back after this long (processing time, not counted while the source is back-pressured
-or paused: Flink's ``PausableRelativeClock``): most input topics are empty or quiet.
-Shorter, a source subtask slow to make its first fetch (a loaded machine, a restart) is
-passed over and its backlog comes late; the price is that output starts that long after
-a start where some partition has nothing to read."""
+or paused: Flink's ``PausableRelativeClock``): most input topics are empty or quiet, and
+no tick goes on, nor does the Python worker build its flow, before they are passed over.
+One source subtask reads every partition, so all of them wait on the same first fetch;
+the wait covers a broker that answers its first fetch later than the others (a slower
+connection), whose partitions' first records would otherwise come late."""
 
 QUIET_MS = 1_000
 """A partition that has sent a message and then nothing for this long stops holding the

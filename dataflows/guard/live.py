@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from bytewax.dataflow import Dataflow
 from riskguard.connectors.audit_tail import AuditTail, read_audit_tail
@@ -45,6 +46,7 @@ from riskguard.schemas import FIRM, RiskAlert, Severity, encode
 from riskguard.errors import ConfigError, DeliveryError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def build_flow(
@@ -67,9 +69,8 @@ def build_flow(
         n for n, spec in cfg.exposure.instruments.instruments.items() if spec.kind == "option"
     )))
     role = cfg.tier.role
-    if role != "firm":
-        prepare_detection(cfg)
     if role == "market":
+        prepare_detection(cfg)
         return market_flow(cfg, clock)
     if signer is None or trust is None:
         signer, trust = load_keys(cfg)
@@ -77,13 +78,18 @@ def build_flow(
     flow = Dataflow("riskguard_guard")
     src = guard_input(flow, cfg, FIRM_STREAMS if role == "firm" else INPUT_STREAMS, clock)
     issuer = cfg.sign.issuer or signer.issuer
-    # Read once, before any worker signs: the killed run this may resume is gone.
-    delivered = last_signed_seq(brokers, cfg.topic("commands"), signer.public_key,
-                                issuer)
-    # Likewise each audit chain continues where the topic ends (verified as read), never
-    # again from index 0; a topic that cannot be read or verified stops the start.
-    tail = read_audit_tail(brokers, cfg.topic("audit"), trust.checkpoint_key,
-                           origin=cfg.audit.origin)
+    public_key, checkpoint_key = signer.public_key, trust.checkpoint_key
+
+    def read_where_it_stands() -> tuple[int, AuditTail]:
+        # Read once, before any worker signs: the killed run this may resume is gone.
+        # Likewise each audit chain continues where the topic ends (verified as read),
+        # never again from index 0; a topic that cannot be read or verified stops the start.
+        return (last_signed_seq(brokers, cfg.topic("commands"), public_key, issuer),
+                read_audit_tail(brokers, cfg.topic("audit"), checkpoint_key,
+                                origin=cfg.audit.origin))
+
+    delivered, tail = (read_where_it_stands() if role == "firm"
+                       else while_preparing_detection(cfg, read_where_it_stands))
     chains = tail.chains
     _report_tail(cfg, tail, clock(), on_note)
     if cfg.replica.id:
@@ -162,6 +168,16 @@ def check_peer_configs(replica: str, cfg_hash: str, peers: dict[str, str]) -> No
     raise ConfigError("replica", f"the config its peers run ({said}; this one: "
                       f"{cfg_hash[:12]}); start it on their config, or with riskguard run "
                       "--new-config to change theirs next", replica)
+
+
+def while_preparing_detection(cfg: GuardConfig, read: Callable[[], T]) -> T:
+    """``read()`` (a start's reads of where the command and audit topics stand, which wait
+    on the broker) in a thread while detection is prepared (:func:`prepare_detection`,
+    which works the CPU): a start pays for the longer of the two, not for both."""
+    with ThreadPoolExecutor(1, thread_name_prefix="riskguard-start") as pool:
+        pending = pool.submit(read)
+        prepare_detection(cfg)
+        return pending.result()
 
 
 def prepare_detection(cfg: GuardConfig) -> None:
