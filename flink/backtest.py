@@ -205,10 +205,13 @@ def run(config: str | Path, records: str | Path, *, parallelism: int = 1,
         batch_size: int = 100, segments: int = 1) -> dict[str, list[Any]]:
     """Run the backtest on a local Flink mini-cluster; every output by name."""
     from pyflink.datastream import StreamExecutionEnvironment  # noqa: PLC0415
-    from riskguard.flink.fused import quick_jvm, worker_processes  # noqa: PLC0415
+    from riskguard.flink.fused import launch_jvm, quick_jvm, worker_processes  # noqa: PLC0415
 
     worker_processes()
     quick_jvm()
+    launch_jvm()
+    # planned while the JVM starts: the job takes this process's build of the flow
+    FlowRef("riskguard.flink.backtest:flow_for", (str(config), batch_size)).steps()
     env = StreamExecutionEnvironment.get_execution_environment(
         local_slots(parallelism, segments))
     env.set_parallelism(parallelism)

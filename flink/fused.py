@@ -18,8 +18,10 @@ msgspec-encoded (:mod:`riskguard.flink.wire`) where they cross.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -82,6 +84,17 @@ def quick_jvm() -> None:
     """Start a local job's JVM with :data:`QUICK_JVM`, unless ``$JVM_ARGS`` says
     otherwise (a local job that runs for hours is better off with C2)."""
     os.environ.setdefault(JVM_ARGS, QUICK_JVM)
+
+
+def launch_jvm() -> None:
+    """Start the client's JVM (PyFlink's gateway) in a thread, so that it starts while
+    the client plans the job from the flow, which needs no JVM. A JVM that fails to
+    start fails where the job next asks for it, with PyFlink's own error."""
+    def launch() -> None:
+        with contextlib.suppress(Exception):
+            get_gateway()
+
+    threading.Thread(target=launch, name="riskguard-jvm", daemon=True).start()
 
 
 SINKS = OutputTag("sinks", ROW)

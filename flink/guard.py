@@ -223,6 +223,7 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
     from riskguard.flink.fused import (  # noqa: PLC0415
         ROW,
         TickBatchSegment,
+        launch_jvm,
         quick_jvm,
         tick_batches,
         worker_processes,
@@ -232,7 +233,12 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
 
     worker_processes()
     quick_jvm()
+    launch_jvm()
     cfg, _digest = load_guard_config(config)
+    ref = FlowRef("riskguard.flink.guard:guard_flow", (str(config),))
+    steps = FlowRef("riskguard.flink.guard:guard_flow", (str(config), False)).steps()
+    plan = SegmentPlan.whole(steps, {"kafka": "kafka"},
+                             sink_keys=("riskguard.flink.guard:sink_keys", (str(config),)))
     env = StreamExecutionEnvironment.get_execution_environment(
         _job_configuration(Configuration(), checkpoints, restore))
     if parallelism is not None:
@@ -243,10 +249,6 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
         env.add_jars(*added)
     gateway = get_gateway()
     msgs = DataStream(_kafka_io(cfg, env, gateway))
-    ref = FlowRef("riskguard.flink.guard:guard_flow", (str(config),))
-    steps = FlowRef("riskguard.flink.guard:guard_flow", (str(config), False)).steps()
-    plan = SegmentPlan.whole(steps, {"kafka": "kafka"},
-                             sink_keys=("riskguard.flink.guard:sink_keys", (str(config),)))
     # Java makes each tick's messages one row; the flow is one segment under one key,
     # fed a tick at a time, as one bytewax worker runs it
     ticks = tick_batches(msgs, cfg.tick_ns, ("kafka",), "riskguard_guard")
