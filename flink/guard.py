@@ -44,7 +44,12 @@ from riskguard.connectors.command_log import last_signed_seq
 from riskguard.connectors.kafka.admit import PartitionAdmission
 from riskguard.connectors.topics import INPUT_STREAMS, STREAM_TYPES
 from riskguard.dataflows.backtest import DiscardSink
-from riskguard.dataflows.guard.config import GuardConfig, load_guard_config, load_keys
+from riskguard.dataflows.guard.config import (
+    GuardConfig,
+    apply_gc_policy,
+    load_guard_config,
+    load_keys,
+)
 from riskguard.dataflows.guard.core import guard_core
 from riskguard.dataflows.guard.kafka_io import audit_key, exposures_key
 from riskguard.dataflows.guard.live import check_peer_configs, while_preparing_detection
@@ -119,6 +124,16 @@ def guard_flow(config: str, resume: bool = True) -> Dataflow:
                      wall_clock=system_clock, input_errs=admitted.errs)
     for name in OUTPUT_STREAMS:
         op.output(name, getattr(out, name), DiscardSink())
+    return flow
+
+
+def worker_flow(config: str) -> Dataflow:
+    """:func:`guard_flow` as a Flink worker builds it to run it: with Python's garbage
+    collector tuned as the bytewax guard's process is
+    (:func:`~riskguard.dataflows.guard.apply_gc_policy`), so that the records in flight
+    die young and full collections of the models' and the state's heap stay rare."""
+    flow = guard_flow(config)
+    apply_gc_policy(load_guard_config(config)[0])
     return flow
 
 
@@ -235,7 +250,7 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
     quick_jvm()
     launch_jvm()
     cfg, _digest = load_guard_config(config)
-    ref = FlowRef("riskguard.flink.guard:guard_flow", (str(config),))
+    ref = FlowRef("riskguard.flink.guard:worker_flow", (str(config),))
     steps = FlowRef("riskguard.flink.guard:guard_flow", (str(config), False)).steps()
     plan = SegmentPlan.whole(steps, {"kafka": "kafka"},
                              sink_keys=("riskguard.flink.guard:sink_keys", (str(config),)))

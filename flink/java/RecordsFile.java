@@ -86,6 +86,11 @@ public final class RecordsFile {
 
     static final class Texts extends AbstractStreamOperator<String>
             implements OneInputStreamOperator<Row, String>, BoundedOneInput {
+        /** A string's most characters before it goes on: the client's collect sink
+         * refuses a record over 2 MiB, and a busy stretch between two watermarks made
+         * more (the lines are JSON, a few bytes a character at most). */
+        static final int MAX_CHARS = 256 * 1024;
+
         private final StringBuilder lines = new StringBuilder();
 
         @Override
@@ -94,6 +99,9 @@ public final class RecordsFile {
             lines.append((String) row.getField(1)).append('\t')
                  .append(new String((byte[]) row.getField(5), StandardCharsets.UTF_8))
                  .append('\n');
+            if (lines.length() >= MAX_CHARS) {
+                flush();
+            }
         }
 
         @Override
