@@ -24,7 +24,7 @@ from riskguard.connectors.broker import default_state_dir
 from riskguard.connectors.settings import KafkaSettings, configure_logging
 from riskguard.dataflows.demo import PreparedRun, prepare_run
 from riskguard.dataflows.stress import Check
-from riskguard.operators.core.metrics import DEAD_LETTERS, EVENTS_IN
+from riskguard.operators.core.metrics import DEAD_LETTERS, EVENTS_IN, events_in_total
 
 from riskguard.cli import main
 from riskguard.cli_run import Counts, StatusReporter, read_counts, status_line
@@ -129,8 +129,10 @@ def test_read_counts_reads_this_processes_own_metrics() -> None:
     before = read_counts("s", "c")
     EVENTS_IN.labels(topic).inc(7)
     DEAD_LETTERS.labels(topic, "bad_json").inc(2)
+    polled = events_in_total()
     now = read_counts("s", "c").minus(before)
     assert (now.events_in, now.dead_letters) == (7, 2)
+    assert polled == read_counts("s", "c").events_in  # what the start/end poller reads
     assert status_line(1.0, now, Counts()).startswith("status  1 s  in 7 (+7)  dead letters 2")
 
 

@@ -169,6 +169,21 @@ def _checkpoint_age() -> float:
 AUDIT_CHECKPOINT_AGE.set_function(_checkpoint_age)
 
 
+def events_in_total() -> float:
+    """The records this process decoded at its input boundary, over every stream, read
+    from :data:`EVENTS_IN` alone: a poll of it costs the same however many partitions the
+    process reads, where collecting the whole registry walks the lag gauge of each one
+    (672 at 96 partitions a topic).
+
+    >>> before = events_in_total()
+    >>> EVENTS_IN.labels("doc").inc(3)
+    >>> events_in_total() - before
+    3.0
+    """
+    return sum(s.value for family in EVENTS_IN.collect() for s in family.samples
+               if s.name == "riskguard_events_in_total")
+
+
 def record_checkpoint(ts_ns: int) -> None:
     """Note an audit checkpoint's event time (the age gauge counts from the newest one)."""
     seconds = ts_ns / 1e9
