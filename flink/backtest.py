@@ -39,6 +39,11 @@ def read_records(path: str | Path) -> list[Any]:
                 if line.strip()]
 
 
+def flow_ref(config: str | Path, batch_size: int) -> FlowRef:
+    """The reference each process builds the backtest flow from (:func:`flow_for`)."""
+    return FlowRef("riskguard.flink.backtest:flow_for", (str(config), batch_size))
+
+
 def flow_for(config: str, batch_size: int = 100) -> Dataflow:
     """The backtest flow of ``config``: the factory each Flink worker builds its copy of
     the flow from. Its input step is replaced by the job's source, so it is built over
@@ -128,7 +133,7 @@ def job(env: Any, config: str | Path, records: str | Path, *, parallelism: int =
     from pyflink.java_gateway import get_gateway  # noqa: PLC0415
     from riskguard.flink.java_build import job_jars  # noqa: PLC0415
 
-    ref = FlowRef("riskguard.flink.backtest:flow_for", (str(config), batch_size))
+    ref = flow_ref(config, batch_size)
     cfg, _digest = load_guard_config(str(config))
     if jars := job_jars():
         env.add_jars(*jars)
@@ -210,8 +215,7 @@ def run(config: str | Path, records: str | Path, *, parallelism: int = 1,
     worker_processes()
     quick_jvm()
     launch_jvm()
-    # planned while the JVM starts: the job takes this process's build of the flow
-    FlowRef("riskguard.flink.backtest:flow_for", (str(config), batch_size)).steps()
+    flow_ref(config, batch_size).steps()  # built while the JVM starts; the job reuses it
     env = StreamExecutionEnvironment.get_execution_environment(
         local_slots(parallelism, segments))
     env.set_parallelism(parallelism)

@@ -172,8 +172,7 @@ AUDIT_CHECKPOINT_AGE.set_function(_checkpoint_age)
 def events_in_total() -> float:
     """The records this process decoded at its input boundary, over every stream, read
     from :data:`EVENTS_IN` alone: a poll of it costs the same however many partitions the
-    process reads, where collecting the whole registry walks the lag gauge of each one
-    (672 at 96 partitions a topic).
+    process reads, where collecting the whole registry walks the lag gauge of each one.
 
     >>> before = events_in_total()
     >>> EVENTS_IN.labels("doc").inc(3)

@@ -12,8 +12,8 @@ import org.apache.flink.util.clock.RelativeClock;
  * holding the job back once the partition goes quiet.
  *
  * <p>Flink's {@code withIdleness} gives one timeout for two cases. Before a partition's
- * first message, the timeout must be long: a subtask slow to make its first fetch would
- * otherwise be passed over and its backlog come late. After a message on a partition
+ * first message, the timeout must cover a first fetch that comes later than the others'
+ * (a slower broker), or that partition's backlog comes late. After a message on a partition
  * that is mostly quiet (an ack, a limit update), the partition holds every other
  * partition's ticks back at that message's time until it is called idle, so there the
  * timeout must be short. This generator keeps the two apart: {@code startMs} of quiet
@@ -27,8 +27,7 @@ final class QuietPartitions implements WatermarkGenerator<Row> {
     private final RelativeClock clock;
     private final long startNanos;
     private final long quietNanos;
-    private long newest = Long.MIN_VALUE;
-    private boolean heard;
+    private long newest = Long.MIN_VALUE;  // MIN_VALUE: nothing heard yet
     private long lastHeard;
     private boolean idle;
 
@@ -50,7 +49,6 @@ final class QuietPartitions implements WatermarkGenerator<Row> {
     @Override
     public void onEvent(Row event, long eventTimeMs, WatermarkOutput output) {
         newest = Math.max(newest, eventTimeMs);
-        heard = true;
         lastHeard = clock.relativeTimeNanos();
         if (idle) {
             idle = false;
@@ -60,6 +58,7 @@ final class QuietPartitions implements WatermarkGenerator<Row> {
 
     @Override
     public void onPeriodicEmit(WatermarkOutput output) {
+        boolean heard = newest != Long.MIN_VALUE;
         long silent = clock.relativeTimeNanos() - lastHeard;
         if (silent >= (heard ? quietNanos : startNanos)) {
             if (!idle) {
