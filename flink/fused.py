@@ -41,7 +41,7 @@ from pyflink.java_gateway import get_gateway
 from riskguard.flink.graph import FlowRef
 from riskguard.flink.plan import SegmentPlan
 from riskguard.flink.segment import Segment, deadline_ms
-from riskguard.flink.wire import pack_batch, unpack_batch
+from riskguard.flink.wire import unpack_batch
 from riskguard.operators.core.clock import claim_worker, step_event_time
 
 ROW_FIELDS = ["k", "port", "ts", "src", "pos", "v"]
@@ -117,11 +117,13 @@ def keyed(stream: DataStream, value_type: Any = VALUE) -> KeyedStream:
     return KeyedStream(j_keyed, value_type, stream)
 
 
-BATCH = Types.ROW_NAMED(["tick", "late", "rows"],
-                        [Types.LONG(), Types.BOOLEAN(), Types.OBJECT_ARRAY(VALUE)])
+BATCH = Types.ROW_NAMED(["tick", "late", "packed"],
+                        [Types.LONG(), Types.BOOLEAN(), Types.PRIMITIVE_ARRAY(Types.BYTE())])
 KEYED_BATCH = Types.ROW([Types.STRING(), BATCH])
 """A tick's rows for one key, as :func:`tick_batches` makes them in Java: the tick's last
-ms, whether they came behind the watermark (then one row, at once), and the rows."""
+ms, whether they came behind the watermark (then one row, at once), and the tick packed
+as :func:`~riskguard.flink.wire.unpack_batch` reads it (one decode a tick, where rows
+nested in the row cost PyFlink a decode a field)."""
 
 
 def tick_batches(stream: DataStream, tick_ns: int, timed: tuple[str, ...],
@@ -182,7 +184,7 @@ class TickBatchSegment(KeyedProcessFunction):
         if self.commit_ms is not None:
             self.snap = runtime_context.get_state(
                 ValueStateDescriptor("segment", Types.PICKLED_BYTE_ARRAY()))
-            self.since = runtime_context.get_list_state(
+            self.since = runtime_context.get_list_state(  # the ticks as Java packed them
                 ListStateDescriptor("since", Types.PRIMITIVE_ARRAY(Types.BYTE())))
         self.replayed: list[tuple[str, Any]] = []
         self.trace.once("opened")
@@ -191,11 +193,12 @@ class TickBatchSegment(KeyedProcessFunction):
         self.trace.once("first_input")
         key = ctx.get_current_key()[0]
         seg = self._segment(key, ctx)
-        tick_end, rows = value[0], value[2]
+        packed = value[2]
+        tick_end, rows = unpack_batch(packed)
         out, self.replayed = self.replayed, []
         self._feed(key, seg, rows, out)
         if self.commit_ms is not None:
-            self.since.add(pack_batch(tick_end, rows))
+            self.since.add(packed)
         self._after(key, seg, ctx)
         return self._rows(out, tick_end)
 

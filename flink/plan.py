@@ -24,7 +24,8 @@ SINK = "sink"
 """The segment key of rows bound for a sink."""
 
 Rowish = Sequence[Any]
-"""A row as a keyed function gets it: input, event time ns, source, position, bytes."""
+"""A row of a tick as a segment gets it (:data:`~riskguard.flink.wire.PackedRow`): input,
+event time ns, source, position, bytes."""
 
 Encoder = Callable[[str, Any, int, int], Iterator[Any]]
 """An output's item (its name, the item, its number among what the call made, and the
@@ -199,18 +200,20 @@ def _call(factory: str, args: tuple[Any, ...]) -> Any:
 
 
 def _records(codec: Codec, rows: list[Rowish]) -> list[list[Any]]:
-    return [[codec.decode("records", bytes(r[4])) for r in rows]]
+    return [[codec.decode("records", r[4]) for r in rows]]
 
 
 def _crossed(wire: Any, rows: list[Rowish]) -> list[Any]:
-    return [wire.decode(bytes(r[4])) for r in rows]
+    return [wire.decode(r[4]) for r in rows]
 
 
-def _messages(rows: list[Rowish]) -> list[tuple[str, int, int, bytes]]:
+def _messages(rows: list[Rowish]) -> list[tuple[str, int, int, bytes | None]]:
+    """Kafka rows as the admission takes messages; a message without a value (a
+    tombstone) keeps its None, for the admission to dead-letter."""
     out = []
     for r in rows:
         topic, _, partition = r[2].rpartition("/")
-        out.append((topic, int(partition), r[3], bytes(r[4])))
+        out.append((topic, int(partition), r[3], r[4]))
     return out
 
 

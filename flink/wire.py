@@ -1,6 +1,7 @@
-"""Bytes between Flink operators: ticks of rows packed for Flink state, and records
+"""Bytes between Flink operators: ticks of rows packed in Java, and records
 msgspec-encoded where they cross from one segment to another (never pickled).
 
+>>> import msgspec
 >>> from riskguard.schemas import Trade
 >>> t = Trade(id="t", venue="v", instrument="BTC-USDT", ts=5, price=1.0, qty=1.0, side="buy")
 >>> wire = Wire()
@@ -8,7 +9,7 @@ msgspec-encoded where they cross from one segment to another (never pickled).
 True
 >>> wire.decode(wire.encode(t)) == t
 True
->>> unpack_batch(pack_batch(9, [("in", 5, "m/0", 7, b"x")]))
+>>> unpack_batch(msgspec.msgpack.encode((9, [("in", 5, "m/0", 7, b"x")])))
 (9, [('in', 5, 'm/0', 7, b'x')])
 """
 
@@ -20,20 +21,16 @@ import msgspec
 from riskguard.operators.core.clock import Tick
 from riskguard.schemas.codec import ALL_TYPES
 
-_PACK = msgspec.msgpack.Encoder()
-_BATCH_DECODER = msgspec.msgpack.Decoder(tuple[int, list[tuple[str, int, str, int, bytes]]])
+PackedRow = tuple[str, int, str | None, int, bytes | None]
+"""A row of a packed tick: input, event time (ns), source, position, bytes (None for a
+Kafka message without a value)."""
+
+_BATCH_DECODER = msgspec.msgpack.Decoder(tuple[int, list[PackedRow]])
 
 
-def pack_batch(tick_end: int, rows: Any) -> bytes:
-    """A tick's rows (each a :data:`riskguard.flink.fused.VALUE`) and the tick's last ms
-    as bytes, for Flink list state."""
-    return _PACK.encode((tick_end, [tuple(r) for r in rows]))
-
-
-def unpack_batch(data: bytes) -> tuple[int, list[tuple[str, int, str, int, bytes]]]:
-    """A tick from :func:`pack_batch`."""
-    t, rows = _BATCH_DECODER.decode(data)
-    return t, list(rows)
+def unpack_batch(data: bytes) -> tuple[int, list[PackedRow]]:
+    """A tick as Java packs it (``flink/java/Packed.java``): its last ms and its rows."""
+    return _BATCH_DECODER.decode(data)
 
 
 class Wire:

@@ -46,16 +46,24 @@ def main(argv: list[str]) -> int:
         rows = env.from_collection([Row(k, Row(*v)) for k, v in ROWS], type_info=KEYED_ROW)
         limit = None
     batches = tick_batches(rows, 1_000_000_000, ("in", "kafka"), "test")  # ticks of 1 s
-    # each batch: its tick's last ms, whether late, and its rows
-    out = batches.map(lambda b: json.dumps(
-        [b[0], b[1], [[r[0], r[1], r[2], r[3], bytes(r[4] or b"").decode()] for r in b[2]]]),
-        output_type=Types.STRING())
+    out = batches.map(_as_json, output_type=Types.STRING())
     with out.execute_and_collect() as results:
         for n, line in enumerate(results, 1):
             print(line, flush=True)
             if n == limit:
                 break
     return 0
+
+
+def _as_json(batch: Any) -> str:
+    """A batch as its tick's last ms, whether late, and its rows (unpacked from the bytes
+    Java packed them in, whose own tick must be the batch's)."""
+    from riskguard.flink.wire import unpack_batch
+
+    tick, rows = unpack_batch(bytes(batch[2]))
+    assert tick == batch[0], (tick, batch[0])
+    return json.dumps([batch[0], batch[1], [[r[0], r[1], r[2], r[3], (r[4] or b"").decode()]
+                                            for r in rows]])
 
 
 def _guard_rows(env: Any, bootstrap: str, topics: list[str]) -> Any:

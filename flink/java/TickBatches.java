@@ -29,9 +29,11 @@ import org.apache.flink.util.OutputTag;
  * whose {@code ts} (ns) is its event time. A tumbling event-time window a tick long holds
  * a key's rows; when the watermark passes the tick the window hands them on at once, in
  * event time, then source and position order, as {@code (key, (tick_end_ms, false,
- * rows))}. A row whose tick the watermark has already passed goes on alone, at once, as
- * {@code (key, (tick_end_ms, true, [row]))}: late rows are the flow's to judge, never
- * dropped. A row without {@code ts} takes the latest {@code ts} a timed port carried
+ * packed))}. A row whose tick the watermark has already passed goes on alone, at once, as
+ * {@code (key, (tick_end_ms, true, packed))}: late rows are the flow's to judge, never
+ * dropped. {@code packed} is the tick as MessagePack bytes, {@code [tick_end_ms, [[port,
+ * ts, src, pos, bytes], ...]]} ({@link Packed}): Python decodes a tick in one call, where
+ * a nested row costs it a decode a field, and keeps those bytes as they are in its state. A row without {@code ts} takes the latest {@code ts} a timed port carried
  * before it on this subtask. A row whose {@code ts} is past the event time its source
  * gave it (a source that caps how far ahead of its clock a message may be) goes in that
  * time's tick, for the flow to judge at once, not when its own time comes.
@@ -118,8 +120,8 @@ public final class TickBatches {
                 rows.add((Row) pair.getField(1));
             }
             rows.sort(ORDER);
-            out.collect(Row.of(key, Row.of(ctx.window().maxTimestamp(), false,
-                                           rows.toArray(new Row[0]))));
+            long end = ctx.window().maxTimestamp();
+            out.collect(Row.of(key, Row.of(end, false, Packed.tick(end, rows))));
         }
     }
 
@@ -135,7 +137,7 @@ public final class TickBatches {
         public Row map(Row pair) {
             Row row = (Row) pair.getField(1);
             long end = tickEnd((Long) row.getField(1), tickMs);
-            return Row.of(pair.getField(0), Row.of(end, true, new Row[] {row}));
+            return Row.of(pair.getField(0), Row.of(end, true, Packed.tick(end, List.of(row))));
         }
     }
 }
