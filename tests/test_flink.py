@@ -513,6 +513,15 @@ def test_the_live_guard_flow_admits_each_partition_under_its_own_key_and_writes_
     assert [(s.step_id, s.kind, s.ups, s.downs) for s in planned] == [
         (s.step_id, s.kind, s.ups, s.downs) for s in steps]
     assert sorted(n for _s, n in plan.outputs) == sorted(OUTPUT_STREAMS)
+    # a Kafka message without a value (a tombstone) reaches the admission as None and
+    # leaves as a dead letter naming where it was
+    tombstone = [("kafka", 5, f"{run.topic('trades')}/1", 7, None)]
+    msgs = plan.decoders(FlowRef("x:y"))["kafka"](tombstone)
+    assert msgs == [(run.topic("trades"), 1, 7, None)]
+    out = plan.segment(plan.steps_of({s.step_id: s for s in steps})).feed({"kafka": msgs})
+    (letter,) = [x for name, x in out if name == "dead_letters"]
+    assert (letter.topic, letter.partition, letter.offset) == (run.topic("trades"), 1, 7)
+    assert "tombstone" in letter.found
 
 
 def _topic_count(run: Any, stream: str) -> int:
