@@ -41,7 +41,7 @@ from pyflink.java_gateway import get_gateway
 from riskguard.flink.graph import FlowRef
 from riskguard.flink.plan import SegmentPlan
 from riskguard.flink.segment import Segment, deadline_ms
-from riskguard.flink.wire import unpack_batch
+from riskguard.flink.wire import CROSSED, Wire, pack_crossed, unpack_batch, unpack_crossed
 from riskguard.operators.core.clock import claim_worker, step_event_time
 
 ROW_FIELDS = ["k", "port", "ts", "src", "pos", "v"]
@@ -176,7 +176,8 @@ class TickBatchSegment(KeyedProcessFunction):
         self.steps = self.plan.steps_of(self.ref.steps())
         self.decoders = self.plan.decoders(self.ref)
         self.encoders = self.plan.encoders(self.ref)
-        self.routed = frozenset(name for name, _key in self.plan.routes)
+        self.routes = dict(self.plan.routes)
+        self.wire = Wire()
         self.timed = {port for port, _sid, kind in self.plan.inputs if kind != "wire"}
         self.live: dict[str, Segment] = {}
         self.committed: dict[str, float] = {}
@@ -244,7 +245,11 @@ class TickBatchSegment(KeyedProcessFunction):
     def _inputs(self, rows: list[Any]) -> dict[str, list[Any]]:
         batches: dict[str, list[Any]] = {}
         for row in rows:
-            batches.setdefault(row[0], []).append(row)
+            if row[0] == CROSSED:  # a call of the segment before: its items, in order
+                for sid, data in unpack_crossed(row[4]):
+                    batches.setdefault(sid, []).append((sid, row[1], "", 0, data))
+            else:
+                batches.setdefault(row[0], []).append(row)
         return {port: self.decoders[port](rs) for port, rs in batches.items()}
 
     def _run(self, key: str, call: Callable[[], list[tuple[str, Any]]],
@@ -266,19 +271,25 @@ class TickBatchSegment(KeyedProcessFunction):
             step_event_time.reset(token)
 
     def _rows(self, out: list[tuple[str, Any]], at_ms: int) -> Iterator[Row]:
-        """What the segment made, as rows: each to another segment stamped with the
-        tick it was made in (and numbered in the order made), or to a sink."""
+        """What the segment made, as rows: a sink's one an item; what goes to another
+        segment one row a segment key, stamped with the tick it was made in and holding
+        the items in the order made (:func:`~riskguard.flink.wire.pack_crossed`)."""
         if out:
             self.trace.once("first_output")
-        encoders = self.encoders
+        encoders, routes, wire = self.encoders, self.routes, self.wire
         at_ns = min(at_ms, MAX_MS) * 1_000_000
-        routed = self.routed
+        crossing: dict[str, list[tuple[str, bytes]]] = {}
         for n, (name, item) in enumerate(out):
-            if not routed or name in routed:
-                yield from encoders[name](name, item, n, at_ns)
-            else:  # the main output carries rows for the next segment; sinks' go aside
+            key = routes.get(name)
+            if key is not None:
+                crossing.setdefault(key, []).append((name, wire.encode(item)))
+            elif routes:  # the main output carries rows for the next segment; sinks' aside
                 for row in encoders[name](name, item, n, at_ns):
                     yield SINKS, row
+            else:
+                yield from encoders[name](name, item, n, at_ns)
+        for key, items in crossing.items():
+            yield Row(key, Row(CROSSED, at_ns, "", 0, pack_crossed(items)))
 
     def _after(self, key: str, seg: Segment, ctx: Any) -> None:
         due = seg.next_due()

@@ -149,21 +149,15 @@ class SegmentPlan:
         return out
 
     def encoders(self, ref: FlowRef) -> dict[str, Encoder]:
-        """Each output's items into rows."""
+        """Each sink output's items into rows (what goes to another segment crosses
+        packed, a call's items in one row: ``TickBatchSegment``)."""
         from pyflink.common import Row  # noqa: PLC0415
 
         routes = dict(self.routes)
         keys: dict[str, Callable[[Any], str | None]] = (
             {} if self.sink_keys is None else _call(*self.sink_keys))
-        out: dict[str, Encoder] = {}
-        for _sid, name in self.outputs:
-            if name in routes:
-                from riskguard.flink.wire import Wire  # noqa: PLC0415
-
-                out[name] = _to_segment(Row, routes[name], Wire())
-            else:
-                out[name] = _to_sink(Row, keys.get(name))
-        return out
+        return {name: _to_sink(Row, keys.get(name)) for _sid, name in self.outputs
+                if name not in routes}
 
 
 def _keyed_ancestors(steps: Mapping[str, CoreStep]) -> dict[str, frozenset[str]]:
@@ -230,11 +224,3 @@ def _to_sink(row: Any, key: Callable[[Any], str | None] | None) -> Encoder:
 
     return rows
 
-
-def _to_segment(row: Any, key: str, wire: Any) -> Encoder:
-    # stamped with the tick it was made in and numbered in the order made: the next
-    # segment takes it in that tick, in that order
-    def rows(name: str, item: Any, n: int, at_ns: int) -> Iterator[Any]:
-        yield row(key, row(name, at_ns, "", n, wire.encode(item)))
-
-    return rows

@@ -33,6 +33,30 @@ def unpack_batch(data: bytes) -> tuple[int, list[PackedRow]]:
     return _BATCH_DECODER.decode(data)
 
 
+CROSSED = "crossed"
+"""The input name of a row that carries what one call of a segment made for the next
+segment, packed (:func:`pack_crossed`): one row a call, where a row an item cost PyFlink
+a row's encoding and decoding each."""
+
+_PACK = msgspec.msgpack.Encoder()
+_CROSSED_DECODER = msgspec.msgpack.Decoder(list[tuple[str, bytes]])
+
+
+def pack_crossed(items: list[tuple[str, bytes]]) -> bytes:
+    """Items for the next segment, in the order made: each its stream id and its
+    :class:`Wire` bytes.
+
+    >>> unpack_crossed(pack_crossed([("s1", b"Ra"), ("s2", b"Rb")]))
+    [('s1', b'Ra'), ('s2', b'Rb')]
+    """
+    return _PACK.encode(items)
+
+
+def unpack_crossed(data: bytes) -> list[tuple[str, bytes]]:
+    """What :func:`pack_crossed` packed."""
+    return _CROSSED_DECODER.decode(data)
+
+
 class Wire:
     """msgpack for what crosses between segments: a wire record or a :class:`Tick`, bare or
     as a ``(key, record)`` pair; one byte before it says which."""
