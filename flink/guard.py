@@ -4,22 +4,22 @@
     python -m riskguard.flink.guard --config guard.toml --parallelism 2 \\
         --checkpoints file:///var/lib/riskguard/checkpoints
 
-Kafka goes through the Flink Kafka connector (its SQL table factory, whose metadata
-columns give each message's topic, partition and offset, so a bad message becomes a
-dead letter naming them). The connector's jars (``flink-connector-kafka`` and
-``kafka-clients``) come from ``--jars`` or ``$RISKGUARD_FLINK_JARS`` (``;``-separated
-``file://`` URLs); a cluster image has them in ``/opt/flink/lib``. Checkpoints carry
-every logic's state and the source offsets; sinks are at-least-once, and what a
-restart writes twice has the same ids (the verifying subscriber drops the copy).
-``--restore`` resumes from a checkpoint or savepoint; ``--restore latest`` from the
-newest retained checkpoint under ``--checkpoints``.
+Kafka goes through the Flink Kafka connector's DataStream source and sink, set up in Java
+(``flink/java/kafka/KafkaIo.java``): each message reaches the flow as its topic,
+partition, offset and value, so a bad message becomes a dead letter naming them. The
+connector's jars (``flink-connector-kafka`` and ``kafka-clients``) come from ``--jars`` or
+``$RISKGUARD_FLINK_JARS`` (``;``-separated ``file://`` URLs); a cluster image has them in
+``/opt/flink/lib``. Checkpoints carry every logic's state and the source offsets; sinks
+are at-least-once, and what a restart writes twice has the same ids (the verifying
+subscriber drops the copy). ``--restore`` resumes from a checkpoint or savepoint;
+``--restore latest`` from the newest retained checkpoint under ``--checkpoints``.
 
-Time and order are Flink's, in Java: the input table declares each message's event
-time (its ``ts`` field; the Kafka timestamp for a record without one) and a watermark,
-which the Kafka source keeps per partition, with an idle timeout. Java makes each
-tick's messages one row when the watermark passes the tick, in event time and then
-partition and offset order (:func:`~riskguard.flink.fused.tick_batches`), and the flow
-runs as one Python operator (:class:`~riskguard.flink.fused.TickBatchSegment`) fed a
+Time and order are Flink's, in Java: the source gives each message its event time (its
+``ts`` field; the Kafka timestamp for a record without one) and keeps a watermark per
+partition, passing over a quiet one (``flink/java/kafka/QuietPartitions.java``). Java
+makes each tick's messages one row when the watermark passes the tick, in event time and
+then partition and offset order (:func:`~riskguard.flink.fused.tick_batches`), and the
+flow runs as one Python operator (:class:`~riskguard.flink.fused.TickBatchSegment`) fed a
 tick at a time. Each operator's uid is stable, so a checkpoint restores at another
 parallelism.
 """
