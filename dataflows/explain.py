@@ -24,7 +24,6 @@ import bisect
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +57,6 @@ def parse_at(text: str) -> int:
                 return n * scale
         return n
     return time_ns_of(t, "--at")
-
-
-@dataclass(frozen=True)
-class Moment:
-    """One market at the moment asked: its moves there and its detection parts."""
-
-    key: str
-    moves: list[tuple[str, float | None]]  # (horizon, move in bps), None: no price back
-    caps: list[float]
-    parts: list[Part]
 
 
 class Extremes:
