@@ -589,8 +589,14 @@ def test_the_live_flink_guard_killed_and_rescaled_executes_bytewaxs_commands_onc
         publish_scenario(run.bootstrap, run.start_ns, run.env, between_s=(180.0, math.inf))
         second = _guard_job([*args, "--parallelism", "2", "--restore", "latest"], env, log)
         try:
-            _wait("commands", lambda: _distinct_commands(run) >= len(want.commands),
-                  second, 300)
+            try:
+                _wait("commands", lambda: _distinct_commands(run) >= len(want.commands),
+                      second, 300)
+            except AssertionError as e:  # what the restored job had done by then
+                e.add_note(f"{_distinct_commands(run)} of {len(want.commands)} commands "
+                           f"({at_kill} at the kill), "
+                           f"{_topic_count(run, 'dead_letters')} dead letters")
+                raise
             second.send_signal(signal.SIGINT)  # the CLI stops the job, then sums up
             assert second.wait(60) == 130, log.read_text()[-3000:]
         finally:

@@ -70,15 +70,8 @@ final class Packed {
         byte[] b = s.getBytes(StandardCharsets.UTF_8);
         if (b.length < 32) {
             out.writeByte(0xa0 | b.length);
-        } else if (b.length < 0x100) {
-            out.writeByte(0xd9);
-            out.writeByte(b.length);
-        } else if (b.length < 0x10000) {
-            out.writeByte(0xda);
-            out.writeShort(b.length);
         } else {
-            out.writeByte(0xdb);
-            out.writeInt(b.length);
+            length(out, b.length, 0xd9);
         }
         out.write(b);
     }
@@ -88,16 +81,21 @@ final class Packed {
             out.writeByte(0xc0);
             return;
         }
-        if (b.length < 0x100) {
-            out.writeByte(0xc4);
-            out.writeByte(b.length);
-        } else if (b.length < 0x10000) {
-            out.writeByte(0xc5);
-            out.writeShort(b.length);
-        } else {
-            out.writeByte(0xc6);
-            out.writeInt(b.length);
-        }
+        length(out, b.length, 0xc4);
         out.write(b);
+    }
+
+    /** A length after the first of three codes: for an 8-, 16- or 32-bit length. */
+    static void length(DataOutputStream out, int n, int code8) throws IOException {
+        if (n < 0x100) {
+            out.writeByte(code8);
+            out.writeByte(n);
+        } else if (n < 0x10000) {
+            out.writeByte(code8 + 1);
+            out.writeShort(n);
+        } else {
+            out.writeByte(code8 + 2);
+            out.writeInt(n);
+        }
     }
 }
