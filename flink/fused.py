@@ -174,8 +174,8 @@ class TickBatchSegment(KeyedProcessFunction):
         self.trace = Trace(os.environ.get(TRACE_ENV))
         self.trace.once("open")
         self.steps = self.plan.steps_of(self.ref.steps())
-        self.decoders = self.plan.decoders(self.ref)
-        self.encoders = self.plan.encoders(self.ref)
+        self.decoders = self.plan.decoders()
+        self.encoders = self.plan.encoders()
         self.routes = dict(self.plan.routes)
         self.wire = Wire()
         self.timed = {port for port, _sid, kind in self.plan.inputs if kind != "wire"}

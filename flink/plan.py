@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from riskguard.flink.graph import CoreStep, FlowRef
+from riskguard.flink.graph import CoreStep
 from riskguard.flink.segment import Segment, State
 from riskguard.schemas import Codec, encode
 
@@ -133,7 +133,7 @@ class SegmentPlan:
         return Segment(steps, {port: sid for port, sid, _d in self.inputs},
                        dict(self.outputs), state)
 
-    def decoders(self, ref: FlowRef) -> dict[str, Callable[[list[Rowish]], list[Any]]]:
+    def decoders(self) -> dict[str, Callable[[list[Rowish]], list[Any]]]:
         """Each input's rows into its stream's items."""
         out: dict[str, Callable[[list[Rowish]], list[Any]]] = {}
         for port, _sid, kind in self.inputs:
@@ -148,7 +148,7 @@ class SegmentPlan:
                 out[port] = functools.partial(_crossed, Wire())
         return out
 
-    def encoders(self, ref: FlowRef) -> dict[str, Encoder]:
+    def encoders(self) -> dict[str, Encoder]:
         """Each sink output's items into rows (what goes to another segment crosses
         packed, a call's items in one row: ``TickBatchSegment``)."""
         from pyflink.common import Row  # noqa: PLC0415

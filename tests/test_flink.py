@@ -516,7 +516,7 @@ def test_the_live_guard_flow_admits_each_partition_under_its_own_key_and_writes_
     # a Kafka message without a value (a tombstone) reaches the admission as None and
     # leaves as a dead letter naming where it was
     tombstone = [("kafka", 5, f"{run.topic('trades')}/1", 7, None)]
-    msgs = plan.decoders(FlowRef("x:y"))["kafka"](tombstone)
+    msgs = plan.decoders()["kafka"](tombstone)
     assert msgs == [(run.topic("trades"), 1, 7, None)]
     out = plan.segment(plan.steps_of({s.step_id: s for s in steps})).feed({"kafka": msgs})
     (letter,) = [x for name, x in out if name == "dead_letters"]
@@ -536,11 +536,13 @@ def _distinct_commands(run: Any) -> int:
 
 
 def _wait(what: str, ready: Callable[[], bool], proc: subprocess.Popen[Any],
-          timeout_s: float, every_s: float = 2.0) -> None:
+          timeout_s: float, every_s: float = 2.0,
+          detail: Callable[[], str] = lambda: "") -> None:
+    """Wait for ``ready``; past the timeout, fail saying ``detail()`` (how far it got)."""
     deadline = time.monotonic() + timeout_s
     while not ready():
         assert proc.poll() is None, f"the Flink job ended before {what}"
-        assert time.monotonic() < deadline, f"no {what} in {timeout_s:.0f} s"
+        assert time.monotonic() < deadline, f"no {what} in {timeout_s:.0f} s {detail()}"
         time.sleep(every_s)
 
 
@@ -589,14 +591,11 @@ def test_the_live_flink_guard_killed_and_rescaled_executes_bytewaxs_commands_onc
         publish_scenario(run.bootstrap, run.start_ns, run.env, between_s=(180.0, math.inf))
         second = _guard_job([*args, "--parallelism", "2", "--restore", "latest"], env, log)
         try:
-            try:
-                _wait("commands", lambda: _distinct_commands(run) >= len(want.commands),
-                      second, 300)
-            except AssertionError as e:  # what the restored job had done by then
-                e.add_note(f"{_distinct_commands(run)} of {len(want.commands)} commands "
-                           f"({at_kill} at the kill), "
-                           f"{_topic_count(run, 'dead_letters')} dead letters")
-                raise
+            _wait("commands", lambda: _distinct_commands(run) >= len(want.commands),
+                  second, 300, detail=lambda: (
+                      f"{_distinct_commands(run)} of {len(want.commands)} commands "
+                      f"({at_kill} at the kill), "
+                      f"{_topic_count(run, 'dead_letters')} dead letters"))
             second.send_signal(signal.SIGINT)  # the CLI stops the job, then sums up
             assert second.wait(60) == 130, log.read_text()[-3000:]
         finally:

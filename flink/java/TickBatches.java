@@ -33,8 +33,9 @@ import org.apache.flink.util.OutputTag;
  * {@code (key, (tick_end_ms, true, packed))}: late rows are the flow's to judge, never
  * dropped. {@code packed} is the tick as MessagePack bytes, {@code [tick_end_ms, [[port,
  * ts, src, pos, bytes], ...]]} ({@link Packed}): Python decodes a tick in one call, where
- * a nested row costs it a decode a field, and keeps those bytes as they are in its state. A row without {@code ts} takes the latest {@code ts} a timed port carried
- * before it on this subtask. A row whose {@code ts} is past the event time its source
+ * a nested row costs it a decode a field, and keeps those bytes as they are in its state.
+ * A row without {@code ts} takes the latest {@code ts} a timed port carried before it on
+ * this subtask. A row whose {@code ts} is past the event time its source
  * gave it (a source that caps how far ahead of its clock a message may be) goes in that
  * time's tick, for the flow to judge at once, not when its own time comes.
  */
