@@ -5,12 +5,17 @@ the first ``N`` batches of a Kafka topic whose watermark moves with every messag
 that a message behind it is late; or, with ``guard BOOTSTRAP TOPICS N``, the first
 ``N`` batches of the ``,``-separated topics read by the live guard's Kafka source
 (``flink/java/kafka/KafkaIo.java``), a partition quiet before its first message held
-for ten minutes and one quiet after a message for one second."""
+for ten minutes and one quiet after a message for one second; or, with ``restore
+BOOTSTRAP TOPIC CHECKPOINTS N``, the same source over one topic, checkpointed into
+``CHECKPOINTS`` and restored from the newest checkpoint there, if any."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 MS = 1_000_000
@@ -25,20 +30,24 @@ ROWS = [  # (segment key, (input, event time ns, source, position, bytes)), as t
 
 
 def main(argv: list[str]) -> int:
-    import os
-
     from pyflink.common import Row, Types
     from pyflink.datastream import StreamExecutionEnvironment
     from riskguard.flink.fused import KEYED_ROW, tick_batches, worker_processes
     from riskguard.flink.java_build import job_jars
 
     worker_processes()
-    env = StreamExecutionEnvironment.get_execution_environment()
+    restore = argv[:1] == ["restore"]
+    env = StreamExecutionEnvironment.get_execution_environment(
+        _checkpointed(argv[3]) if restore else None)
     env.set_parallelism(1)
     env.set_python_executable(sys.executable)
     kafka = [j for j in os.environ.get("RISKGUARD_FLINK_JARS", "").split(";") if j]
-    env.add_jars(*job_jars(kafka=kafka if argv[:1] == ["guard"] else ()), *kafka)
-    if argv[:1] == ["guard"]:
+    env.add_jars(*job_jars(kafka=kafka if argv[:1] in (["guard"], ["restore"]) else ()),
+                 *kafka)
+    if restore:
+        env.enable_checkpointing(200)
+        rows, limit = _guard_rows(env, argv[1], [argv[2]]), int(argv[4])
+    elif argv[:1] == ["guard"]:
         rows, limit = _guard_rows(env, argv[1], argv[2].split(",")), int(argv[3])
     elif argv:
         rows, limit = _kafka_rows(env, argv[0], argv[1]), int(argv[2])
@@ -47,12 +56,52 @@ def main(argv: list[str]) -> int:
         limit = None
     batches = tick_batches(rows, 1_000_000_000, ("in", "kafka"), "test")  # ticks of 1 s
     out = batches.map(_as_json, output_type=Types.STRING())
+    if restore:  # a collect sink cannot be restored into another client: a file instead
+        return _run_to_file(env, out, Path(argv[3]).parent / f"batches-{os.getpid()}",
+                            limit)
     with out.execute_and_collect() as results:
         for n, line in enumerate(results, 1):
             print(line, flush=True)
             if n == limit:
                 break
     return 0
+
+
+def _run_to_file(env: Any, lines: Any, path: Path, limit: int) -> int:
+    """Run the job, each line appended to ``path`` by the worker, until ``limit`` lines
+    are there; then let a checkpoint complete, cancel the job and print them."""
+    from pyflink.common import Types
+
+    def append(line: str) -> list[str]:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+        return []
+
+    lines.flat_map(append, output_type=Types.STRING()).print()
+    client = env.execute_async("ticks restore test")
+    deadline = time.monotonic() + 180
+    while not path.exists() or len(path.read_text().splitlines()) < limit:
+        assert time.monotonic() < deadline, "no batches"
+        time.sleep(0.2)
+    time.sleep(3)  # checkpoints every 200 ms: one completes after the last batch
+    client.cancel().result()
+    print(path.read_text(), end="", flush=True)
+    return 0
+
+
+def _checkpointed(folder: str) -> Any:
+    """A job configuration that keeps its checkpoints in ``folder`` when cancelled, and
+    restores from the newest there, if any."""
+    from pyflink.common import Configuration
+    from riskguard.flink.guard import latest_checkpoint
+
+    conf = Configuration()
+    conf.set_string("execution.checkpointing.dir", Path(folder).as_uri())
+    conf.set_string("execution.checkpointing.externalized-checkpoint-retention",
+                    "RETAIN_ON_CANCELLATION")
+    if found := latest_checkpoint(folder):
+        conf.set_string("execution.state-recovery.path", found)
+    return conf
 
 
 def _as_json(batch: Any) -> str:

@@ -491,6 +491,50 @@ def test_the_guard_source_stamps_event_time_and_a_quiet_partition_holds_no_tick_
 
 
 @pytest.mark.kafka
+@pytest.mark.slow
+def test_a_row_without_event_time_after_a_restore_takes_the_latest_before_the_checkpoint(
+        kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path) -> None:
+    """The guard source's rows stamped by ``RowTime`` (``flink/java/TickBatches.java``):
+    a message without a ``ts`` (an ack) takes the latest event time a timed message gave,
+    and that time is in the checkpoint. Messages at 1, 2 and 5 s; the job is cancelled
+    after a checkpoint and restored from it; an ack then goes in the 5 s tick with the
+    message still held there, not at 0 (a tick of its own, far behind)."""
+    if reason := java_missing():
+        pytest.skip(reason)
+    import json
+
+    from confluent_kafka import Producer
+
+    topic = new_topic()
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    cmd, env = flink_command(tmp_path)
+    env["RISKGUARD_FLINK_JARS"] = ";".join(kafka_jars())
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+
+    def send(*messages: tuple[bytes, int]) -> None:
+        for value, kafka_ms in messages:
+            producer.produce(topic, value, timestamp=kafka_ms)
+            producer.flush(10)  # one message a batch: the dev broker reports batches
+
+    def job(n: int) -> list[Any]:
+        done = subprocess.run([*cmd, str(Path(__file__).parent / "flink_ticks_job.py"),
+                               "restore", kafka_bootstrap, topic, str(checkpoints), str(n)],
+                              env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return [json.loads(line) for line in done.stdout.splitlines()]
+
+    send((b'{"ts": 1000000000}', 1_000), (b'{"ts": 2000000000}', 2_000),
+         (b'{"ts": 5000000000}', 5_000))
+    assert [b[0] for b in job(2)] == [1999, 2999]  # 5 s waits in its tick, checkpointed
+    send((b'{"kind": "ack"}', 6_000), (b'{"ts": 8000000000}', 8_000))
+    ms = 1_000_000
+    assert job(1) == [[5999, False, [["kafka", 5000 * ms, f"{topic}/0", 2, '{"ts": 5000000000}'],
+                                      ["kafka", 5000 * ms, f"{topic}/0", 3, '{"kind": "ack"}']]]]
+
+
+@pytest.mark.kafka
 def test_the_live_guard_flow_admits_each_partition_under_its_own_key_and_writes_five_topics(
         kafka_bootstrap: str, tmp_path: Path) -> None:
     """The flow the Flink guard job runs: raw messages admitted per partition (each

@@ -8,8 +8,12 @@ import java.util.List;
 import java.util.Set;
 
 import org.apache.flink.api.common.functions.MapFunction;
+import org.apache.flink.api.common.state.ListState;
+import org.apache.flink.api.common.state.ListStateDescriptor;
 import org.apache.flink.api.common.typeinfo.TypeInformation;
 import org.apache.flink.api.java.functions.KeySelector;
+import org.apache.flink.runtime.state.StateInitializationContext;
+import org.apache.flink.runtime.state.StateSnapshotContext;
 import org.apache.flink.streaming.api.datastream.DataStream;
 import org.apache.flink.streaming.api.datastream.SingleOutputStreamOperator;
 import org.apache.flink.streaming.api.functions.windowing.ProcessWindowFunction;
@@ -74,14 +78,36 @@ public final class TickBatches {
         }
     }
 
-    /** Stamps each pair with its row's event time (ms); watermarks pass through. */
+    /**
+     * Stamps each pair with its row's event time (ms); watermarks pass through. The
+     * latest time a timed port gave is in checkpoints, so a row without one just after a
+     * restore takes it, not 0 (which would be far behind the watermark).
+     */
     static final class RowTime extends AbstractStreamOperator<Row>
             implements OneInputStreamOperator<Row, Row> {
         private final Set<String> timed;
         private long seen;
+        private transient ListState<Long> seenState;
 
         RowTime(String[] timedPorts) {
             this.timed = new HashSet<>(List.of(timedPorts));
+        }
+
+        @Override
+        public void initializeState(StateInitializationContext context) throws Exception {
+            super.initializeState(context);
+            // a union: after a rescale every subtask starts from the latest any had
+            seenState = context.getOperatorStateStore().getUnionListState(
+                new ListStateDescriptor<>("seen", Long.class));
+            for (Long at : seenState.get()) {
+                seen = Math.max(seen, at);
+            }
+        }
+
+        @Override
+        public void snapshotState(StateSnapshotContext context) throws Exception {
+            super.snapshotState(context);
+            seenState.update(List.of(seen));
         }
 
         @Override
