@@ -23,7 +23,7 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,9 +40,8 @@ from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 from pyflink.java_gateway import get_gateway
 from riskguard.flink.graph import FlowRef
 from riskguard.flink.plan import SegmentPlan
-from riskguard.flink.segment import Segment, deadline_ms
-from riskguard.flink.wire import CROSSED, Wire, pack_crossed, unpack_batch, unpack_crossed
-from riskguard.operators.core.clock import claim_worker, step_event_time
+from riskguard.flink.segment import KeyRunner, deadline_ms
+from riskguard.flink.wire import CROSSED, Wire, pack_crossed
 
 ROW_FIELDS = ["k", "port", "ts", "src", "pos", "v"]
 ROW = Types.ROW_NAMED(ROW_FIELDS, [Types.STRING(), Types.STRING(), Types.LONG(),
@@ -152,16 +151,20 @@ def java_strings(values: Sequence[str]) -> Any:
 
 class TickBatchSegment(KeyedProcessFunction):
     """A segment of the flow ``ref`` builds (:class:`~riskguard.flink.plan.SegmentPlan`),
-    one :class:`~riskguard.flink.segment.Segment` a key, fed the ticks
+    one :class:`~riskguard.flink.segment.Segment` a key (run by a
+    :class:`~riskguard.flink.segment.KeyRunner`), fed the ticks
     :func:`tick_batches` makes in Java: one call, one state write and one list of
     outputs a tick, not a record. Java holds what is not yet fed (in the tick window's
     state, in Flink's checkpoints).
 
     With ``commit_ms``, each key's segment snapshot is written to Flink state at most
-    that often (processing time), and the ticks it took since are kept in a list state
-    beside it: a restore resumes from the snapshot and takes those again, as bytewax
-    resumes from its last epoch's snapshot and reads on from there (what it writes
-    twice has the same ids). Without, the function keeps no state (a backtest)."""
+    that often (processing time), and the calls it took since (each tick, and each look
+    at the deadlines, with the wall-clock time it ran at:
+    :class:`~riskguard.flink.segment.KeyRunner`) are kept in a list state beside it. A
+    restore resumes from the snapshot and takes those calls again as they ran, as
+    bytewax resumes from its last epoch's snapshot and reads on from there: it makes
+    what the lost run made, with the same ids. Without, the function keeps no state (a
+    backtest)."""
 
     def __init__(self, ref: FlowRef, plan: SegmentPlan, commit_ms: int | None = None,
                  worker: tuple[int, int] = (0, 1)) -> None:
@@ -178,14 +181,13 @@ class TickBatchSegment(KeyedProcessFunction):
         self.encoders = self.plan.encoders()
         self.routes = dict(self.plan.routes)
         self.wire = Wire()
-        self.timed = {port for port, _sid, kind in self.plan.inputs if kind != "wire"}
-        self.live: dict[str, Segment] = {}
+        self.timed = frozenset(port for port, _sid, kind in self.plan.inputs if kind != "wire")
+        self.live: dict[str, KeyRunner] = {}
         self.committed: dict[str, float] = {}
-        self.high: dict[str, int] = {}
         if self.commit_ms is not None:
             self.snap = runtime_context.get_state(
                 ValueStateDescriptor("segment", Types.PICKLED_BYTE_ARRAY()))
-            self.since = runtime_context.get_list_state(  # the ticks as Java packed them
+            self.since = runtime_context.get_list_state(  # the calls since, as logged
                 ListStateDescriptor("since", Types.PRIMITIVE_ARRAY(Types.BYTE())))
         self.replayed: list[tuple[str, Any]] = []
         self.trace.once("opened")
@@ -193,82 +195,43 @@ class TickBatchSegment(KeyedProcessFunction):
     def process_element(self, value: Row, ctx: Any) -> Iterator[Row]:
         self.trace.once("first_input")
         key = ctx.get_current_key()[0]
-        seg = self._segment(key, ctx)
-        packed = value[2]
-        tick_end, rows = unpack_batch(packed)
+        runner = self._runner(key, ctx)
+        tick_end, made, call = runner.tick(value[2], _now())
         out, self.replayed = self.replayed, []
-        self._feed(key, seg, rows, out)
-        if self.commit_ms is not None:
-            self.since.add(packed)
-        self._after(key, seg, ctx)
+        out.extend(made)
+        self._after(key, runner, ctx, call)
         return self._rows(out, tick_end)
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Row]:
         key = ctx.get_current_key()[0]
-        seg = self._segment(key, ctx)
-        claim_worker(*self.worker)
+        runner = self._runner(key, ctx)
         out, self.replayed = self.replayed, []
+        call = None
         if ctx.time_domain() == TimeDomain.EVENT_TIME:  # only the end's: EOF_TIMER_MS
-            self._run(key, seg.eof, out, ())
+            out.extend(runner.eof())
         else:
-            self._run(key, lambda: seg.notify(_now()), out, ())
-        self._after(key, seg, ctx)
+            made, call = runner.notify(_now())
+            out.extend(made)
+        self._after(key, runner, ctx, call)
         return self._rows(out, timestamp)
 
-    def _segment(self, key: str, ctx: Any) -> Segment:
-        seg = self.live.get(key)
-        if seg is None:
-            state = None
-            if self.commit_ms is not None:
-                state = self.snap.value()
-            seg = self.live[key] = self.plan.segment(self.steps, state)
-            self.committed[key] = time.monotonic()
-            ctx.timer_service().register_event_time_timer(EOF_TIMER_MS)
-            if state is not None:
-                self._resume(key, seg)
-        return seg
-
-    def _resume(self, key: str, seg: Segment) -> None:
-        """The ticks fed after the snapshot, again and in the order fed, before any
-        deadline is looked at (so the logics are where they were at the checkpoint)."""
-        for _tick_end, rows in (unpack_batch(b) for b in self.since.get() or ()):
-            self._feed(key, seg, rows, self.replayed, replay=True)
-
-    def _feed(self, key: str, seg: Segment, rows: list[Any], out: list[tuple[str, Any]],
-              *, replay: bool = False) -> None:
-        """A tick's rows through the segment, in the order given; the deadlines due are
-        looked at after it, unless it is taken again on a restore."""
-        claim_worker(*self.worker)
-        now = None if replay else _now()
-        self._run(key, functools.partial(seg.feed, self._inputs(rows), now), out, rows)
-
-    def _inputs(self, rows: list[Any]) -> dict[str, list[Any]]:
-        batches: dict[str, list[Any]] = {}
-        for row in rows:
-            if row[0] == CROSSED:  # a call of the segment before: its items, in order
-                for sid, data in unpack_crossed(row[4]):
-                    batches.setdefault(sid, []).append((sid, row[1], "", 0, data))
-            else:
-                batches.setdefault(row[0], []).append(row)
-        return {port: self.decoders[port](rs) for port, rs in batches.items()}
-
-    def _run(self, key: str, call: Callable[[], list[tuple[str, Any]]],
-             out: list[tuple[str, Any]], rows: Any) -> None:
-        high = self.high.get(key, 0)
-        timed = self.timed
-        # the time the input has reached, not what crossed from a segment: a tick's rows
-        # come in event time order, so the last timed row has the tick's latest
-        for i in range(len(rows) - 1, -1, -1):
-            row = rows[i]
-            if row[0] in timed:
-                high = max(high, row[1])
-                break
-        self.high[key] = high
-        token = step_event_time.set(high)
-        try:
-            out.extend(call())
-        finally:
-            step_event_time.reset(token)
+    def _runner(self, key: str, ctx: Any) -> KeyRunner:
+        """The key's runner: new, or, on a restore, from the last snapshot and the calls
+        logged since, taken again (what they made goes out with the next output)."""
+        runner = self.live.get(key)
+        if runner is not None:
+            return runner
+        make = functools.partial(self.plan.segment, self.steps)
+        if self.commit_ms is None:
+            runner = KeyRunner(make(None), self.decoders, self.timed, self.worker)
+        else:
+            runner, self.replayed = KeyRunner.resume(
+                make, self.snap.value() or (None, 0), self.since.get() or (),
+                self.decoders, self.timed, self.worker)
+        self.live[key] = runner
+        self.committed[key] = time.monotonic()
+        ctx.timer_service().register_event_time_timer(EOF_TIMER_MS)
+        return runner
 
     def _rows(self, out: list[tuple[str, Any]], at_ms: int) -> Iterator[Row]:
         """What the segment made, as rows: a sink's one an item; what goes to another
@@ -291,16 +254,20 @@ class TickBatchSegment(KeyedProcessFunction):
         for key, items in crossing.items():
             yield Row(key, Row(CROSSED, at_ns, "", 0, pack_crossed(items)))
 
-    def _after(self, key: str, seg: Segment, ctx: Any) -> None:
-        due = seg.next_due()
+    def _after(self, key: str, runner: KeyRunner, ctx: Any, call: bytes | None) -> None:
+        """The timer of the next deadline; with ``commit_ms``, the call logged, and the
+        snapshot taken (the log cleared) once ``commit_ms`` has passed since the last."""
+        due = runner.segment.next_due()
         if due is not None:
             ctx.timer_service().register_processing_time_timer(deadline_ms(due))
         if self.commit_ms is None:
             return
+        if call is not None:
+            self.since.add(call)
         now = time.monotonic()
         if (now - self.committed[key]) * 1000 >= self.commit_ms:
             self.committed[key] = now
-            self.snap.update(seg.snapshot())
+            self.snap.update(runner.snapshot())
             self.since.clear()
 
 

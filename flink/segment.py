@@ -27,13 +27,17 @@ enters and leaves it. It does not import Flink, so it runs (and is tested) anywh
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 from riskguard.flink.graph import CoreStep
+from riskguard.flink.wire import CROSSED, PackedRow, unpack_batch, unpack_crossed
+from riskguard.operators.core.clock import claim_worker, step_event_time
 
 from riskguard.errors import ConfigError
 
@@ -208,3 +212,129 @@ def deadline_ms(at: datetime) -> int:
     2
     """
     return math.ceil(at.timestamp() * 1000)
+
+
+Decoders = Mapping[str, Callable[[list[Sequence[Any]]], list[Any]]]
+"""Each segment input's rows into the items its stream carries."""
+
+_CALL = msgspec.msgpack.Encoder()
+_CALL_DECODER = msgspec.msgpack.Decoder(tuple[int, int, bytes | None])
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+class KeyRunner:
+    """One key's :class:`Segment` run a call at a time, as an engine's keyed operator
+    runs it: a tick of rows (packed, :func:`~riskguard.flink.wire.unpack_batch`) at the
+    event time its timed inputs have reached, or a look at the deadlines; each at the
+    wall-clock time the engine gives, against which deadlines are due.
+
+    Each call also comes back as bytes, for the engine to keep beside the last
+    :meth:`snapshot`. :meth:`resume` takes those calls again as they ran, at the same
+    event time and wall-clock time, so a restored key makes what the lost run made, a
+    deadline that came due between two ticks included (bytewax re-reads its input after
+    a restore; here the input is the calls)."""
+
+    def __init__(self, segment: Segment, decoders: Decoders, timed: frozenset[str],
+                 worker: tuple[int, int] = (0, 1), high: int = 0) -> None:
+        self.segment = segment
+        self.decoders = decoders
+        self.timed = timed
+        self.worker = worker
+        self.high = high  # the latest event time (ns) a timed input has given
+        self._before = high  # the event time the last call started from
+
+    def tick(self, packed: bytes, now: datetime) -> tuple[int, list[tuple[str, Any]], bytes]:
+        """A packed tick through the segment, then the deadlines due at ``now``: the
+        tick's last ms, what leaves, and the call as bytes."""
+        tick_end, rows = unpack_batch(packed)
+        out = self._run(functools.partial(self.segment.feed, self._inputs(rows), now), rows)
+        return tick_end, out, self._call(now, packed)
+
+    def notify(self, now: datetime) -> tuple[list[tuple[str, Any]], bytes]:
+        """The deadlines due at ``now``: what leaves, and the call as bytes."""
+        return self._run(functools.partial(self.segment.notify, now), ()), self._call(now)
+
+    def eof(self) -> list[tuple[str, Any]]:
+        """The end of the input (a bounded job's): what leaves."""
+        return self._run(self.segment.eof, ())
+
+    def snapshot(self) -> tuple[State, int]:
+        """The segment's state and the event time reached: :meth:`resume` takes it."""
+        return self.segment.snapshot(), self.high
+
+    @classmethod
+    def resume(cls, make: Callable[[State | None], Segment], snapshot: tuple[State | None, int],
+               calls: Iterable[bytes], decoders: Decoders, timed: frozenset[str],
+               worker: tuple[int, int] = (0, 1)) -> tuple[KeyRunner, list[tuple[str, Any]]]:
+        """A runner from a :meth:`snapshot` and the calls made since, taken again in
+        order; what they made (again, with the same ids).
+
+        >>> import bytewax.operators as op
+        >>> from bytewax.dataflow import Dataflow
+        >>> from bytewax.testing import TestingSink, TestingSource
+        >>> from riskguard.flink.graph import core_steps
+        >>> flow = Dataflow("doc")
+        >>> nums = op.key_on("k", op.input("in", flow, TestingSource([])), lambda x: "k")
+        >>> op.output("out", op.stateful_map("sum", nums, lambda s, x: ((s or 0) + x,) * 2),
+        ...           TestingSink([]))
+        >>> make = functools.partial(Segment.of, core_steps(flow))
+        >>> pack, t = msgspec.msgpack.encode, datetime(2026, 1, 1, tzinfo=UTC)
+        >>> decoders = {"in": lambda rows: [msgspec.msgpack.decode(r[4]) for r in rows]}
+        >>> def tick(*xs): return pack((9, [("in", 5, "", 0, pack(x)) for x in xs]))
+        >>> first = KeyRunner(make(None), decoders, frozenset({"in"}))
+        >>> snap = first.snapshot()
+        >>> _end, out, call = first.tick(tick(1, 2), t)
+        >>> out
+        [('out', ('k', 1)), ('out', ('k', 3))]
+        >>> back, again = KeyRunner.resume(make, snap, [call], decoders, frozenset({"in"}))
+        >>> again == out, back.tick(tick(4), t)[1]
+        (True, [('out', ('k', 7))])
+        """
+        state, high = snapshot
+        runner = cls(make(state), decoders, timed, worker, high)
+        out: list[tuple[str, Any]] = []
+        for data in calls:
+            at_us, runner.high, packed = _CALL_DECODER.decode(data)
+            now = _EPOCH + at_us * _US
+            if packed is None:
+                out.extend(runner.notify(now)[0])
+            else:
+                out.extend(runner.tick(packed, now)[1])
+        return runner, out
+
+    def _call(self, now: datetime, packed: bytes | None = None) -> bytes:
+        """A call as :meth:`resume` takes it again: the wall-clock time in whole µs (as
+        ``datetime`` holds it), the event time before it, and the tick (None: a notify).
+        The event time logged is the one the call started from; the call itself moves it
+        as it did."""
+        return _CALL.encode(((now - _EPOCH) // _US, self._before, packed))
+
+    def _inputs(self, rows: list[PackedRow]) -> dict[str, list[Any]]:
+        batches: dict[str, list[Any]] = {}
+        for row in rows:
+            if row[0] == CROSSED:  # a call of the segment before: its items, in order
+                for sid, data in unpack_crossed(row[4]):  # type: ignore[arg-type]
+                    batches.setdefault(sid, []).append((sid, row[1], "", 0, data))
+            else:
+                batches.setdefault(row[0], []).append(row)
+        return {port: self.decoders[port](rs) for port, rs in batches.items()}
+
+    def _run(self, call: Callable[[], list[tuple[str, Any]]],
+             rows: Sequence[PackedRow]) -> list[tuple[str, Any]]:
+        claim_worker(*self.worker)
+        self._before = high = self.high
+        timed = self.timed
+        # the time the input has reached, not what crossed from a segment: a tick's rows
+        # come in event time order, so the last timed row has the tick's latest
+        for i in range(len(rows) - 1, -1, -1):
+            row = rows[i]
+            if row[0] in timed:
+                high = max(high, row[1])
+                break
+        self.high = high
+        token = step_event_time.set(high)
+        try:
+            return call()
+        finally:
+            step_event_time.reset(token)

@@ -5,6 +5,7 @@ environment (:mod:`flink_env`) and compare with bytewax on the same input."""
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
@@ -13,12 +14,15 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
+import msgspec
 import pytest
 from bytewax.dataflow import Dataflow
+from bytewax.operators import StatefulBatchLogic
 from bytewax.testing import TestingSink, TestingSource
 from flink_env import flink_command, java_missing, kafka_jars
 from riskguard.connectors.subscriber import read_topic_bytes
@@ -149,6 +153,84 @@ def test_a_segment_gives_what_one_bytewax_worker_gives_batch_by_batch_and_resume
     resumed = Segment.of(core_steps(_keyed_flow([])), state=first.snapshot())
     again = [v for batch in ([4, 5], [6]) for _n, v in resumed.feed({"in": [batch]})]
     assert again + [v for _n, v in resumed.eof()] == want[3:]
+
+
+class _QuietLogic(StatefulBatchLogic[int, str, Any]):
+    """Says each value it takes, and ``quiet`` at a deadline 10 s (wall clock) after
+    the last; a value after a quiet is said as such."""
+
+    def __init__(self, resume: Any) -> None:
+        self.due, self.quieted = resume or (None, False)
+
+    def on_batch(self, values: list[int]) -> tuple[list[str], bool]:
+        out = [f"{'after quiet ' if self.quieted else ''}{v} at {step_event_time.get()}"
+               for v in values]
+        self.due, self.quieted = datetime(2026, 1, 1, 0, 0, 10 * values[-1], tzinfo=UTC), False
+        return out, False
+
+    def notify_at(self) -> datetime | None:
+        return self.due
+
+    def on_notify(self) -> tuple[list[str], bool]:
+        self.due, self.quieted = None, True
+        return ["quiet"], False
+
+    def snapshot(self) -> Any:
+        return (self.due, self.quieted)
+
+
+def _quiet_flow() -> Dataflow:
+    flow = Dataflow("quiet")
+    keyed = op.key_on("k", op.input("in", flow, TestingSource([])), lambda _x: "k")
+    op.output("out", op.stateful_batch("quiet", keyed, _QuietLogic), TestingSink([]))
+    return flow
+
+
+def test_a_key_restored_from_its_snapshot_and_calls_makes_what_the_lost_run_made() -> None:
+    """A key's calls (ticks, and looks at the deadlines, each at a wall-clock time)
+    taken again after a restore run as they ran: a deadline that came due between two
+    ticks comes between them again, and the event time is where it was. Calls before
+    the first snapshot are taken again from the start."""
+    from riskguard.flink.segment import KeyRunner, Segment
+
+    make = functools.partial(Segment.of, core_steps(_quiet_flow()))
+    decoders = {"in": lambda rows: [msgspec.msgpack.decode(r[4]) for r in rows]}
+    timed = frozenset({"in"})
+
+    def tick(at_s: int, value: int) -> bytes:
+        row = ("in", at_s * 10**9, "t/0", at_s, msgspec.msgpack.encode(value))
+        return msgspec.msgpack.encode((at_s * 1000, [row]))
+
+    def wall(s: int) -> datetime:  # µs, as datetime holds them, survive the log
+        return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=s, microseconds=7)
+
+    def said(made: list[tuple[str, Any]]) -> list[str]:
+        return [v for _name, (_key, v) in made]
+
+    def calls(runner: KeyRunner, snapshots: list[Any]) -> list[tuple[list[str], bytes]]:
+        """Tick 1 at 1 s (then a snapshot); at 12 s, the deadline at 10 s; tick 2 at
+        13 s: what each said, and each call logged."""
+        _end, made, call = runner.tick(tick(1, 1), wall(1))
+        out = [(said(made), call)]
+        snapshots.append(runner.snapshot())
+        made, call = runner.notify(wall(12))
+        out.append((said(made), call))
+        _end, made, call = runner.tick(tick(2, 2), wall(13))
+        return [*out, (said(made), call)]
+
+    unbroken = KeyRunner(make(None), decoders, timed)
+    snapshots: list[Any] = []
+    want = calls(unbroken, snapshots)
+    assert [s for s, _c in want] == [[f"1 at {10**9}"], ["quiet"],
+                                     [f"after quiet 2 at {2 * 10**9}"]]
+    later = said(unbroken.notify(wall(25))[0])
+    # lost after the third call, with a snapshot after the first, or none yet
+    for snapshot, taken in ((snapshots[0], 1), ((None, 0), 0)):
+        logged = [call for _said, call in want[taken:]]
+        back, again = KeyRunner.resume(make, snapshot, logged, decoders, timed)
+        assert said(again) == [v for s, _c in want[taken:] for v in s]
+        assert back.high == 2 * 10**9
+        assert said(back.notify(wall(25))[0]) == later
 
 
 def _gated_flow(market: list[Any], firm: list[Any]) -> Dataflow:
@@ -572,11 +654,22 @@ def _topic_count(run: Any, stream: str) -> int:
     return len(read_topic_bytes(run.bootstrap, run.topic(stream), idle_timeout_s=1.0))
 
 
+def _commands_on(run: Any) -> list[Any]:
+    topic = run.topic("commands")
+    return [decode_command(Codec().decode(topic, raw))
+            for raw in read_topic_bytes(run.bootstrap, topic, idle_timeout_s=1.0)]
+
+
 def _distinct_commands(run: Any) -> int:
     """The commands on the run's topic, a copy a restart wrote again counted once."""
-    topic = run.topic("commands")
-    return len({decode_command(Codec().decode(topic, raw)).command_id
-                for raw in read_topic_bytes(run.bootstrap, topic, idle_timeout_s=1.0)})
+    return len({cmd.command_id for cmd in _commands_on(run)})
+
+
+def _missing_commands(run: Any, want: list[Any]) -> str:
+    """The wanted commands not on the run's topic: action, scope, time and reason."""
+    got = {_command_identity(cmd) for cmd in _commands_on(run)}
+    return "; ".join(f"{c.action.value} {c.scope} issued at {c.issued_at} ({c.reason})"
+                     for c in want if _command_identity(c) not in got)
 
 
 def _wait(what: str, ready: Callable[[], bool], proc: subprocess.Popen[Any],
@@ -639,7 +732,8 @@ def test_the_live_flink_guard_killed_and_rescaled_executes_bytewaxs_commands_onc
                   second, 300, detail=lambda: (
                       f"{_distinct_commands(run)} of {len(want.commands)} commands "
                       f"({at_kill} at the kill), "
-                      f"{_topic_count(run, 'dead_letters')} dead letters"))
+                      f"{_topic_count(run, 'dead_letters')} dead letters; missing: "
+                      f"{_missing_commands(run, want.commands)}"))
             second.send_signal(signal.SIGINT)  # the CLI stops the job, then sums up
             assert second.wait(60) == 130, log.read_text()[-3000:]
         finally:
