@@ -56,7 +56,7 @@ from riskguard.dataflows.guard.live import check_peer_configs, while_preparing_d
 from riskguard.flink.graph import FlowRef
 from riskguard.operators.audit import AuditState
 from riskguard.operators.core.base import split_dead_letters, stateful_logic, values_of
-from riskguard.operators.core.clock import system_clock
+from riskguard.operators.core.clock import call_clock
 from riskguard.schemas.codec import Codec
 from riskguard.schemas.time_policy import EventTimePolicy
 
@@ -67,15 +67,16 @@ OUTPUT_STREAMS = ("commands", "dead_letters", "signals", "exposures", "audit")
 
 
 def _admission(cfg: GuardConfig) -> Callable[[Any], PartitionAdmission]:
-    codec = Codec(topic_types={cfg.topic(s): STREAM_TYPES[s] for s in INPUT_STREAMS})
+    codec = Codec(topic_types={cfg.topic(s): STREAM_TYPES[s] for s in INPUT_STREAMS},
+                  clock=call_clock)
     policy = EventTimePolicy(
         max_lateness_ns=cfg.input.max_lateness_ns,
         max_future_skew_ns=cfg.input.max_future_skew_ns,
-        clock=system_clock if cfg.input.check_future else None)
+        clock=call_clock if cfg.input.check_future else None)
     untimed = frozenset({cfg.topic("acks")})
 
     def build(resume: Any) -> PartitionAdmission:
-        return PartitionAdmission(codec, policy, clock=system_clock,
+        return PartitionAdmission(codec, policy, clock=call_clock,
                                   stamp_recv_ts=cfg.input.stamp_recv_ts, untimed=untimed,
                                   resume=resume)
 
@@ -119,9 +120,9 @@ def guard_flow(config: str, resume: bool = True) -> Dataflow:
                           _partition_of)
     admitted = split_dead_letters("admitted", op.flat_map_batch(
         "admit_unkey", stateful_logic("admit", msgs, _admission(cfg)), values_of))
-    out = guard_core("guard", admitted.oks, cfg=cfg, cfg_hash=digest, clock=system_clock,
+    out = guard_core("guard", admitted.oks, cfg=cfg, cfg_hash=digest, clock=call_clock,
                      signer=signer, trust=trust, seq_floor=delivered, audit_resume=chains,
-                     wall_clock=system_clock, input_errs=admitted.errs)
+                     wall_clock=call_clock, input_errs=admitted.errs)
     for name in OUTPUT_STREAMS:
         op.output(name, getattr(out, name), DiscardSink())
     return flow

@@ -37,7 +37,7 @@ from typing import Any
 import msgspec
 from riskguard.flink.graph import CoreStep
 from riskguard.flink.wire import CROSSED, PackedRow, unpack_batch, unpack_crossed
-from riskguard.operators.core.clock import claim_worker, step_event_time
+from riskguard.operators.core.clock import call_time, claim_worker, step_event_time
 
 from riskguard.errors import ConfigError
 
@@ -227,7 +227,8 @@ class KeyRunner:
     """One key's :class:`Segment` run a call at a time, as an engine's keyed operator
     runs it: a tick of rows (packed, :func:`~riskguard.flink.wire.unpack_batch`) at the
     event time its timed inputs have reached, or a look at the deadlines; each at the
-    wall-clock time the engine gives, against which deadlines are due.
+    wall-clock time the engine gives, against which deadlines are due and which a flow
+    built with :func:`~riskguard.operators.core.clock.call_clock` reads.
 
     Each call also comes back as bytes, for the engine to keep beside the last
     :meth:`snapshot`. :meth:`resume` takes those calls again as they ran, at the same
@@ -248,16 +249,17 @@ class KeyRunner:
         """A packed tick through the segment, then the deadlines due at ``now``: the
         tick's last ms, what leaves, and the call as bytes."""
         tick_end, rows = unpack_batch(packed)
-        out = self._run(functools.partial(self.segment.feed, self._inputs(rows), now), rows)
+        out = self._run(functools.partial(self.segment.feed, self._inputs(rows), now), rows,
+                        now)
         return tick_end, out, self._call(now, packed)
 
     def notify(self, now: datetime) -> tuple[list[tuple[str, Any]], bytes]:
         """The deadlines due at ``now``: what leaves, and the call as bytes."""
-        return self._run(functools.partial(self.segment.notify, now), ()), self._call(now)
+        return self._run(functools.partial(self.segment.notify, now), (), now), self._call(now)
 
     def eof(self) -> list[tuple[str, Any]]:
         """The end of the input (a bounded job's): what leaves."""
-        return self._run(self.segment.eof, ())
+        return self._run(self.segment.eof, (), None)
 
     def snapshot(self) -> tuple[State, int]:
         """The segment's state and the event time reached: :meth:`resume` takes it."""
@@ -320,8 +322,10 @@ class KeyRunner:
                 batches.setdefault(row[0], []).append(row)
         return {port: self.decoders[port](rs) for port, rs in batches.items()}
 
-    def _run(self, call: Callable[[], list[tuple[str, Any]]],
-             rows: Sequence[PackedRow]) -> list[tuple[str, Any]]:
+    def _run(self, call: Callable[[], list[tuple[str, Any]]], rows: Sequence[PackedRow],
+             now: datetime | None) -> list[tuple[str, Any]]:
+        """``call`` at the event time the rows reach, with :func:`call_clock` reading
+        ``now`` (in whole µs, as logged) throughout."""
         claim_worker(*self.worker)
         self._before = high = self.high
         timed = self.timed
@@ -334,7 +338,9 @@ class KeyRunner:
                 break
         self.high = high
         token = step_event_time.set(high)
+        wall = call_time.set(None if now is None else (now - _EPOCH) // _US * 1000)
         try:
             return call()
         finally:
+            call_time.reset(wall)
             step_event_time.reset(token)

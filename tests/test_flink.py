@@ -32,7 +32,7 @@ from riskguard.dataflows.demo_scenario import build_scenario
 from riskguard.dataflows.guard import load_guard_config
 from riskguard.flink import FlowRef, core_steps
 from riskguard.flink.backtest import read_records
-from riskguard.operators.core.clock import step_event_time
+from riskguard.operators.core.clock import call_clock, step_event_time
 from riskguard.operators.signing import decode_command
 from riskguard.schemas import Codec, encode
 
@@ -156,15 +156,16 @@ def test_a_segment_gives_what_one_bytewax_worker_gives_batch_by_batch_and_resume
 
 
 class _QuietLogic(StatefulBatchLogic[int, str, Any]):
-    """Says each value it takes, and ``quiet`` at a deadline 10 s (wall clock) after
-    the last; a value after a quiet is said as such."""
+    """Says each value it takes, with the event time and the wall-clock time it reads,
+    and ``quiet`` at a deadline 10 s (wall clock) after the last; a value after a quiet
+    is said as such."""
 
     def __init__(self, resume: Any) -> None:
         self.due, self.quieted = resume or (None, False)
 
     def on_batch(self, values: list[int]) -> tuple[list[str], bool]:
-        out = [f"{'after quiet ' if self.quieted else ''}{v} at {step_event_time.get()}"
-               for v in values]
+        out = [f"{'after quiet ' if self.quieted else ''}{v} at {step_event_time.get()} "
+               f"wall {call_clock()}" for v in values]
         self.due, self.quieted = datetime(2026, 1, 1, 0, 0, 10 * values[-1], tzinfo=UTC), False
         return out, False
 
@@ -189,8 +190,9 @@ def _quiet_flow() -> Dataflow:
 def test_a_key_restored_from_its_snapshot_and_calls_makes_what_the_lost_run_made() -> None:
     """A key's calls (ticks, and looks at the deadlines, each at a wall-clock time)
     taken again after a restore run as they ran: a deadline that came due between two
-    ticks comes between them again, and the event time is where it was. Calls before
-    the first snapshot are taken again from the start."""
+    ticks comes between them again, the event time is where it was, and the wall clock
+    a flow reads (``call_clock``) reads the same. Calls before the first snapshot are
+    taken again from the start."""
     from riskguard.flink.segment import KeyRunner, Segment
 
     make = functools.partial(Segment.of, core_steps(_quiet_flow()))
@@ -221,8 +223,9 @@ def test_a_key_restored_from_its_snapshot_and_calls_makes_what_the_lost_run_made
     unbroken = KeyRunner(make(None), decoders, timed)
     snapshots: list[Any] = []
     want = calls(unbroken, snapshots)
-    assert [s for s, _c in want] == [[f"1 at {10**9}"], ["quiet"],
-                                     [f"after quiet 2 at {2 * 10**9}"]]
+    ns = (wall(1) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
+    assert [s for s, _c in want] == [[f"1 at {10**9} wall {ns}"], ["quiet"],
+                                     [f"after quiet 2 at {2 * 10**9} wall {ns + 12 * 10**9}"]]
     later = said(unbroken.notify(wall(25))[0])
     # lost after the third call, with a snapshot after the first, or none yet
     for snapshot, taken in ((snapshots[0], 1), ((None, 0), 0)):

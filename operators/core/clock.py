@@ -48,6 +48,29 @@ in several tasks (Flink's subtasks): event-time ticks are then named per task an
 announce how many tasks tick. A bytewax flow runs in one worker and never sets it."""
 
 
+call_time: ContextVar[int | None] = ContextVar("call_time", default=None)
+"""The wall-clock time (ns) an engine runs the current call of a step at, where it logs
+its calls to make them again after a restore (Flink's segments): a flow built with
+:func:`call_clock` reads this, so a call made again reads what it read the first time."""
+
+
+def call_clock() -> int:
+    """The wall-clock time of the running call (:data:`call_time`), or, outside one, the
+    wall clock: what a flow an engine may restore by making its calls again is built
+    with where another is built with :func:`system_clock`. Every read in one call gives
+    the call's time.
+
+    >>> token = call_time.set(5)
+    >>> call_clock(), call_clock()
+    (5, 5)
+    >>> call_time.reset(token)
+    >>> call_clock() > 5
+    True
+    """
+    at = call_time.get()
+    return time.time_ns() if at is None else at
+
+
 def claim_worker(index: int, count: int) -> None:
     """Say that the calling task is ``index`` of ``count`` (:data:`engine_task`): what an
     engine that runs a step in several tasks says before it calls the step's function.
