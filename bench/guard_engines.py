@@ -1,9 +1,10 @@
 """The live guard fed by Kafka, on bytewax and on Apache Flink: sustained events/s at
 parallelism 1 and 2, as a ratio to bytewax's one worker in the same run.
 
-Run: ``python bench/guard_engines.py [--copies 20 6] [--flink-python PATH]`` (about
-10 minutes on 2 cores; a dev broker is started unless ``$RISKGUARD_KAFKA_BOOTSTRAP``
-names a cluster; Flink needs Java 11 or 17 on ``PATH``).
+Run: ``python bench/guard_engines.py [--copies 20 6] [--repeats R]
+[--flink-python PATH]`` (about 10 minutes a repeat on 2 cores; a dev broker is started
+unless ``$RISKGUARD_KAFKA_BOOTSTRAP`` names a cluster; Flink needs Java 11 or 17 on
+``PATH``).
 
 What runs. Each run gets topics of its own (two partitions each) holding the bundled
 demo scenario, published before the guard starts: one copy (26,918 records) and
@@ -29,7 +30,9 @@ For Flink, whose start-up swings by several seconds from run to run, ``T`` is fr
 first record its segment took (``$RISKGUARD_FLINK_TRACE``) to that end; the fixed
 seconds are still from the process's start. Printed: each engine's rate and its ratio
 to bytewax's, its fixed seconds, and the number of commands each run wrote (the
-scenario gives 12 a copy).
+scenario gives 12 a copy). With ``--repeats R`` the engines run R times, interleaved,
+and each engine's median rate and the median of its ratios to bytewax's in the same
+repeat are printed too: on a shared machine one run's ratio moves by a fifth and more.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -211,7 +215,9 @@ def _load() -> str:
     return f"load {os.getloadavg()[0]:.1f}"
 
 
-def _row(name: str, one: Point, more: Point, base: tuple[float | None, float | None]) -> str:
+def _rate(one: Point, more: Point) -> tuple[float | None, float | None, float | None]:
+    """Events/s, CPU µs an added event and fixed seconds, from a one-copy and a
+    many-copy run of an engine."""
     line = fit(one.records, one.last_s, more.records, more.last_s)
     cpu = fit(one.records, one.cpu_s, more.records, more.cpu_s)
     rate, fixed = line if line else (None, None)
@@ -221,12 +227,34 @@ def _row(name: str, one: Point, more: Point, base: tuple[float | None, float | N
         span = fit(one.records, one.last_s - one.first_input_s, more.records,
                    more.last_s - more.first_input_s)
         rate = span[0] if span else None
-    cpu_us = None if cpu is None else 1e6 / cpu[0]
+    return rate, None if cpu is None else 1e6 / cpu[0], fixed
+
+
+def _row(name: str, one: Point, more: Point, base: tuple[float | None, float | None]) -> str:
+    rate, cpu_us, fixed = _rate(one, more)
     proc = "-" if one.processing_first_s is None else f"{one.processing_first_s:.1f}"
     return (f"| {name} | {'-' if rate is None else f'{rate:,.0f}'} | {ratio(rate, base[0])} "
             f"| {'-' if cpu_us is None else f'{cpu_us:,.0f}'} | {ratio(cpu_us, base[1])} "
             f"| {'-' if fixed is None else f'{fixed:.1f}'} | {one.first_s:.1f} | {proc} "
             f"| {max(one.peak_mib, more.peak_mib):,.0f} | {one.commands}, {more.commands} |")
+
+
+def _medians(rates: dict[str, list[float | None]], first: str) -> list[str]:
+    """Each engine's median rate over the repeats, and the median of its ratios to the
+    first engine's rate in the same repeat (paired: a repeat's load is the same for both).
+
+    >>> _medians({"a": [10.0, 20.0, 30.0], "b": [4.0, 9.0, 12.0]}, "a")
+    ['| a | 20 | 1.00x | 3 |', '| b | 9 | 0.40x | 3 |']
+    """
+    out = []
+    for name, got in rates.items():
+        paired = [r / b for r, b in zip(got, rates[first], strict=True)
+                  if r is not None and b]
+        known = [r for r in got if r is not None]
+        rate = f"{statistics.median(known):,.0f}" if known else "-"
+        ratio_of = f"{statistics.median(paired):.2f}x" if paired else "-"
+        out.append(f"| {name} | {rate} | {ratio_of} | {len(known)} |")
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,6 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--engines", default="bytewax,flink1,flink2",
                     help=f"comma-separated, of {sorted(ENGINES)}")
     ap.add_argument("--flink-python", help="an interpreter with riskguard[flink]")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="run the engines this many times, interleaved, and print the "
+                         "medians too (default 1)")
     args = ap.parse_args(argv)
     keys = args.engines.split(",")
     work = Path(tempfile.mkdtemp(prefix="rg-guard-engines-"))
@@ -260,23 +291,29 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{os.cpu_count()} CPUs, 1 and {args.copies[0]} (bytewax) or {args.copies[1]} "
               "(Flink) copies of the demo scenario")
         rows: list[str] = []
-        for partitions in args.partitions:
-            base: tuple[float | None, float | None] = (None, None)
-            for key in keys:
-                env = dict(os.environ) if key == "bytewax" else fenv
-                copies = args.copies[0] if key == "bytewax" else args.copies[1]
-                one = _measure(bootstrap, work, key, 1, partitions, env)
-                more = _measure(bootstrap, work, key, copies, partitions, env)
-                if key == keys[0]:
-                    line = fit(one.records, one.last_s, more.records, more.last_s)
-                    cpu = fit(one.records, one.cpu_s, more.records, more.cpu_s)
-                    base = (line[0] if line else None, 1e6 / cpu[0] if cpu else None)
-                rows.append(_row(f"{ENGINES[key][0]}, {partitions} partitions", one, more,
-                                 base))
+        rates: dict[str, list[float | None]] = {}
+        for _repeat in range(args.repeats):  # the engines interleaved, a repeat each
+            for partitions in args.partitions:
+                base: tuple[float | None, float | None] = (None, None)
+                for key in keys:
+                    env = dict(os.environ) if key == "bytewax" else fenv
+                    copies = args.copies[0] if key == "bytewax" else args.copies[1]
+                    one = _measure(bootstrap, work, key, 1, partitions, env)
+                    more = _measure(bootstrap, work, key, copies, partitions, env)
+                    rate, cpu_us, _fixed = _rate(one, more)
+                    if key == keys[0]:
+                        base = (rate, cpu_us)
+                    name = f"{ENGINES[key][0]}, {partitions} partitions"
+                    rows.append(_row(name, one, more, base))
+                    rates.setdefault(name, []).append(rate)
         print("\n| engine | events/s | ratio | CPU µs an event | ratio | fixed s "
               "| first output s | from first input s | peak MiB | commands |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         print("\n".join(rows))
+        if args.repeats > 1:
+            print(f"\nmedians over {args.repeats} repeats (ratios paired within a repeat)\n"
+                  "\n| engine | events/s | ratio | repeats |\n|---|---|---|---|")
+            print("\n".join(_medians(rates, next(iter(rates)))))
     finally:
         if broker is not None:
             broker.stop()

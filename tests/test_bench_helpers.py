@@ -27,7 +27,7 @@ def _bench_module(name: str) -> ModuleType:
 
 
 @pytest.mark.parametrize("name", ["exposure_speed", "exposure_stages", "guard_throughput",
-                                  "guard_workload", "shared_data", "incidents"])
+                                  "guard_workload", "shared_data", "incidents", "guard_engines"])
 def test_bench_docstring_examples_run(name: str) -> None:
     """Each bench module's >>> examples produce the output they show."""
     module = _bench_module(name)
