@@ -195,9 +195,9 @@ once their outputs are quiet)."""
 
 
 def _measure(bootstrap: str, work: Path, key: str, copies: int, partitions: int,
-             env: dict[str, str]) -> Point:
+             env: dict[str, str], repeat: int = 0) -> Point:
     name, extra, ends_itself = ENGINES[key]
-    tag = f"{key}-{copies}-p{partitions}"
+    tag = f"{key}-{copies}-p{partitions}" + (f"-r{repeat}" if repeat else "")
     run = prepare_run(bootstrap, work / tag, env=f"b{uuid.uuid4().hex[:6]}", copies=copies,
                       partitions=partitions)
     cli = [sys.executable, "-m", "riskguard.cli", "run", "--config", str(run.config),
@@ -292,14 +292,14 @@ def main(argv: Sequence[str] | None = None) -> int:
               "(Flink) copies of the demo scenario")
         rows: list[str] = []
         rates: dict[str, list[float | None]] = {}
-        for _repeat in range(args.repeats):  # the engines interleaved, a repeat each
+        for repeat in range(args.repeats):  # the engines interleaved, a repeat each
             for partitions in args.partitions:
                 base: tuple[float | None, float | None] = (None, None)
                 for key in keys:
                     env = dict(os.environ) if key == "bytewax" else fenv
                     copies = args.copies[0] if key == "bytewax" else args.copies[1]
-                    one = _measure(bootstrap, work, key, 1, partitions, env)
-                    more = _measure(bootstrap, work, key, copies, partitions, env)
+                    one = _measure(bootstrap, work, key, 1, partitions, env, repeat)
+                    more = _measure(bootstrap, work, key, copies, partitions, env, repeat)
                     rate, cpu_us, _fixed = _rate(one, more)
                     if key == keys[0]:
                         base = (rate, cpu_us)
