@@ -196,23 +196,21 @@ class TickBatchSegment(KeyedProcessFunction):
         self.trace.once("first_input")
         key = ctx.get_current_key()[0]
         runner = self._runner(key, ctx)
-        tick_end, made, call = runner.tick(value[2], _now())
+        tick_end, made = runner.tick(value[2], _now())
         out, self.replayed = self.replayed, []
         out.extend(made)
-        self._after(key, runner, ctx, call)
+        self._after(key, runner, ctx)
         return self._rows(out, tick_end)
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Row]:
         key = ctx.get_current_key()[0]
         runner = self._runner(key, ctx)
         out, self.replayed = self.replayed, []
-        call = None
         if ctx.time_domain() == TimeDomain.EVENT_TIME:  # only the end's: EOF_TIMER_MS
             out.extend(runner.eof())
         else:
-            made, call = runner.notify(_now())
-            out.extend(made)
-        self._after(key, runner, ctx, call)
+            out.extend(runner.notify(_now()))
+        self._after(key, runner, ctx)
         return self._rows(out, timestamp)
 
     def _runner(self, key: str, ctx: Any) -> KeyRunner:
@@ -227,7 +225,7 @@ class TickBatchSegment(KeyedProcessFunction):
         else:
             runner, self.replayed = KeyRunner.resume(
                 make, self.snap.value() or (None, 0), self.since.get() or (),
-                self.decoders, self.timed, self.worker)
+                self.decoders, self.timed, self.worker, log=self.since.add)
         self.live[key] = runner
         self.committed[key] = time.monotonic()
         ctx.timer_service().register_event_time_timer(EOF_TIMER_MS)
@@ -254,16 +252,14 @@ class TickBatchSegment(KeyedProcessFunction):
         for key, items in crossing.items():
             yield Row(key, Row(CROSSED, at_ns, "", 0, pack_crossed(items)))
 
-    def _after(self, key: str, runner: KeyRunner, ctx: Any, call: bytes | None) -> None:
-        """The timer of the next deadline; with ``commit_ms``, the call logged, and the
-        snapshot taken (the log cleared) once ``commit_ms`` has passed since the last."""
+    def _after(self, key: str, runner: KeyRunner, ctx: Any) -> None:
+        """The timer of the next deadline; with ``commit_ms``, the snapshot taken (the
+        calls logged since cleared) once ``commit_ms`` has passed since the last."""
         due = runner.segment.next_due()
         if due is not None:
             ctx.timer_service().register_processing_time_timer(deadline_ms(due))
         if self.commit_ms is None:
             return
-        if call is not None:
-            self.since.add(call)
         now = time.monotonic()
         if (now - self.committed[key]) * 1000 >= self.commit_ms:
             self.committed[key] = now

@@ -218,7 +218,7 @@ Decoders = Mapping[str, Callable[[list[Sequence[Any]]], list[Any]]]
 """Each segment input's rows into the items its stream carries."""
 
 _CALL = msgspec.msgpack.Encoder()
-_CALL_DECODER = msgspec.msgpack.Decoder(tuple[int, int, bytes | None])
+_CALL_DECODER = msgspec.msgpack.Decoder(tuple[int, bytes | None])
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
@@ -230,32 +230,40 @@ class KeyRunner:
     wall-clock time the engine gives, against which deadlines are due and which a flow
     built with :func:`~riskguard.operators.core.clock.call_clock` reads.
 
-    Each call also comes back as bytes, for the engine to keep beside the last
-    :meth:`snapshot`. :meth:`resume` takes those calls again as they ran, at the same
-    event time and wall-clock time, so a restored key makes what the lost run made, a
-    deadline that came due between two ticks included (bytewax re-reads its input after
-    a restore; here the input is the calls)."""
+    With ``log``, each call is also handed to it as bytes (its wall-clock time in whole
+    µs, as ``datetime`` holds it, and its tick), for the engine to keep beside the last
+    :meth:`snapshot`. :meth:`resume` makes those calls again as they ran, so a restored
+    key makes what the lost run made, a deadline that came due between two ticks
+    included (bytewax re-reads its input after a restore; here the input is the calls).
+    The event time each call starts from follows from the snapshot and the calls before
+    it, so it is not logged."""
 
     def __init__(self, segment: Segment, decoders: Decoders, timed: frozenset[str],
-                 worker: tuple[int, int] = (0, 1), high: int = 0) -> None:
+                 worker: tuple[int, int] = (0, 1), high: int = 0,
+                 log: Callable[[bytes], Any] | None = None) -> None:
         self.segment = segment
         self.decoders = decoders
         self.timed = timed
         self.worker = worker
         self.high = high  # the latest event time (ns) a timed input has given
-        self._before = high  # the event time the last call started from
+        self.log = log
 
-    def tick(self, packed: bytes, now: datetime) -> tuple[int, list[tuple[str, Any]], bytes]:
+    def tick(self, packed: bytes, now: datetime) -> tuple[int, list[tuple[str, Any]]]:
         """A packed tick through the segment, then the deadlines due at ``now``: the
-        tick's last ms, what leaves, and the call as bytes."""
+        tick's last ms, and what leaves."""
         tick_end, rows = unpack_batch(packed)
-        out = self._run(functools.partial(self.segment.feed, self._inputs(rows), now), rows,
-                        now)
-        return tick_end, out, self._call(now, packed)
+        at_us = (now - _EPOCH) // _US
+        if self.log is not None:
+            self.log(_CALL.encode((at_us, packed)))
+        feed = functools.partial(self.segment.feed, self._inputs(rows), now)
+        return tick_end, self._run(feed, rows, at_us)
 
-    def notify(self, now: datetime) -> tuple[list[tuple[str, Any]], bytes]:
-        """The deadlines due at ``now``: what leaves, and the call as bytes."""
-        return self._run(functools.partial(self.segment.notify, now), (), now), self._call(now)
+    def notify(self, now: datetime) -> list[tuple[str, Any]]:
+        """The deadlines due at ``now``: what leaves."""
+        at_us = (now - _EPOCH) // _US
+        if self.log is not None:
+            self.log(_CALL.encode((at_us, None)))
+        return self._run(functools.partial(self.segment.notify, now), (), at_us)
 
     def eof(self) -> list[tuple[str, Any]]:
         """The end of the input (a bounded job's): what leaves."""
@@ -268,9 +276,11 @@ class KeyRunner:
     @classmethod
     def resume(cls, make: Callable[[State | None], Segment], snapshot: tuple[State | None, int],
                calls: Iterable[bytes], decoders: Decoders, timed: frozenset[str],
-               worker: tuple[int, int] = (0, 1)) -> tuple[KeyRunner, list[tuple[str, Any]]]:
-        """A runner from a :meth:`snapshot` and the calls made since, taken again in
-        order; what they made (again, with the same ids).
+               worker: tuple[int, int] = (0, 1), log: Callable[[bytes], Any] | None = None,
+               ) -> tuple[KeyRunner, list[tuple[str, Any]]]:
+        """A runner from a :meth:`snapshot` and the calls logged since, made again in
+        order (not logged again: the log holds them); what they made (again, with the
+        same ids). The runner logs its next calls to ``log``.
 
         >>> import bytewax.operators as op
         >>> from bytewax.dataflow import Dataflow
@@ -284,12 +294,13 @@ class KeyRunner:
         >>> pack, t = msgspec.msgpack.encode, datetime(2026, 1, 1, tzinfo=UTC)
         >>> decoders = {"in": lambda rows: [msgspec.msgpack.decode(r[4]) for r in rows]}
         >>> def tick(*xs): return pack((9, [("in", 5, "", 0, pack(x)) for x in xs]))
-        >>> first = KeyRunner(make(None), decoders, frozenset({"in"}))
+        >>> calls = []
+        >>> first = KeyRunner(make(None), decoders, frozenset({"in"}), log=calls.append)
         >>> snap = first.snapshot()
-        >>> _end, out, call = first.tick(tick(1, 2), t)
+        >>> _end, out = first.tick(tick(1, 2), t)
         >>> out
         [('out', ('k', 1)), ('out', ('k', 3))]
-        >>> back, again = KeyRunner.resume(make, snap, [call], decoders, frozenset({"in"}))
+        >>> back, again = KeyRunner.resume(make, snap, calls, decoders, frozenset({"in"}))
         >>> again == out, back.tick(tick(4), t)[1]
         (True, [('out', ('k', 7))])
         """
@@ -297,20 +308,11 @@ class KeyRunner:
         runner = cls(make(state), decoders, timed, worker, high)
         out: list[tuple[str, Any]] = []
         for data in calls:
-            at_us, runner.high, packed = _CALL_DECODER.decode(data)
+            at_us, packed = _CALL_DECODER.decode(data)
             now = _EPOCH + at_us * _US
-            if packed is None:
-                out.extend(runner.notify(now)[0])
-            else:
-                out.extend(runner.tick(packed, now)[1])
+            out.extend(runner.notify(now) if packed is None else runner.tick(packed, now)[1])
+        runner.log = log
         return runner, out
-
-    def _call(self, now: datetime, packed: bytes | None = None) -> bytes:
-        """A call as :meth:`resume` takes it again: the wall-clock time in whole µs (as
-        ``datetime`` holds it), the event time before it, and the tick (None: a notify).
-        The event time logged is the one the call started from; the call itself moves it
-        as it did."""
-        return _CALL.encode(((now - _EPOCH) // _US, self._before, packed))
 
     def _inputs(self, rows: list[PackedRow]) -> dict[str, list[Any]]:
         batches: dict[str, list[Any]] = {}
@@ -323,11 +325,11 @@ class KeyRunner:
         return {port: self.decoders[port](rs) for port, rs in batches.items()}
 
     def _run(self, call: Callable[[], list[tuple[str, Any]]], rows: Sequence[PackedRow],
-             now: datetime | None) -> list[tuple[str, Any]]:
+             at_us: int | None) -> list[tuple[str, Any]]:
         """``call`` at the event time the rows reach, with :func:`call_clock` reading
-        ``now`` (in whole µs, as logged) throughout."""
+        ``at_us`` (None: the wall clock) throughout."""
         claim_worker(*self.worker)
-        self._before = high = self.high
+        high = self.high
         timed = self.timed
         # the time the input has reached, not what crossed from a segment: a tick's rows
         # come in event time order, so the last timed row has the tick's latest
@@ -338,7 +340,7 @@ class KeyRunner:
                 break
         self.high = high
         token = step_event_time.set(high)
-        wall = call_time.set(None if now is None else (now - _EPOCH) // _US * 1000)
+        wall = call_time.set(None if at_us is None else at_us * 1000)
         try:
             return call()
         finally:
