@@ -230,8 +230,10 @@ def _rate(one: Point, more: Point) -> tuple[float | None, float | None, float | 
     return rate, None if cpu is None else 1e6 / cpu[0], fixed
 
 
-def _row(name: str, one: Point, more: Point, base: tuple[float | None, float | None]) -> str:
-    rate, cpu_us, fixed = _rate(one, more)
+def _row(name: str, one: Point, more: Point,
+         measured: tuple[float | None, float | None, float | None],
+         base: tuple[float | None, float | None]) -> str:
+    rate, cpu_us, fixed = measured
     proc = "-" if one.processing_first_s is None else f"{one.processing_first_s:.1f}"
     return (f"| {name} | {'-' if rate is None else f'{rate:,.0f}'} | {ratio(rate, base[0])} "
             f"| {'-' if cpu_us is None else f'{cpu_us:,.0f}'} | {ratio(cpu_us, base[1])} "
@@ -300,12 +302,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     copies = args.copies[0] if key == "bytewax" else args.copies[1]
                     one = _measure(bootstrap, work, key, 1, partitions, env, repeat)
                     more = _measure(bootstrap, work, key, copies, partitions, env, repeat)
-                    rate, cpu_us, _fixed = _rate(one, more)
+                    measured = _rate(one, more)
                     if key == keys[0]:
-                        base = (rate, cpu_us)
+                        base = measured[:2]
                     name = f"{ENGINES[key][0]}, {partitions} partitions"
-                    rows.append(_row(name, one, more, base))
-                    rates.setdefault(name, []).append(rate)
+                    rows.append(_row(name, one, more, measured, base))
+                    rates.setdefault(name, []).append(measured[0])
         print("\n| engine | events/s | ratio | CPU µs an event | ratio | fixed s "
               "| first output s | from first input s | peak MiB | commands |")
         print("|---|---|---|---|---|---|---|---|---|---|")
