@@ -492,6 +492,42 @@ def test_java_makes_a_tick_one_row_in_event_time_then_source_order(tmp_path: Pat
     ]
 
 
+def test_beams_state_sampler_runs_without_its_thread_in_a_segments_worker(
+        tmp_path: Path) -> None:
+    """What :func:`~riskguard.flink.fused.threadless_state_sampler` leaves of Beam's state
+    sampler, in the Flink environment's Beam: a bundle's start and stop start no thread
+    and join none, steps still enter and leave their states, and the sampler is the
+    current tracker only while started."""
+    if reason := java_missing():
+        pytest.skip(reason)
+    probe = """
+import threading
+from apache_beam.runners.worker import statesampler
+from apache_beam.utils.counters import CounterFactory
+from riskguard.flink.fused import threadless_state_sampler
+threadless_state_sampler(); threadless_state_sampler()
+sampler = statesampler.StateSampler("s", CounterFactory())
+threads = threading.active_count()
+for _ in range(3):
+    sampler.reset()
+    sampler.start()
+    assert statesampler.get_current_tracker() is sampler
+    assert threading.active_count() == threads
+    before = sampler.state_transition_count
+    with sampler.scoped_state("step", "process"):
+        assert sampler.current_state().name.step_name == "step"
+    assert sampler.state_transition_count == before + 2
+    sampler.stop_if_still_running()
+    assert sampler.finished and statesampler.get_current_tracker() is None
+print("ok")
+"""
+    cmd, env = flink_command(tmp_path)
+    done = subprocess.run([*cmd, "-c", probe], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "ok"
+
+
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_a_row_behind_the_watermark_goes_on_alone_at_once_not_dropped(
