@@ -189,16 +189,13 @@ other partition wait at most this long (plus the watermark interval), not
 from every partition of a subtask (:data:`FETCH_BYTES`), and the clock stops while the
 job is back-pressured."""
 
-FETCH_BYTES = 1024 * 1024
-"""The most one fetch takes from one partition (Kafka's default, set here because the
-quiet rule relies on a bound): a backlog's partitions then arrive interleaved, a fetch's
-worth of each at a time, not one partition's whole backlog before the next one's first
-record (which the quiet rule would have passed over by then). This also bounds how far
-one partition reads ahead of the others, and so the rows the tick windows hold. At
-64 KiB the source could not keep the Python worker fed: on the six-copy bench run it was
-busy 55-63 % of the time from its first tick to its last, against 83 % at 1 MiB
-(2026-11-28). Flink's watermark alignment would bound the read-ahead outright, but it
-pauses the source so often that a backlog is read at half the rate (docs/engines.md)."""
+FETCH_BYTES = 64 * 1024
+"""The most one fetch takes from one partition: a backlog's partitions then arrive
+interleaved, not one partition's whole backlog before the next one's first record (which
+the quiet rule would have passed over by then). This also keeps how far one partition
+reads ahead of the others, and so the rows the tick windows hold, small. Flink's
+watermark alignment would bound it outright, but it pauses the source so often that a
+backlog is read at half the rate (docs/engines.md)."""
 
 
 def _kafka_io(cfg: GuardConfig, env: Any, gateway: Any) -> Any:
