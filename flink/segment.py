@@ -252,18 +252,13 @@ class KeyRunner:
         """A packed tick through the segment, then the deadlines due at ``now``: the
         tick's last ms, and what leaves."""
         tick_end, rows = unpack_batch(packed)
-        at_us = (now - _EPOCH) // _US
-        if self.log is not None:
-            self.log(_CALL.encode((at_us, packed)))
         feed = functools.partial(self.segment.feed, self._inputs(rows), now)
-        return tick_end, self._run(feed, rows, at_us)
+        return tick_end, self._run(feed, rows, self._logged(now, packed))
 
     def notify(self, now: datetime) -> list[tuple[str, Any]]:
         """The deadlines due at ``now``: what leaves."""
-        at_us = (now - _EPOCH) // _US
-        if self.log is not None:
-            self.log(_CALL.encode((at_us, None)))
-        return self._run(functools.partial(self.segment.notify, now), (), at_us)
+        return self._run(functools.partial(self.segment.notify, now), (),
+                         self._logged(now, None))
 
     def eof(self) -> list[tuple[str, Any]]:
         """The end of the input (a bounded job's): what leaves."""
@@ -313,6 +308,14 @@ class KeyRunner:
             out.extend(runner.notify(now) if packed is None else runner.tick(packed, now)[1])
         runner.log = log
         return runner, out
+
+    def _logged(self, now: datetime, packed: bytes | None) -> int:
+        """``now`` in whole µs; with a ``log``, the call (``packed``: None, a notify)
+        handed to it first, as :meth:`resume` takes it."""
+        at_us = (now - _EPOCH) // _US
+        if self.log is not None:
+            self.log(_CALL.encode((at_us, packed)))
+        return at_us
 
     def _inputs(self, rows: list[PackedRow]) -> dict[str, list[Any]]:
         batches: dict[str, list[Any]] = {}
