@@ -575,6 +575,27 @@ TRACE_ENV = "RISKGUARD_FLINK_TRACE"
 (:class:`riskguard.flink.fused.Trace`)."""
 
 
+def late_rows(trace: Path) -> int | None:
+    """How many rows came behind the watermark, over every segment operator (each
+    writes its running count, ``late_rows TIME PID COUNT``); None without a trace.
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "trace.txt"
+    >>> lines = ["open 1.0 7", "late_rows 2.0 7 1", "late_rows 2.1 7 2", "late_rows 3.0 8 1"]
+    >>> _ = p.write_text("\\n".join(lines))
+    >>> late_rows(p)
+    3
+    """
+    if not trace.exists():
+        return None
+    counts: dict[str, int] = {}
+    for line in trace.read_text().splitlines():
+        what, _at, pid, *count = line.split()
+        if what == "late_rows":
+            counts[pid] = max(counts.get(pid, 0), int(count[0]))
+    return sum(counts.values())
+
+
 def processing_first(trace: Path) -> float | None:
     """Seconds from the first record any segment operator took to the first it gave, from
     their trace lines; None without both.
@@ -589,7 +610,7 @@ def processing_first(trace: Path) -> float | None:
         return None
     seen: dict[str, float] = {}
     for line in trace.read_text().splitlines():
-        what, at, _pid = line.split()
+        what, at, _pid, *_count = line.split()
         seen[what] = min(seen.get(what, float(at)), float(at))
     if "first_input" not in seen or "first_output" not in seen:
         return None

@@ -29,8 +29,9 @@ submission, each worker building the flow) cancels::
 For Flink, whose start-up swings by several seconds from run to run, ``T`` is from the
 first record its segment took (``$RISKGUARD_FLINK_TRACE``) to that end; the fixed
 seconds are still from the process's start. Printed: each engine's rate and its ratio
-to bytewax's, its fixed seconds, and the number of commands each run wrote (the
-scenario gives 12 a copy). With ``--repeats R`` the engines run R times, interleaved,
+to bytewax's, its fixed seconds, the number of commands each run wrote, and (Flink) the
+rows that came behind the watermark: each is fed alone, out of bytewax's order, and any
+at all can change the commands. With ``--repeats R`` the engines run R times, interleaved,
 and each engine's median rate and the median of its ratios to bytewax's in the same
 repeat are printed too: on a shared machine one run's ratio moves by a fifth and more.
 """
@@ -61,6 +62,7 @@ from engines import (  # noqa: E402
     TreeSampler,
     fit,
     flink_python,
+    late_rows,
     processing_first,
     ratio,
 )
@@ -123,7 +125,8 @@ def _high_marks(run: PreparedRun) -> int:
 class Point:
     """One run: records in, seconds from start to the first and the last output, CPU
     seconds and peak memory of its process tree, commands out, and (Flink) seconds from
-    the job's first input to its first output."""
+    the job's first input to its first output and the rows that came behind the
+    watermark."""
 
     records: int
     first_s: float
@@ -133,6 +136,7 @@ class Point:
     commands: int
     processing_first_s: float | None
     first_input_s: float | None = None
+    late_rows: int | None = None
 
 
 def run_engine(run: PreparedRun, argv: list[str], env: dict[str, str], log: Path,
@@ -172,7 +176,7 @@ def run_engine(run: PreparedRun, argv: list[str], env: dict[str, str], log: Path
     # end, so a Flink run's figure includes idling for QUIET_S (stated in the docs)
     return Point(run.records, first - started, last - started, sampler.cpu_s,
                  sampler.peak_kib / 1024, commands, processing_first(trace),
-                 _first_input(trace, started))
+                 _first_input(trace, started), late_rows(trace))
 
 
 def _first_input(trace: Path, started: float) -> float | None:
@@ -207,8 +211,17 @@ def _measure(bootstrap: str, work: Path, key: str, copies: int, partitions: int,
     print(f"  {name}, {partitions} partitions: {point.records:,} records, first output at "
           f"{point.first_s:.1f} s ({first} s after its first input), last at "
           f"{point.last_s:.1f} s, {point.cpu_s:.1f} CPU s, {point.peak_mib:,.0f} MiB, "
-          f"{point.commands} commands ({_load()})", flush=True)
+          f"{point.commands} commands{_late(point)} ({_load()})", flush=True)
     return point
+
+
+def _late(point: Point) -> str:
+    """The run's late rows, if it counts them: any at all means its order was not the
+    input's, and its commands may differ from bytewax's."""
+    if point.late_rows is None:
+        return ""
+    warn = "  <- rows behind the watermark: not bytewax's order" if point.late_rows else ""
+    return f", {point.late_rows:,} late rows{warn}"
 
 
 def _load() -> str:
@@ -238,7 +251,12 @@ def _row(name: str, one: Point, more: Point,
     return (f"| {name} | {'-' if rate is None else f'{rate:,.0f}'} | {ratio(rate, base[0])} "
             f"| {'-' if cpu_us is None else f'{cpu_us:,.0f}'} | {ratio(cpu_us, base[1])} "
             f"| {'-' if fixed is None else f'{fixed:.1f}'} | {one.first_s:.1f} | {proc} "
-            f"| {max(one.peak_mib, more.peak_mib):,.0f} | {one.commands}, {more.commands} |")
+            f"| {max(one.peak_mib, more.peak_mib):,.0f} | {one.commands}, {more.commands} "
+            f"| {_count(one.late_rows)}, {_count(more.late_rows)} |")
+
+
+def _count(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
 
 
 def _medians(rates: dict[str, list[float | None]], first: str) -> list[str]:
@@ -309,8 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     rows.append(_row(name, one, more, measured, base))
                     rates.setdefault(name, []).append(measured[0])
         print("\n| engine | events/s | ratio | CPU µs an event | ratio | fixed s "
-              "| first output s | from first input s | peak MiB | commands |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+              "| first output s | from first input s | peak MiB | commands | late rows |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         print("\n".join(rows))
         if args.repeats > 1:
             print(f"\nmedians over {args.repeats} repeats (ratios paired within a repeat)\n"

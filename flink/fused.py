@@ -197,6 +197,8 @@ class TickBatchSegment(KeyedProcessFunction):
         self.trace.once("first_input")
         key = ctx.get_current_key()[0]
         runner = self._runner(key, ctx)
+        if value[1]:
+            self.trace.count("late_rows")
         tick_end, made = runner.tick(value[2], _now())
         out, self.replayed = self.replayed, []
         out.extend(made)
@@ -301,22 +303,36 @@ def threadless_state_sampler() -> None:
 TRACE_ENV = "RISKGUARD_FLINK_TRACE"
 """A file each segment operator appends the wall time of its opening (``open``, and
 ``opened`` once it has built its flow), its first input and its first output to (a
-bench's measure of start-up, and of how soon output follows the start of processing)."""
+bench's measure of start-up, and of how soon output follows the start of processing),
+and its running count of rows that came behind the watermark (``late_rows``)."""
 
 
 class Trace:
-    """Each named moment's wall time, once, as a line of ``path`` (nothing without)."""
+    """Each named moment's wall time, once, as a line of ``path``, and each counted
+    thing's running count, a line a count (nothing without a path)."""
 
     def __init__(self, path: str | None) -> None:
         self.path = path
         self.seen: set[str] = set()
+        self.counts: dict[str, int] = {}
 
     def once(self, what: str) -> None:
         if self.path is None or what in self.seen:
             return
         self.seen.add(what)
+        self._write(f"{what} {time.time():.3f} {os.getpid()}")
+
+    def count(self, what: str) -> None:
+        """One more ``what``: a line ``what TIME PID COUNT``."""
+        if self.path is None:
+            return
+        n = self.counts[what] = self.counts.get(what, 0) + 1
+        self._write(f"{what} {time.time():.3f} {os.getpid()} {n}")
+
+    def _write(self, line: str) -> None:
+        assert self.path is not None
         with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(f"{what} {time.time():.3f} {os.getpid()}\n")
+            fh.write(line + "\n")
 
 
 def _now() -> datetime:

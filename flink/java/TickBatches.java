@@ -7,11 +7,13 @@ import java.util.HashSet;
 import java.util.List;
 import java.util.Set;
 
-import org.apache.flink.api.common.functions.MapFunction;
+import org.apache.flink.api.common.functions.OpenContext;
+import org.apache.flink.api.common.functions.RichMapFunction;
 import org.apache.flink.api.common.state.ListState;
 import org.apache.flink.api.common.state.ListStateDescriptor;
 import org.apache.flink.api.common.typeinfo.TypeInformation;
 import org.apache.flink.api.java.functions.KeySelector;
+import org.apache.flink.metrics.Counter;
 import org.apache.flink.runtime.state.StateInitializationContext;
 import org.apache.flink.runtime.state.StateSnapshotContext;
 import org.apache.flink.streaming.api.datastream.DataStream;
@@ -152,16 +154,26 @@ public final class TickBatches {
         }
     }
 
-    /** A row behind the watermark, on its own. */
-    static final class LateRow implements MapFunction<Row, Row> {
+    /**
+     * A row behind the watermark, on its own, counted in the operator's metric
+     * {@code lateRows}: any at all means the flow saw rows out of the input's order.
+     */
+    static final class LateRow extends RichMapFunction<Row, Row> {
         private final long tickMs;
+        private transient Counter lateRows;
 
         LateRow(long tickMs) {
             this.tickMs = tickMs;
         }
 
         @Override
+        public void open(OpenContext context) {
+            lateRows = getRuntimeContext().getMetricGroup().counter("lateRows");
+        }
+
+        @Override
         public Row map(Row pair) {
+            lateRows.inc();
             Row row = (Row) pair.getField(1);
             long end = tickEnd((Long) row.getField(1), tickMs);
             return Row.of(pair.getField(0), Row.of(end, true, Packed.tick(end, List.of(row))));
