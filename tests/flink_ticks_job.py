@@ -7,7 +7,9 @@ that a message behind it is late; or, with ``guard BOOTSTRAP TOPICS N``, the fir
 (``flink/java/kafka/KafkaIo.java``), a partition quiet before its first message held
 for ten minutes and one quiet after a message for one second; or, with ``restore
 BOOTSTRAP TOPIC CHECKPOINTS N``, the same source over one topic, checkpointed into
-``CHECKPOINTS`` and restored from the newest checkpoint there, if any."""
+``CHECKPOINTS`` and restored from the newest checkpoint there, if any; or, with ``order
+BOOTSTRAP TOPIC N``, the partition and offset of the first ``N`` messages that source
+hands on from one topic, fetching as the live guard does."""
 
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ def main(argv: list[str]) -> int:
     from riskguard.flink.java_build import job_jars
 
     worker_processes()
+    if argv[:1] == ["order"]:
+        return _source_order(argv[1], argv[2], int(argv[3]))
     restore = argv[:1] == ["restore"]
     env = StreamExecutionEnvironment.get_execution_environment(
         _checkpointed(argv[3]) if restore else None)
@@ -115,7 +119,8 @@ def _as_json(batch: Any) -> str:
                                             for r in rows]])
 
 
-def _guard_rows(env: Any, bootstrap: str, topics: list[str]) -> Any:
+def _guard_rows(env: Any, bootstrap: str, topics: list[str], props: Any = None,
+                quiet_ms: tuple[int, int] = (600_000, 1_000)) -> Any:
     """The live guard's source: ``("kafka", ts, "topic/partition", offset, value)`` rows
     under the key ``k``, stamped and watermarked in Java (allowed future skew 0.5 s)."""
     from pyflink.datastream import DataStream
@@ -123,11 +128,39 @@ def _guard_rows(env: Any, bootstrap: str, topics: list[str]) -> Any:
     from riskguard.flink.fused import KEYED_ROW, java_strings
 
     gateway = get_gateway()
-    props = gateway.jvm.java.util.Properties()
+    if props is None:
+        props = gateway.jvm.java.util.Properties()
     props.setProperty("bootstrap.servers", bootstrap)
     return DataStream(gateway.jvm.riskguard.flink.kafka.KafkaIo.source(
         env._j_stream_execution_environment, props, java_strings(topics), "ticks-test", True,
-        600_000, 1_000, 500, "k", KEYED_ROW.get_java_type_info(), "in"))
+        *quiet_ms, 500, "k", KEYED_ROW.get_java_type_info(), "in"))
+
+
+def _source_order(bootstrap: str, topic: str, limit: int) -> int:
+    """Prints ``partition offset`` of the first ``limit`` messages the guard's source
+    hands on from ``topic``, its fetches set as the live guard sets them."""
+    from pyflink.common import Types
+    from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.java_gateway import get_gateway
+    from riskguard.flink.guard import QUIET_MS, START_QUIET_MS, set_fetches
+    from riskguard.flink.java_build import job_jars
+
+    env = StreamExecutionEnvironment.get_execution_environment()
+    env.set_parallelism(1)
+    env.set_python_executable(sys.executable)
+    kafka = [j for j in os.environ["RISKGUARD_FLINK_JARS"].split(";") if j]
+    env.add_jars(*job_jars(kafka=kafka), *kafka)
+    props = get_gateway().jvm.java.util.Properties()
+    set_fetches(props)
+    rows = _guard_rows(env, bootstrap, [topic], props, (START_QUIET_MS, QUIET_MS))
+    where = rows.map(lambda kv: f"{kv[1][2].rsplit('/', 1)[1]} {kv[1][3]}",
+                     output_type=Types.STRING())
+    with where.execute_and_collect() as results:
+        for n, line in enumerate(results, 1):
+            print(line, flush=True)
+            if n == limit:
+                break
+    return 0
 
 
 def _kafka_rows(env: object, bootstrap: str, topic: str) -> object:
