@@ -92,13 +92,13 @@ def flink_release() -> str:
 
 
 def test_the_built_in_kinds_and_the_pod_template_match_the_kubernetes_schemas() -> None:
-    """kubernetes-validate (offline, strict) accepts the PVC, Role, RoleBinding and
-    NetworkPolicy, and each FlinkDeployment's pod template as a Pod."""
+    """kubernetes-validate (offline, strict) accepts the PVC, Role, RoleBinding,
+    NetworkPolicy and metrics Service, and each FlinkDeployment's pod template as a Pod."""
     kv = pytest.importorskip("kubernetes_validate",
                              reason="kubernetes-validate (test extra) is not installed")
     found = manifests()
     assert {d["kind"] for d in found} == {"FlinkDeployment", "PersistentVolumeClaim", "Role",
-                                          "RoleBinding", "NetworkPolicy"}
+                                          "RoleBinding", "NetworkPolicy", "Service"}
     for d in found:
         if d["kind"] == "FlinkDeployment":
             template = d["spec"]["podTemplate"]
@@ -109,6 +109,25 @@ def test_the_built_in_kinds_and_the_pod_template_match_the_kubernetes_schemas() 
             kv.validate(pod, "1.30.0", strict=True)
         else:
             kv.validate(d, "1.30.0", strict=True)
+
+
+def test_prometheus_finds_the_flink_pods_through_the_metrics_service_on_the_reporters_port(
+) -> None:
+    """The headless Service selects the pods the FlinkDeployment labels, on the port its
+    Prometheus reporter serves, and the scrape config names that Service and port."""
+    service = flink_kinds()["Service"]
+    dep = deployment(PVC_VARIANT)
+    port = int(dep["spec"]["flinkConfiguration"]["metrics.reporter.prom.port"])
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"].items() <= dep["spec"]["podTemplate"]["metadata"][
+        "labels"].items()
+    assert [p["port"] for p in service["spec"]["ports"]] == [port]
+    scrape = yaml.safe_load((FLINK.parents[1] / "prometheus" / "prometheus.yml").read_text())
+    (job,) = [j for j in scrape["scrape_configs"] if j["job_name"] == "riskguard-flink"]
+    (sd,) = job["dns_sd_configs"]
+    name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
+    assert sd["names"] == [f"{name}.{namespace}.svc.cluster.local"]
+    assert sd["port"] == port
 
 
 @pytest.mark.parametrize("path", [PVC_VARIANT, S3_VARIANT], ids=["pvc", "object-store"])

@@ -81,7 +81,10 @@ def test_alert_rules_cover_the_six_conditions_and_parse_as_yaml() -> None:
             "RiskguardSubscriberGap", "RiskguardCheckpointAge", "RiskguardWorkerDown"} <= names
     scrape = yaml.safe_load((OPS / "prometheus" / "prometheus.yml").read_text())
     assert scrape["rule_files"] == ["alerts.yml"]
-    assert {j["job_name"] for j in scrape["scrape_configs"]} >= {"riskguard"}
+    assert {j["job_name"] for j in scrape["scrape_configs"]} >= {"riskguard", "riskguard-flink"}
+    assert "flink_taskmanager_job_task_operator_lateRows" in next(
+        r["expr"] for g in rules["groups"] for r in g["rules"]
+        if r["alert"] == "RiskguardFlinkRowsBehindWatermark")
 
 
 PROMTOOL = shutil.which("promtool")
