@@ -63,12 +63,7 @@ def main(argv: list[str]) -> int:
     if restore:  # a collect sink cannot be restored into another client: a file instead
         return _run_to_file(env, out, Path(argv[3]).parent / f"batches-{os.getpid()}",
                             limit)
-    with out.execute_and_collect() as results:
-        for n, line in enumerate(results, 1):
-            print(line, flush=True)
-            if n == limit:
-                break
-    return 0
+    return _print_first(out, limit)
 
 
 def _run_to_file(env: Any, lines: Any, path: Path, limit: int) -> int:
@@ -155,7 +150,12 @@ def _source_order(bootstrap: str, topic: str, limit: int) -> int:
     rows = _guard_rows(env, bootstrap, [topic], props, (START_QUIET_MS, QUIET_MS))
     where = rows.map(lambda kv: f"{kv[1][2].rsplit('/', 1)[1]} {kv[1][3]}",
                      output_type=Types.STRING())
-    with where.execute_and_collect() as results:
+    return _print_first(where, limit)
+
+
+def _print_first(lines: Any, limit: int | None) -> int:
+    """Runs the job, printing the first ``limit`` of its ``lines`` (all without)."""
+    with lines.execute_and_collect() as results:
         for n, line in enumerate(results, 1):
             print(line, flush=True)
             if n == limit:
