@@ -575,6 +575,26 @@ TRACE_ENV = "RISKGUARD_FLINK_TRACE"
 (:class:`riskguard.flink.fused.Trace`)."""
 
 
+def moments(trace: Path, started: float) -> dict[str, float]:
+    """Seconds from ``started`` to the first time each once-only moment was traced (over
+    every process that wrote the trace).
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "trace.txt"
+    >>> _ = p.write_text("client 103.8 5\\nopen 114.4 7\\nlate_rows 116.0 7 1\\nopen 114.0 8\\n")
+    >>> moments(p, 100.0)
+    {'client': 3.8, 'open': 14.0}
+    """
+    if not trace.exists():
+        return {}
+    seen: dict[str, float] = {}
+    for line in trace.read_text().splitlines():
+        what, at, _pid, *count = line.split()
+        if not count:
+            seen[what] = min(seen.get(what, float(at)), float(at))
+    return {what: round(at - started, 3) for what, at in seen.items()}
+
+
 def late_rows(trace: Path) -> int | None:
     """How many rows came behind the watermark, over every segment operator (each
     writes its running count, ``late_rows TIME PID COUNT``); None without a trace.

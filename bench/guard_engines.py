@@ -31,9 +31,12 @@ first record its segment took (``$RISKGUARD_FLINK_TRACE``) to that end; the fixe
 seconds are still from the process's start. Printed: each engine's rate and its ratio
 to bytewax's, its fixed seconds, the number of commands each run wrote, and (Flink) the
 rows that came behind the watermark: each is fed alone, out of bytewax's order, and any
-at all can change the commands. With ``--repeats R`` the engines run R times, interleaved,
-and each engine's median rate and the median of its ratios to bytewax's in the same
-repeat are printed too: on a shared machine one run's ratio moves by a fifth and more.
+at all can change the commands. Each Flink run also prints when its start-up reached
+each traced moment: the client's start, the job's submission, the segment's opening,
+its flow built, its first input and its first output. With ``--repeats R`` the engines
+run R times, interleaved, and each engine's median rate and the median of its ratios to
+bytewax's in the same repeat are printed too: on a shared machine one run's ratio moves
+by a fifth and more.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ from engines import (  # noqa: E402
     fit,
     flink_python,
     late_rows,
+    moments,
     processing_first,
     ratio,
 )
@@ -125,8 +129,8 @@ def _high_marks(run: PreparedRun) -> int:
 class Point:
     """One run: records in, seconds from start to the first and the last output, CPU
     seconds and peak memory of its process tree, commands out, and (Flink) seconds from
-    the job's first input to its first output and the rows that came behind the
-    watermark."""
+    the job's first input to its first output, the rows that came behind the watermark
+    and the seconds from the start to each traced moment of its start-up."""
 
     records: int
     first_s: float
@@ -137,6 +141,7 @@ class Point:
     processing_first_s: float | None
     first_input_s: float | None = None
     late_rows: int | None = None
+    start_up: dict[str, float] | None = None
 
 
 def run_engine(run: PreparedRun, argv: list[str], env: dict[str, str], log: Path,
@@ -176,7 +181,7 @@ def run_engine(run: PreparedRun, argv: list[str], env: dict[str, str], log: Path
     # end, so a Flink run's figure includes idling for QUIET_S (stated in the docs)
     return Point(run.records, first - started, last - started, sampler.cpu_s,
                  sampler.peak_kib / 1024, commands, processing_first(trace),
-                 _first_input(trace, started), late_rows(trace))
+                 _first_input(trace, started), late_rows(trace), moments(trace, started))
 
 
 def _first_input(trace: Path, started: float) -> float | None:
@@ -212,6 +217,9 @@ def _measure(bootstrap: str, work: Path, key: str, copies: int, partitions: int,
           f"{point.first_s:.1f} s ({first} s after its first input), last at "
           f"{point.last_s:.1f} s, {point.cpu_s:.1f} CPU s, {point.peak_mib:,.0f} MiB, "
           f"{point.commands} commands{_late(point)} ({_load()})", flush=True)
+    if point.start_up:
+        print("    start-up: " + ", ".join(f"{what} {at:.1f} s"
+                                         for what, at in point.start_up.items()), flush=True)
     return point
 
 

@@ -301,10 +301,12 @@ def threadless_state_sampler() -> None:
 
 
 TRACE_ENV = "RISKGUARD_FLINK_TRACE"
-"""A file each segment operator appends the wall time of its opening (``open``, and
-``opened`` once it has built its flow), its first input and its first output to (a
-bench's measure of start-up, and of how soon output follows the start of processing),
-and its running count of rows that came behind the watermark (``late_rows``)."""
+"""A file the live guard's Flink client appends the wall time of its start (``client``,
+once its modules are imported) and of the job's submission (``submitted``) to, and each
+segment operator the wall time of its opening (``open``, and ``opened`` once it has
+built its flow), its first input and its first output (a bench's measure of start-up,
+and of how soon output follows the start of processing), and its running count of rows
+that came behind the watermark (``late_rows``)."""
 
 
 class Trace:

@@ -261,7 +261,9 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
     from pyflink.java_gateway import get_gateway  # noqa: PLC0415
     from riskguard.flink.fused import (  # noqa: PLC0415
         ROW,
+        TRACE_ENV,
         TickBatchSegment,
+        Trace,
         launch_jvm,
         quick_jvm,
         tick_batches,
@@ -270,6 +272,8 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
     from riskguard.flink.java_build import job_jars  # noqa: PLC0415
     from riskguard.flink.plan import SegmentPlan  # noqa: PLC0415
 
+    trace = Trace(os.environ.get(TRACE_ENV))
+    trace.once("client")
     worker_processes()
     quick_jvm()
     launch_jvm()
@@ -299,6 +303,7 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
         topics.put(name, cfg.topic(name))
     gateway.jvm.riskguard.flink.kafka.KafkaIo.sink(
         out._j_data_stream, _kafka_properties(cfg, gateway), topics, "riskguard_out")
+    trace.once("submitted")
     env.execute(f"riskguard guard {cfg.env}")
 
 
