@@ -626,12 +626,7 @@ def processing_first(trace: Path) -> float | None:
     >>> processing_first(p)
     4.5
     """
-    if not trace.exists():
-        return None
-    seen: dict[str, float] = {}
-    for line in trace.read_text().splitlines():
-        what, at, _pid, *_count = line.split()
-        seen[what] = min(seen.get(what, float(at)), float(at))
+    seen = moments(trace, 0.0)
     if "first_input" not in seen or "first_output" not in seen:
         return None
     return seen["first_output"] - seen["first_input"]

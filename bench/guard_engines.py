@@ -179,18 +179,10 @@ def run_engine(run: PreparedRun, argv: list[str], env: dict[str, str], log: Path
         raise SystemExit(f"no output from {argv}: see {log}")
     # the quiet wait after the last output is not the guard's work: CPU is sampled to the
     # end, so a Flink run's figure includes idling for QUIET_S (stated in the docs)
+    start_up = moments(trace, started)
     return Point(run.records, first - started, last - started, sampler.cpu_s,
                  sampler.peak_kib / 1024, commands, processing_first(trace),
-                 _first_input(trace, started), late_rows(trace), moments(trace, started))
-
-
-def _first_input(trace: Path, started: float) -> float | None:
-    """Seconds from the run's start to the first record a Flink segment took."""
-    if not trace.exists():
-        return None
-    times = [float(line.split()[1]) for line in trace.read_text().splitlines()
-             if line.startswith("first_input ")]
-    return min(times) - started if times else None
+                 start_up.get("first_input"), late_rows(trace), start_up)
 
 
 ENGINES = {

@@ -38,16 +38,16 @@ def main(argv: list[str]) -> int:
     from riskguard.flink.java_build import job_jars
 
     worker_processes()
-    if argv[:1] == ["order"]:
-        return _source_order(argv[1], argv[2], int(argv[3]))
     restore = argv[:1] == ["restore"]
     env = StreamExecutionEnvironment.get_execution_environment(
         _checkpointed(argv[3]) if restore else None)
     env.set_parallelism(1)
     env.set_python_executable(sys.executable)
     kafka = [j for j in os.environ.get("RISKGUARD_FLINK_JARS", "").split(";") if j]
-    env.add_jars(*job_jars(kafka=kafka if argv[:1] in (["guard"], ["restore"]) else ()),
-                 *kafka)
+    env.add_jars(*job_jars(kafka=kafka if argv[:1] in (["guard"], ["restore"], ["order"])
+                           else ()), *kafka)
+    if argv[:1] == ["order"]:
+        return _source_order(env, argv[1], argv[2], int(argv[3]))
     if restore:
         env.enable_checkpointing(200)
         rows, limit = _guard_rows(env, argv[1], [argv[2]]), int(argv[4])
@@ -131,20 +131,13 @@ def _guard_rows(env: Any, bootstrap: str, topics: list[str], props: Any = None,
         *quiet_ms, 500, "k", KEYED_ROW.get_java_type_info(), "in"))
 
 
-def _source_order(bootstrap: str, topic: str, limit: int) -> int:
+def _source_order(env: Any, bootstrap: str, topic: str, limit: int) -> int:
     """Prints ``partition offset`` of the first ``limit`` messages the guard's source
     hands on from ``topic``, its fetches set as the live guard sets them."""
     from pyflink.common import Types
-    from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.java_gateway import get_gateway
     from riskguard.flink.guard import QUIET_MS, START_QUIET_MS, set_fetches
-    from riskguard.flink.java_build import job_jars
 
-    env = StreamExecutionEnvironment.get_execution_environment()
-    env.set_parallelism(1)
-    env.set_python_executable(sys.executable)
-    kafka = [j for j in os.environ["RISKGUARD_FLINK_JARS"].split(";") if j]
-    env.add_jars(*job_jars(kafka=kafka), *kafka)
     props = get_gateway().jvm.java.util.Properties()
     set_fetches(props)
     rows = _guard_rows(env, bootstrap, [topic], props, (START_QUIET_MS, QUIET_MS))
