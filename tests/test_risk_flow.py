@@ -146,10 +146,10 @@ def test_resume_after_abort_equals_uninterrupted(single: list[Any], tmp_path: Pa
 @pytest.mark.parametrize("shards", [1, 3])
 def test_limits_pass_the_ticks_on_behind_every_breach_they_follow(shards: int) -> None:
     """With ticks, the exposure path passes each tick down valuation, counterparty, firm
-    and limits, and the limits stage emits it (``LimitsOut.ticks``, named
-    ``<worker>@<shard>/<limits key>``) behind the breaches it made before it: a consumer
-    that takes its clock from them (the playbook) never sees a breach arrive after its
-    time passed it, on 1, 2 or 4 workers, with 1 valuation shard or 3 (a counterparty
+    and limits, and the limits stage emits it (named ``<worker>@<shard>/<limits key>``)
+    behind the breaches it made before it, in ``LimitsOut.clocked``: a consumer that takes
+    its clock from them (the playbook) never sees a breach arrive after its time passed
+    it, on 1, 2 or 4 workers, with 1 valuation shard or 3 (a counterparty
     new to a shard makes the firm wait for its copy: ``Progress.via``)."""
     import bytewax.operators as op
     from bytewax.dataflow import Dataflow
@@ -178,7 +178,9 @@ def test_limits_pass_the_ticks_on_behind_every_breach_they_follow(shards: int) -
         lim = enforce_limits("limits", exp.exposures, None, config=limits_config(),
                              verifier=refuse_updates, clock=lambda: 0,
                              progress=exp.progress)
-        merged = op.key_on("one", op.merge("m", lim.breaches, lim.ticks), lambda _x: "k")
+        merged = op.key_on("one", op.filter(
+            "breaches_and_ticks", lim.clocked, lambda x: not isinstance(x, RiskAlert)),
+            lambda _x: "k")
 
         def watch(wm: Any, x: Any) -> tuple[Any, Any]:
             wm = wm or [Watermark(idle_ns=10**18), -1]

@@ -247,8 +247,10 @@ def guard_core(
     signals = op.flat_map_batch("observe_signals", op.merge(
         "signals", anomalies, exposure_alerts, limits.breaches, limits.alerts, feed_alerts,
         admitted.alerts), observe_all)
+    to_playbook = op.merge("to_playbook", anomalies, exposure_alerts, limits.clocked,
+                           feed_alerts, admitted.alerts)
     signed, errs, audit = _decide(
-        signals, limits.ticks, verified.oks, acks.oks, cfg=cfg, cfg_hash=cfg_hash, clock=clock,
+        signals, to_playbook, verified.oks, acks.oks, cfg=cfg, cfg_hash=cfg_hash, clock=clock,
         wall_clock=wall_clock, signer=signer, seq_floor=seq_floor, audit_resume=audit_resume,
         errs_before=[admitted.errs, *step_errs, limits.errs],
         errs_after=[verified.errs, acks.errs, unhandled,
@@ -260,7 +262,7 @@ def guard_core(
             "exp_util", exposures, limits.utilizations), observe_all))
 
 
-def _decide(signals: Stream[Any], ticks: Stream[Any], manual: Stream[Any],
+def _decide(signals: Stream[Any], to_playbook: Stream[Any], manual: Stream[Any],
             acks: Stream[Any], *, cfg: GuardConfig, cfg_hash: str, clock: Clock,
             wall_clock: Clock | None, signer: Signer, seq_floor: int | None,
             audit_resume: dict[str, AuditState] | None,
@@ -272,9 +274,9 @@ def _decide(signals: Stream[Any], ticks: Stream[Any], manual: Stream[Any],
     # The playbook's clock: the ticks as the exposure path passes them on (valuation,
     # counterparty, firm, limits), not as the sources make them. In a backlog that path's
     # queues are the longest, and a breach must not reach the playbook after time has
-    # moved past it.
+    # moved past it: ``to_playbook`` carries the limits' breaches and ticks in one stream.
     planned = plan_mitigation(
-        "playbook", op.merge("playbook_in", signals, ticks, manual, acks),
+        "playbook", op.merge("playbook_in", to_playbook, manual, acks),
         config=cfg.playbook, clock=clock, wall_clock=wall_clock,
     )
     signed = sign_commands("sign", planned.oks, signer, config=cfg.sign, seq_floor=seq_floor)

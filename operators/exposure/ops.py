@@ -102,8 +102,13 @@ class LimitsOut:
     alerts: Stream[RiskAlert]
     errs: Stream[DeadLetter]
     # each ``progress`` tick once its limits key has handled what came before it, named
-    # ``<source>/<key>``: the clock of a consumer of the breaches (the playbook)
+    # ``<source>/<key>``
     ticks: Stream[Tick]
+    # the breaches, alerts and ticks in one stream, each limits key's in the order it made
+    # them: the input of a consumer that takes its clock from the ticks (the playbook).
+    # ``breaches`` and ``ticks`` merged again would not keep that order: the engine may
+    # run a merge between a branch that carries a tick and one that carries its breach
+    clocked: Stream[LimitBreach | RiskAlert | Tick]
 
 
 # Per-item predicates run once per record on the hot path, so they are
@@ -351,7 +356,8 @@ def enforce_limits(
 
     ``progress`` (``aggregate_exposure(..., ticks=...).progress``) comes out on
     ``LimitsOut.ticks`` as :class:`~riskguard.operators.core.clock.Tick` items, each
-    behind what its key made before it. ``verifier(envelope, now_ns)`` returns the
+    behind what its key made before it (in ``LimitsOut.clocked``, which keeps that
+    order). ``verifier(envelope, now_ns)`` returns the
     verified :class:`~riskguard.schemas.LimitUpdate` or raises
     :class:`~riskguard.errors.VerificationError`: a refused update is a
     ``limit_update_rejected`` alert, and the old limit stays.
@@ -419,5 +425,11 @@ def _limits_out(made: Stream[Any], pre_alerts: Stream[Any], errs: Stream[DeadLet
     done = op.branch("ticks", made, Tick.__instancecheck__)
     u = op.branch("utils", done.falses, Utilization.__instancecheck__)
     b = op.branch("breaches", u.falses, LimitBreach.__instancecheck__)
+    clocked = op.flat_map_batch("clocked", op.merge("clocked_in", pre_alerts, made),
+                                _without_utilizations)
     return LimitsOut(utilizations=u.trues, breaches=b.trues, errs=errs, ticks=done.trues,
-                     alerts=op.merge("alerts", pre_alerts, b.falses))
+                     alerts=op.merge("alerts", pre_alerts, b.falses), clocked=clocked)
+
+
+def _without_utilizations(items: list[Any]) -> list[Any]:
+    return [it for it in items if type(it) is not Utilization]
