@@ -9,7 +9,10 @@ for ten minutes and one quiet after a message for one second; or, with ``restore
 BOOTSTRAP TOPIC CHECKPOINTS N``, the same source over one topic, checkpointed into
 ``CHECKPOINTS`` and restored from the newest checkpoint there, if any; or, with ``order
 BOOTSTRAP TOPIC N``, the partition and offset of the first ``N`` messages that source
-hands on from one topic, fetching as the live guard does."""
+hands on from one topic, fetching as the live guard does. With ``BOOTSTRAP TOPIC N
+PORT``, the Kafka job also runs Flink's Prometheus reporter on ``PORT`` and, after its
+batches, prints the ``lateRows`` samples it serves as a last line (``{"metrics":
+[...]}``)."""
 
 from __future__ import annotations
 
@@ -32,6 +35,10 @@ ROWS = [  # (segment key, (input, event time ns, source, position, bytes)), as t
 
 
 def main(argv: list[str]) -> int:
+    metrics_port = argv[3] if len(argv) == 4 and argv[0] not in (
+        "guard", "restore", "order") else None
+    if metrics_port:
+        _with_prometheus_jar()
     from pyflink.common import Row, Types
     from pyflink.datastream import StreamExecutionEnvironment
     from riskguard.flink.fused import KEYED_ROW, tick_batches, worker_processes
@@ -40,7 +47,8 @@ def main(argv: list[str]) -> int:
     worker_processes()
     restore = argv[:1] == ["restore"]
     env = StreamExecutionEnvironment.get_execution_environment(
-        _checkpointed(argv[3]) if restore else None)
+        _checkpointed(argv[3]) if restore
+        else _prometheus(metrics_port) if metrics_port else None)
     env.set_parallelism(1)
     env.set_python_executable(sys.executable)
     kafka = [j for j in os.environ.get("RISKGUARD_FLINK_JARS", "").split(";") if j]
@@ -63,7 +71,7 @@ def main(argv: list[str]) -> int:
     if restore:  # a collect sink cannot be restored into another client: a file instead
         return _run_to_file(env, out, Path(argv[3]).parent / f"batches-{os.getpid()}",
                             limit)
-    return _print_first(out, limit)
+    return _print_first(out, limit, metrics_port)
 
 
 def _run_to_file(env: Any, lines: Any, path: Path, limit: int) -> int:
@@ -146,14 +154,60 @@ def _source_order(env: Any, bootstrap: str, topic: str, limit: int) -> int:
     return _print_first(where, limit)
 
 
-def _print_first(lines: Any, limit: int | None) -> int:
-    """Runs the job, printing the first ``limit`` of its ``lines`` (all without)."""
+def _print_first(lines: Any, limit: int | None, metrics_port: str | None = None) -> int:
+    """Runs the job, printing the first ``limit`` of its ``lines`` (all without); with
+    ``metrics_port``, then the ``lateRows`` samples its Prometheus reporter serves."""
     with lines.execute_and_collect() as results:
         for n, line in enumerate(results, 1):
             print(line, flush=True)
             if n == limit:
                 break
+        if metrics_port:
+            print(json.dumps({"metrics": _late_rows_samples(metrics_port)}), flush=True)
     return 0
+
+
+def _prometheus(port: str) -> Any:
+    """A job configuration with Flink's Prometheus reporter on ``port`` (the one the
+    guard's FlinkDeployment runs, ``ops/k8s/flink/``)."""
+    from pyflink.common import Configuration
+
+    conf = Configuration()
+    conf.set_string("metrics.reporter.prom.factory.class",
+                    "org.apache.flink.metrics.prometheus.PrometheusReporterFactory")
+    conf.set_string("metrics.reporter.prom.port", port)
+    return conf
+
+
+def _with_prometheus_jar() -> None:
+    """A local job's mini-cluster loads no plugins: the reporter joins the client JVM's
+    classpath, PyFlink's lib folder linked with the jar, before the JVM starts."""
+    import tempfile
+
+    import pyflink
+
+    home = Path(pyflink.__file__).parent
+    lib = Path(tempfile.mkdtemp(prefix="flink-lib-"))
+    for jar in [*(home / "lib").glob("*.jar"),
+                *(home / "plugins" / "metrics-prometheus").glob("*.jar")]:
+        (lib / jar.name).symlink_to(jar)
+    os.environ["FLINK_HOME"] = str(home)  # else PyFlink sets FLINK_LIB_DIR to its own
+    os.environ["FLINK_LIB_DIR"] = str(lib)
+
+
+def _late_rows_samples(port: str) -> list[str]:
+    """The reporter's ``lateRows`` lines, once the counter has counted (10 s at most)."""
+    import urllib.request
+
+    deadline = time.monotonic() + 10
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+            text = page.read().decode()
+        found = [ln for ln in text.splitlines()
+                 if "lateRows" in ln and not ln.startswith("#")]
+        if any(not ln.endswith(" 0.0") for ln in found) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
 
 
 def _kafka_rows(env: object, bootstrap: str, topic: str) -> object:

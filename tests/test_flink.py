@@ -536,7 +536,9 @@ def test_a_row_behind_the_watermark_goes_on_alone_at_once_not_dropped(
     watermark moving with each: the tick ending at 1,999 ms goes on when 5.0 s passes
     it, and the message at 1.5 s, behind the watermark, goes on by itself, marked
     late, for the flow's lateness rules to judge. (The two come by two paths, a window
-    and its side output, so either may come first.)"""
+    and its side output, so either may come first.) Flink's Prometheus reporter serves
+    the late row's count under the name the ops alert
+    ``RiskguardFlinkRowsBehindWatermark`` reads."""
     if reason := java_missing():
         pytest.skip(reason)
     import json
@@ -549,17 +551,26 @@ def test_a_row_behind_the_watermark_goes_on_alone_at_once_not_dropped(
         producer.produce(topic, str(at_ms).encode())
         producer.flush(10)  # one message a batch: the dev broker reports batches
     del producer
+    from kafka_helpers import free_ports
+
     cmd, env = flink_command(tmp_path)
     env["RISKGUARD_FLINK_JARS"] = ";".join(kafka_jars())
     done = subprocess.run([*cmd, str(Path(__file__).parent / "flink_ticks_job.py"),
-                           kafka_bootstrap, topic, "2"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300, check=False)
+                           kafka_bootstrap, topic, "2", str(free_ports(1)[0])], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          check=False)
     assert done.returncode == 0, done.stderr[-3000:]
+    *batches, metrics = [json.loads(line) for line in done.stdout.splitlines()]
     ms = 1_000_000
-    assert sorted(json.loads(line) for line in done.stdout.splitlines()) == [
+    assert sorted(batches) == [
         [1999, False, [["in", 1000 * ms, "p/0", 0, "1000"]]],
         [1999, True, [["in", 1500 * ms, "p/0", 2, "1500"]]],
     ]
+    alert = (Path(__file__).parents[1] / "ops" / "prometheus" / "alerts.yml").read_text()
+    name = "flink_taskmanager_job_task_operator_lateRows"
+    assert name in alert
+    counted = [line for line in metrics["metrics"] if line.startswith(name + "{")]
+    assert [float(line.rsplit(" ", 1)[1]) for line in counted] == [1.0], metrics
 
 
 @pytest.mark.kafka
