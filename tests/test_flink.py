@@ -792,8 +792,9 @@ def test_the_live_flink_guard_killed_and_rescaled_executes_bytewaxs_commands_onc
     commands flow and a checkpoint is taken; the rest of the scenario published,
     the job restarted from its last checkpoint at parallelism 2, then interrupted.
     The subscriber executes bytewax's commands (decision, action, scope, params), each
-    once, and nothing is dead-lettered. (With the whole scenario published at once, a
-    fast run could be killed after its last command.)"""
+    once, and nothing is dead-lettered. Both runs trace their start-up
+    (``$RISKGUARD_FLINK_TRACE``). (With the whole scenario published at once, a fast run
+    could be killed after its last command.)"""
     if reason := java_missing():
         pytest.skip(reason)
     from riskguard.dataflows.demo import prepare_run, publish_scenario, subscriber_for
@@ -805,7 +806,9 @@ def test_the_live_flink_guard_killed_and_rescaled_executes_bytewaxs_commands_onc
     cfg, digest = load_guard_config(run.config)
     want = run_backtest(cfg, digest, records=build_scenario(run.start_ns).events)
     cmd, env = flink_command(tmp_path)
-    env |= {"RISKGUARD_FLINK_JARS": ";".join(kafka_jars()), "RISKGUARD_FLINK_PYTHON": cmd[0]}
+    trace = tmp_path / "trace.txt"
+    env |= {"RISKGUARD_FLINK_JARS": ";".join(kafka_jars()), "RISKGUARD_FLINK_PYTHON": cmd[0],
+            "RISKGUARD_FLINK_TRACE": str(trace)}
     checkpoints = (tmp_path / "checkpoints").as_uri()
     args = [sys.executable, "-m", "riskguard.cli", "run", "--engine", "flink", "--config",
             str(run.config), "--", "--checkpoints", checkpoints, "--checkpoint-interval-ms",
@@ -855,3 +858,8 @@ def test_the_live_flink_guard_killed_and_rescaled_executes_bytewaxs_commands_onc
                for raw in read_topic_bytes(run.bootstrap, topic, idle_timeout_s=1.0)}
     assert signals == set(map(_signal_identity, want.signals))
     assert _topic_count(run, "dead_letters") == 0
+    # each run's client and segment operators traced their start-up, once each a process
+    moments = [line.split()[0] for line in trace.read_text().splitlines()
+               if line.split()[0] != "late_rows"]
+    assert moments.count("client") == moments.count("submitted") == 2, moments
+    assert {"open", "opened", "first_input", "first_output"} <= set(moments), moments
