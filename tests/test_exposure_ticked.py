@@ -282,6 +282,37 @@ def test_progress_passes_the_firm_at_the_slowest_counterparty_to_every_limits_ke
         (PROGRESS_KEY, "w0@s0"), ("okx", "w0@s0")]
 
 
+def test_the_firm_passes_a_tick_only_once_every_key_its_shard_named_has_passed_it() -> None:
+    """On several workers the copies of one source's progress reach the firm in any
+    order, one stage-2 key's ahead of another's: the firm passes a tick on only once the
+    source's PROGRESS_KEY copy has named its counterparties (``via``) and each of them
+    has passed it, so no limits key moves past an exposure still on its way."""
+    cfg = worked_config()
+    firm = FirmLogic(cfg, ticked=True)
+
+    def passed_after(*items: Any) -> int:
+        firm.on_batch(list(items))
+        return firm.state.passed.get("w0@s0", -1) // S
+
+    def prog(cp: str, ts: int, via: tuple[str, ...] = ()) -> Progress:
+        return Progress(counterparty=cp, ts=ts * S, source="w0@s0", of=1, via=via)
+
+    def exp(cp: str, ts: int) -> Exposure:
+        return Exposure(counterparty=cp, ts=ts * S, gross_notional=1.0, net_notional=1.0,
+                        seq=1)
+
+    # okx's key is ahead of the PROGRESS_KEY copy, which names deribit too
+    assert passed_after(exp("okx", 5), prog("okx", 5)) == -1
+    assert passed_after(prog(PROGRESS_KEY, 5, via=("deribit", "okx"))) == -1
+    assert passed_after(exp("deribit", 5), prog("deribit", 5)) == 5
+    # kraken joins at 7 and its key runs ahead of the copy of 6, whose via names bybit:
+    # as many names as the firm holds, but not the same ones
+    assert passed_after(prog("okx", 6), prog("deribit", 6), exp("kraken", 7),
+                        prog("kraken", 7)) == 5
+    assert passed_after(prog(PROGRESS_KEY, 6, via=("bybit", "deribit", "okx"))) == 5
+    assert passed_after(exp("bybit", 6), prog("bybit", 6)) == 6
+
+
 def test_in_a_live_run_a_held_fill_waits_at_most_max_hold_ns_of_wall_time() -> None:
     """Live, a fill held for a slower process's watermark is applied once it has waited
     ``max_hold_ns`` of wall time (the dataflow calls ``on_deadline``), and its position

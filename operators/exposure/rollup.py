@@ -21,7 +21,7 @@ from riskguard.operators.exposure.config import (
     alert_id,
     evidence_add,
 )
-from riskguard.operators.exposure.routing import split_progress
+from riskguard.operators.exposure.routing import PROGRESS_KEY, split_progress
 from riskguard.operators.exposure.valuation import NEVER_STALE
 from riskguard.schemas import (
     Exposure,
@@ -351,10 +351,14 @@ class FirmLogic:
         st = self.state
         moved: dict[str, int] = {}
         for p in items:
-            seen = st.progress.setdefault(p.source, {})
-            if len(p.via) > len(seen) - 1:  # a counterparty joined: hold for its copy
-                for cp in p.via:
-                    seen.setdefault(cp, -1)
+            seen = st.progress.get(p.source)
+            if seen is None:
+                # the source's PROGRESS_KEY copy names (``via``) every stage-2 key to wait
+                # for: until it comes, one key's copy (from another worker) passes nothing
+                seen = st.progress[p.source] = {PROGRESS_KEY: -1}
+            for cp in p.via:  # a counterparty joined: hold for its copy
+                if cp not in seen:
+                    seen[cp] = -1
             if p.ts > seen.get(p.counterparty, -1):
                 seen[p.counterparty] = p.ts
                 low = min(seen.values())
