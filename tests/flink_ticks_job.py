@@ -182,12 +182,11 @@ def _prometheus(port: str) -> Any:
 def _with_prometheus_jar() -> None:
     """A local job's mini-cluster loads no plugins: the reporter joins the client JVM's
     classpath, PyFlink's lib folder linked with the jar, before the JVM starts."""
-    import tempfile
-
     import pyflink
 
     home = Path(pyflink.__file__).parent
-    lib = Path(tempfile.mkdtemp(prefix="flink-lib-"))
+    lib = Path.cwd() / f"flink-lib-{os.getpid()}"  # the job's working folder (the test's)
+    lib.mkdir()
     for jar in [*(home / "lib").glob("*.jar"),
                 *(home / "plugins" / "metrics-prometheus").glob("*.jar")]:
         (lib / jar.name).symlink_to(jar)

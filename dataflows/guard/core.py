@@ -247,6 +247,7 @@ def guard_core(
     signals = op.flat_map_batch("observe_signals", op.merge(
         "signals", anomalies, exposure_alerts, limits.breaches, limits.alerts, feed_alerts,
         admitted.alerts), observe_all)
+    # the same signals, the limits' in one stream with their ticks
     to_playbook = op.merge("to_playbook", anomalies, exposure_alerts, limits.clocked,
                            feed_alerts, admitted.alerts)
     signed, errs, audit = _decide(

@@ -387,13 +387,7 @@ def enforce_limits(
     ['unknown_counterparty']
     """
     config.validate(f"step '{step_id}'")
-    streams = [op.flat_map_batch("key_exp", exposures, _keyed_exposures(step_id, clock))]
-    if progress is not None:
-        streams.append(op.flat_map_batch(
-            "key_progress", progress, lambda ps: [(p.counterparty, p) for p in ps]))
-    if updates is not None:
-        streams.append(op.flat_map("verify", updates, partial(_verify_update, verifier, clock)))
-    merged = op.merge("merge", *streams) if len(streams) > 1 else streams[0]
+    merged = _limits_input(step_id, exposures, updates, progress, verifier, clock)
     keyed = op.branch("keyed", merged, _IS_TUPLE)
     unkeyed = op.branch("errs", keyed.falses, DeadLetter.__instancecheck__)
     errs, pre_alerts = unkeyed.trues, unkeyed.falses
@@ -403,6 +397,20 @@ def enforce_limits(
 
     made = op.flat_map_batch("unkey", stateful_logic("limits", keyed.trues, build), values_of)
     return _limits_out(made, pre_alerts, errs)
+
+
+def _limits_input(step_id: str, exposures: Stream[Exposure],
+                  updates: Stream[SignedEnvelope] | None, progress: Stream[Progress] | None,
+                  verifier: Verifier, clock: Clock) -> Stream[Any]:
+    """The limits logic's input: exposures and progress keyed by counterparty, verified
+    updates keyed by limits key; dead letters and refused updates' alerts unkeyed."""
+    streams = [op.flat_map_batch("key_exp", exposures, _keyed_exposures(step_id, clock))]
+    if progress is not None:
+        streams.append(op.flat_map_batch(
+            "key_progress", progress, lambda ps: [(p.counterparty, p) for p in ps]))
+    if updates is not None:
+        streams.append(op.flat_map("verify", updates, partial(_verify_update, verifier, clock)))
+    return op.merge("merge", *streams) if len(streams) > 1 else streams[0]
 
 
 def _keyed_exposures(step_id: str, clock: Clock) -> Any:
@@ -422,14 +430,10 @@ def _limits_out(made: Stream[Any], pre_alerts: Stream[Any], errs: Stream[DeadLet
                 ) -> LimitsOut:
     """What the limits logic made, by type: ticks, utilizations, breaches and alerts
     (with those raised before it, by the update verification)."""
-    done = op.branch("ticks", made, Tick.__instancecheck__)
-    u = op.branch("utils", done.falses, Utilization.__instancecheck__)
-    b = op.branch("breaches", u.falses, LimitBreach.__instancecheck__)
-    clocked = op.flat_map_batch("clocked", op.merge("clocked_in", pre_alerts, made),
-                                _without_utilizations)
+    u = op.branch("utils", made, Utilization.__instancecheck__)
+    # u.falses: the breaches, alerts and ticks in the order made (one stream, one branch)
+    done = op.branch("ticks", u.falses, Tick.__instancecheck__)
+    b = op.branch("breaches", done.falses, LimitBreach.__instancecheck__)
     return LimitsOut(utilizations=u.trues, breaches=b.trues, errs=errs, ticks=done.trues,
-                     alerts=op.merge("alerts", pre_alerts, b.falses), clocked=clocked)
-
-
-def _without_utilizations(items: list[Any]) -> list[Any]:
-    return [it for it in items if type(it) is not Utilization]
+                     alerts=op.merge("alerts", pre_alerts, b.falses),
+                     clocked=op.merge("clocked", pre_alerts, u.falses))
