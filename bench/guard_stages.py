@@ -19,6 +19,12 @@ Printed for each: CPU per event, its ratio to a keyed ``stateful_map`` pass-thro
 the same records measured in the same run, and what the stage switched off costs (the
 whole guard's CPU per event minus the variant's). A run's start-up is in every figure
 alike; the variants' decisions differ, so only their cost is compared here.
+
+Then where the whole guard's CPU goes, step by step: one more run of the whole guard
+with each stateful step's logic timed (:func:`~riskguard.operators.core.base.step_cpu`),
+printing each step's CPU per event of the input, and what is left: the engine and the
+stateless steps (maps, filters, branches, merges) between them. Timing adds two clock
+reads a step call, so that run's total is printed beside the untimed best.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from riskguard.dataflows.backtest import run_backtest
 from riskguard.dataflows.demo import init_keys, write_config
 from riskguard.dataflows.demo_scenario import scenario_copies
 from riskguard.dataflows.guard import GuardConfig, load_guard_config, load_keys
+from riskguard.operators.core import step_cpu
 
 BATCH = 1000
 _replace = msgspec.structs.replace
@@ -108,7 +115,24 @@ def main() -> int:
         if name not in ("keyed pass-through", "whole guard"):
             line += f"  (the stage off saves {whole - us:5.1f} us/event)"
         print(line)
+    print_steps(guard_us(cfg), whole, len(records))
     return 0
+
+
+def print_steps(run: Callable[[], float], untimed_us: float, n_events: int) -> None:
+    """One timed run of the whole guard: each stateful step's CPU per event, the rest."""
+    with step_cpu() as cpu:
+        total_us = run()
+    print(f"where the whole guard's CPU goes, one timed run: {total_us:.1f} us/event "
+          f"(untimed best {untimed_us:.1f})")
+    steps_us = {step: 1e6 * s / n_events for step, s in cpu.items()}
+    prefix = "riskguard_backtest.guard."
+    for step, us in sorted(steps_us.items(), key=lambda kv: -kv[1]):
+        if us >= 0.05:
+            print(f"  {step.removeprefix(prefix):<32} {us:6.1f} us/event  "
+                  f"{us / total_us:4.0%}")
+    rest = total_us - sum(steps_us.values())
+    print(f"  {'engine and stateless steps':<32} {rest:6.1f} us/event  {rest / total_us:4.0%}")
 
 
 if __name__ == "__main__":

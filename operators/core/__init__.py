@@ -23,6 +23,7 @@ from riskguard.operators.core.base import (
     event_time,
     split_dead_letters,
     stateful_logic,
+    step_cpu,
     values_of,
 )
 from riskguard.operators.core.clock import (
@@ -92,6 +93,7 @@ __all__ = [
     "start_metrics_server",
     "start_metrics_server_from_env",
     "stateful_logic",
+    "step_cpu",
     "system_clock",
     "values_of",
 ]

@@ -16,7 +16,9 @@ pickled class, and decodes them before the builder sees them.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import attrgetter
@@ -140,6 +142,64 @@ class _Shim(StatefulBatchLogic[Any, Any, Any]):
         return encode_snapshot(self.logic.snapshot())
 
 
+class _TimedShim(_Shim):
+    """A :class:`_Shim` that adds the CPU time its logic takes to :data:`_step_cpu`."""
+
+    __slots__ = ("_cpu",)
+
+    def __init__(self, logic: Any, step: str, order: Callable[[Any], Any] | None,
+                 cpu: dict[str, float]) -> None:
+        super().__init__(logic, step, order)
+        self._cpu = cpu
+
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
+        start = time.process_time()
+        out, done = super().on_batch(values)
+        out = list(out)  # a lazy logic's work is counted here, not in the next step
+        self._cpu[self._step] = self._cpu.get(self._step, 0.0) + time.process_time() - start
+        return out, done
+
+    def on_notify(self) -> tuple[Iterable[Any], bool]:
+        start = time.process_time()
+        out = list(self.logic.on_deadline())
+        self._cpu[self._step] = self._cpu.get(self._step, 0.0) + time.process_time() - start
+        return out, False
+
+
+_step_cpu: dict[str, float] | None = None
+
+
+@contextmanager
+def step_cpu() -> Iterator[dict[str, float]]:
+    """CPU seconds each :func:`stateful_logic` step's logic takes, by step id, for the
+    keys built while this is open (a profile of a flow run in this process; a key's
+    logic built outside it costs nothing to time).
+
+    >>> import bytewax.operators as op
+    >>> from bytewax.dataflow import Dataflow
+    >>> from bytewax.testing import TestingSink, TestingSource, run_main
+    >>> class Count:
+    ...     n = 0
+    ...     def on_event(self, x): self.n += 1; return [self.n]
+    ...     def snapshot(self): return self.n
+    >>> flow = Dataflow("doc")
+    >>> keyed = op.key_on("k", op.input("in", flow, TestingSource([1, 2, 3])), str)
+    >>> op.output("out", stateful_logic("count", keyed, lambda _s: Count()), TestingSink([]))
+    >>> with step_cpu() as cpu:
+    ...     run_main(flow)
+    >>> sorted(cpu), all(s >= 0.0 for s in cpu.values())
+    (['doc.count'], True)
+    """
+    global _step_cpu  # noqa: PLW0603  # read once per key built, never per batch
+    outer = _step_cpu
+    cpu: dict[str, float] = {}
+    _step_cpu = cpu
+    try:
+        yield cpu
+    finally:
+        _step_cpu = outer
+
+
 event_time: Callable[[Any], int] = attrgetter("ts")
 """A record's (or tick's) event time, the usual ``order`` of :func:`stateful_logic`
 (C-level: it runs once per record where market data merges)."""
@@ -174,7 +234,10 @@ def stateful_logic(
     """
 
     def shim_builder(resume_state: Any) -> _Shim:
-        return _Shim(builder(decode_snapshot(resume_state)), step_id, order)
+        logic = builder(decode_snapshot(resume_state))
+        if _step_cpu is not None:
+            return _TimedShim(logic, step_id, order, _step_cpu)
+        return _Shim(logic, step_id, order)
 
     return op.stateful_batch("stateful", up, shim_builder)
 
