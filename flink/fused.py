@@ -72,11 +72,10 @@ JVM_ARGS = "JVM_ARGS"
 
 QUICK_JVM = "-XX:TieredStopAtLevel=1"
 """Just-in-time compilation by C1 only, for a job on a local mini-cluster (a backtest, or
-the live guard run by ``riskguard run --engine flink``): a backtest runs for a minute or
-two, and the C2 compiler's threads took more CPU than the job's own over two demo copies
-(41 against 25 s of the JVM's CPU); on the live guard C1 left the JVM 15 instead of 27 s
-of CPU before the first record, and the first output came 3 s sooner (2026-11-27). A
-cluster's TaskManagers take their JVM options from the cluster's configuration."""
+the live guard run by ``riskguard run --engine flink``): such a job runs for minutes, and
+C2's compiler threads take more CPU than the job's own over that time, and delay its
+first output (docs/engines.md). A cluster's TaskManagers take their JVM options from the
+cluster's configuration."""
 
 
 def quick_jvm() -> None:
@@ -276,9 +275,8 @@ def threadless_state_sampler() -> None:
     The sampler's thread adds up the time each step of a bundle takes, for Beam's
     progress reports, which Flink does not read. Each bundle ends by joining that thread,
     which sleeps between looks for a sixth of the bundle so far, up to 200 ms, and the
-    worker waits out the sleep. On the live guard's six-copy bench run that came to 1.2 to
-    1.6 s of each run's 15 to 18 s, in 26 to 47 bundles (2026-11-28). Steps still
-    enter and leave their sampler states; only the thread is left out. Called from an
+    worker waits out the sleep, a noticeable share of a live run (docs/engines.md). Steps
+    still enter and leave their sampler states; only the thread is left out. Called from an
     operator's ``open``, which Beam runs after making the bundle processor's sampler and
     before starting it: the sampler is patched on its class."""
     from apache_beam.runners.worker import statesampler  # noqa: PLC0415  (worker only)

@@ -205,12 +205,10 @@ FETCH_WAIT_MS = 100
 """The longest the broker may hold a fetch that finds no data. The consumer sends one
 fetch at a time to a broker, and a partition whose fetched records are all handed on
 is fetched again only in the next: held for Kafka's default of 500 ms, that fetch kept
-the worker waiting for its next tick (busy 55-63 % of the time from its first tick to
-its last on the live bench, 2026-11-28). Too short a hold re-sends every empty
-partition's fetch back to back and loads the broker: at 10 ms on 96 partitions a topic
-(672 in all, 288 of them empty) a round of fetches took so long that the quiet rule
-passed over partitions with a backlog (14,518 late rows of 161,508), where at 100 ms
-none came late."""
+the worker waiting for its next tick. Too short a hold re-sends every empty partition's
+fetch back to back and loads the broker, until a round of fetches takes so long that
+the quiet rule passes over partitions with a backlog (both measured in
+docs/engines.md)."""
 
 
 def set_fetches(props: Any) -> None:

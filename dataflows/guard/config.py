@@ -362,8 +362,8 @@ def apply_gc_policy(cfg: GuardConfig) -> None:
     records in flight are alive at nearly every collection, so they are promoted
     to the oldest generation by the hundred thousand, and that triggers a full
     collection about once a second: each one scans the whole heap (River models,
-    exposure and limit state) and stopped the guard for 50-80 ms at 23k events/s
-    (``bench/guard_latency.py``, measured with ``gc.callbacks``). Collecting the
+    exposure and limit state) and stops the guard for tens of ms
+    (``bench/guard_latency.py`` measures it with ``gc.callbacks``). Collecting the
     youngest generation every ``gc_gen0_threshold`` allocations instead lets
     in-flight records die young, so full collections become rare. What exists at
     start-up (modules, config, compiled schemas) is frozen out of every collection.

@@ -83,7 +83,7 @@ class MarkFilter:
         self.move = move_bps / 10_000
         self.last: dict[tuple[str, str, type], tuple[int, float]] = {}
 
-    _PRICED = (Trade, IndexPrice)  # built once: a union built per call costs 0.1 µs
+    _PRICED = (Trade, IndexPrice)  # built once, not a tuple per call
 
     def __call__(self, rec: Any) -> bool:
         return bool(self.passed([rec]))
