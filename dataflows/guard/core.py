@@ -71,11 +71,19 @@ from riskguard.operators.signing.operator_commands import (
 from riskguard.operators.signing.ops import sign_commands
 from riskguard.operators.signing.trust import TrustStore
 from riskguard.schemas import (
+    AnomalySignal,
     Audience,
+    AuditCheckpoint,
+    AuditRecord,
     DeadLetter,
+    Exposure,
+    LimitBreach,
+    RiskAlert,
     SignedEnvelope,
+    Utilization,
     VenueStatus,
 )
+from riskguard.schemas.valuation import Progress
 
 
 @dataclass(frozen=True)
@@ -83,10 +91,15 @@ class GuardOut:
     """Every output stream of the guard core."""
 
     commands: Stream[SignedEnvelope]
-    audit: Stream[Any]
-    signals: Stream[Any]
-    exposures: Stream[Any]
+    audit: Stream[AuditRecord | AuditCheckpoint]
+    signals: Stream[AnomalySignal | RiskAlert | LimitBreach]
+    exposures: Stream[Exposure | Utilization]
     dead_letters: Stream[DeadLetter]
+
+
+DetectedAndValued = tuple[Stream[AnomalySignal | RiskAlert], Stream[Exposure],
+                          Stream[RiskAlert], Stream[Progress]]
+"""A process's anomalies, exposures, exposure alerts and progress ticks."""
 
 
 def _signed_inputs(records: Stream[Any], cfg: GuardConfig, trust: TrustStore, clock: Clock
@@ -128,7 +141,7 @@ def _signed_inputs(records: Stream[Any], cfg: GuardConfig, trust: TrustStore, cl
 
 
 def _feed_monitor(status: Stream[Any], ticks: Stream[Any], cfg: GuardConfig, clock: Clock
-                  ) -> Stream[Any]:
+                  ) -> Stream[RiskAlert]:
     """The feed monitor's alerts: each configured venue's primary and backup feeds
     judged on their heartbeats and the ticks."""
     fcfg = cfg.feeds
@@ -152,7 +165,7 @@ def _detect_and_value(market: Stream[Any], status: Stream[Any], trading: Stream[
                       ticks: Stream[Any], cfg: GuardConfig, clock: Clock,
                       wall_clock: Clock | None, tick_sources: int,
                       step_errs: list[Stream[DeadLetter]], watch: Any = None,
-                      ) -> tuple[Stream[Any], Stream[Any], Stream[Any], Stream[Any]]:
+                      ) -> DetectedAndValued:
     """A process that reads market and trading data: its anomalies (on the selected
     feeds), exposures, exposure alerts and progress; the steps' dead letters join
     ``step_errs``. ``watch`` is shown what the detectors are fed."""
@@ -268,7 +281,8 @@ def _decide(signals: Stream[Any], to_playbook: Stream[Any], manual: Stream[Any],
             wall_clock: Clock | None, signer: Signer, seq_floor: int | None,
             audit_resume: dict[str, AuditState] | None,
             errs_before: list[Stream[DeadLetter]], errs_after: list[Stream[DeadLetter]],
-            ) -> tuple[Stream[SignedEnvelope], Stream[DeadLetter], Stream[Any]]:
+            ) -> tuple[Stream[SignedEnvelope], Stream[DeadLetter],
+                       Stream[AuditRecord | AuditCheckpoint]]:
     """The playbook, signing and the audit log: the signed commands, every dead letter
     (the playbook's and the signer's between ``errs_before`` and ``errs_after``) and the
     audit records of the signals, commands, acks and dead letters."""
@@ -292,7 +306,7 @@ def _decide(signals: Stream[Any], to_playbook: Stream[Any], manual: Stream[Any],
 
 def _from_market_processes(detected_in: Stream[Any], own_ticks: Stream[Any],
                            cfg: GuardConfig, clock: Clock,
-                           ) -> tuple[Stream[Any], Stream[Any], Stream[Any], Stream[Any]]:
+                           ) -> DetectedAndValued:
     """The firm process: the market processes' anomalies (each id once), the exposures,
     exposure alerts and progress summed from their valuation parts, and an alert for
     each market process gone silent (and back)."""

@@ -49,7 +49,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from riskguard.operators.core.metrics import (
@@ -258,7 +258,10 @@ def observe(item: Any) -> Any:
     return _DEFAULT.observe(item)
 
 
-def observe_all(items: list[Any]) -> list[Any]:
+T = TypeVar("T")
+
+
+def observe_all(items: list[T]) -> list[T]:
     """:func:`observe` a whole batch (for ``op.flat_map_batch``: one Python call per batch,
     not bytewax's per-item map).
 
