@@ -40,7 +40,10 @@ PROBE_TIMEOUT_S = 5.0
 
 MARKET = (Trade, Quote, Bar, BookDepth, OptionQuote, IndexPrice, FundingRate, OpenInterest,
           PremiumIndexBar)
+MarketRecord = (Trade | Quote | Bar | BookDepth | OptionQuote | IndexPrice | FundingRate
+                | OpenInterest | PremiumIndexBar)
 TRADING = (Fill, PositionSnapshot, Balance, OpenOrders)
+TradingRecord = Fill | PositionSnapshot | Balance | OpenOrders
 # Everything the guard core consumes; any other record type (a bare, unsigned command
 # included) is a dead letter.
 HANDLED = (*MARKET, VenueStatus, *TRADING, SignedEnvelope)

@@ -24,7 +24,7 @@ from typing import Any
 import bytewax.operators as op
 import msgspec
 from bytewax.dataflow import Stream, operator
-from riskguard.connectors.topics import DETECTED, HANDLED
+from riskguard.connectors.topics import DETECTED, HANDLED, MarketRecord, TradingRecord
 from riskguard.dataflows.guard.admit import admit_keys
 from riskguard.dataflows.guard.config import GuardConfig
 from riskguard.dataflows.guard.market_watch import watch_market_processes
@@ -161,7 +161,8 @@ def _feed_monitor(status: Stream[Any], ticks: Stream[Any], cfg: GuardConfig, clo
     )
 
 
-def _detect_and_value(market: Stream[Any], status: Stream[Any], trading: Stream[Any],
+def _detect_and_value(market: Stream[MarketRecord], status: Stream[VenueStatus],
+                      trading: Stream[TradingRecord],
                       ticks: Stream[Any], cfg: GuardConfig, clock: Clock,
                       wall_clock: Clock | None, tick_sources: int,
                       step_errs: list[Stream[DeadLetter]], watch: Any = None,

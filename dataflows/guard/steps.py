@@ -13,7 +13,7 @@ from typing import Any
 import bytewax.operators as op
 import msgspec
 from bytewax.dataflow import Stream
-from riskguard.connectors.topics import MARKET, TRADING
+from riskguard.connectors.topics import MARKET, TRADING, MarketRecord, TradingRecord
 from riskguard.dataflows.guard.config import GuardConfig
 from riskguard.operators.core.base import (
     event_time,
@@ -46,7 +46,7 @@ from riskguard.schemas import (
     VenueStatus,
 )
 from riskguard.schemas.base import source_of
-from riskguard.schemas.valuation import Progress
+from riskguard.schemas.valuation import Part, Progress
 
 
 def is_broadcast(rec: Any) -> bool:
@@ -115,8 +115,8 @@ class MarkFilter:
         return out
 
 
-def split_inputs(records: Stream[Any]) -> tuple[Stream[Any], Stream[Any], Stream[VenueStatus],
-                                                  Stream[Any]]:
+def split_inputs(records: Stream[Any]) -> tuple[Stream[MarketRecord], Stream[Any],
+                                                  Stream[VenueStatus], Stream[TradingRecord]]:
     """``(market data, everything else, heartbeats, trading records)`` of the decoded
     input. Market data is most of it: split off first, so the other filters see only
     the rest (one comprehension per batch each, not bytewax's per-item predicate)."""
@@ -129,7 +129,7 @@ def split_inputs(records: Stream[Any]) -> tuple[Stream[Any], Stream[Any], Stream
     return market, rest, status, trading
 
 
-def _market_records(recs: list[Any]) -> list[Any]:
+def _market_records(recs: list[Any]) -> list[MarketRecord]:
     return [r for r in recs if isinstance(r, MARKET)]
 
 
@@ -185,8 +185,8 @@ def unhandled_letter(rec: Any) -> DeadLetter:
 
 
 
-def select_feeds(market: Stream[Any], status: Stream[VenueStatus], cfg: GuardConfig,
-                  local_keys: Callable[[str], bool] | None) -> Stream[Any]:
+def select_feeds(market: Stream[MarketRecord], status: Stream[VenueStatus], cfg: GuardConfig,
+                  local_keys: Callable[[str], bool] | None) -> Stream[MarketRecord]:
     """Feed selection (primary/backup failover) on the features' key (venue/instrument),
     so market data changes worker at most once before features; heartbeats fan out."""
     fcfg = cfg.feeds
@@ -216,7 +216,8 @@ def select_feeds(market: Stream[Any], status: Stream[VenueStatus], cfg: GuardCon
     )
 
 
-def with_own_index(market: Stream[Any], market_ok: Stream[Any]) -> Stream[Any]:
+def with_own_index(market: Stream[MarketRecord], market_ok: Stream[MarketRecord]
+                   ) -> Stream[MarketRecord]:
     """A market process's feed-selected market data with its own copy of every index price,
     which feeds its own keys and marks its own shards."""
     return op.merge(
@@ -228,9 +229,9 @@ def with_own_index(market: Stream[Any], market_ok: Stream[Any]) -> Stream[Any]:
     )
 
 
-def detect_on(feat_market: Stream[Any], status: Stream[VenueStatus], cfg: GuardConfig,
-               clock: Clock, local_keys: Callable[[str], bool] | None,
-               read: Stream[Any] | None = None, tick_sources: int = 0,
+def detect_on(feat_market: Stream[MarketRecord], status: Stream[VenueStatus],
+               cfg: GuardConfig, clock: Clock, local_keys: Callable[[str], bool] | None,
+               read: Stream[MarketRecord] | None = None, tick_sources: int = 0,
                watch: Any = None,
                ) -> tuple[Stream[AnomalySignal], list[Stream[DeadLetter]]]:
     """Features and anomaly detection on ``feat_market``; with ``read`` (every market
@@ -345,7 +346,8 @@ def _signals_in(recs: list[Any]) -> list[tuple[str, Any]]:
     return out
 
 
-def market_parts(detected: Stream[Any], ticks: Stream[Tick], cfg: GuardConfig) -> Stream[Any]:
+def market_parts(detected: Stream[Any], ticks: Stream[Tick], cfg: GuardConfig
+                 ) -> Stream[Part | Progress]:
     """The firm process: the parts and progress of the market processes' valuations, each
     record's parts before its progress, and its own ticks as progress too.
 
@@ -356,8 +358,8 @@ def market_parts(detected: Stream[Any], ticks: Stream[Tick], cfg: GuardConfig) -
     processes = cfg.tier.market_processes
     market_sources = processes * cfg.exposure.valuation_shards
 
-    def parts_of(recs: list[Any]) -> list[Any]:
-        out: list[Any] = []
+    def parts_of(recs: list[Any]) -> list[Part | Progress]:
+        out: list[Part | Progress] = []
         for r in recs:
             if type(r) is Valuation:
                 out.extend(r.parts)
