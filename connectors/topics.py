@@ -52,6 +52,7 @@ INPUT_STREAMS = ("market", "venue_status", "fills", "positions", "balances", "li
 # The topic market processes write for the firm process, and what it carries
 DETECTIONS = "detections"
 DETECTED = (AnomalySignal, DetectProgress, Valuation)
+Detection = AnomalySignal | DetectProgress | Valuation
 # What a market process reads (the market topic split by underlying, the others whole),
 # and what the firm process reads
 MARKET_STREAMS = ("market", "venue_status", "fills", "positions", "balances")

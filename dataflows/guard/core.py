@@ -24,7 +24,13 @@ from typing import Any
 import bytewax.operators as op
 import msgspec
 from bytewax.dataflow import Stream, operator
-from riskguard.connectors.topics import DETECTED, HANDLED, MarketRecord, TradingRecord
+from riskguard.connectors.topics import (
+    DETECTED,
+    HANDLED,
+    Detection,
+    MarketRecord,
+    TradingRecord,
+)
 from riskguard.dataflows.guard.admit import admit_keys
 from riskguard.dataflows.guard.config import GuardConfig
 from riskguard.dataflows.guard.market_watch import watch_market_processes
@@ -50,7 +56,7 @@ from riskguard.operators.core.base import (
     stateful_logic,
     values_of,
 )
-from riskguard.operators.core.clock import NS_PER_S, Clock
+from riskguard.operators.core.clock import NS_PER_S, Clock, Tick
 from riskguard.operators.core.metrics import record_command
 from riskguard.operators.core.observe import observe_all
 from riskguard.operators.exposure.ops import (
@@ -76,8 +82,10 @@ from riskguard.schemas import (
     AuditCheckpoint,
     AuditRecord,
     DeadLetter,
+    ExecutionAck,
     Exposure,
     LimitBreach,
+    MitigationCommand,
     RiskAlert,
     SignedEnvelope,
     Utilization,
@@ -103,7 +111,8 @@ DetectedAndValued = tuple[Stream[AnomalySignal | RiskAlert], Stream[Exposure],
 
 
 def _signed_inputs(records: Stream[Any], cfg: GuardConfig, trust: TrustStore, clock: Clock
-                   ) -> tuple[Stream[Any], SplitOut[Any], SplitOut[Any], Stream[DeadLetter]]:
+                   ) -> tuple[Stream[SignedEnvelope], SplitOut[ExecutionAck],
+                              SplitOut[MitigationCommand], Stream[DeadLetter]]:
     """What comes signed on the trading topics: limit updates (verified by the limits
     step), executors' acks and operator commands (verified here), and the records no step
     handles (dead letters)."""
@@ -184,12 +193,12 @@ def _detect_and_value(market: Stream[MarketRecord], status: Stream[VenueStatus],
 
 
 def _clock_of(records: Stream[Any], cfg: GuardConfig, clock: Clock, tick_sources: int
-              ) -> tuple[Stream[Any], Stream[Any] | None, Stream[Any], Stream[Any]]:
+              ) -> tuple[Stream[Any], Stream[Detection] | None, Stream[Tick], Stream[Tick]]:
     """The records this process handles itself, the firm's detections (None elsewhere),
     every tick and this process's own ticks."""
     firm = cfg.tier.role == "firm"
     processes = cfg.tier.market_processes
-    detected_in = None
+    detected_in: Stream[Detection] | None = None
     if firm:
         # the market processes' signals, parts and progress (the detections topic) go
         # their own way
@@ -277,8 +286,8 @@ def guard_core(
             "exp_util", exposures, limits.utilizations), observe_all))
 
 
-def _decide(signals: Stream[Any], to_playbook: Stream[Any], manual: Stream[Any],
-            acks: Stream[Any], *, cfg: GuardConfig, cfg_hash: str, clock: Clock,
+def _decide(signals: Stream[Any], to_playbook: Stream[Any], manual: Stream[MitigationCommand],
+            acks: Stream[ExecutionAck], *, cfg: GuardConfig, cfg_hash: str, clock: Clock,
             wall_clock: Clock | None, signer: Signer, seq_floor: int | None,
             audit_resume: dict[str, AuditState] | None,
             errs_before: list[Stream[DeadLetter]], errs_after: list[Stream[DeadLetter]],
@@ -305,7 +314,7 @@ def _decide(signals: Stream[Any], to_playbook: Stream[Any], manual: Stream[Any],
     return signed.oks, errs, audit
 
 
-def _from_market_processes(detected_in: Stream[Any], own_ticks: Stream[Any],
+def _from_market_processes(detected_in: Stream[Detection], own_ticks: Stream[Tick],
                            cfg: GuardConfig, clock: Clock,
                            ) -> DetectedAndValued:
     """The firm process: the market processes' anomalies (each id once), the exposures,
