@@ -28,6 +28,7 @@ from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream
+from riskguard.connectors.topics import Detection
 from riskguard.dataflows.guard.market import market_source
 from riskguard.operators.core.base import stateful_logic, values_of
 from riskguard.operators.core.clock import Clock, Tick
@@ -120,7 +121,7 @@ class MarketWatchLogic:
             details={"process": source, "silent": float(len(st.silent))})
 
 
-def watch_market_processes(detected: Stream[Any], own_ticks: Stream[Tick], *,
+def watch_market_processes(detected: Stream[Detection], own_ticks: Stream[Tick], *,
                            processes: int, wait_s: float, clock: Clock) -> Stream[RiskAlert]:
     """The firm process's ``market_process_silent`` and ``market_process_restored``
     alerts (:class:`MarketWatchLogic`), judged on ``clock`` (processing time)."""

@@ -13,7 +13,13 @@ from typing import Any
 import bytewax.operators as op
 import msgspec
 from bytewax.dataflow import Stream
-from riskguard.connectors.topics import MARKET, TRADING, MarketRecord, TradingRecord
+from riskguard.connectors.topics import (
+    MARKET,
+    TRADING,
+    Detection,
+    MarketRecord,
+    TradingRecord,
+)
 from riskguard.dataflows.guard.config import GuardConfig
 from riskguard.operators.core.base import (
     event_time,
@@ -346,7 +352,7 @@ def _signals_in(recs: list[Any]) -> list[tuple[str, Any]]:
     return out
 
 
-def market_parts(detected: Stream[Any], ticks: Stream[Tick], cfg: GuardConfig
+def market_parts(detected: Stream[Detection], ticks: Stream[Tick], cfg: GuardConfig
                  ) -> Stream[Part | Progress]:
     """The firm process: the parts and progress of the market processes' valuations, each
     record's parts before its progress, and its own ticks as progress too.
@@ -375,7 +381,8 @@ def market_parts(detected: Stream[Any], ticks: Stream[Tick], cfg: GuardConfig
                     op.flat_map_batch("own_progress", ticks, own_progress))
 
 
-def first_of_each_id(detected: Stream[Any], keep: int) -> Stream[AnomalySignal | RiskAlert]:
+def first_of_each_id(detected: Stream[Detection], keep: int
+                     ) -> Stream[AnomalySignal | RiskAlert]:
     """The firm process's anomaly signals (and the market processes' stage-1 alerts), each
     id once: a market process that resumed from its snapshot sends the signals made
     after it again (:mod:`riskguard.operators.core.dedup`)."""
