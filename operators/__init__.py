@@ -49,6 +49,7 @@ from riskguard.operators.core import (
     Tick,
     split_dead_letters,
     stateful_logic,
+    step_cpu,
     system_clock,
 )
 from riskguard.operators.detection import (
@@ -146,6 +147,7 @@ __all__ = [
     "sign_commands",
     "split_dead_letters",
     "stateful_logic",
+    "step_cpu",
     "sum_exposures",
     "system_clock",
     "trust_verifier",
