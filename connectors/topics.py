@@ -40,8 +40,6 @@ PROBE_TIMEOUT_S = 5.0
 
 MARKET = (Trade, Quote, Bar, BookDepth, OptionQuote, IndexPrice, FundingRate, OpenInterest,
           PremiumIndexBar)
-MarketRecord = (Trade | Quote | Bar | BookDepth | OptionQuote | IndexPrice | FundingRate
-                | OpenInterest | PremiumIndexBar)
 TRADING = (Fill, PositionSnapshot, Balance, OpenOrders)
 TradingRecord = Fill | PositionSnapshot | Balance | OpenOrders
 # Everything the guard core consumes; any other record type (a bare, unsigned command

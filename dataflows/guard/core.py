@@ -28,7 +28,6 @@ from riskguard.connectors.topics import (
     DETECTED,
     HANDLED,
     Detection,
-    MarketRecord,
     TradingRecord,
 )
 from riskguard.dataflows.guard.admit import admit_keys
@@ -85,6 +84,7 @@ from riskguard.schemas import (
     ExecutionAck,
     Exposure,
     LimitBreach,
+    MarketEvent,
     MitigationCommand,
     RiskAlert,
     SignedEnvelope,
@@ -170,7 +170,7 @@ def _feed_monitor(status: Stream[Any], ticks: Stream[Any], cfg: GuardConfig, clo
     )
 
 
-def _detect_and_value(market: Stream[MarketRecord], status: Stream[VenueStatus],
+def _detect_and_value(market: Stream[MarketEvent], status: Stream[VenueStatus],
                       trading: Stream[TradingRecord],
                       ticks: Stream[Any], cfg: GuardConfig, clock: Clock,
                       wall_clock: Clock | None, tick_sources: int,

@@ -17,7 +17,6 @@ from riskguard.connectors.topics import (
     MARKET,
     TRADING,
     Detection,
-    MarketRecord,
     TradingRecord,
 )
 from riskguard.dataflows.guard.config import GuardConfig
@@ -42,6 +41,7 @@ from riskguard.schemas import (
     DeadLetter,
     DetectProgress,
     IndexPrice,
+    MarketEvent,
     MitigationCommand,
     OpenInterest,
     PremiumIndexBar,
@@ -121,7 +121,7 @@ class MarkFilter:
         return out
 
 
-def split_inputs(records: Stream[Any]) -> tuple[Stream[MarketRecord], Stream[Any],
+def split_inputs(records: Stream[Any]) -> tuple[Stream[MarketEvent], Stream[Any],
                                                   Stream[VenueStatus], Stream[TradingRecord]]:
     """``(market data, everything else, heartbeats, trading records)`` of the decoded
     input. Market data is most of it: split off first, so the other filters see only
@@ -135,7 +135,7 @@ def split_inputs(records: Stream[Any]) -> tuple[Stream[MarketRecord], Stream[Any
     return market, rest, status, trading
 
 
-def _market_records(recs: list[Any]) -> list[MarketRecord]:
+def _market_records(recs: list[Any]) -> list[MarketEvent]:
     return [r for r in recs if isinstance(r, MARKET)]
 
 
@@ -191,8 +191,8 @@ def unhandled_letter(rec: Any) -> DeadLetter:
 
 
 
-def select_feeds(market: Stream[MarketRecord], status: Stream[VenueStatus], cfg: GuardConfig,
-                  local_keys: Callable[[str], bool] | None) -> Stream[MarketRecord]:
+def select_feeds(market: Stream[MarketEvent], status: Stream[VenueStatus], cfg: GuardConfig,
+                  local_keys: Callable[[str], bool] | None) -> Stream[MarketEvent]:
     """Feed selection (primary/backup failover) on the features' key (venue/instrument),
     so market data changes worker at most once before features; heartbeats fan out."""
     fcfg = cfg.feeds
@@ -222,8 +222,8 @@ def select_feeds(market: Stream[MarketRecord], status: Stream[VenueStatus], cfg:
     )
 
 
-def with_own_index(market: Stream[MarketRecord], market_ok: Stream[MarketRecord]
-                   ) -> Stream[MarketRecord]:
+def with_own_index(market: Stream[MarketEvent], market_ok: Stream[MarketEvent]
+                   ) -> Stream[MarketEvent]:
     """A market process's feed-selected market data with its own copy of every index price,
     which feeds its own keys and marks its own shards."""
     return op.merge(
@@ -235,9 +235,9 @@ def with_own_index(market: Stream[MarketRecord], market_ok: Stream[MarketRecord]
     )
 
 
-def detect_on(feat_market: Stream[MarketRecord], status: Stream[VenueStatus],
+def detect_on(feat_market: Stream[MarketEvent], status: Stream[VenueStatus],
                cfg: GuardConfig, clock: Clock, local_keys: Callable[[str], bool] | None,
-               read: Stream[MarketRecord] | None = None, tick_sources: int = 0,
+               read: Stream[MarketEvent] | None = None, tick_sources: int = 0,
                watch: Any = None,
                ) -> tuple[Stream[AnomalySignal], list[Stream[DeadLetter]]]:
     """Features and anomaly detection on ``feat_market``; with ``read`` (every market

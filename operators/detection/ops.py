@@ -61,6 +61,7 @@ from riskguard.operators.detection.venue_confirm import (
     venue_confirm_builder,
 )
 from riskguard.schemas.audit import DeadLetter
+from riskguard.schemas.market import MarketEvent, VenueStatus
 from riskguard.schemas.signals import AnomalySignal, FeatureVector
 
 __all__ = [
@@ -86,7 +87,8 @@ class DetectOut:
 
 
 @operator
-def extract_features(step_id: str, up: Stream[Any], *, config: FeatureConfig,
+def extract_features(step_id: str, up: Stream[MarketEvent | VenueStatus], *,
+                     config: FeatureConfig,
                      clock: Callable[[], int],
                      local_keys: Callable[[str], bool] | None = None) -> FeaturesOut:
     """Per-key market and venue-health features from raw market records.
@@ -175,7 +177,7 @@ def confirm_across_venues(step_id: str, detected: KeyedStream[Any], *,
 
 
 @operator
-def detect_dislocations(step_id: str, market: Stream[Any], *, config: CrossRateConfig,
+def detect_dislocations(step_id: str, market: Stream[MarketEvent], *, config: CrossRateConfig,
                         ticks_of: Callable[[list[Any]], list[Tick]],
                         clock: Callable[[], int], bar_ns: int = 1_000_000_000,
                         ) -> Stream[AnomalySignal]:
