@@ -59,6 +59,7 @@ from riskguard.operators.core.clock import NS_PER_S, Clock, Tick
 from riskguard.operators.core.metrics import record_command
 from riskguard.operators.core.observe import observe_all
 from riskguard.operators.exposure.ops import (
+    LimitsOut,
     aggregate_exposure,
     enforce_limits,
     sum_exposures,
@@ -149,7 +150,8 @@ def _signed_inputs(records: Stream[Any], cfg: GuardConfig, trust: TrustStore, cl
     return updates, acks, verified, unhandled
 
 
-def _feed_monitor(status: Stream[Any], ticks: Stream[Any], cfg: GuardConfig, clock: Clock
+def _feed_monitor(status: Stream[VenueStatus], ticks: Stream[Tick], cfg: GuardConfig,
+                  clock: Clock
                   ) -> Stream[RiskAlert]:
     """The feed monitor's alerts: each configured venue's primary and backup feeds
     judged on their heartbeats and the ticks."""
@@ -267,12 +269,8 @@ def guard_core(
     limits = enforce_limits(
         "limits", exposures, updates, config=cfg.limits, clock=clock, progress=progress,
         verifier=trust_verifier(trust, Audience(env=cfg.env, topic=cfg.topic("limit_updates"))))
-    signals = op.flat_map_batch("observe_signals", op.merge(
-        "signals", anomalies, exposure_alerts, limits.breaches, limits.alerts, feed_alerts,
-        admitted.alerts), observe_all)
-    # the same signals, the limits' in one stream with their ticks
-    to_playbook = op.merge("to_playbook", anomalies, exposure_alerts, limits.clocked,
-                           feed_alerts, admitted.alerts)
+    signals, to_playbook = _signals(anomalies, exposure_alerts, feed_alerts, admitted.alerts,
+                                    limits)
     signed, errs, audit = _decide(
         signals, to_playbook, verified.oks, acks.oks, cfg=cfg, cfg_hash=cfg_hash, clock=clock,
         wall_clock=wall_clock, signer=signer, seq_floor=seq_floor, audit_resume=audit_resume,
@@ -284,6 +282,22 @@ def guard_core(
         audit=audit, signals=signals, dead_letters=errs,
         exposures=op.flat_map_batch("observe_exposures", op.merge(
             "exp_util", exposures, limits.utilizations), observe_all))
+
+
+def _signals(anomalies: Stream[AnomalySignal | RiskAlert], exposure_alerts: Stream[RiskAlert],
+             feed_alerts: Stream[RiskAlert], admission_alerts: Stream[RiskAlert],
+             limits: LimitsOut,
+             ) -> tuple[Stream[AnomalySignal | RiskAlert | LimitBreach], Stream[Any]]:
+    """Every signal (observed: the guard's output and the audit's input), and the
+    playbook's input: the same signals, with the limits' breaches and alerts in one
+    stream with their ticks (``LimitsOut.clocked``), in the order each limits key made
+    them."""
+    signals = op.flat_map_batch("observe_signals", op.merge(
+        "signals", anomalies, exposure_alerts, limits.breaches, limits.alerts, feed_alerts,
+        admission_alerts), observe_all)
+    to_playbook = op.merge("to_playbook", anomalies, exposure_alerts, limits.clocked,
+                           feed_alerts, admission_alerts)
+    return signals, to_playbook
 
 
 def _decide(signals: Stream[Any], to_playbook: Stream[Any], manual: Stream[MitigationCommand],

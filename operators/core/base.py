@@ -155,15 +155,19 @@ class _TimedShim(_Shim):
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         start = time.process_time()
         out, done = super().on_batch(values)
-        out = list(out)  # a lazy logic's work is counted here, not in the next step
-        self._cpu[self._step] = self._cpu.get(self._step, 0.0) + time.process_time() - start
-        return out, done
+        return self._counted(out, start), done
 
     def on_notify(self) -> tuple[Iterable[Any], bool]:
         start = time.process_time()
-        out = list(self.logic.on_deadline())
+        out, done = super().on_notify()
+        return self._counted(out, start), done
+
+    def _counted(self, out: Iterable[Any], start: float) -> list[Any]:
+        """``out`` as a list (a lazy logic's work is counted here, not in the next
+        step), its CPU since ``start`` added to the step's."""
+        made = list(out)
         self._cpu[self._step] = self._cpu.get(self._step, 0.0) + time.process_time() - start
-        return out, False
+        return made
 
 
 _step_cpu: dict[str, float] | None = None
