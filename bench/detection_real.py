@@ -49,11 +49,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import incidents as inc
-from riskguard.dataflows.backtest import deep_merge, dump_toml, run_backtest
+from riskguard.dataflows.backtest import deep_merge, run_backtest
 from riskguard.dataflows.demo import init_keys
 from riskguard.dataflows.guard import GuardConfig, load_guard_config
 from riskguard.schemas import AnomalySignal, MitigationCommand
 from shared_data import incidents_dir, missing_reason, nab_dir
+
+from riskguard.toml_text import dump_toml
 
 Episode = tuple[str, int, str]
 CONFIRM_MODEL = "VenueConfirm"

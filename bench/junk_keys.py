@@ -43,7 +43,7 @@ from typing import Any
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSink, run_main
-from riskguard.dataflows.backtest import backtest_flow, deep_merge, dump_toml
+from riskguard.dataflows.backtest import backtest_flow, deep_merge
 from riskguard.dataflows.guard import load_guard_config, load_keys
 from riskguard.dataflows.stress import (
     generate_market,
@@ -55,6 +55,8 @@ from riskguard.dataflows.stress import (
 from riskguard.dataflows.stress_checks import NS, START_NS
 from riskguard.operators.signing import decode_command
 from riskguard.schemas import Fill, Side, Trade
+
+from riskguard.toml_text import dump_toml
 
 SCENARIO = "flash_crash"
 CRASH_VENUE = "okx"

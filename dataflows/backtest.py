@@ -687,58 +687,6 @@ def backtest_files(
     return report
 
 
-# -- TOML ------------------------------------------------------------------------
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ConfigError("toml", "a finite number", v)
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    if v is None:
-        raise ConfigError("toml", "a value (TOML has no null)", None)
-    return _toml_value(str(v))
-
-
-def _toml_key(k: str) -> str:
-    return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
-
-
-def dump_toml(data: dict[str, Any]) -> str:
-    """A small TOML writer: scalars first, then one ``[table]`` per nested dict.
-
-    Deeper tables and arrays of tables are written inline, which ``tomllib``
-    reads back unchanged. ``None`` values are left out.
-
-    >>> import tomllib
-    >>> doc = {"env": "x", "playbook": {"rules": [{"name": "r", "ladder": [{"action": "alert"}]}]}}
-    >>> tomllib.loads(dump_toml(doc)) == doc
-    True
-    """
-    lines: list[str] = []
-    tables: list[tuple[str, dict[str, Any]]] = []
-    for k, v in data.items():
-        if v is None:
-            continue
-        if isinstance(v, dict):
-            tables.append((k, v))
-        else:
-            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
-    for name, table in tables:
-        lines.append(f"\n[{_toml_key(name)}]")
-        lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items()
-                     if v is not None)
-    return "\n".join(lines) + "\n"
-
-
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     """``over`` merged into a copy of ``base`` (nested dicts merge; others replace)."""
     out = dict(base)
@@ -762,7 +710,7 @@ def run_info(wall_s: float, n_events: int, startup_s: float = 0.0) -> dict[str, 
 
 __all__ = [
     "BacktestResult", "EventClock", "JsonlSink", "Label", "backtest_files", "deep_merge",
-    "dump_toml", "labels_to_json", "load_labels", "parse_labels", "run_backtest", "run_info",
+    "labels_to_json", "load_labels", "parse_labels", "run_backtest", "run_info",
 ]
 
 

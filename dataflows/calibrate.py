@@ -47,7 +47,6 @@ from riskguard.connectors.replay import ReplayFile, ReplaySource, read_all
 from riskguard.dataflows.backtest import (
     BacktestResult,
     Label,
-    dump_toml,
     read_labels,
     run_backtest,
 )
@@ -59,6 +58,7 @@ from riskguard.schemas import Action, Audience, LimitUpdate, SignedEnvelope, enc
 
 from riskguard.config import check_key_path, inline_playbook_file, read_toml
 from riskguard.errors import ConfigError
+from riskguard.toml_text import dump_toml
 
 NS = 1_000_000_000
 DAY_NS = 86_400 * NS

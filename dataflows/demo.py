@@ -36,7 +36,6 @@ from riskguard.connectors.broker import DevBroker
 from riskguard.connectors.settings import KafkaSettings, with_logger
 from riskguard.connectors.subscriber import CommandSubscriber, GapAlert, Rejection
 from riskguard.connectors.topics import TopicsConfig, create_topics, topic_name, topic_specs
-from riskguard.dataflows.backtest import dump_toml
 from riskguard.dataflows.demo_scenario import DURATION_S, build_scenario, scenario_copies
 from riskguard.dataflows.signal_text import score_text
 from riskguard.operators.signing.crypto import (
@@ -70,6 +69,8 @@ from riskguard.schemas import (
     decode,
     encode,
 )
+
+from riskguard.toml_text import dump_toml
 
 NS = 1_000_000_000
 ISSUER = "riskguard-guard"

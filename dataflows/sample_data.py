@@ -29,8 +29,8 @@ from riskguard.schemas import OptionQuote, Quote, Trade
 from riskguard.schemas.codec import encode
 
 from riskguard.config import read_toml
-from riskguard.config_examples import toml_value
 from riskguard.errors import ConfigError
+from riskguard.toml_text import toml_value
 
 START_NS = 1_767_225_600 * NS  # 2026-01-01T00:00:00Z
 DATA = "sample.jsonl"

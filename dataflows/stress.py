@@ -53,7 +53,6 @@ from riskguard.dataflows.backtest import (
     BacktestResult,
     Label,
     deep_merge,
-    dump_toml,
     run_backtest,
 )
 from riskguard.dataflows.demo import DemoKeys, init_keys
@@ -78,6 +77,7 @@ from riskguard.schemas import (
 
 from riskguard.config import decode_section
 from riskguard.errors import ConfigError
+from riskguard.toml_text import dump_toml
 from riskguard.validation import NonNegative
 
 MS = 1_000_000

@@ -19,7 +19,6 @@ to it where a field has no comment in the code, and a config error that needs a 
 from __future__ import annotations
 
 import functools
-import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -27,6 +26,8 @@ from importlib import resources
 from typing import Any
 
 import msgspec.inspect as mi
+
+from riskguard.toml_text import toml_key, toml_value
 
 EXAMPLES = ("guard.example.toml", "playbook.toml")
 _KEY = re.compile(r"^\s*(?:#\s*)?([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)$")
@@ -49,37 +50,6 @@ def record(t: Any) -> Any:
     return t if isinstance(t, mi.StructType) else None
 
 
-def toml_value(v: Any) -> str:
-    """A value as TOML writes it inline.
-
-    >>> toml_value({"USDT": "USDT-USD"}), toml_value([1.0, 2]), toml_value(10_000_000)
-    ('{ USDT = "USDT-USD" }', '[1.0, 2]', '10_000_000')
-    """
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return f"{v:_}" if abs(v) >= 10_000 else str(v)
-    if isinstance(v, float):
-        if v.is_integer() and abs(v) >= 10_000:
-            return f"{v:_.1f}"
-        if math.isnan(v):
-            return "nan"
-        return repr(v) if math.isfinite(v) else ("inf" if v > 0 else "-inf")
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        if not v:
-            return "{}"
-        return "{ " + ", ".join(f"{_bare(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
-    return str(v)
-
-
-def _bare(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else toml_value(key)
-
-
 @dataclass
 class Examples:
     """What the example configs say of each ``(struct, key)``."""
@@ -93,7 +63,7 @@ class Examples:
 
 
 def _header(path: list[str], array: bool) -> str:
-    text = ".".join(_bare(p) for p in path)
+    text = ".".join(toml_key(p) for p in path)
     return f"[[{text}]]" if array else f"[{text}]"
 
 
@@ -169,19 +139,19 @@ def _entry(where: tuple[type, str], sub: tuple[str, ...], name: str, element: An
             # named tables of named tables (limits.firm_assets.<asset>.<kind>): one entry
             inner, value = next(iter(element.items()))
             out.values.setdefault(where, f"{_header(list(first), False)} "
-                                         f"{_bare(inner)} = {toml_value(value)}")
+                                         f"{toml_key(inner)} = {toml_value(value)}")
         else:
             out.values.setdefault(where, _header(list(first), False))
         _walk(element, item_type, _At(own), headers, out)
     elif not at.inline and sub in headers:
         out.values.setdefault(where, f"{_header(list(sub), False)} "
-                                     f"{_bare(name)} = {toml_value(element)}")
-        _walk(element, item_type, _At(sub).into(f"{_bare(name)} = {{ ", " }"), headers, out)
+                                     f"{toml_key(name)} = {toml_value(element)}")
+        _walk(element, item_type, _At(sub).into(f"{toml_key(name)} = {{ ", " }"), headers, out)
     else:
         key = where[1]
-        out.values.setdefault(where, at.wrap(f"{key} = {{ {_bare(name)} = "
+        out.values.setdefault(where, at.wrap(f"{key} = {{ {toml_key(name)} = "
                                              f"{toml_value(element)} }}"))
-        _walk(element, item_type, at.into(f"{key} = {{ {_bare(name)} = {{ ", " } }"),
+        _walk(element, item_type, at.into(f"{key} = {{ {toml_key(name)} = {{ ", " } }"),
               headers, out)
 
 

@@ -12,7 +12,6 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from riskguard.connectors.topics import INPUT_STREAMS, TopicSpec, create_topics, topic_name
 from riskguard.dataflows.backtest import (
     backtest_files,
-    dump_toml,
     labels_to_json,
     parse_labels,
     run_backtest,
@@ -32,6 +31,7 @@ from riskguard.operators.signing.crypto import decode_envelope
 from riskguard.schemas import decode, encode
 
 from riskguard.errors import ConfigError
+from riskguard.toml_text import dump_toml
 
 NS = 1_000_000_000
 

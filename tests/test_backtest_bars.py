@@ -10,10 +10,12 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from riskguard.dataflows.backtest import dump_toml, run_backtest, span_batches
+from riskguard.dataflows.backtest import run_backtest, span_batches
 from riskguard.dataflows.demo import init_keys
 from riskguard.dataflows.guard import load_guard_config
 from riskguard.schemas import Bar, Measure
+
+from riskguard.toml_text import dump_toml
 
 NS = 1_000_000_000
 MIN = 60 * NS

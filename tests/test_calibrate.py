@@ -7,7 +7,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from riskguard.dataflows.backtest import Label, dump_toml
+from riskguard.dataflows.backtest import Label
 from riskguard.dataflows.calibrate import (
     apply_overrides,
     calibrate,
@@ -30,6 +30,7 @@ from riskguard.operators.signing.trust import RootSet, TrustStore
 from riskguard.schemas import Audience, LimitUpdate, decode
 
 from riskguard.errors import ConfigError
+from riskguard.toml_text import dump_toml
 
 NS = 1_000_000_000
 GRID = {"feeds.max_gap_s": [20.0, 3.0]}

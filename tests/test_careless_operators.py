@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from riskguard.dataflows.backtest import dump_toml
 from riskguard.dataflows.guard import load_guard_config
 from riskguard.dataflows.stress import (
     guard_config_doc,
@@ -19,6 +18,7 @@ from riskguard.schemas import Action
 
 from riskguard.cli import main
 from riskguard.errors import ConfigError
+from riskguard.toml_text import dump_toml
 
 
 def _err(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:

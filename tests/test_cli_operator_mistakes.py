@@ -12,7 +12,6 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from riskguard.dataflows.backtest import dump_toml
 from riskguard.dataflows.calibrate import calibrate
 from riskguard.dataflows.demo import init_keys
 from riskguard.dataflows.stress import MarketSpec, Scenario, generate_market, guard_config_doc
@@ -23,6 +22,7 @@ from signing_fixtures import OP1, ROOTS, command, seed, trust_text
 
 from riskguard.cli import main
 from riskguard.errors import ConfigError
+from riskguard.toml_text import dump_toml
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str], prefix: str) -> str:

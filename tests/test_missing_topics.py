@@ -102,13 +102,14 @@ def test_an_empty_or_unreadable_data_file_exits_2_naming_it(
 
 
 def _guard_config(tmp_path: Path) -> Path:
-    from riskguard.dataflows.backtest import dump_toml
     from riskguard.dataflows.stress import (
         guard_config_doc,
         load_scenario,
         scenario_keys,
         scenario_path,
     )
+
+    from riskguard.toml_text import dump_toml
 
     doc = guard_config_doc(load_scenario(scenario_path("flash_crash")), scenario_keys(tmp_path),
                            None)
