@@ -79,6 +79,10 @@ CASES = [
                                                          hst_window=50, blend_points=50,
                                                          drift_cooldown_points=20),
                                           lambda: 0), VECTORS, splits=(150, 333)),
+    Case("detector-range", detector_builder(
+        DetectorConfig(features=("spread_bps",), warmup_events=50, warmup_ns=0,
+                       range_block=8, range_blocks=6), lambda: 0), VECTORS,
+         splits=(49, 50, 51, 97, 98)),
     Case("detector-gaussian", detector_builder(
         DetectorConfig(model="gaussian", features=("spread_bps",), warmup_events=50,
                        warmup_ns=0), lambda: 0), VECTORS),

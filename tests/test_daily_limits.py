@@ -23,7 +23,7 @@ from tests.contract import (
     Case,
     check_resume_equals_uninterrupted,
     check_snapshot_independent,
-    check_snapshot_pickles,
+    check_snapshot_is_versioned_data,
 )
 
 NS = 1_000_000_000
@@ -236,7 +236,7 @@ def test_the_contract_events_cross_every_tier_and_day() -> None:
                    (51, "escalate"), (52, "deescalate")]
 
 
-@pytest.mark.parametrize("check", [check_snapshot_pickles, check_snapshot_independent,
+@pytest.mark.parametrize("check", [check_snapshot_is_versioned_data, check_snapshot_independent,
                                    check_resume_equals_uninterrupted],
                          ids=lambda c: c.__name__)
 def test_daily_limits_meet_the_stateful_contract(check: Callable[[Case], None]) -> None:

@@ -24,7 +24,7 @@ from tests.contract import (
     check_input_not_mutated,
     check_resume_equals_uninterrupted,
     check_snapshot_independent,
-    check_snapshot_pickles,
+    check_snapshot_is_versioned_data,
 )
 
 NS = 1_000_000_000
@@ -542,7 +542,7 @@ def test_the_contract_events_open_and_close_episodes() -> None:
     assert out == [(300, "open"), (303, "close"), (321, "open"), (324, "deescalate")]
 
 
-@pytest.mark.parametrize("check", [check_snapshot_pickles, check_snapshot_independent,
+@pytest.mark.parametrize("check", [check_snapshot_is_versioned_data, check_snapshot_independent,
                                    check_resume_equals_uninterrupted,
                                    check_input_not_mutated],
                          ids=lambda c: c.__name__)

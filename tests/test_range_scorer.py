@@ -30,7 +30,7 @@ from tests.contract import (
     check_input_not_mutated,
     check_resume_equals_uninterrupted,
     check_snapshot_independent,
-    check_snapshot_pickles,
+    check_snapshot_is_versioned_data,
 )
 
 THRESHOLD = RangeScorer().threshold  # 0.01 of the recent range
@@ -293,7 +293,7 @@ def _run(events: list[float]) -> tuple[list[float | None], RangeState]:
     return outs, logic.snapshot()
 
 
-@pytest.mark.parametrize("check", [check_snapshot_pickles, check_snapshot_independent,
+@pytest.mark.parametrize("check", [check_snapshot_is_versioned_data, check_snapshot_independent,
                                    check_resume_equals_uninterrupted,
                                    check_input_not_mutated],
                          ids=lambda c: c.__name__)

@@ -129,6 +129,18 @@ def test_a_state_pickled_by_riskguard_0_1_is_refused_by_name() -> None:
     assert err.value.name == "riskguard.playbook"
 
 
+def test_a_detector_snapshot_of_another_version_is_refused_by_name() -> None:
+    """A detector's state of an older layout (its range model pickled) is refused, naming
+    the state and both versions, not read as today's."""
+    from riskguard.operators.detection.detector import STATE_VERSION, DetectorState
+
+    data = encode_snapshot(DetectorState(version=STATE_VERSION - 1, key="okx/BTC-USDT"))
+    with pytest.raises(SnapshotError, match=f"version {STATE_VERSION} only") as err:
+        decode_snapshot(data)
+    assert err.value.name == "riskguard.detector"
+    assert decode_snapshot(encode_snapshot(DetectorState(key="k"))) == DetectorState(key="k")
+
+
 def test_an_unknown_state_and_undecodable_bytes_are_refused() -> None:
     """A snapshot of a state this riskguard does not know, or bytes that are no
     snapshot, stop the restore with what was found."""

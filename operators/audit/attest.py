@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from riskguard.operators.audit.chain import record_leaf, verify_checkpoint
 from riskguard.operators.audit.merkle import CompactRange
 from riskguard.operators.audit.verify import AuditItem, KeyLookup, key_lookup
+from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.signing.crypto import VerifyKey
 from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
 
@@ -56,6 +57,7 @@ class ChainTail:
     pending: dict[int, list[AuditRecord]] = field(default_factory=dict)
 
 
+@persisted("riskguard.attest")
 @dataclass
 class AttestState:
     """Per chain, what is verified and what waits; counts; chains that failed."""

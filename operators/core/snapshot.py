@@ -31,8 +31,9 @@ snapshot 'doc.counter': this riskguard restores version 2 only; got version 1
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args, get_origin
 
 import msgspec
 import numpy as np
@@ -52,8 +53,11 @@ class Snapshot(msgspec.Struct, frozen=True, array_like=True):
 
 
 def _enc_hook(obj: Any) -> Any:
-    """numpy arrays (the exposure shards' columns) as ``(dtype, shape, data)``; an array
-    of Python objects (instrument ids) as its list."""
+    """numpy arrays (the exposure shards' columns) as ``(dtype, shape, data)``, an array
+    of Python objects (instrument ids) as its list; a deque (features' histories) as a
+    list."""
+    if isinstance(obj, deque):
+        return list(obj)
     if isinstance(obj, np.ndarray):
         if obj.dtype == object:
             return ("O", list(obj.shape), obj.tolist())
@@ -63,6 +67,8 @@ def _enc_hook(obj: Any) -> Any:
 
 
 def _dec_hook(kind: type, obj: Any) -> Any:
+    if get_origin(kind) is deque:
+        return deque(msgspec.convert(obj, list[get_args(kind)[0]]))  # type: ignore[misc]
     if kind is np.ndarray:
         dtype, shape, data = obj
         if dtype == "O":

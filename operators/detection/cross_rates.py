@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 import msgspec
+from riskguard.operators.core.snapshot import persisted
 from riskguard.schemas.signals import (
     SEVERITY_RANK,
     AnomalySignal,
@@ -169,6 +170,7 @@ class MarketState:
     episodes: int = 0
 
 
+@persisted("riskguard.cross_rates")
 @dataclass
 class CrossRateState:
     """One base asset's markets."""

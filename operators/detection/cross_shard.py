@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from riskguard.operators.core.clock import TICK_IDLE_NS, Tick, Watermark
+from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.detection.cross_rates import (
     CrossRateConfig,
     CrossRates,
@@ -141,6 +142,7 @@ def cross_points(ticks_of: Callable[[list[Any]], list[Tick]], *, bar_ns: int,
     return points
 
 
+@persisted("riskguard.cross_shard")
 @dataclass
 class CrossShardState:
     """One shard's groups, the points waiting for the watermark, and its progress."""

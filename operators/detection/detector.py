@@ -98,6 +98,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 import msgspec
+from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.detection.hst import ArrayHST
 from riskguard.operators.detection.models import (
     DetectorConfig,
@@ -105,8 +106,10 @@ from riskguard.operators.detection.models import (
     make_model,
     model_kind,
     model_name,
+    range_scorer,
 )
 from riskguard.operators.detection.move_bands import MoveBands, MoveBandState
+from riskguard.operators.detection.range_scorer import RangeState
 from riskguard.operators.detection.score_quantile import ScoreQuantile
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import encode
@@ -118,9 +121,10 @@ from riskguard.schemas.signals import (
     Severity,
 )
 
-from riskguard.errors import ConfigError
+from riskguard.errors import SnapshotError
 
 NS = 1_000_000_000
+STATE_VERSION = 3
 _NAMESPACE = uuid.UUID("6f1d3c1e-6a57-5d8e-9a55-7c1b0a2e4d11")
 _MAX_FINITE = 1.7976931348623157e308
 
@@ -138,16 +142,18 @@ class _Scored(NamedTuple):
     model_score: float
 
 
+@persisted("riskguard.detector")
 @dataclass
 class DetectorState:
     """One key's detector state: plain data, masses and counters as bytes.
 
-    ``hst``/``fresh_hst`` hold :meth:`ArrayHST.state` tuples; other models are
-    pickled into ``model``/``fresh``; ``quantile`` is a
-    :meth:`ScoreQuantile.state` tuple.
+    ``hst``/``fresh_hst`` hold :meth:`ArrayHST.state` tuples and ``ranges``/``fresh_range``
+    the :class:`RangeScorer`'s state; River's models and drift detectors are pickled
+    into ``model``/``fresh``/``drift`` (River's classes, none of riskguard's); ``quantile``
+    is a :meth:`ScoreQuantile.state` tuple.
     """
 
-    version: int = 2
+    version: int = STATE_VERSION
     key: str = ""
     features: tuple[str, ...] = ()
     model_name: str = ""
@@ -182,6 +188,8 @@ class DetectorState:
     ep_points: int = 0
     bands: MoveBandState | None = None
     measure: str = "price"  # what the key's prices are (its bands' levels follow)
+    ranges: RangeState | None = None
+    fresh_range: RangeState | None = None
 
 
 class DetectorLogic:
@@ -191,9 +199,9 @@ class DetectorLogic:
                  state: DetectorState | None = None) -> None:
         self.config = config
         self.clock = clock
-        if state is not None and state.version != 2:
-            raise ConfigError("detector state.version", "2 (this release's snapshots)",
-                              state.version)
+        if state is not None and state.version != STATE_VERSION:
+            raise SnapshotError("riskguard.detector", f"version {STATE_VERSION} only",
+                                f"version {state.version}")
         self.s = state if state is not None else DetectorState()
         s = self.s
         self.model: Any = None
@@ -231,6 +239,9 @@ class DetectorLogic:
                 shape = self._new_model().shape
                 self.model = ArrayHST(shape, *s.hst) if s.hst else ArrayHST(shape)
                 self.fresh = ArrayHST(shape, *s.fresh_hst) if s.fresh_hst else None
+            elif self.kind == "range":
+                self.model = range_scorer(config, s.ranges)
+                self.fresh = range_scorer(config, s.fresh_range) if s.fresh_range else None
             else:
                 self.model = pickle.loads(s.model) if s.model else self._new_model()
                 self.fresh = pickle.loads(s.fresh) if s.fresh else None
@@ -287,6 +298,9 @@ class DetectorLogic:
         if self._array:
             snap.hst = self.model.state()
             snap.fresh_hst = self.fresh.state() if self.fresh is not None else ()
+        elif self.kind == "range":
+            snap.ranges = self.model.snapshot() if self.model is not None else None
+            snap.fresh_range = self.fresh.snapshot() if self.fresh is not None else None
         elif self._dirty:
             if self.model is not None:
                 snap.model = pickle.dumps(self.model)

@@ -47,6 +47,7 @@ from typing import Any, Literal
 
 import msgspec
 from riskguard.operators.core.base import copy_fields
+from riskguard.operators.core.snapshot import persisted
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.base import source_of
 from riskguard.schemas.codec import encode
@@ -183,6 +184,7 @@ def route_batch(records: list[Any], config: FeatureConfig,
     return out
 
 
+@persisted("riskguard.features")
 @dataclass
 class FeatureState:
     """Everything one key remembers. Plain data; see :meth:`FeatureLogic.snapshot`."""

@@ -20,7 +20,7 @@ import msgspec
 from riskguard.operators.detection.band_levels import MoveBandConfig
 from riskguard.operators.detection.cross_rates import CrossRateConfig
 from riskguard.operators.detection.hst import ArrayHST, hst_shape
-from riskguard.operators.detection.range_scorer import RangeScorer
+from riskguard.operators.detection.range_scorer import RangeScorer, RangeState
 from riskguard.operators.detection.venue_confirm import VenueConfirmConfig
 
 from riskguard.errors import ConfigError
@@ -207,14 +207,14 @@ def prepare_models(config: DetectorConfig, feature_sets: Iterable[Sequence[str]]
 
 
 def make_model(config: DetectorConfig, features: tuple[str, ...]) -> Any:
-    """A fresh model for these features: an :class:`ArrayHST` or a River estimator."""
+    """A fresh model for these features: an :class:`ArrayHST`, a :class:`RangeScorer`
+    or a River estimator."""
     kind = model_kind(config, len(features))
     if kind == "hst":
         return ArrayHST(hst_shape(tuple(sorted(features)), config.hst_trees, config.hst_height,
                                   config.hst_window, config.seed))
     if kind == "range":
-        return RangeScorer(block=config.range_block, blocks=config.range_blocks,
-                           threshold=config.range_threshold)
+        return range_scorer(config)
     from river import anomaly, preprocessing  # noqa: PLC0415  # river import is slow; lazy
 
     if kind == "gaussian":
@@ -227,6 +227,12 @@ def make_model(config: DetectorConfig, features: tuple[str, ...]) -> Any:
     return anomaly.HalfSpaceTrees(n_trees=config.hst_trees, height=config.hst_height,
                                   window_size=config.hst_window, seed=config.seed,
                                   limits=dict.fromkeys(features, (0.0, 1.0)))
+
+
+def range_scorer(config: DetectorConfig, state: RangeState | None = None) -> RangeScorer:
+    """The one-feature range model, fresh or resumed from its state."""
+    return RangeScorer(block=config.range_block, blocks=config.range_blocks,
+                       threshold=config.range_threshold, state=state)
 
 
 def make_drift(config: DetectorConfig) -> Any:

@@ -88,6 +88,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
+from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.detection.band_levels import (
     CRITICAL_MOVES,
     MoveBandConfig,
@@ -114,6 +115,7 @@ _NAMESPACE = uuid.UUID("0b6f4c52-5d0e-5b8e-8f7a-3f0c2a9d6e41")
 _DAY = 86_400 * NS
 
 
+@persisted("riskguard.move_bands")
 @dataclass
 class MoveBandState:
     """One key's move-band state: price history in two tiers, volatility, episode."""

@@ -54,7 +54,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+
+from riskguard.operators.core.snapshot import persisted
 
 from riskguard.errors import SnapshotError
 
@@ -67,6 +68,7 @@ STATE_VERSION = 3
 """The version of :class:`RangeState` this scorer reads (and no other)."""
 
 
+@persisted("riskguard.range_scorer")
 @dataclass
 class RangeState:
     """A :class:`RangeScorer`'s state: plain lists and numbers."""
@@ -101,13 +103,6 @@ class RangeScorer:
         self.accept = accept if accept is not None else block * blocks // 2
         self.s = state if state is not None else RangeState()
         self.reason: tuple[str, float, float, float, float] | None = None
-        self._check_version()
-        self._refresh_all()
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """Unpickled (a detector's snapshot holds the scorer itself): checked as
-        ``__init__`` checks it, and what is derived derived again."""
-        self.__dict__.update(state)
         self._check_version()
         self._refresh_all()
 

@@ -70,6 +70,7 @@ from typing import Annotated, Any
 
 import msgspec
 from riskguard.operators.core.clock import NS_PER_S, TICK_IDLE_NS, Watermark
+from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.detection.cross_rates import market_group
 from riskguard.schemas.signals import AnomalySignal, Contribution, Severity
 
@@ -115,6 +116,7 @@ def confirm_key(market: str) -> str | None:
     return None if group is None else f"confirm/{group}"
 
 
+@persisted("riskguard.venue_confirm")
 @dataclass
 class VenueConfirmState:
     """Each market's open band episode, as its own last signal left it, the episodes this
