@@ -37,10 +37,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from riskguard.config import no_rules_note
+from riskguard.connectors.topics import INPUT_STREAMS
 from riskguard.errors import AuditError, ConfigError, RiskguardError
 
-# The topics the guard reads and writes, in the order the start line names them.
-READS = ("market", "fills", "positions", "balances", "venue_status", "limit_updates")
+# The topics the guard writes, in the order the start line names them (after the topics
+# it reads, INPUT_STREAMS).
 WRITES = ("signals", "exposures", "commands", "audit", "dead_letters")
 
 
@@ -363,7 +364,7 @@ def new_origin_note(config: Path, origin: str, today: str | None = None) -> str:
 def _start_line(cfg: Any, digest: str, config: Path, key_id: str, bw: BytewaxArgs,
                 every_s: float) -> str:
     env = cfg.env
-    topics = (f"reads {env}.riskguard.{{{','.join(READS)}}}.v1, writes "
+    topics = (f"reads {env}.riskguard.{{{','.join(INPUT_STREAMS)}}}.v1, writes "
               f"{env}.riskguard.{{{','.join(WRITES)}}}.v1" if cfg.tier.role == "whole" else
               f"tier {cfg.tier.role} on topics {env}.riskguard.*.v1")
     recovery = (f"recovery dir {bw.recovery_directory}" if bw.recovery_directory else
