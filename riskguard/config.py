@@ -23,7 +23,6 @@ riskguard.errors.ConfigError: topics.partitionz: is not a known setting
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import tomllib
 from collections.abc import Iterable
@@ -36,7 +35,7 @@ import msgspec.inspect as mi
 from riskguard.connectors.settings import REDACTED, KafkaSettings, looks_secret
 from riskguard.connectors.topics import TopicsConfig
 from riskguard.errors import ConfigError
-from riskguard.validation import config_error, did_you_mean
+from riskguard.validation import config_error, did_you_mean, type_info, unwrap
 
 T = TypeVar("T")
 
@@ -68,17 +67,6 @@ _DICTS = (mi.DictType, mi.FrozenDictType)
 _RECORDS = (mi.StructType, mi.DataclassType, mi.TypedDictType, mi.NamedTupleType)
 
 
-@functools.lru_cache(maxsize=64)
-def _type_info(cls: Any) -> Any:
-    return mi.type_info(cls)
-
-
-def _unwrap(t: Any) -> Any:
-    while isinstance(t, mi.Metadata):
-        t = t.type
-    return t
-
-
 def _fields(t: Any) -> dict[str, Any]:
     """The keys a record type accepts (its tag field included) and their types."""
     out = {f.encode_name: f.type for f in t.fields}
@@ -94,7 +82,7 @@ def _member_for(t: Any, value: Any) -> Any:
     A table goes to the union's one record type (a tagged union: the one whose tag
     the table names); an array to its one array type.
     """
-    members = [_unwrap(x) for x in t.types]
+    members = [unwrap(x) for x in t.types]
     if isinstance(value, dict):
         records = [x for x in members if isinstance(x, _RECORDS)]
         if any(isinstance(x, _DICTS) for x in members):
@@ -111,7 +99,7 @@ def _member_for(t: Any, value: Any) -> Any:
 
 
 def _check_known(value: Any, t: Any, path: str) -> None:
-    t = _unwrap(t)
+    t = unwrap(t)
     if isinstance(t, mi.UnionType):
         t = _member_for(t, value)
         if t is None:
@@ -151,7 +139,7 @@ def check_known_keys(data: Any, cls: Any, prefix: str = "") -> None:
     riskguard.errors.ConfigError: kafka.boostrap: is not a known setting
     (did you mean `bootstrap`?); got 'b:9092'
     """
-    _check_known(data, _type_info(cls), prefix)
+    _check_known(data, type_info(cls), prefix)
 
 
 def check_key_path(cls: Any, dotted: str, *, extra: Iterable[str] = (),
@@ -170,10 +158,10 @@ def check_key_path(cls: Any, dotted: str, *, extra: Iterable[str] = (),
     extra = tuple(extra)
     if dotted in extra:
         return
-    t: Any = _type_info(cls)
+    t: Any = type_info(cls)
     parts = dotted.split(".")
     for i, part in enumerate(parts):
-        t = _unwrap(t)
+        t = unwrap(t)
         if isinstance(t, mi.UnionType):
             t = _member_for(t, {})
         done = ".".join(parts[:i])

@@ -36,8 +36,7 @@ import msgspec.inspect as mi
 
 from riskguard.config_examples import examples
 from riskguard.config_examples import record as _record
-from riskguard.config_examples import unwrap as _unwrap
-from riskguard.validation import MAX_FLOAT
+from riskguard.validation import MAX_FLOAT, type_info, unwrap
 
 HEADER = """\
 # Configuration reference
@@ -74,7 +73,7 @@ def sections(root: Any) -> list[tuple[str, type, list[str]]]:
     seen: dict[type, tuple[str, list[str]]] = {}
 
     def walk(t: Any, path: str) -> None:
-        t = _unwrap(t)
+        t = unwrap(t)
         if isinstance(t, mi.UnionType):
             for member in t.types:
                 walk(member, path)
@@ -92,7 +91,7 @@ def sections(root: Any) -> list[tuple[str, type, list[str]]]:
         elif isinstance(t, mi.ListType | mi.VarTupleType):
             walk(t.item_type, f"{path}[]")
 
-    walk(mi.type_info(root), "")
+    walk(type_info(root), "")
     return [(path, cls, also) for cls, (path, also) in seen.items()]
 
 
@@ -214,9 +213,9 @@ def _tidy(text: str) -> str:
 
 def _table_of(t: Any) -> Any:
     """The struct a key's tables decode into, through tables and lists (None: no struct)."""
-    t = _unwrap(t)
+    t = unwrap(t)
     while isinstance(t, mi.DictType | mi.ListType | mi.VarTupleType):
-        t = _unwrap(t.value_type if isinstance(t, mi.DictType) else t.item_type)
+        t = unwrap(t.value_type if isinstance(t, mi.DictType) else t.item_type)
     rec = _record(t)
     return rec.cls if rec is not None else None
 
@@ -243,7 +242,7 @@ def rows(cls: type, titles: dict[type, str] | None = None) -> list[Row]:
 
     ex = examples(GuardConfig)
     bullets = _doc_bullets(cls)
-    info = mi.type_info(cls)
+    info = type_info(cls)
     assert isinstance(info, mi.StructType)
     out = []
     for f, spec in zip(info.fields, msgspec.structs.fields(cls), strict=True):

@@ -28,17 +28,11 @@ from typing import Any
 import msgspec.inspect as mi
 
 from riskguard.toml_text import toml_key, toml_value
+from riskguard.validation import type_info, unwrap
 
 EXAMPLES = ("guard.example.toml", "playbook.toml")
 _KEY = re.compile(r"^\s*(?:#\s*)?([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)$")
 _PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
-
-
-def unwrap(t: Any) -> Any:
-    """A type without its constraints (``Annotated[int, Meta(ge=1)]`` is ``int``)."""
-    while isinstance(t, mi.Metadata):
-        t = t.type
-    return t
 
 
 def record(t: Any) -> Any:
@@ -181,7 +175,7 @@ def _tables_of(t: Any) -> tuple[str, Any] | None:
 
 def resolve(root: Any, parts: list[str]) -> Any:
     """The struct of the table at ``parts`` (None: not a table of one struct)."""
-    t: Any = mi.type_info(root)
+    t: Any = type_info(root)
     for part in parts:
         rec = record(t)
         t = unwrap(t)
@@ -259,7 +253,7 @@ def examples(root: Any) -> Examples:
     pkg = resources.files("riskguard.dataflows")
     for name in EXAMPLES:
         text = pkg.joinpath(name).read_text()
-        _walk(tomllib.loads(text), mi.type_info(root), _At(()), _headers(text), out)
+        _walk(tomllib.loads(text), type_info(root), _At(()), _headers(text), out)
         _text_pass(root, text, out)
     return out
 
@@ -279,7 +273,7 @@ def field_at(root: Any, path: str) -> tuple[type, str] | None:
     ``limits.counterparties.okx.limits.gross_notional.limit``) ends in: the last part of it
     that names a field (a table's entry names, a list's indexes and what follows a value
     are passed over)."""
-    t: Any = mi.type_info(root)
+    t: Any = type_info(root)
     found = None
     for m in _PART.finditer(path):
         name, index = m.groups()

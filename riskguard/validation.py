@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import re
 import sys
 from collections.abc import Iterable
@@ -172,10 +173,10 @@ def config_error(err: msgspec.ValidationError, data: Any, cls: Any,
     if invalid.kind in ("missing", "unknown"):
         path = _join(prefix, f"{rel}.{invalid.field}")
         found = None if invalid.kind == "missing" else _lookup(data, f"{rel}.{invalid.field}")
-        if invalid.kind == "unknown" and isinstance(_unwrap(t), mi.StructType):
-            expected += did_you_mean(invalid.field, [f.encode_name for f in _unwrap(t).fields])
+        if invalid.kind == "unknown" and isinstance(_value_type(t), mi.StructType):
+            expected += did_you_mean(invalid.field, [f.encode_name for f in _value_type(t).fields])
     elif invalid.in_key:
-        keys = _unwrap(t).key_type if isinstance(_unwrap(t), mi.DictType) else None
+        keys = _value_type(t).key_type if isinstance(_value_type(t), mi.DictType) else None
         choices = _choices(keys)
         expected = "keys must be one of " + ", ".join(choices) if choices else \
             f"keys {expected}"
@@ -242,23 +243,36 @@ def _lookup(data: Any, path: str) -> Any:
     return cur
 
 
-def _unwrap(t: Any) -> Any:
+@functools.lru_cache(maxsize=64)
+def type_info(cls: Any) -> Any:
+    """msgspec's type info of a config struct (cached: each config check walks it)."""
+    return mi.type_info(cls)
+
+
+def unwrap(t: Any) -> Any:
+    """A type without its constraints (``Annotated[int, Meta(ge=1)]`` is ``int``)."""
     while isinstance(t, mi.Metadata):
         t = t.type
-    if isinstance(t, mi.UnionType):  # an optional value: the value's type
+    return t
+
+
+def _value_type(t: Any) -> Any:
+    """A type without its constraints, and an optional value's type without ``None``."""
+    t = unwrap(t)
+    if isinstance(t, mi.UnionType):
         rest = [x for x in t.types if not isinstance(x, mi.NoneType)]
-        return _unwrap(rest[0]) if len(rest) == 1 else t
+        return _value_type(rest[0]) if len(rest) == 1 else t
     return t
 
 
 def _resolve(data: Any, cls: Any, rel: str) -> tuple[str, Any]:
     """msgspec's path with its ``[...]`` dict placeholders resolved to the offending keys,
     and the type found there (None when the path leaves the types it can follow)."""
-    t: Any = mi.type_info(cls)
+    t: Any = type_info(cls)
     cur, out = data, ""
     for m in _SEGMENT.finditer(rel):
         field, idx = m.groups()
-        t = _unwrap(t)
+        t = _value_type(t)
         if field is not None and isinstance(t, mi.StructType):
             t = next((f.type for f in t.fields if f.encode_name == field), None)
             cur = cur.get(field) if isinstance(cur, dict) else None
@@ -280,7 +294,7 @@ def _resolve(data: Any, cls: Any, rel: str) -> tuple[str, Any]:
 
 
 def _choices(t: Any) -> list[str]:
-    t = _unwrap(t)
+    t = _value_type(t)
     if isinstance(t, mi.LiteralType):
         return sorted(str(v) for v in t.values)
     if isinstance(t, mi.EnumType):  # in the order the enum declares them
