@@ -23,7 +23,7 @@ from riskguard.operators.signing.crypto import (
     encode_envelope,
     sign_envelope,
 )
-from riskguard.operators.signing.operator_commands import AckLogic, ack_verifier
+from riskguard.operators.signing.operator_commands import AckLogic
 from riskguard.operators.signing.trust import TrustStore, parse_trust
 from riskguard.schemas import (
     AckOutcome,
@@ -69,9 +69,8 @@ def ack_signer(key=EXECUTOR, at: int = T0 + S) -> AckSigner:  # type: ignore[no-
 
 
 def verify(data: bytes, now: int = T0 + 2 * S) -> ExecutionAck | DeadLetter:
-    (out,) = ack_verifier(trust(), env=AUD.env, topic=ACKS.topic, clock=lambda: now)(
-        [decode_envelope(data)])
-    return out
+    logic = AckLogic(trust(), env=AUD.env, topic=ACKS.topic, clock=lambda: now)
+    return logic.check(decode_envelope(data))
 
 
 def test_an_ack_verifies_by_the_executor_role_and_says_what_it_confirms() -> None:

@@ -76,7 +76,6 @@ class PlaybookState:
     unhealthy: dict[str, list[str]] = field(default_factory=dict)
     breached: dict[str, list[str]] = field(default_factory=dict)
     window_start: int = 0
-    window_count: int = 0
     suppressed: list[str] = field(default_factory=list)
     # the rate window per rate key (a scope's venue, else its label): commands issued,
     # and commands held back, in the window from ``window_start``

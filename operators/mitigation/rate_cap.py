@@ -67,7 +67,6 @@ class RateCap:
                 st.suppressed_by[key] = st.suppressed_by.get(key, 0) + 1
             return False
         st.window_counts[key] = st.window_counts.get(key, 0) + 1
-        st.window_count += 1
         return True
 
     def window_end(self) -> int:
@@ -96,6 +95,5 @@ class RateCap:
         if start == st.window_start:
             return False, held
         st.window_start = start
-        st.window_count = 0
         st.window_counts = {}
         return True, held

@@ -19,7 +19,6 @@ OperatorCommandState(seen={}, high_water={}, version=1)
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -214,16 +213,3 @@ class AckLogic:
 def _ack_refused(env: SignedEnvelope, now: int, reason: str, detail: str) -> DeadLetter:
     return _refused(env, now, reason, detail, what="ack", step="verify_ack",
                     expected="a verified execution ack")
-
-
-def ack_verifier(trust: TrustStore, *, env: str, topic: str, clock: Clock,
-                 leeway_ns: int = DEFAULT_LEEWAY_NS,
-                 ) -> Callable[[list[SignedEnvelope]], list[ExecutionAck | DeadLetter]]:
-    """A batch step that verifies executors' acks with :class:`AckLogic`, its replay
-    state kept for the step's life only (the guard keys it and snapshots it instead)."""
-    logic = AckLogic(trust, env=env, topic=topic, clock=clock, leeway_ns=leeway_ns)
-
-    def verify(batch: list[SignedEnvelope]) -> list[ExecutionAck | DeadLetter]:
-        return [logic.check(env_) for env_ in batch]
-
-    return verify
