@@ -6,7 +6,6 @@ before any keyed step holds state for it
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
@@ -15,6 +14,7 @@ from riskguard.operators.core.admission import KeyAdmission
 from riskguard.operators.core.base import split_dead_letters, stateful_logic, values_of
 from riskguard.operators.core.clock import Clock
 from riskguard.schemas.audit import DeadLetter
+from riskguard.schemas.base import Record
 from riskguard.schemas.signals import RiskAlert
 
 ADMIT_KEY = "admit"
@@ -27,13 +27,13 @@ class AdmitOut:
     """What passed the gate, the dead letters of what did not, and the ``admission_cap``
     alerts (a cap's first refusal) for the playbook."""
 
-    oks: Stream[Any]
+    oks: Stream[Record]
     errs: Stream[DeadLetter]
     alerts: Stream[RiskAlert]
 
 
 @operator
-def admit_keys(step_id: str, records: Stream[Any], *, cfg: GuardConfig,
+def admit_keys(step_id: str, records: Stream[Record], *, cfg: GuardConfig,
                clock: Clock) -> AdmitOut:
     """``records`` with every market and trading record past an admission cap turned
     into a dead letter (``errs``) and a cap's first refusal into an alert (``alerts``);

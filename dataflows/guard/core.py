@@ -92,6 +92,7 @@ from riskguard.schemas import (
     Utilization,
     VenueStatus,
 )
+from riskguard.schemas.base import Record
 from riskguard.schemas.valuation import Progress
 
 
@@ -111,7 +112,7 @@ DetectedAndValued = tuple[Stream[AnomalySignal | RiskAlert], Stream[Exposure],
 """A process's anomalies, exposures, exposure alerts and progress ticks."""
 
 
-def _signed_inputs(records: Stream[Any], cfg: GuardConfig, trust: TrustStore, clock: Clock
+def _signed_inputs(records: Stream[Record], cfg: GuardConfig, trust: TrustStore, clock: Clock
                    ) -> tuple[Stream[SignedEnvelope], SplitOut[ExecutionAck],
                               SplitOut[MitigationCommand], Stream[DeadLetter]]:
     """What comes signed on the trading topics: limit updates (verified by the limits
@@ -194,8 +195,8 @@ def _detect_and_value(market: Stream[MarketEvent], status: Stream[VenueStatus],
     return anomalies, exposure.exposures, exposure.alerts, exposure.progress
 
 
-def _clock_of(records: Stream[Any], cfg: GuardConfig, clock: Clock, tick_sources: int
-              ) -> tuple[Stream[Any], Stream[Detection] | None, Stream[Tick], Stream[Tick]]:
+def _clock_of(records: Stream[Record], cfg: GuardConfig, clock: Clock, tick_sources: int
+              ) -> tuple[Stream[Record], Stream[Detection] | None, Stream[Tick], Stream[Tick]]:
     """The records this process handles itself, the firm's detections (None elsewhere),
     every tick and this process's own ticks."""
     firm = cfg.tier.role == "firm"
@@ -227,7 +228,7 @@ def _clock_of(records: Stream[Any], cfg: GuardConfig, clock: Clock, tick_sources
 @operator
 def guard_core(
     step_id: str,
-    records: Stream[Any],
+    records: Stream[Record],
     *,
     cfg: GuardConfig,
     cfg_hash: str,

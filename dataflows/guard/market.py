@@ -57,6 +57,7 @@ from riskguard.schemas import (
     Trade,
     encode,
 )
+from riskguard.schemas.base import Record
 from riskguard.schemas.valuation import Part, Progress, encode_valuations
 
 _CACHED_MAX = 100_000
@@ -239,7 +240,7 @@ class MarketOut:
 @operator
 def market_core(
     step_id: str,
-    records: Stream[Any],
+    records: Stream[Record],
     *,
     cfg: GuardConfig,
     clock: Clock,

@@ -51,7 +51,7 @@ from riskguard.schemas import (
     Valuation,
     VenueStatus,
 )
-from riskguard.schemas.base import source_of
+from riskguard.schemas.base import Record, source_of
 from riskguard.schemas.valuation import Part, Progress
 
 
@@ -121,7 +121,7 @@ class MarkFilter:
         return out
 
 
-def split_inputs(records: Stream[Any]) -> tuple[Stream[MarketEvent], Stream[Any],
+def split_inputs(records: Stream[Record]) -> tuple[Stream[MarketEvent], Stream[Record],
                                                   Stream[VenueStatus], Stream[TradingRecord]]:
     """``(market data, everything else, heartbeats, trading records)`` of the decoded
     input. Market data is most of it: split off first, so the other filters see only
