@@ -475,3 +475,42 @@ def test_the_firms_dict_sums_equal_a_plain_loop_bit_for_bit(
     assert [math.copysign(1, v) for v in got.values()] == [math.copysign(1, v)
                                                             for v in want.values()]
     assert got == want
+
+
+_PROGRESS_ITEMS = st.lists(st.tuples(
+    st.sampled_from(["w0@s0", "w0@s1"]),                 # source
+    st.sampled_from(["*", "a", "b", "c", "d"]),          # stage-2 key ("*": PROGRESS_KEY)
+    st.integers(-2, 12),                                 # ts, repeats and steps back too
+    st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), max_size=3)),  # via
+    max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_PROGRESS_ITEMS, st.integers(1, 7))
+def test_the_firm_passes_each_source_at_the_lowest_of_its_keys(items: list[Any],
+                                                                batch: int) -> None:
+    """What the firm passes on for a source is the lowest newest ts over every stage-2
+    key it waits for (the keys' own copies and those named in ``via``), counted as keys
+    move, whatever the order, the repeats and the batches."""
+    from riskguard.operators.exposure import PROGRESS_KEY
+    from riskguard.operators.exposure.rollup import FirmLogic
+    from riskguard.schemas.valuation import Progress
+
+    logic = FirmLogic(ExposureConfig(), ticked=True)
+    seen: dict[str, dict[str, int]] = {}
+    passed: dict[str, int] = {}
+    progress = [Progress(counterparty=PROGRESS_KEY if cp == "*" else cp, ts=ts, source=src,
+                         of=2, via=tuple(via) if cp == "*" else ())
+                for src, cp, ts, via in items]
+    for i in range(0, len(progress), batch):
+        chunk = progress[i:i + batch]
+        logic.on_batch(chunk)
+        for p in chunk:  # the definition, recomputed from scratch
+            keys = seen.setdefault(p.source, {PROGRESS_KEY: -1})
+            for cp in p.via:
+                keys.setdefault(cp, -1)
+            if p.ts > keys.get(p.counterparty, -1):
+                keys[p.counterparty] = p.ts
+                passed[p.source] = max(passed.get(p.source, -1), min(keys.values()))
+        assert logic.state.passed == {
+            s: ts for s, ts in passed.items() if ts > -1}

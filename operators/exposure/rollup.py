@@ -282,6 +282,43 @@ class FirmState:
     sources_of: int = 0
 
 
+class _Low:
+    """The lowest of a source's per-key progress, and how many keys are at it: a key
+    moving up from the lowest recounts only when it was the last one there, so a tick's
+    progress over ``n`` keys costs O(n), not O(n^2).
+
+    >>> seen = {"a": 1, "b": 1}
+    >>> low = _Low(seen)
+    >>> seen["a"] = 2; low.move(1, seen); low.ts
+    1
+    >>> seen["b"] = 3; low.move(1, seen); low.ts
+    2
+    """
+
+    __slots__ = ("at", "ts")
+
+    def __init__(self, seen: dict[str, int]) -> None:
+        self._count(seen)
+
+    def _count(self, seen: dict[str, int]) -> None:
+        self.ts = min(seen.values())
+        self.at = sum(1 for v in seen.values() if v == self.ts)
+
+    def add(self, ts: int) -> None:
+        """A key joined at ``ts``."""
+        if ts < self.ts:
+            self.ts, self.at = ts, 1
+        elif ts == self.ts:
+            self.at += 1
+
+    def move(self, old: int, seen: dict[str, int]) -> None:
+        """A key moved up from ``old`` (``seen`` holds its new ts)."""
+        if old == self.ts:
+            self.at -= 1
+            if self.at == 0:
+                self._count(seen)
+
+
 class FirmLogic:
     """Stage 3: latest exposure per counterparty -> concentration + firm rollup.
 
@@ -304,6 +341,8 @@ class FirmLogic:
         self._at = {cp: k for k, cp in enumerate(self._names)}
         self._basis_v = np.array([self._basis(e) for e in self._exps], dtype=float)
         self._shares = np.array([st.shares.get(cp, 0.0) for cp in self._names], dtype=float)
+        # per progress source: the lowest ts over its stage-2 keys (derived from state)
+        self._lows: dict[str, _Low] = {}
 
     def snapshot(self) -> FirmState:
         """An independent copy, field by field (exposures are immutable: shared)."""
@@ -356,14 +395,20 @@ class FirmLogic:
                 # the source's PROGRESS_KEY copy names (``via``) every stage-2 key to wait
                 # for: until it comes, one key's copy (from another worker) passes nothing
                 seen = st.progress[p.source] = {PROGRESS_KEY: -1}
+            low = self._lows.get(p.source) or self._lows.setdefault(p.source, _Low(seen))
             for cp in p.via:  # a counterparty joined: hold for its copy
                 if cp not in seen:
                     seen[cp] = -1
-            if p.ts > seen.get(p.counterparty, -1):
+                    low.add(-1)
+            old = seen.get(p.counterparty)
+            if p.ts > (-1 if old is None else old):
                 seen[p.counterparty] = p.ts
-                low = min(seen.values())
-                if low > st.passed.get(p.source, -1):
-                    st.passed[p.source] = moved[p.source] = low
+                if old is None:
+                    low.add(p.ts)
+                else:
+                    low.move(old, seen)
+                if low.ts > st.passed.get(p.source, -1):
+                    st.passed[p.source] = moved[p.source] = low.ts
         st.sources_of = max(st.sources_of, *(p.of for p in items))
         if not moved:
             return []
