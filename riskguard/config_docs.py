@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import enum
 import functools
 import inspect
 import io
@@ -36,6 +35,7 @@ import msgspec.inspect as mi
 
 from riskguard.config_examples import examples
 from riskguard.config_examples import record as _record
+from riskguard.toml_text import toml_value
 from riskguard.validation import MAX_FLOAT, type_info, unwrap
 
 HEADER = """\
@@ -102,7 +102,7 @@ def _limits(t: Any) -> str:
     for n, op in names.items():
         bound = getattr(t, n, None)
         if bound is not None and abs(bound) != MAX_FLOAT:
-            out.append(f"{op} {_value(bound)}")
+            out.append(f"{op} {toml_value(bound)}")
     if getattr(t, "le", None) == MAX_FLOAT:
         out.append("finite")
     if getattr(t, "min_length", None) == 1:
@@ -140,25 +140,6 @@ def type_text(t: Any) -> str:
     return f"{name}, {bounds}" if bounds else name
 
 
-def _value(v: Any) -> str:
-    """A default as TOML would write it."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, enum.Enum):
-        return _value(v.value)
-    if isinstance(v, int):
-        return f"{v:_}" if abs(v) >= 10_000 else str(v)
-    if isinstance(v, float):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, list | tuple | set | frozenset):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {_value(x)}" for k, x in v.items()) + "}"
-    return str(v)
-
-
 def _default(f: Any) -> str:
     if f.default is msgspec.NODEFAULT and f.default_factory is msgspec.NODEFAULT:
         return "required"
@@ -167,7 +148,7 @@ def _default(f: Any) -> str:
         return "unset"
     if isinstance(v, msgspec.Struct):
         return "(table)"
-    return _value(v)
+    return toml_value(v)
 
 
 @functools.cache
