@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS copies (decision_id TEXT NOT NULL, content BLOB NOT N
                                    issuer TEXT NOT NULL, command_id TEXT NOT NULL,
                                    keep_until INTEGER NOT NULL,
                                    PRIMARY KEY (decision_id, content));
+CREATE INDEX IF NOT EXISTS seen_by_expiry ON seen (expires_at);
+CREATE INDEX IF NOT EXISTS copies_by_expiry ON copies (keep_until);
 """
 
 
