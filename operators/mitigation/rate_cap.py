@@ -56,13 +56,15 @@ class RateCap:
         self.max_commands = max_commands
         self.window_ns = window_ns
         self.state = state
+        self._suppressed = set(state.suppressed)  # the held-back ids, looked up in O(1)
 
     def admit(self, command_id: str, scope: Scope) -> bool:
         """Count the command if its key has room in this window; else hold it back."""
         st = self.state
         key = rate_key(scope)
         if st.window_counts.get(key, 0) >= self.max_commands:
-            if command_id not in st.suppressed:
+            if command_id not in self._suppressed:
+                self._suppressed.add(command_id)
                 st.suppressed.append(command_id)
                 st.suppressed_by[key] = st.suppressed_by.get(key, 0) + 1
             return False
@@ -91,6 +93,7 @@ class RateCap:
                 st.suppressed_by.items(), key=lambda kv: (-kv[1], kv[0]))[:8])
             held = HeldBack(len(st.suppressed), where, st.window_start)
         st.suppressed = []
+        self._suppressed.clear()
         st.suppressed_by = {}
         if start == st.window_start:
             return False, held
