@@ -232,3 +232,43 @@ def test_contract_case_escalates() -> None:
     out = [c for e in EVENTS for c in logic.on_event(e) if isinstance(c, MitigationCommand)]
     assert {("alert", "firm:*"), ("reduce_only", "firm:*"), ("resume", "firm:*")} <= set(
         actions(out))
+
+
+def _halt(n: int, at: int) -> MitigationCommand:
+    return MitigationCommand(
+        command_id=f"h{n}", issuer="guard", issued_at=at, expires_at=at + 99 * S,
+        audience=Audience(env="dev", topic="t"), action=Action.HALT_TRADING,
+        scope=Scope(kind=ScopeKind.VENUE, value=f"v{n % 7}"), reason="r")
+
+
+def test_overdue_commands_are_raised_once_in_the_order_sent_and_settled_ones_never() -> None:
+    """Commands fall overdue each at its own due time; those due at one look are raised in
+    the order they were sent; a settled command is never raised, and the next due time
+    skips it. A tracker resumed from the state goes on the same way."""
+    tracker = AckTracker(AckConfig(executors=("oms",), timeout_s=30))
+    sent = [_halt(n, at) for n, at in enumerate([5 * S, 1 * S, 3 * S, 2 * S])]
+    for cmd in sent:
+        tracker.sent(cmd)
+    tracker.on_ack(ack(sent[1]), 10 * S)  # h1, due first, is settled
+    assert tracker.next_due() == 32 * S  # h3
+    resumed = AckTracker(AckConfig(executors=("oms",), timeout_s=30), tracker.state.copy())
+    for t in (tracker, resumed):
+        assert t.overdue(31 * S, 31 * S) == []
+        assert [a.details["command_id"] for a in t.overdue(35 * S, 35 * S)] == ["h0", "h2", "h3"]
+        assert t.overdue(99 * S, 99 * S) == [] and t.next_due() is None
+
+
+def test_the_awaited_commands_are_capped_forgetting_the_oldest_raised_first() -> None:
+    """Past MAX_AWAITED the oldest command already raised as unconfirmed is forgotten (its
+    alert stays raised), else the oldest; each one forgotten is counted."""
+    from riskguard.operators.mitigation.acks import MAX_AWAITED
+
+    tracker = AckTracker(AckConfig(executors=("oms",), timeout_s=30))
+    for n in range(MAX_AWAITED):
+        tracker.sent(_halt(n, n * 1000 + S))
+    tracker.state.awaited["h5"].raised = "silent"
+    tracker.sent(_halt(MAX_AWAITED, 2 * S))
+    assert len(tracker.state.awaited) == MAX_AWAITED and "h5" not in tracker.state.awaited
+    tracker.sent(_halt(MAX_AWAITED + 1, 2 * S))
+    assert "h0" not in tracker.state.awaited and "h1" in tracker.state.awaited
+    assert tracker.state.counts["forgotten"] == 2

@@ -37,6 +37,8 @@ configured, acks are counted and nothing is awaited.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from dataclasses import dataclass, field
 
 import msgspec
@@ -54,6 +56,9 @@ from riskguard.errors import ConfigError
 from riskguard.validation import PositiveFinite
 
 S = 1_000_000_000
+MAX_AWAITED = 4096
+"""Commands awaited at once, at most: past it the oldest already raised as unconfirmed
+(else the oldest) is forgotten, and counted (``counts["forgotten"]``)."""
 UNACKNOWLEDGED = "command_unacknowledged"
 ACKNOWLEDGED = "command_acknowledged"
 REFUSED = "command_refused"
@@ -120,6 +125,12 @@ class AckTracker:
         self._timeout = int(config.timeout_s * S)
         self._by_decision = {a.decision_id: k for k, a in self.state.awaited.items()
                              if a.decision_id}
+        # (due, order sent, command id) of each command not yet raised, soonest first: a
+        # look for overdue commands costs nothing until one is due
+        self._order = itertools.count()
+        self._due = [(a.due, next(self._order), k) for k, a in self.state.awaited.items()
+                     if not a.raised]
+        heapq.heapify(self._due)
 
     def _count(self, what: str) -> None:
         self.state.counts[what] = self.state.counts.get(what, 0) + 1
@@ -132,11 +143,24 @@ class AckTracker:
         if not self.config.executors or cmd.action not in self._required:
             return
         start = cmd.issued_at if leaves_at is None else max(cmd.issued_at, leaves_at)
-        self.state.awaited[cmd.command_id] = Awaited(
+        awaited = self.state.awaited
+        if cmd.command_id not in awaited and len(awaited) >= MAX_AWAITED:
+            self._forget_one()
+        awaited[cmd.command_id] = item = Awaited(
             cmd.command_id, cmd.decision_id, cmd.action, cmd.scope,
             start + self._timeout, list(self.config.executors))
+        heapq.heappush(self._due, (item.due, next(self._order), cmd.command_id))
         if cmd.decision_id:
             self._by_decision[cmd.decision_id] = cmd.command_id
+
+    def _forget_one(self) -> None:
+        """Make room: the oldest command already raised as unconfirmed, else the oldest."""
+        awaited = self.state.awaited
+        key = next((k for k, a in awaited.items() if a.raised), None) or next(iter(awaited))
+        item = awaited.pop(key)
+        if item.decision_id:
+            self._by_decision.pop(item.decision_id, None)
+        self._count("forgotten")
 
     def on_ack(self, ack: ExecutionAck, now: int) -> list[RiskAlert]:
         """A verified ack: confirm, or raise what it refused."""
@@ -172,20 +196,35 @@ class AckTracker:
     def overdue(self, now: int, at: int) -> list[RiskAlert]:
         """Alerts (at event time ``at``) for commands still unconfirmed ``timeout_s`` after
         they were issued, ``now`` being the processing clock."""
+        awaited = self.state.awaited
+        due: set[str] = set()
+        while self._due and self._due[0][0] <= now:
+            when, _order, key = heapq.heappop(self._due)
+            item = awaited.get(key)
+            if item is not None and not item.raised and item.due == when:
+                due.add(key)
+        if not due:
+            return []
         out = []
-        for item in self.state.awaited.values():
-            if not item.raised and item.due <= now:
-                item.raised = "silent"
-                self._count("unacknowledged")
-                out.append(self._alert(
-                    UNACKNOWLEDGED, Severity.CRITICAL, item.scope, at, item.command_id,
-                    f"{item.action.value} on {item.scope.label()} not confirmed within "
-                    f"{self.config.timeout_s:g}s by {', '.join(item.waiting)}"))
+        for item in [a for k, a in awaited.items() if k in due]:  # in the order sent
+            item.raised = "silent"
+            self._count("unacknowledged")
+            out.append(self._alert(
+                UNACKNOWLEDGED, Severity.CRITICAL, item.scope, at, item.command_id,
+                f"{item.action.value} on {item.scope.label()} not confirmed within "
+                f"{self.config.timeout_s:g}s by {', '.join(item.waiting)}"))
         return out
 
     def next_due(self) -> int | None:
         """The earliest time an awaited command falls overdue (None: nothing waits)."""
-        return min((a.due for a in self.state.awaited.values() if not a.raised), default=None)
+        heap, awaited = self._due, self.state.awaited
+        while heap:
+            when, _order, key = heap[0]
+            item = awaited.get(key)
+            if item is not None and not item.raised and item.due == when:
+                return when
+            heapq.heappop(heap)  # settled, raised or sent again since
+        return None
 
     def _settle(self, item: Awaited, now: int, ack: ExecutionAck) -> list[RiskAlert]:
         del self.state.awaited[item.command_id]
