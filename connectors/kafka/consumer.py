@@ -3,6 +3,8 @@ through, the event-time alignment across them, consumer lag, and partition listi
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
 from datetime import timedelta
 from typing import Any
@@ -116,27 +118,37 @@ class EventTimeAlignment:
         self.grace_ns = grace_ns
         # part -> [next ts to emit or None, last emitted ts, started_at, last data at, at end]
         self.parts: dict[str, list[Any]] = {}
+        # where each partition stands, lowest first: (ts, until when it counts, version,
+        # part); an entry of an older version, or past its time, is dropped when it comes
+        # up, so a read's look costs O(log P), not a pass over every partition
+        self._stands: list[tuple[int, int, int, str]] = []
+        self._version: dict[str, int] = {}  # each entry's own number, never reused
+        self._versions = itertools.count()
 
     def register(self, part: str, now: int, watermark: int) -> None:
         self.parts[part] = [None, watermark, now, -1, False]
+        self._restand(part)
 
     def frontier(self, part: str, now: int) -> int:
-        """The lowest event time the other live partitions stand at."""
-        low = None
-        for name, (head, last, started, seen, at_end) in self.parts.items():
-            if name == part:
-                continue
-            stand = head
-            if stand is None:
-                if at_end:
-                    continue  # caught up: nothing more to wait for
-                waited = now - seen if seen >= 0 else now - started
-                if waited >= (self.stall_ns if seen >= 0 else self.grace_ns):
-                    continue  # stalled: do not let it stop the others
-                stand = last
-            if low is None or stand < low:
-                low = stand
-        return 2**63 if low is None else low
+        """The lowest event time the other live partitions stand at.
+
+        A partition with records buffered stands at the next one's time; one with none
+        at the last it emitted, unless it is caught up (at its end), has stalled
+        (``stall_ns`` without data or its end) or never started (``grace_ns``)."""
+        stands, version = self._stands, self._version
+        own = None
+        while stands:
+            _ts, until, v, name = stands[0]
+            if version.get(name) != v or until <= now:
+                heapq.heappop(stands)  # replaced since, or no longer holding anyone back
+            elif name == part:
+                own = heapq.heappop(stands)
+            else:
+                break
+        low = stands[0][0] if stands else 2**63
+        if own is not None:
+            heapq.heappush(stands, own)
+        return low
 
     def update(self, part: str, head: int | None, last: int, got_data: bool, now: int,
                at_end: bool = False) -> None:
@@ -145,9 +157,27 @@ class EventTimeAlignment:
         if got_data:
             entry[3] = now
         entry[4] = at_end
+        self._restand(part)
 
     def remove(self, part: str) -> None:
         self.parts.pop(part, None)
+        self._version.pop(part, None)
+
+    def _restand(self, part: str) -> None:
+        """Where ``part`` stands now, and until when that holds the others back."""
+        v = self._version[part] = next(self._versions)
+        head, last, started, seen, at_end = self.parts[part]
+        if head is not None:
+            stand = (head, 2**63, v, part)
+        elif at_end:
+            return  # caught up: nothing more to wait for
+        else:
+            until = seen + self.stall_ns if seen >= 0 else started + self.grace_ns
+            stand = (last, until, v, part)
+        if len(self._stands) > 4 * len(self.parts) + 64:  # replaced entries pile up
+            self._stands = [s for s in self._stands if self._version.get(s[3]) == s[2]]
+            heapq.heapify(self._stands)
+        heapq.heappush(self._stands, stand)
 
 
 class SharedConsumer:
