@@ -243,3 +243,25 @@ def test_a_copy_of_a_command_that_failed_is_executed_not_confirmed(tmp_path: Pat
     ]
     assert sub.summary()["not_applied"] == 1
 
+
+
+def test_the_refusals_remembered_are_the_newest_and_expired_ones_are_forgotten(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refusals kept (each raises its alert once) are a window of the newest
+    ``MAX_REFUSALS_KEPT``; one whose ack has expired past the leeway is forgotten when the
+    next refusal comes, as its ack could not verify again."""
+    from riskguard.operators.signing import operator_commands
+
+    monkeypatch.setattr(operator_commands, "MAX_REFUSALS_KEPT", 3)
+    now = [T0 + S]
+    logic = AckLogic(trust(), env=AUD.env, topic=ACKS.topic, clock=lambda: now[0])
+    s = AckSigner(EXECUTOR, env=AUD.env, clock=lambda: now[0])
+    for n in range(5):
+        now[0] += 1000
+        ack_ = logic.check(decode_envelope(s.sign(s.ack(
+            command(f"c{n}"), Applied(AckOutcome.REFUSED, "no")))))
+        assert isinstance(ack_, ExecutionAck)
+    assert list(logic.state.refused) == ["executor-1:c2", "executor-1:c3", "executor-1:c4"]
+    now[0] += s.ttl_ns + logic.leeway_ns + S  # every ack so far has expired
+    logic.check(decode_envelope(s.sign(s.ack(command("c9"), Applied(AckOutcome.FAILED, "x")))))
+    assert list(logic.state.refused) == ["executor-1:c9"]

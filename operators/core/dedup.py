@@ -50,7 +50,23 @@ class IdWindow:
         ids[rid] = value
         self._order.append(rid)
         while len(ids) > self.keep:
-            del ids[self._order.popleft()]
+            ids.pop(self._order.popleft(), None)  # None: discarded before its turn
+
+    def discard(self, rid: str) -> None:
+        """Forget ``rid`` before its turn. Its place in the arrival order goes when the
+        order comes to it, or when discarded places outnumber the window (the order is
+        then built again from the dict). An id discarded and added again is dropped at
+        its first place's turn.
+
+        >>> ids: dict[str, int] = {}
+        >>> window = IdWindow(ids, keep=2)
+        >>> window.add("a"); window.add("b"); window.discard("a"); window.add("c")
+        >>> list(ids)
+        ['b', 'c']
+        """
+        self.ids.pop(rid, None)
+        if len(self._order) > 2 * self.keep:
+            self._order = deque(self.ids)
 
 
 @persisted("riskguard.recent_ids")
