@@ -333,7 +333,8 @@ class PlaybookLogic:
             self._apply_signal(sig)
             self._evaluate()
         self._trigger_recv_ts = None
-        self._hold_due = min((h[3] for h in held), default=None)
+        if n:  # nothing released: the oldest held is the same
+            self._hold_due = min((h[3] for h in held), default=None)
         return n
 
     def _advance(self, ts: int) -> None:
