@@ -57,3 +57,28 @@ def test_a_caught_up_source_reports_lag_0_on_every_partition(
     out, dlq = new_topic(1), new_topic(1)
     run_main(build(kafka_bootstrap, [full, empty], out, dlq, idle_eof_s=1.0, batch_size=1))
     assert (lag_of(full, 0), lag_of(full, 1), lag_of(empty, 0)) == (0.0, 0.0, 0.0)
+
+
+@pytest.mark.kafka
+def test_a_partition_that_never_had_data_costs_no_watermark_round_trip_at_its_end(
+    kafka_bootstrap: str, new_topic, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At its end a partition is caught up: its lag is 0 without asking the broker for
+    its watermarks, which a start over hundreds of silent partitions would otherwise
+    wait on, one round trip each. A bounded run still asks once each at its idle end,
+    to confirm nothing is left."""
+    from riskguard.connectors.kafka.consumer import SharedConsumer
+
+    asked: list[tuple[str, int]] = []
+    real = SharedConsumer.end_offsets
+
+    def counted(self: SharedConsumer, topic: str, idx: int, timeout_s: float = 5.0) -> object:
+        asked.append((topic, idx))
+        return real(self, topic, idx, timeout_s)
+
+    monkeypatch.setattr(SharedConsumer, "end_offsets", counted)
+    silent = new_topic(8)
+    out, dlq = new_topic(1), new_topic(1)
+    run_main(build(kafka_bootstrap, [silent], out, dlq, idle_eof_s=1.0))
+    assert all(lag_of(silent, k) == 0.0 for k in range(8))
+    assert len(asked) <= 8  # the idle end's check, once each; none for the lag gauge

@@ -105,7 +105,9 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         self._awake: datetime | None = None
         self._in = EVENTS_IN.labels(topic)
         self._lag = CONSUMER_LAG.labels(topic, str(idx))
-        self._lag_due = 0
+        # the first look waits a period: by then most partitions are at their end or
+        # have read, and need no round trip to the broker for their watermarks
+        self._lag_due = self._last_msg_ns + LAG_EVERY_NS
         self._align = align
         self._name = name or f"{idx}-{topic}"
         # records read but held back by alignment: recs[head:], with their offsets and
@@ -283,11 +285,17 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
 
     def _report_lag(self, now: int, force: bool = False) -> None:
         """Every ``LAG_EVERY_NS`` (or now, when ``force``): the partition's lag gauge,
-        from the last fetch's high watermark and the next offset to read. Before the first
-        message the broker is asked for both watermarks (:func:`consumer_lag`)."""
+        from the last fetch's high watermark and the next offset to read; 0 at the
+        partition's end. Before the first message, short of the end, the broker is asked
+        for both watermarks (:func:`consumer_lag`): at its end, a partition that never had
+        data costs no round trip (one a partition made a start over hundreds of silent
+        partitions take tens of seconds)."""
         if not force and now < self._lag_due:
             return
         self._lag_due = now + LAG_EVERY_NS
+        if self._at_end:  # the consumer reached the end with no data since: caught up
+            self._lag.set(0)
+            return
         lo = None
         hi = self.shared.high_watermark(self._topic, self._idx)
         if self._offset < 0 and self._offset != OFFSET_END:  # nothing read yet
