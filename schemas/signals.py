@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from enum import StrEnum
 from typing import Literal
 
@@ -158,7 +159,7 @@ class RiskAlert(Record, frozen=True, kw_only=True, tag="risk_alert"):
     evidence_ids: list[RecordId] = []
 
 
-class Exposure(Record, frozen=True, kw_only=True, tag="exposure"):
+class Exposure(Record, frozen=True, kw_only=True, tag="exposure", dict=True):
     """One counterparty's exposure (or the firm rollup when ``counterparty == "*"``).
 
     Amounts are in the reporting currency. The notional per open position is carried
@@ -208,11 +209,16 @@ class Exposure(Record, frozen=True, kw_only=True, tag="exposure"):
         return dict(zip(self.instruments, self.instrument_notionals, strict=True))
 
     def instrument_notional(self, name: str) -> float:
-        """The notional held in ``name`` (0.0 when no position is open in it)."""
-        try:
-            return self.instrument_notionals[self.instruments.index(name)]
-        except ValueError:
-            return 0.0
+        """The notional held in ``name`` (0.0 when no position is open in it): a look-up
+        in an index built once per exposure, as a limits plan reads one per limit."""
+        return self._by_instrument.get(name, 0.0)
+
+    @functools.cached_property
+    def _by_instrument(self) -> dict[str, float]:
+        """Notional by instrument, the first position in one winning (not encoded, not
+        compared: the struct's ``__dict__``)."""
+        return dict(zip(reversed(self.instruments), reversed(self.instrument_notionals),
+                        strict=True))
 
 
 class LimitLevel(StrEnum):

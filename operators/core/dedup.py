@@ -10,7 +10,9 @@ not idempotent, so the firm process drops every id it has already let through.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +69,40 @@ class IdWindow:
         self.ids.pop(rid, None)
         if len(self._order) > 2 * self.keep:
             self._order = deque(self.ids)
+
+
+class Expiries:
+    """When each id of ``ids`` (a plain dict, id -> expiry time: the caller's snapshot
+    state) expires, soonest first, so the expired are found without a pass over every
+    id. Derived: built again from the dict on resume; an id whose expiry changed or
+    that left the dict is skipped when its old entry comes up.
+
+    >>> ids = {"a": 5, "b": 9}
+    >>> expiries = Expiries(ids)
+    >>> ids["c"] = 3; expiries.add("c", 3)
+    >>> list(expiries.before(6))
+    ['c', 'a']
+    """
+
+    __slots__ = ("_heap", "ids")
+
+    def __init__(self, ids: dict[str, int]) -> None:
+        self.ids = ids
+        self._heap = [(exp, rid) for rid, exp in ids.items()]
+        heapq.heapify(self._heap)
+
+    def add(self, rid: str, expires: int) -> None:
+        """``rid`` (set in ``ids`` by the caller) expires at ``expires``."""
+        heapq.heappush(self._heap, (expires, rid))
+
+    def before(self, horizon: int) -> Iterator[str]:
+        """The ids still in ``ids`` that expire before ``horizon``, soonest first; the
+        caller forgets each one as it comes (an id is looked up in ``ids`` just before)."""
+        heap, ids = self._heap, self.ids
+        while heap and heap[0][0] < horizon:
+            exp, rid = heapq.heappop(heap)
+            if ids.get(rid) == exp:
+                yield rid
 
 
 @persisted("riskguard.recent_ids")

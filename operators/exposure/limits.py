@@ -255,30 +255,6 @@ def _max_abs(d: dict[str, float]) -> float:
     return (top if top >= low else low) + 0.0  # + 0.0: never -0.0
 
 
-class _LastNotionals:
-    """The notional per instrument of the exposure read last. A plan reads its
-    instrument limits of one exposure in turn: its positions are indexed once, not
-    searched once a limit. One tuple, swapped whole, so a reader on another thread sees
-    one exposure's or the other's."""
-
-    __slots__ = ("last",)
-
-    def __init__(self) -> None:
-        self.last: tuple[Exposure | None, dict[str, float]] = (None, {})
-
-    def of(self, e: Exposure, name: str) -> float:
-        seen, by_name = self.last
-        if seen is not e:
-            # reversed: the first position in an instrument wins, as Exposure's own look-up
-            by_name = dict(zip(reversed(e.instruments), reversed(e.instrument_notionals),
-                               strict=True))
-            self.last = (e, by_name)
-        return by_name.get(name, 0.0)
-
-
-_notionals = _LastNotionals()
-
-
 def _measure(level: str, name: str, kind: str) -> Measure:
     """What a limit of ``kind`` at ``level`` measures in an exposure."""
     if level in ("cp", "firm"):
@@ -297,7 +273,7 @@ def _measure(level: str, name: str, kind: str) -> Measure:
         if kind == "delta":
             return lambda e: abs(e.delta_by_underlying.get(name, 0.0))
         return lambda e: abs(e.notional_by_asset.get(name, 0.0))
-    return lambda e: abs(_notionals.of(e, name))
+    return lambda e: abs(e.instrument_notional(name))
 
 
 Unvalued = Callable[[Exposure], "list[str] | tuple[str, ...]"]

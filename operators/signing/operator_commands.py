@@ -19,12 +19,11 @@ OperatorCommandState(seen={}, high_water={}, version=1)
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass, field
 
 import msgspec
 from riskguard.operators.core.clock import Clock
-from riskguard.operators.core.dedup import IdWindow
+from riskguard.operators.core.dedup import Expiries, IdWindow
 from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.signing.crypto import (
     PAYLOAD_ACK,
@@ -77,9 +76,7 @@ class OperatorCommandLogic:
         self.clock = clock
         self.leeway_ns = leeway_ns
         self.state = state if state is not None else OperatorCommandState()
-        # (expires_at, command id) of each command accepted, soonest first (derived)
-        self._expiring = [(exp, c) for c, exp in self.state.seen.items()]
-        heapq.heapify(self._expiring)
+        self._expiring = Expiries(self.state.seen)
 
     def snapshot(self) -> OperatorCommandState:
         return OperatorCommandState(seen=dict(self.state.seen),
@@ -108,7 +105,7 @@ class OperatorCommandLogic:
             return _refused(env, now, Reason.REPLAYED_SEQ.value,
                             f"seq {cmd.seq} <= high-water {high} of {cmd.issuer!r}")
         st.seen[cmd.command_id] = cmd.expires_at
-        heapq.heappush(self._expiring, (cmd.expires_at, cmd.command_id))
+        self._expiring.add(cmd.command_id, cmd.expires_at)
         if cmd.seq:  # seq 0: the issuer keeps no sequence; the id alone guards it
             st.high_water[cmd.issuer] = cmd.seq
         params = {**cmd.params, "approvals": float(len(v.approvers))}
@@ -116,12 +113,9 @@ class OperatorCommandLogic:
 
     def _forget_expired(self, now: int) -> None:
         """Forget the commands expired past the leeway (freshness refuses them now)."""
-        seen, expiring = self.state.seen, self._expiring
-        horizon = now - self.leeway_ns
-        while expiring and expiring[0][0] < horizon:
-            exp, cid = heapq.heappop(expiring)
-            if seen.get(cid) == exp:
-                del seen[cid]
+        seen = self.state.seen
+        for cid in self._expiring.before(now - self.leeway_ns):
+            del seen[cid]
 
 
 def _refused(env: SignedEnvelope, now: int, reason: str, detail: str, *,
@@ -174,9 +168,7 @@ class AckLogic:
         self.state = state if state is not None else AckState()
         refused = self.state.refused
         self._refused = IdWindow(refused, MAX_REFUSALS_KEPT)
-        # (expires_at, ack id) of each refusal remembered, soonest first (derived)
-        self._expiring = [(exp, k) for k, exp in refused.items()]
-        heapq.heapify(self._expiring)
+        self._expiring = Expiries(refused)
 
     def snapshot(self) -> AckState:
         return AckState(high_water=dict(self.state.high_water),
@@ -211,17 +203,13 @@ class AckLogic:
                                     f"{ack.ack_id} {ack.outcome.value} already: its alert "
                                     "was raised")
             self._refused.add(ack.ack_id, ack.expires_at)
-            heapq.heappush(self._expiring, (ack.expires_at, ack.ack_id))
+            self._expiring.add(ack.ack_id, ack.expires_at)
         return ack
 
     def _forget_expired(self, now: int) -> None:
         """Forget the refusals expired past the leeway (freshness refuses their acks)."""
-        refused, expiring = self.state.refused, self._expiring
-        horizon = now - self.leeway_ns
-        while expiring and expiring[0][0] < horizon:
-            exp, key = heapq.heappop(expiring)
-            if refused.get(key) == exp:
-                self._refused.discard(key)
+        for key in self._expiring.before(now - self.leeway_ns):
+            self._refused.discard(key)
 
 
 def _ack_refused(env: SignedEnvelope, now: int, reason: str, detail: str) -> DeadLetter:
