@@ -65,6 +65,7 @@ from riskguard.operators.exposure.ops import (
     sum_exposures,
     trust_verifier,
 )
+from riskguard.operators.mitigation import PlaybookInput
 from riskguard.operators.mitigation.ops import plan_mitigation
 from riskguard.operators.signing import decode_command
 from riskguard.operators.signing.crypto import PAYLOAD_ACK, PAYLOAD_COMMAND, Signer
@@ -175,7 +176,7 @@ def _feed_monitor(status: Stream[VenueStatus], ticks: Stream[Tick], cfg: GuardCo
 
 def _detect_and_value(market: Stream[MarketEvent], status: Stream[VenueStatus],
                       trading: Stream[TradingRecord],
-                      ticks: Stream[Any], cfg: GuardConfig, clock: Clock,
+                      ticks: Stream[Tick], cfg: GuardConfig, clock: Clock,
                       wall_clock: Clock | None, tick_sources: int,
                       step_errs: list[Stream[DeadLetter]], watch: Any = None,
                       ) -> DetectedAndValued:
@@ -288,7 +289,7 @@ def guard_core(
 def _signals(anomalies: Stream[AnomalySignal | RiskAlert], exposure_alerts: Stream[RiskAlert],
              feed_alerts: Stream[RiskAlert], admission_alerts: Stream[RiskAlert],
              limits: LimitsOut,
-             ) -> tuple[Stream[AnomalySignal | RiskAlert | LimitBreach], Stream[Any]]:
+             ) -> tuple[Stream[AnomalySignal | RiskAlert | LimitBreach], Stream[PlaybookInput]]:
     """Every signal (observed: the guard's output and the audit's input), and the
     playbook's input: the same signals, with the limits' breaches and alerts in one
     stream with their ticks (``LimitsOut.clocked``), in the order each limits key made
@@ -301,7 +302,8 @@ def _signals(anomalies: Stream[AnomalySignal | RiskAlert], exposure_alerts: Stre
     return signals, to_playbook
 
 
-def _decide(signals: Stream[Any], to_playbook: Stream[Any], manual: Stream[MitigationCommand],
+def _decide(signals: Stream[AnomalySignal | RiskAlert | LimitBreach],
+            to_playbook: Stream[PlaybookInput], manual: Stream[MitigationCommand],
             acks: Stream[ExecutionAck], *, cfg: GuardConfig, cfg_hash: str, clock: Clock,
             wall_clock: Clock | None, signer: Signer, seq_floor: int | None,
             audit_resume: dict[str, AuditState] | None,

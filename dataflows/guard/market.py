@@ -45,8 +45,10 @@ from riskguard.operators.exposure.ops import (
     value_positions,
 )
 from riskguard.schemas import (
+    AnomalySignal,
     Balance,
     DeadLetter,
+    DetectProgress,
     Fill,
     FundingRate,
     OpenOrders,
@@ -233,7 +235,7 @@ class MarketOut:
     """A market process's outputs."""
 
     # AnomalySignal and DetectProgress records, and encoded Valuation records (bytes)
-    detections: Stream[Any]
+    detections: Stream[AnomalySignal | DetectProgress | bytes]
     dead_letters: Stream[DeadLetter]
 
 

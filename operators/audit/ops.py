@@ -35,9 +35,10 @@ from riskguard.operators.audit.chain import AuditConfig, AuditLogic, AuditState
 from riskguard.operators.audit.replica_watch import ReplicaWatchConfig, ReplicaWatchLogic
 from riskguard.operators.audit.resume import continue_chain
 from riskguard.operators.core.base import stateful_logic
-from riskguard.operators.core.clock import Clock, system_clock
+from riskguard.operators.core.clock import Clock, Tick, system_clock
 from riskguard.operators.signing.crypto import Signer
 from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
+from riskguard.schemas.base import Record
 from riskguard.schemas.signals import RiskAlert
 
 _enc = msgspec.json.Encoder()
@@ -78,7 +79,7 @@ def _stable(item: Any) -> bytes:
 @operator
 def audit_log(
     step_id: str,
-    decisions: Stream[Any],
+    decisions: Stream[Record],
     *,
     signer: Signer,
     config: AuditConfig | None = None,
@@ -115,7 +116,7 @@ def audit_log(
 @operator
 def watch_replicas(
     step_id: str,
-    audit: Stream[Any],
+    audit: Stream[AuditRecord | AuditCheckpoint | Tick],
     *,
     config: ReplicaWatchConfig,
     clock: Clock = system_clock,

@@ -221,9 +221,9 @@ def values_of(kvs: list[tuple[Any, V]]) -> list[V]:
 
 @operator
 def stateful_logic(
-    step_id: str, up: KeyedStream[V], builder: Builder,
+    step_id: str, up: KeyedStream[V], builder: Callable[[Any], Logic[Any, W]],
     order: Callable[[Any], Any] | None = None,
-) -> KeyedStream[Any]:
+) -> KeyedStream[W]:
     """Run one riskguard logic object per key.
 
     ``builder(None)`` makes fresh logic for a new key; ``builder(state)``

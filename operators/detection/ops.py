@@ -156,7 +156,8 @@ def _to_groups(kvs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
 
 
 @operator
-def confirm_across_venues(step_id: str, detected: KeyedStream[Any], *,
+def confirm_across_venues(step_id: str,
+                          detected: KeyedStream[AnomalySignal | MarketProgress | DeadLetter], *,
                           config: VenueConfirmConfig,
                           clock: Callable[[], int]) -> Stream[AnomalySignal]:
     """Warning band episodes a trip on another venue of the same asset confirms,

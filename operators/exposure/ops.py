@@ -21,7 +21,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeGuard
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
@@ -50,7 +50,7 @@ from riskguard.schemas import (
     Utilization,
     encode,
 )
-from riskguard.schemas.base import source_of
+from riskguard.schemas.base import Record, source_of
 from riskguard.schemas.valuation import Part, Progress
 
 from riskguard.errors import VerificationError
@@ -115,6 +115,7 @@ class LimitsOut:
 # C-level (``tuple.__instancecheck__``) or one-line lambdas; everything else
 # is done a whole batch per Python call with ``flat_map_batch``.
 _IS_TUPLE: Callable[[Any], bool] = tuple.__instancecheck__
+_IS_PROGRESS: Callable[[Any], TypeGuard[Progress]] = Progress.__instancecheck__  # type: ignore[assignment]
 
 
 def _IS_PART(kv: tuple[str, Any]) -> bool:
@@ -138,8 +139,8 @@ def _to_firm(kvs: list[tuple[str, Exposure]]) -> list[tuple[str, Exposure]]:
 @operator
 def aggregate_exposure(
     step_id: str,
-    up: Stream[Any],
-    *more: Stream[Any],
+    up: Stream[Record],
+    *more: Stream[Record],
     config: ExposureConfig,
     clock: Clock = system_clock,
     ticks: Stream[Tick] | None = None,
@@ -185,9 +186,8 @@ def aggregate_exposure(
     """
     reg = config.validate(f"step '{step_id}'")
     ticked = ticks is not None
-    if ticks is not None:
-        more = (*more, ticks)
-    merged = op.merge("merge", up, *more) if more else up
+    inputs: list[Stream[Record | Tick]] = [up, *more, *([ticks] if ticks is not None else [])]
+    merged = op.merge("merge", *inputs) if len(inputs) > 1 else up
     made, errs = _value(step_id, merged, config, reg, ticked=ticked, clock=clock,
                         wall_clock=wall_clock, place=None)
     s1 = op.branch("parts", made, _IS_PART)
@@ -216,7 +216,7 @@ class SumOut:
     progress: Stream[Progress]
 
 
-def _value(step_id: str, merged: Stream[Any], config: ExposureConfig, reg: Any, *,
+def _value(step_id: str, merged: Stream[Record | Tick], config: ExposureConfig, reg: Any, *,
            ticked: bool, clock: Clock, wall_clock: Clock | None, place: ShardPlace | None,
            ) -> tuple[KeyedStream[Any], Stream[DeadLetter]]:
     """Stage 1's steps (valuation shards) inside the calling operator: what the shards
@@ -254,15 +254,15 @@ def _sum(config: ExposureConfig, parts: Stream[Part | Progress], *, ticked: bool
 
     firm_out = op.branch("progress", op.flat_map_batch(
         "unkey3", stateful_logic("firm", to_firm, build_firm), values_of),
-        Progress.__instancecheck__)
+        _IS_PROGRESS)
     return SumOut(exposures=firm_out.falses, alerts=alerts2, progress=firm_out.trues)
 
 
 @operator
 def value_positions(
     step_id: str,
-    up: Stream[Any],
-    *more: Stream[Any],
+    up: Stream[Record],
+    *more: Stream[Record],
     config: ExposureConfig,
     place: ShardPlace,
     ticks: Stream[Tick],
@@ -302,7 +302,7 @@ def value_positions(
     ('m0.s0', 200.0, 'detect/w0@m0.s0', 2)
     """
     reg = config.validate(f"step '{step_id}'")
-    merged = op.merge("merge", up, *more, ticks)
+    merged: Stream[Record | Tick] = op.merge("merge", up, *more, ticks)
     made, errs = _value(step_id, merged, config, reg, ticked=True, clock=clock,
                         wall_clock=wall_clock, place=place)
     return ValuedOut(made=op.flat_map_batch("unkey", made, values_of), errs=errs)

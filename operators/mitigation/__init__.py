@@ -23,6 +23,7 @@ from riskguard.operators.mitigation.ops import plan_mitigation
 from riskguard.operators.mitigation.playbook import (
     Incident,
     Mitigation,
+    PlaybookInput,
     PlaybookLogic,
     PlaybookState,
     evidence_digest,
@@ -38,6 +39,7 @@ __all__ = [
     "Incident",
     "Mitigation",
     "PlaybookConfig",
+    "PlaybookInput",
     "PlaybookLogic",
     "PlaybookState",
     "Rule",

@@ -39,7 +39,12 @@ from riskguard.operators.core.base import SplitOut, split_dead_letters, stateful
 from riskguard.operators.core.clock import system_clock
 from riskguard.operators.core.metrics import reorder_counter
 from riskguard.operators.core.observe import observe
-from riskguard.operators.mitigation.playbook import PlaybookConfig, Tick, playbook_builder
+from riskguard.operators.mitigation.playbook import (
+    PlaybookConfig,
+    PlaybookInput,
+    Tick,
+    playbook_builder,
+)
 from riskguard.schemas.commands import MitigationCommand
 
 __all__ = ["PlaybookConfig", "Tick", "plan_mitigation"]
@@ -57,7 +62,7 @@ def _input_time(value: Any) -> int:
 @operator
 def plan_mitigation(
     step_id: str,
-    signals: Stream[Any],
+    signals: Stream[PlaybookInput],
     *,
     config: PlaybookConfig,
     clock: Callable[[], int] = system_clock,

@@ -107,7 +107,8 @@ __all__ = [
 
 # -- logic ---------------------------------------------------------------------
 
-Input: TypeAlias = AnomalySignal | RiskAlert | LimitBreach | MitigationCommand | ExecutionAck | Tick
+PlaybookInput: TypeAlias = (AnomalySignal | RiskAlert | LimitBreach | MitigationCommand
+                             | ExecutionAck | Tick)
 Output: TypeAlias = MitigationCommand | DeadLetter
 
 
