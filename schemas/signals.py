@@ -215,10 +215,9 @@ class Exposure(Record, frozen=True, kw_only=True, tag="exposure", dict=True):
 
     @functools.cached_property
     def _by_instrument(self) -> dict[str, float]:
-        """Notional by instrument, the first position in one winning (not encoded, not
-        compared: the struct's ``__dict__``)."""
-        return dict(zip(reversed(self.instruments), reversed(self.instrument_notionals),
-                        strict=True))
+        """:attr:`notional_by_instrument`, built once (not encoded, not compared: the
+        struct's ``__dict__``)."""
+        return self.notional_by_instrument
 
 
 class LimitLevel(StrEnum):

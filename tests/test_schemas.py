@@ -151,3 +151,14 @@ def test_no_name_takes_a_trailing_newline(tag: str, field: str, doc: dict) -> No
     assert isinstance(dl, DeadLetter) and dl.path == f"$.{field}", dl
     assert not isinstance(decode("t", msgspec.json.encode({"type": tag, field: "okx", **doc})),
                           DeadLetter)
+
+
+def test_an_exposure_looks_an_instrument_up_as_its_dict_reads_it() -> None:
+    from riskguard.schemas import Exposure
+
+    e = Exposure(counterparty="okx", ts=1, gross_notional=3.0, net_notional=0.0,
+                 instruments=["BTC-PERP", "ETH-PERP", "BTC-PERP"],
+                 instrument_notionals=[-2.0, 1.0, 5.0])
+    by_name = e.notional_by_instrument
+    assert [e.instrument_notional(n) for n in by_name] == list(by_name.values())
+    assert e.instrument_notional("SOL-PERP") == 0.0
