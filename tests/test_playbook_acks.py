@@ -258,17 +258,61 @@ def test_overdue_commands_are_raised_once_in_the_order_sent_and_settled_ones_nev
         assert t.overdue(99 * S, 99 * S) == [] and t.next_due() is None
 
 
-def test_the_awaited_commands_are_capped_forgetting_the_oldest_raised_first() -> None:
-    """Past MAX_AWAITED the oldest command already raised as unconfirmed is forgotten (its
-    alert stays raised), else the oldest; each one forgotten is counted."""
-    from riskguard.operators.mitigation.acks import MAX_AWAITED
+def test_past_the_cap_the_oldest_raised_command_is_forgotten_and_its_ack_still_closes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_AWAITED the oldest command already raised moves to ``forgotten``: no longer
+    timed, still matched. Its late confirmation closes its scope's alert, and no other
+    confirmation on that scope does while it is unconfirmed. A command not yet raised is
+    never forgotten."""
+    from riskguard.operators.mitigation import acks as acks_module
 
+    monkeypatch.setattr(acks_module, "MAX_AWAITED", 3)
     tracker = AckTracker(AckConfig(executors=("oms",), timeout_s=30))
-    for n in range(MAX_AWAITED):
-        tracker.sent(_halt(n, n * 1000 + S))
-    tracker.state.awaited["h5"].raised = "silent"
-    tracker.sent(_halt(MAX_AWAITED, 2 * S))
-    assert len(tracker.state.awaited) == MAX_AWAITED and "h5" not in tracker.state.awaited
-    tracker.sent(_halt(MAX_AWAITED + 1, 2 * S))
-    assert "h0" not in tracker.state.awaited and "h1" in tracker.state.awaited
-    assert tracker.state.counts["forgotten"] == 2
+    h = [_halt(n * 7, S) for n in range(5)]  # all on venue v0
+    for cmd in h[:3]:
+        tracker.sent(cmd)
+    tracker.sent(h[3])  # none raised yet: all four are awaited
+    assert list(tracker.state.awaited) == ["h0", "h7", "h14", "h21"]
+    raised = tracker.overdue(31 * S, 31 * S)
+    assert [a.details["command_id"] for a in raised] == ["h0", "h7", "h14", "h21"]
+    tracker.sent(h[4])  # h0, the oldest raised, is forgotten
+    assert "h0" in tracker.state.forgotten and "h0" not in tracker.state.awaited
+    assert tracker.state.counts["forgotten"] == 1
+    for cmd in (h[1], h[2], h[3], h[4]):  # every command still awaited on v0 confirmed
+        assert tracker.on_ack(ack(cmd), 40 * S) == []  # h0 is still unconfirmed
+    resumed = AckTracker(AckConfig(executors=("oms",), timeout_s=30), tracker.state.copy())
+    for t in (tracker, resumed):
+        closed = t.on_ack(ack(h[0]), 41 * S)
+        assert [(a.kind, a.scope.label()) for a in closed] == [(ACKNOWLEDGED, "venue:v0")]
+        assert not t.state.forgotten and not t.state.awaited
+
+
+def test_forgotten_commands_are_capped_and_the_oldest_dropped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_FORGOTTEN the oldest forgotten command is dropped for good (counted): its
+    scope's alert then closes without it."""
+    from riskguard.operators.mitigation import acks as acks_module
+
+    monkeypatch.setattr(acks_module, "MAX_AWAITED", 1)
+    monkeypatch.setattr(acks_module, "MAX_FORGOTTEN", 2)
+    tracker = AckTracker(AckConfig(executors=("oms",), timeout_s=30))
+    h = [_halt(n * 7, n * S) for n in range(4)]
+    for cmd in h:
+        tracker.overdue(cmd.issued_at + 30 * S, cmd.issued_at + 30 * S)
+        tracker.sent(cmd)
+        tracker.overdue(cmd.issued_at + 30 * S, cmd.issued_at + 30 * S)
+    assert list(tracker.state.forgotten) == ["h7", "h14"] and list(tracker.state.awaited) == ["h21"]
+    assert tracker.state.counts["dropped"] == 1
+    assert tracker.on_ack(ack(h[1]), 99 * S) == tracker.on_ack(ack(h[2]), 99 * S) == []
+    assert [a.kind for a in tracker.on_ack(ack(h[3]), 99 * S)] == [ACKNOWLEDGED]
+
+
+def test_settled_commands_leave_no_due_times_behind_when_nothing_looks() -> None:
+    """A replay confirms each command before any look for overdue ones: the heap of due
+    times is compacted as it grows, not kept for every command ever sent."""
+    tracker = AckTracker(AckConfig(executors=("oms",), timeout_s=30))
+    for n in range(10_000):
+        cmd = _halt(n, n * S)
+        tracker.sent(cmd)
+        tracker.on_ack(ack(cmd), n * S)
+    assert not tracker.state.awaited and len(tracker._due) <= 65

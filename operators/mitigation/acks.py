@@ -57,8 +57,12 @@ from riskguard.validation import PositiveFinite
 
 S = 1_000_000_000
 MAX_AWAITED = 4096
-"""Commands awaited at once, at most: past it the oldest already raised as unconfirmed
-(else the oldest) is forgotten, and counted (``counts["forgotten"]``)."""
+"""Commands awaited at once: past it the oldest already raised as unconfirmed moves to
+``forgotten`` (counted as ``forgotten``). Commands not yet raised all stay: they were sent
+within ``timeout_s``, which the playbook's rate cap bounds."""
+MAX_FORGOTTEN = 4 * MAX_AWAITED
+"""Raised commands kept in ``forgotten``, at most: past it the oldest is dropped for good
+(counted as ``dropped``), and its scope's alert closes without its confirmation."""
 UNACKNOWLEDGED = "command_unacknowledged"
 ACKNOWLEDGED = "command_acknowledged"
 REFUSED = "command_refused"
@@ -107,12 +111,17 @@ class AckState:
 
     awaited: dict[str, Awaited] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    # raised commands moved out of ``awaited`` past MAX_AWAITED, oldest first: no longer
+    # timed, still matched, so a late confirmation closes their scope's alert
+    forgotten: dict[str, Awaited] = field(default_factory=dict)
 
     def copy(self) -> AckState:
-        return AckState(
-            awaited={k: Awaited(a.command_id, a.decision_id, a.action, a.scope, a.due,
-                                list(a.waiting), a.raised) for k, a in self.awaited.items()},
-            counts=dict(self.counts))
+        def copied(items: dict[str, Awaited]) -> dict[str, Awaited]:
+            return {k: Awaited(a.command_id, a.decision_id, a.action, a.scope, a.due,
+                               list(a.waiting), a.raised) for k, a in items.items()}
+
+        return AckState(awaited=copied(self.awaited), counts=dict(self.counts),
+                        forgotten=copied(self.forgotten))
 
 
 class AckTracker:
@@ -125,6 +134,11 @@ class AckTracker:
         self._timeout = int(config.timeout_s * S)
         self._by_decision = {a.decision_id: k for k, a in self.state.awaited.items()
                              if a.decision_id}
+        self._forgotten_by_decision = {a.decision_id: k for k, a in
+                                       self.state.forgotten.items() if a.decision_id}
+        self._forgotten_on: dict[Scope, int] = {}  # how many forgotten commands, per scope
+        for a in self.state.forgotten.values():
+            self._forgotten_on[a.scope] = self._forgotten_on.get(a.scope, 0) + 1
         # (due, order sent, command id) of each command not yet raised, soonest first: a
         # look for overdue commands costs nothing until one is due
         self._order = itertools.count()
@@ -144,34 +158,69 @@ class AckTracker:
             return
         start = cmd.issued_at if leaves_at is None else max(cmd.issued_at, leaves_at)
         awaited = self.state.awaited
+        self._unforget(cmd.command_id)  # sent again: awaited afresh
         if cmd.command_id not in awaited and len(awaited) >= MAX_AWAITED:
             self._forget_one()
         awaited[cmd.command_id] = item = Awaited(
             cmd.command_id, cmd.decision_id, cmd.action, cmd.scope,
             start + self._timeout, list(self.config.executors))
         heapq.heappush(self._due, (item.due, next(self._order), cmd.command_id))
+        if len(self._due) > 2 * len(awaited) + 64:  # settled without a look at the heap
+            self._due = [(a.due, next(self._order), k) for k, a in awaited.items()
+                         if not a.raised]
+            heapq.heapify(self._due)
         if cmd.decision_id:
             self._by_decision[cmd.decision_id] = cmd.command_id
 
     def _forget_one(self) -> None:
-        """Make room: the oldest command already raised as unconfirmed, else the oldest."""
+        """Make room: the oldest command already raised as unconfirmed moves to
+        ``forgotten`` (none raised: nothing moves)."""
         awaited = self.state.awaited
-        key = next((k for k, a in awaited.items() if a.raised), None) or next(iter(awaited))
+        key = next((k for k, a in awaited.items() if a.raised), None)
+        if key is None:
+            return
         item = awaited.pop(key)
         if item.decision_id:
             self._by_decision.pop(item.decision_id, None)
         self._count("forgotten")
+        forgotten = self.state.forgotten
+        if len(forgotten) >= MAX_FORGOTTEN:
+            self._unforget(next(iter(forgotten)))
+            self._count("dropped")
+        forgotten[key] = item
+        self._forgotten_on[item.scope] = self._forgotten_on.get(item.scope, 0) + 1
+        if item.decision_id:
+            self._forgotten_by_decision[item.decision_id] = key
+
+    def _unforget(self, key: str) -> None:
+        item = self.state.forgotten.pop(key, None)
+        if item is None:
+            return
+        left = self._forgotten_on[item.scope] - 1
+        if left:
+            self._forgotten_on[item.scope] = left
+        else:
+            del self._forgotten_on[item.scope]
+        if item.decision_id:
+            self._forgotten_by_decision.pop(item.decision_id, None)
+
+    def _match(self, ack: ExecutionAck) -> Awaited | None:
+        """The command ``ack`` answers, awaited or forgotten (by command id, else by
+        decision id); None where it names another action or scope: an ack speaks for the
+        action and scope it names (the trust file checked the executor may act there)."""
+        for items, by_decision in ((self.state.awaited, self._by_decision),
+                                   (self.state.forgotten, self._forgotten_by_decision)):
+            key = ack.command_id if ack.command_id in items else (
+                by_decision.get(ack.decision_id or ""))
+            item = items.get(key or "")
+            if item is not None:
+                return item if ack.action is item.action and ack.scope == item.scope else None
+        return None
 
     def on_ack(self, ack: ExecutionAck, now: int) -> list[RiskAlert]:
         """A verified ack: confirm, or raise what it refused."""
         self._count(ack.outcome.value)
-        key = ack.command_id if ack.command_id in self.state.awaited else (
-            self._by_decision.get(ack.decision_id or ""))
-        item = self.state.awaited.get(key or "")
-        if item is not None and (ack.action is not item.action or ack.scope != item.scope):
-            # an ack speaks for the action and scope it names (the trust file checked the
-            # executor may act there): it confirms no other command
-            item = None
+        item = self._match(ack)
         if item is None:
             if ack.outcome in _CONFIRMS:
                 return []  # confirms nothing awaited, or a late repeat
@@ -227,13 +276,17 @@ class AckTracker:
         return None
 
     def _settle(self, item: Awaited, now: int, ack: ExecutionAck) -> list[RiskAlert]:
-        del self.state.awaited[item.command_id]
-        if item.decision_id:
-            self._by_decision.pop(item.decision_id, None)
+        if self.state.awaited.get(item.command_id) is item:
+            del self.state.awaited[item.command_id]
+            if item.decision_id:
+                self._by_decision.pop(item.decision_id, None)
+        else:
+            self._unforget(item.command_id)
         if not item.raised:
             return []
         # close the scope's alert once nothing on it is still unconfirmed
-        if any(a.raised and a.scope == item.scope for a in self.state.awaited.values()):
+        if item.scope in self._forgotten_on or any(
+                a.raised and a.scope == item.scope for a in self.state.awaited.values()):
             return []
         return [self._alert(ACKNOWLEDGED, Severity.INFO, item.scope, now, item.command_id,
                             f"{item.action.value} on {item.scope.label()} confirmed", ack)]
