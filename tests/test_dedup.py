@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 from contract import CHECKS, Case
-from riskguard.operators.core.dedup import IdWindow, RecentIdsLogic
+from hypothesis import example, given
+from hypothesis import strategies as st
+from riskguard.operators.core.dedup import Expiries, IdWindow, RecentIdsLogic
 from riskguard.schemas import AnomalySignal, Scope, ScopeKind, Severity
 
 
@@ -42,3 +44,43 @@ def test_an_id_window_resumed_from_its_dict_drops_the_oldest_first_down_to_keep(
     assert ids == {"d": 4, "e": 5}
     window.add("f", 6)
     assert list(ids) == ["e", "f"] and "d" not in window and "f" in window
+
+
+@given(st.lists(st.tuples(st.sampled_from(["add", "discard", "resume"]),
+                          st.sampled_from("abcdef")), max_size=60),
+       st.integers(1, 4))
+@example([("add", "x"), ("discard", "x"), ("add", "b"), ("add", "x"), ("add", "c"),
+          ("add", "d")], 3)  # a refusal expired, then refused again
+def test_an_id_window_with_discards_keeps_what_a_dict_in_arrival_order_keeps(
+        steps: list[tuple[str, str]], keep: int) -> None:
+    """Against the plain definition (a dict in arrival order, the oldest dropped past
+    ``keep``, a re-added id at the end), however discards, re-adds and resumes from the
+    dict interleave: a resumed window evicts as an uninterrupted one."""
+    ids: dict[str, None] = {}
+    window = IdWindow(ids, keep)
+    model: dict[str, None] = {}
+    for what, rid in steps:
+        if what == "add" and rid not in ids:
+            window.add(rid)
+            model[rid] = None
+            while len(model) > keep:
+                del model[next(iter(model))]
+        elif what == "discard":
+            window.discard(rid)
+            model.pop(rid, None)
+        elif what == "resume":
+            window = IdWindow(ids, keep)
+        assert list(ids) == list(model)
+
+
+def test_expiry_times_of_ids_gone_from_the_dict_do_not_pile_up() -> None:
+    """Ids a window dropped before they expired leave their expiry behind only until the
+    heap outgrows twice the dict."""
+    ids: dict[str, int] = {}
+    window = IdWindow(ids, keep=3)
+    expiries = Expiries(ids)
+    for n in range(1_000):
+        window.add(f"r{n}", 10**12 + n)
+        expiries.add(f"r{n}", 10**12 + n)
+    assert len(ids) == 3 and len(expiries._heap) <= 2 * 3 + 65
+    assert list(expiries.before(10**13)) == ["r997", "r998", "r999"]

@@ -36,12 +36,23 @@ class IdWindow:
     ({'b': 1, 'c': 2}, False)
     """
 
-    __slots__ = ("_order", "ids", "keep")
+    __slots__ = ("_order", "_stale", "ids", "keep")
 
     def __init__(self, ids: dict[str, Any], keep: int) -> None:
         self.ids = ids
         self.keep = keep
         self._order = deque(ids)
+        self._stale: dict[str, int] = {}  # places in the order an id was discarded from
+
+    def _drop_oldest(self) -> None:
+        rid = self._order.popleft()
+        stale = self._stale.get(rid)
+        if stale is None:
+            del self.ids[rid]
+        elif stale > 1:
+            self._stale[rid] = stale - 1
+        else:
+            del self._stale[rid]
 
     def __contains__(self, rid: str) -> bool:
         return rid in self.ids
@@ -52,23 +63,27 @@ class IdWindow:
         ids[rid] = value
         self._order.append(rid)
         while len(ids) > self.keep:
-            ids.pop(self._order.popleft(), None)  # None: discarded before its turn
+            self._drop_oldest()
 
     def discard(self, rid: str) -> None:
-        """Forget ``rid`` before its turn. Its place in the arrival order goes when the
-        order comes to it, or when discarded places outnumber the window (the order is
-        then built again from the dict). An id discarded and added again is dropped at
-        its first place's turn.
+        """Forget ``rid`` before its turn. Its place in the arrival order is passed over
+        when the order comes to it, or goes when discarded places outnumber the window (the
+        order is then built again from the dict). An id discarded and added again takes
+        its new place, as it would in a window resumed from the dict.
 
         >>> ids: dict[str, int] = {}
         >>> window = IdWindow(ids, keep=2)
         >>> window.add("a"); window.add("b"); window.discard("a"); window.add("c")
+        >>> window.add("a"); window.add("d")
         >>> list(ids)
-        ['b', 'c']
+        ['a', 'd']
         """
-        self.ids.pop(rid, None)
+        if self.ids.pop(rid, self) is self:
+            return
+        self._stale[rid] = self._stale.get(rid, 0) + 1
         if len(self._order) > 2 * self.keep:
             self._order = deque(self.ids)
+            self._stale.clear()
 
 
 class Expiries:
@@ -92,8 +107,13 @@ class Expiries:
         heapq.heapify(self._heap)
 
     def add(self, rid: str, expires: int) -> None:
-        """``rid`` (set in ``ids`` by the caller) expires at ``expires``."""
-        heapq.heappush(self._heap, (expires, rid))
+        """``rid`` (set in ``ids`` by the caller) expires at ``expires``. Entries of ids
+        that left the dict are cleared out as the heap grows past twice the dict."""
+        heap = self._heap
+        heapq.heappush(heap, (expires, rid))
+        if len(heap) > 2 * len(self.ids) + 64:
+            self._heap = [(exp, rid) for rid, exp in self.ids.items()]
+            heapq.heapify(self._heap)
 
     def before(self, horizon: int) -> Iterator[str]:
         """The ids still in ``ids`` that expire before ``horizon``, soonest first; the
