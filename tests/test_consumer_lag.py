@@ -82,3 +82,28 @@ def test_a_partition_that_never_had_data_costs_no_watermark_round_trip_at_its_en
     run_main(build(kafka_bootstrap, [silent], out, dlq, idle_eof_s=1.0))
     assert all(lag_of(silent, k) == 0.0 for k in range(8))
     assert len(asked) <= 8  # the idle end's check, once each; none for the lag gauge
+
+
+@pytest.mark.kafka
+def test_a_backlog_shows_in_the_lag_gauge_from_the_first_read(
+    kafka_bootstrap: str, new_topic, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first read's fetch carries the high watermark: a backlogged partition's lag
+    is set then, not one gauge period later (the run is over well before one)."""
+    from prometheus_client.metrics import Gauge
+
+    backlog = new_topic(1)
+    for _ in range(5):  # five produce batches: the dev broker's high watermark is the last
+        produce(kafka_bootstrap, backlog, trades(20), partition=0)
+    seen: list[float] = []
+    real = Gauge.set
+
+    def recorded(self: Gauge, value: float) -> None:
+        if getattr(self, "_labelvalues", ()) == (backlog, "0"):
+            seen.append(value)
+        real(self, value)
+
+    monkeypatch.setattr(Gauge, "set", recorded)
+    out, dlq = new_topic(1), new_topic(1)
+    run_main(build(kafka_bootstrap, [backlog], out, dlq, idle_eof_s=1.0, batch_size=5))
+    assert seen and seen[0] > 0 and seen[-1] == 0.0

@@ -275,13 +275,17 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
             self._skipped_ts = max(self._skipped_ts, stamp_of(skipped.value()))
         self._at_end = at_end
         now = self._clock()
+        first = False
         if last_off >= 0:
+            first = not self._got_any
             self._got_any = True
             self._last_msg_ns = now
             self._offset = last_off + 1
             self._idle_since = None
         self._in.inc(n)
-        self._report_lag(now, force=at_end and not was_at_end)  # at once on reaching the end
+        # at once on reaching the end, and on the first read (the fetch's high watermark
+        # gives a backlog's lag with no round trip)
+        self._report_lag(now, force=first or (at_end and not was_at_end))
 
     def _report_lag(self, now: int, force: bool = False) -> None:
         """Every ``LAG_EVERY_NS`` (or now, when ``force``): the partition's lag gauge,
