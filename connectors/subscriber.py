@@ -362,11 +362,12 @@ class CommandSubscriber:
             found = self._decision(cmd, partition, offset)
             if found is not None:
                 return found
-        if self.state.seen(cmd.command_id):
+        if self.state.seen(cmd.issuer, cmd.command_id):
             # Authentic under a new seq (re-derived after a restart): the seq is used up.
             # The executor answered this id when it handled it: nothing to settle.
             return self._reject(Reason.REPLAYED_COMMAND_ID.value,
-                                f"command_id {cmd.command_id!r} already executed",
+                                f"command_id {cmd.command_id!r} of {cmd.issuer!r} already "
+                                "handled",
                                 partition, offset, cmd, record=True)
         self._check_gap(cmd, hw, partition, offset)
         holder = None

@@ -1,7 +1,7 @@
 """The command subscriber's durable state, and the high-water mark kept apart from it.
 
-:class:`SubscriberState` is SQLite: per-issuer ``seq`` high-water marks, executed
-``command_id``s, consumed offsets, the highest trust-file serial, the mitigations held in
+:class:`SubscriberState` is SQLite: per-issuer ``seq`` high-water marks, each
+signer's handled ``command_id``s, consumed offsets, the highest trust-file serial, the mitigations held in
 force and the executed copies of each decision. Writes go into one open transaction that
 :meth:`SubscriberState.flush` commits, so a flood of rejections costs one synced commit
 per batch, not one per message; a command that was executed is flushed at once (its ack
@@ -32,8 +32,9 @@ from riskguard.errors import ConfigError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS seq_hw (issuer TEXT PRIMARY KEY, seq INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS seen (command_id TEXT PRIMARY KEY, issuer TEXT NOT NULL,
-                                 seq INTEGER NOT NULL, expires_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS handled (issuer TEXT NOT NULL, command_id TEXT NOT NULL,
+                                    seq INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+                                    PRIMARY KEY (issuer, command_id));
 CREATE TABLE IF NOT EXISTS offsets (topic TEXT NOT NULL, part INTEGER NOT NULL,
                                     next_offset INTEGER NOT NULL, PRIMARY KEY (topic, part));
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
@@ -44,7 +45,7 @@ CREATE TABLE IF NOT EXISTS copies (decision_id TEXT NOT NULL, content BLOB NOT N
                                    issuer TEXT NOT NULL, command_id TEXT NOT NULL,
                                    keep_until INTEGER NOT NULL,
                                    PRIMARY KEY (decision_id, content));
-CREATE INDEX IF NOT EXISTS seen_by_expiry ON seen (expires_at);
+CREATE INDEX IF NOT EXISTS handled_by_expiry ON handled (expires_at);
 CREATE INDEX IF NOT EXISTS copies_by_expiry ON copies (keep_until);
 """
 
@@ -79,6 +80,10 @@ class SubscriberState:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
+        if self.db.execute("SELECT 1 FROM sqlite_master WHERE name='seen'").fetchone():
+            # ids were once kept across issuers: each row names its issuer, so none is lost
+            self.db.executescript("INSERT OR IGNORE INTO handled SELECT issuer, command_id, "
+                                  "seq, expires_at FROM seen; DROP TABLE seen;")
         self.raised_seq = False  # a seq high-water mark rose in the open transaction
         self.commits = 0  # synced commits so far (a flood of rejections costs few)
         # consumed offsets not yet written: (topic, partition) -> next offset
@@ -93,9 +98,11 @@ class SubscriberState:
     def high_waters(self) -> dict[str, int]:
         return {str(i): int(s) for i, s in self.db.execute("SELECT issuer, seq FROM seq_hw")}
 
-    def seen(self, command_id: str) -> bool:
-        q = "SELECT 1 FROM seen WHERE command_id=?"
-        return self.db.execute(q, (command_id,)).fetchone() is not None
+    def seen(self, issuer: str, command_id: str) -> bool:
+        """Whether ``issuer`` has had a command ``command_id`` handled: ids are each
+        signer's own, so no key can use up another's."""
+        q = "SELECT 1 FROM handled WHERE issuer=? AND command_id=?"
+        return self.db.execute(q, (issuer, command_id)).fetchone() is not None
 
     def copies(self, decision_id: str) -> list[Copy]:
         """The executed copies of ``decision_id``, oldest first (one per content)."""
@@ -159,8 +166,8 @@ class SubscriberState:
                                  cmd.command_id, max(cmd.expires_at, keep_decision_until)))
             self._hold(cmd)
         self.raise_seq(cmd.issuer, cmd.seq)
-        self.db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?, ?, ?)",
-                        (cmd.command_id, cmd.issuer, cmd.seq, cmd.expires_at))
+        self.db.execute("INSERT OR IGNORE INTO handled VALUES (?, ?, ?, ?)",
+                        (cmd.issuer, cmd.command_id, cmd.seq, cmd.expires_at))
 
     def _hold(self, cmd: MitigationCommand) -> None:
         """A held action stays in force on its scope; a resume lifts what it names."""
@@ -195,7 +202,7 @@ class SubscriberState:
     def prune(self, before_ns: int) -> int:
         """Forget executed ids that expired before ``before_ns`` (freshness rejects them)."""
         self._begin()
-        cur = self.db.execute("DELETE FROM seen WHERE expires_at < ?", (before_ns,))
+        cur = self.db.execute("DELETE FROM handled WHERE expires_at < ?", (before_ns,))
         self.db.execute("DELETE FROM copies WHERE keep_until < ?", (before_ns,))
         return cur.rowcount
 

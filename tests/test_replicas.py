@@ -153,6 +153,26 @@ def test_a_decision_is_forgotten_once_expired_and_past_its_window(tmp_path: Path
     assert sub.state.copies(D1) == []
 
 
+def test_a_key_that_signs_a_guard_commands_id_first_suppresses_nothing(
+        tmp_path: Path) -> None:
+    """Command ids are each signer's own: an operator's authentic command carrying the id
+    a guard will derive (ids are predictable) uses up nothing of the guard's, whose halt
+    still executes."""
+    from signing_fixtures import OP1
+
+    seen: dict[str, list[Any]] = {}
+    sub = _subscriber(tmp_path, seen)
+    halt = _copy("engine-a", 1, D2)
+    claim = msgspec.structs.replace(
+        command(9, issuer="op-alice", action=Action.RESUME, scope=VENUE_X),
+        command_id=halt.command_id)
+    sub.handle(_signed(claim, OP1))
+    sub.handle(_signed(halt, REPLICA_A))
+    assert [(c.issuer, c.action) for c in seen["executed"]] == [
+        ("op-alice", Action.RESUME), ("engine-a", Action.HALT_TRADING)]
+    assert not seen.get("rejected")
+
+
 def test_a_replica_cannot_sign_for_another(tmp_path: Path) -> None:
     """B's key on a command naming A as issuer is refused, never a duplicate or executed."""
     seen: dict[str, list[Any]] = {}

@@ -269,3 +269,22 @@ def test_the_same_action_with_new_params_is_an_update_and_executes(tmp_path: Pat
         h.sub.handle(env_bytes(c, ENGINE2), partition=0, offset=i)
     assert [c.seq for c in h.executed] == [1, 2]
     assert [r.reason for r in h.rejected] == ["already_in_force"]
+
+
+def test_a_state_that_kept_ids_across_issuers_keeps_them_per_issuer(tmp_path: Path) -> None:
+    """A state file from when handled ids were one table across issuers opens with each
+    id kept under the issuer its row names: a replay is still refused."""
+    import sqlite3
+
+    from riskguard.connectors.subscriber_state import SubscriberState
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE seen (command_id TEXT PRIMARY KEY, issuer TEXT NOT NULL, "
+               "seq INTEGER NOT NULL, expires_at INTEGER NOT NULL)")
+    db.execute("INSERT INTO seen VALUES ('c1', 'engine-1', 1, 99)")
+    db.commit()
+    db.close()
+    state = SubscriberState(path)
+    assert state.seen("engine-1", "c1") and not state.seen("op-alice", "c1")
+    assert state.db.execute("SELECT 1 FROM sqlite_master WHERE name='seen'").fetchone() is None
