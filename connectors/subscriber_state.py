@@ -1,8 +1,8 @@
 """The command subscriber's durable state, and the high-water mark kept apart from it.
 
-:class:`SubscriberState` is SQLite: per-issuer ``seq`` high-water marks, each
-signer's handled ``command_id``s, consumed offsets, the highest trust-file serial, the mitigations held in
-force and the executed copies of each decision. Writes go into one open transaction that
+:class:`SubscriberState` is SQLite: per-issuer ``seq`` high-water marks, each signer's
+handled ``command_id``s, consumed offsets, the highest trust-file serial, the mitigations
+held in force and the executed copies of each decision. Writes go into one open transaction that
 :meth:`SubscriberState.flush` commits, so a flood of rejections costs one synced commit
 per batch, not one per message; a command that was executed is flushed at once (its ack
 is out).
