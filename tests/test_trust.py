@@ -343,3 +343,24 @@ def test_scope_patterns_name_a_scope_kind_or_glob_it() -> None:
     doc = parse_trust(trust_text().replace('scopes = ["venue:*"]',
                                            'scopes = ["*:okx", "instrument:okx/BTC-*"]', 1))
     assert doc.keys[1].scopes == ("*:okx", "instrument:okx/BTC-*")
+
+
+def test_machine_keys_are_not_people_for_the_two_person_rule() -> None:
+    """Two guard replicas' keys co-signing a firm-wide resume are two machines, not two
+    people: refused; an operator and a replica make one person, refused too."""
+    from test_replicas import REPLICA_A, REPLICA_B, _replicas_trust
+
+    store = _replicas_trust()
+
+    def reason(env: SignedEnvelope) -> str:
+        try:
+            store.verify(env, expected_payload_type=PAYLOAD_COMMAND, audience=AUD, now_ns=T0)
+        except VerificationError as err:
+            return err.reason
+        return "ok"
+
+    engines = command(issuer="engine-a", action=Action.RESUME, scope=FIRM)
+    assert reason(signed(engines, REPLICA_A, REPLICA_B)) == "two_person_required"
+    mixed = command(issuer="op-alice", action=Action.RESUME, scope=FIRM)
+    assert reason(signed(mixed, OP1, REPLICA_A)) == "two_person_required"
+    assert reason(signed(mixed, OP1, OP2)) == "ok"

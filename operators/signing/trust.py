@@ -117,6 +117,11 @@ ROLE_PAYLOADS: dict[Role, frozenset[str]] = {
 }
 """Which payload types each role may sign."""
 
+PEOPLE = frozenset({Role.OPERATOR, Role.LIMIT_ADMIN})
+"""The roles whose keys are people's: only they count toward the two-person rule and the
+approvals counted on an operator's command (a guard replica or an executor is a
+machine, however many of them sign)."""
+
 
 def _match_any(_label: str) -> bool:
     return True
@@ -271,7 +276,8 @@ class VerifiedMessage:
     signers: tuple[str, ...]
     payload: bytes
     approvers: tuple[str, ...] = ()
-    """The distinct people (key names) among the authorized signers."""
+    """The distinct people (names of operator and limit-admin keys) among the authorized
+    signers."""
 
 
 _sig_list = msgspec.json.Decoder(list[Signature])
@@ -666,12 +672,12 @@ class TrustStore:
                    f"({', '.join(k.name for k in signers)})")
         action, scope_label, two = self._subject(msg)
         authorized = self._authorized(signers, expected_payload_type, action, scope_label)
-        approvers = tuple(dict.fromkeys(k.name for k in authorized))
+        approvers = tuple(dict.fromkeys(k.name for k in authorized if k.role in PEOPLE))
         if two and len(approvers) < 2:
             raise rejection(Reason.TWO_PERSON_REQUIRED,
                    f"{action} on {scope_label} needs two distinct people; got "
-                   f"{len(authorized)} authorized key(s) of {len(approvers)} "
-                   f"({', '.join(approvers)})")
+                   f"{len(authorized)} authorized key(s), of {len(approvers)} "
+                   f"({', '.join(approvers) or 'none'}) people")
         if msg.audience != audience:
             raise rejection(Reason.WRONG_AUDIENCE,
                    f"expected env={audience.env!r} topic={audience.topic!r}; got "
