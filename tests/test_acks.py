@@ -246,6 +246,22 @@ def test_a_copy_of_a_command_that_failed_is_executed_not_confirmed(tmp_path: Pat
 
 
 
+def test_an_executor_cannot_use_up_another_executors_refusal() -> None:
+    """A refusal is named by its signer and command, not by the ack_id it carries: an
+    executor that sends a refusal under another executor's ack_id leaves that executor's
+    real refusal of its command to pass, and raise its alert."""
+    logic = AckLogic(trust(), env=AUD.env, topic=ACKS.topic, clock=lambda: T0 + 2 * S)
+    one, other = AckSigner(EXECUTOR, env=AUD.env, clock=lambda: T0 + S), AckSigner(
+        VENUE_ONLY, env=AUD.env, clock=lambda: T0 + S)
+    taken = msgspec.structs.replace(
+        one.ack(command("other"), Applied(AckOutcome.REFUSED, "x")),
+        ack_id="executor-okx:c1")
+    assert isinstance(logic.check(decode_envelope(one.sign(taken))), ExecutionAck)
+    real = logic.check(decode_envelope(other.sign(other.ack(
+        command("c1"), Applied(AckOutcome.REFUSED, "gateway down")))))
+    assert isinstance(real, ExecutionAck) and real.reason == "gateway down"
+
+
 def test_the_refusals_remembered_are_the_newest_and_expired_ones_are_forgotten(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The refusals kept (each raises its alert once) are a window of the newest

@@ -198,12 +198,15 @@ class AckLogic:
         st.high_water[ack.issuer] = ack.seq
         if ack.outcome.value in ("refused", "failed"):
             self._forget_expired(now)
-            if ack.ack_id in st.refused:
+            # named by its signer and command, not by the ack_id it carries: no executor
+            # can use up another's refusal
+            refusal = f"{ack.issuer}:{ack.command_id}"
+            if refusal in st.refused:
                 return _ack_refused(env, now, "repeated",
-                                    f"{ack.ack_id} {ack.outcome.value} already: its alert "
+                                    f"{refusal} {ack.outcome.value} already: its alert "
                                     "was raised")
-            self._refused.add(ack.ack_id, ack.expires_at)
-            self._expiring.add(ack.ack_id, ack.expires_at)
+            self._refused.add(refusal, ack.expires_at)
+            self._expiring.add(refusal, ack.expires_at)
         return ack
 
     def _forget_expired(self, now: int) -> None:
