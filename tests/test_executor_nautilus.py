@@ -146,12 +146,15 @@ class Commands:
 class Trader(Strategy):
     """Every second, on every instrument: BUY 0.02 on even seconds, SELL 0.01 on odd ones
     (the position grows, so a SELL reduces it); at ``resting_at`` seconds, a BUY limit far
-    below the market that rests. Records what it sent, what was denied, what it heard."""
+    below the market that rests, and at ``resting_sells_at`` a SELL limit of 0.06 at
+    twice the market. Records what it sent, what was denied, what it heard."""
 
     def __init__(self, resting_at: tuple[int, ...] = (),
-                 instruments: tuple[InstrumentId, ...] = INSTRUMENTS) -> None:
+                 instruments: tuple[InstrumentId, ...] = INSTRUMENTS,
+                 resting_sells_at: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.resting_at = resting_at
+        self.resting_sells_at = resting_sells_at
         self.instruments = instruments
         self.sent: dict[str, tuple[int, InstrumentId, OrderSide, str]] = {}
         self.denied: dict[str, str] = {}
@@ -171,6 +174,11 @@ class Trader(Strategy):
             order = self.order_factory.limit(iid, OrderSide.BUY, inst.make_qty(0.01),
                                              inst.make_price(1000))
             self._send(order, second, "resting")
+        if second in self.resting_sells_at:
+            inst = self.cache.instrument(iid)
+            order = self.order_factory.limit(iid, OrderSide.SELL, inst.make_qty(0.06),
+                                             inst.make_price(2 * tick.ask_price.as_double()))
+            self._send(order, second, "resting_sell")
         side = OrderSide.BUY if second % 2 == 0 else OrderSide.SELL
         qty = 0.02 if side == OrderSide.BUY else 0.01
         order = self.order_factory.market(iid, side, self.cache.instrument(iid).make_qty(qty))
@@ -269,7 +277,8 @@ class Run:
 
 
 def run(tmp_path: Path, schedule: list[tuple[float, bytes]], *, resting_at: tuple[int, ...] = (),
-        fail_sends: int = 0, probe_at: tuple[float, ...] = (), perp: bool = False) -> Run:
+        fail_sends: int = 0, probe_at: tuple[float, ...] = (), perp: bool = False,
+        resting_sells_at: tuple[int, ...] = ()) -> Run:
     """One backtest of SECONDS seconds with the executor, the trader and the command feed
     (``perp``: also BTCUSDT-PERP on BYBIT, a margin account)."""
     engine = BacktestEngine(BacktestEngineConfig(
@@ -317,7 +326,7 @@ def run(tmp_path: Path, schedule: list[tuple[float, bytes]], *, resting_at: tupl
         markets=MarketMap.from_dict(markets), risk_engine=engine.kernel.risk_engine, acks=acks,
         send_ack=send, trust=trust(), audience=AUD, state_path=tmp_path / "sub.sqlite")
     box.append(executor)
-    trader = Trader(resting_at, instruments)
+    trader = Trader(resting_at, instruments, resting_sells_at)
     feed = Feed(executor, schedule)
     engine.add_actor(executor)
     engine.add_actor(feed)
@@ -374,6 +383,20 @@ def test_reduce_only_on_a_venue_passes_only_reducing_orders_there(tmp_path: Path
     assert reasons == {f"riskguard reduce_only on venue:binance (command {r.acks()[0].command_id})"
                        f": the order does not reduce the {i} position" for i in (BTC_BIN, ETH_BIN)}
     assert r.acks()[0].detail["enforced_by"] == "pre_trade_gate"
+
+
+def test_under_reduce_only_resting_sells_together_never_flip_the_position(
+        tmp_path: Path) -> None:
+    """Long 0.1 at 20 s, then reduce_only: a resting SELL 0.06 passes, a second one,
+    which with the first would sell more than the position, is denied."""
+    c = Commands()
+    ro, _ = c.make(20.5, Action.REDUCE_ONLY, venue("binance"))
+    r = run(tmp_path, [(20.5, ro)], resting_sells_at=(22, 23))
+    for iid in (BTC_BIN, ETH_BIN):
+        resting = [cid for cid, (_s, i, _sd, kind) in r.trader.sent.items()
+                   if i == iid and kind == "resting_sell"]
+        assert [cid in r.trader.denied for cid in resting] == [False, True]
+        assert r.trader.denied[resting[1]].endswith(f"does not reduce the {iid} position")
 
 
 def test_overlapping_scopes_take_the_most_restrictive_and_a_resume_lifts_only_its_own(

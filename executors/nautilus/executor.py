@@ -422,14 +422,21 @@ class NautilusExecutor(Actor):
                                       price=command.price or command.trigger_price)
 
     def _reduces(self, order: Order) -> bool:
-        """True if ``order`` only reduces the net position (from flat nothing reduces)."""
+        """True if ``order`` only reduces the net position, counted with the orders already
+        working on its side (open, in flight or emulated): several that each fit would
+        together flip it. From flat nothing reduces."""
         net = Decimal(self.portfolio.net_position(order.instrument_id))
-        qty = order.quantity.as_decimal()
-        if net > 0:
-            return order.side == OrderSide.SELL and qty <= net
-        if net < 0:
-            return order.side == OrderSide.BUY and qty <= -net
-        return False
+        side = OrderSide.SELL if net > 0 else OrderSide.BUY
+        if net == 0 or order.side != side:
+            return False
+        cache, iid = self.cache, order.instrument_id
+        working = {o.client_order_id: o for o in (
+            *cache.orders_open(instrument_id=iid, side=side),
+            *cache.orders_inflight(instrument_id=iid, side=side),
+            *cache.orders_emulated(instrument_id=iid, side=side))}
+        working.pop(order.client_order_id, None)
+        committed = sum((o.leaves_qty.as_decimal() for o in working.values()), Decimal(0))
+        return committed + order.quantity.as_decimal() <= abs(net)
 
     def _check_margin_cap(self, order: Order, *, quantity: Any = None,
                           price: Any = None) -> str | None:
