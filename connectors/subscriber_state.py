@@ -117,6 +117,11 @@ class SubscriberState:
             (action, scope, params)).fetchone()
         return None if row is None else str(row[0])
 
+    def held(self) -> list[tuple[str, str, str]]:
+        """Every mitigation held in force: (action, scope label, command id)."""
+        rows = self.db.execute("SELECT action, scope, command_id FROM in_force ORDER BY rowid")
+        return [(str(a), str(sc), str(c)) for a, sc, c in rows]
+
     def next_offsets(self, topic: str) -> dict[int, int]:
         rows = self.db.execute("SELECT part, next_offset FROM offsets WHERE topic=?", (topic,))
         out = {int(p): int(o) for p, o in rows}

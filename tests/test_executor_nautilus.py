@@ -89,7 +89,7 @@ from signing_fixtures import (  # noqa: E402  # noqa: E402
     trust_text,
 )
 
-from riskguard.errors import DeliveryError  # noqa: E402
+from riskguard.errors import ConfigError, DeliveryError  # noqa: E402
 
 EXECUTOR_KEY = signer("executor-nautilus")
 ACK_AUDIENCE = Audience(env=AUD.env, topic=topic_name(AUD.env, "acks"))
@@ -445,6 +445,18 @@ def test_a_restarted_executor_comes_back_holding_what_it_held(tmp_path: Path) ->
         for why in again.trader.denied.values())
     assert all(all(again.trader.passed(iid, seconds=range(61, SECONDS))) for iid in INSTRUMENTS)
     assert again.states == [(5.7, "REDUCING"), (50.7, "REDUCING"), (70.7, "ACTIVE")]
+
+
+def test_an_executor_whose_holds_file_was_lost_refuses_to_start(tmp_path: Path) -> None:
+    """The subscriber's state records the okx halt in force, so it would answer the halt
+    again as already in force: an executor whose holds file is gone (or older) would hold
+    nothing. It refuses to start, naming what is missing."""
+    c = Commands()
+    okx_halt, okx_id = c.make(10.5, Action.HALT_TRADING, venue("okx"))
+    run(tmp_path, [(10.5, okx_halt)])
+    (tmp_path / "sub.sqlite.holds.json").unlink()
+    with pytest.raises(ConfigError, match=f"missing halt_trading on venue:okx .command {okx_id}"):
+        run(tmp_path, [])
 
 
 def test_an_underlying_scope_covers_that_underlying_on_every_venue_only(tmp_path: Path) -> None:

@@ -45,6 +45,8 @@ from riskguard.operators.signing.trust import TrustStore
 from riskguard.schemas.commands import AckOutcome, Action, Audience, ExecutionAck, MitigationCommand
 from riskguard.schemas.signals import Scope, ScopeKind
 
+from riskguard.errors import ConfigError
+
 WIDEN_QUOTES_TOPIC = "riskguard.widen_quotes"
 """Message bus topic of :class:`WidenQuotes` (``msgbus.subscribe(WIDEN_QUOTES_TOPIC, ...)``)."""
 HEDGE_DELTA_TOPIC = "riskguard.hedge_delta"
@@ -127,11 +129,26 @@ class NautilusExecutor(Actor):
         self._holds_path = Path(holds_path) if holds_path is not None else None
         self._book = (ScopeBook.load(self._holds_path) if self._holds_path is not None
                       else ScopeBook())
+        if self._holds_path is not None:
+            self._check_holds_against(subscriber)
         self._base_caps: dict[str, Decimal] = {}
         self._gate: PreTradeGate | None = None
         self._poll_interval_s = poll_interval_s
         self._poll_batch = poll_batch
         self._timer = f"{component_id}-poll"
+
+    def _check_holds_against(self, subscriber: CommandSubscriber) -> None:
+        """Refuse to start on a holds file that lacks a mitigation the subscriber's state
+        has in force (the file lost or restored from an older copy): the subscriber would
+        answer that command again as already in force, and nothing would hold it."""
+        holds = self._book.state.holds
+        missing = [f"{action} on {scope} (command {cid})"
+                   for action, scope, cid in subscriber.state.held()
+                   if (scope, action) not in holds]
+        if missing:
+            raise ConfigError(str(self._holds_path),
+                              "the holds the subscriber's state has in force (restore the "
+                              "file, or start both afresh)", "missing " + "; ".join(missing))
 
     # -- what others may read or call -----------------------------------------
 
