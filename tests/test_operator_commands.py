@@ -68,6 +68,22 @@ def test_a_key_not_allowed_to_resume_is_refused_with_its_reason() -> None:
     assert out.reason != "command_two_person_required"
 
 
+def test_an_operators_command_id_used_first_by_another_operator_is_still_accepted() -> None:
+    """Command ids are each signer's own: op-bob's command carrying the id op-alice's
+    resume will use leaves hers to pass; hers presented again is a replay."""
+    logic = OperatorCommandLogic(trust_store(), env=AUD.env, topic=AUD.topic,
+                                 clock=ManualClock(T0))
+    alice = command(9, issuer="op-alice", action=Action.RESUME, scope=VENUE_X)
+    bob = msgspec.structs.replace(
+        command(9, issuer="op-bob", action=Action.RESUME, scope=VENUE_X),
+        command_id=alice.command_id)
+    signed = [sign_envelope(PAYLOAD_COMMAND, msgspec.json.encode(c), [k])
+              for c, k in ((bob, OP2), (alice, OP1))]
+    out = [logic.check(env) for env in (*signed, signed[1])]
+    assert [type(o).__name__ for o in out] == ["MitigationCommand"] * 2 + ["DeadLetter"]
+    assert out[2].reason == "command_replayed_command_id"  # type: ignore[union-attr]
+
+
 def test_a_bare_command_record_is_refused_as_unsigned() -> None:
     out = unhandled_letter(command(4, action=Action.RESUME))
     assert (out.reason, out.found) == ("unsigned_command", "MitigationCommand")

@@ -50,9 +50,9 @@ OPERATOR_COMMANDS_KEY = "operator_commands"
 @persisted("riskguard.operator_commands")
 @dataclass
 class OperatorCommandState:
-    """Replay state: accepted command ids with their expiry, and each issuer's highest
-    ``seq``. An id is forgotten once its command has expired (past the leeway): it
-    could not verify again anyway."""
+    """Replay state: accepted commands (``<issuer>:<command id>``) with their expiry, and
+    each issuer's highest ``seq``. An id is forgotten once its command has expired (past
+    the leeway): it could not verify again anyway."""
 
     seen: dict[str, int] = field(default_factory=dict)
     high_water: dict[str, int] = field(default_factory=dict)
@@ -97,15 +97,17 @@ class OperatorCommandLogic:
         assert isinstance(cmd, MitigationCommand)  # PAYLOAD_COMMAND decodes to a command
         st = self.state
         self._forget_expired(now)
-        if cmd.command_id in st.seen:
+        key = f"{cmd.issuer}:{cmd.command_id}"  # each signer's ids its own
+        if key in st.seen:
             return _refused(env, now, Reason.REPLAYED_COMMAND_ID.value,
-                            f"command_id {cmd.command_id!r} was already accepted")
+                            f"command_id {cmd.command_id!r} of {cmd.issuer!r} was already "
+                            "accepted")
         high = st.high_water.get(cmd.issuer)
         if high is not None and cmd.seq <= high:
             return _refused(env, now, Reason.REPLAYED_SEQ.value,
                             f"seq {cmd.seq} <= high-water {high} of {cmd.issuer!r}")
-        st.seen[cmd.command_id] = cmd.expires_at
-        self._expiring.add(cmd.command_id, cmd.expires_at)
+        st.seen[key] = cmd.expires_at
+        self._expiring.add(key, cmd.expires_at)
         if cmd.seq:  # seq 0: the issuer keeps no sequence; the id alone guards it
             st.high_water[cmd.issuer] = cmd.seq
         params = {**cmd.params, "approvals": float(len(v.approvers))}
