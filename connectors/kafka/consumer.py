@@ -187,8 +187,12 @@ class SharedConsumer:
     topics of several partitions each, that multiplies broker load and
     fetch waits. Here partitions are added with ``incremental_assign`` and
     each ``consume`` is split into per-partition lists. A read takes its whole list,
-    which grows only while its reader is held back by event-time alignment (bounded by
-    the skew) or between two reads (bounded by librdkafka's prefetch queue).
+    which grows only while its reader is held back by event-time alignment or between two
+    reads (bounded by librdkafka's prefetch queue). A list that reaches
+    :meth:`max_buffered` messages (a reader held back through a long backlog) pauses its
+    partition in librdkafka until its reader has taken it down to half: librdkafka then
+    drops what it had prefetched for it and fetches on from the last message handed over,
+    so nothing is lost or read twice, and memory is bounded whatever the hold's length.
 
     With ``fair_reads`` a read takes at most ``batch_size`` messages of its partition,
     so one worker step handles at most ``batch_size`` per partition: a burst on a busy
@@ -200,7 +204,7 @@ class SharedConsumer:
     by the skew), so alignment cannot starve the partition it waits for. The cost is
     throughput on a backlog (a replay): more, smaller steps.
 
-    No pause/resume: resuming a partition discards what was prefetched.
+    Pause and resume serve only that bound: resuming discards what was prefetched.
     """
 
     def __init__(self, config: dict[str, Any], batch_size: int, *,
@@ -212,6 +216,12 @@ class SharedConsumer:
         self._batch_size = batch_size
         self._fair = fair_reads
         self._held: set[tuple[str, int]] = set()  # readers held back by alignment
+        self._paused: set[tuple[str, int]] = set()  # partitions past max_buffered
+
+    @property
+    def max_buffered(self) -> int:
+        """Messages one partition's list may hold before its partition is paused."""
+        return max(16 * self._batch_size, 16_384)
 
     def add(self, topic: str, idx: int, offset: int) -> None:
         with self._lock:
@@ -235,6 +245,9 @@ class SharedConsumer:
             else:
                 self._pending[key] = pending[n:]
                 pending = pending[:n]
+            if key in self._paused and len(self._pending[key]) <= self.max_buffered // 2:
+                self._paused.discard(key)
+                self._consumer.resume([TopicPartition(topic, idx)])
             return pending
 
     def wait(self, timeout_s: float) -> None:
@@ -275,19 +288,29 @@ class SharedConsumer:
 
     def _distribute(self, msgs: list[Any]) -> None:
         """Append consumed messages to their partitions' lists (under the lock)."""
-        pending = self._pending
+        pending, cap = self._pending, self.max_buffered
+        full: set[tuple[str, int]] = set()
         if len(pending) == 1:
-            for out in pending.values():
+            for key, out in pending.items():
                 out.extend(msgs)
-            return
-        for m in msgs:
-            target = pending.get((m.topic() or "", m.partition() or 0))
-            if target is None:
-                # A client-level error has no partition: every reader must see it.
-                for lst in pending.values():
-                    lst.append(m)
-            else:
-                target.append(m)
+                if len(out) >= cap:
+                    full.add(key)
+        else:
+            for m in msgs:
+                key = (m.topic() or "", m.partition() or 0)
+                target = pending.get(key)
+                if target is None:
+                    # A client-level error has no partition: every reader must see it.
+                    for lst in pending.values():
+                        lst.append(m)
+                else:
+                    target.append(m)
+                    if len(target) >= cap:
+                        full.add(key)
+        full -= self._paused
+        if full:
+            self._paused |= full
+            self._consumer.pause([TopicPartition(t, i) for t, i in full])
 
     def high_watermark(self, topic: str, idx: int) -> int | None:
         """The partition's high watermark from the last fetch (no broker round trip)."""
@@ -324,6 +347,7 @@ class SharedConsumer:
         with self._lock:
             self._pending.pop((topic, idx), None)
             self._held.discard((topic, idx))
+            self._paused.discard((topic, idx))
             if self._consumer is None:
                 return
             if self._pending:
