@@ -32,6 +32,7 @@ from riskguard.connectors.topics import (
 )
 from riskguard.dataflows.guard.admit import admit_keys
 from riskguard.dataflows.guard.config import GuardConfig
+from riskguard.dataflows.guard.market import market_source
 from riskguard.dataflows.guard.market_watch import watch_market_processes
 from riskguard.dataflows.guard.steps import (
     FirmClock,
@@ -220,7 +221,8 @@ def _clock_of(records: Stream[Record], cfg: GuardConfig, clock: Clock, tick_sour
         # market process is one more tick source: time holds until it has passed
         own_ticks = op.flat_map_batch(
             "firm_clock", op.merge("firm_clock_in", own_ticks, detected_in),
-            FirmClock(processes, int(cfg.tier.market_wait_s * NS_PER_S), clock))
+            FirmClock([market_source(i) for i in range(processes)],
+                      int(cfg.tier.market_wait_s * NS_PER_S), clock))
         ticks = op.merge("all_ticks", own_ticks, op.flat_map_batch(
             "market_ticks", detected_in, market_ticks(processes)))
     return records, detected_in, ticks, own_ticks

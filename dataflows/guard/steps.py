@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import bytewax.operators as op
@@ -291,9 +291,11 @@ class FirmClock:
     process has yet to send again: in a replay, minutes of event time. Held to every
     market process heard from within ``wait_ns`` of processing time, a restart shorter
     than that leaves the firm's outputs as if nothing had stopped. One silent for longer
-    holds nothing back: the firm must go on valuing fills and enforcing limits.
+    holds nothing back: the firm must go on valuing fills and enforcing limits. Progress
+    from a source that is not one of ``sources`` (the market processes' names) is passed
+    over: the detections topic's records do not pass admission.
 
-    >>> clock = FirmClock(2, wait_ns=100, clock=lambda: now)
+    >>> clock = FirmClock(("m0", "m1"), wait_ns=100, clock=lambda: now)
     >>> now = 0
     >>> clock([Tick(ts=50, source="firm")])   # no market process heard from yet
     []
@@ -303,10 +305,15 @@ class FirmClock:
     >>> now = 150   # m0 silent past the wait: it no longer holds the firm
     >>> clock([DetectProgress(ts=90, source="m1"), Tick(ts=80, source="firm")])
     [Tick(ts=80, source='firm', of=0)]
+    >>> clock([DetectProgress(ts=1, source="not-a-market"), Tick(ts=85, source="firm")])
+    [Tick(ts=85, source='firm', of=0)]
+    >>> sorted(clock.markets)
+    ['m0', 'm1']
     """
 
-    def __init__(self, processes: int, wait_ns: int, clock: Clock) -> None:
-        self.processes = processes
+    def __init__(self, sources: Collection[str], wait_ns: int, clock: Clock) -> None:
+        self.sources = frozenset(sources)
+        self.processes = len(self.sources)
         self.wait_ns = wait_ns
         self.clock = clock
         self.started: int | None = None
@@ -319,6 +326,8 @@ class FirmClock:
         out: list[Tick] = []
         for r in recs:
             if type(r) is DetectProgress:
+                if r.source not in self.sources:
+                    continue
                 seen = self.markets.get(r.source)
                 self.markets[r.source] = (r.ts if seen is None else max(r.ts, seen[0]), now)
             elif type(r) is Tick:
