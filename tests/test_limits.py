@@ -287,3 +287,23 @@ def test_rejected_update_in_the_flow_is_audited_and_the_old_limit_stays(
                      ("limit_update_rejected", "role_not_permitted")]
     assert {u.effective_limit for u in utils} <= {100.0, 300.0}
     assert 1e9 not in {u.effective_limit for u in utils}
+
+
+def test_limits_set_by_updates_are_capped_per_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each limit a signed update sets beyond the configured ones is a row every exposure
+    is evaluated against: past MAX_OVERRIDES an update naming a new one is rejected, one
+    changing a limit already set still applies."""
+    from riskguard.operators.exposure import limits as limits_module
+
+    monkeypatch.setattr(limits_module, "MAX_OVERRIDES", 2)
+    logic = LimitsLogic(cfg())
+    paths = [f"counterparty.okx.instrument.I{n}" for n in range(3)]
+    outs = [drive(logic, [update(update_id=f"u{n}", limit_path=p, limit=10.0)])
+            for n, p in enumerate(paths)]
+    kinds = [[(o.kind, o.details.get("reason")) for o in out if isinstance(o, RiskAlert)]
+             for out in outs]
+    assert kinds[0] == kinds[1] == [("limit_update_accepted", None)]
+    assert kinds[2] == [("limit_update_rejected", "too_many_overrides")]
+    again = drive(logic, [update(update_id="u9", limit_path=paths[0], limit=20.0)])
+    assert [o.kind for o in again if isinstance(o, RiskAlert)] == ["limit_update_accepted"]
+    assert logic.current_spec(paths[0], "gross_notional").limit == 20.0  # type: ignore[union-attr]

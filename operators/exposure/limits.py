@@ -82,6 +82,10 @@ STATE_VERSION = 2
 
 
 UTIL_CAP = 1e6
+MAX_OVERRIDES = 1024
+"""Limits a key's signed updates may set beyond its configured ones, at most: each is a
+row every exposure is evaluated against. Past it, an update naming a new limit is
+rejected (``too_many_overrides``); one changing a limit already set still applies."""
 _NS = uuid.UUID("3d2b8c41-6a0e-4b8e-a4a9-5c7f1e0d2b77")
 _NONE: tuple[str, ...] = ()
 
@@ -411,6 +415,11 @@ class LimitsLogic:
             return []
         self._updates.add(upd.update_id)
         old = self.current_spec(upd.limit_path, upd.kind)
+        if (old is None and (upd.limit_path, upd.kind) not in st.overrides
+                and len(st.overrides) >= MAX_OVERRIDES):
+            return [self._reject(upd, "too_many_overrides",
+                                 f"{len(st.overrides)} limits set by updates on this key "
+                                 f"already (at most {MAX_OVERRIDES})")]
         base = old if old is not None else LimitSpec(limit=0.0)
         new = _updated_spec(upd, base)
         if isinstance(new, str):
