@@ -588,3 +588,19 @@ def test_episodes_follow_their_grammar_whatever_the_moves(
             severity = None
             continue
         severity = sig.severity.value
+
+
+def test_bars_claiming_ever_new_intervals_keep_the_bands_state_bounded() -> None:
+    """A feed whose bars each claim another interval makes new horizons to learn each time:
+    what the key learns keeps only the current plan's horizons past 64, and the per-horizon
+    settings cache is cleared past 256."""
+    ns = 10**9
+    bands = MoveBands(MoveBandConfig(), key="okx/BTC-USDT")
+    scope = Scope(kind=ScopeKind.INSTRUMENT, value="BTC-USDT", venue="okx")
+    most = (0, 0)
+    for i in range(12_000):
+        bands.on_vector(FeatureVector(
+            key="okx/BTC-USDT", scope=scope, ts=10**18 + i * 60 * ns, values={},
+            price=100.0 + (i % 7) * 0.01, interval_ns=60 * ns + (i + 1) * 1000))
+        most = (max(most[0], len(bands.s.h_var)), max(most[1], len(bands._params_at)))
+    assert most[0] <= 64 + 10 and most[1] <= 256 + 10

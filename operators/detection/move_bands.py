@@ -392,9 +392,16 @@ class MoveBands:
         interval."""
         self._for_interval = interval
         self._rules.for_interval(interval)
+        if len(self._params_at) > 256:  # intervals that keep changing: bars of any length
+            self._params_at.clear()
         self._plan = [(h, h <= 3600 * NS and h % _FINE_NS == 0, *self._params(h),
                        f"move_{_label(h / NS)}", math.sqrt(h))
                       for h in sorted({max(h, interval) for h in self._h_ns})]
+        h_var = self.s.h_var
+        if len(h_var) > 64:  # what such intervals learned: only this plan's horizons stay
+            keep = {p[0] for p in self._plan} | {-max(self._dd_ns, interval)}
+            for key in [k for k in h_var if k not in keep]:
+                del h_var[key]
 
     def _day_range(self, ts: int) -> tuple[float, float]:
         """The highest high and lowest low of the coarse slots within ``drawdown_s`` of
