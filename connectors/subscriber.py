@@ -130,6 +130,8 @@ COMMIT_EVERY = 2048
 """Rejections committed in one transaction at most, while polling (one synced write)."""
 COMMIT_EVERY_S = 0.5
 """... or after this long, whichever comes first."""
+PRUNE_EVERY_S = 60.0
+"""How often a long poll forgets the expired handled ids, as every poll does at its end."""
 CHECK_AHEAD = 64
 """Messages decoded, and their signatures checked on the verify threads, at a time."""
 NOT_A_REPLICA = "decision_not_replica"
@@ -546,12 +548,15 @@ class CommandSubscriber:
         if self._consumer is None:
             self.connect()
         handled = 0
-        idle_since = time.monotonic()
+        idle_since = pruned_at = time.monotonic()
         self._batching = True
         try:
             while max_messages is None or handled < max_messages:
                 want = 512 if max_messages is None else min(512, max_messages - handled)
                 msgs = self._consumer.consume(want, poll_timeout_s)
+                if time.monotonic() - pruned_at >= PRUNE_EVERY_S:  # a session of days
+                    self._prune()
+                    pruned_at = time.monotonic()
                 if not msgs:
                     if time.monotonic() - idle_since >= idle_timeout_s:
                         break
@@ -563,9 +568,13 @@ class CommandSubscriber:
             self._batching = False
             self.flush()
         self._flush_rejections()
+        self._prune()
+        return handled
+
+    def _prune(self) -> None:
+        """Forget the handled ids and decision copies expired an hour past the leeway."""
         self.state.prune(self.clock() - self.leeway_ns - 3600 * 1_000_000_000)
         self.flush()
-        return handled
 
     def _handle_batch(self, msgs: list[Any]) -> int:
         """Handle consumed messages in order; on an exception, seek every partition back

@@ -288,3 +288,35 @@ def test_a_state_that_kept_ids_across_issuers_keeps_them_per_issuer(tmp_path: Pa
     state = SubscriberState(path)
     assert state.seen("engine-1", "c1") and not state.seen("op-alice", "c1")
     assert state.db.execute("SELECT 1 FROM sqlite_master WHERE name='seen'").fetchone() is None
+
+
+@pytest.mark.kafka
+def test_a_long_poll_forgets_expired_ids_as_it_goes(
+    tmp_path: Path, kafka_bootstrap: str, new_topic: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`riskguard subscribe` polls once for its whole session: the expired handled ids are
+    forgotten every PRUNE_EVERY_S inside it, not only at its end."""
+    from riskguard.connectors import subscriber as subscriber_module
+    from riskguard.connectors.subscriber_state import SubscriberState
+
+    pruned: list[int] = []
+    real = SubscriberState.prune
+
+    def counted(self: SubscriberState, before_ns: int) -> int:
+        pruned.append(before_ns)
+        return real(self, before_ns)
+
+    monkeypatch.setattr(SubscriberState, "prune", counted)
+    monkeypatch.setattr(subscriber_module, "PRUNE_EVERY_S", 0.0)
+    topic = new_topic(partitions=1)
+    aud = AUD.__class__(env=AUD.env, topic=topic)
+    logic = SignLogic(ENGINE, SignConfig())
+    _produce(kafka_bootstrap, topic, [encode_envelope(logic.on_event(c)[0])
+                                      for c in (command(1, audience=aud, issued_at=T0),)])
+    sub = CommandSubscriber(trust=trust_store(), audience=aud, state_path=tmp_path / "s.sqlite",
+                            on_command=lambda c: None, brokers=kafka_bootstrap, topic=topic,
+                            clock=ManualClock(T0))
+    sub.poll(idle_timeout_s=1.0)
+    sub.close()
+    assert len(pruned) >= 2  # during the poll, and at its end
