@@ -42,7 +42,7 @@ while no record arrives.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -249,7 +249,7 @@ class ReplicaWatchLogic:
     def _sweep(self, now: int) -> list[RiskAlert]:
         st = self.state
         out: list[RiskAlert] = []
-        for did in [k for k, d in st.pending.items() if now - d.at >= self._tolerance]:
+        for did in _oldest_until(st.pending, lambda d: now - d.at >= self._tolerance):
             d = st.pending.pop(did)
             st.settled[did] = now
             missing = sorted(self._everyone() - set(d.seen))
@@ -267,7 +267,7 @@ class ReplicaWatchLogic:
                  "evidence": ",".join(d.evidence),
                  **{f"last_write_s_ago.{m}": s for m, s in quiet.items()}}))
         horizon = now - 100 * self._tolerance
-        for did in [k for k, t in st.settled.items() if t < horizon]:
+        for did in _oldest_until(st.settled, lambda t: t < horizon):
             del st.settled[did]
         heard = [t for t in st.last_seen.values() if now - t < self._silent]
         if heard:
@@ -301,3 +301,18 @@ def _record(chain: str, index: int, decision_id: str, config_hash: str = "0" * 6
         input_digest="0" * 64,
         body={"decision_id": decision_id, "action": "reduce_only",
               "scope": {"kind": "venue", "value": "okx"}, "evidence_hashes": ["e1"]})
+
+
+def _oldest_until(items: dict[str, Any], due: Callable[[Any], bool]) -> list[str]:
+    """The keys of ``items`` (in the order their times were set, oldest first) from the
+    front while ``due``: a sweep reads what has come due, not every decision it holds.
+
+    >>> _oldest_until({"a": 1, "b": 2, "c": 9}, lambda t: t < 5)
+    ['a', 'b']
+    """
+    out = []
+    for key, value in items.items():
+        if not due(value):
+            break
+        out.append(key)
+    return out
