@@ -343,6 +343,10 @@ class FirmLogic:
         self._shares = np.array([st.shares.get(cp, 0.0) for cp in self._names], dtype=float)
         # per progress source: the lowest ts over its stage-2 keys (derived from state)
         self._lows: dict[str, _Low] = {}
+        # progress sources a restored snapshot names belong to processes that are gone (a
+        # restart names its sources afresh): forgotten once as many new ones have spoken
+        self._restored = set(st.progress) if state is not None else set()
+        self._fresh: set[str] = set()
 
     def snapshot(self) -> FirmState:
         """An independent copy, field by field (exposures are immutable: shared)."""
@@ -390,6 +394,8 @@ class FirmLogic:
         st = self.state
         moved: dict[str, int] = {}
         for p in items:
+            if self._restored:
+                self._renew(p.source)
             seen = st.progress.get(p.source)
             if seen is None:
                 # the source's PROGRESS_KEY copy names (``via``) every stage-2 key to wait
@@ -419,6 +425,22 @@ class FirmLogic:
             # moved now (_reach_new_keys): a source that has finished moves no more
             keys = [k for k in keys if k in st.reached]
         return self._to_limits_keys(keys, moved, n_keys)
+
+    def _renew(self, source: str) -> None:
+        """``source`` spoke: a restored one is live again; a new one counts towards
+        forgetting the restored ones that have not spoken, as the limits keys' watermarks
+        retire them."""
+        if source in self._restored:
+            self._restored.discard(source)
+            return
+        self._fresh.add(source)
+        if len(self._fresh) >= len(self._restored):
+            st = self.state
+            for gone in self._restored:
+                st.progress.pop(gone, None)
+                st.passed.pop(gone, None)
+                self._lows.pop(gone, None)
+            self._restored.clear()
 
     def _to_limits_keys(self, keys: list[str], at: dict[str, int],
                         n_keys: int) -> list[Progress]:
