@@ -159,3 +159,23 @@ def test_garbage_and_a_forged_peer_chain_on_the_audit_topic_do_not_stop_a_replic
     alerts = [msgspec.json.decode(v) for _p, _o, v in consume_all(
         kafka_bootstrap, run.topic("signals"), expect=1)]
     assert [a["kind"] for a in alerts] == ["replica_unverified"]
+
+
+def test_past_max_pending_a_chain_holds_its_oldest_records_and_a_checkpoint_attests_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records waiting for a checkpoint are capped per chain: past the cap a record at a
+    new index is not held (the chain is reported), in O(1); the oldest stay, so the
+    checkpoint over them still attests them."""
+    from riskguard.operators.audit import attest
+
+    monkeypatch.setattr(attest, "MAX_PENDING", 2)
+    items = _chain("riskguard@a/p0", A, ["d1", "d2", "d3", "d4"], every=2)
+    records = [x for x in items if isinstance(x, AuditRecord)]
+    first = next(x for x in items if isinstance(x, AuditCheckpoint))
+    att = Attestor(KEYS)
+    for rec in records:
+        att.on_item(rec)
+    assert sorted(att.state.chains["riskguard@a/p0"].pending) == [0, 1]
+    assert "more than 2 records" in att.state.broken["riskguard@a/p0"]
+    assert att.state.counts["unattested"] == 2
+    assert [x.index for x in att.on_item(first) if isinstance(x, AuditRecord)] == [0, 1]

@@ -40,8 +40,9 @@ from riskguard.errors import VerificationError
 MAX_CHAINS = 1024
 """Chains followed at most (each guard process writes one per partition)."""
 MAX_PENDING = 100_000
-"""Records held back per chain waiting for their checkpoint; past it, the chain's
-oldest waiting records are dropped (and the chain reported)."""
+"""Records held back per chain waiting for their checkpoint; past it, a record at a new
+index is not held (counted unattested, and the chain reported): the oldest stay, as a
+checkpoint attests the records from the chain's tail on."""
 MAX_CANDIDATES = 3
 """Records kept per index (the real one and forged ones claiming its place)."""
 MAX_CHOICES = 64
@@ -112,6 +113,12 @@ class Attestor:
         if rec.index < tail.size or rec.leaf_hash != record_leaf(rec).hex():
             self._count("unattested")  # behind what is verified, or not its own hash
             return
+        if rec.index not in tail.pending and len(tail.pending) >= MAX_PENDING:
+            # the oldest stay: a checkpoint attests the records from the tail on
+            self._count("unattested")
+            self.state.broken.setdefault(chain, f"more than {MAX_PENDING} records waited "
+                                                "for a checkpoint")
+            return
         same = tail.pending.setdefault(rec.index, [])
         if rec in same:
             return
@@ -119,11 +126,6 @@ class Attestor:
             self._count("unattested")
             return
         same.append(rec)
-        if len(tail.pending) > MAX_PENDING:
-            del tail.pending[min(tail.pending)]
-            self._count("unattested")
-            self.state.broken.setdefault(chain, f"more than {MAX_PENDING} records waited "
-                                                "for a checkpoint")
 
     def _checkpoint(self, chain: str, tail: ChainTail, cp: AuditCheckpoint) -> list[AuditItem]:
         try:
