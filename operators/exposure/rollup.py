@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import msgspec
 import numpy as np
 from riskguard.operators.core.base import copy_fields
+from riskguard.operators.core.clock import RestoredSources
 from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.exposure.config import (
     NS_PER_S,
@@ -345,8 +346,7 @@ class FirmLogic:
         self._lows: dict[str, _Low] = {}
         # progress sources a restored snapshot names belong to processes that are gone (a
         # restart names its sources afresh): forgotten once as many new ones have spoken
-        self._restored = set(st.progress) if state is not None else set()
-        self._fresh: set[str] = set()
+        self._restored = RestoredSources(st.progress) if state is not None else None
 
     def snapshot(self) -> FirmState:
         """An independent copy, field by field (exposures are immutable: shared)."""
@@ -393,14 +393,17 @@ class FirmLogic:
         the firm's (``"*"``)."""
         st = self.state
         moved: dict[str, int] = {}
+        restored = self._restored
         for p in items:
-            if self._restored:
-                self._renew(p.source)
+            if restored is not None:
+                restored.renew(p.source)
             seen = st.progress.get(p.source)
             if seen is None:
                 # the source's PROGRESS_KEY copy names (``via``) every stage-2 key to wait
                 # for: until it comes, one key's copy (from another worker) passes nothing
                 seen = st.progress[p.source] = {PROGRESS_KEY: -1}
+                if restored is not None:
+                    self._retire_restored(restored)
             low = self._lows.get(p.source) or self._lows.setdefault(p.source, _Low(seen))
             for cp in p.via:  # a counterparty joined: hold for its copy
                 if cp not in seen:
@@ -426,21 +429,16 @@ class FirmLogic:
             keys = [k for k in keys if k in st.reached]
         return self._to_limits_keys(keys, moved, n_keys)
 
-    def _renew(self, source: str) -> None:
-        """``source`` spoke: a restored one is live again; a new one counts towards
-        forgetting the restored ones that have not spoken, as the limits keys' watermarks
-        retire them."""
-        if source in self._restored:
-            self._restored.discard(source)
-            return
-        self._fresh.add(source)
-        if len(self._fresh) >= len(self._restored):
-            st = self.state
-            for gone in self._restored:
-                st.progress.pop(gone, None)
-                st.passed.pop(gone, None)
+    def _retire_restored(self, restored: RestoredSources) -> None:
+        """A new source spoke: the restored ones that have not spoken are forgotten once
+        as many new ones have, as the limits keys' watermarks retire them."""
+        old = restored.old
+        restored.retire(self.state.progress)
+        if not restored.old:
+            for gone in old:
+                self.state.passed.pop(gone, None)
                 self._lows.pop(gone, None)
-            self._restored.clear()
+            self._restored = None
 
     def _to_limits_keys(self, keys: list[str], at: dict[str, int],
                         n_keys: int) -> list[Progress]:
