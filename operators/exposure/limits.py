@@ -415,8 +415,7 @@ class LimitsLogic:
             return []
         self._updates.add(upd.update_id)
         old = self.current_spec(upd.limit_path, upd.kind)
-        if (old is None and (upd.limit_path, upd.kind) not in st.overrides
-                and len(st.overrides) >= MAX_OVERRIDES):
+        if old is None and len(st.overrides) >= MAX_OVERRIDES:  # a new limit, past the cap
             return [self._reject(upd, "too_many_overrides",
                                  f"{len(st.overrides)} limits set by updates on this key "
                                  f"already (at most {MAX_OVERRIDES})")]

@@ -47,6 +47,16 @@ OPERATOR_COMMANDS_KEY = "operator_commands"
 """The one key all operators' commands share (one replay state for the firm)."""
 
 
+def signer_id(issuer: str, command_id: str) -> str:
+    """How a replay window names a command: by its signer and its id, each signer's ids
+    its own, so no key can use up another's (as the subscriber keeps them).
+
+    >>> signer_id("op-alice", "c1")
+    'op-alice:c1'
+    """
+    return f"{issuer}:{command_id}"
+
+
 @persisted("riskguard.operator_commands")
 @dataclass
 class OperatorCommandState:
@@ -97,7 +107,7 @@ class OperatorCommandLogic:
         assert isinstance(cmd, MitigationCommand)  # PAYLOAD_COMMAND decodes to a command
         st = self.state
         self._forget_expired(now)
-        key = f"{cmd.issuer}:{cmd.command_id}"  # each signer's ids its own
+        key = signer_id(cmd.issuer, cmd.command_id)
         if key in st.seen:
             return _refused(env, now, Reason.REPLAYED_COMMAND_ID.value,
                             f"command_id {cmd.command_id!r} of {cmd.issuer!r} was already "
@@ -200,9 +210,8 @@ class AckLogic:
         st.high_water[ack.issuer] = ack.seq
         if ack.outcome.value in ("refused", "failed"):
             self._forget_expired(now)
-            # named by its signer and command, not by the ack_id it carries: no executor
-            # can use up another's refusal
-            refusal = f"{ack.issuer}:{ack.command_id}"
+            # named by its signer and command, not by the ack_id it carries
+            refusal = signer_id(ack.issuer, ack.command_id)
             if refusal in st.refused:
                 return _ack_refused(env, now, "repeated",
                                     f"{refusal} {ack.outcome.value} already: its alert "
