@@ -17,8 +17,18 @@ from riskguard.operators.exposure import (
     Router,
     ShardLogic,
 )
+from riskguard.operators.exposure.limit_updates import UpdateGate
 from riskguard.operators.exposure.limits import LimitsLogic
-from riskguard.schemas import DeadLetter, Exposure, RiskAlert
+from riskguard.operators.signing.crypto import PAYLOAD_LIMIT_UPDATE
+from riskguard.schemas import (
+    DeadLetter,
+    Exposure,
+    LimitUpdate,
+    RiskAlert,
+    SignedEnvelope,
+    encode,
+)
+from signing_fixtures import AUD
 from test_exposure import worked_config
 from test_exposure_ticked import _worker_stream
 
@@ -77,7 +87,24 @@ def _two_processes() -> list[Any]:
     return [item for ev in [b[0], *a, *b[1:]] for _k, item in router.route(ev)]
 
 
+def _update_envelopes() -> list[SignedEnvelope]:
+    """Updates on configured, new and repeated counterparties, past a cap of 4."""
+    cps = ["okx", "n1", "n2", "okx", "n3", "n1", "n4", "n5", "n6", "n2", "n7", "n3"]
+    return [SignedEnvelope(payload_type=PAYLOAD_LIMIT_UPDATE, signatures=[], payload=encode(
+        LimitUpdate(update_id=f"u{k}", issuer="limits-admin", issued_at=k, expires_at=10**18,
+                    audience=AUD, limit_path=f"counterparty.{cp}", kind="gross_notional",
+                    limit=float(k)))) for k, cp in enumerate(cps)]
+
+
+def _decoded(env: SignedEnvelope, now: int) -> LimitUpdate:
+    """An accepting verifier: the contract is about the gate's state (the trust file's
+    verifier has its own tests in test_limits)."""
+    return msgspec.json.decode(env.payload, type=LimitUpdate)
+
+
 CASES = [
+    Case("limit_updates.gate", lambda s: UpdateGate(
+        limits_config(), _decoded, clock=lambda: 0, state=s, cap=4), _update_envelopes()),
     Case("exposure.valuation", lambda s: ShardLogic(CFG, REG, s), VAL),
     Case("exposure.counterparty", lambda s: CounterpartyLogic(CFG, s), CONTRIBS),
     Case("exposure.firm", lambda s: FirmLogic(CFG, s), CP_EXPOSURES),
@@ -108,8 +135,9 @@ def test_cases_produce_output() -> None:
         logic = case.builder(None)
         outs = [o for e in case.events for o in logic.on_event(e)]
         assert outs, case.name
-        assert all(isinstance(o, Part | Exposure | RiskAlert) or hasattr(o, "level")
-                   for o in outs)
+        # the update gate's: (limits key, update) pairs, rejections and dead letters
+        made = Part | Exposure | RiskAlert | DeadLetter | tuple
+        assert all(isinstance(o, made) or hasattr(o, "level") for o in outs)
 
 
 def test_ticked_valuation_does_not_depend_on_how_the_input_is_batched() -> None:

@@ -13,8 +13,8 @@ from riskguard.operators.exposure.limit_specs import (
     LimitSpec,
     VolScaling,
 )
-from riskguard.operators.exposure.limits import LimitsLogic, route_update
-from riskguard.operators.exposure.ops import Verifier, trust_verifier
+from riskguard.operators.exposure.limit_updates import Verifier, route_update, trust_verifier
+from riskguard.operators.exposure.limits import LimitsLogic
 from riskguard.operators.signing.crypto import PAYLOAD_LIMIT_UPDATE, Signer, sign_envelope
 from riskguard.operators.signing.trust import RootSet, TrustStore
 from riskguard.schemas import (
@@ -307,3 +307,46 @@ def test_limits_set_by_updates_are_capped_per_key(monkeypatch: pytest.MonkeyPatc
     again = drive(logic, [update(update_id="u9", limit_path=paths[0], limit=20.0)])
     assert [o.kind for o in again if isinstance(o, RiskAlert)] == ["limit_update_accepted"]
     assert logic.current_spec(paths[0], "gross_notional").limit == 20.0  # type: ignore[union-attr]
+
+
+def test_updates_open_limits_keys_for_a_bounded_number_of_counterparties(
+    verifier: Verifier,
+) -> None:
+    """Through enforce_limits with the trust file's verifier: a limit-admin key naming
+    ever new counterparties opens limits keys for the first MAX_UPDATED_COUNTERPARTIES;
+    each one past the cap is a rejection alert and a dead letter, while the firm, a
+    configured counterparty and an admitted one still take updates."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink, TestingSource, run_main
+    from riskguard.operators.exposure.limit_updates import MAX_UPDATED_COUNTERPARTIES
+    from riskguard.operators.exposure.ops import enforce_limits
+    from riskguard.schemas import DeadLetter
+
+    def signed(n: int, path: str) -> SignedEnvelope:
+        return sign_envelope(PAYLOAD_LIMIT_UPDATE, encode(fresh(
+            update_id=f"u{n}", limit_path=path, limit=50.0)), [ADMIN])
+
+    cap = MAX_UPDATED_COUNTERPARTIES
+    envs = [signed(n, f"counterparty.junk{n}") for n in range(cap + 2)]
+    envs += [signed(cap + 2, "firm"), signed(cap + 3, "counterparty.okx"),
+             signed(cap + 4, "counterparty.junk0.asset.BTC")]
+    flow = Dataflow("limits_cap")
+    exps = op.input("exp", flow, TestingSource([Exposure(
+        counterparty="okx", ts=1, gross_notional=1.0, net_notional=1.0)]))
+    out = enforce_limits("limits", exps, op.input("upd", flow, TestingSource(envs)),
+                         config=cfg(), verifier=verifier, clock=lambda: T0 + S)
+    alerts: list[RiskAlert] = []
+    dead: list[DeadLetter] = []
+    op.output("a", out.alerts, TestingSink(alerts))
+    op.output("d", out.errs, TestingSink(dead))
+    run_main(flow)
+    rejected = [a for a in alerts if a.kind == "limit_update_rejected"]
+    assert [(a.details["reason"], a.scope.value) for a in rejected] == [
+        ("too_many_counterparties", f"junk{cap}"), ("too_many_counterparties", f"junk{cap + 1}")]
+    accepted = {a.evidence_ids[0] for a in alerts if a.kind == "limit_update_accepted"}
+    assert accepted == {f"u{n}" for n in range(cap)} | {f"u{n}" for n in (cap + 2, cap + 3,
+                                                                           cap + 4)}
+    assert [(d.reason, d.found, d.step) for d in dead] == [
+        ("too_many_counterparties", f"junk{n}", "verify_limit_update") for n in (cap, cap + 1)]
+    assert all(d.raw for d in dead)

@@ -59,12 +59,12 @@ from riskguard.operators.core.base import (
 from riskguard.operators.core.clock import NS_PER_S, Clock, Tick
 from riskguard.operators.core.metrics import record_command
 from riskguard.operators.core.observe import observe_all
+from riskguard.operators.exposure.limit_updates import trust_verifier
 from riskguard.operators.exposure.ops import (
     LimitsOut,
     aggregate_exposure,
     enforce_limits,
     sum_exposures,
-    trust_verifier,
 )
 from riskguard.operators.mitigation import PlaybookInput
 from riskguard.operators.mitigation.ops import plan_mitigation

@@ -102,17 +102,22 @@ from riskguard.operators.exposure.limit_specs import (
     LimitSpec,
     VolScaling,
 )
+from riskguard.operators.exposure.limit_updates import (
+    MAX_UPDATED_COUNTERPARTIES,
+    UpdateGate,
+    UpdateGateState,
+    Verifier,
+    trust_verifier,
+)
 from riskguard.operators.exposure.limits import LimitsLogic, LimitsState
 from riskguard.operators.exposure.ops import (
     ExposureOut,
     LimitsOut,
     SumOut,
     ValuedOut,
-    Verifier,
     aggregate_exposure,
     enforce_limits,
     sum_exposures,
-    trust_verifier,
     value_positions,
 )
 from riskguard.operators.exposure.pipeline import LocalPipeline, PipelineOut, PipelineState
@@ -139,6 +144,7 @@ from riskguard.schemas.valuation import Part, Progress
 
 __all__ = [
     "FIRM_KEY",
+    "MAX_UPDATED_COUNTERPARTIES",
     "NEVER_STALE",
     "NS_PER_S",
     "PROGRESS_KEY",
@@ -172,6 +178,8 @@ __all__ = [
     "ShardPlace",
     "ShardState",
     "SumOut",
+    "UpdateGate",
+    "UpdateGateState",
     "ValuedOut",
     "Verifier",
     "VolScaling",

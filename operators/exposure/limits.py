@@ -52,7 +52,6 @@ from riskguard.operators.core.dedup import IdWindow
 from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.exposure.config import NS_PER_S
 from riskguard.operators.exposure.limit_specs import (
-    KINDS,
     LEVEL_ORDER,
     LimitsConfig,
     LimitSpec,
@@ -61,6 +60,7 @@ from riskguard.operators.exposure.limit_specs import (
     level_of,
     vol_factor,
 )
+from riskguard.operators.exposure.limit_updates import rejection_alert
 from riskguard.schemas import (
     Exposure,
     LimitBreach,
@@ -641,28 +641,3 @@ class LimitsLogic:
                      "limits": float(n_limits)},
             evidence_ids=list(e.evidence_ids),
         )
-
-
-def rejection_alert(reason: str, detail: str, evidence: str, ts: int, scope: Scope) -> RiskAlert:
-    """The audit-able alert for a rejected limit update (the old limit stays)."""
-    return RiskAlert(
-        id=str(uuid.uuid5(_NS, f"rejected|{evidence}|{reason}")), kind="limit_update_rejected",
-        scope=scope, ts=ts, severity=Severity.WARN,
-        reason=f"limit update rejected: {reason}",
-        details={"reason": reason, "detail": detail[:1000]},
-        evidence_ids=[evidence[:128]],
-    )
-
-
-def route_update(upd: LimitUpdate, ts: int) -> tuple[str, LimitUpdate] | RiskAlert:
-    """The limits key a verified update goes to, or a rejection alert."""
-    try:
-        key, _lv, _n = parse_limit_path(upd.limit_path)
-    except ValueError as err:
-        return rejection_alert("bad_path", str(err), upd.update_id, ts,
-                               Scope(kind=ScopeKind.FIRM, value="*"))
-    if upd.kind not in KINDS:
-        return rejection_alert("bad_kind", f"kind must be one of {KINDS}; got {upd.kind!r}",
-                               upd.update_id, ts, Scope(kind=ScopeKind.FIRM, value="*"))
-    return key, upd
-

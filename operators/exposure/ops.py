@@ -17,10 +17,8 @@ Each record crosses between workers at most once per stage.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, TypeGuard
 
 import bytewax.operators as op
@@ -31,53 +29,26 @@ from riskguard.operators.core.clock import Clock, Tick, system_clock
 from riskguard.operators.core.metrics import reorder_counter
 from riskguard.operators.exposure.config import FIRM_KEY, ExposureConfig
 from riskguard.operators.exposure.limit_specs import LimitsConfig
-from riskguard.operators.exposure.limits import LimitsLogic, rejection_alert, route_update
+from riskguard.operators.exposure.limit_updates import (
+    UPDATES_KEY,
+    UpdateGate,
+    Verifier,
+)
+from riskguard.operators.exposure.limits import LimitsLogic
 from riskguard.operators.exposure.rollup import CounterpartyLogic, FirmLogic
 from riskguard.operators.exposure.routing import Router, ShardPlace
 from riskguard.operators.exposure.shards import ShardLogic
-from riskguard.operators.signing.crypto import PAYLOAD_LIMIT_UPDATE
-from riskguard.operators.signing.trust import DEFAULT_LEEWAY_NS, TrustStore
 from riskguard.schemas import (
-    Audience,
     DeadLetter,
     Exposure,
     LimitBreach,
-    LimitUpdate,
     RiskAlert,
-    Scope,
-    ScopeKind,
     SignedEnvelope,
     Utilization,
     encode,
 )
-from riskguard.schemas.base import Record, source_of
+from riskguard.schemas.base import Record
 from riskguard.schemas.valuation import Part, Progress
-
-from riskguard.errors import VerificationError
-
-Verifier = Callable[[SignedEnvelope, int], LimitUpdate]
-
-
-def trust_verifier(
-    trust: TrustStore, audience: Audience, *, leeway_ns: int = DEFAULT_LEEWAY_NS
-) -> Verifier:
-    """The ``verifier`` :func:`enforce_limits` needs, backed by the trust file.
-
-    Checks the envelope against the trust file's keys and roles (only a
-    ``limit-admin`` key may sign :data:`PAYLOAD_LIMIT_UPDATE`), the audience
-    and freshness; returns the :class:`~riskguard.schemas.LimitUpdate` or
-    raises :class:`~riskguard.errors.VerificationError`.
-    """
-
-    def verify(envelope: SignedEnvelope, now_ns: int) -> LimitUpdate:
-        msg = trust.verify(envelope, expected_payload_type=PAYLOAD_LIMIT_UPDATE,
-                           audience=audience, now_ns=now_ns, leeway_ns=leeway_ns).message
-        if not isinstance(msg, LimitUpdate):  # pragma: no cover - verify() decoded by type
-            detail = f"expected a limit update; got {type(msg).__name__}"
-            raise VerificationError("malformed_payload", detail)
-        return msg
-
-    return verify
 
 
 @dataclass(frozen=True)
@@ -320,27 +291,6 @@ def sum_exposures(step_id: str, parts: Stream[Part | Progress], *,
     return _sum(config, parts, ticked=True)
 
 
-def _verify_update(verifier: Verifier, clock: Clock, env: Any) -> list[Any]:
-    """A signed limit update, verified and routed to its key; refused: an alert for the
-    desk and a dead letter naming the input it came from."""
-    now = clock()
-    firm_scope = Scope(kind=ScopeKind.FIRM, value="*")
-    if not isinstance(env, SignedEnvelope):
-        return [rejection_alert("not_an_envelope", type(env).__name__, "unsigned", now,
-                                firm_scope)]
-    try:
-        upd = verifier(env, now)
-    except VerificationError as err:
-        digest = hashlib.sha256(env.payload).hexdigest()
-        topic, partition, offset = source_of(env) or ("limit_updates", -1, -1)
-        return [rejection_alert(err.reason, err.detail, digest, now, firm_scope),
-                DeadLetter.of(topic=topic, partition=partition, offset=offset, ts=now,
-                              reason=f"limit_update_{err.reason}",
-                              expected="a verified limit update", found=err.detail,
-                              step="verify_limit_update", raw=encode(env))]
-    return [route_update(upd, now)]
-
-
 @operator
 def enforce_limits(
     step_id: str,
@@ -360,13 +310,16 @@ def enforce_limits(
     order). ``verifier(envelope, now_ns)`` returns the
     verified :class:`~riskguard.schemas.LimitUpdate` or raises
     :class:`~riskguard.errors.VerificationError`: a refused update is a
-    ``limit_update_rejected`` alert, and the old limit stays.
+    ``limit_update_rejected`` alert, and the old limit stays. Updates set limits on at
+    most ``MAX_UPDATED_COUNTERPARTIES`` counterparties the config does not list
+    (:mod:`~riskguard.operators.exposure.limit_updates`).
 
     >>> from bytewax.dataflow import Dataflow
     >>> from bytewax.testing import TestingSink, TestingSource, run_main
     >>> from riskguard.operators.exposure.limit_specs import CounterpartyLimits, LimitSpec
     >>> cfg = LimitsConfig(counterparties={"okx": CounterpartyLimits(
     ...     limits={"gross_notional": LimitSpec(limit=100.0)})})
+    >>> from riskguard.errors import VerificationError
     >>> def refuse(env, now):
     ...     raise VerificationError("unsigned")
     >>> flow = Dataflow("doc")
@@ -387,7 +340,7 @@ def enforce_limits(
     ['unknown_counterparty']
     """
     config.validate(f"step '{step_id}'")
-    merged = _limits_input(step_id, exposures, updates, progress, verifier, clock)
+    merged = _limits_input(step_id, exposures, updates, progress, config, verifier, clock)
     keyed = op.branch("keyed", merged, _IS_TUPLE)
     unkeyed = op.branch("errs", keyed.falses, DeadLetter.__instancecheck__)
     errs, pre_alerts = unkeyed.trues, unkeyed.falses
@@ -401,7 +354,7 @@ def enforce_limits(
 
 def _limits_input(step_id: str, exposures: Stream[Exposure],
                   updates: Stream[SignedEnvelope] | None, progress: Stream[Progress] | None,
-                  verifier: Verifier, clock: Clock) -> Stream[Any]:
+                  config: LimitsConfig, verifier: Verifier, clock: Clock) -> Stream[Any]:
     """The limits logic's input: exposures and progress keyed by counterparty, verified
     updates keyed by limits key; dead letters and refused updates' alerts unkeyed."""
     streams = [op.flat_map_batch("key_exp", exposures, _keyed_exposures(step_id, clock))]
@@ -409,7 +362,10 @@ def _limits_input(step_id: str, exposures: Stream[Exposure],
         streams.append(op.flat_map_batch(
             "key_progress", progress, lambda ps: [(p.counterparty, p) for p in ps]))
     if updates is not None:
-        streams.append(op.flat_map("verify", updates, partial(_verify_update, verifier, clock)))
+        keyed = op.map("key_updates", updates, lambda env: (UPDATES_KEY, env))
+        gated = stateful_logic("verify", keyed, lambda state: UpdateGate(
+            config, verifier, clock=clock, state=state))
+        streams.append(op.flat_map_batch("unkey_updates", gated, values_of))
     return op.merge("merge", *streams) if len(streams) > 1 else streams[0]
 
 
