@@ -10,18 +10,8 @@ import signal
 import sys
 from typing import Any
 
-from riskguard.config import CommonConfig, load_common
+from riskguard.config import common_config
 from riskguard.errors import ConfigError
-
-
-def _config(args: argparse.Namespace) -> CommonConfig:
-    cfg = load_common(args.config) if args.config else CommonConfig()
-    kafka = cfg.kafka
-    if args.brokers:  # only the address changes: TLS/SASL settings of --config still apply
-        import msgspec  # noqa: PLC0415
-
-        kafka = msgspec.structs.replace(cfg.kafka, bootstrap=args.brokers)
-    return CommonConfig(env=args.env or cfg.env, kafka=kafka, topics=cfg.topics)
 
 
 def _list_exchanges() -> int:
@@ -96,7 +86,7 @@ def _feed(args: argparse.Namespace) -> int:
     from riskguard.connectors.publish import Publisher  # noqa: PLC0415
     from riskguard.connectors.topics import topic_name  # noqa: PLC0415
 
-    cfg = _config(args)
+    cfg = common_config(args.config, brokers=args.brokers, env=args.env)
     reach_kafka(cfg.kafka, "--brokers HOST:PORT (or [kafka] bootstrap in --config)")
     spec = config.spec
     banner = (f"riskguard feed: {spec.name} (venue {spec.venue}) {','.join(config.channels)} "

@@ -9,19 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from riskguard.cli_backtest import add_format_options
-from riskguard.config import CommonConfig, load_common
+from riskguard.config import common_config
 from riskguard.errors import ConfigError
 from riskguard.progress import Progress
-
-
-def _config(args: argparse.Namespace) -> CommonConfig:
-    cfg = load_common(args.config) if args.config else CommonConfig()
-    kafka = cfg.kafka
-    if args.brokers:  # only the address changes: TLS/SASL settings of --config still apply
-        import msgspec  # noqa: PLC0415
-
-        kafka = msgspec.structs.replace(cfg.kafka, bootstrap=args.brokers)
-    return CommonConfig(env=args.env or cfg.env, kafka=kafka, topics=cfg.topics)
 
 
 def _publish(args: argparse.Namespace) -> int:
@@ -29,7 +19,7 @@ def _publish(args: argparse.Namespace) -> int:
     from riskguard.schemas.codec import encode  # noqa: PLC0415
 
     stream = pub.check_stream(args.topic)
-    cfg = _config(args)
+    cfg = common_config(args.config, brokers=args.brokers, env=args.env)
     for p in args.files:
         if not Path(p).is_file():
             raise ConfigError("publish FILE", "an existing file", p)

@@ -166,15 +166,13 @@ def _where(args: argparse.Namespace) -> tuple[Any, str, tuple[str, ...]]:
     """Kafka settings, the audit topic and the peers: from the flags, or from a replica's
     guard config (its ``[kafka]`` with TLS/SASL, its env's audit topic, ``[replica]
     peers``), flags winning."""
-    from riskguard.config import load_common, read_toml  # noqa: PLC0415
-    from riskguard.connectors.settings import KafkaSettings  # noqa: PLC0415
+    from riskguard.config import common_config, read_toml  # noqa: PLC0415
     from riskguard.connectors.topics import topic_name  # noqa: PLC0415
 
-    settings: Any = KafkaSettings(bootstrap=args.brokers or "127.0.0.1:9092")
+    common = common_config(args.config, brokers=args.brokers)
+    settings = common.kafka
     topic, peers = args.topic, tuple(p for p in (args.peers or "").split(",") if p)
     if args.config:
-        common = load_common(args.config)
-        settings = common.kafka if not args.brokers else settings
         topic = topic or topic_name(common.env, "audit")
         listed = read_toml(args.config).get("replica", {}).get("peers", [])
         peers = peers or tuple(str(p) for p in listed)

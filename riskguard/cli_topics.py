@@ -17,8 +17,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from riskguard.config import CommonConfig, load_common
-from riskguard.connectors.settings import KafkaSettings
+from riskguard.config import CommonConfig, common_config
 from riskguard.connectors.topics import TopicSpec, create_topics, topic_name, topic_specs
 
 # Streams the guard itself writes (riskguard principal needs WRITE) and reads (the
@@ -65,10 +64,6 @@ def acl_commands(
     return out
 
 
-def _config(args: argparse.Namespace) -> CommonConfig:
-    cfg = load_common(args.config) if args.config else CommonConfig()
-    kafka = KafkaSettings(bootstrap=args.bootstrap) if args.bootstrap else cfg.kafka
-    return CommonConfig(env=args.env or cfg.env, kafka=kafka, topics=cfg.topics)
 
 
 def _settings(spec: TopicSpec) -> str:
@@ -76,7 +71,7 @@ def _settings(spec: TopicSpec) -> str:
 
 
 def _create(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = common_config(args.config, brokers=args.bootstrap, env=args.env)
     specs = topic_specs(cfg.env, cfg.topics)
     if args.dry_run:
         result = dict.fromkeys((s.name for s in specs), "plan")

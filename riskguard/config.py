@@ -261,3 +261,17 @@ def load_common(path: Path | str) -> CommonConfig:
     data = read_toml(path)
     shared = {k: data[k] for k in ("env", "kafka", "topics") if k in data}
     return decode_section(shared, CommonConfig)
+
+
+def common_config(path: Path | str | None, *, brokers: str | None = None,
+                  env: str | None = None) -> CommonConfig:
+    """The shared sections of a command line's ``--config`` (defaults without one), with
+    ``--brokers`` and ``--env`` winning. Only the address changes with ``--brokers``:
+    the TLS and SASL settings of ``--config`` still apply.
+
+    >>> common_config(None, brokers="k:9093", env="prod").kafka.bootstrap
+    'k:9093'
+    """
+    cfg = load_common(path) if path else CommonConfig()
+    kafka = msgspec.structs.replace(cfg.kafka, bootstrap=brokers) if brokers else cfg.kafka
+    return CommonConfig(env=env or cfg.env, kafka=kafka, topics=cfg.topics)

@@ -233,3 +233,16 @@ def test_the_guards_fetch_wait_reaches_its_consumer_and_is_bounded(tmp_path: Pat
     sources = [s.source for s in steps(flow) if isinstance(getattr(s, "source", None),
                                                            KafkaInput)]
     assert [s.consumer_config()["fetch.wait.max.ms"] for s in sources] == [250]
+
+
+def test_a_brokers_flag_changes_only_the_address(tmp_path: Path) -> None:
+    """``--config`` with TLS and ``--brokers``/``--bootstrap``: every command line that
+    takes both keeps the config's TLS settings and topic settings, and the flags win."""
+    from riskguard.config import common_config
+
+    path = tmp_path / "guard.toml"
+    path.write_text('env = "prod"\n[kafka]\nbootstrap = "k:9093"\nsecurity_protocol = "SSL"\n')
+    cfg = common_config(str(path), brokers="x:1")
+    assert (cfg.env, cfg.kafka.bootstrap, cfg.kafka.security_protocol) == ("prod", "x:1", "SSL")
+    cfg = common_config(str(path), env="uat")
+    assert (cfg.env, cfg.kafka.bootstrap) == ("uat", "k:9093")

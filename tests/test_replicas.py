@@ -339,6 +339,8 @@ def test_the_watch_takes_kafka_topic_and_peers_from_a_replicas_config(tmp_path: 
         "k:9093", "SSL", "prod.riskguard.audit.v1", ("a", "b"))
     ns = argparse.Namespace(config=str(path), brokers="x:1", topic="t", peers="a,b,c")
     settings, topic, peers = _where(ns)
-    assert (settings.bootstrap, topic, peers) == ("x:1", "t", ("a", "b", "c"))
+    # --brokers changes the address only: the config's TLS settings still apply
+    assert (settings.bootstrap, settings.security_protocol, topic, peers) == (
+        "x:1", "SSL", "t", ("a", "b", "c"))
     with pytest.raises(ConfigError, match="--topic"):
         _where(argparse.Namespace(config=None, brokers=None, topic=None, peers=None))
