@@ -86,7 +86,7 @@ from typing import Any, TypeAlias
 import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from riskguard.connectors.settings import with_logger
+from riskguard.connectors.settings import KafkaSettings, as_settings
 from riskguard.connectors.subscriber_state import (
     Copy,
     HighWaterMark,
@@ -235,7 +235,7 @@ class CommandSubscriber:
         on_command: Callable[[MitigationCommand], Any],
         on_reject: Callable[[Rejection], None] | None = None,
         on_alert: Callable[[GapAlert], None] | None = None,
-        brokers: str = "",
+        brokers: str | KafkaSettings = "",
         topic: str = "",
         rejections_topic: str | None = None,
         rejection_log: str | Path | None = None,
@@ -508,15 +508,17 @@ class CommandSubscriber:
         """Join the topic at the stored offsets (``poll`` does it when not done yet)."""
         if not self.brokers:
             raise BrokerError("subscriber: no brokers configured")
-        conf: dict[str, Any] = with_logger({"bootstrap.servers": self.brokers})
+        settings = as_settings(self.brokers)  # a KafkaSettings carries TLS and SASL
+        conf: dict[str, Any] = settings.client_config()
+        where = settings.bootstrap
         try:
             md = AdminClient(conf).list_topics(timeout=10)
         except Exception as err:
-            msg = f"subscriber: cannot reach Kafka at {self.brokers}: {err}"
+            msg = f"subscriber: cannot reach Kafka at {where}: {err}"
             raise BrokerError(msg) from err
         tmd = md.topics.get(self.topic)
         if tmd is None or tmd.error is not None or not tmd.partitions:
-            msg = f"subscriber: topic {self.topic!r} does not exist at {self.brokers}"
+            msg = f"subscriber: topic {self.topic!r} does not exist at {where}"
             raise BrokerError(msg)
         stored = self.state.next_offsets(self.topic)
         self._consumer = Consumer({
@@ -532,7 +534,7 @@ class CommandSubscriber:
             rej = md.topics.get(self.rejections_topic)
             if rej is None or rej.error is not None:  # producing to it would create it
                 msg = (f"subscriber: rejections topic {self.rejections_topic!r} does not "
-                       f"exist at {self.brokers}; create it (riskguard topics create) or "
+                       f"exist at {where}; create it (riskguard topics create) or "
                        "check --rejections-topic")
                 raise BrokerError(msg)
             self._producer = Producer({**conf, "enable.idempotence": True, "acks": "all"})
@@ -683,7 +685,8 @@ CONNECT_S = 10.0
 """How long :func:`read_topic_bytes` waits for a topic's first message or end event."""
 
 
-def read_topic_bytes(brokers: str, topic: str, *, idle_timeout_s: float = 3.0) -> list[bytes]:
+def read_topic_bytes(brokers: str | KafkaSettings, topic: str, *,
+                     idle_timeout_s: float = 3.0) -> list[bytes]:
     """Every message value of ``topic`` from the beginning (assign, no group), in order
     within each partition.
 
@@ -691,11 +694,12 @@ def read_topic_bytes(brokers: str, topic: str, *, idle_timeout_s: float = 3.0) -
     with nothing after it, or once ``idle_timeout_s`` passes with neither a message nor
     an end event; the wait for the first one allows at least ``CONNECT_S`` for the
     connection, so a slow start does not read as an empty topic."""
-    conf: dict[str, Any] = with_logger({"bootstrap.servers": brokers})
+    settings = as_settings(brokers)
+    conf: dict[str, Any] = settings.client_config()
     md = AdminClient(conf).list_topics(topic, timeout=10)
     tmd = md.topics.get(topic)
     if tmd is None or tmd.error is not None:
-        msg = f"topic {topic!r} does not exist at {brokers}"
+        msg = f"topic {topic!r} does not exist at {settings.bootstrap}"
         raise BrokerError(msg)
     consumer = Consumer({**conf, "group.id": f"riskguard-reader-{id(conf)}",
                          "enable.auto.commit": False, "enable.partition.eof": True})

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from riskguard.connectors.audit_tail import read_items
-from riskguard.connectors.settings import KafkaSettings
 from riskguard.errors import AuditError, BrokerError, ConfigError
 from riskguard.operators.audit import AuditItem, check_proof, prove, read_jsonl, verify_log
 from riskguard.operators.signing.crypto import VerifyKey, load_public_key
@@ -55,8 +54,12 @@ def _read(args: argparse.Namespace) -> list[AuditItem]:
         from riskguard.cli import reach_kafka  # noqa: PLC0415  (the CLI module imports this one)
 
         try:
-            reach_kafka(args.brokers, f"--brokers HOST:PORT (default {DEFAULT_BROKERS})")
-            return read_items(KafkaSettings(bootstrap=args.brokers), args.topic)
+            from riskguard.config import common_config  # noqa: PLC0415
+
+            kafka = common_config(args.config, brokers=args.brokers).kafka
+            reach_kafka(kafka, f"--brokers HOST:PORT (default {DEFAULT_BROKERS}, or [kafka] "
+                        "of --config)")
+            return read_items(kafka, args.topic)
         except BrokerError as err:
             msg = f"cannot read {_source(args)}: {err}"
             raise AuditError(msg) from None
@@ -147,8 +150,10 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--file", help="JSONL export (one record or checkpoint per line)")
     src.add_argument("--topic", help="audit topic to read from the beginning")
-    p.add_argument("--brokers", default=DEFAULT_BROKERS,
-                   help=f"Kafka bootstrap for --topic (default {DEFAULT_BROKERS})")
+    p.add_argument("--brokers", help=f"Kafka bootstrap for --topic (default "
+                   f"{DEFAULT_BROKERS}, or [kafka] bootstrap of --config)")
+    p.add_argument("--config", help="a TOML config whose [kafka] (TLS, SASL) --topic is "
+                   "read with, e.g. guard.toml; --brokers changes only its address")
 
 
 def _key_args(p: argparse.ArgumentParser) -> None:

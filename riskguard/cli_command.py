@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 from confluent_kafka import KafkaError, Producer
 
+from riskguard.config import common_config
 from riskguard.connectors.command_log import last_signed_seq
 from riskguard.connectors.settings import KafkaSettings
 from riskguard.errors import ConfigError, RiskguardError, VerificationError, describe_os_error
@@ -97,14 +98,15 @@ def _new(args: argparse.Namespace) -> int:
     if problem is not None:  # refused before any key is read or anything signed
         raise _bad_params(problem)
     signer = Signer.from_file(args.key, issuer=args.issuer)
-    settings = KafkaSettings(bootstrap=args.brokers) if args.brokers else None
+    settings = (common_config(args.config, brokers=args.brokers).kafka
+                if args.brokers or args.config else None)
     if args.seq is not None:
         seq = args.seq
     elif settings is not None:  # continue this issuer's sequence on the commands topic
         _reach(settings)
         seq = last_signed_seq(settings, args.topic, signer.public_key, args.issuer) + 1
     else:
-        raise ConfigError("--seq", "a sequence number, or --brokers to read the last one",
+        raise ConfigError("--seq", "a sequence number, or --brokers/--config to read the last one",
                           "neither")
     now = time.time_ns()
     cmd = MitigationCommand(
@@ -118,6 +120,10 @@ def _new(args: argparse.Namespace) -> int:
     sys.stdout.write(f"wrote {args.out}: {cmd.action.value} on {cmd.scope.label()} seq {seq}, "
                      f"signed by {signer.key_id} ({args.issuer}); expires in {args.ttl:g}s\n")
     return 0
+
+
+_CONFIG_HELP = ("a TOML config whose [kafka] (TLS, SASL) to connect with, e.g. guard.toml; "
+                "--brokers changes only its address")
 
 
 def _reach(brokers: str | KafkaSettings) -> None:
@@ -193,9 +199,9 @@ def _publish(args: argparse.Namespace) -> int:
     problem = check_params(cmd.action.value, cmd.params)
     if problem is not None:
         raise _bad_params(problem)
-    _reach(args.brokers)
-    producer = Producer({**KafkaSettings(bootstrap=args.brokers).client_config(),
-                         "enable.idempotence": True, "acks": "all"})
+    settings = common_config(args.config, brokers=args.brokers).kafka
+    _reach(settings)
+    producer = Producer({**settings.client_config(), "enable.idempotence": True, "acks": "all"})
     failed: list[str] = []
 
     def delivered(err: KafkaError | None, msg: Any) -> None:
@@ -247,6 +253,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     n.add_argument("--seq", type=int, help="sequence number (default: next after the "
                    "issuer's last on --topic, read from --brokers)")
     n.add_argument("--brokers", help="Kafka bootstrap, to read the issuer's last seq")
+    n.add_argument("--config", help=_CONFIG_HELP)
     n.add_argument("--out", required=True, help="envelope file to write")
     n.set_defaults(func=_guarded(_new))
     c = cs.add_parser("cosign", help="review a command and add your signature")
@@ -261,7 +268,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_guarded(_show))
     p = cs.add_parser("publish", help="produce the envelope to topics, delivery checked")
     p.add_argument("file", help="the command (envelope) file")
-    p.add_argument("--brokers", required=True, help="Kafka bootstrap host:port")
+    p.add_argument("--brokers", help="Kafka bootstrap host:port (default [kafka] bootstrap "
+                   "of --config, else 127.0.0.1:9092)")
+    p.add_argument("--config", help=_CONFIG_HELP)
     p.add_argument("--topic", action="append", required=True,
                    help="repeatable: the commands topic and the guard's limit-updates topic")
     p.set_defaults(func=_guarded(_publish))

@@ -30,8 +30,10 @@ def _run(args: argparse.Namespace) -> int:
         return 3
 
     from riskguard.cli import reach_kafka  # noqa: PLC0415  (the CLI module imports this one)
+    from riskguard.config import common_config  # noqa: PLC0415
 
-    reach_kafka(args.brokers, "--brokers HOST:PORT (default 127.0.0.1:9092)")
+    kafka = common_config(args.config, brokers=args.brokers).kafka
+    reach_kafka(kafka, "--brokers HOST:PORT (default 127.0.0.1:9092, or [kafka] of --config)")
 
     def show(cmd: MitigationCommand) -> None:
         sys.stdout.write("COMMAND " + encode(cmd).decode() + "\n")
@@ -57,7 +59,7 @@ def _run(args: argparse.Namespace) -> int:
     sub = CommandSubscriber(
         trust=trust, audience=Audience(env=args.env, topic=args.topic),
         state_path=args.state, on_command=show, on_reject=rejected, on_alert=alert,
-        brokers=args.brokers, topic=args.topic, rejections_topic=args.rejections_topic,
+        brokers=kafka, topic=args.topic, rejections_topic=args.rejections_topic,
         rejection_log=args.rejection_log, leeway_ns=int(args.leeway * 1e9),
         on_duplicate=duplicate, decision_window_s=args.decision_window,
         on_conflict=conflict, high_water=args.high_water,
@@ -73,8 +75,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("subscribe", help="verify and print signed commands from a topic")
-    p.add_argument("--brokers", default="127.0.0.1:9092",
-                   help="Kafka bootstrap host:port (default 127.0.0.1:9092)")
+    p.add_argument("--brokers", help="Kafka bootstrap host:port (default 127.0.0.1:9092, or "
+                   "[kafka] bootstrap of --config)")
+    p.add_argument("--config", help="a TOML config whose [kafka] (TLS, SASL) to connect "
+                   "with, e.g. guard.toml; --brokers changes only its address")
     p.add_argument("--topic", required=True, help="command topic (also the audience topic)")
     p.add_argument("--env", required=True, help="audience environment, e.g. prod")
     p.add_argument("--trust", required=True,

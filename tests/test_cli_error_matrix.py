@@ -223,7 +223,7 @@ def test_audit_verify_without_brokers_names_the_default_and_the_flag(files) -> N
     assert proc.returncode == 1 and proc.stderr == "", proc
     assert proc.stdout.count("\n") == 1, proc.stdout
     assert "cannot reach Kafka at 127.0.0.1:9092" in proc.stdout
-    assert "--brokers HOST:PORT (default 127.0.0.1:9092)" in proc.stdout
+    assert "--brokers HOST:PORT (default 127.0.0.1:9092, or [kafka] of --config)" in proc.stdout
 
 
 def test_a_clone_named_riskguard_in_the_current_folder_is_named(tmp_path: Path) -> None:

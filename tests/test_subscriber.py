@@ -11,6 +11,7 @@ import msgspec
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
+from riskguard.connectors.settings import KafkaSettings
 from riskguard.connectors.subscriber import CommandSubscriber, GapAlert, Rejection
 from riskguard.operators.core.clock import ManualClock
 from riskguard.operators.signing import SignConfig, SignLogic
@@ -202,17 +203,18 @@ def test_end_to_end_sign_topic_subscriber_with_restart_executes_each_once(
     executed: list[str] = []
     state = tmp_path / "sub.sqlite"
 
-    def make() -> CommandSubscriber:
+    def make(brokers: str | KafkaSettings) -> CommandSubscriber:
         return CommandSubscriber(trust=trust_store(), audience=aud, state_path=state,
                                  on_command=lambda c: executed.append(c.command_id),
-                                 brokers=kafka_bootstrap, topic=topic,
+                                 brokers=brokers, topic=topic,
                                  rejections_topic=rej_topic, clock=ManualClock(T0),
                                  dedupe_in_force=False)
 
-    first = make()
+    first = make(kafka_bootstrap)
     assert first.poll(max_messages=5, idle_timeout_s=10) == 5
     first.close()
-    second = make()
+    # full settings (what carries TLS and SASL) connect as an address does
+    second = make(KafkaSettings(bootstrap=kafka_bootstrap, client_id="subscriber-test"))
     second.poll(idle_timeout_s=3)
     summary = second.summary()
     second.close()
