@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from riskguard.operators.signing.operator_commands import signer_id
 from riskguard.schemas.action_params import HELD_ACTIONS as HELD
 from riskguard.schemas.signals import Scope, ScopeKind
 
@@ -287,6 +288,30 @@ class ScopeBook:
                                      factor=factor, bps=bps)
         return old
 
+    def at_least_as_strict(self, action: str, scope: Scope, *, factor: float | None = None,
+                           bps: float | None = None) -> Hold | None:
+        """The hold of ``action`` on exactly ``scope`` that already asks for as much as
+        ``factor`` (a ``reduce_limits`` at most it) or ``bps`` (a ``widen_quotes`` at
+        least it), if any: a looser value never replaces a stricter one (only a
+        ``resume`` lifts a hold).
+
+        >>> book = ScopeBook()
+        >>> venue = Scope(kind=ScopeKind.VENUE, value="okx")
+        >>> _ = book.hold("reduce_limits", venue, "c1", factor=0.1)
+        >>> book.at_least_as_strict("reduce_limits", venue, factor=1.0).command_id
+        'c1'
+        >>> book.at_least_as_strict("reduce_limits", venue, factor=0.05) is None
+        True
+        """
+        old = self.state.holds.get((scope.label(), action))
+        if old is None:
+            return None
+        if factor is not None and old.factor is not None and old.factor <= factor:
+            return old
+        if bps is not None and old.bps is not None and old.bps >= bps:
+            return old
+        return None
+
     def lift(self, scope: Scope, *, actions: Iterable[str] = (),
              command_ids: Iterable[str] = ()) -> list[Hold]:
         """Lift holds on exactly ``scope``: those of ``actions`` and of ``command_ids``
@@ -326,15 +351,17 @@ class ScopeBook:
         best = min(hits, key=lambda h: (h.factor, h.scope_label), default=None)
         return (best.factor or 1.0, best) if best is not None else (1.0, None)
 
-    def remember(self, command_id: str, outcome: dict[str, Any]) -> None:
-        """Record what ``command_id`` did, so a repeat is answered without acting."""
-        self.state.applied[command_id] = outcome
+    def remember(self, issuer: str, command_id: str, outcome: dict[str, Any]) -> None:
+        """Record what ``issuer``'s command ``command_id`` did, so a repeat is answered
+        without acting. Ids are each signer's own: another key's command carrying the
+        same id is not a repeat of it."""
+        self.state.applied[signer_id(issuer, command_id)] = outcome
         if len(self.state.applied) > self.MAX_REMEMBERED:
             for old in list(self.state.applied)[: self.MAX_REMEMBERED // 2]:
                 del self.state.applied[old]
 
-    def recall(self, command_id: str) -> dict[str, Any] | None:
-        return self.state.applied.get(command_id)
+    def recall(self, issuer: str, command_id: str) -> dict[str, Any] | None:
+        return self.state.applied.get(signer_id(issuer, command_id))
 
     def snapshot(self) -> ScopeBookState:
         return copy.deepcopy(self.state)

@@ -513,6 +513,27 @@ def test_a_command_redelivered_after_a_lost_ack_is_acknowledged_already_applied(
     assert not any(r.trader.passed(BTC_OKX, seconds=range(21, SECONDS)))
 
 
+def test_another_key_s_command_carrying_a_halt_s_id_does_not_stand_for_it(
+        tmp_path: Path) -> None:
+    """Command ids are each signer's own: engine-2's alert on binance, carrying the id
+    of engine-1's coming halt on okx (the guard's ids can be derived), is applied as an
+    alert, and the halt is then applied, not answered already_applied."""
+    c = Commands()
+    halt, halt_id = c.make(30.5, Action.HALT_TRADING, venue("okx"))
+    squat = MitigationCommand(
+        command_id=halt_id, issuer="engine-2", seq=1, issued_at=T0 + 20 * S,
+        expires_at=T0 + 80 * S, audience=AUD, action=Action.ALERT, scope=venue("binance"),
+        reason="an alert carrying another key's command id")
+    squat_env = encode_envelope(sign_envelope(PAYLOAD_COMMAND, msgspec.json.encode(squat),
+                                              [ENGINE2]))
+    r = run(tmp_path, [(20.5, squat_env), (30.5, halt)])
+    assert [(a.command_issuer, a.action, a.outcome) for a in r.acks()] == [
+        ("engine-2", Action.ALERT, AckOutcome.APPLIED),
+        ("engine-1", Action.HALT_TRADING, AckOutcome.APPLIED)]
+    assert [h.command_id for h in r.executor.holds()] == [halt_id]
+    assert not any(r.trader.passed(BTC_OKX, seconds=range(31, SECONDS)))
+
+
 @pytest.mark.parametrize(("action", "params"), [
     (Action.REROUTE_ORDER_FLOW, {"targets": ["binance"], "from": "okx"}),
     (Action.PAUSE_WITHDRAWALS, {}),
@@ -596,6 +617,23 @@ def test_reduce_limits_caps_max_notional_and_an_order_above_it_is_denied(tmp_pat
                               "uncapped": []}
     assert back_ack.detail["max_notional"] == ["BTCUSDT.BINANCE=100000.0"]
     assert r.engine.kernel.risk_engine.max_notional_per_order(BTC_BIN) == Decimal("100000.0")
+
+
+def test_a_looser_reduce_limits_never_replaces_a_stricter_one(tmp_path: Path) -> None:
+    """A reduce_limits asking for factor 1.0 on a scope held at 0.002 changes nothing
+    (already_applied, naming the hold in force): only a resume lifts a hold, so a key
+    that may reduce limits cannot undo another's cut. A stricter one replaces it."""
+    c = Commands()
+    scope = Scope(kind=ScopeKind.INSTRUMENT, value="BTC-USDT", venue="binance")
+    cut, cut_id = c.make(20.5, Action.REDUCE_LIMITS, scope, params={"factor": 0.002})
+    loose, _ = c.make(30.5, Action.REDUCE_LIMITS, scope, params={"factor": 1.0})
+    tighter, tighter_id = c.make(35.5, Action.REDUCE_LIMITS, scope, params={"factor": 0.001})
+    r = run(tmp_path, [(20.5, cut), (30.5, loose), (35.5, tighter)])
+    assert not any(r.trader.passed(BTC_BIN, seconds=range(21, SECONDS)))
+    outcomes = [(a.outcome, a.settles) for a in r.acks()]
+    assert outcomes == [(AckOutcome.APPLIED, None), (AckOutcome.ALREADY_APPLIED, cut_id),
+                        (AckOutcome.APPLIED, None)]
+    assert [(h.command_id, h.factor) for h in r.executor.holds()] == [(tighter_id, 0.001)]
 
 
 def test_reduce_limits_on_a_margin_account_is_enforced_by_the_gate(tmp_path: Path) -> None:

@@ -218,7 +218,7 @@ class NautilusExecutor(Actor):
     # -- applying one verified command (the AckingExecutor's apply) ------------
 
     def _apply(self, cmd: MitigationCommand) -> Applied:
-        earlier = self._book.recall(cmd.command_id)
+        earlier = self._book.recall(cmd.issuer, cmd.command_id)
         if earlier is not None:
             return Applied(AckOutcome.ALREADY_APPLIED,
                            f"command {cmd.command_id} was applied already; nothing changed",
@@ -236,7 +236,7 @@ class NautilusExecutor(Actor):
                                f"trades: {problem}")
             applied = handler(self, cmd, markets)
         if applied.outcome is AckOutcome.APPLIED:
-            self._book.remember(cmd.command_id, dict(applied.detail))
+            self._book.remember(cmd.issuer, cmd.command_id, dict(applied.detail))
             if self._holds_path is not None:
                 self._book.save(self._holds_path)
         return applied
@@ -304,6 +304,10 @@ class NautilusExecutor(Actor):
             return Applied(AckOutcome.REFUSED,
                            f"no instrument in {cmd.scope.label()} has a base max notional "
                            "(markets max_notional, or RiskEngineConfig.max_notional_per_order)")
+        held = self._book.at_least_as_strict(Action.REDUCE_LIMITS.value, cmd.scope,
+                                             factor=factor)
+        if held is not None:
+            return _in_force(held, f"max notional per order x{held.factor:g}")
         self._book.hold(Action.REDUCE_LIMITS.value, cmd.scope, cmd.command_id, factor=factor)
         caps = self._sync_caps()
         detail: Detail = {
@@ -316,6 +320,9 @@ class NautilusExecutor(Actor):
 
     def _widen_quotes(self, cmd: MitigationCommand, markets: list[Market]) -> Applied:
         bps = float(cmd.params["bps"])  # type: ignore[arg-type]  # checked by the verifier
+        held = self._book.at_least_as_strict(Action.WIDEN_QUOTES.value, cmd.scope, bps=bps)
+        if held is not None:
+            return _in_force(held, f"quotes widened by {held.bps:g} bps")
         self._book.hold(Action.WIDEN_QUOTES.value, cmd.scope, cmd.command_id, bps=bps)
         self._publish_widen(cmd.command_id, cmd.scope, bps, markets)
         return Applied(AckOutcome.APPLIED, f"published on {WIDEN_QUOTES_TOPIC}",
@@ -482,3 +489,12 @@ class NautilusExecutor(Actor):
 
 __all__ = ["HEDGE_DELTA_TOPIC", "NOT_PERFORMED", "WIDEN_QUOTES_TOPIC", "HedgeDelta",
            "NautilusExecutor", "WidenQuotes"]
+
+
+def _in_force(held: Hold, what: str) -> Applied:
+    """A command asking for no more than a hold already in force on its scope asks:
+    nothing changes (a looser value never replaces a stricter one; a resume lifts)."""
+    return Applied(AckOutcome.ALREADY_APPLIED,
+                   f"{what} is in force on {held.scope_label} ({held.command_id}), at "
+                   "least as strict; nothing changed",
+                   {"in_force": held.command_id}, settles=held.command_id)
