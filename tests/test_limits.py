@@ -350,3 +350,25 @@ def test_updates_open_limits_keys_for_a_bounded_number_of_counterparties(
     assert [(d.reason, d.found, d.step) for d in dead] == [
         ("too_many_counterparties", f"junk{n}", "verify_limit_update") for n in (cap, cap + 1)]
     assert all(d.raw for d in dead)
+
+
+@pytest.mark.parametrize(("change", "needs_two"), [
+    ({"limit": 900_000.0}, False),
+    ({"limit": 2_000_000.0}, True),
+    ({"limit": 600_000.0, "vol_scaling": {"ref_vol": 0.6, "lo": 0.5, "hi": 2.0}}, True),
+    ({"vol_scaling": {"ref_vol": 0.6, "lo": 1000.0, "hi": 1000.0}}, True),
+    ({"vol_scaling": {"ref_vol": 0.6, "lo": 0.25, "hi": 1.0}}, False),
+], ids=["under-cap", "over-cap", "factor-over-cap", "factor-alone", "factor-tightens"])
+def test_a_raise_past_the_two_person_cap_needs_two_people_whatever_carries_it(
+    verifier: Verifier, change: dict[str, object], needs_two: bool,
+) -> None:
+    """The trust file's limit_cap (1,000,000): one limit-admin key cannot raise a limit
+    past it, neither by the limit itself nor by a volatility factor allowed above 1
+    (vol_scaling.hi), which multiplies the limit it scales."""
+    env = sign_envelope(PAYLOAD_LIMIT_UPDATE, encode(fresh(**change)), [ADMIN])
+    if not needs_two:
+        assert verifier(env, T0 + S).update_id == "u1"
+        return
+    with pytest.raises(VerificationError) as info:
+        verifier(env, T0 + S)
+    assert info.value.reason == "two_person_required"

@@ -191,9 +191,29 @@ class TwoPersonRule:
             scope_is_wide(scope) or scope_matcher(self.scopes)(scope.label()))
 
     def applies_to_limit(self, update: LimitUpdate) -> bool:
+        """Whether ``update`` may raise a limit past ``limit_cap``: its limit, or its limit
+        times a volatility factor it lets rise above 1 (``vol_scaling.hi``). One that
+        lets the factor rise without naming the limit is such a raise too: the limit it
+        scales is not known here.
+
+        >>> rule = TwoPersonRule(limit_cap=1000.0)
+        >>> def upd(**kw): return LimitUpdate(update_id="u", issuer="a", issued_at=0,
+        ...     expires_at=1, audience=Audience(env="e", topic="t"), limit_path="firm",
+        ...     kind="gross_notional", **kw)
+        >>> [rule.applies_to_limit(upd(limit=900.0)), rule.applies_to_limit(upd(limit=2e3))]
+        [False, True]
+        >>> [rule.applies_to_limit(upd(limit=900.0, vol_scaling={"hi": 2.0})),
+        ...  rule.applies_to_limit(upd(vol_scaling={"lo": 0.5, "hi": 4.0})),
+        ...  rule.applies_to_limit(upd(vol_scaling={"hi": 1.0}))]
+        [True, True, False]
+        """
         if self.limit_cap is None:
             return False
-        values = (update.limit, update.warn, update.hard)
+        hi = (update.vol_scaling or {}).get("hi", 1.0)
+        if hi > 1.0 and update.limit is None:
+            return True
+        limit = None if update.limit is None else update.limit * max(hi, 1.0)
+        values = (limit, update.warn, update.hard)
         return any(v is not None and v > self.limit_cap for v in values)
 
 
