@@ -372,3 +372,47 @@ def test_a_raise_past_the_two_person_cap_needs_two_people_whatever_carries_it(
     with pytest.raises(VerificationError) as info:
         verifier(env, T0 + S)
     assert info.value.reason == "two_person_required"
+
+
+def test_a_replayed_update_is_refused_until_it_expires(verifier: Verifier) -> None:
+    """The gate remembers each accepted update (its signer and id) until it expires, not
+    for a count: a replay of a raise after 2,000 other updates is still refused, and is
+    a dead letter; an older seq of a signer that numbers its updates is refused too."""
+    from riskguard.operators.exposure.limit_updates import UpdateGate
+    from riskguard.schemas import DeadLetter
+
+    gate = UpdateGate(cfg(), verifier, clock=lambda: T0 + S)
+
+    def send(**kw: object) -> list[object]:
+        return gate.on_event(sign_envelope(PAYLOAD_LIMIT_UPDATE, encode(fresh(**kw)), [ADMIN]))
+
+    raise_ = sign_envelope(PAYLOAD_LIMIT_UPDATE, encode(fresh(update_id="raise", limit=9e5)),
+                           [ADMIN])
+    assert [type(o) for o in gate.on_event(raise_)] == [tuple]
+    for n in range(2_000):
+        send(update_id=f"filler{n}", limit=100.0)
+    refused = gate.on_event(raise_)
+    assert [type(o) for o in refused] == [RiskAlert, DeadLetter]
+    assert refused[0].details["reason"] == "replayed_update_id"  # type: ignore[attr-defined]
+    assert [type(o) for o in send(update_id="s5", seq=5, limit=1.0)] == [tuple]
+    stale = send(update_id="s3", seq=3, limit=1.0)
+    assert stale[0].details["reason"] == "replayed_seq"  # type: ignore[attr-defined]
+
+
+def test_one_signer_s_update_id_does_not_use_up_another_s() -> None:
+    """Update ids are each signer's own, at the gate and at the limits: an update of
+    another key carrying the same id is not a replay of it, and both apply."""
+    from riskguard.operators.exposure.limit_updates import UpdateGate
+
+    def decoded(env: SignedEnvelope, now: int) -> LimitUpdate:  # the trust file is not the point
+        return msgspec.json.decode(env.payload, type=LimitUpdate)
+
+    gate, logic = UpdateGate(cfg(), decoded, clock=lambda: 0), LimitsLogic(cfg())
+    accepted = []
+    for issuer, limit in (("adm-mallory", 1.0), ("adm-bob", 50.0)):
+        env = SignedEnvelope(payload_type=PAYLOAD_LIMIT_UPDATE, signatures=[], payload=encode(
+            update(update_id="same", issuer=issuer, limit=limit)))
+        [(_key, upd)] = gate.on_event(env)
+        accepted += [o.kind for o in drive(logic, [upd]) if isinstance(o, RiskAlert)]
+    assert accepted == ["limit_update_accepted"] * 2
+    assert logic.current_spec("counterparty.okx", "gross_notional").limit == 50.0  # type: ignore[union-attr]

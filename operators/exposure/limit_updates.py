@@ -7,6 +7,11 @@ envelope, names the limits key its path belongs to and admits that key:
 - a refused envelope is a ``limit_update_rejected`` alert and a dead letter naming the
   input it came from;
 - a path that cannot be parsed, or an unknown kind, is a rejection alert;
+- an update already accepted (its signer and id, kept until it expires), or one whose
+  ``seq`` is not above its signer's last (where the signer numbers its updates), is
+  rejected as replayed (``replayed_update_id``, ``replayed_seq``) and is a dead letter;
+  at most :data:`MAX_REMEMBERED_UPDATES` are kept, and past that a new one is rejected
+  (``too_many_updates``) rather than one forgotten;
 - a path on a counterparty the config does not list opens a limits key of its own. At
   most :data:`MAX_UPDATED_COUNTERPARTIES` such counterparties are admitted, first come
   first admitted; an update naming one more is rejected (``too_many_counterparties``)
@@ -41,9 +46,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from riskguard.operators.core.clock import Clock
+from riskguard.operators.core.dedup import Expiries
 from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.exposure.limit_specs import KINDS, LimitsConfig
 from riskguard.operators.signing.crypto import PAYLOAD_LIMIT_UPDATE
+from riskguard.operators.signing.operator_commands import signer_id
 from riskguard.operators.signing.trust import DEFAULT_LEEWAY_NS, TrustStore
 from riskguard.schemas import (
     DeadLetter,
@@ -65,6 +72,9 @@ Verifier = Callable[[SignedEnvelope, int], LimitUpdate]
 
 MAX_UPDATED_COUNTERPARTIES = 256
 """Counterparties beyond the config's that signed updates may set limits on, at most."""
+
+MAX_REMEMBERED_UPDATES = 65_536
+"""Accepted updates remembered until they expire, at most (a replay of one is refused)."""
 
 UPDATES_KEY = "limit_updates"
 """The one key the gate runs under: the counterparties it admits are counted over all
@@ -127,6 +137,9 @@ class UpdateGateState:
 
     admitted: list[str] = field(default_factory=list)
     refused: int = 0
+    # accepted updates (signer_id) -> their expiry, and each signer's last seq
+    seen: dict[str, int] = field(default_factory=dict)
+    high_water: dict[str, int] = field(default_factory=dict)
     version: int = 1
 
 
@@ -136,17 +149,21 @@ class UpdateGate:
 
     def __init__(self, config: LimitsConfig, verifier: Verifier, *, clock: Clock,
                  state: UpdateGateState | None = None,
-                 cap: int = MAX_UPDATED_COUNTERPARTIES) -> None:
+                 cap: int = MAX_UPDATED_COUNTERPARTIES,
+                 leeway_ns: int = DEFAULT_LEEWAY_NS) -> None:
         self.config = config
         self.verifier = verifier
         self.clock = clock
         self.cap = cap
+        self.leeway_ns = leeway_ns
         self.state = state if state is not None else UpdateGateState()
         self._admitted = set(self.state.admitted)
+        self._expiring = Expiries(self.state.seen)
 
     def snapshot(self) -> UpdateGateState:
         st = self.state
         return UpdateGateState(admitted=list(st.admitted), refused=st.refused,
+                               seen=dict(st.seen), high_water=dict(st.high_water),
                                version=st.version)
 
     def on_event(self, env: Any) -> list[Any]:
@@ -161,6 +178,12 @@ class UpdateGate:
             return [rejection_alert(err.reason, err.detail, digest, now, FIRM_SCOPE),
                     self._dead(env, now, f"limit_update_{err.reason}",
                                "a verified limit update", err.detail)]
+        replayed = self._replayed(upd, now)
+        if replayed is not None:
+            reason, detail = replayed
+            return [rejection_alert(reason, detail, upd.update_id, now, FIRM_SCOPE),
+                    self._dead(env, now, f"limit_update_{reason}", "a new limit update",
+                               detail)]
         routed = route_update(upd, now)
         if isinstance(routed, RiskAlert):
             return [routed]
@@ -179,6 +202,28 @@ class UpdateGate:
         self._admitted.add(key)
         self.state.admitted.append(key)
         return [routed]
+
+    def _replayed(self, upd: LimitUpdate, now: int) -> tuple[str, str] | None:
+        """Why ``upd`` is refused as a replay (None: it is new, and is remembered until
+        it expires). Each signer's ids and seqs are its own."""
+        st = self.state
+        for gone in self._expiring.before(now - self.leeway_ns):
+            del st.seen[gone]
+        key = signer_id(upd.issuer, upd.update_id)
+        if key in st.seen:
+            return "replayed_update_id", (f"update {upd.update_id!r} of {upd.issuer!r} was "
+                                          "already accepted")
+        high = st.high_water.get(upd.issuer)
+        if upd.seq and high is not None and upd.seq <= high:
+            return "replayed_seq", f"seq {upd.seq} <= high-water {high} of {upd.issuer!r}"
+        if len(st.seen) >= MAX_REMEMBERED_UPDATES:
+            return "too_many_updates", (f"{len(st.seen)} accepted updates not yet expired "
+                                        f"(at most {MAX_REMEMBERED_UPDATES})")
+        st.seen[key] = upd.expires_at
+        self._expiring.add(key, upd.expires_at)
+        if upd.seq:  # seq 0: the signer keeps no sequence; the id alone guards it
+            st.high_water[upd.issuer] = upd.seq
+        return None
 
     @staticmethod
     def _dead(env: SignedEnvelope, now: int, reason: str, expected: str,

@@ -61,6 +61,7 @@ from riskguard.operators.exposure.limit_specs import (
     vol_factor,
 )
 from riskguard.operators.exposure.limit_updates import rejection_alert
+from riskguard.operators.signing.operator_commands import signer_id
 from riskguard.schemas import (
     Exposure,
     LimitBreach,
@@ -411,9 +412,10 @@ class LimitsLogic:
         st = self.state
         key, _lv, _n = parse_limit_path(upd.limit_path)
         st.key = key
-        if upd.update_id in self._updates:
+        seen = signer_id(upd.issuer, upd.update_id)  # each signer's ids its own
+        if seen in self._updates:
             return []
-        self._updates.add(upd.update_id)
+        self._updates.add(seen)
         old = self.current_spec(upd.limit_path, upd.kind)
         if old is None and len(st.overrides) >= MAX_OVERRIDES:  # a new limit, past the cap
             return [self._reject(upd, "too_many_overrides",
