@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
@@ -43,7 +43,7 @@ from riskguard.operators.audit import (
     decode_item,
     replica_of,
 )
-from riskguard.operators.audit.attest import Attestor
+from riskguard.operators.audit.attest import Attestor, replica_chains
 from riskguard.operators.signing.crypto import VerifyKey
 from riskguard.schemas.audit import AuditRecord
 
@@ -153,13 +153,21 @@ class AuditTail:
 
 def read_audit_tail(settings: KafkaSettings, topic: str,
                     keys: Mapping[str, VerifyKey] | KeyLookup, *, origin: str,
-                    idle_s: float = 0.5, stall_s: float = 30.0) -> AuditTail:
+                    idle_s: float = 0.5, stall_s: float = 30.0,
+                    partitions: int | None = None, replicas: Sequence[str] = (),
+                    ) -> AuditTail:
     """One read of the audit topic: this guard's chains checked as read (``AuditError``
-    if one does not verify), its replicas' chains attested, garbage skipped and counted."""
-    resume = ChainResume(keys, origin=origin)
+    if one does not verify), its replicas' chains attested, garbage skipped and counted.
+
+    With ``partitions`` (``[audit] partitions``) and ``replicas`` (``[replica] peers``)
+    only the chains they name are read, ``<origin>/p<k>`` and each peer's: chain names
+    made up on the topic then cannot take the places of real ones. Without them, chains
+    past the attestor's cap are reported in ``unverified``."""
+    resume = ChainResume(keys, origin=origin, partitions=partitions)
     base = origin.split("@", 1)[0]
     own = replica_of(origin + "/")
-    peers = Attestor(keys, follow=base + "@")
+    peers = Attestor(keys, follow=replica_chains(
+        base, [r for r in replicas if r != own], partitions))
     out = AuditTail()
     for p, off, raw in scan_topic(settings, topic, idle_s=idle_s, stall_s=stall_s):
         try:

@@ -37,7 +37,9 @@ def _run(args: argparse.Namespace) -> int:
     from riskguard.operators.core.metrics import start_metrics_server_from_env  # noqa: PLC0415
 
     settings, topic, peers = _where(args)
-    config = ReplicaWatchConfig(peers=peers, tolerance_s=args.tolerance, silent_s=args.silent)
+    origin, partitions = _chains(args)
+    config = ReplicaWatchConfig(peers=peers, tolerance_s=args.tolerance, silent_s=args.silent,
+                                origin=origin, partitions=partitions)
     trust = _trust(args)
     reach_kafka(settings, "--brokers HOST:PORT, or [kafka] in --config")
     start_metrics_server_from_env()  # RISKGUARD_METRICS_PORT: riskguard_risk_alerts_total
@@ -183,6 +185,19 @@ def _where(args: argparse.Namespace) -> tuple[Any, str, tuple[str, ...]]:
     return settings, topic, peers
 
 
+def _chains(args: argparse.Namespace) -> tuple[str, int]:
+    """The guard's audit origin and chain count: the flags, else ``--config``'s [audit]
+    origin and partitions, else their defaults. The watch follows only
+    ``<origin>@<replica>/p<k>`` for ``k`` below the count."""
+    from riskguard.config import decode_section, read_toml  # noqa: PLC0415
+    from riskguard.operators.audit import AuditConfig  # noqa: PLC0415
+
+    audit = (decode_section(read_toml(args.config).get("audit", {}), AuditConfig)
+             if args.config else AuditConfig())
+    return (args.origin or audit.origin,
+            args.partitions if args.partitions is not None else audit.partitions)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     replicas = sub.add_parser("replicas", help="watch redundant guard replicas (docs/replicas.md)")
     r = replicas.add_subparsers(dest="replicas_command", metavar="ACTION", required=True)
@@ -192,6 +207,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--brokers", help="HOST:PORT (default 127.0.0.1:9092, or [kafka] of "
                                      "--config)")
     w.add_argument("--topic", help="the guard's audit topic (default: from --config)")
+    w.add_argument("--origin", help="the guard's [audit] origin (default: from --config, "
+                   "else riskguard)")
+    w.add_argument("--partitions", type=int, metavar="N", help="the guard's [audit] "
+                   "partitions, its chains per replica (default: from --config, else 1)")
     w.add_argument("--trust", help="trust file whose keys sign checkpoints (default: [keys] "
                                    "of --config)")
     w.add_argument("--roots", help="roots file of --trust (default: [keys] of --config)")

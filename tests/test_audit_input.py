@@ -179,3 +179,64 @@ def test_past_max_pending_a_chain_holds_its_oldest_records_and_a_checkpoint_atte
     assert "more than 2 records" in att.state.broken["riskguard@a/p0"]
     assert att.state.counts["unattested"] == 2
     assert [x.index for x in att.on_item(first) if isinstance(x, AuditRecord)] == [0, 1]
+
+
+def _diverging(watch: ReplicaWatchLogic, now: list[int], junk: list[Any]) -> list[str]:
+    """Junk first, then replica b dies after its second decision while a makes eight:
+    the alert kinds the watch raises."""
+    kinds = []
+    for item in junk:
+        kinds += [x.kind for x in watch.on_event(item)]
+    a = _chain("riskguard@a/p0", A, [f"d{i}" for i in range(1, 9)])
+    b = _chain("riskguard@b/p0", B, ["d1", "d2"])
+    for t, it in enumerate(b):
+        now[0] = t * S
+        kinds += [x.kind for x in watch.on_event(it)]
+    for i, it in enumerate(a):
+        now[0] = (10 + i * 10) * S
+        kinds += [x.kind for x in watch.on_event(it)]
+    now[0] = 400 * S
+    return kinds + [x.kind for x in watch.on_event(None)]
+
+
+def test_junk_chain_names_cannot_blind_the_watch() -> None:
+    """Anyone who may write the audit topic can make up chain names. A watch that knows
+    its peers and the guard's audit origin and chain count follows only their chains, so
+    1,100 made-up ones (other replicas, other origins, other partitions) take no place
+    from them: b's divergence is still raised. A watch that follows every chain says
+    when it stops following new ones, critically."""
+    from riskguard.operators.audit.attest import MAX_CHAINS, OVER_CAP
+
+    junk = [_forged(name, 0, "x") for i in range(1_100) for name in (
+        f"riskguard@j{i}/p0", f"junk{i}@a/p0", f"riskguard@a/p{i + 1}")]
+    now = [0]
+    pinned = msgspec.structs.replace(WATCH, origin="riskguard", partitions=1)
+    kinds = _diverging(ReplicaWatchLogic(pinned, lambda: now[0], keys=KEYS), now, junk)
+    assert "replica_divergence" in kinds and "replica_unverified" not in kinds
+    loose = ReplicaWatchLogic(ReplicaWatchConfig(), lambda: now[0], keys=KEYS)
+    kinds = _diverging(loose, now, junk[: MAX_CHAINS + 1])
+    assert "replica_unverified" in kinds
+    assert loose.state.attest is not None and OVER_CAP in loose.state.attest.broken
+
+
+def test_junk_chain_names_on_the_audit_topic_neither_hide_a_peer_nor_grow_a_start(
+        kafka_bootstrap: str, new_topic: Any) -> None:
+    """Guard start-up reads its own chains and its peers' from the audit topic (dev
+    broker). 1,100 made-up chain names, under other replicas' names and under its own
+    origin, do not crowd out peer b (its config hash is still read, so a differing
+    config is still caught) and hold no state of their own."""
+    from riskguard.connectors.audit_tail import read_audit_tail
+    from riskguard.connectors.settings import KafkaSettings
+
+    topic = new_topic(partitions=1)
+    peer = _chain("riskguard@b/p0", B, ["d1", "d2"], config_hash="f" * 64)
+    junk = [_forged(name, 0, "x") for i in range(1_100)
+            for name in (f"riskguard@j{i}/p0", f"riskguard@a/j{i}")]
+    p = Producer({"bootstrap.servers": kafka_bootstrap})
+    for item in [*junk, *peer]:
+        p.produce(topic, msgspec.json.encode(item))
+    assert p.flush(30) == 0
+    tail = read_audit_tail(KafkaSettings(bootstrap=kafka_bootstrap), topic, KEYS,
+                           origin="riskguard@a", partitions=1, replicas=("a", "b"))
+    assert tail.peers == {"b": "f" * 64}
+    assert tail.chains == {} and tail.unverified == {}

@@ -86,7 +86,8 @@ def build_flow(
         # never again from index 0; a topic that cannot be read or verified stops the start.
         return (last_signed_seq(brokers, cfg.topic("commands"), public_key, issuer),
                 read_audit_tail(brokers, cfg.topic("audit"), checkpoint_key,
-                                origin=cfg.audit.origin))
+                                origin=cfg.audit.origin, partitions=cfg.audit.partitions,
+                                replicas=cfg.replica.peers))
 
     delivered, tail = (read_where_it_stands() if role == "firm"
                        else while_preparing_detection(cfg, read_where_it_stands))

@@ -25,7 +25,8 @@ the checkpoint decides between them (up to :data:`MAX_CHOICES` combinations).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from riskguard.operators.audit.chain import record_leaf, verify_checkpoint
@@ -43,10 +44,37 @@ MAX_PENDING = 100_000
 """Records held back per chain waiting for their checkpoint; past it, a record at a new
 index is not held (counted unattested, and the chain reported): the oldest stay, as a
 checkpoint attests the records from the chain's tail on."""
+OVER_CAP = "*"
+"""The :attr:`AttestState.broken` entry saying chains past :data:`MAX_CHAINS` were seen
+and not followed (their records are not believed)."""
 MAX_CANDIDATES = 3
 """Records kept per index (the real one and forged ones claiming its place)."""
 MAX_CHOICES = 64
 """Combinations of candidates a checkpoint is tried against."""
+
+
+def replica_chains(origin: str | None = None, replicas: Iterable[str] = (),
+                   partitions: int | None = None) -> Callable[[str], bool]:
+    """Which chains to follow: the replicas' own, ``<origin>@<replica>/p<k>``, of
+    ``replicas`` (any if none), ``k`` below ``partitions`` (any if None) and the base
+    ``origin`` (any if None). The narrower, the fewer names junk on the topic can take
+    the chain slots with.
+
+    >>> ours = replica_chains("riskguard", ("a", "b"), partitions=2)
+    >>> [ours(c) for c in ("riskguard@a/p1", "riskguard@b/p2", "riskguard@c/p0",
+    ...                    "riskguard@a/junk", "junk@a/p0")]
+    [True, False, False, False, False]
+    """
+    base = re.escape(origin) if origin is not None else r"[^@/]+"
+    names = "|".join(map(re.escape, replicas)) or r"[^/]+"
+    shape = re.compile(rf"^{base}@(?:{names})/p(\d{{1,9}})$")
+    limit = partitions
+
+    def follows(chain: str) -> bool:
+        m = shape.match(chain)
+        return m is not None and (limit is None or int(m.group(1)) < limit)
+
+    return follows
 
 
 @dataclass
@@ -74,13 +102,19 @@ class Attestor:
     vouches for, in order; everything else is held back or counted.
 
     ``keys``: the keys that may sign checkpoints (a trust file's ``checkpoint_key``).
-    ``follow``: which chains to follow (default all)."""
+    ``follow``: which chains to follow: a name prefix, or a test such as
+    :func:`replica_chains` (default all). Past :data:`MAX_CHAINS` a new chain is not
+    followed, and :attr:`AttestState.broken` says so once (:data:`OVER_CAP`)."""
 
     def __init__(self, keys: Mapping[str, VerifyKey] | KeyLookup, *,
                  state: AttestState | None = None,
-                 follow: str | None = None) -> None:
+                 follow: str | Callable[[str], bool] | None = None) -> None:
         self._lookup = key_lookup(keys)
-        self._follow = follow
+        if isinstance(follow, str):
+            prefix = follow
+            self._follow: Callable[[str], bool] | None = lambda c: c.startswith(prefix)
+        else:
+            self._follow = follow
         self.state = state if state is not None else AttestState()
 
     def _count(self, what: str, n: int = 1) -> None:
@@ -93,13 +127,15 @@ class Attestor:
         if tail is None:
             if len(st.chains) >= MAX_CHAINS:
                 self._count("chains_over_cap")
+                st.broken.setdefault(OVER_CAP, f"more than {MAX_CHAINS} chains on the topic: "
+                                               f"{chain} and later ones are not followed")
                 return None
             tail = st.chains[chain] = ChainTail()
         return tail
 
     def on_item(self, item: AuditItem) -> list[AuditItem]:
         chain = item.chain if isinstance(item, AuditRecord) else item.origin
-        if self._follow is not None and not chain.startswith(self._follow):
+        if self._follow is not None and not self._follow(chain):
             return []
         tail = self._tail(chain)
         if tail is None:

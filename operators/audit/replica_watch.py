@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from riskguard.operators.audit.attest import Attestor, AttestState
+from riskguard.operators.audit.attest import Attestor, AttestState, replica_chains
 from riskguard.operators.audit.verify import KeyLookup
 from riskguard.operators.core.clock import Clock, system_clock
 from riskguard.operators.core.snapshot import persisted
@@ -70,6 +70,10 @@ class ReplicaWatchConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     peers: tuple[str, ...] = ()
     tolerance_s: float = 10.0
     silent_s: float = 60.0
+    # the guard's audit origin and chain count ([audit] origin, partitions), when known:
+    # the watch then follows only the chains the peers write, <origin>@<peer>/p<k>
+    origin: str | None = None
+    partitions: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("tolerance_s", "silent_s"):
@@ -132,7 +136,8 @@ class ReplicaWatchLogic:
         self._silent = int(config.silent_s * _NS)
         self.attestor: Attestor | None = None
         if keys is not None:
-            self.attestor = Attestor(keys, state=self.state.attest)
+            follow = replica_chains(config.origin, config.peers, config.partitions)
+            self.attestor = Attestor(keys, state=self.state.attest, follow=follow)
             self.state.attest = self.attestor.state
 
     def snapshot(self) -> ReplicaWatchState:

@@ -50,7 +50,9 @@ class ChainResume:
     Records after the chain's last checkpoint (a process stopped between two)
     are taken as read; the next checkpoint covers them.
 
-    Only chains named ``<origin>/...`` are followed (``origin`` None: all).
+    Only chains named ``<origin>/...`` are followed (``origin`` None: all); with
+    ``partitions``, only the ones this guard writes, ``<origin>/p<k>`` for ``k`` below
+    it, so names made up on the topic cannot grow what a start holds.
 
     >>> from riskguard.operators.audit.chain import AuditConfig, AuditLogic
     >>> from riskguard.operators.signing.crypto import Signer
@@ -70,9 +72,11 @@ class ChainResume:
     """
 
     def __init__(self, keys: Mapping[str, VerifyKey] | KeyLookup, *,
-                 origin: str | None = None) -> None:
+                 origin: str | None = None, partitions: int | None = None) -> None:
         self._lookup = key_lookup(keys)
         self._prefix = None if origin is None else f"{origin}/"
+        self._names = (None if origin is None or partitions is None
+                       else frozenset(f"{origin}/p{k}" for k in range(partitions)))
         self._tails: dict[str, _Tail] = {}
 
     def add(self, item: AuditItem) -> None:
@@ -84,6 +88,8 @@ class ChainResume:
             self._checkpoint(item, self._tails.setdefault(item.origin, _Tail()))
 
     def _ours(self, chain: str) -> bool:
+        if self._names is not None:
+            return chain in self._names
         return self._prefix is None or chain.startswith(self._prefix)
 
     @staticmethod
