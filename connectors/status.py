@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 import time
 import urllib.error
@@ -302,34 +303,71 @@ def split_mitigations(commands: Iterable[MitigationCommand], now_ns: int,
     return {"active": active, "history": rows[::-1][:max_history]}
 
 
+MAX_COMMANDS = 10_000
+"""Commands :func:`commands_from_file` keeps beyond those still in force: the newest."""
+MAX_LINE = 1 << 20
+"""A line of the commands file longer than this is no envelope, and is skipped."""
+
+
 def commands_from_file(path: str, key: VerifyKey) -> Callable[[], list[MitigationCommand]]:
     """A command source for :class:`StatusPoller`: the signed command envelopes in
-    ``path``, one per line (a guard's ``commands.jsonl``), re-read at each poll.
+    ``path``, one per line (a guard's ``commands.jsonl``), read as the file grows.
 
     Only commands signed with ``key`` count: a line that is not an envelope, not a
     command, or not verified under ``key`` is skipped, so it can neither show a
-    mitigation as active nor lift one. A missing file is no commands yet.
+    mitigation as active nor lift one. A missing file is no commands yet. Each poll
+    reads and verifies only the lines added since the last (a file that shrank, such
+    as a new one in its place, is read again from its start), and the commands kept are
+    those not yet expired and the newest :data:`MAX_COMMANDS`: a poll's cost does not
+    grow with the file's history.
     """
+    kept: list[MitigationCommand] = []
+    where: dict[str, Any] = {"offset": 0, "partial": b"", "skipping": False}
+
+    def verified(raw: bytes) -> MitigationCommand | None:
+        try:
+            env = decode_envelope(raw)
+            ours = [x for x in env.signatures if x.key_id == key.key_id]
+            if env.payload_type != PAYLOAD_COMMAND or not ours:
+                return None
+            key.verify(PAYLOAD_COMMAND, env.payload, ours[0].sig)
+            return decode_command(env) if check_json_depth(env.payload) is None else None
+        except Exception:  # whatever cannot be read and verified is skipped
+            return None
 
     def read() -> list[MitigationCommand]:
         try:
             with open(path, "rb") as f:
-                lines = f.read().splitlines()
+                size = os.fstat(f.fileno()).st_size
+                if size < where["offset"]:  # replaced or truncated: from its start
+                    kept.clear()
+                    where.update(offset=0, partial=b"", skipping=False)
+                f.seek(where["offset"])
+                added = f.read(size - where["offset"])
         except FileNotFoundError:
+            kept.clear()
+            where.update(offset=0, partial=b"", skipping=False)
             return []
-        out = []
+        where["offset"] += len(added)
+        *lines, partial = (where["partial"] + added).split(b"\n")
+        if where["skipping"] and lines:  # the rest of a line too long to be one
+            lines, where["skipping"] = lines[1:], False
         for raw in lines:
-            try:
-                env = decode_envelope(raw)
-                ours = [x for x in env.signatures if x.key_id == key.key_id]
-                if env.payload_type != PAYLOAD_COMMAND or not ours:
-                    continue
-                key.verify(PAYLOAD_COMMAND, env.payload, ours[0].sig)
-                if check_json_depth(env.payload) is None:
-                    out.append(decode_command(env))
-            except Exception:  # whatever cannot be read and verified is skipped
-                continue
-        return out
+            cmd = verified(raw.rstrip(b"\r"))
+            if cmd is not None:
+                kept.append(cmd)
+        last = verified(partial) if partial and not where["skipping"] else None
+        if last is not None:  # a whole last line without its newline
+            kept.append(last)
+            partial = b""
+        elif len(partial) > MAX_LINE:
+            partial, where["skipping"] = b"", True
+        where["partial"] = partial
+        if len(kept) > 2 * MAX_COMMANDS:
+            now = time.time_ns()
+            old, recent = kept[:-MAX_COMMANDS], kept[-MAX_COMMANDS:]
+            kept[:] = [c for c in old if c.expires_at > now] + recent
+        return list(kept)
 
     return read
 
@@ -499,15 +537,51 @@ def page(poll_ms: int = 2000) -> bytes:
     return PAGE.replace("__POLL_MS__", str(int(poll_ms))).encode()
 
 
+class _BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``limit`` at once: one more is closed at once
+    (and counted in ``refused``)."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: Any, limit: int) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(limit)
+        self.refused = 0
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class StatusServer:
     """Serves ``/`` (the page; ``body`` replaces it, e.g. with a measuring script added),
-    ``/api/status`` (JSON summary) and ``/healthz``."""
+    ``/api/status`` (JSON summary) and ``/healthz``.
+
+    At most ``max_connections`` connections are served at once (one more is closed), and
+    a connection that sends nothing for ``idle_timeout_s`` is closed: idle or slow
+    clients cannot take every thread."""
 
     def __init__(self, poller: StatusPoller, *, host: str = "127.0.0.1", port: int = 0,
-                 poll_ms: int = 2000, body: bytes | None = None) -> None:
+                 poll_ms: int = 2000, body: bytes | None = None, max_connections: int = 32,
+                 idle_timeout_s: float = 10.0) -> None:
         html = page(poll_ms) if body is None else body
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = idle_timeout_s
+
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path in ("/", "/index.html"):
@@ -531,7 +605,7 @@ class StatusServer:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  # base signature
                 return
 
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd = _BoundedServer((host, port), Handler, max_connections)
         self.port = int(self.httpd.server_address[1])
         self._thread: threading.Thread | None = None
 

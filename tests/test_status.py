@@ -326,3 +326,32 @@ def test_summary_counts_what_executors_acknowledged_refused_and_left_unconfirmed
         ("halt_trading", "applied"): 2, ("widen_quotes", "refused"): 2}
     assert "executors   acknowledged 3  refused 3  unconfirmed in time 1" in render_text(s)
 
+
+
+def test_idle_clients_cannot_take_every_thread_of_the_status_server() -> None:
+    """12 clients connect and send nothing: 8 (max_connections) are served and the other
+    4 closed at once, each idle one is closed after idle_timeout_s, and the server
+    answers again once they are gone."""
+    import socket
+    import threading
+    import time
+
+    server = StatusServer(StatusPoller([]), port=0, max_connections=8,
+                          idle_timeout_s=2.0).start()
+    before = threading.active_count()
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(12)]
+    try:
+        deadline = time.monotonic() + 1.5
+        while server.httpd.refused < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.httpd.refused == 4
+        assert threading.active_count() - before <= 8
+        for s in idle:  # each is closed by the server: refused, or idle past the timeout
+            s.settimeout(30)
+            assert s.recv(1) == b""
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5) as r:
+            assert r.read() == b"ok\n"
+    finally:
+        for s in idle:
+            s.close()
+        server.close()

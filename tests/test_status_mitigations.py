@@ -78,3 +78,28 @@ def test_cli_status_commands_needs_a_verify_key(tmp_path: Path, capsys) -> None:
     rc = main(["status", "--serve", "--port", "0", "--commands", str(tmp_path / "c.jsonl")])
     assert rc != 0
     assert "--verify-key" in capsys.readouterr().err
+
+
+def test_the_command_file_is_read_as_it_grows(tmp_path: Path, monkeypatch: Any) -> None:
+    """Each poll takes only the lines added since the last: a line still being written
+    waits for its end, a file replaced by a shorter one is read again from its start,
+    and past MAX_COMMANDS only the newest (and those still in force) are kept."""
+    from riskguard.connectors import status
+
+    issuer = generate_key_file(tmp_path / "issuer.pem")
+    f = tmp_path / "commands.jsonl"
+    source = commands_from_file(str(f), issuer.public_key)
+    lines = [_line(_cmd(n, Action.WIDEN_QUOTES, T0 + n * S, bps=5.0), issuer)
+             for n in range(1, 7)]
+    f.write_bytes(lines[0] + b"\n" + lines[1][:40])  # the second line half written
+    assert [c.seq for c in source()] == [1]
+    with f.open("ab") as out:
+        out.write(lines[1][40:] + b"\n" + lines[2] + b"\n")
+    assert [c.seq for c in source()] == [1, 2, 3]
+    f.write_bytes(lines[3] + b"\n")  # a new, shorter file in its place
+    assert [c.seq for c in source()] == [4]
+    monkeypatch.setattr(status, "MAX_COMMANDS", 1)
+    expired = _cmd(7, Action.WIDEN_QUOTES, T0 - 7200 * S, bps=5.0)  # long expired
+    with f.open("ab") as out:
+        out.write(b"\n".join([_line(expired, issuer), lines[4], lines[5]]) + b"\n")
+    assert [c.seq for c in source()] == [6]
