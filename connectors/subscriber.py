@@ -74,6 +74,7 @@ checked at start: a state that was lost or rolled back stops start-up
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections import Counter
@@ -139,7 +140,8 @@ NOT_A_REPLICA = "decision_not_replica"
 
 @dataclass(frozen=True)
 class Rejection:
-    """Why a message was not executed."""
+    """Why a message was not executed, and what it was: its first
+    :data:`REJECTED_RAW_BYTES` bytes (``raw``), its whole length and SHA-256."""
 
     reason: str
     detail: str
@@ -149,6 +151,9 @@ class Rejection:
     issuer: str = ""
     command_id: str = ""
     seq: int = -1
+    raw: bytes = b""
+    raw_len: int = 0
+    raw_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -203,11 +208,16 @@ class GapAlert:
 Outcome: TypeAlias = MitigationCommand | Rejection | Duplicate
 
 
+REJECTED_RAW_BYTES = 4096
+"""How much of a refused message its :class:`Rejection` carries (base64 in the log)."""
+
+
 def _fields(rej: Rejection) -> dict[str, Any]:
     """``asdict(rej)``, without its deep copy of every field (a flood's hot path)."""
     return {"reason": rej.reason, "detail": rej.detail, "topic": rej.topic,
             "partition": rej.partition, "offset": rej.offset, "issuer": rej.issuer,
-            "command_id": rej.command_id, "seq": rej.seq}
+            "command_id": rej.command_id, "seq": rej.seq, "raw": rej.raw,
+            "raw_len": rej.raw_len, "raw_sha256": rej.raw_sha256}
 
 
 def _describe(content: bytes) -> str:
@@ -350,18 +360,19 @@ class CommandSubscriber:
                                          audience=self.audience, now_ns=now,
                                          leeway_ns=self.leeway_ns)
         except VerificationError as err:
-            return self._reject(err.reason, err.detail, partition, offset)
+            return self._reject(err.reason, err.detail, partition, offset, data=data)
         except Exception as err:  # a check failing unforeseen refuses; the offset moves on
-            return self._reject("verify_error", f"{type(err).__name__}: {err}", partition, offset)
+            return self._reject("verify_error", f"{type(err).__name__}: {err}", partition, offset,
+                                data=data)
         cmd = verified.message
         assert isinstance(cmd, MitigationCommand)  # PAYLOAD_COMMAND decodes to a command
         hw = self.state.high_water(cmd.issuer)
         if hw is not None and cmd.seq <= hw:
             return self._reject(Reason.REPLAYED_SEQ.value,
                                 f"seq {cmd.seq} <= high-water {hw} of {cmd.issuer!r}",
-                                partition, offset, cmd)
+                                partition, offset, cmd, data=data)
         if cmd.decision_id:
-            found = self._decision(cmd, partition, offset)
+            found = self._decision(cmd, partition, offset, data)
             if found is not None:
                 return found
         if self.state.seen(cmd.issuer, cmd.command_id):
@@ -370,7 +381,7 @@ class CommandSubscriber:
             return self._reject(Reason.REPLAYED_COMMAND_ID.value,
                                 f"command_id {cmd.command_id!r} of {cmd.issuer!r} already "
                                 "handled",
-                                partition, offset, cmd, record=True)
+                                partition, offset, cmd, record=True, data=data)
         self._check_gap(cmd, hw, partition, offset)
         holder = None
         if self.dedupe_in_force and cmd.action.value in HELD_ACTIONS:
@@ -381,7 +392,8 @@ class CommandSubscriber:
             self._settled(cmd, "already_in_force", holder)
             rej = self._reject("already_in_force",
                                f"{cmd.action.value} on {cmd.scope.label()} is in force "
-                               f"since command {holder}", partition, offset, cmd, record=True)
+                               f"since command {holder}", partition, offset, cmd, record=True,
+                               data=data)
             self.flush()  # its ack is out
             return rej
         return self._execute(cmd, now, partition, offset)
@@ -409,8 +421,8 @@ class CommandSubscriber:
             if self.on_alert is not None:
                 self.on_alert(alert)
 
-    def _decision(self, cmd: MitigationCommand, partition: int,
-                  offset: int) -> Outcome | None:
+    def _decision(self, cmd: MitigationCommand, partition: int, offset: int,
+                  data: bytes) -> Outcome | None:
         """A command carrying a ``decision_id``: a duplicate of an executed copy (same
         decision id, action, scope and params, both from replicas the trust file names),
         a refusal (not from a replica), or None: it is checked and executed on its own,
@@ -429,7 +441,7 @@ class CommandSubscriber:
                                 f"decision_id {cmd.decision_id!r} from {cmd.issuer!r}, which "
                                 "is not a guard replica named in the trust file "
                                 f"({', '.join(sorted(self.replicas)) or 'none'})",
-                                partition, offset, cmd, record=True)
+                                partition, offset, cmd, record=True, data=data)
         return None
 
     def _conflict(self, cmd: MitigationCommand, first: Copy, content: bytes,
@@ -484,12 +496,16 @@ class CommandSubscriber:
                 self._producer.produce(self.rejections_topic, value=line, key=key)
 
     def _reject(self, reason: str, detail: str, partition: int, offset: int,
-                cmd: MitigationCommand | None = None, *, record: bool = False) -> Rejection:
-        """Refuse ``cmd``; with ``record`` its seq and id still count as seen (a no-op)."""
+                cmd: MitigationCommand | None = None, *, record: bool = False,
+                data: bytes = b"") -> Rejection:
+        """Refuse ``cmd`` (message ``data``); with ``record`` its seq and id still count as
+        seen (a no-op)."""
         rej = Rejection(
             reason=reason, detail=detail[:500], topic=self.topic, partition=partition,
             offset=offset, issuer=cmd.issuer if cmd else "",
             command_id=cmd.command_id if cmd else "", seq=cmd.seq if cmd else -1,
+            raw=bytes(data[:REJECTED_RAW_BYTES]), raw_len=len(data),
+            raw_sha256=hashlib.sha256(data).hexdigest(),
         )
         self.stats["rejected"] += 1
         self.stats[f"rejected.{reason}"] += 1

@@ -85,8 +85,9 @@ def _watch(consumer: Any, logic: Any, alerts: _Alerts, args: argparse.Namespace,
             last_message = now
             try:
                 item = decode_item(m.value() or b"", f"{topic}[{m.partition()}]@{m.offset()}")
-            except Exception:  # not an audit item: counted, never the end of the watch
+            except Exception as err:  # not an audit item: counted and told, never the end
                 unreadable += 1
+                _dead_letter(topic, m, err)
                 continue
             raised = logic.on_event(item)
             if args.from_beginning or (m.offset() or 0) >= ends.get(m.partition() or 0, 0):
@@ -97,6 +98,18 @@ def _watch(consumer: Any, logic: Any, alerts: _Alerts, args: argparse.Namespace,
         alerts.check()
     alerts.emit(logic.on_event(None))
     return unreadable
+
+
+def _dead_letter(topic: str, message: Any, err: Exception) -> None:
+    """A ``DEAD <json>`` line for a message that is no audit item: where it was, why, and
+    its bytes (cut to fit a dead letter)."""
+    from riskguard.schemas import DeadLetter, encode  # noqa: PLC0415
+
+    dead = DeadLetter.of(topic=topic, partition=message.partition() or 0,
+                         offset=message.offset() or 0, ts=time.time_ns(),
+                         reason="unreadable_audit_item", expected="an audit record or checkpoint",
+                         found=str(err), step="replicas_watch", raw=message.value() or b"")
+    sys.stdout.write("DEAD " + encode(dead).decode() + "\n")
 
 
 class _Alerts:

@@ -344,3 +344,34 @@ def test_the_watch_takes_kafka_topic_and_peers_from_a_replicas_config(tmp_path: 
         "x:1", "SSL", "t", ("a", "b", "c"))
     with pytest.raises(ConfigError, match="--topic"):
         _where(argparse.Namespace(config=None, brokers=None, topic=None, peers=None))
+
+
+def test_the_watch_tells_each_message_that_is_no_audit_item(
+        kafka_bootstrap: str, new_topic: Any, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``riskguard replicas watch`` on the dev broker: a message that is no audit item
+    is a ``DEAD`` line (a dead letter with its partition, offset, reason and bytes) and
+    is counted; the watch goes on."""
+    import base64
+
+    from confluent_kafka import Producer
+    from signing_fixtures import write_signed_trust
+
+    from riskguard.cli import main
+
+    topic = new_topic(partitions=1)
+    p = Producer({"bootstrap.servers": kafka_bootstrap})
+    for value in (b"\x00junk", b'{"type":"audit"}'):
+        p.produce(topic, value)
+    assert p.flush(30) == 0
+    trust, roots = write_signed_trust(tmp_path)
+    assert main(["replicas", "watch", "--brokers", kafka_bootstrap, "--topic", topic,
+                 "--trust", str(trust), "--roots", str(roots), "--from-beginning",
+                 "--idle-timeout", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    dead = [msgspec.json.decode(line[5:]) for line in out if line.startswith("DEAD ")]
+    assert [(d["reason"], d["partition"], d["offset"]) for d in dead] == [
+        ("unreadable_audit_item", 0, 0), ("unreadable_audit_item", 0, 1)]
+    assert base64.b64decode(dead[0]["raw"]) == b"\x00junk"
+    summary = msgspec.json.decode(next(x for x in out if x.startswith("SUMMARY "))[8:])
+    assert summary["unreadable"] == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +14,12 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
 from riskguard.connectors.settings import KafkaSettings
-from riskguard.connectors.subscriber import CommandSubscriber, GapAlert, Rejection
+from riskguard.connectors.subscriber import (
+    REJECTED_RAW_BYTES,
+    CommandSubscriber,
+    GapAlert,
+    Rejection,
+)
 from riskguard.operators.core.clock import ManualClock
 from riskguard.operators.signing import SignConfig, SignLogic
 from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, encode_envelope, sign_envelope
@@ -110,6 +117,13 @@ def test_rejections_have_reasons_are_counted_and_logged(tmp_path: Path) -> None:
                                "rejected.malformed_envelope": 1}
     lines = (tmp_path / "rejections.jsonl").read_bytes().splitlines()
     assert [msgspec.json.decode(x)["reason"] for x in lines] == ["malformed_envelope", "expired"]
+    # what was refused goes with the refusal: its bytes (cut to 4 KiB), length and SHA-256
+    logged = msgspec.json.decode(lines[0])
+    assert (base64.b64decode(logged["raw"]), logged["raw_len"]) == (b"garbage", 7)
+    assert logged["raw_sha256"] == hashlib.sha256(b"garbage").hexdigest()
+    big = h.sub.handle(b"x" * 100_000, partition=0, offset=9)
+    assert isinstance(big, Rejection)
+    assert (len(big.raw), big.raw_len) == (REJECTED_RAW_BYTES, 100_000)
 
 
 def test_unauthorized_and_wrong_audience_are_rejected_before_the_callback(tmp_path: Path) -> None:
