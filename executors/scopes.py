@@ -35,6 +35,7 @@ exactly its own scope (the actions in ``params.actions``, the commands in
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -270,6 +271,8 @@ class ScopeBook:
 
     MAX_REMEMBERED = 10_000
     """Command ids remembered for idempotence (commands expire long before this many)."""
+    MAX_SAVED = 256
+    """Of those, how many the holds file keeps."""
 
     def __init__(self, state: ScopeBookState | None = None) -> None:
         self.state = state or ScopeBookState()
@@ -368,12 +371,19 @@ class ScopeBook:
 
     def save(self, path: str | Path) -> None:
         """Write what is held to ``path`` (JSON), atomically and durably: a restarted
-        executor must come back holding what it held, not trading freely."""
+        executor must come back holding what it held, not trading freely. Of the
+        commands it remembers, the newest :attr:`MAX_SAVED` go with it (a command
+        redelivered after a restart is one of the last few), so a save's cost does not
+        grow with the commands applied."""
         target = Path(path)
         tmp = target.with_name(target.name + ".tmp")
         st = self.state
+        applied = st.applied
+        if len(applied) > self.MAX_SAVED:
+            newest = itertools.islice(reversed(applied.items()), self.MAX_SAVED)
+            applied = dict(reversed(list(newest)))
         data = msgspec.json.encode(_SavedBook(holds=list(st.holds.values()),
-                                              applied=st.applied, version=st.version))
+                                              applied=applied, version=st.version))
         with tmp.open("wb") as fh:
             fh.write(data)
             fh.flush()

@@ -713,3 +713,20 @@ def test_docstring_examples_run(name: str) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0
 
+
+
+def test_the_holds_file_keeps_the_holds_and_only_the_newest_commands(tmp_path: Path) -> None:
+    """A save writes every hold and the newest MAX_SAVED remembered commands, so its cost
+    does not grow with the commands applied; what it kept is recalled after a load."""
+    book = ScopeBook()
+    book.hold("halt_trading", venue("okx"), "h1")
+    for n in range(ScopeBook.MAX_REMEMBERED):
+        book.remember("engine-1", f"c{n}", {"change": "none"})
+    path = tmp_path / "holds.json"
+    book.save(path)
+    back = ScopeBook.load(path)
+    assert [h.command_id for h in back.holds()] == ["h1"]
+    assert len(back.state.applied) == ScopeBook.MAX_SAVED
+    last = ScopeBook.MAX_REMEMBERED - 1
+    assert back.recall("engine-1", f"c{last}") == {"change": "none"}
+    assert back.recall("engine-1", "c0") is None
