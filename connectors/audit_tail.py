@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
@@ -44,10 +44,11 @@ from riskguard.operators.audit import (
     replica_of,
 )
 from riskguard.operators.audit.attest import Attestor, replica_chains
+from riskguard.operators.audit.verify import key_lookup
 from riskguard.operators.signing.crypto import VerifyKey
 from riskguard.schemas.audit import AuditRecord
 
-from riskguard.errors import AuditError, BrokerError
+from riskguard.errors import AuditError, BrokerError, VerificationError
 
 
 def topic_partitions(settings: KafkaSettings, topic: str, *, timeout_s: float = 10.0) -> list[int]:
@@ -155,6 +156,8 @@ def read_audit_tail(settings: KafkaSettings, topic: str,
                     keys: Mapping[str, VerifyKey] | KeyLookup, *, origin: str,
                     idle_s: float = 0.5, stall_s: float = 30.0,
                     partitions: int | None = None, replicas: Sequence[str] = (),
+                    signer_of: Callable[[str], str | None] | None = None,
+                    issuer: str | None = None, issuers: Mapping[str, str] | None = None,
                     ) -> AuditTail:
     """One read of the audit topic: this guard's chains checked as read (``AuditError``
     if one does not verify), its replicas' chains attested, garbage skipped and counted.
@@ -162,12 +165,21 @@ def read_audit_tail(settings: KafkaSettings, topic: str,
     With ``partitions`` (``[audit] partitions``) and ``replicas`` (``[replica] peers``)
     only the chains they name are read, ``<origin>/p<k>`` and each peer's: chain names
     made up on the topic then cannot take the places of real ones. Without them, chains
-    past the attestor's cap are reported in ``unverified``."""
-    resume = ChainResume(keys, origin=origin, partitions=partitions)
+    past the attestor's cap are reported in ``unverified``.
+
+    With ``signer_of`` (a trust file's ``name_of``), no key vouches for a chain that is
+    not its own: this guard's chains take checkpoints of ``issuer`` only (another's
+    stops the start), and each peer's those of its issuer (``issuers``, the replica ids'
+    issuers), else of the first that signed it."""
+    own_keys = keys
+    if signer_of is not None and issuer is not None:
+        own_keys = _signed_by(keys, signer_of, issuer)
+    resume = ChainResume(own_keys, origin=origin, partitions=partitions)
     base = origin.split("@", 1)[0]
     own = replica_of(origin + "/")
     peers = Attestor(keys, follow=replica_chains(
-        base, [r for r in replicas if r != own], partitions))
+        base, [r for r in replicas if r != own], partitions), signer_of=signer_of,
+        issuers=issuers)
     out = AuditTail()
     for p, off, raw in scan_topic(settings, topic, idle_s=idle_s, stall_s=stall_s):
         try:
@@ -187,6 +199,21 @@ def read_audit_tail(settings: KafkaSettings, topic: str,
     out.chains = resume.states()
     out.unverified = dict(peers.state.broken)
     return out
+
+
+def _signed_by(keys: Mapping[str, VerifyKey] | KeyLookup,
+               signer_of: Callable[[str], str | None], issuer: str) -> KeyLookup:
+    """``keys``, of those the trust file names ``issuer`` only."""
+    lookup = key_lookup(keys)
+
+    def own(key_id: str) -> VerifyKey:
+        name = signer_of(key_id)
+        if name != issuer:
+            raise VerificationError("not_the_chain_signer",
+                                    f"key {key_id!r} ({name}) does not sign for {issuer!r}")
+        return lookup(key_id)
+
+    return own
 
 
 def read_chains_and_peers(settings: KafkaSettings, topic: str,

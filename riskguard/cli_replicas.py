@@ -37,9 +37,9 @@ def _run(args: argparse.Namespace) -> int:
     from riskguard.operators.core.metrics import start_metrics_server_from_env  # noqa: PLC0415
 
     settings, topic, peers = _where(args)
-    origin, partitions = _chains(args)
+    origin, partitions, issuers = _chains(args)
     config = ReplicaWatchConfig(peers=peers, tolerance_s=args.tolerance, silent_s=args.silent,
-                                origin=origin, partitions=partitions)
+                                origin=origin, partitions=partitions, issuers=issuers)
     trust = _trust(args)
     reach_kafka(settings, "--brokers HOST:PORT, or [kafka] in --config")
     start_metrics_server_from_env()  # RISKGUARD_METRICS_PORT: riskguard_risk_alerts_total
@@ -55,7 +55,7 @@ def _run(args: argparse.Namespace) -> int:
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
     alerts = _Alerts(Producer(settings.client_config()) if args.alerts_topic else None,
                      args.alerts_topic)
-    logic = ReplicaWatchLogic(config, keys=trust.checkpoint_key)
+    logic = ReplicaWatchLogic(config, keys=trust.checkpoint_key, signer_of=trust.name_of)
     try:
         unreadable = _watch(consumer, logic, alerts, args, topic, ends)
     finally:
@@ -198,17 +198,20 @@ def _where(args: argparse.Namespace) -> tuple[Any, str, tuple[str, ...]]:
     return settings, topic, peers
 
 
-def _chains(args: argparse.Namespace) -> tuple[str, int]:
-    """The guard's audit origin and chain count: the flags, else ``--config``'s [audit]
-    origin and partitions, else their defaults. The watch follows only
-    ``<origin>@<replica>/p<k>`` for ``k`` below the count."""
+def _chains(args: argparse.Namespace) -> tuple[str, int, dict[str, str]]:
+    """The guard's audit origin and chain count (the flags, else ``--config``'s [audit]
+    origin and partitions, else their defaults), and ``--config``'s [replica] issuers:
+    the watch follows only ``<origin>@<replica>/p<k>`` for ``k`` below the count, each
+    chain's checkpoints signed by its replica's issuer."""
     from riskguard.config import decode_section, read_toml  # noqa: PLC0415
     from riskguard.operators.audit import AuditConfig  # noqa: PLC0415
 
-    audit = (decode_section(read_toml(args.config).get("audit", {}), AuditConfig)
-             if args.config else AuditConfig())
+    data = read_toml(args.config) if args.config else {}
+    audit = decode_section(data.get("audit", {}), AuditConfig)
+    issuers = data.get("replica", {}).get("issuers", {})
     return (args.origin or audit.origin,
-            args.partitions if args.partitions is not None else audit.partitions)
+            args.partitions if args.partitions is not None else audit.partitions,
+            {str(k): str(v) for k, v in issuers.items()} if isinstance(issuers, dict) else {})
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -240,3 +240,48 @@ def test_junk_chain_names_on_the_audit_topic_neither_hide_a_peer_nor_grow_a_star
                            origin="riskguard@a", partitions=1, replicas=("a", "b"))
     assert tail.peers == {"b": "f" * 64}
     assert tail.chains == {} and tail.unverified == {}
+
+
+NAMES = {A.key_id: "engine-a", B.key_id: "engine-b"}
+
+
+def test_no_trusted_key_vouches_for_another_replica_s_chain() -> None:
+    """Replica b's key writes records and a checkpoint under replica a's chain name. Tied
+    to its signer (a's issuer named, or the signer of its first checkpoint), the chain
+    believes none of them and is reported; a's own checkpoints still attest a's records."""
+    real = _chain("riskguard@a/p0", A, ["d1", "d2", "d3", "d4"])
+    forged = _chain("riskguard@a/p0", B, ["x1", "x2"])
+    for issuers in ({"a": "engine-a"}, {}):
+        att = Attestor(KEYS, signer_of=NAMES.get, issuers=issuers)
+        first = [x for it in real[:3] for x in att.on_item(it)]  # a's first checkpoint
+        stolen = [x for it in forged for x in att.on_item(it)]
+        rest = [x for it in real[3:] for x in att.on_item(it)]
+        assert stolen == []
+        assert "signed by 'engine-b'" in att.state.broken["riskguard@a/p0"]
+        believed = [r.body["decision_id"] for r in first + rest if isinstance(r, AuditRecord)]
+        assert believed == ["d1", "d2", "d3", "d4"]
+    named = Attestor(KEYS, signer_of=NAMES.get, issuers={"a": "engine-a"})
+    assert [x for it in forged for x in named.on_item(it)] == []  # even as the first
+
+
+def test_a_start_refuses_its_own_chain_vouched_for_by_another_key(
+        kafka_bootstrap: str, new_topic: Any) -> None:
+    """Replica a's start (dev broker): its own chain with a checkpoint signed by replica
+    b's key does not verify, so a does not extend it; signed by a's own key, it does."""
+    from riskguard.connectors.audit_tail import read_audit_tail
+    from riskguard.connectors.settings import KafkaSettings
+    from riskguard.errors import AuditError
+
+    def start(items: list[Any]) -> Any:
+        topic = new_topic(partitions=1)
+        p = Producer({"bootstrap.servers": kafka_bootstrap})
+        for item in items:
+            p.produce(topic, msgspec.json.encode(item))
+        assert p.flush(30) == 0
+        return read_audit_tail(KafkaSettings(bootstrap=kafka_bootstrap), topic, KEYS,
+                               origin="riskguard@a", partitions=1, replicas=("a", "b"),
+                               signer_of=NAMES.get, issuer="engine-a")
+
+    assert start(_chain("riskguard@a/p0", A, ["d1", "d2"])).chains["riskguard@a/p0"].size == 2
+    with pytest.raises(AuditError, match="does not sign for 'engine-a'"):
+        start(_chain("riskguard@a/p0", B, ["d1", "d2"]))

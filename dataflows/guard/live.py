@@ -87,7 +87,9 @@ def build_flow(
         return (last_signed_seq(brokers, cfg.topic("commands"), public_key, issuer),
                 read_audit_tail(brokers, cfg.topic("audit"), checkpoint_key,
                                 origin=cfg.audit.origin, partitions=cfg.audit.partitions,
-                                replicas=cfg.replica.peers))
+                                replicas=cfg.replica.peers, signer_of=trust.name_of,
+                                issuer=trust.name_of(signer.key_id),
+                                issuers=cfg.replica.issuers))
 
     delivered, tail = (read_where_it_stands() if role == "firm"
                        else while_preparing_detection(cfg, read_where_it_stands))

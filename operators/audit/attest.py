@@ -94,6 +94,7 @@ class AttestState:
     chains: dict[str, ChainTail] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     broken: dict[str, str] = field(default_factory=dict)
+    signers: dict[str, str] = field(default_factory=dict)  # chain -> who signs its checkpoints
     version: int = 1
 
 
@@ -104,12 +105,21 @@ class Attestor:
     ``keys``: the keys that may sign checkpoints (a trust file's ``checkpoint_key``).
     ``follow``: which chains to follow: a name prefix, or a test such as
     :func:`replica_chains` (default all). Past :data:`MAX_CHAINS` a new chain is not
-    followed, and :attr:`AttestState.broken` says so once (:data:`OVER_CAP`)."""
+    followed, and :attr:`AttestState.broken` says so once (:data:`OVER_CAP`).
+
+    ``signer_of`` (a key id -> the name its trust entry gives it) ties each chain to
+    one signer, so that no trusted key can vouch for another's chain: a replica's chain
+    (``...@<replica>/...``) to ``issuers[replica]`` where given, any chain to the
+    signer of its first good checkpoint. A checkpoint another key signed breaks it."""
 
     def __init__(self, keys: Mapping[str, VerifyKey] | KeyLookup, *,
                  state: AttestState | None = None,
-                 follow: str | Callable[[str], bool] | None = None) -> None:
+                 follow: str | Callable[[str], bool] | None = None,
+                 signer_of: Callable[[str], str | None] | None = None,
+                 issuers: Mapping[str, str] | None = None) -> None:
         self._lookup = key_lookup(keys)
+        self._signer_of = signer_of
+        self._issuers = dict(issuers or {})
         if isinstance(follow, str):
             prefix = follow
             self._follow: Callable[[str], bool] | None = lambda c: c.startswith(prefix)
@@ -170,6 +180,8 @@ class Attestor:
             self._count("unverified_checkpoints")
             self.state.broken.setdefault(chain, f"checkpoint at size {cp.size}: {err}")
             return []
+        if self._signer_of is not None and not self._owned(chain, cp):
+            return []
         if cp.size < tail.size:
             self._count("stale_checkpoints")
             return []
@@ -190,6 +202,23 @@ class Attestor:
         self._count("attested", len(chosen))
         self._count("unattested", sum(len(o) for o in options) - len(chosen))
         return [*chosen, cp]
+
+    def _owned(self, chain: str, cp: AuditCheckpoint) -> bool:
+        """Whether ``cp`` was signed by its chain's signer (pinned on the first)."""
+        assert self._signer_of is not None
+        name = self._signer_of(cp.key_id or "") or ""
+        head = chain.split("/", 1)[0]
+        replica = head.split("@", 1)[1] if "@" in head else None
+        owner = self._issuers.get(replica or "") or self.state.signers.get(chain)
+        if owner is None:
+            self.state.signers[chain] = name
+            return True
+        if name == owner:
+            return True
+        self._count("unverified_checkpoints")
+        self.state.broken.setdefault(chain, f"checkpoint at size {cp.size} signed by {name!r}, "
+                                            f"not by the chain's signer {owner!r}")
+        return False
 
     def _match(self, tail: ChainTail, options: list[list[AuditRecord]],
                root: str) -> list[AuditRecord] | None:
@@ -217,4 +246,5 @@ class Attestor:
             chains={k: ChainTail(t.size, list(t.peaks), {i: list(r) for i, r in
                                                         t.pending.items()})
                     for k, t in st.chains.items()},
-            counts=dict(st.counts), broken=dict(st.broken), version=st.version)
+            counts=dict(st.counts), broken=dict(st.broken), signers=dict(st.signers),
+            version=st.version)

@@ -74,6 +74,9 @@ class ReplicaWatchConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     # the watch then follows only the chains the peers write, <origin>@<peer>/p<k>
     origin: str | None = None
     partitions: int | None = None
+    # replica id -> the trust-file name that signs its checkpoints ([replica] issuers);
+    # a replica not named here is tied to the signer of its chain's first checkpoint
+    issuers: dict[str, str] = {}
 
     def __post_init__(self) -> None:
         for name in ("tolerance_s", "silent_s"):
@@ -128,7 +131,8 @@ class ReplicaWatchLogic:
 
     def __init__(self, config: ReplicaWatchConfig, clock: Clock = system_clock,
                  state: ReplicaWatchState | None = None, *,
-                 keys: Mapping[str, VerifyKey] | KeyLookup | None = None) -> None:
+                 keys: Mapping[str, VerifyKey] | KeyLookup | None = None,
+                 signer_of: Callable[[str], str | None] | None = None) -> None:
         self.config = config
         self.clock = clock
         self.state = state if state is not None else ReplicaWatchState()
@@ -137,7 +141,8 @@ class ReplicaWatchLogic:
         self.attestor: Attestor | None = None
         if keys is not None:
             follow = replica_chains(config.origin, config.peers, config.partitions)
-            self.attestor = Attestor(keys, state=self.state.attest, follow=follow)
+            self.attestor = Attestor(keys, state=self.state.attest, follow=follow,
+                                     signer_of=signer_of, issuers=config.issuers)
             self.state.attest = self.attestor.state
 
     def snapshot(self) -> ReplicaWatchState:

@@ -586,6 +586,11 @@ class TrustStore:
     def keys(self) -> Iterable[TrustedKey]:
         return self.doc.keys
 
+    def name_of(self, key_id: str) -> str | None:
+        """The name the trust file gives ``key_id`` (the issuer it speaks for), if listed."""
+        k = self._by_id.get(key_id)
+        return None if k is None else k.name
+
     # -- verification ---------------------------------------------------
 
     def identify(self, payload_type: str, payload: bytes, sig: Signature) -> TrustedKey:
