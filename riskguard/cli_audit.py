@@ -32,15 +32,17 @@ from riskguard.schemas.json_limits import check_json_depth
 DEFAULT_BROKERS = "127.0.0.1:9092"
 
 
-def _keys(args: argparse.Namespace) -> dict[str, VerifyKey] | Callable[[str], VerifyKey]:
+def _keys(args: argparse.Namespace) -> tuple[dict[str, VerifyKey] | Callable[[str], VerifyKey],
+                                            Callable[[str], str | None] | None]:
+    """The checkpoint keys, and (from a trust file) the name each speaks for."""
     if args.trust:
         if not args.roots:
             raise ConfigError("--roots", "a roots.toml alongside --trust")
         store = TrustStore.load(args.trust, RootSet.load(args.roots))
-        return store.checkpoint_key
+        return store.checkpoint_key, store.name_of
     if args.pubkey:
         ks = [load_public_key(p) for p in args.pubkey]
-        return {k.key_id: k for k in ks}
+        return {k.key_id: k for k in ks}, None
     raise ConfigError("--trust/--pubkey", "the keys that sign checkpoints")
 
 
@@ -82,7 +84,7 @@ def _expected_sizes(pairs: list[str] | None) -> dict[str, int]:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    keys = _keys(args)
+    keys, signer_of = _keys(args)
     expected = _expected_sizes(args.expect_size)
     try:
         items = _read(args)
@@ -91,7 +93,7 @@ def _verify(args: argparse.Namespace) -> int:
                    "(--allow-empty accepts an empty log)")
             raise AuditError(msg)
         report = verify_log(items, keys, allow_unattested_tail=args.allow_tail,
-                            expected_sizes=expected)
+                            expected_sizes=expected, signer_of=signer_of)
     except AuditError as err:
         sys.stdout.write(f"FAIL {err}\n")
         return 1
@@ -132,7 +134,7 @@ def _load_proof(path: str) -> Any:
 
 
 def _check_proof(args: argparse.Namespace) -> int:
-    keys = _keys(args)
+    keys, _names = _keys(args)
     try:
         doc = _load_proof(args.proof)
         check_proof(doc, keys)

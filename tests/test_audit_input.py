@@ -270,6 +270,7 @@ def test_a_start_refuses_its_own_chain_vouched_for_by_another_key(
     b's key does not verify, so a does not extend it; signed by a's own key, it does."""
     from riskguard.connectors.audit_tail import read_audit_tail
     from riskguard.connectors.settings import KafkaSettings
+
     from riskguard.errors import AuditError
 
     def start(items: list[Any]) -> Any:
@@ -285,3 +286,22 @@ def test_a_start_refuses_its_own_chain_vouched_for_by_another_key(
     assert start(_chain("riskguard@a/p0", A, ["d1", "d2"])).chains["riskguard@a/p0"].size == 2
     with pytest.raises(AuditError, match="does not sign for 'engine-a'"):
         start(_chain("riskguard@a/p0", B, ["d1", "d2"]))
+
+
+def test_audit_verify_refuses_a_chain_vouched_for_by_two_keys() -> None:
+    """``verify_log`` with the trust file's names: a chain whose later checkpoint another
+    trusted key signed (even over the true root) fails as wrong_signer; without names it
+    is taken as any good checkpoint."""
+    from riskguard.operators.audit import verify_log
+    from riskguard.operators.audit.chain import sign_checkpoint
+
+    from riskguard.errors import AuditError
+
+    items = _chain("riskguard@a/p0", A, ["d1", "d2", "d3", "d4"])
+    cps = [i for i, it in enumerate(items) if isinstance(it, AuditCheckpoint)]
+    second = items[cps[1]]
+    items[cps[1]] = sign_checkpoint(second.origin, second.size, bytes.fromhex(second.root),
+                                    second.ts, B)
+    assert verify_log(items, KEYS)["riskguard@a/p0"].records == 4
+    with pytest.raises(AuditError, match="wrong_signer"):
+        verify_log(items, KEYS, signer_of=NAMES.get)

@@ -46,6 +46,7 @@ class ChainReport:
 @dataclass
 class _Chain:
     leaves: list[bytes] = field(default_factory=list)
+    signer: str | None = None  # who signed its first checkpoint (with ``signer_of``)
     cp_size: int = 0
     cp_root: bytes = EMPTY_ROOT
     report: ChainReport = field(default_factory=lambda: ChainReport(""))
@@ -116,6 +117,7 @@ def verify_log(
     allow_unattested_tail: bool = False,
     expected_sizes: Mapping[str, int] | None = None,
     prove_each: bool = True,
+    signer_of: Callable[[str], str | None] | None = None,
 ) -> dict[str, ChainReport]:
     """Verify an audit log; return a report per chain or raise ``AuditError``.
 
@@ -123,7 +125,10 @@ def verify_log(
     raises ``VerificationError``). ``expected_sizes`` (chain -> size, e.g.
     from a checkpoint published elsewhere) detects truncation at a checkpoint
     boundary. With ``prove_each`` every record's inclusion proof under the
-    checkpoint that first covers it is built and verified.
+    checkpoint that first covers it is built and verified. With ``signer_of`` (a key
+    id -> its trust-file name) every checkpoint of a chain must be signed under the
+    name that signed its first (``wrong_signer`` otherwise): no trusted key vouches for
+    another's chain.
     """
     lookup = key_lookup(keys)
     indices: dict[str, set[int]] = {}
@@ -137,6 +142,7 @@ def verify_log(
             _check_record(it, ch, indices[it.chain])
         else:
             ch = chains.setdefault(it.origin, _Chain(report=ChainReport(it.origin)))
+            _check_signer(it, ch, signer_of)
             _check_checkpoint(it, ch, lookup, prove_each=prove_each)
     for name, ch in chains.items():
         if ch.cp_size < len(ch.leaves) and not allow_unattested_tail:
@@ -157,6 +163,19 @@ def verify_log(
         if name not in chains:
             raise AuditError("truncated: chain missing entirely", chain=name, index=0)
     return {name: ch.report for name, ch in chains.items()}
+
+
+def _check_signer(cp: AuditCheckpoint, ch: _Chain,
+                  signer_of: Callable[[str], str | None] | None) -> None:
+    if signer_of is None:
+        return
+    name = signer_of(cp.key_id or "") or ""
+    if ch.signer is None:
+        ch.signer = name
+    elif name != ch.signer:
+        msg = (f"wrong_signer: checkpoint at size {cp.size} signed by {name!r}, the chain's "
+               f"earlier ones by {ch.signer!r}")
+        raise AuditError(msg, chain=cp.origin, index=ch.cp_size)
 
 
 def _check_record(rec: AuditRecord, ch: _Chain, present: set[int]) -> None:
