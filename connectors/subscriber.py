@@ -107,7 +107,8 @@ from riskguard.operators.core.observe import (
 from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, Reason, decode_envelope
 from riskguard.operators.signing.trust import DEFAULT_LEEWAY_NS, TrustStore
 from riskguard.schemas.action_params import HELD_ACTIONS
-from riskguard.schemas.commands import Audience, MitigationCommand, SignedEnvelope
+from riskguard.schemas.commands import Action, Audience, MitigationCommand, SignedEnvelope
+from riskguard.schemas.signals import ScopeKind
 
 from riskguard.errors import (
     BrokerError,
@@ -218,6 +219,16 @@ def _fields(rej: Rejection) -> dict[str, Any]:
             "partition": rej.partition, "offset": rej.offset, "issuer": rej.issuer,
             "command_id": rej.command_id, "seq": rej.seq, "raw": rej.raw,
             "raw_len": rej.raw_len, "raw_sha256": rej.raw_sha256}
+
+
+def lifts_firm_halt(cmd: MitigationCommand) -> bool:
+    """Whether ``cmd`` is a resume that would lift a firm-wide ``halt_trading`` (its
+    ``actions`` name it, or name nothing: all). The guard never resumes one by itself,
+    and no one person may: it needs two approvers."""
+    if cmd.action is not Action.RESUME or cmd.scope.kind is not ScopeKind.FIRM:
+        return False
+    wanted = cmd.params.get("actions")
+    return not wanted or (isinstance(wanted, list) and "halt_trading" in wanted)
 
 
 def _describe(content: bytes) -> str:
@@ -366,6 +377,12 @@ class CommandSubscriber:
                                 data=data)
         cmd = verified.message
         assert isinstance(cmd, MitigationCommand)  # PAYLOAD_COMMAND decodes to a command
+        if lifts_firm_halt(cmd) and len(verified.approvers) < 2:
+            return self._reject(Reason.TWO_PERSON_REQUIRED.value,
+                                "a resume of the firm-wide halt_trading needs two people, "
+                                f"whatever the trust file's [two_person]; got "
+                                f"{', '.join(verified.approvers) or 'none'}",
+                                partition, offset, cmd, data=data)
         hw = self.state.high_water(cmd.issuer)
         if hw is not None and cmd.seq <= hw:
             return self._reject(Reason.REPLAYED_SEQ.value,

@@ -31,10 +31,12 @@ from signing_fixtures import (
     ENGINE2,
     FIRM,
     OP1,
+    OP2,
     T0,
     VENUE_X,
     S,
     command,
+    key_entries,
     trust_store,
     trust_text,
 )
@@ -336,3 +338,27 @@ def test_a_long_poll_forgets_expired_ids_as_it_goes(
     sub.poll(idle_timeout_s=1.0)
     sub.close()
     assert len(pruned) >= 2  # during the poll, and at its end
+
+
+def test_one_person_never_lifts_the_firm_wide_halt_whatever_the_trust_file(
+        tmp_path: Path) -> None:
+    """A trust file whose [two_person] does not list resume: one operator's resume of
+    the firm-wide halt_trading is still refused (two_person_required), as the guard
+    refuses it; two operators' is executed; one operator may lift the firm's other
+    mitigations."""
+    from riskguard.operators.signing.trust_toml import trust_doc_to_toml
+    from riskguard.schemas.commands import Action
+
+    lax = TrustStore(parse_trust(trust_doc_to_toml(key_entries(), serial=1,
+                                                   two_person={"actions": []})))
+    h = Harness(tmp_path, trust=lax)
+    one = command(1, issuer="op-alice", action=Action.RESUME)
+    rej = h.sub.handle(env_bytes(one, OP1))
+    assert isinstance(rej, Rejection) and rej.reason == "two_person_required"
+    only_reduce = command(2, issuer="op-alice", seq=2, action=Action.RESUME,
+                          params={"actions": ["reduce_only"]})
+    assert h.sub.handle(env_bytes(only_reduce, OP1)) == only_reduce
+    two = command(3, issuer="op-alice", seq=3, action=Action.RESUME,
+                  params={"actions": ["halt_trading"]})
+    both = encode_envelope(sign_envelope(PAYLOAD_COMMAND, msgspec.json.encode(two), [OP1, OP2]))
+    assert h.sub.handle(both) == two
