@@ -179,6 +179,22 @@ def test_past_max_pending_a_chain_holds_its_oldest_records_and_a_checkpoint_atte
     assert "more than 2 records" in att.state.broken["riskguard@a/p0"]
     assert att.state.counts["unattested"] == 2
     assert [x.index for x in att.on_item(first) if isinstance(x, AuditRecord)] == [0, 1]
+    assert att.state.chains["riskguard@a/p0"].held == 0
+
+
+def test_forged_candidates_count_toward_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cap counts every record held, forged ones claiming a place included: junk
+    cannot make a chain hold its cap three times over."""
+    from riskguard.operators.audit import attest
+
+    monkeypatch.setattr(attest, "MAX_PENDING", 4)
+    att = Attestor(KEYS)
+    for i in range(3):
+        for n in range(3):
+            att.on_item(_forged("riskguard@a/p0", i, f"x{n}"))
+    tail = att.state.chains["riskguard@a/p0"]
+    assert tail.held == sum(map(len, tail.pending.values())) == 4
+    assert att.state.counts["unattested"] == 5
 
 
 def _diverging(watch: ReplicaWatchLogic, now: list[int], junk: list[Any]) -> list[str]:

@@ -41,9 +41,10 @@ from riskguard.errors import VerificationError
 MAX_CHAINS = 1024
 """Chains followed at most (each guard process writes one per partition)."""
 MAX_PENDING = 100_000
-"""Records held back per chain waiting for their checkpoint; past it, a record at a new
-index is not held (counted unattested, and the chain reported): the oldest stay, as a
-checkpoint attests the records from the chain's tail on."""
+"""Records held back per chain waiting for their checkpoint, forged ones claiming a
+place included; past it, a record is not held (counted unattested, and the chain
+reported): the oldest stay, as a checkpoint attests the records from the chain's tail
+on."""
 OVER_CAP = "*"
 """The :attr:`AttestState.broken` entry saying chains past :data:`MAX_CHAINS` were seen
 and not followed (their records are not believed)."""
@@ -84,6 +85,7 @@ class ChainTail:
     size: int = 0
     peaks: list[bytes] = field(default_factory=list)
     pending: dict[int, list[AuditRecord]] = field(default_factory=dict)
+    held: int = 0  # the records in pending
 
 
 @persisted("riskguard.attest")
@@ -126,6 +128,8 @@ class Attestor:
         else:
             self._follow = follow
         self.state = state if state is not None else AttestState()
+        for tail in self.state.chains.values():  # counted again: a snapshot may predate it
+            tail.held = sum(map(len, tail.pending.values()))
 
     def _count(self, what: str, n: int = 1) -> None:
         if n:
@@ -159,19 +163,20 @@ class Attestor:
         if rec.index < tail.size or rec.leaf_hash != record_leaf(rec).hex():
             self._count("unattested")  # behind what is verified, or not its own hash
             return
-        if rec.index not in tail.pending and len(tail.pending) >= MAX_PENDING:
-            # the oldest stay: a checkpoint attests the records from the tail on
-            self._count("unattested")
-            self.state.broken.setdefault(chain, f"more than {MAX_PENDING} records waited "
-                                                "for a checkpoint")
-            return
-        same = tail.pending.setdefault(rec.index, [])
+        same = tail.pending.get(rec.index, [])
         if rec in same:
             return
         if len(same) >= MAX_CANDIDATES:
             self._count("unattested")
             return
-        same.append(rec)
+        if tail.held >= MAX_PENDING:
+            # the oldest stay: a checkpoint attests the records from the tail on
+            self._count("unattested")
+            self.state.broken.setdefault(chain, f"more than {MAX_PENDING} records waited "
+                                                "for a checkpoint")
+            return
+        tail.pending.setdefault(rec.index, same).append(rec)
+        tail.held += 1
 
     def _checkpoint(self, chain: str, tail: ChainTail, cp: AuditCheckpoint) -> list[AuditItem]:
         try:
@@ -238,13 +243,13 @@ class Attestor:
     @staticmethod
     def _drop(tail: ChainTail, below: int) -> None:
         for i in [i for i in tail.pending if i < below]:
-            del tail.pending[i]
+            tail.held -= len(tail.pending.pop(i))
 
     def snapshot(self) -> AttestState:
         st = self.state
         return AttestState(
             chains={k: ChainTail(t.size, list(t.peaks), {i: list(r) for i, r in
-                                                        t.pending.items()})
+                                                        t.pending.items()}, t.held)
                     for k, t in st.chains.items()},
             counts=dict(st.counts), broken=dict(st.broken), signers=dict(st.signers),
             version=st.version)
