@@ -13,7 +13,12 @@ from riskguard.operators.exposure.limit_specs import (
     LimitSpec,
     VolScaling,
 )
-from riskguard.operators.exposure.limit_updates import Verifier, route_update, trust_verifier
+from riskguard.operators.exposure.limit_updates import (
+    Approved,
+    Verifier,
+    route_update,
+    trust_verifier,
+)
 from riskguard.operators.exposure.limits import LimitsLogic
 from riskguard.operators.signing.crypto import PAYLOAD_LIMIT_UPDATE, Signer, sign_envelope
 from riskguard.operators.signing.trust import RootSet, TrustStore
@@ -205,8 +210,11 @@ def fresh(**kw: object) -> LimitUpdate:
 def test_trust_verifier_accepts_a_limit_admin_signature(verifier: Verifier) -> None:
     """A limit update signed by the trust file's limit-admin key verifies to the update."""
     env = sign_envelope(PAYLOAD_LIMIT_UPDATE, encode(fresh(limit=7.0)), [ADMIN])
-    upd = verifier(env, T0 + S)
+    approved = verifier(env, T0 + S)
+    assert isinstance(approved, Approved)
+    upd = approved.update
     assert (upd.limit_path, upd.kind, upd.limit) == ("counterparty.okx", "gross_notional", 7.0)
+    assert (approved.approvers, approved.cap) == (1, 1_000_000.0)
 
 
 def _forged(p: bytes) -> SignedEnvelope:
@@ -367,7 +375,7 @@ def test_a_raise_past_the_two_person_cap_needs_two_people_whatever_carries_it(
     (vol_scaling.hi), which multiplies the limit it scales."""
     env = sign_envelope(PAYLOAD_LIMIT_UPDATE, encode(fresh(**change)), [ADMIN])
     if not needs_two:
-        assert verifier(env, T0 + S).update_id == "u1"
+        assert verifier(env, T0 + S).update.update_id == "u1"  # type: ignore[union-attr]
         return
     with pytest.raises(VerificationError) as info:
         verifier(env, T0 + S)
@@ -416,3 +424,25 @@ def test_one_signer_s_update_id_does_not_use_up_another_s() -> None:
         accepted += [o.kind for o in drive(logic, [upd]) if isinstance(o, RiskAlert)]
     assert accepted == ["limit_update_accepted"] * 2
     assert logic.current_spec("counterparty.okx", "gross_notional").limit == 50.0  # type: ignore[union-attr]
+
+
+def test_two_updates_under_the_cap_alone_cannot_raise_a_limit_past_it_together() -> None:
+    """The two-person cap (5e6) is checked against the limit an update leaves in force,
+    with what earlier updates set: a factor allowed up to 5e6 on a limit of 1, then the
+    limit raised to 5e6, each under the cap alone, would let the limit reach 2.5e13. The
+    second is refused from one person and accepted from two."""
+    cfgs = LimitsConfig(counterparties={"okx": CounterpartyLimits(limits={
+        "gross_notional": LimitSpec(limit=100.0, vol_scaling=VolScaling(
+            underlying="BTC", ref_vol=0.6))})})
+    logic = LimitsLogic(cfgs)
+
+    def send(n: int, people: int, **kw: object) -> list[tuple[str, object]]:
+        outs = drive(logic, [Approved(update(update_id=f"u{n}", **kw), people, 5e6)])
+        return [(o.kind, o.details.get("reason")) for o in outs if isinstance(o, RiskAlert)]
+
+    factor = {"ref_vol": 0.6, "lo": 0.25, "hi": 5e6}
+    assert send(1, 1, limit=1.0, vol_scaling=factor) == [("limit_update_accepted", None)]
+    assert send(2, 1, limit=5e6) == [("limit_update_rejected", "two_person_required")]
+    assert send(3, 1, limit=2.0) == [("limit_update_rejected", "two_person_required")]
+    assert send(4, 1, limit=0.5) == [("limit_update_accepted", None)]  # a cut
+    assert send(5, 2, limit=5e6) == [("limit_update_accepted", None)]

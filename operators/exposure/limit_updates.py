@@ -43,7 +43,7 @@ import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from riskguard.operators.core.clock import Clock
 from riskguard.operators.core.dedup import Expiries
@@ -68,7 +68,19 @@ from riskguard.schemas.signals import parse_limit_path
 
 from riskguard.errors import VerificationError
 
-Verifier = Callable[[SignedEnvelope, int], LimitUpdate]
+
+class Approved(NamedTuple):
+    """A verified update and who approved it: the people among its signers
+    (``approvers``) and the trust file's two-person ``cap`` on a limit (None: none). The
+    limits check the cap against the limit an update leaves in force, its earlier
+    settings included, which the signature check alone cannot see."""
+
+    update: LimitUpdate
+    approvers: int = 0
+    cap: float | None = None
+
+
+Verifier = Callable[[SignedEnvelope, int], LimitUpdate | Approved]
 
 MAX_UPDATED_COUNTERPARTIES = 256
 """Counterparties beyond the config's that signed updates may set limits on, at most."""
@@ -92,17 +104,17 @@ def trust_verifier(
 
     Checks the envelope against the trust file's keys and roles (only a
     ``limit-admin`` key may sign :data:`PAYLOAD_LIMIT_UPDATE`), the audience
-    and freshness; returns the :class:`~riskguard.schemas.LimitUpdate` or
-    raises :class:`~riskguard.errors.VerificationError`.
+    and freshness; returns the :class:`~riskguard.schemas.LimitUpdate` with its
+    approvals (:class:`Approved`) or raises :class:`~riskguard.errors.VerificationError`.
     """
 
-    def verify(envelope: SignedEnvelope, now_ns: int) -> LimitUpdate:
-        msg = trust.verify(envelope, expected_payload_type=PAYLOAD_LIMIT_UPDATE,
-                           audience=audience, now_ns=now_ns, leeway_ns=leeway_ns).message
-        if not isinstance(msg, LimitUpdate):  # pragma: no cover - verify() decoded by type
-            detail = f"expected a limit update; got {type(msg).__name__}"
+    def verify(envelope: SignedEnvelope, now_ns: int) -> Approved:
+        v = trust.verify(envelope, expected_payload_type=PAYLOAD_LIMIT_UPDATE,
+                         audience=audience, now_ns=now_ns, leeway_ns=leeway_ns)
+        if not isinstance(v.message, LimitUpdate):  # pragma: no cover - decoded by type
+            detail = f"expected a limit update; got {type(v.message).__name__}"
             raise VerificationError("malformed_payload", detail)
-        return msg
+        return Approved(v.message, len(v.approvers), trust.doc.two_person.limit_cap)
 
     return verify
 
@@ -144,8 +156,8 @@ class UpdateGateState:
 
 
 class UpdateGate:
-    """``on_event(envelope) -> [(limits key, update)]``, or a rejection alert (and, for an
-    envelope refused or a counterparty past the cap, a dead letter)."""
+    """``on_event(envelope) -> [(limits key, Approved)]``, or a rejection alert (and, for
+    an envelope refused or a counterparty past the cap, a dead letter)."""
 
     def __init__(self, config: LimitsConfig, verifier: Verifier, *, clock: Clock,
                  state: UpdateGateState | None = None,
@@ -172,12 +184,14 @@ class UpdateGate:
             return [rejection_alert("not_an_envelope", type(env).__name__, "unsigned", now,
                                     FIRM_SCOPE)]
         try:
-            upd = self.verifier(env, now)
+            verified = self.verifier(env, now)
         except VerificationError as err:
             digest = hashlib.sha256(env.payload).hexdigest()
             return [rejection_alert(err.reason, err.detail, digest, now, FIRM_SCOPE),
                     self._dead(env, now, f"limit_update_{err.reason}",
                                "a verified limit update", err.detail)]
+        approved = verified if isinstance(verified, Approved) else Approved(verified)
+        upd = approved.update
         replayed = self._replayed(upd, now)
         if replayed is not None:
             reason, detail = replayed
@@ -188,8 +202,9 @@ class UpdateGate:
         if isinstance(routed, RiskAlert):
             return [routed]
         key = routed[0]
+        routed_approved = (key, approved)
         if key == "*" or key in self.config.counterparties or key in self._admitted:
-            return [routed]
+            return [routed_approved]
         if len(self._admitted) >= self.cap:
             self.state.refused += 1
             detail = (f"{len(self._admitted)} counterparties beyond the config have limits "
@@ -201,7 +216,7 @@ class UpdateGate:
                                key)]
         self._admitted.add(key)
         self.state.admitted.append(key)
-        return [routed]
+        return [routed_approved]
 
     def _replayed(self, upd: LimitUpdate, now: int) -> tuple[str, str] | None:
         """Why ``upd`` is refused as a replay (None: it is new, and is remembered until

@@ -60,7 +60,7 @@ from riskguard.operators.exposure.limit_specs import (
     level_of,
     vol_factor,
 )
-from riskguard.operators.exposure.limit_updates import rejection_alert
+from riskguard.operators.exposure.limit_updates import Approved, rejection_alert
 from riskguard.operators.signing.operator_commands import signer_id
 from riskguard.schemas import (
     Exposure,
@@ -103,6 +103,28 @@ class _Track:
     # whether that has outlasted the grace period (breached until valued again)
     unvalued_since: int = -1
     unvalued_overdue: bool = False
+
+
+def _highest(spec: LimitSpec) -> float:
+    """The most ``spec`` lets its limit become: the limit times a volatility factor
+    allowed above 1."""
+    hi = spec.vol_scaling.hi if spec.vol_scaling is not None else 1.0
+    return spec.limit * max(hi, 1.0)
+
+
+def _short_of_two(approved: Approved, old: LimitSpec | None, new: LimitSpec) -> str:
+    """Why ``new`` needs two people that ``approved`` lacks ('' when it does not): it
+    lets the limit rise past the trust file's cap, above where ``old`` let it rise, with
+    the settings earlier updates left in place counted (two updates each under the cap
+    alone do not make one over it)."""
+    cap = approved.cap
+    if cap is None or approved.approvers >= 2:
+        return ""
+    highest = _highest(new)
+    if highest <= cap or (old is not None and highest <= _highest(old)):
+        return ""
+    return (f"the limit may rise to {highest:g} (limit x vol_scaling.hi), past the "
+            f"two-person cap {cap:g}; {approved.approvers} person(s) approved it")
 
 
 def _updated_spec(upd: LimitUpdate, base: LimitSpec) -> LimitSpec | str:
@@ -374,7 +396,7 @@ class LimitsLogic:
 
     # -- events
 
-    def on_event(self, rec: Exposure | Progress | LimitUpdate) -> list[Any]:
+    def on_event(self, rec: Exposure | Progress | LimitUpdate | Approved) -> list[Any]:
         if type(rec) is Exposure:
             # one source: its exposures come in event-time order, so one shows that time
             # has passed the deadlines before it (one at its own time is its own
@@ -393,7 +415,9 @@ class LimitsLogic:
             name = f"{rec.source}/{rec.counterparty}" if rec.source else ""
             out.append(Tick(ts=rec.ts, source=name, of=rec.of))
             return out
-        assert type(rec) is LimitUpdate  # what else reaches it is a bug
+        if type(rec) is LimitUpdate:  # verified, approvals not known: no more than one
+            return self._on_update(Approved(rec))
+        assert type(rec) is Approved  # what else reaches it is a bug
         return self._on_update(rec)
 
     def _overdue(self, now: int) -> list[Any]:
@@ -406,9 +430,10 @@ class LimitsLogic:
             out.extend(self._evaluate(st.last, at=st.unvalued_due))
         return out
 
-    def _on_update(self, upd: LimitUpdate) -> list[Any]:
+    def _on_update(self, approved: Approved) -> list[Any]:
         """A verified limit update: the limit it sets (or its rejection), a latch it
         resets, the acceptance alert, and the key's limits evaluated again."""
+        upd = approved.update
         st = self.state
         key, _lv, _n = parse_limit_path(upd.limit_path)
         st.key = key
@@ -425,6 +450,9 @@ class LimitsLogic:
         new = _updated_spec(upd, base)
         if isinstance(new, str):
             return [self._reject(upd, "invalid_update", new)]
+        short = _short_of_two(approved, base if old is not None else None, new)
+        if short:
+            return [self._reject(upd, "two_person_required", short)]
         st.overrides[(upd.limit_path, upd.kind)] = new
         self._rows.clear()
         self._plans.clear()
