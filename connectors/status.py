@@ -309,6 +309,19 @@ MAX_LINE = 1 << 20
 """A line of the commands file longer than this is no envelope, and is skipped."""
 
 
+def _pruned(commands: list[MitigationCommand], now_ns: int) -> list[MitigationCommand]:
+    """The newest :data:`MAX_COMMANDS`, and of the older ones those that can still change
+    what is in force: a command not yet expired, and a resume of a scope one of those
+    holds (dropped, the mitigation it lifted would show in force again)."""
+    old, recent = commands[:-MAX_COMMANDS], commands[-MAX_COMMANDS:]
+    live = [c for c in old if c.expires_at > now_ns and c.action is not Action.RESUME]
+    held = {c.scope.label() for c in live}
+    first = min((c.issued_at for c in live), default=None)
+    return [c for c in old if c.expires_at > now_ns or (
+        c.action is Action.RESUME and first is not None and c.issued_at >= first
+        and c.scope.label() in held)] + recent
+
+
 def commands_from_file(path: str, key: VerifyKey) -> Callable[[], list[MitigationCommand]]:
     """A command source for :class:`StatusPoller`: the signed command envelopes in
     ``path``, one per line (a guard's ``commands.jsonl``), read as the file grows.
@@ -318,8 +331,8 @@ def commands_from_file(path: str, key: VerifyKey) -> Callable[[], list[Mitigatio
     mitigation as active nor lift one. A missing file is no commands yet. Each poll
     reads and verifies only the lines added since the last (a file that shrank, such
     as a new one in its place, is read again from its start), and the commands kept are
-    those not yet expired and the newest :data:`MAX_COMMANDS`: a poll's cost does not
-    grow with the file's history.
+    the newest :data:`MAX_COMMANDS` and the older ones that can still change what is in
+    force (:func:`_pruned`): a poll's cost does not grow with the file's history.
     """
     kept: list[MitigationCommand] = []
     where: dict[str, Any] = {"offset": 0, "partial": b"", "skipping": False}
@@ -364,9 +377,7 @@ def commands_from_file(path: str, key: VerifyKey) -> Callable[[], list[Mitigatio
             partial, where["skipping"] = b"", True
         where["partial"] = partial
         if len(kept) > 2 * MAX_COMMANDS:
-            now = time.time_ns()
-            old, recent = kept[:-MAX_COMMANDS], kept[-MAX_COMMANDS:]
-            kept[:] = [c for c in old if c.expires_at > now] + recent
+            kept[:] = _pruned(kept, time.time_ns())
         return list(kept)
 
     return read

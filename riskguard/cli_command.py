@@ -199,6 +199,9 @@ def _publish(args: argparse.Namespace) -> int:
     problem = check_params(cmd.action.value, cmd.params)
     if problem is not None:
         raise _bad_params(problem)
+    if not args.brokers and not args.config:
+        raise ConfigError("--brokers", "the Kafka to publish to (--brokers, or --config with "
+                          "[kafka])", None)
     settings = common_config(args.config, brokers=args.brokers).kafka
     _reach(settings)
     producer = Producer({**settings.client_config(), "enable.idempotence": True, "acks": "all"})
@@ -268,8 +271,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_guarded(_show))
     p = cs.add_parser("publish", help="produce the envelope to topics, delivery checked")
     p.add_argument("file", help="the command (envelope) file")
-    p.add_argument("--brokers", help="Kafka bootstrap host:port (default [kafka] bootstrap "
-                   "of --config, else 127.0.0.1:9092)")
+    p.add_argument("--brokers", help="Kafka bootstrap host:port (or [kafka] bootstrap of "
+                   "--config; one of the two is required)")
     p.add_argument("--config", help=_CONFIG_HELP)
     p.add_argument("--topic", action="append", required=True,
                    help="repeatable: the commands topic and the guard's limit-updates topic")

@@ -198,15 +198,17 @@ def _where(args: argparse.Namespace) -> tuple[Any, str, tuple[str, ...]]:
     return settings, topic, peers
 
 
-def _chains(args: argparse.Namespace) -> tuple[str, int, dict[str, str]]:
+def _chains(args: argparse.Namespace) -> tuple[str | None, int | None, dict[str, str]]:
     """The guard's audit origin and chain count (the flags, else ``--config``'s [audit]
-    origin and partitions, else their defaults), and ``--config``'s [replica] issuers:
-    the watch follows only ``<origin>@<replica>/p<k>`` for ``k`` below the count, each
-    chain's checkpoints signed by its replica's issuer."""
+    origin and partitions), and ``--config``'s [replica] issuers. Known, the watch
+    follows only ``<origin>@<replica>/p<k>`` for ``k`` below the count; unknown (no flag,
+    no config), any origin and any partition."""
     from riskguard.config import decode_section, read_toml  # noqa: PLC0415
     from riskguard.operators.audit import AuditConfig  # noqa: PLC0415
 
-    data = read_toml(args.config) if args.config else {}
+    if not args.config:
+        return args.origin, args.partitions, {}
+    data = read_toml(args.config)
     audit = decode_section(data.get("audit", {}), AuditConfig)
     issuers = data.get("replica", {}).get("issuers", {})
     return (args.origin or audit.origin,
@@ -224,9 +226,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "--config)")
     w.add_argument("--topic", help="the guard's audit topic (default: from --config)")
     w.add_argument("--origin", help="the guard's [audit] origin (default: from --config, "
-                   "else riskguard)")
+                   "else any)")
     w.add_argument("--partitions", type=int, metavar="N", help="the guard's [audit] "
-                   "partitions, its chains per replica (default: from --config, else 1)")
+                   "partitions, its chains per replica (default: from --config, else any)")
     w.add_argument("--trust", help="trust file whose keys sign checkpoints (default: [keys] "
                                    "of --config)")
     w.add_argument("--roots", help="roots file of --trust (default: [keys] of --config)")

@@ -103,3 +103,27 @@ def test_the_command_file_is_read_as_it_grows(tmp_path: Path, monkeypatch: Any) 
     with f.open("ab") as out:
         out.write(b"\n".join([_line(expired, issuer), lines[4], lines[5]]) + b"\n")
     assert [c.seq for c in source()] == [6]
+
+
+def test_pruning_keeps_the_resume_of_a_mitigation_still_in_its_lifetime(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """A halt with an hour to live, lifted by a resume that has expired since, then many
+    newer commands: pruned past MAX_COMMANDS, the resume stays, so the halt does not show
+    in force again."""
+    import time
+
+    from riskguard.connectors import status
+
+    monkeypatch.setattr(status, "MAX_COMMANDS", 5)
+    issuer = generate_key_file(tmp_path / "issuer.pem")
+    now = time.time_ns()
+    halt = msgspec.structs.replace(_cmd(1, Action.HALT_TRADING, now - 30 * S))
+    resume = msgspec.structs.replace(_cmd(2, Action.RESUME, now - 20 * S,
+                                          actions=["halt_trading"]), expires_at=now - 10 * S)
+    alerts = [msgspec.structs.replace(_cmd(n, Action.ALERT, now - 60 * S),
+                                      expires_at=now - S) for n in range(3, 14)]
+    f = tmp_path / "commands.jsonl"
+    f.write_bytes(b"\n".join(_line(c, issuer) for c in [halt, resume, *alerts]) + b"\n")
+    kept = commands_from_file(str(f), issuer.public_key)()
+    assert len(kept) < 13 and resume in kept
+    assert split_mitigations(kept, now)["active"] == []

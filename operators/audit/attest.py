@@ -63,12 +63,12 @@ def replica_chains(origin: str | None = None, replicas: Iterable[str] = (),
 
     >>> ours = replica_chains("riskguard", ("a", "b"), partitions=2)
     >>> [ours(c) for c in ("riskguard@a/p1", "riskguard@b/p2", "riskguard@c/p0",
-    ...                    "riskguard@a/junk", "junk@a/p0")]
-    [True, False, False, False, False]
+    ...                    "riskguard@a/junk", "junk@a/p0", "riskguard@a/p01")]
+    [True, False, False, False, False, False]
     """
     base = re.escape(origin) if origin is not None else r"[^@/]+"
     names = "|".join(map(re.escape, replicas)) or r"[^/]+"
-    shape = re.compile(rf"^{base}@(?:{names})/p(\d{{1,9}})$")
+    shape = re.compile(rf"^{base}@(?:{names})/p(0|[1-9]\d{{0,8}})$")
     limit = partitions
 
     def follows(chain: str) -> bool:
