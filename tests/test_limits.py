@@ -446,3 +446,29 @@ def test_two_updates_under_the_cap_alone_cannot_raise_a_limit_past_it_together()
     assert send(3, 1, limit=2.0) == [("limit_update_rejected", "two_person_required")]
     assert send(4, 1, limit=0.5) == [("limit_update_accepted", None)]  # a cut
     assert send(5, 2, limit=5e6) == [("limit_update_accepted", None)]
+
+
+def test_one_signer_s_flood_leaves_another_s_updates_alone(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """The updates remembered against replay are counted per signer: one key past its
+    quota is refused (too_many_updates), another's still apply; an update refused on its
+    way (a bad kind) is not remembered, so it takes no place in the quota."""
+    from riskguard.operators.exposure import limit_updates
+    from riskguard.operators.exposure.limit_updates import UpdateGate
+
+    monkeypatch.setattr(limit_updates, "MAX_REMEMBERED_UPDATES", 3)
+
+    def decoded(env: SignedEnvelope, now: int) -> LimitUpdate:  # the trust file is not the point
+        return msgspec.json.decode(env.payload, type=LimitUpdate)
+
+    gate = UpdateGate(cfg(), decoded, clock=lambda: 0)
+
+    def send(issuer: str, n: int, kind: str = "gross_notional") -> str:
+        env = SignedEnvelope(payload_type=PAYLOAD_LIMIT_UPDATE, signatures=[], payload=encode(
+            update(update_id=f"{issuer}{n}", issuer=issuer, kind=kind, limit=1.0)))
+        out = gate.on_event(env)[0]
+        return "ok" if isinstance(out, tuple) else out.details["reason"]  # type: ignore[attr-defined]
+
+    assert [send("mallory", n, "vibes") for n in range(5)] == ["bad_kind"] * 5
+    assert [send("mallory", n) for n in range(4)] == ["ok", "ok", "ok", "too_many_updates"]
+    assert send("bob", 0) == "ok"

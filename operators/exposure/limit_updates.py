@@ -10,8 +10,8 @@ envelope, names the limits key its path belongs to and admits that key:
 - an update already accepted (its signer and id, kept until it expires), or one whose
   ``seq`` is not above its signer's last (where the signer numbers its updates), is
   rejected as replayed (``replayed_update_id``, ``replayed_seq``) and is a dead letter;
-  at most :data:`MAX_REMEMBERED_UPDATES` are kept, and past that a new one is rejected
-  (``too_many_updates``) rather than one forgotten;
+  at most :data:`MAX_REMEMBERED_UPDATES` of each signer are kept, and past that its new
+  one is rejected (``too_many_updates``) rather than one forgotten;
 - a path on a counterparty the config does not list opens a limits key of its own. At
   most :data:`MAX_UPDATED_COUNTERPARTIES` such counterparties are admitted, first come
   first admitted; an update naming one more is rejected (``too_many_counterparties``)
@@ -85,8 +85,9 @@ Verifier = Callable[[SignedEnvelope, int], LimitUpdate | Approved]
 MAX_UPDATED_COUNTERPARTIES = 256
 """Counterparties beyond the config's that signed updates may set limits on, at most."""
 
-MAX_REMEMBERED_UPDATES = 65_536
-"""Accepted updates remembered until they expire, at most (a replay of one is refused)."""
+MAX_REMEMBERED_UPDATES = 16_384
+"""Accepted updates remembered until they expire, at most, of each signer (a replay of
+one is refused); past it, that signer's new updates are refused until some expire."""
 
 UPDATES_KEY = "limit_updates"
 """The one key the gate runs under: the counterparties it admits are counted over all
@@ -149,8 +150,9 @@ class UpdateGateState:
 
     admitted: list[str] = field(default_factory=list)
     refused: int = 0
-    # accepted updates (signer_id) -> their expiry, and each signer's last seq
+    # accepted updates (signer_id) -> their expiry and their signer; each signer's last seq
     seen: dict[str, int] = field(default_factory=dict)
+    signers: dict[str, str] = field(default_factory=dict)
     high_water: dict[str, int] = field(default_factory=dict)
     version: int = 1
 
@@ -171,11 +173,15 @@ class UpdateGate:
         self.state = state if state is not None else UpdateGateState()
         self._admitted = set(self.state.admitted)
         self._expiring = Expiries(self.state.seen)
+        self._per_signer: dict[str, int] = {}
+        for issuer in self.state.signers.values():
+            self._per_signer[issuer] = self._per_signer.get(issuer, 0) + 1
 
     def snapshot(self) -> UpdateGateState:
         st = self.state
         return UpdateGateState(admitted=list(st.admitted), refused=st.refused,
-                               seen=dict(st.seen), high_water=dict(st.high_water),
+                               seen=dict(st.seen), signers=dict(st.signers),
+                               high_water=dict(st.high_water),
                                version=st.version)
 
     def on_event(self, env: Any) -> list[Any]:
@@ -202,43 +208,56 @@ class UpdateGate:
         if isinstance(routed, RiskAlert):
             return [routed]
         key = routed[0]
-        routed_approved = (key, approved)
-        if key == "*" or key in self.config.counterparties or key in self._admitted:
-            return [routed_approved]
-        if len(self._admitted) >= self.cap:
-            self.state.refused += 1
-            detail = (f"{len(self._admitted)} counterparties beyond the config have limits "
-                      f"set by updates already (at most {self.cap})")
-            return [rejection_alert("too_many_counterparties", detail, upd.update_id, now,
-                                    Scope(kind=ScopeKind.COUNTERPARTY, value=key)),
-                    self._dead(env, now, "too_many_counterparties",
-                               "a counterparty the config lists, or one already admitted",
-                               key)]
-        self._admitted.add(key)
-        self.state.admitted.append(key)
-        return [routed_approved]
+        if key != "*" and key not in self.config.counterparties and key not in self._admitted:
+            if len(self._admitted) >= self.cap:
+                self.state.refused += 1
+                detail = (f"{len(self._admitted)} counterparties beyond the config have "
+                          f"limits set by updates already (at most {self.cap})")
+                return [rejection_alert("too_many_counterparties", detail, upd.update_id,
+                                        now, Scope(kind=ScopeKind.COUNTERPARTY, value=key)),
+                        self._dead(env, now, "too_many_counterparties",
+                                   "a counterparty the config lists, or one already admitted",
+                                   key)]
+            self._admitted.add(key)
+            self.state.admitted.append(key)
+        self._remember(upd)
+        return [(key, approved)]
 
     def _replayed(self, upd: LimitUpdate, now: int) -> tuple[str, str] | None:
-        """Why ``upd`` is refused as a replay (None: it is new, and is remembered until
-        it expires). Each signer's ids and seqs are its own."""
+        """Why ``upd`` is refused as a replay, or past its signer's quota (None: it is
+        new). Each signer's ids, seqs and quota are its own: no key's updates crowd out
+        another's."""
         st = self.state
         for gone in self._expiring.before(now - self.leeway_ns):
             del st.seen[gone]
-        key = signer_id(upd.issuer, upd.update_id)
-        if key in st.seen:
+            issuer = st.signers.pop(gone, "")
+            left = self._per_signer.get(issuer, 1) - 1
+            if left > 0:
+                self._per_signer[issuer] = left
+            else:
+                self._per_signer.pop(issuer, None)
+        if signer_id(upd.issuer, upd.update_id) in st.seen:
             return "replayed_update_id", (f"update {upd.update_id!r} of {upd.issuer!r} was "
                                           "already accepted")
         high = st.high_water.get(upd.issuer)
         if upd.seq and high is not None and upd.seq <= high:
             return "replayed_seq", f"seq {upd.seq} <= high-water {high} of {upd.issuer!r}"
-        if len(st.seen) >= MAX_REMEMBERED_UPDATES:
-            return "too_many_updates", (f"{len(st.seen)} accepted updates not yet expired "
-                                        f"(at most {MAX_REMEMBERED_UPDATES})")
+        mine = self._per_signer.get(upd.issuer, 0)
+        if mine >= MAX_REMEMBERED_UPDATES:
+            return "too_many_updates", (f"{mine} updates of {upd.issuer!r} accepted and not "
+                                        f"yet expired (at most {MAX_REMEMBERED_UPDATES})")
+        return None
+
+    def _remember(self, upd: LimitUpdate) -> None:
+        """``upd`` was accepted here: remembered until it expires."""
+        st = self.state
+        key = signer_id(upd.issuer, upd.update_id)
         st.seen[key] = upd.expires_at
+        st.signers[key] = upd.issuer
+        self._per_signer[upd.issuer] = self._per_signer.get(upd.issuer, 0) + 1
         self._expiring.add(key, upd.expires_at)
         if upd.seq:  # seq 0: the signer keeps no sequence; the id alone guards it
             st.high_water[upd.issuer] = upd.seq
-        return None
 
     @staticmethod
     def _dead(env: SignedEnvelope, now: int, reason: str, expected: str,
