@@ -134,8 +134,8 @@ def read_chain_states(settings: KafkaSettings, topic: str,
     does not verify (chains of other origins are skipped, unchecked). Memory is
     O(log n) per chain; time is one read of the topic.
     """
-    return read_chains_and_peers(settings, topic, keys, origin=origin, idle_s=idle_s,
-                                 stall_s=stall_s)[0]
+    return read_audit_tail(settings, topic, keys, origin=origin, idle_s=idle_s,
+                           stall_s=stall_s).chains
 
 
 @dataclass
@@ -214,15 +214,3 @@ def _signed_by(keys: Mapping[str, VerifyKey] | KeyLookup,
         return lookup(key_id)
 
     return own
-
-
-def read_chains_and_peers(settings: KafkaSettings, topic: str,
-                          keys: Mapping[str, VerifyKey] | KeyLookup, *, origin: str,
-                          idle_s: float = 0.5, stall_s: float = 30.0,
-                          ) -> tuple[dict[str, AuditState], dict[str, str]]:
-    """:func:`read_chain_states`, and the config hash of the last attested record of each
-    other replica of the same guard (chains ``<base origin>@<replica>/...``), in one read
-    (:func:`read_audit_tail`)."""
-    tail = read_audit_tail(settings, topic, keys, origin=origin, idle_s=idle_s,
-                           stall_s=stall_s)
-    return tail.chains, tail.peers

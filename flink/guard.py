@@ -39,7 +39,6 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource
-from riskguard.connectors.audit_tail import read_chains_and_peers
 from riskguard.connectors.command_log import last_signed_seq
 from riskguard.connectors.kafka.admit import PartitionAdmission
 from riskguard.connectors.topics import INPUT_STREAMS, STREAM_TYPES
@@ -52,7 +51,12 @@ from riskguard.dataflows.guard.config import (
 )
 from riskguard.dataflows.guard.core import guard_core
 from riskguard.dataflows.guard.kafka_io import audit_key, exposures_key
-from riskguard.dataflows.guard.live import check_peer_configs, while_preparing_detection
+from riskguard.dataflows.guard.live import (
+    check_peer_configs,
+    read_guard_audit,
+    report_audit_tail,
+    while_preparing_detection,
+)
 from riskguard.flink.graph import FlowRef
 from riskguard.operators.audit import AuditState
 from riskguard.operators.core.base import split_dead_letters, stateful_logic, values_of
@@ -104,8 +108,9 @@ def guard_flow(config: str, resume: bool = True) -> Dataflow:
     peers: dict[str, str] = {}
 
     def read_chains() -> tuple[dict[str, AuditState], dict[str, str]]:
-        return read_chains_and_peers(cfg.kafka, cfg.topic("audit"), trust.checkpoint_key,
-                                     origin=cfg.audit.origin)
+        tail = read_guard_audit(cfg, signer, trust)
+        report_audit_tail(cfg, tail, call_clock(), None)
+        return tail.chains, tail.peers
 
     if resume:
         delivered, (chains, peers) = while_preparing_detection(cfg, lambda: (

@@ -78,23 +78,19 @@ def build_flow(
     flow = Dataflow("riskguard_guard")
     src = guard_input(flow, cfg, FIRM_STREAMS if role == "firm" else INPUT_STREAMS, clock)
     issuer = cfg.sign.issuer or signer.issuer
-    public_key, checkpoint_key = signer.public_key, trust.checkpoint_key
+    public_key = signer.public_key
 
     def read_where_it_stands() -> tuple[int, AuditTail]:
         # Read once, before any worker signs: the killed run this may resume is gone.
         # Likewise each audit chain continues where the topic ends (verified as read),
         # never again from index 0; a topic that cannot be read or verified stops the start.
         return (last_signed_seq(brokers, cfg.topic("commands"), public_key, issuer),
-                read_audit_tail(brokers, cfg.topic("audit"), checkpoint_key,
-                                origin=cfg.audit.origin, partitions=cfg.audit.partitions,
-                                replicas=cfg.replica.peers, signer_of=trust.name_of,
-                                issuer=trust.name_of(signer.key_id),
-                                issuers=cfg.replica.issuers))
+                read_guard_audit(cfg, signer, trust))
 
     delivered, tail = (read_where_it_stands() if role == "firm"
                        else while_preparing_detection(cfg, read_where_it_stands))
     chains = tail.chains
-    _report_tail(cfg, tail, clock(), on_note)
+    report_audit_tail(cfg, tail, clock(), on_note)
     if cfg.replica.id:
         check_peer_configs(cfg.replica.id, cfg_hash, tail.peers)
     out = guard_core("guard", src.oks, cfg=cfg, cfg_hash=cfg_hash, clock=clock, signer=signer,
@@ -114,8 +110,18 @@ def build_flow(
     return flow
 
 
-def _report_tail(cfg: GuardConfig, tail: AuditTail, now: int,
-                 on_note: Callable[[str], None] | None) -> None:
+def read_guard_audit(cfg: GuardConfig, signer: Signer, trust: TrustStore) -> AuditTail:
+    """What the audit topic says at this guard's start: its own chains (those its config
+    names, each checkpoint signed under its own key's name) and its peers' (of
+    ``[replica] peers``, each tied to its issuer), garbage counted."""
+    return read_audit_tail(cfg.kafka, cfg.topic("audit"), trust.checkpoint_key,
+                           origin=cfg.audit.origin, partitions=cfg.audit.partitions,
+                           replicas=cfg.replica.peers, signer_of=trust.name_of,
+                           issuer=trust.name_of(signer.key_id), issuers=cfg.replica.issuers)
+
+
+def report_audit_tail(cfg: GuardConfig, tail: AuditTail, now: int,
+                      on_note: Callable[[str], None] | None) -> None:
     """Say what the audit topic held that the start does not stop on; a peer chain that
     cannot be verified is also a critical alert on the signals topic."""
     notes = []

@@ -54,6 +54,16 @@ MAX_CHOICES = 64
 """Combinations of candidates a checkpoint is tried against."""
 
 
+def replica_of(chain: str) -> str | None:
+    """The replica of a chain name ``<origin>@<replica>/p<n>`` (None: not a replica's).
+
+    >>> replica_of("riskguard@a/p0"), replica_of("riskguard/p0")
+    ('a', None)
+    """
+    head = chain.split("/", 1)[0]
+    return head.split("@", 1)[1] if "@" in head else None
+
+
 def replica_chains(origin: str | None = None, replicas: Iterable[str] = (),
                    partitions: int | None = None) -> Callable[[str], bool]:
     """Which chains to follow: the replicas' own, ``<origin>@<replica>/p<k>``, of
@@ -212,9 +222,7 @@ class Attestor:
         """Whether ``cp`` was signed by its chain's signer (pinned on the first)."""
         assert self._signer_of is not None
         name = self._signer_of(cp.key_id or "") or ""
-        head = chain.split("/", 1)[0]
-        replica = head.split("@", 1)[1] if "@" in head else None
-        owner = self._issuers.get(replica or "") or self.state.signers.get(chain)
+        owner = self._issuers.get(replica_of(chain) or "") or self.state.signers.get(chain)
         if owner is None:
             self.state.signers[chain] = name
             return True

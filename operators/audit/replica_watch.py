@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from riskguard.operators.audit.attest import Attestor, AttestState, replica_chains
+from riskguard.operators.audit.attest import Attestor, AttestState, replica_chains, replica_of
 from riskguard.operators.audit.verify import KeyLookup
 from riskguard.operators.core.clock import Clock, system_clock
 from riskguard.operators.core.snapshot import persisted
@@ -114,16 +114,6 @@ class ReplicaWatchState:
     attest: AttestState | None = None
     unverified: list[str] = field(default_factory=list)  # chains alerted as unverified
     version: int = 1
-
-
-def replica_of(chain: str) -> str | None:
-    """The replica of a chain name ``<origin>@<replica>/p<n>`` (None: not a replica's).
-
-    >>> replica_of("riskguard@a/p0"), replica_of("riskguard/p0")
-    ('a', None)
-    """
-    head = chain.split("/", 1)[0]
-    return head.split("@", 1)[1] if "@" in head else None
 
 
 class ReplicaWatchLogic:
