@@ -307,8 +307,10 @@ def enforce_limits(
     ``progress`` (``aggregate_exposure(..., ticks=...).progress``) comes out on
     ``LimitsOut.ticks`` as :class:`~riskguard.operators.core.clock.Tick` items, each
     behind what its key made before it (in ``LimitsOut.clocked``, which keeps that
-    order). ``verifier(envelope, now_ns)`` returns the
-    verified :class:`~riskguard.schemas.LimitUpdate` or raises
+    order). ``verifier(envelope, now_ns)`` returns the verified
+    :class:`~riskguard.schemas.LimitUpdate` (with its approvals, ``Approved``, as
+    ``trust_verifier``'s does, so the two-person cap is checked against the limit it
+    leaves in force) or raises
     :class:`~riskguard.errors.VerificationError`: a refused update is a
     ``limit_update_rejected`` alert, and the old limit stays. Updates set limits on at
     most ``MAX_UPDATED_COUNTERPARTIES`` counterparties the config does not list
