@@ -26,9 +26,11 @@ the process that owns an audit chain sees its checkpoints).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import socket
 import threading
 import time
 import urllib.error
@@ -582,8 +584,8 @@ class StatusServer:
     ``/api/status`` (JSON summary) and ``/healthz``.
 
     At most ``max_connections`` connections are served at once (one more is closed), and
-    a connection that sends nothing for ``idle_timeout_s`` is closed: idle or slow
-    clients cannot take every thread."""
+    a connection that sends nothing for ``idle_timeout_s``, or is still open three times
+    that long, is closed: idle or slow clients cannot take every thread."""
 
     def __init__(self, poller: StatusPoller, *, host: str = "127.0.0.1", port: int = 0,
                  poll_ms: int = 2000, body: bytes | None = None, max_connections: int = 32,
@@ -592,6 +594,23 @@ class StatusServer:
 
         class Handler(BaseHTTPRequestHandler):
             timeout = idle_timeout_s
+
+            def setup(self) -> None:
+                super().setup()
+                # the whole connection, not only each read: a client trickling bytes
+                # cannot keep its slot past the deadline
+                self._deadline = threading.Timer(3 * idle_timeout_s, self._cut)
+                self._deadline.daemon = True
+                self._deadline.start()
+
+            def _cut(self) -> None:
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+
+            def finish(self) -> None:
+                self._deadline.cancel()
+                with contextlib.suppress(OSError):
+                    super().finish()
 
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]

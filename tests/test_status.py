@@ -345,7 +345,7 @@ def test_idle_clients_cannot_take_every_thread_of_the_status_server() -> None:
         while server.httpd.refused < 4 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert server.httpd.refused == 4
-        assert threading.active_count() - before <= 8
+        assert threading.active_count() - before <= 2 * 8  # a thread and its deadline each
         for s in idle:  # each is closed by the server: refused, or idle past the timeout
             s.settimeout(30)
             assert s.recv(1) == b""
@@ -354,4 +354,31 @@ def test_idle_clients_cannot_take_every_thread_of_the_status_server() -> None:
     finally:
         for s in idle:
             s.close()
+        server.close()
+
+
+def test_a_client_trickling_bytes_keeps_its_slot_no_longer_than_the_deadline() -> None:
+    """A client sending one byte of its request line every 0.3 s, under the idle timeout
+    (0.5 s) each time, is cut off at three times that timeout all the same."""
+    import socket
+    import time
+
+    server = StatusServer(StatusPoller([]), port=0, max_connections=2,
+                          idle_timeout_s=0.5).start()
+    slow = socket.create_connection(("127.0.0.1", server.port))
+    started = time.monotonic()
+    try:
+        with pytest.raises(OSError):
+            for byte in b"GET /healthz HTTP/1.1 and more and more and more":
+                slow.send(bytes([byte]))
+                time.sleep(0.3)
+                slow.settimeout(0.01)
+                try:
+                    if slow.recv(1) == b"":
+                        raise ConnectionResetError("closed by the server")
+                except TimeoutError:
+                    pass
+        assert time.monotonic() - started < 5
+    finally:
+        slow.close()
         server.close()
