@@ -70,6 +70,7 @@ from riskguard.operators.detection import (
     extract_features,
 )
 from riskguard.operators.exposure import (
+    Approved,
     CounterpartyLimits,
     ExposureConfig,
     ExposureOut,
@@ -100,6 +101,7 @@ from riskguard.operators.mitigation import (
 from riskguard.operators.signing import SignConfig, Signer, sign_commands
 
 __all__ = [
+    "Approved",
     "AuditConfig",
     "BandLevels",
     "Clock",

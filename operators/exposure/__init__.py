@@ -104,6 +104,7 @@ from riskguard.operators.exposure.limit_specs import (
 )
 from riskguard.operators.exposure.limit_updates import (
     MAX_UPDATED_COUNTERPARTIES,
+    Approved,
     UpdateGate,
     UpdateGateState,
     Verifier,
@@ -150,6 +151,7 @@ __all__ = [
     "PROGRESS_KEY",
     "SECONDS_PER_YEAR",
     "STATE_VERSION",
+    "Approved",
     "CounterpartyLimits",
     "CounterpartyLogic",
     "CounterpartyState",
