@@ -335,6 +335,40 @@ def claim_recovery_store(folder: Path, replica: str) -> None:
     mark.write_text(replica + "\n")
 
 
+TRUST_MARK = "riskguard-trust-serial"
+
+
+def claim_trust_serial(folder: Path, serial: int) -> None:
+    """Refuse a trust file older than the one the recovery store in ``folder`` last ran
+    on (a lower serial may list keys since revoked: a roll-back would trust them again);
+    else remember ``serial`` there, the highest seen. The subscriber keeps the same
+    rule in its state.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> claim_trust_serial(d, 3); claim_trust_serial(d, 4)
+    >>> try:
+    ...     claim_trust_serial(d, 3)
+    ... except ConfigError as err:
+    ...     print(str(err)[:44])
+    keys.trust_file: a trust file of serial 4 or
+    """
+    mark = folder / TRUST_MARK
+    try:
+        seen = int(mark.read_text().strip()) if mark.is_file() else None
+    except ValueError:
+        raise ConfigError(str(mark), "the highest trust-file serial this store ran on",
+                          mark.read_text()[:40]) from None
+    if seen is not None and serial < seen:
+        raise ConfigError("keys.trust_file", f"a trust file of serial {seen} or later (this "
+                          "recovery directory ran on it; an older one may trust keys since "
+                          "revoked)", f"serial {serial}")
+    if seen is None or serial > seen:
+        tmp = mark.with_name(TRUST_MARK + ".tmp")
+        tmp.write_text(f"{serial}\n")
+        os.replace(tmp, mark)
+
+
 def with_audit_origin(cfg: Any, origin: str) -> Any:
     """``cfg`` with its audit chains under ``origin`` (a replica's keep its ``@id``)."""
     import msgspec  # noqa: PLC0415
@@ -459,6 +493,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg, digest, signer, trust, notes = _load(config, args.audit_origin)
     if bw.recovery_directory is not None:
         claim_recovery_store(bw.recovery_directory, cfg.replica.id)
+        claim_trust_serial(bw.recovery_directory, trust.serial)
     reach_kafka(cfg.kafka, f"[kafka] bootstrap in {config}")
     if python is not None:
         return _run_on_flink(python, config, list(args.bytewax), cfg, digest, signer.key_id)

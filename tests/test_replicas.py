@@ -375,3 +375,24 @@ def test_the_watch_tells_each_message_that_is_no_audit_item(
     assert base64.b64decode(dead[0]["raw"]) == b"\x00junk"
     summary = msgspec.json.decode(next(x for x in out if x.startswith("SUMMARY "))[8:])
     assert summary["unreadable"] == 2
+
+
+def test_a_recovery_store_refuses_a_trust_file_older_than_the_one_it_ran_on(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``riskguard run -r DIR`` remembers the trust file's serial in its recovery store;
+    a start on an older, still root-signed trust file (one that may list keys since
+    revoked) stops before anything is read, naming both serials."""
+    from riskguard.dataflows.demo import init_keys, write_config
+
+    from riskguard.cli import main
+    from riskguard.cli_run import TRUST_MARK
+
+    keys = init_keys(tmp_path)
+    config = write_config(tmp_path, "127.0.0.1:1", keys, "dev", "")
+    store = tmp_path / "recovery"
+    store.mkdir()
+    (store / TRUST_MARK).write_text("99\n")
+    assert main(["run", "--config", str(config), "--", "-r", str(store), "-s", "5",
+                 "-b", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "keys.trust_file" in err and "serial 99" in err
