@@ -364,9 +364,7 @@ class ScopeBook:
                 del self.state.applied[old]
 
     def recall(self, issuer: str, command_id: str) -> dict[str, Any] | None:
-        applied = self.state.applied
-        found = applied.get(signer_id(issuer, command_id))
-        return found if found is not None else applied.get(command_id)  # a bare id of old
+        return self.state.applied.get(signer_id(issuer, command_id))
 
     def snapshot(self) -> ScopeBookState:
         return copy.deepcopy(self.state)

@@ -78,7 +78,7 @@ from riskguard.schemas.valuation import Progress
 
 from riskguard.errors import ConfigError
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 """The version of :class:`LimitsState` a snapshot holds; a snapshot of another is refused."""
 
 
@@ -438,7 +438,7 @@ class LimitsLogic:
         key, _lv, _n = parse_limit_path(upd.limit_path)
         st.key = key
         seen = signer_id(upd.issuer, upd.update_id)  # each signer's ids its own
-        if seen in self._updates or upd.update_id in self._updates:  # (or a bare id of old)
+        if seen in self._updates:
             return []
         self._updates.add(seen)
         old = self.current_spec(upd.limit_path, upd.kind)
