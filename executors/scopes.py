@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from riskguard.operators.signing.operator_commands import signer_id
+from riskguard.operators.core.dedup import signer_id
 from riskguard.schemas.action_params import HELD_ACTIONS as HELD
 from riskguard.schemas.signals import Scope, ScopeKind
 

@@ -84,6 +84,30 @@ def test_an_operators_command_id_used_first_by_another_operator_is_still_accepte
     assert out[2].reason == "command_replayed_command_id"  # type: ignore[union-attr]
 
 
+def test_one_operator_s_flood_is_capped_and_leaves_another_s_commands_alone() -> None:
+    """The commands remembered against replay are counted per signer until they expire:
+    past its quota one key's next is refused (command_too_many_commands), another's still
+    passes, and once they expire the first key has room again."""
+    from riskguard.operators.core.dedup import MAX_IDS_PER_SIGNER
+
+    clock = ManualClock(T0)
+    logic = OperatorCommandLogic(trust_store(), env=AUD.env, topic=AUD.topic, clock=clock)
+
+    def check(issuer: str, key: object, n: int) -> str:
+        cmd = command(n, issuer=issuer, seq=n, action=Action.RESUME, scope=VENUE_X,
+                      issued_at=clock(), ttl=60 * 10**9)
+        out = logic.check(sign_envelope(PAYLOAD_COMMAND, msgspec.json.encode(cmd), [key]))
+        return "ok" if isinstance(out, MitigationCommand) else out.reason
+
+    outs = [check("op-alice", OP1, n) for n in range(1, MAX_IDS_PER_SIGNER + 2)]
+    assert outs[:-1] == ["ok"] * MAX_IDS_PER_SIGNER
+    assert outs[-1] == "command_too_many_commands"
+    assert check("op-bob", OP2, 1) == "ok"
+    clock.advance(10 * 60 * 10**9)  # every one of them expired, past the leeway
+    assert check("op-alice", OP1, MAX_IDS_PER_SIGNER + 2) == "ok"
+    assert len(logic.snapshot().seen) == 1
+
+
 def test_a_bare_command_record_is_refused_as_unsigned() -> None:
     out = unhandled_letter(command(4, action=Action.RESUME))
     assert (out.reason, out.found) == ("unsigned_command", "MitigationCommand")

@@ -125,6 +125,86 @@ class Expiries:
                 yield rid
 
 
+MAX_IDS_PER_SIGNER = 16_384
+"""Signed ids a :class:`SignedReplays` keeps per signer until they expire."""
+
+
+class SignedReplays:
+    """Replay checks of signed messages, each signer's own: the ids it had accepted until
+    they expire (past ``leeway_ns``), its highest ``seq``, and at most ``quota`` ids
+    remembered per signer. Past the quota its next message is refused, never an id
+    forgotten early, and no key's messages crowd out another's.
+
+    ``seen`` (``signer_id`` -> expiry), ``signers`` (``signer_id`` -> signer) and
+    ``high_water`` are the caller's snapshot state; the counts and the expiry order are
+    derived. ``numbered_only``: a ``seq`` of 0 (a signer keeping no sequence) passes the
+    high-water check, and only the id guards it.
+
+    >>> replays = SignedReplays({}, {}, {}, leeway_ns=0, quota=2)
+    >>> replays.remember("alice", "c1", 5, expires_at=10)
+    >>> [replays.refusal("alice", rid, seq, now=5) for rid, seq in [("c1", 6), ("c2", 5)]]
+    [('id', "'c1' of 'alice' was already accepted"), ('seq', "seq 5 <= high-water 5 of 'alice'")]
+    >>> replays.remember("alice", "c2", 6, expires_at=10)
+    >>> replays.refusal("alice", "c3", 7, now=5)[0], replays.refusal("alice", "c3", 7, now=11)
+    ('quota', None)
+    """
+
+    __slots__ = ("_counts", "_expiring", "high_water", "leeway_ns", "numbered_only", "quota",
+                 "seen", "signers")
+
+    def __init__(self, seen: dict[str, int], signers: dict[str, str],
+                 high_water: dict[str, int], *, leeway_ns: int,
+                 quota: int = MAX_IDS_PER_SIGNER, numbered_only: bool = False) -> None:
+        self.seen, self.signers, self.high_water = seen, signers, high_water
+        self.leeway_ns, self.quota, self.numbered_only = leeway_ns, quota, numbered_only
+        self._expiring = Expiries(seen)
+        self._counts: dict[str, int] = {}
+        for signer in signers.values():
+            self._counts[signer] = self._counts.get(signer, 0) + 1
+
+    def refusal(self, signer: str, rid: str, seq: int, now: int) -> tuple[str, str] | None:
+        """Why the message ``rid`` of ``signer`` is refused at ``now``: ``("id" | "seq" |
+        "quota", detail)``, or None when it is new. Forgets what has expired first."""
+        for gone in self._expiring.before(now - self.leeway_ns):
+            del self.seen[gone]
+            owner = self.signers.pop(gone, "")
+            left = self._counts.get(owner, 1) - 1
+            if left > 0:
+                self._counts[owner] = left
+            else:
+                self._counts.pop(owner, None)
+        if signer_id(signer, rid) in self.seen:
+            return "id", f"{rid!r} of {signer!r} was already accepted"
+        high = self.high_water.get(signer)
+        if high is not None and seq <= high and (seq or not self.numbered_only):
+            return "seq", f"seq {seq} <= high-water {high} of {signer!r}"
+        mine = self._counts.get(signer, 0)
+        if mine >= self.quota:
+            return "quota", (f"{mine} messages of {signer!r} accepted and not yet expired "
+                             f"(at most {self.quota})")
+        return None
+
+    def remember(self, signer: str, rid: str, seq: int, expires_at: int) -> None:
+        """The message ``rid`` of ``signer`` was accepted: kept until it expires."""
+        key = signer_id(signer, rid)
+        self.seen[key] = expires_at
+        self.signers[key] = signer
+        self._counts[signer] = self._counts.get(signer, 0) + 1
+        self._expiring.add(key, expires_at)
+        if seq:  # seq 0: the signer keeps no sequence
+            self.high_water[signer] = seq
+
+
+def signer_id(signer: str, rid: str) -> str:
+    """How a replay window names a signed message: by its signer and its id, each signer's
+    ids its own, so no key can use up another's.
+
+    >>> signer_id("op-alice", "c1")
+    'op-alice:c1'
+    """
+    return f"{signer}:{rid}"
+
+
 @persisted("riskguard.recent_ids")
 @dataclass
 class RecentIdsState:

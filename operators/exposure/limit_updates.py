@@ -46,11 +46,10 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from riskguard.operators.core.clock import Clock
-from riskguard.operators.core.dedup import Expiries
+from riskguard.operators.core.dedup import SignedReplays
 from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.exposure.limit_specs import KINDS, LimitsConfig
 from riskguard.operators.signing.crypto import PAYLOAD_LIMIT_UPDATE
-from riskguard.operators.signing.operator_commands import signer_id
 from riskguard.operators.signing.trust import DEFAULT_LEEWAY_NS, TrustStore
 from riskguard.schemas import (
     DeadLetter,
@@ -157,6 +156,9 @@ class UpdateGateState:
     version: int = 1
 
 
+_REPLAY_REASONS = {"id": "replayed_update_id", "seq": "replayed_seq", "quota": "too_many_updates"}
+
+
 class UpdateGate:
     """``on_event(envelope) -> [(limits key, Approved)]``, or a rejection alert (and, for
     an envelope refused or a counterparty past the cap, a dead letter)."""
@@ -170,12 +172,10 @@ class UpdateGate:
         self.clock = clock
         self.cap = cap
         self.leeway_ns = leeway_ns
-        self.state = state if state is not None else UpdateGateState()
-        self._admitted = set(self.state.admitted)
-        self._expiring = Expiries(self.state.seen)
-        self._per_signer: dict[str, int] = {}
-        for issuer in self.state.signers.values():
-            self._per_signer[issuer] = self._per_signer.get(issuer, 0) + 1
+        st = self.state = state if state is not None else UpdateGateState()
+        self._admitted = set(st.admitted)
+        self._replays = SignedReplays(st.seen, st.signers, st.high_water, leeway_ns=leeway_ns,
+                                      quota=MAX_REMEMBERED_UPDATES, numbered_only=True)
 
     def snapshot(self) -> UpdateGateState:
         st = self.state
@@ -198,9 +198,10 @@ class UpdateGate:
                                "a verified limit update", err.detail)]
         approved = verified if isinstance(verified, Approved) else Approved(verified)
         upd = approved.update
-        replayed = self._replayed(upd, now)
+        replayed = self._replays.refusal(upd.issuer, upd.update_id, upd.seq, now)
         if replayed is not None:
-            reason, detail = replayed
+            reason = _REPLAY_REASONS[replayed[0]]
+            detail = f"update {replayed[1]}" if replayed[0] == "id" else replayed[1]
             return [rejection_alert(reason, detail, upd.update_id, now, FIRM_SCOPE),
                     self._dead(env, now, f"limit_update_{reason}", "a new limit update",
                                detail)]
@@ -220,44 +221,8 @@ class UpdateGate:
                                    key)]
             self._admitted.add(key)
             self.state.admitted.append(key)
-        self._remember(upd)
+        self._replays.remember(upd.issuer, upd.update_id, upd.seq, upd.expires_at)
         return [(key, approved)]
-
-    def _replayed(self, upd: LimitUpdate, now: int) -> tuple[str, str] | None:
-        """Why ``upd`` is refused as a replay, or past its signer's quota (None: it is
-        new). Each signer's ids, seqs and quota are its own: no key's updates crowd out
-        another's."""
-        st = self.state
-        for gone in self._expiring.before(now - self.leeway_ns):
-            del st.seen[gone]
-            issuer = st.signers.pop(gone, "")
-            left = self._per_signer.get(issuer, 1) - 1
-            if left > 0:
-                self._per_signer[issuer] = left
-            else:
-                self._per_signer.pop(issuer, None)
-        if signer_id(upd.issuer, upd.update_id) in st.seen:
-            return "replayed_update_id", (f"update {upd.update_id!r} of {upd.issuer!r} was "
-                                          "already accepted")
-        high = st.high_water.get(upd.issuer)
-        if upd.seq and high is not None and upd.seq <= high:
-            return "replayed_seq", f"seq {upd.seq} <= high-water {high} of {upd.issuer!r}"
-        mine = self._per_signer.get(upd.issuer, 0)
-        if mine >= MAX_REMEMBERED_UPDATES:
-            return "too_many_updates", (f"{mine} updates of {upd.issuer!r} accepted and not "
-                                        f"yet expired (at most {MAX_REMEMBERED_UPDATES})")
-        return None
-
-    def _remember(self, upd: LimitUpdate) -> None:
-        """``upd`` was accepted here: remembered until it expires."""
-        st = self.state
-        key = signer_id(upd.issuer, upd.update_id)
-        st.seen[key] = upd.expires_at
-        st.signers[key] = upd.issuer
-        self._per_signer[upd.issuer] = self._per_signer.get(upd.issuer, 0) + 1
-        self._expiring.add(key, upd.expires_at)
-        if upd.seq:  # seq 0: the signer keeps no sequence; the id alone guards it
-            st.high_water[upd.issuer] = upd.seq
 
     @staticmethod
     def _dead(env: SignedEnvelope, now: int, reason: str, expected: str,

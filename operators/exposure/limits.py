@@ -48,7 +48,7 @@ from typing import Any, NamedTuple
 import msgspec
 from riskguard.operators.core.base import copy_fields
 from riskguard.operators.core.clock import Clock, Tick, Watermark, system_clock
-from riskguard.operators.core.dedup import IdWindow
+from riskguard.operators.core.dedup import IdWindow, signer_id
 from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.exposure.config import NS_PER_S
 from riskguard.operators.exposure.limit_specs import (
@@ -61,7 +61,6 @@ from riskguard.operators.exposure.limit_specs import (
     vol_factor,
 )
 from riskguard.operators.exposure.limit_updates import Approved, rejection_alert
-from riskguard.operators.signing.operator_commands import signer_id
 from riskguard.schemas import (
     Exposure,
     LimitBreach,

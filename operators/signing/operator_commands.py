@@ -14,7 +14,7 @@ resumed guard refuses what the stopped one had accepted.
 >>> logic = OperatorCommandLogic(TrustStore(TrustDoc(keys=())), env="prod",
 ...                              topic="prod.riskguard.commands.v1", clock=ManualClock(0))
 >>> logic.snapshot()
-OperatorCommandState(seen={}, high_water={}, version=1)
+OperatorCommandState(seen={}, signers={}, high_water={}, version=2)
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 from riskguard.operators.core.clock import Clock
-from riskguard.operators.core.dedup import Expiries, IdWindow
+from riskguard.operators.core.dedup import Expiries, IdWindow, SignedReplays, signer_id
 from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.signing.crypto import (
     PAYLOAD_ACK,
@@ -47,26 +47,18 @@ OPERATOR_COMMANDS_KEY = "operator_commands"
 """The one key all operators' commands share (one replay state for the firm)."""
 
 
-def signer_id(issuer: str, command_id: str) -> str:
-    """How a replay window names a command: by its signer and its id, each signer's ids
-    its own, so no key can use up another's (as the subscriber keeps them).
-
-    >>> signer_id("op-alice", "c1")
-    'op-alice:c1'
-    """
-    return f"{issuer}:{command_id}"
-
-
 @persisted("riskguard.operator_commands")
 @dataclass
 class OperatorCommandState:
-    """Replay state: accepted commands (``<issuer>:<command id>``) with their expiry, and
-    each issuer's highest ``seq``. An id is forgotten once its command has expired (past
-    the leeway): it could not verify again anyway."""
+    """Replay state (:class:`~riskguard.operators.core.dedup.SignedReplays`): accepted
+    commands (``<issuer>:<command id>``) with their expiry and their issuer, and each
+    issuer's highest ``seq``. An id is forgotten once its command has expired (past the
+    leeway): it could not verify again anyway."""
 
     seen: dict[str, int] = field(default_factory=dict)
+    signers: dict[str, str] = field(default_factory=dict)
     high_water: dict[str, int] = field(default_factory=dict)
-    version: int = 1
+    version: int = 2
 
 
 class OperatorCommandLogic:
@@ -85,12 +77,13 @@ class OperatorCommandLogic:
         self.audience = Audience(env=env, topic=topic)
         self.clock = clock
         self.leeway_ns = leeway_ns
-        self.state = state if state is not None else OperatorCommandState()
-        self._expiring = Expiries(self.state.seen)
+        st = self.state = state if state is not None else OperatorCommandState()
+        self._replays = SignedReplays(st.seen, st.signers, st.high_water, leeway_ns=leeway_ns)
 
     def snapshot(self) -> OperatorCommandState:
-        return OperatorCommandState(seen=dict(self.state.seen),
-                                    high_water=dict(self.state.high_water))
+        st = self.state
+        return OperatorCommandState(seen=dict(st.seen), signers=dict(st.signers),
+                                    high_water=dict(st.high_water))
 
     def on_event(self, env: SignedEnvelope) -> list[MitigationCommand | DeadLetter]:
         return [self.check(env)]
@@ -105,29 +98,18 @@ class OperatorCommandLogic:
             return _refused(env, now, err.reason, err.detail)
         cmd = v.message
         assert isinstance(cmd, MitigationCommand)  # PAYLOAD_COMMAND decodes to a command
-        st = self.state
-        self._forget_expired(now)
-        key = signer_id(cmd.issuer, cmd.command_id)
-        if key in st.seen:
-            return _refused(env, now, Reason.REPLAYED_COMMAND_ID.value,
-                            f"command_id {cmd.command_id!r} of {cmd.issuer!r} was already "
-                            "accepted")
-        high = st.high_water.get(cmd.issuer)
-        if high is not None and cmd.seq <= high:
-            return _refused(env, now, Reason.REPLAYED_SEQ.value,
-                            f"seq {cmd.seq} <= high-water {high} of {cmd.issuer!r}")
-        st.seen[key] = cmd.expires_at
-        self._expiring.add(key, cmd.expires_at)
-        if cmd.seq:  # seq 0: the issuer keeps no sequence; the id alone guards it
-            st.high_water[cmd.issuer] = cmd.seq
+        refused = self._replays.refusal(cmd.issuer, cmd.command_id, cmd.seq, now)
+        if refused is not None:
+            kind, detail = refused
+            return _refused(env, now, _REPLAY_REASONS[kind], f"command_id {detail}"
+                            if kind == "id" else detail)
+        self._replays.remember(cmd.issuer, cmd.command_id, cmd.seq, cmd.expires_at)
         params = {**cmd.params, "approvals": float(len(v.approvers))}
         return msgspec.structs.replace(cmd, params=params)
 
-    def _forget_expired(self, now: int) -> None:
-        """Forget the commands expired past the leeway (freshness refuses them now)."""
-        seen = self.state.seen
-        for cid in self._expiring.before(now - self.leeway_ns):
-            del seen[cid]
+
+_REPLAY_REASONS = {"id": Reason.REPLAYED_COMMAND_ID.value, "seq": Reason.REPLAYED_SEQ.value,
+                   "quota": "too_many_commands"}
 
 
 def _refused(env: SignedEnvelope, now: int, reason: str, detail: str, *,
