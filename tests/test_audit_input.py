@@ -182,6 +182,28 @@ def test_past_max_pending_a_chain_holds_its_oldest_records_and_a_checkpoint_atte
     assert att.state.chains["riskguard@a/p0"].held == 0
 
 
+def test_a_checkpoint_forgets_its_own_range_without_a_pass_over_every_record_held() -> None:
+    """Junk far ahead of a chain stays held (it counts toward the cap), but a checkpoint
+    forgets only the records of its own range: its cost is that range, not all that is
+    held."""
+
+    class NoScan(dict):  # type: ignore[type-arg]
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            raise AssertionError("a checkpoint scanned every record held")
+
+    items = _chain("riskguard@a/p0", A, ["d1", "d2"], every=2)
+    att = Attestor(KEYS)
+    att.on_item(items[0])
+    att.on_item(items[1])
+    for i in range(100, 1100):
+        att.on_item(_forged("riskguard@a/p0", i, f"junk{i}"))
+    tail = att.state.chains["riskguard@a/p0"]
+    tail.pending = NoScan(tail.pending)
+    out = att.on_item(items[2])
+    assert [x.index for x in out if isinstance(x, AuditRecord)] == [0, 1]
+    assert tail.held == len(tail.pending) == 1000 and min(tail.pending.keys()) == 100
+
+
 def test_forged_candidates_count_toward_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     """The cap counts every record held, forged ones claiming a place included: junk
     cannot make a chain hold its cap three times over."""

@@ -200,15 +200,16 @@ class Attestor:
         if cp.size < tail.size:
             self._count("stale_checkpoints")
             return []
-        options = [tail.pending.get(i, []) for i in range(tail.size, cp.size)]
+        start = tail.size
+        options = [tail.pending.get(i, []) for i in range(start, cp.size)]
         if any(not o for o in options):
             self._count("unattested", sum(len(o) for o in options))
             self.state.broken.setdefault(chain, f"records missing before the checkpoint at "
                                                 f"size {cp.size}")
-            self._drop(tail, cp.size)
+            self._drop(tail, start, cp.size)
             return []
         chosen = self._match(tail, options, cp.root)
-        self._drop(tail, cp.size)
+        self._drop(tail, start, cp.size)
         if chosen is None:
             self._count("unattested", sum(len(o) for o in options))
             self.state.broken.setdefault(chain, f"the records before the checkpoint at size "
@@ -249,9 +250,15 @@ class Attestor:
         return None
 
     @staticmethod
-    def _drop(tail: ChainTail, below: int) -> None:
-        for i in [i for i in tail.pending if i < below]:
-            tail.held -= len(tail.pending.pop(i))
+    def _drop(tail: ChainTail, start: int, below: int) -> None:
+        """Forget the records held at ``start`` (the verified size before the checkpoint;
+        none is held below it) up to ``below``: the checkpoint's range, not every index
+        held."""
+        pending = tail.pending
+        for i in range(start, below):
+            got = pending.pop(i, None)
+            if got is not None:
+                tail.held -= len(got)
 
     def snapshot(self) -> AttestState:
         st = self.state
