@@ -1,18 +1,10 @@
-"""Backtests: historical or generated records through the guard core, into files.
+"""Backtests: historical or generated records through the live flow's guard core
+(:func:`riskguard.dataflows.guard.guard_core`), written to JSONL files instead of topics.
 
-This is the *same* guard as the live flow: :func:`run_backtest` builds a
-dataflow whose input is a file replay (:class:`~riskguard.connectors.replay.ReplaySource`)
-or an in-memory list, feeds it to :func:`riskguard.dataflows.guard.guard_core`,
-and writes what comes out to JSONL files instead of topics. There is no
-second implementation of any guard logic here.
-
-Determinism: the run uses one worker, the input is replayed in event-time
-order as fast as possible, and the processing clock is an :class:`EventClock`
-advanced by a map step on the input (the event-time high-water mark of what
-the input has delivered so far). So ``issued_at`` / ``expires_at`` of every
-command are functions of the data, and Ed25519 signatures are deterministic:
-two runs over the same files give byte-identical command files and reports
-(apart from the ``run`` section, which holds wall-clock facts about the run).
+One worker, input replayed in event-time order, and an :class:`EventClock` as the
+processing clock: command times and Ed25519 signatures are functions of the data, so two
+runs over the same files give byte-identical outputs (apart from the report's ``run``
+section). See docs/backtests.md.
 
 >>> clock = EventClock()
 >>> rec = Trade(id="t", venue="v", instrument="i", ts=5, price=1.0, qty=1.0, side="buy")
@@ -72,8 +64,8 @@ NS = 1_000_000_000
 
 
 class EventClock(ManualClock):
-    """Processing clock of a backtest: the largest event time seen so far (by the step
-    reading it, where the engine says: :data:`~riskguard.operators.core.clock.step_event_time`)."""
+    """Processing clock of a backtest: the largest event time seen so far (or the reading
+    step's own, where the engine sets :data:`~riskguard.operators.core.clock.step_event_time`)."""
 
     def __call__(self) -> int:
         local = step_event_time.get()
@@ -151,26 +143,21 @@ def parse_labels(doc: Any, where: str = "labels") -> list[Label]:
     for i, item in enumerate(items):
         p = f"{where}.incidents[{i}]"
         if not isinstance(item, dict):
-            where = p
-            raise ConfigError(where, "an object with kind, scope, start, end", item)
+            raise ConfigError(p, "an object with kind, scope, start, end", item)
         check_known_keys(item, LabelKeys, p)
         for key in ("kind", "scope", "start", "end"):
             if key not in item:
-                where = f"{p}.{key}"
-                raise ConfigError(where, "a value (required)", None)
+                raise ConfigError(f"{p}.{key}", "a value (required)", None)
         start = time_ns_of(item["start"], f"{p}.start")
         end = time_ns_of(item["end"], f"{p}.end")
         if end < start:
-            where = f"{p}.end"
-            raise ConfigError(where, f"a time >= start ({start})", end)
+            raise ConfigError(f"{p}.end", f"a time >= start ({start})", end)
         out.append(Label(str(item["kind"]), str(item["scope"]), start, end))
     return sorted(out, key=lambda lab: (lab.start_ns, lab.kind, lab.scope))
 
 
 class IncidentKeys(TypedDict, total=False):
-    """The keys of an ``[[incident]]`` table: the five a label needs, and what the
-    real-data labels also record (the data's bar, the onset rule, a note), which a run
-    does not read."""
+    """The keys of an ``[[incident]]`` table (a run reads only the first five)."""
 
     file: str
     name: str
@@ -184,19 +171,15 @@ class IncidentKeys(TypedDict, total=False):
 
 def incident_labels(doc: Any, data: Sequence[str | Path], where: str = "labels",
                     ) -> tuple[list[Label], dict[str, str]]:
-    """Labels from an incidents document (``[[incident]]`` tables, as the real-data
-    labels are kept: ``file``, ``name``, ``series``, ``onset``, ``end``), for the
-    ``data`` files given; and each such file's instrument, the series it holds.
+    """Labels from an incidents document (``[[incident]]`` tables: ``file``, ``name``,
+    ``series``, ``onset``, ``end``) for the ``data`` files given, and the instrument of
+    each file labelled with a single series.
 
-    An incident labels the series of its ``file`` only when that file is among
-    ``data`` (matched by file name); the series is the word of ``series`` that names
-    one of the symbols in the file's rows
-    (:func:`~riskguard.connectors.formats.ohlcv.file_symbols`: ``"DVOL BTC"`` in an
-    OHLCV file of BTC and ETH rows is ``BTC``), else its first word (``"BTCUSDT bid
-    side"`` is ``BTCUSDT``), and its scope ``instrument:*/<series>``, or
-    ``instrument:<venue>/<symbol>`` for a series ``venue:symbol``. A file labelled
-    with one series replays as that instrument where its format names none; a file
-    of several series must name them in its rows (an OHLCV file's symbol column).
+    An incident counts only when its ``file`` is among ``data`` (by file name). Its series
+    is the word of ``series`` naming one of the file's row symbols
+    (:func:`~riskguard.connectors.formats.ohlcv.file_symbols`), else the first word; its
+    scope is ``instrument:*/<symbol>``, or ``instrument:<venue>/<symbol>`` for
+    ``venue:symbol``.
 
     >>> doc = {"incident": [{"file": "a.csv", "name": "crash", "series": "BTCUSD_PERP",
     ...     "onset": "2025-10-10T20:53:00Z", "end": "2025-10-11T00:00:00Z"},
@@ -227,9 +210,7 @@ def incident_labels(doc: Any, data: Sequence[str | Path], where: str = "labels",
             raise ConfigError(f"{p}.series", "a series name", item["series"])
         if path not in symbols_of:
             symbols_of[path] = file_symbols(path)
-        # the word that names one of the file's symbols ("DVOL BTC" in a file of BTC and
-        # ETH rows), else the first
-        named = symbols_of[path]
+        named = symbols_of[path]  # "DVOL BTC" in a file of BTC and ETH rows is BTC
         word = next((w for w in words if w.rpartition(":")[2] in named), words[0])
         venue, _, symbol = word.rpartition(":")
         if not symbol:
@@ -243,8 +224,7 @@ def incident_labels(doc: Any, data: Sequence[str | Path], where: str = "labels",
 
 
 def _incident_span(item: Any, p: str) -> tuple[int, int]:
-    """An ``[[incident]]`` table checked (known keys, each required one there): its
-    onset and end, in ns."""
+    """A checked ``[[incident]]`` table's onset and end, in ns."""
     if not isinstance(item, dict):
         raise ConfigError(p, "a table with file, name, series, onset, end", item)
     check_known_keys(item, IncidentKeys, p)
@@ -316,16 +296,13 @@ class JsonlSink(DynamicSink[Any]):
 class BacktestResult:
     """What one guard run over a finite input produced.
 
-    ``prices`` holds each market's price sampled at most once per ``price_every_ns``
-    (a trade's price, a quote's or book's mid, a bar's close, a funding or option record's
-    mark); ``ranges`` a bar's low and high beside its close (bars only). Both are bounded:
-    a market's series keeps at most :data:`MAX_PRICE_POINTS` (past that, every other
-    point goes and its sampling interval doubles), and the first
-    :data:`MAX_PRICED_MARKETS` markets are sampled. ``keys`` are the
-    markets of the input (``venue/instrument``, index prices aside). ``startup_s`` is the
-    wall time before the first record entered the flow, ``process_s`` the rest.
-    ``verified`` is each command's check against the trust file as an executor makes it
-    (``verified`` or the rejection), ``acks`` the executors' verified acks in the input.
+    ``prices``: each market's price (:func:`price_of`) sampled at most once per
+    ``price_every_ns``; ``ranges``: bars' low and high. A series keeps at most
+    :data:`MAX_PRICE_POINTS` (past that, every other point goes and its interval
+    doubles), for the first :data:`MAX_PRICED_MARKETS` markets. ``keys``: the input's
+    markets (``venue/instrument``, index prices aside). ``startup_s``: wall time before
+    the first record entered, ``process_s`` the rest. ``verified``: each command's check
+    against the trust file (``verified`` or the rejection).
     """
 
     commands: list[MitigationCommand] = field(default_factory=list)
@@ -360,8 +337,7 @@ class BacktestResult:
 
 def price_of(rec: Any) -> tuple[float, float, float] | None:
     """A market record's price as ``(close, low, high)`` (a bar's own range, else the
-    price three times), or None: a trade's price, a quote's or book's mid, an index
-    price, a bar's close, a funding record's or an option's mark.
+    price three times), or None for a record without a positive price.
 
     >>> price_of(Quote(id="q", venue="v", instrument="i", ts=1, bid=99.0, bid_size=1.0,
     ...                ask=101.0, ask_size=1.0))
@@ -390,8 +366,8 @@ MAX_PRICED_MARKETS = 1_000
 
 
 class _Tap:
-    """Input-side bookkeeping for the report: event count, span, markets, sampled prices
-    (and bars' ranges), and when the first record came in (the end of start-up)."""
+    """Input-side bookkeeping for the report: event count, span, markets, sampled prices,
+    and when the first record came in (the end of start-up)."""
 
     def __init__(self, res: BacktestResult, every_ns: int) -> None:
         self.res = res
@@ -505,13 +481,11 @@ def backtest_flow(
     watch: Any = None,
     until_ns: int | None = None,
 ) -> Dataflow:
-    """The backtest's dataflow, for either engine: the input step ``in`` (``records`` cut
-    into batches that never span two ticks, or ``files`` replayed in event time), the
-    event clock, the guard core, and an output step per name in :data:`OUTPUTS` (its sink
-    from ``sinks``; one not given is discarded). On Flink the input step is replaced by a
-    Flink source (:mod:`riskguard.flink`). ``watch`` is shown what the detectors are fed
-    (:class:`~riskguard.dataflows.readiness.DetectorWatch`); with ``until_ns`` the input
-    ends at that event time."""
+    """The backtest's dataflow, for either engine: input step ``in`` (``records`` in
+    batches that never span two ticks, or ``files`` replayed), the event clock, the guard
+    core, and an output step per name in :data:`OUTPUTS` (sink from ``sinks``, else
+    discarded). :mod:`riskguard.flink` replaces the input step. ``watch`` sees what the
+    detectors are fed; with ``until_ns`` the input ends at that event time."""
     _one_input(files, records)
     clock = EventClock()
     flow = Dataflow("riskguard_backtest")
@@ -566,18 +540,12 @@ def run_backtest(
 ) -> BacktestResult:
     """Run the guard core over ``files`` (replayed in event time) or ``records``.
 
-    With ``out_dir``, commands (signed envelopes), signals, utilizations,
-    audit records and dead letters are written there as JSONL
-    (``commands.jsonl``, ``signals.jsonl``, ``utilization.jsonl``,
-    ``audit.jsonl``, ``dead_letters.jsonl``). ``batch_size`` is the largest
-    input batch; a batch never spans two ticks (``tick_ns``) of event time, so
-    the event clock, which moves as a batch passes the clock step, is at most
-    one tick ahead of any record, and the commands do not depend on the batch
-    size. ``progress`` is called with each input record as it enters (a CLI's bar).
-    Every command is verified against the trust file as an executor verifies it, and
-    the result says which detectors could fire, from when
-    (:mod:`~riskguard.dataflows.readiness`; ``watch``: the one to fill, to read it at
-    other moments too). ``until_ns``: the input ends there.
+    With ``out_dir``, each of :data:`OUTPUTS` is written there as ``<name>.jsonl``.
+    A batch (at most ``batch_size``) never spans two ticks of event time, so the event
+    clock is at most one tick ahead of any record and the commands do not depend on the
+    batch size. ``progress`` is called with each input record. Every command is verified
+    as an executor verifies it; ``watch`` is the detector watch to fill (readiness,
+    :mod:`~riskguard.dataflows.readiness`). ``until_ns``: the input ends there.
     """
     _one_input(files, records)
     if signer is None or trust is None:
@@ -611,16 +579,14 @@ def run_backtest(
 
 
 def _timed(res: BacktestResult, t0: float, t1: float, first_in: float | None) -> None:
-    """The run's wall time, split at the first record's entry into start-up and
-    processing."""
+    """The run's wall time, split at the first record's entry."""
     first = first_in if first_in is not None else t1
     res.wall_s, res.startup_s, res.process_s = t1 - t0, first - t0, t1 - first
 
 
 def _checked(res: BacktestResult, envelopes: list[Any], trust: TrustStore, cfg: GuardConfig,
              watch: DetectorWatch) -> None:
-    """What a run adds once it is over: each command verified as an executor verifies
-    it, who was to acknowledge what, and which detectors could fire."""
+    """What a run adds once over: command checks, ack duties, readiness."""
     res.verified = verify_commands(envelopes, trust, cfg)
     res.ack_executors = tuple(cfg.playbook.acks.executors)
     res.ack_required = tuple(a.value for a in cfg.playbook.acks.require)
@@ -629,9 +595,8 @@ def _checked(res: BacktestResult, envelopes: list[Any], trust: TrustStore, cfg: 
 
 def verify_commands(envelopes: Sequence[Any], trust: TrustStore, cfg: GuardConfig,
                     ) -> dict[str, str]:
-    """Each signed command checked as an executor checks it (signature, key, rights,
-    audience, lifetime; :meth:`TrustStore.verify`), at its own issue time: command id ->
-    ``verified`` or the rejection's reason."""
+    """Each signed command checked as an executor checks it (:meth:`TrustStore.verify`)
+    at its own issue time: command id -> ``verified`` or ``REJECTED <reason>``."""
     audience = Audience(env=cfg.env, topic=cfg.topic("commands"))
     out: dict[str, str] = {}
     for env in envelopes:
@@ -663,10 +628,10 @@ def backtest_files(
 ) -> dict[str, Any]:
     """``riskguard backtest``: replay ``data`` through the guard, write the report.
 
-    ``config`` is a guard TOML path, or a config already loaded with its digest
-    (:func:`load_guard_config`). ``fmt``, ``market``, ``contract_size`` and ``measure``
-    say how to read the files (docs/formats.md). Returns the report dict (also written as
-    ``report.json`` and ``report.html``).
+    ``config``: a guard TOML path, or ``(config, digest)`` from :func:`load_guard_config`.
+    ``fmt``, ``market``, ``contract_size`` and ``measure`` say how to read the files
+    (docs/formats.md). Returns the report dict (also written as ``report.json`` and
+    ``report.html``).
     """
     from riskguard.dataflows.report import build_report, write_report  # noqa: PLC0415 (cycle)
 
@@ -699,8 +664,8 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_info(wall_s: float, n_events: int, startup_s: float = 0.0) -> dict[str, Any]:
-    """The only wall-clock facts in a report (excluded from determinism checks): the
-    events per second of processing, start-up (before the first event came in) aside."""
+    """The only wall-clock facts in a report (excluded from determinism checks); events
+    per second count processing time only."""
     process_s = max(wall_s - startup_s, 0.0)
     return {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "wall_s": round(wall_s, 3), "startup_s": round(startup_s, 3),

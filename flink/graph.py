@@ -1,11 +1,9 @@
 """A bytewax dataflow as its core steps: the one graph both engines run.
 
-riskguard builds every flow once, with bytewax's operators. Each operator is made of
-a handful of core steps (``input``, ``flat_map_batch``, ``branch``, ``merge``,
-``redistribute``, ``stateful_batch``, ``inspect_debug``, ``output``) that hold the
-flow's own functions and logic builders. The Flink adapters run those same steps, so
-neither the logic nor its wiring is written twice. This module only reads the graph;
-it does not import Flink.
+Every flow is built once, with bytewax's operators, each made of a few core steps
+(:data:`CORE_KINDS`) holding the flow's own functions and logic builders. The Flink
+adapters run those same steps, so neither logic nor wiring is written twice. This module
+does not import Flink.
 
 >>> import bytewax.operators as op
 >>> from bytewax.dataflow import Dataflow
@@ -47,8 +45,8 @@ class CoreStep:
 
     @property
     def name(self) -> str:
-        """The step's own name (the last part of its id): for inputs and outputs, what
-        a caller names to replace them."""
+        """The last part of the step id (what a caller names to replace an input or
+        output)."""
         return self.step_id.rsplit(".", 1)[-1]
 
 
@@ -89,9 +87,8 @@ def core_steps(flow: Dataflow) -> list[CoreStep]:
 @dataclass(frozen=True)
 class FlowRef:
     """How a worker builds the flow for itself: ``factory`` is ``"module:function"`` and
-    ``args`` its (picklable) arguments. A flow holds keys, sockets and closures that do
-    not travel; its reference does, and every worker process builds the flow once and
-    shares it between the steps it runs, as bytewax's workers of one process do.
+    ``args`` its (picklable) arguments. A flow holds keys and closures that do not travel;
+    its reference does, and each worker process builds the flow once for all its steps.
 
     >>> ref = FlowRef("riskguard.flink.graph:_doc_flow")
     >>> ref.steps()["doc.double.flat_map_batch"].kind

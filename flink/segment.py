@@ -1,12 +1,10 @@
 """A part of a flow run in one process, the way one bytewax worker runs it.
 
-:class:`Segment` takes some of a flow's core steps (:mod:`riskguard.flink.graph`) and
-runs a batch through all of them in build order: a map step calls its function once
-on the whole batch, a branch splits it, a merge joins its inputs in order, and a keyed
-step hands each key its share at once, keys in sorted order (as bytewax's
-``stateful_batch`` does, from a ``BTreeMap``). Nothing crosses a process or is
-serialized inside a segment; an engine calls it once per batch, and moves only what
-enters and leaves it. It does not import Flink, so it runs (and is tested) anywhere.
+:class:`Segment` runs a batch through some of a flow's core steps
+(:mod:`riskguard.flink.graph`) in build order: a map step calls its function once on
+the whole batch, a branch splits it, a merge joins its inputs in order, and a keyed step
+hands each key its share, keys in sorted order (as bytewax's ``stateful_batch`` does).
+Nothing inside a segment is serialized. It does not import Flink.
 
 >>> import bytewax.operators as op
 >>> from bytewax.dataflow import Dataflow
@@ -60,11 +58,9 @@ class _Keyed:
 class Segment:
     """Core steps run in process over batches (see the module docstring).
 
-    ``steps`` are in build order (each after the steps that make its inputs);
-    ``inputs`` maps a name to the stream id a batch given under that name feeds, and
-    ``outputs`` a stream id to the name its items leave under. ``state`` resumes the
-    keyed steps from a :meth:`snapshot`. ``worker`` is ``(index, count)``: what a
-    step that names its worker (event-time ticks) is told it runs as."""
+    ``steps`` are in build order; ``inputs`` maps an input name to the stream id it
+    feeds, ``outputs`` a stream id to the name its items leave under. ``state`` resumes
+    the keyed steps from a :meth:`snapshot`."""
 
     def __init__(self, steps: Sequence[CoreStep], inputs: Mapping[str, str],
                  outputs: Mapping[str, str], state: State | None = None) -> None:
@@ -85,8 +81,7 @@ class Segment:
 
     @classmethod
     def of(cls, steps: Sequence[CoreStep], state: State | None = None) -> Segment:
-        """A segment of a whole flow: its input steps are its inputs, its output steps
-        its outputs, by their names."""
+        """A segment of a whole flow, its input and output steps named as in the flow."""
         inner = [s for s in steps if s.kind not in ("input", "output")]
         inputs = {s.name: s.downs["down"] for s in steps if s.kind == "input"}
         outputs = {s.ups[0]: s.name for s in steps if s.kind == "output"}
@@ -225,18 +220,14 @@ _US = timedelta(microseconds=1)
 
 class KeyRunner:
     """One key's :class:`Segment` run a call at a time, as an engine's keyed operator
-    runs it: a tick of rows (packed, :func:`~riskguard.flink.wire.unpack_batch`) at the
-    event time its timed inputs have reached, or a look at the deadlines; each at the
-    wall-clock time the engine gives, against which deadlines are due and which a flow
-    built with :func:`~riskguard.operators.core.clock.call_clock` reads.
+    runs it: a packed tick of rows (:func:`~riskguard.flink.wire.unpack_batch`) or a look
+    at the deadlines, each at the wall-clock time the engine gives (what
+    :func:`~riskguard.operators.core.clock.call_clock` reads).
 
-    With ``log``, each call is also handed to it as bytes (its wall-clock time in whole
-    µs, as ``datetime`` holds it, and its tick), for the engine to keep beside the last
-    :meth:`snapshot`. :meth:`resume` makes those calls again as they ran, so a restored
-    key makes what the lost run made, a deadline that came due between two ticks
-    included (bytewax re-reads its input after a restore; here the input is the calls).
-    The event time each call starts from follows from the snapshot and the calls before
-    it, so it is not logged."""
+    With ``log``, each call is also handed to it as bytes (wall-clock µs and tick), for
+    the engine to keep beside the last :meth:`snapshot`; :meth:`resume` replays them, so
+    a restored key makes what the lost run made, deadlines between ticks included. Event
+    time follows from the snapshot and the calls, so it is not logged."""
 
     def __init__(self, segment: Segment, decoders: Decoders, timed: frozenset[str],
                  worker: tuple[int, int] = (0, 1), high: int = 0,
@@ -273,9 +264,8 @@ class KeyRunner:
                calls: Iterable[bytes], decoders: Decoders, timed: frozenset[str],
                worker: tuple[int, int] = (0, 1), log: Callable[[bytes], Any] | None = None,
                ) -> tuple[KeyRunner, list[tuple[str, Any]]]:
-        """A runner from a :meth:`snapshot` and the calls logged since, made again in
-        order (not logged again: the log holds them); what they made (again, with the
-        same ids). The runner logs its next calls to ``log``.
+        """A runner from a :meth:`snapshot` and the calls logged since, replayed in order
+        (not logged again), and what they made. The runner logs its next calls to ``log``.
 
         >>> import bytewax.operators as op
         >>> from bytewax.dataflow import Dataflow
@@ -310,8 +300,8 @@ class KeyRunner:
         return runner, out
 
     def _logged(self, now: datetime, packed: bytes | None) -> int:
-        """``now`` in whole µs; with a ``log``, the call (``packed``: None, a notify)
-        handed to it first, as :meth:`resume` takes it."""
+        """``now`` in whole µs; the call logged first, if there is a ``log`` (``packed``
+        None: a notify)."""
         at_us = (now - _EPOCH) // _US
         if self.log is not None:
             self.log(_CALL.encode((at_us, packed)))
@@ -334,8 +324,7 @@ class KeyRunner:
         claim_worker(*self.worker)
         high = self.high
         timed = self.timed
-        # the time the input has reached, not what crossed from a segment: a tick's rows
-        # come in event time order, so the last timed row has the tick's latest
+        # a tick's rows are in event-time order: the last timed row has its latest
         for i in range(len(rows) - 1, -1, -1):
             row = rows[i]
             if row[0] in timed:

@@ -1,21 +1,9 @@
-"""``riskguard run --config guard.toml``: run the guard dataflow in this process, and say
-what it is doing.
+"""``riskguard run --config guard.toml``: run the guard dataflow in this process, with a
+start line, status lines and a summary (docs/cli.md).
 
-Before anything runs, the config is decoded and checked, the signing key and
-trust file are loaded and Kafka is probed: any problem is one line on stderr
-and exit code 2. Then it prints a start line (config and its hash, Kafka,
-topics, signing key, recovery directory), a status line every
-``--status-every`` seconds (events in, dead letters, signals, commands and
-consumer lag, read from this process's own Prometheus metrics) and a summary
-when the dataflow ends.
-
-Exit codes: 0 the dataflow ended (its input went idle, ``input.idle_eof_s``);
-1 it stopped on an error (one line says which); 2 it could not start; 130
-interrupted (Ctrl-C or SIGTERM), after the summary.
-
-bytewax's own arguments go after ``--`` as for ``python -m bytewax.run``:
-``riskguard run --config guard.toml -- -r recovery/ -s 5 -b 30``. The guard is a
-one-worker dataflow (docs/scaling.md): bytewax's ``-w``, ``-i`` and ``-a`` are refused.
+Config, keys and Kafka are checked before anything runs (exit 2 on a problem).
+bytewax's own arguments go after ``--`` as for ``python -m bytewax.run``; the guard is a
+one-worker dataflow (docs/scaling.md), so ``-w``, ``-i`` and ``-a`` are refused.
 """
 
 from __future__ import annotations
@@ -40,8 +28,7 @@ from riskguard.config import no_rules_note
 from riskguard.connectors.topics import INPUT_STREAMS
 from riskguard.errors import AuditError, ConfigError, RiskguardError
 
-# The topics the guard writes, in the order the start line names them (after the topics
-# it reads, INPUT_STREAMS).
+# the topics the guard writes, in the start line's order
 WRITES = ("signals", "exposures", "commands", "audit", "dead_letters")
 
 
@@ -206,16 +193,14 @@ class Stopped(KeyboardInterrupt):
 @contextmanager
 def _stop_signals(received: list[int]) -> Iterator[None]:
     """SIGINT and SIGTERM interrupt the run, each noted in ``received``: an interrupt
-    that lands inside a C extension can come out as another exception (confluent-kafka
-    turns one into a TypeError while it reads its config), and the run still ended
-    because it was told to."""
+    inside a C extension can come out as another exception (confluent-kafka turns one
+    into a TypeError), and the run still ended because it was told to."""
 
     done = threading.Event()
     lock = threading.Lock()
 
     def nudge(signum: int) -> None:
-        # an interrupt a C extension swallowed (one raised inside a librdkafka callback is
-        # printed and dropped) is raised again until the run has ended
+        # librdkafka callbacks print and drop an interrupt: raise it again until the end
         while not done.wait(2.0):
             with lock:
                 if not done.is_set():
@@ -340,9 +325,8 @@ TRUST_MARK = "riskguard-trust-serial"
 
 def claim_trust_serial(folder: Path, serial: int) -> None:
     """Refuse a trust file older than the one the recovery store in ``folder`` last ran
-    on (a lower serial may list keys since revoked: a roll-back would trust them again);
-    else remember ``serial`` there, the highest seen. The subscriber keeps the same
-    rule in its state.
+    on (a lower serial may list keys since revoked); else remember ``serial`` there, the
+    highest seen.
 
     >>> import tempfile
     >>> d = Path(tempfile.mkdtemp())
@@ -379,9 +363,8 @@ def with_audit_origin(cfg: Any, origin: str) -> Any:
 
 
 def new_origin_note(config: Path, origin: str, today: str | None = None) -> str:
-    """What to do when the last checkpoint of the guard's audit chain does not verify
-    (signed by a key the trust file no longer trusts): the command that starts a new
-    chain origin, the old chain left as it is for the auditors.
+    """What to do when the last checkpoint of the guard's audit chain does not verify:
+    the command that starts a new chain origin, the old one left for the auditors.
 
     >>> new_origin_note(Path("g.toml"), "riskguard@a", "20261127").split(": ")[1]
     'riskguard run --config g.toml --audit-origin riskguard-20261127 (or set [audit] origin)'
@@ -411,8 +394,7 @@ def _start_line(cfg: Any, digest: str, config: Path, key_id: str, bw: BytewaxArg
 
 class FirstLast:
     """When this process's first event came in and when the count last moved: polls
-    ``read`` (the events-in count) every ``every_s`` from a daemon thread, so a run can say
-    how long it took to start, to process, and how long it then waited for more."""
+    ``read`` (the events-in count) every ``every_s`` from a daemon thread."""
 
     def __init__(self, read: Callable[[], float], every_s: float = 0.1,
                  clock: Callable[[], float] = time.perf_counter) -> None:
@@ -449,8 +431,7 @@ class FirstLast:
 
 
 def timing(started: float, ended: float, first: float | None, last: float | None) -> str:
-    """How a run's time went: start-up until its first event, then the events, then the
-    quiet before it ended.
+    """How a run's time went: start-up, events, then the quiet before it ended.
 
     >>> timing(0.0, 14.2, 10.0, 11.1)
     'start-up 10.0 s, events 1.1 s, then quiet 3.1 s'
@@ -526,8 +507,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _serve(flow: Any, bw: Any, started: Callable[[], Any]) -> tuple[str, int]:
-    """Run ``flow`` on bytewax in this process (``started`` once the signals are set),
-    until it ends or is stopped; how it ended, and the exit code."""
+    """Run ``flow`` on bytewax in this process (``started`` once the signals are set);
+    how it ended, and the exit code."""
     from bytewax.recovery import RecoveryConfig  # noqa: PLC0415
     from bytewax.run import cli_main  # noqa: PLC0415  (what python -m bytewax.run calls)
 
@@ -560,8 +541,7 @@ def _end(out: TextIO, counts: Counts, how: str, started: float, first_last: Firs
 
 
 def _starting(out: TextIO, start_line: str, cfg: Any, notes: list[str]) -> None:
-    """The start line, then what the start noted (a playbook without rules, what the
-    signing key may not sign), one line each."""
+    """The start line, then what the start noted, one line each."""
     from riskguard.cli import one_line  # noqa: PLC0415  (imports this module)
 
     out.write(start_line + "\n")
@@ -574,10 +554,9 @@ def _starting(out: TextIO, start_line: str, cfg: Any, notes: list[str]) -> None:
 
 def _load(config: Path, audit_origin: str | None = None
           ) -> tuple[Any, str, Any, Any, list[str]]:
-    """The guard config and its hash, then its signing key and trust store, the key
-    checked against the trust file and the playbook (:func:`check_grants`: what fails
-    closed comes back as notes); an error names what to fix in ``config``, before
-    anything starts. ``audit_origin``: write the audit chains under this origin."""
+    """The guard config, its hash, signing key, trust store and the notes of
+    :func:`check_grants`; an error names what to fix in ``config``. ``audit_origin``:
+    write the audit chains under this origin."""
     from riskguard.dataflows.guard import (  # noqa: PLC0415
         check_grants,
         load_guard_config,
@@ -605,8 +584,7 @@ def _load(config: Path, audit_origin: str | None = None
 
 def _build(config: Path, cfg: Any, digest: str, signer: Any, trust: Any, watch: Any,
            notes: list[str]) -> Any:
-    """The live dataflow; what starting it notes goes to ``notes``. A last audit checkpoint
-    that does not verify names the command that starts a new audit origin."""
+    """The live dataflow; what starting it notes goes to ``notes``."""
     from riskguard.dataflows.guard import build_flow  # noqa: PLC0415
 
     try:
@@ -619,8 +597,8 @@ def _build(config: Path, cfg: Any, digest: str, signer: Any, trust: Any, watch: 
 
 
 def _stopped_by(err: Exception, received: list[int], *, debug: bool) -> tuple[str, int]:
-    """How the dataflow ended when it raised ``err``, and the exit code: an interrupt
-    bytewax wrapped (or a C extension replaced), or an error, said on stderr."""
+    """How the dataflow ended when it raised ``err`` (an interrupt bytewax wrapped, or an
+    error, said on stderr), and the exit code."""
     from riskguard.cli import one_line  # noqa: PLC0415  (imports this module)
 
     cause = _innermost(err)
@@ -654,8 +632,8 @@ def flink_python() -> str:
 def _run_on_flink(python: str, config: Path, job_args: list[str], cfg: Any, digest: str,
                   key_id: str) -> int:
     """The guard as a Flink job (``python -m riskguard.flink.guard``) in a child process,
-    with a start line, a summary and the same exit codes. The counts are the job's own
-    (Flink's metrics), not this process's, so there are no status lines."""
+    with a start line, a summary and the same exit codes; no status lines (the counts are
+    the job's Flink metrics)."""
     import subprocess  # noqa: PLC0415
 
     out = sys.stdout

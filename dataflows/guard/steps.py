@@ -66,15 +66,10 @@ _DETECTION_ONLY = (Bar, BookDepth, PremiumIndexBar, OpenInterest)
 
 
 class MarkFilter:
-    """Per worker: pass a price to exposure valuation when it moved or aged enough.
-
-    Exposure is keyed by instrument, not ``venue/instrument``, so every price
-    it sees crosses workers a second time. A price passes when the
-    instrument's last forwarded price (from the same venue and record type)
-    is ``min_interval_ns`` old in event time, or when it moved by at least
-    ``move_bps``, so the mark is never staler than ``min_interval_ns`` and big
-    moves pass at once. ``min_interval_ns=0`` forwards every price. Not
-    snapshotted: after a restart the first price of each instrument passes.
+    """Per worker: pass a price to exposure valuation (keyed by instrument, so each price
+    crosses workers again) when the last one forwarded from the same venue and record type
+    is ``min_interval_ns`` old in event time or it moved by ``move_bps``. ``0`` forwards
+    every price. Not snapshotted: after a restart each instrument's first price passes.
 
     >>> f = MarkFilter(1_000, 5.0)
     >>> from riskguard.schemas import Trade
@@ -95,8 +90,8 @@ class MarkFilter:
         return bool(self.passed([rec]))
 
     def passed(self, recs: list[Any]) -> list[Any]:
-        """The records of a batch that pass, in order (one dataflow call per batch, one
-        inlined loop: a method call per record cost a third of it)."""
+        """The records of a batch that pass, in order (one inlined loop: a method call
+        per record cost a third of it)."""
         interval = self.min_interval_ns
         if interval <= 0:
             return recs
@@ -124,8 +119,8 @@ class MarkFilter:
 def split_inputs(records: Stream[Record]) -> tuple[Stream[MarketEvent], Stream[Record],
                                                   Stream[VenueStatus], Stream[TradingRecord]]:
     """``(market data, everything else, heartbeats, trading records)`` of the decoded
-    input. Market data is most of it: split off first, so the other filters see only
-    the rest (one comprehension per batch each, not bytewax's per-item predicate)."""
+    input. Market data, most of it, is split off first so the other filters see only the
+    rest."""
     market = op.flat_map_batch("market", records, _market_records)
     rest = op.flat_map_batch("not_market", records,
                              lambda rs: [r for r in rs if not isinstance(r, MARKET)])
@@ -144,16 +139,12 @@ def _status_records(recs: list[Any]) -> list[Any]:
 
 
 def tick_fn(tick_ns: int, source: str | None = None, of: int = 0) -> Any:
-    """A Tick each time the records' event time crosses a new ``tick_ns`` boundary, named
-    ``source`` (default: this process) and announcing ``of`` tick sources in all (the firm
-    process: itself and each market process; 0: unknown, as in a replay, which holds for
-    none). Consumers take the minimum over sources (a watermark), and hold time until all
-    of them have ticked. Where an engine runs the
-    step in several tasks (:data:`~riskguard.operators.core.clock.engine_task`), each
-    task names its own ticks and announces how many tasks tick.
-
-    Takes a whole batch (one dataflow call per batch, not per record) and returns its
-    ticks, in order."""
+    """A batch function: a Tick each time the records' event time crosses a new
+    ``tick_ns`` boundary, named ``source`` (default: this process) and announcing ``of``
+    tick sources in all (0: unknown, as in a replay). Consumers take the minimum over
+    sources and hold time until all have ticked. Where an engine runs the step in several
+    tasks (:data:`~riskguard.operators.core.clock.engine_task`), each task ticks as its
+    own source."""
     process = f"{socket.gethostname()}/{os.getpid()}"
     name = source if source is not None else process
     last: dict[tuple[int, int] | None, int] = {}
@@ -189,8 +180,6 @@ def unhandled_letter(rec: Any) -> DeadLetter:
     )
 
 
-
-
 def select_feeds(market: Stream[MarketEvent], status: Stream[VenueStatus], cfg: GuardConfig,
                   local_keys: Callable[[str], bool] | None) -> Stream[MarketEvent]:
     """Feed selection (primary/backup failover) on the features' key (venue/instrument),
@@ -212,8 +201,7 @@ def select_feeds(market: Stream[MarketEvent], status: Stream[VenueStatus], cfg: 
             out.append((key, rec))
         return out
 
-    # Per-record steps on the market path run as one call per batch (flat_map_batch):
-    # bytewax's per-item filter and map pay a call per record and step.
+    # per-batch steps on the market path: bytewax's filter and map pay a call per record
     keyed = op.flat_map_batch("feed_key", op.merge("feed_in", market, status), feed_keys)
     return op.flat_map_batch(
         "feed_unkey",
@@ -241,14 +229,12 @@ def detect_on(feat_market: Stream[MarketEvent], status: Stream[VenueStatus],
                watch: Any = None,
                ) -> tuple[Stream[AnomalySignal], list[Stream[DeadLetter]]]:
     """Features and anomaly detection on ``feat_market``; with ``read`` (every market
-    record, as read), the cross-market check too (its ticks announce ``tick_sources``).
-    A market process sees only its own markets, so it passes no ``read``: a group split
-    between processes is not compared. ``watch`` (a
-    :class:`~riskguard.dataflows.readiness.DetectorWatch`) is shown every feature vector
-    and market record the detectors get."""
+    record, as read), the cross-market check too (its ticks announce ``tick_sources``; a
+    market process passes none). ``watch`` (a
+    :class:`~riskguard.dataflows.readiness.DetectorWatch`) sees what the detectors get."""
     feats = extract_features("features", op.merge("feat_in", feat_market, status),
                              config=cfg.features, clock=clock, local_keys=local_keys)
-    if watch is not None:  # what the detectors are fed (nothing flows on from here)
+    if watch is not None:  # nothing flows on from these steps
         op.flat_map_batch("watch_vectors", feats.oks, lambda kvs: _watched(
             watch.vector, (fv for _k, fv in kvs)))
         op.flat_map_batch("watch_markets", read if read is not None else feat_market,
@@ -271,8 +257,7 @@ def _watched(see: Callable[[Any], None], items: Any) -> list[Any]:
 
 def market_ticks(processes: int) -> Any:
     """The firm process: each :class:`~riskguard.schemas.DetectProgress` as a Tick from its
-    market process, counted among all the tick sources (the firm's own, and each market
-    process's), like its own ticks."""
+    market process, among ``1 + processes`` tick sources."""
 
     def ticks(recs: list[Any]) -> list[Tick]:
         return [Tick(ts=r.ts, source=r.source, of=1 + processes)
@@ -284,16 +269,13 @@ def market_ticks(processes: int) -> Any:
 class FirmClock:
     """The firm process's own ticks, held at the slowest market process's progress.
 
-    Each step of the firm takes the minimum over its tick sources, and stops waiting for
-    one silent for :data:`~riskguard.operators.core.clock.TICK_IDLE_NS`. A market process
-    that is restarting (killed, then resumed from its recovery snapshot) is silent longer
-    than that, and the firm's own ticks would carry its clock past signals the market
-    process has yet to send again: in a replay, minutes of event time. Held to every
-    market process heard from within ``wait_ns`` of processing time, a restart shorter
-    than that leaves the firm's outputs as if nothing had stopped. One silent for longer
-    holds nothing back: the firm must go on valuing fills and enforcing limits. Progress
-    from a source that is not one of ``sources`` (the market processes' names) is passed
-    over: the detections topic's records do not pass admission.
+    The firm's steps stop waiting for a source silent for
+    :data:`~riskguard.operators.core.clock.TICK_IDLE_NS`, so a restarting market process
+    would let the firm's own ticks run past signals it has yet to resend. Held to every
+    market process heard from within ``wait_ns`` of processing time, a shorter restart
+    leaves the firm's outputs unchanged; one silent for longer holds nothing back (the
+    firm must go on valuing fills and enforcing limits). Progress from a source not in
+    ``sources`` is ignored: the detections topic's records do not pass admission.
 
     >>> clock = FirmClock(("m0", "m1"), wait_ns=100, clock=lambda: now)
     >>> now = 0
@@ -363,13 +345,9 @@ def _signals_in(recs: list[Any]) -> list[tuple[str, Any]]:
 
 def market_parts(detected: Stream[Detection], ticks: Stream[Tick], cfg: GuardConfig
                  ) -> Stream[Part | Progress]:
-    """The firm process: the parts and progress of the market processes' valuations, each
-    record's parts before its progress, and its own ticks as progress too.
-
-    Its own ticks carry time on when every market process has gone quiet (a source
-    silent for ``TICK_IDLE_NS`` stops holding time back), as the ticks of one whole
-    guard do: it has no parts, so its progress holds nothing back while market
-    processes' progress lags it."""
+    """The firm process: the parts and progress of the market processes' valuations (each
+    record's parts before its progress), and its own ticks as progress too, which carry
+    time on when every market process has gone quiet."""
     processes = cfg.tier.market_processes
     market_sources = processes * cfg.exposure.valuation_shards
 
@@ -392,9 +370,8 @@ def market_parts(detected: Stream[Detection], ticks: Stream[Tick], cfg: GuardCon
 
 def first_of_each_id(detected: Stream[Detection], keep: int
                      ) -> Stream[AnomalySignal | RiskAlert]:
-    """The firm process's anomaly signals (and the market processes' stage-1 alerts), each
-    id once: a market process that resumed from its snapshot sends the signals made
-    after it again (:mod:`riskguard.operators.core.dedup`)."""
+    """The firm process's anomaly signals and stage-1 alerts, each id once: a market
+    process resumed from its snapshot resends the signals made after it."""
     signals = op.flat_map_batch("anomaly_in", detected, _signals_in)
     return op.flat_map_batch(
         "anomalies", stateful_logic("anomaly_ids", signals,
@@ -404,8 +381,7 @@ def first_of_each_id(detected: Stream[Detection], keep: int
 
 def progress_records(ticks: list[Tick], name: str) -> list[DetectProgress]:
     """A market process: each of its ticks as a :class:`~riskguard.schemas.DetectProgress`
-    from ``name`` (the same name after a restart, so the firm process goes on waiting
-    for it, not for a new source)."""
+    from ``name`` (kept across restarts, so the firm waits for the same source)."""
     return [DetectProgress(ts=t.ts, source=name) for t in ticks]
 
 
@@ -424,9 +400,8 @@ def monitor_builder(fcfg: FeedConfig, clock: Clock) -> Any:
 
 
 class _PerVenue:
-    """Builds a feed logic for its key's venue, learned from the first record it gets
-    (bytewax builders do not see the key). A tick before any venue record is dropped:
-    there is no venue yet to advance."""
+    """Builds a feed logic for its key's venue, learned from the first record (bytewax
+    builders do not see the key); ticks before it are dropped."""
 
     def __init__(self, cls: Any, fcfg: FeedConfig, state: Any) -> None:
         self.cls = cls
