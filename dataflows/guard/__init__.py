@@ -1,16 +1,5 @@
-"""The reference guard dataflow: raw feeds in, signed mitigation commands out.
-
-Wiring (:func:`guard_core`, in :mod:`~riskguard.dataflows.guard.core`)::
-
-    Kafka (market, venue_status, fills, positions, balances, limit_updates)
-      -> decode (bad records -> dead-letter topic)
-      -> feed selection (primary/backup failover)   keyed venue/instrument
-      -> features -> anomalies                      same key: no extra exchange
-      -> exposures -> limits (signed limit updates verified against the trust file)
-      -> playbook (one key: global state, rare signals; its clock is the
-         event-time ticks as the exposure path passes them on)
-      -> sign -> commands topic
-      -> audit log with signed checkpoints -> audit topic
+"""The reference guard dataflow: raw feeds in, signed mitigation commands out (the
+wiring: :mod:`~riskguard.dataflows.guard.core`).
 
 Run it with ``riskguard run --config guard.toml`` or
 ``RISKGUARD_CONFIG=guard.toml python -m bytewax.run riskguard.dataflows.guard``

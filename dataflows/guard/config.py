@@ -201,13 +201,10 @@ ordinal (``ops/k8s/entrypoint.sh``), so they share one config file."""
 
 
 def load_guard_config(path: str | Path) -> tuple[GuardConfig, str]:
-    """Decode and validate the guard config; returns it and its hash: of everything that
-    decides, all but ``[keys]``, ``[replica]`` and ``[kafka]``, so replicas of one guard
-    share it.
-
-    ``$RISKGUARD_TIER_INDEX``, when set, overrides ``tier.index`` (a market process's
-    index from its pod's ordinal). An error that needs a value (a missing key) says how
-    the example config sets it."""
+    """Decode and validate the guard config; returns it and its hash (of all but
+    ``[keys]``, ``[replica]`` and ``[kafka]``, so replicas of one guard share it).
+    :data:`TIER_INDEX_ENV` and :data:`REPLICA_ID_ENV` override their keys. An error
+    for a missing value notes how the example config sets it."""
     try:
         return _load_guard_config(path)
     except ConfigError as err:
@@ -216,8 +213,8 @@ def load_guard_config(path: str | Path) -> tuple[GuardConfig, str]:
 
 
 def with_example(err: ConfigError) -> ConfigError:
-    """``err`` with a note saying where and how the example configs set the key it names,
-    when it needs a value and does not give one itself.
+    """``err`` with a note on how the example configs set the key it names, when it
+    lacks a value and has no example yet.
 
     >>> str(with_example(ConfigError("keys.signing_key", "is required")).__notes__[0])
     'e.g. [keys] signing_key = "keys/guard.key"'
@@ -280,8 +277,8 @@ def _load(data: dict[str, object], base: Path) -> tuple[GuardConfig, str]:
 
 
 def _check_tier(cfg: GuardConfig) -> None:
-    """A market process's index and the owners name market processes that exist, and its
-    index sources have no feed failover pair; the firm process aligns its input."""
+    """Tier checks: market indexes exist, index sources have no failover pair, the firm
+    aligns its input."""
     tier = cfg.tier
     if tier.role == "firm" and cfg.input.align_skew_s is None:
         raise ConfigError("input.align_skew_s", "a number of seconds for the firm process "
@@ -327,8 +324,6 @@ def _price_sources(cfg: GuardConfig) -> tuple[str, ...]:
     return (*cfg.features.index_sources, *cfg.features.oracle_sources)
 
 
-
-
 def load_keys(cfg: GuardConfig) -> tuple[Signer, TrustStore]:
     """Load the signing key and the root-verified trust file named in ``[keys]``."""
     signer = Signer.from_file(cfg.keys.signing_key, issuer=cfg.keys.issuer)
@@ -338,11 +333,10 @@ def load_keys(cfg: GuardConfig) -> tuple[Signer, TrustStore]:
 
 def check_grants(cfg: GuardConfig, signer: Signer, trust: TrustStore,
                  now_ns: int) -> list[str]:
-    """Refuse to start a guard whose trust file does not let its key sign what its
-    playbook issues (:func:`~riskguard.operators.mitigation.preflight.preflight`): one
-    ``TrustError`` line naming the rule and the missing grant. A market process signs no
-    command and is not checked. Returns what fails closed only (an automatic
-    resume or the playbook's own alert the key may not sign), one line each, to show."""
+    """Raise ``TrustError`` when the trust file does not let the guard's key sign what its
+    playbook issues (:func:`~riskguard.operators.mitigation.preflight.preflight`); return
+    warnings, one line each, for what only fails closed. Market processes sign nothing
+    and are not checked."""
     if cfg.tier.role not in ("whole", "firm"):
         return []
     problem = preflight(trust, signer.key_id, cfg.playbook, now_ns=now_ns)
@@ -358,15 +352,11 @@ def check_grants(cfg: GuardConfig, signer: Signer, trust: TrustStore,
 def apply_gc_policy(cfg: GuardConfig) -> None:
     """Tune Python's cyclic garbage collector for the guard process.
 
-    With Python's default youngest-generation threshold (700 allocations) the
-    records in flight are alive at nearly every collection, so they are promoted
-    to the oldest generation by the hundred thousand, and that triggers a full
-    collection about once a second: each one scans the whole heap (River models,
-    exposure and limit state) and stops the guard for tens of ms
-    (``bench/guard_latency.py`` measures it with ``gc.callbacks``). Collecting the
-    youngest generation every ``gc_gen0_threshold`` allocations instead lets
-    in-flight records die young, so full collections become rare. What exists at
-    start-up (modules, config, compiled schemas) is frozen out of every collection.
+    At Python's default threshold (700) in-flight records survive into the oldest
+    generation, causing full-heap collections about once a second that pause the guard
+    (``bench/guard_latency.py``). A gen-0 collection every ``gc_gen0_threshold``
+    allocations lets them die young. What exists at start-up is frozen out of every
+    collection.
 
     >>> import gc
     >>> before = gc.get_threshold()

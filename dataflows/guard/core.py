@@ -123,10 +123,8 @@ def _signed_inputs(records: Stream[Record], cfg: GuardConfig, trust: TrustStore,
     updates = op.flat_map_batch("updates", records, lambda rs: [
         r for r in rs if isinstance(r, SignedEnvelope)
         and r.payload_type not in (PAYLOAD_COMMAND, PAYLOAD_ACK)])
-    # Executors' acks (the acks topic), verified against the trust file: the playbook
-    # learns which commands were applied, and escalates what was not.
-    # Each ack counts once (its executor's seq), and only about a guard replica's command:
-    # the replay state is keyed on one key and snapshotted.
+    # executors' acks, verified: the playbook escalates what was not applied; each counts
+    # once (its executor's seq; the replay state is one snapshotted key)
     ack_envs = op.flat_map_batch("acks", records, lambda rs: [
         (ACKS_KEY, r) for r in rs
         if isinstance(r, SignedEnvelope) and r.payload_type == PAYLOAD_ACK])
@@ -135,10 +133,8 @@ def _signed_inputs(records: Stream[Record], cfg: GuardConfig, trust: TrustStore,
             "verify_ack", ack_envs, lambda state: AckLogic(
                 trust, env=cfg.env, topic=cfg.topic("acks"), clock=clock, state=state)),
         values_of))
-    # Operator commands (a resume) come signed, on the limit-updates topic; they reach the
-    # playbook only once verified against the trust file, with their approvals counted
-    # from the signatures. A bare command record is refused: nothing unsigned acts.
-    # Each acts once: the replay state is keyed on one key and snapshotted.
+    # operator commands (a resume) reach the playbook only verified, approvals counted
+    # from the signatures; each acts once (the replay state is one snapshotted key)
     operator_cmds = op.flat_map_batch("operator_cmds", records, lambda rs: [
         (OPERATOR_COMMANDS_KEY, r) for r in rs
         if isinstance(r, SignedEnvelope) and r.payload_type == PAYLOAD_COMMAND])
@@ -181,9 +177,8 @@ def _detect_and_value(market: Stream[MarketEvent], status: Stream[VenueStatus],
                       wall_clock: Clock | None, tick_sources: int,
                       step_errs: list[Stream[DeadLetter]], watch: Any = None,
                       ) -> DetectedAndValued:
-    """A process that reads market and trading data: its anomalies (on the selected
-    feeds), exposures, exposure alerts and progress; the steps' dead letters join
-    ``step_errs``. ``watch`` is shown what the detectors are fed."""
+    """A process that reads market and trading data: its anomalies, exposures, exposure
+    alerts and progress; the steps' dead letters join ``step_errs``."""
     market_ok = select_feeds(market, status, cfg, None)
     anomalies, detect_errs = detect_on(market_ok, status, cfg, clock, None, read=market,
                                         tick_sources=tick_sources, watch=watch)
@@ -205,20 +200,17 @@ def _clock_of(records: Stream[Record], cfg: GuardConfig, clock: Clock, tick_sour
     processes = cfg.tier.market_processes
     detected_in: Stream[Detection] | None = None
     if firm:
-        # the market processes' signals, parts and progress (the detections topic) go
-        # their own way
         detected_in = op.flat_map_batch("detected", records,
                                         lambda rs: [r for r in rs if isinstance(r, DETECTED)])
         records = op.flat_map_batch("not_detected", records,
                                     lambda rs: [r for r in rs if not isinstance(r, DETECTED)])
-    # Event-time progress from every record (not only market data: fills during a market
-    # data outage must still be valued).
+    # ticks from every record: fills during a market-data outage must still be valued
     ticks = own_ticks = op.flat_map_batch(
         "ticks", records, tick_fn(cfg.tick_ns,
                                    of=tick_sources + processes if firm else tick_sources))
     if detected_in is not None:
-        # the firm's own ticks wait for a restarting market process (FirmClock), and each
-        # market process is one more tick source: time holds until it has passed
+        # the firm's own ticks wait for a restarting market process; each market process
+        # is one more tick source
         own_ticks = op.flat_map_batch(
             "firm_clock", op.merge("firm_clock_in", own_ticks, detected_in),
             FirmClock([market_source(i) for i in range(processes)],
@@ -249,17 +241,13 @@ def guard_core(
     files, generators): the single implementation of the guard logic.
 
     ``seq_floor``: the highest seq already delivered; ``audit_resume``: each audit
-    chain's state on the topic (:func:`~riskguard.connectors.audit_tail.read_chain_states`);
-    ``wall_clock`` (live runs only) lets a fill's re-valuation boundary pass by wall time
-    (:func:`~riskguard.operators.exposure.ops.aggregate_exposure`). The market tier's firm
-    process (``tier.role = "firm"``) sums the market processes' valuation parts and takes
-    their anomaly signals. ``tick_sources``: the event-time sources its own ticks count
-    (1 live, 0 unknown in a replay). ``input_errs``: the source's dead letters, audited
-    and passed on with the guard's own. ``watch``
-    (:class:`~riskguard.dataflows.readiness.DetectorWatch`) is shown what the detectors
-    are fed.
+    chain's state (:func:`~riskguard.connectors.audit_tail.read_chain_states`);
+    ``wall_clock`` (live only) lets a fill's re-valuation boundary pass by wall time.
+    With ``tier.role = "firm"`` it sums the market processes' parts and takes their
+    signals. ``tick_sources``: the sources its own ticks count (1 live, 0 in a replay).
+    ``input_errs``: the source's dead letters, audited and passed on. ``watch``
+    (:class:`~riskguard.dataflows.readiness.DetectorWatch`) sees what the detectors get.
     """
-    # names past an [admission] cap go no further than the door
     admitted = admit_keys("admit", records, cfg=cfg, clock=clock)
     records, detected_in, ticks, own_ticks = _clock_of(admitted.oks, cfg, clock, tick_sources)
     market, records, status, trading = split_inputs(records)
@@ -292,10 +280,9 @@ def _signals(anomalies: Stream[AnomalySignal | RiskAlert], exposure_alerts: Stre
              feed_alerts: Stream[RiskAlert], admission_alerts: Stream[RiskAlert],
              limits: LimitsOut,
              ) -> tuple[Stream[AnomalySignal | RiskAlert | LimitBreach], Stream[PlaybookInput]]:
-    """Every signal (observed: the guard's output and the audit's input), and the
-    playbook's input: the same signals, with the limits' breaches and alerts in one
-    stream with their ticks (``LimitsOut.clocked``), in the order each limits key made
-    them."""
+    """Every signal (the guard's output and the audit's input), and the playbook's
+    input: the same, with the limits' breaches and alerts in order with their ticks
+    (``LimitsOut.clocked``)."""
     signals = op.flat_map_batch("observe_signals", op.merge(
         "signals", anomalies, exposure_alerts, limits.breaches, limits.alerts, feed_alerts,
         admission_alerts), observe_all)
@@ -313,12 +300,9 @@ def _decide(signals: Stream[AnomalySignal | RiskAlert | LimitBreach],
             ) -> tuple[Stream[SignedEnvelope], Stream[DeadLetter],
                        Stream[AuditRecord | AuditCheckpoint]]:
     """The playbook, signing and the audit log: the signed commands, every dead letter
-    (the playbook's and the signer's between ``errs_before`` and ``errs_after``) and the
-    audit records of the signals, commands, acks and dead letters."""
-    # The playbook's clock: the ticks as the exposure path passes them on (valuation,
-    # counterparty, firm, limits), not as the sources make them. In a backlog that path's
-    # queues are the longest, and a breach must not reach the playbook after time has
-    # moved past it: ``to_playbook`` carries the limits' breaches and ticks in one stream.
+    and the audit records."""
+    # the playbook's clock is the ticks as the exposure path passes them on: in a backlog
+    # its queues are longest, and a breach must not arrive after time has moved past it
     planned = plan_mitigation(
         "playbook", op.merge("playbook_in", to_playbook, manual, acks),
         config=cfg.playbook, clock=clock, wall_clock=wall_clock,
@@ -336,9 +320,8 @@ def _decide(signals: Stream[AnomalySignal | RiskAlert | LimitBreach],
 def _from_market_processes(detected_in: Stream[Detection], own_ticks: Stream[Tick],
                            cfg: GuardConfig, clock: Clock,
                            ) -> DetectedAndValued:
-    """The firm process: the market processes' anomalies (each id once), the exposures,
-    exposure alerts and progress summed from their valuation parts, and an alert for
-    each market process gone silent (and back)."""
+    """The firm process: the market processes' anomalies (each id once), exposures,
+    alerts and progress summed from their parts, and silent-process alerts."""
     anomalies = first_of_each_id(detected_in, cfg.tier.recent_ids)
     summed = sum_exposures("exposure", market_parts(detected_in, own_ticks, cfg),
                            config=cfg.exposure)

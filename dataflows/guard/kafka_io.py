@@ -43,9 +43,8 @@ def guard_input(flow: Dataflow, cfg: GuardConfig, streams: tuple[str, ...], cloc
     )
     align = None
     if inp.align_skew_s is not None:
-        # the firm process applies the market processes' valuations in step with each
-        # other (it sums their parts), not as fast as each process wrote them, and reads
-        # on after a market process that went quiet for as long as it may take to restart
+        # the firm sums the market processes' parts: it reads them in step, and waits
+        # for a quiet one as long as a restart may take
         firm = cfg.tier.role == "firm"
         align = Alignment(inp.align_skew_s, progress_topics=(
             {cfg.topic(DETECTIONS): cfg.tier.market_processes} if firm else {}),
@@ -68,8 +67,7 @@ def guard_input(flow: Dataflow, cfg: GuardConfig, streams: tuple[str, ...], cloc
 
 def _acks_input(flow: Dataflow, cfg: GuardConfig, clock: Clock) -> SplitOut[Any]:
     """Executors' signed acks, a source of their own: they carry the executor's time, not
-    event time, so they are neither time-checked nor ticked. An ack that cannot be read
-    is a dead letter like any other input's."""
+    event time, so they are neither time-checked nor ticked."""
     acks = cfg.topic("acks")
     items = op.input("acks_input", flow, KafkaInput(
         cfg.kafka, [acks], starting_offset=cfg.input.starting_offset,
@@ -81,8 +79,7 @@ def _acks_input(flow: Dataflow, cfg: GuardConfig, clock: Clock) -> SplitOut[Any]
 
 def exposures_key(rec: Any) -> str:
     """The exposures topic's Kafka key: a counterparty's exposures (``*``: the firm's)
-    and one limit's utilizations (its path) each keep one partition, in order. Without
-    it they had no key (they carry no id) and were spread over the partitions.
+    and one limit's utilizations (its path) each keep one partition, in order.
 
     >>> exposures_key(Exposure(counterparty="okx", ts=1, gross_notional=1.0,
     ...                        net_notional=1.0))

@@ -60,11 +60,9 @@ def build_flow(
     on_note: Callable[[str], None] | None = None,
 ) -> Dataflow:
     """The live guard: Kafka topics in, the guard core, Kafka topics out. ``watch`` (a
-    :class:`~riskguard.dataflows.readiness.DetectorWatch`) is shown what this process's
-    detectors are fed (the whole guard only). ``on_note`` is told what start-up found
-    that does not stop it (garbage on the audit topic, a peer replica's chain that cannot
-    be verified: that one is also a critical ``replica_unverified`` alert on the signals
-    topic)."""
+    :class:`~riskguard.dataflows.readiness.DetectorWatch`) sees what the detectors are fed
+    (whole guard only). ``on_note`` is told what start-up found that does not stop it
+    (:func:`report_audit_tail`)."""
     configure(ObserveConfig(option_instruments=frozenset(
         n for n, spec in cfg.exposure.instruments.instruments.items() if spec.kind == "option"
     )))
@@ -81,9 +79,8 @@ def build_flow(
     public_key = signer.public_key
 
     def read_where_it_stands() -> tuple[int, AuditTail]:
-        # Read once, before any worker signs: the killed run this may resume is gone.
-        # Likewise each audit chain continues where the topic ends (verified as read),
-        # never again from index 0; a topic that cannot be read or verified stops the start.
+        # once, before any worker signs: seq and audit chains continue where the topics
+        # end; a topic that cannot be read or verified stops the start
         return (last_signed_seq(brokers, cfg.topic("commands"), public_key, issuer),
                 read_guard_audit(cfg, signer, trust))
 
@@ -111,9 +108,8 @@ def build_flow(
 
 
 def read_guard_audit(cfg: GuardConfig, signer: Signer, trust: TrustStore) -> AuditTail:
-    """What the audit topic says at this guard's start: its own chains (those its config
-    names, each checkpoint signed under its own key's name) and its peers' (of
-    ``[replica] peers``, each tied to its issuer), garbage counted."""
+    """What the audit topic says at this guard's start: its own chains and its peers'
+    (``[replica] peers``), garbage counted."""
     return read_audit_tail(cfg.kafka, cfg.topic("audit"), trust.checkpoint_key,
                            origin=cfg.audit.origin, partitions=cfg.audit.partitions,
                            replicas=cfg.replica.peers, signer_of=trust.name_of,
@@ -180,9 +176,8 @@ def check_peer_configs(replica: str, cfg_hash: str, peers: dict[str, str]) -> No
 
 
 def while_preparing_detection(cfg: GuardConfig, read: Callable[[], T]) -> T:
-    """``read()`` (a start's reads of where the command and audit topics stand, which wait
-    on the broker) in a thread while detection is prepared (:func:`prepare_detection`,
-    which works the CPU): a start pays for the longer of the two, not for both."""
+    """``read()`` (waits on the broker) in a thread while :func:`prepare_detection` works
+    the CPU: a start pays for the longer of the two, not both."""
     with ThreadPoolExecutor(1, thread_name_prefix="riskguard-start") as pool:
         pending = pool.submit(read)
         prepare_detection(cfg)
@@ -192,10 +187,9 @@ def while_preparing_detection(cfg: GuardConfig, read: Callable[[], T]) -> T:
 def prepare_detection(cfg: GuardConfig) -> None:
     """Build at start-up what detection would otherwise build on its first records."""
     if cfg.detector.drift != "none":
-        # Start-up, not the first market record, pays for River's drift module (~1 s:
-        # it pulls in scipy); the detector imports it lazily when it builds a key.
+        # start-up, not the first market record, pays for importing scipy
         import river.drift  # noqa: F401, PLC0415
-    # and for each key class's models (the first market record would wait ~0.1 s per class)
+    # and for each key class's models
     prepare_models(cfg.detector, (MARKET_FEATURES, OPTION_FEATURES, VENUE_FEATURES))
 
 

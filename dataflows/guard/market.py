@@ -66,8 +66,8 @@ _CACHED_MAX = 100_000
 
 
 def market_source(index: int) -> str:
-    """The name market process ``index`` gives its progress and valuations, and its Kafka
-    key on the detections topic: the same after a restart.
+    """Market process ``index``'s source name and detections-topic key (kept across
+    restarts).
 
     >>> market_source(1)
     'market/1'
@@ -78,15 +78,12 @@ def market_source(index: int) -> str:
 class MarketOwners:
     """Which of ``processes`` market processes owns what.
 
-    A market process owns whole *underlyings*: every instrument on one (spot, perpetual,
-    future or option, on every venue), its market data, its positions and the fills and
-    snapshots that move them, so all the prices of an instrument meet its positions in
-    one process and nothing is exchanged between market processes. ``owners`` names the
-    process of an underlying (balance the load by hand: a few underlyings usually carry
-    most records); any other goes to ``crc32(name) % processes``. An instrument the
-    registry does not declare counts as the underlying before its first ``-``
-    (``SOL-USDT`` -> ``SOL``); a collateral asset as itself; a venue's own features (key
-    ``<venue>``) as the venue's name.
+    A market process owns whole *underlyings* (every instrument on one, on every venue,
+    with its market data, positions, fills and snapshots), so nothing is exchanged between
+    market processes. ``owners`` names an underlying's process; any other goes to
+    ``crc32(name) % processes``. An instrument the registry does not declare counts as
+    the part before its first ``-`` (``SOL-USDT`` -> ``SOL``); a collateral asset and a
+    venue's own features (key ``<venue>``) count as their own names.
 
     >>> owners = MarketOwners(0, 2, {"BTC": 0, "ETH": 1}, {"BTC-27DEC26-70000-C": "BTC"}.get)
     >>> [owners.of_key(k) for k in ("okx/BTC-PERP", b"deribit/BTC-27DEC26-70000-C",
@@ -114,14 +111,12 @@ class MarketOwners:
         return hit if hit is not None else zlib.crc32(name.encode()) % self.processes
 
     def _of_instrument(self, name: str) -> int:
-        """The process owning instrument ``name`` (its underlying's); called as
-        ``of_instrument``."""
+        """The process owning instrument ``name`` (memoized as ``of_instrument``)."""
         return self.of_underlying(self.underlying_of(name) or name.split("-", 1)[0])
 
     def _of_key(self, key: str | bytes | None) -> int:
-        """The process owning a Kafka or state key: ``<venue>/<instrument>`` (market data,
-        fills, snapshots, features, feed selection) or ``<venue>`` (a venue's features);
-        no key belongs to process 0."""
+        """The process owning a Kafka or state key (``<venue>/<instrument>`` or
+        ``<venue>``); no key belongs to process 0."""
         if key is None:
             return 0
         text = key.decode(errors="replace") if isinstance(key, bytes) else key
@@ -144,10 +139,9 @@ class MarketOwners:
         return where == self.index
 
     def keeps(self, rec: Any) -> bool:
-        """Of what every market process reads whole (heartbeats, fills, snapshots,
-        balances and orders): does this one keep ``rec``? Heartbeats: every process; a
-        trading record: the owner of its instrument (a balance: of its asset); a dead
-        letter: the process its source partition falls to, so it is written once.
+        """Of what every market process reads whole: does this one keep ``rec``? A
+        trading record: its instrument's (a balance: its asset's) owner; a dead letter:
+        the process its partition falls to (written once); anything else: every process.
 
         >>> owners = MarketOwners(1, 2, {"BTC": 0, "ETH": 1}, lambda name: None)
         >>> fill = Fill(id="f", venue="okx", counterparty="okx", instrument="ETH-PERP",
@@ -184,10 +178,9 @@ _PRICED = (Trade, Quote, OptionQuote, FundingRate)
 
 def _owned_records(owners: MarketOwners, market_topic: str) -> Callable[[list[Any]], list[Any]]:
     """A market process's share of what it read: its own underlyings' records, every
-    index price and heartbeat. A market record its Kafka key brought here (the market
-    topic is split by key) but whose instrument another process owns was keyed by
-    something other than ``<venue>/<instrument>``: no other process has it, so it is a
-    ``misplaced`` dead letter rather than lost."""
+    index price and heartbeat. A market record whose key brought it here but whose
+    instrument another process owns was mis-keyed: no other process has it, so it becomes
+    a ``misplaced`` dead letter rather than lost."""
     index = owners.index
     of_instrument = owners.of_instrument
     keeps = owners.keeps
@@ -213,14 +206,13 @@ def _owned_records(owners: MarketOwners, market_topic: str) -> Callable[[list[An
 
 def _valuation_records(source: str) -> Callable[[list[Any]], list[bytes]]:
     """A market process's stage-1 output as encoded :class:`~riskguard.schemas.Valuation`
-    records from ``source``: alerts, then parts, then progress, cut into records of
-    about ``VALUATION_CHUNK_BYTES`` (:func:`~riskguard.schemas.valuation.encode_valuations`)."""
+    records from ``source`` (:func:`~riskguard.schemas.valuation.encode_valuations`)."""
 
     def pack(made: list[Any]) -> list[bytes]:
         alerts: list[RiskAlert] = []
         parts: list[Part] = []
         progress: list[Progress] = []
-        # one pass (stage 1 makes nothing else: another type is a bug, and raises)
+        # stage 1 makes nothing else: another type is a bug, and raises
         to: dict[type, Callable[[Any], None]] = {
             RiskAlert: alerts.append, Part: parts.append, Progress: progress.append}
         for x in made:
@@ -250,14 +242,10 @@ def market_core(
     wall_clock: Clock | None = None,
 ) -> MarketOut:
     """One market process (``tier.role = "market"``) over its decoded records, past its
-    own admission gate (``[admission]``'s caps count in each process): feed
-    selection, features and anomaly detection on its own keys, and exposure valuation
-    (stage 1) of the positions in its own underlyings, marked by its own prices and its
-    own copy of every index price; its progress (:func:`market_source`) behind the
-    signals and valuations it made before it. Its ticks hold only its own time (``of``
-    1); the progress it passes on announces every market process."""
+    own admission gate (``[admission]``'s caps count per process): feed selection,
+    detection on its own keys, and stage-1 valuation of its own underlyings' positions;
+    its progress goes out behind the signals and valuations made before it."""
     name = market_source(owners.index)
-    # its own door: names past an [admission] cap hold no state here either
     admitted = admit_keys("admit", records, cfg=cfg, clock=clock)
     records = admitted.oks
     ticks = op.flat_map_batch("ticks", records, tick_fn(cfg.tick_ns, source=name, of=1))
@@ -281,21 +269,17 @@ def market_core(
     return MarketOut(detections=detections, dead_letters=dead)
 
 
-
 def market_flow(cfg: GuardConfig, clock: Clock) -> Dataflow:
     """A market process (``tier.role = "market"``): the market topic split by underlying
-    and the venue-status, fill, position and balance topics whole in; its anomaly
-    signals, valuations and progress out to the ``detections`` topic (its partition
-    ``index`` modulo the count, key :func:`market_source`).
+    and the venue-status, fill, position and balance topics whole in; its signals,
+    valuations and progress out to its partition of the ``detections`` topic.
 
-    Its source's dead letters are written once among all processes: the market topic's
-    by the owner of their key, the fill, position and balance topics' by the process
-    their partition falls to, and the venue-status topic's by the firm process, which
-    reads it too."""
+    Each source dead letter is written by one process only: the market topic's by its
+    key's owner, the venue-status topic's by the firm process, the rest by the process
+    their partition falls to."""
     flow = Dataflow("riskguard_market")
     owners = market_owners(cfg)
-    # its replica of the market topic: the messages whose key's underlying it owns, and
-    # every index and oracle price
+    # the market messages whose key's underlying it owns, and every index and oracle price
     split = KeySplit(frozenset({cfg.topic("market")}), owners.owns_key,
                      shared_prefixes=price_key_prefixes(cfg), must_share=is_broadcast)
     src = guard_input(flow, cfg, MARKET_STREAMS, clock, split=split)
@@ -305,8 +289,7 @@ def market_flow(cfg: GuardConfig, clock: Clock) -> Dataflow:
                       wall_clock=clock)
     timeout = cfg.sink_delivery_timeout_s
     name = market_source(owners.index)
-    # everything it writes, then (a bounded run) its final progress, which ends its
-    # partition for the firm process
+    # then (a bounded run) its final progress, which ends its partition for the firm
     started = op.input("start", flow, StartSignal())
     detections = op.flat_map_batch("final_unkey", stateful_logic(
         "final", op.flat_map_batch("final_key", op.merge("final_in", started, out.detections),

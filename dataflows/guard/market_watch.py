@@ -1,12 +1,10 @@
 """The firm process's watch over the market processes of the market tier.
 
 A market process silent for ``tier.market_wait_s`` of processing time no longer holds
-the firm's clock back (:class:`~riskguard.dataflows.guard.steps.FirmClock`), and from
-then on the anomalies and position values of the underlyings it owns stop: the firm
-goes on, half blind. :class:`MarketWatchLogic` says so at that moment, with a critical
-``market_process_silent`` alert on the firm, and ``market_process_restored`` once the
-process is heard from again. A process never heard from counts from the watch's start,
-and a restarted firm gives each process the whole wait again.
+the firm's clock back (:class:`~riskguard.dataflows.guard.steps.FirmClock`), and the
+firm goes on without its underlyings: :class:`MarketWatchLogic` raises a critical
+``market_process_silent`` alert then, and ``market_process_restored`` when it is heard
+again. The wait counts from the watch's start, also after a firm restart.
 
 >>> now = 0
 >>> watch = MarketWatchLogic(2, wait_ns=100, clock=lambda: now)
@@ -44,8 +42,8 @@ _KEY = "market_watch"
 @persisted("riskguard.market_watch")
 @dataclass
 class MarketWatchState:
-    """The processes declared silent, those whose input ended (a bounded run: they are
-    silent by design), and the newest event time seen (the alerts' time)."""
+    """The processes declared silent, those whose input ended (silent by design), and
+    the newest event time seen (the alerts' time)."""
 
     silent: list[str] = field(default_factory=list)
     ended: list[str] = field(default_factory=list)
@@ -55,8 +53,7 @@ class MarketWatchState:
 
 class MarketWatchLogic:
     """Alerts when a market process falls silent for ``wait_ns`` of processing time,
-    and when it is back. Its input: the market processes' progress, and the firm's own
-    ticks (which only move the alerts' event time)."""
+    and when it is back. The firm's own ticks only move the alerts' event time."""
 
     def __init__(self, processes: int, wait_ns: int, clock: Clock,
                  state: MarketWatchState | None = None) -> None:
