@@ -1,32 +1,22 @@
 """Calibrate detector and playbook thresholds on labelled history, without look-ahead.
 
-The data (files replayed in event time) is split by time: the first
-``train_frac`` of the span is the training fold, the rest is held out. Each
-candidate config (a grid over dotted config keys) runs through the guard core
-(:func:`riskguard.dataflows.backtest.run_backtest`) on the training records
-only, and is scored on the training labels only (labels that start before the
-split, clipped to it). The best candidate and the defaults are then run over
-the whole data and scored on the held-out fold only. Nothing at or after the
-split can influence the choice: the search never receives those records or
-labels (``tests/test_calibrate.py`` plants a leak and proves it).
+The first ``train_frac`` of the data's time span is the training fold, the rest held
+out. Each candidate config (a grid over dotted config keys) runs through
+:func:`riskguard.dataflows.backtest.run_backtest` on the training records only and is
+scored on the training labels only (clipped to the split); the best candidate and the
+defaults are then scored on the held-out fold. The search never receives records or
+labels at or after the split.
 
-Objective: episode-level F1 over all incident kinds, or (``objective =
-"recall"``) recall subject to ``fa_budget`` false alarms per instrument-day.
-Ties go to fewer mitigation commands outside labelled windows, then to the
-earlier candidate (the defaults come first).
+Objective: episode-level F1 over all incident kinds, or (``objective = "recall"``)
+recall subject to ``fa_budget`` false alarms per instrument-day. Ties go to fewer
+commands outside labelled windows, then to the earlier candidate (defaults first).
 
-Grid keys are dotted config paths (``detector.target_alarm_rate``) plus three
-conveniences: ``feeds.max_gap_s`` (every venue's heartbeat-gap limit, seconds),
-``playbook.escalation_scale`` (multiplies every rung's ``after_s``) and
-``detector.bands.band_scale`` (multiplies the move bands' ``band_k``: the defaults'
-or the config's, and those the volatility levels and products set of their own).
-The default grid searches the learned detector's alarm rate, the move bands' width
-and critical ratio, and the playbook's pace: on real market data the move bands
-decide most critical signals.
-
-Continuous calibration (:func:`propose`) reruns this over the latest window
-and writes proposals: a calibrated config file and ``LimitUpdate`` envelopes
-signed by a ``limit-admin`` key. It never changes a running flow.
+Grid keys are dotted config paths plus three conveniences: ``feeds.max_gap_s`` (every
+venue's heartbeat-gap limit, seconds), ``playbook.escalation_scale`` (multiplies every
+rung's ``after_s``) and ``detector.bands.band_scale`` (multiplies every ``band_k``).
+:func:`propose` reruns this over the latest window and writes proposals (a config file
+and signed ``LimitUpdate`` envelopes); it never changes a running flow. See
+docs/backtests.md.
 
 >>> expand_grid({"a.b": [1, 2], "c": [3]})
 [{'a.b': 1, 'c': 3}, {'a.b': 2, 'c': 3}]

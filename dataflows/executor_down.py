@@ -1,23 +1,13 @@
 """Executor down: a stress scenario in which the trading system stops acknowledging.
 
-An executor acknowledges every verified command ``ack_latency_s`` after it was
-issued (a signed :class:`~riskguard.schemas.ExecutionAck` on the acks topic), until
-``executor_down.down_at_s``; from then on it neither acts nor answers. The guard runs
-with ``[playbook.acks] executors`` naming it, and the scenario is run twice:
-
-1. without acks, to learn which commands the guard issues (their ids and decision ids
-   are deterministic, so the second run issues the same ones until something differs);
-2. with the acks of the commands issued before the executor went down placed in the
-   input where they would arrive.
-
-It passes only if:
-
-- no command the executor confirmed raised anything (a confirmed halt is not an incident);
-- every required command issued after it went down (``halt_trading``, ``cancel_all``)
-  raised a ``command_unacknowledged`` incident within ``timeout_s`` and a tick, and
-  the playbook climbed its ladder on it (the bundled rule pages, then goes
-  reduce-only firm-wide);
-- the scenario's own expectations and invariants hold.
+An executor acknowledges every verified command ``ack_latency_s`` after it was issued,
+until ``executor_down.down_at_s``; then it neither acts nor answers. The scenario runs
+twice: without acks, to learn which commands the guard issues (their ids are
+deterministic), then with the acks of those issued before the executor went down placed
+in the input where they would arrive. It passes only if nothing confirmed raised
+anything, every required command issued after the executor went down raised a
+``command_unacknowledged`` incident within ``timeout_s`` and a tick, and the scenario's
+own expectations and invariants hold (docs/backtests.md).
 """
 
 from __future__ import annotations

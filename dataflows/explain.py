@@ -3,16 +3,10 @@ and what each would have needed.
 
 The data runs through the guard once, as ``riskguard backtest`` runs it, with a
 :class:`~riskguard.dataflows.readiness.DetectorWatch` that keeps every feature vector's
-time. At the moment asked (``--at``; without it, the largest move over the shortest
-horizon in the data, the likeliest incident), it says for each market:
-
-- the moves there over each of the move bands' horizons (from the run's prices: a
-  bar's low or high against the close one horizon back);
-- each part of the detection: could it fire there (live since when), and if it could
-  not, what it needed and what the data gave it (:func:`~riskguard.dataflows.readiness.
-  key_parts` at that moment); for the static levels, which horizon's move passed its
-  cap, or how far each was from it;
-- the signals the guard raised around it.
+time. At ``--at`` (default: the largest move over the shortest horizon) it gives, per
+market, the moves over each move-band horizon, each detection part's readiness
+(:func:`~riskguard.dataflows.readiness.key_parts` at that moment) and the signals raised
+around it (docs/backtests.md).
 
 >>> parse_at("2024-01-01T15:00:00Z"), parse_at("1704121200"), parse_at("1704121200000000000")
 (1704121200000000000, 1704121200000000000, 1704121200000000000)

@@ -1,32 +1,11 @@
 """Which detectors could fire, on which keys and from when: silence explained.
 
-A run that raised nothing may have had nothing to raise, or detectors that could not
-fire yet. :class:`DetectorWatch` follows what the detectors were fed in a run (the
-guard core calls it with every feature vector and every market record it reads,
-``guard_core(..., watch=...)``), and :func:`readiness` says, per key, when each part of
-the detection became live, or why it never did:
-
-- **learned detector** (``anomaly``): a key's model scores nothing that acts until it
-  has learned :func:`vectors_to_warm` feature vectors (``detector.warmup_events``, the
-  model's first window and the threshold's first scores: 400 with the defaults) and seen
-  ``detector.warmup_ns`` of event time since its first;
-- **move bands, static levels** (``price_move``): a move past a horizon's cap is critical
-  whatever was learned, once the data reaches one horizon back (one bar for a horizon
-  shorter than the data's bars);
-- **move bands, learned bands**: bands scaled by the key's own volatility, once it has
-  ``detector.bands.warmup_returns`` returns (the static levels stand in until then);
-- **daily price limits**: from the first settlement (``settlement_s`` after 00:00 UTC)
-  the data passes, where the key's levels have any;
-- **cross-market check** (``dislocation``): a market compared with at least
-  ``detector.cross.min_markets - 1`` others of its asset and quote unit (another venue,
-  an index price), after ``warmup_points`` comparisons;
-- **cross-venue confirmation**: a band warning on one venue confirmed by a trip on
-  another venue of the asset, where the data has the asset on two venues.
-
-The times are the watch's reading of the rules above, not the detectors' own state:
-the detector learns nothing from points it flags, so a key whose warm-up held an
-incident warms up a little later than said here (a test checks the readings against
-the detector's own ``warming_up``).
+:class:`DetectorWatch` follows what the detectors were fed in a run
+(``guard_core(..., watch=...)``), and :func:`readiness` says, per key, when each part of
+the detection became live, or why it never did; the parts and their rules are in
+docs/backtests.md ("Which detectors could fire"). The times are the watch's reading of
+those rules, not the detectors' own state: the detector learns nothing from points it
+flags, so a key whose warm-up held an incident warms up a little later than said here.
 
 >>> from riskguard.dataflows.guard import GuardConfig
 >>> from riskguard.dataflows.guard.config import KeysConfig

@@ -1,17 +1,11 @@
 """Zone loss: a stress scenario run by two guard replicas, one lost part-way.
 
-Both replicas run the guard over the scenario (each its own ``[replica] id``). At
-``zone_loss.lost_at_s`` the lost replica's zone goes away: none of its commands
-issued after that moment reach an executor. The executor sees the two replicas'
-commands merged in the order they were issued and acts on the first copy of each
-decision (``decision_id``), as :class:`~riskguard.connectors.subscriber.CommandSubscriber`
-does. The scenario's expectations are then checked on what was executed, and it
-passes only if:
-
-- every decision was executed exactly once (copies dropped as duplicates);
-- the executed mitigations are exactly one replica's, none lost: protection did not
-  lapse when the zone went;
-- the scenario's own expectations and invariants hold on what was executed.
+None of the lost replica's commands issued after ``zone_loss.lost_at_s`` reach the
+executor, which acts on the first copy of each decision (``decision_id``) of the merged
+commands, as :class:`~riskguard.connectors.subscriber.CommandSubscriber` does. It passes
+only if every decision executed exactly once, the executed mitigations are exactly one
+replica's (none lost), and the scenario's own expectations and invariants hold on what
+was executed (docs/backtests.md).
 """
 
 from __future__ import annotations

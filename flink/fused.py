@@ -1,19 +1,13 @@
 """Segments of a flow as Flink operators: one Python operator a segment, fed a tick at
 a time, with event time and order kept in Java.
 
-Each record arrives as a row (:data:`ROW_FIELDS`: the segment key, the segment input
-it feeds, its event time in ns, its source and its position there, and its bytes);
-Flink moves the watermark, in Java. Java also makes a key's rows of one tick one row
-(:func:`tick_batches`: a tumbling event-time window), in event time and then source
-order, so every run takes same-time records in the same order whatever order
-partitions were read in. A job's records reach Python only in a
-:class:`TickBatchSegment`, a keyed process function hosting one
-:class:`~riskguard.flink.segment.Segment` per key, fed a tick a call. What leaves is a
-row of the same shape: for another segment (its key and input), or for a sink
-(:data:`SINKS`, the sink's name as its input, the Kafka key as its source).
-
-Rows carry bytes (``PRIMITIVE_ARRAY(BYTE)``), never pickles: a segment's records are
-msgspec-encoded (:mod:`riskguard.flink.wire`) where they cross.
+Each record arrives as a row (:data:`ROW_FIELDS`). Java moves the watermark and makes a
+key's rows of one tick one row (:func:`tick_batches`), in event time and then source
+order, so same-time records always come in the same order. Records reach Python only in
+a :class:`TickBatchSegment`, hosting one :class:`~riskguard.flink.segment.Segment` per
+key; what leaves is a row of the same shape, for another segment or for a sink
+(:data:`SINKS`). Rows carry msgspec-encoded bytes (:mod:`riskguard.flink.wire`), never
+pickles.
 """
 
 from __future__ import annotations
@@ -126,13 +120,12 @@ nested in the row cost PyFlink a decode a field)."""
 
 def tick_batches(stream: DataStream, tick_ns: int, timed: tuple[str, ...],
                  uid: str) -> KeyedStream:
-    """``stream`` of :data:`KEYED_ROW` as one :data:`BATCH` a key and tick (``tick_ns``
-    of event time, whole ms), made in Java
-    (``riskguard.flink.TickBatches``, :mod:`riskguard.flink.java_build`): a tumbling
-    event-time window a tick long hands its rows on, in event time, then source and
-    position order, when the watermark passes it; a row behind the watermark goes on
-    alone, at once. A row without event time takes the latest a ``timed`` input gave.
-    The job must have the jar :func:`~riskguard.flink.java_build.job_jars` names."""
+    """``stream`` of :data:`KEYED_ROW` as one :data:`BATCH` a key and tick (``tick_ns``,
+    whole ms), made in Java (``riskguard.flink.TickBatches``): a tumbling event-time window
+    hands its rows on in event time, then source and position order, when the watermark
+    passes it; a row behind the watermark goes on alone, at once. A row without event time
+    takes the latest a ``timed`` input gave. The job needs the jar
+    :func:`~riskguard.flink.java_build.job_jars` names."""
     j_stream = get_gateway().jvm.riskguard.flink.TickBatches.of(
         stream._j_data_stream, max(1, tick_ns // 1_000_000), KEYED_ROW.get_java_type_info(),
         KEYED_BATCH.get_java_type_info(), java_strings(timed), uid)
@@ -150,20 +143,13 @@ def java_strings(values: Sequence[str]) -> Any:
 
 class TickBatchSegment(KeyedProcessFunction):
     """A segment of the flow ``ref`` builds (:class:`~riskguard.flink.plan.SegmentPlan`),
-    one :class:`~riskguard.flink.segment.Segment` a key (run by a
-    :class:`~riskguard.flink.segment.KeyRunner`), fed the ticks
-    :func:`tick_batches` makes in Java: one call, one state write and one list of
-    outputs a tick, not a record. Java holds what is not yet fed (in the tick window's
-    state, in Flink's checkpoints).
+    one :class:`~riskguard.flink.segment.KeyRunner` a key, fed the ticks
+    :func:`tick_batches` makes: one call, one state write and one list of outputs a tick.
 
-    With ``commit_ms``, each key's segment snapshot is written to Flink state at most
-    that often (processing time), and the calls it took since (each tick, and each look
-    at the deadlines, with the wall-clock time it ran at:
-    :class:`~riskguard.flink.segment.KeyRunner`) are kept in a list state beside it. A
-    restore resumes from the snapshot and takes those calls again as they ran, as
-    bytewax resumes from its last epoch's snapshot and reads on from there: it makes
-    what the lost run made, with the same ids. Without, the function keeps no state (a
-    backtest)."""
+    With ``commit_ms``, each key's snapshot is written to Flink state at most that often
+    (processing time), and the calls since are kept in a list state beside it; a restore
+    replays them, making what the lost run made, with the same ids. Without, the
+    function keeps no state (a backtest)."""
 
     def __init__(self, ref: FlowRef, plan: SegmentPlan, commit_ms: int | None = None,
                  worker: tuple[int, int] = (0, 1)) -> None:
@@ -216,8 +202,8 @@ class TickBatchSegment(KeyedProcessFunction):
         return self._rows(out, timestamp)
 
     def _runner(self, key: str, ctx: Any) -> KeyRunner:
-        """The key's runner: new, or, on a restore, from the last snapshot and the calls
-        logged since, taken again (what they made goes out with the next output)."""
+        """The key's runner: new, or restored (what the replay made goes out with the
+        next output)."""
         runner = self.live.get(key)
         if runner is not None:
             return runner
@@ -234,9 +220,8 @@ class TickBatchSegment(KeyedProcessFunction):
         return runner
 
     def _rows(self, out: list[tuple[str, Any]], at_ms: int) -> Iterator[Row]:
-        """What the segment made, as rows: a sink's one an item; what goes to another
-        segment one row a segment key, stamped with the tick it was made in and holding
-        the items in the order made (:func:`~riskguard.flink.wire.pack_crossed`)."""
+        """What the segment made, as rows: one an item for a sink; one a segment key for
+        another segment (:func:`~riskguard.flink.wire.pack_crossed`)."""
         if out:
             self.trace.once("first_output")
         encoders, routes, wire = self.encoders, self.routes, self.wire
@@ -255,8 +240,7 @@ class TickBatchSegment(KeyedProcessFunction):
             yield Row(key, Row(CROSSED, at_ns, "", 0, pack_crossed(items)))
 
     def _after(self, key: str, runner: KeyRunner, ctx: Any) -> None:
-        """The timer of the next deadline; with ``commit_ms``, the snapshot taken (the
-        calls logged since cleared) once ``commit_ms`` has passed since the last."""
+        """The next deadline's timer; with ``commit_ms``, a snapshot when due."""
         due = runner.segment.next_due()
         if due is not None:
             ctx.timer_service().register_processing_time_timer(deadline_ms(due))
@@ -272,13 +256,10 @@ class TickBatchSegment(KeyedProcessFunction):
 def threadless_state_sampler() -> None:
     """Start and stop Beam's state sampler without its thread, in this Python worker.
 
-    The sampler's thread adds up the time each step of a bundle takes, for Beam's
-    progress reports, which Flink does not read. Each bundle ends by joining that thread,
-    which sleeps between looks for a sixth of the bundle so far, up to 200 ms, and the
-    worker waits out the sleep, a noticeable share of a live run (docs/engines.md). Steps
-    still enter and leave their sampler states; only the thread is left out. Called from an
-    operator's ``open``, which Beam runs after making the bundle processor's sampler and
-    before starting it: the sampler is patched on its class."""
+    The thread only feeds Beam's progress reports, which Flink does not read, yet each
+    bundle ends by joining it, waiting out its sleep (up to 200 ms; docs/engines.md).
+    Called from an operator's ``open``, after Beam makes the sampler and before it starts
+    it: the sampler is patched on its class."""
     from apache_beam.runners.worker import statesampler  # noqa: PLC0415  (worker only)
 
     sampler = statesampler.StateSampler

@@ -4,24 +4,14 @@
     python -m riskguard.flink.guard --config guard.toml --parallelism 2 \\
         --checkpoints file:///var/lib/riskguard/checkpoints
 
-Kafka goes through the Flink Kafka connector's DataStream source and sink, set up in Java
-(``flink/java/kafka/KafkaIo.java``): each message reaches the flow as its topic,
-partition, offset and value, so a bad message becomes a dead letter naming them. The
-connector's jars (``flink-connector-kafka`` and ``kafka-clients``) come from ``--jars`` or
-``$RISKGUARD_FLINK_JARS`` (``;``-separated ``file://`` URLs); a cluster image has them in
-``/opt/flink/lib``. Checkpoints carry every logic's state and the source offsets; sinks
-are at-least-once, and what a restart writes twice has the same ids (the verifying
-subscriber drops the copy). ``--restore`` resumes from a checkpoint or savepoint;
-``--restore latest`` from the newest retained checkpoint under ``--checkpoints``.
-
-Time and order are Flink's, in Java: the source gives each message its event time (its
-``ts`` field; the Kafka timestamp for a record without one) and keeps a watermark per
-partition, passing over a quiet one (``flink/java/kafka/QuietPartitions.java``). Java
-makes each tick's messages one row when the watermark passes the tick, in event time and
-then partition and offset order (:func:`~riskguard.flink.fused.tick_batches`), and the
+Kafka goes through the Flink Kafka connector, set up in Java
+(``flink/java/kafka/KafkaIo.java``), whose jars come from ``--jars`` or
+``$RISKGUARD_FLINK_JARS`` (``;``-separated ``file://`` URLs). Checkpoints carry every
+logic's state and the source offsets; sinks are at-least-once, and what a restart writes
+twice has the same ids. Event time, watermarks and each tick's row are made in Java; the
 flow runs as one Python operator (:class:`~riskguard.flink.fused.TickBatchSegment`) fed a
-tick at a time. Each operator's uid is stable, so a checkpoint restores at another
-parallelism.
+tick at a time, with stable uids so a checkpoint restores at another parallelism. See
+docs/engines.md.
 """
 
 from __future__ import annotations

@@ -72,16 +72,13 @@ class SegmentPlan:
             sink_keys: tuple[str, tuple[Any, ...]] | None = None,
             ) -> tuple[SegmentPlan, SegmentPlan]:
         """The flow as two segments, cut where its keys change domain: the first runs
-        the keyed steps ``first`` (step ids) and every step that only they feed, the
-        second everything else; each runs the stateless steps before it on the input
-        itself (a map of the input costs less than moving its output). A keyed step of
-        ``first`` that every other keyed step reads after (the admission gate) is, for
-        the cut, where the input comes in: it runs on the first side, and what it passes
-        crosses once. What the first makes for the second crosses under the stream's id,
-        to segment key ``route``."""
+        the keyed steps ``first`` (step ids) and every step only they feed, the second
+        everything else; each runs the stateless steps before it on the input itself (a
+        map of the input costs less than moving its output). A keyed step of ``first``
+        that every other keyed step reads after (the admission gate) counts as where the
+        input comes in. What the first makes for the second crosses under the stream's
+        id, to segment key ``route``."""
         keyed_up = _keyed_ancestors(steps)
-        # a keyed step every other keyed step reads after (the admission gate) runs on
-        # the first side and is, for the cut, where the input comes in
         gate = frozenset(k for k in first if all(
             k in keyed_up[s.step_id] for s in steps.values()
             if s.kind == "stateful_batch" and s.step_id != k))
