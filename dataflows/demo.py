@@ -1,16 +1,11 @@
 """``riskguard demo``: the guard dataflow on the bundled scenario, end to end.
 
-Steps: start the dev broker (unless one is given); create the topics; make
-demo keys, a root-signed trust file and a guard config in a work directory;
-publish the bundled scenario (see :mod:`riskguard.dataflows.demo_scenario`);
-run the guard dataflow (``python -m bytewax.run riskguard.dataflows.guard``);
-meanwhile verify every command with the subscriber and print signals, commands
-and rejections as they come; inject one forged command to show it is refused;
-print a summary; and finish with ``riskguard audit verify`` on the audit topic.
-
-The work directory holds the demo's private keys: a temporary one is removed
-when the demo ends, also on Ctrl-C or an error, unless ``keep_dir``; a kept
-one is named at the end, with the commands that still run against it.
+It starts the dev broker (unless one is given), makes topics, demo keys, a trust file
+and a config in a work directory, publishes the scenario
+(:mod:`riskguard.dataflows.demo_scenario`), runs the guard while the subscriber verifies
+and prints what it issues, injects one forged command, and ends with ``riskguard audit
+verify``. The work directory holds the demo's private keys: a temporary one is removed
+at the end, also on Ctrl-C or an error, unless ``keep_dir``.
 """
 
 from __future__ import annotations
@@ -121,10 +116,8 @@ def init_keys(workdir: Path) -> DemoKeys:
 def replica_configs(config: Path, keys: DemoKeys, ids: tuple[str, ...] = ("a", "b"),
                     ) -> list[Path]:
     """Configs of redundant replicas of the demo guard at ``config`` (docs/replicas.md):
-    the first signs with the demo engine key, each other one with a key of its own,
-    named ``engine-<id>`` in the trust file with the engine role (the trust file is
-    re-signed by the demo root key, at the next serial). Every config names all
-    replicas in ``[replica] peers``."""
+    the first signs with the demo engine key, each other with its own ``engine-<id>``
+    key, added to the trust file (re-signed at the next serial)."""
     work = config.parent
     entries: list[dict[str, object]] = []
     peers = ", ".join(f'"{i}"' for i in ids)
@@ -348,9 +341,7 @@ def prepare_run(bootstrap: str, workdir: Path, *, env: str = ENV, partitions: in
                   topic_specs(env, TopicsConfig(default_partitions=partitions)))
     keys = init_keys(workdir)
     config = write_config(workdir, bootstrap, keys, env, overrides)
-    # On a whole minute: bars and ticks are cut on whole seconds of event time and the
-    # move bands keep prices per minute, so every prepared run sees the scenario cut the
-    # same way (a run is comparable with another).
+    # on a whole minute: bars, ticks and move bands then cut every prepared run alike
     start_ns = (time.time_ns() // NS - copies * DURATION_S - 5) // 60 * 60 * NS
     n = publish_scenario(bootstrap, start_ns, env, copies=copies,
                          between_s=None if math.isinf(publish_until_s)
@@ -363,8 +354,8 @@ def start_guard(run: PreparedRun, *bytewax_args: str,
     """Start the guard dataflow as ``python -m bytewax.run`` with extra arguments (and
     another ``config`` than the run's, e.g. a market process's: :func:`tier_config`)."""
     env = {**os.environ, "RISKGUARD_CONFIG": str(Path(config or run.config).resolve())}
-    # Run in the work dir: bytewax.run puts its current folder first on sys.path, where a
-    # folder named riskguard (a clone, seen from its parent) would hide the package
+    # in the work dir: bytewax.run puts its current folder first on sys.path, where a
+    # clone named riskguard would hide the package
     return subprocess.Popen(
         [sys.executable, "-m", "bytewax.run", "riskguard.dataflows.guard", *bytewax_args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

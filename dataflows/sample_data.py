@@ -1,15 +1,10 @@
 """The sample dataset shipped with riskguard: a thinned copy of the bundled demo scenario.
 
 ``riskguard backtest --sample`` and ``riskguard calibrate --sample`` read it
-(``dataflows/data/sample.jsonl`` and its labels, ``sample_labels.json``). It is
-the demo scenario (:func:`~riskguard.dataflows.demo_scenario.build_scenario`,
-seed 7, starting 2026-01-01 00:00 UTC) with BTC only, no options, quotes once
-a second and trades once every two seconds (instead of every 250 and 500 ms),
-and null fields left out, so that it stays under 1 MB: five minutes, three
-venues, and the three labelled incidents (a flash crash on okx BTC-USDT,
-binance's primary feed silent for 40 s, fills that breach deribit's gross
-notional limit). It is generated, never edited: a
-test checks that the shipped files are what :func:`write_sample` writes.
+(``dataflows/data/sample.jsonl`` and ``sample_labels.json``): the demo scenario (seed 7,
+from 2026-01-01 00:00 UTC) with BTC only, no options, quotes once a second, trades every
+two seconds and null fields left out, to stay under 1 MB. It is generated, never edited:
+a test checks that the shipped files are what :func:`write_sample` writes.
 
 >>> recs, labels = build_sample()
 >>> 3000 < len(recs) < 6000, [lab["kind"] for lab in labels["incidents"]]
@@ -102,11 +97,9 @@ def sample_markets() -> tuple[set[str], set[str], set[str]]:
 
 
 def check_covers(cfg: Any, where: str) -> None:
-    """Refuse a guard config the sample data does not fit: one that leaves out the
-    instruments its fills trade or the assets its balances hold (their records would be
-    dead letters, and the scores worse). The error names them, and the config's own
-    instruments the sample has no data of, and gives the declarations the sample needs
-    (``dataflows/demo.toml``'s)."""
+    """Refuse a guard config that leaves out the instruments the sample's fills trade or
+    the assets its balances hold (their records would be dead letters); the error gives
+    the declarations the sample needs (``dataflows/demo.toml``'s)."""
     inst = cfg.exposure.instruments
     markets, traded, assets = sample_markets()
     declared = set(inst.instruments)

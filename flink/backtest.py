@@ -45,9 +45,8 @@ def flow_ref(config: str | Path, batch_size: int) -> FlowRef:
 
 
 def flow_for(config: str, batch_size: int = 100) -> Dataflow:
-    """The backtest flow of ``config``: the factory each Flink worker builds its copy of
-    the flow from. Its input step is replaced by the job's source, so it is built over
-    no records (the graph is the same whatever the input)."""
+    """The backtest flow of ``config``, as each Flink worker builds it: over no records,
+    as the job's source replaces its input step."""
     cfg, digest = load_guard_config(config)
     signer, trust = load_keys(cfg)
     return backtest_flow(cfg, digest, signer=signer, trust=trust, records=[],
@@ -101,8 +100,7 @@ def write_rows_file(rows: list[tuple[int, int, bytes]]) -> Path:
 
 MARKET_STEPS = ("admit", "feed_select", "features", "detect", "cross")
 """The guard core's operators whose keyed steps are the market domain: one segment
-with them, another with the firm-wide rest (:meth:`SegmentPlan.cut`). The admission gate
-runs first, in the market segment; the firm reads the records it passes."""
+with them, another with the firm-wide rest (:meth:`SegmentPlan.cut`)."""
 
 
 def market_steps(steps: dict[str, Any]) -> frozenset[str]:
@@ -123,12 +121,10 @@ def collect(stream: Any) -> Iterator[tuple[str, str]]:
 
 def job(env: Any, config: str | Path, records: str | Path, *, parallelism: int = 1,
         batch_size: int = 100, segments: int = 1) -> Any:
-    """The backtest laid onto ``env``: the records file as rows stamped with their
-    event time and a watermark in Java (:func:`_records_stream`), the flow as one
-    segment or two (:func:`_segments`), and the stream of the outputs as strings of
-    ``name TAB JSON text`` lines made in Java, several rows a string (:func:`collect`
-    reads them): a client collects a row with several calls to the JVM, and a byte array
-    a byte at a time."""
+    """The backtest laid onto ``env``: the records file as rows (:func:`_records_stream`),
+    the flow as one segment or two (:func:`_segments`), and the outputs as strings of
+    ``name TAB JSON text`` lines made in Java, several rows a string (a client collects
+    a row with several JVM calls, a byte array a byte at a time)."""
     from pyflink.datastream import DataStream  # noqa: PLC0415
     from pyflink.java_gateway import get_gateway  # noqa: PLC0415
     from riskguard.flink.java_build import job_jars  # noqa: PLC0415
@@ -145,9 +141,8 @@ def job(env: Any, config: str | Path, records: str | Path, *, parallelism: int =
 def _records_stream(env: Any, records: str | Path) -> Any:
     """The records file as :data:`~riskguard.flink.fused.KEYED_ROW` rows under one key,
     read, stamped with event time and watermarked in Java
-    (``flink/java/RecordsFile.java``): no Python function sees a record before the
-    segment does (a collection from the client would be pickled, unpickled into the
-    JVM and shipped inside the job)."""
+    (``flink/java/RecordsFile.java``), so no Python function sees a record before the
+    segment does."""
     from pyflink.datastream import DataStream  # noqa: PLC0415
     from pyflink.java_gateway import get_gateway  # noqa: PLC0415
     from riskguard.flink.fused import KEYED_ROW  # noqa: PLC0415
@@ -160,11 +155,9 @@ def _records_stream(env: Any, records: str | Path) -> Any:
 
 
 def _segments(src: Any, ref: FlowRef, tick_ns: int, segments: int) -> Any:
-    """The flow over ``src``, each tick's rows made one row in Java
-    (:func:`~riskguard.flink.fused.tick_batches`) and fed a tick a call
-    (:class:`~riskguard.flink.fused.TickBatchSegment`): as one segment, or as two
-    (``segments=2``: the market domain, then the firm-wide rest, each in a Python worker
-    of its own). What leaves is :data:`~riskguard.flink.fused.ROW` rows for the sinks."""
+    """The flow over ``src`` fed a tick a call, as one segment or as two (``segments=2``:
+    the market domain, then the firm-wide rest, each in a Python worker of its own);
+    :data:`~riskguard.flink.fused.ROW` rows for the sinks."""
     from riskguard.flink.fused import (  # noqa: PLC0415
         KEYED_ROW,
         ROW,
@@ -176,8 +169,7 @@ def _segments(src: Any, ref: FlowRef, tick_ns: int, segments: int) -> Any:
 
     steps = ref.steps()
     if segments == 1:
-        # the whole flow is one segment under one key: the keyed steps inside it key
-        # themselves, as one bytewax worker does
+        # one segment under one key: the keyed steps inside key themselves
         plan = SegmentPlan.whole(steps, {"in": "records"})
         return tick_batches(src, tick_ns, ("in",), "riskguard_backtest").process(
             TickBatchSegment(ref, plan), output_type=ROW).name(
@@ -196,9 +188,8 @@ def _segments(src: Any, ref: FlowRef, tick_ns: int, segments: int) -> Any:
 
 
 def local_slots(parallelism: int, segments: int) -> Any:
-    """A mini-cluster's configuration with the slots a job needs: ``parallelism`` for
-    the default slot sharing group, and one more for the firm segment (in a slot sharing
-    group, and so a Python worker, of its own)."""
+    """A mini-cluster's configuration with the slots a job needs: ``parallelism``, and
+    one more for the firm segment's own slot sharing group."""
     from pyflink.common import Configuration  # noqa: PLC0415
 
     conf = Configuration()

@@ -4,12 +4,10 @@ Subcommands live in ``riskguard/cli_<area>.py`` modules, each providing
 ``register(subparsers)``; this module only assembles them and reports errors.
 
 Every error is one line on stderr, ``riskguard <command>: <what was wrong>;
-<what to do>``, and exit code 2; never a traceback. A command that gives a
-verdict keeps its own codes (``audit verify`` FAIL is 1, ``broker status``
-not running is 1, ...): docs/cli.md lists them. librdkafka's log lines go to
-the ``riskguard.kafka`` logger and are not shown unless asked for: ``-v``
-shows warnings and errors, ``-vv`` info, ``-vvv`` (or ``RISKGUARD_LOG=debug``)
-everything, with the traceback of an unexpected error.
+<what to do>``, and exit code 2, never a traceback; verdict commands keep their own
+codes (docs/cli.md). librdkafka's log lines go to the ``riskguard.kafka`` logger, shown
+with ``-v`` (warnings), ``-vv`` (info) or ``-vvv`` / ``RISKGUARD_LOG=debug`` (everything,
+with an unexpected error's traceback).
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """A one-line progress bar on stderr for long CLI work, shown only in a terminal.
 
-Plain stdlib: the line is redrawn with a carriage return, at most every
-``every_s`` seconds (``clock``, injected, is ``time.monotonic`` by default), and
-erased by :meth:`Progress.close`. When stderr is not a terminal (a pipe, a
-log file, a test) it writes nothing at all, unless ``force=True``.
+The line is redrawn at most every ``every_s`` seconds and erased by
+:meth:`Progress.close`; when stderr is not a terminal it writes nothing, unless
+``force=True``.
 
 >>> import io
 >>> buf = io.StringIO()
