@@ -315,10 +315,9 @@ def read_records(data: Sequence[str | Path], venue: str = "file",
 
 def labelled_data(data: Sequence[str | Path], labels: str | Path | None, **read: Any,
                   ) -> tuple[list[Any], list[Label]]:
-    """The records of ``data`` and their labels: a labels JSON file, or an incidents TOML
-    file (``[[incident]]`` tables, as the real-data labels are kept), which also names
-    each file's series (:func:`~riskguard.dataflows.backtest.incident_labels`); ``read``:
-    how to read the files (:func:`read_records`)."""
+    """The records of ``data`` and their labels
+    (:func:`~riskguard.dataflows.backtest.read_labels`); ``read``: how to read the files
+    (:func:`read_records`)."""
     labs, instruments = read_labels(labels, data)
     return read_records(data, instruments=instruments, **read), labs
 

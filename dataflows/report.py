@@ -451,13 +451,9 @@ def ack_status(c: MitigationCommand, res: BacktestResult) -> str:
 
 def events_of(signals: Iterable[Any]) -> list[dict[str, Any]]:
     """The signals a reader of the report follows, each with ``alarm`` true where it raised
-    one (:func:`alarm_signals`): every phase of each anomaly episode that was live at some
-    point, each alert, each limit level a breach reaches.
-
-    An episode that opened while its detector warmed up and went on once it was warm shows
-    its warm-up phases too (``warming_up`` true), so that no escalation or close appears
-    without its open; an episode wholly inside the warm-up is left out, as it acted on
-    nothing."""
+    one (:func:`alarm_signals`): every phase of each anomaly episode live at some point
+    (its warm-up phases included, so no escalation appears without its open), each alert,
+    each limit level a breach reaches."""
     signals = list(signals)
     alarms = {id(s) for s in alarm_signals(signals)}
     live = {(s.kind, s.episode) for s in signals
