@@ -38,7 +38,6 @@ from riskguard.operators.signing import decode_command
 from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, Signer
 from riskguard.operators.signing.trust import TrustStore
 from riskguard.schemas import (
-    AnomalySignal,
     Audience,
     AuditRecord,
     Bar,
@@ -46,12 +45,10 @@ from riskguard.schemas import (
     DeadLetter,
     FundingRate,
     IndexPrice,
-    LimitBreach,
     MarketEvent,
     MitigationCommand,
     OptionQuote,
     Quote,
-    RiskAlert,
     Trade,
     Utilization,
     encode,
@@ -678,5 +675,3 @@ __all__ = [
     "labels_to_json", "load_labels", "parse_labels", "run_backtest", "run_info",
 ]
 
-
-SIGNAL_TYPES = (AnomalySignal, RiskAlert, LimitBreach)

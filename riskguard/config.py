@@ -79,8 +79,8 @@ def _fields(t: Any) -> dict[str, Any]:
 def _member_for(t: Any, value: Any) -> Any:
     """The member of union ``t`` a value of this shape decodes into (None: no single one).
 
-    A table goes to the union's one record type (a tagged union: the one whose tag
-    the table names); an array to its one array type.
+    A table goes to the union's dict type if it has one, else to its one record type (a
+    tagged union: the one whose tag the table names); an array to its one array type.
     """
     members = [unwrap(x) for x in t.types]
     if isinstance(value, dict):
