@@ -1,75 +1,32 @@
 """A verifying subscriber for signed mitigation commands.
 
-:class:`CommandSubscriber` reads a command topic (``assign()``, no consumer
-group) and for each message, in this order:
+:class:`CommandSubscriber` reads a command topic (``assign()``, no consumer group) and
+runs each message through the checks in ``docs/security.md``, in order: the envelope's
+signature over the exact payload bytes first (nothing in the payload is trusted before
+it), then the key's trust, role and two-person rule, audience, freshness, replays
+(``seq`` and ``command_id``), another replica's copy of an executed decision
+(:class:`Duplicate`; a ``decision_id`` held with other content is a
+:class:`DecisionConflict`, never dropped for it), a held action already in force
+(``already_in_force``) and ``seq`` gaps (:class:`GapAlert`); only then does it call the
+user's callback with the typed :class:`~riskguard.schemas.MitigationCommand`.
 
-1. parses only the outer envelope, then verifies the signature over the
-   exact payload bytes (nothing in the payload is trusted before this);
-2. checks the key is trusted, not revoked and inside its validity window;
-3. checks the key may sign that action for that scope (and the two-person rule);
-4. checks the audience (environment and topic);
-5. checks freshness, with a clock-skew leeway (10 s by default);
-6. drops replays: a ``seq`` at or below the issuer's high-water mark, or a
-   ``command_id`` already executed, is a no-op;
-7. reads a ``decision_id`` as a claim about content: another replica's copy of an
-   executed decision (the same ``decision_id``, action, exact scope and params, both
-   copies signed by guard replicas the trust file names in ``replicas``; remembered
-   for ``decision_window_s`` and until it expires) is dropped as a :class:`Duplicate`
-   (``duplicate_decision``, counted apart from rejections, and logged with
-   ``"outcome": "duplicate"``). A command whose ``decision_id`` an executed copy holds
-   with other content raises a :class:`DecisionConflict` (``on_conflict``, counted,
-   logged ``"outcome": "conflict"``) and is never dropped for it: it is checked and
-   executed on its own, so no key can suppress another decision by taking its id. A
-   ``decision_id`` from a signer that is not a named replica is refused
-   (``decision_not_replica``);
-8. (``dedupe_in_force``, on by default) a held action
-   (:data:`~riskguard.schemas.action_params.HELD_ACTIONS`: ``halt_trading``,
-   ``reduce_only``, ``reduce_limits``, ``widen_quotes``) already in force on the same
-   exact scope with the same params is a no-op until a ``resume`` lifts it, reason
-   ``already_in_force``: a guard restarted from recovery may re-derive a mitigation
-   under a new id, and an executor must not act twice. Every other action is an act:
-   a later command repeats it;
-9. raises a :class:`GapAlert` when ``seq`` jumps (a command may have been lost);
-10. only then calls the user's callback with the typed
-    :class:`~riskguard.schemas.MitigationCommand`.
-
-An authentic command that is not executed because its state already holds (another
-replica's copy of an executed decision, a mitigation already in force) goes to
+An authentic command not executed because its state already holds goes to
 ``on_settled(command, reason, settles)``, ``settles`` naming the executed command that
-holds it: an executor acknowledges it as ``already_applied`` and names that copy
-(:class:`~riskguard.connectors.acks.AckingExecutor`), so the guard that sent it
-learns it holds, and does not escalate it as unconfirmed. A state "holds" only if the
-executor applied it: when the callback returns a result whose ``outcome`` is
-``refused`` or ``failed`` (an :class:`~riskguard.connectors.acks.Applied`), the command
-is consumed but recorded neither as in force nor as its decision's executed copy, so
-the next copy (re-derived, or another replica's) is executed, never confirmed in its
-place. A callback that raises leaves the message to be read again: ``poll`` seeks back
-to it before the exception propagates.
+holds it (docs/executors.md). A callback result whose ``outcome`` is ``refused`` or
+``failed`` consumes the command but records it neither as in force nor as its
+decision's executed copy. A callback that raises leaves the message to be read again:
+``poll`` seeks back to it before the exception propagates.
 
-Its state (per-issuer ``seq`` high-water marks, executed ``command_id``s,
-consumed offsets and the highest trust-file serial seen) lives in SQLite
-(:mod:`~riskguard.connectors.subscriber_state`). An executed command is committed
-*after* the callback returns, together with every rejection before it, so a crash
-re-delivers at most the command being executed (make the executor idempotent on
-``command_id``; it always gets one). Rejections are committed in batches (one synced
-write per :data:`COMMIT_EVERY` messages or :data:`COMMIT_EVERY_S`): a crash re-reads
-and refuses again at most one batch. Every rejection carries a machine-readable
-``reason``, is counted, and goes to ``on_reject``, an optional rejections topic and an
-optional JSONL log; its offset is consumed like an executed command's, so a message
-that cannot be read (nested too deep, say: ``malformed_envelope``) is refused once,
-never re-read on every start. An exception the checks raise unforeseen is a rejection
-too (``verify_error``, naming its type), never the end of the subscriber.
-
-The signatures of a consumed batch are checked up front on ``verify_threads`` threads
-(one per core the process may run on by default, :func:`usable_cores`; Ed25519
-releases the GIL), so a flood of forged envelopes is
-refused at the rate of every core, while the checks above still run one message at a
-time, in order.
-
-A high-water mark kept apart from the state (the highest ``seq`` per signer and the
-trust serial, :class:`~riskguard.connectors.subscriber_state.HighWaterMark`) is
-checked at start: a state that was lost or rolled back stops start-up
-(:class:`~riskguard.errors.StateError`) instead of executing again what it executed.
+The state lives in SQLite (:mod:`~riskguard.connectors.subscriber_state`). An executed
+command is committed *after* the callback returns, so a crash re-delivers at most the
+command being executed (make the executor idempotent on ``command_id``). Rejections are
+committed in batches (:data:`COMMIT_EVERY`, :data:`COMMIT_EVERY_S`); each carries a
+machine-readable ``reason`` and its offset is consumed, so an unreadable message is
+refused once. An unforeseen exception in the checks is a rejection too
+(``verify_error``). Signatures of a batch are checked up front on ``verify_threads``
+threads (Ed25519 releases the GIL); the other checks run one message at a time, in
+order. A state behind its :class:`~riskguard.connectors.subscriber_state.HighWaterMark`
+stops start-up (:class:`~riskguard.errors.StateError`).
 """
 
 from __future__ import annotations
@@ -123,10 +80,8 @@ __all__ = ["CONNECT_S", "DEFAULT_DECISION_WINDOW_S", "CommandSubscriber", "Decis
            "read_topic_bytes"]
 
 DEFAULT_DECISION_WINDOW_S = 3600.0
-"""How long an executed decision is remembered, at least (and until its command
-expires): a replica's copy arriving later than that is no longer dropped as a
-duplicate (it would have expired already with the default lifetimes)."""
-# What an executor's callback may report for a command it did not apply (AckOutcome values).
+"""How long an executed decision is remembered, at least (and until its command expires)."""
+# the AckOutcome values of a command the executor did not apply
 _NOT_APPLIED = frozenset({"refused", "failed"})
 COMMIT_EVERY = 2048
 """Rejections committed in one transaction at most, while polling (one synced write)."""
@@ -160,11 +115,7 @@ class Rejection:
 @dataclass(frozen=True)
 class Duplicate:
     """Another replica's copy of a decision already executed: dropped, not refused.
-
-    It matched the executed copy's ``decision_id``, action, scope and params, and both
-    were signed by guard replicas the trust file names. ``reason`` is
-    ``duplicate_decision``; ``first_issuer`` and ``first_command_id`` name the copy that
-    was executed."""
+    ``first_issuer`` and ``first_command_id`` name the copy that was executed."""
 
     decision_id: str
     topic: str
@@ -393,8 +344,7 @@ class CommandSubscriber:
             if found is not None:
                 return found
         if self.state.seen(cmd.issuer, cmd.command_id):
-            # Authentic under a new seq (re-derived after a restart): the seq is used up.
-            # The executor answered this id when it handled it: nothing to settle.
+            # re-derived under a new seq: the seq is used up; the id was answered already
             return self._reject(Reason.REPLAYED_COMMAND_ID.value,
                                 f"command_id {cmd.command_id!r} of {cmd.issuer!r} already "
                                 "handled",
@@ -403,9 +353,7 @@ class CommandSubscriber:
         holder = None
         if self.dedupe_in_force and cmd.action.value in HELD_ACTIONS:
             holder = self.state.in_force(cmd.action.value, cmd.scope.label(), params_key(cmd))
-        if holder is not None:
-            # Authentic, but the same mitigation already holds on this exact scope (for
-            # example re-derived after a restart): executing it again would act twice.
+        if holder is not None:  # executing it again would act twice
             self._settled(cmd, "already_in_force", holder)
             rej = self._reject("already_in_force",
                                f"{cmd.action.value} on {cmd.scope.label()} is in force "
@@ -440,10 +388,9 @@ class CommandSubscriber:
 
     def _decision(self, cmd: MitigationCommand, partition: int, offset: int,
                   data: bytes) -> Outcome | None:
-        """A command carrying a ``decision_id``: a duplicate of an executed copy (same
-        decision id, action, scope and params, both from replicas the trust file names),
-        a refusal (not from a replica), or None: it is checked and executed on its own,
-        after an alert if the id was executed with another content."""
+        """A duplicate of an executed copy, a refusal (not from a replica), or None: the
+        command is checked and executed on its own (after a conflict alert if its id was
+        executed with other content)."""
         copies = self.state.copies(cmd.decision_id or "")
         content = content_key(cmd)
         from_replica = cmd.issuer in self.replicas
@@ -476,8 +423,8 @@ class CommandSubscriber:
 
     def _duplicate(self, cmd: MitigationCommand, first: Copy, partition: int,
                    offset: int) -> Duplicate:
-        """Drop another replica's copy of an executed decision: counted and logged as a
-        duplicate; its seq and id count as seen."""
+        """Drop another replica's copy of an executed decision; its seq and id count as
+        seen."""
         dup = Duplicate(decision_id=cmd.decision_id or "", topic=self.topic,
                         partition=partition, offset=offset, issuer=cmd.issuer,
                         command_id=cmd.command_id, seq=cmd.seq, first_issuer=first.issuer,
@@ -574,12 +521,8 @@ class CommandSubscriber:
 
     def poll(self, *, max_messages: int | None = None, idle_timeout_s: float = 2.0,
              poll_timeout_s: float = 0.2) -> int:
-        """Consume until ``max_messages`` handled or nothing arrives for ``idle_timeout_s``.
-
-        Returns how many messages were handled (accepted or rejected). Rejections are
-        committed in batches (:data:`COMMIT_EVERY`, :data:`COMMIT_EVERY_S`); an executed
-        or settled command is committed at once, with every rejection before it.
-        """
+        """Consume until ``max_messages`` handled or nothing arrives for ``idle_timeout_s``;
+        returns how many messages were handled (accepted or rejected)."""
         if self._consumer is None:
             self.connect()
         handled = 0
@@ -723,10 +666,9 @@ def read_topic_bytes(brokers: str | KafkaSettings, topic: str, *,
     """Every message value of ``topic`` from the beginning (assign, no group), in order
     within each partition.
 
-    Done once every partition has reported its end (librdkafka's end-of-partition event)
-    with nothing after it, or once ``idle_timeout_s`` passes with neither a message nor
-    an end event; the wait for the first one allows at least ``CONNECT_S`` for the
-    connection, so a slow start does not read as an empty topic."""
+    Done once every partition has reported its end (librdkafka's end-of-partition event),
+    or once ``idle_timeout_s`` passes with neither a message nor an end event; the first
+    wait allows at least ``CONNECT_S``, so a slow start does not read as an empty topic."""
     settings = as_settings(brokers)
     conf: dict[str, Any] = settings.client_config()
     md = AdminClient(conf).list_topics(topic, timeout=10)

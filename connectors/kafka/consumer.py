@@ -19,8 +19,7 @@ from riskguard.errors import BrokerError
 
 STARTS = {"earliest": OFFSET_BEGINNING, "latest": OFFSET_END}
 IDLE_BACKOFF = timedelta(milliseconds=2)
-# an idle bundle with one consumer waits this long in librdkafka for its next message
-# (it returns at once when one arrives) instead of polling every IDLE_BACKOFF
+# an idle bundle waits this long in librdkafka for a message instead of polling
 IDLE_WAIT_S = 0.005
 # an idle partition with messages left before its end: how often to ask the broker again,
 # and after how many idle periods to end it anyway
@@ -84,31 +83,17 @@ def list_partitions(settings: KafkaSettings, topic: str, timeout_s: float = 10.0
 
 
 class EventTimeAlignment:
-    """Bounds event-time skew between the source partitions of one process.
+    """Bounds event-time skew between the source partitions of one process (Flink's
+    watermark alignment): a partition holds its records back while they are more than
+    ``max_skew_ns`` ahead of the slowest live partition, so event-time windows downstream
+    do not see a slower partition's records as late.
 
-    Kafka partitions start and run at different speeds, so one can race
-    minutes of event time ahead of another and make every event-time window
-    downstream see the other's records as late. With alignment, a partition
-    holds its records back while they are more than ``max_skew_ns`` ahead of
-    the slowest live partition (Flink's watermark alignment).
-
-    A partition with nothing buffered stops holding the others back only when
-    it is known to be caught up: its consumer reached the end of the
-    partition (librdkafka's end-of-partition event) and has had no data
-    since. Time alone never makes it idle while it may still have a backlog:
-    on a loaded machine a fetch can take seconds, and letting the others run
-    on then would make the backlog late downstream (and results depend on
-    load). Only a partition that delivers neither data nor its end for
-    ``stall_ns`` (a broker in trouble), or that never starts within
-    ``grace_ns``, is passed by, so one bad partition cannot stop the guard.
-    In live operation every partition reaches its end after each fetch, so
-    nothing is held; the bound bites on backlogs, replays and start-up.
-
-    A replica of a key-split partition (see :class:`KafkaInput`) passes over
-    the other replicas' messages undecoded. With nothing of its own buffered
-    it stands at the event time of the last message it passed over (read from
-    that one message), so it holds the others back only as far as its own
-    progress through the partition, never until the partition's end.
+    A partition with nothing buffered stops holding the others back only once caught up
+    (librdkafka's end-of-partition event, no data since). Time alone never makes it idle,
+    since on a loaded machine a fetch can take seconds and results would depend on load;
+    only a partition that delivers neither data nor its end for ``stall_ns``, or never
+    starts within ``grace_ns``, is passed by. A key-split partition that skips others'
+    messages stands at the event time of the last one it skipped.
     """
 
     def __init__(self, max_skew_ns: int, *, stall_ns: int = 10_000_000_000,
@@ -119,8 +104,7 @@ class EventTimeAlignment:
         # part -> [next ts to emit or None, last emitted ts, started_at, last data at, at end]
         self.parts: dict[str, list[Any]] = {}
         # where each partition stands, lowest first: (ts, until when it counts, version,
-        # part); an entry of an older version, or past its time, is dropped when it comes
-        # up, so a read's look costs O(log P), not a pass over every partition
+        # part); stale entries are dropped lazily, so a look costs O(log P)
         self._stands: list[tuple[int, int, int, str]] = []
         self._version: dict[str, int] = {}  # each entry's own number, never reused
         self._versions = itertools.count()
@@ -130,11 +114,7 @@ class EventTimeAlignment:
         self._restand(part)
 
     def frontier(self, part: str, now: int) -> int:
-        """The lowest event time the other live partitions stand at.
-
-        A partition with records buffered stands at the next one's time; one with none
-        at the last it emitted, unless it is caught up (at its end), has stalled
-        (``stall_ns`` without data or its end) or never started (``grace_ns``)."""
+        """The lowest event time the other live partitions stand at."""
         stands, version = self._stands, self._version
         own = None
         while stands:
@@ -181,30 +161,20 @@ class EventTimeAlignment:
 
 
 class SharedConsumer:
-    """One Kafka consumer for all of a source's partitions in this process.
+    """One Kafka consumer for all of a source's partitions in this process (one fetch
+    loop, not one per partition): partitions are added with ``incremental_assign`` and
+    each ``consume`` is split into per-partition lists.
 
-    A consumer per partition means a fetch loop per partition: with a few
-    topics of several partitions each, that multiplies broker load and
-    fetch waits. Here partitions are added with ``incremental_assign`` and
-    each ``consume`` is split into per-partition lists. A read takes its whole list,
-    which grows only while its reader is held back by event-time alignment or between two
-    reads (bounded by librdkafka's prefetch queue). A list that reaches
-    :meth:`max_buffered` messages (a reader held back through a long backlog) pauses its
-    partition in librdkafka until its reader has taken it down to half: librdkafka then
-    drops what it had prefetched for it and fetches on from the last message handed over,
-    so nothing is lost or read twice, and memory is bounded whatever the hold's length.
+    A read takes its whole list. A list that reaches :meth:`max_buffered` (a reader held
+    back by alignment through a long backlog) pauses its partition until its reader has
+    taken it down to half; librdkafka then fetches on from the last message handed over,
+    so nothing is lost or read twice and memory stays bounded.
 
-    With ``fair_reads`` a read takes at most ``batch_size`` messages of its partition,
-    so one worker step handles at most ``batch_size`` per partition: a burst on a busy
-    topic (market data) is spread over several steps instead of making a record on a
-    quiet one (a fill) wait behind all of it. A read whose list is empty then consumes
-    more only while the lists of readers that drain hold fewer than ``batch_size`` per
-    partition, so they stay bounded however far behind the busy topics are; a reader
-    held back by alignment does not drain, and its list does not count (it is bounded
-    by the skew), so alignment cannot starve the partition it waits for. The cost is
-    throughput on a backlog (a replay): more, smaller steps.
-
-    Pause and resume serve only that bound: resuming discards what was prefetched.
+    With ``fair_reads`` a read takes at most ``batch_size`` of its partition, so a burst
+    on a busy topic does not make a record on a quiet one (a fill) wait behind it; an
+    empty list consumes more only while the lists of readers that drain are below
+    ``batch_size`` each. A reader held back by alignment does not count, so alignment
+    cannot starve the partition it waits for. The cost is throughput on a backlog.
     """
 
     def __init__(self, config: dict[str, Any], batch_size: int, *,
@@ -263,9 +233,8 @@ class SharedConsumer:
                 self._distribute(msgs)
 
     def hold(self, topic: str, idx: int, held: bool) -> None:
-        """Mark a partition's reader as held back by event-time alignment (or not): a
-        held reader does not drain its list, so that list does not count against the
-        others' reads (it is bounded by the skew instead). Only ``fair_reads`` uses it."""
+        """Mark a partition's reader as held back by event-time alignment (or not); only
+        ``fair_reads`` uses it."""
         if not self._fair:
             return
         with self._lock:
@@ -281,8 +250,7 @@ class SharedConsumer:
             len(lst) for k, lst in self._pending.items() if k not in held)
 
     def _fill(self) -> None:
-        # Timeout 0: take what librdkafka has prefetched. A positive timeout makes
-        # consume() wait it out whenever fewer than the asked-for messages are ready.
+        # timeout 0: a positive one makes consume() wait it out when fewer are ready
         msgs = self._consumer.consume(self._batch_size * max(1, len(self._pending)), 0)
         self._distribute(msgs)
 
@@ -300,7 +268,7 @@ class SharedConsumer:
                 key = (m.topic() or "", m.partition() or 0)
                 target = pending.get(key)
                 if target is None:
-                    # A client-level error has no partition: every reader must see it.
+                    # a client-level error has no partition: every reader must see it
                     for lst in pending.values():
                         lst.append(m)
                 else:
@@ -331,8 +299,7 @@ class SharedConsumer:
 
     def end_offsets(self, topic: str, idx: int, timeout_s: float = 5.0) -> tuple[int, int] | None:
         """The partition's low and high watermarks, asked of the broker (None if it did
-        not answer within ``timeout_s``): a bounded run's idle end checks that nothing is
-        left to read."""
+        not answer within ``timeout_s``)."""
         with self._lock:
             if self._consumer is None:
                 return None

@@ -79,10 +79,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         writer_wait_ns: int = 0,
     ) -> None:
         self._stamp = stamp_recv_ts
-        # a progress partition (``writers`` flows write it as they go): at its end it is not
-        # caught up; it ends once every writer sent its final progress, or had written and
-        # then went idle for ``idle_eof`` and at least ``writer_wait_ns`` (a writer that is
-        # restarting is quiet for as long as it takes to start again)
+        # a progress partition (``writers`` > 0, see Alignment): at its end it is not caught up
         self._writers = writers
         self._writer_wait_ns = writer_wait_ns
         self._finished: set[str] = set()
@@ -127,13 +124,11 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
 
     def _unread_left(self, idle_eof: int, now: int) -> bool:
         """Idle for ``idle_eof``: whether messages are still left before the partition's
-        end (a fetch that stalled, not the end of input). Asked of the broker at most every
-        ``RECHECK_NS``; after ``IDLE_PATIENCE`` idle periods with messages still left
-        (a transactional topic's last offset is a marker no read returns) the partition
-        ends anyway, with a warning naming how many. A broker that does not answer cannot
-        confirm the end: the partition stays open, and once the cluster has left every
-        such question unanswered for ``IDLE_PATIENCE`` idle periods, :class:`BrokerError`
-        stops the flow (a bounded run never ends as if its input were complete)."""
+        end (a stalled fetch, not the end of input); asked at most every ``RECHECK_NS``.
+        After ``IDLE_PATIENCE`` idle periods with messages left (a transactional topic's
+        last offset is a marker no read returns) it ends anyway, with a warning. A broker
+        that leaves the question unanswered that long raises :class:`BrokerError`: a
+        bounded run never ends as if its input were complete."""
         if self._idle_since is None:
             self._idle_since = now
         ends = self.shared.end_offsets(self._topic, self._idx)
@@ -163,12 +158,7 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
 
     def _fetch(self) -> tuple[list[Any], list[int]] | None:
         """Decode the pending Kafka messages: ``(records, offsets)``; None when none came.
-
-        A :class:`KeySplit` skips other processes' keys undecoded, and after decoding
-        emits a record only if it is this process's to emit; ``self._offset`` moves past
-        every message taken. The loop runs once per message: what it does to a message
-        of this process is :meth:`_record`.
-        """
+        A :class:`KeySplit` skips other processes' keys undecoded."""
         if self._writers and len(self._finished) >= self._writers:
             raise StopIteration  # every writer's input ended, and all it wrote was read
         msgs = self.shared.take(self._topic, self._idx)
@@ -223,11 +213,10 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         ``idle_eof`` with nothing left to read; else move the lag gauge (to 0)."""
         idle_eof = self._idle_eof_ns
         at = self._clock()
-        # a progress partition's writer may still be starting: idle only once it wrote,
-        # and only once it has been quiet for longer than a restart may take
         if idle_eof is None:
             self._report_lag(at)
             return
+        # a progress partition's writer may still be starting or restarting
         quiet = max(idle_eof, self._writer_wait_ns) if self._writers else idle_eof
         if ((self._got_any or not self._writers)
                 and at - self._last_msg_ns > quiet
@@ -290,10 +279,8 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
     def _report_lag(self, now: int, force: bool = False) -> None:
         """Every ``LAG_EVERY_NS`` (or now, when ``force``): the partition's lag gauge,
         from the last fetch's high watermark and the next offset to read; 0 at the
-        partition's end. Before the first message, short of the end, the broker is asked
-        for both watermarks (:func:`consumer_lag`): at its end, a partition that never had
-        data costs no round trip (one a partition made a start over hundreds of silent
-        partitions take tens of seconds)."""
+        partition's end. Only before the first message, short of the end, is the broker
+        asked (a round trip per silent partition would slow a start over hundreds)."""
         if not force and now < self._lag_due:
             return
         self._lag_due = now + LAG_EVERY_NS
@@ -345,9 +332,8 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         now = self._clock()
         limit = align.frontier(self._name, now) + align.max_skew_ns
         recs, tss, lo = self._recs, self._tss, self._head
-        # the first record past the limit, and all before it go out. Those before lo went
-        # out under an earlier limit; while the limit has not dropped below them, the
-        # running maximum finds the cut with one bisect.
+        # all records before the first past the limit go out: one bisect on the running
+        # maximum, unless the limit dropped below what went out earlier
         peak = self._peak
         cut = bisect_right(peak, limit, lo)
         if cut == lo < len(recs) and tss[lo] <= limit:  # the limit dropped: scan from lo
@@ -360,9 +346,8 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         held = cut < len(recs)
         head = tss[cut] if held else None
         self.shared.hold(self._topic, self._idx, held)
-        # a key split that only skipped messages (others' keys) stands where it skipped
-        # to, not where it last emitted: else it holds the process back until the end of
-        # a partition none of whose keys are its own
+        # a key split stands where it skipped to, else a partition none of whose keys
+        # are its own holds the process back until its end
         stand = max(self._emitted_ts, self._skipped_ts)
         align.update(self._name, head, stand, got or self._skipped_any, now,
                      self._at_end and not self._writers)
@@ -374,9 +359,8 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         return self._awake
 
     def snapshot(self) -> tuple[int, int]:
-        # Records still held back by alignment are re-read on resume, so the lateness
-        # watermark resumes at what was emitted: the fetch that read them already moved
-        # the policy past them, and they must not come back as "late".
+        # records held back by alignment are re-read on resume: the lateness watermark
+        # resumes at what was emitted, so they do not come back as "late"
         policy = self._policy
         if self._head < len(self._recs):
             return self._offs[self._head], (
@@ -390,17 +374,13 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
 
 
 class _Bundle(StatefulSourcePartition[Any, dict[str, tuple[int, int]]]):
-    """All of the source's Kafka partitions as one bytewax partition.
+    """All of the source's Kafka partitions as one bytewax partition: every step pays per
+    batch, and alignment cuts each partition's read short on a backlog.
 
-    bytewax passes each partition's batch downstream as its own message, and
-    every step pays per message. On a backlog, event-time alignment cuts each
-    partition's read to the few records within the skew, so reads were about
-    40 records each. A bundle reads its partitions in rounds, each round
-    asking every partition once (so alignment sees the same calls as
-    before), until about ``cap`` records are gathered or a round brings
-    nothing, and emits them as one batch. With ``one_round`` (``Fetch.fair``:
-    latency first) it stops after one round. Its state is each partition's
-    own, by name; a partition that ended keeps its last state.
+    It reads its partitions in rounds, each asking every partition once, until about
+    ``cap`` records are gathered or a round brings nothing, and emits them as one batch;
+    with ``one_round`` (``Fetch.fair``) it stops after one round. Its state is each
+    partition's own, by name; a partition that ended keeps its last state.
     """
 
     def __init__(self, parts: dict[str, _SourcePartition], cap: int, *,
@@ -410,8 +390,7 @@ class _Bundle(StatefulSourcePartition[Any, dict[str, tuple[int, int]]]):
         self._cap = cap
         self._one_round = one_round
         self._awake: datetime | None = None
-        # the one consumer all its partitions read through, if an idle round may wait in it
-        self._wait_on = wait_on
+        self._wait_on = wait_on  # the shared consumer, if an idle round may wait in it
 
     def next_batch(self) -> list[Any]:
         parts = self._parts
@@ -543,16 +522,13 @@ class Alignment:
     a partition more than ``max_skew_s`` ahead of the slowest live one waits.
 
     ``progress_topics``: topic -> ``n``: partitions ``0 .. n - 1`` (modulo the topic's
-    count) of these topics are written as they go by another riskguard flow each, in
-    event-time order (a market process's valuations on the ``detections`` topic,
-    ``KafkaOutput(partition=index)``). Such a partition at its end is not caught up,
-    only waiting for its writer: it goes on holding the others back at the event time it
-    reached until it stalls (no data for 10 s: a writer gone), so the others are read in
-    step with it however far ahead their writers have run. It ends once each of its
-    writers sent its ``final`` :class:`~riskguard.schemas.DetectProgress` (its bounded
-    input ended), or wrote and then went idle for ``idle_eof_s`` and at least
-    ``writer_wait_s``: not before a writer still starting up has written anything, nor
-    while one killed and resuming from its recovery snapshot may still write the rest.
+    count) are each written as it goes by another riskguard flow, in event-time order (a
+    market process's valuations on ``detections``). Such a partition at its end is only
+    waiting for its writer: it holds the others back at the event time it reached until
+    it stalls (no data for 10 s). It ends once each writer sent its ``final``
+    :class:`~riskguard.schemas.DetectProgress`, or wrote and then went idle for
+    ``idle_eof_s`` and at least ``writer_wait_s`` (a writer starting or resuming from
+    recovery may still write the rest).
     """
 
     max_skew_s: float
@@ -626,13 +602,8 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
         return [(t, i) for t in self.topics for i in list_partitions(self.settings, t)]
 
     def consumer_config(self) -> dict[str, Any]:
-        """The librdkafka config of this process's consumer.
-
-        Fresh partitions start at the logical ``starting_offset``; resumed ones
-        at their recovered offset, with ``auto.offset.reset=error``: if that
-        offset no longer exists (retention, a recreated topic), consuming
-        fails loudly instead of silently skipping to the end or the start.
-        """
+        """The librdkafka config of this process's consumer: ``auto.offset.reset=error``,
+        so a recovered offset that no longer exists fails loudly, never skips."""
         config = self.settings.client_config()
         config.update({
             "group.id": "riskguard-assigned",  # required by librdkafka; no group is joined
@@ -664,9 +635,7 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
                    resume_state: dict[str, tuple[int, int]] | None) -> _Bundle:
         parts = self.partitions(resume_state)
         fetch = self.fetch
-        # at most batch_size per partition per read, as one partition alone would read;
-        # an idle read waits in the consumer unless latency comes first (fair: polling
-        # keeps a fill's latency lower)
+        # an idle read waits in the consumer unless latency comes first (fair: polling)
         consumer = next(iter(parts.values())).shared if parts else None
         return _Bundle(parts, fetch.batch_size * max(1, len(parts)), one_round=fetch.fair,
                        wait_on=None if fetch.fair else consumer)
