@@ -1,16 +1,10 @@
 """Read riskguard's Prometheus endpoints and summarize them (``riskguard status``).
 
-:func:`scrape` fetches one ``/metrics`` text and parses it with
-``prometheus_client.parser``; :func:`summarize` folds one or more scrapes
-(one per guard process) into a plain-dict summary: health, lag, open
-episodes, active mitigations, the top utilizations, feeds on backup,
-audit checkpoint age. :func:`render_text` prints it on one screen and
-:class:`StatusServer` serves it as a self-contained HTML page that polls
-``/api/status`` (JSON) and keeps a command timeline.
-
-Across processes, counters and episode gauges are summed, utilizations and
-failover states take the maximum, and the checkpoint age the minimum (only
-the process that owns an audit chain sees its checkpoints).
+:func:`summarize` folds the scrapes of one or more guard processes into a plain-dict
+summary; :func:`render_text` prints it on one screen and :class:`StatusServer` serves it
+as an HTML page polling ``/api/status``. Across processes, counters and episode gauges
+are summed, utilizations and failover states take the maximum, and the checkpoint age
+the minimum (only the process that owns an audit chain sees its checkpoints).
 
 >>> text = '''# TYPE riskguard_events_in_total counter
 ... riskguard_events_in_total{stream="dev.riskguard.market.v1"} 100.0
@@ -75,11 +69,8 @@ class Scrape:
 
 def parse_metrics(text: str) -> list[Sample]:
     """Parse Prometheus text exposition into samples."""
-    out = []
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out.append(Sample(s.name, tuple(sorted(s.labels.items())), float(s.value)))
-    return out
+    return [Sample(s.name, tuple(sorted(s.labels.items())), float(s.value))
+            for fam in text_string_to_metric_families(text) for s in fam.samples]
 
 
 def scrape(url: str, timeout_s: float = 5.0) -> Scrape:
@@ -221,8 +212,7 @@ def render_text(s: dict[str, Any], width: int = 30) -> str:
     ep = s["episodes_open"]
     lines.append(f"episodes    {_num(ep['total'])} open  " + "  ".join(
         f"{k}={_num(v)}" for k, v in ep["by_class"].items()))
-    cmds = s["commands"]
-    # Counts of commands issued since start (lifted and expired ones included).
+    cmds = s["commands"]  # issued since start, lifted and expired ones included
     lines.append(f"commands    {_num(cmds['total'])} issued  " + "  ".join(
         f"{k}={_num(v)}" for k, v in cmds["by_action"].items()))
     acks = s["acks"]
@@ -328,13 +318,10 @@ def commands_from_file(path: str, key: VerifyKey) -> Callable[[], list[Mitigatio
     """A command source for :class:`StatusPoller`: the signed command envelopes in
     ``path``, one per line (a guard's ``commands.jsonl``), read as the file grows.
 
-    Only commands signed with ``key`` count: a line that is not an envelope, not a
-    command, or not verified under ``key`` is skipped, so it can neither show a
-    mitigation as active nor lift one. A missing file is no commands yet. Each poll
-    reads and verifies only the lines added since the last (a file that shrank, such
-    as a new one in its place, is read again from its start), and the commands kept are
-    the newest :data:`MAX_COMMANDS` and the older ones that can still change what is in
-    force (:func:`_pruned`): a poll's cost does not grow with the file's history.
+    Only commands signed with ``key`` count: any other line is skipped, so it can neither
+    show a mitigation as active nor lift one. A missing file is no commands yet. Each poll
+    reads only the lines added since the last (a file that shrank is read again from its
+    start), and the commands kept are bounded (:func:`_pruned`).
     """
     kept: list[MitigationCommand] = []
     where: dict[str, Any] = {"offset": 0, "partial": b"", "skipping": False}
@@ -388,11 +375,9 @@ def commands_from_file(path: str, key: VerifyKey) -> Callable[[], list[Mitigatio
 class StatusPoller:
     """Scrapes the endpoints on demand and keeps a command timeline between scrapes.
 
-    ``commands`` (optional) returns the mitigation commands issued so far (for
-    example, read from the commands topic or a guard's output); with it the
-    summary's ``mitigations`` holds the ones in force now apart from the
-    history (:func:`split_mitigations`). Without it, which mitigations are in
-    force is not known: the metrics only count commands issued.
+    ``commands`` (optional) returns the mitigation commands issued so far; with it the
+    summary's ``mitigations`` holds the ones in force now apart from the history
+    (:func:`split_mitigations`), else None (the metrics only count commands issued).
     """
 
     def __init__(self, urls: Sequence[str], *, top: int = 10, timeout_s: float = 5.0,

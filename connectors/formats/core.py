@@ -1,18 +1,13 @@
-"""Reading historical files row by row: plain, gzip or zip, always as a stream.
+"""Reading historical files row by row: plain, gzip or zip, always as a stream
+(docs/formats.md).
 
-A :class:`FileReader` opens one file (a ``.gz`` or a one-member ``.zip`` is
-decompressed while it is read, never unpacked to disk), reads its header if the
-format has one, and hands every line to the format's :class:`RowParser`. What a
-parser returns is an *emission*: a record, a list of records (a book snapshot
-gives a quote and a depth record), or None while it gathers rows (a Binance
-``bookDepth`` snapshot spans several rows). Whatever a parser raises for a row
-becomes a :class:`~riskguard.schemas.DeadLetter` naming the file, the line and
-the reason: a bad row never stops a file, and never vanishes.
-
-Offsets are byte offsets in the *decompressed* stream, so a resumed replay
-re-reads a compressed file from its start and skips to the offset (counting
-lines on the way, so line numbers stay exact); a plain file is read the same way,
-at disk speed.
+A :class:`FileReader` hands every line of one file to the format's :class:`RowParser`,
+whose *emission* is a record, a list of records, or None while it gathers rows (a
+Binance ``bookDepth`` snapshot spans several). Whatever a parser raises for a row
+becomes a :class:`~riskguard.schemas.DeadLetter` naming the file, the line and the
+reason: a bad row never stops a file, and never vanishes. Offsets are byte offsets in
+the *decompressed* stream: a resumed replay re-reads a compressed file from its start
+and skips to the offset, counting lines so line numbers stay exact.
 
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -54,7 +49,7 @@ from riskguard.errors import ConfigError
 CHUNK = 1 << 20
 MAX_LINE_BYTES = 1 << 20
 """A row longer than this is a ``line_too_long`` dead letter, skipped without being held
-in memory (a one-line file of 256 MB costs what its first MiB does)."""
+in memory."""
 MAX_DECOMPRESSED_BYTES = 64 << 30
 """A compressed file that decompresses to more than this ends there with one
 ``too_large`` dead letter (a zip bomb fills neither memory nor disk)."""
@@ -296,14 +291,11 @@ def header_cells(line: bytes) -> list[str]:
 class FileReader:
     """Reads one file from byte ``offset`` (of its decompressed stream) to its end.
 
-    :meth:`lines` yields ``(line_no, offset, emission)`` per emission, dead letters
-    included. ``header``: True if the file has a header line, False if not, None to
-    tell from its first line (:func:`is_header`). ``on_dead_letter(line_no, message)``
-    hears of every row refused, in the order they are met. :attr:`refused` is true
-    once the header was refused (nothing else of the file is read). A row longer than
-    ``max_line`` bytes is a ``line_too_long`` dead letter (skipped as it streams by,
-    never held whole); a compressed file decompressing to more than ``max_bytes`` ends
-    there with a ``too_large`` one.
+    ``header``: True if the file has a header line, False if not, None to tell from its
+    first line (:func:`is_header`). ``on_dead_letter(line_no, message)`` hears of every
+    row refused, in order. A row longer than ``max_line`` bytes is a ``line_too_long``
+    dead letter; a compressed file decompressing to more than ``max_bytes`` ends there
+    with a ``too_large`` one.
     """
 
     def __init__(self, path: Path | str, factory: ParserFactory, *,
@@ -346,8 +338,7 @@ class FileReader:
             detail=f"{self.path.name} line {line_no}: {message}", raw=line[:4096],
         )
 
-    # A hot loop: its inner loop runs once per row of a data file, in one generator frame
-    # (replaying exchange files is measured per format in docs/performance.md).
+    # a hot loop, once per row of a data file, in one generator frame (docs/performance.md)
     def lines(self) -> Iterator[tuple[int, int, Any]]:  # noqa: C901, PLR0912, PLR0915
         """``(line_no, offset, emission)`` of every emission from ``offset`` on."""
         fh, stats = self._fh, self.stats
@@ -370,8 +361,7 @@ class FileReader:
                 chunk = read(CHUNK)
             except (OSError, EOFError, zlib.error, zipfile.BadZipFile,
                     NotImplementedError) as err:
-                # a corrupt compressed stream: what was read stands, the rest is one
-                # dead letter, and the file ends here
+                # a corrupt stream: what was read stands, the rest is one dead letter
                 yield line_no + 1, pos, self.dead_letter(
                     b"", line_no + 1, pos, RowError(
                         f"the file cannot be read past here: {type(err).__name__}: {err}",
@@ -553,15 +543,14 @@ class RowIndex:
 
 
 class IndexedReader(FileReader):
-    """Reads a file's rows in the order of a :class:`RowIndex` (a bar file whose rows are
-    not in time order, read in time order), each row once, with one open file.
+    """Reads a file's rows in the order of a :class:`RowIndex` (a bar file not in time
+    order, read in time order), each row once.
 
-    Its offsets are positions in that order: reading from ``offset`` k starts at the
-    index's k-th row, and :attr:`position` is the number of rows once all are read. A
-    compressed file is decompressed to a temporary file first (rows are read where they
-    lie), of at most ``max_temp`` bytes and never more than the temporary directory has
-    free (else one ``too_large`` dead letter and no row); a stream that cannot be read to
-    its end gives what it holds, then one dead letter.
+    Its offsets are positions in that order: ``offset`` k starts at the index's k-th row.
+    A compressed file is decompressed to a temporary file first, of at most ``max_temp``
+    bytes and never more than the temporary directory has free (else one ``too_large``
+    dead letter and no row); a stream that cannot be read to its end gives what it holds,
+    then one dead letter.
     """
 
     WINDOW = 256  # rows looked up at once
@@ -584,7 +573,7 @@ class IndexedReader(FileReader):
         if self._copy is not None:
             self._copy.close()
 
-    # A hot loop, as FileReader.lines: once per row of a data file, in one generator frame.
+    # a hot loop, as FileReader.lines
     def lines(self) -> Iterator[tuple[int, int, Any]]:  # noqa: C901, PLR0912, PLR0915
         fh, stats = self._fh, self.stats
         line_no, header = 0, b""
