@@ -1,45 +1,9 @@
 """Binance public data dumps (data.binance.vision) as wire-contract records.
 
-Every file is a CSV, zipped on the site (read here as a stream, or unzipped, or
-gzipped). Futures files (``um`` USDT-M, ``cm`` COIN-M) have had a header line
-since 2022, spot files have none: both are read. Times are UTC epoch
-milliseconds; spot files dated 2025-01-01 on use microseconds, told by the date in the
-file's name (Binance's own name), never by a value's size: a time that read in the
-file's unit falls outside the plausible years is a dead letter that says so. Prices
-are in the quote currency (USDT, USD for COIN-M). Quantities are in the base asset,
-except COIN-M's, which count contracts of ``contract_size`` USD (Binance: 100 for BTC,
-10 for every other coin): they are converted to the base asset with the file's own
-base-asset column where it has one, else as ``contracts * contract_size / price``.
-
-Each format, its columns, and the record it gives:
-
-- ``binance_klines``: open_time, open, high, low, close, volume, close_time,
-  quote_volume, count, taker_buy_volume, taker_buy_quote_volume, ignore (COIN-M:
-  base_volume and taker_buy_base_volume in the 8th and 11th columns); a ``Bar``.
-- ``binance_mark_price_klines``, ``binance_index_price_klines``: the same columns,
-  the volume ones all 0; a ``Bar`` with ``price_only=True``.
-- ``binance_premium_index_klines``: the same columns, holding signed premium
-  fractions; a ``PremiumIndexBar``.
-- ``binance_trades``: id, price, qty, quote_qty (COIN-M: base_qty), time,
-  is_buyer_maker[, is_best_match (spot)]; a ``Trade``.
-- ``binance_agg_trades``: agg_trade_id, price, quantity, first_trade_id,
-  last_trade_id, transact_time, is_buyer_maker[, is_best_match (spot)]; a ``Trade``.
-- ``binance_book_ticker``: update_id, best_bid_price, best_bid_qty, best_ask_price,
-  best_ask_qty, transaction_time, event_time; a ``Quote`` at transaction_time.
-- ``binance_book_depth``: timestamp (text, ``YYYY-MM-DD HH:MM:SS`` UTC), percentage
-  (-5..-1 bids, 1..5 asks), depth (cumulative), notional; the rows of one
-  timestamp make one ``BookDepth``.
-- ``binance_funding``: calc_time, funding_interval_hours, last_funding_rate; a
-  ``FundingRate``.
-- ``binance_metrics``: create_time (text, UTC), symbol, sum_open_interest,
-  sum_open_interest_value, count_toptrader_long_short_ratio,
-  sum_toptrader_long_short_ratio, count_long_short_ratio,
-  sum_taker_long_short_vol_ratio; an ``OpenInterest``.
-
-A kline becomes a :class:`~riskguard.schemas.Bar` over ``[open_time,
-close_time + 1 unit)`` whose ``ts`` is its close; a mark- or index-price kline,
-or any kline with no volume at all, is ``price_only``. A trade's side is the
-taker's: ``is_buyer_maker`` true means the taker sold.
+docs/formats.md lists each format's columns, units and the record it gives. Times are
+milliseconds, or microseconds in spot files dated 2025-01-01 on, told by the date in
+the file's name, never by a value's size. COIN-M quantities count contracts of
+``contract_size`` USD and are converted to the base asset.
 
 >>> import tempfile, pathlib
 >>> from riskguard.connectors.formats.core import FileReader, Source
@@ -207,9 +171,8 @@ class KlineParser(RowParser):
     def row(self, line: bytes, line_no: int, offset: int) -> Any:
         if self.slow:
             return self.checked_row(line.split(b","), line, line_no)
-        # the common kline on one short path: its twelve numbers are a JSON array, which
-        # msgspec reads in one call (a quarter of the time of twelve float() calls);
-        # anything unusual takes checked_row, which names what is wrong
+        # fast path: the twelve numbers read as one JSON array by msgspec; anything
+        # unusual takes checked_row, which names what is wrong
         try:
             ot, o, h, lo, cl, v, ct, q, n, tb, _, _ = _KLINE_ROW.decode(b"[" + line + b"]")
         except msgspec.DecodeError:
@@ -371,14 +334,9 @@ class BookTickerParser(RowParser):
 
 
 class BookDepthParser(RowParser):
-    """``bookDepth``: the rows of one timestamp make one :class:`BookDepth`.
-
-    ``bands_pct`` are the band sizes, ``bid_depth``/``ask_depth`` the depths at
-    ``-band``/``+band`` in the base asset (COIN-M: the ``notional`` column, which is in
-    the base coin there), ``mid`` the mean of the ±1 % rows' average prices
-    (``notional / depth``, or a ``weighted_avg_price`` column where the file has one).
-    A snapshot whose sides do not have the same bands (a row missing or repeated) is
-    skipped: each of its rows becomes a dead letter.
+    """``bookDepth``: the rows of one timestamp make one :class:`BookDepth`
+    (docs/formats.md); a snapshot whose sides do not have the same bands is skipped,
+    each of its rows a dead letter.
     """
 
     grouped = True
@@ -483,12 +441,8 @@ METRICS_COLUMNS = ("create_time", "symbol", "sum_open_interest", "sum_open_inter
 
 
 class MetricsParser(RowParser):
-    """``metrics`` (futures, every 5 minutes): open interest and long/short ratios.
-
-    USDT-M: ``sum_open_interest`` is in the base asset and its value in USDT. COIN-M:
-    it counts contracts and its value is in the base coin, so the USD value is
-    ``contracts * contract_size``.
-    """
+    """``metrics`` (futures, every 5 minutes): open interest and long/short ratios; a
+    COIN-M file counts contracts, its USD value ``contracts * contract_size``."""
 
     def __init__(self, header: list[str] | None, source: Source) -> None:
         self.cols = _columns(header, {n: (n,) for n in METRICS_COLUMNS},

@@ -1,31 +1,10 @@
 """Bars from any CSV whose header names open, high, low and close (``ohlcv_csv``).
 
-The common export of a desk, a data vendor or a notebook: one bar a row, one series
-or one per symbol (and venue). Columns are found by name, in any case and order:
-
-- the bar's **start**, the first of ``timestamp_ns``, ``timestamp_us``,
-  ``timestamp_ms``, ``timestamp_s``, ``open_time`` (ms), ``timestamp``, ``time``,
-  ``start``, ``unix``, ``unix timestamp`` (a number of seconds, ms, µs or ns since
-  the epoch, told by its size, or a date and time), ``datetime_utc``, ``datetime``,
-  ``date`` (``YYYY-MM-DD`` or ``YYYY-MM-DD HH:MM:SS``, UTC);
-- ``open``, ``high``, ``low``, ``close``;
-- optional: ``volume`` (``volume_base``, ``base_volume``) in the base asset,
-  ``quote_volume`` (``volume_quote``), else two ``volume <asset>`` columns (the base's,
-  then the quote's), ``trades`` (``trade_count``, ``tradecount``, ``count``),
-  ``taker_buy_volume`` (``taker_buy_base_volume``): a file with no volume column
-  gives ``price_only`` bars;
-- optional: ``symbol`` (``instrument``), ``venue`` (``exchange``) and ``measure``
-  (``price`` or ``volatility``), else the replay's ``--instrument``, ``--venue``
-  and ``--measure``.
-
-Blank lines and a title line (one cell, such as an address) above the header are
-passed over. Rows may come in any order (:func:`scan`, :func:`time_order`).
-
-A bar closes at its start plus the file's **interval**: the most common step
-between consecutive starts of one series among the file's first rows
-(:func:`scan_interval`), so daily, hourly and minute files need no setting. A row
-whose values do not make a bar (a price that is no number, ``low`` above ``high``,
-a start that is no time) is a dead letter naming its line.
+One bar a row, one series or one per symbol (and venue); columns are found by name, in
+any case and order (:data:`TIME_COLUMNS`, docs/formats.md). Rows may come in any order
+(:func:`scan`, :func:`time_order`). A bar closes at its start plus the file's
+interval (:func:`scan_interval`); a row whose values do not make a bar is a dead
+letter naming its line.
 
 >>> import tempfile, pathlib
 >>> from riskguard.connectors.formats.core import FileReader, Source
@@ -204,9 +183,7 @@ def _start(cells: list[bytes], layout: _Layout) -> int | None:
 def scan(path: Path | str, *, whole: bool = True) -> BarScan:
     """One pass over an OHLCV file, or over its first :data:`SCAN_ROWS` rows
     (:class:`BarScan`); rows that do not parse are passed over here (the reader makes
-    them dead letters). The interval is the most common step between consecutive
-    starts of one series among the first rows, either way: a file may list its newest
-    bar first."""
+    them dead letters)."""
     last_of: dict[tuple[bytes, bytes], int] = {}
     steps: Counter[int] = Counter()
     ordered = True

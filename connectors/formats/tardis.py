@@ -1,54 +1,9 @@
 """Tardis.dev downloadable CSV files as wire-contract records.
 
-The files (``<exchange>_<data type>_<YYYY-MM-DD>_<symbol>.csv.gz``, read here as
-a gzip stream) are comma-separated with a header line, a dot as decimal mark,
-and times in **microseconds since the epoch, UTC**. Every data type starts with
-``exchange, symbol, timestamp, local_timestamp``: ``timestamp`` is the
-exchange's time (the record's ``ts``), ``local_timestamp`` the time Tardis
-received the message (the record's ``recv_ts``). Prices and amounts are as the
-exchange gives them. ``exchange`` and ``symbol`` name each record's venue and
-instrument (a ``venue`` given to the reader replaces the exchange's name).
-
-Each format, its columns after the common four, and the records it gives:
-
-- ``tardis_trades``: id, side (the taker's: buy, sell or unknown), price, amount;
-  a :class:`~riskguard.schemas.Trade`.
-- ``tardis_liquidations``: id, side (buy: a short position was liquidated), price,
-  amount; a ``Trade`` with ``liquidation=True``.
-- ``tardis_quotes``: ask_amount, ask_price, bid_price, bid_amount; a ``Quote``.
-- ``tardis_book_snapshot_5`` / ``tardis_book_snapshot_25``: asks[0].price,
-  asks[0].amount, bids[0].price, bids[0].amount, ... to level 4 or 24; a ``Quote``
-  and a ``BookDepth``.
-- ``tardis_derivative_ticker``: funding_timestamp, funding_rate,
-  predicted_funding_rate, open_interest, last_price, index_price, mark_price; a
-  ``FundingRate`` and/or an ``OpenInterest``.
-- ``tardis_options_chain``: type, strike_price, expiration, open_interest,
-  last_price, bid_price, bid_amount, bid_iv, ask_price, ask_amount, ask_iv,
-  mark_price, mark_iv, underlying_index, underlying_price, delta, gamma, vega,
-  theta, rho; an ``OptionQuote``.
-
-Mapping details:
-
-- A trade whose side is ``unknown`` is a dead letter (a trade carries its
-  aggressor's side); so is a quote with an empty side.
-- A book snapshot gives its top level as a :class:`~riskguard.schemas.Quote`
-  and, as a :class:`~riskguard.schemas.BookDepth`, the cumulative amount within
-  each band of :data:`DEPTH_BANDS_PCT` around the mid that the snapshot's levels
-  cover on both sides (a band wider than the snapshot reaches is left out; none
-  covered: the quote only).
-- A derivative ticker gives a :class:`~riskguard.schemas.FundingRate` where it
-  has a funding rate (with mark, index, predicted rate and next funding time)
-  and an :class:`~riskguard.schemas.OpenInterest` where it has open interest
-  (in the exchange's unit, ``base_qty`` unknown); a row with neither is a dead
-  letter.
-- An options-chain row becomes an :class:`~riskguard.schemas.OptionQuote`.
-  Implied volatilities are read as percent (Deribit's unit: ``53.5`` is 53.5 %)
-  and stored as fractions; on Deribit and OKX options, prices are in the
-  underlying coin and are converted to the quote currency with
-  ``underlying_price`` (``coin_priced``). Empty bids or asks are 0; an empty mark
-  price, mark IV, underlying price or delta makes the row a dead letter; empty
-  gamma, vega or theta are 0. ``underlying`` is the symbol's first part
-  (``BTC`` of ``BTC-29MAR24-60000-C``, ``AVAX`` of ``AVAX_USDC-...``).
+docs/formats.md lists each format's columns and the records it gives. Times are
+microseconds since the epoch, UTC: ``timestamp`` is the record's ``ts``,
+``local_timestamp`` its ``recv_ts``; ``exchange`` and ``symbol`` name each record's venue
+and instrument (a ``venue`` given to the reader replaces the exchange's name).
 
 >>> import tempfile, pathlib
 >>> from riskguard.connectors.formats.core import FileReader, Source
@@ -303,7 +258,7 @@ class DerivativeTickerParser(_Parser):
 
 
 class OptionsChainParser(_Parser):
-    """``options_chain`` to option quotes (see the module docstring for units)."""
+    """``options_chain`` to option quotes (units: docs/formats.md)."""
 
     columns = COLUMNS["options_chain"]
     required = ("type", "strike_price", "expiration", "bid_price", "ask_price", "mark_price",
