@@ -68,9 +68,8 @@ class TradeState(IntEnum):
 _STATES: Mapping[str, TradeState] = {
     "halt_trading": TradeState.HALTED, "reduce_only": TradeState.REDUCING}
 HELD_ACTIONS: Mapping[str, TradeState | None] = {a: _STATES.get(a) for a in sorted(HELD)}
-"""Actions an executor holds on a scope until a ``resume`` lifts them (the wire
-contract's table, :data:`~riskguard.schemas.action_params.HELD_ACTIONS`), and the state
-each one imposes (``None``: a cap or a quote width, no trading state)."""
+"""Actions held on a scope until a ``resume`` lifts them, and the state each imposes
+(``None``: a cap or a quote width, no trading state)."""
 
 
 @dataclass(frozen=True)
@@ -371,10 +370,9 @@ class ScopeBook:
 
     def save(self, path: str | Path) -> None:
         """Write what is held to ``path`` (JSON), atomically and durably: a restarted
-        executor must come back holding what it held, not trading freely. Of the
-        commands it remembers, the newest :attr:`MAX_SAVED` go with it (a command
-        redelivered after a restart is one of the last few), so a save's cost does not
-        grow with the commands applied."""
+        executor must come back holding what it held, not trading freely. Only the
+        newest :attr:`MAX_SAVED` remembered commands go with it (a redelivered command
+        is one of the last few)."""
         target = Path(path)
         tmp = target.with_name(target.name + ".tmp")
         st = self.state

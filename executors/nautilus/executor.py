@@ -4,21 +4,11 @@
 :class:`~riskguard.connectors.subscriber.CommandSubscriber` and installs itself as its
 callback through :class:`~riskguard.connectors.acks.AckingExecutor`, so a command
 reaches Nautilus only once the subscriber verified it, and every outcome is signed and
-acknowledged. It applies:
-
-- ``halt_trading`` / ``reduce_only``: HALTED / REDUCING held on the command's exact
-  scope. ``firm:*`` sets the RiskEngine's own trading state (it covers every order);
-  a narrower scope is enforced per order by a :class:`~.gate.PreTradeGate` in front of
-  the RiskEngine. An order's state is the most restrictive held on any scope covering
-  it (:mod:`riskguard.executors.scopes`).
-- ``resume``: lifts holds on exactly its scope; a wider hold still applies.
-- ``cancel_all``: cancels the open orders in scope, whichever strategy owns them.
-- ``reduce_limits``: the RiskEngine's max notional per order of each instrument in
-  scope becomes its base cap times ``factor``.
-- ``widen_quotes`` / ``hedge_delta``: a :class:`WidenQuotes` / :class:`HedgeDelta`
-  published on the message bus topic :data:`WIDEN_QUOTES_TOPIC` /
-  :data:`HEDGE_DELTA_TOPIC` for strategies to act on.
-- ``alert``: acknowledged, nothing changes. Any other action is refused.
+acknowledged. What each action does is docs/executors.md's table: ``firm:*`` halts set
+the RiskEngine's own trading state, a narrower scope is enforced per order by a
+:class:`~.gate.PreTradeGate` (the overlap rule of :mod:`riskguard.executors.scopes`);
+``widen_quotes`` / ``hedge_delta`` are published on the message bus
+(:data:`WIDEN_QUOTES_TOPIC`, :data:`HEDGE_DELTA_TOPIC`). Any other action is refused.
 """
 
 from __future__ import annotations
@@ -83,7 +73,7 @@ class HedgeDelta:
 
 
 class NautilusExecutor(Actor):
-    """Applies verified riskguard commands to a NautilusTrader node (see the module doc).
+    """Applies verified riskguard commands to a NautilusTrader node.
 
     ``risk_engine`` is the node's (``engine.kernel.risk_engine`` in a backtest,
     ``node.kernel.risk_engine`` live). Give either ``subscriber`` (its callback is
@@ -92,11 +82,9 @@ class NautilusExecutor(Actor):
     ``topic``, ``rejection_log`` ...). With brokers set, the executor polls the topic
     every ``poll_interval_s`` on the Nautilus clock.
 
-    What is held survives a restart: the holds are saved to ``holds_path`` (by default
-    ``<state_path>.holds.json`` beside the subscriber's state) after every command that
-    changes them, before its ack is sent and the subscriber commits, and a new executor
-    loads them and applies them again on start. A restarted node comes back holding
-    what it held, never trading freely because its memory was lost.
+    What is held survives a restart: the holds are saved to ``holds_path`` (default
+    ``<state_path>.holds.json``) after every command that changes them, before its ack
+    is sent and the subscriber commits, and applied again on start.
     """
 
     def __init__(self, *, markets: MarketMap, risk_engine: Any, acks: AckSigner,
@@ -139,8 +127,8 @@ class NautilusExecutor(Actor):
 
     def _check_holds_against(self, subscriber: CommandSubscriber) -> None:
         """Refuse to start on a holds file that lacks a mitigation the subscriber's state
-        has in force (the file lost or restored from an older copy): the subscriber would
-        answer that command again as already in force, and nothing would hold it."""
+        has in force: the subscriber would settle that command again and nothing would
+        hold it."""
         holds = self._book.state.holds
         missing = [f"{action} on {scope} (command {cid})"
                    for action, scope, cid in subscriber.state.held()
