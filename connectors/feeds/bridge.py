@@ -1,20 +1,13 @@
 """The live-feed bridge: cryptofeed's websocket feeds into the guard's input topics.
 
-:class:`FeedBridge` runs one cryptofeed feed per feed name (``primary``, ``backup``:
-two independent connections to the exchange), maps every message with
-:class:`~riskguard.connectors.feeds.mapping.FeedMapper`, and produces it through
-riskguard's own lossless :class:`~riskguard.connectors.publish.Publisher`
-(idempotent, ``acks=all``, every delivery checked; cryptofeed's Kafka backend checks
-none). Market records go to ``<env>.riskguard.market.v1``, a message that does not
-fit the wire contract to ``dead_letters``, and every ``heartbeat_s`` one
-:class:`~riskguard.schemas.VenueStatus` per feed to ``venue_status``
-(:mod:`~riskguard.connectors.feeds.health` says when it is ``ok``, ``degraded`` or
-``down``). When the bridge stops it sends ``down`` for each feed, so the guard fails
-over at once instead of waiting for the heartbeat gap.
-
-A delivery that Kafka did not acknowledge stops the bridge and :meth:`FeedBridge.run`
-raises :class:`~riskguard.errors.DeliveryError`: the error is caught before
-cryptofeed's connection handler could take it for a network error and reconnect.
+:class:`FeedBridge` runs one cryptofeed feed per feed name (``primary``, ``backup``),
+maps every message with :class:`~riskguard.connectors.feeds.mapping.FeedMapper`, and
+produces it through riskguard's lossless :class:`~riskguard.connectors.publish.Publisher`
+(cryptofeed's Kafka backend checks no delivery). Every ``heartbeat_s`` it sends one
+:class:`~riskguard.schemas.VenueStatus` per feed, and ``down`` for each when it stops,
+so the guard fails over at once (docs/feeds.md). A delivery Kafka did not acknowledge
+stops the bridge: :meth:`FeedBridge.run` raises :class:`~riskguard.errors.DeliveryError`,
+caught before cryptofeed could take it for a network error and reconnect.
 
 cryptofeed is imported when a bridge starts (``pip install 'riskguard[feed]'``).
 """

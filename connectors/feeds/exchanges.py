@@ -1,18 +1,8 @@
 """The exchanges ``riskguard feed`` bridges: one table, one entry per exchange.
 
-An entry names the cryptofeed exchange id behind it, the riskguard venue its records
-carry, an example of the symbols it takes, and which riskguard channels it serves
-through which cryptofeed channel. Adding an exchange that cryptofeed supports is one
-more entry here: no class, no code path.
-
-Symbols and instruments follow one rule for every exchange: ``--symbols`` are
-cryptofeed's normalized symbols, and a record's ``instrument`` is that same symbol
-(``BTC-USDT`` spot, ``BTC-USDT-PERP`` a perpetual, ``BTC-USD-27M26`` a dated future).
-The same market on two venues therefore has the same instrument name.
-
-Each venue appears once in the table: a venue's heartbeat on a feed reports the
-connections of one bridge, so two exchanges feeding one venue would contradict each
-other's heartbeats.
+A record's ``instrument`` is cryptofeed's normalized symbol (``BTC-USDT-PERP``), so the
+same market on two venues has the same name. Each venue appears once in the table: two
+exchanges feeding one venue would contradict each other's heartbeats.
 
 >>> spec_for("binance-futures").venue, spec_for("binance-futures").channels["l1"]
 ('binance', 'ticker')
