@@ -1,16 +1,10 @@
 """Execution acknowledgements: an executor's signed word that it applied or refused a command.
 
-The subscriber verifies a command and hands it to an executor; the executor acts on
-its trading system and answers with an :class:`~riskguard.schemas.ExecutionAck`,
-signed by its own key (trust-file role ``executor``) and delivered to
-``<env>.riskguard.acks.v1``. The guard reads that topic, verifies each ack like a
-command, and so knows a command was applied, not only sent; an unacknowledged
-``halt_trading`` or ``cancel_all`` becomes an incident of its own.
-
-:class:`AckingExecutor` is the glue every executor uses: its :meth:`~AckingExecutor.on_command`
-is the subscriber's callback, so no command reaches the trading system without
-being verified first, and every outcome (applied, already applied, refused, failed,
-and an exception the executor raised) is acknowledged.
+An executor answers each verified command with an
+:class:`~riskguard.schemas.ExecutionAck` signed by its own key (trust-file role
+``executor``) on ``<env>.riskguard.acks.v1``; the guard verifies it like a command and
+so knows a command was applied, not only sent (docs/executors.md).
+:class:`AckingExecutor` is the subscriber callback every executor uses.
 
 >>> from riskguard.operators.signing.crypto import Signer
 >>> from riskguard.schemas import Action, Audience, MitigationCommand, Scope, ScopeKind
@@ -56,8 +50,7 @@ log = logging.getLogger(__name__)
 ACKS_STREAM = "acks"
 DEFAULT_ACK_TTL_S = 3600.0
 """How long a signed ack stays acceptable to the guard (its ``expires_at``): long enough
-for a guard restarted or catching up to still read it (the trust file's default
-``max_ttl_s``; an ack is not held to the per-action limits commands are)."""
+for a guard restarted or catching up to still read it."""
 _encoder = msgspec.json.Encoder()
 _ack_decoder = msgspec.json.Decoder(ExecutionAck)
 
@@ -159,10 +152,8 @@ class AckingExecutor:
         return applied
 
     def on_settled(self, cmd: MitigationCommand, reason: str, settles: str = "") -> None:
-        """The subscriber's ``on_settled``: a verified command whose state already holds
-        (another replica's copy, a mitigation in force) is acknowledged as
-        ``already_applied``, without acting, naming the executed command that holds it
-        (``settles``)."""
+        """The subscriber's ``on_settled``: acknowledged as ``already_applied`` without
+        acting, naming the executed command that holds it (``settles``)."""
         self._send(cmd, Applied(AckOutcome.ALREADY_APPLIED, reason, settles=settles))
 
     def hooks(self) -> SubscriberHooks:

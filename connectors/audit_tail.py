@@ -1,28 +1,19 @@
 """The audit topic read back: its items for verification, and where each chain stands.
 
-A guard that starts without a recovery snapshot must continue each audit
-chain at its next index, not start it again at 0 (``riskguard audit verify``
-would then find two records 0 and fail). The audit topic is the record of
-what was written, so at start-up :func:`read_chain_states` reads it from the
+A guard that starts without a recovery snapshot must continue each audit chain at its
+next index, not at 0. At start-up :func:`read_chain_states` reads the topic from the
 beginning, checks every chain of the guard's origin as read
-(:class:`~riskguard.operators.audit.ChainResume`: indices, leaf hashes, signed
-checkpoint roots) and returns each chain's append state: its size and its
-Merkle peaks, rebuilt from the records. A topic that cannot be read, or a
-chain of its own that does not verify, raises a :class:`~riskguard.errors.RiskguardError`:
-the guard refuses to start rather than extend a chain it cannot vouch for. A message
-that is no audit record or checkpoint at all is skipped and counted: one message of
-garbage must not stop every restart. Other replicas' chains are believed only where a
-signed checkpoint vouches for them (:class:`~riskguard.operators.audit.attest.Attestor`):
-their config hashes come from attested records, and a peer chain that cannot be
-verified is reported, never a reason to refuse the start.
+(:class:`~riskguard.operators.audit.ChainResume`) and returns each chain's append
+state. A topic that cannot be read, or an own chain that does not verify, raises: the
+guard refuses to extend a chain it cannot vouch for. A message that is no audit item is
+skipped and counted, so one message of garbage cannot stop every restart. Other
+replicas' chains are believed only where a signed checkpoint vouches for them
+(:class:`~riskguard.operators.audit.attest.Attestor`); one that cannot be verified is
+reported, never a reason to refuse the start.
 
-Reading goes on past the end the broker reports until every partition has
-reached its end and the topic has been quiet for ``idle_s`` (some brokers,
-like the dev broker, under-report the high watermark; see
-:mod:`riskguard.connectors.command_log`). A read that makes no progress for
-``stall_s`` raises :class:`~riskguard.errors.BrokerError`. The topic's
-existence is checked from the cluster's topic list, so reading never creates
-a topic on a broker that creates topics on first use.
+Reading goes on until every partition reached its end and the topic has been quiet for
+``idle_s`` (the dev broker under-reports the high watermark). The topic's existence is
+checked from the cluster's topic list, so reading never creates it.
 """
 
 from __future__ import annotations
@@ -128,11 +119,9 @@ def read_chain_states(settings: KafkaSettings, topic: str,
                       idle_s: float = 0.5, stall_s: float = 30.0) -> dict[str, AuditState]:
     """Where each chain of ``origin`` on the audit ``topic`` stands, checked as read.
 
-    ``keys`` are the checkpoint keys to accept (a trust file's
-    ``checkpoint_key``). Raises ``BrokerError`` if the topic cannot be read and
-    ``AuditError`` if a message is not an audit item or a chain of ``origin``
-    does not verify (chains of other origins are skipped, unchecked). Memory is
-    O(log n) per chain; time is one read of the topic.
+    ``keys`` are the checkpoint keys to accept (a trust file's ``checkpoint_key``).
+    Raises ``BrokerError`` if the topic cannot be read and ``AuditError`` if a chain of
+    ``origin`` does not verify. Memory is O(log n) per chain.
     """
     return read_audit_tail(settings, topic, keys, origin=origin, idle_s=idle_s,
                            stall_s=stall_s).chains

@@ -2,19 +2,11 @@
 data dumps and Tardis.dev CSVs (docs/formats.md; the readers are in
 :mod:`riskguard.connectors.formats`), plain, gzipped or zipped.
 
-Several files are merged by timestamp into one stream. Pacing is as fast as
-possible (``speed=None``) or real time times ``speed``. The source snapshots
-the offset of every file's next unread row, so a resumed run continues exactly
-where it stopped: every record comes out once. Offsets count bytes of the
-decompressed stream: a compressed file is resumed by reading it again from its
-start and skipping to the offset (a plain one too, at disk speed, which keeps
-line numbers exact).
-
-Rows that cannot be parsed become :class:`~riskguard.schemas.DeadLetter`
-records whose ``offset`` is the row's byte offset and whose ``detail`` names the
-file and line; each reader counts its rows, records and dead letters
-(:attr:`~riskguard.connectors.formats.core.FileReader.stats`). At most
-:data:`MAX_OPEN_FILES` files are open at once.
+Several files are merged by timestamp into one stream, as fast as possible
+(``speed=None``) or at real time times ``speed``. The source snapshots the offset of
+every file's next unread row, so a resumed run emits every record once. Rows that cannot
+be parsed become :class:`~riskguard.schemas.DeadLetter` records naming the file and
+line.
 
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -77,10 +69,8 @@ class ReplayFile:
     time_indexed: bool = False
 
     def planned(self) -> ReplayFile:
-        """How the file is read: itself, planned once (an OHLCV file's interval, and
-        whether its rows are in time order; when they are not, as in a file that lists
-        its newest bar first or one series after another, it is read in time order
-        through an index of its rows: one reading, one open file)."""
+        """How the file is read, planned once: an OHLCV file's interval, and whether it
+        must be read through an index of its rows (rows not in time order)."""
         if self.interval_ns:
             return self
         fmt = (self.format if self.format != "auto"
@@ -122,8 +112,7 @@ class ReplayFile:
 
 MAX_OPEN_FILES = 128
 """Files a replay keeps open at once: a file waiting behind the others is closed and
-opened again at its next row when its turn comes (a year of daily dumps replays
-under any open-file limit)."""
+opened again at its next row when its turn comes."""
 
 
 class _ReplayPartition(StatefulSourcePartition[Any, list[int]]):
@@ -232,9 +221,7 @@ class _ReplayPartition(StatefulSourcePartition[Any, list[int]]):
                 wait_ns = int((ts - due) / self._speed)  # type: ignore[operator]
                 self._awake = datetime.now(UTC) + timedelta(microseconds=wait_ns / 1000)
                 break
-            nxt = self._next(idx)
-            # the next unread row of this file starts at its next emission, or at its end
-            # (which _next keeps)
+            nxt = self._next(idx)  # its offset is the file's next unread row (or _next's end)
             if nxt is None:
                 heapq.heappop(heap)
             else:

@@ -1,21 +1,13 @@
 """The one decode boundary: bytes in, a typed record or a :class:`DeadLetter` out.
 
-Decoding and validation happen in a single msgspec pass; only market data's
-names (``CachedName``) are matched against their pattern right after it, once
-per distinct name (see :data:`~riskguard.schemas.types.CachedName`). Nothing raises for
-bad input: every failure comes back as a ``DeadLetter`` carrying the raw
-bytes (as many as fit in 64 KiB, with the whole input's length and SHA-256),
-where it came from, and why (field path, what was expected, what was found).
-
-Input too large is refused before parsing (``oversize``). Nesting too deep is
-``too_deep``: past the parser's recursion limit (``RecursionError``, caught), or,
-in a record type with free-form values (``Any``, e.g. an audit record's body),
-past :data:`~riskguard.schemas.json_limits.MAX_JSON_DEPTH`, checked right after
-parsing, so no record that reaches a step nests deeper than its type does. Typed
-fields stop at the first level that does not fit, and unknown fields are skipped,
-not kept. (A check of every input before parsing cost about a quarter of a
-market record's decode.) Any other exception while decoding is a
-``decode_error`` naming its type: nothing raises, so an offset always moves on.
+Decoding and validation happen in a single msgspec pass; market data's names
+(:data:`~riskguard.schemas.types.CachedName`) are matched against their pattern right
+after it, once per distinct name. Nothing raises for bad input, so an offset always
+moves on: every failure is a ``DeadLetter`` carrying the raw bytes, where they came
+from, and why (field path, expected, found). Input too large is ``oversize`` before
+parsing; nesting past the parser's recursion limit, or (in a type with free-form
+``Any`` values) past :data:`~riskguard.schemas.json_limits.MAX_JSON_DEPTH`, is
+``too_deep``; any other exception is a ``decode_error`` naming its type.
 
 >>> codec = Codec(clock=lambda: 7)
 >>> codec.decode("t", b'{"type":"index_price","id":"i1","venue":"oracle",'
@@ -54,9 +46,8 @@ ALL_TYPES: tuple[type[Record], ...] = (
     MARKET_TYPES + TRADING_TYPES + SIGNAL_TYPES + COMMAND_TYPES + AUDIT_TYPES + VALUATION_TYPES
 )
 DEFAULT_MAX_BYTES = 64 * 1024
-#: A dead letter is at most DEFAULT_MAX_BYTES encoded (``DeadLetter.of``), so the default
-#: codec reads it; older ones carried up to DEFAULT_MAX_BYTES of raw input base64-encoded:
-#: read such dead-letter topics with ``Codec(max_bytes=DEAD_LETTER_MAX_BYTES)``.
+#: The cap to read a dead-letter topic whose records carry up to DEFAULT_MAX_BYTES of raw
+#: input base64-encoded (``Codec(max_bytes=DEAD_LETTER_MAX_BYTES)``).
 DEAD_LETTER_MAX_BYTES = 4 * DEFAULT_MAX_BYTES
 
 _NAME = re.compile(MARKET_NAME_PATTERN)
@@ -118,8 +109,7 @@ class Codec:
         self._decoder: msgspec.json.Decoder[Any] = _decoder_of(self.types)
         # CachedName fields per type: checked after decoding, against the names seen
         self._name_fields = {t: f for t in self.types if (f := cached_name_fields(t))}
-        # types whose values nest as deep as the input does: their depth is checked
-        # after decoding (names too, on the same slow path)
+        # types whose values nest as deep as the input: depth (and names) checked after
         self._free_form = frozenset(t for t in self.types if has_free_form(t))
         self._names_of = {t: attrgetter(*f) if len(f) > 1 else _one(f[0])
                           for t, f in self._name_fields.items() if t not in self._free_form}
