@@ -1,17 +1,7 @@
-"""Historical exchange data formats: Binance public data dumps, Tardis.dev CSVs and
-JSONL in the wire contract, read row by row into wire-contract records.
-
-- :mod:`~riskguard.connectors.formats.core`: streams (plain, gzip, zip), lines,
-  headers, cells, and bad rows as dead letters with file and line.
-- :mod:`~riskguard.connectors.formats.binance`: data.binance.vision dumps.
-- :mod:`~riskguard.connectors.formats.tardis`: Tardis.dev downloadable CSVs.
-- :mod:`~riskguard.connectors.formats.ohlcv`: bars from any CSV whose header names
-  open, high, low and close.
-- :mod:`~riskguard.connectors.formats.detect`: ``auto`` detection.
-
-:func:`open_reader` is the one entry point: the replay source, ``riskguard
-publish`` and ``riskguard backtest`` read every file through it. docs/formats.md
-describes every format.
+"""Historical exchange data formats: Binance public data dumps, Tardis.dev CSVs, OHLCV
+CSVs and JSONL in the wire contract, read row by row into wire-contract records
+(docs/formats.md). :func:`open_reader` is the one entry point: the replay source,
+``riskguard publish`` and ``riskguard backtest`` read every file through it.
 
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -99,12 +89,9 @@ def resolve(path: Path | str, fmt: str = AUTO, *, venue: str = "file",
             interval_ns: int = 0) -> tuple[str, Source]:
     """The format of ``path`` (``auto``: :func:`~.detect.detect`) and what its parser
     knows. ``venue``/``instrument`` left at ``file``/``unknown`` are taken from the
-    name where it gives them (Binance: ``binance``, ``binance_um`` or ``binance_cm``
-    and the symbol; a Binance file whose name does not needs ``instrument``; an OHLCV
-    file's rows may name theirs, else a CryptoDataDownload name its exchange).
-    ``measure``: what an OHLCV file's bars measure, where its rows do not say;
-    ``interval_ns``: its bars' interval, when already known (else its rows tell it).
-    Raises :class:`~riskguard.errors.ConfigError` for what cannot work.
+    name where it gives them (docs/formats.md). ``interval_ns``: an OHLCV file's bars'
+    interval, when already known. Raises :class:`~riskguard.errors.ConfigError` for
+    what cannot work.
     """
     p = Path(path)
     _check_arguments(fmt, market, measure, contract_size)

@@ -1,31 +1,10 @@
 """Which format a file is, from its name, its folders and its first line (``auto``).
 
-In order:
-
-1. A Tardis name, ``<exchange>_<data type>_<YYYY-MM-DD>_<symbol>.csv[.gz]``
-   (``binance-futures_trades_2024-01-01_BTCUSDT.csv.gz``).
-2. A Binance dump name, ``<SYMBOL>-<kind>-<date>.zip`` or ``.csv``
-   (``BTCUSDT-1m-2024-01-01.zip``, ``BTCUSD_PERP-aggTrades-2024-01.zip``); an
-   interval as the kind means klines, and the folder above says which
-   (``markPriceKlines``, ``indexPriceKlines``, ``premiumIndexKlines``; as on
-   data.binance.vision: ``.../futures/um/daily/markPriceKlines/BTCUSDT/1m/``).
-3. The header: a Tardis header (``exchange,symbol,timestamp,local_timestamp,...``)
-   or a Binance one, matched by its column names; else any header naming open,
-   high, low, close and a start column is an OHLCV file (``ohlcv_csv``).
-4. A header-less Binance row: 12 numbers are a kline; trades and aggTrades are told
-   apart by where their true/false columns are.
-5. Words in the name (``kline``, ``premiumindex``, ``markprice``, ``indexprice``,
-   ``bookdepth``, ``bookticker``, ``aggtrade``, ``trade``, ``funding``,
-   ``metrics``), and ``.jsonl`` / ``.ndjson`` / ``.json`` for the wire contract.
-
-An OHLCV file named as CryptoDataDownload names its exports,
-``<Exchange>_<SYMBOL>_<interval>.csv`` (``Binance_ETHUSDT_1h.csv``,
-``Bitstamp_BTCUSD_d.csv``, ``Gemini_BTCUSD_2021_minute.csv``), gives its exchange,
-lower-cased, as the venue (:func:`name_exchange`).
-
-The Binance market is ``cm`` (COIN-M) when the symbol has an underscore
-(``BTCUSD_PERP``, ``ETHUSD_240628``), a folder is ``cm`` or the header names a base
-column; ``um`` when a folder is ``um`` or the file has a header; else ``spot``.
+The rules, in order, are docs/formats.md's "Auto detection": a Tardis name, a Binance
+dump name (its folders telling mark, index and premium klines apart), the header, a
+header-less Binance row, then words in the name. An OHLCV file named as
+CryptoDataDownload names its exports gives its exchange as the venue
+(:func:`name_exchange`).
 
 >>> d = detect("binance-futures_derivative_ticker_2024-01-01_BTCUSDT.csv.gz", b"")
 >>> d.format, d.symbol, d.exchange
