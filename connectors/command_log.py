@@ -1,24 +1,16 @@
 """What an issuer already signed onto a commands topic: its highest delivered ``seq``.
 
-A signing step that starts, or restarts from a snapshot older than its last
-delivered command, must never hand out a ``seq`` that subscribers have
-already seen: they would drop the new command as a replay, and if it differs
-from the one first sent under that ``seq``, it is lost. The topic itself is
-the record of what was delivered, so the signer starts after the highest
-``seq`` found there (see :func:`riskguard.operators.signing.ops.sign_commands`).
+A signing step that starts, or restarts from an older snapshot, must never hand out a
+``seq`` subscribers have already seen (they would drop the new command as a replay), so
+the signer starts after the highest ``seq`` found on the topic
+(:func:`riskguard.operators.signing.ops.sign_commands`). Only envelopes verified under
+the signer's own key count: a forged message cannot push the sequence, and anything
+unreadable is ignored.
 
-Only envelopes whose signature verifies under the signer's own public key
-count: a forged message cannot push the sequence anywhere, and anything that
-cannot be read (not JSON, nested too deep, a decoder failure of any kind) is
-ignored: it can neither stop the start nor hide the issuer's last command.
-
-The scan reads the newest window of every partition at once, on past the end
-the broker reports until the topic is quiet for ``idle_s`` (some brokers,
-like the dev broker, under-report the high watermark): one quiet period for
-the topic, not one per partition, so a restart is not held up a fraction of
-a second per partition. A partition with no command of the issuer there is
-then read backwards in windows until one is found (one issuer's commands are
-produced in ``seq`` order, so the last one has the highest ``seq``).
+The scan reads the newest window of every partition at once, on past the end the broker
+reports until the topic is quiet for ``idle_s`` (the dev broker under-reports the high
+watermark); a partition with no command of the issuer there is then read backwards in
+windows (one issuer's commands are produced in ``seq`` order).
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
 """Publish a user's files to the guard's input topics (``riskguard publish``).
 
-Files are read as a replay reads them (:class:`~riskguard.connectors.replay.ReplaySource`:
-JSONL in the wire contract, Binance public data dumps, Tardis.dev CSVs; plain, gzipped
-or zipped; docs/formats.md), merged in event time. Each record is checked against what
-its topic carries (the guard's ``STREAM_TYPES``): a row that does not decode, or a
-record whose type the topic does not carry, is a reject (a
-:class:`~riskguard.schemas.DeadLetter`, never produced). Good records are produced
-with the guard's own lossless settings (idempotent, ``acks=all``), keyed
-``venue/instrument`` like the demo's, and every delivery is checked: one that fails
-raises :class:`~riskguard.errors.DeliveryError`.
+Files are read as a replay reads them (:class:`~riskguard.connectors.replay.ReplaySource`),
+merged in event time. A row that does not decode, or a record whose type its topic does
+not carry (``STREAM_TYPES``), is a reject (a :class:`~riskguard.schemas.DeadLetter`,
+never produced). Good records are produced idempotent with ``acks=all``, keyed
+``venue/instrument``; a delivery that fails raises :class:`~riskguard.errors.DeliveryError`.
 
 >>> route(Trade(id="t", venue="okx", instrument="BTC-USDT", ts=1, price=1.0, qty=1.0,
 ...             side=Side.BUY), "auto")

@@ -111,12 +111,8 @@ def as_settings(brokers: str | KafkaSettings) -> KafkaSettings:
 
 
 def kafka_logger() -> logging.Logger:
-    """The logger librdkafka's log lines go to (``riskguard.kafka``).
-
-    Quiet unless logging is on: it has a ``NullHandler``, so Python's
-    last-resort handler never prints its lines. ``$RISKGUARD_LOG`` turns it
-    on in any process (the guard's too) the first time a config is built;
-    the CLI's ``-v`` turns it on for one command.
+    """The logger librdkafka's log lines go to (``riskguard.kafka``): quiet (a
+    ``NullHandler``) unless ``$RISKGUARD_LOG`` or the CLI's ``-v`` turns logging on.
     """
     log = logging.getLogger(KAFKA_LOGGER)
     if not log.handlers:

@@ -1,18 +1,11 @@
 """The command subscriber's durable state, and the high-water mark kept apart from it.
 
-:class:`SubscriberState` is SQLite: per-issuer ``seq`` high-water marks, each signer's
-handled ``command_id``s, consumed offsets, the highest trust-file serial, the mitigations
-held in force and the executed copies of each decision. Writes go into one open transaction that
+:class:`SubscriberState` is SQLite; writes go into one open transaction that
 :meth:`SubscriberState.flush` commits, so a flood of rejections costs one synced commit
-per batch, not one per message; a command that was executed is flushed at once (its ack
-is out).
-
-:class:`HighWaterMark` is a small JSON file beside it (or anywhere else): the highest
-``seq`` executed per signer and the trust serial, rewritten atomically after each flush
-that raised them. At start the subscriber compares its state with it: a state that was
-deleted, or restored from an older copy, is behind the mark and would execute again
-what it executed before, so the subscriber refuses to start on it
-(:func:`state_behind`).
+per batch. :class:`HighWaterMark` is a small JSON file kept apart from it, rewritten
+atomically after each flush that raised a ``seq``: a state behind it (deleted, or
+restored from an older copy) would execute again what it executed, so the subscriber
+refuses to start on it (:func:`state_behind`).
 """
 
 from __future__ import annotations

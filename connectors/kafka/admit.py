@@ -1,10 +1,8 @@
 """Admitting Kafka messages one partition at a time, for an engine whose own Kafka
 source hands over raw messages (Flink): decode with the topic's record types, check
-event time against the partition's watermark, stamp receive time, name the input.
-
-It does what riskguard's bytewax source does per message, as a logic class
-(``on_event`` / ``snapshot``) keyed by ``topic/partition``, so the partition's
-watermark travels in the engine's state.
+event time against the partition's watermark, stamp receive time, name the input: what
+the bytewax source does per message, as a logic class keyed by ``topic/partition``, so
+the watermark travels in the engine's state.
 
 >>> from riskguard.schemas import Codec, Trade, encode
 >>> t = Trade(id="t1", venue="v", instrument="BTC-USDT", ts=10_000_000_000, price=1.0, qty=1.0,

@@ -93,9 +93,8 @@ class _SinkPartition(StatefulSinkPartition[tuple[bytes | None, bytes], None]):
         self._flush()
 
     def close(self) -> None:
-        # After a failure (of this sink, another, or a source) bytewax closes the
-        # partitions while unwinding, some from destructors; raising again there
-        # would abort the process instead of surfacing the first error.
+        # after a failure anywhere, raising again while bytewax unwinds would abort the
+        # process before the first error is reported (see flow_failing)
         if self._failed or _FAILING:
             self._producer.purge()
             self._producer.flush(0)
