@@ -1,18 +1,9 @@
 """Limits checked on untrusted JSON bytes before they are parsed.
 
-msgspec parses nested arrays and objects recursively, so a few kilobytes of
-``[[[[...]]]]`` end in ``RecursionError`` (and in a ``RecursionError`` in any
-Python code that walks the result). :func:`check_json_depth` refuses such
-input first, with no parsing: the envelope parser, the command-log scan, the
-audit reader and the verifier of signed payloads call it and refuse what it
-flags with the reason :data:`TOO_DEEP`. The :class:`~riskguard.schemas.codec.Codec`
-(the hot path) parses typed records, which stop at the first level their type
-does not have; it checks only free-form values after parsing, and turns the
-parser's own ``RecursionError`` into a ``too_deep`` dead letter.
-
-A JSON object may also carry the same key twice, and parsers disagree on which
-value wins (msgspec keeps the last, others the first). Signed bytes must read
-the same to every parser: :func:`duplicate_key_problem` finds a repeated key.
+msgspec parses nesting recursively, so a few kilobytes of ``[[[[...]]]]`` end in
+``RecursionError``: :func:`check_json_depth` refuses such input without parsing (reason
+:data:`TOO_DEEP`). Parsers disagree on which value of a repeated key wins, and signed
+bytes must read the same to every parser: :func:`duplicate_key_problem` finds one.
 
 >>> check_json_depth(b'{"a":[1,[2]]}') is None
 True

@@ -506,10 +506,8 @@ class Fetch:
 class RecordChecks:
     """What is checked and stamped on a record as it is read: ``time_policy`` (late and
     future dead letters), except on ``untimed_topics`` (records another riskguard flow
-    derived from input it already checked, such as a market process's signals, whose
-    times lag that flow's progress on the same partition by up to a feature window);
-    ``stamp_recv_ts`` sets a record's missing ``recv_ts`` to the time its batch was
-    consumed (for latency)."""
+    derived from input it already checked); ``stamp_recv_ts`` sets a record's missing
+    ``recv_ts`` to the time its batch was consumed (for latency)."""
 
     time_policy: EventTimePolicy | None = None
     untimed_topics: frozenset[str] = frozenset()
@@ -546,14 +544,12 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
     (``<partition>-<topic>``). Both layouts of the guard are one-worker dataflows
     (:func:`kafka_input` refuses more).
 
-    ``starting_offset`` (``earliest`` or ``latest``) applies to a fresh start
-    only; a resumed partition continues at its recovered offset, and fails
-    loudly if that offset no longer exists. ``idle_eof_s`` ends a partition after
-    that long without messages (tests, demos, bounded replays), once the broker says none
-    are left before its end: a fetch that stalled longer than ``idle_eof_s`` does not end
-    it early (up to 5 idle periods, then it ends with a warning naming what is unread).
-    The dev broker (Tansu 0.6) reports a high watermark one past the first offset of the
-    last produce batch, so there the check can miss the rest of that batch.
+    ``starting_offset`` (``earliest`` or ``latest``) applies to a fresh start only; a
+    resumed partition continues at its recovered offset, and fails loudly if that offset
+    no longer exists. ``idle_eof_s`` ends a partition after that long without messages
+    (bounded runs), once the broker says none are left before its end. The dev broker
+    (Tansu 0.6) reports a high watermark one past the first offset of the last produce
+    batch, so there the check can miss the rest of that batch.
 
     ``fetch`` (:class:`Fetch`) says how it reads, ``checks`` (:class:`RecordChecks`) what
     it checks on each record, ``align`` (:class:`Alignment`) whether its partitions are
