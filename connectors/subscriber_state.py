@@ -74,7 +74,7 @@ class SubscriberState:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
         if self.db.execute("SELECT 1 FROM sqlite_master WHERE name='seen'").fetchone():
-            # ids were once kept across issuers: each row names its issuer, so none is lost
+            # a state file with the ``seen`` table: its rows name their issuer, none is lost
             self.db.executescript("INSERT OR IGNORE INTO handled SELECT issuer, command_id, "
                                   "seq, expires_at FROM seen; DROP TABLE seen;")
         self.raised_seq = False  # a seq high-water mark rose in the open transaction
