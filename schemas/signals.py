@@ -102,9 +102,9 @@ class AnomalySignal(Record, frozen=True, kw_only=True, tag="anomaly"):
     price move that tripped and has found its level), ``close`` when it ends. A
     regime change has
     ``kind == "regime_change"`` and ``phase == "open"``. ``kind == "price_move"``
-    comes from the move bands (:mod:`riskguard.operators.move_bands`),
+    comes from the move bands (:mod:`riskguard.operators.detection.move_bands`),
     ``kind == "dislocation"`` from the cross-market check
-    (:mod:`riskguard.operators.cross_rates`).
+    (:mod:`riskguard.operators.detection.cross_rates`).
     """
 
     id: RecordId
