@@ -168,7 +168,6 @@ def _to_kv(item: Any) -> tuple[str, tuple[bytes | None, bytes]]:
     return key, (key.encode() if key else None, data)
 
 
-
 @operator
 def kafka_output(
     step_id: str,
