@@ -1,4 +1,5 @@
-"""What an issuer already signed onto a commands topic: its highest delivered ``seq``.
+"""What an issuer already signed onto a commands topic: its highest delivered ``seq``,
+and the newest trust-file serial its commands state.
 
 A signing step that starts, or restarts from an older snapshot, must never hand out a
 ``seq`` subscribers have already seen (they would drop the new command as a replay), so
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import NamedTuple
 
 import msgspec
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -29,13 +31,25 @@ from riskguard.errors import BrokerError
 
 
 class _Head(msgspec.Struct):
-    """The two fields the scan needs from a command payload."""
+    """The fields the scan needs from a command payload."""
 
     issuer: str = ""
     seq: int = 0
+    trust_serial: int = 0
 
 
 _head = msgspec.json.Decoder(_Head)
+
+
+class Signed(NamedTuple):
+    """Where an issuer's signing stands on a commands topic: its highest ``seq`` and the
+    highest ``trust_serial`` its commands read there state (0: none)."""
+
+    seq: int = 0
+    trust_serial: int = 0
+
+    def joined(self, other: Signed) -> Signed:
+        return Signed(max(self.seq, other.seq), max(self.trust_serial, other.trust_serial))
 
 
 def last_signed_seq(
@@ -47,8 +61,9 @@ def last_signed_seq(
     window: int = 1000,
     idle_s: float = 0.5,
     timeout_s: float = 30.0,
-) -> int:
-    """Highest ``seq`` that ``issuer`` signed with ``key`` on ``topic`` (0 if none).
+) -> Signed:
+    """Highest ``seq`` that ``issuer`` signed with ``key`` on ``topic`` (0 if none), and
+    the highest trust serial those commands state.
 
     Raises :class:`~riskguard.errors.BrokerError` when the topic cannot be read
     within ``timeout_s``: a signer that cannot tell where its sequence stands
@@ -71,15 +86,15 @@ def last_signed_seq(
         # The newest windows of all partitions in one read: one quiet period, not one each.
         found = _read(consumer, topic, {p: (s, None) for p, (_low, s) in starts.items()}, key,
                       issuer, idle_s, deadline)
-        best = 0
+        best = Signed()
         for p, (low, tail) in starts.items():
-            seq, end = found[p], tail
-            while not seq and end > low:  # nothing of ours there: older windows, backwards
+            got, end = found[p], tail
+            while not got.seq and end > low:  # nothing of ours there: older windows, backwards
                 begin = max(low, end - window)
-                seq = _read(consumer, topic, {p: (begin, end)}, key, issuer, idle_s,
+                got = _read(consumer, topic, {p: (begin, end)}, key, issuer, idle_s,
                             deadline)[p]
                 end = begin
-            best = max(best, seq)
+            best = best.joined(got)
         return best
     finally:
         consumer.close()
@@ -96,12 +111,12 @@ def _watermarks(consumer: Consumer, topic: str, partition: int, deadline: float)
 
 
 def _read(consumer: Consumer, topic: str, windows: dict[int, tuple[int, int | None]],
-          key: VerifyKey, issuer: str, idle_s: float, deadline: float) -> dict[int, int]:
-    """Highest verified ``seq`` of ``issuer`` per partition in its window of offsets
+          key: VerifyKey, issuer: str, idle_s: float, deadline: float) -> dict[int, Signed]:
+    """Where ``issuer``'s verified signing stands per partition in its window of offsets
     ``[start, end)``. An open window (``end`` None) reads on past the partition's
     reported end, until every partition is done and the topic was quiet for ``idle_s``."""
     consumer.assign([TopicPartition(topic, p, start) for p, (start, _end) in windows.items()])
-    best = dict.fromkeys(windows, 0)
+    best = dict.fromkeys(windows, Signed())
     done: set[int] = set()  # read to the window's end, or (open) to the partition's end
     wait = idle_s if any(end is None for _start, end in windows.values()) else 0.0
     quiet_since = time.monotonic()
@@ -127,28 +142,29 @@ def _read(consumer: Consumer, topic: str, windows: dict[int, tuple[int, int | No
             continue
         quiet_since = time.monotonic()
         done.discard(p)
-        best[p] = max(best[p], _seq_of(m.value(), key, issuer))
+        best[p] = best[p].joined(_signed_of(m.value(), key, issuer))
 
 
-def _seq_of(raw: bytes | None, key: VerifyKey, issuer: str) -> int:
-    """The ``seq`` of a command ``issuer`` signed with ``key``; 0 for anything else.
+def _signed_of(raw: bytes | None, key: VerifyKey, issuer: str) -> Signed:
+    """The ``seq`` and trust serial of a command ``issuer`` signed with ``key``; zeros for
+    anything else.
 
-    >>> _seq_of(b"[" * 2000 + b"]" * 2000, VerifyKey(bytes(32)), "engine-1")
-    0
+    >>> _signed_of(b"[" * 2000 + b"]" * 2000, VerifyKey(bytes(32)), "engine-1")
+    Signed(seq=0, trust_serial=0)
     """
     if not raw:
-        return 0
+        return Signed()
     try:
         env = decode_envelope(raw)
         if env.payload_type != PAYLOAD_COMMAND:
-            return 0
+            return Signed()
         ours = [s for s in env.signatures if s.key_id == key.key_id]
         if not ours:
-            return 0
+            return Signed()
         key.verify(PAYLOAD_COMMAND, env.payload, ours[0].sig)
         if check_json_depth(env.payload) is not None:
-            return 0
+            return Signed()
         head = _head.decode(env.payload)
     except Exception:  # whatever cannot be read is not a command of ours
-        return 0
-    return head.seq if head.issuer == issuer else 0
+        return Signed()
+    return Signed(head.seq, head.trust_serial) if head.issuer == issuer else Signed()

@@ -29,7 +29,6 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource
-from riskguard.connectors.command_log import last_signed_seq
 from riskguard.connectors.kafka.admit import PartitionAdmission
 from riskguard.connectors.topics import INPUT_STREAMS, STREAM_TYPES
 from riskguard.dataflows.backtest import DiscardSink
@@ -44,6 +43,7 @@ from riskguard.dataflows.guard.kafka_io import audit_key, exposures_key
 from riskguard.dataflows.guard.live import (
     check_peer_configs,
     read_guard_audit,
+    read_signed_seq,
     report_audit_tail,
     while_preparing_detection,
 )
@@ -104,7 +104,7 @@ def guard_flow(config: str, resume: bool = True) -> Dataflow:
 
     if resume:
         delivered, (chains, peers) = while_preparing_detection(cfg, lambda: (
-            last_signed_seq(cfg.kafka, cfg.topic("commands"), signer.public_key, issuer),
+            read_signed_seq(cfg, signer.public_key, issuer, trust),
             read_chains()))
     elif cfg.replica.id:
         chains, peers = read_chains()

@@ -104,7 +104,7 @@ def _new(args: argparse.Namespace) -> int:
         seq = args.seq
     elif settings is not None:  # continue this issuer's sequence on the commands topic
         _reach(settings)
-        seq = last_signed_seq(settings, args.topic, signer.public_key, args.issuer) + 1
+        seq = last_signed_seq(settings, args.topic, signer.public_key, args.issuer).seq + 1
     else:
         raise ConfigError("--seq", "a sequence number, or --brokers/--config to read the last one",
                           "neither")

@@ -343,10 +343,10 @@ def claim_trust_serial(folder: Path, serial: int) -> None:
     except ValueError:
         raise ConfigError(str(mark), "the highest trust-file serial this store ran on",
                           mark.read_text()[:40]) from None
-    if seen is not None and serial < seen:
-        raise ConfigError("keys.trust_file", f"a trust file of serial {seen} or later (this "
-                          "recovery directory ran on it; an older one may trust keys since "
-                          "revoked)", f"serial {serial}")
+    if seen is not None:
+        from riskguard.operators.signing.trust import check_trust_serial  # noqa: PLC0415
+
+        check_trust_serial(serial, seen, "this recovery directory")
     if seen is None or serial > seen:
         tmp = mark.with_name(TRUST_MARK + ".tmp")
         tmp.write_text(f"{serial}\n")

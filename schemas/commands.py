@@ -106,7 +106,10 @@ class MitigationCommand(Record, frozen=True, kw_only=True, tag="command"):
 
     ``protective_orders_allowed`` states that risk-reducing orders stay allowed
     (true for ``reduce_only`` and ``halt_trading``). ``replica`` names the guard
-    replica that made it (none: a single guard).
+    replica that made it (none: a single guard). ``trust_serial`` is the serial of the
+    trust file its signer ran on (0: not stated): a guard restarted on an older trust
+    file, which may still trust keys since revoked, finds the newer serial on its own
+    last commands and refuses to start.
     """
 
     command_id: RecordId
@@ -125,6 +128,7 @@ class MitigationCommand(Record, frozen=True, kw_only=True, tag="command"):
     recv_ts: Nanos | None = None
     decision_id: HexDigest | None = None
     replica: Name | None = None
+    trust_serial: Seq = 0
 
 
 class LimitUpdate(Record, frozen=True, kw_only=True, tag="limit_update"):

@@ -17,7 +17,7 @@ from riskguard.dataflows.backtest import (
     run_backtest,
 )
 from riskguard.dataflows.demo import init_keys, stream_of
-from riskguard.dataflows.guard import build_flow, load_guard_config
+from riskguard.dataflows.guard import build_flow, load_guard_config, load_keys
 from riskguard.dataflows.report import strip_run
 from riskguard.dataflows.stress import (
     generate_market,
@@ -96,6 +96,8 @@ def test_commands_file_holds_signed_envelopes_with_event_time_issued_at(cascade,
     assert [c.command_id for c in cmds] == [c.command_id for c in res.commands]
     assert all(res.start_ns <= c.issued_at <= res.end_ns for c in cmds)
     assert [c.seq for c in cmds] == list(range(1, len(cmds) + 1))
+    serial = load_keys(load_guard_config(cascade["cfg"])[0])[1].serial
+    assert serial > 0 and {c.trust_serial for c in cmds} == {serial}  # the file it ran on
 
 
 def _commands_and_signals(cascade: dict, batch_size: int) -> tuple[list, list]:

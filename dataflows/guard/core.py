@@ -266,7 +266,7 @@ def guard_core(
     signed, errs, audit = _decide(
         signals, to_playbook, verified.oks, acks.oks, cfg=cfg, cfg_hash=cfg_hash, clock=clock,
         wall_clock=wall_clock, signer=signer, seq_floor=seq_floor, audit_resume=audit_resume,
-        errs_before=[admitted.errs, *step_errs, limits.errs],
+        trust_serial=trust.serial, errs_before=[admitted.errs, *step_errs, limits.errs],
         errs_after=[verified.errs, acks.errs, unhandled,
                     *([input_errs] if input_errs is not None else [])])
     return GuardOut(
@@ -295,7 +295,7 @@ def _decide(signals: Stream[AnomalySignal | RiskAlert | LimitBreach],
             to_playbook: Stream[PlaybookInput], manual: Stream[MitigationCommand],
             acks: Stream[ExecutionAck], *, cfg: GuardConfig, cfg_hash: str, clock: Clock,
             wall_clock: Clock | None, signer: Signer, seq_floor: int | None,
-            audit_resume: dict[str, AuditState] | None,
+            audit_resume: dict[str, AuditState] | None, trust_serial: int,
             errs_before: list[Stream[DeadLetter]], errs_after: list[Stream[DeadLetter]],
             ) -> tuple[Stream[SignedEnvelope], Stream[DeadLetter],
                        Stream[AuditRecord | AuditCheckpoint]]:
@@ -307,7 +307,8 @@ def _decide(signals: Stream[AnomalySignal | RiskAlert | LimitBreach],
         "playbook", op.merge("playbook_in", to_playbook, manual, acks),
         config=cfg.playbook, clock=clock, wall_clock=wall_clock,
     )
-    signed = sign_commands("sign", planned.oks, signer, config=cfg.sign, seq_floor=seq_floor)
+    signed = sign_commands("sign", planned.oks, signer, config=cfg.sign, seq_floor=seq_floor,
+                           trust_serial=trust_serial)
     errs: Stream[DeadLetter] = op.flat_map_batch("observe_errs", op.merge(
         "errs", *errs_before, planned.errs, signed.errs, *errs_after), observe_all)
     audit_cfg = msgspec.structs.replace(cfg.audit, config_hash=cfg_hash)

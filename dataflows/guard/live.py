@@ -39,8 +39,8 @@ from riskguard.operators.detection.features import (
     VENUE_FEATURES,
 )
 from riskguard.operators.detection.models import prepare_models
-from riskguard.operators.signing.crypto import Signer
-from riskguard.operators.signing.trust import TrustStore
+from riskguard.operators.signing.crypto import Signer, VerifyKey
+from riskguard.operators.signing.trust import TrustStore, check_trust_serial
 from riskguard.schemas import FIRM, RiskAlert, Severity, encode
 
 from riskguard.errors import ConfigError, DeliveryError
@@ -81,7 +81,7 @@ def build_flow(
     def read_where_it_stands() -> tuple[int, AuditTail]:
         # once, before any worker signs: seq and audit chains continue where the topics
         # end; a topic that cannot be read or verified stops the start
-        return (last_signed_seq(brokers, cfg.topic("commands"), public_key, issuer),
+        return (read_signed_seq(cfg, public_key, issuer, trust),
                 read_guard_audit(cfg, signer, trust))
 
     delivered, tail = (read_where_it_stands() if role == "firm"
@@ -114,6 +114,16 @@ def read_guard_audit(cfg: GuardConfig, signer: Signer, trust: TrustStore) -> Aud
                            origin=cfg.audit.origin, partitions=cfg.audit.partitions,
                            replicas=cfg.replica.peers, signer_of=trust.name_of,
                            issuer=trust.name_of(signer.key_id), issuers=cfg.replica.issuers)
+
+
+def read_signed_seq(cfg: GuardConfig, key: VerifyKey, issuer: str, trust: TrustStore) -> int:
+    """The highest seq ``issuer`` signed on the commands topic; a ``ConfigError`` if its
+    commands there state a trust file newer than ``trust`` (an older one may trust keys
+    since revoked)."""
+    topic = cfg.topic("commands")
+    signed = last_signed_seq(cfg.kafka, topic, key, issuer)
+    check_trust_serial(trust.serial, signed.trust_serial, f"{issuer}'s commands on {topic}")
+    return signed.seq
 
 
 def report_audit_tail(cfg: GuardConfig, tail: AuditTail, now: int,

@@ -80,8 +80,8 @@ class SignState:
 
 
 def _content_digest(cmd: MitigationCommand) -> str:
-    """Digest of the command without the fields signing assigns (seq, issuer)."""
-    body = msgspec.structs.replace(cmd, seq=0, issuer="-")
+    """Digest of the command without the fields signing assigns."""
+    body = msgspec.structs.replace(cmd, seq=0, issuer="-", trust_serial=0)
     return hashlib.sha256(_encoder.encode(body)).hexdigest()
 
 
@@ -91,9 +91,11 @@ def decode_command(env: SignedEnvelope) -> MitigationCommand:
 
 
 class SignLogic:
-    """Assigns monotonic per-issuer ``seq`` and signs commands."""
+    """Assigns monotonic per-issuer ``seq`` and signs commands, each stating
+    ``trust_serial``: the serial of the trust file the guard runs on."""
 
-    def __init__(self, signer: Signer, config: SignConfig, state: SignState | None = None) -> None:
+    def __init__(self, signer: Signer, config: SignConfig, state: SignState | None = None,
+                 *, trust_serial: int = 0) -> None:
         if not isinstance(signer, Signer):
             msg = f"step 'sign': signer must be a riskguard Signer; got {type(signer).__name__}"
             raise SigningError(msg)
@@ -103,6 +105,7 @@ class SignLogic:
         _self_test(signer)
         self.signer = signer
         self.config = config
+        self.trust_serial = trust_serial
         if state is None:
             state = SignState(issuer=issuer)
         elif state.issuer != issuer:
@@ -126,7 +129,8 @@ class SignLogic:
             st.last_seq += 1
             seq = st.last_seq
             self._recent.add(cmd.command_id, (seq, digest))
-        stamped = msgspec.structs.replace(cmd, issuer=st.issuer, seq=seq)
+        stamped = msgspec.structs.replace(cmd, issuer=st.issuer, seq=seq,
+                                          trust_serial=self.trust_serial)
         payload = _encoder.encode(stamped)
         try:
             sig = self.signer.sign(PAYLOAD_COMMAND, payload)
@@ -160,11 +164,12 @@ def _self_test(signer: Signer) -> None:
         raise SigningError(msg) from err
 
 
-def sign_builder(signer: Signer, config: SignConfig) -> Callable[[SignState | None], SignLogic]:
+def sign_builder(signer: Signer, config: SignConfig, *, trust_serial: int = 0
+                 ) -> Callable[[SignState | None], SignLogic]:
     """``builder(state | None) -> SignLogic`` closing over the signer (never snapshotted)."""
     _self_test(signer)
 
     def build(state: SignState | None) -> SignLogic:
-        return SignLogic(signer, config, state)
+        return SignLogic(signer, config, state, trust_serial=trust_serial)
 
     return build

@@ -40,6 +40,7 @@ def sign_commands(
     *,
     config: SignConfig | None = None,
     seq_floor: int | None = None,
+    trust_serial: int = 0,
 ) -> SplitOut[SignedEnvelope]:
     """Sign commands into envelopes with a monotonic per-issuer ``seq``.
 
@@ -54,10 +55,13 @@ def sign_commands(
     had delivered, or a fresh run onto a topic with older commands, never
     reuses a ``seq``. Without it, a resumed counter jumps by
     ``config.resume_seq_gap`` instead (a fresh start then begins at 1).
+
+    ``trust_serial`` (the serial of the trust file the guard runs on) is stated on every
+    command: :func:`riskguard.connectors.command_log.last_signed_seq` reads it back.
     """
     cfg = config or SignConfig()
     issuer = cfg.issuer or signer.issuer
-    exact = sign_builder(signer, cfg)
+    exact = sign_builder(signer, cfg, trust_serial=trust_serial)
 
     def builder(state: SignState | None) -> Any:
         # A restart replays input from the last snapshot. Commands signed after it were

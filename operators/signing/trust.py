@@ -812,3 +812,19 @@ def limit_scope_label(limit_path: str) -> str:
     if parts[0] == "firm":
         return "firm:*"
     return f"limit:{limit_path}"
+
+
+def check_trust_serial(serial: int, newest: int, where: str) -> None:
+    """Refuse a trust file of ``serial`` where a newer one (``newest``) was run on before.
+
+    >>> check_trust_serial(4, 4, "the recovery directory")
+    >>> try:
+    ...     check_trust_serial(3, 4, "the recovery directory")
+    ... except ConfigError as err:
+    ...     print(str(err)[:44], "...", str(err)[-14:])
+    keys.trust_file: a trust file of serial 4 or ... got 'serial 3'
+    """
+    if serial < newest:
+        raise ConfigError("keys.trust_file", f"a trust file of serial {newest} or later "
+                          f"({where} ran on it; an older one may trust keys since revoked)",
+                          f"serial {serial}")
