@@ -31,9 +31,9 @@ def system_clock() -> int:
 
 
 step_event_time: ContextVar[int | None] = ContextVar("step_event_time", default=None)
-"""The latest event time the step now running has seen, where an engine runs each step
-on its own schedule (Flink): a backtest's event clock reads it rather than the time
-the source has reached, which on such an engine can be far ahead of the step.
+"""The latest event time the running step has seen, where an engine runs each step on
+its own schedule (Flink): a backtest's event clock reads it, as the source can be far
+ahead of the step.
 
 >>> token = step_event_time.set(5)
 >>> step_event_time.get()
@@ -49,16 +49,13 @@ announce how many tasks tick. A bytewax flow runs in one worker and never sets i
 
 
 call_time: ContextVar[int | None] = ContextVar("call_time", default=None)
-"""The wall-clock time (ns) an engine runs the current call of a step at, where it logs
-its calls to make them again after a restore (Flink's segments): a flow built with
-:func:`call_clock` reads this, so a call made again reads what it read the first time."""
+"""The wall-clock time (ns) of the step call now running, where an engine replays logged
+calls after a restore (Flink's segments), so a replayed call reads what it first read."""
 
 
 def call_clock() -> int:
-    """The wall-clock time of the running call (:data:`call_time`), or, outside one, the
-    wall clock: what a flow an engine may restore by making its calls again is built
-    with where another is built with :func:`system_clock`. Every read in one call gives
-    the call's time.
+    """The running call's :data:`call_time`, else the wall clock: the clock of a flow an
+    engine may restore by replaying its calls (elsewhere, :func:`system_clock`).
 
     >>> token = call_time.set(5)
     >>> call_clock(), call_clock()
@@ -72,8 +69,8 @@ def call_clock() -> int:
 
 
 def claim_worker(index: int, count: int) -> None:
-    """Say that the calling task is ``index`` of ``count`` (:data:`engine_task`): what an
-    engine that runs a step in several tasks says before it calls the step's function.
+    """Set :data:`engine_task` to ``(index, count)`` before an engine calls a step's
+    function in one of several tasks.
 
     >>> claim_worker(1, 2); engine_task.get()
     (1, 2)
@@ -116,27 +113,21 @@ class Tick(msgspec.Struct, frozen=True, kw_only=True, tag="tick"):
     of: int = 0
 
 
-# A tick source silent this long (processing time) stops holding time back, and a
-# source expected but not yet heard from stops holding the start back: a market process
-# that died, or has no input, must not stop the firm process's clock.
+# a tick source silent (or not yet heard from) this long in processing time stops holding
+# time back: a dead or idle market process must not stop the firm process's clock
 TICK_IDLE_NS = 10 * NS_PER_S
 
 
 class Watermark:
     """Minimum event time over live tick sources.
 
-    ``sources`` (name -> ``[newest ts, processing time of that tick]``) is the
-    caller's state, updated in place. A source without a tick for ``idle_ns``
-    of processing time stops holding the watermark back (noticed within another
-    ``idle_ns / 4``: the minimum is kept up as sources tick, so a tick costs
-    O(1), not O(sources), and is re-scanned at least that often); a source far behind
-    in *event* time does not: in a replay, event time runs many times faster
-    than processing time, so a worker a second late is still live. With
-    ``expected`` sources (the most any tick announced), the watermark stays
-    where it was (-1 at the start) until that many have ticked or ``idle_ns``
-    has passed, so a worker still starting, or a source that just joined and
-    whose first tick is on its way, cannot be overtaken. Sources of a restored snapshot are retired
-    as soon as as many new ones tick (``restored``).
+    ``sources`` (name -> ``[newest ts, processing time of that tick]``) is the caller's
+    state, updated in place. A source without a tick for ``idle_ns`` of processing time
+    stops holding the watermark back (noticed within another ``idle_ns / 4``); one far
+    behind in *event* time does not (a replay runs event time fast). Until ``expected``
+    sources (the most any tick announced) have ticked, or ``idle_ns`` has passed, the
+    watermark stays where it was (-1 at the start). Sources of a restored snapshot retire
+    once as many new ones tick (``restored``).
 
     >>> wm = Watermark(idle_ns=10)
     >>> wm.update("a", 100, now_ns=0), wm.update("b", 40, now_ns=1), wm.update("a", 120, now_ns=2)
@@ -164,17 +155,15 @@ class Watermark:
         self._short_since: int | None = None
         self._last = -1
         self._expected = 0
-        # the minimum over live sources, how many live sources are at it, and when it was
-        # computed: kept up as sources tick, so a tick costs O(1), not O(sources)
+        # kept up as sources tick, so a tick costs O(1), not O(sources)
         self._min: int | None = None
         self._at_min = 0
         self._computed_ns = 0
 
     @classmethod
     def resume(cls, sources: dict[str, Any], idle_ns: int = TICK_IDLE_NS) -> Watermark:
-        """The watermark over a logic's (possibly restored) ``sources``, converted in place
-        where a snapshot from before processing times were kept has an int per source
-        (processing time 0: idle until it ticks); restored sources retire as new ones tick.
+        """The watermark over a logic's (possibly restored) ``sources``; a bare int per
+        source is converted in place (processing time 0: idle until it ticks).
 
         >>> sources = {"host/1/w0": 500}
         >>> wm = Watermark.resume(sources)
@@ -232,8 +221,7 @@ class Watermark:
             self._recompute(now_ns)
         fresh = len(sources) - (len(restored.old) if restored is not None else 0)
         if fresh < self._expected:
-            # fewer sources than announced (a worker still starting, a new counterparty's
-            # first tick still on its way): time holds, for idle_ns at most
+            # fewer sources than announced: time holds, for idle_ns at most
             if self._short_since is None:
                 self._short_since = now_ns
             if now_ns - self._short_since < self.idle_ns:
@@ -256,12 +244,10 @@ class Watermark:
 
 
 class RestoredSources:
-    """Tick sources named in a restored snapshot belong to processes that are gone: a
-    bytewax restart restarts every process, and each names its ticks afresh. They go on
-    holding time back only until as many new sources have ticked, then are forgotten;
-    otherwise a dead source would pin the watermark where the crash left it. A source
-    that names itself the same after a restart (a market process's ``detect/w0``) is
-    live again when it ticks: neither a dead one nor a new one.
+    """Tick sources named in a restored snapshot, whose processes are gone (a bytewax
+    restart names ticks afresh): they hold time back only until as many new sources have
+    ticked, so a dead one cannot pin the watermark. A source that keeps its name across a
+    restart (``detect/w0``) is live again when it ticks.
 
     >>> sources = {"host/11": 500, "host/12": 480}
     >>> restored = RestoredSources(sources)

@@ -6,26 +6,9 @@ unchanged, so the guard inserts it as a pass-through step::
 
     signals = op.map("observe_signals", signals, observe)
 
-It never raises on a record it does not know (it ignores it) and never
-mutates the record. Labels are bounded: anomaly keys are reduced to a key
-*class* (``market``, ``option``, ``venue`` ...) by :func:`key_class`.
-
-What it reads:
-
-========================  ==========================================================
-record                    metrics
-========================  ==========================================================
-``AnomalySignal``         score and threshold histograms (not while warming up),
-                          signal counter, episodes-open gauge (open/close phases)
-``Utilization``           limit-utilization gauge per counterparty, limit and kind
-``LimitBreach``           breach counter by kind and level
-``RiskAlert``             alert counter by kind; ``feed_failover``/``feed_restored``
-                          set the failover gauge; ``heartbeat_loss``/``_restored``
-                          the feed-stale gauge
-``AuditCheckpoint``       last checkpoint time (the age gauge counts from it)
-``DeadLetter``            dead-letter counter by stream and reason (except decode
-                          failures of the Kafka source, counted there already)
-========================  ==========================================================
+It ignores records it does not know and never mutates one. Labels are bounded: anomaly
+keys are reduced to a key *class* (``market``, ``option``, ``venue`` ...) by
+:func:`key_class`; the metrics are listed in docs/operations.md.
 
 Signed commands are counted where they are signed, with
 :func:`riskguard.operators.core.metrics.record_command`; subscribers report with
@@ -139,9 +122,7 @@ class Observer:
         self.config = config or ObserveConfig()
         self._lock = threading.Lock()
         self._open: dict[str, str] = {}  # anomaly key -> its key class, while an episode is open
-        # (limit path, kind) -> its utilization gauge: prometheus_client's labels() takes
-        # a lock and hashes the label tuple on every call, and a tick may carry a
-        # utilization per limit; the same children, so the same cardinality
+        # (limit path, kind) -> gauge child: labels() locks and hashes on every call
         self._util_gauges: dict[tuple[str, str], Any] = {}
 
     def observe(self, item: Any) -> Any:
@@ -169,7 +150,7 @@ class Observer:
         if s.kind != "anomaly":
             return
         with self._lock:
-            # Idempotent per key: a replayed open or close after a resume does not double count.
+            # idempotent per key: a replayed open or close after a resume counts once
             if s.phase == "open" and s.key not in self._open:
                 self._open[s.key] = cls
                 EPISODES_OPEN.labels(cls).inc()

@@ -1,76 +1,10 @@
 """Engine-neutral online anomaly detector: one model per key.
 
-:class:`DetectorLogic` consumes a key's ``FeatureVector`` stream and emits
-``AnomalySignal`` episode events. For each vector it
-
-1. rejects non-finite values (dead letter ``non_finite``; never learned);
-2. **scores first** with the key's model and a calibrated tail score, then
-   compares the result with the key's **adaptive threshold**;
-3. **then learns**, except (``protect_model``, the default) from points it
-   flagged, so an attack is not learned as normal; after
-   ``protect_max_points`` consecutive flagged points, or while more than
-   ``protect_max_episodes`` episodes opened within about ``threshold_window / 2``
-   points (episodes that keep opening mean a change of scale, not an
-   incident), it learns again so a lasting change is absorbed;
-4. feeds the model score to an ADWIN (or PageHinkley) **drift** detector; a
-   detected change emits a ``regime_change`` signal and re-adapts by
-   ``drift_policy``: ``keep``, ``reset`` (fresh model, new warm-up) or
-   ``blend`` (a fresh model learns beside the old one and replaces it after
-   ``blend_points``);
-5. runs the **episode** state machine: one ``open`` signal when a run of
-   anomalous points starts, ``escalate`` when severity rises, ``close`` once
-   the score has stayed below ``hysteresis * threshold`` for
-   ``close_quiet_points`` points and ``close_quiet_ns`` of event time.
-
-Models (``model``):
-
-- ``hst`` (the default for several features): River's ``HalfSpaceTrees``
-  behind a scaler, in array form (:mod:`riskguard.operators.detection.hst`:
-  River's trees and scores; per key, leaf counts, reference masses and a
-  per-leaf score table, about 17 KiB, so scoring and learning cost one leaf
-  look-up per tree and a snapshot is 10 KiB of bytes). ``scaler="minmax"`` is the
-  issue's ``MinMaxScaler | HalfSpaceTrees``; ``scaler="squash"`` (the
-  default) feeds ``0.5 + 0.5 * tanh(z / squash_scale)`` of the running
-  z-scores, which keeps resolution where a min-max range stretched by one
-  old outlier would squeeze every later point into a corner;
-- ``river_hst``: River's own ``HalfSpaceTrees`` objects (same scores; about
-  170 KiB per snapshot and 15 ms to build per key; for comparison);
-- ``range`` (the default for one feature):
-  :class:`~riskguard.operators.detection.range_scorer.RangeScorer`, how far the value (or
-  its short means, or its stillness) lies beyond its recent extremes, in recent
-  ranges, against the fixed ``range_threshold``; it protects itself by learning
-  an anomalous value clipped, and a flat history never blinds it;
-- ``gaussian``: River's ``GaussianScorer``,
-  scored as the surprise ``-log10`` of its two-sided tail probability;
-- ``oneclass_svm``: ``StandardScaler | OneClassSVM``;
-- ``lof``: River's ``LocalOutlierFactor``, about 160 events/s: **low-rate
-  keys only**.
-
-Hybrid score (``tail=True``, the default for multivariate models). Half-Space
-Trees only see which cell of the feature space a point falls in, so a
-feature at 50 standard deviations scores about the same as one at 5. The
-detector therefore also computes, per feature, the running z-score against
-the key's learned statistics, divides it by a streaming ``tail_quantile``
-(0.999) of that feature's normal ``|z|`` (never below ``tail_min_z``), and
-takes the largest ratio ``t``. The
-reported score is ``max(model score, threshold * t / tail_cut)``: it crosses
-the threshold when the model does, or when some feature deviates
-``tail_cut`` times further than its 99.9 % quantile in normal data. Half-Space
-Trees stay the multivariate model; the tail gives "how far".
-
-Adaptive threshold: a rolling quantile (``1 - target_alarm_rate``) of the
-model's recent scores (exact counts in 256 bins over the last
-``threshold_window / 2`` to ``threshold_window`` scores), plus
-``threshold_margin`` (for Half-Space Trees, whose scores never exceed 1, that
-share of the room left above the quantile), never below ``threshold_floor``.
-A config whose threshold no score can cross is refused at start-up:
-``target_alarm_rate * threshold_window / 2`` must be at least 1 (else the
-quantile is the largest recent score), and an HST floor must be below 1.
-
-Warm-up is explicit: until a key has learned ``warmup_events`` points and
-``warmup_ns`` of event time, its model has finished its first window (Half
-Space Trees score 0 until then), and the threshold has ``min_scores`` scores,
-its signals carry ``warming_up=True`` and must not trigger mitigation.
+:class:`DetectorLogic` turns a key's ``FeatureVector`` stream into ``AnomalySignal``
+episode events: it drops non-finite values (dead letter ``non_finite``), scores before
+it learns (protecting the model from flagged points), compares with an adaptive
+threshold, tracks drift and runs the open/escalate/close episode machine. Models,
+score, threshold, warm-up and drift policies: docs/detectors.md ("The learned detector").
 
 >>> from riskguard.schemas import FeatureVector, Scope, ScopeKind
 >>> cfg = DetectorConfig(model="gaussian", warmup_events=50, warmup_ns=0)
@@ -226,7 +160,6 @@ class DetectorLogic:
         self._up = 1.0 + config.tail_step
         self._open_decay = 1.0 - 2.0 / config.threshold_window
         self._down = 1.0 - config.tail_step * (1.0 - config.tail_quantile) / config.tail_quantile
-        # a key's move bands: its measure's and product's settings, known once its key is
         self.bands: MoveBands | None = None
         self._bands_set = False
         if s.key:
@@ -286,7 +219,6 @@ class DetectorLogic:
             return bool(m.gaussian.n_samples >= m.grace_period)
         return True
 
-    # -- public ------------------------------------------------------------
     def snapshot(self) -> DetectorState:
         """An independent copy. Array masses are copied as bytes; River models and
         the drift detector are pickled only when they changed since the last
@@ -324,13 +256,8 @@ class DetectorLogic:
         return snap
 
     def _update_quantile(self, score: float) -> None:
-        """Count a score; forget the cached threshold unless it provably stands.
-
-        While ``target_alarm_rate * count < 1`` the quantile is the upper edge
-        of the highest non-empty bin, so a score that leaves that bin, the
-        half-window swap and the "enough scores" test unchanged leaves the
-        threshold as it was.
-        """
+        """Count a score; forget the cached threshold unless it provably stands (while
+        ``target_alarm_rate * count < 1`` the quantile is the top non-empty bin's edge)."""
         q = self.quantile
         top, n = q.top, q.n_cur + q.n_old
         q.update(score)
@@ -353,11 +280,7 @@ class DetectorLogic:
         return thr
 
     def on_event(self, fv: FeatureVector) -> list[AnomalySignal | DeadLetter]:
-        """One feature vector: the move bands' readings, then the learned path's. That
-        path scores the vector (:meth:`_zscores`, :meth:`_model_score`,
-        :meth:`_tail_score`), learns from it unless protection holds the model back
-        (:meth:`_learn`), follows the episode (:meth:`_episode`) and the drift of the
-        scores (:meth:`_drift_step`)."""
+        """One feature vector: the move bands' signals, then the learned path's."""
         s = self.s
         c = self.config
         values = fv.values
@@ -375,7 +298,6 @@ class DetectorLogic:
         x = self._vector(fv)
         if self.kind == "range":
             return self._on_range(fv, x[0], moves)
-        # running z-scores against the learned statistics (score before learning)
         z, sd = self._zscores(x)
         score, leaves, xm = self._model_score(x, z)
         ready = self._ready = self._ready or self.model_ready()
@@ -422,8 +344,7 @@ class DetectorLogic:
         z = []
         sd = []
         for v, m, vv in zip(x, s.mean, s.var, strict=True):
-            # a feature that has not varied yet has no scale: it scores 0 until
-            # it has (one learned deviation gives it one)
+            # a feature that has not varied yet has no scale: it scores 0
             floor = 1e-9 * (abs(m) + 1e-9)
             r = sqrt(vv)
             sd.append(r)
@@ -486,8 +407,7 @@ class DetectorLogic:
         s.n_learned += 1
         if ready:
             self._update_quantile(v.model_score)
-        # the tail cut holds while an episode lasts: a persistent extreme move must
-        # stay anomalous, not become the new yardstick
+        # the tail cut holds during an episode: a lasting extreme must stay anomalous
         self._learn_stats(v.x, v.z, v.sd, freeze_peak=anomalous or s.ep_open)
         if self.fresh is not None:
             s.n_fresh += 1
@@ -534,7 +454,6 @@ class DetectorLogic:
         out.extend(self._episode(fv, score, thr, anomalous, warming, contributions))
         return out
 
-    # -- internals ---------------------------------------------------------
     def _key_bands(self, key: str, measure: str) -> MoveBands | None:
         """The key's move bands with the settings of its measure and product (None when
         they turn them off), keeping what the key's bands have learned."""
@@ -601,15 +520,9 @@ class DetectorLogic:
 
     def _learn_stats(self, x: Sequence[float], z: list[float], sd: list[float] | None,
                      freeze_peak: bool = False) -> None:
-        """Welford, then exponential forgetting; a streaming ``tail_quantile`` of |z|.
-
-        The quantile of each feature's |z| moves up by ``tail_step`` (relative)
-        when a learned point exceeds it and down by a matching small step
-        otherwise, so it settles where a ``1 - tail_quantile`` share of points
-        exceed it, and a slow ramp cannot drag it up faster than that; it does not
-        move at all on an anomalous point or while an episode is open. ``sd``
-        holds the standard deviations before this point (``None`` for the first).
-        """
+        """Welford, then exponential forgetting; a streaming ``tail_quantile`` of |z|
+        (up by ``tail_step`` when exceeded, down by a matching small step otherwise, so a
+        slow ramp cannot drag it up). ``sd``: deviations before this point, or None."""
         s = self.s
         c = self.config
         s.n_stats += 1
@@ -624,9 +537,8 @@ class DetectorLogic:
         if track_peak and sd is not None:
             for i, v in enumerate(x):
                 d = v - mean[i]
-                # Huber-style: a learned point moves the statistics at most as far as
-                # one ``stats_clip`` standard deviations away would, so a slow ramp
-                # (a freezing feed) cannot inflate the variance it is measured by
+                # Huber-style clip, so a slow ramp cannot inflate the variance it is
+                # measured by
                 lim = clip * sd[i]
                 if d > lim:
                     d = lim
@@ -671,10 +583,8 @@ class DetectorLogic:
 
     def _severity(self, excess: float, duration: int, points: int = 0,
                   bars: bool = False) -> Severity:
-        """By how far the score passed the threshold, or by how long the episode has
-        lasted: both in event time and in anomalous vectors (two 1-minute bars are
-        not a minute of anomalous 1-second vectors). On bar data at most
-        ``max_severity_on_bars``: the move bands judge a bar's price path."""
+        """By how far the score passed the threshold, or how long the episode lasted in
+        both event time and anomalous vectors; on bars at most ``max_severity_on_bars``."""
         c = self.config
         if excess >= c.critical_excess or (duration >= c.critical_duration_ns
                                            and points >= c.critical_points):
@@ -686,15 +596,13 @@ class DetectorLogic:
             return Severity.WARN
         return Severity.INFO
 
-    # private hot-path helper
     def _episode(self, fv: FeatureVector, score: float, thr: float, anomalous: bool,
                  warming: bool, contributions: list[Contribution]) -> list[AnomalySignal]:
         s = self.s
         c = self.config
         ts = fv.ts
         if anomalous:
-            # in ranges beyond the recent extremes for the range scorer, else relative to
-            # the threshold
+            # the range scorer's score is already an excess (in recent ranges)
             excess = score if self.kind == "range" else (score - thr) / max(abs(thr), 1e-12)
             if not s.ep_open:
                 s.episodes += 1

@@ -1,69 +1,16 @@
 r"""Move bands: a deterministic price-move detector beside the learned one.
 
-Exchanges do not wait for a model to learn a crash. CME's dynamic circuit
-breakers compare the price with a reference taken a fixed look-back earlier
-and halt when it leaves a band; its velocity logic does the same over seconds.
-:class:`MoveBands` runs that logic per key on the price each feature vector
-carries (its close, and the low and high seen since the previous vector):
+:class:`MoveBands` runs CME-style dynamic circuit-breaker logic per key on the price each
+feature vector carries (its close, and the low and high since the previous vector): log
+moves over several horizons and the day's drawdown/rally against volatility-scaled bands
+within floors and caps, daily price limits from the settlement, and an
+open/escalate/deescalate/close episode that resets after a trip. Rules and defaults:
+docs/detectors.md ("Move bands").
 
-- **Moves over several horizons** (1 min, 5 min, 15 min, 1 h, 4 h, 1 day by
-  default): the log move from the price one horizon ago (the last price at or
-  before ``ts - h``) to this vector's low (a fall) or high (a rise). A horizon
-  shorter than the data's own interval (hourly bars, say) is measured over
-  one interval: a bar cannot show a one-minute move.
-- **Drawdown and rally**: from the highest high (lowest low) of the last day.
-- **Volatility-scaled bands with floors and caps.** A move's band is
-  ``band_k`` times the key's typical move of that kind (the root mean square
-  of its own moves over that horizon, or of its own drawdowns, learned as an
-  exponentially weighted mean with a ``vol_halflife_s`` half-life, each move
-  clipped at ``vol_clip`` times the typical one), kept within ``[floor,
-  cap]`` for that horizon. Until a horizon has seen ``warmup_returns``
-  horizons' worth of moves, the interval returns' volatility scaled by the
-  square root of time stands in; before that, the cap. Nothing is learned
-  while an episode is open, so a persistent move stays outside its band while
-  it lasts.
-- **Gaps in the data** (bars more than two intervals apart). A horizon shorter
-  than the gap has no reference (the price one horizon ago is unknown); a
-  longer one measures the real move across it; a gap longer than every
-  look-back restarts them, an open trip's reference included (the price the
-  data resumes at). The missing time teaches nothing: the bar after a gap is
-  learned as if it followed the last one. A gap longer than
-  ``vol_halflife_s`` outlives what was learned, so the key warms up afresh.
-- **Daily price limits, as CME set them for its bitcoin futures** (and runs
-  them on its E-mini S&P 500): tiers of 7 %, 13 % and 20 % from the previous
-  day's settlement (the last price at or before ``settlement_s`` after
-  midnight UTC); at the first two CME halts trading for two minutes, at the
-  last for the day. A price that first reaches a
-  tier in a day is critical, whatever was learned; a tier trips once a day in
-  each direction. Volatility indices have none by default.
-- **Severity.** ``warn`` when a move leaves its band; ``critical`` when it
-  goes ``critical_ratio`` times past it, or when ``confirm_horizons`` horizons
-  (the drawdown counts as one) are out of their bands at once (a fall seen at
-  several scales is no single print), in the adverse direction
-  (``critical_moves``: a price's falls, a volatility index's rises; ``both``);
-  and, either way, past the horizon's cap: the static level, as an exchange's
-  breaker, which applies from the first price on and needs no learned
-  volatility, or a daily limit.
-- **Episodes, as the learned detector's.** One ``open`` signal, ``escalate`` on
-  a severity rise, ``close`` once every move has stayed below ``hysteresis``
-  times its band for ``close_quiet_points`` vectors and ``close_quiet_ns``.
-- **Reset after a trip, as CME resets its bands after a halt.** Once an episode
-  is critical, its severity is judged on the moves since the last critical
-  reading (the trip's price is the new reference, and the drawdown counts from
-  there); the episode itself stays open on the whole look-back. A price that
-  keeps falling trips again and stays critical, and a new extreme in the
-  trip's direction is never quiet; one that has found its level (every move
-  since the trip below ``hysteresis`` times its band for ``close_quiet_points``
-  vectors or ``deescalate_quiet_s``, whichever is sooner, and
-  ``close_quiet_ns``) ``deescalate``\ s to ``warn``, so a mitigation the trip
-  caused is lifted while the day-long measures still remember the fall. Three
-  quiet hourly bars take three hours; one quiet daily bar is a day.
-
-Signals are :class:`~riskguard.schemas.AnomalySignal` records of kind
-``price_move``: ``score`` is the largest move-to-band ratio and ``threshold``
-is 1; ``top_features`` name the horizons (``move_1h``, ``drawdown_1d``) with
-the move in bps as ``value`` and in typical moves as ``zscore``
-(``from_settlement`` names a daily limit, with no typical move).
+Signals are :class:`~riskguard.schemas.AnomalySignal` records of kind ``price_move``:
+``score`` is the largest move-to-band ratio and ``threshold`` is 1; ``top_features`` name
+the horizons (``move_1h``, ``drawdown_1d``) with the move in bps as ``value`` and in
+typical moves as ``zscore`` (``from_settlement`` names a daily limit, with no typical move).
 
 >>> from riskguard.schemas import FeatureVector, Scope, ScopeKind
 >>> bands = MoveBands(MoveBandConfig(), key="binance/BTCUSDT")
@@ -223,7 +170,6 @@ class MoveBands:
             return None
         return math.sqrt(s.var_rate)
 
-    # -- public ------------------------------------------------------------
     def on_vector(self, fv: FeatureVector) -> list[AnomalySignal]:
         price = fv.price
         if price is None or not price > 0.0:
@@ -239,8 +185,7 @@ class MoveBands:
         gap = s.last_ts > 0 and 0 < s.interval_ns < (ts - s.last_ts) // 2
         if gap:
             self._after_gap(ts, price, low, high)
-        # after a trip, the moves since it first: the full look-back's returns, measured
-        # last, are what is learned
+        # measured last, the full look-back's returns are what is learned
         since = (self._measure(ts, price, low, high, s.reset_ts)
                  if s.ep_open and s.reset_ts >= 0 else None)
         ratios = self._measure(ts, price, low, high)
@@ -254,17 +199,11 @@ class MoveBands:
         s.last_close = price
         return out
 
-    # -- internals ---------------------------------------------------------
     def _measure(self, ts: int, price: float, low: float, high: float,
                  since: int | None = None) -> list[Reading]:
         """A :class:`~riskguard.operators.detection.band_rules.Reading` per horizon and
-        for the drawdown/rally. A horizon shorter than the data's interval is measured over one
-        interval, with the band settings of that length (interpolated between the
-        configured horizons). With ``since`` (a trip's time), no move reaches back
-        before it: a horizon whose look-back does is measured from the trip's price,
-        and so is the drawdown. A horizon's reference price is :meth:`_reference`'s, the
-        typical move :meth:`_scale`'s, the band :meth:`_band`'s.
-        """
+        for the drawdown/rally. With ``since`` (a trip's time), no move reaches back
+        before it: such a horizon, and the drawdown, are measured from the trip's price."""
         s = self.s
         sigma = self.sigma_per_sqrt_ns
         interval = s.interval_ns
@@ -313,11 +252,9 @@ class MoveBands:
     def _reference(self, tier: list[tuple[int, float, float, float]], slot_ns: int,
                    first: int | None, at: int, h: int,
                    since: int | None) -> float | None:
-        """A horizon ``h``'s reference price at ``at = ts - h``: the close of the slot
-        ending at ``at``, else of the last one before the slot holding it (slot ``k``
-        covers ``((k - 1) * slot_ns, k * slot_ns]``), found by position while the tier has
-        a slot for every step (``first``); none across a gap in the data; with ``since``,
-        a slot that ended before the trip gives the trip's price."""
+        """A horizon ``h``'s reference price at ``at = ts - h``: the close of the last
+        slot ending at or before ``at`` (slot ``k`` covers ``((k - 1) * slot_ns, k *
+        slot_ns]``); none across a gap; the trip's price for a slot before ``since``."""
         want = at // slot_ns  # the last slot that ended at or before ``at``
         i = (min(want - first, len(tier) - 1) if first is not None
              else bisect.bisect_right(tier, (want, math.inf)) - 1)
@@ -348,16 +285,13 @@ class MoveBands:
     def _daily_limits(self, ts: int, low: float, high: float, ratios: list[Reading],
                       since: list[Reading] | None) -> None:
         """The move from the settlement price joins the measures, as its ratio to the first
-        daily limit; on the reading that first reaches a tier that day, as a limit too
-        (since a trip with the day's range: a fall that keeps going is judged again at
-        each tier). The settlement is the last price at or before the day's start, if it
-        is no older than a day. A price at a tier's level reaches it (to a part in
-        10^12: 1 - 93/100 is 0.06999...)."""
+        daily limit, and as a limit on the reading that first reaches a tier that day. A
+        price at a tier's level reaches it (to a part in 10^12: 1 - 93/100 is 0.06999...)."""
         s = self.s
         start = (ts - 1 - self._settle_ns) // _DAY * _DAY + self._settle_ns
         if start != s.day_start:
-            # only a price from the day before counts: not one from this day (a state
-            # kept while the limits were off, or with another settlement time)
+            # only a price from the day before counts (not a state kept while the limits
+            # were off, or with another settlement time)
             s.settle = s.last_close if start - _DAY < s.last_ts <= start else 0.0
             s.day_start, s.tiers_down, s.tiers_up = start, 0, 0
         if not s.settle > 0.0:
@@ -436,13 +370,11 @@ class MoveBands:
         horizons, the end values beyond them (remembered per horizon)."""
         got = self._params_at.get(h_ns)
         if got is None:
-            got = self._params_at[h_ns] = self._interpolate(h_ns)
-        return got
-
-    def _interpolate(self, h_ns: int) -> tuple[float, float, float]:
-        hs = self._h_ns
-        return (log_interpolate(hs, self._k, h_ns), log_interpolate(hs, self._floor, h_ns),
+            hs = self._h_ns
+            got = self._params_at[h_ns] = (
+                log_interpolate(hs, self._k, h_ns), log_interpolate(hs, self._floor, h_ns),
                 log_interpolate(hs, self._cap, h_ns))
+        return got
 
     def _scale(self, key: int, sigma: float | None, h_ns: int = 0) -> float | None:
         """The typical size of measure ``key`` (a horizon in ns; minus it for the
@@ -462,11 +394,9 @@ class MoveBands:
         return min(cap, max(floor, k * scale))
 
     def _after_gap(self, ts: int, price: float, low: float, high: float) -> None:
-        """The data resumes at ``ts`` after a gap. A gap longer than every look-back
-        restarts them, as CME restarts its window when trading resumes: an open trip is
-        judged from the price the data resumes at. A gap longer than the memory
-        (``vol_halflife_s``) outlives what was learned: the key warms up afresh, episode
-        open or not."""
+        """The data resumes at ``ts`` after a gap: one longer than every look-back
+        restarts an open trip from this price (as CME restarts its window); one longer
+        than ``vol_halflife_s`` makes the key warm up afresh."""
         s = self.s
         gap_ns = ts - s.last_ts
         if gap_ns > self._longest_ns and s.ep_open and s.reset_ts >= 0:
@@ -595,9 +525,8 @@ class MoveBands:
                 s.ep_severity = Severity.CRITICAL.value
                 return [self._signal(fv, "escalate", Severity.CRITICAL, top_since, since)]
             return []
-        # quiet: every move since the trip in the trip's direction inside its band, and no
-        # new extreme that way (a price still grinding the same way has not found its
-        # level; one that rebounds has)
+        # quiet: no move since the trip past hysteresis in its direction and no new
+        # extreme that way (a price still grinding that way has not found its level)
         price = fv.price or 0.0
         further = price < s.reset_extreme if s.reset_dir < 0 else price > s.reset_extreme
         if further:

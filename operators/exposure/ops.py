@@ -1,18 +1,9 @@
 """Thin bytewax adapters: ``aggregate_exposure`` and ``enforce_limits``.
 
-The logic lives in :mod:`riskguard.operators.exposure` and
-:mod:`riskguard.operators.exposure.limits`; this module only routes records between
-keyed stages:
-
-- ``valuation``: keyed by a shard of instruments / collateral assets (the
-  positions of every counterparty in them meet their marks here; input
-  records reach it as one pack per shard per batch);
-- ``counterparty``: keyed by counterparty (exposure per counterparty);
-- ``firm``: keyed by ``"firm"`` (rollup and concentration, correct however
-  counterparties are spread over workers);
-- ``limits``: keyed by counterparty (``"*"`` for the firm).
-
-Each record crosses between workers at most once per stage.
+They only route records between keyed stages (the logic lives in
+:mod:`riskguard.operators.exposure`): ``valuation`` (a shard of instruments and
+collateral assets), ``counterparty``, ``firm`` (key ``"firm"``) and ``limits`` (by
+counterparty, ``"*"`` for the firm). A record crosses workers at most once per stage.
 """
 
 from __future__ import annotations
@@ -58,9 +49,7 @@ class ExposureOut:
     exposures: Stream[Exposure]
     alerts: Stream[RiskAlert]
     errs: Stream[DeadLetter]
-    # with ``ticks``: each tick passed down the exposure path, to every limits key, behind
-    # the exposures before it (:class:`~riskguard.operators.exposure.Progress`; give it
-    # to :func:`enforce_limits`); else empty
+    # with ``ticks``: each tick, behind the exposures before it, for :func:`enforce_limits`
     progress: Stream[Progress]
 
 
@@ -75,16 +64,13 @@ class LimitsOut:
     # each ``progress`` tick once its limits key has handled what came before it, named
     # ``<source>/<key>``
     ticks: Stream[Tick]
-    # the breaches, alerts and ticks in one stream, each limits key's in the order it made
-    # them: the input of a consumer that takes its clock from the ticks (the playbook).
-    # ``breaches`` and ``ticks`` merged again would not keep that order: the engine may
-    # run a merge between a branch that carries a tick and one that carries its breach
+    # breaches, alerts and ticks in the order each limits key made them, for a consumer
+    # clocked by the ticks (the playbook); merging ``breaches`` and ``ticks`` again
+    # would not keep that order
     clocked: Stream[LimitBreach | RiskAlert | Tick]
 
 
-# Per-item predicates run once per record on the hot path, so they are
-# C-level (``tuple.__instancecheck__``) or one-line lambdas; everything else
-# is done a whole batch per Python call with ``flat_map_batch``.
+# per-item predicates are on the hot path: C-level or one-liners; the rest is per batch
 _IS_TUPLE: Callable[[Any], bool] = tuple.__instancecheck__
 _IS_PROGRESS: Callable[[Any], TypeGuard[Progress]] = Progress.__instancecheck__  # type: ignore[assignment]
 
@@ -122,15 +108,12 @@ def aggregate_exposure(
     Emits an :class:`~riskguard.schemas.Exposure` per counterparty (with its
     concentration) and the firm rollup (``counterparty == "*"``).
 
-    Without ``ticks``, exposures are re-valued once per input batch (the lowest latency;
-    where levels move depends on the batching). With ``ticks``
-    (:class:`~riskguard.operators.core.clock.Tick`), they are re-valued once per tick,
-    stamped with its time, so a replay gives the same exposures however it is batched,
-    and ``progress`` carries each tick on for :func:`enforce_limits`. A price move then
-    waits up to one tick; a fill, snapshot, balance or orders record until the next
-    ``config.position_revalue_ns`` boundary, which a record past it passes, and in a
-    live run (``wall_clock`` given) also that much wall time. Replays leave
-    ``wall_clock`` out: their output must not depend on wall time.
+    Without ``ticks``, exposures are re-valued once per input batch (so the output
+    depends on batching). With ``ticks``, once per tick, stamped with its time, so a
+    replay is batching-independent, and ``progress`` carries each tick on for
+    :func:`enforce_limits`; a position record then waits for the next
+    ``config.position_revalue_ns`` boundary (and, with ``wall_clock``, that much wall
+    time; replays leave it out so their output does not depend on wall time).
 
     >>> from bytewax.dataflow import Dataflow
     >>> from bytewax.testing import TestingSink, TestingSource, run_main
@@ -198,7 +181,6 @@ def _value(step_id: str, merged: Stream[Record | Tick], config: ExposureConfig, 
         return router.route_batch(evs, clock())
 
     routed = op.branch("split", op.flat_map_batch("route", merged, route_batch), _IS_TUPLE)
-
     count_reorder = reorder_counter(f"{step_id}.valuation")
 
     def build_val(state: Any) -> ShardLogic:
@@ -241,11 +223,10 @@ def value_positions(
     wall_clock: Clock | None = None,
 ) -> ValuedOut:
     """Stage 1 of :func:`aggregate_exposure` alone, for one market process (docs/scaling.md,
-    "The market tier"): the positions in what ``place`` owns valued once per tick, as
-    :class:`~riskguard.schemas.Part` items behind which each tick comes on as a
-    :class:`~riskguard.schemas.Progress`, for :func:`sum_exposures` in the firm process;
-    stage 1's alerts (missing marks and FX rates, reconciliation breaks, depegs) among
-    them, in the order they were made.
+    "The market tier"): what ``place`` owns valued once per tick, as
+    :class:`~riskguard.schemas.Part` items each followed by its tick as a
+    :class:`~riskguard.schemas.Progress`, with stage 1's alerts in the order made, for
+    :func:`sum_exposures` in the firm process.
 
     >>> from bytewax.dataflow import Dataflow
     >>> from bytewax.testing import TestingSink, TestingSource, run_main
@@ -306,15 +287,13 @@ def enforce_limits(
 
     ``progress`` (``aggregate_exposure(..., ticks=...).progress``) comes out on
     ``LimitsOut.ticks`` as :class:`~riskguard.operators.core.clock.Tick` items, each
-    behind what its key made before it (in ``LimitsOut.clocked``, which keeps that
-    order). ``verifier(envelope, now_ns)`` returns the verified
+    behind what its key made before it (in ``LimitsOut.clocked``, in that order).
+    ``verifier(envelope, now_ns)`` returns the verified
     :class:`~riskguard.schemas.LimitUpdate` (with its approvals, ``Approved``, as
-    ``trust_verifier``'s does, so the two-person cap is checked against the limit it
-    leaves in force) or raises
+    ``trust_verifier``'s does, for the two-person cap) or raises
     :class:`~riskguard.errors.VerificationError`: a refused update is a
     ``limit_update_rejected`` alert, and the old limit stays. Updates set limits on at
-    most ``MAX_UPDATED_COUNTERPARTIES`` counterparties the config does not list
-    (:mod:`~riskguard.operators.exposure.limit_updates`).
+    most ``MAX_UPDATED_COUNTERPARTIES`` counterparties the config does not list.
 
     >>> from bytewax.dataflow import Dataflow
     >>> from bytewax.testing import TestingSink, TestingSource, run_main
@@ -389,7 +368,7 @@ def _limits_out(made: Stream[Any], pre_alerts: Stream[Any], errs: Stream[DeadLet
     """What the limits logic made, by type: ticks, utilizations, breaches and alerts
     (with those raised before it, by the update verification)."""
     u = op.branch("utils", made, Utilization.__instancecheck__)
-    # u.falses: the breaches, alerts and ticks in the order made (one stream, one branch)
+    # u.falses keeps breaches, alerts and ticks in the order made
     done = op.branch("ticks", u.falses, Tick.__instancecheck__)
     b = op.branch("breaches", done.falses, LimitBreach.__instancecheck__)
     return LimitsOut(utilizations=u.trues, breaches=b.trues, errs=errs, ticks=done.trues,
