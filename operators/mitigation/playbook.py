@@ -1,21 +1,11 @@
 """Engine-neutral mitigation playbook: signals in, graduated mitigation commands out.
 
-A playbook is a list of :class:`Rule`. A rule matches a signal by kind
-(``anomaly``, ``regime_change``, ``breach`` or a :class:`~riskguard.schemas.RiskAlert`
-kind), minimum severity, an fnmatch pattern on :meth:`Scope.label` and optional
-conditions, then climbs a ladder of :class:`Rung` actions while the incident
-persists (``after_s`` of event time since it opened) or worsens (its severity
-reaches a rung's ``min_severity``). Repeated trips within ``repeat_window_s``
-start one rung higher per earlier trip.
-
-:class:`PlaybookLogic` holds the whole firm's playbook state in one place
-(it runs under a single key): incidents and their ladders, mitigations in
-force (so the same action on the same scope is never re-issued while in
-force), repeat history, venue health, breached names and the command-rate window,
-counted per scope's venue (:mod:`~riskguard.operators.mitigation.rate_cap`): a flood
-of commands on one venue cannot use up another's. An incident the cap holds back
-sleeps until the window rolls. Event time comes from the records and from
-:class:`Tick`; ``issued_at`` comes from the injected processing clock.
+A playbook is a list of :class:`Rule`: each matches signals and climbs a ladder of
+:class:`Rung` actions while the incident persists or worsens (docs/playbooks.md).
+:class:`PlaybookLogic` holds the whole firm's playbook state under a single key:
+incidents, mitigations in force (never re-issued while in force), repeat history, venue
+health and the per-venue command-rate window. Event time comes from the records and
+from :class:`Tick`; ``issued_at`` from the injected processing clock.
 
 >>> from riskguard.schemas import AnomalySignal, Scope, ScopeKind, Severity
 >>> cfg = PlaybookConfig(issuer="guard", rules=(Rule(
@@ -105,8 +95,6 @@ __all__ = [
 ]
 
 
-# -- logic ---------------------------------------------------------------------
-
 PlaybookInput: TypeAlias = (AnomalySignal | RiskAlert | LimitBreach | MitigationCommand
                              | ExecutionAck | Tick)
 Output: TypeAlias = MitigationCommand | DeadLetter
@@ -128,59 +116,46 @@ class PlaybookLogic:
         self.rules = {r.name: r for r in config.rules}
         self.state = state if state is not None else PlaybookState()
         state = self.state
-        # which commands executors confirmed; what they did not becomes a signal
         self.acks = AckTracker(config.acks, state.acks)
         self.cap = RateCap(max_commands=config.max_commands,
                            window_ns=int(config.rate_window_s * S), state=state)
         self.on_ack_alert = on_ack_alert  # sees the alerts acks raise (metrics)
-        # live runs only: wakes the playbook when an awaited ack falls overdue, with no
-        # event to notice it (a replay's output must not depend on wall time)
+        # live runs only: a replay's output must not depend on wall time
         self.wall_clock = wall_clock
         self._slack = int(config.reorder_slack_s * S)
         self._max_hold = int(config.max_hold_s * S)
-        # derived: when the oldest held signal is due regardless of the watermark
         self._hold_due = min((h[3] for h in state.held), default=None)
         self._watermark = Watermark.resume(state.sources)
         self._out: list[Output] = []
         self._trigger_recv_ts: int | None = None
-        # Derived, not state (a resume wakes every incident). Awake: visited by every
-        # event. Sleeping: ``(time, key)``, woken once the clock reaches the time its next
-        # time-driven rung or quiet-period end falls due. The rest wait for a signal.
+        # derived, not state. Awake: visited by every event; sleeping ``(due, key)``: woken
+        # when its next rung or quiet-period end falls due; the rest wait for a signal
         self._awake: set[str] = set(state.incidents)
-        # derived: the active reroutes (_retarget visits them on every evaluation; the
-        # other mitigations, one or two per counterparty in an incident storm, it skips)
         self._reroutes = {k for k, m in state.active.items()
                           if m.action is Action.REROUTE_ORDER_FLOW}
         self._sleeping: list[tuple[int, str]] = []
         self._due_of: dict[str, int] = {}  # each sleeping incident's current due time
-        # derived: incidents whose next rung the rate cap held back, and when their
-        # window ends (they sleep until then instead of being visited by every event)
+        # incidents whose next rung the rate cap held back -> when their window ends
         self._capped: dict[str, int] = {}
         self._leaves_at: int | None = None  # while catching up: the clock outside it
-        # a resumed state's incidents are all awake: the first time step sorts them into
-        # the sleeping ones first, as the evaluation before the snapshot did
+        # a resumed state's incidents are all awake: the first time step sorts them first
         self._unsettled = bool(state.incidents)
-
-    # -- public ----------------------------------------------------------------
 
     def on_event(self, event: Any) -> list[Output]:
         """Handle one signal, resume, or tick; return the commands it causes."""
         self._out = []
         if self._hold_due is not None:
             self._release_overdue()
-        # Commands caused by this event carry its receive time (detection-to-command latency).
         self._trigger_recv_ts = getattr(event, "recv_ts", None)
         if isinstance(event, Tick):
             if event.source:
                 wm = self._watermark.tick_time(event, self.clock())
                 if wm <= self.state.watermark:
-                    # time did not move (one source of many ticked): nothing can be due,
-                    # and a tick per source and limits key costs O(1), not an evaluation
+                    # time did not move: nothing can be due (a tick costs O(1))
                     return self._out
                 self._release(wm)
-                # a named tick moves time to the sources' watermark, not its own ts: a
-                # process ahead of the others does not carry the rate window or repeat
-                # history past signals still to come
+                # to the sources' watermark, not its own ts: a process ahead of the others
+                # must not carry time past signals still to come
                 self._catch_up(wm)
                 self.state.watermark = max(self.state.watermark, wm)
                 self._advance(self.state.watermark)
@@ -190,11 +165,11 @@ class PlaybookLogic:
             if event.action is not Action.RESUME:
                 return [self._dead(event, "unexpected_command", "$.action", "resume",
                                    event.action.value)]
-            # A resume carries processing time (issued_at), not event time: no clock step.
+            # a resume carries processing time, not event time: no clock step
             self._advance(self.state.now)
             self._manual_resume(event)
         elif isinstance(event, ExecutionAck):
-            # An ack carries the executor's time, not event time: no clock step.
+            # an ack carries the executor's time, not event time: no clock step
             for alert in self.acks.on_ack(event, self._time()):
                 self._ack_signal(alert)
         elif isinstance(event, AnomalySignal | RiskAlert | LimitBreach):
@@ -230,12 +205,9 @@ class PlaybookLogic:
         return self._out
 
     def on_eof(self) -> list[Output]:
-        """End of input: every tick source has ended, so nothing can still come before
-        the signals that wait. They apply in event-time order with the clock stepping up
-        to each, then the clock moves to the newest time any source reached (where one
-        worker's clock ends, so a source that finished early does not hold back the
-        ladders and quiet periods still due); then commands suppressed by the rate cap
-        in the unfinished window are reported."""
+        """End of input: the held signals apply in event-time order, the clock moves to
+        the newest time any source reached, and commands the rate cap suppressed in the
+        unfinished window are reported."""
         self._out = []
         self._trigger_recv_ts = None
         st = self.state
@@ -252,9 +224,8 @@ class PlaybookLogic:
         return self._out
 
     def snapshot(self) -> PlaybookState:
-        """An independent copy, field by field: incidents, mitigations and every list and
-        dict copied; scopes, signals, enums and strings are immutable and shared (much
-        cheaper than a pickle round trip with many incidents open)."""
+        """An independent copy: containers copied; immutable scopes, signals and enums
+        shared (far cheaper than a pickle round trip)."""
         st = self.state
         return copy_fields(
             st,
@@ -268,23 +239,15 @@ class PlaybookLogic:
             suppressed=list(st.suppressed), held=list(st.held), acks=st.acks.copy(),
             window_counts=dict(st.window_counts), suppressed_by=dict(st.suppressed_by))
 
-    # -- inputs ------------------------------------------------------------------
-
     def _time(self) -> int:
-        """The clock for time-driven rungs and quiet periods.
-
-        With named tick sources it is their watermark (the slowest live
-        source), so escalation never outruns a slow process's records; rungs a
-        signal reaches at once (``after_s = 0``, severity) do not wait for it.
-        Without named sources, every signal and tick moves it.
-        """
+        """The clock of time-driven rungs and quiet periods: with named tick sources their
+        watermark (so escalation never outruns a slow process), else every event moves it."""
         st = self.state
         return st.now if not st.sources else st.watermark
 
     def _check_acks(self) -> None:
-        # An executor answers in processing time: a command is overdue once the clock
-        # (or event time, where it runs ahead) passes issued_at + timeout_s.
-        if not self.state.acks.awaited:  # the usual case, on every event: nothing waits
+        # overdue once the processing clock (or event time, if ahead) passes the timeout
+        if not self.state.acks.awaited:
             return
         at = self._time()
         for alert in self.acks.overdue(max(self.clock(), at), at):
@@ -346,12 +309,9 @@ class PlaybookLogic:
         self._flush_window()
 
     def _catch_up(self, to: int) -> None:
-        """Meet, one at a time, the times before ``to`` at which something falls due (a
-        rung by ``after_s``, a quiet period's end, a new rate window for commands the cap
-        held back), as a clock that ticks would: the clock of rungs steps to each, and so
-        does the event time the processing clock reads
-        (:data:`~riskguard.operators.core.clock.step_event_time`), so a replay's hourly
-        bars lift a mitigation when its quiet period ends, not at the next bar."""
+        """Step the clock (and :data:`~riskguard.operators.core.clock.step_event_time`)
+        through each time before ``to`` at which something falls due, as a ticking clock
+        would: a replay's hourly bars lift a mitigation when its quiet period ends."""
         if self._unsettled:
             self._unsettled = False
             self._evaluate()
@@ -373,10 +333,8 @@ class PlaybookLogic:
         self._trigger_recv_ts, self._leaves_at = trigger, None
 
     def _next_stop(self, to: int) -> int | None:
-        """The next time before ``to`` at which something falls due, or None. Entries a
-        signal left behind (it woke the incident, which then slept with another due time
-        or stayed awake) are dropped: the times met depend on the state alone, as after a
-        resume."""
+        """The next time before ``to`` at which something falls due, or None; stale
+        entries are dropped so the times met depend on the state alone."""
         sleeping, now = self._sleeping, self._time()
         while sleeping and sleeping[0][0] < to:
             due, key = sleeping[0]
@@ -508,13 +466,9 @@ class PlaybookLogic:
             del st.active[key]
             self._reroutes.discard(key)
 
-    # -- evaluation --------------------------------------------------------------
-
     def _evaluate(self) -> None:
-        """Climb and end incidents, in key order. Only awake ones are visited: an open
-        incident already on its last rung can neither climb nor end until a signal on it
-        arrives (which wakes it), so skipping it changes nothing and keeps an event's cost
-        independent of how many incidents are open."""
+        """Climb and end the awake incidents, in key order (a sleeping one cannot move, so
+        an event's cost does not grow with the incidents open)."""
         st = self.state
         awake, sleeping = self._awake, self._sleeping
         now = self._time()
@@ -530,7 +484,7 @@ class PlaybookLogic:
             if inc is None or rule is None:
                 awake.discard(key)
                 continue
-            # Open incidents climb on any event; momentary ones only when a signal arrives.
+            # open incidents climb on any event; momentary ones only when a signal arrives
             if inc.closed_at is None or (inc.kind not in OPENERS and inc.closed_at == st.now):
                 self._climb(inc, rule)
             if inc.closed_at is not None and now - inc.closed_at >= rule.quiet_s * S:
@@ -564,13 +518,9 @@ class PlaybookLogic:
         return inc.opened_at + math.ceil(min(later) * S) if later else 0
 
     def _retarget(self) -> None:
-        """Move live reroutes off targets that have since gone bad.
-
-        A reroute whose targets lost a venue (heartbeat loss, halt, breach) is
-        re-issued with the remaining ones; with none left, its incident climbs
-        to the next rung. Targets are only narrowed, never widened, so a
-        flapping venue does not churn commands.
-        """
+        """Move live reroutes off targets that have since gone bad: re-issued with the
+        remaining ones, or, with none left, its incident climbs. Targets only narrow, so a
+        flapping venue does not churn commands."""
         st = self.state
         for key in sorted(self._reroutes):
             m = st.active[key]
@@ -596,13 +546,15 @@ class PlaybookLogic:
                     m.params, m.command_id = params, cmd.command_id
                     m.decision_id = cmd.decision_id or ""
                 continue
-            # No target left: lift nothing, climb the owner to its next rung instead.
+            # no target left: climb the owner to its next rung
             nxt = owner.rung + 1
             if nxt < len(rule.ladder):
                 st.active[key].params = {**m.params, "targets": []}
                 self._climb_to(owner, rule, nxt)
 
     def _climb_to(self, inc: Incident, rule: Rule, target: int) -> None:
+        """A rung the rate cap suppresses stops the climb (retried later); a reroute with
+        no healthy alternative goes on to the next rung."""
         while inc.rung < target:
             i = inc.rung + 1
             status = self._apply(inc, rule, i, rule.ladder[i])
@@ -617,8 +569,6 @@ class PlaybookLogic:
         return reached_rung(rule, inc, self._time() - inc.opened_at)
 
     def _climb(self, inc: Incident, rule: Rule) -> None:
-        # A suppressed rung (rate cap) stops the climb; it is retried on a later event.
-        # A reroute with no healthy alternative escalates to the next rung instead.
         self._climb_to(inc, rule, self._reached(inc, rule))
 
     def _apply(self, inc: Incident, rule: Rule, index: int, rung: Rung) -> str:
@@ -723,8 +673,6 @@ class PlaybookLogic:
                                      basis=f"resume|{rule.name}|{','.join(lifted)}",
                                      decided_by=inc.signal_ids),
                        capped=False)
-
-    # -- output ------------------------------------------------------------------
 
     def _command(self, seed: str, scope: Scope, action: Action,
                  params: dict[str, Any], reason: str, evidence: list[str], *,

@@ -1,44 +1,14 @@
 """The trust file: which keys may sign what, and the verifier that enforces it.
 
-The trust file is TOML. Its exact bytes are signed by root keys (payload type
-:data:`~riskguard.operators.signing.crypto.PAYLOAD_TRUST`); the signatures live in a
-sidecar ``<trust file>.sig`` (a JSON list of ``{"key_id", "sig"}``). Loading
-checks that a threshold of distinct root keys signed the bytes *before* the
-TOML is parsed. The roots and their threshold are pinned separately
-(``roots.toml``), out of band.
+The trust file is TOML (an annotated example: docs/security.md). Its exact bytes are
+signed by root keys (payload type :data:`~riskguard.operators.signing.crypto.PAYLOAD_TRUST`)
+in a sidecar ``<trust file>.sig`` (a JSON list of ``{"key_id", "sig"}``); loading checks
+that a threshold of distinct root keys, pinned out of band in ``roots.toml``, signed the
+bytes *before* the TOML is parsed.
 
-An example trust file::
-
-    version = 1
-    serial = 7                      # raise on every change; rollbacks are refused
-    replicas = ["engine-1"]         # the guard replicas whose copies of one decision
-                                    # are one (default: every risk-engine key)
-
-    [two_person]
-    actions = ["resume"]            # these need two distinct people (key names)
-    scopes = ["firm:*"]             # ... when the scope matches one of these, and
-                                    # always on a scope wider than one venue or
-                                    # counterparty (firm:*, or no venue given)
-    limit_cap = 5000000.0           # a limit update above this needs two people
-
-    [max_ttl_s]                     # longest a signed message may live
-    default = 3600                  # (expires_at - issued_at), per action
-    halt_trading = 900              # or limit_update; longer ones are refused
-
-    [[keys]]
-    name = "engine-1"               # the issuer this key speaks for
-    public_key = "<64 hex digits>"
-    role = "risk-engine"            # risk-engine | limit-admin | operator | executor
-    actions = ["*"]                 # action names, or "*"
-    scopes = ["*"]                  # scope patterns ("venue:*", "counterparty:okx", ...)
-    not_before = 2025-01-01T00:00:00Z
-    not_after = 2026-01-01T00:00:00Z
-    revoked = false
-
-Authorization always comes from this file. An envelope's ``key_id`` is only
-a hint for which key to try first. Keys that share a ``name`` belong to one
-person (key rotation adds the new key under the old name): they count as one
-approval.
+Authorization always comes from this file; an envelope's ``key_id`` is only a hint for
+which key to try. Keys that share a ``name`` belong to one person (rotation adds the new
+key under the old name) and count as one approval.
 """
 
 from __future__ import annotations
@@ -134,9 +104,7 @@ def _match_none(_label: str) -> bool:
 @functools.lru_cache(maxsize=1024)
 def scope_matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
     """A cached predicate: does a label match any of ``patterns`` (``fnmatchcase`` rules)?
-
-    One compiled regex per distinct pattern tuple, so verifying a message
-    does no pattern work beyond one ``match``.
+    One compiled regex per distinct tuple.
 
     >>> m = scope_matcher(("venue:*", "counterparty:okx"))
     >>> m("venue:binance"), m("counterparty:okx"), m("counterparty:deribit")
@@ -176,11 +144,8 @@ class TrustedKey:
 
 @dataclass(frozen=True)
 class TwoPersonRule:
-    """Actions (and limit raises) that need two distinct people.
-
-    An action listed here needs two on every scope matching ``scopes``, and on
-    every scope wider than one venue or counterparty whatever ``scopes`` says.
-    """
+    """Actions (and limit raises) that need two distinct people: on every scope matching
+    ``scopes``, and on every scope wider than one venue or counterparty."""
 
     actions: frozenset[str] = frozenset()
     scopes: tuple[str, ...] = ("*",)
@@ -191,10 +156,9 @@ class TwoPersonRule:
             scope_is_wide(scope) or scope_matcher(self.scopes)(scope.label()))
 
     def applies_to_limit(self, update: LimitUpdate) -> bool:
-        """Whether ``update`` may raise a limit past ``limit_cap``: its limit, or its limit
-        times a volatility factor it lets rise above 1 (``vol_scaling.hi``). One that
-        lets the factor rise without naming the limit is such a raise too: the limit it
-        scales is not known here.
+        """Whether ``update`` may raise a limit past ``limit_cap``: its limit times any
+        volatility factor above 1 (``vol_scaling.hi``); a factor above 1 without a limit
+        counts too, as the limit it scales is not known here.
 
         >>> rule = TwoPersonRule(limit_cap=1000.0)
         >>> def upd(**kw): return LimitUpdate(update_id="u", issuer="a", issued_at=0,
@@ -447,10 +411,9 @@ def _replicas(names: tuple[str, ...] | None, keys: Sequence[TrustedKey], where: 
 
 def _decode_payload(payload_type: str, payload: bytes
                     ) -> MitigationCommand | LimitUpdate | ExecutionAck:
-    """The signed payload as its message; anything a parser raises is a refusal. Every
-    parser must read these bytes as msgspec did, so no key may repeat: bytes that are
-    msgspec's own encoding of the message (riskguard's signers write exactly that) hold
-    none, and only others are scanned."""
+    """The signed payload as its message; anything a parser raises is a refusal. No key
+    may repeat (every parser must read the bytes as msgspec did); only bytes that are
+    not msgspec's own encoding of the message are scanned for one."""
     msg: MitigationCommand | LimitUpdate | ExecutionAck
     try:
         if payload_type == PAYLOAD_COMMAND:
@@ -483,11 +446,8 @@ def sig_path(trust_path: str | Path) -> Path:
 
 
 def sign_trust_file(trust_path: str | Path, signer: Signer) -> Path:
-    """Add ``signer``'s root signature over the trust file's exact bytes.
-
-    Appends to an existing sidecar (k-of-n: each root holder signs in turn);
-    an earlier signature by the same key is replaced.
-    """
+    """Add ``signer``'s root signature over the trust file's exact bytes to the sidecar
+    (k-of-n: each root holder signs in turn; the same key's earlier one is replaced)."""
     data = Path(trust_path).read_bytes()
     sp = sig_path(trust_path)
     sigs: list[Signature] = []
@@ -532,11 +492,8 @@ def _verifies(share: list[tuple[VerifyKey, bytes, Signature]]) -> list[bool]:
 
 
 class TrustStore:
-    """The verified trust file, and the verifier for signed envelopes.
-
-    Build it with :meth:`load` (checks root signatures) or, in tests, directly
-    from a :class:`TrustDoc`.
-    """
+    """The verified trust file, and the verifier for signed envelopes: :meth:`load`
+    checks root signatures; tests may build one from a :class:`TrustDoc`."""
 
     def __init__(self, doc: TrustDoc) -> None:
         self.doc = doc
@@ -591,15 +548,10 @@ class TrustStore:
         k = self._by_id.get(key_id)
         return None if k is None else k.name
 
-    # -- verification ---------------------------------------------------
-
     def identify(self, payload_type: str, payload: bytes, sig: Signature) -> TrustedKey:
-        """The trusted key the signature's hint names, if it made ``sig``.
-
-        Raises ``unknown_key`` when the hint names no listed key and ``bad_signature``
-        when the named key did not sign. Only the named key is tried: a forged
-        signature costs one Ed25519 check, however many keys the file lists.
-        """
+        """The trusted key the signature's hint names, if it made ``sig``; raises
+        ``unknown_key`` or ``bad_signature``. Only the named key is tried, so a forgery
+        costs one Ed25519 check however many keys the file lists."""
         hinted = self._by_id.get(sig.key_id)
         if hinted is None:
             raise rejection(Reason.UNKNOWN_KEY, f"key {sig.key_id!r} is not in the trust file")
@@ -616,12 +568,8 @@ class TrustStore:
                     envelopes: Sequence[tuple[bytes, Sequence[Signature]]],
                     pool: Executor, threads: int) -> None:
         """Check the first signature of many ``(payload, signatures)`` at once, in
-        ``threads`` shares on ``pool``; :meth:`identify` then takes each result once.
-
-        Ed25519 checks release the GIL, so a batch of forgeries is refused at the rate
-        of all the pool's cores. Only a first signature of a well-formed list is checked
-        ahead: one checked in order stops at the first that fails, so a forgery costs
-        one check either way. Results not taken by the next call are dropped.
+        ``threads`` shares on ``pool`` (Ed25519 releases the GIL); :meth:`identify` then
+        takes each result once. Results not taken by the next call are dropped.
         """
         prefix = pae_prefix(payload_type)
         work: list[tuple[VerifyKey, bytes, Signature]] = []
@@ -677,13 +625,11 @@ class TrustStore:
     ) -> VerifiedMessage:
         """Check an envelope end to end; return the typed message or raise.
 
-        Order: payload type, signatures over the exact bytes, key status,
-        then (only now) parse the payload (duplicate keys and deep nesting are
-        refused first: every JSON parser must read the same bytes the same way),
-        then issuer binding, the command's scope and params, role, action,
-        scope, two-person rule (distinct people, not keys), audience, freshness
-        and lifetime. Replay needs durable state: the subscriber and the guard
-        keep it (:class:`ReplayGuard`).
+        Order: payload type, signatures over the exact bytes, key status, then (only now)
+        parse the payload, then issuer binding, the command's scope and params, role,
+        action, scope, two-person rule (distinct people, not keys), audience, freshness
+        and lifetime. Replay protection needs durable state: the subscriber keeps it
+        (:class:`~riskguard.connectors.subscriber_state.SubscriberState`).
         """
         if envelope.payload_type != expected_payload_type:
             raise rejection(Reason.WRONG_PAYLOAD_TYPE,
@@ -735,8 +681,7 @@ class TrustStore:
             return action, msg.scope.label(), \
                 self.doc.two_person.applies_to_command(action, msg.scope)
         if isinstance(msg, ExecutionAck):
-            # An ack reports on a command; the executor's key says which actions and
-            # scopes it executes. It needs one signer: it asks nothing of anyone.
+            # an ack asks nothing of anyone: one signer, checked against its actions/scopes
             return msg.action.value, msg.scope.label(), False
         return (LIMIT_UPDATE_ACTION, limit_scope_label(msg.limit_path),
                 self.doc.two_person.applies_to_limit(msg))
