@@ -25,8 +25,6 @@ from riskguard.validation import PositiveInt, check_declared
 STATE_VERSION = 1
 _NS_PER_S = 1_000_000_000
 
-# -- records and checkpoints -------------------------------------------------
-
 
 def record_body(rec: AuditRecord) -> bytes:
     """Canonical bytes of a record without its ``leaf_hash`` (sorted-key JSON)."""

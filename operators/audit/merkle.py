@@ -19,8 +19,6 @@ from riskguard.errors import AuditError
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 
-# -- RFC 6962 Merkle tree ----------------------------------------------------
-
 
 def leaf_hash(data: bytes) -> bytes:
     """``SHA-256(0x00 || data)``.

@@ -17,8 +17,6 @@ from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
 
 from riskguard.errors import AuditError, VerificationError
 
-# -- continuing a chain after a restart -------------------------------------------
-
 
 @dataclass
 class _Tail:

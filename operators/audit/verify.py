@@ -30,8 +30,6 @@ from riskguard.schemas.json_limits import check_json_depth
 
 from riskguard.errors import AuditError, VerificationError
 
-# -- verification --------------------------------------------------------------
-
 
 @dataclass
 class ChainReport:

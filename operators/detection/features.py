@@ -1,31 +1,15 @@
 """Engine-neutral feature extraction for market and venue-health keys.
 
-One :class:`FeatureLogic` runs per key. The key is ``venue/instrument`` for
-market features (trades, quotes, option quotes, funding, and the index and
-oracle prices fanned out to that key by :func:`route`) and ``venue`` for
-venue health (``VenueStatus`` heartbeats).
+One :class:`FeatureLogic` runs per key: ``venue/instrument`` for market features (index
+and oracle prices fanned out to it by :func:`route`), ``venue`` for venue health. With
+``cadence="bar"`` (the default) one ``FeatureVector`` per key per event-time bar is
+emitted when a later bar's first event arrives (never on the wall clock, so replays are
+deterministic); with ``cadence="event"``, one after every event. The features:
+docs/detectors.md.
 
-Features update on every event. With ``cadence="bar"`` (the default) one
-``FeatureVector`` is emitted per key per event-time bar: the snapshot taken
-at the bar's last event, emitted when the first event of a later bar arrives.
-Bars close on event time only, never on the wall clock, so replays are
-deterministic. With ``cadence="event"`` a vector is emitted after every event.
-
-Staleness: ``quote_age_s`` is the time since the key's last quote or trade
-(any market update), ``price_age_s`` the time since its price last changed
-(a frozen feed keeps quoting the same price); both are measured at the
-vector's event time, so index ticks reveal a feed that has gone quiet.
-``volume_z`` compares a fast EWMA of trade size with slow statistics that
-are winsorized at 4 standard deviations, so a burst does not become its own
-yardstick.
-
-Lateness policy: the key's watermark is the largest event time it has seen.
-An event older than ``watermark - allowed_lateness_ns`` goes to the dead
-letters with reason ``late``; an older event within that bound still updates
-the features and counts in the open bar. An event more than
-``allowed_skew_ns`` ahead of the injected clock is rejected with reason
-``future``. Records carrying NaN or infinity are rejected with reason
-``non_finite`` and never reach the state.
+Dead letters: ``late`` (older than the key's largest event time minus
+``allowed_lateness_ns``), ``future`` (more than ``allowed_skew_ns`` ahead of the
+injected clock) and ``non_finite`` (NaN or infinity; never reaches the state).
 
 >>> from riskguard.schemas import Quote
 >>> cfg = FeatureConfig(venues=("okx",), cadence="event")
@@ -178,9 +162,7 @@ def route_batch(records: list[Any], config: FeatureConfig,
         else:
             out.append((f"{rec.venue}/{rec.instrument}", rec))
             if learn:
-                venues = seen.setdefault(rec.instrument, set())  # type: ignore[union-attr]
-                if rec.venue not in venues:
-                    venues.add(rec.venue)
+                seen.setdefault(rec.instrument, set()).add(rec.venue)  # type: ignore[union-attr]
     return out
 
 
@@ -309,7 +291,6 @@ class FeatureLogic:
         self._rv_alpha = config.fast_alpha * 0.3
         self._scope: tuple[str, bool, Scope] | None = None  # (key, is_venue, scope)
 
-    # -- public ------------------------------------------------------------
     def snapshot(self) -> FeatureState:
         """An independent copy of the state."""
         s = self.s  # scalars and strings shared; containers copied
@@ -361,7 +342,6 @@ class FeatureLogic:
             return [vec]
         return []
 
-    # -- internals ---------------------------------------------------------
     def _dead(self, rec: Any, reason: str, path: str, expected: str, found: str) -> DeadLetter:
         try:
             raw = encode(rec)

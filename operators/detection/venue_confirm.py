@@ -214,7 +214,6 @@ class VenueConfirmLogic:
         held = self.state.held
         return self._judge_through(max(h[0] for h in held)) if held else []
 
-    # -- internals ---------------------------------------------------------
     def _judge_through(self, wm: int) -> list[AnomalySignal]:
         """Judge the held signals up to ``wm``, one event time at a time: all of a time's
         signals are taken in before it is judged (markets on one bar move together)."""

@@ -14,13 +14,11 @@ Limit paths: ``firm``, ``firm.asset.<a>``, ``counterparty.<cp>``,
 The effective limit is ``base * clamp((ref_vol / vol) ** exponent, lo, hi)``
 when the limit has a ``vol_scaling`` rule, else ``base``.
 
-An exposure that cannot be valued (a position or collateral with no mark or FX
-rate, named in ``Exposure.unvalued_instruments`` / ``unvalued_collateral``, or a
-measure that is not a finite number) never counts as zero: an
-``unvalued_exposure`` alert comes at once, and each limit that measures it is
-breached once it has stayed unvalued for ``LimitSpec.unvalued_grace_ns`` of event
-time (exposures' times, and the exposure path's ticks), until it is valued again
-and inside the limit.
+An exposure that cannot be valued (``Exposure.unvalued_instruments`` /
+``unvalued_collateral``, or a non-finite measure) never counts as zero: an
+``unvalued_exposure`` alert comes at once, and each limit that measures it is breached
+once it has stayed unvalued for ``LimitSpec.unvalued_grace_ns`` of event time, until it
+is valued again and inside the limit.
 
 >>> from riskguard.operators.exposure.limit_specs import CounterpartyLimits
 >>> from riskguard.schemas import Exposure
@@ -334,9 +332,8 @@ class LimitsLogic:
         self._plans: dict[str, tuple[bool, list[_Row]]] = {}
 
     def snapshot(self) -> LimitsState:
-        """An independent copy, field by field: tracks copied, immutable leaves (limit
-        specs, the last exposure) shared. A pickle round trip of the last exposure made
-        the limits the guard's costliest snapshot (600 keys at each epoch's end)."""
+        """An independent copy: tracks copied, immutable leaves (limit specs, the last
+        exposure) shared, as a pickle round trip of 600 keys' exposures is costly."""
         st = self.state
         return copy_fields(st, overrides=dict(st.overrides),
                            tracks={k: copy_fields(t) for k, t in st.tracks.items()},
@@ -344,7 +341,6 @@ class LimitsLogic:
                            sources={k: list(v) for k, v in st.sources.items()},
                            unvalued_alerted=list(st.unvalued_alerted))
 
-    # -- the limits that apply to this key
 
     def _configured(self, key: str) -> tuple[bool, list[tuple[str, str, str, str, LimitSpec]]]:
         """``(known, [(path, level, name, kind, spec)])`` for ``key`` (cached until an update)."""
@@ -393,21 +389,16 @@ class LimitsLogic:
                 return s
         return None
 
-    # -- events
-
     def on_event(self, rec: Exposure | Progress | LimitUpdate | Approved) -> list[Any]:
         if type(rec) is Exposure:
-            # one source: its exposures come in event-time order, so one shows that time
-            # has passed the deadlines before it (one at its own time is its own
-            # evaluation's: a tick at that time comes behind it, and it may be valued
-            # again). Several: an exposure's time is one source's, not the key's
+            # with one source, exposures come in event-time order, so one shows the
+            # deadlines before its own time have passed; with several it is not the key's
             out = [] if self._watermark.several() else self._overdue(rec.ts - 1)
             out.extend(self._on_exposure(rec))
             return out
         if type(rec) is Progress:  # the exposure path's: passed on behind what came before
-            # the key's event time: the minimum over its sources, held until as many as
-            # announced have spoken (a grace deadline never passes on one process's
-            # progress while another's valuation is still on its way)
+            # the key's event time: the watermark over its sources, so a grace deadline
+            # never passes while another process's valuation is still on its way
             tick = Tick(ts=rec.ts, source=rec.source, of=rec.key_of)
             now = self._watermark.tick_time(tick, self.clock())
             out = self._overdue(now)
@@ -513,10 +504,8 @@ class LimitsLogic:
     def _evaluate(self, e: Exposure, force_path: tuple[str, str] | None = None,
                   at: int | None = None) -> list[Any]:
         """Every limit of ``e``'s key against ``e``, at ``e.ts`` (or at ``at``: a grace
-        deadline that passed with ``e`` still the latest exposure). Per limit: what it
-        cannot value (:meth:`_Pass.track_unvalued`), its level (:func:`_next_level`),
-        what is said (:meth:`_emit`); then the alert on the unvalued (:meth:`_close_pass`).
-        The loop stays inline up to the fast path: it runs per limit and exposure."""
+        deadline that passed with ``e`` still the latest exposure). The loop stays inline
+        up to the fast path: it runs per limit and exposure."""
         st = self.state
         known, plan = self._plan(e.counterparty)
         ts = e.ts if at is None else at
