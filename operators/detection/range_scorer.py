@@ -1,46 +1,16 @@
 """A single-feature anomaly scorer: a new extreme, measured in recent ranges.
 
-One metric per key (a venue's latency, a reject rate, a spread) has no
-multivariate structure for Half-Space Trees to learn, and a Gaussian's tail
-saturates or goes blind at zero variance. :class:`RangeScorer` asks a plainer
-question, the one an operator asks of a chart: *is this beyond anything seen
-lately, and by how much of the recent range?*
-
-- **Channels**, from each value before it is learned: the value itself, the
-  mean of the last 3 and of the last 12 (a shift that single points hide, or
-  spikes that come closer together), and the mean absolute step over the last
-  48 (low side only: the series went still, as a frozen feed does). Each is
-  defined once its window is full, so the first values, a mean of one point or
-  no steps yet, never set an envelope (a first spike would pass for a mean).
-- **Envelope** per channel: the lowest and highest value over the last
-  ``blocks`` complete blocks of ``block`` points, plus the current block.
-- **Score**: how far the channel is beyond its envelope, in envelope ranges
-  (``(v - hi) / (hi - lo)`` above, ``(lo - v) / (hi - lo)`` below, 0 inside),
-  divided by the envelope's expected growth (:func:`envelope_growth`): while
-  the envelope is younger than its full ``blocks``, a series whose range has
-  grown from one block to all of them (a drift, a slow wave, a random walk)
-  will widen it further, so its new extremes are measured in the range it is
-  on its way to; a series that keeps to one band is measured in its range as
-  it is. The largest over the channels. A flat history has no range: any
-  departure from it scores ``FLAT_DEPARTURE`` (a spike after a flat series is
-  never missed), a value equal to it scores 0.
-- **Learning, protected.** While a point is anomalous it is learned clipped to
-  the complete blocks' envelope widened by one range each side, so an envelope
-  can at most double its range per block: a persistent move of ``k`` ranges
-  stays anomalous for about ``log2(k + 1)`` blocks instead of being absorbed by
-  its first point. After ``accept`` consecutive anomalous points it is learned
-  unclipped (a new regime). A flat envelope has no range to double: a move off
-  it is learned unclipped once it has lasted a block (a square wave's first
-  high phase is flagged for a block, the next ones are not).
-- **An excursion, once over, is part of the range.** When a run of anomalous
-  points ends within a block, its extremes are learned as they were: the same
-  spike again (a burst of writes, a periodic job) is not new, and a flat
-  envelope, which clipping cannot widen, learns the spikes it has seen. A
-  longer run is a move, which the clipped envelope follows block by block.
-- **Warm-up** is explicit: :meth:`update` returns ``None`` for the first
-  ``block`` points.
-
-Its state is a few hundred floats.
+One metric per key (a venue's latency, a reject rate) has no multivariate structure for
+Half-Space Trees, and a Gaussian's tail saturates or goes blind at zero variance.
+:class:`RangeScorer` asks an operator's question: *is this beyond anything seen lately,
+and by how much of the recent range?* Over four channels (the value, its 3- and 12-point
+means, and its stillness), the score is how far a channel lies beyond its envelope of
+the last ``blocks`` blocks of ``block`` points, in envelope ranges, divided by the
+envelope's expected growth (:func:`envelope_growth`); any departure from a flat history
+scores ``FLAT_DEPARTURE``. An anomalous point is learned clipped (an envelope at most
+doubles per block) until ``accept`` points in a row; a short excursion, once over, is
+learned as it was. :meth:`update` returns ``None`` for the first ``block`` points.
+Details: docs/detectors.md ("The learned detector").
 
 >>> scorer = RangeScorer()
 >>> [scorer.update(5.0) for _ in range(200)][-1]
@@ -163,15 +133,10 @@ class RangeScorer:
             s.sum48 = math.fsum(st)
         s.prev = x
         n = len(r)
-        # each mean is defined once its window is full, as stillness is: the mean of a
-        # partial window is a single value (the first one, say), and an envelope that
-        # learned it would hide the denser spikes that push the full means past it
+        # each channel is defined once its window is full: a partial window's mean (or a
+        # few first steps) would set an envelope that hides later spikes (or stillness)
         mean3 = (r[-1] + r[-2] + r[-3]) / 3.0 if n >= 3 else None
         mean12 = s.sum12 / 12.0 if n == 12 else None
-        # stillness is defined once it has a full window of steps: a partial window
-        # (the first values) is not a still series, and must not set its low envelope;
-        # in step units, like the other channels in theirs, so its excess is a share of
-        # the spread between the quietest and the busiest recent stretches
         stillness = (max(s.sum48, 0.0) / len(st) + 1e-3 * s.step_mean
                      if len(st) == 48 else None)
         return [x, mean3, mean12, stillness]
@@ -214,12 +179,9 @@ class RangeScorer:
             h[1] = v
 
     def _release(self, length: int) -> None:
-        """A run of ``length`` anomalous points is over. One that lasted at most a block
-        was an excursion: its extremes are learned as they were, so the same excursion
-        again (a burst of writes, a periodic job) is within the recent range. A longer
-        run was a move, which the clipped envelope has followed block by block: its
-        first points (an overshoot at the step) are not learned as the new level's range.
-        """
+        """A run of ``length`` anomalous points is over: one of at most a block was an
+        excursion, whose extremes are learned as they were (the same burst again is not
+        new); a longer one was a move the clipped envelope has already followed."""
         s = self.s
         for i, h in enumerate(s.held):
             if h and length <= self.block:

@@ -54,12 +54,9 @@ from riskguard.errors import ConfigError
 class ShardLogic(ShardValuation):
     """Stage 1: the positions of all counterparties in one shard of instruments.
 
-    Records are applied in order (fills, snapshots, FX, vol and option marks one by one;
-    runs of plain marks whole-array per column, which gives the same state because marks
-    on different instruments commute, and runs are flushed before any snapshot or FX
-    record); then, once per batch, every counterparty whose positions or marks changed is
-    re-valued with whole-array operations and gets one :class:`Part`.
-    Coalescing is per batch: the part reflects every record of the batch.
+    Records are applied in order (runs of plain marks whole-array per column: marks on
+    different instruments commute); then, once per batch (or tick), every counterparty
+    whose positions or marks changed gets one :class:`Part` reflecting the whole batch.
     """
 
     def __init__(self, config: ExposureConfig, reg: InstrumentRegistry,
@@ -69,13 +66,10 @@ class ShardLogic(ShardValuation):
                  on_reorder: Callable[[str, int], None] | None = None,
                  place: ShardPlace | None = None) -> None:
         self.config = config
-        # a market process's shard: its key prefix, what it owns, the processes downstream
-        # expects progress from (ShardPlace)
         self.place = place
         # told ("held", 1) when a record waits for the watermark, ("forced", n) when n
         # apply after max_hold_ns without it (a metrics counter in the guard)
         self.on_reorder = on_reorder
-        # ticked mode: pass each tick on once it is applied (see _progress)
         self.forward_ticks = forward_ticks
         self.clock = clock
         # live runs: a fill's position boundary also passes by wall time (on_deadline)
@@ -85,8 +79,7 @@ class ShardLogic(ShardValuation):
         self.ticked = ticked
         self.state = state if state is not None else ShardState()
         self._slack = config.reorder_slack_ns
-        # live runs: when the oldest held own record (fill, snapshot, balance, orders) is
-        # due regardless of the watermark (derived from the dues the held entries carry)
+        # live runs: when the oldest held own record is due regardless of the watermark
         self._held_due = self._next_held_due() if wall_clock is not None else None
         self._watermark = Watermark.resume(self.state.tick_sources)
         self._ready = False
@@ -96,11 +89,9 @@ class ShardLogic(ShardValuation):
             self._derive()
 
     def _adopt_config(self) -> None:
-        """A resumed shard meets today's config. An instrument configured since its snapshot
-        that hashes here gets its empty column (in name order, as in a fresh shard). An
-        instrument or collateral asset it holds that now hashes to another shard
-        (``valuation_shards`` or a market process's owners changed) is a config error: its
-        positions or balances would be counted twice."""
+        """A resumed shard meets today's config: an instrument newly hashing here gets an
+        empty column; one it holds that now hashes elsewhere is a config error (it would
+        be counted twice)."""
         st = self.state
         configured = self.config.instruments.instruments
         away = [i for i in st.insts if i in configured and not self._here("i:" + i)]
@@ -118,8 +109,8 @@ class ShardLogic(ShardValuation):
             widen(st, sorted([*st.insts, *new]))
 
     def snapshot(self) -> ShardState:
-        """An independent copy, field by field (arrays copied, immutable leaves shared):
-        several times faster than a pickle round trip of the dedup windows and evidence."""
+        """An independent copy (arrays copied, immutable leaves shared), far cheaper than a
+        pickle round trip."""
         st = self.state
         if not st.key:
             return copy_state(st)
@@ -140,8 +131,6 @@ class ShardLogic(ShardValuation):
             **cols,
         )
 
-    # -- layout
-
     def _init(self, key: str) -> None:
         st = self.state
         st.key = key
@@ -153,8 +142,6 @@ class ShardLogic(ShardValuation):
             setattr(st, name, np.full(k, fill, dtype=dt))
         st.seen = [{} for _ in range(k)]
         self._derive()
-
-    # -- events
 
     def on_event(self, item: Item) -> list[Any]:
         if self.ticked:
