@@ -6,11 +6,9 @@ Every stateful operator in riskguard is a plain class with
 - ``snapshot() -> state``: an independent copy of its state;
 - optionally ``on_batch(events)``, ``on_eof()`` and ``next_deadline_ns()``.
 
-It is built by a ``builder(state | None)`` that closes over configuration,
-so resuming is ``builder(snapshot)``. No logic class imports bytewax; the
-:func:`stateful_logic` operator below is the only bridge. It hands the recovery store
-each snapshot as versioned bytes (:mod:`~riskguard.operators.core.snapshot`), not as a
-pickled class, and decodes them before the builder sees them.
+It is built by a ``builder(state | None)`` that closes over configuration, so resuming
+is ``builder(snapshot)``. No logic class imports bytewax: :func:`stateful_logic` is the
+only bridge, storing snapshots as versioned bytes (:mod:`~riskguard.operators.core.snapshot`).
 """
 
 from __future__ import annotations
@@ -37,9 +35,8 @@ V_contra = TypeVar("V_contra", contravariant=True)
 
 
 def copy_state(state: Any) -> Any:
-    """An independent copy of a logic's state for :meth:`Logic.snapshot`: a pickle round
-    trip, several times faster than ``copy.deepcopy`` and valid for anything a recovery
-    store can hold.
+    """An independent copy of a logic's state for :meth:`Logic.snapshot` (a pickle round
+    trip: faster than ``copy.deepcopy``, valid for anything a recovery store can hold).
 
     >>> s = {"open": [1, 2]}
     >>> c = copy_state(s)
@@ -50,9 +47,8 @@ def copy_state(state: Any) -> Any:
 
 
 def copy_fields(obj: V, **fresh: Any) -> V:
-    """A copy of ``obj`` (a plain class or dataclass instance) that shares its attributes
-    but for those given in ``fresh``: a snapshot copies only the mutable containers and
-    shares what never changes in place. An attribute added later is shared, never lost.
+    """A copy of ``obj`` (a plain class or dataclass instance) sharing its attributes but
+    those given in ``fresh``: a snapshot copies only its mutable containers.
 
     >>> from dataclasses import dataclass, field
     >>> @dataclass
@@ -86,9 +82,7 @@ class _Shim(StatefulBatchLogic[Any, Any, Any]):
 
     __slots__ = ("_batch", "_deadline", "_eof", "_order", "_step", "logic")
 
-    # One snapshot in this many, counted per step over all its keys, is also pickled to
-    # record its size (counted per key, each key's first snapshot was: a pickle of every
-    # new counterparty's states at the epoch it joined, and a sample of new keys only)
+    # one snapshot in this many, counted per step over all its keys, is also sized
     SIZE_SAMPLE = 16
     _taken: ClassVar[dict[str, int]] = {}
 
@@ -176,8 +170,7 @@ _step_cpu: dict[str, float] | None = None
 @contextmanager
 def step_cpu() -> Iterator[dict[str, float]]:
     """CPU seconds each :func:`stateful_logic` step's logic takes, by step id, for the
-    keys built while this is open (a profile of a flow run in this process; a key's
-    logic built outside it costs nothing to time).
+    keys built while this is open.
 
     >>> import bytewax.operators as op
     >>> from bytewax.dataflow import Dataflow
@@ -226,15 +219,10 @@ def stateful_logic(
 ) -> KeyedStream[W]:
     """Run one riskguard logic object per key.
 
-    ``builder(None)`` makes fresh logic for a new key; ``builder(state)``
-    resumes it from a snapshot taken by bytewax recovery (stored as versioned bytes
-    where its state class is :func:`~riskguard.operators.core.snapshot.persisted`).
-
-    bytewax hands a step each key's share of a batch, and where several
-    streams merge into the step that share's order depends on how the input
-    was cut into batches. With ``order`` (for example :func:`event_time`)
-    each share is first sorted by it, so a key sees its records in event-time
-    order however they were batched: a backtest and a live run agree.
+    ``builder(None)`` makes fresh logic for a new key; ``builder(state)`` resumes it
+    from a bytewax recovery snapshot. With ``order`` (for example :func:`event_time`)
+    each key's share of a batch is first sorted by it, so merged streams reach a key in
+    the same order however the input was batched (a backtest and a live run agree).
     """
 
     def shim_builder(resume_state: Any) -> _Shim:
@@ -286,12 +274,8 @@ def _dead_letters(items: list[Any]) -> list[DeadLetter]:
 
 @operator
 def split_dead_letters(step_id: str, up: Stream[Any]) -> SplitOut[Any]:
-    """Route ``DeadLetter`` items (bare or as ``(key, DeadLetter)``) to ``errs``.
-
-    Two list comprehensions per batch rather than ``op.branch``, which calls a
-    Python predicate per item; a batch whose item types include neither a dead letter
-    nor a tuple skips both.
-    """
+    """Route ``DeadLetter`` items (bare or as ``(key, DeadLetter)``) to ``errs`` (per
+    batch, not with ``op.branch``'s per-item Python predicate)."""
     oks = op.flat_map_batch("oks", up, _live)
     errs = op.flat_map_batch("errs", up, _dead_letters)
     return SplitOut(oks=oks, errs=errs)

@@ -1,15 +1,10 @@
 """Bytewax operators for online anomaly learning: thin adapters over the logic.
 
-- :func:`extract_features` keys raw market records (``venue/instrument``,
-  ``venue`` for heartbeats; index and oracle prices are fanned out to every
-  configured venue's key of the instrument) and runs
-  :class:`~riskguard.operators.detection.features.FeatureLogic` per key.
-- :func:`detect_anomalies` runs
-  :class:`~riskguard.operators.detection.detector.DetectorLogic` per key on the keyed
-  feature vectors. Feed it ``extract_features(...).oks`` directly: both are
-  keyed by the same key, so no extra exchange is needed between them.
-
-Both return ``oks`` and ``errs`` (``DeadLetter``: late, future, non-finite).
+:func:`extract_features` keys raw market records and runs
+:class:`~riskguard.operators.detection.features.FeatureLogic` per key;
+:func:`detect_anomalies` runs :class:`~riskguard.operators.detection.detector.DetectorLogic`
+on its ``oks`` under the same key (no exchange between them). Both return ``oks`` and
+``errs`` (``DeadLetter``: late, future, non-finite).
 
 >>> from bytewax.dataflow import Dataflow
 >>> from bytewax.testing import TestingSource, TestingSink, run_main
@@ -93,11 +88,9 @@ def extract_features(step_id: str, up: Stream[MarketEvent | VenueStatus], *,
                      local_keys: Callable[[str], bool] | None = None) -> FeaturesOut:
     """Per-key market and venue-health features from raw market records.
 
-    ``up`` carries unkeyed ``Trade``, ``Quote``, ``OptionQuote``,
-    ``IndexPrice``, ``FundingRate`` and ``VenueStatus`` records. See the
-    module example. ``local_keys``: when each market process gets its own copy
-    of every index price and heartbeat (a broadcast source), it routes its copy
-    to its own keys only (see :func:`riskguard.operators.detection.features.route`).
+    ``up`` carries unkeyed market and ``VenueStatus`` records. ``local_keys``: with a
+    broadcast source of index prices and heartbeats, each process routes its copy to its
+    own keys only (:func:`riskguard.operators.detection.features.route`).
     """
     config.validate(f"step {step_id!r}: features")
     seen: dict[str, set[str]] = {}  # venues per instrument, with no venues configured
@@ -113,11 +106,9 @@ def detect_anomalies(step_id: str, up: KeyedStream[FeatureVector], *, config: De
                      clock: Callable[[], int]) -> DetectOut:
     """Score, threshold and group anomalies per key; emit episode signals.
 
-    ``up`` is ``extract_features(...).oks``. Signals are ``open``,
-    ``escalate`` and ``close`` episode events and ``regime_change`` drift
-    events; see :mod:`riskguard.operators.detection.detector`. With
-    ``config.confirm`` on (the default), each market also sends its progress after
-    its signals, and :func:`confirm_across_venues` adds its escalations to ``oks``.
+    ``up`` is ``extract_features(...).oks``. Signals are ``open``, ``escalate`` and
+    ``close`` episode events and ``regime_change`` drift events. With ``config.confirm``
+    on (the default), :func:`confirm_across_venues` adds its escalations to ``oks``.
     """
     config.validate(f"step {step_id!r}: detector")
     detect_one = detector_builder(config, clock)
@@ -166,9 +157,8 @@ def confirm_across_venues(step_id: str,
 
     ``detected`` is the detector's keyed output with each market's
     :class:`~riskguard.operators.detection.venue_confirm.MarketProgress` after its
-    signals (:func:`detect_anomalies` runs this when ``detector.confirm`` is on). Each
-    group of markets is judged under its own key, in event-time order once all its
-    markets have passed a signal, so any number of workers confirm the same episodes.
+    signals. Each group of markets is judged under its own key once all its markets have
+    passed a signal, so any number of workers confirm the same episodes.
     """
     config.validate(f"step {step_id!r}: detector.confirm")
     keyed = op.flat_map_batch("bands", detected, _to_groups)
@@ -184,14 +174,11 @@ def detect_dislocations(step_id: str, market: Stream[MarketEvent], *, config: Cr
                         ) -> Stream[AnomalySignal]:
     """Markets of one base asset parting from the others: ``dislocation`` signals.
 
-    ``market`` is market records where they are read, before any exchange (a quote's
-    mid, a trade's price or a bar's close each ``bar_ns`` is a market's price);
-    ``ticks_of(batch)`` the reading worker's event-time ticks (the guard's). Markets
-    are grouped by base asset and quote unit
-    (:func:`~riskguard.operators.detection.cross_rates.market_group`); each group is
-    judged on one of ``config.shards`` shard keys, in event-time order once every
-    worker has passed a price (:mod:`~riskguard.operators.detection.cross_shard`), so
-    any number of workers or processes raise the same signals.
+    ``market`` is market records where they are read, before any exchange (a market's
+    price each ``bar_ns``); ``ticks_of(batch)`` the reading worker's event-time ticks.
+    Markets grouped by base asset and quote unit are judged on ``config.shards`` shard
+    keys once every worker has passed a price, so any number of workers raise the same
+    signals.
     """
     config.validate(f"step {step_id!r}: detector.cross")
     keyed = op.flat_map_batch("points", market,
