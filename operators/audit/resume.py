@@ -30,27 +30,17 @@ class _Tail:
 class ChainResume:
     """Rebuilds each chain's append state from its log as read back, checking it on the way.
 
-    A guard that starts without a recovery snapshot must continue each of its
-    chains where the audit topic ends, not start another at index 0 (that
-    would break the chain for every verifier). Feed it the topic's items in
-    order with :meth:`add`; :meth:`states` then gives, per chain, the
-    :class:`AuditState` an uninterrupted :class:`AuditLogic` would have now:
-    its size, its Merkle peaks (the :class:`CompactRange`), and where its
-    last checkpoint was.
-
-    It checks what it reads as :func:`verify_log` does, in one pass and
-    O(log n) memory per chain: indices run 0, 1, 2, ... with no gap or
-    repeat; every leaf hash is the hash of its record's body; every
-    checkpoint is signed by a key ``keys`` accepts, signs the root of
-    exactly the records before it, and never goes back. Anything else raises
-    :class:`~riskguard.errors.AuditError`: a chain that does not verify as
-    read must not be extended (its next checkpoint would sign the damage).
-    Records after the chain's last checkpoint (a process stopped between two)
-    are taken as read; the next checkpoint covers them.
+    Feed it the audit topic's items in order with :meth:`add`; :meth:`states` then gives,
+    per chain, the :class:`AuditState` an uninterrupted :class:`AuditLogic` would have, so
+    a guard without a recovery snapshot continues each chain rather than restarting it.
+    It checks what it reads as :func:`verify_log` does, in one pass and O(log n) memory
+    per chain, raising :class:`~riskguard.errors.AuditError`: a chain that does not
+    verify must not be extended (its next checkpoint would sign the damage). Records
+    after the last checkpoint are taken as read.
 
     Only chains named ``<origin>/...`` are followed (``origin`` None: all); with
-    ``partitions``, only the ones this guard writes, ``<origin>/p<k>`` for ``k`` below
-    it, so names made up on the topic cannot grow what a start holds.
+    ``partitions``, only ``<origin>/p<k>`` for ``k`` below it, so names made up on the
+    topic cannot grow what a start holds.
 
     >>> from riskguard.operators.audit.chain import AuditConfig, AuditLogic
     >>> from riskguard.operators.signing.crypto import Signer
@@ -155,20 +145,14 @@ def continue_chain(chain: str, restored: AuditState | None,
     restored (``restored``) and what the audit topic holds (``found``, from
     :class:`ChainResume`).
 
-    - Nothing restored: the chain continues where the topic ends (a fresh
-      start on a topic another run wrote to).
-    - Restored, and the topic holds no more records than it: the restored
-      state wins. (The topic holding fewer means records were lost from it;
-      verification reports the gap.) At equal sizes the two must be the same
-      tree, else ``AuditError``: the topic holds another history.
-    - Restored, but the topic holds more (the process wrote records after its
-      last snapshot and stopped, or another process wrote to the chain): the
-      chain continues where the topic ends, as on a fresh start. Continuing
-      from the snapshot would give new records the indices of records already
-      written. The decisions replayed from the snapshot are appended again,
-      with new indices: the log says what the guard decided, twice.
+    - Nothing restored, or the topic holds more records than the restored state: the
+      chain continues where the topic ends (continuing from the snapshot would reuse
+      written indices; decisions replayed from it are appended again).
+    - Otherwise the restored state wins (a shorter topic lost records, which
+      verification reports); at equal sizes the two must be the same tree, else
+      ``AuditError``.
 
-    The result is a copy; ``found`` is never changed.
+    ``found`` is never changed (its state is copied).
 
     >>> top = {"c": AuditState(chain="c", size=5, peaks=[b"a" * 32, b"b" * 32])}
     >>> continue_chain("c", None, top).size

@@ -1,11 +1,6 @@
 """Drop records whose id was already seen: the firm process's guard against re-sent
-signals.
-
-A market process that resumes from its recovery snapshot runs again over the
-records it had read after that snapshot, and sends their anomaly signals a
-second time (with the same ids: a detector's signal id is derived from its
-key, its count and the feature vector's time). The playbook's escalation is
-not idempotent, so the firm process drops every id it has already let through.
+signals (a resumed market process re-sends its signals with the same ids, and the
+playbook's escalation is not idempotent).
 """
 
 from __future__ import annotations
@@ -21,12 +16,8 @@ from riskguard.operators.core.snapshot import persisted
 
 class IdWindow:
     """The last ``keep`` ids added to ``ids`` (a plain dict, id -> value, in arrival
-    order: the caller's snapshot state), the oldest dropped in O(1).
-
-    Dropping it with ``del ids[next(iter(ids))]`` scans the deleted slots left at the
-    front of the dict's table on every call, a cost that grows with the window. The
-    arrival order is kept beside the dict instead, in a deque (derived: built
-    again from the dict on resume). Every window of ids in riskguard is one of these.
+    order: the caller's snapshot state), the oldest dropped in O(1): the order is kept in
+    a deque beside it, as ``del ids[next(iter(ids))]`` slows as the window grows.
 
     >>> ids: dict[str, int] = {}
     >>> window = IdWindow(ids, keep=2)
@@ -66,10 +57,7 @@ class IdWindow:
             self._drop_oldest()
 
     def discard(self, rid: str) -> None:
-        """Forget ``rid`` before its turn. Its place in the arrival order is passed over
-        when the order comes to it, or goes when discarded places outnumber the window (the
-        order is then built again from the dict). An id discarded and added again takes
-        its new place, as it would in a window resumed from the dict.
+        """Forget ``rid`` before its turn; added again, it takes its new place.
 
         >>> ids: dict[str, int] = {}
         >>> window = IdWindow(ids, keep=2)
@@ -89,8 +77,7 @@ class IdWindow:
 class Expiries:
     """When each id of ``ids`` (a plain dict, id -> expiry time: the caller's snapshot
     state) expires, soonest first, so the expired are found without a pass over every
-    id. Derived: built again from the dict on resume; an id whose expiry changed or
-    that left the dict is skipped when its old entry comes up.
+    id; stale heap entries are skipped.
 
     >>> ids = {"a": 5, "b": 9}
     >>> expiries = Expiries(ids)
@@ -107,8 +94,7 @@ class Expiries:
         heapq.heapify(self._heap)
 
     def add(self, rid: str, expires: int) -> None:
-        """``rid`` (set in ``ids`` by the caller) expires at ``expires``. Entries of ids
-        that left the dict are cleared out as the heap grows past twice the dict."""
+        """``rid`` (set in ``ids`` by the caller) expires at ``expires``."""
         heap = self._heap
         heapq.heappush(heap, (expires, rid))
         if len(heap) > 2 * len(self.ids) + 64:

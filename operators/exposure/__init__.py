@@ -1,57 +1,14 @@
-"""Engine-neutral exposure aggregation in three keyed stages.
+"""Engine-neutral exposure aggregation in three keyed stages, then limits.
 
-Exposure and limits: positions and marks in, each counterparty's exposure and the
-firm rollup out, then limit levels, breaches and utilization.
-
-The exposure aggregation runs in three keyed stages.
-
-Stage 1, :class:`ShardLogic`, is keyed by a *shard of what is being valued*
-(``s<k>``, a stable hash of the instrument or collateral asset over
-``valuation_shards`` shards). It holds its instruments' marks, FX rates and
-realized-vol estimates together with the positions (and open orders) of
-*every* counterparty in them, as dense ``counterparty x instrument`` arrays,
-so a mark update meets the positions it re-marks without any all-to-all
-exchange. Once per batch it re-values, with whole-array operations, every
-counterparty whose positions or marks moved, and emits one :class:`Part` per
-such counterparty: its complete sums over the shard.
-
-Stage 2, :class:`CounterpartyLogic`, is keyed by counterparty. It keeps the
-latest part per shard, re-sums them exactly, detects stale marks against the
-counterparty's event-time watermark, and emits the counterparty's
-:class:`~riskguard.schemas.Exposure` (at most once per batch). A position with no
-mark or no FX rate, or collateral with no FX rate, is left out of the sums and
-named in ``unvalued_instruments`` / ``unvalued_collateral`` (and ``stale``): the
-limits count it as unvalued, never as zero.
-
-Stage 3, :class:`FirmLogic`, is keyed by the constant ``"firm"``. It keeps
-the latest exposure per counterparty, computes each one's concentration
-(share of the firm-wide total) and emits the firm rollup
-(``counterparty == "*"``).
-
-**Granularity.** Every record is applied in order, and every counterparty
-whose value moved is re-valued once per batch, after the batch's last record:
-the emitted exposure always reflects every mark. An excursion that starts and
-ends *inside* one input batch (a price spike and its reversal among the same
-``batch_size`` records) is therefore not seen by ``enforce_limits``; the
-limit levels move at batch boundaries. Fed one record at a time
-(:class:`LocalPipeline`, or a source with ``batch_size=1``) it is per record.
-
-**Ticked mode** (``ticked=True``, what ``aggregate_exposure(..., ticks=...)``
-builds): stage 1 re-values on each :class:`~riskguard.operators.core.clock.Tick`
-instead, stamping its parts with the tick's time; records before a tick (by
-``ts``) are in, later ones wait for the next tick, even when they share a
-batch. A fill, snapshot, balance or orders record does not wait for the tick:
-its counterparty re-values at the next ``position_revalue_ns`` boundary. Stages
-2 and 3 emit once per tick (or boundary) time rather than once per batch. The
-outputs then depend on the event-time order of records and ticks only, not on
-how the input was batched. With several tick sources (guard workers), a record
-further than ``reorder_slack_ns`` ahead of their watermark waits in the shard.
-Each stage passes the ticks on behind its outputs (:class:`Progress`), so a
-consumer of the limits stage can take its clock from the end of the path.
-
-All three are driven by :func:`route` (stateless) and can be chained in
-memory with :class:`LocalPipeline` (tests, backtests) or by the bytewax
-operators in :mod:`riskguard.operators.exposure.ops`.
+Stage 1, :class:`ShardLogic`, keyed by a shard of instruments and collateral assets
+(``s<k>``), holds their marks with every counterparty's positions in them and emits one
+:class:`Part` per counterparty whose value moved; stage 2, :class:`CounterpartyLogic`,
+sums a counterparty's parts into its :class:`~riskguard.schemas.Exposure` (a position or
+collateral that cannot be valued is named, never counted as zero); stage 3,
+:class:`FirmLogic`, adds concentration and the firm rollup (``counterparty == "*"``).
+Untimed, counterparties re-value once per batch, so an excursion inside one batch is not
+seen; ticked (``aggregate_exposure(..., ticks=...)``), once per tick, independent of
+batching. Details: docs/exposure.md ("Stages").
 
 Where each part lives:
 
