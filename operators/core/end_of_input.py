@@ -1,14 +1,9 @@
 """A market process's last word: its final progress when its bounded input ends.
 
-The firm process reads the market processes' ``detections`` partitions in step
-(``Alignment(progress_topics=...)``), so it cannot take a quiet partition for an
-ended one: the writer may still be starting up, or just slower. In a bounded run (a
-replay, a test, the demo: ``input.idle_eof_s``) each market process therefore ends its
-partition with a ``final`` :class:`~riskguard.schemas.DetectProgress`, written after
-everything else it wrote, and the firm ends that partition once it has read it.
-
-:class:`FinalProgressLogic` passes a process's detections through unchanged, keeps the
-newest progress time, and at end of input adds the final progress at that time.
+The firm process reads the ``detections`` partitions in step and cannot take a quiet
+partition for an ended one, so in a bounded run (``input.idle_eof_s``) each market
+process ends its partition with a ``final`` :class:`~riskguard.schemas.DetectProgress`
+at its newest progress time, after everything else it wrote.
 
 >>> from riskguard.schemas import DetectProgress
 >>> logic = FinalProgressLogic("detect/w0")
@@ -38,11 +33,8 @@ class FinalProgressState:
 
 
 class FinalProgressLogic:
-    """Pass every record through; at end of input, one final progress from ``source``.
-
-    A ``None`` event (one per process at start) only makes the logic exist, so an
-    empty run still ends with its final progress.
-    """
+    """Pass every record through; at end of input, one final progress from ``source``
+    (a ``None`` event at start makes the logic exist, so an empty run ends too)."""
 
     def __init__(self, source: str, state: FinalProgressState | None = None) -> None:
         self.source = source

@@ -72,15 +72,12 @@ def plan_mitigation(
 
     ``signals`` carries :class:`~riskguard.schemas.AnomalySignal`,
     :class:`~riskguard.schemas.RiskAlert`, :class:`~riskguard.schemas.LimitBreach`,
-    verified manual ``resume`` :class:`~riskguard.schemas.MitigationCommand` and
-    :class:`~riskguard.operators.mitigation.playbook.Tick` items. Everything runs under one
-    key (``"firm"``) so the command-rate cap, the mitigations in force and
-    venue health live in one place; signals are rare, so this is cheap.
-    Commands leave with ``seq=0`` for the signing step to number. Anything
-    else goes to ``errs`` as a dead letter. Verified
-    :class:`~riskguard.schemas.ExecutionAck` items tell it which commands executors
-    applied (``config.acks``); ``wall_clock`` (live runs only) wakes it when an awaited
-    ack falls overdue with no event to notice it.
+    verified manual ``resume`` :class:`~riskguard.schemas.MitigationCommand`, verified
+    :class:`~riskguard.schemas.ExecutionAck` and
+    :class:`~riskguard.operators.mitigation.playbook.Tick` items, all under one key
+    (``"firm"``); anything else goes to ``errs`` as a dead letter. Commands leave with
+    ``seq=0`` for the signing step to number. ``wall_clock`` (live runs only) wakes it
+    when an awaited ack falls overdue with no event to notice it.
     """
     config.validate(f"step '{step_id}'")
     keyed = op.key_on("key", signals, lambda _s: FIRM_KEY)

@@ -1,20 +1,11 @@
 """Preflight: before a guard reads a record, the trust file must allow what its playbook
 will sign.
 
-A guard whose signing key the trust file does not list, or lists revoked, expired,
-under another name, with a role that signs no commands, or without the actions and
-scopes its playbook's rungs use, would run, sign, and have every subscriber refuse part
-or all of its commands. :func:`preflight` finds that at start-up and says, in one line,
-the rule and the grant that is missing.
-
-What each rule needs: every rung's action on the rule's scope class (its ``target``:
-``venue:*``, ``counterparty:*``, ``underlying:*``, ``firm:*``, or for ``same`` the
-rule's own ``scope`` pattern); a rung the two-person rule covers cannot be signed by
-the guard alone. A missing one stops start-up: the protection it stands for would never
-reach an executor. What fails only the other way is a warning (:func:`warnings`): an
-automatic ``resume`` the key may not sign (the mitigation stays held until an
-operator's resume lifts it), and ``alert`` on ``firm:*`` (the playbook's own alerts:
-the command-rate cap, a firm halt held).
+Otherwise a guard whose key the trust file does not grant what its rungs sign would run
+and have subscribers refuse its commands. :func:`preflight` names, in one line, the rule
+and the missing grant: every rung's action on the rule's scope class (:func:`scope_class`),
+not covered by the two-person rule. A missing automatic ``resume``, or ``alert`` on
+``firm:*`` (the playbook's own alerts), is only a warning (:func:`warnings`).
 
 >>> from riskguard.operators.mitigation.rules import PlaybookConfig, Rule, Rung
 >>> from riskguard.operators.signing.crypto import Signer

@@ -44,31 +44,24 @@ def sign_commands(
 ) -> SplitOut[SignedEnvelope]:
     """Sign commands into envelopes with a monotonic per-issuer ``seq``.
 
-    All commands of one issuer go through one key (so one worker), which is
-    what makes ``seq`` monotonic. Non-commands and reused ``command_id``s go
-    to ``errs``. A signing failure raises ``SigningError`` and stops the flow.
+    All commands of one issuer go through one key (one worker), which makes ``seq``
+    monotonic. Non-commands and reused ``command_id``s go to ``errs``; a signing failure
+    raises ``SigningError`` and stops the flow.
 
     ``seq_floor`` is the highest ``seq`` this issuer already delivered (e.g.
-    :func:`riskguard.connectors.command_log.last_signed_seq` over the commands
-    topic, read at start-up). Whenever the step starts, fresh or resumed, the
-    counter continues above it: a restart whose snapshot predates commands it
-    had delivered, or a fresh run onto a topic with older commands, never
-    reuses a ``seq``. Without it, a resumed counter jumps by
-    ``config.resume_seq_gap`` instead (a fresh start then begins at 1).
-
-    ``trust_serial`` (the serial of the trust file the guard runs on) is stated on every
-    command: :func:`riskguard.connectors.command_log.last_signed_seq` reads it back.
+    :func:`riskguard.connectors.command_log.last_signed_seq` at start-up): the counter,
+    fresh or resumed, continues above it, so no ``seq`` is reused. Without it, a resumed
+    counter jumps by ``config.resume_seq_gap`` (a fresh start begins at 1).
+    ``trust_serial`` (the trust file's serial) is stated on every command; the same read
+    gives it back at the next start.
     """
     cfg = config or SignConfig()
     issuer = cfg.issuer or signer.issuer
     exact = sign_builder(signer, cfg, trust_serial=trust_serial)
 
     def builder(state: SignState | None) -> Any:
-        # A restart replays input from the last snapshot. Commands signed after it were
-        # delivered but are re-derived now, maybe in another order (several processes):
-        # reusing their seqs for different commands would make subscribers drop those as
-        # replays. So the counter starts above everything delivered; subscribers drop
-        # re-emitted identical commands by id (or as already in force).
+        # commands re-derived after a restart may come in another order: reusing their
+        # seqs would make subscribers drop different commands as replays
         if seq_floor is not None:
             if state is None:
                 state = SignState(issuer=issuer, last_seq=seq_floor)
