@@ -1,31 +1,14 @@
 """River's Half-Space Trees in array form: shared tree shape, per-key masses.
 
-River's :class:`river.anomaly.HalfSpaceTrees` keeps every node as a Python
-object: per key, the trees are built on the first ``learn_one`` and every node
-is pickled in every snapshot, which dominates a keyed flow with many keys and
-frequent epochs.
-
-:class:`ArrayHST` runs the same algorithm on the same trees:
-
-- the tree *shape* (split feature and threshold of every node) is drawn once
-  by River's own ``make_padded_tree`` with River's random sequence for the
-  given seed, and is shared (read-only) by every key with the same features
-  and settings; it is also compiled once into a Python function of nested
-  comparisons that finds the leaf of a point in every tree;
-- each key owns only counters: the latest window's mass of every *leaf*
-  (the mass of an inner node is the sum of its leaves', so learning a point
-  is one increment per tree; inner masses are summed at the window pivot and
-  for snapshots), the reference window's masses of every node, and, once the
-  first window has pivoted, the score contribution of every leaf (River's
-  score of a point in one tree depends only on its leaf, and the reference
-  masses change only at a pivot), so scoring a point is one look-up per tree;
-- a snapshot is the per-node masses as bytes (``bytearray``, or
-  ``array('I')`` when ``window_size`` exceeds 255, of
-  ``n_trees * (2 ** (height + 1) - 1)`` counters; 10 KiB for 10 trees of
-  height 8), the same layout as River's nodes in breadth-first order.
-
-Scores equal River's for the same seed, features and input (a test checks
-this), so the model *is* River's HST; only its storage differs.
+River's :class:`river.anomaly.HalfSpaceTrees` keeps every node as a Python object,
+pickled in every snapshot of every key. :class:`ArrayHST` runs the same algorithm on
+the same trees: the tree *shape* is drawn once with River's ``make_padded_tree`` and
+random sequence, shared read-only by every key with the same settings and compiled into
+one function that finds a point's leaf in every tree; each key owns only counters (leaf
+masses of the latest window, node masses of the reference window, and a per-leaf score
+table rebuilt at each pivot), so learning or scoring is one step per tree, and a
+snapshot is the node masses as bytes in River's breadth-first order. Scores equal
+River's for the same seed, features and input (a test checks this).
 
 River's own doctest example, in array form (same numbers as River prints):
 
@@ -61,11 +44,8 @@ Walk = Callable[[Sequence[float]], tuple[int, ...]]
 @dataclass(frozen=True)
 class HSTShape:
     """The read-only structure shared by every key: split features and thresholds.
-
     ``walk(xs)`` returns the leaf of ``xs`` in every tree as a leaf number
-    ``tree * 2 ** height + position``. A pickled shape is rebuilt by
-    :func:`hst_shape` from its settings.
-    """
+    ``tree * 2 ** height + position``; a pickled shape is rebuilt from its settings."""
 
     features: tuple[str, ...]
     n_trees: int
@@ -92,11 +72,8 @@ class HSTShape:
 
 def _compile_walk(feat: list[int], thr: list[float], n_features: int, n_trees: int,
                   height: int) -> Walk:
-    """One function of nested ``if x < threshold`` per tree, returning the leaves.
-
-    The source holds only feature indices, float literals (``repr`` round-trips
-    exactly) and leaf numbers, all drawn from the shape above.
-    """
+    """One function of nested ``if x < threshold`` per tree, returning the leaves; its
+    source holds only indices, float literals (``repr`` round-trips) and leaf numbers."""
     n_nodes = 2 ** (height + 1) - 1
     first_leaf = 2**height - 1
     lines = ["def walk(xs):", "    " + "".join(f"x{k}, " for k in range(n_features)) + "= xs"]

@@ -1,35 +1,18 @@
 """A price move confirmed on another venue: a warning made critical.
 
-The move bands judge each market alone. When one venue's market of an asset trips
-them (critical) and another venue's market of the same asset, priced in the same
-unit (:func:`~riskguard.operators.detection.cross_rates.market_group`), is already
-past its own warning band in the same direction, that warning is not one market's
-noise: the asset is moving, and the slower venue is a bar or two behind. The
-warning episode is escalated to critical, as the band episode it is, and eased back
-to a warning once no other venue of the asset is critical that way any more (its own
-bands go on judging it; its own close ends it).
+When one venue's market of an asset trips its move bands (critical) and another venue's
+market of the same group (:func:`~riskguard.operators.detection.cross_rates.market_group`)
+is already past its own warning band in the same direction, that warning episode is
+escalated to critical, and eased back to a warning once no trip confirms it. Only a
+market's own bands count as a trip.
 
-A venue alone in its fall does not spread by this rule: a peer that is not at
-warning in the same direction stays as it is, and an escalation this rule made
-never confirms another (only a market's own bands count as the trip).
-
-:class:`VenueConfirmLogic` runs per market group (:func:`confirm_key`; markets of
-several groups under one key are judged each within its own), over the band signals
-(``kind == "price_move"``) of the group's markets and each market's progress: a
-:class:`MarketProgress` that the detector sends after a market's signals, saying it
-has sent all of them up to that event time. Signals wait until every market of the
-group has passed their time, then are judged in ``(ts, market)`` order, one time at
-a time (a bar's signals of every market are all in before it is judged), so the
-outcome is a function of the signals alone: one worker, several workers or
-processes, any batch size, and a run resumed from a snapshot confirm the same
-episodes on the same bars. A group knows a market once its progress comes, so it
-judges nothing for ``join_s`` of the clock after it first hears from one (at start
-and after a restart): every market's first batch is in by then. A market silent for
-``TICK_IDLE_NS`` of the clock stops holding the group back; a signal older than what
-the group has judged (a market that joined later still) is judged when it comes, and
-counted. End of input judges what still waits. Its signals are ``price_move``
-signals of the escalated episode (``model == "VenueConfirm"``), their ids derived
-from the episode, phase and time.
+:class:`VenueConfirmLogic` runs per market group (:func:`confirm_key`) over the band
+signals of its markets and each market's :class:`MarketProgress`. Signals wait until
+every market of the group has passed their time and are judged in ``(ts, market)``
+order, so any number of workers, batch sizes or a resumed run confirm the same
+episodes; a group waits ``join_s`` after first hearing from a market, and a market
+silent for ``TICK_IDLE_NS`` stops holding it back. Details: docs/detectors.md
+("Cross-venue confirmation").
 
 >>> from riskguard.schemas import AnomalySignal, Contribution, Scope, ScopeKind, Severity
 >>> def band(venue, inst, phase, sev, move_bps, ts=1):
