@@ -1,29 +1,13 @@
 """Dislocations between markets of one base asset, found without configuring pegs.
 
-A stablecoin depeg, a single-venue flash crash or a perpetual torn from spot
-shows first as one market of an asset parting from the others. Wherever one
-base asset trades in several places (against USD, USDT and USDC, as spot and
-perpetual, on several venues), :class:`CrossRates` keeps, per base, the latest
-price of every market and compares each with the **median of the others**:
-
-- ``dev`` = log(price / median of the other markets' prices), in bps: the
-  implied cross rate (a USDT market against USD ones), the basis (a perpetual
-  against spot) or the venue spread;
-- its **usual offset** (a USDT premium, a steady basis) is learned as an
-  exponentially weighted mean and spread with a ``halflife_s`` half-life, and
-  is not learned while the market is dislocated;
-- a market is **dislocated** when ``dev`` leaves its usual offset by more than
-  ``max(floor_bps, band_k * spread)``; ``critical`` at ``critical_ratio``
-  times that. Episodes open, escalate and close as the move bands' do;
-- a market is judged only against at least ``min_markets - 1`` others (two by
-  default): with one other, which of the two moved cannot be told.
-
-Markets are grouped by the base asset and quote unit parsed from their
-instrument name (:func:`market_group`: ``BTCUSDT``, ``BTC-USD``, ``XBTUSD``
-and ``BTCUSD_PERP`` are all ``BTC/USD``; a dollar stablecoin counts as USD,
-so its depeg is what the group sees). A price older than ``max(max_age_ns, 2 bars)`` is left out,
-so a market that stopped quoting is not a reference. The configured peg
-monitor (``exposure.pegs``) stays for explicit pegs.
+A stablecoin depeg, a single-venue flash crash or a perpetual torn from spot shows first
+as one market of an asset parting from the others. :class:`CrossRates` keeps, per market
+group (base asset and quote unit, :func:`market_group`), the latest price of every
+market and compares each with the **median of the others**: ``dev`` (log ratio, in bps)
+against its learned usual offset and spread (not learned while dislocated); a market is
+dislocated past ``max(floor_bps, band_k * spread)``, critical at ``critical_ratio``
+times that, and judged only against at least ``min_markets - 1`` fresh others. Details:
+docs/detectors.md ("Cross-market dislocations").
 
 Signals are :class:`~riskguard.schemas.AnomalySignal` records of kind
 ``dislocation`` on the dislocated market; ``top_features`` give ``dev_bps``

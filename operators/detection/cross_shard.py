@@ -1,27 +1,14 @@
 """Cross-market dislocations in event-time order, however the markets are spread.
 
-:class:`~riskguard.operators.detection.cross_rates.CrossRates` compares each market's
-latest price with the others' at the moment it is judged. Where the markets of a
-group are read by several workers or processes, what "the others' latest prices"
-are at that moment depends on which worker's records have arrived: a run through
-two processes would judge on other prices than one worker does. Here the prices
-wait until every worker has passed their time, and are judged in event-time order:
-
-- :func:`cross_points` runs where the input is read, before any exchange. It makes
-  one price point per market per ``bar_ns`` of event time (the first price of the
-  bar: a quote's mid, a trade's price, a bar's close) for :func:`shard_of` its
-  group, and after each batch's points the reading worker's
-  :class:`~riskguard.operators.core.clock.Tick` for every shard. One channel carries
-  both, so a tick never overtakes the points it covers.
-- :class:`CrossShard` (one per shard key) holds the points until the watermark (the
-  slowest live worker's tick) has passed them, then judges them in ``(ts, market)``
-  order, one :class:`CrossRates` per group. A point older than what the shard has
-  already judged (input out of event-time order) is left out and counted. End of
-  input judges what still waits.
-
-The outcome is a function of the points alone: one worker, several workers and
-several processes raise the same dislocations, and a run resumed from a snapshot
-raises what it would have raised unbroken.
+:class:`~riskguard.operators.detection.cross_rates.CrossRates` judges a market against the
+others' latest prices, which, with markets read by several workers, would depend on
+which records have arrived. So :func:`cross_points` runs where the input is read and
+makes one price point per market per ``bar_ns`` for :func:`shard_of` its group, followed
+on the same channel by the reader's :class:`~riskguard.operators.core.clock.Tick` for
+every shard; :class:`CrossShard` holds the points until the watermark has passed them,
+then judges them in ``(ts, market)`` order. A point older than what the shard has
+judged is left out and counted. Any number of workers or processes, and a resumed run,
+raise the same dislocations.
 
 >>> from riskguard.operators.core.clock import Tick
 >>> from riskguard.schemas import Quote
