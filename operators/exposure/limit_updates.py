@@ -2,21 +2,12 @@
 
 A ``limit-admin`` key may change a limit at runtime (:class:`~riskguard.schemas.LimitUpdate`
 in a :class:`~riskguard.schemas.SignedEnvelope`). :class:`UpdateGate` verifies each
-envelope, names the limits key its path belongs to and admits that key:
-
-- a refused envelope is a ``limit_update_rejected`` alert and a dead letter naming the
-  input it came from;
-- a path that cannot be parsed, or an unknown kind, is a rejection alert;
-- an update already accepted (its signer and id, kept until it expires), or one whose
-  ``seq`` is not above its signer's last (where the signer numbers its updates), is
-  rejected as replayed (``replayed_update_id``, ``replayed_seq``) and is a dead letter;
-  at most :data:`MAX_REMEMBERED_UPDATES` of each signer are kept, and past that its new
-  one is rejected (``too_many_updates``) rather than one forgotten;
-- a path on a counterparty the config does not list opens a limits key of its own. At
-  most :data:`MAX_UPDATED_COUNTERPARTIES` such counterparties are admitted, first come
-  first admitted; an update naming one more is rejected (``too_many_counterparties``)
-  and is a dead letter, so that even a trusted key cannot grow the limits' state
-  without end. Updates on admitted counterparties still apply.
+envelope, names the limits key its path belongs to and admits that key. Refused,
+unparsable, replayed (``replayed_update_id``, ``replayed_seq``) and over-cap updates
+(``too_many_updates`` past :data:`MAX_REMEMBERED_UPDATES` per signer,
+``too_many_counterparties`` past :data:`MAX_UPDATED_COUNTERPARTIES` unlisted
+counterparties) are ``limit_update_rejected`` alerts, most with a dead letter, so even
+a trusted key cannot grow the limits' state without end. The rules: docs/exposure.md.
 
 >>> import msgspec
 >>> from riskguard.operators.exposure.limit_specs import LimitsConfig

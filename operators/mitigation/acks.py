@@ -1,26 +1,12 @@
 """Whether the playbook's commands were applied: executors' acknowledgements, tracked.
 
-An executor answers each verified command with a signed
-:class:`~riskguard.schemas.ExecutionAck` (``applied``, ``already_applied``,
-``refused`` or ``failed``). The playbook feeds every verified ack and every command
-it emits to an :class:`AckTracker`, which turns what goes wrong into signals the
-playbook acts on like any other:
-
-- a command whose action is in ``require`` (``halt_trading`` and ``cancel_all`` by
-  default) that some executor in ``executors`` has not confirmed within
-  ``timeout_s`` of its ``issued_at`` (processing time: an executor answers in
-  seconds whatever the event time of a backlog), or that it refused or failed, opens a
-  critical ``command_unacknowledged`` alert on the command's scope: an executor
-  that never acts is an incident too;
-- the confirmation arriving later closes it (``command_acknowledged``);
-- a refused or failed command nothing awaits (another action, or no executor named
-  in ``executors``) is a ``command_refused`` alert: critical for an action in
-  ``require``, a warning otherwise.
-
-Every ``executors`` name must confirm: a desk with two trading systems learns when
-one of them did not stop. Another replica's copy of the same decision counts: an
-ack matches by ``command_id`` or by ``decision_id``. With no ``executors``
-configured, acks are counted and nothing is awaited.
+The playbook feeds every verified :class:`~riskguard.schemas.ExecutionAck` and every
+command it emits to an :class:`AckTracker`, which turns what goes wrong into alerts: a
+required command some executor in ``executors`` has not confirmed within ``timeout_s``
+of its ``issued_at`` (processing time), or refused or failed, is a critical
+``command_unacknowledged`` (closed by ``command_acknowledged``); a refused or failed
+command nothing awaits is ``command_refused``. An ack matches by ``command_id`` or by
+``decision_id`` (another replica's copy). The rules: docs/executors.md.
 
 >>> from riskguard.schemas import Action, Audience, MitigationCommand, Scope, ScopeKind
 >>> S = 1_000_000_000
