@@ -3,31 +3,16 @@
 Replicas of one guard read the same input and make the same decisions, each on its
 own audit chain (``<origin>@<replica>/p<n>``). :class:`ReplicaWatchLogic` reads those
 chains' records and checkpoints and raises a :class:`~riskguard.schemas.RiskAlert`
-when they part:
+when they part: ``replica_divergence`` (a decision one replica made and another did not
+within ``tolerance_s``), ``replica_silent`` / ``replica_restored``,
+``replica_config_mismatch`` and ``replica_unverified`` (docs/replicas.md).
 
-- ``replica_divergence`` (critical): a decision (``decision_id`` of an audited
-  command) one replica made and another did not make within ``tolerance_s``; the
-  alert names both sides, the decision's action, scope and evidence, and how long
-  ago the other side last wrote. A stale or partitioned feed in one zone, or a
-  config mismatch, shows here first;
-- ``replica_silent`` (critical) when a replica has written nothing for ``silent_s``
-  while another has, and ``replica_restored`` (info) when it writes again;
-- ``replica_config_mismatch`` (critical): two replicas' records carry different
-  config hashes (compared on every record, so at each start and each checkpoint);
-- ``replica_unverified`` (critical): a chain whose records no good signed checkpoint
-  vouches for (a forged checkpoint, records that do not hash to the signed root, a key
-  the trust file does not let sign checkpoints).
-
-Given the checkpoint keys (``keys``: a trust file's ``checkpoint_key``), the watch
-believes a record only once a signed checkpoint covers it
-(:class:`~riskguard.operators.audit.attest.Attestor`): a forged record can neither hide
-a dead replica nor raise a false divergence. Without keys it believes what it reads
-(tests and tools only).
-
-Time is processing time (an injected clock): replicas stamp commands with their own
-wall clocks, and what matters is whether the other copy arrived in time. Feed
-:class:`~riskguard.operators.core.clock.Tick` items (any payload) to let time pass
-while no record arrives.
+Given the checkpoint keys (``keys``: a trust file's ``checkpoint_key``), it believes a
+record only once a signed checkpoint covers it
+(:class:`~riskguard.operators.audit.attest.Attestor`); without keys, what it reads
+(tests and tools only). Time is processing time (an injected clock): what matters is
+whether the other copy arrived in time. Any other event (a
+:class:`~riskguard.operators.core.clock.Tick`) lets time pass while no record arrives.
 
 >>> from riskguard.operators.core.clock import ManualClock
 >>> clock = ManualClock(0)

@@ -1,32 +1,13 @@
 """Bounded keys: the venues, instruments and counterparties the guard keeps state for.
 
-Every market key (``venue/instrument``) becomes state in several steps (feed selection,
-features, detectors, marks), and every counterparty a rollup, an incident and a limit.
-A feed or a trading system that sends made-up names would make that state grow without
-end. :class:`KeyAdmission` admits the names the config lists, and others up to a cap:
-``max_venues`` venues, ``max_instruments_per_venue`` instruments on each, at most
-``max_market_keys`` in all, and ``max_counterparties`` counterparties. A record past a
-cap is a dead letter (``too_many_venues``, ``too_many_instruments``,
-``too_many_counterparties``) naming the input and the cap, counted like any other; it
-never reaches a keyed step. Admission is first come, first admitted, and its state is
-snapshotted, so a resumed guard admits exactly what the stopped one would have. The
-first refusal of each cap (of instruments: on each venue) also raises an
-``admission_cap`` :class:`~riskguard.schemas.RiskAlert`: critical for counterparties
-(fills of ours the guard no longer values), a warning otherwise, so the guard never
-stops tracking names silently.
-
->>> cfg = AdmissionConfig(max_venues=1, max_instruments_per_venue=1)
->>> gate = KeyAdmission(cfg, Known(venues=frozenset({"okx"}),
-...                                instruments=frozenset({"BTC-USDT"})))
->>> from riskguard.schemas import Trade
->>> def t(v, i): return Trade(id="t", venue=v, instrument=i, ts=1, price=1.0, qty=1.0,
-...                           side="buy")
->>> [type(r).__name__ for r in gate.on_batch([t("okx", "BTC-USDT"), t("okx", "JUNK-1"),
-...                                            t("okx", "JUNK-2"), t("kraken", "BTC-USDT"),
-...                                            t("junkex", "BTC-USDT")])]
-['Trade', 'Trade', 'DeadLetter', 'RiskAlert', 'Trade', 'DeadLetter', 'RiskAlert']
->>> gate.state.refused
-{'too_many_instruments': 1, 'too_many_venues': 1}
+Every market key and counterparty becomes state in several steps, so made-up names from
+a feed or trading system would grow it without end. :class:`KeyAdmission` admits the
+names the config lists, and others first come, first admitted, up to ``max_venues``,
+``max_instruments_per_venue``, ``max_market_keys`` and ``max_counterparties``. A record
+past a cap is a dead letter (``too_many_venues``, ``too_many_instruments``,
+``too_many_counterparties``) that never reaches a keyed step; the first refusal of each
+cap also raises an ``admission_cap`` alert (critical for counterparties). Its state is
+snapshotted, so a resumed guard admits exactly what the stopped one would have.
 """
 
 from __future__ import annotations

@@ -1,18 +1,10 @@
 """Prometheus metrics shared by every riskguard operator and connector.
 
-They register on prometheus-client's default registry. Two ways to serve it:
-
-- bytewax's own Dataflow API server. With ``BYTEWAX_DATAFLOW_API_ENABLED=true``
-  every bytewax process (``run_main``, ``cli_main``, ``python -m bytewax.run``)
-  serves ``/metrics`` on ``0.0.0.0:$BYTEWAX_DATAFLOW_API_PORT`` (default
-  3030). bytewax 0.21.1's ``bytewax._metrics.generate_python_metrics`` renders
-  ``prometheus_client.REGISTRY`` there next to bytewax's own per-step
-  metrics (``bytewax_item_inp_count_total`` ...). This is the one to use in
-  a deployment: one endpoint per process, nothing extra to start.
-- :func:`start_metrics_server` (``prometheus_client.start_http_server``) for
-  processes that are not bytewax runs (the command subscriber) or when the
-  bytewax API must stay off. ``RISKGUARD_METRICS_PORT`` makes
-  :func:`start_metrics_server_from_env` start it.
+They register on prometheus-client's default registry, served by bytewax's Dataflow API
+server (``BYTEWAX_DATAFLOW_API_ENABLED=true``: one ``/metrics`` per process, the one to
+use in a deployment) or by :func:`start_metrics_server` for processes that are not
+bytewax runs (``RISKGUARD_METRICS_PORT``: :func:`start_metrics_server_from_env`); see
+docs/operations.md.
 
 Label values are bounded: streams (topics), reasons, actions, scope kinds,
 key *classes* (``market``, ``option``, ``venue`` ...), configured limit paths

@@ -1,33 +1,11 @@
 """The move bands' critical rules: which readings are strong enough evidence to go critical.
 
 A move out of its band is a warning. Critical opens a reduce-only in the bundled playbook,
-so it needs more: each rule here names one kind of evidence that a market is crashing, not
-having an ordinary volatile day, and ``detector.bands.critical_rules`` lists the rules a key
-runs with (any one of them makes a reading critical). Each is a plain function of the
-readings, so it can be measured on and off (``bench/detection_real.py --overlay``).
-
-A reading is one measure of one vector, :class:`Reading`: the move, its band and its
-static level, the key's typical move of that kind, and which measure it is (a horizon, the
-day's range from its extreme, or the move from the settlement price). Only moves in the
-adverse direction (``critical_moves``: a price's falls, a volatility index's rises) count.
-
-- ``fast_fall``: a move over a short horizon (up to ``fast_s``) out of its band while the
-  day's range from its extreme is past ``deep_bps``: fast, and deep. A fall of 20 typical
-  five-minute moves in a calm market is 1.5 %, which a market does on news; a crash is
-  fast *and* takes the price well below where it traded that day.
-- ``slide``: the price past the first daily limit from the settlement while the day's
-  range is ``slide_z`` of the key's typical day ranges: a fall that keeps going, past the
-  level an exchange's daily limit sets, and unusual for this market (5 % below yesterday's
-  close is an ordinary day for a small coin, not for bitcoin).
-- ``limit``: a daily limit reached from the settlement, whatever the key's typical moves,
-  as an exchange's daily limits halt trading (off by default: the slide asks more).
-- ``static``: a move past its horizon's static level while the key's typical move of that
-  horizon is not learned yet (warming up), or once learned when it is also ``static_z``
-  typical moves: an exchange's breaker, which needs no learning, for a market whose
-  ordinary moves do not already reach it.
-- ``ratio``: a move ``critical_ratio`` times its band; ``horizons``: ``confirm_horizons``
-  horizons out of band at once. Both are off by default: at minute resolution, a sharp
-  move in a calm market passes them on an ordinary day.
+so each rule here names one kind of evidence that a market is crashing, not having an
+ordinary volatile day; ``detector.bands.critical_rules`` lists those a key runs with (any
+one makes a reading critical). Each is a plain function of the :class:`Reading` items of
+one vector, and only moves in the adverse direction (``critical_moves``) count. The
+rules: docs/detectors.md ("Move bands").
 
 >>> fall = Reading(ratio=1.4, move=-0.02, name="move_5m", cap=0.05, scale=0.002,
 ...                horizon_ns=300 * 10**9)

@@ -1,17 +1,11 @@
 """Primary/backup feed selection per venue, with heartbeat-gap failover.
 
-Each venue may publish the same market data on a ``primary`` and a ``backup``
-feed. While the primary's heartbeat gap (event time since its last ``ok``
-heartbeat) stays within ``max_gap_ns``, only primary records pass. When the
-gap exceeds it, or the primary reports ``down``, the venue fails over to the
-backup; it switches back once the primary has been healthy again for
-``restore_after_ns`` (hysteresis).
-
-Heartbeats (of either feed; they share the venue's partition) move the feed
-clock exactly. Market records and ticks come from other topics and may be up
-to ``skew_ns`` ahead in arrival (the source's event-time alignment bounds
-it), so they move the clock only to ``ts - skew_ns``: a heartbeat still in
-flight on its own topic never looks missing.
+While the primary's heartbeat gap (event time since its last ``ok``) stays within
+``max_gap_ns`` only primary records pass; past it, or on ``down``, the venue fails over
+to the backup, and back once the primary has been healthy for ``restore_after_ns``
+(docs/feeds.md). Heartbeats move the feed clock exactly; market records and ticks, which
+may arrive up to ``skew_ns`` ahead on other topics, only to ``ts - skew_ns``, so a
+heartbeat still in flight never looks missing.
 
 Two logic classes share one decision rule (:class:`FeedState`):
 
