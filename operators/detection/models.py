@@ -1,9 +1,8 @@
 """The detector's settings and the models it can run, one per key.
 
 :class:`DetectorConfig` is ``[detector]`` in the guard's config; :func:`make_model`
-builds the model a key's features call for (see
-:mod:`riskguard.operators.detection.detector` for what each model is and how the
-detector uses it).
+builds the model a key's features call for (what each model is: docs/detectors.md,
+"The learned detector").
 
 >>> model_kind(DetectorConfig(), 1), model_kind(DetectorConfig(), 3)
 ('range', 'hst')
@@ -193,8 +192,7 @@ def model_name(config: DetectorConfig, features: tuple[str, ...]) -> str:
 
 def prepare_models(config: DetectorConfig, feature_sets: Iterable[Sequence[str]]) -> None:
     """Build one model per feature set now, so that start-up, not the first record of
-    each key class, pays for what every later model of that set reuses (Half-Space
-    Trees' drawn trees and compiled walk, about 0.1 s per set; River's imports).
+    each key class, pays for what later models reuse (drawn trees, River's imports).
     ``config.features``, when set, is the only set the detector uses.
 
     >>> prepare_models(DetectorConfig(), [("ret_bps", "rv_bps")])

@@ -50,19 +50,17 @@ NEVER_STALE = 2**62
 LEVEL_RANK = {LimitLevel.OK: 0, LimitLevel.WARN: 1, LimitLevel.BREACH: 2}
 _VECTOR_MIN = 64  # fewer plain marks than this are applied one by one (measured crossover)
 _SMALL_HELD = 32  # up to this many held instruments, realized vols are ranked in a loop
-# A book of at most this many cells, none of its rows holding more than _SEQ_SUM_MAX, is
-# re-valued in Python rather than whole-array: a tick's re-valuation of a few positions
-# costs numpy's per-call overhead many times over (about 200 against 60 µs for the demo
-# book). The results are the same bits: numpy sums a segment of up to 8 terms in order,
-# ``a0 + (z + a1 + ... + ak)`` (``z`` is :data:`_SUM_ZERO`), and bincount from 0.0 in order.
+# A book of at most this many cells, no row holding more than _SEQ_SUM_MAX, is re-valued
+# in Python: for a few positions numpy's per-call overhead dominates. The bits are the
+# same: numpy sums a segment of up to 8 terms in order, and bincount from 0.0 in order.
 _SMALL_CELLS = 64
 _SEQ_SUM_MAX = 8
 
 
 @dataclass
 class _Layout:
-    """Where a shard's open positions are (derived from its state, not state): rebuilt
-    only when a position opens or closes, not on every re-valuation."""
+    """Where a shard's open positions are (derived, not state): rebuilt only when a
+    position opens or closes."""
 
     active: Any  # bool, rows x columns: a position or open orders in the cell
     r: Any  # row of each open position, row-major
@@ -74,8 +72,7 @@ class _Layout:
     und: Any  # row * underlyings + its underlying's code (the delta bincount's bins)
     held_u: Any  # bool, rows x underlyings: the row holds that underlying
     held_cols: Any  # the columns anyone holds
-    # a small book (:data:`_SMALL_CELLS`, rows of at most :data:`_SEQ_SUM_MAX` cells) is
-    # re-valued in Python: each row's columns, and each held column's rows
+    # a small book, re-valued in Python: each row's columns, and each held column's rows
     row_cols: list[list[int]] | None = None
     col_rows: dict[int, list[int]] | None = None
 
@@ -284,15 +281,11 @@ class ShardValuation:
                 st.ewma_ts[j] = ts
 
     def _apply_marks(self, runs: list[list[Any]], changed: dict[int, str]) -> int | None:
-        """Apply runs of plain marks (trades, index prices, quotes on non-option columns,
-        see :meth:`Router.route_batch`) in order, whole-array; newest receive time.
+        """Apply runs of plain marks in order, whole-array; the newest receive time.
 
-        Marks on different columns commute, so grouping by column keeps the per-record
-        semantics of :meth:`_mark_one` exactly (the same float operations in the same
-        order, so the EWMA is bit-identical however the records were batched). Within a
-        column, a mark is accepted when it is not older than the column's mark nor than
-        any earlier mark of the column in the runs, so the accepted ones are in time order
-        whatever the arrival order.
+        Marks on different columns commute, so grouping by column keeps
+        :meth:`_mark_one`'s semantics bit for bit. Within a column, a mark is accepted when
+        not older than the column's mark nor any earlier mark of the column in the runs.
         """
         ms = runs[0] if len(runs) == 1 else [e for r in runs for e in r]
         rts = [e.recv_ts for e in ms]
@@ -492,7 +485,6 @@ class ShardValuation:
                  if self._any_orders else [0.0] * m)
         ds, as_ = self._row_dicts(g, qm * df[c_i], notional, m)
         mts_c = np.where(valued, st.mark_ts, NEVER_STALE)[c_i]
-        # every per-row list in one pass each, then sliced per row
         not_all = notional.tolist()
         # parts carry packed little-endian int64s, not per-position int objects
         mts_b = mts_c.astype("<i8", copy=False).tobytes()
@@ -500,7 +492,6 @@ class ShardValuation:
         ts_rows = row_reduce(np.maximum, st.last_ts[c_i], bounds_a, 0)
         oldest_rows = row_reduce(np.minimum, mts_c, bounds_a, NEVER_STALE)
         any_unvalued = (act & ~valued).any(axis=1).tolist()
-        # the per-row lists, one comprehension each
         spans = list(pairwise(bounds))
         not_rows = [not_all[lo:hi] for lo, hi in spans]
         mts_rows = [mts_b[8 * lo:8 * hi] for lo, hi in spans]
@@ -603,8 +594,7 @@ class ShardValuation:
 
     def _revalue_small(self, out: list[Any], acc: Pending, lay: _Layout) -> _Valued | None:
         """:meth:`_revalue_whole` for a small book (``lay.row_cols``), in Python: the same
-        values, bit for bit (the same IEEE operations in the same order; see
-        :data:`_SMALL_CELLS`), at a fraction of the numpy calls' fixed cost."""
+        values, bit for bit (see :data:`_SMALL_CELLS`)."""
         changed, touched = acc.changed, acc.touched
         touched_cols, coll_dirty = acc.touched_cols, acc.coll_dirty
         st = self.state
@@ -776,9 +766,8 @@ class ShardValuation:
         return uv
 
     def _und_vols_small(self, held: list[int]) -> dict[str, tuple[float, int]]:
-        """:meth:`_und_vols` one column at a time: for a few held instruments, each of
-        the whole-array path's numpy calls costs more than the loop. The same values, bit
-        for bit."""
+        """:meth:`_und_vols` one column at a time (cheaper for a few held instruments);
+        the same values, bit for bit."""
         st = self.state
         fv, fts = st.feature_vol, st.feature_vol_ts
         ewma_n, ewma_var, ewma_ts = st.ewma_n, st.ewma_var, st.ewma_ts
