@@ -2,15 +2,11 @@
 
 A state class is persisted under a stable name and the version in its ``version``
 field (:func:`persisted`). Its snapshot is a :class:`Snapshot` (that name, that version
-and the state's fields, msgpack-encoded by the state's declared types) encoded to bytes:
-no class or module path is stored, so a state class that moves to another module, or a
-logic that is renamed, still restores; a snapshot of another version is refused by
-name, never patched (:class:`~riskguard.errors.SnapshotError`).
-
-The bytewax adapter (:func:`~riskguard.operators.core.base.stateful_logic`) encodes the
-snapshot of every persisted state as it hands it to the recovery store, and decodes it
-before the logic's builder sees it, so logic classes keep working with their typed
-state. A state class nobody declared persisted is handed over as it is.
+and the state's fields, msgpack-encoded by their declared types): no class or module
+path is stored, so a moved or renamed class still restores; a snapshot of another
+version is refused, never patched (:class:`~riskguard.errors.SnapshotError`).
+:func:`~riskguard.operators.core.base.stateful_logic` encodes and decodes them; a state
+class not declared persisted is handed over as it is.
 
 >>> from dataclasses import dataclass, field
 >>> @persisted("doc.counter")

@@ -1,11 +1,9 @@
 """The playbook's rules: what a rule matches, the ladder of actions it climbs, and the
 playbook configuration, checked once when it loads.
 
-A playbook is a list of :class:`Rule`. A rule matches a signal by kind
-(``anomaly``, ``regime_change``, ``breach`` or a :class:`~riskguard.schemas.RiskAlert`
-kind), minimum severity, an fnmatch pattern on :meth:`Scope.label` and optional
-conditions, then climbs a ladder of :class:`Rung` actions; the logic that runs them
-is :class:`~riskguard.operators.mitigation.playbook.PlaybookLogic`.
+A :class:`Rule` matches a signal by kind, minimum severity, an fnmatch pattern on
+:meth:`Scope.label` and optional conditions, then climbs a ladder of :class:`Rung`
+actions, run by :class:`~riskguard.operators.mitigation.playbook.PlaybookLogic`.
 """
 
 

@@ -1,15 +1,11 @@
 """Engine-neutral logic that turns mitigation commands into signed envelopes.
 
-:class:`SignLogic` stamps each command with its issuer and the next ``seq``
-for that issuer, encodes it, and signs the exact bytes. The ``seq`` counter
-and the recently signed ``command_id``s are in the snapshot, so a resumed
-flow continues the sequence instead of reusing it; a re-emitted identical
-command keeps its ``command_id`` *and* its ``seq`` (the envelope is byte-for-byte
-the same, Ed25519 being deterministic) and subscribers drop it as a replay.
-
-The signer is closed over by the builder and never enters the snapshot.
-If signing fails, :class:`~riskguard.errors.SigningError` stops the flow:
-nothing unsigned is ever emitted.
+:class:`SignLogic` stamps each command with its issuer and the next ``seq`` for that
+issuer, encodes it, and signs the exact bytes. The counter and the recently signed
+``command_id``s are in the snapshot (the signer never is), so a resumed flow continues
+the sequence; a re-emitted identical command keeps its ``seq`` (Ed25519 is
+deterministic) and subscribers drop it as a replay. A signing failure raises
+:class:`~riskguard.errors.SigningError`: nothing unsigned is ever emitted.
 
 >>> from riskguard.operators.signing.crypto import Signer
 >>> from riskguard.schemas import Audience, MitigationCommand, Scope, ScopeKind
