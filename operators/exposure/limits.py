@@ -1,18 +1,13 @@
 """Engine-neutral limit enforcement: levels, hysteresis, latches, dynamic limits.
 
-:class:`LimitsLogic` is keyed by counterparty (the firm rollup uses key
-``"*"``). It receives :class:`~riskguard.schemas.Exposure`, exposure-path
-:class:`~riskguard.schemas.valuation.Progress` and
-:class:`~riskguard.schemas.LimitUpdate` records (updates are verified *before* they
-reach it) and emits
-:class:`~riskguard.schemas.Utilization`, :class:`~riskguard.schemas.LimitBreach`
-and :class:`~riskguard.schemas.RiskAlert` records.
-
-Limit paths: ``firm``, ``firm.asset.<a>``, ``counterparty.<cp>``,
-``counterparty.<cp>.asset.<a>``, ``counterparty.<cp>.instrument.<i>``.
-
-The effective limit is ``base * clamp((ref_vol / vol) ** exponent, lo, hi)``
-when the limit has a ``vol_scaling`` rule, else ``base``.
+:class:`LimitsLogic`, keyed by counterparty (``"*"`` for the firm), turns
+:class:`~riskguard.schemas.Exposure`, :class:`~riskguard.schemas.valuation.Progress` and
+verified :class:`~riskguard.schemas.LimitUpdate` records into
+:class:`~riskguard.schemas.Utilization`, :class:`~riskguard.schemas.LimitBreach` and
+:class:`~riskguard.schemas.RiskAlert` records. Limit paths: ``firm``,
+``firm.asset.<a>``, ``counterparty.<cp>``, ``counterparty.<cp>.asset.<a>``,
+``counterparty.<cp>.instrument.<i>``. With ``vol_scaling`` the effective limit is
+``base * clamp((ref_vol / vol) ** exponent, lo, hi)``.
 
 An exposure that cannot be valued (``Exposure.unvalued_instruments`` /
 ``unvalued_collateral``, or a non-finite measure) never counts as zero: an
