@@ -57,12 +57,9 @@ _item_decoder = msgspec.json.Decoder(AuditRecord | AuditCheckpoint)
 def decode_item(raw: bytes, where: str) -> AuditItem:
     """One audit record or checkpoint from its JSON bytes.
 
-    Whatever the bytes hold (not JSON, another record type, nesting deep
-    enough to exhaust the decoder's recursion), the failure is an
-    :class:`~riskguard.errors.AuditError` naming ``where``, never another
-    exception. Nesting deeper than
-    :data:`~riskguard.schemas.json_limits.MAX_JSON_DEPTH` is refused before
-    parsing.
+    Whatever the bytes hold, the failure is an :class:`~riskguard.errors.AuditError`
+    naming ``where``, never another exception; nesting deeper than
+    :data:`~riskguard.schemas.json_limits.MAX_JSON_DEPTH` is refused before parsing.
 
     >>> deep = b'{"type": "audit", "body": {"a": ' + b"[" * 5000 + b"]" * 5000 + b"}}"
     >>> decode_item(deep, "line 3")
@@ -283,24 +280,13 @@ PROOF_FIELDS = ("record", "leaf_hash", "index", "tree_size", "proof", "checkpoin
 def check_proof(doc: Any, keys: Mapping[str, VerifyKey] | KeyLookup) -> None:
     """Verify a document made by :func:`prove`; return nothing or raise ``AuditError``.
 
-    The document claims "record ``record_id`` is leaf ``index`` of chain
-    ``origin``'s tree of ``tree_size`` leaves, whose root the checkpoint
-    signs". Every field of it is bound to that claim:
-
-    - the leaf hash is recomputed from the record's body, and both the
-      record's ``leaf_hash`` and the document's must equal it;
-    - the record's ``index`` equals ``index``, its ``record_id`` is
-      ``<chain>:<index>``, and ``0 <= index < tree_size``;
-    - the inclusion path leads from that leaf, at exactly that index in a tree
-      of exactly that size, to the checkpoint's root;
-    - the checkpoint's ``size`` equals ``tree_size``, its ``origin`` is the
-      record's ``chain``, and its signature verifies under a key ``keys``
-      accepts for checkpoints;
-    - the document is exactly what :func:`prove` prints for those values: no
-      field missing, none added, no other spelling of the same bytes.
-
-    A document that is not a JSON object of those fields raises
-    ``AuditError`` (``malformed``) too.
+    The document claims "record ``record_id`` is leaf ``index`` of chain ``origin``'s
+    tree of ``tree_size`` leaves, whose root the checkpoint signs", and every field is
+    bound to that claim: the leaf hash is recomputed from the record's body; index,
+    ``record_id`` (``<chain>:<index>``), tree size and the checkpoint's size and origin
+    agree; the inclusion path leads from that leaf to the signed root; the signature
+    verifies under a checkpoint key ``keys`` accepts; and the document is exactly what
+    :func:`prove` prints for those values (else ``malformed``).
     """
     rec, cp, index, tree_size, claimed, path, leaf = _read_proof(doc)
     chain, at = rec.chain, rec.index

@@ -1,13 +1,10 @@
 """Operators' signed commands (a resume, a manual halt), verified once each before the
 playbook sees them.
 
-An operator's command reaches the guard as a signed envelope on the limit-updates
-topic. It must verify against the trust file exactly as a subscriber checks it
-(key, role, action, scope, params, two-person rule over distinct people,
-audience of the commands topic, freshness, lifetime), and it acts once: the
-same command presented again, under its old id or an older ``seq`` of its
-issuer, is refused as a replay. The replay state is part of the snapshot, so a
-resumed guard refuses what the stopped one had accepted.
+An operator's command arrives as a signed envelope on the limit-updates topic, verifies
+against the trust file exactly as a subscriber checks it (audience: the commands topic),
+and acts once: presented again, under its old id or an older ``seq``, it is refused as a
+replay. The replay state is in the snapshot, so a resumed guard refuses it too.
 
 >>> from riskguard.operators.core.clock import ManualClock
 >>> from riskguard.operators.signing.trust import TrustDoc, TrustStore
@@ -142,13 +139,11 @@ class AckState:
 class AckLogic:
     """Verify executors' acks (signed, on the acks topic) against the trust file, once each.
 
-    A key of role ``executor`` allowed that action and scope, the acks topic's audience,
-    fresh; an ack about a command no guard replica of the trust file issued
-    (``ack_not_ours``); an ack whose ``seq`` is at or below its executor's
-    (``ack_replayed_seq``: an ack presented again); and a refusal already passed on
-    (``ack_repeated``: it raised its alert) are dead letters. What passes goes to the
-    playbook, which matches it to the command it confirms. An executor key can so raise
-    each refusal's alert once, never without end.
+    It needs a key of role ``executor`` allowed that action and scope, the acks topic's
+    audience and freshness. An ack about a command no guard replica issued
+    (``ack_not_ours``), one at or below its executor's ``seq`` (``ack_replayed_seq``) and
+    a refusal already passed on (``ack_repeated``) are dead letters, so each refusal
+    raises its alert once.
     """
 
     def __init__(self, trust: TrustStore, *, env: str, topic: str, clock: Clock,
