@@ -328,7 +328,7 @@ class LimitsLogic:
 
     def snapshot(self) -> LimitsState:
         """An independent copy: tracks copied, immutable leaves (limit specs, the last
-        exposure) shared, as a pickle round trip of 600 keys' exposures is costly."""
+        exposure) shared."""
         st = self.state
         return copy_fields(st, overrides=dict(st.overrides),
                            tracks={k: copy_fields(t) for k, t in st.tracks.items()},
