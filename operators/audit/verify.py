@@ -236,8 +236,6 @@ def _check_checkpoint(cp: AuditCheckpoint, ch: _Chain, lookup: KeyLookup, *,
     ch.cp_root = root
 
 
-
-
 def prove(items: Sequence[AuditItem], record_id: str) -> dict[str, Any]:
     """An inclusion proof of ``record_id`` under the first checkpoint that covers it.
 

@@ -212,7 +212,6 @@ class CrossShard:
         st.judged_ts = max(st.judged_ts, wm)
         return out
 
-
     def _market(self, key: str) -> tuple[str | None, Scope]:
         """A market key's group and scope, parsed once per key."""
         got = self._markets.get(key)

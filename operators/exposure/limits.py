@@ -336,7 +336,6 @@ class LimitsLogic:
                            sources={k: list(v) for k, v in st.sources.items()},
                            unvalued_alerted=list(st.unvalued_alerted))
 
-
     def _configured(self, key: str) -> tuple[bool, list[tuple[str, str, str, str, LimitSpec]]]:
         """``(known, [(path, level, name, kind, spec)])`` for ``key`` (cached until an update)."""
         hit = self._rows.get(key)

@@ -633,7 +633,6 @@ class ShardLogic(ShardValuation):
         return out
 
 
-
 def apply_fill(
     qty: float, avg: float | None, signed: float, price: float
 ) -> tuple[float, float | None]:

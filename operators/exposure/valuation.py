@@ -96,8 +96,6 @@ class _Valued(NamedTuple):
     evidence: list[list[str]]
 
 
-
-
 class ShardValuation:
     """The marks and re-valuation of a stage-1 shard: the half of
     :class:`~riskguard.operators.exposure.shards.ShardLogic` that turns its state into
@@ -245,7 +243,6 @@ class ShardValuation:
         vts = np.where(use_f, fts, np.where(ewma_ok, st.ewma_ts, -1))
         return vol, vts
 
-
     def _mark_one(self, j: int, ev: Any, changed: dict[int, str]) -> None:
         """Apply one mark to column ``j`` (the reference semantics of :meth:`_apply_marks`)."""
         # reads via .item() (Python scalars): numpy scalars make each compare and each
@@ -361,7 +358,6 @@ class ShardValuation:
         lk = np.flatnonzero(run_ends(kj))
         st.ewma_price[kj[lk]] = kp[lk]
         st.ewma_ts[kj[lk]] = kt[lk]
-
 
     def _missing_alerts(self, bad: list[int], good: Any, active_all: Any,
                         touched_cols: dict[int, tuple[str, int]],
