@@ -37,10 +37,9 @@ NS = 1_000_000_000
 
 
 class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """Settings of ``detect_anomalies``; see the module docstring for the model choices.
-
-    Keep ``hst_height`` near 8: height 15 costs over 500 us per event and
-    seconds to build. ``lof`` manages about 160 events/s: low-rate keys only.
+    """Settings of ``detect_anomalies``; the model choices are in docs/detectors.md ("The
+    learned detector"). Keep ``hst_height`` near 8: each level doubles a tree's nodes.
+    River's ``lof`` is far slower than the others: low-rate keys only.
     """
 
     # the learned path's model; "none" runs the move bands alone (no learned path)
