@@ -42,8 +42,10 @@ _head = msgspec.json.Decoder(_Head)
 
 
 class Signed(NamedTuple):
-    """Where an issuer's signing stands on a commands topic: its highest ``seq`` and the
-    highest ``trust_serial`` its commands read there state (0: none)."""
+    """Where an issuer's signing stands on a commands topic: its highest ``seq``, and the
+    highest ``trust_serial`` stated by its commands in the newest window of each partition
+    that holds any (0: none). Serials rise with ``seq``, so that is the file it last ran
+    on, unless a start on an older file got past the check before."""
 
     seq: int = 0
     trust_serial: int = 0

@@ -15,6 +15,33 @@ from tests.kafka_helpers import produce
 pytestmark = pytest.mark.kafka
 
 
+def _one_by_one(bootstrap: str, topic: str, values: list[bytes], partition: int = 0) -> None:
+    """Each message in a produce of its own: the dev broker's high watermark counts
+    produce batches, so only this makes its offsets and the scan's windows line up."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    for v in values:
+        p.produce(topic, v, partition=partition)
+        assert p.flush(10) == 0
+
+
+@pytest.fixture
+def windows_read(monkeypatch: pytest.MonkeyPatch) -> list[dict[int, tuple[int, int | None]]]:
+    """The windows of offsets each read of the scan covered, in order."""
+    from riskguard.connectors import command_log
+
+    seen: list[dict[int, tuple[int, int | None]]] = []
+    real = command_log._read
+
+    def spy(consumer, topic, windows, *args):  # type: ignore[no-untyped-def]
+        seen.append(dict(windows))
+        return real(consumer, topic, windows, *args)
+
+    monkeypatch.setattr(command_log, "_read", spy)
+    return seen
+
+
 def _envelopes(signer: Signer, first_seq: int, n: int, trust_serial: int = 0) -> list[bytes]:
     logic = SignLogic(signer, SignConfig(), SignState(issuer=signer.issuer, last_seq=first_seq - 1),
                       trust_serial=trust_serial)
@@ -40,14 +67,16 @@ def test_the_last_verified_command_of_the_issuer_gives_the_seq(kafka_bootstrap, 
     assert got.seq == 7
 
 
-def test_the_scan_walks_back_past_a_window_of_other_traffic(kafka_bootstrap, new_topic) -> None:
+def test_the_scan_walks_back_past_a_window_of_other_traffic(kafka_bootstrap, new_topic,
+                                                              windows_read) -> None:
     topic = new_topic()
     other = Signer.from_private_bytes(b"\x05" * 32, issuer="other-engine")
-    produce(kafka_bootstrap, topic, _envelopes(ENGINE, 40, 3))
-    produce(kafka_bootstrap, topic, _envelopes(other, 1, 25))
+    _one_by_one(kafka_bootstrap, topic, _envelopes(ENGINE, 40, 3, trust_serial=4))
+    _one_by_one(kafka_bootstrap, topic, _envelopes(other, 1, 25, trust_serial=9))
     got = last_signed_seq(KafkaSettings(bootstrap=kafka_bootstrap), topic, ENGINE.public_key,
                           ENGINE.issuer, window=10, idle_s=0.2)
-    assert got.seq == 42
+    assert (got.seq, got.trust_serial) == (42, 4)
+    assert len(windows_read) > 1  # the newest window held none of ours: it walked back
 
 
 def test_an_unreachable_broker_stops_start_up_with_a_broker_error() -> None:
@@ -58,18 +87,19 @@ def test_an_unreachable_broker_stops_start_up_with_a_broker_error() -> None:
 
 
 def test_all_partitions_are_read_together_and_each_walks_back_on_its_own(
-        kafka_bootstrap, new_topic) -> None:
+        kafka_bootstrap, new_topic, windows_read) -> None:
     """With the newest windows of all partitions read together, a partition whose window
     holds only other traffic still walks back on its own, and an empty one counts as
     nothing."""
     topic = new_topic(partitions=3)
     other = Signer.from_private_bytes(b"\x05" * 32, issuer="other-engine")
-    produce(kafka_bootstrap, topic, _envelopes(ENGINE, 1, 3), partition=0)
-    produce(kafka_bootstrap, topic, _envelopes(ENGINE, 10, 3), partition=1)
-    produce(kafka_bootstrap, topic, _envelopes(other, 1, 25), partition=1)
+    _one_by_one(kafka_bootstrap, topic, _envelopes(ENGINE, 1, 3), partition=0)
+    _one_by_one(kafka_bootstrap, topic, _envelopes(ENGINE, 10, 3), partition=1)
+    _one_by_one(kafka_bootstrap, topic, _envelopes(other, 1, 25), partition=1)
     got = last_signed_seq(KafkaSettings(bootstrap=kafka_bootstrap), topic, ENGINE.public_key,
                           ENGINE.issuer, window=10, idle_s=0.2)
     assert got.seq == 12
+    assert len(windows_read[0]) == 3 and any(1 in w and len(w) == 1 for w in windows_read[1:])
 
 
 def test_the_newest_trust_serial_the_issuer_s_commands_state_is_read_back(

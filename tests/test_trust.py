@@ -364,3 +364,13 @@ def test_machine_keys_are_not_people_for_the_two_person_rule() -> None:
     mixed = command(issuer="op-alice", action=Action.RESUME, scope=FIRM)
     assert reason(signed(mixed, OP1, REPLICA_A)) == "two_person_required"
     assert reason(signed(mixed, OP1, OP2)) == "ok"
+
+
+def test_a_key_name_with_a_colon_is_refused_so_no_signer_s_ids_can_collide() -> None:
+    """Replay windows name a message ``<signer>:<id>``: were ``op:x`` a key name, key
+    ``op``'s id ``x:c1`` would take ``op:x``'s ``c1``. The trust file refuses it."""
+    text = ('version = 1\nserial = 1\n[[keys]]\nname = "op:x"\n'
+            f'public_key = "{"ab" * 32}"\nrole = "operator"\nactions = ["*"]\nscopes = ["*"]\n')
+    with pytest.raises(ConfigError, match=r"trust\.toml:keys\[0\]\.name"):
+        parse_trust(text, source="trust.toml")
+    assert parse_trust(text.replace("op:x", "op.x"), source="trust.toml").keys[0].name == "op.x"

@@ -36,7 +36,7 @@ from riskguard.schemas.commands import MitigationCommand, Signature, SignedEnvel
 from riskguard.errors import ConfigError, SigningError, VerificationError
 from riskguard.validation import NonNegativeInt, PositiveInt, check_declared
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 _encoder = msgspec.json.Encoder()
 _cmd_decoder = msgspec.json.Decoder(MitigationCommand)
 

@@ -277,10 +277,16 @@ ActionName = Annotated[str, msgspec.Meta(min_length=1)]
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=366 * 86_400)]
 
 
+KeyName = Annotated[str, msgspec.Meta(min_length=1, max_length=64,
+                                      pattern=r"^[A-Za-z0-9_./@+-]+$(?!\n)")]
+"""A key's name: an issuer :data:`~riskguard.schemas.types.Name` without ``:``, which
+joins a signer and its message id in every replay window (:func:`~riskguard.operators.core.dedup.signer_id`)."""
+
+
 class KeyEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One ``[[keys]]`` table of the trust file, as written."""
 
-    name: Annotated[str, msgspec.Meta(min_length=1)]  # the issuer this key speaks for
+    name: KeyName  # the issuer this key speaks for
     public_key: str  # 64 hex digits
     role: Role
     key_id: str | None = None  # if given, must be the one derived from public_key
