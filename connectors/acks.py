@@ -50,7 +50,9 @@ log = logging.getLogger(__name__)
 ACKS_STREAM = "acks"
 DEFAULT_ACK_TTL_S = 3600.0
 """How long a signed ack stays acceptable to the guard (its ``expires_at``): long enough
-for a guard restarted or catching up to still read it."""
+for a guard restarted or catching up to still read it. An ack's lifetime is checked
+against the trust file's default ``max_ttl_s`` (not the per-action limits commands
+are): a default below this refuses every ack as ``ttl_too_long``."""
 _encoder = msgspec.json.Encoder()
 _ack_decoder = msgspec.json.Decoder(ExecutionAck)
 

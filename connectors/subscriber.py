@@ -1,20 +1,22 @@
 """A verifying subscriber for signed mitigation commands.
 
 :class:`CommandSubscriber` reads a command topic (``assign()``, no consumer group) and
-runs each message through the checks in ``docs/security.md``, in order: the envelope's
-signature over the exact payload bytes first (nothing in the payload is trusted before
-it), then the key's trust, role and two-person rule, audience, freshness, replays
-(``seq`` and ``command_id``), another replica's copy of an executed decision
-(:class:`Duplicate`; a ``decision_id`` held with other content is a
-:class:`DecisionConflict`, never dropped for it), a held action already in force
-(``already_in_force``) and ``seq`` gaps (:class:`GapAlert`); only then does it call the
-user's callback with the typed :class:`~riskguard.schemas.MitigationCommand`.
+checks each message (``docs/security.md``), in this order: the envelope's signature over
+the exact payload bytes (nothing in the payload is trusted before it) with the key's
+trust, role, two-person rule, audience, freshness and lifetime; two people for a resume
+of the firm-wide halt; a ``seq`` at or below the issuer's (a replay); another replica's
+copy of an executed decision (:class:`Duplicate`; a ``decision_id`` held with other
+content is a :class:`DecisionConflict`, never dropped for it); a ``command_id`` already
+handled; a ``seq`` gap (:class:`GapAlert`, alerted, not refused); a held action already
+in force (``already_in_force``). Only then does it call the user's callback with the
+typed :class:`~riskguard.schemas.MitigationCommand`.
 
 An authentic command not executed because its state already holds goes to
 ``on_settled(command, reason, settles)``, ``settles`` naming the executed command that
 holds it (docs/executors.md). A callback result whose ``outcome`` is ``refused`` or
 ``failed`` consumes the command but records it neither as in force nor as its
-decision's executed copy. A callback that raises leaves the message to be read again:
+decision's executed copy, so the next copy (re-derived, or another replica's) is
+executed, never confirmed in its place. A callback that raises leaves the message to be read again:
 ``poll`` seeks back to it before the exception propagates.
 
 The state lives in SQLite (:mod:`~riskguard.connectors.subscriber_state`). An executed

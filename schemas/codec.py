@@ -45,10 +45,7 @@ from riskguard.validation import read_error
 ALL_TYPES: tuple[type[Record], ...] = (
     MARKET_TYPES + TRADING_TYPES + SIGNAL_TYPES + COMMAND_TYPES + AUDIT_TYPES + VALUATION_TYPES
 )
-DEFAULT_MAX_BYTES = 64 * 1024
-#: The cap to read a dead-letter topic whose records carry up to DEFAULT_MAX_BYTES of raw
-#: input base64-encoded (``Codec(max_bytes=DEAD_LETTER_MAX_BYTES)``).
-DEAD_LETTER_MAX_BYTES = 4 * DEFAULT_MAX_BYTES
+DEFAULT_MAX_BYTES = 64 * 1024  # a dead letter fits it too (``DeadLetter.of``)
 
 _NAME = re.compile(MARKET_NAME_PATTERN)
 #: Names (``CachedName`` fields) a codec remembers as valid; the set is emptied when full.

@@ -4,12 +4,15 @@ One :class:`FeatureLogic` runs per key: ``venue/instrument`` for market features
 and oracle prices fanned out to it by :func:`route`), ``venue`` for venue health. With
 ``cadence="bar"`` (the default) one ``FeatureVector`` per key per event-time bar is
 emitted when a later bar's first event arrives (never on the wall clock, so replays are
-deterministic); with ``cadence="event"``, one after every event. The features:
-docs/detectors.md.
+deterministic); with ``cadence="event"``, one after every event. The features and their
+names: docs/detectors.md ("Features"). ``quote_age_s`` is the time since the key's last
+quote or trade, ``price_age_s`` since its price last changed (a frozen feed), both at
+the vector's event time, so index ticks reveal a feed gone quiet.
 
 Dead letters: ``late`` (older than the key's largest event time minus
-``allowed_lateness_ns``), ``future`` (more than ``allowed_skew_ns`` ahead of the
-injected clock) and ``non_finite`` (NaN or infinity; never reaches the state).
+``allowed_lateness_ns``; an older event within it still updates the features and counts
+in the open bar), ``future`` (more than ``allowed_skew_ns`` ahead of the injected clock)
+and ``non_finite`` (NaN or infinity; never reaches the state).
 
 >>> from riskguard.schemas import Quote
 >>> cfg = FeatureConfig(venues=("okx",), cadence="event")

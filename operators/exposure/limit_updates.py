@@ -152,7 +152,8 @@ _REPLAY_REASONS = {"id": "replayed_update_id", "seq": "replayed_seq", "quota": "
 
 class UpdateGate:
     """``on_event(envelope) -> [(limits key, Approved)]``, or a rejection alert (and, for
-    an envelope refused or a counterparty past the cap, a dead letter)."""
+    an envelope refused, a replay, a signer past its quota or a counterparty past the cap,
+    a dead letter)."""
 
     def __init__(self, config: LimitsConfig, verifier: Verifier, *, clock: Clock,
                  state: UpdateGateState | None = None,

@@ -241,7 +241,9 @@ class PlaybookLogic:
 
     def _time(self) -> int:
         """The clock of time-driven rungs and quiet periods: with named tick sources their
-        watermark (so escalation never outruns a slow process), else every event moves it."""
+        watermark (so escalation never outruns a slow process; rungs a signal reaches at
+        once, ``after_s = 0`` or by severity, do not wait for it), else every event moves
+        it."""
         st = self.state
         return st.now if not st.sources else st.watermark
 

@@ -130,7 +130,9 @@ class PlaybookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     comes that close, and waiting signals are applied in event-time order. A
     backlog replayed through several processes then meets its signals in the
     order one worker would; live, the workers are within a tick of each other
-    and no signal waits. Keep it at least two tick intervals. ``max_hold_s``
+    and no signal waits. Keep it at least two tick intervals. Time-driven rungs and quiet
+    periods follow the watermark; rungs a signal reaches at once (``after_s = 0``, or by
+    severity) act as soon as the signal is applied. ``max_hold_s``
     (processing time) bounds that wait: live, a guard whose exposure path
     falls behind must still act within seconds, so a signal held that long is
     applied without waiting further (counted in ``PlaybookState.forced``).
