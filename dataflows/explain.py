@@ -210,7 +210,7 @@ def _with_caps(part: Part, moves: list[tuple[str, float | None]], caps: Sequence
     r, h, m, c = max(ratios)
     verdict = (f"here the {h} move ({m:+.0f} bps) is past its {c:g} bps" if r >= 1 else
                f"here the nearest, {h}, moved {m:+.0f} bps of its {c:g} bps ({r:.0%})")
-    return Part(part.name, part.live_from, part.needs, part.why, f"{part.fires}: {verdict}")
+    return Part(part.name, part.live_from, part.needs, part.why, f"{part.fires}; {verdict}")
 
 
 def _why_not(part: Part, at: int) -> str:

@@ -269,7 +269,13 @@ def _static(p: KeyProgress, bands: Any) -> Part:
                      for h, c in zip(bands.horizons_s, bands.cap_bps, strict=True))
     live = p.first_priced_ts + max(shortest, p.interval_ns)
     needs = "the price one horizon back"
-    fires = f"a move past its cap ({caps}), critical"
+    if "static" not in bands.critical_rules:
+        severity = "a warning"
+    elif math.isinf(bands.static_z):
+        severity = "critical until the key's typical moves are learned (static), then as below"
+    else:
+        severity = f"critical when also {bands.static_z:g} typical moves deep (static)"
+    fires = f"a move past its cap ({caps}): {severity}"
     if live <= p.last_ts and p.priced > 1:
         return Part(PARTS[1], live, needs, fires=fires)
     return Part(PARTS[1], None, needs, f"the data spans {duration(p.last_ts - p.first_ts)}, "
@@ -280,12 +286,37 @@ def _static(p: KeyProgress, bands: Any) -> Part:
 def _scaled(p: KeyProgress, bands: Any) -> Part:
     needs = f"{bands.warmup_returns + 1} prices (its volatility)"
     fires = (f"a move past {bands.band_k[0]:g} (shortest horizon) to {bands.band_k[-1]:g} "
-             "(longest) times its typical move there, within the floor and cap; critical "
-             f"past {bands.critical_ratio:g} times it or on {bands.confirm_horizons} "
-             f"horizons at once ({bands.critical_moves} moves)")
+             "(longest) times its typical move there, within the floor and cap: a warning; "
+             f"{critical_when(bands)}")
     if p.returns_ts is not None:
         return Part(PARTS[2], p.returns_ts, needs, fires=fires)
     return Part(PARTS[2], None, needs, f"too few events: {p.priced:,} prices", fires)
+
+
+def critical_when(bands: Any) -> str:
+    """When a reading of move bands with these settings is critical: each of their
+    ``critical_rules``, in words.
+
+    >>> from riskguard.operators.detection.band_levels import MoveBandConfig
+    >>> critical_when(MoveBandConfig(critical_rules=("ratio", "horizons")))
+    'critical on a fall 1.25 times its band (ratio), or 2 horizons out of band at once (horizons)'
+    """
+    moves = {"down": "fall", "up": "rise", "both": "move"}[bands.critical_moves]
+    said = {
+        "fast_fall": f"a {moves} out of band within {duration(int(bands.fast_s * NS))} while "
+                     f"the day's range is past {bands.deep_bps:g} bps or {bands.deep_z:g} "
+                     "typical day ranges",
+        "slide": f"a {moves} past a daily limit with the day's range {bands.slide_z:g} "
+                 "typical ones deep",
+        "static": (f"a {moves} past its cap before the key's typical moves are learned"
+                   if math.isinf(bands.static_z) else
+                   f"a {moves} past its cap and {bands.static_z:g} typical moves deep"),
+        "limit": "a daily limit tier, the first time a day",
+        "ratio": f"a {moves} {bands.critical_ratio:g} times its band",
+        "horizons": f"{bands.confirm_horizons} horizons out of band at once",
+    }
+    rules = [f"{said[r]} ({r})" for r in bands.critical_rules]
+    return f"critical on {', or '.join(rules)}" if rules else "never critical"
 
 
 def _daily(p: KeyProgress, bands: Any) -> Part:
@@ -294,8 +325,13 @@ def _daily(p: KeyProgress, bands: Any) -> Part:
     settle = int(bands.settlement_s * NS)
     first = (p.first_priced_ts - settle) // DAY_NS * DAY_NS + DAY_NS + settle
     needs = f"a settlement price (at {utc(settle)[11:16]} UTC) before the move"
-    fires = (f"a day's first move past {', '.join(f'{x:g}' for x in bands.daily_limits_bps)} "
-             "bps of the previous settlement, critical")
+    rules = bands.critical_rules
+    severity = ", ".join(
+        [*(["critical the first time a day at each (limit)"] if "limit" in rules else []),
+         *([f"critical with the day's range {bands.slide_z:g} typical ones deep (slide)"]
+           if "slide" in rules else [])]) or "a warning"
+    fires = (f"a move past {', '.join(f'{x:g}' for x in bands.daily_limits_bps)} bps of the "
+             f"previous settlement: {severity}")
     if first <= p.last_ts:
         return Part(PARTS[3], first, needs, fires=fires)
     return Part(PARTS[3], None, needs, f"no settlement time in the data up to "

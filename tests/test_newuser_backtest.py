@@ -127,6 +127,9 @@ def test_explain_says_what_could_fire_at_the_crash_and_what_could_not(
     assert "the largest 1 min move in the data" in out
     fire = out[out.index("could fire here:"):out.index("could not:")]
     assert "move bands, static levels" in fire and "past its 300 bps" in fire
+    # what makes a band reading critical is the key's critical rules, said as they are
+    assert "critical until the key's typical moves are learned (static)" in fire
+    assert "3 typical day ranges (fast_fall)" in fire and "(slide)" in fire
     cannot = out[out.index("could not:"):]
     assert "learned detector" in cannot and "needs 400 vectors over 5 min" in cannot
     assert "price_move open" in out and "(critical)" in out

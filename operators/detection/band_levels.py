@@ -135,8 +135,8 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """Settings of the move bands (``detector.bands``).
 
     ``horizons_s`` are the look-backs; ``floor_bps`` and ``cap_bps`` give, per
-    horizon, the narrowest band and the static level past which a move is
-    critical whatever the learned volatility. ``drawdown_s`` is the window of
+    horizon, the narrowest band and the widest, the static level (critical under the
+    ``static`` rule). ``drawdown_s`` is the window of
     the rolling high and low (its band is the largest horizon's).
     ``deescalate_quiet_s``: a critical episode whose moves since its trip have
     been quiet this long de-escalates even before ``close_quiet_points`` quiet
@@ -162,11 +162,13 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # the look-backs a move is measured over, in seconds (one floor_bps, cap_bps and band_k each)
     horizons_s: Levels = DEFAULT_HORIZONS_S
     floor_bps: Levels = (50.0, 80.0, 120.0, 200.0, 300.0, 500.0)
-    # the static level of each horizon, in bps of log price: a move past it is critical,
-    # whatever the learned band says
+    # the static level of each horizon, in bps of log price: the widest its band gets; a
+    # move past it is critical under the static rule (by default only before the key's
+    # typical moves are learned)
     cap_bps: Levels = (300.0, 500.0, 700.0, 700.0, 700.0, 700.0)
     drawdown_s: PositiveFinite = 86_400.0
-    # tiers of the daily price limits from the previous settlement: critical once a day each
+    # tiers of the daily price limits from the previous settlement: the slide rule judges a
+    # price past one; under the limit rule each tier is critical once a day
     daily_limits_bps: tuple[DailyLimit, ...] = (500.0, 1000.0, 1500.0, 2000.0)
     settlement_s: TimeOfDay = 0.0  # the settlement price: the last at this time after 00:00 UTC
     band_k: Levels = (7.0, 6.0, 5.5, 5.0, 4.0, 3.0)
