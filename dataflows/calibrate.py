@@ -55,10 +55,9 @@ DAY_NS = 86_400 * NS
 DEFAULT_GRID: dict[str, list[Any]] = {
     # the learned detector's alarm rate
     "detector.target_alarm_rate": [0.0005, 0.001, 0.005],
-    # the move bands, which decide most critical signals on real market data: how wide
-    # a volatility-scaled band is, and how far past it a move is critical
-    "detector.bands.band_scale": [1.0, 1.4],
-    "detector.bands.critical_ratio": [1.25, 1.6],
+    # the move bands, which make most alarms on real market data: how wide a
+    # volatility-scaled band is (the rules that make an alarm critical move no alarm count)
+    "detector.bands.band_scale": [1.0, 1.4, 2.0],
     "playbook.escalation_scale": [1.0, 0.5],
 }
 _LIMIT_NS = uuid.UUID("0c4bd7f6-7f0a-4d55-b8d3-5f2b3f1e9a21")
