@@ -38,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from riskguard.operators.signing.commands import decode_command
 from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, VerifyKey, decode_envelope
 from riskguard.schemas import Action, MitigationCommand
+from riskguard.schemas.action_params import HELD_ACTIONS
 from riskguard.schemas.json_limits import check_json_depth
 
 from riskguard.errors import RiskguardError
@@ -212,7 +213,7 @@ def render_text(s: dict[str, Any], width: int = 30) -> str:
     ep = s["episodes_open"]
     lines.append(f"episodes    {_num(ep['total'])} open  " + "  ".join(
         f"{k}={_num(v)}" for k, v in ep["by_class"].items()))
-    cmds = s["commands"]  # issued since start, lifted and expired ones included
+    cmds = s["commands"]  # issued since start, lifted ones included
     lines.append(f"commands    {_num(cmds['total'])} issued  " + "  ".join(
         f"{k}={_num(v)}" for k, v in cmds["by_action"].items()))
     acks = s["acks"]
@@ -240,12 +241,13 @@ def split_mitigations(commands: Iterable[MitigationCommand], now_ns: int,
                       max_history: int = 100) -> dict[str, list[dict[str, Any]]]:
     """Mitigations in force at ``now_ns`` (``active``) apart from every command (``history``).
 
-    A command is in force when issued by ``now_ns``, not expired, and not lifted by
-    a later ``resume`` on the same scope that lists its action (or lists none:
-    then it lifts every action there). ``active`` has one entry per action and
-    scope (the one that expires last); ``history`` lists every command issued,
-    newest first, each with its ``state``: ``active``, ``expired``, ``lifted``,
-    ``resume`` or ``alert``.
+    A held action (:data:`~riskguard.schemas.action_params.HELD_ACTIONS`) is in force from
+    its issue until a later ``resume`` on the same scope lists its action (or lists none:
+    then it lifts every action there), as an executor holds it: its ``expires_at`` only
+    bounds when an executor may still accept it. Every other action is a one-off act.
+    ``active`` has one entry per action and scope (the latest issued); ``history`` lists
+    every command issued, newest first, each with its ``state``: ``active``, ``lifted``,
+    ``act``, ``resume`` or ``alert``.
 
     >>> from riskguard.schemas import Audience, Scope, ScopeKind
     >>> aud, okx = Audience(env="dev", topic="t"), Scope(kind=ScopeKind.VENUE, value="okx")
@@ -253,11 +255,12 @@ def split_mitigations(commands: Iterable[MitigationCommand], now_ns: int,
     ...     return MitigationCommand(command_id=f"c{i}", issuer="e", issued_at=t,
     ...         expires_at=t + 100, audience=aud, action=a, scope=okx, params=p, reason="r")
     >>> m = split_mitigations([c(1, Action.HALT_TRADING, 0), c(2, Action.WIDEN_QUOTES, 10),
-    ...                        c(3, Action.RESUME, 20, actions=["halt_trading"])], now_ns=30)
+    ...                        c(3, Action.RESUME, 20, actions=["halt_trading"]),
+    ...                        c(4, Action.CANCEL_ALL, 25)], now_ns=500)
     >>> [(x["action"], x["scope"]) for x in m["active"]]
     [('widen_quotes', 'venue:okx')]
     >>> [(x["command_id"], x["state"]) for x in m["history"]]
-    [('c3', 'resume'), ('c2', 'active'), ('c1', 'lifted')]
+    [('c4', 'act'), ('c3', 'resume'), ('c2', 'active'), ('c1', 'lifted')]
     """
     issued = sorted((c for c in commands if c.issued_at <= now_ns),
                     key=lambda c: (c.issued_at, c.seq, c.command_id))
@@ -282,15 +285,12 @@ def split_mitigations(commands: Iterable[MitigationCommand], now_ns: int,
             in_force[label] = keep
         elif c.action is Action.ALERT:
             row["state"] = "alert"
-        else:
-            row["state"] = "active" if c.expires_at > now_ns else "expired"
+        elif c.action.value in HELD_ACTIONS:
+            row["state"] = "active"
             in_force.setdefault(label, []).append(row)
-    best: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in rows:
-        if r["state"] == "active":
-            k = (r["action"], r["scope"])
-            if k not in best or r["expires_at"] >= best[k]["expires_at"]:
-                best[k] = r
+        else:
+            row["state"] = "act"
+    best = {(r["action"], r["scope"]): r for r in rows if r["state"] == "active"}
     active = sorted(best.values(), key=lambda r: (r["scope"], r["action"]))
     return {"active": active, "history": rows[::-1][:max_history]}
 
@@ -301,17 +301,23 @@ MAX_LINE = 1 << 20
 """A line of the commands file longer than this is no envelope, and is skipped."""
 
 
-def _pruned(commands: list[MitigationCommand], now_ns: int) -> list[MitigationCommand]:
-    """The newest :data:`MAX_COMMANDS`, and of the older ones those that can still change
-    what is in force: a command not yet expired, and a resume of a scope one of those
-    holds (dropped, the mitigation it lifted would show in force again)."""
+def _pruned(commands: list[MitigationCommand]) -> list[MitigationCommand]:
+    """The newest :data:`MAX_COMMANDS`, and of the older ones those still in force: the
+    last held command of each action and scope, where no newer one of them and no resume
+    lifting it came since (bounded by the scopes and held actions the guard uses)."""
     old, recent = commands[:-MAX_COMMANDS], commands[-MAX_COMMANDS:]
-    live = [c for c in old if c.expires_at > now_ns and c.action is not Action.RESUME]
-    held = {c.scope.label() for c in live}
-    first = min((c.issued_at for c in live), default=None)
-    return [c for c in old if c.expires_at > now_ns or (
-        c.action is Action.RESUME and first is not None and c.issued_at >= first
-        and c.scope.label() in held)] + recent
+    holding: dict[tuple[str, str], MitigationCommand] = {}
+    for c in commands:  # a newer command of the same action and scope supersedes it
+        label = c.scope.label()
+        if c.action is Action.RESUME:
+            lifted = c.params.get("actions")
+            names = set(lifted) if isinstance(lifted, list) else None
+            for key in [k for k in holding if k[0] == label and (names is None or k[1] in names)]:
+                del holding[key]
+        elif c.action.value in HELD_ACTIONS:
+            holding[(label, c.action.value)] = c
+    kept = {id(c) for c in holding.values()}
+    return [c for c in old if id(c) in kept] + recent
 
 
 def commands_from_file(path: str, key: VerifyKey) -> Callable[[], list[MitigationCommand]]:
@@ -366,7 +372,7 @@ def commands_from_file(path: str, key: VerifyKey) -> Callable[[], list[Mitigatio
             partial, where["skipping"] = b"", True
         where["partial"] = partial
         if len(kept) > 2 * MAX_COMMANDS:
-            kept[:] = _pruned(kept, time.time_ns())
+            kept[:] = _pruned(kept)
         return list(kept)
 
     return read
@@ -483,14 +489,14 @@ function render(s){
   const when=ts=>new Date(ts*1000).toISOString().replace("T"," ").slice(0,19);
   if(s.mitigations===null||s.mitigations===undefined){
     m.appendChild(el("li", {"class":"unknown"}, "not known: no command source "
-      +"(the counts below are every command issued, lifted and expired ones included)"));
+      +"(the counts below are every command issued, lifted ones included)"));
     hi.appendChild(el("li", {"class":"unknown"}, "not known: no command source"));
   }else{
     if(!s.mitigations.active.length){m.appendChild(el("li", {"class":"none"}, "none"));}
     for(const x of s.mitigations.active){
       m.appendChild(el("li", {"data-action":x.action, "data-scope":x.scope,
-        "data-command-id":x.command_id}, x.action+" on "+x.scope+" until "+when(x.expires_at)
-        +" UTC: "+x.reason));}
+        "data-command-id":x.command_id}, x.action+" on "+x.scope+" since "+when(x.issued_at)
+        +" UTC, until a resume: "+x.reason));}
     for(const x of s.mitigations.history){
       hi.appendChild(el("li", {"data-action":x.action, "data-scope":x.scope,
         "data-command-id":x.command_id, "data-state":x.state}, when(x.issued_at)+"  "

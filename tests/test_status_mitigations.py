@@ -62,15 +62,21 @@ def test_command_file_source_counts_only_commands_verified_under_the_key(tmp_pat
     assert commands_from_file(str(tmp_path / "none.jsonl"), issuer.public_key)() == []
 
 
-def test_expiry_and_reissue_one_active_entry_per_action_and_scope() -> None:
-    """A re-issued widen shows once (the later expiry); an expired command is history."""
+def test_a_held_mitigation_stays_in_force_past_its_expiry_until_a_resume() -> None:
+    """A command's expires_at bounds when an executor may accept it; an executor holds a
+    held action until a resume lifts it, and so does the page. A re-issued widen shows
+    once (the latest); a one-off act (cancel_all) is never in force."""
     a, b = _cmd(1, Action.WIDEN_QUOTES, T0), _cmd(2, Action.WIDEN_QUOTES, T0 + 60 * S)
-    m = split_mitigations([a, b], T0 + 120 * S)
+    cancel = _cmd(3, Action.CANCEL_ALL, T0 + 61 * S)
+    m = split_mitigations([a, b, cancel], T0 + 120 * S)
     assert [x["command_id"] for x in m["active"]] == [b.command_id]
-    m = split_mitigations([a, b], T0 + 3630 * S)  # a expired, b still in force
+    m = split_mitigations([a, b, cancel], T0 + 10 * 3600 * S)  # long past both expiries
     assert [x["command_id"] for x in m["active"]] == [b.command_id]
-    assert [x["state"] for x in m["history"]] == ["active", "expired"]
-    assert split_mitigations([a, b], T0 + 4000 * S)["active"] == []
+    assert [x["state"] for x in m["history"]] == ["act", "active", "active"]
+    resume = _cmd(4, Action.RESUME, T0 + 11 * 3600 * S, actions=["widen_quotes"])
+    m = split_mitigations([a, b, cancel, resume], T0 + 12 * 3600 * S)
+    assert m["active"] == [] and [x["state"] for x in m["history"]] == [
+        "resume", "act", "lifted", "lifted"]
 
 
 def test_cli_status_commands_needs_a_verify_key(tmp_path: Path, capsys) -> None:
@@ -105,11 +111,10 @@ def test_the_command_file_is_read_as_it_grows(tmp_path: Path, monkeypatch: Any) 
     assert [c.seq for c in source()] == [6]
 
 
-def test_pruning_keeps_the_resume_of_a_mitigation_still_in_its_lifetime(
+def test_pruning_drops_a_mitigation_lifted_with_its_resume(
         tmp_path: Path, monkeypatch: Any) -> None:
-    """A halt with an hour to live, lifted by a resume that has expired since, then many
-    newer commands: pruned past MAX_COMMANDS, the resume stays, so the halt does not show
-    in force again."""
+    """A halt lifted by a resume, then many newer commands: pruned past MAX_COMMANDS, both
+    go, and the halt does not show in force again."""
     import time
 
     from riskguard.connectors import status
@@ -125,5 +130,25 @@ def test_pruning_keeps_the_resume_of_a_mitigation_still_in_its_lifetime(
     f = tmp_path / "commands.jsonl"
     f.write_bytes(b"\n".join(_line(c, issuer) for c in [halt, resume, *alerts]) + b"\n")
     kept = commands_from_file(str(f), issuer.public_key)()
-    assert len(kept) < 13 and resume in kept
+    assert len(kept) < 13 and halt not in kept  # lifted: neither it nor its resume is kept
     assert split_mitigations(kept, now)["active"] == []
+
+
+def test_pruning_keeps_a_mitigation_still_in_force_however_old(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """A reduce_only long past its expiry, never lifted, and many newer commands: pruned
+    past MAX_COMMANDS, it stays, and the page still shows it in force."""
+    import time
+
+    from riskguard.connectors import status
+
+    monkeypatch.setattr(status, "MAX_COMMANDS", 5)
+    issuer = generate_key_file(tmp_path / "issuer.pem")
+    now = time.time_ns()
+    held = _cmd(1, Action.REDUCE_ONLY, now - 7200 * S)
+    alerts = [_cmd(n, Action.ALERT, now - 60 * S) for n in range(2, 14)]
+    f = tmp_path / "commands.jsonl"
+    f.write_bytes(b"\n".join(_line(c, issuer) for c in [held, *alerts]) + b"\n")
+    kept = commands_from_file(str(f), issuer.public_key)()
+    assert len(kept) < 13 and held in kept
+    assert [x["command_id"] for x in split_mitigations(kept, now)["active"]] == [held.command_id]
