@@ -306,6 +306,43 @@ def test_a_nan_measure_is_unvalued_never_compared_as_a_number() -> None:
     assert (u.effective_limit, u.utilization, u.inputs["vol_known"]) == (100.0, 1.5, 0.0)
 
 
+def test_a_breach_is_never_cleared_by_what_cannot_be_counted() -> None:
+    """Breached at 150, then the gross becomes no number (an overflow), or a position
+    loses its mark so only a part is counted: inside the grace the level holds, it does
+    not fall to ok on an amount that is not the exposure; valued again inside the limit,
+    it clears."""
+    for unknown in ({"gross": math.inf}, {"gross": 20.0, **UNVALUED}):
+        logic = LimitsLogic(gross_limit(), clock=lambda: 0)
+        assert gross_levels(drive(logic, [exposure(0, 150.0)])) == [(0, "breach")]
+        outs = drive(logic, [exposure(S, **unknown)])
+        assert gross_levels(outs) == [] and len(alerts(outs)) == 1
+        assert gross_levels(drive(logic, [exposure(2 * S, 20.0)])) == [(2 * S, "ok")]
+
+
+def test_a_nan_among_the_deltas_makes_the_delta_limit_unvalued() -> None:
+    """max() passes over a NaN that is not first: the largest delta is still no amount."""
+    from riskguard.operators.exposure.limits import _max_abs
+
+    assert math.isnan(_max_abs({"ETH": 5.0, "BTC": math.nan}))
+    assert math.isnan(_max_abs({"BTC": math.nan, "ETH": 5.0}))
+
+
+def test_one_counterparty_s_basis_that_is_no_number_leaves_no_share_known() -> None:
+    """Concentration is a share of the firm's total: one basis that is no number makes
+    every share unknown (NaN: unvalued for a limit), never a finite 0.0 read as within."""
+    from riskguard.operators.exposure.rollup import FirmLogic
+
+    firm = FirmLogic(ExposureConfig(concentration_basis="gross_notional"))
+    out = firm.on_event(exposure(S, 600.0, "a", seq=1)) + firm.on_event(
+        exposure(S, 400.0, "b", seq=1))
+    assert [e.concentration for e in out if e.counterparty == "a"][-1] == 0.6
+    out = firm.on_event(exposure(2 * S, math.inf, "b", seq=2))
+    shares = {e.counterparty: e.concentration for e in out}
+    assert math.isnan(shares["a"]) and math.isnan(shares["b"]) and math.isnan(shares["*"])
+    out = firm.on_event(exposure(3 * S, 400.0, "b", seq=3))
+    assert {e.counterparty: e.concentration for e in out}["a"] == 0.6
+
+
 def test_valued_again_inside_the_limit_clears_and_a_new_episode_alerts_again() -> None:
     """Breached by grace, then valued inside the limit: an ok breach record; unvalued
     again later: a new alert and a new grace period."""

@@ -217,12 +217,16 @@ class _Pass:
         return moved
 
 
-def _next_level(tr: _Track, u: float, old: LimitLevel, spec: LimitSpec
+def _next_level(tr: _Track, u: float, old: LimitLevel, spec: LimitSpec, bad: bool = False
                 ) -> tuple[LimitLevel, float]:
-    """The level (and utilization) a limit moves to from ``old``: unvalued past its
-    grace is breached at 100% at least (a playbook rule's min_utilization then acts on
-    it like any breach), and a manual-reset limit stays breached once breached."""
+    """The level (and utilization) a limit moves to from ``old``: a reading that cannot
+    count all it measures (``bad``: unvalued, or not a number) never lowers the level,
+    unvalued past its grace is breached at 100% at least (a playbook rule's
+    min_utilization then acts on it like any breach), and a manual-reset limit stays
+    breached once breached."""
     new = level_of(u, old, spec)
+    if bad and LEVEL_ORDER[new] < LEVEL_ORDER[old]:
+        new = old
     if tr.unvalued_overdue:
         u = max(u, 1.0)
         if LEVEL_ORDER[new] < LEVEL_ORDER[LimitLevel.BREACH]:
@@ -265,12 +269,20 @@ Measure = Callable[[Exposure], float]
 def _max_abs(d: dict[str, float]) -> float:
     """The largest magnitude among ``d``'s values (0.0 when empty), without a call per value.
 
+    A NaN anywhere makes it NaN (max() would pass over one not first): no amount.
+
     >>> _max_abs({"BTC": -3.0, "ETH": 2.0}), _max_abs({}), _max_abs({"BTC": -0.0})
     (3.0, 0.0, 0.0)
+    >>> _max_abs({"ETH": 5.0, "BTC": float("nan")})
+    nan
     """
     if not d:
         return 0.0
-    top, low = max(d.values()), -min(d.values())
+    values = d.values()
+    total = sum(values)  # NaN if any is, whatever max() and min() pass over
+    if not math.isfinite(total):
+        return math.nan if any(map(math.isnan, values)) else max(map(abs, values)) + 0.0
+    top, low = max(values), -min(values)
     return (top if top >= low else low) + 0.0  # + 0.0: never -0.0
 
 
@@ -542,7 +554,7 @@ class LimitsLogic:
                     continue
                 new = ok
             else:
-                new, u = _next_level(tr, u, old, spec)
+                new, u = _next_level(tr, u, old, spec, bad)
             said = first or moved or force_path == tkey
             self._emit(p, row, tr, _Reading(x, eff, u, old, new, said, bad,
                                              len(names) + (not finite), inputs))

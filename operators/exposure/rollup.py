@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -496,8 +497,12 @@ class FirmLogic:
         unv_inst = set(chain.from_iterable(map(attrgetter("unvalued_instruments"), exps)))
         unv_coll = set(chain.from_iterable(map(attrgetter("unvalued_collateral"), exps)))
         evidence = [rid for cp in updated for rid in st.latest[cp].evidence_ids]
-        shares = self._basis_v / total if total > 0 else np.zeros(len(exps))
+        if not math.isfinite(total):  # one basis is no amount: no share is known
+            shares = np.full(len(exps), math.nan)
+        else:
+            shares = self._basis_v / total if total > 0 else np.zeros(len(exps))
         emit = np.abs(shares - self._shares) > self.config.concentration_epsilon
+        emit |= np.isnan(shares) != np.isnan(self._shares)  # becoming unknown, or known
         at = self._at
         emit[[at[cp] for cp in updated]] = True
         out: list[Exposure] = []
@@ -515,13 +520,23 @@ class FirmLogic:
             counterparty="*", ts=ts, gross_notional=gross, net_notional=net,
             delta_by_underlying=delta, notional_by_asset=by_asset, collateral=coll,
             unrealized_pnl=upnl, open_order_notional=orders,
-            concentration=max(st.shares.values(), default=0.0), stale=bool(stale),
+            concentration=_largest(st.shares.values()), stale=bool(stale),
             stale_instruments=sorted(stale), evidence_ids=evidence[-self.config.max_evidence:],
             seq=st.seq, vol_by_underlying=firm_vols, unvalued_instruments=sorted(unv_inst),
             unvalued_collateral=sorted(unv_coll),
         )
         out.append(st.firm)
         return out
+
+
+def _largest(shares: Iterable[float]) -> float:
+    """The largest share, NaN if any is (max() would pass over one), 0.0 for none.
+
+    >>> _largest([0.2, float("nan"), 0.5]), _largest([0.2, 0.5]), _largest([])
+    (nan, 0.5, 0.0)
+    """
+    values = list(shares)
+    return math.nan if any(map(math.isnan, values)) else max(values, default=0.0)
 
 
 def _newest_vols(exps: list[Exposure]) -> dict[str, float]:
