@@ -138,6 +138,20 @@ def test_manual_reset_latch_holds_breach_until_signed_reset() -> None:
     assert [o.level.value for o in outs if isinstance(o, LimitBreach)] == ["ok"]
 
 
+def test_turning_manual_reset_off_does_not_lift_a_latch_already_set() -> None:
+    """An update that only sets manual_reset = false leaves the latched breach as it is
+    (its audit says no latch was reset); the limit stays breached until reset_latch."""
+    logic = LimitsLogic(cfg(manual_reset=True))
+    drive(logic, [exp(0, 150.0), exp(100, 10.0)])
+    outs = drive(logic, [update(manual_reset=False)])
+    (accepted,) = [o for o in outs if isinstance(o, RiskAlert)]
+    assert accepted.details["latch_reset"] == "False"
+    assert levels(drive(logic, [exp(200, 10.0)])) in ([], ["breach"])
+    assert not [o for o in drive(logic, [exp(300, 10.0)]) if isinstance(o, LimitBreach)]
+    outs = drive(logic, [update(update_id="u2", reset_latch=True)])
+    assert [o.level.value for o in outs if isinstance(o, LimitBreach)] == ["ok"]
+
+
 def test_accepted_update_changes_limit_and_audits_old_and_new_values() -> None:
     """Limit 100 -> 200 is audited with both values and used from then on."""
     logic = LimitsLogic(cfg())

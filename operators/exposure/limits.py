@@ -223,7 +223,8 @@ def _next_level(tr: _Track, u: float, old: LimitLevel, spec: LimitSpec, bad: boo
     count all it measures (``bad``: unvalued, or not a number) never lowers the level,
     unvalued past its grace is breached at 100% at least (a playbook rule's
     min_utilization then acts on it like any breach), and a manual-reset limit stays
-    breached once breached."""
+    breached once breached, until a ``reset_latch`` update (an update turning
+    ``manual_reset`` off does not lift a latch already set)."""
     new = level_of(u, old, spec)
     if bad and LEVEL_ORDER[new] < LEVEL_ORDER[old]:
         new = old
@@ -234,9 +235,7 @@ def _next_level(tr: _Track, u: float, old: LimitLevel, spec: LimitSpec, bad: boo
     if spec.manual_reset and LEVEL_ORDER[new] >= LEVEL_ORDER[LimitLevel.BREACH]:
         tr.latched = True
     if tr.latched and LEVEL_ORDER[new] < LEVEL_ORDER[LimitLevel.BREACH]:
-        new = LimitLevel.BREACH
-    if not spec.manual_reset:
-        tr.latched = False
+        new = LimitLevel.BREACH  # only a signed reset_latch lifts a latch, whatever the spec
     return new, u
 
 
