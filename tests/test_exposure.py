@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from riskguard.operators.core.clock import ManualClock, Tick
 from riskguard.operators.core.snapshot import decode_snapshot, encode_snapshot
 from riskguard.operators.exposure import (
+    STATE_VERSION,
     CounterpartyState,
     ExposureConfig,
     FirmLogic,
@@ -211,6 +212,42 @@ def test_fills_at_or_before_a_snapshot_are_not_counted_twice() -> None:
                                instrument="BTC-PERP", qty=-1.0, ts=1_001 * S))
     pipe.feed(fill("late", "okx", "BTC-PERP", "sell", 1.0, 61_000.0, 1_000 * S + 100))
     assert pipe.latest()["okx"].notional_by_instrument["BTC-PERP"] == pytest.approx(-60_000.0)
+
+
+def _btc_position(items: list[object]) -> float:
+    pipe = LocalPipeline(worked_config())
+    pipe.feed_all([idx("m", "BTC-PERP", S, 60_000.0), *items])
+    return pipe.latest()["okx"].notional_by_instrument["BTC-PERP"]
+
+
+def _snap(i: str, qty: float, ts: int) -> PositionSnapshot:
+    return PositionSnapshot(id=i, venue="okx", counterparty="okx", instrument="BTC-PERP",
+                            qty=qty, ts=ts)
+
+
+def test_a_snapshot_arriving_after_newer_fills_keeps_them_whatever_the_order() -> None:
+    """Positions and fills come on different topics, so a snapshot as of 100 s may arrive
+    after a fill at 200 s: the position is the snapshot with that fill on top, as if they
+    had come in time order; an older snapshot never replaces a newer one."""
+    buy = fill("f200", "okx", "BTC-PERP", "buy", 1.0, 60_000.0, 200 * S)
+    in_order = _btc_position([_snap("s100", 0.0, 100 * S), buy])
+    assert in_order == pytest.approx(60_000.0)
+    assert _btc_position([buy, _snap("s100", 0.0, 100 * S)]) == in_order
+    assert _btc_position([_snap("s200", 2.0, 200 * S), _snap("s100", 0.0, 100 * S)]) == \
+        pytest.approx(120_000.0)
+
+
+def test_a_late_snapshot_still_finds_a_missed_fill() -> None:
+    """A snapshot of +2 as of 100 s, arriving after our fill of +1 at 200 s when fills
+    alone had +1: the venue had a fill we missed; the break is raised and the snapshot's
+    position, with the later fill on it, is adopted."""
+    pipe = LocalPipeline(worked_config())
+    pipe.feed_all([idx("m", "BTC-PERP", S, 60_000.0),
+                   fill("f200", "okx", "BTC-PERP", "buy", 1.0, 60_000.0, 200 * S)])
+    out = pipe.feed(_snap("s100", 2.0, 100 * S))
+    (brk,) = out.alerts
+    assert brk.kind == "reconciliation_break" and brk.details["fills_after_snapshot"] == 1.0
+    assert pipe.latest()["okx"].notional_by_instrument["BTC-PERP"] == pytest.approx(180_000.0)
 
 
 def test_unknown_instrument_is_a_dead_letter_not_a_zero() -> None:
@@ -476,7 +513,8 @@ def test_a_snapshot_of_another_version_is_refused_by_name() -> None:
     state and both versions, instead of patching the fields it lacks."""
     for old, name in ((ShardState(version=2), "riskguard.exposure.shard"),
                       (CounterpartyState(version=2), "riskguard.exposure.counterparty")):
-        with pytest.raises(SnapshotError, match="version 4 only; got version 2") as err:
+        with pytest.raises(SnapshotError, match=f"version {STATE_VERSION} only; got version 2"
+                           ) as err:
             decode_snapshot(encode_snapshot(old))
         assert err.value.name == name
 

@@ -29,7 +29,7 @@ from riskguard.validation import (
     check_declared,
 )
 
-STATE_VERSION = 4
+STATE_VERSION = 5
 """The version of the exposure states a snapshot holds; a snapshot of another is
 refused."""
 

@@ -104,6 +104,12 @@ class ShardState:
     seen: list[dict[str, None]] = field(default_factory=list)
     alerted: dict[str, dict[str, str]] = field(default_factory=dict)
     evidence: dict[tuple[int, int], list[str]] = field(default_factory=dict)
+    # per position, the fills applied after its snapshot, (ts, signed qty, price) oldest
+    # first, at most MAX_FILLS_SINCE: what a snapshot arriving after them is rebased on;
+    # and, where the log was cut, the time of the newest fill dropped from it
+    fills_since: dict[tuple[int, int], list[tuple[int, float, float]]] = field(
+        default_factory=dict)
+    fills_cut: dict[tuple[int, int], int] = field(default_factory=dict)
     fx: dict[str, tuple[float, int]] = field(default_factory=dict)
     balances: dict[str, dict[str, tuple[float, int]]] = field(default_factory=dict)
     asset_ts: dict[str, int] = field(default_factory=dict)
@@ -126,6 +132,10 @@ class ShardState:
     forced: int = 0  # live: held items applied after max_hold_ns, the watermark behind
     peg_level: dict[str, str] = field(default_factory=dict)  # asset -> "warn" | "breach"
 
+
+MAX_FILLS_SINCE = 256
+"""Fills kept per position since its snapshot; a snapshot older than the oldest kept is
+not adopted (it cannot be rebased on what was dropped)."""
 
 # the per-instrument columns: dtype, and the value of an instrument not marked yet
 COLUMNS: dict[str, tuple[Any, Any]] = {
@@ -163,6 +173,8 @@ def widen(st: ShardState, insts: list[str]) -> None:
         seen[j] = ids
     st.seen = seen
     st.evidence = {(i, moved[j]): ids for (i, j), ids in st.evidence.items()}
+    st.fills_since = {(i, moved[j]): log for (i, j), log in st.fills_since.items()}
+    st.fills_cut = {(i, moved[j]): ts for (i, j), ts in st.fills_cut.items()}
     if st.pending is not None:
         st.pending.changed = {moved[j]: rid for j, rid in st.pending.changed.items()}
         st.pending.touched_cols = {moved[j]: v for j, v in st.pending.touched_cols.items()}

@@ -29,6 +29,7 @@ from riskguard.operators.exposure.routing import PROGRESS_KEY, Item, ShardPlace
 from riskguard.operators.exposure.shard_state import (
     COLUMNS,
     GRIDS,
+    MAX_FILLS_SINCE,
     OWN_ITEM_ROLES,
     Pending,
     ShardState,
@@ -121,6 +122,8 @@ class ShardLogic(ShardValuation):
             snap_ts=st.snap_ts.copy(), seen=[d.copy() for d in st.seen],
             alerted={k: v.copy() for k, v in st.alerted.items()},
             evidence={k: v.copy() for k, v in st.evidence.items()}, fx=st.fx.copy(),
+            fills_since={k: v.copy() for k, v in st.fills_since.items()},
+            fills_cut=st.fills_cut.copy(),
             balances={k: v.copy() for k, v in st.balances.items()},
             asset_ts=st.asset_ts.copy(), seq=st.seq,
             pending=None if st.pending is None else st.pending.copy(), tick_ts=st.tick_ts,
@@ -527,6 +530,7 @@ class ShardLogic(ShardValuation):
         if role == "fill":
             if ts > st.snap_ts.item(i, j):  # else already in the authoritative snapshot
                 self._fill(ev, i, j)
+                self._log_fill(ev, i, j)
         elif role == "snap":
             out.extend(self._on_snapshot(ev, i, j))
         else:  # orders
@@ -568,6 +572,15 @@ class ShardLogic(ShardValuation):
         # position's average is never read)
         st.avg[i, j] = (0.0 if q == 0.0 else math.nan) if new_avg is None else new_avg
 
+    def _log_fill(self, ev: Any, i: int, j: int) -> None:
+        """Keep the fill for a snapshot older than it that may still arrive."""
+        st = self.state
+        log = st.fills_since.setdefault((i, j), [])
+        log.append((ev.ts, ev.qty if ev.side == "buy" else -ev.qty, ev.price))
+        if len(log) > MAX_FILLS_SINCE:
+            dropped = log.pop(0)
+            st.fills_cut[(i, j)] = max(st.fills_cut.get((i, j), -1), dropped[0])
+
     def _peg_check(self, asset: str, price: float, ev: Any) -> list[RiskAlert]:
         """A ``depeg`` alert when ``asset``'s rate leaves its peg, ``peg_restored`` when it
         is back; raised by the asset's own shard only. The levels are the limits' own
@@ -602,34 +615,54 @@ class ShardLogic(ShardValuation):
         )]
 
     def _on_snapshot(self, ev: PositionSnapshot, i: int, j: int) -> list[Any]:
+        """A venue's position as of ``ev.ts``: adopted with the fills applied after that
+        time on top (in whatever order the two arrived), so a snapshot that comes after
+        newer fills loses none of them. One older than the snapshot adopted, or than the
+        fills the log still holds, is evidence only. A difference from what the fills
+        made of it beyond the tolerance is a ``reconciliation_break``."""
         st = self.state
-        ev_buf = st.evidence.setdefault((i, j), [])
+        cell = (i, j)
+        ev_buf = st.evidence.setdefault(cell, [])
         evidence_add(ev_buf, ev.id, self.config.max_evidence)
+        if ev.ts < st.snap_ts.item(i, j) or ev.ts < st.fills_cut.get(cell, -1):
+            return []
+        later = [f for f in st.fills_since.get(cell, ()) if f[0] > ev.ts]
+        qty, avg = float(st.qty[i, j]), float(st.avg[i, j])
+        # the snapshot's position, then each later fill on it
+        base_avg = (ev.avg_price if ev.avg_price is not None
+                    else avg if not (math.isnan(avg) or qty == 0.0 or (qty > 0) != (ev.qty > 0))
+                    else float(st.mark[j]))
+        q, a = ev.qty, base_avg
+        for _ts, signed, price in later:
+            q, new_avg = apply_fill(q, None if q == 0.0 or math.isnan(a) else a, signed, price)
+            a = (0.0 if q == 0.0 else math.nan) if new_avg is None else new_avg
         out: list[Any] = []
-        qty = float(st.qty[i, j])
-        diff = ev.qty - qty
+        diff = q - qty
         cfg = self.config
-        tol = cfg.recon_abs_tol + cfg.recon_rel_tol * max(abs(ev.qty), abs(qty))
+        tol = cfg.recon_abs_tol + cfg.recon_rel_tol * max(abs(q), abs(qty))
         if abs(diff) > tol:
+            since = f" and the {len(later)} fill(s) after it" if later else ""
             out.append(RiskAlert(
                 id=alert_id("reconciliation_break", ev.counterparty, ev.instrument, ev.id),
                 kind="reconciliation_break",
                 scope=Scope(kind=ScopeKind.INSTRUMENT, value=ev.instrument, venue=ev.venue),
                 ts=ev.ts, severity=Severity.WARN,
-                reason=(f"position snapshot {ev.qty} of {ev.instrument} at {ev.counterparty} "
-                        f"differs from fills {qty} by {diff}; adopted the snapshot"),
+                reason=(f"position snapshot {ev.qty} of {ev.instrument} at {ev.counterparty}"
+                        f"{since} make {q}; the fills made {qty}, {diff} apart; adopted the "
+                        "snapshot"),
                 details={"counterparty": ev.counterparty, "snapshot_qty": ev.qty,
-                         "fills_qty": qty, "diff": diff, "tolerance": tol},
+                         "fills_qty": qty, "diff": diff, "tolerance": tol,
+                         "fills_after_snapshot": float(len(later))},
                 evidence_ids=[ev.id, *ev_buf[-4:]][: cfg.max_evidence],
             ))
-        avg = float(st.avg[i, j])
-        if ev.avg_price is not None:
-            st.avg[i, j] = ev.avg_price
-        elif math.isnan(avg) or qty == 0.0 or (qty > 0) != (ev.qty > 0):
-            st.avg[i, j] = st.mark[j]
-        self._opened_or_closed(qty, ev.qty)
-        st.qty[i, j] = ev.qty
-        st.snap_ts[i, j] = max(int(st.snap_ts[i, j]), ev.ts)
+        self._opened_or_closed(qty, q)
+        st.qty[i, j] = q
+        st.avg[i, j] = a
+        st.snap_ts[i, j] = ev.ts
+        if later:
+            st.fills_since[cell] = later
+        else:
+            st.fills_since.pop(cell, None)
         return out
 
 
