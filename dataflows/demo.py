@@ -384,9 +384,10 @@ def subscriber_for(run: PreparedRun, state: Path, **callbacks: Any) -> CommandSu
 class _Timeline:
     """Prints signals, commands and rejections in event-time order, round by round.
 
-    A command is held until the signal it cites (by evidence hash) has been
-    read, so it prints right after its cause; one that waits too long prints
-    without a time.
+    A command is held until the signal it cites (by evidence hash) has been read, and
+    shows at the earliest event time it can have been signed: its cause's, or the command
+    before it's (commands are signed in ``seq`` order), whichever is later. One whose
+    cause does not come prints without a time.
     """
 
     def __init__(self, say: Callable[[str], Any], start_ns: int, signals: _SignalTail) -> None:
@@ -395,6 +396,7 @@ class _Timeline:
         self.signals = signals
         self.pending: list[tuple[int, int, str]] = []
         self.waiting: list[tuple[MitigationCommand, int]] = []
+        self.signed_by = 0  # the earliest time the last command shown was signed
         self.n = 0
 
     def add(self, ts: int, text: str) -> None:
@@ -405,18 +407,20 @@ class _Timeline:
         self.waiting.append((cmd, 0))
 
     def flush(self, final: bool = False) -> None:
-        still = []
-        for cmd, rounds in self.waiting:
+        for k, (cmd, rounds) in enumerate(self.waiting):
             when = self.signals.event_time.get(cmd.evidence_hash or "")
-            if when is None and rounds < 5 and not final:
-                still.append((cmd, rounds + 1))
-                continue
+            if when is None and rounds < 5 and not final:  # it and every later one wait
+                self.waiting = [(c, r + 1) for c, r in self.waiting[k:]]
+                break
             extra = f" {dict(cmd.params)}" if cmd.params else ""
+            if when is not None:
+                when = self.signed_by = max(when, self.signed_by)
             stamp = _clock_s(when, self.start_ns) if when is not None else " " * 9
             self.add(when if when is not None else 2**62,
                      f"{stamp} COMMAND {cmd.action.value:<21} {cmd.scope.label():<34} "
                      f"seq {cmd.seq:<3} verified{extra}\n          reason: {cmd.reason}")
-        self.waiting = still
+        else:
+            self.waiting = []
         for _ts, _n, text in sorted(self.pending):
             self.say(text + "\n")
         self.pending = []

@@ -118,7 +118,7 @@ def test_ladder_climbs_at_once_when_severity_worsens() -> None:
     feed(logic, [anomaly(0), Tick(ts=2 * S)])
     out = logic.on_event(anomaly(3, phase="escalate", sev=Severity.CRITICAL))
     assert acts(out) == [("reduce_only", "venue:okx")]
-    assert "worsened to critical" in out[0].reason
+    assert "min_severity critical reached" in out[0].reason
 
 
 def test_repeated_trips_start_one_rung_higher_each_time() -> None:

@@ -298,6 +298,6 @@ def rung_reason(rule: Rule, inc: Incident, index: int, elapsed_ns: int) -> str:
         return f"severity {inc.severity.value}" if gated else "opened"
     if elapsed_ns >= rung.after_s * S:
         return f"persisted {rung.after_s:g}s"
-    if _worsened(inc, rung):
-        return f"worsened to {inc.severity.value}"
+    if rung.min_severity is not None and _worsened(inc, rung):  # at open, or escalated
+        return f"min_severity {rung.min_severity.value} reached"
     return f"on the way to rung {reached + 1}"
