@@ -170,7 +170,9 @@ def _show(args: argparse.Namespace) -> int:
         except VerificationError as err:
             sys.stdout.write(f"NOT VALID: {err.reason}: {err.detail}\n")
             return 1
-        sys.stdout.write(f"valid: {len(v.signers)} authorized signer(s)\n")
+        aud = cmd.audience
+        sys.stdout.write(f"valid for env {aud.env!r}, topic {aud.topic!r} (a subscriber of "
+                         f"another refuses it): {len(v.signers)} authorized signer(s)\n")
     return 0
 
 

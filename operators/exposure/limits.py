@@ -651,13 +651,15 @@ class LimitsLogic:
                  else Scope(kind=ScopeKind.COUNTERPARTY, value=key))
         shown = ", ".join(what[:8]) + (f" and {len(what) - 8} more" if len(what) > 8 else "")
         when = "at once" if grace == 0 else f"after {grace / NS_PER_S:g}s"
+        if n_limits > 1 and max(p.graces) != grace:
+            when = f"the first {when}"
         st.unvalued_alert = str(uuid.uuid5(
             _NS, f"unvalued|{key}|{'|'.join(st.unvalued_alerted)}|{ts}"))
         return RiskAlert(
             id=st.unvalued_alert, kind="unvalued_exposure", scope=scope, ts=ts, recv_ts=recv_ts,
             severity=Severity.CRITICAL,
             reason=(f"exposure of {key!r} cannot be valued ({shown}: no mark or FX rate, "
-                    f"or not a number); {n_limits} limit(s) count it as breached {when} "
+                    f"or not a number); {n_limits} limit(s) count it as breached, {when}, "
                     "unless it is valued again"),
             details={"counterparty": key, "unvalued": ",".join(names)[:1000],
                      "not_finite": ",".join(not_finite)[:1000], "grace_ns": float(grace),
