@@ -327,9 +327,11 @@ def test_a_nan_among_the_deltas_makes_the_delta_limit_unvalued() -> None:
     assert math.isnan(_max_abs({"BTC": math.nan, "ETH": 5.0}))
 
 
-def test_one_counterparty_s_basis_that_is_no_number_leaves_no_share_known() -> None:
-    """Concentration is a share of the firm's total: one basis that is no number makes
-    every share unknown (NaN: unvalued for a limit), never a finite 0.0 read as within."""
+def test_a_basis_that_is_no_number_never_makes_a_share_a_finite_zero() -> None:
+    """Concentration is a share of the firm's total. A basis that is no number makes its
+    counterparty's share 1.0 and holds the others at their last (never 0.0, read as
+    within); finite bases whose sum overflows are still shared out; every share stays a
+    number (the exposure's schema wants one)."""
     from riskguard.operators.exposure.rollup import FirmLogic
 
     firm = FirmLogic(ExposureConfig(concentration_basis="gross_notional"))
@@ -338,9 +340,14 @@ def test_one_counterparty_s_basis_that_is_no_number_leaves_no_share_known() -> N
     assert [e.concentration for e in out if e.counterparty == "a"][-1] == 0.6
     out = firm.on_event(exposure(2 * S, math.inf, "b", seq=2))
     shares = {e.counterparty: e.concentration for e in out}
-    assert math.isnan(shares["a"]) and math.isnan(shares["b"]) and math.isnan(shares["*"])
+    assert shares["b"] == 1.0 and shares.get("a", firm.state.shares["a"]) == 0.6
+    assert shares["*"] == 1.0
     out = firm.on_event(exposure(3 * S, 400.0, "b", seq=3))
-    assert {e.counterparty: e.concentration for e in out}["a"] == 0.6
+    assert firm.state.shares == {"a": 0.6, "b": 0.4}
+    big = FirmLogic(ExposureConfig(concentration_basis="gross_notional"))
+    out = big.on_event(exposure(S, 1.7e308, "a", seq=1)) + big.on_event(
+        exposure(S, 1.7e308, "b", seq=1))
+    assert [e.concentration for e in out if e.counterparty == "a"][-1] == 0.5
 
 
 def test_valued_again_inside_the_limit_clears_and_a_new_episode_alerts_again() -> None:

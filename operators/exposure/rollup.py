@@ -466,6 +466,19 @@ class FirmLogic:
             self._exps[k] = e
             self._basis_v[k] = self._basis(e)
 
+    def _shares_of(self, basis: Any, total: float) -> Any:
+        """Each counterparty's share of the firm's basis. Finite bases are scaled by the
+        largest first, so their sum cannot overflow. A basis that is no number makes its
+        counterparty's share 1.0 (all of it, as far as is known) and holds every other
+        share at its last: never a finite 0 read as within a limit."""
+        if math.isfinite(total):
+            return basis / total if total > 0 else np.zeros(len(basis))
+        if np.isfinite(basis).all():  # the sum overflowed
+            scaled = basis / float(np.max(np.abs(basis)))
+            part = float(np.add.reduce(scaled))
+            return scaled / part if part > 0.0 else np.zeros(len(basis))
+        return np.where(np.isfinite(basis), self._shares, 1.0)
+
     def _batch(self, items: Iterable[Exposure]) -> list[Exposure]:
         st = self.state
         updated: dict[str, None] = {}  # in first-update order (the evidence order)
@@ -497,12 +510,8 @@ class FirmLogic:
         unv_inst = set(chain.from_iterable(map(attrgetter("unvalued_instruments"), exps)))
         unv_coll = set(chain.from_iterable(map(attrgetter("unvalued_collateral"), exps)))
         evidence = [rid for cp in updated for rid in st.latest[cp].evidence_ids]
-        if not math.isfinite(total):  # one basis is no amount: no share is known
-            shares = np.full(len(exps), math.nan)
-        else:
-            shares = self._basis_v / total if total > 0 else np.zeros(len(exps))
+        shares = self._shares_of(self._basis_v, total)
         emit = np.abs(shares - self._shares) > self.config.concentration_epsilon
-        emit |= np.isnan(shares) != np.isnan(self._shares)  # becoming unknown, or known
         at = self._at
         emit[[at[cp] for cp in updated]] = True
         out: list[Exposure] = []
@@ -520,23 +529,13 @@ class FirmLogic:
             counterparty="*", ts=ts, gross_notional=gross, net_notional=net,
             delta_by_underlying=delta, notional_by_asset=by_asset, collateral=coll,
             unrealized_pnl=upnl, open_order_notional=orders,
-            concentration=_largest(st.shares.values()), stale=bool(stale),
+            concentration=max(st.shares.values(), default=0.0), stale=bool(stale),
             stale_instruments=sorted(stale), evidence_ids=evidence[-self.config.max_evidence:],
             seq=st.seq, vol_by_underlying=firm_vols, unvalued_instruments=sorted(unv_inst),
             unvalued_collateral=sorted(unv_coll),
         )
         out.append(st.firm)
         return out
-
-
-def _largest(shares: Iterable[float]) -> float:
-    """The largest share, NaN if any is (max() would pass over one), 0.0 for none.
-
-    >>> _largest([0.2, float("nan"), 0.5]), _largest([0.2, 0.5]), _largest([])
-    (nan, 0.5, 0.0)
-    """
-    values = list(shares)
-    return math.nan if any(map(math.isnan, values)) else max(values, default=0.0)
 
 
 def _newest_vols(exps: list[Exposure]) -> dict[str, float]:
