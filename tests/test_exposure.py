@@ -237,6 +237,21 @@ def test_a_snapshot_arriving_after_newer_fills_keeps_them_whatever_the_order() -
         pytest.approx(120_000.0)
 
 
+def test_a_late_snapshot_gives_the_average_price_of_time_order() -> None:
+    """+1 at 100, a snapshot of +1 (no average) as of 20 s, +1 at 200 at 30 s: whichever
+    way the snapshot and the second fill arrive, the average entry is 150 (the snapshot
+    carries the fills' average from before the later fill, not after it)."""
+    def avg_after(items: list[object]) -> float:
+        pipe = LocalPipeline(worked_config())
+        pipe.feed_all([idx("m", "BTC-PERP", S, 300.0), *items])
+        return pipe.latest()["okx"].unrealized_pnl
+    first = fill("f10", "okx", "BTC-PERP", "buy", 1.0, 100.0, 10 * S)
+    second = fill("f30", "okx", "BTC-PERP", "buy", 1.0, 200.0, 30 * S)
+    in_order = avg_after([first, _snap("s20", 1.0, 20 * S), second])
+    assert in_order == pytest.approx(300.0)  # 2 x (300 - 150)
+    assert avg_after([first, second, _snap("s20", 1.0, 20 * S)]) == pytest.approx(in_order)
+
+
 def test_a_late_snapshot_still_finds_a_missed_fill() -> None:
     """A snapshot of +2 as of 100 s, arriving after our fill of +1 at 200 s when fills
     alone had +1: the venue had a fill we missed; the break is raised and the snapshot's

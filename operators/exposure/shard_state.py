@@ -104,10 +104,11 @@ class ShardState:
     seen: list[dict[str, None]] = field(default_factory=list)
     alerted: dict[str, dict[str, str]] = field(default_factory=dict)
     evidence: dict[tuple[int, int], list[str]] = field(default_factory=dict)
-    # per position, the fills applied after its snapshot, (ts, signed qty, price) oldest
-    # first, at most MAX_FILLS_SINCE: what a snapshot arriving after them is rebased on;
-    # and, where the log was cut, the time of the newest fill dropped from it
-    fills_since: dict[tuple[int, int], list[tuple[int, float, float]]] = field(
+    # per position, the fills applied after its snapshot, oldest first, each (ts, signed
+    # qty, price, and the position's qty and average price before it), at most
+    # MAX_FILLS_SINCE: what a snapshot arriving after them is rebased on; and, where the
+    # log was cut, the time of the newest fill dropped from it
+    fills_since: dict[tuple[int, int], list[tuple[int, float, float, float, float]]] = field(
         default_factory=dict)
     fills_cut: dict[tuple[int, int], int] = field(default_factory=dict)
     fx: dict[str, tuple[float, int]] = field(default_factory=dict)
@@ -133,7 +134,7 @@ class ShardState:
     peg_level: dict[str, str] = field(default_factory=dict)  # asset -> "warn" | "breach"
 
 
-MAX_FILLS_SINCE = 256
+MAX_FILLS_SINCE = 64
 """Fills kept per position since its snapshot; a snapshot older than the oldest kept is
 not adopted (it cannot be rebased on what was dropped)."""
 

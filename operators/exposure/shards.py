@@ -529,8 +529,8 @@ class ShardLogic(ShardValuation):
             st.last_ts[j] = ts
         if role == "fill":
             if ts > st.snap_ts.item(i, j):  # else already in the authoritative snapshot
-                self._fill(ev, i, j)
                 self._log_fill(ev, i, j)
+                self._fill(ev, i, j)
         elif role == "snap":
             out.extend(self._on_snapshot(ev, i, j))
         else:  # orders
@@ -573,10 +573,12 @@ class ShardLogic(ShardValuation):
         st.avg[i, j] = (0.0 if q == 0.0 else math.nan) if new_avg is None else new_avg
 
     def _log_fill(self, ev: Any, i: int, j: int) -> None:
-        """Keep the fill for a snapshot older than it that may still arrive."""
+        """Keep the fill, and the position before it, for a snapshot older than it that
+        may still arrive."""
         st = self.state
         log = st.fills_since.setdefault((i, j), [])
-        log.append((ev.ts, ev.qty if ev.side == "buy" else -ev.qty, ev.price))
+        log.append((ev.ts, ev.qty if ev.side == "buy" else -ev.qty, ev.price,
+                    st.qty.item(i, j), st.avg.item(i, j)))
         if len(log) > MAX_FILLS_SINCE:
             dropped = log.pop(0)
             st.fills_cut[(i, j)] = max(st.fills_cut.get((i, j), -1), dropped[0])
@@ -627,13 +629,15 @@ class ShardLogic(ShardValuation):
         if ev.ts < st.snap_ts.item(i, j) or ev.ts < st.fills_cut.get(cell, -1):
             return []
         later = [f for f in st.fills_since.get(cell, ()) if f[0] > ev.ts]
-        qty, avg = float(st.qty[i, j]), float(st.avg[i, j])
-        # the snapshot's position, then each later fill on it
+        qty = float(st.qty[i, j])
+        # what the fills made of the position at the snapshot's time: before the first
+        # later fill; its average price carries over unless the snapshot's side differs
+        q_at, a_at = (later[0][3], later[0][4]) if later else (qty, float(st.avg[i, j]))
         base_avg = (ev.avg_price if ev.avg_price is not None
-                    else avg if not (math.isnan(avg) or qty == 0.0 or (qty > 0) != (ev.qty > 0))
+                    else a_at if not (math.isnan(a_at) or q_at == 0.0 or (q_at > 0) != (ev.qty > 0))
                     else float(st.mark[j]))
         q, a = ev.qty, base_avg
-        for _ts, signed, price in later:
+        for _ts, signed, price, _q, _a in later:
             q, new_avg = apply_fill(q, None if q == 0.0 or math.isnan(a) else a, signed, price)
             a = (0.0 if q == 0.0 else math.nan) if new_avg is None else new_avg
         out: list[Any] = []
