@@ -242,8 +242,9 @@ def split_mitigations(commands: Iterable[MitigationCommand], now_ns: int,
     """Mitigations in force at ``now_ns`` (``active``) apart from every command (``history``).
 
     A held action (:data:`~riskguard.schemas.action_params.HELD_ACTIONS`) is in force from
-    its issue until a later ``resume`` on the same scope lists its action (or lists none:
-    then it lifts every action there), as an executor holds it: its ``expires_at`` only
+    its issue until a later ``resume`` on the same scope lifts it (its action among the
+    resume's ``actions`` and its id among its ``resumes``, each where given), as an
+    executor holds it: its ``expires_at`` only
     bounds when an executor may still accept it. Every other action is a one-off act.
     ``active`` has one entry per action and scope (the latest issued); ``history`` lists
     every command issued, newest first, each with its ``state``: ``active``, ``lifted``,
@@ -274,11 +275,9 @@ def split_mitigations(commands: Iterable[MitigationCommand], now_ns: int,
         rows.append(row)
         if c.action is Action.RESUME:
             row["state"] = "resume"
-            lifted = c.params.get("actions")
-            names = set(lifted) if isinstance(lifted, list) else None
             keep = []
             for r in in_force.get(label, []):
-                if names is None or r["action"] in names:
+                if _lifts(c, r["action"], r["command_id"]):
                     r["state"], r["lifted_by"] = "lifted", c.command_id
                 else:
                     keep.append(r)
@@ -293,6 +292,15 @@ def split_mitigations(commands: Iterable[MitigationCommand], now_ns: int,
     best = {(r["action"], r["scope"]): r for r in rows if r["state"] == "active"}
     active = sorted(best.values(), key=lambda r: (r["scope"], r["action"]))
     return {"active": active, "history": rows[::-1][:max_history]}
+
+
+def _lifts(resume: MitigationCommand, action: str, command_id: str) -> bool:
+    """Whether ``resume`` (on the held command's scope) lifts it, as an executor's
+    :meth:`~riskguard.executors.scopes.ScopeBook.lift` does: its action among the resume's
+    ``actions`` and its id among its ``resumes``, each where given."""
+    acts, ids = resume.params.get("actions"), resume.params.get("resumes")
+    return ((not isinstance(acts, list) or action in acts)
+            and (not isinstance(ids, list) or command_id in ids))
 
 
 MAX_COMMANDS = 10_000
@@ -310,9 +318,8 @@ def _pruned(commands: list[MitigationCommand]) -> list[MitigationCommand]:
     for c in commands:  # a newer command of the same action and scope supersedes it
         label = c.scope.label()
         if c.action is Action.RESUME:
-            lifted = c.params.get("actions")
-            names = set(lifted) if isinstance(lifted, list) else None
-            for key in [k for k in holding if k[0] == label and (names is None or k[1] in names)]:
+            for key in [k for k, held in holding.items()
+                        if k[0] == label and _lifts(c, k[1], held.command_id)]:
                 del holding[key]
         elif c.action.value in HELD_ACTIONS:
             holding[(label, c.action.value)] = c

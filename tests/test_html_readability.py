@@ -249,10 +249,11 @@ def _status_lists(poller: StatusPoller) -> dict[str, list[dict[str, Any]]]:
 
 def test_status_page_lists_active_mitigations_apart_from_history() -> None:
     """Commands: a halt lifted by a resume of that action on that scope, a widen on
-    the same scope that the resume does not list, an expired limit cut, an alert,
-    a halt on another venue, a withdrawal pause lifted by a resume listing no
-    action, and one not issued yet. Active: the widen, the other halt and a
-    cancel; history: every issued command with its state, newest first."""
+    the same scope that the resume does not list, a limit cut past its expiry (held
+    until a resume, as an executor holds it), an alert, a halt on another venue, a
+    withdrawal pause and a cancel (one-off acts), and one not issued yet. Active: the
+    widen, the other halt and the limit cut; history: every issued command with its
+    state, newest first."""
     okx, bybit = Scope(kind=ScopeKind.VENUE, value="okx"), Scope(kind=ScopeKind.VENUE,
                                                                   value="bybit")
     cp, deribit = (Scope(kind=ScopeKind.COUNTERPARTY, value=v) for v in ("binance", "deribit"))
@@ -275,13 +276,13 @@ def test_status_page_lists_active_mitigations_apart_from_history() -> None:
     lists = _status_lists(poller)
     active = {(x["data-action"], x["data-scope"]) for x in lists["mitigations"]}
     assert active == {("widen_quotes", "venue:okx"), ("halt_trading", "venue:bybit"),
-                      ("cancel_all", "instrument:okx/BTC-USDT")}
+                      ("reduce_limits", "counterparty:binance")}
     widen = [x for x in lists["mitigations"] if x["data-action"] == "widen_quotes"]
     assert widen[0]["text"].endswith(REASON)
     history = [(x["data-command-id"], x["data-state"]) for x in lists["history"]]
-    assert history == [(ids[9], "resume"), (ids[8], "lifted"), (ids[7], "active"),
-                       (ids[6], "alert"), (ids[5], "active"), (ids[4], "resume"),
-                       (ids[3], "active"), (ids[2], "lifted"), (ids[1], "expired")]
+    assert history == [(ids[9], "resume"), (ids[8], "act"), (ids[7], "active"),
+                       (ids[6], "alert"), (ids[5], "act"), (ids[4], "resume"),
+                       (ids[3], "active"), (ids[2], "lifted"), (ids[1], "active")]
     assert f"by {ids[4]}" in lists["history"][-2]["text"]
 
 

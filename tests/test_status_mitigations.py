@@ -79,6 +79,16 @@ def test_a_held_mitigation_stays_in_force_past_its_expiry_until_a_resume() -> No
         "resume", "act", "lifted", "lifted"]
 
 
+def test_a_resume_naming_command_ids_lifts_only_those() -> None:
+    """As an executor lifts: a resume listing halt_trading and the first halt's id lifts
+    that one; the second halt on the scope stays in force."""
+    a, b = _cmd(1, Action.HALT_TRADING, T0), _cmd(2, Action.HALT_TRADING, T0 + S)
+    resume = _cmd(3, Action.RESUME, T0 + 2 * S, actions=["halt_trading"],
+                  resumes=[a.command_id])
+    m = split_mitigations([a, b, resume], T0 + 3 * S)
+    assert [x["command_id"] for x in m["active"]] == [b.command_id]
+
+
 def test_cli_status_commands_needs_a_verify_key(tmp_path: Path, capsys) -> None:
     """Serving with --commands but no --verify-key is refused before anything is served."""
     rc = main(["status", "--serve", "--port", "0", "--commands", str(tmp_path / "c.jsonl")])
