@@ -269,12 +269,16 @@ def _static(p: KeyProgress, bands: Any) -> Part:
                      for h, c in zip(bands.horizons_s, bands.cap_bps, strict=True))
     live = p.first_priced_ts + max(shortest, p.interval_ns)
     needs = "the price one horizon back"
+    way = _adverse(bands)
     if "static" not in bands.critical_rules:
         severity = "a warning"
     elif math.isinf(bands.static_z):
-        severity = "critical until the key's typical moves are learned (static), then as below"
+        severity = (f"a {way} critical until the key's typical moves are learned (static), "
+                    "then as below")
     else:
-        severity = f"critical when also {bands.static_z:g} typical moves deep (static)"
+        severity = f"a {way} critical when also {bands.static_z:g} typical moves deep (static)"
+    if "static" in bands.critical_rules and way != "move":
+        severity += ", any other a warning"
     fires = f"a move past its cap ({caps}): {severity}"
     if live <= p.last_ts and p.priced > 1:
         return Part(PARTS[1], live, needs, fires=fires)
@@ -293,15 +297,20 @@ def _scaled(p: KeyProgress, bands: Any) -> Part:
     return Part(PARTS[2], None, needs, f"too few events: {p.priced:,} prices", fires)
 
 
+def _adverse(bands: Any) -> str:
+    """The moves the band rules may make critical, in a word."""
+    return {"down": "fall", "up": "rise", "both": "move"}[bands.critical_moves]
+
+
 def critical_when(bands: Any) -> str:
     """When a reading of move bands with these settings is critical: each of their
     ``critical_rules``, in words.
 
     >>> from riskguard.operators.detection.band_levels import MoveBandConfig
-    >>> critical_when(MoveBandConfig(critical_rules=("ratio", "horizons")))
-    'critical on a fall 1.25 times its band (ratio), or 2 horizons out of band at once (horizons)'
+    >>> critical_when(MoveBandConfig(critical_rules=("ratio", "horizons")))[:60]
+    'critical on a fall 1.25 times its band (ratio), or a fall ou'
     """
-    moves = {"down": "fall", "up": "rise", "both": "move"}[bands.critical_moves]
+    moves = _adverse(bands)
     said = {
         "fast_fall": f"a {moves} out of band within {duration(int(bands.fast_s * NS))} while "
                      f"the day's range is past {bands.deep_bps:g} bps or {bands.deep_z:g} "
@@ -311,9 +320,9 @@ def critical_when(bands: Any) -> str:
         "static": (f"a {moves} past its cap before the key's typical moves are learned"
                    if math.isinf(bands.static_z) else
                    f"a {moves} past its cap and {bands.static_z:g} typical moves deep"),
-        "limit": "a daily limit tier, the first time a day",
+        "limit": f"a {moves} to a daily limit tier, the first time a day",
         "ratio": f"a {moves} {bands.critical_ratio:g} times its band",
-        "horizons": f"{bands.confirm_horizons} horizons out of band at once",
+        "horizons": f"a {moves} out of band on {bands.confirm_horizons} horizons at once",
     }
     rules = [f"{said[r]} ({r})" for r in bands.critical_rules]
     return f"critical on {', or '.join(rules)}" if rules else "never critical"
@@ -325,11 +334,12 @@ def _daily(p: KeyProgress, bands: Any) -> Part:
     settle = int(bands.settlement_s * NS)
     first = (p.first_priced_ts - settle) // DAY_NS * DAY_NS + DAY_NS + settle
     needs = f"a settlement price (at {utc(settle)[11:16]} UTC) before the move"
-    rules = bands.critical_rules
+    rules, way = bands.critical_rules, _adverse(bands)
     severity = ", ".join(
-        [*(["critical the first time a day at each (limit)"] if "limit" in rules else []),
-         *([f"critical with the day's range {bands.slide_z:g} typical ones deep (slide)"]
-           if "slide" in rules else [])]) or "a warning"
+        [*([f"a {way} critical the first time a day at each (limit)"] if "limit" in rules
+           else []),
+         *([f"a {way} critical with the day's range {bands.slide_z:g} typical ones deep "
+            "(slide)"] if "slide" in rules else [])]) or "a warning"
     fires = (f"a move past {', '.join(f'{x:g}' for x in bands.daily_limits_bps)} bps of the "
              f"previous settlement: {severity}")
     if first <= p.last_ts:
