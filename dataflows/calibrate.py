@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from riskguard.connectors.replay import ReplayFile, ReplaySource, read_all
 from riskguard.dataflows.backtest import (
     BacktestResult,
@@ -45,6 +46,7 @@ from riskguard.dataflows.report import alarms_of, episode_metrics, scope_related
 from riskguard.operators.detection.band_levels import MoveBandConfig
 from riskguard.operators.signing.crypto import PAYLOAD_LIMIT_UPDATE, Signer, sign_envelope
 from riskguard.schemas import Action, Audience, LimitUpdate, SignedEnvelope, encode
+from riskguard.schemas.market import Measure
 
 from riskguard.config import check_key_path, inline_playbook_file, read_toml
 from riskguard.errors import ConfigError
@@ -129,9 +131,14 @@ def apply_overrides(doc: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]
             continue
         if key == "detector.bands.band_scale":
             bands = out.setdefault("detector", {}).setdefault("bands", {})
+            # a volatility index's own default widths, at these horizons, scale too
+            vol_k = msgspec.convert(bands, MoveBandConfig).for_key(
+                "", Measure.VOLATILITY).band_k
             bands["band_k"] = [k * value for k in bands.get("band_k", MoveBandConfig().band_k)]
-            own = [bands.get("volatility"), *bands.get("products", [])]
-            for levels in own:
+            vol = bands.setdefault("volatility", {})
+            if vol.get("band_k") is None:
+                vol["band_k"] = list(vol_k)
+            for levels in [vol, *bands.get("products", [])]:
                 if isinstance(levels, dict) and levels.get("band_k") is not None:
                     levels["band_k"] = [k * value for k in levels["band_k"]]
             continue

@@ -416,7 +416,7 @@ class _Timeline:
             if when is not None:
                 when = self.signed_by = max(when, self.signed_by)
             stamp = _clock_s(when, self.start_ns) if when is not None else " " * 9
-            self.add(when if when is not None else 2**62,
+            self.add(when if when is not None else self.signed_by,  # in seq order either way
                      f"{stamp} COMMAND {cmd.action.value:<21} {cmd.scope.label():<34} "
                      f"seq {cmd.seq:<3} verified{extra}\n          reason: {cmd.reason}")
         else:

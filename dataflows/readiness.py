@@ -129,6 +129,7 @@ class KeyProgress:
     priced: int = 0
     first_priced_ts: int = -1
     returns_ts: int | None = None  # when the bands had warmup_returns returns
+    warmup_returns: int = 0  # the key's own (its product's or measure's levels)
     interval_ns: int = 0
     measure: str = "price"
     times: list[int] = field(default_factory=list)  # every vector's ts (when kept) ...
@@ -138,8 +139,9 @@ class KeyProgress:
     def venue_key(self) -> bool:
         return "/" not in self.key
 
-    def at(self, ts: int, warmup_returns: int) -> KeyProgress:
+    def at(self, ts: int) -> KeyProgress:
         """This key as it was at event time ``ts`` (its times must have been kept)."""
+        warmup_returns = self.warmup_returns
         n = bisect.bisect_right(self.times, ts)
         m = bisect.bisect_right(self.priced_times, ts)
         return KeyProgress(
@@ -150,7 +152,7 @@ class KeyProgress:
             warm_vector_ts=self.times[self.needed] if self.needed and n > self.needed else None,
             priced=m, first_priced_ts=self.priced_times[0] if m else -1,
             returns_ts=(self.priced_times[warmup_returns] if m > warmup_returns else None),
-            interval_ns=self.interval_ns, measure=self.measure)
+            warmup_returns=warmup_returns, interval_ns=self.interval_ns, measure=self.measure)
 
 
 class DetectorWatch:
@@ -186,7 +188,9 @@ class DetectorWatch:
                 p.priced += 1
                 if p.first_priced_ts < 0:
                     p.first_priced_ts = fv.ts
-                if p.priced == self.detector.bands.warmup_returns + 1:
+                    p.warmup_returns = self.detector.bands.for_key(
+                        fv.key, fv.measure).warmup_returns
+                if p.priced == p.warmup_returns + 1:
                     p.returns_ts = fv.ts
                 p.interval_ns = fv.interval_ns or p.interval_ns
                 p.measure = str(fv.measure)
@@ -204,8 +208,7 @@ class DetectorWatch:
     def at(self, ts: int) -> DetectorWatch:
         """What the detectors had been fed by event time ``ts`` (with ``keep_times``)."""
         past = DetectorWatch(self.detector)
-        warm = self.detector.bands.warmup_returns
-        past.keys = {k: p.at(ts, warm) for k, p in self.keys.items() if p.first_ts <= ts}
+        past.keys = {k: p.at(ts) for k, p in self.keys.items() if p.first_ts <= ts}
         past.markets = {k: t for k, t in self.markets.items() if t <= ts}
         return past
 
