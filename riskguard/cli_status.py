@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "status", help="one-screen summary of the guard's metrics (or --serve a live page)",
         description="Scrape one or more Prometheus endpoints of the guard (one per process) "
                     "and print health, lag, open episodes, commands issued, feeds on backup, "
-                    "checkpoint age and the top utilizations. Exit code 1 when any endpoint is down.",
+                    "checkpoint age and the top utilizations. Exit code 1 when any endpoint is "
+                    "down.",
     )
     p.add_argument("--url", action="append",
                    help=f"metrics URL; repeat for every process (default {DEFAULT_URL})")

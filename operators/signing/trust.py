@@ -280,7 +280,8 @@ Seconds = Annotated[float, msgspec.Meta(gt=0, le=366 * 86_400)]
 KeyName = Annotated[str, msgspec.Meta(min_length=1, max_length=64,
                                       pattern=r"^[A-Za-z0-9_./@+-]+$(?!\n)")]
 """A key's name: an issuer :data:`~riskguard.schemas.types.Name` without ``:``, which
-joins a signer and its message id in every replay window (:func:`~riskguard.operators.core.dedup.signer_id`)."""
+joins a signer and its message id in every replay window
+(:func:`~riskguard.operators.core.dedup.signer_id`)."""
 
 
 class KeyEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
