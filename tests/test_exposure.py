@@ -274,6 +274,17 @@ def test_unknown_instrument_is_a_dead_letter_not_a_zero() -> None:
     assert out.exposures == []
 
 
+def test_a_fill_whose_notional_overflows_is_a_dead_letter_not_an_infinite_exposure() -> None:
+    """1e160 at 1e160 is no amount: it would make the exposure infinite, which no limit
+    can compare and no state can checkpoint. It is a dead letter; the position stands."""
+    pipe = LocalPipeline(worked_config())
+    pipe.feed_all(worked_events())
+    before = pipe.latest()["okx"].gross_notional
+    out = pipe.feed(fill("huge", "okx", "BTC-PERP", "buy", 1e160, 1e160, 1_001 * S))
+    assert [(d.reason, d.path) for d in out.errs] == [("non_finite", "$.qty")]
+    assert pipe.latest()["okx"].gross_notional == before
+
+
 def test_balance_in_unconvertible_asset_is_a_dead_letter() -> None:
     """Collateral in an asset with no FX index is dead-lettered as missing_fx."""
     pipe = LocalPipeline(worked_config())

@@ -8,6 +8,7 @@ turns each input record into stage-1 items for its shards (or a dead letter);
 from __future__ import annotations
 
 import functools
+import math
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -208,6 +209,10 @@ class Router:
                     return self._not_owned(ev, "$.instrument", ev.instrument, now)
                 return _dead(ev, "unknown_instrument", path="$.instrument",
                              expected="a declared instrument", found=ev.instrument,
+                             step=self.step, now=now)
+            if t is Fill and not math.isfinite(ev.qty * ev.price):  # no amount to add up
+                return _dead(ev, "non_finite", path="$.qty", expected="a notional that is a "
+                             "number (qty x price)", found=f"{ev.qty:g} x {ev.price:g}",
                              step=self.step, now=now)
             return [(key, Item(role, key, ev.instrument, ev))]
         if t is Balance:
