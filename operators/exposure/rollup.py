@@ -491,7 +491,8 @@ class FirmLogic:
         if not updated:
             return []
         exps = self._exps
-        total = float(np.add.reduce(self._basis_v))
+        with np.errstate(over="ignore"):  # an overflowing sum is handled by _shares_of
+            total = float(np.add.reduce(self._basis_v))
 
         def add_up(field: str) -> float:
             return reduce(add, map(attrgetter(field), exps), 0.0)
