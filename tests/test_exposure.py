@@ -274,6 +274,22 @@ def test_unknown_instrument_is_a_dead_letter_not_a_zero() -> None:
     assert out.exposures == []
 
 
+def test_a_snapshot_older_than_the_fills_kept_is_reported_not_adopted() -> None:
+    """A position keeps its last MAX_FILLS_SINCE fills: a snapshot older than the ones
+    dropped cannot be rebased, so it is not adopted, and a reconciliation_skipped warning
+    says the positions topic lags the fills."""
+    from riskguard.operators.exposure.shard_state import MAX_FILLS_SINCE
+
+    fills = [fill(f"f{n}", "okx", "BTC-PERP", "buy", 1.0, 60_000.0, (100 + n) * S)
+             for n in range(MAX_FILLS_SINCE + 1)]
+    pipe = LocalPipeline(worked_config())
+    pipe.feed_all([idx("m", "BTC-PERP", S, 60_000.0), *fills])
+    before = pipe.latest()["okx"].notional_by_instrument["BTC-PERP"]
+    out = pipe.feed(_snap("s50", 0.0, 50 * S))
+    assert [a.kind for a in out.alerts] == ["reconciliation_skipped"]
+    assert pipe.latest()["okx"].notional_by_instrument["BTC-PERP"] == before
+
+
 def test_a_fill_whose_notional_overflows_is_a_dead_letter_not_an_infinite_exposure() -> None:
     """1e160 at 1e160 is no amount: it would make the exposure infinite, which no limit
     can compare and no state can checkpoint. It is a dead letter; the position stands."""

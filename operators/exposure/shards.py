@@ -626,8 +626,19 @@ class ShardLogic(ShardValuation):
         cell = (i, j)
         ev_buf = st.evidence.setdefault(cell, [])
         evidence_add(ev_buf, ev.id, self.config.max_evidence)
-        if ev.ts < st.snap_ts.item(i, j) or ev.ts < st.fills_cut.get(cell, -1):
-            return []
+        if ev.ts < st.snap_ts.item(i, j):
+            return []  # a newer snapshot is in force already
+        if ev.ts < st.fills_cut.get(cell, -1):  # more fills since it than are kept
+            return [RiskAlert(
+                id=alert_id("reconciliation_skipped", ev.counterparty, ev.instrument, ev.id),
+                kind="reconciliation_skipped",
+                scope=Scope(kind=ScopeKind.INSTRUMENT, value=ev.instrument, venue=ev.venue),
+                ts=ev.ts, severity=Severity.WARN,
+                reason=(f"position snapshot of {ev.instrument} at {ev.counterparty} is older "
+                        f"than the {MAX_FILLS_SINCE} fills kept since; not reconciled (the "
+                        "positions topic lags the fills)"),
+                details={"counterparty": ev.counterparty, "snapshot_qty": ev.qty},
+                evidence_ids=[ev.id])]
         later = [f for f in st.fills_since.get(cell, ()) if f[0] > ev.ts]
         qty = float(st.qty[i, j])
         # what the fills made of the position at the snapshot's time: before the first
