@@ -619,9 +619,10 @@ class ShardLogic(ShardValuation):
     def _on_snapshot(self, ev: PositionSnapshot, i: int, j: int) -> list[Any]:
         """A venue's position as of ``ev.ts``: adopted with the fills applied after that
         time on top (in whatever order the two arrived), so a snapshot that comes after
-        newer fills loses none of them. One older than the snapshot adopted, or than the
-        fills the log still holds, is evidence only. A difference from what the fills
-        made of it beyond the tolerance is a ``reconciliation_break``."""
+        newer fills loses none of them. One older than the snapshot adopted is evidence
+        only; one older than the fills the log still holds is a
+        ``reconciliation_skipped`` warning. A difference from what the fills made of it
+        beyond the tolerance is a ``reconciliation_break``."""
         st = self.state
         cell = (i, j)
         ev_buf = st.evidence.setdefault(cell, [])
@@ -629,16 +630,12 @@ class ShardLogic(ShardValuation):
         if ev.ts < st.snap_ts.item(i, j):
             return []  # a newer snapshot is in force already
         if ev.ts < st.fills_cut.get(cell, -1):  # more fills since it than are kept
-            return [RiskAlert(
-                id=alert_id("reconciliation_skipped", ev.counterparty, ev.instrument, ev.id),
-                kind="reconciliation_skipped",
-                scope=Scope(kind=ScopeKind.INSTRUMENT, value=ev.instrument, venue=ev.venue),
-                ts=ev.ts, severity=Severity.WARN,
-                reason=(f"position snapshot of {ev.instrument} at {ev.counterparty} is older "
-                        f"than the {MAX_FILLS_SINCE} fills kept since; not reconciled (the "
-                        "positions topic lags the fills)"),
-                details={"counterparty": ev.counterparty, "snapshot_qty": ev.qty},
-                evidence_ids=[ev.id])]
+            return [_position_alert(
+                "reconciliation_skipped", ev,
+                f"position snapshot of {ev.instrument} at {ev.counterparty} is older than the "
+                f"{MAX_FILLS_SINCE} fills kept since; not reconciled (the positions topic "
+                "lags the fills)", {"counterparty": ev.counterparty, "snapshot_qty": ev.qty},
+                [ev.id])]
         later = [f for f in st.fills_since.get(cell, ()) if f[0] > ev.ts]
         qty = float(st.qty[i, j])
         # what the fills made of the position at the snapshot's time: before the first
@@ -657,19 +654,13 @@ class ShardLogic(ShardValuation):
         tol = cfg.recon_abs_tol + cfg.recon_rel_tol * max(abs(q), abs(qty))
         if abs(diff) > tol:
             since = f" and the {len(later)} fill(s) after it" if later else ""
-            out.append(RiskAlert(
-                id=alert_id("reconciliation_break", ev.counterparty, ev.instrument, ev.id),
-                kind="reconciliation_break",
-                scope=Scope(kind=ScopeKind.INSTRUMENT, value=ev.instrument, venue=ev.venue),
-                ts=ev.ts, severity=Severity.WARN,
-                reason=(f"position snapshot {ev.qty} of {ev.instrument} at {ev.counterparty}"
-                        f"{since} make {q}; the fills made {qty}, {diff} apart; adopted the "
-                        "snapshot"),
-                details={"counterparty": ev.counterparty, "snapshot_qty": ev.qty,
-                         "fills_qty": qty, "diff": diff, "tolerance": tol,
-                         "fills_after_snapshot": float(len(later))},
-                evidence_ids=[ev.id, *ev_buf[-4:]][: cfg.max_evidence],
-            ))
+            out.append(_position_alert(
+                "reconciliation_break", ev,
+                f"position snapshot {ev.qty} of {ev.instrument} at {ev.counterparty}{since} "
+                f"make {q}; the fills made {qty}, {diff} apart; adopted the snapshot",
+                {"counterparty": ev.counterparty, "snapshot_qty": ev.qty, "fills_qty": qty,
+                 "diff": diff, "tolerance": tol, "fills_after_snapshot": float(len(later))},
+                [ev.id, *ev_buf[-4:]][: cfg.max_evidence]))
         self._opened_or_closed(qty, q)
         st.qty[i, j] = q
         st.avg[i, j] = a
@@ -679,6 +670,16 @@ class ShardLogic(ShardValuation):
         else:
             st.fills_since.pop(cell, None)
         return out
+
+
+def _position_alert(kind: str, ev: PositionSnapshot, reason: str,
+                    details: dict[str, Any], evidence: list[str]) -> RiskAlert:
+    """A warning about a position snapshot, on its instrument."""
+    return RiskAlert(
+        id=alert_id(kind, ev.counterparty, ev.instrument, ev.id), kind=kind,
+        scope=Scope(kind=ScopeKind.INSTRUMENT, value=ev.instrument, venue=ev.venue),
+        ts=ev.ts, severity=Severity.WARN, reason=reason, details=details,
+        evidence_ids=evidence)
 
 
 def apply_fill(
