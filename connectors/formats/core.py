@@ -34,7 +34,7 @@ import tempfile
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
@@ -338,128 +338,156 @@ class FileReader:
             detail=f"{self.path.name} line {line_no}: {message}", raw=line[:4096],
         )
 
-    # a hot loop, once per row of a data file, in one generator frame (docs/performance.md)
-    def lines(self) -> Iterator[tuple[int, int, Any]]:  # noqa: C901, PLR0912, PLR0915
+    def lines(self) -> Iterator[tuple[int, int, Any]]:
         """``(line_no, offset, emission)`` of every emission from ``offset`` on."""
-        fh, stats = self._fh, self.stats
+        fh = self._fh
         # a compressed stream is read a decompression step at a time (read1), so a
         # corrupt tail loses only itself
         read = fh.read if isinstance(fh, io.BufferedReader) else getattr(fh, "read1", fh.read)
+        compressed = not isinstance(fh, io.BufferedReader)
         buf = b""
         pos = 0  # offset in the stream of the next line
         line_no = 0
         parser: RowParser | None = None
         deferred: list[Any] = []  # dead letters met inside a group still gathering
-        grouped = False
-        row = _Nothing().row
-        max_line = self.max_line
-        compressed = not isinstance(fh, io.BufferedReader)
         inflated = 0  # decompressed bytes read so far
         skipping = -1  # bytes of an over-long line seen so far (-1: none being skipped)
         while not self._refused:
-            try:
-                chunk = read(CHUNK)
-            except (OSError, EOFError, zlib.error, zipfile.BadZipFile,
-                    NotImplementedError) as err:
-                # a corrupt stream: what was read stands, the rest is one dead letter
-                yield line_no + 1, pos, self.dead_letter(
-                    b"", line_no + 1, pos, RowError(
-                        f"the file cannot be read past here: {type(err).__name__}: {err}",
-                        expected="a readable stream", found=type(err).__name__,
-                        reason="decode_error"))
-                chunk, buf = b"", b""
+            chunk, broke = self._read(read, line_no, pos)
+            if broke is not None:  # what was read stands, the rest is one dead letter
+                yield line_no + 1, pos, broke
+                buf = b""
             inflated += len(chunk)
             if compressed and inflated > self.max_bytes:
-                yield line_no + 1, pos, self.dead_letter(
-                    b"", line_no + 1, pos, RowError(
-                        f"the file decompresses to more than {self.max_bytes} bytes; it is "
-                        "not read past here", expected=f"at most {self.max_bytes} bytes "
-                        "decompressed", found=f"more than {self.max_bytes}",
-                        reason="too_large"))
+                yield line_no + 1, pos, self._too_large(line_no + 1, pos)
                 break
             if skipping >= 0:  # an over-long line: pass over it up to its newline
                 if not chunk:
                     break  # the file ends inside it (reported below)
-                nl = chunk.find(b"\n")
-                if nl < 0:
-                    skipping += len(chunk)
-                    continue
-                skipping += nl
-                line_no += 1
-                if pos >= self._start:
-                    stats.rows += 1
-                    yield line_no, pos, self._too_long(buf, line_no, pos, skipping)
-                pos += skipping + 1
-                chunk, buf, skipping = chunk[nl + 1:], b"", -1
+                chunk, skipping, line_no, at, dead = self._skip_long(
+                    chunk, buf, skipping, line_no, pos)
+                if dead is not None:
+                    yield line_no, pos, dead
+                if skipping < 0:  # it ended
+                    buf = b""
+                pos = at
                 if not chunk:
                     continue
-            if chunk:
-                data = buf + chunk
-                if parser is not None and pos + len(data) <= self._start:
-                    # wholly before a resume's start: count its lines only
-                    cut = data.rfind(b"\n") + 1
-                    line_no += data.count(b"\n", 0, cut)
-                    pos, buf = pos + cut, data[cut:]
-                    if len(buf) > max_line:
-                        buf, skipping = buf[:256], len(buf)
-                    continue
-                lines = data.split(b"\n")
-                buf = lines.pop()
-            elif buf:
-                lines, buf = [buf], b""
-            else:
+            if not chunk and not buf:
                 break
-            tail_too_long = len(buf) > max_line
+            lines, buf, pos, line_no = self._split(chunk, buf, pos, line_no, parser is not None)
+            if not lines and chunk:  # wholly before a resume's start: counted only
+                buf, skipping = self._cut_long(buf, skipping)
+                continue
             if parser is None or pos < self._start:  # the header, or a resume's skip
                 i, pos, line_no, parser, early = self._prologue(lines, pos, line_no, parser)
                 yield from early
-                if parser is None or self._refused:
-                    if tail_too_long:
-                        buf, skipping = buf[:256], len(buf)
-                    continue
                 lines = lines[i:]
-                grouped = parser.grouped
-                row = parser.row
-            stats.rows += len(lines)
-            for line in lines:
-                off = pos
-                pos += len(line) + 1
-                line_no += 1
-                if len(line) < 2 and not line.strip():
-                    stats.rows -= 1
+            if parser is not None and not self._refused:
+                pos, line_no = yield from self._rows(lines, pos, line_no, parser, deferred)
+            buf, skipping = self._cut_long(buf, skipping)
+        yield from self._finish(parser, deferred, buf, skipping, line_no, pos)
+
+    # a hot loop, once per row of a data file (docs/performance.md)
+    def _rows(self, lines: list[bytes], pos: int, line_no: int, parser: RowParser,
+              deferred: list[Any]) -> Generator[tuple[int, int, Any], None, tuple[int, int]]:
+        """The emissions of one chunk's whole lines; returns ``(pos, line_no)`` after
+        them. A dead letter met inside a group still gathering waits in ``deferred``."""
+        stats, max_line, row, grouped = self.stats, self.max_line, parser.row, parser.grouped
+        stats.rows += len(lines)
+        for line in lines:
+            off = pos
+            pos += len(line) + 1
+            line_no += 1
+            if len(line) < 2 and not line.strip():
+                stats.rows -= 1
+                continue
+            if grouped:
+                group = parser.pending()
+                if group is not None:
+                    off = group
+            try:
+                if len(line) > max_line:
+                    raise self._too_long_error(len(line))
+                item = row(line, line_no, pos - len(line) - 1)
+                if item is not None:
+                    check_plausible(item)
+            except Exception as err:  # a bad row is a dead letter, whatever it raised
+                dead = self.dead_letter(line, line_no, pos - len(line) - 1, err)
+                if parser.pending() is not None:
+                    deferred.append(dead)  # the group's start stays the resume point
                     continue
-                if grouped:
-                    group = parser.pending()
-                    if group is not None:
-                        off = group
-                try:
-                    if len(line) > max_line:
-                        raise self._too_long_error(len(line))
-                    item = row(line, line_no, pos - len(line) - 1)
-                    if item is not None:
-                        check_plausible(item)
-                except Exception as err:  # a bad row is a dead letter, whatever it raised
-                    dead = self.dead_letter(line, line_no, pos - len(line) - 1, err)
-                    if parser.pending() is not None:
-                        deferred.append(dead)  # the group's start stays the resume point
-                        continue
-                    item = dead
-                if item is None:
-                    continue
-                if deferred or item.__class__ is list:
-                    item = self._resolve([*deferred, *(item if item.__class__ is list
-                                                       else [item])])
-                    deferred = []
-                    stats.records += _records_in(item)
-                elif item.__class__ is not DeadLetter:
-                    stats.records += 1
-                yield line_no, off, item
-            if tail_too_long:  # the unfinished line is already too long: skip the rest
-                buf, skipping = buf[:256], len(buf)
+                item = dead
+            if item is None:
+                continue
+            if deferred or item.__class__ is list:
+                item = self._resolve([*deferred, *(item if item.__class__ is list
+                                                   else [item])])
+                deferred.clear()
+                stats.records += _records_in(item)
+            elif item.__class__ is not DeadLetter:
+                stats.records += 1
+            yield line_no, off, item
+        return pos, line_no
+
+    def _split(self, chunk: bytes, buf: bytes, pos: int, line_no: int, started: bool
+               ) -> tuple[list[bytes], bytes, int, int]:
+        """``(whole lines, the unfinished one, pos, line_no)`` of the text so far; at the
+        end (no chunk) the unfinished one is whole. A chunk wholly before a resume's
+        start (``started``: past the header) gives no line, its lines only counted."""
+        if not chunk:
+            return [buf], b"", pos, line_no
+        data = buf + chunk
+        if started and pos + len(data) <= self._start:
+            cut = data.rfind(b"\n") + 1
+            return [], data[cut:], pos + cut, line_no + data.count(b"\n", 0, cut)
+        lines = data.split(b"\n")
+        return lines, lines.pop(), pos, line_no
+
+    def _read(self, read: Callable[[int], bytes], line_no: int, pos: int
+              ) -> tuple[bytes, DeadLetter | None]:
+        """The next chunk, or nothing and the dead letter of a stream that broke."""
+        try:
+            return read(CHUNK), None
+        except (OSError, EOFError, zlib.error, zipfile.BadZipFile, NotImplementedError) as err:
+            return b"", self.dead_letter(b"", line_no + 1, pos, RowError(
+                f"the file cannot be read past here: {type(err).__name__}: {err}",
+                expected="a readable stream", found=type(err).__name__, reason="decode_error"))
+
+    def _too_large(self, line_no: int, pos: int) -> DeadLetter:
+        return self.dead_letter(b"", line_no, pos, RowError(
+            f"the file decompresses to more than {self.max_bytes} bytes; it is not read "
+            f"past here", expected=f"at most {self.max_bytes} bytes decompressed",
+            found=f"more than {self.max_bytes}", reason="too_large"))
+
+    def _cut_long(self, buf: bytes, skipping: int) -> tuple[bytes, int]:
+        """An unfinished line already too long: keep its first bytes and skip the rest."""
+        if len(buf) > self.max_line:
+            return buf[:256], len(buf)
+        return buf, skipping
+
+    def _skip_long(self, chunk: bytes, buf: bytes, skipping: int, line_no: int, pos: int
+                   ) -> tuple[bytes, int, int, int, DeadLetter | None]:
+        """Pass over an over-long line up to its newline: ``(chunk left, skipping,
+        line_no, pos, its dead letter once it ended)``."""
+        nl = chunk.find(b"\n")
+        if nl < 0:
+            return b"", skipping + len(chunk), line_no, pos, None
+        skipping += nl
+        line_no += 1
+        dead = None
+        if pos >= self._start:
+            self.stats.rows += 1
+            dead = self._too_long(buf, line_no, pos, skipping)
+        return chunk[nl + 1:], -1, line_no, pos + skipping + 1, dead
+
+    def _finish(self, parser: RowParser | None, deferred: list[Any], buf: bytes,
+                skipping: int, line_no: int, pos: int) -> Iterator[tuple[int, int, Any]]:
+        """The end of the file: a line it ends inside, and the last group."""
         if skipping >= 0:  # the file ended inside an over-long line
             line_no += 1
             if pos >= self._start:
-                stats.rows += 1
+                self.stats.rows += 1
                 yield line_no, pos, self._too_long(buf, line_no, pos, skipping)
             pos += skipping
         self.position = pos
@@ -473,7 +501,7 @@ class FileReader:
         items = self._resolve([*deferred, *([] if last is None else
                                             last if last.__class__ is list else [last])])
         if items:
-            stats.records += _records_in(items)
+            self.stats.records += _records_in(items)
             yield line_no, pos if group is None else group, \
                 items if len(items) > 1 else items[0]
 
@@ -573,75 +601,24 @@ class IndexedReader(FileReader):
         if self._copy is not None:
             self._copy.close()
 
-    # a hot loop, as FileReader.lines
-    def lines(self) -> Iterator[tuple[int, int, Any]]:  # noqa: C901, PLR0912, PLR0915
-        fh, stats = self._fh, self.stats
-        line_no, header = 0, b""
-        for raw, _size, _n in lines_of(fh, self.max_line):  # the header: the first line
-            line_no += 1  # neither blank nor a title
-            if not is_preamble(raw):
-                header = raw.rstrip(b"\r\n")
-                break
-        try:
-            parser = self._factory(header_cells(header), self.source)
-        except RowError as err:  # the file cannot be read: one dead letter, done
-            self._refused = True
-            yield line_no, 0, self.dead_letter(header, line_no, 0, err)
+    # a hot loop, as FileReader.lines: the per-row work stays in this frame
+    def lines(self) -> Iterator[tuple[int, int, Any]]:
+        stats = self.stats
+        line_no, header, parser, refused = self._header_parser()
+        if refused is not None:
+            yield line_no, 0, refused
             return
-        broken = None
-        readable = 1 << 62  # bytes of the stream there are to read
-        if isinstance(fh, io.BufferedReader):
-            fd = fh.fileno()
-        else:  # compressed: read once into a file that can be read anywhere
-            self._copy = tempfile.TemporaryFile()  # noqa: SIM115  # closed by close()
-            room = min(self.max_temp, self.max_bytes,
-                       shutil.disk_usage(tempfile.gettempdir()).free - (256 << 20))
-            written = 0
-            try:
-                with open_stream(self.path) as whole:
-                    step = getattr(whole, "read1", whole.read)
-                    while chunk := step(CHUNK):  # a decompression step at a time
-                        written += len(chunk)
-                        if written > room:
-                            self._refused = True
-                            yield line_no, 0, self.dead_letter(header, line_no, 0, RowError(
-                                f"reading it in time order needs a decompressed copy of "
-                                f"more than {room} bytes (the most temporary space it may "
-                                f"take: max_temp {self.max_temp}, or what "
-                                f"{tempfile.gettempdir()} has free); sort the file, or "
-                                "decompress it first", expected=f"at most {room} bytes "
-                                "decompressed", found=f"more than {room}",
-                                reason="too_large"))
-                            return
-                        self._copy.write(chunk)
-            except (OSError, EOFError, zlib.error, zipfile.BadZipFile,
-                    NotImplementedError) as err:
-                broken = err
-            self._copy.flush()
-            if broken is not None:  # a row cut off there is no row
-                readable = self._copy.tell()
-            fd = self._copy.fileno()
-        row, pread = parser.row, os.pread
-        index = self.index
+        fd, readable, broken, refused = self._readable(line_no, header)
+        if refused is not None:
+            yield line_no, 0, refused
+            return
+        row, index = parser.row, self.index
         n, k = len(index), self._start
-        window, span = self.WINDOW, self.SPAN
         while k < n:
-            end = min(n, k + window)
-            offsets = index.offsets[k:end]
+            end = min(n, k + self.WINDOW)
             whole_lengths = index.lengths[k:end]
-            lengths = np.where(whole_lengths > self.max_line, 0, whole_lengths)
-            texts = [b""] * (end - k)
-            # the window's rows by place in the file, read a run of nearby rows at a time
-            by_place = np.argsort(offsets, kind="stable")
-            placed = offsets[by_place]
-            ends = placed + lengths[by_place]
-            breaks = np.flatnonzero(placed[1:] - np.maximum.accumulate(ends)[:-1] > span) + 1
-            for run in np.split(by_place, breaks):
-                starts, sizes = offsets[run].tolist(), lengths[run].tolist()
-                lo = starts[0]
-                data = pread(fd, max(a + b for a, b in zip(starts, sizes, strict=True)) - lo, lo)
-                for r, at, size in zip(run.tolist(), starts, sizes, strict=True):
-                    texts[r] = data[at - lo:at - lo + size]
+            offsets = index.offsets[k:end]
+            texts = self._window(fd, offsets, whole_lengths)
             for j, (line, at, no) in enumerate(zip(texts, offsets.tolist(),
                                                    index.line_nos[k:end].tolist(),
                                                    strict=True)):
@@ -669,6 +646,72 @@ class IndexedReader(FileReader):
                 f"the file cannot be read past here: {type(broken).__name__}: {broken}",
                 expected="a readable stream", found=type(broken).__name__,
                 reason="decode_error"))
+
+    def _header_parser(self) -> tuple[int, bytes, RowParser, DeadLetter | None]:
+        """``(line_no, header, parser, dead letter if the header is refused)``: the first
+        line neither blank nor a title is the header."""
+        line_no, header = 0, b""
+        for raw, _size, _n in lines_of(self._fh, self.max_line):
+            line_no += 1
+            if not is_preamble(raw):
+                header = raw.rstrip(b"\r\n")
+                break
+        try:
+            return line_no, header, self._factory(header_cells(header), self.source), None
+        except RowError as err:  # the file cannot be read: one dead letter, done
+            self._refused = True
+            return line_no, header, _Nothing(), self.dead_letter(header, line_no, 0, err)
+
+    def _readable(self, line_no: int, header: bytes
+                  ) -> tuple[int, int, BaseException | None, DeadLetter | None]:
+        """``(fd, bytes readable, what broke the stream, dead letter if it is refused)``: a
+        plain file as it is; a compressed one decompressed once into a temporary file
+        that can be read anywhere, within the room it may take."""
+        fh = self._fh
+        if isinstance(fh, io.BufferedReader):
+            return fh.fileno(), 1 << 62, None, None
+        self._copy = copy = tempfile.TemporaryFile()  # noqa: SIM115  # closed by close()
+        room = min(self.max_temp, self.max_bytes,
+                   shutil.disk_usage(tempfile.gettempdir()).free - (256 << 20))
+        written, broken = 0, None
+        try:
+            with open_stream(self.path) as whole:
+                step = getattr(whole, "read1", whole.read)
+                while chunk := step(CHUNK):  # a decompression step at a time
+                    written += len(chunk)
+                    if written > room:
+                        self._refused = True
+                        return -1, 0, None, self.dead_letter(header, line_no, 0, RowError(
+                            f"reading it in time order needs a decompressed copy of "
+                            f"more than {room} bytes (the most temporary space it may "
+                            f"take: max_temp {self.max_temp}, or what "
+                            f"{tempfile.gettempdir()} has free); sort the file, or "
+                            "decompress it first", expected=f"at most {room} bytes "
+                            "decompressed", found=f"more than {room}", reason="too_large"))
+                    copy.write(chunk)
+        except (OSError, EOFError, zlib.error, zipfile.BadZipFile,
+                NotImplementedError) as err:
+            broken = err
+        copy.flush()
+        # a row cut off where the stream broke is no row
+        return copy.fileno(), copy.tell() if broken is not None else 1 << 62, broken, None
+
+    def _window(self, fd: int, offsets: np.ndarray, whole_lengths: np.ndarray) -> list[bytes]:
+        """A window's rows, read by place in the file a run of nearby rows at a time (an
+        over-long row as empty: its length alone makes it a dead letter)."""
+        lengths = np.where(whole_lengths > self.max_line, 0, whole_lengths)
+        texts = [b""] * len(offsets)
+        by_place = np.argsort(offsets, kind="stable")
+        placed = offsets[by_place]
+        ends = placed + lengths[by_place]
+        breaks = np.flatnonzero(placed[1:] - np.maximum.accumulate(ends)[:-1] > self.SPAN) + 1
+        for run in np.split(by_place, breaks):
+            starts, sizes = offsets[run].tolist(), lengths[run].tolist()
+            lo = starts[0]
+            data = os.pread(fd, max(a + b for a, b in zip(starts, sizes, strict=True)) - lo, lo)
+            for r, at, size in zip(run.tolist(), starts, sizes, strict=True):
+                texts[r] = data[at - lo:at - lo + size]
+        return texts
 
 
 def _records_in(items: list[Any]) -> int:
