@@ -38,7 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from riskguard.operators.signing.commands import decode_command
 from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, VerifyKey, decode_envelope
 from riskguard.schemas import Action, MitigationCommand
-from riskguard.schemas.action_params import HELD_ACTIONS
+from riskguard.schemas.action_params import HELD_ACTIONS, resume_lifts
 from riskguard.schemas.json_limits import check_json_depth
 
 from riskguard.errors import RiskguardError
@@ -295,12 +295,10 @@ def split_mitigations(commands: Iterable[MitigationCommand], now_ns: int,
 
 
 def _lifts(resume: MitigationCommand, action: str, command_id: str) -> bool:
-    """Whether ``resume`` (on the held command's scope) lifts it, as an executor's
-    :meth:`~riskguard.executors.scopes.ScopeBook.lift` does: its action among the resume's
-    ``actions`` and its id among its ``resumes``, each where given."""
+    """Whether ``resume`` (on the held command's scope) lifts it, as an executor does."""
     acts, ids = resume.params.get("actions"), resume.params.get("resumes")
-    return ((not isinstance(acts, list) or action in acts)
-            and (not isinstance(ids, list) or command_id in ids))
+    return resume_lifts(acts if isinstance(acts, list) else (),
+                        ids if isinstance(ids, list) else (), action, command_id)
 
 
 MAX_COMMANDS = 10_000

@@ -46,6 +46,7 @@ from typing import Any
 import msgspec
 from riskguard.operators.core.dedup import signer_id
 from riskguard.schemas.action_params import HELD_ACTIONS as HELD
+from riskguard.schemas.action_params import resume_lifts
 from riskguard.schemas.signals import Scope, ScopeKind
 
 from riskguard.errors import ConfigError
@@ -321,7 +322,7 @@ class ScopeBook:
         acts, ids = set(actions), set(command_ids)
         label = scope.label()
         gone = [h for (lbl, _), h in self.state.holds.items() if lbl == label
-                and (not acts or h.action in acts) and (not ids or h.command_id in ids)]
+                and resume_lifts(acts, ids, h.action, h.command_id)]
         for h in gone:
             del self.state.holds[(label, h.action)]
         return gone

@@ -197,6 +197,20 @@ other action is a one-off act (the table's "held" column, the one place that say
 """
 
 
+def resume_lifts(actions: Collection[str], command_ids: Collection[str], action: str,
+                 command_id: str) -> bool:
+    """Whether a ``resume`` listing ``actions`` and ``command_ids`` (each empty: any)
+    lifts the hold of ``action`` by ``command_id`` on its scope: the one rule executors
+    and the status page follow.
+
+    >>> resume_lifts(["halt_trading"], ["c1"], "halt_trading", "c2")
+    False
+    >>> resume_lifts([], [], "reduce_only", "c2")
+    True
+    """
+    return (not actions or action in actions) and (not command_ids or command_id in command_ids)
+
+
 def check_params(action: str, params: Mapping[str, Any], *,
                  optional: Collection[str] = ()) -> str | None:
     """None if ``params`` fit ``action``; else a one-line reason naming the param.
