@@ -350,6 +350,32 @@ def test_a_basis_that_is_no_number_never_makes_a_share_a_finite_zero() -> None:
     assert [e.concentration for e in out if e.counterparty == "a"][-1] == 0.5
 
 
+def test_amounts_whose_sum_overflows_breach_and_the_state_still_restores() -> None:
+    """Two positions of 1.7e308 each sum past the largest float. The counterparty's and
+    the firm's amounts read as the largest float (past every limit, never no number),
+    and the pipeline's state encodes and restores (the schema refuses infinities)."""
+    from riskguard.operators.core.snapshot import decode_snapshot, encode_snapshot
+    from riskguard.schemas.types import MAX_FLOAT
+
+    cfg = ExposureConfig(instruments=InstrumentsConfig(instruments={
+        n: InstrumentSpec(kind="perp", base=b, quote="USD")
+        for n, b in (("BTC-PERP", "BTC"), ("ETH-PERP", "ETH"))}))
+    pipe = LocalPipeline(cfg)
+    pipe.feed_all([
+        *(Trade(id=f"t{n}", venue="okx", instrument=n, ts=S, price=1e154, qty=1.0,
+                side="buy") for n in ("BTC-PERP", "ETH-PERP")),
+        *(Fill(id=f"f{n}", venue="okx", counterparty="okx", instrument=n, side="sell",
+               qty=1.7e154, price=1e154, ts=2 * S) for n in ("BTC-PERP", "ETH-PERP"))])
+    latest = pipe.latest()
+    for e in (latest["okx"], latest["*"]):
+        assert (e.gross_notional, e.net_notional) == (MAX_FLOAT, -MAX_FLOAT)
+        assert set(e.delta_by_underlying.values()) == {-1.7e308}
+    restored = LocalPipeline(cfg, decode_snapshot(encode_snapshot(pipe.snapshot())))
+    assert restored.latest() == latest
+    logic = LimitsLogic(gross_limit(), clock=lambda: 0)
+    assert gross_levels(drive(logic, [latest["okx"]])) == [(latest["okx"].ts, "breach")]
+
+
 def test_valued_again_inside_the_limit_clears_and_a_new_episode_alerts_again() -> None:
     """Breached by grace, then valued inside the limit: an ok breach record; unvalued
     again later: a new alert and a new grace period."""

@@ -32,6 +32,7 @@ from riskguard.schemas import (
     ScopeKind,
     Severity,
 )
+from riskguard.schemas.types import MAX_FLOAT
 from riskguard.schemas.valuation import Part, Progress
 
 
@@ -126,7 +127,7 @@ class CounterpartyLogic:
             unv_inst = sorted({n for n in t.unvalued if n in positions})
             unv_coll = sorted({n for n in t.unvalued if n not in positions})
         st.seq += 1
-        out.append(Exposure(
+        out.append(in_range(Exposure(
             counterparty=st.counterparty, ts=st.watermark, gross_notional=t.gross,
             net_notional=t.net, delta_by_underlying=t.delta,
             notional_by_asset=t.by_asset, instruments=t.names,
@@ -135,7 +136,7 @@ class CounterpartyLogic:
             evidence_ids=st.evidence, seq=st.seq, recv_ts=self._recv_ts,
             vol_by_underlying=t.vols, unvalued_instruments=unv_inst,
             unvalued_collateral=unv_coll,
-        ))
+        )))
         st.evidence = []
         return out
 
@@ -196,6 +197,38 @@ class _Totals(NamedTuple):
     notionals: list[float]
     vols: dict[str, float]
     unvalued: list[str]
+
+
+def _bounded(x: float) -> float:
+    """``x`` within the range a float can hold: past it, the largest float of its sign;
+    no number at all (inf - inf), the largest."""
+    return MAX_FLOAT if x != x else max(-MAX_FLOAT, min(MAX_FLOAT, x))
+
+
+def in_range(e: Exposure) -> Exposure:
+    """``e`` with every amount within the schema's range.
+
+    Sums of finite amounts can overflow (two positions of 1e308). Such an amount reads
+    as the largest float, past every limit, so the exposure still breaches, and it
+    still encodes and restores (the schema refuses infinities and NaN).
+
+    >>> in_range(Exposure(counterparty="a", ts=1, gross_notional=math.inf,
+    ...                   net_notional=-math.inf)).net_notional
+    -1.7976931348623157e+308
+    """
+    ds, ns = e.delta_by_underlying, e.notional_by_asset
+    total = (e.gross_notional + e.net_notional + e.collateral + e.unrealized_pnl
+             + e.open_order_notional + sum(ds.values()) + sum(ns.values())
+             + sum(e.instrument_notionals))
+    if math.isfinite(total):
+        return e
+    delta = {k: _bounded(v) for k, v in ds.items()}
+    return msgspec.structs.replace(
+        e, gross_notional=_bounded(e.gross_notional), net_notional=_bounded(e.net_notional),
+        collateral=_bounded(e.collateral), unrealized_pnl=_bounded(e.unrealized_pnl),
+        open_order_notional=_bounded(e.open_order_notional), delta_by_underlying=delta,
+        notional_by_asset=delta if ns is ds else {k: _bounded(v) for k, v in ns.items()},
+        instrument_notionals=[_bounded(v) for v in e.instrument_notionals])
 
 
 def _sum_parts(ps: list[Part]) -> _Totals:
@@ -526,7 +559,7 @@ class FirmLogic:
                 exps[k], concentration=share, vol_by_underlying=firm_vols,
                 ts=exps[k].ts if name in updated else ts))
         st.seq += 1
-        st.firm = Exposure(
+        st.firm = in_range(Exposure(
             counterparty="*", ts=ts, gross_notional=gross, net_notional=net,
             delta_by_underlying=delta, notional_by_asset=by_asset, collateral=coll,
             unrealized_pnl=upnl, open_order_notional=orders,
@@ -534,7 +567,7 @@ class FirmLogic:
             stale_instruments=sorted(stale), evidence_ids=evidence[-self.config.max_evidence:],
             seq=st.seq, vol_by_underlying=firm_vols, unvalued_instruments=sorted(unv_inst),
             unvalued_collateral=sorted(unv_coll),
-        )
+        ))
         out.append(st.firm)
         return out
 
