@@ -37,10 +37,9 @@ VALUATION_MAX_BYTES = 1024 * 1024
 class Part(msgspec.Struct, frozen=True, array_like=True):
     """One counterparty's complete partial exposure in one shard, stage 1 -> stage 2.
 
-    Amounts are in the reporting currency. ``names`` / ``notionals`` (or, in parts
-    from state-version-4 snapshots, ``by_inst``) and ``mark_ts`` list its open positions
-    (``mark_ts`` is ``NEVER_STALE`` for an unvalued one; it is packed little-endian
-    int64s, so a part holds no per-position int objects);
+    Amounts are in the reporting currency. ``names`` / ``notionals`` and ``mark_ts``
+    list its open positions (``mark_ts`` is ``NEVER_STALE`` for an unvalued one; it is
+    packed little-endian int64s, so a part holds no per-position int objects);
     ``unvalued`` names positions and collateral assets whose mark or FX rate is
     missing: they are never summed as zero silently, they make the exposure
     ``stale``. ``oldest`` is the oldest mark among the valued positions.
@@ -66,19 +65,10 @@ class Part(msgspec.Struct, frozen=True, array_like=True):
     vol_values: dict[str, float]
     evidence: list[str]
     recv_ts: int | None = None  # newest receive time of the batch that moved it (latency)
-    # notional per open position in ``mark_ts`` order, in parts of state-version-4
-    # snapshots (``names`` and ``notionals`` are empty there)
-    by_inst: dict[str, float] | None = None
-
-    def position_lists(self) -> tuple[list[str], list[float]]:
-        """``(names, notionals)`` of the open positions (either layout)."""
-        if self.by_inst is not None:
-            return list(self.by_inst), list(self.by_inst.values())
-        return self.names, self.notionals
 
     def positions(self) -> dict[str, float]:
         """Notional per open position."""
-        return dict(zip(*self.position_lists(), strict=True))
+        return dict(zip(self.names, self.notionals, strict=True))
 
 
 class Progress(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -152,7 +152,7 @@ class CounterpartyLogic:
             if p.oldest < horizon:
                 mts = np.frombuffer(p.mark_ts, dtype="<i8")
                 stale_ix = np.flatnonzero(mts < horizon).tolist()
-                held = p.position_lists()[0]
+                held = p.names
                 old.update((held[x], int(mts[x])) for x in stale_ix)
         return old
 
@@ -237,7 +237,7 @@ def _sum_parts(ps: list[Part]) -> _Totals:
     underlying wins."""
     if len(ps) == 1:
         p = ps[0]
-        names, notionals = p.position_lists()
+        names, notionals = p.names, p.notionals
         return _Totals(p.gross, p.net, p.upnl, p.orders, p.collateral, p.delta, p.by_asset,
                        names, notionals, p.vol_values, p.unvalued)
     gross = net = upnl = orders = coll = 0.0
@@ -257,9 +257,8 @@ def _sum_parts(ps: list[Part]) -> _Totals:
             delta[k] = delta.get(k, 0.0) + v
         for k, v in p.by_asset.items():
             by_asset[k] = by_asset.get(k, 0.0) + v
-        pn, pv = p.position_lists()
-        names.extend(pn)
-        notionals.extend(pv)
+        names.extend(p.names)
+        notionals.extend(p.notionals)
         for k, vt in p.vols.items():
             cur = vols.get(k)
             if cur is None or vt[1] > cur[1]:
