@@ -33,7 +33,9 @@ class Case:
 
     def split_points(self) -> list[int]:
         n = len(self.events)
-        return sorted(set(self.splits) | {0, n // 3, n // 2, (2 * n) // 3, n})
+        # 1 and n - 1: a snapshot before a source has spoken, and after one has finished
+        return sorted(set(self.splits) | {0, 1, n // 3, n // 2, (2 * n) // 3, n - 1, n}
+                      - {-1})
 
 
 def run(

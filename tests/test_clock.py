@@ -73,10 +73,31 @@ def test_a_source_named_the_same_after_a_restart_moves_time_at_once() -> None:
             for t in (106, 107, 108)] == [106, 107, 108]
 
 
-def test_restored_sources_with_new_names_still_hold_time_until_replaced() -> None:
-    """A bytewax restart names every worker afresh: the restored two go on holding time
-    until two new ones have ticked, then are forgotten."""
+def test_a_restored_source_that_has_not_ticked_again_still_holds_time() -> None:
+    """Sources keep their names (market processes): one not in the snapshot (it had not
+    ticked yet) is no replacement, and one that finished before the snapshot still
+    counts among the two announced, as it did before the restart."""
+    wm = Watermark.resume({"p1": [500, 0]}, idle_ns=10_000)
+    assert wm.update("p2", 520, now_ns=1, expected=2) == 500
+    assert sorted(wm.sources) == ["p1", "p2"]
+    done = Watermark.resume({"p1": [500, 0], "p2": [450, 0]}, idle_ns=10_000)
+    assert done.update("p1", 600, now_ns=1, expected=2) == 450
+
+
+def test_a_restored_source_silent_for_the_idle_time_is_forgotten() -> None:
+    """With no count announced (a replay), a restored source is forgotten once silent for
+    the idle time, when it no longer holds time back anyway."""
+    wm = Watermark.resume({"host/11/w0": [500, 0]}, idle_ns=10_000)
+    assert wm.update("host/21/w0", 510, now_ns=1) == 500
+    assert wm.update("host/21/w0", 520, now_ns=10_000) == 520
+    assert sorted(wm.sources) == ["host/21/w0"]
+
+
+def test_restored_sources_with_new_names_are_forgotten_once_they_outnumber_the_count() -> None:
+    """A bytewax restart names every worker afresh: once the sources outnumber the two
+    the ticks announce, the restored ones are forgotten, and time stands where it stood
+    until both new ones have ticked."""
     wm = Watermark.resume({"host/11/w0": [500, 0], "host/12/w0": [480, 0]}, idle_ns=10_000)
-    assert wm.update("host/21/w0", 510, now_ns=1, expected=2) == -1
+    assert wm.update("host/21/w0", 510, now_ns=1, expected=2) == 480
     assert wm.update("host/22/w0", 505, now_ns=2, expected=2) == 505
     assert sorted(wm.sources) == ["host/21/w0", "host/22/w0"]

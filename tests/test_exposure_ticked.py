@@ -516,20 +516,25 @@ def test_the_firm_passes_each_source_at_the_lowest_of_its_keys(items: list[Any],
             s: ts for s, ts in passed.items() if ts > -1}
 
 
-def test_a_restarts_old_progress_sources_are_forgotten_once_as_many_new_ones_spoke() -> None:
+def test_a_restarts_old_progress_sources_are_forgotten_once_they_outnumber_the_count() -> None:
     """A restart names its progress sources afresh: the sources a restored firm state
-    names are forgotten once as many new ones have spoken, so restarts do not pile up
-    sources (each with a map over every counterparty), and one that speaks again stays."""
+    names are forgotten once the sources outnumber the count the progress announces, so
+    restarts do not pile up sources (each with a map over every counterparty); one that
+    speaks again stays, and a source speaking for the first time within the count (it had
+    not spoken before the snapshot) forgets nothing."""
     cfg = worked_config()
     firm = FirmLogic(cfg, ticked=True)
 
     def prog(src: str, ts: int) -> Progress:
-        return Progress(counterparty=PROGRESS_KEY, ts=ts * S, source=src, of=2)
+        return Progress(counterparty=PROGRESS_KEY, ts=ts * S, source=src, of=3)
 
-    firm.on_batch([prog("a/1@s0", 5), prog("a/1@s1", 5), prog("a/1@s2", 5)])
+    firm.on_batch([prog("a/1@s0", 5), prog("a/1@s1", 5)])
     resumed = FirmLogic(cfg, pickle.loads(pickle.dumps(firm.snapshot())), ticked=True)
-    resumed.on_batch([prog("a/1@s2", 6), prog("b/2@s0", 6)])  # s2 kept its name
-    assert sorted(resumed.state.progress) == ["a/1@s0", "a/1@s1", "a/1@s2", "b/2@s0"]
-    resumed.on_batch([prog("b/2@s1", 6)])
-    assert sorted(resumed.state.progress) == ["a/1@s2", "b/2@s0", "b/2@s1"]
-    assert sorted(resumed.state.passed) == ["a/1@s2", "b/2@s0", "b/2@s1"]
+    resumed.on_batch([prog("a/1@s2", 6), prog("a/1@s1", 6)])  # s2 had not spoken yet
+    assert sorted(resumed.state.progress) == ["a/1@s0", "a/1@s1", "a/1@s2"]
+    again = FirmLogic(cfg, pickle.loads(pickle.dumps(resumed.snapshot())), ticked=True)
+    again.on_batch([prog("a/1@s2", 7), prog("b/2@s0", 7)])  # s2 kept its name
+    assert sorted(again.state.progress) == ["a/1@s2", "b/2@s0"]
+    again.on_batch([prog("b/2@s1", 7)])
+    assert sorted(again.state.progress) == ["a/1@s2", "b/2@s0", "b/2@s1"]
+    assert sorted(again.state.passed) == ["a/1@s2", "b/2@s0", "b/2@s1"]

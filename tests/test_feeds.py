@@ -65,11 +65,14 @@ def test_monitor_emits_one_loss_and_failover_then_one_restore_per_outage() -> No
 
 def test_after_a_restart_a_dead_processes_ticks_do_not_pin_the_monitors_clock() -> None:
     """Restored from a snapshot, the tick source it names belongs to a process that is
-    gone; the new process's ticks drive the heartbeat gap at once."""
+    gone; the new process's ticks (one more source than announced) drive the heartbeat gap
+    at once."""
     mon = FeedMonitorLogic(CFG, "okx")
-    assert [a for e in [hb(0), Tick(ts=1 * S, source="old")] for a in mon.on_event(e)] == []
+    assert [a for e in [hb(0), Tick(ts=1 * S, source="old", of=1)]
+            for a in mon.on_event(e)] == []
     resumed = FeedMonitorLogic(CFG, "okx", mon.snapshot())
-    alerts = [a.kind for e in [Tick(ts=1 * S, source="new"), Tick(ts=5 * S, source="new")]
+    alerts = [a.kind for e in [Tick(ts=1 * S, source="new", of=1),
+                               Tick(ts=5 * S, source="new", of=1)]
               for a in resumed.on_event(e)]
     assert alerts == ["heartbeat_loss", "feed_failover"]
     assert set(resumed.snapshot().sources) == {"new"}

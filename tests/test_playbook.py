@@ -676,17 +676,19 @@ def test_a_signal_waits_for_the_watermark_at_most_max_hold_s_of_processing_time(
 
 def test_after_a_restart_the_dead_processes_tick_sources_stop_holding_time() -> None:
     """Restored from a snapshot, the tick sources it names are gone (every process restarts
-    under a new name): once the new process ticks, time-driven rungs follow it at once,
-    instead of waiting for the dead source to go idle."""
+    under a new name): once the new process ticks (one more source than the ticks
+    announce), time-driven rungs follow it at once, not after the dead one goes idle."""
     rule = Rule(name="hb", signal="heartbeat_loss", target="venue", quiet_s=30,
                 ladder=(Rung(action=Action.REROUTE_ORDER_FLOW),
                         Rung(action=Action.CANCEL_ALL, after_s=60)))
     clock = ManualClock(1_000)
     logic = make(rule, clock=clock)
-    feed(logic, [Tick(ts=100 * S, source="old"), alert("heartbeat_loss", venue("binance"), 101)])
+    feed(logic, [Tick(ts=100 * S, source="old", of=1),
+                 alert("heartbeat_loss", venue("binance"), 101)])
     resumed = PlaybookLogic(logic.config, clock, logic.snapshot())
     clock.advance(S)  # well inside the 30 s idle window of the dead source
-    out = feed(resumed, [Tick(ts=100 * S, source="new"), Tick(ts=162 * S, source="new")])
+    out = feed(resumed, [Tick(ts=100 * S, source="new", of=1),
+                         Tick(ts=162 * S, source="new", of=1)])
     assert acts(out) == [("cancel_all", "venue:binance")]
     assert set(resumed.snapshot().sources) == {"new"}
 

@@ -3,8 +3,10 @@ the asset is critical (``operators/detection/venue_confirm.py``)."""
 
 from __future__ import annotations
 
+import pickle
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from riskguard.operators.detection.venue_confirm import (
@@ -338,6 +340,27 @@ def test_a_signal_its_group_has_judged_past_is_taken_in_and_counted() -> None:
     got = confirm(band("kraken/XBTUSD", "open", "warn", -300, ts=7), logic=logic)
     assert [(s.key, s.phase) for s in got] == [("kraken/XBTUSD", "escalate")]
     assert told == [("late", 1)] and logic.state.late == 1
+
+
+def test_resumed_before_a_market_first_progressed_it_confirms_as_unbroken() -> None:
+    """Markets keep their names across a restart: one that had not progressed before the
+    snapshot is no replacement for one that had, so the resumed group's time waits for
+    both as the unbroken one's does (its escalation at 5, not early at 3)."""
+    a, b = "binance/BTCUSDT", "kraken/XBTUSD"
+    events = [MarketProgress(ts=1, market=a), band(b, "open", "critical", -720, ts=5),
+              MarketProgress(ts=5, market=b), band(a, "open", "warn", -250, ts=3),
+              MarketProgress(ts=5, market=a)]
+
+    def run(evs: list[Any], state: Any = None) -> tuple[list[Any], Any]:
+        logic = VenueConfirmLogic(VenueConfirmConfig(join_s=0), clock=lambda: 0, state=state)
+        return [o for e in evs for o in logic.on_event(e)], logic.snapshot()
+
+    whole, _ = run(events)
+    assert [(s.key, s.phase, s.ts) for s in whole] == [(a, "escalate", 5)]
+    for k in range(len(events) + 1):
+        first, snap = run(events[:k])
+        rest, _ = run(events[k:], pickle.loads(pickle.dumps(snap)))
+        assert [(s.id, s.ts) for s in first + rest] == [(s.id, s.ts) for s in whole], k
 
 
 @pytest.mark.parametrize("abort_at", [450, 901, 903])

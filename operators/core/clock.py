@@ -126,8 +126,8 @@ class Watermark:
     stops holding the watermark back (noticed within another ``idle_ns / 4``); one far
     behind in *event* time does not (a replay runs event time fast). Until ``expected``
     sources (the most any tick announced) have ticked, or ``idle_ns`` has passed, the
-    watermark stays where it was (-1 at the start). Sources of a restored snapshot retire
-    once as many new ones tick (``restored``).
+    watermark stays where it was (-1 at the start). Sources of a restored snapshot count as
+    any other (``restored`` says when they are forgotten).
 
     >>> wm = Watermark(idle_ns=10)
     >>> wm.update("a", 100, now_ns=0), wm.update("b", 40, now_ns=1), wm.update("a", 120, now_ns=2)
@@ -173,7 +173,9 @@ class Watermark:
         for name, v in sources.items():
             if not isinstance(v, list):
                 sources[name] = [int(v), 0]
-        return cls(idle_ns, sources, RestoredSources(sources))
+        wm = cls(idle_ns, sources, RestoredSources(sources))
+        wm._last = min((t for t, _seen in sources.values()), default=-1)
+        return wm
 
     def tick_time(self, tick: Tick, now_ns: int) -> int:
         """Event time ``tick`` stands for: its own without a source name, else the
@@ -215,12 +217,10 @@ class Watermark:
         restored = self.restored
         if restored is not None and restored.old:
             restored.renew(source)
-            restored.retire(sources)
-            stale = True
+            stale = restored.retire(sources, self._expected, now_ns - self.idle_ns) or stale
         if stale:
             self._recompute(now_ns)
-        fresh = len(sources) - (len(restored.old) if restored is not None else 0)
-        if fresh < self._expected:
+        if len(sources) < self._expected:
             # fewer sources than announced: time holds, for idle_ns at most
             if self._short_since is None:
                 self._short_since = now_ns
@@ -244,37 +244,44 @@ class Watermark:
 
 
 class RestoredSources:
-    """Tick sources named in a restored snapshot, whose processes are gone (a bytewax
-    restart names ticks afresh): they hold time back only until as many new sources have
-    ticked, so a dead one cannot pin the watermark. A source that keeps its name across a
-    restart (``detect/w0``) is live again when it ticks.
+    """Tick sources named in a restored snapshot. A source that keeps its name across a
+    restart (``detect/w0``) is live again when it ticks. A bytewax restart names its tick
+    sources afresh, so the others belong to processes that are gone: they are forgotten
+    all at once when more sources have ticked than the ticks announce, and one by one
+    once silent for the idle time (processing time), when they hold nothing back.
 
-    >>> sources = {"host/11": 500, "host/12": 480}
+    >>> sources = {"host/11": [500, 0], "host/12": [480, 0]}
     >>> restored = RestoredSources(sources)
-    >>> sources["host/21"] = 490; restored.retire(sources); sorted(sources)
-    ['host/11', 'host/12', 'host/21']
-    >>> sources["host/22"] = 485; restored.retire(sources); sorted(sources)
-    ['host/21', 'host/22']
-    >>> same = {"detect/w0": 500}
+    >>> sources["host/21"] = [490, 5]; restored.retire(sources, 2, idle_before=-1)
+    True
+    >>> sorted(sources), restored.old
+    (['host/21'], set())
+    >>> same = {"p1": [500, 0], "p2": [480, 0]}
     >>> again = RestoredSources(same)
-    >>> again.renew("detect/w0"); again.retire(same); sorted(same), again.old
-    (['detect/w0'], set())
+    >>> again.renew("p1"); again.retire(same, 2, idle_before=-1), sorted(again.old)
+    (False, ['p2'])
     """
 
     def __init__(self, sources: dict[str, Any]) -> None:
         self.old = set(sources)
-        self.renewed: set[str] = set()  # restored names that ticked again
 
     def renew(self, name: str) -> None:
-        """``name`` ticked: if the snapshot named it, it is live again (call before
-        :meth:`retire`)."""
-        if name in self.old:
-            self.old.discard(name)
-            self.renewed.add(name)
+        """``name`` ticked: if the snapshot named it, it is live again."""
+        self.old.discard(name)
 
-    def retire(self, sources: dict[str, Any]) -> None:
-        """Drop the restored sources once enough new ones are live (call after each tick)."""
-        if self.old and len(sources.keys() - self.old - self.renewed) >= len(self.old):
-            for name in self.old:
-                sources.pop(name, None)
-            self.old = set()
+    def retire(self, sources: dict[str, Any], expected: int,
+               idle_before: int | None = None) -> bool:
+        """Forget the restored sources that have not ticked again: all of them when
+        ``sources`` outnumber the ``expected`` ones (0: unknown), else each whose last tick
+        was seen before ``idle_before`` (``sources`` holds ``[ts, seen]``; None: none).
+        True if any was forgotten."""
+        if expected and len(sources) > expected:
+            gone = self.old
+        elif idle_before is not None:
+            gone = {n for n in self.old if n in sources and sources[n][1] <= idle_before}
+        else:
+            return False
+        for name in gone:
+            sources.pop(name, None)
+        self.old = self.old - gone
+        return bool(gone)

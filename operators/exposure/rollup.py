@@ -377,8 +377,8 @@ class FirmLogic:
         self._shares = np.array([st.shares.get(cp, 0.0) for cp in self._names], dtype=float)
         # per progress source: the lowest ts over its stage-2 keys (derived from state)
         self._lows: dict[str, _Low] = {}
-        # progress sources a restored snapshot names belong to processes that are gone (a
-        # restart names its sources afresh): forgotten once as many new ones have spoken
+        # progress sources a restored snapshot names may belong to processes that are gone
+        # (a restart names its sources afresh): forgotten once sources outnumber the count
         self._restored = RestoredSources(st.progress) if state is not None else None
 
     def snapshot(self) -> FirmState:
@@ -464,10 +464,9 @@ class FirmLogic:
 
     def _retire_restored(self, restored: RestoredSources) -> None:
         """A new source spoke: the restored ones that have not spoken are forgotten once
-        as many new ones have, as the limits keys' watermarks retire them."""
+        the sources outnumber the count the progress announces."""
         old = restored.old
-        restored.retire(self.state.progress)
-        if not restored.old:
+        if restored.retire(self.state.progress, self.state.sources_of):
             for gone in old:
                 self.state.passed.pop(gone, None)
                 self._lows.pop(gone, None)
