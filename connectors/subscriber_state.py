@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
-from riskguard.schemas.action_params import HELD_ACTIONS
+from riskguard.schemas.action_params import HELD_ACTIONS, resume_lifts
 from riskguard.schemas.commands import MitigationCommand
 
 from riskguard.errors import ConfigError
@@ -172,12 +172,13 @@ class SubscriberState:
         scope = cmd.scope.label()
         action = cmd.action.value
         if action == "resume":
-            lifted = cmd.params.get("actions")
-            if isinstance(lifted, list) and lifted:
-                self.db.executemany("DELETE FROM in_force WHERE action=? AND scope=?",
-                                    [(str(a), scope) for a in lifted])
-            else:
-                self.db.execute("DELETE FROM in_force WHERE scope=?", (scope,))
+            acts, ids = cmd.params.get("actions"), cmd.params.get("resumes")
+            acts = [str(a) for a in acts] if isinstance(acts, list) else []
+            ids = [str(i) for i in ids] if isinstance(ids, list) else []
+            rows = self.db.execute("SELECT action, command_id FROM in_force WHERE scope=?",
+                                   (scope,)).fetchall()
+            self.db.executemany("DELETE FROM in_force WHERE action=? AND scope=?",
+                                [(a, scope) for a, c in rows if resume_lifts(acts, ids, a, c)])
         elif action in HELD_ACTIONS:
             self.db.execute("INSERT OR REPLACE INTO in_force VALUES (?, ?, ?, ?)",
                             (action, scope, cmd.command_id, params_key(cmd)))

@@ -255,7 +255,7 @@ class Hold:
 class ScopeBookState:
     """What a :class:`ScopeBook` holds; ``snapshot()`` copies it, ``restore()`` resumes."""
 
-    holds: dict[tuple[str, str], Hold] = field(default_factory=dict)
+    holds: dict[tuple[str, str, str], Hold] = field(default_factory=dict)  # scope, action, id
     applied: dict[str, dict[str, Any]] = field(default_factory=dict)
     version: int = 1
 
@@ -273,23 +273,44 @@ class ScopeBook:
     """Command ids remembered for idempotence (commands expire long before this many)."""
     MAX_SAVED = 256
     """Of those, how many the holds file keeps."""
+    MAX_HOLDS_PER_ACTION = 64
+    """Holds of one action on one scope (each stricter than the last, or a repeat of a
+    halt the subscriber let through); past it, :meth:`hold` raises ``OverflowError``."""
 
     def __init__(self, state: ScopeBookState | None = None) -> None:
         self.state = state or ScopeBookState()
 
     def hold(self, action: str, scope: Scope, command_id: str, *, factor: float | None = None,
-             bps: float | None = None) -> Hold | None:
-        """Hold ``action`` on exactly ``scope`` (replacing that action's earlier hold
-        there); returns the hold it replaced."""
+             bps: float | None = None) -> list[Hold]:
+        """Hold ``action`` on exactly ``scope`` for ``command_id``, beside the holds of
+        that action there by other commands (each is lifted only by a resume naming it or
+        all of them; the strictest applies); returns those others.
+
+        >>> book, okx = ScopeBook(), Scope(kind=ScopeKind.VENUE, value="okx")
+        >>> _ = book.hold("reduce_limits", okx, "a", factor=0.5)
+        >>> [h.command_id for h in book.hold("reduce_limits", okx, "b", factor=0.3)]
+        ['a']
+        >>> _ = book.lift(okx, command_ids=["b"]); [h.factor for h in book.holds()]
+        [0.5]
+        """
         if action not in HELD_ACTIONS:
             msg = f"{action!r} is not held on a scope (one of {sorted(HELD_ACTIONS)})"
             raise ValueError(msg)
-        key = (scope.label(), action)
-        old = self.state.holds.get(key)
-        self.state.holds[key] = Hold(action=action, scope_label=key[0], scope=scope,
-                                     command_id=command_id, state=HELD_ACTIONS[action],
-                                     factor=factor, bps=bps)
-        return old
+        label = scope.label()
+        others = [h for h in self.on(label, action) if h.command_id != command_id]
+        if len(others) >= self.MAX_HOLDS_PER_ACTION:
+            msg = (f"{len(others)} commands already hold {action} on {label} "
+                   f"(at most {self.MAX_HOLDS_PER_ACTION})")
+            raise OverflowError(msg)
+        self.state.holds[(label, action, command_id)] = Hold(
+            action=action, scope_label=label, scope=scope, command_id=command_id,
+            state=HELD_ACTIONS[action], factor=factor, bps=bps)
+        return others
+
+    def on(self, label: str, action: str) -> list[Hold]:
+        """The holds of ``action`` on exactly the scope labelled ``label``."""
+        return [h for (lbl, act, _), h in self.state.holds.items()
+                if lbl == label and act == action]
 
     def at_least_as_strict(self, action: str, scope: Scope, *, factor: float | None = None,
                            bps: float | None = None) -> Hold | None:
@@ -306,13 +327,11 @@ class ScopeBook:
         >>> book.at_least_as_strict("reduce_limits", venue, factor=0.05) is None
         True
         """
-        old = self.state.holds.get((scope.label(), action))
-        if old is None:
-            return None
-        if factor is not None and old.factor is not None and old.factor <= factor:
-            return old
-        if bps is not None and old.bps is not None and old.bps >= bps:
-            return old
+        for old in self.on(scope.label(), action):
+            if factor is not None and old.factor is not None and old.factor <= factor:
+                return old
+            if bps is not None and old.bps is not None and old.bps >= bps:
+                return old
         return None
 
     def lift(self, scope: Scope, *, actions: Iterable[str] = (),
@@ -321,10 +340,10 @@ class ScopeBook:
         where given, else all of them; returns what it lifted."""
         acts, ids = set(actions), set(command_ids)
         label = scope.label()
-        gone = [h for (lbl, _), h in self.state.holds.items() if lbl == label
+        gone = [h for (lbl, _, _), h in self.state.holds.items() if lbl == label
                 and resume_lifts(acts, ids, h.action, h.command_id)]
         for h in gone:
-            del self.state.holds[(label, h.action)]
+            del self.state.holds[(label, h.action, h.command_id)]
         return gone
 
     def holds(self, action: str | None = None) -> list[Hold]:
@@ -400,7 +419,8 @@ class ScopeBook:
             saved = msgspec.json.decode(p.read_bytes(), type=_SavedBook)
         except (OSError, msgspec.DecodeError) as err:
             raise ConfigError(str(p), "the executor's saved holds (JSON)", str(err)) from None
-        return cls(ScopeBookState(holds={(h.scope_label, h.action): h for h in saved.holds},
+        return cls(ScopeBookState(holds={(h.scope_label, h.action, h.command_id): h
+                                         for h in saved.holds},
                                   applied=saved.applied, version=saved.version))
 
     @classmethod

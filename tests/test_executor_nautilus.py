@@ -28,10 +28,12 @@ import pandas as pd  # noqa: E402  (nautilus_trader brings pandas)
 from nautilus_trader.backtest.engine import BacktestEngine, BacktestEngineConfig  # noqa: E402
 from nautilus_trader.common.actor import Actor  # noqa: E402
 from nautilus_trader.config import ActorConfig, LoggingConfig  # noqa: E402
+from nautilus_trader.core.uuid import UUID4  # noqa: E402
 from nautilus_trader.model.currencies import BTC, ETH, USDT  # noqa: E402
 from nautilus_trader.model.data import QuoteTick  # noqa: E402
 from nautilus_trader.model.enums import (  # noqa: E402
     AccountType,
+    ContingencyType,
     OmsType,
     OrderSide,
     OrderStatus,
@@ -46,6 +48,7 @@ from nautilus_trader.model.identifiers import (  # noqa: E402
 )
 from nautilus_trader.model.instruments import CryptoPerpetual, CurrencyPair  # noqa: E402
 from nautilus_trader.model.objects import Money, Price, Quantity  # noqa: E402
+from nautilus_trader.model.orders import LimitOrder  # noqa: E402
 from nautilus_trader.test_kit.providers import TestInstrumentProvider  # noqa: E402
 from nautilus_trader.trading.strategy import Strategy  # noqa: E402
 from riskguard.connectors.acks import AckSigner  # noqa: E402
@@ -151,10 +154,12 @@ class Trader(Strategy):
 
     def __init__(self, resting_at: tuple[int, ...] = (),
                  instruments: tuple[InstrumentId, ...] = INSTRUMENTS,
-                 resting_sells_at: tuple[int, ...] = ()) -> None:
+                 resting_sells_at: tuple[int, ...] = (), list_sells_at: int = -1,
+                 oco: bool = False) -> None:
         super().__init__()
         self.resting_at = resting_at
         self.resting_sells_at = resting_sells_at
+        self.list_sells_at, self.oco = list_sells_at, oco
         self.instruments = instruments
         self.sent: dict[str, tuple[int, InstrumentId, OrderSide, str]] = {}
         self.denied: dict[str, str] = {}
@@ -179,10 +184,27 @@ class Trader(Strategy):
             order = self.order_factory.limit(iid, OrderSide.SELL, inst.make_qty(0.06),
                                              inst.make_price(2 * tick.ask_price.as_double()))
             self._send(order, second, "resting_sell")
+        if second == self.list_sells_at and iid == BTC_BIN:
+            self._send_list(iid, tick, second)
         side = OrderSide.BUY if second % 2 == 0 else OrderSide.SELL
         qty = 0.02 if side == OrderSide.BUY else 0.01
         order = self.order_factory.market(iid, side, self.cache.instrument(iid).make_qty(qty))
         self._send(order, second, "market")
+
+    def _send_list(self, iid: InstrumentId, tick: QuoteTick, second: int) -> None:
+        """One order list of two SELL limits of 0.06 at twice the market (with ``oco``,
+        each one cancels the other)."""
+        inst = self.cache.instrument(iid)
+        qty, px = inst.make_qty(0.06), inst.make_price(2 * tick.ask_price.as_double())
+        ids = [self.order_factory.generate_client_order_id() for _ in range(2)]
+        orders = [LimitOrder(
+            self.trader_id, self.id, iid, ids[k], OrderSide.SELL, qty, px, UUID4(),
+            self.clock.timestamp_ns(),
+            contingency_type=ContingencyType.OCO if self.oco else ContingencyType.NO_CONTINGENCY,
+            linked_order_ids=[ids[1 - k]] if self.oco else None) for k in range(2)]
+        for o in orders:
+            self.sent[o.client_order_id.value] = (second, iid, o.side, "list_sell")
+        self.submit_order_list(self.order_factory.create_list(orders))
 
     def _send(self, order: Any, second: int, kind: str) -> None:
         self.sent[order.client_order_id.value] = (second, order.instrument_id, order.side, kind)
@@ -278,7 +300,8 @@ class Run:
 
 def run(tmp_path: Path, schedule: list[tuple[float, bytes]], *, resting_at: tuple[int, ...] = (),
         fail_sends: int = 0, probe_at: tuple[float, ...] = (), perp: bool = False,
-        resting_sells_at: tuple[int, ...] = ()) -> Run:
+        resting_sells_at: tuple[int, ...] = (), list_sells_at: int = -1,
+        oco: bool = False) -> Run:
     """One backtest of SECONDS seconds with the executor, the trader and the command feed
     (``perp``: also BTCUSDT-PERP on BYBIT, a margin account)."""
     engine = BacktestEngine(BacktestEngineConfig(
@@ -326,7 +349,7 @@ def run(tmp_path: Path, schedule: list[tuple[float, bytes]], *, resting_at: tupl
         markets=MarketMap.from_dict(markets), risk_engine=engine.kernel.risk_engine, acks=acks,
         send_ack=send, trust=trust(), audience=AUD, state_path=tmp_path / "sub.sqlite")
     box.append(executor)
-    trader = Trader(resting_at, instruments, resting_sells_at)
+    trader = Trader(resting_at, instruments, resting_sells_at, list_sells_at, oco)
     feed = Feed(executor, schedule)
     engine.add_actor(executor)
     engine.add_actor(feed)
@@ -622,7 +645,7 @@ def test_reduce_limits_caps_max_notional_and_an_order_above_it_is_denied(tmp_pat
 def test_a_looser_reduce_limits_never_replaces_a_stricter_one(tmp_path: Path) -> None:
     """A reduce_limits asking for factor 1.0 on a scope held at 0.002 changes nothing
     (already_applied, naming the hold in force): only a resume lifts a hold, so a key
-    that may reduce limits cannot undo another's cut. A stricter one replaces it."""
+    that may reduce limits cannot undo another's cut. A stricter one is held beside it."""
     c = Commands()
     scope = Scope(kind=ScopeKind.INSTRUMENT, value="BTC-USDT", venue="binance")
     cut, cut_id = c.make(20.5, Action.REDUCE_LIMITS, scope, params={"factor": 0.002})
@@ -633,7 +656,53 @@ def test_a_looser_reduce_limits_never_replaces_a_stricter_one(tmp_path: Path) ->
     outcomes = [(a.outcome, a.settles) for a in r.acks()]
     assert outcomes == [(AckOutcome.APPLIED, None), (AckOutcome.ALREADY_APPLIED, cut_id),
                         (AckOutcome.APPLIED, None)]
-    assert [(h.command_id, h.factor) for h in r.executor.holds()] == [(tighter_id, 0.001)]
+    assert [(h.command_id, h.factor) for h in r.executor.holds()] == [
+        (cut_id, 0.002), (tighter_id, 0.001)]
+
+
+@pytest.mark.parametrize("oco", [False, True])
+def test_an_order_list_that_together_would_flip_the_position_is_denied_under_reduce_only(
+        tmp_path: Path, oco: bool) -> None:
+    """Long about 0.1 under reduce_only, one order list of two SELLs of 0.06: each one
+    reduces, together they would flip the position, so the list is denied; as a
+    one-cancels-other pair only one can fill, so it passes."""
+    c = Commands()
+    ro, _ = c.make(20.5, Action.REDUCE_ONLY, venue("binance"))
+    r = run(tmp_path, [(20.5, ro)], list_sells_at=22, oco=oco)
+    listed = [cid for cid, (_s, _i, _sd, kind) in r.trader.sent.items() if kind == "list_sell"]
+    assert len(listed) == 2
+    assert [cid in r.trader.denied for cid in listed] == [not oco, not oco]
+
+
+def test_a_resume_never_lifts_a_halt_it_does_not_name(tmp_path: Path) -> None:
+    """An operator halts okx; the guard's halt is already in force, and its resume of that
+    halt (naming it, as the playbook does) lifts nothing; the guard's next halt is in
+    force already too, and its resume leaves okx halted by the operator to the end."""
+    c = Commands()
+    okx = venue("okx")
+    o1, _ = c.make(10.5, Action.HALT_TRADING, okx, by=(OP1,))
+    e1, e1_id = c.make(20.5, Action.HALT_TRADING, okx, by=(ENGINE2,))
+    r1, _ = c.make(30.5, Action.RESUME, okx, by=(ENGINE2,),
+                   params={"actions": ["halt_trading"], "resumes": [e1_id]})
+    e2, e2_id = c.make(40.5, Action.HALT_TRADING, okx, by=(ENGINE2,))
+    r2, _ = c.make(60.5, Action.RESUME, okx, by=(ENGINE2,),
+                   params={"actions": ["halt_trading"], "resumes": [e2_id]})
+    r = run(tmp_path, [(10.5, o1), (20.5, e1), (30.5, r1), (40.5, e2), (60.5, r2)])
+    assert not any(r.trader.passed(BTC_OKX, seconds=range(11, SECONDS)))
+
+
+def test_resuming_the_stricter_of_two_cuts_leaves_the_other_in_force() -> None:
+    """Two commands cut okx's limits, to 0.5 and then to 0.3: the strictest applies, and a
+    resume naming the 0.3 leaves the 0.5 (and one naming neither lifts nothing)."""
+    okx = MarketMap.from_dict(MARKETS).market("BTCUSDT.OKX")
+    book = ScopeBook()
+    book.hold("reduce_limits", venue("okx"), "cmd-a", factor=0.5)
+    assert book.at_least_as_strict("reduce_limits", venue("okx"), factor=0.3) is None
+    book.hold("reduce_limits", venue("okx"), "cmd-b", factor=0.3)
+    assert book.factor_for(okx)[0] == 0.3
+    assert book.lift(venue("okx"), command_ids=["cmd-c"]) == []
+    assert [h.command_id for h in book.lift(venue("okx"), command_ids=["cmd-b"])] == ["cmd-b"]
+    assert book.factor_for(okx)[0] == 0.5
 
 
 def test_reduce_limits_on_a_margin_account_is_enforced_by_the_gate(tmp_path: Path) -> None:

@@ -73,12 +73,12 @@ def breach(name: str, t: float, level: LimitLevel = LimitLevel.BREACH,
                        severity=sev)
 
 
-def resume(scope: Scope, t: float, approvals: int = 0) -> MitigationCommand:
+def resume(scope: Scope, t: float, approvals: int = 0, **params: Any) -> MitigationCommand:
     return MitigationCommand(
         command_id=f"manual-{scope.label()}-{t}", issuer="ops", issued_at=int(t * S),
         expires_at=int(t * S) + 60 * S, audience=Audience(env="dev", topic="commands"),
-        action=Action.RESUME, scope=scope, params={"approvals": float(approvals)},
-        reason="operator resume")
+        action=Action.RESUME, scope=scope,
+        params={"approvals": float(approvals), **params}, reason="operator resume")
 
 
 def make(*rules: Rule, clock: Any = None, **kw: Any) -> PlaybookLogic:
@@ -312,6 +312,21 @@ def test_manual_recovery_waits_for_a_resume_input() -> None:
     assert logic.on_event(resume(cp("binance"), 101)) == []
     assert list(logic.snapshot().active) == ["pause_withdrawals|counterparty:okx"]
     assert logic.on_event(resume(cp("okx"), 102)) == []
+    assert logic.snapshot().active == {}
+
+
+def test_a_resume_naming_other_commands_leaves_the_guards_mitigation_in_force() -> None:
+    """An operator's resume naming another command (``resumes``) lifts nothing the guard
+    holds, as executors do: the guard keeps its mitigation, and resumes it later itself;
+    one naming it lifts it."""
+    rule = Rule(name="recon", signal="reconciliation_break", scope="counterparty:*",
+                recovery="manual", quiet_s=5, ladder=(Rung(action=Action.PAUSE_WITHDRAWALS),))
+    logic = make(rule)
+    feed(logic, [alert("reconciliation_break", cp("okx"), 0), Tick(ts=100 * S)])
+    held = logic.snapshot().active["pause_withdrawals|counterparty:okx"].command_id
+    assert logic.on_event(resume(cp("okx"), 101, resumes=["someone-else"])) == []
+    assert list(logic.snapshot().active) == ["pause_withdrawals|counterparty:okx"]
+    assert logic.on_event(resume(cp("okx"), 102, resumes=[held])) == []
     assert logic.snapshot().active == {}
 
 

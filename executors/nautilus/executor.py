@@ -13,7 +13,7 @@ the RiskEngine's own trading state, a narrower scope is enforced per order by a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -24,7 +24,7 @@ from nautilus_trader.common.actor import Actor
 from nautilus_trader.common.config import ActorConfig
 from nautilus_trader.core.uuid import UUID4
 from nautilus_trader.execution.messages import CancelOrder, ModifyOrder
-from nautilus_trader.model.enums import OrderSide, TradingState, TriggerType
+from nautilus_trader.model.enums import ContingencyType, OrderSide, TradingState, TriggerType
 from nautilus_trader.model.identifiers import InstrumentId, Venue
 from nautilus_trader.model.orders import Order
 from riskguard.connectors.acks import AckingExecutor, AckSigner, Applied
@@ -132,7 +132,7 @@ class NautilusExecutor(Actor):
         holds = self._book.state.holds
         missing = [f"{action} on {scope} (command {cid})"
                    for action, scope, cid in subscriber.state.held()
-                   if (scope, action) not in holds]
+                   if (scope, action, cid) not in holds]
         if missing:
             raise ConfigError(str(self._holds_path),
                               "the holds the subscriber's state has in force (restore the "
@@ -233,7 +233,10 @@ class NautilusExecutor(Actor):
         return Applied(AckOutcome.APPLIED, "alert: nothing to change", {"change": "none"})
 
     def _hold_state(self, cmd: MitigationCommand, markets: list[Market]) -> Applied:
-        old = self._book.hold(cmd.action.value, cmd.scope, cmd.command_id)
+        try:
+            others = self._book.hold(cmd.action.value, cmd.scope, cmd.command_id)
+        except OverflowError as err:
+            return Applied(AckOutcome.REFUSED, str(err))
         self._sync_firm_state()
         state = TradeState.HALTED if cmd.action is Action.HALT_TRADING else TradeState.REDUCING
         detail: Detail = {
@@ -244,8 +247,8 @@ class NautilusExecutor(Actor):
             "enforced_by": ("risk_engine" if cmd.scope.kind is ScopeKind.FIRM
                             else "pre_trade_gate"),
         }
-        if old is not None and old.command_id != cmd.command_id:
-            detail["replaces"] = old.command_id
+        if others:
+            detail["also_held_by"] = [h.command_id for h in others]
         return Applied(AckOutcome.APPLIED, f"{state.name} on {cmd.scope.label()}", detail)
 
     def _resume(self, cmd: MitigationCommand, markets: list[Market]) -> Applied:
@@ -256,9 +259,10 @@ class NautilusExecutor(Actor):
                                  command_ids=resumes if isinstance(resumes, list) else ())
         self._sync_firm_state()
         caps = self._sync_caps()
-        for h in lifted:
-            if h.action == Action.WIDEN_QUOTES.value:
-                self._publish_widen(cmd.command_id, cmd.scope, 0.0, markets)
+        if any(h.action == Action.WIDEN_QUOTES.value for h in lifted):
+            left = self._book.on(cmd.scope.label(), Action.WIDEN_QUOTES.value)
+            self._publish_widen(cmd.command_id, cmd.scope,
+                                max((h.bps or 0.0 for h in left), default=0.0), markets)
         still = sorted({f"{m.key}: {g.action} on {g.scope_label}" for m in markets
                         for g in self._book.governing(m)[:1]})
         detail: Detail = {
@@ -296,7 +300,11 @@ class NautilusExecutor(Actor):
                                              factor=factor)
         if held is not None:
             return _in_force(held, f"max notional per order x{held.factor:g}")
-        self._book.hold(Action.REDUCE_LIMITS.value, cmd.scope, cmd.command_id, factor=factor)
+        try:
+            self._book.hold(Action.REDUCE_LIMITS.value, cmd.scope, cmd.command_id,
+                            factor=factor)
+        except OverflowError as err:
+            return Applied(AckOutcome.REFUSED, str(err))
         caps = self._sync_caps()
         detail: Detail = {
             "factor": factor,
@@ -311,7 +319,10 @@ class NautilusExecutor(Actor):
         held = self._book.at_least_as_strict(Action.WIDEN_QUOTES.value, cmd.scope, bps=bps)
         if held is not None:
             return _in_force(held, f"quotes widened by {held.bps:g} bps")
-        self._book.hold(Action.WIDEN_QUOTES.value, cmd.scope, cmd.command_id, bps=bps)
+        try:
+            self._book.hold(Action.WIDEN_QUOTES.value, cmd.scope, cmd.command_id, bps=bps)
+        except OverflowError as err:
+            return Applied(AckOutcome.REFUSED, str(err))
         self._publish_widen(cmd.command_id, cmd.scope, bps, markets)
         return Applied(AckOutcome.APPLIED, f"published on {WIDEN_QUOTES_TOPIC}",
                        {"topic": WIDEN_QUOTES_TOPIC, "bps": bps,
@@ -413,12 +424,12 @@ class NautilusExecutor(Actor):
         top = governing[0]
         return top, f"riskguard {top.action} on {top.scope_label} (command {top.command_id})"
 
-    def _check_order(self, order: Order) -> str | None:
+    def _check_order(self, order: Order, earlier: list[Order]) -> str | None:
         top, by = self._governing(order)
         if top is not None:
             if top.state is TradeState.HALTED:
                 return f"{by}: trading is halted"
-            if top.state is TradeState.REDUCING and not self._reduces(order):
+            if top.state is TradeState.REDUCING and not self._reduces(order, earlier):
                 return f"{by}: the order does not reduce the {order.instrument_id} position"
         return self._check_margin_cap(order)
 
@@ -433,10 +444,11 @@ class NautilusExecutor(Actor):
         return self._check_margin_cap(order, quantity=command.quantity,
                                       price=command.price or command.trigger_price)
 
-    def _reduces(self, order: Order) -> bool:
+    def _reduces(self, order: Order, earlier: Sequence[Order] = ()) -> bool:
         """True if ``order`` only reduces the net position, counted with the orders already
-        working on its side (open, in flight or emulated): several that each fit would
-        together flip it. From flat nothing reduces."""
+        working on its side (open, in flight or emulated) and ``earlier`` ones of its own
+        order list (except its one-cancels-other or one-updates-other partners): several
+        that each fit would together flip it. From flat nothing reduces."""
         net = Decimal(self.portfolio.net_position(order.instrument_id))
         side = OrderSide.SELL if net > 0 else OrderSide.BUY
         if net == 0 or order.side != side:
@@ -446,6 +458,12 @@ class NautilusExecutor(Actor):
             *cache.orders_open(instrument_id=iid, side=side),
             *cache.orders_inflight(instrument_id=iid, side=side),
             *cache.orders_emulated(instrument_id=iid, side=side))}
+        partners = (set(order.linked_order_ids or ())
+                    if order.contingency_type in (ContingencyType.OCO, ContingencyType.OUO)
+                    else set())
+        working.update((o.client_order_id, o) for o in earlier
+                       if o.instrument_id == iid and o.side == side
+                       and o.client_order_id not in partners)
         working.pop(order.client_order_id, None)
         committed = sum((o.leaves_qty.as_decimal() for o in working.values()), Decimal(0))
         return committed + order.quantity.as_decimal() <= abs(net)

@@ -25,8 +25,9 @@ from nautilus_trader.model.orders import Order
 RISK_ENDPOINT = "RiskEngine.execute"
 EXEC_EVENTS_ENDPOINT = "ExecEngine.process"
 
-OrderCheck = Callable[[Order], "str | None"]
-"""Why an order may not be submitted (None: it may)."""
+OrderCheck = Callable[[Order, "list[Order]"], "str | None"]
+"""Why an order may not be submitted, given the earlier orders of its order list (None: it
+may)."""
 ModifyCheck = Callable[[Order, ModifyOrder], "str | None"]
 
 
@@ -63,13 +64,15 @@ class PreTradeGate:
     def execute(self, command: Any) -> None:
         """The endpoint handler: deny what the check refuses, forward the rest."""
         if isinstance(command, SubmitOrder):
-            reason = self._check(command.order)
+            reason = self._check(command.order, [])
             if reason is not None:
                 self._deny(command.order, reason)
                 return
         elif isinstance(command, SubmitOrderList):
             orders = list(command.order_list.orders)
-            reasons = [r for r in map(self._check, orders) if r is not None]
+            # each order is checked with the list's earlier ones as if already working
+            reasons = [r for i, o in enumerate(orders)
+                       if (r := self._check(o, orders[:i])) is not None]
             if reasons:
                 for order in orders:
                     self._deny(order, f"order list: {reasons[0]}")

@@ -202,7 +202,7 @@ class _Totals(NamedTuple):
 def _bounded(x: float) -> float:
     """``x`` within the range a float can hold: past it, the largest float of its sign;
     no number at all (inf - inf), the largest."""
-    return MAX_FLOAT if x != x else max(-MAX_FLOAT, min(MAX_FLOAT, x))
+    return MAX_FLOAT if math.isnan(x) else max(-MAX_FLOAT, min(MAX_FLOAT, x))
 
 
 def in_range(e: Exposure) -> Exposure:

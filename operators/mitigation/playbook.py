@@ -86,6 +86,7 @@ from riskguard.schemas import (
     decision_digest,
     encode,
 )
+from riskguard.schemas.action_params import resume_lifts
 
 # the playbook's names, with the rules' and incidents' its callers use beside them
 __all__ = [
@@ -448,14 +449,15 @@ class PlaybookLogic:
 
     def _manual_resume(self, cmd: MitigationCommand) -> None:
         st = self.state
-        wanted = cmd.params.get("actions")
+        wanted, named = cmd.params.get("actions"), cmd.params.get("resumes")
+        wanted = wanted if isinstance(wanted, list) else []
+        named = named if isinstance(named, list) else []
         approvals = cmd.params.get("approvals", 0)
         label = cmd.scope.label()
         for key in sorted(st.active):
             m = st.active[key]
-            if m.scope.label() != label:
-                continue
-            if isinstance(wanted, list) and m.action.value not in wanted:
+            if m.scope.label() != label or not resume_lifts(wanted, named, m.action.value,
+                                                             m.command_id):
                 continue
             if (m.action is Action.HALT_TRADING and m.scope.kind is ScopeKind.FIRM
                     and not (isinstance(approvals, float | int) and approvals >= 2)):
