@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from typing import Any, cast
 
@@ -471,8 +472,8 @@ class _Served:
     def __init__(self, fetches: list[list[_Msg]]) -> None:
         self.fetches = list(fetches)
 
-    def add(self, topic: str, idx: int, offset: int) -> None:
-        pass
+    def add(self, topic: str, idx: int, offset: int) -> int:
+        return offset
 
     def take(self, topic: str, idx: int) -> list[_Msg]:
         return self.fetches.pop(0) if self.fetches else []
@@ -756,6 +757,52 @@ def test_a_progress_partition_reads_on_after_its_writer_restarts() -> None:
                             lambda: next(t), writers=1, writer_wait_ns=60 * 10**9)
     assert [(r.ts, r.final) for r in _read_until_end(part)] == [
         (5, False), (6, False), (6, True)]
+
+
+def test_a_progress_partition_resumed_after_its_writers_final_progress_ends() -> None:
+    """Killed after an epoch that read the writer's final progress (or after the bundle
+    had ended that partition), the resumed partition reads nothing more and still ends,
+    by idleness once the wait for a restarting writer is over, instead of never."""
+    from riskguard.connectors.kafka.source import _SourcePartition
+
+    t = iter(range(0, 10**15, 5 * 10**8))  # half a second per clock reading
+
+    def part(fetches: list[list[_Msg]], offset: int, watermark: int = -1) -> Any:
+        return _SourcePartition(cast(Any, _Stalling(fetches, stall=0, end=2)), "d", 0,
+                                offset, Codec(), 100, 10**9, None, lambda: next(t),
+                                watermark=watermark, writers=1, writer_wait_ns=60 * 10**9)
+
+    first = part([[_Msg(0, _progress("market/0", 5)),
+                   _Msg(1, _progress("market/0", 6, final=True))]], -2)
+    assert len(first.next_batch()) == 2
+    offset, watermark = first.snapshot()
+    assert _read_until_end(part([], offset, watermark)) == []
+
+
+def test_a_latest_start_resumes_at_the_end_it_started_from(kafka_bootstrap: str,
+                                                            new_topic) -> None:
+    """Started at ``latest`` and snapshotted before any message came, a source resumes
+    where that end stood, so what was written while it was down is read, not skipped by
+    starting again at the new end."""
+    from riskguard.connectors.kafka import KafkaInput
+
+    topic = new_topic(1)
+    for i in range(3):  # one batch each: the dev broker under-reports a batch's end
+        produce(kafka_bootstrap, topic, [_trade(id=f"old{i}")])
+    src = KafkaInput(kafka_bootstrap, [topic], starting_offset="latest", idle_eof_s=None)
+    part = src.build_part("in", "kafka", None)
+    assert part.next_batch() == []
+    state = part.snapshot()
+    part.close()
+    for i in range(4):
+        produce(kafka_bootstrap, topic, [_trade(id=f"new{i}")])
+    part = src.build_part("in", "kafka", state)
+    got: list[str] = []
+    deadline = time.monotonic() + 10
+    while len(got) < 4 and time.monotonic() < deadline:
+        got.extend(r.id for r in part.next_batch())
+    part.close()
+    assert sorted(got) == [f"new{i}" for i in range(4)]
 
 
 def test_a_sink_with_a_fixed_partition_writes_there(kafka_bootstrap: str, new_topic) -> None:

@@ -193,12 +193,24 @@ class SharedConsumer:
         """Messages one partition's list may hold before its partition is paused."""
         return max(16 * self._batch_size, 16_384)
 
-    def add(self, topic: str, idx: int, offset: int) -> None:
+    def add(self, topic: str, idx: int, offset: int) -> int:
+        """Read ``topic[idx]`` from ``offset``; returns where it starts: the end
+        (``OFFSET_END``) as the offset it stands at now, so a snapshot taken before the
+        first message resumes there, not at a later end (``OFFSET_END`` still if the
+        broker did not say)."""
         with self._lock:
             if self._consumer is None:
                 self._consumer = Consumer(self._config)
+            if offset == OFFSET_END:
+                try:
+                    _lo, hi = self._consumer.get_watermark_offsets(
+                        TopicPartition(topic, idx), timeout=5.0, cached=False)
+                    offset = int(hi) if hi is not None and hi >= 0 else offset
+                except Exception:  # noqa: BLE001  # unanswered: resolved at the first snapshot
+                    pass
             self._pending[(topic, idx)] = []
             self._consumer.incremental_assign([TopicPartition(topic, idx, offset)])
+            return offset
 
     def take(self, topic: str, idx: int) -> list[Any]:
         """The messages (or error events) pending for one partition, oldest first: all

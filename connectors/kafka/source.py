@@ -83,13 +83,14 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         self._writers = writers
         self._writer_wait_ns = writer_wait_ns
         self._finished: set[str] = set()
-        self._got_any = False
+        # resumed at an offset, it had read: a writer that finished before the snapshot
+        # writes no more, so idleness (after the writer wait) ends the partition
+        self._got_any = offset >= 0
         self._split = split
         self.shared = shared  # the consumer it reads through (a bundle may wait in it)
-        shared.add(topic, idx, offset)
         self._topic = topic
         self._idx = idx
-        self._offset = offset
+        self._offset = shared.add(topic, idx, offset)
         self._decode = codec.decode
         self._batch_size = batch_size
         self._idle_eof_ns = idle_eof_ns
@@ -365,6 +366,10 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         if self._head < len(self._recs):
             return self._offs[self._head], (
                 -1 if policy is None else min(policy.max_ts, self._emitted_ts))
+        if self._offset == OFFSET_END:  # the end was unknown at the start: where it is now
+            ends = self.shared.end_offsets(self._topic, self._idx)
+            if ends is not None:
+                self._offset = ends[1]
         return self._offset, -1 if policy is None else policy.max_ts
 
     def close(self) -> None:
