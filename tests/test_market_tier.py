@@ -102,17 +102,56 @@ def test_each_shared_record_is_kept_by_exactly_one_market_process() -> None:
 
 def test_a_market_record_its_key_misplaced_is_a_dead_letter_not_lost() -> None:
     """The market topic is split by Kafka key: a record keyed for this process whose
-    instrument another process owns reaches no one else, so it is dead-lettered."""
+    instrument another process owns reaches no one else, so it is dead-lettered, naming
+    where it was read."""
+    from riskguard.schemas.base import stamp_source
+
     own = _owned_records(_owners(worked_config(), 0), "market")
     eth = Trade(id="t", venue="okx", instrument="ETH-PERP", ts=5, price=1.0, qty=1.0,
                 side="buy")
     btc = msgspec.structs.replace(eth, id="u", instrument="BTC-PERP")
+    stamp_source(eth, "market", 3, 42)  # as the Kafka source does
     out = own([eth, btc])
     assert out[1] is btc
     dl = out[0]
     assert isinstance(dl, DeadLetter)
-    assert (dl.reason, dl.topic, dl.found, decode("t", dl.raw)) == (
-        "misplaced", "market", "okx/ETH-PERP", eth)
+    assert (dl.reason, dl.topic, dl.partition, dl.offset, dl.found, decode("t", dl.raw)) == (
+        "misplaced", "market", 3, 42, "okx/ETH-PERP", eth)
+
+
+def test_a_market_process_counts_the_misplaced_records_it_dead_letters(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The market process's flow, its Kafka input and outputs swapped for testing ones:
+    a misplaced trade reaches the dead-letter output and is counted."""
+    import bytewax.operators as op
+    from bytewax.testing import TestingSink, TestingSource, run_main
+    from riskguard.dataflows.guard import market
+    from riskguard.operators.core.base import split_dead_letters
+    from riskguard.operators.core.metrics import DEAD_LETTERS
+    from riskguard.schemas.base import stamp_source
+
+    cfg = msgspec.convert({"keys": {"signing_key": "k", "trust_file": "t", "roots_file": "r"},
+                           "tier": {"role": "market", "market_processes": 2, "index": 0,
+                                    "owners": {"BTC": 0, "ETH": 1}}}, GuardConfig)
+    topic = cfg.topic("market")
+    eth = Trade(id="t1", venue="okx", instrument="ETH-PERP", ts=10**18, price=1.0, qty=1.0,
+                side="buy")
+    stamp_source(eth, topic, 0, 7)
+    outs: dict[str, list[Any]] = {}
+
+    def one_record(flow: Any, _cfg: Any, _streams: Any, _clock: Any, split: Any = None) -> Any:
+        return split_dead_letters("in_split", op.input("in", flow, TestingSource([eth])))
+
+    def kept(step_id: str, up: Any, **_kw: Any) -> None:
+        op.output(step_id, up, TestingSink(outs.setdefault(step_id, [])))
+
+    monkeypatch.setattr(market, "guard_input", one_record)
+    monkeypatch.setattr(market, "kafka_output", kept)
+    before = DEAD_LETTERS.labels(topic, "misplaced")._value.get()
+    run_main(market.market_flow(cfg, lambda: 10**18))
+    dead = [d for d in outs["dead_letters"] if isinstance(d, DeadLetter)]
+    assert [(d.reason, d.partition, d.offset) for d in dead] == [("misplaced", 0, 7)]
+    assert DEAD_LETTERS.labels(topic, "misplaced")._value.get() == before + 1
 
 
 def test_a_router_of_a_market_process_routes_to_its_own_shards_only() -> None:
@@ -250,12 +289,14 @@ def test_a_key_split_answers_the_same_from_its_memo_and_past_the_memo_cap(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A market process's key split places each key by its owner, memoized per key: the
-    answers match the direct rule, also past the memo's cap."""
-    monkeypatch.setattr(kafka_source, "_PLACED_MAX", 5)
+    answers match the direct rule, also past the memo's cap and for keys too long to
+    keep (which never enter the memo: its size is bounded in bytes too)."""
+    monkeypatch.setattr(kafka_source, "MEMO_MAX", 5)
     owners = _owners(worked_config(), 1)
     split = KeySplit(frozenset({"m"}), owners.owns_key, shared_prefixes=(b"index/",))
     keys = [None, b"index/BTC-USD", *(f"v{k % 4}/{('BTC', 'ETH')[k % 2]}-I{k}".encode()
-                                      for k in range(12))]
+                                      for k in range(12)),
+            b"okx/BTC-" + b"x" * kafka_source.MEMO_KEY_BYTES]
     want = [(owners.of_key(k) == 1, k is not None and k.startswith(b"index/")) for k in keys]
     assert {w[0] for w in want} == {True, False}
     for _ in range(3):  # first answers, then memo hits and answers recomputed after eviction

@@ -206,7 +206,7 @@ class SharedConsumer:
                     _lo, hi = self._consumer.get_watermark_offsets(
                         TopicPartition(topic, idx), timeout=5.0, cached=False)
                     offset = int(hi) if hi is not None and hi >= 0 else offset
-                except Exception:  # noqa: BLE001  # unanswered: resolved at the first snapshot
+                except Exception:  # unanswered: resolved at the first snapshot
                     pass
             self._pending[(topic, idx)] = []
             self._consumer.incremental_assign([TopicPartition(topic, idx, offset)])

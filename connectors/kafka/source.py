@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import accumulate, compress, count, islice
-from typing import Any
+from typing import Any, TypeVar
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, operator
@@ -475,8 +475,7 @@ class KeySplit:
         self.must_share = must_share
         # asked for every message of a split topic, most of them skipped: the answer
         # depends on the key only, so it is memoized per key
-        self.place: Callable[[bytes | None], tuple[bool, bool]] = functools.lru_cache(
-            maxsize=_PLACED_MAX)(self._place)
+        self.place: Callable[[bytes | None], tuple[bool, bool]] = memo_by_key(self._place)
 
     def _place(self, key: bytes | None) -> tuple[bool, bool]:
         shared = bool(self.shared_prefixes) and key is not None and key.startswith(
@@ -490,7 +489,29 @@ class KeySplit:
         return "keep" if owned else "skip"
 
 
-_PLACED_MAX = 100_000
+T = TypeVar("T")
+
+MEMO_MAX = 100_000
+"""Keys a per-key memo keeps (least recently used first out)."""
+MEMO_KEY_BYTES = 256
+"""Longer keys are not memoized: the memo's size stays under ``MEMO_MAX`` of these."""
+
+
+def memo_by_key(fn: Callable[[Any], T]) -> Callable[[Any], T]:
+    """``fn`` of a message key, memoized for keys of at most ``MEMO_KEY_BYTES``.
+
+    >>> calls = []
+    >>> f = memo_by_key(lambda k: calls.append(k) or len(k or ""))
+    >>> [f(b"okx/BTC"), f(b"okx/BTC"), f(b"x" * 300), f(b"x" * 300)], len(calls)
+    ([7, 7, 300, 300], 3)
+    """
+    memo = functools.lru_cache(maxsize=MEMO_MAX)(fn)
+
+    def of(key: Any) -> T:
+        return memo(key) if key is None or len(key) <= MEMO_KEY_BYTES else fn(key)
+
+    of.cache_info = memo.cache_info  # type: ignore[attr-defined]
+    return of
 
 
 @dataclass(frozen=True)

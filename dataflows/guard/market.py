@@ -9,7 +9,6 @@ process (docs/scaling.md, "The market tier").
 
 from __future__ import annotations
 
-import functools
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream, operator
 from riskguard.connectors.kafka import KeySplit, StartSignal, kafka_output
+from riskguard.connectors.kafka.source import memo_by_key
 from riskguard.connectors.topics import DETECTIONS, MARKET_STREAMS
 from riskguard.dataflows.guard.admit import admit_keys
 from riskguard.dataflows.guard.config import GuardConfig, price_key_prefixes
@@ -59,10 +59,8 @@ from riskguard.schemas import (
     Trade,
     encode,
 )
-from riskguard.schemas.base import Record
+from riskguard.schemas.base import Record, source_of
 from riskguard.schemas.valuation import Part, Progress, encode_valuations
-
-_CACHED_MAX = 100_000
 
 
 def market_source(index: int) -> str:
@@ -100,10 +98,8 @@ class MarketOwners:
         self.owners = dict(owners)
         self.underlying_of = underlying_of
         # asked per market message (before decoding) and per record: memoized
-        self.of_key: Callable[[str | bytes | None], int] = functools.lru_cache(
-            maxsize=_CACHED_MAX)(self._of_key)
-        self.of_instrument: Callable[[str], int] = functools.lru_cache(
-            maxsize=_CACHED_MAX)(self._of_instrument)
+        self.of_key: Callable[[str | bytes | None], int] = memo_by_key(self._of_key)
+        self.of_instrument: Callable[[str], int] = memo_by_key(self._of_instrument)
 
     def of_underlying(self, name: str) -> int:
         """The process owning underlying (or collateral asset) ``name``."""
@@ -186,8 +182,10 @@ def _owned_records(owners: MarketOwners, market_topic: str) -> Callable[[list[An
     keeps = owners.keeps
 
     def misplaced(rec: Any) -> DeadLetter:
+        topic, partition, offset = source_of(rec) or (market_topic, -1, -1)
         return DeadLetter.of(
-            topic=market_topic, ts=rec.ts, reason="misplaced", path="$.instrument",
+            topic=topic, partition=partition, offset=offset, ts=rec.ts, reason="misplaced",
+            path="$.instrument",
             expected=(f"a record of an underlying market process {index} owns, keyed "
                       "<venue>/<instrument>"),
             found=f"{rec.venue}/{rec.instrument}", step="market_owners", raw=encode(rec))
@@ -302,7 +300,9 @@ def market_flow(cfg: GuardConfig, clock: Clock) -> Dataflow:
     market_topic, status_topic = cfg.topic("market"), cfg.topic("venue_status")
     src_dead = op.flat_map_batch("own_dead", src.errs, lambda ds: [
         d for d in ds if d.topic != status_topic and (d.topic == market_topic or owners.keeps(d))])
-    kafka_output("dead_letters", op.merge("dead", src_dead, mine.errs, out.dead_letters),
+    # the source counted what it could not decode; a misplaced record is counted here
+    misplaced = op.flat_map_batch("observe_misplaced", mine.errs, observe_all)
+    kafka_output("dead_letters", op.merge("dead", src_dead, misplaced, out.dead_letters),
                  brokers=cfg.kafka, topic=cfg.topic("dead_letters"),
                  delivery_timeout_s=timeout)
     return flow
