@@ -246,6 +246,24 @@ def check_params(action: str, params: Mapping[str, Any], *,
     return None
 
 
+def param_scopes(action: str, params: Mapping[str, Any]) -> list[str]:
+    """The scope labels a command's params also act on, beyond its own scope: the
+    venues of a reroute (``targets``, ``from``) and a hedge's instrument. A signer's
+    scopes must cover them too. Run after :func:`check_params`.
+
+    >>> param_scopes("reroute_order_flow", {"targets": ["okx"], "from": "binance"})
+    ['venue:okx', 'venue:binance']
+    >>> param_scopes("hedge_delta", {"target_delta": 0.0, "hedge_instrument": "okx/BTC-PERP"})
+    ['instrument:okx/BTC-PERP']
+    """
+    if action == Action.REROUTE_ORDER_FLOW.value:
+        venues = [*params.get("targets", ()), *([params["from"]] if "from" in params else [])]
+        return [f"venue:{v}" for v in venues]
+    if action == Action.HEDGE_DELTA.value:
+        return [f"instrument:{params['hedge_instrument']}"]
+    return []
+
+
 FILLED_BY_PLAYBOOK: Mapping[str, tuple[str, ...]] = {
     Action.REROUTE_ORDER_FLOW.value: ("targets", "from")}
 """Params the playbook sets itself when it issues a rung of that action (the healthy

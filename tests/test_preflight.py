@@ -136,3 +136,33 @@ def test_an_automatic_resume_the_trust_file_does_not_let_the_guard_sign_is_a_war
     notes = check_grants(cfg, signer, trust, int(NOW.timestamp() * 1e9))
     assert any("rule 'unacknowledged_command' resumes automatically on firm:*" in n
                and "[two_person]" in n for n in notes)
+
+
+def test_a_reroute_rung_needs_every_venue_and_a_hedge_rung_its_instrument() -> None:
+    """A reroute's targets are whichever venues are healthy, and a hedge trades its
+    instrument: the key must be granted those scopes too, or its commands are refused."""
+    from riskguard.operators.mitigation.preflight import preflight
+    from riskguard.operators.mitigation.rules import PlaybookConfig, Rule, Rung
+    from riskguard.operators.signing.trust import TrustStore, parse_trust
+    from riskguard.schemas import Action
+
+    key = Signer.from_private_bytes(bytes(32), issuer="guard")
+
+    def missing(scopes: list[str], rung: Rung) -> str | None:
+        trust = TrustStore(parse_trust(trust_doc_to_toml([{
+            "name": "guard", "public_key": key.public_key.hex(), "role": "risk-engine",
+            "actions": ["*"], "scopes": scopes}])))
+        rule = Rule(name="r", signal="heartbeat_loss", target="counterparty", ladder=(rung,))
+        return preflight(trust, key.key_id, PlaybookConfig(issuer="guard", rules=(rule,)),
+                         now_ns=0)
+
+    reroute = Rung(action=Action.REROUTE_ORDER_FLOW)
+    hedge = Rung(action=Action.HEDGE_DELTA,
+                 params={"target_delta": 0.0, "hedge_instrument": "okx/BTC-PERP"})
+    assert "rung 1 reroute_order_flow to other venues: the signing key's grant in the trust " \
+           "file does not cover scope venue:*" in (missing(["counterparty:*", "firm:*"],
+                                                           reroute) or "")
+    assert missing(["counterparty:*", "venue:*", "firm:*"], reroute) is None
+    assert "with instrument:okx/BTC-PERP" in (missing(["counterparty:*", "firm:*"], hedge)
+                                              or "")
+    assert missing(["counterparty:*", "instrument:okx/*", "firm:*"], hedge) is None

@@ -193,6 +193,22 @@ def test_scope_outside_the_keys_scopes_is_scope_not_authorized() -> None:
     assert reason_of(signed(cmd, ENGINE2)) == "scope_not_authorized"
 
 
+def test_a_scope_its_params_name_must_be_the_keys_too() -> None:
+    """engine-2 may sign on venues only: a reroute between venues verifies, but a hedge
+    trading an instrument, even of its own venue, is refused as a command on that
+    instrument would be, naming the param's scope."""
+    reroute = command(issuer="engine-2", scope=VENUE_X, action=Action.REROUTE_ORDER_FLOW,
+                      params={"targets": ["okx"], "from": "binance"})
+    assert verify(signed(reroute, ENGINE2)).message == reroute
+    hedge = command(2, issuer="engine-2", scope=VENUE_X, action=Action.HEDGE_DELTA,
+                    params={"target_delta": 0.0, "hedge_instrument": "binance/BTC-PERP"})
+    with pytest.raises(VerificationError) as err:
+        verify(signed(hedge, ENGINE2))
+    assert err.value.reason == "scope_not_authorized"
+    assert "'instrument:binance/BTC-PERP' (named in its params)" in str(err.value)
+    assert verify(signed(msgspec.structs.replace(hedge, issuer="engine-1"), ENGINE)).message
+
+
 def test_limit_admin_key_may_not_sign_a_command_role_not_permitted() -> None:
     cmd = command(issuer="limits-admin")
     assert reason_of(signed(cmd, ADMIN)) == "role_not_permitted"

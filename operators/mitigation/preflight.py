@@ -71,8 +71,15 @@ def needs(playbook: PlaybookConfig) -> list[Need]:
     for rule in playbook.rules:
         where = scope_class(rule)
         for i, rung in enumerate(rule.ladder):
-            out.append(Need(rung.action.value, where,
-                            f"rule {rule.name!r} rung {i + 1} {rung.action.value} on {where}"))
+            what = f"rule {rule.name!r} rung {i + 1} {rung.action.value}"
+            out.append(Need(rung.action.value, where, f"{what} on {where}"))
+            # what its params act on: a reroute's venues (any healthy one), a hedge's
+            # instrument
+            if rung.action is Action.REROUTE_ORDER_FLOW:
+                out.append(Need(rung.action.value, "venue:*", f"{what} to other venues"))
+            elif rung.action is Action.HEDGE_DELTA and "hedge_instrument" in rung.params:
+                on = f"instrument:{rung.params['hedge_instrument']}"
+                out.append(Need(rung.action.value, on, f"{what} with {on}"))
         holds = any(r.action is not Action.ALERT for r in rule.ladder)
         if rule.recovery == "auto" and holds:
             out.append(Need("resume", where,

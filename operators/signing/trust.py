@@ -42,7 +42,7 @@ from riskguard.operators.signing.crypto import (
     pae_prefix,
     rejection,
 )
-from riskguard.schemas.action_params import check_params
+from riskguard.schemas.action_params import check_params, param_scopes
 from riskguard.schemas.commands import (
     Action,
     Audience,
@@ -649,7 +649,9 @@ class TrustStore:
                    f"issuer {msg.issuer!r} is not bound to any signing key "
                    f"({', '.join(k.name for k in signers)})")
         action, scope_label, two = self._subject(msg)
-        authorized = self._authorized(signers, expected_payload_type, action, scope_label)
+        labels = (scope_label, *(param_scopes(action, msg.params)
+                                 if isinstance(msg, MitigationCommand) else ()))
+        authorized = self._authorized(signers, expected_payload_type, action, labels)
         approvers = tuple(dict.fromkeys(k.name for k in authorized if k.role in PEOPLE))
         if two and len(approvers) < 2:
             raise rejection(Reason.TWO_PERSON_REQUIRED,
@@ -694,13 +696,14 @@ class TrustStore:
                 self.doc.two_person.applies_to_limit(msg))
 
     def _authorized(self, signers: list[TrustedKey], payload_type: str, action: str,
-                    scope_label: str) -> list[TrustedKey]:
-        """The signers whose role, actions and scopes allow this; none: the first
-        signer's refusal."""
+                    scope_labels: tuple[str, ...]) -> list[TrustedKey]:
+        """The signers whose role, actions and scopes (every one of ``scope_labels``: the
+        command's and those its params name) allow this; none: the first signer's
+        refusal."""
         authorized: list[TrustedKey] = []
         first_refusal: tuple[Reason, str] | None = None
         for k in signers:
-            refusal = self._refusal(k, payload_type, action, scope_label)
+            refusal = self._refusal(k, payload_type, action, scope_labels)
             if refusal is None:
                 authorized.append(k)
             elif first_refusal is None:
@@ -711,7 +714,7 @@ class TrustStore:
 
     @staticmethod
     def _refusal(k: TrustedKey, payload_type: str, action: str,
-                 scope_label: str) -> tuple[Reason, str] | None:
+                 scope_labels: tuple[str, ...]) -> tuple[Reason, str] | None:
         """Why ``k`` may not sign this, or None if it may."""
         if payload_type not in ROLE_PAYLOADS[k.role]:
             return (Reason.ROLE_NOT_PERMITTED,
@@ -719,9 +722,11 @@ class TrustStore:
         if not k.may_act(action):
             return (Reason.ACTION_NOT_AUTHORIZED,
                     f"key {k.key_id!r} ({k.role.value}) may not sign action {action!r}")
-        if not k.may_scope(scope_label):
-            return (Reason.SCOPE_NOT_AUTHORIZED,
-                    f"key {k.key_id!r} may not sign for scope {scope_label!r}")
+        for i, label in enumerate(scope_labels):
+            if not k.may_scope(label):
+                named = " (named in its params)" if i else ""
+                return (Reason.SCOPE_NOT_AUTHORIZED,
+                        f"key {k.key_id!r} may not sign for scope {label!r}{named}")
         return None
 
     def checkpoint_key(self, key_id: str, now_ns: int | None = None) -> VerifyKey:

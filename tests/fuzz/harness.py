@@ -160,17 +160,24 @@ def _json_view(payload: bytes) -> Any:
     return json.loads(payload, object_pairs_hook=_first_wins)
 
 
-def _label(msg: MitigationCommand | LimitUpdate) -> tuple[str, str]:
+def _label(msg: MitigationCommand | LimitUpdate) -> tuple[str, list[str]]:
+    """The action, and every scope label a signer must be allowed: the command's, a
+    reroute's venues and a hedge's instrument."""
     if isinstance(msg, MitigationCommand):
-        return msg.action.value, msg.scope.label()
-    return "limit_update", limit_scope_label(msg.limit_path)
+        p = msg.params
+        named = [f"venue:{v}" for v in [*p.get("targets", []), *[p[k] for k in ("from",)
+                                                                if k in p]]]
+        if "hedge_instrument" in p:
+            named.append(f"instrument:{p['hedge_instrument']}")
+        return msg.action.value, [msg.scope.label(), *named]
+    return "limit_update", [limit_scope_label(msg.limit_path)]
 
 
 def _independently_authorized(payload_type: str, payload: bytes,
                               sigs: list[Any], msg: MitigationCommand | LimitUpdate) -> bool:
     """Does a signature verify (plain ``cryptography``) under a trust-file key that is
     valid at T0, bound to the issuer, and allowed this payload type, action and scope?"""
-    action, label = _label(msg)
+    action, labels = _label(msg)
     message = pae(payload_type, payload)
     for entry in _TRUST_ENTRIES:
         if entry.get("revoked") or entry["name"] != msg.issuer:
@@ -181,7 +188,8 @@ def _independently_authorized(payload_type: str, payload: bytes,
             continue
         if "*" not in entry["actions"] and action not in entry["actions"]:
             continue
-        if not any(fnmatch.fnmatchcase(label, p) for p in entry["scopes"]):
+        if not all(any(fnmatch.fnmatchcase(label, p) for p in entry["scopes"])
+                   for label in labels):
             continue
         key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(entry["public_key"]))
         for s in sigs:
