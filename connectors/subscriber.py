@@ -34,6 +34,7 @@ stops start-up (:class:`~riskguard.errors.StateError`).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from collections import Counter
@@ -77,9 +78,11 @@ from riskguard.errors import (
     VerificationError,
 )
 
-__all__ = ["CONNECT_S", "DEFAULT_DECISION_WINDOW_S", "CommandSubscriber", "DecisionConflict",
-           "Duplicate", "GapAlert", "Outcome", "Rejection", "SubscriberState",
-           "read_topic_bytes"]
+__all__ = ["CONNECT_S", "DEFAULT_DECISION_WINDOW_S", "Alert", "CommandSubscriber",
+           "DecisionConflict", "Duplicate", "GapAlert", "Outcome", "Rejection",
+           "SubscriberState", "TrustBehind", "read_topic_bytes"]
+
+_logger = logging.getLogger("riskguard.subscriber")
 
 DEFAULT_DECISION_WINDOW_S = 3600.0
 """How long an executed decision is remembered, at least (and until its command expires)."""
@@ -159,6 +162,20 @@ class GapAlert:
     offset: int
 
 
+@dataclass(frozen=True)
+class TrustBehind:
+    """A verified command states it was signed under trust file serial ``signed_under``,
+    newer than this subscriber's ``ours``: keys revoked since are still trusted here, so
+    the trust file wants updating. Alerted once per newer serial; the command is not
+    refused for it (a forger states whatever serial it likes)."""
+
+    issuer: str
+    command_id: str
+    signed_under: int
+    ours: int
+
+
+Alert: TypeAlias = "GapAlert | TrustBehind"
 Outcome: TypeAlias = MitigationCommand | Rejection | Duplicate
 
 
@@ -208,7 +225,7 @@ class CommandSubscriber:
         state_path: str | Path,
         on_command: Callable[[MitigationCommand], Any],
         on_reject: Callable[[Rejection], None] | None = None,
-        on_alert: Callable[[GapAlert], None] | None = None,
+        on_alert: Callable[[Alert], None] | None = None,
         brokers: str | KafkaSettings = "",
         topic: str = "",
         rejections_topic: str | None = None,
@@ -252,6 +269,7 @@ class CommandSubscriber:
             self.state.close()
             raise
         self._batching = False
+        self._trust_alerted = trust.serial  # newer serials seen in commands are alerted
         self.verify_threads = verify_threads or usable_cores()
         self._pool = (ThreadPoolExecutor(self.verify_threads, thread_name_prefix="verify")
                       if self.verify_threads > 1 else None)
@@ -352,6 +370,8 @@ class CommandSubscriber:
                                 "handled",
                                 partition, offset, cmd, record=True, data=data)
         self._check_gap(cmd, hw, partition, offset)
+        if cmd.trust_serial > self._trust_alerted:
+            self._trust_behind(cmd)
         holder = None
         if self.dedupe_in_force and cmd.action.value in HELD_ACTIONS:
             holder = self.state.in_force(cmd.action.value, cmd.scope.label(), params_key(cmd))
@@ -387,6 +407,17 @@ class CommandSubscriber:
             observe_gap(alert)
             if self.on_alert is not None:
                 self.on_alert(alert)
+
+    def _trust_behind(self, cmd: MitigationCommand) -> None:
+        self._trust_alerted = cmd.trust_serial
+        self.stats["trust_behind"] += 1
+        alert = TrustBehind(issuer=cmd.issuer, command_id=cmd.command_id,
+                            signed_under=cmd.trust_serial, ours=self.trust.serial)
+        _logger.warning("command %s of %s was signed under trust file serial %d; this "
+                     "subscriber's is %d: update its trust file", cmd.command_id, cmd.issuer,
+                     cmd.trust_serial, self.trust.serial)
+        if self.on_alert is not None:
+            self.on_alert(alert)
 
     def _decision(self, cmd: MitigationCommand, partition: int, offset: int,
                   data: bytes) -> Outcome | None:

@@ -29,7 +29,7 @@ from typing import Any, TextIO
 from confluent_kafka import Consumer, Producer, TopicPartition
 from riskguard.connectors.broker import DevBroker
 from riskguard.connectors.settings import KafkaSettings, with_logger
-from riskguard.connectors.subscriber import CommandSubscriber, GapAlert, Rejection
+from riskguard.connectors.subscriber import CommandSubscriber, GapAlert, Rejection, TrustBehind
 from riskguard.connectors.topics import TopicsConfig, create_topics, topic_name, topic_specs
 from riskguard.dataflows.demo_scenario import DURATION_S, build_scenario, scenario_copies
 from riskguard.dataflows.signal_text import score_text
@@ -448,7 +448,7 @@ def _run(bootstrap: str, work: Path, say: Callable[[str], Any], timeout_s: float
         tally.rejections[rej.reason] += 1
         timeline.add(2**62, f"          REJECTED {rej.reason}: {rej.detail}")
 
-    def gap(alert: GapAlert) -> None:
+    def gap(alert: GapAlert | TrustBehind) -> None:
         timeline.add(2**62, f"          GAP ALERT {alert}")
 
     def read_signals(drain: bool = False) -> None:

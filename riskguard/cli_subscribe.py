@@ -13,6 +13,7 @@ from riskguard.connectors.subscriber import (
     Duplicate,
     GapAlert,
     Rejection,
+    TrustBehind,
 )
 from riskguard.errors import ConfigError, RiskguardError
 from riskguard.operators.core.metrics import start_metrics_server_from_env
@@ -47,7 +48,12 @@ def _run(args: argparse.Namespace) -> int:
                          f"(seq {d.seq}): executed already as {d.first_command_id} from "
                          f"{d.first_issuer}\n")
 
-    def alert(a: GapAlert) -> None:
+    def alert(a: GapAlert | TrustBehind) -> None:
+        if isinstance(a, TrustBehind):
+            sys.stdout.write(f"ALERT   {a.command_id} from {a.issuer} was signed under trust "
+                             f"file serial {a.signed_under}; this subscriber's is {a.ours}: "
+                             "update its trust file\n")
+            return
         sys.stdout.write(f"ALERT   seq gap from {a.issuer}: expected {a.expected}, "
                          f"got {a.got}\n")
 

@@ -110,6 +110,23 @@ def test_seq_jump_raises_a_gap_alert_and_still_executes(tmp_path: Path) -> None:
     assert h.sub.summary()["gaps"] == 1
 
 
+def test_a_command_signed_under_a_newer_trust_file_is_alerted_once_and_executes(
+        tmp_path: Path) -> None:
+    """The guard signs under trust file serial N; a subscriber still on an older file
+    (keys revoked since still trusted here) says so once per newer serial, and goes on:
+    a forger states whatever serial it likes, so refusing would stop only honest ones."""
+    from riskguard.connectors.subscriber import TrustBehind
+
+    h = Harness(tmp_path)
+    ours = h.sub.trust.serial
+    for n in (1, 2):
+        h.sub.handle(env_bytes(command(n, seq=n, trust_serial=ours + 1)))
+    h.sub.handle(env_bytes(command(3, seq=3, trust_serial=ours)))
+    assert h.alerts == [TrustBehind(issuer="engine-1", command_id=command(1).command_id,
+                                    signed_under=ours + 1, ours=ours)]
+    assert len(h.executed) == 3 and h.sub.summary()["trust_behind"] == 1
+
+
 def test_rejections_have_reasons_are_counted_and_logged(tmp_path: Path) -> None:
     h = Harness(tmp_path, clock=ManualClock(T0 + 3600 * S))
     h.sub.handle(b"garbage", partition=0, offset=7)
