@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from riskguard.operators.detection.band_levels import MoveBandConfig
 from riskguard.operators.detection.move_bands import MoveBands, MoveBandState
-from riskguard.schemas import AnomalySignal, FeatureVector, Scope, ScopeKind
+from riskguard.schemas import AnomalySignal, FeatureVector, Scope, ScopeKind, decode, encode
 
 from riskguard.errors import ConfigError
 from tests.contract import (
@@ -604,3 +604,23 @@ def test_bars_claiming_ever_new_intervals_keep_the_bands_state_bounded() -> None
             price=100.0 + (i % 7) * 0.01, interval_ns=60 * ns + (i + 1) * 1000))
         most = (max(most[0], len(bands.s.h_var)), max(most[1], len(bands._params_at)))
     assert most[0] <= 64 + 10 and most[1] <= 256 + 10
+
+
+# -- prices at the ends of the float range ------------------------------------
+
+def test_a_fall_from_a_huge_to_a_tiny_price_is_critical_not_a_crash() -> None:
+    """1e300 then 1e-300: their ratio underflows to 0, whose log raised."""
+    bands = MoveBands(MoveBandConfig(), key=KEY)
+    out = [s for i, p in enumerate([100.0, 100.0, 1e300, 1e-300])
+           for s in bands.on_vector(_fv(i, p))]
+    assert any(s.severity.value == "critical" for s in out)
+    assert math.isfinite(bands.s.var_rate)
+
+
+def test_a_rally_of_1e600_times_gives_a_signal_the_schema_takes() -> None:
+    bands = MoveBands(MoveBandConfig(), key=KEY)
+    out = [s for i in range(600) for s in bands.on_vector(_fv(i, 1e-300 * (1 + i % 5 * 2e-4)))]
+    out += bands.on_vector(_fv(600, 1e300))
+    assert out
+    for sig in out:
+        assert isinstance(decode("signals", encode(sig)), AnomalySignal), sig.score

@@ -60,6 +60,18 @@ from riskguard.schemas.signals import (
 NS = 1_000_000_000
 _NAMESPACE = uuid.UUID("0b6f4c52-5d0e-5b8e-8f7a-3f0c2a9d6e41")
 _DAY = 86_400 * NS
+_MAX_FINITE = 1.7976931348623157e308
+
+
+def log_ratio(a: float, b: float) -> float:
+    """``log(a / b)`` of two positive prices, also where ``a / b`` under- or overflows
+    (1e-300 over 1e300).
+
+    >>> log_ratio(1e-300, 1e300) == math.log(1e-300) - math.log(1e300)
+    True
+    """
+    q = a / b
+    return math.log(q) if 0.0 < q < math.inf else math.log(a) - math.log(b)
 
 
 @persisted("riskguard.move_bands")
@@ -172,7 +184,7 @@ class MoveBands:
 
     def on_vector(self, fv: FeatureVector) -> list[AnomalySignal]:
         price = fv.price
-        if price is None or not price > 0.0:
+        if price is None or not 0.0 < price < math.inf:
             return []
         s = self.s
         ts = fv.ts
@@ -212,7 +224,7 @@ class MoveBands:
             self._plan_for(interval)
         returns = self._returns
         returns.clear()
-        log, sqrt = math.log, math.sqrt
+        log, sqrt, inf = math.log, math.sqrt, math.inf
         h_var = s.h_var
         warm = self.config.warmup_returns
         fine, coarse = s.fine, s.coarse
@@ -230,8 +242,10 @@ class MoveBands:
                 if found is None:
                     continue
                 ref = found
-            down = log(low / ref)
-            up = log(high / ref)
+            q = low / ref  # inline log_ratio: the hot loop
+            down = log(q) if 0.0 < q < inf else log(low) - log(ref)
+            q = high / ref
+            up = log(q) if 0.0 < q < inf else log(high) - log(ref)
             move = down if -down >= up else up
             returns.append((h, move))
             hv = h_var.get(h)
@@ -273,7 +287,7 @@ class MoveBands:
         hi, lo = max(hi, high), min(lo, low)
         h = max(self._dd_ns, self.s.interval_ns)
         k, floor, cap = self._params(h)
-        dd, ru = math.log(low / hi), math.log(high / lo)
+        dd, ru = log_ratio(low, hi), log_ratio(high, lo)
         move, name = (dd, self._dd_names[0]) if -dd >= ru else (ru, self._dd_names[1])
         self._returns.append((-h, move))
         scale = self._scale(-h, self.sigma_per_sqrt_ns, h)
@@ -298,7 +312,7 @@ class MoveBands:
             return
         limits = self._limits
         fall, rise = 1.0 - low / s.settle, high / s.settle - 1.0
-        log_fall, log_rise = math.log(low / s.settle), math.log(high / s.settle)
+        log_fall, log_rise = log_ratio(low, s.settle), log_ratio(high, s.settle)
         falling = fall >= rise
         ratios.append(Reading((max(fall, rise) + 1e-12) / limits[0],
                               log_fall if falling else log_rise, "from_settlement",
@@ -440,7 +454,7 @@ class MoveBands:
             hv[1] += w
         if gap:
             return
-        r2 = math.log(price / s.last_close) ** 2 / dt
+        r2 = log_ratio(price, s.last_close) ** 2 / dt
         if s.n_returns >= self.config.warmup_returns:
             lim = self.config.vol_clip ** 2 * s.var_rate
             r2 = min(r2, lim)
@@ -552,7 +566,7 @@ class MoveBands:
         s = self.s
         s.signals += 1
         contributions = [
-            Contribution(feature=name, value=move * 1e4,
+            Contribution(feature=name, value=max(-_MAX_FINITE, min(_MAX_FINITE, move * 1e4)),
                          zscore=max(-1e12, min(1e12, move / scale)) if scale > 0 else 0.0)
             for _ratio, move, name, _cap, scale, _h, _kind, _learned in sorted(
                     ratios, key=lambda r: (-r[0], r[2]))[
@@ -561,7 +575,8 @@ class MoveBands:
         sid = str(uuid.uuid5(_NAMESPACE, f"{key}:{s.signals}:{phase}:{fv.ts}"))
         return AnomalySignal(
             id=sid, kind="price_move", phase=phase, key=key, scope=fv.scope, ts=fv.ts,
-            recv_ts=fv.recv_ts, episode_id=f"{key}#move{s.episodes}", score=top,
+            recv_ts=fv.recv_ts, episode_id=f"{key}#move{s.episodes}",
+            score=min(top, _MAX_FINITE),
             threshold=1.0, severity=severity, warming_up=False,
             top_features=contributions, model="MoveBands",
             model_version=self.config.model_version, evidence_ids=list(fv.evidence_ids),
