@@ -350,3 +350,25 @@ def test_an_episode_opened_while_warming_up_acts_once_the_key_is_warm() -> None:
     assert escalations[-1].severity.value == "critical"
     assert escalations[-1].ts >= 200 * NS
     assert not escalations[-1].warming_up
+
+
+@pytest.mark.parametrize("model", ["hst", "gaussian"])
+def test_values_too_large_to_square_are_scored_but_never_blind_the_key(model: str) -> None:
+    """1e200 and -1e200 while warming up overflowed the running variance (then NaN for
+    good): a later 100-sigma spike raised nothing."""
+    rng = random.Random(1)
+    keys = ("a",) if model == "gaussian" else ("a", "b", "c")
+
+    def calm(n: int) -> list[dict[str, float]]:
+        return [{k: 10 + rng.gauss(0, 1) for k in keys} for _ in range(n)]
+    huge = [dict.fromkeys(keys, 1e200), dict.fromkeys(keys, -1e200)]
+    logic = DetectorLogic(DetectorConfig(model=model, warmup_events=100, warmup_ns=0,
+                                         drift="none"), ManualClock(0))
+    feed(logic, 0, calm(20) + huge)
+    learned = logic.s.n_learned
+    assert learned == 20
+    assert all(math.isfinite(x) for x in logic.s.mean + logic.s.var)
+    out = feed(logic, 22, calm(600 if model == "gaussian" else 880)
+               + [dict.fromkeys(keys, 1000.0)] * 5)
+    assert any(isinstance(s, AnomalySignal) and s.phase == "open" and not s.warming_up
+               for s in out)

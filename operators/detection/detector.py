@@ -61,6 +61,9 @@ NS = 1_000_000_000
 STATE_VERSION = 3
 _NAMESPACE = uuid.UUID("6f1d3c1e-6a57-5d8e-9a55-7c1b0a2e4d11")
 _MAX_FINITE = 1.7976931348623157e308
+#: a vector with a value past this is scored but never learned: the running variances
+#: (and River's sums of squares) of larger values overflow
+MAX_LEARNED = 1e100
 
 
 class _Scored(NamedTuple):
@@ -397,6 +400,10 @@ class DetectorLogic:
             return
         if not anomalous:
             s.protected_run = 0
+        if v.x and (max(v.x) > MAX_LEARNED or min(v.x) < -MAX_LEARNED):
+            if v.leaves is not None:
+                self.model.uncount(v.leaves)
+            return
         if self._array:
             self.model.commit()
             if self.fresh is not None:
