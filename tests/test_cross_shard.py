@@ -4,6 +4,7 @@ behind the judged time left out and counted, and one point per market per bar.""
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
@@ -16,7 +17,7 @@ from riskguard.operators.detection.cross_shard import (
     cross_shard_builder,
     shard_of,
 )
-from riskguard.schemas import Quote, Trade
+from riskguard.schemas import AnomalySignal, Quote, Trade, decode, encode
 
 from riskguard.errors import ConfigError
 
@@ -143,3 +144,25 @@ def test_the_shard_config_is_checked() -> None:
         cross_shard_builder(CrossRateConfig(shards=0), lambda: 0, bar_ns=NS)
     with pytest.raises(ConfigError, match=r"detector\.cross\.min_markets"):
         cross_shard_builder(CrossRateConfig(min_markets=1), lambda: 0, bar_ns=NS)
+
+
+def test_a_quote_whose_bid_plus_ask_overflows_is_a_dislocation_the_schema_takes() -> None:
+    """bid = ask = 1e308 priced the market at infinity: a dislocation of infinite bps
+    (refused by the schema) and a learned offset turned NaN."""
+    points = cross_points(lambda recs: [Tick(ts=recs[-1].ts, source="w", of=1)], bar_ns=NS,
+                          shards=1)
+    shard = CrossShard(CrossRateConfig(warmup_points=5), clock=lambda: 0)
+    out = []
+    for s in range(1, 30):
+        batch = [_quote(v, i, s, 100.0) for v, i, _o in MARKETS[:4]]
+        if s == 25:
+            batch[1] = Quote(id="huge", venue="binance", instrument="BTCUSDT", ts=s * NS,
+                             bid=1e308, bid_size=1.0, ask=1e308, ask_size=1.0)
+        for _key, item in points(batch):
+            out += shard.on_event(item)
+    out += shard.on_eof()
+    assert ("binance/BTCUSDT", "open") in [(sig.key, sig.phase) for sig in out]
+    for sig in out:
+        assert isinstance(decode("signals", encode(sig)), AnomalySignal)
+    market = shard._rates["BTC/USD"].s.markets["binance/BTCUSDT"]
+    assert all(math.isfinite(x) for x in (market.mean, market.var, market.logp))

@@ -179,7 +179,7 @@ class CrossRates:
 
     def on_event(self, fv: FeatureVector) -> list[AnomalySignal]:
         price = fv.price
-        if price is None or not price > 0.0:
+        if price is None or not 0.0 < price < math.inf:
             return []
         s = self.s
         m = s.markets.get(fv.key)
@@ -224,7 +224,8 @@ class CrossRates:
                 m.ep_open = False
                 out.append(self._signal(fv, m, "close", Severity(m.ep_severity), excess,
                                         ratio, ref_key))
-        if not m.ep_open:  # the usual offset is not learned from a dislocation
+        # the usual offset is learned neither from a dislocation nor from no number
+        if not m.ep_open and math.isfinite(dev):
             a = 1.0 / (m.n + 1) if not warm else -math.expm1(-self._decay_per_ns * max(dt, 1))
             d = dev - m.mean
             if warm:
@@ -242,6 +243,7 @@ class CrossRates:
         s.signals += 1
         spread = math.sqrt(m.var)
         sid = str(uuid.uuid5(_NAMESPACE, f"{fv.key}:{s.signals}:{phase}:{fv.ts}"))
+        excess = max(-1e300, min(1e300, excess))
         top = [Contribution(feature="dev_bps", value=excess,
                             zscore=max(-1e12, min(1e12, excess / spread)) if spread else 0.0)]
         if ref_key:

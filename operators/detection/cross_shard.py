@@ -33,6 +33,7 @@ raise the same dislocations.
 from __future__ import annotations
 
 import heapq
+import math
 import threading
 import zlib
 from collections.abc import Callable
@@ -66,7 +67,7 @@ def shard_of(group: str, shards: int) -> str:
 def _price(rec: Any) -> float | None:
     t = type(rec)
     if t is Quote:
-        return (rec.bid + rec.ask) / 2.0
+        return 0.5 * rec.bid + 0.5 * rec.ask  # (bid + ask) overflows past 9e307
     if t is Trade:
         return float(rec.price)
     if t is Bar and rec.measure is Measure.PRICE:  # a volatility index is no price
@@ -99,7 +100,7 @@ def cross_points(ticks_of: Callable[[list[Any]], list[Tick]], *, bar_ns: int,
         out: list[tuple[str, Any]] = []
         for rec in recs:
             price = _price(rec)
-            if price is None or not price > 0.0:
+            if price is None or not 0.0 < price < math.inf:
                 continue
             key = f"{rec.venue}/{rec.instrument}"
             ts = rec.ts
