@@ -277,3 +277,20 @@ def test_a_record_the_guard_does_not_consume_is_a_dead_letter_not_dropped(cascad
     reasons = sorted((d.reason, d.found) for d in res.dead_letters)
     assert ("unexpected_type", "FeatureVector") in reasons
     assert any(r == "unsigned_command" for r, _ in reasons)
+
+
+def test_a_quote_whose_bid_plus_ask_overflows_does_not_stop_the_backtest(cascade):
+    """bid = ask = 1e308 (valid fields) priced the key at infinity: the detect step
+    crashed (a log of 0) and took the whole backtest down."""
+    from riskguard.schemas import DeadLetter, Quote
+
+    recs = cascade["recs"]
+    first = next(r for r in recs if isinstance(r, Quote))
+    bad = Quote(id="huge", venue=first.venue, instrument=first.instrument,
+                ts=first.ts + 10 * NS, bid=1e308, bid_size=1.0, ask=1e308, ask_size=1.0)
+    records = sorted([*recs, bad], key=lambda r: r.ts)
+    res = run_backtest(*load_guard_config(cascade["cfg"]), records=records)
+    assert res.n_events == len(records)
+    assert any(s.key == f"{first.venue}/{first.instrument}" for s in res.signals)
+    for sig in res.signals:
+        assert not isinstance(decode("signals", encode(sig)), DeadLetter), sig

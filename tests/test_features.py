@@ -13,6 +13,7 @@ from riskguard.schemas import (
     BookDepth,
     DeadLetter,
     FeatureVector,
+    FundingRate,
     IndexPrice,
     Quote,
     Side,
@@ -289,3 +290,61 @@ def test_a_bar_of_no_stated_interval_is_never_a_gap() -> None:
     fv = logic.on_event(later)[0]
     assert isinstance(fv, FeatureVector)
     assert fv.values["ret_bps"] == pytest.approx(math.log(106.0 / 100.0) * 1e4)
+
+
+# -- valid fields whose features overflow ------------------------------------------
+
+def test_a_quote_whose_bid_plus_ask_overflows_gives_a_finite_price() -> None:
+    """bid = ask = 1e308: the mid is 1e308, not infinity, and the volatility it leaves
+    behind stays a number (a later 10 % swing is no calm)."""
+    logic = FeatureLogic(EV, ManualClock(10**19))
+    logic.on_event(quote(1, NS, 100.0, 101.0))
+    fv = logic.on_event(quote(2, 2 * NS, 1e308, 1e308))[0]
+    assert isinstance(fv, FeatureVector) and fv.price == 1e308
+    assert isinstance(decode("features", encode(fv)), FeatureVector)
+    vecs = [logic.on_event(quote(i, i * NS, 100.0 + i % 2 * 10, 101.0 + i % 2 * 10))[0]
+            for i in range(3, 40)]
+    assert math.isfinite(logic.s.rv_var)
+    assert vecs[-1].values["rv_bps"] > 0.0
+
+
+def test_a_funding_rate_that_overflows_in_bps_is_refused_not_read_as_zero() -> None:
+    logic = FeatureLogic(EV, ManualClock(10**19))
+    out = logic.on_event(FundingRate(id="f", venue="okx", instrument="BTC-PERP", ts=NS,
+                                     rate=1e305))
+    assert [(d.reason, d.path) for d in out] == [("non_finite", "$.rate")]
+    out = logic.on_event(FundingRate(id="g", venue="okx", instrument="BTC-PERP", ts=NS,
+                                     rate=1e-4, mark_price=2e300, index_price=1e-300))
+    assert [(d.reason, d.path) for d in out] == [("non_finite", "$.index_price")]
+    assert "basis_bps" in out[0].expected
+    assert logic.s.kind == ""  # neither reached the state
+
+
+def test_a_feature_that_cannot_be_computed_refuses_the_vector_naming_it() -> None:
+    """An index price of 1e-306 against a price of 100: the deviation overflows; the
+    vector is a dead letter, never a deviation of 0."""
+    logic = FeatureLogic(EV, ManualClock(10**19))
+    logic.on_event(quote(1, NS))
+    out = logic.on_event(IndexPrice(id="i", venue="index", instrument="BTC-USDT",
+                                    ts=2 * NS, price=1e-306))
+    assert [(d.reason, d.path) for d in out] == [("non_finite", "$.values.index_dev_bps")]
+    assert isinstance(logic.on_event(IndexPrice(id="j", venue="index",
+                                                instrument="BTC-USDT", ts=3 * NS,
+                                                price=100.0))[0], FeatureVector)
+
+
+def test_a_trade_too_large_to_square_is_refused_and_volume_z_keeps_working() -> None:
+    """qty = 1e200 would make the volume variance infinite, and volume_z 0 for good."""
+    logic = FeatureLogic(EV, ManualClock(10**19))
+
+    def trade(i: int, qty: float) -> Trade:
+        return Trade(id=f"t{i}", venue="okx", instrument="BTC-USDT", ts=i * NS // 10,
+                     price=100.0, qty=qty, side=Side.BUY)
+    dl = logic.on_event(trade(0, 1e200))[0]
+    assert isinstance(dl, DeadLetter) and (dl.reason, dl.path) == ("non_finite", "$.qty")
+    for i in range(1, 200):
+        logic.on_event(trade(i, 1.0 + (i % 3) * 0.1))
+    last = [logic.on_event(trade(i, 1000.0))[0] for i in range(200, 210)][-1]
+    assert math.isfinite(logic.s.vol_var)
+    assert last.values["volume_z"] > 3.0
+

@@ -272,6 +272,35 @@ _SNAPSHOTS = (Bar, BookDepth)
 DEPTH_CHANGE = 1e-3
 _POSITIVE = {"price", "bid", "ask", "underlying_price", "strike", "open", "high", "low",
              "close"}
+#: the largest trade size or bar volume taken: its square, in the volume statistics,
+#: stays finite
+MAX_QTY = 1e150
+
+
+def _derived_problem(rec: Any) -> tuple[str, str, str] | None:
+    """``(path, expected, found)`` when valid fields give a feature that overflows (a
+    funding rate of 1e305 in bps), or a size past ``MAX_QTY``; else None."""
+    t = type(rec)
+    if t is Trade or t is Bar:
+        path, qty = ("$.qty", rec.qty) if t is Trade else ("$.volume", rec.volume)
+        if qty > MAX_QTY:
+            return path, f"at most {MAX_QTY:g} (volume_z squares it)", repr(qty)
+        if t is Bar:
+            if not math.isfinite((rec.high - rec.low) / rec.close * 1e4):
+                return "$.close", "a close whose range_bps is finite", repr(rec.close)
+            buy = rec.taker_buy_volume
+            if buy is not None and not (math.isfinite(buy) and 0.0 <= buy <= MAX_QTY):
+                return "$.taker_buy_volume", f"0 to {MAX_QTY:g} (ofi)", repr(buy)
+    elif t is FundingRate:
+        if not math.isfinite(rec.rate * 1e4):
+            return "$.rate", "a rate whose funding_bps is finite", repr(rec.rate)
+        if rec.mark_price and rec.index_price and not math.isfinite(
+                (rec.mark_price - rec.index_price) / rec.index_price * 1e4):
+            return ("$.index_price", "mark and index prices whose basis_bps is finite",
+                    f"mark {rec.mark_price!r} index {rec.index_price!r}")
+    elif t is PremiumIndexBar and not math.isfinite(rec.close * 1e4):
+        return "$.close", "a premium whose basis_bps is finite", repr(rec.close)
+    return None
 
 
 class FeatureLogic:
@@ -365,7 +394,8 @@ class FeatureLogic:
             ok = (math.isfinite(bid + ask + rec.bid_size + rec.ask_size)
                   and bid > 0.0 and ask > 0.0)
         elif t is Trade:
-            ok = math.isfinite(rec.price + rec.qty) and rec.price > 0.0
+            ok = (math.isfinite(rec.price + rec.qty) and rec.price > 0.0
+                  and rec.qty <= MAX_QTY)
         else:
             ok = False
         if ok:
@@ -393,6 +423,9 @@ class FeatureLogic:
             return self._dead(rec, "validation", "$.low", "low <= open, close <= high",
                               f"open {rec.open!r} high {rec.high!r} low {rec.low!r} "
                               f"close {rec.close!r}")
+        bad = _derived_problem(rec)
+        if bad is not None:
+            return self._dead(rec, "non_finite", bad[0], bad[1], bad[2])
         ts = rec.ts
         wm = self.s.watermark
         lateness = self.config.allowed_lateness_ns
@@ -413,7 +446,7 @@ class FeatureLogic:
         if not s.key:
             s.key = f"{rec.venue}/{rec.instrument}"
         bid, ask = rec.bid, rec.ask
-        mid = 0.5 * (bid + ask)
+        mid = 0.5 * bid + 0.5 * ask  # (bid + ask) overflows past 9e307
         s.spread_bps = (ask - bid) / mid * 1e4
         bsz, asz = rec.bid_size, rec.ask_size
         depth = bsz + asz
@@ -574,7 +607,7 @@ class FeatureLogic:
         s = self.s
         s.iv = rec.mark_iv
         s.delta, s.gamma, s.vega = rec.delta, rec.gamma, rec.vega
-        mid = 0.5 * (rec.bid + rec.ask)
+        mid = 0.5 * rec.bid + 0.5 * rec.ask
         s.spread_bps = (rec.ask - rec.bid) / mid * 1e4 if mid > 0 else 0.0
         s.quote_ts = max(s.quote_ts, ts)
         h = s.iv_hist
@@ -610,7 +643,8 @@ class FeatureLogic:
             s.latency_ms = (rec.recv_ts - ts) / 1e6
 
     def values(self, now: int) -> dict[str, float]:
-        """The current feature values of this key, evaluated at event time ``now``."""
+        """The current feature values of this key, evaluated at event time ``now`` (one
+        that cannot be computed stays NaN or infinite: :meth:`_vector` refuses it)."""
         s = self.s
         if s.kind == "venue":
             gap = max(s.hb_gap_s, (now - s.hb_ts) / NS) if s.hb_ts >= 0 else 0.0
@@ -657,14 +691,12 @@ class FeatureLogic:
                 vals["depth_imb_band"] = (b - a) / (b + a) if b + a > 0 else 0.0
                 vals["bid_stale_s"] = (now - s.bid_depth_ts) / NS
                 vals["ask_stale_s"] = (now - s.ask_depth_ts) / NS
-        if not math.isfinite(sum(vals.values())):  # NaN/inf in any (or a rare overflow)
-            for k, v in vals.items():
-                if not math.isfinite(v):
-                    vals[k] = 0.0
         return vals
 
-    def _vector(self, now: int) -> FeatureVector:
-        """The key's vector at ``now``, carrying (and clearing) the pending evidence ids."""
+    def _vector(self, now: int) -> FeatureVector | DeadLetter:
+        """The key's vector at ``now``, carrying (and clearing) the pending evidence ids;
+        a ``non_finite`` dead letter naming the first feature that overflows (an index
+        price of 1e-306 against a price of 100), never a zero."""
         s = self.s
         key = s.key
         is_venue = s.kind == "venue"
@@ -680,15 +712,21 @@ class FeatureLogic:
                               venue=venue or None)
             self._scope = (key, is_venue, scope)  # frozen: shared by this key's vectors
         priced = s.kind == "market" and s.mid > 0.0
+        values = self.values(now)
         vec = FeatureVector(
             key=key, scope=scope, ts=now, recv_ts=now + s.recv_lag_ns if s.recv_lag_ns else None,
-            values=self.values(now), evidence_ids=s.evidence,
+            values=values, evidence_ids=s.evidence,
             price=s.mid if priced else None, low=s.px_low if priced else None,
             high=s.px_high if priced else None, interval_ns=s.interval_ns,
             measure=s.measure,
         )
         s.evidence = []  # the vector owns the list now
         s.px_low = s.px_high = s.mid
+        if not math.isfinite(sum(values.values())):  # NaN/inf in any (or a rare overflow)
+            for name, v in values.items():
+                if not math.isfinite(v):
+                    return self._dead(vec, "non_finite", f"$.values.{name}",
+                                      "finite number", repr(v))
         return vec
 
 
