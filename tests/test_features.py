@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import msgspec
 import pytest
@@ -15,6 +16,7 @@ from riskguard.schemas import (
     FeatureVector,
     FundingRate,
     IndexPrice,
+    OptionQuote,
     Quote,
     Side,
     Trade,
@@ -143,7 +145,6 @@ def test_each_key_class_emits_exactly_its_named_feature_set() -> None:
         OPTION_FEATURES,
         VENUE_FEATURES,
     )
-    from riskguard.schemas import OptionQuote
 
     logic = FeatureLogic(EV, ManualClock(10**19))
     market = logic.on_event(quote(1, NS))[0]
@@ -348,3 +349,40 @@ def test_a_trade_too_large_to_square_is_refused_and_volume_z_keeps_working() -> 
     assert math.isfinite(logic.s.vol_var)
     assert last.values["volume_z"] > 3.0
 
+
+# -- bounded histories ------------------------------------------------------------
+
+def test_frozen_timestamps_do_not_grow_the_price_or_iv_history() -> None:
+    logic = FeatureLogic(EV, ManualClock(10**19))
+    for i in range(5000):
+        logic.on_event(quote(i, NS, 100.0 + i % 7, 101.0 + i % 7))
+    assert len(logic.s.hist) <= 2
+    opt = FeatureLogic(EV, ManualClock(10**19))
+    for i in range(5000):
+        opt.on_event(OptionQuote(id=f"o{i}", venue="deribit", instrument="BTC-C", ts=NS,
+                                 underlying="BTC", expiry=10**18, strike=1.0,
+                                 option_type="call", bid=1.0, ask=1.1, mark_price=1.05,
+                                 mark_iv=0.5 + i % 3 * 0.01, underlying_price=100.0,
+                                 delta=0.5))
+    assert len(opt.s.iv_hist) <= 2
+
+
+def test_runs_of_one_timestamp_give_the_returns_a_full_history_gives() -> None:
+    """Several prices per timestamp (trades at millisecond resolution): keeping only a
+    run's first and last entry changes no return."""
+    rng = random.Random(3)
+    ts, recs = NS, []
+    for i in range(3000):
+        ts += rng.choice((0, 0, 0, 1, NS // 4, 2 * NS))
+        recs.append(quote(i, ts, 100.0 + rng.random(), 101.0 + rng.random()))
+    logic = FeatureLogic(EV, ManualClock(10**19))
+    got = [logic.on_event(r)[0].values["ret_bps"] for r in recs]
+    full: list[tuple[int, float]] = []
+    want = []
+    for r in recs:  # the history kept whole, trimmed as before
+        lp = math.log(0.5 * r.bid + 0.5 * r.ask)
+        full.append((r.ts, lp))
+        while len(full) > 2 and full[1][0] <= r.ts - EV.return_window_ns:
+            full.pop(0)
+        want.append((lp - full[0][1]) * 1e4)
+    assert got == want

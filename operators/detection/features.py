@@ -272,6 +272,8 @@ _SNAPSHOTS = (Bar, BookDepth)
 DEPTH_CHANGE = 1e-3
 _POSITIVE = {"price", "bid", "ask", "underlying_price", "strike", "open", "high", "low",
              "close"}
+#: entries a price or IV history keeps at most (past it, the oldest go first)
+MAX_HIST = 65_536
 #: the largest trade size or bar volume taken: its square, in the volume statistics,
 #: stays finite
 MAX_QTY = 1e150
@@ -301,6 +303,18 @@ def _derived_problem(rec: Any) -> tuple[str, str, str] | None:
     elif t is PremiumIndexBar and not math.isfinite(rec.close * 1e4):
         return "$.close", "a premium whose basis_bps is finite", repr(rec.close)
     return None
+
+
+def _remember(h: deque[tuple[int, float]], ts: int, x: float) -> None:
+    """Append ``(ts, x)`` to a history. Of a run of one time only the first and the last
+    entry are kept: the only ones the oldest entry can be once the history is trimmed
+    (frozen timestamps do not grow it)."""
+    if len(h) > 1 and h[-1][0] == ts == h[-2][0]:
+        h[-1] = (ts, x)
+        return
+    h.append((ts, x))
+    if len(h) > MAX_HIST:
+        h.popleft()
 
 
 class FeatureLogic:
@@ -573,8 +587,8 @@ class FeatureLogic:
             s.change_ts = ts
         s.mid = mid
         s.logp = logp
+        _remember(s.hist, ts, logp)
         h = s.hist
-        h.append((ts, logp))
         horizon = ts - self._return_window
         while len(h) > 2 and h[1][0] <= horizon:
             h.popleft()
@@ -611,7 +625,7 @@ class FeatureLogic:
         s.spread_bps = (rec.ask - rec.bid) / mid * 1e4 if mid > 0 else 0.0
         s.quote_ts = max(s.quote_ts, ts)
         h = s.iv_hist
-        h.append((ts, rec.mark_iv))
+        _remember(h, ts, rec.mark_iv)
         horizon = ts - self.config.iv_window_ns
         while len(h) > 2 and h[1][0] <= horizon:
             h.popleft()
