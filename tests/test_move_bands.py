@@ -624,3 +624,37 @@ def test_a_rally_of_1e600_times_gives_a_signal_the_schema_takes() -> None:
     assert out
     for sig in out:
         assert isinstance(decode("signals", encode(sig)), AnomalySignal), sig.score
+
+
+def test_a_key_whose_bar_interval_keeps_changing_resumes_as_if_unbroken() -> None:
+    """Bars of 33 intervals in turn: past 64 learned horizons the bands forget those of
+    other intervals, on the interval's change. Killed and resumed inside the last run,
+    the key keeps what an unbroken one keeps and signals the same 10 % fall alike."""
+    from riskguard.operators.core.snapshot import decode_snapshot, encode_snapshot
+
+    rng = random.Random(7)
+    scope = Scope(kind=ScopeKind.INSTRUMENT, value="BTCUSDT", venue="binance")
+    ts, price, rows = 0, 100.0, []
+    for interval, n in [(k * DAY, 32) for k in range(2, 35)] + [(2 * DAY, 10)]:
+        for _ in range(n):
+            ts += interval
+            price *= 1 + rng.gauss(0, 0.01)
+            rows.append((ts, price, interval))
+    rows.append((ts + 2 * DAY, price * 0.9, 2 * DAY))
+    vectors = [FeatureVector(key="binance/BTCUSDT", scope=scope, ts=t, values={}, price=x,
+                             low=x, high=x, interval_ns=i, evidence_ids=[f"b{j}"])
+               for j, (t, x, i) in enumerate(rows)]
+
+    def view(signals: list[AnomalySignal]) -> list[tuple[int, str, str, float]]:
+        return [(s.ts, s.phase, s.severity.value, round(s.score, 9)) for s in signals]
+
+    unbroken = MoveBands(MoveBandConfig(), key="binance/BTCUSDT")
+    whole = [s for v in vectors for s in unbroken.on_vector(v)]
+    cut = 33 * 32 - 5
+    first = MoveBands(MoveBandConfig(), key="binance/BTCUSDT")
+    out = [s for v in vectors[:cut] for s in first.on_vector(v)]
+    resumed = MoveBands(MoveBandConfig(), key="binance/BTCUSDT",
+                        state=decode_snapshot(encode_snapshot(first.snapshot())))
+    out += [s for v in vectors[cut:] for s in resumed.on_vector(v)]
+    assert view(out) == view(whole) and any(s.phase == "open" for s in whole)
+    assert resumed.s.h_var == unbroken.s.h_var

@@ -193,6 +193,8 @@ class MoveBands:
         low = fv.low if fv.low is not None and 0.0 < fv.low <= price else price
         high = fv.high if fv.high is not None and fv.high >= price else price
         if fv.interval_ns:
+            if s.interval_ns and fv.interval_ns != s.interval_ns:
+                self._forget_other_horizons(fv.interval_ns)
             s.interval_ns = fv.interval_ns  # bars: no horizon is shorter than one bar
         gap = s.last_ts > 0 and 0 < s.interval_ns < (ts - s.last_ts) // 2
         if gap:
@@ -345,9 +347,14 @@ class MoveBands:
         self._plan = [(h, h <= 3600 * NS and h % _FINE_NS == 0, *self._params(h),
                        f"move_{_label(h / NS)}", math.sqrt(h))
                       for h in sorted({max(h, interval) for h in self._h_ns})]
+
+    def _forget_other_horizons(self, interval: int) -> None:
+        """Bars of a new ``interval``: past 64 horizons learned (intervals that keep
+        changing), only those of this interval's plan stay. Done on the change itself, a
+        state transition, so a resumed key forgets exactly what an unbroken one does."""
         h_var = self.s.h_var
-        if len(h_var) > 64:  # what such intervals learned: only this plan's horizons stay
-            keep = {p[0] for p in self._plan} | {-max(self._dd_ns, interval)}
+        if len(h_var) > 64:
+            keep = {max(h, interval) for h in self._h_ns} | {-max(self._dd_ns, interval)}
             for key in [k for k in h_var if k not in keep]:
                 del h_var[key]
 
