@@ -641,23 +641,9 @@ def test_the_cases_exercise_their_state() -> None:
         assert [x.phase for x in outs[name]] == ["open", "escalate", "close"]
 
 
-_HELD = ("a restored Watermark starts at its sources' minimum, not where the start hold "
-         "left it: ticks of the one source that has ticked move time past the other's")
-FAILS = {
-    ("feed_monitor.per_venue.two_workers", "check_resume_equals_uninterrupted"): _HELD,
-    ("cross_shard.two_readers", "check_resume_equals_uninterrupted"): _HELD,
-    ("partition_admission", "check_snapshot_is_versioned_data"):
-        "the snapshot is a bare int (the watermark), not a persisted versioned state",
-}
-
-
-def _params() -> list[Any]:
-    return [pytest.param(case, check, id=f"{case.name}-{check.__name__}", marks=[
-        pytest.mark.xfail(strict=True, reason=FAILS[case.name, check.__name__])]
-        if (case.name, check.__name__) in FAILS else []) for case in CASES for check in CHECKS]
-
-
-@pytest.mark.parametrize(("case", "check"), _params())
+@pytest.mark.parametrize(("case", "check"), [
+    pytest.param(case, check, id=f"{case.name}-{check.__name__}")
+    for case in CASES for check in CHECKS])
 def test_contract(case: Case, check: Callable[[Case], None]) -> None:
     """Snapshot is versioned data and independent, resume equals uninterrupted, input
     unmutated."""

@@ -12,17 +12,19 @@ the watermark travels in the engine's state.
 ['Trade']
 >>> late = encode(Trade(id="t2", venue="v", instrument="BTC-USDT", ts=1, price=1.0, qty=1.0,
 ...                     side="buy"))
->>> [r.reason for r in admit.on_event(("m", 0, 8, late))], admit.snapshot()
+>>> [r.reason for r in admit.on_event(("m", 0, 8, late))], admit.snapshot().max_ts
 (['late'], 10000000000)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from msgspec.structs import force_setattr
 from riskguard.operators.core.metrics import DEAD_LETTERS
+from riskguard.operators.core.snapshot import persisted
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import Codec
 from riskguard.schemas.commands import SOURCED_TYPES
@@ -32,18 +34,28 @@ Message = tuple[str, int, int, bytes | None]
 """A Kafka message as an engine's source gives it: topic, partition, offset, value."""
 
 
+@persisted("riskguard.kafka.admission")
+@dataclass
+class AdmissionState:
+    """A partition's watermark: the highest event time admitted (None: no time policy)."""
+
+    version: int = 1
+    max_ts: int | None = None
+
+
 class PartitionAdmission:
     """One partition's messages into records or dead letters (never an exception)."""
 
     def __init__(self, codec: Codec, policy: EventTimePolicy | None = None, *,
                  clock: Callable[[], int] | None = None, stamp_recv_ts: bool = False,
-                 untimed: frozenset[str] = frozenset(), resume: int | None = None) -> None:
+                 untimed: frozenset[str] = frozenset(),
+                 resume: AdmissionState | None = None) -> None:
         self.codec = codec
         self.clock = clock
         self.stamp = stamp_recv_ts and clock is not None
         self.untimed = untimed
-        self.watermark = None if policy is None else policy.start(
-            -1 if resume is None else resume)
+        start = -1 if resume is None or resume.max_ts is None else resume.max_ts
+        self.watermark = None if policy is None else policy.start(start)
 
     def on_event(self, msg: Message) -> list[Any]:
         topic, partition, offset, value = msg
@@ -67,6 +79,5 @@ class PartitionAdmission:
             DEAD_LETTERS.labels(topic, rec.reason).inc()
         return [rec]
 
-    def snapshot(self) -> int | None:
-        """The partition's watermark (the highest event time admitted)."""
-        return None if self.watermark is None else self.watermark.max_ts
+    def snapshot(self) -> AdmissionState:
+        return AdmissionState(max_ts=None if self.watermark is None else self.watermark.max_ts)

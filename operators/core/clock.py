@@ -173,9 +173,7 @@ class Watermark:
         for name, v in sources.items():
             if not isinstance(v, list):
                 sources[name] = [int(v), 0]
-        wm = cls(idle_ns, sources, RestoredSources(sources))
-        wm._last = min((t for t, _seen in sources.values()), default=-1)
-        return wm
+        return cls(idle_ns, sources, RestoredSources(sources))
 
     def tick_time(self, tick: Tick, now_ns: int) -> int:
         """Event time ``tick`` stands for: its own without a source name, else the
