@@ -199,3 +199,35 @@ def test_feed_selection_by_batch_equals_one_event_at_a_time(events: list[object]
         ref, wrapped = _PerVenue(cls, CFG, None), _PerVenue(cls, CFG, None)
         expect = [r for e in events for r in ref.on_event(e)]
         assert [r for b in batches for r in wrapped.on_batch(b)] == expect
+
+
+def test_withdrawals_halted_and_resumed_alert_once_each() -> None:
+    """A venue reporting withdrawals halted is a counterparty-credit signal: one critical
+    alert when they stop, one when they resume, none while nothing changes."""
+    mon = FeedMonitorLogic(FeedConfig(), "kraken")
+
+    def status(t: float, enabled: bool) -> VenueStatus:
+        return VenueStatus(id=f"s{t}", venue="kraken", ts=int(t * S),
+                           withdrawals_enabled=enabled)
+
+    kinds = [a.kind for t, on in ((0, True), (1, False), (2, False), (3, True))
+             for a in mon.on_event(status(t, on))]
+    assert kinds == ["withdrawals_halted", "withdrawals_resumed"]
+
+
+def test_withdrawals_are_read_from_the_active_feed_only() -> None:
+    """Primary and backup disagree on withdrawals: the active feed's report counts, so
+    their heartbeats do not alert in turn; after a failover the backup's does."""
+    mon = FeedMonitorLogic(CFG, "okx")
+
+    def status(t: float, feed: str, enabled: bool) -> VenueStatus:
+        return VenueStatus(id=f"{feed}{t}", venue="okx", ts=int(t * S), feed=feed,
+                           withdrawals_enabled=enabled)
+
+    kinds = [a.kind for t in (0, 1, 2) for feed, on in (("primary", True), ("backup", False))
+             for a in mon.on_event(status(t, feed, on))]
+    assert kinds == []
+    # the primary silent past its gap: the backup takes over, then its report counts
+    assert [a.kind for a in mon.on_event(status(6, "backup", False))] == [
+        "heartbeat_loss", "feed_failover"]
+    assert [a.kind for a in mon.on_event(status(7, "backup", False))] == ["withdrawals_halted"]

@@ -185,13 +185,17 @@ class FeedMonitorLogic:
     def __init__(self, config: FeedConfig, venue: str, state: FeedState | None = None, *,
                  clock: Clock = system_clock) -> None:
         self.vf = config.venues.get(venue, VenueFeeds())
+        # with a primary and a backup, withdrawals are read from the active feed only: two
+        # feeds that disagree would otherwise alert on every heartbeat
+        self._one_feed = venue not in config.venues
         self.state = state or FeedState(venue=venue, active=self.vf.primary)
         self.clock = clock
         self._watermark = Watermark.resume(self.state.sources)
 
     def on_event(self, event: object) -> list[RiskAlert]:
         status = event if isinstance(event, VenueStatus) else None
-        extra = self._withdrawals(status) if status is not None else []
+        extra = (self._withdrawals(status) if status is not None
+                 and (self._one_feed or status.feed == self.state.active) else [])
         if status is not None:
             ts = status.ts
         elif isinstance(event, Tick):
