@@ -388,11 +388,14 @@ class CommandSubscriber:
     def _execute(self, cmd: MitigationCommand, now: int, partition: int,
                  offset: int) -> MitigationCommand:
         result = self.on_command(cmd)
-        applied = str(getattr(result, "outcome", "applied")) not in _NOT_APPLIED
+        outcome = str(getattr(result, "outcome", "applied"))
+        applied = outcome not in _NOT_APPLIED
         if not applied:
             self.stats["not_applied"] += 1
+        # answered by a hold already in force (at least as strict): that one holds, not it
         self.state.record(topic=self.topic, partition=partition, offset=offset, cmd=cmd,
-                          executed=applied, keep_decision_until=now + self.decision_window_ns)
+                          executed=applied, holds=outcome != "already_applied",
+                          keep_decision_until=now + self.decision_window_ns)
         self.flush()  # executed: committed before the next message, with what came before
         self.stats["accepted"] += 1
         return cmd

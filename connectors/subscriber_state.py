@@ -146,10 +146,11 @@ class SubscriberState:
         self.raised_seq = True
 
     def record(self, *, topic: str, partition: int, offset: int,
-               cmd: MitigationCommand | None, executed: bool = True,
+               cmd: MitigationCommand | None, executed: bool = True, holds: bool = True,
                keep_decision_until: int = 0) -> None:
-        """Record a handled message: the command (if any), what it leaves in force, its
-        decision's copy, and the consumed offset. Committed by the next :meth:`flush`."""
+        """Record a handled message: the command (if any), what it leaves in force (unless
+        ``holds`` is false: another command's hold answered it), its decision's copy, and
+        the consumed offset. Committed by the next :meth:`flush`."""
         if offset >= 0:  # written at the flush: a flood of rejections writes no row each
             key = (topic, partition)
             if offset >= self._offsets.get(key, 0):
@@ -162,7 +163,8 @@ class SubscriberState:
                 self.db.execute("INSERT OR IGNORE INTO copies VALUES (?, ?, ?, ?, ?)",
                                 (cmd.decision_id, content_key(cmd), cmd.issuer,
                                  cmd.command_id, max(cmd.expires_at, keep_decision_until)))
-            self._hold(cmd)
+            if holds or cmd.action.value == "resume":
+                self._hold(cmd)
         self.raise_seq(cmd.issuer, cmd.seq)
         self.db.execute("INSERT OR IGNORE INTO handled VALUES (?, ?, ?, ?)",
                         (cmd.issuer, cmd.command_id, cmd.seq, cmd.expires_at))

@@ -674,6 +674,24 @@ def test_an_order_list_that_together_would_flip_the_position_is_denied_under_red
     assert [cid in r.trader.denied for cid in listed] == [not oco, not oco]
 
 
+def test_a_looser_cut_answered_by_a_stricter_one_is_applied_once_that_one_is_resumed(
+        tmp_path: Path) -> None:
+    """A cut to 0.5 while one to 0.3 holds is answered by that hold: it holds nothing, so
+    once the 0.3 is resumed, the same 0.5 sent again is applied, not taken as in force."""
+    c = Commands()
+    scope = Scope(kind=ScopeKind.INSTRUMENT, value="BTC-USDT", venue="binance")
+    strict, strict_id = c.make(20.5, Action.REDUCE_LIMITS, scope, params={"factor": 0.3})
+    loose, _ = c.make(25.5, Action.REDUCE_LIMITS, scope, params={"factor": 0.5})
+    resume, _ = c.make(30.5, Action.RESUME, scope, by=(OP1,),
+                       params={"actions": ["reduce_limits"], "resumes": [strict_id]})
+    again, again_id = c.make(35.5, Action.REDUCE_LIMITS, scope, params={"factor": 0.5})
+    r = run(tmp_path, [(20.5, strict), (25.5, loose), (30.5, resume), (35.5, again)])
+    assert [a.outcome for a in r.acks()] == [
+        AckOutcome.APPLIED, AckOutcome.ALREADY_APPLIED, AckOutcome.APPLIED,
+        AckOutcome.APPLIED]
+    assert [(h.command_id, h.factor) for h in r.executor.holds()] == [(again_id, 0.5)]
+
+
 def test_a_resume_never_lifts_a_halt_it_does_not_name(tmp_path: Path) -> None:
     """An operator halts okx; the guard's halt is already in force, and its resume of that
     halt (naming it, as the playbook does) lifts nothing; the guard's next halt is in
