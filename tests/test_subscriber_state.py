@@ -24,8 +24,8 @@ from riskguard.errors import StateError, TrustError
 OKX = Scope(kind=ScopeKind.VENUE, value="okx")
 # what runs again if a lost state re-reads the topic: each must run once (engine-2 may
 # sign any action on a venue)
-ACTS = (Action.CANCEL_ALL, Action.HALT_TRADING, Action.HEDGE_DELTA, Action.RESUME)
-PARAMS = {Action.HEDGE_DELTA: {"target_delta": 0.0, "hedge_instrument": "BTC-PERP"}}
+ACTS = (Action.CANCEL_ALL, Action.HALT_TRADING, Action.PAUSE_WITHDRAWALS, Action.RESUME)
+PARAMS: dict[Action, dict[str, object]] = {}
 
 
 def _signed(cmd: MitigationCommand) -> bytes:
