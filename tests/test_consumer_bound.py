@@ -7,20 +7,27 @@ from __future__ import annotations
 import time
 
 import pytest
+from riskguard.connectors.kafka import consumer
 from riskguard.connectors.kafka.consumer import SharedConsumer
 
 from tests.kafka_helpers import produce
 
 
 @pytest.mark.kafka
+@pytest.mark.parametrize("cap", ["messages", "bytes"])
 def test_a_held_partition_is_paused_at_its_cap_and_loses_nothing(
-    kafka_bootstrap: str, new_topic, monkeypatch: pytest.MonkeyPatch,
+    kafka_bootstrap: str, new_topic, monkeypatch: pytest.MonkeyPatch, cap: str,
 ) -> None:
-    monkeypatch.setattr(SharedConsumer, "max_buffered", property(lambda _self: 40))
+    """Capped at 40 messages, or at 40 messages' worth of bytes (large messages)."""
+    if cap == "messages":
+        monkeypatch.setattr(SharedConsumer, "max_buffered", property(lambda _self: 40))
+    else:
+        monkeypatch.setattr(consumer, "MAX_BUFFERED_BYTES", 40 * 1000)
     topic = new_topic(2)
     for part in (0, 1):
         for start in range(0, 400, 50):  # several produce batches
-            produce(kafka_bootstrap, topic, [b"%d" % k for k in range(start, start + 50)],
+            produce(kafka_bootstrap, topic, [b"%d" % k + b" " * 995
+                                             for k in range(start, start + 50)],
                     partition=part)
     shared = SharedConsumer({"bootstrap.servers": kafka_bootstrap, "group.id": "bound-test",
                              "enable.auto.commit": False}, batch_size=10)
@@ -39,7 +46,7 @@ def test_a_held_partition_is_paused_at_its_cap_and_loses_nothing(
     while len(got[0]) < 400 and time.monotonic() < deadline:  # now its reader catches up
         got[0].extend(m.value() for m in shared.take(topic, 0) if not m.error())
         shared.wait(0.05)
-    assert got[0] == [b"%d" % k for k in range(400)]
+    assert got[0] == [b"%d" % k + b" " * 995 for k in range(400)]
     assert (topic, 0) not in shared._paused
     shared.remove(topic, 0)
     shared.remove(topic, 1)

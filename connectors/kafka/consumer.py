@@ -160,15 +160,20 @@ class EventTimeAlignment:
         heapq.heappush(self._stands, stand)
 
 
+MAX_BUFFERED_BYTES = 64 << 20
+"""Value bytes one partition's list may hold before its partition is paused."""
+
+
 class SharedConsumer:
     """One Kafka consumer for all of a source's partitions in this process (one fetch
     loop, not one per partition): partitions are added with ``incremental_assign`` and
     each ``consume`` is split into per-partition lists.
 
-    A read takes its whole list. A list that reaches :meth:`max_buffered` (a reader held
-    back by alignment through a long backlog) pauses its partition until its reader has
-    taken it down to half; librdkafka then fetches on from the last message handed over,
-    so nothing is lost or read twice and memory stays bounded.
+    A read takes its whole list. A list that reaches :meth:`max_buffered` messages or
+    :data:`MAX_BUFFERED_BYTES` of values (a reader held back by alignment through a long
+    backlog) pauses its partition until its reader has taken it down to half; librdkafka
+    then fetches on from the last message handed over, so nothing is lost or read twice
+    and memory stays bounded.
 
     With ``fair_reads`` a read takes at most ``batch_size`` of its partition, so a burst
     on a busy topic does not make a record on a quiet one (a fill) wait behind it; an
@@ -187,6 +192,7 @@ class SharedConsumer:
         self._fair = fair_reads
         self._held: set[tuple[str, int]] = set()  # readers held back by alignment
         self._paused: set[tuple[str, int]] = set()  # partitions past max_buffered
+        self._bytes: dict[tuple[str, int], int] = {}  # the value bytes each list holds
 
     @property
     def max_buffered(self) -> int:
@@ -224,10 +230,13 @@ class SharedConsumer:
             n = self._batch_size
             if not self._fair or len(pending) <= n:
                 self._pending[key] = []
+                self._bytes[key] = 0
             else:
                 self._pending[key] = pending[n:]
                 pending = pending[:n]
-            if key in self._paused and len(self._pending[key]) <= self.max_buffered // 2:
+                self._bytes[key] = sum(map(len, self._pending[key]))
+            if key in self._paused and len(self._pending[key]) <= self.max_buffered // 2 \
+                    and self._bytes[key] <= MAX_BUFFERED_BYTES // 2:
                 self._paused.discard(key)
                 self._consumer.resume([TopicPartition(topic, idx)])
             return pending
@@ -268,12 +277,13 @@ class SharedConsumer:
 
     def _distribute(self, msgs: list[Any]) -> None:
         """Append consumed messages to their partitions' lists (under the lock)."""
-        pending, cap = self._pending, self.max_buffered
+        pending, cap, nbytes = self._pending, self.max_buffered, self._bytes
         full: set[tuple[str, int]] = set()
         if len(pending) == 1:
             for key, out in pending.items():
                 out.extend(msgs)
-                if len(out) >= cap:
+                held = nbytes[key] = nbytes.get(key, 0) + sum(map(len, msgs))
+                if len(out) >= cap or held >= MAX_BUFFERED_BYTES:
                     full.add(key)
         else:
             for m in msgs:
@@ -285,7 +295,8 @@ class SharedConsumer:
                         lst.append(m)
                 else:
                     target.append(m)
-                    if len(target) >= cap:
+                    held = nbytes[key] = nbytes.get(key, 0) + len(m)
+                    if len(target) >= cap or held >= MAX_BUFFERED_BYTES:
                         full.add(key)
         full -= self._paused
         if full:
@@ -325,6 +336,7 @@ class SharedConsumer:
     def remove(self, topic: str, idx: int) -> None:
         with self._lock:
             self._pending.pop((topic, idx), None)
+            self._bytes.pop((topic, idx), None)
             self._held.discard((topic, idx))
             self._paused.discard((topic, idx))
             if self._consumer is None:
