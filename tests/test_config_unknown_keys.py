@@ -245,3 +245,40 @@ def test_the_readme_and_docs_config_snippets_hold_only_known_keys() -> None:
             assert set(data.get("max_ttl_s", {})) <= trust.TTL_ACTIONS | {"default"}, block
             continue
         check_known_keys(data, GuardConfig)
+
+
+# -- bad values --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("good", "bad", "key"), [
+    ("peg_critical_bps = 200.0", "peg_critical_bps = nan", "exposure.peg_critical_bps"),
+    ("peg_critical_bps = 200.0", "peg_critical_bps = inf", "exposure.peg_critical_bps"),
+    ("peg_warn_bps = 50.0", "peg_warn_bps = inf", "exposure.peg_warn_bps"),
+    ("dedup_window = 4096", "dedup_window = 0", "exposure.dedup_window"),
+    ("dedup_window = 4096", "dedup_window = -5", "exposure.dedup_window"),
+    ("drift_delta = 0.0001", "drift_delta = nan", "detector.drift_delta"),
+    ("drift_delta = 0.0001", "drift_delta = -1.0", "detector.drift_delta"),
+    ("drift_delta = 0.0001", "drift_delta = 5.0", "detector.drift_delta"),
+    ("warn_excess = 0.05", "warn_excess = nan", "detector.warn_excess"),
+    ("warn_excess = 0.05", "warn_excess = 0.5", "detector.warn_excess"),
+    ("critical_excess = 0.15", "critical_excess = nan", "detector.critical_excess"),
+    ("warn_duration_ns = 10_000_000_000", "warn_duration_ns = -1", "detector.warn_duration_ns"),
+    ("protect_max_episodes = 3.0", "protect_max_episodes = nan",
+     "detector.protect_max_episodes"),
+    ("squash_scale = 8.0", "squash_scale = inf", "detector.squash_scale"),
+    ("tail_min_z = 4.0", "tail_min_z = inf", "detector.tail_min_z"),
+    ("critical_ratio = 1.25", "critical_ratio = inf", "detector.bands.critical_ratio"),
+    ("critical_ratio = 2.0", "critical_ratio = inf", "detector.cross.critical_ratio"),
+    ("# threshold_floor = 0.5", "threshold_floor = nan", "detector.threshold_floor"),
+])
+def test_a_bad_value_in_the_example_config_does_not_start(tmp_path, good, bad, key) -> None:
+    """A value that would crash the guard or silently turn a check off (nan, inf, 0 or a
+    negative where none is meant) stops load_guard_config naming its key."""
+    shutil.copy(DATAFLOWS / "playbook.toml", tmp_path / "playbook.toml")
+    text = (DATAFLOWS / "guard.example.toml").read_text()
+    assert good in text
+    path = tmp_path / "guard.toml"
+    path.write_text(text.replace(good, bad, 1))
+    with pytest.raises(ConfigError) as err:
+        load_guard_config(path)
+    assert err.value.path == key, str(err.value)

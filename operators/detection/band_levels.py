@@ -21,6 +21,7 @@ from riskguard.schemas.market import Measure
 
 from riskguard.errors import ConfigError
 from riskguard.validation import (
+    MAX_FLOAT,
     NonNegativeInt,
     Positive,
     PositiveFinite,
@@ -33,7 +34,7 @@ Levels = Annotated[tuple[PositiveFinite, ...], msgspec.Meta(min_length=1)]
 """One level per horizon."""
 DailyLimit = Annotated[float, msgspec.Meta(gt=0.0, lt=10_000.0)]  # bps of the settlement price
 TimeOfDay = Annotated[float, msgspec.Meta(ge=0.0, lt=86_400.0)]  # seconds after 00:00 UTC
-AtLeastOne = Annotated[float, msgspec.Meta(ge=1.0)]
+AtLeastOne = Annotated[float, msgspec.Meta(ge=1.0, le=MAX_FLOAT)]
 CriticalRule = Literal["fast_fall", "slide", "limit", "static", "ratio", "horizons"]
 CriticalMoves = Literal["down", "up", "both"]
 

@@ -49,7 +49,13 @@ from riskguard.schemas.signals import (
     Severity,
 )
 
-from riskguard.validation import NonNegativeInt, PositiveFinite, PositiveInt, check_declared
+from riskguard.validation import (
+    MAX_FLOAT,
+    NonNegativeInt,
+    PositiveFinite,
+    PositiveInt,
+    check_declared,
+)
 
 NS = 1_000_000_000
 _NAMESPACE = uuid.UUID("2c1b8e0a-7f43-5b7e-9d1e-5a6f0c3b8d27")
@@ -123,7 +129,7 @@ class CrossRateConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     band_k: PositiveFinite = 8.0
     # a dislocation is critical past this many times its band (the larger of floor_bps and
     # band_k usual spreads), else a warning
-    critical_ratio: Annotated[float, msgspec.Meta(ge=1.0)] = 2.0
+    critical_ratio: Annotated[float, msgspec.Meta(ge=1.0, le=MAX_FLOAT)] = 2.0
     halflife_s: PositiveFinite = 86_400.0
     max_age_ns: NonNegativeInt = 120 * NS
     # comparisons a market learns its usual offset from before it can be judged

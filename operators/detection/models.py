@@ -21,12 +21,12 @@ from riskguard.operators.detection.cross_rates import CrossRateConfig
 from riskguard.operators.detection.hst import ArrayHST, hst_shape
 from riskguard.operators.detection.range_scorer import RangeScorer, RangeState
 from riskguard.operators.detection.venue_confirm import VenueConfirmConfig
+from riskguard.schemas.types import Finite
 
 from riskguard.errors import ConfigError
 from riskguard.validation import (
     NonNegative,
     NonNegativeInt,
-    Positive,
     PositiveFinite,
     PositiveInt,
     Share,
@@ -54,7 +54,7 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     # squash_scale) or minmax (scaled to the range seen so far, River's MinMaxScaler)
     scaler: Literal["squash", "minmax"] = "squash"
     # scaler squash: a feature's z-score z enters the model as 0.5 + 0.5 * tanh(z / squash_scale)
-    squash_scale: Positive = 8.0
+    squash_scale: PositiveFinite = 8.0
     hst_trees: PositiveInt = 10  # Half-Space Trees: the number of trees
     # Half-Space Trees: the height of each tree (at most 12; keep it near 8)
     hst_height: Annotated[int, msgspec.Meta(ge=1, le=12)] = 8
@@ -66,16 +66,16 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     tail: bool = True
     # the tail crosses the threshold where a feature's |z| is this many times its normal peak
     # (tail_quantile)
-    tail_cut: Positive = 2.0
-    tail_min_z: Positive = 4.0  # a feature's normal peak |z| is never taken below this
+    tail_cut: PositiveFinite = 2.0
+    tail_min_z: PositiveFinite = 4.0  # a feature's normal peak |z| is never taken below this
     # the quantile of a feature's normal |z| that is its peak (0.999: one point in a thousand)
     tail_quantile: Annotated[float, msgspec.Meta(ge=0.5, lt=1.0)] = 0.999
-    tail_step: Positive = 0.05  # how fast that quantile moves (a relative step per point)
+    tail_step: PositiveFinite = 0.05  # how fast that quantile moves (a relative step per point)
     # weight of a new point in the running mean and variance of each feature (about 1 / points
     # remembered)
     stats_alpha: Share = 0.002
     # a point moves the statistics at most as far as one this many standard deviations out would
-    stats_clip: Positive = 4.0
+    stats_clip: PositiveFinite = 4.0
     # a key's signals are warming_up (and act on nothing) until it has learned this many vectors ...
     warmup_events: NonNegativeInt = 300
     # ... and seen this much event time since its first (riskguard backtest and run name the keys
@@ -86,19 +86,19 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     # scores the threshold's quantile is taken over (the last half to whole window)
     threshold_window: PositiveInt = 4000
     # the threshold is never below this (unset: no floor; below 1 for Half-Space Trees)
-    threshold_floor: float | None = None
+    threshold_floor: Finite | None = None
     threshold_margin: NonNegative = 0.8
     # do not learn the points flagged anomalous, so an attack is not learned as normal
     protect_model: bool = True
     # ... but learn again after this many flagged points in a row (a lasting change)
     protect_max_points: PositiveInt = 120
     # ... or while more than this many episodes opened within about threshold_window / 2 points
-    protect_max_episodes: float = 3.0
+    protect_max_episodes: PositiveFinite = 3.0
     # the drift detector on a key's scores, whose drift is a regime_change signal: adwin,
     # page_hinkley, or none (no regime changes)
     drift: Literal["adwin", "page_hinkley", "none"] = "adwin"
     # the drift detector's sensitivity (ADWIN's delta; smaller: fewer regime changes)
-    drift_delta: float = 0.0001
+    drift_delta: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)] = 0.0001
     # what a regime change does to the model: keep it, reset it (a new model, warming up
     # again), or blend (a fresh model learns beside it and takes over after blend_points)
     drift_policy: Literal["keep", "reset", "blend"] = "blend"
@@ -112,11 +112,11 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     # ... and this much event time since its last anomalous point: then it closes
     close_quiet_ns: NonNegativeInt = 5 * NS
     # an episode is warn once its score passes the threshold by this share ...
-    warn_excess: float = 0.05
-    critical_excess: float = 0.15  # ... critical by this share ...
-    warn_duration_ns: int = 10 * NS  # ... or warn once it has lasted this long ...
+    warn_excess: NonNegative = 0.05
+    critical_excess: NonNegative = 0.15  # ... critical by this share ...
+    warn_duration_ns: NonNegativeInt = 10 * NS  # ... or warn once it has lasted this long ...
     # ... and critical this long (with warn_points / critical_points anomalous vectors)
-    critical_duration_ns: int = 60 * NS
+    critical_duration_ns: NonNegativeInt = 60 * NS
     # with warn_duration_ns: the anomalous vectors a lasting episode needs to be warn (two 1-minute
     # bars are not a minute of anomalous 1-second vectors)
     warn_points: NonNegativeInt = 10
@@ -145,6 +145,9 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
         self.bands.validate(path + ".bands")
         self.cross.validate(path + ".cross")
         self.confirm.validate(path + ".confirm")
+        if not self.warn_excess <= self.critical_excess:
+            raise ConfigError(path + ".warn_excess", "must not exceed critical_excess "
+                              f"({self.critical_excess})", self.warn_excess)
         if self.target_alarm_rate * (self.threshold_window // 2) < 1.0:
             # the quantile spans threshold_window / 2 to threshold_window scores: below one
             # alarm per half window it is the largest recent score, which no score exceeds

@@ -22,7 +22,6 @@ from riskguard.errors import ConfigError
 from riskguard.validation import (
     NonNegative,
     NonNegativeInt,
-    Positive,
     PositiveFinite,
     PositiveInt,
     Share,
@@ -104,7 +103,7 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
         "trade", "quote", "index_price", "option_quote", "funding_rate",
     )
     max_evidence: PositiveInt = 8  # record ids an exposure carries as its evidence, at most
-    dedup_window: int = 4096
+    dedup_window: PositiveInt = 4096
     valuation_shards: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 1
     # a fill, position, balance or open-orders record re-values its counterparty at the next
     # multiple of this much event time; 0: at the next tick only
@@ -115,13 +114,14 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_hold_ns: PositiveInt = 5 * NS_PER_S
     pegs: dict[str, PositiveFinite] = {}
     # a pegged asset this far off its peg (bps): a depeg alert, warn ...
-    peg_warn_bps: Positive = 50.0
-    peg_critical_bps: float = 200.0  # ... this far off its peg (bps): a critical depeg alert
+    peg_warn_bps: PositiveFinite = 50.0
+    # ... this far off its peg (bps): a critical depeg alert
+    peg_critical_bps: PositiveFinite = 200.0
 
     def validate(self, path: str = "exposure") -> InstrumentRegistry:
         """Check every value; return the registry built from ``instruments``."""
         check_declared(self, path)
-        if self.peg_warn_bps > self.peg_critical_bps:
+        if not self.peg_warn_bps <= self.peg_critical_bps:
             raise ConfigError(f"{path}.peg_warn_bps", "must not exceed peg_critical_bps "
                               f"({self.peg_critical_bps})", self.peg_warn_bps)
         return InstrumentRegistry(self.instruments, path=f"{path}.instruments")
