@@ -110,13 +110,14 @@ class TopicsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
     # stream -> its partition count, over default_partitions
     partitions: dict[str, Annotated[int, msgspec.Meta(ge=1)]] = {}
-    default_partitions: int = 2
-    replication_factor: int = 1  # copies of each partition the brokers keep
+    default_partitions: Annotated[int, msgspec.Meta(ge=1)] = 2
+    # copies of each partition the brokers keep
+    replication_factor: Annotated[int, msgspec.Meta(ge=1)] = 1
     # the topics' min.insync.replicas (unset: replication_factor - 1, at least 1)
-    min_insync_replicas: int | None = None
+    min_insync_replicas: Annotated[int, msgspec.Meta(ge=1)] | None = None
     # stream -> its retention.ms (-1: forever; unset: a week for inputs, 30 days for decisions,
     # forever for the audit log)
-    retention_ms: dict[str, int] = {}
+    retention_ms: dict[str, Annotated[int, msgspec.Meta(ge=-1)]] = {}
 
 
 @dataclass(frozen=True)

@@ -270,6 +270,12 @@ def test_the_readme_and_docs_config_snippets_hold_only_known_keys() -> None:
     ("critical_ratio = 1.25", "critical_ratio = inf", "detector.bands.critical_ratio"),
     ("critical_ratio = 2.0", "critical_ratio = inf", "detector.cross.critical_ratio"),
     ("# threshold_floor = 0.5", "threshold_floor = nan", "detector.threshold_floor"),
+    ("gc_gen0_threshold = 50_000", "gc_gen0_threshold = 1_099_511_627_776",
+     "gc_gen0_threshold"),
+    ("default_partitions = 4", "default_partitions = -1", "topics.default_partitions"),
+    ("replication_factor = 3", "replication_factor = 0", "topics.replication_factor"),
+    ("min_insync_replicas = 2", "min_insync_replicas = 0", "topics.min_insync_replicas"),
+    ("audit = -1", "audit = -2", "topics.retention_ms.audit"),
 ])
 def test_a_bad_value_in_the_example_config_does_not_start(tmp_path, good, bad, key) -> None:
     """A value that would crash the guard or silently turn a check off (nan, inf, 0 or a

@@ -185,7 +185,7 @@ class GuardConfig(CommonConfig, frozen=True, kw_only=True, forbid_unknown_fields
     sink_delivery_timeout_s: PositiveFinite = 30.0
     # Python's youngest-generation collection threshold in the guard process (0: leave
     # Python's default of 700); see apply_gc_policy
-    gc_gen0_threshold: Annotated[int, msgspec.Meta(ge=0)] = 50_000
+    gc_gen0_threshold: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] = 50_000
 
     def topic(self, stream: str) -> str:
         return topic_name(self.env, stream)
