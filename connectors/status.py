@@ -84,6 +84,8 @@ def scrape(url: str, timeout_s: float = 5.0) -> Scrape:
             text = resp.read().decode("utf-8", "replace")
     except (urllib.error.URLError, OSError, TimeoutError) as err:
         return Scrape(url=url, error=f"{type(err).__name__}: {getattr(err, 'reason', err)}")
+    except ValueError as err:  # a malformed URL (http://[::1, a bad port)
+        return Scrape(url=url, error=f"bad URL: {err}")
     try:
         return Scrape(url=url, samples=parse_metrics(text))
     except ValueError as err:

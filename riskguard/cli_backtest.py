@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
+from riskguard.cli_args import positive_int
 from riskguard.config import no_rules_note
-from riskguard.errors import ConfigError
+from riskguard.errors import ConfigError, RiskguardError
 from riskguard.progress import Progress
 
 
@@ -76,19 +79,33 @@ def with_sample(args: argparse.Namespace, prog: str, cfg: Any = None) -> None:
 
 
 def _backtest(args: argparse.Namespace) -> int:
-    from riskguard.cli import STARTED  # noqa: PLC0415  (imports this module)
+    from riskguard.cli import STARTED, one_line  # noqa: PLC0415  (imports this module)
+    from riskguard.cli_run import innermost, without_panic_reports  # noqa: PLC0415
     from riskguard.dataflows.backtest import backtest_files  # noqa: PLC0415  (heavy imports)
     from riskguard.dataflows.guard import load_guard_config  # noqa: PLC0415
 
     loaded = load_guard_config(args.config)
     with_sample(args, "backtest", loaded[0])
-    with Progress("backtest", total=count_lines(args.data), unit="events") as bar:
-        rep = backtest_files(loaded, args.data, labels=args.labels, out_dir=args.out,
-                             venue=args.venue, instrument=args.instrument,
-                             batch_size=args.batch_size, fmt=args.format,
-                             market=args.market, contract_size=args.contract_size,
-                             measure=args.measure,
-                             progress=(lambda _rec: bar.advance()) if bar.enabled else None)
+    debug = logging.getLogger("riskguard").isEnabledFor(logging.DEBUG)
+    try:
+        with (without_panic_reports(not debug),
+              Progress("backtest", total=count_lines(args.data), unit="events") as bar):
+            rep = backtest_files(loaded, args.data, labels=args.labels, out_dir=args.out,
+                                 venue=args.venue, instrument=args.instrument,
+                                 batch_size=args.batch_size, fmt=args.format,
+                                 market=args.market, contract_size=args.contract_size,
+                                 measure=args.measure,
+                                 progress=(lambda _rec: bar.advance()) if bar.enabled
+                                 else None)
+    except Exception as err:
+        cause = innermost(err)
+        if cause is err or isinstance(cause, (RiskguardError, KeyboardInterrupt)):
+            raise cause from None  # one line, as every command error
+        if debug:
+            traceback.print_exception(err, file=sys.stderr)
+        sys.stderr.write(one_line(f"riskguard backtest: the dataflow stopped: "
+                                  f"{type(cause).__name__}: {cause}") + "\n")
+        return 1
     for line in result_lines(rep, time.perf_counter() - STARTED):
         sys.stdout.write(line + "\n")
     if not loaded[0].playbook.rules:
@@ -140,6 +157,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # argparse private gener
     from riskguard.connectors.formats import FORMATS, MARKETS  # noqa: PLC0415
 
     add_format_options(p, FORMATS, MARKETS)
-    p.add_argument("--batch-size", type=int, default=100,
+    p.add_argument("--batch-size", type=positive_int, default=100,
                    help="input batch (the event clock's resolution); default 100")
     p.set_defaults(func=_backtest)

@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 from confluent_kafka import KafkaError, Producer
 
+from riskguard.cli_args import seconds
 from riskguard.config import common_config
 from riskguard.connectors.command_log import last_signed_seq
 from riskguard.connectors.settings import KafkaSettings
@@ -248,7 +249,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     n.add_argument("--issuer", required=True, help="your name in the trust file")
     n.add_argument("--env", required=True, help="the guard's env, e.g. prod (the audience)")
     n.add_argument("--topic", required=True, help="the commands topic (the audience)")
-    n.add_argument("--ttl", type=float, default=300.0, help="seconds until it expires")
+    n.add_argument("--ttl", type=seconds(), default=300.0,
+                   help="seconds until it expires (above 0, at most a year and a day)")
     n.add_argument("--lift", action="append", default=[], metavar="ACTION",
                    help="for a resume: an action it lifts (repeatable; default all)")
     n.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",

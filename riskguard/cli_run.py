@@ -24,6 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from riskguard.cli_args import seconds
 from riskguard.config import no_rules_note
 from riskguard.connectors.topics import INPUT_STREAMS
 from riskguard.errors import AuditError, ConfigError, RiskguardError
@@ -230,7 +231,7 @@ def _stop_signals(received: list[int]) -> Iterator[None]:
 
 
 _PANIC = re.compile(r"^thread '.*' panicked at ")
-_PANIC_MORE = re.compile(r"^(Box<dyn Any>|stack backtrace:|\s+\d+: |\s+at |note: )")
+_PANIC_MORE = re.compile(r"^(Box<dyn Any>|stack backtrace:|\s+\d+: |\s+at |note: |\s*$)")
 
 
 def drop_panic_reports(lines: Iterable[bytes]) -> Iterator[bytes]:
@@ -254,7 +255,7 @@ def drop_panic_reports(lines: Iterable[bytes]) -> Iterator[bytes]:
 
 
 @contextmanager
-def _without_panic_reports(enabled: bool) -> Iterator[None]:
+def without_panic_reports(enabled: bool) -> Iterator[None]:
     """Route file descriptor 2 through :func:`drop_panic_reports` while the dataflow runs
     (every other line goes through as it comes)."""
     if not enabled:
@@ -265,9 +266,10 @@ def _without_panic_reports(enabled: bool) -> Iterator[None]:
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)
     os.close(write_end)
+    target = os.fdopen(os.dup(saved), "wb", 0)  # here: saved may close before pump starts
 
     def pump() -> None:
-        with os.fdopen(read_end, "rb") as src, os.fdopen(os.dup(saved), "wb", 0) as dst:
+        with os.fdopen(read_end, "rb") as src, target as dst:
             for line in drop_panic_reports(src):
                 dst.write(line)
 
@@ -282,7 +284,7 @@ def _without_panic_reports(enabled: bool) -> Iterator[None]:
         thread.join(timeout=5)
 
 
-def _innermost(err: BaseException) -> BaseException:
+def innermost(err: BaseException) -> BaseException:
     """The riskguard error behind what bytewax raised, else the deepest cause."""
     seen: list[BaseException] = []
     cur: BaseException | None = err
@@ -468,9 +470,6 @@ def _run(args: argparse.Namespace) -> int:
     flink = args.engine == "flink"
     bw = parse_bytewax_args([] if flink else list(args.bytewax))
     python = flink_python() if flink else None
-    if args.status_every < 0:
-        raise ConfigError("--status-every", "seconds >= 0 (0: no status lines)",
-                          args.status_every)
     cfg, digest, signer, trust, notes = _load(config, args.audit_origin)
     if bw.recovery_directory is not None:
         claim_recovery_store(bw.recovery_directory, cfg.replica.id)
@@ -518,7 +517,7 @@ def _serve(flow: Any, bw: Any, started: Callable[[], Any]) -> tuple[str, int]:
     debug = logging.getLogger("riskguard").isEnabledFor(logging.DEBUG)
     received: list[int] = []
     try:
-        with _stop_signals(received), _without_panic_reports(not debug):
+        with _stop_signals(received), without_panic_reports(not debug):
             started()
             cli_main(flow, workers_per_process=1, process_id=None, addresses=None,
                      epoch_interval=epoch, recovery_config=recovery)
@@ -601,7 +600,7 @@ def _stopped_by(err: Exception, received: list[int], *, debug: bool) -> tuple[st
     error, said on stderr), and the exit code."""
     from riskguard.cli import one_line  # noqa: PLC0415  (imports this module)
 
-    cause = _innermost(err)
+    cause = innermost(err)
     if isinstance(cause, KeyboardInterrupt) or received:
         sigterm = isinstance(cause, Stopped) or signal.SIGTERM in received
         return ("stopped (SIGTERM)", 143) if sigterm else ("interrupted", 130)
@@ -683,7 +682,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--audit-origin", metavar="NAME",
                    help="write the audit chains under this origin instead of [audit] "
                    "origin (start a new chain when the last one cannot be extended)")
-    p.add_argument("--status-every", type=float, default=10.0, metavar="SECONDS",
+    p.add_argument("--status-every", type=seconds(zero=True), default=10.0, metavar="SECONDS",
                    help="print a status line every SECONDS (default 10; 0: none)")
     p.add_argument("--engine", choices=("bytewax", "flink"), default="bytewax",
                    help="bytewax (default: in this process) or flink (the Flink job in a "

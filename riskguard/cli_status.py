@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from riskguard.cli_args import non_negative_int, port, seconds
 from riskguard.connectors.status import (
     StatusPoller,
     StatusServer,
@@ -57,14 +58,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--url", action="append",
                    help=f"metrics URL; repeat for every process (default {DEFAULT_URL})")
-    p.add_argument("--top", type=int, default=5, help="how many utilizations to show")
-    p.add_argument("--timeout", type=float, default=5.0, help="scrape timeout, seconds")
+    p.add_argument("--top", type=non_negative_int, default=5, help="how many utilizations to show")
+    p.add_argument("--timeout", type=seconds(), default=5.0, help="scrape timeout, seconds")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--serve", action="store_true",
                    help="serve a live HTML status page (and /api/status JSON) instead")
     p.add_argument("--host", default="127.0.0.1", help="--serve: address to bind")
-    p.add_argument("--port", type=int, default=8089, help="--serve: port (0 = any free port)")
-    p.add_argument("--interval", type=float, default=2.0, help="--serve: page poll interval, s")
+    p.add_argument("--port", type=port, default=8089, help="--serve: port (0 = any free port)")
+    p.add_argument("--interval", type=seconds(), default=2.0, help="--serve: page poll interval, s")
     p.add_argument("--commands", metavar="FILE",
                    help="--serve: signed command envelopes, one per line (a guard's "
                         "commands.jsonl); the page then lists the mitigations in force")

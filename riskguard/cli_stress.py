@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from riskguard.cli_args import non_negative_int
 from riskguard.progress import Progress
 
 
@@ -155,7 +156,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # argparse private gener
     r.add_argument("--playbook", help="TOML file whose [playbook] replaces the default")
     r.add_argument("--no-escalation", action="store_true",
                    help="break the playbook on purpose: keep only each ladder's first rung")
-    r.add_argument("--runs", type=int, default=0, help="Monte Carlo: perturbed runs per scenario")
+    r.add_argument("--runs", type=non_negative_int, default=0,
+                   help="Monte Carlo: perturbed runs per scenario")
     r.add_argument("--seed", type=int, default=1, help="Monte Carlo seed")
     r.add_argument("--strict", action="store_true",
                    help="count known gaps (GAP) as failures")

@@ -125,6 +125,23 @@ CASES = [
          "--out {tmp}/cal", says=("--labels",)),
     Case("status of a closed port", "status --url http://127.0.0.1:{port}/metrics", code=1,
          stream="out", says=("127.0.0.1",)),
+    Case("status of a malformed URL", "status --url http://[::1", code=1, stream="out",
+         says=("DOWN", "bad URL")),
+    *(Case(f"status --timeout {v}", f"status --url http://127.0.0.1:{{port}}/m --timeout {v}",
+           says=("--timeout", "above 0")) for v in ("-1", "nan", "inf", "soon")),
+    Case("status --serve on port 99999", "status --serve --port 99999",
+         says=("--port", "0 to 65535")),
+    *(Case(f"status --interval {v}", f"status --serve --interval {v}", says=("--interval",))
+      for v in ("nan", "0", "-2")),
+    *(Case(f"new with --ttl {v}", "command new --action halt_trading --scope firm:* --reason r "
+           f"--key {{key}} --issuer i --env e --topic t --seq 1 --out {{tmp}}/c3.json "
+           f"--ttl={v}", says=("--ttl",)) for v in ("nan", "inf", "1e300", "0", "-5")),
+    Case("stress with negative runs", "stress run flash_crash --runs -1 --out {tmp}/st",
+         says=("--runs", "0 or more")),
+    Case("run with an endless status interval", "run --config {config} --status-every inf",
+         says=("--status-every",)),
+    Case("backtest with batch size 0", "backtest --config {config} --sample --out {tmp}/bt "
+         "--batch-size 0", says=("--batch-size", "1 or more")),
     Case("broker with an unknown action", "broker frob", says=("invalid choice",)),
 ]
 
@@ -262,3 +279,23 @@ def test_every_command_a_message_suggests_is_a_real_command(files, capfd,
         with pytest.raises(SystemExit) as stop:
             main([*command.split()[1:], "--help"])
         assert stop.value.code == 0, command
+
+
+def test_a_backtest_whose_dataflow_fails_says_so_in_one_line(files, capfd, monkeypatch,
+                                                             tmp_path) -> None:
+    """A step that raises ends the backtest with one line naming the error, exit 1:
+    not bytewax's panic report and not an "unexpected error" line."""
+    from riskguard.operators.detection.detector import DetectorLogic
+
+    def fail(self, fv):
+        raise ValueError("the step failed")
+
+    monkeypatch.delenv("RISKGUARD_LOG", raising=False)
+    monkeypatch.delenv("RUST_BACKTRACE", raising=False)
+    monkeypatch.setattr(DetectorLogic, "on_event", fail)
+    capfd.readouterr()
+    code = main(["backtest", "--config", files["config"], "--sample",
+                 "--out", str(tmp_path / "bt")])
+    out, err = capfd.readouterr()
+    assert code == 1, (out, err)
+    assert err == "riskguard backtest: the dataflow stopped: ValueError: the step failed\n", err
