@@ -78,7 +78,7 @@ from riskguard.schemas import (
 from riskguard.config import decode_section
 from riskguard.errors import ConfigError
 from riskguard.toml_text import dump_toml
-from riskguard.validation import NonNegative
+from riskguard.validation import NonNegative, PositiveInt, did_you_mean
 
 MS = 1_000_000
 ShockKind = Literal["price", "cascade", "heartbeat_stop", "freeze", "venue_down",
@@ -99,8 +99,8 @@ class MarketSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     instruments: dict[str, InstrumentSpec] = {}
     listings: dict[str, tuple[str, ...]] = {}
     backup_feeds: tuple[str, ...] = ()
-    tick_ms: int = 500
-    trade_every: int = 2
+    tick_ms: PositiveInt = 500
+    trade_every: PositiveInt = 2
     fx: dict[str, float] = msgspec.field(default_factory=lambda: {"USDT": 1.0, "USDC": 1.0})
     file: str | None = None
 
@@ -213,7 +213,7 @@ class ExecutorDown(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 class Scenario(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
     description: str = ""
-    duration_s: int = 600
+    duration_s: PositiveInt = 600
     seed: int = 1
     market: MarketSpec = MarketSpec()
     limits: dict[str, float] = {}
@@ -266,7 +266,55 @@ def load_scenario(path: str | Path) -> Scenario:
         if es.at_least not in STATE_ORDER:
             where = f"end_state[{i}].at_least"
             raise ConfigError(where, f"one of {STATE_ORDER}", es.at_least)
+    check_names(sc)
     return sc
+
+
+def check_names(sc: Scenario) -> None:
+    """Refuse a venue, instrument or scope that names nothing in the scenario's market
+    (a misspelt one tests nothing, and its checks pass)."""
+    m = sc.market
+    venues = list(m.venues)
+    insts = None if m.file else list(m.instruments)  # a recording names its own
+    for v in m.listings:
+        _known(f"market.listings.{v}", v, venues, "venues")
+    for v in sc.limits:
+        _known(f"limits.{v}", v, venues, "venues")
+    for i, ps in enumerate(sc.positions):
+        _known(f"positions[{i}].venue", ps.venue, venues, "venues")
+        if ps.instrument:
+            _known(f"positions[{i}].instrument", ps.instrument, insts, "instruments")
+    for i, s in enumerate(sc.shocks):
+        for v in s.venues:
+            _known(f"shocks[{i}].venues", v, venues, "venues")
+        names = insts
+        if insts is not None and s.kind == "index_diverge":  # it moves an index: BTC-USD
+            names = sorted({f"{_base(n)}-USD" for n in insts})
+        for pat in s.instruments:
+            if names is not None and not any(fnmatch.fnmatchcase(n, pat) for n in names):
+                raise ConfigError(f"shocks[{i}].instruments", "a pattern matching one of the "
+                                  f"market's instruments{did_you_mean(pat, names)}", pat)
+    _check_scopes(sc, venues, insts)
+
+
+def _known(where: str, name: str, names: list[str] | None, what: str,
+           shown: str = "{}") -> None:
+    if names is not None and name not in names:
+        raise ConfigError(where, f"one of the market's {what}"
+                          + did_you_mean(name, names, shown=shown), name)
+
+
+def _check_scopes(sc: Scenario, venues: list[str], insts: list[str] | None) -> None:
+    scopes = [(f"expect[{i}].scope", e.scope) for i, e in enumerate(sc.expect)]
+    scopes += [(f"end_state[{i}].scope", e.scope) for i, e in enumerate(sc.end_state)]
+    for where, scope in scopes:
+        kind, _, value = scope.partition(":")
+        if any(c in value for c in "*?[/"):
+            continue  # a pattern, or a venue-qualified name
+        if kind in ("venue", "counterparty"):
+            _known(where, value, venues, "venues", f"{kind}:{{}}")
+        elif kind == "instrument":
+            _known(where, value, insts, "instruments", f"{kind}:{{}}")
 
 
 # -- market generation -----------------------------------------------------------------

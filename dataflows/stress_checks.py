@@ -71,6 +71,9 @@ def check_run(sc: Scenario, res: BacktestResult, start_ns: int = START_NS,
     shocks = shocks if shocks is not None else sc.shocks
     cmds = sorted(res.commands, key=lambda c: c.issued_at)
     checks: list[Check] = []
+    if res.n_events == 0:  # nothing ran: no check below means anything
+        checks.append(Check("invariant", "the guard saw events", None, None, "FAIL",
+                            "the scenario produced no events"))
     for e in sc.expect:
         match = [c for c in cmds if c.action.value == e.action
                  and fnmatch.fnmatchcase(c.scope.label(), e.scope)]

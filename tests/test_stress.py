@@ -7,15 +7,19 @@ from importlib import resources
 
 import msgspec
 import pytest
+from riskguard.dataflows.backtest import BacktestResult
 from riskguard.dataflows.monte_carlo import monte_carlo
 from riskguard.dataflows.stress import (
     ExecutorDown,
     bundled,
+    check_run,
     disable_escalation,
     load_scenario,
     run_scenario,
     scenario_path,
 )
+
+from riskguard.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +118,66 @@ def test_an_executor_that_confirms_everything_raises_nothing(work):
     assert [c.reason for c in o.result.commands if "unacknowledged" in c.reason] == []
     assert {c.action.value for c in o.result.commands} >= {"halt_trading", "cancel_all"}
     assert o.report["stress"]["executor_down"]["acknowledged"] == len(o.result.commands)
+
+
+SMALL = """name = "small"
+duration_s = 60
+limits = { okx = 1.0 }
+[market]
+venues = ["binance", "okx"]
+tick_ms = 500
+trade_every = 2
+[market.instruments]
+"BTC-USDT" = { price = 65000.0 }
+[[positions]]
+venue = "okx"
+instrument = "BTC-USDT"
+qty = 3.0
+[[shocks]]
+kind = "price"
+venues = ["okx"]
+instruments = ["BTC-*"]
+onset_s = 10
+magnitude = -0.3
+[[expect]]
+action = "halt_trading"
+scope = "venue:binance"
+never = true
+"""
+
+
+@pytest.mark.parametrize(("good", "bad", "key", "says"), [
+    (None, None, None, None),
+    ("limits = { okx", "limits = { okk", "limits.okk", "did you mean `okx`"),
+    ('venues = ["okx"]', 'venues = ["okkx"]', "shocks[0].venues", "did you mean `okx`"),
+    ('instruments = ["BTC-*"]', 'instruments = ["ETH-*"]', "shocks[0].instruments", ""),
+    ('venue = "okx"', 'venue = "okex"', "positions[0].venue", ""),
+    ('instrument = "BTC-USDT"', 'instrument = "BTC-USD"', "positions[0].instrument", ""),
+    ('scope = "venue:binance"', 'scope = "venue:binanse"', "expect[0].scope",
+     "did you mean `venue:binance`"),
+    ("tick_ms = 500", "tick_ms = 0", "market.tick_ms", ">= 1"),
+    ("trade_every = 2", "trade_every = 0", "market.trade_every", ">= 1"),
+    ("duration_s = 60", "duration_s = -10", "duration_s", ">= 1"),
+])
+def test_a_scenario_naming_nothing_in_its_market_is_refused(tmp_path, good, bad, key, says):
+    """A venue, instrument or scope the market does not have (the check would test
+    nothing and pass), or a tick, trade spacing or duration below 1, is refused naming
+    the key."""
+    path = tmp_path / "s.toml"
+    if good is None:
+        path.write_text(SMALL)
+        assert load_scenario(path).limits == {"okx": 1.0}
+        return
+    assert good in SMALL
+    path.write_text(SMALL.replace(good, bad, 1))
+    with pytest.raises(ConfigError) as err:
+        load_scenario(path)
+    assert err.value.path == key and says in str(err.value), str(err.value)
+
+
+def test_a_run_without_events_fails(tmp_path):
+    """A scenario that produced no events checks nothing: it FAILs."""
+    path = tmp_path / "s.toml"
+    path.write_text(SMALL)
+    checks = check_run(load_scenario(path), BacktestResult())
+    assert any(c.result == "FAIL" and "no events" in c.detail for c in checks)
