@@ -52,8 +52,12 @@ from riskguard.schemas.signals import Scope, ScopeKind
 from riskguard.errors import ConfigError
 from riskguard.validation import did_you_mean
 
-__all__ = ["HELD_ACTIONS", "Hold", "Market", "MarketMap", "ScopeBook", "ScopeBookState",
-           "TradeState", "covers"]
+__all__ = ["HELD_ACTIONS", "MAX_NOTIONAL", "Hold", "Market", "MarketMap", "ScopeBook",
+           "ScopeBookState", "TradeState", "covers"]
+
+MAX_NOTIONAL = 9_223_372_036.0
+"""The largest ``max_notional`` taken: NautilusTrader's ``MONEY_MAX`` in its standard
+precision build (its high precision build takes up to 17_014_118_346_046)."""
 
 
 class TradeState(IntEnum):
@@ -177,8 +181,9 @@ class MarketMap:
                                   row["venue"])
             cap = row.get("max_notional")
             if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int | float)
-                                    or cap <= 0):
-                raise ConfigError(f"{at}.max_notional", "must be a positive number", cap)
+                                    or not 0 < cap <= MAX_NOTIONAL):  # False for nan
+                raise ConfigError(f"{at}.max_notional", "must be a number above 0, at most "
+                                  f"{MAX_NOTIONAL:,.0f}", cap)
             markets.append(Market(
                 key=row["id"], venue=row["venue"], name=row["name"],
                 underlying=row.get("underlying"), counterparty=cps[row["venue"]],

@@ -9,6 +9,7 @@ bus, riskguard's subscriber, trust store and Ed25519 signatures are all real.
 
 from __future__ import annotations
 
+import copy
 import doctest
 import importlib
 import uuid
@@ -62,6 +63,7 @@ from riskguard.executors.nautilus import (  # noqa: E402
     NautilusExecutor,
     WidenQuotes,
 )
+from riskguard.executors.scopes import MAX_NOTIONAL  # noqa: E402
 from riskguard.operators.signing.crypto import (  # noqa: E402
     PAYLOAD_ACK,
     PAYLOAD_COMMAND,
@@ -778,6 +780,28 @@ def test_the_scope_book_snapshot_is_independent_and_restores_the_same_states() -
                                                              TradeState.REDUCING)
     assert [h.command_id for h in restored.lift(venue("okx"))] == ["c1"]
     assert restored.state_for(okx) is TradeState.ACTIVE
+
+
+@pytest.mark.parametrize("cap", [float("nan"), float("inf"), 1e20, 0.0, -1.0])
+def test_a_market_map_refuses_a_max_notional_nautilus_cannot_hold(cap: float) -> None:
+    """nan and inf passed the old check (cap <= 0 is False for both): reduce_limits then
+    capped nothing and still acknowledged APPLIED; a cap above Nautilus's MONEY_MAX
+    could not be set at all. Each is refused naming the key."""
+    markets = copy.deepcopy(MARKETS)
+    markets["instruments"][0]["max_notional"] = cap
+    with pytest.raises(ConfigError, match=r"instruments\[0\]\.max_notional: must be a "):
+        MarketMap.from_dict(markets)
+
+
+def test_the_largest_max_notional_is_money_nautilus_takes() -> None:
+    """MAX_NOTIONAL is within this build's MONEY_MAX, and a cap of it loads."""
+    from nautilus_trader.model.objects import MONEY_MAX
+
+    assert MAX_NOTIONAL <= MONEY_MAX
+    Money(MAX_NOTIONAL, USDT)
+    markets = copy.deepcopy(MARKETS)
+    markets["instruments"][0]["max_notional"] = MAX_NOTIONAL
+    assert MarketMap.from_dict(markets).markets[0].max_notional == MAX_NOTIONAL
 
 
 def test_an_unlisted_instrument_on_a_listed_venue_follows_the_venue_only() -> None:
