@@ -11,7 +11,6 @@ refuses to start on it (:func:`state_behind`).
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import msgspec
 from riskguard.schemas.action_params import HELD_ACTIONS, resume_lifts
 from riskguard.schemas.commands import MitigationCommand
 
+from riskguard.atomic import write_atomic
 from riskguard.errors import ConfigError
 
 _SCHEMA = """
@@ -258,17 +258,7 @@ class HighWaterMark:
     def save(self, mark: Mark) -> None:
         body = json.dumps({"version": self.VERSION, "seq": dict(sorted(mark.seq.items())),
                            "trust_serial": mark.trust_serial}, indent=1).encode()
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("wb") as fh:
-            fh.write(body)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(self.path)
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_atomic(self.path, body)
 
 
 def state_behind(mark: Mark, seq: Mapping[str, int], trust_serial: int | None) -> str | None:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -49,6 +48,7 @@ from riskguard.schemas.action_params import HELD_ACTIONS as HELD
 from riskguard.schemas.action_params import resume_lifts
 from riskguard.schemas.signals import Scope, ScopeKind
 
+from riskguard.atomic import write_atomic
 from riskguard.errors import ConfigError
 from riskguard.validation import did_you_mean
 
@@ -398,8 +398,6 @@ class ScopeBook:
         executor must come back holding what it held, not trading freely. Only the
         newest :attr:`MAX_SAVED` remembered commands go with it (a redelivered command
         is one of the last few)."""
-        target = Path(path)
-        tmp = target.with_name(target.name + ".tmp")
         st = self.state
         applied = st.applied
         if len(applied) > self.MAX_SAVED:
@@ -407,11 +405,7 @@ class ScopeBook:
             applied = dict(reversed(list(newest)))
         data = msgspec.json.encode(_SavedBook(holds=list(st.holds.values()),
                                               applied=applied, version=st.version))
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        write_atomic(path, data)
 
     @classmethod
     def load(cls, path: str | Path) -> ScopeBook:

@@ -24,6 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from riskguard.atomic import write_atomic
 from riskguard.cli_args import seconds
 from riskguard.config import no_rules_note
 from riskguard.connectors.topics import INPUT_STREAMS
@@ -319,7 +320,7 @@ def claim_recovery_store(folder: Path, replica: str) -> None:
                               "replica keeps its own)",
                               f"the recovery directory of replica {owner!r}")
         return
-    mark.write_text(replica + "\n")
+    write_atomic(mark, (replica + "\n").encode())
 
 
 TRUST_MARK = "riskguard-trust-serial"
@@ -350,9 +351,7 @@ def claim_trust_serial(folder: Path, serial: int) -> None:
 
         check_trust_serial(serial, seen, "this recovery directory")
     if seen is None or serial > seen:
-        tmp = mark.with_name(TRUST_MARK + ".tmp")
-        tmp.write_text(f"{serial}\n")
-        os.replace(tmp, mark)
+        write_atomic(mark, f"{serial}\n".encode())
 
 
 def with_audit_origin(cfg: Any, origin: str) -> Any:

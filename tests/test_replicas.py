@@ -3,6 +3,9 @@ the subscriber executes each decision once; replica config, its hash and its sto
 
 from __future__ import annotations
 
+import resource
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +256,20 @@ def test_two_replicas_never_share_a_recovery_store(tmp_path: Path) -> None:
     claim_recovery_store(tmp_path, "a")  # the same replica restarting
     with pytest.raises(ConfigError, match="replica 'a'"):
         claim_recovery_store(tmp_path, "b")
+
+
+def test_a_recovery_store_mark_cut_short_leaves_no_mark(tmp_path: Path) -> None:
+    """A mark whose write fails (no room for a byte) is not left behind empty: an empty
+    mark reads as a single guard's store, and replica 'a' would be refused its own."""
+    script = ("import sys; from pathlib import Path; "
+              "from riskguard.cli_run import claim_recovery_store; "
+              "claim_recovery_store(Path(sys.argv[1]), 'a')")
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)],
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0)),
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode != 0 and "File too large" in proc.stderr, proc
+    assert list(tmp_path.iterdir()) == []
+    claim_recovery_store(tmp_path, "a")
 
 
 # -- the replica watch -----------------------------------------------------------------

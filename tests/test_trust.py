@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import resource
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -320,6 +323,29 @@ def test_k_of_n_root_threshold_counts_distinct_roots(tmp_path: Path) -> None:
         TrustStore.load(trust, RootSet.load(roots))
     sign_trust_file(trust, ROOTS[2])
     assert TrustStore.load(trust, RootSet.load(roots)).serial == 1
+
+
+def test_a_signing_cut_short_keeps_the_signatures_already_there(tmp_path: Path) -> None:
+    """The third root signs with a 64-byte file-size limit (a full disk, say): the write
+    fails, and the two signatures already in trust.toml.sig still load the file (written
+    in place, the sidecar was cut to 64 bytes and nothing could load it)."""
+    trust, roots = write_signed_trust(tmp_path, roots=ROOTS, threshold=2, signers=ROOTS[:2])
+    before = (tmp_path / "trust.toml.sig").read_bytes()
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from signing_fixtures import ROOTS; "
+              "from riskguard.operators.signing.trust import sign_trust_file; "
+              "sign_trust_file(sys.argv[2], ROOTS[2])")
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+
+    proc = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent),
+                           str(trust)], preexec_fn=limit, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode != 0 and "File too large" in proc.stderr, proc
+    assert (tmp_path / "trust.toml.sig").read_bytes() == before
+    assert TrustStore.load(trust, RootSet.load(roots)).serial == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["roots.toml", "trust.toml",
+                                                           "trust.toml.sig"]
 
 
 def test_trust_file_signed_by_a_non_root_is_refused(tmp_path: Path) -> None:

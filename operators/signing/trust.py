@@ -56,6 +56,7 @@ from riskguard.schemas.commands import (
 from riskguard.schemas.json_limits import duplicate_key_problem
 from riskguard.schemas.signals import Scope, ScopeKind
 
+from riskguard.atomic import write_atomic
 from riskguard.errors import ConfigError, TrustError, VerificationError
 from riskguard.validation import config_error, did_you_mean
 
@@ -466,7 +467,7 @@ def sign_trust_file(trust_path: str | Path, signer: Signer) -> Path:
             raise TrustError(msg) from None
     sigs = [s for s in sigs if s.key_id != signer.key_id]
     sigs.append(signer.sign(PAYLOAD_TRUST, data))
-    sp.write_bytes(_sig_enc.encode(sigs))
+    write_atomic(sp, _sig_enc.encode(sigs))  # a cut-short write keeps the old signatures
     return sp
 
 
