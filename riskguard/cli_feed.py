@@ -104,6 +104,8 @@ def _feed(args: argparse.Namespace) -> int:
         out.write(f"  heartbeats {state:<29} {n:,}\n")
     if stats.restarts:
         out.write(f"  feeds started afresh after --restart-after {stats.restarts:,}\n")
+    if stats.unfinished:
+        out.write(f"  candles still in progress, passed over {stats.unfinished:,}\n")
     for reason, n in stats.dead_letters.most_common():
         out.write(f"  dead letters {reason:<27} {n:,}\n")
     return 0

@@ -161,6 +161,48 @@ def test_a_closed_binance_kline_becomes_a_bar_closing_at_the_interval_end():
     assert isinstance(bar, Bar) and (bar.ts, bar.trades) == (1769904000 * NS, None)
 
 
+def _okx_candle(confirm: str, received: float) -> object:
+    """A candle as cryptofeed's own OKX._candle builds it from a push (its ``closed`` is a
+    volume, always truthy; the push's 9th field ``confirm`` says "0" while in progress)."""
+    import asyncio
+
+    from cryptofeed.exchanges import OKX
+    from cryptofeed.symbols import Symbols
+    Symbols.set("OKX", {PERP: "BTC-USDT-SWAP"},
+                {"tick_size": {PERP: "0.1"}, "instrument_type": {PERP: "perpetual"}})
+    got: list[object] = []
+
+    async def cb(obj: object, _ts: float) -> None:
+        got.append(obj)
+    feed = OKX(symbols=[PERP], channels=[cf.CANDLES], callbacks={cf.CANDLES: cb},
+               config={"uvloop": False})
+    msg = {"arg": {"channel": "candle1m", "instId": "BTC-USDT-SWAP"},
+           "data": [["1767225600000", "60000", "60010", "59990", "60005", "12", "0.012",
+                     "720", confirm]]}
+    asyncio.run(feed._candle(msg, received))
+    return got[0]
+
+
+def test_a_candle_still_in_progress_is_no_bar_and_is_counted():
+    mapper = FeedMapper(spec_for("okx"), clock=lambda: 42)
+    # OKX pushes the candle in progress at every update: 5 s into the minute, confirm 0
+    assert mapper.record("candles", _okx_candle("0", 1767225605.0), 1767225605.0) is None
+    # the push that closes it (confirm 1) is the bar, whatever the local clock says
+    bar = mapper.record("candles", _okx_candle("1", 1767225659.9), 1767225659.9)
+    assert isinstance(bar, Bar) and (bar.start, bar.ts) == (1767225600 * NS, 1767225660 * NS)
+    # Binance and Bybit say so with a bool, trusted whatever the receipt time
+    binance = FeedMapper(spec_for("binance-futures"), clock=lambda: 42)
+    c = Candle(BF, PERP, 1767225540.0, 1767225599.999, "1m", 5, Decimal(1), Decimal(1),
+               Decimal(1), Decimal(1), Decimal(1), False, T)
+    assert binance.record("candles", c, RECV) is None and binance.unfinished == 1
+    # an OKX candle without its push: closed only if received at or after its end
+    no_flag = Candle(cf.OKX, PERP, 1767225540.0, 1767225600.0, "1m", None, Decimal(1),
+                     Decimal(1), Decimal(1), Decimal(1), Decimal(1), Decimal(1), T)
+    assert mapper.record("candles", no_flag, 1767225599.0) is None
+    assert isinstance(mapper.record("candles", no_flag, 1767225600.0), Bar)
+    assert mapper.unfinished == 2
+
+
 def test_an_empty_okx_bid_is_a_dead_letter_with_the_exchange_message_not_an_exception():
     # OKX's _ticker turns an empty bidPx into Decimal(0): not a price
     t = Ticker(cf.OKX, PERP, Decimal(0), Decimal("11"), T, raw={"bidPx": ""})

@@ -103,6 +103,7 @@ class BridgeStats:
     states: Counter[str] = field(default_factory=Counter)
     restarts: int = 0
     acked: int = 0
+    unfinished: int = 0  # candles still in progress, passed over
 
 
 class _ConnectionProbe:
@@ -176,7 +177,11 @@ class FeedBridge:
             if self._failure is not None:
                 return
             try:
-                self._emit(mapper.record(channel, obj, receipt_timestamp), channel)
+                rec = mapper.record(channel, obj, receipt_timestamp)
+                if rec is None:  # a candle still in progress
+                    self.stats.unfinished += 1
+                    return
+                self._emit(rec, channel)
             except Exception as err:  # a failed delivery: stop, never let cryptofeed retry
                 self._fail(err)
         return on_message

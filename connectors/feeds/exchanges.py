@@ -40,6 +40,8 @@ class ExchangeSpec:
     has no ``l1_book`` for the exchange). ``quote_size_keys`` names the fields of the
     raw ticker message that hold the best bid and ask sizes, where the exchange sends
     them (cryptofeed's ``Ticker`` has none); quotes from other tickers carry size 0.
+    ``candle_flag``: whether cryptofeed's ``Candle.closed`` is the exchange's own word
+    (its OKX class passes a volume there, which reads as true).
     """
 
     name: str
@@ -48,6 +50,7 @@ class ExchangeSpec:
     symbol_example: str
     channels: Mapping[str, str]
     quote_size_keys: tuple[str, str] | None = None
+    candle_flag: bool = True
     notes: str = field(default="", compare=False)
 
 
@@ -73,6 +76,7 @@ EXCHANGES: Mapping[str, ExchangeSpec] = {spec.name: spec for spec in (
         channels={"trades": "trades", "l1": "ticker", "funding": "funding",
                   "liquidations": "liquidations", "open_interest": "open_interest",
                   "candles": "candles"},
+        candle_flag=False,
     ),
     ExchangeSpec(
         name="deribit", cryptofeed_id="DERIBIT", venue="deribit",

@@ -15,6 +15,8 @@ attributes only, so it imports nothing of cryptofeed.
   bridge's feed name (``primary`` or ``backup``).
 - ``id`` is ``venue:instrument:<exchange trade id>`` for trades that have one, else
   ``venue:instrument:<kind>:<ts>``.
+- a candle still in progress is no record (:meth:`FeedMapper.record` gives None and
+  counts it): cryptofeed passes OKX's unfinished candles on.
 
 >>> from types import SimpleNamespace as Obj
 >>> from decimal import Decimal
@@ -106,6 +108,18 @@ def _opt(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _okx_confirmed(raw: Any) -> bool | None:
+    """OKX's own word on a candle push: its rows' 9th field ``confirm`` is "1" once the
+    candle is closed, "0" while it is in progress; None if ``raw`` gives no such rows."""
+    rows = raw.get("data") if isinstance(raw, dict) else None
+    if not isinstance(rows, list) or not rows:
+        return None
+    flags = [row[8] if isinstance(row, list) and len(row) > 8 else None for row in rows]
+    if any(f not in ("0", "1") for f in flags):
+        return None
+    return all(f == "1" for f in flags)  # cryptofeed gives every row the first's start
+
+
 class FeedMapper:
     """cryptofeed objects of one exchange -> validated riskguard records (or dead letters).
 
@@ -121,15 +135,18 @@ class FeedMapper:
         self.aliases = dict(aliases or {})
         self.source = f"feed.{spec.name}"
         self._codec = Codec(MARKET_TYPES, clock=clock)
-        self._build: dict[str, Callable[[Any, int, int | None], Record]] = {
+        self.unfinished = 0  # candles still in progress, passed over
+        self._build: dict[str, Callable[[Any, int, int | None], Record | None]] = {
             "trades": self._trade, "liquidations": self._liquidation, "l1": self._quote,
             "funding": self._funding, "open_interest": self._open_interest,
             "index": self._index, "candles": self._bar,
         }
 
-    def record(self, channel: str, obj: Any, receipt_ts: float | None) -> Record | DeadLetter:
+    def record(self, channel: str, obj: Any, receipt_ts: float | None
+               ) -> Record | DeadLetter | None:
         """The record ``obj`` of riskguard channel ``channel`` becomes; never raises (a
-        receipt time that is no time, NaN say, is a dead letter too)."""
+        receipt time that is no time, NaN say, is a dead letter too). None for a candle
+        still in progress (counted in ``unfinished``): no record, and no fault."""
         try:
             recv = seconds_to_ns(receipt_ts)
             ts = seconds_to_ns(getattr(obj, "timestamp", None))
@@ -138,6 +155,9 @@ class FeedMapper:
             if ts is None:
                 raise _Unfit("$.ts", "an exchange or a receipt timestamp", None)
             rec = self._build[channel](obj, ts, recv)
+            if rec is None:
+                self.unfinished += 1
+                return None
         except _Unfit as bad:
             return self._dead(obj, "validation", bad.path, bad.expected, bad.found)
         except Exception as err:  # any attribute a message lacks is a dead letter
@@ -210,7 +230,7 @@ class FeedMapper:
     def _index(self, obj: Any, ts: int, recv: int | None) -> Record:
         return IndexPrice(**self._common(obj, "ix", ts, recv), price=_num(obj.price, "$.price"))
 
-    def _bar(self, obj: Any, _ts: int, recv: int | None) -> Record:
+    def _bar(self, obj: Any, _ts: int, recv: int | None) -> Record | None:
         start = seconds_to_ns(obj.start)
         if start is None:
             raise _Unfit("$.start", "a start time", None)
@@ -218,6 +238,8 @@ class FeedMapper:
         # [start, end): the interval's length where it is fixed, else the stop time
         # rounded up to the second (venues give the last ms of the bar, or its end)
         end = start + step if step else math.ceil(float(obj.stop)) * NS
+        if not _closed(obj, end, recv, self.spec.candle_flag):
+            return None
         return Bar(**self._common(obj, "bar", end, recv), start=start,
                    interval_ns=end - start, open=_num(obj.open, "$.open"),
                    high=_num(obj.high, "$.high"), low=_num(obj.low, "$.low"),
@@ -228,6 +250,18 @@ class FeedMapper:
         return DeadLetter.of(topic=self.source, ts=self._codec.clock(), reason=reason,
                              path=path, expected=expected, found=found, step="feed",
                              raw=raw_bytes(obj))
+
+
+def _closed(candle: Any, end: int, recv: int | None, flag: bool) -> bool:
+    """Whether a candle is closed: ``flag`` says whether its ``closed`` is the exchange's
+    word (Binance, Bybit); else OKX's ``confirm`` in the raw push says, and without one it
+    is closed only if received at or after its end (an exchange's clock may be ahead)."""
+    if flag:
+        return bool(candle.closed)
+    confirmed = _okx_confirmed(getattr(candle, "raw", None))
+    if confirmed is not None:
+        return confirmed
+    return recv is not None and recv >= end
 
 
 def raw_bytes(obj: Any) -> bytes:
