@@ -203,6 +203,17 @@ def test_a_candle_still_in_progress_is_no_bar_and_is_counted():
     assert mapper.unfinished == 2
 
 
+def test_a_message_without_a_symbol_is_a_dead_letter_not_instrument_none():
+    from types import SimpleNamespace as Obj
+    for symbol in (None, "", 5):  # cryptofeed's types would take None and ""
+        t = Obj(symbol=symbol, side="buy", id="1", amount=Decimal(1), price=Decimal(1),
+                timestamp=T, raw={"s": None})
+        dl = _map("trades", t)
+        assert isinstance(dl, DeadLetter), dl
+        assert (dl.path, dl.expected, dl.found) == ("$.instrument", "a market name",
+                                                    repr(symbol))
+
+
 def test_an_empty_okx_bid_is_a_dead_letter_with_the_exchange_message_not_an_exception():
     # OKX's _ticker turns an empty bidPx into Decimal(0): not a price
     t = Ticker(cf.OKX, PERP, Decimal(0), Decimal("11"), T, raw={"bidPx": ""})

@@ -174,8 +174,10 @@ class FeedMapper:
     def _instrument(self, symbol: Any) -> str:
         """The exchange's symbol as a market name (``BTC/USDT`` -> ``BTC-USDT``, aliases
         applied), or a dead letter saying why it is none."""
+        if not isinstance(symbol, str) or not symbol:  # str(None) is no market
+            raise _Unfit("$.instrument", "a market name", symbol)
         try:
-            return normalise_name(str(symbol), self.aliases)
+            return normalise_name(symbol, self.aliases)
         except ValueError as err:
             raise _Unfit("$.instrument", "a market name", str(err)) from None
 
