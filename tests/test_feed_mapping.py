@@ -214,6 +214,18 @@ def test_a_message_without_a_symbol_is_a_dead_letter_not_instrument_none():
                                                     repr(symbol))
 
 
+@pytest.mark.parametrize("bad", ["NaN", "sNaN", "Infinity", "-Infinity"])
+def test_a_non_finite_mark_or_predicted_rate_is_a_dead_letter_not_none(bad):
+    mark = Funding(BF, PERP, Decimal(bad), Decimal("0.0001"), T + 3600, T, raw={"p": bad})
+    dl = _map("funding", mark)
+    assert isinstance(dl, DeadLetter) and dl.path == "$.mark_price", dl
+    if "predicted_rate" in FundingRate.__struct_fields__:
+        predicted = Funding(BF, PERP, Decimal(1), Decimal("0.0001"), T + 3600, T,
+                            predicted_rate=Decimal(bad))
+        dl = _map("funding", predicted)
+        assert isinstance(dl, DeadLetter) and dl.path == "$.predicted_rate", dl
+
+
 def test_an_empty_okx_bid_is_a_dead_letter_with_the_exchange_message_not_an_exception():
     # OKX's _ticker turns an empty bidPx into Decimal(0): not a price
     t = Ticker(cf.OKX, PERP, Decimal(0), Decimal("11"), T, raw={"bidPx": ""})

@@ -104,8 +104,17 @@ def _num(value: Any, path: str) -> float:
     return float(value)
 
 
-def _opt(value: Any) -> float | None:
-    return None if value is None else float(value)
+def _opt(value: Any, path: str) -> float | None:
+    """An optional number: None stays None; NaN or infinity is unfit, never "none"."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:  # a signalling NaN
+        number = math.nan
+    if not math.isfinite(number):
+        raise _Unfit(path, "a finite number or none", value)
+    return number
 
 
 def _okx_confirmed(raw: Any) -> bool | None:
@@ -219,8 +228,8 @@ class FeedMapper:
         extra: dict[str, Any] = {}
         predicted = getattr(obj, "predicted_rate", None)
         if predicted is not None and "predicted_rate" in FundingRate.__struct_fields__:
-            extra["predicted_rate"] = float(predicted)
-        mark = _opt(obj.mark_price)
+            extra["predicted_rate"] = _opt(predicted, "$.predicted_rate")
+        mark = _opt(obj.mark_price, "$.mark_price")
         return FundingRate(**self._common(obj, "f", ts, recv), rate=_num(obj.rate, "$.rate"),
                            mark_price=mark or None,  # some venues send 0 for "none"
                            next_funding_ts=seconds_to_ns(obj.next_funding_time), **extra)
