@@ -280,3 +280,48 @@ def test_a_feed_down_longer_than_restart_after_is_started_afresh(
     statuses = [s for s in _read(kafka_bootstrap, env, "venue_status")
                 if isinstance(s, VenueStatus)]
     assert any(s.state is VenueState.OK and s.ts > marks["back"] for s in statuses)
+
+
+class _Ws:
+    """Stands in for a websockets client connection (open)."""
+
+    state = None
+
+
+def _fresh_feed(n: int = 2) -> Any:
+    """What a feed started afresh has: new connection handlers, new connections."""
+    from types import SimpleNamespace as Obj
+
+    from cryptofeed.connection import WSAsyncConn
+    conns = [WSAsyncConn("wss://127.0.0.1:1", f"c{i}") for i in range(n)]
+    for c in conns:
+        c.conn = _Ws()
+    return Obj(connection_handlers=[Obj(conn=c) for c in conns])
+
+
+def test_the_connection_probe_keeps_only_the_live_connections_across_restarts() -> None:
+    import gc
+    import weakref
+
+    from riskguard.connectors.feeds.bridge import _ConnectionProbe, forget_connections
+    from websockets.protocol import State
+
+    probe = _ConnectionProbe()
+    backup = _fresh_feed(1)
+    old_ws = []
+    for restart in range(500):  # a long outage with --restart-after 1
+        feed = _fresh_feed()
+        old_ws.extend(weakref.ref(h.conn.conn) for h in feed.connection_handlers)
+        probe.look(feed, restart * NS, "primary")
+        # the other feed on the same probe keeps its session: no reconnect seen
+        assert [s.session for s in probe.look(backup, restart * NS, "backup")] == [1]
+        for h in feed.connection_handlers:  # the bridge shuts it down, then forgets it
+            h.conn.conn.state = State.CLOSED
+        forget_connections(feed)
+        del feed
+    gc.collect()
+    assert sum(len(conns) for conns in probe._seen.values()) == 3
+    assert sum(r() is not None for r in old_ws) <= 2  # the last feed's, nothing older
+    # a reconnect (a new websocket on the same connection) is still told
+    backup.connection_handlers[0].conn.conn = _Ws()
+    assert [s.session for s in probe.look(backup, 501 * NS, "backup")] == [2]

@@ -15,6 +15,7 @@ cryptofeed is imported when a bridge starts (``pip install 'riskguard[feed]'``).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import time
@@ -109,29 +110,45 @@ class BridgeStats:
 class _ConnectionProbe:
     """What cryptofeed's websocket connections of one feed are doing, as
     :class:`ConnectionSeen` (its connection handlers expose the connection objects;
-    each reconnect makes a new websocket, which is how a reconnect is told)."""
+    each reconnect makes a new websocket, which is how a reconnect is told). What it
+    keeps is rebuilt from the feed's current connections at each look, per feed name:
+    a feed started afresh leaves nothing of its old connections behind."""
 
     def __init__(self) -> None:
-        self._seen: dict[int, tuple[Any, int, int]] = {}  # id(conn) -> (ws, session, opened)
+        # feed name -> id(conn) -> (conn, ws, session, opened)
+        self._seen: dict[str, dict[int, tuple[Any, Any, int, int]]] = {}
 
-    def look(self, feed: Any, now_ns: int) -> list[ConnectionSeen]:
+    def look(self, feed: Any, now_ns: int, name: str = "") -> list[ConnectionSeen]:
         from cryptofeed.connection import WSAsyncConn  # noqa: PLC0415  (optional extra)
 
+        before = self._seen.get(name, {})
+        seen: dict[int, tuple[Any, Any, int, int]] = {}
         out = []
         for handler in feed.connection_handlers:
             conn = handler.conn
             if not isinstance(conn, WSAsyncConn):
                 continue  # REST pollers (open interest on some venues) keep no connection
-            ws, session, opened = self._seen.get(id(conn), (None, 0, 0))
+            was, ws, session, opened = before.get(id(conn), (None, None, 0, 0))
+            if was is not conn:  # an id reused by a new connection object
+                ws, session, opened = None, 0, 0
             if conn.conn is not None and conn.conn is not ws:
                 ws, session, opened = conn.conn, session + 1, now_ns
-                self._seen[id(conn)] = (ws, session, opened)
+            seen[id(conn)] = (conn, ws, session, opened)
             last = conn.last_message
             out.append(ConnectionSeen(
                 open=bool(conn.is_open), session=session,
                 last_message_ns=None if last is None else int(last * NS),
                 opened_ns=opened if session else None))
+        self._seen[name] = seen
         return out
+
+
+def forget_connections(feed: Any) -> None:
+    """Let a stopped feed's connections go: cryptofeed registers each one's ``__del__``
+    with atexit, which holds it (and its last websocket) until the process ends."""
+    for handler in getattr(feed, "connection_handlers", ()):
+        with contextlib.suppress(Exception):
+            atexit.unregister(handler.conn.__del__)
 
 
 class FeedBridge:
@@ -237,7 +254,7 @@ class FeedBridge:
         for name, feed in self.feeds.items():
             h = health[name]
             before = h.s.last_state
-            status = h.on_check(now, [] if final else probe.look(feed, now))
+            status = h.on_check(now, [] if final else probe.look(feed, now, name))
             if status.state.value != before:
                 log = LOG.info if status.state is VenueState.OK else LOG.warning
                 log("%s %s feed: %s", status.venue, name, status.state.value)
@@ -262,6 +279,7 @@ class FeedBridge:
             feed.stop()
             with contextlib.suppress(Exception):  # closing what is left of it
                 await feed.shutdown()
+            forget_connections(feed)
             self.feeds[name] = self._make_feed(name)
             self.feeds[name].start(asyncio.get_running_loop())
             self._state_since[name] = now
