@@ -141,10 +141,14 @@ _TEXT_LIMITS = (4096, 1024, 128, 0)  # characters; 4096 is the schema's (Text)
 _FIXED_BYTES = 1024
 
 
-@functools.lru_cache(maxsize=1024)  # topics, reasons and steps repeat
 def _name(value: str) -> str:
     """``value`` if it is a valid ``Name``, else ``"unknown"``."""
-    return value if len(value) <= 64 and _NAME.search(value) else "unknown"
+    return _short_name(value) if len(value) <= 64 else "unknown"
+
+
+@functools.lru_cache(maxsize=1024)  # topics, reasons and steps repeat
+def _short_name(value: str) -> str:
+    return value if _NAME.search(value) else "unknown"
 
 
 def _text(value: str, limit: int) -> str:

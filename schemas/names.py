@@ -22,8 +22,11 @@ grammar (``BTC-USDT``, ``BTC-USDT:USDT``), applies configured aliases
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from functools import lru_cache
+from collections.abc import Callable, Mapping
+from functools import lru_cache, wraps
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 _END = r"$(?!\n)"
 MARKET_NAME_CHARS = r"A-Za-z0-9_.:@+-"
@@ -38,6 +41,33 @@ _MARKET = re.compile(MARKET_NAME_PATTERN)
 _KEY = re.compile(MARKET_KEY_PATTERN)
 _PAIR = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.+-]*)/([A-Za-z0-9][A-Za-z0-9_.+-]*)"
                    r"(:[A-Za-z0-9][A-Za-z0-9_.+-]*)?$")
+
+
+MEMO_KEY_LIMIT = 256
+"""Memos keyed by input keep only keys of at most this length (bytes or characters), so
+their size in bytes is bounded by their entry count."""
+
+
+def short_memo(maxsize: int, limit: int = MEMO_KEY_LIMIT
+               ) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """An lru memo of ``maxsize`` entries for a function whose first argument is at most
+    ``limit`` long; a longer one is computed each time, never held.
+
+    >>> calls = []
+    >>> f = short_memo(8, limit=3)(lambda k: calls.append(k) or len(k))
+    >>> [f("ab"), f("ab"), f("abcd"), f("abcd")], calls
+    ([2, 2, 4, 4], ['ab', 'abcd', 'abcd'])
+    """
+    def wrap(fn: Callable[..., T]) -> Callable[..., T]:
+        memo = lru_cache(maxsize=maxsize)(fn)
+
+        @wraps(fn)
+        def of(key: Any, *rest: Any) -> T:
+            return memo(key, *rest) if len(key) <= limit else fn(key, *rest)
+        of.cache_clear = memo.cache_clear  # type: ignore[attr-defined]
+        of.cache_info = memo.cache_info  # type: ignore[attr-defined]
+        return of
+    return wrap
 
 
 def is_market_name(value: str) -> bool:
@@ -55,7 +85,7 @@ def is_market_key(value: str) -> bool:
     return _KEY.search(value) is not None
 
 
-@lru_cache(maxsize=8192)
+@short_memo(8192, limit=64)  # a longer value is refused by its length alone
 def name_problem(value: str) -> str | None:
     """None if ``value`` is a market name; else why not, in one line.
 

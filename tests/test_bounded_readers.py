@@ -114,3 +114,62 @@ def test_an_over_long_row_of_an_unsorted_file_is_a_dead_letter_not_read(
     out = list(read_all(ReplaySource([ReplayFile(path)])))
     assert sum(isinstance(b, Bar) for b in out) == 5
     assert [d.reason for d in out if isinstance(d, DeadLetter)] == ["line_too_long"]
+
+
+TARDIS_HEAD = b"exchange,symbol,timestamp,local_timestamp,id,side,price,amount\n"
+
+
+def _kept_after_reading(path: Path, fmt: str, **kw: str) -> int:
+    """Bytes still held once ``path`` was read and its reader closed (memos included)."""
+    import gc
+
+    from riskguard.connectors.formats import open_reader
+    from riskguard.connectors.formats.cells import name
+    from riskguard.schemas.names import name_problem
+
+    name.cache_clear()
+    name_problem.cache_clear()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        reader = open_reader(path, fmt, **kw)
+        for _ in reader.lines():
+            pass
+        reader.close()
+        del reader
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("symbol", [
+    lambda i: b"BTCUSDT" + b" " * (200_000 + i),  # a valid name, padded: a new cell each row
+    lambda i: b"X" * 200_000 + b"%d" % i,  # no name (dead letters), each a new value
+])
+def test_name_memos_keep_no_over_long_cell(tmp_path: Path, symbol) -> None:
+    rows = b"".join(b"binance-futures," + symbol(i) +
+                    b",1704067200000000,1704067200000000,1,buy,1,1\n" for i in range(150))
+    (tmp_path / "t.csv").write_bytes(TARDIS_HEAD + rows)
+    kept = _kept_after_reading(tmp_path / "t.csv", "tardis_trades")
+    assert kept < 8 << 20, f"{kept / 2**20:.0f} MiB still held after the reader closed"
+
+
+def test_the_ohlcv_symbol_memo_keeps_no_over_long_cell(tmp_path: Path) -> None:
+    from riskguard.connectors.formats.ohlcv import OhlcvParser
+
+    head = b"timestamp,symbol,open,high,low,close,volume\n"
+    rows = b"".join(b"%d,BTC%s,1,2,0.5,1.5,3\n" % (T0 + 3600 * i, b" " * (100_000 + i))
+                    for i in range(100))
+    (tmp_path / "bars.csv").write_bytes(head + b"%d,BTC,1,2,0.5,1.5,3\n" % (T0 - 3600) + rows)
+    kept = _kept_after_reading(tmp_path / "bars.csv", "ohlcv_csv")
+    assert kept < 4 << 20, f"{kept / 2**20:.0f} MiB still held after the reader closed"
+    parser = OhlcvParser(["timestamp", "symbol", "open", "high", "low", "close"],
+                         core.Source(name="b.csv", venue="v", instrument="i",
+                                     interval_ns=3600 * 10**9))
+    for i in range(30_000):  # short cells: memoized up to the memo's byte bound
+        parser.name(b"S%05d" % i + b" " * 195, "symbol")
+    assert parser.names.size <= (4 << 20) + 256 and len(parser.names) < 30_000
+    assert parser.name(b"BTC" + b" " * 300, "symbol") == "BTC"
+    assert b"BTC" + b" " * 300 not in parser.names

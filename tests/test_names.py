@@ -89,3 +89,13 @@ def test_an_instrument_flag_is_normalised_and_a_path_like_venue_refused(tmp_path
         == "XBT-USD"
     with pytest.raises(ConfigError, match=r"replay\.venue: a market name"):
         resolve(csv, "ohlcv_csv", venue="..", instrument="BTC-USD")
+
+
+def test_the_name_memo_holds_no_over_long_value() -> None:
+    from riskguard.schemas.names import name_problem
+
+    name_problem.cache_clear()
+    for i in range(50):  # a file's cells reach it whatever their length
+        assert "1-64 characters" in name_problem("X" * 100_000 + str(i))
+    assert name_problem.cache_info().currsize == 0
+    assert name_problem("..") == name_problem("..") and name_problem.cache_info().hits == 1

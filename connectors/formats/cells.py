@@ -22,7 +22,12 @@ from typing import Any
 
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.market import Bar, OptionQuote
-from riskguard.schemas.names import MARKET_NAME_RULE, normalise_name
+from riskguard.schemas.names import (
+    MARKET_NAME_RULE,
+    MEMO_KEY_LIMIT,
+    normalise_name,
+    short_memo,
+)
 
 MAX_FLOAT = 1.7976931348623157e308
 MS_NS = 1_000_000
@@ -168,7 +173,7 @@ def flag(cell: bytes, column: str) -> bool:
                    expected="true or false", found=found)
 
 
-@lru_cache(maxsize=4096)
+@short_memo(4096)  # a name cell is short; a long one is never held
 def name(cell: bytes, column: str) -> str:
     """A cell as a market name: ``BTC/USDT`` (Kraken, ccxt, CryptoDataDownload) becomes
     ``BTC-USDT``; what reads as a path, or cannot become a market name, is refused."""
@@ -178,6 +183,23 @@ def name(cell: bytes, column: str) -> str:
     except ValueError as err:
         raise RowError(f"{column} {text!r} is not a market name: {err}", path=f"$.{column}",
                        expected=f"a market name ({MARKET_NAME_RULE})", found=text) from None
+
+
+class NameMemo(dict[bytes, str]):
+    """A parser's cells already checked as names (a file repeats them): ``memo.get(cell)
+    or memo.name(cell, column)``. Short cells only, at most 65,536 of them and 4 MiB."""
+
+    size = 0  # bytes of the cells held
+
+    def name(self, cell: bytes, column: str) -> str:
+        text = name(cell, column)
+        if len(cell) <= MEMO_KEY_LIMIT:
+            if len(self) >= 65_536 or self.size > 4 << 20:
+                self.clear()
+                self.size = 0
+            self[cell] = text
+            self.size += len(cell)
+        return text
 
 
 _DATETIME = re.compile(rb"\s*(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?Z?\s*")
@@ -204,7 +226,7 @@ def _day_ns(day: bytes, column: str) -> int:
     return _datetime_ns(day + b" 00:00:00", column)
 
 
-@lru_cache(maxsize=1024)
+@short_memo(1024)
 def _datetime_ns(cell: bytes, column: str) -> int:
     m = _DATETIME.fullmatch(cell)
     if m is None:

@@ -39,6 +39,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from riskguard.connectors.formats.cells import (
     MAX_FLOAT,
+    NameMemo,
     RowError,
     datetime_ns,
     name,
@@ -350,15 +351,8 @@ class OhlcvParser(RowParser):
         self.vol, self.sym = lay.volume, lay.symbol
         self.row_venue = lay.venue if not source.venue_given else None
         self.venue, self.instrument = source.venue, source.instrument
-        self.names: dict[bytes, str] = {}  # venue and symbol cells already checked
-
-    def name(self, cell: bytes, column: str) -> str:
-        """A venue or symbol cell as a checked name, remembered (a file repeats them)."""
-        text = name(cell, column)
-        if len(self.names) >= 65_536:
-            self.names.clear()
-        self.names[cell] = text
-        return text
+        self.names = NameMemo()  # venue and symbol cells already checked
+        self.name = self.names.name
 
     def row(self, line: bytes, line_no: int, offset: int) -> Any:
         c = line.split(b",")

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from riskguard.connectors.formats.cells import (
+    NameMemo,
     RowError,
     name,
     non_negative,
@@ -112,6 +113,7 @@ class _Parser(RowParser):
         self.venue = source.venue if source.venue_given else None
         self.ex_i, self.sym_i = self.ix["exchange"], self.ix["symbol"]
         self.ts_i, self.local_i = self.ix["timestamp"], self.ix["local_timestamp"]
+        self.names = NameMemo()
 
     def _get(self, c: list[bytes], column: str) -> float | None:
         """An optional column's number (None where the file has no such column)."""
@@ -123,7 +125,8 @@ class _Parser(RowParser):
         c = line.split(b",")
         if len(c) < self.width:
             c = split_row(line, self.width)
-        venue = self.venue or name(c[self.ex_i], "exchange")
+        names = self.names
+        venue = self.venue or names.get(c[self.ex_i]) or names.name(c[self.ex_i], "exchange")
         try:
             ts, recv = int(c[self.ts_i]) * 1000, int(c[self.local_i]) * 1000
         except ValueError:
@@ -132,7 +135,8 @@ class _Parser(RowParser):
             raise RowError(f"timestamp {ts // 1000} or local_timestamp {recv // 1000} is out "
                            "of range", path="$.timestamp", expected="µs since the epoch",
                            found=f"{ts // 1000},{recv // 1000}")
-        return c, venue, name(c[self.sym_i], "symbol"), ts, recv
+        sym = c[self.sym_i]
+        return c, venue, names.get(sym) or names.name(sym, "symbol"), ts, recv
 
 
 class TradesParser(_Parser):
