@@ -58,6 +58,8 @@ class JsonlParser(RowParser):
         self.name = source.name
 
     def row(self, line: bytes, line_no: int, offset: int) -> Any:
+        if offset == 0:  # the file's first line: without a byte order mark
+            line = line.removeprefix(b"\xef\xbb\xbf")
         rec = self.codec.decode(self.topic, line.strip(), offset=offset)
         t = type(rec)
         if t in SOURCED_TYPES:  # a later step may refuse it: name the row
