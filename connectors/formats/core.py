@@ -321,6 +321,13 @@ class FileReader:
     def close(self) -> None:
         self._fh.close()
 
+    def _count(self, dead: DeadLetter, line_no: int) -> None:
+        """Count a dead letter a parser returned, as :meth:`dead_letter` counts its own."""
+        self.stats.dead_letters[dead.reason] += 1
+        if self.on_dead_letter is not None:
+            self.on_dead_letter(line_no, f"{dead.reason} at {dead.path}: expected "
+                                         f"{dead.expected}, found {dead.found}"[:300])
+
     def dead_letter(self, line: bytes, line_no: int, offset: int, err: Exception) -> DeadLetter:
         """The dead letter of a line a parser refused (``err``)."""
         if isinstance(err, RowError):
@@ -418,6 +425,9 @@ class FileReader:
                     deferred.append(dead)  # the group's start stays the resume point
                     continue
                 item = dead
+            else:
+                if item.__class__ is DeadLetter:  # refused by the parser's own decoder
+                    self._count(item, line_no)
             if item is None:
                 continue
             if deferred or item.__class__ is list:
