@@ -416,3 +416,28 @@ def test_any_row_order_replays_as_the_same_rows_sorted_by_start(tmp_path_factory
     assert got[0] == want[0]
     assert got[1] == want[1]
     assert len(got[0]) + len(got[1]) == sum(k != "blank" for *_, k in rows) + 2
+
+
+def test_the_row_a_truncated_gzip_cuts_off_is_in_its_dead_letter_read_in_time_order(
+        tmp_path: Path) -> None:
+    import gzip
+    import zlib
+    head = b"venue,symbol,timestamp_s,open,high,low,close,volume\n"
+    body = b"".join(b"%s,BTCUSD,%d,100,101,99,100,1\n" % (v, T0 + i * 3600)
+                    for v in (b"b", b"a") for i in range(2000))  # not in time order
+    partial = b"a,BTCUSD,%d,100,10" % (T0 + 2000 * 3600)
+    co = zlib.compressobj(9, zlib.DEFLATED, 31)  # deflate data that stops mid-row
+    data = co.compress(head + body + partial) + co.flush(zlib.Z_SYNC_FLUSH)
+    assert gzip.decompress(data + co.flush()) == head + body + partial
+    path = tmp_path / "cut.csv.gz"
+    path.write_bytes(data)
+    reader = open_reader(path, "ohlcv_csv", time_indexed=True)
+    try:
+        out = [item for _line, _off, item in reader.lines()]
+    finally:
+        reader.close()
+    assert [type(x) for x in out] == [Bar] * 4000 + [DeadLetter]
+    dead = out[-1]
+    assert (dead.reason, dead.raw, dead.offset) == (
+        "decode_error", partial, len(head) + len(body))
+    assert "line 4002" in dead.detail

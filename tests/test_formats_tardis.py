@@ -217,3 +217,27 @@ def test_arbitrary_rows_never_crash_a_parser(fmt: str, header: bool, rows: list[
         if compress == "gzip-cut":
             data = data[: max(10, len(data) // 2)]
     _check_items(_read_bytes(fmt, data))
+
+
+def _cut_gzip(text: bytes) -> bytes:
+    """A gzip stream whose deflate data stops (sync-flushed) at the end of ``text``."""
+    import zlib
+    co = zlib.compressobj(9, zlib.DEFLATED, 31)
+    data = co.compress(text) + co.flush(zlib.Z_SYNC_FLUSH)
+    assert gzip.decompress(data + co.flush()) == text  # a valid stream once finished
+    return data
+
+
+def test_the_row_a_truncated_gzip_cuts_off_is_in_its_dead_letter(tmp_path: Path) -> None:
+    head = (HEAD + "id,side,price,amount\n").encode()
+    body = b"".join(b"binance-futures,BTCUSDT,%d,%d,%d,buy,42000.5,0.01\n"
+                    % (US + i, US + 100 + i, i) for i in range(3))
+    partial = b"binance-futures,BTCUSDT,1704067200000009,17040672"
+    f = tmp_path / "binance-futures_trades_2024-01-01_BTCUSDT.csv.gz"
+    f.write_bytes(_cut_gzip(head + body + partial))
+    items = read(f, "tardis_trades")
+    assert [type(x) for x in items] == [Trade] * 3 + [DeadLetter]
+    dead = items[-1]
+    assert (dead.reason, dead.raw, dead.offset) == (
+        "decode_error", partial, len(head) + len(body))
+    assert "line 5" in dead.detail

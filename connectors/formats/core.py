@@ -360,7 +360,7 @@ class FileReader:
         inflated = 0  # decompressed bytes read so far
         skipping = -1  # bytes of an over-long line seen so far (-1: none being skipped)
         while not self._refused:
-            chunk, broke = self._read(read, line_no, pos)
+            chunk, broke = self._read(read, line_no, pos, buf)
             if broke is not None:  # what was read stands, the rest is one dead letter
                 yield line_no + 1, pos, broke
                 buf = b""
@@ -454,13 +454,14 @@ class FileReader:
         lines = data.split(b"\n")
         return lines, lines.pop(), pos, line_no
 
-    def _read(self, read: Callable[[int], bytes], line_no: int, pos: int
+    def _read(self, read: Callable[[int], bytes], line_no: int, pos: int, cut: bytes
               ) -> tuple[bytes, DeadLetter | None]:
-        """The next chunk, or nothing and the dead letter of a stream that broke."""
+        """The next chunk, or nothing and the dead letter of a stream that broke (``cut``:
+        the row it broke in, as far as it was read)."""
         try:
             return read(CHUNK), None
         except (OSError, EOFError, zlib.error, zipfile.BadZipFile, NotImplementedError) as err:
-            return b"", self.dead_letter(b"", line_no + 1, pos, RowError(
+            return b"", self.dead_letter(cut, line_no + 1, pos, RowError(
                 f"the file cannot be read past here: {type(err).__name__}: {err}",
                 expected="a readable stream", found=type(err).__name__, reason="decode_error"))
 
@@ -605,6 +606,7 @@ class IndexedReader(FileReader):
         self.max_temp = MAX_TEMP_BYTES if max_temp is None else max_temp
         self.index = index
         self._copy: IO[bytes] | None = None
+        self._cut = b""  # the row a broken stream cut off, as far as it was read
 
     def close(self) -> None:
         super().close()
@@ -652,7 +654,8 @@ class IndexedReader(FileReader):
         self.position = n
         if broken is not None:  # after the last line it held
             line_no = max(line_no, int(index.line_nos.max())) if n else line_no
-            yield line_no + 1, n, self.dead_letter(b"", line_no + 1, readable, RowError(
+            at = readable - len(self._cut)  # where the row cut off begins
+            yield line_no + 1, n, self.dead_letter(self._cut, line_no + 1, at, RowError(
                 f"the file cannot be read past here: {type(broken).__name__}: {broken}",
                 expected="a readable stream", found=type(broken).__name__,
                 reason="decode_error"))
@@ -703,8 +706,13 @@ class IndexedReader(FileReader):
                 NotImplementedError) as err:
             broken = err
         copy.flush()
-        # a row cut off where the stream broke is no row
-        return copy.fileno(), copy.tell() if broken is not None else 1 << 62, broken, None
+        if broken is None:
+            return copy.fileno(), 1 << 62, broken, None
+        # a row cut off where the stream broke is no row: its bytes go in the dead letter
+        end = copy.tell()
+        tail = os.pread(copy.fileno(), min(end, 4096), end - min(end, 4096))
+        self._cut = tail[tail.rfind(b"\n") + 1:]
+        return copy.fileno(), end, broken, None
 
     def _window(self, fd: int, offsets: np.ndarray, whole_lengths: np.ndarray) -> list[bytes]:
         """A window's rows, read by place in the file a run of nearby rows at a time (an
