@@ -441,3 +441,23 @@ def test_the_row_a_truncated_gzip_cuts_off_is_in_its_dead_letter_read_in_time_or
     assert (dead.reason, dead.raw, dead.offset) == (
         "decode_error", partial, len(head) + len(body))
     assert "line 4002" in dead.detail
+
+
+@pytest.mark.parametrize("in_order", [True, False])
+def test_a_second_header_with_another_column_order_refuses_the_rest(
+        tmp_path: Path, in_order: bool) -> None:
+    head = "venue,symbol,timestamp_s,open,high,low,close,volume"
+    first = [f"a,BTCUSD,{T0 + i * 3600},100,102,99,101,1" for i in range(3)]
+    if not in_order:
+        first.reverse()  # read through the time index
+    # close and open swapped after the second header: read by the first, a misread bar
+    later = [f"a,BTCUSD,{T0 + i * 3600},101,102,99,100,1" for i in range(3, 5)]
+    path = _write(tmp_path, "bars.csv", "\n".join(
+        [head, *first, head.replace("open,high,low,close", "close,high,low,open"),
+         *later]) + "\n")
+    assert ReplayFile(path).planned().time_indexed is not in_order
+    out = _read(path)
+    bars = [x for x in out if isinstance(x, Bar)]
+    dead = [x for x in out if isinstance(x, DeadLetter)]
+    assert [(b.open, b.close) for b in bars] == [(100.0, 101.0)] * 3
+    assert len(dead) == 1 and "line 5: a second header" in dead[0].detail

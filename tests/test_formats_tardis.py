@@ -241,3 +241,31 @@ def test_the_row_a_truncated_gzip_cuts_off_is_in_its_dead_letter(tmp_path: Path)
     assert (dead.reason, dead.raw, dead.offset) == (
         "decode_error", partial, len(head) + len(body))
     assert "line 5" in dead.detail
+
+
+def test_a_second_header_with_another_column_order_refuses_the_rest(tmp_path: Path) -> None:
+    from riskguard.connectors.formats import open_reader
+    head = (HEAD + "id,side,price,amount\n").encode()
+    swapped = (HEAD + "id,side,amount,price\n").encode()
+    row = b"binance-futures,BTCUSDT,%d,%d,%d,buy,%s\n"
+    first = head + row % (US, US + 100, 1, b"42000.5,0.01")
+    # two exports joined (cat a.csv b.csv), b's columns in another order
+    f = tmp_path / "trades.csv"
+    f.write_bytes(first + swapped + row % (US + 5, US + 100, 5, b"0.01,42000.5"))
+    items = read(f, "tardis_trades")
+    assert [type(x) for x in items] == [Trade, DeadLetter]  # never price 0.01, qty 42000.5
+    assert items[0].price == 42000.5
+    assert (items[1].reason, items[1].offset) == ("malformed", len(first))
+    assert "line 3: a second header" in items[1].detail
+    # a resume from where the reader stopped meets the header again
+    reader = open_reader(f, "tardis_trades")
+    list(reader.lines())
+    reader.close()
+    assert reader.position == len(first)
+    again = open_reader(f, "tardis_trades", offset=reader.position)
+    assert [type(x) for _l, _o, x in again.lines()] == [DeadLetter]
+    again.close()
+    # the same header again (the same exports joined) is one dead letter, the rest read
+    f.write_bytes(first + head + row % (US + 5, US + 100, 5, b"42000.5,0.01"))
+    items = read(f, "tardis_trades")
+    assert [type(x) for x in items] == [Trade, DeadLetter, Trade]

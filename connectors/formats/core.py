@@ -288,6 +288,19 @@ def header_cells(line: bytes) -> list[str]:
     return [c.strip().lower() for c in text.rstrip("\r").split(",")]
 
 
+def is_other_header(line: bytes, first: list[str]) -> bool:
+    """Whether a line is a header that is not the file's ``first``: shaped like one, with
+    at least half of its column names, but not the same.
+
+    >>> is_other_header(b"ts,close,open", ["ts", "open", "close"])
+    True
+    """
+    if not is_header(line):
+        return False
+    cells = header_cells(line.rstrip(b"\r\n"))
+    return cells != first and 2 * len(set(cells) & set(first)) >= len(first)
+
+
 class FileReader:
     """Reads one file from byte ``offset`` (of its decompressed stream) to its end.
 
@@ -420,7 +433,12 @@ class FileReader:
                 if item is not None:
                     check_plausible(item)
             except Exception as err:  # a bad row is a dead letter, whatever it raised
-                dead = self.dead_letter(line, line_no, pos - len(line) - 1, err)
+                dead = self._row_refused(line, line_no, pos - len(line) - 1, err)
+                if self._refused:  # a second header: the rows below it are not read
+                    stats.rows -= _rows_after(lines, line)
+                    yield line_no, off, self._resolve([*deferred, dead]) if deferred else dead
+                    deferred.clear()
+                    break
                 if parser.pending() is not None:
                     deferred.append(dead)  # the group's start stays the resume point
                     continue
@@ -501,7 +519,7 @@ class FileReader:
                 self.stats.rows += 1
                 yield line_no, pos, self._too_long(buf, line_no, pos, skipping)
             pos += skipping
-        self.position = pos
+        self.position = pos if self._refused_at is None else self._refused_at
         if parser is None:
             return
         group = parser.pending()
@@ -531,6 +549,22 @@ class FileReader:
                 if x.__class__ is RowFailure else x for x in items]
 
     _refused = False
+    _refused_at: int | None = None  # where a second header refused the rest of the file
+    _columns: list[str] | None = None  # the header's
+
+    def _row_refused(self, line: bytes, line_no: int, offset: int, err: Exception
+                     ) -> DeadLetter:
+        """The dead letter of a refused row. A second header with other columns (two files
+        joined, say) refuses the rest of the file: read by the first header its rows would
+        be misread, and read by the second a resume past it would misread them."""
+        if self._columns is not None and is_other_header(line, self._columns):
+            self._refused, self._refused_at = True, offset
+            first = ",".join(self._columns)
+            err = RowError("a second header with other columns; the rest of the file is not "
+                           "read (split it where the header changes)",
+                           expected=f"the first header's columns: {first}"[:200],
+                           found="another header", reason="malformed")
+        return self.dead_letter(line, line_no, offset, err)
 
     @property
     def refused(self) -> bool:
@@ -551,9 +585,9 @@ class FileReader:
                     pos, line_no, i = pos + len(line) + 1, line_no + 1, i + 1
                     continue
                 header = self._header if self._header is not None else is_header(line)
+                self._columns = header_cells(line) if header else None
                 try:
-                    parser = self._factory(header_cells(line) if header else None,
-                                           self.source)
+                    parser = self._factory(self._columns, self.source)
                 except RowError as err:  # the file cannot be read: one dead letter, done
                     early.append((line_no + 1, pos,
                                   self.dead_letter(line, line_no + 1, pos, err)))
@@ -645,7 +679,7 @@ class IndexedReader(FileReader):
                     if item is not None:
                         check_plausible(item)
                 except Exception as err:  # a bad row is a dead letter, whatever it raised
-                    item = self.dead_letter(line, no, at, err)
+                    item = self._row_refused(line, no, at, err)
                 if item is not None:
                     if item.__class__ is not DeadLetter:
                         stats.records += 1
@@ -669,8 +703,9 @@ class IndexedReader(FileReader):
             if not is_preamble(raw):
                 header = raw.rstrip(b"\r\n")
                 break
+        self._columns = header_cells(header)
         try:
-            return line_no, header, self._factory(header_cells(header), self.source), None
+            return line_no, header, self._factory(self._columns, self.source), None
         except RowError as err:  # the file cannot be read: one dead letter, done
             self._refused = True
             return line_no, header, _Nothing(), self.dead_letter(header, line_no, 0, err)
@@ -730,6 +765,11 @@ class IndexedReader(FileReader):
             for r, at, size in zip(run.tolist(), starts, sizes, strict=True):
                 texts[r] = data[at - lo:at - lo + size]
         return texts
+
+
+def _rows_after(lines: list[bytes], line: bytes) -> int:
+    """The rows (not blank) of ``lines`` after ``line``, its first occurrence."""
+    return sum(1 for x in lines[lines.index(line) + 1:] if x.strip())
 
 
 def _records_in(items: list[Any]) -> int:

@@ -54,6 +54,7 @@ from riskguard.connectors.formats.core import (
     Source,
     factory,
     header_cells,
+    is_other_header,
     is_preamble,
     lines_of,
     open_stream,
@@ -105,6 +106,7 @@ class _Layout:
     """Where a header puts each column."""
 
     def __init__(self, header: list[str]) -> None:
+        self.columns = header
         index: dict[str, int] = {}
         for i, cell in enumerate(header):
             index.setdefault(cell, i)
@@ -316,6 +318,8 @@ def _index_rows(fh: BinaryIO, layout: _Layout, pos: int, line_no: int,
         add_length(size)
         add_line(line_no)
         add_start(start)
+        if got is None and is_other_header(raw, layout.columns):
+            return  # the reader refuses the rest of the file at this row
 
 
 def _measure(cell: bytes) -> Measure:
