@@ -577,9 +577,29 @@ class _BoundedServer(ThreadingHTTPServer):
             self._slots.release()
 
 
+class _Shared:
+    """One poll's answer, shared by every request within ``fresh_s`` of it: many clients
+    (or one looping) scrape the endpoints at most once per ``fresh_s``."""
+
+    def __init__(self, poll: Callable[[], dict[str, Any]], fresh_s: float) -> None:
+        self._poll, self._fresh_s = poll, fresh_s
+        self._lock = threading.Lock()
+        self._at = -math.inf
+        self._data = b""
+
+    def get(self) -> bytes:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._at >= self._fresh_s:
+                self._data = json.dumps(self._poll(), sort_keys=True).encode()
+                self._at = now
+            return self._data
+
+
 class StatusServer:
     """Serves ``/`` (the page; ``body`` replaces it, e.g. with a measuring script added),
-    ``/api/status`` (JSON summary) and ``/healthz``.
+    ``/api/status`` (JSON summary; requests within half a poll period, at most a second,
+    share one scrape) and ``/healthz``.
 
     At most ``max_connections`` connections are served at once (one more is closed), and
     a connection that sends nothing for ``idle_timeout_s``, or is still open three times
@@ -589,6 +609,7 @@ class StatusServer:
                  poll_ms: int = 2000, body: bytes | None = None, max_connections: int = 32,
                  idle_timeout_s: float = 10.0) -> None:
         html = page(poll_ms) if body is None else body
+        status = _Shared(poller.poll, min(poll_ms, 2000) / 2000)
 
         class Handler(BaseHTTPRequestHandler):
             timeout = idle_timeout_s
@@ -615,8 +636,7 @@ class StatusServer:
                 if path in ("/", "/index.html"):
                     self._send(200, "text/html; charset=utf-8", html)
                 elif path == "/api/status":
-                    data = json.dumps(poller.poll(), sort_keys=True).encode()
-                    self._send(200, "application/json", data)
+                    self._send(200, "application/json", status.get())
                 elif path == "/healthz":
                     self._send(200, "text/plain", b"ok\n")
                 else:

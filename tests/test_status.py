@@ -382,3 +382,26 @@ def test_a_client_trickling_bytes_keeps_its_slot_no_longer_than_the_deadline() -
     finally:
         slow.close()
         server.close()
+
+
+def test_requests_within_half_a_poll_share_one_scrape() -> None:
+    """A looping client (or many pages) cannot make the status server scrape the guard
+    once per request: requests within half the page's poll period share one."""
+    poller = StatusPoller([])
+    polls: list[int] = []
+    real = poller.poll
+
+    def counted() -> dict[str, Any]:
+        polls.append(1)
+        return real()
+
+    poller.poll = counted  # type: ignore[method-assign]
+    server = StatusServer(poller, port=0, poll_ms=60_000).start()
+    try:
+        for _ in range(20):
+            with urllib.request.urlopen(
+                    f"http://127.0.0.1:{server.port}/api/status", timeout=5) as r:
+                assert "health" in json.loads(r.read())
+    finally:
+        server.close()
+    assert len(polls) == 1
