@@ -759,6 +759,27 @@ def test_a_progress_partition_reads_on_after_its_writer_restarts() -> None:
         (5, False), (6, False), (6, True)]
 
 
+def test_a_source_counts_only_the_dead_letters_its_split_says_are_its_own() -> None:
+    """Market processes read the fills topic whole and one of them writes each dead
+    letter: the others pass theirs on (filtered later) without counting them, so the
+    processes' counts sum to the dead letters written."""
+    from riskguard.connectors.kafka.source import _SourcePartition
+    from riskguard.operators.core.metrics import DEAD_LETTERS
+
+    def read(counts: Any) -> tuple[list[Any], float]:
+        before = DEAD_LETTERS.labels("fills-x", "malformed")._value.get()
+        part = _SourcePartition(cast(Any, _Served([[_Msg(0, b'{"type":"fill",')]])),
+                                "fills-x", 0, -2, Codec(), 100, None, None, lambda: 0,
+                                counts_dead=counts)
+        got = part.next_batch()
+        return got, DEAD_LETTERS.labels("fills-x", "malformed")._value.get() - before
+
+    mine, counted = read(None)
+    assert [d.reason for d in mine] == ["malformed"] and counted == 1
+    theirs, counted = read(lambda d: False)
+    assert [d.reason for d in theirs] == ["malformed"] and counted == 0
+
+
 def test_a_progress_partition_resumed_after_its_writers_final_progress_ends() -> None:
     """Killed after an epoch that read the writer's final progress (or after the bundle
     had ended that partition), the resumed partition reads nothing more and still ends,

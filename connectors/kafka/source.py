@@ -76,8 +76,9 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         policy: EventTimePolicy | None, clock: Clock, watermark: int = -1,
         stamp_recv_ts: bool = False, align: EventTimeAlignment | None = None,
         name: str | None = None, split: KeySplit | None = None, writers: int = 0,
-        writer_wait_ns: int = 0,
+        writer_wait_ns: int = 0, counts_dead: Callable[[DeadLetter], bool] | None = None,
     ) -> None:
+        self._counts_dead = counts_dead
         self._stamp = stamp_recv_ts
         # a progress partition (``writers`` > 0, see Alignment): at its end it is not caught up
         self._writers = writers
@@ -200,7 +201,8 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
                     continue
                 if verdict == "not_broadcast":
                     rec = self._not_broadcast(rec, key, value, off)
-            if type(rec) is DeadLetter:
+            if type(rec) is DeadLetter and (
+                    self._counts_dead is None or self._counts_dead(rec)):
                 DEAD_LETTERS.labels(topic, rec.reason).inc()
             append(rec)
             append_off(off)
@@ -468,11 +470,15 @@ class KeySplit:
 
     def __init__(self, topics: frozenset[str], owned: Callable[[bytes | None], bool], *,
                  shared_prefixes: tuple[bytes, ...] = (),
-                 must_share: Callable[[Any], bool] | None = None) -> None:
+                 must_share: Callable[[Any], bool] | None = None,
+                 counts_dead: Callable[[DeadLetter], bool] | None = None) -> None:
         self.topics = topics
         self.owned = owned
         self.shared_prefixes = shared_prefixes
         self.must_share = must_share
+        # of the source's dead letters on every topic, those this process counts: the
+        # ones it writes (others read the same topics whole); None: all
+        self.counts_dead = counts_dead
         # asked for every message of a split topic, most of them skipped: the answer
         # depends on the key only, so it is memoized per key
         self.place: Callable[[bytes | None], tuple[bool, bool]] = memo_by_key(self._place)
@@ -674,6 +680,7 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
             self.idle_eof_ns, None if topic in checks.untimed_topics else checks.time_policy,
             self.clock, watermark, checks.stamp_recv_ts, self.alignment,
             name=f"{idx}-{topic}", split=split, writers=self._writers_of(topic, idx),
+            counts_dead=self.split.counts_dead if self.split is not None else None,
             writer_wait_ns=self.writer_wait_ns,
         )
 

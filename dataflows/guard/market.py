@@ -277,9 +277,16 @@ def market_flow(cfg: GuardConfig, clock: Clock) -> Dataflow:
     their partition falls to."""
     flow = Dataflow("riskguard_market")
     owners = market_owners(cfg)
+    market_topic, status_topic = cfg.topic("market"), cfg.topic("venue_status")
+
+    def writes(d: DeadLetter) -> bool:
+        """Of the source's dead letters, those this process writes (above), and counts."""
+        return d.topic != status_topic and (d.topic == market_topic or owners.keeps(d))
+
     # the market messages whose key's underlying it owns, and every index and oracle price
     split = KeySplit(frozenset({cfg.topic("market")}), owners.owns_key,
-                     shared_prefixes=price_key_prefixes(cfg), must_share=is_broadcast)
+                     shared_prefixes=price_key_prefixes(cfg), must_share=is_broadcast,
+                     counts_dead=writes)
     src = guard_input(flow, cfg, MARKET_STREAMS, clock, split=split)
     mine = split_dead_letters("owned", op.flat_map_batch(
         "own", src.oks, _owned_records(owners, cfg.topic("market"))))
@@ -297,9 +304,7 @@ def market_flow(cfg: GuardConfig, clock: Clock) -> Dataflow:
     kafka_output("detections", detections, brokers=cfg.kafka,
                  topic=cfg.topic(DETECTIONS), delivery_timeout_s=timeout,
                  key=lambda _rec: name, partition=owners.index)
-    market_topic, status_topic = cfg.topic("market"), cfg.topic("venue_status")
-    src_dead = op.flat_map_batch("own_dead", src.errs, lambda ds: [
-        d for d in ds if d.topic != status_topic and (d.topic == market_topic or owners.keeps(d))])
+    src_dead = op.flat_map_batch("own_dead", src.errs, lambda ds: list(filter(writes, ds)))
     # the source counted what it could not decode; a misplaced record is counted here
     misplaced = op.flat_map_batch("observe_misplaced", mine.errs, observe_all)
     kafka_output("dead_letters", op.merge("dead", src_dead, misplaced, out.dead_letters),
