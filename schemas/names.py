@@ -50,8 +50,8 @@ their size in bytes is bounded by their entry count."""
 
 def short_memo(maxsize: int, limit: int = MEMO_KEY_LIMIT
                ) -> Callable[[Callable[..., T]], Callable[..., T]]:
-    """An lru memo of ``maxsize`` entries for a function whose first argument is at most
-    ``limit`` long; a longer one is computed each time, never held.
+    """An lru memo of ``maxsize`` entries for a function whose first argument is None or
+    at most ``limit`` long; a longer one is computed each time, never held.
 
     >>> calls = []
     >>> f = short_memo(8, limit=3)(lambda k: calls.append(k) or len(k))
@@ -63,7 +63,7 @@ def short_memo(maxsize: int, limit: int = MEMO_KEY_LIMIT
 
         @wraps(fn)
         def of(key: Any, *rest: Any) -> T:
-            return memo(key, *rest) if len(key) <= limit else fn(key, *rest)
+            return memo(key, *rest) if key is None or len(key) <= limit else fn(key, *rest)
         of.cache_clear = memo.cache_clear  # type: ignore[attr-defined]
         of.cache_info = memo.cache_info  # type: ignore[attr-defined]
         return of

@@ -48,6 +48,7 @@ from riskguard.schemas import (
     VenueStatus,
     decode,
 )
+from riskguard.schemas.names import MEMO_KEY_LIMIT
 from riskguard.schemas.valuation import VALUATION_CHUNK_BYTES
 from test_exposure import worked_config
 
@@ -296,7 +297,7 @@ def test_a_key_split_answers_the_same_from_its_memo_and_past_the_memo_cap(
     split = KeySplit(frozenset({"m"}), owners.owns_key, shared_prefixes=(b"index/",))
     keys = [None, b"index/BTC-USD", *(f"v{k % 4}/{('BTC', 'ETH')[k % 2]}-I{k}".encode()
                                       for k in range(12)),
-            b"okx/BTC-" + b"x" * kafka_source.MEMO_KEY_BYTES]
+            b"okx/BTC-" + b"x" * MEMO_KEY_LIMIT]
     want = [(owners.of_key(k) == 1, k is not None and k.startswith(b"index/")) for k in keys]
     assert {w[0] for w in want} == {True, False}
     for _ in range(3):  # first answers, then memo hits and answers recomputed after eviction

@@ -9,14 +9,13 @@ processes share, the keys that are this one's (see :class:`KafkaInput`)."""
 
 from __future__ import annotations
 
-import functools
 import logging
 from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import accumulate, compress, count, islice
-from typing import Any, TypeVar
+from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, operator
@@ -55,6 +54,7 @@ from riskguard.operators.core.metrics import (
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import Codec
 from riskguard.schemas.commands import SOURCED_TYPES
+from riskguard.schemas.names import short_memo
 from riskguard.schemas.signals import DetectProgress
 from riskguard.schemas.time_policy import EventTimePolicy
 
@@ -481,7 +481,8 @@ class KeySplit:
         self.counts_dead = counts_dead
         # asked for every message of a split topic, most of them skipped: the answer
         # depends on the key only, so it is memoized per key
-        self.place: Callable[[bytes | None], tuple[bool, bool]] = memo_by_key(self._place)
+        self.place: Callable[[bytes | None], tuple[bool, bool]] = short_memo(MEMO_MAX)(
+            self._place)
 
     def _place(self, key: bytes | None) -> tuple[bool, bool]:
         shared = bool(self.shared_prefixes) and key is not None and key.startswith(
@@ -495,29 +496,9 @@ class KeySplit:
         return "keep" if owned else "skip"
 
 
-T = TypeVar("T")
-
 MEMO_MAX = 100_000
-"""Keys a per-key memo keeps (least recently used first out)."""
-MEMO_KEY_BYTES = 256
-"""Longer keys are not memoized: the memo's size stays under ``MEMO_MAX`` of these."""
-
-
-def memo_by_key(fn: Callable[[Any], T]) -> Callable[[Any], T]:
-    """``fn`` of a message key, memoized for keys of at most ``MEMO_KEY_BYTES``.
-
-    >>> calls = []
-    >>> f = memo_by_key(lambda k: calls.append(k) or len(k or ""))
-    >>> [f(b"okx/BTC"), f(b"okx/BTC"), f(b"x" * 300), f(b"x" * 300)], len(calls)
-    ([7, 7, 300, 300], 3)
-    """
-    memo = functools.lru_cache(maxsize=MEMO_MAX)(fn)
-
-    def of(key: Any) -> T:
-        return memo(key) if key is None or len(key) <= MEMO_KEY_BYTES else fn(key)
-
-    of.cache_info = memo.cache_info  # type: ignore[attr-defined]
-    return of
+"""Keys a per-key memo keeps (least recently used first out; keys longer than
+``schemas.names.MEMO_KEY_LIMIT`` are never held)."""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream, operator
 from riskguard.connectors.kafka import KeySplit, StartSignal, kafka_output
-from riskguard.connectors.kafka.source import memo_by_key
+from riskguard.connectors.kafka.source import MEMO_MAX
 from riskguard.connectors.topics import DETECTIONS, MARKET_STREAMS
 from riskguard.dataflows.guard.admit import admit_keys
 from riskguard.dataflows.guard.config import GuardConfig, price_key_prefixes
@@ -60,6 +60,7 @@ from riskguard.schemas import (
     encode,
 )
 from riskguard.schemas.base import Record, source_of
+from riskguard.schemas.names import short_memo
 from riskguard.schemas.valuation import Part, Progress, encode_valuations
 
 
@@ -98,8 +99,9 @@ class MarketOwners:
         self.owners = dict(owners)
         self.underlying_of = underlying_of
         # asked per market message (before decoding) and per record: memoized
-        self.of_key: Callable[[str | bytes | None], int] = memo_by_key(self._of_key)
-        self.of_instrument: Callable[[str], int] = memo_by_key(self._of_instrument)
+        self.of_key: Callable[[str | bytes | None], int] = short_memo(MEMO_MAX)(self._of_key)
+        self.of_instrument: Callable[[str], int] = short_memo(MEMO_MAX)(
+            self._of_instrument)
 
     def of_underlying(self, name: str) -> int:
         """The process owning underlying (or collateral asset) ``name``."""
