@@ -14,6 +14,7 @@ from riskguard.operators.exposure import (
     FirmLogic,
     LocalPipeline,
     Part,
+    Progress,
     Router,
     ShardLogic,
 )
@@ -29,7 +30,7 @@ from riskguard.schemas import (
     encode,
 )
 from signing_fixtures import AUD
-from test_exposure import worked_config
+from test_exposure import S, worked_config
 from test_exposure_ticked import _worker_stream
 
 CFG = worked_config()
@@ -78,6 +79,22 @@ def _by_tick(parts: list[Any], every: int = 4) -> list[Any]:
     return [msgspec.structs.replace(p, ts=parts[k - k % every].ts) for k, p in enumerate(parts)]
 
 
+def _parts_and_progress() -> list[Any]:
+    """Stage-2 parts with two sources' progress every 3 s between them, and a gap of
+    80 s with progress only (the held marks grow stale by time)."""
+    out: list[Any] = []
+    shift = 0
+    parts = _by_tick(CONTRIBS)[::5]
+    for k, p in enumerate(parts):
+        out.append(msgspec.structs.replace(p, ts=p.ts + shift))
+        end = (parts[k + 1].ts if k + 1 < len(parts) else p.ts + S) + shift
+        if k == len(parts) // 2:
+            end, shift = end + 80 * S, shift + 80 * S
+        for ts in range(p.ts + shift + 1, end, 3 * S):
+            out += [Progress(counterparty="okx", ts=ts, source=src) for src in ("a", "b")]
+    return out
+
+
 def _two_processes() -> list[Any]:
     """Stage-1 items from two guard workers: b ticks once, then a runs 40 s ahead (its
     records wait in the shard for b), then b follows."""
@@ -116,6 +133,9 @@ CASES = [
          splits=(100, 300, 400)),
     Case("exposure.counterparty.ticked", lambda s: CounterpartyLogic(CFG, s, ticked=True),
          _by_tick(CONTRIBS)),
+    Case("exposure.counterparty.stale_by_ticks",
+         lambda s: CounterpartyLogic(CFG, s, ticked=True, clock=lambda: 0),
+         _parts_and_progress()),
     Case("exposure.firm.ticked", lambda s: FirmLogic(CFG, s, ticked=True),
          _by_tick(CP_EXPOSURES)),
 ]
@@ -136,7 +156,7 @@ def test_cases_produce_output() -> None:
         outs = [o for e in case.events for o in logic.on_event(e)]
         assert outs, case.name
         # the update gate's: (limits key, update) pairs, rejections and dead letters
-        made = Part | Exposure | RiskAlert | DeadLetter | tuple
+        made = Part | Progress | Exposure | RiskAlert | DeadLetter | tuple
         assert all(isinstance(o, made) or hasattr(o, "level") for o in outs)
 
 

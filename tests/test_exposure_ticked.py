@@ -538,3 +538,55 @@ def test_a_restarts_old_progress_sources_are_forgotten_once_they_outnumber_the_c
     again.on_batch([prog("b/2@s1", 7)])
     assert sorted(again.state.progress) == ["a/1@s2", "b/2@s0", "b/2@s1"]
     assert sorted(again.state.passed) == ["a/1@s2", "b/2@s0", "b/2@s1"]
+
+
+def test_a_counterparty_whose_marks_all_stop_turns_stale_as_the_ticks_pass() -> None:
+    """Ticked, time passes for a counterparty with the ticks, not only with its own
+    parts: once its only mark is older than ``max_mark_age_ns`` by the ticks' watermark,
+    its exposure is sent again, stale, with one ``stale_mark`` alert, both stamped with
+    the moment the mark grew too old (so batching and tick spacing do not move them).
+    A mark coming back clears it; another counterparty's fresh marks are not touched."""
+    from bytewax import operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink, TestingSource, run_main
+    from riskguard.operators.exposure import aggregate_exposure
+
+    t = 1_000 * S
+    age = 30 * S
+
+    def trade(i: int, inst: str, ts: int) -> Trade:
+        return Trade(id=f"t{i}", venue="okx", instrument=inst, ts=ts, price=60_000.0,
+                     qty=1.0, side="buy")
+
+    def run(step_s: int) -> tuple[list[Exposure], list[Any]]:
+        events: list[object] = [
+            trade(0, "BTC-PERP", t), trade(1, "ETH-PERP", t),
+            fill("f1", "okx", "BTC-PERP", "buy", 1.0, 60_000.0, t + 1),
+            fill("f2", "bybit", "ETH-PERP", "buy", 1.0, 3_000.0, t + 2)]
+        for s in range(step_s, 90, step_s):  # ETH keeps trading, BTC stops
+            events += [trade(10 + s, "ETH-PERP", t + s * S), Tick(ts=t + s * S, source="w")]
+        events += [trade(999, "BTC-PERP", t + 95 * S), Tick(ts=t + 96 * S, source="w")]
+        flow = Dataflow("stale")
+        inp = op.input("in", flow, TestingSource(events, batch_size=3))
+        out = aggregate_exposure(
+            "exp", op.filter("recs", inp, lambda r: not isinstance(r, Tick)),
+            config=worked_config(max_mark_age_ns=age), clock=lambda: 0,
+            ticks=op.filter("ticks", inp, Tick.__instancecheck__))
+        exps: list[Exposure] = []
+        alerts: list[Any] = []
+        op.output("e", out.exposures, TestingSink(exps))
+        op.output("a", out.alerts, TestingSink(alerts))
+        run_main(flow)
+        return exps, alerts
+
+    exps, alerts = run(1)
+    stale_at = t + age + 1
+    assert [(a.kind, a.scope.value, a.ts) for a in alerts] == [
+        ("stale_mark", "BTC-PERP", stale_at)]
+    okx = [(e.ts, e.stale) for e in exps if e.counterparty == "okx"]
+    assert (stale_at, True) in okx
+    assert okx[-1] == (t + 96 * S, False)  # its mark is back
+    assert not any(e.stale for e in exps if e.counterparty == "bybit")
+    # ticks every 7 s instead of every second: the same alert, at the same moment
+    assert [(a.kind, a.ts, a.id) for a in run(7)[1]] == [
+        (a.kind, a.ts, a.id) for a in alerts]

@@ -325,7 +325,7 @@ def _from_market_processes(detected_in: Stream[Detection], own_ticks: Stream[Tic
     alerts and progress summed from their parts, and silent-process alerts."""
     anomalies = first_of_each_id(detected_in, cfg.tier.recent_ids)
     summed = sum_exposures("exposure", market_parts(detected_in, own_ticks, cfg),
-                           config=cfg.exposure)
+                           config=cfg.exposure, clock=clock)
     silent = watch_market_processes(detected_in, own_ticks,
                                     processes=cfg.tier.market_processes,
                                     wait_s=cfg.tier.market_wait_s, clock=clock)

@@ -28,7 +28,7 @@ from riskguard.validation import (
     check_declared,
 )
 
-STATE_VERSION = 5
+STATE_VERSION = 6
 """The version of the exposure states a snapshot holds; a snapshot of another is
 refused."""
 
@@ -45,7 +45,7 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Configuration of ``aggregate_exposure``.
 
     - ``max_mark_age_ns``: a mark older than this (vs the newest event time the
-      counterparty has seen) makes the exposure ``stale``.
+      counterparty has seen, or, ticked, the ticks' time) makes the exposure ``stale``.
     - ``recon_abs_tol`` / ``recon_rel_tol``: a position snapshot differing from
       the fill-accumulated position by more than ``abs + rel * |qty|`` is a
       ``reconciliation_break``.

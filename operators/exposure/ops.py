@@ -146,7 +146,8 @@ def aggregate_exposure(
                         wall_clock=wall_clock, place=None)
     s1 = op.branch("parts", made, _IS_PART)
     alerts1 = op.flat_map_batch("alerts1", s1.falses, values_of)
-    summed = _sum(config, op.flat_map_batch("unkey1", s1.trues, values_of), ticked=ticked)
+    summed = _sum(config, op.flat_map_batch("unkey1", s1.trues, values_of), ticked=ticked,
+                  clock=clock)
     alerts = op.merge("alerts", alerts1, summed.alerts)
     return ExposureOut(exposures=summed.exposures, alerts=alerts, errs=errs,
                        progress=summed.progress)
@@ -191,12 +192,13 @@ def _value(step_id: str, merged: Stream[Record | Tick], config: ExposureConfig, 
     return stateful_logic("valuation", routed.trues, build_val), routed.falses
 
 
-def _sum(config: ExposureConfig, parts: Stream[Part | Progress], *, ticked: bool) -> SumOut:
+def _sum(config: ExposureConfig, parts: Stream[Part | Progress], *, ticked: bool,
+         clock: Clock) -> SumOut:
     """Stages 2 and 3's steps (counterparty, firm) inside the calling operator."""
     contribs = op.flat_map_batch("by_cp", parts, _by_counterparty)
 
     def build_cp(state: Any) -> CounterpartyLogic:
-        return CounterpartyLogic(config, state, ticked=ticked)
+        return CounterpartyLogic(config, state, ticked=ticked, clock=clock)
 
     s2 = op.branch("exposures", stateful_logic("counterparty", contribs, build_cp), _IS_EXPOSURE)
     alerts2 = op.flat_map_batch("alerts2", s2.falses, values_of)
@@ -262,14 +264,15 @@ def value_positions(
 
 @operator
 def sum_exposures(step_id: str, parts: Stream[Part | Progress], *,
-                  config: ExposureConfig) -> SumOut:
+                  config: ExposureConfig, clock: Clock = system_clock) -> SumOut:
     """Stages 2 and 3 of :func:`aggregate_exposure` over the parts and progress that
     market processes' :func:`value_positions` made (ticked): per-counterparty exposures,
     their concentration and the firm rollup, and the progress behind them for
     :func:`enforce_limits`. A counterparty's exposure re-sums its latest part from
-    every market process's shard."""
+    every market process's shard. ``clock`` (processing time) only lets a silent market
+    process stop holding the counterparties' time back."""
     config.validate(f"step '{step_id}'")
-    return _sum(config, parts, ticked=True)
+    return _sum(config, parts, ticked=True, clock=clock)
 
 
 @operator

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import msgspec
 import numpy as np
 from riskguard.operators.core.base import copy_fields
-from riskguard.operators.core.clock import RestoredSources
+from riskguard.operators.core.clock import Clock, RestoredSources, Tick, Watermark, system_clock
 from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.exposure.config import (
     NS_PER_S,
@@ -48,6 +48,8 @@ class CounterpartyState:
     seq: int = 0
     stale: dict[str, int] = field(default_factory=dict)
     evidence: list[str] = field(default_factory=list)
+    # ticked mode: the progress sources' newest tick (clock.Watermark)
+    sources: dict[str, list[int]] = field(default_factory=dict)
 
 
 class CounterpartyLogic:
@@ -56,14 +58,24 @@ class CounterpartyLogic:
     Each part is the counterparty's complete sum over one shard, so the
     exposure is an exact re-sum over at most ``valuation_shards`` parts (no
     running sums, no drift). At most one exposure per batch.
+
+    Ticked, time passes with the shards' progress too: when the watermark over them
+    passes the moment a held mark grows older than ``max_mark_age_ns`` and no part has
+    come since, the exposure is sent again, stale, stamped with that moment. A
+    counterparty whose marks all stopped (its venue's feeds are down, a market that no
+    longer trades) is then stale on time, not only when another mark arrives.
     """
 
     def __init__(self, config: ExposureConfig, state: CounterpartyState | None = None, *,
-                 ticked: bool = False) -> None:
+                 ticked: bool = False, clock: Clock = system_clock) -> None:
         self.config = config
         self.ticked = ticked
         self.state = state if state is not None else CounterpartyState()
         self._recv_ts: int | None = None  # newest receive time among this batch's parts
+        # processing time, for the tick sources' idle rule only (clock.Watermark)
+        self.clock = clock
+        self._watermark = Watermark.resume(self.state.sources)
+        self._stale_at: int | None = None  # the next mark's stale moment (None: unknown)
 
     def snapshot(self) -> CounterpartyState:
         # parts are frozen and never mutated: a shallow rebuild is an independent copy
@@ -71,7 +83,7 @@ class CounterpartyLogic:
         return CounterpartyState(
             version=st.version, counterparty=st.counterparty, parts=dict(st.parts),
             watermark=st.watermark, seq=st.seq, stale=dict(st.stale),
-            evidence=list(st.evidence),
+            evidence=list(st.evidence), sources={k: list(v) for k, v in st.sources.items()},
         )
 
     def on_event(self, p: Part) -> list[Any]:
@@ -82,8 +94,39 @@ class CounterpartyLogic:
             return self._batch(items)
         parts, progress = split_progress(list(items))
         out = _per_tick(self._batch, parts) if parts else []
+        if progress:
+            out.extend(self._on_progress(progress))
         out.extend(progress)  # behind the exposures they follow
         return out
+
+    def _on_progress(self, progress: list[Progress]) -> list[Any]:
+        """The exposure again at each moment up to the progress's watermark at which a
+        held mark grew too old with no part since, oldest first."""
+        now = self.clock()
+        wm = self._watermark
+        for p in progress:
+            wm.tick_time(Tick(ts=p.ts, source=p.source), now)
+        st = self.state
+        out: list[Any] = []
+        while st.parts:
+            at = self._next_stale()
+            if at > wm.last:
+                break
+            st.watermark = at
+            self._recv_ts = None
+            out.extend(self._emit())
+        return out
+
+    def _next_stale(self) -> int:
+        """The first moment after the watermark at which a held mark not yet stale is;
+        cached until a part comes or the exposure is sent."""
+        if self._stale_at is None:
+            horizon = self.state.watermark - self.config.max_mark_age_ns
+            fresh = [int(m) for p in self.state.parts.values()
+                     if (m := _oldest_from(p, horizon)) is not None]
+            self._stale_at = (min(fresh) + self.config.max_mark_age_ns + 1 if fresh
+                              else NEVER_STALE)
+        return self._stale_at
 
     def _batch(self, items: Iterable[Part]) -> list[Any]:
         st = self.state
@@ -138,6 +181,7 @@ class CounterpartyLogic:
             unvalued_collateral=unv_coll,
         )))
         st.evidence = []
+        self._stale_at = None
         return out
 
     def _old_marks(self, ps: list[Part]) -> dict[str, int]:
@@ -181,6 +225,15 @@ class CounterpartyLogic:
             for name in [n for n in st.stale if n not in old]:
                 del st.stale[name]
         return out
+
+
+def _oldest_from(p: Part, horizon: int) -> int | None:
+    """The oldest of ``p``'s mark times at or after ``horizon`` (None: none)."""
+    if p.oldest >= horizon:
+        return p.oldest if p.oldest < NEVER_STALE else None
+    mts = np.frombuffer(p.mark_ts, dtype="<i8")
+    fresh = mts[(mts >= horizon) & (mts < NEVER_STALE)]
+    return int(fresh.min()) if len(fresh) else None
 
 
 class _Totals(NamedTuple):
