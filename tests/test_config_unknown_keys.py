@@ -272,6 +272,7 @@ def test_the_readme_and_docs_config_snippets_hold_only_known_keys() -> None:
     ("# threshold_floor = 0.5", "threshold_floor = nan", "detector.threshold_floor"),
     ("gc_gen0_threshold = 50_000", "gc_gen0_threshold = 1_099_511_627_776",
      "gc_gen0_threshold"),
+    ("tick_ns = 1_000_000_000", "tick_ns = 4_611_686_018_427_387_904", "tick_ns"),
     ("default_partitions = 4", "default_partitions = -1", "topics.default_partitions"),
     ("replication_factor = 3", "replication_factor = 0", "topics.replication_factor"),
     ("min_insync_replicas = 2", "min_insync_replicas = 0", "topics.min_insync_replicas"),

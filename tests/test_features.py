@@ -309,6 +309,13 @@ def test_a_quote_whose_bid_plus_ask_overflows_gives_a_finite_price() -> None:
     assert vecs[-1].values["rv_bps"] > 0.0
 
 
+def test_quote_sizes_whose_sum_overflows_keep_their_depth_imbalance() -> None:
+    """bid_size 1.5e308 against ask_size 0.5e308: an imbalance of 0.5, not 0."""
+    logic = FeatureLogic(EV, ManualClock(10**19))
+    q = msgspec.structs.replace(quote(1, NS), bid_size=1.5e308, ask_size=0.5e308)
+    assert logic.on_event(q)[0].values["depth_imb"] == 0.5
+
+
 def test_a_funding_rate_that_overflows_in_bps_is_refused_not_read_as_zero() -> None:
     logic = FeatureLogic(EV, ManualClock(10**19))
     out = logic.on_event(FundingRate(id="f", venue="okx", instrument="BTC-PERP", ts=NS,

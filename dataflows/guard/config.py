@@ -178,7 +178,9 @@ class GuardConfig(CommonConfig, frozen=True, kw_only=True, forbid_unknown_fields
     # how many venues, instruments and counterparties beyond the config's the guard keeps
     # state for
     admission: AdmissionConfig = AdmissionConfig()
-    tick_ns: PositiveInt = NS
+    # event-time tick: playbook clock, heartbeat gaps, and exposure re-valuation of price
+    # moves (fills re-value sooner: exposure.position_revalue_ns); at most a minute
+    tick_ns: Annotated[int, msgspec.Meta(ge=1, le=60 * NS)] = NS
     mark_interval_ns: NonNegativeInt = 250_000_000
     mark_move_bps: NonNegative = 5.0
     playbook_file: str | None = None

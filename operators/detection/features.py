@@ -462,7 +462,8 @@ class FeatureLogic:
         bid, ask = rec.bid, rec.ask
         mid = 0.5 * bid + 0.5 * ask  # (bid + ask) overflows past 9e307
         s.spread_bps = (ask - bid) / mid * 1e4
-        bsz, asz = rec.bid_size, rec.ask_size
+        # halves: bid_size + ask_size overflows past 9e307, and the ratio is the same
+        bsz, asz = 0.5 * rec.bid_size, 0.5 * rec.ask_size
         depth = bsz + asz
         s.depth_imb = (bsz - asz) / depth if depth > 0 else 0.0
         if ts > s.quote_ts:  # noqa: PLR1730  # hot path: a compare beats a max() call
@@ -702,7 +703,9 @@ class FeatureLogic:
                 b, a = s.bid_depth, s.ask_depth
                 vals["bid_depth_log"] = math.log1p(b)
                 vals["ask_depth_log"] = math.log1p(a)
-                vals["depth_imb_band"] = (b - a) / (b + a) if b + a > 0 else 0.0
+                half_b, half_a = 0.5 * b, 0.5 * a  # b + a can overflow
+                vals["depth_imb_band"] = ((half_b - half_a) / (half_b + half_a)
+                                          if b + a > 0 else 0.0)
                 vals["bid_stale_s"] = (now - s.bid_depth_ts) / NS
                 vals["ask_stale_s"] = (now - s.ask_depth_ts) / NS
         return vals
