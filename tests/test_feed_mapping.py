@@ -81,6 +81,15 @@ def test_a_trade_without_an_exchange_id_gets_one_from_venue_instrument_and_time(
     assert _map("trades", t, exchange="okx").id == f"okx:{PERP}:t:{T_NS}"
 
 
+def test_trades_without_exchange_ids_in_one_microsecond_get_ids_of_their_own():
+    mapper = FeedMapper(spec_for("okx"), clock=lambda: 42)
+    ids = [mapper.record("trades", Trade(cf.OKX, PERP, cf.BUY, Decimal("1"), Decimal(px), T),
+                         RECV).id for px in ("2", "3", "4")]
+    later = Trade(cf.OKX, PERP, cf.BUY, Decimal("1"), Decimal("2"), T + 1)
+    assert ids == [f"okx:{PERP}:t:{T_NS}", f"okx:{PERP}:t:{T_NS}:1", f"okx:{PERP}:t:{T_NS}:2"]
+    assert mapper.record("trades", later, RECV).id == f"okx:{PERP}:t:{T_NS + 1_000_000_000}"
+
+
 def test_a_book_ticker_becomes_a_quote_with_the_sizes_of_its_raw_message():
     raw = {"e": "bookTicker", "u": 400, "s": "BTCUSDT", "b": "60000.1", "B": "3.25",
            "a": "60000.2", "A": "1.5", "T": 1767225600122, "E": 1767225600123}

@@ -66,6 +66,7 @@ from riskguard.schemas.names import normalise_name
 _INTERVAL = re.compile(r"^(\d+)([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 NS = 1_000_000_000
+_MAX_ID_KEYS = 65_536
 
 
 def seconds_to_ns(seconds: float | Decimal | None) -> int | None:
@@ -145,6 +146,7 @@ class FeedMapper:
         self.source = f"feed.{spec.name}"
         self._codec = Codec(MARKET_TYPES, clock=clock)
         self.unfinished = 0  # candles still in progress, passed over
+        self._last_ts: dict[tuple[Any, str], tuple[int, int]] = {}  # id counters
         self._build: dict[str, Callable[[Any, int, int | None], Record | None]] = {
             "trades": self._trade, "liquidations": self._liquidation, "l1": self._quote,
             "funding": self._funding, "open_interest": self._open_interest,
@@ -178,7 +180,16 @@ class FeedMapper:
         return out
 
     def _id(self, obj: Any, kind: str, ts: int) -> str:
-        return f"{self.venue}:{obj.symbol}:{kind}:{ts}"
+        """``venue:symbol:kind:ts``, then ``:1``, ``:2``... for more of one symbol and kind
+        in the same microsecond (a message without an exchange id)."""
+        key = (obj.symbol, kind)
+        last = self._last_ts.get(key)
+        n = last[1] + 1 if last is not None and last[0] == ts else 0
+        if len(self._last_ts) >= _MAX_ID_KEYS and last is None:
+            self._last_ts.clear()  # the symbols are the subscription's: never in practice
+        self._last_ts[key] = (ts, n)
+        base = f"{self.venue}:{obj.symbol}:{kind}:{ts}"
+        return f"{base}:{n}" if n else base
 
     def _instrument(self, symbol: Any) -> str:
         """The exchange's symbol as a market name (``BTC/USDT`` -> ``BTC-USDT``, aliases
