@@ -51,25 +51,16 @@ def seconds(most: float = MAX_SECONDS, *, zero: bool = False) -> Callable[[str],
     return parse
 
 
-def positive_int(text: str) -> int:
-    """A whole number, 1 or more."""
-    value = int(_number(text, int, "a whole number, 1 or more"))
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number, 1 or more; got {text!r}")
-    return value
+def _whole(least: int, most: int | None, what: str) -> Callable[[str], int]:
+    """A parser of whole numbers from ``least`` to ``most`` (None: no top)."""
+    def parse(text: str) -> int:
+        value = int(_number(text, int, what))
+        if value < least or (most is not None and value > most):
+            raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}")
+        return value
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """A whole number, 0 or more."""
-    value = int(_number(text, int, "a whole number, 0 or more"))
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number, 0 or more; got {text!r}")
-    return value
-
-
-def port(text: str) -> int:
-    """A TCP port, 0 to 65535 (0: any free port)."""
-    value = int(_number(text, int, "a port, 0 to 65535"))
-    if not 0 <= value <= 65_535:
-        raise argparse.ArgumentTypeError(f"must be a port, 0 to 65535; got {text!r}")
-    return value
+positive_int = _whole(1, None, "a whole number, 1 or more")
+non_negative_int = _whole(0, None, "a whole number, 0 or more")
+port = _whole(0, 65_535, "a port, 0 to 65535")  # 0: any free port
