@@ -31,9 +31,9 @@ CREATE TABLE IF NOT EXISTS handled (issuer TEXT NOT NULL, command_id TEXT NOT NU
 CREATE TABLE IF NOT EXISTS offsets (topic TEXT NOT NULL, part INTEGER NOT NULL,
                                     next_offset INTEGER NOT NULL, PRIMARY KEY (topic, part));
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS in_force (action TEXT NOT NULL, scope TEXT NOT NULL,
-                                     command_id TEXT NOT NULL, params BLOB NOT NULL,
-                                     PRIMARY KEY (action, scope));
+CREATE TABLE IF NOT EXISTS holds (action TEXT NOT NULL, scope TEXT NOT NULL,
+                                  command_id TEXT NOT NULL, params BLOB NOT NULL,
+                                  PRIMARY KEY (action, scope, command_id));
 CREATE TABLE IF NOT EXISTS copies (decision_id TEXT NOT NULL, content BLOB NOT NULL,
                                    issuer TEXT NOT NULL, command_id TEXT NOT NULL,
                                    keep_until INTEGER NOT NULL,
@@ -41,6 +41,11 @@ CREATE TABLE IF NOT EXISTS copies (decision_id TEXT NOT NULL, content BLOB NOT N
 CREATE INDEX IF NOT EXISTS handled_by_expiry ON handled (expires_at);
 CREATE INDEX IF NOT EXISTS copies_by_expiry ON copies (keep_until);
 """
+
+
+MAX_HOLDS = 64
+"""Holds of one action on one scope kept side by side (an executor's scope book refuses
+more)."""
 
 
 def params_key(cmd: MitigationCommand) -> bytes:
@@ -77,6 +82,10 @@ class SubscriberState:
             # a state file with the ``seen`` table: its rows name their issuer, none is lost
             self.db.executescript("INSERT OR IGNORE INTO handled SELECT issuer, command_id, "
                                   "seq, expires_at FROM seen; DROP TABLE seen;")
+        if self.db.execute("SELECT 1 FROM sqlite_master WHERE name='in_force'").fetchone():
+            # one hold per action and scope: each is still in force, under its command
+            self.db.executescript("INSERT OR IGNORE INTO holds SELECT * FROM in_force; "
+                                  "DROP TABLE in_force;")
         self.raised_seq = False  # a seq high-water mark rose in the open transaction
         self.commits = 0  # synced commits so far (a flood of rejections costs few)
         # consumed offsets not yet written: (topic, partition) -> next offset
@@ -106,13 +115,13 @@ class SubscriberState:
     def in_force(self, action: str, scope: str, params: bytes) -> str | None:
         """The command_id holding ``action`` on ``scope`` with these exact params, if any."""
         row = self.db.execute(
-            "SELECT command_id FROM in_force WHERE action=? AND scope=? AND params=?",
+            "SELECT command_id FROM holds WHERE action=? AND scope=? AND params=?",
             (action, scope, params)).fetchone()
         return None if row is None else str(row[0])
 
     def held(self) -> list[tuple[str, str, str]]:
         """Every mitigation held in force: (action, scope label, command id)."""
-        rows = self.db.execute("SELECT action, scope, command_id FROM in_force ORDER BY rowid")
+        rows = self.db.execute("SELECT action, scope, command_id FROM holds ORDER BY rowid")
         return [(str(a), str(sc), str(c)) for a, sc, c in rows]
 
     def next_offsets(self, topic: str) -> dict[int, int]:
@@ -170,20 +179,27 @@ class SubscriberState:
                         (cmd.issuer, cmd.command_id, cmd.seq, cmd.expires_at))
 
     def _hold(self, cmd: MitigationCommand) -> None:
-        """A held action stays in force on its scope; a resume lifts what it names."""
+        """A held action stays in force on its scope, beside the holds of that action
+        other commands keep there (at most ``MAX_HOLDS``, the oldest forgotten past it);
+        a resume lifts what it names."""
         scope = cmd.scope.label()
         action = cmd.action.value
         if action == "resume":
             acts, ids = cmd.params.get("actions"), cmd.params.get("resumes")
             acts = [str(a) for a in acts] if isinstance(acts, list) else []
             ids = [str(i) for i in ids] if isinstance(ids, list) else []
-            rows = self.db.execute("SELECT action, command_id FROM in_force WHERE scope=?",
+            rows = self.db.execute("SELECT action, command_id FROM holds WHERE scope=?",
                                    (scope,)).fetchall()
-            self.db.executemany("DELETE FROM in_force WHERE action=? AND scope=?",
-                                [(a, scope) for a, c in rows if resume_lifts(acts, ids, a, c)])
+            self.db.executemany(
+                "DELETE FROM holds WHERE action=? AND scope=? AND command_id=?",
+                [(a, scope, c) for a, c in rows if resume_lifts(acts, ids, a, c)])
         elif action in HELD_ACTIONS:
-            self.db.execute("INSERT OR REPLACE INTO in_force VALUES (?, ?, ?, ?)",
+            self.db.execute("INSERT OR REPLACE INTO holds VALUES (?, ?, ?, ?)",
                             (action, scope, cmd.command_id, params_key(cmd)))
+            self.db.execute(
+                "DELETE FROM holds WHERE action=? AND scope=? AND rowid NOT IN (SELECT rowid "
+                "FROM holds WHERE action=? AND scope=? ORDER BY rowid DESC LIMIT ?)",
+                (action, scope, action, scope, MAX_HOLDS))
 
     def flush(self) -> bool:
         """Commit the open transaction (one synced write); whether a seq mark rose."""

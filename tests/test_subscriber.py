@@ -306,6 +306,55 @@ def test_the_same_action_with_new_params_is_an_update_and_executes(tmp_path: Pat
     assert [r.reason for r in h.rejected] == ["already_in_force"]
 
 
+def test_resuming_one_of_two_holds_of_an_action_leaves_the_other_in_force(
+    tmp_path: Path,
+) -> None:
+    """Two cuts of one scope are held side by side (the executor applies the stricter):
+    resuming the stricter leaves the looser in force in the subscriber's state too, so
+    the same cut sent again is not executed twice, and resuming it lifts it."""
+    from riskguard.schemas import Action
+
+    h = Harness(tmp_path, dedupe_in_force=True)
+    loose = command(1, issuer="engine-2", seq=1, scope=VENUE_X,
+                    action=Action.REDUCE_LIMITS, params={"factor": 0.5})
+    strict = command(2, issuer="engine-2", seq=2, scope=VENUE_X,
+                     action=Action.REDUCE_LIMITS, params={"factor": 0.25})
+    lift_strict = command(3, issuer="engine-2", seq=3, scope=VENUE_X, action=Action.RESUME,
+                          params={"actions": ["reduce_limits"],
+                                  "resumes": [strict.command_id]})
+    for i, c in enumerate((loose, strict, lift_strict)):
+        h.sub.handle(env_bytes(c, ENGINE2), partition=0, offset=i)
+    assert h.sub.state.held() == [("reduce_limits", VENUE_X.label(), loose.command_id)]
+    again = command(4, issuer="engine-2", seq=4, scope=VENUE_X,
+                    action=Action.REDUCE_LIMITS, params={"factor": 0.5})
+    h.sub.handle(env_bytes(again, ENGINE2), partition=0, offset=3)
+    assert [r.reason for r in h.rejected] == ["already_in_force"]
+    lift_loose = command(5, issuer="engine-2", seq=5, scope=VENUE_X, action=Action.RESUME,
+                         params={"actions": ["reduce_limits"],
+                                 "resumes": [loose.command_id]})
+    h.sub.handle(env_bytes(lift_loose, ENGINE2), partition=0, offset=4)
+    assert h.sub.state.held() == []
+
+
+def test_a_state_with_one_hold_per_action_and_scope_opens_with_it_in_force(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    from riskguard.connectors.subscriber_state import SubscriberState
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE in_force (action TEXT NOT NULL, scope TEXT NOT NULL, "
+               "command_id TEXT NOT NULL, params BLOB NOT NULL, PRIMARY KEY (action, scope))")
+    db.execute("INSERT INTO in_force VALUES ('halt_trading', 'venue:x', 'c1', x'7b7d')")
+    db.commit()
+    db.close()
+    state = SubscriberState(path)
+    assert state.held() == [("halt_trading", "venue:x", "c1")]
+    assert state.in_force("halt_trading", "venue:x", b"{}") == "c1"
+
+
 def test_a_state_that_kept_ids_across_issuers_keeps_them_per_issuer(tmp_path: Path) -> None:
     """A state file from when handled ids were one table across issuers opens with each
     id kept under the issuer its row names: a replay is still refused."""
