@@ -1,0 +1,44 @@
+"""``riskguard audit verify``: what verification refuses, and the CLI around it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import msgspec
+import pytest
+from riskguard.operators.audit import AuditConfig, AuditLogic, verify_log
+from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
+from signing_fixtures import ENGINE
+
+from riskguard.errors import AuditError
+
+ROOT = Path(__file__).resolve().parent.parent
+KEYS = {ENGINE.key_id: ENGINE.public_key}
+Log = list[AuditRecord | AuditCheckpoint]
+
+
+def chain_log(n: int, every: int = 4, chain: str = "riskguard/p0") -> Log:
+    logic = AuditLogic(chain, ENGINE, AuditConfig(checkpoint_every=every))
+    out: Log = [x for i in range(n) for x in logic.on_event({"n": i})]
+    return out + logic.on_eof()
+
+
+def reason(items: Log, **kw: object) -> str:
+    with pytest.raises(AuditError) as err:
+        verify_log(items, KEYS, **kw)  # type: ignore[arg-type]
+    return str(err.value.reason).split(":")[0]
+
+
+def test_the_runbook_names_failure_codes_verification_gives() -> None:
+    """The replay runbook's example codes are ones ``verify_log`` reports: a deleted
+    record is a ``gap``."""
+    text = (ROOT / "ops/runbooks/replay-audit-log.md").read_text()
+    named = re.search(r"record \(for example `(\w+)` or `(\w+)`\)", text)
+    assert named is not None
+    log = chain_log(4)
+    del log[1]
+    assert reason(log) == "gap"
+    source = (ROOT / "operators/audit/verify.py").read_text()
+    for code in named.groups():
+        assert f'"{code}:' in source or f'f"{code}:' in source, code
