@@ -77,7 +77,7 @@ def _expected_sizes(pairs: list[str] | None) -> dict[str, int]:
     out: dict[str, int] = {}
     for kv in pairs or []:
         chain, _, n = kv.partition("=")
-        if not chain or not n.isdigit():
+        if not chain or not n.isascii() or not n.isdigit():
             raise ConfigError("--expect-size", "CHAIN=N with N a whole number", kv)
         out[chain] = int(n)
     return out

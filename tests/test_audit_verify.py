@@ -42,3 +42,28 @@ def test_the_runbook_names_failure_codes_verification_gives() -> None:
     source = (ROOT / "operators/audit/verify.py").read_text()
     for code in named.groups():
         assert f'"{code}:' in source or f'f"{code}:' in source, code
+
+
+def _write(path: Path, items: Log) -> str:
+    path.write_bytes(b"".join(msgspec.json.encode(x) + b"\n" for x in items))
+    return str(path)
+
+
+def _pubkey(tmp_path: Path) -> str:
+    pub = tmp_path / "engine.pub"
+    pub.write_text(ENGINE.public_key.hex())
+    return str(pub)
+
+
+@pytest.mark.parametrize("size", ["\u00b2", "\u0663", "-1", "", "8x"])
+def test_expect_size_takes_ascii_digits_only(tmp_path: Path, size: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """``--expect-size CHAIN=²`` (a digit to str.isdigit, not to int) is a usage error."""
+    from riskguard.cli import main
+
+    log = _write(tmp_path / "audit.jsonl", chain_log(8))
+    code = main(["audit", "verify", "--file", log, "--pubkey", _pubkey(tmp_path),
+                 "--expect-size", f"riskguard/p0={size}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--expect-size" in err and "bug" not in err
