@@ -354,6 +354,25 @@ def claim_trust_serial(folder: Path, serial: int) -> None:
         write_atomic(mark, f"{serial}\n".encode())
 
 
+def audit_origin(text: str) -> str:
+    """``--audit-origin``: a name ``[audit] origin`` takes (at most 26 of A-Z a-z 0-9
+    ``_.:+-``).
+
+    >>> audit_origin("riskguard-20261127")
+    'riskguard-20261127'
+    >>> audit_origin("risk guard")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: must be 1 to 26 of A-Z a-z 0-9 _ . : + -; got 'risk guard'
+    """
+    from riskguard.operators.audit.chain import ORIGIN_BASE_PATTERN  # noqa: PLC0415
+
+    if re.match(ORIGIN_BASE_PATTERN, text) is None:
+        msg = f"must be 1 to 26 of A-Z a-z 0-9 _ . : + -; got {text[:80]!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return text
+
+
 def with_audit_origin(cfg: Any, origin: str) -> Any:
     """``cfg`` with its audit chains under ``origin`` (a replica's keep its ``@id``)."""
     import msgspec  # noqa: PLC0415
@@ -373,7 +392,8 @@ def new_origin_note(config: Path, origin: str, today: str | None = None) -> str:
     import datetime  # noqa: PLC0415
 
     day = today or datetime.datetime.now(datetime.UTC).strftime("%Y%m%d")
-    base = origin.split("@", 1)[0]
+    # an earlier day's suffix replaced, and short enough for the day's to fit
+    base = re.sub(r"-\d{8}$", "", origin.split("@", 1)[0])[:17]
     return ("its chain cannot be extended (a new checkpoint would vouch for it); start a new "
             f"audit origin, leaving this one for audit: riskguard run --config {config} "
             f"--audit-origin {base}-{day} (or set [audit] origin)")
@@ -678,7 +698,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--new-config", action="store_true",
                    help="start this replica on a config its peers do not run yet (the first "
                         "replica of a planned config change; docs/replicas.md)")
-    p.add_argument("--audit-origin", metavar="NAME",
+    p.add_argument("--audit-origin", metavar="NAME", type=audit_origin,
                    help="write the audit chains under this origin instead of [audit] "
                    "origin (start a new chain when the last one cannot be extended)")
     p.add_argument("--status-every", type=seconds(zero=True), default=10.0, metavar="SECONDS",

@@ -67,3 +67,36 @@ def test_expect_size_takes_ascii_digits_only(tmp_path: Path, size: str,
     err = capsys.readouterr().err
     assert code == 2
     assert "--expect-size" in err and "bug" not in err
+
+
+@pytest.mark.parametrize("origin", ["risk guard", "r" * 27, "a/b", "a@b@c", "", "x\n"])
+def test_an_origin_that_would_make_unreadable_chain_names_is_refused(origin: str) -> None:
+    """``[audit] origin`` is constrained so that ``<origin>@<replica id>/p<n>`` is a
+    valid chain name: an origin with a space or past 26 characters made records no
+    reader could decode."""
+    from riskguard.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="audit.origin"):
+        AuditConfig(origin=origin)
+
+
+def test_the_longest_origin_replica_id_and_partition_still_read_back() -> None:
+    """The longest names the config takes decode as audit items."""
+    from riskguard.operators.audit import decode_item
+
+    cfg = AuditConfig(origin="o" * 26 + "@" + "r" * 32, partitions=1000, checkpoint_every=1)
+    items = AuditLogic(f"{cfg.origin}/p{cfg.partitions - 1}", ENGINE, cfg).on_event({"n": 1})
+    assert [decode_item(msgspec.json.encode(x), "line") for x in items] == items
+    from riskguard.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="audit.partitions"):
+        AuditConfig(partitions=1001)
+
+
+def test_audit_origin_flag_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    from riskguard.cli import main
+
+    with pytest.raises(SystemExit) as out:
+        main(["run", "--config", "missing.toml", "--audit-origin", "risk guard"])
+    assert out.value.code == 2
+    assert "--audit-origin" in capsys.readouterr().err

@@ -75,6 +75,17 @@ OPERATOR_BY_TAG = {
 }
 
 
+MAX_AUDIT_PARTITIONS = 1000
+"""Audit chains per origin at most (``p0`` to ``p999``)."""
+ORIGIN_BASE_PATTERN = r"^[A-Za-z0-9_.:+-]{1,26}$(?!\n)"
+"""An ``[audit] origin`` (and ``--audit-origin``): letters, digits and ``_.:+-``, at most
+26 characters, so that ``<origin>@<replica id>/p<n>`` is always a valid chain name
+(64 characters at most)."""
+ORIGIN_PATTERN = r"^[A-Za-z0-9_.:+-]{1,26}(@[A-Za-z0-9_-]{1,32})?$(?!\n)"
+"""An origin as the guard runs it: the configured one, a replica's with ``@<id>``."""
+Origin = Annotated[str, msgspec.Meta(min_length=1, max_length=59, pattern=ORIGIN_PATTERN)]
+
+
 class AuditConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Settings of the audit step.
 
@@ -85,11 +96,13 @@ class AuditConfig(msgspec.Struct, frozen=True, kw_only=True):
     the guard configuration stamped on every record.
     """
 
-    # prefixes every chain's name (<origin>/p<partition>); a replica's is <origin>@<replica id>
-    origin: str = "riskguard"
+    # prefixes every chain's name (<origin>/p<partition>; a replica's <origin>@<replica id>);
+    # at most 26 of A-Z a-z 0-9 _ . : + -, so that every chain name is a valid name
+    origin: Origin = "riskguard"
     checkpoint_every: PositiveInt = 1000
     checkpoint_interval_ns: PositiveInt = 60 * _NS_PER_S
-    partitions: PositiveInt = 1  # the number of audit chains decisions are spread over
+    # the number of audit chains decisions are spread over
+    partitions: Annotated[int, msgspec.Meta(ge=1, le=MAX_AUDIT_PARTITIONS)] = 1
     # the version stamped on every audit record (default: riskguard's)
     operator_version: str = riskguard.__version__
     # stamped on every audit record; the guard sets it to its config's hash at start-up
