@@ -107,10 +107,11 @@ def scan_topic(settings: KafkaSettings, topic: str, *, idle_s: float = 0.5,
 
 
 def read_items(settings: KafkaSettings, topic: str, *, idle_s: float = 0.5,
-               stall_s: float = 30.0) -> list[AuditItem]:
+               stall_s: float = 30.0, strict: bool = False) -> list[AuditItem]:
     """Every audit record and checkpoint on ``topic``; ``AuditError`` names the first
-    message that is neither (``topic[partition]@offset``)."""
-    return [decode_item(raw, f"{topic}[{p}]@{off}")
+    message that is neither (``topic[partition]@offset``; ``strict``: exactly, as
+    verification reads them, :func:`~riskguard.operators.audit.decode_item`)."""
+    return [decode_item(raw, f"{topic}[{p}]@{off}", strict=strict)
             for p, off, raw in scan_topic(settings, topic, idle_s=idle_s, stall_s=stall_s)]
 
 

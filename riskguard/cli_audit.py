@@ -61,7 +61,7 @@ def _read(args: argparse.Namespace) -> list[AuditItem]:
             kafka = common_config(args.config, brokers=args.brokers).kafka
             reach_kafka(kafka, f"--brokers HOST:PORT (default {DEFAULT_BROKERS}, or [kafka] "
                         "of --config)")
-            return read_items(kafka, args.topic)
+            return read_items(kafka, args.topic, strict=True)
         except BrokerError as err:
             msg = f"cannot read {_source(args)}: {err}"
             raise AuditError(msg) from None

@@ -100,3 +100,49 @@ def test_audit_origin_flag_is_checked(capsys: pytest.CaptureFixture[str]) -> Non
         main(["run", "--config", "missing.toml", "--audit-origin", "risk guard"])
     assert out.value.code == 2
     assert "--audit-origin" in capsys.readouterr().err
+
+
+def _lines(items: Log) -> list[bytes]:
+    return [msgspec.json.encode(x) for x in items]
+
+
+@pytest.mark.parametrize("edit", ["added field", "repeated key", "repeated body key",
+                                  "added checkpoint field"])
+def test_verification_reads_each_line_exactly(edit: str) -> None:
+    """A line with a field its type lacks, or a key twice (the decoder keeps the last,
+    a reader may see the first), is not what the leaf hash or signature vouches for."""
+    import json
+
+    from riskguard.operators.audit import decode_item, read_jsonl
+
+    raw = _lines(chain_log(4))
+    if edit == "added field":
+        doc = json.loads(raw[0])
+        doc["approved_by"] = "CFO"
+        raw[0] = json.dumps(doc).encode()
+    elif edit == "repeated key":
+        raw[1] = raw[1].replace(b'{"type":"audit",', b'{"type":"audit","kind":"breach",', 1)
+    elif edit == "repeated body key":
+        raw[1] = raw[1].replace(b'"body":{', b'"body":{"repr":"{}",', 1)
+    else:
+        raw[4] = raw[4].replace(b'{"type":"audit_checkpoint",',
+                                b'{"type":"audit_checkpoint","note":"x",', 1)
+    assert verify_log(read_jsonl(raw, strict=False), KEYS)  # what the hash covers verifies
+    with pytest.raises(AuditError, match="line 2|line 1|line 5"):
+        read_jsonl(raw)
+    where = next(n for n, line in enumerate(raw) if line != _lines(chain_log(4))[n])
+    decode_item(raw[where], "topic")  # a guard's read takes newer writers' fields
+    with pytest.raises(AuditError):
+        decode_item(raw[where], "topic", strict=True)
+
+
+def test_verify_cli_fails_an_edited_line(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from riskguard.cli import main
+
+    raw = _lines(chain_log(4))
+    raw[2] = raw[2].replace(b'{"type":"audit",', b'{"type":"audit","approved_by":"CFO",', 1)
+    log = tmp_path / "audit.jsonl"
+    log.write_bytes(b"\n".join(raw) + b"\n")
+    assert main(["audit", "verify", "--file", str(log), "--pubkey", _pubkey(tmp_path)]) == 1
+    assert "line 3" in capsys.readouterr().out

@@ -9,6 +9,7 @@ with every field bound to its claim."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -54,12 +55,47 @@ AuditItem: TypeAlias = AuditRecord | AuditCheckpoint
 _item_decoder = msgspec.json.Decoder(AuditRecord | AuditCheckpoint)
 
 
-def decode_item(raw: bytes, where: str) -> AuditItem:
+def _fields(cls: type[msgspec.Struct]) -> frozenset[str]:
+    info = msgspec.structs.fields(cls)
+    return frozenset([f.encode_name for f in info] + [cls.__struct_config__.tag_field or ""])
+
+
+_FIELDS = {"audit": _fields(AuditRecord), "audit_checkpoint": _fields(AuditCheckpoint)}
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            msg = f"the key {key[:64]!r} appears twice in one object"
+            raise ValueError(msg)
+        out[key] = value
+    return out
+
+
+def _check_strict(raw: bytes) -> None:
+    """Raise ``ValueError`` if ``raw`` repeats a key in any object, or its item has a
+    field its type does not: the leaf hash covers the fields as decoded, so a line with
+    more (or two spellings of one) says something the hash does not vouch for."""
+    doc = json.loads(raw, object_pairs_hook=_no_repeated_keys)
+    if not isinstance(doc, dict):
+        return  # the typed decode says what is wrong
+    known = _FIELDS.get(doc.get("type"))  # type: ignore[arg-type]
+    extra = sorted(k for k in doc if known is not None and k not in known)
+    if extra:
+        msg = f"unknown field(s) {', '.join(repr(k[:64]) for k in extra[:5])}"
+        raise ValueError(msg)
+
+
+def decode_item(raw: bytes, where: str, *, strict: bool = False) -> AuditItem:
     """One audit record or checkpoint from its JSON bytes.
 
     Whatever the bytes hold, the failure is an :class:`~riskguard.errors.AuditError`
     naming ``where``, never another exception; nesting deeper than
     :data:`~riskguard.schemas.json_limits.MAX_JSON_DEPTH` is refused before parsing.
+    ``strict`` (verification) also refuses a field the item's type does not have and
+    a key repeated in any object; without it (a guard reading its topic) such fields
+    are ignored, as every reader of a newer writer's records does.
 
     >>> deep = b'{"type": "audit", "body": {"a": ' + b"[" * 5000 + b"]" * 5000 + b"}}"
     >>> decode_item(deep, "line 3")
@@ -72,21 +108,24 @@ def decode_item(raw: bytes, where: str) -> AuditItem:
         msg = f"{where}: not an audit record or checkpoint ({too_deep})"
         raise AuditError(msg)
     try:
-        return _item_decoder.decode(raw)
+        item = _item_decoder.decode(raw)
+        if strict:
+            _check_strict(raw)
+        return item
     except Exception as err:  # hostile input: RecursionError, MemoryError, ...
         why = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
         msg = f"{where}: not an audit record or checkpoint ({why})"
         raise AuditError(msg) from None
 
 
-def read_jsonl(lines: Iterable[bytes]) -> list[AuditItem]:
+def read_jsonl(lines: Iterable[bytes], *, strict: bool = True) -> list[AuditItem]:
     """Parse an audit export (one record or checkpoint per line); blank lines are skipped.
 
-    A line that is not an audit record or checkpoint raises
-    :class:`~riskguard.errors.AuditError` naming the line.
+    A line that is not an audit record or checkpoint (``strict``: exactly, see
+    :func:`decode_item`) raises :class:`~riskguard.errors.AuditError` naming the line.
     """
-    return [decode_item(line, f"line {n}") for n, line in enumerate(lines, start=1)
-            if line.strip()]
+    return [decode_item(line, f"line {n}", strict=strict)
+            for n, line in enumerate(lines, start=1) if line.strip()]
 
 
 KeyLookup = Callable[[str], VerifyKey]
