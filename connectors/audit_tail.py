@@ -196,11 +196,11 @@ def _signed_by(keys: Mapping[str, VerifyKey] | KeyLookup,
     """``keys``, of those the trust file names ``issuer`` only."""
     lookup = key_lookup(keys)
 
-    def own(key_id: str) -> VerifyKey:
+    def own(key_id: str, ts: int) -> VerifyKey:
         name = signer_of(key_id)
         if name != issuer:
             raise VerificationError("not_the_chain_signer",
                                     f"key {key_id!r} ({name}) does not sign for {issuer!r}")
-        return lookup(key_id)
+        return lookup(key_id, ts)
 
     return own

@@ -146,3 +146,30 @@ def test_verify_cli_fails_an_edited_line(tmp_path: Path,
     log.write_bytes(b"\n".join(raw) + b"\n")
     assert main(["audit", "verify", "--file", str(log), "--pubkey", _pubkey(tmp_path)]) == 1
     assert "line 3" in capsys.readouterr().out
+
+
+def _timed_log(signer: object, ts: int, chain: str = "riskguard/p0") -> Log:
+    from riskguard.schemas.market import IndexPrice
+
+    logic = AuditLogic(chain, signer, AuditConfig(checkpoint_every=2))  # type: ignore[arg-type]
+    return [x for i in range(2) for x in logic.on_event(IndexPrice(
+        id=f"i{i}", venue="oracle", instrument="BTC-USD", ts=ts, price=1.0))]
+
+
+@pytest.mark.parametrize(("offset_s", "ok"), [(-50, True), (-10, False), (3600, False),
+                                               (-200, False)])
+def test_a_checkpoint_outside_its_keys_validity_window_fails(
+        tmp_path: Path, offset_s: int, ok: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    """With ``--trust``, a checkpoint's key is judged at the checkpoint's time: one
+    signed after the key's ``not_after`` (or before its ``not_before``) fails."""
+    from riskguard.cli import main
+    from signing_fixtures import EXPIRED, T0, S, write_signed_trust
+
+    trust, roots = write_signed_trust(tmp_path)
+    log = _write(tmp_path / "audit.jsonl", _timed_log(EXPIRED, T0 + offset_s * S))
+    code = main(["audit", "verify", "--file", log, "--trust", str(trust),
+                 "--roots", str(roots)])
+    out = capsys.readouterr().out
+    assert code == (0 if ok else 1), out
+    if not ok:
+        assert "bad_checkpoint" in out

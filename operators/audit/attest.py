@@ -190,7 +190,7 @@ class Attestor:
 
     def _checkpoint(self, chain: str, tail: ChainTail, cp: AuditCheckpoint) -> list[AuditItem]:
         try:
-            verify_checkpoint(cp, self._lookup(cp.key_id or ""))
+            verify_checkpoint(cp, self._lookup(cp.key_id or "", cp.ts))
         except VerificationError as err:
             self._count("unverified_checkpoints")
             self.state.broken.setdefault(chain, f"checkpoint at size {cp.size}: {err}")

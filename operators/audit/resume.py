@@ -98,7 +98,7 @@ class ChainResume:
 
     def _checkpoint(self, cp: AuditCheckpoint, t: _Tail) -> None:
         try:
-            verify_checkpoint(cp, self._lookup(cp.key_id or ""))
+            verify_checkpoint(cp, self._lookup(cp.key_id or "", cp.ts))
         except VerificationError as err:
             msg = f"bad_checkpoint: checkpoint at size {cp.size}: {err}"
             raise AuditError(msg, chain=cp.origin, index=t.cp_size) from None

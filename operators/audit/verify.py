@@ -128,14 +128,17 @@ def read_jsonl(lines: Iterable[bytes], *, strict: bool = True) -> list[AuditItem
             for n, line in enumerate(lines, start=1) if line.strip()]
 
 
-KeyLookup = Callable[[str], VerifyKey]
+KeyLookup = Callable[[str, int], VerifyKey]
+"""``lookup(key_id, ts)``: the key that may sign a checkpoint of time ``ts`` under
+``key_id`` (a trust file's ``checkpoint_key``: revoked, not yet valid or expired keys
+refused), else raise ``VerificationError``."""
 
 
 def key_lookup(keys: Mapping[str, VerifyKey] | KeyLookup) -> KeyLookup:
     if callable(keys):
         return keys
 
-    def lookup(key_id: str) -> VerifyKey:
+    def lookup(key_id: str, _ts: int) -> VerifyKey:
         k = keys.get(key_id)
         if k is None:
             raise VerificationError("unknown_key", f"key {key_id!r} is not trusted")
@@ -238,7 +241,7 @@ def _check_checkpoint(cp: AuditCheckpoint, ch: _Chain, lookup: KeyLookup, *,
                       prove_each: bool) -> None:
     where = ch.cp_size
     try:
-        key = lookup(cp.key_id or "")
+        key = lookup(cp.key_id or "", cp.ts)
         verify_checkpoint(cp, key)
     except VerificationError as err:
         msg = f"bad_checkpoint: checkpoint at size {cp.size}: {err}"
@@ -349,7 +352,7 @@ def check_proof(doc: Any, keys: Mapping[str, VerifyKey] | KeyLookup) -> None:
         msg = f"chain_mismatch: the checkpoint is for chain {cp.origin!r}"
         raise AuditError(msg, chain=chain, index=at)
     try:
-        verify_checkpoint(cp, key_lookup(keys)(cp.key_id or ""))
+        verify_checkpoint(cp, key_lookup(keys)(cp.key_id or "", cp.ts))
     except VerificationError as err:
         msg = f"bad_checkpoint: {err}"
         raise AuditError(msg, chain=chain, index=at) from None

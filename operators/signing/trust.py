@@ -731,7 +731,9 @@ class TrustStore:
         return None
 
     def checkpoint_key(self, key_id: str, now_ns: int | None = None) -> VerifyKey:
-        """The public key allowed to sign audit checkpoints under ``key_id``."""
+        """The public key allowed to sign audit checkpoints under ``key_id``: at
+        ``now_ns`` (a checkpoint's ``ts``), a key inside its validity window and not
+        revoked; without it, a key not revoked."""
         k = self._by_id.get(key_id)
         if k is None:
             raise rejection(Reason.UNKNOWN_KEY, f"key {key_id!r} is not in the trust file")
