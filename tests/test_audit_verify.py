@@ -173,3 +173,19 @@ def test_a_checkpoint_outside_its_keys_validity_window_fails(
     assert code == (0 if ok else 1), out
     if not ok:
         assert "bad_checkpoint" in out
+
+
+def test_a_repeated_checkpoint_fails_verification_and_a_start_ignores_it() -> None:
+    """The writer signs each size once: a copy of a checkpoint (even the last one, over
+    the same root) fails ``verify_log``; a guard continuing its chain is not stopped by
+    it."""
+    from riskguard.operators.audit import resume_states
+
+    log = chain_log(8)
+    last = log[-1]
+    assert isinstance(last, AuditCheckpoint)
+    assert reason([*log, last]) == "repeated_checkpoint"
+    first = next(x for x in log if isinstance(x, AuditCheckpoint))
+    assert reason([*log[:5], first, *log[5:]]) == "repeated_checkpoint"
+    assert resume_states([*log, last], KEYS)["riskguard/p0"].size == 8
+

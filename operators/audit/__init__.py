@@ -59,6 +59,7 @@ from riskguard.operators.audit.resume import (
 from riskguard.operators.audit.verify import (
     PROOF_FIELDS,
     AuditItem,
+    ChainCheck,
     ChainReport,
     KeyLookup,
     check_proof,
@@ -78,6 +79,7 @@ __all__ = [
     "AuditItem",
     "AuditLogic",
     "AuditState",
+    "ChainCheck",
     "ChainReport",
     "ChainResume",
     "CompactRange",

@@ -9,20 +9,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from riskguard.operators.audit.chain import AuditState, record_leaf, verify_checkpoint
-from riskguard.operators.audit.merkle import CompactRange
-from riskguard.operators.audit.verify import AuditItem, KeyLookup, key_lookup
+from riskguard.operators.audit.chain import AuditState
+from riskguard.operators.audit.verify import AuditItem, ChainCheck, KeyLookup, key_lookup
 from riskguard.operators.signing.crypto import VerifyKey
 from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
 
-from riskguard.errors import AuditError, VerificationError
+from riskguard.errors import AuditError
 
 
 @dataclass
 class _Tail:
-    range: CompactRange = field(default_factory=CompactRange)
-    cp_size: int = 0
-    cp_ts: int | None = None
+    check: ChainCheck = field(default_factory=ChainCheck)
     first_ts: int | None = None
     last_ts: int = 0
 
@@ -33,8 +30,9 @@ class ChainResume:
     Feed it the audit topic's items in order with :meth:`add`; :meth:`states` then gives,
     per chain, the :class:`AuditState` an uninterrupted :class:`AuditLogic` would have, so
     a guard without a recovery snapshot continues each chain rather than restarting it.
-    It checks what it reads as :func:`verify_log` does, in one pass and O(log n) memory
-    per chain, raising :class:`~riskguard.errors.AuditError`: a chain that does not
+    It checks what it reads as :func:`verify_log` does (the same
+    :class:`~riskguard.operators.audit.verify.ChainCheck`), in one pass and O(log n)
+    memory per chain, raising :class:`~riskguard.errors.AuditError`: a chain that does not
     verify must not be extended (its next checkpoint would sign the damage). Records
     after the last checkpoint are taken as read.
 
@@ -82,51 +80,30 @@ class ChainResume:
 
     @staticmethod
     def _record(rec: AuditRecord, t: _Tail) -> None:
-        expected = t.range.size
+        expected = t.check.range.size
         if rec.index != expected:
             kind = "duplicate_or_reorder" if rec.index < expected else "gap"
             msg = f"{kind}: record {rec.index} where record {expected} belongs"
             raise AuditError(msg, chain=rec.chain, index=expected)
-        leaf = record_leaf(rec)
-        if rec.leaf_hash != leaf.hex():
-            raise AuditError("leaf_hash_mismatch: record content does not match its leaf hash",
-                             chain=rec.chain, index=rec.index)
-        t.range.append(leaf)
+        t.check.append(rec)
         t.last_ts = max(t.last_ts, rec.ts)
         if t.first_ts is None:
             t.first_ts = rec.ts
 
     def _checkpoint(self, cp: AuditCheckpoint, t: _Tail) -> None:
-        try:
-            verify_checkpoint(cp, self._lookup(cp.key_id or "", cp.ts))
-        except VerificationError as err:
-            msg = f"bad_checkpoint: checkpoint at size {cp.size}: {err}"
-            raise AuditError(msg, chain=cp.origin, index=t.cp_size) from None
-        if cp.size < t.cp_size:
-            msg = f"checkpoint_rollback: size {cp.size} after {t.cp_size}"
-            raise AuditError(msg, chain=cp.origin, index=cp.size)
-        if cp.size != t.range.size:
-            msg = (f"checkpoint_out_of_place: a checkpoint of size {cp.size} after "
-                   f"{t.range.size} records")
-            raise AuditError(msg, chain=cp.origin, index=min(cp.size, t.range.size))
-        if cp.root != t.range.root().hex():
-            msg = (f"checkpoint_root_mismatch: records {t.cp_size}..{cp.size - 1} do not hash "
-                   "to the signed root")
-            raise AuditError(msg, chain=cp.origin, index=t.cp_size)
-        t.cp_size = cp.size
-        t.cp_ts = cp.ts
+        t.check.checkpoint(cp, self._lookup)  # a repeat of the last one changes nothing
 
     def states(self) -> dict[str, AuditState]:
         """Per chain read (that has records), the state to continue it from."""
         return {
             name: AuditState(
-                chain=name, size=t.range.size, peaks=list(t.range.peaks),
-                since_checkpoint=t.range.size - t.cp_size,
+                chain=name, size=t.check.range.size, peaks=list(t.check.range.peaks),
+                since_checkpoint=t.check.range.size - t.check.cp_size,
                 # as AuditLogic keeps it: the first record's time until a checkpoint is made
-                last_checkpoint_ts=t.cp_ts if t.cp_ts is not None else t.first_ts,
+                last_checkpoint_ts=t.check.cp_ts if t.check.cp_ts is not None else t.first_ts,
                 last_ts=t.last_ts,
             )
-            for name, t in self._tails.items() if t.range.size
+            for name, t in self._tails.items() if t.check.range.size
         }
 
 

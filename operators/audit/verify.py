@@ -1,8 +1,9 @@
 """Checking an audit log as exported: the whole log, or one record's proof.
 
-:func:`verify_log` re-checks a whole export: every record's leaf hash and its
-inclusion under the next checkpoint, consistency between successive checkpoints,
-checkpoint signatures, and gaps, reorders and truncation. It raises
+:func:`verify_log` re-checks a whole export in one pass: every record's leaf hash,
+each checkpoint's signature and root over exactly the records before it (extending the
+tree the previous one signed, so successive checkpoints are consistent), and gaps,
+reorders, repeats and truncation. It raises
 :class:`~riskguard.errors.AuditError` naming the first bad record. :func:`prove` makes
 a self-contained inclusion proof of one record, and :func:`check_proof` checks one
 with every field bound to its claim."""
@@ -16,15 +17,7 @@ from typing import Any, TypeAlias
 
 import msgspec
 from riskguard.operators.audit.chain import record_leaf, verify_checkpoint
-from riskguard.operators.audit.merkle import (
-    EMPTY_ROOT,
-    consistency_proof,
-    inclusion_proof,
-    proof_from_levels,
-    tree_levels,
-    verify_consistency,
-    verify_inclusion,
-)
+from riskguard.operators.audit.merkle import CompactRange, inclusion_proof, verify_inclusion
 from riskguard.operators.signing.crypto import VerifyKey
 from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
 from riskguard.schemas.json_limits import check_json_depth
@@ -43,11 +36,54 @@ class ChainReport:
 
 
 @dataclass
-class _Chain:
-    leaves: list[bytes] = field(default_factory=list)
-    signer: str | None = None  # who signed its first checkpoint (with ``signer_of``)
+class ChainCheck:
+    """One chain checked as it is read, in O(log n) memory: its records' compact range
+    and its last good checkpoint. Each checkpoint's root is computed by extending the
+    tree the previous one signed, so consistency between them holds by construction
+    and a log of n records and c checkpoints costs O(n + c log n) hashes."""
+
+    range: CompactRange = field(default_factory=CompactRange)
     cp_size: int = 0
-    cp_root: bytes = EMPTY_ROOT
+    cp_ts: int | None = None
+
+    def append(self, rec: AuditRecord) -> None:
+        """Add ``rec`` (its index already checked) after checking its leaf hash."""
+        leaf = record_leaf(rec)
+        if rec.leaf_hash != leaf.hex():
+            raise AuditError("leaf_hash_mismatch: record content does not match its leaf hash",
+                             chain=rec.chain, index=rec.index)
+        self.range.append(leaf)
+
+    def checkpoint(self, cp: AuditCheckpoint, lookup: KeyLookup) -> bool:
+        """Check ``cp`` against the records read so far: True if it attests more of the
+        chain, False if it repeats the last one's size and root; ``AuditError`` if it
+        does not verify or is out of place."""
+        try:
+            verify_checkpoint(cp, lookup(cp.key_id or "", cp.ts))
+        except VerificationError as err:
+            msg = f"bad_checkpoint: checkpoint at size {cp.size}: {err}"
+            raise AuditError(msg, chain=cp.origin, index=self.cp_size) from None
+        if cp.size < self.cp_size:
+            msg = f"checkpoint_rollback: size {cp.size} after {self.cp_size}"
+            raise AuditError(msg, chain=cp.origin, index=cp.size)
+        if cp.size != self.range.size:
+            msg = (f"checkpoint_out_of_place: a checkpoint of size {cp.size} after "
+                   f"{self.range.size} records")
+            raise AuditError(msg, chain=cp.origin, index=min(cp.size, self.range.size))
+        if cp.root != self.range.root().hex():
+            msg = (f"checkpoint_root_mismatch: records {self.cp_size}..{cp.size - 1} do not "
+                   "hash to the signed root")
+            raise AuditError(msg, chain=cp.origin, index=self.cp_size)
+        repeated = cp.size == self.cp_size and self.cp_ts is not None
+        self.cp_size = cp.size
+        self.cp_ts = cp.ts if self.cp_ts is None else max(self.cp_ts, cp.ts)
+        return not repeated
+
+
+@dataclass
+class _Chain:
+    check: ChainCheck = field(default_factory=ChainCheck)
+    signer: str | None = None  # who signed its first checkpoint (with ``signer_of``)
     report: ChainReport = field(default_factory=lambda: ChainReport(""))
 
 
@@ -153,19 +189,18 @@ def verify_log(
     *,
     allow_unattested_tail: bool = False,
     expected_sizes: Mapping[str, int] | None = None,
-    prove_each: bool = True,
     signer_of: Callable[[str], str | None] | None = None,
 ) -> dict[str, ChainReport]:
     """Verify an audit log; return a report per chain or raise ``AuditError``.
 
-    ``keys`` maps checkpoint ``key_id`` to a public key (or is a lookup that
-    raises ``VerificationError``). ``expected_sizes`` (chain -> size, e.g.
-    from a checkpoint published elsewhere) detects truncation at a checkpoint
-    boundary. With ``prove_each`` every record's inclusion proof under the
-    checkpoint that first covers it is built and verified. With ``signer_of`` (a key
-    id -> its trust-file name) every checkpoint of a chain must be signed under the
-    name that signed its first (``wrong_signer`` otherwise): no trusted key vouches for
-    another's chain.
+    ``keys`` maps checkpoint ``key_id`` to a public key (or is a :data:`KeyLookup`).
+    ``expected_sizes`` (chain -> size, e.g. from a checkpoint published elsewhere)
+    detects truncation at a checkpoint boundary. With ``signer_of`` (a key id -> its
+    trust-file name) every checkpoint of a chain must be signed under the name that
+    signed its first (``wrong_signer`` otherwise): no trusted key vouches for another's
+    chain. A checkpoint repeating an earlier one (``repeated_checkpoint``) fails: the
+    writer signs each size once. One pass, O(n + c log n) for n records and c
+    checkpoints (:class:`ChainCheck`).
     """
     lookup = key_lookup(keys)
     indices: dict[str, set[int]] = {}
@@ -180,22 +215,23 @@ def verify_log(
         else:
             ch = chains.setdefault(it.origin, _Chain(report=ChainReport(it.origin)))
             _check_signer(it, ch, signer_of)
-            _check_checkpoint(it, ch, lookup, prove_each=prove_each)
+            _check_checkpoint(it, ch, lookup)
     for name, ch in chains.items():
-        if ch.cp_size < len(ch.leaves) and not allow_unattested_tail:
+        read, attested = ch.check.range.size, ch.check.cp_size
+        if attested < read and not allow_unattested_tail:
             msg = (
-                f"unattested_tail: {len(ch.leaves) - ch.cp_size} record(s) after the last "
+                f"unattested_tail: {read - attested} record(s) after the last "
                 "checkpoint (log truncated, or still being written)"
             )
             raise AuditError(
                 msg,
-                chain=name, index=ch.cp_size,
+                chain=name, index=attested,
             )
         want = (expected_sizes or {}).get(name)
-        if want is not None and len(ch.leaves) < want:
-            msg = f"truncated: expected {want} records; found {len(ch.leaves)}"
+        if want is not None and read < want:
+            msg = f"truncated: expected {want} records; found {read}"
             raise AuditError(msg,
-                             chain=name, index=len(ch.leaves))
+                             chain=name, index=read)
     for name in (expected_sizes or {}):
         if name not in chains:
             raise AuditError("truncated: chain missing entirely", chain=name, index=0)
@@ -212,11 +248,11 @@ def _check_signer(cp: AuditCheckpoint, ch: _Chain,
     elif name != ch.signer:
         msg = (f"wrong_signer: checkpoint at size {cp.size} signed by {name!r}, the chain's "
                f"earlier ones by {ch.signer!r}")
-        raise AuditError(msg, chain=cp.origin, index=ch.cp_size)
+        raise AuditError(msg, chain=cp.origin, index=ch.check.cp_size)
 
 
 def _check_record(rec: AuditRecord, ch: _Chain, present: set[int]) -> None:
-    expected = len(ch.leaves)
+    expected = ch.check.range.size
     if rec.index != expected:
         if rec.index < expected:
             msg = f"duplicate_or_reorder: index {rec.index} seen after {expected - 1}"
@@ -229,53 +265,25 @@ def _check_record(rec: AuditRecord, ch: _Chain, present: set[int]) -> None:
         msg = f"gap: records {expected}..{rec.index - 1} are missing"
         raise AuditError(msg,
                          chain=rec.chain, index=expected)
-    leaf = record_leaf(rec)
-    if rec.leaf_hash is None or rec.leaf_hash != leaf.hex():
-        raise AuditError("leaf_hash_mismatch: record content does not match its leaf hash",
-                         chain=rec.chain, index=rec.index)
-    ch.leaves.append(leaf)
+    ch.check.append(rec)
     ch.report.records += 1
 
 
-def _check_checkpoint(cp: AuditCheckpoint, ch: _Chain, lookup: KeyLookup, *,
-                      prove_each: bool) -> None:
-    where = ch.cp_size
-    try:
-        key = lookup(cp.key_id or "", cp.ts)
-        verify_checkpoint(cp, key)
-    except VerificationError as err:
-        msg = f"bad_checkpoint: checkpoint at size {cp.size}: {err}"
-        raise AuditError(msg,
-                         chain=cp.origin, index=where) from None
-    if cp.size < ch.cp_size:
-        msg = f"checkpoint_rollback: size {cp.size} after {ch.cp_size}"
-        raise AuditError(msg,
-                         chain=cp.origin, index=cp.size)
-    if cp.size > len(ch.leaves):
-        msg = (
-            f"truncated: checkpoint covers {cp.size} records; only "
-                         f"{len(ch.leaves)} present"
-        )
-        raise AuditError(msg, chain=cp.origin, index=len(ch.leaves))
-    leaves = ch.leaves[: cp.size]
-    levels = tree_levels(leaves) if leaves else [[]]
-    root = levels[-1][0] if leaves else EMPTY_ROOT
-    if root.hex() != cp.root:
-        msg = (
-            f"checkpoint_root_mismatch: records {where}..{cp.size - 1} do not "
-                         f"hash to the signed root"
-        )
-        raise AuditError(msg, chain=cp.origin, index=where)
-    if prove_each:
-        for i in range(ch.cp_size, cp.size):
-            verify_inclusion(leaves[i], i, cp.size, proof_from_levels(i, levels), root)
-    if 0 < ch.cp_size < cp.size:
-        verify_consistency(ch.cp_size, cp.size, ch.cp_root, root,
-                           consistency_proof(ch.cp_size, leaves))
+def _check_checkpoint(cp: AuditCheckpoint, ch: _Chain, lookup: KeyLookup) -> None:
+    read = ch.check.range.size
+    if cp.size > read and cp.size >= ch.check.cp_size:
+        try:  # a forged checkpoint is bad_checkpoint, whatever its size
+            verify_checkpoint(cp, lookup(cp.key_id or "", cp.ts))
+        except VerificationError as err:
+            msg = f"bad_checkpoint: checkpoint at size {cp.size}: {err}"
+            raise AuditError(msg, chain=cp.origin, index=ch.check.cp_size) from None
+        msg = f"truncated: checkpoint covers {cp.size} records; only {read} present"
+        raise AuditError(msg, chain=cp.origin, index=read)
+    if not ch.check.checkpoint(cp, lookup):
+        msg = f"repeated_checkpoint: a second checkpoint at size {cp.size}"
+        raise AuditError(msg, chain=cp.origin, index=cp.size)
     ch.report.attested = cp.size
     ch.report.checkpoints += 1
-    ch.cp_size = cp.size
-    ch.cp_root = root
 
 
 def prove(items: Sequence[AuditItem], record_id: str) -> dict[str, Any]:
