@@ -23,7 +23,14 @@ from typing import Any
 
 from riskguard.connectors.audit_tail import read_items
 from riskguard.errors import AuditError, BrokerError, ConfigError
-from riskguard.operators.audit import AuditItem, check_proof, prove, read_jsonl, verify_log
+from riskguard.operators.audit import (
+    AuditItem,
+    ChainReport,
+    check_proof,
+    prove,
+    read_jsonl,
+    verify_log,
+)
 from riskguard.operators.signing.crypto import VerifyKey, load_public_key
 from riskguard.operators.signing.trust import RootSet, TrustStore
 from riskguard.schemas.audit import AuditRecord
@@ -101,8 +108,18 @@ def _verify(args: argparse.Namespace) -> int:
         sys.stdout.write(f"ok   {_source(args)} holds no audit records (--allow-empty)\n")
     for name, r in sorted(report.items()):
         sys.stdout.write(f"ok   chain {name}: {r.records} records, {r.checkpoints} signed "
-                         f"checkpoints, {r.attested} attested\n")
+                         f"checkpoints, {r.attested} attested{_unsigned(r)}\n")
     return 0
+
+
+def _unsigned(r: ChainReport) -> str:
+    """What of a chain no checkpoint vouches for (accepted with --allow-tail)."""
+    if not r.checkpoints and r.records:
+        return "; NO signed checkpoint: none of its records is verified (--allow-tail)"
+    if r.records > r.attested:
+        return (f"; {r.records - r.attested} after the last checkpoint, not verified "
+                "(--allow-tail)")
+    return ""
 
 
 def _prove(args: argparse.Namespace) -> int:
@@ -175,7 +192,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--allow-empty", action="store_true",
                    help="accept a log with no records (else an empty log fails)")
     v.add_argument("--expect-size", action="append", metavar="CHAIN=N",
-                   help="minimum records per chain (detects truncation at a checkpoint)")
+                   help="minimum records a signed checkpoint attests per chain (detects "
+                   "truncation at a checkpoint)")
     v.set_defaults(func=_verify)
     p = a.add_parser("prove", help="print an inclusion proof for one record")
     p.add_argument("record_id", help="the record to prove, e.g. riskguard/p0:17")

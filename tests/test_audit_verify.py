@@ -189,3 +189,53 @@ def test_a_repeated_checkpoint_fails_verification_and_a_start_ignores_it() -> No
     assert reason([*log[:5], first, *log[5:]]) == "repeated_checkpoint"
     assert resume_states([*log, last], KEYS)["riskguard/p0"].size == 8
 
+
+
+def _unsigned_records(chain: str, start: int, stop: int) -> Log:
+    """Records anyone can write: correct leaf hashes, no checkpoint."""
+    from riskguard.operators.audit import record_leaf
+
+    out: Log = []
+    for i in range(start, stop):
+        rec = AuditRecord(record_id=f"{chain}:{i}", chain=chain, index=i, ts=i,
+                          kind="command", operator="mitigation", operator_version="t",
+                          config_hash="0" * 64, input_digest="0" * 64, body={"n": i})
+        out.append(msgspec.structs.replace(rec, leaf_hash=record_leaf(rec).hex()))
+    return out
+
+
+def test_expect_size_counts_attested_records_only(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A log truncated at a checkpoint with unsigned records appended in place of the
+    lost ones fails ``--expect-size``, even with ``--allow-tail``."""
+    from riskguard.cli import main
+
+    real = chain_log(8)
+    cut = next(i for i, x in enumerate(real) if isinstance(x, AuditCheckpoint)) + 1
+    forged = real[:cut] + _unsigned_records("riskguard/p0", 4, 8)
+    assert reason(forged, allow_unattested_tail=True,
+                  expected_sizes={"riskguard/p0": 8}) == "truncated"
+    log = _write(tmp_path / "audit.jsonl", forged)
+    args = ["audit", "verify", "--file", log, "--pubkey", _pubkey(tmp_path), "--allow-tail"]
+    assert main([*args, "--expect-size", "riskguard/p0=8"]) == 1
+    assert "expected 8 attested records; found 4" in capsys.readouterr().out
+    assert main([*args, "--expect-size", "riskguard/p0=4"]) == 0
+    assert "4 after the last checkpoint, not verified" in capsys.readouterr().out
+
+
+def test_a_chain_with_no_checkpoint_is_reported_as_unverified(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Under ``--allow-tail`` a chain with no signed checkpoint passes only as a tail,
+    and its line says nothing of it is verified; ``--expect-size`` on it fails."""
+    from riskguard.cli import main
+
+    log = _write(tmp_path / "audit.jsonl",
+                 chain_log(8) + _unsigned_records("riskguard/p9", 0, 3))
+    args = ["audit", "verify", "--file", log, "--pubkey", _pubkey(tmp_path), "--allow-tail"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "chain riskguard/p9: 3 records, 0 signed checkpoints, 0 attested; NO signed " \
+           "checkpoint: none of its records is verified" in out
+    assert "chain riskguard/p0: 8 records, 2 signed checkpoints, 8 attested\n" in out
+    assert main([*args, "--expect-size", "riskguard/p9=1"]) == 1
+    assert "FAIL" in capsys.readouterr().out

@@ -195,7 +195,9 @@ def verify_log(
 
     ``keys`` maps checkpoint ``key_id`` to a public key (or is a :data:`KeyLookup`).
     ``expected_sizes`` (chain -> size, e.g. from a checkpoint published elsewhere)
-    detects truncation at a checkpoint boundary. With ``signer_of`` (a key id -> its
+    detects truncation at a checkpoint boundary: a chain must hold that many records a
+    checkpoint attests (records after its last checkpoint, which anyone could have
+    written, do not count). With ``signer_of`` (a key id -> its
     trust-file name) every checkpoint of a chain must be signed under the name that
     signed its first (``wrong_signer`` otherwise): no trusted key vouches for another's
     chain. A checkpoint repeating an earlier one (``repeated_checkpoint``) fails: the
@@ -228,10 +230,11 @@ def verify_log(
                 chain=name, index=attested,
             )
         want = (expected_sizes or {}).get(name)
-        if want is not None and read < want:
-            msg = f"truncated: expected {want} records; found {read}"
+        if want is not None and attested < want:
+            tail = f" (and {read - attested} unsigned after them)" if read > attested else ""
+            msg = f"truncated: expected {want} attested records; found {attested}{tail}"
             raise AuditError(msg,
-                             chain=name, index=read)
+                             chain=name, index=attested)
     for name in (expected_sizes or {}):
         if name not in chains:
             raise AuditError("truncated: chain missing entirely", chain=name, index=0)
