@@ -53,6 +53,30 @@ def _keys(args: argparse.Namespace) -> tuple[dict[str, VerifyKey] | Callable[[st
     raise ConfigError("--trust/--pubkey", "the keys that sign checkpoints")
 
 
+def _issuers(args: argparse.Namespace, names: Callable[[str], str | None] | None
+             ) -> dict[str, str] | None:
+    """Replica id -> the trust-file name that signs its chains: ``--issuer`` flags, else
+    ``[replica] issuers`` of ``--config``; None if neither gives any."""
+    out: dict[str, str] = {}
+    for kv in getattr(args, "issuer", None) or []:
+        replica, _, name = kv.partition("=")
+        if not replica or not name:
+            raise ConfigError("--issuer", "REPLICA=NAME (a replica id and its key's name in "
+                              "the trust file)", kv)
+        out[replica] = name
+    config = getattr(args, "config", None)
+    if not out and config:
+        from riskguard.config import read_toml  # noqa: PLC0415
+
+        listed = read_toml(config).get("replica", {}).get("issuers", {})
+        if isinstance(listed, dict):
+            out = {str(k): str(v) for k, v in listed.items()}
+    if out and names is None:
+        raise ConfigError("--issuer", "--trust (the names are the trust file's)",
+                          "--pubkey")
+    return out or None
+
+
 def _source(args: argparse.Namespace) -> str:
     return f"topic {args.topic!r}" if args.topic else f"file {args.file!r}"
 
@@ -92,6 +116,7 @@ def _expected_sizes(pairs: list[str] | None) -> dict[str, int]:
 
 def _verify(args: argparse.Namespace) -> int:
     keys, signer_of = _keys(args)
+    issuers = _issuers(args, signer_of)
     expected = _expected_sizes(args.expect_size)
     try:
         items = _read(args)
@@ -100,7 +125,7 @@ def _verify(args: argparse.Namespace) -> int:
                    "(--allow-empty accepts an empty log)")
             raise AuditError(msg)
         report = verify_log(items, keys, allow_unattested_tail=args.allow_tail,
-                            expected_sizes=expected, signer_of=signer_of)
+                            expected_sizes=expected, signer_of=signer_of, issuers=issuers)
     except AuditError as err:
         sys.stdout.write(f"FAIL {err}\n")
         return 1
@@ -151,10 +176,11 @@ def _load_proof(path: str) -> Any:
 
 
 def _check_proof(args: argparse.Namespace) -> int:
-    keys, _names = _keys(args)
+    keys, names = _keys(args)
+    issuers = _issuers(args, names)
     try:
         doc = _load_proof(args.proof)
-        check_proof(doc, keys)
+        check_proof(doc, keys, signer_of=names, issuers=issuers)
     except AuditError as err:
         sys.stdout.write(f"FAIL {err}\n")
         return 1
@@ -179,6 +205,10 @@ def _key_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust", help="trust.toml naming the checkpoint keys")
     p.add_argument("--roots", help="roots.toml for --trust")
     p.add_argument("--pubkey", action="append", help="checkpoint public key file (repeatable)")
+    p.add_argument("--issuer", action="append", metavar="REPLICA=NAME",
+                   help="the trust-file name whose key signs replica REPLICA's chains "
+                   "(repeatable; default: [replica] issuers of --config). Given, a "
+                   "replica's chain signed by another key, or of a replica not named, fails")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -239,3 +239,65 @@ def test_a_chain_with_no_checkpoint_is_reported_as_unverified(
     assert "chain riskguard/p0: 8 records, 2 signed checkpoints, 8 attested\n" in out
     assert main([*args, "--expect-size", "riskguard/p9=1"]) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+def _replica_log(chain: str, signer: object) -> Log:
+    logic = AuditLogic(chain, signer, AuditConfig(checkpoint_every=2))  # type: ignore[arg-type]
+    return [x for i in range(4) for x in logic.on_event({"n": i})]
+
+
+def test_one_replicas_key_cannot_vouch_for_anothers_chain(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Replica b's key (engine-2) signing a whole chain of replica a: fails with the
+    replicas' issuers given; without them, fails when b's own chains are in the log
+    too (one name signs one replica's chains)."""
+    from riskguard.cli import main
+    from signing_fixtures import ENGINE2, write_signed_trust
+
+    trust, roots = write_signed_trust(tmp_path)
+    keys = ["--trust", str(trust), "--roots", str(roots)]
+    forged_a = _replica_log("riskguard@a/p0", ENGINE2)
+    real_b = _replica_log("riskguard@b/p0", ENGINE2)
+    real_a = _replica_log("riskguard@a/p0", ENGINE)
+    both = _write(tmp_path / "both.jsonl", real_b + forged_a)
+    only = _write(tmp_path / "only.jsonl", forged_a)
+    good = _write(tmp_path / "good.jsonl", real_a + real_b)
+    named = ["--issuer", "a=engine-1", "--issuer", "b=engine-2"]
+
+    def verify(log: str, *extra: str) -> tuple[int, str]:
+        code = main(["audit", "verify", "--file", log, *keys, *extra])
+        return code, capsys.readouterr().out
+
+    assert verify(both)[0] == 1  # engine-2 signs b's chains: not a's too
+    code, out = verify(only, *named)
+    assert code == 1 and "wrong_signer" in out and "issuer is 'engine-1'" in out
+    code, out = verify(only, "--issuer", "b=engine-2")
+    assert code == 1 and "unknown_replica" in out
+    assert verify(good, *named)[0] == 0
+    config = tmp_path / "guard.toml"
+    config.write_text('[replica]\nid = "a"\npeers = ["a", "b"]\n'
+                      'issuers = { a = "engine-1", b = "engine-2" }\n')
+    assert verify(only, "--config", str(config))[0] == 1
+    assert verify(good, "--config", str(config))[0] == 0
+
+
+def test_check_proof_with_issuers_refuses_another_replicas_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from riskguard.cli import main
+    from riskguard.operators.audit import prove
+    from signing_fixtures import ENGINE2, write_signed_trust
+
+    trust, roots = write_signed_trust(tmp_path)
+    proof = tmp_path / "proof.json"
+    proof.write_text(json.dumps(prove(_replica_log("riskguard@a/p0", ENGINE2),
+                                      "riskguard@a/p0:1")))
+    args = ["audit", "check-proof", str(proof), "--trust", str(trust), "--roots", str(roots)]
+    assert main(args) == 0  # any checkpoint key vouches without the issuers
+    capsys.readouterr()
+    assert main([*args, "--issuer", "a=engine-1", "--issuer", "b=engine-2"]) == 1
+    assert "wrong_signer" in capsys.readouterr().out
+    assert main([*args, "--issuer", "a=engine-2"]) == 0
+    assert main(["audit", "check-proof", str(proof), "--pubkey", _pubkey(tmp_path),
+                 "--issuer", "a=engine-1"]) == 2

@@ -29,7 +29,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from riskguard.operators.audit.chain import record_leaf, verify_checkpoint
+from riskguard.operators.audit.chain import record_leaf, replica_of, verify_checkpoint
 from riskguard.operators.audit.merkle import CompactRange
 from riskguard.operators.audit.verify import AuditItem, KeyLookup, key_lookup
 from riskguard.operators.core.snapshot import persisted
@@ -52,16 +52,6 @@ MAX_CANDIDATES = 3
 """Records kept per index (the real one and forged ones claiming its place)."""
 MAX_CHOICES = 64
 """Combinations of candidates a checkpoint is tried against."""
-
-
-def replica_of(chain: str) -> str | None:
-    """The replica of a chain name ``<origin>@<replica>/p<n>`` (None: not a replica's).
-
-    >>> replica_of("riskguard@a/p0"), replica_of("riskguard/p0")
-    ('a', None)
-    """
-    head = chain.split("/", 1)[0]
-    return head.split("@", 1)[1] if "@" in head else None
 
 
 def replica_chains(origin: str | None = None, replicas: Iterable[str] = (),

@@ -26,6 +26,16 @@ STATE_VERSION = 1
 _NS_PER_S = 1_000_000_000
 
 
+def replica_of(chain: str) -> str | None:
+    """The replica of a chain name ``<origin>@<replica>/p<n>`` (None: not a replica's).
+
+    >>> replica_of("riskguard@a/p0"), replica_of("riskguard/p0")
+    ('a', None)
+    """
+    head = chain.split("/", 1)[0]
+    return head.split("@", 1)[1] if "@" in head else None
+
+
 def record_body(rec: AuditRecord) -> bytes:
     """Canonical bytes of a record without its ``leaf_hash`` (sorted-key JSON)."""
     return msgspec.json.encode(msgspec.structs.replace(rec, leaf_hash=None), order="sorted")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import msgspec
-from riskguard.operators.audit.chain import record_leaf, verify_checkpoint
+from riskguard.operators.audit.chain import record_leaf, replica_of, verify_checkpoint
 from riskguard.operators.audit.merkle import CompactRange, inclusion_proof, verify_inclusion
 from riskguard.operators.signing.crypto import VerifyKey
 from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
@@ -190,6 +190,7 @@ def verify_log(
     allow_unattested_tail: bool = False,
     expected_sizes: Mapping[str, int] | None = None,
     signer_of: Callable[[str], str | None] | None = None,
+    issuers: Mapping[str, str] | None = None,
 ) -> dict[str, ChainReport]:
     """Verify an audit log; return a report per chain or raise ``AuditError``.
 
@@ -199,12 +200,19 @@ def verify_log(
     checkpoint attests (records after its last checkpoint, which anyone could have
     written, do not count). With ``signer_of`` (a key id -> its
     trust-file name) every checkpoint of a chain must be signed under the name that
-    signed its first (``wrong_signer`` otherwise): no trusted key vouches for another's
-    chain. A checkpoint repeating an earlier one (``repeated_checkpoint``) fails: the
+    signed its first, and no name signs the chains of two replicas
+    (``wrong_signer`` otherwise). ``issuers`` (replica id -> the name that signs its
+    chains, ``[replica] issuers``) says whose each replica's chains are: a replica's
+    chain (``<origin>@<id>/p<n>``) must be signed by its issuer, and one of a replica
+    ``issuers`` does not name fails (``unknown_replica``). Without it, a chain signed
+    throughout by another replica's key passes if that replica's own chains are absent. A checkpoint repeating an earlier one (``repeated_checkpoint``) fails: the
     writer signs each size once. One pass, O(n + c log n) for n records and c
     checkpoints (:class:`ChainCheck`).
     """
     lookup = key_lookup(keys)
+    if issuers is not None and signer_of is None:
+        raise ValueError("issuers needs signer_of, the names of the trust file's keys")
+    owners = _Owners(signer_of, issuers)
     indices: dict[str, set[int]] = {}
     for it in items:
         if isinstance(it, AuditRecord):
@@ -216,7 +224,7 @@ def verify_log(
             _check_record(it, ch, indices[it.chain])
         else:
             ch = chains.setdefault(it.origin, _Chain(report=ChainReport(it.origin)))
-            _check_signer(it, ch, signer_of)
+            owners.check(it, ch)
             _check_checkpoint(it, ch, lookup)
     for name, ch in chains.items():
         read, attested = ch.check.range.size, ch.check.cp_size
@@ -241,17 +249,43 @@ def verify_log(
     return {name: ch.report for name, ch in chains.items()}
 
 
-def _check_signer(cp: AuditCheckpoint, ch: _Chain,
-                  signer_of: Callable[[str], str | None] | None) -> None:
-    if signer_of is None:
-        return
-    name = signer_of(cp.key_id or "") or ""
-    if ch.signer is None:
-        ch.signer = name
-    elif name != ch.signer:
-        msg = (f"wrong_signer: checkpoint at size {cp.size} signed by {name!r}, the chain's "
-               f"earlier ones by {ch.signer!r}")
-        raise AuditError(msg, chain=cp.origin, index=ch.check.cp_size)
+class _Owners:
+    """Who may sign each chain's checkpoints (see :func:`verify_log`)."""
+
+    def __init__(self, signer_of: Callable[[str], str | None] | None,
+                 issuers: Mapping[str, str] | None) -> None:
+        self.signer_of = signer_of
+        self.issuers = issuers
+        self.replica_of_name: dict[str, str] = {}  # a signer -> the replica it signs for
+
+    def check(self, cp: AuditCheckpoint, ch: _Chain) -> None:
+        if self.signer_of is None:
+            return
+        name = self.signer_of(cp.key_id or "") or ""
+        where = {"chain": cp.origin, "index": ch.check.cp_size}
+        replica = replica_of(cp.origin)
+        if replica is not None and self.issuers is not None:
+            owner = self.issuers.get(replica)
+            if owner is None:
+                msg = (f"unknown_replica: chain of replica {replica!r}, whose issuer is not "
+                       f"given (replicas named: {', '.join(sorted(self.issuers)) or 'none'})")
+                raise AuditError(msg, **where)  # type: ignore[arg-type]
+            if name != owner:
+                msg = (f"wrong_signer: checkpoint at size {cp.size} signed by {name!r}; "
+                       f"replica {replica!r}'s issuer is {owner!r}")
+                raise AuditError(msg, **where)  # type: ignore[arg-type]
+        if replica is not None:
+            other = self.replica_of_name.setdefault(name, replica)
+            if other != replica:
+                msg = (f"wrong_signer: checkpoint at size {cp.size} signed by {name!r}, "
+                       f"which signs replica {other!r}'s chains")
+                raise AuditError(msg, **where)  # type: ignore[arg-type]
+        if ch.signer is None:
+            ch.signer = name
+        elif name != ch.signer:
+            msg = (f"wrong_signer: checkpoint at size {cp.size} signed by {name!r}, the "
+                   f"chain's earlier ones by {ch.signer!r}")
+            raise AuditError(msg, **where)  # type: ignore[arg-type]
 
 
 def _check_record(rec: AuditRecord, ch: _Chain, present: set[int]) -> None:
@@ -328,7 +362,9 @@ def prove(items: Sequence[AuditItem], record_id: str) -> dict[str, Any]:
 PROOF_FIELDS = ("record", "leaf_hash", "index", "tree_size", "proof", "checkpoint")
 
 
-def check_proof(doc: Any, keys: Mapping[str, VerifyKey] | KeyLookup) -> None:
+def check_proof(doc: Any, keys: Mapping[str, VerifyKey] | KeyLookup, *,
+                signer_of: Callable[[str], str | None] | None = None,
+                issuers: Mapping[str, str] | None = None) -> None:
     """Verify a document made by :func:`prove`; return nothing or raise ``AuditError``.
 
     The document claims "record ``record_id`` is leaf ``index`` of chain ``origin``'s
@@ -337,7 +373,10 @@ def check_proof(doc: Any, keys: Mapping[str, VerifyKey] | KeyLookup) -> None:
     ``record_id`` (``<chain>:<index>``), tree size and the checkpoint's size and origin
     agree; the inclusion path leads from that leaf to the signed root; the signature
     verifies under a checkpoint key ``keys`` accepts; and the document is exactly what
-    :func:`prove` prints for those values (else ``malformed``).
+    :func:`prove` prints for those values (else ``malformed``). With ``issuers``
+    (replica id -> issuer) and ``signer_of`` (a key id -> its trust-file name), a
+    replica's chain must be signed by its issuer (``wrong_signer``,
+    ``unknown_replica``); without them, any checkpoint key vouches for any chain.
     """
     rec, cp, index, tree_size, claimed, path, leaf = _read_proof(doc)
     chain, at = rec.chain, rec.index
@@ -367,6 +406,8 @@ def check_proof(doc: Any, keys: Mapping[str, VerifyKey] | KeyLookup) -> None:
     except VerificationError as err:
         msg = f"bad_checkpoint: {err}"
         raise AuditError(msg, chain=chain, index=at) from None
+    if issuers is not None:
+        _check_issuer(cp, chain, at, signer_of, issuers)
     verify_inclusion(leaf, index, tree_size, path, bytes.fromhex(cp.root))
     canonical = {
         "record": msgspec.to_builtins(rec), "leaf_hash": leaf.hex(), "index": index,
@@ -377,6 +418,24 @@ def check_proof(doc: Any, keys: Mapping[str, VerifyKey] | KeyLookup) -> None:
         raise AuditError("not_canonical: the document differs from the proof of what it "
                          "claims (a field added, left out or spelled otherwise)",
                          chain=chain, index=at)
+
+
+def _check_issuer(cp: AuditCheckpoint, chain: str, at: int,
+                  signer_of: Callable[[str], str | None] | None,
+                  issuers: Mapping[str, str]) -> None:
+    if signer_of is None:
+        raise ValueError("issuers needs signer_of, the names of the trust file's keys")
+    replica = replica_of(chain)
+    if replica is None:
+        return
+    owner = issuers.get(replica)
+    if owner is None:
+        msg = f"unknown_replica: chain of replica {replica!r}, whose issuer is not given"
+        raise AuditError(msg, chain=chain, index=at)
+    name = signer_of(cp.key_id or "")
+    if name != owner:
+        msg = f"wrong_signer: signed by {name!r}; replica {replica!r}'s issuer is {owner!r}"
+        raise AuditError(msg, chain=chain, index=at)
 
 
 def _read_proof(doc: Any) -> tuple[AuditRecord, AuditCheckpoint, int, int, bytes,
