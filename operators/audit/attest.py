@@ -86,6 +86,7 @@ class ChainTail:
     peaks: list[bytes] = field(default_factory=list)
     pending: dict[int, list[AuditRecord]] = field(default_factory=dict)
     held: int = 0  # the records in pending
+    cp_ts: int = -1  # the time of the newest checkpoint believed
 
 
 @persisted("riskguard.attest")
@@ -97,12 +98,14 @@ class AttestState:
     counts: dict[str, int] = field(default_factory=dict)
     broken: dict[str, str] = field(default_factory=dict)
     signers: dict[str, str] = field(default_factory=dict)  # chain -> who signs its checkpoints
-    version: int = 1
+    version: int = 2
 
 
 class Attestor:
     """``on_item(item) -> [attested records..., checkpoint]``: what a signed checkpoint
-    vouches for, in order; everything else is held back or counted.
+    vouches for, in order; everything else is held back or counted. A checkpoint is
+    passed on only if it is newer than the last one believed (more records, or the same
+    size signed later): a copy of an old one (``replayed_checkpoints``) is not.
 
     ``keys``: the keys that may sign checkpoints (a trust file's ``checkpoint_key``).
     ``follow``: which chains to follow: a name prefix, or a test such as
@@ -190,6 +193,10 @@ class Attestor:
         if cp.size < tail.size:
             self._count("stale_checkpoints")
             return []
+        if cp.size == tail.size and cp.ts <= tail.cp_ts:
+            # a copy of one already believed says nothing new: not that its writer lives
+            self._count("replayed_checkpoints")
+            return []
         start = tail.size
         options = [tail.pending.get(i, []) for i in range(start, cp.size)]
         if any(not o for o in options):
@@ -205,6 +212,7 @@ class Attestor:
             self.state.broken.setdefault(chain, f"the records before the checkpoint at size "
                                                 f"{cp.size} do not hash to its signed root")
             return []
+        tail.cp_ts = max(tail.cp_ts, cp.ts)
         self._count("attested", len(chosen))
         self._count("unattested", sum(len(o) for o in options) - len(chosen))
         return [*chosen, cp]
@@ -254,7 +262,7 @@ class Attestor:
         st = self.state
         return AttestState(
             chains={k: ChainTail(t.size, list(t.peaks), {i: list(r) for i, r in
-                                                        t.pending.items()}, t.held)
+                                                        t.pending.items()}, t.held, t.cp_ts)
                     for k, t in st.chains.items()},
             counts=dict(st.counts), broken=dict(st.broken), signers=dict(st.signers),
             version=st.version)

@@ -98,7 +98,7 @@ class ReplicaWatchState:
     # what signed checkpoints vouch for (a watch given the checkpoint keys)
     attest: AttestState | None = None
     unverified: list[str] = field(default_factory=list)  # chains alerted as unverified
-    version: int = 1
+    version: int = 2
 
 
 class ReplicaWatchLogic:
@@ -148,6 +148,8 @@ class ReplicaWatchLogic:
         return out
 
     def _believed(self, item: AuditRecord | AuditCheckpoint, now: int) -> list[RiskAlert]:
+        """A record or checkpoint believed: its replica writes (with keys, the attestor
+        passes on only records new to a chain and checkpoints newer than its last)."""
         replica = replica_of(item.chain if isinstance(item, AuditRecord) else item.origin)
         if replica is None or (self.config.peers and replica not in self.config.peers):
             return []

@@ -1,0 +1,86 @@
+"""The attestor and the replica watch against forged and replayed audit items: records
+anyone may write, and copies of genuine checkpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from riskguard.operators.audit import ReplicaWatchConfig, ReplicaWatchLogic
+from riskguard.operators.audit.attest import Attestor
+from riskguard.operators.audit.chain import record_leaf, sign_checkpoint
+from riskguard.operators.audit.merkle import CompactRange
+from riskguard.operators.core.clock import ManualClock
+from riskguard.operators.core.snapshot import decode_snapshot, encode_snapshot
+from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
+from signing_fixtures import ENGINE, ENGINE2
+
+KEYS = {ENGINE.key_id: ENGINE.public_key, ENGINE2.key_id: ENGINE2.public_key}
+NAMES = {ENGINE.key_id: "engine-1", ENGINE2.key_id: "engine-2"}
+S = 1_000_000_000
+Item = AuditRecord | AuditCheckpoint
+
+
+def command(chain: str, index: int, decision: str, pad: str = "") -> AuditRecord:
+    """A command record of ``chain`` with its leaf hash (what anyone can write)."""
+    body: dict[str, Any] = {"decision_id": decision, "action": "reduce_only",
+                            "scope": {"kind": "venue", "value": "okx"}}
+    if pad:
+        body["pad"] = pad
+    rec = AuditRecord(record_id=f"{chain}:{index}", chain=chain, index=index, ts=index,
+                      kind="command", operator="mitigation", operator_version="t",
+                      config_hash="0" * 64, input_digest="0" * 64, body=body)
+    return msgspec.structs.replace(rec, leaf_hash=record_leaf(rec).hex())
+
+
+def signed_chain(chain: str, decisions: list[str], signer: Any, every: int = 8) -> list[Item]:
+    """A replica's chain: its records and a checkpoint every ``every`` records."""
+    rng, out = CompactRange(), []  # type: ignore[var-annotated]
+    for i, d in enumerate(decisions):
+        rec = command(chain, i, d)
+        out.append(rec)
+        rng.append(record_leaf(rec))
+        if rng.size % every == 0 or i == len(decisions) - 1:
+            out.append(sign_checkpoint(chain, rng.size, rng.root(), i, signer))
+    return out
+
+
+def watch(clock: ManualClock, **kw: Any) -> ReplicaWatchLogic:
+    cfg = ReplicaWatchConfig(peers=("a", "b"), tolerance_s=5, silent_s=60, **kw)
+    return ReplicaWatchLogic(cfg, clock, keys=KEYS, signer_of=NAMES.get)
+
+
+def test_a_replayed_checkpoint_does_not_keep_a_dead_replica_alive() -> None:
+    """Replica a writes two decisions and stops; copies of its last (genuine)
+    checkpoint keep arriving. a is reported silent all the same: a checkpoint counts
+    as the replica writing only if it is newer than the last believed."""
+    a = signed_chain("riskguard@a/p0", ["d0", "d1"], ENGINE)
+    b = signed_chain("riskguard@b/p0", [f"d{i}" for i in range(40)], ENGINE2, every=2)
+    clock = ManualClock(0)
+    w = watch(clock)
+    alerts = [x for it in a + b[:3] for x in w.on_event(it)]
+    for k, it in enumerate(b[3:]):
+        clock.advance(8 * S)
+        alerts += w.on_event(it)
+        if k % 3 == 0:
+            alerts += w.on_event(a[-1])
+        if k == 10:  # a restart in between keeps what was believed
+            w = ReplicaWatchLogic(w.config, clock, decode_snapshot(encode_snapshot(
+                w.snapshot())), keys=KEYS, signer_of=NAMES.get)
+    silent = [x for x in alerts if x.kind == "replica_silent"]
+    assert [x.details["replica"] for x in silent] == ["a"]
+    assert w.state.attest is not None
+    assert w.state.attest.counts["replayed_checkpoints"] > 5
+
+
+def test_a_checkpoint_of_the_same_size_signed_later_is_news() -> None:
+    """The same tree signed again at a later time is the replica writing."""
+    a = signed_chain("riskguard@a/p0", ["d0"], ENGINE)
+    cp = a[-1]
+    assert isinstance(cp, AuditCheckpoint)
+    att = Attestor(KEYS)
+    assert [type(x).__name__ for it in a for x in att.on_item(it)] == [
+        "AuditRecord", "AuditCheckpoint"]
+    assert att.on_item(cp) == []
+    later = sign_checkpoint(cp.origin, cp.size, bytes.fromhex(cp.root), cp.ts + 1, ENGINE)
+    assert att.on_item(later) == [later]
