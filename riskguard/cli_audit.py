@@ -26,6 +26,7 @@ from riskguard.errors import AuditError, BrokerError, ConfigError
 from riskguard.operators.audit import (
     AuditItem,
     ChainReport,
+    KeyLookup,
     check_proof,
     prove,
     read_jsonl,
@@ -39,7 +40,7 @@ from riskguard.schemas.json_limits import check_json_depth
 DEFAULT_BROKERS = "127.0.0.1:9092"
 
 
-def _keys(args: argparse.Namespace) -> tuple[dict[str, VerifyKey] | Callable[[str], VerifyKey],
+def _keys(args: argparse.Namespace) -> tuple[dict[str, VerifyKey] | KeyLookup,
                                             Callable[[str], str | None] | None]:
     """The checkpoint keys, and (from a trust file) the name each speaks for."""
     if args.trust:

@@ -76,7 +76,7 @@ def test_an_origin_that_would_make_unreadable_chain_names_is_refused(origin: str
     reader could decode."""
     from riskguard.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="audit.origin"):
+    with pytest.raises(ConfigError, match=r"audit\.origin"):
         AuditConfig(origin=origin)
 
 
@@ -89,7 +89,7 @@ def test_the_longest_origin_replica_id_and_partition_still_read_back() -> None:
     assert [decode_item(msgspec.json.encode(x), "line") for x in items] == items
     from riskguard.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="audit.partitions"):
+    with pytest.raises(ConfigError, match=r"audit\.partitions"):
         AuditConfig(partitions=1001)
 
 
@@ -128,7 +128,7 @@ def test_verification_reads_each_line_exactly(edit: str) -> None:
         raw[4] = raw[4].replace(b'{"type":"audit_checkpoint",',
                                 b'{"type":"audit_checkpoint","note":"x",', 1)
     assert verify_log(read_jsonl(raw, strict=False), KEYS)  # what the hash covers verifies
-    with pytest.raises(AuditError, match="line 2|line 1|line 5"):
+    with pytest.raises(AuditError, match=r"line [125]"):
         read_jsonl(raw)
     where = next(n for n, line in enumerate(raw) if line != _lines(chain_log(4))[n])
     decode_item(raw[where], "topic")  # a guard's read takes newer writers' fields
@@ -162,8 +162,9 @@ def test_a_checkpoint_outside_its_keys_validity_window_fails(
         tmp_path: Path, offset_s: int, ok: bool, capsys: pytest.CaptureFixture[str]) -> None:
     """With ``--trust``, a checkpoint's key is judged at the checkpoint's time: one
     signed after the key's ``not_after`` (or before its ``not_before``) fails."""
-    from riskguard.cli import main
     from signing_fixtures import EXPIRED, T0, S, write_signed_trust
+
+    from riskguard.cli import main
 
     trust, roots = write_signed_trust(tmp_path)
     log = _write(tmp_path / "audit.jsonl", _timed_log(EXPIRED, T0 + offset_s * S))
@@ -251,8 +252,9 @@ def test_one_replicas_key_cannot_vouch_for_anothers_chain(
     """Replica b's key (engine-2) signing a whole chain of replica a: fails with the
     replicas' issuers given; without them, fails when b's own chains are in the log
     too (one name signs one replica's chains)."""
-    from riskguard.cli import main
     from signing_fixtures import ENGINE2, write_signed_trust
+
+    from riskguard.cli import main
 
     trust, roots = write_signed_trust(tmp_path)
     keys = ["--trust", str(trust), "--roots", str(roots)]
@@ -285,9 +287,10 @@ def test_check_proof_with_issuers_refuses_another_replicas_key(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    from riskguard.cli import main
     from riskguard.operators.audit import prove
     from signing_fixtures import ENGINE2, write_signed_trust
+
+    from riskguard.cli import main
 
     trust, roots = write_signed_trust(tmp_path)
     proof = tmp_path / "proof.json"

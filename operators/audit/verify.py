@@ -205,8 +205,9 @@ def verify_log(
     chains, ``[replica] issuers``) says whose each replica's chains are: a replica's
     chain (``<origin>@<id>/p<n>``) must be signed by its issuer, and one of a replica
     ``issuers`` does not name fails (``unknown_replica``). Without it, a chain signed
-    throughout by another replica's key passes if that replica's own chains are absent. A checkpoint repeating an earlier one (``repeated_checkpoint``) fails: the
-    writer signs each size once. One pass, O(n + c log n) for n records and c
+    throughout by another replica's key passes if that replica's own chains are absent.
+    A checkpoint repeating an earlier one (``repeated_checkpoint``) fails: the writer
+    signs each size once. One pass, O(n + c log n) for n records and c
     checkpoints (:class:`ChainCheck`).
     """
     lookup = key_lookup(keys)
