@@ -84,3 +84,76 @@ def test_a_checkpoint_of_the_same_size_signed_later_is_news() -> None:
     assert att.on_item(cp) == []
     later = sign_checkpoint(cp.origin, cp.size, bytes.fromhex(cp.root), cp.ts + 1, ENGINE)
     assert att.on_item(later) == [later]
+
+
+def test_forged_records_ahead_of_a_replicas_own_raise_no_false_divergence() -> None:
+    """Unsigned records with correct leaf hashes, one per index of replica a's chain
+    and written before a's own, neither stop a's records being attested nor make the
+    watch report a divergence."""
+    decisions = [f"d{i}" for i in range(8)]
+    a = signed_chain("riskguard@a/p0", decisions, ENGINE)
+    b = signed_chain("riskguard@b/p0", decisions, ENGINE2)
+    forged = [command("riskguard@a/p0", i, f"forged{i}") for i in range(8)]
+    clock = ManualClock(0)
+    w = watch(clock, issuers={"a": "engine-1", "b": "engine-2"})
+    alerts = [x for it in forged + a + b for x in w.on_event(it)]
+    clock.advance(6 * S)
+    alerts += w.on_event(None)
+    assert alerts == []
+    assert w.state.attest is not None
+    assert w.state.attest.counts["attested"] == 16
+
+
+def test_however_many_forgeries_claim_an_index_the_real_record_is_kept() -> None:
+    """Twenty forged records at each index before the real ones: the checkpoint still
+    finds the real ones, and every later checkpoint of the chain attests."""
+    chain = "riskguard@a/p0"
+    real = signed_chain(chain, [f"d{i}" for i in range(16)], ENGINE, every=4)
+    forged = [command(chain, i, f"f{i}-{n}") for n in range(20) for i in (0, 2)]
+    att = Attestor(KEYS)
+    out = [x for it in forged + real for x in att.on_item(it)]
+    assert [x.index for x in out if isinstance(x, AuditRecord)] == list(range(16))
+    assert att.state.broken == {}
+    assert att.state.chains[chain].held == 0
+
+
+def test_forged_records_far_ahead_are_not_held() -> None:
+    """A record whose index no checkpoint can reach soon is counted, never held."""
+    from riskguard.operators.audit.attest import MAX_AHEAD
+
+    att = Attestor(KEYS)
+    for i in range(50):
+        att.on_item(command("riskguard@a/p0", MAX_AHEAD + i, f"far{i}", pad="x" * 8000))
+    assert att.state.chains["riskguard@a/p0"].held == 0
+    assert att.state.counts["unattested"] == 50
+    real = signed_chain("riskguard@a/p0", ["d0", "d1"], ENGINE)
+    assert sum(isinstance(x, AuditRecord) for it in real for x in att.on_item(it)) == 2
+
+
+def test_contested_records_survive_a_restore() -> None:
+    """What is held, forged claimants included, is in the snapshot: restored, the
+    attestor attests the real records when their checkpoint comes."""
+    chain = "riskguard@a/p0"
+    real = signed_chain(chain, [f"d{i}" for i in range(4)], ENGINE, every=4)
+    att = Attestor(KEYS)
+    for it in [command(chain, i, f"f{i}") for i in range(4)] + real[:-1]:
+        assert att.on_item(it) == []
+    restored = Attestor(KEYS, state=decode_snapshot(encode_snapshot(att.snapshot())))
+    assert restored.state.chains[chain].held == 8
+    out = restored.on_item(real[-1])
+    assert [x.index for x in out if isinstance(x, AuditRecord)] == [0, 1, 2, 3]
+    assert restored.state.chains[chain].held == 0
+
+
+def test_a_search_past_its_bound_reports_the_chain(monkeypatch: Any) -> None:
+    """Choosing among claimants is bounded: past :data:`MAX_SEARCH` leaves the chain is
+    reported unverified (naming the contest), never believed on a guess."""
+    from riskguard.operators.audit import attest
+
+    monkeypatch.setattr(attest, "MAX_SEARCH", 10)
+    chain = "riskguard@a/p0"
+    real = signed_chain(chain, [f"d{i}" for i in range(8)], ENGINE)
+    att = Attestor(KEYS)
+    forged = [command(chain, i, f"f{i}") for i in range(8)]
+    assert [x for it in forged + real for x in att.on_item(it)] == []
+    assert "claiming 8 of its indices" in att.state.broken[chain]

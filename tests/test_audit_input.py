@@ -161,23 +161,23 @@ def test_garbage_and_a_forged_peer_chain_on_the_audit_topic_do_not_stop_a_replic
     assert [a["kind"] for a in alerts] == ["replica_unverified"]
 
 
-def test_past_max_pending_a_chain_holds_its_oldest_records_and_a_checkpoint_attests_them(
+def test_past_max_held_bytes_a_chain_holds_its_oldest_records_and_a_checkpoint_attests_them(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Records waiting for a checkpoint are capped per chain: past the cap a record at a
-    new index is not held (the chain is reported), in O(1); the oldest stay, so the
-    checkpoint over them still attests them."""
+    """Records waiting for a checkpoint are capped in bytes: past the cap a record at a
+    new index is not held (counted, the chain reported), in O(1); the oldest stay, so
+    the checkpoint over them still attests them."""
     from riskguard.operators.audit import attest
 
-    monkeypatch.setattr(attest, "MAX_PENDING", 2)
     items = _chain("riskguard@a/p0", A, ["d1", "d2", "d3", "d4"], every=2)
     records = [x for x in items if isinstance(x, AuditRecord)]
+    monkeypatch.setattr(attest, "MAX_HELD_BYTES", sum(map(attest._size, records[:2])))
     first = next(x for x in items if isinstance(x, AuditCheckpoint))
     att = Attestor(KEYS)
     for rec in records:
         att.on_item(rec)
     assert sorted(att.state.chains["riskguard@a/p0"].pending) == [0, 1]
-    assert "more than 2 records" in att.state.broken["riskguard@a/p0"]
-    assert att.state.counts["unattested"] == 2
+    assert "records waited for checkpoints" in att.state.broken["riskguard@a/p0"]
+    assert att.state.counts["held_over_cap"] == 2
     assert [x.index for x in att.on_item(first) if isinstance(x, AuditRecord)] == [0, 1]
     assert att.state.chains["riskguard@a/p0"].held == 0
 
@@ -208,17 +208,17 @@ def test_a_checkpoint_forgets_its_own_range_without_a_pass_over_every_record_hel
 
 def test_forged_candidates_count_toward_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     """The cap counts every record held, forged ones claiming a place included: junk
-    cannot make a chain hold its cap three times over."""
+    cannot make the attestor hold more than its cap."""
     from riskguard.operators.audit import attest
 
-    monkeypatch.setattr(attest, "MAX_PENDING", 4)
+    forged = [_forged("riskguard@a/p0", i, f"x{n}") for i in range(3) for n in range(3)]
+    monkeypatch.setattr(attest, "MAX_HELD_BYTES", 4 * max(map(attest._size, forged)))
     att = Attestor(KEYS)
-    for i in range(3):
-        for n in range(3):
-            att.on_item(_forged("riskguard@a/p0", i, f"x{n}"))
+    for rec in forged:
+        att.on_item(rec)
     tail = att.state.chains["riskguard@a/p0"]
     assert tail.held == sum(map(len, tail.pending.values())) == 4
-    assert att.state.counts["unattested"] == 5
+    assert att.state.counts["held_over_cap"] == 5
 
 
 def _diverging(watch: ReplicaWatchLogic, now: list[int], junk: list[Any]) -> list[str]:

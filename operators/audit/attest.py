@@ -9,8 +9,12 @@ no good checkpoint covers are never passed on: garbage, forged records and recor
 a key no longer trusted are counted, and a chain that cannot be verified is reported
 once (:attr:`AttestState.broken`).
 
-Two records claiming one index (a forged one beside the real one) are both kept, and
-the checkpoint decides between them (up to :data:`MAX_CHOICES` combinations).
+Records claiming one index (forged ones beside the real one) are all kept, whatever
+their number, and the checkpoint decides between them: the choice of one record per
+index that hashes to its signed root (searched depth first, :data:`MAX_SEARCH` leaves
+at most). Memory is bounded by bytes (:data:`MAX_HELD_BYTES`) and by how far ahead of
+the verified size a record may be (:data:`MAX_AHEAD`), not by a count of claimants a
+forger could fill first.
 
 >>> from riskguard.operators.audit.chain import AuditConfig, AuditLogic
 >>> from riskguard.operators.signing.crypto import Signer
@@ -24,11 +28,11 @@ the checkpoint decides between them (up to :data:`MAX_CHOICES` combinations).
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+import msgspec
 from riskguard.operators.audit.chain import record_leaf, replica_of, verify_checkpoint
 from riskguard.operators.audit.merkle import CompactRange
 from riskguard.operators.audit.verify import AuditItem, KeyLookup, key_lookup
@@ -40,18 +44,20 @@ from riskguard.errors import VerificationError
 
 MAX_CHAINS = 1024
 """Chains followed at most (each guard process writes one per partition)."""
-MAX_PENDING = 100_000
-"""Records held back per chain waiting for their checkpoint, forged ones claiming a
-place included; past it, a record is not held (counted unattested, and the chain
-reported): the oldest stay, as a checkpoint attests the records from the chain's tail
-on."""
+MAX_AHEAD = 100_000
+"""A record is held only if its index is below the chain's verified size plus this: a
+checkpoint comes every ``[audit] checkpoint_every`` records (1,000 by default), so a
+record further ahead is none the writer could have written yet (counted unattested)."""
+MAX_HELD_BYTES = 64 * 1024 * 1024
+"""Bytes of records (as encoded) held back across all chains; past it a record is not
+held (counted ``held_over_cap``) and its chain is reported."""
 OVER_CAP = "*"
 """The :attr:`AttestState.broken` entry saying chains past :data:`MAX_CHAINS` were seen
 and not followed (their records are not believed)."""
-MAX_CANDIDATES = 3
-"""Records kept per index (the real one and forged ones claiming its place)."""
-MAX_CHOICES = 64
-"""Combinations of candidates a checkpoint is tried against."""
+MAX_SEARCH = 100_000
+"""Leaves a checkpoint may append while choosing among the records that claim each
+index (forged ones beside the real one): every claimant is kept and tried, in the
+order they came, until the choice hashes to the signed root or this bound is spent."""
 
 
 def replica_chains(origin: str | None = None, replicas: Iterable[str] = (),
@@ -131,8 +137,10 @@ class Attestor:
         else:
             self._follow = follow
         self.state = state if state is not None else AttestState()
+        self._bytes = 0  # of the records held, across chains
         for tail in self.state.chains.values():  # counted again: a snapshot may predate it
             tail.held = sum(map(len, tail.pending.values()))
+            self._bytes += sum(_size(r) for recs in tail.pending.values() for r in recs)
 
     def _count(self, what: str, n: int = 1) -> None:
         if n:
@@ -166,20 +174,22 @@ class Attestor:
         if rec.index < tail.size or rec.leaf_hash != record_leaf(rec).hex():
             self._count("unattested")  # behind what is verified, or not its own hash
             return
+        if rec.index >= tail.size + MAX_AHEAD:
+            self._count("unattested")  # no checkpoint can cover it soon
+            return
         same = tail.pending.get(rec.index, [])
-        if rec in same:
-            return
-        if len(same) >= MAX_CANDIDATES:
-            self._count("unattested")
-            return
-        if tail.held >= MAX_PENDING:
-            # the oldest stay: a checkpoint attests the records from the tail on
-            self._count("unattested")
-            self.state.broken.setdefault(chain, f"more than {MAX_PENDING} records waited "
-                                                "for a checkpoint")
+        if any(r.leaf_hash == rec.leaf_hash for r in same):
+            return  # the same record again
+        size = _size(rec)
+        if self._bytes + size > MAX_HELD_BYTES:
+            self._count("held_over_cap")
+            self.state.broken.setdefault(chain, f"more than {MAX_HELD_BYTES >> 20} MiB of "
+                                                "records waited for checkpoints; records "
+                                                "past it are not believed")
             return
         tail.pending.setdefault(rec.index, same).append(rec)
         tail.held += 1
+        self._bytes += size
 
     def _checkpoint(self, chain: str, tail: ChainTail, cp: AuditCheckpoint) -> list[AuditItem]:
         try:
@@ -205,12 +215,16 @@ class Attestor:
                                                 f"size {cp.size}")
             self._drop(tail, start, cp.size)
             return []
-        chosen = self._match(tail, options, cp.root)
+        chosen, spent = self._match(tail, options, cp.root)
         self._drop(tail, start, cp.size)
         if chosen is None:
             self._count("unattested", sum(len(o) for o in options))
+            contested = sum(len(o) > 1 for o in options)
+            why = (f"no choice among the records claiming {contested} of its indices hashes "
+                   f"to it within {MAX_SEARCH} leaves" if spent else
+                   "they do not hash to its signed root")
             self.state.broken.setdefault(chain, f"the records before the checkpoint at size "
-                                                f"{cp.size} do not hash to its signed root")
+                                                f"{cp.size}: {why}")
             return []
         tail.cp_ts = max(tail.cp_ts, cp.ts)
         self._count("attested", len(chosen))
@@ -232,23 +246,23 @@ class Attestor:
                                             f"not by the chain's signer {owner!r}")
         return False
 
-    def _match(self, tail: ChainTail, options: list[list[AuditRecord]],
-               root: str) -> list[AuditRecord] | None:
-        """The records, one per index, that extend ``tail`` to ``root`` (moving ``tail``
-        there), or None."""
-        for n, pick in enumerate(itertools.product(*options)):
-            if n >= MAX_CHOICES:
-                return None
-            rng = CompactRange(tail.size, tail.peaks)
-            for rec in pick:
-                rng.append(bytes.fromhex(rec.leaf_hash or ""))
-            if rng.root().hex() == root:
-                tail.size, tail.peaks = rng.size, list(rng.peaks)
-                return list(pick)
-        return None
-
     @staticmethod
-    def _drop(tail: ChainTail, start: int, below: int) -> None:
+    def _match(tail: ChainTail, options: list[list[AuditRecord]],
+               root: str) -> tuple[list[AuditRecord] | None, bool]:
+        """The records, one per index, that extend ``tail`` to ``root`` (moving ``tail``
+        there), or None; and whether the search bound was spent."""
+        leaves = [[bytes.fromhex(r.leaf_hash or "") for r in o] for o in options]
+        picks = choose(CompactRange(tail.size, tail.peaks), leaves, bytes.fromhex(root),
+                       MAX_SEARCH)
+        if picks is None or picks is SPENT:
+            return None, picks is SPENT
+        rng = CompactRange(tail.size, tail.peaks)
+        for leaf, k in zip(leaves, picks, strict=True):
+            rng.append(leaf[k])
+        tail.size, tail.peaks = rng.size, list(rng.peaks)
+        return [o[k] for o, k in zip(options, picks, strict=True)], False
+
+    def _drop(self, tail: ChainTail, start: int, below: int) -> None:
         """Forget the records held at ``start`` (the verified size before the checkpoint;
         none is held below it) up to ``below``: the checkpoint's range, not every index
         held."""
@@ -257,6 +271,7 @@ class Attestor:
             got = pending.pop(i, None)
             if got is not None:
                 tail.held -= len(got)
+                self._bytes -= sum(_size(r) for r in got)
 
     def snapshot(self) -> AttestState:
         st = self.state
@@ -266,3 +281,62 @@ class Attestor:
                     for k, t in st.chains.items()},
             counts=dict(st.counts), broken=dict(st.broken), signers=dict(st.signers),
             version=st.version)
+
+
+def _size(rec: AuditRecord) -> int:
+    """What a held record counts against :data:`MAX_HELD_BYTES`: its encoded length."""
+    return len(_encoder.encode(rec))
+
+
+_encoder = msgspec.json.Encoder()
+SPENT: list[int] = []
+"""What :func:`choose` returns when :data:`MAX_SEARCH` ran out."""
+
+
+def choose(start: CompactRange, leaves: list[list[bytes]], root: bytes,
+           budget: int = MAX_SEARCH) -> list[int] | None:
+    """Which of ``leaves[i]`` (the leaf hashes claiming index ``start.size + i``) to
+    take at each index so that ``start`` extended by them has ``root``: depth first,
+    each index's claimants in order, a range copied per step (O(log n)). None if no
+    choice does; :data:`SPENT` if ``budget`` appends ran out first. An index with one
+    claimant costs one append, however many are contested.
+
+    >>> from riskguard.operators.audit.merkle import leaf_hash
+    >>> real, fake = [leaf_hash(bytes([i])) for i in range(3)], leaf_hash(b"x")
+    >>> rng = CompactRange()
+    >>> for leaf in real:
+    ...     rng.append(leaf)
+    >>> choose(CompactRange(), [[fake, real[0]], [real[1]], [fake, real[2]]], rng.root())
+    [1, 0, 1]
+    >>> choose(CompactRange(), [[fake]] * 3, rng.root()) is None
+    True
+    """
+    n = len(leaves)
+    if n == 0:
+        return [] if start.root() == root else None
+    picks = [0] * n
+    ranges = [start]  # ranges[d]: start extended by the picks before index d
+    depth = 0
+    while True:
+        if depth == n:
+            if ranges[n].root() == root:
+                return picks
+            ranges.pop()
+            depth -= 1
+            picks[depth] += 1
+        elif picks[depth] < len(leaves[depth]):
+            budget -= 1
+            if budget < 0:
+                return SPENT
+            rng = CompactRange(ranges[depth].size, ranges[depth].peaks)
+            rng.append(leaves[depth][picks[depth]])
+            ranges.append(rng)
+            depth += 1
+            if depth < n:
+                picks[depth] = 0
+        elif depth == 0:
+            return None
+        else:
+            ranges.pop()
+            depth -= 1
+            picks[depth] += 1
