@@ -33,6 +33,9 @@ KINDS: tuple[str, ...] = get_args(LimitKind)
 LEVEL_ORDER = {LimitLevel.OK: 0, LimitLevel.WARN: 1, LimitLevel.BREACH: 2, LimitLevel.HARD: 3}
 """The levels from lowest to highest."""
 UNVALUED_GRACE_NS = 30 * NS_PER_S
+MAX_VOL_EXPONENT = 10.0
+"""The largest magnitude a volatility scaling's ``exponent`` may have: (ref_vol / vol) to
+the 10th already moves a limit a thousandfold for a doubled volatility."""
 
 
 class VolScaling(msgspec.Struct, frozen=True, kw_only=True):
@@ -41,8 +44,9 @@ class VolScaling(msgspec.Struct, frozen=True, kw_only=True):
     underlying: str  # the asset whose realized volatility scales the limit
     # the annualized volatility at which the limit is its base value (0.6: 60 %)
     ref_vol: PositiveFinite
-    # how strongly the limit follows the volatility: factor = (ref_vol / vol) ^ exponent
-    exponent: Annotated[float, msgspec.Meta(ge=-MAX_FLOAT, le=MAX_FLOAT)] = 1.0
+    # how strongly the limit follows the volatility: factor = (ref_vol / vol) ^ exponent;
+    # -10 to 10
+    exponent: Annotated[float, msgspec.Meta(ge=-MAX_VOL_EXPONENT, le=MAX_VOL_EXPONENT)] = 1.0
     lo: Positive = 0.25  # the factor is never below this ...
     hi: PositiveFinite = 1.0  # ... nor above this (1.0: volatility only ever tightens the limit)
 
@@ -152,13 +156,18 @@ def _check_across(path: str, spec: LimitSpec) -> None:
 def vol_factor(
     spec: LimitSpec, vols: dict[str, float], missing: float
 ) -> tuple[float, dict[str, float]]:
-    """The dynamic scaling factor and the inputs that produced it.
+    """The dynamic scaling factor and the inputs that produced it. It is computed in log
+    space and clamped there, so no volatility (0, inf) and no exponent raises; a factor
+    that still cannot be computed is the tightest the spec allows, never above 1
+    (``factor_unknown``).
 
     >>> vs = VolScaling(underlying="BTC", ref_vol=0.5, lo=0.25, hi=1.5)
     >>> vol_factor(LimitSpec(limit=1.0, vol_scaling=vs), {"BTC": 1.0}, 1.0)[0]
     0.5
     >>> vol_factor(LimitSpec(limit=1.0, vol_scaling=vs), {"BTC": 0.1}, 1.0)[0]
     1.5
+    >>> vol_factor(LimitSpec(limit=1.0, vol_scaling=vs), {"BTC": float("inf")}, 1.0)[0]
+    0.25
     """
     vs = spec.vol_scaling
     if vs is None:
@@ -169,10 +178,35 @@ def vol_factor(
         inputs["vol_known"] = 0.0
         inputs["factor"] = missing
         return missing, inputs
-    raw = vs.hi if vol <= 0 else (vs.ref_vol / vol) ** vs.exponent
-    factor = min(max(raw, vs.lo), vs.hi)
-    inputs.update(vol_known=1.0, realized_vol=vol, raw_factor=min(raw, 1e300), factor=factor)
+    log_raw = _log_ratio_power(vs.ref_vol, vol, vs.exponent)
+    if math.isnan(log_raw):  # a negative vol: no factor can be read from it
+        factor = min(vs.lo, 1.0)
+        inputs.update(vol_known=1.0, factor_unknown=1.0, factor=factor)
+        return factor, inputs
+    if log_raw <= math.log(vs.lo):
+        factor = vs.lo
+    elif log_raw >= math.log(vs.hi):
+        factor = vs.hi
+    else:
+        factor = min(max(math.exp(log_raw), vs.lo), vs.hi)
+    raw = math.exp(min(max(log_raw, -_LOG_BOUND), _LOG_BOUND))
+    realized = vol if math.isfinite(vol) else MAX_FLOAT
+    inputs.update(vol_known=1.0, realized_vol=realized, raw_factor=raw, factor=factor)
     return factor, inputs
+
+
+_LOG_BOUND = 690.0  # exp(690) ~ 1e300: the raw factor as shown, never inf or 0
+
+
+def _log_ratio_power(ref_vol: float, vol: float, exponent: float) -> float:
+    """``log((ref_vol / vol) ** exponent)``, without overflow or division by zero: +-inf
+    for a vol of 0 or inf, 0 for an exponent of 0, nan for a negative vol."""
+    if vol < 0:
+        return math.nan
+    if exponent == 0.0:
+        return 0.0
+    log_vol = -math.inf if vol == 0 else math.log(vol)
+    return exponent * (math.log(ref_vol) - log_vol)
 
 
 def level_of(u: float, prev: LimitLevel, spec: LimitSpec) -> LimitLevel:
