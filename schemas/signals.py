@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from enum import StrEnum
 from typing import Literal
 
@@ -282,29 +283,46 @@ SIGNAL_TYPES = (FeatureVector, AnomalySignal, RiskAlert, Exposure, Utilization, 
                 DetectProgress)
 
 
+_LEVEL_SEPARATOR = re.compile(r"(?=\.(?:asset|instrument)\.)")
+
+
 def parse_limit_path(path: str) -> tuple[str, str, str]:
-    """``(key, level, name)`` of a limit path; raises ``ValueError`` if malformed.
+    """``(key, level, name)`` of a limit path; raises ``ValueError`` if malformed or if it
+    could be read more than one way (names may hold dots: a counterparty, asset or
+    instrument name in a path must not hold ``.asset.`` or ``.instrument.``). Every reader
+    of a path, the signature check's scope included, reads it here.
 
     >>> parse_limit_path("counterparty.okx.asset.BTC")
     ('okx', 'asset', 'BTC')
-    >>> parse_limit_path("firm")
-    ('*', 'firm', '*')
+    >>> parse_limit_path("counterparty.okx.eu"), parse_limit_path("firm")
+    (('okx.eu', 'cp', 'okx.eu'), ('*', 'firm', '*'))
+    >>> parse_limit_path("counterparty.okx.asset.BTC.instrument.X")
+    Traceback (most recent call last):
+    ...
+    ValueError: limit path 'counterparty.okx.asset.BTC.instrument.X' can be read more than one way: a name in it holds .asset. or .instrument.
     """
     if path == "firm":
         return "*", "firm", "*"
     if path.startswith("firm.asset."):
-        return "*", "asset", path[len("firm.asset."):]
-    if not path.startswith("counterparty.") or len(path) <= len("counterparty."):
-        msg = f"limit path must be firm[.asset.<a>] or counterparty.<cp>[...]; got {path!r}"
-        raise ValueError(msg)
-    rest = path[len("counterparty."):]
-    for level in ("instrument", "asset"):
-        sep = f".{level}."
-        if sep in rest:
-            cp, name = rest.rsplit(sep, 1)
+        name = path[len("firm.asset."):]
+        if name and not _LEVEL_SEPARATOR.search(name):
+            return "*", "asset", name
+    elif path.startswith("counterparty.") and len(path) > len("counterparty."):
+        rest = path[len("counterparty."):]
+        seps = [m.start() for m in _LEVEL_SEPARATOR.finditer(rest)]
+        if not seps:
+            return rest, "cp", rest
+        if len(seps) == 1:
+            cp, level, name = rest[:seps[0]], *rest[seps[0] + 1:].split(".", 1)
             if cp and name:
                 return cp, level, name
-    return rest, "cp", rest
+        else:
+            msg = (f"limit path {path!r} can be read more than one way: a name in it holds "
+                   ".asset. or .instrument.")
+            raise ValueError(msg)
+    msg = ("limit path must be firm[.asset.<a>] or counterparty.<cp>[.asset.<a> | "
+           f".instrument.<i>]; got {path!r}")
+    raise ValueError(msg)
 
 
 ANOMALY_KINDS = ("anomaly", "regime_change", "price_move", "dislocation")

@@ -14,10 +14,27 @@ from riskguard.operators.exposure.limit_specs import (
     VolScaling,
     vol_factor,
 )
-from riskguard.operators.exposure.limit_updates import Approved
+from riskguard.operators.exposure.limit_updates import (
+    Approved,
+    UpdateGate,
+    Verifier,
+    trust_verifier,
+)
 from riskguard.operators.exposure.limits import LimitsLogic
-from riskguard.schemas import Exposure, RiskAlert, Utilization
-from test_limits import update
+from riskguard.operators.signing.crypto import PAYLOAD_LIMIT_UPDATE, Signer, sign_envelope
+from riskguard.operators.signing.trust import TrustStore, parse_trust
+from riskguard.operators.signing.trust_toml import trust_doc_to_toml
+from riskguard.schemas import (
+    DeadLetter,
+    Exposure,
+    RiskAlert,
+    SignedEnvelope,
+    Utilization,
+    encode,
+)
+from riskguard.schemas.signals import parse_limit_path
+from signing_fixtures import ADMIN, AUD, T0, TWO_PERSON
+from test_limits import S, update
 
 from riskguard.errors import ConfigError
 
@@ -92,3 +109,72 @@ def test_a_configured_negative_exponent_with_an_infinite_vol_does_not_crash() ->
         vol_by_underlying={"BTC": math.inf}))
     [util] = [o for o in outs if isinstance(o, Utilization)]
     assert util.effective_limit == 150.0  # (0.5 / inf) ** -1 = inf: clamped to hi
+
+
+# -- limit paths: one reading, for the limits and for the signature check alike --------
+
+def _scoped_verifier(*scopes: str) -> Verifier:
+    entries = [{"name": "limits-admin", "public_key": ADMIN.public_key.hex(),
+                "role": "limit-admin", "actions": ["limit_update"], "scopes": list(scopes)}]
+    trust = TrustStore(parse_trust(trust_doc_to_toml(entries, two_person=TWO_PERSON)))
+    return trust_verifier(trust, AUD)
+
+
+def _signed(path: str, uid: str, *signers: Signer, **kw: object) -> SignedEnvelope:
+    upd = update(update_id=uid, issued_at=T0, expires_at=T0 + 60 * S, limit_path=path,
+                 audience=AUD, **{"limit": 500.0, **kw})
+    return sign_envelope(PAYLOAD_LIMIT_UPDATE, encode(upd), list(signers))
+
+
+DOTTED = LimitsConfig(counterparties={
+    "okx": CounterpartyLimits(limits={"gross_notional": LimitSpec(limit=100.0)}),
+    "okx.eu": CounterpartyLimits(limits={"gross_notional": LimitSpec(limit=100.0)})})
+
+
+def test_a_key_scoped_to_okx_cannot_change_the_limits_of_okx_eu() -> None:
+    """The scope label was built from the path's second dotted part: a key scoped to
+    counterparty:okx passed for counterparty.okx.eu, whose limits the limits (reading
+    the rest of the path as the counterparty) then changed."""
+    gate = UpdateGate(DOTTED, _scoped_verifier("counterparty:okx"), clock=lambda: T0 + S)
+    refused = gate.on_event(_signed("counterparty.okx.eu", "x1", ADMIN))
+    assert [type(o) for o in refused] == [RiskAlert, DeadLetter]
+    assert refused[0].details["reason"] == "scope_not_authorized"  # type: ignore[union-attr]
+    assert [o[0] for o in gate.on_event(_signed("counterparty.okx", "x2", ADMIN))] == ["okx"]
+    eu = UpdateGate(DOTTED, _scoped_verifier("counterparty:okx.eu"), clock=lambda: T0 + S)
+    assert [o[0] for o in eu.on_event(_signed("counterparty.okx.eu.asset.BTC", "x3", ADMIN,
+                                             kind="delta"))] == ["okx.eu"]
+
+
+@pytest.mark.parametrize("path", ["counterparty.okx.asset.BTC.instrument.X",
+                                  "counterparty.a.instrument.b.asset.c", "counterparty.okx.asset.",
+                                  "firm.asset.A.asset.B", "limits.okx"])
+def test_a_path_that_reads_more_than_one_way_is_refused_before_any_limit(path: str) -> None:
+    gate = UpdateGate(DOTTED, _scoped_verifier("*"), clock=lambda: T0 + S)
+    refused = gate.on_event(_signed(path, "amb", ADMIN))
+    assert [type(o) for o in refused] == [RiskAlert, DeadLetter]
+    assert refused[0].details["reason"] == "bad_scope"  # type: ignore[union-attr]
+    with pytest.raises(ValueError):
+        parse_limit_path(path)
+
+
+@pytest.mark.parametrize(("table", "key"), [
+    ({"counterparties": {"okx.asset.BTC": {}}}, "limits.counterparties.okx.asset.BTC"),
+    ({"counterparties": {"okx": {"instruments": {"A.asset.B": {}}}}},
+     "limits.counterparties.okx.instruments.A.asset.B"),
+    ({"firm_assets": {"X.instrument.Y": {}}}, "limits.firm_assets.X.instrument.Y"),
+])
+def test_a_configured_name_whose_path_reads_another_way_stops_start_up(
+        table: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        decode_section(table, LimitsConfig, "limits").validate("limits")
+    assert err.value.path == key
+
+
+def test_an_unknown_counterparty_whose_name_reads_as_a_path_is_its_own_key() -> None:
+    """Counterparty names come from the input: one named like a path is evaluated (its
+    zero limits breach) as itself, never raising."""
+    outs = LimitsLogic(DOTTED).on_event(Exposure(counterparty="x.asset.y", ts=1,
+                                                 gross_notional=5.0, net_notional=5.0))
+    utils = [o for o in outs if isinstance(o, Utilization)]
+    assert utils and all(u.scope.value == "x.asset.y" for u in utils)
+    assert [u.level.value for u in utils if u.kind == "gross_notional"] == ["breach"]

@@ -14,6 +14,7 @@ from typing import Annotated, Literal, get_args
 import msgspec
 from riskguard.operators.exposure.config import NS_PER_S
 from riskguard.schemas import LimitLevel
+from riskguard.schemas.signals import parse_limit_path
 
 from riskguard.errors import ConfigError
 from riskguard.validation import (
@@ -123,6 +124,28 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True):
         for p, kinds in self._tables(path):
             for kind, spec in kinds.items():
                 _check_across(f"{p}.{kind}", spec)
+        self._check_paths(path)
+
+    def _check_paths(self, path: str) -> None:
+        """Each limit's path reads back as its own: a name holding ``.asset.`` or
+        ``.instrument.`` makes a path that reads another way (or two)."""
+        named = [(f"{path}.firm_assets.{a}", f"firm.asset.{a}", ("*", "asset", a))
+                 for a in self.firm_assets]
+        for cp, cl in self.counterparties.items():
+            base = f"counterparty.{cp}"
+            named.append((f"{path}.counterparties.{cp}", base, (cp, "cp", cp)))
+            named += [(f"{path}.counterparties.{cp}.assets.{a}", f"{base}.asset.{a}",
+                       (cp, "asset", a)) for a in cl.assets]
+            named += [(f"{path}.counterparties.{cp}.instruments.{i}", f"{base}.instrument.{i}",
+                       (cp, "instrument", i)) for i in cl.instruments]
+        for where, limit_path, meant in named:
+            try:
+                read = parse_limit_path(limit_path)
+            except ValueError:
+                read = None
+            if read != meant:
+                raise ConfigError(where, "a name whose limit path reads one way only (no "
+                                  "'.asset.' or '.instrument.' in it)", meant[2])
 
     def _tables(self, path: str) -> list[tuple[str, dict[LimitKind, LimitSpec]]]:
         out = [(f"{path}.firm", self.firm)]

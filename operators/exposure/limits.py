@@ -53,7 +53,7 @@ from riskguard.operators.exposure.limit_specs import (
     level_of,
     vol_factor,
 )
-from riskguard.operators.exposure.limit_updates import Approved, rejection_alert
+from riskguard.operators.exposure.limit_updates import FIRM_SCOPE, Approved, rejection_alert
 from riskguard.schemas import (
     Exposure,
     LimitBreach,
@@ -265,6 +265,18 @@ class LimitsState:
 Measure = Callable[[Exposure], float]
 
 
+def _scope_of(key: str, level: str, name: str) -> Scope:
+    """The scope of a limit of ``key`` at ``level`` on ``name``: known where the row is
+    made, so a counterparty whose name reads as a path (``x.asset.y``) is still its own."""
+    if key == "*" and level == "firm":
+        return Scope(kind=ScopeKind.FIRM, value="*")
+    if level == "asset":
+        return Scope(kind=ScopeKind.UNDERLYING, value=name, venue=None if key == "*" else key)
+    if level == "instrument":
+        return Scope(kind=ScopeKind.INSTRUMENT, value=name, venue=key)
+    return Scope(kind=ScopeKind.COUNTERPARTY, value=key)
+
+
 def _max_abs(d: dict[str, float]) -> float:
     """The largest magnitude among ``d``'s values (0.0 when empty), without a call per value.
 
@@ -430,7 +442,11 @@ class LimitsLogic:
         resets, the acceptance alert, and the key's limits evaluated again."""
         upd = approved.update
         st = self.state
-        key, _lv, _n = parse_limit_path(upd.limit_path)
+        try:
+            key, _lv, _n = parse_limit_path(upd.limit_path)
+        except ValueError as err:
+            return [rejection_alert("bad_path", str(err), upd.update_id, upd.issued_at,
+                                    FIRM_SCOPE)]
         st.key = key
         seen = signer_id(upd.issuer, upd.update_id)  # each signer's ids its own
         if seen in self._updates:
@@ -479,15 +495,8 @@ class LimitsLogic:
                                self._scope(upd.limit_path))
 
     def _scope(self, path: str) -> Scope:
-        key, level, name = parse_limit_path(path)
-        if key == "*" and level == "firm":
-            return Scope(kind=ScopeKind.FIRM, value="*")
-        if level == "asset":
-            return Scope(kind=ScopeKind.UNDERLYING, value=name,
-                         venue=None if key == "*" else key)
-        if level == "instrument":
-            return Scope(kind=ScopeKind.INSTRUMENT, value=name, venue=key)
-        return Scope(kind=ScopeKind.COUNTERPARTY, value=key)
+        """The scope of a path a verified update names (parse_limit_path reads it)."""
+        return _scope_of(*parse_limit_path(path))
 
     def _on_exposure(self, e: Exposure) -> list[Any]:
         st = self.state
@@ -501,7 +510,7 @@ class LimitsLogic:
         if hit is None:
             known, rows = self._configured(key)
             plan = [_Row((path, kind), spec, _measure(level, name, kind),
-                         _unvalued(level, name, kind), self._scope(path), spec.warn)
+                         _unvalued(level, name, kind), _scope_of(key, level, name), spec.warn)
                     for path, level, name, kind, spec in rows]
             hit = self._plans[key] = (known, plan)
         return hit

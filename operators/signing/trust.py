@@ -54,7 +54,7 @@ from riskguard.schemas.commands import (
     scope_is_wide,
 )
 from riskguard.schemas.json_limits import duplicate_key_problem
-from riskguard.schemas.signals import Scope, ScopeKind
+from riskguard.schemas.signals import Scope, ScopeKind, parse_limit_path
 
 from riskguard.atomic import write_atomic
 from riskguard.errors import ConfigError, TrustError, VerificationError
@@ -693,8 +693,11 @@ class TrustStore:
         if isinstance(msg, ExecutionAck):
             # an ack asks nothing of anyone: one signer, checked against its actions/scopes
             return msg.action.value, msg.scope.label(), False
-        return (LIMIT_UPDATE_ACTION, limit_scope_label(msg.limit_path),
-                self.doc.two_person.applies_to_limit(msg))
+        try:
+            label = limit_scope_label(msg.limit_path)
+        except ValueError as err:
+            raise rejection(Reason.BAD_SCOPE, str(err)[:300]) from None
+        return LIMIT_UPDATE_ACTION, label, self.doc.two_person.applies_to_limit(msg)
 
     def _authorized(self, signers: list[TrustedKey], payload_type: str, action: str,
                     scope_labels: tuple[str, ...]) -> list[TrustedKey]:
@@ -761,17 +764,17 @@ def check_freshness(issued_at: int, expires_at: int, now_ns: int, leeway_ns: int
 
 
 def limit_scope_label(limit_path: str) -> str:
-    """The scope label a limit path falls under, for authorization.
+    """The scope label a limit path falls under, for authorization: read by
+    :func:`~riskguard.schemas.signals.parse_limit_path`, as the limits read it; raises
+    ``ValueError`` for a path that is malformed or could be read more than one way.
 
     >>> limit_scope_label("counterparty.okx.asset.BTC"), limit_scope_label("firm")
     ('counterparty:okx', 'firm:*')
+    >>> limit_scope_label("counterparty.okx.eu")
+    'counterparty:okx.eu'
     """
-    parts = limit_path.split(".")
-    if parts[0] == "counterparty" and len(parts) >= 2:
-        return f"counterparty:{parts[1]}"
-    if parts[0] == "firm":
-        return "firm:*"
-    return f"limit:{limit_path}"
+    key, _level, _name = parse_limit_path(limit_path)
+    return "firm:*" if key == "*" else f"counterparty:{key}"
 
 
 def check_trust_serial(serial: int, newest: int, where: str) -> None:
