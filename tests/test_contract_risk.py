@@ -104,6 +104,36 @@ def _two_processes() -> list[Any]:
     return [item for ev in [b[0], *a, *b[1:]] for _k, item in router.route(ev)]
 
 
+def _limits_two_sources() -> list[Any]:
+    """One limits key's exposures, some unvalued (breached at once once time reaches
+    them), each behind the progress of two tick sources, b 2 s behind a. b's ticks start
+    late: until then time holds for the second source the ticks announce, and an
+    unvalued exposure waits for it."""
+    out: list[Any] = []
+    for k, e in enumerate(OKX[:60]):
+        out.append(Progress(counterparty="okx", ts=e.ts - 1, source="a", of=2, key_of=2))
+        if k >= 8:
+            out.append(Progress(counterparty="okx", ts=e.ts - 2 * S, source="b", of=2,
+                                key_of=2))
+        if k in (3, 4) or k % 7 == 5:
+            e = msgspec.structs.replace(e, unvalued_instruments=["BTC-PERP"])
+        out.append(e)
+    return out
+
+
+LIMITS_TWO_SOURCES = _limits_two_sources()
+
+
+def _limits_config_at_once() -> Any:
+    """The risk flow's limits, unvalued exposure breaching them at once."""
+    cfg = limits_config()
+    grace = {cp: msgspec.structs.replace(cl, limits={
+        k: msgspec.structs.replace(s, unvalued_grace_ns=0)
+        for k, s in cl.limits.items()})
+        for cp, cl in cfg.counterparties.items()}
+    return msgspec.structs.replace(cfg, counterparties=grace)
+
+
 def _update_envelopes() -> list[SignedEnvelope]:
     """Updates on configured, new and repeated counterparties, past a cap of 4."""
     cps = ["okx", "n1", "n2", "okx", "n3", "n1", "n4", "n5", "n6", "n2", "n7", "n3"]
@@ -126,6 +156,9 @@ CASES = [
     Case("exposure.counterparty", lambda s: CounterpartyLogic(CFG, s), CONTRIBS),
     Case("exposure.firm", lambda s: FirmLogic(CFG, s), CP_EXPOSURES),
     Case("limits", lambda s: LimitsLogic(limits_config(), s), list(OKX)),
+    Case("limits.two_tick_sources",
+         lambda s: LimitsLogic(_limits_config_at_once(), s, clock=lambda: 0),
+         LIMITS_TWO_SOURCES, splits=range(len(LIMITS_TWO_SOURCES))),
     Case("exposure.valuation.ticked", lambda s: ShardLogic(CFG, REG, s, ticked=True),
          _with_ticks(VAL)),
     Case("exposure.valuation.two_processes",
@@ -156,7 +189,7 @@ def test_cases_produce_output() -> None:
         outs = [o for e in case.events for o in logic.on_event(e)]
         assert outs, case.name
         # the update gate's: (limits key, update) pairs, rejections and dead letters
-        made = Part | Progress | Exposure | RiskAlert | DeadLetter | tuple
+        made = Part | Progress | Exposure | RiskAlert | DeadLetter | tuple | Tick
         assert all(isinstance(o, made) or hasattr(o, "level") for o in outs)
 
 

@@ -161,19 +161,28 @@ class Watermark:
         self._computed_ns = 0
 
     @classmethod
-    def resume(cls, sources: dict[str, Any], idle_ns: int = TICK_IDLE_NS) -> Watermark:
+    def resume(cls, sources: dict[str, Any], idle_ns: int = TICK_IDLE_NS, *,
+               last: int = -1, expected: int = 0) -> Watermark:
         """The watermark over a logic's (possibly restored) ``sources``; a bare int per
-        source is converted in place (processing time 0: idle until it ticks).
+        source is converted in place (processing time 0: idle until it ticks). ``last``
+        and ``expected``, where the logic keeps them (:attr:`last`, :attr:`expected`),
+        are where the watermark stood and how many sources the ticks announced: a
+        resumed run then reads time as an unbroken one does.
 
         >>> sources = {"host/1/w0": 500}
         >>> wm = Watermark.resume(sources)
         >>> sources, wm.tick_time(Tick(ts=7), now_ns=0)
         ({'host/1/w0': [500, 0]}, 7)
+        >>> held = Watermark.resume({"a": [90, 0]}, last=80, expected=2)
+        >>> held.last, held.several(), held.update("a", 95, now_ns=1)
+        (80, True, 80)
         """
         for name, v in sources.items():
             if not isinstance(v, list):
                 sources[name] = [int(v), 0]
-        return cls(idle_ns, sources, RestoredSources(sources))
+        wm = cls(idle_ns, sources, RestoredSources(sources))
+        wm._last, wm._expected = last, expected
+        return wm
 
     def tick_time(self, tick: Tick, now_ns: int) -> int:
         """Event time ``tick`` stands for: its own without a source name, else the
@@ -184,6 +193,11 @@ class Watermark:
     def last(self) -> int:
         """The watermark the last named tick left (-1 before any)."""
         return self._last
+
+    @property
+    def expected(self) -> int:
+        """The most sources any tick announced (0: none announced)."""
+        return self._expected
 
     def several(self) -> bool:
         """Do several sources make the watermark (as ticked, or as their ticks announce)?

@@ -70,7 +70,7 @@ from riskguard.schemas.valuation import Progress
 
 from riskguard.errors import ConfigError
 
-STATE_VERSION = 3
+STATE_VERSION = 4
 """The version of :class:`LimitsState` a snapshot holds; a snapshot of another is refused."""
 
 
@@ -254,6 +254,10 @@ class LimitsState:
     # the exposure path's tick sources (clock.Watermark): event time moves on without
     # exposures, so a quiet unvalued book still reaches its grace deadline
     sources: dict[str, list[int]] = field(default_factory=dict)
+    # where the watermark over them stands (-1: not yet), and how many sources the ticks
+    # announced: a resumed run reads event time as an unbroken one does
+    watermark: int = -1
+    expected_sources: int = 0
     # event time of the earliest grace deadline still to come (-1: none)
     unvalued_due: int = -1
     # the unvalued names the unvalued_exposure alerts named, and the last one's id (the
@@ -344,7 +348,9 @@ class LimitsLogic:
         self.state = state if state is not None else LimitsState()
         # processing time, for the tick sources' idle rule only (clock.Watermark)
         self.clock = clock
-        self._watermark = Watermark.resume(self.state.sources)
+        st = self.state
+        self._watermark = Watermark.resume(st.sources, last=st.watermark,
+                                           expected=st.expected_sources)
         self._updates = IdWindow(self.state.seen_updates, 1024)
         self._rows: dict[str, tuple[bool, list[tuple[str, str, str, str, LimitSpec]]]] = {}
         self._plans: dict[str, tuple[bool, list[_Row]]] = {}
@@ -417,7 +423,11 @@ class LimitsLogic:
             # the key's event time: the watermark over its sources, so a grace deadline
             # never passes while another process's valuation is still on its way
             tick = Tick(ts=rec.ts, source=rec.source, of=rec.key_of)
-            now = self._watermark.tick_time(tick, self.clock())
+            wm = self._watermark
+            now = wm.tick_time(tick, self.clock())
+            st = self.state
+            if tick.source:
+                st.watermark, st.expected_sources = wm.last, wm.expected
             out = self._overdue(now)
             name = f"{rec.source}/{rec.counterparty}" if rec.source else ""
             out.append(Tick(ts=rec.ts, source=name, of=rec.of))
