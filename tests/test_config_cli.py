@@ -246,3 +246,24 @@ def test_a_brokers_flag_changes_only_the_address(tmp_path: Path) -> None:
     assert (cfg.env, cfg.kafka.bootstrap, cfg.kafka.security_protocol) == ("prod", "x:1", "SSL")
     cfg = common_config(str(path), env="uat")
     assert (cfg.env, cfg.kafka.bootstrap) == ("uat", "k:9093")
+
+
+@pytest.mark.parametrize(("edit", "key", "meant"), [
+    (('"BTC-PERP"]\ngross_notional', '"BTC-PREP"]\ngross_notional'),
+     "limits.counterparties.binance.instruments.BTC-PREP", "BTC-PERP"),
+    (("[limits.counterparties.binance.assets.ETH]", "[limits.counterparties.binance.assets.ETHH]"),
+     "limits.counterparties.binance.assets.ETHH", "ETH"),
+    (("[limits.firm_assets.BTC]", "[limits.firm_assets.XBT]"), "limits.firm_assets.XBT", "BTC"),
+    (('underlying = "BTC", ref_vol', 'underlying = "BTCC", ref_vol'),
+     "limits.counterparties.binance.limits.delta.vol_scaling.underlying", "BTC"),
+])
+def test_a_limit_on_a_name_the_instruments_do_not_declare_stops_start_up(
+        tmp_path: Path, edit: tuple[str, str], key: str, meant: str) -> None:
+    """A limit on an instrument, asset or volatility underlying no instrument declares
+    measured 0 (or the missing-vol factor) for ever; it stops start-up, naming its key."""
+    from riskguard.dataflows.guard import load_guard_config
+
+    with pytest.raises(ConfigError) as err:
+        load_guard_config(edited_example(tmp_path, edit))
+    assert err.value.path == key
+    assert f"did you mean `{meant}`" in str(err.value)

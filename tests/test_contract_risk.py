@@ -115,9 +115,9 @@ def _limits_two_sources() -> list[Any]:
         if k >= 8:
             out.append(Progress(counterparty="okx", ts=e.ts - 2 * S, source="b", of=2,
                                 key_of=2))
-        if k in (3, 4) or k % 7 == 5:
-            e = msgspec.structs.replace(e, unvalued_instruments=["BTC-PERP"])
-        out.append(e)
+        unvalued = k in (3, 4) or k % 7 == 5
+        out.append(msgspec.structs.replace(e, unvalued_instruments=["BTC-PERP"]) if unvalued
+                   else e)
     return out
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import pytest
-from riskguard.config import decode_section
 from riskguard.operators.exposure.limit_specs import (
     CounterpartyLimits,
     LimitsConfig,
@@ -36,6 +35,7 @@ from riskguard.schemas.signals import parse_limit_path
 from signing_fixtures import ADMIN, AUD, T0, TWO_PERSON
 from test_limits import S, update
 
+from riskguard.config import decode_section
 from riskguard.errors import ConfigError
 
 VOLS = [0.0, 5e-324, 1e-300, 0.2, 1e300, math.inf, -1.0]

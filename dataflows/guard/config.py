@@ -273,6 +273,7 @@ def _load(data: dict[str, object], base: Path) -> tuple[GuardConfig, str]:
     cfg.detector.validate("detector")
     cfg.exposure.validate("exposure")
     cfg.limits.validate("limits")
+    cfg.limits.check_names(cfg.exposure.instruments, "limits")
     cfg.feeds.validate("feeds")
     _check_tier(cfg)
     return cfg, config_hash({k: v for k, v in data.items() if k not in _NOT_DECIDING})

@@ -13,6 +13,7 @@ from typing import Annotated, Literal, get_args
 
 import msgspec
 from riskguard.operators.exposure.config import NS_PER_S
+from riskguard.operators.exposure.instruments import InstrumentsConfig
 from riskguard.schemas import LimitLevel
 from riskguard.schemas.signals import parse_limit_path
 
@@ -26,6 +27,7 @@ from riskguard.validation import (
     PositiveFinite,
     Share,
     check_declared,
+    did_you_mean,
 )
 
 LimitKind = Literal["gross_notional", "net_notional", "delta", "collateral", "concentration",
@@ -125,6 +127,32 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True):
             for kind, spec in kinds.items():
                 _check_across(f"{p}.{kind}", spec)
         self._check_paths(path)
+
+    def check_names(self, instruments: InstrumentsConfig, path: str = "limits") -> None:
+        """Raise ``ConfigError`` naming the key of the first limit on an instrument, asset
+        or volatility underlying ``instruments`` does not declare: it would measure 0 (or
+        the missing-vol factor) for ever."""
+        specs = instruments.instruments.values()
+        underlyings = {s.underlying_asset for s in specs}
+        assets = underlyings | {s.base for s in specs}
+        checks: list[tuple[str, str, set[str], str]] = []
+        for p, kinds in self._tables(path):
+            for kind, spec in kinds.items():
+                vs = spec.vol_scaling
+                if vs is not None:
+                    checks.append((f"{p}.{kind}.vol_scaling.underlying", vs.underlying,
+                                   underlyings, "an underlying"))
+        checks += [(f"{path}.firm_assets.{a}", a, assets, "an asset")
+                   for a in self.firm_assets]
+        for cp, cl in self.counterparties.items():
+            where = f"{path}.counterparties.{cp}"
+            checks += [(f"{where}.assets.{a}", a, assets, "an asset") for a in cl.assets]
+            checks += [(f"{where}.instruments.{i}", i, set(instruments.instruments),
+                        "an instrument") for i in cl.instruments]
+        for where, name, known, what in checks:
+            if name not in known:
+                raise ConfigError(where, f"{what} [exposure.instruments] declares"
+                                  + did_you_mean(name, sorted(known)), name)
 
     def _check_paths(self, path: str) -> None:
         """Each limit's path reads back as its own: a name holding ``.asset.`` or
