@@ -345,14 +345,14 @@ def test_updates_open_limits_keys_for_a_bounded_number_of_counterparties(
     from riskguard.operators.exposure.ops import enforce_limits
     from riskguard.schemas import DeadLetter
 
-    def signed(n: int, path: str) -> SignedEnvelope:
+    def signed(n: int, path: str, kind: str = "gross_notional") -> SignedEnvelope:
         return sign_envelope(PAYLOAD_LIMIT_UPDATE, encode(fresh(
-            update_id=f"u{n}", limit_path=path, limit=50.0)), [ADMIN])
+            update_id=f"u{n}", limit_path=path, limit=50.0, kind=kind)), [ADMIN])
 
     cap = MAX_UPDATED_COUNTERPARTIES
     envs = [signed(n, f"counterparty.junk{n}") for n in range(cap + 2)]
     envs += [signed(cap + 2, "firm"), signed(cap + 3, "counterparty.okx"),
-             signed(cap + 4, "counterparty.junk0.asset.BTC")]
+             signed(cap + 4, "counterparty.junk0.asset.BTC", "delta")]
     flow = Dataflow("limits_cap")
     exps = op.input("exp", flow, TestingSource([Exposure(
         counterparty="okx", ts=1, gross_notional=1.0, net_notional=1.0)]))

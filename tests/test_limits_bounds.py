@@ -178,3 +178,62 @@ def test_an_unknown_counterparty_whose_name_reads_as_a_path_is_its_own_key() -> 
     utils = [o for o in outs if isinstance(o, Utilization)]
     assert utils and all(u.scope.value == "x.asset.y" for u in utils)
     assert [u.level.value for u in utils if u.kind == "gross_notional"] == ["breach"]
+
+
+# -- limit kinds: only what each level of the hierarchy can measure --------------------
+
+@pytest.mark.parametrize(("table", "key"), [
+    ({"instruments": {"BTC-C": {"delta": {"limit": 100.0}}}}, "instruments.BTC-C.delta"),
+    ({"instruments": {"BTC-C": {"concentration": {"limit": 0.5}}}},
+     "instruments.BTC-C.concentration"),
+    ({"instruments": {"BTC-C": {"open_order_notional": {"limit": 1.0}}}},
+     "instruments.BTC-C.open_order_notional"),
+    ({"assets": {"BTC": {"collateral": {"limit": 100.0}}}}, "assets.BTC.collateral"),
+    ({"assets": {"BTC": {"gross_notional": {"limit": 100.0}}}}, "assets.BTC.gross_notional"),
+])
+def test_a_limit_kind_its_level_cannot_measure_stops_start_up(
+        table: dict[str, object], key: str) -> None:
+    """Below the counterparty an instrument delta limit measured the position's notional
+    and an instrument concentration limit breached at 20x: the exposure carries no such
+    amount per instrument (or asset), so the config is refused naming the key."""
+    cfg = decode_section({"counterparties": {"okx": table}}, LimitsConfig, "limits")
+    with pytest.raises(ConfigError) as err:
+        cfg.validate("limits")
+    assert err.value.path == f"limits.counterparties.okx.{key}"
+
+
+def test_the_kinds_each_level_measures_are_what_they_say() -> None:
+    cfg = LimitsConfig(counterparties={"okx": CounterpartyLimits(
+        instruments={"BTC-C": {"gross_notional": LimitSpec(limit=100.0),
+                               "net_notional": LimitSpec(limit=100.0)}},
+        assets={"BTC": {"delta": LimitSpec(limit=1000.0),
+                        "net_notional": LimitSpec(limit=100.0)}})})
+    cfg.validate()
+    outs = LimitsLogic(cfg).on_event(Exposure(
+        counterparty="okx", ts=1, gross_notional=10.0, net_notional=-10.0,
+        instruments=["BTC-C"], instrument_notionals=[-10.0],
+        delta_by_underlying={"BTC": 900.0}, notional_by_asset={"BTC": -10.0}))
+    measured = {(u.limit_path, u.kind): u.exposure for u in outs if isinstance(u, Utilization)}
+    assert measured == {
+        ("counterparty.okx.instrument.BTC-C", "gross_notional"): 10.0,
+        ("counterparty.okx.instrument.BTC-C", "net_notional"): 10.0,
+        ("counterparty.okx.asset.BTC", "delta"): 900.0,
+        ("counterparty.okx.asset.BTC", "net_notional"): 10.0}
+
+
+@pytest.mark.parametrize(("path", "kind"), [
+    ("counterparty.okx.instrument.BTC-C", "delta"),
+    ("counterparty.okx.instrument.BTC-C", "concentration"),
+    ("counterparty.okx.asset.BTC", "open_order_notional"),
+    ("firm.asset.BTC", "collateral"),
+])
+def test_an_update_setting_a_kind_its_level_cannot_measure_is_refused(
+        path: str, kind: str) -> None:
+    logic = LimitsLogic(DOTTED)
+    [alert] = logic.on_event(Approved(update(limit_path=path, kind=kind, limit=0.5), 1, None))
+    assert isinstance(alert, RiskAlert)
+    assert alert.details["reason"] == "invalid_update"
+    assert logic.current_spec(path, kind) is None
+    gate = UpdateGate(DOTTED, _scoped_verifier("*"), clock=lambda: T0 + S)
+    [refused] = gate.on_event(_signed(path, "k1", ADMIN, kind=kind, limit=0.5))
+    assert isinstance(refused, RiskAlert) and refused.details["reason"] == "bad_kind"

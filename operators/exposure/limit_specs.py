@@ -33,6 +33,13 @@ from riskguard.validation import (
 LimitKind = Literal["gross_notional", "net_notional", "delta", "collateral", "concentration",
                    "open_order_notional"]
 KINDS: tuple[str, ...] = get_args(LimitKind)
+LEVEL_KINDS: dict[str, tuple[str, ...]] = {
+    "firm": KINDS, "cp": KINDS,
+    "asset": ("net_notional", "delta"),  # the asset's net notional, its underlying's delta
+    "instrument": ("gross_notional", "net_notional"),  # the position's notional, both
+}
+"""The limit kinds an exposure carries what is needed to measure, at each level of the
+hierarchy (``parse_limit_path``'s levels); a limit of another kind is refused."""
 LEVEL_ORDER = {LimitLevel.OK: 0, LimitLevel.WARN: 1, LimitLevel.BREACH: 2, LimitLevel.HARD: 3}
 """The levels from lowest to highest."""
 UNVALUED_GRACE_NS = 30 * NS_PER_S
@@ -85,9 +92,11 @@ class CounterpartyLimits(msgspec.Struct, frozen=True, kw_only=True):
     # limit kind (gross_notional, net_notional, delta, collateral, concentration,
     # open_order_notional) -> its limit, on the counterparty's whole exposure
     limits: dict[LimitKind, LimitSpec] = {}
-    # asset -> limit kind -> its limit, on the counterparty's exposure to that asset
+    # asset -> limit kind (net_notional: the asset's net notional, delta: its underlying's
+    # delta) -> its limit, on the counterparty's exposure to that asset
     assets: dict[str, dict[LimitKind, LimitSpec]] = {}
-    # instrument -> limit kind -> its limit, on the counterparty's position in it
+    # instrument -> limit kind (gross_notional or net_notional: the position's notional) ->
+    # its limit, on the counterparty's position in it
     instruments: dict[str, dict[LimitKind, LimitSpec]] = {}
 
 
@@ -107,7 +116,8 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     firm: dict[LimitKind, LimitSpec] = {}  # limit kind -> its limit, on the whole firm's exposure
-    # asset -> limit kind -> its limit, on the firm's exposure to that asset
+    # asset -> limit kind (net_notional or delta) -> its limit, on the firm's exposure to
+    # that asset
     firm_assets: dict[str, dict[LimitKind, LimitSpec]] = {}
     # counterparty -> its limits; one not listed fails closed (zero limits of
     # unknown_counterparty_kinds)
@@ -123,8 +133,11 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True):
     def validate(self, path: str = "limits") -> None:
         """Raise ``ConfigError`` naming the key of the first bad value."""
         check_declared(self, path)
-        for p, kinds in self._tables(path):
+        for p, level, kinds in self._tables(path):
             for kind, spec in kinds.items():
+                problem = kind_problem(level, kind)
+                if problem is not None:
+                    raise ConfigError(f"{p}.{kind}", problem, kind)
                 _check_across(f"{p}.{kind}", spec)
         self._check_paths(path)
 
@@ -136,7 +149,7 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True):
         underlyings = {s.underlying_asset for s in specs}
         assets = underlyings | {s.base for s in specs}
         checks: list[tuple[str, str, set[str], str]] = []
-        for p, kinds in self._tables(path):
+        for p, _level, kinds in self._tables(path):
             for kind, spec in kinds.items():
                 vs = spec.vol_scaling
                 if vs is not None:
@@ -175,15 +188,32 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True):
                 raise ConfigError(where, "a name whose limit path reads one way only (no "
                                   "'.asset.' or '.instrument.' in it)", meant[2])
 
-    def _tables(self, path: str) -> list[tuple[str, dict[LimitKind, LimitSpec]]]:
-        out = [(f"{path}.firm", self.firm)]
-        out += [(f"{path}.firm_assets.{a}", kinds) for a, kinds in self.firm_assets.items()]
+    def _tables(self, path: str) -> list[tuple[str, str, dict[LimitKind, LimitSpec]]]:
+        """``(key path, level, kind -> spec)`` of every table of limits."""
+        out = [(f"{path}.firm", "firm", self.firm)]
+        out += [(f"{path}.firm_assets.{a}", "asset", kinds)
+                for a, kinds in self.firm_assets.items()]
         for cp, cl in self.counterparties.items():
-            out.append((f"{path}.counterparties.{cp}.limits", cl.limits))
-            out += [(f"{path}.counterparties.{cp}.assets.{a}", k) for a, k in cl.assets.items()]
-            out += [(f"{path}.counterparties.{cp}.instruments.{i}", k)
+            where = f"{path}.counterparties.{cp}"
+            out.append((f"{where}.limits", "cp", cl.limits))
+            out += [(f"{where}.assets.{a}", "asset", k) for a, k in cl.assets.items()]
+            out += [(f"{where}.instruments.{i}", "instrument", k)
                     for i, k in cl.instruments.items()]
         return out
+
+
+def kind_problem(level: str, kind: str) -> str | None:
+    """Why a limit of ``kind`` cannot be measured at ``level``, or None if it can.
+
+    >>> kind_problem("asset", "delta") is None, kind_problem("instrument", "delta")[:46]
+    (True, 'an instrument limit is one of gross_notional, ')
+    """
+    allowed = LEVEL_KINDS.get(level, ())
+    if kind in allowed:
+        return None
+    what = {"asset": "an asset limit", "instrument": "an instrument limit"}.get(level, "a limit")
+    return (f"{what} is one of {', '.join(allowed)} (the exposure does not carry its "
+            f"{kind.replace('_', ' ')} per {level})")
 
 
 def check_spec(path: str, kind: str, spec: LimitSpec) -> None:

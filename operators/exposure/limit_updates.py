@@ -15,16 +15,17 @@ a trusted key cannot grow the limits' state without end. The rules: docs/exposur
 >>> def trusted(env, now):  # accepts any envelope; trust_verifier checks signatures
 ...     return msgspec.json.decode(env.payload, type=LimitUpdate)
 >>> gate = UpdateGate(LimitsConfig(), trusted, clock=lambda: 0, cap=1)
->>> def upd(path):
+>>> def upd(path, kind="gross_notional"):
 ...     u = LimitUpdate(update_id=path, issuer="admin", issued_at=0, expires_at=1,
 ...                     audience=Audience(env="dev", topic="limits"), limit_path=path,
-...                     kind="gross_notional", limit=5.0)
+...                     kind=kind, limit=5.0)
 ...     return SignedEnvelope(payload_type="t", payload=encode(u), signatures=[])
 >>> [o[0] for o in gate.on_event(upd("counterparty.okx"))]
 ['okx']
 >>> [type(o).__name__ for o in gate.on_event(upd("counterparty.junk"))]
 ['RiskAlert', 'DeadLetter']
->>> [o[0] for o in gate.on_event(upd("firm")) + gate.on_event(upd("counterparty.okx.asset.B"))]
+>>> [o[0] for o in gate.on_event(upd("firm")) + gate.on_event(upd("counterparty.okx.asset.B",
+...                                                                  "delta"))]
 ['*', 'okx']
 """
 
@@ -39,7 +40,7 @@ from typing import Any, NamedTuple
 from riskguard.operators.core.clock import Clock
 from riskguard.operators.core.dedup import SignedReplays
 from riskguard.operators.core.snapshot import persisted
-from riskguard.operators.exposure.limit_specs import KINDS, LimitsConfig
+from riskguard.operators.exposure.limit_specs import KINDS, LimitsConfig, kind_problem
 from riskguard.operators.signing.crypto import PAYLOAD_LIMIT_UPDATE
 from riskguard.operators.signing.trust import DEFAULT_LEEWAY_NS, TrustStore
 from riskguard.schemas import (
@@ -124,12 +125,15 @@ def rejection_alert(reason: str, detail: str, evidence: str, ts: int, scope: Sco
 def route_update(upd: LimitUpdate, ts: int) -> tuple[str, LimitUpdate] | RiskAlert:
     """The limits key a verified update goes to, or a rejection alert."""
     try:
-        key, _lv, _n = parse_limit_path(upd.limit_path)
+        key, level, _n = parse_limit_path(upd.limit_path)
     except ValueError as err:
         return rejection_alert("bad_path", str(err), upd.update_id, ts, FIRM_SCOPE)
     if upd.kind not in KINDS:
         return rejection_alert("bad_kind", f"kind must be one of {KINDS}; got {upd.kind!r}",
                                upd.update_id, ts, FIRM_SCOPE)
+    problem = kind_problem(level, upd.kind)
+    if problem is not None:
+        return rejection_alert("bad_kind", problem, upd.update_id, ts, FIRM_SCOPE)
     return key, upd
 
 

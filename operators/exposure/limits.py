@@ -50,6 +50,7 @@ from riskguard.operators.exposure.limit_specs import (
     LimitSpec,
     VolScaling,
     check_spec,
+    kind_problem,
     level_of,
     vol_factor,
 )
@@ -122,6 +123,9 @@ def _short_of_two(approved: Approved, old: LimitSpec | None, new: LimitSpec) -> 
 def _updated_spec(upd: LimitUpdate, base: LimitSpec) -> LimitSpec | str:
     """``base`` with what ``upd`` sets, checked as a configured limit is; or why it is
     refused."""
+    problem = kind_problem(parse_limit_path(upd.limit_path)[1], upd.kind)
+    if problem is not None:
+        return problem
     changes: dict[str, Any] = {}
     if upd.limit is not None:
         changes["limit"] = upd.limit
@@ -315,11 +319,13 @@ def _measure(level: str, name: str, kind: str) -> Measure:
         if kind == "open_order_notional":
             return lambda e: e.open_order_notional
         return lambda e: _max_abs(e.delta_by_underlying)
-    if level == "asset":
-        if kind == "delta":
-            return lambda e: abs(e.delta_by_underlying.get(name, 0.0))
+    if level == "asset" and kind == "delta":
+        return lambda e: abs(e.delta_by_underlying.get(name, 0.0))
+    if level == "asset" and kind == "net_notional":
         return lambda e: abs(e.notional_by_asset.get(name, 0.0))
-    return lambda e: abs(e.instrument_notional(name))
+    if level == "instrument" and kind in ("gross_notional", "net_notional"):
+        return lambda e: abs(e.instrument_notional(name))
+    return lambda e: math.nan  # not measured at this level (refused on the way): no amount
 
 
 Unvalued = Callable[[Exposure], "list[str] | tuple[str, ...]"]
