@@ -386,14 +386,17 @@ def test_a_raise_past_the_two_person_cap_needs_two_people_whatever_carries_it(
 ) -> None:
     """The trust file's limit_cap (1,000,000): one limit-admin key cannot raise a limit
     past it, neither by the limit itself nor by a volatility factor allowed above 1
-    (vol_scaling.hi), which multiplies the limit it scales."""
+    (vol_scaling.hi), which multiplies the limit it scales. The verifier passes on the
+    approvals and the cap; the limits, which know the limit in force, decide."""
     env = sign_envelope(PAYLOAD_LIMIT_UPDATE, encode(fresh(**change)), [ADMIN])
-    if not needs_two:
-        assert verifier(env, T0 + S).update.update_id == "u1"  # type: ignore[union-attr]
-        return
-    with pytest.raises(VerificationError) as info:
-        verifier(env, T0 + S)
-    assert info.value.reason == "two_person_required"
+    approved = verifier(env, T0 + S)
+    assert isinstance(approved, Approved)
+    assert (approved.approvers, approved.cap) == (1, 1_000_000.0)
+    logic = LimitsLogic(LimitsConfig(counterparties={"okx": CounterpartyLimits(limits={
+        "gross_notional": LimitSpec(limit=5_000.0, vol_scaling=VolScaling(
+            underlying="BTC", ref_vol=0.6))})}))
+    [alert] = [o for o in logic.on_event(approved) if isinstance(o, RiskAlert)]
+    assert alert.details.get("reason") == ("two_person_required" if needs_two else None)
 
 
 def test_a_replayed_update_is_refused_until_it_expires(verifier: Verifier) -> None:

@@ -237,3 +237,91 @@ def test_an_update_setting_a_kind_its_level_cannot_measure_is_refused(
     gate = UpdateGate(DOTTED, _scoped_verifier("*"), clock=lambda: T0 + S)
     [refused] = gate.on_event(_signed(path, "k1", ADMIN, kind=kind, limit=0.5))
     assert isinstance(refused, RiskAlert) and refused.details["reason"] == "bad_kind"
+
+
+# -- the two-person rule on limits: judged where the limit in force is known -----------
+
+ADMIN2 = Signer.from_private_bytes(b"\x07" * 32, issuer="limits-admin-2")
+
+
+def _two_admin_verifier(**two_person: object) -> Verifier:
+    entries = [{"name": name, "public_key": key.public_key.hex(), "role": "limit-admin",
+                "actions": ["limit_update"], "scopes": ["*"]}
+               for name, key in (("limits-admin", ADMIN), ("limits-admin-2", ADMIN2))]
+    rule = {"actions": ["resume"], "scopes": ["firm:*"], **two_person}
+    return trust_verifier(TrustStore(parse_trust(trust_doc_to_toml(entries, two_person=rule))),
+                          AUD)
+
+
+class _Guard:
+    """The gate and the limits, as the guard chains them: a signed update in, the
+    limits' verdict out."""
+
+    def __init__(self, cfg: LimitsConfig, verifier: Verifier) -> None:
+        self.gate = UpdateGate(cfg, verifier, clock=lambda: T0 + S)
+        self.logic = LimitsLogic(cfg)
+        self.n = 0
+
+    def send(self, kind: str, limit: float, *signers: Signer) -> str:
+        self.n += 1
+        out = self.gate.on_event(_signed("counterparty.okx", f"v{self.n}", *signers,
+                                         kind=kind, limit=limit, issuer=signers[0].issuer))
+        if not isinstance(out[0], tuple):
+            return f"gate:{out[0].details['reason']}"  # type: ignore[union-attr]
+        [alert] = [o for o in self.logic.on_event(out[0][1]) if isinstance(o, RiskAlert)]
+        return alert.details.get("reason") or "accepted"  # type: ignore[return-value]
+
+
+def test_one_admin_may_cut_a_limit_set_above_the_cap_but_not_raise_one_past_it() -> None:
+    """The trust verifier judged an update alone against limit_cap (1,000,000), so one
+    admin could not even cut a limit configured at 5,000,000 to 2,000,000. The limits,
+    which know the limit in force, judge it: a cut needs one person, a rise past the cap
+    above where the limit stood needs two, however it is carried."""
+    cfg = LimitsConfig(counterparties={"okx": CounterpartyLimits(limits={
+        "gross_notional": LimitSpec(limit=5_000_000.0)})})
+    guard = _Guard(cfg, _two_admin_verifier(limit_cap=1_000_000.0))
+    assert guard.send("gross_notional", 2_000_000.0, ADMIN) == "accepted"
+    assert guard.send("gross_notional", 4_000_000.0, ADMIN) == "two_person_required"
+    assert guard.send("gross_notional", 4_000_000.0, ADMIN, ADMIN2) == "accepted"
+    assert guard.send("gross_notional", 900_000.0, ADMIN2) == "accepted"
+    assert guard.send("gross_notional", 1_000_000.0, ADMIN2) == "accepted"  # up to the cap
+    assert guard.send("gross_notional", 1_000_001.0, ADMIN) == "two_person_required"
+    assert guard.logic.current_spec("counterparty.okx", "gross_notional").limit == 1e6  # type: ignore[union-attr]
+
+
+def test_listing_limit_update_among_the_two_person_actions_makes_every_update_two_people(
+) -> None:
+    cfg = LimitsConfig(counterparties={"okx": CounterpartyLimits(limits={
+        "gross_notional": LimitSpec(limit=5_000_000.0)})})
+    guard = _Guard(cfg, _two_admin_verifier(actions=["limit_update"],
+                                            scopes=["counterparty:okx"]))
+    assert guard.send("gross_notional", 1.0, ADMIN) == "gate:two_person_required"
+    assert guard.send("gross_notional", 1.0, ADMIN, ADMIN2) == "accepted"
+
+
+def test_a_concentration_limit_is_a_share_and_its_raise_is_judged_against_a_share_cap(
+) -> None:
+    """A concentration limit accepted 7.0, and a one-person update to 5.0 switched it off:
+    the two-person cap is an amount (1,000,000). It is a share (at most 1), and a raise
+    past concentration_cap needs two people."""
+    cfg = LimitsConfig(counterparties={"okx": CounterpartyLimits(limits={
+        "concentration": LimitSpec(limit=0.6)})})
+    guard = _Guard(cfg, _two_admin_verifier(limit_cap=1_000_000.0, concentration_cap=0.7))
+    assert guard.send("concentration", 5.0, ADMIN) == "invalid_update"
+    assert guard.send("concentration", 0.65, ADMIN) == "accepted"
+    assert guard.send("concentration", 0.8, ADMIN) == "two_person_required"
+    assert guard.send("concentration", 0.8, ADMIN, ADMIN2) == "accepted"
+    assert guard.send("concentration", 0.5, ADMIN) == "accepted"
+    with pytest.raises(ConfigError) as err:
+        decode_section({"counterparties": {"okx": {"limits": {"concentration": {
+            "limit": 7.0}}}}}, LimitsConfig, "limits").validate("limits")
+    assert err.value.path == "limits.counterparties.okx.limits.concentration.limit"
+
+
+def test_with_an_amount_cap_and_no_share_cap_any_concentration_raise_needs_two() -> None:
+    cfg = LimitsConfig(counterparties={"okx": CounterpartyLimits(limits={
+        "concentration": LimitSpec(limit=0.6)})})
+    guard = _Guard(cfg, _two_admin_verifier(limit_cap=1_000_000.0))
+    assert guard.send("concentration", 0.61, ADMIN) == "two_person_required"
+    assert guard.send("concentration", 0.4, ADMIN) == "accepted"
+    assert guard.send("concentration", 1.0, ADMIN, ADMIN2) == "accepted"

@@ -69,8 +69,8 @@ class LimitSpec(msgspec.Struct, frozen=True, kw_only=True):
     limit is breached; 0: at once.
     """
 
-    # the limit, in the reporting currency (concentration: a share, 0 to 1); utilization 1.0 is a
-    # breach
+    # the limit, in the reporting currency (concentration: a share, 0 to 1, no more); utilization
+    # 1.0 is a breach
     limit: NonNegative
     warn: Share = 0.8
     # a second level past the breach (utilization 1.0): 1.25 is 25 % over the limit; crossing
@@ -138,7 +138,7 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True):
                 problem = kind_problem(level, kind)
                 if problem is not None:
                     raise ConfigError(f"{p}.{kind}", problem, kind)
-                _check_across(f"{p}.{kind}", spec)
+                _check_across(f"{p}.{kind}", kind, spec)
         self._check_paths(path)
 
     def check_names(self, instruments: InstrumentsConfig, path: str = "limits") -> None:
@@ -222,10 +222,13 @@ def check_spec(path: str, kind: str, spec: LimitSpec) -> None:
     if kind not in KINDS:
         raise ConfigError(path, f"a limit kind, one of {', '.join(KINDS)}", kind)
     check_declared(spec, path)
-    _check_across(path, spec)
+    _check_across(path, kind, spec)
 
 
-def _check_across(path: str, spec: LimitSpec) -> None:
+def _check_across(path: str, kind: str, spec: LimitSpec) -> None:
+    if kind == "concentration" and spec.limit > 1.0:
+        raise ConfigError(f"{path}.limit", "a share of the firm's exposure, 0 to 1, for a "
+                          "concentration limit", spec.limit)
     if spec.hysteresis >= spec.warn:
         raise ConfigError(f"{path}.hysteresis", f"must be below warn ({spec.warn})",
                           spec.hysteresis)

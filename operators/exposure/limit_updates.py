@@ -62,13 +62,16 @@ from riskguard.errors import VerificationError
 
 class Approved(NamedTuple):
     """A verified update and who approved it: the people among its signers
-    (``approvers``) and the trust file's two-person ``cap`` on a limit (None: none). The
-    limits check the cap against the limit an update leaves in force, its earlier
-    settings included, which the signature check alone cannot see."""
+    (``approvers``) and the trust file's two-person caps on a limit (None: none):
+    ``cap`` on an amount, ``share_cap`` on a concentration (a share). The limits check
+    them against the limit in force before and after the update, its earlier settings
+    included, which the signature check alone cannot see: a cut needs one person
+    whatever the cap, a raise past the cap two."""
 
     update: LimitUpdate
     approvers: int = 0
     cap: float | None = None
+    share_cap: float | None = None
 
 
 Verifier = Callable[[SignedEnvelope, int], LimitUpdate | Approved]
@@ -106,7 +109,8 @@ def trust_verifier(
         if not isinstance(v.message, LimitUpdate):  # pragma: no cover - decoded by type
             detail = f"expected a limit update; got {type(v.message).__name__}"
             raise VerificationError("malformed_payload", detail)
-        return Approved(v.message, len(v.approvers), trust.doc.two_person.limit_cap)
+        rule = trust.doc.two_person
+        return Approved(v.message, len(v.approvers), rule.limit_cap, rule.concentration_cap)
 
     return verify
 

@@ -105,19 +105,26 @@ def _highest(spec: LimitSpec) -> float:
     return spec.limit * max(hi, 1.0)
 
 
-def _short_of_two(approved: Approved, old: LimitSpec | None, new: LimitSpec) -> str:
+def _short_of_two(approved: Approved, old: LimitSpec | None, new: LimitSpec,
+                  kind: str) -> str:
     """Why ``new`` needs two people that ``approved`` lacks ('' when it does not): it
     lets the limit rise past the trust file's cap, above where ``old`` let it rise, with
     the settings earlier updates left in place counted (two updates each under the cap
-    alone do not make one over it)."""
+    alone do not make one over it). A concentration limit is a share: it is judged
+    against the share cap, and, with an amount cap but no share cap, any raise of it
+    needs two people (a share of 1 switches it off)."""
     cap = approved.cap
+    if kind == "concentration":
+        cap = approved.share_cap if approved.share_cap is not None else (
+            None if cap is None else 0.0)
     if cap is None or approved.approvers >= 2:
         return ""
     highest = _highest(new)
     if highest <= cap or (old is not None and highest <= _highest(old)):
         return ""
+    what = "concentration cap" if kind == "concentration" else "cap"
     return (f"the limit may rise to {highest:g} (limit x vol_scaling.hi), past the "
-            f"two-person cap {cap:g}; {approved.approvers} person(s) approved it")
+            f"two-person {what} {cap:g}; {approved.approvers} person(s) approved it")
 
 
 def _updated_spec(upd: LimitUpdate, base: LimitSpec) -> LimitSpec | str:
@@ -477,7 +484,7 @@ class LimitsLogic:
         new = _updated_spec(upd, base)
         if isinstance(new, str):
             return [self._reject(upd, "invalid_update", new)]
-        short = _short_of_two(approved, base if old is not None else None, new)
+        short = _short_of_two(approved, base if old is not None else None, new, upd.kind)
         if short:
             return [self._reject(upd, "two_person_required", short)]
         st.overrides[(upd.limit_path, upd.kind)] = new

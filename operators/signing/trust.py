@@ -145,41 +145,33 @@ class TrustedKey:
 
 @dataclass(frozen=True)
 class TwoPersonRule:
-    """Actions (and limit raises) that need two distinct people: on every scope matching
-    ``scopes``, and on every scope wider than one venue or counterparty."""
+    """Actions that need two distinct people: on every scope matching ``scopes``, and on
+    every scope wider than one venue or counterparty. A limit raise past ``limit_cap``
+    (``concentration_cap`` for a concentration limit, a share) needs two people too: the
+    limits judge it, against the limit in force (``Approved``), as only they know it."""
 
     actions: frozenset[str] = frozenset()
     scopes: tuple[str, ...] = ("*",)
     limit_cap: float | None = None
+    concentration_cap: float | None = None
 
     def applies_to_command(self, action: str, scope: Scope) -> bool:
         return action in self.actions and (
             scope_is_wide(scope) or scope_matcher(self.scopes)(scope.label()))
 
-    def applies_to_limit(self, update: LimitUpdate) -> bool:
-        """Whether ``update`` may raise a limit past ``limit_cap``: its limit times any
-        volatility factor above 1 (``vol_scaling.hi``); a factor above 1 without a limit
-        counts too, as the limit it scales is not known here.
+    def applies_to_limit(self, label: str) -> bool:
+        """Whether every limit update on ``label`` (``firm:*``, ``counterparty:<cp>``)
+        needs two people: ``limit_update`` is among ``actions`` and the label is the
+        firm's or matches ``scopes``. A raise past a cap is the limits' to judge.
 
-        >>> rule = TwoPersonRule(limit_cap=1000.0)
-        >>> def upd(**kw): return LimitUpdate(update_id="u", issuer="a", issued_at=0,
-        ...     expires_at=1, audience=Audience(env="e", topic="t"), limit_path="firm",
-        ...     kind="gross_notional", **kw)
-        >>> [rule.applies_to_limit(upd(limit=900.0)), rule.applies_to_limit(upd(limit=2e3))]
-        [False, True]
-        >>> [rule.applies_to_limit(upd(limit=900.0, vol_scaling={"hi": 2.0})),
-        ...  rule.applies_to_limit(upd(vol_scaling={"lo": 0.5, "hi": 4.0})),
-        ...  rule.applies_to_limit(upd(vol_scaling={"hi": 1.0}))]
-        [True, True, False]
+        >>> rule = TwoPersonRule(actions=frozenset({"limit_update"}), scopes=("counterparty:okx",))
+        >>> [rule.applies_to_limit(x) for x in ("counterparty:okx", "counterparty:bit", "firm:*")]
+        [True, False, True]
+        >>> TwoPersonRule(limit_cap=1.0).applies_to_limit("firm:*")
+        False
         """
-        if self.limit_cap is None:
-            return False
-        hi = (update.vol_scaling or {}).get("hi", 1.0)
-        if hi > 1.0 and update.limit is None:
-            return True
-        limit = None if update.limit is None else update.limit * max(hi, 1.0)
-        values = (limit, update.warn, update.hard)
-        return any(v is not None and v > self.limit_cap for v in values)
+        return LIMIT_UPDATE_ACTION in self.actions and (
+            label == "firm:*" or scope_matcher(self.scopes)(label))
 
 
 @dataclass(frozen=True)
@@ -306,6 +298,7 @@ class TwoPersonEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     actions: tuple[ActionName, ...] = ()
     scopes: tuple[str, ...] = ("*",)
     limit_cap: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    concentration_cap: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
 
 
 class TrustFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -396,7 +389,8 @@ def parse_trust(text: str, *, source: str = "trust") -> TrustDoc:
     ttls = {name: int(s * NS_PER_S) for name, s in doc.max_ttl_s.items()}
     default_ttl = ttls.pop("default", DEFAULT_MAX_TTL_NS)
     return TrustDoc(keys=tuple(keys), two_person=TwoPersonRule(
-        actions=frozenset(tp.actions), scopes=tp.scopes, limit_cap=tp.limit_cap),
+        actions=frozenset(tp.actions), scopes=tp.scopes, limit_cap=tp.limit_cap,
+        concentration_cap=tp.concentration_cap),
         serial=doc.serial, max_ttl_ns=ttls, default_max_ttl_ns=default_ttl,
         replicas=_replicas(doc.replicas, keys, f"{source}:replicas"))
 
@@ -697,7 +691,7 @@ class TrustStore:
             label = limit_scope_label(msg.limit_path)
         except ValueError as err:
             raise rejection(Reason.BAD_SCOPE, str(err)[:300]) from None
-        return LIMIT_UPDATE_ACTION, label, self.doc.two_person.applies_to_limit(msg)
+        return LIMIT_UPDATE_ACTION, label, self.doc.two_person.applies_to_limit(label)
 
     def _authorized(self, signers: list[TrustedKey], payload_type: str, action: str,
                     scope_labels: tuple[str, ...]) -> list[TrustedKey]:
