@@ -6,11 +6,13 @@ from __future__ import annotations
 import math
 
 import pytest
+from riskguard.operators.exposure.config import ExposureConfig
 from riskguard.operators.exposure.limit_specs import (
     CounterpartyLimits,
     LimitsConfig,
     LimitSpec,
     VolScaling,
+    concentration_levels,
     vol_factor,
 )
 from riskguard.operators.exposure.limit_updates import (
@@ -20,12 +22,14 @@ from riskguard.operators.exposure.limit_updates import (
     trust_verifier,
 )
 from riskguard.operators.exposure.limits import LimitsLogic
+from riskguard.operators.exposure.rollup import FirmLogic
 from riskguard.operators.signing.crypto import PAYLOAD_LIMIT_UPDATE, Signer, sign_envelope
 from riskguard.operators.signing.trust import TrustStore, parse_trust
 from riskguard.operators.signing.trust_toml import trust_doc_to_toml
 from riskguard.schemas import (
     DeadLetter,
     Exposure,
+    LimitBreach,
     RiskAlert,
     SignedEnvelope,
     Utilization,
@@ -325,3 +329,33 @@ def test_with_an_amount_cap_and_no_share_cap_any_concentration_raise_needs_two()
     assert guard.send("concentration", 0.61, ADMIN) == "two_person_required"
     assert guard.send("concentration", 0.4, ADMIN) == "accepted"
     assert guard.send("concentration", 1.0, ADMIN, ADMIN2) == "accepted"
+
+
+# -- concentration: a quiet counterparty pushed past its limit by the others ------------
+
+def test_a_quiet_counterparty_pushed_past_its_concentration_limit_is_sent_again() -> None:
+    """The firm rollup re-sent a quiet counterparty's share only when it moved by more
+    than concentration_epsilon (0.05 here), so others shrinking a little at a time took
+    it past its limit (0.6) unreported. Crossing a level of its limit sends it again."""
+    limits = LimitsConfig(counterparties={
+        "quiet": CounterpartyLimits(limits={"concentration": LimitSpec(limit=0.6)}),
+        "busy": CounterpartyLimits()})
+    levels = concentration_levels(limits)
+    assert levels == {"quiet": (0.45, 0.48, 0.57, 0.6)}
+    exposure_cfg = ExposureConfig(concentration_basis="gross_notional",
+                                  concentration_epsilon=0.05)
+
+    def breaches(firm: FirmLogic) -> list[int]:
+        def exposure(cp: str, seq: int, gross: float) -> Exposure:
+            return Exposure(counterparty=cp, ts=seq, seq=seq, gross_notional=gross,
+                            net_notional=gross)
+
+        sent = firm.on_batch([exposure("quiet", 1, 59.0), exposure("busy", 1, 41.0)])
+        for seq in range(2, 12):  # busy shrinks by 0.7 a step: quiet's share rises
+            sent += firm.on_batch([exposure("busy", seq, 41.0 - 0.7 * (seq - 1))])
+        logic = LimitsLogic(limits)
+        return [o.ts for e in sent if e.counterparty == "quiet" for o in logic.on_event(e)
+                if isinstance(o, LimitBreach)]
+
+    assert breaches(FirmLogic(exposure_cfg)) == []  # 0.59 -> 0.634: never 0.05 apart
+    assert breaches(FirmLogic(exposure_cfg, concentration_levels=levels)) == [4]  # 0.6027

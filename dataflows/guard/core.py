@@ -59,6 +59,7 @@ from riskguard.operators.core.base import (
 from riskguard.operators.core.clock import NS_PER_S, Clock, Tick
 from riskguard.operators.core.metrics import record_command
 from riskguard.operators.core.observe import observe_all
+from riskguard.operators.exposure.limit_specs import concentration_levels
 from riskguard.operators.exposure.limit_updates import trust_verifier
 from riskguard.operators.exposure.ops import (
     LimitsOut,
@@ -187,7 +188,7 @@ def _detect_and_value(market: Stream[MarketEvent], status: Stream[VenueStatus],
                               MarkFilter(cfg.mark_interval_ns, cfg.mark_move_bps).passed)
     exposure = aggregate_exposure(
         "exposure", marks, trading, config=cfg.exposure, clock=clock, ticks=ticks,
-        wall_clock=wall_clock)
+        wall_clock=wall_clock, concentration_levels=concentration_levels(cfg.limits))
     step_errs.append(exposure.errs)
     return anomalies, exposure.exposures, exposure.alerts, exposure.progress
 
@@ -325,7 +326,8 @@ def _from_market_processes(detected_in: Stream[Detection], own_ticks: Stream[Tic
     alerts and progress summed from their parts, and silent-process alerts."""
     anomalies = first_of_each_id(detected_in, cfg.tier.recent_ids)
     summed = sum_exposures("exposure", market_parts(detected_in, own_ticks, cfg),
-                           config=cfg.exposure, clock=clock)
+                           config=cfg.exposure, clock=clock,
+                           concentration_levels=concentration_levels(cfg.limits))
     silent = watch_market_processes(detected_in, own_ticks,
                                     processes=cfg.tier.market_processes,
                                     wait_s=cfg.tier.market_wait_s, clock=clock)

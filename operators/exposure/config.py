@@ -51,7 +51,9 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
       ``reconciliation_break``.
     - ``concentration_basis``: what a counterparty's share is a share of.
     - ``concentration_epsilon``: other counterparties' concentration is
-      re-emitted when it moves by more than this (absolute share).
+      re-emitted when it moves by more than this (absolute share), or crosses a
+      level (warn, breach, hard, or one less its hysteresis) of the counterparty's
+      configured concentration limit.
     - ``vol_alpha`` / ``vol_min_samples``: EWMA realized vol of marks (used
       when no feature-stream vol ``vol_feature`` is present).
     - ``valuation_shards``: how many stage-1 keys the instruments are hashed

@@ -202,6 +202,29 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True):
         return out
 
 
+def concentration_levels(config: LimitsConfig) -> dict[str, tuple[float, ...]]:
+    """Per configured counterparty with a concentration limit, the shares at which its
+    level changes (warn, breach and hard, and each less the hysteresis): the firm
+    rollup re-sends a quiet counterparty's concentration when it crosses one, however
+    little it moved. A vol-scaled limit's are those of its base limit.
+
+    >>> cfg = LimitsConfig(counterparties={"okx": CounterpartyLimits(
+    ...     limits={"concentration": LimitSpec(limit=0.5, warn=0.8, hysteresis=0.1)})})
+    >>> concentration_levels(cfg)
+    {'okx': (0.35, 0.4, 0.45, 0.5)}
+    """
+    out: dict[str, tuple[float, ...]] = {}
+    for cp, cl in config.counterparties.items():
+        spec = cl.limits.get("concentration")
+        if spec is None:
+            continue
+        at = [spec.warn, 1.0, *([spec.hard] if spec.hard is not None else [])]
+        shares = {round(spec.limit * u, 12) for u in at}
+        shares |= {round(spec.limit * (u - spec.hysteresis), 12) for u in at}
+        out[cp] = tuple(sorted(x for x in shares if 0.0 < x <= 1.0))
+    return out
+
+
 def kind_problem(level: str, kind: str) -> str | None:
     """Why a limit of ``kind`` cannot be measured at ``level``, or None if it can.
 

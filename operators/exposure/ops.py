@@ -8,7 +8,7 @@ counterparty, ``"*"`` for the firm). A record crosses workers at most once per s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -102,6 +102,7 @@ def aggregate_exposure(
     clock: Clock = system_clock,
     ticks: Stream[Tick] | None = None,
     wall_clock: Clock | None = None,
+    concentration_levels: Mapping[str, Sequence[float]] | None = None,
 ) -> ExposureOut:
     """Per-counterparty and firm-wide exposure from fills, positions, balances and marks.
 
@@ -114,6 +115,9 @@ def aggregate_exposure(
     :func:`enforce_limits`; a position record then waits for the next
     ``config.position_revalue_ns`` boundary (and, with ``wall_clock``, that much wall
     time; replays leave it out so their output does not depend on wall time).
+    ``concentration_levels`` (``limit_specs.concentration_levels`` of the limits'
+    config): a counterparty's concentration is sent again when it crosses one of its
+    levels, however little it moved.
 
     >>> from bytewax.dataflow import Dataflow
     >>> from bytewax.testing import TestingSink, TestingSource, run_main
@@ -147,7 +151,7 @@ def aggregate_exposure(
     s1 = op.branch("parts", made, _IS_PART)
     alerts1 = op.flat_map_batch("alerts1", s1.falses, values_of)
     summed = _sum(config, op.flat_map_batch("unkey1", s1.trues, values_of), ticked=ticked,
-                  clock=clock)
+                  clock=clock, levels=concentration_levels)
     alerts = op.merge("alerts", alerts1, summed.alerts)
     return ExposureOut(exposures=summed.exposures, alerts=alerts, errs=errs,
                        progress=summed.progress)
@@ -193,7 +197,7 @@ def _value(step_id: str, merged: Stream[Record | Tick], config: ExposureConfig, 
 
 
 def _sum(config: ExposureConfig, parts: Stream[Part | Progress], *, ticked: bool,
-         clock: Clock) -> SumOut:
+         clock: Clock, levels: Mapping[str, Sequence[float]] | None = None) -> SumOut:
     """Stages 2 and 3's steps (counterparty, firm) inside the calling operator."""
     contribs = op.flat_map_batch("by_cp", parts, _by_counterparty)
 
@@ -205,7 +209,7 @@ def _sum(config: ExposureConfig, parts: Stream[Part | Progress], *, ticked: bool
     to_firm = op.flat_map_batch("to_firm", s2.trues, _to_firm)
 
     def build_firm(state: Any) -> FirmLogic:
-        return FirmLogic(config, state, ticked=ticked)
+        return FirmLogic(config, state, ticked=ticked, concentration_levels=levels)
 
     firm_out = op.branch("progress", op.flat_map_batch(
         "unkey3", stateful_logic("firm", to_firm, build_firm), values_of),
@@ -264,7 +268,9 @@ def value_positions(
 
 @operator
 def sum_exposures(step_id: str, parts: Stream[Part | Progress], *,
-                  config: ExposureConfig, clock: Clock = system_clock) -> SumOut:
+                  config: ExposureConfig, clock: Clock = system_clock,
+                  concentration_levels: Mapping[str, Sequence[float]] | None = None
+                  ) -> SumOut:
     """Stages 2 and 3 of :func:`aggregate_exposure` over the parts and progress that
     market processes' :func:`value_positions` made (ticked): per-counterparty exposures,
     their concentration and the firm rollup, and the progress behind them for
@@ -272,7 +278,7 @@ def sum_exposures(step_id: str, parts: Stream[Part | Progress], *,
     every market process's shard. ``clock`` (processing time) only lets a silent market
     process stop holding the counterparties' time back."""
     config.validate(f"step '{step_id}'")
-    return _sum(config, parts, ticked=True, clock=clock)
+    return _sum(config, parts, ticked=True, clock=clock, levels=concentration_levels)
 
 
 @operator

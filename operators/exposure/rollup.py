@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import reduce
 from itertools import chain, repeat
@@ -412,13 +412,18 @@ class FirmLogic:
     Each rollup is an exact re-sum over every counterparty in name order (no running
     sums, no drift, the same whatever order they arrived in), done with C-level loops;
     per-counterparty Python work is only for the updated ones and those whose share moved
-    by more than ``concentration_epsilon``.
+    by more than ``concentration_epsilon`` or crossed one of its ``concentration_levels``
+    (the shares its concentration limit changes level at, from the limits' config), so a
+    quiet counterparty pushed past its limit by others' small moves is re-sent.
     """
 
     def __init__(self, config: ExposureConfig, state: FirmState | None = None, *,
-                 ticked: bool = False) -> None:
+                 ticked: bool = False,
+                 concentration_levels: Mapping[str, Sequence[float]] | None = None) -> None:
         self.config = config
         self.ticked = ticked
+        # counterparty -> shares its concentration limit changes level at (config-sized)
+        self._levels = {cp: tuple(v) for cp, v in (concentration_levels or {}).items() if v}
         self.state = state if state is not None else FirmState()
         # derived from state, in counterparty name order: names, latest exposures, the
         # concentration basis and the share last emitted
@@ -599,6 +604,10 @@ class FirmLogic:
         emit = np.abs(shares - self._shares) > self.config.concentration_epsilon
         at = self._at
         emit[[at[cp] for cp in updated]] = True
+        for cp, levels in self._levels.items():
+            k = at.get(cp)
+            if k is not None and not emit[k] and _crosses(self._shares[k], shares[k], levels):
+                emit[k] = True
         out: list[Exposure] = []
         for k in np.flatnonzero(emit).tolist():
             share = float(shares[k])
@@ -621,6 +630,15 @@ class FirmLogic:
         ))
         out.append(st.firm)
         return out
+
+
+def _crosses(old: float, new: float, levels: tuple[float, ...]) -> bool:
+    """Does a share moving from ``old`` to ``new`` cross any of ``levels``?
+
+    >>> _crosses(0.598, 0.603, (0.6,)), _crosses(0.61, 0.62, (0.6,))
+    (True, False)
+    """
+    return any((old < x) != (new < x) for x in levels)
 
 
 def _newest_vols(exps: list[Exposure]) -> dict[str, float]:
