@@ -149,14 +149,17 @@ class TickBatchSegment(KeyedProcessFunction):
     With ``commit_ms``, each key's snapshot is written to Flink state at most that often
     (processing time), and the calls since are kept in a list state beside it; a restore
     replays them, making what the lost run made, with the same ids. Without, the
-    function keeps no state (a backtest)."""
+    function keeps no state (a backtest). A restored snapshot with state for a step the
+    flow no longer has fails the key's restore, unless ``allow_dropped_state``."""
 
     def __init__(self, ref: FlowRef, plan: SegmentPlan, commit_ms: int | None = None,
-                 worker: tuple[int, int] = (0, 1)) -> None:
+                 worker: tuple[int, int] = (0, 1), *,
+                 allow_dropped_state: bool = False) -> None:
         self.ref = ref
         self.plan = plan
         self.commit_ms = commit_ms
         self.worker = worker
+        self.allow_dropped_state = allow_dropped_state
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.trace = Trace(os.environ.get(TRACE_ENV))
@@ -207,7 +210,8 @@ class TickBatchSegment(KeyedProcessFunction):
         runner = self.live.get(key)
         if runner is not None:
             return runner
-        make = functools.partial(self.plan.segment, self.steps)
+        make = functools.partial(self.plan.segment, self.steps,
+                                 allow_dropped_state=self.allow_dropped_state)
         if self.commit_ms is None:
             runner = KeyRunner(make(None), self.decoders, self.timed, self.worker)
         else:

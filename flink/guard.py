@@ -246,9 +246,11 @@ def scratch_checkpoints() -> str:
 
 
 def run(config: str, *, parallelism: int | None = None, checkpoints: str | None = None,
-        interval_ms: int = 2000, restore: str | None = None, jars: Sequence[str] = ()) -> None:
+        interval_ms: int = 2000, restore: str | None = None, jars: Sequence[str] = (),
+        allow_dropped_state: bool = False) -> None:
     """Run the guard on Flink until cancelled (a local mini-cluster when run directly,
-    the cluster's when submitted)."""
+    the cluster's when submitted). A restored checkpoint or savepoint holding state for
+    a step the flow no longer has fails the job, unless ``allow_dropped_state``."""
     from pyflink.common import Configuration  # noqa: PLC0415
     from pyflink.datastream import DataStream, StreamExecutionEnvironment  # noqa: PLC0415
     from pyflink.java_gateway import get_gateway  # noqa: PLC0415
@@ -288,7 +290,8 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
     # Java makes each tick's messages one row; the flow is one segment under one key,
     # fed a tick at a time, as one bytewax worker runs it
     ticks = tick_batches(msgs, cfg.tick_ns, ("kafka",), "riskguard_guard")
-    out = ticks.process(TickBatchSegment(ref, plan, commit_ms=interval_ms),
+    out = ticks.process(TickBatchSegment(ref, plan, commit_ms=interval_ms,
+                                         allow_dropped_state=allow_dropped_state),
                         output_type=ROW).uid("riskguard_segment").name("riskguard_segment")
     out.disable_chaining()
     topics = gateway.jvm.java.util.HashMap()
@@ -332,11 +335,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--checkpoint-interval-ms", type=int, default=2000)
     ap.add_argument("--restore", help="a checkpoint or savepoint path, or 'latest'")
     ap.add_argument("--jars", help=f"';'-separated jar URLs (default ${JARS_ENV})")
+    ap.add_argument("--allow-dropped-state", action="store_true",
+                    help="restore a checkpoint or savepoint holding state for steps this "
+                         "version no longer has (renamed or removed), dropping that state; "
+                         "without it such a restore fails")
     args = ap.parse_args(argv)
     jars = (args.jars or os.environ.get(JARS_ENV, "")).split(";")
     run(args.config, parallelism=args.parallelism, checkpoints=args.checkpoints,
         interval_ms=args.checkpoint_interval_ms, restore=args.restore,
-        jars=[j for j in jars if j])
+        jars=[j for j in jars if j], allow_dropped_state=args.allow_dropped_state)
     return 0
 
 

@@ -125,10 +125,12 @@ class SegmentPlan:
         return [s for s in steps.values() if s.kind not in ("input", "output")
                 and (self.step_ids is None or s.step_id in self.step_ids)]
 
-    def segment(self, steps: Sequence[CoreStep], state: State | None = None) -> Segment:
-        """A new segment of ``steps`` (resumed from ``state``)."""
+    def segment(self, steps: Sequence[CoreStep], state: State | None = None, *,
+                allow_dropped_state: bool = False) -> Segment:
+        """A new segment of ``steps`` (resumed from ``state``; state for a step it does
+        not have is refused unless ``allow_dropped_state``: :class:`Segment`)."""
         return Segment(steps, {port: sid for port, sid, _d in self.inputs},
-                       dict(self.outputs), state)
+                       dict(self.outputs), state, allow_dropped_state=allow_dropped_state)
 
     def decoders(self) -> dict[str, Callable[[list[Rowish]], list[Any]]]:
         """Each input's rows into its stream's items."""

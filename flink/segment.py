@@ -21,11 +21,25 @@ Nothing inside a segment is serialized. It does not import Flink.
 >>> back = Segment.of(core_steps(flow), state=seg.snapshot())
 >>> back.feed({"in": [5]})
 [('out', ('odd', 9))]
+
+State for a step the flow no longer has (here ``sum`` renamed ``total``) is refused,
+not dropped, unless dropping it is asked for:
+
+>>> renamed = Dataflow("doc")
+>>> keyed = op.key_on("parity", op.input("in", renamed, TestingSource([])), str)
+>>> op.output("out", op.stateful_map("total", keyed, lambda s, x: (x, x)), TestingSink([]))
+>>> Segment.of(core_steps(renamed), state=seg.snapshot())
+Traceback (most recent call last):
+...
+riskguard.errors.ConfigError: restored state: ...; got state for 'doc.sum...'
+>>> Segment.of(core_steps(renamed), state=seg.snapshot(), allow_dropped_state=True).keys()
+0
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +52,8 @@ from riskguard.flink.wire import CROSSED, PackedRow, unpack_batch, unpack_crosse
 from riskguard.operators.core.clock import call_time, claim_worker, step_event_time
 
 from riskguard.errors import ConfigError
+
+_log = logging.getLogger(__name__)
 
 State = dict[str, dict[Any, Any]]
 """A segment's keyed state: step id -> key -> the logic's snapshot."""
@@ -60,10 +76,13 @@ class Segment:
 
     ``steps`` are in build order; ``inputs`` maps an input name to the stream id it
     feeds, ``outputs`` a stream id to the name its items leave under. ``state`` resumes
-    the keyed steps from a :meth:`snapshot`."""
+    the keyed steps from a :meth:`snapshot`; a snapshot with state for a step id the
+    segment does not have (a step renamed or removed since) is refused, unless
+    ``allow_dropped_state`` says to drop that state."""
 
     def __init__(self, steps: Sequence[CoreStep], inputs: Mapping[str, str],
-                 outputs: Mapping[str, str], state: State | None = None) -> None:
+                 outputs: Mapping[str, str], state: State | None = None, *,
+                 allow_dropped_state: bool = False) -> None:
         for s in steps:
             if s.kind not in _STATELESS and s.kind != "stateful_batch":
                 raise ConfigError(f"step {s.step_id!r}", "a core step a segment runs", s.kind)
@@ -72,6 +91,16 @@ class Segment:
         self.outputs = dict(outputs)
         self.keyed: dict[str, _Keyed] = {
             s.step_id: _Keyed(s.op.builder) for s in self.steps if s.kind == "stateful_batch"}
+        unknown = sorted(step_id for step_id, snaps in (state or {}).items()
+                         if snaps and step_id not in self.keyed)
+        if unknown and not allow_dropped_state:
+            raise ConfigError(
+                "restored state", "state only for steps the flow has (a step renamed or "
+                "removed drops its state: allow that with --allow-dropped-state)",
+                found_text=f"state for {', '.join(map(repr, unknown))}")
+        if unknown:
+            _log.warning("dropping the restored state of steps the flow no longer has: %s",
+                         ", ".join(unknown))
         for step_id, snaps in (state or {}).items():
             if step_id in self.keyed:
                 k = self.keyed[step_id]
@@ -80,12 +109,13 @@ class Segment:
                          if (at := lg.notify_at()) is not None}
 
     @classmethod
-    def of(cls, steps: Sequence[CoreStep], state: State | None = None) -> Segment:
+    def of(cls, steps: Sequence[CoreStep], state: State | None = None, *,
+           allow_dropped_state: bool = False) -> Segment:
         """A segment of a whole flow, its input and output steps named as in the flow."""
         inner = [s for s in steps if s.kind not in ("input", "output")]
         inputs = {s.name: s.downs["down"] for s in steps if s.kind == "input"}
         outputs = {s.ups[0]: s.name for s in steps if s.kind == "output"}
-        return cls(inner, inputs, outputs, state)
+        return cls(inner, inputs, outputs, state, allow_dropped_state=allow_dropped_state)
 
     def feed(self, batches: Mapping[str, list[Any]], now: datetime | None = None,
              ) -> list[tuple[str, Any]]:

@@ -155,6 +155,39 @@ def test_a_segment_gives_what_one_bytewax_worker_gives_batch_by_batch_and_resume
     assert again + [v for _n, v in resumed.eof()] == want[3:]
 
 
+def _summing_flow(step: str) -> Dataflow:
+    flow = Dataflow("sums")
+    nums = op.key_on("k", op.input("in", flow, TestingSource([])), lambda _x: "k")
+    op.output("out", op.stateful_map(step, nums, lambda s, x: ((s or 0) + x,) * 2),
+              TestingSink([]))
+    return flow
+
+
+def test_a_restore_with_state_for_a_step_the_flow_no_longer_has_is_refused() -> None:
+    """State for a step id the flow lacks (a step renamed since the snapshot) fails the
+    restore, naming the step, whether a segment or a key's runner restores it; dropping
+    it takes ``allow_dropped_state``, and the state of the steps the flow keeps is kept."""
+    from riskguard.flink.plan import SegmentPlan
+    from riskguard.flink.segment import KeyRunner, Segment
+
+    old = Segment.of(core_steps(_summing_flow("sum")))
+    old.feed({"in": [5, 6]})
+    snap = old.snapshot()
+    (gone,) = snap
+    with pytest.raises(ConfigError, match=f"got state for '{gone}'"):
+        Segment.of(core_steps(_summing_flow("total")), state=snap)
+    steps = {st.step_id: st for st in core_steps(_summing_flow("total"))}
+    plan = SegmentPlan.whole(steps, {"in": "records"})
+    make = functools.partial(plan.segment, plan.steps_of(steps))
+    with pytest.raises(ConfigError, match="--allow-dropped-state"):
+        KeyRunner.resume(make, (snap, 0), (), {}, frozenset())
+    dropped = Segment.of(core_steps(_summing_flow("total")), state=snap,
+                         allow_dropped_state=True)
+    assert dropped.keys() == 0 and dropped.feed({"in": [1]}) == [("out", ("k", 1))]
+    kept = Segment.of(core_steps(_summing_flow("sum")), state=snap)
+    assert kept.feed({"in": [1]}) == [("out", ("k", 12))]
+
+
 class _QuietLogic(StatefulBatchLogic[int, str, Any]):
     """Says each value it takes, with the event time and the wall-clock time it reads,
     and ``quiet`` at a deadline 10 s (wall clock) after the last; a value after a quiet
