@@ -26,6 +26,7 @@ from riskguard.dataflows.backtest import OUTPUTS, backtest_flow
 from riskguard.dataflows.guard import load_guard_config, load_keys
 from riskguard.flink.graph import FlowRef
 from riskguard.schemas import Codec, encode
+from riskguard.schemas.types import INT64_MAX
 
 _CODEC = Codec(clock=lambda: 0)  # as replay reads JSONL: no receive stamp
 
@@ -62,11 +63,16 @@ _TS = msgspec.json.Decoder(_Ts)
 
 def source_rows(lines: list[bytes]) -> list[tuple[int, int, bytes]]:
     """Each JSONL line as ``(event time ns, line number, bytes)``: a record without an
-    event time (a signed envelope) or a line that is not one takes the latest event time
-    before it, so it goes with its neighbours and moves no watermark.
+    event time (a signed envelope), with one no record may have (below 0 or past
+    :data:`~riskguard.schemas.types.INT64_MAX`: the flow dead-letters it, as bytewax
+    does) or a line that is not one takes the latest event time before it, so it goes
+    with its neighbours and moves no watermark.
 
     >>> source_rows([b'{"ts": 5}', b'{"payload": "x"}', b'nonsense', b'{"ts": 9}'])
     [(5, 0, b'{"ts": 5}'), (5, 1, b'{"payload": "x"}'), (5, 2, b'nonsense'), (9, 3, b'{"ts": 9}')]
+    >>> [ts for ts, _i, _line in source_rows([b'{"ts": 5}', b'{"ts": 9223372036854775808}',
+    ...                                       b'{"ts": -7}', b'{"ts": 6}'])]
+    [5, 5, 5, 6]
     """
     out: list[tuple[int, int, bytes]] = []
     last = 0
@@ -75,7 +81,7 @@ def source_rows(lines: list[bytes]) -> list[tuple[int, int, bytes]]:
             ts = _TS.decode(line).ts
         except msgspec.DecodeError:
             ts = None
-        if type(ts) is int:
+        if type(ts) is int and 0 <= ts <= INT64_MAX:
             last = max(last, ts)
         out.append((last, i, line))
     return out

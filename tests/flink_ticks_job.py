@@ -9,7 +9,9 @@ for ten minutes and one quiet after a message for one second; or, with ``restore
 BOOTSTRAP TOPIC CHECKPOINTS N``, the same source over one topic, checkpointed into
 ``CHECKPOINTS`` and restored from the newest checkpoint there, if any; or, with ``order
 BOOTSTRAP TOPIC N``, the partition and offset of the first ``N`` messages that source
-hands on from one topic, fetching as the live guard does. With ``BOOTSTRAP TOPIC N
+hands on from one topic, fetching as the live guard does; or, with ``records FILE``,
+the rows a backtest's records file of ``ts,pos,base64`` lines makes
+(``flink/java/RecordsFile.java``), as JSON lines. With ``BOOTSTRAP TOPIC N
 PORT``, the Kafka job also runs Flink's Prometheus reporter on ``PORT`` and, after its
 batches, prints the ``lateRows`` samples it serves as a last line (``{"metrics":
 [...]}``)."""
@@ -56,6 +58,8 @@ def main(argv: list[str]) -> int:
                            else ()), *kafka)
     if argv[:1] == ["order"]:
         return _source_order(env, argv[1], argv[2], int(argv[3]))
+    if argv[:1] == ["records"]:
+        return _records_file(env, argv[1])
     if restore:
         env.enable_checkpointing(200)
         rows, limit = _guard_rows(env, argv[1], [argv[2]]), int(argv[4])
@@ -152,6 +156,23 @@ def _source_order(env: Any, bootstrap: str, topic: str, limit: int) -> int:
     where = rows.map(lambda kv: f"{kv[1][2].rsplit('/', 1)[1]} {kv[1][3]}",
                      output_type=Types.STRING())
     return _print_first(where, limit)
+
+
+def _records_file(env: Any, path: str) -> int:
+    """Prints each row the records file ``path`` makes as ``[key, port, ts, src, pos,
+    text]``, in order."""
+    from pyflink.common import Types
+    from pyflink.datastream import DataStream
+    from pyflink.java_gateway import get_gateway
+    from riskguard.flink.fused import KEYED_ROW
+
+    rows = DataStream(get_gateway().jvm.riskguard.flink.RecordsFile.rows(
+        env._j_stream_execution_environment, Path(path).as_uri(), "all", "in",
+        KEYED_ROW.get_java_type_info(), "records_test"))
+    texts = rows.map(lambda kv: json.dumps([kv[0], kv[1][0], kv[1][1], kv[1][2], kv[1][3],
+                                            bytes(kv[1][4]).decode()]),
+                     output_type=Types.STRING())
+    return _print_first(texts, None)
 
 
 def _print_first(lines: Any, limit: int | None, metrics_port: str | None = None) -> int:

@@ -525,6 +525,56 @@ def test_java_makes_a_tick_one_row_in_event_time_then_source_order(tmp_path: Pat
     ]
 
 
+@pytest.mark.slow
+def test_a_records_file_line_java_cannot_read_goes_on_as_text_and_fails_no_job(
+        tmp_path: Path) -> None:
+    """``RecordsFile.rows`` (``flink/java/RecordsFile.java``) over a file of ``ts,pos,
+    base64`` lines, three of them not as written (a time past a long, a position that is
+    no number, bytes that are not base64): the job ends, and each such line goes on as
+    its own text with the time and position of the line before it, for the flow to
+    dead-letter. The Python side never writes a time past a long
+    (:func:`~riskguard.flink.backtest.source_rows`)."""
+    if reason := java_missing():
+        pytest.skip(reason)
+    import base64
+    import json
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    lines = [f"5,0,{b64('a')}", f"10000000000000000000,1,{b64('b')}", f"6,x,{b64('c')}",
+             "7,3,not base64!", f"8,4,{b64('d')}"]
+    path = tmp_path / "records.csv"
+    path.write_text("".join(line + "\n" for line in lines))
+    cmd, env = flink_command(tmp_path)
+    done = subprocess.run([*cmd, str(Path(__file__).parent / "flink_ticks_job.py"),
+                           "records", str(path)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [json.loads(line) for line in done.stdout.splitlines()] == [
+        ["all", "in", 5, "", 0, "a"],
+        ["all", "in", 5, "", 0, lines[1]],
+        ["all", "in", 5, "", 0, lines[2]],
+        ["all", "in", 5, "", 0, lines[3]],
+        ["all", "in", 8, "", 4, "d"],
+    ]
+
+
+def test_a_backtest_line_whose_ts_no_record_may_have_takes_the_time_before_it() -> None:
+    """:func:`~riskguard.flink.backtest.source_rows`: a ``ts`` past int64 (or below 0)
+    is no event time (a long in Java could not hold it); the line goes on at the time
+    before it, and the flow dead-letters it as bytewax does (validation, ``$.ts``)."""
+    from riskguard.flink.backtest import source_rows
+
+    big = (b'{"type":"trade","id":"t","venue":"v","instrument":"BTC-USDT",'
+           b'"ts":10000000000000000000,"price":1.0,"qty":1.0,"side":"buy"}')
+    rows = source_rows([b'{"ts": 5}', big, big.replace(b"10000000000000000000", b"-3"),
+                        b'{"ts": 9223372036854775807}'])
+    assert [ts for ts, _pos, _line in rows] == [5, 5, 5, 2**63 - 1]
+    letter = Codec(clock=lambda: 0).decode("records", big)
+    assert (letter.reason, letter.path) == ("validation", "$.ts")
+
+
 def test_beams_state_sampler_runs_without_its_thread_in_a_segments_worker(
         tmp_path: Path) -> None:
     """What :func:`~riskguard.flink.fused.threadless_state_sampler` leaves of Beam's state

@@ -58,9 +58,17 @@ public final class RecordsFile {
         return outputs.transform("texts", Types.STRING, new Texts()).setParallelism(1);
     }
 
+    /**
+     * A {@code ts,pos,base64} line as a row. A line it cannot read (a time or position
+     * that is not a long, bytes that are not base64) is no reason to fail the job: it
+     * goes on as its own text, with the time and position of the line before it (one
+     * reader reads the file in order), and the flow dead-letters it as malformed.
+     */
     static final class Line implements MapFunction<String, Row> {
         private final String key;
         private final String port;
+        private long lastTs;
+        private long lastPos;
 
         Line(String key, String port) {
             this.key = key;
@@ -70,10 +78,35 @@ public final class RecordsFile {
         @Override
         public Row map(String line) {
             int a = line.indexOf(',');
-            int b = line.indexOf(',', a + 1);
-            return Row.of(key, Row.of(port, Long.parseLong(line.substring(0, a)), "",
-                Long.parseLong(line.substring(a + 1, b)),
-                Base64.getDecoder().decode(line.substring(b + 1))));
+            int b = a < 0 ? -1 : line.indexOf(',', a + 1);
+            Long ts = b < 0 ? null : number(line.substring(0, a));
+            Long pos = b < 0 ? null : number(line.substring(a + 1, b));
+            byte[] bytes = null;
+            if (b >= 0) {
+                try {
+                    bytes = Base64.getDecoder().decode(line.substring(b + 1));
+                } catch (IllegalArgumentException e) {
+                    bytes = null;
+                }
+            }
+            if (ts == null || pos == null || bytes == null) {
+                // not a line as written: its text goes on with the time and position
+                // before it, for the flow to dead-letter, not a failed job
+                return Row.of(key, Row.of(port, lastTs, "", lastPos,
+                    line.getBytes(StandardCharsets.UTF_8)));
+            }
+            lastTs = ts;
+            lastPos = pos;
+            return Row.of(key, Row.of(port, ts, "", pos, bytes));
+        }
+
+        /** A whole number that fits a long, or null. */
+        static Long number(String text) {
+            try {
+                return Long.parseLong(text);
+            } catch (NumberFormatException e) {
+                return null;
+            }
         }
     }
 
