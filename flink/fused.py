@@ -113,7 +113,8 @@ BATCH = Types.ROW_NAMED(["tick", "late", "packed"],
                         [Types.LONG(), Types.BOOLEAN(), Types.PRIMITIVE_ARRAY(Types.BYTE())])
 KEYED_BATCH = Types.ROW([Types.STRING(), BATCH])
 """A tick's rows for one key, as :func:`tick_batches` makes them in Java: the tick's last
-ms, whether they came behind the watermark (then one row, at once), and the tick packed
+ms, whether they came behind the watermark (then one row, right after the tick of the
+newest row before it), and the tick packed
 as :func:`~riskguard.flink.wire.unpack_batch` reads it (one decode a tick, where rows
 nested in the row cost PyFlink a decode a field)."""
 
@@ -123,8 +124,9 @@ def tick_batches(stream: DataStream, tick_ns: int, timed: tuple[str, ...],
     """``stream`` of :data:`KEYED_ROW` as one :data:`BATCH` a key and tick (``tick_ns``,
     whole ms), made in Java (``riskguard.flink.TickBatches``): a tumbling event-time window
     hands its rows on in event time, then source and position order, when the watermark
-    passes it; a row behind the watermark goes on alone, at once. A row without event time
-    takes the latest a ``timed`` input gave. The job needs the jar
+    passes it; a row behind the watermark goes on alone, right after the tick of the
+    newest row before it (the flow judges it after the rows that made it late, as
+    bytewax does). A row without event time takes the latest a ``timed`` input gave. The job needs the jar
     :func:`~riskguard.flink.java_build.job_jars` names."""
     j_stream = get_gateway().jvm.riskguard.flink.TickBatches.of(
         stream._j_data_stream, max(1, tick_ns // 1_000_000), KEYED_ROW.get_java_type_info(),

@@ -8,7 +8,6 @@ import java.util.List;
 import java.util.Set;
 
 import org.apache.flink.api.common.functions.OpenContext;
-import org.apache.flink.api.common.functions.RichMapFunction;
 import org.apache.flink.api.common.state.ListState;
 import org.apache.flink.api.common.state.ListStateDescriptor;
 import org.apache.flink.api.common.typeinfo.TypeInformation;
@@ -23,10 +22,10 @@ import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
 import org.apache.flink.streaming.api.operators.OneInputStreamOperator;
 import org.apache.flink.streaming.api.windowing.assigners.TumblingEventTimeWindows;
 import org.apache.flink.streaming.api.windowing.windows.TimeWindow;
+import org.apache.flink.streaming.api.watermark.Watermark;
 import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
 import org.apache.flink.types.Row;
 import org.apache.flink.util.Collector;
-import org.apache.flink.util.OutputTag;
 
 /**
  * A keyed stream of rows as one row per key and tick of event time, made in Java.
@@ -35,15 +34,22 @@ import org.apache.flink.util.OutputTag;
  * whose {@code ts} (ns) is its event time. A tumbling event-time window a tick long holds
  * a key's rows; when the watermark passes the tick the window hands them on at once, in
  * event time, then source and position order, as {@code (key, (tick_end_ms, false,
- * packed))}. A row whose tick the watermark has already passed goes on alone, at once, as
- * {@code (key, (tick_end_ms, true, packed))}: late rows are the flow's to judge, never
- * dropped. {@code packed} is the tick as MessagePack bytes, {@code [tick_end_ms, [[port,
- * ts, src, pos, bytes], ...]]} ({@link Packed}): Python decodes a tick in one call, where
- * a nested row costs it a decode a field, and keeps those bytes as they are in its state.
- * A row without {@code ts} takes the latest {@code ts} a timed port carried before it on
- * this subtask. A row whose {@code ts} is past the event time its source
- * gave it (a source that caps how far ahead of its clock a message may be) goes in that
- * time's tick, for the flow to judge at once, not when its own time comes.
+ * packed))}. A row whose tick the watermark has already passed is late: {@link RowTime}
+ * puts it in the window of the newest event time its subtask has seen (or, past that,
+ * the first window the watermark has not passed), and it goes on after that window's
+ * rows, alone,
+ * as {@code (key, (its own tick_end_ms, true, packed))}. So the rows that came before
+ * it, which made it late, reach the flow first, in the input's order, as bytewax hands
+ * them on, and the flow's lateness rules judge it against them; late rows are the
+ * flow's to judge, never dropped. {@code packed} is the tick as MessagePack bytes,
+ * {@code [tick_end_ms, [[port, ts, src, pos, bytes], ...]]} ({@link Packed}): Python
+ * decodes a tick in one call, where a nested row costs it a decode a field, and keeps
+ * those bytes as they are in its state. A row without {@code ts} takes the latest
+ * {@code ts} a timed port carried before it on this subtask. A row whose {@code ts} is
+ * past the event time its source gave it (a source that caps how far ahead of its
+ * clock a message may be) goes in that time's tick, for the flow to judge at once, not
+ * when its own time comes. Ticks are whole ms of event time from the epoch, floored:
+ * a time before it (which no record may have) is in the tick that holds it.
  */
 public final class TickBatches {
     private TickBatches() {}
@@ -52,24 +58,20 @@ public final class TickBatches {
     public static DataStream<Row> of(DataStream<Row> keyedRows, long tickMs,
                                      TypeInformation<Row> in, TypeInformation<Row> out,
                                      String[] timedPorts, String uid) {
-        OutputTag<Row> late = new OutputTag<>(uid + "_late", in);
         SingleOutputStreamOperator<Row> stamped = keyedRows
-            .transform(uid + "_time", in, new RowTime(timedPorts))
+            .transform(uid + "_time", in, new RowTime(timedPorts, tickMs))
             .setParallelism(keyedRows.getParallelism())  // chained: one clock a reader
             .uid(uid + "_time").name(uid + "_time");
-        SingleOutputStreamOperator<Row> ticks = stamped
+        return stamped
             .keyBy(new SegmentKey(), org.apache.flink.api.common.typeinfo.Types.STRING)
             .window(TumblingEventTimeWindows.of(Duration.ofMillis(tickMs)))
-            .sideOutputLateData(late)
-            .process(new TickRows(), out)
+            .process(new TickRows(tickMs), out)
             .uid(uid + "_ticks").name(uid + "_ticks");
-        DataStream<Row> alone = ticks.getSideOutput(late)
-            .map(new LateRow(tickMs), out).uid(uid + "_late").name(uid + "_late");
-        return ticks.union(alone);
     }
 
+    /** The last ms of the tick that holds {@code tsNs}. */
     static long tickEnd(long tsNs, long tickMs) {
-        return (Math.floorDiv(tsNs, 1_000_000L) / tickMs + 1) * tickMs - 1;
+        return (Math.floorDiv(Math.floorDiv(tsNs, 1_000_000L), tickMs) + 1) * tickMs - 1;
     }
 
     /** The segment key of a {@code (key, row)} pair. */
@@ -83,16 +85,39 @@ public final class TickBatches {
     /**
      * Stamps each pair with its row's event time (ms); watermarks pass through. The
      * latest time a timed port gave is in checkpoints, so a row without one just after a
-     * restore takes it, not 0 (which would be far behind the watermark).
+     * restore takes it, not 0 (which would be far behind the watermark). A row whose
+     * tick the watermark has passed is stamped with the newest event time stamped
+     * before it, or the first ms past the watermark, whichever is later: it joins the
+     * window the rows that came before it are in (its own {@code ts} is kept in the row,
+     * where {@link TickRows} finds it late). The window operator follows this operator's
+     * watermark, or a lower one (the least of several subtasks'), so no row reaches it
+     * behind its own.
      */
     static final class RowTime extends AbstractStreamOperator<Row>
             implements OneInputStreamOperator<Row, Row> {
         private final Set<String> timed;
+        private final long tickMs;
         private long seen;
+        private transient long watermark;
+        private transient long newest;
         private transient ListState<Long> seenState;
 
-        RowTime(String[] timedPorts) {
+        RowTime(String[] timedPorts, long tickMs) {
             this.timed = new HashSet<>(List.of(timedPorts));
+            this.tickMs = tickMs;
+        }
+
+        @Override
+        public void open() throws Exception {
+            super.open();
+            watermark = Long.MIN_VALUE;
+            newest = Long.MIN_VALUE;
+        }
+
+        @Override
+        public void processWatermark(Watermark mark) throws Exception {
+            watermark = Math.max(watermark, mark.getTimestamp());
+            super.processWatermark(mark);
         }
 
         @Override
@@ -131,7 +156,12 @@ public final class TickBatches {
                     seen = Math.max(seen, ts);
                 }
             }
-            output.collect(element.replace(keyed, Math.floorDiv(ts, 1_000_000L)));
+            long ms = Math.floorDiv(ts, 1_000_000L);
+            if (Math.floorDiv(ms, tickMs) * tickMs + tickMs - 1 <= watermark) {
+                ms = Math.max(newest, watermark + 1);  // late: after the rows before it
+            }
+            newest = Math.max(newest, ms);
+            output.collect(element.replace(keyed, ms));
         }
     }
 
@@ -140,43 +170,46 @@ public final class TickBatches {
         .thenComparing(r -> (String) r.getField(2))
         .thenComparing(r -> (Long) r.getField(3));
 
-    /** A tick's rows, in order, as one row. */
-    static final class TickRows extends ProcessWindowFunction<Row, Row, String, TimeWindow> {
-        @Override
-        public void process(String key, Context ctx, Iterable<Row> pairs, Collector<Row> out) {
-            List<Row> rows = new ArrayList<>();
-            for (Row pair : pairs) {
-                rows.add((Row) pair.getField(1));
-            }
-            rows.sort(ORDER);
-            long end = ctx.window().maxTimestamp();
-            out.collect(Row.of(key, Row.of(end, false, Packed.tick(end, rows))));
-        }
-    }
-
     /**
-     * A row behind the watermark, on its own, counted in the operator's metric
-     * {@code lateRows}: any at all means the flow saw rows out of the input's order.
+     * A tick's rows, in order, as one row; then each late row in it (one whose own event
+     * time is before the tick: {@link RowTime}), alone, in the order they came, with its
+     * own tick. Late rows are counted in the operator's metric {@code lateRows}: any at
+     * all means the flow saw rows out of the input's order.
      */
-    static final class LateRow extends RichMapFunction<Row, Row> {
+    static final class TickRows extends ProcessWindowFunction<Row, Row, String, TimeWindow> {
         private final long tickMs;
         private transient Counter lateRows;
 
-        LateRow(long tickMs) {
+        TickRows(long tickMs) {
             this.tickMs = tickMs;
         }
 
         @Override
-        public void open(OpenContext context) {
+        public void open(OpenContext context) throws Exception {
+            super.open(context);
             lateRows = getRuntimeContext().getMetricGroup().counter("lateRows");
         }
 
         @Override
-        public Row map(Row pair) {
-            lateRows.inc();
-            Row row = (Row) pair.getField(1);
-            long end = tickEnd((Long) row.getField(1), tickMs);
-            return Row.of(pair.getField(0), Row.of(end, true, Packed.tick(end, List.of(row))));
+        public void process(String key, Context ctx, Iterable<Row> pairs, Collector<Row> out) {
+            long start = ctx.window().getStart();
+            List<Row> rows = new ArrayList<>();
+            List<Row> late = new ArrayList<>();
+            for (Row pair : pairs) {
+                Row row = (Row) pair.getField(1);
+                boolean behind = Math.floorDiv((Long) row.getField(1), 1_000_000L) < start;
+                (behind ? late : rows).add(row);
+            }
+            if (!rows.isEmpty()) {
+                rows.sort(ORDER);
+                long end = ctx.window().maxTimestamp();
+                out.collect(Row.of(key, Row.of(end, false, Packed.tick(end, rows))));
+            }
+            for (Row row : late) {
+                lateRows.inc();
+                long end = tickEnd((Long) row.getField(1), tickMs);
+                out.collect(Row.of(key, Row.of(end, true, Packed.tick(end, List.of(row)))));
+            }
         }
     }
 }
