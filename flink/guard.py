@@ -180,7 +180,9 @@ QUIET_MS = 1_000
 """A partition that has sent a message and then nothing for this long stops holding the
 watermark back. After an ack or a limit update on a quiet topic, the ticks of every
 other partition wait at most this long (plus the watermark interval), not
-:data:`START_QUIET_MS`. A partition with a backlog is never this quiet: one fetch takes
+:data:`START_QUIET_MS`. Once every partition has been this quiet, the watermark moves
+past the tick of the newest event time, so the records before a lull (fills, acks, the
+last prices before a feed outage) go on, not wait for the next message. A partition with a backlog is never this quiet: one fetch takes
 from every partition of a subtask (:data:`FETCH_BYTES`), and the clock stops while the
 job is back-pressured."""
 
@@ -225,8 +227,8 @@ def _kafka_io(cfg: GuardConfig, env: Any, gateway: Any) -> Any:
     return gateway.jvm.riskguard.flink.kafka.KafkaIo.source(
         env._j_stream_execution_environment, props, topics, f"riskguard-flink-{cfg.env}",
         cfg.input.starting_offset == "earliest", START_QUIET_MS, QUIET_MS,
-        cfg.input.max_future_skew_ns // 1_000_000, "guard", KEYED_ROW.get_java_type_info(),
-        "riskguard_in")
+        max(1, cfg.tick_ns // 1_000_000), cfg.input.max_future_skew_ns // 1_000_000, "guard",
+        KEYED_ROW.get_java_type_info(), "riskguard_in")
 
 
 def _kafka_properties(cfg: GuardConfig, gateway: Any) -> Any:

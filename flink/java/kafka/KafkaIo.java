@@ -37,7 +37,9 @@ import org.apache.kafka.clients.producer.ProducerRecord;
  * timestamp for a message without one, and never beyond the Kafka timestamp plus the
  * allowed future skew: a record from the future cannot carry a partition's watermark
  * away. The watermark, a millisecond behind the latest event time, is kept per
- * partition, and a quiet partition stops holding it back ({@link QuietPartitions}).
+ * partition, a quiet partition stops holding it back, and once every partition is
+ * quiet it moves past the tick ({@code tickMs}) of the newest event time, so the
+ * records before a lull go on ({@link QuietPartitions}).
  *
  * <p>The sink writes each {@code (k, port, ts, src, pos, v)} row whose port names an
  * output topic to that topic, keyed by {@code src}, at least once: a delivery that fails
@@ -49,8 +51,8 @@ public final class KafkaIo {
     /** The input topics as watermarked rows of {@code type}, under the segment key. */
     public static DataStream<Row> source(StreamExecutionEnvironment env, Properties props,
                                          String[] topics, String group, boolean earliest,
-                                         long startMs, long quietMs, long maxSkewMs,
-                                         String segmentKey,
+                                         long startMs, long quietMs, long tickMs,
+                                         long maxSkewMs, String segmentKey,
                                          TypeInformation<Row> type, String uid) {
         KafkaSource<Row> source = KafkaSource.<Row>builder()
             .setProperties(props)
@@ -61,7 +63,7 @@ public final class KafkaIo {
             .setDeserializer(new Messages(segmentKey, type))
             .build();
         WatermarkStrategy<Row> time =
-            QuietPartitions.strategy(startMs, quietMs, new EventTime(maxSkewMs));
+            QuietPartitions.strategy(startMs, quietMs, tickMs, new EventTime(maxSkewMs));
         // one reader: the guard is one segment under one key, so a second reader adds
         // no throughput, only a race between two watermarks that makes rows late
         return env.fromSource(source, time, uid, type).setParallelism(1).uid(uid);
@@ -78,7 +80,12 @@ public final class KafkaIo {
         rows.sinkTo(sink).uid(uid).name(uid);
     }
 
-    /** A message's top-level {@code ts}, if it is a whole number that fits a long. */
+    /**
+     * A message's top-level {@code ts}, if it is a whole number from 0 to the largest
+     * long (what a record's {@code ts} may be): else none, so a record with a {@code ts}
+     * no record may have goes with its neighbours, and the flow dead-letters it as
+     * bytewax's admission does, rather than behind the watermark.
+     */
     static Long tsField(JsonFactory json, byte[] value) {
         if (value == null) {
             return null;
@@ -91,9 +98,12 @@ public final class KafkaIo {
                 boolean ts = "ts".equals(p.currentName());
                 JsonToken t = p.nextToken();
                 if (ts) {
-                    return t == JsonToken.VALUE_NUMBER_INT
-                        && p.getNumberType() != JsonParser.NumberType.BIG_INTEGER
-                        ? p.getLongValue() : null;
+                    if (t != JsonToken.VALUE_NUMBER_INT
+                            || p.getNumberType() == JsonParser.NumberType.BIG_INTEGER) {
+                        return null;
+                    }
+                    long v = p.getLongValue();
+                    return v < 0 ? null : v;
                 }
                 p.skipChildren();
             }
@@ -142,7 +152,7 @@ public final class KafkaIo {
         @Override
         public long extractTimestamp(Row keyed, long kafkaMs) {
             Long ts = (Long) ((Row) keyed.getField(1)).getField(1);
-            long ms = ts == null ? kafkaMs : ts / 1_000_000L;
+            long ms = ts == null ? kafkaMs : Math.floorDiv(ts, 1_000_000L);
             return kafkaMs < 0 ? ms : Math.min(ms, kafkaMs + maxSkewMs);
         }
     }

@@ -2,6 +2,7 @@ package riskguard.flink.kafka;
 
 import org.apache.flink.api.common.eventtime.Watermark;
 import org.apache.flink.api.common.eventtime.WatermarkGenerator;
+import org.apache.flink.api.common.eventtime.WatermarkGeneratorSupplier;
 import org.apache.flink.api.common.eventtime.WatermarkOutput;
 import org.apache.flink.api.common.eventtime.WatermarkStrategy;
 import org.apache.flink.types.Row;
@@ -9,7 +10,8 @@ import org.apache.flink.util.clock.RelativeClock;
 
 /**
  * A partition's watermark, a millisecond behind its newest event time, that stops
- * holding the job back once the partition goes quiet.
+ * holding the job back once the partition goes quiet, and that moves past the newest
+ * tick once every partition of the reader is quiet.
  *
  * <p>Flink's {@code withIdleness} gives one timeout for two cases. Before a partition's
  * first message, the timeout must cover a first fetch that comes later than the others'
@@ -19,37 +21,84 @@ import org.apache.flink.util.clock.RelativeClock;
  * timeout must be short. This generator keeps the two apart: {@code startMs} of quiet
  * before the first message, {@code quietMs} after one.
  *
+ * <p>When every partition is quiet (a feed outage, the end of a replay), an idle source
+ * moves no watermark at all, and the records of the newest tick would wait in their
+ * window until the next message. So once the reader has heard nothing on any partition
+ * for {@code quietMs}, each partition that has sent a message sets its watermark to the
+ * last ms of the tick ({@code tickMs}) of the newest event time any partition gave: that
+ * tick goes on, as bytewax hands records on as they come. A record that then comes in
+ * that tick or before is behind the watermark (late), for the flow to judge. A partition
+ * that has sent nothing yet keeps waiting {@code startMs}.
+ *
  * <p>Quiet time is read from Flink's input activity clock, which stops while the source
  * is back-pressured or paused: a partition with a backlog is not called quiet because the
  * job downstream is busy.
  */
 final class QuietPartitions implements WatermarkGenerator<Row> {
+    /** What the partitions of one reader share: the newest event time and the last time
+     * any of them heard a message. A reader calls its generators from its task's one
+     * thread. */
+    static final class Reader {
+        long newest = Long.MIN_VALUE;  // MIN_VALUE: nothing heard yet
+        long lastHeard;
+    }
+
     private final RelativeClock clock;
+    private final Reader reader;
     private final long startNanos;
     private final long quietNanos;
+    private final long tickMs;
     private long newest = Long.MIN_VALUE;  // MIN_VALUE: nothing heard yet
     private long lastHeard;
     private boolean idle;
 
-    QuietPartitions(RelativeClock clock, long startMs, long quietMs) {
+    QuietPartitions(RelativeClock clock, Reader reader, long startMs, long quietMs,
+                    long tickMs) {
         this.clock = clock;
+        this.reader = reader;
         this.startNanos = startMs * 1_000_000L;
         this.quietNanos = quietMs * 1_000_000L;
+        this.tickMs = tickMs;
         this.lastHeard = clock.relativeTimeNanos();
     }
 
     /** Every partition's generator, its event time given by {@code eventTime}. */
-    static WatermarkStrategy<Row> strategy(long startMs, long quietMs,
+    static WatermarkStrategy<Row> strategy(long startMs, long quietMs, long tickMs,
                                            KafkaIo.EventTime eventTime) {
-        WatermarkStrategy<Row> quiet = context ->
-            new QuietPartitions(context.getInputActivityClock(), startMs, quietMs);
-        return quiet.withTimestampAssigner(eventTime);
+        return new Strategy(startMs, quietMs, tickMs).withTimestampAssigner(eventTime);
+    }
+
+    /** Generators that share a {@link Reader}: a source subtask has its own copy of the
+     * strategy, and makes each partition's generator from it. */
+    static final class Strategy implements WatermarkStrategy<Row> {
+        private final long startMs;
+        private final long quietMs;
+        private final long tickMs;
+        private transient Reader reader;
+
+        Strategy(long startMs, long quietMs, long tickMs) {
+            this.startMs = startMs;
+            this.quietMs = quietMs;
+            this.tickMs = tickMs;
+        }
+
+        @Override
+        public WatermarkGenerator<Row> createWatermarkGenerator(
+                WatermarkGeneratorSupplier.Context context) {
+            if (reader == null) {
+                reader = new Reader();
+            }
+            return new QuietPartitions(context.getInputActivityClock(), reader, startMs,
+                                       quietMs, tickMs);
+        }
     }
 
     @Override
     public void onEvent(Row event, long eventTimeMs, WatermarkOutput output) {
         newest = Math.max(newest, eventTimeMs);
         lastHeard = clock.relativeTimeNanos();
+        reader.newest = Math.max(reader.newest, eventTimeMs);
+        reader.lastHeard = lastHeard;
         if (idle) {
             idle = false;
             output.markActive();
@@ -59,8 +108,17 @@ final class QuietPartitions implements WatermarkGenerator<Row> {
     @Override
     public void onPeriodicEmit(WatermarkOutput output) {
         boolean heard = newest != Long.MIN_VALUE;
-        long silent = clock.relativeTimeNanos() - lastHeard;
-        if (silent >= (heard ? quietNanos : startNanos)) {
+        long now = clock.relativeTimeNanos();
+        long silent = now - lastHeard;
+        if (heard && now - reader.lastHeard >= quietNanos) {
+            // every partition quiet: past the newest tick
+            if (idle) {
+                idle = false;
+                output.markActive();
+            }
+            output.emitWatermark(new Watermark(
+                (Math.floorDiv(reader.newest, tickMs) + 1) * tickMs - 1));
+        } else if (silent >= (heard ? quietNanos : startNanos)) {
             if (!idle) {
                 idle = true;
                 output.markIdle();
