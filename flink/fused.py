@@ -36,6 +36,7 @@ from riskguard.flink.graph import FlowRef
 from riskguard.flink.plan import SegmentPlan
 from riskguard.flink.segment import KeyRunner, deadline_ms
 from riskguard.flink.wire import CROSSED, Wire, pack_crossed
+from riskguard.flink.worker_metrics import serve_worker_metrics
 
 ROW_FIELDS = ["k", "port", "ts", "src", "pos", "v"]
 ROW = Types.ROW_NAMED(ROW_FIELDS, [Types.STRING(), Types.STRING(), Types.LONG(),
@@ -126,8 +127,8 @@ def tick_batches(stream: DataStream, tick_ns: int, timed: tuple[str, ...],
     hands its rows on in event time, then source and position order, when the watermark
     passes it; a row behind the watermark goes on alone, right after the tick of the
     newest row before it (the flow judges it after the rows that made it late, as
-    bytewax does). A row without event time takes the latest a ``timed`` input gave. The job needs the jar
-    :func:`~riskguard.flink.java_build.job_jars` names."""
+    bytewax does). A row without event time takes the latest a ``timed`` input gave.
+    The job needs the jar :func:`~riskguard.flink.java_build.job_jars` names."""
     j_stream = get_gateway().jvm.riskguard.flink.TickBatches.of(
         stream._j_data_stream, max(1, tick_ns // 1_000_000), KEYED_ROW.get_java_type_info(),
         KEYED_BATCH.get_java_type_info(), java_strings(timed), uid)
@@ -166,6 +167,7 @@ class TickBatchSegment(KeyedProcessFunction):
     def open(self, runtime_context: RuntimeContext) -> None:
         self.trace = Trace(os.environ.get(TRACE_ENV))
         self.trace.once("open")
+        serve_worker_metrics()  # once a worker process, with $RISKGUARD_METRICS_PORT
         threadless_state_sampler()
         self.steps = self.plan.steps_of(self.ref.steps())
         self.decoders = self.plan.decoders()

@@ -182,8 +182,9 @@ watermark back. After an ack or a limit update on a quiet topic, the ticks of ev
 other partition wait at most this long (plus the watermark interval), not
 :data:`START_QUIET_MS`. Once every partition has been this quiet, the watermark moves
 past the tick of the newest event time, so the records before a lull (fills, acks, the
-last prices before a feed outage) go on, not wait for the next message. A partition with a backlog is never this quiet: one fetch takes
-from every partition of a subtask (:data:`FETCH_BYTES`), and the clock stops while the
+last prices before a feed outage) go on, not wait for the next message. A partition
+with a backlog is never this quiet: one fetch takes from every partition of a subtask
+(:data:`FETCH_BYTES`), and the clock stops while the
 job is back-pressured."""
 
 FETCH_BYTES = 64 * 1024

@@ -495,6 +495,9 @@ def _run(args: argparse.Namespace) -> int:
         claim_trust_serial(bw.recovery_directory, trust.serial)
     reach_kafka(cfg.kafka, f"[kafka] bootstrap in {config}")
     if python is not None:
+        # the guard's metrics are the job's Python workers' to serve, on the port
+        # $RISKGUARD_METRICS_PORT names (riskguard.flink.worker_metrics): not here, where
+        # nothing is counted, and where the port would push the first worker off it
         return _run_on_flink(python, config, list(args.bytewax), cfg, digest, signer.key_id)
     os.environ["RISKGUARD_CONFIG"] = str(config)  # as python -m bytewax.run would see it
     if args.new_config:
@@ -656,6 +659,9 @@ def _run_on_flink(python: str, config: Path, job_args: list[str], cfg: Any, dige
 
     out = sys.stdout
     job_args = job_args[1:] if job_args[:1] == ["--"] else job_args
+    port = os.environ.get("RISKGUARD_METRICS_PORT")
+    metrics_note = (f", riskguard metrics from each Python worker on port {port} (or the "
+                    "next free)" if port else "")
     started = time.monotonic()
     how, rc = "ended", 0
     received: list[int] = []
@@ -665,7 +671,8 @@ def _run_on_flink(python: str, config: Path, job_args: list[str], cfg: Any, dige
             out.write(f"riskguard run: config {config} (sha256 {digest[:12]}), env {cfg.env}, "
                       f"Kafka {cfg.kafka.bootstrap}, on Flink ({python} -m "
                       f"riskguard.flink.guard {' '.join(job_args)}), signing key {key_id} "
-                      f"(issuer {cfg.keys.issuer}); counts: the Flink job's metrics\n")
+                      f"(issuer {cfg.keys.issuer}); counts: the Flink job's metrics"
+                      f"{metrics_note}\n")
             out.flush()
             job = subprocess.Popen([python, "-m", "riskguard.flink.guard", "--config",
                                     str(config), *job_args])

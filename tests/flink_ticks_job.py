@@ -129,7 +129,8 @@ def _as_json(batch: Any) -> str:
 def _guard_rows(env: Any, bootstrap: str, topics: list[str], props: Any = None,
                 quiet_ms: tuple[int, int] = (600_000, 1_000)) -> Any:
     """The live guard's source: ``("kafka", ts, "topic/partition", offset, value)`` rows
-    under the key ``k``, stamped and watermarked in Java (ticks of 1 s, allowed future skew 0.5 s)."""
+    under the key ``k``, stamped and watermarked in Java (ticks of 1 s, allowed future
+    skew 0.5 s)."""
     from pyflink.datastream import DataStream
     from pyflink.java_gateway import get_gateway
     from riskguard.flink.fused import KEYED_ROW, java_strings

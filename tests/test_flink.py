@@ -188,6 +188,47 @@ def test_a_restore_with_state_for_a_step_the_flow_no_longer_has_is_refused() -> 
     assert kept.feed({"in": [1]}) == [("out", ("k", 12))]
 
 
+_WORKER_PROBE = """
+import socket, sys, urllib.request
+from riskguard.flink import worker_metrics as wm
+from riskguard.operators.core.metrics import DEAD_LETTERS
+base, hold = int(sys.argv[1]), sys.argv[2] == "hold"
+if hold:  # another worker of the host holds the port
+    held = socket.socket(); held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    held.bind(("127.0.0.1", base)); held.listen()
+DEAD_LETTERS.labels("t", "malformed").inc(3)
+env = {"RISKGUARD_METRICS_PORT": str(base), "RISKGUARD_METRICS_ADDR": "127.0.0.1"}
+thread = wm.serve_worker_metrics(env, first_wait_s=0.5)
+assert wm.serve_worker_metrics(env) is thread  # once a process
+assert wm.served.bound.wait(10) and wm.served.port is not None
+page = urllib.request.urlopen(f"http://127.0.0.1:{wm.served.port}/metrics", timeout=5).read()
+print(wm.served.port - base, [ln for ln in page.decode().splitlines()
+                       if ln.startswith("riskguard_dead_letters_total{")])
+"""
+
+
+def test_each_flink_python_worker_serves_the_guards_metrics_on_a_port_of_its_hosts_range(
+        ) -> None:
+    """:func:`~riskguard.flink.worker_metrics.serve_worker_metrics`, which each segment
+    operator calls when it opens (``TickBatchSegment.open``): a worker serves the
+    registry it counts in (its dead letters here) on ``$RISKGUARD_METRICS_PORT``, or,
+    where another worker of the host holds that port, on the next one; once a process.
+    Without the variable it serves nothing; a value that is not a port is refused."""
+    from kafka_helpers import free_ports
+    from riskguard.flink.worker_metrics import serve_worker_metrics
+
+    assert serve_worker_metrics({}) is None
+    with pytest.raises(ConfigError, match="RISKGUARD_METRICS_PORT"):
+        serve_worker_metrics({"RISKGUARD_METRICS_PORT": "nine"})
+    (base,) = free_ports(1)
+    for how, offset in (("free", 0), ("hold", 1)):
+        done = subprocess.run([sys.executable, "-c", _WORKER_PROBE, str(base), how],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.split(" ", 1)[0] == str(offset), done.stdout
+        assert 'stream="t"' in done.stdout and "3.0" in done.stdout, done.stdout
+
+
 class _QuietLogic(StatefulBatchLogic[int, str, Any]):
     """Says each value it takes, with the event time and the wall-clock time it reads,
     and ``quiet`` at a deadline 10 s (wall clock) after the last; a value after a quiet
@@ -869,6 +910,19 @@ def _wait(what: str, ready: Callable[[], bool], proc: subprocess.Popen[Any],
         time.sleep(every_s)
 
 
+def _served(port: int, name: str) -> float:
+    """The sum of the samples of ``name`` served on ``port`` (0 where nothing is)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+            text = page.read().decode()
+    except OSError:
+        return 0.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") or line.startswith(name + " "))
+
+
 def _guard_job(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[Any]:
     return subprocess.Popen(args, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
                             cwd=log.parent, start_new_session=True)
@@ -884,9 +938,10 @@ def test_the_live_flink_guard_killed_and_rescaled_executes_bytewaxs_commands_onc
     commands flow and a checkpoint is taken; the rest of the scenario published,
     the job restarted from its last checkpoint at parallelism 2, then interrupted.
     The subscriber executes bytewax's commands (decision, action, scope, params), each
-    once, and nothing is dead-lettered. Both runs trace their start-up
-    (``$RISKGUARD_FLINK_TRACE``). (With the whole scenario published at once, a fast run
-    could be killed after its last command.)"""
+    once, and nothing is dead-lettered. The first run's Python worker serves the guard's
+    own metrics on ``$RISKGUARD_METRICS_PORT``, its events and commands counted. Both
+    runs trace their start-up (``$RISKGUARD_FLINK_TRACE``). (With the whole scenario
+    published at once, a fast run could be killed after its last command.)"""
     if reason := java_missing():
         pytest.skip(reason)
     from riskguard.dataflows.demo import prepare_run, publish_scenario, subscriber_for
@@ -897,10 +952,14 @@ def test_the_live_flink_guard_killed_and_rescaled_executes_bytewaxs_commands_onc
     hold_for_replay(run)  # the restored job catches up on a backlog
     cfg, digest = load_guard_config(run.config)
     want = run_backtest(cfg, digest, records=build_scenario(run.start_ns).events)
+    from kafka_helpers import free_ports
+
     cmd, env = flink_command(tmp_path)
     trace = tmp_path / "trace.txt"
+    (metrics_port,) = free_ports(1)
     env |= {"RISKGUARD_FLINK_JARS": ";".join(kafka_jars()), "RISKGUARD_FLINK_PYTHON": cmd[0],
-            "RISKGUARD_FLINK_TRACE": str(trace)}
+            "RISKGUARD_FLINK_TRACE": str(trace), "RISKGUARD_METRICS_PORT": str(metrics_port),
+            "RISKGUARD_METRICS_ADDR": "127.0.0.1"}
     checkpoints = (tmp_path / "checkpoints").as_uri()
     args = [sys.executable, "-m", "riskguard.cli", "run", "--engine", "flink", "--config",
             str(run.config), "--", "--checkpoints", checkpoints, "--checkpoint-interval-ms",
@@ -910,6 +969,9 @@ def test_the_live_flink_guard_killed_and_rescaled_executes_bytewaxs_commands_onc
     try:
         _wait("a command and a checkpoint", lambda: _topic_count(run, "commands") >= 1
               and latest_checkpoint(checkpoints) is not None, first, 300, every_s=0.5)
+        # the Python worker serves the guard's own metrics, counted where the flow runs
+        _wait("the worker's metrics", lambda: _served(metrics_port, "riskguard_events_in_total")
+              > 0 and _served(metrics_port, "riskguard_commands_total") > 0, first, 30)
         os.killpg(first.pid, signal.SIGKILL)  # the CLI, the job and its Python workers
         first.wait(30)
         at_kill = _distinct_commands(run)

@@ -111,11 +111,22 @@ def test_the_built_in_kinds_and_the_pod_template_match_the_kubernetes_schemas() 
             kv.validate(d, "1.30.0", strict=True)
 
 
+def services() -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for p in sorted(FLINK.glob("*.yaml")) for d in docs(p)
+            if d["kind"] == "Service"}
+
+
+def guard_metrics_port(dep: dict) -> int:
+    """The port each Python worker serves the guard's own metrics on."""
+    env = {e["name"]: e["value"] for e in container(dep)["env"]}
+    return int(env["RISKGUARD_METRICS_PORT"])
+
+
 def test_prometheus_finds_the_flink_pods_through_the_metrics_service_on_the_reporters_port(
 ) -> None:
     """The headless Service selects the pods the FlinkDeployment labels, on the port its
     Prometheus reporter serves, and the scrape config names that Service and port."""
-    service = flink_kinds()["Service"]
+    service = services()["riskguard-flink-metrics"]
     dep = deployment(PVC_VARIANT)
     port = int(dep["spec"]["flinkConfiguration"]["metrics.reporter.prom.port"])
     assert service["spec"]["clusterIP"] == "None"
@@ -124,6 +135,32 @@ def test_prometheus_finds_the_flink_pods_through_the_metrics_service_on_the_repo
     assert [p["port"] for p in service["spec"]["ports"]] == [port]
     scrape = yaml.safe_load((FLINK.parents[1] / "prometheus" / "prometheus.yml").read_text())
     (job,) = [j for j in scrape["scrape_configs"] if j["job_name"] == "riskguard-flink"]
+    (sd,) = job["dns_sd_configs"]
+    name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
+    assert sd["names"] == [f"{name}.{namespace}.svc.cluster.local"]
+    assert sd["port"] == port
+
+
+@pytest.mark.parametrize("path", [PVC_VARIANT, S3_VARIANT], ids=["pvc", "object-store"])
+def test_prometheus_scrapes_the_guards_own_metrics_from_each_taskmanagers_python_worker(
+        path: Path) -> None:
+    """Each Python worker serves the guard's riskguard_* series on
+    ``$RISKGUARD_METRICS_PORT`` (``riskguard.flink.worker_metrics``), one worker a
+    TaskManager (one slot each); a headless Service selects the TaskManager pods only
+    (the JobManager serves none, and would be a target down) on that port, and the
+    scrape config names that Service and port."""
+    dep = deployment(path)
+    port = guard_metrics_port(dep)
+    assert port != int(dep["spec"]["flinkConfiguration"]["metrics.reporter.prom.port"])
+    assert dep["spec"]["flinkConfiguration"]["taskmanager.numberOfTaskSlots"] == "1"
+    service = services()["riskguard-flink-guard-metrics"]
+    assert service["spec"]["clusterIP"] == "None"
+    selector = dict(service["spec"]["selector"])
+    assert selector.pop("component") == "taskmanager"  # Flink's label of its TaskManagers
+    assert selector.items() <= dep["spec"]["podTemplate"]["metadata"]["labels"].items()
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(port, port)]
+    scrape = yaml.safe_load((FLINK.parents[1] / "prometheus" / "prometheus.yml").read_text())
+    (job,) = [j for j in scrape["scrape_configs"] if j["job_name"] == "riskguard-flink-guard"]
     (sd,) = job["dns_sd_configs"]
     name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
     assert sd["names"] == [f"{name}.{namespace}.svc.cluster.local"]
@@ -330,7 +367,7 @@ def test_the_flink_pods_have_their_own_network_policy_and_no_bytewax_pdb() -> No
     assert selects(policy["spec"]["podSelector"]["matchLabels"])
     ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule.get("ports", [])}
     reporter = int(dep["spec"]["flinkConfiguration"]["metrics.reporter.prom.port"])
-    assert ports == {8081, reporter}
+    assert ports == {8081, reporter, guard_metrics_port(dep)}
     annotations = dep["spec"]["podTemplate"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(reporter)
 
