@@ -971,7 +971,9 @@ def test_the_live_flink_guard_killed_and_rescaled_executes_bytewaxs_commands_onc
               and latest_checkpoint(checkpoints) is not None, first, 300, every_s=0.5)
         # the Python worker serves the guard's own metrics, counted where the flow runs
         _wait("the worker's metrics", lambda: _served(metrics_port, "riskguard_events_in_total")
-              > 0 and _served(metrics_port, "riskguard_commands_total") > 0, first, 30)
+              > 0 and _served(metrics_port, "riskguard_commands_total") > 0, first, 30,
+              detail=lambda: f"(events in {_served(metrics_port, 'riskguard_events_in_total')}"
+              f", commands {_served(metrics_port, 'riskguard_commands_total')})")
         os.killpg(first.pid, signal.SIGKILL)  # the CLI, the job and its Python workers
         first.wait(30)
         at_kill = _distinct_commands(run)

@@ -14,6 +14,13 @@ the watermark travels in the engine's state.
 ...                     side="buy"))
 >>> [r.reason for r in admit.on_event(("m", 0, 8, late))], admit.snapshot().max_ts
 (['late'], 10000000000)
+
+Every message is counted as read (``riskguard_events_in_total``), a dead letter too:
+
+>>> from riskguard.operators.core.metrics import events_in_total
+>>> before = events_in_total()
+>>> [r.reason for r in admit.on_event(("m", 0, 9, b"garbage"))], events_in_total() - before
+(['malformed'], 1.0)
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from msgspec.structs import force_setattr
-from riskguard.operators.core.metrics import DEAD_LETTERS
+from riskguard.operators.core.metrics import DEAD_LETTERS, EVENTS_IN
 from riskguard.operators.core.snapshot import persisted
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import Codec
@@ -44,7 +51,9 @@ class AdmissionState:
 
 
 class PartitionAdmission:
-    """One partition's messages into records or dead letters (never an exception)."""
+    """One partition's messages into records or dead letters (never an exception), each
+    counted in ``riskguard_events_in_total`` by topic, as the Kafka source counts what it
+    reads."""
 
     def __init__(self, codec: Codec, policy: EventTimePolicy | None = None, *,
                  clock: Callable[[], int] | None = None, stamp_recv_ts: bool = False,
@@ -56,9 +65,14 @@ class PartitionAdmission:
         self.untimed = untimed
         start = -1 if resume is None or resume.max_ts is None else resume.max_ts
         self.watermark = None if policy is None else policy.start(start)
+        self.counted: dict[str, Any] = {}  # each topic's events-in counter
 
     def on_event(self, msg: Message) -> list[Any]:
         topic, partition, offset, value = msg
+        counter = self.counted.get(topic)
+        if counter is None:
+            counter = self.counted[topic] = EVENTS_IN.labels(topic)
+        counter.inc()
         if value is None:
             rec: Any = DeadLetter(
                 topic=topic, partition=partition, offset=offset,
