@@ -180,12 +180,18 @@ QUIET_MS = 1_000
 """A partition that has sent a message and then nothing for this long stops holding the
 watermark back. After an ack or a limit update on a quiet topic, the ticks of every
 other partition wait at most this long (plus the watermark interval), not
-:data:`START_QUIET_MS`. Once every partition has been this quiet, the watermark moves
-past the tick of the newest event time, so the records before a lull (fills, acks, the
-last prices before a feed outage) go on, not wait for the next message. A partition
+:data:`START_QUIET_MS`. A partition
 with a backlog is never this quiet: one fetch takes from every partition of a subtask
 (:data:`FETCH_BYTES`), and the clock stops while the
 job is back-pressured."""
+
+ALL_QUIET_MS = 3_000
+"""Once every partition that has sent a message has then sent nothing for this long, the
+watermark moves past the tick of the newest event time, so the records before a lull
+(fills, acks, the last prices before a feed outage) go on, rather than wait in their
+tick for the next message. Longer than :data:`QUIET_MS`: a source starved of CPU can go
+a second without a fetch while its partitions still have records, which would then
+come behind the watermark; a lull lasts."""
 
 FETCH_BYTES = 64 * 1024
 """The most one fetch takes from one partition. The Kafka consumer hands on one
@@ -227,7 +233,7 @@ def _kafka_io(cfg: GuardConfig, env: Any, gateway: Any) -> Any:
     set_fetches(props)
     return gateway.jvm.riskguard.flink.kafka.KafkaIo.source(
         env._j_stream_execution_environment, props, topics, f"riskguard-flink-{cfg.env}",
-        cfg.input.starting_offset == "earliest", START_QUIET_MS, QUIET_MS,
+        cfg.input.starting_offset == "earliest", START_QUIET_MS, QUIET_MS, ALL_QUIET_MS,
         max(1, cfg.tick_ns // 1_000_000), cfg.input.max_future_skew_ns // 1_000_000, "guard",
         KEYED_ROW.get_java_type_info(), "riskguard_in")
 

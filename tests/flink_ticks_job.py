@@ -5,7 +5,8 @@ the first ``N`` batches of a Kafka topic whose watermark moves with every messag
 that a message behind it is late; or, with ``guard BOOTSTRAP TOPICS N``, the first
 ``N`` batches of the ``,``-separated topics read by the live guard's Kafka source
 (``flink/java/kafka/KafkaIo.java``), a partition quiet before its first message held
-for ten minutes and one quiet after a message for one second; or, with ``restore
+for ten minutes and one quiet after a message for one second, and the newest tick held
+until every partition has been quiet for two; or, with ``restore
 BOOTSTRAP TOPIC CHECKPOINTS N``, the same source over one topic, checkpointed into
 ``CHECKPOINTS`` and restored from the newest checkpoint there, if any; or, with ``order
 BOOTSTRAP TOPIC N``, the partition and offset of the first ``N`` messages that source
@@ -127,7 +128,7 @@ def _as_json(batch: Any) -> str:
 
 
 def _guard_rows(env: Any, bootstrap: str, topics: list[str], props: Any = None,
-                quiet_ms: tuple[int, int] = (600_000, 1_000)) -> Any:
+                quiet_ms: tuple[int, int, int] = (600_000, 1_000, 2_000)) -> Any:
     """The live guard's source: ``("kafka", ts, "topic/partition", offset, value)`` rows
     under the key ``k``, stamped and watermarked in Java (ticks of 1 s, allowed future
     skew 0.5 s)."""
@@ -149,11 +150,12 @@ def _source_order(env: Any, bootstrap: str, topic: str, limit: int) -> int:
     hands on from ``topic``, its fetches set as the live guard sets them."""
     from pyflink.common import Types
     from pyflink.java_gateway import get_gateway
-    from riskguard.flink.guard import QUIET_MS, START_QUIET_MS, set_fetches
+    from riskguard.flink.guard import ALL_QUIET_MS, QUIET_MS, START_QUIET_MS, set_fetches
 
     props = get_gateway().jvm.java.util.Properties()
     set_fetches(props)
-    rows = _guard_rows(env, bootstrap, [topic], props, (START_QUIET_MS, QUIET_MS))
+    rows = _guard_rows(env, bootstrap, [topic], props,
+                       (START_QUIET_MS, QUIET_MS, ALL_QUIET_MS))
     where = rows.map(lambda kv: f"{kv[1][2].rsplit('/', 1)[1]} {kv[1][3]}",
                      output_type=Types.STRING())
     return _print_first(where, limit)

@@ -37,9 +37,9 @@ import org.apache.kafka.clients.producer.ProducerRecord;
  * timestamp for a message without one, and never beyond the Kafka timestamp plus the
  * allowed future skew: a record from the future cannot carry a partition's watermark
  * away. The watermark, a millisecond behind the latest event time, is kept per
- * partition, a quiet partition stops holding it back, and once every partition is
- * quiet it moves past the tick ({@code tickMs}) of the newest event time, so the
- * records before a lull go on ({@link QuietPartitions}).
+ * partition, a quiet partition stops holding it back, and once every partition has
+ * been quiet for {@code allQuietMs} it moves past the tick ({@code tickMs}) of the
+ * newest event time, so the records before a lull go on ({@link QuietPartitions}).
  *
  * <p>The sink writes each {@code (k, port, ts, src, pos, v)} row whose port names an
  * output topic to that topic, keyed by {@code src}, at least once: a delivery that fails
@@ -51,8 +51,8 @@ public final class KafkaIo {
     /** The input topics as watermarked rows of {@code type}, under the segment key. */
     public static DataStream<Row> source(StreamExecutionEnvironment env, Properties props,
                                          String[] topics, String group, boolean earliest,
-                                         long startMs, long quietMs, long tickMs,
-                                         long maxSkewMs, String segmentKey,
+                                         long startMs, long quietMs, long allQuietMs,
+                                         long tickMs, long maxSkewMs, String segmentKey,
                                          TypeInformation<Row> type, String uid) {
         KafkaSource<Row> source = KafkaSource.<Row>builder()
             .setProperties(props)
@@ -63,7 +63,8 @@ public final class KafkaIo {
             .setDeserializer(new Messages(segmentKey, type))
             .build();
         WatermarkStrategy<Row> time =
-            QuietPartitions.strategy(startMs, quietMs, tickMs, new EventTime(maxSkewMs));
+            QuietPartitions.strategy(startMs, quietMs, allQuietMs, tickMs,
+                                     new EventTime(maxSkewMs));
         // one reader: the guard is one segment under one key, so a second reader adds
         // no throughput, only a race between two watermarks that makes rows late
         return env.fromSource(source, time, uid, type).setParallelism(1).uid(uid);

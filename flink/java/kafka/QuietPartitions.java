@@ -24,11 +24,13 @@ import org.apache.flink.util.clock.RelativeClock;
  * <p>When every partition is quiet (a feed outage, the end of a replay), an idle source
  * moves no watermark at all, and the records of the newest tick would wait in their
  * window until the next message. So once the reader has heard nothing on any partition
- * for {@code quietMs}, each partition that has sent a message sets its watermark to the
+ * for {@code allQuietMs}, each partition that has sent a message sets its watermark to the
  * last ms of the tick ({@code tickMs}) of the newest event time any partition gave: that
  * tick goes on, as bytewax hands records on as they come. A record that then comes in
  * that tick or before is behind the watermark (late), for the flow to judge. A partition
- * that has sent nothing yet keeps waiting {@code startMs}.
+ * that has sent nothing yet keeps waiting {@code startMs}. {@code allQuietMs} is longer
+ * than {@code quietMs}: a reader starved of CPU can go a second without a fetch while
+ * its partitions still have records, which would then come late; a real lull lasts.
  *
  * <p>Quiet time is read from Flink's input activity clock, which stops while the source
  * is back-pressured or paused: a partition with a backlog is not called quiet because the
@@ -47,25 +49,28 @@ final class QuietPartitions implements WatermarkGenerator<Row> {
     private final Reader reader;
     private final long startNanos;
     private final long quietNanos;
+    private final long allQuietNanos;
     private final long tickMs;
     private long newest = Long.MIN_VALUE;  // MIN_VALUE: nothing heard yet
     private long lastHeard;
     private boolean idle;
 
     QuietPartitions(RelativeClock clock, Reader reader, long startMs, long quietMs,
-                    long tickMs) {
+                    long allQuietMs, long tickMs) {
         this.clock = clock;
         this.reader = reader;
         this.startNanos = startMs * 1_000_000L;
         this.quietNanos = quietMs * 1_000_000L;
+        this.allQuietNanos = allQuietMs * 1_000_000L;
         this.tickMs = tickMs;
         this.lastHeard = clock.relativeTimeNanos();
     }
 
     /** Every partition's generator, its event time given by {@code eventTime}. */
-    static WatermarkStrategy<Row> strategy(long startMs, long quietMs, long tickMs,
-                                           KafkaIo.EventTime eventTime) {
-        return new Strategy(startMs, quietMs, tickMs).withTimestampAssigner(eventTime);
+    static WatermarkStrategy<Row> strategy(long startMs, long quietMs, long allQuietMs,
+                                           long tickMs, KafkaIo.EventTime eventTime) {
+        return new Strategy(startMs, quietMs, allQuietMs, tickMs)
+            .withTimestampAssigner(eventTime);
     }
 
     /** Generators that share a {@link Reader}: a source subtask has its own copy of the
@@ -73,12 +78,14 @@ final class QuietPartitions implements WatermarkGenerator<Row> {
     static final class Strategy implements WatermarkStrategy<Row> {
         private final long startMs;
         private final long quietMs;
+        private final long allQuietMs;
         private final long tickMs;
         private transient Reader reader;
 
-        Strategy(long startMs, long quietMs, long tickMs) {
+        Strategy(long startMs, long quietMs, long allQuietMs, long tickMs) {
             this.startMs = startMs;
             this.quietMs = quietMs;
+            this.allQuietMs = allQuietMs;
             this.tickMs = tickMs;
         }
 
@@ -89,7 +96,7 @@ final class QuietPartitions implements WatermarkGenerator<Row> {
                 reader = new Reader();
             }
             return new QuietPartitions(context.getInputActivityClock(), reader, startMs,
-                                       quietMs, tickMs);
+                                       quietMs, allQuietMs, tickMs);
         }
     }
 
@@ -110,7 +117,7 @@ final class QuietPartitions implements WatermarkGenerator<Row> {
         boolean heard = newest != Long.MIN_VALUE;
         long now = clock.relativeTimeNanos();
         long silent = now - lastHeard;
-        if (heard && now - reader.lastHeard >= quietNanos) {
+        if (heard && now - reader.lastHeard >= allQuietNanos) {
             // every partition quiet: past the newest tick
             if (idle) {
                 idle = false;
