@@ -18,6 +18,7 @@ from riskguard.operators.detection.cross_shard import (
     shard_of,
 )
 from riskguard.schemas import AnomalySignal, Quote, Trade, decode, encode
+from riskguard.schemas.market import Bar
 
 from riskguard.errors import ConfigError
 
@@ -166,3 +167,29 @@ def test_a_quote_whose_bid_plus_ask_overflows_is_a_dislocation_the_schema_takes(
         assert isinstance(decode("signals", encode(sig)), AnomalySignal)
     market = shard._rates["BTC/USD"].s.markets["binance/BTCUSDT"]
     assert all(math.isfinite(x) for x in (market.mean, market.var, market.logp))
+
+
+def _bar(venue: str, inst: str, i: int, px: float) -> Bar:
+    m = 60 * NS
+    return Bar(id=f"{venue}{i}", venue=venue, instrument=inst, ts=(i + 1) * m, start=i * m,
+               interval_ns=m, open=px, high=px, low=px, close=px)
+
+
+@pytest.mark.parametrize("order", [1, -1])
+def test_bars_closing_together_are_compared_bar_with_bar(order: int) -> None:
+    """Every venue's bar closes at the same time and all fall 5 % on one bar: no market
+    is judged against the others' previous bar, so nothing is dislocated, whatever order
+    the markets of that time arrive in."""
+    points = cross_points(lambda recs: [Tick(ts=recs[-1].ts, source="w", of=1)],
+                          bar_ns=60 * NS, shards=1)
+    shard = CrossShard(CrossRateConfig(warmup_points=20), clock=lambda: 0, bar_ns=60 * NS)
+    markets = [("binance", "BTCUSDT", 100.02), ("coinbase", "BTC-USD", 100.0),
+               ("kraken", "XBTUSD", 99.99), ("okx", "BTC-USDT", 100.01)][::order]
+    out = []
+    for i in range(100):
+        fall = 0.95 if i >= 80 else 1.0
+        for _key, item in points([_bar(v, s, i, p * fall * (1 + 0.0001 * (i % 3)))
+                                  for v, s, p in markets]):
+            out += shard.on_event(item)
+    out += shard.on_eof()
+    assert out == []

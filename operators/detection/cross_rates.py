@@ -184,27 +184,47 @@ class CrossRates:
                                        for k, m in self.s.markets.items()})
 
     def on_event(self, fv: FeatureVector) -> list[AnomalySignal]:
-        price = fv.price
-        if price is None or not 0.0 < price < math.inf:
-            return []
+        return self.on_time([fv])
+
+    def on_time(self, vectors: list[FeatureVector]) -> list[AnomalySignal]:
+        """Prices of one event time: every market's price is taken in first, then each
+        market is judged against the others (in key order), so markets whose bars close
+        together are compared bar with bar whatever order they come in."""
         s = self.s
-        m = s.markets.get(fv.key)
-        if m is None:
-            m = s.markets[fv.key] = MarketState()
-        if fv.ts < m.ts:
-            return []
-        dt = fv.ts - m.ts if m.ts >= 0 else 0
-        m.ts, m.logp, m.interval_ns = fv.ts, math.log(price), fv.interval_ns
-        others = sorted((o.logp, k) for k, o in s.markets.items()
-                        if k != fv.key and fv.ts - o.ts <= max(self.config.max_age_ns,
-                                                               2 * o.interval_ns))
+        taken: dict[str, tuple[FeatureVector, MarketState, int]] = {}
+        for fv in vectors:
+            price = fv.price
+            if price is None or not 0.0 < price < math.inf:
+                continue
+            m = s.markets.get(fv.key)
+            if m is None:
+                m = s.markets[fv.key] = MarketState()
+            if fv.ts < m.ts:
+                continue
+            dt = fv.ts - m.ts if m.ts >= 0 else 0
+            if fv.key in taken:  # the key's second price of the time: its first's dt
+                dt = taken[fv.key][2]
+            m.ts, m.logp, m.interval_ns = fv.ts, math.log(price), fv.interval_ns
+            taken[fv.key] = (fv, m, dt)
+        out: list[AnomalySignal] = []
+        for key in sorted(taken):
+            fv, m, dt = taken[key]
+            ref = self._reference(key, fv.ts, m.logp)
+            if ref is not None:
+                out.extend(self._judge(fv, m, (m.logp - ref[0]) * 1e4, ref[1], dt))
+        return out
+
+    def _reference(self, key: str, ts: int, logp: float) -> tuple[float, str] | None:
+        """The price market ``key`` is judged against at ``ts``, and the market it came
+        from; None with too few fresh others."""
+        max_age = self.config.max_age_ns
+        others = sorted((o.logp, k) for k, o in self.s.markets.items()
+                        if k != key and ts - o.ts <= max(max_age, 2 * o.interval_ns))
         if len(others) < max(1, self.config.min_markets - 1):
-            return []  # with one other market, which of the two moved cannot be told
+            return None  # with one other market, which of the two moved cannot be told
         mid = len(others) // 2
-        ref, ref_key = (others[mid] if len(others) % 2 else
-                        ((others[mid - 1][0] + others[mid][0]) / 2, others[mid][1]))
-        dev = (m.logp - ref) * 1e4
-        return self._judge(fv, m, dev, ref_key, dt)
+        return (others[mid] if len(others) % 2 else
+                ((others[mid - 1][0] + others[mid][0]) / 2, others[mid][1]))
 
     def _judge(self, fv: FeatureVector, m: MarketState, dev: float, ref_key: str,
                dt: int) -> list[AnomalySignal]:

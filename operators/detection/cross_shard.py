@@ -6,7 +6,8 @@ which records have arrived. So :func:`cross_points` runs where the input is read
 makes one price point per market per ``bar_ns`` for :func:`shard_of` its group, followed
 on the same channel by the reader's :class:`~riskguard.operators.core.clock.Tick` for
 every shard; :class:`CrossShard` holds the points until the watermark has passed them,
-then judges them in ``(ts, market)`` order. A point older than what the shard has
+then judges them one event time at a time: every point of a time is taken in before
+any market is judged against the others. A point older than what the shard has
 judged is left out and counted. Any number of workers or processes, and a resumed run,
 raise the same dislocations.
 
@@ -192,24 +193,30 @@ class CrossShard:
         return self._judge_before(max(p[0] for p in held) + 1) if held else []
 
     def _judge_before(self, wm: int) -> list[AnomalySignal]:
-        """Judge, in ``(ts, market)`` order, the points before ``wm`` (a worker's tick at
-        ``wm`` may still be followed by its other records at that same time)."""
+        """Judge the points before ``wm`` (a worker's tick at ``wm`` may still be followed
+        by its other records at that same time), one event time at a time: every point of
+        a time is taken in before any market is judged (bars of all venues close
+        together), in group then market order."""
         st = self.state
         held = st.held
         out: list[AnomalySignal] = []
         while held and held[0][0] < wm:
-            ts, key, _n, point = heapq.heappop(held)
-            bar = ts // self.bar_ns
-            if st.last_bar.get(key, -1) >= bar:
-                continue  # a resumed reader's second point for a bar already judged
-            st.last_bar[key] = bar
-            group, scope = self._market(key)
-            if group is None:
-                continue
-            rates = self._rates.get(group)
-            if rates is None:
-                rates = self._rates[group] = CrossRates(self.config)
-            out.extend(rates.on_event(self._vector(point, scope)))
+            ts = held[0][0]
+            at: dict[str, list[FeatureVector]] = {}
+            while held and held[0][0] == ts:
+                _ts, key, _n, point = heapq.heappop(held)
+                bar = ts // self.bar_ns
+                if st.last_bar.get(key, -1) >= bar:
+                    continue  # a resumed reader's second point for a bar already judged
+                st.last_bar[key] = bar
+                group, scope = self._market(key)
+                if group is not None:
+                    at.setdefault(group, []).append(self._vector(point, scope))
+            for group in sorted(at):
+                rates = self._rates.get(group)
+                if rates is None:
+                    rates = self._rates[group] = CrossRates(self.config)
+                out.extend(rates.on_time(at[group]))
         st.judged_ts = max(st.judged_ts, wm)
         return out
 
