@@ -108,3 +108,50 @@ def test_resuming_from_a_snapshot_gives_the_same_signals_as_never_stopping() -> 
     again = run(resumed, 100, start=600, shock=shock)
     assert [s.id for s in again] == [s.id for s in later]
     assert any(s.phase == "open" for s in later)
+
+
+def _flagged(markets: tuple[tuple[str, str], ...], move, n: int = 200) -> set[str]:
+    """The markets with a dislocation open at some point: ``markets`` at 100 with tiny
+    noise for ``n`` minutes, ``move(venue, inst, i)`` multiplying each price."""
+    logic = CrossRates(CrossRateConfig())
+    out = []
+    for i in range(n):
+        out += logic.on_time([vec(v, s, i, 100.0 * move(v, s, i) * (1 + 0.0001 * (i % 3)))
+                              for v, s in markets])
+    return {s.key for s in out if s.phase == "open"}
+
+
+def test_a_venue_listing_most_markets_of_a_group_is_one_voice() -> None:
+    """A bad print on a venue listing four of the six markets: its markets are the
+    dislocated ones, not the two healthy venues'."""
+    markets = (("binance", "BTCUSDT"), ("binance", "BTCUSDC"), ("binance", "BTCFDUSD"),
+               ("binance", "BTCTUSD"), ("coinbase", "BTC-USD"), ("kraken", "XBTUSD"))
+    got = _flagged(markets, lambda v, s, i: 0.95 if v == "binance" and 150 <= i < 160
+                   else 1.0)
+    assert got == {f"binance/{s}" for v, s in markets if v == "binance"}
+
+
+def test_a_depeg_of_the_stablecoin_most_markets_quote_is_seen_on_its_markets() -> None:
+    """USDT 3 % off the dollar on four venues while two venues quote in dollars: the
+    USDT markets are dislocated, the dollar ones are not."""
+    markets = (("binance", "BTCUSDT"), ("okx", "BTC-USDT"), ("bybit", "BTCUSDT"),
+               ("gate", "BTCUSDT"), ("coinbase", "BTC-USD"), ("kraken", "XBTUSD"))
+    got = _flagged(markets, lambda v, s, i: 1 / 0.97 if "USDT" in s and i >= 150 else 1.0)
+    assert got == {f"{v}/{s}" for v, s in markets if "USDT" in s}
+
+
+def test_one_dollar_venue_parting_is_no_depeg_of_the_others() -> None:
+    """One of two dollar venues falls 5 % alone: that market only, not the four USDT
+    markets a rate measured against it would move."""
+    markets = (("binance", "BTCUSDT"), ("okx", "BTC-USDT"), ("bybit", "BTCUSDT"),
+               ("gate", "BTCUSDT"), ("coinbase", "BTC-USD"), ("kraken", "XBTUSD"))
+    got = _flagged(markets, lambda v, s, i: 0.95 if v == "coinbase" and i >= 150 else 1.0)
+    assert got == {"coinbase/BTC-USD"}
+
+
+def test_with_three_venues_the_two_healthy_ones_are_not_dislocated() -> None:
+    """With two others, the reference is the one nearer the judged market (not their
+    mean): a venue falling alone leaves the other two in place."""
+    markets = (("kraken", "XBTUSD"), ("binance", "BTCUSDT"), ("coinbase", "BTC-USDC"))
+    got = _flagged(markets, lambda v, s, i: 0.96 if v == "kraken" and i >= 150 else 1.0)
+    assert got == {"kraken/XBTUSD"}

@@ -3,10 +3,14 @@
 A stablecoin depeg, a single-venue flash crash or a perpetual torn from spot shows first
 as one market of an asset parting from the others. :class:`CrossRates` keeps, per market
 group (base asset and quote unit, :func:`market_group`), the latest price of every
-market and compares each with the **median of the others**: ``dev`` (log ratio, in bps)
+market and compares each with the **middle of the other venues**, one price per venue
+(the median of its markets; with an even count, the middle price nearer the market), a
+dollar stablecoin's markets first brought to the dollar by its rate
+(:func:`quote_rates`): ``dev`` (log ratio, in bps)
 against its learned usual offset and spread (not learned while dislocated); a market is
 dislocated past ``max(floor_bps, band_k * spread)``, critical at ``critical_ratio``
-times that, and judged only against at least ``min_markets - 1`` fresh others. Details:
+times that, and judged only against at least ``min_markets - 1`` fresh other venues
+(with fewer, against every other market, its own venue's too). Details:
 docs/detectors.md ("Cross-market dislocations").
 
 Signals are :class:`~riskguard.schemas.AnomalySignal` records of kind
@@ -34,6 +38,7 @@ Signals are :class:`~riskguard.schemas.AnomalySignal` records of kind
 
 from __future__ import annotations
 
+import functools
 import math
 import uuid
 from dataclasses import dataclass, field
@@ -112,6 +117,65 @@ def market_group(key: str) -> str | None:
         return None
     base, quote = parsed
     return f"{base}/{'USD' if quote in USD_LIKE else quote}"
+
+
+@functools.lru_cache(maxsize=65_536)
+def venue_quote(key: str) -> tuple[str, str]:
+    """The venue of a ``venue/instrument`` key and its instrument's quote ("" for none).
+
+    >>> venue_quote("binance/BTCUSDT"), venue_quote("okx")
+    (('binance', 'USDT'), ('okx', ''))
+    """
+    venue, _, inst = key.partition("/")
+    parsed = split_instrument(inst) if inst else None
+    return venue, parsed[1] if parsed else ""
+
+
+def _middle(values: list[tuple[float, str]]) -> tuple[float, str]:
+    """The median of sorted ``(value, key)`` pairs, with the upper middle's key."""
+    n = len(values)
+    hi = values[n // 2]
+    return hi if n % 2 else ((values[n // 2 - 1][0] + hi[0]) / 2, hi[1])
+
+
+def quote_rates(fresh: list[tuple[str, float]]) -> dict[str, float]:
+    """Per dollar stablecoin quoted in ``fresh`` (``(market key, log price)`` of one
+    dollar group), how far its markets lie from the markets quoted in dollars: the
+    median over its venues (one price each, the median of the venue's markets) outside
+    the middle of the dollar venues' prices. Nothing without two venues quoting in
+    dollars: then no quote is told from the unit, and every stablecoin counts as a
+    dollar.
+
+    A depeg moves every market of its stablecoin on every venue together, while the
+    dollar venues agree with each other: the stablecoin's rate takes the move, so the
+    stablecoin's markets are the dislocated ones even where they are most of the
+    group. One dollar venue parting from the other stays inside their range and moves
+    no rate.
+
+    >>> import math
+    >>> usdt = math.log(103.0)
+    >>> fresh = [("a/BTCUSDT", usdt), ("b/BTCUSDT", usdt), ("c/BTC-USDT", usdt),
+    ...          ("d/BTC-USD", math.log(100.0)), ("e/XBTUSD", math.log(100.0))]
+    >>> {q: round(r * 1e4) for q, r in quote_rates(fresh).items()}
+    {'USDT': 296}
+    >>> quote_rates(fresh[:4])
+    {}
+    """
+    by_quote: dict[str, dict[str, list[tuple[float, str]]]] = {}
+    for k, lp in fresh:
+        venue, quote = venue_quote(k)
+        by_quote.setdefault(quote, {}).setdefault(venue, []).append((lp, k))
+    dollar = by_quote.pop("USD", None)
+    if dollar is None or len(dollar) < 2:
+        return {}
+    prices = sorted(_middle(sorted(ms)) for ms in dollar.values())
+    n = len(prices)
+    lo, hi = prices[(n - 1) // 2][0], prices[n // 2][0]
+    rates: dict[str, float] = {}
+    for quote, venues in by_quote.items():
+        mid = _middle(sorted(_middle(sorted(ms)) for ms in venues.values()))[0]
+        rates[quote] = mid - min(max(mid, lo), hi)
+    return rates
 
 
 class CrossRateConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -207,24 +271,49 @@ class CrossRates:
             m.ts, m.logp, m.interval_ns = fv.ts, math.log(price), fv.interval_ns
             taken[fv.key] = (fv, m, dt)
         out: list[AnomalySignal] = []
+        seen: dict[int, tuple[list[tuple[str, float]], dict[str, float]]] = {}
         for key in sorted(taken):
             fv, m, dt = taken[key]
-            ref = self._reference(key, fv.ts, m.logp)
+            now = seen.get(fv.ts)
+            if now is None:
+                now = seen[fv.ts] = self._fresh(key, fv.ts)
+            ref = self._reference(key, m.logp, *now)
             if ref is not None:
                 out.extend(self._judge(fv, m, (m.logp - ref[0]) * 1e4, ref[1], dt))
         return out
 
-    def _reference(self, key: str, ts: int, logp: float) -> tuple[float, str] | None:
-        """The price market ``key`` is judged against at ``ts``, and the market it came
-        from; None with too few fresh others."""
+    def _fresh(self, key: str, ts: int) -> tuple[list[tuple[str, float]], dict[str, float]]:
+        """The fresh markets at ``ts`` (key, log price) and each dollar stablecoin's rate
+        (:func:`quote_rates`) in ``key``'s group."""
         max_age = self.config.max_age_ns
-        others = sorted((o.logp, k) for k, o in self.s.markets.items()
-                        if k != key and ts - o.ts <= max(max_age, 2 * o.interval_ns))
-        if len(others) < max(1, self.config.min_markets - 1):
-            return None  # with one other market, which of the two moved cannot be told
-        mid = len(others) // 2
-        return (others[mid] if len(others) % 2 else
-                ((others[mid - 1][0] + others[mid][0]) / 2, others[mid][1]))
+        fresh = [(k, o.logp) for k, o in self.s.markets.items()
+                 if ts - o.ts <= max(max_age, 2 * o.interval_ns)]
+        group = market_group(key)
+        return fresh, quote_rates(fresh) if group and group.endswith("/USD") else {}
+
+    def _reference(self, key: str, logp: float, fresh: list[tuple[str, float]],
+                   rates: dict[str, float]) -> tuple[float, str] | None:
+        """The log price market ``key`` (at ``logp``) is judged against, and the market it
+        came from: the middle of one price per other venue; None with too few."""
+        venue, _quote = venue_quote(key)
+        venues: dict[str, list[tuple[float, str]]] = {}
+        for k, lp in fresh:
+            v, q = venue_quote(k)
+            if v != venue:
+                venues.setdefault(v, []).append((lp - rates.get(q, 0.0), k))
+        votes = [_middle(sorted(ms)) for ms in venues.values()]
+        need = max(1, self.config.min_markets - 1)
+        if len(votes) < need:
+            # too few other venues: every other market counts, its own venue's too
+            votes = [(lp - rates.get(venue_quote(k)[1], 0.0), k) for k, lp in fresh
+                     if k != key]
+            if len(votes) < need:
+                return None  # with one other market, which of the two moved cannot be told
+        votes.sort()
+        n = len(votes)
+        lo, hi = votes[(n - 1) // 2], votes[n // 2]
+        # an even count: the middle value nearer the market (itself when between them)
+        return lo if logp <= lo[0] else hi if logp >= hi[0] else (logp, lo[1])
 
     def _judge(self, fv: FeatureVector, m: MarketState, dev: float, ref_key: str,
                dt: int) -> list[AnomalySignal]:
