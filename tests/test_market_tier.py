@@ -416,3 +416,61 @@ def test_a_market_process_turns_names_past_its_admission_caps_into_dead_letters(
               for a in codec.decode("detections", v).alerts]
     assert [(a.kind, a.scope.label(), a.details["first_refused"]) for a in alerts] == [
         ("admission_cap", "venue:okx", "JUNK-3")]
+
+
+_SPELLINGS = ("binance/BTCUSDT", "okx/BTC-USDT", "okx/BTC-USDT-SWAP", "kraken/XBTUSD",
+              "coinbase/BTC-USD", "binance/BTCUSD_PERP", "deribit/BTC-PERPETUAL",
+              "bybit/BTCUSDC", "binance/ETHUSDT", "okx/ETH-USDT", "kraken/ETHUSD",
+              "okx/SOL-USDT", "binance/SOLUSDT", "kraken/SOLUSD")
+
+
+@pytest.mark.parametrize("processes", [2, 3, 5])
+def test_the_markets_of_a_confirmation_group_share_one_market_process(processes: int) -> None:
+    """However a venue spells its instrument, the markets the cross-venue confirmation
+    judges together are owned by one process (a group split over processes is never
+    confirmed)."""
+    from riskguard.operators.detection.venue_confirm import confirm_key
+
+    owners = MarketOwners(0, processes, {}, lambda name: None)
+    by_group: dict[str, set[int]] = {}
+    for key in _SPELLINGS:
+        by_group.setdefault(confirm_key(key) or "", set()).add(owners.of_key(key))
+    assert set(by_group) == {"confirm/BTC/USD", "confirm/ETH/USD", "confirm/SOL/USD"}
+    assert all(len(procs) == 1 for procs in by_group.values())
+
+
+def test_the_tier_confirms_across_venues_as_one_worker_does() -> None:
+    """The confirmation step in a bytewax flow over every market, and over each market
+    process's own markets: the same escalations."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink, TestingSource, run_main
+    from riskguard.operators.detection.ops import confirm_across_venues
+    from riskguard.operators.detection.venue_confirm import MarketProgress, VenueConfirmConfig
+    from test_venue_confirm import band, in_time
+
+    items = in_time([band("okx/BTC-USDT", "open", "critical", -900.0, ts=2),
+                     band("binance/BTCUSDT", "open", "warn", -300.0, ts=2),
+                     band("kraken/XBTUSD", "open", "warn", -280.0, ts=3),
+                     band("okx/ETH-USDT", "open", "critical", -800.0, ts=3),
+                     band("binance/ETHUSDT", "open", "warn", -250.0, ts=4)])
+
+    def key_of(item: Any) -> str:
+        return item.market if type(item) is MarketProgress else item.key
+
+    def confirmed(share: list[Any]) -> list[tuple[str, str, str, int]]:
+        flow = Dataflow("confirm")
+        up = op.input("in", flow, TestingSource([(key_of(i), i) for i in share]))
+        got: list[Any] = []
+        op.output("out", confirm_across_venues(
+            "confirm", up, config=VenueConfirmConfig(join_s=0), clock=lambda: 0),
+            TestingSink(got))
+        run_main(flow)
+        return sorted((s.key, s.phase, s.severity.value, s.ts) for s in got)
+
+    one = confirmed(items)
+    assert {k for k, *_ in one} == {"binance/BTCUSDT", "kraken/XBTUSD", "binance/ETHUSDT"}
+    procs = [MarketOwners(i, 2, {}, lambda name: None) for i in (0, 1)]
+    tier = sorted(s for p in procs
+                  for s in confirmed([i for i in items if p.of_key(key_of(i)) == p.index]))
+    assert tier == one

@@ -40,6 +40,7 @@ from riskguard.operators.core.base import (
 from riskguard.operators.core.clock import Clock
 from riskguard.operators.core.end_of_input import FinalProgressLogic
 from riskguard.operators.core.observe import observe_all
+from riskguard.operators.detection.cross_rates import instrument_base
 from riskguard.operators.exposure import ShardPlace
 from riskguard.operators.exposure.ops import (
     value_positions,
@@ -81,8 +82,11 @@ class MarketOwners:
     with its market data, positions, fills and snapshots), so nothing is exchanged between
     market processes. ``owners`` names an underlying's process; any other goes to
     ``crc32(name) % processes``. An instrument the registry does not declare counts as
-    the part before its first ``-`` (``SOL-USDT`` -> ``SOL``); a collateral asset and a
-    venue's own features (key ``<venue>``) count as their own names.
+    its base asset, parsed as the cross-venue confirmation groups markets
+    (:func:`~riskguard.operators.detection.cross_rates.instrument_base`: ``BTCUSDT``,
+    ``XBTUSD`` and ``BTC-USD`` -> ``BTC``), else as the part before its first ``-``, so
+    the markets of one group are never split; a collateral asset and a venue's own
+    features (key ``<venue>``) count as their own names.
 
     >>> owners = MarketOwners(0, 2, {"BTC": 0, "ETH": 1}, {"BTC-27DEC26-70000-C": "BTC"}.get)
     >>> [owners.of_key(k) for k in ("okx/BTC-PERP", b"deribit/BTC-27DEC26-70000-C",
@@ -110,7 +114,7 @@ class MarketOwners:
 
     def _of_instrument(self, name: str) -> int:
         """The process owning instrument ``name`` (memoized as ``of_instrument``)."""
-        return self.of_underlying(self.underlying_of(name) or name.split("-", 1)[0])
+        return self.of_underlying(self.underlying_of(name) or instrument_base(name))
 
     def _of_key(self, key: str | bytes | None) -> int:
         """The process owning a Kafka or state key (``<venue>/<instrument>`` or

@@ -101,6 +101,18 @@ def split_instrument(name: str) -> tuple[str, str] | None:
     return ALIASES.get(base, base), quote
 
 
+def instrument_base(name: str) -> str:
+    """The base asset an instrument belongs to: :func:`split_instrument`'s base, else the
+    part of its name before the first ``-`` (an option, a dated future). What the market
+    tier owns an undeclared instrument by, so a group's markets share an owner.
+
+    >>> [instrument_base(n) for n in ("BTCUSDT", "XBTUSD", "BTC-USD", "BTC-27DEC26-70000-C")]
+    ['BTC', 'BTC', 'BTC', 'BTC']
+    """
+    parsed = split_instrument(name)
+    return parsed[0] if parsed is not None else name.split("-", 1)[0]
+
+
 def market_group(key: str) -> str | None:
     """The group a ``venue/instrument`` key is compared within: its base asset and its
     quote's unit (every dollar stablecoin counts as USD: their cross rate is what a depeg
