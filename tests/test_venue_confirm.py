@@ -404,3 +404,14 @@ def test_a_run_killed_and_resumed_confirms_what_one_unbroken_run_does(
     assert len({s.id for s in got}) < len(want)
     run_main(flow(), epoch_interval=timedelta(seconds=0), recovery_config=recovery)
     assert {s.id for s in got} == want
+
+
+def test_a_trip_on_the_same_venue_confirms_nothing() -> None:
+    """Another quote of the same venue tripping is no other venue: the warning stays a
+    warning until a trip on another venue confirms it."""
+    assert run(band("binance/BTCUSDC", "open", "warn", -250),
+               band("binance/BTCUSDT", "open", "critical", -720, ts=2)) == []
+    out = run(band("binance/BTCUSDC", "open", "warn", -250),
+              band("binance/BTCUSDT", "open", "critical", -720, ts=2),
+              band("okx/BTC-USDT", "open", "critical", -700, ts=3))
+    assert out == [("binance/BTCUSDC", "escalate", "critical", 3)]

@@ -241,7 +241,10 @@ class VenueConfirmLogic:
         for key in members:
             own = st.episodes[key]
             d = _direction(own)
-            peer = next((k for k, pd in trips if k != key and d and pd == d), None)
+            venue = key.partition("/")[0]
+            # a trip on the market's own venue (another quote of it) confirms nothing
+            peer = next((k for k, pd in trips
+                         if d and pd == d and k.partition("/")[0] != venue), None)
             want = own.severity is Severity.WARN and peer is not None
             raised = st.raised.get(key) == own.episode
             if want and not raised:
