@@ -155,3 +155,19 @@ def test_with_three_venues_the_two_healthy_ones_are_not_dislocated() -> None:
     markets = (("kraken", "XBTUSD"), ("binance", "BTCUSDT"), ("coinbase", "BTC-USDC"))
     got = _flagged(markets, lambda v, s, i: 0.96 if v == "kraken" and i >= 150 else 1.0)
     assert got == {"kraken/XBTUSD"}
+
+
+def test_an_offset_learned_without_spread_still_follows_a_slow_drift() -> None:
+    """Identical prices through warm-up leave a spread of 0; a basis then drifting to
+    1.2 % over three days (slower than the 1-day half-life) is learned, not a
+    dislocation: the learning step's cap is never 0."""
+    logic = CrossRates(CrossRateConfig())
+    n = 3 * 1440
+    out = []
+    for i in range(n + 120):
+        drift = 0.0 if i < 120 else 0.012 * (i - 120) / n
+        out += logic.on_time([vec("a", "BTC-USD", i, 100.0),
+                              vec("b", "BTC-PERP", i, 100.0 * (1 + drift)),
+                              vec("c", "BTCUSDT", i, 100.0)])
+    assert out == []
+    assert logic.s.markets["b/BTC-PERP"].mean > 60.0

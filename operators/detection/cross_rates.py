@@ -356,7 +356,10 @@ class CrossRates:
             a = 1.0 / (m.n + 1) if not warm else -math.expm1(-self._decay_per_ns * max(dt, 1))
             d = dev - m.mean
             if warm:
-                lim = 4.0 * math.sqrt(m.var)
+                # a step moves the offset by at most 4 usual spreads, and never less than
+                # 4 spreads at which band_k spreads make the floor: a market whose spread
+                # learned as 0 still follows a slow drift of its offset
+                lim = 4.0 * max(math.sqrt(m.var), c.floor_bps / c.band_k)
                 d = max(-lim, min(lim, d))
             m.mean += a * d
             m.var = (1.0 - a) * (m.var + a * d * d)
