@@ -171,3 +171,15 @@ def test_an_offset_learned_without_spread_still_follows_a_slow_drift() -> None:
                               vec("c", "BTCUSDT", i, 100.0)])
     assert out == []
     assert logic.s.markets["b/BTC-PERP"].mean > 60.0
+
+
+def test_names_spelled_with_underscores_or_a_settlement_currency_are_grouped() -> None:
+    """Gate's BTC_USDT, the ccxt name as the feeds normalise it (BTC-USDT:USDT) and
+    Deribit's linear perpetual are BTC/USD markets like the others."""
+    from riskguard.schemas.names import normalise_name
+
+    names = ("BTC_USDT", normalise_name("BTC/USDT:USDT"), "BTC_USDC-PERPETUAL", "ETH_BTC")
+    assert [split_instrument(n) for n in names] == [
+        ("BTC", "USDT"), ("BTC", "USDT"), ("BTC", "USDC"), ("ETH", "BTC")]
+    assert [market_group(f"v/{n}") for n in names] == ["BTC/USD"] * 3 + ["ETH/BTC"]
+    assert split_instrument("BTCUSD_250627") == ("BTC", "USD")  # a delivery date goes

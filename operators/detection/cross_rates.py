@@ -74,16 +74,31 @@ def split_instrument(name: str) -> tuple[str, str] | None:
     """``(base, quote)`` of an instrument name, or None when it names no known quote.
 
     A perpetual's suffix (``-PERP``, ``-PERPETUAL``, ``-SWAP``) is dropped; a bare
-    perpetual (``BTC-PERP``, Deribit's ``BTC-PERPETUAL``) is dollar-quoted.
+    perpetual (``BTC-PERP``, Deribit's ``BTC-PERPETUAL``) is dollar-quoted. A settlement
+    currency after ``:`` (ccxt's ``BTC/USDT:USDT``, which
+    :func:`~riskguard.schemas.names.normalise_name` makes ``BTC-USDT:USDT``) is
+    dropped; ``_`` joins a base and its quote as ``-`` does (Gate's ``BTC_USDT``,
+    Deribit's ``BTC_USDC-PERPETUAL``), and a suffix after ``_`` that is no quote (a
+    COIN-M ``_PERP`` or delivery date) is dropped.
 
     >>> [split_instrument(n) for n in ("BTCUSDT", "BTC-USD", "XBTUSD", "BTCTUSD",
     ...                                "BTCUSD_PERP", "ETH-27DEC26-3500-C")]
     [('BTC', 'USDT'), ('BTC', 'USD'), ('BTC', 'USD'), ('BTC', 'TUSD'), ('BTC', 'USD'), None]
     >>> [split_instrument(n) for n in ("BTC-PERP", "ETH-PERPETUAL", "BTC-USDT-SWAP")]
     [('BTC', 'USD'), ('ETH', 'USD'), ('BTC', 'USDT')]
+    >>> [split_instrument(n) for n in ("BTC_USDT", "BTC-USDT:USDT", "BTC_USDC-PERPETUAL")]
+    [('BTC', 'USDT'), ('BTC', 'USDT'), ('BTC', 'USDC')]
     """
-    head = name.upper().split("_", 1)[0]
-    parts = head.split("-")
+    text = name.upper().partition(":")[0]
+    head = text.split("_", 1)[0]
+    parsed = _split(head)
+    if parsed is None and "_" in text:
+        parsed = _split(text.replace("_", "-"))
+    return parsed
+
+
+def _split(text: str) -> tuple[str, str] | None:
+    parts = text.split("-")
     if len(parts) > 1 and parts[-1] in PERPETUAL:
         parts = parts[:-1]
         if len(parts) == 1 and parts[0].isalpha():
@@ -91,6 +106,7 @@ def split_instrument(name: str) -> tuple[str, str] | None:
     if len(parts) == 2 and parts[1] in QUOTES:
         base, quote = parts
     elif len(parts) == 1:
+        head = parts[0]
         # the longest quote that leaves a base of three letters or more (XBT-USD, not XB-TUSD)
         quote = next((q for q in QUOTES if head.endswith(q) and len(head) - len(q) >= 3), "")
         if not quote:
