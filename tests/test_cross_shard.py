@@ -17,7 +17,7 @@ from riskguard.operators.detection.cross_shard import (
     cross_shard_builder,
     shard_of,
 )
-from riskguard.schemas import AnomalySignal, Quote, Trade, decode, encode
+from riskguard.schemas import AnomalySignal, DeadLetter, Quote, Trade, decode, encode
 from riskguard.schemas.market import Bar
 
 from riskguard.errors import ConfigError
@@ -115,7 +115,10 @@ def test_a_point_behind_what_was_judged_is_left_out_and_counted() -> None:
     other_reader = cross_points(lambda recs: [], bar_ns=NS, shards=1)
     late = other_reader([_quote("kraken", "XBTUSD", 1, 100.0)])[0][1]
     assert late[0] < judged
-    assert shard.on_event(late) == []
+    dead = shard.on_event(late)
+    assert [(d.reason, d.step, d.ts, d.found) for d in dead] == [
+        ("late", "cross", late[0], str(late[0]))]
+    assert "kraken/XBTUSD" in dead[0].detail
     assert shard.state.late == 1
     assert told == [("late", 1)]
     assert all(p[0] >= judged for p in shard.state.held)
@@ -193,3 +196,43 @@ def test_bars_closing_together_are_compared_bar_with_bar(order: int) -> None:
             out += shard.on_event(item)
     out += shard.on_eof()
     assert out == []
+
+
+@pytest.mark.parametrize("lag_s", [0, 3, 8])
+def test_a_venue_whose_prices_come_behind_the_others_is_still_judged(lag_s: int) -> None:
+    """One reader; venue d's records carry times ``lag_s`` behind the others' as they
+    arrive (its feed or its exchange's clock lagging): the shard waits for d (within
+    allowed_lateness_ns), so d falling alone is a dislocation, and no point is late."""
+    points = cross_points(lambda recs: [Tick(ts=max(r.ts for r in recs), source="w", of=1)],
+                          bar_ns=NS, shards=1)
+    shard = CrossShard(CrossRateConfig(warmup_points=20), clock=lambda: 0)
+    out = []
+    for s in range(10, 200):
+        d_px = 92.0 if s - lag_s >= 150 else 100.0
+        batch = [_quote("a", "BTCUSD", s, 100.0), _quote("b", "BTCUSDT", s, 100.05),
+                 _quote("c", "BTC-USDC", s, 100.02), _quote("d", "XBTUSD", s - lag_s, d_px)]
+        for _key, item in points(batch):
+            out += shard.on_event(item)
+    out += shard.on_eof()
+    assert not [x for x in out if isinstance(x, DeadLetter)]
+    assert shard.state.late == 0
+    assert [(x.key, x.phase, x.severity.value) for x in out if x.phase == "open"] == [
+        ("d/XBTUSD", "open", "critical")]
+
+
+def test_a_venue_further_behind_than_allowed_is_a_counted_dead_letter() -> None:
+    """Past allowed_lateness_ns the others are judged without the lagging venue, and
+    each of its prices that then comes is a late dead letter, not lost unseen."""
+    points = cross_points(lambda recs: [Tick(ts=max(r.ts for r in recs), source="w", of=1)],
+                          bar_ns=NS, shards=1)
+    shard = CrossShard(CrossRateConfig(warmup_points=20, allowed_lateness_ns=2 * NS),
+                       clock=lambda: 0)
+    out = []
+    for s in range(10, 60):
+        batch = [_quote("a", "BTCUSD", s, 100.0), _quote("b", "BTCUSDT", s, 100.05),
+                 _quote("c", "BTC-USDC", s, 100.02), _quote("d", "XBTUSD", s - 5, 100.0)]
+        for _key, item in points(batch):
+            out += shard.on_event(item)
+    dead = [x for x in out if isinstance(x, DeadLetter)]
+    assert dead and len(dead) == shard.state.late
+    assert all(d.reason == "late" and "d/XBTUSD" in d.detail for d in dead)

@@ -224,6 +224,10 @@ class CrossRateConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     critical_ratio: Annotated[float, msgspec.Meta(ge=1.0, le=MAX_FLOAT)] = 2.0
     halflife_s: PositiveFinite = 86_400.0
     max_age_ns: NonNegativeInt = 120 * NS
+    # a market whose prices come behind the others' (its feed or its exchange's clock
+    # lagging) is waited for this long behind the newest event time read; a price later
+    # than that is a late dead letter
+    allowed_lateness_ns: NonNegativeInt = 10 * NS
     # comparisons a market learns its usual offset from before it can be judged
     warmup_points: NonNegativeInt = 60
     # a dislocation closes after this many comparisons back inside the band

@@ -5,10 +5,12 @@ others' latest prices, which, with markets read by several workers, would depend
 which records have arrived. So :func:`cross_points` runs where the input is read and
 makes one price point per market per ``bar_ns`` for :func:`shard_of` its group, followed
 on the same channel by the reader's :class:`~riskguard.operators.core.clock.Tick` for
-every shard; :class:`CrossShard` holds the points until the watermark has passed them,
-then judges them one event time at a time: every point of a time is taken in before
+every shard; :class:`CrossShard` holds the points until the watermark has passed them
+and every market has sent a point at or after their time (a market lagging behind the
+others, its exchange's clock or feed behind, is waited for up to
+``allowed_lateness_ns``), then judges them one event time at a time: every point of a time is taken in before
 any market is judged against the others. A point older than what the shard has
-judged is left out and counted. Any number of workers or processes, and a resumed run,
+judged is left out, counted and made a ``late`` dead letter. Any number of workers or processes, and a resumed run,
 raise the same dislocations.
 
 >>> from riskguard.operators.core.clock import Tick
@@ -49,10 +51,11 @@ from riskguard.operators.detection.cross_rates import (
     CrossRateState,
     market_group,
 )
+from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.market import Bar, Measure, Quote, Trade
 from riskguard.schemas.signals import AnomalySignal, FeatureVector, Scope, ScopeKind
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 _RECENT_BARS = 8  # per market, the bars whose first record cross_points remembers
 
 
@@ -145,19 +148,23 @@ class CrossShardState:
     last_bar: dict[str, int] = field(default_factory=dict)  # per market: last bar judged
     sources: dict[str, list[int]] = field(default_factory=dict)
     late: int = 0
+    progress: dict[str, int] = field(default_factory=dict)  # per market: its newest point
 
 
 class CrossShard:
-    """``on_event(PricePoint | Tick) -> [AnomalySignal]`` for one shard key."""
+    """``on_event(PricePoint | Tick) -> [AnomalySignal | DeadLetter]`` for one shard
+    key: a point that comes after its time was judged is a ``late`` dead letter."""
 
     def __init__(self, config: CrossRateConfig, clock: Callable[[], int],
                  state: CrossShardState | None = None, *, bar_ns: int = 1_000_000_000,
-                 on_reorder: Callable[[str, int], None] | None = None) -> None:
+                 on_reorder: Callable[[str, int], None] | None = None,
+                 topic: str = "market") -> None:
         self.config = config
         self.clock = clock
         self.bar_ns = bar_ns
         # told ("late", 1) for each point left out (a metrics counter in the guard)
         self.on_reorder = on_reorder
+        self.topic = topic  # the market topic, named by a late point's dead letter
         self.state = state if state is not None else CrossShardState()
         self._rates = {g: CrossRates(config, s) for g, s in self.state.groups.items()}
         self._watermark = Watermark.resume(self.state.sources, TICK_IDLE_NS)
@@ -169,23 +176,46 @@ class CrossShard:
             version=st.version, groups={g: r.snapshot() for g, r in self._rates.items()},
             held=list(st.held), arrivals=st.arrivals, judged_ts=st.judged_ts,
             last_bar=dict(st.last_bar), sources={k: list(v) for k, v in st.sources.items()},
-            late=st.late)
+            late=st.late, progress=dict(st.progress))
 
-    def on_event(self, item: PricePoint | Tick) -> list[AnomalySignal]:
+    def on_event(self, item: PricePoint | Tick) -> list[AnomalySignal | DeadLetter]:
         st = self.state
         if type(item) is Tick:
             wm = self._watermark.tick_time(item, self.clock())
-            return self._judge_before(wm)
+            out: list[AnomalySignal | DeadLetter] = []
+            out.extend(self._judge_before(self._bound(wm)))
+            return out
         assert type(item) is tuple
-        ts = item[0]
+        ts, key = item[0], item[1]
+        if ts > st.progress.get(key, -1):
+            st.progress[key] = ts
         if ts < st.judged_ts:
             st.late += 1  # its time has been judged without it
             if self.on_reorder is not None:
                 self.on_reorder("late", 1)
-            return []
+            return [self._late(item)]
         st.arrivals += 1
-        heapq.heappush(st.held, (ts, item[1], st.arrivals, item))
+        heapq.heappush(st.held, (ts, key, st.arrivals, item))
         return []
+
+    def _bound(self, wm: int) -> int:
+        """How far the shard may judge at watermark ``wm``: up to the slowest market's
+        newest point, but never more than ``allowed_lateness_ns`` behind ``wm`` (a market
+        silent that long, or gone, holds nothing back)."""
+        if wm < 0:
+            return wm
+        floor = wm - self.config.allowed_lateness_ns
+        slowest = min(self.state.progress.values(), default=wm)
+        return min(wm, max(slowest + 1, floor))
+
+    def _late(self, point: PricePoint) -> DeadLetter:
+        ts, key, _price, _interval, record_id, _recv = point
+        lateness = self.config.allowed_lateness_ns
+        return DeadLetter.of(
+            topic=self.topic, ts=ts, reason="late", path="$.ts", step="cross",
+            expected=(f"ts >= {self.state.judged_ts} (the cross check judged that time "
+                      f"without it; detector.cross.allowed_lateness_ns = {lateness})"),
+            found=str(ts), detail=f"{key} {record_id}"[:200])
 
     def on_eof(self) -> list[AnomalySignal]:
         """End of input: judge every point still waiting."""
@@ -238,11 +268,13 @@ class CrossShard:
 
 def cross_shard_builder(config: CrossRateConfig, clock: Callable[[], int], *, bar_ns: int,
                         on_reorder: Callable[[str, int], None] | None = None,
+                        topic: str = "market",
                         ) -> Callable[[CrossShardState | None], CrossShard]:
     """``builder(state_or_None) -> CrossShard`` for ``stateful_logic``."""
     config.validate()
 
     def build(state: CrossShardState | None) -> CrossShard:
-        return CrossShard(config, clock, state, bar_ns=bar_ns, on_reorder=on_reorder)
+        return CrossShard(config, clock, state, bar_ns=bar_ns, on_reorder=on_reorder,
+                          topic=topic)
 
     return build
