@@ -139,3 +139,25 @@ def test_the_contract_case_raises_and_closes_an_alert() -> None:
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
 def test_contract(check: Any) -> None:
     check(CASE)
+
+
+def test_replicas_noticing_a_silence_at_other_moments_raise_the_same_alerts() -> None:
+    """Two firm replicas read the same progress, each on its own processing clock and
+    batches: their silent and restored alerts share ids (the playbook's decision ids
+    come from them), and a second silence of the same process has an id of its own."""
+    def replica(start: int, wait_late: int) -> list[tuple[str, str]]:
+        clock = Clock(start)
+        watch = MarketWatchLogic(1, WAIT, clock)
+        out = watch.on_batch([_progress("market/0", 10), Tick(ts=11, source="firm")])
+        clock.now = start + WAIT + wait_late
+        out += watch.on_event(Tick(ts=12 + wait_late, source="firm"))
+        clock.now += 5
+        out += watch.on_event(_progress("market/0", 40))
+        clock.now += WAIT + 1
+        out += watch.on_deadline()
+        return [(a.kind, a.id) for a in out]
+
+    one, other = replica(0, 0), replica(5_000, 37)
+    assert [k for k, _id in one] == [SILENT, RESTORED, SILENT]
+    assert one == other
+    assert len({i for _k, i in one}) == 3

@@ -4,7 +4,10 @@ A market process silent for ``tier.market_wait_s`` of processing time no longer 
 the firm's clock back (:class:`~riskguard.dataflows.guard.steps.FirmClock`), and the
 firm goes on without its underlyings: :class:`MarketWatchLogic` raises a critical
 ``market_process_silent`` alert then, and ``market_process_restored`` when it is heard
-again. The wait counts from the watch's start, also after a firm restart.
+again. The wait counts from the watch's start, also after a firm restart. An alert's id
+is made of event-time facts only (its kind, the process, the newest progress heard from
+it and how many times it has fallen silent), so redundant firm replicas raise the same
+alert, and the playbook's commands on it share their decision id.
 
 >>> now = 0
 >>> watch = MarketWatchLogic(2, wait_ns=100, clock=lambda: now)
@@ -42,13 +45,16 @@ _KEY = "market_watch"
 @persisted("riskguard.market_watch")
 @dataclass
 class MarketWatchState:
-    """The processes declared silent, those whose input ended (silent by design), and
-    the newest event time seen (the alerts' time)."""
+    """The processes declared silent, those whose input ended (silent by design), the
+    newest event time seen (the alerts' time), and per process the newest progress heard
+    and how many times it fell silent (the alerts' ids)."""
 
     silent: list[str] = field(default_factory=list)
     ended: list[str] = field(default_factory=list)
     newest_ts: int = 0
-    version: int = 1
+    version: int = 2
+    progress: dict[str, int] = field(default_factory=dict)
+    silences: dict[str, int] = field(default_factory=dict)
 
 
 class MarketWatchLogic:
@@ -75,11 +81,12 @@ class MarketWatchLogic:
             st.newest_ts = max(st.newest_ts, e.ts)
             if type(e) is DetectProgress and e.source in self.heard:
                 self.heard[e.source] = now
+                st.progress[e.source] = max(st.progress.get(e.source, -1), e.ts)
                 if e.final and e.source not in st.ended:
                     st.ended.append(e.source)
                 if e.source in st.silent:
                     st.silent.remove(e.source)
-                    out.append(self._alert(RESTORED, e.source, now))
+                    out.append(self._alert(RESTORED, e.source))
         out.extend(self._silent_now(now))
         return out
 
@@ -95,7 +102,8 @@ class MarketWatchLogic:
     def snapshot(self) -> MarketWatchState:
         st = self.state
         return MarketWatchState(silent=list(st.silent), ended=list(st.ended),
-                                newest_ts=st.newest_ts)
+                                newest_ts=st.newest_ts, progress=dict(st.progress),
+                                silences=dict(st.silences))
 
     def _silent_now(self, now: int) -> list[RiskAlert]:
         st = self.state
@@ -103,17 +111,19 @@ class MarketWatchLogic:
         for src, at in self.heard.items():
             if now - at >= self.wait_ns and src not in st.silent and src not in st.ended:
                 st.silent.append(src)
-                out.append(self._alert(SILENT, src, now))
+                st.silences[src] = st.silences.get(src, 0) + 1
+                out.append(self._alert(SILENT, src))
         return out
 
-    def _alert(self, kind: str, source: str, now: int) -> RiskAlert:
+    def _alert(self, kind: str, source: str) -> RiskAlert:
         st = self.state
         silent = kind == SILENT
         reason = (f"market process {source} silent for {self.wait_ns / 1e9:g}s: the "
                   "anomalies and position values of the underlyings it owns have stopped"
                   if silent else f"market process {source} is heard from again")
         return RiskAlert(
-            id=alert_id(kind, source, st.newest_ts, now), kind=kind, scope=FIRM, ts=st.newest_ts,
+            id=alert_id(kind, source, st.progress.get(source, -1), st.silences.get(source, 0)),
+            kind=kind, scope=FIRM, ts=st.newest_ts,
             severity=Severity.CRITICAL if silent else Severity.INFO, reason=reason,
             details={"process": source, "silent": float(len(st.silent))})
 
