@@ -8,10 +8,10 @@ on the same channel by the reader's :class:`~riskguard.operators.core.clock.Tick
 every shard; :class:`CrossShard` holds the points until the watermark has passed them
 and every market has sent a point at or after their time (a market lagging behind the
 others, its exchange's clock or feed behind, is waited for up to
-``allowed_lateness_ns``), then judges them one event time at a time: every point of a time is taken in before
-any market is judged against the others. A point older than what the shard has
-judged is left out, counted and made a ``late`` dead letter. Any number of workers or processes, and a resumed run,
-raise the same dislocations.
+``allowed_lateness_ns``), then judges them one event time at a time: every point of a
+time is taken in before any market is judged against the others. A point older than
+what the shard has judged is left out, counted and made a ``late`` dead letter. Any
+number of workers or processes, and a resumed run, raise the same dislocations.
 
 >>> from riskguard.operators.core.clock import Tick
 >>> from riskguard.schemas import Quote
