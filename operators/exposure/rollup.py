@@ -118,8 +118,8 @@ class CounterpartyLogic:
         return out
 
     def _next_stale(self) -> int:
-        """The first moment after the watermark at which a held mark not yet stale is;
-        cached until a part comes or the exposure is sent."""
+        """The moment the oldest held mark not yet stale grows stale (``NEVER_STALE``:
+        none); cached until a part comes or the exposure is sent."""
         if self._stale_at is None:
             horizon = self.state.watermark - self.config.max_mark_age_ns
             fresh = [int(m) for p in self.state.parts.values()
