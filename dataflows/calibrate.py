@@ -45,7 +45,15 @@ from riskguard.dataflows.guard import GuardConfig, load_guard_config, load_keys
 from riskguard.dataflows.report import alarms_of, episode_metrics, scope_related
 from riskguard.operators.detection.band_levels import MoveBandConfig
 from riskguard.operators.signing.crypto import PAYLOAD_LIMIT_UPDATE, Signer, sign_envelope
-from riskguard.schemas import Action, Audience, LimitUpdate, SignedEnvelope, encode
+from riskguard.schemas import (
+    Action,
+    Audience,
+    LimitBreach,
+    LimitLevel,
+    LimitUpdate,
+    SignedEnvelope,
+    encode,
+)
 from riskguard.schemas.market import Measure
 
 from riskguard.config import check_key_path, inline_playbook_file, read_toml
@@ -341,38 +349,70 @@ def calibrate_files(config: str | Path, data: Sequence[str | Path], labels: str 
 # -- continuous calibration -------------------------------------------------------------
 
 
-def propose_limits(cfg: GuardConfig, res: BacktestResult, *, admin: Signer, now_ns: int,
-                   headroom: float = 1.5, max_change: float = 0.5, min_change: float = 0.1,
-                   ttl_s: float = 3600.0) -> list[SignedEnvelope]:
-    """Signed ``LimitUpdate`` proposals: right-size counterparty gross-notional limits.
+def limit_proposals(cfg: GuardConfig, res: BacktestResult, *, headroom: float = 1.5,
+                    max_change: float = 0.5, min_change: float = 0.1) -> list[dict[str, Any]]:
+    """The counterparty gross-notional limits worth changing, one dict each (``limit_path``,
+    ``configured``, ``peak``, ``proposed``, ``breached``, ``clamped``, ``reason``).
 
-    Each proposal is ``peak exposure x headroom`` over the window, moved at most
-    ``max_change`` (fraction) from the configured limit, and only when it differs
-    by more than ``min_change``. Ids derive from the inputs (uuid5).
+    A limit breached in the window (its peak exposure at or past the limit, or a breach
+    signal on it) is never loosened: its proposal keeps it, flagged for review (a limit
+    fitted to data that broke it would still break on that data). Any other is ``peak x
+    headroom``, moved at most ``max_change`` (a fraction) from the configured limit, and
+    proposed only when it differs by more than ``min_change``.
     """
     peak: dict[str, float] = {}
     for u in res.utilizations:
         if u.kind == "gross_notional" and u.limit_path.startswith("counterparty."):
             peak[u.limit_path] = max(peak.get(u.limit_path, 0.0), abs(u.exposure))
-    out = []
-    audience = Audience(env=cfg.env, topic=cfg.topic("limit_updates"))
+    breached = {s.limit_path for s in res.signals
+                if isinstance(s, LimitBreach) and s.kind == "gross_notional"
+                and s.level in (LimitLevel.BREACH, LimitLevel.HARD)}
+    out: list[dict[str, Any]] = []
     for cp, cl in sorted(cfg.limits.counterparties.items()):
         spec = cl.limits.get("gross_notional")
         path = f"counterparty.{cp}"
         if spec is None or path not in peak:
             continue
-        want = peak[path] * headroom
-        lo, hi = spec.limit * (1 - max_change), spec.limit * (1 + max_change)
-        new = round(min(max(want, lo), hi), 2)
-        if abs(new - spec.limit) <= min_change * spec.limit:
+        top, limit = peak[path], spec.limit
+        seen = f"peak gross notional {top:,.0f} over the window"
+        if path in breached or top >= limit:
+            out.append({"limit_path": path, "configured": limit, "peak": top,
+                        "proposed": limit, "breached": True, "clamped": False,
+                        "reason": f"riskguard calibrate: {seen}, past the configured "
+                                  f"{limit:,.0f}: kept at {limit:,.0f}; breached in the "
+                                  "window: review"})
             continue
+        want = top * headroom
+        lo, hi = limit * (1 - max_change), limit * (1 + max_change)
+        new = round(min(max(want, lo), hi), 2)
+        if abs(new - limit) <= min_change * limit:
+            continue
+        clamp = ("" if lo <= want <= hi else
+                 f", clamped to {'+' if want > hi else '-'}{max_change:.0%} of the configured "
+                 "limit")
+        out.append({"limit_path": path, "configured": limit, "peak": top, "proposed": new,
+                    "breached": False, "clamped": bool(clamp),
+                    "reason": f"riskguard calibrate: {seen} x headroom {headroom:g} = "
+                              f"{want:,.0f}{clamp} -> {new:,.0f} (configured {limit:,.0f}); "
+                              "proposal, apply after review"})
+    return out
+
+
+def propose_limits(cfg: GuardConfig, res: BacktestResult, *, admin: Signer, now_ns: int,
+                   headroom: float = 1.5, max_change: float = 0.5, min_change: float = 0.1,
+                   ttl_s: float = 3600.0) -> list[SignedEnvelope]:
+    """The :func:`limit_proposals` as signed ``LimitUpdate`` envelopes; ids derive from
+    the inputs (uuid5)."""
+    audience = Audience(env=cfg.env, topic=cfg.topic("limit_updates"))
+    out = []
+    for p in limit_proposals(cfg, res, headroom=headroom, max_change=max_change,
+                             min_change=min_change):
+        path, new = p["limit_path"], p["proposed"]
         upd = LimitUpdate(
             update_id=str(uuid.uuid5(_LIMIT_NS, f"{path}|{new}|{res.end_ns}")),
             issuer=admin.issuer, issued_at=now_ns, expires_at=now_ns + int(ttl_s * NS),
             audience=audience, limit_path=path, kind="gross_notional", limit=new,
-            reason=(f"riskguard calibrate: peak gross notional {peak[path]:,.0f} over the window "
-                    f"x headroom {headroom:g} -> {new:,.0f} (configured {spec.limit:,.0f}); "
-                    "proposal, apply after review"))
+            reason=p["reason"])
         out.append(sign_envelope(PAYLOAD_LIMIT_UPDATE, encode(upd), [admin]))
     return out
 
@@ -406,7 +446,8 @@ def propose(config: str | Path, data: Sequence[str | Path], labels: str | Path |
         for env in envs:
             fh.write(encode_envelope(env) + b"\n")
     rep = {**rep, "window_start_ns": end - int(window_s * NS), "window_end_ns": end,
-           "limit_updates": len(envs), "limit_updates_file": str(out)}
+           "limit_updates": len(envs), "limit_updates_file": str(out),
+           "limit_proposals": limit_proposals(cfg, res)}
     d.mkdir(parents=True, exist_ok=True)
     (d / "calibration.json").write_text(json.dumps(rep, indent=1, sort_keys=True) + "\n")
     return rep
@@ -427,6 +468,7 @@ def run_every(every_s: float, iterations: int | None, fn: Callable[[int], Any],
 __all__ = [
     "CONVENIENCES", "DEFAULT_GRID", "apply_overrides", "calibrate", "calibrate_files",
     "check_grid", "config_doc",
-    "expand_grid", "propose", "propose_limits", "read_records", "run_every", "score",
+    "expand_grid", "limit_proposals", "propose", "propose_limits", "read_records", "run_every",
+    "score",
 ]
 _ = math

@@ -290,3 +290,44 @@ def _set_values(products) -> list[dict]:
     """Each product as the table a config would give: its values that are set."""
     return [{k: v for k, v in msgspec.to_builtins(p).items() if v is not None}
             for p in products]
+
+
+def _reading(cls, venue: str, exposure: float, level: str, **kw):
+    from riskguard.schemas import LimitLevel, Scope, ScopeKind
+
+    return cls(limit_path=f"counterparty.{venue}", kind="gross_notional",
+               scope=Scope(kind=ScopeKind.COUNTERPARTY, value=venue), ts=START_NS,
+               exposure=exposure, base_limit=5e6, effective_limit=5e6,
+               utilization=exposure / 5e6, level=LimitLevel(level), **kw)
+
+
+def test_a_limit_breached_in_the_window_is_kept_not_loosened(setup):
+    """binance's exposure broke its 5M limit in the window: peak x headroom (clamped to
+    +50 %) would raise it to 7.5M, a limit the same data would still break. Its proposal
+    keeps 5M, flagged for review; okx (never near it) is lowered, the clamp said."""
+    from riskguard.dataflows.backtest import BacktestResult
+    from riskguard.dataflows.calibrate import limit_proposals, propose_limits
+    from riskguard.operators.signing.crypto import Signer
+    from riskguard.schemas import LimitBreach, Severity, Utilization
+
+    cfg, _ = setup
+    gcfg, _ = load_guard_config(cfg)
+    res = BacktestResult(
+        utilizations=[_reading(Utilization, "binance", 5.4e6, "breach"),
+                      _reading(Utilization, "okx", 1e5, "ok")],
+        signals=[_reading(LimitBreach, "binance", 5.4e6, "breach", id="b1",
+                          severity=Severity.CRITICAL)], end_ns=START_NS)
+    props = {p["limit_path"]: p for p in limit_proposals(gcfg, res)}
+    b, o = props["counterparty.binance"], props["counterparty.okx"]
+    assert b["breached"] and b["proposed"] == 5e6
+    assert "breached in the window: review" in b["reason"]
+    assert not o["breached"] and o["clamped"] and o["proposed"] == 2.5e6
+    assert "clamped to -50% of the configured limit" in o["reason"]
+    # a breach signal alone (the peak below the base limit, an effective limit cut) keeps it
+    cut = BacktestResult(utilizations=[_reading(Utilization, "binance", 3e6, "ok")],
+                         signals=res.signals, end_ns=START_NS)
+    assert limit_proposals(gcfg, cut)[0]["proposed"] == 5e6
+    admin = Signer.from_file(cfg.parent / "limit-admin.key", issuer="limit-admin")
+    envs = propose_limits(gcfg, res, admin=admin, now_ns=START_NS)
+    limits = sorted(msgspec.json.decode(e.payload, type=LimitUpdate).limit for e in envs)
+    assert limits == [2.5e6, 5e6]
