@@ -198,7 +198,8 @@ def score(res: BacktestResult, labels: Sequence[Label], *, start_ns: int | None 
         value = (a["recall"] or 0.0) if fa_budget is None or fa_rate <= fa_budget else -fa_rate
     else:
         value = a["f1"] or 0.0
-    window = [lab for lab in labels if lo <= lab.start_ns < hi]
+    # an incident that straddles the fold's edge covers its commands inside the fold
+    window = [lab for lab in labels if lab.start_ns < hi and lab.end_ns + grace_ns >= lo]
     cmds = [c for c in res.commands if lo <= c.issued_at < hi]
     fm = _false_mitigations(BacktestResult(commands=cmds), window, grace_ns)
     return {"objective": round(value, 6), "precision": a["precision"], "recall": a["recall"],

@@ -177,13 +177,21 @@ def episode_metrics(alarms: list[tuple[int, str, Scope]], labels: Sequence[Label
                     end_ns: int | None = None) -> dict[str, Any]:
     """Precision/recall/F1 per incident kind, detection delays and false alarms.
 
-    ``start_ns``/``end_ns`` restrict scoring to a time window (held-out folds):
-    alarms outside it are ignored, and so are labels that start outside it.
+    ``start_ns``/``end_ns`` restrict scoring to a time window (a fold): alarms outside
+    it are ignored, and only labels that start in it are scored. A label that starts
+    before the window but whose ``[start, end + grace]`` reaches into it still claims
+    its alarms there, which count neither true nor false (an incident straddling the
+    split is not a false alarm of the later fold).
     """
     lo = -(2**63) if start_ns is None else start_ns
     hi = 2**63 if end_ns is None else end_ns
     alarms = [a for a in alarms if lo <= a[0] < hi]
+    outside = [lab for lab in labels if not lo <= lab.start_ns < hi
+               and lab.start_ns < hi and lab.end_ns + grace_ns >= lo]
     labels = [lab for lab in labels if lo <= lab.start_ns < hi]
+    if outside:
+        alarms = [a for a in alarms if not _claimed(a, outside, grace_ns)
+                  or _claimed(a, labels, grace_ns)]
     matched_to: list[set[int]] = [set() for _ in alarms]
     delays: dict[int, float] = {}
     for j, lab in enumerate(labels):
@@ -216,6 +224,12 @@ def episode_metrics(alarms: list[tuple[int, str, Scope]], labels: Sequence[Label
             "alarms": len(alarms), "labels": len(labels),
             "missed": [{"kind": lab.kind, "scope": lab.scope, "start": lab.start_ns}
                        for j, lab in enumerate(labels) if j not in delays]}
+
+
+def _claimed(alarm: tuple[int, str, Scope], labels: Sequence[Label], grace_ns: int) -> bool:
+    ts, _kind, scope = alarm
+    return any(lab.start_ns <= ts <= lab.end_ns + grace_ns and scope_related(lab.scope, scope)
+               for lab in labels)
 
 
 def _prf(n_labels: int, n_detected: int, tp: int, fp: int) -> dict[str, Any]:

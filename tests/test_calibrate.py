@@ -331,3 +331,29 @@ def test_a_limit_breached_in_the_window_is_kept_not_loosened(setup):
     envs = propose_limits(gcfg, res, admin=admin, now_ns=START_NS)
     limits = sorted(msgspec.json.decode(e.payload, type=LimitUpdate).limit for e in envs)
     assert limits == [2.5e6, 5e6]
+
+
+def test_an_incident_straddling_the_split_is_no_false_alarm_of_the_held_out_fold():
+    """A label that starts before the split and ends after it: an alarm on it after the
+    split is claimed by it (neither true nor false there), and the label is not scored
+    held out (it started in training); an unrelated alarm stays false."""
+    from riskguard.dataflows.backtest import BacktestResult
+    from riskguard.dataflows.calibrate import score
+    from riskguard.schemas import AnomalySignal, Scope, ScopeKind, Severity
+
+    def sig(ts: int, venue: str) -> AnomalySignal:
+        return AnomalySignal(
+            id=f"s{ts}{venue}", key=f"{venue}/BTC-USDT", ts=ts * NS, phase="open",
+            scope=Scope(kind=ScopeKind.INSTRUMENT, value="BTC-USDT", venue=venue),
+            episode_id=f"{venue}#{ts}", score=2.0, threshold=1.0, severity=Severity.WARN,
+            warming_up=False, model="m", model_version="1")
+
+    labels = [Label("flash_crash", "instrument:okx/BTC-USDT", 100 * NS, 200 * NS)]
+    res = BacktestResult(signals=[sig(160, "okx"), sig(170, "binance")],
+                         keys={"okx/BTC-USDT"}, start_ns=0, end_ns=300 * NS)
+    held = score(res, labels, start_ns=150 * NS)
+    assert held["labels"] == 0 and held["false_alarms"] == 1  # binance's only
+    # within grace after its end, too; past it, the alarm is false again
+    late = BacktestResult(signals=[sig(250, "okx"), sig(270, "okx")], keys={"okx/BTC-USDT"},
+                          start_ns=0, end_ns=300 * NS)
+    assert score(late, labels, start_ns=220 * NS, grace_ns=60 * NS)["false_alarms"] == 1
