@@ -29,6 +29,7 @@ import json
 import math
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from riskguard.operators.signing.crypto import PAYLOAD_LIMIT_UPDATE, Signer, sig
 from riskguard.schemas import (
     Action,
     Audience,
+    DeadLetter,
     LimitBreach,
     LimitLevel,
     LimitUpdate,
@@ -315,34 +317,71 @@ def _held_out(doc: dict[str, Any], work: Path, name: str, recs: list[Any],
     return held
 
 
+MAX_DEAD_SHARE = 0.1
+"""The largest share of a calibration's rows that may be dead letters: past it the
+thresholds would be fitted to a different market than the data's, and calibrate refuses."""
+
+
 def read_records(data: Sequence[str | Path], venue: str = "file",
                  instrument: str = "unknown",
-                 instruments: dict[str, str] | None = None, **read: Any) -> list[Any]:
-    """Every good record of the files, in event time (dead letters dropped and counted);
-    ``instruments`` names a file's instrument where its format does not; ``read`` holds
-    the other :class:`~riskguard.connectors.replay.ReplayFile` settings (``format``,
-    ``market``, ``contract_size``, ``measure``)."""
+                 instruments: dict[str, str] | None = None,
+                 dead_letters: Counter[str] | None = None, **read: Any) -> list[Any]:
+    """Every good record of the files, in event time; dead letters are dropped and
+    counted by reason in ``dead_letters``. ``instruments`` names a file's instrument
+    where its format does not; ``read`` holds the other
+    :class:`~riskguard.connectors.replay.ReplayFile` settings (``format``, ``market``,
+    ``contract_size``, ``measure``)."""
     named = instruments or {}
     src = ReplaySource([ReplayFile(p, venue=venue, instrument=named.get(str(p), instrument),
                                    **read) for p in data])
-    return [r for r in read_all(src) if type(r).__name__ != "DeadLetter"]
+    dead = dead_letters if dead_letters is not None else Counter()
+    out = []
+    for r in read_all(src):
+        if type(r) is DeadLetter:
+            dead[r.reason] += 1
+        else:
+            out.append(r)
+    return out
 
 
-def labelled_data(data: Sequence[str | Path], labels: str | Path | None, **read: Any,
+def dead_letter_summary(records: int, dead: Counter[str],
+                        max_share: float = MAX_DEAD_SHARE) -> dict[str, Any]:
+    """The refused rows of a calibration's input (``count``, ``by_reason``, ``rows``);
+    a ConfigError when no record was accepted or more than ``max_share`` were refused.
+
+    >>> dead_letter_summary(95, Counter(validation=5))
+    {'count': 5, 'rows': 100, 'by_reason': {'validation': 5}}
+    """
+    n = sum(dead.values())
+    rows = records + n
+    by_reason = dict(sorted(dead.items()))
+    if n and (not records or n > max_share * rows):
+        reasons = ", ".join(f"{k} {v:,}" for k, v in by_reason.items())
+        raise ConfigError("calibrate.data", f"at most {max_share:.0%} of rows refused "
+                          "(dead letters), so that the thresholds fit the data",
+                          f"{n:,} of {rows:,} refused ({reasons})")
+    return {"count": n, "rows": rows, "by_reason": by_reason}
+
+
+def labelled_data(data: Sequence[str | Path], labels: str | Path | None,
+                  dead_letters: Counter[str] | None = None, **read: Any,
                   ) -> tuple[list[Any], list[Label]]:
     """The records of ``data`` and their labels
     (:func:`~riskguard.dataflows.backtest.read_labels`); ``read``: how to read the files
-    (:func:`read_records`)."""
+    (:func:`read_records`, which counts the refused rows in ``dead_letters``)."""
     labs, instruments = read_labels(labels, data)
-    return read_records(data, instruments=instruments, **read), labs
+    recs = read_records(data, instruments=instruments, dead_letters=dead_letters, **read)
+    return recs, labs
 
 
 def calibrate_files(config: str | Path, data: Sequence[str | Path], labels: str | Path, *,
                     out_dir: str | Path, read: dict[str, Any] | None = None,
                     **kw: Any) -> dict[str, Any]:
     """``riskguard calibrate`` (one shot): writes calibrated.toml and calibration.json."""
-    records, labs = labelled_data(data, labels, **(read or {}))
-    rep = calibrate(config, records, labs, work=out_dir, **kw)
+    dead: Counter[str] = Counter()
+    records, labs = labelled_data(data, labels, dead_letters=dead, **(read or {}))
+    refused = dead_letter_summary(len(records), dead)
+    rep = {**calibrate(config, records, labs, work=out_dir, **kw), "dead_letters": refused}
     Path(out_dir, "calibration.json").write_text(json.dumps(rep, indent=1, sort_keys=True) + "\n")
     return rep
 
@@ -429,7 +468,9 @@ def propose(config: str | Path, data: Sequence[str | Path], labels: str | Path |
     """
     from riskguard.operators.signing.crypto import encode_envelope  # noqa: PLC0415
 
-    recs, all_labels = labelled_data(data, labels, **(read or {}))
+    dead: Counter[str] = Counter()
+    recs, all_labels = labelled_data(data, labels, dead_letters=dead, **(read or {}))
+    refused = dead_letter_summary(len(recs), dead)
     if not recs:
         raise ConfigError("calibrate.data", "at least one record", 0)
     end = max(r.ts for r in recs)
@@ -448,7 +489,7 @@ def propose(config: str | Path, data: Sequence[str | Path], labels: str | Path |
             fh.write(encode_envelope(env) + b"\n")
     rep = {**rep, "window_start_ns": end - int(window_s * NS), "window_end_ns": end,
            "limit_updates": len(envs), "limit_updates_file": str(out),
-           "limit_proposals": limit_proposals(cfg, res)}
+           "limit_proposals": limit_proposals(cfg, res), "dead_letters": refused}
     d.mkdir(parents=True, exist_ok=True)
     (d / "calibration.json").write_text(json.dumps(rep, indent=1, sort_keys=True) + "\n")
     return rep
@@ -468,7 +509,7 @@ def run_every(every_s: float, iterations: int | None, fn: Callable[[int], Any],
 
 __all__ = [
     "CONVENIENCES", "DEFAULT_GRID", "apply_overrides", "calibrate", "calibrate_files",
-    "check_grid", "config_doc",
+    "check_grid", "config_doc", "dead_letter_summary",
     "expand_grid", "limit_proposals", "propose", "propose_limits", "read_records", "run_every",
     "score",
 ]

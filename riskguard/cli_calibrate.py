@@ -42,6 +42,28 @@ def read_grid(text: str) -> Any:
         raise ConfigError(source, "valid JSON", str(err)) from None
 
 
+def dead_letter_note(rep: dict[str, Any]) -> str | None:
+    """The warning line for the rows a calibration refused (dead letters), by reason;
+    None when it refused none.
+
+    >>> print(dead_letter_note({"dead_letters": {"count": 2, "rows": 10,
+    ...                                          "by_reason": {"validation": 2}}}))
+    riskguard calibrate: warning: 2 of 10 rows refused as dead letters (validation 2); ...
+    """
+    d = rep.get("dead_letters") or {}
+    if not d.get("count"):
+        return None
+    reasons = ", ".join(f"{k} {v:,}" for k, v in d["by_reason"].items())
+    return (f"riskguard calibrate: warning: {d['count']:,} of {d['rows']:,} rows refused as "
+            f"dead letters ({reasons}); calibrated on the rest")
+
+
+def _warn_dead_letters(rep: dict[str, Any]) -> None:
+    note = dead_letter_note(rep)
+    if note:
+        sys.stderr.write(note + "\n")
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     try:
         return _run(args)
@@ -83,6 +105,7 @@ def _run(args: argparse.Namespace) -> int:
             bar.update(0)
             rep = cal.calibrate_files(args.config, args.data, args.labels, out_dir=out,
                                       runner=runner, **kw)
+        _warn_dead_letters(rep)
         h = rep["held_out"]
         print(f"chosen {rep['chosen'] or 'the defaults'} (train {rep['train_records']:,} of "
               f"{rep['records']:,} records; split at {rep['split_ns']} ns)")
@@ -105,6 +128,7 @@ def _run(args: argparse.Namespace) -> int:
         rep = cal.propose(args.config, args.data, args.labels, out_dir=out,
                           admin_key=args.admin_key, window_s=args.window,
                           now_ns=time.time_ns(), iteration=i, **kw)
+        _warn_dead_letters(rep)
         print(f"round {i}: thresholds {rep.get('chosen') or 'unchanged'}; "
               f"{rep['limit_updates']} signed limit update(s) -> {rep['limit_updates_file']}",
               flush=True)

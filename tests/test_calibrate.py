@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import msgspec
@@ -357,3 +358,44 @@ def test_an_incident_straddling_the_split_is_no_false_alarm_of_the_held_out_fold
     late = BacktestResult(signals=[sig(250, "okx"), sig(270, "okx")], keys={"okx/BTC-USDT"},
                           start_ns=0, end_ns=300 * NS)
     assert score(late, labels, start_ns=220 * NS, grace_ns=60 * NS)["false_alarms"] == 1
+
+
+def _write_with_bad_rows(path: Path, recs: list, bad: int) -> None:
+    from riskguard.schemas import encode
+
+    rows = [encode(r) for r in recs]
+    bad_row = rows[0].replace(b'"ts":', b'"ts":-', 1)  # a negative time: a dead letter
+    path.write_bytes(b"".join(r + b"\n" for r in [*rows, *[bad_row] * bad]))
+
+
+def test_calibration_counts_its_dead_letters_and_refuses_too_many(setup, tmp_path, capsys):
+    """Refused rows are counted by reason in calibration.json and said on stderr; past
+    10 % of the rows calibrate refuses (exit 2, one line) before any run."""
+    from riskguard.dataflows.backtest import BacktestResult
+    from riskguard.dataflows.calibrate import calibrate_files, read_records
+
+    from riskguard.cli import main
+
+    cfg, recs = setup
+    few = tmp_path / "few.jsonl"
+    _write_with_bad_rows(few, recs[:2000], 3)
+    dead: Counter = Counter()
+    assert len(read_records([few], dead_letters=dead)) == 2000
+    assert dead == {"validation": 3}
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"incidents": []}))
+    rep = calibrate_files(cfg, [few], labels, out_dir=tmp_path / "out", grid=GRID,
+                          objective="recall", fa_budget=1.0,
+                          runner=lambda *a, **k: BacktestResult())
+    assert rep["dead_letters"] == {"count": 3, "rows": 2003, "by_reason": {"validation": 3}}
+    assert json.loads((tmp_path / "out" / "calibration.json").read_text())["dead_letters"] \
+        == rep["dead_letters"]
+    many = tmp_path / "many.jsonl"
+    _write_with_bad_rows(many, recs[:100], 20)
+    rc = main(["calibrate", "--config", str(cfg), "--data", str(many), "--labels",
+               str(labels), "--out", str(tmp_path / "o2"), "--objective", "recall",
+               "--fa-budget", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "20 of 120 refused (validation 20)" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o2" / "calibrated.toml").exists()
