@@ -483,6 +483,7 @@ def propose(config: str | Path, data: Sequence[str | Path], labels: str | Path |
     res = run_backtest(cfg, digest, records=window)
     admin = Signer.from_file(admin_key, issuer="limit-admin")
     envs = propose_limits(cfg, res, admin=admin, now_ns=now_ns)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)  # a fresh --out, no label in window
     out = Path(out_dir) / "limit_updates.jsonl"
     with out.open("ab") as fh:
         for env in envs:

@@ -399,3 +399,21 @@ def test_calibration_counts_its_dead_letters_and_refuses_too_many(setup, tmp_pat
     assert rc == 2 and "20 of 120 refused (validation 20)" in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o2" / "calibrated.toml").exists()
+
+
+def test_a_round_with_no_label_in_its_window_writes_to_a_fresh_out_directory(setup, tmp_path):
+    """``--every`` on an --out that does not exist yet, and no label in the window (no
+    calibration run to make the folder): the round still writes its files."""
+    from riskguard.schemas import encode
+
+    cfg, recs = setup
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(b"".join(encode(r) + b"\n" for r in recs[:400]))
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"incidents": []}))
+    out = tmp_path / "fresh" / "out"
+    rep = propose(cfg, [data], labels, out_dir=out, admin_key=cfg.parent / "limit-admin.key",
+                  window_s=10.0, now_ns=START_NS, grid=GRID)
+    assert rep["note"] == "no labels in window; thresholds unchanged"
+    assert (out / "limit_updates.jsonl").is_file()
+    assert (out / "proposal-0" / "calibration.json").is_file()
