@@ -43,7 +43,7 @@ def monte_carlo(sc: Scenario, workdir: str | Path, *, runs: int, seed: int,
     rng = random.Random(seed)
     det: list[float] = []
     mit: list[float] = []
-    safe = passed = 0
+    safe = passed = strict = 0
     rows = []
     for i in range(runs):
         var = perturb(sc, rng)
@@ -59,15 +59,19 @@ def monte_carlo(sc: Scenario, workdir: str | Path, *, runs: int, seed: int,
             det.append(d)
         if mdel is not None:
             mit.append(mdel)
+        gaps = [f"{c.action} {c.scope}" for c in o.checks if c.result == "GAP"]
         safe += o.safe
         passed += o.passed
+        strict += o.passed and not gaps
         rows.append({"run": i, "detection_delay_s": d, "mitigation_delay_s": mdel,
                      "safe": o.safe, "passed": o.passed,
                      "failed": [f"{c.action} {c.scope}" for c in o.checks
-                                if c.result == "FAIL"]})
+                                if c.result == "FAIL"], "gaps": gaps})
     return {"scenario": sc.name, "runs": runs, "seed": seed,
             "safe_share": round(safe / runs, 4) if runs else None,
             "pass_share": round(passed / runs, 4) if runs else None,
+            # known gaps (GAP) counted as failures, as --strict counts them
+            "strict_pass_share": round(strict / runs, 4) if runs else None,
             "detection_delay_s": _dist(det), "mitigation_delay_s": _dist(mit), "per_run": rows}
 
 

@@ -112,10 +112,12 @@ def _one(args: argparse.Namespace, name: str, playbook: Any, work: Path, out: Pa
         d = mc["detection_delay_s"]
         m = mc["mitigation_delay_s"]
         bar.clear()  # the scenario's lines, then the bar again
+        share = mc["strict_pass_share"] if args.strict else mc["pass_share"]
+        gaps = " (known gaps failing)" if args.strict else ""
         print(f"{sc.name}: {args.runs} runs, ends safe in {mc['safe_share']:.0%}, all "
-              f"checks pass in {mc['pass_share']:.0%}; detection delay {_delays(d)}; "
+              f"checks pass{gaps} in {share:.0%}; detection delay {_delays(d)}; "
               f"first mitigation {_delays(m)}")
-        failed += mc["safe_share"] < 1.0 or (args.strict and mc["pass_share"] < 1.0)
+        failed += mc["safe_share"] < 1.0 or (args.strict and share < 1.0)
         summary.append(mc | {"per_run": None})
         return int(failed)
     t0 = time.perf_counter()
