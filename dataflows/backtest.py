@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -299,13 +300,16 @@ class BacktestResult:
     doubles), for the first :data:`MAX_PRICED_MARKETS` markets. ``keys``: the input's
     markets (``venue/instrument``, index prices aside). ``startup_s``: wall time before
     the first record entered, ``process_s`` the rest. ``verified``: each command's check
-    against the trust file (``verified`` or the rejection).
+    against the trust file (``verified`` or the rejection). ``dead_letter_counts``: every
+    dead letter by reason; ``dead_letters`` keeps the first :data:`MAX_KEPT_DEAD_LETTERS`
+    (all are in ``dead_letters.jsonl`` when the run writes its outputs).
     """
 
     commands: list[MitigationCommand] = field(default_factory=list)
     signals: list[Any] = field(default_factory=list)
     utilizations: list[Utilization] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    dead_letter_counts: Counter[str] = field(default_factory=Counter)
     prices: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     ranges: dict[str, list[tuple[int, float, float]]] = field(default_factory=dict)
     measures: dict[str, str] = field(default_factory=dict)
@@ -324,6 +328,11 @@ class BacktestResult:
     watch: DetectorWatch | None = None  # what the detectors were fed
     guard: GuardConfig | None = None
     _readiness: Readiness | None = None
+
+    @property
+    def n_dead_letters(self) -> int:
+        """How many dead letters the run made (kept or not)."""
+        return sum(self.dead_letter_counts.values())
 
     def readiness(self) -> Readiness | None:
         """Which detectors could fire, on which keys and from when (read once asked)."""
@@ -355,6 +364,34 @@ def price_of(rec: Any) -> tuple[float, float, float] | None:
     return px, px, px
 
 
+MAX_KEPT_DEAD_LETTERS = 100
+"""The dead letters a backtest keeps in memory (the first; every one is counted): a file
+of bad rows must not cost memory per row."""
+
+
+class _DeadTallyPartition(StatelessSinkPartition[Any]):
+    def __init__(self, res: BacktestResult) -> None:
+        self.res = res
+
+    def write_batch(self, items: list[Any]) -> None:
+        res = self.res
+        for d in items:
+            res.dead_letter_counts[d.reason] += 1
+            if len(res.dead_letters) < MAX_KEPT_DEAD_LETTERS:
+                res.dead_letters.append(d)
+
+
+class DeadLetterTally(DynamicSink[Any]):
+    """Counts a run's dead letters by reason, keeping the first few (single worker)."""
+
+    def __init__(self, res: BacktestResult) -> None:
+        self.res = res
+
+    def build(self, step_id: str, worker_index: int, worker_count: int,
+              ) -> _DeadTallyPartition:
+        return _DeadTallyPartition(self.res)
+
+
 MAX_PRICE_POINTS = 50_000
 """The most sampled prices a backtest keeps of one market (a month of trades at one a
 second would be 2.6 million)."""
@@ -381,6 +418,8 @@ class _Tap:
         if res.n_events == 0:
             res.start_ns = ts
             self.first_in = time.perf_counter()
+        elif ts < res.start_ns:  # a late row: the span starts at the earliest event time
+            res.start_ns = ts
         res.n_events += 1
         res.end_ns = max(res.end_ns, ts)
         if not isinstance(rec, MarketEvent):
@@ -551,7 +590,6 @@ def run_backtest(
     envs: list[Any] = []
     sigs: list[Any] = []
     exps: list[Any] = []
-    deads: list[Any] = []
 
     def audited(item: Any) -> None:
         res.n_audit += 1
@@ -564,13 +602,13 @@ def run_backtest(
         cfg, cfg_hash, signer=signer, trust=trust, files=files, records=records,
         batch_size=batch_size, progress=progress, tap=tap,
         sinks={"commands": TestingSink(envs), "signals": TestingSink(sigs),
-               "utilization": TestingSink(exps), "dead_letters": TestingSink(deads)},
+               "utilization": TestingSink(exps), "dead_letters": DeadLetterTally(res)},
         on_audit=audited, out_dir=out_dir, watch=watch, until_ns=until_ns)
     t0 = time.perf_counter()
     run_main(flow)
     _timed(res, t0, time.perf_counter(), tap.first_in)
     res.commands = [decode_command(e) for e in envs]
-    res.signals, res.utilizations, res.dead_letters = sigs, exps, deads
+    res.signals, res.utilizations = sigs, exps
     _checked(res, envs, trust, cfg, watch)
     return res
 
@@ -641,12 +679,31 @@ def backtest_files(
         f.require_rows()  # an empty file is a mistake, not a run that read nothing
     res = run_backtest(cfg, digest, files=files, out_dir=out_dir, batch_size=batch_size,
                        progress=progress)
+    refuse_all_dead(res)
     names = [Path(p).name for p in data]
     title = "riskguard backtest: " + ", ".join(names[:3]) + (
         f" and {len(names) - 3} more" if len(names) > 3 else "")
     report = build_report(res, labs, title=title, config_hash=digest, inputs=names)
     write_report(report, out_dir)
     return report
+
+
+def refuse_all_dead(res: BacktestResult, what: str = "data") -> None:
+    """A ConfigError when the run accepted no record and refused some (dead letters, by
+    reason): a report of nothing would read as a quiet market.
+
+    >>> res = BacktestResult(dead_letter_counts=Counter(validation=3, malformed=1))
+    >>> refuse_all_dead(res)
+    Traceback (most recent call last):
+    ...
+    riskguard.errors.ConfigError: data: at least one record accepted; got '0 accepted, 4
+    refused as dead letters (malformed 1, validation 3)'
+    """
+    if res.n_events or not res.n_dead_letters:
+        return
+    reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(res.dead_letter_counts.items()))
+    raise ConfigError(what, "at least one record accepted",
+                      f"0 accepted, {res.n_dead_letters:,} refused as dead letters ({reasons})")
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -671,7 +728,8 @@ def run_info(wall_s: float, n_events: int, startup_s: float = 0.0) -> dict[str, 
 
 
 __all__ = [
-    "BacktestResult", "EventClock", "JsonlSink", "Label", "backtest_files", "deep_merge",
+    "BacktestResult", "DeadLetterTally", "EventClock", "JsonlSink", "Label", "backtest_files",
+    "deep_merge", "refuse_all_dead",
     "labels_to_json", "load_labels", "parse_labels", "run_backtest", "run_info",
 ]
 

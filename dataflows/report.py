@@ -414,7 +414,8 @@ def _summary(res: BacktestResult, n_alarms: int, n_labels: int) -> dict[str, Any
         "events": res.n_events, "start_ns": res.start_ns, "end_ns": res.end_ns,
         "duration_s": round((res.end_ns - res.start_ns) / NS, 3),
         "instruments": len(res.keys), "signals": len(res.signals), "alarms": n_alarms,
-        "commands": len(res.commands), "dead_letters": len(res.dead_letters),
+        "commands": len(res.commands), "dead_letters": res.n_dead_letters,
+        "dead_letters_by_reason": dict(sorted(res.dead_letter_counts.items())),
         "audit_records": res.n_audit, "labels": n_labels, "markets": sorted(res.keys),
     }
 
