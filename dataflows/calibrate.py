@@ -240,6 +240,13 @@ def calibrate(
         raise ConfigError("calibrate.train_frac", "a fraction in (0, 1)", train_frac)
     if objective not in ("f1", "recall"):
         raise ConfigError("calibrate.objective", "f1 or recall", objective)
+    if objective == "recall" and fa_budget is None:
+        # recall alone is won by alarming all the time
+        raise ConfigError("calibrate.fa_budget", "a false-alarm budget with --objective "
+                          "recall (--fa-budget N: false alarms per instrument-day)", None)
+    if fa_budget is not None and not (math.isfinite(fa_budget) and fa_budget >= 0):
+        raise ConfigError("calibrate.fa_budget", "false alarms per instrument-day, a finite "
+                          "number 0 or more", fa_budget)
     grid = check_grid(DEFAULT_GRID if grid is None else grid)
     (w := Path(work)).mkdir(parents=True, exist_ok=True)
     recs = sorted(records, key=lambda r: r.ts)
@@ -514,4 +521,3 @@ __all__ = [
     "expand_grid", "limit_proposals", "propose", "propose_limits", "read_records", "run_every",
     "score",
 ]
-_ = math

@@ -84,6 +84,11 @@ def _run(args: argparse.Namespace) -> int:
     else:
         with_sample(args, "calibrate")
 
+    if args.objective == "recall" and args.fa_budget is None:
+        sys.stderr.write("riskguard calibrate: --objective recall needs --fa-budget N (false "
+                         "alarms per instrument-day): recall alone is won by alarming "
+                         "all the time\n")
+        return 2
     grid = cal.check_grid(read_grid(args.grid)) if args.grid else None
     kw = {"grid": grid, "train_frac": args.train_frac, "objective": args.objective,
           "fa_budget": args.fa_budget,

@@ -417,3 +417,23 @@ def test_a_round_with_no_label_in_its_window_writes_to_a_fresh_out_directory(set
     assert rep["note"] == "no labels in window; thresholds unchanged"
     assert (out / "limit_updates.jsonl").is_file()
     assert (out / "proposal-0" / "calibration.json").is_file()
+
+
+def test_recall_without_a_false_alarm_budget_is_refused(setup, tmp_path, capsys):
+    """Recall alone is won by alarming all the time: the recall objective needs a budget,
+    on the command line (one line, exit 2) and in the library."""
+    from riskguard.cli import main
+
+    cfg, recs = setup
+    with pytest.raises(ConfigError, match="calibrate.fa_budget"):
+        calibrate(cfg, recs, _labels(), work=tmp_path / "a", grid=GRID, objective="recall")
+    with pytest.raises(ConfigError, match="calibrate.fa_budget"):
+        calibrate(cfg, recs, _labels(), work=tmp_path / "b", grid=GRID, objective="recall",
+                  fa_budget=float("nan"))
+    data = tmp_path / "d.jsonl"
+    data.write_text("")
+    rc = main(["calibrate", "--config", str(cfg), "--data", str(data), "--labels",
+               str(data), "--out", str(tmp_path / "o"), "--objective", "recall"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--objective recall needs --fa-budget" in err
+    assert len(err.strip().splitlines()) == 1
