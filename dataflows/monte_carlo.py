@@ -30,6 +30,8 @@ def perturb(sc: Scenario, rng: random.Random, size_jitter: float = 0.3,
             mag = 1.0 - (1.0 - mag) * rng.uniform(1 - size_jitter, 1 + size_jitter)
         elif s.kind != "storm":
             mag *= rng.uniform(1 - size_jitter, 1 + size_jitter)
+            if s.kind in ("price", "index_diverge", "cascade"):
+                mag = max(mag, -0.99)  # a fall jittered past -100 % stays a price
         qty = s.qty * rng.uniform(1 - size_jitter / 2, 1 + size_jitter)
         onset = max(60.0, s.onset_s + rng.uniform(-time_jitter_s, time_jitter_s))
         shocks.append(msgspec.structs.replace(s, magnitude=mag, onset_s=round(onset, 3),

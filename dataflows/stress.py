@@ -252,8 +252,15 @@ def scenario_path(name_or_path: str) -> Path:
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    with Path(path).open("rb") as fh:
-        data = tomllib.load(fh)
+    """A checked scenario file; a ConfigError naming the file or the key otherwise."""
+    try:
+        with Path(path).open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"scenario {Path(path).name}", "a TOML file", str(err)) from None
+    except OSError as err:
+        raise ConfigError(f"scenario {Path(path).name}", "a readable file",
+                          err.strerror or str(err)) from None
     sc = decode_section(data, Scenario, "")
     for i, e in enumerate(sc.expect):
         if e.action not in {a.value for a in Action}:
@@ -266,8 +273,49 @@ def load_scenario(path: str | Path) -> Scenario:
         if es.at_least not in STATE_ORDER:
             where = f"end_state[{i}].at_least"
             raise ConfigError(where, f"one of {STATE_ORDER}", es.at_least)
+    check_shocks(sc)
     check_names(sc)
     return sc
+
+
+MAX_STORM = 1000
+_TIMES = ("onset_s", "ramp_s", "recover_s", "gap_s", "every_s")
+
+
+def check_shocks(sc: Scenario) -> None:
+    """Refuse a shock that cannot run or would make invalid records (which the guard
+    dead-letters, so the scenario would test nothing): a number that is not finite
+    (``hold_s`` may be inf), a time below 0 or an onset past ``duration_s``, a price move
+    to 0 or below (-1.3 for -13 %), a depeg target at or below 0, a latency past the
+    run, a storm of more than :data:`MAX_STORM` copies."""
+    for i, s in enumerate(sc.shocks):
+        def bad(key: str, want: str, found: Any, i: int = i) -> ConfigError:
+            return ConfigError(f"shocks[{i}].{key}", want, found)
+        for key in ("magnitude", "feedback", "volume", "qty", *_TIMES):
+            if not math.isfinite(getattr(s, key)):
+                raise bad(key, "a finite number", getattr(s, key))
+        if not s.hold_s >= 0:  # NaN too
+            raise bad("hold_s", "seconds, 0 or more (inf: to the end)", s.hold_s)
+        for key in _TIMES:
+            if getattr(s, key) < 0:
+                raise bad(key, "seconds, 0 or more", getattr(s, key))
+        if s.onset_s > sc.duration_s:
+            raise bad("onset_s", f"a time within the scenario (at most duration_s = "
+                      f"{sc.duration_s})", s.onset_s)
+        if s.kind in ("price", "index_diverge", "cascade") and not s.magnitude > -1:
+            raise bad("magnitude", "a move above -1 (-0.13 is -13 %; -1 or below makes "
+                      "prices of 0 or less)", s.magnitude)
+        if s.kind == "cascade" and any(
+                not s.magnitude * s.feedback ** k > -1 for k in range(min(s.tranches, 64))):
+            raise bad("feedback", "a feedback whose tranches each move above -1 "
+                      f"(magnitude {s.magnitude:g} x feedback^k)", s.feedback)
+        if s.kind == "depeg" and not s.magnitude > 0:
+            raise bad("magnitude", "a depeg target price above 0", s.magnitude)
+        if s.kind == "latency" and not 0 <= s.magnitude <= sc.duration_s:
+            raise bad("magnitude", f"seconds, 0 to {sc.duration_s} (the scenario's "
+                      "duration_s)", s.magnitude)
+        if s.kind == "storm" and not 0 <= s.magnitude <= MAX_STORM:
+            raise bad("magnitude", f"copies of each quote, 0 to {MAX_STORM}", s.magnitude)
 
 
 def check_names(sc: Scenario) -> None:

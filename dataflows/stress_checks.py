@@ -74,6 +74,17 @@ def check_run(sc: Scenario, res: BacktestResult, start_ns: int = START_NS,
     if res.n_events == 0:  # nothing ran: no check below means anything
         checks.append(Check("invariant", "the guard saw events", None, None, "FAIL",
                             "the scenario produced no events"))
+    # a shock that makes invalid records tests nothing; a latency shock's records may
+    # come late, as it means them to
+    latency = any(s.kind == "latency" for s in shocks)
+    dead = {k: n for k, n in sorted(res.dead_letter_counts.items())
+            if not (latency and k == "late")}
+    if dead:
+        reasons = ", ".join(f"{k} {v:,}" for k, v in dead.items())
+        checks.append(Check("invariant", "every generated record accepted", None, None, "FAIL",
+                            f"{sum(dead.values()):,} dead letter(s) ({reasons}): the guard "
+                            "never saw those records, so the checks below test less than "
+                            "the scenario says"))
     for e in sc.expect:
         match = [c for c in cmds if c.action.value == e.action
                  and fnmatch.fnmatchcase(c.scope.label(), e.scope)]
