@@ -729,7 +729,7 @@ def run_info(wall_s: float, n_events: int, startup_s: float = 0.0) -> dict[str, 
 
 __all__ = [
     "BacktestResult", "DeadLetterTally", "EventClock", "JsonlSink", "Label", "backtest_files",
-    "deep_merge", "refuse_all_dead",
-    "labels_to_json", "load_labels", "parse_labels", "run_backtest", "run_info",
+    "deep_merge", "labels_to_json", "load_labels", "parse_labels", "refuse_all_dead",
+    "run_backtest", "run_info",
 ]
 

@@ -10,6 +10,11 @@ around it (docs/backtests.md).
 
 >>> parse_at("2024-01-01T15:00:00Z"), parse_at("1704121200"), parse_at("1704121200000000000")
 (1704121200000000000, 1704121200000000000, 1704121200000000000)
+>>> parse_at("999999999999999999999999")
+Traceback (most recent call last):
+...
+riskguard.errors.ConfigError: --at: a time from 1970 to 2262 (ns since the epoch below 2**63);
+got '999999999999999999999999'
 """
 
 from __future__ import annotations
@@ -22,7 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from riskguard.connectors.replay import ReplayFile
-from riskguard.dataflows.backtest import BacktestResult, run_backtest, time_ns_of
+from riskguard.dataflows.backtest import (
+    BacktestResult,
+    refuse_all_dead,
+    run_backtest,
+    time_ns_of,
+)
 from riskguard.dataflows.guard import GuardConfig
 from riskguard.dataflows.readiness import (
     DetectorWatch,
@@ -38,6 +48,7 @@ from riskguard.errors import ConfigError
 
 NS = 1_000_000_000
 AROUND_NS = 15 * 60 * NS  # signals this close to the moment are shown
+MAX_NS = 2**63  # the wire contract's times are int64 ns
 
 
 def parse_at(text: str) -> int:
@@ -48,9 +59,14 @@ def parse_at(text: str) -> int:
         n = int(t)
         for limit, scale in ((10**11, NS), (10**14, 10**6), (10**17, 1000)):
             if abs(n) < limit:
-                return n * scale
-        return n
-    return time_ns_of(t, "--at")
+                n *= scale
+                break
+    else:
+        n = time_ns_of(t, "--at")
+    if not 0 <= n < MAX_NS:
+        raise ConfigError("--at", "a time from 1970 to 2262 (ns since the epoch below 2**63)",
+                          text)
+    return n
 
 
 class Extremes:
@@ -122,8 +138,9 @@ def explain(cfg: GuardConfig, digest: str, files: Sequence[ReplayFile], *, at: i
     """What ``riskguard explain`` prints: the run, then each market at the moment."""
     watch = DetectorWatch(cfg.detector, keep_times=True)
     res = run_backtest(cfg, digest, files=files, watch=watch)
+    refuse_all_dead(res)
     if not res.n_events:
-        return ["explain: the data holds no record"]
+        raise ConfigError("data", "at least one record", "none")
     out = []
     if at is None:
         big = largest_move(res, cfg)
@@ -133,6 +150,10 @@ def explain(cfg: GuardConfig, digest: str, files: Sequence[ReplayFile], *, at: i
         out.append(f"explain: {utc(at)}: {why} (--at picks another moment)")
     else:
         out.append(f"explain: {utc(at)} (data from {utc(res.start_ns)} to {utc(res.end_ns)})")
+    if res.n_dead_letters:
+        reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(res.dead_letter_counts.items()))
+        out.append(f"  {res.n_dead_letters:,} row(s) refused as dead letters ({reasons}): "
+                   "the guard never saw them")
     past = watch.at(at)
     chosen = [k for k in sorted(past.keys) if not keys or k in keys]
     markets = [k for k in chosen if "/" in k] or chosen
@@ -233,6 +254,8 @@ def explain_files(config: Any, data: Sequence[str | Path], *, at: str | None,
     format, venue, instrument, market, contract_size, measure)."""
     cfg, digest = config
     files = [ReplayFile(p, **read) for p in data]
+    for f in files:
+        f.require_rows()  # an empty file is a mistake, as backtest says
     return explain(cfg, digest, files, at=parse_at(at) if at else None, keys=keys)
 
 

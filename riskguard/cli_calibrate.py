@@ -15,8 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from riskguard.cli_args import positive_int, seconds
 from riskguard.errors import ConfigError
 from riskguard.progress import Progress
+
+MAX_WINDOW_S = 100 * 366 * 86_400.0
+"""The longest ``--window``: a century of data (more is no window)."""
 
 
 def read_grid(text: str) -> Any:
@@ -170,8 +174,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # argparse private gener
                    "--fa-budget false alarms per instrument-day")
     p.add_argument("--fa-budget", type=float,
                    help="with --objective recall: max false alarms per instrument-day")
-    p.add_argument("--every", type=float, help="continuous: rerun every SECONDS")
-    p.add_argument("--window", type=float, help="continuous: latest SECONDS of the data")
-    p.add_argument("--iterations", type=int, help="continuous: stop after N rounds")
+    p.add_argument("--every", type=seconds(), help="continuous: rerun every SECONDS")
+    p.add_argument("--window", type=seconds(MAX_WINDOW_S),
+                   help="continuous: latest SECONDS of the data")
+    p.add_argument("--iterations", type=positive_int, help="continuous: stop after N rounds")
     p.add_argument("--admin-key", help="continuous: the limit-admin private key file")
     p.set_defaults(func=_calibrate)

@@ -67,3 +67,31 @@ def test_the_report_starts_at_the_earliest_event_not_the_first_row(guard_toml, t
     ts = [json.loads(r)["ts"] for r in rows]
     rep = backtest_files(guard_toml, [data], out_dir=tmp_path / "out")
     assert (rep["summary"]["start_ns"], rep["summary"]["end_ns"]) == (min(ts), max(ts))
+
+
+@pytest.mark.parametrize(("rows", "said"), [
+    (b"", "data file e.jsonl: a file holding rows; got 'no rows (an empty file)'"),
+    (_bad_rows(3), "data: at least one record accepted; got '0 accepted, 3 refused as dead "
+                   "letters (validation 3)'"),
+])
+def test_explain_on_a_file_with_nothing_usable_is_exit_2_with_one_line(
+        guard_toml, tmp_path, capsys, rows, said):
+    data = tmp_path / "e.jsonl"
+    data.write_bytes(rows)
+    rc = main(["explain", "--config", str(guard_toml), "--data", str(data)])
+    out = capsys.readouterr()
+    assert rc == 2 and out.err.strip() == f"riskguard explain: {said}"
+    assert out.out == ""
+
+
+def test_explain_says_how_many_rows_it_refused_and_bounds_its_moment(guard_toml, tmp_path,
+                                                                     capsys):
+    rows = sample_files()[0].read_bytes().splitlines(keepends=True)[:200]
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(b"".join(rows) + _bad_rows(2))
+    assert main(["explain", "--config", str(guard_toml), "--data", str(data)]) == 0
+    assert "2 row(s) refused as dead letters (validation 2)" in capsys.readouterr().out
+    rc = main(["explain", "--config", str(guard_toml), "--data", str(data), "--at",
+               "999999999999999999999999"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("riskguard explain: --at: a time from 1970 to 2262")

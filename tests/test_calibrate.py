@@ -425,9 +425,9 @@ def test_recall_without_a_false_alarm_budget_is_refused(setup, tmp_path, capsys)
     from riskguard.cli import main
 
     cfg, recs = setup
-    with pytest.raises(ConfigError, match="calibrate.fa_budget"):
+    with pytest.raises(ConfigError, match=r"calibrate\.fa_budget"):
         calibrate(cfg, recs, _labels(), work=tmp_path / "a", grid=GRID, objective="recall")
-    with pytest.raises(ConfigError, match="calibrate.fa_budget"):
+    with pytest.raises(ConfigError, match=r"calibrate\.fa_budget"):
         calibrate(cfg, recs, _labels(), work=tmp_path / "b", grid=GRID, objective="recall",
                   fa_budget=float("nan"))
     data = tmp_path / "d.jsonl"
@@ -437,3 +437,19 @@ def test_recall_without_a_false_alarm_budget_is_refused(setup, tmp_path, capsys)
     err = capsys.readouterr().err
     assert rc == 2 and "--objective recall needs --fa-budget" in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flags", [["--every", "-1"], ["--every", "nan"], ["--window", "0"],
+                                   ["--iterations", "0"]])
+def test_a_bad_schedule_is_refused_before_any_round(setup, tmp_path, capsys, flags):
+    from riskguard.cli import main
+
+    cfg, _ = setup
+    args = {"--every": "1", "--window": "10", "--iterations": "1"}
+    args[flags[0]] = flags[1]
+    with pytest.raises(SystemExit) as stop:  # argparse's own exit, after its one line
+        main(["calibrate", "--config", str(cfg), "--data", str(tmp_path / "none.jsonl"),
+              "--out", str(tmp_path / "o"), "--admin-key", "k",
+              *[x for kv in args.items() for x in kv]])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"argument {flags[0]}: must be" in err
