@@ -16,7 +16,7 @@ from riskguard.dataflows.stress import (
     START_NS,
     Scenario,
     run_scenario,
-    scenario_labels,
+    shock_labels,
 )
 
 
@@ -51,9 +51,9 @@ def monte_carlo(sc: Scenario, workdir: str | Path, *, runs: int, seed: int,
         var = perturb(sc, rng)
         o = run_scenario(var, workdir, playbook=playbook)
         onset = START_NS + int(var.shocks[0].onset_s * NS) if var.shocks else START_NS
-        lab = scenario_labels(var)[0] if var.shocks else None
+        labs = shock_labels(var, var.shocks[0]) if var.shocks else []
         first = next((a for a in alarms_of(o.result.signals) if a[0] >= onset and (
-            lab is None or scope_related(lab.scope, a[2]))), None)
+            not labs or any(scope_related(lab.scope, a[2]) for lab in labs))), None)
         d = (first[0] - onset) / NS if first else None
         firsts = [c.actual_s for c in o.checks if c.actual_s is not None]
         mdel = min(firsts) if firsts else None

@@ -637,17 +637,18 @@ def _fill_shocks(sc: Scenario, g: _Gen, start_ns: int) -> list[Any]:
     return out
 
 
+def shock_labels(sc: Scenario, s: Shock, start_ns: int = START_NS) -> list[Label]:
+    """The labels of one shock: one per venue it hits (``firm:*`` when it names none), so
+    that an alarm on a venue it spared detects nothing."""
+    start = start_ns + int(s.onset_s * NS)
+    end = start_ns + int(s.end_s(sc.duration_s) * NS)
+    scopes = [f"venue:{v}" for v in s.venues] or ["firm:*"]
+    return [Label(s.label or s.kind, scope, start, end) for scope in scopes]
+
+
 def scenario_labels(sc: Scenario, start_ns: int = START_NS) -> list[Label]:
-    """One label per shock (the report shades it)."""
-    out = []
-    for s in sc.shocks:
-        scope = "firm:*" if not s.venues else (
-            f"venue:{s.venues[0]}" if len(s.venues) == 1 else f"venue:[{''.join(s.venues)}]")
-        if len(s.venues) > 1:
-            scope = "venue:*"
-        out.append(Label(s.label or s.kind, scope, start_ns + int(s.onset_s * NS),
-                         start_ns + int(s.end_s(sc.duration_s) * NS)))
-    return out
+    """The labels of every shock (:func:`shock_labels`; the report shades them)."""
+    return [lab for s in sc.shocks for lab in shock_labels(sc, s, start_ns)]
 
 
 # -- the guard config ---------------------------------------------------------------
@@ -792,5 +793,5 @@ __all__ = [
     "Check", "EndState", "ExecutorDown", "Expect", "MarketSpec", "Scenario", "Shock",
     "StressOutcome",
     "bundled", "check_run", "disable_escalation", "generate_market", "guard_config_doc",
-    "load_scenario", "run_scenario", "scenario_labels", "scenario_path",
+    "load_scenario", "run_scenario", "scenario_labels", "scenario_path", "shock_labels",
 ]

@@ -106,3 +106,19 @@ def test_a_scenario_whose_records_are_dead_letters_fails(work):
     assert [c.result for c in bad] == ["FAIL"]
     assert "dead letter(s) (validation" in bad[0].detail
     assert not o.safe
+
+
+def test_a_shock_on_some_venues_labels_those_venues_only():
+    """A shock on okx and deribit of three venues: an alarm on binance (spared) detects
+    nothing; the label of one venue each (it was venue:*, which matched binance too)."""
+    from riskguard.dataflows.report import scope_related
+    from riskguard.dataflows.stress import Scenario, Shock, scenario_labels
+    from riskguard.schemas import Scope, ScopeKind
+
+    sc = Scenario(name="s", duration_s=90, shocks=(
+        Shock(kind="price", venues=("okx", "deribit"), onset_s=30.0, magnitude=-0.1),
+        Shock(kind="price", onset_s=40.0, magnitude=-0.1)))
+    labels = scenario_labels(sc)
+    assert [lab.scope for lab in labels] == ["venue:okx", "venue:deribit", "firm:*"]
+    binance = Scope(kind=ScopeKind.INSTRUMENT, value="BTC-USDT", venue="binance")
+    assert not any(scope_related(lab.scope, binance) for lab in labels[:2])
