@@ -294,6 +294,10 @@ def _training_fold(recs: list[Any], labels: Sequence[Label], train_frac: float,
     t0, t1 = recs[0].ts, recs[-1].ts
     split = t0 + int((t1 - t0) * train_frac)
     train = [r for r in recs if r.ts < split]
+    if not train:  # one moment of data: nothing to search on, a choice of nothing
+        raise ConfigError("calibrate.data", "records before the split (the training fold "
+                          f"is the first {train_frac:.0%} of the data's time span)",
+                          f"none: {len(recs):,} record(s) spanning {(t1 - t0) / NS:g} s")
     train_labels = [Label(lab.kind, lab.scope, lab.start_ns, min(lab.end_ns, split - 1))
                     for lab in labels if lab.start_ns < split]
     if objective == "f1" and not train_labels:

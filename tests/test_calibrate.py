@@ -453,3 +453,14 @@ def test_a_bad_schedule_is_refused_before_any_round(setup, tmp_path, capsys, fla
               *[x for kv in args.items() for x in kv]])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and f"argument {flags[0]}: must be" in err
+
+
+def test_an_empty_training_fold_is_refused_and_writes_nothing(setup, tmp_path):
+    """Data of one moment: the training fold holds no record, so no candidate can be
+    judged; calibrate refuses instead of writing the defaults as a calibrated config."""
+    cfg, recs = setup
+    one = [r for r in recs if r.ts == recs[0].ts]
+    with pytest.raises(ConfigError, match=r"calibrate\.data: records before the split"):
+        calibrate(cfg, one, _labels(), work=tmp_path / "w", grid=GRID, objective="recall",
+                  fa_budget=1.0)
+    assert not (tmp_path / "w" / "calibrated.toml").exists()
