@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 from contract import CHECKS, Case
 from riskguard.operators.core.admission import AdmissionConfig, KeyAdmission, Known
@@ -186,8 +187,11 @@ def test_the_guard_turns_names_past_the_caps_into_dead_letters_and_still_meets_t
                   side="buy") for j in range(2) for i in range(300)]
     recs = sorted([*generate_market(sc), *junk], key=lambda r: r.ts)
     res, _ = backtest_scenario(sc, recs, tmp_path, overrides={"admission": {
-        "max_instruments_per_venue": 50, "max_market_keys": 50}})
-    refused = [d for d in res.dead_letters if d.reason == "too_many_instruments"]
+        "max_instruments_per_venue": 50, "max_market_keys": 50}}, out_dir=tmp_path / "out")
+    assert res.dead_letter_counts["too_many_instruments"] == 250 * 2
+    lines = (tmp_path / "out" / "dead_letters.jsonl").read_bytes().splitlines()
+    dead = [msgspec.json.decode(line, type=DeadLetter) for line in lines]
+    refused = [d for d in dead if d.reason == "too_many_instruments"]
     assert len(refused) == 250 * 2
     assert {d.found for d in refused} == {f"JUNK-{i}" for i in range(50, 300)}
     okx = {(c.action.value, c.scope.label()) for c in res.commands}

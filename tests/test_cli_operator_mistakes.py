@@ -224,7 +224,7 @@ def test_calibrate_refuses_a_bad_grid_before_any_candidate_runs(small_setup, tmp
     cfg, recs = small_setup
     runs: list[object] = []
     with pytest.raises(ConfigError) as err:
-        calibrate(cfg, recs, [], work=tmp_path, grid=grid, objective="recall",
+        calibrate(cfg, recs, [], work=tmp_path, grid=grid, objective="recall", fa_budget=1.0,
                   runner=lambda *a, **k: runs.append(a))
     assert err.value.path == path
     assert runs == []
