@@ -590,3 +590,35 @@ def test_a_counterparty_whose_marks_all_stop_turns_stale_as_the_ticks_pass() -> 
     # ticks every 7 s instead of every second: the same alert, at the same moment
     assert [(a.kind, a.ts, a.id) for a in run(7)[1]] == [
         (a.kind, a.ts, a.id) for a in alerts]
+
+
+def test_a_silent_progress_source_stops_holding_a_counterpartys_time_back() -> None:
+    """Stage 2 judges marks by the oldest of its progress sources' ticks, so no shard's
+    part still on its way is overtaken; a source silent for TICK_IDLE_NS of processing
+    time (a market process gone) no longer holds that time back."""
+    from riskguard.operators.exposure import CounterpartyLogic
+
+    t = 1_000 * S
+    cfg = worked_config(max_mark_age_ns=30 * S)
+    parts = _ticked_parts(cfg, [
+        Trade(id="t1", venue="okx", instrument="BTC-PERP", ts=t, price=60_000.0, qty=1.0,
+              side="buy"),
+        fill("f1", "okx", "BTC-PERP", "buy", 1.0, 60_000.0, t + 1),
+        Tick(ts=t + S, source="p")])
+    clock = ManualClock(0)
+    logic = CounterpartyLogic(cfg, ticked=True, clock=clock)
+    assert {type(o).__name__ for o in logic.on_batch(parts)} == {"Exposure"}
+
+    def tick(ts: int, *sources: str) -> list[Any]:
+        clock.advance(S)
+        return [o for o in logic.on_batch([Progress(counterparty="okx", ts=ts, source=s)
+                                           for s in sources])
+                if not isinstance(o, Progress)]
+
+    tick(t + 2 * S, "a", "b")
+    # b falls silent at t + 2 s: a's ticks alone do not move the counterparty's time
+    assert all(tick(t + k * S, "a") == [] for k in range(3, 12))
+    # ten seconds of processing time later b is forgotten: the mark is judged at once
+    later = tick(t + 40 * S, "a")
+    assert [(type(o).__name__, o.ts) for o in later] == [
+        ("RiskAlert", t + 30 * S + 1), ("Exposure", t + 30 * S + 1)]

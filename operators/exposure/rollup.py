@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import msgspec
 import numpy as np
 from riskguard.operators.core.base import copy_fields
-from riskguard.operators.core.clock import Clock, RestoredSources, Tick, Watermark, system_clock
+from riskguard.operators.core.clock import TICK_IDLE_NS, Clock, RestoredSources, system_clock
 from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.exposure.config import (
     NS_PER_S,
@@ -48,7 +48,7 @@ class CounterpartyState:
     seq: int = 0
     stale: dict[str, int] = field(default_factory=dict)
     evidence: list[str] = field(default_factory=list)
-    # ticked mode: the progress sources' newest tick (clock.Watermark)
+    # ticked mode: per progress source, [its newest tick, processing time it came]
     sources: dict[str, list[int]] = field(default_factory=dict)
 
 
@@ -72,9 +72,8 @@ class CounterpartyLogic:
         self.ticked = ticked
         self.state = state if state is not None else CounterpartyState()
         self._recv_ts: int | None = None  # newest receive time among this batch's parts
-        # processing time, for the tick sources' idle rule only (clock.Watermark)
+        # processing time, for the progress sources' idle rule only
         self.clock = clock
-        self._watermark = Watermark.resume(self.state.sources)
         self._stale_at: int | None = None  # the next mark's stale moment (None: unknown)
 
     def snapshot(self) -> CounterpartyState:
@@ -100,22 +99,43 @@ class CounterpartyLogic:
         return out
 
     def _on_progress(self, progress: list[Progress]) -> list[Any]:
-        """The exposure again at each moment up to the progress's watermark at which a
-        held mark grew too old with no part since, oldest first."""
+        """The exposure again at each moment up to the progress's time at which a held
+        mark grew too old with no part since, oldest first."""
         now = self.clock()
-        wm = self._watermark
-        for p in progress:
-            wm.tick_time(Tick(ts=p.ts, source=p.source), now)
         st = self.state
+        sources = st.sources
+        newest = st.watermark
+        for p in progress:
+            if not p.source:
+                continue
+            seen = sources.get(p.source)
+            if seen is None:
+                sources[p.source] = [p.ts, now]
+            else:
+                seen[0], seen[1] = max(seen[0], p.ts), now
+            newest = max(newest, p.ts)
         out: list[Any] = []
+        if newest <= st.watermark:  # the usual tick: its parts came, nothing to judge
+            return out
+        time = self._progress_time(now)
         while st.parts:
             at = self._next_stale()
-            if at > wm.last:
+            if at > time:
                 break
             st.watermark = at
             self._recv_ts = None
             out.extend(self._emit())
         return out
+
+    def _progress_time(self, now: int) -> int:
+        """The oldest newest tick over the progress sources, so no shard's part still on
+        its way is overtaken. A source silent for ``TICK_IDLE_NS`` of processing time (a
+        market process gone, a source named by a restart before this one) is forgotten
+        and holds nothing back."""
+        sources = self.state.sources
+        for name in [n for n, (_ts, seen) in sources.items() if now - seen >= TICK_IDLE_NS]:
+            del sources[name]
+        return min((ts for ts, _seen in sources.values()), default=-1)
 
     def _next_stale(self) -> int:
         """The moment the oldest held mark not yet stale grows stale (``NEVER_STALE``:
