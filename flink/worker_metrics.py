@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Mapping
 
-from riskguard.operators.core.metrics import start_metrics_server
+from riskguard.operators.core.metrics import metrics_port_from_env, start_metrics_server
 
 from riskguard.errors import ConfigError
 
@@ -67,13 +67,10 @@ def serve_worker_metrics(env: Mapping[str, str] | None = None, *,
     ``$RISKGUARD_METRICS_PORT`` is set: the thread that binds (once a process; None
     without the variable). A value that is not a port is a :class:`ConfigError` now."""
     env = os.environ if env is None else env
-    raw = env.get("RISKGUARD_METRICS_PORT")
-    if not raw:
+    base = metrics_port_from_env(env)
+    if base is None:
         return None
-    try:
-        base = int(raw)
-    except ValueError:
-        raise ConfigError("RISKGUARD_METRICS_PORT", "a TCP port number", raw) from None
+    raw = env["RISKGUARD_METRICS_PORT"]
     if not 1 <= base <= 65535 - WORKER_PORTS + 1:
         raise ConfigError("RISKGUARD_METRICS_PORT",
                           f"a TCP port 1..{65535 - WORKER_PORTS + 1} (a worker may take the "

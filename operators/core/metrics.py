@@ -246,14 +246,23 @@ def start_metrics_server(port: int, addr: str = "0.0.0.0") -> int:  # pods expos
         return bound
 
 
-def start_metrics_server_from_env(env: Any = None) -> int | None:
-    """Start :func:`start_metrics_server` on ``$RISKGUARD_METRICS_PORT`` if set."""
+def metrics_port_from_env(env: Any = None) -> int | None:
+    """``$RISKGUARD_METRICS_PORT`` as a number (None: not set); any other text is a
+    :class:`ConfigError`."""
     env = os.environ if env is None else env
     raw = env.get("RISKGUARD_METRICS_PORT")
     if not raw:
         return None
     try:
-        port = int(raw)
+        return int(raw)
     except ValueError:
         raise ConfigError("RISKGUARD_METRICS_PORT", "a TCP port number", raw) from None
+
+
+def start_metrics_server_from_env(env: Any = None) -> int | None:
+    """Start :func:`start_metrics_server` on ``$RISKGUARD_METRICS_PORT`` if set."""
+    env = os.environ if env is None else env
+    port = metrics_port_from_env(env)
+    if port is None:
+        return None
     return start_metrics_server(port, env.get("RISKGUARD_METRICS_ADDR", "0.0.0.0"))
