@@ -241,15 +241,12 @@ def detect_on(feat_market: Stream[MarketEvent], status: Stream[VenueStatus],
                           lambda recs: _watched(watch.market, recs))
     detected = detect_anomalies("detect", feats.oks, config=cfg.detector, clock=clock)
     anomalies = op.key_rm("anomalies", detected.oks)
-    errs = [feats.errs, detected.errs]
     if cfg.detector.cross.enabled and read is not None:
-        cross = detect_dislocations(
+        anomalies = op.merge("with_dislocations", anomalies, detect_dislocations(
             "cross", read, config=cfg.detector.cross,
             ticks_of=tick_fn(cfg.tick_ns, of=tick_sources),
-            clock=clock, bar_ns=cfg.features.bar_ns, topic=cfg.topic("market"))
-        anomalies = op.merge("with_dislocations", anomalies, cross.oks)
-        errs.append(cross.errs)
-    return anomalies, errs
+            clock=clock, bar_ns=cfg.features.bar_ns))
+    return anomalies, [feats.errs, detected.errs]
 
 
 def _watched(see: Callable[[Any], None], items: Any) -> list[Any]:

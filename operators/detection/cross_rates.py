@@ -226,7 +226,7 @@ class CrossRateConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     max_age_ns: NonNegativeInt = 120 * NS
     # a market whose prices come behind the others' (its feed or its exchange's clock
     # lagging) is waited for this long behind the newest event time read; a price later
-    # than that is a late dead letter
+    # than that is left out of the check and counted
     allowed_lateness_ns: NonNegativeInt = 10 * NS
     # comparisons a market learns its usual offset from before it can be judged
     warmup_points: NonNegativeInt = 60

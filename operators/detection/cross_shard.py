@@ -10,7 +10,8 @@ and every market has sent a point at or after their time (a market lagging behin
 others, its exchange's clock or feed behind, is waited for up to
 ``allowed_lateness_ns``), then judges them one event time at a time: every point of a
 time is taken in before any market is judged against the others. A point older than
-what the shard has judged is left out, counted and made a ``late`` dead letter. Any
+what the shard has judged is left out of the check and counted; its record still
+reaches the features and detectors, which dead-letter it if it is late there too. Any
 number of workers or processes, and a resumed run, raise the same dislocations.
 
 >>> from riskguard.operators.core.clock import Tick
@@ -51,7 +52,6 @@ from riskguard.operators.detection.cross_rates import (
     CrossRateState,
     market_group,
 )
-from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.market import Bar, Measure, Quote, Trade
 from riskguard.schemas.signals import AnomalySignal, FeatureVector, Scope, ScopeKind
 
@@ -152,19 +152,17 @@ class CrossShardState:
 
 
 class CrossShard:
-    """``on_event(PricePoint | Tick) -> [AnomalySignal | DeadLetter]`` for one shard
-    key: a point that comes after its time was judged is a ``late`` dead letter."""
+    """``on_event(PricePoint | Tick) -> [AnomalySignal]`` for one shard key: a point
+    that comes after its time was judged is left out and counted."""
 
     def __init__(self, config: CrossRateConfig, clock: Callable[[], int],
                  state: CrossShardState | None = None, *, bar_ns: int = 1_000_000_000,
-                 on_reorder: Callable[[str, int], None] | None = None,
-                 topic: str = "market") -> None:
+                 on_reorder: Callable[[str, int], None] | None = None) -> None:
         self.config = config
         self.clock = clock
         self.bar_ns = bar_ns
         # told ("late", 1) for each point left out (a metrics counter in the guard)
         self.on_reorder = on_reorder
-        self.topic = topic  # the market topic, named by a late point's dead letter
         self.state = state if state is not None else CrossShardState()
         self._rates = {g: CrossRates(config, s) for g, s in self.state.groups.items()}
         self._watermark = Watermark.resume(self.state.sources, TICK_IDLE_NS)
@@ -178,13 +176,11 @@ class CrossShard:
             last_bar=dict(st.last_bar), sources={k: list(v) for k, v in st.sources.items()},
             late=st.late, progress=dict(st.progress))
 
-    def on_event(self, item: PricePoint | Tick) -> list[AnomalySignal | DeadLetter]:
+    def on_event(self, item: PricePoint | Tick) -> list[AnomalySignal]:
         st = self.state
         if type(item) is Tick:
             wm = self._watermark.tick_time(item, self.clock())
-            out: list[AnomalySignal | DeadLetter] = []
-            out.extend(self._judge_before(self._bound(wm)))
-            return out
+            return self._judge_before(self._bound(wm))
         assert type(item) is tuple
         ts, key = item[0], item[1]
         if ts > st.progress.get(key, -1):
@@ -193,7 +189,7 @@ class CrossShard:
             st.late += 1  # its time has been judged without it
             if self.on_reorder is not None:
                 self.on_reorder("late", 1)
-            return [self._late(item)]
+            return []
         st.arrivals += 1
         heapq.heappush(st.held, (ts, key, st.arrivals, item))
         return []
@@ -207,15 +203,6 @@ class CrossShard:
         floor = wm - self.config.allowed_lateness_ns
         slowest = min(self.state.progress.values(), default=wm)
         return min(wm, max(slowest + 1, floor))
-
-    def _late(self, point: PricePoint) -> DeadLetter:
-        ts, key, _price, _interval, record_id, _recv = point
-        lateness = self.config.allowed_lateness_ns
-        return DeadLetter.of(
-            topic=self.topic, ts=ts, reason="late", path="$.ts", step="cross",
-            expected=(f"ts >= {self.state.judged_ts} (the cross check judged that time "
-                      f"without it; detector.cross.allowed_lateness_ns = {lateness})"),
-            found=str(ts), detail=f"{key} {record_id}"[:200])
 
     def on_eof(self) -> list[AnomalySignal]:
         """End of input: judge every point still waiting."""
@@ -268,13 +255,11 @@ class CrossShard:
 
 def cross_shard_builder(config: CrossRateConfig, clock: Callable[[], int], *, bar_ns: int,
                         on_reorder: Callable[[str, int], None] | None = None,
-                        topic: str = "market",
                         ) -> Callable[[CrossShardState | None], CrossShard]:
     """``builder(state_or_None) -> CrossShard`` for ``stateful_logic``."""
     config.validate()
 
     def build(state: CrossShardState | None) -> CrossShard:
-        return CrossShard(config, clock, state, bar_ns=bar_ns, on_reorder=on_reorder,
-                          topic=topic)
+        return CrossShard(config, clock, state, bar_ns=bar_ns, on_reorder=on_reorder)
 
     return build

@@ -41,13 +41,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
-from riskguard.operators.core.base import (
-    SplitOut,
-    event_time,
-    split_dead_letters,
-    stateful_logic,
-    values_of,
-)
+from riskguard.operators.core.base import event_time, split_dead_letters, stateful_logic, values_of
 from riskguard.operators.core.clock import Tick
 from riskguard.operators.core.metrics import reorder_counter
 from riskguard.operators.detection.cross_rates import CrossRateConfig
@@ -177,21 +171,18 @@ def confirm_across_venues(step_id: str,
 def detect_dislocations(step_id: str, market: Stream[MarketEvent], *, config: CrossRateConfig,
                         ticks_of: Callable[[list[Any]], list[Tick]],
                         clock: Callable[[], int], bar_ns: int = 1_000_000_000,
-                        topic: str = "market") -> SplitOut[AnomalySignal]:
-    """Markets of one base asset parting from the others: ``dislocation`` signals
-    (``oks``), and a ``late`` dead letter (``errs``) for each price that came after the
-    check had judged its time.
+                        ) -> Stream[AnomalySignal]:
+    """Markets of one base asset parting from the others: ``dislocation`` signals.
 
     ``market`` is market records where they are read, before any exchange (a market's
-    price each ``bar_ns``); ``ticks_of(batch)`` the reading worker's event-time ticks;
-    ``topic`` the market topic a dead letter names. Markets grouped by base asset and
-    quote unit are judged on ``config.shards`` shard keys once every worker has passed
-    a price, so any number of workers raise the same signals.
+    price each ``bar_ns``); ``ticks_of(batch)`` the reading worker's event-time ticks.
+    Markets grouped by base asset and quote unit are judged on ``config.shards`` shard
+    keys once every worker has passed a price, so any number of workers raise the same
+    signals.
     """
     config.validate(f"step {step_id!r}: detector.cross")
     keyed = op.flat_map_batch("points", market,
                               cross_points(ticks_of, bar_ns=bar_ns, shards=config.shards))
     out = stateful_logic("cross", keyed, cross_shard_builder(
-        config, clock, bar_ns=bar_ns, on_reorder=reorder_counter(step_id), topic=topic))
-    split = split_dead_letters("split", op.flat_map_batch("unkey", out, values_of))
-    return SplitOut(oks=split.oks, errs=split.errs)
+        config, clock, bar_ns=bar_ns, on_reorder=reorder_counter(step_id)))
+    return op.flat_map_batch("unkey", out, values_of)
