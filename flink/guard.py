@@ -185,12 +185,13 @@ with a backlog is never this quiet: one fetch takes from every partition of a su
 (:data:`FETCH_BYTES`), and the clock stops while the
 job is back-pressured."""
 
-ALL_QUIET_MS = 3_000
+ALL_QUIET_MS = 10_000
 """Once every partition that has sent a message has then sent nothing for this long, the
 watermark moves past the tick of the newest event time, so the records before a lull
 (fills, acks, the last prices before a feed outage) go on, rather than wait in their
-tick for the next message. Longer than :data:`QUIET_MS`: a source starved of CPU can go
-a second without a fetch while its partitions still have records, which would then
+tick for the next message. The guard's idle time for a silent source
+(``TICK_IDLE_NS``), far longer than :data:`QUIET_MS`: a source starved of CPU can go
+seconds without a fetch while its partitions still have records, which would then
 come behind the watermark; a lull lasts."""
 
 FETCH_BYTES = 64 * 1024
