@@ -236,17 +236,7 @@ def calibrate(
     ``work``. ``batch_size`` is the input batch of each run: smaller batches
     keep heartbeats and event-time ticks closer to event order (see the report).
     """
-    if not 0 < train_frac < 1:
-        raise ConfigError("calibrate.train_frac", "a fraction in (0, 1)", train_frac)
-    if objective not in ("f1", "recall"):
-        raise ConfigError("calibrate.objective", "f1 or recall", objective)
-    if objective == "recall" and fa_budget is None:
-        # recall alone is won by alarming all the time
-        raise ConfigError("calibrate.fa_budget", "a false-alarm budget with --objective "
-                          "recall (--fa-budget N: false alarms per instrument-day)", None)
-    if fa_budget is not None and not (math.isfinite(fa_budget) and fa_budget >= 0):
-        raise ConfigError("calibrate.fa_budget", "false alarms per instrument-day, a finite "
-                          "number 0 or more", fa_budget)
+    _check_search(train_frac, objective, fa_budget)
     grid = check_grid(DEFAULT_GRID if grid is None else grid)
     (w := Path(work)).mkdir(parents=True, exist_ok=True)
     recs = sorted(records, key=lambda r: r.ts)
@@ -257,19 +247,14 @@ def calibrate(
     # every candidate decodes before any runs: a bad value stops the search at once
     loaded = [_load(apply_overrides(base, over), w, f"candidate-{i}")
               for i, over in enumerate(cands)]
-    rows = []
-    best: tuple[Any, ...] | None = None
-    for i, over in enumerate(cands):
-        cfg, digest = loaded[i]
-        res = runner(cfg, digest, records=train, signer=signer, trust=trust,
-                     batch_size=batch_size)
-        s = score(res, train_labels, end_ns=split, objective=objective, fa_budget=fa_budget)
-        rows.append({"overrides": over, "train": s})
-        key = (s["objective"], -s["false_mitigations"], -i)
-        if best is None or key > best[0]:
-            best = (key, i)
-    assert best is not None
-    chosen = cands[best[1]]
+    rows = [{"overrides": over, "train": score(
+        runner(cfg, digest, records=train, signer=signer, trust=trust, batch_size=batch_size),
+        train_labels, end_ns=split, objective=objective, fa_budget=fa_budget)}
+        for over, (cfg, digest) in zip(cands, loaded, strict=True)]
+    # the best objective, then the fewest false mitigations, then the earliest candidate
+    best = max(range(len(rows)), key=lambda i: (
+        rows[i]["train"]["objective"], -rows[i]["train"]["false_mitigations"], -i))
+    chosen = cands[best]
     held = {name: _held_out(apply_overrides(base, over), w, name, recs, labels, split,
                             runner=runner, keys=(signer, trust), batch_size=batch_size,
                             objective=objective, fa_budget=fa_budget)
@@ -281,8 +266,22 @@ def calibrate(
             "fa_budget": fa_budget, "train_records": len(train), "records": len(recs),
             "train_labels": len(train_labels), "held_out_labels": sum(
                 1 for lab in labels if lab.start_ns >= split),
-            "chosen": chosen, "chosen_index": best[1], "candidates": rows, "held_out": held,
+            "chosen": chosen, "chosen_index": best, "candidates": rows, "held_out": held,
             "calibrated_config": str(w / "calibrated.toml")}
+
+
+def _check_search(train_frac: float, objective: str, fa_budget: float | None) -> None:
+    if not 0 < train_frac < 1:
+        raise ConfigError("calibrate.train_frac", "a fraction in (0, 1)", train_frac)
+    if objective not in ("f1", "recall"):
+        raise ConfigError("calibrate.objective", "f1 or recall", objective)
+    if objective == "recall" and fa_budget is None:
+        # recall alone is won by alarming all the time
+        raise ConfigError("calibrate.fa_budget", "a false-alarm budget with --objective "
+                          "recall (--fa-budget N: false alarms per instrument-day)", None)
+    if fa_budget is not None and not (math.isfinite(fa_budget) and fa_budget >= 0):
+        raise ConfigError("calibrate.fa_budget", "false alarms per instrument-day, a finite "
+                          "number 0 or more", fa_budget)
 
 
 def _training_fold(recs: list[Any], labels: Sequence[Label], train_frac: float,

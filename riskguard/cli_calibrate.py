@@ -101,34 +101,7 @@ def _run(args: argparse.Namespace) -> int:
                    "measure": args.measure}}
     out = Path(args.out)
     if args.every is None:
-        if not args.labels:
-            sys.stderr.write("riskguard calibrate: --labels is required (one-shot mode)\n")
-            return 2
-        runs = 1 + len(cal.expand_grid(grid if grid is not None else cal.DEFAULT_GRID)) + 2
-        with Progress("calibrate", total=runs, unit="backtests") as bar:
-            def runner(*a: Any, **k: Any) -> Any:
-                res = cal.run_backtest(*a, **k)
-                bar.advance()
-                return res
-
-            bar.update(0)
-            rep = cal.calibrate_files(args.config, args.data, args.labels, out_dir=out,
-                                      runner=runner, **kw)
-        _warn_dead_letters(rep)
-        h = rep["held_out"]
-        print(f"chosen {rep['chosen'] or 'the defaults'} (train {rep['train_records']:,} of "
-              f"{rep['records']:,} records; split at {rep['split_ns']} ns)")
-        for name in ("defaults", "chosen"):
-            s = h[name]
-            if s["f1"] is None:
-                print(f"  held-out {name:<8} {s['note']}: no F1; false alarms/instrument-day "
-                      f"{s['false_alarms_per_instrument_day']}")
-                continue
-            print(f"  held-out {name:<8} F1 {s['f1']}  precision {s['precision']}  recall "
-                  f"{s['recall']}  false alarms/instrument-day "
-                  f"{s['false_alarms_per_instrument_day']}")
-        print(f"wrote {out / 'calibrated.toml'} and {out / 'calibration.json'}")
-        return 0
+        return _run_once(args, cal, grid, out, kw)
     if not args.admin_key or not args.window:
         sys.stderr.write("riskguard calibrate --every: needs --window and --admin-key\n")
         return 2
@@ -144,6 +117,43 @@ def _run(args: argparse.Namespace) -> int:
 
     cal.run_every(args.every, args.iterations, round_)
     return 0
+
+
+def _run_once(args: argparse.Namespace, cal: Any, grid: dict[str, list[Any]] | None,
+              out: Path, kw: dict[str, Any]) -> int:
+    """One calibration on labelled files, with a progress bar over its backtests."""
+    if not args.labels:
+        sys.stderr.write("riskguard calibrate: --labels is required (one-shot mode)\n")
+        return 2
+    runs = 1 + len(cal.expand_grid(grid if grid is not None else cal.DEFAULT_GRID)) + 2
+    with Progress("calibrate", total=runs, unit="backtests") as bar:
+        def runner(*a: Any, **k: Any) -> Any:
+            res = cal.run_backtest(*a, **k)
+            bar.advance()
+            return res
+
+        bar.update(0)
+        rep = cal.calibrate_files(args.config, args.data, args.labels, out_dir=out,
+                                  runner=runner, **kw)
+    _warn_dead_letters(rep)
+    _print_held_out(rep)
+    print(f"wrote {out / 'calibrated.toml'} and {out / 'calibration.json'}")
+    return 0
+
+
+def _print_held_out(rep: dict[str, Any]) -> None:
+    h = rep["held_out"]
+    print(f"chosen {rep['chosen'] or 'the defaults'} (train {rep['train_records']:,} of "
+          f"{rep['records']:,} records; split at {rep['split_ns']} ns)")
+    for name in ("defaults", "chosen"):
+        s = h[name]
+        if s["f1"] is None:
+            print(f"  held-out {name:<8} {s['note']}: no F1; false alarms/instrument-day "
+                  f"{s['false_alarms_per_instrument_day']}")
+            continue
+        print(f"  held-out {name:<8} F1 {s['f1']}  precision {s['precision']}  recall "
+              f"{s['recall']}  false alarms/instrument-day "
+              f"{s['false_alarms_per_instrument_day']}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # argparse private generic

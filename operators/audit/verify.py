@@ -228,26 +228,26 @@ def verify_log(
             owners.check(it, ch)
             _check_checkpoint(it, ch, lookup)
     for name, ch in chains.items():
-        read, attested = ch.check.range.size, ch.check.cp_size
-        if attested < read and not allow_unattested_tail:
-            msg = (
-                f"unattested_tail: {read - attested} record(s) after the last "
-                "checkpoint (log truncated, or still being written)"
-            )
-            raise AuditError(
-                msg,
-                chain=name, index=attested,
-            )
-        want = (expected_sizes or {}).get(name)
-        if want is not None and attested < want:
-            tail = f" (and {read - attested} unsigned after them)" if read > attested else ""
-            msg = f"truncated: expected {want} attested records; found {attested}{tail}"
-            raise AuditError(msg,
-                             chain=name, index=attested)
+        _check_size(name, ch, allow_unattested_tail, (expected_sizes or {}).get(name))
     for name in (expected_sizes or {}):
         if name not in chains:
             raise AuditError("truncated: chain missing entirely", chain=name, index=0)
     return {name: ch.report for name, ch in chains.items()}
+
+
+def _check_size(name: str, ch: _Chain, allow_unattested_tail: bool,
+                want: int | None) -> None:
+    """No records after the last checkpoint (unless allowed), and at least ``want``
+    attested ones."""
+    read, attested = ch.check.range.size, ch.check.cp_size
+    if attested < read and not allow_unattested_tail:
+        msg = (f"unattested_tail: {read - attested} record(s) after the last "
+               "checkpoint (log truncated, or still being written)")
+        raise AuditError(msg, chain=name, index=attested)
+    if want is not None and attested < want:
+        tail = f" (and {read - attested} unsigned after them)" if read > attested else ""
+        msg = f"truncated: expected {want} attested records; found {attested}{tail}"
+        raise AuditError(msg, chain=name, index=attested)
 
 
 class _Owners:

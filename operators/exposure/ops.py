@@ -152,9 +152,8 @@ def aggregate_exposure(
     alerts1 = op.flat_map_batch("alerts1", s1.falses, values_of)
     summed = _sum(config, op.flat_map_batch("unkey1", s1.trues, values_of), ticked=ticked,
                   clock=clock, levels=concentration_levels)
-    alerts = op.merge("alerts", alerts1, summed.alerts)
-    return ExposureOut(exposures=summed.exposures, alerts=alerts, errs=errs,
-                       progress=summed.progress)
+    return ExposureOut(exposures=summed.exposures, errs=errs, progress=summed.progress,
+                       alerts=op.merge("alerts", alerts1, summed.alerts))
 
 
 @dataclass(frozen=True)
