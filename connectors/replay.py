@@ -21,6 +21,7 @@ line.
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -36,7 +37,7 @@ from riskguard.connectors.formats.ohlcv import scan as scan_bars
 from riskguard.operators.core.base import SplitOut, split_dead_letters
 from riskguard.operators.core.clock import Clock, system_clock
 from riskguard.schemas.audit import DeadLetter
-from riskguard.schemas.codec import Codec
+from riskguard.schemas.codec import Codec, encode
 
 from riskguard.errors import ConfigError
 
@@ -114,14 +115,98 @@ MAX_OPEN_FILES = 128
 """Files a replay keeps open at once: a file waiting behind the others is closed and
 opened again at its next row when its turn comes."""
 
+MAX_LEAD_NS = 3600 * 1_000_000_000
+"""How far a record may run ahead of its file's time (the latest time of the file's
+records so far) when the next record goes back more than as far behind it: past that, the
+record is a lone bad timestamp, an ``ahead`` dead letter. It would otherwise become the
+stream's time, every later record of the file late and a backtest's clock a jump ahead.
+A gap the next records continue from is data, whatever its length."""
+LOOKAHEAD_ROWS = 16
+"""Emissions read past a record far ahead to find the next one with a time."""
+
+
+def _time_of(item: Any) -> int | None:
+    """An emission's event time (a row of several records: its first record's); None
+    for a dead letter or a record without one."""
+    if item.__class__ is list:
+        return next((x.ts for x in item if x.__class__ is not DeadLetter), None)
+    if item.__class__ is DeadLetter:
+        return None
+    return getattr(item, "ts", None)
+
+
+class LeadGate:
+    """One file's emissions, a lone record far ahead of the file's time made a dead
+    letter (:data:`MAX_LEAD_NS`). ``file_ts[idx]`` is the file's time, kept up to date
+    here and resumed from a snapshot."""
+
+    def __init__(self, reader: Reader, lead_ns: int, file_ts: list[int], idx: int) -> None:
+        self._reader, self._lead, self._file_ts, self._idx = reader, lead_ns, file_ts, idx
+        self._rows = iter(reader.lines())
+        self._ahead: deque[tuple[int, int, Any]] = deque()  # read, not yet judged
+
+    def __iter__(self) -> Iterator[tuple[int, int, Any]]:
+        ahead, file_ts, idx, lead = self._ahead, self._file_ts, self._idx, self._lead
+        while True:
+            emission = ahead.popleft() if ahead else next(self._rows, None)
+            if emission is None:
+                return
+            ts = _time_of(emission[2])
+            if ts is not None:
+                known = file_ts[idx]
+                if known < 0 or ts > known + lead:
+                    nxt = self._next_time()
+                    if nxt is not None and nxt < ts - lead:
+                        yield self._refused(emission, ts, known, nxt)
+                        continue
+                if ts > known:
+                    file_ts[idx] = ts
+            yield emission
+
+    def _next_time(self) -> int | None:
+        """The time of the next emission that has one (read ahead, kept for later)."""
+        for emission in self._ahead:
+            ts = _time_of(emission[2])
+            if ts is not None:
+                return ts
+        while len(self._ahead) < LOOKAHEAD_ROWS:
+            read = next(self._rows, None)
+            if read is None:
+                return None
+            self._ahead.append(read)
+            ts = _time_of(read[2])
+            if ts is not None:
+                return ts
+        return None
+
+    def _refused(self, emission: tuple[int, int, Any], ts: int, known: int,
+                 nxt: int) -> tuple[int, int, DeadLetter]:
+        line_no, offset, item = emission
+        items = item if item.__class__ is list else [item]
+        raw = b"\n".join(encode(x) for x in items if x.__class__ is not DeadLetter)
+        reader, lead = self._reader, self._lead
+        reader.stats.dead_letters["ahead"] += 1
+        since = f"the file's time {known} and " if known >= 0 else ""
+        return line_no, offset, DeadLetter.of(
+            topic=reader.topic, offset=offset, ts=0, reason="ahead", path="$.ts",
+            expected=(f"ts <= {known + lead}" if known >= 0 else f"ts <= {nxt + lead}")
+            + f" (at most {lead} ns ahead of the records around it)", found=str(ts),
+            step=reader.step, raw=raw,
+            detail=f"{reader.path.name} line {line_no}: a lone time more than {lead} ns "
+                   f"ahead of {since}the next record's {nxt}")
+
 
 class _ReplayPartition(StatefulSourcePartition[Any, list[int]]):
     def __init__(
         self, files: list[ReplayFile], offsets: list[int], codec: Codec | None,
         batch_size: int, speed: float | None, clock: Clock, span_ns: int = 0,
-        max_open: int = MAX_OPEN_FILES,
+        max_open: int = MAX_OPEN_FILES, lead_ns: int = MAX_LEAD_NS,
+        file_ts: list[int] | None = None,
     ) -> None:
         self._files = files
+        self._lead = lead_ns
+        # per file, the latest time of its records so far (-1: none yet)
+        self._file_ts = list(file_ts) if file_ts is not None else [-1] * len(files)
         self._codec = codec
         self._max_open = max(1, max_open)
         # an open file's reader and its emissions; None while the file is closed
@@ -157,7 +242,8 @@ class _ReplayPartition(StatefulSourcePartition[Any, list[int]]):
                 self._shut(heap[at][1])
         reader = self._readers[idx] = self._files[idx].open(self._offsets[idx], self._codec)
         self._n_open += 1
-        lines = self._lines[idx] = reader.lines()
+        lines = self._lines[idx] = iter(
+            LeadGate(reader, self._lead, self._file_ts, idx) if self._lead else reader.lines())
         return lines
 
     def _shut(self, idx: int) -> None:
@@ -267,7 +353,8 @@ class _ReplayPartition(StatefulSourcePartition[Any, list[int]]):
         return self._awake
 
     def snapshot(self) -> list[int]:
-        return list(self._offsets)
+        """Every file's next offset, then every file's time (:class:`LeadGate`)."""
+        return [*self._offsets, *self._file_ts]
 
     def close(self) -> None:
         for idx in range(len(self._readers)):
@@ -282,6 +369,8 @@ class ReplaySource(FixedPartitionedSource[Any, list[int]]):
     batch never holds records of two spans of event time (``ts // span``): a
     backtest's event clock, which moves once per batch step, is then never more
     than one span ahead of the record being processed, whatever ``batch_size``.
+    ``max_lead_ns``: a lone record further ahead of its file's time than this (and than
+    the next record) is an ``ahead`` dead letter (:data:`MAX_LEAD_NS`; 0: none is).
     """
 
     def __init__(
@@ -293,6 +382,7 @@ class ReplaySource(FixedPartitionedSource[Any, list[int]]):
         speed: float | None = None,
         clock: Clock = system_clock,
         batch_span_ns: int = 0,
+        max_lead_ns: int = MAX_LEAD_NS,
     ) -> None:
         if not files:
             raise ConfigError("replay.files", "at least one file", [])
@@ -303,6 +393,9 @@ class ReplaySource(FixedPartitionedSource[Any, list[int]]):
         formats = [f.resolved_format() for f in self.files]
         if speed is not None and speed <= 0:
             raise ConfigError("replay.speed", "a positive factor or none", speed)
+        if max_lead_ns < 0:
+            raise ConfigError("replay.max_lead_ns", "ns >= 0 (0: no limit)", max_lead_ns)
+        self.max_lead_ns = max_lead_ns
         # only JSONL needs a codec, and making one costs milliseconds: CSVs alone skip it
         self.codec = codec or (Codec(clock=lambda: 0) if "jsonl" in formats else None)
         self.batch_size = batch_size
@@ -316,10 +409,14 @@ class ReplaySource(FixedPartitionedSource[Any, list[int]]):
     def build_part(
         self, step_id: str, for_part: str, resume_state: list[int] | None
     ) -> _ReplayPartition:
-        offsets = resume_state if resume_state is not None else [0] * len(self.files)
+        n = len(self.files)
+        state = resume_state if resume_state is not None else [0] * n
+        # a snapshot of offsets alone (written before file times were kept) resumes too
+        file_ts = state[n:] if len(state) == 2 * n else None
         return _ReplayPartition(
-            self.files, offsets, self.codec, self.batch_size, self.speed, self.clock,
-            self.batch_span_ns, max_open=MAX_OPEN_FILES,
+            self.files, state[:n], self.codec, self.batch_size, self.speed, self.clock,
+            self.batch_span_ns, max_open=MAX_OPEN_FILES, lead_ns=self.max_lead_ns,
+            file_ts=file_ts,
         )
 
 

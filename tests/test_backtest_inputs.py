@@ -95,3 +95,18 @@ def test_explain_says_how_many_rows_it_refused_and_bounds_its_moment(guard_toml,
                "999999999999999999999999"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("riskguard explain: --at: a time from 1970 to 2262")
+
+
+def test_a_lone_row_a_year_ahead_issues_no_command_and_is_one_dead_letter(guard_toml,
+                                                                          tmp_path):
+    """One wrong year in the data must not jump the backtest's clock (heartbeats lost,
+    marks stale, signed commands) nor make the rest of the file late."""
+    rows = sample_files()[0].read_bytes().splitlines(keepends=True)[:2000]
+    bad = json.loads(rows[6])
+    bad["id"], bad["ts"] = "wrong-year", bad["ts"] + 365 * 86_400 * 10**9
+    data = tmp_path / "one_bad_time.jsonl"
+    data.write_bytes(b"".join(rows[:20]) + json.dumps(bad).encode() + b"\n"
+                     + b"".join(rows[20:]))
+    res = run_backtest(*load_guard_config(guard_toml), files=[ReplayFile(data)])
+    assert (res.commands, res.signals) == ([], [])
+    assert [(d.reason, d.found) for d in res.dead_letters] == [("ahead", str(bad["ts"]))]
