@@ -359,3 +359,14 @@ def test_list_shows_each_exchange_its_venue_symbols_and_channels(capsys):
     assert lines[1].split() == ["binance-futures", "binance", "BTC-USDT-PERP",
                                 "trades,l1,funding,liquidations,open_interest,candles"]
     assert len(lines) == 1 + len(EXCHANGES)
+
+
+def test_an_exchange_id_that_is_not_utf8_is_a_dead_letter_not_a_stopped_bridge():
+    """A lone surrogate (JSON's "\\ud800", which some parsers let through) in a trade id
+    used to raise out of the mapper, which the bridge takes for a failed delivery."""
+    t = Trade(cf.OKX, PERP, cf.BUY, Decimal("1"), Decimal("2"), T, id="a\ud800",
+              raw={"tradeId": "a\ud800"})
+    dl = _map("trades", t, exchange="okx")
+    assert isinstance(dl, DeadLetter)
+    assert (dl.reason, dl.step, dl.topic) == ("validation", "feed", "feed.okx")
+    assert "UnicodeEncodeError" in dl.found and dl.raw

@@ -169,12 +169,13 @@ class FeedMapper:
             if rec is None:
                 self.unfinished += 1
                 return None
+            wire = encode(rec)  # a text that is not UTF-8 (a lone surrogate) raises here
         except _Unfit as bad:
             return self._dead(obj, "validation", bad.path, bad.expected, bad.found)
         except Exception as err:  # any attribute a message lacks is a dead letter
             return self._dead(obj, "validation", "$", f"a {channel} message",
                               f"{type(err).__name__}: {err}")
-        out = self._codec.decode(self.source, encode(rec))
+        out = self._codec.decode(self.source, wire)
         if isinstance(out, DeadLetter):
             return self._dead(obj, out.reason, out.path, out.expected, out.found)
         return out
@@ -300,5 +301,5 @@ def raw_bytes(obj: Any) -> bytes:
             to_dict = getattr(obj, "to_dict", None)
             raw = to_dict() if to_dict is not None else {}
         return orjson.dumps(raw, default=str)
-    except (TypeError, orjson.JSONEncodeError):
-        return msgspec.json.encode(repr(obj))
+    except (TypeError, orjson.JSONEncodeError):  # a lone surrogate is no UTF-8: escaped
+        return msgspec.json.encode(repr(obj).encode("utf-8", "backslashreplace").decode())
