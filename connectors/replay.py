@@ -411,8 +411,7 @@ class ReplaySource(FixedPartitionedSource[Any, list[int]]):
     ) -> _ReplayPartition:
         n = len(self.files)
         state = resume_state if resume_state is not None else [0] * n
-        # a snapshot of offsets alone (written before file times were kept) resumes too
-        file_ts = state[n:] if len(state) == 2 * n else None
+        file_ts = state[n:] if len(state) == 2 * n else None  # None: a fresh start
         return _ReplayPartition(
             self.files, state[:n], self.codec, self.batch_size, self.speed, self.clock,
             self.batch_span_ns, max_open=MAX_OPEN_FILES, lead_ns=self.max_lead_ns,
