@@ -31,13 +31,27 @@ from riskguard.schemas.types import INT64_MAX
 _CODEC = Codec(clock=lambda: 0)  # as replay reads JSONL: no receive stamp
 
 
+def numbered_lines(path: str | Path) -> list[tuple[int, bytes]]:
+    """The lines of a JSONL file that are not blank, each with its line number (from 0,
+    blank lines counted) and without its line ending: where a dead letter says it was.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "in.jsonl"
+    >>> _ = path.write_bytes(b'{"ts": 5}\\r\\n\\n  \\nnonsense')
+    >>> numbered_lines(path)
+    [(0, b'{"ts": 5}'), (3, b'nonsense')]
+    """
+    with Path(path).open("rb") as fh:
+        return [(i, line.removesuffix(b"\n").removesuffix(b"\r"))
+                for i, line in enumerate(fh) if line.strip()]
+
+
 def read_records(path: str | Path) -> list[Any]:
     """The records (and dead letters, for lines that are not one) of a JSONL file of
-    wire-contract records."""
+    wire-contract records; a dead letter names the file and the line
+    (:func:`numbered_lines`)."""
     name = Path(path).name
-    with Path(path).open("rb") as fh:
-        return [_CODEC.decode(name, line, offset=i) for i, line in enumerate(fh)
-                if line.strip()]
+    return [_CODEC.decode(name, line, offset=i) for i, line in numbered_lines(path)]
 
 
 def flow_ref(config: str | Path, batch_size: int) -> FlowRef:
@@ -61,8 +75,10 @@ class _Ts(msgspec.Struct):
 _TS = msgspec.json.Decoder(_Ts)
 
 
-def source_rows(lines: list[bytes]) -> list[tuple[int, int, bytes]]:
-    """Each JSONL line as ``(event time ns, line number, bytes)``: a record without an
+def source_rows(lines: list[bytes], numbers: Sequence[int] | None = None,
+                ) -> list[tuple[int, int, bytes]]:
+    """Each JSONL line as ``(event time ns, line number, bytes)``, the line numbers
+    ``numbers`` (default: 0, 1, ...): a record without an
     event time (a signed envelope), with one no record may have (below 0 or past
     :data:`~riskguard.schemas.types.INT64_MAX`: the flow dead-letters it, as bytewax
     does) or a line that is not one takes the latest event time before it, so it goes
@@ -76,7 +92,8 @@ def source_rows(lines: list[bytes]) -> list[tuple[int, int, bytes]]:
     """
     out: list[tuple[int, int, bytes]] = []
     last = 0
-    for i, line in enumerate(lines):
+    for i, line in zip(range(len(lines)) if numbers is None else numbers, lines,
+                       strict=True):
         try:
             ts = _TS.decode(line).ts
         except msgspec.DecodeError:
@@ -139,7 +156,8 @@ def job(env: Any, config: str | Path, records: str | Path, *, parallelism: int =
     cfg, _digest = load_guard_config(str(config))
     if jars := job_jars():
         env.add_jars(*jars)
-    out = _segments(_records_stream(env, records), ref, cfg.tick_ns, segments)
+    out = _segments(_records_stream(env, records), ref, cfg.tick_ns, segments,
+                    Path(records).name)
     return DataStream(get_gateway().jvm.riskguard.flink.RecordsFile.texts(
         out._j_data_stream))
 
@@ -153,16 +171,18 @@ def _records_stream(env: Any, records: str | Path) -> Any:
     from pyflink.java_gateway import get_gateway  # noqa: PLC0415
     from riskguard.flink.fused import KEYED_ROW  # noqa: PLC0415
 
-    lines = [line for line in Path(records).read_bytes().splitlines() if line.strip()]
-    rows_file = write_rows_file(source_rows(lines))
+    numbered = numbered_lines(records)
+    rows_file = write_rows_file(source_rows([line for _i, line in numbered],
+                                            [i for i, _line in numbered]))
     return DataStream(get_gateway().jvm.riskguard.flink.RecordsFile.rows(
         env._j_stream_execution_environment, rows_file.as_uri(), "all", "in",
         KEYED_ROW.get_java_type_info(), "riskguard_records"))
 
 
-def _segments(src: Any, ref: FlowRef, tick_ns: int, segments: int) -> Any:
-    """The flow over ``src`` fed a tick a call, as one segment or as two (``segments=2``:
-    the market domain, then the firm-wide rest, each in a Python worker of its own);
+def _segments(src: Any, ref: FlowRef, tick_ns: int, segments: int, source: str) -> Any:
+    """The flow over ``src`` (the records of the file named ``source``) fed a tick a
+    call, as one segment or as two (``segments=2``: the market domain, then the
+    firm-wide rest, each in a Python worker of its own);
     :data:`~riskguard.flink.fused.ROW` rows for the sinks."""
     from riskguard.flink.fused import (  # noqa: PLC0415
         KEYED_ROW,
@@ -176,12 +196,12 @@ def _segments(src: Any, ref: FlowRef, tick_ns: int, segments: int) -> Any:
     steps = ref.steps()
     if segments == 1:
         # one segment under one key: the keyed steps inside key themselves
-        plan = SegmentPlan.whole(steps, {"in": "records"})
+        plan = SegmentPlan.whole(steps, {"in": "records"}, sources={"in": source})
         return tick_batches(src, tick_ns, ("in",), "riskguard_backtest").process(
             TickBatchSegment(ref, plan), output_type=ROW).name(
             "riskguard_backtest").set_parallelism(1)
     market, firm = SegmentPlan.cut(steps, {"in": "records"}, market_steps(steps),
-                                   route="all")
+                                   route="all", sources={"in": source})
     first = tick_batches(src, tick_ns, ("in",), "riskguard_backtest_market").process(
         TickBatchSegment(ref, market), output_type=KEYED_ROW,
     ).name("riskguard_backtest.market").set_parallelism(1)

@@ -43,17 +43,21 @@ class SegmentPlan:
     """A segment's steps (``step_ids``; None: all the flow's but its inputs and outputs),
     its inputs (``(port, stream id)``, with how each port's rows decode), and its outputs
     (``(stream id, name)``): a name in ``routes`` goes to the segment key given there,
-    any other to a sink, keyed by what ``sink_keys`` (a factory of name -> function) says."""
+    any other to a sink, keyed by what ``sink_keys`` (a factory of name -> function) says.
+    ``sources`` names the file a ``records`` port reads (``(port, name)``): a record
+    that is none is a dead letter naming it and the row's position (its line)."""
 
     inputs: tuple[tuple[str, str, str], ...]
     outputs: tuple[tuple[str, str], ...]
     step_ids: frozenset[str] | None = None
     routes: tuple[tuple[str, str], ...] = ()
     sink_keys: tuple[str, tuple[Any, ...]] | None = None
+    sources: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def whole(cls, steps: Mapping[str, CoreStep], decoders: Mapping[str, str],
-              sink_keys: tuple[str, tuple[Any, ...]] | None = None) -> SegmentPlan:
+              sink_keys: tuple[str, tuple[Any, ...]] | None = None, *,
+              sources: Mapping[str, str] | None = None) -> SegmentPlan:
         """The whole flow as one segment: each input step a port (decoded as
         ``decoders`` names), each output step a sink."""
         ins = [s for s in steps.values() if s.kind == "input"]
@@ -64,12 +68,13 @@ class SegmentPlan:
         return cls(
             inputs=tuple((s.name, s.downs["down"], decoders[s.name]) for s in ins),
             outputs=tuple((s.ups[0], s.name) for s in steps.values() if s.kind == "output"),
-            sink_keys=sink_keys)
+            sink_keys=sink_keys, sources=tuple(sorted((sources or {}).items())))
 
     @classmethod
     def cut(cls, steps: Mapping[str, CoreStep], decoders: Mapping[str, str],
             first: frozenset[str], *, route: str,
             sink_keys: tuple[str, tuple[Any, ...]] | None = None,
+            sources: Mapping[str, str] | None = None,
             ) -> tuple[SegmentPlan, SegmentPlan]:
         """The flow as two segments, cut where its keys change domain: the first runs
         the keyed steps ``first`` (step ids) and every step only they feed, the second
@@ -117,7 +122,7 @@ class SegmentPlan:
                 inputs=tuple(ins + [(sid, sid, "wire") for sid in extra_in]),
                 outputs=tuple(outs), step_ids=frozenset(run),
                 routes=tuple((sid, route) for sid in crossing) if own is one else (),
-                sink_keys=sink_keys))
+                sink_keys=sink_keys, sources=tuple(sorted((sources or {}).items()))))
         return plans[0], plans[1]
 
     def steps_of(self, steps: Mapping[str, CoreStep]) -> list[CoreStep]:
@@ -135,10 +140,12 @@ class SegmentPlan:
     def decoders(self) -> dict[str, Callable[[list[Rowish]], list[Any]]]:
         """Each input's rows into its stream's items."""
         out: dict[str, Callable[[list[Rowish]], list[Any]]] = {}
+        sources = dict(self.sources)
         for port, _sid, kind in self.inputs:
             if kind == "records":
                 # as replay reads JSONL: no receive stamp
-                out[port] = functools.partial(_records, Codec(clock=lambda: 0))
+                out[port] = functools.partial(_records, Codec(clock=lambda: 0),
+                                              sources.get(port, "records"))
             elif kind == "kafka":
                 out[port] = _messages
             else:
@@ -192,8 +199,10 @@ def _call(factory: str, args: tuple[Any, ...]) -> Any:
     return getattr(importlib.import_module(module), name)(*args)
 
 
-def _records(codec: Codec, rows: list[Rowish]) -> list[list[Any]]:
-    return [[codec.decode("records", r[4]) for r in rows]]
+def _records(codec: Codec, source: str, rows: list[Rowish]) -> list[list[Any]]:
+    """A tick's rows as one batch of records; a row that is none is a dead letter naming
+    ``source`` and the row's position."""
+    return [[codec.decode(source, r[4], offset=r[3]) for r in rows]]
 
 
 def _crossed(wire: Any, rows: list[Rowish]) -> list[Any]:

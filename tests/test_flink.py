@@ -616,6 +616,79 @@ def test_a_backtest_line_whose_ts_no_record_may_have_takes_the_time_before_it() 
     assert (letter.reason, letter.path) == ("validation", "$.ts")
 
 
+def _records_with_bad_lines(path: Path, n: int = 300) -> Path:
+    """``n`` records of the demo scenario as JSONL, with a blank line, a line that is no
+    JSON, a record no schema takes and a line ending in CRLF among them."""
+    lines = [encode(r) for r in build_scenario(START_NS).events[:n]]
+    lines[40:40] = [b"", b"not json at all", b'{"type":"trade","id":"t","ts":"soon"}']
+    lines[120] += b"\r"
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    return path
+
+
+def _letter_identity(d: Any) -> tuple[Any, ...]:
+    return (d.topic, d.partition, d.offset, d.reason, d.path, d.raw)
+
+
+def test_the_flink_backtest_decodes_a_line_as_bytewax_reads_it(tmp_path: Path) -> None:
+    """A records file's rows as the Flink backtest hands them to its segment (a line
+    number each, ``source_rows``) decode as :func:`read_records` reads the file for
+    bytewax: a dead letter names the file, no partition, the line (blank lines
+    counted) and the line's bytes without its ending."""
+    from riskguard.flink.backtest import numbered_lines, source_rows
+    from riskguard.flink.plan import SegmentPlan
+
+    path = _records_with_bad_lines(tmp_path / "bad.jsonl")
+    numbered = numbered_lines(path)
+    rows = [("in", ts, "", pos, line) for ts, pos, line in source_rows(
+        [line for _i, line in numbered], [i for i, _line in numbered])]
+    plan = SegmentPlan(inputs=(("in", "s", "records"),), outputs=(),
+                       sources=(("in", path.name),))
+    (got,) = plan.decoders()["in"](rows)
+    want = read_records(path)
+    assert got == want
+    letters = [_letter_identity(d) for d in want if type(d).__name__ == "DeadLetter"]
+    assert [d[:4] for d in letters] == [("bad.jsonl", -1, 41, "malformed"),
+                                         ("bad.jsonl", -1, 42, "validation")]
+    assert letters[0][5] == b"not json at all"
+    assert not any(r.raw.endswith((b"\n", b"\r")) for r in want
+                   if type(r).__name__ == "DeadLetter")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("segments", [1, 2])
+def test_the_flink_backtests_dead_letters_name_the_line_as_bytewaxs_do(
+        tmp_path: Path, segments: int) -> None:
+    """``python -m riskguard.flink.backtest`` over a records file with a line that is no
+    JSON and one no schema takes: its dead letters are bytewax's for the same file, each
+    naming the file, the line and its bytes, once."""
+    if reason := java_missing():
+        pytest.skip(reason)
+    from riskguard.dataflows.guard import load_keys
+
+    keys = init_keys(tmp_path)
+    config = write_config(tmp_path, "127.0.0.1:9", keys, f"f{uuid.uuid4().hex[:6]}")
+    path = _records_with_bad_lines(tmp_path / "records.jsonl")
+    cfg, digest = load_guard_config(config)
+    signer, trust = load_keys(cfg)
+    want = run_backtest(cfg, digest, records=read_records(path), signer=signer, trust=trust)
+    assert len(want.dead_letters) == 2
+    cmd, env = flink_command(tmp_path)
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [*cmd, "-m", "riskguard.flink.backtest", "--config", str(config), "--records",
+         str(path), "--segments", str(segments), "--out", str(out)],
+        check=False, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    codec = Codec(clock=lambda: 0)
+    got = [codec.decode("dead_letters", line) for line in
+           (out / "dead_letters.jsonl").read_bytes().splitlines() if line.strip()]
+    assert sorted(map(_letter_identity, got)) == sorted(
+        map(_letter_identity, want.dead_letters))
+    assert [(d.topic, d.offset) for d in sorted(got, key=lambda d: d.offset)] == [
+        ("records.jsonl", 41), ("records.jsonl", 42)]
+
+
 def test_beams_state_sampler_runs_without_its_thread_in_a_segments_worker(
         tmp_path: Path) -> None:
     """What :func:`~riskguard.flink.fused.threadless_state_sampler` leaves of Beam's state
@@ -867,14 +940,16 @@ def test_the_live_guard_flow_admits_each_partition_under_its_own_key_and_writes_
         (s.step_id, s.kind, s.ups, s.downs) for s in steps]
     assert sorted(n for _s, n in plan.outputs) == sorted(OUTPUT_STREAMS)
     # a Kafka message without a value (a tombstone) reaches the admission as None and
-    # leaves as a dead letter naming where it was
-    tombstone = [("kafka", 5, f"{run.topic('trades')}/1", 7, None)]
-    msgs = plan.decoders()["kafka"](tombstone)
-    assert msgs == [(run.topic("trades"), 1, 7, None)]
+    # leaves as a dead letter naming where it was, as does a value that is no JSON
+    rows = [("kafka", 5, f"{run.topic('trades')}/1", 7, None),
+              ("kafka", 5, f"{run.topic('trades')}/2", 9, b"not json")]
+    msgs = plan.decoders()["kafka"](rows)
+    assert msgs == [(run.topic("trades"), 1, 7, None), (run.topic("trades"), 2, 9, b"not json")]
     out = plan.segment(plan.steps_of({s.step_id: s for s in steps})).feed({"kafka": msgs})
-    (letter,) = [x for name, x in out if name == "dead_letters"]
-    assert (letter.topic, letter.partition, letter.offset) == (run.topic("trades"), 1, 7)
-    assert "tombstone" in letter.found
+    letters = [x for name, x in out if name == "dead_letters"]
+    assert [(d.topic, d.partition, d.offset, d.raw) for d in letters] == [
+        (run.topic("trades"), 1, 7, b""), (run.topic("trades"), 2, 9, b"not json")]
+    assert "tombstone" in letters[0].found
 
 
 def _topic_count(run: Any, stream: str) -> int:
