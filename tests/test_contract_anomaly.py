@@ -34,17 +34,21 @@ def _vectors() -> list:
 VECTORS = _vectors()[:700]
 
 
-def _cross_items() -> list:
+def _cross_items(gone_at_ns: int | None = None) -> list:
     """One shard's input: every market's points and one reader's ticks, 50 records a
-    batch."""
+    batch; with ``gone_at_ns``, deribit sends nothing from that time on."""
     points = cross_points(lambda recs: [Tick(ts=recs[-1].ts, source="w0", of=1)],
                           bar_ns=10**9, shards=1)
-    events = list(SC.events)
+    events = [r for r in SC.events if gone_at_ns is None or r.ts < gone_at_ns
+              or getattr(r, "venue", "") != "deribit"]
     return [item for i in range(0, len(events), 50)
             for _key, item in points(events[i:i + 50])][:1500]
 
 
 CROSS = _cross_items()
+GONE_AT_NS = SC.events[0].ts + 8 * 10**9
+CROSS_GONE = _cross_items(GONE_AT_NS)
+CROSS_LATENESS = CrossRateConfig(warmup_points=20, allowed_lateness_ns=3 * 10**9)
 
 
 def _band_signals() -> list:
@@ -71,6 +75,8 @@ BANDS = _band_signals()
 CASES = [
     Case("cross-shard", cross_shard_builder(CrossRateConfig(warmup_points=20), lambda: 0,
                                             bar_ns=10**9), CROSS),
+    Case("cross-shard.venue-gone", cross_shard_builder(CROSS_LATENESS, lambda: 0,
+                                                       bar_ns=10**9), CROSS_GONE),
     Case("venue-confirm", venue_confirm_builder(VenueConfirmConfig(join_s=0), lambda: 0), BANDS),
     Case("features-bar", feature_builder(FCFG, lambda: 2**62), MARKET),
     Case("features-event", feature_builder(FeatureConfig(venues=SC.venues, cadence="event"),
@@ -87,6 +93,23 @@ CASES = [
         DetectorConfig(model="gaussian", features=("spread_bps",), warmup_events=50,
                        warmup_ns=0), lambda: 0), VECTORS),
 ]
+
+
+def test_the_gone_venue_case_forgets_the_venues_markets() -> None:
+    """The venue-gone case's shard forgets deribit's markets once their newest points
+    fall more than allowed_lateness_ns behind (the contract then checks a resume
+    across that)."""
+    shard = cross_shard_builder(CROSS_LATENESS, lambda: 0, bar_ns=10**9)(None)
+    seen: set[str] = set()
+    for item in CROSS_GONE:
+        shard.on_event(item)
+        seen.update(shard.state.progress)
+    st = shard.state
+    assert any(k.startswith("deribit/") for k in seen)
+    assert not any(k.startswith("deribit/") for k in [*st.progress, *st.last_bar])
+    wm = max(t.ts for t in CROSS_GONE if type(t) is Tick)
+    assert st.judged_ts >= wm - CROSS_LATENESS.allowed_lateness_ns > GONE_AT_NS
+    assert st.late == 0
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)

@@ -234,3 +234,35 @@ def test_a_venue_further_behind_than_allowed_is_left_out_and_counted() -> None:
             out += shard.on_event(item)
     assert not [x for x in out if isinstance(x, DeadLetter)]
     assert shard.state.late > 0 and told == [("late", 1)] * shard.state.late
+
+
+def _rotating_batches(seconds: int, stays_s: int) -> list[list[Any]]:
+    """A second a batch: markets a and b throughout, and one venue at a time (c0, c1,
+    ...) each for ``stays_s`` seconds and then gone for good."""
+    return [[_quote("a", "BTCUSD", s, 100.0), _quote("b", "BTCUSDT", s, 100.05),
+             _quote(f"c{s // stays_s}", "BTC-USDC", s, 100.02)] for s in range(seconds)]
+
+
+def test_a_market_gone_for_good_holds_no_judging_back_and_is_forgotten() -> None:
+    """A market whose newest price has fallen more than allowed_lateness_ns behind the
+    watermark no longer holds the shard back: the others are judged up to their own
+    newest prices each tick, not allowed_lateness_ns behind; and it is forgotten, so
+    the shard's per-market maps hold the markets still sending, however many came and
+    went."""
+    points = cross_points(lambda recs: [Tick(ts=max(r.ts for r in recs), source="w", of=1)],
+                          bar_ns=NS, shards=1)
+    shard = CrossShard(CrossRateConfig(warmup_points=20, allowed_lateness_ns=5 * NS),
+                       clock=lambda: 0)
+    most = 0
+    for s, batch in enumerate(_rotating_batches(300, stays_s=10)):
+        for _key, item in points(batch):
+            shard.on_event(item)
+        if s > 10 and s % 10 > 5:  # the last to go left more than 5 s ago: only the
+            # markets still sending are waited for (each second's points are judged)
+            assert shard.state.judged_ts > (s - 1) * NS + 100_000_000, s
+        # else waited for up to allowed_lateness_ns, never longer
+        assert shard.state.judged_ts > (s - 6) * NS, s
+        most = max(most, len(shard.state.progress), len(shard.state.last_bar))
+    assert most <= 4
+    assert set(shard.state.progress) == {"a/BTCUSD", "b/BTCUSDT", "c29/BTC-USDC"}
+    assert shard.state.late == 0

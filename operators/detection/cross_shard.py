@@ -196,13 +196,31 @@ class CrossShard:
 
     def _bound(self, wm: int) -> int:
         """How far the shard may judge at watermark ``wm``: up to the slowest market's
-        newest point, but never more than ``allowed_lateness_ns`` behind ``wm`` (a market
-        silent that long, or gone, holds nothing back)."""
+        newest point, but never more than ``allowed_lateness_ns`` behind ``wm``. A
+        market whose newest point is further behind (silent that long, or gone) is
+        forgotten (:meth:`_forget_behind`) and holds nothing back; its next point, if
+        one comes, makes it a market again."""
         if wm < 0:
             return wm
         floor = wm - self.config.allowed_lateness_ns
+        self._forget_behind(floor)
         slowest = min(self.state.progress.values(), default=wm)
         return min(wm, max(slowest + 1, floor))
+
+    def _forget_behind(self, floor: int) -> None:
+        """Forget each market whose newest point is before ``floor``, and the last bar
+        judged of each market not sending whose bar is wholly before the judged time
+        (any point of it would be late): the per-market maps hold the markets still
+        sending, not every market seen."""
+        st = self.state
+        progress = st.progress
+        for key in [k for k, ts in progress.items() if ts < floor]:
+            del progress[key]
+            self._markets.pop(key, None)
+        judged_bar = st.judged_ts // self.bar_ns  # bars before it are wholly judged
+        for key in [k for k, bar in st.last_bar.items()
+                    if bar < judged_bar and k not in progress]:
+            del st.last_bar[key]
 
     def on_eof(self) -> list[AnomalySignal]:
         """End of input: judge every point still waiting."""
