@@ -64,7 +64,7 @@ Method.
 - **Outputs**: the commands (decision id, action, scope, params) and signals (id, type,
   kind, scope, time, severity) as sorted lists, and the numbers of audit records and
   dead letters, against bytewax's 1 worker over the same ``--copies`` input, as
-  ``tests/test_flink.py`` compares them; where the decision ids differ, whether the
+  ``tests/test_flink_jobs.py`` compares them; where the decision ids differ, whether the
   actions and scopes are still the same.
 
 Every figure's ratio is to bytewax's 1 worker in the same run of the script. The machine

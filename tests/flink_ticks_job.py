@@ -1,4 +1,4 @@
-"""Flink jobs that ``tests/test_flink.py`` runs in the Flink environment, each printing
+"""Flink jobs that ``tests/test_flink_jobs.py`` runs in the Flink environment, each printing
 the batches :func:`riskguard.flink.fused.tick_batches` makes as JSON lines: rows of two
 keys, out of order, one without event time (no arguments); with ``BOOTSTRAP TOPIC N``,
 the first ``N`` batches of a Kafka topic whose watermark moves with every message, so
