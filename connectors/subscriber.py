@@ -13,11 +13,14 @@ typed :class:`~riskguard.schemas.MitigationCommand`.
 
 An authentic command not executed because its state already holds goes to
 ``on_settled(command, reason, settles)``, ``settles`` naming the executed command that
-holds it (docs/executors.md). A callback result whose ``outcome`` is ``refused`` or
-``failed`` consumes the command but records it neither as in force nor as its
-decision's executed copy, so the next copy (re-derived, or another replica's) is
-executed, never confirmed in its place. A callback that raises leaves the message to be read again:
-``poll`` seeks back to it before the exception propagates.
+holds it (docs/executors.md). A callback answering ``already_applied`` names the same
+way the command in force that answers it (``settles``); naming none, it says the
+command itself was applied before (redelivered after a crash), and the command is in
+force. A callback result whose ``outcome`` is ``refused`` or ``failed`` consumes the
+command but records it neither as in force nor as its decision's executed copy, so the
+next copy (re-derived, or another replica's) is executed, never confirmed in its place.
+A callback that raises leaves the message to be read again: ``poll`` seeks back to it
+before the exception propagates.
 
 The state lives in SQLite (:mod:`~riskguard.connectors.subscriber_state`). An executed
 command is committed *after* the callback returns, so a crash re-delivers at most the
@@ -199,6 +202,16 @@ def lifts_firm_halt(cmd: MitigationCommand) -> bool:
         return False
     wanted = cmd.params.get("actions")
     return not wanted or (isinstance(wanted, list) and "halt_trading" in wanted)
+
+
+def _holds(cmd: MitigationCommand, outcome: str, result: Any) -> bool:
+    """Whether an applied ``cmd`` is in force by itself. An ``already_applied`` naming
+    another command in ``settles`` is answered by that one's hold (at least as strict):
+    that one holds, not it. One naming none is ``cmd`` itself applied before (redelivered
+    after its ack or commit was lost): it holds as it did."""
+    if outcome != "already_applied":
+        return True
+    return str(getattr(result, "settles", "") or "") in ("", cmd.command_id)
 
 
 def _describe(content: bytes) -> str:
@@ -392,9 +405,8 @@ class CommandSubscriber:
         applied = outcome not in _NOT_APPLIED
         if not applied:
             self.stats["not_applied"] += 1
-        # answered by a hold already in force (at least as strict): that one holds, not it
         self.state.record(topic=self.topic, partition=partition, offset=offset, cmd=cmd,
-                          executed=applied, holds=outcome != "already_applied",
+                          executed=applied, holds=_holds(cmd, outcome, result),
                           keep_decision_until=now + self.decision_window_ns)
         self.flush()  # executed: committed before the next message, with what came before
         self.stats["accepted"] += 1

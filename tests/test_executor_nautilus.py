@@ -841,3 +841,19 @@ def test_the_holds_file_keeps_the_holds_and_only_the_newest_commands(tmp_path: P
     last = ScopeBook.MAX_REMEMBERED - 1
     assert back.recall("engine-1", f"c{last}") == {"change": "none"}
     assert back.recall("engine-1", "c0") is None
+
+
+def test_a_hold_redelivered_after_a_lost_ack_stays_in_the_subscriber_s_state(
+        tmp_path: Path) -> None:
+    """The halt is applied and saved, its ack is lost, so the same bytes come again and
+    the executor answers already_applied (its own earlier application). The subscriber
+    records the halt in force all the same: with its holds file lost, the executor
+    refuses to start rather than start holding nothing."""
+    c = Commands()
+    halt, halt_id = c.make(20.5, Action.HALT_TRADING, venue("okx"))
+    r = run(tmp_path, [(20.5, halt), (21.5, halt)], fail_sends=1)
+    assert r.executor.subscriber.state.held() == [("halt_trading", "venue:okx", halt_id)]
+    r.executor.subscriber.close()
+    (tmp_path / "sub.sqlite.holds.json").unlink()
+    with pytest.raises(ConfigError, match=f"missing halt_trading on venue:okx .command {halt_id}"):
+        run(tmp_path, [])
