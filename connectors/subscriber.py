@@ -8,7 +8,8 @@ of the firm-wide halt; a ``seq`` at or below the issuer's (a replay); another re
 copy of an executed decision (:class:`Duplicate`; a ``decision_id`` held with other
 content is a :class:`DecisionConflict`, never dropped for it); a ``command_id`` already
 handled; a ``seq`` gap (:class:`GapAlert`, alerted, not refused); a held action already
-in force (``already_in_force``). Only then does it call the user's callback with the
+in force (``already_in_force``); a held action on a scope where ``MAX_HOLDS`` other
+commands hold it already (``too_many_holds``). Only then does it call the user's callback with the
 typed :class:`~riskguard.schemas.MitigationCommand`.
 
 An authentic command not executed because its state already holds goes to
@@ -52,6 +53,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 from confluent_kafka.admin import AdminClient
 from riskguard.connectors.settings import KafkaSettings, as_settings
 from riskguard.connectors.subscriber_state import (
+    MAX_HOLDS,
     Copy,
     HighWaterMark,
     Mark,
@@ -100,6 +102,7 @@ PRUNE_EVERY_S = 60.0
 CHECK_AHEAD = 64
 """Messages decoded, and their signatures checked on the verify threads, at a time."""
 NOT_A_REPLICA = "decision_not_replica"
+TOO_MANY_HOLDS = "too_many_holds"
 
 
 @dataclass(frozen=True)
@@ -396,7 +399,19 @@ class CommandSubscriber:
                                data=data)
             self.flush()  # its ack is out
             return rej
+        if self._holds_full(cmd):
+            return self._reject(TOO_MANY_HOLDS,
+                                f"{MAX_HOLDS} commands already hold {cmd.action.value} on "
+                                f"{cmd.scope.label()}; a resume naming one makes room",
+                                partition, offset, cmd, record=True, data=data)
         return self._execute(cmd, now, partition, offset)
+
+    def _holds_full(self, cmd: MitigationCommand) -> bool:
+        """Whether ``cmd`` would hold its action on its scope beside ``MAX_HOLDS`` others
+        (refused: no hold in force is forgotten to make room)."""
+        action = cmd.action.value
+        return (action in HELD_ACTIONS and self.state.holds_beside(
+            action, cmd.scope.label(), cmd.command_id) >= MAX_HOLDS)
 
     def _execute(self, cmd: MitigationCommand, now: int, partition: int,
                  offset: int) -> MitigationCommand:

@@ -44,8 +44,9 @@ CREATE INDEX IF NOT EXISTS copies_by_expiry ON copies (keep_until);
 
 
 MAX_HOLDS = 64
-"""Holds of one action on one scope kept side by side (an executor's scope book refuses
-more)."""
+"""Holds of one action on one scope kept side by side: the subscriber refuses a command
+that would hold one more (``too_many_holds``), as an executor's scope book does; none
+held is ever forgotten to make room."""
 
 
 def params_key(cmd: MitigationCommand) -> bytes:
@@ -119,6 +120,12 @@ class SubscriberState:
             (action, scope, params)).fetchone()
         return None if row is None else str(row[0])
 
+    def holds_beside(self, action: str, scope: str, command_id: str) -> int:
+        """How many other commands hold ``action`` on ``scope``."""
+        row = self.db.execute("SELECT count(*) FROM holds WHERE action=? AND scope=? AND "
+                              "command_id!=?", (action, scope, command_id)).fetchone()
+        return int(row[0])
+
     def held(self) -> list[tuple[str, str, str]]:
         """Every mitigation held in force: (action, scope label, command id)."""
         rows = self.db.execute("SELECT action, scope, command_id FROM holds ORDER BY rowid")
@@ -180,8 +187,8 @@ class SubscriberState:
 
     def _hold(self, cmd: MitigationCommand) -> None:
         """A held action stays in force on its scope, beside the holds of that action
-        other commands keep there (at most ``MAX_HOLDS``, the oldest forgotten past it);
-        a resume lifts what it names."""
+        other commands keep there (the subscriber refuses one past ``MAX_HOLDS`` before
+        it executes); a resume lifts what it names."""
         scope = cmd.scope.label()
         action = cmd.action.value
         if action == "resume":
@@ -196,10 +203,6 @@ class SubscriberState:
         elif action in HELD_ACTIONS:
             self.db.execute("INSERT OR REPLACE INTO holds VALUES (?, ?, ?, ?)",
                             (action, scope, cmd.command_id, params_key(cmd)))
-            self.db.execute(
-                "DELETE FROM holds WHERE action=? AND scope=? AND rowid NOT IN (SELECT rowid "
-                "FROM holds WHERE action=? AND scope=? ORDER BY rowid DESC LIMIT ?)",
-                (action, scope, action, scope, MAX_HOLDS))
 
     def flush(self) -> bool:
         """Commit the open transaction (one synced write); whether a seq mark rose."""

@@ -428,3 +428,31 @@ def test_one_person_never_lifts_the_firm_wide_halt_whatever_the_trust_file(
                   params={"actions": ["halt_trading"]})
     both = encode_envelope(sign_envelope(PAYLOAD_COMMAND, msgspec.json.encode(two), [OP1, OP2]))
     assert h.sub.handle(both) == two
+
+
+def test_past_max_holds_of_one_action_on_a_scope_a_command_is_refused_none_forgotten(
+    tmp_path: Path,
+) -> None:
+    """64 widenings hold quotes on one venue: the 65th is refused before it executes
+    (too_many_holds), and every one held stays recorded in force, the first included,
+    so none is silently forgotten; a resume naming one makes room again."""
+    from riskguard.connectors.subscriber_state import MAX_HOLDS
+    from riskguard.schemas import Action
+
+    h = Harness(tmp_path, dedupe_in_force=True)
+    cmds = [command(i, issuer="engine-2", seq=i, scope=VENUE_X, action=Action.WIDEN_QUOTES,
+                    params={"bps": float(i)}) for i in range(1, MAX_HOLDS + 2)]
+    for i, c in enumerate(cmds):
+        h.sub.handle(env_bytes(c, ENGINE2), partition=0, offset=i)
+    assert len(h.executed) == MAX_HOLDS
+    assert [r.reason for r in h.rejected] == ["too_many_holds"]
+    held = [cid for _, _, cid in h.sub.state.held()]
+    assert held == [c.command_id for c in cmds[:MAX_HOLDS]]
+    lift = command(900, issuer="engine-2", seq=900, scope=VENUE_X, action=Action.RESUME,
+                   params={"resumes": [cmds[0].command_id]})
+    again = command(901, issuer="engine-2", seq=901, scope=VENUE_X,
+                    action=Action.WIDEN_QUOTES, params={"bps": 500.0})
+    h.sub.handle(env_bytes(lift, ENGINE2), partition=0, offset=100)
+    h.sub.handle(env_bytes(again, ENGINE2), partition=0, offset=101)
+    assert h.executed[-1] == again
+    assert len(h.sub.state.held()) == MAX_HOLDS
