@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS offsets (topic TEXT NOT NULL, part INTEGER NOT NULL,
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS holds (action TEXT NOT NULL, scope TEXT NOT NULL,
                                   command_id TEXT NOT NULL, params BLOB NOT NULL,
+                                  issuer TEXT NOT NULL DEFAULT '',
                                   PRIMARY KEY (action, scope, command_id));
 CREATE TABLE IF NOT EXISTS copies (decision_id TEXT NOT NULL, content BLOB NOT NULL,
                                    issuer TEXT NOT NULL, command_id TEXT NOT NULL,
@@ -83,10 +84,14 @@ class SubscriberState:
             # a state file with the ``seen`` table: its rows name their issuer, none is lost
             self.db.executescript("INSERT OR IGNORE INTO handled SELECT issuer, command_id, "
                                   "seq, expires_at FROM seen; DROP TABLE seen;")
+        columns = {str(r[1]) for r in self.db.execute("PRAGMA table_info(holds)")}
+        if "issuer" not in columns:  # holds kept without their issuer: '' (any)
+            self.db.execute("ALTER TABLE holds ADD COLUMN issuer TEXT NOT NULL DEFAULT ''")
         if self.db.execute("SELECT 1 FROM sqlite_master WHERE name='in_force'").fetchone():
             # one hold per action and scope: each is still in force, under its command
-            self.db.executescript("INSERT OR IGNORE INTO holds SELECT * FROM in_force; "
-                                  "DROP TABLE in_force;")
+            self.db.executescript(
+                "INSERT OR IGNORE INTO holds (action, scope, command_id, params) "
+                "SELECT action, scope, command_id, params FROM in_force; DROP TABLE in_force;")
         self.raised_seq = False  # a seq high-water mark rose in the open transaction
         self.commits = 0  # synced commits so far (a flood of rejections costs few)
         # consumed offsets not yet written: (topic, partition) -> next offset
@@ -113,11 +118,18 @@ class SubscriberState:
                                "decision_id=? ORDER BY rowid", (decision_id,))
         return [Copy(bytes(c), str(i), str(k)) for c, i, k in rows]
 
-    def in_force(self, action: str, scope: str, params: bytes) -> str | None:
-        """The command_id holding ``action`` on ``scope`` with these exact params, if any."""
-        row = self.db.execute(
-            "SELECT command_id FROM holds WHERE action=? AND scope=? AND params=?",
-            (action, scope, params)).fetchone()
+    def in_force(self, action: str, scope: str, params: bytes,
+                 issuers: Collection[str] | None = None) -> str | None:
+        """The command_id holding ``action`` on ``scope`` with these exact params, if any;
+        with ``issuers``, only a command one of them signed (or a hold recorded before
+        holds named their issuer)."""
+        q = "SELECT command_id FROM holds WHERE action=? AND scope=? AND params=?"
+        args: list[str | bytes] = [action, scope, params]
+        if issuers is not None:
+            names = sorted(issuers)
+            q += f" AND issuer IN ('', {', '.join('?' * len(names))})"
+            args += names
+        row = self.db.execute(q + " ORDER BY rowid", args).fetchone()
         return None if row is None else str(row[0])
 
     def holds_beside(self, action: str, scope: str, command_id: str) -> int:
@@ -201,8 +213,8 @@ class SubscriberState:
                 "DELETE FROM holds WHERE action=? AND scope=? AND command_id=?",
                 [(a, scope, c) for a, c in rows if resume_lifts(acts, ids, a, c)])
         elif action in HELD_ACTIONS:
-            self.db.execute("INSERT OR REPLACE INTO holds VALUES (?, ?, ?, ?)",
-                            (action, scope, cmd.command_id, params_key(cmd)))
+            self.db.execute("INSERT OR REPLACE INTO holds VALUES (?, ?, ?, ?, ?)",
+                            (action, scope, cmd.command_id, params_key(cmd), cmd.issuer))
 
     def flush(self) -> bool:
         """Commit the open transaction (one synced write); whether a seq mark rose."""

@@ -857,3 +857,20 @@ def test_a_hold_redelivered_after_a_lost_ack_stays_in_the_subscriber_s_state(
     (tmp_path / "sub.sqlite.holds.json").unlink()
     with pytest.raises(ConfigError, match=f"missing halt_trading on venue:okx .command {halt_id}"):
         run(tmp_path, [])
+
+
+def test_an_operator_s_halt_lifted_by_name_leaves_the_guard_s_halt_in_force(
+        tmp_path: Path) -> None:
+    """An operator halts okx, then the guard halts it too: the guard's halt is applied
+    and held beside the operator's (not answered by it), so the operator's resume naming
+    only their own halt leaves okx halted by the guard's."""
+    c = Commands()
+    okx = venue("okx")
+    manual, manual_id = c.make(10.5, Action.HALT_TRADING, okx, by=(OP1,))
+    guard, guard_id = c.make(20.5, Action.HALT_TRADING, okx)
+    lift, _ = c.make(30.5, Action.RESUME, okx, by=(OP1,), params={"resumes": [manual_id]})
+    r = run(tmp_path, [(10.5, manual), (20.5, guard), (30.5, lift)])
+    assert [(a.command_id, a.outcome) for a in r.acks()][:2] == [
+        (manual_id, AckOutcome.APPLIED), (guard_id, AckOutcome.APPLIED)]
+    assert [h.command_id for h in r.executor.holds()] == [guard_id]
+    assert not any(r.trader.passed(BTC_OKX, seconds=range(11, SECONDS)))

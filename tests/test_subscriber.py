@@ -355,6 +355,25 @@ def test_a_state_with_one_hold_per_action_and_scope_opens_with_it_in_force(
     assert state.in_force("halt_trading", "venue:x", b"{}") == "c1"
 
 
+def test_a_state_whose_holds_name_no_issuer_opens_with_them_in_force(tmp_path: Path) -> None:
+    """Holds recorded before they named their issuer stay in force and still answer a
+    repeat of theirs, whoever signs it."""
+    import sqlite3
+
+    from riskguard.connectors.subscriber_state import SubscriberState
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE holds (action TEXT NOT NULL, scope TEXT NOT NULL, command_id "
+               "TEXT NOT NULL, params BLOB NOT NULL, PRIMARY KEY (action, scope, command_id))")
+    db.execute("INSERT INTO holds VALUES ('halt_trading', 'venue:x', 'c1', x'7b7d')")
+    db.commit()
+    db.close()
+    state = SubscriberState(path)
+    assert state.held() == [("halt_trading", "venue:x", "c1")]
+    assert state.in_force("halt_trading", "venue:x", b"{}", {"engine-1"}) == "c1"
+
+
 def test_a_state_that_kept_ids_across_issuers_keeps_them_per_issuer(tmp_path: Path) -> None:
     """A state file from when handled ids were one table across issuers opens with each
     id kept under the issuer its row names: a replay is still refused."""
@@ -456,3 +475,27 @@ def test_past_max_holds_of_one_action_on_a_scope_a_command_is_refused_none_forgo
     h.sub.handle(env_bytes(again, ENGINE2), partition=0, offset=101)
     assert h.executed[-1] == again
     assert len(h.sub.state.held()) == MAX_HOLDS
+
+
+def test_another_signer_s_hold_never_answers_a_command_so_lifting_it_keeps_that_one(
+    tmp_path: Path,
+) -> None:
+    """An operator halts a venue; the guard's halt of it comes next. The operator's hold
+    does not answer the guard's (it is executed and held beside it): resuming exactly
+    the operator's halt leaves the guard's in force. The guard's own repeat, from the
+    other replica, is still answered by it."""
+    from riskguard.schemas import Action
+
+    h = Harness(tmp_path, dedupe_in_force=True)
+    manual = command(1, issuer="op-alice", seq=1, scope=VENUE_X)
+    guard = command(2, issuer="engine-1", seq=1, scope=VENUE_X)
+    again = command(3, issuer="engine-2", seq=1, scope=VENUE_X)
+    lift_manual = command(4, issuer="op-alice", seq=2, scope=VENUE_X, action=Action.RESUME,
+                          params={"resumes": [manual.command_id]})
+    for i, (c, key) in enumerate(((manual, OP1), (guard, ENGINE), (again, ENGINE2),
+                                  (lift_manual, OP1))):
+        h.sub.handle(env_bytes(c, key), partition=0, offset=i)
+    assert [c.command_id for c in h.executed] == [
+        manual.command_id, guard.command_id, lift_manual.command_id]
+    assert [r.reason for r in h.rejected] == ["already_in_force"]
+    assert h.sub.state.held() == [("halt_trading", VENUE_X.label(), guard.command_id)]
