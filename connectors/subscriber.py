@@ -391,7 +391,7 @@ class CommandSubscriber:
         holder = None
         if self.dedupe_in_force and cmd.action.value in HELD_ACTIONS:
             holder = self.state.in_force(cmd.action.value, cmd.scope.label(),
-                                         params_key(cmd), self._party(cmd.issuer))
+                                         params_key(cmd), self.party(cmd.issuer))
         if holder is not None:  # executing it again would act twice
             self._settled(cmd, "already_in_force", holder)
             rej = self._reject("already_in_force",
@@ -407,7 +407,7 @@ class CommandSubscriber:
                                 partition, offset, cmd, record=True, data=data)
         return self._execute(cmd, now, partition, offset)
 
-    def _party(self, issuer: str) -> frozenset[str]:
+    def party(self, issuer: str) -> frozenset[str]:
         """The signers whose hold in force answers ``issuer``'s command: the guard's
         replicas for one of them, else ``issuer`` alone. Another signer's hold never
         does: a resume lifting it by name would leave this command's hold lifted too."""

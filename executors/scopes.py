@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -254,6 +254,8 @@ class Hold:
     state: TradeState | None = None
     factor: float | None = None
     bps: float | None = None
+    issuer: str = ""
+    """Who signed the command ('' in a holds file saved before holds named it)."""
 
 
 @dataclass
@@ -286,7 +288,7 @@ class ScopeBook:
         self.state = state or ScopeBookState()
 
     def hold(self, action: str, scope: Scope, command_id: str, *, factor: float | None = None,
-             bps: float | None = None) -> list[Hold]:
+             bps: float | None = None, issuer: str = "") -> list[Hold]:
         """Hold ``action`` on exactly ``scope`` for ``command_id``, beside the holds of
         that action there by other commands (each is lifted only by a resume naming it or
         all of them; the strictest applies); returns those others.
@@ -309,7 +311,7 @@ class ScopeBook:
             raise OverflowError(msg)
         self.state.holds[(label, action, command_id)] = Hold(
             action=action, scope_label=label, scope=scope, command_id=command_id,
-            state=HELD_ACTIONS[action], factor=factor, bps=bps)
+            state=HELD_ACTIONS[action], factor=factor, bps=bps, issuer=issuer)
         return others
 
     def on(self, label: str, action: str) -> list[Hold]:
@@ -318,11 +320,14 @@ class ScopeBook:
                 if lbl == label and act == action]
 
     def at_least_as_strict(self, action: str, scope: Scope, *, factor: float | None = None,
-                           bps: float | None = None) -> Hold | None:
+                           bps: float | None = None,
+                           issuers: Collection[str] | None = None) -> Hold | None:
         """The hold of ``action`` on exactly ``scope`` that already asks for as much as
         ``factor`` (a ``reduce_limits`` at most it) or ``bps`` (a ``widen_quotes`` at
         least it), if any: a looser value never replaces a stricter one (only a
-        ``resume`` lifts a hold).
+        ``resume`` lifts a hold). With ``issuers``, only a hold one of them signed (or
+        one saved without its issuer) counts: another signer's is lifted by a resume
+        naming it, which must not lift this command's cut with it.
 
         >>> book = ScopeBook()
         >>> venue = Scope(kind=ScopeKind.VENUE, value="okx")
@@ -333,6 +338,8 @@ class ScopeBook:
         True
         """
         for old in self.on(scope.label(), action):
+            if issuers is not None and old.issuer and old.issuer not in issuers:
+                continue
             if factor is not None and old.factor is not None and old.factor <= factor:
                 return old
             if bps is not None and old.bps is not None and old.bps >= bps:

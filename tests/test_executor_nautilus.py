@@ -97,6 +97,7 @@ from signing_fixtures import (  # noqa: E402  # noqa: E402
 from riskguard.errors import ConfigError, DeliveryError  # noqa: E402
 
 EXECUTOR_KEY = signer("executor-nautilus")
+DESK = signer("desk")
 ACK_AUDIENCE = Audience(env=AUD.env, topic=topic_name(AUD.env, "acks"))
 BTC_BIN = InstrumentId.from_str("BTCUSDT.BINANCE")
 ETH_BIN = InstrumentId.from_str("ETHUSDT.BINANCE")
@@ -123,7 +124,9 @@ def trust() -> TrustStore:
     """The signing fixtures' trust file plus this executor's key (role executor)."""
     entries = [*key_entries(), {
         "name": "executor-nautilus", "public_key": EXECUTOR_KEY.public_key.hex(),
-        "role": "executor", "actions": ["*"], "scopes": ["*"]}]
+        "role": "executor", "actions": ["*"], "scopes": ["*"]}, {
+        "name": "desk", "public_key": DESK.public_key.hex(), "role": "operator",
+        "actions": ["reduce_limits", "widen_quotes", "resume"], "scopes": ["*"]}]
     return TrustStore(parse_trust(trust_text(entries=entries)))
 
 
@@ -874,3 +877,25 @@ def test_an_operator_s_halt_lifted_by_name_leaves_the_guard_s_halt_in_force(
         (manual_id, AckOutcome.APPLIED), (guard_id, AckOutcome.APPLIED)]
     assert [h.command_id for h in r.executor.holds()] == [guard_id]
     assert not any(r.trader.passed(BTC_OKX, seconds=range(11, SECONDS)))
+
+
+def test_a_desk_s_cut_lifted_by_name_leaves_the_guard_s_equal_cut_in_force(
+        tmp_path: Path) -> None:
+    """A desk key cuts BTC-USDT on binance to 0.002 and the guard then asks the same: the
+    desk's hold does not answer the guard's cut (another signer's), so both are held,
+    and the desk's resume naming its own cut leaves the guard's applying. The guard's
+    own repeat is still answered by its hold."""
+    c = Commands()
+    scope = Scope(kind=ScopeKind.INSTRUMENT, value="BTC-USDT", venue="binance")
+    desk, desk_id = c.make(10.5, Action.REDUCE_LIMITS, scope, by=(DESK,),
+                           params={"factor": 0.002})
+    guard, guard_id = c.make(20.5, Action.REDUCE_LIMITS, scope, params={"factor": 0.002})
+    repeat, _ = c.make(25.5, Action.REDUCE_LIMITS, scope, params={"factor": 0.5})
+    lift, _ = c.make(30.5, Action.RESUME, scope, by=(DESK,),
+                     params={"actions": ["reduce_limits"], "resumes": [desk_id]})
+    r = run(tmp_path, [(10.5, desk), (20.5, guard), (25.5, repeat), (30.5, lift)])
+    assert [(a.outcome, a.settles) for a in r.acks()][:3] == [
+        (AckOutcome.APPLIED, None), (AckOutcome.APPLIED, None),
+        (AckOutcome.ALREADY_APPLIED, guard_id)]
+    assert [(h.command_id, h.factor) for h in r.executor.holds()] == [(guard_id, 0.002)]
+    assert not any(r.trader.passed(BTC_BIN, seconds=range(11, SECONDS)))

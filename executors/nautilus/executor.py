@@ -234,7 +234,8 @@ class NautilusExecutor(Actor):
 
     def _hold_state(self, cmd: MitigationCommand, markets: list[Market]) -> Applied:
         try:
-            others = self._book.hold(cmd.action.value, cmd.scope, cmd.command_id)
+            others = self._book.hold(cmd.action.value, cmd.scope, cmd.command_id,
+                                     issuer=cmd.issuer)
         except OverflowError as err:
             return Applied(AckOutcome.REFUSED, str(err))
         self._sync_firm_state()
@@ -297,12 +298,13 @@ class NautilusExecutor(Actor):
                            f"no instrument in {cmd.scope.label()} has a base max notional "
                            "(markets max_notional, or RiskEngineConfig.max_notional_per_order)")
         held = self._book.at_least_as_strict(Action.REDUCE_LIMITS.value, cmd.scope,
-                                             factor=factor)
+                                             factor=factor,
+                                             issuers=self._subscriber.party(cmd.issuer))
         if held is not None:
             return _in_force(held, f"max notional per order x{held.factor:g}")
         try:
             self._book.hold(Action.REDUCE_LIMITS.value, cmd.scope, cmd.command_id,
-                            factor=factor)
+                            factor=factor, issuer=cmd.issuer)
         except OverflowError as err:
             return Applied(AckOutcome.REFUSED, str(err))
         caps = self._sync_caps()
@@ -316,14 +318,19 @@ class NautilusExecutor(Actor):
 
     def _widen_quotes(self, cmd: MitigationCommand, markets: list[Market]) -> Applied:
         bps = float(cmd.params["bps"])  # type: ignore[arg-type]  # checked by the verifier
-        held = self._book.at_least_as_strict(Action.WIDEN_QUOTES.value, cmd.scope, bps=bps)
+        held = self._book.at_least_as_strict(Action.WIDEN_QUOTES.value, cmd.scope, bps=bps,
+                                             issuers=self._subscriber.party(cmd.issuer))
         if held is not None:
             return _in_force(held, f"quotes widened by {held.bps:g} bps")
         try:
-            self._book.hold(Action.WIDEN_QUOTES.value, cmd.scope, cmd.command_id, bps=bps)
+            self._book.hold(Action.WIDEN_QUOTES.value, cmd.scope, cmd.command_id, bps=bps,
+                            issuer=cmd.issuer)
         except OverflowError as err:
             return Applied(AckOutcome.REFUSED, str(err))
-        self._publish_widen(cmd.command_id, cmd.scope, bps, markets)
+        # the widest held on the scope (another signer's may be wider than this one)
+        widest = max(h.bps or 0.0 for h in self._book.on(cmd.scope.label(),
+                                                         Action.WIDEN_QUOTES.value))
+        self._publish_widen(cmd.command_id, cmd.scope, widest, markets)
         return Applied(AckOutcome.APPLIED, f"published on {WIDEN_QUOTES_TOPIC}",
                        {"topic": WIDEN_QUOTES_TOPIC, "bps": bps,
                         "instruments": sorted(m.key for m in markets)})
