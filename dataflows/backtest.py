@@ -54,6 +54,7 @@ from riskguard.schemas import (
     Utilization,
     encode,
 )
+from riskguard.schemas.base import stamp_position
 
 from riskguard.config import check_known_keys, read_toml
 from riskguard.errors import ConfigError, VerificationError
@@ -72,6 +73,27 @@ class EventClock(ManualClock):
     def observe(self, rec: Any) -> Any:
         """Map step: advance to ``rec.ts`` (never backwards) and pass the record on."""
         self.set(getattr(rec, "ts", 0))
+        return rec
+
+
+class InputPositions:
+    """Map step: number each record with its place in the input
+    (:func:`~riskguard.schemas.base.stamp_position`), so the keyed steps that merge
+    streams meet records of one event time in input order, whatever the batching.
+
+    >>> number = InputPositions()
+    >>> recs = [Trade(id=str(i), venue="v", instrument="i", ts=5, price=1.0, qty=1.0,
+    ...               side="buy") for i in range(2)]
+    >>> [number(r).input_pos for r in recs]
+    [0, 1]
+    """
+
+    def __init__(self) -> None:
+        self.next = 0
+
+    def __call__(self, rec: Any) -> Any:
+        stamp_position(rec, self.next)
+        self.next += 1
         return rec
 
 
@@ -538,7 +560,8 @@ def backtest_flow(
         inputs = op.filter("until", inputs, lambda rec: getattr(rec, "ts", 0) <= until_ns)
     if progress is not None:
         op.inspect("progress", inputs, lambda _s, rec: progress(rec))
-    clocked = op.map("clock", inputs, clock.observe)
+    number = InputPositions()
+    clocked = op.map("clock", inputs, lambda rec: clock.observe(number(rec)))
     if tap is not None:
         clocked = op.map("tap", clocked, tap)
     out = guard_core("guard", clocked, cfg=cfg, cfg_hash=cfg_hash, clock=clock,

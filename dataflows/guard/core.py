@@ -51,7 +51,7 @@ from riskguard.operators.audit import AuditState
 from riskguard.operators.audit.ops import audit_log
 from riskguard.operators.core.base import (
     SplitOut,
-    event_time,
+    event_order,
     split_dead_letters,
     stateful_logic,
     values_of,
@@ -167,7 +167,7 @@ def _feed_monitor(status: Stream[VenueStatus], ticks: Stream[Tick], cfg: GuardCo
     return op.map(
         "monitor_unkey",
         stateful_logic("feed_monitor", monitor_in, monitor_builder(fcfg, clock),
-                       order=event_time),
+                       order=event_order),
         lambda kv: kv[1],
     )
 

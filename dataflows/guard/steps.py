@@ -21,7 +21,7 @@ from riskguard.connectors.topics import (
 )
 from riskguard.dataflows.guard.config import GuardConfig
 from riskguard.operators.core.base import (
-    event_time,
+    event_order,
     stateful_logic,
     values_of,
 )
@@ -205,7 +205,7 @@ def select_feeds(market: Stream[MarketEvent], status: Stream[VenueStatus], cfg: 
     keyed = op.flat_map_batch("feed_key", op.merge("feed_in", market, status), feed_keys)
     return op.flat_map_batch(
         "feed_unkey",
-        stateful_logic("feed_select", keyed, _bind_venue(fcfg), order=event_time),
+        stateful_logic("feed_select", keyed, _bind_venue(fcfg), order=event_order),
         values_of,
     )
 

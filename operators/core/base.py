@@ -202,6 +202,20 @@ event_time: Callable[[Any], int] = attrgetter("ts")
 (C-level: it runs once per record where market data merges)."""
 
 
+event_order: Callable[[Any], tuple[int, int]] = attrgetter("ts", "input_pos")
+"""A record's event time, then its place in the input (``input_pos``, numbered by a
+replay: :func:`~riskguard.schemas.base.stamp_position`): the ``order`` of
+:func:`stateful_logic` where streams merge. Records of one time that reach a step by two
+paths then meet it in input order however the input was batched. A tick, or a record
+nothing numbered (a live run), has position -1: it goes before the numbered records of
+its time and keeps its arrival order among its like (C-level, as :data:`event_time`).
+
+>>> from riskguard.operators.core.clock import Tick
+>>> event_order(Tick(ts=5))
+(5, -1)
+"""
+
+
 def values_of(kvs: list[tuple[Any, V]]) -> list[V]:
     """The values of a batch of ``(key, value)`` pairs: a keyed stream's ``key_rm``, one
     dataflow call per batch (``op.flat_map_batch(step_id, up, values_of)``).
@@ -220,7 +234,7 @@ def stateful_logic(
     """Run one riskguard logic object per key.
 
     ``builder(None)`` makes fresh logic for a new key; ``builder(state)`` resumes it
-    from a bytewax recovery snapshot. With ``order`` (for example :func:`event_time`)
+    from a bytewax recovery snapshot. With ``order`` (for example :data:`event_order`)
     each key's share of a batch is first sorted by it, so merged streams reach a key in
     the same order however the input was batched (a backtest and a live run agree).
     """

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -106,7 +106,12 @@ class Tick(msgspec.Struct, frozen=True, kw_only=True, tag="tick"):
     watermark (:class:`Watermark`), so a fast source cannot carry time past
     records a slow one has not delivered yet. ``of`` is how many sources there
     are (0: unknown); until that many have ticked, time holds.
+
+    ``input_pos`` is -1: where a keyed step orders by event time and input position, a
+    tick goes before the records of its time (the first of which made it).
     """
+
+    input_pos: ClassVar[int] = -1
 
     ts: int
     source: str = ""

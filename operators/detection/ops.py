@@ -41,7 +41,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
-from riskguard.operators.core.base import event_time, split_dead_letters, stateful_logic, values_of
+from riskguard.operators.core.base import event_order, split_dead_letters, stateful_logic, values_of
 from riskguard.operators.core.clock import Tick
 from riskguard.operators.core.metrics import reorder_counter
 from riskguard.operators.detection.cross_rates import CrossRateConfig
@@ -96,7 +96,7 @@ def extract_features(step_id: str, up: Stream[MarketEvent | VenueStatus], *,
     seen: dict[str, set[str]] = {}  # venues per instrument, with no venues configured
     keyed = op.flat_map_batch("route", up,
                               lambda recs: route_batch(recs, config, local_keys, seen))
-    out = stateful_logic("features", keyed, feature_builder(config, clock), order=event_time)
+    out = stateful_logic("features", keyed, feature_builder(config, clock), order=event_order)
     split = split_dead_letters("split", out)
     return FeaturesOut(oks=split.oks, errs=split.errs)
 

@@ -143,7 +143,28 @@ class PlaybookLogic:
         self._unsettled = bool(state.incidents)
 
     def on_event(self, event: Any) -> list[Output]:
-        """Handle one signal, resume, or tick; return the commands it causes."""
+        """Handle one signal, resume, or tick; return the commands it causes.
+
+        While it is handled, :data:`~riskguard.operators.core.clock.step_event_time` is
+        the playbook's own event time (the newest it has met, this event's included): an
+        event-time clock (a backtest's) reads it, so a command is stamped with the time
+        of the record that decided it, not with the latest time of the batch in hand. A
+        wall clock does not read it."""
+        token = step_event_time.set(self._event_time_with(event))
+        try:
+            return self._handle(event)
+        finally:
+            step_event_time.reset(token)
+
+    def _event_time_with(self, event: Any) -> int:
+        """The newest event time met once ``event`` is: a signal's or tick's ``ts``
+        moves it; a resume or an ack carries processing time, which does not."""
+        now = self.state.now
+        if isinstance(event, Tick | AnomalySignal | RiskAlert | LimitBreach):
+            return event.ts if event.ts > now else now
+        return now
+
+    def _handle(self, event: Any) -> list[Output]:
         self._out = []
         if self._hold_due is not None:
             self._release_overdue()
