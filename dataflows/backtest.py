@@ -2,8 +2,8 @@
 (:func:`riskguard.dataflows.guard.guard_core`), written to JSONL files instead of topics.
 
 One worker, input replayed in event-time order, and an :class:`EventClock` as the
-processing clock: command times and Ed25519 signatures are functions of the data (and
-the input batch size), so two runs over the same files give byte-identical outputs
+processing clock: command times and Ed25519 signatures are functions of the data (not
+of the input batch size), so two runs over the same files give byte-identical outputs
 (apart from the report's ``run`` section). See docs/backtests.md.
 
 >>> clock = EventClock()
@@ -601,9 +601,9 @@ def run_backtest(
 
     With ``out_dir``, each of :data:`OUTPUTS` is written there as ``<name>.jsonl``.
     A batch (at most ``batch_size``) never spans two ticks of event time, so the event
-    clock is less than one tick ahead of any record: the commands decided do not depend
-    on the batch size, their ``issued_at`` may by less than a tick, and signals may where
-    records share an event time (docs/backtests.md, "Same commands as live").
+    clock is less than one tick ahead of any record, and each record is numbered with its
+    place in the input: signals and commands (issue times included) do not depend on the
+    batch size (docs/backtests.md, "Same commands as live").
     ``progress`` is called with each input record. Every command is verified as an
     executor verifies it; ``watch`` is the detector watch to fill (readiness,
     :mod:`~riskguard.dataflows.readiness`). ``until_ns``: the input ends there.
