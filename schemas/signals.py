@@ -193,6 +193,8 @@ class Exposure(Record, frozen=True, kw_only=True, tag="exposure", dict=True):
     evidence_ids: list[RecordId] = []
     seq: Seq = 0
     vol_by_underlying: dict[str, Finite] = {}
+    # the event time of each vol in vol_by_underlying: the newest one of an underlying wins
+    vol_ts_by_underlying: dict[str, Nanos] = {}
     # positions (and open orders) and collateral assets with no mark or no FX rate: their
     # value is left out of the sums above, so a limit counts them as unvalued, never as 0
     unvalued_instruments: list[Name] = []

@@ -527,9 +527,11 @@ def test_valuation_shards_must_be_positive() -> None:
         LocalPipeline(worked_config(valuation_shards=0))
 
 
-def test_firm_vol_per_underlying_is_the_newest_exposures_first_in_order_on_ties() -> None:
-    """The firm's vol per underlying comes from the newest exposure holding it; on a tie
-    the first counterparty in name order wins, whether or not exposures share a dict."""
+def test_firm_vol_per_underlying_is_the_newest_by_its_own_time_higher_on_ties() -> None:
+    """The firm's vol per underlying is the newest any exposure brought, by the vol's own
+    event time (an exposure's time for a vol without one), whichever counterparty
+    brought it and however new that exposure is; on a tie in time the higher vol wins,
+    whatever the order the exposures came in. A later exposure without it keeps it."""
     shared = {"BTC": 0.5}
     exps = [
         Exposure(counterparty="a", ts=5, gross_notional=1.0, net_notional=1.0,
@@ -541,13 +543,24 @@ def test_firm_vol_per_underlying_is_the_newest_exposures_first_in_order_on_ties(
         Exposure(counterparty="d", ts=6, gross_notional=1.0, net_notional=1.0,
                  vol_by_underlying={"ETH": 0.9}, seq=1),
     ]
-    firm = FirmLogic(worked_config()).on_batch(exps)[-1]
-    assert firm.counterparty == "*"
-    assert firm.vol_by_underlying == {"BTC": 0.1, "ETH": 0.9}
+    for order in (exps, exps[::-1]):
+        firm = FirmLogic(worked_config()).on_batch(order)[-1]
+        assert firm.counterparty == "*"
+        assert (firm.vol_by_underlying, firm.vol_ts_by_underlying) == (
+            {"BTC": 0.3, "ETH": 0.9}, {"BTC": 5, "ETH": 6})
+    logic = FirmLogic(worked_config())
+    logic.on_batch(exps)
     later = Exposure(counterparty="e", ts=7, gross_notional=1.0, net_notional=1.0,
                      vol_by_underlying=shared, seq=1)
-    firm = FirmLogic(worked_config()).on_batch([*exps, later])[-1]
-    assert firm.vol_by_underlying == {"BTC": 0.5, "ETH": 0.9}
+    assert logic.on_batch([later])[-1].vol_by_underlying == {"BTC": 0.5, "ETH": 0.9}
+    old_vol = Exposure(counterparty="f", ts=9, gross_notional=1.0, net_notional=1.0,
+                       vol_by_underlying={"BTC": 0.7}, vol_ts_by_underlying={"BTC": 3}, seq=1)
+    without = msgspec.structs.replace(later, ts=10, seq=2, vol_by_underlying={})
+    out = logic.on_batch([old_vol, without])
+    assert all(e.vol_by_underlying == {"BTC": 0.5, "ETH": 0.9} for e in out)
+    assert FirmLogic(worked_config(), logic.snapshot()).on_batch(
+        [msgspec.structs.replace(without, seq=3)])[-1].vol_ts_by_underlying == {
+            "BTC": 7, "ETH": 6}
 
 
 def test_a_snapshot_of_another_version_is_refused_by_name() -> None:

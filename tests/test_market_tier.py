@@ -22,6 +22,7 @@ from riskguard.dataflows.guard.market import (
 from riskguard.operators.exposure import (
     CounterpartyLogic,
     ExposureConfig,
+    FirmLogic,
     LocalPipeline,
     Part,
     Progress,
@@ -29,11 +30,14 @@ from riskguard.operators.exposure import (
     ShardLogic,
     ShardPlace,
 )
+from riskguard.operators.exposure.limit_specs import LimitsConfig, LimitSpec, VolScaling
+from riskguard.operators.exposure.limits import LimitsLogic
 from riskguard.schemas import (
     Balance,
     Codec,
     DeadLetter,
     Exposure,
+    FeatureVector,
     Fill,
     FundingRate,
     IndexPrice,
@@ -44,6 +48,7 @@ from riskguard.schemas import (
     ScopeKind,
     Severity,
     Trade,
+    Utilization,
     Valuation,
     VenueStatus,
     decode,
@@ -474,3 +479,87 @@ def test_the_tier_confirms_across_venues_as_one_worker_does() -> None:
     tier = sorted(s for p in procs
                   for s in confirmed([i for i in items if p.of_key(key_of(i)) == p.index]))
     assert tier == one
+
+
+def _split_firm(events: list[Any], cfg: ExposureConfig) -> list[Exposure]:
+    """Every firm exposure (``"*"``) of two market processes' valuations, their parts
+    summed by stage 2 and rolled up by one firm stage, one event at a time."""
+    reg = cfg.validate()
+    procs = []
+    for i in (0, 1):
+        owners = _owners(cfg, i)
+        place = ShardPlace(f"m{i}.", owners.owns, 2)
+        procs.append((i, owners, _owned_records(owners, "market"),
+                      Router(reg, cfg, place=place), place, {}))
+    cps: dict[str, CounterpartyLogic] = {}
+    firm = FirmLogic(cfg)
+    out: list[Exposure] = []
+    for ev in events:
+        for i, owners, own, router, place, shards in procs:
+            if isinstance(ev, PRICED) and owners.of_key(f"{ev.venue}/{ev.instrument}") != i:
+                continue
+            for rec in own([ev]):
+                routed = router.route(rec)
+                if isinstance(routed, DeadLetter):
+                    continue
+                for key, item in routed:
+                    logic = shards.setdefault(key, ShardLogic(cfg, reg, place=place))
+                    for p in logic.on_event(item):
+                        if not isinstance(p, Part):
+                            continue
+                        cp = cps.setdefault(p.counterparty, CounterpartyLogic(cfg))
+                        for e in cp.on_event(p):
+                            if isinstance(e, Exposure):
+                                out.extend(x for x in firm.on_event(e) if x.counterparty == "*")
+    return out
+
+
+def _vol_events() -> list[Any]:
+    """okx holds BTC only, deribit ETH only; BTC's realized vol doubles while no BTC
+    mark moves, then an ETH mark re-values deribit alone."""
+    s = 1_000_000_000
+
+    def trade(i: str, inst: str, ts: int, price: float) -> Trade:
+        return Trade(id=i, venue="okx", instrument=inst, ts=ts, price=price, qty=1.0,
+                     side="buy")
+
+    def vol(i: str, ts: int, v: float) -> FeatureVector:
+        return FeatureVector(key="okx/BTC-PERP", scope=Scope(kind=ScopeKind.INSTRUMENT,
+                             value="BTC-PERP"), ts=ts, values={"realized_vol": v},
+                             evidence_ids=[i])
+
+    return [
+        vol("v1", 1 * s, 0.5),
+        trade("t1", "BTC-PERP", 2 * s, 60_000.0),
+        trade("t2", "ETH-PERP", 2 * s, 3_000.0),
+        Fill(id="f1", venue="okx", counterparty="okx", instrument="BTC-PERP", side="buy",
+             qty=1.0, price=60_000.0, ts=3 * s),
+        Fill(id="f2", venue="deribit", counterparty="deribit", instrument="ETH-PERP",
+             side="buy", qty=10.0, price=3_000.0, ts=4 * s),
+        vol("v2", 5 * s, 1.0),
+        trade("t3", "ETH-PERP", 6 * s, 3_100.0),
+    ]
+
+
+def test_the_tier_scales_a_firm_limit_by_the_vol_one_worker_does() -> None:
+    """A vol feature re-values no row, and a part moved by ETH's mark carries no BTC
+    vol: the firm's BTC vol (and a firm limit scaled by it) is the same whether ETH and
+    BTC are valued by one worker or by two market processes."""
+    cfg = worked_config()
+    events = _vol_events()
+    pipe = LocalPipeline(cfg)
+    whole = [e for e in pipe.feed_all(events).exposures if e.counterparty == "*"]
+    split = _split_firm(events, cfg)
+    assert whole[-1].ts == split[-1].ts
+    assert whole[-1].vol_by_underlying == split[-1].vol_by_underlying
+    assert whole[-1].vol_by_underlying["BTC"] == 0.5  # the vol the BTC position moved with
+    limits = LimitsConfig(firm={"gross_notional": LimitSpec(
+        limit=200_000.0, vol_scaling=VolScaling(underlying="BTC", ref_vol=0.5, lo=0.25,
+                                                hi=1.0))}, utilization_interval_ns=0)
+
+    def effective(firm: list[Exposure]) -> list[float]:
+        logic = LimitsLogic(limits)
+        return [o.effective_limit for e in firm for o in logic.on_event(e)
+                if isinstance(o, Utilization)]
+
+    assert effective(whole)[-1] == effective(split)[-1] == 200_000.0

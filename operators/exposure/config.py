@@ -28,7 +28,7 @@ from riskguard.validation import (
     check_declared,
 )
 
-STATE_VERSION = 6
+STATE_VERSION = 7
 """The version of the exposure states a snapshot holds; a snapshot of another is
 refused."""
 

@@ -197,7 +197,8 @@ class CounterpartyLogic:
             instrument_notionals=t.notionals, collateral=t.coll, unrealized_pnl=t.upnl,
             open_order_notional=t.orders, stale=bool(stale), stale_instruments=stale,
             evidence_ids=st.evidence, seq=st.seq, recv_ts=self._recv_ts,
-            vol_by_underlying=t.vols, unvalued_instruments=unv_inst,
+            vol_by_underlying=t.vols, vol_ts_by_underlying=t.vol_ts,
+            unvalued_instruments=unv_inst,
             unvalued_collateral=unv_coll,
         )))
         st.evidence = []
@@ -269,6 +270,7 @@ class _Totals(NamedTuple):
     names: list[str]
     notionals: list[float]
     vols: dict[str, float]
+    vol_ts: dict[str, int]
     unvalued: list[str]
 
 
@@ -307,12 +309,13 @@ def in_range(e: Exposure) -> Exposure:
 def _sum_parts(ps: list[Part]) -> _Totals:
     """The parts' sums; one part's own dicts and lists are shared (built for it alone
     and never mutated). Shards hold disjoint instruments; the newest vol of each
-    underlying wins."""
+    underlying wins (on a tie in time, the higher)."""
     if len(ps) == 1:
         p = ps[0]
         names, notionals = p.names, p.notionals
+        vol_ts = {k: t for k, (_v, t) in p.vols.items()} if p.vols else {}
         return _Totals(p.gross, p.net, p.upnl, p.orders, p.collateral, p.delta, p.by_asset,
-                       names, notionals, p.vol_values, p.unvalued)
+                       names, notionals, p.vol_values, vol_ts, p.unvalued)
     gross = net = upnl = orders = coll = 0.0
     delta: dict[str, float] = {}
     by_asset: dict[str, float] = {}
@@ -332,14 +335,16 @@ def _sum_parts(ps: list[Part]) -> _Totals:
             by_asset[k] = by_asset.get(k, 0.0) + v
         names.extend(p.names)
         notionals.extend(p.notionals)
-        for k, vt in p.vols.items():
+        for k, (v, t) in p.vols.items():
             cur = vols.get(k)
-            if cur is None or vt[1] > cur[1]:
-                vols[k] = vt
+            if cur is None or (t, v) > (cur[1], cur[0]):
+                vols[k] = (v, t)
         if p.unvalued:
             unvalued.extend(p.unvalued)
+    ordered = sorted(vols.items())
     return _Totals(gross, net, upnl, orders, coll, delta, by_asset, names, notionals,
-                   {k: v for k, (v, _t) in sorted(vols.items())}, unvalued)
+                   {k: v for k, (v, _t) in ordered}, {k: t for k, (_v, t) in ordered},
+                   unvalued)
 
 
 def _per_tick(batch: Any, items: list[Any]) -> list[Any]:
@@ -387,6 +392,8 @@ class FirmState:
     passed: dict[str, int] = field(default_factory=dict)
     reached: dict[str, None] = field(default_factory=dict)
     sources_of: int = 0
+    # per underlying, the newest realized vol any exposure brought: (vol, its event time)
+    vols: dict[str, tuple[float, int]] = field(default_factory=dict)
 
 
 class _Low:
@@ -453,6 +460,8 @@ class FirmLogic:
         self._at = {cp: k for k, cp in enumerate(self._names)}
         self._basis_v = np.array([self._basis(e) for e in self._exps], dtype=float)
         self._shares = np.array([st.shares.get(cp, 0.0) for cp in self._names], dtype=float)
+        # the firm's vols and their times as exposures carry them (derived from state)
+        self._vols, self._vol_ts = _vol_dicts(st.vols)
         # per progress source: the lowest ts over its stage-2 keys (derived from state)
         self._lows: dict[str, _Low] = {}
         # progress sources a restored snapshot names may belong to processes that are gone
@@ -464,7 +473,8 @@ class FirmLogic:
         st = self.state
         return copy_fields(st, latest=dict(st.latest), shares=dict(st.shares),
                            progress={k: dict(v) for k, v in st.progress.items()},
-                           passed=dict(st.passed), reached=dict(st.reached))
+                           passed=dict(st.passed), reached=dict(st.reached),
+                           vols=dict(st.vols))
 
     def on_event(self, e: Exposure) -> list[Exposure]:
         return self.on_batch([e])
@@ -575,6 +585,27 @@ class FirmLogic:
             self._exps[k] = e
             self._basis_v[k] = self._basis(e)
 
+    def _take_vols(self, updated: Iterable[str]) -> None:
+        """The updated exposures' vols into the firm's: per underlying the newest by its
+        own event time (on a tie, the higher), whichever counterparty brings it, so the
+        firm's vols do not depend on which parts carried them (one worker's shard or a
+        market process's). A vol without its time is as old as its exposure."""
+        vols = self.state.vols
+        moved = False
+        for cp in updated:
+            e = self.state.latest[cp]
+            if not e.vol_by_underlying:
+                continue
+            times = e.vol_ts_by_underlying
+            for k, v in e.vol_by_underlying.items():
+                t = times.get(k, e.ts)
+                cur = vols.get(k)
+                if cur is None or (t, v) > (cur[1], cur[0]):
+                    vols[k] = (v, t)
+                    moved = True
+        if moved:
+            self._vols, self._vol_ts = _vol_dicts(vols)
+
     def _shares_of(self, basis: Any, total: float) -> Any:
         """Each counterparty's share of the firm's basis. Finite bases are scaled by the
         largest first, so their sum cannot overflow. A basis that is no number makes its
@@ -599,6 +630,7 @@ class FirmLogic:
             updated[e.counterparty] = None
         if not updated:
             return []
+        self._take_vols(updated)
         exps = self._exps
         with np.errstate(over="ignore"):  # an overflowing sum is handled by _shares_of
             total = float(np.add.reduce(self._basis_v))
@@ -615,7 +647,7 @@ class FirmLogic:
         shared = all(map(is_, assets, deltas))
         delta = _sum_dicts(deltas)
         by_asset = dict(delta) if shared else _sum_dicts(assets)
-        firm_vols = _newest_vols(exps)
+        firm_vols, vol_ts = self._vols, self._vol_ts
         stale = set(chain.from_iterable(map(attrgetter("stale_instruments"), exps)))
         unv_inst = set(chain.from_iterable(map(attrgetter("unvalued_instruments"), exps)))
         unv_coll = set(chain.from_iterable(map(attrgetter("unvalued_collateral"), exps)))
@@ -637,7 +669,7 @@ class FirmLogic:
             # an exposure re-emitted because others moved its share is as of now
             out.append(msgspec.structs.replace(
                 exps[k], concentration=share, vol_by_underlying=firm_vols,
-                ts=exps[k].ts if name in updated else ts))
+                vol_ts_by_underlying=vol_ts, ts=exps[k].ts if name in updated else ts))
         st.seq += 1
         st.firm = in_range(Exposure(
             counterparty="*", ts=ts, gross_notional=gross, net_notional=net,
@@ -645,7 +677,8 @@ class FirmLogic:
             unrealized_pnl=upnl, open_order_notional=orders,
             concentration=max(st.shares.values(), default=0.0), stale=bool(stale),
             stale_instruments=sorted(stale), evidence_ids=evidence[-self.config.max_evidence:],
-            seq=st.seq, vol_by_underlying=firm_vols, unvalued_instruments=sorted(unv_inst),
+            seq=st.seq, vol_by_underlying=firm_vols, vol_ts_by_underlying=vol_ts,
+            unvalued_instruments=sorted(unv_inst),
             unvalued_collateral=sorted(unv_coll),
         ))
         out.append(st.firm)
@@ -661,24 +694,8 @@ def _crosses(old: float, new: float, levels: tuple[float, ...]) -> bool:
     return any((old < x) != (new < x) for x in levels)
 
 
-def _newest_vols(exps: list[Exposure]) -> dict[str, float]:
-    """Per underlying, the vol of the newest exposure (first in name order on a tie).
-
-    Exposures of one batch share one vol dict, so each distinct dict is ranked by
-    (newest ts, first position reaching it) and the best rank sets each key.
-    """
-    seen: dict[int, list[Any]] = {}
-    for pos, e in enumerate(exps):
-        vd = e.vol_by_underlying
-        if vd:
-            cur = seen.get(id(vd))
-            if cur is None:
-                seen[id(vd)] = [e.ts, pos, vd]
-            elif e.ts > cur[0]:
-                cur[0], cur[1] = e.ts, pos
-    vols: dict[str, tuple[float, int]] = {}
-    for t, _pos, vd in sorted(seen.values(), key=lambda r: (-r[0], r[1])):
-        for k, v in vd.items():
-            if k not in vols:
-                vols[k] = (v, t)
-    return {k: v for k, (v, _t) in sorted(vols.items())}
+def _vol_dicts(vols: dict[str, tuple[float, int]]) -> tuple[dict[str, float], dict[str, int]]:
+    """The firm's vols and their times in underlying order, as exposures carry them (one
+    pair of dicts shared by every exposure until a vol moves: never mutated)."""
+    ordered = sorted(vols.items())
+    return {k: v for k, (v, _t) in ordered}, {k: t for k, (_v, t) in ordered}

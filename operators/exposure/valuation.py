@@ -704,7 +704,7 @@ class ShardValuation:
         evid, ts_rows, unvalued = v.evidence, v.ts, v.unvalued
         cps = st.cps if m == len(st.cps) else [st.cps[i] for i in rows_l]
         # realized vol per underlying is a market property: one dict shared by every part
-        uvol = self._und_vols(lay.held_cols)
+        uvol = self._moved_vols(lay, acc)
         uvol_values = {u: x for u, (x, _t) in sorted(uvol.items())}
         where = {i: k for k, i in enumerate(rows_l)} if m != len(st.cps) else None
         for i, own in touched.items():  # own records last, newest kept
@@ -735,6 +735,35 @@ class ShardValuation:
                 colls, v.delta, v.by_asset, v.names, v.notionals, v.mark_ts, v.oldest, unvalued,
                 evid, strict=True))
         return out
+
+    def _moved_vols(self, lay: _Layout, acc: Pending) -> dict[str, tuple[float, int]]:
+        """The vols this re-valuation's parts carry: those of the underlyings whose held
+        instruments it moved (a mark, an FX rate or an own record), each the newest among
+        that underlying's held instruments here.
+
+        A vol alone moves no part, and an underlying not moved is left to the parts that
+        move it: the vols reaching the firm are then the same however the instruments are
+        spread over shards and market processes (a part of an ETH mark never brings BTC's
+        newest vol, which one worker's shard holds and an ETH market process does not)."""
+        changed, own = acc.changed, acc.touched_cols
+        if not changed and not own:
+            return {}
+        held = lay.held_cols
+        if lay.col_rows is not None:  # a small book: in Python
+            codes_l = self._und_code_l
+            col_rows = lay.col_rows
+            moved = {codes_l[j] for j in chain(changed, own) if j in col_rows}
+            if not moved:
+                return {}
+            return self._und_vols_small([j for j in held.tolist() if codes_l[j] in moved])
+        cols = np.fromiter(chain(changed, own), dtype=np.int64, count=len(changed) + len(own))
+        codes = self._und_code
+        moved_u = np.unique(codes[cols[np.isin(cols, held)]])
+        if not len(moved_u):
+            return {}
+        if len(moved_u) < len(self._und_names):
+            held = held[np.isin(codes[held], moved_u)]
+        return self._und_vols(held)
 
     def _und_vols(self, held_cols: Any) -> dict[str, tuple[float, int]]:
         """Newest realized vol per underlying among ``held_cols`` (the instruments anyone
