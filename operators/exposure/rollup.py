@@ -620,38 +620,35 @@ class FirmLogic:
         return np.where(np.isfinite(basis), self._shares, 1.0)
 
     def _batch(self, items: Iterable[Exposure]) -> list[Exposure]:
-        st = self.state
-        updated: dict[str, None] = {}  # in first-update order (the evidence order)
+        updated = self._store_newer(items)
+        if not updated:
+            return []
+        self._take_vols(updated)
+        ts = max(0, *map(attrgetter("ts"), self._exps))
+        out = self._concentrations(updated, ts)
+        out.append(self._firm(updated, ts))
+        return out
+
+    def _store_newer(self, items: Iterable[Exposure]) -> dict[str, None]:
+        """Store each exposure newer than the one held; the counterparties updated, in
+        first-update order (the evidence order)."""
+        latest = self.state.latest
+        updated: dict[str, None] = {}
         for e in items:
-            old = st.latest.get(e.counterparty)
+            old = latest.get(e.counterparty)
             if old is not None and old.seq >= e.seq:
                 continue
             self._store(e)
             updated[e.counterparty] = None
-        if not updated:
-            return []
-        self._take_vols(updated)
-        exps = self._exps
+        return updated
+
+    def _concentrations(self, updated: dict[str, None], ts: int) -> list[Exposure]:
+        """The exposures to send with their new share: every updated counterparty's, and
+        another's whose share moved past ``concentration_epsilon`` or crossed one of its
+        levels (as of ``ts``, the firm's time)."""
+        st, exps = self.state, self._exps
         with np.errstate(over="ignore"):  # an overflowing sum is handled by _shares_of
             total = float(np.add.reduce(self._basis_v))
-
-        def add_up(field: str) -> float:
-            return reduce(add, map(attrgetter(field), exps), 0.0)
-
-        gross, net, coll = add_up("gross_notional"), add_up("net_notional"), add_up("collateral")
-        upnl, orders = add_up("unrealized_pnl"), add_up("open_order_notional")
-        ts = max(0, *map(attrgetter("ts"), exps))
-        # every by-asset dict is its delta dict (linear books): the same sums, done once
-        deltas = list(map(attrgetter("delta_by_underlying"), exps))
-        assets = list(map(attrgetter("notional_by_asset"), exps))
-        shared = all(map(is_, assets, deltas))
-        delta = _sum_dicts(deltas)
-        by_asset = dict(delta) if shared else _sum_dicts(assets)
-        firm_vols, vol_ts = self._vols, self._vol_ts
-        stale = set(chain.from_iterable(map(attrgetter("stale_instruments"), exps)))
-        unv_inst = set(chain.from_iterable(map(attrgetter("unvalued_instruments"), exps)))
-        unv_coll = set(chain.from_iterable(map(attrgetter("unvalued_collateral"), exps)))
-        evidence = [rid for cp in updated for rid in st.latest[cp].evidence_ids]
         shares = self._shares_of(self._basis_v, total)
         emit = np.abs(shares - self._shares) > self.config.concentration_epsilon
         at = self._at
@@ -668,21 +665,41 @@ class FirmLogic:
             st.shares[name] = share
             # an exposure re-emitted because others moved its share is as of now
             out.append(msgspec.structs.replace(
-                exps[k], concentration=share, vol_by_underlying=firm_vols,
-                vol_ts_by_underlying=vol_ts, ts=exps[k].ts if name in updated else ts))
+                exps[k], concentration=share, vol_by_underlying=self._vols,
+                vol_ts_by_underlying=self._vol_ts, ts=exps[k].ts if name in updated else ts))
+        return out
+
+    def _firm(self, updated: dict[str, None], ts: int) -> Exposure:
+        """The firm-wide rollup: every counterparty's latest summed, as of ``ts``."""
+        st, exps = self.state, self._exps
+
+        def add_up(field: str) -> float:
+            return reduce(add, map(attrgetter(field), exps), 0.0)
+
+        def union(field: str) -> list[str]:
+            return sorted(set(chain.from_iterable(map(attrgetter(field), exps))))
+
+        # every by-asset dict is its delta dict (linear books): the same sums, done once
+        deltas = list(map(attrgetter("delta_by_underlying"), exps))
+        assets = list(map(attrgetter("notional_by_asset"), exps))
+        delta = _sum_dicts(deltas)
+        by_asset = dict(delta) if all(map(is_, assets, deltas)) else _sum_dicts(assets)
+        stale = union("stale_instruments")
+        evidence = [rid for cp in updated for rid in st.latest[cp].evidence_ids]
         st.seq += 1
         st.firm = in_range(Exposure(
-            counterparty="*", ts=ts, gross_notional=gross, net_notional=net,
-            delta_by_underlying=delta, notional_by_asset=by_asset, collateral=coll,
-            unrealized_pnl=upnl, open_order_notional=orders,
+            counterparty="*", ts=ts, gross_notional=add_up("gross_notional"),
+            net_notional=add_up("net_notional"), delta_by_underlying=delta,
+            notional_by_asset=by_asset, collateral=add_up("collateral"),
+            unrealized_pnl=add_up("unrealized_pnl"),
+            open_order_notional=add_up("open_order_notional"),
             concentration=max(st.shares.values(), default=0.0), stale=bool(stale),
-            stale_instruments=sorted(stale), evidence_ids=evidence[-self.config.max_evidence:],
-            seq=st.seq, vol_by_underlying=firm_vols, vol_ts_by_underlying=vol_ts,
-            unvalued_instruments=sorted(unv_inst),
-            unvalued_collateral=sorted(unv_coll),
+            stale_instruments=stale, evidence_ids=evidence[-self.config.max_evidence:],
+            seq=st.seq, vol_by_underlying=self._vols, vol_ts_by_underlying=self._vol_ts,
+            unvalued_instruments=union("unvalued_instruments"),
+            unvalued_collateral=union("unvalued_collateral"),
         ))
-        out.append(st.firm)
-        return out
+        return st.firm
 
 
 def _crosses(old: float, new: float, levels: tuple[float, ...]) -> bool:
