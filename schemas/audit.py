@@ -21,6 +21,8 @@ from riskguard.schemas.types import (
     Text,
 )
 
+GENESIS_LEAF = "0" * 64
+"""The ``prev_leaf`` of a chain's first record (no leaf hash is 32 zero bytes)."""
 MAX_DEAD_LETTER_BYTES = 64 * 1024
 """An encoded :meth:`DeadLetter.of` is never longer: the default codec's cap, so every
 consumer of a dead-letter topic reads it."""
@@ -31,8 +33,11 @@ class AuditRecord(Record, frozen=True, kw_only=True, tag="audit"):
 
     ``kind`` is ``signal``, ``breach``, ``command``, ``rejected_input``,
     ``limit_update_accepted``, ``limit_update_rejected``, ``rejection`` or
-    ``key_event``. ``leaf_hash`` is the RFC 6962 leaf hash of the record's
-    canonical body (everything but ``leaf_hash``).
+    ``key_event``. ``prev_leaf`` is the leaf hash of the chain's record before it
+    (64 zeros, :data:`GENESIS_LEAF`, for record 0), so each record names the one it follows.
+    ``leaf_hash`` is the RFC 6962 leaf hash of the record's canonical body (everything
+    but ``leaf_hash``, ``prev_leaf`` included). A record without ``prev_leaf`` (written
+    before records were linked) never verifies.
     """
 
     record_id: RecordId
@@ -45,16 +50,20 @@ class AuditRecord(Record, frozen=True, kw_only=True, tag="audit"):
     config_hash: HexDigest
     input_digest: HexDigest
     body: dict[str, Any] = {}
+    prev_leaf: HexDigest | None = None
     leaf_hash: HexDigest | None = None
 
 
 class AuditCheckpoint(Record, frozen=True, kw_only=True, tag="audit_checkpoint"):
-    """A signed statement that chain ``origin`` had ``size`` leaves with ``root``."""
+    """A signed statement that chain ``origin`` had ``size`` leaves with ``root``, the
+    last of them ``last_leaf`` (64 zeros at size 0). A checkpoint without
+    ``last_leaf`` (written before records were linked) never verifies."""
 
     origin: Name
     size: Seq
     root: HexDigest
     ts: Nanos
+    last_leaf: HexDigest | None = None
     key_id: Name | None = None
     signature: bytes | None = None
 

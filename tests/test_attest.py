@@ -12,7 +12,7 @@ from riskguard.operators.audit.chain import record_leaf, sign_checkpoint
 from riskguard.operators.audit.merkle import CompactRange
 from riskguard.operators.core.clock import ManualClock
 from riskguard.operators.core.snapshot import decode_snapshot, encode_snapshot
-from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
+from riskguard.schemas.audit import GENESIS_LEAF, AuditCheckpoint, AuditRecord
 from signing_fixtures import ENGINE, ENGINE2
 
 KEYS = {ENGINE.key_id: ENGINE.public_key, ENGINE2.key_id: ENGINE2.public_key}
@@ -21,27 +21,31 @@ S = 1_000_000_000
 Item = AuditRecord | AuditCheckpoint
 
 
-def command(chain: str, index: int, decision: str, pad: str = "") -> AuditRecord:
-    """A command record of ``chain`` with its leaf hash (what anyone can write)."""
+def command(chain: str, index: int, decision: str, pad: str = "",
+            prev_leaf: str = GENESIS_LEAF) -> AuditRecord:
+    """A command record of ``chain`` with its leaf hash, linked to ``prev_leaf`` (what
+    anyone can write)."""
     body: dict[str, Any] = {"decision_id": decision, "action": "reduce_only",
                             "scope": {"kind": "venue", "value": "okx"}}
     if pad:
         body["pad"] = pad
     rec = AuditRecord(record_id=f"{chain}:{index}", chain=chain, index=index, ts=index,
                       kind="command", operator="mitigation", operator_version="t",
-                      config_hash="0" * 64, input_digest="0" * 64, body=body)
+                      config_hash="0" * 64, input_digest="0" * 64, body=body,
+                      prev_leaf=prev_leaf)
     return msgspec.structs.replace(rec, leaf_hash=record_leaf(rec).hex())
 
 
 def signed_chain(chain: str, decisions: list[str], signer: Any, every: int = 8) -> list[Item]:
     """A replica's chain: its records and a checkpoint every ``every`` records."""
-    rng, out = CompactRange(), []  # type: ignore[var-annotated]
+    rng, out, prev = CompactRange(), [], GENESIS_LEAF  # type: ignore[var-annotated]
     for i, d in enumerate(decisions):
-        rec = command(chain, i, d)
+        rec = command(chain, i, d, prev_leaf=prev)
         out.append(rec)
         rng.append(record_leaf(rec))
+        prev = rec.leaf_hash or ""
         if rng.size % every == 0 or i == len(decisions) - 1:
-            out.append(sign_checkpoint(chain, rng.size, rng.root(), i, signer))
+            out.append(sign_checkpoint(chain, rng.size, rng.root(), i, signer, last_leaf=prev))
     return out
 
 
@@ -82,7 +86,8 @@ def test_a_checkpoint_of_the_same_size_signed_later_is_news() -> None:
     assert [type(x).__name__ for it in a for x in att.on_item(it)] == [
         "AuditRecord", "AuditCheckpoint"]
     assert att.on_item(cp) == []
-    later = sign_checkpoint(cp.origin, cp.size, bytes.fromhex(cp.root), cp.ts + 1, ENGINE)
+    later = sign_checkpoint(cp.origin, cp.size, bytes.fromhex(cp.root), cp.ts + 1, ENGINE,
+                            last_leaf=cp.last_leaf or "")
     assert att.on_item(later) == [later]
 
 
@@ -145,15 +150,40 @@ def test_contested_records_survive_a_restore() -> None:
     assert restored.state.chains[chain].held == 0
 
 
-def test_a_search_past_its_bound_reports_the_chain(monkeypatch: Any) -> None:
-    """Choosing among claimants is bounded: past :data:`MAX_SEARCH` leaves the chain is
-    reported unverified (naming the contest), never believed on a guess."""
-    from riskguard.operators.audit import attest
+def _forgery(real: AuditRecord, n: int) -> AuditRecord:
+    """What a forger who reads the topic makes of a real record: other content, its own
+    leaf hash right, every other field (its index, its link back) kept."""
+    fake = msgspec.structs.replace(real, body={**real.body, "forged": n}, leaf_hash=None)
+    return msgspec.structs.replace(fake, leaf_hash=record_leaf(fake).hex())
 
-    monkeypatch.setattr(attest, "MAX_SEARCH", 10)
+
+def test_a_flood_of_claimants_at_every_index_is_resolved_in_one_pass(monkeypatch: Any) -> None:
+    """Twenty forged records at each of 64 indices, written before the real ones, each
+    a copy of the real record with other content (so enough to spend any bounded search
+    among claimants: choosing by root alone tried 100,000 leaves and gave up). The
+    checkpoint's last leaf and each record's link back pick the real ones, one leaf
+    appended per record covered: all 64 are attested and the chain is not reported."""
+    from riskguard.operators.audit import attest
+    from riskguard.operators.audit.chain import AuditConfig, AuditLogic
+
+    appended = [0]
+
+    class Counted(CompactRange):
+        def append(self, leaf: bytes) -> None:
+            appended[0] += 1
+            super().append(leaf)
+
+    monkeypatch.setattr(attest, "CompactRange", Counted)
     chain = "riskguard@a/p0"
-    real = signed_chain(chain, [f"d{i}" for i in range(8)], ENGINE)
+    log = AuditLogic(chain, ENGINE, AuditConfig(checkpoint_every=64))
+    real = [x for i in range(64) for x in log.on_event({"decision_id": f"d{i}"})]
+    records = [x for x in real if isinstance(x, AuditRecord)]
+    forged = [_forgery(r, n) for r in records for n in range(20)]
     att = Attestor(KEYS)
-    forged = [command(chain, i, f"f{i}") for i in range(8)]
-    assert [x for it in forged + real for x in att.on_item(it)] == []
-    assert "claiming 8 of its indices" in att.state.broken[chain]
+    assert [x for it in forged + real[:-1] for x in att.on_item(it)] == []
+    out = att.on_item(real[-1])
+    assert out == [*records, real[-1]]
+    assert att.state.broken == {}
+    assert att.state.counts == {"attested": 64, "unattested": 64 * 20}
+    assert appended[0] == 64
+    assert att.state.chains[chain].held == 0

@@ -219,17 +219,22 @@ def test_forged_checkpoint_is_caught_bad_signature_or_unknown_key() -> None:
     assert isinstance(cp, AuditCheckpoint)
     log[i] = msgspec.structs.replace(cp, root="ab" * 32)  # keeps the old signature
     assert locate(log) == ("bad_checkpoint", 0)
-    log[i] = sign_checkpoint(cp.origin, cp.size, b"\xab" * 32, cp.ts, OUTSIDER)
+    log[i] = sign_checkpoint(cp.origin, cp.size, b"\xab" * 32, cp.ts, OUTSIDER,
+                             last_leaf=cp.last_leaf or "")
     assert locate(log) == ("bad_checkpoint", 0)
 
 
 def test_rewritten_record_with_recomputed_leaf_hash_fails_the_signed_root() -> None:
+    """Record 7, the last before the checkpoint at 8, rewritten: no later record's link
+    names it before the checkpoint, whose root then fails. (An earlier record rewritten
+    fails the next one's link: ``tests/test_audit_verify.py``.)"""
     from riskguard.operators.audit import record_leaf
     log = run_log(10)
-    rec = log[6]
+    at = next(i for i, x in enumerate(log) if isinstance(x, AuditRecord) and x.index == 7)
+    rec = log[at]
     assert isinstance(rec, AuditRecord)
     forged = msgspec.structs.replace(rec, kind="signal", leaf_hash=None)
-    log[6] = msgspec.structs.replace(forged, leaf_hash=record_leaf(forged).hex())
+    log[at] = msgspec.structs.replace(forged, leaf_hash=record_leaf(forged).hex())
     assert locate(log) == ("checkpoint_root_mismatch", 4)
 
 

@@ -92,7 +92,8 @@ def test_a_checkpoint_re_signed_by_an_untrusted_key_fails() -> None:
     """A valid signature by a key that is not trusted does not attest the tree."""
     doc = real_proof()
     cp = msgspec.convert(doc["checkpoint"], AuditCheckpoint)
-    forged = sign_checkpoint(cp.origin, cp.size, bytes.fromhex(cp.root), cp.ts, OUTSIDER)
+    forged = sign_checkpoint(cp.origin, cp.size, bytes.fromhex(cp.root), cp.ts, OUTSIDER,
+                             last_leaf=cp.last_leaf or "")
     with pytest.raises(AuditError, match="bad_checkpoint"):
         check_proof(edited(doc, ("checkpoint",), msgspec.to_builtins(forged)), KEYS)
 
@@ -383,11 +384,12 @@ def _damaged(kind: str) -> list[AuditItem]:
         cp = log[cp_at[0]]
         assert isinstance(cp, AuditCheckpoint)
         log[cp_at[0]] = sign_checkpoint(cp.origin, cp.size, bytes.fromhex(cp.root), cp.ts,
-                                        OUTSIDER)
+                                        OUTSIDER, last_leaf=cp.last_leaf or "")
     elif kind == "wrong_root":
         cp = log[cp_at[1]]
         assert isinstance(cp, AuditCheckpoint)
-        log[cp_at[1]] = sign_checkpoint(cp.origin, cp.size, b"\xab" * 32, cp.ts, ENGINE)
+        log[cp_at[1]] = sign_checkpoint(cp.origin, cp.size, b"\xab" * 32, cp.ts, ENGINE,
+                                        last_leaf=cp.last_leaf or "")
     elif kind == "checkpoint_early":
         log.insert(rec_at[1], log[cp_at[0]])
     elif kind == "rollback":

@@ -21,6 +21,7 @@ from riskguard.operators.audit.attest import Attestor
 from riskguard.operators.audit.replica_watch import _record
 from riskguard.operators.signing.crypto import Signer
 from riskguard.schemas import AuditCheckpoint, AuditRecord
+from riskguard.schemas.audit import GENESIS_LEAF
 from signing_fixtures import S, signer
 
 A, B = signer("engine-a"), signer("engine-b")
@@ -50,7 +51,8 @@ def _forged(chain: str, index: int, decision: str, config_hash: str = "0" * 64) 
     """A record anyone who may write the topic can make: its own hash is right."""
     from riskguard.operators.audit.chain import record_leaf
 
-    rec = _record(chain, index, decision, config_hash)
+    rec = msgspec.structs.replace(_record(chain, index, decision, config_hash),
+                                  prev_leaf=GENESIS_LEAF)  # linked as record 0 is
     return msgspec.structs.replace(rec, leaf_hash=record_leaf(rec).hex())
 
 
@@ -221,6 +223,40 @@ def test_forged_candidates_count_toward_the_cap(monkeypatch: pytest.MonkeyPatch)
     assert att.state.counts["held_over_cap"] == 5
 
 
+def test_a_flood_filling_the_byte_cap_costs_only_the_flooded_chain(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forger fills the bytes held with copies of chain a's records (other content,
+    own hashes right) before chain b's records come. Chain a is reported and believes
+    nothing (its real records cannot all be held), but chain b's records, arriving with
+    the cap full, still are attested: a chain within its share of the cap takes the
+    room of the chain holding the most. Never more than the cap is held."""
+    from riskguard.operators.audit import attest
+
+    a_items = _chain("riskguard@a/p0", A, ["d1", "d2", "d3", "d4"], every=4)
+    b_items = _chain("riskguard@b/p0", B, ["d1", "d2", "d3", "d4"], every=4)
+    a_real = [x for x in a_items if isinstance(x, AuditRecord)]
+    flood = [_copy(r, n) for n in range(20) for r in a_real]
+    cap = 6 * max(map(attest._size, flood + a_real))
+    monkeypatch.setattr(attest, "MAX_HELD_BYTES", cap)
+    att = Attestor(KEYS)
+    out = []
+    for it in flood + b_items + a_items:
+        out += att.on_item(it)
+        assert att._bytes <= cap
+    assert [(x.chain, x.index) for x in out if isinstance(x, AuditRecord)] == [
+        ("riskguard@b/p0", i) for i in range(4)]
+    assert list(att.state.broken) == ["riskguard@a/p0"]
+    assert att.state.counts["held_over_cap"] > 0
+
+
+def _copy(real: AuditRecord, n: int) -> AuditRecord:
+    """A forged record made from a real one: other content, its own hash right."""
+    from riskguard.operators.audit.chain import record_leaf
+
+    fake = msgspec.structs.replace(real, body={**real.body, "forged": n}, leaf_hash=None)
+    return msgspec.structs.replace(fake, leaf_hash=record_leaf(fake).hex())
+
+
 def _diverging(watch: ReplicaWatchLogic, now: list[int], junk: list[Any]) -> list[str]:
     """Junk first, then replica b dies after its second decision while a makes eight:
     the alert kinds the watch raises."""
@@ -341,7 +377,7 @@ def test_audit_verify_refuses_a_chain_vouched_for_by_two_keys() -> None:
     cps = [i for i, it in enumerate(items) if isinstance(it, AuditCheckpoint)]
     second = items[cps[1]]
     items[cps[1]] = sign_checkpoint(second.origin, second.size, bytes.fromhex(second.root),
-                                    second.ts, B)
+                                    second.ts, B, last_leaf=second.last_leaf or "")
     assert verify_log(items, KEYS)["riskguard@a/p0"].records == 4
     with pytest.raises(AuditError, match="wrong_signer"):
         verify_log(items, KEYS, signer_of=NAMES.get)

@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from riskguard.operators.audit import AuditConfig, AuditLogic, verify_log
-from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
+from riskguard.schemas.audit import GENESIS_LEAF, AuditCheckpoint, AuditRecord
 from signing_fixtures import ENGINE
 
 from riskguard.errors import AuditError
@@ -192,16 +192,20 @@ def test_a_repeated_checkpoint_fails_verification_and_a_start_ignores_it() -> No
 
 
 
-def _unsigned_records(chain: str, start: int, stop: int) -> Log:
-    """Records anyone can write: correct leaf hashes, no checkpoint."""
+def _unsigned_records(chain: str, start: int, stop: int, prev: str = GENESIS_LEAF) -> Log:
+    """Records anyone can write: correct leaf hashes, linked from ``prev``, no
+    checkpoint."""
     from riskguard.operators.audit import record_leaf
 
     out: Log = []
     for i in range(start, stop):
         rec = AuditRecord(record_id=f"{chain}:{i}", chain=chain, index=i, ts=i,
                           kind="command", operator="mitigation", operator_version="t",
-                          config_hash="0" * 64, input_digest="0" * 64, body={"n": i})
-        out.append(msgspec.structs.replace(rec, leaf_hash=record_leaf(rec).hex()))
+                          config_hash="0" * 64, input_digest="0" * 64, body={"n": i},
+                          prev_leaf=prev)
+        rec = msgspec.structs.replace(rec, leaf_hash=record_leaf(rec).hex())
+        prev = rec.leaf_hash or ""
+        out.append(rec)
     return out
 
 
@@ -213,7 +217,9 @@ def test_expect_size_counts_attested_records_only(tmp_path: Path,
 
     real = chain_log(8)
     cut = next(i for i, x in enumerate(real) if isinstance(x, AuditCheckpoint)) + 1
-    forged = real[:cut] + _unsigned_records("riskguard/p0", 4, 8)
+    last = real[cut - 2]
+    assert isinstance(last, AuditRecord) and last.leaf_hash is not None
+    forged = real[:cut] + _unsigned_records("riskguard/p0", 4, 8, last.leaf_hash)
     assert reason(forged, allow_unattested_tail=True,
                   expected_sizes={"riskguard/p0": 8}) == "truncated"
     log = _write(tmp_path / "audit.jsonl", forged)
@@ -304,3 +310,95 @@ def test_check_proof_with_issuers_refuses_another_replicas_key(
     assert main([*args, "--issuer", "a=engine-2"]) == 0
     assert main(["audit", "check-proof", str(proof), "--pubkey", _pubkey(tmp_path),
                  "--issuer", "a=engine-1"]) == 2
+
+
+def _rewritten(rec: AuditRecord, **change: object) -> AuditRecord:
+    """``rec`` with ``change`` made and its own leaf hash right again (what anyone who
+    can write the topic can do)."""
+    from riskguard.operators.audit import record_leaf
+
+    fake = msgspec.structs.replace(rec, leaf_hash=None, **change)
+    return msgspec.structs.replace(fake, leaf_hash=record_leaf(fake).hex())
+
+
+def _attested(items: Log) -> tuple[list[int], dict[str, str]]:
+    """What an attestor believes of ``items``: the indices attested, and the chains
+    reported."""
+    from riskguard.operators.audit.attest import Attestor
+
+    att = Attestor(KEYS)
+    out = [x.index for it in items for x in att.on_item(it) if isinstance(x, AuditRecord)]
+    return out, att.state.broken
+
+
+def test_a_record_rewritten_with_its_own_hash_right_breaks_the_next_ones_link() -> None:
+    """Record 5 altered, its leaf hash recomputed: record 6 no longer links to it.
+    ``verify_log`` names record 6 at once (not the checkpoint three records later);
+    the attestor believes the records of the first checkpoint and none after."""
+    log = chain_log(8)
+    at = next(i for i, x in enumerate(log) if isinstance(x, AuditRecord) and x.index == 5)
+    log[at] = _rewritten(log[at], kind="signal")  # type: ignore[arg-type]
+    with pytest.raises(AuditError) as err:
+        verify_log(log, KEYS)
+    assert (str(err.value.reason).split(":")[0], err.value.index) == ("broken_link", 6)
+    indices, broken = _attested(log)
+    assert indices == [0, 1, 2, 3]
+    assert "record 5" in broken["riskguard/p0"]
+
+
+def test_records_reordered_and_renumbered_break_the_links() -> None:
+    """Records 1 and 2 swapped, each given the other's index (and record id) and its
+    leaf hash recomputed: each still links to the record it followed when written, so
+    record 1 does not link to record 0. Refused by ``verify_log`` and the attestor."""
+    log = chain_log(8)
+    one, two = log[1], log[2]
+    assert isinstance(one, AuditRecord) and isinstance(two, AuditRecord)
+    log[1] = _rewritten(two, index=1, record_id=one.record_id)
+    log[2] = _rewritten(one, index=2, record_id=two.record_id)
+    with pytest.raises(AuditError) as err:
+        verify_log(log, KEYS)
+    assert (str(err.value.reason).split(":")[0], err.value.index) == ("broken_link", 1)
+    indices, broken = _attested(log)
+    assert indices == []
+    assert "record 2" in broken["riskguard/p0"]
+
+
+def test_a_log_of_the_format_before_links_fails_closed() -> None:
+    """A record without ``prev_leaf`` or a checkpoint without ``last_leaf`` (written
+    before records were linked) verifies nowhere: ``verify_log`` and a guard reading
+    its chain back refuse them, and the attestor believes none of it."""
+    from riskguard.operators.audit import resume_states
+
+    log = chain_log(4)
+    first = log[0]
+    assert isinstance(first, AuditRecord)
+    unlinked = [_rewritten(first, prev_leaf=None), *log[1:]]
+    assert reason(unlinked) == "unlinked"
+    with pytest.raises(AuditError, match="unlinked"):
+        resume_states(unlinked, KEYS)
+    assert _attested(unlinked)[0] == []
+    cp = log[-1]
+    assert isinstance(cp, AuditCheckpoint)
+    old = msgspec.structs.replace(cp, last_leaf=None)  # as signed before: the body lacked it
+    assert reason([*log[:-1], old]) == "bad_checkpoint"
+    indices, broken = _attested([*log[:-1], old])
+    assert indices == [] and "names no last leaf" in broken["riskguard/p0"]
+
+
+def test_a_checkpoint_signing_another_last_leaf_is_refused() -> None:
+    """The writer's key signs the true root with a last leaf that is not its last
+    record's: ``verify_log`` says so, and the attestor, whose walk back starts from that
+    leaf, finds no record to start from and believes none."""
+    from riskguard.operators.audit.chain import sign_checkpoint
+
+    log = chain_log(4)
+    cp = log[-1]
+    assert isinstance(cp, AuditCheckpoint)
+    log[-1] = sign_checkpoint(cp.origin, cp.size, bytes.fromhex(cp.root), cp.ts, ENGINE,
+                              last_leaf="ab" * 32)
+    with pytest.raises(AuditError) as err:
+        verify_log(log, KEYS)
+    assert (str(err.value.reason).split(":")[0], err.value.index) == (
+        "checkpoint_last_leaf_mismatch", 3)
+    indices, broken = _attested(log)
+    assert indices == [] and "record 3" in broken["riskguard/p0"]

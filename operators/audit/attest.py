@@ -2,19 +2,24 @@
 
 An audit record carries no signature of its own: anyone who may write to the audit
 topic can write one. A checkpoint is signed (by a key the trust file lets sign
-checkpoints) and names its chain's size and Merkle root. :class:`Attestor` holds each
-chain's records back until a checkpoint covers them, checks the signature and that
-exactly those records hash to the signed root, and only then passes them on. Records
-no good checkpoint covers are never passed on: garbage, forged records and records of
-a key no longer trusted are counted, and a chain that cannot be verified is reported
-once (:attr:`AttestState.broken`).
+checkpoints) and names its chain's size, Merkle root and last record's leaf hash; each
+record names the leaf hash of the record before it (``prev_leaf``). :class:`Attestor`
+holds each chain's records back until a checkpoint covers them, checks the signature,
+finds the records it covers from its last leaf back along the links, checks that they
+hash to the signed root, and only then passes them on. Records no good checkpoint
+covers are never passed on: garbage, forged records and records of a key no longer
+trusted are counted, and a chain that cannot be verified is reported once
+(:attr:`AttestState.broken`).
 
-Records claiming one index (forged ones beside the real one) are all kept, whatever
-their number, and the checkpoint decides between them: the choice of one record per
-index that hashes to its signed root (searched depth first, :data:`MAX_SEARCH` leaves
-at most). Memory is bounded by bytes (:data:`MAX_HELD_BYTES`) and by how far ahead of
-the verified size a record may be (:data:`MAX_AHEAD`), not by a count of claimants a
-forger could fill first.
+Records claiming one index (forged ones beside the real one) are held until a
+checkpoint comes; it picks, at each index, the one record whose leaf hash the next
+record (or the checkpoint) names: one pass over what is held, however many claim each
+index. Memory is bounded by bytes (:data:`MAX_HELD_BYTES`) and by how far ahead of the
+verified size a record may be (:data:`MAX_AHEAD`). A forger can still fill the bytes
+with claimants before the real records come; a real record then not held leaves its
+chain unverifiable (reported, never believed on a guess), and with the bytes full, a
+chain within its share of them takes the room of the chain holding the most, so a
+flood on one chain does not cost the others theirs.
 
 >>> from riskguard.operators.audit.chain import AuditConfig, AuditLogic
 >>> from riskguard.operators.signing.crypto import Signer
@@ -38,7 +43,7 @@ from riskguard.operators.audit.merkle import CompactRange
 from riskguard.operators.audit.verify import AuditItem, KeyLookup, key_lookup
 from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.signing.crypto import VerifyKey
-from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
+from riskguard.schemas.audit import GENESIS_LEAF, AuditCheckpoint, AuditRecord
 
 from riskguard.errors import VerificationError
 
@@ -49,15 +54,14 @@ MAX_AHEAD = 100_000
 checkpoint comes every ``[audit] checkpoint_every`` records (1,000 by default), so a
 record further ahead is none the writer could have written yet (counted unattested)."""
 MAX_HELD_BYTES = 64 * 1024 * 1024
-"""Bytes of records (as encoded) held back across all chains; past it a record is not
-held (counted ``held_over_cap``) and its chain is reported."""
+"""Bytes of records (as encoded) held back across all chains. Past it a record is held
+only if its chain holds less than its share (this over the chains followed), in the
+room of the chain holding the most, which is given up (reported, nothing more of it
+believed); otherwise it is not held (counted ``held_over_cap``) and its chain is
+reported."""
 OVER_CAP = "*"
 """The :attr:`AttestState.broken` entry saying chains past :data:`MAX_CHAINS` were seen
 and not followed (their records are not believed)."""
-MAX_SEARCH = 100_000
-"""Leaves a checkpoint may append while choosing among the records that claim each
-index (forged ones beside the real one): every claimant is kept and tried, in the
-order they came, until the choice hashes to the signed root or this bound is spent."""
 
 
 def replica_chains(origin: str | None = None, replicas: Iterable[str] = (),
@@ -93,6 +97,9 @@ class ChainTail:
     pending: dict[int, list[AuditRecord]] = field(default_factory=dict)
     held: int = 0  # the records in pending
     cp_ts: int = -1  # the time of the newest checkpoint believed
+    last_leaf: str = GENESIS_LEAF  # the leaf hash of record size - 1
+    held_bytes: int = 0  # of the records in pending
+    lost: bool = False  # a record a checkpoint covers is gone: nothing more verifies
 
 
 @persisted("riskguard.attest")
@@ -104,7 +111,7 @@ class AttestState:
     counts: dict[str, int] = field(default_factory=dict)
     broken: dict[str, str] = field(default_factory=dict)
     signers: dict[str, str] = field(default_factory=dict)  # chain -> who signs its checkpoints
-    version: int = 2
+    version: int = 3
 
 
 class Attestor:
@@ -121,7 +128,11 @@ class Attestor:
     ``signer_of`` (a key id -> the name its trust entry gives it) ties each chain to
     one signer, so that no trusted key can vouch for another's chain: a replica's chain
     (``...@<replica>/...``) to ``issuers[replica]`` where given, any chain to the
-    signer of its first good checkpoint. A checkpoint another key signed breaks it."""
+    signer of its first good checkpoint. A checkpoint another key signed breaks it.
+
+    A good checkpoint whose records cannot all be found along the links (one altered,
+    left out or not held) gives its chain up: reported, its records let go, and nothing
+    more of it believed (no later checkpoint can verify without them)."""
 
     def __init__(self, keys: Mapping[str, VerifyKey] | KeyLookup, *,
                  state: AttestState | None = None,
@@ -140,7 +151,8 @@ class Attestor:
         self._bytes = 0  # of the records held, across chains
         for tail in self.state.chains.values():  # counted again: a snapshot may predate it
             tail.held = sum(map(len, tail.pending.values()))
-            self._bytes += sum(_size(r) for recs in tail.pending.values() for r in recs)
+            tail.held_bytes = sum(_size(r) for recs in tail.pending.values() for r in recs)
+            self._bytes += tail.held_bytes
 
     def _count(self, what: str, n: int = 1) -> None:
         if n:
@@ -168,20 +180,19 @@ class Attestor:
         if isinstance(item, AuditRecord):
             self._hold(chain, tail, item)
             return []
+        if tail.lost:
+            return []  # its records can no longer be verified (reported when lost)
         return self._checkpoint(chain, tail, item)
 
     def _hold(self, chain: str, tail: ChainTail, rec: AuditRecord) -> None:
-        if rec.index < tail.size or rec.leaf_hash != record_leaf(rec).hex():
-            self._count("unattested")  # behind what is verified, or not its own hash
-            return
-        if rec.index >= tail.size + MAX_AHEAD:
-            self._count("unattested")  # no checkpoint can cover it soon
+        if tail.lost or not _plausible(tail, rec):
+            self._count("unattested")
             return
         same = tail.pending.get(rec.index, [])
         if any(r.leaf_hash == rec.leaf_hash for r in same):
             return  # the same record again
         size = _size(rec)
-        if self._bytes + size > MAX_HELD_BYTES:
+        if not self._room(tail, size):
             self._count("held_over_cap")
             self.state.broken.setdefault(chain, f"more than {MAX_HELD_BYTES >> 20} MiB of "
                                                 "records waited for checkpoints; records "
@@ -189,7 +200,33 @@ class Attestor:
             return
         tail.pending.setdefault(rec.index, same).append(rec)
         tail.held += 1
+        tail.held_bytes += size
         self._bytes += size
+
+    def _room(self, tail: ChainTail, size: int) -> bool:
+        """Whether ``size`` more bytes of ``tail``'s records may be held: within the cap,
+        or, the cap full, ``tail`` within its share of it and the chain holding the most
+        given up to make room."""
+        if self._bytes + size <= MAX_HELD_BYTES:
+            return True
+        chains = self.state.chains
+        if tail.held_bytes + size > MAX_HELD_BYTES // len(chains):
+            return False
+        name, most = max(chains.items(), key=lambda kv: kv[1].held_bytes)
+        if most is tail or not most.held_bytes:
+            return False
+        self._give_up(name, most, f"more than {MAX_HELD_BYTES >> 20} MiB of records waited "
+                                  "for checkpoints, this chain's the most: they were let go "
+                                  "and none of its records is believed from there")
+        return self._bytes + size <= MAX_HELD_BYTES
+
+    def _give_up(self, chain: str, tail: ChainTail, why: str) -> None:
+        """Drop every record ``tail`` holds and believe nothing more of it: a record a
+        coming checkpoint covers is gone."""
+        self._count("unattested", tail.held)
+        self._bytes -= tail.held_bytes
+        tail.pending, tail.held, tail.held_bytes, tail.lost = {}, 0, 0, True
+        self.state.broken.setdefault(chain, why)
 
     def _checkpoint(self, chain: str, tail: ChainTail, cp: AuditCheckpoint) -> list[AuditItem]:
         try:
@@ -207,28 +244,17 @@ class Attestor:
             # a copy of one already believed says nothing new: not that its writer lives
             self._count("replayed_checkpoints")
             return []
+        chosen, peaks, why = _linked(tail, cp)
+        if why:
+            self._give_up(chain, tail, f"the records before the checkpoint at size "
+                                       f"{cp.size}: {why}")
+            return []
         start = tail.size
-        options = [tail.pending.get(i, []) for i in range(start, cp.size)]
-        if any(not o for o in options):
-            self._count("unattested", sum(len(o) for o in options))
-            self.state.broken.setdefault(chain, f"records missing before the checkpoint at "
-                                                f"size {cp.size}")
-            self._drop(tail, start, cp.size)
-            return []
-        chosen, spent = self._match(tail, options, cp.root)
-        self._drop(tail, start, cp.size)
-        if chosen is None:
-            self._count("unattested", sum(len(o) for o in options))
-            contested = sum(len(o) > 1 for o in options)
-            why = (f"no choice among the records claiming {contested} of its indices hashes "
-                   f"to it within {MAX_SEARCH} leaves" if spent else
-                   "they do not hash to its signed root")
-            self.state.broken.setdefault(chain, f"the records before the checkpoint at size "
-                                                f"{cp.size}: {why}")
-            return []
+        tail.size, tail.peaks, tail.last_leaf = cp.size, peaks, cp.last_leaf or GENESIS_LEAF
         tail.cp_ts = max(tail.cp_ts, cp.ts)
         self._count("attested", len(chosen))
-        self._count("unattested", sum(len(o) for o in options) - len(chosen))
+        self._count("unattested", self._drop(tail, start, cp.size) - len(chosen))
+        self._unlinked_at_start(tail)
         return [*chosen, cp]
 
     def _owned(self, chain: str, cp: AuditCheckpoint) -> bool:
@@ -246,41 +272,85 @@ class Attestor:
                                             f"not by the chain's signer {owner!r}")
         return False
 
-    @staticmethod
-    def _match(tail: ChainTail, options: list[list[AuditRecord]],
-               root: str) -> tuple[list[AuditRecord] | None, bool]:
-        """The records, one per index, that extend ``tail`` to ``root`` (moving ``tail``
-        there), or None; and whether the search bound was spent."""
-        leaves = [[bytes.fromhex(r.leaf_hash or "") for r in o] for o in options]
-        picks = choose(CompactRange(tail.size, tail.peaks), leaves, bytes.fromhex(root),
-                       MAX_SEARCH)
-        if picks is None or picks is SPENT:
-            return None, picks is SPENT
-        rng = CompactRange(tail.size, tail.peaks)
-        for leaf, k in zip(leaves, picks, strict=True):
-            rng.append(leaf[k])
-        tail.size, tail.peaks = rng.size, list(rng.peaks)
-        return [o[k] for o, k in zip(options, picks, strict=True)], False
-
-    def _drop(self, tail: ChainTail, start: int, below: int) -> None:
+    def _drop(self, tail: ChainTail, start: int, below: int) -> int:
         """Forget the records held at ``start`` (the verified size before the checkpoint;
         none is held below it) up to ``below``: the checkpoint's range, not every index
-        held."""
-        pending = tail.pending
+        held. Returns how many there were."""
+        pending, dropped = tail.pending, 0
         for i in range(start, below):
             got = pending.pop(i, None)
             if got is not None:
-                tail.held -= len(got)
-                self._bytes -= sum(_size(r) for r in got)
+                self._forget(tail, got)
+                dropped += len(got)
+        return dropped
+
+    def _forget(self, tail: ChainTail, records: list[AuditRecord]) -> None:
+        size = sum(map(_size, records))
+        tail.held -= len(records)
+        tail.held_bytes -= size
+        self._bytes -= size
+
+    def _unlinked_at_start(self, tail: ChainTail) -> None:
+        """Forget the records held at the newly verified size that do not link to its
+        last leaf: none of them can be the chain's."""
+        got = tail.pending.get(tail.size)
+        if not got:
+            return
+        keep = [r for r in got if r.prev_leaf == tail.last_leaf]
+        if len(keep) < len(got):
+            self._forget(tail, [r for r in got if r.prev_leaf != tail.last_leaf])
+            self._count("unattested", len(got) - len(keep))
+            if keep:
+                tail.pending[tail.size] = keep
+            else:
+                del tail.pending[tail.size]
 
     def snapshot(self) -> AttestState:
         st = self.state
         return AttestState(
             chains={k: ChainTail(t.size, list(t.peaks), {i: list(r) for i, r in
-                                                        t.pending.items()}, t.held, t.cp_ts)
+                                                        t.pending.items()}, t.held, t.cp_ts,
+                                 t.last_leaf, t.held_bytes, t.lost)
                     for k, t in st.chains.items()},
             counts=dict(st.counts), broken=dict(st.broken), signers=dict(st.signers),
             version=st.version)
+
+
+def _plausible(tail: ChainTail, rec: AuditRecord) -> bool:
+    """Whether ``rec`` could be a record of ``tail``'s chain a checkpoint will cover: not
+    behind what is verified nor far ahead of it, linked (at the next index, to the last
+    verified leaf) and its leaf hash its own."""
+    if not tail.size <= rec.index < tail.size + MAX_AHEAD or rec.prev_leaf is None:
+        return False
+    if rec.index == tail.size and rec.prev_leaf != tail.last_leaf:
+        return False
+    return rec.leaf_hash == record_leaf(rec).hex()
+
+
+def _linked(tail: ChainTail,
+            cp: AuditCheckpoint) -> tuple[list[AuditRecord], list[bytes], str]:
+    """The records ``cp`` covers past ``tail``'s verified size, in order, found from its
+    last leaf back: at each index the record held whose leaf hash the next one (or
+    ``cp``) names; they must reach ``tail``'s last leaf and hash to ``cp``'s root. With
+    the peaks of the tree they extend ``tail`` to; else why not. One pass over the
+    records held in the range, one leaf appended per record covered."""
+    need, chosen = cp.last_leaf, []
+    for i in range(cp.size - 1, tail.size - 1, -1):
+        rec = next((r for r in tail.pending.get(i, ()) if r.leaf_hash == need), None)
+        if rec is None:
+            return [], [], (f"none held at index {i} is the record the chain links to "
+                            f"(record {i} was altered, left out or not held)")
+        chosen.append(rec)
+        need = rec.prev_leaf
+    if need != tail.last_leaf:
+        return [], [], f"record {tail.size} does not link to the records verified before it"
+    chosen.reverse()
+    rng = CompactRange(tail.size, tail.peaks)
+    for rec in chosen:
+        rng.append(bytes.fromhex(rec.leaf_hash or ""))
+    if rng.root().hex() != cp.root:
+        return [], [], "they do not hash to its signed root"
+    return chosen, list(rng.peaks), ""
 
 
 def _size(rec: AuditRecord) -> int:
@@ -289,54 +359,3 @@ def _size(rec: AuditRecord) -> int:
 
 
 _encoder = msgspec.json.Encoder()
-SPENT: list[int] = []
-"""What :func:`choose` returns when :data:`MAX_SEARCH` ran out."""
-
-
-def choose(start: CompactRange, leaves: list[list[bytes]], root: bytes,
-           budget: int = MAX_SEARCH) -> list[int] | None:
-    """Which of ``leaves[i]`` (the leaf hashes claiming index ``start.size + i``) to
-    take at each index so that ``start`` extended by them has ``root``: depth first,
-    each index's claimants in order, a range copied per step (O(log n)). None if no
-    choice does; :data:`SPENT` if ``budget`` appends ran out first. An index with one
-    claimant costs one append, however many are contested.
-
-    >>> from riskguard.operators.audit.merkle import leaf_hash
-    >>> real, fake = [leaf_hash(bytes([i])) for i in range(3)], leaf_hash(b"x")
-    >>> rng = CompactRange()
-    >>> for leaf in real:
-    ...     rng.append(leaf)
-    >>> choose(CompactRange(), [[fake, real[0]], [real[1]], [fake, real[2]]], rng.root())
-    [1, 0, 1]
-    >>> choose(CompactRange(), [[fake]] * 3, rng.root()) is None
-    True
-    """
-    n = len(leaves)
-    if n == 0:
-        return [] if start.root() == root else None
-    picks = [0] * n
-    ranges = [start]  # ranges[d]: start extended by the picks before index d
-    depth = 0
-    while True:
-        if depth == n:
-            if ranges[n].root() == root:
-                return picks
-            ranges.pop()
-            depth -= 1
-            picks[depth] += 1
-        elif picks[depth] < len(leaves[depth]):
-            budget -= 1
-            if budget < 0:
-                return SPENT
-            rng = CompactRange(ranges[depth].size, ranges[depth].peaks)
-            rng.append(leaves[depth][picks[depth]])
-            ranges.append(rng)
-            depth += 1
-            if depth < n:
-                picks[depth] = 0
-        elif depth == 0:
-            return None
-        else:
-            ranges.pop()
-            depth -= 1
-            picks[depth] += 1

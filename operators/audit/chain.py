@@ -3,7 +3,9 @@
 Every decision becomes an :class:`~riskguard.schemas.AuditRecord` appended to a chain
 (one chain per worker partition). Every ``checkpoint_every`` records, or every
 ``checkpoint_interval_ns`` of event time, the chain emits a signed
-:class:`~riskguard.schemas.AuditCheckpoint` (origin, size, root)."""
+:class:`~riskguard.schemas.AuditCheckpoint` (origin, size, root, last leaf). Each
+record carries the leaf hash of the record before it (``prev_leaf``), so a checkpoint's
+last leaf names, link by link, every record it covers."""
 
 from __future__ import annotations
 
@@ -16,13 +18,13 @@ import msgspec
 from riskguard.operators.audit.merkle import CompactRange, leaf_hash
 from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.signing.crypto import PAYLOAD_AUDIT_CHECKPOINT, Signer, VerifyKey
-from riskguard.schemas.audit import AuditCheckpoint, AuditRecord, DeadLetter
+from riskguard.schemas.audit import GENESIS_LEAF, AuditCheckpoint, AuditRecord, DeadLetter
 
 import riskguard
 from riskguard.errors import SigningError, VerificationError
 from riskguard.validation import PositiveInt, check_declared
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 _NS_PER_S = 1_000_000_000
 
 
@@ -48,21 +50,27 @@ def record_leaf(rec: AuditRecord) -> bytes:
 
 def checkpoint_body(cp: AuditCheckpoint) -> bytes:
     """The bytes a checkpoint signature covers (with PAE type audit-checkpoint)."""
-    return msgspec.json.encode([cp.origin, cp.size, cp.root, cp.ts, cp.key_id])
+    return msgspec.json.encode([cp.origin, cp.size, cp.root, cp.ts, cp.key_id, cp.last_leaf])
 
 
-def sign_checkpoint(origin: str, size: int, root: bytes, ts: int,
-                    signer: Signer) -> AuditCheckpoint:
-    """A checkpoint for ``origin`` signed by ``signer``."""
-    cp = AuditCheckpoint(origin=origin, size=size, root=root.hex(), ts=ts, key_id=signer.key_id)
+def sign_checkpoint(origin: str, size: int, root: bytes, ts: int, signer: Signer, *,
+                    last_leaf: str) -> AuditCheckpoint:
+    """A checkpoint for ``origin`` signed by ``signer``; ``last_leaf`` is the leaf hash
+    (hex) of record ``size - 1`` (:data:`~riskguard.schemas.audit.GENESIS_LEAF` at 0)."""
+    cp = AuditCheckpoint(origin=origin, size=size, root=root.hex(), ts=ts,
+                         last_leaf=last_leaf, key_id=signer.key_id)
     sig = signer.sign(PAYLOAD_AUDIT_CHECKPOINT, checkpoint_body(cp))
     return msgspec.structs.replace(cp, signature=sig.sig)
 
 
 def verify_checkpoint(cp: AuditCheckpoint, key: VerifyKey) -> None:
-    """Return nothing if ``cp`` is signed by ``key``; raise ``VerificationError``."""
+    """Return nothing if ``cp`` is signed by ``key``; raise ``VerificationError``. A
+    checkpoint without ``last_leaf`` (of the format before records were linked) fails."""
     if cp.signature is None:
         raise VerificationError("unsigned", f"checkpoint {cp.origin}@{cp.size} has no signature")
+    if cp.last_leaf is None:
+        raise VerificationError("unlinked", f"checkpoint {cp.origin}@{cp.size} names no "
+                                            "last leaf (written before records were linked)")
     key.verify(PAYLOAD_AUDIT_CHECKPOINT, checkpoint_body(cp), cp.signature)
 
 
@@ -125,11 +133,12 @@ class AuditConfig(msgspec.Struct, frozen=True, kw_only=True):
 @persisted("riskguard.audit")
 @dataclass
 class AuditState:
-    """One chain's append state."""
+    """One chain's append state: its size, Merkle peaks and last record's leaf hash."""
 
     chain: str
     size: int = 0
     peaks: list[bytes] = field(default_factory=list)
+    last_leaf: str = GENESIS_LEAF
     since_checkpoint: int = 0
     last_checkpoint_ts: int | None = None
     last_ts: int = 0
@@ -190,10 +199,11 @@ class AuditLogic:
             kind=KIND_BY_TAG.get(tag, tag)[:64], operator=operator[:64] or "unknown",
             operator_version=cfg.operator_version, config_hash=cfg.config_hash,
             input_digest=hashlib.sha256(raw).hexdigest(),
-            body=body if isinstance(body, dict) else {"value": body},
+            body=body if isinstance(body, dict) else {"value": body}, prev_leaf=st.last_leaf,
         )
         leaf = record_leaf(rec)
-        rec = msgspec.structs.replace(rec, leaf_hash=leaf.hex())
+        st.last_leaf = leaf.hex()
+        rec = msgspec.structs.replace(rec, leaf_hash=st.last_leaf)
         self._range.append(leaf)
         st.size = self._range.size
         st.peaks = self._range.peaks
@@ -213,7 +223,8 @@ class AuditLogic:
 
     def _checkpoint(self) -> AuditCheckpoint:
         st = self.state
-        cp = sign_checkpoint(st.chain, st.size, self._range.root(), st.last_ts, self.signer)
+        cp = sign_checkpoint(st.chain, st.size, self._range.root(), st.last_ts, self.signer,
+                             last_leaf=st.last_leaf)
         st.since_checkpoint = 0
         st.last_checkpoint_ts = st.last_ts
         return cp
@@ -221,7 +232,7 @@ class AuditLogic:
     def snapshot(self) -> AuditState:
         st = self.state
         return AuditState(chain=st.chain, size=st.size, peaks=list(st.peaks),
-                          since_checkpoint=st.since_checkpoint,
+                          last_leaf=st.last_leaf, since_checkpoint=st.since_checkpoint,
                           last_checkpoint_ts=st.last_checkpoint_ts, last_ts=st.last_ts,
                           version=st.version)
 

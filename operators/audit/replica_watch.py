@@ -98,7 +98,7 @@ class ReplicaWatchState:
     # what signed checkpoints vouch for (a watch given the checkpoint keys)
     attest: AttestState | None = None
     unverified: list[str] = field(default_factory=list)  # chains alerted as unverified
-    version: int = 2
+    version: int = 3
 
 
 class ReplicaWatchLogic:

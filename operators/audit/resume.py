@@ -98,6 +98,7 @@ class ChainResume:
         return {
             name: AuditState(
                 chain=name, size=t.check.range.size, peaks=list(t.check.range.peaks),
+                last_leaf=t.check.last_leaf,
                 since_checkpoint=t.check.range.size - t.check.cp_size,
                 # as AuditLogic keeps it: the first record's time until a checkpoint is made
                 last_checkpoint_ts=t.check.cp_ts if t.check.cp_ts is not None else t.first_ts,
@@ -143,7 +144,8 @@ def continue_chain(chain: str, restored: AuditState | None,
     """
     seen = found.get(chain)
     if restored is not None and (seen is None or seen.size <= restored.size):
-        if seen is not None and seen.size == restored.size and seen.peaks != restored.peaks:
+        if seen is not None and seen.size == restored.size and (
+                seen.peaks != restored.peaks or seen.last_leaf != restored.last_leaf):
             msg = (f"restored_state_mismatch: the recovery snapshot and the audit topic both "
                    f"hold {seen.size} records, with different hashes")
             raise AuditError(msg, chain=chain, index=seen.size)
@@ -151,6 +153,6 @@ def continue_chain(chain: str, restored: AuditState | None,
     if seen is None:
         return None
     return AuditState(chain=seen.chain, size=seen.size, peaks=list(seen.peaks),
-                      since_checkpoint=seen.since_checkpoint,
+                      last_leaf=seen.last_leaf, since_checkpoint=seen.since_checkpoint,
                       last_checkpoint_ts=seen.last_checkpoint_ts, last_ts=seen.last_ts,
                       version=seen.version)

@@ -1,7 +1,8 @@
 """Checking an audit log as exported: the whole log, or one record's proof.
 
-:func:`verify_log` re-checks a whole export in one pass: every record's leaf hash,
-each checkpoint's signature and root over exactly the records before it (extending the
+:func:`verify_log` re-checks a whole export in one pass: every record's leaf hash and
+its link to the record before it (``prev_leaf``), each checkpoint's signature, root
+over exactly the records before it and last leaf (extending the
 tree the previous one signed, so successive checkpoints are consistent), and gaps,
 reorders, repeats and truncation. It raises
 :class:`~riskguard.errors.AuditError` naming the first bad record. :func:`prove` makes
@@ -19,7 +20,7 @@ import msgspec
 from riskguard.operators.audit.chain import record_leaf, replica_of, verify_checkpoint
 from riskguard.operators.audit.merkle import CompactRange, inclusion_proof, verify_inclusion
 from riskguard.operators.signing.crypto import VerifyKey
-from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
+from riskguard.schemas.audit import GENESIS_LEAF, AuditCheckpoint, AuditRecord
 from riskguard.schemas.json_limits import check_json_depth
 
 from riskguard.errors import AuditError, VerificationError
@@ -37,22 +38,34 @@ class ChainReport:
 
 @dataclass
 class ChainCheck:
-    """One chain checked as it is read, in O(log n) memory: its records' compact range
-    and its last good checkpoint. Each checkpoint's root is computed by extending the
-    tree the previous one signed, so consistency between them holds by construction
-    and a log of n records and c checkpoints costs O(n + c log n) hashes."""
+    """One chain checked as it is read, in O(log n) memory: its records' compact range,
+    its last record's leaf hash and its last good checkpoint. Each checkpoint's root is
+    computed by extending the tree the previous one signed, so consistency between them
+    holds by construction and a log of n records and c checkpoints costs
+    O(n + c log n) hashes."""
 
     range: CompactRange = field(default_factory=CompactRange)
     cp_size: int = 0
     cp_ts: int | None = None
+    last_leaf: str = GENESIS_LEAF
 
     def append(self, rec: AuditRecord) -> None:
-        """Add ``rec`` (its index already checked) after checking its leaf hash."""
+        """Add ``rec`` (its index already checked) after checking its leaf hash and its
+        link to the record before it."""
         leaf = record_leaf(rec)
-        if rec.leaf_hash != leaf.hex():
+        hexed = leaf.hex()
+        if rec.leaf_hash != hexed:
             raise AuditError("leaf_hash_mismatch: record content does not match its leaf hash",
                              chain=rec.chain, index=rec.index)
+        if rec.prev_leaf is None:
+            raise AuditError("unlinked: the record has no prev_leaf (written before audit "
+                             "records were linked)", chain=rec.chain, index=rec.index)
+        if rec.prev_leaf != self.last_leaf:
+            before = f"record {rec.index - 1}" if rec.index else "the chain's start"
+            msg = f"broken_link: its prev_leaf is not the leaf hash of {before}"
+            raise AuditError(msg, chain=rec.chain, index=rec.index)
         self.range.append(leaf)
+        self.last_leaf = hexed
 
     def checkpoint(self, cp: AuditCheckpoint, lookup: KeyLookup) -> bool:
         """Check ``cp`` against the records read so far: True if it attests more of the
@@ -74,6 +87,10 @@ class ChainCheck:
             msg = (f"checkpoint_root_mismatch: records {self.cp_size}..{cp.size - 1} do not "
                    "hash to the signed root")
             raise AuditError(msg, chain=cp.origin, index=self.cp_size)
+        if cp.last_leaf != self.last_leaf:
+            msg = (f"checkpoint_last_leaf_mismatch: the checkpoint at size {cp.size} signs "
+                   f"another last leaf than record {cp.size - 1}'s")
+            raise AuditError(msg, chain=cp.origin, index=max(cp.size - 1, 0))
         repeated = cp.size == self.cp_size and self.cp_ts is not None
         self.cp_size = cp.size
         self.cp_ts = cp.ts if self.cp_ts is None else max(self.cp_ts, cp.ts)
@@ -193,6 +210,12 @@ def verify_log(
     issuers: Mapping[str, str] | None = None,
 ) -> dict[str, ChainReport]:
     """Verify an audit log; return a report per chain or raise ``AuditError``.
+
+    Each record must link to the one before it (its ``prev_leaf`` is that record's
+    leaf hash, ``broken_link`` otherwise) and each checkpoint must sign the leaf hash
+    of the last record it covers (``checkpoint_last_leaf_mismatch``); a record or
+    checkpoint of the format before records were linked fails (``unlinked``,
+    ``bad_checkpoint``).
 
     ``keys`` maps checkpoint ``key_id`` to a public key (or is a :data:`KeyLookup`).
     ``expected_sizes`` (chain -> size, e.g. from a checkpoint published elsewhere)
