@@ -95,6 +95,63 @@ def test_incidents_sharing_a_capped_venue_sleep_until_the_window_rolls() -> None
     assert len([c for c in rolled if c.scope.venue == "binance"]) == 5
 
 
+PER_INSTRUMENT = Rule(name="per", signal="anomaly", scope="instrument:*", target="same",
+                      ladder=(Rung(action=Action.REDUCE_ONLY),), quiet_s=10_000,
+                      recovery="manual")
+REROUTE = Rule(name="rr", signal="heartbeat_loss", scope="venue:*", target="venue",
+               quiet_s=10_000, ladder=(Rung(action=Action.REROUTE_ORDER_FLOW),))
+
+
+def _with_reroute(mitigated: int, **kw: Any) -> Any:
+    """A playbook with ``mitigated`` instruments under reduce_only on binance and okx's
+    order flow rerouted to binance and deribit."""
+    logic = make(PER_INSTRUMENT, REROUTE, **kw)
+    feed(logic, [anomaly(1, inst=f"J{i}", v="binance") for i in range(mitigated)])
+    out = logic.on_event(alert("heartbeat_loss", feed_scope("okx"), 2, Severity.CRITICAL))
+    assert acts(out) == [("reroute_order_flow", "venue:okx")]
+    return logic
+
+
+def feed_scope(v: str) -> Scope:
+    return Scope(kind=ScopeKind.VENUE, value=v)
+
+
+def test_a_reroute_in_force_does_not_make_every_event_scan_the_mitigations() -> None:
+    """2,000 instruments under reduce_only and one reroute in force: a tick or a signal
+    that changes no venue's health and no mitigation does not look for reroute targets
+    again (that look reads every mitigation in force)."""
+    logic = _with_reroute(2_000, max_commands=1_000_000)
+    looks = 0
+    real = logic._healthy_alternatives
+
+    def counted(*args: Any, **kw: Any) -> list[str]:
+        nonlocal looks
+        looks += 1
+        return real(*args, **kw)
+
+    logic._healthy_alternatives = counted  # type: ignore[method-assign]
+    quiet = feed(logic, [Tick(ts=(3 + k) * S) for k in range(500)]
+                 + [anomaly(600, inst="J7", v="binance")])
+    assert quiet == []
+    more = feed(logic, [anomaly(600, inst=f"K{i}", v="binance") for i in range(500)])
+    assert len(more) == 500  # new instrument mitigations move no reroute
+    assert looks == 0
+    out = logic.on_event(alert("heartbeat_loss", feed_scope("deribit"), 601, Severity.CRITICAL))
+    assert ("reroute_order_flow", "venue:okx") in acts(out)  # narrowed to binance at once
+    assert next(c for c in out if c.scope.value == "okx").params["targets"] == ["binance"]
+
+
+def test_a_retarget_the_rate_cap_held_back_is_retried_when_the_window_rolls() -> None:
+    """deribit goes down while okx's window is full: okx's reroute is narrowed when the
+    window rolls, by a tick alone."""
+    logic = _with_reroute(0, max_commands=1, rate_window_s=10)
+    out = logic.on_event(alert("heartbeat_loss", feed_scope("deribit"), 4, Severity.CRITICAL))
+    assert ("reroute_order_flow", "venue:okx") not in acts(out)
+    later = feed(logic, [Tick(ts=k * S) for k in range(5, 12)])
+    narrowed = [c for c in later if c.scope.value == "okx"]
+    assert [c.params["targets"] for c in narrowed] == [["binance"]]
+
+
 # -- the admission gate ----------------------------------------------------------------
 
 
@@ -199,3 +256,27 @@ def test_the_guard_turns_names_past_the_caps_into_dead_letters_and_still_meets_t
     capped = [a for a in res.signals if getattr(a, "kind", "") == "admission_cap"]
     assert [(a.scope.label(), a.details["first_refused"]) for a in capped] == [
         ("venue:okx", "JUNK-50")]
+
+
+class _CountedReads(dict):  # type: ignore[type-arg]
+    """A dict counting the times it is read whole."""
+
+    reads = 0
+
+    def __iter__(self) -> Any:
+        type(self).reads += 1
+        return super().__iter__()
+
+
+def test_a_window_roll_does_not_read_every_incidents_repeat_history() -> None:
+    """5,000 incidents within their repeat window: each rate-window roll (here every
+    event, as in a replay of sparse bars) forgets what expired without reading all of
+    them, and forgets it all the same."""
+    logic = make(PER_INSTRUMENT, max_commands=1_000_000, rate_window_s=1)
+    feed(logic, [anomaly(1, inst=f"J{i}", v="binance") for i in range(5_000)])
+    logic.state.history = _CountedReads(logic.state.history)
+    feed(logic, [Tick(ts=(2 + k) * S) for k in range(200)])
+    assert _CountedReads.reads == 0
+    assert len(logic.state.history) == 5_000  # repeat_window_s: trips of second 1 count
+    feed(logic, [Tick(ts=(1 + int(PER_INSTRUMENT.repeat_window_s) + 1) * S)])
+    assert logic.state.history == {}

@@ -153,11 +153,15 @@ def push_evidence(evidence: list[str], digest: str) -> None:
         del evidence[:-MAX_EVIDENCE]
 
 
-def mark_reason(table: dict[str, list[str]], name: str, why: str, on: bool) -> None:
-    reasons = [r for r in table.get(name, []) if r != why]
+def mark_reason(table: dict[str, list[str]], name: str, why: str, on: bool) -> bool:
+    """Set or clear ``why`` among ``name``'s reasons; whether they changed."""
+    before = table.get(name, [])
+    reasons = [r for r in before if r != why]
     if on:
         reasons.append(why)
+    reasons.sort()
     if reasons:
-        table[name] = sorted(reasons)
+        table[name] = reasons
     else:
         table.pop(name, None)
+    return reasons != before

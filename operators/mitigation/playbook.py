@@ -96,6 +96,9 @@ __all__ = [
 ]
 
 
+_CLOSES_A_VENUE = frozenset({Action.HALT_TRADING, Action.CANCEL_ALL, Action.REROUTE_ORDER_FLOW})
+"""Mitigations that, in force on a venue, take it out of every reroute's targets."""
+
 PlaybookInput: TypeAlias = (AnomalySignal | RiskAlert | LimitBreach | MitigationCommand
                              | ExecutionAck | Tick)
 Output: TypeAlias = MitigationCommand | DeadLetter
@@ -134,6 +137,15 @@ class PlaybookLogic:
         self._awake: set[str] = set(state.incidents)
         self._reroutes = {k for k, m in state.active.items()
                           if m.action is Action.REROUTE_ORDER_FLOW}
+        # whether what a reroute's targets depend on (venue health, limit breaches, the
+        # mitigations in force and their owners) changed since they were last checked: an
+        # event that changed none costs nothing however many mitigations are in force
+        self._retarget_due = True
+        # (when a trip leaves its rule's repeat window, its incident key), soonest first: a
+        # window roll forgets what expired without reading the whole history
+        self._trips = [(self._trip_expiry(k, t), k) for k, ts in state.history.items()
+                       for t in ts]
+        heapq.heapify(self._trips)
         self._sleeping: list[tuple[int, str]] = []
         self._due_of: dict[str, int] = {}  # each sleeping incident's current due time
         # incidents whose next rung the rate cap held back -> when their window ends
@@ -412,6 +424,7 @@ class PlaybookLogic:
                         if st.now - t <= rule.repeat_window_s * S]
                 hist.append(st.now)
                 st.history[key] = hist
+                heapq.heappush(self._trips, (self._trip_expiry(key, st.now), key))
                 inc = Incident(key=key, rule=rule.name, kind=kind, signal_scope=sig.scope,
                                target=target, opened_at=sig.ts, severity=sig.severity,
                                start_rung=min(len(hist) - 1, len(rule.ladder) - 1))
@@ -462,11 +475,14 @@ class PlaybookLogic:
         st = self.state
         if kind in ("heartbeat_loss", "heartbeat_restored"):
             venue = venue_of(sig.scope, self.config.venues)
-            if venue is not None:
-                mark_reason(st.unhealthy, venue, "heartbeat_loss", not closing)
-        elif isinstance(sig, LimitBreach) and sig.scope.kind in (ScopeKind.VENUE,
-                                                                 ScopeKind.COUNTERPARTY):
-            mark_reason(st.breached, sig.scope.value, f"{sig.limit_path}#{sig.kind}", not closing)
+            if venue is not None and mark_reason(st.unhealthy, venue, "heartbeat_loss",
+                                                 not closing):
+                self._retarget_due = True
+        elif (isinstance(sig, LimitBreach)
+              and sig.scope.kind in (ScopeKind.VENUE, ScopeKind.COUNTERPARTY)
+              and mark_reason(st.breached, sig.scope.value, f"{sig.limit_path}#{sig.kind}",
+                              not closing)):
+            self._retarget_due = True
 
     def _manual_resume(self, cmd: MitigationCommand) -> None:
         st = self.state
@@ -490,6 +506,7 @@ class PlaybookLogic:
                 continue
             del st.active[key]
             self._reroutes.discard(key)
+            self._retarget_due = True
 
     def _evaluate(self) -> None:
         """Climb and end the awake incidents, in key order (a sleeping one cannot move, so
@@ -546,6 +563,9 @@ class PlaybookLogic:
         """Move live reroutes off targets that have since gone bad: re-issued with the
         remaining ones, or, with none left, its incident climbs. Targets only narrow, so a
         flapping venue does not churn commands."""
+        if not self._retarget_due:
+            return
+        self._retarget_due = False
         st = self.state
         for key in sorted(self._reroutes):
             m = st.active[key]
@@ -570,6 +590,8 @@ class PlaybookLogic:
                 if self._emit(cmd, capped=True):
                     m.params, m.command_id = params, cmd.command_id
                     m.decision_id = cmd.decision_id or ""
+                else:  # held back by the rate cap: retried on the next event
+                    self._retarget_due = True
                 continue
             # no target left: climb the owner to its next rung
             nxt = owner.rung + 1
@@ -619,6 +641,7 @@ class PlaybookLogic:
             m = st.active[key]
             if inc.key not in m.owners:
                 m.owners = sorted({*m.owners, inc.key})
+                self._retarget_due = self._retarget_due or key in self._reroutes
             m.manual = m.manual or rule.recovery == "manual"
             return "held"
         why = rung_reason(rule, inc, index, self._time() - inc.opened_at)
@@ -643,6 +666,8 @@ class PlaybookLogic:
                                         decision_id=cmd.decision_id or "")
             if action is Action.REROUTE_ORDER_FLOW:
                 self._reroutes.add(key)
+            if action in _CLOSES_A_VENUE:  # a venue no reroute may go to any more
+                self._retarget_due = True
         return "issued"
 
     def _healthy_alternatives(self, rule: Rule, scope: Scope, exclude_self: str = "") -> list[str]:
@@ -650,8 +675,8 @@ class PlaybookLogic:
         failing = venue_of(scope, self.config.venues)
         down = set(st.unhealthy) | set(st.breached)
         for key, m in st.active.items():
-            if key != exclude_self and m.scope.kind is ScopeKind.VENUE and m.action in (
-                    Action.HALT_TRADING, Action.CANCEL_ALL, Action.REROUTE_ORDER_FLOW):
+            if key != exclude_self and m.scope.kind is ScopeKind.VENUE and (
+                    m.action in _CLOSES_A_VENUE):
                 down.add(m.scope.value)
         candidates = rule.alternatives or self.config.venues
         return [v for v in candidates if v != failing and v not in down]
@@ -660,6 +685,7 @@ class PlaybookLogic:
         """The quiet period passed: release the incident's mitigations."""
         st = self.state
         del st.incidents[inc.key]
+        self._retarget_due = True
         freed: dict[str, list[Mitigation]] = {}
         for key in sorted(st.active):
             m = st.active[key]
@@ -744,13 +770,27 @@ class PlaybookLogic:
             self._capped.clear()
             self._prune_history()
 
+    def _horizon(self, key: str) -> float:
+        """How long the incident ``key``'s trips count as repeats (ns)."""
+        rule = self.rules.get(key.split("|", 1)[0])
+        return (rule.repeat_window_s if rule else 0.0) * S
+
+    def _trip_expiry(self, key: str, t: int) -> int:
+        """The last time at which a trip at ``t`` still counts: ``now - t <= horizon``."""
+        return t + math.floor(self._horizon(key))
+
     def _prune_history(self) -> None:
-        """Forget trips older than their rule's repeat window (bounded state)."""
+        """Forget trips older than their rule's repeat window (bounded state); only the
+        incidents with a trip that expired are read."""
         st = self.state
-        for key in list(st.history):
-            rule = self.rules.get(key.split("|", 1)[0])
-            horizon = (rule.repeat_window_s if rule else 0.0) * S
-            kept = [t for t in st.history[key] if st.now - t <= horizon]
+        trips = self._trips
+        while trips and trips[0][0] < st.now:
+            key = heapq.heappop(trips)[1]
+            times = st.history.get(key)
+            if times is None:
+                continue
+            horizon = self._horizon(key)
+            kept = [t for t in times if st.now - t <= horizon]
             if kept:
                 st.history[key] = kept
             else:
