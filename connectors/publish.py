@@ -106,7 +106,7 @@ def read_files(
                     batch = part.next_batch()
                 except StopIteration:
                     return
-                yield sum(part.snapshot()), batch
+                yield part.bytes_read(), batch
         finally:
             part.close()
 

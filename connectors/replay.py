@@ -352,6 +352,11 @@ class _ReplayPartition(StatefulSourcePartition[Any, list[int]]):
     def next_awake(self) -> datetime | None:
         return self._awake
 
+    def bytes_read(self) -> int:
+        """How far into its files the replay has read: the sum of every file's next
+        offset (bytes)."""
+        return sum(self._offsets)
+
     def snapshot(self) -> list[int]:
         """Every file's next offset, then every file's time (:class:`LeadGate`)."""
         return [*self._offsets, *self._file_ts]
