@@ -264,9 +264,9 @@ def test_the_config_secret_and_service_account_are_the_ones_ops_k8s_defines() ->
         assert vols["signing"] == sts_signing
         assert vols["signing"]["projected"]["sources"][0]["secret"]["name"] \
             == secret["metadata"]["name"]
-        assert mounts["signing"]["readOnly"] is True
+        assert mounts["keys"]["readOnly"] is True  # the copies (tests/test_k8s_keys.py)
         guard = tomllib.loads(cfgmap["data"][config.name])
-        where = mounts["signing"]["mountPath"]
+        where = mounts["keys"]["mountPath"]
         assert guard["keys"]["signing_key"] == f"{where}/signing.pem"
         assert guard["kafka"]["ssl_key_location"] == f"{where}/kafka-client.key"
         assert pod["securityContext"]["runAsNonRoot"] is True

@@ -142,7 +142,9 @@ def test_statefulset_wires_recovery_probes_resources_and_one_guard_process() -> 
 
 
 def test_signing_key_secret_is_mounted_read_only_with_mode_0400_and_carries_no_key() -> None:
-    """The Secret manifest is empty; the pod mounts it read-only, mode 0400 (octal)."""
+    """The Secret manifest is empty; the pod mounts it read-only, mode 0400 (octal), for
+    the init container that copies the keys where the guard reads them
+    (tests/test_k8s_keys.py)."""
     k = by_kind()
     assert k["Secret"]["data"] == {}
     pod = k["StatefulSet"]["spec"]["template"]["spec"]
@@ -150,7 +152,10 @@ def test_signing_key_secret_is_mounted_read_only_with_mode_0400_and_carries_no_k
     assert vol["projected"]["defaultMode"] == 0o400
     items = vol["projected"]["sources"][0]["secret"]["items"]
     assert {i["mode"] for i in items} == {0o400}
-    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "signing")
+    init = next(c for c in pod["initContainers"] if c["name"] == "keys")
+    assert {"name": "signing", "mountPath": "/run/secrets/riskguard-secret",
+            "readOnly": True} in init["volumeMounts"]
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "keys")
     assert mount["readOnly"] is True
     cfg = k["ConfigMap"]["data"]["guard.toml"]
     assert f'signing_key = "{mount["mountPath"]}/signing.pem"' in cfg
