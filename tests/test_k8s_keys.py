@@ -21,8 +21,9 @@ import pytest
 
 yaml = pytest.importorskip("yaml", reason="PyYAML (test extra) is needed to read the manifests")
 
-from riskguard.errors import SigningError  # noqa: E402  # after the importorskip
 from riskguard.operators.signing.crypto import Signer, generate_key_file  # noqa: E402
+
+from riskguard.errors import SigningError  # noqa: E402  # after the importorskip
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "ops" / "k8s"
@@ -141,7 +142,7 @@ def test_each_pod_copies_its_keys_owner_only_into_memory_the_guard_reads(
 
 def test_the_configs_look_for_the_keys_where_the_pods_put_them() -> None:
     """guard*.toml name the copies' folder for the signing key and the Kafka client key."""
-    (cm,) = [d for d in yaml.safe_load_all((K8S / "configmap.yaml").read_text())]
+    (cm,) = list(yaml.safe_load_all((K8S / "configmap.yaml").read_text()))
     folders = {m["mountPath"] for _, pod in pods() for init in key_copies(pod)
                for m in init["volumeMounts"][1:]}
     assert len(folders) == 1
