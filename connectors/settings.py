@@ -113,11 +113,14 @@ def as_settings(brokers: str | KafkaSettings) -> KafkaSettings:
 def kafka_logger() -> logging.Logger:
     """The logger librdkafka's log lines go to (``riskguard.kafka``): quiet (a
     ``NullHandler``) unless ``$RISKGUARD_LOG`` or the CLI's ``-v`` turns logging on.
+    A ``$RISKGUARD_LOG`` that names no level is a :class:`ConfigError`, as in the CLI.
     """
     log = logging.getLogger(KAFKA_LOGGER)
     if not log.handlers:
-        log.addHandler(logging.NullHandler())
         level = os.environ.get(LOG_ENV, "").strip().lower()
+        if level and level not in LOG_LEVELS:  # a typo never turns the log lines off
+            raise ConfigError(LOG_ENV, "one of " + ", ".join(LOG_LEVELS), level)
+        log.addHandler(logging.NullHandler())
         if LOG_LEVELS.get(level) is not None and _handler is None:
             configure_logging(level)
     return log

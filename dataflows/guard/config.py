@@ -236,7 +236,7 @@ def _load_guard_config(path: str | Path) -> tuple[GuardConfig, str]:
     data = read_toml(path)
     index = os.environ.get(TIER_INDEX_ENV)
     if index is not None:
-        if not index.isdigit():
+        if not (index.isascii() and index.isdigit()):  # "²" is a digit int() refuses
             raise ConfigError(TIER_INDEX_ENV, "a market process index (0, 1, ...)", index)
         data = {**data, "tier": {**data.get("tier", {}), "index": int(index)}}
     replica_id = os.environ.get(REPLICA_ID_ENV)

@@ -161,13 +161,33 @@ def report_audit_tail(cfg: GuardConfig, tail: AuditTail, now: int,
 
 
 NEW_CONFIG_ENV = "RISKGUARD_NEW_CONFIG"
-"""Set (by ``riskguard run --new-config``) to start a replica on a config its peers do
-not run yet: the first replica of a planned config change."""
+"""``1`` (as ``riskguard run --new-config`` sets it) to start a replica on a config its
+peers do not run yet: the first replica of a planned config change. Unset, empty or
+``0``: not asked; any other text is a :class:`ConfigError`."""
+
+
+def new_config_asked() -> bool:
+    """Whether ``$RISKGUARD_NEW_CONFIG`` asks to start on a config the peers do not run.
+
+    >>> os.environ[NEW_CONFIG_ENV] = "false"
+    >>> try:
+    ...     new_config_asked()
+    ... except ConfigError as err:
+    ...     print(str(err)[:52])
+    RISKGUARD_NEW_CONFIG: 1 (start this replica on a new
+    >>> del os.environ[NEW_CONFIG_ENV]
+    """
+    raw = os.environ.get(NEW_CONFIG_ENV, "").strip()
+    if raw not in ("", "0", "1"):
+        raise ConfigError(NEW_CONFIG_ENV, "1 (start this replica on a new config), or 0 or "
+                          "unset (start only on the config its peers run)", raw)
+    return raw == "1"
 
 
 def check_peer_configs(replica: str, cfg_hash: str, peers: dict[str, str]) -> None:
     """Refuse to start replica ``replica`` on another config than its peers' (the config
-    hash on each peer's last audit record), unless ``$RISKGUARD_NEW_CONFIG`` is set.
+    hash on each peer's last audit record), unless ``$RISKGUARD_NEW_CONFIG`` is ``1``
+    (:func:`new_config_asked`).
 
     >>> check_peer_configs("a", "1" * 64, {"b": "1" * 64})
     >>> try:
@@ -176,8 +196,9 @@ def check_peer_configs(replica: str, cfg_hash: str, peers: dict[str, str]) -> No
     ...     print(str(err)[:64])
     replica: the config its peers run (replica b: sha256 22222222222
     """
+    asked = new_config_asked()
     differ = {p: h for p, h in sorted(peers.items()) if h != cfg_hash}
-    if not differ or os.environ.get(NEW_CONFIG_ENV):
+    if not differ or asked:
         return
     said = ", ".join(f"replica {p}: sha256 {h[:12]}" for p, h in differ.items())
     raise ConfigError("replica", f"the config its peers run ({said}; this one: "
