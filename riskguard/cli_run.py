@@ -498,7 +498,8 @@ def _run(args: argparse.Namespace) -> int:
         # the guard's metrics are the job's Python workers' to serve, on the port
         # $RISKGUARD_METRICS_PORT names (riskguard.flink.worker_metrics): not here, where
         # nothing is counted, and where the port would push the first worker off it
-        return _run_on_flink(python, config, list(args.bytewax), cfg, digest, signer.key_id)
+        return _run_on_flink(python, config, list(args.bytewax), cfg, digest, signer.key_id,
+                             new_config=args.new_config)
     os.environ["RISKGUARD_CONFIG"] = str(config)  # as python -m bytewax.run would see it
     if args.new_config:
         os.environ["RISKGUARD_NEW_CONFIG"] = "1"
@@ -651,11 +652,14 @@ def flink_python() -> str:
 
 
 def _run_on_flink(python: str, config: Path, job_args: list[str], cfg: Any, digest: str,
-                  key_id: str) -> int:
+                  key_id: str, *, new_config: bool = False) -> int:
     """The guard as a Flink job (``python -m riskguard.flink.guard``) in a child process,
     with a start line, a summary and the same exit codes; no status lines (the counts are
-    the job's Flink metrics)."""
+    the job's Flink metrics). ``new_config`` (``--new-config``) reaches the job as
+    ``$RISKGUARD_NEW_CONFIG``."""
     import subprocess  # noqa: PLC0415
+
+    env = {**os.environ, **({"RISKGUARD_NEW_CONFIG": "1"} if new_config else {})}
 
     out = sys.stdout
     job_args = job_args[1:] if job_args[:1] == ["--"] else job_args
@@ -675,7 +679,7 @@ def _run_on_flink(python: str, config: Path, job_args: list[str], cfg: Any, dige
                       f"{metrics_note}\n")
             out.flush()
             job = subprocess.Popen([python, "-m", "riskguard.flink.guard", "--config",
-                                    str(config), *job_args])
+                                    str(config), *job_args], env=env)
             if job.wait() != 0:
                 how, rc = f"stopped on an error (the Flink job exited {job.returncode})", 1
     except KeyboardInterrupt as err:

@@ -391,6 +391,24 @@ def test_run_on_flink_without_pyflink_names_the_python_to_use(capsys, monkeypatc
     assert "RISKGUARD_FLINK_PYTHON" in err and "--engine flink" in err
 
 
+@pytest.mark.kafka
+def test_run_on_flink_hands_new_config_to_the_job(
+        prepared: PreparedRun, tmp_path: Path, monkeypatch, capsys) -> None:
+    """``--new-config`` reaches the Flink job (as ``$RISKGUARD_NEW_CONFIG=1``), which
+    checks the peers' configs in its own process. A stand-in interpreter records what the
+    job would be started with; the job itself is not the subject here."""
+    seen = tmp_path / "seen"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\nprintf "%s" "$RISKGUARD_NEW_CONFIG" > {seen}\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("RISKGUARD_FLINK_PYTHON", str(fake))
+    monkeypatch.delenv("RISKGUARD_NEW_CONFIG", raising=False)
+    for flag, want in ((["--new-config"], "1"), ([], "")):
+        rc = main(["run", "--engine", "flink", *flag, "--config", str(prepared.config)])
+        assert rc == 0, capsys.readouterr().err
+        assert seen.read_text() == want, flag
+
+
 def test_every_option_and_argument_of_every_command_says_what_it_is() -> None:
     """``riskguard COMMAND --help`` describes each option and positional argument: none
     is listed bare, as ``subscribe``'s ``--state`` or ``--idle-timeout`` once were."""
