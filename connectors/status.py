@@ -20,11 +20,9 @@ the minimum (only the process that owns an audit chain sees its checkpoints).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import socket
 import threading
 import time
 import urllib.error
@@ -35,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+from riskguard.operators.core.http_limits import BoundedConnections, ConnectionDeadline
 from riskguard.operators.signing.commands import decode_command
 from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, VerifyKey, decode_envelope
 from riskguard.schemas import Action, MitigationCommand
@@ -548,33 +547,13 @@ def page(poll_ms: int = 2000) -> bytes:
     return PAGE.replace("__POLL_MS__", str(int(poll_ms))).encode()
 
 
-class _BoundedServer(ThreadingHTTPServer):
+class _BoundedServer(BoundedConnections, ThreadingHTTPServer):
     """A thread per connection, at most ``limit`` at once: one more is closed at once
     (and counted in ``refused``)."""
 
-    daemon_threads = True
-
     def __init__(self, address: tuple[str, int], handler: Any, limit: int) -> None:
+        self.max_connections = limit
         super().__init__(address, handler)
-        self._slots = threading.BoundedSemaphore(limit)
-        self.refused = 0
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.refused += 1
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
 
 
 class _Shared:
@@ -611,25 +590,10 @@ class StatusServer:
         html = page(poll_ms) if body is None else body
         status = _Shared(poller.poll, min(poll_ms, 2000) / 2000)
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(ConnectionDeadline, BaseHTTPRequestHandler):
+            # each read, and the whole connection at three times it: a client trickling
+            # bytes cannot keep its slot past the deadline
             timeout = idle_timeout_s
-
-            def setup(self) -> None:
-                super().setup()
-                # the whole connection, not only each read: a client trickling bytes
-                # cannot keep its slot past the deadline
-                self._deadline = threading.Timer(3 * idle_timeout_s, self._cut)
-                self._deadline.daemon = True
-                self._deadline.start()
-
-            def _cut(self) -> None:
-                with contextlib.suppress(OSError):
-                    self.connection.shutdown(socket.SHUT_RDWR)
-
-            def finish(self) -> None:
-                self._deadline.cancel()
-                with contextlib.suppress(OSError):
-                    super().finish()
 
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]

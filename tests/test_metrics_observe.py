@@ -255,6 +255,42 @@ def test_metrics_server_serves_the_default_registry_and_is_idempotent() -> None:
     assert "riskguard_audit_checkpoint_age_seconds" in text
 
 
+def test_idle_clients_cannot_pile_up_threads_in_the_metrics_server() -> None:
+    """40 clients connect to the metrics port and send nothing: at most 16 are served at
+    once (a thread and its deadline each), the rest are closed at once; once they go,
+    a scrape is answered."""
+    import contextlib
+    import socket
+    import threading
+    import time
+
+    port = metrics.start_metrics_server(0, "127.0.0.1")
+    before = threading.active_count()
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+    try:
+        time.sleep(1.0)
+        assert threading.active_count() - before <= 2 * 16
+        closed = 0
+        for s in idle:
+            s.settimeout(0.2)
+            with contextlib.suppress(TimeoutError):
+                closed += s.recv(1) == b""
+        assert closed >= 40 - 16
+    finally:
+        for s in idle:
+            s.close()
+    deadline = time.monotonic() + 10
+    while True:  # the server notices the closed ones as it reads them
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                assert b"riskguard_events_in_total" in r.read()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def test_metrics_server_port_from_env_is_validated() -> None:
     """RISKGUARD_METRICS_PORT unset -> no server; not a number -> ConfigError naming it."""
     assert metrics.start_metrics_server_from_env({}) is None

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import os
 import pickle
+import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_wsgi_app
+from riskguard.operators.core.http_limits import BoundedConnections, ConnectionDeadline
 
 from riskguard.errors import ConfigError
 
@@ -227,19 +230,50 @@ def measured_snapshot(step: str, take: Callable[[], Any], *, size: bool = True) 
 _server_lock = threading.Lock()
 _servers: dict[tuple[str, int], Any] = {}
 
+METRICS_MAX_CONNECTIONS = 16
+"""Scrapes :func:`start_metrics_server` serves at once; one more is closed at once."""
+METRICS_IDLE_TIMEOUT_S = 10.0
+"""A scrape connection silent this long is closed, and any still open at three times it."""
+
+
+class _Handler(ConnectionDeadline, WSGIRequestHandler):
+    timeout = METRICS_IDLE_TIMEOUT_S
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  # base signature
+        return
+
+
+def _serve_registry(port: int, addr: str) -> WSGIServer:
+    """prometheus-client's ``/metrics`` app for the default registry in a daemon thread,
+    with bounded connections and deadlines (idle or slow clients cannot pile up threads
+    in the process the guard runs in)."""
+    family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM,
+                                flags=socket.AI_PASSIVE)[0][0]
+
+    class Server(BoundedConnections, WSGIServer):
+        address_family = family
+        max_connections = METRICS_MAX_CONNECTIONS
+
+    server = make_server(addr, port, make_wsgi_app(REGISTRY), Server, handler_class=_Handler)
+    threading.Thread(target=server.serve_forever, name="riskguard-metrics",
+                     daemon=True).start()
+    return server
+
 
 def start_metrics_server(port: int, addr: str = "0.0.0.0") -> int:  # pods expose metrics
     """Serve the default registry on ``http://addr:port/metrics``; returns the bound port.
 
     Idempotent per process: a second call with the same address does nothing,
-    so every worker thread may call it. ``port=0`` picks a free port.
+    so every worker thread may call it. ``port=0`` picks a free port. At most
+    :data:`METRICS_MAX_CONNECTIONS` connections are served at once, each closed when
+    idle :data:`METRICS_IDLE_TIMEOUT_S` or open three times that.
     """
     if not 0 <= port <= 65535:
         raise ConfigError("metrics.port", "must be a TCP port 0..65535", port)
     with _server_lock:
         if (addr, port) in _servers and port != 0:
             return int(_servers[(addr, port)].server_port)
-        server, _thread = start_http_server(port, addr=addr)
+        server = _serve_registry(port, addr)
         bound = int(server.server_port)
         _servers[(addr, port)] = server
         _servers[(addr, bound)] = server
