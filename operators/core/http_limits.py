@@ -13,7 +13,7 @@ import contextlib
 import socket
 import threading
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import Any, ClassVar
 
 
 class BoundedConnections(ThreadingMixIn):
@@ -49,7 +49,7 @@ class ConnectionDeadline:
     """Request-handler mixin (before a ``StreamRequestHandler``): ``timeout`` bounds each
     read, and the whole connection is cut at three times it."""
 
-    timeout: float | None = 10.0
+    timeout: ClassVar[float | None] = 10.0
     connection: socket.socket
 
     def setup(self) -> None:
