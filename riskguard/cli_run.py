@@ -24,7 +24,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from riskguard.atomic import write_atomic
 from riskguard.cli_args import seconds
 from riskguard.config import no_rules_note
 from riskguard.connectors.topics import INPUT_STREAMS
@@ -296,64 +295,6 @@ def innermost(err: BaseException) -> BaseException:
     return ours[-1] if ours else seen[-1]
 
 
-REPLICA_MARK = "riskguard-replica"
-
-
-def claim_recovery_store(folder: Path, replica: str) -> None:
-    """Mark ``folder`` as ``replica``'s recovery store (empty name: a single guard), or
-    refuse it if another replica's mark is there: replicas never share one store.
-
-    >>> import tempfile
-    >>> d = Path(tempfile.mkdtemp())
-    >>> claim_recovery_store(d, "a"); claim_recovery_store(d, "a")
-    >>> try:
-    ...     claim_recovery_store(d, "b")
-    ... except ConfigError as err:
-    ...     print(str(err)[:46])
-    -r: the recovery directory of replica 'b' (eac
-    """
-    mark = folder / REPLICA_MARK
-    if mark.is_file():
-        owner = mark.read_text().strip()
-        if owner != replica:
-            raise ConfigError("-r", f"the recovery directory of replica {replica!r} (each "
-                              "replica keeps its own)",
-                              f"the recovery directory of replica {owner!r}")
-        return
-    write_atomic(mark, (replica + "\n").encode())
-
-
-TRUST_MARK = "riskguard-trust-serial"
-
-
-def claim_trust_serial(folder: Path, serial: int) -> None:
-    """Refuse a trust file older than the one the recovery store in ``folder`` last ran
-    on (a lower serial may list keys since revoked); else remember ``serial`` there, the
-    highest seen.
-
-    >>> import tempfile
-    >>> d = Path(tempfile.mkdtemp())
-    >>> claim_trust_serial(d, 3); claim_trust_serial(d, 4)
-    >>> try:
-    ...     claim_trust_serial(d, 3)
-    ... except ConfigError as err:
-    ...     print(str(err)[:44])
-    keys.trust_file: a trust file of serial 4 or
-    """
-    mark = folder / TRUST_MARK
-    try:
-        seen = int(mark.read_text().strip()) if mark.is_file() else None
-    except ValueError:
-        raise ConfigError(str(mark), "the highest trust-file serial this store ran on",
-                          mark.read_text()[:40]) from None
-    if seen is not None:
-        from riskguard.operators.signing.trust import check_trust_serial  # noqa: PLC0415
-
-        check_trust_serial(serial, seen, "this recovery directory")
-    if seen is None or serial > seen:
-        write_atomic(mark, f"{serial}\n".encode())
-
-
 def audit_origin(text: str) -> str:
     """``--audit-origin``: a name ``[audit] origin`` takes (at most 26 of A-Z a-z 0-9
     ``_.:+-``).
@@ -475,6 +416,10 @@ def _summary(c: Counts, elapsed_s: float, how: str, spent: str = "") -> str:
 def _run(args: argparse.Namespace) -> int:
     from riskguard.cli import STARTED, reach_kafka  # noqa: PLC0415  (imports this module)
     from riskguard.dataflows.guard import apply_gc_policy  # noqa: PLC0415  (heavy imports)
+    from riskguard.dataflows.guard.recovery_marks import (  # noqa: PLC0415
+        claim_recovery_store,
+        claim_trust_serial,
+    )
     from riskguard.dataflows.readiness import (  # noqa: PLC0415
         DetectorWatch,
         readiness,

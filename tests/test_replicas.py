@@ -14,6 +14,7 @@ import pytest
 from contract import CHECKS, Case
 from riskguard.connectors.subscriber import CommandSubscriber, Duplicate, Rejection
 from riskguard.dataflows.guard import load_guard_config
+from riskguard.dataflows.guard.recovery_marks import claim_recovery_store
 from riskguard.operators.audit import ReplicaWatchConfig, ReplicaWatchLogic, ReplicaWatchState
 from riskguard.operators.audit.replica_watch import _record
 from riskguard.operators.core.clock import ManualClock, Tick
@@ -25,7 +26,6 @@ from riskguard.schemas import Action, AuditCheckpoint, MitigationCommand, decisi
 from signing_fixtures import AUD, T0, VENUE_X, S, command, key_entries, signer
 from test_playbook import FLASH, VENUES, anomaly, feed
 
-from riskguard.cli_run import claim_recovery_store
 from riskguard.errors import ConfigError
 
 REPLICA_A, REPLICA_B = signer("engine-a"), signer("engine-b")
@@ -262,7 +262,7 @@ def test_a_recovery_store_mark_cut_short_leaves_no_mark(tmp_path: Path) -> None:
     """A mark whose write fails (no room for a byte) is not left behind empty: an empty
     mark reads as a single guard's store, and replica 'a' would be refused its own."""
     script = ("import sys; from pathlib import Path; "
-              "from riskguard.cli_run import claim_recovery_store; "
+              "from riskguard.dataflows.guard.recovery_marks import claim_recovery_store; "
               "claim_recovery_store(Path(sys.argv[1]), 'a')")
     proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)],
                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0)),
@@ -394,15 +394,50 @@ def test_the_watch_tells_each_message_that_is_no_audit_item(
     assert summary["unreadable"] == 2
 
 
+def test_bytewax_run_claims_its_recovery_directory_as_riskguard_run_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python -m bytewax.run riskguard.dataflows.guard -r DIR`` (the Kubernetes
+    entrypoint) marks DIR with its trust serial and refuses a store that ran on a newer
+    trust file, before the flow is built (before anything is read)."""
+    from riskguard.dataflows.demo import init_keys, write_config
+    from riskguard.dataflows.guard import live
+    from riskguard.dataflows.guard.recovery_marks import REPLICA_MARK, TRUST_MARK
+
+    keys = init_keys(tmp_path)
+    config = write_config(tmp_path, "127.0.0.1:1", keys, "dev", "")
+    built: list[int] = []
+
+    def build_flow(*_args: Any, **_kwargs: Any) -> None:
+        built.append(1)  # the Kafka reads begin here: not the subject of this test
+
+    monkeypatch.setattr(live, "build_flow", build_flow)
+    monkeypatch.setattr(live, "apply_gc_policy", lambda _cfg: None)
+    monkeypatch.setenv("RISKGUARD_CONFIG", str(config))
+    monkeypatch.delenv("BYTEWAX_RECOVERY_DIRECTORY", raising=False)
+    monkeypatch.delenv("RISKGUARD_METRICS_PORT", raising=False)
+    store = tmp_path / "recovery"
+    store.mkdir()
+    monkeypatch.setattr(sys, "argv", ["bytewax.run", "riskguard.dataflows.guard", "-r",
+                                      str(store), "-s", "5", "-b", "10"])
+    live.from_env()
+    assert built == [1]
+    assert (store / TRUST_MARK).read_text().strip().isdigit()
+    assert (store / REPLICA_MARK).read_text() == "\n"  # a single guard's
+    (store / TRUST_MARK).write_text("99\n")
+    with pytest.raises(ConfigError, match="serial 99"):
+        live.from_env()
+    assert built == [1]
+
+
 def test_a_recovery_store_refuses_a_trust_file_older_than_the_one_it_ran_on(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``riskguard run -r DIR`` remembers the trust file's serial in its recovery store;
     a start on an older, still root-signed trust file (one that may list keys since
     revoked) stops before anything is read, naming both serials."""
     from riskguard.dataflows.demo import init_keys, write_config
+    from riskguard.dataflows.guard.recovery_marks import TRUST_MARK
 
     from riskguard.cli import main
-    from riskguard.cli_run import TRUST_MARK
 
     keys = init_keys(tmp_path)
     config = write_config(tmp_path, "127.0.0.1:1", keys, "dev", "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -29,6 +30,11 @@ from riskguard.dataflows.guard.config import (
 from riskguard.dataflows.guard.core import guard_core
 from riskguard.dataflows.guard.kafka_io import audit_key, exposures_key, guard_input
 from riskguard.dataflows.guard.market import market_flow
+from riskguard.dataflows.guard.recovery_marks import (
+    claim_recovery_store,
+    claim_trust_serial,
+    recovery_dir_of_run,
+)
 from riskguard.operators.audit import replica_of
 from riskguard.operators.core.clock import Clock, system_clock
 from riskguard.operators.core.metrics import start_metrics_server_from_env
@@ -225,13 +231,19 @@ def prepare_detection(cfg: GuardConfig) -> None:
 
 
 def from_env() -> Dataflow:
-    """Build from ``$RISKGUARD_CONFIG`` (used by ``python -m bytewax.run``)."""
+    """Build from ``$RISKGUARD_CONFIG`` (used by ``python -m bytewax.run``), claiming
+    the recovery directory bytewax.run was given as ``riskguard run`` does
+    (:mod:`~riskguard.dataflows.guard.recovery_marks`)."""
     path = os.environ.get("RISKGUARD_CONFIG")
     if not path:
         raise ConfigError("RISKGUARD_CONFIG", "the path of a guard TOML config", None)
     cfg, digest = load_guard_config(path)
     signer, trust = load_keys(cfg)
     check_grants(cfg, signer, trust, system_clock())  # before a record is read
+    recovery = recovery_dir_of_run(sys.argv, os.environ)  # bytewax.run's -r, as it took it
+    if recovery is not None:
+        claim_recovery_store(recovery, cfg.replica.id)
+        claim_trust_serial(recovery, trust.serial)
     start_metrics_server_from_env()
     flow = build_flow(cfg, digest, signer=signer, trust=trust)
     apply_gc_policy(cfg)
