@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import sys
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -68,11 +69,14 @@ class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, repr_omit_default
     ssl_ca_location: str | None = None
     # this client's certificate (PEM), for brokers that ask for one (mutual TLS)
     ssl_certificate_location: str | None = None
-    ssl_key_location: str | None = None  # this client's private key (PEM)
+    ssl_key_location: str | None = None  # this client's private key (PEM); others must not read it
     ssl_key_password: str | None = None  # the password of ssl_key_location, if it has one
     # the client.id the guard's Kafka clients send (the brokers' logs and quotas name it)
     client_id: str = "riskguard"
     extra: dict[str, str] = {}
+
+    def __post_init__(self) -> None:
+        check_private_key_file("kafka.ssl_key_location", self.ssl_key_location)
 
     def __repr__(self) -> str:
         return f"KafkaSettings({self.redacted()!r})"
@@ -103,6 +107,31 @@ class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, repr_omit_default
             k: (REDACTED if looks_secret(k) else v)
             for k, v in self.client_config().items() if k != "logger"
         }
+
+
+def check_private_key_file(setting: str, path: str | None) -> None:
+    """Refuse a private key file anyone on the host may read or write (its group may,
+    as with ``ssl-cert``): a :class:`ConfigError` naming ``setting``. A file not there
+    (yet) is the client's to report when it opens it.
+
+    >>> import os, tempfile
+    >>> fd, key = tempfile.mkstemp(); os.close(fd); os.chmod(key, 0o644)
+    >>> try:
+    ...     check_private_key_file("kafka.ssl_key_location", key)
+    ... except ConfigError as err:
+    ...     print(str(err).split(";")[0])
+    kafka.ssl_key_location: a private key file others cannot read (chmod o-rwx)
+    >>> os.chmod(key, 0o640); check_private_key_file("kafka.ssl_key_location", key)
+    """
+    if not path:
+        return
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return
+    if mode & stat.S_IRWXO:
+        raise ConfigError(setting, "a private key file others cannot read (chmod o-rwx)",
+                          f"{path} with mode {mode:04o}")
 
 
 def as_settings(brokers: str | KafkaSettings) -> KafkaSettings:
