@@ -26,7 +26,11 @@ import threading
 import time
 from collections.abc import Mapping
 
-from riskguard.operators.core.metrics import metrics_port_from_env, start_metrics_server
+from riskguard.operators.core.metrics import (
+    metrics_addr_from_env,
+    metrics_port_from_env,
+    start_metrics_server,
+)
 
 from riskguard.errors import ConfigError
 
@@ -65,7 +69,8 @@ def serve_worker_metrics(env: Mapping[str, str] | None = None, *,
                          retry_s: float = RETRY_S) -> threading.Thread | None:
     """Serve this worker's metrics as the module docstring says, if
     ``$RISKGUARD_METRICS_PORT`` is set: the thread that binds (once a process; None
-    without the variable). A value that is not a port is a :class:`ConfigError` now."""
+    without the variable). A value that is not a port, or an address not of this host,
+    is a :class:`ConfigError` now."""
     env = os.environ if env is None else env
     base = metrics_port_from_env(env)
     if base is None:
@@ -75,7 +80,7 @@ def serve_worker_metrics(env: Mapping[str, str] | None = None, *,
         raise ConfigError("RISKGUARD_METRICS_PORT",
                           f"a TCP port 1..{65535 - WORKER_PORTS + 1} (a worker may take the "
                           f"{WORKER_PORTS - 1} above it)", raw)
-    addr = env.get("RISKGUARD_METRICS_ADDR", "0.0.0.0")
+    addr = metrics_addr_from_env(env)
     with served.lock:
         if served.thread is None:
             served.thread = threading.Thread(

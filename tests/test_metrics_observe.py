@@ -291,6 +291,22 @@ def test_idle_clients_cannot_pile_up_threads_in_the_metrics_server() -> None:
             time.sleep(0.1)
 
 
+@pytest.mark.parametrize("addr", ["10.255.255.1", "not an address"])
+def test_a_metrics_address_not_of_this_host_is_a_config_error(addr: str) -> None:
+    """``RISKGUARD_METRICS_ADDR`` that names no address of this host stops the start
+    naming it; on a Flink worker it used to read as every port being in use, and the
+    worker kept retrying without serving."""
+    from riskguard.flink.worker_metrics import serve_worker_metrics, served
+
+    env = {"RISKGUARD_METRICS_PORT": "0", "RISKGUARD_METRICS_ADDR": addr}
+    with pytest.raises(ConfigError, match="RISKGUARD_METRICS_ADDR"):
+        metrics.start_metrics_server_from_env(env)
+    before = served.thread
+    with pytest.raises(ConfigError, match="RISKGUARD_METRICS_ADDR"):
+        serve_worker_metrics({**env, "RISKGUARD_METRICS_PORT": "9250"})
+    assert served.thread is before
+
+
 def test_metrics_server_port_from_env_is_validated() -> None:
     """RISKGUARD_METRICS_PORT unset -> no server; not a number -> ConfigError naming it."""
     assert metrics.start_metrics_server_from_env({}) is None

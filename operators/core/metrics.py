@@ -293,10 +293,26 @@ def metrics_port_from_env(env: Any = None) -> int | None:
         raise ConfigError("RISKGUARD_METRICS_PORT", "a TCP port number", raw) from None
 
 
+def metrics_addr_from_env(env: Any = None) -> str:
+    """``$RISKGUARD_METRICS_ADDR`` (``0.0.0.0`` unset): an address of this host to bind,
+    else a :class:`ConfigError` now (not a bind that fails like a port in use)."""
+    env = os.environ if env is None else env
+    addr = env.get("RISKGUARD_METRICS_ADDR") or "0.0.0.0"
+    try:
+        family = socket.getaddrinfo(addr, 0, type=socket.SOCK_STREAM,
+                                    flags=socket.AI_PASSIVE)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((addr, 0))
+    except (OSError, UnicodeError) as err:
+        raise ConfigError("RISKGUARD_METRICS_ADDR", "an address of this host to bind "
+                          f"(0.0.0.0, 127.0.0.1, ::): {err}", addr) from None
+    return str(addr)
+
+
 def start_metrics_server_from_env(env: Any = None) -> int | None:
     """Start :func:`start_metrics_server` on ``$RISKGUARD_METRICS_PORT`` if set."""
     env = os.environ if env is None else env
     port = metrics_port_from_env(env)
     if port is None:
         return None
-    return start_metrics_server(port, env.get("RISKGUARD_METRICS_ADDR", "0.0.0.0"))
+    return start_metrics_server(port, metrics_addr_from_env(env))
