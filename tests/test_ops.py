@@ -210,6 +210,37 @@ def test_entrypoint_runs_one_worker_with_one_recovery_partition(tmp_path: Path) 
     assert "lost-recovery-directory.md" in lost.stderr
 
 
+def test_entrypoint_removes_a_store_it_failed_to_make_and_makes_it_next_start(
+        tmp_path: Path) -> None:
+    """A first initialisation that fails half-way (a full volume: the partition file is
+    created, then writing it fails) exits 4 and leaves no partition file, so the next
+    start initialises again instead of running on the broken store. A stand-in for
+    bytewax.recovery fails as it does; the store is not the subject here."""
+    rec = tmp_path / "rec"
+    calls = tmp_path / "calls"
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {calls}\n'
+        'if [ "$2" = bytewax.recovery ]; then\n'
+        '  touch "$3/part-0.sqlite3" "$3/part-0.sqlite3-wal"\n'
+        f'  [ -e {tmp_path}/disk-ok ] || exit 1\n'
+        "fi\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "POD_NAME": "riskguard-0", "REPLICAS": "1", "RISKGUARD_CONFIG": "/c",
+           "RECOVERY_DIR": str(rec), "PYTHON": str(fake), "RISKGUARD_ENTRYPOINT_DRY_RUN": "1"}
+    entry = ["sh", str(OPS / "k8s" / "entrypoint.sh")]
+    full = subprocess.run(entry, env=env, capture_output=True, text=True, check=False)
+    assert full.returncode == 4, full.stderr
+    assert "full or read-only" in full.stderr
+    assert sorted(p.name for p in rec.iterdir()) == []
+    (tmp_path / "disk-ok").touch()
+    ok = subprocess.run(entry, env=env, capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert calls.read_text().count("bytewax.recovery") == 2
+    assert (rec / ".initialized").exists()
+
+
 def test_entrypoint_refuses_a_pod_name_without_ordinal(tmp_path: Path) -> None:
     """A POD_NAME that does not end in -<n> stops with exit 2 and says why."""
     env = {**os.environ, "POD_NAME": "riskguard", "REPLICAS": "3", "RISKGUARD_CONFIG": "/c",

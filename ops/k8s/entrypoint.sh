@@ -41,7 +41,14 @@ if ! ls "$RECOVERY_DIR"/part-*.sqlite3 >/dev/null 2>&1; then
          "see ops/runbooks/lost-recovery-directory.md" >&2
     exit 3
   fi
-  "$PYTHON" -m bytewax.recovery "$RECOVERY_DIR" 1
+  if ! "$PYTHON" -m bytewax.recovery "$RECOVERY_DIR" 1; then
+    # a half-made store (a full or read-only volume) would fail every later start with
+    # "no recovery partitions": remove it, so the next start makes it again
+    rm -f "$RECOVERY_DIR"/part-*.sqlite3*
+    echo "entrypoint: could not create the recovery store in $RECOVERY_DIR" \
+         "(is the volume full or read-only?)" >&2
+    exit 4
+  fi
   date -u +%Y-%m-%dT%H:%M:%SZ > "$RECOVERY_DIR/.initialized"
 fi
 
