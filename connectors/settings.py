@@ -39,6 +39,8 @@ LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.W
 _handler: logging.Handler | None = None
 _level = "off"
 
+PRIVATE_KEY_FILES = ("ssl.key.location", "ssl.keystore.location")
+"""librdkafka settings naming a file with this client's private key."""
 SECRET_KEYS = frozenset({"sasl.password", "ssl.key.password", "sasl.oauthbearer.client.secret"})
 REDACTED = "***"
 
@@ -77,6 +79,8 @@ class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, repr_omit_default
 
     def __post_init__(self) -> None:
         check_private_key_file("kafka.ssl_key_location", self.ssl_key_location)
+        for name in PRIVATE_KEY_FILES:  # the same files, passed through extra
+            check_private_key_file(f"kafka.extra.{name}", self.extra.get(name))
 
     def __repr__(self) -> str:
         return f"KafkaSettings({self.redacted()!r})"

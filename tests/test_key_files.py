@@ -40,3 +40,16 @@ def test_a_kafka_client_key_of_its_owner_and_group_loads(tmp_path: Path, mode: i
 def test_a_kafka_client_key_not_there_is_left_to_the_client(tmp_path: Path) -> None:
     """The k8s ConfigMap's configs name keys that exist only in the pods."""
     assert _kafka(tmp_path / "absent.key").ssl_key_location == str(tmp_path / "absent.key")
+
+
+@pytest.mark.parametrize("name", ["ssl.key.location", "ssl.keystore.location"])
+def test_a_key_file_passed_through_extra_is_held_to_the_same_rule(
+        tmp_path: Path, name: str) -> None:
+    key = tmp_path / "client.p12"
+    key.write_bytes(b"\0")
+    os.chmod(key, 0o644)
+    with pytest.raises(ConfigError, match=rf"kafka\.extra\.{name}"):
+        decode_section({"bootstrap": "b:1", "extra": {name: str(key)}}, KafkaSettings,
+                       "kafka")
+    os.chmod(key, 0o600)
+    decode_section({"bootstrap": "b:1", "extra": {name: str(key)}}, KafkaSettings, "kafka")
