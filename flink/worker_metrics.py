@@ -9,12 +9,13 @@ or, where another worker on the same host holds that port (a TaskManager of seve
 slots, a local mini-cluster at parallelism 2), on the first free port of the
 :data:`WORKER_PORTS` above it: a TaskManager of ``S`` slots serves on ``PORT`` to
 ``PORT + S - 1``, a fixed set of ports a scrape job can list. The deployment in
-``ops/k8s/flink/`` runs one slot a TaskManager, so every TaskManager pod serves on
-``PORT`` itself (docs/operations.md).
+``ops/k8s/flink/`` runs one slot a TaskManager with ``$RISKGUARD_METRICS_PORTS=1``, so
+every TaskManager pod serves on ``PORT`` itself (docs/operations.md).
 
 A worker started while its predecessor in the slot is still going away (a restart after
 a failure) waits for ``PORT`` a while before it takes the next one, so the ports stay
-the same across restarts. It binds in a thread of its own: the operator's start does
+the same across restarts; with ``$RISKGUARD_METRICS_PORTS=1`` it waits for ``PORT``
+however long that takes. It binds in a thread of its own: the operator's start does
 not wait for it. This module does not import Flink.
 """
 
@@ -36,7 +37,11 @@ from riskguard.errors import ConfigError
 
 WORKER_PORTS = 16
 """How many ports from ``$RISKGUARD_METRICS_PORT`` up a worker may take: one a slot of
-a TaskManager."""
+a TaskManager. ``$RISKGUARD_METRICS_PORTS`` (1 to this) narrows it to the slots a
+TaskManager has: with 1, a worker waits for the port itself rather than moving to one
+that no NetworkPolicy or scrape job lists."""
+
+PORTS_ENV = "RISKGUARD_METRICS_PORTS"
 
 FIRST_WAIT_S = 10.0
 """How long a worker waits for ``$RISKGUARD_METRICS_PORT`` itself before it takes the
@@ -76,18 +81,33 @@ def serve_worker_metrics(env: Mapping[str, str] | None = None, *,
     if base is None:
         return None
     raw = env["RISKGUARD_METRICS_PORT"]
-    if not 1 <= base <= 65535 - WORKER_PORTS + 1:
+    ports = worker_ports_from_env(env)
+    if not 1 <= base <= 65535 - ports + 1:
         raise ConfigError("RISKGUARD_METRICS_PORT",
-                          f"a TCP port 1..{65535 - WORKER_PORTS + 1} (a worker may take the "
-                          f"{WORKER_PORTS - 1} above it)", raw)
+                          f"a TCP port 1..{65535 - ports + 1} (a worker may take the "
+                          f"{ports - 1} above it)", raw)
     addr = metrics_addr_from_env(env)
     with served.lock:
         if served.thread is None:
             served.thread = threading.Thread(
-                target=_bind, args=(base, addr, first_wait_s, retry_s),
+                target=_bind, args=(base, ports, addr, first_wait_s, retry_s),
                 name="riskguard-worker-metrics", daemon=True)
             served.thread.start()
         return served.thread
+
+
+def worker_ports_from_env(env: Mapping[str, str]) -> int:
+    """``$RISKGUARD_METRICS_PORTS``: how many ports from the base a worker may take,
+    1 to :data:`WORKER_PORTS` (that when unset); other text is a :class:`ConfigError`.
+
+    >>> worker_ports_from_env({}), worker_ports_from_env({PORTS_ENV: "1"})
+    (16, 1)
+    """
+    raw = env.get(PORTS_ENV) or str(WORKER_PORTS)
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= WORKER_PORTS):
+        raise ConfigError(PORTS_ENV, f"how many ports a TaskManager's workers take, "
+                          f"1..{WORKER_PORTS} (its slots)", raw)
+    return int(raw)
 
 
 def _try(at: int, addr: str) -> bool:
@@ -101,7 +121,7 @@ def _try(at: int, addr: str) -> bool:
     return True
 
 
-def _bind(base: int, addr: str, first_wait_s: float, retry_s: float) -> None:
+def _bind(base: int, ports: int, addr: str, first_wait_s: float, retry_s: float) -> None:
     deadline = time.monotonic() + first_wait_s
     while True:
         if _try(base, addr):
@@ -110,11 +130,11 @@ def _bind(base: int, addr: str, first_wait_s: float, retry_s: float) -> None:
             break
         time.sleep(min(0.5, first_wait_s))
     while True:
-        for at in range(base + 1, base + WORKER_PORTS):
+        for at in range(base + 1, base + ports):
             if _try(at, addr):
                 return
         if _try(base, addr):
             return
         _log.warning("ports %d to %d are all taken: this Flink Python worker's riskguard "
-                     "metrics are not served yet", base, base + WORKER_PORTS - 1)
+                     "metrics are not served yet", base, base + ports - 1)
         time.sleep(retry_s)

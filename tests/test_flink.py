@@ -188,14 +188,19 @@ _WORKER_PROBE = """
 import socket, sys, urllib.request
 from riskguard.flink import worker_metrics as wm
 from riskguard.operators.core.metrics import DEAD_LETTERS
-base, hold = int(sys.argv[1]), sys.argv[2] == "hold"
-if hold:  # another worker of the host holds the port
+base, how = int(sys.argv[1]), sys.argv[2]
+if how != "free":  # another worker of the host (or its predecessor) holds the port
     held = socket.socket(); held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     held.bind(("127.0.0.1", base)); held.listen()
 DEAD_LETTERS.labels("t", "malformed").inc(3)
 env = {"RISKGUARD_METRICS_PORT": str(base), "RISKGUARD_METRICS_ADDR": "127.0.0.1"}
-thread = wm.serve_worker_metrics(env, first_wait_s=0.5)
+if how == "one-port":  # a one-slot TaskManager: wait for the port, never move
+    env["RISKGUARD_METRICS_PORTS"] = "1"
+thread = wm.serve_worker_metrics(env, first_wait_s=0.5, retry_s=0.2)
 assert wm.serve_worker_metrics(env) is thread  # once a process
+if how == "one-port":
+    assert not wm.served.bound.wait(2.0), wm.served.port  # past first_wait_s, unmoved
+    held.close()
 assert wm.served.bound.wait(10) and wm.served.port is not None
 page = urllib.request.urlopen(f"http://127.0.0.1:{wm.served.port}/metrics", timeout=5).read()
 print(wm.served.port - base, [ln for ln in page.decode().splitlines()
@@ -208,7 +213,8 @@ def test_each_flink_python_worker_serves_the_guards_metrics_on_a_port_of_its_hos
     """:func:`~riskguard.flink.worker_metrics.serve_worker_metrics`, which each segment
     operator calls when it opens (``TickBatchSegment.open``): a worker serves the
     registry it counts in (its dead letters here) on ``$RISKGUARD_METRICS_PORT``, or,
-    where another worker of the host holds that port, on the next one; once a process.
+    where another worker of the host holds that port, on the next one (with
+    ``$RISKGUARD_METRICS_PORTS=1``, on that port once it is free); once a process.
     Without the variable it serves nothing; a value that is not a port is refused."""
     from kafka_helpers import free_ports
     from riskguard.flink.worker_metrics import serve_worker_metrics
@@ -216,8 +222,12 @@ def test_each_flink_python_worker_serves_the_guards_metrics_on_a_port_of_its_hos
     assert serve_worker_metrics({}) is None
     with pytest.raises(ConfigError, match="RISKGUARD_METRICS_PORT"):
         serve_worker_metrics({"RISKGUARD_METRICS_PORT": "nine"})
+    for ports in ("0", "17", "one"):
+        with pytest.raises(ConfigError, match="RISKGUARD_METRICS_PORTS"):
+            serve_worker_metrics({"RISKGUARD_METRICS_PORT": "9250",
+                                  "RISKGUARD_METRICS_PORTS": ports})
     (base,) = free_ports(1)
-    for how, offset in (("free", 0), ("hold", 1)):
+    for how, offset in (("free", 0), ("hold", 1), ("one-port", 0)):
         done = subprocess.run([sys.executable, "-c", _WORKER_PROBE, str(base), how],
                               capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 0, done.stderr[-2000:]

@@ -372,6 +372,29 @@ def test_the_flink_pods_have_their_own_network_policy_and_no_bytewax_pdb() -> No
     assert annotations["prometheus.io/port"] == str(reporter)
 
 
+@pytest.mark.parametrize("path", [PVC_VARIANT, S3_VARIANT], ids=["pvc", "object-store"])
+def test_every_port_a_python_worker_may_serve_on_is_let_in_and_scraped(path: Path) -> None:
+    """A worker serves on ``RISKGUARD_METRICS_PORT`` or, its port held, on one of the
+    ``RISKGUARD_METRICS_PORTS`` above it (16 unset): each of those ports is let in by
+    the NetworkPolicy and listed by the Service and the scrape job, so a restarted
+    worker never serves where nothing can reach it."""
+    from riskguard.flink.worker_metrics import WORKER_PORTS
+
+    dep = deployment(path)
+    env = {e["name"]: e["value"] for e in container(dep)["env"]}
+    base = guard_metrics_port(dep)
+    may = set(range(base, base + int(env.get("RISKGUARD_METRICS_PORTS", WORKER_PORTS))))
+    policy = flink_kinds()["NetworkPolicy"]
+    let_in = {q for rule in policy["spec"]["ingress"] for p in rule.get("ports", [])
+              for q in range(p["port"], p.get("endPort", p["port"]) + 1)}
+    assert may <= let_in, sorted(may - let_in)
+    service = services()["riskguard-flink-guard-metrics"]
+    assert may <= {p["port"] for p in service["spec"]["ports"]}
+    scrape = yaml.safe_load((FLINK.parents[1] / "prometheus" / "prometheus.yml").read_text())
+    (job,) = [j for j in scrape["scrape_configs"] if j["job_name"] == "riskguard-flink-guard"]
+    assert may <= {sd["port"] for sd in job["dns_sd_configs"]}
+
+
 def _runbook_kubectl_calls(tmp_path: Path) -> list[list[str]]:
     """Every kubectl command of the runbook's bash blocks, as bash hands its arguments
     over (a recorder stands in for kubectl: what is checked is the commands' text)."""
