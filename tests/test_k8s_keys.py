@@ -116,6 +116,8 @@ def test_each_pod_copies_its_keys_owner_only_into_memory_the_guard_reads(
         assert init is not None, f"{where}: no init container 'keys'"
         assert pod["securityContext"].get("fsGroup") is not None, where  # reads the 0440 files
         assert init["securityContext"]["readOnlyRootFilesystem"] is True, where
+        images = {c.get("image") for c in pod["containers"]} - {None}
+        assert images <= {init["image"]}, where  # the guard's image: one to keep up to date
         vols = {v["name"]: v for v in pod["volumes"]}
         src, dst = (m for m in init["volumeMounts"])
         assert secret_items(vols[src["name"]]) and src["readOnly"] is True, where
