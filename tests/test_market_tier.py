@@ -183,8 +183,8 @@ def test_a_router_of_a_market_process_routes_to_its_own_shards_only() -> None:
     assert router.route(unknown).reason == "unknown_instrument"
 
 
-def _split_latest(events: list[Any], cfg: ExposureConfig) -> dict[str, Exposure]:
-    """Exposures of two market processes' valuations summed by stage 2."""
+def _two_market_processes(cfg: ExposureConfig) -> list[tuple[Any, ...]]:
+    """Per market process: its index, owners, owned records, router, place and shards."""
     reg = cfg.validate()
     procs = []
     for i in (0, 1):
@@ -192,6 +192,13 @@ def _split_latest(events: list[Any], cfg: ExposureConfig) -> dict[str, Exposure]
         place = ShardPlace(f"m{i}.", owners.owns, 2)
         procs.append((i, owners, _owned_records(owners, "market"),
                       Router(reg, cfg, place=place), place, {}))
+    return procs
+
+
+def _split_latest(events: list[Any], cfg: ExposureConfig) -> dict[str, Exposure]:
+    """Exposures of two market processes' valuations summed by stage 2."""
+    reg = cfg.validate()
+    procs = _two_market_processes(cfg)
     cps: dict[str, CounterpartyLogic] = {}
     latest: dict[str, Exposure] = {}
     for ev in events:
@@ -485,12 +492,7 @@ def _split_firm(events: list[Any], cfg: ExposureConfig) -> list[Exposure]:
     """Every firm exposure (``"*"``) of two market processes' valuations, their parts
     summed by stage 2 and rolled up by one firm stage, one event at a time."""
     reg = cfg.validate()
-    procs = []
-    for i in (0, 1):
-        owners = _owners(cfg, i)
-        place = ShardPlace(f"m{i}.", owners.owns, 2)
-        procs.append((i, owners, _owned_records(owners, "market"),
-                      Router(reg, cfg, place=place), place, {}))
+    procs = _two_market_processes(cfg)
     cps: dict[str, CounterpartyLogic] = {}
     firm = FirmLogic(cfg)
     out: list[Exposure] = []

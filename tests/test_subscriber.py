@@ -20,6 +20,7 @@ from riskguard.connectors.subscriber import (
     GapAlert,
     Rejection,
 )
+from riskguard.connectors.subscriber_state import SubscriberState
 from riskguard.operators.core.clock import ManualClock
 from riskguard.operators.signing import SignConfig, SignLogic
 from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, encode_envelope, sign_envelope
@@ -336,21 +337,24 @@ def test_resuming_one_of_two_holds_of_an_action_leaves_the_other_in_force(
     assert h.sub.state.held() == []
 
 
-def test_a_state_with_one_hold_per_action_and_scope_opens_with_it_in_force(
-    tmp_path: Path,
-) -> None:
+def _state_with_table(tmp_path: Path, table: str, key: str) -> SubscriberState:
+    """A subscriber state opened on a file holding one halt in an older ``table``."""
     import sqlite3
-
-    from riskguard.connectors.subscriber_state import SubscriberState
 
     path = tmp_path / "old.sqlite"
     db = sqlite3.connect(path)
-    db.execute("CREATE TABLE in_force (action TEXT NOT NULL, scope TEXT NOT NULL, "
-               "command_id TEXT NOT NULL, params BLOB NOT NULL, PRIMARY KEY (action, scope))")
-    db.execute("INSERT INTO in_force VALUES ('halt_trading', 'venue:x', 'c1', x'7b7d')")
+    db.execute(f"CREATE TABLE {table} (action TEXT NOT NULL, scope TEXT NOT NULL, "
+               f"command_id TEXT NOT NULL, params BLOB NOT NULL, {key})")
+    db.execute(f"INSERT INTO {table} VALUES ('halt_trading', 'venue:x', 'c1', x'7b7d')")
     db.commit()
     db.close()
-    state = SubscriberState(path)
+    return SubscriberState(path)
+
+
+def test_a_state_with_one_hold_per_action_and_scope_opens_with_it_in_force(
+    tmp_path: Path,
+) -> None:
+    state = _state_with_table(tmp_path, "in_force", "PRIMARY KEY (action, scope)")
     assert state.held() == [("halt_trading", "venue:x", "c1")]
     assert state.in_force("halt_trading", "venue:x", b"{}") == "c1"
 
@@ -358,18 +362,7 @@ def test_a_state_with_one_hold_per_action_and_scope_opens_with_it_in_force(
 def test_a_state_whose_holds_name_no_issuer_opens_with_them_in_force(tmp_path: Path) -> None:
     """Holds recorded before they named their issuer stay in force and still answer a
     repeat of theirs, whoever signs it."""
-    import sqlite3
-
-    from riskguard.connectors.subscriber_state import SubscriberState
-
-    path = tmp_path / "old.sqlite"
-    db = sqlite3.connect(path)
-    db.execute("CREATE TABLE holds (action TEXT NOT NULL, scope TEXT NOT NULL, command_id "
-               "TEXT NOT NULL, params BLOB NOT NULL, PRIMARY KEY (action, scope, command_id))")
-    db.execute("INSERT INTO holds VALUES ('halt_trading', 'venue:x', 'c1', x'7b7d')")
-    db.commit()
-    db.close()
-    state = SubscriberState(path)
+    state = _state_with_table(tmp_path, "holds", "PRIMARY KEY (action, scope, command_id)")
     assert state.held() == [("halt_trading", "venue:x", "c1")]
     assert state.in_force("halt_trading", "venue:x", b"{}", {"engine-1"}) == "c1"
 
