@@ -1,0 +1,110 @@
+"""The executors' engine-neutral scope book and market map, and the executors'
+docstring examples."""
+
+from __future__ import annotations
+
+import copy
+import doctest
+import importlib
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("nautilus_trader", reason="the executors' market map needs riskguard[nautilus]")
+
+from executor_cases import MARKETS, venue
+from nautilus_trader.model.currencies import USDT
+from nautilus_trader.model.objects import Money
+from riskguard.executors import MarketMap, ScopeBook, TradeState
+from riskguard.executors.scopes import MAX_NOTIONAL
+from riskguard.schemas.signals import FIRM, Scope, ScopeKind
+
+from riskguard.errors import ConfigError
+
+
+def test_resuming_the_stricter_of_two_cuts_leaves_the_other_in_force() -> None:
+    """Two commands cut okx's limits, to 0.5 and then to 0.3: the strictest applies, and a
+    resume naming the 0.3 leaves the 0.5 (and one naming neither lifts nothing)."""
+    okx = MarketMap.from_dict(MARKETS).market("BTCUSDT.OKX")
+    book = ScopeBook()
+    book.hold("reduce_limits", venue("okx"), "cmd-a", factor=0.5)
+    assert book.at_least_as_strict("reduce_limits", venue("okx"), factor=0.3) is None
+    book.hold("reduce_limits", venue("okx"), "cmd-b", factor=0.3)
+    assert book.factor_for(okx)[0] == 0.3
+    assert book.lift(venue("okx"), command_ids=["cmd-c"]) == []
+    assert [h.command_id for h in book.lift(venue("okx"), command_ids=["cmd-b"])] == ["cmd-b"]
+    assert book.factor_for(okx)[0] == 0.5
+
+
+def test_the_scope_book_snapshot_is_independent_and_restores_the_same_states() -> None:
+    markets = MarketMap.from_dict(MARKETS)
+    okx = markets.market("BTCUSDT.OKX")
+    book = ScopeBook()
+    book.hold("reduce_only", venue("okx"), "c1")
+    snap = book.snapshot()
+    book.hold("halt_trading", FIRM, "c2")
+    restored = ScopeBook.restore(snap)
+    assert (book.state_for(okx), restored.state_for(okx)) == (TradeState.HALTED,
+                                                             TradeState.REDUCING)
+    assert [h.command_id for h in restored.lift(venue("okx"))] == ["c1"]
+    assert restored.state_for(okx) is TradeState.ACTIVE
+
+
+@pytest.mark.parametrize("cap", [float("nan"), float("inf"), 1e20, 0.0, -1.0])
+def test_a_market_map_refuses_a_max_notional_nautilus_cannot_hold(cap: float) -> None:
+    """nan and inf passed the old check (cap <= 0 is False for both): reduce_limits then
+    capped nothing and still acknowledged APPLIED; a cap above Nautilus's MONEY_MAX
+    could not be set at all. Each is refused naming the key."""
+    markets = copy.deepcopy(MARKETS)
+    markets["instruments"][0]["max_notional"] = cap
+    with pytest.raises(ConfigError, match=r"instruments\[0\]\.max_notional: must be a "):
+        MarketMap.from_dict(markets)
+
+
+def test_the_largest_max_notional_is_money_nautilus_takes() -> None:
+    """MAX_NOTIONAL is within this build's MONEY_MAX, and a cap of it loads."""
+    from nautilus_trader.model.objects import MONEY_MAX
+
+    assert MAX_NOTIONAL <= MONEY_MAX
+    Money(MAX_NOTIONAL, USDT)
+    markets = copy.deepcopy(MARKETS)
+    markets["instruments"][0]["max_notional"] = MAX_NOTIONAL
+    assert MarketMap.from_dict(markets).markets[0].max_notional == MAX_NOTIONAL
+
+
+def test_an_unlisted_instrument_on_a_listed_venue_follows_the_venue_only() -> None:
+    markets = MarketMap.from_dict(MARKETS)
+    other = markets.market("SOLUSDT.OKX", system_venue="OKX")
+    book = ScopeBook()
+    book.hold("halt_trading", venue("okx"), "c1")
+    book.hold("halt_trading", Scope(kind=ScopeKind.UNDERLYING, value="SOL"), "c2")
+    assert (other.venue, other.counterparty, book.governing(other)[0].command_id) == (
+        "okx", "okx", "c1")
+    assert markets.market("X.KRAKEN", system_venue="KRAKEN").venue is None
+
+
+@pytest.mark.parametrize("name", ["riskguard.executors", "riskguard.executors.scopes",
+                                  "riskguard.executors.nautilus",
+                                  "riskguard.executors.nautilus.executor",
+                                  "riskguard.executors.nautilus.gate"])
+def test_docstring_examples_run(name: str) -> None:
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
+
+
+def test_the_holds_file_keeps_the_holds_and_only_the_newest_commands(tmp_path: Path) -> None:
+    """A save writes every hold and the newest MAX_SAVED remembered commands, so its cost
+    does not grow with the commands applied; what it kept is recalled after a load."""
+    book = ScopeBook()
+    book.hold("halt_trading", venue("okx"), "h1")
+    for n in range(ScopeBook.MAX_REMEMBERED):
+        book.remember("engine-1", f"c{n}", {"change": "none"})
+    path = tmp_path / "holds.json"
+    book.save(path)
+    back = ScopeBook.load(path)
+    assert [h.command_id for h in back.holds()] == ["h1"]
+    assert len(back.state.applied) == ScopeBook.MAX_SAVED
+    last = ScopeBook.MAX_REMEMBERED - 1
+    assert back.recall("engine-1", f"c{last}") == {"change": "none"}
+    assert back.recall("engine-1", "c0") is None
