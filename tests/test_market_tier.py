@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -195,19 +196,20 @@ def _two_market_processes(cfg: ExposureConfig) -> list[tuple[Any, ...]]:
     return procs
 
 
-def _split_latest(events: list[Any], cfg: ExposureConfig) -> dict[str, Exposure]:
-    """Exposures of two market processes' valuations summed by stage 2."""
+def _stage2_exposures(events: list[Any], cfg: ExposureConfig, *,
+                      strict: bool = True) -> Iterator[Exposure]:
+    """Each exposure stage 2 sums from two market processes' valuations, one event at a
+    time (``strict``: no record a process owns is a dead letter)."""
     reg = cfg.validate()
     procs = _two_market_processes(cfg)
     cps: dict[str, CounterpartyLogic] = {}
-    latest: dict[str, Exposure] = {}
     for ev in events:
         for i, owners, own, router, place, shards in procs:
             # the market topic is split by its Kafka key; the others are read whole
             if isinstance(ev, PRICED) and owners.of_key(f"{ev.venue}/{ev.instrument}") != i:
                 continue
             for rec in own([ev]):
-                assert not isinstance(rec, DeadLetter), rec
+                assert not (strict and isinstance(rec, DeadLetter)), rec
                 routed = router.route(rec)
                 if isinstance(routed, DeadLetter):
                     continue
@@ -216,10 +218,12 @@ def _split_latest(events: list[Any], cfg: ExposureConfig) -> dict[str, Exposure]
                     for p in logic.on_event(item):
                         if isinstance(p, Part):
                             cp = cps.setdefault(p.counterparty, CounterpartyLogic(cfg))
-                            for e in cp.on_event(p):
-                                if isinstance(e, Exposure):
-                                    latest[e.counterparty] = e
-    return latest
+                            yield from (e for e in cp.on_event(p) if isinstance(e, Exposure))
+
+
+def _split_latest(events: list[Any], cfg: ExposureConfig) -> dict[str, Exposure]:
+    """Exposures of two market processes' valuations summed by stage 2."""
+    return {e.counterparty: e for e in _stage2_exposures(events, cfg)}
 
 
 def _close(a: float, b: float) -> bool:
@@ -491,29 +495,9 @@ def test_the_tier_confirms_across_venues_as_one_worker_does() -> None:
 def _split_firm(events: list[Any], cfg: ExposureConfig) -> list[Exposure]:
     """Every firm exposure (``"*"``) of two market processes' valuations, their parts
     summed by stage 2 and rolled up by one firm stage, one event at a time."""
-    reg = cfg.validate()
-    procs = _two_market_processes(cfg)
-    cps: dict[str, CounterpartyLogic] = {}
     firm = FirmLogic(cfg)
-    out: list[Exposure] = []
-    for ev in events:
-        for i, owners, own, router, place, shards in procs:
-            if isinstance(ev, PRICED) and owners.of_key(f"{ev.venue}/{ev.instrument}") != i:
-                continue
-            for rec in own([ev]):
-                routed = router.route(rec)
-                if isinstance(routed, DeadLetter):
-                    continue
-                for key, item in routed:
-                    logic = shards.setdefault(key, ShardLogic(cfg, reg, place=place))
-                    for p in logic.on_event(item):
-                        if not isinstance(p, Part):
-                            continue
-                        cp = cps.setdefault(p.counterparty, CounterpartyLogic(cfg))
-                        for e in cp.on_event(p):
-                            if isinstance(e, Exposure):
-                                out.extend(x for x in firm.on_event(e) if x.counterparty == "*")
-    return out
+    return [x for e in _stage2_exposures(events, cfg, strict=False)
+            for x in firm.on_event(e) if x.counterparty == "*"]
 
 
 def _vol_events() -> list[Any]:
