@@ -16,7 +16,7 @@ import base64
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,25 +75,22 @@ class _Ts(msgspec.Struct):
 _TS = msgspec.json.Decoder(_Ts)
 
 
-def source_rows(lines: list[bytes], numbers: Sequence[int] | None = None,
-                ) -> list[tuple[int, int, bytes]]:
-    """Each JSONL line as ``(event time ns, line number, bytes)``, the line numbers
-    ``numbers`` (default: 0, 1, ...): a record without an
-    event time (a signed envelope), with one no record may have (below 0 or past
-    :data:`~riskguard.schemas.types.INT64_MAX`: the flow dead-letters it, as bytewax
-    does) or a line that is not one takes the latest event time before it, so it goes
-    with its neighbours and moves no watermark.
+def source_rows(numbered: Iterable[tuple[int, bytes]]) -> list[tuple[int, int, bytes]]:
+    """Each numbered JSONL line (:func:`numbered_lines`) as ``(event time ns, line number,
+    bytes)``: a record without an event time (a signed envelope), with one no record may
+    have (below 0 or past :data:`~riskguard.schemas.types.INT64_MAX`: the flow
+    dead-letters it, as bytewax does) or a line that is not one takes the latest event
+    time before it, so it goes with its neighbours and moves no watermark.
 
-    >>> source_rows([b'{"ts": 5}', b'{"payload": "x"}', b'nonsense', b'{"ts": 9}'])
+    >>> source_rows(enumerate([b'{"ts": 5}', b'{"payload": "x"}', b'nonsense', b'{"ts": 9}']))
     [(5, 0, b'{"ts": 5}'), (5, 1, b'{"payload": "x"}'), (5, 2, b'nonsense'), (9, 3, b'{"ts": 9}')]
-    >>> [ts for ts, _i, _line in source_rows([b'{"ts": 5}', b'{"ts": 9223372036854775808}',
-    ...                                       b'{"ts": -7}', b'{"ts": 6}'])]
+    >>> [ts for ts, _i, _line in source_rows(enumerate([
+    ...     b'{"ts": 5}', b'{"ts": 9223372036854775808}', b'{"ts": -7}', b'{"ts": 6}']))]
     [5, 5, 5, 6]
     """
     out: list[tuple[int, int, bytes]] = []
     last = 0
-    for i, line in zip(range(len(lines)) if numbers is None else numbers, lines,
-                       strict=True):
+    for i, line in numbered:
         try:
             ts = _TS.decode(line).ts
         except msgspec.DecodeError:
@@ -171,9 +168,7 @@ def _records_stream(env: Any, records: str | Path) -> Any:
     from pyflink.java_gateway import get_gateway  # noqa: PLC0415
     from riskguard.flink.fused import KEYED_ROW  # noqa: PLC0415
 
-    numbered = numbered_lines(records)
-    rows_file = write_rows_file(source_rows([line for _i, line in numbered],
-                                            [i for i, _line in numbered]))
+    rows_file = write_rows_file(source_rows(numbered_lines(records)))
     return DataStream(get_gateway().jvm.riskguard.flink.RecordsFile.rows(
         env._j_stream_execution_environment, rows_file.as_uri(), "all", "in",
         KEYED_ROW.get_java_type_info(), "riskguard_records"))

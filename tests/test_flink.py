@@ -498,8 +498,8 @@ def test_a_backtest_line_whose_ts_no_record_may_have_takes_the_time_before_it() 
 
     big = (b'{"type":"trade","id":"t","venue":"v","instrument":"BTC-USDT",'
            b'"ts":10000000000000000000,"price":1.0,"qty":1.0,"side":"buy"}')
-    rows = source_rows([b'{"ts": 5}', big, big.replace(b"10000000000000000000", b"-3"),
-                        b'{"ts": 9223372036854775807}'])
+    rows = source_rows(enumerate([b'{"ts": 5}', big, big.replace(b"10000000000000000000", b"-3"),
+                                  b'{"ts": 9223372036854775807}']))
     assert [ts for ts, _pos, _line in rows] == [5, 5, 5, 2**63 - 1]
     letter = Codec(clock=lambda: 0).decode("records", big)
     assert (letter.reason, letter.path) == ("validation", "$.ts")
@@ -514,9 +514,8 @@ def test_the_flink_backtest_decodes_a_line_as_bytewax_reads_it(tmp_path: Path) -
     from riskguard.flink.plan import SegmentPlan
 
     path = records_with_bad_lines(tmp_path / "bad.jsonl")
-    numbered = numbered_lines(path)
-    rows = [("in", ts, "", pos, line) for ts, pos, line in source_rows(
-        [line for _i, line in numbered], [i for i, _line in numbered])]
+    rows = [("in", ts, "", pos, line)
+            for ts, pos, line in source_rows(numbered_lines(path))]
     plan = SegmentPlan(inputs=(("in", "s", "records"),), outputs=(),
                        sources=(("in", path.name),))
     (got,) = plan.decoders()["in"](rows)
