@@ -21,7 +21,7 @@ from riskguard.schemas.action_params import HELD_ACTIONS, resume_lifts
 from riskguard.schemas.commands import MitigationCommand
 
 from riskguard.atomic import write_atomic
-from riskguard.errors import ConfigError
+from riskguard.errors import ConfigError, StateError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS seq_hw (issuer TEXT PRIMARY KEY, seq INTEGER NOT NULL);
@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS offsets (topic TEXT NOT NULL, part INTEGER NOT NULL,
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS holds (action TEXT NOT NULL, scope TEXT NOT NULL,
                                   command_id TEXT NOT NULL, params BLOB NOT NULL,
-                                  issuer TEXT NOT NULL DEFAULT '',
+                                  issuer TEXT NOT NULL,
                                   PRIMARY KEY (action, scope, command_id));
 CREATE TABLE IF NOT EXISTS copies (decision_id TEXT NOT NULL, content BLOB NOT NULL,
                                    issuer TEXT NOT NULL, command_id TEXT NOT NULL,
@@ -71,27 +71,57 @@ class Copy:
     command_id: str
 
 
+_OLDER_TABLES = {
+    "seen": "handled ids kept in one table across issuers",
+    "in_force": "one hold per action and scope, not naming its issuer",
+}
+
+
+def _older_layout(db: sqlite3.Connection) -> str | None:
+    """What makes the state file open on ``db`` one of an older layout (None: it is
+    not): an older table, or holds that do not name their issuer (such a hold would
+    answer a repeat whoever signed it)."""
+    tables = {str(r[0]) for r in db.execute("SELECT name FROM sqlite_master "
+                                            "WHERE type='table'")}
+    for table, what in _OLDER_TABLES.items():
+        if table in tables:
+            return f"table {table!r} ({what})"
+    if "holds" not in tables:
+        return None
+    columns = {str(r[1]) for r in db.execute("PRAGMA table_info(holds)")}
+    if "issuer" not in columns:
+        return "holds without their issuer (no issuer column)"
+    unnamed = db.execute("SELECT count(*) FROM holds WHERE issuer=''").fetchone()[0]
+    if unnamed:
+        return f"{unnamed} hold(s) naming no issuer"
+    return None
+
+
+def _refuse_older_layout(db: sqlite3.Connection, path: str) -> None:
+    """Stop on a state file of an older layout, before anything is written to it."""
+    found = _older_layout(db)
+    if found is not None:
+        msg = (f"subscriber state {path} is of an older layout: {found}. State files "
+               "of riskguard 0.1 do not carry over: move it aside and start on a new one "
+               "(the high-water mark file keeps what was executed from running again: "
+               "start with --accept-state-loss)")
+        raise StateError(msg)
+
+
 class SubscriberState:
     """Durable replay state in SQLite, written in batches (:meth:`flush` commits)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self.db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            _refuse_older_layout(self.db, self.path)
+        except BaseException:
+            self.db.close()
+            raise
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
-        if self.db.execute("SELECT 1 FROM sqlite_master WHERE name='seen'").fetchone():
-            # a state file with the ``seen`` table: its rows name their issuer, none is lost
-            self.db.executescript("INSERT OR IGNORE INTO handled SELECT issuer, command_id, "
-                                  "seq, expires_at FROM seen; DROP TABLE seen;")
-        columns = {str(r[1]) for r in self.db.execute("PRAGMA table_info(holds)")}
-        if "issuer" not in columns:  # holds kept without their issuer: '' (any)
-            self.db.execute("ALTER TABLE holds ADD COLUMN issuer TEXT NOT NULL DEFAULT ''")
-        if self.db.execute("SELECT 1 FROM sqlite_master WHERE name='in_force'").fetchone():
-            # one hold per action and scope: each is still in force, under its command
-            self.db.executescript(
-                "INSERT OR IGNORE INTO holds (action, scope, command_id, params) "
-                "SELECT action, scope, command_id, params FROM in_force; DROP TABLE in_force;")
         self.raised_seq = False  # a seq high-water mark rose in the open transaction
         self.commits = 0  # synced commits so far (a flood of rejections costs few)
         # consumed offsets not yet written: (topic, partition) -> next offset
@@ -121,13 +151,12 @@ class SubscriberState:
     def in_force(self, action: str, scope: str, params: bytes,
                  issuers: Collection[str] | None = None) -> str | None:
         """The command_id holding ``action`` on ``scope`` with these exact params, if any;
-        with ``issuers``, only a command one of them signed (or a hold recorded before
-        holds named their issuer)."""
+        with ``issuers``, only a command one of them signed."""
         q = "SELECT command_id FROM holds WHERE action=? AND scope=? AND params=?"
         args: list[str | bytes] = [action, scope, params]
         if issuers is not None:
             names = sorted(issuers)
-            q += f" AND issuer IN ('', {', '.join('?' * len(names))})"
+            q += f" AND issuer IN ({', '.join('?' * len(names))})"
             args += names
         row = self.db.execute(q + " ORDER BY rowid", args).fetchone()
         return None if row is None else str(row[0])

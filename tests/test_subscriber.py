@@ -337,53 +337,68 @@ def test_resuming_one_of_two_holds_of_an_action_leaves_the_other_in_force(
     assert h.sub.state.held() == []
 
 
-def _state_with_table(tmp_path: Path, table: str, key: str) -> SubscriberState:
-    """A subscriber state opened on a file holding one halt in an older ``table``."""
+def _state_file_with(tmp_path: Path, *statements: str) -> Path:
+    """A subscriber state file holding what ``statements`` write (an older layout)."""
     import sqlite3
 
     path = tmp_path / "old.sqlite"
     db = sqlite3.connect(path)
-    db.execute(f"CREATE TABLE {table} (action TEXT NOT NULL, scope TEXT NOT NULL, "
-               f"command_id TEXT NOT NULL, params BLOB NOT NULL, {key})")
-    db.execute(f"INSERT INTO {table} VALUES ('halt_trading', 'venue:x', 'c1', x'7b7d')")
+    for sql in statements:
+        db.execute(sql)
     db.commit()
     db.close()
-    return SubscriberState(path)
+    return path
 
 
-def test_a_state_with_one_hold_per_action_and_scope_opens_with_it_in_force(
+_OLD_HOLDS = ("CREATE TABLE {table} (action TEXT NOT NULL, scope TEXT NOT NULL, "
+              "command_id TEXT NOT NULL, params BLOB NOT NULL, {key})")
+
+
+@pytest.mark.parametrize(("statements", "named"), [
+    pytest.param([_OLD_HOLDS.format(table="in_force", key="PRIMARY KEY (action, scope)"),
+                  "INSERT INTO in_force VALUES ('halt_trading', 'venue:x', 'c1', x'7b7d')"],
+                 "in_force", id="one-hold-per-action-and-scope"),
+    pytest.param([_OLD_HOLDS.format(table="holds",
+                                    key="PRIMARY KEY (action, scope, command_id)"),
+                  "INSERT INTO holds VALUES ('halt_trading', 'venue:x', 'c1', x'7b7d')"],
+                 "issuer", id="holds-without-their-issuer"),
+    pytest.param([_OLD_HOLDS.format(table="holds", key="issuer TEXT NOT NULL DEFAULT '', "
+                                    "PRIMARY KEY (action, scope, command_id)"),
+                  "INSERT INTO holds VALUES ('halt_trading', 'venue:x', 'c1', x'7b7d', '')"],
+                 "issuer", id="holds-naming-no-issuer"),
+    pytest.param(["CREATE TABLE seen (command_id TEXT PRIMARY KEY, issuer TEXT NOT NULL, "
+                  "seq INTEGER NOT NULL, expires_at INTEGER NOT NULL)",
+                  "INSERT INTO seen VALUES ('c1', 'engine-1', 1, 99)"],
+                 "seen", id="ids-kept-across-issuers"),
+])
+def test_a_state_file_of_an_older_layout_is_refused_at_open(
+    tmp_path: Path, statements: list[str], named: str,
+) -> None:
+    """0.1 state files do not carry over: a hold without its issuer would answer any
+    signer's repeat, so an older layout stops the open (naming what is wrong and the
+    file) instead of being read as something it is not; the file is left as it was."""
+    from riskguard.errors import StateError
+
+    path = _state_file_with(tmp_path, *statements)
+    before = path.read_bytes()
+    with pytest.raises(StateError, match=named) as err:
+        SubscriberState(path)
+    assert str(path) in str(err.value)
+    assert path.read_bytes() == before
+
+
+def test_a_subscriber_on_a_state_file_of_an_older_layout_does_not_start(
     tmp_path: Path,
 ) -> None:
-    state = _state_with_table(tmp_path, "in_force", "PRIMARY KEY (action, scope)")
-    assert state.held() == [("halt_trading", "venue:x", "c1")]
-    assert state.in_force("halt_trading", "venue:x", b"{}") == "c1"
+    """Through the subscriber: the refusal stops start-up, nothing is handed over."""
+    from riskguard.errors import StateError
 
-
-def test_a_state_whose_holds_name_no_issuer_opens_with_them_in_force(tmp_path: Path) -> None:
-    """Holds recorded before they named their issuer stay in force and still answer a
-    repeat of theirs, whoever signs it."""
-    state = _state_with_table(tmp_path, "holds", "PRIMARY KEY (action, scope, command_id)")
-    assert state.held() == [("halt_trading", "venue:x", "c1")]
-    assert state.in_force("halt_trading", "venue:x", b"{}", {"engine-1"}) == "c1"
-
-
-def test_a_state_that_kept_ids_across_issuers_keeps_them_per_issuer(tmp_path: Path) -> None:
-    """A state file from when handled ids were one table across issuers opens with each
-    id kept under the issuer its row names: a replay is still refused."""
-    import sqlite3
-
-    from riskguard.connectors.subscriber_state import SubscriberState
-
-    path = tmp_path / "old.sqlite"
-    db = sqlite3.connect(path)
-    db.execute("CREATE TABLE seen (command_id TEXT PRIMARY KEY, issuer TEXT NOT NULL, "
-               "seq INTEGER NOT NULL, expires_at INTEGER NOT NULL)")
-    db.execute("INSERT INTO seen VALUES ('c1', 'engine-1', 1, 99)")
-    db.commit()
-    db.close()
-    state = SubscriberState(path)
-    assert state.seen("engine-1", "c1") and not state.seen("op-alice", "c1")
-    assert state.db.execute("SELECT 1 FROM sqlite_master WHERE name='seen'").fetchone() is None
+    _state_file_with(tmp_path, _OLD_HOLDS.format(
+        table="holds", key="PRIMARY KEY (action, scope, command_id)"),
+        "INSERT INTO holds VALUES ('halt_trading', 'venue:x', 'c1', x'7b7d')")
+    (tmp_path / "old.sqlite").rename(tmp_path / "sub.sqlite")
+    with pytest.raises(StateError, match="issuer"):
+        Harness(tmp_path, dedupe_in_force=True)
 
 
 @pytest.mark.kafka
