@@ -23,10 +23,11 @@ exactly its own scope (the actions in ``params.actions``, the commands in
 ...          "underlying": "BTC"}]})
 >>> book = ScopeBook()
 >>> okx, binance = markets.market("BTCUSDT.OKX"), markets.market("BTCUSDT.BINANCE")
->>> _ = book.hold("halt_trading", Scope(kind=ScopeKind.VENUE, value="okx"), "c1")
+>>> _ = book.hold("halt_trading", Scope(kind=ScopeKind.VENUE, value="okx"), "c1",
+...               issuer="desk")
 >>> book.state_for(okx).name, book.state_for(binance).name
 ('HALTED', 'ACTIVE')
->>> _ = book.hold("halt_trading", FIRM, "c2")
+>>> _ = book.hold("halt_trading", FIRM, "c2", issuer="desk")
 >>> _ = book.lift(Scope(kind=ScopeKind.VENUE, value="okx"))
 >>> book.state_for(okx).name, book.governing(okx)[0].scope_label
 ('HALTED', 'firm:*')
@@ -243,7 +244,7 @@ class MarketMap:
         return hits[0] if len(hits) == 1 else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Hold:
     """One action held on one exact scope by one command."""
 
@@ -251,11 +252,11 @@ class Hold:
     scope_label: str
     scope: Scope
     command_id: str
+    issuer: str
+    """Who signed the command (never empty)."""
     state: TradeState | None = None
     factor: float | None = None
     bps: float | None = None
-    issuer: str = ""
-    """Who signed the command ('' in a holds file saved before holds named it)."""
 
 
 @dataclass
@@ -287,21 +288,26 @@ class ScopeBook:
     def __init__(self, state: ScopeBookState | None = None) -> None:
         self.state = state or ScopeBookState()
 
-    def hold(self, action: str, scope: Scope, command_id: str, *, factor: float | None = None,
-             bps: float | None = None, issuer: str = "") -> list[Hold]:
+    def hold(self, action: str, scope: Scope, command_id: str, *, issuer: str,
+             factor: float | None = None, bps: float | None = None) -> list[Hold]:
         """Hold ``action`` on exactly ``scope`` for ``command_id``, beside the holds of
         that action there by other commands (each is lifted only by a resume naming it or
-        all of them; the strictest applies); returns those others.
+        all of them; the strictest applies); returns those others. ``issuer`` is who
+        signed the command.
 
         >>> book, okx = ScopeBook(), Scope(kind=ScopeKind.VENUE, value="okx")
-        >>> _ = book.hold("reduce_limits", okx, "a", factor=0.5)
-        >>> [h.command_id for h in book.hold("reduce_limits", okx, "b", factor=0.3)]
+        >>> _ = book.hold("reduce_limits", okx, "a", issuer="desk", factor=0.5)
+        >>> [h.command_id for h in book.hold("reduce_limits", okx, "b", issuer="desk",
+        ...                                  factor=0.3)]
         ['a']
         >>> _ = book.lift(okx, command_ids=["b"]); [h.factor for h in book.holds()]
         [0.5]
         """
         if action not in HELD_ACTIONS:
             msg = f"{action!r} is not held on a scope (one of {sorted(HELD_ACTIONS)})"
+            raise ValueError(msg)
+        if not issuer:
+            msg = f"a hold of {action} by command {command_id!r} names no issuer"
             raise ValueError(msg)
         label = scope.label()
         others = [h for h in self.on(label, action) if h.command_id != command_id]
@@ -325,20 +331,20 @@ class ScopeBook:
         """The hold of ``action`` on exactly ``scope`` that already asks for as much as
         ``factor`` (a ``reduce_limits`` at most it) or ``bps`` (a ``widen_quotes`` at
         least it), if any: a looser value never replaces a stricter one (only a
-        ``resume`` lifts a hold). With ``issuers``, only a hold one of them signed (or
-        one saved without its issuer) counts: another signer's is lifted by a resume
-        naming it, which must not lift this command's cut with it.
+        ``resume`` lifts a hold). With ``issuers``, only a hold one of them signed
+        counts: another signer's is lifted by a resume naming it, which must not lift
+        this command's cut with it.
 
         >>> book = ScopeBook()
         >>> venue = Scope(kind=ScopeKind.VENUE, value="okx")
-        >>> _ = book.hold("reduce_limits", venue, "c1", factor=0.1)
+        >>> _ = book.hold("reduce_limits", venue, "c1", issuer="desk", factor=0.1)
         >>> book.at_least_as_strict("reduce_limits", venue, factor=1.0).command_id
         'c1'
         >>> book.at_least_as_strict("reduce_limits", venue, factor=0.05) is None
         True
         """
         for old in self.on(scope.label(), action):
-            if issuers is not None and old.issuer and old.issuer not in issuers:
+            if issuers is not None and old.issuer not in issuers:
                 continue
             if factor is not None and old.factor is not None and old.factor <= factor:
                 return old
@@ -417,7 +423,8 @@ class ScopeBook:
     @classmethod
     def load(cls, path: str | Path) -> ScopeBook:
         """The book saved at ``path`` (an empty one where there is no file yet); a file
-        that cannot be read stops the executor rather than starting it with no holds."""
+        that cannot be read stops the executor rather than starting it with no holds, and
+        so does a hold naming no issuer (0.1's holds files do not carry over)."""
         p = Path(path)
         if not p.exists():
             return cls()
@@ -425,6 +432,12 @@ class ScopeBook:
             saved = msgspec.json.decode(p.read_bytes(), type=_SavedBook)
         except (OSError, msgspec.DecodeError) as err:
             raise ConfigError(str(p), "the executor's saved holds (JSON)", str(err)) from None
+        unnamed = [f"{h.action} on {h.scope_label} (command {h.command_id})"
+                   for h in saved.holds if not h.issuer]
+        if unnamed:
+            raise ConfigError(str(p), "holds that each name their issuer (a 0.1 holds file "
+                              "does not carry over: start the executor and its subscriber "
+                              "afresh)", "no issuer on " + "; ".join(unnamed[:5]))
         return cls(ScopeBookState(holds={(h.scope_label, h.action, h.command_id): h
                                          for h in saved.holds},
                                   applied=saved.applied, version=saved.version))

@@ -27,9 +27,9 @@ def test_resuming_the_stricter_of_two_cuts_leaves_the_other_in_force() -> None:
     resume naming the 0.3 leaves the 0.5 (and one naming neither lifts nothing)."""
     okx = MarketMap.from_dict(MARKETS).market("BTCUSDT.OKX")
     book = ScopeBook()
-    book.hold("reduce_limits", venue("okx"), "cmd-a", factor=0.5)
+    book.hold("reduce_limits", venue("okx"), "cmd-a", issuer="desk", factor=0.5)
     assert book.at_least_as_strict("reduce_limits", venue("okx"), factor=0.3) is None
-    book.hold("reduce_limits", venue("okx"), "cmd-b", factor=0.3)
+    book.hold("reduce_limits", venue("okx"), "cmd-b", issuer="desk", factor=0.3)
     assert book.factor_for(okx)[0] == 0.3
     assert book.lift(venue("okx"), command_ids=["cmd-c"]) == []
     assert [h.command_id for h in book.lift(venue("okx"), command_ids=["cmd-b"])] == ["cmd-b"]
@@ -40,9 +40,9 @@ def test_the_scope_book_snapshot_is_independent_and_restores_the_same_states() -
     markets = MarketMap.from_dict(MARKETS)
     okx = markets.market("BTCUSDT.OKX")
     book = ScopeBook()
-    book.hold("reduce_only", venue("okx"), "c1")
+    book.hold("reduce_only", venue("okx"), "c1", issuer="desk")
     snap = book.snapshot()
-    book.hold("halt_trading", FIRM, "c2")
+    book.hold("halt_trading", FIRM, "c2", issuer="desk")
     restored = ScopeBook.restore(snap)
     assert (book.state_for(okx), restored.state_for(okx)) == (TradeState.HALTED,
                                                              TradeState.REDUCING)
@@ -76,8 +76,9 @@ def test_an_unlisted_instrument_on_a_listed_venue_follows_the_venue_only() -> No
     markets = MarketMap.from_dict(MARKETS)
     other = markets.market("SOLUSDT.OKX", system_venue="OKX")
     book = ScopeBook()
-    book.hold("halt_trading", venue("okx"), "c1")
-    book.hold("halt_trading", Scope(kind=ScopeKind.UNDERLYING, value="SOL"), "c2")
+    book.hold("halt_trading", venue("okx"), "c1", issuer="desk")
+    book.hold("halt_trading", Scope(kind=ScopeKind.UNDERLYING, value="SOL"), "c2",
+              issuer="desk")
     assert (other.venue, other.counterparty, book.governing(other)[0].command_id) == (
         "okx", "okx", "c1")
     assert markets.market("X.KRAKEN", system_venue="KRAKEN").venue is None
@@ -97,7 +98,7 @@ def test_the_holds_file_keeps_the_holds_and_only_the_newest_commands(tmp_path: P
     """A save writes every hold and the newest MAX_SAVED remembered commands, so its cost
     does not grow with the commands applied; what it kept is recalled after a load."""
     book = ScopeBook()
-    book.hold("halt_trading", venue("okx"), "h1")
+    book.hold("halt_trading", venue("okx"), "h1", issuer="desk")
     for n in range(ScopeBook.MAX_REMEMBERED):
         book.remember("engine-1", f"c{n}", {"change": "none"})
     path = tmp_path / "holds.json"
@@ -108,3 +109,40 @@ def test_the_holds_file_keeps_the_holds_and_only_the_newest_commands(tmp_path: P
     last = ScopeBook.MAX_REMEMBERED - 1
     assert back.recall("engine-1", f"c{last}") == {"change": "none"}
     assert back.recall("engine-1", "c0") is None
+
+
+def _saved_halt(path: Path, **issuer: str) -> Path:
+    """A holds file with one halt on venue okx, its issuer as given (none: left out)."""
+    import json
+
+    hold = {"action": "halt_trading", "scope_label": "venue:okx",
+            "scope": {"kind": "venue", "value": "okx"}, "command_id": "h1", "state": 2,
+            **issuer}
+    path.write_text(json.dumps({"holds": [hold], "applied": {}, "version": 1}))
+    return path
+
+
+@pytest.mark.parametrize("issuer", [{}, {"issuer": ""}], ids=["left-out", "empty"])
+def test_a_holds_file_with_a_hold_naming_no_issuer_stops_the_load(
+    tmp_path: Path, issuer: dict[str, str],
+) -> None:
+    """A hold must name who signed it: one that does not would answer any signer's
+    repeat of its cut. Such a file (0.1's) is refused at load, naming the hold."""
+    path = _saved_halt(tmp_path / "holds.json", **issuer)
+    with pytest.raises(ConfigError, match="issuer"):
+        ScopeBook.load(path)
+
+
+def test_a_holds_file_naming_its_issuers_loads(tmp_path: Path) -> None:
+    """The file a save writes loads back with each hold's issuer."""
+    book = ScopeBook()
+    book.hold("halt_trading", venue("okx"), "h1", issuer="engine-1")
+    book.save(tmp_path / "holds.json")
+    back = ScopeBook.load(tmp_path / "holds.json")
+    assert [h.issuer for h in back.holds()] == ["engine-1"]
+
+
+def test_a_hold_names_who_signed_it() -> None:
+    """Every hold carries its issuer: a hold naming none is refused."""
+    with pytest.raises(ValueError, match="issuer"):
+        ScopeBook().hold("halt_trading", venue("okx"), "h1", issuer="")
