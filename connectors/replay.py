@@ -39,7 +39,7 @@ from riskguard.operators.core.clock import Clock, system_clock
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import Codec, encode
 
-from riskguard.errors import ConfigError
+from riskguard.errors import ConfigError, SnapshotError
 
 __all__ = ["FORMATS", "ReplayFile", "ReplaySource", "read_all", "replay_input"]
 
@@ -415,10 +415,17 @@ class ReplaySource(FixedPartitionedSource[Any, list[int]]):
         self, step_id: str, for_part: str, resume_state: list[int] | None
     ) -> _ReplayPartition:
         n = len(self.files)
-        state = resume_state if resume_state is not None else [0] * n
-        file_ts = state[n:] if len(state) == 2 * n else None  # None: a fresh start
+        if resume_state is None:  # a fresh start: every file from its beginning
+            offsets, file_ts = [0] * n, None
+        elif len(resume_state) == 2 * n:
+            offsets, file_ts = resume_state[:n], resume_state[n:]
+        else:
+            raise SnapshotError("replay", f"{2 * n} numbers for these {n} files (each "
+                                "file's offset, then each file's time; did the files "
+                                "change? re-initialise recovery)",
+                                f"{len(resume_state)} numbers")
         return _ReplayPartition(
-            self.files, state[:n], self.codec, self.batch_size, self.speed, self.clock,
+            self.files, offsets, self.codec, self.batch_size, self.speed, self.clock,
             self.batch_span_ns, max_open=MAX_OPEN_FILES, lead_ns=self.max_lead_ns,
             file_ts=file_ts,
         )

@@ -14,7 +14,7 @@ from riskguard.connectors.replay import ReplayFile, ReplaySource, read_all, repl
 from riskguard.operators.core.clock import ManualClock
 from riskguard.schemas import Bar, DeadLetter, FundingRate, Trade, encode
 
-from riskguard.errors import ConfigError
+from riskguard.errors import ConfigError, SnapshotError
 from tests.errors_util import chain_text
 
 
@@ -94,6 +94,27 @@ def test_partition_resume_from_snapshot_yields_every_record_exactly_once(files) 
     part.close()
     rest = [encode(r) for r in read_all_from(src, snap)]
     assert first + rest == whole
+
+
+@pytest.mark.parametrize("shape", ["offsets only", "one file more", "one number more"])
+def test_a_snapshot_of_another_shape_is_refused(files, shape: str) -> None:
+    """A snapshot is every file's offset, then every file's time: one of another shape
+    (offsets without the times, or taken over other files) is refused, naming the
+    shape it should have, never read as a start without the files' times."""
+    src = ReplaySource(files)
+    n = len(files)
+    snap = {"offsets only": [0] * n, "one file more": [0] * (2 * n + 2),
+            "one number more": [0] * (2 * n + 1)}[shape]
+    with pytest.raises(SnapshotError, match=f"{2 * n} numbers"):
+        src.build_part("s", "replay", snap)
+
+
+def test_a_fresh_start_needs_no_snapshot(files) -> None:
+    """No snapshot is a start from every file's beginning, as a snapshot taken there."""
+    src = ReplaySource(files)
+    fresh = [encode(r) for r in read_all(src, None)]
+    assert fresh and fresh == [encode(r) for r in read_all_from(
+        src, [0] * len(files) + [-1] * len(files))]
 
 
 def read_all_from(src: ReplaySource, snap: list[int]) -> list[object]:
