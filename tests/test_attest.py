@@ -145,6 +145,8 @@ def test_contested_records_survive_a_restore() -> None:
         assert att.on_item(it) == []
     restored = Attestor(KEYS, state=decode_snapshot(encode_snapshot(att.snapshot())))
     assert restored.state.chains[chain].held == 8
+    held_bytes = att.state.chains[chain].held_bytes
+    assert held_bytes > 0 and restored.state.chains[chain].held_bytes == held_bytes
     out = restored.on_item(real[-1])
     assert [x.index for x in out if isinstance(x, AuditRecord)] == [0, 1, 2, 3]
     assert restored.state.chains[chain].held == 0

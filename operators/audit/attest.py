@@ -148,11 +148,8 @@ class Attestor:
         else:
             self._follow = follow
         self.state = state if state is not None else AttestState()
-        self._bytes = 0  # of the records held, across chains
-        for tail in self.state.chains.values():  # counted again: a snapshot may predate it
-            tail.held = sum(map(len, tail.pending.values()))
-            tail.held_bytes = sum(_size(r) for recs in tail.pending.values() for r in recs)
-            self._bytes += tail.held_bytes
+        # of the records held, across chains: not in the snapshot, its chains' sum
+        self._bytes = sum(tail.held_bytes for tail in self.state.chains.values())
 
     def _count(self, what: str, n: int = 1) -> None:
         if n:
