@@ -268,10 +268,14 @@ class ScopeBookState:
     version: int = 1
 
 
+HOLDS_FILE_VERSION = 1
+"""The version a holds file states; a file stating none or another is refused."""
+
+
 class _SavedBook(msgspec.Struct, kw_only=True):
     holds: list[Hold]
     applied: dict[str, dict[str, Any]]
-    version: int = 1
+    version: int
 
 
 class ScopeBook:
@@ -432,6 +436,9 @@ class ScopeBook:
             saved = msgspec.json.decode(p.read_bytes(), type=_SavedBook)
         except (OSError, msgspec.DecodeError) as err:
             raise ConfigError(str(p), "the executor's saved holds (JSON)", str(err)) from None
+        if saved.version != HOLDS_FILE_VERSION:
+            raise ConfigError(str(p), f"a holds file of version {HOLDS_FILE_VERSION}",
+                              f"version {saved.version}")
         unnamed = [f"{h.action} on {h.scope_label} (command {h.command_id})"
                    for h in saved.holds if not h.issuer]
         if unnamed:

@@ -146,3 +146,21 @@ def test_a_hold_names_who_signed_it() -> None:
     """Every hold carries its issuer: a hold naming none is refused."""
     with pytest.raises(ValueError, match="issuer"):
         ScopeBook().hold("halt_trading", venue("okx"), "h1", issuer="")
+
+
+@pytest.mark.parametrize("version", [None, 0, 2])
+def test_a_holds_file_of_another_version_stops_the_load(
+    tmp_path: Path, version: int | None,
+) -> None:
+    """A holds file states its version (1); one stating none or another is refused."""
+    import json
+
+    path = _saved_halt(tmp_path / "holds.json", issuer="engine-1")
+    doc = json.loads(path.read_text())
+    if version is None:
+        del doc["version"]
+    else:
+        doc["version"] = version
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="version"):
+        ScopeBook.load(path)
