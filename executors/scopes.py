@@ -282,9 +282,15 @@ class ScopeBook:
     """Holds per exact scope, and the states and caps they give each market."""
 
     MAX_REMEMBERED = 10_000
-    """Command ids remembered for idempotence (commands expire long before this many)."""
+    """Command ids remembered for idempotence; past it the oldest half is forgotten.
+    What the executor must answer by itself is the command it was applying when the
+    subscriber stopped or its ack failed (the subscriber commits a command after its
+    callback returns): the newest. Every message the subscriber committed is refused
+    by its issuer's ``seq`` high-water mark, which it never forgets, so an id forgotten
+    here is not executed again, provided commands reach the executor only through
+    the subscriber (docs/executors.md)."""
     MAX_SAVED = 256
-    """Of those, how many the holds file keeps."""
+    """Of those, how many the holds file keeps (the newest: see :attr:`MAX_REMEMBERED`)."""
     MAX_HOLDS_PER_ACTION = 64
     """Holds of one action on one scope (each stricter than the last, or a repeat of a
     halt the subscriber let through); past it, :meth:`hold` raises ``OverflowError``."""
@@ -413,8 +419,8 @@ class ScopeBook:
     def save(self, path: str | Path) -> None:
         """Write what is held to ``path`` (JSON), atomically and durably: a restarted
         executor must come back holding what it held, not trading freely. Only the
-        newest :attr:`MAX_SAVED` remembered commands go with it (a redelivered command
-        is one of the last few)."""
+        newest :attr:`MAX_SAVED` remembered commands go with it (the one a restart may
+        deliver again is the newest)."""
         st = self.state
         applied = st.applied
         if len(applied) > self.MAX_SAVED:
