@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS copies (decision_id TEXT NOT NULL, content BLOB NOT N
                                    PRIMARY KEY (decision_id, content));
 CREATE INDEX IF NOT EXISTS handled_by_expiry ON handled (expires_at);
 CREATE INDEX IF NOT EXISTS copies_by_expiry ON copies (keep_until);
+CREATE INDEX IF NOT EXISTS holds_by_scope ON holds (scope);
 """
 
 

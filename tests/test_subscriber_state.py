@@ -188,3 +188,29 @@ def test_forgeries_checked_on_threads_are_refused_as_one_thread_refuses_them(
     summary, executed = outcomes[2]
     assert summary["rejected.bad_signature"] == 6 and len(executed) == 6
     assert summary["rejected.unknown_key"] == 6 and summary["rejected.malformed_envelope"] == 6
+
+
+def test_no_command_reads_every_hold_in_force(tmp_path: Path) -> None:
+    """What a hold, a repeat of it and a resume look up in the holds table is found by
+    an index, whatever holds the other scopes keep: no statement scans the table, so a
+    command's cost does not grow with the holds in force elsewhere."""
+    from riskguard.connectors.subscriber_state import SubscriberState
+
+    state = SubscriberState(tmp_path / "sub.sqlite")
+    okx = Scope(kind=ScopeKind.VENUE, value="okx")
+    statements: list[str] = []
+    state.db.set_trace_callback(statements.append)
+    halt = command(1, seq=1, scope=okx)
+    state.in_force(halt.action.value, okx.label(), b"{}", {"engine-1"})
+    state.holds_beside(halt.action.value, okx.label(), halt.command_id)
+    state.record(topic="t", partition=0, offset=0, cmd=halt)
+    state.record(topic="t", partition=0, offset=1, cmd=command(
+        2, seq=2, action=Action.RESUME, scope=okx, params={"resumes": [halt.command_id]}))
+    state.db.set_trace_callback(None)
+    reads = [s for s in statements if "holds" in s and s.lstrip().startswith(("SELECT",
+                                                                            "DELETE"))]
+    assert reads
+    plans = {s: " ".join(str(row[-1]) for row in state.db.execute(
+        "EXPLAIN QUERY PLAN " + s)) for s in reads}
+    assert not [s for s, plan in plans.items() if "SCAN holds" in plan], plans
+    state.close()
