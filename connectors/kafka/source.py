@@ -56,7 +56,7 @@ from riskguard.schemas.codec import Codec
 from riskguard.schemas.commands import SOURCED_TYPES
 from riskguard.schemas.names import short_memo
 from riskguard.schemas.signals import DetectProgress
-from riskguard.schemas.time_policy import EventTimePolicy
+from riskguard.schemas.time_policy import HELD, EventTimePolicy
 
 from riskguard.errors import BrokerError, ConfigError
 
@@ -67,6 +67,9 @@ _log = logging.getLogger("riskguard.connectors.kafka")
 # answered. Shared by every partition of the process, so a broker that is gone stops a
 # bounded run after one patience, not one timeout per partition.
 _END_UNANSWERED: dict[tuple[str, Clock], int] = {}
+
+Placed = tuple[bool, bool, bytes | None, bytes | None]
+"""Where a message's key places it (owned, shared), its key and its value."""
 
 
 class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
@@ -96,6 +99,10 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         self._batch_size = batch_size
         self._idle_eof_ns = idle_eof_ns
         self._policy = policy.start(watermark) if policy is not None else None
+        # a record held far ahead (the policy's ``held``): its key's placement, and the
+        # dead letters read after it, emitted after its verdict
+        self._held_at: Placed = (False, False, None, None)
+        self._behind: list[tuple[DeadLetter, int, Placed]] = []
         self._clock = clock
         self._last_msg_ns = clock()
         self._at_end = False  # reached the partition's end with no data since
@@ -162,18 +169,20 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         """Decode the pending Kafka messages: ``(records, offsets)``; None when none came.
         A :class:`KeySplit` skips other processes' keys undecoded."""
         if self._writers and len(self._finished) >= self._writers:
-            raise StopIteration  # every writer's input ended, and all it wrote was read
+            return self._end_releasing()  # every writer's input ended, all it wrote read
         msgs = self.shared.take(self._topic, self._idx)
         if not msgs:
-            self._idle()
+            try:
+                self._idle()
+            except StopIteration:
+                return self._end_releasing()
             return None
-        topic, split, record = self._topic, self._split, self._record
+        split, record, gate = self._split, self._record, self._policy
         received = self._clock() if self._stamp else 0
         # the future-skew check's processing time: read once per fetch, not per record
-        now = None if self._policy is None else self._policy.policy.now()
+        now = None if gate is None else gate.policy.now()
         out: list[Any] = []
         offsets: list[int] = []
-        append, append_off = out.append, offsets.append
         owned = shared = False
         key = None
         last_off = -1
@@ -194,21 +203,78 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
                     continue
             value = m.value()
             rec = self._tombstone(off) if value is None else record(value, off, received, now)
-            if split is not None:
-                verdict = split.admit(rec, owned, shared, dead=type(rec) is DeadLetter)
-                if verdict == "skip":
-                    skipped = m
-                    continue
-                if verdict == "not_broadcast":
-                    rec = self._not_broadcast(rec, key, value, off)
-            if type(rec) is DeadLetter and (
-                    self._counts_dead is None or self._counts_dead(rec)):
-                DEAD_LETTERS.labels(topic, rec.reason).inc()
-            append(rec)
-            append_off(off)
-            skipped = None
+            taken = (self._gated(rec, off, (owned, shared, key, value), received, out, offsets)
+                     if gate is not None and (gate.held is not None or gate.judged is not None)
+                     else self._keep(rec, off, (owned, shared, key, value), out, offsets))
+            skipped = None if taken else m
+        if at_end and gate is not None and gate.held is not None:
+            # the partition's end: no next record can judge the held one
+            self._emit_held(gate.release(), received, out, offsets)
         self._fetched(len(out), last_off, at_end=at_end, was_at_end=was_at_end,
                       skipped=skipped)
+        return out, offsets
+
+    def _keep(self, rec: Any, off: int, placed: Placed, out: list[Any],
+              offsets: list[int]) -> bool:
+        """Emit ``rec`` unless its key split says another process does: whether it was
+        taken (a dead letter counted)."""
+        split = self._split
+        if split is not None:
+            owned, shared, key, value = placed
+            verdict = split.admit(rec, owned, shared, dead=type(rec) is DeadLetter)
+            if verdict == "skip":
+                return False
+            if verdict == "not_broadcast":
+                rec = self._not_broadcast(rec, key, value, off)
+        if type(rec) is DeadLetter and (self._counts_dead is None or self._counts_dead(rec)):
+            DEAD_LETTERS.labels(self._topic, rec.reason).inc()
+        out.append(rec)
+        offsets.append(off)
+        return True
+
+    def _gated(self, rec: Any, off: int, placed: Placed, received: int, out: list[Any],
+               offsets: list[int]) -> bool:
+        """``rec`` while a record is held far ahead, or is held now: the held one's
+        verdict first, once ``rec`` judged it; a dead letter waits behind it (it must not
+        be emitted before a record a resume reads again); a record without a time lets
+        it go. Whether ``rec`` was taken."""
+        gate = self._policy
+        assert gate is not None
+        if gate.judged is not None:
+            self._emit_held(gate.take_judged(), received, out, offsets)
+        if rec is HELD:
+            self._held_at = placed
+            return True
+        if gate.held is not None:
+            if type(rec) is DeadLetter and not gate.wait_behind():
+                self._behind.append((rec, off, placed))
+                return True
+            self._emit_held(gate.release(), received, out, offsets)
+        return self._keep(rec, off, placed, out, offsets)
+
+    def _emit_held(self, verdict: tuple[Any, int] | None, received: int, out: list[Any],
+                   offsets: list[int]) -> None:
+        """The held record's verdict (the record or its ``ahead`` dead letter), then the
+        dead letters that waited behind it."""
+        assert verdict is not None
+        rec, off = verdict
+        if type(rec) is not DeadLetter:
+            rec = self._finish(rec, off, received)
+        self._keep(rec, off, self._held_at, out, offsets)
+        for dead, at, placed in self._behind:
+            self._keep(dead, at, placed, out, offsets)
+        self._behind = []
+
+    def _end_releasing(self) -> tuple[list[Any], list[int]]:
+        """The partition ends: a record still held goes first (admitted), the end on
+        the next read."""
+        gate = self._policy
+        if gate is None or gate.held is None:
+            raise StopIteration
+        out: list[Any] = []
+        offsets: list[int] = []
+        self._emit_held(gate.release(), self._clock(), out, offsets)
+        self._in.inc(len(out))
         return out, offsets
 
     def _idle(self) -> None:
@@ -243,17 +309,23 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
                           found="null (tombstone)")
 
     def _record(self, value: bytes, off: int, received: int, now: int | None) -> Any:
-        """One message's record: decoded, held to the event-time policy, stamped with its
-        receive time (live) and named by its input; a writer's final progress noted."""
-        topic, idx = self._topic, self._idx
-        rec = self._decode(topic, value, partition=idx, offset=off)
+        """One message's record: decoded, held to the event-time policy (:data:`HELD`:
+        waiting for the next to judge it), then :meth:`_finish`."""
+        rec = self._decode(self._topic, value, partition=self._idx, offset=off)
         policy = self._policy
         if policy is not None and type(rec) is not DeadLetter:
-            rec = policy.check(rec, value, topic, idx, off, now)
+            rec = policy.check(rec, value, self._topic, self._idx, off, now)
+            if rec is HELD:
+                return rec
+        return self._finish(rec, off, received)
+
+    def _finish(self, rec: Any, off: int, received: int) -> Any:
+        """A record admitted: stamped with its receive time (live) and named by its
+        input; a writer's final progress noted."""
         if self._stamp and type(rec) is not DeadLetter and getattr(rec, "recv_ts", 0) is None:
             force_setattr(rec, "recv_ts", received)  # just decoded: no one else holds it
         if type(rec) in SOURCED_TYPES:  # a later step may refuse it: name the input
-            rec.__dict__["source"] = (topic, idx, off)
+            rec.__dict__["source"] = (self._topic, self._idx, off)
         if self._writers and type(rec) is DetectProgress and rec.final:
             self._finished.add(rec.source)
         return rec
@@ -368,6 +440,10 @@ class _SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         if self._head < len(self._recs):
             return self._offs[self._head], (
                 -1 if policy is None else min(policy.max_ts, self._emitted_ts))
+        if policy is not None and policy.held is not None:
+            # a record held far ahead (and what waits behind it) is read again on resume,
+            # at the watermark before it: judged by the same next record
+            return policy.held.offset, policy.max_ts
         if self._offset == OFFSET_END:  # the end was unknown at the start: where it is now
             ends = self.shared.end_offsets(self._topic, self._idx)
             if ends is not None:
