@@ -12,10 +12,11 @@ from typing import Any, cast
 
 import pytest
 from confluent_kafka import KafkaError
-from riskguard.connectors.kafka import KafkaInput, RecordChecks
-from riskguard.connectors.kafka.admit import PartitionAdmission
+from riskguard.connectors.kafka import RecordChecks
+from riskguard.connectors.kafka.admit import HOLD_WAIT_NS, PartitionAdmission
 from riskguard.connectors.kafka.source import _SourcePartition
 from riskguard.operators.core.metrics import DEAD_LETTERS
+from riskguard.operators.core.snapshot import decode_snapshot, encode_snapshot
 from riskguard.schemas import Codec, DeadLetter, Trade, encode
 from riskguard.schemas.time_policy import EventTimePolicy
 
@@ -211,3 +212,94 @@ def test_zero_turns_the_hold_off() -> None:
     times = [T0, T0 + YEAR, T0 + NS]
     out, _ = _read([_messages(times)], EventTimePolicy(max_lead_ns=0))
     assert _ids(out) == ["t0", "t1", "DL:late"]
+
+
+# -- the same admission, one message at a time, for Flink (connectors/kafka/admit.py)
+
+def _admission(policy: EventTimePolicy, clock: Callable[[], int] | None = None,
+               resume: Any = None) -> PartitionAdmission:
+    return PartitionAdmission(Codec(), policy, clock=clock, resume=resume)
+
+
+def _admit(admit: PartitionAdmission, times: list[int], first: int = 0) -> list[Any]:
+    return [r for i, ts in enumerate(times)
+            for r in admit.on_event(("m", 3, first + i, _trade(first + i, ts)))]
+
+
+def test_flink_admission_refuses_a_lone_far_future_record_with_or_without_a_clock() -> None:
+    times = [T0 + k * NS for k in range(6)]
+    times[2] = T0 + YEAR
+    out = _admit(_admission(EventTimePolicy()), times)
+    assert _ids(out) == ["t0", "t1", "DL:ahead", "t3", "t4", "t5"]
+    assert (out[2].offset, out[2].raw) == (2, _trade(2, T0 + YEAR))
+    now = T0 + HOUR
+    times[2] = now
+    admit = _admission(EventTimePolicy(clock=lambda: now), clock=lambda: now)
+    assert _ids(_admit(admit, times)) == ["t0", "t1", "DL:ahead", "t3", "t4", "t5"]
+
+
+def test_flink_admission_keeps_a_genuine_jump_and_lets_a_held_record_go() -> None:
+    admit = _admission(EventTimePolicy())
+    times = [T0, T0 + NS, T0 + 2 * HOUR, T0 + 2 * HOUR + NS, T0 + 5 * HOUR]
+    assert _ids(_admit(admit, times)) == ["t0", "t1", "t2", "t3"]
+    assert _ids(admit.on_eof()) == ["t4"]  # the input's end: nothing left to judge it
+    clock = iter([100, 100 + HOLD_WAIT_NS - 1, 100 + HOLD_WAIT_NS])
+    admit = _admission(EventTimePolicy(), clock=lambda: next(clock))
+    assert _ids(_admit(admit, [T0])) == []
+    assert admit.next_deadline_ns() == 100 + HOLD_WAIT_NS
+    assert admit.on_deadline() == []                        # not yet
+    assert _ids(admit.on_deadline()) == ["t0"]              # waited its bound
+    assert admit.next_deadline_ns() is None
+
+
+@pytest.mark.parametrize("cut", range(1, 7))
+def test_flink_admission_resumed_from_a_snapshot_holding_a_record(cut: int) -> None:
+    """A held record is in the snapshot (with the watermark before it): the restored
+    logic judges it by the same next record."""
+    times = [T0, T0 + YEAR, T0 + NS, T0 + 3 * HOUR, T0 + 3 * HOUR + NS, T0 + 3 * HOUR + YEAR,
+             T0 + 3 * HOUR + 2 * NS]
+    whole = _admit(_admission(EventTimePolicy()), times)
+    first = _admission(EventTimePolicy())
+    part = _admit(first, times[:cut])
+    state = decode_snapshot(encode_snapshot(first.snapshot()))  # as an engine keeps it
+    resumed = _admission(EventTimePolicy(), resume=state)
+    rest = _admit(resumed, times[cut:], first=cut)
+    assert _ids(part + rest) == _ids(whole) == [
+        "t0", "DL:ahead", "t2", "t3", "t4", "DL:ahead", "t6"]
+
+
+# -- the real source, through the real engine and broker
+
+@pytest.mark.kafka
+def test_a_far_future_record_on_the_broker_is_one_ahead_dead_letter(kafka_bootstrap: str,
+                                                                     new_topic) -> None:
+    """A topic of historical trades (no clock), one a year ahead among them: read by the
+    Kafka source in a bytewax run, it is the one dead letter, with its raw bytes and
+    offset, and every genuine trade after it is admitted, not late. On another partition
+    a genuine jump that is the partition's last record is admitted at its end."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink, run_main
+    from riskguard.connectors.kafka import kafka_input
+
+    topic = new_topic(2)
+    times = [T0 + k * NS for k in range(10)]
+    times[3] = T0 + YEAR
+    values = [_trade(i, ts) for i, ts in enumerate(times)]
+    produce(kafka_bootstrap, topic, values, partition=0)
+    produce(kafka_bootstrap, topic, [_trade(i, ts, "q") for i, ts in enumerate(
+        [T0, T0 + NS, T0 + 2 * HOUR])], partition=1)
+    flow = Dataflow("ahead")
+    src = kafka_input("in", flow, brokers=kafka_bootstrap, topics=[topic], idle_eof_s=1.0,
+                      checks=RecordChecks(time_policy=EventTimePolicy()))
+    oks: list[Any] = []
+    errs: list[Any] = []
+    op.output("oks", src.oks, TestingSink(oks))
+    op.output("errs", src.errs, TestingSink(errs))
+    started = time.monotonic()
+    run_main(flow)
+    assert time.monotonic() - started < 60
+    assert [r.id for r in oks if r.id[0] == "t"] == [f"t{i}" for i in range(10) if i != 3]
+    assert [r.id for r in oks if r.id[0] == "q"] == ["q0", "q1", "q2"]
+    assert [(d.reason, d.topic, d.partition, d.offset, d.raw) for d in errs] == [
+        ("ahead", topic, 0, 3, values[3])]
