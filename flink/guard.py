@@ -66,6 +66,7 @@ def _admission(cfg: GuardConfig) -> Callable[[Any], PartitionAdmission]:
     policy = EventTimePolicy(
         max_lateness_ns=cfg.input.max_lateness_ns,
         max_future_skew_ns=cfg.input.max_future_skew_ns,
+        max_lead_ns=cfg.input.max_lead_ns,
         clock=call_clock if cfg.input.check_future else None)
     untimed = frozenset({cfg.topic("acks")})
 

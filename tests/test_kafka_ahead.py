@@ -303,3 +303,16 @@ def test_a_far_future_record_on_the_broker_is_one_ahead_dead_letter(kafka_bootst
     assert [r.id for r in oks if r.id[0] == "q"] == ["q0", "q1", "q2"]
     assert [(d.reason, d.topic, d.partition, d.offset, d.raw) for d in errs] == [
         ("ahead", topic, 0, 3, values[3])]
+
+
+def test_the_lead_is_configured_under_input_zero_or_at_least_the_lateness() -> None:
+    from riskguard.dataflows.guard.config import InputConfig, _check_lead
+
+    from riskguard.errors import ConfigError
+
+    assert InputConfig().max_lead_ns == 60 * NS
+    _check_lead(InputConfig(max_lead_ns=0))
+    _check_lead(InputConfig(max_lead_ns=10 * NS, max_lateness_ns=10 * NS))
+    with pytest.raises(ConfigError) as err:
+        _check_lead(InputConfig(max_lead_ns=NS, max_lateness_ns=10 * NS))
+    assert err.value.path == "input.max_lead_ns"

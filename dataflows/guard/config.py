@@ -128,6 +128,11 @@ class InputConfig(msgspec.Struct, frozen=True, kw_only=True):
     idle_eof_s: PositiveFinite | None = None
     max_lateness_ns: NonNegativeInt = 10 * NS
     max_future_skew_ns: NonNegativeInt = 5 * NS
+    # a record further than this ahead of its partition's watermark waits for the
+    # partition's next record: more than this behind it, it was a lone bad timestamp, an
+    # `ahead` dead letter (else every genuine record after it would be late); at least
+    # max_lateness_ns (0: none waits)
+    max_lead_ns: NonNegativeInt = 60 * NS
     check_future: bool = True
     batch_size: PositiveInt = 1000
     align_skew_s: NonNegative | None = 2.0
@@ -275,8 +280,17 @@ def _load(data: dict[str, object], base: Path) -> tuple[GuardConfig, str]:
     cfg.limits.validate("limits")
     cfg.limits.check_names(cfg.exposure.instruments, "limits")
     cfg.feeds.validate("feeds")
+    _check_lead(cfg.input)
     _check_tier(cfg)
     return cfg, config_hash({k: v for k, v in data.items() if k not in _NOT_DECIDING})
+
+
+def _check_lead(inp: InputConfig) -> None:
+    """A record the next one is more than ``max_lead_ns`` behind is refused as ahead: a
+    lead shorter than the lateness would refuse one a later record is not late after."""
+    if 0 < inp.max_lead_ns < inp.max_lateness_ns:
+        raise ConfigError("input.max_lead_ns", f"0 or at least input.max_lateness_ns "
+                          f"({inp.max_lateness_ns})", inp.max_lead_ns)
 
 
 def _check_tier(cfg: GuardConfig) -> None:

@@ -39,6 +39,7 @@ def guard_input(flow: Dataflow, cfg: GuardConfig, streams: tuple[str, ...], cloc
     policy = EventTimePolicy(
         max_lateness_ns=inp.max_lateness_ns,
         max_future_skew_ns=inp.max_future_skew_ns,
+        max_lead_ns=inp.max_lead_ns,
         clock=clock if inp.check_future else None,
     )
     align = None
