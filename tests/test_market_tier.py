@@ -43,6 +43,7 @@ from riskguard.schemas import (
     FundingRate,
     IndexPrice,
     OptionQuote,
+    PositionSnapshot,
     Quote,
     RiskAlert,
     Scope,
@@ -55,6 +56,7 @@ from riskguard.schemas import (
     decode,
 )
 from riskguard.schemas.names import MEMO_KEY_LIMIT
+from riskguard.schemas.types import MAX_FLOAT
 from riskguard.schemas.valuation import VALUATION_CHUNK_BYTES
 from test_exposure import worked_config
 
@@ -197,9 +199,10 @@ def _two_market_processes(cfg: ExposureConfig) -> list[tuple[Any, ...]]:
 
 
 def _stage2_exposures(events: list[Any], cfg: ExposureConfig, *,
-                      strict: bool = True) -> Iterator[Exposure]:
+                      strict: bool = True, wire: bool = False) -> Iterator[Exposure]:
     """Each exposure stage 2 sums from two market processes' valuations, one event at a
-    time (``strict``: no record a process owns is a dead letter)."""
+    time (``strict``: no record a process owns is a dead letter; ``wire``: each part
+    travels as the Valuation record the firm process reads)."""
     reg = cfg.validate()
     procs = _two_market_processes(cfg)
     cps: dict[str, CounterpartyLogic] = {}
@@ -215,10 +218,19 @@ def _stage2_exposures(events: list[Any], cfg: ExposureConfig, *,
                     continue
                 for key, item in routed:
                     logic = shards.setdefault(key, ShardLogic(cfg, reg, place=place))
-                    for p in logic.on_event(item):
+                    for p in _over_the_wire(logic.on_event(item), i) if wire else (
+                            logic.on_event(item)):
                         if isinstance(p, Part):
                             cp = cps.setdefault(p.counterparty, CounterpartyLogic(cfg))
                             yield from (e for e in cp.on_event(p) if isinstance(e, Exposure))
+
+
+def _over_the_wire(made: list[Any], index: int) -> list[Any]:
+    """A market process's stage-1 output as the firm process decodes it."""
+    records = _valuation_records(f"market/{index}")(made)
+    decoded = [Codec().decode("detections", r) for r in records]
+    assert all(isinstance(v, Valuation) for v in decoded), decoded
+    return [x for v in decoded for x in (*v.alerts, *v.parts, *v.progress)]
 
 
 def _split_latest(events: list[Any], cfg: ExposureConfig) -> dict[str, Exposure]:
@@ -549,3 +561,33 @@ def test_the_tier_scales_a_firm_limit_by_the_vol_one_worker_does() -> None:
                 if isinstance(o, Utilization)]
 
     assert effective(whole)[-1] == effective(split)[-1] == 200_000.0
+
+
+def test_a_part_whose_amounts_overflow_crosses_the_wire_and_values_as_one_worker() -> None:
+    """A position whose notional passes the largest float (1e308 BTC at 60,000), and one
+    opposite in another market process's underlying: each part still encodes (the wire
+    holds no infinity) and the counterparty's exposure is the one worker's, gross and net
+    the largest float (inf - inf is no number: the largest, never 0)."""
+    cfg = worked_config()
+    s = 1_000_000_000
+
+    def snap(i: str, inst: str, qty: float) -> PositionSnapshot:
+        return PositionSnapshot(id=i, venue="okx", counterparty="okx", instrument=inst,
+                                qty=qty, ts=3 * s)
+
+    events = [
+        Trade(id="t1", venue="okx", instrument="BTC-PERP", ts=s, price=60_000.0, qty=1.0,
+              side="buy"),
+        Trade(id="t2", venue="okx", instrument="ETH-PERP", ts=s, price=3_000.0, qty=1.0,
+              side="buy"),
+        snap("p1", "BTC-PERP", 1e308),
+        snap("p2", "ETH-PERP", -1e308),
+    ]
+    pipe = LocalPipeline(cfg)
+    pipe.feed_all(events)
+    whole = pipe.latest()["okx"]
+    split = {e.counterparty: e for e in _stage2_exposures(events, cfg, wire=True)}["okx"]
+    assert whole.gross_notional == whole.net_notional == MAX_FLOAT
+    for name in ("gross_notional", "net_notional", "delta_by_underlying",
+                 "notional_by_instrument"):
+        assert getattr(split, name) == getattr(whole, name), name

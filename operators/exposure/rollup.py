@@ -24,6 +24,7 @@ from riskguard.operators.exposure.config import (
     evidence_add,
 )
 from riskguard.operators.exposure.routing import PROGRESS_KEY, split_progress
+from riskguard.operators.exposure.saturation import bounded, restored_part, saturated
 from riskguard.operators.exposure.valuation import NEVER_STALE
 from riskguard.schemas import (
     Exposure,
@@ -32,7 +33,6 @@ from riskguard.schemas import (
     ScopeKind,
     Severity,
 )
-from riskguard.schemas.types import MAX_FLOAT
 from riskguard.schemas.valuation import Part, Progress
 
 
@@ -274,12 +274,6 @@ class _Totals(NamedTuple):
     unvalued: list[str]
 
 
-def _bounded(x: float) -> float:
-    """``x`` within the range a float can hold: past it, the largest float of its sign;
-    no number at all (inf - inf), the largest."""
-    return MAX_FLOAT if math.isnan(x) else max(-MAX_FLOAT, min(MAX_FLOAT, x))
-
-
 def in_range(e: Exposure) -> Exposure:
     """``e`` with every amount within the schema's range.
 
@@ -297,13 +291,13 @@ def in_range(e: Exposure) -> Exposure:
              + sum(e.instrument_notionals))
     if math.isfinite(total):
         return e
-    delta = {k: _bounded(v) for k, v in ds.items()}
+    delta = {k: bounded(v) for k, v in ds.items()}
     return msgspec.structs.replace(
-        e, gross_notional=_bounded(e.gross_notional), net_notional=_bounded(e.net_notional),
-        collateral=_bounded(e.collateral), unrealized_pnl=_bounded(e.unrealized_pnl),
-        open_order_notional=_bounded(e.open_order_notional), delta_by_underlying=delta,
-        notional_by_asset=delta if ns is ds else {k: _bounded(v) for k, v in ns.items()},
-        instrument_notionals=[_bounded(v) for v in e.instrument_notionals])
+        e, gross_notional=bounded(e.gross_notional), net_notional=bounded(e.net_notional),
+        collateral=bounded(e.collateral), unrealized_pnl=bounded(e.unrealized_pnl),
+        open_order_notional=bounded(e.open_order_notional), delta_by_underlying=delta,
+        notional_by_asset=delta if ns is ds else {k: bounded(v) for k, v in ns.items()},
+        instrument_notionals=[bounded(v) for v in e.instrument_notionals])
 
 
 def _sum_parts(ps: list[Part]) -> _Totals:
@@ -316,6 +310,8 @@ def _sum_parts(ps: list[Part]) -> _Totals:
         vol_ts = {k: t for k, (_v, t) in p.vols.items()} if p.vols else {}
         return _Totals(p.gross, p.net, p.upnl, p.orders, p.collateral, p.delta, p.by_asset,
                        names, notionals, p.vol_values, vol_ts, p.unvalued)
+    if any(map(saturated, ps)):  # amounts past the largest float add up as infinities
+        ps = [restored_part(p) for p in ps]
     gross = net = upnl = orders = coll = 0.0
     delta: dict[str, float] = {}
     by_asset: dict[str, float] = {}

@@ -34,6 +34,7 @@ from riskguard.operators.exposure.instruments import (
 )
 from riskguard.operators.exposure.limit_specs import LimitSpec
 from riskguard.operators.exposure.routing import ShardPlace, shard_key
+from riskguard.operators.exposure.saturation import bounded_part
 from riskguard.operators.exposure.shard_state import GRIDS, Pending, ShardState
 from riskguard.schemas import (
     LimitLevel,
@@ -727,13 +728,13 @@ class ShardValuation:
         seq0 = st.seq
         st.seq += m
         key = st.key
-        out.extend(
+        out.extend(map(bounded_part, (  # the wire (JSON) holds no infinity
             Part(cp, key, seq, ts, g, nt, u, o, c, d, a, nm, no, mb, old, unv, uvol,
                  uvol_values, ev, recv_ts)
             for cp, seq, ts, g, nt, u, o, c, d, a, nm, no, mb, old, unv, ev in zip(
                 cps, range(seq0 + 1, seq0 + m + 1), ts_rows, v.gross, v.net, v.upnl, v.orders,
                 colls, v.delta, v.by_asset, v.names, v.notionals, v.mark_ts, v.oldest, unvalued,
-                evid, strict=True))
+                evid, strict=True))))
         return out
 
     def _moved_vols(self, lay: _Layout, acc: Pending) -> dict[str, tuple[float, int]]:
