@@ -41,6 +41,7 @@ from riskguard.schemas import (
     LimitBreach,
     LimitLevel,
     LimitUpdate,
+    PositionSnapshot,
     RiskAlert,
     SignedEnvelope,
     Trade,
@@ -374,6 +375,29 @@ def test_amounts_whose_sum_overflows_breach_and_the_state_still_restores() -> No
     assert restored.latest() == latest
     logic = LimitsLogic(gross_limit(), clock=lambda: 0)
     assert gross_levels(drive(logic, [latest["okx"]])) == [(latest["okx"].ts, "breach")]
+
+
+def test_two_counterparties_past_the_largest_float_in_opposite_ways_are_no_firm_zero() -> None:
+    """okx long and binance short 1e308 BTC at 60,000: each one's notional passes the
+    largest float. The firm's net and BTC delta are inf - inf, no number: the largest
+    float, past a firm net limit, never a 0 read as inside it."""
+    from riskguard.schemas.types import MAX_FLOAT
+
+    cfg = ExposureConfig(instruments=InstrumentsConfig(instruments={
+        "BTC-PERP": InstrumentSpec(kind="perp", base="BTC", quote="USD")}))
+    pipe = LocalPipeline(cfg)
+    pipe.feed_all([
+        Trade(id="t1", venue="okx", instrument="BTC-PERP", ts=S, price=60_000.0, qty=1.0,
+              side="buy"),
+        *(PositionSnapshot(id=f"p{k}", venue=cp, counterparty=cp, instrument="BTC-PERP",
+                           qty=qty, ts=(2 + k) * S)
+          for k, (cp, qty) in enumerate((("okx", 1e308), ("binance", -1e308))))])
+    firm = pipe.latest()["*"]
+    assert (firm.net_notional, firm.delta_by_underlying) == (MAX_FLOAT, {"BTC": MAX_FLOAT})
+    logic = LimitsLogic(LimitsConfig(firm={"net_notional": LimitSpec(limit=1e9)}),
+                        clock=lambda: 0)
+    assert [o.level.value for o in drive(logic, [firm]) if isinstance(o, LimitBreach)] == [
+        "breach"]
 
 
 def test_valued_again_inside_the_limit_clears_and_a_new_episode_alerts_again() -> None:

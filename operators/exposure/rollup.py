@@ -24,7 +24,13 @@ from riskguard.operators.exposure.config import (
     evidence_add,
 )
 from riskguard.operators.exposure.routing import PROGRESS_KEY, split_progress
-from riskguard.operators.exposure.saturation import bounded, restored_part, saturated
+from riskguard.operators.exposure.saturation import (
+    bounded,
+    restored_exposure,
+    restored_part,
+    saturated,
+    saturated_exposure,
+)
 from riskguard.operators.exposure.valuation import NEVER_STALE
 from riskguard.schemas import (
     Exposure,
@@ -458,6 +464,8 @@ class FirmLogic:
         self._shares = np.array([st.shares.get(cp, 0.0) for cp in self._names], dtype=float)
         # the firm's vols and their times as exposures carry them (derived from state)
         self._vols, self._vol_ts = _vol_dicts(st.vols)
+        # the counterparties whose latest exposure carries a largest float (derived)
+        self._saturated = {cp for cp, e in st.latest.items() if saturated_exposure(e)}
         # per progress source: the lowest ts over its stage-2 keys (derived from state)
         self._lows: dict[str, _Low] = {}
         # progress sources a restored snapshot names may belong to processes that are gone
@@ -569,6 +577,10 @@ class FirmLogic:
         """``e`` is ``cp``'s latest: in the state and in the name-ordered layout."""
         cp = e.counterparty
         self.state.latest[cp] = e
+        if saturated_exposure(e):
+            self._saturated.add(cp)
+        else:
+            self._saturated.discard(cp)
         k = self._at.get(cp)
         if k is None:  # a new counterparty: insert it in name order
             k = bisect_right(self._names, cp)
@@ -666,18 +678,21 @@ class FirmLogic:
         return out
 
     def _firm(self, updated: dict[str, None], ts: int) -> Exposure:
-        """The firm-wide rollup: every counterparty's latest summed, as of ``ts``."""
+        """The firm-wide rollup: every counterparty's latest summed, as of ``ts``
+        (amounts at the largest float added up as infinities: opposite ones make no
+        number, the largest, never 0)."""
         st, exps = self.state, self._exps
+        summed = list(map(restored_exposure, exps)) if self._saturated else exps
 
         def add_up(field: str) -> float:
-            return reduce(add, map(attrgetter(field), exps), 0.0)
+            return reduce(add, map(attrgetter(field), summed), 0.0)
 
         def union(field: str) -> list[str]:
             return sorted(set(chain.from_iterable(map(attrgetter(field), exps))))
 
         # every by-asset dict is its delta dict (linear books): the same sums, done once
-        deltas = list(map(attrgetter("delta_by_underlying"), exps))
-        assets = list(map(attrgetter("notional_by_asset"), exps))
+        deltas = list(map(attrgetter("delta_by_underlying"), summed))
+        assets = list(map(attrgetter("notional_by_asset"), summed))
         delta = _sum_dicts(deltas)
         by_asset = dict(delta) if all(map(is_, assets, deltas)) else _sum_dicts(assets)
         stale = union("stale_instruments")

@@ -6,7 +6,8 @@ of its sign (no number: the largest), past every limit. A stage-1 :class:`Part` 
 it so (:func:`bounded_part`): JSON, the market tier's wire, holds no infinity. Stage 2
 reads a part's largest floats back as infinities before it adds parts up
 (:func:`restored_part`), so two saturated parts of opposite signs make no number, the
-largest, as one shard's sum does, never a finite 0.
+largest, as one shard's sum does, never a finite 0; the firm rollup reads the
+counterparties' exposures so too (:func:`restored_exposure`).
 
 >>> import math
 >>> p = bounded_part(Part("okx", "s0", 1, 5, math.inf, math.nan, 0.0, 0.0, 0.0,
@@ -24,6 +25,7 @@ import math
 from itertools import chain
 
 import msgspec
+from riskguard.schemas import Exposure
 from riskguard.schemas.types import MAX_FLOAT
 from riskguard.schemas.valuation import Part
 
@@ -75,3 +77,24 @@ def restored_part(p: Part) -> Part:
         orders=_unbounded(p.orders), collateral=_unbounded(p.collateral), delta=delta,
         by_asset=delta if p.by_asset is p.delta else {
             k: _unbounded(v) for k, v in p.by_asset.items()})
+
+
+def saturated_exposure(e: Exposure) -> bool:
+    """Does ``e`` carry an amount at the largest float? Its gross bounds its net, its
+    per-instrument and its by-asset notionals."""
+    top = max(abs(e.gross_notional), abs(e.unrealized_pnl), abs(e.open_order_notional),
+              abs(e.collateral))
+    return top >= MAX_FLOAT or any(abs(v) >= MAX_FLOAT for v in e.delta_by_underlying.values())
+
+
+def restored_exposure(e: Exposure) -> Exposure:
+    """``e`` with each largest float of its sums read back as the infinity of its sign,
+    to be added up into the firm's rollup (an exposure to send is bounded again)."""
+    ds, ns = e.delta_by_underlying, e.notional_by_asset
+    delta = {k: _unbounded(v) for k, v in ds.items()}
+    return msgspec.structs.replace(
+        e, gross_notional=_unbounded(e.gross_notional),
+        net_notional=_unbounded(e.net_notional), collateral=_unbounded(e.collateral),
+        unrealized_pnl=_unbounded(e.unrealized_pnl),
+        open_order_notional=_unbounded(e.open_order_notional), delta_by_underlying=delta,
+        notional_by_asset=delta if ns is ds else {k: _unbounded(v) for k, v in ns.items()})
