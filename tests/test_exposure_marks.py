@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 from unittest.mock import patch
 
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
@@ -214,3 +215,27 @@ def test_a_long_run_of_marks_is_applied_whole_array_like_one_by_one() -> None:
     assert int(batched.state.ewma_n[0]) > 50
 
 
+
+
+@pytest.mark.parametrize("whole_array", [False, True])
+def test_marks_from_the_largest_float_to_the_smallest_give_a_finite_vol(
+    whole_array: bool,
+) -> None:
+    """Trades at 1e308, then 5e-324, then 1e308 again (each a valid price): their ratios
+    pass the float range (0 and inf). The EWMA takes the log of each ratio as the
+    difference of the logs, so nothing raises and the realized vol is a finite number
+    (huge: a volatility-scaled limit at its tightest), the same one by one and whole-array,
+    and the part still encodes."""
+    reg = BATCH_CFG.validate()
+    router = Router(reg, BATCH_CFG)
+    logic = ShardLogic(BATCH_CFG, reg)
+    evs: list[object] = [fill("f", "a", "P0", "buy", 1.0, 10.0, 1)]
+    evs += [Trade(id=f"t{k}", venue="v", instrument="P0", ts=(k + 2) * S, price=px, qty=1.0,
+                  side="buy") for k, px in enumerate([1e308, 5e-324, 1e308])]
+    with patch.object(valuation, "_VECTOR_MIN", 1 if whole_array else 10**9):
+        parts = [p for _k, pack in router.route_batch(evs) for p in logic.on_batch([pack])
+                 if isinstance(p, Part)]
+    vol = logic._und_vols_small([0])["A0"][0]
+    assert np.isfinite(vol) and vol > 1e6
+    assert parts[-1].vol_values == {"A0": vol}
+    assert msgspec.json.decode(msgspec.json.encode(parts[-1]), type=Part) == parts[-1]

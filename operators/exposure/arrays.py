@@ -3,6 +3,7 @@ runs, and segment sums with the same bits as a Python loop."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,29 @@ import numpy as np
 # and the per-column overhead of the loop (measured, see :func:`ewma_runs`)
 _STEP_COST, _COLUMN_COST = 130, 6
 
+
+def log_ratio(new: float, old: float) -> float:
+    """``log(new / old)`` of two positive prices; where their ratio passes the float
+    range (1e308 against 5e-324: inf or 0), the difference of their logs instead.
+
+    >>> log_ratio(2.0, 1.0) == math.log(2.0), round(log_ratio(5e-324, 1e308), 1)
+    (True, -1453.6)
+    """
+    q = new / old
+    if 0.0 < q < math.inf:
+        return math.log(q)
+    return math.log(new) - math.log(old)
+
+
+def log_ratios(new: Any, old: Any) -> Any:
+    """:func:`log_ratio` of each pair of two arrays of positive prices, bit for bit."""
+    with np.errstate(over="ignore", under="ignore"):
+        q = new / old
+    odd = ~((q > 0.0) & (q < np.inf))
+    r = np.array(list(map(math.log, np.where(odd, 1.0, q).tolist())))
+    for i in np.flatnonzero(odd).tolist():
+        r[i] = math.log(new[i]) - math.log(old[i])
+    return r
 
 
 def run_starts(a: Any) -> Any:

@@ -14,6 +14,8 @@ import numpy as np
 from riskguard.operators.core.dedup import IdWindow
 from riskguard.operators.exposure.arrays import (
     ewma_runs,
+    log_ratio,
+    log_ratios,
     not_before_earlier,
     row_reduce,
     run_ends,
@@ -268,7 +270,7 @@ class ShardValuation:
             ets = st.ewma_ts.item(j)
             if ts > ets:
                 if ets >= 0 and (prev := st.ewma_price.item(j)) > 0:
-                    r = math.log(price / prev)
+                    r = log_ratio(price, prev)
                     inst = r * r / ((ts - ets) / NS_PER_S)
                     alpha = self.config.vol_alpha
                     n = st.ewma_n.item(j)
@@ -346,7 +348,7 @@ class ShardValuation:
         pp = np.where(new_k, st.ewma_price[kj], shifted(kp, 0.0))
         h = np.flatnonzero((pt >= 0) & (pp > 0))
         if len(h):
-            r = np.array(list(map(math.log, (kp[h] / pp[h]).tolist())))
+            r = log_ratios(kp[h], pp[h])
             x = r * r / ((kt[h] - pt[h]) / NS_PER_S)
             hj = kj[h]
             first = np.flatnonzero(run_starts(hj))
