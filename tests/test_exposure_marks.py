@@ -239,3 +239,21 @@ def test_marks_from_the_largest_float_to_the_smallest_give_a_finite_vol(
     assert np.isfinite(vol) and vol > 1e6
     assert parts[-1].vol_values == {"A0": vol}
     assert msgspec.json.decode(msgspec.json.encode(parts[-1]), type=Part) == parts[-1]
+
+
+@pytest.mark.parametrize("whole_array", [False, True])
+def test_a_quote_at_the_largest_float_marks_its_mid_not_infinity(whole_array: bool) -> None:
+    """A quote of bid and ask 1.7e308 (each a valid price): bid + ask passes the float
+    range, but their mid does not. The mark is the mid, and the EWMA's variance stays a
+    number, one by one and whole-array."""
+    reg = BATCH_CFG.validate()
+    router = Router(reg, BATCH_CFG)
+    logic = ShardLogic(BATCH_CFG, reg)
+    evs: list[object] = [fill("f", "a", "P0", "buy", 1.0, 10.0, 1)]
+    evs += [Quote(id=f"q{k}", venue="v", instrument="P0", ts=(k + 2) * S, bid=px,
+                  bid_size=1.0, ask=px, ask_size=1.0) for k, px in enumerate([10.0, 1.7e308])]
+    with patch.object(valuation, "_VECTOR_MIN", 1 if whole_array else 10**9):
+        for _k, pack in router.route_batch(evs):
+            logic.on_batch([pack])
+    assert logic.state.mark[0] == 1.7e308
+    assert np.isfinite(logic.state.ewma_var[0])
