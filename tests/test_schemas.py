@@ -127,7 +127,8 @@ def test_the_future_check_can_take_one_clock_reading_for_a_whole_fetch() -> None
     def no_clock() -> int:
         raise AssertionError("the clock is read once per fetch by the caller")
 
-    wm = EventTimePolicy(max_lateness_ns=10, max_future_skew_ns=5, clock=no_clock).start()
+    wm = EventTimePolicy(max_lateness_ns=10, max_future_skew_ns=5, clock=no_clock,
+                         max_lead_ns=0).start()
     t = lambda ts: Trade(id="a", venue="v", instrument="i", ts=ts, price=1.0, qty=1.0,  # noqa: E731
                          side="buy")
     assert wm.check(t(100), b"r", "m", 0, 1, now=100) == t(100)
