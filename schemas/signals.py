@@ -135,7 +135,8 @@ class AnomalySignal(Record, frozen=True, kw_only=True, tag="anomaly"):
 class RiskAlert(Record, frozen=True, kw_only=True, tag="risk_alert"):
     """A discrete risk condition that is not a score.
 
-    ``kind`` is one of ``stale_mark``, ``reconciliation_break``,
+    ``kind`` is one of ``stale_mark`` or ``mark_restored`` (a held instrument's mark
+    grew too old, or is fresh again), ``reconciliation_break``,
     ``heartbeat_loss``, ``heartbeat_restored``, ``subscriber_gap``,
     ``unknown_counterparty``, ``missing_mark``, ``missing_fx``,
     ``feed_failover``, ``feed_restored``, ``withdrawals_halted``,
@@ -330,7 +331,7 @@ def parse_limit_path(path: str) -> tuple[str, str, str]:
 ANOMALY_KINDS = ("anomaly", "regime_change", "price_move", "dislocation")
 """``AnomalySignal.kind`` values."""
 ALERT_KINDS = (
-    "stale_mark", "reconciliation_break", "heartbeat_loss", "heartbeat_restored",
+    "stale_mark", "mark_restored", "reconciliation_break", "heartbeat_loss", "heartbeat_restored",
     "subscriber_gap", "unknown_counterparty", "missing_mark", "missing_fx",
     "feed_failover", "feed_restored", "withdrawals_halted", "withdrawals_resumed", "depeg",
     "peg_restored", "limit_update_accepted", "limit_update_rejected", "unvalued_exposure",

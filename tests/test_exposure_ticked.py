@@ -545,7 +545,8 @@ def test_a_counterparty_whose_marks_all_stop_turns_stale_as_the_ticks_pass() -> 
     parts: once its only mark is older than ``max_mark_age_ns`` by the ticks' watermark,
     its exposure is sent again, stale, with one ``stale_mark`` alert, both stamped with
     the moment the mark grew too old (so batching and tick spacing do not move them).
-    A mark coming back clears it; another counterparty's fresh marks are not touched."""
+    A mark coming back clears it, with a ``mark_restored`` alert; another counterparty's
+    fresh marks are not touched."""
     from bytewax import operators as op
     from bytewax.dataflow import Dataflow
     from bytewax.testing import TestingSink, TestingSource, run_main
@@ -582,7 +583,7 @@ def test_a_counterparty_whose_marks_all_stop_turns_stale_as_the_ticks_pass() -> 
     exps, alerts = run(1)
     stale_at = t + age + 1
     assert [(a.kind, a.scope.value, a.ts) for a in alerts] == [
-        ("stale_mark", "BTC-PERP", stale_at)]
+        ("stale_mark", "BTC-PERP", stale_at), ("mark_restored", "BTC-PERP", t + 96 * S)]
     okx = [(e.ts, e.stale) for e in exps if e.counterparty == "okx"]
     assert (stale_at, True) in okx
     assert okx[-1] == (t + 96 * S, False)  # its mark is back

@@ -228,7 +228,8 @@ class CounterpartyLogic:
         return old
 
     def _stale_alerts(self, old: dict[str, int]) -> list[Any]:
-        """A ``stale_mark`` alert per mark newly too old; marks fresh again forgotten."""
+        """A ``stale_mark`` alert per mark newly too old, and a ``mark_restored`` alert
+        per mark fresh again (or no longer held), which closes its incident."""
         st = self.state
         cfg = self.config
         out: list[Any] = []
@@ -236,22 +237,30 @@ class CounterpartyLogic:
             if name in st.stale:
                 continue
             st.stale[name] = mark_ts
-            out.append(RiskAlert(
-                id=alert_id("stale_mark", st.counterparty, name, mark_ts, st.watermark),
-                kind="stale_mark",
-                scope=Scope(kind=ScopeKind.INSTRUMENT, value=name),
-                ts=st.watermark, severity=Severity.WARN,
-                reason=(f"mark of {name} is {(st.watermark - mark_ts) / NS_PER_S:.3f}s "
-                        f"old (max {cfg.max_mark_age_ns / NS_PER_S:g}s); exposure of "
-                        f"{st.counterparty} is stale"),
-                details={"counterparty": st.counterparty, "mark_ts": mark_ts,
-                         "watermark": st.watermark},
-                evidence_ids=list(st.evidence[-4:]),
-            ))
+            out.append(self._mark_alert(
+                "stale_mark", name, mark_ts, Severity.WARN,
+                f"mark of {name} is {(st.watermark - mark_ts) / NS_PER_S:.3f}s old (max "
+                f"{cfg.max_mark_age_ns / NS_PER_S:g}s); exposure of {st.counterparty} is "
+                "stale"))
         if st.stale:
             for name in [n for n in st.stale if n not in old]:
-                del st.stale[name]
+                out.append(self._mark_alert(
+                    "mark_restored", name, st.stale.pop(name), Severity.INFO,
+                    f"mark of {name} is fresh again, or {st.counterparty} no longer "
+                    "holds it"))
         return out
+
+    def _mark_alert(self, kind: str, name: str, mark_ts: int, severity: Severity,
+                    reason: str) -> RiskAlert:
+        st = self.state
+        return RiskAlert(
+            id=alert_id(kind, st.counterparty, name, mark_ts, st.watermark),
+            kind=kind, scope=Scope(kind=ScopeKind.INSTRUMENT, value=name),
+            ts=st.watermark, severity=severity, reason=reason,
+            details={"counterparty": st.counterparty, "mark_ts": mark_ts,
+                     "watermark": st.watermark},
+            evidence_ids=list(st.evidence[-4:]),
+        )
 
 
 def _oldest_from(p: Part, horizon: int) -> int | None:

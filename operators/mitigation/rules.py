@@ -39,13 +39,14 @@ MAX_EVIDENCE = 16
 #: RiskAlert kinds that close an incident opened by another kind.
 CLOSERS = {"heartbeat_restored": "heartbeat_loss", "feed_restored": "feed_failover",
            "withdrawals_resumed": "withdrawals_halted", "peg_restored": "depeg",
-           "market_process_restored": "market_process_silent",
+           "market_process_restored": "market_process_silent", "mark_restored": "stale_mark",
            ACKNOWLEDGED: UNACKNOWLEDGED}
 #: Signal kinds whose incidents stay open until an explicit close arrives.
 #: Every other kind is momentary: its incident counts as closed right after
 #: each signal, so the quiet period starts at once and a repeat reopens it.
 OPENERS = frozenset({"anomaly", "price_move", "dislocation", "breach", "heartbeat_loss",
                      "feed_failover", "withdrawals_halted", "depeg", "market_process_silent",
+                     "stale_mark",
                      UNACKNOWLEDGED})
 TARGETS = ("same", "venue", "counterparty", "underlying", "firm")
 PROTECTIVE = frozenset({Action.REDUCE_ONLY, Action.HALT_TRADING})
