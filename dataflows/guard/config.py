@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from riskguard.connectors.topics import topic_name
@@ -243,10 +243,10 @@ def _load_guard_config(path: str | Path) -> tuple[GuardConfig, str]:
     if index is not None:
         if not (index.isascii() and index.isdigit()):  # "²" is a digit int() refuses
             raise ConfigError(TIER_INDEX_ENV, "a market process index (0, 1, ...)", index)
-        data = {**data, "tier": {**data.get("tier", {}), "index": int(index)}}
+        data = _override(data, "tier", "index", int(index))
     replica_id = os.environ.get(REPLICA_ID_ENV)
     if replica_id is not None:
-        data = {**data, "replica": {**data.get("replica", {}), "id": replica_id}}
+        data = _override(data, "replica", "id", replica_id)
     base = Path(path).resolve().parent
     data = inline_playbook_file(data, base)
     try:
@@ -255,6 +255,15 @@ def _load_guard_config(path: str | Path) -> tuple[GuardConfig, str]:
         if "playbook_file" in data and err.path.split(".")[0].split("[")[0] == "playbook":
             err.file = str(base / data["playbook_file"])  # the rule is in that file
         raise
+
+
+def _override(data: dict[str, Any], table: str, key: str, value: object) -> dict[str, Any]:
+    """``data`` with ``[table] key`` set to ``value``; a ``table`` that is no table is
+    left as it is, for the decode to name."""
+    given = data.get(table, {})
+    if not isinstance(given, dict):
+        return data
+    return {**data, table: {**given, key: value}}
 
 
 def _load(data: dict[str, object], base: Path) -> tuple[GuardConfig, str]:
