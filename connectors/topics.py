@@ -9,7 +9,7 @@ import socket
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 from riskguard.connectors.settings import KafkaSettings, as_settings, with_logger
@@ -85,11 +85,13 @@ COMPACTED = ("limit_updates",)
 # out-of-sync leader.
 STRICT = ("commands", "acks", "audit", "limit_updates")
 
-STREAMS = (
+Stream = Literal[
     "market", "fills", "positions", "balances", "venue_status", "limit_updates",
     "features", "signals", "exposures", "commands", "acks", "audit", "rejections", "dead_letters",
     "detections",
-)
+]
+"""A stream's name (a key of the ``[topics]`` tables)."""
+STREAMS: tuple[Stream, ...] = get_args(Stream)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 
@@ -109,7 +111,7 @@ class TopicsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """Partition counts and settings per stream (``topics.partitions.<stream>``)."""
 
     # stream -> its partition count, over default_partitions
-    partitions: dict[str, Annotated[int, msgspec.Meta(ge=1)]] = {}
+    partitions: dict[Stream, Annotated[int, msgspec.Meta(ge=1)]] = {}
     default_partitions: Annotated[int, msgspec.Meta(ge=1)] = 2
     # copies of each partition the brokers keep
     replication_factor: Annotated[int, msgspec.Meta(ge=1)] = 1
@@ -117,7 +119,7 @@ class TopicsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     min_insync_replicas: Annotated[int, msgspec.Meta(ge=1)] | None = None
     # stream -> its retention.ms (-1: forever; unset: a week for inputs, 30 days for decisions,
     # forever for the audit log)
-    retention_ms: dict[str, Annotated[int, msgspec.Meta(ge=-1)]] = {}
+    retention_ms: dict[Stream, Annotated[int, msgspec.Meta(ge=-1)]] = {}
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,15 @@ def _fields(t: Any) -> dict[str, Any]:
     return out
 
 
+def _key_names(t: Any) -> list[str] | None:
+    """The keys a table of this dict type may hold, when its key type lists them (a
+    ``Literal`` of names); None: any key."""
+    keys = unwrap(t.key_type)
+    if isinstance(keys, mi.LiteralType):
+        return [str(v) for v in keys.values]
+    return None
+
+
 def _member_for(t: Any, value: Any) -> Any:
     """The member of union ``t`` a value of this shape decodes into (None: no single one).
 
@@ -115,8 +124,13 @@ def _check_known(value: Any, t: Any, path: str) -> None:
                                       found)
                 _check_known(item, known[key], where)
         elif isinstance(t, _DICTS):
+            names = _key_names(t)
             for key, item in value.items():
-                _check_known(item, t.value_type, f"{path}.{key}" if path else str(key))
+                where = f"{path}.{key}" if path else str(key)
+                if names is not None and key not in names:
+                    hint = did_you_mean(key, names) or f" (one of {', '.join(sorted(names))})"
+                    raise ConfigError(where, "is not a known setting" + hint, item)
+                _check_known(item, t.value_type, where)
     elif isinstance(value, list):
         if isinstance(t, _LISTS):
             for i, item in enumerate(value):

@@ -25,3 +25,16 @@ def test_a_variable_overriding_a_key_of_a_table_that_is_no_table_names_the_table
     with pytest.raises(ConfigError, match=rf"^{table}: must be object") as err:
         load_guard_config(path)
     assert err.value.path == table
+
+
+@pytest.mark.parametrize("table", ["partitions", "retention_ms"])
+def test_a_misspelt_stream_in_a_topics_table_is_refused(table: str) -> None:
+    """``partitions = { markett = 8 }`` would leave the market topic at the default
+    count: the stream's name is checked, with the one meant."""
+    from riskguard.config import CommonConfig, decode_section
+
+    with pytest.raises(ConfigError, match=rf"^topics\.{table}\.markett: .*`market`") as err:
+        decode_section({"topics": {table: {"markett": 8}}}, CommonConfig)
+    assert err.value.path == f"topics.{table}.markett"
+    good = decode_section({"topics": {table: {"market": 8, "audit": 9}}}, CommonConfig)
+    assert getattr(good.topics, table) == {"market": 8, "audit": 9}

@@ -34,7 +34,8 @@ def _typo(name: str) -> str:
 
 def _sections(t: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
     """Every table of the config tree: (its key path, its struct type info). A table of
-    named entries contributes its entries (key ``x``), an array of tables its first one."""
+    named entries contributes its entries (key ``x``, or the first of the names its keys
+    must be), an array of tables its first one."""
     while isinstance(t, mi.Metadata):
         t = t.type
     if isinstance(t, mi.UnionType):
@@ -45,7 +46,9 @@ def _sections(t: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...],
             out += _sections(f.type, (*path, f.encode_name))
         return out
     if isinstance(t, mi.DictType):
-        return _sections(t.value_type, (*path, "x"))
+        keys = t.key_type
+        key = str(keys.values[0]) if isinstance(keys, mi.LiteralType) else "x"
+        return _sections(t.value_type, (*path, key))
     if isinstance(t, mi.ListType | mi.VarTupleType):
         return _sections(t.item_type, (*path, "[0]"))
     return []
