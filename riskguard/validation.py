@@ -45,6 +45,13 @@ Positive = Annotated[float, msgspec.Meta(gt=0.0)]
 """A number above 0; ``inf`` passes (a setting that ``inf`` turns off)."""
 PositiveFinite = Annotated[float, msgspec.Meta(gt=0.0, le=MAX_FLOAT)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_FLOAT)]
+MAX_SECONDS = 366 * 86_400.0
+"""The longest span a setting in seconds takes (a year and a day): its nanoseconds fit
+the 64-bit counts of the wire contract, and no trust file lets a command live longer."""
+Seconds = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_SECONDS)]
+"""A span of seconds, 0 up to :data:`MAX_SECONDS`."""
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0.0, le=MAX_SECONDS)]
+"""A span of seconds above 0, up to :data:`MAX_SECONDS`."""
 Share = Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
 """A share in (0, 1]."""
 Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]

@@ -39,7 +39,7 @@ def test_the_reference_has_a_row_for_every_key_and_a_section_for_every_table() -
             assert f"| `{key}` |" in page, (path, key)
     rows = {r.key: (r.type, r.default) for r in config_docs.rows(InputConfig)}
     assert rows["fetch_wait_max_ms"] == ("int, >= 1, <= 60_000", "10")
-    assert rows["idle_eof_s"] == ("float, > 0.0, finite (optional)", "unset")
+    assert rows["idle_eof_s"] == ("float, > 0.0, <= 31_622_400.0 (366 days) (optional)", "unset")
 
 
 def test_a_field_comment_in_the_code_is_its_description() -> None:

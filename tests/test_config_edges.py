@@ -38,3 +38,56 @@ def test_a_misspelt_stream_in_a_topics_table_is_refused(table: str) -> None:
     assert err.value.path == f"topics.{table}.markett"
     good = decode_section({"topics": {table: {"market": 8, "audit": 9}}}, CommonConfig)
     assert getattr(good.topics, table) == {"market": 8, "audit": 9}
+
+
+KEYS = {"keys": {"signing_key": "k", "trust_file": "t", "roots_file": "r"}}
+RUNG = {"action": "alert"}
+SECONDS = [
+    ("playbook.ttl_s", {"playbook": {"ttl_s": "X"}}),
+    ("playbook.rate_window_s", {"playbook": {"rate_window_s": "X"}}),
+    ("playbook.reorder_slack_s", {"playbook": {"reorder_slack_s": "X"}}),
+    ("playbook.max_hold_s", {"playbook": {"max_hold_s": "X"}}),
+    ("playbook.acks.timeout_s", {"playbook": {"acks": {"timeout_s": "X"}}}),
+    ("playbook.rules[0].quiet_s", {"playbook": {"rules": [
+        {"name": "r", "signal": "anomaly", "ladder": [RUNG], "quiet_s": "X"}]}}),
+    ("playbook.rules[0].repeat_window_s", {"playbook": {"rules": [
+        {"name": "r", "signal": "anomaly", "ladder": [RUNG], "repeat_window_s": "X"}]}}),
+    ("playbook.rules[0].ladder[0].after_s", {"playbook": {"rules": [
+        {"name": "r", "signal": "anomaly", "ladder": [{**RUNG, "after_s": "X"}]}]}}),
+    ("input.idle_eof_s", {"input": {"idle_eof_s": "X"}}),
+    ("input.align_skew_s", {"input": {"align_skew_s": "X"}}),
+    ("sink_delivery_timeout_s", {"sink_delivery_timeout_s": "X"}),
+    ("detector.bands.drawdown_s", {"detector": {"bands": {"drawdown_s": "X"}}}),
+    ("detector.bands.fast_s", {"detector": {"bands": {"fast_s": "X"}}}),
+    ("detector.bands.deescalate_quiet_s", {"detector": {"bands": {"deescalate_quiet_s": "X"}}}),
+    ("detector.bands.vol_halflife_s", {"detector": {"bands": {"vol_halflife_s": "X"}}}),
+    ("detector.bands.volatility.drawdown_s",
+     {"detector": {"bands": {"volatility": {"drawdown_s": "X"}}}}),
+    ("detector.bands.horizons_s[1]", {"detector": {"bands": {"horizons_s": [60.0, "X"]}}}),
+    ("detector.cross.halflife_s", {"detector": {"cross": {"halflife_s": "X"}}}),
+    ("detector.confirm.join_s", {"detector": {"confirm": {"join_s": "X"}}}),
+]
+
+
+def _with(doc: object, value: float) -> object:
+    if isinstance(doc, dict):
+        return {k: _with(v, value) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_with(v, value) for v in doc]
+    return value if doc == "X" else doc
+
+
+@pytest.mark.parametrize(("path", "doc"), SECONDS, ids=[p for p, _ in SECONDS])
+def test_a_span_in_seconds_beyond_a_year_and_a_day_is_refused(path: str, doc: dict) -> None:
+    """``quiet_s = 1e300`` decoded, then overflowed when turned into nanoseconds: the
+    guard stopped with an unexpected OverflowError, or its dataflow at the first
+    incident that closed. A span of seconds is now at most a year and a day."""
+    from riskguard.dataflows.guard import GuardConfig
+
+    from riskguard.config import decode_section
+
+    for big in (1e300, 366 * 86_400.0 + 1):
+        with pytest.raises(ConfigError, match=r"must be <= 31622400") as err:
+            decode_section({**KEYS, **_with(doc, big)}, GuardConfig)
+        assert err.value.path == path
+    decode_section({**KEYS, **_with(doc, 366 * 86_400.0)}, GuardConfig)

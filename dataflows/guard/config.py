@@ -36,8 +36,9 @@ from riskguard.errors import ConfigError, TrustError
 from riskguard.validation import (
     NonNegative,
     NonNegativeInt,
-    PositiveFinite,
     PositiveInt,
+    PositiveSeconds,
+    Seconds,
     check_declared,
 )
 
@@ -125,7 +126,7 @@ class InputConfig(msgspec.Struct, frozen=True, kw_only=True):
     """How the guard reads its topics."""
 
     starting_offset: Literal["earliest", "latest"] = "earliest"
-    idle_eof_s: PositiveFinite | None = None
+    idle_eof_s: PositiveSeconds | None = None
     max_lateness_ns: NonNegativeInt = 10 * NS
     max_future_skew_ns: NonNegativeInt = 5 * NS
     # a record further than this ahead of its partition's watermark waits for the
@@ -135,7 +136,7 @@ class InputConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_lead_ns: NonNegativeInt = 60 * NS
     check_future: bool = True
     batch_size: PositiveInt = 1000
-    align_skew_s: NonNegative | None = 2.0
+    align_skew_s: Seconds | None = 2.0
     # Live, latency first: each read takes at most batch_size per partition, so a fill
     # is not processed behind a whole market-data burst (costs replay throughput).
     fair_reads: bool = False
@@ -189,7 +190,7 @@ class GuardConfig(CommonConfig, frozen=True, kw_only=True, forbid_unknown_fields
     mark_interval_ns: NonNegativeInt = 250_000_000
     mark_move_bps: NonNegative = 5.0
     playbook_file: str | None = None
-    sink_delivery_timeout_s: PositiveFinite = 30.0
+    sink_delivery_timeout_s: PositiveSeconds = 30.0
     # Python's youngest-generation collection threshold in the guard process (0: leave
     # Python's default of 700); see apply_gc_policy
     gc_gen0_threshold: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] = 50_000

@@ -25,6 +25,7 @@ from riskguard.validation import (
     NonNegativeInt,
     Positive,
     PositiveFinite,
+    PositiveSeconds,
     Share,
     check_declared,
 )
@@ -32,6 +33,8 @@ from riskguard.validation import (
 NS = 1_000_000_000
 Levels = Annotated[tuple[PositiveFinite, ...], msgspec.Meta(min_length=1)]
 """One level per horizon."""
+Horizons = Annotated[tuple[PositiveSeconds, ...], msgspec.Meta(min_length=1)]
+"""The look-backs, in seconds."""
 DailyLimit = Annotated[float, msgspec.Meta(gt=0.0, lt=10_000.0)]  # bps of the settlement price
 TimeOfDay = Annotated[float, msgspec.Meta(ge=0.0, lt=86_400.0)]  # seconds after 00:00 UTC
 AtLeastOne = Annotated[float, msgspec.Meta(ge=1.0, le=MAX_FLOAT)]
@@ -44,15 +47,15 @@ class BandLevels(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     here replaces that one, and an unset one is inherited."""
 
     enabled: bool | None = None  # unset: detector.bands.enabled
-    horizons_s: Levels | None = None  # unset: detector.bands.horizons_s
+    horizons_s: Horizons | None = None  # unset: detector.bands.horizons_s
     floor_bps: Levels | None = None  # unset: detector.bands.floor_bps
     cap_bps: Levels | None = None  # unset: detector.bands.cap_bps
-    drawdown_s: PositiveFinite | None = None  # unset: detector.bands.drawdown_s
+    drawdown_s: PositiveSeconds | None = None  # unset: detector.bands.drawdown_s
     daily_limits_bps: tuple[DailyLimit, ...] | None = None  # unset: detector.bands.daily_limits_bps
     settlement_s: TimeOfDay | None = None  # unset: detector.bands.settlement_s
     band_k: Levels | None = None  # unset: detector.bands.band_k
     critical_rules: tuple[CriticalRule, ...] | None = None  # unset: detector.bands.critical_rules
-    fast_s: PositiveFinite | None = None  # unset: detector.bands.fast_s
+    fast_s: PositiveSeconds | None = None  # unset: detector.bands.fast_s
     deep_bps: PositiveFinite | None = None  # unset: detector.bands.deep_bps
     deep_z: Positive | None = None  # unset: detector.bands.deep_z
     slide_z: PositiveFinite | None = None  # unset: detector.bands.slide_z
@@ -60,7 +63,7 @@ class BandLevels(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     critical_ratio: AtLeastOne | None = None  # unset: detector.bands.critical_ratio
     critical_moves: CriticalMoves | None = None  # unset: detector.bands.critical_moves
     confirm_horizons: NonNegativeInt | None = None  # unset: detector.bands.confirm_horizons
-    vol_halflife_s: PositiveFinite | None = None  # unset: detector.bands.vol_halflife_s
+    vol_halflife_s: PositiveSeconds | None = None  # unset: detector.bands.vol_halflife_s
     vol_clip: PositiveFinite | None = None  # unset: detector.bands.vol_clip
     warmup_returns: NonNegativeInt | None = None  # unset: detector.bands.warmup_returns
     hysteresis: Share | None = None  # unset: detector.bands.hysteresis
@@ -68,7 +71,7 @@ class BandLevels(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     close_quiet_ns: NonNegativeInt | None = None  # unset: detector.bands.close_quiet_ns
     # unset: detector.bands.deescalate_quiet_points
     deescalate_quiet_points: NonNegativeInt | None = None
-    deescalate_quiet_s: PositiveFinite | None = None  # unset: detector.bands.deescalate_quiet_s
+    deescalate_quiet_s: PositiveSeconds | None = None  # unset: detector.bands.deescalate_quiet_s
     top_k: NonNegativeInt | None = None  # unset: detector.bands.top_k
     model_version: str | None = None  # unset: detector.bands.model_version
 
@@ -161,13 +164,13 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
     enabled: bool = True  # false: no move bands (no price_move signals)
     # the look-backs a move is measured over, in seconds (one floor_bps, cap_bps and band_k each)
-    horizons_s: Levels = DEFAULT_HORIZONS_S
+    horizons_s: Horizons = DEFAULT_HORIZONS_S
     floor_bps: Levels = (50.0, 80.0, 120.0, 200.0, 300.0, 500.0)
     # the static level of each horizon, in bps of log price: the widest its band gets; a
     # move past it is critical under the static rule (by default only before the key's
     # typical moves are learned)
     cap_bps: Levels = (300.0, 500.0, 700.0, 700.0, 700.0, 700.0)
-    drawdown_s: PositiveFinite = 86_400.0
+    drawdown_s: PositiveSeconds = 86_400.0
     # tiers of the daily price limits from the previous settlement: the slide rule judges a
     # price past one; under the limit rule each tier is critical once a day
     daily_limits_bps: tuple[DailyLimit, ...] = (500.0, 1000.0, 1500.0, 2000.0)
@@ -176,7 +179,7 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # the evidence that makes a reading critical (band_rules): any one of these rules
     critical_rules: tuple[CriticalRule, ...] = ("fast_fall", "slide", "static")
     # fast_fall: a move over a horizon up to this long out of band ...
-    fast_s: PositiveFinite = 3600.0
+    fast_s: PositiveSeconds = 3600.0
     deep_bps: PositiveFinite = 600.0  # ... while the day's range from its extreme is past this
     deep_z: Positive = 3.0  # ... or past this many typical day ranges
     slide_z: PositiveFinite = 1.75  # slide: past a daily limit, the day's range this many typical
@@ -188,7 +191,7 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     confirm_horizons: NonNegativeInt = 2  # horizons: this many horizons out of band at once
     # half-life of the learned typical moves; a gap in the data longer than this starts the key's
     # warm-up afresh
-    vol_halflife_s: PositiveFinite = 7 * 86_400.0
+    vol_halflife_s: PositiveSeconds = 7 * 86_400.0
     # a move teaches the typical move at most as much as one this many typical moves would
     vol_clip: PositiveFinite = 4.0
     # moves a horizon learns before its own band stands (until then the interval returns'
@@ -200,7 +203,7 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # a trip eases to a warning after this many quiet readings (no new low, the shortest
     # horizon's move back inside its band) ...
     deescalate_quiet_points: NonNegativeInt = 2
-    deescalate_quiet_s: PositiveFinite = 3600.0  # ... over at least this long
+    deescalate_quiet_s: PositiveSeconds = 3600.0  # ... over at least this long
     # horizons named on each signal (the largest moves against their bands)
     top_k: NonNegativeInt = 3
     # recorded on every price_move signal: change it when the levels change

@@ -59,6 +59,7 @@ from riskguard.validation import (
     NonNegativeInt,
     PositiveFinite,
     PositiveInt,
+    PositiveSeconds,
     check_declared,
 )
 
@@ -222,7 +223,7 @@ class CrossRateConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # a dislocation is critical past this many times its band (the larger of floor_bps and
     # band_k usual spreads), else a warning
     critical_ratio: Annotated[float, msgspec.Meta(ge=1.0, le=MAX_FLOAT)] = 2.0
-    halflife_s: PositiveFinite = 86_400.0
+    halflife_s: PositiveSeconds = 86_400.0
     max_age_ns: NonNegativeInt = 120 * NS
     # a market whose prices come behind the others' (its feed or its exchange's clock
     # lagging) is waited for this long behind the newest event time read; a price later

@@ -58,7 +58,7 @@ from riskguard.operators.detection.cross_rates import market_group
 from riskguard.schemas.signals import AnomalySignal, Contribution, Severity
 
 from riskguard.errors import ConfigError
-from riskguard.validation import NonNegative, check_declared
+from riskguard.validation import Seconds, check_declared
 
 STATE_VERSION = 2
 MODEL = "VenueConfirm"
@@ -71,7 +71,7 @@ class VenueConfirmConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     enabled: bool = True
     # after it first hears from a market (at start, and after a restart), a group waits
     # this long (clock time) before judging, so every market's first batch is in
-    join_s: NonNegative = 10.0
+    join_s: Seconds = 10.0
     model_version: Annotated[str, msgspec.Meta(min_length=1)] = "1"
 
     def validate(self, where: str = "detector.confirm") -> VenueConfirmConfig:

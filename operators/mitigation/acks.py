@@ -39,7 +39,7 @@ from riskguard.schemas import (
 )
 
 from riskguard.errors import ConfigError
-from riskguard.validation import PositiveFinite
+from riskguard.validation import PositiveSeconds
 
 S = 1_000_000_000
 MAX_AWAITED = 4096
@@ -69,7 +69,7 @@ class AckConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     require: tuple[Action, ...] = (Action.HALT_TRADING, Action.CANCEL_ALL)
     # how long an executor has to confirm a required command, from its issued_at (processing
     # time), before the guard raises command_unacknowledged
-    timeout_s: PositiveFinite = 30.0
+    timeout_s: PositiveSeconds = 30.0
 
     def validate(self, path: str = "playbook.acks") -> None:
         """The checks across values (each value's own are declared on its field)."""

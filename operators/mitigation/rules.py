@@ -22,8 +22,9 @@ from riskguard.schemas.signals import SEVERITY_RANK, SIGNAL_KINDS
 from riskguard.errors import ConfigError
 from riskguard.validation import (
     NonNegative,
-    PositiveFinite,
     PositiveInt,
+    PositiveSeconds,
+    Seconds,
     check_declared,
     did_you_mean,
 )
@@ -68,7 +69,7 @@ class Rung(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     # the command this rung issues (alert, widen_quotes, reduce_only, cancel_all, halt_trading, ...;
     # docs/commands.md)
     action: Action
-    after_s: NonNegative = 0.0  # reached once the incident has been open this long (event time)
+    after_s: Seconds = 0.0  # reached once the incident has been open this long (event time)
     min_severity: Severity | None = None  # ... or as soon as the incident's severity reaches this
     # never reached, nor any rung after it, while the incident's severity is below this
     requires: Severity | None = None
@@ -108,9 +109,9 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     recovery: Literal["auto", "manual"] = "auto"
     # how long a closed incident stays quiet before the automatic resume (a reopen restarts the
     # count)
-    quiet_s: NonNegative = 60.0
+    quiet_s: Seconds = 60.0
     # a repeat trip of the same rule and scope within this starts one rung higher per earlier trip
-    repeat_window_s: NonNegative = 900.0
+    repeat_window_s: Seconds = 900.0
     # reroute_order_flow candidates (default: playbook.venues); failing, unhealthy or breached
     # venues never qualify
     alternatives: tuple[Name, ...] = ()
@@ -150,11 +151,11 @@ class PlaybookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     topic: Name = "commands"
     replica: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:/@+-]{0,64}$")] = ""
     # how long a command is valid: expires_at = issued_at + ttl_s; executors refuse it later
-    ttl_s: PositiveFinite = 300.0
+    ttl_s: PositiveSeconds = 300.0
     max_commands: PositiveInt = 20
-    rate_window_s: PositiveFinite = 10.0
-    reorder_slack_s: PositiveFinite = 2.0
-    max_hold_s: PositiveFinite = 5.0
+    rate_window_s: PositiveSeconds = 10.0
+    reorder_slack_s: PositiveSeconds = 2.0
+    max_hold_s: PositiveSeconds = 5.0
     # the known venues: reroute candidates where a rule names no alternatives, and the
     # counterparties a venue target can name
     venues: tuple[Name, ...] = ()
