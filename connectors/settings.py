@@ -150,9 +150,7 @@ def kafka_logger() -> logging.Logger:
     """
     log = logging.getLogger(KAFKA_LOGGER)
     if not log.handlers:
-        level = os.environ.get(LOG_ENV, "").strip().lower()
-        if level and level not in LOG_LEVELS:  # a typo never turns the log lines off
-            raise ConfigError(LOG_ENV, "one of " + ", ".join(LOG_LEVELS), level)
+        level = log_level(os.environ.get(LOG_ENV))
         log.addHandler(logging.NullHandler())
         if LOG_LEVELS.get(level) is not None and _handler is None:
             configure_logging(level)
@@ -170,6 +168,21 @@ def with_logger(config: Mapping[str, Any]) -> dict[str, Any]:
     return {"logger": kafka_logger(), **config}
 
 
+def log_level(text: str | None) -> str:
+    """The level of :data:`LOG_LEVELS` that ``text`` (``$RISKGUARD_LOG``, or a level
+    given in code) names, case and spaces aside; unset or blank: ``off``. Any other
+    text is a :class:`ConfigError` naming the variable: a typo never turns the log
+    lines off.
+
+    >>> log_level(" Warning "), log_level(None), log_level(" ")
+    ('warning', 'off', 'off')
+    """
+    name = (text or "").strip().lower() or "off"
+    if name not in LOG_LEVELS:
+        raise ConfigError(LOG_ENV, "one of " + ", ".join(LOG_LEVELS), text)
+    return name
+
+
 def configure_logging(level: str | None) -> str:
     """Show riskguard's log lines (librdkafka's included) on stderr from ``level`` up.
 
@@ -180,9 +193,7 @@ def configure_logging(level: str | None) -> str:
     'warning'
     """
     global _handler, _level  # one stderr handler per process  # noqa: PLW0603
-    name = (level or "off").strip().lower()
-    if name not in LOG_LEVELS:
-        raise ConfigError(LOG_ENV, "one of " + ", ".join(LOG_LEVELS), level)
+    name = log_level(level)
     previous = _level
     root = logging.getLogger("riskguard")
     if _handler is not None:

@@ -191,11 +191,9 @@ def _log_level(verbose: int, env: str | None) -> str:
     >>> _log_level(0, None), _log_level(1, None), _log_level(1, "debug"), _log_level(0, "ERROR")
     ('off', 'warning', 'debug', 'error')
     """
-    from riskguard.connectors.settings import LOG_LEVELS, configure_logging  # noqa: PLC0415
+    from riskguard.connectors.settings import LOG_LEVELS, log_level  # noqa: PLC0415
 
-    named = (env or "off").strip().lower()
-    if named not in LOG_LEVELS:
-        configure_logging(named)  # raises the ConfigError naming the choices
+    named = log_level(env)
     flag = VERBOSITY[min(verbose, len(VERBOSITY) - 1)]
     ranks = {name: (lvl if lvl is not None else logging.CRITICAL + 10)
              for name, lvl in LOG_LEVELS.items()}

@@ -3,12 +3,17 @@ key, never an unexpected error or a value quietly ignored."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from riskguard.dataflows.guard import load_guard_config
 
 from riskguard.errors import ConfigError
+
+BIN = Path(sys.executable).parent
 
 
 @pytest.mark.parametrize(("variable", "table", "text"), [
@@ -91,3 +96,27 @@ def test_a_span_in_seconds_beyond_a_year_and_a_day_is_refused(path: str, doc: di
             decode_section({**KEYS, **_with(doc, big)}, GuardConfig)
         assert err.value.path == path
     decode_section({**KEYS, **_with(doc, 366 * 86_400.0)}, GuardConfig)
+
+
+def _riskguard(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The installed command, as a user runs it, with ``env`` set over this one's."""
+    clean = {k: v for k, v in os.environ.items() if k != "RISKGUARD_LOG"}
+    return subprocess.run([str(BIN / "riskguard"), *args], env={**clean, **env},
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize("text", ["", " ", "off", " Debug "])
+def test_a_blank_or_named_log_level_starts_the_command(text: str) -> None:
+    """``RISKGUARD_LOG=" "`` is unset, as for the Kafka clients: it used to end every
+    command in a KeyError traceback."""
+    done = _riskguard("stress", "list", RISKGUARD_LOG=text)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+
+
+def test_a_log_level_that_names_no_level_is_one_line_naming_the_variable() -> None:
+    done = _riskguard("stress", "list", RISKGUARD_LOG="warn")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "riskguard stress list: RISKGUARD_LOG: one of debug, info, warning, error, off; "
+        "got 'warn'"], done.stderr
