@@ -103,7 +103,7 @@ def topic_name(env: str, stream: str, major: int = 1) -> str:
     """
     for what, value in (("env", env), ("stream", stream)):
         if not _NAME.match(value):
-            raise ConfigError(f"topics.{what}", "lowercase letters, digits, '_' or '-'", value)
+            raise ConfigError(what, "lowercase letters, digits, '_' or '-'", value)
     return f"{env}.riskguard.{stream}.v{major}"
 
 

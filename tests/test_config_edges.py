@@ -120,3 +120,14 @@ def test_a_log_level_that_names_no_level_is_one_line_naming_the_variable() -> No
     assert done.stderr.splitlines() == [
         "riskguard stress list: RISKGUARD_LOG: one of debug, info, warning, error, off; "
         "got 'warn'"], done.stderr
+
+
+@pytest.mark.parametrize("env", ["", "Prod", "a b/c"])
+def test_an_env_that_cannot_name_a_topic_names_the_key_env(tmp_path: Path, env: str) -> None:
+    """The error named ``topics.env``, a key no config has: it is the top-level ``env``."""
+    path = tmp_path / "guard.toml"
+    path.write_text(f'env = "{env}"\n[keys]\nsigning_key = "k"\ntrust_file = "t"\n'
+                    'roots_file = "r"\n')
+    with pytest.raises(ConfigError, match=r"^env: lowercase letters") as err:
+        load_guard_config(path)
+    assert err.value.path == "env"
