@@ -270,9 +270,24 @@ class CommonConfig(msgspec.Struct, frozen=True, kw_only=True):
     topics: TopicsConfig = TopicsConfig()
 
 
+GUARD_KEYS = (
+    "env", "kafka", "topics", "keys", "input", "feeds", "features", "detector", "exposure",
+    "limits", "playbook", "sign", "audit", "tier", "replica", "admission", "tick_ns",
+    "mark_interval_ns", "mark_move_bps", "playbook_file", "sink_delivery_timeout_s",
+    "gc_gen0_threshold",
+)
+"""The top-level keys of a guard config (``riskguard.dataflows.guard.GuardConfig``)."""
+
+
 def load_common(path: Path | str) -> CommonConfig:
-    """Load only the shared sections of a config file (other sections ignored)."""
+    """Load only the shared sections of a guard config file; its other sections are
+    the guard's, but a top-level key no guard config has (``[topic]``) is refused."""
     data = read_toml(path)
+    for key in data:
+        if key not in GUARD_KEYS:
+            found = REDACTED if looks_secret(key) else data[key]
+            raise ConfigError(key, "is not a known setting" + did_you_mean(key, GUARD_KEYS),
+                              found)
     shared = {k: data[k] for k in ("env", "kafka", "topics") if k in data}
     return decode_section(shared, CommonConfig)
 

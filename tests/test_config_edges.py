@@ -131,3 +131,38 @@ def test_an_env_that_cannot_name_a_topic_names_the_key_env(tmp_path: Path, env: 
     with pytest.raises(ConfigError, match=r"^env: lowercase letters") as err:
         load_guard_config(path)
     assert err.value.path == "env"
+
+
+@pytest.mark.parametrize(("text", "key", "meant"), [
+    ('[topic]\ndefault_partitions = 8\n', "topic", "topics"),
+    ('[kafak]\nbootstrap = "k:9093"\n', "kafak", "kafka"),
+    ('envv = "prod"\n', "envv", "env"),
+])
+def test_a_command_reading_the_shared_tables_refuses_a_misspelt_table(
+        tmp_path: Path, text: str, key: str, meant: str) -> None:
+    """``topics create --config guard.toml`` with ``[topic]`` created the topics with the
+    defaults: a top-level key no guard config has is refused, naming it."""
+    from riskguard.config import load_common
+
+    path = tmp_path / "guard.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"^{key}: is not a known setting \(did you mean "
+                                          rf"`{meant}`\?\)") as err:
+        load_common(path)
+    assert err.value.path == key
+    done = _riskguard("topics", "create", "--dry-run", "--config", str(path))
+    assert done.returncode == 2 and f"{key}: is not a known setting" in done.stderr
+
+
+def test_the_shared_tables_reader_knows_every_top_level_key_of_the_guard_config(
+        tmp_path: Path) -> None:
+    """The guard config's own keys all pass (the example config loads whole)."""
+    from riskguard.dataflows.guard import GuardConfig
+
+    from riskguard.config import GUARD_KEYS, load_common
+
+    assert set(GUARD_KEYS) == set(GuardConfig.__struct_encode_fields__)
+    from importlib import resources
+
+    example = resources.files("riskguard.dataflows").joinpath("guard.example.toml")
+    assert load_common(Path(str(example))).env == "prod"
