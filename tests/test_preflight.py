@@ -166,3 +166,19 @@ def test_a_reroute_rung_needs_every_venue_and_a_hedge_rung_its_instrument() -> N
     assert "with instrument:okx/BTC-PERP" in (missing(["counterparty:*", "firm:*"], hedge)
                                               or "")
     assert missing(["counterparty:*", "instrument:okx/*", "firm:*"], hedge) is None
+
+
+def test_a_command_lifetime_the_trust_file_does_not_allow_stops_run(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """``[playbook] ttl_s = 7200`` under the trust file's default of an hour: every
+    subscriber would refuse every command (ttl_too_long), so the guard does not start."""
+    config = _setup(tmp_path, {"role": "risk-engine", **ALL})
+    playbook = tmp_path / "playbook.toml"
+    text = playbook.read_text()
+    assert "ttl_s = 300.0" in text
+    playbook.write_text(text.replace("ttl_s = 300.0", "ttl_s = 7200.0", 1))
+    code = main(["run", "--config", str(config), "--status-every", "0"])
+    out, err = capfd.readouterr()
+    assert code == 2, (out, err)
+    assert "ttl_s 7200" in err and "3600 s" in err and "trust.toml" in err, err
+    assert len(err.strip().splitlines()) == 1 and out == ""

@@ -128,6 +128,18 @@ def _key_problem(trust: TrustStore, key_id: str, issuer: str, now_ns: int,
     return "", key
 
 
+def _too_long(trust: TrustStore, need: Need, ttl_s: float) -> str | None:
+    """Why commands living ``ttl_s`` (``[playbook] ttl_s``) are refused for ``need``'s
+    action: longer than the trust file's ``[max_ttl_s]`` lets it live (None: they are
+    not)."""
+    longest = trust.doc.max_ttl_for(need.action)
+    if int(ttl_s * 1_000_000_000) <= longest:
+        return None
+    return (f"{need.why}: [playbook] ttl_s {ttl_s:g} is longer than the trust file lets "
+            f"{need.action} live ({longest / 1e9:g} s, [max_ttl_s]): subscribers refuse "
+            "such commands (ttl_too_long)")
+
+
 def _missing(trust: TrustStore, key: TrustedKey, need: Need) -> str | None:
     """Why ``key`` cannot sign what ``need`` asks (None: it can)."""
     if not key.may_act(need.action):
@@ -153,7 +165,7 @@ def preflight(trust: TrustStore, key_id: str, playbook: PlaybookConfig, *,
     if problem or key is None:
         return problem
     found = [m for n in needs(playbook) if n.protects
-             if (m := _missing(trust, key, n)) is not None]
+             if (m := _missing(trust, key, n) or _too_long(trust, n, playbook.ttl_s))]
     if not found:
         return None
     more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
@@ -167,4 +179,4 @@ def warnings(trust: TrustStore, key_id: str, playbook: PlaybookConfig) -> list[s
     if key is None:
         return []
     return [m for n in needs(playbook) if not n.protects
-            if (m := _missing(trust, key, n)) is not None]
+            if (m := _missing(trust, key, n) or _too_long(trust, n, playbook.ttl_s))]
