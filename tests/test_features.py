@@ -5,9 +5,13 @@ from __future__ import annotations
 import math
 import random
 
+import bytewax.operators as op
 import msgspec
 import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, TestingSource, run_main
 from riskguard.operators.core.clock import ManualClock
+from riskguard.operators.detection import extract_features
 from riskguard.operators.detection.features import FeatureConfig, FeatureLogic, route
 from riskguard.schemas import (
     Bar,
@@ -393,3 +397,38 @@ def test_runs_of_one_timestamp_give_the_returns_a_full_history_gives() -> None:
             full.pop(0)
         want.append((lp - full[0][1]) * 1e4)
     assert got == want
+
+
+# -- subnormal values -------------------------------------------------------------
+
+def test_a_quote_at_the_smallest_positive_price_gives_its_own_price_not_a_crash() -> None:
+    """bid = ask = 5e-324 (valid on the wire): half of each rounds to 0, so a mid of
+    halves is 0 and the spread divides by it; the mid is the price itself, and a real
+    bytewax run passes the quote on as a vector."""
+    raw = (b'{"type":"quote","id":"q1","venue":"okx","instrument":"BTC-USDT",'
+           b'"ts":1000000000,"bid":5e-324,"bid_size":1.0,"ask":5e-324,"ask_size":1.0}')
+    tiny = decode("market", raw)
+    assert isinstance(tiny, Quote) and tiny.bid == 5e-324
+    fv = FeatureLogic(EV, ManualClock(10**19)).on_event(tiny)[0]
+    assert isinstance(fv, FeatureVector) and fv.price == 5e-324
+    assert fv.values["spread_bps"] == 0.0
+    flow = Dataflow("subnormal")
+    feats = extract_features("features", op.input("in", flow, TestingSource([tiny])),
+                             config=EV, clock=lambda: 10**19)
+    got: list[tuple[str, FeatureVector]] = []
+    op.output("out", feats.oks, TestingSink(got))
+    op.output("dead", feats.errs, TestingSink([]))
+    run_main(flow)
+    assert [(k, v.price) for k, v in got] == [("okx/BTC-USDT", 5e-324)]
+
+
+def test_book_depth_of_the_smallest_positive_size_has_a_balanced_band() -> None:
+    """bid and ask depth 5e-324: their halves round to 0; the band's imbalance is 0 (the
+    sides are equal), not a division by zero."""
+    logic = FeatureLogic(FeatureConfig(), ManualClock(10**19))
+    rec = BookDepth(id="d", venue="binance_um", instrument="BTCUSDT", ts=NS,
+                    bands_pct=[1.0], bid_depth=[5e-324], ask_depth=[5e-324], mid=100.0)
+    fv = logic.on_event(rec)[0]
+    assert isinstance(fv, FeatureVector) and fv.values["depth_imb_band"] == 0.0
+    tilted = msgspec.structs.replace(rec, id="e", ts=2 * NS, ask_depth=[1e-323])
+    assert logic.on_event(tilted)[0].values["depth_imb_band"] == pytest.approx(-1 / 3)

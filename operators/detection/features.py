@@ -305,6 +305,16 @@ def _derived_problem(rec: Any) -> tuple[str, str, str] | None:
     return None
 
 
+def _imbalance(b: float, a: float) -> float:
+    """``(b - a) / (b + a)`` of two sizes >= 0 (0 when both are 0); in halves where
+    ``b + a`` overflows, not where it does not (halves of 5e-324 round to 0)."""
+    total = b + a
+    if total == math.inf:
+        half_b, half_a = 0.5 * b, 0.5 * a
+        return (half_b - half_a) / (half_b + half_a)
+    return (b - a) / total if total > 0.0 else 0.0
+
+
 def _remember(h: deque[tuple[int, float]], ts: int, x: float) -> None:
     """Append ``(ts, x)`` to a history. Of a run of one time only the first and the last
     entry are kept: the only ones the oldest entry can be once the history is trimmed
@@ -460,7 +470,8 @@ class FeatureLogic:
         if not s.key:
             s.key = f"{rec.venue}/{rec.instrument}"
         bid, ask = rec.bid, rec.ask
-        mid = 0.5 * bid + 0.5 * ask  # (bid + ask) overflows past 9e307
+        # (bid + ask) overflows past 9e307; both halves of 5e-324 round to 0
+        mid = 0.5 * bid + 0.5 * ask or bid
         s.spread_bps = (ask - bid) / mid * 1e4
         # halves: bid_size + ask_size overflows past 9e307, and the ratio is the same
         bsz, asz = 0.5 * rec.bid_size, 0.5 * rec.ask_size
@@ -703,9 +714,7 @@ class FeatureLogic:
                 b, a = s.bid_depth, s.ask_depth
                 vals["bid_depth_log"] = math.log1p(b)
                 vals["ask_depth_log"] = math.log1p(a)
-                half_b, half_a = 0.5 * b, 0.5 * a  # b + a can overflow
-                vals["depth_imb_band"] = ((half_b - half_a) / (half_b + half_a)
-                                          if b + a > 0 else 0.0)
+                vals["depth_imb_band"] = _imbalance(b, a)
                 vals["bid_stale_s"] = (now - s.bid_depth_ts) / NS
                 vals["ask_stale_s"] = (now - s.ask_depth_ts) / NS
         return vals
