@@ -389,3 +389,53 @@ def test_a_state_of_another_version_is_refused() -> None:
     old.version = STATE_VERSION - 1
     with pytest.raises(SnapshotError, match="version 2"):
         RangeScorer(state=old)
+
+
+# -- values too large to learn -----------------------------------------------
+
+def test_values_too_large_to_sum_are_scored_as_far_out_and_never_learned() -> None:
+    """Runs of +-1.5e308 (a funding rate of 1.5e304 in bps, valid on the wire) overflowed
+    the running sums and then raised in their exact re-sum; such a value is scored on
+    the value channel, far past the envelope, and leaves the scorer as it was."""
+    scorer, twin = RangeScorer(), RangeScorer()
+    for i in range(300):
+        scorer.update(_wave(i))
+        twin.update(_wave(i))
+    before = scorer.snapshot()
+    scores = [scorer.update(-1.5e308 if k % 3 == 0 else 1.5e308) for k in range(300)]
+    assert all(s is not None and math.isfinite(s) and s > 1e307 for s in scores)
+    assert scorer.reason is not None and scorer.reason[0] == "value"
+    assert scorer.snapshot() == before
+    assert [scorer.update(_wave(i)) for i in range(300, 700)] == \
+        [twin.update(_wave(i)) for i in range(300, 700)]
+
+
+def test_a_value_too_large_to_learn_is_warming_up_before_the_first_block() -> None:
+    scorer = RangeScorer()
+    assert scorer.update(1e200) is None
+    assert scorer.snapshot() == RangeState()
+
+
+def test_one_feature_detector_flags_a_value_too_large_to_learn_and_resumes_alike() -> None:
+    """Behind the detector (one feature: the range model), the extremes open a critical
+    episode with a finite score; a key snapshotted half-way says the same."""
+    config = DetectorConfig()
+    points = [(i, _sawtooth(i)) for i in range(400)]
+    points += [(400 + k, -1.5e308 if k % 3 == 0 else 1.5e308) for k in range(200)]
+    points += [(600 + i, _sawtooth(i)) for i in range(300)]
+
+    def run(cut: int | None) -> list[AnomalySignal]:
+        logic = DetectorLogic(config, clock=lambda: 0)
+        out = []
+        for i, x in points:
+            if i == cut:
+                logic = DetectorLogic(config, clock=lambda: 0,
+                                      state=pickle.loads(pickle.dumps(logic.snapshot())))
+            out += logic.on_event(_latency(i, x))
+        return out
+
+    sigs = run(None)
+    assert [(s.phase, s.severity.value) for s in sigs] == [("open", "critical"),
+                                                           ("close", "critical")]
+    assert math.isfinite(sigs[0].score) and sigs[0].ts == 400 * 10**9
+    assert run(450) == sigs

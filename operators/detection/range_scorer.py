@@ -30,6 +30,9 @@ from riskguard.operators.core.snapshot import persisted
 from riskguard.errors import SnapshotError
 
 FLAT_DEPARTURE = 1e9
+#: a value past this (either way) is scored but never learned: the sums of twelve values,
+#: and the steps between them, overflow long before 1e308
+MAX_LEARNED = 1e100
 CHANNELS = ("value", "mean3", "mean12", "stillness")
 _RESUM = 128  # re-add the running sums exactly this often: no float drift on long streams
 
@@ -196,6 +199,8 @@ class RangeScorer:
 
     def update(self, x: float) -> float | None:
         """Score ``x`` against the envelopes, then learn it; None while warming up."""
+        if not -MAX_LEARNED <= x <= MAX_LEARNED:
+            return self._score_unlearned(x)
         s = self.s
         vals = self._channels(x)
         s.n += 1
@@ -237,6 +242,17 @@ class RangeScorer:
         if ended:
             self._release(ended)
         return score
+
+    def _score_unlearned(self, x: float) -> float | None:
+        """A value too large to learn: its excess over the value channel's envelope,
+        the state left as it was (None while warming up)."""
+        self.reason = None
+        if self.s.n < self.block or self._bounds[0] is None:
+            return None
+        lo, hi = self._bounds_of(0)
+        e = excess(x, lo, hi) / self._growth[0]
+        self.reason = (CHANNELS[0], x, lo, hi, e)
+        return e
 
 
 def excess(v: float, lo: float, hi: float) -> float:
