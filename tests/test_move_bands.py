@@ -131,6 +131,9 @@ EXACT = MoveBandConfig(horizons_s=(60.0, 300.0), floor_bps=(50.0, 100.0),
                        cap_bps=(1000.0, 1000.0), band_k=(7.0, 6.0), warmup_returns=5,
                        critical_rules=("ratio", "horizons", "static"))
 FLAT = [(100.0, 100.0, 100.0)] * 60
+#: nearly flat: a typical move of a hundredth of a bp, far under the floors (a key that
+#: has seen only one price has learned none, and its first move starts the learning)
+STILL = [(p, p, p) for p in (100.0 + 1e-4 * (i < 10 and i % 2) for i in range(60))]
 
 
 def _down(p: float, bps: float) -> float:
@@ -156,7 +159,7 @@ def test_two_horizons_out_of_band_at_once_is_critical() -> None:
     bands = MoveBands(EXACT, key=KEY)
     p1 = _down(100.0, 45.0)
     p2 = _down(p1, 57.0)
-    out = _feed(bands, [*FLAT, (p1, p1, p1), (p1, p1, p1), (p2, p2, p2)])
+    out = _feed(bands, [*STILL, (p1, p1, p1), (p1, p1, p1), (p2, p2, p2)])
     assert [(i, s.phase, s.severity.value) for i, s in out] == [(62, "open", "critical")]
     moves = {c.feature: c.value for c in out[0][1].top_features}
     assert moves["move_1m"] == pytest.approx(-57.0)
@@ -187,7 +190,7 @@ def test_a_rally_past_the_learned_bands_is_a_warning_and_the_same_fall_is_critic
         p1 = step(100.0, 45.0)
         p2 = step(p1, 57.0)
         return [(i, s.phase, s.severity.value)
-                for i, s in _feed(bands, [*FLAT, (p1, p1, p1), (p1, p1, p1), (p2, p2, p2)])]
+                for i, s in _feed(bands, [*STILL, (p1, p1, p1), (p1, p1, p1), (p2, p2, p2)])]
 
     assert run(EXACT, _up) == [(62, "open", "warn")]
     assert run(EXACT, _down) == [(62, "open", "critical")]
@@ -219,7 +222,7 @@ def test_a_volatility_index_is_critical_on_its_rises() -> None:
         bands = MoveBands(exact, key=KEY)
         p1 = step(100.0, 45.0)
         p2 = step(p1, 57.0)
-        out = _feed(bands, [*FLAT, (p1, p1, p1), (p1, p1, p1), (p2, p2, p2)])
+        out = _feed(bands, [*STILL, (p1, p1, p1), (p1, p1, p1), (p2, p2, p2)])
         assert [s.severity.value for _i, s in out] == [want]
 
 
@@ -658,3 +661,39 @@ def test_a_key_whose_bar_interval_keeps_changing_resumes_as_if_unbroken() -> Non
     out += [s for v in vectors[cut:] for s in resumed.on_vector(v)]
     assert view(out) == view(whole) and any(s.phase == "open" for s in whole)
     assert resumed.s.h_var == unbroken.s.h_var
+
+
+# -- a flat market -----------------------------------------------------------
+
+def test_a_flat_stretch_does_not_hold_the_learned_volatility_at_zero_for_good() -> None:
+    """2,000 bars at one price taught a typical move of exactly 0, and each later move was
+    clipped to a multiple of 0: the bands stayed at their floors for ever and a market
+    moving 30 bps a minute went critical again and again. Its first move now starts the
+    learning afresh: it learns about what a key that saw only the
+    moving market has, and says the same; a key resumed half-way says the same again."""
+    moving = _walk(3000, 0.003, seed=5)
+    flat = MoveBands(MoveBandConfig(), key=KEY)
+    assert _feed(flat, [(100.0, 100.0, 100.0)] * 2000) == []
+    assert flat.s.h_var[MINUTE][0] == 0.0 and flat.s.var_rate == 0.0
+    after_flat = _feed(flat, moving, start=2000)
+    fresh = MoveBands(MoveBandConfig(), key=KEY)
+    alone = _feed(fresh, moving, start=2000)
+    assert flat.s.h_var[MINUTE][0] == pytest.approx(fresh.s.h_var[MINUTE][0], rel=0.5)
+    assert flat.s.var_rate == pytest.approx(fresh.s.var_rate, rel=0.5)
+    criticals = [i for i, s in after_flat if s.severity.value == "critical"]
+    assert len(criticals) <= len([i for i, s in alone if s.severity.value == "critical"]) + 2
+    resumed = MoveBands(MoveBandConfig(), key=KEY, state=copy.deepcopy(flat.snapshot()))
+    more = _walk(500, 0.003, seed=6, start=moving[-1][0])
+    assert _feed(resumed, more, start=5000) == _feed(flat, more, start=5000)
+
+
+def test_a_departure_from_a_flat_market_is_still_judged_against_the_floor() -> None:
+    """While the price stands still the bands are at their floors: a peg that breaks by
+    60 bps in a minute is out of its one-minute band (the floor, 50 bps), not inside
+    the static cap."""
+    bands = MoveBands(MoveBandConfig(), key=KEY)
+    assert _feed(bands, [(1.0, 1.0, 1.0)] * 2000) == []
+    p = _down(1.0, 60.0)
+    out = _feed(bands, [(p, p, 1.0)], start=2000)
+    assert [(i, s.phase) for i, s in out] == [(2000, "open")]
+    assert out[0][1].score == pytest.approx(60.0 / 50.0, rel=1e-3)

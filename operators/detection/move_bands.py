@@ -452,7 +452,11 @@ class MoveBands:
                     w, min(w, -math.expm1(-self._decay_per_ns * max(dt, span // 10))))
             w, a_warm = got
             m2 = move * move
-            if hv[1] >= warm:
+            if hv[1] >= warm and hv[0] == 0.0 < m2:
+                # a flat stretch taught no typical move (clipped to a multiple of it, no
+                # move would ever count): its first move starts the learning afresh
+                hv[1], a = 0.0, 1.0
+            elif hv[1] >= warm:
                 m2 = min(m2, clip2 * hv[0])
                 a = a_warm
             else:
@@ -462,7 +466,9 @@ class MoveBands:
         if gap:
             return
         r2 = log_ratio(price, s.last_close) ** 2 / dt
-        if s.n_returns >= self.config.warmup_returns:
+        if s.n_returns >= self.config.warmup_returns and s.var_rate == 0.0 < r2:
+            s.n_returns, a = 0, 1.0  # the first move after a flat stretch, as above
+        elif s.n_returns >= self.config.warmup_returns:
             lim = self.config.vol_clip ** 2 * s.var_rate
             r2 = min(r2, lim)
             a = -math.expm1(-self._decay_per_ns * dt)
