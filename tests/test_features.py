@@ -432,3 +432,16 @@ def test_book_depth_of_the_smallest_positive_size_has_a_balanced_band() -> None:
     assert isinstance(fv, FeatureVector) and fv.values["depth_imb_band"] == 0.0
     tilted = msgspec.structs.replace(rec, id="e", ts=2 * NS, ask_depth=[1e-323])
     assert logic.on_event(tilted)[0].values["depth_imb_band"] == pytest.approx(-1 / 3)
+
+
+def test_a_receive_lag_near_the_int64_limit_keeps_the_vector_on_the_wire() -> None:
+    """A quote received at the largest time the schema allows, 0 ns after its own 0: the
+    key's later vectors carried that lag on a later event time, past the int64 limit, and
+    every reader of the features (and of the signals that copy recv_ts) refused them."""
+    logic = FeatureLogic(EV, ManualClock(10**19))
+    first = Quote(id="q0", venue="okx", instrument="BTC-USDT", ts=0, recv_ts=2**63 - 1,
+                  bid=99.0, bid_size=1.0, ask=101.0, ask_size=1.0)
+    logic.on_event(first)
+    fv = logic.on_event(quote(1, 2**62))[0]
+    assert isinstance(fv, FeatureVector) and fv.recv_ts == 2**63 - 1
+    assert isinstance(decode("features", encode(fv)), FeatureVector)

@@ -52,6 +52,7 @@ from riskguard.schemas.market import (
     VenueStatus,
 )
 from riskguard.schemas.signals import FeatureVector, Scope, ScopeKind
+from riskguard.schemas.types import INT64_MAX
 
 from riskguard.validation import NonNegativeInt, PositiveInt, Share, check_declared
 
@@ -740,7 +741,8 @@ class FeatureLogic:
         priced = s.kind == "market" and s.mid > 0.0
         values = self.values(now)
         vec = FeatureVector(
-            key=key, scope=scope, ts=now, recv_ts=now + s.recv_lag_ns if s.recv_lag_ns else None,
+            key=key, scope=scope, ts=now,
+            recv_ts=min(now + s.recv_lag_ns, INT64_MAX) if s.recv_lag_ns else None,
             values=values, evidence_ids=s.evidence,
             price=s.mid if priced else None, low=s.px_low if priced else None,
             high=s.px_high if priced else None, interval_ns=s.interval_ns,
