@@ -35,6 +35,8 @@ from riskguard.operators.exposure.limit_specs import LimitsConfig, LimitSpec, Vo
 from riskguard.operators.exposure.limits import LimitsLogic
 from riskguard.schemas import (
     Balance,
+    Bar,
+    BookDepth,
     Codec,
     DeadLetter,
     Exposure,
@@ -42,8 +44,10 @@ from riskguard.schemas import (
     Fill,
     FundingRate,
     IndexPrice,
+    OpenInterest,
     OptionQuote,
     PositionSnapshot,
+    PremiumIndexBar,
     Quote,
     RiskAlert,
     Scope,
@@ -161,6 +165,55 @@ def test_a_market_process_counts_the_misplaced_records_it_dead_letters(
     dead = [d for d in outs["dead_letters"] if isinstance(d, DeadLetter)]
     assert [(d.reason, d.partition, d.offset) for d in dead] == [("misplaced", 0, 7)]
     assert DEAD_LETTERS.labels(topic, "misplaced")._value.get() == before + 1
+
+
+def _detection_only_records(instrument: str) -> list[Any]:
+    """One record of each market type that feeds detection only (not valuation)."""
+    base = {"venue": "okx", "instrument": instrument, "ts": 10**18}
+    return [
+        Bar(id="b1", start=10**18 - 60, interval_ns=60, open=1.0, high=1.0, low=1.0,
+            close=1.0, **base),
+        PremiumIndexBar(id="p1", start=10**18 - 60, interval_ns=60, open=0.0, high=0.0,
+                        low=0.0, close=0.0, **base),
+        OpenInterest(id="o1", open_interest=5.0, **base),
+        BookDepth(id="d1", bands_pct=[1.0], bid_depth=[2.0], ask_depth=[2.0], **base),
+    ]
+
+
+@pytest.mark.parametrize("rec", _detection_only_records("ETH-PERP"),
+                         ids=lambda r: type(r).__name__)
+def test_a_misplaced_detection_only_record_is_a_dead_letter_in_a_market_process(
+        monkeypatch: pytest.MonkeyPatch, rec: Any) -> None:
+    """A bar, premium-index bar, open interest or book depth keyed for process 0 but of
+    an underlying process 1 owns reaches no other process: like a trade, it is a
+    ``misplaced`` dead letter (the market process's flow, its Kafka input and outputs
+    swapped for testing ones), never detected on a key this process does not own."""
+    import bytewax.operators as op
+    from bytewax.testing import TestingSink, TestingSource, run_main
+    from riskguard.dataflows.guard import market
+    from riskguard.operators.core.base import split_dead_letters
+    from riskguard.schemas.base import stamp_source
+
+    cfg = msgspec.convert({"keys": {"signing_key": "k", "trust_file": "t", "roots_file": "r"},
+                           "tier": {"role": "market", "market_processes": 2, "index": 0,
+                                    "owners": {"BTC": 0, "ETH": 1}}}, GuardConfig)
+    topic = cfg.topic("market")
+    stamp_source(rec, topic, 0, 9)
+    outs: dict[str, list[Any]] = {}
+
+    def one_record(flow: Any, _cfg: Any, _streams: Any, _clock: Any, split: Any = None) -> Any:
+        return split_dead_letters("in_split", op.input("in", flow, TestingSource([rec])))
+
+    def kept(step_id: str, up: Any, **_kw: Any) -> None:
+        op.output(step_id, up, TestingSink(outs.setdefault(step_id, [])))
+
+    monkeypatch.setattr(market, "guard_input", one_record)
+    monkeypatch.setattr(market, "kafka_output", kept)
+    run_main(market.market_flow(cfg, lambda: 10**18))
+    dead = [d for d in outs["dead_letters"] if isinstance(d, DeadLetter)]
+    assert [(d.reason, d.partition, d.offset, d.found) for d in dead] == [
+        ("misplaced", 0, 9, "okx/ETH-PERP")]
+    assert decode("t", dead[0].raw) == rec
 
 
 def test_a_router_of_a_market_process_routes_to_its_own_shards_only() -> None:

@@ -18,7 +18,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream, operator
 from riskguard.connectors.kafka import KeySplit, StartSignal, kafka_output
 from riskguard.connectors.kafka.source import MEMO_MAX
-from riskguard.connectors.topics import DETECTIONS, MARKET_STREAMS
+from riskguard.connectors.topics import DETECTIONS, MARKET, MARKET_STREAMS
 from riskguard.dataflows.guard.admit import admit_keys
 from riskguard.dataflows.guard.config import GuardConfig, price_key_prefixes
 from riskguard.dataflows.guard.kafka_io import guard_input
@@ -51,13 +51,10 @@ from riskguard.schemas import (
     DeadLetter,
     DetectProgress,
     Fill,
-    FundingRate,
+    IndexPrice,
     OpenOrders,
-    OptionQuote,
     PositionSnapshot,
-    Quote,
     RiskAlert,
-    Trade,
     encode,
 )
 from riskguard.schemas.base import Record, source_of
@@ -175,7 +172,9 @@ def market_owners(cfg: GuardConfig) -> MarketOwners:
     return MarketOwners(tier.index, tier.market_processes, tier.owners, underlying_of)
 
 
-_PRICED = (Trade, Quote, OptionQuote, FundingRate)
+# market data keyed venue/instrument, read by its key's owner only (index prices are
+# every process's)
+_KEYED = tuple(t for t in MARKET if t is not IndexPrice)
 
 
 def _owned_records(owners: MarketOwners, market_topic: str) -> Callable[[list[Any]], list[Any]]:
@@ -199,7 +198,7 @@ def _owned_records(owners: MarketOwners, market_topic: str) -> Callable[[list[An
     def own(recs: list[Any]) -> list[Any]:
         out: list[Any] = []
         for r in recs:
-            if isinstance(r, _PRICED):
+            if isinstance(r, _KEYED):
                 out.append(r if of_instrument(r.instrument) == index else misplaced(r))
             elif keeps(r):
                 out.append(r)
