@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import bytewax.operators as op
+import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
@@ -16,7 +17,7 @@ from riskguard.operators.detection.ops import (
     detect_anomalies,
     extract_features,
 )
-from riskguard.schemas import encode
+from riskguard.schemas import IndexPrice, Trade, encode
 
 SC = generate(SimConfig(duration_s=400, seed=11, warmup_s=100, incidents_per_kind=1))
 INSTS = {i.instrument for i in SC.incidents if i.kind in ("flash_crash", "venue_dislocation")}
@@ -30,10 +31,11 @@ def clock() -> int:
     return SC.end_ns + 10**10
 
 
-def build(items: list, vecs: list, sigs: list, dead: list) -> Dataflow:
+def build(items: list, vecs: list, sigs: list, dead: list,
+          fcfg: FeatureConfig = FCFG) -> Dataflow:
     flow = Dataflow("anomaly_test")
     inp = op.input("in", flow, TestingSource(items))
-    feats = extract_features("features", inp, config=FCFG, clock=clock)
+    feats = extract_features("features", inp, config=fcfg, clock=clock)
     det = detect_anomalies("detect", feats.oks, config=DCFG, clock=clock)
     op.output("vecs", feats.oks, TestingSink(vecs))
     op.output("sigs", det.oks, TestingSink(sigs))
@@ -45,10 +47,10 @@ def norm(items: list) -> list[bytes]:
     return sorted(encode(v) for _, v in items)
 
 
-def uninterrupted() -> tuple[list, list]:
+def uninterrupted(fcfg: FeatureConfig = FCFG) -> tuple[list, list]:
     vecs: list = []
     sigs: list = []
-    run_main(build(EVENTS, vecs, sigs, []))
+    run_main(build(EVENTS, vecs, sigs, [], fcfg))
     return vecs, sigs
 
 
@@ -66,9 +68,12 @@ def test_flow_emits_signals_with_evidence_and_dead_letters_late_input() -> None:
     assert len(dead) >= 1
 
 
-def test_resume_after_abort_equals_uninterrupted_run(tmp_path: Path) -> None:
-    """Killing the flow halfway and resuming from recovery gives the same signals."""
-    want_vecs, want_sigs = uninterrupted()
+@pytest.mark.parametrize("fcfg", [FCFG, FeatureConfig()], ids=["venues", "venues_seen"])
+def test_resume_after_abort_equals_uninterrupted_run(tmp_path: Path, fcfg: FeatureConfig,
+                                                     ) -> None:
+    """Killing the flow halfway and resuming from recovery gives the same signals, with
+    the venues that receive index prices configured or learned from the data."""
+    want_vecs, want_sigs = uninterrupted(fcfg)
     assert want_sigs
     init_db_dir(tmp_path, 1)
     rc = RecoveryConfig(str(tmp_path))
@@ -76,10 +81,10 @@ def test_resume_after_abort_equals_uninterrupted_run(tmp_path: Path) -> None:
     items = [*EVENTS[:half], TestingSource.ABORT(), *EVENTS[half:]]
     vecs: list = []
     sigs: list = []
-    run_main(build(items, vecs, sigs, []), epoch_interval=timedelta(seconds=0),
+    run_main(build(items, vecs, sigs, [], fcfg), epoch_interval=timedelta(seconds=0),
               recovery_config=rc)
     assert len(vecs) < len(want_vecs)
-    run_main(build(items, vecs, sigs, []), epoch_interval=timedelta(seconds=0),
+    run_main(build(items, vecs, sigs, [], fcfg), epoch_interval=timedelta(seconds=0),
               recovery_config=rc)
     # output of the aborted epoch may be replayed; compare the distinct records
     assert sorted(set(norm(sigs))) == sorted(set(norm(want_sigs)))
@@ -94,3 +99,38 @@ def test_two_workers_give_the_same_results_as_one() -> None:
     cluster_main(build(EVENTS, vecs, sigs, []), [], 0, worker_count_per_proc=2)
     assert norm(sigs) == norm(want_sigs)
     assert norm(vecs) == norm(want_vecs)
+
+
+def test_an_index_price_right_after_a_resume_reaches_the_venues_seen_before_it(
+        tmp_path: Path) -> None:
+    """With no venues configured, the venues seen trading an instrument are kept across
+    a kill and resume: an index price read first after the resume reaches them, as in
+    an unbroken run, rather than no key until the venue trades again."""
+    t0, s = 1_700_000_000 * 10**9, 10**9
+    cfg = FeatureConfig(cadence="event")
+
+    def trade(n: int, ts: int) -> Trade:
+        return Trade(id=f"t{n}", venue="okx", instrument="BTC-USDT", ts=t0 + ts, price=100.0,
+                     qty=1.0, side="buy")
+
+    def index(n: int, ts: int, price: float) -> IndexPrice:
+        return IndexPrice(id=f"i{n}", venue="index", instrument="BTC-USDT", ts=t0 + ts,
+                          price=price)
+
+    def run(items: list, rc: RecoveryConfig | None = None) -> list:
+        vecs: list = []
+        flow = Dataflow("seen_venues")
+        inp = op.input("in", flow, TestingSource(items, batch_size=1))
+        feats = extract_features("features", inp, config=cfg, clock=lambda: t0 + 10 * s)
+        op.output("vecs", feats.oks, TestingSink(vecs))
+        run_main(flow, epoch_interval=timedelta(seconds=0), recovery_config=rc)
+        return [(v.ts - t0, round(v.values["index_dev_bps"], 3)) for _k, v in vecs]
+
+    before, after = [trade(1, s), index(1, 2 * s, 100.0)], [index(2, 3 * s, 90.0), trade(2, 4 * s)]
+    want = run([*before, *after])
+    assert want[2:] == [(3 * s, 1111.111), (4 * s, 1111.111)]
+    init_db_dir(tmp_path, 1)
+    rc = RecoveryConfig(str(tmp_path))
+    items = [*before, TestingSource.ABORT(), *after]
+    got = run(items, rc) + run(items, rc)
+    assert sorted(set(got)) == want

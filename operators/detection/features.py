@@ -76,9 +76,9 @@ class FeatureConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``venues`` lists the venues whose ``venue/instrument`` keys receive each
     index or oracle price (the fan-out that brings the reference price to
     every key without a per-event exchange). Left empty, the venues are taken
-    from the market data routed so far: list them where an index price may come before
-    a venue's first market record. ``index_map`` maps an index instrument name to the
-    instruments it prices when the names differ.
+    from the market data routed so far (kept across a restart): list them where an index
+    price may come before a venue's first market record. ``index_map`` maps an index
+    instrument name to the instruments it prices when the names differ.
     """
 
     venues: tuple[str, ...] = ()

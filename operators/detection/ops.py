@@ -48,6 +48,7 @@ from riskguard.operators.detection.cross_rates import CrossRateConfig
 from riskguard.operators.detection.cross_shard import cross_points, cross_shard_builder
 from riskguard.operators.detection.detector import DetectorConfig, detector_builder
 from riskguard.operators.detection.features import FeatureConfig, feature_builder, route_batch
+from riskguard.operators.detection.index_routes import ROUTES_KEY, IndexRoutesLogic
 from riskguard.operators.detection.venue_confirm import (
     MarketProgress,
     ProgressAfterSignals,
@@ -93,9 +94,16 @@ def extract_features(step_id: str, up: Stream[MarketEvent | VenueStatus], *,
     own keys only (:func:`riskguard.operators.detection.features.route`).
     """
     config.validate(f"step {step_id!r}: features")
-    seen: dict[str, set[str]] = {}  # venues per instrument, with no venues configured
-    keyed = op.flat_map_batch("route", up,
-                              lambda recs: route_batch(recs, config, local_keys, seen))
+    if config.venues:
+        keyed = op.flat_map_batch("route", up,
+                                  lambda recs: route_batch(recs, config, local_keys))
+    else:
+        # the venues each instrument trades on are learned from the data: state, kept
+        # across a restart, so index prices reach the same keys as in an unbroken run
+        routed = stateful_logic("route_learned", op.flat_map_batch(
+            "route_key", up, lambda recs: [(ROUTES_KEY, r) for r in recs]),
+            lambda state: IndexRoutesLogic(config, local_keys, state))
+        keyed = op.flat_map_batch("route", routed, values_of)
     out = stateful_logic("features", keyed, feature_builder(config, clock), order=event_order)
     split = split_dead_letters("split", out)
     return FeaturesOut(oks=split.oks, errs=split.errs)
