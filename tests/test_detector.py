@@ -372,3 +372,27 @@ def test_values_too_large_to_square_are_scored_but_never_blind_the_key(model: st
                + [dict.fromkeys(keys, 1000.0)] * 5)
     assert any(isinstance(s, AnomalySignal) and s.phase == "open" and not s.warming_up
                for s in out)
+
+
+def test_a_feature_flat_through_the_warm_up_learns_its_scale_once_it_moves() -> None:
+    """An index price that starts arriving after the warm-up: its deviation was 0 for
+    the first points, and a learned spread of exactly 0 clipped every later update to
+    nothing, so a 5,000 bps deviation scored 0 for good. It learns its scale unclipped
+    until it has one, and the deviation opens an anomaly."""
+    scope = Scope(kind=ScopeKind.VENUE, value="okx", venue="okx")
+    rng = random.Random(1)
+    logic = DetectorLogic(DetectorConfig(warmup_ns=0), clock=lambda: 0)
+    out: list[object] = []
+    for i in range(3000):
+        idx = 0.0 if i < 100 else rng.gauss(0, 5)
+        if 2500 <= i < 2510:
+            idx = 5000.0
+        vals = {"ret_bps": rng.gauss(0, 3), "spread_bps": 2 + rng.random(),
+                "index_dev_bps": idx}
+        out += logic.on_event(FeatureVector(key="okx/X", scope=scope, ts=i * 10**9,
+                                            values=vals, evidence_ids=[]))
+    f = logic.s.features.index("index_dev_bps")
+    assert 10 < logic.s.var[f] < 100
+    opened = [s.ts // 10**9 for s in out
+              if isinstance(s, AnomalySignal) and s.kind == "anomaly" and s.phase == "open"]
+    assert opened == [2500]

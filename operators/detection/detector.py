@@ -339,7 +339,8 @@ class DetectorLogic:
         return x
 
     def _zscores(self, x: Sequence[float]) -> tuple[list[float], list[float] | None]:
-        """Each feature's z-score and the learned deviations (None before any)."""
+        """Each feature's z-score and the learned deviations (None before any; 0 for a
+        feature with no scale yet)."""
         s = self.s
         if not s.n_stats:
             return [0.0] * len(x), None
@@ -349,9 +350,13 @@ class DetectorLogic:
         for v, m, vv in zip(x, s.mean, s.var, strict=True):
             # a feature that has not varied yet has no scale: it scores 0
             floor = 1e-9 * (abs(m) + 1e-9)
-            r = sqrt(vv)
-            sd.append(r)
-            z.append((v - m) / r if vv > floor * floor else 0.0)
+            if vv > floor * floor:
+                r = sqrt(vv)
+                sd.append(r)
+                z.append((v - m) / r)
+            else:
+                sd.append(0.0)
+                z.append(0.0)
         return z, sd
 
     def _model_score(self, x: Sequence[float], z: list[float]
@@ -545,9 +550,11 @@ class DetectorLogic:
             for i, v in enumerate(x):
                 d = v - mean[i]
                 # Huber-style clip, so a slow ramp cannot inflate the variance it is
-                # measured by
+                # measured by; a feature with no scale yet (flat so far) learns unclipped
                 lim = clip * sd[i]
-                if d > lim:
+                if lim <= 0.0:
+                    pass
+                elif d > lim:
                     d = lim
                 elif d < -lim:
                     d = -lim
