@@ -317,20 +317,24 @@ def test_the_guard_source_stamps_event_time_and_a_quiet_partition_holds_no_tick_
 @pytest.mark.slow
 def test_the_guard_source_hears_every_partition_within_two_fetch_rounds_of_a_backlog(
         kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path) -> None:
-    """24 partitions, each with a backlog of 600 messages of about 1 KB, read with the
+    """24 partitions, each with a backlog of 200 messages of about 1 KB, read with the
     live guard's fetch settings (``set_fetches`` in ``flink/guard.py``): every partition
     hands on its first message within the first two fetch rounds' worth of messages
     (``FETCH_BYTES`` a partition), long before the quiet rule would pass it over. The
     Kafka consumer hands on one partition's fetched records before the next one's: at
     1 MiB a partition, each partition's backlog would come whole, the last partition's
-    first message after 13,800 others, and on a large backlog the quiet rule would pass
-    over the partitions still waiting, making their rows late."""
+    first message after 4,600 others (past the 3,072 read), and on a large backlog the
+    quiet rule would pass over the partitions still waiting, making their rows late."""
     if reason := java_missing():
         pytest.skip(reason)
     from confluent_kafka import Producer
     from riskguard.flink.guard import FETCH_BYTES
 
-    partitions, backlog, size = 24, 600, 1_024
+    partitions, backlog, size = 24, 200, 1_024
+    limit = 2 * partitions * FETCH_BYTES // size
+    # a backlog longer than two fetch rounds that Kafka's default fetch (1 MiB a
+    # partition) would take whole, partition after partition, past the messages read
+    assert 2 * FETCH_BYTES < backlog * size <= 1024 * 1024 and (partitions - 1) * backlog > limit
     topic = new_topic(partitions=partitions)
     producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 0,
                          "batch.size": 16_384})
@@ -344,7 +348,6 @@ def test_the_guard_source_hears_every_partition_within_two_fetch_rounds_of_a_bac
     del producer
     cmd, env = flink_command(tmp_path)
     env["RISKGUARD_FLINK_JARS"] = ";".join(kafka_jars())
-    limit = 2 * partitions * FETCH_BYTES // size
     done = subprocess.run([*cmd, str(Path(__file__).parent / "flink_ticks_job.py"),
                            "order", kafka_bootstrap, topic, str(limit)], env=env,
                           cwd=tmp_path, capture_output=True, text=True, timeout=300,
