@@ -23,10 +23,12 @@ def command_identity(cmd: Any) -> tuple[Any, ...]:
     return (cmd.decision_id, cmd.action.value, cmd.scope, sorted(cmd.params.items()))
 
 
-def records_with_bad_lines(path: Path, n: int = 300) -> Path:
-    """``n`` records of the demo scenario as JSONL, with a blank line, a line that is no
-    JSON, a record no schema takes and a line ending in CRLF among them."""
-    lines = [encode(r) for r in build_scenario(START_NS).events[:n]]
+def records_with_bad_lines(path: Path, n: int = 300, records: list[Any] | None = None) -> Path:
+    """``n`` records of the demo scenario (or ``records``) as JSONL, with a blank line, a
+    line that is no JSON, a record no schema takes and a line ending in CRLF among them:
+    the two bad lines are lines 41 and 42."""
+    lines = [encode(r) for r in
+             (build_scenario(START_NS).events[:n] if records is None else records)]
     lines[40:40] = [b"", b"not json at all", b'{"type":"trade","id":"t","ts":"soon"}']
     lines[120] += b"\r"
     path.write_bytes(b"".join(line + b"\n" for line in lines))
