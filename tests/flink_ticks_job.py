@@ -75,13 +75,14 @@ def main(argv: list[str]) -> int:
     out = batches.map(_as_json, output_type=Types.STRING())
     if restore:  # a collect sink cannot be restored into another client: a file instead
         return _run_to_file(env, out, Path(argv[3]).parent / f"batches-{os.getpid()}",
-                            limit)
+                            limit, argv[3])
     return _print_first(out, limit, metrics_port)
 
 
-def _run_to_file(env: Any, lines: Any, path: Path, limit: int) -> int:
+def _run_to_file(env: Any, lines: Any, path: Path, limit: int, checkpoints: str) -> int:
     """Run the job, each line appended to ``path`` by the worker, until ``limit`` lines
-    are there; then let a checkpoint complete, cancel the job and print them."""
+    are there; then let a checkpoint taken after them complete in ``checkpoints``, cancel
+    the job and print them."""
     from pyflink.common import Types
 
     def append(line: str) -> list[str]:
@@ -95,10 +96,21 @@ def _run_to_file(env: Any, lines: Any, path: Path, limit: int) -> int:
     while not path.exists() or len(path.read_text().splitlines()) < limit:
         assert time.monotonic() < deadline, "no batches"
         time.sleep(0.2)
-    time.sleep(3)  # checkpoints every 200 ms: one completes after the last batch
+    # one checkpoint at a time: the one after the next completed one was started after
+    # the last batch was written (a restored job goes on with the checkpoint ids)
+    after = _newest_checkpoint_id(checkpoints) + 2
+    while _newest_checkpoint_id(checkpoints) < after:
+        assert time.monotonic() < deadline, "no checkpoint after the batches"
+        time.sleep(0.1)
     client.cancel().result()
     print(path.read_text(), end="", flush=True)
     return 0
+
+
+def _newest_checkpoint_id(folder: str) -> int:
+    """The id of the newest completed checkpoint in ``folder`` (``<job>/chk-N``), or 0."""
+    return max((int(p.name[4:]) for p in Path(folder).glob("*/chk-*")
+                if (p / "_metadata").exists()), default=0)
 
 
 def _checkpointed(folder: str) -> Any:
