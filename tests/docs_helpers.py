@@ -55,3 +55,18 @@ def bin_env(tmp: Path) -> dict[str, str]:
     return {**os.environ,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "RISKGUARD_BROKER_DIR": str(tmp / "broker-state")}
+
+
+def unlike_the_readmes_demo(out: list[str]) -> tuple[list[str], list[str]]:
+    """The lines of the README's demo output that no line of a real run's ``out``
+    matches, and the command, rejection, summary and audit lines of ``out`` that the
+    README does not show. (A signal's episode may close after the scenario's end, so the
+    signals shown are checked one way only.)"""
+    sample = next(body for lang, body in blocks(section(README.read_text(), "Run the demo"))
+                  if not lang).splitlines()
+    shown_lines = [line for line in sample if line.strip()]
+    key = re.compile(r" COMMAND |REJECTED|verified and executed|^(ok|FAIL) ")
+    patterns = [shown(line) for line in shown_lines]
+    not_shown = [line for line in out if key.search(line)
+                 and not any(p.fullmatch(" ".join(line.split())) for p in patterns)]
+    return unmatched(shown_lines, out), not_shown

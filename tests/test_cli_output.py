@@ -29,6 +29,7 @@ from riskguard.operators.core.metrics import DEAD_LETTERS, EVENTS_IN, events_in_
 from riskguard.cli import main
 from riskguard.cli_run import Counts, StatusReporter, read_counts, status_line
 from riskguard.cli_stress import outcome
+from tests.docs_helpers import unlike_the_readmes_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -220,9 +221,11 @@ def _shadowed_folder(tmp_path: Path) -> Path:
 def test_demo_removes_its_work_dir_and_the_commands_it_prints_run_as_printed(
         tmp_path: Path) -> None:
     """From the parent folder of a clone named riskguard: the demo runs, its private keys
-    are gone at the end, no librdkafka line leads (or follows) its output, and the command
-    it prints to keep the topics runs as printed; that run keeps its work dir and prints an
-    ``audit verify`` that also runs as printed."""
+    are gone at the end, no librdkafka line leads (or follows) its output, each line of
+    its output the README shows matches one line it printed (allowing other digits), the
+    README shows every command, rejection, summary and audit line it printed, and the
+    command it prints to keep the topics runs as printed; that run keeps its work dir and
+    prints an ``audit verify`` that also runs as printed."""
     cwd = _shadowed_folder(tmp_path)
     temp = tmp_path / "tmp"
     temp.mkdir()
@@ -233,6 +236,9 @@ def test_demo_removes_its_work_dir_and_the_commands_it_prints_run_as_printed(
     assert first.stderr == ""
     assert first.stdout.startswith("dev broker (in memory only) on 127.0.0.1:")
     assert list(temp.iterdir()) == []  # the riskguard-demo-* dir and its keys are gone
+    missing, not_shown = unlike_the_readmes_demo(first.stdout.splitlines())
+    assert missing == []
+    assert not_shown == [], "the run printed lines the README does not show"
     printed = [line[2:] for line in first.stdout.splitlines() if line.startswith("  riskguard ")]
     assert printed == ['riskguard demo --bootstrap "$(riskguard broker start)" --keep-dir']
     try:
