@@ -156,23 +156,17 @@ def _live_guard(work: Path, bootstrap: str | None) -> Iterator[Any]:
         finally:
             del os.environ["RISKGUARD_METRICS_PORT"]
         metrics = f"http://127.0.0.1:{port}/metrics"
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            time.sleep(1.0)
-            try:
-                done = summarize([scrape(metrics, 2.0)])["health"]["events_in"]
-            except (KeyError, OSError):
-                done = 0
-            if done >= run.records:
-                break
-        time.sleep(3.0)  # the last commands reach their topic
         key = Signer.from_file(run.keys.signing_key).public_key
-        commands = []
-        for raw in read_topic_bytes(bootstrap, run.topic("commands")):
-            env = decode_envelope(raw)
-            if env.payload_type == PAYLOAD_COMMAND:
-                key.verify(PAYLOAD_COMMAND, env.payload, env.signatures[0].sig)
-                commands.append(decode_command(env))
+        deadline = time.monotonic() + 180
+        while _served(metrics)["health"]["events_in"] < run.records \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # then until every command the guard counts has reached its topic
+        commands = _commands(bootstrap, run.topic("commands"), key)
+        while len(commands) < _served(metrics)["commands"]["total"] \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+            commands = _commands(bootstrap, run.topic("commands"), key)
         yield StatusPoller([metrics], commands=lambda: commands)
     finally:
         if guard is not None:
@@ -180,6 +174,25 @@ def _live_guard(work: Path, bootstrap: str | None) -> Iterator[Any]:
             guard.wait(30)
         if broker is not None:
             broker.stop()
+
+
+def _served(metrics: str) -> dict[str, Any]:
+    """What the guard's metrics endpoint says (nothing counted while it does not answer)."""
+    try:
+        return summarize([scrape(metrics, 2.0)])
+    except (KeyError, OSError):
+        return {"health": {"events_in": 0}, "commands": {"total": 0}}
+
+
+def _commands(bootstrap: str, topic: str, key: Any) -> list[Any]:
+    """The commands on ``topic``, each verified under ``key``."""
+    commands = []
+    for raw in read_topic_bytes(bootstrap, topic):
+        env = decode_envelope(raw)
+        if env.payload_type == PAYLOAD_COMMAND:
+            key.verify(PAYLOAD_COMMAND, env.payload, env.signatures[0].sig)
+            commands.append(decode_command(env))
+    return commands
 
 
 def _free_port() -> int:
