@@ -1,6 +1,9 @@
 """Flink jobs that ``tests/test_flink_jobs.py`` runs in the Flink environment, each printing
-the batches :func:`riskguard.flink.fused.tick_batches` makes as JSON lines: rows of two
-keys, out of order, one without event time (no arguments); with ``BOOTSTRAP TOPIC N``,
+the batches :func:`riskguard.flink.fused.tick_batches` makes as JSON lines: with ``java
+FILE``, the Java parts that need no Kafka in one job, each line led by its part: the
+batches of rows of two keys, out of order, one without event time (``ticks``), and the
+rows a backtest's records file of ``ts,pos,base64`` lines makes
+(``flink/java/RecordsFile.java``, ``records``); with ``BOOTSTRAP TOPIC N``,
 the first ``N`` batches of a Kafka topic whose watermark moves with every message, so
 that a message behind it is late; or, with ``guard BOOTSTRAP TOPICS N``, the first
 ``N`` batches of the ``,``-separated topics read by the live guard's Kafka source
@@ -10,9 +13,7 @@ until every partition has been quiet for two; or, with ``restore
 BOOTSTRAP TOPIC CHECKPOINTS N``, the same source over one topic, checkpointed into
 ``CHECKPOINTS`` and restored from the newest checkpoint there, if any; or, with ``order
 BOOTSTRAP TOPIC N``, the partition and offset of the first ``N`` messages that source
-hands on from one topic, fetching as the live guard does; or, with ``records FILE``,
-the rows a backtest's records file of ``ts,pos,base64`` lines makes
-(``flink/java/RecordsFile.java``), as JSON lines. With ``BOOTSTRAP TOPIC N
+hands on from one topic, fetching as the live guard does. With ``BOOTSTRAP TOPIC N
 PORT``, the Kafka job also runs Flink's Prometheus reporter on ``PORT`` and, after its
 batches, prints the ``lateRows`` samples it serves as a last line (``{"metrics":
 [...]}``)."""
@@ -42,9 +43,9 @@ def main(argv: list[str]) -> int:
         "guard", "restore", "order") else None
     if metrics_port:
         _with_prometheus_jar()
-    from pyflink.common import Row, Types
+    from pyflink.common import Types
     from pyflink.datastream import StreamExecutionEnvironment
-    from riskguard.flink.fused import KEYED_ROW, tick_batches, worker_processes
+    from riskguard.flink.fused import tick_batches, worker_processes
     from riskguard.flink.java_build import job_jars
 
     worker_processes()
@@ -59,18 +60,15 @@ def main(argv: list[str]) -> int:
                            else ()), *kafka)
     if argv[:1] == ["order"]:
         return _source_order(env, argv[1], argv[2], int(argv[3]))
-    if argv[:1] == ["records"]:
-        return _records_file(env, argv[1])
+    if argv[:1] == ["java"]:
+        return _java_parts(env, argv[1])
     if restore:
         env.enable_checkpointing(200)
         rows, limit = _guard_rows(env, argv[1], [argv[2]]), int(argv[4])
     elif argv[:1] == ["guard"]:
         rows, limit = _guard_rows(env, argv[1], argv[2].split(",")), int(argv[3])
-    elif argv:
-        rows, limit = _kafka_rows(env, argv[0], argv[1]), int(argv[2])
     else:
-        rows = env.from_collection([Row(k, Row(*v)) for k, v in ROWS], type_info=KEYED_ROW)
-        limit = None
+        rows, limit = _kafka_rows(env, argv[0], argv[1]), int(argv[2])
     batches = tick_batches(rows, 1_000_000_000, ("in", "kafka"), "test")  # ticks of 1 s
     out = batches.map(_as_json, output_type=Types.STRING())
     if restore:  # a collect sink cannot be restored into another client: a file instead
@@ -173,21 +171,25 @@ def _source_order(env: Any, bootstrap: str, topic: str, limit: int) -> int:
     return _print_first(where, limit)
 
 
-def _records_file(env: Any, path: str) -> int:
-    """Prints each row the records file ``path`` makes as ``[key, port, ts, src, pos,
-    text]``, in order."""
-    from pyflink.common import Types
+def _java_parts(env: Any, path: str) -> int:
+    """One job, two parts: prints ``ticks`` and each batch :data:`ROWS` make, and
+    ``records`` and each row the records file ``path`` makes as ``[key, port, ts, src,
+    pos, text]``, each part's lines in its order."""
+    from pyflink.common import Row, Types
     from pyflink.datastream import DataStream
     from pyflink.java_gateway import get_gateway
-    from riskguard.flink.fused import KEYED_ROW
+    from riskguard.flink.fused import KEYED_ROW, tick_batches
 
-    rows = DataStream(get_gateway().jvm.riskguard.flink.RecordsFile.rows(
+    rows = env.from_collection([Row(k, Row(*v)) for k, v in ROWS], type_info=KEYED_ROW)
+    ticks = tick_batches(rows, 1_000_000_000, ("in", "kafka"), "test").map(  # ticks of 1 s
+        lambda batch: "ticks " + _as_json(batch), output_type=Types.STRING())
+    records = DataStream(get_gateway().jvm.riskguard.flink.RecordsFile.rows(
         env._j_stream_execution_environment, Path(path).as_uri(), "all", "in",
         KEYED_ROW.get_java_type_info(), "records_test"))
-    texts = rows.map(lambda kv: json.dumps([kv[0], kv[1][0], kv[1][1], kv[1][2], kv[1][3],
-                                            bytes(kv[1][4]).decode()]),
-                     output_type=Types.STRING())
-    return _print_first(texts, None)
+    texts = records.map(lambda kv: "records " + json.dumps(
+        [kv[0], kv[1][0], kv[1][1], kv[1][2], kv[1][3], bytes(kv[1][4]).decode()]),
+        output_type=Types.STRING())
+    return _print_first(ticks.union(texts), None)
 
 
 def _print_first(lines: Any, limit: int | None, metrics_port: str | None = None) -> int:

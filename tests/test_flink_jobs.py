@@ -84,24 +84,60 @@ def test_the_backtest_job_as_two_segments_in_two_python_workers_decides_as_bytew
         ("records.jsonl", 41), ("records.jsonl", 42)]
 
 
+def _b64(text: str) -> str:
+    import base64
+
+    return base64.b64encode(text.encode()).decode()
+
+
+UNREADABLE = [f"5,0,{_b64('a')}", f"10000000000000000000,1,{_b64('b')}", f"6,x,{_b64('c')}",
+              "7,3,not base64!", f"8,4,{_b64('d')}"]
+"""A records file's lines, three of them not as written: a time past a long, a position
+that is no number, bytes that are not base64."""
+
+
+@pytest.fixture(scope="module")
+def java_parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Any]]:
+    """What ``flink_ticks_job.py java`` prints, by part: the Java parts that need no
+    Kafka, run in one mini-cluster, once a test session (the xdist workers share the
+    temp root: the first to take the lock runs the job, the other reads its output)."""
+    if reason := java_missing():
+        pytest.skip(reason)
+    import fcntl
+    import json
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    out = root / "flink-java-parts.txt"
+    with (root / "flink-java-parts.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not out.exists():
+            work = tmp_path_factory.mktemp("java-parts")
+            path = work / "records.csv"
+            path.write_text("".join(line + "\n" for line in UNREADABLE))
+            cmd, env = flink_command(work)
+            done = subprocess.run([*cmd, str(Path(__file__).parent / "flink_ticks_job.py"),
+                                   "java", str(path)], env=env, cwd=work,
+                                  capture_output=True, text=True, timeout=300, check=False)
+            assert done.returncode == 0, done.stderr[-3000:]
+            out.write_text(done.stdout)
+    parts: dict[str, list[Any]] = {"ticks": [], "records": []}
+    for line in out.read_text().splitlines():
+        part, text = line.split(" ", 1)
+        parts[part].append(json.loads(text))
+    return parts
+
+
 @pytest.mark.slow
-def test_java_makes_a_tick_one_row_in_event_time_then_source_order(tmp_path: Path) -> None:
+def test_java_makes_a_tick_one_row_in_event_time_then_source_order(
+        java_parts: dict[str, list[Any]]) -> None:
     """``tick_batches`` (``flink/java/TickBatches.java``, compiled by
     :mod:`riskguard.flink.java_build`) on a mini-cluster: each key's tick is one row, its
     rows in event time, then source and position order, whatever order they came in; a
     row without event time takes the latest a timed input gave before it."""
-    if reason := java_missing():
-        pytest.skip(reason)
-    import json
-
-    cmd, env = flink_command(tmp_path)
-    done = subprocess.run([*cmd, str(Path(__file__).parent / "flink_ticks_job.py")],
-                          env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    batches = sorted(json.loads(line) for line in done.stdout.splitlines())
     ms = 1_000_000
-    assert batches == [
+    assert sorted(java_parts["ticks"]) == [
         [1999, False, [["in", 1100 * ms, "t/0", 1, "b"]]],  # key b: a row of its own
         [1999, False, [["in", 1200 * ms, "t/0", 4, "z"], ["in", 1200 * ms, "t/0", 9, "y"],
                        ["acks", 1500 * ms, "acks/0", 0, "n"],
@@ -112,35 +148,17 @@ def test_java_makes_a_tick_one_row_in_event_time_then_source_order(tmp_path: Pat
 
 @pytest.mark.slow
 def test_a_records_file_line_java_cannot_read_goes_on_as_text_and_fails_no_job(
-        tmp_path: Path) -> None:
+        java_parts: dict[str, list[Any]]) -> None:
     """``RecordsFile.rows`` (``flink/java/RecordsFile.java``) over a file of ``ts,pos,
-    base64`` lines, three of them not as written (a time past a long, a position that is
-    no number, bytes that are not base64): the job ends, and each such line goes on as
-    its own text with the time and position of the line before it, for the flow to
-    dead-letter. The Python side never writes a time past a long
+    base64`` lines, three of them not as written (:data:`UNREADABLE`): the job ends, and
+    each such line goes on as its own text with the time and position of the line before
+    it, for the flow to dead-letter. The Python side never writes a time past a long
     (:func:`~riskguard.flink.backtest.source_rows`)."""
-    if reason := java_missing():
-        pytest.skip(reason)
-    import base64
-    import json
-
-    def b64(text: str) -> str:
-        return base64.b64encode(text.encode()).decode()
-
-    lines = [f"5,0,{b64('a')}", f"10000000000000000000,1,{b64('b')}", f"6,x,{b64('c')}",
-             "7,3,not base64!", f"8,4,{b64('d')}"]
-    path = tmp_path / "records.csv"
-    path.write_text("".join(line + "\n" for line in lines))
-    cmd, env = flink_command(tmp_path)
-    done = subprocess.run([*cmd, str(Path(__file__).parent / "flink_ticks_job.py"),
-                           "records", str(path)], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert [json.loads(line) for line in done.stdout.splitlines()] == [
+    assert java_parts["records"] == [
         ["all", "in", 5, "", 0, "a"],
-        ["all", "in", 5, "", 0, lines[1]],
-        ["all", "in", 5, "", 0, lines[2]],
-        ["all", "in", 5, "", 0, lines[3]],
+        ["all", "in", 5, "", 0, UNREADABLE[1]],
+        ["all", "in", 5, "", 0, UNREADABLE[2]],
+        ["all", "in", 5, "", 0, UNREADABLE[3]],
         ["all", "in", 8, "", 4, "d"],
     ]
 
