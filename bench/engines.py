@@ -102,6 +102,8 @@ from riskguard.flink.backtest import read_records
 from riskguard.operators.signing import decode_command
 from riskguard.schemas import encode
 
+from riskguard.environment import FLINK_TRACE
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 START_NS = 1_795_500_000 * 10**9
@@ -570,7 +572,7 @@ def flink_python(out: Path, named: str | None) -> tuple[list[str], dict[str, str
 
 PROCESS_MODE = "_python_worker_execution_mode"
 """PyFlink's switch between loopback (the client's interpreter) and process mode."""
-TRACE_ENV = "RISKGUARD_FLINK_TRACE"
+TRACE_ENV = FLINK_TRACE
 """Where the job's segment operators note their first input and first output
 (:class:`riskguard.flink.fused.Trace`)."""
 

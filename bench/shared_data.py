@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-ENV = "RISKGUARD_SHARED_DATA"
+from riskguard.environment import SHARED_DATA
+
+ENV = SHARED_DATA
 
 
 def shared_data_dir() -> Path:

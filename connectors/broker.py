@@ -28,9 +28,10 @@ from pathlib import Path
 
 from riskguard.connectors.settings import with_logger
 
+from riskguard.environment import BROKER_DIR
 from riskguard.errors import BrokerError
 
-STATE_DIR_ENV = "RISKGUARD_BROKER_DIR"
+STATE_DIR_ENV = BROKER_DIR
 
 
 def default_state_dir(env: dict[str, str] | None = None) -> Path:

@@ -30,10 +30,11 @@ from typing import Any, Literal
 
 import msgspec
 
+from riskguard.environment import LOG
 from riskguard.errors import ConfigError
 
 KAFKA_LOGGER = "riskguard.kafka"
-LOG_ENV = "RISKGUARD_LOG"
+LOG_ENV = LOG
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
               "error": logging.ERROR, "off": None}
 _handler: logging.Handler | None = None

@@ -38,6 +38,8 @@ from riskguard.flink.segment import KeyRunner, deadline_ms
 from riskguard.flink.wire import CROSSED, Wire, pack_crossed
 from riskguard.flink.worker_metrics import serve_worker_metrics
 
+from riskguard.environment import FLINK_TRACE
+
 ROW_FIELDS = ["k", "port", "ts", "src", "pos", "v"]
 ROW = Types.ROW_NAMED(ROW_FIELDS, [Types.STRING(), Types.STRING(), Types.LONG(),
                                    Types.STRING(), Types.LONG(),
@@ -287,7 +289,7 @@ def threadless_state_sampler() -> None:
     sampler.riskguard_threadless = True
 
 
-TRACE_ENV = "RISKGUARD_FLINK_TRACE"
+TRACE_ENV = FLINK_TRACE
 """A file the live guard's Flink client appends the wall time of its start (``client``,
 once its modules are imported) and of the job's submission (``submitted``) to, and each
 segment operator the wall time of its opening (``open``, and ``opened`` once it has

@@ -54,9 +54,10 @@ from riskguard.operators.core.clock import call_clock
 from riskguard.schemas.codec import Codec
 from riskguard.schemas.time_policy import EventTimePolicy
 
+from riskguard.environment import FLINK_JARS, check_environment
 from riskguard.errors import ConfigError
 
-JARS_ENV = "RISKGUARD_FLINK_JARS"
+JARS_ENV = FLINK_JARS
 OUTPUT_STREAMS = ("commands", "dead_letters", "signals", "exposures", "audit")
 
 
@@ -351,6 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "version no longer has (renamed or removed), dropping that state; "
                          "without it such a restore fails")
     args = ap.parse_args(argv)
+    check_environment(os.environ)  # a misspelt RISKGUARD_* name stops the job
     jars = (args.jars or os.environ.get(JARS_ENV, "")).split(";")
     run(args.config, parallelism=args.parallelism, checkpoints=args.checkpoints,
         interval_ms=args.checkpoint_interval_ms, restore=args.restore,

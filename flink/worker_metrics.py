@@ -33,6 +33,7 @@ from riskguard.operators.core.metrics import (
     start_metrics_server,
 )
 
+from riskguard.environment import METRICS_PORTS
 from riskguard.errors import ConfigError
 
 WORKER_PORTS = 16
@@ -41,7 +42,7 @@ a TaskManager. ``$RISKGUARD_METRICS_PORTS`` (1 to this) narrows it to the slots 
 TaskManager has: with 1, a worker waits for the port itself rather than moving to one
 that no NetworkPolicy or scrape job lists."""
 
-PORTS_ENV = "RISKGUARD_METRICS_PORTS"
+PORTS_ENV = METRICS_PORTS
 
 FIRST_WAIT_S = 10.0
 """How long a worker waits for ``$RISKGUARD_METRICS_PORT`` itself before it takes the

@@ -248,8 +248,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "riskguard --help)\n")
         return 2
     from riskguard.connectors.settings import LOG_ENV, configure_logging  # noqa: PLC0415
+    from riskguard.environment import check_environment  # noqa: PLC0415
 
     try:
+        check_environment(os.environ)  # a misspelt RISKGUARD_* name stops every command
         level = _log_level(getattr(args, "verbose", 0), os.environ.get(LOG_ENV))
         before = configure_logging(level)
     except RiskguardError as err:

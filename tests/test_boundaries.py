@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # From the bottom up; a module may import its own layer and those below it. A module's
 # layer is that of the longest prefix of its name listed here.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("riskguard", "riskguard.errors", "riskguard.validation"),
+    ("riskguard", "riskguard.errors", "riskguard.validation", "riskguard.environment"),
     ("riskguard.schemas",),
     ("riskguard.operators.core",),
     ("riskguard.operators.signing",),

@@ -59,6 +59,9 @@ CASES = [
     Case("missing action", "audit", says=("ACTION",)),
     Case("bad log level", "keys check-trust {trust} --roots {roots}",
          env={"RISKGUARD_LOG": "loud"}, says=("RISKGUARD_LOG", "debug")),
+    Case("misspelt variable", "keys check-trust {trust} --roots {roots}",
+         env={"RISKGUARD_METRICS_PROT": "3030"},
+         says=("RISKGUARD_METRICS_PROT", "did you mean `RISKGUARD_METRICS_PORT`")),
     # -- keys
     Case("key into a missing folder", "keys generate {tmp}/no/such/dir/k.key",
          says=("No such file or directory", "its folder must exist")),
@@ -216,7 +219,7 @@ def test_the_matrix_is_at_least_thirty_invocations() -> None:
 
 AS_PROCESSES = ("topics on a closed port", "demo on a closed port", "audit topic, broker down",
                 "run with a missing signing key", "key into a missing folder",
-                "run on a closed port")
+                "run on a closed port", "misspelt variable")
 
 
 @pytest.mark.parametrize("name", AS_PROCESSES)

@@ -16,6 +16,7 @@ Run it with ``riskguard run --config guard.toml`` or
   process, and :func:`from_env` behind ``python -m bytewax.run``.
 """
 
+import os
 from typing import Any
 
 from bytewax.dataflow import Dataflow
@@ -67,11 +68,14 @@ from riskguard.dataflows.guard.steps import (
     is_broadcast,
 )
 
+from riskguard.environment import check_environment
+
 
 def __getattr__(name: str) -> Any:
     """``flow``: the guard built from ``$RISKGUARD_CONFIG`` (``python -m bytewax.run
     riskguard.dataflows.guard``)."""
     if name == "flow":
+        check_environment(os.environ)  # a misspelt RISKGUARD_* name stops the start
         flow: Dataflow = from_env()
         return flow
     raise AttributeError(name)

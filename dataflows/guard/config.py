@@ -32,6 +32,7 @@ from riskguard.config import (
     inline_playbook_file,
     read_toml,
 )
+from riskguard.environment import REPLICA_ID, TIER_INDEX
 from riskguard.errors import ConfigError, TrustError
 from riskguard.validation import (
     NonNegative,
@@ -199,11 +200,11 @@ class GuardConfig(CommonConfig, frozen=True, kw_only=True, forbid_unknown_fields
         return topic_name(self.env, stream)
 
 
-REPLICA_ID_ENV = "RISKGUARD_REPLICA_ID"
+REPLICA_ID_ENV = REPLICA_ID
 """Overrides ``replica.id``: one config file for every replica, each pod naming its own
 (``ops/k8s/replicas/``); with ``replica.issuers`` it also picks the replica's issuer."""
 
-TIER_INDEX_ENV = "RISKGUARD_TIER_INDEX"
+TIER_INDEX_ENV = TIER_INDEX
 """Overrides ``tier.index``: a StatefulSet of market processes sets it from each pod's
 ordinal (``ops/k8s/entrypoint.sh``), so they share one config file."""
 

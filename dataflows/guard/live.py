@@ -49,6 +49,7 @@ from riskguard.operators.signing.crypto import Signer, VerifyKey
 from riskguard.operators.signing.trust import TrustStore, check_trust_serial
 from riskguard.schemas import FIRM, RiskAlert, Severity, encode
 
+from riskguard.environment import NEW_CONFIG
 from riskguard.errors import ConfigError, DeliveryError
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ def report_audit_tail(cfg: GuardConfig, tail: AuditTail, now: int,
             raise DeliveryError(msg, undelivered=len(alerts), reasons=["flush timeout"])
 
 
-NEW_CONFIG_ENV = "RISKGUARD_NEW_CONFIG"
+NEW_CONFIG_ENV = NEW_CONFIG
 """``1`` (as ``riskguard run --new-config`` sets it) to start a replica on a config its
 peers do not run yet: the first replica of a planned config change. Unset, empty or
 ``0``: not asked; any other text is a :class:`ConfigError`."""

@@ -31,15 +31,17 @@ from pathlib import Path
 
 import atheris
 
-FINDINGS_ENV = "RISKGUARD_FUZZ_FINDINGS"
-
 # Comparison feedback from str methods (startswith, endswith); atheris 3.0.0 has a
 # regex hook too, but it fails on bytes patterns (json_limits compiles one).
 atheris.enabled_hooks.add("str")
 with atheris.instrument_imports(include=["riskguard", "tomllib"]):
     import harness
 
+    from riskguard.environment import FUZZ_FINDINGS
+
     harness.prepare(sys.argv[1] if len(sys.argv) > 1 else "")
+
+FINDINGS_ENV = FUZZ_FINDINGS
 
 
 def main(argv: list[str]) -> None:
