@@ -339,8 +339,7 @@ class DetectorLogic:
         return x
 
     def _zscores(self, x: Sequence[float]) -> tuple[list[float], list[float] | None]:
-        """Each feature's z-score and the learned deviations (None before any; 0 for a
-        feature with no scale yet)."""
+        """Each feature's z-score and the learned deviations (None before any)."""
         s = self.s
         if not s.n_stats:
             return [0.0] * len(x), None
@@ -350,13 +349,9 @@ class DetectorLogic:
         for v, m, vv in zip(x, s.mean, s.var, strict=True):
             # a feature that has not varied yet has no scale: it scores 0
             floor = 1e-9 * (abs(m) + 1e-9)
-            if vv > floor * floor:
-                r = sqrt(vv)
-                sd.append(r)
-                z.append((v - m) / r)
-            else:
-                sd.append(0.0)
-                z.append(0.0)
+            r = sqrt(vv)
+            sd.append(r)
+            z.append((v - m) / r if vv > floor * floor else 0.0)
         return z, sd
 
     def _model_score(self, x: Sequence[float], z: list[float]
@@ -550,11 +545,9 @@ class DetectorLogic:
             for i, v in enumerate(x):
                 d = v - mean[i]
                 # Huber-style clip, so a slow ramp cannot inflate the variance it is
-                # measured by; a feature with no scale yet (flat so far) learns unclipped
+                # measured by
                 lim = clip * sd[i]
-                if lim <= 0.0:
-                    pass
-                elif d > lim:
+                if d > lim:
                     d = lim
                 elif d < -lim:
                     d = -lim
