@@ -21,6 +21,7 @@ from riskguard.schemas import Codec, DeadLetter, Trade, encode
 from riskguard.schemas.time_policy import EventTimePolicy
 
 from tests.kafka_helpers import produce
+from tests.served_partition import ServedConsumer, ServedMessage
 
 NS = 1_000_000_000
 T0 = 1_767_225_600 * NS  # 2026-01-01
@@ -35,25 +36,6 @@ def _trade(i: int, ts: int, prefix: str = "t") -> bytes:
 
 def _ids(items: list[Any]) -> list[str]:
     return [f"DL:{x.reason}" if isinstance(x, DeadLetter) else x.id for x in items]
-
-
-class _Msg:
-    """The parts of a confluent-kafka message the source reads."""
-
-    def __init__(self, offset: int, value: bytes) -> None:
-        self._offset, self._value = offset, value
-
-    def error(self) -> None:
-        return None
-
-    def offset(self) -> int:
-        return self._offset
-
-    def value(self) -> bytes:
-        return self._value
-
-    def key(self) -> None:
-        return None
 
 
 class _Err:
@@ -74,40 +56,13 @@ class _Eof:
         return 0
 
 
-class _Served:
-    """A shared consumer that serves preset fetches of one partition."""
-
-    bootstrap = "served:9092"
-
-    def __init__(self, fetches: list[list[Any]]) -> None:
-        self.fetches = list(fetches)
-
-    def add(self, topic: str, idx: int, offset: int) -> int:
-        return offset
-
-    def take(self, topic: str, idx: int) -> list[Any]:
-        return self.fetches.pop(0) if self.fetches else []
-
-    def hold(self, topic: str, idx: int, held: bool) -> None:
-        pass
-
-    def high_watermark(self, topic: str, idx: int) -> None:
-        return None
-
-    def end_offsets(self, topic: str, idx: int) -> tuple[int, int] | None:
-        return None
-
-    def remove(self, topic: str, idx: int) -> None:
-        pass
-
-
-def _messages(times: list[int], first: int = 0) -> list[_Msg]:
-    return [_Msg(first + i, _trade(first + i, ts)) for i, ts in enumerate(times)]
+def _messages(times: list[int], first: int = 0) -> list[ServedMessage]:
+    return [ServedMessage(first + i, _trade(first + i, ts)) for i, ts in enumerate(times)]
 
 
 def _read(fetches: list[list[Any]], policy: EventTimePolicy, watermark: int = -1,
           offset: int = -2) -> tuple[list[Any], _SourcePartition]:
-    part = _SourcePartition(cast(Any, _Served(fetches)), "m", 3, offset, Codec(), 100, None,
+    part = _SourcePartition(cast(Any, ServedConsumer(fetches)), "m", 3, offset, Codec(), 100, None,
                             policy, lambda: 0, watermark)
     out: list[Any] = []
     for _ in range(len(fetches) + 2):
@@ -181,13 +136,13 @@ def test_dead_letters_after_a_held_record_wait_behind_it_a_bounded_number() -> N
     """Dead letters read after the held record come after its verdict, in offset order
     (a resume reads them again after it); after 16 of them it is let go, admitted."""
     msgs = _messages([T0, T0 + YEAR])
-    junk = [_Msg(2 + i, b"garbage") for i in range(3)]
+    junk = [ServedMessage(2 + i, b"garbage") for i in range(3)]
     out, _ = _read([msgs + junk + _messages([T0 + NS], first=5), [_Eof()]],
                    EventTimePolicy())
     assert _ids(out) == ["t0", "DL:ahead", "DL:malformed", "DL:malformed", "DL:malformed",
                          "t5"]
     assert [x.offset for x in out[1:5]] == [1, 2, 3, 4]
-    junk = [_Msg(2 + i, b"garbage") for i in range(16)]
+    junk = [ServedMessage(2 + i, b"garbage") for i in range(16)]
     out, _ = _read([msgs + junk + _messages([T0 + NS], first=18), [_Eof()]],
                    EventTimePolicy())
     assert _ids(out) == ["t0", "t1", *["DL:malformed"] * 16, "DL:late"]

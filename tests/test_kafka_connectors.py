@@ -17,6 +17,7 @@ from riskguard.schemas import ALL_TYPES, Codec, DeadLetter, decode, encode
 
 from riskguard.errors import ConfigError
 from tests.kafka_helpers import consume_all, produce
+from tests.served_partition import ServedConsumer, ServedMessage
 from tests.strategies import records
 
 pytestmark = pytest.mark.kafka
@@ -445,52 +446,6 @@ def test_a_resume_naming_a_partition_the_source_no_longer_reads_stops_start_up()
     assert err.value.found == ["9-f"]
 
 
-class _Msg:
-    """The parts of a confluent-kafka message the source reads."""
-
-    def __init__(self, offset: int, value: bytes) -> None:
-        self._offset, self._value = offset, value
-
-    def error(self) -> None:
-        return None
-
-    def offset(self) -> int:
-        return self._offset
-
-    def value(self) -> bytes:
-        return self._value
-
-    def key(self) -> None:
-        return None
-
-
-class _Served:
-    """A shared consumer that serves preset fetches of one partition."""
-
-    bootstrap = "served:9092"
-
-    def __init__(self, fetches: list[list[_Msg]]) -> None:
-        self.fetches = list(fetches)
-
-    def add(self, topic: str, idx: int, offset: int) -> int:
-        return offset
-
-    def take(self, topic: str, idx: int) -> list[_Msg]:
-        return self.fetches.pop(0) if self.fetches else []
-
-    def hold(self, topic: str, idx: int, held: bool) -> None:
-        pass
-
-    def high_watermark(self, topic: str, idx: int) -> None:
-        return None
-
-    def end_offsets(self, topic: str, idx: int) -> tuple[int, int] | None:
-        return None
-
-    def remove(self, topic: str, idx: int) -> None:
-        pass
-
-
 class _Limits:
     """Alignment whose frontier follows a script (it may drop as well as rise)."""
 
@@ -527,7 +482,7 @@ def test_alignment_emits_what_a_record_by_record_scan_would(
 
     from riskguard.connectors.kafka.source import _SourcePartition
 
-    msgs = [_Msg(off, b"{" if ts is None else _trade(id=f"r{off}", ts=ts))
+    msgs = [ServedMessage(off, b"{" if ts is None else _trade(id=f"r{off}", ts=ts))
             for off, ts in enumerate(stamps)]
     fetches, at = [], 0
     for n in cuts * 40:
@@ -535,7 +490,7 @@ def test_alignment_emits_what_a_record_by_record_scan_would(
             break
         fetches.append(msgs[at:at + n])
         at += n
-    part = _SourcePartition(cast(Any, _Served(fetches)), "t", 0, 0, Codec(), 100, None,
+    part = _SourcePartition(cast(Any, ServedConsumer(fetches)), "t", 0, 0, Codec(), 100, None,
                             None, lambda: 0, align=cast(Any, _Limits(limits)))
     served = iter(fetches)
     buf: deque = deque()  # the reference: record by record, as before the bisect
@@ -559,15 +514,15 @@ def test_alignment_emits_what_a_record_by_record_scan_would(
         assert part.snapshot()[0] == (buf[0][0].offset() if buf else part._offset)
 
 
-class _Stalling(_Served):
+class _Stalling(ServedConsumer):
     """Serves its fetches only after ``stall`` empty reads; the broker reports ``end``."""
 
-    def __init__(self, fetches: list[list[_Msg]], stall: int, end: int) -> None:
+    def __init__(self, fetches: list[list[ServedMessage]], stall: int, end: int) -> None:
         super().__init__(fetches)
         self.stall, self.end = stall, end
         self.asked = 0
 
-    def take(self, topic: str, idx: int) -> list[_Msg]:
+    def take(self, topic: str, idx: int) -> list[ServedMessage]:
         if self.stall > 0:
             self.stall -= 1
             return []
@@ -595,7 +550,7 @@ def test_an_idle_end_waits_for_messages_the_broker_still_holds(stall: int) -> No
     delivers every record before the partition ends."""
     from riskguard.connectors.kafka.source import _SourcePartition
 
-    msgs = [_Msg(i, _trade(id=f"r{i}", ts=i)) for i in range(6)]
+    msgs = [ServedMessage(i, _trade(id=f"r{i}", ts=i)) for i in range(6)]
     t = iter(range(0, 10**12, 5 * 10**8))  # each clock reading is half a second later
     shared = _Stalling([msgs[:2], msgs[2:]], stall, end=6)
     part = _SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 2 * 10**9, None,
@@ -612,7 +567,7 @@ def test_an_idle_end_with_messages_never_delivered_ends_after_five_idle_periods(
     from riskguard.connectors.kafka.source import _SourcePartition
 
     t = iter(range(0, 10**12, 10**8))  # 0.1 s per clock reading
-    shared = _Stalling([[_Msg(0, _trade(id="r0", ts=0))]], 0, end=2)
+    shared = _Stalling([[ServedMessage(0, _trade(id="r0", ts=0))]], 0, end=2)
     part = _SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
                             lambda: next(t))
     assert [r.id for r in _read_until_end(part)] == ["r0"]
@@ -623,7 +578,7 @@ def test_an_idle_end_with_messages_never_delivered_ends_after_five_idle_periods(
 class _Unanswering(_Stalling):
     """The broker answers no end-of-input question after the first ``answered``."""
 
-    def __init__(self, fetches: list[list[_Msg]], answered: int) -> None:
+    def __init__(self, fetches: list[list[ServedMessage]], answered: int) -> None:
         super().__init__(fetches, 0, end=len(fetches[0]) if fetches else 0)
         self.answered = answered
 
@@ -642,7 +597,7 @@ def test_an_idle_end_the_broker_cannot_confirm_stops_the_flow_loudly() -> None:
 
     _END_UNANSWERED.clear()
     t = iter(range(0, 10**12, 10**8))  # 0.1 s per clock reading
-    shared = _Unanswering([[_Msg(0, _trade(id="r0", ts=0))]], answered=0)
+    shared = _Unanswering([[ServedMessage(0, _trade(id="r0", ts=0))]], answered=0)
     part = _SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
                             lambda: next(t))
     got: list[Any] = []
@@ -661,7 +616,7 @@ def test_a_broker_that_answers_again_lets_the_idle_end_complete() -> None:
 
     _END_UNANSWERED.clear()
     t = iter(range(0, 10**12, 10**8))
-    shared = _Unanswering([[_Msg(0, _trade(id="r0", ts=0))]], answered=0)
+    shared = _Unanswering([[ServedMessage(0, _trade(id="r0", ts=0))]], answered=0)
     part = _SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
                             lambda: next(t))
     for _ in range(25):  # idle past 1 s, then 2 unanswered rechecks 0.25 s apart
@@ -714,9 +669,10 @@ def test_a_progress_partition_ends_on_its_writers_final_progress_not_on_idle() -
     from riskguard.connectors.kafka.source import _SourcePartition
 
     t = iter(range(0, 10**13, 5 * 10**8))  # half a second per clock reading
-    late = [_Msg(0, _progress("detect/w0", 5)), _Msg(1, _progress("detect/w2", 6)),
-            _Msg(2, _progress("detect/w0", 7, final=True)),
-            _Msg(3, _progress("detect/w2", 8, final=True))]
+    late = [ServedMessage(0, _progress("detect/w0", 5)),
+            ServedMessage(1, _progress("detect/w2", 6)),
+            ServedMessage(2, _progress("detect/w0", 7, final=True)),
+            ServedMessage(3, _progress("detect/w2", 8, final=True))]
     shared = _Stalling([late], stall=40, end=4)  # 20 s of clock with nothing written
     part = _SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
                             lambda: next(t), writers=2)
@@ -735,7 +691,7 @@ def test_a_progress_partition_whose_writer_wrote_then_went_quiet_ends_idle(
     from riskguard.connectors.kafka.source import _SourcePartition
 
     t = iter(range(0, 10**13, 5 * 10**8))
-    shared = _Stalling([[_Msg(0, _progress("detect/w0", 5))]], stall=0, end=1)
+    shared = _Stalling([[ServedMessage(0, _progress("detect/w0", 5))]], stall=0, end=1)
     part = _SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
                             lambda: next(t), writers=1, writer_wait_ns=wait_s * 10**9)
     assert [r.ts for r in _read_until_end(part)] == [5]
@@ -750,8 +706,9 @@ def test_a_progress_partition_reads_on_after_its_writer_restarts() -> None:
     from riskguard.connectors.kafka.source import _SourcePartition
 
     t = iter(range(0, 10**13, 5 * 10**8))  # half a second per clock reading
-    before, after = [_Msg(0, _progress("market/0", 5))], [
-        _Msg(1, _progress("market/0", 6)), _Msg(2, _progress("market/0", 6, final=True))]
+    before, after = [ServedMessage(0, _progress("market/0", 5))], [
+        ServedMessage(1, _progress("market/0", 6)),
+        ServedMessage(2, _progress("market/0", 6, final=True))]
     shared = _Stalling([before, *[[] for _ in range(40)], after], stall=0, end=1)
     part = _SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
                             lambda: next(t), writers=1, writer_wait_ns=60 * 10**9)
@@ -768,7 +725,7 @@ def test_a_source_counts_only_the_dead_letters_its_split_says_are_its_own() -> N
 
     def read(counts: Any) -> tuple[list[Any], float]:
         before = DEAD_LETTERS.labels("fills-x", "malformed")._value.get()
-        part = _SourcePartition(cast(Any, _Served([[_Msg(0, b'{"type":"fill",')]])),
+        part = _SourcePartition(cast(Any, ServedConsumer([[ServedMessage(0, b'{"type":"fill",')]])),
                                 "fills-x", 0, -2, Codec(), 100, None, None, lambda: 0,
                                 counts_dead=counts)
         got = part.next_batch()
@@ -788,13 +745,13 @@ def test_a_progress_partition_resumed_after_its_writers_final_progress_ends() ->
 
     t = iter(range(0, 10**15, 5 * 10**8))  # half a second per clock reading
 
-    def part(fetches: list[list[_Msg]], offset: int, watermark: int = -1) -> Any:
+    def part(fetches: list[list[ServedMessage]], offset: int, watermark: int = -1) -> Any:
         return _SourcePartition(cast(Any, _Stalling(fetches, stall=0, end=2)), "d", 0,
                                 offset, Codec(), 100, 10**9, None, lambda: next(t),
                                 watermark=watermark, writers=1, writer_wait_ns=60 * 10**9)
 
-    first = part([[_Msg(0, _progress("market/0", 5)),
-                   _Msg(1, _progress("market/0", 6, final=True))]], -2)
+    first = part([[ServedMessage(0, _progress("market/0", 5)),
+                   ServedMessage(1, _progress("market/0", 6, final=True))]], -2)
     assert len(first.next_batch()) == 2
     offset, watermark = first.snapshot()
     assert _read_until_end(part([], offset, watermark)) == []
