@@ -376,7 +376,7 @@ def price_of(rec: Any) -> tuple[float, float, float] | None:
     if t is Trade or t is IndexPrice:
         px = rec.price
     elif t is Quote:
-        px = (rec.bid + rec.ask) / 2
+        px = rec.mid
     elif t is Bar:
         return rec.close, rec.low, rec.high
     elif t is BookDepth or t is FundingRate or t is OptionQuote:

@@ -3,6 +3,7 @@ premium-index bars, venue status."""
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 
 from riskguard.schemas.base import Sourced
@@ -76,6 +77,17 @@ class Trade(MarketEvent, frozen=True, kw_only=True, tag="trade"):
     liquidation: bool = False
 
 
+def mid_price(bid: float, ask: float) -> float:
+    """The middle of ``bid`` and ``ask``, also where their sum passes the largest float
+    (past 9e307 each: halved first) and down to the smallest (5e-324 each).
+
+    >>> mid_price(99.0, 101.0), mid_price(1.7e308, 1.7e308), mid_price(5e-324, 5e-324)
+    (100.0, 1.7e+308, 5e-324)
+    """
+    mid = (bid + ask) / 2.0
+    return mid if mid != math.inf else bid / 2.0 + ask / 2.0
+
+
 class Quote(MarketEvent, frozen=True, kw_only=True, tag="quote"):
     """Top of book."""
 
@@ -83,6 +95,11 @@ class Quote(MarketEvent, frozen=True, kw_only=True, tag="quote"):
     bid_size: NonNegative
     ask: Positive
     ask_size: NonNegative
+
+    @property
+    def mid(self) -> float:
+        """The middle of bid and ask (:func:`mid_price`)."""
+        return mid_price(self.bid, self.ask)
 
 
 class Bar(MarketEvent, frozen=True, kw_only=True, tag="bar"):

@@ -99,7 +99,7 @@ class MarkFilter:
         out = []
         for rec in recs:
             if isinstance(rec, quote):
-                price = (rec.bid + rec.ask) / 2
+                price = rec.mid
             elif isinstance(rec, priced):
                 price = rec.price
             elif type(rec) in _DETECTION_ONLY:

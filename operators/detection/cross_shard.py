@@ -71,7 +71,7 @@ def shard_of(group: str, shards: int) -> str:
 def _price(rec: Any) -> float | None:
     t = type(rec)
     if t is Quote:
-        return 0.5 * rec.bid + 0.5 * rec.ask  # (bid + ask) overflows past 9e307
+        return rec.mid
     if t is Trade:
         return float(rec.price)
     if t is Bar and rec.measure is Measure.PRICE:  # a volatility index is no price

@@ -50,6 +50,7 @@ from riskguard.schemas.market import (
     Quote,
     Trade,
     VenueStatus,
+    mid_price,
 )
 from riskguard.schemas.signals import FeatureVector, Scope, ScopeKind
 from riskguard.schemas.types import INT64_MAX
@@ -471,8 +472,7 @@ class FeatureLogic:
         if not s.key:
             s.key = f"{rec.venue}/{rec.instrument}"
         bid, ask = rec.bid, rec.ask
-        # (bid + ask) overflows past 9e307; both halves of 5e-324 round to 0
-        mid = 0.5 * bid + 0.5 * ask or bid
+        mid = mid_price(bid, ask)
         s.spread_bps = (ask - bid) / mid * 1e4
         # halves: bid_size + ask_size overflows past 9e307, and the ratio is the same
         bsz, asz = 0.5 * rec.bid_size, 0.5 * rec.ask_size
@@ -634,7 +634,7 @@ class FeatureLogic:
         s = self.s
         s.iv = rec.mark_iv
         s.delta, s.gamma, s.vega = rec.delta, rec.gamma, rec.vega
-        mid = 0.5 * rec.bid + 0.5 * rec.ask
+        mid = mid_price(rec.bid, rec.ask)
         s.spread_bps = (rec.ask - rec.bid) / mid * 1e4 if mid > 0 else 0.0
         s.quote_ts = max(s.quote_ts, ts)
         h = s.iv_hist

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -135,9 +134,7 @@ def price_of(ev: Any) -> float | None:
     if t is Trade or t is IndexPrice:
         return ev.price
     if t is Quote:
-        mid = (ev.bid + ev.ask) / 2.0
-        # bid + ask passes the largest float past 9e307: halved first, the mid does not
-        return mid if mid != math.inf else ev.bid / 2.0 + ev.ask / 2.0
+        return ev.mid
     if t is OptionQuote or t is FundingRate:
         return ev.mark_price
     return None
