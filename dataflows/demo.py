@@ -65,6 +65,7 @@ from riskguard.schemas import (
     encode,
 )
 
+from riskguard.environment import CONFIG
 from riskguard.toml_text import dump_toml
 
 NS = 1_000_000_000
@@ -353,7 +354,7 @@ def start_guard(run: PreparedRun, *bytewax_args: str,
                 config: Path | None = None) -> subprocess.Popen[bytes]:
     """Start the guard dataflow as ``python -m bytewax.run`` with extra arguments (and
     another ``config`` than the run's, e.g. a market process's: :func:`tier_config`)."""
-    env = {**os.environ, "RISKGUARD_CONFIG": str(Path(config or run.config).resolve())}
+    env = {**os.environ, CONFIG: str(Path(config or run.config).resolve())}
     # in the work dir: bytewax.run puts its current folder first on sys.path, where a
     # clone named riskguard would hide the package
     return subprocess.Popen(

@@ -33,7 +33,7 @@ from riskguard.operators.core.metrics import (
     start_metrics_server,
 )
 
-from riskguard.environment import METRICS_PORTS
+from riskguard.environment import METRICS_PORT, METRICS_PORTS
 from riskguard.errors import ConfigError
 
 WORKER_PORTS = 16
@@ -81,10 +81,10 @@ def serve_worker_metrics(env: Mapping[str, str] | None = None, *,
     base = metrics_port_from_env(env)
     if base is None:
         return None
-    raw = env["RISKGUARD_METRICS_PORT"]
+    raw = env[METRICS_PORT]
     ports = worker_ports_from_env(env)
     if not 1 <= base <= 65535 - ports + 1:
-        raise ConfigError("RISKGUARD_METRICS_PORT",
+        raise ConfigError(METRICS_PORT,
                           f"a TCP port 1..{65535 - ports + 1} (a worker may take the "
                           f"{ports - 1} above it)", raw)
     addr = metrics_addr_from_env(env)

@@ -27,6 +27,7 @@ from typing import Any, TextIO
 from riskguard.cli_args import seconds
 from riskguard.config import no_rules_note
 from riskguard.connectors.topics import INPUT_STREAMS
+from riskguard.environment import CONFIG, FLINK_PYTHON, METRICS_PORT, NEW_CONFIG
 from riskguard.errors import AuditError, ConfigError, RiskguardError
 
 # the topics the guard writes, in the start line's order
@@ -445,9 +446,9 @@ def _run(args: argparse.Namespace) -> int:
         # nothing is counted, and where the port would push the first worker off it
         return _run_on_flink(python, config, list(args.bytewax), cfg, digest, signer.key_id,
                              new_config=args.new_config)
-    os.environ["RISKGUARD_CONFIG"] = str(config)  # as python -m bytewax.run would see it
+    os.environ[CONFIG] = str(config)  # as python -m bytewax.run would see it
     if args.new_config:
-        os.environ["RISKGUARD_NEW_CONFIG"] = "1"
+        os.environ[NEW_CONFIG] = "1"
     start_metrics_server_from_env()
     watch = DetectorWatch(cfg.detector)
     flow = _build(config, cfg, digest, signer, trust, watch, notes)
@@ -586,7 +587,7 @@ def flink_python() -> str:
     if it has PyFlink (``riskguard[flink]``, which needs a venv of its own)."""
     import importlib.util  # noqa: PLC0415
 
-    named = os.environ.get("RISKGUARD_FLINK_PYTHON")
+    named = os.environ.get(FLINK_PYTHON)
     if named:
         return named
     if importlib.util.find_spec("pyflink") is not None:
@@ -604,11 +605,11 @@ def _run_on_flink(python: str, config: Path, job_args: list[str], cfg: Any, dige
     ``$RISKGUARD_NEW_CONFIG``."""
     import subprocess  # noqa: PLC0415
 
-    env = {**os.environ, **({"RISKGUARD_NEW_CONFIG": "1"} if new_config else {})}
+    env = {**os.environ, **({NEW_CONFIG: "1"} if new_config else {})}
 
     out = sys.stdout
     job_args = job_args[1:] if job_args[:1] == ["--"] else job_args
-    port = os.environ.get("RISKGUARD_METRICS_PORT")
+    port = os.environ.get(METRICS_PORT)
     metrics_note = (f", riskguard metrics from each Python worker on port {port} (or the "
                     "next free)" if port else "")
     started = time.monotonic()

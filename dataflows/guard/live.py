@@ -49,7 +49,7 @@ from riskguard.operators.signing.crypto import Signer, VerifyKey
 from riskguard.operators.signing.trust import TrustStore, check_trust_serial
 from riskguard.schemas import FIRM, RiskAlert, Severity, encode
 
-from riskguard.environment import NEW_CONFIG
+from riskguard.environment import CONFIG, NEW_CONFIG
 from riskguard.errors import ConfigError, DeliveryError
 
 log = logging.getLogger(__name__)
@@ -235,9 +235,9 @@ def from_env() -> Dataflow:
     """Build from ``$RISKGUARD_CONFIG`` (used by ``python -m bytewax.run``), claiming
     the recovery directory bytewax.run was given as ``riskguard run`` does
     (:mod:`~riskguard.dataflows.guard.recovery_marks`)."""
-    path = os.environ.get("RISKGUARD_CONFIG")
+    path = os.environ.get(CONFIG)
     if not path:
-        raise ConfigError("RISKGUARD_CONFIG", "the path of a guard TOML config", None)
+        raise ConfigError(CONFIG, "the path of a guard TOML config", None)
     cfg, digest = load_guard_config(path)
     signer, trust = load_keys(cfg)
     check_grants(cfg, signer, trust, system_clock())  # before a record is read

@@ -25,6 +25,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_wsgi_app
 from riskguard.operators.core.http_limits import BoundedConnections, ConnectionDeadline
 
+from riskguard.environment import METRICS_ADDR, METRICS_PORT
 from riskguard.errors import ConfigError
 
 # -- boundary: in, out, dead letters, Kafka delivery ------------------------------------------
@@ -284,27 +285,27 @@ def metrics_port_from_env(env: Any = None) -> int | None:
     """``$RISKGUARD_METRICS_PORT`` as a number (None: not set); any other text is a
     :class:`ConfigError`."""
     env = os.environ if env is None else env
-    raw = env.get("RISKGUARD_METRICS_PORT")
+    raw = env.get(METRICS_PORT)
     if not raw:
         return None
     try:
         return int(raw)
     except ValueError:
-        raise ConfigError("RISKGUARD_METRICS_PORT", "a TCP port number", raw) from None
+        raise ConfigError(METRICS_PORT, "a TCP port number", raw) from None
 
 
 def metrics_addr_from_env(env: Any = None) -> str:
     """``$RISKGUARD_METRICS_ADDR`` (``0.0.0.0`` unset): an address of this host to bind,
     else a :class:`ConfigError` now (not a bind that fails like a port in use)."""
     env = os.environ if env is None else env
-    addr = env.get("RISKGUARD_METRICS_ADDR") or "0.0.0.0"
+    addr = env.get(METRICS_ADDR) or "0.0.0.0"
     try:
         family = socket.getaddrinfo(addr, 0, type=socket.SOCK_STREAM,
                                     flags=socket.AI_PASSIVE)[0][0]
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.bind((addr, 0))
     except (OSError, UnicodeError) as err:
-        raise ConfigError("RISKGUARD_METRICS_ADDR", "an address of this host to bind "
+        raise ConfigError(METRICS_ADDR, "an address of this host to bind "
                           f"(0.0.0.0, 127.0.0.1, ::): {err}", addr) from None
     return str(addr)
 
