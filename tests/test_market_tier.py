@@ -132,37 +132,51 @@ def test_a_market_record_its_key_misplaced_is_a_dead_letter_not_lost() -> None:
         "misplaced", "market", 3, 42, "okx/ETH-PERP", eth)
 
 
-def test_a_market_process_counts_the_misplaced_records_it_dead_letters(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The market process's flow, its Kafka input and outputs swapped for testing ones:
-    a misplaced trade reaches the dead-letter output and is counted."""
+MARKET_PROCESS_0 = msgspec.convert(
+    {"keys": {"signing_key": "k", "trust_file": "t", "roots_file": "r"},
+     "tier": {"role": "market", "market_processes": 2, "index": 0,
+              "owners": {"BTC": 0, "ETH": 1}}}, GuardConfig)
+"""Market process 0 of two: BTC its own, ETH process 1's."""
+
+
+def _market_process_dead_letters(monkeypatch: pytest.MonkeyPatch, rec: Any,
+                                 offset: int) -> list[DeadLetter]:
+    """Run :data:`MARKET_PROCESS_0`'s flow on ``rec``, read from the market topic's
+    partition 0 at ``offset``, its Kafka input and outputs swapped for testing ones: the
+    dead letters it wrote."""
     import bytewax.operators as op
     from bytewax.testing import TestingSink, TestingSource, run_main
     from riskguard.dataflows.guard import market
     from riskguard.operators.core.base import split_dead_letters
-    from riskguard.operators.core.metrics import DEAD_LETTERS
     from riskguard.schemas.base import stamp_source
 
-    cfg = msgspec.convert({"keys": {"signing_key": "k", "trust_file": "t", "roots_file": "r"},
-                           "tier": {"role": "market", "market_processes": 2, "index": 0,
-                                    "owners": {"BTC": 0, "ETH": 1}}}, GuardConfig)
-    topic = cfg.topic("market")
-    eth = Trade(id="t1", venue="okx", instrument="ETH-PERP", ts=10**18, price=1.0, qty=1.0,
-                side="buy")
-    stamp_source(eth, topic, 0, 7)
+    cfg = MARKET_PROCESS_0
+    stamp_source(rec, cfg.topic("market"), 0, offset)
     outs: dict[str, list[Any]] = {}
 
     def one_record(flow: Any, _cfg: Any, _streams: Any, _clock: Any, split: Any = None) -> Any:
-        return split_dead_letters("in_split", op.input("in", flow, TestingSource([eth])))
+        return split_dead_letters("in_split", op.input("in", flow, TestingSource([rec])))
 
     def kept(step_id: str, up: Any, **_kw: Any) -> None:
         op.output(step_id, up, TestingSink(outs.setdefault(step_id, [])))
 
     monkeypatch.setattr(market, "guard_input", one_record)
     monkeypatch.setattr(market, "kafka_output", kept)
-    before = DEAD_LETTERS.labels(topic, "misplaced")._value.get()
     run_main(market.market_flow(cfg, lambda: 10**18))
-    dead = [d for d in outs["dead_letters"] if isinstance(d, DeadLetter)]
+    return [d for d in outs["dead_letters"] if isinstance(d, DeadLetter)]
+
+
+def test_a_market_process_counts_the_misplaced_records_it_dead_letters(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The market process's flow, its Kafka input and outputs swapped for testing ones:
+    a misplaced trade reaches the dead-letter output and is counted."""
+    from riskguard.operators.core.metrics import DEAD_LETTERS
+
+    eth = Trade(id="t1", venue="okx", instrument="ETH-PERP", ts=10**18, price=1.0, qty=1.0,
+                side="buy")
+    topic = MARKET_PROCESS_0.topic("market")
+    before = DEAD_LETTERS.labels(topic, "misplaced")._value.get()
+    dead = _market_process_dead_letters(monkeypatch, eth, 7)
     assert [(d.reason, d.partition, d.offset) for d in dead] == [("misplaced", 0, 7)]
     assert DEAD_LETTERS.labels(topic, "misplaced")._value.get() == before + 1
 
@@ -188,29 +202,7 @@ def test_a_misplaced_detection_only_record_is_a_dead_letter_in_a_market_process(
     an underlying process 1 owns reaches no other process: like a trade, it is a
     ``misplaced`` dead letter (the market process's flow, its Kafka input and outputs
     swapped for testing ones), never detected on a key this process does not own."""
-    import bytewax.operators as op
-    from bytewax.testing import TestingSink, TestingSource, run_main
-    from riskguard.dataflows.guard import market
-    from riskguard.operators.core.base import split_dead_letters
-    from riskguard.schemas.base import stamp_source
-
-    cfg = msgspec.convert({"keys": {"signing_key": "k", "trust_file": "t", "roots_file": "r"},
-                           "tier": {"role": "market", "market_processes": 2, "index": 0,
-                                    "owners": {"BTC": 0, "ETH": 1}}}, GuardConfig)
-    topic = cfg.topic("market")
-    stamp_source(rec, topic, 0, 9)
-    outs: dict[str, list[Any]] = {}
-
-    def one_record(flow: Any, _cfg: Any, _streams: Any, _clock: Any, split: Any = None) -> Any:
-        return split_dead_letters("in_split", op.input("in", flow, TestingSource([rec])))
-
-    def kept(step_id: str, up: Any, **_kw: Any) -> None:
-        op.output(step_id, up, TestingSink(outs.setdefault(step_id, [])))
-
-    monkeypatch.setattr(market, "guard_input", one_record)
-    monkeypatch.setattr(market, "kafka_output", kept)
-    run_main(market.market_flow(cfg, lambda: 10**18))
-    dead = [d for d in outs["dead_letters"] if isinstance(d, DeadLetter)]
+    dead = _market_process_dead_letters(monkeypatch, rec, 9)
     assert [(d.reason, d.partition, d.offset, d.found) for d in dead] == [
         ("misplaced", 0, 9, "okx/ETH-PERP")]
     assert decode("t", dead[0].raw) == rec
