@@ -19,8 +19,8 @@ from riskguard.operators.exposure import (
     Router,
     ShardLogic,
     arrays,
-    valuation,
 )
+from riskguard.operators.exposure import marks as shard_marks
 from riskguard.schemas import (
     Fill,
     Quote,
@@ -88,7 +88,7 @@ def test_batched_plain_marks_equal_marks_applied_one_by_one(
     single = ShardLogic(BATCH_CFG, reg)
     last: dict[str, Part] = {}
     for evs in (first, second):
-        with (patch.object(valuation, "_VECTOR_MIN", 1),
+        with (patch.object(shard_marks, "_VECTOR_MIN", 1),
               patch.multiple(arrays, **_RECURSIONS[recursion])):
             parts = [p for _k, pack in router.route_batch(evs)
                      for p in batched.on_batch([pack])]
@@ -232,7 +232,7 @@ def test_marks_from_the_largest_float_to_the_smallest_give_a_finite_vol(
     evs: list[object] = [fill("f", "a", "P0", "buy", 1.0, 10.0, 1)]
     evs += [Trade(id=f"t{k}", venue="v", instrument="P0", ts=(k + 2) * S, price=px, qty=1.0,
                   side="buy") for k, px in enumerate([1e308, 5e-324, 1e308])]
-    with patch.object(valuation, "_VECTOR_MIN", 1 if whole_array else 10**9):
+    with patch.object(shard_marks, "_VECTOR_MIN", 1 if whole_array else 10**9):
         parts = [p for _k, pack in router.route_batch(evs) for p in logic.on_batch([pack])
                  if isinstance(p, Part)]
     vol = logic._und_vols_small([0])["A0"][0]
@@ -252,7 +252,7 @@ def test_a_quote_at_the_largest_float_marks_its_mid_not_infinity(whole_array: bo
     evs: list[object] = [fill("f", "a", "P0", "buy", 1.0, 10.0, 1)]
     evs += [Quote(id=f"q{k}", venue="v", instrument="P0", ts=(k + 2) * S, bid=px,
                   bid_size=1.0, ask=px, ask_size=1.0) for k, px in enumerate([10.0, 1.7e308])]
-    with patch.object(valuation, "_VECTOR_MIN", 1 if whole_array else 10**9):
+    with patch.object(shard_marks, "_VECTOR_MIN", 1 if whole_array else 10**9):
         for _k, pack in router.route_batch(evs):
             logic.on_batch([pack])
     assert logic.state.mark[0] == 1.7e308

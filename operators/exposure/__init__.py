@@ -20,7 +20,8 @@ Where each part lives:
   reporting-currency conversion;
 - :mod:`~riskguard.operators.exposure.routing`: sharding, records to stage-1 shards;
 - :mod:`~riskguard.operators.exposure.shards` (stage 1, its state in
-  :mod:`~riskguard.operators.exposure.shard_state`), its marks and re-valuation in
+  :mod:`~riskguard.operators.exposure.shard_state`), its marks and realized vols in
+  :mod:`~riskguard.operators.exposure.marks`, its re-valuation in
   :mod:`~riskguard.operators.exposure.valuation` (numpy helpers in
   :mod:`~riskguard.operators.exposure.arrays`);
 - :mod:`~riskguard.operators.exposure.rollup`: stages 2 and 3;
