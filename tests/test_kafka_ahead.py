@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka import KafkaError
 from riskguard.connectors.kafka import RecordChecks
 from riskguard.connectors.kafka.admit import HOLD_WAIT_NS, PartitionAdmission
-from riskguard.connectors.kafka.source import _SourcePartition
+from riskguard.connectors.kafka.partition import SourcePartition
 from riskguard.operators.core.metrics import DEAD_LETTERS
 from riskguard.operators.core.snapshot import decode_snapshot, encode_snapshot
 from riskguard.schemas import Codec, DeadLetter, Trade, encode
@@ -61,8 +61,8 @@ def _messages(times: list[int], first: int = 0) -> list[ServedMessage]:
 
 
 def _read(fetches: list[list[Any]], policy: EventTimePolicy, watermark: int = -1,
-          offset: int = -2) -> tuple[list[Any], _SourcePartition]:
-    part = _SourcePartition(cast(Any, ServedConsumer(fetches)), "m", 3, offset, Codec(), 100, None,
+          offset: int = -2) -> tuple[list[Any], SourcePartition]:
+    part = SourcePartition(cast(Any, ServedConsumer(fetches)), "m", 3, offset, Codec(), 100, None,
                             policy, lambda: 0, watermark)
     out: list[Any] = []
     for _ in range(len(fetches) + 2):

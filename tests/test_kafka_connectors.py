@@ -480,7 +480,7 @@ def test_alignment_emits_what_a_record_by_record_scan_would(
     letter, which never waits)."""
     from collections import deque
 
-    from riskguard.connectors.kafka.source import _SourcePartition
+    from riskguard.connectors.kafka.partition import SourcePartition
 
     msgs = [ServedMessage(off, b"{" if ts is None else _trade(id=f"r{off}", ts=ts))
             for off, ts in enumerate(stamps)]
@@ -490,7 +490,7 @@ def test_alignment_emits_what_a_record_by_record_scan_would(
             break
         fetches.append(msgs[at:at + n])
         at += n
-    part = _SourcePartition(cast(Any, ServedConsumer(fetches)), "t", 0, 0, Codec(), 100, None,
+    part = SourcePartition(cast(Any, ServedConsumer(fetches)), "t", 0, 0, Codec(), 100, None,
                             None, lambda: 0, align=cast(Any, _Limits(limits)))
     served = iter(fetches)
     buf: deque = deque()  # the reference: record by record, as before the bisect
@@ -548,12 +548,12 @@ def test_an_idle_end_waits_for_messages_the_broker_still_holds(stall: int) -> No
     idle period (here 6 or 9 empty reads, the clock half a second later at each
     reading, against an idle period of 2 s) still
     delivers every record before the partition ends."""
-    from riskguard.connectors.kafka.source import _SourcePartition
+    from riskguard.connectors.kafka.partition import SourcePartition
 
     msgs = [ServedMessage(i, _trade(id=f"r{i}", ts=i)) for i in range(6)]
     t = iter(range(0, 10**12, 5 * 10**8))  # each clock reading is half a second later
     shared = _Stalling([msgs[:2], msgs[2:]], stall, end=6)
-    part = _SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 2 * 10**9, None,
+    part = SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 2 * 10**9, None,
                             lambda: next(t))
     assert [r.id for r in _read_until_end(part)] == [f"r{i}" for i in range(6)]
     assert part.snapshot()[0] == 6
@@ -564,11 +564,11 @@ def test_an_idle_end_with_messages_never_delivered_ends_after_five_idle_periods(
     """Messages the broker reports but no read returns (a transactional topic's closing
     marker, say) do not keep a bounded run open for ever: the partition ends after 5 idle
     periods, with a warning naming how many were left unread."""
-    from riskguard.connectors.kafka.source import _SourcePartition
+    from riskguard.connectors.kafka.partition import SourcePartition
 
     t = iter(range(0, 10**12, 10**8))  # 0.1 s per clock reading
     shared = _Stalling([[ServedMessage(0, _trade(id="r0", ts=0))]], 0, end=2)
-    part = _SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
+    part = SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
                             lambda: next(t))
     assert [r.id for r in _read_until_end(part)] == ["r0"]
     assert "1 messages unread" in caplog.text
@@ -591,14 +591,14 @@ def test_an_idle_end_the_broker_cannot_confirm_stops_the_flow_loudly() -> None:
     """A broker that stops answering cannot say the input is complete: the partition does
     not end as if it were. After 5 idle periods unanswered, a ``BrokerError`` names the
     topic, the partition and the cluster."""
-    from riskguard.connectors.kafka.source import _END_UNANSWERED, _SourcePartition
+    from riskguard.connectors.kafka.partition import _END_UNANSWERED, SourcePartition
 
     from riskguard.errors import BrokerError
 
     _END_UNANSWERED.clear()
     t = iter(range(0, 10**12, 10**8))  # 0.1 s per clock reading
     shared = _Unanswering([[ServedMessage(0, _trade(id="r0", ts=0))]], answered=0)
-    part = _SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
+    part = SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
                             lambda: next(t))
     got: list[Any] = []
     with pytest.raises(BrokerError, match="partition 0: the broker at served:9092 has not"):
@@ -612,12 +612,12 @@ def test_an_idle_end_the_broker_cannot_confirm_stops_the_flow_loudly() -> None:
 def test_a_broker_that_answers_again_lets_the_idle_end_complete() -> None:
     """Unanswered questions followed by an answer: the partition ends normally, and the
     cluster's unanswered time starts again from zero."""
-    from riskguard.connectors.kafka.source import _END_UNANSWERED, _SourcePartition
+    from riskguard.connectors.kafka.partition import _END_UNANSWERED, SourcePartition
 
     _END_UNANSWERED.clear()
     t = iter(range(0, 10**12, 10**8))
     shared = _Unanswering([[ServedMessage(0, _trade(id="r0", ts=0))]], answered=0)
-    part = _SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
+    part = SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
                             lambda: next(t))
     for _ in range(25):  # idle past 1 s, then 2 unanswered rechecks 0.25 s apart
         part.next_batch()
@@ -666,7 +666,7 @@ def test_a_progress_partition_ends_on_its_writers_final_progress_not_on_idle() -
     """A partition market processes write as they go (``progress_topics``) is not ended
     by idleness before a writer has written (it may still be starting up): it ends once
     every one of its writers' final progress is read, after everything before it."""
-    from riskguard.connectors.kafka.source import _SourcePartition
+    from riskguard.connectors.kafka.partition import SourcePartition
 
     t = iter(range(0, 10**13, 5 * 10**8))  # half a second per clock reading
     late = [ServedMessage(0, _progress("detect/w0", 5)),
@@ -674,7 +674,7 @@ def test_a_progress_partition_ends_on_its_writers_final_progress_not_on_idle() -
             ServedMessage(2, _progress("detect/w0", 7, final=True)),
             ServedMessage(3, _progress("detect/w2", 8, final=True))]
     shared = _Stalling([late], stall=40, end=4)  # 20 s of clock with nothing written
-    part = _SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
+    part = SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
                             lambda: next(t), writers=2)
     got = _read_until_end(part)
     assert [(r.source, r.ts, r.final) for r in got] == [
@@ -688,11 +688,11 @@ def test_a_progress_partition_whose_writer_wrote_then_went_quiet_ends_idle(
     """A writer that wrote and then fell silent without its final progress (killed in a
     bounded run, and not restarted) does not keep the reader open for ever: idleness
     ends it as usual, once the wait for a restarting writer (if any) is over too."""
-    from riskguard.connectors.kafka.source import _SourcePartition
+    from riskguard.connectors.kafka.partition import SourcePartition
 
     t = iter(range(0, 10**13, 5 * 10**8))
     shared = _Stalling([[ServedMessage(0, _progress("detect/w0", 5))]], stall=0, end=1)
-    part = _SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
+    part = SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
                             lambda: next(t), writers=1, writer_wait_ns=wait_s * 10**9)
     assert [r.ts for r in _read_until_end(part)] == [5]
 
@@ -703,14 +703,14 @@ def test_a_progress_partition_reads_on_after_its_writer_restarts() -> None:
     about 20 s against 1 s), shorter than the wait for a restarting writer (60 s). The
     partition does not end meanwhile: what the writer writes once resumed is read, and
     its final progress ends it."""
-    from riskguard.connectors.kafka.source import _SourcePartition
+    from riskguard.connectors.kafka.partition import SourcePartition
 
     t = iter(range(0, 10**13, 5 * 10**8))  # half a second per clock reading
     before, after = [ServedMessage(0, _progress("market/0", 5))], [
         ServedMessage(1, _progress("market/0", 6)),
         ServedMessage(2, _progress("market/0", 6, final=True))]
     shared = _Stalling([before, *[[] for _ in range(40)], after], stall=0, end=1)
-    part = _SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
+    part = SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
                             lambda: next(t), writers=1, writer_wait_ns=60 * 10**9)
     assert [(r.ts, r.final) for r in _read_until_end(part)] == [
         (5, False), (6, False), (6, True)]
@@ -720,12 +720,12 @@ def test_a_source_counts_only_the_dead_letters_its_split_says_are_its_own() -> N
     """Market processes read the fills topic whole and one of them writes each dead
     letter: the others pass theirs on (filtered later) without counting them, so the
     processes' counts sum to the dead letters written."""
-    from riskguard.connectors.kafka.source import _SourcePartition
+    from riskguard.connectors.kafka.partition import SourcePartition
     from riskguard.operators.core.metrics import DEAD_LETTERS
 
     def read(counts: Any) -> tuple[list[Any], float]:
         before = DEAD_LETTERS.labels("fills-x", "malformed")._value.get()
-        part = _SourcePartition(cast(Any, ServedConsumer([[ServedMessage(0, b'{"type":"fill",')]])),
+        part = SourcePartition(cast(Any, ServedConsumer([[ServedMessage(0, b'{"type":"fill",')]])),
                                 "fills-x", 0, -2, Codec(), 100, None, None, lambda: 0,
                                 counts_dead=counts)
         got = part.next_batch()
@@ -741,12 +741,12 @@ def test_a_progress_partition_resumed_after_its_writers_final_progress_ends() ->
     """Killed after an epoch that read the writer's final progress (or after the bundle
     had ended that partition), the resumed partition reads nothing more and still ends,
     by idleness once the wait for a restarting writer is over, instead of never."""
-    from riskguard.connectors.kafka.source import _SourcePartition
+    from riskguard.connectors.kafka.partition import SourcePartition
 
     t = iter(range(0, 10**15, 5 * 10**8))  # half a second per clock reading
 
     def part(fetches: list[list[ServedMessage]], offset: int, watermark: int = -1) -> Any:
-        return _SourcePartition(cast(Any, _Stalling(fetches, stall=0, end=2)), "d", 0,
+        return SourcePartition(cast(Any, _Stalling(fetches, stall=0, end=2)), "d", 0,
                                 offset, Codec(), 100, 10**9, None, lambda: next(t),
                                 watermark=watermark, writers=1, writer_wait_ns=60 * 10**9)
 

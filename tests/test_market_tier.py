@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from risk_flow_app import make_events
-from riskguard.connectors.kafka import KeySplit
-from riskguard.connectors.kafka import source as kafka_source
+from riskguard.connectors.kafka import KeySplit, key_split
 from riskguard.dataflows.guard import GuardConfig
 from riskguard.dataflows.guard.config import _check_tier
 from riskguard.dataflows.guard.market import (
@@ -365,7 +364,7 @@ def test_a_key_split_answers_the_same_from_its_memo_and_past_the_memo_cap(
     """A market process's key split places each key by its owner, memoized per key: the
     answers match the direct rule, also past the memo's cap and for keys too long to
     keep (which never enter the memo: its size is bounded in bytes too)."""
-    monkeypatch.setattr(kafka_source, "MEMO_MAX", 5)
+    monkeypatch.setattr(key_split, "MEMO_MAX", 5)
     owners = _owners(worked_config(), 1)
     split = KeySplit(frozenset({"m"}), owners.owns_key, shared_prefixes=(b"index/",))
     keys = [None, b"index/BTC-USD", *(f"v{k % 4}/{('BTC', 'ETH')[k % 2]}-I{k}".encode()

@@ -2,7 +2,9 @@
 
 The source (:func:`kafka_input`, :mod:`~riskguard.connectors.kafka.source`) reads every
 partition assigned, offsets in bytewax recovery state, bad messages as dead letters;
-what its partitions share is in :mod:`~riskguard.connectors.kafka.consumer`. The sink
+each partition is read in :mod:`~riskguard.connectors.kafka.partition`, what its
+partitions share is in :mod:`~riskguard.connectors.kafka.consumer`, and which keys of a
+shared topic are this process's in :mod:`~riskguard.connectors.kafka.key_split`. The sink
 (:func:`kafka_output`, :mod:`~riskguard.connectors.kafka.sink`) checks every delivery.
 """
 
@@ -12,12 +14,12 @@ from riskguard.connectors.kafka.consumer import (
     consumer_lag,
     list_partitions,
 )
+from riskguard.connectors.kafka.key_split import KeySplit
 from riskguard.connectors.kafka.sink import KafkaOutput, kafka_output
 from riskguard.connectors.kafka.source import (
     Alignment,
     Fetch,
     KafkaInput,
-    KeySplit,
     RecordChecks,
     StartSignal,
     kafka_input,

@@ -17,7 +17,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream, operator
 from riskguard.connectors.kafka import KeySplit, StartSignal, kafka_output
-from riskguard.connectors.kafka.source import MEMO_MAX
+from riskguard.connectors.kafka.key_split import MEMO_MAX
 from riskguard.connectors.topics import DETECTIONS, MARKET, MARKET_STREAMS
 from riskguard.dataflows.guard.admit import admit_keys
 from riskguard.dataflows.guard.config import GuardConfig, price_key_prefixes
