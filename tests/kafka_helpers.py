@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterable
@@ -13,6 +14,15 @@ from riskguard.connectors.settings import KafkaSettings
 
 if TYPE_CHECKING:
     from riskguard.dataflows.demo import PreparedRun
+
+
+def trade_json(**over: object) -> bytes:
+    """A trade's JSON value, ``over`` replacing or adding fields (any value: the malformed
+    cases put wrong types in)."""
+    base = {"type": "trade", "id": "b", "venue": "okx", "instrument": "BTC-USDT", "ts": 1,
+            "price": 1.0, "qty": 1.0, "side": "buy"}
+    base.update(over)
+    return json.dumps(base).encode()
 
 
 def produce(
