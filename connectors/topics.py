@@ -115,11 +115,18 @@ class TopicsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     default_partitions: Annotated[int, msgspec.Meta(ge=1)] = 2
     # copies of each partition the brokers keep
     replication_factor: Annotated[int, msgspec.Meta(ge=1)] = 1
-    # the topics' min.insync.replicas (unset: replication_factor - 1, at least 1)
+    # the topics' min.insync.replicas, at most replication_factor (unset: replication_factor
+    # - 1, at least 1)
     min_insync_replicas: Annotated[int, msgspec.Meta(ge=1)] | None = None
     # stream -> its retention.ms (-1: forever; unset: a week for inputs, 30 days for decisions,
     # forever for the audit log)
     retention_ms: dict[Stream, Annotated[int, msgspec.Meta(ge=-1)]] = {}
+
+    def __post_init__(self) -> None:
+        rf, min_isr = self.replication_factor, self.min_insync_replicas
+        if min_isr is not None and min_isr > rf:  # no write could ever be acknowledged
+            raise ConfigError("topics.min_insync_replicas", "at most "
+                              f"topics.replication_factor ({rf})", min_isr)
 
 
 @dataclass(frozen=True)
@@ -145,7 +152,7 @@ def topic_specs(env: str, t: TopicsConfig) -> list[TopicSpec]:
     min_isr = t.min_insync_replicas if t.min_insync_replicas is not None else max(1, rf - 1)
     specs = []
     for stream in STREAMS:
-        settings: dict[str, str] = {"min.insync.replicas": str(min(min_isr, rf))}
+        settings: dict[str, str] = {"min.insync.replicas": str(min_isr)}
         if stream in COMPACTED:
             settings["cleanup.policy"] = "compact"
             settings["min.compaction.lag.ms"] = str(3600 * 1000)

@@ -166,3 +166,21 @@ def test_the_shared_tables_reader_knows_every_top_level_key_of_the_guard_config(
 
     example = resources.files("riskguard.dataflows").joinpath("guard.example.toml")
     assert load_common(Path(str(example))).env == "prod"
+
+
+def test_min_insync_replicas_above_the_replication_factor_is_refused() -> None:
+    """``min_insync_replicas = 3`` with ``replication_factor = 2`` was lowered to 2 when
+    the topics were created: the durability asked for was quietly not the one given."""
+    from riskguard.connectors.topics import topic_specs
+
+    from riskguard.config import CommonConfig, decode_section
+
+    doc = {"topics": {"replication_factor": 2, "min_insync_replicas": 3}}
+    with pytest.raises(ConfigError, match=r"^topics\.min_insync_replicas: .*"
+                       r"topics\.replication_factor \(2\); got 3$") as err:
+        decode_section(doc, CommonConfig)
+    assert err.value.path == "topics.min_insync_replicas"
+    good = decode_section({"topics": {"replication_factor": 3, "min_insync_replicas": 3}},
+                          CommonConfig)
+    assert {s.config["min.insync.replicas"] for s in topic_specs("prod", good.topics)} == {"3"}
+
