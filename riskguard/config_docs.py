@@ -36,7 +36,7 @@ import msgspec.inspect as mi
 from riskguard.config_examples import examples
 from riskguard.config_examples import record as _record
 from riskguard.toml_text import toml_value
-from riskguard.validation import MAX_FLOAT, MAX_SECONDS, type_info, unwrap
+from riskguard.validation import MAX_FLOAT, MAX_NANOSECONDS, MAX_SECONDS, type_info, unwrap
 
 HEADER = """\
 # Configuration reference
@@ -102,7 +102,7 @@ def _limits(t: Any) -> str:
     for n, op in names.items():
         bound = getattr(t, n, None)
         if bound is not None and abs(bound) != MAX_FLOAT:
-            days = " (366 days)" if n == "le" and bound == MAX_SECONDS else ""
+            days = " (366 days)" if n == "le" and bound in (MAX_SECONDS, MAX_NANOSECONDS) else ""
             out.append(f"{op} {toml_value(bound)}{days}")
     if getattr(t, "le", None) == MAX_FLOAT:
         out.append("finite")

@@ -52,6 +52,13 @@ Seconds = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_SECONDS)]
 """A span of seconds, 0 up to :data:`MAX_SECONDS`."""
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0.0, le=MAX_SECONDS)]
 """A span of seconds above 0, up to :data:`MAX_SECONDS`."""
+MAX_NANOSECONDS = 366 * 86_400 * 1_000_000_000
+"""The longest span an integer setting in nanoseconds (``_ns``) takes: a year and a day, as
+:data:`MAX_SECONDS`, so an event time plus it stays a 64-bit count."""
+Nanoseconds = Annotated[int, msgspec.Meta(ge=0, le=MAX_NANOSECONDS)]
+"""A span of nanoseconds, 0 up to :data:`MAX_NANOSECONDS`."""
+PositiveNanoseconds = Annotated[int, msgspec.Meta(ge=1, le=MAX_NANOSECONDS)]
+"""A span of nanoseconds above 0, up to :data:`MAX_NANOSECONDS`."""
 Share = Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
 """A share in (0, 1]."""
 Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]

@@ -184,3 +184,67 @@ def test_min_insync_replicas_above_the_replication_factor_is_refused() -> None:
                           CommonConfig)
     assert {s.config["min.insync.replicas"] for s in topic_specs("prod", good.topics)} == {"3"}
 
+
+def _ns_fields(t: object, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The key path of every integer ``_ns`` setting of the config tree under ``t``."""
+    import msgspec.inspect as mi
+
+    while isinstance(t, mi.Metadata):
+        t = t.type
+    if isinstance(t, mi.UnionType):
+        ints = [m for m in t.types if isinstance(getattr(m, "type", m), mi.IntType)]
+        if ints and path[-1].endswith("_ns"):
+            return [path]
+        return [p for m in t.types for p in _ns_fields(m, path)]
+    if isinstance(t, mi.IntType):
+        return [path] if path and path[-1].endswith("_ns") else []
+    if isinstance(t, mi.StructType):
+        return [p for f in t.fields for p in _ns_fields(f.type, (*path, f.encode_name))]
+    if isinstance(t, mi.DictType):
+        keys = t.key_type
+        key = str(keys.values[0]) if isinstance(keys, mi.LiteralType) else "x"
+        return _ns_fields(t.value_type, (*path, key))
+    if isinstance(t, mi.ListType | mi.VarTupleType):
+        return _ns_fields(t.item_type, (*path, "[0]"))
+    return []
+
+
+def _ns_doc(path: tuple[str, ...], value: int) -> object:
+    doc: object = value
+    for part in reversed(path):
+        doc = [doc] if part == "[0]" else {part: doc}
+    return doc
+
+
+def _guard_ns_fields() -> list[tuple[str, ...]]:
+    import msgspec.inspect as mi
+    from riskguard.dataflows.guard import GuardConfig
+
+    return _ns_fields(mi.type_info(GuardConfig))
+
+
+NS_FIELDS = _guard_ns_fields()
+
+
+def test_the_ns_walk_reaches_the_nested_settings() -> None:
+    dotted = {".".join(p).replace(".[0]", "[0]") for p in NS_FIELDS}
+    assert {"tick_ns", "input.max_lead_ns", "feeds.venues.x.max_gap_ns", "features.bar_ns",
+            "detector.warmup_ns", "exposure.max_hold_ns",
+            "limits.counterparties.x.limits.collateral.unvalued_grace_ns",
+            "audit.checkpoint_interval_ns"} <= dotted, sorted(dotted)
+
+
+@pytest.mark.parametrize("path", NS_FIELDS,
+                         ids=[".".join(p).replace(".[0]", "[0]") for p in NS_FIELDS])
+def test_a_span_in_nanoseconds_that_would_overflow_is_refused(path: tuple[str, ...]) -> None:
+    """``warmup_ns = 10**30`` decoded, then overflowed the 64-bit event times it is added
+    to; every integer ``_ns`` setting is now bounded (a year and a day at most)."""
+    from riskguard.dataflows.guard import GuardConfig
+
+    from riskguard.config import decode_section
+
+    where = ".".join(path).replace(".[0]", "[0]")
+    for big in (10**30, 2**63, 366 * 86_400 * 1_000_000_000 + 1):
+        with pytest.raises(ConfigError, match=r"must be <= ") as err:
+            decode_section({**KEYS, **_ns_doc(path, big)}, GuardConfig)
+        assert err.value.path == where

@@ -35,8 +35,8 @@ from riskguard.config import (
 from riskguard.environment import REPLICA_ID, TIER_INDEX
 from riskguard.errors import ConfigError, TrustError
 from riskguard.validation import (
+    Nanoseconds,
     NonNegative,
-    NonNegativeInt,
     PositiveInt,
     PositiveSeconds,
     Seconds,
@@ -128,13 +128,13 @@ class InputConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     starting_offset: Literal["earliest", "latest"] = "earliest"
     idle_eof_s: PositiveSeconds | None = None
-    max_lateness_ns: NonNegativeInt = 10 * NS
-    max_future_skew_ns: NonNegativeInt = 5 * NS
+    max_lateness_ns: Nanoseconds = 10 * NS
+    max_future_skew_ns: Nanoseconds = 5 * NS
     # a record further than this ahead of its partition's watermark waits for the
     # partition's next record: more than this behind it, it was a lone bad timestamp, an
     # `ahead` dead letter (else every genuine record after it would be late); at least
     # max_lateness_ns (0: none waits)
-    max_lead_ns: NonNegativeInt = 60 * NS
+    max_lead_ns: Nanoseconds = 60 * NS
     check_future: bool = True
     batch_size: PositiveInt = 1000
     align_skew_s: Seconds | None = 2.0
@@ -188,7 +188,7 @@ class GuardConfig(CommonConfig, frozen=True, kw_only=True, forbid_unknown_fields
     # event-time tick: playbook clock, heartbeat gaps, and exposure re-valuation of price
     # moves (fills re-value sooner: exposure.position_revalue_ns); at most a minute
     tick_ns: Annotated[int, msgspec.Meta(ge=1, le=60 * NS)] = NS
-    mark_interval_ns: NonNegativeInt = 250_000_000
+    mark_interval_ns: Nanoseconds = 250_000_000
     mark_move_bps: NonNegative = 5.0
     playbook_file: str | None = None
     sink_delivery_timeout_s: PositiveSeconds = 30.0

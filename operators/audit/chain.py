@@ -22,7 +22,7 @@ from riskguard.schemas.audit import GENESIS_LEAF, AuditCheckpoint, AuditRecord, 
 
 import riskguard
 from riskguard.errors import SigningError, VerificationError
-from riskguard.validation import PositiveInt, check_declared
+from riskguard.validation import PositiveInt, PositiveNanoseconds, check_declared
 
 STATE_VERSION = 2
 _NS_PER_S = 1_000_000_000
@@ -118,7 +118,7 @@ class AuditConfig(msgspec.Struct, frozen=True, kw_only=True):
     # at most 26 of A-Z a-z 0-9 _ . : + -, so that every chain name is a valid name
     origin: Origin = "riskguard"
     checkpoint_every: PositiveInt = 1000
-    checkpoint_interval_ns: PositiveInt = 60 * _NS_PER_S
+    checkpoint_interval_ns: PositiveNanoseconds = 60 * _NS_PER_S
     # the number of audit chains decisions are spread over
     partitions: Annotated[int, msgspec.Meta(ge=1, le=MAX_AUDIT_PARTITIONS)] = 1
     # the version stamped on every audit record (default: riskguard's)

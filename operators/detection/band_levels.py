@@ -22,6 +22,7 @@ from riskguard.schemas.market import Measure
 from riskguard.errors import ConfigError
 from riskguard.validation import (
     MAX_FLOAT,
+    Nanoseconds,
     NonNegativeInt,
     Positive,
     PositiveFinite,
@@ -68,7 +69,7 @@ class BandLevels(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     warmup_returns: NonNegativeInt | None = None  # unset: detector.bands.warmup_returns
     hysteresis: Share | None = None  # unset: detector.bands.hysteresis
     close_quiet_points: NonNegativeInt | None = None  # unset: detector.bands.close_quiet_points
-    close_quiet_ns: NonNegativeInt | None = None  # unset: detector.bands.close_quiet_ns
+    close_quiet_ns: Nanoseconds | None = None  # unset: detector.bands.close_quiet_ns
     # unset: detector.bands.deescalate_quiet_points
     deescalate_quiet_points: NonNegativeInt | None = None
     deescalate_quiet_s: PositiveSeconds | None = None  # unset: detector.bands.deescalate_quiet_s
@@ -199,7 +200,7 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     warmup_returns: NonNegativeInt = 30
     hysteresis: Share = 0.8
     close_quiet_points: NonNegativeInt = 3
-    close_quiet_ns: NonNegativeInt = 60 * NS
+    close_quiet_ns: Nanoseconds = 60 * NS
     # a trip eases to a warning after this many quiet readings (no new low, the shortest
     # horizon's move back inside its band) ...
     deescalate_quiet_points: NonNegativeInt = 2

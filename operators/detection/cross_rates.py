@@ -56,6 +56,7 @@ from riskguard.schemas.signals import (
 
 from riskguard.validation import (
     MAX_FLOAT,
+    Nanoseconds,
     NonNegativeInt,
     PositiveFinite,
     PositiveInt,
@@ -224,11 +225,11 @@ class CrossRateConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # band_k usual spreads), else a warning
     critical_ratio: Annotated[float, msgspec.Meta(ge=1.0, le=MAX_FLOAT)] = 2.0
     halflife_s: PositiveSeconds = 86_400.0
-    max_age_ns: NonNegativeInt = 120 * NS
+    max_age_ns: Nanoseconds = 120 * NS
     # a market whose prices come behind the others' (its feed or its exchange's clock
     # lagging) is waited for this long behind the newest event time read; a price later
     # than that is left out of the check and counted
-    allowed_lateness_ns: NonNegativeInt = 10 * NS
+    allowed_lateness_ns: Nanoseconds = 10 * NS
     # comparisons a market learns its usual offset from before it can be judged
     warmup_points: NonNegativeInt = 60
     # a dislocation closes after this many comparisons back inside the band

@@ -55,7 +55,13 @@ from riskguard.schemas.market import (
 from riskguard.schemas.signals import FeatureVector, Scope, ScopeKind
 from riskguard.schemas.types import INT64_MAX
 
-from riskguard.validation import NonNegativeInt, PositiveInt, Share, check_declared
+from riskguard.validation import (
+    Nanoseconds,
+    PositiveInt,
+    PositiveNanoseconds,
+    Share,
+    check_declared,
+)
 
 NS = 1_000_000_000
 SECONDS_PER_YEAR = 31_536_000.0
@@ -91,14 +97,14 @@ class FeatureConfig(msgspec.Struct, frozen=True, kw_only=True):
     # bar: one feature vector per key per bar_ns of event time (as its last event left it);
     # event: one after every event
     cadence: Literal["bar", "event"] = "bar"
-    bar_ns: PositiveInt = NS
-    allowed_lateness_ns: NonNegativeInt = 2 * NS
-    allowed_skew_ns: NonNegativeInt = 5 * NS
-    return_window_ns: PositiveInt = 5 * NS
-    iv_window_ns: PositiveInt = 10 * NS
+    bar_ns: PositiveNanoseconds = NS
+    allowed_lateness_ns: Nanoseconds = 2 * NS
+    allowed_skew_ns: Nanoseconds = 5 * NS
+    return_window_ns: PositiveNanoseconds = 5 * NS
+    iv_window_ns: PositiveNanoseconds = 10 * NS
     fast_alpha: Share = 0.3
     slow_alpha: Share = 0.01
-    rate_halflife_ns: PositiveInt = 10 * NS
+    rate_halflife_ns: PositiveNanoseconds = 10 * NS
     max_evidence: PositiveInt = 8
     topic: str = "market"
     step: str = "features"

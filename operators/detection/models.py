@@ -25,6 +25,7 @@ from riskguard.schemas.types import Finite
 
 from riskguard.errors import ConfigError
 from riskguard.validation import (
+    Nanoseconds,
     NonNegative,
     NonNegativeInt,
     PositiveFinite,
@@ -80,7 +81,7 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     warmup_events: NonNegativeInt = 300
     # ... and seen this much event time since its first (riskguard backtest and run name the keys
     # that never warmed up)
-    warmup_ns: NonNegativeInt = 300 * NS
+    warmup_ns: Nanoseconds = 300 * NS
     # the share of a key's scores the adaptive threshold is set to let past (its quantile: 1 - this)
     target_alarm_rate: Annotated[float, msgspec.Meta(gt=0.0, lt=0.5)] = 0.0005
     # scores the threshold's quantile is taken over (the last half to whole window)
@@ -110,13 +111,13 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     hysteresis: Share = 0.9
     close_quiet_points: PositiveInt = 5  # ... for this many vectors in a row ...
     # ... and this much event time since its last anomalous point: then it closes
-    close_quiet_ns: NonNegativeInt = 5 * NS
+    close_quiet_ns: Nanoseconds = 5 * NS
     # an episode is warn once its score passes the threshold by this share ...
     warn_excess: NonNegative = 0.05
     critical_excess: NonNegative = 0.15  # ... critical by this share ...
-    warn_duration_ns: NonNegativeInt = 10 * NS  # ... or warn once it has lasted this long ...
+    warn_duration_ns: Nanoseconds = 10 * NS  # ... or warn once it has lasted this long ...
     # ... and critical this long (with warn_points / critical_points anomalous vectors)
-    critical_duration_ns: NonNegativeInt = 60 * NS
+    critical_duration_ns: Nanoseconds = 60 * NS
     # with warn_duration_ns: the anomalous vectors a lasting episode needs to be warn (two 1-minute
     # bars are not a minute of anomalous 1-second vectors)
     warn_points: NonNegativeInt = 10

@@ -20,10 +20,11 @@ from riskguard.schemas import (
 
 from riskguard.errors import ConfigError
 from riskguard.validation import (
+    Nanoseconds,
     NonNegative,
-    NonNegativeInt,
     PositiveFinite,
     PositiveInt,
+    PositiveNanoseconds,
     Share,
     check_declared,
 )
@@ -86,7 +87,7 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     instruments: InstrumentsConfig = InstrumentsConfig()
-    max_mark_age_ns: PositiveInt = 30 * NS_PER_S
+    max_mark_age_ns: PositiveNanoseconds = 30 * NS_PER_S
     recon_abs_tol: NonNegative = 1e-9
     recon_rel_tol: NonNegative = 1e-6
     # what a counterparty's concentration is its share of, over all counterparties: its
@@ -109,11 +110,11 @@ class ExposureConfig(msgspec.Struct, frozen=True, kw_only=True):
     valuation_shards: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 1
     # a fill, position, balance or open-orders record re-values its counterparty at the next
     # multiple of this much event time; 0: at the next tick only
-    position_revalue_ns: NonNegativeInt = 10_000_000
+    position_revalue_ns: Nanoseconds = 10_000_000
     # fills, snapshots, balances and orders are held this much event time to be applied in
     # event-time order; 0: never hold them back
-    reorder_slack_ns: NonNegativeInt = 2 * NS_PER_S
-    max_hold_ns: PositiveInt = 5 * NS_PER_S
+    reorder_slack_ns: Nanoseconds = 2 * NS_PER_S
+    max_hold_ns: PositiveNanoseconds = 5 * NS_PER_S
     pegs: dict[str, PositiveFinite] = {}
     # a pegged asset this far off its peg (bps): a depeg alert, warn ...
     peg_warn_bps: PositiveFinite = 50.0

@@ -21,8 +21,8 @@ from riskguard.errors import ConfigError
 from riskguard.validation import (
     MAX_FLOAT,
     Fraction,
+    Nanoseconds,
     NonNegative,
-    NonNegativeInt,
     Positive,
     PositiveFinite,
     Share,
@@ -85,7 +85,7 @@ class LimitSpec(msgspec.Struct, frozen=True, kw_only=True):
     vol_scaling: VolScaling | None = None
     # how long (event time) the exposure may stay unvalued (no mark or FX rate for part of
     # it) before the limit is breached; 0: at once
-    unvalued_grace_ns: NonNegativeInt = UNVALUED_GRACE_NS
+    unvalued_grace_ns: Nanoseconds = UNVALUED_GRACE_NS
 
 
 class CounterpartyLimits(msgspec.Struct, frozen=True, kw_only=True):
@@ -125,9 +125,9 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True):
     # a counterparty not in counterparties gets a zero limit of each of these kinds, so any
     # exposure to it breaches (it fails closed)
     unknown_counterparty_kinds: tuple[LimitKind, ...] = ("gross_notional", "collateral")
-    utilization_interval_ns: NonNegativeInt = 1_000_000_000
+    utilization_interval_ns: Nanoseconds = 1_000_000_000
     # 0: no heartbeat, repeats every interval
-    utilization_heartbeat_ns: NonNegativeInt = 60_000_000_000
+    utilization_heartbeat_ns: Nanoseconds = 60_000_000_000
     missing_vol_factor: PositiveFinite = 1.0
 
     def validate(self, path: str = "limits") -> None:

@@ -38,7 +38,11 @@ from riskguard.schemas.market import VenueState, VenueStatus
 from riskguard.schemas.signals import RiskAlert, Scope, ScopeKind, Severity
 
 from riskguard.errors import ConfigError
-from riskguard.validation import NonNegativeInt, PositiveInt, check_declared
+from riskguard.validation import (
+    Nanoseconds,
+    PositiveNanoseconds,
+    check_declared,
+)
 
 NS = 1_000_000_000
 _NAMESPACE = uuid.UUID("5b0f3f4e-5c55-4f0e-9f1c-0a9c3e0f7a11")
@@ -51,9 +55,9 @@ class VenueFeeds(msgspec.Struct, frozen=True, kw_only=True):
     primary: str = "primary"
     # the feed name of its backup, which takes over while the primary is silent
     backup: str = "backup"
-    max_gap_ns: PositiveInt = 3 * NS
-    restore_after_ns: NonNegativeInt = 10 * NS
-    skew_ns: NonNegativeInt = 2 * NS
+    max_gap_ns: PositiveNanoseconds = 3 * NS
+    restore_after_ns: Nanoseconds = 10 * NS
+    skew_ns: Nanoseconds = 2 * NS
 
 
 class FeedConfig(msgspec.Struct, frozen=True, kw_only=True):
