@@ -44,6 +44,11 @@ PRIVATE_KEY_FILES = ("ssl.key.location", "ssl.keystore.location")
 """librdkafka settings naming a file with this client's private key."""
 SECRET_KEYS = frozenset({"sasl.password", "ssl.key.password", "sasl.oauthbearer.client.secret"})
 REDACTED = "***"
+PYTHON_CALLBACKS = frozenset({"logger", "error_cb", "throttle_cb", "stats_cb", "oauth_cb",
+                              "on_delivery", "on_commit"})
+"""Settings the Python client takes as callables, never as text (riskguard sets ``logger``)."""
+_END_OF_CHECK = "riskguard.end.of.check"
+"""No librdkafka property: a check's last key, refused before any client is built."""
 
 
 def looks_secret(name: str) -> bool:
@@ -76,9 +81,13 @@ class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, repr_omit_default
     ssl_key_password: str | None = None  # the password of ssl_key_location, if it has one
     # the client.id the guard's Kafka clients send (the brokers' logs and quotas name it)
     client_id: str = "riskguard"
+    # any other librdkafka setting (for consumers, producers or both); one librdkafka does
+    # not take is refused at start-up
     extra: dict[str, str] = {}
 
     def __post_init__(self) -> None:
+        for name, value in self.extra.items():
+            check_librdkafka_property(name, value)
         check_private_key_file("kafka.ssl_key_location", self.ssl_key_location)
         for name in PRIVATE_KEY_FILES:  # the same files, passed through extra
             check_private_key_file(f"kafka.extra.{name}", self.extra.get(name))
@@ -112,6 +121,46 @@ class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, repr_omit_default
             k: (REDACTED if looks_secret(k) else v)
             for k, v in self.client_config().items() if k != "logger"
         }
+
+
+def check_librdkafka_property(name: str, value: str) -> None:
+    """Refuse a ``[kafka] extra`` setting librdkafka does not take (a misspelt property,
+    a value of the wrong kind): a :class:`ConfigError` naming ``kafka.extra.<name>``,
+    at start-up rather than when the first client is built.
+
+    The Python client hands each property to librdkafka in order and raises at the
+    first it refuses, before it builds a client; the check ends with a key that is no
+    property, so no client is ever built. A property of consumers only (or producers
+    only) passes: librdkafka ignores it in the other kind of client.
+
+    >>> check_librdkafka_property("linger.ms", "5")
+    >>> try:
+    ...     check_librdkafka_property("linger.mss", "5")
+    ... except ConfigError as err:
+    ...     print(err.path)
+    kafka.extra.linger.mss
+    """
+    from confluent_kafka import KafkaException, Producer  # noqa: PLC0415
+
+    if name in PYTHON_CALLBACKS:
+        reason = "a Python callback of the client, not a librdkafka property"
+    else:
+        try:
+            Producer({name: value, _END_OF_CHECK: ""})
+        except KafkaException as err:
+            text = err.args[0].str() if err.args else str(err)
+            if text == f'No such configuration property: "{_END_OF_CHECK}"':
+                return
+            reason = f"librdkafka: {text}"
+        except (TypeError, ValueError) as err:  # a setting the Python client reads itself
+            reason = f"the Kafka client: {err}"
+        else:
+            reason = "librdkafka took a property that does not exist, so none is checked"
+    secret = looks_secret(name)
+    if secret:
+        reason = reason.replace(value, REDACTED) if value else reason
+    raise ConfigError(f"kafka.extra.{name}", f"a librdkafka property and a value it takes "
+                      f"({reason})", REDACTED if secret else value)
 
 
 def check_private_key_file(setting: str, path: str | None) -> None:

@@ -185,6 +185,47 @@ def test_min_insync_replicas_above_the_replication_factor_is_refused() -> None:
     assert {s.config["min.insync.replicas"] for s in topic_specs("prod", good.topics)} == {"3"}
 
 
+@pytest.mark.parametrize("name", ["fetch.wait.max.mss", "socket.keepalive", "acks.all"])
+def test_a_misspelt_librdkafka_property_in_kafka_extra_is_refused(name: str) -> None:
+    """``[kafka] extra`` reaches librdkafka, which refuses a property it does not know
+    only when a client is built, after start-up; now start-up refuses it, naming it."""
+    from riskguard.config import CommonConfig, decode_section
+
+    doc = {"kafka": {"bootstrap": "b:1", "extra": {"linger.ms": "5", name: "1"}}}
+    with pytest.raises(ConfigError, match=rf"^kafka\.extra\.{name}: .*librdkafka") as err:
+        decode_section(doc, CommonConfig)
+    assert err.value.path == f"kafka.extra.{name}"
+
+
+def test_a_bad_value_of_a_librdkafka_property_in_kafka_extra_is_refused() -> None:
+    from riskguard.config import CommonConfig, decode_section
+
+    doc = {"kafka": {"bootstrap": "b:1", "extra": {"acks": "sometimes"}}}
+    with pytest.raises(ConfigError, match=r"^kafka\.extra\.acks: ") as err:
+        decode_section(doc, CommonConfig)
+    assert err.value.found == "sometimes"
+
+
+def test_a_secret_in_a_refused_kafka_extra_property_is_not_shown() -> None:
+    from riskguard.config import CommonConfig, decode_section
+
+    doc = {"kafka": {"bootstrap": "b:1", "extra": {"sasl.passwd": "hunter2"}}}
+    with pytest.raises(ConfigError, match=r"^kafka\.extra\.sasl\.passwd: ") as err:
+        decode_section(doc, CommonConfig)
+    assert "hunter2" not in str(err.value)
+
+
+def test_kafka_extra_keeps_properties_of_only_consumers_or_only_producers() -> None:
+    """One ``extra`` table serves consumers, producers and admin clients: a property of
+    one kind of client is valid (librdkafka ignores it in the others)."""
+    from riskguard.config import CommonConfig, decode_section
+
+    extra = {"fetch.wait.max.ms": "100", "auto.offset.reset": "earliest", "linger.ms": "5",
+             "acks": "all", "socket.keepalive.enable": "true", "compression.type": "lz4"}
+    cfg = decode_section({"kafka": {"bootstrap": "b:1", "extra": extra}}, CommonConfig)
+    assert cfg.kafka.extra == extra
+
+
 def _ns_fields(t: object, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     """The key path of every integer ``_ns`` setting of the config tree under ``t``."""
     import msgspec.inspect as mi
