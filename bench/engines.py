@@ -572,9 +572,6 @@ def flink_python(out: Path, named: str | None) -> tuple[list[str], dict[str, str
 
 PROCESS_MODE = "_python_worker_execution_mode"
 """PyFlink's switch between loopback (the client's interpreter) and process mode."""
-TRACE_ENV = FLINK_TRACE
-"""Where the job's segment operators note their first input and first output
-(:class:`riskguard.flink.fused.Trace`)."""
 
 
 def moments(trace: Path, started: float) -> dict[str, float]:
@@ -642,7 +639,7 @@ def run_flink(config: Path, records: Path, events: int, parallelism: int, out: P
     cmd, env = python
     # PyFlink runs a local job's Python functions in the client process (loopback) unless
     # told otherwise: each worker in a process of its own, as on a cluster
-    env = {**env, PROCESS_MODE: "process", TRACE_ENV: str(out / "trace.txt")}
+    env = {**env, PROCESS_MODE: "process", FLINK_TRACE: str(out / "trace.txt")}
     argv = [*cmd, str(HERE / "engines.py"), "--flink-child", str(config), str(records),
             str(parallelism), str(out)]
     memory = TreeSampler()

@@ -61,7 +61,6 @@ sys.path.insert(0, str(BENCH))
 
 from engines import (  # noqa: E402
     PROCESS_MODE,
-    TRACE_ENV,
     TreeSampler,
     fit,
     flink_python,
@@ -72,6 +71,8 @@ from engines import (  # noqa: E402
 )
 from riskguard.connectors.broker import DevBroker  # noqa: E402
 from riskguard.dataflows.demo import PreparedRun, prepare_run  # noqa: E402
+
+from riskguard.environment import FLINK_TRACE  # noqa: E402
 
 OUTPUTS = ("commands", "dead_letters", "signals", "exposures", "audit")
 QUIET_S = 15.0
@@ -148,7 +149,7 @@ def run_engine(run: PreparedRun, argv: list[str], env: dict[str, str], log: Path
                ends_itself: bool, timeout_s: float = 1800.0) -> Point:
     """Start the guard, wait for it to end (or its outputs to go quiet), and measure it."""
     trace = log.with_suffix(".trace")
-    env = {**env, TRACE_ENV: str(trace)}
+    env = {**env, FLINK_TRACE: str(trace)}
     sampler = TreeSampler()
     sampler.start()
     started = time.time()

@@ -16,12 +16,10 @@ from pathlib import Path
 
 from riskguard.environment import SHARED_DATA
 
-ENV = SHARED_DATA
-
 
 def shared_data_dir() -> Path:
     """``$RISKGUARD_SHARED_DATA``, else ``shared/data`` beside the clone."""
-    env = os.environ.get(ENV)
+    env = os.environ.get(SHARED_DATA)
     if env:
         return Path(env)
     return Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -41,4 +39,4 @@ def missing_reason(path: Path) -> str | None:
     """Why a test must skip (the folder is missing), or None."""
     if path.is_dir():
         return None
-    return f"development data not found at {path} (set ${ENV} to the shared/data folder)"
+    return f"development data not found at {path} (set ${SHARED_DATA} to the shared/data folder)"

@@ -31,8 +31,6 @@ from riskguard.connectors.settings import with_logger
 from riskguard.environment import BROKER_DIR
 from riskguard.errors import BrokerError
 
-STATE_DIR_ENV = BROKER_DIR
-
 
 def default_state_dir(env: dict[str, str] | None = None) -> Path:
     """Where ``riskguard broker`` keeps its pid, address and log: one place per user,
@@ -44,8 +42,8 @@ def default_state_dir(env: dict[str, str] | None = None) -> Path:
     '/home/u/.st/riskguard/broker'
     """
     env = dict(os.environ) if env is None else env
-    if env.get(STATE_DIR_ENV):
-        return Path(env[STATE_DIR_ENV])
+    if env.get(BROKER_DIR):
+        return Path(env[BROKER_DIR])
     base = Path(env["XDG_STATE_HOME"]) if env.get("XDG_STATE_HOME") else (
         Path.home() / ".local" / "state")
     return base / "riskguard" / "broker"
@@ -197,7 +195,7 @@ class DevBroker:
         if info is not None and ident is not None and ident[0] != os.getuid():
             msg = (f"the dev broker recorded in {self.state_dir} (pid {info.pid}) belongs to "
                    f"another user (uid {ident[0]}); not stopped: each user runs their own "
-                   f"(set {STATE_DIR_ENV} to a folder of yours)")
+                   f"(set {BROKER_DIR} to a folder of yours)")
             raise BrokerError(msg)
         for f in (self.pid_file, self.info_file):
             with contextlib.suppress(FileNotFoundError):

@@ -34,7 +34,6 @@ from riskguard.environment import LOG
 from riskguard.errors import ConfigError
 
 KAFKA_LOGGER = "riskguard.kafka"
-LOG_ENV = LOG
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
               "error": logging.ERROR, "off": None}
 _handler: logging.Handler | None = None
@@ -200,7 +199,7 @@ def kafka_logger() -> logging.Logger:
     """
     log = logging.getLogger(KAFKA_LOGGER)
     if not log.handlers:
-        level = log_level(os.environ.get(LOG_ENV))
+        level = log_level(os.environ.get(LOG))
         log.addHandler(logging.NullHandler())
         if LOG_LEVELS.get(level) is not None and _handler is None:
             configure_logging(level)
@@ -229,7 +228,7 @@ def log_level(text: str | None) -> str:
     """
     name = (text or "").strip().lower() or "off"
     if name not in LOG_LEVELS:
-        raise ConfigError(LOG_ENV, "one of " + ", ".join(LOG_LEVELS), text)
+        raise ConfigError(LOG, "one of " + ", ".join(LOG_LEVELS), text)
     return name
 
 

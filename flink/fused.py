@@ -167,7 +167,7 @@ class TickBatchSegment(KeyedProcessFunction):
         self.allow_dropped_state = allow_dropped_state
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        self.trace = Trace(os.environ.get(TRACE_ENV))
+        self.trace = Trace(os.environ.get(FLINK_TRACE))
         self.trace.once("open")
         serve_worker_metrics()  # once a worker process, with $RISKGUARD_METRICS_PORT
         threadless_state_sampler()
@@ -289,18 +289,18 @@ def threadless_state_sampler() -> None:
     sampler.riskguard_threadless = True
 
 
-TRACE_ENV = FLINK_TRACE
-"""A file the live guard's Flink client appends the wall time of its start (``client``,
-once its modules are imported) and of the job's submission (``submitted``) to, and each
-segment operator the wall time of its opening (``open``, and ``opened`` once it has
-built its flow), its first input and its first output (a bench's measure of start-up,
-and of how soon output follows the start of processing), and its running count of rows
-that came behind the watermark (``late_rows``)."""
-
-
 class Trace:
     """Each named moment's wall time, once, as a line of ``path``, and each counted
-    thing's running count, a line a count (nothing without a path)."""
+    thing's running count, a line a count (nothing without a path).
+
+    With ``$RISKGUARD_FLINK_TRACE`` naming the file, the live guard's Flink client
+    appends the wall time of its start (``client``, once its modules are imported) and
+    of the job's submission (``submitted``) to it, and each segment operator the wall
+    time of its opening (``open``, and ``opened`` once it has built its flow), its first
+    input and its first output (a bench's measure of start-up, and of how soon output
+    follows the start of processing), and its running count of rows that came behind
+    the watermark (``late_rows``).
+    """
 
     def __init__(self, path: str | None) -> None:
         self.path = path

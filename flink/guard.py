@@ -54,10 +54,9 @@ from riskguard.operators.core.clock import call_clock
 from riskguard.schemas.codec import Codec
 from riskguard.schemas.time_policy import EventTimePolicy
 
-from riskguard.environment import FLINK_JARS, check_environment
+from riskguard.environment import FLINK_JARS, FLINK_TRACE, check_environment
 from riskguard.errors import ConfigError
 
-JARS_ENV = FLINK_JARS
 OUTPUT_STREAMS = ("commands", "dead_letters", "signals", "exposures", "audit")
 
 
@@ -268,7 +267,6 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
     from pyflink.java_gateway import get_gateway  # noqa: PLC0415
     from riskguard.flink.fused import (  # noqa: PLC0415
         ROW,
-        TRACE_ENV,
         TickBatchSegment,
         Trace,
         launch_jvm,
@@ -279,7 +277,7 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
     from riskguard.flink.java_build import job_jars  # noqa: PLC0415
     from riskguard.flink.plan import SegmentPlan  # noqa: PLC0415
 
-    trace = Trace(os.environ.get(TRACE_ENV))
+    trace = Trace(os.environ.get(FLINK_TRACE))
     trace.once("client")
     worker_processes()
     quick_jvm()
@@ -346,14 +344,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--checkpoints", help="checkpoint storage (file:// or s3:// URL)")
     ap.add_argument("--checkpoint-interval-ms", type=int, default=2000)
     ap.add_argument("--restore", help="a checkpoint or savepoint path, or 'latest'")
-    ap.add_argument("--jars", help=f"';'-separated jar URLs (default ${JARS_ENV})")
+    ap.add_argument("--jars", help=f"';'-separated jar URLs (default ${FLINK_JARS})")
     ap.add_argument("--allow-dropped-state", action="store_true",
                     help="restore a checkpoint or savepoint holding state for steps this "
                          "version no longer has (renamed or removed), dropping that state; "
                          "without it such a restore fails")
     args = ap.parse_args(argv)
     check_environment(os.environ)  # a misspelt RISKGUARD_* name stops the job
-    jars = (args.jars or os.environ.get(JARS_ENV, "")).split(";")
+    jars = (args.jars or os.environ.get(FLINK_JARS, "")).split(";")
     run(args.config, parallelism=args.parallelism, checkpoints=args.checkpoints,
         interval_ms=args.checkpoint_interval_ms, restore=args.restore,
         jars=[j for j in jars if j], allow_dropped_state=args.allow_dropped_state)

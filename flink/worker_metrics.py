@@ -42,8 +42,6 @@ a TaskManager. ``$RISKGUARD_METRICS_PORTS`` (1 to this) narrows it to the slots 
 TaskManager has: with 1, a worker waits for the port itself rather than moving to one
 that no NetworkPolicy or scrape job lists."""
 
-PORTS_ENV = METRICS_PORTS
-
 FIRST_WAIT_S = 10.0
 """How long a worker waits for ``$RISKGUARD_METRICS_PORT`` itself before it takes the
 next free port (a predecessor in its slot going away frees it within this)."""
@@ -101,12 +99,12 @@ def worker_ports_from_env(env: Mapping[str, str]) -> int:
     """``$RISKGUARD_METRICS_PORTS``: how many ports from the base a worker may take,
     1 to :data:`WORKER_PORTS` (that when unset); other text is a :class:`ConfigError`.
 
-    >>> worker_ports_from_env({}), worker_ports_from_env({PORTS_ENV: "1"})
+    >>> worker_ports_from_env({}), worker_ports_from_env({METRICS_PORTS: "1"})
     (16, 1)
     """
-    raw = env.get(PORTS_ENV) or str(WORKER_PORTS)
+    raw = env.get(METRICS_PORTS) or str(WORKER_PORTS)
     if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= WORKER_PORTS):
-        raise ConfigError(PORTS_ENV, f"how many ports a TaskManager's workers take, "
+        raise ConfigError(METRICS_PORTS, f"how many ports a TaskManager's workers take, "
                           f"1..{WORKER_PORTS} (its slots)", raw)
     return int(raw)
 

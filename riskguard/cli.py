@@ -247,12 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"riskguard: name a command, one of {', '.join(AREAS)} (see "
                          "riskguard --help)\n")
         return 2
-    from riskguard.connectors.settings import LOG_ENV, configure_logging  # noqa: PLC0415
-    from riskguard.environment import check_environment  # noqa: PLC0415
+    from riskguard.connectors.settings import configure_logging  # noqa: PLC0415
+    from riskguard.environment import LOG, check_environment  # noqa: PLC0415
 
     try:
         check_environment(os.environ)  # a misspelt RISKGUARD_* name stops every command
-        level = _log_level(getattr(args, "verbose", 0), os.environ.get(LOG_ENV))
+        level = _log_level(getattr(args, "verbose", 0), os.environ.get(LOG))
         before = configure_logging(level)
     except RiskguardError as err:
         return report(prog, err)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 from riskguard.dataflows.guard import load_guard_config
-from riskguard.dataflows.guard.live import NEW_CONFIG_ENV, check_peer_configs
+from riskguard.dataflows.guard.live import check_peer_configs
 
+from riskguard.environment import NEW_CONFIG
 from riskguard.errors import ConfigError
 
 PEERS = {"b": "2" * 64}
@@ -21,22 +22,22 @@ OURS = "1" * 64
 @pytest.mark.parametrize("text", ["0", "", " "])
 def test_new_config_0_or_empty_keeps_the_peer_check(monkeypatch, text: str) -> None:
     """``RISKGUARD_NEW_CONFIG=0`` does not let a replica start on another config."""
-    monkeypatch.setenv(NEW_CONFIG_ENV, text)
+    monkeypatch.setenv(NEW_CONFIG, text)
     with pytest.raises(ConfigError, match="the config its peers run"):
         check_peer_configs("a", OURS, PEERS)
 
 
 @pytest.mark.parametrize("text", ["false", "no", "yes", "true", "2"])
 def test_new_config_other_text_is_refused_naming_the_variable(monkeypatch, text: str) -> None:
-    monkeypatch.setenv(NEW_CONFIG_ENV, text)
+    monkeypatch.setenv(NEW_CONFIG, text)
     for peers in (PEERS, {"b": OURS}):  # whether or not the configs differ
-        with pytest.raises(ConfigError, match=NEW_CONFIG_ENV) as err:
+        with pytest.raises(ConfigError, match=NEW_CONFIG) as err:
             check_peer_configs("a", OURS, peers)
         assert repr(text) in str(err.value) or text in str(err.value)
 
 
 def test_new_config_1_starts_on_a_new_config(monkeypatch) -> None:
-    monkeypatch.setenv(NEW_CONFIG_ENV, "1")
+    monkeypatch.setenv(NEW_CONFIG, "1")
     check_peer_configs("a", OURS, PEERS)
 
 

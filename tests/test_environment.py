@@ -196,6 +196,17 @@ def test_no_module_spells_a_name_constant_of_its_own() -> None:
     assert found == []
 
 
+def test_no_module_gives_a_registry_name_a_second_name() -> None:
+    """``LOG_ENV = LOG``: two names for one variable; every module uses the registry's."""
+    consts = "|".join(sorted(n.removeprefix(environment.PREFIX) for n in VARIABLES))
+    alias = re.compile(rf"^\w+(?::[^=\n]*)?[ \t]*=[ \t]*(?:environment\.)?(?:{consts})[ \t]*$",
+                       re.M)
+    found = sorted(f"{p}: {m.group(0)}" for p, t in _tracked().items()
+                   if p.endswith(".py") and p != "riskguard/environment.py"
+                   for m in alias.finditer(t))
+    assert found == []
+
+
 def test_the_docs_table_is_the_registry() -> None:
     """docs/operations.md lists the variables as the registry does (regenerate with
     ``python -c "from riskguard.environment import markdown_table as t; print(t())"``)."""

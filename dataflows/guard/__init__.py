@@ -33,8 +33,6 @@ from riskguard.connectors.topics import (
 )
 from riskguard.dataflows.guard.config import (
     NS,
-    REPLICA_ID_ENV,
-    TIER_INDEX_ENV,
     GuardConfig,
     InputConfig,
     KeysConfig,
@@ -90,9 +88,7 @@ __all__ = [
     "MARKET",
     "MARKET_STREAMS",
     "NS",
-    "REPLICA_ID_ENV",
     "STREAM_TYPES",
-    "TIER_INDEX_ENV",
     "TRADING",
     "GuardConfig",
     "GuardOut",

@@ -70,7 +70,7 @@ class ReplicaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         check_declared(self, path)
         if self.peers and not self.id:
             raise ConfigError(f"{path}.id", "this replica's id, one of the peers (or "
-                              f"${REPLICA_ID_ENV})", self.id)
+                              f"${REPLICA_ID})", self.id)
         if self.peers and self.id not in self.peers:
             raise ConfigError(f"{path}.peers", f"the replica ids, this one ({self.id!r}) "
                               "among them", list(self.peers))
@@ -200,20 +200,16 @@ class GuardConfig(CommonConfig, frozen=True, kw_only=True, forbid_unknown_fields
         return topic_name(self.env, stream)
 
 
-REPLICA_ID_ENV = REPLICA_ID
-"""Overrides ``replica.id``: one config file for every replica, each pod naming its own
-(``ops/k8s/replicas/``); with ``replica.issuers`` it also picks the replica's issuer."""
-
-TIER_INDEX_ENV = TIER_INDEX
-"""Overrides ``tier.index``: a StatefulSet of market processes sets it from each pod's
-ordinal (``ops/k8s/entrypoint.sh``), so they share one config file."""
-
-
 def load_guard_config(path: str | Path) -> tuple[GuardConfig, str]:
     """Decode and validate the guard config; returns it and its hash (of all but
     ``[keys]``, ``[replica]`` and ``[kafka]``, so replicas of one guard share it).
-    :data:`TIER_INDEX_ENV` and :data:`REPLICA_ID_ENV` override their keys. An error
-    for a missing value notes how the example config sets it."""
+    An error for a missing value notes how the example config sets it.
+
+    ``$RISKGUARD_TIER_INDEX`` overrides ``tier.index``: a StatefulSet of market processes
+    sets it from each pod's ordinal (``ops/k8s/entrypoint.sh``), so they share one config
+    file. ``$RISKGUARD_REPLICA_ID`` overrides ``replica.id``: one config file for every
+    replica, each pod naming its own (``ops/k8s/replicas/``); with ``replica.issuers`` it
+    also picks the replica's issuer."""
     try:
         return _load_guard_config(path)
     except ConfigError as err:
@@ -241,12 +237,12 @@ def with_example(err: ConfigError) -> ConfigError:
 
 def _load_guard_config(path: str | Path) -> tuple[GuardConfig, str]:
     data = read_toml(path)
-    index = os.environ.get(TIER_INDEX_ENV)
+    index = os.environ.get(TIER_INDEX)
     if index is not None:
         if not (index.isascii() and index.isdigit()):  # "²" is a digit int() refuses
-            raise ConfigError(TIER_INDEX_ENV, "a market process index (0, 1, ...)", index)
+            raise ConfigError(TIER_INDEX, "a market process index (0, 1, ...)", index)
         data = _override(data, "tier", "index", int(index))
-    replica_id = os.environ.get(REPLICA_ID_ENV)
+    replica_id = os.environ.get(REPLICA_ID)
     if replica_id is not None:
         data = _override(data, "replica", "id", replica_id)
     base = Path(path).resolve().parent

@@ -167,26 +167,24 @@ def report_audit_tail(cfg: GuardConfig, tail: AuditTail, now: int,
             raise DeliveryError(msg, undelivered=len(alerts), reasons=["flush timeout"])
 
 
-NEW_CONFIG_ENV = NEW_CONFIG
-"""``1`` (as ``riskguard run --new-config`` sets it) to start a replica on a config its
-peers do not run yet: the first replica of a planned config change. Unset, empty or
-``0``: not asked; any other text is a :class:`ConfigError`."""
-
-
 def new_config_asked() -> bool:
     """Whether ``$RISKGUARD_NEW_CONFIG`` asks to start on a config the peers do not run.
 
-    >>> os.environ[NEW_CONFIG_ENV] = "false"
+    ``1`` (as ``riskguard run --new-config`` sets it) starts a replica on a config its
+    peers do not run yet: the first replica of a planned config change. Unset, empty or
+    ``0``: not asked; any other text is a :class:`ConfigError`.
+
+    >>> os.environ[NEW_CONFIG] = "false"
     >>> try:
     ...     new_config_asked()
     ... except ConfigError as err:
     ...     print(str(err)[:52])
     RISKGUARD_NEW_CONFIG: 1 (start this replica on a new
-    >>> del os.environ[NEW_CONFIG_ENV]
+    >>> del os.environ[NEW_CONFIG]
     """
-    raw = os.environ.get(NEW_CONFIG_ENV, "").strip()
+    raw = os.environ.get(NEW_CONFIG, "").strip()
     if raw not in ("", "0", "1"):
-        raise ConfigError(NEW_CONFIG_ENV, "1 (start this replica on a new config), or 0 or "
+        raise ConfigError(NEW_CONFIG, "1 (start this replica on a new config), or 0 or "
                           "unset (start only on the config its peers run)", raw)
     return raw == "1"
 

@@ -41,8 +41,6 @@ with atheris.instrument_imports(include=["riskguard", "tomllib"]):
 
     harness.prepare(sys.argv[1] if len(sys.argv) > 1 else "")
 
-FINDINGS_ENV = FUZZ_FINDINGS
-
 
 def main(argv: list[str]) -> None:
     if len(argv) < 2 or argv[1] not in harness.TARGETS:
@@ -51,7 +49,7 @@ def main(argv: list[str]) -> None:
         sys.exit(2)
     name = argv[1]
     target = harness.TARGETS[name]
-    findings = os.environ.get(FINDINGS_ENV)
+    findings = os.environ.get(FUZZ_FINDINGS)
     if findings:
         target = harness.keep_going(name, target, Path(findings))
     structural = harness.MUTATORS.get(name)
