@@ -9,8 +9,9 @@ copy of an executed decision (:class:`Duplicate`; a ``decision_id`` held with ot
 content is a :class:`DecisionConflict`, never dropped for it); a ``command_id`` already
 handled; a ``seq`` gap (:class:`GapAlert`, alerted, not refused); a held action already
 in force (``already_in_force``); a held action on a scope where ``MAX_HOLDS`` other
-commands hold it already (``too_many_holds``). Only then does it call the user's callback with the
-typed :class:`~riskguard.schemas.MitigationCommand`.
+commands of its signer hold it already (``too_many_holds``; the guard's replicas are
+one signer, and no signer's holds use up another's room). Only then does it call the
+user's callback with the typed :class:`~riskguard.schemas.MitigationCommand`.
 
 An authentic command not executed because its state already holds goes to
 ``on_settled(command, reason, settles)``, ``settles`` naming the executed command that
@@ -402,8 +403,9 @@ class CommandSubscriber:
             return rej
         if self._holds_full(cmd):
             return self._reject(TOO_MANY_HOLDS,
-                                f"{MAX_HOLDS} commands already hold {cmd.action.value} on "
-                                f"{cmd.scope.label()}; a resume naming one makes room",
+                                f"{MAX_HOLDS} commands of {cmd.issuer!r} already hold "
+                                f"{cmd.action.value} on {cmd.scope.label()}; a resume "
+                                "naming one makes room",
                                 partition, offset, cmd, record=True, data=data)
         return self._execute(cmd, now, partition, offset)
 
@@ -415,10 +417,11 @@ class CommandSubscriber:
 
     def _holds_full(self, cmd: MitigationCommand) -> bool:
         """Whether ``cmd`` would hold its action on its scope beside ``MAX_HOLDS`` others
-        (refused: no hold in force is forgotten to make room)."""
+        of its signer's (refused: no hold in force is forgotten to make room). Only its
+        own party's count: another key's holds never use up the guard's room."""
         action = cmd.action.value
         return (action in HELD_ACTIONS and self.state.holds_beside(
-            action, cmd.scope.label(), cmd.command_id) >= MAX_HOLDS)
+            action, cmd.scope.label(), cmd.command_id, self.party(cmd.issuer)) >= MAX_HOLDS)
 
     def _execute(self, cmd: MitigationCommand, now: int, partition: int,
                  offset: int) -> MitigationCommand:

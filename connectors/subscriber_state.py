@@ -46,9 +46,10 @@ CREATE INDEX IF NOT EXISTS holds_by_scope ON holds (scope);
 
 
 MAX_HOLDS = 64
-"""Holds of one action on one scope kept side by side: the subscriber refuses a command
-that would hold one more (``too_many_holds``), as an executor's scope book does; none
-held is ever forgotten to make room."""
+"""Holds of one action on one scope kept side by side by one signer (the guard's replicas
+count as one): the subscriber refuses that signer's command that would hold one more
+(``too_many_holds``), as an executor's scope book does; none held is ever forgotten to
+make room, and no signer's holds use up another's room."""
 
 
 def params_key(cmd: MitigationCommand) -> bytes:
@@ -162,11 +163,17 @@ class SubscriberState:
         row = self.db.execute(q + " ORDER BY rowid", args).fetchone()
         return None if row is None else str(row[0])
 
-    def holds_beside(self, action: str, scope: str, command_id: str) -> int:
-        """How many other commands hold ``action`` on ``scope``."""
-        row = self.db.execute("SELECT count(*) FROM holds WHERE action=? AND scope=? AND "
-                              "command_id!=?", (action, scope, command_id)).fetchone()
-        return int(row[0])
+    def holds_beside(self, action: str, scope: str, command_id: str,
+                     issuers: Collection[str] | None = None) -> int:
+        """How many other commands hold ``action`` on ``scope``; with ``issuers``, only
+        those one of them signed."""
+        q = "SELECT count(*) FROM holds WHERE action=? AND scope=? AND command_id!=?"
+        args: list[str] = [action, scope, command_id]
+        if issuers is not None:
+            names = sorted(issuers)
+            q += f" AND issuer IN ({', '.join('?' * len(names))})"
+            args += names
+        return int(self.db.execute(q, args).fetchone()[0])
 
     def held(self) -> list[tuple[str, str, str]]:
         """Every mitigation held in force: (action, scope label, command id)."""

@@ -292,18 +292,21 @@ class ScopeBook:
     MAX_SAVED = 256
     """Of those, how many the holds file keeps (the newest: see :attr:`MAX_REMEMBERED`)."""
     MAX_HOLDS_PER_ACTION = 64
-    """Holds of one action on one scope (each stricter than the last, or a repeat of a
-    halt the subscriber let through); past it, :meth:`hold` raises ``OverflowError``."""
+    """Holds of one action on one scope by one signer (each stricter than the last, or a
+    repeat of a halt the subscriber let through); past it, :meth:`hold` raises
+    ``OverflowError``. Another signer's holds never use up this one's room."""
 
     def __init__(self, state: ScopeBookState | None = None) -> None:
         self.state = state or ScopeBookState()
 
     def hold(self, action: str, scope: Scope, command_id: str, *, issuer: str,
-             factor: float | None = None, bps: float | None = None) -> list[Hold]:
+             factor: float | None = None, bps: float | None = None,
+             party: Collection[str] | None = None) -> list[Hold]:
         """Hold ``action`` on exactly ``scope`` for ``command_id``, beside the holds of
         that action there by other commands (each is lifted only by a resume naming it or
         all of them; the strictest applies); returns those others. ``issuer`` is who
-        signed the command.
+        signed the command; ``party`` the signers whose holds share its room (default:
+        ``issuer`` alone; the guard's replicas share theirs).
 
         >>> book, okx = ScopeBook(), Scope(kind=ScopeKind.VENUE, value="okx")
         >>> _ = book.hold("reduce_limits", okx, "a", issuer="desk", factor=0.5)
@@ -321,9 +324,11 @@ class ScopeBook:
             raise ValueError(msg)
         label = scope.label()
         others = [h for h in self.on(label, action) if h.command_id != command_id]
-        if len(others) >= self.MAX_HOLDS_PER_ACTION:
-            msg = (f"{len(others)} commands already hold {action} on {label} "
-                   f"(at most {self.MAX_HOLDS_PER_ACTION})")
+        room = frozenset(party) if party is not None else frozenset({issuer})
+        own = sum(1 for h in others if h.issuer in room)
+        if own >= self.MAX_HOLDS_PER_ACTION:
+            msg = (f"{own} commands of {issuer!r} already hold {action} on {label} "
+                   f"(at most {self.MAX_HOLDS_PER_ACTION} a signer)")
             raise OverflowError(msg)
         self.state.holds[(label, action, command_id)] = Hold(
             action=action, scope_label=label, scope=scope, command_id=command_id,

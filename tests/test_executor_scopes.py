@@ -164,3 +164,18 @@ def test_a_holds_file_of_another_version_stops_the_load(
     path.write_text(json.dumps(doc))
     with pytest.raises(ConfigError, match="version"):
         ScopeBook.load(path)
+
+
+def test_the_holds_of_one_signer_never_use_up_another_s_room_on_a_scope() -> None:
+    """64 cuts by one signer fill that signer's room on a scope, not the guard's: the
+    guard's replicas (its party) still hold a stricter one there; past its own 64, a
+    signer's next is an OverflowError."""
+    book, okx = ScopeBook(), venue("okx")
+    limit = ScopeBook.MAX_HOLDS_PER_ACTION
+    for i in range(limit):
+        book.hold("reduce_limits", okx, f"op-{i}", issuer="desk", factor=0.99 - i / 1000)
+    with pytest.raises(OverflowError):
+        book.hold("reduce_limits", okx, "op-extra", issuer="desk", factor=0.5)
+    guard = frozenset({"engine-a", "engine-b"})
+    book.hold("reduce_limits", okx, "g-1", issuer="engine-a", factor=0.1, party=guard)
+    assert min(h.factor or 1.0 for h in book.on(okx.label(), "reduce_limits")) == 0.1

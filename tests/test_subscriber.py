@@ -507,3 +507,30 @@ def test_another_signer_s_hold_never_answers_a_command_so_lifting_it_keeps_that_
         manual.command_id, guard.command_id, lift_manual.command_id]
     assert [r.reason for r in h.rejected] == ["already_in_force"]
     assert h.sub.state.held() == [("halt_trading", VENUE_X.label(), guard.command_id)]
+
+
+def test_another_signer_filling_the_holds_of_a_scope_never_refuses_the_guard_s_cut(
+    tmp_path: Path,
+) -> None:
+    """An operator allowed reduce_limits holds 64 weak cuts on one venue; the guard's
+    stricter cut there still executes: the room on a scope is each signer's own (the
+    guard's replicas share theirs), so no key can use up another's. Past 64 of its own,
+    the operator's next is refused, and the guard's replica's copy is answered as ever."""
+    from riskguard.connectors.subscriber_state import MAX_HOLDS
+    from riskguard.schemas import Action
+
+    entries = key_entries()
+    entries[2] = {**entries[2], "actions": ["resume", "halt_trading", "reduce_limits"]}
+    h = Harness(tmp_path, trust=TrustStore(parse_trust(trust_text(entries=entries))),
+                dedupe_in_force=True)
+    weak = [command(100 + i, issuer="op-alice", seq=1 + i, scope=VENUE_X,
+                    action=Action.REDUCE_LIMITS, params={"factor": 0.99 - i / 1000})
+            for i in range(MAX_HOLDS + 1)]
+    for i, c in enumerate(weak):
+        h.sub.handle(env_bytes(c, OP1), partition=0, offset=i)
+    assert [r.reason for r in h.rejected] == ["too_many_holds"]
+    cut = command(1, issuer="engine-1", seq=1, scope=VENUE_X, action=Action.REDUCE_LIMITS,
+                  params={"factor": 0.1})
+    h.sub.handle(env_bytes(cut, ENGINE), partition=0, offset=100)
+    assert h.executed[-1] == cut
+    assert ("reduce_limits", VENUE_X.label(), cut.command_id) in h.sub.state.held()

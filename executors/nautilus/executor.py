@@ -235,7 +235,8 @@ class NautilusExecutor(Actor):
     def _hold_state(self, cmd: MitigationCommand, markets: list[Market]) -> Applied:
         try:
             others = self._book.hold(cmd.action.value, cmd.scope, cmd.command_id,
-                                     issuer=cmd.issuer)
+                                     issuer=cmd.issuer,
+                                     party=self._subscriber.party(cmd.issuer))
         except OverflowError as err:
             return Applied(AckOutcome.REFUSED, str(err))
         self._sync_firm_state()
@@ -304,7 +305,8 @@ class NautilusExecutor(Actor):
             return _in_force(held, f"max notional per order x{held.factor:g}")
         try:
             self._book.hold(Action.REDUCE_LIMITS.value, cmd.scope, cmd.command_id,
-                            factor=factor, issuer=cmd.issuer)
+                            factor=factor, issuer=cmd.issuer,
+                            party=self._subscriber.party(cmd.issuer))
         except OverflowError as err:
             return Applied(AckOutcome.REFUSED, str(err))
         caps = self._sync_caps()
@@ -324,7 +326,7 @@ class NautilusExecutor(Actor):
             return _in_force(held, f"quotes widened by {held.bps:g} bps")
         try:
             self._book.hold(Action.WIDEN_QUOTES.value, cmd.scope, cmd.command_id, bps=bps,
-                            issuer=cmd.issuer)
+                            issuer=cmd.issuer, party=self._subscriber.party(cmd.issuer))
         except OverflowError as err:
             return Applied(AckOutcome.REFUSED, str(err))
         # the widest held on the scope (another signer's may be wider than this one)
