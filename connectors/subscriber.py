@@ -91,7 +91,8 @@ __all__ = ["CONNECT_S", "DEFAULT_DECISION_WINDOW_S", "Alert", "CommandSubscriber
 _logger = logging.getLogger("riskguard.subscriber")
 
 DEFAULT_DECISION_WINDOW_S = 3600.0
-"""How long an executed decision is remembered, at least (and until its command expires)."""
+"""How long an executed decision is remembered, at least (and until its command expires);
+past it the newest :data:`~riskguard.connectors.subscriber_state.DECISIONS_KEPT` stay."""
 # the AckOutcome values of a command the executor did not apply
 _NOT_APPLIED = frozenset({"refused", "failed"})
 COMMIT_EVERY = 2048

@@ -52,6 +52,13 @@ count as one): the subscriber refuses that signer's command that would hold one 
 make room, and no signer's holds use up another's room."""
 
 
+DECISIONS_KEPT = 65_536
+"""Executed decisions remembered past their window: the newest this many stay, so a
+guard restored from an old snapshot, re-deriving what it decided then, finds them
+executed (a duplicate) however long ago that was. A decision never executed is never
+among them: remembering more refuses no genuine one."""
+
+
 def params_key(cmd: MitigationCommand) -> bytes:
     """Canonical bytes of a command's params (an update with new params is not a repeat)."""
     return msgspec.json.encode(cmd.params, order="sorted")
@@ -269,10 +276,14 @@ class SubscriberState:
         return raised
 
     def prune(self, before_ns: int) -> int:
-        """Forget executed ids that expired before ``before_ns`` (freshness rejects them)."""
+        """Forget executed ids that expired before ``before_ns`` (freshness rejects them),
+        and the decisions kept until before it, but the newest :data:`DECISIONS_KEPT`."""
         self._begin()
         cur = self.db.execute("DELETE FROM handled WHERE expires_at < ?", (before_ns,))
-        self.db.execute("DELETE FROM copies WHERE keep_until < ?", (before_ns,))
+        # rows are only ever deleted below the newest DECISIONS_KEPT, so those are the
+        # rowids above max - DECISIONS_KEPT: found in the rowid order, not by a scan
+        self.db.execute("DELETE FROM copies WHERE rowid <= (SELECT max(rowid) FROM copies)"
+                        " - ? AND +keep_until < ?", (DECISIONS_KEPT, before_ns))
         return cur.rowcount
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ from riskguard.connectors.subscriber import (
     Rejection,
     TrustBehind,
 )
+from riskguard.connectors.subscriber_state import DECISIONS_KEPT
 from riskguard.errors import ConfigError, RiskguardError
 from riskguard.operators.core.metrics import start_metrics_server_from_env
 from riskguard.operators.signing.trust import RootSet, TrustStore
@@ -107,9 +108,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also append each rejection (and duplicate) as a JSON line to FILE")
     p.add_argument("--leeway", type=float, default=10.0, help="clock-skew leeway, seconds")
     p.add_argument("--decision-window", type=float, default=DEFAULT_DECISION_WINDOW_S,
-                   metavar="SECONDS", help="how long an executed decision is remembered, so "
+                   metavar="SECONDS", help="how long every executed decision is remembered, so "
                    "another guard replica's copy is dropped as a duplicate (default "
-                   f"{DEFAULT_DECISION_WINDOW_S:g})")
+                   f"{DEFAULT_DECISION_WINDOW_S:g}; past it the newest {DECISIONS_KEPT:,} stay)")
     p.add_argument("--verify-threads", type=int, metavar="N",
                    help="threads that check a batch's signatures at once (default: one per "
                    "core this process may run on)")

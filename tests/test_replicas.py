@@ -144,16 +144,24 @@ def test_executed_decisions_survive_a_restart_of_the_subscriber(tmp_path: Path) 
     assert isinstance(again, Duplicate)
 
 
-def test_a_decision_is_forgotten_once_expired_and_past_its_window(tmp_path: Path) -> None:
+def test_a_decision_is_forgotten_once_past_its_window_and_newer_ones_fill_the_room(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within its window (and until it expires) a decision is kept whatever else is;
+    past it, only the newest DECISIONS_KEPT are: the oldest goes first."""
+    from riskguard.connectors import subscriber_state
+
+    monkeypatch.setattr(subscriber_state, "DECISIONS_KEPT", 1)
     state_path = tmp_path / "sub.sqlite"
     sub = CommandSubscriber(trust=_replicas_trust(), audience=AUD, state_path=state_path,
                             on_command=lambda _c: None, clock=ManualClock(T0),
                             decision_window_s=120)
     sub.handle(_signed(_copy("engine-a", 1, D1), REPLICA_A), partition=0, offset=0)
+    sub.handle(_signed(_copy("engine-a", 2, D2, n=2), REPLICA_A), partition=0, offset=1)
     sub.state.prune(T0 + 119 * S)
     assert [c.issuer for c in sub.state.copies(D1)] == ["engine-a"]
     sub.state.prune(T0 + 121 * S)
     assert sub.state.copies(D1) == []
+    assert [c.issuer for c in sub.state.copies(D2)] == ["engine-a"]
 
 
 def test_a_key_that_signs_a_guard_commands_id_first_suppresses_nothing(
@@ -448,3 +456,30 @@ def test_a_recovery_store_refuses_a_trust_file_older_than_the_one_it_ran_on(
                  "-b", "10"]) == 2
     err = capsys.readouterr().err
     assert "keys.trust_file" in err and "serial 99" in err
+
+
+def test_a_guard_restored_from_an_old_snapshot_does_not_execute_its_old_decisions_again(
+        tmp_path: Path) -> None:
+    """A guard restored from a snapshot hours old reads its input again and re-derives
+    the decisions it made then: same decision id and command id, a new seq above what it
+    delivered, fresh issued_at. Hours past the decision window and the ids' expiry, the
+    subscriber still drops the copy as a duplicate; a decision it never executed (a
+    genuine catch-up) still executes."""
+    clock = ManualClock(T0)
+    seen: dict[str, list[Any]] = {}
+    sub = CommandSubscriber(trust=_replicas_trust(), audience=AUD,
+                            state_path=tmp_path / "sub.sqlite", clock=clock,
+                            on_command=seen.setdefault("executed", []).append,
+                            on_reject=seen.setdefault("rejected", []).append)
+    sub.handle(_signed(_copy("engine-a", 1, D1), REPLICA_A), partition=0, offset=0)
+    later = T0 + 5 * 3600 * S
+    clock.set(later)
+    sub.state.prune(later - 3600 * S)  # what a poll does: ids and copies past their time
+    again = msgspec.structs.replace(_copy("engine-a", 1_000_001, D1), issued_at=later,
+                                    expires_at=later + 60 * S)
+    assert isinstance(sub.handle(_signed(again, REPLICA_A), partition=0, offset=1),
+                      Duplicate)
+    catch_up = msgspec.structs.replace(_copy("engine-a", 1_000_002, D2, n=2),
+                                       issued_at=later, expires_at=later + 60 * S)
+    assert sub.handle(_signed(catch_up, REPLICA_A), partition=0, offset=2) == catch_up
+    assert [c.decision_id for c in seen["executed"]] == [D1, D2]
