@@ -422,7 +422,8 @@ class CommandSubscriber:
         own party's count: another key's holds never use up the guard's room."""
         action = cmd.action.value
         return (action in HELD_ACTIONS and self.state.holds_beside(
-            action, cmd.scope.label(), cmd.command_id, self.party(cmd.issuer)) >= MAX_HOLDS)
+            action, cmd.scope.label(), cmd.command_id, self.party(cmd.issuer),
+            issuer=cmd.issuer) >= MAX_HOLDS)
 
     def _execute(self, cmd: MitigationCommand, now: int, partition: int,
                  offset: int) -> MitigationCommand:

@@ -31,18 +31,18 @@ CREATE TABLE IF NOT EXISTS handled (issuer TEXT NOT NULL, command_id TEXT NOT NU
 CREATE TABLE IF NOT EXISTS offsets (topic TEXT NOT NULL, part INTEGER NOT NULL,
                                     next_offset INTEGER NOT NULL, PRIMARY KEY (topic, part));
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS holds (action TEXT NOT NULL, scope TEXT NOT NULL,
-                                  command_id TEXT NOT NULL, params BLOB NOT NULL,
-                                  issuer TEXT NOT NULL,
-                                  PRIMARY KEY (action, scope, command_id));
 CREATE TABLE IF NOT EXISTS copies (decision_id TEXT NOT NULL, content BLOB NOT NULL,
                                    issuer TEXT NOT NULL, command_id TEXT NOT NULL,
                                    keep_until INTEGER NOT NULL,
                                    PRIMARY KEY (decision_id, content));
 CREATE INDEX IF NOT EXISTS handled_by_expiry ON handled (expires_at);
 CREATE INDEX IF NOT EXISTS copies_by_expiry ON copies (keep_until);
-CREATE INDEX IF NOT EXISTS holds_by_scope ON holds (scope);
 """
+_HOLDS = ("CREATE TABLE IF NOT EXISTS holds (action TEXT NOT NULL, scope TEXT NOT NULL, "
+          "command_id TEXT NOT NULL, params BLOB NOT NULL, issuer TEXT NOT NULL, "
+          "PRIMARY KEY (action, scope, issuer, command_id))",
+          "CREATE INDEX IF NOT EXISTS holds_by_scope ON holds (scope)")
+"""The holds in force: one row per signer's command (ids are each signer's own)."""
 
 
 MAX_HOLDS = 64
@@ -106,6 +106,25 @@ def _older_layout(db: sqlite3.Connection) -> str | None:
     return None
 
 
+def _key_holds_by_issuer(db: sqlite3.Connection) -> None:
+    """Rebuild a holds table keyed by action, scope and id alone with its issuer in the
+    key, every row kept in order: ids are each signer's own, so another signer's hold
+    under the same id is held beside, never in place of, the first."""
+    keyed = {str(r[1]) for r in db.execute("PRAGMA table_info(holds)") if r[5]}
+    if not keyed or "issuer" in keyed:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("ALTER TABLE holds RENAME TO holds_by_id")
+    db.execute("DROP INDEX IF EXISTS holds_by_scope")
+    for sql in _HOLDS:
+        db.execute(sql)
+    db.execute("INSERT OR IGNORE INTO holds (action, scope, command_id, params, issuer) "
+               "SELECT action, scope, command_id, params, issuer FROM holds_by_id "
+               "ORDER BY rowid")
+    db.execute("DROP TABLE holds_by_id")
+    db.execute("COMMIT")
+
+
 def _refuse_older_layout(db: sqlite3.Connection, path: str) -> None:
     """Stop on a state file of an older layout, before anything is written to it."""
     found = _older_layout(db)
@@ -131,6 +150,9 @@ class SubscriberState:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
+        _key_holds_by_issuer(self.db)
+        for sql in _HOLDS:
+            self.db.execute(sql)
         self.raised_seq = False  # a seq high-water mark rose in the open transaction
         self.commits = 0  # synced commits so far (a flood of rejections costs few)
         # consumed offsets not yet written: (topic, partition) -> next offset
@@ -171,11 +193,12 @@ class SubscriberState:
         return None if row is None else str(row[0])
 
     def holds_beside(self, action: str, scope: str, command_id: str,
-                     issuers: Collection[str] | None = None) -> int:
-        """How many other commands hold ``action`` on ``scope``; with ``issuers``, only
-        those one of them signed."""
-        q = "SELECT count(*) FROM holds WHERE action=? AND scope=? AND command_id!=?"
-        args: list[str] = [action, scope, command_id]
+                     issuers: Collection[str] | None = None, *, issuer: str = "") -> int:
+        """How many other commands hold ``action`` on ``scope`` than ``issuer``'s
+        ``command_id``; with ``issuers``, only those one of them signed."""
+        q = ("SELECT count(*) FROM holds WHERE action=? AND scope=? AND NOT "
+             "(command_id=? AND issuer=?)")
+        args: list[str] = [action, scope, command_id, issuer]
         if issuers is not None:
             names = sorted(issuers)
             q += f" AND issuer IN ({', '.join('?' * len(names))})"

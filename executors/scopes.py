@@ -263,9 +263,15 @@ class Hold:
 class ScopeBookState:
     """What a :class:`ScopeBook` holds; ``snapshot()`` copies it, ``restore()`` resumes."""
 
-    holds: dict[tuple[str, str, str], Hold] = field(default_factory=dict)  # scope, action, id
+    # scope, action, signer_id(issuer, command id): ids are each signer's own
+    holds: dict[tuple[str, str, str], Hold] = field(default_factory=dict)
     applied: dict[str, dict[str, Any]] = field(default_factory=dict)
     version: int = 1
+
+
+def _key(hold: Hold) -> tuple[str, str, str]:
+    """A hold's key in :attr:`ScopeBookState.holds`: scope, action, and its signer's id."""
+    return (hold.scope_label, hold.action, signer_id(hold.issuer, hold.command_id))
 
 
 HOLDS_FILE_VERSION = 1
@@ -323,14 +329,16 @@ class ScopeBook:
             msg = f"a hold of {action} by command {command_id!r} names no issuer"
             raise ValueError(msg)
         label = scope.label()
-        others = [h for h in self.on(label, action) if h.command_id != command_id]
+        key = (label, action, signer_id(issuer, command_id))
+        others = [h for k, h in self.state.holds.items()
+                  if k[0] == label and k[1] == action and k != key]
         room = frozenset(party) if party is not None else frozenset({issuer})
         own = sum(1 for h in others if h.issuer in room)
         if own >= self.MAX_HOLDS_PER_ACTION:
             msg = (f"{own} commands of {issuer!r} already hold {action} on {label} "
                    f"(at most {self.MAX_HOLDS_PER_ACTION} a signer)")
             raise OverflowError(msg)
-        self.state.holds[(label, action, command_id)] = Hold(
+        self.state.holds[key] = Hold(
             action=action, scope_label=label, scope=scope, command_id=command_id,
             state=HELD_ACTIONS[action], factor=factor, bps=bps, issuer=issuer)
         return others
@@ -376,7 +384,7 @@ class ScopeBook:
         gone = [h for (lbl, _, _), h in self.state.holds.items() if lbl == label
                 and resume_lifts(acts, ids, h.action, h.command_id)]
         for h in gone:
-            del self.state.holds[(label, h.action, h.command_id)]
+            del self.state.holds[_key(h)]
         return gone
 
     def holds(self, action: str | None = None) -> list[Hold]:
@@ -456,8 +464,7 @@ class ScopeBook:
             raise ConfigError(str(p), "holds that each name their issuer (a 0.1 holds file "
                               "does not carry over: start the executor and its subscriber "
                               "afresh)", "no issuer on " + "; ".join(unnamed[:5]))
-        return cls(ScopeBookState(holds={(h.scope_label, h.action, h.command_id): h
-                                         for h in saved.holds},
+        return cls(ScopeBookState(holds={_key(h): h for h in saved.holds},
                                   applied=saved.applied, version=saved.version))
 
     @classmethod

@@ -179,3 +179,14 @@ def test_the_holds_of_one_signer_never_use_up_another_s_room_on_a_scope() -> Non
     guard = frozenset({"engine-a", "engine-b"})
     book.hold("reduce_limits", okx, "g-1", issuer="engine-a", factor=0.1, party=guard)
     assert min(h.factor or 1.0 for h in book.on(okx.label(), "reduce_limits")) == 0.1
+
+
+def test_another_signer_holding_under_the_same_command_id_holds_beside_never_over() -> None:
+    """Ids are each signer's own: a mild cut signed under the guard's command id is held
+    beside the guard's stricter cut, which stays in force."""
+    book, okx = ScopeBook(), venue("okx")
+    book.hold("reduce_limits", okx, "g-1", issuer="engine-a", factor=0.1)
+    book.hold("reduce_limits", okx, "g-1", issuer="desk", factor=0.99)
+    assert sorted((h.issuer, h.factor) for h in book.holds()) == [
+        ("desk", 0.99), ("engine-a", 0.1)]
+    assert [h.issuer for h in book.lift(okx, command_ids=["g-1"])] == ["engine-a", "desk"]

@@ -534,3 +534,51 @@ def test_another_signer_filling_the_holds_of_a_scope_never_refuses_the_guard_s_c
     h.sub.handle(env_bytes(cut, ENGINE), partition=0, offset=100)
     assert h.executed[-1] == cut
     assert ("reduce_limits", VENUE_X.label(), cut.command_id) in h.sub.state.held()
+
+
+def test_another_signer_reusing_the_guard_s_command_id_holds_beside_it_never_over_it(
+    tmp_path: Path,
+) -> None:
+    """Command ids are predictable: an operator allowed reduce_limits signs a mild cut on
+    the scope of the guard's cut, under the guard's command id. It is held beside the
+    guard's (ids are each signer's own), never in its place: the guard's cut stays in
+    force, recorded as the guard's."""
+    from riskguard.connectors.subscriber_state import params_key
+    from riskguard.schemas import Action
+
+    entries = key_entries()
+    entries[2] = {**entries[2], "actions": ["resume", "halt_trading", "reduce_limits"]}
+    h = Harness(tmp_path, trust=TrustStore(parse_trust(trust_text(entries=entries))),
+                dedupe_in_force=True)
+    cut = command(1, issuer="engine-1", seq=1, scope=VENUE_X, action=Action.REDUCE_LIMITS,
+                  params={"factor": 0.1})
+    mild = msgspec.structs.replace(cut, issuer="op-alice", params={"factor": 0.99})
+    h.sub.handle(env_bytes(cut, ENGINE), partition=0, offset=0)
+    h.sub.handle(env_bytes(mild, OP1), partition=0, offset=1)
+    assert h.executed == [cut, mild]
+    state = h.sub.state
+    assert state.in_force("reduce_limits", VENUE_X.label(), params_key(cut),
+                          {"engine-1"}) == cut.command_id
+    assert state.in_force("reduce_limits", VENUE_X.label(), params_key(mild),
+                          {"op-alice"}) == cut.command_id
+    assert len(state.held()) == 2
+
+
+def test_a_state_file_keying_holds_without_their_issuer_is_rekeyed_at_open(
+    tmp_path: Path,
+) -> None:
+    """A state file whose holds name their issuer but are keyed by action, scope and id
+    alone opens with every hold carried over, in order, now keyed by issuer too."""
+    path = _state_file_with(tmp_path, _OLD_HOLDS.format(
+        table="holds", key="issuer TEXT NOT NULL, PRIMARY KEY (action, scope, command_id)"),
+        "INSERT INTO holds VALUES ('halt_trading', 'venue:x', 'c2', x'7b7d', 'engine-1')",
+        "INSERT INTO holds VALUES ('halt_trading', 'venue:x', 'c1', x'7b7d', 'op-alice')")
+    state = SubscriberState(path)
+    assert state.held() == [("halt_trading", "venue:x", "c2"), ("halt_trading", "venue:x", "c1")]
+    keyed = [str(r[1]) for r in state.db.execute("PRAGMA table_info(holds)") if r[5]]
+    assert "issuer" in keyed
+    state._begin()
+    state.db.execute("INSERT INTO holds VALUES ('halt_trading', 'venue:x', 'c1', x'7b7d', "
+                     "'engine-1')")
+    assert len(state.held()) == 3
+    state.close()

@@ -129,7 +129,7 @@ class NautilusExecutor(Actor):
         """Refuse to start on a holds file that lacks a mitigation the subscriber's state
         has in force: the subscriber would settle that command again and nothing would
         hold it."""
-        holds = self._book.state.holds
+        holds = {(h.scope_label, h.action, h.command_id) for h in self._book.holds()}
         missing = [f"{action} on {scope} (command {cid})"
                    for action, scope, cid in subscriber.state.held()
                    if (scope, action, cid) not in holds]
