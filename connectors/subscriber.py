@@ -174,8 +174,9 @@ class GapAlert:
 class TrustBehind:
     """A verified command states it was signed under trust file serial ``signed_under``,
     newer than this subscriber's ``ours``: keys revoked since are still trusted here, so
-    the trust file wants updating. Alerted once per newer serial; the command is not
-    refused for it (a forger states whatever serial it likes)."""
+    the trust file wants updating. Alerted once per newer serial each signer states (one
+    signer stating a far newer one silences no other's); the command is not refused for
+    it (a forger states whatever serial it likes)."""
 
     issuer: str
     command_id: str
@@ -287,7 +288,9 @@ class CommandSubscriber:
             self.state.close()
             raise
         self._batching = False
-        self._trust_alerted = trust.serial  # newer serials seen in commands are alerted
+        # the newest serial each signer's commands stated, once alerted: what one signer
+        # states never silences another's alert (keyed by trust-file names only)
+        self._trust_alerted: dict[str, int] = {}
         self.verify_threads = verify_threads or usable_cores()
         self._pool = (ThreadPoolExecutor(self.verify_threads, thread_name_prefix="verify")
                       if self.verify_threads > 1 else None)
@@ -388,7 +391,7 @@ class CommandSubscriber:
                                 "handled",
                                 partition, offset, cmd, record=True, data=data)
         self._check_gap(cmd, hw, partition, offset)
-        if cmd.trust_serial > self._trust_alerted:
+        if cmd.trust_serial > max(self.trust.serial, self._trust_alerted.get(cmd.issuer, 0)):
             self._trust_behind(cmd)
         holder = None
         if self.dedupe_in_force and cmd.action.value in HELD_ACTIONS:
@@ -451,7 +454,7 @@ class CommandSubscriber:
                 self.on_alert(alert)
 
     def _trust_behind(self, cmd: MitigationCommand) -> None:
-        self._trust_alerted = cmd.trust_serial
+        self._trust_alerted[cmd.issuer] = cmd.trust_serial
         self.stats["trust_behind"] += 1
         alert = TrustBehind(issuer=cmd.issuer, command_id=cmd.command_id,
                             signed_under=cmd.trust_serial, ours=self.trust.serial)

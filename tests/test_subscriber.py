@@ -128,6 +128,26 @@ def test_a_command_signed_under_a_newer_trust_file_is_alerted_once_and_executes(
     assert len(h.executed) == 3 and h.sub.summary()["trust_behind"] == 1
 
 
+def test_a_key_stating_a_far_newer_trust_serial_does_not_silence_the_guard_s_alert(
+        tmp_path: Path) -> None:
+    """An operator's key states trust file serial 10**9 on its command: alerted. The
+    guard's next command, signed under the real next serial, is alerted too: what one
+    signer states never uses up another's alert (each signer is alerted once per newer
+    serial it states)."""
+    from riskguard.connectors.subscriber import TrustBehind
+
+    h = Harness(tmp_path)
+    ours = h.sub.trust.serial
+    claim = command(1, issuer="op-alice", seq=1, trust_serial=10**9)
+    guard = command(2, issuer="engine-1", seq=1, trust_serial=ours + 1)
+    h.sub.handle(env_bytes(claim, OP1))
+    h.sub.handle(env_bytes(guard, ENGINE))
+    assert [a.issuer for a in h.alerts if isinstance(a, TrustBehind)] == [
+        "op-alice", "engine-1"]
+    assert h.alerts[-1] == TrustBehind(issuer="engine-1", command_id=guard.command_id,
+                                       signed_under=ours + 1, ours=ours)
+
+
 def test_rejections_have_reasons_are_counted_and_logged(tmp_path: Path) -> None:
     h = Harness(tmp_path, clock=ManualClock(T0 + 3600 * S))
     h.sub.handle(b"garbage", partition=0, offset=7)
