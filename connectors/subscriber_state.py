@@ -100,29 +100,13 @@ def _older_layout(db: sqlite3.Connection) -> str | None:
     columns = {str(r[1]) for r in db.execute("PRAGMA table_info(holds)")}
     if "issuer" not in columns:
         return "holds without their issuer (no issuer column)"
+    keyed = {str(r[1]) for r in db.execute("PRAGMA table_info(holds)") if r[5]}
+    if "issuer" not in keyed:
+        return "holds keyed without their issuer (another signer's id would replace them)"
     unnamed = db.execute("SELECT count(*) FROM holds WHERE issuer=''").fetchone()[0]
     if unnamed:
         return f"{unnamed} hold(s) naming no issuer"
     return None
-
-
-def _key_holds_by_issuer(db: sqlite3.Connection) -> None:
-    """Rebuild a holds table keyed by action, scope and id alone with its issuer in the
-    key, every row kept in order: ids are each signer's own, so another signer's hold
-    under the same id is held beside, never in place of, the first."""
-    keyed = {str(r[1]) for r in db.execute("PRAGMA table_info(holds)") if r[5]}
-    if not keyed or "issuer" in keyed:
-        return
-    db.execute("BEGIN IMMEDIATE")
-    db.execute("ALTER TABLE holds RENAME TO holds_by_id")
-    db.execute("DROP INDEX IF EXISTS holds_by_scope")
-    for sql in _HOLDS:
-        db.execute(sql)
-    db.execute("INSERT OR IGNORE INTO holds (action, scope, command_id, params, issuer) "
-               "SELECT action, scope, command_id, params, issuer FROM holds_by_id "
-               "ORDER BY rowid")
-    db.execute("DROP TABLE holds_by_id")
-    db.execute("COMMIT")
 
 
 def _refuse_older_layout(db: sqlite3.Connection, path: str) -> None:
@@ -150,7 +134,6 @@ class SubscriberState:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
-        _key_holds_by_issuer(self.db)
         for sql in _HOLDS:
             self.db.execute(sql)
         self.raised_seq = False  # a seq high-water mark rose in the open transaction

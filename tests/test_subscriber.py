@@ -386,6 +386,11 @@ _OLD_HOLDS = ("CREATE TABLE {table} (action TEXT NOT NULL, scope TEXT NOT NULL, 
                                     "PRIMARY KEY (action, scope, command_id)"),
                   "INSERT INTO holds VALUES ('halt_trading', 'venue:x', 'c1', x'7b7d', '')"],
                  "issuer", id="holds-naming-no-issuer"),
+    pytest.param([_OLD_HOLDS.format(table="holds", key="issuer TEXT NOT NULL, "
+                                    "PRIMARY KEY (action, scope, command_id)"),
+                  "INSERT INTO holds VALUES ('halt_trading', 'venue:x', 'c1', x'7b7d', "
+                  "'op-alice')"],
+                 "keyed without their issuer", id="holds-keyed-without-their-issuer"),
     pytest.param(["CREATE TABLE seen (command_id TEXT PRIMARY KEY, issuer TEXT NOT NULL, "
                   "seq INTEGER NOT NULL, expires_at INTEGER NOT NULL)",
                   "INSERT INTO seen VALUES ('c1', 'engine-1', 1, 99)"],
@@ -583,22 +588,3 @@ def test_another_signer_reusing_the_guard_s_command_id_holds_beside_it_never_ove
                           {"op-alice"}) == cut.command_id
     assert len(state.held()) == 2
 
-
-def test_a_state_file_keying_holds_without_their_issuer_is_rekeyed_at_open(
-    tmp_path: Path,
-) -> None:
-    """A state file whose holds name their issuer but are keyed by action, scope and id
-    alone opens with every hold carried over, in order, now keyed by issuer too."""
-    path = _state_file_with(tmp_path, _OLD_HOLDS.format(
-        table="holds", key="issuer TEXT NOT NULL, PRIMARY KEY (action, scope, command_id)"),
-        "INSERT INTO holds VALUES ('halt_trading', 'venue:x', 'c2', x'7b7d', 'engine-1')",
-        "INSERT INTO holds VALUES ('halt_trading', 'venue:x', 'c1', x'7b7d', 'op-alice')")
-    state = SubscriberState(path)
-    assert state.held() == [("halt_trading", "venue:x", "c2"), ("halt_trading", "venue:x", "c1")]
-    keyed = [str(r[1]) for r in state.db.execute("PRAGMA table_info(holds)") if r[5]]
-    assert "issuer" in keyed
-    state._begin()
-    state.db.execute("INSERT INTO holds VALUES ('halt_trading', 'venue:x', 'c1', x'7b7d', "
-                     "'engine-1')")
-    assert len(state.held()) == 3
-    state.close()
