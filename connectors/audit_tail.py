@@ -1,7 +1,7 @@
 """The audit topic read back: its items for verification, and where each chain stands.
 
 A guard that starts without a recovery snapshot must continue each audit chain at its
-next index, not at 0. At start-up :func:`read_chain_states` reads the topic from the
+next index, not at 0. At start-up :func:`read_audit_tail` reads the topic from the
 beginning, checks every chain of the guard's origin as read
 (:class:`~riskguard.operators.audit.ChainResume`) and returns each chain's append
 state. A topic that cannot be read, or an own chain that does not verify, raises: the
@@ -113,19 +113,6 @@ def read_items(settings: KafkaSettings, topic: str, *, idle_s: float = 0.5,
     verification reads them, :func:`~riskguard.operators.audit.decode_item`)."""
     return [decode_item(raw, f"{topic}[{p}]@{off}", strict=strict)
             for p, off, raw in scan_topic(settings, topic, idle_s=idle_s, stall_s=stall_s)]
-
-
-def read_chain_states(settings: KafkaSettings, topic: str,
-                      keys: Mapping[str, VerifyKey] | KeyLookup, *, origin: str,
-                      idle_s: float = 0.5, stall_s: float = 30.0) -> dict[str, AuditState]:
-    """Where each chain of ``origin`` on the audit ``topic`` stands, checked as read.
-
-    ``keys`` are the checkpoint keys to accept (a trust file's ``checkpoint_key``).
-    Raises ``BrokerError`` if the topic cannot be read and ``AuditError`` if a chain of
-    ``origin`` does not verify. Memory is O(log n) per chain.
-    """
-    return read_audit_tail(settings, topic, keys, origin=origin, idle_s=idle_s,
-                           stall_s=stall_s).chains
 
 
 @dataclass

@@ -242,7 +242,7 @@ def guard_core(
     files, generators): the single implementation of the guard logic.
 
     ``seq_floor``: the highest seq already delivered; ``audit_resume``: each audit
-    chain's state (:func:`~riskguard.connectors.audit_tail.read_chain_states`);
+    chain's state (:func:`~riskguard.connectors.audit_tail.read_audit_tail`);
     ``wall_clock`` (live only) lets a fill's re-valuation boundary pass by wall time.
     With ``tier.role = "firm"`` it sums the market processes' parts and takes their
     signals. ``tick_sources``: the sources its own ticks count (1 live, 0 in a replay).

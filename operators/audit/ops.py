@@ -93,7 +93,7 @@ def audit_log(
 
     ``resume`` maps a chain to the state it has on the audit topic
     (:class:`~riskguard.operators.audit.ChainResume`, or
-    :func:`riskguard.connectors.audit_tail.read_chain_states` at start-up): a
+    :func:`riskguard.connectors.audit_tail.read_audit_tail` at start-up): a
     chain found there continues at its next index instead of starting again at
     0; with a recovery snapshot, :func:`~riskguard.operators.audit.continue_chain`
     decides which of the two it continues from.
