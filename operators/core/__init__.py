@@ -15,7 +15,6 @@ and watermarks, de-duplication, end of input, and the Prometheus metrics.
 """
 
 from riskguard.operators.core.base import (
-    Builder,
     Logic,
     SplitOut,
     copy_fields,
@@ -28,7 +27,6 @@ from riskguard.operators.core.base import (
     values_of,
 )
 from riskguard.operators.core.clock import (
-    NS_PER_MS,
     NS_PER_S,
     TICK_IDLE_NS,
     Clock,
@@ -59,10 +57,8 @@ from riskguard.operators.core.snapshot import (
 )
 
 __all__ = [
-    "NS_PER_MS",
     "NS_PER_S",
     "TICK_IDLE_NS",
-    "Builder",
     "Clock",
     "FinalProgressLogic",
     "FinalProgressState",

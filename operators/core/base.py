@@ -74,9 +74,6 @@ class Logic(Protocol[V_contra, W]):
     def snapshot(self) -> Any: ...
 
 
-Builder = Callable[[Any], Logic[Any, Any]]
-
-
 class _Shim(StatefulBatchLogic[Any, Any, Any]):
     """Adapts a riskguard logic object to bytewax's batch logic."""
 

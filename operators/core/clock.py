@@ -22,7 +22,6 @@ import msgspec
 Clock = Callable[[], int]
 
 NS_PER_S = 1_000_000_000
-NS_PER_MS = 1_000_000
 
 
 def system_clock() -> int:
