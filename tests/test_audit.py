@@ -14,14 +14,12 @@ from riskguard.operators.audit import (
     AuditLogic,
     CompactRange,
     check_proof,
-    consistency_proof,
     inclusion_proof,
     leaf_hash,
     prove,
     read_jsonl,
     root_of,
     sign_checkpoint,
-    verify_consistency,
     verify_inclusion,
     verify_log,
 )
@@ -61,29 +59,12 @@ def test_transparency_dev_inclusion_vectors(vec: dict) -> None:  # type: ignore[
             verify_inclusion(LEAVES[i], i ^ 1, n, proof, root)
 
 
-@pytest.mark.parametrize("vec", V["consistency"], ids=lambda v: f"{v['size1']}-{v['size2']}")
-def test_transparency_dev_consistency_vectors(vec: dict) -> None:  # type: ignore[type-arg]
-    m, n = vec["size1"], vec["size2"]
-    proof = [bytes.fromhex(p) for p in vec["proof"]]
-    assert consistency_proof(m, LEAVES[:n]) == proof
-    r1, r2 = bytes.fromhex(V["roots"][m - 1]), bytes.fromhex(V["roots"][n - 1])
-    verify_consistency(m, n, r1, r2, proof)
-    if proof:
-        with pytest.raises(AuditError):
-            verify_consistency(m, n, r2, r1, proof)
-        with pytest.raises(AuditError):
-            verify_consistency(m, n, r1, r2, proof[:-1])
-
-
-def test_every_inclusion_and_consistency_proof_round_trips_up_to_33_leaves() -> None:
+def test_every_inclusion_proof_round_trips_up_to_33_leaves() -> None:
     leaves = [leaf_hash(bytes([i])) for i in range(33)]
     for n in range(1, 34):
         root = root_of(leaves[:n])
         for i in range(n):
             verify_inclusion(leaves[i], i, n, inclusion_proof(i, leaves[:n]), root)
-        for m in range(1, n + 1):
-            verify_consistency(m, n, root_of(leaves[:m]), root,
-                               consistency_proof(m, leaves[:n]))
 
 
 def test_leaf_and_node_hashes_are_domain_separated() -> None:

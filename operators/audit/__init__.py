@@ -33,7 +33,6 @@ from riskguard.operators.audit.chain import (
 from riskguard.operators.audit.merkle import (
     EMPTY_ROOT,
     CompactRange,
-    consistency_proof,
     inclusion_proof,
     leaf_hash,
     node_hash,
@@ -41,7 +40,6 @@ from riskguard.operators.audit.merkle import (
     root_from_inclusion,
     root_of,
     tree_levels,
-    verify_consistency,
     verify_inclusion,
 )
 from riskguard.operators.audit.ops import audit_log, watch_replicas
@@ -91,7 +89,6 @@ __all__ = [
     "audit_log",
     "check_proof",
     "checkpoint_body",
-    "consistency_proof",
     "continue_chain",
     "decode_item",
     "inclusion_proof",
@@ -109,7 +106,6 @@ __all__ = [
     "sign_checkpoint",
     "tree_levels",
     "verify_checkpoint",
-    "verify_consistency",
     "verify_inclusion",
     "verify_log",
     "watch_replicas",

@@ -1,4 +1,4 @@
-"""RFC 6962 Merkle trees: leaf and node hashes, roots, inclusion and consistency proofs.
+"""RFC 6962 Merkle trees: leaf and node hashes, roots and inclusion proofs.
 
 The leaf hash of a record is ``SHA-256(0x00 || canonical body)`` and inner nodes are
 ``SHA-256(0x01 || left || right)``, as in RFC 6962, so a leaf can never be passed off
@@ -7,7 +7,6 @@ as a node.
 >>> leaves = [leaf_hash(bytes([i])) for i in range(5)]
 >>> root = root_of(leaves)
 >>> verify_inclusion(leaves[3], 3, 5, inclusion_proof(3, leaves), root)
->>> verify_consistency(2, 5, root_of(leaves[:2]), root, consistency_proof(2, leaves))
 """
 
 from __future__ import annotations
@@ -32,11 +31,6 @@ def leaf_hash(data: bytes) -> bytes:
 def node_hash(left: bytes, right: bytes) -> bytes:
     """``SHA-256(0x01 || left || right)``."""
     return hashlib.sha256(b"\x01" + left + right).digest()
-
-
-def _split(n: int) -> int:
-    """The largest power of two strictly less than ``n`` (n >= 2)."""
-    return 1 << ((n - 1).bit_length() - 1)
 
 
 def root_of(leaves: Sequence[bytes]) -> bytes:
@@ -85,27 +79,6 @@ def inclusion_proof(index: int, leaves: Sequence[bytes]) -> list[bytes]:
     return proof_from_levels(index, tree_levels(leaves))
 
 
-def consistency_proof(size1: int, leaves: Sequence[bytes]) -> list[bytes]:
-    """Proof that the tree of ``size1`` leaves is a prefix of the tree over ``leaves``."""
-    n = len(leaves)
-    if not 0 < size1 <= n:
-        msg = f"consistency proof: size {size1} outside 1..{n}"
-        raise AuditError(msg)
-    if size1 == n:
-        return []
-    return _subproof(size1, leaves, True)
-
-
-def _subproof(m: int, d: Sequence[bytes], complete: bool) -> list[bytes]:
-    n = len(d)
-    if m == n:
-        return [] if complete else [root_of(d)]
-    k = _split(n)
-    if m <= k:
-        return [*_subproof(m, d[:k], complete), root_of(d[k:])]
-    return [*_subproof(m - k, d[k:], False), root_of(d[:k])]
-
-
 def root_from_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes]) -> bytes:
     """The root implied by an inclusion proof (RFC 9162 2.1.3.2); raises if malformed."""
     if not 0 <= index < size:
@@ -138,50 +111,6 @@ def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes],
         raise AuditError("inclusion proof: leaf and root must be 32 bytes", index=index)
     if root_from_inclusion(leaf, index, size, proof) != root:
         raise AuditError("inclusion proof does not lead to the root", index=index)
-
-
-def verify_consistency(size1: int, size2: int, root1: bytes, root2: bytes,
-                       proof: Sequence[bytes]) -> None:
-    """Return nothing if tree ``size1``/``root1`` is a prefix of ``size2``/``root2``."""
-    if size2 < size1:
-        msg = f"consistency: size went back from {size1} to {size2}"
-        raise AuditError(msg)
-    if size1 == size2:
-        if proof or root1 != root2:
-            raise AuditError("consistency: equal sizes need equal roots and an empty proof")
-        return
-    if size1 == 0:
-        if proof:
-            raise AuditError("consistency: a proof from the empty tree must be empty")
-        return
-    if not proof:
-        raise AuditError("consistency: empty proof")
-    if any(len(p) != 32 for p in proof):
-        raise AuditError("consistency: proof element is not 32 bytes")
-    path = list(proof)
-    if size1 & (size1 - 1) == 0:
-        path.insert(0, root1)
-    fn, sn = size1 - 1, size2 - 1
-    while fn & 1:
-        fn >>= 1
-        sn >>= 1
-    fr = sr = path[0]
-    for c in path[1:]:
-        if sn == 0:
-            raise AuditError("consistency: proof too long")
-        if fn & 1 or fn == sn:
-            fr = node_hash(c, fr)
-            sr = node_hash(c, sr)
-            while not fn & 1 and fn != 0:
-                fn >>= 1
-                sn >>= 1
-        else:
-            sr = node_hash(sr, c)
-        fn >>= 1
-        sn >>= 1
-    if sn != 0 or fr != root1 or sr != root2:
-        msg = f"consistency: tree {size1} is not a prefix of tree {size2}"
-        raise AuditError(msg)
 
 
 class CompactRange:
