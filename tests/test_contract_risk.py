@@ -7,12 +7,12 @@ from typing import Any
 import msgspec
 import pytest
 from contract import CHECKS, Case
+from exposure_pipeline import LocalPipeline
 from risk_flow_app import limits_config, make_events
 from riskguard.operators.core.clock import Tick
 from riskguard.operators.exposure import (
     CounterpartyLogic,
     FirmLogic,
-    LocalPipeline,
     Part,
     Progress,
     Router,

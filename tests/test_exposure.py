@@ -8,6 +8,7 @@ import pickle
 
 import msgspec
 import pytest
+from exposure_pipeline import LocalPipeline
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from riskguard.operators.core.clock import ManualClock, Tick
@@ -19,7 +20,6 @@ from riskguard.operators.exposure import (
     FirmLogic,
     InstrumentsConfig,
     InstrumentSpec,
-    LocalPipeline,
     Part,
     Router,
     ShardLogic,

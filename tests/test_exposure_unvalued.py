@@ -17,12 +17,12 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 from contract import CHECKS, Case
+from exposure_pipeline import LocalPipeline
 from riskguard.operators.core.clock import Tick
 from riskguard.operators.exposure import (
     ExposureConfig,
     InstrumentsConfig,
     InstrumentSpec,
-    LocalPipeline,
     Progress,
 )
 from riskguard.operators.exposure.limit_specs import (

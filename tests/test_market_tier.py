@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from exposure_pipeline import LocalPipeline
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from risk_flow_app import make_events
@@ -23,7 +24,6 @@ from riskguard.operators.exposure import (
     CounterpartyLogic,
     ExposureConfig,
     FirmLogic,
-    LocalPipeline,
     Part,
     Progress,
     Router,

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
+from exposure_pipeline import LocalPipeline
 from kafka_helpers import free_ports
 from risk_flow_app import S, build, make_events
-from riskguard.operators.exposure import LocalPipeline, shard_keys
+from riskguard.operators.exposure import shard_keys
 from riskguard.schemas import DeadLetter, Exposure, LimitBreach, RiskAlert, encode
 from test_exposure import worked_config
 

@@ -25,20 +25,8 @@ Where each part lives:
   :mod:`~riskguard.operators.exposure.valuation` (numpy helpers in
   :mod:`~riskguard.operators.exposure.arrays`);
 - :mod:`~riskguard.operators.exposure.rollup`: stages 2 and 3;
-- :mod:`~riskguard.operators.exposure.pipeline`: :class:`LocalPipeline`;
 - :mod:`~riskguard.operators.exposure.limits`: limit levels, hysteresis, latches, their
   specs and tables in :mod:`~riskguard.operators.exposure.limit_specs`.
-
->>> cfg = ExposureConfig(instruments=InstrumentsConfig(instruments={
-...     "BTC-USD": InstrumentSpec(kind="spot", base="BTC", quote="USD")}))
->>> from riskguard.schemas import Fill, Trade
->>> pipe = LocalPipeline(cfg)
->>> _ = pipe.feed(Trade(id="t1", venue="v", instrument="BTC-USD", ts=1, price=50.0,
-...                     qty=1.0, side="buy"))
->>> out = pipe.feed(Fill(id="f1", venue="v", counterparty="v", instrument="BTC-USD",
-...                      side="buy", qty=2.0, price=40.0, ts=2))
->>> [(e.counterparty, e.gross_notional, e.unrealized_pnl) for e in out.exposures]
-[('v', 100.0, 20.0), ('*', 100.0, 20.0)]
 """
 
 from riskguard.operators.exposure.config import (
@@ -79,7 +67,6 @@ from riskguard.operators.exposure.ops import (
     sum_exposures,
     value_positions,
 )
-from riskguard.operators.exposure.pipeline import LocalPipeline, PipelineOut, PipelineState
 from riskguard.operators.exposure.rollup import (
     CounterpartyLogic,
     CounterpartyState,
@@ -126,12 +113,9 @@ __all__ = [
     "LimitsLogic",
     "LimitsOut",
     "LimitsState",
-    "LocalPipeline",
     "MarkSource",
     "Part",
     "Pending",
-    "PipelineOut",
-    "PipelineState",
     "Progress",
     "Router",
     "ShardLogic",

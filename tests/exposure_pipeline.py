@@ -1,4 +1,5 @@
-"""All three exposure stages chained in memory (tests, backtests, comparisons)."""
+"""All three exposure stages chained in memory: the logic the exposure dataflow runs,
+one record at a time and without an engine, that the exposure tests compare against."""
 
 from __future__ import annotations
 
@@ -42,11 +43,7 @@ class PipelineState:
 
 
 class LocalPipeline:
-    """All three stages chained in memory, one record at a time.
-
-    The same logic the dataflow runs, without an engine: for tests,
-    backtests and the from-scratch comparisons.
-    """
+    """All three stages chained in memory, one record at a time."""
 
     def __init__(self, config: ExposureConfig, state: PipelineState | None = None) -> None:
         self.config = config
