@@ -6,7 +6,7 @@ import msgspec
 import pytest
 from contract import CHECKS, Case
 from riskguard.connectors.acks import AckSigner, Applied
-from riskguard.operators.audit import AuditConfig, audit_builder
+from riskguard.operators.audit import AuditConfig, AuditLogic
 from riskguard.operators.core.clock import ManualClock
 from riskguard.operators.signing import SignConfig, sign_builder
 from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, decode_envelope, sign_envelope
@@ -57,7 +57,7 @@ CASES = [
     ),
     Case(
         name="audit",
-        builder=audit_builder("c0", ENGINE, AuditConfig(checkpoint_every=3)),
+        builder=lambda state: AuditLogic("c0", ENGINE, AuditConfig(checkpoint_every=3), state),
         events=[command(i) for i in range(1, 8)]
         + [DeadLetter(topic="t", ts=5, reason="malformed", raw=b"x")],
     ),

@@ -10,7 +10,6 @@ last leaf names, link by link, every record it covers."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -236,12 +235,3 @@ class AuditLogic:
                           last_checkpoint_ts=st.last_checkpoint_ts, last_ts=st.last_ts,
                           version=st.version)
 
-
-def audit_builder(chain: str, signer: Signer,
-                  config: AuditConfig) -> Callable[[AuditState | None], AuditLogic]:
-    """``builder(state | None)`` for one chain; the signer never enters state."""
-
-    def build(state: AuditState | None) -> AuditLogic:
-        return AuditLogic(chain, signer, config, state)
-
-    return build
