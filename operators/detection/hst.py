@@ -55,7 +55,6 @@ class HSTShape:
     n_nodes: int  # nodes per tree, complete binary layout (children 2i+1, 2i+2)
     feat: tuple[int, ...]  # split feature index per node (all trees, flat)
     thr: tuple[float, ...]  # split threshold per node
-    bases: tuple[int, ...]  # offset of each tree in the flat arrays
     size_limit: float
     max_score: float
     walk: Walk = field(compare=False, repr=False)
@@ -128,7 +127,7 @@ def hst_shape(features: tuple[str, ...], n_trees: int = 10, height: int = 8,
     return HSTShape(
         features=tuple(sorted(features)), n_trees=n_trees, height=height,
         window_size=window_size, seed=seed, n_nodes=n_nodes, feat=tuple(feat),
-        thr=tuple(thr), bases=tuple(t * n_nodes for t in range(n_trees)),
+        thr=tuple(thr),
         size_limit=0.1 * window_size,
         max_score=float(n_trees * window_size * (2 ** (height + 1) - 1)),
         walk=_compile_walk(feat, thr, len(index), n_trees, height),
