@@ -14,7 +14,7 @@ riskguard.errors.ConfigError: feed --exchange: one of binance-futures, bybit, ..
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from riskguard.errors import ConfigError
 
@@ -51,7 +51,6 @@ class ExchangeSpec:
     channels: Mapping[str, str]
     quote_size_keys: tuple[str, str] | None = None
     candle_flag: bool = True
-    notes: str = field(default="", compare=False)
 
 
 EXCHANGES: Mapping[str, ExchangeSpec] = {spec.name: spec for spec in (
@@ -62,8 +61,6 @@ EXCHANGES: Mapping[str, ExchangeSpec] = {spec.name: spec for spec in (
                   "liquidations": "liquidations", "open_interest": "open_interest",
                   "candles": "candles"},
         quote_size_keys=("B", "A"),  # bookTicker: best bid qty, best ask qty
-        notes="USDT-M perpetuals and futures; trades are aggregate trades; open interest "
-              "is polled over REST",
     ),
     ExchangeSpec(
         name="bybit", cryptofeed_id="BYBIT", venue="bybit", symbol_example="BTC-USDT-PERP",
