@@ -268,12 +268,6 @@ class OptionsChainParser(_Parser):
     required = ("type", "strike_price", "expiration", "bid_price", "ask_price", "mark_price",
                 "mark_iv", "underlying_price", "delta")
 
-    def __init__(self, header: list[str] | None, source: Source, *,
-                 coin_priced: bool | None = None, iv_percent: bool = True) -> None:
-        super().__init__(header, source)
-        self.coin_priced = coin_priced
-        self.iv_scale = 0.01 if iv_percent else 1.0
-
     def _or_zero(self, c: list[bytes], column: str) -> float:
         value = self._get(c, column)
         return 0.0 if value is None else value
@@ -294,11 +288,9 @@ class OptionsChainParser(_Parser):
             raise RowError(f"type {found!r} is not call or put", path="$.type",
                            expected="call or put", found=found)
         under_px = positive(c[ix["underlying_price"]], "underlying_price")
-        coin = self.coin_priced
-        if coin is None:
-            exchange = c[self.ex_i].strip().lower().decode("utf-8", "replace")
-            coin = exchange in COIN_PRICED_EXCHANGES and not any(
-                s in instrument for s in ("_USDC", "_USDT"))
+        exchange = c[self.ex_i].strip().lower().decode("utf-8", "replace")
+        coin = exchange in COIN_PRICED_EXCHANGES and not any(
+            s in instrument for s in ("_USDC", "_USDT"))
         scale = under_px if coin else 1.0
         bid, ask = self._or_zero(c, "bid_price"), self._or_zero(c, "ask_price")
         mark, iv = self._needed(c, "mark_price"), self._needed(c, "mark_iv")
@@ -315,7 +307,7 @@ class OptionsChainParser(_Parser):
             strike=positive(c[ix["strike_price"]], "strike_price"),
             option_type=OptionType.CALL if kind == b"call" else OptionType.PUT,
             bid=bid * scale, ask=ask * scale, mark_price=mark * scale,
-            mark_iv=iv * self.iv_scale, underlying_price=under_px,
+            mark_iv=iv * 0.01, underlying_price=under_px,  # tardis: iv in percent
             delta=self._needed(c, "delta"), gamma=self._or_zero(c, "gamma"),
             vega=self._or_zero(c, "vega"), theta=self._or_zero(c, "theta"))
 
