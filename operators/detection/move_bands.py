@@ -200,9 +200,9 @@ class MoveBands:
         if gap:
             self._after_gap(ts, price, low, high)
         # measured last, the full look-back's returns are what is learned
-        since = (self._measure(ts, price, low, high, s.reset_ts)
+        since = (self._measure(ts, low, high, s.reset_ts)
                  if s.ep_open and s.reset_ts >= 0 else None)
-        ratios = self._measure(ts, price, low, high)
+        ratios = self._measure(ts, low, high)
         if self._limits:
             self._daily_limits(ts, low, high, ratios, since)
         out = self._episode(fv, low, high, ratios, since)
@@ -213,8 +213,7 @@ class MoveBands:
         s.last_close = price
         return out
 
-    def _measure(self, ts: int, price: float, low: float, high: float,
-                 since: int | None = None) -> list[Reading]:
+    def _measure(self, ts: int, low: float, high: float, since: int | None = None) -> list[Reading]:
         """A :class:`~riskguard.operators.detection.band_rules.Reading` per horizon and
         for the drawdown/rally. With ``since`` (a trip's time), no move reaches back
         before it: such a horizon, and the drawdown, are measured from the trip's price."""
