@@ -257,7 +257,6 @@ def run_demo(
     workdir: Path | None = None,
     out: TextIO = sys.stdout,
     timeout_s: float = 110.0,
-    on_command: Callable[[MitigationCommand], None] | None = None,
     keep_dir: bool = False,
 ) -> tuple[int, Tally]:
     """Run the whole demo; returns (exit code, tally).
@@ -280,7 +279,7 @@ def run_demo(
             say(f"dev broker (in memory only) on {bootstrap}\n")
         say(f"work dir {work} ({'kept' if keep else 'removed at the end; --keep-dir keeps it'})"
             "\n")
-        rc, tally = _run(bootstrap, work, say, timeout_s, on_command)
+        rc, tally = _run(bootstrap, work, say, timeout_s)
         done = True
         return rc, tally
     finally:
@@ -427,8 +426,8 @@ class _Timeline:
         self.pending = []
 
 
-def _run(bootstrap: str, work: Path, say: Callable[[str], Any], timeout_s: float,
-         on_command: Callable[[MitigationCommand], None] | None) -> tuple[int, Tally]:
+def _run(bootstrap: str, work: Path, say: Callable[[str], Any],
+         timeout_s: float) -> tuple[int, Tally]:
     run = prepare_run(bootstrap, work)
     start_ns = run.start_ns
     say(f"published {run.records:,} scenario records ({DURATION_S} s of market time, 3 venues)"
@@ -442,8 +441,6 @@ def _run(bootstrap: str, work: Path, say: Callable[[str], Any], timeout_s: float
         tally.executed.append(cmd)
         tally.commands[(cmd.action.value, cmd.scope.label())] += 1
         timeline.command(cmd)
-        if on_command is not None:
-            on_command(cmd)
 
     def rejected(rej: Rejection) -> None:
         tally.rejections[rej.reason] += 1
