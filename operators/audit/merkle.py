@@ -35,16 +35,7 @@ def node_hash(left: bytes, right: bytes) -> bytes:
 
 def root_of(leaves: Sequence[bytes]) -> bytes:
     """The Merkle tree hash of a list of leaf hashes (RFC 6962 MTH)."""
-    n = len(leaves)
-    if n == 0:
-        return EMPTY_ROOT
-    level = list(leaves)
-    while len(level) > 1:
-        nxt = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
-        if len(level) % 2:
-            nxt.append(level[-1])
-        level = nxt
-    return level[0]
+    return tree_levels(leaves)[-1][0] if leaves else EMPTY_ROOT
 
 
 def tree_levels(leaves: Sequence[bytes]) -> list[list[bytes]]:
