@@ -129,10 +129,22 @@ def _ohlc_error(o: float, h: float, lo: float, c: float, *, prices: bool) -> Row
                     found=f"open={o!r} high={h!r} low={lo!r} close={c!r}")
 
 
+class _BinanceParser(RowParser):
+    """A parser of one Binance file: where its rows come from and in what units."""
+
+    def _bind(self, source: Source, *, coin_m: bool = False) -> None:
+        """Ids ``<file stem>@<line>``, the file's venue, instrument and time unit; a
+        COIN-M file (``coin_m``) counts contracts of ``contract_size``."""
+        self.coin_m, self.size = coin_m, source.contract_size
+        self.prefix = f"{source.stem}@"
+        self.venue, self.instrument = source.venue, source.instrument
+        self.unit = unit_ns(source)
+
+
 # ---------------------------------------------------------------------------- klines
 
 
-class KlineParser(RowParser):
+class KlineParser(_BinanceParser):
     """Klines (trade, mark- or index-price) to bars; premium-index klines to
     :class:`PremiumIndexBar` (``premium=True``)."""
 
@@ -146,11 +158,7 @@ class KlineParser(RowParser):
             coin_m = len(header) > 7 and header[7] == "base_volume"
         else:
             coin_m = source.market == "cm"
-        self.coin_m = coin_m
-        self.size = source.contract_size
-        self.prefix = f"{source.stem}@"
-        self.venue, self.instrument = source.venue, source.instrument
-        self.unit = unit_ns(source)
+        self._bind(source, coin_m=coin_m)
         self.price_only, self.premium = price_only, premium
         self.slow = coin_m or price_only or premium
 
@@ -249,7 +257,7 @@ class KlineParser(RowParser):
 # ---------------------------------------------------------------------------- trades
 
 
-class TradeParser(RowParser):
+class TradeParser(_BinanceParser):
     """``trades`` (``agg=False``) and ``aggTrades`` (``agg=True``) to trades."""
 
     def __init__(self, header: list[str] | None, source: Source, *, agg: bool) -> None:
@@ -269,14 +277,10 @@ class TradeParser(RowParser):
                 ("price", "qty", "time", "maker"))
             self.base = cols.get("base")
             coin_m = coin_m or self.base is not None
-        self.coin_m = coin_m
-        self.size = source.contract_size
+        self._bind(source, coin_m=coin_m)
         self.price_i, self.qty_i = cols["price"], cols["qty"]
         self.time_i, self.maker_i = cols["time"], cols["maker"]
         self.width = max(cols.values()) + 1
-        self.prefix = f"{source.stem}@"
-        self.venue, self.instrument = source.venue, source.instrument
-        self.unit = unit_ns(source)
 
     def row(self, line: bytes, line_no: int, offset: int) -> Any:
         c = line.split(b",")
@@ -299,7 +303,7 @@ class TradeParser(RowParser):
 # ---------------------------------------------------------------------------- book
 
 
-class BookTickerParser(RowParser):
+class BookTickerParser(_BinanceParser):
     """``bookTicker`` (futures) to top-of-book quotes at ``transaction_time``."""
 
     def __init__(self, header: list[str] | None, source: Source) -> None:
@@ -308,11 +312,7 @@ class BookTickerParser(RowParser):
         self.cols = _columns(header, {n: (n,) for n in names},
                              {n: i + 1 for i, n in enumerate(names)}, names)
         self.width = max(self.cols.values()) + 1
-        self.coin_m = source.market == "cm"
-        self.size = source.contract_size
-        self.prefix = f"{source.stem}@"
-        self.venue, self.instrument = source.venue, source.instrument
-        self.unit = unit_ns(source)
+        self._bind(source, coin_m=source.market == "cm")
         ix = self.cols
         self.at = (ix["best_bid_price"], ix["best_ask_price"], ix["best_bid_qty"],
                    ix["best_ask_qty"], ix["transaction_time"])
@@ -333,7 +333,7 @@ class BookTickerParser(RowParser):
                      ask=ask, ask_size=ask_size)
 
 
-class BookDepthParser(RowParser):
+class BookDepthParser(_BinanceParser):
     """``bookDepth``: the rows of one timestamp make one :class:`BookDepth`
     (docs/formats.md); a snapshot whose sides do not have the same bands is skipped,
     each of its rows a dead letter.
@@ -348,11 +348,7 @@ class BookDepthParser(RowParser):
             {"timestamp": 0, "percentage": 1, "depth": 2, "notional": 3},
             ("timestamp", "percentage", "depth"))
         self.width = max(self.cols.values()) + 1
-        self.coin_m = source.market == "cm"
-        self.size = source.contract_size
-        self.prefix = f"{source.stem}@"
-        self.venue, self.instrument = source.venue, source.instrument
-        self.unit = unit_ns(source)
+        self._bind(source, coin_m=source.market == "cm")
         self.ts = -1
         self.rows: list[tuple[bytes, int, int, float, float, float]] = []
         self.start: int | None = None
@@ -415,7 +411,7 @@ class BookDepthParser(RowParser):
 # ---------------------------------------------------------------------------- funding, metrics
 
 
-class FundingParser(RowParser):
+class FundingParser(_BinanceParser):
     """``fundingRate``: one :class:`FundingRate` per funding time (``calc_time``)."""
 
     def __init__(self, header: list[str] | None, source: Source) -> None:
@@ -423,9 +419,7 @@ class FundingParser(RowParser):
                                       "rate": ("last_funding_rate", "funding_rate")},
                              {"calc_time": 0, "rate": 2}, ("calc_time", "rate"))
         self.width = max(self.cols.values()) + 1
-        self.prefix = f"{source.stem}@"
-        self.venue, self.instrument = source.venue, source.instrument
-        self.unit = unit_ns(source)
+        self._bind(source)
 
     def row(self, line: bytes, line_no: int, offset: int) -> Any:
         c = split_row(line, self.width)
@@ -440,7 +434,7 @@ METRICS_COLUMNS = ("create_time", "symbol", "sum_open_interest", "sum_open_inter
                    "count_long_short_ratio", "sum_taker_long_short_vol_ratio")
 
 
-class MetricsParser(RowParser):
+class MetricsParser(_BinanceParser):
     """``metrics`` (futures, every 5 minutes): open interest and long/short ratios; a
     COIN-M file counts contracts, its USD value ``contracts * contract_size``."""
 
@@ -449,11 +443,7 @@ class MetricsParser(RowParser):
                              {n: i for i, n in enumerate(METRICS_COLUMNS)},
                              ("create_time", "sum_open_interest"))
         self.width = max(self.cols.values()) + 1
-        self.coin_m = source.market == "cm"
-        self.size = source.contract_size
-        self.prefix = f"{source.stem}@"
-        self.venue, self.instrument = source.venue, source.instrument
-        self.unit = unit_ns(source)
+        self._bind(source, coin_m=source.market == "cm")
 
     def _ratio(self, c: list[bytes], column: str) -> float | None:
         i = self.cols.get(column)
