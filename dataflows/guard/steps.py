@@ -185,7 +185,7 @@ def select_feeds(market: Stream[MarketEvent], status: Stream[VenueStatus], cfg: 
     """Feed selection (primary/backup failover) on the features' key (venue/instrument),
     so market data changes worker at most once before features; heartbeats fan out."""
     fcfg = cfg.feeds
-    instruments = _instruments_of(cfg)
+    instruments = tuple(sorted(cfg.exposure.instruments.instruments))  # each gets heartbeats
 
     def feed_keys(recs: list[Any]) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = []
@@ -383,11 +383,6 @@ def progress_records(ticks: list[Tick], name: str) -> list[DetectProgress]:
     """A market process: each of its ticks as a :class:`~riskguard.schemas.DetectProgress`
     from ``name`` (kept across restarts, so the firm waits for the same source)."""
     return [DetectProgress(ts=t.ts, source=name) for t in ticks]
-
-
-def _instruments_of(cfg: GuardConfig) -> tuple[str, ...]:
-    """Instruments whose feed-selection keys receive each venue heartbeat."""
-    return tuple(sorted(cfg.exposure.instruments.instruments))
 
 
 def _bind_venue(fcfg: FeedConfig) -> Any:
