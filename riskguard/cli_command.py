@@ -28,7 +28,7 @@ from riskguard.cli_args import seconds
 from riskguard.config import common_config
 from riskguard.connectors.command_log import last_signed_seq
 from riskguard.connectors.settings import KafkaSettings
-from riskguard.errors import ConfigError, RiskguardError, VerificationError, describe_os_error
+from riskguard.errors import ConfigError, VerificationError
 from riskguard.operators.signing.crypto import (
     PAYLOAD_COMMAND,
     Signer,
@@ -225,17 +225,6 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
-def _guarded(func: Any) -> Any:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return int(func(args))
-        except (RiskguardError, ConfigError, OSError) as err:
-            text = describe_os_error(err) if isinstance(err, OSError) else str(err)
-            sys.stderr.write(f"riskguard command {args.command_action}: {text}\n")
-            return 2
-    return run
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     cmd = sub.add_parser("command", help="write, co-sign, show and publish an operator's "
                          "signed command (e.g. a two-person resume)")
@@ -262,17 +251,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     n.add_argument("--brokers", help="Kafka bootstrap, to read the issuer's last seq")
     n.add_argument("--config", help=_CONFIG_HELP)
     n.add_argument("--out", required=True, help="envelope file to write")
-    n.set_defaults(func=_guarded(_new))
+    n.set_defaults(func=_new)
     c = cs.add_parser("cosign", help="review a command and add your signature")
     c.add_argument("file", help="the command (envelope) file to co-sign")
     c.add_argument("--key", required=True, help="your private key")
     c.add_argument("--out", help="write here instead of in place")
-    c.set_defaults(func=_guarded(_cosign))
+    c.set_defaults(func=_cosign)
     s = cs.add_parser("show", help="print a command file; with --trust, verify it")
     s.add_argument("file", help="the command (envelope) file")
     s.add_argument("--trust", help="trust.toml: also verify the command against it")
     s.add_argument("--roots", help="roots.toml for --trust: the pinned root keys")
-    s.set_defaults(func=_guarded(_show))
+    s.set_defaults(func=_show)
     p = cs.add_parser("publish", help="produce the envelope to topics, delivery checked")
     p.add_argument("file", help="the command (envelope) file")
     p.add_argument("--brokers", help="Kafka bootstrap host:port (or [kafka] bootstrap of "
@@ -280,4 +269,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help=_CONFIG_HELP)
     p.add_argument("--topic", action="append", required=True,
                    help="repeatable: the commands topic and the guard's limit-updates topic")
-    p.set_defaults(func=_guarded(_publish))
+    p.set_defaults(func=_publish)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
-from riskguard.errors import ConfigError, TrustError, describe_os_error
+from riskguard.errors import ConfigError, TrustError
 from riskguard.operators.signing.crypto import Signer, generate_key_file, save_public_key
 from riskguard.operators.signing.trust import RootSet, TrustStore, parse_trust, sign_trust_file
 
@@ -56,30 +55,18 @@ def _check_trust(args: argparse.Namespace) -> int:
     return 0
 
 
-def _guarded(func: Any) -> Any:
-    """A file that cannot be read or written is one line on stderr, not a traceback."""
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return int(func(args))
-        except OSError as err:
-            sys.stderr.write(f"riskguard keys {args.keys_command}: "
-                             f"{describe_os_error(err)}\n")
-            return 2
-    return run
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     keys = sub.add_parser("keys", help="generate signing keys and sign/check the trust file")
     ks = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     g = ks.add_parser("generate", help="write a new Ed25519 private key (mode 0600)")
     g.add_argument("out", help="private key path (refuses to overwrite)")
     g.add_argument("--pub", help="also write the public key (hex) here")
-    g.set_defaults(func=_guarded(_generate))
+    g.set_defaults(func=_generate)
     s = ks.add_parser("sign-trust", help="add a root signature to a trust file")
     s.add_argument("trust", help="trust.toml (signature goes to trust.toml.sig)")
     s.add_argument("--key", required=True, help="root private key")
-    s.set_defaults(func=_guarded(_sign_trust))
+    s.set_defaults(func=_sign_trust)
     c = ks.add_parser("check-trust", help="verify a trust file against pinned roots")
     c.add_argument("trust", help="trust.toml (its signatures are read from trust.toml.sig)")
     c.add_argument("--roots", required=True, help="roots.toml (threshold + root public keys)")
-    c.set_defaults(func=_guarded(_check_trust))
+    c.set_defaults(func=_check_trust)
