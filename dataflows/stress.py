@@ -379,7 +379,6 @@ def _base(inst: str) -> str:
 
 @dataclass
 class _Gen:
-    sc: Scenario
     rng: random.Random
     n: int = 0
 
@@ -433,7 +432,7 @@ def _active(sc: Scenario, kind: str, venue: str, inst: str, t_s: float) -> Shock
 def generate_market(sc: Scenario, start_ns: int = START_NS) -> list[Any]:
     """The scenario's records, shocks applied, in arrival (``recv_ts``) order."""
     m = sc.market
-    g = _Gen(sc, random.Random(sc.seed))
+    g = _Gen(random.Random(sc.seed))
     rng = g.rng
     if m.file:
         base = list(read_all(ReplaySource([ReplayFile(m.file)])))
