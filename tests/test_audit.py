@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -12,6 +13,8 @@ from riskguard.operators.audit import (
     EMPTY_ROOT,
     AuditConfig,
     AuditLogic,
+    AuditState,
+    ChainResume,
     CompactRange,
     check_proof,
     inclusion_proof,
@@ -32,6 +35,15 @@ from riskguard.errors import AuditError
 V = json.loads((Path(__file__).parent / "vectors/transparency_dev/rfc6962_proofs.json").read_text())
 LEAVES = [leaf_hash(bytes.fromhex(x)) for x in V["leaves"]]
 KEYS = {ENGINE.key_id: ENGINE.public_key}
+
+
+def resume_states(items: list[Any], keys: Any, *, origin: str | None = None,
+                  ) -> dict[str, AuditState]:
+    """:class:`ChainResume` over ``items``: the state to continue each chain from."""
+    resume = ChainResume(keys, origin=origin)
+    for it in items:
+        resume.add(it)
+    return resume.states()
 
 
 def test_rfc6962_reference_roots_for_every_size() -> None:

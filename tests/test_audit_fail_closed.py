@@ -31,14 +31,13 @@ from riskguard.operators.audit import (
     continue_chain,
     prove,
     read_jsonl,
-    resume_states,
     sign_checkpoint,
     verify_log,
 )
 from riskguard.operators.signing.crypto import save_public_key
 from riskguard.schemas.audit import AuditCheckpoint, AuditRecord
 from signing_fixtures import ENGINE, OUTSIDER, S
-from test_audit import KEYS, decisions, run_log
+from test_audit import KEYS, decisions, resume_states, run_log
 
 from riskguard.cli import main
 from riskguard.errors import AuditError

@@ -180,7 +180,7 @@ def test_a_repeated_checkpoint_fails_verification_and_a_start_ignores_it() -> No
     """The writer signs each size once: a copy of a checkpoint (even the last one, over
     the same root) fails ``verify_log``; a guard continuing its chain is not stopped by
     it."""
-    from riskguard.operators.audit import resume_states
+    from test_audit import resume_states
 
     log = chain_log(8)
     last = log[-1]
@@ -367,7 +367,7 @@ def test_a_log_of_the_format_before_links_fails_closed() -> None:
     """A record without ``prev_leaf`` or a checkpoint without ``last_leaf`` (written
     before records were linked) verifies nowhere: ``verify_log`` and a guard reading
     its chain back refuse them, and the attestor believes none of it."""
-    from riskguard.operators.audit import resume_states
+    from test_audit import resume_states
 
     log = chain_log(4)
     first = log[0]

@@ -51,7 +51,6 @@ from riskguard.operators.audit.replica_watch import (
 from riskguard.operators.audit.resume import (
     ChainResume,
     continue_chain,
-    resume_states,
 )
 from riskguard.operators.audit.verify import (
     PROOF_FIELDS,
@@ -98,7 +97,6 @@ __all__ = [
     "record_body",
     "record_leaf",
     "replica_of",
-    "resume_states",
     "root_from_inclusion",
     "root_of",
     "sign_checkpoint",

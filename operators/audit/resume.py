@@ -6,7 +6,7 @@ topic ends (:func:`continue_chain`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from riskguard.operators.audit.chain import AuditState
@@ -106,15 +106,6 @@ class ChainResume:
             )
             for name, t in self._tails.items() if t.check.range.size
         }
-
-
-def resume_states(items: Iterable[AuditItem], keys: Mapping[str, VerifyKey] | KeyLookup, *,
-                  origin: str | None = None) -> dict[str, AuditState]:
-    """:class:`ChainResume` over ``items``: the state to continue each chain from."""
-    resume = ChainResume(keys, origin=origin)
-    for it in items:
-        resume.add(it)
-    return resume.states()
 
 
 def continue_chain(chain: str, restored: AuditState | None,
