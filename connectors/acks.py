@@ -36,6 +36,8 @@ from riskguard.operators.core.clock import Clock, system_clock
 from riskguard.operators.signing.crypto import (
     PAYLOAD_ACK,
     Signer,
+    VerifyKey,
+    decode_envelope,
     encode_envelope,
     sign_envelope,
 )
@@ -52,6 +54,7 @@ for a guard restarted or catching up to still read it. An ack's lifetime is chec
 against the trust file's default ``max_ttl_s`` (not the per-action limits commands
 are): a default below this refuses every ack as ``ttl_too_long``."""
 _encoder = msgspec.json.Encoder()
+_ack_decoder = msgspec.json.Decoder(ExecutionAck)
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,18 @@ class AckSigner:
     def sign(self, ack: ExecutionAck) -> bytes:
         """The ack as signed envelope bytes, ready for the acks topic."""
         return encode_envelope(sign_envelope(PAYLOAD_ACK, _encoder.encode(ack), [self.signer]))
+
+
+def verify_ack_bytes(data: bytes, key: VerifyKey) -> ExecutionAck:
+    """Check one ack's signature with a known key and return it (tests and tools;
+    the guard verifies acks through its trust store, which also checks the role,
+    the actions and scopes the key may ack, the audience and freshness)."""
+    env = decode_envelope(data)
+    if env.payload_type != PAYLOAD_ACK or not env.signatures:
+        msg = f"not an execution ack: {env.payload_type!r}"
+        raise ValueError(msg)
+    key.verify(PAYLOAD_ACK, env.payload, env.signatures[0].sig)
+    return _ack_decoder.decode(env.payload)
 
 
 class SubscriberHooks(TypedDict):

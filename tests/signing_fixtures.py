@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from riskguard.operators.signing.crypto import PAYLOAD_ACK, Signer, VerifyKey, decode_envelope
+from riskguard.operators.signing.crypto import Signer
 from riskguard.operators.signing.trust import (
     RootSet,
     TrustStore,
@@ -20,7 +20,7 @@ from riskguard.operators.signing.trust import (
     sign_trust_file,
 )
 from riskguard.operators.signing.trust_toml import trust_doc_to_toml
-from riskguard.schemas.commands import Action, Audience, ExecutionAck, MitigationCommand
+from riskguard.schemas.commands import Action, Audience, MitigationCommand
 from riskguard.schemas.signals import FIRM as _SCHEMA_FIRM
 from riskguard.schemas.signals import Scope, ScopeKind
 
@@ -133,13 +133,3 @@ VENUE_X = Scope(kind=ScopeKind.VENUE, value="binance")
 
 def payload(msg: msgspec.Struct) -> bytes:
     return msgspec.json.encode(msg)
-
-
-def verify_ack_bytes(data: bytes, key: VerifyKey) -> ExecutionAck:
-    """One ack's signature checked with a known key, and the ack (the guard verifies
-    acks through its trust store, which also checks the key's role, scopes and the
-    audience)."""
-    env = decode_envelope(data)
-    assert env.payload_type == PAYLOAD_ACK and env.signatures, env.payload_type
-    key.verify(PAYLOAD_ACK, env.payload, env.signatures[0].sig)
-    return msgspec.json.decode(env.payload, type=ExecutionAck)

@@ -11,6 +11,7 @@ from riskguard.connectors.acks import (
     AckSigner,
     Applied,
     KafkaAckSender,
+    verify_ack_bytes,
 )
 from riskguard.connectors.settings import KafkaSettings
 from riskguard.connectors.subscriber import CommandSubscriber, Duplicate, read_topic_bytes
@@ -34,17 +35,7 @@ from riskguard.schemas import (
     Scope,
     ScopeKind,
 )
-from signing_fixtures import (
-    AUD,
-    ENGINE,
-    ENGINE2,
-    T0,
-    S,
-    key_entries,
-    signer,
-    trust_text,
-    verify_ack_bytes,
-)
+from signing_fixtures import AUD, ENGINE, ENGINE2, T0, S, key_entries, signer, trust_text
 
 EXECUTOR = signer("executor-1")
 VENUE_ONLY = signer("executor-okx")

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from riskguard.connectors.acks import AckingExecutor, AckSigner, Applied
+from riskguard.connectors.acks import AckingExecutor, AckSigner, Applied, verify_ack_bytes
 from riskguard.connectors.subscriber import (
     CommandSubscriber,
     DecisionConflict,
@@ -33,7 +33,7 @@ from riskguard.schemas import (
     decision_digest,
 )
 from riskguard.schemas.action_params import ACTION_PARAMS, HELD_ACTIONS
-from signing_fixtures import AUD, T0, S, command, key_entries, signer, verify_ack_bytes
+from signing_fixtures import AUD, T0, S, command, key_entries, signer
 
 from riskguard.errors import ConfigError
 
