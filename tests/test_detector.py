@@ -374,12 +374,6 @@ def test_values_too_large_to_square_are_scored_but_never_blind_the_key(model: st
                for s in out)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a feature flat through its first points keeps a learned spread of exactly 0, which "
-    "clips every later update to nothing; learning it unclipped instead turns on "
-    "price_age_s in the demo, where a thin instrument's quiet seconds then read as a "
-    "critical anomaly (z=13) and put a venue in reduce-only: such features need a scale "
-    "of their own first"))
 def test_a_feature_flat_through_the_warm_up_learns_its_scale_once_it_moves() -> None:
     """An index price that starts arriving after the warm-up: its deviation was 0 for
     the first points, and a learned spread of exactly 0 clipped every later update to
@@ -402,3 +396,60 @@ def test_a_feature_flat_through_the_warm_up_learns_its_scale_once_it_moves() -> 
     opened = [s.ts // 10**9 for s in out
               if isinstance(s, AnomalySignal) and s.kind == "anomaly" and s.phase == "open"]
     assert opened == [2500]
+
+
+def _opened(out: list[object]) -> list[int]:
+    return [s.ts // NS for s in out
+            if isinstance(s, AnomalySignal) and s.kind == "anomaly" and s.phase == "open"]
+
+
+def test_a_quiet_markets_seconds_between_prints_are_never_many_sigmas() -> None:
+    """A thin instrument whose price changed every second through the warm-up (its
+    price_age_s exactly 0), then goes quiet for a few seconds at a time, as thin markets
+    do: the age's spread is never below the key's time between vectors, so those
+    seconds open no anomaly (learned from its first quiet second alone they read as
+    z=20), while a price frozen for a minute does."""
+    rng = random.Random(3)
+    logic = DetectorLogic(DetectorConfig(warmup_ns=0), clock=lambda: 0)
+    out: list[object] = []
+    age = 0.0
+    for i in range(2600):
+        if i < 400 or rng.random() < 0.7:
+            age = 0.0
+        else:
+            age += 1.0
+        if i >= 2500:
+            age = i - 2499.0  # frozen from 2500
+        vals = {"ret_bps": rng.gauss(0, 3), "spread_bps": 2 + rng.random(),
+                "price_age_s": age}
+        out += logic.on_event(fv(i, vals))
+    opened = _opened(out)
+    assert len(opened) == 1
+    assert 2500 < opened[0] < 2530
+    assert logic.s.gap_s == pytest.approx(1.0)
+
+
+def test_a_venues_flat_heartbeat_gap_and_sequence_learn_their_own_scale() -> None:
+    """Heartbeats exactly once a second with no sequence gap through the warm-up: a
+    missed heartbeat now and then (a 2 s gap, one sequence number) is ordinary, a
+    30 s silence is an anomaly (a flat feature used to be blind for good)."""
+    scope = Scope(kind=ScopeKind.VENUE, value="okx")
+    rng = random.Random(4)
+    logic = DetectorLogic(DetectorConfig(warmup_ns=0), clock=lambda: 0)
+    out: list[object] = []
+    ts = silence_end = 0
+    for i in range(2600):
+        gap = 1
+        if i >= 400 and rng.random() < 0.02:
+            gap = 2
+        if i == 2500:
+            gap = 30
+        ts += gap * NS
+        vals = {"hb_gap_s": float(gap), "seq_gap": gap - 1.0 if gap < 30 else 29.0,
+                "latency_ms": 20 + rng.random(), "msg_rate_ratio": 1 + 0.05 * rng.random()}
+        out += logic.on_event(FeatureVector(key="okx", scope=scope, ts=ts, values=vals,
+                                            evidence_ids=[]))
+        if i == 2500:
+            silence_end = ts // NS
+    assert _opened(out) == [silence_end]
+    assert logic.s.gap_s == pytest.approx(1.0, abs=0.05)

@@ -12,7 +12,15 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 from riskguard.operators.core.clock import ManualClock
 from riskguard.operators.detection import extract_features
-from riskguard.operators.detection.features import FeatureConfig, FeatureLogic, route
+from riskguard.operators.detection.features import (
+    FEATURE_SCALES,
+    MARKET_FEATURES,
+    OPTION_FEATURES,
+    VENUE_FEATURES,
+    FeatureConfig,
+    FeatureLogic,
+    route,
+)
 from riskguard.schemas import (
     Bar,
     BookDepth,
@@ -445,3 +453,16 @@ def test_a_receive_lag_near_the_int64_limit_keeps_the_vector_on_the_wire() -> No
     fv = logic.on_event(quote(1, 2**62))[0]
     assert isinstance(fv, FeatureVector) and fv.recv_ts == 2**63 - 1
     assert isinstance(decode("features", encode(fv)), FeatureVector)
+
+
+def test_every_age_and_gap_feature_has_a_scale_of_its_own() -> None:
+    """The detector measures an age or a gap in the key's ordinary time between vectors
+    at least (and a missed sequence number in ones): every such feature the extractor
+    makes is declared, and nothing else is."""
+    logic = FeatureLogic(FeatureConfig(), ManualClock(10**19))
+    vec = logic.on_event(depth(0, 17.0, 18.0))[0]
+    assert isinstance(vec, FeatureVector)
+    names = {*vec.values, *MARKET_FEATURES, *OPTION_FEATURES, *VENUE_FEATURES}
+    timed = {n for n in names if n.endswith(("_age_s", "_stale_s", "_gap_s"))}
+    assert timed == {n for n, scale in FEATURE_SCALES.items() if scale == "interval"}
+    assert {n for n, scale in FEATURE_SCALES.items() if scale == "count"} == {"seq_gap"}

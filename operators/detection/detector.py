@@ -33,6 +33,7 @@ from typing import Any, Literal, NamedTuple
 
 import msgspec
 from riskguard.operators.core.snapshot import persisted
+from riskguard.operators.detection.features import FEATURE_SCALES
 from riskguard.operators.detection.hst import ArrayHST
 from riskguard.operators.detection.models import (
     DetectorConfig,
@@ -64,6 +65,9 @@ _MAX_FINITE = 1.7976931348623157e308
 #: a vector with a value past this is scored but never learned: the running variances
 #: (and River's sums of squares) of larger values overflow
 MAX_LEARNED = 1e100
+#: a gap between two vectors moves the key's ordinary gap at most as far as one this
+#: many times it would (a feed's outage does not become its yardstick)
+GAP_CLIP = 4.0
 
 
 class _Scored(NamedTuple):
@@ -104,6 +108,9 @@ class DetectorState:
     n_learned: int = 0
     n_fresh: int = 0
     first_ts: int = -1
+    last_ts: int = -1  # the event time of the key's last vector
+    gap_s: float = 0.0  # the key's ordinary time between vectors, in seconds
+    n_gaps: int = 0  # the gaps between vectors gap_s has learned
     since_drift: int = 0
     protected_run: int = 0
     recent_opens: float = 0.0
@@ -153,6 +160,8 @@ class DetectorLogic:
         self._drift_dirty = False
         self._thr: float | None = None  # threshold() until the quantile next changes
         self._pick: Callable[[dict[str, float]], Sequence[float]] = lambda values: []
+        # each feature's own scale (FEATURE_SCALES), in feature order; empty: none has one
+        self._scales: tuple[str | None, ...] = ()
         self._squash = config.scaler == "squash"
         self._squash_k = 1.0 / config.squash_scale
         self._min_scores = self.min_scores
@@ -192,6 +201,8 @@ class DetectorLogic:
         else:  # itemgetter of one key returns the value itself, not a tuple
             self._pick = lambda values: [values[f] for f in feats]
         self._tailing = self.config.tail and self.kind not in ("gaussian", "range")
+        scales = tuple(FEATURE_SCALES.get(f) for f in feats)
+        self._scales = scales if any(scales) else ()
         # the range scorer's excursions are sparse: its episodes close after a longer calm
         self._quiet_points = (self.config.range_quiet_points if self.kind == "range"
                               else self.config.close_quiet_points)
@@ -302,6 +313,7 @@ class DetectorLogic:
         if self.kind == "range":
             return self._on_range(fv, x[0], moves)
         z, sd = self._zscores(x)
+        self._learn_gap(fv.ts)  # after scoring: a vector is measured by the gaps before it
         score, leaves, xm = self._model_score(x, z)
         ready = self._ready = self._ready or self.model_ready()
         warming = (s.n_learned < c.warmup_events or fv.ts - s.first_ts < c.warmup_ns
@@ -338,21 +350,54 @@ class DetectorLogic:
         s.n_seen += 1
         return x
 
+    def _learn_gap(self, ts: int) -> None:
+        """The key's ordinary time between vectors (the scale of its interval features):
+        a running mean of the gaps, weighted as the feature statistics are, each gap
+        clipped at ``GAP_CLIP`` times the mean so far."""
+        s = self.s
+        if s.last_ts >= 0:
+            gap = max(0, ts - s.last_ts) / NS
+            mean = s.gap_s
+            if mean > 0.0 and gap > GAP_CLIP * mean:
+                gap = GAP_CLIP * mean
+            s.n_gaps += 1
+            alpha = self.config.stats_alpha
+            a = 1.0 / s.n_gaps if s.n_gaps * alpha < 1.0 else alpha
+            s.gap_s = mean + a * (gap - mean)
+        if ts > s.last_ts:  # noqa: PLR1730  # hot path: a compare beats a max() call
+            s.last_ts = ts
+
     def _zscores(self, x: Sequence[float]) -> tuple[list[float], list[float] | None]:
-        """Each feature's z-score and the learned deviations (None before any)."""
+        """Each feature's z-score and the deviations it is measured in: the learned ones,
+        never below the feature's own scale (None before any; 0 for a feature with no
+        scale yet)."""
         s = self.s
         if not s.n_stats:
             return [0.0] * len(x), None
         sqrt = math.sqrt
         z = []
         sd = []
-        for v, m, vv in zip(x, s.mean, s.var, strict=True):
-            # a feature that has not varied yet has no scale: it scores 0
-            floor = 1e-9 * (abs(m) + 1e-9)
-            r = sqrt(vv)
-            sd.append(r)
-            z.append((v - m) / r if vv > floor * floor else 0.0)
+        var = self._floored_var() if self._scales else s.var
+        for v, m, vv in zip(x, s.mean, var, strict=True):
+            # a feature that has not varied yet, and has no scale of its own, scores 0
+            tiny = 1e-9 * (abs(m) + 1e-9)
+            if vv > tiny * tiny:
+                r = sqrt(vv)
+                sd.append(r)
+                z.append((v - m) / r)
+            else:
+                sd.append(0.0)
+                z.append(0.0)
         return z, sd
+
+    def _floored_var(self) -> list[float]:
+        """The learned variances, each at least the square of its feature's own scale
+        (:data:`FEATURE_SCALES`): the key's ordinary gap for an interval, one for a
+        count."""
+        gap = self.s.gap_s
+        unit = {"interval": gap * gap, "count": 1.0}
+        return [vv if k is None else max(vv, unit[k])
+                for vv, k in zip(self.s.var, self._scales, strict=True)]
 
     def _model_score(self, x: Sequence[float], z: list[float]
                      ) -> tuple[float, tuple[int, ...] | None, Sequence[float]]:
@@ -545,9 +590,11 @@ class DetectorLogic:
             for i, v in enumerate(x):
                 d = v - mean[i]
                 # Huber-style clip, so a slow ramp cannot inflate the variance it is
-                # measured by
+                # measured by; a feature with no scale yet (flat so far) learns unclipped
                 lim = clip * sd[i]
-                if d > lim:
+                if lim <= 0.0:
+                    pass
+                elif d > lim:
                     d = lim
                 elif d < -lim:
                     d = -lim

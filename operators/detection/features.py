@@ -76,6 +76,17 @@ OPTION_FEATURES = (
 )
 VENUE_FEATURES = ("hb_gap_s", "seq_gap", "latency_ms", "msg_rate_ratio")
 
+FeatureScale = Literal["interval", "count"]
+#: The features that have a scale of their own: the detector never takes the spread it
+#: learns for one below it. ``interval``: seconds between a key's events (an age, a
+#: gap), at least the key's ordinary time between vectors (its bar or print interval),
+#: so a quiet market's seconds between prints are never many sigmas; ``count``: whole
+#: events, at least one.
+FEATURE_SCALES: dict[str, FeatureScale] = {
+    "quote_age_s": "interval", "price_age_s": "interval", "bid_stale_s": "interval",
+    "ask_stale_s": "interval", "hb_gap_s": "interval", "seq_gap": "count",
+}
+
 
 class FeatureConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Settings of ``extract_features``.
