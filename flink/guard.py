@@ -227,7 +227,9 @@ def set_fetches(props: Any) -> None:
 
 def _kafka_io(cfg: GuardConfig, env: Any, gateway: Any) -> Any:
     """The input topics as :data:`~riskguard.flink.fused.KEYED_ROW` rows under the one
-    segment key, stamped and watermarked in Java (``flink/java/kafka/KafkaIo.java``)."""
+    segment key, stamped and watermarked in Java (``flink/java/kafka/KafkaIo.java``): a
+    record more than ``input.max_lead_ns`` ahead of its partition's time moves no
+    watermark and opens no tick until the next record judges it, as the admission does."""
     from riskguard.flink.fused import KEYED_ROW, java_strings  # noqa: PLC0415
 
     topics = java_strings([cfg.topic(s) for s in INPUT_STREAMS])
@@ -236,8 +238,8 @@ def _kafka_io(cfg: GuardConfig, env: Any, gateway: Any) -> Any:
     return gateway.jvm.riskguard.flink.kafka.KafkaIo.source(
         env._j_stream_execution_environment, props, topics, f"riskguard-flink-{cfg.env}",
         cfg.input.starting_offset == "earliest", START_QUIET_MS, QUIET_MS, ALL_QUIET_MS,
-        max(1, cfg.tick_ns // 1_000_000), cfg.input.max_future_skew_ns // 1_000_000, "guard",
-        KEYED_ROW.get_java_type_info(), "riskguard_in")
+        max(1, cfg.tick_ns // 1_000_000), cfg.input.max_future_skew_ns // 1_000_000,
+        cfg.input.max_lead_ns, "guard", KEYED_ROW.get_java_type_info(), "riskguard_in")
 
 
 def _kafka_properties(cfg: GuardConfig, gateway: Any) -> Any:

@@ -9,7 +9,8 @@ that a message behind it is late; or, with ``guard BOOTSTRAP TOPICS N``, the fir
 ``N`` batches of the ``,``-separated topics read by the live guard's Kafka source
 (``flink/java/kafka/KafkaIo.java``), a partition quiet before its first message held
 for ten minutes and one quiet after a message for one second, and the newest tick held
-until every partition has been quiet for two; or, with ``restore
+until every partition has been quiet for two (with ``guard BOOTSTRAP TOPICS N LEAD_NS``,
+a record more than ``LEAD_NS`` ahead of its partition's time held); or, with ``restore
 BOOTSTRAP TOPIC CHECKPOINTS N``, the same source over one topic, checkpointed into
 ``CHECKPOINTS`` and restored from the newest checkpoint there, if any; or, with ``order
 BOOTSTRAP TOPIC N``, the partition and offset of the first ``N`` messages that source
@@ -66,7 +67,9 @@ def main(argv: list[str]) -> int:
         env.enable_checkpointing(200)
         rows, limit = _guard_rows(env, argv[1], [argv[2]]), int(argv[4])
     elif argv[:1] == ["guard"]:
-        rows, limit = _guard_rows(env, argv[1], argv[2].split(",")), int(argv[3])
+        lead_ns = int(argv[4]) if len(argv) > 4 else 0
+        rows = _guard_rows(env, argv[1], argv[2].split(","), lead_ns=lead_ns)
+        limit = int(argv[3])
     else:
         rows, limit = _kafka_rows(env, argv[0], argv[1]), int(argv[2])
     batches = tick_batches(rows, 1_000_000_000, ("in", "kafka"), "test")  # ticks of 1 s
@@ -138,10 +141,11 @@ def _as_json(batch: Any) -> str:
 
 
 def _guard_rows(env: Any, bootstrap: str, topics: list[str], props: Any = None,
-                quiet_ms: tuple[int, int, int] = (600_000, 1_000, 2_000)) -> Any:
+                quiet_ms: tuple[int, int, int] = (600_000, 1_000, 2_000),
+                lead_ns: int = 0) -> Any:
     """The live guard's source: ``("kafka", ts, "topic/partition", offset, value)`` rows
     under the key ``k``, stamped and watermarked in Java (ticks of 1 s, allowed future
-    skew 0.5 s)."""
+    skew 0.5 s, a record more than ``lead_ns`` ahead of its partition held: 0, none)."""
     from pyflink.datastream import DataStream
     from pyflink.java_gateway import get_gateway
     from riskguard.flink.fused import KEYED_ROW, java_strings
@@ -152,7 +156,7 @@ def _guard_rows(env: Any, bootstrap: str, topics: list[str], props: Any = None,
     props.setProperty("bootstrap.servers", bootstrap)
     return DataStream(gateway.jvm.riskguard.flink.kafka.KafkaIo.source(
         env._j_stream_execution_environment, props, java_strings(topics), "ticks-test", True,
-        *quiet_ms, 1_000, 500, "k", KEYED_ROW.get_java_type_info(), "in"))
+        *quiet_ms, 1_000, 500, lead_ns, "k", KEYED_ROW.get_java_type_info(), "in"))
 
 
 def _source_order(env: Any, bootstrap: str, topic: str, limit: int) -> int:

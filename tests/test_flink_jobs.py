@@ -337,6 +337,85 @@ def test_the_guard_source_stamps_event_time_and_a_quiet_partition_holds_no_tick_
     ]
 
 
+NS = 1_000_000_000
+T0 = 1_767_225_600 * NS  # 2026-01-01
+YEAR = 365 * 86_400 * NS
+
+
+def _trade_value(i: int, ts: int) -> bytes:
+    from riskguard.schemas import Trade, encode
+
+    return encode(Trade(id=f"t{i}", venue="okx", instrument="BTC-USDT", ts=ts,
+                        price=100.0 + i, qty=1.0, side="buy"))
+
+
+def _admitted(messages: list[tuple[str, int, int, bytes]]) -> list[Any]:
+    """What the guard's admission step (one :class:`PartitionAdmission` a partition, no
+    clock) makes of ``messages`` in that order, each held record let go at the end."""
+    from riskguard.connectors.kafka.admit import PartitionAdmission
+    from riskguard.schemas.time_policy import EventTimePolicy
+
+    partitions: dict[tuple[str, int], PartitionAdmission] = {}
+    out: list[Any] = []
+    for msg in messages:
+        admit = partitions.setdefault(msg[:2], PartitionAdmission(Codec(), EventTimePolicy()))
+        out.extend(admit.on_event(msg))
+    for admit in partitions.values():
+        out.extend(admit.on_eof())
+    return out
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_a_record_a_year_ahead_moves_no_tick_and_the_flow_judges_it_as_bytewax_does(
+        kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path) -> None:
+    """Trades a second apart on one partition, the fourth stamped a year ahead, all in
+    one fetch (their Kafka timestamps are now, so the skew cap does not bound it). The
+    guard source's ahead gate (``input.max_lead_ns``, 60 s) holds the far record's time
+    back: it goes in the tick of the record before it, right after it, so no tick is
+    made at the far time, no genuine record comes behind the watermark, and the guard's
+    admission, fed the ticks in order, sees the messages in the partition's order and
+    makes bytewax's verdicts: the one ``ahead`` dead letter, the same in every field.
+    A partition's first record (held too: nothing before it to judge it by) goes at
+    the start of the first tick the watermark has not passed."""
+    if reason := java_missing():
+        pytest.skip(reason)
+    import json
+
+    from confluent_kafka import Producer
+
+    topic = new_topic()
+    times = [T0 + k * NS for k in range(8)]
+    times[3] = T0 + YEAR
+    values = [_trade_value(i, ts) for i, ts in enumerate(times)]
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 50})
+    for value in values:
+        producer.produce(topic, value)
+    assert producer.flush(10) == 0
+    del producer
+    cmd, env = flink_command(tmp_path)
+    env["RISKGUARD_FLINK_JARS"] = ";".join(kafka_jars())
+    done = subprocess.run([*cmd, str(Path(__file__).parent / "flink_ticks_job.py"),
+                           "guard", kafka_bootstrap, topic, "7", str(60 * NS)], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    batches = [json.loads(line) for line in done.stdout.splitlines()]
+    where = f"{topic}/0"
+    assert [(tick, late, [(r[1], r[3]) for r in rows]) for tick, late, rows in batches] == [
+        (999, False, [(0, 0)]),
+        *[((T0 + k * NS) // 1_000_000 + 999, False,
+           [(T0 + k * NS, k)] + ([(T0 + k * NS, 3)] if k == 2 else []))
+          for k in (1, 2, 4, 5, 6, 7)]]
+    assert all(r[2] == where for _t, _l, rows in batches for r in rows)
+    seen = [(topic, 0, r[3], r[4].encode()) for _t, _l, rows in batches for r in rows]
+    in_order = [(topic, 0, i, v) for i, v in enumerate(values)]
+    flink, bytewax = _admitted(seen), _admitted(in_order)
+    assert [getattr(x, "reason", None) or x.id for x in bytewax] == [
+        "t0", "t1", "t2", "ahead", "t4", "t5", "t6", "t7"]
+    assert flink == bytewax
+
+
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_the_guard_source_hears_every_partition_within_two_fetch_rounds_of_a_backlog(

@@ -48,11 +48,22 @@ import org.apache.flink.util.Collector;
  * {@code ts} a timed port carried before it on this subtask. A row whose {@code ts} is
  * past the event time its source gave it (a source that caps how far ahead of its
  * clock a message may be) goes in that time's tick, for the flow to judge at once, not
- * when its own time comes. Ticks are whole ms of event time from the epoch, floored:
+ * when its own time comes. A row whose {@code ts} is {@link #HELD} (a source holds its
+ * time back) goes at the start of the first tick the watermark has not passed, before
+ * any row that comes after it. Ticks are whole ms of event time from the epoch, floored:
  * a time before it (which no record may have) is in the tick that holds it.
  */
 public final class TickBatches {
     private TickBatches() {}
+
+    /**
+     * The {@code ts} of a row whose source holds its time back, with none before it to go
+     * on with (a Kafka partition's first record, until the next judges it: {@code
+     * kafka/LeadGate}). Its source gives it no event time ({@code Long.MIN_VALUE}), so it
+     * moves no watermark; {@link RowTime} puts it at the start of the first tick the
+     * watermark has not passed, so it reaches the flow before every row after it.
+     */
+    public static final long HELD = Long.MIN_VALUE;
 
     /** Builds the chain on {@code keyedRows}; {@code out} is the type of what it emits. */
     public static DataStream<Row> of(DataStream<Row> keyedRows, long tickMs,
@@ -142,6 +153,10 @@ public final class TickBatches {
             Row keyed = element.getValue();
             Row row = (Row) keyed.getField(1);
             Long ts = (Long) row.getField(1);
+            if (ts != null && ts == HELD) {
+                output.collect(element.replace(heldAtFirstOpenTick(keyed, row), firstOpenMs()));
+                return;
+            }
             if (ts == null) {
                 row = Row.copy(row);
                 row.setField(1, seen);
@@ -162,6 +177,19 @@ public final class TickBatches {
             }
             newest = Math.max(newest, ms);
             output.collect(element.replace(keyed, ms));
+        }
+
+        /** The first ms the watermark has not passed (none before the epoch). */
+        private long firstOpenMs() {
+            return watermark == Long.MAX_VALUE ? watermark : Math.max(watermark + 1, 0);
+        }
+
+        /** A {@link #HELD} row, its {@code ts} the start of the first open tick. */
+        private Row heldAtFirstOpenTick(Row keyed, Row row) {
+            Row placed = Row.copy(row);
+            long startMs = Math.floorDiv(firstOpenMs(), tickMs) * tickMs;
+            placed.setField(1, Math.min(startMs, Long.MAX_VALUE / 1_000_000L) * 1_000_000L);
+            return Row.of(keyed.getField(0), placed);
         }
     }
 

@@ -27,6 +27,8 @@ import org.apache.flink.util.Collector;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.producer.ProducerRecord;
 
+import riskguard.flink.TickBatches;
+
 /**
  * The live guard's Kafka input and output, on Flink's DataStream connector: no SQL
  * planner in the job.
@@ -36,7 +38,10 @@ import org.apache.kafka.clients.producer.ProducerRecord;
  * (ns; null where it has none). Its event time is {@code ts} in ms, or the Kafka
  * timestamp for a message without one, and never beyond the Kafka timestamp plus the
  * allowed future skew: a record from the future cannot carry a partition's watermark
- * away. The watermark, a millisecond behind the latest event time, is kept per
+ * away. Nor can a record far ahead of its partition's time ({@code maxLeadNs}, the
+ * guard's {@code input.max_lead_ns}; 0: no limit), held until the partition's next
+ * record judges it ({@link LeadGate}): its row goes on with the time of the row before
+ * it. The watermark, a millisecond behind the latest event time, is kept per
  * partition, a quiet partition stops holding it back, and once every partition has
  * been quiet for {@code allQuietMs} it moves past the tick ({@code tickMs}) of the
  * newest event time, so the records before a lull go on ({@link QuietPartitions}).
@@ -52,15 +57,16 @@ public final class KafkaIo {
     public static DataStream<Row> source(StreamExecutionEnvironment env, Properties props,
                                          String[] topics, String group, boolean earliest,
                                          long startMs, long quietMs, long allQuietMs,
-                                         long tickMs, long maxSkewMs, String segmentKey,
-                                         TypeInformation<Row> type, String uid) {
+                                         long tickMs, long maxSkewMs, long maxLeadNs,
+                                         String segmentKey, TypeInformation<Row> type,
+                                         String uid) {
         KafkaSource<Row> source = KafkaSource.<Row>builder()
             .setProperties(props)
             .setTopics(Arrays.asList(topics))
             .setGroupId(group)
             .setStartingOffsets(earliest ? OffsetsInitializer.earliest()
                                          : OffsetsInitializer.latest())
-            .setDeserializer(new Messages(segmentKey, type))
+            .setDeserializer(new Messages(segmentKey, type, maxLeadNs))
             .build();
         WatermarkStrategy<Row> time =
             QuietPartitions.strategy(startMs, quietMs, allQuietMs, tickMs,
@@ -114,27 +120,36 @@ public final class KafkaIo {
         }
     }
 
+    /** A reader's messages as rows, each partition's times through its {@link LeadGate}
+     * (one a partition the reader reads). */
     static final class Messages implements KafkaRecordDeserializationSchema<Row> {
         private final String segmentKey;
         private final TypeInformation<Row> type;
+        private final long maxLeadNs;
         private transient JsonFactory json;
+        private transient Map<String, LeadGate> gates;
 
         @Override
         public void open(DeserializationSchema.InitializationContext context) {
             json = new JsonFactory();
+            gates = new HashMap<>();
         }
 
-        Messages(String segmentKey, TypeInformation<Row> type) {
+        Messages(String segmentKey, TypeInformation<Row> type, long maxLeadNs) {
             this.segmentKey = segmentKey;
             this.type = type;
+            this.maxLeadNs = maxLeadNs;
         }
 
         @Override
         public void deserialize(ConsumerRecord<byte[], byte[]> msg, Collector<Row> out) {
             byte[] value = msg.value();
-            out.collect(Row.of(segmentKey, Row.of(
-                "kafka", tsField(json, value), msg.topic() + "/" + msg.partition(),
-                msg.offset(), value)));
+            String src = msg.topic() + "/" + msg.partition();
+            Long ts = tsField(json, value);
+            if (ts != null) {
+                ts = gates.computeIfAbsent(src, s -> new LeadGate(maxLeadNs)).timeFor(ts);
+            }
+            out.collect(Row.of(segmentKey, Row.of("kafka", ts, src, msg.offset(), value)));
         }
 
         @Override
@@ -153,6 +168,9 @@ public final class KafkaIo {
         @Override
         public long extractTimestamp(Row keyed, long kafkaMs) {
             Long ts = (Long) ((Row) keyed.getField(1)).getField(1);
+            if (ts != null && ts == TickBatches.HELD) {
+                return Long.MIN_VALUE;  // no time yet: moves no watermark
+            }
             long ms = ts == null ? kafkaMs : Math.floorDiv(ts, 1_000_000L);
             return kafkaMs < 0 ? ms : Math.min(ms, kafkaMs + maxSkewMs);
         }

@@ -32,6 +32,13 @@ import org.apache.flink.util.clock.RelativeClock;
  * than {@code quietMs}: a reader starved of CPU can go a second without a fetch while
  * its partitions still have records, which would then come late; a real lull lasts.
  *
+ * <p>A record held far ahead of its partition's time with none before it ({@link
+ * LeadGate}) has no event time ({@code Long.MIN_VALUE}): the partition has been heard,
+ * but moves no watermark until a record with a time comes (or it is quiet). Its row goes
+ * at the start of the first tick past the watermark, at most a tick past the highest
+ * watermark the reader emitted, so once every partition is quiet the watermark passes
+ * that tick too.
+ *
  * <p>Quiet time is read from Flink's input activity clock, which stops while the source
  * is back-pressured or paused: a partition with a backlog is not called quiet because the
  * job downstream is busy.
@@ -43,6 +50,8 @@ final class QuietPartitions implements WatermarkGenerator<Row> {
     static final class Reader {
         long newest = Long.MIN_VALUE;  // MIN_VALUE: nothing heard yet
         long lastHeard;
+        long emitted = Long.MIN_VALUE;  // the highest watermark any partition emitted
+        long held = Long.MIN_VALUE;  // the latest ms a held record's tick may start at
     }
 
     private final RelativeClock clock;
@@ -53,6 +62,7 @@ final class QuietPartitions implements WatermarkGenerator<Row> {
     private final long tickMs;
     private long newest = Long.MIN_VALUE;  // MIN_VALUE: nothing heard yet
     private long lastHeard;
+    private boolean heard;
     private boolean idle;
 
     QuietPartitions(RelativeClock clock, Reader reader, long startMs, long quietMs,
@@ -102,10 +112,15 @@ final class QuietPartitions implements WatermarkGenerator<Row> {
 
     @Override
     public void onEvent(Row event, long eventTimeMs, WatermarkOutput output) {
-        newest = Math.max(newest, eventTimeMs);
+        heard = true;
         lastHeard = clock.relativeTimeNanos();
-        reader.newest = Math.max(reader.newest, eventTimeMs);
         reader.lastHeard = lastHeard;
+        if (eventTimeMs == Long.MIN_VALUE) {  // held: no time yet
+            reader.held = Math.max(reader.held, Math.max(reader.emitted + 1, 0));
+        } else {
+            newest = Math.max(newest, eventTimeMs);
+            reader.newest = Math.max(reader.newest, eventTimeMs);
+        }
         if (idle) {
             idle = false;
             output.markActive();
@@ -114,24 +129,28 @@ final class QuietPartitions implements WatermarkGenerator<Row> {
 
     @Override
     public void onPeriodicEmit(WatermarkOutput output) {
-        boolean heard = newest != Long.MIN_VALUE;
         long now = clock.relativeTimeNanos();
         long silent = now - lastHeard;
-        if (heard && now - reader.lastHeard >= allQuietNanos) {
+        long last = Math.max(reader.newest, reader.held);
+        if (heard && last != Long.MIN_VALUE && now - reader.lastHeard >= allQuietNanos) {
             // every partition quiet: past the newest tick
             if (idle) {
                 idle = false;
                 output.markActive();
             }
-            output.emitWatermark(new Watermark(
-                (Math.floorDiv(reader.newest, tickMs) + 1) * tickMs - 1));
+            emit(output, (Math.floorDiv(last, tickMs) + 1) * tickMs - 1);
         } else if (silent >= (heard ? quietNanos : startNanos)) {
             if (!idle) {
                 idle = true;
                 output.markIdle();
             }
-        } else if (heard) {
-            output.emitWatermark(new Watermark(newest - 1));
+        } else if (newest != Long.MIN_VALUE) {
+            emit(output, newest - 1);
         }
+    }
+
+    private void emit(WatermarkOutput output, long watermark) {
+        output.emitWatermark(new Watermark(watermark));
+        reader.emitted = Math.max(reader.emitted, watermark);
     }
 }
