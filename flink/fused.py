@@ -123,17 +123,20 @@ nested in the row cost PyFlink a decode a field)."""
 
 
 def tick_batches(stream: DataStream, tick_ns: int, timed: tuple[str, ...],
-                 uid: str) -> KeyedStream:
+                 uid: str, lead_ns: int = 0) -> KeyedStream:
     """``stream`` of :data:`KEYED_ROW` as one :data:`BATCH` a key and tick (``tick_ns``,
     whole ms), made in Java (``riskguard.flink.TickBatches``): a tumbling event-time window
     hands its rows on in event time, then source and position order, when the watermark
     passes it; a row behind the watermark goes on alone, right after the tick of the
     newest row before it (the flow judges it after the rows that made it late, as
-    bytewax does). A row without event time takes the latest a ``timed`` input gave.
+    bytewax does). A row without event time takes the latest a ``timed`` input gave. A
+    row its source holds back (a record far ahead of its Kafka partition) waits for the
+    next row of its partition and goes on just before it, or at most ``lead_ns`` past the
+    newest time if none comes within half a second.
     The job needs the jar :func:`~riskguard.flink.java_build.job_jars` names."""
     j_stream = get_gateway().jvm.riskguard.flink.TickBatches.of(
         stream._j_data_stream, max(1, tick_ns // 1_000_000), KEYED_ROW.get_java_type_info(),
-        KEYED_BATCH.get_java_type_info(), java_strings(timed), uid)
+        KEYED_BATCH.get_java_type_info(), java_strings(timed), lead_ns, uid)
     return keyed(DataStream(j_stream), BATCH)
 
 

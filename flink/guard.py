@@ -301,7 +301,8 @@ def run(config: str, *, parallelism: int | None = None, checkpoints: str | None 
     msgs = DataStream(_kafka_io(cfg, env, gateway))
     # Java makes each tick's messages one row; the flow is one segment under one key,
     # fed a tick at a time, as one bytewax worker runs it
-    ticks = tick_batches(msgs, cfg.tick_ns, ("kafka",), "riskguard_guard")
+    ticks = tick_batches(msgs, cfg.tick_ns, ("kafka",), "riskguard_guard",
+                         lead_ns=cfg.input.max_lead_ns)
     out = ticks.process(TickBatchSegment(ref, plan, commit_ms=interval_ms,
                                          allow_dropped_state=allow_dropped_state),
                         output_type=ROW).uid("riskguard_segment").name("riskguard_segment")

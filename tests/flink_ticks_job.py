@@ -63,16 +63,16 @@ def main(argv: list[str]) -> int:
         return _source_order(env, argv[1], argv[2], int(argv[3]))
     if argv[:1] == ["java"]:
         return _java_parts(env, argv[1])
+    lead_ns = int(argv[4]) if argv[:1] == ["guard"] and len(argv) > 4 else 0
     if restore:
         env.enable_checkpointing(200)
         rows, limit = _guard_rows(env, argv[1], [argv[2]]), int(argv[4])
     elif argv[:1] == ["guard"]:
-        lead_ns = int(argv[4]) if len(argv) > 4 else 0
-        rows = _guard_rows(env, argv[1], argv[2].split(","), lead_ns=lead_ns)
-        limit = int(argv[3])
+        rows, limit = _guard_rows(env, argv[1], argv[2].split(","), lead_ns=lead_ns), int(argv[3])
     else:
         rows, limit = _kafka_rows(env, argv[0], argv[1]), int(argv[2])
-    batches = tick_batches(rows, 1_000_000_000, ("in", "kafka"), "test")  # ticks of 1 s
+    batches = tick_batches(rows, 1_000_000_000, ("in", "kafka"), "test",  # ticks of 1 s
+                           lead_ns=lead_ns)
     out = batches.map(_as_json, output_type=Types.STRING())
     if restore:  # a collect sink cannot be restored into another client: a file instead
         return _run_to_file(env, out, Path(argv[3]).parent / f"batches-{os.getpid()}",

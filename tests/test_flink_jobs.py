@@ -372,12 +372,12 @@ def test_a_record_a_year_ahead_moves_no_tick_and_the_flow_judges_it_as_bytewax_d
     """Trades a second apart on one partition, the fourth stamped a year ahead, all in
     one fetch (their Kafka timestamps are now, so the skew cap does not bound it). The
     guard source's ahead gate (``input.max_lead_ns``, 60 s) holds the far record's time
-    back: it goes in the tick of the record before it, right after it, so no tick is
-    made at the far time, no genuine record comes behind the watermark, and the guard's
-    admission, fed the ticks in order, sees the messages in the partition's order and
-    makes bytewax's verdicts: the one ``ahead`` dead letter, the same in every field.
-    A partition's first record (held too: nothing before it to judge it by) goes at
-    the start of the first tick the watermark has not passed."""
+    back until the next record judges it: it goes on just before the next record, in
+    its tick, so no tick is made at the far time, no genuine record comes behind the
+    watermark, and the guard's admission, fed the ticks in order, sees the messages in
+    the partition's order and makes bytewax's verdicts: the one ``ahead`` dead letter,
+    the same in every field. A partition's first record, held too (nothing before it to
+    judge it by), keeps its own time, as the next goes on from it."""
     if reason := java_missing():
         pytest.skip(reason)
     import json
@@ -403,10 +403,9 @@ def test_a_record_a_year_ahead_moves_no_tick_and_the_flow_judges_it_as_bytewax_d
     batches = [json.loads(line) for line in done.stdout.splitlines()]
     where = f"{topic}/0"
     assert [(tick, late, [(r[1], r[3]) for r in rows]) for tick, late, rows in batches] == [
-        (999, False, [(0, 0)]),
-        *[((T0 + k * NS) // 1_000_000 + 999, False,
-           [(T0 + k * NS, k)] + ([(T0 + k * NS, 3)] if k == 2 else []))
-          for k in (1, 2, 4, 5, 6, 7)]]
+        ((T0 + k * NS) // 1_000_000 + 999, False,
+         ([(T0 + k * NS, 3)] if k == 4 else []) + [(T0 + k * NS, k)])
+        for k in (0, 1, 2, 4, 5, 6, 7)]
     assert all(r[2] == where for _t, _l, rows in batches for r in rows)
     seen = [(topic, 0, r[3], r[4].encode()) for _t, _l, rows in batches for r in rows]
     in_order = [(topic, 0, i, v) for i, v in enumerate(values)]
@@ -648,3 +647,82 @@ def test_the_live_flink_guard_killed_and_rescaled_executes_bytewaxs_commands_onc
                if line.split()[0] != "late_rows"]
     assert moments.count("client") == moments.count("submitted") == 2, moments
     assert {"open", "opened", "first_input", "first_output"} <= set(moments), moments
+
+
+def _backlog_with_one_trade_stamped_now(now_ns: int) -> dict[int, list[bytes]]:
+    """Two partitions' trades of the demo's first instrument from an hour before
+    ``now_ns``, a second apart, produced now (a feed catching up); on partition 0 the
+    fourth is stamped ``now_ns``: within the clock's skew, an hour ahead of its
+    partition."""
+    from riskguard.schemas import Trade, encode
+
+    first = next(r for r in build_scenario(now_ns).events if isinstance(r, Trade))
+    start = now_ns - 3600 * NS
+
+    def trades(partition: int, times: list[int]) -> list[bytes]:
+        return [encode(Trade(id=f"b{partition}-{i}", venue=first.venue,
+                             instrument=first.instrument, ts=ts, price=first.price,
+                             qty=first.qty, side=first.side)) for i, ts in enumerate(times)]
+
+    times = [start + k * NS for k in range(10)]
+    times[3] = now_ns
+    return {0: trades(0, times), 1: trades(1, [start + k * NS for k in range(5)])}
+
+
+def _outcome(run: Any) -> dict[str, Any]:
+    """A prepared run's dead letters (their topic as its stream), signals and commands."""
+    streams = {run.topic(s): s for s in ("trades", "quotes", "fills", "acks")}
+    topic = run.topic("dead_letters")
+    letters = sorted((streams.get(d.topic, d.topic), *letter_identity(d)[1:])
+                     for d in (Codec().decode(topic, raw) for raw in read_topic_bytes(
+                         run.bootstrap, topic, idle_timeout_s=1.0)))
+    topic = run.topic("signals")
+    signals = sorted(signal_identity(Codec().decode(topic, raw))
+                     for raw in read_topic_bytes(run.bootstrap, topic, idle_timeout_s=1.0))
+    return {"dead_letters": letters, "signals": signals,
+            "commands": sorted(map(command_identity, _commands_on(run)))}
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_the_live_flink_guard_refuses_a_trade_far_ahead_of_its_partition_as_bytewax_does(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    """An hour's backlog of trades produced now, one of them stamped now (an hour ahead
+    of its partition, within the clock's skew), read by the live guard on bytewax and on
+    Flink: both make it the one ``ahead`` dead letter, with the same raw bytes and
+    offset, and the same signals and commands. (Flink's source stamped it with its own
+    time: it went on last, in a tick of its own, and was admitted.)"""
+    if reason := java_missing():
+        pytest.skip(reason)
+    from riskguard.dataflows.demo import prepare_run, start_guard
+
+    from tests.kafka_helpers import produce
+
+    now = time.time_ns()
+    backlog = _backlog_with_one_trade_stamped_now(now)
+    runs = [prepare_run(kafka_bootstrap, tmp_path / name, env=f"{name}{uuid.uuid4().hex[:6]}",
+                        publish_until_s=0.0) for name in ("bw", "fl")]
+    for run in runs:
+        for partition, values in backlog.items():
+            produce(kafka_bootstrap, run.topic("trades"), values, partition=partition)
+    guard = start_guard(runs[0])
+    out, _ = guard.communicate(timeout=150)  # the demo config ends the run when idle
+    assert guard.returncode == 0, out.decode(errors="replace")[-3000:]
+    want = _outcome(runs[0])
+    assert [d[0:2] + d[3:4] for d in want["dead_letters"]] == [("trades", 0, "ahead")]
+    cmd, env = flink_command(tmp_path)
+    env |= {"RISKGUARD_FLINK_JARS": ";".join(kafka_jars()), "RISKGUARD_FLINK_PYTHON": cmd[0]}
+    log = tmp_path / "job.log"
+    job = _guard_job([sys.executable, "-m", "riskguard.cli", "run", "--engine", "flink",
+                      "--config", str(runs[1].config), "--", "--checkpoints",
+                      (tmp_path / "checkpoints").as_uri()], env, log)
+    try:
+        _wait("the dead letter", lambda: _topic_count(runs[1], "dead_letters") >= 1, job, 240,
+              detail=lambda: log.read_text()[-2000:])
+        time.sleep(15)  # the rest of the backlog, and any dead letter bytewax did not make
+        job.send_signal(signal.SIGINT)
+        assert job.wait(60) == 130, log.read_text()[-3000:]
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert _outcome(runs[1]) == want

@@ -3,8 +3,10 @@ package riskguard.flink;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Comparator;
+import java.util.HashMap;
 import java.util.HashSet;
 import java.util.List;
+import java.util.Map;
 import java.util.Set;
 
 import org.apache.flink.api.common.functions.OpenContext;
@@ -48,29 +50,35 @@ import org.apache.flink.util.Collector;
  * {@code ts} a timed port carried before it on this subtask. A row whose {@code ts} is
  * past the event time its source gave it (a source that caps how far ahead of its
  * clock a message may be) goes in that time's tick, for the flow to judge at once, not
- * when its own time comes. A row whose {@code ts} is {@link #HELD} (a source holds its
- * time back) goes at the start of the first tick the watermark has not passed, before
- * any row that comes after it. Ticks are whole ms of event time from the epoch, floored:
- * a time before it (which no record may have) is in the tick that holds it.
+ * when its own time comes. A row its source stamped {@link #HELD} waits for the next row
+ * of its source and goes on just before it ({@link RowTime}). Ticks are whole ms of
+ * event time from the epoch, floored: a time before it (which no record may have) is in
+ * the tick that holds it.
  */
 public final class TickBatches {
     private TickBatches() {}
 
     /**
-     * The {@code ts} of a row whose source holds its time back, with none before it to go
-     * on with (a Kafka partition's first record, until the next judges it: {@code
-     * kafka/LeadGate}). Its source gives it no event time ({@code Long.MIN_VALUE}), so it
-     * moves no watermark; {@link RowTime} puts it at the start of the first tick the
-     * watermark has not passed, so it reaches the flow before every row after it.
+     * The event time a source gives a row whose time it holds back until the next row of
+     * its source judges it (a Kafka record far ahead of its partition's time, or a
+     * partition's first: {@code kafka/LeadGate}): it moves no watermark, and {@link
+     * RowTime} holds the row until then.
      */
     public static final long HELD = Long.MIN_VALUE;
 
-    /** Builds the chain on {@code keyedRows}; {@code out} is the type of what it emits. */
+    /** How long (processing time) {@link RowTime} holds a {@link #HELD} row for the next
+     * row of its source. */
+    static final long HELD_WAIT_MS = 500;
+
+
+    /** Builds the chain on {@code keyedRows}; {@code out} is the type of what it emits;
+     * {@code leadNs}: how far past the newest time a {@link #HELD} row no next row judged
+     * may go on. */
     public static DataStream<Row> of(DataStream<Row> keyedRows, long tickMs,
                                      TypeInformation<Row> in, TypeInformation<Row> out,
-                                     String[] timedPorts, String uid) {
+                                     String[] timedPorts, long leadNs, String uid) {
         SingleOutputStreamOperator<Row> stamped = keyedRows
-            .transform(uid + "_time", in, new RowTime(timedPorts, tickMs))
+            .transform(uid + "_time", in, new RowTime(timedPorts, tickMs, leadNs, in))
             .setParallelism(keyedRows.getParallelism())  // chained: one clock a reader
             .uid(uid + "_time").name(uid + "_time");
         return stamped
@@ -103,19 +111,33 @@ public final class TickBatches {
      * where {@link TickRows} finds it late). The window operator follows this operator's
      * watermark, or a lower one (the least of several subtasks'), so no row reaches it
      * behind its own.
+     *
+     * <p>A row its source stamped {@link #HELD} waits here, one a source ({@code src}),
+     * until the next row of its source: it then goes on just before that row, at the
+     * earlier of the two times (so a lone far time takes the next row's, and a genuine
+     * jump keeps its own). Without a next row it goes on at its own time once that is at
+     * most {@code leadNs} past the newest stamped (looked at every {@link #HELD_WAIT_MS}):
+     * a lone far time on a partition that goes quiet waits for the partition's next row,
+     * and opens no far tick. Waiting rows are in checkpoints.
      */
     static final class RowTime extends AbstractStreamOperator<Row>
             implements OneInputStreamOperator<Row, Row> {
         private final Set<String> timed;
         private final long tickMs;
+        private final long leadMs;
+        private final TypeInformation<Row> type;
         private long seen;
         private transient long watermark;
         private transient long newest;
         private transient ListState<Long> seenState;
+        private transient Map<String, Row> held;
+        private transient ListState<Row> heldState;
 
-        RowTime(String[] timedPorts, long tickMs) {
+        RowTime(String[] timedPorts, long tickMs, long leadNs, TypeInformation<Row> type) {
             this.timed = new HashSet<>(List.of(timedPorts));
             this.tickMs = tickMs;
+            this.leadMs = Math.floorDiv(leadNs, 1_000_000L);
+            this.type = type;
         }
 
         @Override
@@ -123,6 +145,9 @@ public final class TickBatches {
             super.open();
             watermark = Long.MIN_VALUE;
             newest = Long.MIN_VALUE;
+            for (Row keyed : held.values()) {  // restored: wait again
+                waitFor(keyed);
+            }
         }
 
         @Override
@@ -140,56 +165,95 @@ public final class TickBatches {
             for (Long at : seenState.get()) {
                 seen = Math.max(seen, at);
             }
+            heldState = context.getOperatorStateStore().getListState(
+                new ListStateDescriptor<>("held", type));
+            held = new HashMap<>();
+            for (Row keyed : heldState.get()) {
+                held.put(source(keyed), keyed);
+            }
         }
 
         @Override
         public void snapshotState(StateSnapshotContext context) throws Exception {
             super.snapshotState(context);
             seenState.update(List.of(seen));
+            heldState.update(new ArrayList<>(held.values()));
         }
 
         @Override
         public void processElement(StreamRecord<Row> element) {
             Row keyed = element.getValue();
-            Row row = (Row) keyed.getField(1);
-            Long ts = (Long) row.getField(1);
-            if (ts != null && ts == HELD) {
-                output.collect(element.replace(heldAtFirstOpenTick(keyed, row), firstOpenMs()));
+            Row waiting = held.remove(source(keyed));
+            if (element.hasTimestamp() && element.getTimestamp() == HELD) {
+                if (waiting != null) {  // just before it, at the earlier time
+                    stamp(withTs(waiting, Math.min(tsOf(waiting), tsOf(keyed))), false, 0);
+                }
+                held.put(source(keyed), keyed);
+                waitFor(keyed);
                 return;
             }
-            if (ts == null) {
-                row = Row.copy(row);
-                row.setField(1, seen);
-                keyed = Row.of(keyed.getField(0), row);
-                ts = seen;
-            } else {
-                if (element.hasTimestamp()
-                        && Math.floorDiv(ts, 1_000_000L) > element.getTimestamp()) {
-                    ts = element.getTimestamp() * 1_000_000L;  // the source cut it: skew
+            boolean timedRow = ((Row) keyed.getField(1)).getField(1) != null;
+            if (!timedRow) {
+                keyed = withTs(keyed, seen);
+            }
+            boolean stamped = timedRow && element.hasTimestamp();
+            if (waiting != null) {  // just before the row after it, at the earlier time
+                long ts = Math.min(tsOf(waiting), tsOf(keyed));
+                stamp(withTs(waiting, ts), stamped, element.getTimestamp());
+            }
+            stamp(keyed, stamped, element.getTimestamp());
+        }
+
+        /** Every {@link #HELD_WAIT_MS}, lets {@code keyed} go at its own time if it still
+         * waits and that time is at most {@code leadMs} past the newest stamped (or the
+         * first ms past the watermark); else it waits on. */
+        private void waitFor(Row keyed) {
+            long at = getProcessingTimeService().getCurrentProcessingTime() + HELD_WAIT_MS;
+            getProcessingTimeService().registerTimer(at, time -> {
+                if (held.get(source(keyed)) != keyed) {
+                    return;  // the next row let it go
                 }
-                if (timed.contains((String) row.getField(0))) {
-                    seen = Math.max(seen, ts);
+                long known = Math.max(Math.max(newest, watermark + 1), 0);
+                if (Math.floorDiv(tsOf(keyed), 1_000_000L) - leadMs <= known) {
+                    held.remove(source(keyed));
+                    stamp(keyed, false, 0);
+                } else {
+                    waitFor(keyed);
                 }
+            });
+        }
+
+        /** Stamps a row whose {@code ts} is set, cut to the source's event time if
+         * {@code stamped} and past it, and hands it on. */
+        private void stamp(Row keyed, boolean stamped, long sourceMs) {
+            Row row = (Row) keyed.getField(1);
+            long ts = (Long) row.getField(1);
+            if (stamped && Math.floorDiv(ts, 1_000_000L) > sourceMs) {
+                ts = sourceMs * 1_000_000L;  // the source cut it: skew
+            }
+            if (timed.contains((String) row.getField(0))) {
+                seen = Math.max(seen, ts);
             }
             long ms = Math.floorDiv(ts, 1_000_000L);
             if (Math.floorDiv(ms, tickMs) * tickMs + tickMs - 1 <= watermark) {
                 ms = Math.max(newest, watermark + 1);  // late: after the rows before it
             }
             newest = Math.max(newest, ms);
-            output.collect(element.replace(keyed, ms));
+            output.collect(new StreamRecord<>(keyed, ms));
         }
 
-        /** The first ms the watermark has not passed (none before the epoch). */
-        private long firstOpenMs() {
-            return watermark == Long.MAX_VALUE ? watermark : Math.max(watermark + 1, 0);
+        private static String source(Row keyed) {
+            return (String) ((Row) keyed.getField(1)).getField(2);
         }
 
-        /** A {@link #HELD} row, its {@code ts} the start of the first open tick. */
-        private Row heldAtFirstOpenTick(Row keyed, Row row) {
-            Row placed = Row.copy(row);
-            long startMs = Math.floorDiv(firstOpenMs(), tickMs) * tickMs;
-            placed.setField(1, Math.min(startMs, Long.MAX_VALUE / 1_000_000L) * 1_000_000L);
-            return Row.of(keyed.getField(0), placed);
+        private static long tsOf(Row keyed) {
+            return (Long) ((Row) keyed.getField(1)).getField(1);
+        }
+
+        private static Row withTs(Row keyed, long ts) {
+            Row row = Row.copy((Row) keyed.getField(1));
+            row.setField(1, ts);
+            return Row.of(keyed.getField(0), row);
         }
     }
 

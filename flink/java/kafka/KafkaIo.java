@@ -40,8 +40,8 @@ import riskguard.flink.TickBatches;
  * allowed future skew: a record from the future cannot carry a partition's watermark
  * away. Nor can a record far ahead of its partition's time ({@code maxLeadNs}, the
  * guard's {@code input.max_lead_ns}; 0: no limit), held until the partition's next
- * record judges it ({@link LeadGate}): its row goes on with the time of the row before
- * it. The watermark, a millisecond behind the latest event time, is kept per
+ * record judges it ({@link LeadGate}): it has no event time ({@link TickBatches#HELD})
+ * and waits for the partition's next row in the tick chain. The watermark, a millisecond behind the latest event time, is kept per
  * partition, a quiet partition stops holding it back, and once every partition has
  * been quiet for {@code allQuietMs} it moves past the tick ({@code tickMs}) of the
  * newest event time, so the records before a lull go on ({@link QuietPartitions}).
@@ -66,11 +66,11 @@ public final class KafkaIo {
             .setGroupId(group)
             .setStartingOffsets(earliest ? OffsetsInitializer.earliest()
                                          : OffsetsInitializer.latest())
-            .setDeserializer(new Messages(segmentKey, type, maxLeadNs))
+            .setDeserializer(new Messages(segmentKey, type))
             .build();
         WatermarkStrategy<Row> time =
-            QuietPartitions.strategy(startMs, quietMs, allQuietMs, tickMs,
-                                     new EventTime(maxSkewMs));
+            QuietPartitions.strategy(startMs, quietMs, allQuietMs, tickMs, maxLeadNs,
+                                     new EventTime(maxSkewMs, maxLeadNs));
         // one reader: the guard is one segment under one key, so a second reader adds
         // no throughput, only a race between two watermarks that makes rows late
         return env.fromSource(source, time, uid, type).setParallelism(1).uid(uid);
@@ -120,36 +120,27 @@ public final class KafkaIo {
         }
     }
 
-    /** A reader's messages as rows, each partition's times through its {@link LeadGate}
-     * (one a partition the reader reads). */
     static final class Messages implements KafkaRecordDeserializationSchema<Row> {
         private final String segmentKey;
         private final TypeInformation<Row> type;
-        private final long maxLeadNs;
         private transient JsonFactory json;
-        private transient Map<String, LeadGate> gates;
 
         @Override
         public void open(DeserializationSchema.InitializationContext context) {
             json = new JsonFactory();
-            gates = new HashMap<>();
         }
 
-        Messages(String segmentKey, TypeInformation<Row> type, long maxLeadNs) {
+        Messages(String segmentKey, TypeInformation<Row> type) {
             this.segmentKey = segmentKey;
             this.type = type;
-            this.maxLeadNs = maxLeadNs;
         }
 
         @Override
         public void deserialize(ConsumerRecord<byte[], byte[]> msg, Collector<Row> out) {
             byte[] value = msg.value();
-            String src = msg.topic() + "/" + msg.partition();
-            Long ts = tsField(json, value);
-            if (ts != null) {
-                ts = gates.computeIfAbsent(src, s -> new LeadGate(maxLeadNs)).timeFor(ts);
-            }
-            out.collect(Row.of(segmentKey, Row.of("kafka", ts, src, msg.offset(), value)));
+            out.collect(Row.of(segmentKey, Row.of(
+                "kafka", tsField(json, value), msg.topic() + "/" + msg.partition(),
+                msg.offset(), value)));
         }
 
         @Override
@@ -158,21 +149,34 @@ public final class KafkaIo {
         }
     }
 
+    /** A row's event time; a row whose time its partition's {@link LeadGate} holds
+     * (one a partition the reader reads) is {@link TickBatches#HELD}. */
     static final class EventTime implements SerializableTimestampAssigner<Row> {
         private final long maxSkewMs;
+        private final long maxLeadNs;
+        private transient Map<String, LeadGate> gates;
 
-        EventTime(long maxSkewMs) {
+        EventTime(long maxSkewMs, long maxLeadNs) {
             this.maxSkewMs = maxSkewMs;
+            this.maxLeadNs = maxLeadNs;
         }
 
         @Override
         public long extractTimestamp(Row keyed, long kafkaMs) {
-            Long ts = (Long) ((Row) keyed.getField(1)).getField(1);
-            if (ts != null && ts == TickBatches.HELD) {
-                return Long.MIN_VALUE;  // no time yet: moves no watermark
+            Row row = (Row) keyed.getField(1);
+            Long ts = (Long) row.getField(1);
+            if (ts != null && maxLeadNs > 0 && gate((String) row.getField(2)).holds(ts)) {
+                return TickBatches.HELD;
             }
             long ms = ts == null ? kafkaMs : Math.floorDiv(ts, 1_000_000L);
             return kafkaMs < 0 ? ms : Math.min(ms, kafkaMs + maxSkewMs);
+        }
+
+        private LeadGate gate(String partition) {
+            if (gates == null) {
+                gates = new HashMap<>();
+            }
+            return gates.computeIfAbsent(partition, p -> new LeadGate(maxLeadNs));
         }
     }
 

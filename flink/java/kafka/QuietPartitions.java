@@ -32,12 +32,12 @@ import org.apache.flink.util.clock.RelativeClock;
  * than {@code quietMs}: a reader starved of CPU can go a second without a fetch while
  * its partitions still have records, which would then come late; a real lull lasts.
  *
- * <p>A record held far ahead of its partition's time with none before it ({@link
- * LeadGate}) has no event time ({@code Long.MIN_VALUE}): the partition has been heard,
- * but moves no watermark until a record with a time comes (or it is quiet). Its row goes
- * at the start of the first tick past the watermark, at most a tick past the highest
- * watermark the reader emitted, so once every partition is quiet the watermark passes
- * that tick too.
+ * <p>A record held far ahead of its partition's time, or a partition's first ({@link
+ * LeadGate}), has no event time ({@code Long.MIN_VALUE}): the partition has been heard,
+ * but moves no watermark until a record with a time comes (or it is quiet). Once every
+ * partition is quiet the watermark passes the tick of such a row's own time, if that is
+ * at most the lead past the newest any partition gave (where the tick chain lets it go
+ * without a next row).
  *
  * <p>Quiet time is read from Flink's input activity clock, which stops while the source
  * is back-pressured or paused: a partition with a backlog is not called quiet because the
@@ -60,26 +60,29 @@ final class QuietPartitions implements WatermarkGenerator<Row> {
     private final long quietNanos;
     private final long allQuietNanos;
     private final long tickMs;
+    private final long leadMs;
     private long newest = Long.MIN_VALUE;  // MIN_VALUE: nothing heard yet
     private long lastHeard;
     private boolean heard;
     private boolean idle;
 
     QuietPartitions(RelativeClock clock, Reader reader, long startMs, long quietMs,
-                    long allQuietMs, long tickMs) {
+                    long allQuietMs, long tickMs, long leadNs) {
         this.clock = clock;
         this.reader = reader;
         this.startNanos = startMs * 1_000_000L;
         this.quietNanos = quietMs * 1_000_000L;
         this.allQuietNanos = allQuietMs * 1_000_000L;
         this.tickMs = tickMs;
+        this.leadMs = Math.floorDiv(leadNs, 1_000_000L);
         this.lastHeard = clock.relativeTimeNanos();
     }
 
     /** Every partition's generator, its event time given by {@code eventTime}. */
     static WatermarkStrategy<Row> strategy(long startMs, long quietMs, long allQuietMs,
-                                           long tickMs, KafkaIo.EventTime eventTime) {
-        return new Strategy(startMs, quietMs, allQuietMs, tickMs)
+                                           long tickMs, long leadNs,
+                                           KafkaIo.EventTime eventTime) {
+        return new Strategy(startMs, quietMs, allQuietMs, tickMs, leadNs)
             .withTimestampAssigner(eventTime);
     }
 
@@ -90,13 +93,15 @@ final class QuietPartitions implements WatermarkGenerator<Row> {
         private final long quietMs;
         private final long allQuietMs;
         private final long tickMs;
+        private final long leadNs;
         private transient Reader reader;
 
-        Strategy(long startMs, long quietMs, long allQuietMs, long tickMs) {
+        Strategy(long startMs, long quietMs, long allQuietMs, long tickMs, long leadNs) {
             this.startMs = startMs;
             this.quietMs = quietMs;
             this.allQuietMs = allQuietMs;
             this.tickMs = tickMs;
+            this.leadNs = leadNs;
         }
 
         @Override
@@ -106,7 +111,7 @@ final class QuietPartitions implements WatermarkGenerator<Row> {
                 reader = new Reader();
             }
             return new QuietPartitions(context.getInputActivityClock(), reader, startMs,
-                                       quietMs, allQuietMs, tickMs);
+                                       quietMs, allQuietMs, tickMs, leadNs);
         }
     }
 
@@ -116,7 +121,7 @@ final class QuietPartitions implements WatermarkGenerator<Row> {
         lastHeard = clock.relativeTimeNanos();
         reader.lastHeard = lastHeard;
         if (eventTimeMs == Long.MIN_VALUE) {  // held: no time yet
-            reader.held = Math.max(reader.held, Math.max(reader.emitted + 1, 0));
+            reader.held = Math.max(reader.held, heldAtMost(event));
         } else {
             newest = Math.max(newest, eventTimeMs);
             reader.newest = Math.max(reader.newest, eventTimeMs);
@@ -147,6 +152,16 @@ final class QuietPartitions implements WatermarkGenerator<Row> {
         } else if (newest != Long.MIN_VALUE) {
             emit(output, newest - 1);
         }
+    }
+
+    /** A held row's own time (ms), if the tick chain's {@code RowTime} may let it go
+     * there without a next row (at most the lead past the newest any partition gave);
+     * else none ({@code Long.MIN_VALUE}). */
+    private long heldAtMost(Row event) {
+        long own = Math.floorDiv((Long) ((Row) event.getField(1)).getField(1), 1_000_000L);
+        long known = Math.max(Math.max(reader.newest, reader.held),
+                              Math.max(reader.emitted + 1, 0));
+        return own - leadMs <= known ? own : Long.MIN_VALUE;
     }
 
     private void emit(WatermarkOutput output, long watermark) {
