@@ -671,7 +671,9 @@ def _backlog_with_one_trade_stamped_now(now_ns: int) -> dict[int, list[bytes]]:
 
 def _outcome(run: Any) -> dict[str, Any]:
     """A prepared run's dead letters (their topic as its stream), signals and commands."""
-    streams = {run.topic(s): s for s in ("trades", "quotes", "fills", "acks")}
+    from riskguard.connectors.topics import INPUT_STREAMS
+
+    streams = {run.topic(s): s for s in INPUT_STREAMS}
     topic = run.topic("dead_letters")
     letters = sorted((streams.get(d.topic, d.topic), *letter_identity(d)[1:])
                      for d in (Codec().decode(topic, raw) for raw in read_topic_bytes(
@@ -704,12 +706,12 @@ def test_the_live_flink_guard_refuses_a_trade_far_ahead_of_its_partition_as_byte
                         publish_until_s=0.0) for name in ("bw", "fl")]
     for run in runs:
         for partition, values in backlog.items():
-            produce(kafka_bootstrap, run.topic("trades"), values, partition=partition)
+            produce(kafka_bootstrap, run.topic("market"), values, partition=partition)
     guard = start_guard(runs[0])
     out, _ = guard.communicate(timeout=150)  # the demo config ends the run when idle
     assert guard.returncode == 0, out.decode(errors="replace")[-3000:]
     want = _outcome(runs[0])
-    assert [d[0:2] + d[3:4] for d in want["dead_letters"]] == [("trades", 0, "ahead")]
+    assert [d[0:2] + d[3:4] for d in want["dead_letters"]] == [("market", 0, "ahead")]
     cmd, env = flink_command(tmp_path)
     env |= {"RISKGUARD_FLINK_JARS": ";".join(kafka_jars()), "RISKGUARD_FLINK_PYTHON": cmd[0]}
     log = tmp_path / "job.log"
