@@ -131,8 +131,8 @@ def tick_batches(stream: DataStream, tick_ns: int, timed: tuple[str, ...],
     newest row before it (the flow judges it after the rows that made it late, as
     bytewax does). A row without event time takes the latest a ``timed`` input gave. A
     row its source holds back (a record far ahead of its Kafka partition) waits for the
-    next row of its partition and goes on just before it, or at most ``lead_ns`` past the
-    newest time if none comes within half a second.
+    next row of its partition and goes on just before it, at the earlier time; with none,
+    at its own time once that is at most ``lead_ns`` past the newest time stamped.
     The job needs the jar :func:`~riskguard.flink.java_build.job_jars` names."""
     j_stream = get_gateway().jvm.riskguard.flink.TickBatches.of(
         stream._j_data_stream, max(1, tick_ns // 1_000_000), KEYED_ROW.get_java_type_info(),
