@@ -70,7 +70,6 @@ public final class TickBatches {
      * row of its source. */
     static final long HELD_WAIT_MS = 500;
 
-
     /** Builds the chain on {@code keyedRows}; {@code out} is the type of what it emits;
      * {@code leadNs}: how far past the newest time a {@link #HELD} row no next row judged
      * may go on. */
