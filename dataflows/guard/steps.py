@@ -25,7 +25,7 @@ from riskguard.operators.core.base import (
     stateful_logic,
     values_of,
 )
-from riskguard.operators.core.clock import Clock, Tick, engine_task
+from riskguard.operators.core.clock import TICK_IDLE_NS, Clock, Tick, engine_task
 from riskguard.operators.core.dedup import RecentIdsLogic
 from riskguard.operators.detection.ops import (
     detect_anomalies,
@@ -277,6 +277,12 @@ class FirmClock:
     firm must go on valuing fills and enforcing limits). Progress from a source not in
     ``sources`` is ignored: the detections topic's records do not pass admission.
 
+    The firm's own input may go quiet before the market processes' (a replay reads it
+    in seconds): while its own time is held, each market process's progress sends its
+    newest own tick again at the held time, at least every ``TICK_IDLE_NS / 4`` of
+    processing time and whenever the held time moves, so the hold does not fall idle
+    while a market process restarts.
+
     >>> clock = FirmClock(("m0", "m1"), wait_ns=100, clock=lambda: now)
     >>> now = 0
     >>> clock([Tick(ts=50, source="firm")])   # no market process heard from yet
@@ -284,6 +290,8 @@ class FirmClock:
     >>> clock([DetectProgress(ts=40, source="m0"), DetectProgress(ts=70, source="m1"),
     ...        Tick(ts=60, source="firm")])
     [Tick(ts=40, source='firm', of=0)]
+    >>> clock([DetectProgress(ts=45, source="m0")])   # the firm's own input is quiet
+    [Tick(ts=45, source='firm', of=0)]
     >>> now = 150   # m0 silent past the wait: it no longer holds the firm
     >>> clock([DetectProgress(ts=90, source="m1"), Tick(ts=80, source="firm")])
     [Tick(ts=80, source='firm', of=0)]
@@ -300,24 +308,55 @@ class FirmClock:
         self.clock = clock
         self.started: int | None = None
         self.markets: dict[str, tuple[int, int]] = {}  # source -> (newest ts, heard at)
+        # per own tick source: its newest tick, and the ts and processing time it was
+        # last sent at
+        self.own: dict[str, tuple[Tick, int, int]] = {}
 
     def __call__(self, recs: list[Any]) -> list[Tick]:
         now = self.clock()
         if self.started is None:
             self.started = now
         out: list[Tick] = []
+        heard = False
         for r in recs:
             if type(r) is DetectProgress:
                 if r.source not in self.sources:
                     continue
                 seen = self.markets.get(r.source)
                 self.markets[r.source] = (r.ts if seen is None else max(r.ts, seen[0]), now)
+                heard = True
             elif type(r) is Tick:
-                held = self._held(now)
-                if held is None or r.ts <= held:
-                    out.append(r)
-                elif held >= 0:
-                    out.append(Tick(ts=held, source=r.source, of=r.of))
+                out.extend(self._own_tick(r, now))
+        if heard and self.own:
+            out.extend(self._resend_held(now))
+        return out
+
+    def _own_tick(self, tick: Tick, now: int) -> list[Tick]:
+        """``tick`` as far as the market processes let it go (nothing: not yet)."""
+        last = self.own.get(tick.source)
+        newest = tick if last is None or tick.ts >= last[0].ts else last[0]
+        held = self._held(now)
+        if held is None or tick.ts <= held:
+            self.own[tick.source] = (newest, tick.ts, now)
+            return [tick]
+        if held >= 0:
+            self.own[tick.source] = (newest, held, now)
+            return [Tick(ts=held, source=tick.source, of=tick.of)]
+        self.own[tick.source] = (newest, -1, -1) if last is None else (newest, *last[1:])
+        return []
+
+    def _resend_held(self, now: int) -> list[Tick]:
+        """Each own source whose newest tick is held back, at the held time, when that
+        time moved or the source would otherwise fall idle downstream."""
+        held = self._held(now)
+        if held is None or held < 0:
+            return []
+        out: list[Tick] = []
+        for name, (newest, sent_ts, sent_at) in self.own.items():
+            ts = min(held, newest.ts)
+            if ts > sent_ts or (newest.ts > held and now - sent_at >= TICK_IDLE_NS // 4):
+                self.own[name] = (newest, max(ts, sent_ts), now)
+                out.append(Tick(ts=ts, source=name, of=newest.of))
         return out
 
     def _held(self, now: int) -> int | None:
