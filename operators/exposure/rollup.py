@@ -23,7 +23,7 @@ from riskguard.operators.exposure.config import (
     alert_id,
     evidence_add,
 )
-from riskguard.operators.exposure.routing import PROGRESS_KEY, split_progress
+from riskguard.operators.exposure.routing import PROGRESS_KEY, shard_process, split_progress
 from riskguard.operators.exposure.saturation import (
     bounded,
     restored_exposure,
@@ -56,6 +56,9 @@ class CounterpartyState:
     evidence: list[str] = field(default_factory=list)
     # ticked mode: per progress source, [its newest tick, processing time it came]
     sources: dict[str, list[int]] = field(default_factory=dict)
+    # per market process (shard prefix, "" for one pipeline's shards) that sent a part:
+    # the newest time its parts and progress reached, the time its marks' ages count in
+    clocks: dict[str, int] = field(default_factory=dict)
 
 
 class CounterpartyLogic:
@@ -70,6 +73,11 @@ class CounterpartyLogic:
     come since, the exposure is sent again, stale, stamped with that moment. A
     counterparty whose marks all stopped (its venue's feeds are down, a market that no
     longer trades) is then stale on time, not only when another mark arrives.
+
+    A mark's age counts in the time of the market process that values it, never past
+    the newest part or progress from that process: one process running ahead of another
+    (or one restarting, whose silence ``market_process_silent`` reports) does not make
+    the other's marks stale, as one pipeline would not.
     """
 
     def __init__(self, config: ExposureConfig, state: CounterpartyState | None = None, *,
@@ -81,6 +89,9 @@ class CounterpartyLogic:
         # processing time, for the progress sources' idle rule only
         self.clock = clock
         self._stale_at: int | None = None  # the next mark's stale moment (None: unknown)
+        # the soonest stale moment its process's time has not reached yet (left out of
+        # ``_stale_at`` until it does)
+        self._stale_waits = NEVER_STALE
 
     def snapshot(self) -> CounterpartyState:
         # parts are frozen and never mutated: a shallow rebuild is an independent copy
@@ -89,6 +100,7 @@ class CounterpartyLogic:
             version=st.version, counterparty=st.counterparty, parts=dict(st.parts),
             watermark=st.watermark, seq=st.seq, stale=dict(st.stale),
             evidence=list(st.evidence), sources={k: list(v) for k, v in st.sources.items()},
+            clocks=dict(st.clocks),
         )
 
     def on_event(self, p: Part) -> list[Any]:
@@ -111,6 +123,7 @@ class CounterpartyLogic:
         st = self.state
         sources = st.sources
         newest = st.watermark
+        behind = False  # a process behind the counterparty's time moved on
         for p in progress:
             if not p.source:
                 continue
@@ -120,18 +133,32 @@ class CounterpartyLogic:
             else:
                 seen[0], seen[1] = max(seen[0], p.ts), now
             newest = max(newest, p.ts)
+            behind = self._advance_clock(shard_process(p.source), p.ts) or behind
         out: list[Any] = []
-        if newest <= st.watermark:  # the usual tick: its parts came, nothing to judge
+        if newest <= st.watermark and not behind:  # the usual tick: nothing to judge
             return out
         time = self._progress_time(now)
         while st.parts:
             at = self._next_stale()
             if at > time:
                 break
-            st.watermark = at
+            # a process behind may reach a moment the counterparty's time has passed
+            st.watermark = max(st.watermark, at)
             self._recv_ts = None
             out.extend(self._emit())
         return out
+
+    def _advance_clock(self, process: str, ts: int) -> bool:
+        """``process``'s time (once it sent a part) moves on to ``ts``; True if it was
+        behind the counterparty's time, so a mark of it may have grown too old."""
+        clocks = self.state.clocks
+        old = clocks.get(process)
+        if old is None or ts <= old:
+            return False
+        clocks[process] = ts
+        if ts >= self._stale_waits:
+            self._stale_at = None
+        return old < self.state.watermark
 
     def _progress_time(self, now: int) -> int:
         """The oldest newest tick over the progress sources, so no shard's part still on
@@ -145,13 +172,27 @@ class CounterpartyLogic:
 
     def _next_stale(self) -> int:
         """The moment the oldest held mark not yet stale grows stale (``NEVER_STALE``:
-        none); cached until a part comes or the exposure is sent."""
+        none), among the marks whose process's time has reached that moment (a mark its
+        process's time has just carried past it: at once); cached until a part comes, the
+        exposure is sent or a process's time reaches a moment left out."""
         if self._stale_at is None:
-            horizon = self.state.watermark - self.config.max_mark_age_ns
-            fresh = [int(m) for p in self.state.parts.values()
-                     if (m := _oldest_from(p, horizon)) is not None]
-            self._stale_at = (min(fresh) + self.config.max_mark_age_ns + 1 if fresh
-                              else NEVER_STALE)
+            age = self.config.max_mark_age_ns
+            st = self.state
+            at = waits = NEVER_STALE
+            for p in st.parts.values():
+                clock = st.clocks.get(shard_process(p.shard), st.watermark)
+                horizon = min(st.watermark, clock) - age
+                if p.oldest < horizon and (
+                        old := _oldest_unflagged(p, horizon, st.stale)) < NEVER_STALE:
+                    at = min(at, old + age + 1)
+                fresh = _oldest_from(p, horizon)
+                if fresh is None:
+                    continue
+                if fresh + age + 1 > clock:  # its process has not come that far yet
+                    waits = min(waits, fresh + age + 1)
+                else:
+                    at = min(at, fresh + age + 1)
+            self._stale_at, self._stale_waits = at, waits
         return self._stale_at
 
     def _batch(self, items: Iterable[Part]) -> list[Any]:
@@ -166,6 +207,11 @@ class CounterpartyLogic:
                 continue
             parts[p.shard] = p
             changed = True
+            process = shard_process(p.shard)
+            if process in st.clocks:
+                self._advance_clock(process, p.ts)
+            else:
+                st.clocks[process] = p.ts
             if p.recv_ts is not None and (self._recv_ts is None or p.recv_ts > self._recv_ts):
                 self._recv_ts = p.recv_ts
             st.counterparty = p.counterparty
@@ -213,13 +259,17 @@ class CounterpartyLogic:
 
     def _old_marks(self, ps: list[Part]) -> dict[str, int]:
         """Each held instrument whose mark is older than ``max_mark_age_ns`` before the
-        watermark, with its mark's time."""
-        horizon = self.state.watermark - self.config.max_mark_age_ns
+        watermark (before its process's time, if that is behind), with its mark's
+        time."""
+        wm = self.state.watermark
+        age = self.config.max_mark_age_ns
         old: dict[str, int] = {}
         if (ps[0].oldest if len(ps) == 1 else min((p.oldest for p in ps),
-                                                  default=NEVER_STALE)) >= horizon:
+                                                  default=NEVER_STALE)) >= wm - age:
             return old
+        clocks = self.state.clocks
         for p in ps:
+            horizon = min(wm, clocks.get(shard_process(p.shard), wm)) - age
             if p.oldest < horizon:
                 mts = np.frombuffer(p.mark_ts, dtype="<i8")
                 stale_ix = np.flatnonzero(mts < horizon).tolist()
@@ -261,6 +311,16 @@ class CounterpartyLogic:
                      "watermark": st.watermark},
             evidence_ids=list(st.evidence[-4:]),
         )
+
+
+def _oldest_unflagged(p: Part, horizon: int, stale: dict[str, int]) -> int:
+    """The oldest of ``p``'s marks before ``horizon`` not in ``stale`` (``NEVER_STALE``:
+    none)."""
+    mts = np.frombuffer(p.mark_ts, dtype="<i8")
+    names = p.names
+    old = [int(mts[x]) for x in np.flatnonzero(mts < horizon).tolist()
+           if names[x] not in stale]
+    return min(old, default=NEVER_STALE)
 
 
 def _oldest_from(p: Part, horizon: int) -> int | None:

@@ -75,6 +75,18 @@ def shard_keys(shards: int, prefix: str = "") -> tuple[str, ...]:
     return tuple(f"{prefix}s{k}" for k in range(shards))
 
 
+def shard_process(shard: str) -> str:
+    """The market process a stage-1 shard key (or a progress source named
+    ``<worker>@<shard>``) belongs to: its :class:`ShardPlace` prefix, ``""`` for the
+    shards of one pipeline.
+
+    >>> shard_process("m1.s0"), shard_process("market/1@m1.s3"), shard_process("s2")
+    ('m1.', 'm1.', '')
+    """
+    shard = shard.rpartition("@")[2]
+    return shard[:shard.rfind(".") + 1]
+
+
 R = TypeVar("R")
 
 
