@@ -1,18 +1,32 @@
 """The market tier's firm process judges time as one pipeline does while a market process
 lags or restarts: a mark's age counts in the time of the process that values it, and the
-firm's own ticks keep holding its clock while a market process is briefly gone."""
+firm's clock (its own ticks, its playbook's) holds at a market process's progress while
+that process is gone for less than ``tier.market_wait_s``."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import msgspec
+from riskguard.dataflows.guard import GuardConfig
+from riskguard.dataflows.guard.core import source_wait_ns
 from riskguard.dataflows.guard.steps import FirmClock
 from riskguard.operators.core.clock import TICK_IDLE_NS, ManualClock, Tick, Watermark
 from riskguard.operators.exposure import CounterpartyLogic, Part, Progress
-from riskguard.schemas import DetectProgress, Exposure, RiskAlert, Trade
+from riskguard.operators.mitigation import PlaybookConfig, PlaybookLogic
+from riskguard.schemas import (
+    DetectProgress,
+    Exposure,
+    RiskAlert,
+    Scope,
+    ScopeKind,
+    Severity,
+    Trade,
+)
 from test_exposure import S, fill, worked_config
 from test_exposure_ticked import _ticked_parts
+from test_playbook import alert
+from test_stale_marks import bundled_rule
 
 T = 1_000 * S
 AGE = 30 * S
@@ -86,3 +100,39 @@ def test_a_market_process_restarting_within_the_wait_holds_the_firms_ticks() -> 
         now.advance(S)
         seen.append(feed([DetectProgress(ts=T + k * 5 * S, source="market/1")]))
     assert max(seen) == T
+
+
+def _guard_config(role: str) -> GuardConfig:
+    return msgspec.convert({"keys": {"signing_key": "k", "trust_file": "t", "roots_file": "r"},
+                            "tier": {"role": role, "market_processes": 2}}, GuardConfig)
+
+
+def _playbook_holding(idle_ns: int) -> list[tuple[str, str]]:
+    """A heartbeat-loss incident on okx (the bundled rule: halt_trading after 180 s) is
+    open when the process whose progress makes ``a/okx`` stops; ``b/okx`` runs 300 s
+    ahead in 40 s of processing time. The commands that gives."""
+    now = ManualClock(0)
+    cfg = PlaybookConfig(issuer="guard", venues=("okx",),
+                         rules=(bundled_rule("venue_heartbeat"),))
+    logic = PlaybookLogic(cfg, now, idle_ns=idle_ns)
+    okx = Scope(kind=ScopeKind.VENUE, value="okx")
+    out = []
+    for s in ("a/okx", "b/okx"):
+        out += logic.on_event(Tick(ts=T, source=s, of=2))
+    out += logic.on_event(alert("heartbeat_loss", okx, T / S, sev=Severity.CRITICAL))
+    for k in range(1, 41):
+        now.advance(S)
+        out += logic.on_event(Tick(ts=T + k * 15 * S // 2, source="b/okx", of=2))
+    return [(c.action.value, c.scope.label()) for c in out]
+
+
+def test_the_firms_playbook_waits_the_market_wait_for_a_silent_source() -> None:
+    """The firm's playbook holds its clock at a silent source's progress for
+    ``tier.market_wait_s``: a market process restarted within it does not let the
+    others' progress climb an incident of its markets to a halt before it can close it.
+    With the whole guard's 10 s, the same silence lets the clock run on (as before)."""
+    firm, whole = (_guard_config(role=role) for role in ("firm", "whole"))
+    assert source_wait_ns(firm) == 60 * S
+    assert source_wait_ns(whole) == TICK_IDLE_NS
+    assert ("halt_trading", "venue:okx") not in _playbook_holding(source_wait_ns(firm))
+    assert ("halt_trading", "venue:okx") in _playbook_holding(TICK_IDLE_NS)

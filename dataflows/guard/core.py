@@ -56,7 +56,7 @@ from riskguard.operators.core.base import (
     stateful_logic,
     values_of,
 )
-from riskguard.operators.core.clock import NS_PER_S, Clock, Tick
+from riskguard.operators.core.clock import NS_PER_S, TICK_IDLE_NS, Clock, Tick
 from riskguard.operators.core.metrics import record_command
 from riskguard.operators.core.observe import observe_all
 from riskguard.operators.exposure.limit_specs import concentration_levels
@@ -307,6 +307,7 @@ def _decide(signals: Stream[AnomalySignal | RiskAlert | LimitBreach],
     planned = plan_mitigation(
         "playbook", op.merge("playbook_in", to_playbook, manual, acks),
         config=cfg.playbook, clock=clock, wall_clock=wall_clock,
+        idle_ns=source_wait_ns(cfg),
     )
     signed = sign_commands("sign", planned.oks, signer, config=cfg.sign, seq_floor=seq_floor,
                            trust_serial=trust_serial)
@@ -317,6 +318,17 @@ def _decide(signals: Stream[AnomalySignal | RiskAlert | LimitBreach],
         "audit", op.merge("decisions", signals, planned.oks, acks, errs), signer=signer,
         config=audit_cfg, resume=audit_resume), observe_all)
     return signed.oks, errs, audit
+
+
+def source_wait_ns(cfg: GuardConfig) -> int:
+    """How long (processing time) the playbook's clock waits for a silent tick source:
+    in the market tier's firm, ``tier.market_wait_s``, so a market process restarted
+    within it holds the clock at its progress however far the others run (the firm's
+    own ticks, held with it, stop moving while it is gone); elsewhere ``TICK_IDLE_NS``.
+    """
+    if cfg.tier.role == "firm":
+        return int(cfg.tier.market_wait_s * NS_PER_S)
+    return TICK_IDLE_NS
 
 
 def _from_market_processes(detected_in: Stream[Detection], own_ticks: Stream[Tick],

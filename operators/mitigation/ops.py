@@ -36,7 +36,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from riskguard.operators.core.base import SplitOut, split_dead_letters, stateful_logic
-from riskguard.operators.core.clock import system_clock
+from riskguard.operators.core.clock import TICK_IDLE_NS, system_clock
 from riskguard.operators.core.metrics import reorder_counter
 from riskguard.operators.core.observe import observe
 from riskguard.operators.mitigation.playbook import (
@@ -67,6 +67,7 @@ def plan_mitigation(
     config: PlaybookConfig,
     clock: Callable[[], int] = system_clock,
     wall_clock: Callable[[], int] | None = None,
+    idle_ns: int = TICK_IDLE_NS,
 ) -> SplitOut[MitigationCommand]:
     """Turn signals into graduated, de-duplicated, rate-capped mitigation commands.
 
@@ -77,12 +78,14 @@ def plan_mitigation(
     :class:`~riskguard.operators.mitigation.playbook.Tick` items, all under one key
     (``"firm"``); anything else goes to ``errs`` as a dead letter. Commands leave with
     ``seq=0`` for the signing step to number. ``wall_clock`` (live runs only) wakes it
-    when an awaited ack falls overdue with no event to notice it.
+    when an awaited ack falls overdue with no event to notice it. ``idle_ns``: how long
+    (processing time) a tick source may be silent before it stops holding the clock back
+    (the market tier's firm: ``tier.market_wait_s``).
     """
     config.validate(f"step '{step_id}'")
     keyed = op.key_on("key", signals, lambda _s: FIRM_KEY)
     out = stateful_logic("stateful", keyed,
                          playbook_builder(config, clock, reorder_counter(step_id),
-                                          observe, wall_clock),
+                                          observe, wall_clock, idle_ns),
                          order=_input_time)
     return split_dead_letters("split", op.key_rm("unkey", out))

@@ -35,7 +35,7 @@ from typing import Any, TypeAlias
 
 import msgspec
 from riskguard.operators.core.base import copy_fields
-from riskguard.operators.core.clock import Tick, Watermark, step_event_time
+from riskguard.operators.core.clock import TICK_IDLE_NS, Tick, Watermark, step_event_time
 from riskguard.operators.mitigation.acks import AckTracker
 from riskguard.operators.mitigation.incidents import (
     STATE_VERSION,
@@ -111,7 +111,8 @@ class PlaybookLogic:
                  state: PlaybookState | None = None, *,
                  on_reorder: Callable[[str, int], None] | None = None,
                  on_ack_alert: Callable[[Any], Any] | None = None,
-                 wall_clock: Callable[[], int] | None = None) -> None:
+                 wall_clock: Callable[[], int] | None = None,
+                 idle_ns: int = TICK_IDLE_NS) -> None:
         self.config = config
         self.clock = clock
         # told ("held", 1) when a signal waits for the watermark, ("forced", n) when n
@@ -129,7 +130,8 @@ class PlaybookLogic:
         self._slack = int(config.reorder_slack_s * S)
         self._max_hold = int(config.max_hold_s * S)
         self._hold_due = min((h[3] for h in state.held), default=None)
-        self._watermark = Watermark.resume(state.sources)
+        # a tick source silent this long (processing time) stops holding the clock back
+        self._watermark = Watermark.resume(state.sources, idle_ns)
         self._out: list[Output] = []
         self._trigger_recv_ts: int | None = None
         # derived, not state. Awake: visited by every event; sleeping ``(due, key)``: woken
@@ -806,11 +808,13 @@ def playbook_builder(config: PlaybookConfig, clock: Callable[[], int],
                      on_reorder: Callable[[str, int], None] | None = None,
                      on_ack_alert: Callable[[Any], Any] | None = None,
                      wall_clock: Callable[[], int] | None = None,
+                     idle_ns: int = TICK_IDLE_NS,
                      ) -> Callable[[PlaybookState | None], PlaybookLogic]:
     """``builder(state | None)`` for :func:`~riskguard.operators.stateful_logic`."""
 
     def build(state: PlaybookState | None) -> PlaybookLogic:
         return PlaybookLogic(config, clock, state, on_reorder=on_reorder,
-                             on_ack_alert=on_ack_alert, wall_clock=wall_clock)
+                             on_ack_alert=on_ack_alert, wall_clock=wall_clock,
+                             idle_ns=idle_ns)
 
     return build
