@@ -56,8 +56,9 @@ class CounterpartyState:
     evidence: list[str] = field(default_factory=list)
     # ticked mode: per progress source, [its newest tick, processing time it came]
     sources: dict[str, list[int]] = field(default_factory=dict)
-    # per market process (shard prefix, "" for one pipeline's shards) that sent a part:
-    # the newest time its parts and progress reached, the time its marks' ages count in
+    # ticked mode: per market process (shard prefix, "" for one pipeline's shards) that
+    # sent a part, the newest time its parts and progress reached (its marks' ages count
+    # in it)
     clocks: dict[str, int] = field(default_factory=dict)
 
 
@@ -74,8 +75,8 @@ class CounterpartyLogic:
     counterparty whose marks all stopped (its venue's feeds are down, a market that no
     longer trades) is then stale on time, not only when another mark arrives.
 
-    A mark's age counts in the time of the market process that values it, never past
-    the newest part or progress from that process: one process running ahead of another
+    Ticked, a mark's age counts in the time of the market process that values it, never
+    past the newest part or progress from that process: one process running ahead of another
     (or one restarting, whose silence ``market_process_silent`` reports) does not make
     the other's marks stale, as one pipeline would not.
     """
@@ -207,11 +208,12 @@ class CounterpartyLogic:
                 continue
             parts[p.shard] = p
             changed = True
-            process = shard_process(p.shard)
-            if process in st.clocks:
-                self._advance_clock(process, p.ts)
-            else:
-                st.clocks[process] = p.ts
+            if self.ticked:  # only progress tells how far a process without parts came
+                process = shard_process(p.shard)
+                if process in st.clocks:
+                    self._advance_clock(process, p.ts)
+                else:
+                    st.clocks[process] = p.ts
             if p.recv_ts is not None and (self._recv_ts is None or p.recv_ts > self._recv_ts):
                 self._recv_ts = p.recv_ts
             st.counterparty = p.counterparty
