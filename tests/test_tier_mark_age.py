@@ -13,6 +13,7 @@ from riskguard.dataflows.guard.core import source_wait_ns
 from riskguard.dataflows.guard.steps import FirmClock
 from riskguard.operators.core.clock import TICK_IDLE_NS, ManualClock, Tick, Watermark
 from riskguard.operators.exposure import CounterpartyLogic, Part, Progress
+from riskguard.operators.exposure.limits import LimitsLogic
 from riskguard.operators.mitigation import PlaybookConfig, PlaybookLogic
 from riskguard.schemas import (
     DetectProgress,
@@ -25,6 +26,7 @@ from riskguard.schemas import (
 )
 from test_exposure import S, fill, worked_config
 from test_exposure_ticked import _ticked_parts
+from test_exposure_unvalued import UNVALUED, drive, exposure, gross_levels, gross_limit, tick
 from test_playbook import alert
 from test_stale_marks import bundled_rule
 
@@ -136,3 +138,25 @@ def test_the_firms_playbook_waits_the_market_wait_for_a_silent_source() -> None:
     assert source_wait_ns(whole) == TICK_IDLE_NS
     assert ("halt_trading", "venue:okx") not in _playbook_holding(source_wait_ns(firm))
     assert ("halt_trading", "venue:okx") in _playbook_holding(TICK_IDLE_NS)
+
+
+def _limits_breaches(idle_ns: int) -> list[tuple[int, str]]:
+    """Unvalued exposure on okx (grace 30 s) while the source ``a`` whose valuation would
+    value it goes silent; ``b`` runs 300 s ahead in 40 s of processing time. The
+    breaches of okx's gross limit that gives."""
+    now = ManualClock(0)
+    logic = LimitsLogic(gross_limit(unvalued_grace_ns=30 * S), clock=now, idle_ns=idle_ns)
+    out = drive(logic, [exposure(T, **UNVALUED), tick(T, "a"), tick(T, "b")])
+    for k in range(1, 41):
+        now.advance(S)
+        out += drive(logic, [tick(T + k * 15 * S // 2, "b")])
+    return gross_levels(out)
+
+
+def test_the_firms_limits_wait_the_market_wait_for_a_silent_source() -> None:
+    """The firm's limits hold a key's time at a silent source's progress for
+    ``tier.market_wait_s`` too: a market process restarted within it does not let the
+    others' progress pass an unvalued exposure's grace deadline before it can value it.
+    With the whole guard's 10 s, the same silence lets time run on (as before)."""
+    assert _limits_breaches(source_wait_ns(_guard_config(role="firm"))) == []
+    assert _limits_breaches(TICK_IDLE_NS)[0] == (T + 30 * S, "breach")

@@ -261,6 +261,7 @@ def guard_core(
                                tick_sources, step_errs, watch))
     limits = enforce_limits(
         "limits", exposures, updates, config=cfg.limits, clock=clock, progress=progress,
+        idle_ns=source_wait_ns(cfg),
         verifier=trust_verifier(trust, Audience(env=cfg.env, topic=cfg.topic("limit_updates"))))
     signals, to_playbook = _signals(anomalies, exposure_alerts, feed_alerts, admitted.alerts,
                                     limits)
@@ -321,11 +322,11 @@ def _decide(signals: Stream[AnomalySignal | RiskAlert | LimitBreach],
 
 
 def source_wait_ns(cfg: GuardConfig) -> int:
-    """How long (processing time) the playbook's clock waits for a silent tick source:
-    in the market tier's firm, ``tier.market_wait_s``, so a market process restarted
-    within it holds the clock at its progress however far the others run (the firm's
-    own ticks, held with it, stop moving while it is gone); elsewhere ``TICK_IDLE_NS``.
-    """
+    """How long (processing time) the limits' and the playbook's clocks wait for a silent
+    tick source: in the market tier's firm, ``tier.market_wait_s``, so a market process
+    restarted within it holds them at its progress however far the others run (the
+    firm's own ticks, held with it, stop moving while it is gone); elsewhere
+    ``TICK_IDLE_NS``."""
     if cfg.tier.role == "firm":
         return int(cfg.tier.market_wait_s * NS_PER_S)
     return TICK_IDLE_NS

@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 from riskguard.operators.core.base import copy_fields
-from riskguard.operators.core.clock import Clock, Tick, Watermark, system_clock
+from riskguard.operators.core.clock import TICK_IDLE_NS, Clock, Tick, Watermark, system_clock
 from riskguard.operators.core.dedup import IdWindow, signer_id
 from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.exposure.config import NS_PER_S
@@ -356,13 +356,15 @@ class LimitsLogic:
     """Limits of one counterparty (or of the firm, key ``"*"``)."""
 
     def __init__(self, config: LimitsConfig, state: LimitsState | None = None, *,
-                 clock: Clock = system_clock) -> None:
+                 clock: Clock = system_clock, idle_ns: int = TICK_IDLE_NS) -> None:
+        """``idle_ns``: how long (processing time) a silent tick source holds the key's
+        time back (:class:`~riskguard.operators.core.clock.Watermark`)."""
         self.config = config
         self.state = state if state is not None else LimitsState()
         # processing time, for the tick sources' idle rule only (clock.Watermark)
         self.clock = clock
         st = self.state
-        self._watermark = Watermark.resume(st.sources, last=st.watermark,
+        self._watermark = Watermark.resume(st.sources, idle_ns, last=st.watermark,
                                            expected=st.expected_sources)
         self._updates = IdWindow(self.state.seen_updates, 1024)
         self._rows: dict[str, tuple[bool, list[tuple[str, str, str, str, LimitSpec]]]] = {}

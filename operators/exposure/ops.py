@@ -16,7 +16,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
 from riskguard.operators.core.base import stateful_logic, values_of
-from riskguard.operators.core.clock import Clock, Tick, system_clock
+from riskguard.operators.core.clock import TICK_IDLE_NS, Clock, Tick, system_clock
 from riskguard.operators.core.metrics import reorder_counter
 from riskguard.operators.exposure.config import FIRM_KEY, ExposureConfig
 from riskguard.operators.exposure.limit_specs import LimitsConfig
@@ -290,12 +290,14 @@ def enforce_limits(
     verifier: Verifier,
     clock: Clock = system_clock,
     progress: Stream[Progress] | None = None,
+    idle_ns: int = TICK_IDLE_NS,
 ) -> LimitsOut:
     """Utilizations and breaches of the limit hierarchy, with signed runtime updates.
 
     ``progress`` (``aggregate_exposure(..., ticks=...).progress``) comes out on
     ``LimitsOut.ticks`` as :class:`~riskguard.operators.core.clock.Tick` items, each
-    behind what its key made before it (in ``LimitsOut.clocked``, in that order).
+    behind what its key made before it (in ``LimitsOut.clocked``, in that order); a
+    source silent for ``idle_ns`` of processing time stops holding a key's time back.
     ``verifier(envelope, now_ns)`` returns the verified
     :class:`~riskguard.schemas.LimitUpdate` (with its approvals, ``Approved``, as
     ``trust_verifier``'s does, for the two-person cap) or raises
@@ -335,7 +337,7 @@ def enforce_limits(
     errs, pre_alerts = unkeyed.trues, unkeyed.falses
 
     def build(state: Any) -> LimitsLogic:
-        return LimitsLogic(config, state, clock=clock)
+        return LimitsLogic(config, state, clock=clock, idle_ns=idle_ns)
 
     made = op.flat_map_batch("unkey", stateful_logic("limits", keyed.trues, build), values_of)
     return _limits_out(made, pre_alerts, errs)
