@@ -393,18 +393,9 @@ class CommandSubscriber:
         self._check_gap(cmd, hw, partition, offset)
         if cmd.trust_serial > max(self.trust.serial, self._trust_alerted.get(cmd.issuer, 0)):
             self._trust_behind(cmd)
-        holder = None
-        if self.dedupe_in_force and cmd.action.value in HELD_ACTIONS:
-            holder = self.state.in_force(cmd.action.value, cmd.scope.label(),
-                                         params_key(cmd), self.party(cmd.issuer))
-        if holder is not None:  # executing it again would act twice
-            self._settled(cmd, "already_in_force", holder)
-            rej = self._reject("already_in_force",
-                               f"{cmd.action.value} on {cmd.scope.label()} is in force "
-                               f"since command {holder}", partition, offset, cmd, record=True,
-                               data=data)
-            self.flush()  # its ack is out
-            return rej
+        in_force = self._in_force(cmd, partition, offset, data)
+        if in_force is not None:
+            return in_force
         if self._holds_full(cmd):
             return self._reject(TOO_MANY_HOLDS,
                                 f"{MAX_HOLDS} commands of {cmd.issuer!r} already hold "
@@ -412,6 +403,24 @@ class CommandSubscriber:
                                 "naming one makes room",
                                 partition, offset, cmd, record=True, data=data)
         return self._execute(cmd, now, partition, offset)
+
+    def _in_force(self, cmd: MitigationCommand, partition: int, offset: int,
+                  data: bytes) -> Outcome | None:
+        """The refusal of a command whose hold is in force already (executing it again
+        would act twice), or None."""
+        if not self.dedupe_in_force or cmd.action.value not in HELD_ACTIONS:
+            return None
+        holder = self.state.in_force(cmd.action.value, cmd.scope.label(),
+                                     params_key(cmd), self.party(cmd.issuer))
+        if holder is None:
+            return None
+        self._settled(cmd, "already_in_force", holder)
+        rej = self._reject("already_in_force",
+                           f"{cmd.action.value} on {cmd.scope.label()} is in force "
+                           f"since command {holder}", partition, offset, cmd, record=True,
+                           data=data)
+        self.flush()  # its ack is out
+        return rej
 
     def party(self, issuer: str) -> frozenset[str]:
         """The signers whose hold in force answers ``issuer``'s command: the guard's
