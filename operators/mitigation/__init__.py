@@ -6,6 +6,8 @@
   :class:`Rule` and :class:`Rung` ladders, and the scope a rule's target acts on;
 - :mod:`~riskguard.operators.mitigation.playbook`: :class:`PlaybookLogic`, incidents
   and their ladders, mitigations in force, the command-rate window;
+- :mod:`~riskguard.operators.mitigation.outbox`: how the playbook builds a command
+  (ids, decision id, expiry), rate-caps it, and lets it out;
 - :mod:`~riskguard.operators.mitigation.incidents`: the playbook's state (incidents,
   mitigations in force) and how it reads a signal;
 - :mod:`~riskguard.operators.mitigation.feeds`: primary/backup feed selection per

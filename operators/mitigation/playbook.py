@@ -29,7 +29,6 @@ from __future__ import annotations
 import fnmatch
 import heapq
 import math
-import uuid
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
@@ -52,12 +51,11 @@ from riskguard.operators.mitigation.incidents import (
     signal_kind,
     source_key,
 )
+from riskguard.operators.mitigation.outbox import CommandOutbox, Output
 from riskguard.operators.mitigation.rate_cap import RateCap
 from riskguard.operators.mitigation.rules import (
     CLOSERS,
-    COMMAND_NAMESPACE,
     OPENERS,
-    PROTECTIVE,
     SEVERITY_RANK,
     TARGETS,
     ParamValue,
@@ -74,7 +72,6 @@ from riskguard.schemas import (
     FIRM,
     Action,
     AnomalySignal,
-    Audience,
     DeadLetter,
     ExecutionAck,
     LimitBreach,
@@ -83,7 +80,6 @@ from riskguard.schemas import (
     RiskAlert,
     Scope,
     ScopeKind,
-    decision_digest,
     encode,
 )
 from riskguard.schemas.action_params import resume_lifts
@@ -101,7 +97,6 @@ _CLOSES_A_VENUE = frozenset({Action.HALT_TRADING, Action.CANCEL_ALL, Action.RERO
 
 PlaybookInput: TypeAlias = (AnomalySignal | RiskAlert | LimitBreach | MitigationCommand
                              | ExecutionAck | Tick)
-Output: TypeAlias = MitigationCommand | DeadLetter
 
 
 class PlaybookLogic:
@@ -124,6 +119,8 @@ class PlaybookLogic:
         self.acks = AckTracker(config.acks, state.acks)
         self.cap = RateCap(max_commands=config.max_commands,
                            window_ns=int(config.rate_window_s * S), state=state)
+        # builds, rate-caps and collects the commands of each step
+        self.outbox = CommandOutbox(config, clock, self.cap, self.acks)
         self.on_ack_alert = on_ack_alert  # sees the alerts acks raise (metrics)
         # live runs only: a replay's output must not depend on wall time
         self.wall_clock = wall_clock
@@ -132,8 +129,6 @@ class PlaybookLogic:
         self._hold_due = min((h[3] for h in state.held), default=None)
         # a tick source silent this long (processing time) stops holding the clock back
         self._watermark = Watermark.resume(state.sources, idle_ns)
-        self._out: list[Output] = []
-        self._trigger_recv_ts: int | None = None
         # derived, not state. Awake: visited by every event; sleeping ``(due, key)``: woken
         # when its next rung or quiet-period end falls due; the rest wait for a signal
         self._awake: set[str] = set(state.incidents)
@@ -152,7 +147,6 @@ class PlaybookLogic:
         self._due_of: dict[str, int] = {}  # each sleeping incident's current due time
         # incidents whose next rung the rate cap held back -> when their window ends
         self._capped: dict[str, int] = {}
-        self._leaves_at: int | None = None  # while catching up: the clock outside it
         # a resumed state's incidents are all awake: the first time step sorts them first
         self._unsettled = bool(state.incidents)
 
@@ -179,16 +173,17 @@ class PlaybookLogic:
         return now
 
     def _handle(self, event: Any) -> list[Output]:
-        self._out = []
+        outbox = self.outbox
+        out = outbox.out = []
         if self._hold_due is not None:
             self._release_overdue()
-        self._trigger_recv_ts = getattr(event, "recv_ts", None)
+        outbox.recv_ts = getattr(event, "recv_ts", None)
         if isinstance(event, Tick):
             if event.source:
                 wm = self._watermark.tick_time(event, self.clock())
                 if wm <= self.state.watermark:
                     # time did not move: nothing can be due (a tick costs O(1))
-                    return self._out
+                    return out
                 self._release(wm)
                 # to the sources' watermark, not its own ts: a process ahead of the others
                 # must not carry time past signals still to come
@@ -218,14 +213,14 @@ class PlaybookLogic:
                     self._hold_due = due
                 if self.on_reorder is not None:
                     self.on_reorder("held", 1)
-                return self._out
+                return out
             self._apply_signal(event)
         else:
             return [self._dead(event, "unexpected_type", "$",
                                "a signal, resume, execution ack or Tick", type(event).__name__)]
         self._check_acks()
         self._evaluate()
-        return self._out
+        return out
 
     def next_deadline_ns(self) -> int | None:
         """Live runs: when the next awaited ack falls overdue (None: nothing waits, or a
@@ -234,18 +229,18 @@ class PlaybookLogic:
 
     def on_deadline(self) -> list[Output]:
         """An awaited ack fell overdue while no event came: raise it and act on it."""
-        self._out = []
-        self._trigger_recv_ts = None
+        out = self.outbox.out = []
+        self.outbox.recv_ts = None
         self._check_acks()
         self._evaluate()
-        return self._out
+        return out
 
     def on_eof(self) -> list[Output]:
         """End of input: the held signals apply in event-time order, the clock moves to
         the newest time any source reached, and commands the rate cap suppressed in the
         unfinished window are reported."""
-        self._out = []
-        self._trigger_recv_ts = None
+        out = self.outbox.out = []
+        self.outbox.recv_ts = None
         st = self.state
         if st.sources:
             end = max([ts for ts, _seen in st.sources.values()] + [h[0] for h in st.held])
@@ -257,7 +252,7 @@ class PlaybookLogic:
                 self._evaluate()
         self._hold_due = None
         self._flush_window(force=True)
-        return self._out
+        return out
 
     def snapshot(self) -> PlaybookState:
         """An independent copy: containers copied; immutable scopes, signals and enums
@@ -327,14 +322,14 @@ class PlaybookLogic:
         while held and held[0][0] <= upto:
             sig = heapq.heappop(held)[2]
             n += 1
-            self._trigger_recv_ts = getattr(sig, "recv_ts", None)
+            self.outbox.recv_ts = getattr(sig, "recv_ts", None)
             if clock_to is not None:
                 self._catch_up(min(clock_to, sig.ts))
                 st.watermark = max(st.watermark, min(clock_to, sig.ts))
                 self._evaluate()
             self._apply_signal(sig)
             self._evaluate()
-        self._trigger_recv_ts = None
+        self.outbox.recv_ts = None
         if n:  # nothing released: the oldest held is the same
             self._hold_due = min((h[3] for h in held), default=None)
         return n
@@ -356,8 +351,9 @@ class PlaybookLogic:
         st = self.state
         if not (self._sleeping and self._sleeping[0][0] < to) and not st.suppressed:
             return
-        trigger, self._trigger_recv_ts = self._trigger_recv_ts, None
-        self._leaves_at = self.clock()
+        outbox = self.outbox
+        trigger, outbox.recv_ts = outbox.recv_ts, None
+        outbox.leaves_at = self.clock()
         while (due := self._next_stop(to)) is not None:
             if st.sources:
                 st.watermark = due
@@ -368,7 +364,7 @@ class PlaybookLogic:
                 self._evaluate()
             finally:
                 step_event_time.reset(token)
-        self._trigger_recv_ts, self._leaves_at = trigger, None
+        outbox.recv_ts, outbox.leaves_at = trigger, None
 
     def _next_stop(self, to: int) -> int | None:
         """The next time before ``to`` at which something falls due, or None; stale
@@ -500,7 +496,7 @@ class PlaybookLogic:
                 continue
             if (m.action is Action.HALT_TRADING and m.scope.kind is ScopeKind.FIRM
                     and not (isinstance(approvals, float | int) and approvals >= 2)):
-                self._emit(self._command(
+                self.outbox.emit(self.outbox.command(
                     "firm_halt_refused", FIRM, Action.ALERT, {"resume_id": cmd.command_id},
                     f"resume {cmd.command_id} of firm-wide halt_trading refused: it needs two "
                     f"approvals (two-person rule); got {approvals}", []),
@@ -585,11 +581,11 @@ class PlaybookLogic:
                 reason = (f"rule '{rule.name}': reroute_order_flow on {m.scope.label()} "
                           f"retargeted to {', '.join(keep)}; {', '.join(sorted(set(old) - good))}"
                           f" no longer healthy or below limits; signal: {owner.detail}")
-                cmd = self._command(f"retarget|{key}|{','.join(keep)}|{st.now}", m.scope,
+                cmd = self.outbox.command(f"retarget|{key}|{','.join(keep)}|{st.now}", m.scope,
                                     Action.REROUTE_ORDER_FLOW, params, reason, owner.evidence,
                                     basis=f"retarget|{m.decision_id or m.command_id}",
                                     decided_by=owner.signal_ids)
-                if self._emit(cmd, capped=True):
+                if self.outbox.emit(cmd, capped=True):
                     m.params, m.command_id = params, cmd.command_id
                     m.decision_id = cmd.decision_id or ""
                 else:  # held back by the rate cap: retried on the next event
@@ -656,9 +652,9 @@ class PlaybookLogic:
         elif params.get("failed_action"):
             reason += "; reroute_order_flow found no healthy alternative venue"
         seed = f"{inc.key}|{scope.label()}|{action.value}|{inc.opened_at}|{index}"
-        cmd = self._command(seed, scope, action, params, reason, inc.evidence,
+        cmd = self.outbox.command(seed, scope, action, params, reason, inc.evidence,
                             basis=f"{rule.name}|{index}|{inc.key}", decided_by=inc.signal_ids)
-        if not self._emit(cmd, capped=True):
+        if not self.outbox.emit(cmd, capped=True):
             return "suppressed"
         if action is not Action.ALERT:
             st.active[key] = Mitigation(action=action, scope=scope, params=params,
@@ -699,7 +695,7 @@ class PlaybookLogic:
             if m.action is Action.HALT_TRADING and m.scope.kind is ScopeKind.FIRM:
                 if not m.held_notified:
                     m.held_notified = True
-                    self._emit(self._command(
+                    self.outbox.emit(self.outbox.command(
                         f"firm_halt_held|{m.command_id}", FIRM, Action.ALERT,
                         {"held_command": m.command_id},
                         f"rule '{rule.name}': incident on {inc.signal_scope.label()} is quiet "
@@ -719,7 +715,7 @@ class PlaybookLogic:
                       f"{rule.quiet_s:g}s; resuming {', '.join(actions)} on {label}")
             seed = f"resume|{label}|{','.join(m.command_id for m in ms)}|{st.now}"
             lifted = sorted(m.decision_id or m.command_id for m in ms)
-            self._emit(self._command(seed, ms[0].scope, Action.RESUME,
+            self.outbox.emit(self.outbox.command(seed, ms[0].scope, Action.RESUME,
                                      {"actions": actions,
                                       "resumes": sorted(m.command_id for m in ms)},
                                      reason, inc.evidence,
@@ -727,47 +723,10 @@ class PlaybookLogic:
                                      decided_by=inc.signal_ids),
                        capped=False)
 
-    def _command(self, seed: str, scope: Scope, action: Action,
-                 params: dict[str, Any], reason: str, evidence: list[str], *,
-                 basis: str | None = None,
-                 decided_by: list[str] | None = None) -> MitigationCommand:
-        """A command with id ``uuid5(seed)`` and a decision id over ``basis`` (what
-        decided it, without event or wall time; default ``seed``), the action, scope,
-        params and the ids of the signals that decided it (``evidence`` digests cover
-        receive times, which differ between replicas)."""
-        cfg = self.config
-        now = self.clock()
-        return MitigationCommand(
-            command_id=str(uuid.uuid5(COMMAND_NAMESPACE, seed)), issuer=cfg.issuer, seq=0,
-            issued_at=now,
-            expires_at=now + int(cfg.ttl_s * S),
-            audience=Audience(env=cfg.env, topic=cfg.topic), action=action, scope=scope,
-            params=params, reason=reason[:4096], evidence_hashes=list(evidence),
-            evidence_hash=evidence[-1] if evidence else None,
-            protective_orders_allowed=action in PROTECTIVE,
-            recv_ts=self._trigger_recv_ts,
-            decision_id=decision_digest(seed if basis is None else basis, action, scope,
-                                        params, decided_by or []),
-            replica=cfg.replica or None,
-        )
-
-    def _emit(self, cmd: MitigationCommand, *, capped: bool) -> bool:
-        if capped and not self.cap.admit(cmd.command_id, cmd.scope):
-            return False
-        self._out.append(cmd)
-        self.acks.sent(cmd, self._leaves_at)
-        return True
-
     def _flush_window(self, *, force: bool = False) -> None:
         rolled, held = self.cap.roll(force=force)
         if held is not None:
-            self._emit(self._command(
-                f"rate_cap|{held.window_start}", FIRM, Action.ALERT,
-                {"suppressed": float(held.commands), "window_start": float(held.window_start)},
-                f"command-rate cap hit: {held.commands} command(s) suppressed in the "
-                f"{self.config.rate_window_s:g}s window from {held.window_start} ns "
-                f"(max {self.config.max_commands} per venue or scope; {held.keys}); they "
-                "are retried while their incidents stay open", []), capped=False)
+            self.outbox.report_held_back(held)
         if rolled:
             self._capped.clear()
             self._prune_history()
