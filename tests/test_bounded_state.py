@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 from contract import CHECKS, Case
+from playbook_cases import FLASH, S, acts, alert, anomaly, feed, make
 from riskguard.operators.core.admission import AdmissionConfig, KeyAdmission, Known
 from riskguard.operators.core.clock import Tick
 from riskguard.operators.mitigation.playbook import Rule, Rung
@@ -26,7 +27,6 @@ from riskguard.schemas import (
     VenueStatus,
 )
 from riskguard.schemas.base import stamp_source
-from test_playbook import FLASH, S, acts, alert, anomaly, feed, make
 
 FLOOD = Rule(name="junk", signal="anomaly", scope="instrument:*", target="same",
              ladder=(Rung(action=Action.ALERT),), quiet_s=1_000)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pytest
 from contract import CHECKS, Case
+from playbook_cases import FLASH, HB, _two_incidents, alert, anomaly, breach, cp, resume, venue
 from riskguard.operators.core.clock import step_event_time
 from riskguard.operators.mitigation.playbook import (
     PlaybookConfig,
@@ -16,7 +17,6 @@ from riskguard.operators.mitigation.playbook import (
     playbook_builder,
 )
 from riskguard.schemas import Action, LimitLevel, Severity
-from test_playbook import FLASH, HB, _two_incidents, alert, anomaly, breach, cp, resume, venue
 
 RULES = (
     FLASH, HB,

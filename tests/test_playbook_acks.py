@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 from contract import CHECKS, Case
+from playbook_cases import venue
 from riskguard.operators.mitigation.acks import (
     ACKNOWLEDGED,
     UNACKNOWLEDGED,
@@ -31,7 +32,6 @@ from riskguard.schemas import (
     ScopeKind,
     Severity,
 )
-from test_playbook import venue
 
 from riskguard.errors import ConfigError
 

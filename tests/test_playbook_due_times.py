@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from playbook_cases import FLASH, acts, anomaly, make
 from riskguard.dataflows.backtest import EventClock
 from riskguard.operators.core.clock import step_event_time
 from riskguard.operators.mitigation.playbook import PlaybookLogic, Rule, Rung, S, Tick
 from riskguard.schemas import Action, MitigationCommand, Severity, encode
-from test_playbook import FLASH, acts, anomaly, make
 
 HOUR = 3600
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from playbook_cases import anomaly, feed, make
 from riskguard.operators.mitigation.playbook import Rule, Rung, S, Tick
 from riskguard.schemas import Action, Severity
-from test_playbook import anomaly, feed, make
 
 AT_ONCE = Rule(name="move", signal="price_move", scope="instrument:*", target="same",
                ladder=(Rung(action=Action.ALERT), Rung(action=Action.REDUCE_ONLY)))

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 from contract import CHECKS, Case
+from playbook_cases import FLASH, VENUES, anomaly, feed
 from riskguard.connectors.subscriber import CommandSubscriber, Duplicate, Rejection
 from riskguard.dataflows.guard import load_guard_config
 from riskguard.dataflows.guard.recovery_marks import claim_recovery_store
@@ -24,7 +25,6 @@ from riskguard.operators.signing.trust import TrustStore, parse_trust
 from riskguard.operators.signing.trust_toml import trust_doc_to_toml
 from riskguard.schemas import Action, AuditCheckpoint, MitigationCommand, decision_digest
 from signing_fixtures import AUD, T0, VENUE_X, S, command, key_entries, signer
-from test_playbook import FLASH, VENUES, anomaly, feed
 
 from riskguard.errors import ConfigError
 

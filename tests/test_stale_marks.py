@@ -7,10 +7,10 @@ import tomllib
 from importlib import resources
 
 import msgspec
+from playbook_cases import alert, make
 from riskguard.dataflows.backtest import EventClock
 from riskguard.operators.mitigation.playbook import Rule, S, Tick
 from riskguard.schemas import Scope, ScopeKind, Severity
-from test_playbook import alert, make
 from test_playbook_due_times import replay
 
 BTC = Scope(kind=ScopeKind.INSTRUMENT, value="BTC-PERP")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from playbook_cases import alert
 from riskguard.dataflows.guard import GuardConfig
 from riskguard.dataflows.guard.core import source_wait_ns
 from riskguard.dataflows.guard.steps import FirmClock
@@ -27,7 +28,6 @@ from riskguard.schemas import (
 from test_exposure import S, fill, worked_config
 from test_exposure_ticked import _ticked_parts
 from test_exposure_unvalued import UNVALUED, drive, exposure, gross_levels, gross_limit, tick
-from test_playbook import alert
 from test_stale_marks import bundled_rule
 
 T = 1_000 * S
