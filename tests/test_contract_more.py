@@ -19,7 +19,7 @@ from contract import CHECKS, At, Batch, Case, Deadline, Eof, engine_feed
 from riskguard.connectors.feeds.health import ConnectionSeen, VenueHealth
 from riskguard.connectors.kafka.admit import PartitionAdmission
 from riskguard.dataflows.guard.market_watch import MarketWatchLogic
-from riskguard.dataflows.guard.steps import _bind_venue, monitor_builder
+from riskguard.dataflows.guard.steps import MarkFilter, _bind_venue, monitor_builder
 from riskguard.operators.audit import AuditConfig, ReplicaWatchConfig, ReplicaWatchLogic
 from riskguard.operators.audit.attest import Attestor, replica_chains
 from riskguard.operators.audit.chain import AuditLogic, AuditState
@@ -40,10 +40,12 @@ from riskguard.operators.signing.operator_commands import OperatorCommandLogic
 from riskguard.schemas import (
     AnomalySignal,
     AuditCheckpoint,
+    Bar,
     DetectProgress,
     Exposure,
     FeatureVector,
     Fill,
+    IndexPrice,
     MitigationCommand,
     Quote,
     RiskAlert,
@@ -565,7 +567,27 @@ def _two_reader_points() -> list[Any]:
     return out
 
 
+def _mark_events() -> list[Any]:
+    """Two venues' trades and quotes and an index price on one instrument, in batches:
+    small moves within the interval, larger ones, a bar (never forwarded)."""
+    out: list[Any] = []
+    for n in range(40):
+        ts = n * 100 * MS
+        px = 100.0 + (0.3 if n % 7 == 0 else 0.01 * (n % 3))
+        out.append(Batch((
+            Trade(id=f"t{n}", venue="okx", instrument="BTC-PERP", ts=ts, price=px, qty=1.0,
+                  side="buy"),
+            Quote(id=f"q{n}", venue="binance", instrument="BTC-PERP", ts=ts, bid=px - 0.01,
+                  ask=px + 0.01, bid_size=1.0, ask_size=1.0),
+            IndexPrice(id=f"i{n}", venue="index", instrument="BTC-PERP", ts=ts, price=px),
+            Bar(id=f"b{n}", venue="okx", instrument="BTC-PERP", ts=ts, open=px, high=px,
+                low=px, close=px, volume=1.0, start=ts - S, interval_ns=S))))
+    return out
+
+
 CASES: list[Any] = [
+    Case("mark_filter.instrument", lambda s: MarkFilter(250 * MS, 5.0, s), _mark_events(),
+         feed=engine_feed),
     Case("feed_select.per_venue", _bind_venue(FEEDS), SELECT, feed=engine_feed),
     Case("feed_monitor.per_venue.two_workers", monitor_builder(FEEDS, lambda: 0), MONITOR,
          splits=(5, 8, 12), feed=engine_feed),
@@ -607,6 +629,9 @@ def _outputs(case: Case) -> list[Any]:
 def test_the_cases_exercise_their_state() -> None:
     """Each case's input drives the transitions its state is for."""
     outs = {c.name: _outputs(c) for c in CASES}
+    marks = outs["mark_filter.instrument"]
+    assert not any(type(m) is Bar for m in marks)
+    assert 40 < len(marks) < 120  # some of each venue's prices are held back
     assert {q.feed for q in outs["feed_select.per_venue"]} == {"primary", "backup"}
     kinds = [a.kind for a in outs["feed_monitor.per_venue.two_workers"]]
     assert kinds.count("feed_failover") == 2 and kinds.count("feed_restored") == 2

@@ -36,9 +36,9 @@ from riskguard.dataflows.guard.market import market_source
 from riskguard.dataflows.guard.market_watch import watch_market_processes
 from riskguard.dataflows.guard.steps import (
     FirmClock,
-    MarkFilter,
     detect_on,
     first_of_each_id,
+    forward_marks,
     market_parts,
     market_ticks,
     monitor_builder,
@@ -184,8 +184,7 @@ def _detect_and_value(market: Stream[MarketEvent], status: Stream[VenueStatus],
     anomalies, detect_errs = detect_on(market_ok, status, cfg, clock, None, read=market,
                                         tick_sources=tick_sources, watch=watch)
     step_errs.extend(detect_errs)
-    marks = op.flat_map_batch("marks", market_ok,
-                              MarkFilter(cfg.mark_interval_ns, cfg.mark_move_bps).passed)
+    marks = forward_marks(market_ok, cfg)
     exposure = aggregate_exposure(
         "exposure", marks, trading, config=cfg.exposure, clock=clock, ticks=ticks,
         wall_clock=wall_clock, concentration_levels=concentration_levels(cfg.limits))

@@ -23,8 +23,8 @@ from riskguard.dataflows.guard.admit import admit_keys
 from riskguard.dataflows.guard.config import GuardConfig, price_key_prefixes
 from riskguard.dataflows.guard.kafka_io import guard_input
 from riskguard.dataflows.guard.steps import (
-    MarkFilter,
     detect_on,
+    forward_marks,
     is_broadcast,
     progress_records,
     select_feeds,
@@ -256,8 +256,7 @@ def market_core(
     market_ok = select_feeds(market, status, cfg, owners.local)
     feat_market = with_own_index(market, market_ok)
     anomalies, errs = detect_on(feat_market, status, cfg, clock, owners.local)
-    marks = op.flat_map_batch("marks", feat_market,
-                              MarkFilter(cfg.mark_interval_ns, cfg.mark_move_bps).passed)
+    marks = forward_marks(feat_market, cfg)
     place = ShardPlace(f"m{owners.index}.", owners.owns, owners.processes)
     valued = value_positions("exposure", marks, trading, config=cfg.exposure, place=place,
                              ticks=ticks, clock=clock, wall_clock=wall_clock)

@@ -8,6 +8,7 @@ import functools
 import os
 import socket
 from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from typing import Any
 
 import bytewax.operators as op
@@ -27,6 +28,7 @@ from riskguard.operators.core.base import (
 )
 from riskguard.operators.core.clock import TICK_IDLE_NS, Clock, Tick, engine_task
 from riskguard.operators.core.dedup import RecentIdsLogic
+from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.detection.ops import (
     detect_anomalies,
     detect_dislocations,
@@ -52,6 +54,7 @@ from riskguard.schemas import (
     VenueStatus,
 )
 from riskguard.schemas.base import Record, source_of
+from riskguard.schemas.codec import tag_of
 from riskguard.schemas.valuation import Part, Progress
 
 
@@ -65,29 +68,56 @@ def is_broadcast(rec: Any) -> bool:
 _DETECTION_ONLY = (Bar, BookDepth, PremiumIndexBar, OpenInterest)
 
 
+@persisted("riskguard.mark_filter")
+@dataclass
+class MarkFilterState:
+    """Per venue, instrument and record type (its tag): the event time and price of the
+    last price forwarded."""
+
+    last: list[tuple[str, str, str, int, float]] = field(default_factory=list)
+    version: int = 1
+
+
+_PRICE_TYPES = {tag_of(t): t for t in (Trade, IndexPrice, Quote)}
+
+
 class MarkFilter:
-    """Per worker: pass a price to exposure valuation (keyed by instrument, so each price
-    crosses workers again) when the last one forwarded from the same venue and record type
-    is ``min_interval_ns`` old in event time or it moved by ``move_bps``. ``0`` forwards
-    every price. Not snapshotted: after a restart each instrument's first price passes.
+    """Pass a price to exposure valuation when the last one forwarded from the same venue
+    and record type is ``min_interval_ns`` old in event time or it moved by ``move_bps``.
+    ``0`` forwards every price. In the guard it runs keyed by instrument
+    (:func:`forward_marks`), its state snapshotted: a resumed guard forwards the prices an
+    unbroken one would.
 
     >>> f = MarkFilter(1_000, 5.0)
     >>> from riskguard.schemas import Trade
     >>> t = lambda ts, px: Trade(id="x", venue="v", instrument="i", ts=ts, price=px, qty=1.0,
     ...                          side="buy")
-    >>> [f(t(0, 100.0)), f(t(10, 100.01)), f(t(20, 100.2)), f(t(1_500, 100.2))]
-    [True, False, True, True]
+    >>> [f(t(0, 100.0)), f(t(10, 100.01)), f(t(20, 100.2))]
+    [True, False, True]
+    >>> f = MarkFilter(1_000, 5.0, f.snapshot())  # resumed
+    >>> [f(t(30, 100.21)), f(t(1_500, 100.2))]
+    [False, True]
     """
 
-    def __init__(self, min_interval_ns: int, move_bps: float) -> None:
+    def __init__(self, min_interval_ns: int, move_bps: float,
+                 state: MarkFilterState | None = None) -> None:
         self.min_interval_ns = min_interval_ns
         self.move = move_bps / 10_000
-        self.last: dict[tuple[str, str, type], tuple[int, float]] = {}
+        self.last: dict[tuple[str, str, type], tuple[int, float]] = {
+            (venue, inst, _PRICE_TYPES[tag]): (ts, price)
+            for venue, inst, tag, ts, price in (state.last if state is not None else ())}
 
     _PRICED = (Trade, IndexPrice)  # built once, not a tuple per call
 
     def __call__(self, rec: Any) -> bool:
         return bool(self.passed([rec]))
+
+    def snapshot(self) -> MarkFilterState:
+        return MarkFilterState(last=[(venue, inst, tag_of(t), ts, price) for (venue, inst, t),
+                                     (ts, price) in self.last.items()])
+
+    def on_batch(self, recs: list[Any]) -> list[Any]:
+        return self.passed(recs)
 
     def passed(self, recs: list[Any]) -> list[Any]:
         """The records of a batch that pass, in order (one inlined loop: a method call
@@ -114,6 +144,21 @@ class MarkFilter:
                 last[key] = (rec.ts, price)
                 out.append(rec)
         return out
+
+
+def forward_marks(market: Stream[MarketEvent], cfg: GuardConfig) -> Stream[MarketEvent]:
+    """The market records exposure valuation reads (:class:`MarkFilter`), keyed by
+    instrument so each filter's state is snapshotted; bars and depth stay behind."""
+    if cfg.mark_interval_ns <= 0:
+        return market
+    keyed = op.flat_map_batch("mark_key", market, _marks_by_instrument)
+    return op.flat_map_batch("marks", stateful_logic(
+        "mark_filter", keyed,
+        lambda state: MarkFilter(cfg.mark_interval_ns, cfg.mark_move_bps, state)), values_of)
+
+
+def _marks_by_instrument(recs: list[Any]) -> list[tuple[str, Any]]:
+    return [(r.instrument, r) for r in recs if type(r) not in _DETECTION_ONLY]
 
 
 def split_inputs(records: Stream[Record]) -> tuple[Stream[MarketEvent], Stream[Record],
