@@ -85,6 +85,19 @@ def test_a_process_whose_input_ended_is_silent_by_design() -> None:
     assert watch.next_deadline_ns() is None
 
 
+def test_progress_from_a_process_not_in_the_tier_adds_nothing_to_the_state() -> None:
+    """The watch's state names only the configured market processes: progress under any
+    other name (ended or not) is not kept, so the state is bounded by the config."""
+    clock = Clock()
+    watch = MarketWatchLogic(2, WAIT, clock)
+    watch.on_batch([_progress(f"market/{n}", 9, final=n % 2 == 0) for n in range(2, 50)])
+    watch.on_batch([_progress("junk", 9, final=True), _progress("market/0", 9, final=True)])
+    st = watch.snapshot()
+    assert (st.ended, list(st.progress), st.silences) == (["market/0"], ["market/0"], {})
+    clock.now = 500
+    assert _kinds(watch.on_deadline()) == [(SILENT, "market/1")]
+
+
 def test_a_restarted_firm_gives_each_process_the_whole_wait_and_keeps_what_it_said() -> None:
     clock = Clock()
     watch = MarketWatchLogic(2, WAIT, clock)
