@@ -84,7 +84,7 @@ _PRICE_TYPES = {tag_of(t): t for t in (Trade, IndexPrice, Quote)}
 class MarkFilter:
     """Pass a price to exposure valuation when the last one forwarded from the same venue
     and record type is ``min_interval_ns`` old in event time or it moved by ``move_bps``.
-    ``0`` forwards every price. In the guard it runs keyed by instrument
+    ``0`` forwards every price. In the guard it runs keyed by market
     (:func:`forward_marks`), its state snapshotted: a resumed guard forwards the prices an
     unbroken one would.
 
@@ -147,18 +147,19 @@ class MarkFilter:
 
 
 def forward_marks(market: Stream[MarketEvent], cfg: GuardConfig) -> Stream[MarketEvent]:
-    """The market records exposure valuation reads (:class:`MarkFilter`), keyed by
-    instrument so each filter's state is snapshotted; bars and depth stay behind."""
+    """The market records exposure valuation reads (:class:`MarkFilter`), keyed by market
+    (``venue/instrument``, feed selection's key: a record stays on the worker that
+    selected it) so each filter's state is snapshotted; bars and depth stay behind."""
     if cfg.mark_interval_ns <= 0:
         return market
-    keyed = op.flat_map_batch("mark_key", market, _marks_by_instrument)
+    keyed = op.flat_map_batch("mark_key", market, _marks_by_market)
     return op.flat_map_batch("marks", stateful_logic(
         "mark_filter", keyed,
         lambda state: MarkFilter(cfg.mark_interval_ns, cfg.mark_move_bps, state)), values_of)
 
 
-def _marks_by_instrument(recs: list[Any]) -> list[tuple[str, Any]]:
-    return [(r.instrument, r) for r in recs if type(r) not in _DETECTION_ONLY]
+def _marks_by_market(recs: list[Any]) -> list[tuple[str, Any]]:
+    return [(f"{r.venue}/{r.instrument}", r) for r in recs if type(r) not in _DETECTION_ONLY]
 
 
 def split_inputs(records: Stream[Record]) -> tuple[Stream[MarketEvent], Stream[Record],
