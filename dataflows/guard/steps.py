@@ -116,6 +116,9 @@ class MarkFilter:
         return MarkFilterState(last=[(venue, inst, tag_of(t), ts, price) for (venue, inst, t),
                                      (ts, price) in self.last.items()])
 
+    def on_event(self, rec: Any) -> list[Any]:
+        return self.passed([rec])
+
     def on_batch(self, recs: list[Any]) -> list[Any]:
         return self.passed(recs)
 
