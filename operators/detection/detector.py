@@ -70,6 +70,16 @@ MAX_LEARNED = 1e100
 GAP_CLIP = 4.0
 
 
+def forgetting_weight(n: int, alpha: float) -> float:
+    """The weight of the ``n``-th point in a running mean: ``1/n`` (an exact mean) until
+    that falls below ``alpha``, then ``alpha`` (exponential forgetting).
+
+    >>> forgetting_weight(2, 0.01), forgetting_weight(500, 0.01)
+    (0.5, 0.01)
+    """
+    return 1.0 / n if n * alpha < 1.0 else alpha
+
+
 class _Scored(NamedTuple):
     """A vector as the learned path scored it: the features, as the model reads them,
     their z-scores and the learned deviations, the leaves an ArrayHST counted it in, and
@@ -361,9 +371,7 @@ class DetectorLogic:
             if mean > 0.0 and gap > GAP_CLIP * mean:
                 gap = GAP_CLIP * mean
             s.n_gaps += 1
-            alpha = self.config.stats_alpha
-            a = 1.0 / s.n_gaps if s.n_gaps * alpha < 1.0 else alpha
-            s.gap_s = mean + a * (gap - mean)
+            s.gap_s = mean + forgetting_weight(s.n_gaps, self.config.stats_alpha) * (gap - mean)
         if ts > s.last_ts:  # noqa: PLR1730  # hot path: a compare beats a max() call
             s.last_ts = ts
 
@@ -394,9 +402,8 @@ class DetectorLogic:
         """The learned variances, each at least the square of its feature's own scale
         (:data:`FEATURE_SCALES`): the key's ordinary gap for an interval, one for a
         count."""
-        gap = self.s.gap_s
-        unit = {"interval": gap * gap, "count": 1.0}
-        return [vv if k is None else max(vv, unit[k])
+        gap_var = self.s.gap_s * self.s.gap_s
+        return [vv if k is None else max(vv, gap_var if k == "interval" else 1.0)
                 for vv, k in zip(self.s.var, self._scales, strict=True)]
 
     def _model_score(self, x: Sequence[float], z: list[float]
@@ -579,7 +586,7 @@ class DetectorLogic:
         c = self.config
         s.n_stats += 1
         n = s.n_stats
-        a = 1.0 / n if n * c.stats_alpha < 1.0 else c.stats_alpha
+        a = forgetting_weight(n, c.stats_alpha)
         mean, var = s.mean, s.var
         track_peak = n > 30
         peak = s.peak
