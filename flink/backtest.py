@@ -118,7 +118,7 @@ def write_rows_file(rows: list[tuple[int, int, bytes]]) -> Path:
     return path
 
 
-MARKET_STEPS = ("admit", "feed_select", "mark_filter", "features", "detect", "cross")
+MARKET_STEPS = ("admit", "feed_select", "features", "detect", "cross")
 """The guard core's operators whose keyed steps are the market domain: one segment
 with them, another with the firm-wide rest (:meth:`SegmentPlan.cut`)."""
 

@@ -19,7 +19,7 @@ from contract import CHECKS, At, Batch, Case, Deadline, Eof, engine_feed
 from riskguard.connectors.feeds.health import ConnectionSeen, VenueHealth
 from riskguard.connectors.kafka.admit import PartitionAdmission
 from riskguard.dataflows.guard.market_watch import MarketWatchLogic
-from riskguard.dataflows.guard.steps import MarkFilter, _bind_venue, monitor_builder
+from riskguard.dataflows.guard.steps import _bind_venue, monitor_builder
 from riskguard.operators.audit import AuditConfig, ReplicaWatchConfig, ReplicaWatchLogic
 from riskguard.operators.audit.attest import Attestor, replica_chains
 from riskguard.operators.audit.chain import AuditLogic, AuditState
@@ -33,6 +33,7 @@ from riskguard.operators.detection.cross_rates import CrossRateConfig, CrossRate
 from riskguard.operators.detection.cross_shard import cross_shard_builder
 from riskguard.operators.detection.market_sim import SimConfig, generate
 from riskguard.operators.exposure import CounterpartyLogic, FirmLogic, Part, Router, ShardLogic
+from riskguard.operators.exposure.mark_filter import MarkFilter
 from riskguard.operators.mitigation.feeds import FeedConfig, VenueFeeds
 from riskguard.operators.mitigation.playbook import PlaybookLogic, playbook_builder
 from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, sign_envelope

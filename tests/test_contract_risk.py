@@ -20,6 +20,7 @@ from riskguard.operators.exposure import (
 )
 from riskguard.operators.exposure.limit_updates import UpdateGate
 from riskguard.operators.exposure.limits import LimitsLogic
+from riskguard.operators.exposure.mark_filter import MarkFilterSpec
 from riskguard.operators.signing.crypto import PAYLOAD_LIMIT_UPDATE
 from riskguard.schemas import (
     DeadLetter,
@@ -160,6 +161,9 @@ CASES = [
          lambda s: LimitsLogic(_limits_config_at_once(), s, clock=lambda: 0),
          LIMITS_TWO_SOURCES, splits=range(len(LIMITS_TWO_SOURCES))),
     Case("exposure.valuation.ticked", lambda s: ShardLogic(CFG, REG, s, ticked=True),
+         _with_ticks(VAL)),
+    Case("exposure.valuation.ticked.mark_filter",
+         lambda s: ShardLogic(CFG, REG, s, ticked=True, marks=MarkFilterSpec(5 * S, 20.0)),
          _with_ticks(VAL)),
     Case("exposure.valuation.two_processes",
          lambda s: ShardLogic(CFG, REG, s, ticked=True, clock=lambda: 0), _two_processes(),

@@ -12,9 +12,14 @@ import msgspec
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
+from risk_flow_app import make_events
 from riskguard.dataflows.guard import GuardConfig
 from riskguard.dataflows.guard.market import market_core, market_owners
-from riskguard.schemas import Codec, Fill, Trade
+from riskguard.operators.exposure import Router, ShardLogic
+from riskguard.operators.exposure.mark_filter import MarkFilter, MarkFilterSpec
+from riskguard.operators.exposure.routing import Item
+from riskguard.schemas import Codec, DeadLetter, Fill, Trade
+from test_exposure import worked_config
 
 S = 10**9
 CFG = msgspec.convert({
@@ -77,7 +82,61 @@ def test_a_market_process_killed_and_resumed_values_positions_as_an_unbroken_one
 
 
 def test_two_workers_forward_the_marks_one_worker_does() -> None:
-    """The filter's state is per market, whichever worker holds it."""
+    """The filter's state is per shard of the valuation step, whichever worker holds it."""
     before, after = _before_after()
     items = [*before, *after]
     assert _marks(_run(items, workers=2)) == _marks(_run(items))
+
+
+def _shard_outputs(batches: list[list[Any]], spec: MarkFilterSpec | None,
+                   before: MarkFilter | None) -> dict[str, list[Any]]:
+    """Each shard's outputs over ``batches``: the filter in the shards (``spec``), or
+    ahead of routing (``before``), as a step of its own would run it."""
+    cfg = worked_config(valuation_shards=3)
+    reg = cfg.validate()
+    router = Router(reg, cfg)
+    shards: dict[str, ShardLogic] = {}
+    out: dict[str, list[Any]] = {}
+    for batch in batches:
+        recs = before.on_batch(batch) if before is not None else batch
+        for kv in router.route_batch(recs):
+            if isinstance(kv, DeadLetter):
+                continue
+            key, items = kv
+            shard = shards.setdefault(key, ShardLogic(cfg, reg, marks=spec))
+            out.setdefault(key, []).extend(shard.on_batch([items]))
+    return out
+
+
+def test_the_shards_take_the_prices_a_filter_ahead_of_routing_forwards() -> None:
+    """Filtering the prices as they reach each shard values every position as filtering
+    them before routing did: every shard a market's prices reach sees them in the same
+    order, a price routed to several shards is taken by all or by none."""
+    events = make_events(600, seed=5)
+    batches = [events[k:k + 7] for k in range(0, len(events), 7)]
+    spec = MarkFilterSpec(S // 2, 5.0)
+    want = _shard_outputs(batches, None, MarkFilter(spec.interval_ns, spec.move_bps))
+    got = _shard_outputs(batches, spec, None)
+    assert got == want
+    assert got != _shard_outputs(batches, None, None)  # some prices were left out
+
+
+def test_a_price_routed_to_a_shard_as_its_mark_and_as_an_fx_rate_is_taken_both_times(
+        ) -> None:
+    """One record, two items at one shard: the second is not a repeat of the first."""
+    f = MarkFilter(S, 5.0)
+    t = _trade(1, "BTC-PERP", S, 100.0)
+    items = [Item("mark", "s0", "BTC-PERP", t), Item("fx", "s0", "BTC", t)]
+    assert f.on_items(items) == items
+    again = _trade(2, "BTC-PERP", S, 100.0)  # another record, the same price: left out
+    assert f.on_items([Item("mark", "s0", "BTC-PERP", again)]) == []
+
+
+def test_past_its_cap_the_filter_passes_new_prices_unfiltered() -> None:
+    """A filter holding ``max_keys`` entries remembers no more: a new market's prices all
+    pass (as with no filter), none is lost."""
+    f = MarkFilter(S, 5.0, max_keys=1)
+    firsts = [_trade(1, "BTC-PERP", S, 100.0), _trade(2, "ETH-PERP", S, 10.0)]
+    assert f.on_batch(firsts) == firsts
+    repeats = [_trade(3, "BTC-PERP", S + 1, 100.0), _trade(4, "ETH-PERP", S + 1, 10.0)]
+    assert f.on_batch(repeats) == repeats[1:]

@@ -61,10 +61,8 @@ from riskguard.dataflows.guard.market import (
     market_owners,
     market_source,
 )
-from riskguard.dataflows.guard.steps import (
-    MarkFilter,
-    is_broadcast,
-)
+from riskguard.dataflows.guard.steps import is_broadcast
+from riskguard.operators.exposure.mark_filter import MarkFilter
 
 from riskguard.environment import check_environment
 

@@ -38,7 +38,7 @@ from riskguard.dataflows.guard.steps import (
     FirmClock,
     detect_on,
     first_of_each_id,
-    forward_marks,
+    mark_filter,
     market_parts,
     market_ticks,
     monitor_builder,
@@ -184,10 +184,10 @@ def _detect_and_value(market: Stream[MarketEvent], status: Stream[VenueStatus],
     anomalies, detect_errs = detect_on(market_ok, status, cfg, clock, None, read=market,
                                         tick_sources=tick_sources, watch=watch)
     step_errs.extend(detect_errs)
-    marks = forward_marks(market_ok, cfg)
     exposure = aggregate_exposure(
-        "exposure", marks, trading, config=cfg.exposure, clock=clock, ticks=ticks,
-        wall_clock=wall_clock, concentration_levels=concentration_levels(cfg.limits))
+        "exposure", market_ok, trading, config=cfg.exposure, clock=clock, ticks=ticks,
+        wall_clock=wall_clock, concentration_levels=concentration_levels(cfg.limits),
+        marks=mark_filter(cfg))
     step_errs.append(exposure.errs)
     return anomalies, exposure.exposures, exposure.alerts, exposure.progress
 

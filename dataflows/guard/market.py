@@ -24,8 +24,8 @@ from riskguard.dataflows.guard.config import GuardConfig, price_key_prefixes
 from riskguard.dataflows.guard.kafka_io import guard_input
 from riskguard.dataflows.guard.steps import (
     detect_on,
-    forward_marks,
     is_broadcast,
+    mark_filter,
     progress_records,
     select_feeds,
     split_inputs,
@@ -256,10 +256,10 @@ def market_core(
     market_ok = select_feeds(market, status, cfg, owners.local)
     feat_market = with_own_index(market, market_ok)
     anomalies, errs = detect_on(feat_market, status, cfg, clock, owners.local)
-    marks = forward_marks(feat_market, cfg)
     place = ShardPlace(f"m{owners.index}.", owners.owns, owners.processes)
-    valued = value_positions("exposure", marks, trading, config=cfg.exposure, place=place,
-                             ticks=ticks, clock=clock, wall_clock=wall_clock)
+    valued = value_positions("exposure", feat_market, trading, config=cfg.exposure,
+                             place=place, ticks=ticks, clock=clock, wall_clock=wall_clock,
+                             marks=mark_filter(cfg))
     # the gate's alerts travel as stage-1 alerts do, inside valuations
     valuations = op.flat_map_batch("valuations", op.merge(
         "made", valued.made, admitted.alerts), _valuation_records(name))

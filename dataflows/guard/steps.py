@@ -8,7 +8,6 @@ import functools
 import os
 import socket
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
 from typing import Any
 
 import bytewax.operators as op
@@ -20,7 +19,7 @@ from riskguard.connectors.topics import (
     Detection,
     TradingRecord,
 )
-from riskguard.dataflows.guard.config import GuardConfig
+from riskguard.dataflows.guard.config import GuardConfig, known_names
 from riskguard.operators.core.base import (
     event_order,
     stateful_logic,
@@ -28,33 +27,26 @@ from riskguard.operators.core.base import (
 )
 from riskguard.operators.core.clock import TICK_IDLE_NS, Clock, Tick, engine_task
 from riskguard.operators.core.dedup import RecentIdsLogic
-from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.detection.ops import (
     detect_anomalies,
     detect_dislocations,
     extract_features,
 )
 from riskguard.operators.exposure import PROGRESS_KEY
+from riskguard.operators.exposure.mark_filter import MarkFilterSpec
 from riskguard.operators.mitigation.feeds import FeedConfig, FeedMonitorLogic, FeedSelectLogic
 from riskguard.schemas import (
     AnomalySignal,
-    Bar,
-    BookDepth,
     DeadLetter,
     DetectProgress,
     IndexPrice,
     MarketEvent,
     MitigationCommand,
-    OpenInterest,
-    PremiumIndexBar,
-    Quote,
     RiskAlert,
-    Trade,
     Valuation,
     VenueStatus,
 )
 from riskguard.schemas.base import Record, source_of
-from riskguard.schemas.codec import tag_of
 from riskguard.schemas.valuation import Part, Progress
 
 
@@ -65,98 +57,15 @@ def is_broadcast(rec: Any) -> bool:
     return t is IndexPrice or t is VenueStatus
 
 
-_DETECTION_ONLY = (Bar, BookDepth, PremiumIndexBar, OpenInterest)
-
-
-@persisted("riskguard.mark_filter")
-@dataclass
-class MarkFilterState:
-    """Per venue, instrument and record type (its tag): the event time and price of the
-    last price forwarded."""
-
-    last: list[tuple[str, str, str, int, float]] = field(default_factory=list)
-    version: int = 1
-
-
-_PRICE_TYPES = {tag_of(t): t for t in (Trade, IndexPrice, Quote)}
-
-
-class MarkFilter:
-    """Pass a price to exposure valuation when the last one forwarded from the same venue
-    and record type is ``min_interval_ns`` old in event time or it moved by ``move_bps``.
-    ``0`` forwards every price. In the guard it runs keyed by market
-    (:func:`forward_marks`), its state snapshotted: a resumed guard forwards the prices an
-    unbroken one would.
-
-    >>> f = MarkFilter(1_000, 5.0)
-    >>> from riskguard.schemas import Trade
-    >>> t = lambda ts, px: Trade(id="x", venue="v", instrument="i", ts=ts, price=px, qty=1.0,
-    ...                          side="buy")
-    >>> [len(f.on_event(t(ts, px))) for ts, px in [(0, 100.0), (10, 100.01), (20, 100.2)]]
-    [1, 0, 1]
-    >>> f = MarkFilter(1_000, 5.0, f.snapshot())  # resumed
-    >>> [len(f.on_event(t(ts, px))) for ts, px in [(30, 100.21), (1_500, 100.2)]]
-    [0, 1]
-    """
-
-    def __init__(self, min_interval_ns: int, move_bps: float,
-                 state: MarkFilterState | None = None) -> None:
-        self.min_interval_ns = min_interval_ns
-        self.move = move_bps / 10_000
-        self.last: dict[tuple[str, str, type], tuple[int, float]] = {
-            (venue, inst, _PRICE_TYPES[tag]): (ts, price)
-            for venue, inst, tag, ts, price in (state.last if state is not None else ())}
-
-    _PRICED = (Trade, IndexPrice)  # built once, not a tuple per call
-
-    def snapshot(self) -> MarkFilterState:
-        return MarkFilterState(last=[(venue, inst, tag_of(t), ts, price) for (venue, inst, t),
-                                     (ts, price) in self.last.items()])
-
-    def on_event(self, rec: Any) -> list[Any]:
-        return self.on_batch([rec])
-
-    def on_batch(self, recs: list[Any]) -> list[Any]:
-        """The records of a batch that pass, in order (one inlined loop: a method call
-        per record cost a third of it)."""
-        interval = self.min_interval_ns
-        if interval <= 0:
-            return recs
-        priced, quote, move, last = self._PRICED, Quote, self.move, self.last
-        out = []
-        for rec in recs:
-            if isinstance(rec, quote):
-                price = rec.mid
-            elif isinstance(rec, priced):
-                price = rec.price
-            elif type(rec) in _DETECTION_ONLY:
-                continue  # bars and depth feed detection; trades and quotes mark positions
-            else:
-                out.append(rec)
-                continue
-            key = (rec.venue, rec.instrument, type(rec))
-            prev = last.get(key)
-            if (prev is None or rec.ts - prev[0] >= interval
-                    or abs(price - prev[1]) >= move * prev[1]):
-                last[key] = (rec.ts, price)
-                out.append(rec)
-        return out
-
-
-def forward_marks(market: Stream[MarketEvent], cfg: GuardConfig) -> Stream[MarketEvent]:
-    """The market records exposure valuation reads (:class:`MarkFilter`), keyed by market
-    (``venue/instrument``, feed selection's key: a record stays on the worker that
-    selected it) so each filter's state is snapshotted; bars and depth stay behind."""
-    if cfg.mark_interval_ns <= 0:
-        return market
-    keyed = op.flat_map_batch("mark_key", market, _marks_by_market)
-    return op.flat_map_batch("marks", stateful_logic(
-        "mark_filter", keyed,
-        lambda state: MarkFilter(cfg.mark_interval_ns, cfg.mark_move_bps, state)), values_of)
-
-
-def _marks_by_market(recs: list[Any]) -> list[tuple[str, Any]]:
-    return [(f"{r.venue}/{r.instrument}", r) for r in recs if type(r) not in _DETECTION_ONLY]
+def mark_filter(cfg: GuardConfig) -> MarkFilterSpec:
+    """The mark filter exposure valuation's shards run (``mark_interval_ns``,
+    ``mark_move_bps``; :class:`~riskguard.operators.exposure.mark_filter.MarkFilter`).
+    It remembers a price per venue, instrument and record type the admission gate let
+    in: its cap is the gate's (a name past those is a dead letter before any shard)."""
+    known, caps = known_names(cfg), cfg.admission
+    venues = len(known.venues) + caps.max_venues
+    return MarkFilterSpec(cfg.mark_interval_ns, cfg.mark_move_bps,
+                          max_keys=3 * venues * max(len(known.instruments), 1))
 
 
 def split_inputs(records: Stream[Record]) -> tuple[Stream[MarketEvent], Stream[Record],

@@ -26,6 +26,7 @@ from riskguard.operators.exposure.limit_updates import (
     Verifier,
 )
 from riskguard.operators.exposure.limits import LimitsLogic
+from riskguard.operators.exposure.mark_filter import MarkFilterSpec
 from riskguard.operators.exposure.rollup import CounterpartyLogic, FirmLogic
 from riskguard.operators.exposure.routing import Router, ShardPlace
 from riskguard.operators.exposure.shards import ShardLogic
@@ -103,6 +104,7 @@ def aggregate_exposure(
     ticks: Stream[Tick] | None = None,
     wall_clock: Clock | None = None,
     concentration_levels: Mapping[str, Sequence[float]] | None = None,
+    marks: MarkFilterSpec | None = None,
 ) -> ExposureOut:
     """Per-counterparty and firm-wide exposure from fills, positions, balances and marks.
 
@@ -117,7 +119,8 @@ def aggregate_exposure(
     time; replays leave it out so their output does not depend on wall time).
     ``concentration_levels`` (``limit_specs.concentration_levels`` of the limits'
     config): a counterparty's concentration is sent again when it crosses one of its
-    levels, however little it moved.
+    levels, however little it moved. ``marks``: the mark filter the shards run
+    (:class:`~riskguard.operators.exposure.mark_filter.MarkFilterSpec`; none: every price).
 
     >>> from bytewax.dataflow import Dataflow
     >>> from bytewax.testing import TestingSink, TestingSource, run_main
@@ -147,7 +150,7 @@ def aggregate_exposure(
     inputs: list[Stream[Record | Tick]] = [up, *more, *([ticks] if ticks is not None else [])]
     merged = op.merge("merge", *inputs) if len(inputs) > 1 else up
     made, errs = _value(step_id, merged, config, reg, ticked=ticked, clock=clock,
-                        wall_clock=wall_clock, place=None)
+                        wall_clock=wall_clock, place=None, marks=marks)
     s1 = op.branch("parts", made, _IS_PART)
     alerts1 = op.flat_map_batch("alerts1", s1.falses, values_of)
     summed = _sum(config, op.flat_map_batch("unkey1", s1.trues, values_of), ticked=ticked,
@@ -176,6 +179,7 @@ class SumOut:
 
 def _value(step_id: str, merged: Stream[Record | Tick], config: ExposureConfig, reg: Any, *,
            ticked: bool, clock: Clock, wall_clock: Clock | None, place: ShardPlace | None,
+           marks: MarkFilterSpec | None = None,
            ) -> tuple[KeyedStream[Any], Stream[DeadLetter]]:
     """Stage 1's steps (valuation shards) inside the calling operator: what the shards
     made (keyed by shard), and the records routing refused."""
@@ -190,7 +194,7 @@ def _value(step_id: str, merged: Stream[Record | Tick], config: ExposureConfig, 
     def build_val(state: Any) -> ShardLogic:
         return ShardLogic(config, reg, state, ticked=ticked, clock=clock,
                           wall_clock=wall_clock, forward_ticks=ticked,
-                          on_reorder=count_reorder, place=place)
+                          on_reorder=count_reorder, place=place, marks=marks)
 
     return stateful_logic("valuation", routed.trues, build_val), routed.falses
 
@@ -226,6 +230,7 @@ def value_positions(
     ticks: Stream[Tick],
     clock: Clock = system_clock,
     wall_clock: Clock | None = None,
+    marks: MarkFilterSpec | None = None,
 ) -> ValuedOut:
     """Stage 1 of :func:`aggregate_exposure` alone, for one market process (docs/scaling.md,
     "The market tier"): what ``place`` owns valued once per tick, as
@@ -261,7 +266,7 @@ def value_positions(
     reg = config.validate(f"step '{step_id}'")
     merged: Stream[Record | Tick] = op.merge("merge", up, *more, ticks)
     made, errs = _value(step_id, merged, config, reg, ticked=True, clock=clock,
-                        wall_clock=wall_clock, place=place)
+                        wall_clock=wall_clock, place=place, marks=marks)
     return ValuedOut(made=op.flat_map_batch("unkey", made, values_of), errs=errs)
 
 

@@ -20,6 +20,7 @@ from riskguard.operators.exposure.config import ExposureConfig
 from riskguard.operators.exposure.instruments import (
     InstrumentRegistry,
 )
+from riskguard.operators.exposure.mark_filter import DETECTION_ONLY
 from riskguard.schemas import (
     Balance,
     DeadLetter,
@@ -157,6 +158,7 @@ class Router:
         self._mark_ok: dict[type, bool] = {
             t: tag_of(t) in config.mark_sources for t in _MARK_TYPES
         }
+        self._mark_ok.update(dict.fromkeys(DETECTION_ONLY, False))  # bars, depth: nowhere
         self._market: dict[tuple[str, bool], list[tuple[str, str, str]]] = {}
         # instruments whose plain marks re-mark only their own (non-option) column: the
         # shard key they go to, in runs (see route_batch)
@@ -199,7 +201,8 @@ class Router:
 
         Our own records (fills, snapshots, orders, balances) for an undeclared
         instrument or asset are dead letters. Market data for instruments we do
-        not track is not ours to judge and routes nowhere (``[]``).
+        not track, a mark source not configured, and bars and depth (detection's) are not
+        ours to judge and route nowhere (``[]``).
         """
         t = type(ev)
         ok = self._mark_ok.get(t)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.exposure.config import STATE_VERSION
+from riskguard.operators.exposure.mark_filter import MarkFilterState
 from riskguard.operators.exposure.routing import HeldItem, Item
 
 
@@ -132,6 +133,8 @@ class ShardState:
     arrivals: int = 0
     forced: int = 0  # live: held items applied after max_hold_ns, the watermark behind
     peg_level: dict[str, str] = field(default_factory=dict)  # asset -> "warn" | "breach"
+    # the mark filter's last price taken per venue, instrument and record type
+    mark_filter: MarkFilterState = field(default_factory=MarkFilterState)
 
 
 MAX_FILLS_SINCE = 64

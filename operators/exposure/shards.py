@@ -25,6 +25,7 @@ from riskguard.operators.exposure.instruments import (
     InstrumentRegistry,
 )
 from riskguard.operators.exposure.limit_specs import level_of
+from riskguard.operators.exposure.mark_filter import MarkFilter, MarkFilterSpec
 from riskguard.operators.exposure.routing import PROGRESS_KEY, Item, ShardPlace
 from riskguard.operators.exposure.shard_state import (
     COLUMNS,
@@ -58,6 +59,8 @@ class ShardLogic(ShardValuation):
     Records are applied in order (runs of plain marks whole-array per column: marks on
     different instruments commute); then, once per batch (or tick), every counterparty
     whose positions or marks changed gets one :class:`Part` reflecting the whole batch.
+    With ``marks``, the prices a batch brings first pass the mark filter
+    (:mod:`~riskguard.operators.exposure.mark_filter`), in the order they arrive.
     """
 
     def __init__(self, config: ExposureConfig, reg: InstrumentRegistry,
@@ -65,7 +68,8 @@ class ShardLogic(ShardValuation):
                  clock: Clock = system_clock, wall_clock: Clock | None = None,
                  forward_ticks: bool = False,
                  on_reorder: Callable[[str, int], None] | None = None,
-                 place: ShardPlace | None = None) -> None:
+                 place: ShardPlace | None = None, marks: MarkFilterSpec | None = None
+                 ) -> None:
         self.config = config
         self.place = place
         # told ("held", 1) when a record waits for the watermark, ("forced", n) when n
@@ -85,6 +89,8 @@ class ShardLogic(ShardValuation):
         self._watermark = Watermark.resume(self.state.tick_sources)
         self._ready = False
         self._peg_here: frozenset[str] = frozenset()
+        self._marks = None if marks is None or marks.interval_ns <= 0 else MarkFilter(
+            marks.interval_ns, marks.move_bps, self.state.mark_filter, marks.max_keys)
         if self.state.key:
             self._adopt_config()
             self._derive()
@@ -113,6 +119,8 @@ class ShardLogic(ShardValuation):
         """An independent copy (arrays copied, immutable leaves shared), far cheaper than a
         pickle round trip."""
         st = self.state
+        if self._marks is not None:  # a new one each time: never changed once taken
+            st.mark_filter = self._marks.snapshot()
         if not st.key:
             return copy_state(st)
         cols = {name: getattr(st, name).copy() for name in COLUMNS}
@@ -131,6 +139,7 @@ class ShardLogic(ShardValuation):
             tick_wm=st.tick_wm, fast_due=st.fast_due, held=list(st.held),
             arrivals=st.arrivals, forced=st.forced,
             fast_recv=st.fast_recv, peg_level=dict(st.peg_level),
+            mark_filter=st.mark_filter,
             **cols,
         )
 
@@ -147,14 +156,16 @@ class ShardLogic(ShardValuation):
         self._derive()
 
     def on_event(self, item: Item) -> list[Any]:
-        if self.ticked:
-            return self._on_ticked([item])
-        return self._process([item])
+        return self.on_batch([[item]])
 
     def on_batch(self, packs: Iterable[list[Item]]) -> list[Any]:
         """The dataflow hands over packs (one per upstream batch); apply them in order."""
         packs = list(packs)
         items = packs[0] if len(packs) == 1 else [it for p in packs for it in p]
+        if self._marks is not None:
+            items = self._marks.on_items(items)
+            if not items:
+                return []
         if self.ticked:
             return self._on_ticked(items)
         return self._process(items)
