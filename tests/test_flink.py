@@ -440,7 +440,7 @@ def test_the_backtest_flow_cut_into_a_market_and_a_firm_segment_decides_as_bytew
     # the admission gate runs first, in the market segment: what it lets through
     # crosses once, and the firm segment reads its records from there
     assert sorted(sid.split(".")[2] for sid in dict(market.routes)) == [
-        "admit", "detect", "features", "marks", "with_dislocations"]
+        "admit", "detect", "features", "feed_unkey", "with_dislocations"]
     one = market.segment(market.steps_of(built))
     two = firm.segment(firm.steps_of(steps()))
     claim_worker(0, 1)
