@@ -18,7 +18,7 @@ from riskguard.dataflows.guard.market import market_core, market_owners
 from riskguard.operators.exposure import Router, ShardLogic
 from riskguard.operators.exposure.mark_filter import MarkFilter, MarkFilterSpec
 from riskguard.operators.exposure.routing import Item
-from riskguard.schemas import Codec, DeadLetter, Fill, Trade
+from riskguard.schemas import Bar, Codec, DeadLetter, Fill, Trade
 from test_exposure import worked_config
 
 S = 10**9
@@ -140,3 +140,12 @@ def test_past_its_cap_the_filter_passes_new_prices_unfiltered() -> None:
     assert f.on_batch(firsts) == firsts
     repeats = [_trade(3, "BTC-PERP", S + 1, 100.0), _trade(4, "ETH-PERP", S + 1, 10.0)]
     assert f.on_batch(repeats) == repeats[1:]
+
+
+def test_bars_route_nowhere_in_exposure_valuation_filter_or_not() -> None:
+    """Bars and depth feed detection only: with the filter off (``mark_interval_ns = 0``)
+    too, they reach no shard and are no dead letter."""
+    cfg = worked_config()
+    bar = Bar(id="b1", venue="okx", instrument="BTC-PERP", ts=S, open=1.0, high=1.0,
+              low=1.0, close=1.0, volume=1.0, start=0, interval_ns=S)
+    assert Router(cfg.validate(), cfg).route_batch([bar]) == []
