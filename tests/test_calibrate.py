@@ -29,6 +29,7 @@ from riskguard.dataflows.stress import (
 from riskguard.operators.signing.crypto import PAYLOAD_LIMIT_UPDATE, decode_envelope
 from riskguard.operators.signing.trust import RootSet, TrustStore
 from riskguard.schemas import Audience, LimitUpdate, decode
+from session_share import once_a_session
 
 from riskguard.errors import ConfigError
 from riskguard.toml_text import dump_toml
@@ -85,15 +86,39 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
     return cfg, generate_market(_scenario())
 
 
-def test_split_stops_future_labels_from_changing_the_choice(setup, tmp_path):
+@pytest.fixture(scope="module")
+def runs(setup, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The calibrations several tests read, each run once (grid :data:`GRID`, split at
+    0.6): ``labelled`` with every label, its backtests' newest record times in call
+    order as ``seen``; ``train_labelled`` with the training fold's label only. Once a
+    session (:func:`session_share.once_a_session`), as JSON."""
+    from riskguard.dataflows.backtest import run_backtest
+
+    cfg, recs = setup
+
+    def make(work: Path) -> dict:
+        seen: list[int] = []
+
+        def spy(*args, records, **kw):
+            seen.append(max(r.ts for r in records))
+            return run_backtest(*args, records=records, **kw)
+
+        labelled = calibrate(cfg, recs, _labels(), work=work / "all", grid=GRID,
+                             train_frac=0.6, runner=spy)
+        train_labelled = calibrate(cfg, recs, _labels(future=False), work=work / "train",
+                                   grid=GRID, train_frac=0.6)
+        return {"labelled": labelled, "seen": seen, "train_labelled": train_labelled}
+
+    return once_a_session(tmp_path_factory, "calibrate-runs", make)
+
+
+def test_split_stops_future_labels_from_changing_the_choice(setup, runs, tmp_path):
     """The planted leak: future-fold outages favour the 3 s gap limit. A
     look-ahead search (scored over all data) would pick 3 s; the time-ordered
     split sees only the training fold (jitter false alarms, one long outage)
     and picks 20 s, whether or not the future labels exist."""
     cfg, recs = setup
-    split = calibrate(cfg, recs, _labels(), work=tmp_path / "a", grid=GRID, train_frac=0.6)
-    no_future = calibrate(cfg, recs, _labels(future=False), work=tmp_path / "b", grid=GRID,
-                          train_frac=0.6)
+    split, no_future = runs["labelled"], runs["train_labelled"]
     assert split["chosen"] == {"feeds.max_gap_s": 20.0}
     assert no_future["chosen"] == split["chosen"]
     assert [c["train"] for c in split["candidates"]] == \
@@ -107,41 +132,31 @@ def test_split_stops_future_labels_from_changing_the_choice(setup, tmp_path):
     assert held["defaults"]["recall"] == 1.0
 
 
-def test_search_never_receives_records_at_or_after_the_split(setup, tmp_path):
+def test_search_never_receives_records_at_or_after_the_split(runs):
     """Every record the search runs on is before the split; only the two
     held-out runs (after the choice is made) see the whole data."""
-    from riskguard.dataflows.backtest import run_backtest
-
-    cfg, recs = setup
-    seen: list[int] = []
-
-    def spy(*args, records, **kw):
-        seen.append(max(r.ts for r in records))
-        return run_backtest(*args, records=records, **kw)
-
-    rep = calibrate(cfg, recs, _labels(), work=tmp_path, grid=GRID, train_frac=0.6, runner=spy)
+    rep, seen = runs["labelled"], runs["seen"]
     n_search = 1 + 2  # defaults + the grid
     assert all(ts < rep["split_ns"] for ts in seen[:n_search])
     assert all(ts >= rep["split_ns"] for ts in seen[n_search:])
     assert rep["train_labels"] == 1 and rep["held_out_labels"] == 3
 
 
-def test_future_data_changes_do_not_change_the_choice(setup, tmp_path):
+def test_future_data_changes_do_not_change_the_choice(setup, runs, tmp_path):
     """Changing only records after the split (no future outages at all) gives
     the same training scores and the same choice."""
-    cfg, recs = setup
+    cfg, _recs = setup
     quiet = generate_market(_scenario(future=False))
-    a = calibrate(cfg, recs, _labels(False), work=tmp_path / "a", grid=GRID, train_frac=0.6)
+    a = runs["train_labelled"]
     b = calibrate(cfg, quiet, _labels(False), work=tmp_path / "b", grid=GRID, train_frac=0.6)
     assert a["split_ns"] == b["split_ns"]
     assert a["chosen"] == b["chosen"]
     assert [c["train"] for c in a["candidates"]] == [c["train"] for c in b["candidates"]]
 
 
-def test_calibrated_config_loads_and_carries_the_chosen_values(setup, tmp_path):
+def test_calibrated_config_loads_and_carries_the_chosen_values(runs):
     """calibrated.toml is a valid guard config with the chosen heartbeat-gap limit."""
-    cfg, recs = setup
-    rep = calibrate(cfg, recs, _labels(), work=tmp_path, grid=GRID, train_frac=0.6)
+    rep = runs["labelled"]
     calibrated, _ = load_guard_config(rep["calibrated_config"])
     assert {v.max_gap_ns for v in calibrated.feeds.venues.values()} == {20 * NS}
     assert set(rep["held_out"]) == {"defaults", "chosen"}
@@ -213,11 +228,9 @@ def test_calibrating_f1_on_data_with_no_labelled_incident_is_refused(setup, tmp_
     assert ei.value.found == 0
 
 
-def test_a_held_out_fold_without_incidents_reports_no_f1(setup, tmp_path):
+def test_a_held_out_fold_without_incidents_reports_no_f1(runs):
     """Labels only in the training fold: the held-out rows carry no F1 and say why."""
-    cfg, recs = setup
-    rep = calibrate(cfg, recs, _labels(future=False), work=tmp_path / "h", grid=GRID,
-                    train_frac=0.6)
+    rep = runs["train_labelled"]
     for name in ("defaults", "chosen"):
         assert rep["held_out"][name]["f1"] is None
         assert rep["held_out"][name]["note"] == "no labelled incident in the held-out fold"
