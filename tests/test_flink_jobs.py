@@ -538,6 +538,20 @@ def _wait(what: str, ready: Callable[[], bool], proc: subprocess.Popen[Any],
         time.sleep(every_s)
 
 
+def _settled(look: Callable[[], tuple[bool, Any]]) -> Callable[[], bool]:
+    """A readiness check for :func:`_wait`: ready once ``look()`` says it is, with what it
+    saw the same as on the look before."""
+    before: list[Any] = []
+
+    def ready() -> bool:
+        done, seen = look()
+        settled = done and before == [seen]
+        before[:] = [seen]
+        return settled
+
+    return ready
+
+
 def _served(port: int, name: str) -> float:
     """The sum of the samples of ``name`` served on ``port`` (0 where nothing is)."""
     import urllib.request
@@ -712,16 +726,30 @@ def test_the_live_flink_guard_refuses_a_trade_far_ahead_of_its_partition_as_byte
     assert guard.returncode == 0, out.decode(errors="replace")[-3000:]
     want = _outcome(runs[0])
     assert [d[0:2] + d[3:4] for d in want["dead_letters"]] == [("market", 0, "ahead")]
+    from kafka_helpers import free_ports
+
     cmd, env = flink_command(tmp_path)
-    env |= {"RISKGUARD_FLINK_JARS": ";".join(kafka_jars()), "RISKGUARD_FLINK_PYTHON": cmd[0]}
+    (metrics_port,) = free_ports(1)
+    env |= {"RISKGUARD_FLINK_JARS": ";".join(kafka_jars()), "RISKGUARD_FLINK_PYTHON": cmd[0],
+            "RISKGUARD_METRICS_PORT": str(metrics_port), "RISKGUARD_METRICS_ADDR": "127.0.0.1"}
     log = tmp_path / "job.log"
     job = _guard_job([sys.executable, "-m", "riskguard.cli", "run", "--engine", "flink",
                       "--config", str(runs[1].config), "--", "--checkpoints",
                       (tmp_path / "checkpoints").as_uri()], env, log)
+    backlog_size = sum(map(len, backlog.values()))
     try:
         _wait("the dead letter", lambda: _topic_count(runs[1], "dead_letters") >= 1, job, 240,
               detail=lambda: log.read_text()[-2000:])
-        time.sleep(15)  # the rest of the backlog, and any dead letter bytewax did not make
+        # the rest of the backlog admitted (a dead letter is counted as read too), and what
+        # the flow wrote the same on two looks two seconds apart: any dead letter bytewax
+        # did not make has been made, and handed to Kafka
+        _wait("the whole backlog read", _settled(lambda: (
+            _served(metrics_port, "riskguard_events_in_total") >= backlog_size,
+            [_served(metrics_port, name) for name in (
+                "riskguard_events_out_total", "riskguard_dead_letters_total")])),
+              job, 120, every_s=2.0,
+              detail=lambda: f"(read {_served(metrics_port, 'riskguard_events_in_total')} "
+              f"of {backlog_size})")
         job.send_signal(signal.SIGINT)
         assert job.wait(60) == 130, log.read_text()[-3000:]
     finally:
