@@ -14,10 +14,12 @@ a record more than ``LEAD_NS`` ahead of its partition's time held); or, with ``r
 BOOTSTRAP TOPIC CHECKPOINTS N``, the same source over one topic, checkpointed into
 ``CHECKPOINTS`` and restored from the newest checkpoint there, if any; or, with ``order
 BOOTSTRAP TOPIC N``, the partition and offset of the first ``N`` messages that source
-hands on from one topic, fetching as the live guard does. With ``BOOTSTRAP TOPIC N
-PORT``, the Kafka job also runs Flink's Prometheus reporter on ``PORT`` and, after its
-batches, prints the ``lateRows`` samples it serves as a last line (``{"metrics":
-[...]}``)."""
+hands on from one topic, fetching as the live guard does; or, with ``parts BOOTSTRAP
+PART...``, several of those sources in one job (one mini-cluster start-up), each
+``PART`` ``NAME=guard:TOPICS:N:LEAD_NS`` or ``NAME=order:TOPIC:N``, each line led by
+its part's name. With ``BOOTSTRAP TOPIC N PORT``, the Kafka job also runs Flink's
+Prometheus reporter on ``PORT`` and, after its batches, prints the ``lateRows`` samples
+it serves as a last line (``{"metrics": [...]}``)."""
 
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ ROWS = [  # (segment key, (input, event time ns, source, position, bytes)), as t
 
 def main(argv: list[str]) -> int:
     metrics_port = argv[3] if len(argv) == 4 and argv[0] not in (
-        "guard", "restore", "order") else None
+        "guard", "restore", "order", "parts") else None
     if metrics_port:
         _with_prometheus_jar()
     from pyflink.common import Types
@@ -57,8 +59,10 @@ def main(argv: list[str]) -> int:
     env.set_parallelism(1)
     env.set_python_executable(sys.executable)
     kafka = [j for j in os.environ.get("RISKGUARD_FLINK_JARS", "").split(";") if j]
-    env.add_jars(*job_jars(kafka=kafka if argv[:1] in (["guard"], ["restore"], ["order"])
-                           else ()), *kafka)
+    env.add_jars(*job_jars(kafka=kafka if argv[:1] in (
+        ["guard"], ["restore"], ["order"], ["parts"]) else ()), *kafka)
+    if argv[:1] == ["parts"]:
+        return _print_parts(dict(_part(env, argv[1], spec) for spec in argv[2:]))
     if argv[:1] == ["order"]:
         return _source_order(env, argv[1], argv[2], int(argv[3]))
     if argv[:1] == ["java"]:
@@ -142,7 +146,7 @@ def _as_json(batch: Any) -> str:
 
 def _guard_rows(env: Any, bootstrap: str, topics: list[str], props: Any = None,
                 quiet_ms: tuple[int, int, int] = (600_000, 1_000, 2_000),
-                lead_ns: int = 0) -> Any:
+                lead_ns: int = 0, uid: str = "in") -> Any:
     """The live guard's source: ``("kafka", ts, "topic/partition", offset, value)`` rows
     under the key ``k``, stamped and watermarked in Java (ticks of 1 s, allowed future
     skew 0.5 s, a record more than ``lead_ns`` ahead of its partition held: 0, none)."""
@@ -156,12 +160,18 @@ def _guard_rows(env: Any, bootstrap: str, topics: list[str], props: Any = None,
     props.setProperty("bootstrap.servers", bootstrap)
     return DataStream(gateway.jvm.riskguard.flink.kafka.KafkaIo.source(
         env._j_stream_execution_environment, props, java_strings(topics), "ticks-test", True,
-        *quiet_ms, 1_000, 500, lead_ns, "k", KEYED_ROW.get_java_type_info(), "in"))
+        *quiet_ms, 1_000, 500, lead_ns, "k", KEYED_ROW.get_java_type_info(), uid))
 
 
 def _source_order(env: Any, bootstrap: str, topic: str, limit: int) -> int:
     """Prints ``partition offset`` of the first ``limit`` messages the guard's source
     hands on from ``topic``, its fetches set as the live guard sets them."""
+    return _print_first(_order_lines(env, bootstrap, topic), limit)
+
+
+def _order_lines(env: Any, bootstrap: str, topic: str, uid: str = "in") -> Any:
+    """``partition offset`` of each message the guard's source hands on from ``topic``,
+    its fetches set as the live guard sets them."""
     from pyflink.common import Types
     from pyflink.java_gateway import get_gateway
     from riskguard.flink.guard import ALL_QUIET_MS, QUIET_MS, START_QUIET_MS, set_fetches
@@ -169,10 +179,44 @@ def _source_order(env: Any, bootstrap: str, topic: str, limit: int) -> int:
     props = get_gateway().jvm.java.util.Properties()
     set_fetches(props)
     rows = _guard_rows(env, bootstrap, [topic], props,
-                       (START_QUIET_MS, QUIET_MS, ALL_QUIET_MS))
-    where = rows.map(lambda kv: f"{kv[1][2].rsplit('/', 1)[1]} {kv[1][3]}",
-                     output_type=Types.STRING())
-    return _print_first(where, limit)
+                       (START_QUIET_MS, QUIET_MS, ALL_QUIET_MS), uid=uid)
+    return rows.map(lambda kv: f"{kv[1][2].rsplit('/', 1)[1]} {kv[1][3]}",
+                    output_type=Types.STRING())
+
+
+def _part(env: Any, bootstrap: str, spec: str) -> tuple[str, tuple[Any, int]]:
+    """One part of a ``parts`` job: its name, its lines and how many of them to print."""
+    from pyflink.common import Types
+    from riskguard.flink.fused import tick_batches
+
+    name, rest = spec.split("=", 1)
+    kind, topics, limit, *lead = rest.split(":")
+    if kind == "order":
+        return name, (_order_lines(env, bootstrap, topics, uid=f"in-{name}"), int(limit))
+    lead_ns = int(lead[0]) if lead else 0
+    rows = _guard_rows(env, bootstrap, topics.split(","), lead_ns=lead_ns, uid=f"in-{name}")
+    batches = tick_batches(rows, 1_000_000_000, ("in", "kafka"), f"test-{name}",
+                           lead_ns=lead_ns)
+    return name, (batches.map(_as_json, output_type=Types.STRING()), int(limit))
+
+
+def _print_parts(parts: dict[str, tuple[Any, int]]) -> int:
+    """Runs one job of all ``parts``, printing each part's first lines (as many as its
+    limit), each led by the part's name, until every part has printed its own."""
+    from pyflink.common import Types
+
+    tagged = [lines.map(lambda line, name=name: f"{name} {line}", output_type=Types.STRING())
+              for name, (lines, _limit) in parts.items()]
+    left = {name: limit for name, (_lines, limit) in parts.items()}
+    with tagged[0].union(*tagged[1:]).execute_and_collect() as results:
+        for line in results:
+            name = line.split(" ", 1)[0]
+            if left[name] > 0:
+                print(line, flush=True)
+                left[name] -= 1
+            if not any(left.values()):
+                break
+    return 0
 
 
 def _java_parts(env: Any, path: str) -> int:

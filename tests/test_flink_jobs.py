@@ -279,27 +279,52 @@ def test_a_row_behind_the_watermark_goes_on_alone_after_the_rows_that_made_it_la
     assert [float(line.rsplit(" ", 1)[1]) for line in counted] == [1.0], metrics
 
 
-@pytest.mark.kafka
-@pytest.mark.slow
-def test_the_guard_source_stamps_event_time_and_a_quiet_partition_holds_no_tick_back(
-        kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path) -> None:
-    """The live guard's Kafka source (``flink/java/kafka/KafkaIo.java``): a message's
-    event time is its top-level ``ts``, else its Kafka timestamp, never more than the
-    allowed skew (0.5 s here) past that; and a partition that sent one message (a
-    limit update at 1.2 s) and then nothing stops holding the watermark back a second
-    later, where one that sent nothing yet is waited for ten minutes. The ticks up to
-    the busy partition's 5.0 s then go on, each in event time, then source order; and
-    once every partition that sent something is quiet, the watermark passes the newest
-    tick, so 5.0 s goes on too, not held until a next message. A ``ts`` no record may
-    have (below 0) is no event time: the message goes with its neighbours, for the flow
-    to dead-letter, not behind the watermark."""
+def _topic(bootstrap: str, partitions: int = 1) -> str:
+    from riskguard.connectors.topics import TopicSpec, create_topics
+
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    create_topics({"bootstrap.servers": bootstrap}, [TopicSpec(name, partitions=partitions)])
+    return name
+
+
+@pytest.fixture(scope="module")
+def guard_sources(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+                  ) -> dict[str, Any]:
+    """The guard source tests' inputs, each on topics of its own, read in one Flink job
+    (``flink_ticks_job.py parts``: one mini-cluster start-up for the three): ``stamps``
+    (:func:`_send_stamps`, the first 3 batches of its two topics), ``year_ahead``
+    (:func:`_send_year_ahead`, the first 7 batches, records more than 60 s ahead held)
+    and ``order`` (:func:`_send_backlog`, the first :func:`_order_limit` messages);
+    what each part printed, by part, with each part's topics and sent values."""
     if reason := java_missing():
         pytest.skip(reason)
-    import json
+    busy, quiet = _topic(kafka_bootstrap), _topic(kafka_bootstrap)
+    _send_stamps(kafka_bootstrap, busy, quiet)
+    ahead = _topic(kafka_bootstrap)
+    values = _send_year_ahead(kafka_bootstrap, ahead)
+    backlog = _topic(kafka_bootstrap, partitions=ORDER_PARTITIONS)
+    _send_backlog(kafka_bootstrap, backlog)
+    work = tmp_path_factory.mktemp("guard-sources")
+    cmd, env = flink_command(work)
+    env["RISKGUARD_FLINK_JARS"] = ";".join(kafka_jars())
+    done = subprocess.run(
+        [*cmd, str(Path(__file__).parent / "flink_ticks_job.py"), "parts", kafka_bootstrap,
+         f"stamps=guard:{busy},{quiet}:3", f"year_ahead=guard:{ahead}:7:{60 * NS}",
+         f"order=order:{backlog}:{_order_limit()}"],
+        env=env, cwd=work, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines: dict[str, list[str]] = {"stamps": [], "year_ahead": [], "order": []}
+    for line in done.stdout.splitlines():
+        part, text = line.split(" ", 1)
+        lines[part].append(text)
+    return {"lines": lines, "busy": busy, "quiet": quiet, "ahead": ahead,
+            "ahead_values": values}
 
+
+def _send_stamps(bootstrap: str, busy: str, quiet: str) -> None:
+    """The stamps test's messages: the busy topic's seven, the quiet one's one."""
     from confluent_kafka import Producer
 
-    busy, quiet = new_topic(), new_topic()
     sent = [
         (busy, b'{"ts": 1000000000, "x": 1}', None),
         (quiet, b'{"kind": "limit", "ts": 1200000000}', None),
@@ -310,20 +335,32 @@ def test_the_guard_source_stamps_event_time_and_a_quiet_partition_holds_no_tick_
         (busy, b'{"ts": 100000000000}', 2_200),  # 100 s ahead of its Kafka time: 2.7 s
         (busy, b'{"ts": 5000000000}', None),
     ]
-    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer = Producer({"bootstrap.servers": bootstrap})
     for topic, value, kafka_ms in sent:
         producer.produce(topic, value, **({"timestamp": kafka_ms} if kafka_ms else {}))
         producer.flush(10)  # one message a batch: the dev broker reports batches
     del producer
-    cmd, env = flink_command(tmp_path)
-    env["RISKGUARD_FLINK_JARS"] = ";".join(kafka_jars())
-    done = subprocess.run([*cmd, str(Path(__file__).parent / "flink_ticks_job.py"),
-                           "guard", kafka_bootstrap, f"{busy},{quiet}", "3"], env=env,
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_the_guard_source_stamps_event_time_and_a_quiet_partition_holds_no_tick_back(
+        guard_sources: dict[str, Any]) -> None:
+    """The live guard's Kafka source (``flink/java/kafka/KafkaIo.java``): a message's
+    event time is its top-level ``ts``, else its Kafka timestamp, never more than the
+    allowed skew (0.5 s here) past that; and a partition that sent one message (a
+    limit update at 1.2 s) and then nothing stops holding the watermark back a second
+    later, where one that sent nothing yet is waited for ten minutes. The ticks up to
+    the busy partition's 5.0 s then go on, each in event time, then source order; and
+    once every partition that sent something is quiet, the watermark passes the newest
+    tick, so 5.0 s goes on too, not held until a next message. A ``ts`` no record may
+    have (below 0) is no event time: the message goes with its neighbours, for the flow
+    to dead-letter, not behind the watermark. (The messages: :func:`_send_stamps`.)"""
+    import json
+
+    busy, quiet = guard_sources["busy"], guard_sources["quiet"]
     ms = 1_000_000
-    assert sorted(json.loads(line) for line in done.stdout.splitlines()) == [
+    assert sorted(json.loads(line) for line in guard_sources["lines"]["stamps"]) == [
         [1999, False, [["kafka", 1000 * ms, f"{busy}/0", 0, '{"ts": 1000000000, "x": 1}'],
                        ["kafka", 1200 * ms, f"{quiet}/0", 0,
                         '{"kind": "limit", "ts": 1200000000}'],
@@ -365,10 +402,26 @@ def _admitted(messages: list[tuple[str, int, int, bytes]]) -> list[Any]:
     return out
 
 
+def _send_year_ahead(bootstrap: str, topic: str) -> list[bytes]:
+    """Eight trades a second apart on ``topic``, the fourth a year ahead, in one batch:
+    their values."""
+    from confluent_kafka import Producer
+
+    times = [T0 + k * NS for k in range(8)]
+    times[3] = T0 + YEAR
+    values = [_trade_value(i, ts) for i, ts in enumerate(times)]
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50})
+    for value in values:
+        producer.produce(topic, value)
+    assert producer.flush(10) == 0
+    del producer
+    return values
+
+
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_a_record_a_year_ahead_moves_no_tick_and_the_flow_judges_it_as_bytewax_does(
-        kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path) -> None:
+        guard_sources: dict[str, Any]) -> None:
     """Trades a second apart on one partition, the fourth stamped a year ahead, all in
     one fetch (their Kafka timestamps are now, so the skew cap does not bound it). The
     guard source's ahead gate (``input.max_lead_ns``, 60 s) holds the far record's time
@@ -377,30 +430,12 @@ def test_a_record_a_year_ahead_moves_no_tick_and_the_flow_judges_it_as_bytewax_d
     watermark, and the guard's admission, fed the ticks in order, sees the messages in
     the partition's order and makes bytewax's verdicts: the one ``ahead`` dead letter,
     the same in every field. A partition's first record, held too (nothing before it to
-    judge it by), keeps its own time, as the next goes on from it."""
-    if reason := java_missing():
-        pytest.skip(reason)
+    judge it by), keeps its own time, as the next goes on from it. (The trades:
+    :func:`_send_year_ahead`.)"""
     import json
 
-    from confluent_kafka import Producer
-
-    topic = new_topic()
-    times = [T0 + k * NS for k in range(8)]
-    times[3] = T0 + YEAR
-    values = [_trade_value(i, ts) for i, ts in enumerate(times)]
-    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 50})
-    for value in values:
-        producer.produce(topic, value)
-    assert producer.flush(10) == 0
-    del producer
-    cmd, env = flink_command(tmp_path)
-    env["RISKGUARD_FLINK_JARS"] = ";".join(kafka_jars())
-    done = subprocess.run([*cmd, str(Path(__file__).parent / "flink_ticks_job.py"),
-                           "guard", kafka_bootstrap, topic, "7", str(60 * NS)], env=env,
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    batches = [json.loads(line) for line in done.stdout.splitlines()]
+    topic, values = guard_sources["ahead"], guard_sources["ahead_values"]
+    batches = [json.loads(line) for line in guard_sources["lines"]["year_ahead"]]
     where = f"{topic}/0"
     assert [(tick, late, [(r[1], r[3]) for r in rows]) for tick, late, rows in batches] == [
         ((T0 + k * NS) // 1_000_000 + 999, False,
@@ -415,10 +450,38 @@ def test_a_record_a_year_ahead_moves_no_tick_and_the_flow_judges_it_as_bytewax_d
     assert flink == bytewax
 
 
+ORDER_PARTITIONS, ORDER_BACKLOG, ORDER_SIZE = 24, 200, 1_024
+"""The order test's topic: partitions, messages a partition, bytes a message."""
+
+
+def _order_limit() -> int:
+    """How many messages two fetch rounds over every partition hand on."""
+    from riskguard.flink.guard import FETCH_BYTES
+
+    return 2 * ORDER_PARTITIONS * FETCH_BYTES // ORDER_SIZE
+
+
+def _send_backlog(bootstrap: str, topic: str) -> None:
+    """:data:`ORDER_BACKLOG` messages of about :data:`ORDER_SIZE` bytes a partition,
+    produced round the partitions."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0,
+                         "batch.size": 16_384})
+    pad = "x" * (ORDER_SIZE - 30)
+    for n in range(ORDER_BACKLOG):
+        for p in range(ORDER_PARTITIONS):
+            producer.produce(topic, f'{{"ts": {(n + 1) * 1_000_000}, "pad": "{pad}"}}'
+                             .encode(), partition=p)
+        producer.poll(0)
+    assert producer.flush(60) == 0
+    del producer
+
+
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_the_guard_source_hears_every_partition_within_two_fetch_rounds_of_a_backlog(
-        kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path) -> None:
+        guard_sources: dict[str, Any]) -> None:
     """24 partitions, each with a backlog of 200 messages of about 1 KB, read with the
     live guard's fetch settings (``set_fetches`` in ``flink/guard.py``): every partition
     hands on its first message within the first two fetch rounds' worth of messages
@@ -426,37 +489,18 @@ def test_the_guard_source_hears_every_partition_within_two_fetch_rounds_of_a_bac
     Kafka consumer hands on one partition's fetched records before the next one's: at
     1 MiB a partition, each partition's backlog would come whole, the last partition's
     first message after 4,600 others (past the 3,072 read), and on a large backlog the
-    quiet rule would pass over the partitions still waiting, making their rows late."""
-    if reason := java_missing():
-        pytest.skip(reason)
-    from confluent_kafka import Producer
+    quiet rule would pass over the partitions still waiting, making their rows late.
+    (The backlog: :func:`_send_backlog`.)"""
     from riskguard.flink.guard import FETCH_BYTES
 
-    partitions, backlog, size = 24, 200, 1_024
-    limit = 2 * partitions * FETCH_BYTES // size
+    partitions, backlog, size = ORDER_PARTITIONS, ORDER_BACKLOG, ORDER_SIZE
+    limit = _order_limit()
     # a backlog longer than two fetch rounds that Kafka's default fetch (1 MiB a
     # partition) would take whole, partition after partition, past the messages read
     assert 2 * FETCH_BYTES < backlog * size <= 1024 * 1024 and (partitions - 1) * backlog > limit
-    topic = new_topic(partitions=partitions)
-    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 0,
-                         "batch.size": 16_384})
-    pad = "x" * (size - 30)
-    for n in range(backlog):
-        for p in range(partitions):
-            producer.produce(topic, f'{{"ts": {(n + 1) * 1_000_000}, "pad": "{pad}"}}'
-                             .encode(), partition=p)
-        producer.poll(0)
-    assert producer.flush(60) == 0
-    del producer
-    cmd, env = flink_command(tmp_path)
-    env["RISKGUARD_FLINK_JARS"] = ";".join(kafka_jars())
-    done = subprocess.run([*cmd, str(Path(__file__).parent / "flink_ticks_job.py"),
-                           "order", kafka_bootstrap, topic, str(limit)], env=env,
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    heard = {int(line.split()[0]) for line in done.stdout.splitlines()}
-    assert len(done.stdout.splitlines()) == limit
+    lines = guard_sources["lines"]["order"]
+    heard = {int(line.split()[0]) for line in lines}
+    assert len(lines) == limit
     assert heard == set(range(partitions))
 
 
