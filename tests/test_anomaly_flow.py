@@ -32,9 +32,9 @@ def clock() -> int:
 
 
 def build(items: list, vecs: list, sigs: list, dead: list,
-          fcfg: FeatureConfig = FCFG) -> Dataflow:
+          fcfg: FeatureConfig = FCFG, batch_size: int = 1) -> Dataflow:
     flow = Dataflow("anomaly_test")
-    inp = op.input("in", flow, TestingSource(items))
+    inp = op.input("in", flow, TestingSource(items, batch_size=batch_size))
     feats = extract_features("features", inp, config=fcfg, clock=clock)
     det = detect_anomalies("detect", feats.oks, config=DCFG, clock=clock)
     op.output("vecs", feats.oks, TestingSink(vecs))
@@ -81,11 +81,13 @@ def test_resume_after_abort_equals_uninterrupted_run(tmp_path: Path, fcfg: Featu
     items = [*EVENTS[:half], TestingSource.ABORT(), *EVENTS[half:]]
     vecs: list = []
     sigs: list = []
-    run_main(build(items, vecs, sigs, [], fcfg), epoch_interval=timedelta(seconds=0),
-              recovery_config=rc)
+    # an epoch (and a snapshot) every batch of 20 events; the batch before the abort
+    # ends at it, so the kill still comes right after the first half
+    run_main(build(items, vecs, sigs, [], fcfg, batch_size=20),
+             epoch_interval=timedelta(seconds=0), recovery_config=rc)
     assert len(vecs) < len(want_vecs)
-    run_main(build(items, vecs, sigs, [], fcfg), epoch_interval=timedelta(seconds=0),
-              recovery_config=rc)
+    run_main(build(items, vecs, sigs, [], fcfg, batch_size=20),
+             epoch_interval=timedelta(seconds=0), recovery_config=rc)
     # output of the aborted epoch may be replayed; compare the distinct records
     assert sorted(set(norm(sigs))) == sorted(set(norm(want_sigs)))
     assert sorted(set(norm(vecs))) == sorted(set(norm(want_vecs)))
