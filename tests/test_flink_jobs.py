@@ -765,6 +765,11 @@ def test_the_live_flink_guard_refuses_a_trade_far_ahead_of_its_partition_as_byte
     for run in runs:
         for partition, values in backlog.items():
             produce(kafka_bootstrap, run.topic("market"), values, partition=partition)
+    guard = start_guard(runs[0])
+    out, _ = guard.communicate(timeout=150)  # the demo config ends the run when idle
+    assert guard.returncode == 0, out.decode(errors="replace")[-3000:]
+    want = _outcome(runs[0])
+    assert [d[0:2] + d[3:4] for d in want["dead_letters"]] == [("market", 0, "ahead")]
     from kafka_helpers import free_ports
 
     cmd, env = flink_command(tmp_path)
@@ -772,17 +777,11 @@ def test_the_live_flink_guard_refuses_a_trade_far_ahead_of_its_partition_as_byte
     env |= {"RISKGUARD_FLINK_JARS": ";".join(kafka_jars()), "RISKGUARD_FLINK_PYTHON": cmd[0],
             "RISKGUARD_METRICS_PORT": str(metrics_port), "RISKGUARD_METRICS_ADDR": "127.0.0.1"}
     log = tmp_path / "job.log"
-    # the Flink job starts (a mini-cluster: most of its time) while bytewax runs
     job = _guard_job([sys.executable, "-m", "riskguard.cli", "run", "--engine", "flink",
                       "--config", str(runs[1].config), "--", "--checkpoints",
                       (tmp_path / "checkpoints").as_uri()], env, log)
     backlog_size = sum(map(len, backlog.values()))
     try:
-        guard = start_guard(runs[0])
-        out, _ = guard.communicate(timeout=150)  # the demo config ends the run when idle
-        assert guard.returncode == 0, out.decode(errors="replace")[-3000:]
-        want = _outcome(runs[0])
-        assert [d[0:2] + d[3:4] for d in want["dead_letters"]] == [("market", 0, "ahead")]
         _wait("the dead letter", lambda: _topic_count(runs[1], "dead_letters") >= 1, job, 240,
               detail=lambda: log.read_text()[-2000:])
         # the rest of the backlog admitted (a dead letter is counted as read too), and what
