@@ -15,11 +15,14 @@ BOOTSTRAP TOPIC CHECKPOINTS N``, the same source over one topic, checkpointed in
 ``CHECKPOINTS`` and restored from the newest checkpoint there, if any; or, with ``order
 BOOTSTRAP TOPIC N``, the partition and offset of the first ``N`` messages that source
 hands on from one topic, fetching as the live guard does; or, with ``parts BOOTSTRAP
-PART...``, several of those sources in one job (one mini-cluster start-up), each
-``PART`` ``NAME=guard:TOPICS:N:LEAD_NS`` or ``NAME=order:TOPIC:N``, each line led by
-its part's name. With ``BOOTSTRAP TOPIC N PORT``, the Kafka job also runs Flink's
-Prometheus reporter on ``PORT`` and, after its batches, prints the ``lateRows`` samples
-it serves as a last line (``{"metrics": [...]}``)."""
+PORT PART...``, several of those jobs' sources in one job (one mini-cluster start-up),
+each ``PART`` ``NAME=guard:TOPICS:N:LEAD_NS``, ``NAME=order:TOPIC:N`` or
+``NAME=late:TOPIC:N`` (the watermark moving with every message), each line led by its
+part's name; with a ``PORT`` (``-`` for none), then a ``metrics`` line as below, the
+ticks operator of part ``NAME`` named ``test_NAME_ticks``. With ``BOOTSTRAP TOPIC N
+PORT``, the Kafka job also runs Flink's Prometheus reporter on ``PORT`` and, after its
+batches, prints the ``lateRows`` samples it serves as a last line (``{"metrics":
+[...]}``)."""
 
 from __future__ import annotations
 
@@ -44,6 +47,8 @@ ROWS = [  # (segment key, (input, event time ns, source, position, bytes)), as t
 def main(argv: list[str]) -> int:
     metrics_port = argv[3] if len(argv) == 4 and argv[0] not in (
         "guard", "restore", "order", "parts") else None
+    if argv[:1] == ["parts"] and argv[2] != "-":
+        metrics_port = argv[2]
     if metrics_port:
         _with_prometheus_jar()
     from pyflink.common import Types
@@ -62,7 +67,8 @@ def main(argv: list[str]) -> int:
     env.add_jars(*job_jars(kafka=kafka if argv[:1] in (
         ["guard"], ["restore"], ["order"], ["parts"]) else ()), *kafka)
     if argv[:1] == ["parts"]:
-        return _print_parts(dict(_part(env, argv[1], spec) for spec in argv[2:]))
+        return _print_parts(dict(_part(env, argv[1], spec) for spec in argv[3:]),
+                            metrics_port)
     if argv[:1] == ["order"]:
         return _source_order(env, argv[1], argv[2], int(argv[3]))
     if argv[:1] == ["java"]:
@@ -192,17 +198,19 @@ def _part(env: Any, bootstrap: str, spec: str) -> tuple[str, tuple[Any, int]]:
     name, rest = spec.split("=", 1)
     kind, topics, limit, *lead = rest.split(":")
     if kind == "order":
-        return name, (_order_lines(env, bootstrap, topics, uid=f"in-{name}"), int(limit))
+        return name, (_order_lines(env, bootstrap, topics, uid=f"in_{name}"), int(limit))
     lead_ns = int(lead[0]) if lead else 0
-    rows = _guard_rows(env, bootstrap, topics.split(","), lead_ns=lead_ns, uid=f"in-{name}")
-    batches = tick_batches(rows, 1_000_000_000, ("in", "kafka"), f"test-{name}",
+    rows = (_kafka_rows(env, bootstrap, topics) if kind == "late" else
+            _guard_rows(env, bootstrap, topics.split(","), lead_ns=lead_ns, uid=f"in_{name}"))
+    batches = tick_batches(rows, 1_000_000_000, ("in", "kafka"), f"test_{name}",
                            lead_ns=lead_ns)
     return name, (batches.map(_as_json, output_type=Types.STRING()), int(limit))
 
 
-def _print_parts(parts: dict[str, tuple[Any, int]]) -> int:
+def _print_parts(parts: dict[str, tuple[Any, int]], metrics_port: str | None) -> int:
     """Runs one job of all ``parts``, printing each part's first lines (as many as its
-    limit), each led by the part's name, until every part has printed its own."""
+    limit), each led by the part's name, until every part has printed its own; with
+    ``metrics_port``, then ``metrics`` and the ``lateRows`` samples served."""
     from pyflink.common import Types
 
     tagged = [lines.map(lambda line, name=name: f"{name} {line}", output_type=Types.STRING())
@@ -216,6 +224,9 @@ def _print_parts(parts: dict[str, tuple[Any, int]]) -> int:
                 left[name] -= 1
             if not any(left.values()):
                 break
+        if metrics_port:
+            print("metrics", json.dumps({"metrics": _late_rows_samples(metrics_port)}),
+                  flush=True)
     return 0
 
 

@@ -233,39 +233,33 @@ print("ok")
     assert done.stdout.strip() == "ok"
 
 
+def _send_late(bootstrap: str, topic: str) -> None:
+    """Messages at 1.0 s, 5.0 s, 1.5 s and 7.0 s of event time (their value, in ms)."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for at_ms in (1000, 5000, 1500, 7000):
+        producer.produce(topic, str(at_ms).encode())
+        producer.flush(10)  # one message a batch: the dev broker reports batches
+    del producer
+
+
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_a_row_behind_the_watermark_goes_on_alone_after_the_rows_that_made_it_late(
-        kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path) -> None:
+        guard_sources: dict[str, Any]) -> None:
     """Messages at 1.0 s, 5.0 s, then 1.5 s and 7.0 s of event time on one partition,
     the watermark moving with each: the tick ending at 1,999 ms goes on when 5.0 s
     passes it; the message at 1.5 s, behind the watermark, goes on by itself, marked
     late, for the flow's lateness rules to judge, but only after the tick of 5.0 s, the
     message that made it late (bytewax's admission sees them in that order, and judges
     1.5 s against 5.0 s). Flink's Prometheus reporter serves the late row's count under
-    the name the ops alert ``RiskguardFlinkRowsBehindWatermark`` reads."""
-    if reason := java_missing():
-        pytest.skip(reason)
+    the name the ops alert ``RiskguardFlinkRowsBehindWatermark`` reads. (The messages:
+    :func:`_send_late`; the job's other parts' ticks operators count none.)"""
     import json
 
-    from confluent_kafka import Producer
-
-    topic = new_topic()
-    producer = Producer({"bootstrap.servers": kafka_bootstrap})
-    for at_ms in (1000, 5000, 1500, 7000):
-        producer.produce(topic, str(at_ms).encode())
-        producer.flush(10)  # one message a batch: the dev broker reports batches
-    del producer
-    from kafka_helpers import free_ports
-
-    cmd, env = flink_command(tmp_path)
-    env["RISKGUARD_FLINK_JARS"] = ";".join(kafka_jars())
-    done = subprocess.run([*cmd, str(Path(__file__).parent / "flink_ticks_job.py"),
-                           kafka_bootstrap, topic, "3", str(free_ports(1)[0])], env=env,
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    *batches, metrics = [json.loads(line) for line in done.stdout.splitlines()]
+    batches = [json.loads(line) for line in guard_sources["lines"]["late"]]
+    (metrics,) = [json.loads(line) for line in guard_sources["lines"]["metrics"]]
     ms = 1_000_000
     assert batches == [
         [1999, False, [["in", 1000 * ms, "p/0", 0, "1000"]]],
@@ -276,7 +270,10 @@ def test_a_row_behind_the_watermark_goes_on_alone_after_the_rows_that_made_it_la
     name = "flink_taskmanager_job_task_operator_lateRows"
     assert name in alert
     counted = [line for line in metrics["metrics"] if line.startswith(name + "{")]
-    assert [float(line.rsplit(" ", 1)[1]) for line in counted] == [1.0], metrics
+    assert sorted(float(line.rsplit(" ", 1)[1]) for line in counted) == [0.0, 0.0, 1.0], (
+        metrics)
+    late_part = [line for line in counted if 'operator_name="test_late_ticks"' in line]
+    assert [float(line.rsplit(" ", 1)[1]) for line in late_part] == [1.0], metrics
 
 
 def _topic(bootstrap: str, partitions: int = 1) -> str:
@@ -290,12 +287,15 @@ def _topic(bootstrap: str, partitions: int = 1) -> str:
 @pytest.fixture(scope="module")
 def guard_sources(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
                   ) -> dict[str, Any]:
-    """The guard source tests' inputs, each on topics of its own, read in one Flink job
-    (``flink_ticks_job.py parts``: one mini-cluster start-up for the three): ``stamps``
+    """The Kafka tick tests' inputs, each on topics of its own, read in one Flink job
+    (``flink_ticks_job.py parts``: one mini-cluster start-up for the four): ``stamps``
     (:func:`_send_stamps`, the first 3 batches of its two topics), ``year_ahead``
     (:func:`_send_year_ahead`, the first 7 batches, records more than 60 s ahead held)
-    and ``order`` (:func:`_send_backlog`, the first :func:`_order_limit` messages);
-    what each part printed, by part, with each part's topics and sent values."""
+    and ``order`` (:func:`_send_backlog`, the first :func:`_order_limit` messages) by
+    the guard's source; ``late`` (:func:`_send_late`, the first 3 batches) with a
+    watermark moving with every message, and the ``lateRows`` samples Flink's
+    Prometheus reporter serves then (``metrics``); what each part printed, by part,
+    with each part's topics and sent values."""
     if reason := java_missing():
         pytest.skip(reason)
     busy, quiet = _topic(kafka_bootstrap), _topic(kafka_bootstrap)
@@ -304,16 +304,22 @@ def guard_sources(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
     values = _send_year_ahead(kafka_bootstrap, ahead)
     backlog = _topic(kafka_bootstrap, partitions=ORDER_PARTITIONS)
     _send_backlog(kafka_bootstrap, backlog)
+    late = _topic(kafka_bootstrap)
+    _send_late(kafka_bootstrap, late)
+    from kafka_helpers import free_ports
+
     work = tmp_path_factory.mktemp("guard-sources")
     cmd, env = flink_command(work)
     env["RISKGUARD_FLINK_JARS"] = ";".join(kafka_jars())
     done = subprocess.run(
         [*cmd, str(Path(__file__).parent / "flink_ticks_job.py"), "parts", kafka_bootstrap,
-         f"stamps=guard:{busy},{quiet}:3", f"year_ahead=guard:{ahead}:7:{60 * NS}",
-         f"order=order:{backlog}:{_order_limit()}"],
+         str(free_ports(1)[0]), f"stamps=guard:{busy},{quiet}:3",
+         f"year_ahead=guard:{ahead}:7:{60 * NS}", f"order=order:{backlog}:{_order_limit()}",
+         f"late=late:{late}:3"],
         env=env, cwd=work, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    lines: dict[str, list[str]] = {"stamps": [], "year_ahead": [], "order": []}
+    lines: dict[str, list[str]] = {
+        "stamps": [], "year_ahead": [], "order": [], "late": [], "metrics": []}
     for line in done.stdout.splitlines():
         part, text = line.split(" ", 1)
         lines[part].append(text)
