@@ -295,24 +295,33 @@ def guard_sources(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
     the guard's source; ``late`` (:func:`_send_late`, the first 3 batches) with a
     watermark moving with every message, and the ``lateRows`` samples Flink's
     Prometheus reporter serves then (``metrics``); what each part printed, by part,
-    with each part's topics and sent values."""
+    with each part's topics and sent values. Once a test session
+    (:func:`session_share.once_a_session`: another xdist worker reads the first's)."""
     if reason := java_missing():
         pytest.skip(reason)
-    busy, quiet = _topic(kafka_bootstrap), _topic(kafka_bootstrap)
-    _send_stamps(kafka_bootstrap, busy, quiet)
-    ahead = _topic(kafka_bootstrap)
-    values = _send_year_ahead(kafka_bootstrap, ahead)
-    backlog = _topic(kafka_bootstrap, partitions=ORDER_PARTITIONS)
-    _send_backlog(kafka_bootstrap, backlog)
-    late = _topic(kafka_bootstrap)
-    _send_late(kafka_bootstrap, late)
+    from session_share import once_a_session
+
+    found = once_a_session(tmp_path_factory, "flink-guard-sources",
+                           lambda work: _read_guard_sources(kafka_bootstrap, work))
+    return found | {"ahead_values": [bytes.fromhex(v) for v in found["ahead_values"]]}
+
+
+def _read_guard_sources(bootstrap: str, work: Path) -> dict[str, Any]:
+    """:func:`guard_sources`' inputs sent and read, the sent values as hex."""
     from kafka_helpers import free_ports
 
-    work = tmp_path_factory.mktemp("guard-sources")
+    busy, quiet = _topic(bootstrap), _topic(bootstrap)
+    _send_stamps(bootstrap, busy, quiet)
+    ahead = _topic(bootstrap)
+    values = _send_year_ahead(bootstrap, ahead)
+    backlog = _topic(bootstrap, partitions=ORDER_PARTITIONS)
+    _send_backlog(bootstrap, backlog)
+    late = _topic(bootstrap)
+    _send_late(bootstrap, late)
     cmd, env = flink_command(work)
     env["RISKGUARD_FLINK_JARS"] = ";".join(kafka_jars())
     done = subprocess.run(
-        [*cmd, str(Path(__file__).parent / "flink_ticks_job.py"), "parts", kafka_bootstrap,
+        [*cmd, str(Path(__file__).parent / "flink_ticks_job.py"), "parts", bootstrap,
          str(free_ports(1)[0]), f"stamps=guard:{busy},{quiet}:3",
          f"year_ahead=guard:{ahead}:7:{60 * NS}", f"order=order:{backlog}:{_order_limit()}",
          f"late=late:{late}:3"],
@@ -324,7 +333,7 @@ def guard_sources(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
         part, text = line.split(" ", 1)
         lines[part].append(text)
     return {"lines": lines, "busy": busy, "quiet": quiet, "ahead": ahead,
-            "ahead_values": values}
+            "ahead_values": [v.hex() for v in values]}
 
 
 def _send_stamps(bootstrap: str, busy: str, quiet: str) -> None:
