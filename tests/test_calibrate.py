@@ -36,6 +36,8 @@ from riskguard.toml_text import dump_toml
 
 NS = 1_000_000_000
 GRID = {"feeds.max_gap_s": [20.0, 3.0]}
+ONE_CANDIDATE = {"feeds.max_gap_s": [20.0]}
+"""A grid for tests whose claim is not about the search: one backtest fewer a round."""
 #: Short heartbeat jitter (unlabelled) and one long labelled outage before the
 #: split; medium outages (labelled) only after it.
 JITTER = (200.0, 300.0)
@@ -198,7 +200,7 @@ def test_continuous_calibration_writes_signed_limit_updates_not_applied(setup, t
     sleeps: list[float] = []
     n = run_every(30.0, 2, lambda i: propose(
         cfg, [data], labels, out_dir=tmp_path / "out", admin_key=cfg.parent / "limit-admin.key",
-        window_s=900.0, now_ns=now, iteration=i, grid=GRID, train_frac=0.6),
+        window_s=900.0, now_ns=now, iteration=i, grid=ONE_CANDIDATE, train_frac=0.6),
         sleep=sleeps.append)
     assert n == 2 and sleeps == [30.0]
     lines = (tmp_path / "out" / "limit_updates.jsonl").read_bytes().splitlines()
