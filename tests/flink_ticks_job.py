@@ -16,13 +16,13 @@ BOOTSTRAP TOPIC CHECKPOINTS N``, the same source over one topic, checkpointed in
 BOOTSTRAP TOPIC N``, the partition and offset of the first ``N`` messages that source
 hands on from one topic, fetching as the live guard does; or, with ``parts BOOTSTRAP
 PORT PART...``, several of those jobs' sources in one job (one mini-cluster start-up),
-each ``PART`` ``NAME=guard:TOPICS:N:LEAD_NS``, ``NAME=order:TOPIC:N`` or
-``NAME=late:TOPIC:N`` (the watermark moving with every message), each line led by its
-part's name; with a ``PORT`` (``-`` for none), then a ``metrics`` line as below, the
-ticks operator of part ``NAME`` named ``test_NAME_ticks``. With ``BOOTSTRAP TOPIC N
-PORT``, the Kafka job also runs Flink's Prometheus reporter on ``PORT`` and, after its
-batches, prints the ``lateRows`` samples it serves as a last line (``{"metrics":
-[...]}``)."""
+each ``PART`` ``NAME=guard:TOPICS:N:LEAD_NS``, ``NAME=order:TOPIC:N``,
+``NAME=late:TOPIC:N`` (the watermark moving with every message), ``NAME=ticks:-:N`` or
+``NAME=records:FILE:N`` (the ``java`` job's parts), each line led by its part's name;
+with a ``PORT`` (``-`` for none), then a ``metrics`` line as below, the ticks operator
+of part ``NAME`` named ``test_NAME_ticks``. With ``BOOTSTRAP TOPIC N PORT``, the Kafka
+job also runs Flink's Prometheus reporter on ``PORT`` and, after its batches, prints the
+``lateRows`` samples it serves as a last line (``{"metrics": [...]}``)."""
 
 from __future__ import annotations
 
@@ -197,6 +197,9 @@ def _part(env: Any, bootstrap: str, spec: str) -> tuple[str, tuple[Any, int]]:
 
     name, rest = spec.split("=", 1)
     kind, topics, limit, *lead = rest.split(":")
+    if kind in ("ticks", "records"):
+        return name, (_ticks_lines(env, f"test_{name}") if kind == "ticks" else
+                      _records_lines(env, topics, f"records_{name}"), int(limit))
     if kind == "order":
         return name, (_order_lines(env, bootstrap, topics, uid=f"in_{name}"), int(limit))
     lead_ns = int(lead[0]) if lead else 0
@@ -234,21 +237,39 @@ def _java_parts(env: Any, path: str) -> int:
     """One job, two parts: prints ``ticks`` and each batch :data:`ROWS` make, and
     ``records`` and each row the records file ``path`` makes as ``[key, port, ts, src,
     pos, text]``, each part's lines in its order."""
+    from pyflink.common import Types
+
+    ticks = _ticks_lines(env, "test").map(lambda line: "ticks " + line,
+                                          output_type=Types.STRING())
+    texts = _records_lines(env, path, "records_test").map(lambda line: "records " + line,
+                                                          output_type=Types.STRING())
+    return _print_first(ticks.union(texts), None)
+
+
+def _ticks_lines(env: Any, uid: str) -> Any:
+    """Each batch :data:`ROWS` make (ticks of 1 s), as JSON."""
     from pyflink.common import Row, Types
-    from pyflink.datastream import DataStream
-    from pyflink.java_gateway import get_gateway
     from riskguard.flink.fused import KEYED_ROW, tick_batches
 
     rows = env.from_collection([Row(k, Row(*v)) for k, v in ROWS], type_info=KEYED_ROW)
-    ticks = tick_batches(rows, 1_000_000_000, ("in", "kafka"), "test").map(  # ticks of 1 s
-        lambda batch: "ticks " + _as_json(batch), output_type=Types.STRING())
+    return tick_batches(rows, 1_000_000_000, ("in", "kafka"), uid).map(
+        _as_json, output_type=Types.STRING())
+
+
+def _records_lines(env: Any, path: str, uid: str) -> Any:
+    """Each row the records file ``path`` makes, as JSON ``[key, port, ts, src, pos,
+    text]``."""
+    from pyflink.common import Types
+    from pyflink.datastream import DataStream
+    from pyflink.java_gateway import get_gateway
+    from riskguard.flink.fused import KEYED_ROW
+
     records = DataStream(get_gateway().jvm.riskguard.flink.RecordsFile.rows(
         env._j_stream_execution_environment, Path(path).as_uri(), "all", "in",
-        KEYED_ROW.get_java_type_info(), "records_test"))
-    texts = records.map(lambda kv: "records " + json.dumps(
+        KEYED_ROW.get_java_type_info(), uid))
+    return records.map(lambda kv: json.dumps(
         [kv[0], kv[1][0], kv[1][1], kv[1][2], kv[1][3], bytes(kv[1][4]).decode()]),
         output_type=Types.STRING())
-    return _print_first(ticks.union(texts), None)
 
 
 def _print_first(lines: Any, limit: int | None, metrics_port: str | None = None) -> int:

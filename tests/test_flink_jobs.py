@@ -97,38 +97,18 @@ that is no number, bytes that are not base64."""
 
 
 @pytest.fixture(scope="module")
-def java_parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Any]]:
-    """What ``flink_ticks_job.py java`` prints, by part: the Java parts that need no
-    Kafka, run in one mini-cluster, once a test session (the xdist workers share the
-    temp root: the first to take the lock runs the job, the other reads its output)."""
-    if reason := java_missing():
-        pytest.skip(reason)
-    import fcntl
+def java_parts(guard_sources: dict[str, Any]) -> dict[str, list[Any]]:
+    """What the Java parts that need no Kafka print, by part, read in the guard sources'
+    job (:func:`guard_sources`, one mini-cluster start-up): ``ticks``, the batches of
+    ``flink_ticks_job.ROWS``, and ``records``, the rows of a records file of
+    :data:`UNREADABLE`."""
     import json
 
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent
-    out = root / "flink-java-parts.txt"
-    with (root / "flink-java-parts.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not out.exists():
-            work = tmp_path_factory.mktemp("java-parts")
-            path = work / "records.csv"
-            path.write_text("".join(line + "\n" for line in UNREADABLE))
-            cmd, env = flink_command(work)
-            done = subprocess.run([*cmd, str(Path(__file__).parent / "flink_ticks_job.py"),
-                                   "java", str(path)], env=env, cwd=work,
-                                  capture_output=True, text=True, timeout=300, check=False)
-            assert done.returncode == 0, done.stderr[-3000:]
-            out.write_text(done.stdout)
-    parts: dict[str, list[Any]] = {"ticks": [], "records": []}
-    for line in out.read_text().splitlines():
-        part, text = line.split(" ", 1)
-        parts[part].append(json.loads(text))
-    return parts
+    return {part: [json.loads(line) for line in guard_sources["lines"][part]]
+            for part in ("ticks", "records")}
 
 
+@pytest.mark.kafka
 @pytest.mark.slow
 def test_java_makes_a_tick_one_row_in_event_time_then_source_order(
         java_parts: dict[str, list[Any]]) -> None:
@@ -146,6 +126,7 @@ def test_java_makes_a_tick_one_row_in_event_time_then_source_order(
     ]
 
 
+@pytest.mark.kafka
 @pytest.mark.slow
 def test_a_records_file_line_java_cannot_read_goes_on_as_text_and_fails_no_job(
         java_parts: dict[str, list[Any]]) -> None:
@@ -287,14 +268,15 @@ def _topic(bootstrap: str, partitions: int = 1) -> str:
 @pytest.fixture(scope="module")
 def guard_sources(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
                   ) -> dict[str, Any]:
-    """The Kafka tick tests' inputs, each on topics of its own, read in one Flink job
-    (``flink_ticks_job.py parts``: one mini-cluster start-up for the four): ``stamps``
+    """The tick tests' inputs, each on topics of its own, read in one Flink job
+    (``flink_ticks_job.py parts``: one mini-cluster start-up for the six): ``stamps``
     (:func:`_send_stamps`, the first 3 batches of its two topics), ``year_ahead``
     (:func:`_send_year_ahead`, the first 7 batches, records more than 60 s ahead held)
     and ``order`` (:func:`_send_backlog`, the first :func:`_order_limit` messages) by
     the guard's source; ``late`` (:func:`_send_late`, the first 3 batches) with a
     watermark moving with every message, and the ``lateRows`` samples Flink's
-    Prometheus reporter serves then (``metrics``); what each part printed, by part,
+    Prometheus reporter serves then (``metrics``); ``ticks`` and ``records``, the Java
+    parts that need no Kafka (:func:`java_parts`); what each part printed, by part,
     with each part's topics and sent values. Once a test session
     (:func:`session_share.once_a_session`: another xdist worker reads the first's)."""
     if reason := java_missing():
@@ -318,17 +300,20 @@ def _read_guard_sources(bootstrap: str, work: Path) -> dict[str, Any]:
     _send_backlog(bootstrap, backlog)
     late = _topic(bootstrap)
     _send_late(bootstrap, late)
+    records = work / "records.csv"
+    records.write_text("".join(line + "\n" for line in UNREADABLE))
     cmd, env = flink_command(work)
     env["RISKGUARD_FLINK_JARS"] = ";".join(kafka_jars())
     done = subprocess.run(
         [*cmd, str(Path(__file__).parent / "flink_ticks_job.py"), "parts", bootstrap,
          str(free_ports(1)[0]), f"stamps=guard:{busy},{quiet}:3",
          f"year_ahead=guard:{ahead}:7:{60 * NS}", f"order=order:{backlog}:{_order_limit()}",
-         f"late=late:{late}:3"],
+         f"late=late:{late}:3", "ticks=ticks:-:3", f"records=records:{records}:5"],
         env=env, cwd=work, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     lines: dict[str, list[str]] = {
-        "stamps": [], "year_ahead": [], "order": [], "late": [], "metrics": []}
+        "stamps": [], "year_ahead": [], "order": [], "late": [], "metrics": [], "ticks": [],
+        "records": []}
     for line in done.stdout.splitlines():
         part, text = line.split(" ", 1)
         lines[part].append(text)
