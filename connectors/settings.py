@@ -232,6 +232,12 @@ def log_level(text: str | None) -> str:
     return name
 
 
+def debug_logging() -> bool:
+    """Whether :func:`configure_logging` was last asked for ``debug`` (a command's own
+    choice, whatever level the embedding process gave the root logger)."""
+    return _level == "debug"
+
+
 def configure_logging(level: str | None) -> str:
     """Show riskguard's log lines (librdkafka's included) on stderr from ``level`` up.
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 import traceback
@@ -12,6 +11,7 @@ from typing import Any
 
 from riskguard.cli_args import positive_int
 from riskguard.config import no_rules_note
+from riskguard.connectors.settings import debug_logging
 from riskguard.errors import ConfigError, RiskguardError
 from riskguard.progress import Progress
 
@@ -86,7 +86,7 @@ def _backtest(args: argparse.Namespace) -> int:
 
     loaded = load_guard_config(args.config)
     with_sample(args, "backtest", loaded[0])
-    debug = logging.getLogger("riskguard").isEnabledFor(logging.DEBUG)
+    debug = debug_logging()
     try:
         with (without_panic_reports(not debug),
               Progress("backtest", total=count_lines(args.data), unit="events") as bar):

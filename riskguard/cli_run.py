@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import _thread
 import argparse
-import logging
 import os
 import re
 import signal
@@ -26,6 +25,7 @@ from typing import Any, TextIO
 
 from riskguard.cli_args import seconds
 from riskguard.config import no_rules_note
+from riskguard.connectors.settings import debug_logging
 from riskguard.connectors.topics import INPUT_STREAMS
 from riskguard.environment import CONFIG, FLINK_PYTHON, METRICS_PORT, NEW_CONFIG
 from riskguard.errors import AuditError, ConfigError, RiskguardError
@@ -483,7 +483,7 @@ def _serve(flow: Any, bw: Any, started: Callable[[], Any]) -> tuple[str, int]:
     recovery = (RecoveryConfig(str(bw.recovery_directory), bw.backup_interval)
                 if bw.recovery_directory else None)
     epoch = bw.snapshot_interval or (None if recovery else timedelta(seconds=10))
-    debug = logging.getLogger("riskguard").isEnabledFor(logging.DEBUG)
+    debug = debug_logging()
     received: list[int] = []
     try:
         with _stop_signals(received), without_panic_reports(not debug):

@@ -11,6 +11,7 @@ port: refused at once, so the matrix stays fast.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shlex
@@ -285,9 +286,12 @@ def test_every_command_a_message_suggests_is_a_real_command(files, capfd,
 
 
 def test_a_backtest_whose_dataflow_fails_says_so_in_one_line(files, capfd, monkeypatch,
-                                                             tmp_path) -> None:
+                                                             tmp_path, caplog) -> None:
     """A step that raises ends the backtest with one line naming the error, exit 1:
-    not bytewax's panic report and not an "unexpected error" line."""
+    not bytewax's panic report and not an "unexpected error" line. Only the command's
+    own debug level adds the traceback, not a root logger an embedding process set to
+    debug."""
+    caplog.set_level(logging.DEBUG)
     from riskguard.operators.detection.detector import DetectorLogic
 
     def fail(self, fv):
