@@ -96,7 +96,17 @@ def tick_fn(tick_ns: int, source: str | None = None, of: int = 0) -> Any:
     tick sources in all (0: unknown, as in a replay). Consumers take the minimum over
     sources and hold time until all have ticked. Where an engine runs the step in several
     tasks (:data:`~riskguard.operators.core.clock.engine_task`), each task ticks as its
-    own source."""
+    own source.
+
+    A tick carries the time of the record that crossed into its bucket; the first one
+    after a start carries the bucket's start instead: a run resumed inside a bucket the
+    stopped run had ticked then repeats that bucket's tick at no later time, so time does
+    not move ahead of where it stood.
+
+    >>> ticks = tick_fn(10, source="a")
+    >>> [t.ts for t in ticks([Tick(ts=t) for t in (14, 17, 21, 25, 33)])]
+    [10, 21, 33]
+    """
     process = f"{socket.gethostname()}/{os.getpid()}"
     name = source if source is not None else process
     last: dict[tuple[int, int] | None, int] = {}
@@ -111,9 +121,11 @@ def tick_fn(tick_ns: int, source: str | None = None, of: int = 0) -> Any:
                 continue
             bucket = ts // tick_ns
             if bucket > top:
+                # first since the start: the bucket's start (it may repeat a tick)
+                at = ts if top >= 0 else bucket * tick_ns
                 top = last[task] = bucket
-                out.append(Tick(ts=ts, source=name, of=of) if task is None else
-                           Tick(ts=ts, source=f"{process}/w{task[0]}", of=task[1]))
+                out.append(Tick(ts=at, source=name, of=of) if task is None else
+                           Tick(ts=at, source=f"{process}/w{task[0]}", of=task[1]))
         return out
 
     return ticks

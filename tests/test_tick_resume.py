@@ -1,0 +1,115 @@
+"""Event-time ticks across a kill and resume: a resumed run's first tick never moves
+time ahead of where an unbroken run's time stood."""
+
+from __future__ import annotations
+
+import socket
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import bytewax.operators as op
+import msgspec
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.testing import TestingSink, TestingSource, run_main
+from riskguard.dataflows.guard import GuardConfig
+from riskguard.dataflows.guard.core import guard_core
+from riskguard.dataflows.guard.market import market_core, market_owners
+from riskguard.schemas import Codec, Fill, Trade
+from signing_fixtures import ENGINE, trust_store
+
+S = 10**9
+MARKET_CFG = msgspec.convert({
+    "keys": {"signing_key": "k", "trust_file": "t", "roots_file": "r"},
+    "tier": {"role": "market", "market_processes": 1},
+    "exposure": {"instruments": {"instruments": {
+        "BTC-PERP": {"kind": "perp", "base": "BTC", "quote": "USD"}}}}}, GuardConfig)
+
+
+def _trade(n: int, inst: str, ts: int, price: float) -> Trade:
+    return Trade(id=f"t{n}", venue="okx", instrument=inst, ts=ts, price=price, qty=1.0,
+                 side="buy")
+
+
+def _run_market(items: list[Any], rc: RecoveryConfig | None = None) -> list[bytes]:
+    flow = Dataflow("ticks_resume")
+    out = market_core("m", op.input("in", flow, TestingSource(items, batch_size=1)),
+                      cfg=MARKET_CFG, clock=lambda: 0, owners=market_owners(MARKET_CFG))
+    got: list[Any] = []
+    op.output("detections", out.detections, TestingSink(got))
+    run_main(flow, epoch_interval=timedelta(seconds=0), recovery_config=rc)
+    return [v for v in got if isinstance(v, bytes)]
+
+
+def _mid_bucket() -> tuple[list[Any], list[Any]]:
+    """The snapshot falls inside the second 1 s bucket, after the record that ticked it; a
+    new mark follows in the same bucket, then time passes on another instrument."""
+    before = [Fill(id="f1", venue="okx", counterparty="okx", instrument="BTC-PERP",
+                   side="buy", qty=1.0, price=100.0, ts=S // 2),
+              _trade(1, "BTC-PERP", S + S // 10, 100.0)]
+    after = [_trade(2, "BTC-PERP", S + S // 2, 101.0),
+             *(_trade(3 + n, "ETH-PERP", (3 + n) * S, 10.0) for n in range(3))]
+    return before, after
+
+
+def _parts(valuations: list[bytes]) -> set[tuple[int, float]]:
+    """Each valued part's time and gross value."""
+    codec = Codec(clock=lambda: 0)
+    return {(p.ts, round(p.gross, 6)) for v in valuations
+            for p in codec.decode("detections", v).parts}
+
+
+def test_a_market_process_resumed_mid_bucket_values_positions_when_an_unbroken_one_does(
+        tmp_path: Path) -> None:
+    """The resumed run ticks the bucket it resumes in again; that repeat does not value
+    the new mark before the next bucket's tick, as the unbroken run does not."""
+    before, after = _mid_bucket()
+    want = _parts(_run_market([*before, *after]))
+    assert (3 * S, 101.0) in want
+    init_db_dir(tmp_path, 1)
+    rc = RecoveryConfig(str(tmp_path))
+    items = [*before, TestingSource.ABORT(), *after]
+    got = _parts(_run_market(items, rc) + _run_market(items, rc))
+    assert got == want
+
+
+GUARD_CFG = msgspec.convert({
+    "keys": {"signing_key": "k", "trust_file": "t", "roots_file": "r"},
+    "exposure": {"instruments": {"instruments": {
+        "BTC-PERP": {"kind": "perp", "base": "BTC", "quote": "USD"}}}}}, GuardConfig)
+
+
+def _run_guard(items: list[Any], rc: RecoveryConfig | None = None) -> list[Any]:
+    flow = Dataflow("guard_ticks_resume")
+    out = guard_core("guard", op.input("in", flow, TestingSource(items, batch_size=1)),
+                     cfg=GUARD_CFG, cfg_hash="0" * 64, clock=lambda: 0, signer=ENGINE,
+                     trust=trust_store(), tick_sources=1)
+    got: list[Any] = []
+    op.output("exposures", out.exposures, TestingSink(got))
+    run_main(flow, epoch_interval=timedelta(seconds=0), recovery_config=rc)
+    return got
+
+
+def _valued(outputs: list[Any]) -> set[tuple[str, int, str | None]]:
+    """Each exposure and utilization's kind, time and counterparty."""
+    return {(type(x).__name__, x.ts, getattr(x, "counterparty", None)) for x in outputs}
+
+
+@pytest.mark.parametrize("new_host", [False, True], ids=["same_name", "new_process_name"])
+def test_a_guard_resumed_mid_bucket_values_exposures_when_an_unbroken_one_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, new_host: bool) -> None:
+    """The guard's ticks are named per process: whether the resumed process ticks under
+    the stopped one's name or a new one, its repeat of the bucket it resumes in moves no
+    consumer's time, and exposures come at the times an unbroken run's do."""
+    before, after = _mid_bucket()
+    want = _valued(_run_guard([*before, *after]))
+    assert ("Exposure", 3 * S, "okx") in want
+    init_db_dir(tmp_path, 1)
+    rc = RecoveryConfig(str(tmp_path))
+    items = [*before, TestingSource.ABORT(), *after]
+    stopped = _run_guard(items, rc)
+    if new_host:  # a restart names its tick sources afresh
+        monkeypatch.setattr(socket, "gethostname", lambda: "restarted-host")
+    assert _valued(stopped + _run_guard(items, rc)) == want
