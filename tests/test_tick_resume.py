@@ -15,8 +15,11 @@ from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 from riskguard.dataflows.guard import GuardConfig
+from riskguard.dataflows.guard.admit import TickSpec
 from riskguard.dataflows.guard.core import guard_core
 from riskguard.dataflows.guard.market import market_core, market_owners
+from riskguard.operators.core.admission import AdmissionConfig, KeyAdmission, Known
+from riskguard.operators.core.clock import Tick
 from riskguard.schemas import Codec, Fill, Trade
 from signing_fixtures import ENGINE, trust_store
 
@@ -54,6 +57,19 @@ def _mid_bucket() -> tuple[list[Any], list[Any]]:
     return before, after
 
 
+def _at_bucket_start() -> tuple[list[Any], list[Any]]:
+    """The snapshot falls just before the record that ticks the second bucket."""
+    before = [Fill(id="f1", venue="okx", counterparty="okx", instrument="BTC-PERP",
+                   side="buy", qty=1.0, price=100.0, ts=S // 2),
+              _trade(1, "BTC-PERP", S - S // 10, 100.0)]
+    after = [_trade(2, "BTC-PERP", S + S // 10, 101.0),
+             *(_trade(3 + n, "ETH-PERP", (3 + n) * S, 10.0) for n in range(3))]
+    return before, after
+
+
+SPLITS = {"mid_bucket": _mid_bucket, "at_bucket_start": _at_bucket_start}
+
+
 def _parts(valuations: list[bytes]) -> set[tuple[int, float]]:
     """Each valued part's time and gross value."""
     codec = Codec(clock=lambda: 0)
@@ -61,11 +77,13 @@ def _parts(valuations: list[bytes]) -> set[tuple[int, float]]:
             for p in codec.decode("detections", v).parts}
 
 
-def test_a_market_process_resumed_mid_bucket_values_positions_when_an_unbroken_one_does(
-        tmp_path: Path) -> None:
-    """The resumed run ticks the bucket it resumes in again; that repeat does not value
-    the new mark before the next bucket's tick, as the unbroken run does not."""
-    before, after = _mid_bucket()
+@pytest.mark.parametrize("split", sorted(SPLITS))
+def test_a_market_process_resumed_values_positions_when_an_unbroken_one_does(
+        tmp_path: Path, split: str) -> None:
+    """Resumed inside a bucket the stopped run ticked, the resumed run does not tick it
+    again (which would value the new mark before the next bucket's tick); resumed at a
+    bucket's first record, it ticks it at that record's time, as the unbroken run does."""
+    before, after = SPLITS[split]()
     want = _parts(_run_market([*before, *after]))
     assert (3 * S, 101.0) in want
     init_db_dir(tmp_path, 1)
@@ -97,13 +115,14 @@ def _valued(outputs: list[Any]) -> set[tuple[str, int, str | None]]:
     return {(type(x).__name__, x.ts, getattr(x, "counterparty", None)) for x in outputs}
 
 
+@pytest.mark.parametrize("split", sorted(SPLITS))
 @pytest.mark.parametrize("new_host", [False, True], ids=["same_name", "new_process_name"])
-def test_a_guard_resumed_mid_bucket_values_exposures_when_an_unbroken_one_does(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, new_host: bool) -> None:
+def test_a_guard_resumed_values_exposures_when_an_unbroken_one_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, new_host: bool, split: str) -> None:
     """The guard's ticks are named per process: whether the resumed process ticks under
-    the stopped one's name or a new one, its repeat of the bucket it resumes in moves no
-    consumer's time, and exposures come at the times an unbroken run's do."""
-    before, after = _mid_bucket()
+    the stopped one's name or a new one, exposures come at the times an unbroken run's
+    do, wherever in a bucket the snapshot fell."""
+    before, after = SPLITS[split]()
     want = _valued(_run_guard([*before, *after]))
     assert ("Exposure", 3 * S, "okx") in want
     init_db_dir(tmp_path, 1)
@@ -113,3 +132,17 @@ def test_a_guard_resumed_mid_bucket_values_exposures_when_an_unbroken_one_does(
     if new_host:  # a restart names its tick sources afresh
         monkeypatch.setattr(socket, "gethostname", lambda: "restarted-host")
     assert _valued(stopped + _run_guard(items, rc)) == want
+
+
+def test_the_admission_gate_keeps_the_last_bucket_ticked_in_its_snapshot() -> None:
+    """A gate restored from a snapshot taken inside a bucket makes no tick for that
+    bucket again; the next bucket ticks at its first record."""
+    spec = TickSpec(S, source="guard", of=1)
+    gate = KeyAdmission(AdmissionConfig(), Known(), ticks=spec.maker())
+    before, after = _mid_bucket()
+    first = [r for r in gate.on_batch(before) if type(r) is Tick]
+    assert [t.ts for t in first] == [S // 2, S + S // 10]
+    restored = KeyAdmission(AdmissionConfig(), Known(), state=gate.snapshot(),
+                            ticks=spec.maker())
+    again = [r for r in restored.on_batch(after) if type(r) is Tick]
+    assert [t.ts for t in again] == [3 * S, 4 * S, 5 * S]

@@ -30,7 +30,7 @@ from riskguard.connectors.topics import (
     Detection,
     TradingRecord,
 )
-from riskguard.dataflows.guard.admit import admit_keys
+from riskguard.dataflows.guard.admit import TickSpec, admit_keys
 from riskguard.dataflows.guard.config import GuardConfig
 from riskguard.dataflows.guard.market import market_source
 from riskguard.dataflows.guard.market_watch import watch_market_processes
@@ -44,7 +44,6 @@ from riskguard.dataflows.guard.steps import (
     monitor_builder,
     select_feeds,
     split_inputs,
-    tick_fn,
     unhandled_letter,
 )
 from riskguard.operators.audit import AuditState
@@ -192,10 +191,19 @@ def _detect_and_value(market: Stream[MarketEvent], status: Stream[VenueStatus],
     return anomalies, exposure.exposures, exposure.alerts, exposure.progress
 
 
-def _clock_of(records: Stream[Record], cfg: GuardConfig, clock: Clock, tick_sources: int
+def _own_ticks(cfg: GuardConfig, tick_sources: int) -> TickSpec:
+    """This process's ticks, from every record it reads (fills during a market-data outage
+    must still be valued); the firm's from its own input, not the detections topic's."""
+    if cfg.tier.role == "firm":
+        return TickSpec(cfg.tick_ns, of=tick_sources + cfg.tier.market_processes,
+                        untimed=DETECTED)
+    return TickSpec(cfg.tick_ns, of=tick_sources)
+
+
+def _clock_of(records: Stream[Record], own: Stream[Tick], cfg: GuardConfig, clock: Clock
               ) -> tuple[Stream[Record], Stream[Detection] | None, Stream[Tick], Stream[Tick]]:
     """The records this process handles itself, the firm's detections (None elsewhere),
-    every tick and this process's own ticks."""
+    every tick and this process's own ticks (``own``)."""
     firm = cfg.tier.role == "firm"
     processes = cfg.tier.market_processes
     detected_in: Stream[Detection] | None = None
@@ -204,10 +212,7 @@ def _clock_of(records: Stream[Record], cfg: GuardConfig, clock: Clock, tick_sour
                                         lambda rs: [r for r in rs if isinstance(r, DETECTED)])
         records = op.flat_map_batch("not_detected", records,
                                     lambda rs: [r for r in rs if not isinstance(r, DETECTED)])
-    # ticks from every record: fills during a market-data outage must still be valued
-    ticks = own_ticks = op.flat_map_batch(
-        "ticks", records, tick_fn(cfg.tick_ns,
-                                   of=tick_sources + processes if firm else tick_sources))
+    ticks = own_ticks = own
     if detected_in is not None:
         # the firm's own ticks wait for a restarting market process; each market process
         # is one more tick source
@@ -248,8 +253,10 @@ def guard_core(
     ``input_errs``: the source's dead letters, audited and passed on. ``watch``
     (:class:`~riskguard.dataflows.readiness.DetectorWatch`) sees what the detectors get.
     """
-    admitted = admit_keys("admit", records, cfg=cfg, clock=clock)
-    records, detected_in, ticks, own_ticks = _clock_of(admitted.oks, cfg, clock, tick_sources)
+    admitted = admit_keys("admit", records, cfg=cfg, clock=clock,
+                          ticking=_own_ticks(cfg, tick_sources))
+    records, detected_in, ticks, own_ticks = _clock_of(admitted.oks, admitted.ticks, cfg,
+                                                       clock)
     market, records, status, trading = split_inputs(records)
     updates, acks, verified, unhandled = _signed_inputs(records, cfg, trust, clock)
     feed_alerts = _feed_monitor(status, ticks, cfg, clock)

@@ -19,7 +19,7 @@ from bytewax.dataflow import Dataflow, Stream, operator
 from riskguard.connectors.kafka import KeySplit, StartSignal, kafka_output
 from riskguard.connectors.kafka.key_split import MEMO_MAX
 from riskguard.connectors.topics import DETECTIONS, MARKET, MARKET_STREAMS
-from riskguard.dataflows.guard.admit import admit_keys
+from riskguard.dataflows.guard.admit import TickSpec, admit_keys
 from riskguard.dataflows.guard.config import GuardConfig, price_key_prefixes
 from riskguard.dataflows.guard.kafka_io import guard_input
 from riskguard.dataflows.guard.steps import (
@@ -29,7 +29,6 @@ from riskguard.dataflows.guard.steps import (
     progress_records,
     select_feeds,
     split_inputs,
-    tick_fn,
     with_own_index,
 )
 from riskguard.operators.core.base import (
@@ -249,9 +248,9 @@ def market_core(
     detection on its own keys, and stage-1 valuation of its own underlyings' positions;
     its progress goes out behind the signals and valuations made before it."""
     name = market_source(owners.index)
-    admitted = admit_keys("admit", records, cfg=cfg, clock=clock)
-    records = admitted.oks
-    ticks = op.flat_map_batch("ticks", records, tick_fn(cfg.tick_ns, source=name, of=1))
+    admitted = admit_keys("admit", records, cfg=cfg, clock=clock,
+                          ticking=TickSpec(cfg.tick_ns, source=name, of=1))
+    records, ticks = admitted.oks, admitted.ticks
     market, _rest, status, trading = split_inputs(records)
     market_ok = select_feeds(market, status, cfg, owners.local)
     feat_market = with_own_index(market, market_ok)

@@ -25,7 +25,7 @@ from riskguard.operators.core.base import (
     stateful_logic,
     values_of,
 )
-from riskguard.operators.core.clock import TICK_IDLE_NS, Clock, Tick, engine_task
+from riskguard.operators.core.clock import TICK_IDLE_NS, Clock, EventTicks, Tick, engine_task
 from riskguard.operators.core.dedup import RecentIdsLogic
 from riskguard.operators.detection.ops import (
     detect_anomalies,
@@ -96,37 +96,19 @@ def tick_fn(tick_ns: int, source: str | None = None, of: int = 0) -> Any:
     tick sources in all (0: unknown, as in a replay). Consumers take the minimum over
     sources and hold time until all have ticked. Where an engine runs the step in several
     tasks (:data:`~riskguard.operators.core.clock.engine_task`), each task ticks as its
-    own source.
-
-    A tick carries the time of the record that crossed into its bucket; the first one
-    after a start carries the bucket's start instead: a run resumed inside a bucket the
-    stopped run had ticked then repeats that bucket's tick at no later time, so time does
-    not move ahead of where it stood.
-
-    >>> ticks = tick_fn(10, source="a")
-    >>> [t.ts for t in ticks([Tick(ts=t) for t in (14, 17, 21, 25, 33)])]
-    [10, 21, 33]
-    """
+    own source. Its memory is the process's: the guard's own ticks come from the
+    admission gate (:class:`~riskguard.dataflows.guard.admit.TickSpec`), which keeps it
+    in its snapshot."""
     process = f"{socket.gethostname()}/{os.getpid()}"
     name = source if source is not None else process
-    last: dict[tuple[int, int] | None, int] = {}
+    makers: dict[tuple[int, int] | None, EventTicks] = {}  # one per engine task
 
     def ticks(recs: list[Any]) -> list[Tick]:
         task = engine_task.get()
-        top = last.get(task, -1)
-        out: list[Tick] = []
-        for rec in recs:
-            ts = getattr(rec, "ts", None)
-            if type(ts) is not int:  # a signed envelope: no event time
-                continue
-            bucket = ts // tick_ns
-            if bucket > top:
-                # first since the start: the bucket's start (it may repeat a tick)
-                at = ts if top >= 0 else bucket * tick_ns
-                top = last[task] = bucket
-                out.append(Tick(ts=at, source=name, of=of) if task is None else
-                           Tick(ts=at, source=f"{process}/w{task[0]}", of=task[1]))
-        return out
+        maker = makers.get(task)
+        if maker is None:
+            maker = makers[task] = EventTicks(tick_ns, name, of, process=process)
+        return maker.crossing(recs)
 
     return ticks
 

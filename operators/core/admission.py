@@ -8,6 +8,10 @@ past a cap is a dead letter (``too_many_venues``, ``too_many_instruments``,
 ``too_many_counterparties``) that never reaches a keyed step; the first refusal of each
 cap also raises an ``admission_cap`` alert (critical for counterparties). Its state is
 snapshotted, so a resumed guard admits exactly what the stopped one would have.
+
+As every record passes it in order, it also makes the event-time ticks
+(:class:`~riskguard.operators.core.clock.EventTicks`) and keeps the last bucket ticked in
+its snapshot: a resumed guard does not tick again a bucket the stopped one ticked.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import msgspec
+from riskguard.operators.core.clock import EventTicks
 from riskguard.operators.core.snapshot import persisted
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.base import source_of
@@ -58,13 +63,14 @@ class Known:
 @persisted("riskguard.admission")
 @dataclass
 class AdmissionState:
-    """Names admitted beyond the config (venue -> its instruments; counterparties) and
-    how many records each cap refused."""
+    """Names admitted beyond the config (venue -> its instruments; counterparties), how
+    many records each cap refused, and the last event-time bucket ticked (-1: none)."""
 
     venues: dict[str, list[str]] = field(default_factory=dict)
     counterparties: list[str] = field(default_factory=list)
     refused: dict[str, int] = field(default_factory=dict)
     alerted: list[str] = field(default_factory=list)  # the caps already alerted
+    ticked: int = -1
     version: int = 1
 
 
@@ -76,14 +82,20 @@ _TRADING = frozenset(TRADING_TYPES)
 
 class KeyAdmission:
     """``on_batch(records) -> records, or a dead letter in place of each refused one``.
-    Records of other types pass untouched."""
+    Records of other types pass untouched. With ``ticks``, the batch's ticks follow it
+    (made from what passes; ``ticks.untimed`` should name the dead letter and alert
+    types)."""
 
     def __init__(self, config: AdmissionConfig, known: Known, *,
-                 state: AdmissionState | None = None, clock: Any = None) -> None:
+                 state: AdmissionState | None = None, clock: Any = None,
+                 ticks: EventTicks | None = None) -> None:
         self.config = config
         self.known = known
         self.clock = clock
         self.state = state if state is not None else AdmissionState()
+        self.ticks = ticks
+        if ticks is not None:
+            ticks.last = max(ticks.last, self.state.ticked)
         # derived: the admitted names as sets (the state keeps lists, in admission order)
         self._venues = {v: set(i) for v, i in self.state.venues.items()}
         self._counterparties = set(self.state.counterparties)
@@ -95,6 +107,7 @@ class KeyAdmission:
         return AdmissionState(venues={v: list(i) for v, i in st.venues.items()},
                               counterparties=list(st.counterparties),
                               refused=dict(st.refused), alerted=list(st.alerted),
+                              ticked=st.ticked if self.ticks is None else self.ticks.last,
                               version=st.version)
 
     def on_event(self, rec: Any) -> list[Any]:
@@ -117,6 +130,8 @@ class KeyAdmission:
                 alert = self._alert(rec, why[0], why[2])
                 if alert is not None:
                     out.append(alert)
+        if self.ticks is not None:
+            out.extend(self.ticks.crossing(out))
         return out
 
     def _alert(self, rec: Any, reason: str, expected: str) -> RiskAlert | None:

@@ -301,3 +301,55 @@ class RestoredSources:
             sources.pop(name, None)
         self.old = self.old - gone
         return bool(gone)
+
+
+class EventTicks:
+    """A :class:`Tick` each time the records' event time crosses a new ``tick_ns``
+    bucket, at the time of the record that crossed it, named ``source`` and announcing
+    ``of`` sources (where an engine runs the step in several tasks,
+    :data:`engine_task`, each task ticks as its own source: ``<process>/w<index>``).
+    Records without an int ``ts`` (a signed envelope) and of the ``untimed`` types make
+    no tick.
+
+    ``last`` is the last bucket ticked. A caller that keeps it in its snapshot and
+    passes it back on a restore makes a resumed run tick as an unbroken one: a bucket
+    the stopped run ticked is not ticked again at a later record's time.
+
+    >>> ticks = EventTicks(10, "a", process="host/1")
+    >>> [t.ts for t in ticks.crossing([Tick(ts=t) for t in (14, 17, 21, 25, 33)])]
+    [14, 21, 33]
+    >>> resumed = EventTicks(10, "a", process="host/2", last=ticks.last)
+    >>> [t.ts for t in resumed.crossing([Tick(ts=t) for t in (36, 41)])]
+    [41]
+    """
+
+    def __init__(self, tick_ns: int, source: str, of: int = 0, *, process: str = "",
+                 untimed: frozenset[type] = frozenset(), last: int = -1) -> None:
+        self.tick_ns = tick_ns
+        self.source = source
+        self.of = of
+        self.process = process or source
+        self.untimed = untimed
+        self.last = last
+
+    def crossing(self, recs: list[Any]) -> list[Tick]:
+        """The ticks ``recs`` make, in order."""
+        tick_ns, untimed = self.tick_ns, self.untimed
+        top = self.last
+        out: list[Tick] = []
+        for rec in recs:
+            ts = getattr(rec, "ts", None)
+            if type(ts) is not int or type(rec) in untimed:  # no event time
+                continue
+            bucket = ts // tick_ns
+            if bucket > top:
+                top = bucket
+                out.append(self._tick(ts))
+        self.last = top
+        return out
+
+    def _tick(self, ts: int) -> Tick:
+        task = engine_task.get()
+        if task is None:
+            return Tick(ts=ts, source=self.source, of=self.of)
+        return Tick(ts=ts, source=f"{self.process}/w{task[0]}", of=task[1])
