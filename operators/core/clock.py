@@ -339,10 +339,10 @@ class EventTicks:
         out: list[Tick] = []
         for rec in recs:
             ts = getattr(rec, "ts", None)
-            if type(ts) is not int or type(rec) in untimed:  # no event time
+            if type(ts) is not int:  # a signed envelope: no event time
                 continue
             bucket = ts // tick_ns
-            if bucket > top:
+            if bucket > top and type(rec) not in untimed:  # the type: only when it would tick
                 top = bucket
                 out.append(self._tick(ts))
         self.last = top
