@@ -18,9 +18,10 @@ from riskguard.dataflows.guard import GuardConfig
 from riskguard.dataflows.guard.admit import TickSpec
 from riskguard.dataflows.guard.core import guard_core
 from riskguard.dataflows.guard.market import market_core, market_owners
+from riskguard.dataflows.guard.steps import FirmClock
 from riskguard.operators.core.admission import AdmissionConfig, KeyAdmission, Known
 from riskguard.operators.core.clock import Tick
-from riskguard.schemas import Codec, Fill, Trade
+from riskguard.schemas import Codec, DetectProgress, Fill, Trade
 from signing_fixtures import ENGINE, trust_store
 
 S = 10**9
@@ -134,9 +135,10 @@ def test_a_guard_resumed_values_exposures_when_an_unbroken_one_does(
     assert _valued(stopped + _run_guard(items, rc)) == want
 
 
-def test_the_admission_gate_keeps_the_last_bucket_ticked_in_its_snapshot() -> None:
-    """A gate restored from a snapshot taken inside a bucket makes no tick for that
-    bucket again; the next bucket ticks at its first record."""
+def test_the_admission_gate_keeps_the_last_tick_in_its_snapshot() -> None:
+    """A gate restored from a snapshot taken inside a bucket makes no new tick for that
+    bucket: its first record announces the last tick again, at that tick's time (time
+    does not move); the next bucket ticks at its first record."""
     spec = TickSpec(S, source="guard", of=1)
     gate = KeyAdmission(AdmissionConfig(), Known(), ticks=spec.maker())
     before, after = _mid_bucket()
@@ -145,4 +147,48 @@ def test_the_admission_gate_keeps_the_last_bucket_ticked_in_its_snapshot() -> No
     restored = KeyAdmission(AdmissionConfig(), Known(), state=gate.snapshot(),
                             ticks=spec.maker())
     again = [r for r in restored.on_batch(after) if type(r) is Tick]
-    assert [t.ts for t in again] == [3 * S, 4 * S, 5 * S]
+    assert [t.ts for t in again] == [S + S // 10, 3 * S, 4 * S, 5 * S]
+
+
+def test_a_gate_restored_with_a_longer_tick_ticks_at_the_next_bucket_of_that_length() -> None:
+    """The snapshot keeps the last tick's time, not a bucket number: resumed with a
+    longer ``tick_ns``, time goes on at the next bucket of the new length (a bucket
+    number of the old length would hold every tick back for as long again)."""
+    gate = KeyAdmission(AdmissionConfig(), Known(), ticks=TickSpec(S, source="g").maker())
+    gate.on_batch([_trade(1, "BTC-PERP", 1000 * S + S // 2, 100.0)])
+    restored = KeyAdmission(AdmissionConfig(), Known(), state=gate.snapshot(),
+                            ticks=TickSpec(2 * S, source="g").maker())
+    made = restored.on_batch([_trade(2, "BTC-PERP", 1001 * S, 100.0),
+                              _trade(3, "BTC-PERP", 1002 * S + 1, 100.0)])
+    assert [t.ts for t in made if type(t) is Tick] == [1000 * S + S // 2, 1002 * S + 1]
+
+
+def test_a_resumed_firm_sends_its_held_ticks_at_the_market_processes_progress() -> None:
+    """The firm holds its own ticks at the slowest market process's progress, and its
+    :class:`FirmClock` is not in a snapshot. Resumed inside a bucket it had ticked, the
+    gate announces the last tick again, so the firm's clock hears of its own source and
+    sends it at the progress that follows, as the unbroken run does (without it, no own
+    tick until the next bucket: the firm's time would stand still)."""
+    now = [0]
+
+    def firm_run(gate: KeyAdmission, batches: list[list[Any]]) -> list[int]:
+        clock = FirmClock({"m0", "m1"}, wait_ns=60 * S, clock=lambda: now[0])
+        sent: list[int] = []
+        for batch in batches:
+            made = gate.on_batch(batch)
+            sent += [t.ts for t in clock([r for r in batch if type(r) is DetectProgress]
+                                         + [r for r in made if type(r) is Tick])]
+        return sent
+
+    spec = TickSpec(100 * S, source=None, of=3)
+    own = [_trade(n, "BTC-PERP", (100 + 10 * n) * S, 100.0) for n in range(6)]
+    progress = [[DetectProgress(ts=60 * S, source="m0"), DetectProgress(ts=70 * S, source="m1")],
+                [DetectProgress(ts=80 * S, source="m0"), DetectProgress(ts=90 * S, source="m1")]]
+    gate = KeyAdmission(AdmissionConfig(), Known(), ticks=spec.maker())
+    unbroken = firm_run(gate, [own[:3], progress[0], own[3:], progress[1]])
+    assert unbroken == [60 * S, 80 * S]
+    stopped = KeyAdmission(AdmissionConfig(), Known(), ticks=spec.maker())
+    assert firm_run(stopped, [own[:3], progress[0]]) == [60 * S]
+    resumed = KeyAdmission(AdmissionConfig(), Known(), state=stopped.snapshot(),
+                           ticks=spec.maker())
+    assert firm_run(resumed, [own[3:], progress[1]]) == [80 * S]

@@ -10,7 +10,7 @@ cap also raises an ``admission_cap`` alert (critical for counterparties). Its st
 snapshotted, so a resumed guard admits exactly what the stopped one would have.
 
 As every record passes it in order, it also makes the event-time ticks
-(:class:`~riskguard.operators.core.clock.EventTicks`) and keeps the last bucket ticked in
+(:class:`~riskguard.operators.core.clock.EventTicks`) and keeps the last tick's time in
 its snapshot: a resumed guard does not tick again a bucket the stopped one ticked.
 """
 
@@ -64,7 +64,7 @@ class Known:
 @dataclass
 class AdmissionState:
     """Names admitted beyond the config (venue -> its instruments; counterparties), how
-    many records each cap refused, and the last event-time bucket ticked (-1: none)."""
+    many records each cap refused, and the event time of the last tick (-1: none)."""
 
     venues: dict[str, list[str]] = field(default_factory=dict)
     counterparties: list[str] = field(default_factory=list)
@@ -94,8 +94,8 @@ class KeyAdmission:
         self.clock = clock
         self.state = state if state is not None else AdmissionState()
         self.ticks = ticks
-        if ticks is not None:
-            ticks.last = max(ticks.last, self.state.ticked)
+        if ticks is not None and self.state.ticked >= 0:
+            ticks.restore(self.state.ticked)
         # derived: the admitted names as sets (the state keeps lists, in admission order)
         self._venues = {v: set(i) for v, i in self.state.venues.items()}
         self._counterparties = set(self.state.counterparties)
@@ -107,7 +107,7 @@ class KeyAdmission:
         return AdmissionState(venues={v: list(i) for v, i in st.venues.items()},
                               counterparties=list(st.counterparties),
                               refused=dict(st.refused), alerted=list(st.alerted),
-                              ticked=st.ticked if self.ticks is None else self.ticks.last,
+                              ticked=st.ticked if self.ticks is None else self.ticks.last_ts,
                               version=st.version)
 
     def on_event(self, rec: Any) -> list[Any]:

@@ -311,32 +311,43 @@ class EventTicks:
     Records without an int ``ts`` (a signed envelope) and of the ``untimed`` types make
     no tick.
 
-    ``last`` is the last bucket ticked. A caller that keeps it in its snapshot and
+    ``last_ts`` is the time of the last tick. A caller that keeps it in its snapshot and
     passes it back on a restore makes a resumed run tick as an unbroken one: a bucket
-    the stopped run ticked is not ticked again at a later record's time.
+    the stopped run ticked is not ticked again at a later record's time. Resumed inside
+    that bucket, its first record announces the last tick again, at its own time: time
+    does not move, and the consumers learn the resumed run's source name at once (a
+    firm holding its own ticks back resends them from it). The bucket is counted from
+    the time, so a restore with another ``tick_ns`` ticks at the next bucket of the new
+    size.
 
     >>> ticks = EventTicks(10, "a", process="host/1")
     >>> [t.ts for t in ticks.crossing([Tick(ts=t) for t in (14, 17, 21, 25, 33)])]
     [14, 21, 33]
-    >>> resumed = EventTicks(10, "a", process="host/2", last=ticks.last)
+    >>> resumed = EventTicks(10, "a", process="host/2", last_ts=ticks.last_ts)
     >>> [t.ts for t in resumed.crossing([Tick(ts=t) for t in (36, 41)])]
-    [41]
+    [33, 41]
     """
 
     def __init__(self, tick_ns: int, source: str, of: int = 0, *, process: str = "",
-                 untimed: frozenset[type] = frozenset(), last: int = -1) -> None:
+                 untimed: frozenset[type] = frozenset(), last_ts: int = -1) -> None:
         self.tick_ns = tick_ns
         self.source = source
         self.of = of
         self.process = process or source
         self.untimed = untimed
-        self.last = last
+        self.restore(last_ts)
+
+    def restore(self, last_ts: int) -> None:
+        """Go on from a snapshot's last tick time (-1: none)."""
+        self.last_ts = last_ts
+        self.last = last_ts // self.tick_ns if last_ts >= 0 else -1  # the last bucket ticked
+        self.restored = last_ts >= 0  # the last tick is announced again once
 
     def crossing(self, recs: list[Any]) -> list[Tick]:
         """The ticks ``recs`` make, in order."""
         tick_ns, untimed = self.tick_ns, self.untimed
+        out: list[Tick] = self._announce_restored(recs) if self.restored else []
         top = self.last
-        out: list[Tick] = []
         for rec in recs:
             ts = getattr(rec, "ts", None)
             if type(ts) is not int:  # a signed envelope: no event time
@@ -344,9 +355,19 @@ class EventTicks:
             bucket = ts // tick_ns
             if bucket > top and type(rec) not in untimed:  # the type: only when it would tick
                 top = bucket
+                self.last_ts = ts
                 out.append(self._tick(ts))
         self.last = top
         return out
+
+    def _announce_restored(self, recs: list[Any]) -> list[Tick]:
+        """The restored last tick again, if the first timed record is in its bucket."""
+        for rec in recs:
+            ts = getattr(rec, "ts", None)
+            if type(ts) is int and type(rec) not in self.untimed:
+                self.restored = False
+                return [self._tick(self.last_ts)] if ts // self.tick_ns <= self.last else []
+        return []
 
     def _tick(self, ts: int) -> Tick:
         task = engine_task.get()
