@@ -8,36 +8,23 @@ from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
-import msgspec
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
+from one_market import ONE_PERP_MARKET, S, okx_trade
 from risk_flow_app import make_events
-from riskguard.dataflows.guard import GuardConfig
 from riskguard.dataflows.guard.market import market_core, market_owners
 from riskguard.operators.exposure import Router, ShardLogic
 from riskguard.operators.exposure.mark_filter import MarkFilter, MarkFilterSpec
 from riskguard.operators.exposure.routing import Item
-from riskguard.schemas import Bar, Codec, DeadLetter, Fill, Trade
+from riskguard.schemas import Bar, Codec, DeadLetter, Fill
 from test_exposure import worked_config
-
-S = 10**9
-CFG = msgspec.convert({
-    "keys": {"signing_key": "k", "trust_file": "t", "roots_file": "r"},
-    "tier": {"role": "market", "market_processes": 1},
-    "exposure": {"instruments": {"instruments": {
-        "BTC-PERP": {"kind": "perp", "base": "BTC", "quote": "USD"}}}}}, GuardConfig)
-
-
-def _trade(n: int, inst: str, ts: int, price: float) -> Trade:
-    return Trade(id=f"t{n}", venue="okx", instrument=inst, ts=ts, price=price, qty=1.0,
-                 side="buy")
 
 
 def _run(items: list[Any], rc: RecoveryConfig | None = None, workers: int = 1) -> list[bytes]:
     flow = Dataflow("marks_resume")
     out = market_core("m", op.input("in", flow, TestingSource(items, batch_size=1)),
-                      cfg=CFG, clock=lambda: 0, owners=market_owners(CFG))
+                      cfg=ONE_PERP_MARKET, clock=lambda: 0, owners=market_owners(ONE_PERP_MARKET))
     got: list[Any] = []
     op.output("detections", out.detections, TestingSink(got))
     if workers == 1:
@@ -50,11 +37,11 @@ def _run(items: list[Any], rc: RecoveryConfig | None = None, workers: int = 1) -
 def _before_after() -> tuple[list[Any], list[Any]]:
     before = [Fill(id="f1", venue="okx", counterparty="okx", instrument="BTC-PERP",
                    side="buy", qty=1.0, price=100.0, ts=S // 2),
-              _trade(1, "BTC-PERP", 2 * S - S // 10, 100.0)]
+              okx_trade(1, "BTC-PERP", 2 * S - S // 10, 100.0)]
     # 4 bps and 100 ms after the last forwarded mark: not forwarded; then time passes
     # on another instrument, and the position is valued
-    after = [_trade(2, "BTC-PERP", 2 * S, 100.04),
-             *(_trade(3 + n, "ETH-PERP", (3 + n) * S, 10.0) for n in range(3))]
+    after = [okx_trade(2, "BTC-PERP", 2 * S, 100.04),
+             *(okx_trade(3 + n, "ETH-PERP", (3 + n) * S, 10.0) for n in range(3))]
     return before, after
 
 
@@ -125,10 +112,10 @@ def test_a_price_routed_to_a_shard_as_its_mark_and_as_an_fx_rate_is_taken_both_t
         ) -> None:
     """One record, two items at one shard: the second is not a repeat of the first."""
     f = MarkFilter(S, 5.0)
-    t = _trade(1, "BTC-PERP", S, 100.0)
+    t = okx_trade(1, "BTC-PERP", S, 100.0)
     items = [Item("mark", "s0", "BTC-PERP", t), Item("fx", "s0", "BTC", t)]
     assert f.on_items(items) == items
-    again = _trade(2, "BTC-PERP", S, 100.0)  # another record, the same price: left out
+    again = okx_trade(2, "BTC-PERP", S, 100.0)  # another record, the same price: left out
     assert f.on_items([Item("mark", "s0", "BTC-PERP", again)]) == []
 
 
@@ -136,9 +123,9 @@ def test_past_its_cap_the_filter_passes_new_prices_unfiltered() -> None:
     """A filter holding ``max_keys`` entries remembers no more: a new market's prices all
     pass (as with no filter), none is lost."""
     f = MarkFilter(S, 5.0, max_keys=1)
-    firsts = [_trade(1, "BTC-PERP", S, 100.0), _trade(2, "ETH-PERP", S, 10.0)]
+    firsts = [okx_trade(1, "BTC-PERP", S, 100.0), okx_trade(2, "ETH-PERP", S, 10.0)]
     assert f.on_batch(firsts) == firsts
-    repeats = [_trade(3, "BTC-PERP", S + 1, 100.0), _trade(4, "ETH-PERP", S + 1, 10.0)]
+    repeats = [okx_trade(3, "BTC-PERP", S + 1, 100.0), okx_trade(4, "ETH-PERP", S + 1, 10.0)]
     assert f.on_batch(repeats) == repeats[1:]
 
 

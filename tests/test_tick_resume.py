@@ -14,6 +14,7 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
+from one_market import ONE_PERP_MARKET, S, okx_trade
 from riskguard.dataflows.guard import GuardConfig
 from riskguard.dataflows.guard.admit import TickSpec
 from riskguard.dataflows.guard.core import guard_core
@@ -21,26 +22,14 @@ from riskguard.dataflows.guard.market import market_core, market_owners
 from riskguard.dataflows.guard.steps import FirmClock
 from riskguard.operators.core.admission import AdmissionConfig, KeyAdmission, Known
 from riskguard.operators.core.clock import Tick
-from riskguard.schemas import Codec, DetectProgress, Fill, Trade
+from riskguard.schemas import Codec, DetectProgress, Fill
 from signing_fixtures import ENGINE, trust_store
-
-S = 10**9
-MARKET_CFG = msgspec.convert({
-    "keys": {"signing_key": "k", "trust_file": "t", "roots_file": "r"},
-    "tier": {"role": "market", "market_processes": 1},
-    "exposure": {"instruments": {"instruments": {
-        "BTC-PERP": {"kind": "perp", "base": "BTC", "quote": "USD"}}}}}, GuardConfig)
-
-
-def _trade(n: int, inst: str, ts: int, price: float) -> Trade:
-    return Trade(id=f"t{n}", venue="okx", instrument=inst, ts=ts, price=price, qty=1.0,
-                 side="buy")
 
 
 def _run_market(items: list[Any], rc: RecoveryConfig | None = None) -> list[bytes]:
     flow = Dataflow("ticks_resume")
     out = market_core("m", op.input("in", flow, TestingSource(items, batch_size=1)),
-                      cfg=MARKET_CFG, clock=lambda: 0, owners=market_owners(MARKET_CFG))
+                      cfg=ONE_PERP_MARKET, clock=lambda: 0, owners=market_owners(ONE_PERP_MARKET))
     got: list[Any] = []
     op.output("detections", out.detections, TestingSink(got))
     run_main(flow, epoch_interval=timedelta(seconds=0), recovery_config=rc)
@@ -52,9 +41,9 @@ def _mid_bucket() -> tuple[list[Any], list[Any]]:
     new mark follows in the same bucket, then time passes on another instrument."""
     before = [Fill(id="f1", venue="okx", counterparty="okx", instrument="BTC-PERP",
                    side="buy", qty=1.0, price=100.0, ts=S // 2),
-              _trade(1, "BTC-PERP", S + S // 10, 100.0)]
-    after = [_trade(2, "BTC-PERP", S + S // 2, 101.0),
-             *(_trade(3 + n, "ETH-PERP", (3 + n) * S, 10.0) for n in range(3))]
+              okx_trade(1, "BTC-PERP", S + S // 10, 100.0)]
+    after = [okx_trade(2, "BTC-PERP", S + S // 2, 101.0),
+             *(okx_trade(3 + n, "ETH-PERP", (3 + n) * S, 10.0) for n in range(3))]
     return before, after
 
 
@@ -62,9 +51,9 @@ def _at_bucket_start() -> tuple[list[Any], list[Any]]:
     """The snapshot falls just before the record that ticks the second bucket."""
     before = [Fill(id="f1", venue="okx", counterparty="okx", instrument="BTC-PERP",
                    side="buy", qty=1.0, price=100.0, ts=S // 2),
-              _trade(1, "BTC-PERP", S - S // 10, 100.0)]
-    after = [_trade(2, "BTC-PERP", S + S // 10, 101.0),
-             *(_trade(3 + n, "ETH-PERP", (3 + n) * S, 10.0) for n in range(3))]
+              okx_trade(1, "BTC-PERP", S - S // 10, 100.0)]
+    after = [okx_trade(2, "BTC-PERP", S + S // 10, 101.0),
+             *(okx_trade(3 + n, "ETH-PERP", (3 + n) * S, 10.0) for n in range(3))]
     return before, after
 
 
@@ -155,11 +144,11 @@ def test_a_gate_restored_with_a_longer_tick_ticks_at_the_next_bucket_of_that_len
     longer ``tick_ns``, time goes on at the next bucket of the new length (a bucket
     number of the old length would hold every tick back for as long again)."""
     gate = KeyAdmission(AdmissionConfig(), Known(), ticks=TickSpec(S, source="g").maker())
-    gate.on_batch([_trade(1, "BTC-PERP", 1000 * S + S // 2, 100.0)])
+    gate.on_batch([okx_trade(1, "BTC-PERP", 1000 * S + S // 2, 100.0)])
     restored = KeyAdmission(AdmissionConfig(), Known(), state=gate.snapshot(),
                             ticks=TickSpec(2 * S, source="g").maker())
-    made = restored.on_batch([_trade(2, "BTC-PERP", 1001 * S, 100.0),
-                              _trade(3, "BTC-PERP", 1002 * S + 1, 100.0)])
+    made = restored.on_batch([okx_trade(2, "BTC-PERP", 1001 * S, 100.0),
+                              okx_trade(3, "BTC-PERP", 1002 * S + 1, 100.0)])
     assert [t.ts for t in made if type(t) is Tick] == [1000 * S + S // 2, 1002 * S + 1]
 
 
@@ -181,7 +170,7 @@ def test_a_resumed_firm_sends_its_held_ticks_at_the_market_processes_progress() 
         return sent
 
     spec = TickSpec(100 * S, source=None, of=3)
-    own = [_trade(n, "BTC-PERP", (100 + 10 * n) * S, 100.0) for n in range(6)]
+    own = [okx_trade(n, "BTC-PERP", (100 + 10 * n) * S, 100.0) for n in range(6)]
     progress = [[DetectProgress(ts=60 * S, source="m0"), DetectProgress(ts=70 * S, source="m1")],
                 [DetectProgress(ts=80 * S, source="m0"), DetectProgress(ts=90 * S, source="m1")]]
     gate = KeyAdmission(AdmissionConfig(), Known(), ticks=spec.maker())
