@@ -117,10 +117,9 @@ def aggregate_exposure(
     :func:`enforce_limits`; a position record then waits for the next
     ``config.position_revalue_ns`` boundary (and, with ``wall_clock``, that much wall
     time; replays leave it out so their output does not depend on wall time).
-    ``concentration_levels`` (``limit_specs.concentration_levels`` of the limits'
-    config): a counterparty's concentration is sent again when it crosses one of its
-    levels, however little it moved. ``marks``: the mark filter the shards run
-    (:class:`~riskguard.operators.exposure.mark_filter.MarkFilterSpec`; none: every price).
+    ``concentration_levels`` (the limits' ``limit_specs.concentration_levels``): a
+    counterparty's concentration is sent again when it crosses one of its levels,
+    however little it moved. ``marks``: the shards' mark filter (none: every price).
 
     >>> from bytewax.dataflow import Dataflow
     >>> from bytewax.testing import TestingSink, TestingSource, run_main
