@@ -111,12 +111,11 @@ def aggregate_exposure(
     Emits an :class:`~riskguard.schemas.Exposure` per counterparty (with its
     concentration) and the firm rollup (``counterparty == "*"``).
 
-    Without ``ticks``, exposures are re-valued once per input batch (so the output
-    depends on batching). With ``ticks``, once per tick, stamped with its time, so a
-    replay is batching-independent, and ``progress`` carries each tick on for
-    :func:`enforce_limits`; a position record then waits for the next
-    ``config.position_revalue_ns`` boundary (and, with ``wall_clock``, that much wall
-    time; replays leave it out so their output does not depend on wall time).
+    Without ``ticks``, exposures are re-valued once per input batch (so the output depends
+    on batching). With ``ticks``, once per tick, stamped with its time, so a replay is
+    batching-independent, and ``progress`` carries each tick on for :func:`enforce_limits`;
+    a position record then waits for the next ``config.position_revalue_ns`` boundary (and,
+    with ``wall_clock``, that much wall time: replays leave it out).
     ``concentration_levels`` (the limits' ``limit_specs.concentration_levels``): a
     counterparty's concentration is sent again when it crosses one of its levels,
     however little it moved. ``marks``: the shards' mark filter (none: every price).
