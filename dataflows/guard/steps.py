@@ -33,7 +33,7 @@ from riskguard.operators.detection.ops import (
     extract_features,
 )
 from riskguard.operators.exposure import PROGRESS_KEY
-from riskguard.operators.exposure.mark_filter import MarkFilterSpec
+from riskguard.operators.exposure.mark_filter import PRICE_TYPE_COUNT, MarkFilterSpec
 from riskguard.operators.mitigation.feeds import FeedConfig, FeedMonitorLogic, FeedSelectLogic
 from riskguard.schemas import (
     AnomalySignal,
@@ -65,7 +65,7 @@ def mark_filter(cfg: GuardConfig) -> MarkFilterSpec:
     known, caps = known_names(cfg), cfg.admission
     venues = len(known.venues) + caps.max_venues
     return MarkFilterSpec(cfg.mark_interval_ns, cfg.mark_move_bps,
-                          max_keys=3 * venues * max(len(known.instruments), 1))
+                          max_keys=PRICE_TYPE_COUNT * venues * max(len(known.instruments), 1))
 
 
 def split_inputs(records: Stream[Record]) -> tuple[Stream[MarketEvent], Stream[Record],

@@ -29,6 +29,8 @@ DETECTION_ONLY = (Bar, BookDepth, PremiumIndexBar, OpenInterest)
 """Market records that feed detection only: bars and depth never mark a position."""
 
 _PRICE_TYPES = {tag_of(t): t for t in (Trade, IndexPrice, Quote)}
+PRICE_TYPE_COUNT = len(_PRICE_TYPES)
+"""Record types a price is remembered by (a key is venue, instrument and this type)."""
 _PRICED = (Trade, IndexPrice)
 _PRICE_ROLES = frozenset({"mark", "fx"})  # the stage-1 items that carry one price
 
