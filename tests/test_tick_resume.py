@@ -22,7 +22,7 @@ from riskguard.dataflows.guard.market import market_core, market_owners
 from riskguard.dataflows.guard.steps import FirmClock
 from riskguard.operators.core.admission import AdmissionConfig, KeyAdmission, Known
 from riskguard.operators.core.clock import Tick
-from riskguard.schemas import Codec, DetectProgress, Fill
+from riskguard.schemas import Codec, DetectProgress, Fill, Quote
 from signing_fixtures import ENGINE, trust_store
 
 
@@ -181,3 +181,53 @@ def test_a_resumed_firm_sends_its_held_ticks_at_the_market_processes_progress() 
     resumed = KeyAdmission(AdmissionConfig(), Known(), state=stopped.snapshot(),
                            ticks=spec.maker())
     assert firm_run(resumed, [own[3:], progress[1]]) == [80 * S]
+
+
+def _btc_quotes(seconds: range) -> list[Any]:
+    """Four BTC markets quoting every second; bitstamp's falls 4 % alone from 300 s."""
+    markets = (("kraken", "XBTUSD", 1.0), ("binance", "BTCUSDT", 1.0005),
+               ("coinbase", "BTC-USDC", 0.9998), ("bitstamp", "BTCUSD", 1.0))
+    out: list[Any] = []
+    for s in seconds:
+        for n, (venue, inst, offset) in enumerate(markets):
+            mid = 100.0 * offset * (0.96 if venue == "bitstamp" and s >= 300 else 1.0)
+            mid *= 1.0 + 0.0001 * ((s * (n + 2)) % 5)
+            out.append(Quote(id=f"{venue}{s}", venue=venue, instrument=inst,
+                             ts=s * S + 7_000_000 * (n + 1), bid=mid * 0.9999, bid_size=1.0,
+                             ask=mid * 1.0001, ask_size=1.0))
+    return out
+
+
+def _dislocations(outputs: list[Any]) -> list[tuple[str, str, int]]:
+    return sorted((x.key, x.phase, x.ts) for x in outputs
+                  if getattr(x, "kind", None) == "dislocation")
+
+
+def _run_guard_signals(items: list[Any], rc: RecoveryConfig | None = None) -> list[Any]:
+    flow = Dataflow("guard_cross_resume")
+    out = guard_core("guard", op.input("in", flow, TestingSource(items, batch_size=3)),
+                     cfg=GUARD_CFG, cfg_hash="0" * 64, clock=lambda: 0, signer=ENGINE,
+                     trust=trust_store(), tick_sources=1)
+    got: list[Any] = []
+    op.output("signals", out.signals, TestingSink(got))
+    run_main(flow, epoch_interval=timedelta(seconds=0), recovery_config=rc)
+    return got
+
+
+@pytest.mark.parametrize("new_host", [False, True], ids=["same_name", "new_process_name"])
+def test_a_guard_resumed_inside_a_bucket_raises_the_dislocations_of_an_unbroken_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, new_host: bool) -> None:
+    """The cross-market check takes its time from the admission gate's ticks, whose
+    memory is in the gate's snapshot: resumed inside a bucket the stopped run ticked,
+    under its name or a new one, it raises the dislocations an unbroken run does."""
+    quotes = _btc_quotes(range(1, 340))
+    want = _dislocations(_run_guard_signals(quotes))
+    assert ("bitstamp/BTCUSD", "open", 300 * S + 28_000_000) in want
+    init_db_dir(tmp_path, 1)
+    rc = RecoveryConfig(str(tmp_path))
+    cut = 4 * 150 + 2  # inside the 150th second's bucket, after the record that ticked it
+    items = [*quotes[:cut], TestingSource.ABORT(), *quotes[cut:]]
+    stopped = _run_guard_signals(items, rc)
+    if new_host:
+        monkeypatch.setattr(socket, "gethostname", lambda: "restarted-host")
+    assert _dislocations(stopped + _run_guard_signals(items, rc)) == want

@@ -46,13 +46,14 @@ class TickSpec:
 @dataclass(frozen=True)
 class AdmitOut:
     """What passed the gate, the dead letters of what did not, the ``admission_cap``
-    alerts (a cap's first refusal) for the playbook, and the ticks (none without a
-    :class:`TickSpec`)."""
+    alerts (a cap's first refusal) for the playbook, the ticks (none without a
+    :class:`TickSpec`), and what passed with the ticks in their places (``timed``)."""
 
     oks: Stream[Record]
     errs: Stream[DeadLetter]
     alerts: Stream[RiskAlert]
     ticks: Stream[Tick]
+    timed: Stream[Record | Tick]
 
 
 @operator
@@ -77,4 +78,5 @@ def admit_keys(step_id: str, records: Stream[Record], *, cfg: GuardConfig,
                                    lambda rs: [r for r in rs if type(r) is Tick])
     oks = op.flat_map_batch("records", split.oks, lambda rs: [
         r for r in rs if type(r) is not RiskAlert and type(r) is not Tick])
-    return AdmitOut(oks=oks, errs=split.errs, alerts=alerts, ticks=made_ticks)
+    return AdmitOut(oks=oks, errs=split.errs, alerts=alerts, ticks=made_ticks,
+                    timed=split.oks)

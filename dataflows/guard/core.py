@@ -39,6 +39,7 @@ from riskguard.dataflows.guard.steps import (
     detect_on,
     first_of_each_id,
     mark_filter,
+    market_and_ticks,
     market_parts,
     market_ticks,
     monitor_builder,
@@ -174,14 +175,16 @@ def _feed_monitor(status: Stream[VenueStatus], ticks: Stream[Tick], cfg: GuardCo
 def _detect_and_value(market: Stream[MarketEvent], status: Stream[VenueStatus],
                       trading: Stream[TradingRecord],
                       ticks: Stream[Tick], cfg: GuardConfig, clock: Clock,
-                      wall_clock: Clock | None, tick_sources: int,
+                      wall_clock: Clock | None, timed: Stream[Record | Tick],
                       step_errs: list[Stream[DeadLetter]], watch: Any = None,
                       ) -> DetectedAndValued:
     """A process that reads market and trading data: its anomalies, exposures, exposure
-    alerts and progress; the steps' dead letters join ``step_errs``."""
+    alerts and progress; the steps' dead letters join ``step_errs``. ``timed``: what
+    passed the admission gate, its ticks in their places."""
     market_ok = select_feeds(market, status, cfg, None)
-    anomalies, detect_errs = detect_on(market_ok, status, cfg, clock, None, read=market,
-                                        tick_sources=tick_sources, watch=watch)
+    read = op.flat_map_batch("market_timed", timed, market_and_ticks)
+    anomalies, detect_errs = detect_on(market_ok, status, cfg, clock, None, read=read,
+                                        watch=watch)
     step_errs.extend(detect_errs)
     exposure = aggregate_exposure(
         "exposure", market_ok, trading, config=cfg.exposure, clock=clock, ticks=ticks,
@@ -264,7 +267,7 @@ def guard_core(
     anomalies, exposures, exposure_alerts, progress = (
         _from_market_processes(detected_in, own_ticks, cfg, clock) if detected_in is not None
         else _detect_and_value(market, status, trading, ticks, cfg, clock, wall_clock,
-                               tick_sources, step_errs, watch))
+                               admitted.timed, step_errs, watch))
     limits = enforce_limits(
         "limits", exposures, updates, config=cfg.limits, clock=clock, progress=progress,
         idle_ns=source_wait_ns(cfg),

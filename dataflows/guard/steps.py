@@ -5,8 +5,6 @@ firm process's view of the market processes' signals and parts."""
 from __future__ import annotations
 
 import functools
-import os
-import socket
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -25,7 +23,7 @@ from riskguard.operators.core.base import (
     stateful_logic,
     values_of,
 )
-from riskguard.operators.core.clock import TICK_IDLE_NS, Clock, EventTicks, Tick, engine_task
+from riskguard.operators.core.clock import TICK_IDLE_NS, Clock, Tick
 from riskguard.operators.core.dedup import RecentIdsLogic
 from riskguard.operators.detection.ops import (
     detect_anomalies,
@@ -86,31 +84,19 @@ def _market_records(recs: list[Any]) -> list[MarketEvent]:
     return [r for r in recs if isinstance(r, MARKET)]
 
 
+def market_and_ticks(recs: list[Any]) -> list[MarketEvent | Tick]:
+    """The market records and ticks among ``recs``, in order."""
+    return [r for r in recs if type(r) is Tick or isinstance(r, MARKET)]
+
+
 def _status_records(recs: list[Any]) -> list[Any]:
     return [r for r in recs if isinstance(r, VenueStatus)]
 
 
-def tick_fn(tick_ns: int, source: str | None = None, of: int = 0) -> Any:
-    """A batch function: a Tick each time the records' event time crosses a new
-    ``tick_ns`` boundary, named ``source`` (default: this process) and announcing ``of``
-    tick sources in all (0: unknown, as in a replay). Consumers take the minimum over
-    sources and hold time until all have ticked. Where an engine runs the step in several
-    tasks (:data:`~riskguard.operators.core.clock.engine_task`), each task ticks as its
-    own source. Its memory is the process's: the guard's own ticks come from the
-    admission gate (:class:`~riskguard.dataflows.guard.admit.TickSpec`), which keeps it
-    in its snapshot."""
-    process = f"{socket.gethostname()}/{os.getpid()}"
-    name = source if source is not None else process
-    makers: dict[tuple[int, int] | None, EventTicks] = {}  # one per engine task
-
-    def ticks(recs: list[Any]) -> list[Tick]:
-        task = engine_task.get()
-        maker = makers.get(task)
-        if maker is None:
-            maker = makers[task] = EventTicks(tick_ns, name, of, process=process)
-        return maker.crossing(recs)
-
-    return ticks
+def ticks_in(recs: list[Any]) -> list[Tick]:
+    """The ticks among ``recs``, in order: the cross-market check's ``ticks_of`` where its
+    input carries the admission gate's ticks."""
+    return [r for r in recs if type(r) is Tick]
 
 
 def unhandled_letter(rec: Any) -> DeadLetter:
@@ -171,12 +157,11 @@ def with_own_index(market: Stream[MarketEvent], market_ok: Stream[MarketEvent]
 
 def detect_on(feat_market: Stream[MarketEvent], status: Stream[VenueStatus],
                cfg: GuardConfig, clock: Clock, local_keys: Callable[[str], bool] | None,
-               read: Stream[MarketEvent] | None = None, tick_sources: int = 0,
-               watch: Any = None,
+               read: Stream[MarketEvent | Tick] | None = None, watch: Any = None,
                ) -> tuple[Stream[AnomalySignal], list[Stream[DeadLetter]]]:
     """Features and anomaly detection on ``feat_market``; with ``read`` (every market
-    record, as read), the cross-market check too (its ticks announce ``tick_sources``; a
-    market process passes none). ``watch`` (a
+    record as read, with the admission gate's ticks in order), the cross-market check
+    too. ``watch`` (a
     :class:`~riskguard.dataflows.readiness.DetectorWatch`) sees what the detectors get."""
     feats = extract_features("features", op.merge("feat_in", feat_market, status),
                              config=cfg.features, clock=clock, local_keys=local_keys)
@@ -190,7 +175,7 @@ def detect_on(feat_market: Stream[MarketEvent], status: Stream[VenueStatus],
     if cfg.detector.cross.enabled and read is not None:
         anomalies = op.merge("with_dislocations", anomalies, detect_dislocations(
             "cross", read, config=cfg.detector.cross,
-            ticks_of=tick_fn(cfg.tick_ns, of=tick_sources),
+            ticks_of=ticks_in,
             clock=clock, bar_ns=cfg.features.bar_ns))
     return anomalies, [feats.errs, detected.errs]
 

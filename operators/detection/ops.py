@@ -176,14 +176,16 @@ def confirm_across_venues(step_id: str,
 
 
 @operator
-def detect_dislocations(step_id: str, market: Stream[MarketEvent], *, config: CrossRateConfig,
+def detect_dislocations(step_id: str, market: Stream[MarketEvent | Tick], *,
+                        config: CrossRateConfig,
                         ticks_of: Callable[[list[Any]], list[Tick]],
                         clock: Callable[[], int], bar_ns: int = 1_000_000_000,
                         ) -> Stream[AnomalySignal]:
     """Markets of one base asset parting from the others: ``dislocation`` signals.
 
     ``market`` is market records where they are read, before any exchange (a market's
-    price each ``bar_ns``); ``ticks_of(batch)`` the reading worker's event-time ticks.
+    price each ``bar_ns``); ``ticks_of(batch)`` the reading worker's event-time ticks
+    (in the guard, the admission gate's ticks, carried in ``market`` in order).
     Markets grouped by base asset and quote unit are judged on ``config.shards`` shard
     keys once every worker has passed a price, so any number of workers raise the same
     signals.
