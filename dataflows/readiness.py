@@ -316,8 +316,9 @@ def critical_when(bands: Any) -> str:
     moves = _adverse(bands)
     said = {
         "fast_fall": f"a {moves} out of band within {duration(int(bands.fast_s * NS))} while "
-                     f"the day's range is past {bands.deep_bps:g} bps or {bands.deep_z:g} "
-                     "typical day ranges",
+                     "the day's range is past "
+                     + ("" if math.isinf(bands.deep_bps) else f"{bands.deep_bps:g} bps or ")
+                     + f"{bands.deep_z:g} typical day ranges",
         "slide": f"a {moves} past a daily limit with the day's range {bands.slide_z:g} "
                  "typical ones deep",
         "static": (f"a {moves} past its cap before the key's typical moves are learned"

@@ -50,18 +50,30 @@ def fired(rules: CriticalRules, *readings: Reading) -> list[str]:
 # -- each rule on its own readings --------------------------------------------
 
 def test_a_fast_fall_is_critical_only_when_the_day_is_deep() -> None:
-    """Out of its five-minute band: with the day down 7 %, fast and deep; with the day
-    down 3 % (bitcoin on a rate decision), only fast."""
-    assert "fast_fall" in fired(FALLS, move(-200, 1.5), day_range(-700))
-    assert "fast_fall" not in fired(FALLS, move(-200, 1.5), day_range(-300))
-    assert "fast_fall" not in fired(FALLS, move(-200, 0.9), day_range(-700))
+    """Out of its five-minute band, on a market whose day ranges are 2 %: with the day
+    down 7 %, fast and deep; with the day down 3 % (bitcoin on a rate decision), only
+    fast."""
+    assert "fast_fall" in fired(FALLS, move(-200, 1.5), day_range(-700, scale=0.02))
+    assert "fast_fall" not in fired(FALLS, move(-200, 1.5), day_range(-300, scale=0.02))
+    assert "fast_fall" not in fired(FALLS, move(-200, 0.9), day_range(-700, scale=0.02))
 
 
-def test_deep_is_also_three_typical_day_ranges_for_a_quiet_market() -> None:
-    """A stablecoin pair whose day ranges are 0.2 %: a 1 % fall is deep, though far
-    from 600 bps."""
+def test_deep_is_three_typical_day_ranges_of_the_market_itself() -> None:
+    """A stablecoin pair whose day ranges are 0.2 %: a 1 % fall is deep. A thin coin
+    whose day ranges are 3 %: a 7 % fall is its ordinary volatile day, not deep."""
     assert "fast_fall" in fired(FALLS, move(-80, 3.0), day_range(-100, scale=0.002))
     assert "fast_fall" not in fired(FALLS, move(-80, 3.0), day_range(-100, scale=0.01))
+    assert "fast_fall" not in fired(FALLS, move(-200, 1.5), day_range(-700, scale=0.03))
+
+
+def test_deep_bps_is_deep_for_every_market_where_it_is_set() -> None:
+    """No level by default; set (as a volatility index's levels set it), a day down past
+    it is deep whatever the market's typical day, and before one is learned."""
+    assert MoveBandConfig().deep_bps == math.inf
+    level = CriticalRules(MoveBandConfig(deep_bps=600.0), adverse=-1)
+    assert "fast_fall" in fired(level, move(-200, 1.5), day_range(-700, scale=0.03))
+    assert "fast_fall" in fired(level, move(-200, 1.5), day_range(-700, scale=-1.0))
+    assert "fast_fall" not in fired(FALLS, move(-200, 1.5), day_range(-700, scale=-1.0))
 
 
 def test_a_fast_move_over_more_than_an_hour_is_not_fast() -> None:
@@ -168,7 +180,8 @@ def test_a_thin_markets_jumps_between_a_few_quotes_are_its_ordinary_noise() -> N
 def test_a_small_coins_ordinary_slide_is_a_warning_and_a_crash_is_critical() -> None:
     """A coin that moves 0.25 % a minute (days of 10 %): four days of it give no critical
     reading; a 6 % slide over three hours is past the first daily limit but ordinary for
-    it (a warning at most); a 12 % fall in five minutes on top is critical."""
+    it (a warning at most); a fall of 20 % in ten minutes on top, three of its typical
+    day ranges deep, is critical."""
     bands = MoveBands(MoveBandConfig(), key=KEY)
     calm = walk(5 * 1440, 0.0025, seed=0)
     assert [g for g in feed(bands, calm) if g[2] == "critical" and g[0] > 1440] == []
@@ -177,14 +190,14 @@ def test_a_small_coins_ordinary_slide_is_a_warning_and_a_crash_is_critical() -> 
     got = feed(bands, slide, start=len(calm))
     assert all(severity != "critical" for _, _, severity in got)
     q = slide[-1][0]
-    crash = feed(bands, [(q * 0.94, q * 0.94, q), (q * 0.88, q * 0.88, q * 0.94)],
+    crash = feed(bands, [(q * 0.90, q * 0.90, q), (q * 0.80, q * 0.80, q * 0.90)],
                  start=len(calm) + 180)
     assert "critical" in {severity for _, _, severity in crash}, crash
 
 
 def test_a_stablecoin_pair_losing_its_peg_is_critical_within_minutes() -> None:
     """A pair that moves 1 bp a minute falls 2 % in five minutes: with the defaults,
-    fast and (for this market) deep, though far from 600 bps."""
+    fast and (for this market) deep: three of its typical day ranges."""
     bands = MoveBands(MoveBandConfig(), key=KEY)
     calm = walk(3 * 1440, 0.0001, seed=4, start=1.0)
     assert feed(bands, calm) == []

@@ -121,7 +121,7 @@ def test_explain_says_what_could_fire_at_the_crash_and_what_could_not(
     """At the crash (found by itself: the largest one-minute move), the static levels
     could fire and their 1-minute cap was passed; the learned detector, on a short file,
     could not, and explain says what it needed; --at names another moment."""
-    data = tardis_trades_csv(tmp_path, n=200, crash_at=150)
+    data = tardis_trades_csv(tmp_path, n=200, crash_at=150, drop=0.15)
     assert main(["explain", "--config", str(guard_toml), "--data", str(data)]) == 0
     out = capsys.readouterr().out
     assert "the largest 1 min move in the data" in out

@@ -57,7 +57,7 @@ class BandLevels(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     band_k: Levels | None = None  # unset: detector.bands.band_k
     critical_rules: tuple[CriticalRule, ...] | None = None  # unset: detector.bands.critical_rules
     fast_s: PositiveSeconds | None = None  # unset: detector.bands.fast_s
-    deep_bps: PositiveFinite | None = None  # unset: detector.bands.deep_bps
+    deep_bps: Positive | None = None  # unset: detector.bands.deep_bps
     deep_z: Positive | None = None  # unset: detector.bands.deep_z
     slide_z: PositiveFinite | None = None  # unset: detector.bands.slide_z
     static_z: Positive | None = None  # unset: detector.bands.static_z
@@ -181,8 +181,10 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     critical_rules: tuple[CriticalRule, ...] = ("fast_fall", "slide", "static")
     # fast_fall: a move over a horizon up to this long out of band ...
     fast_s: PositiveSeconds = 3600.0
-    deep_bps: PositiveFinite = 600.0  # ... while the day's range from its extreme is past this
-    deep_z: Positive = 3.0  # ... or past this many typical day ranges
+    # ... while the day's range from its extreme is past this (inf: no level that holds for
+    # every market; a thin coin's ordinary 6 % day is no crash) ...
+    deep_bps: Positive = math.inf
+    deep_z: Positive = 3.0  # ... or past this many of the key's typical day ranges
     slide_z: PositiveFinite = 1.75  # slide: past a daily limit, the day's range this many typical
     static_z: Positive = math.inf  # static: a static level, learned moves this many typical
     critical_ratio: AtLeastOne = 1.25  # ratio: a move this many times its band

@@ -9,7 +9,7 @@ rules: docs/detectors.md ("Move bands").
 
 >>> fall = Reading(ratio=1.4, move=-0.02, name="move_5m", cap=0.05, scale=0.002,
 ...                horizon_ns=300 * 10**9)
->>> day = Reading(ratio=0.9, move=-0.07, name="drawdown_1d", cap=0.07, scale=0.03,
+>>> day = Reading(ratio=0.9, move=-0.07, name="drawdown_1d", cap=0.07, scale=0.02,
 ...               horizon_ns=86_400 * 10**9, kind=RANGE)
 >>> rules = CriticalRules(MoveBandConfig(), adverse=-1)
 >>> rules.first([fall, day]), rules.first([fall])
@@ -109,8 +109,9 @@ class CriticalRules:
         return False
 
     def _deep(self, fall: float, scale: float) -> bool:
-        """A day's adverse range past ``deep_bps``, or past ``deep_z`` of the key's typical
-        day ranges (a stablecoin pair's 1 % is as deep as bitcoin's 6 %)."""
+        """A day's adverse range past ``deep_z`` of the key's typical day ranges (a
+        stablecoin pair's 1 % is as deep as bitcoin's 6 %, and a thin coin's ordinary 6 %
+        is not deep), or past ``deep_bps`` (by default only a volatility index's)."""
         return fall >= self.deep or (scale >= 0.0 and fall >= self.deep_z * scale)
 
     def slide(self, readings: Sequence[Reading]) -> bool:
