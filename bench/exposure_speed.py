@@ -59,7 +59,7 @@ from riskguard.operators.exposure import (
 )
 from riskguard.operators.exposure.limit_specs import CounterpartyLimits, LimitsConfig, LimitSpec
 from riskguard.operators.exposure.limits import LimitsLogic
-from riskguard.operators.exposure.ops import _value, aggregate_exposure, enforce_limits
+from riskguard.operators.exposure.ops import aggregate_exposure, enforce_limits, valuation_steps
 from riskguard.schemas import Exposure, Fill, LimitUpdate, SignedEnvelope, Trade
 
 from riskguard.errors import VerificationError
@@ -162,7 +162,7 @@ def run_stage1(evs: list[Any], batch: int) -> tuple[float, int]:
     exp_cfg, _lim = config()
     flow = Dataflow("bench_stage1")
     inp = op.input("in", flow, TestingSource(evs, batch_size=batch))
-    made, errs = _value("exposure", inp, exp_cfg, exp_cfg.validate(), ticked=False,
+    made, errs = valuation_steps("exposure", inp, exp_cfg, exp_cfg.validate(), ticked=False,
                         clock=lambda: 0, wall_clock=None, place=None)
     sink = CountSink()
     op.output("out", op.merge("all", op.flat_map_batch("unkey", made, values_of), errs), sink)

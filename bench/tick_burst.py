@@ -41,7 +41,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
 from exposure_speed import CountSink
-from riskguard.connectors.kafka.sink import _to_kv
+from riskguard.connectors.kafka.sink import kafka_message
 from riskguard.dataflows.guard import exposures_key
 from riskguard.operators.core.observe import observe_all
 from riskguard.operators.exposure import (
@@ -122,7 +122,7 @@ class Burst:
         t4 = clock()
         out = [*summed, *(u for u in made if type(u) is Utilization)]
         observe_all(out)
-        encoded = [_to_kv((exposures_key(r), r)) for r in out]  # as the guard's sink
+        encoded = [kafka_message((exposures_key(r), r)) for r in out]  # as the guard's sink
         t5 = clock()
         if timed and not encoded:
             msg = "the tick made no output"

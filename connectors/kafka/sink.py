@@ -159,7 +159,9 @@ def _route_key(record: Any) -> str:
     return ""
 
 
-def _to_kv(item: Any) -> tuple[str, tuple[bytes | None, bytes]]:
+def kafka_message(item: Any) -> tuple[str, tuple[bytes | None, bytes]]:
+    """``(key, (key bytes or None, value bytes))`` of an item as the sink writes it: a
+    ``(key, record)`` pair, or a record keyed by its route."""
     if isinstance(item, tuple):
         key, value = item
     else:
@@ -186,7 +188,8 @@ def kafka_output(
     """
     # one Python call per batch (bytewax's map calls one per item)
     if key is not None:
-        kv = op.flat_map_batch("encode", up, lambda recs: [_to_kv((key(r), r)) for r in recs])
+        kv = op.flat_map_batch("encode", up,
+                               lambda recs: [kafka_message((key(r), r)) for r in recs])
     else:
-        kv = op.flat_map_batch("encode", up, lambda items: list(map(_to_kv, items)))
+        kv = op.flat_map_batch("encode", up, lambda items: list(map(kafka_message, items)))
     op.output("kafka_output", kv, KafkaOutput(brokers, topic, **kwargs))

@@ -147,7 +147,7 @@ def aggregate_exposure(
     ticked = ticks is not None
     inputs: list[Stream[Record | Tick]] = [up, *more, *([ticks] if ticks is not None else [])]
     merged = op.merge("merge", *inputs) if len(inputs) > 1 else up
-    made, errs = _value(step_id, merged, config, reg, ticked=ticked, clock=clock,
+    made, errs = valuation_steps(step_id, merged, config, reg, ticked=ticked, clock=clock,
                         wall_clock=wall_clock, place=None, marks=marks)
     s1 = op.branch("parts", made, _IS_PART)
     alerts1 = op.flat_map_batch("alerts1", s1.falses, values_of)
@@ -175,10 +175,10 @@ class SumOut:
     progress: Stream[Progress]
 
 
-def _value(step_id: str, merged: Stream[Record | Tick], config: ExposureConfig, reg: Any, *,
-           ticked: bool, clock: Clock, wall_clock: Clock | None, place: ShardPlace | None,
-           marks: MarkFilterSpec | None = None,
-           ) -> tuple[KeyedStream[Any], Stream[DeadLetter]]:
+def valuation_steps(step_id: str, merged: Stream[Record | Tick], config: ExposureConfig,
+                    reg: Any, *, ticked: bool, clock: Clock, wall_clock: Clock | None,
+                    place: ShardPlace | None, marks: MarkFilterSpec | None = None,
+                    ) -> tuple[KeyedStream[Any], Stream[DeadLetter]]:
     """Stage 1's steps (valuation shards) inside the calling operator: what the shards
     made (keyed by shard), and the records routing refused."""
     router = Router(reg, config, step_id, place)
@@ -263,7 +263,7 @@ def value_positions(
     """
     reg = config.validate(f"step '{step_id}'")
     merged: Stream[Record | Tick] = op.merge("merge", up, *more, ticks)
-    made, errs = _value(step_id, merged, config, reg, ticked=True, clock=clock,
+    made, errs = valuation_steps(step_id, merged, config, reg, ticked=True, clock=clock,
                         wall_clock=wall_clock, place=place, marks=marks)
     return ValuedOut(made=op.flat_map_batch("unkey", made, values_of), errs=errs)
 
