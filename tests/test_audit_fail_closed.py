@@ -529,13 +529,13 @@ def test_a_guard_run_twice_on_the_same_topics_writes_one_chain(
     after the first's."""
     from riskguard.dataflows.demo import prepare_run, start_guard
 
-    from tests.test_guard_e2e import _finish
+    from tests.test_guard_e2e import finish_guard
 
     run = prepare_run(kafka_bootstrap, tmp_path / "run", env=f"r{uuid.uuid4().hex[:8]}")
-    _finish(start_guard(run))
+    finish_guard(start_guard(run))
     first = _audit_chains(run.bootstrap, run.topic("audit"))
     assert first and all(ix for ix in first.values())
-    _finish(start_guard(run))
+    finish_guard(start_guard(run))
     both = _audit_chains(run.bootstrap, run.topic("audit"))
     assert both.keys() == first.keys()
     for name, ix in both.items():
@@ -553,7 +553,7 @@ def test_a_guard_killed_and_resumed_from_recovery_keeps_one_chain(
     from riskguard.dataflows.demo import prepare_run, start_guard
 
     from tests.kafka_helpers import consume_all
-    from tests.test_guard_e2e import _finish
+    from tests.test_guard_e2e import finish_guard
 
     run = prepare_run(kafka_bootstrap, tmp_path / "run", env=f"k{uuid.uuid4().hex[:8]}")
     args = ("-r", str(recovery_dir(1)), "-s", "1", "-b", "10")
@@ -565,7 +565,7 @@ def test_a_guard_killed_and_resumed_from_recovery_keeps_one_chain(
     assert first.poll() is None, "the run ended before it could be killed"
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
-    _finish(start_guard(run, *args))
+    finish_guard(start_guard(run, *args))
     for name, ix in _audit_chains(run.bootstrap, run.topic("audit")).items():
         assert ix == list(range(len(ix))), name
     assert _verify_topic(run) == 0

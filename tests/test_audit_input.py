@@ -40,14 +40,15 @@ class Decision(msgspec.Struct, frozen=True, tag="command"):
     evidence_hashes: list[str] = msgspec.field(default_factory=lambda: ["e1"])
 
 
-def _chain(name: str, key: Signer, decisions: list[str], *, every: int = 2,
+def replica_chain(name: str, key: Signer, decisions: list[str], *, every: int = 2,
            config_hash: str = "0" * 64) -> list[Any]:
     """A replica's audit chain: one audited command per decision id, checkpoints signed."""
     logic = AuditLogic(name, key, AuditConfig(checkpoint_every=every, config_hash=config_hash))
     return [out for d in decisions for out in logic.on_event(Decision(decision_id=d))]
 
 
-def _forged(chain: str, index: int, decision: str, config_hash: str = "0" * 64) -> AuditRecord:
+def forged_record(chain: str, index: int, decision: str, config_hash: str = "0" * 64
+                  ) -> AuditRecord:
     """A record anyone who may write the topic can make: its own hash is right."""
     from riskguard.operators.audit.chain import record_leaf
 
@@ -70,7 +71,7 @@ class Watch:
 
 
 def test_records_count_once_a_signed_checkpoint_vouches_for_them() -> None:
-    items = _chain("riskguard@a/p0", A, ["d1", "d2", "d3"])
+    items = replica_chain("riskguard@a/p0", A, ["d1", "d2", "d3"])
     att = Attestor(KEYS)
     out = [x for it in items for x in att.on_item(it)]
     assert [x.index for x in out if isinstance(x, AuditRecord)] == [0, 1]  # 2 waits
@@ -80,8 +81,8 @@ def test_records_count_once_a_signed_checkpoint_vouches_for_them() -> None:
 def test_forged_records_beside_the_real_ones_are_not_believed() -> None:
     """A forged record claiming index 1 comes first; the checkpoint decides for the real
     one."""
-    real = _chain("riskguard@a/p0", A, ["d1", "d2"])
-    fake = _forged("riskguard@a/p0", 1, "forged")
+    real = replica_chain("riskguard@a/p0", A, ["d1", "d2"])
+    fake = forged_record("riskguard@a/p0", 1, "forged")
     att = Attestor(KEYS)
     out = [x for it in [real[0], fake, *real[1:]] for x in att.on_item(it)]
     recs = [x for x in out if isinstance(x, AuditRecord)]
@@ -90,7 +91,7 @@ def test_forged_records_beside_the_real_ones_are_not_believed() -> None:
 
 
 def test_a_forged_checkpoint_breaks_its_chain_and_nothing_under_it_is_believed() -> None:
-    fake = _forged("riskguard@b/p0", 0, "d1")
+    fake = forged_record("riskguard@b/p0", 0, "d1")
     cp = AuditCheckpoint(origin="riskguard@b/p0", size=1, root=fake.leaf_hash or "",
                          ts=1, key_id=MALLORY.key_id, signature=b"x" * 64)
     att = Attestor(KEYS)
@@ -103,15 +104,15 @@ def test_forged_records_neither_hide_a_dead_replica_nor_raise_a_false_divergence
     made appears. The watch hears only what checkpoints vouch for: b is silent, no
     divergence on the forged decision, and b's forged checkpoint is an alert."""
     w = Watch()
-    a_items = _chain("riskguard@a/p0", A, [f"d{i}" for i in range(1, 9)])
-    b_items = _chain("riskguard@b/p0", B, ["d1", "d2"])
+    a_items = replica_chain("riskguard@a/p0", A, [f"d{i}" for i in range(1, 9)])
+    b_items = replica_chain("riskguard@b/p0", B, ["d1", "d2"])
     kinds: list[str] = []
     for t, it in enumerate(b_items):
         kinds += w.at(t, it)
     for i, it in enumerate(a_items):
         kinds += w.at(i * 10, it)
-        kinds += w.at(i * 10 + 1, _forged("riskguard@b/p0", 2 + i, f"d{i + 3}"))
-    kinds += w.at(81, _forged("riskguard@a/p0", 8, "never-made"))
+        kinds += w.at(i * 10 + 1, forged_record("riskguard@b/p0", 2 + i, f"d{i + 3}"))
+    kinds += w.at(81, forged_record("riskguard@a/p0", 8, "never-made"))
     cp = AuditCheckpoint(origin="riskguard@b/p0", size=9, root="0" * 64, ts=1,
                          key_id=MALLORY.key_id, signature=b"x" * 64)
     kinds += w.at(82, cp)
@@ -124,7 +125,7 @@ def test_forged_records_neither_hide_a_dead_replica_nor_raise_a_false_divergence
 
 
 def test_the_watch_with_keys_meets_the_contract(check: Any = None) -> None:
-    items = _chain("riskguard@a/p0", A, ["d1", "d2", "d3"]) + _chain(
+    items = replica_chain("riskguard@a/p0", A, ["d1", "d2", "d3"]) + replica_chain(
         "riskguard@b/p0", B, ["d1", "d2"])
     case = Case(name="watch_attested",
                 builder=lambda state: ReplicaWatchLogic(WATCH, lambda: 0, state, keys=KEYS),
@@ -146,7 +147,7 @@ def test_garbage_and_a_forged_peer_chain_on_the_audit_topic_do_not_stop_a_replic
     run = prepare_run(kafka_bootstrap, tmp_path, env=f"ai{tmp_path.name[-6:]}")
     cfg_a, _ = replica_configs(run.config, run.keys)
     cfg, digest = load_guard_config(cfg_a)
-    forged = [_forged("riskguard@b/p0", 0, "d1", config_hash="f" * 64)]
+    forged = [forged_record("riskguard@b/p0", 0, "d1", config_hash="f" * 64)]
     forged.append(AuditCheckpoint(origin="riskguard@b/p0", size=1,
                                   root=forged[0].leaf_hash or "", ts=1,
                                   key_id=MALLORY.key_id, signature=b"x" * 64))
@@ -170,7 +171,7 @@ def test_past_max_held_bytes_a_chain_holds_its_oldest_records_and_a_checkpoint_a
     the checkpoint over them still attests them."""
     from riskguard.operators.audit import attest
 
-    items = _chain("riskguard@a/p0", A, ["d1", "d2", "d3", "d4"], every=2)
+    items = replica_chain("riskguard@a/p0", A, ["d1", "d2", "d3", "d4"], every=2)
     records = [x for x in items if isinstance(x, AuditRecord)]
     monkeypatch.setattr(attest, "MAX_HELD_BYTES", sum(map(attest._size, records[:2])))
     first = next(x for x in items if isinstance(x, AuditCheckpoint))
@@ -195,12 +196,12 @@ def test_a_checkpoint_forgets_its_own_range_without_a_pass_over_every_record_hel
 
         __iter__ = keys = values = items = scan
 
-    items = _chain("riskguard@a/p0", A, ["d1", "d2"], every=2)
+    items = replica_chain("riskguard@a/p0", A, ["d1", "d2"], every=2)
     att = Attestor(KEYS)
     att.on_item(items[0])
     att.on_item(items[1])
     for i in range(100, 1100):
-        att.on_item(_forged("riskguard@a/p0", i, f"junk{i}"))
+        att.on_item(forged_record("riskguard@a/p0", i, f"junk{i}"))
     tail = att.state.chains["riskguard@a/p0"]
     tail.pending = NoScan(tail.pending)
     out = att.on_item(items[2])
@@ -213,7 +214,7 @@ def test_forged_candidates_count_toward_the_cap(monkeypatch: pytest.MonkeyPatch)
     cannot make the attestor hold more than its cap."""
     from riskguard.operators.audit import attest
 
-    forged = [_forged("riskguard@a/p0", i, f"x{n}") for i in range(3) for n in range(3)]
+    forged = [forged_record("riskguard@a/p0", i, f"x{n}") for i in range(3) for n in range(3)]
     monkeypatch.setattr(attest, "MAX_HELD_BYTES", 4 * max(map(attest._size, forged)))
     att = Attestor(KEYS)
     for rec in forged:
@@ -232,8 +233,8 @@ def test_a_flood_filling_the_byte_cap_costs_only_the_flooded_chain(
     room of the chain holding the most. Never more than the cap is held."""
     from riskguard.operators.audit import attest
 
-    a_items = _chain("riskguard@a/p0", A, ["d1", "d2", "d3", "d4"], every=4)
-    b_items = _chain("riskguard@b/p0", B, ["d1", "d2", "d3", "d4"], every=4)
+    a_items = replica_chain("riskguard@a/p0", A, ["d1", "d2", "d3", "d4"], every=4)
+    b_items = replica_chain("riskguard@b/p0", B, ["d1", "d2", "d3", "d4"], every=4)
     a_real = [x for x in a_items if isinstance(x, AuditRecord)]
     flood = [_copy(r, n) for n in range(20) for r in a_real]
     cap = 6 * max(map(attest._size, flood + a_real))
@@ -263,8 +264,8 @@ def _diverging(watch: ReplicaWatchLogic, now: list[int], junk: list[Any]) -> lis
     kinds = []
     for item in junk:
         kinds += [x.kind for x in watch.on_event(item)]
-    a = _chain("riskguard@a/p0", A, [f"d{i}" for i in range(1, 9)])
-    b = _chain("riskguard@b/p0", B, ["d1", "d2"])
+    a = replica_chain("riskguard@a/p0", A, [f"d{i}" for i in range(1, 9)])
+    b = replica_chain("riskguard@b/p0", B, ["d1", "d2"])
     for t, it in enumerate(b):
         now[0] = t * S
         kinds += [x.kind for x in watch.on_event(it)]
@@ -283,7 +284,7 @@ def test_junk_chain_names_cannot_blind_the_watch() -> None:
     when it stops following new ones, critically."""
     from riskguard.operators.audit.attest import MAX_CHAINS, OVER_CAP
 
-    junk = [_forged(name, 0, "x") for i in range(1_100) for name in (
+    junk = [forged_record(name, 0, "x") for i in range(1_100) for name in (
         f"riskguard@j{i}/p0", f"junk{i}@a/p0", f"riskguard@a/p{i + 1}")]
     now = [0]
     pinned = msgspec.structs.replace(WATCH, origin="riskguard", partitions=1)
@@ -305,8 +306,8 @@ def test_junk_chain_names_on_the_audit_topic_neither_hide_a_peer_nor_grow_a_star
     from riskguard.connectors.settings import KafkaSettings
 
     topic = new_topic(partitions=1)
-    peer = _chain("riskguard@b/p0", B, ["d1", "d2"], config_hash="f" * 64)
-    junk = [_forged(name, 0, "x") for i in range(1_100)
+    peer = replica_chain("riskguard@b/p0", B, ["d1", "d2"], config_hash="f" * 64)
+    junk = [forged_record(name, 0, "x") for i in range(1_100)
             for name in (f"riskguard@j{i}/p0", f"riskguard@a/j{i}")]
     p = Producer({"bootstrap.servers": kafka_bootstrap})
     for item in [*junk, *peer]:
@@ -325,8 +326,8 @@ def test_no_trusted_key_vouches_for_another_replica_s_chain() -> None:
     """Replica b's key writes records and a checkpoint under replica a's chain name. Tied
     to its signer (a's issuer named, or the signer of its first checkpoint), the chain
     believes none of them and is reported; a's own checkpoints still attest a's records."""
-    real = _chain("riskguard@a/p0", A, ["d1", "d2", "d3", "d4"])
-    forged = _chain("riskguard@a/p0", B, ["x1", "x2"])
+    real = replica_chain("riskguard@a/p0", A, ["d1", "d2", "d3", "d4"])
+    forged = replica_chain("riskguard@a/p0", B, ["x1", "x2"])
     for issuers in ({"a": "engine-a"}, {}):
         att = Attestor(KEYS, signer_of=NAMES.get, issuers=issuers)
         first = [x for it in real[:3] for x in att.on_item(it)]  # a's first checkpoint
@@ -359,9 +360,10 @@ def test_a_start_refuses_its_own_chain_vouched_for_by_another_key(
                                origin="riskguard@a", partitions=1, replicas=("a", "b"),
                                signer_of=NAMES.get, issuer="engine-a")
 
-    assert start(_chain("riskguard@a/p0", A, ["d1", "d2"])).chains["riskguard@a/p0"].size == 2
+    started = start(replica_chain("riskguard@a/p0", A, ["d1", "d2"]))
+    assert started.chains["riskguard@a/p0"].size == 2
     with pytest.raises(AuditError, match="does not sign for 'engine-a'"):
-        start(_chain("riskguard@a/p0", B, ["d1", "d2"]))
+        start(replica_chain("riskguard@a/p0", B, ["d1", "d2"]))
 
 
 def test_audit_verify_refuses_a_chain_vouched_for_by_two_keys() -> None:
@@ -373,7 +375,7 @@ def test_audit_verify_refuses_a_chain_vouched_for_by_two_keys() -> None:
 
     from riskguard.errors import AuditError
 
-    items = _chain("riskguard@a/p0", A, ["d1", "d2", "d3", "d4"])
+    items = replica_chain("riskguard@a/p0", A, ["d1", "d2", "d3", "d4"])
     cps = [i for i, it in enumerate(items) if isinstance(it, AuditCheckpoint)]
     second = items[cps[1]]
     items[cps[1]] = sign_checkpoint(second.origin, second.size, bytes.fromhex(second.root),

@@ -63,9 +63,9 @@ from riskguard.schemas.commands import Action
 from riskguard.schemas.time_policy import EventTimePolicy
 from riskguard.schemas.valuation import Progress
 from signing_fixtures import AUD, FIRM, OP1, OP2, T0, command, signer, trust_store
-from test_audit_input import KEYS, A, B, _chain, _forged
+from test_audit_input import KEYS, A, B, forged_record, replica_chain
 from test_exposure import worked_config
-from test_exposure_ticked import _ahead, _worker_stream
+from test_exposure_ticked import interleaved_ahead, worker_stream
 from test_playbook_acks import ack, down
 from test_playbook_acks import config as pb_config
 
@@ -311,16 +311,16 @@ def _attest_items() -> list[Any]:
     """Replicas a and b write their chains (two partitions of a), checkpoints every 3
     records; forged records sit beside real ones, b's key signs under a's name, a
     checkpoint repeats, and a chain of no peer is on the topic."""
-    a0 = _chain("riskguard@a/p0", A, [f"d{i}" for i in range(1, 11)], every=3)
-    a1 = _chain("riskguard@a/p1", A, [f"e{i}" for i in range(1, 5)], every=3)
-    b0 = _chain("riskguard@b/p0", B, [f"d{i}" for i in range(1, 9)], every=3)
-    stolen = _chain("riskguard@a/p1", B, ["x1", "x2", "x3"], every=3)
-    other = _chain("riskguard@c/p0", A, ["d1", "d2", "d3"], every=3)
+    a0 = replica_chain("riskguard@a/p0", A, [f"d{i}" for i in range(1, 11)], every=3)
+    a1 = replica_chain("riskguard@a/p1", A, [f"e{i}" for i in range(1, 5)], every=3)
+    b0 = replica_chain("riskguard@b/p0", B, [f"d{i}" for i in range(1, 9)], every=3)
+    stolen = replica_chain("riskguard@a/p1", B, ["x1", "x2", "x3"], every=3)
+    other = replica_chain("riskguard@c/p0", A, ["d1", "d2", "d3"], every=3)
     out: list[Any] = []
     for k in range(max(len(a0), len(b0))):
         out += a0[k:k + 1] + b0[k:k + 1]
         if k == 2:
-            out.append(_forged("riskguard@a/p0", 4, "forged"))
+            out.append(forged_record("riskguard@a/p0", 4, "forged"))
         if k == 5:
             out += a1[:4]
         if k == 7:
@@ -455,13 +455,13 @@ def _operator_logic(state: Any) -> OperatorCommandLogic:
 def _firm_input() -> list[Any]:
     """Two guard workers' records through stage 1 and 2 as the dataflow chains them (a
     runs 2 s ahead of b); the firm's share, in order: exposures and progress."""
-    a = _worker_stream("a", "okx", "BTC-PERP", 60_000.0, 3, 20, of=2)
-    b = _worker_stream("b", "binance", "ETH-PERP", 3_000.0, 9, 20, of=2)
+    a = worker_stream("a", "okx", "BTC-PERP", 60_000.0, 3, 20, of=2)
+    b = worker_stream("b", "binance", "ETH-PERP", 3_000.0, 9, 20, of=2)
     router = Router(REG, XCFG)
     shards: dict[str, ShardLogic] = {}
     cps: dict[str, CounterpartyLogic] = {}
     out: list[Any] = []
-    for ev in _ahead(2.0, a, b):
+    for ev in interleaved_ahead(2.0, a, b):
         for key, item in router.route(ev):
             shard = shards.get(key) or shards.setdefault(key, ShardLogic(
                 XCFG, REG, ticked=True, clock=lambda: 0, forward_ticks=True))

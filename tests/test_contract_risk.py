@@ -32,7 +32,7 @@ from riskguard.schemas import (
 )
 from signing_fixtures import AUD
 from test_exposure import S, worked_config
-from test_exposure_ticked import _worker_stream
+from test_exposure_ticked import worker_stream
 
 CFG = worked_config()
 REG = CFG.validate()
@@ -99,8 +99,8 @@ def _parts_and_progress() -> list[Any]:
 def _two_processes() -> list[Any]:
     """Stage-1 items from two guard workers: b ticks once, then a runs 40 s ahead (its
     records wait in the shard for b), then b follows."""
-    a = _worker_stream("a", "okx", "BTC-PERP", 60_000.0, 20, 40, of=0)
-    b = _worker_stream("b", "binance", "ETH-PERP", 3_000.0, 7, 40, of=0)
+    a = worker_stream("a", "okx", "BTC-PERP", 60_000.0, 20, 40, of=0)
+    b = worker_stream("b", "binance", "ETH-PERP", 3_000.0, 7, 40, of=0)
     router = Router(REG, CFG)
     return [item for ev in [b[0], *a, *b[1:]] for _k, item in router.route(ev)]
 

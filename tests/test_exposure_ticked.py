@@ -37,7 +37,7 @@ from test_exposure import S, fill, worked_config
 from riskguard.errors import ConfigError
 
 
-def _ticked_parts(cfg: ExposureConfig, stream: list[object]) -> list[Part]:
+def ticked_parts(cfg: ExposureConfig, stream: list[object]) -> list[Part]:
     """Stage-1 parts of a ticked single-shard run over ``stream`` (records and ticks; an
     int moves the processing clock on by that many ns)."""
     reg = cfg.validate()
@@ -72,13 +72,13 @@ def test_ticked_fill_revalues_its_counterparty_at_the_next_position_boundary() -
               qty=1.0, side="buy"),
         Tick(ts=t + S, source="p"),
     ]
-    fast = _ticked_parts(worked_config(), stream)
+    fast = ticked_parts(worked_config(), stream)
     assert [(p.counterparty, p.ts, p.net, p.evidence) for p in fast] == [
         ("okx", t + 10 * ms, 2 * 61_000.0, ["f1"]),  # the fill's boundary, mark t2
         ("okx", t + S, 2 * 62_000.0, ["t3"]),  # the tick re-values the price move
     ]
     # 0 turns it off: the fill waits for the tick
-    slow = _ticked_parts(worked_config(position_revalue_ns=0), stream)
+    slow = ticked_parts(worked_config(position_revalue_ns=0), stream)
     assert [(p.ts, p.net, p.evidence) for p in slow] == [(t + S, 2 * 62_000.0, ["t3", "f1"])]
 
 
@@ -131,20 +131,20 @@ def test_ticked_shard_revalues_once_per_tick_of_the_slowest_process() -> None:
            trade(2, t + 1, 61_000.0), Tick(ts=t + S, source="a"),
            Tick(ts=t + S, source="b")]
     cfg = worked_config(position_revalue_ns=0)
-    single = [(p.ts, p.net, p.evidence) for p in _ticked_parts(cfg, one)]
-    assert [(p.ts, p.net, p.evidence) for p in _ticked_parts(cfg, two)] == single
+    single = [(p.ts, p.net, p.evidence) for p in ticked_parts(cfg, one)]
+    assert [(p.ts, p.net, p.evidence) for p in ticked_parts(cfg, two)] == single
     assert len(single) == 2
     # a runs 31 s ahead of b in event time: b still holds re-valuation back
     behind = [*two, trade(3, t + 2 * S, 62_000.0), Tick(ts=t + 32 * S, source="a")]
-    assert _ticked_parts(cfg, behind)[2:] == []
+    assert ticked_parts(cfg, behind)[2:] == []
     # b falls silent for TICK_IDLE_NS of processing time: a's ticks alone re-value
     stale = [*two, trade(3, t + 2 * S, 62_000.0), TICK_IDLE_NS,
              Tick(ts=t + 32 * S, source="a")]
-    parts = _ticked_parts(cfg, stale)
+    parts = ticked_parts(cfg, stale)
     assert [(p.ts, p.net) for p in parts[2:]] == [(t + 32 * S, 62_000.0)]
 
 
-def _worker_stream(source: str, venue: str, inst: str, px: float, fill_s: int,
+def worker_stream(source: str, venue: str, inst: str, px: float, fill_s: int,
                    until_s: int, of: int = 2) -> list[object]:
     """One guard worker's share of the shard's input: a tick at each second, then that
     second's marks of its venue's instrument, and one fill on it."""
@@ -164,7 +164,7 @@ def _worker_stream(source: str, venue: str, inst: str, px: float, fill_s: int,
     return out
 
 
-def _ahead(lead_s: float, a: list[object], b: list[object]) -> list[object]:
+def interleaved_ahead(lead_s: float, a: list[object], b: list[object]) -> list[object]:
     """a's and b's inputs (each in event-time order) interleaved as they arrive when a
     runs ``lead_s`` ahead of b in event time."""
     keyed = [(e.ts - int(lead_s * S), n, e) for n, e in enumerate(a)]
@@ -178,28 +178,28 @@ def test_how_far_a_process_runs_ahead_does_not_change_the_valuation() -> None:
     ``reorder_slack_ns`` of them, so the parts are the same however far ahead it runs
     (beyond the slack), up to its whole input arriving first; without the wait, marks
     from the future would be valued at the slower process's ticks."""
-    a = _worker_stream("a", "okx", "BTC-PERP", 60_000.0, 20, 40)
-    b = _worker_stream("b", "binance", "ETH-PERP", 3_000.0, 7, 40)
+    a = worker_stream("a", "okx", "BTC-PERP", 60_000.0, 20, 40)
+    b = worker_stream("b", "binance", "ETH-PERP", 3_000.0, 7, 40)
 
     def parts(cfg: ExposureConfig, events: list[object]) -> list[tuple[object, ...]]:
         return [(p.counterparty, p.ts, p.net, p.gross, p.evidence)
-                for p in _ticked_parts(cfg, events)]
+                for p in ticked_parts(cfg, events)]
 
     cfg, loose = worked_config(), worked_config(reorder_slack_ns=0)
     reference = parts(cfg, a + b)  # a's whole input first
     assert len(reference) > 50
     assert {p[0] for p in reference} == {"okx", "binance"}
     for lead_s in (2.5, 5, 20, 60):
-        assert parts(cfg, _ahead(lead_s, a, b)) == reference, lead_s
-    assert parts(loose, _ahead(5, a, b)) != parts(loose, a + b)
+        assert parts(cfg, interleaved_ahead(lead_s, a, b)) == reference, lead_s
+    assert parts(loose, interleaved_ahead(5, a, b)) != parts(loose, a + b)
 
 
 def test_records_waiting_for_the_watermark_survive_a_snapshot_and_end_of_input() -> None:
     """Records held for the watermark are shard state: a resumed shard applies them when
     the watermark comes, and end of input applies whatever still waits. (No expected
     source count: the resumed shard meets the same source names here, not new ones.)"""
-    a = _worker_stream("a", "okx", "BTC-PERP", 60_000.0, 20, 40, of=0)
-    b = _worker_stream("b", "binance", "ETH-PERP", 3_000.0, 7, 40, of=0)
+    a = worker_stream("a", "okx", "BTC-PERP", 60_000.0, 20, 40, of=0)
+    b = worker_stream("b", "binance", "ETH-PERP", 3_000.0, 7, 40, of=0)
     cfg = worked_config()
     reg = cfg.validate()
     router = Router(reg, cfg)
@@ -601,7 +601,7 @@ def test_a_silent_progress_source_stops_holding_a_counterpartys_time_back() -> N
 
     t = 1_000 * S
     cfg = worked_config(max_mark_age_ns=30 * S)
-    parts = _ticked_parts(cfg, [
+    parts = ticked_parts(cfg, [
         Trade(id="t1", venue="okx", instrument="BTC-PERP", ts=t, price=60_000.0, qty=1.0,
               side="buy"),
         fill("f1", "okx", "BTC-PERP", "buy", 1.0, 60_000.0, t + 1),

@@ -16,7 +16,7 @@ from riskguard.dataflows.demo import PreparedRun, prepare_run, start_guard, subs
 from riskguard.schemas import MitigationCommand
 
 from tests.kafka_helpers import consume_all
-from tests.test_guard_e2e import _assert_same_outcome, _finish
+from tests.test_guard_e2e import assert_same_outcome, finish_guard
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -44,7 +44,7 @@ def _wait_for_commands(run: PreparedRun, procs: list[subprocess.Popen[bytes]]) -
 def reference(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("reference")
     run = _prepare(kafka_bootstrap, tmp, "ref")
-    _finish(start_guard(run))
+    finish_guard(start_guard(run))
     return _executed(run, tmp / "sub.sqlite")
 
 
@@ -89,10 +89,10 @@ def test_full_recovery_disk_stops_the_flow_loudly_and_resumes_after_space_is_fre
     assert "full" in text.lower() or "space" in text.lower() or "disk" in text.lower(), text[-2000:]
     executed = _executed(run, tmp_path / "sub.sqlite")
     filler.unlink()
-    _finish(start_guard(run, "-r", str(rec), "-s", "1", "-b", "10"))
+    finish_guard(start_guard(run, "-r", str(rec), "-s", "1", "-b", "10"))
     executed += _executed(run, tmp_path / "sub.sqlite")
     assert len({c.command_id for c in executed}) == len(executed)
-    _assert_same_outcome(executed, reference)
+    assert_same_outcome(executed, reference)
 
 
 def test_unreachable_broker_at_start_is_a_clear_error_within_the_timeout(tmp_path) -> None:
@@ -135,11 +135,11 @@ def test_broker_gone_mid_run_fails_loudly_and_restart_resumes_from_recovery(
         assert "not acknowledged" in said or "cannot confirm the end of input" in said, (
             said[-2000:])
         executed = _executed(run, tmp_path / "sub.sqlite")
-        _finish(start_guard(run, "-r", str(rec), "-s", "1", "-b", "10"))
+        finish_guard(start_guard(run, "-r", str(rec), "-s", "1", "-b", "10"))
         executed += _executed(run, tmp_path / "sub.sqlite")
         assert len({c.command_id for c in executed}) == len(executed)
         # Catching up after the restart, the detector may add protective rungs elsewhere.
-        _assert_same_outcome(executed, reference, extra_scopes_ok=True)
+        assert_same_outcome(executed, reference, extra_scopes_ok=True)
     finally:
         broker.stop()
 

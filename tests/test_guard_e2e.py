@@ -62,7 +62,7 @@ def _prepare(kafka_bootstrap: str, tmp_path: Path, name: str) -> PreparedRun:
     return prepare_run(kafka_bootstrap, tmp_path / name, env=env)
 
 
-def _finish(proc, timeout_s: float = 150.0) -> None:
+def finish_guard(proc, timeout_s: float = 150.0) -> None:
     try:
         out, _ = proc.communicate(timeout=timeout_s)
     except Exception:
@@ -90,7 +90,7 @@ def baseline(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):
     """One uninterrupted single-worker run, shared by the comparisons below."""
     tmp = tmp_path_factory.mktemp("baseline")
     run = _prepare(kafka_bootstrap, tmp, "run")
-    _finish(start_guard(run))
+    finish_guard(start_guard(run))
     cmds, summary = _executed(run, tmp / "sub.sqlite")
     return run, cmds, summary
 
@@ -99,8 +99,8 @@ def test_bundled_scenario_produces_the_expected_commands_in_order(baseline) -> N
     """Each incident yields its mitigations in ladder order on exactly its scope, and
     nothing else: no command for a scope the scenario never troubles."""
     _run, cmds, summary = baseline
-    _assert_scenario(cmds)
-    _assert_never_twice(cmds)
+    assert_scenario(cmds)
+    assert_never_twice(cmds)
     assert summary.get("rejected", 0) == 0
     assert all(c.scope.kind is not ScopeKind.FIRM for c in cmds)
 
@@ -137,7 +137,7 @@ def _mitigations(cmds: list[MitigationCommand]) -> tuple[Pairs, Pairs]:
 SOFT = frozenset({"widen_quotes", "reduce_only", "reduce_limits"})
 
 
-def _assert_same_outcome(cmds: list[MitigationCommand], base: list[MitigationCommand], *,
+def assert_same_outcome(cmds: list[MitigationCommand], base: list[MitigationCommand], *,
                          extra_scopes_ok: bool = False) -> None:
     """Same outcome as the reference run:
 
@@ -160,8 +160,8 @@ def _assert_same_outcome(cmds: list[MitigationCommand], base: list[MitigationCom
         assert base_scopes <= scopes, f"{sorted(base_scopes - scopes)} never mitigated"
     else:
         assert scopes == base_scopes, f"{sorted(scopes ^ base_scopes)}; {_pairs(cmds)}"
-    _assert_scenario(cmds, extra_scopes_ok=extra_scopes_ok)
-    _assert_never_twice(cmds)
+    assert_scenario(cmds, extra_scopes_ok=extra_scopes_ok)
+    assert_never_twice(cmds)
 
 
 def _pairs(cmds: list[MitigationCommand]) -> list[tuple[str, str, str]]:
@@ -169,7 +169,7 @@ def _pairs(cmds: list[MitigationCommand]) -> list[tuple[str, str, str]]:
             if c.action.value != "alert"]
 
 
-def _assert_scenario(cmds: list[MitigationCommand], *, extra_scopes_ok: bool = False) -> None:
+def assert_scenario(cmds: list[MitigationCommand], *, extra_scopes_ok: bool = False) -> None:
     # Alerts only inform; a scope the scenario never troubles may get one (e.g. drift).
     by_scope = _by_scope([c for c in cmds if c.action.value != "alert"])
     extra = set(by_scope) - set(EXPECTED)
@@ -182,7 +182,7 @@ def _assert_scenario(cmds: list[MitigationCommand], *, extra_scopes_ok: bool = F
         assert [a for a in seen if a in want][: len(want)] == want, f"{scope}: {seen}"
 
 
-def _assert_never_twice(cmds: list[MitigationCommand]) -> None:
+def assert_never_twice(cmds: list[MitigationCommand]) -> None:
     held: dict[tuple[str, str], bytes] = {}
     for c in cmds:
         scope, action = c.scope.label(), c.action.value
@@ -254,9 +254,9 @@ def test_two_market_processes_and_a_firm_tier_give_one_workers_commands(
     procs = _start_markets(run)
     procs.append(_start_firm_of_markets(run))
     for p in procs:
-        _finish(p)
+        finish_guard(p)
     cmds, _ = _executed(run, tmp_path / "sub.sqlite")
-    _assert_same_outcome(cmds, base)
+    assert_same_outcome(cmds, base)
     ids = _anomaly_ids(run)
     assert ids and len(ids) == len(set(ids))
     dead = [msgspec.json.decode(v) for _p, _o, v in consume_all(kafka_bootstrap,
@@ -307,12 +307,12 @@ def test_a_market_process_killed_halfway_and_resumed_gives_one_workers_commands(
     assert btc.poll() is None, "the BTC market process ended before it could be killed"
     os.kill(btc.pid, signal.SIGKILL)
     btc.wait()
-    _finish(start_guard(run, *args, config=_market_config(run, 0)))
-    _finish(eth)
-    _finish(firm)
+    finish_guard(start_guard(run, *args, config=_market_config(run, 0)))
+    finish_guard(eth)
+    finish_guard(firm)
     cmds, _ = _executed(run, tmp_path / "sub.sqlite")
     assert len({c.command_id for c in cmds}) == len(cmds)
-    _assert_same_outcome(cmds, base)
+    assert_same_outcome(cmds, base)
     ids = _anomaly_ids(run)
     assert len(ids) == len(set(ids))
 
@@ -337,12 +337,12 @@ def test_sigkill_halfway_then_resume_executes_every_command_exactly_once(
     first.wait()
     with subscriber_for(run, state, on_command=executed.append) as sub:
         sub.poll(idle_timeout_s=1.0)
-    _finish(start_guard(run, *args))
+    finish_guard(start_guard(run, *args))
     with subscriber_for(run, state, on_command=executed.append) as sub:
         sub.poll(idle_timeout_s=2.0)
     ids = [c.command_id for c in executed]
     assert len(ids) == len(set(ids)), "a command was executed twice"
-    _assert_same_outcome(executed, base)
+    assert_same_outcome(executed, base)
 
 
 def test_a_forged_command_on_the_topic_is_rejected_with_its_reason(baseline, tmp_path) -> None:

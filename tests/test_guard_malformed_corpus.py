@@ -36,7 +36,7 @@ from tests.malformed_corpus import (
     signed_entries,
     wrong_topic_entries,
 )
-from tests.test_guard_e2e import _assert_never_twice, _assert_scenario
+from tests.test_guard_e2e import assert_never_twice, assert_scenario
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 NS = 1_000_000_000
@@ -138,7 +138,7 @@ def test_the_good_records_after_them_still_give_their_commands(
     with subscriber_for(corpus_run["run"], tmp_path / "sub.sqlite", on_command=got.append,
                         on_reject=rejected.append) as sub:
         sub.poll(idle_timeout_s=2.0)
-    _assert_scenario(got)
-    _assert_never_twice(got)
+    assert_scenario(got)
+    assert_never_twice(got)
     # the poison pill on the commands topic is refused, and nothing else is
     assert [r.reason for r in rejected] == ["malformed_envelope"]

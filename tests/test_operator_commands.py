@@ -113,7 +113,7 @@ def test_a_bare_command_record_is_refused_as_unsigned() -> None:
     assert (out.reason, out.found) == ("unsigned_command", "MitigationCommand")
 
 
-def _key_file(tmp: Path, name: str) -> Path:
+def key_file(tmp: Path, name: str) -> Path:
     path = tmp / f"{name}.pem"
     key = Ed25519PrivateKey.from_private_bytes(seed(name))
     path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
@@ -133,14 +133,14 @@ def test_two_person_resume_through_the_cli_is_verified_and_executed(
     topic = new_topic()
     env_file = tmp_path / "resume.json"
     base = ["command", "new", "--action", "resume", "--scope", "firm:*", "--reason",
-            "INC-7 halt cleared", "--key", str(_key_file(tmp_path, "op-alice")),
+            "INC-7 halt cleared", "--key", str(key_file(tmp_path, "op-alice")),
             "--issuer", "op-alice", "--env", AUD.env, "--topic", topic,
             "--lift", "halt_trading", "--brokers", kafka_bootstrap, "--out", str(env_file)]
     assert main(base) == 0
     assert main(["command", "show", str(env_file), "--trust", str(trust),
                  "--roots", str(roots)]) == 1
     assert "two_person_required" in capsys.readouterr().out
-    bob = str(_key_file(tmp_path, "op-bob"))
+    bob = str(key_file(tmp_path, "op-bob"))
     assert main(["command", "cosign", str(env_file), "--key", bob]) == 0
     assert "INC-7 halt cleared" in capsys.readouterr().out  # Bob saw what he approved
     assert main(["command", "cosign", str(env_file), "--key", bob]) == 2

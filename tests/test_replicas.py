@@ -32,7 +32,7 @@ REPLICA_A, REPLICA_B = signer("engine-a"), signer("engine-b")
 WATCH = ReplicaWatchConfig(peers=("a", "b"), tolerance_s=10, silent_s=60)
 
 
-def _replicas_trust() -> TrustStore:
+def replicas_trust() -> TrustStore:
     """The fixtures' keys plus two replicas' keys, each its own name with the engine role."""
     extra = [{"name": s.issuer, "public_key": s.public_key.hex(), "role": "risk-engine",
               "actions": ["*"], "scopes": ["*"]} for s in (REPLICA_A, REPLICA_B)]
@@ -58,7 +58,7 @@ def _copy(issuer: str, seq: int, decision: str, n: int = 1) -> MitigationCommand
 
 def _subscriber(path: Path, seen: dict[str, list[Any]]) -> CommandSubscriber:
     return CommandSubscriber(
-        trust=_replicas_trust(), audience=AUD, state_path=path / "sub.sqlite",
+        trust=replicas_trust(), audience=AUD, state_path=path / "sub.sqlite",
         on_command=seen.setdefault("executed", []).append,
         on_reject=seen.setdefault("rejected", []).append,
         on_duplicate=seen.setdefault("duplicates", []).append,
@@ -152,7 +152,7 @@ def test_a_decision_is_forgotten_once_past_its_window_and_newer_ones_fill_the_ro
 
     monkeypatch.setattr(subscriber_state, "DECISIONS_KEPT", 1)
     state_path = tmp_path / "sub.sqlite"
-    sub = CommandSubscriber(trust=_replicas_trust(), audience=AUD, state_path=state_path,
+    sub = CommandSubscriber(trust=replicas_trust(), audience=AUD, state_path=state_path,
                             on_command=lambda _c: None, clock=ManualClock(T0),
                             decision_window_s=120)
     sub.handle(_signed(_copy("engine-a", 1, D1), REPLICA_A), partition=0, offset=0)
@@ -467,7 +467,7 @@ def test_a_guard_restored_from_an_old_snapshot_does_not_execute_its_old_decision
     genuine catch-up) still executes."""
     clock = ManualClock(T0)
     seen: dict[str, list[Any]] = {}
-    sub = CommandSubscriber(trust=_replicas_trust(), audience=AUD,
+    sub = CommandSubscriber(trust=replicas_trust(), audience=AUD,
                             state_path=tmp_path / "sub.sqlite", clock=clock,
                             on_command=seen.setdefault("executed", []).append,
                             on_reject=seen.setdefault("rejected", []).append)

@@ -32,7 +32,7 @@ from riskguard.operators.signing.crypto import decode_envelope
 from riskguard.schemas import Fill, MitigationCommand, encode
 
 from tests.kafka_helpers import consume_all
-from tests.test_guard_e2e import SOFT, _assert_never_twice, _assert_scenario, _finish
+from tests.test_guard_e2e import SOFT, assert_never_twice, assert_scenario, finish_guard
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -79,7 +79,7 @@ def test_two_replicas_execute_each_decision_once(kafka_bootstrap: str, tmp_path:
     run = prepare_run(kafka_bootstrap, tmp_path / "run", env=f"e{uuid.uuid4().hex[:8]}")
     a, b = _replicas(run)
     for p in [start_guard(run, config=a), start_guard(run, config=b)]:
-        _finish(p)
+        finish_guard(p)
     signed = _envelopes(run)
     # every mechanism-driven decision (reroute, failover, cancel, halt, resume) has one id
     # on both; the detector's protective rungs may differ as between any two runs
@@ -89,8 +89,8 @@ def test_two_replicas_execute_each_decision_once(kafka_bootstrap: str, tmp_path:
     assert by_replica["a"] and by_replica["a"] == by_replica["b"]
     assert {c.issuer for c in signed} == {ISSUER, "engine-b"}
     executed, summary = _execute(run, tmp_path / "sub.sqlite")
-    _assert_scenario(executed)
-    _assert_never_twice(executed)
+    assert_scenario(executed)
+    assert_never_twice(executed)
     assert len({c.decision_id for c in executed}) == len(executed)
     assert summary.get("rejected", 0) == summary.get("rejected.already_in_force", 0)
     assert summary["accepted"] + summary.get("duplicates", 0) + summary.get(
@@ -123,10 +123,10 @@ def test_a_replica_killed_mid_run_leaves_no_gap_and_no_double(kafka_bootstrap: s
         time.sleep(0.2)
     guard_b.send_signal(signal.SIGKILL)
     guard_b.wait()
-    _finish(guard_a)
+    finish_guard(guard_a)
     executed, summary = _execute(run, tmp_path / "sub.sqlite")
-    _assert_scenario(executed)
-    _assert_never_twice(executed)
+    assert_scenario(executed)
+    assert_never_twice(executed)
     assert summary.get("rejected", 0) == summary.get("rejected.already_in_force", 0)
 
 
@@ -136,7 +136,7 @@ def test_a_replica_on_another_config_is_refused_at_start_up(kafka_bootstrap: str
     stops at once naming the replica and both config hashes."""
     run = prepare_run(kafka_bootstrap, tmp_path / "run", env=f"e{uuid.uuid4().hex[:8]}")
     a, b = _replicas(run)
-    _finish(start_guard(run, config=a))
+    finish_guard(start_guard(run, config=a))
     b.write_text(b.read_text().replace("gross_notional = { limit = 2_500_000.0 }",
                                        "gross_notional = { limit = 2_400_000.0 }", 1))
     guard_b = start_guard(run, config=b)
@@ -162,11 +162,11 @@ def test_the_replica_that_was_ahead_killed_and_resumed_executes_nothing_twice(
     guard_b = start_guard(run, config=b)
     guard_a.send_signal(signal.SIGKILL)
     guard_a.wait()
-    _finish(guard_b)
-    _finish(start_guard(run, *recovering, config=a))
+    finish_guard(guard_b)
+    finish_guard(start_guard(run, *recovering, config=a))
     executed, summary = _execute(run, tmp_path / "sub.sqlite")
-    _assert_scenario(executed)
-    _assert_never_twice(executed)
+    assert_scenario(executed)
+    assert_never_twice(executed)
     assert len({c.decision_id for c in executed}) == len(executed)
     assert summary.get("duplicates", 0) > 0
 
@@ -216,7 +216,7 @@ def test_a_replica_fed_a_partial_copy_diverges_and_each_decision_executes_once(
         b.write_text(b.read_text().replace(f'bootstrap = "{kafka_bootstrap}"',
                                            f'bootstrap = "{other}"', 1))
         for p in [start_guard(run, config=a), start_guard(run, config=b)]:
-            _finish(p)
+            finish_guard(p)
         for stream in ("commands", "audit"):
             assert _mirror(other, kafka_bootstrap, run.topic(stream)) > 0
     finally:
@@ -231,7 +231,7 @@ def test_a_replica_fed_a_partial_copy_diverges_and_each_decision_executes_once(
     assert {scope for _by, _action, scope in parted} <= {"counterparty:deribit",
                                                           "venue:binance"}
     executed, summary = _execute(run, tmp_path / "sub.sqlite")
-    _assert_scenario(executed)
-    _assert_never_twice(executed)
+    assert_scenario(executed)
+    assert_never_twice(executed)
     assert len({c.decision_id for c in executed}) == len(executed)
     assert summary.get("rejected", 0) == summary.get("rejected.already_in_force", 0)

@@ -102,11 +102,11 @@ def test_firm_wide_halt_runbook(tmp_path: Path) -> None:
     """Against a halted guard's metrics: status shows halt_trading; the trust file needs two."""
     sys.path.insert(0, str(ROOT / "tests"))
     from signing_fixtures import ROOTS, write_signed_trust
-    from test_operator_commands import _key_file
+    from test_operator_commands import key_file
 
     write_signed_trust(tmp_path, roots=ROOTS[:1])
-    os.replace(_key_file(tmp_path, "op-alice"), tmp_path / "alice.pem")
-    os.replace(_key_file(tmp_path, "op-bob"), tmp_path / "bob.pem")
+    os.replace(key_file(tmp_path, "op-alice"), tmp_path / "alice.pem")
+    os.replace(key_file(tmp_path, "op-bob"), tmp_path / "bob.pem")
     reg = CollectorRegistry()
     cmds = Counter("riskguard_commands_total", "c", ["action", "scope_kind"], registry=reg)
     Counter("riskguard_events_in_total", "in", ["stream"], registry=reg).labels("m").inc(50)

@@ -26,7 +26,7 @@ from riskguard.schemas import (
     Trade,
 )
 from test_exposure import S, fill, worked_config
-from test_exposure_ticked import _ticked_parts
+from test_exposure_ticked import ticked_parts
 from test_exposure_unvalued import UNVALUED, drive, exposure, gross_levels, gross_limit, tick
 from test_stale_marks import bundled_rule
 
@@ -38,7 +38,7 @@ def _part_of(process: int, inst: str, ts: int) -> Part:
     """okx's part of ``inst`` (one fill, marked at ``ts``) from market process
     ``process``'s shard."""
     cfg = worked_config(max_mark_age_ns=AGE)
-    *_, part = [p for p in _ticked_parts(cfg, [
+    *_, part = [p for p in ticked_parts(cfg, [
         Trade(id=f"t{process}", venue="okx", instrument=inst, ts=ts, price=100.0, qty=1.0,
               side="buy"),
         fill(f"f{process}", "okx", inst, "buy", 1.0, 100.0, ts + 1),

@@ -394,9 +394,9 @@ def test_scope_patterns_name_a_scope_kind_or_glob_it() -> None:
 def test_machine_keys_are_not_people_for_the_two_person_rule() -> None:
     """Two guard replicas' keys co-signing a firm-wide resume are two machines, not two
     people: refused; an operator and a replica make one person, refused too."""
-    from test_replicas import REPLICA_A, REPLICA_B, _replicas_trust
+    from test_replicas import REPLICA_A, REPLICA_B, replicas_trust
 
-    store = _replicas_trust()
+    store = replicas_trust()
 
     def reason(env: SignedEnvelope) -> str:
         try:
