@@ -89,13 +89,15 @@ GUARD_CFG = msgspec.convert({
         "BTC-PERP": {"kind": "perp", "base": "BTC", "quote": "USD"}}}}}, GuardConfig)
 
 
-def _run_guard(items: list[Any], rc: RecoveryConfig | None = None) -> list[Any]:
+def _run_guard(items: list[Any], rc: RecoveryConfig | None = None, *,
+               output: str = "exposures", batch_size: int = 1) -> list[Any]:
+    """The guard's ``output`` stream (a :class:`GuardOut` field) over ``items``."""
     flow = Dataflow("guard_ticks_resume")
-    out = guard_core("guard", op.input("in", flow, TestingSource(items, batch_size=1)),
+    out = guard_core("guard", op.input("in", flow, TestingSource(items, batch_size=batch_size)),
                      cfg=GUARD_CFG, cfg_hash="0" * 64, clock=lambda: 0, signer=ENGINE,
                      trust=trust_store(), tick_sources=1)
     got: list[Any] = []
-    op.output("exposures", out.exposures, TestingSink(got))
+    op.output(output, getattr(out, output), TestingSink(got))
     run_main(flow, epoch_interval=timedelta(seconds=0), recovery_config=rc)
     return got
 
@@ -204,14 +206,7 @@ def _dislocations(outputs: list[Any]) -> list[tuple[str, str, int]]:
 
 
 def _run_guard_signals(items: list[Any], rc: RecoveryConfig | None = None) -> list[Any]:
-    flow = Dataflow("guard_cross_resume")
-    out = guard_core("guard", op.input("in", flow, TestingSource(items, batch_size=3)),
-                     cfg=GUARD_CFG, cfg_hash="0" * 64, clock=lambda: 0, signer=ENGINE,
-                     trust=trust_store(), tick_sources=1)
-    got: list[Any] = []
-    op.output("signals", out.signals, TestingSink(got))
-    run_main(flow, epoch_interval=timedelta(seconds=0), recovery_config=rc)
-    return got
+    return _run_guard(items, rc, output="signals", batch_size=3)
 
 
 @pytest.mark.parametrize("new_host", [False, True], ids=["same_name", "new_process_name"])
