@@ -75,3 +75,26 @@ def test_core_timeline_reads_counters_beside_pids() -> None:
     timeline.stop()
     assert timeline.overall[1] == pytest.approx(2.0, rel=0.2)
     assert all(row[1] == pytest.approx(2.0, rel=0.2) for row in timeline.rows)
+
+
+def test_synthetic_calm_markets_load_as_calm_series_of_each_kind(tmp_path: Path) -> None:
+    """Two days of each kind, as 1- and 5-minute files the incident loader reads: no
+    label, the thin market's minutes mostly without a trade and its prices on its
+    quote steps, and the volatile market moving more than the liquid one."""
+    calm = _bench_module("synthetic_calm")
+    incidents = _bench_module("incidents")
+    calm.write_markets(tmp_path, days=2, seed=1)
+    loaded = incidents.load_all(tmp_path)
+    assert incidents.load_labels(tmp_path / "labels.toml") == []
+    by_symbol = {s.records[0].instrument: s for s in loaded.series}
+    assert len(by_symbol) == 2 * len(calm.KINDS)
+    assert {s.records[0].interval_ns for s in loaded.series} == {60 * 10**9, 300 * 10**9}
+    thin = by_symbol["THINUSD"].records
+    assert 0.6 < sum(1 for b in thin if b.volume == 0.0) / len(thin) < 0.8
+    assert all(abs(b.close / 0.02 - round(b.close / 0.02)) < 1e-6 for b in thin)
+
+    def day_moves(symbol: str) -> float:
+        closes = [b.close for b in by_symbol[symbol].records]
+        return sum(abs(closes[i] / closes[i - 1] - 1.0) for i in range(1, len(closes)))
+
+    assert day_moves("VOLATILEUSD") > 1.5 * day_moves("LIQUIDUSD")
