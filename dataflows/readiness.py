@@ -318,7 +318,8 @@ def critical_when(bands: Any) -> str:
         "fast_fall": f"a {moves} out of band within {duration(int(bands.fast_s * NS))} while "
                      "the day's range is past "
                      + ("" if math.isinf(bands.deep_bps) else f"{bands.deep_bps:g} bps or ")
-                     + f"{bands.deep_z:g} typical day ranges",
+                     + f"{bands.deep_z:g} typical day ranges, or {bands.warmup_deep_bps:g} "
+                     "bps in the key's first day",
         "slide": f"a {moves} past a daily limit with the day's range {bands.slide_z:g} "
                  "typical ones deep",
         "static": (f"a {moves} past its cap before the key's typical moves are learned"

@@ -61,13 +61,12 @@ def cryptodatadownload_csv(folder: Path, n: int = 240, crash_at: int = 200) -> P
     return path
 
 
-def tardis_trades_csv(folder: Path, n: int = 900, crash_at: int = 780,
-                      drop: float = 0.06) -> Path:
+def tardis_trades_csv(folder: Path, n: int = 900, crash_at: int = 780) -> Path:
     """``deribit_trades_2024-01-01_BTC-PERPETUAL.csv`` to Tardis.dev's published trades
     layout (``exchange,symbol,timestamp,local_timestamp,id,side,price,amount``, times in
-    microseconds): a trade a second, falling ``drop`` over 30 s from trade ``crash_at``."""
+    microseconds): a trade a second, falling 6 % over 30 s from trade ``crash_at``."""
     rows = ["exchange,symbol,timestamp,local_timestamp,id,side,price,amount"]
-    for i, (_o, c) in enumerate(_walk(n, crash_at, 30, drop, 42_000.0, 3, 0.00015)):
+    for i, (_o, c) in enumerate(_walk(n, crash_at, 30, 0.06, 42_000.0, 3, 0.00015)):
         us = (T0_S + i) * 1_000_000 + 250_000
         side = "sell" if i % 3 else "buy"
         rows.append(f"deribit,BTC-PERPETUAL,{us},{us + 1_800},t{i},{side},{c:.1f},"

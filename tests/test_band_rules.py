@@ -76,6 +76,16 @@ def test_deep_bps_is_deep_for_every_market_where_it_is_set() -> None:
     assert "fast_fall" not in fired(FALLS, move(-200, 1.5), day_range(-700, scale=-1.0))
 
 
+def test_in_a_keys_first_day_a_fall_past_warmup_deep_bps_is_deep_too() -> None:
+    """Before a key has a day of its own history its typical day range is a guess from
+    shorter moves: a day down past ``warmup_deep_bps`` (600) is deep then, not after."""
+    rules = CriticalRules(MoveBandConfig(), adverse=-1)
+    rules.young = True
+    assert "fast_fall" in fired(rules, move(-200, 1.5), day_range(-700, scale=0.03))
+    rules.young = False
+    assert "fast_fall" not in fired(rules, move(-200, 1.5), day_range(-700, scale=0.03))
+
+
 def test_a_fast_move_over_more_than_an_hour_is_not_fast() -> None:
     """Four hours out of band and deep: a slide, not a fast fall."""
     assert "fast_fall" not in fired(FALLS, move(-900, 1.5, minutes=240), day_range(-900))
@@ -193,6 +203,24 @@ def test_a_small_coins_ordinary_slide_is_a_warning_and_a_crash_is_critical() -> 
     crash = feed(bands, [(q * 0.90, q * 0.90, q), (q * 0.80, q * 0.80, q * 0.90)],
                  start=len(calm) + 180)
     assert "critical" in {severity for _, _, severity in crash}, crash
+
+
+def test_a_fall_deep_only_in_absolute_terms_is_critical_in_a_keys_first_day_only() -> None:
+    """A coin of 4 % days falls 7 % in five minutes: an hour after its first price that
+    is deep (its day ranges are not known yet), three days after it is not (fast_fall
+    alone, so that no slide past a daily limit decides)."""
+    only_fast = MoveBandConfig(critical_rules=("fast_fall",))
+
+    def crash_after(minutes: int) -> set[str]:
+        bands = MoveBands(only_fast, key=KEY)
+        calm = walk(minutes, 0.001, seed=2)
+        feed(bands, calm)
+        p = calm[-1][0]
+        fall = [(p * (1 - 0.014 * (j + 1)),) * 3 for j in range(5)]
+        return {severity for _, _, severity in feed(bands, fall, start=minutes)}
+
+    assert "critical" in crash_after(60)
+    assert "critical" not in crash_after(3 * 1440)
 
 
 def test_a_stablecoin_pair_losing_its_peg_is_critical_within_minutes() -> None:

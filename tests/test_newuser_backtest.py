@@ -121,7 +121,7 @@ def test_explain_says_what_could_fire_at_the_crash_and_what_could_not(
     """At the crash (found by itself: the largest one-minute move), the static levels
     could fire and their 1-minute cap was passed; the learned detector, on a short file,
     could not, and explain says what it needed; --at names another moment."""
-    data = tardis_trades_csv(tmp_path, n=200, crash_at=150, drop=0.15)
+    data = tardis_trades_csv(tmp_path, n=200, crash_at=150)
     assert main(["explain", "--config", str(guard_toml), "--data", str(data)]) == 0
     out = capsys.readouterr().out
     assert "the largest 1 min move in the data" in out
@@ -129,7 +129,8 @@ def test_explain_says_what_could_fire_at_the_crash_and_what_could_not(
     assert "move bands, static levels" in fire and "past its 300 bps" in fire
     # what makes a band reading critical is the key's critical rules, said as they are
     assert "critical until the key's typical moves are learned (static)" in fire
-    assert "3 typical day ranges (fast_fall)" in fire and "(slide)" in fire
+    assert "3 typical day ranges, or 600 bps in the key's first day (fast_fall)" in fire
+    assert "(slide)" in fire
     cannot = out[out.index("could not:"):]
     assert "learned detector" in cannot and "needs 400 vectors over 5 min" in cannot
     assert "price_move open" in out and "(critical)" in out

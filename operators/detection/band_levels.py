@@ -58,6 +58,7 @@ class BandLevels(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     critical_rules: tuple[CriticalRule, ...] | None = None  # unset: detector.bands.critical_rules
     fast_s: PositiveSeconds | None = None  # unset: detector.bands.fast_s
     deep_bps: Positive | None = None  # unset: detector.bands.deep_bps
+    warmup_deep_bps: Positive | None = None  # unset: detector.bands.warmup_deep_bps
     deep_z: Positive | None = None  # unset: detector.bands.deep_z
     slide_z: PositiveFinite | None = None  # unset: detector.bands.slide_z
     static_z: Positive | None = None  # unset: detector.bands.static_z
@@ -128,6 +129,7 @@ class VolatilityLevels(BandLevels, frozen=True, kw_only=True, forbid_unknown_fie
     cap_bps: Levels | None = VOLATILITY_CAPS_BPS
     daily_limits_bps: tuple[DailyLimit, ...] | None = ()  # a volatility index is no price
     deep_bps: PositiveFinite | None = 1500.0  # a day's rise of implied volatility by 16 %
+    warmup_deep_bps: Positive | None = 1500.0  # the same from the first day
     critical_moves: CriticalMoves | None = "up"  # a rise of implied volatility is the adverse move
     # a day's rise of four typical ones: implied volatility spikes more often than a price
     band_k: Levels | None = VOLATILITY_BAND_K
@@ -184,6 +186,9 @@ class MoveBandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # ... while the day's range from its extreme is past this (inf: no level that holds for
     # every market; a thin coin's ordinary 6 % day is no crash) ...
     deep_bps: Positive = math.inf
+    # ... or, while the key has less than drawdown_s of history (its typical day range a
+    # guess from shorter moves), past this
+    warmup_deep_bps: Positive = 600.0
     deep_z: Positive = 3.0  # ... or past this many of the key's typical day ranges
     slide_z: PositiveFinite = 1.75  # slide: past a daily limit, the day's range this many typical
     static_z: Positive = math.inf  # static: a static level, learned moves this many typical

@@ -73,6 +73,8 @@ class CriticalRules:
         self.adverse = adverse
         self.fast_ns = self._fast_s_ns = int(config.fast_s * NS)
         self.deep = config.deep_bps * 1e-4
+        self.warmup_deep = config.warmup_deep_bps * 1e-4
+        self.young = False  # the key has less than a drawdown window of its own history
         self.deep_z = config.deep_z
         self.slide_z = config.slide_z
         self.static_z = config.static_z
@@ -111,8 +113,11 @@ class CriticalRules:
     def _deep(self, fall: float, scale: float) -> bool:
         """A day's adverse range past ``deep_z`` of the key's typical day ranges (a
         stablecoin pair's 1 % is as deep as bitcoin's 6 %, and a thin coin's ordinary 6 %
-        is not deep), or past ``deep_bps`` (by default only a volatility index's)."""
-        return fall >= self.deep or (scale >= 0.0 and fall >= self.deep_z * scale)
+        is not deep), or past ``deep_bps`` (by default only a volatility index's); while
+        the key has less than a day of history (its typical day range still a guess from
+        shorter moves), also past ``warmup_deep_bps``."""
+        return (fall >= self.deep or (self.young and fall >= self.warmup_deep)
+                or (scale >= 0.0 and fall >= self.deep_z * scale))
 
     def slide(self, readings: Sequence[Reading]) -> bool:
         for sign in self._directions():

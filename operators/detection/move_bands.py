@@ -88,6 +88,7 @@ class MoveBandState:
     last_close: float = 0.0
     var_rate: float = 0.0  # squared log return per ns
     n_returns: int = 0
+    since_ts: int = -1  # the key's first vector, or where a gap made it warm up afresh
     # per horizon (ns): [mean squared move over that horizon, horizons' worth of samples]
     h_var: dict[int, list[float]] = field(default_factory=dict)
     signals: int = 0
@@ -199,6 +200,9 @@ class MoveBands:
         gap = s.last_ts > 0 and 0 < s.interval_ns < (ts - s.last_ts) // 2
         if gap:
             self._after_gap(ts, price, low, high)
+        if s.since_ts < 0:  # the first vector, or a snapshot taken before it was kept
+            s.since_ts = ts if s.last_ts < 0 else s.last_ts
+        self._rules.young = ts - s.since_ts < self._dd_ns
         # measured last, the full look-back's returns are what is learned
         since = (self._measure(ts, low, high, s.reset_ts)
                  if s.ep_open and s.reset_ts >= 0 else None)
@@ -424,7 +428,7 @@ class MoveBands:
             s.reset_extreme = low if s.reset_dir < 0 else high
         if gap_ns * self._decay_per_ns > math.log(2.0):
             s.h_var.clear()
-            s.var_rate, s.n_returns = 0.0, 0
+            s.var_rate, s.n_returns, s.since_ts = 0.0, 0, ts
 
     def _learn(self, ts: int, price: float, gap: bool) -> None:
         s = self.s
