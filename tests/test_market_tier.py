@@ -511,6 +511,41 @@ def test_the_markets_of_a_confirmation_group_share_one_market_process(processes:
     assert all(len(procs) == 1 for procs in by_group.values())
 
 
+@pytest.mark.parametrize("processes", [2, 3, 5])
+def test_the_markets_of_a_cross_market_group_share_one_market_process(processes: int) -> None:
+    """The cross-market check compares the markets of one base asset and quote unit: each
+    such group is owned by one process, which can judge it alone."""
+    from riskguard.operators.detection.cross_rates import market_group
+
+    owners = MarketOwners(0, processes, {}, lambda name: None)
+    by_group: dict[str, set[int]] = {}
+    for key in (*_SPELLINGS, "binance/USDCUSDT", "kraken/USDCUSD", "okx/ETH-BTC"):
+        by_group.setdefault(market_group(key) or "", set()).add(owners.of_key(key))
+    assert set(by_group) == {"BTC/USD", "ETH/USD", "SOL/USD", "USDC/USD", "ETH/BTC"}
+    assert all(len(procs) == 1 for procs in by_group.values())
+
+
+def test_a_market_process_raises_the_dislocation_of_its_own_markets() -> None:
+    """Four bitcoin markets in one market process, one falling alone: a critical
+    dislocation of that market among its detections."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink, TestingSource, run_main
+    from one_market import ONE_PERP_MARKET, four_btc_markets
+    from riskguard.dataflows.guard.market import market_core, market_owners
+
+    flow = Dataflow("tier_cross")
+    out = market_core("m", op.input("in", flow, TestingSource(four_btc_markets(range(1, 340)))),
+                      cfg=ONE_PERP_MARKET, clock=lambda: 0,
+                      owners=market_owners(ONE_PERP_MARKET))
+    got: list[Any] = []
+    op.output("detections", out.detections, TestingSink(got))
+    run_main(flow)
+    opens = [(d.key, d.severity.value) for d in got if getattr(d, "kind", None) == "dislocation"
+             and d.phase == "open"]
+    assert opens == [("bitstamp/BTCUSD", "critical")]
+
+
 def test_the_tier_confirms_across_venues_as_one_worker_does() -> None:
     """The confirmation step in a bytewax flow over every market, and over each market
     process's own markets: the same escalations."""

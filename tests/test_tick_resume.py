@@ -14,7 +14,7 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
-from one_market import ONE_PERP_MARKET, S, okx_trade
+from one_market import ONE_PERP_MARKET, S, four_btc_markets, okx_trade
 from riskguard.dataflows.guard import GuardConfig
 from riskguard.dataflows.guard.admit import TickSpec
 from riskguard.dataflows.guard.core import guard_core
@@ -22,7 +22,7 @@ from riskguard.dataflows.guard.market import market_core, market_owners
 from riskguard.dataflows.guard.steps import FirmClock
 from riskguard.operators.core.admission import AdmissionConfig, KeyAdmission, Known
 from riskguard.operators.core.clock import Tick
-from riskguard.schemas import Codec, DetectProgress, Fill, Quote
+from riskguard.schemas import Codec, DetectProgress, Fill
 from signing_fixtures import ENGINE, trust_store
 
 
@@ -185,21 +185,6 @@ def test_a_resumed_firm_sends_its_held_ticks_at_the_market_processes_progress() 
     assert firm_run(resumed, [own[3:], progress[1]]) == [80 * S]
 
 
-def _btc_quotes(seconds: range) -> list[Any]:
-    """Four BTC markets quoting every second; bitstamp's falls 4 % alone from 300 s."""
-    markets = (("kraken", "XBTUSD", 1.0), ("binance", "BTCUSDT", 1.0005),
-               ("coinbase", "BTC-USDC", 0.9998), ("bitstamp", "BTCUSD", 1.0))
-    out: list[Any] = []
-    for s in seconds:
-        for n, (venue, inst, offset) in enumerate(markets):
-            mid = 100.0 * offset * (0.96 if venue == "bitstamp" and s >= 300 else 1.0)
-            mid *= 1.0 + 0.0001 * ((s * (n + 2)) % 5)
-            out.append(Quote(id=f"{venue}{s}", venue=venue, instrument=inst,
-                             ts=s * S + 7_000_000 * (n + 1), bid=mid * 0.9999, bid_size=1.0,
-                             ask=mid * 1.0001, ask_size=1.0))
-    return out
-
-
 def _dislocations(outputs: list[Any]) -> list[tuple[str, str, int]]:
     return sorted((x.key, x.phase, x.ts) for x in outputs
                   if getattr(x, "kind", None) == "dislocation")
@@ -215,7 +200,7 @@ def test_a_guard_resumed_inside_a_bucket_raises_the_dislocations_of_an_unbroken_
     """The cross-market check takes its time from the admission gate's ticks, whose
     memory is in the gate's snapshot: resumed inside a bucket the stopped run ticked,
     under its name or a new one, it raises the dislocations an unbroken run does."""
-    quotes = _btc_quotes(range(1, 340))
+    quotes = four_btc_markets(range(1, 340))
     want = _dislocations(_run_guard_signals(quotes))
     assert ("bitstamp/BTCUSD", "open", 300 * S + 28_000_000) in want
     init_db_dir(tmp_path, 1)

@@ -26,6 +26,7 @@ from riskguard.dataflows.guard.steps import (
     detect_on,
     is_broadcast,
     mark_filter,
+    market_and_ticks,
     progress_records,
     select_feeds,
     split_inputs,
@@ -254,7 +255,9 @@ def market_core(
     market, _rest, status, trading = split_inputs(records)
     market_ok = select_feeds(market, status, cfg, owners.local)
     feat_market = with_own_index(market, market_ok)
-    anomalies, errs = detect_on(feat_market, status, cfg, clock, owners.local)
+    # its own underlyings hold every market of their cross-market groups
+    read = op.flat_map_batch("market_timed", admitted.timed, market_and_ticks)
+    anomalies, errs = detect_on(feat_market, status, cfg, clock, owners.local, read=read)
     place = ShardPlace(f"m{owners.index}.", owners.owns, owners.processes)
     valued = value_positions("exposure", feat_market, trading, config=cfg.exposure,
                              place=place, ticks=ticks, clock=clock, wall_clock=wall_clock,
