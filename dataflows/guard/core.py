@@ -39,7 +39,6 @@ from riskguard.dataflows.guard.steps import (
     detect_on,
     first_of_each_id,
     mark_filter,
-    market_and_ticks,
     market_parts,
     market_ticks,
     monitor_builder,
@@ -182,8 +181,7 @@ def _detect_and_value(market: Stream[MarketEvent], status: Stream[VenueStatus],
     alerts and progress; the steps' dead letters join ``step_errs``. ``timed``: what
     passed the admission gate, its ticks in their places."""
     market_ok = select_feeds(market, status, cfg, None)
-    read = op.flat_map_batch("market_timed", timed, market_and_ticks)
-    anomalies, detect_errs = detect_on(market_ok, status, cfg, clock, None, read=read,
+    anomalies, detect_errs = detect_on(market_ok, status, cfg, clock, None, timed=timed,
                                         watch=watch)
     step_errs.extend(detect_errs)
     exposure = aggregate_exposure(

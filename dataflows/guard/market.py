@@ -26,7 +26,6 @@ from riskguard.dataflows.guard.steps import (
     detect_on,
     is_broadcast,
     mark_filter,
-    market_and_ticks,
     progress_records,
     select_feeds,
     split_inputs,
@@ -256,8 +255,8 @@ def market_core(
     market_ok = select_feeds(market, status, cfg, owners.local)
     feat_market = with_own_index(market, market_ok)
     # its own underlyings hold every market of their cross-market groups
-    read = op.flat_map_batch("market_timed", admitted.timed, market_and_ticks)
-    anomalies, errs = detect_on(feat_market, status, cfg, clock, owners.local, read=read)
+    anomalies, errs = detect_on(feat_market, status, cfg, clock, owners.local,
+                                timed=admitted.timed)
     place = ShardPlace(f"m{owners.index}.", owners.owns, owners.processes)
     valued = value_positions("exposure", feat_market, trading, config=cfg.exposure,
                              place=place, ticks=ticks, clock=clock, wall_clock=wall_clock,

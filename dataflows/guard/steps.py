@@ -84,7 +84,7 @@ def _market_records(recs: list[Any]) -> list[MarketEvent]:
     return [r for r in recs if isinstance(r, MARKET)]
 
 
-def market_and_ticks(recs: list[Any]) -> list[MarketEvent | Tick]:
+def _market_and_ticks(recs: list[Any]) -> list[MarketEvent | Tick]:
     """The market records and ticks among ``recs``, in order."""
     return [r for r in recs if type(r) is Tick or isinstance(r, MARKET)]
 
@@ -93,7 +93,7 @@ def _status_records(recs: list[Any]) -> list[Any]:
     return [r for r in recs if isinstance(r, VenueStatus)]
 
 
-def ticks_in(recs: list[Any]) -> list[Tick]:
+def _ticks_in(recs: list[Any]) -> list[Tick]:
     """The ticks among ``recs``, in order: the cross-market check's ``ticks_of`` where its
     input carries the admission gate's ticks."""
     return [r for r in recs if type(r) is Tick]
@@ -157,14 +157,17 @@ def with_own_index(market: Stream[MarketEvent], market_ok: Stream[MarketEvent]
 
 def detect_on(feat_market: Stream[MarketEvent], status: Stream[VenueStatus],
                cfg: GuardConfig, clock: Clock, local_keys: Callable[[str], bool] | None,
-               read: Stream[MarketEvent | Tick] | None = None, watch: Any = None,
+               timed: Stream[Record | Tick] | None = None, watch: Any = None,
                ) -> tuple[Stream[AnomalySignal], list[Stream[DeadLetter]]]:
-    """Features and anomaly detection on ``feat_market``; with ``read`` (every market
-    record as read, with the admission gate's ticks in order), the cross-market check
-    too. ``watch`` (a
+    """Features and anomaly detection on ``feat_market``; with ``timed`` (what passed the
+    admission gate, its ticks in their places), the cross-market check too, on every
+    market record as read. ``watch`` (a
     :class:`~riskguard.dataflows.readiness.DetectorWatch`) sees what the detectors get."""
     feats = extract_features("features", op.merge("feat_in", feat_market, status),
                              config=cfg.features, clock=clock, local_keys=local_keys)
+    read = (op.flat_map_batch("market_timed", timed, _market_and_ticks)
+            if timed is not None and (cfg.detector.cross.enabled or watch is not None)
+            else None)
     if watch is not None:  # nothing flows on from these steps
         op.flat_map_batch("watch_vectors", feats.oks, lambda kvs: _watched(
             watch.vector, (fv for _k, fv in kvs)))
@@ -175,7 +178,7 @@ def detect_on(feat_market: Stream[MarketEvent], status: Stream[VenueStatus],
     if cfg.detector.cross.enabled and read is not None:
         anomalies = op.merge("with_dislocations", anomalies, detect_dislocations(
             "cross", read, config=cfg.detector.cross,
-            ticks_of=ticks_in,
+            ticks_of=_ticks_in,
             clock=clock, bar_ns=cfg.features.bar_ns))
     return anomalies, [feats.errs, detected.errs]
 
