@@ -200,8 +200,8 @@ class MoveBands:
         gap = s.last_ts > 0 and 0 < s.interval_ns < (ts - s.last_ts) // 2
         if gap:
             self._after_gap(ts, price, low, high)
-        if s.since_ts < 0:  # the first vector, or a snapshot taken before it was kept
-            s.since_ts = ts if s.last_ts < 0 else s.last_ts
+        if s.since_ts < 0:
+            s.since_ts = ts
         self._rules.young = ts - s.since_ts < self._dd_ns
         # measured last, the full look-back's returns are what is learned
         since = (self._measure(ts, low, high, s.reset_ts)
