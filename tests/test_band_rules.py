@@ -225,7 +225,8 @@ def test_a_fall_deep_only_in_absolute_terms_is_critical_in_a_keys_first_day_only
 
 def test_a_stablecoin_pair_losing_its_peg_is_critical_within_minutes() -> None:
     """A pair that moves 1 bp a minute falls 2 % in five minutes: with the defaults,
-    fast and (for this market) deep: three of its typical day ranges."""
+    fast and (for this market) deep: three of its typical day ranges (about 0.5 % each,
+    a random walk's day range at 1 bp a minute)."""
     bands = MoveBands(MoveBandConfig(), key=KEY)
     calm = walk(3 * 1440, 0.0001, seed=4, start=1.0)
     assert feed(bands, calm) == []
@@ -233,4 +234,4 @@ def test_a_stablecoin_pair_losing_its_peg_is_critical_within_minutes() -> None:
     depeg = [(p * (1 - 0.004 * (j + 1)),) * 3 for j in range(5)]
     got = feed(bands, depeg, start=len(calm))
     first = next(i for i, _, severity in got if severity == "critical")
-    assert first - len(calm) <= 2  # a 1.2 % fall, two minutes in
+    assert first - len(calm) <= 3  # a 1.6 % fall, three minutes in

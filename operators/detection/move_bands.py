@@ -22,7 +22,7 @@ typical moves as ``zscore`` (``from_settlement`` names a daily limit, with no ty
 >>> calm = [s for i in range(600) for s in bands.on_vector(bar(i, 100.0 + (i % 5) * 0.02))]
 >>> calm
 []
->>> sig = bands.on_vector(bar(600, 96.0, low=95.0))[0]
+>>> sig = bands.on_vector(bar(600, 93.0, low=92.0))[0]
 >>> (sig.kind, sig.phase, sig.severity.value, sig.top_features[0].feature)
 ('price_move', 'open', 'critical', 'move_1m')
 """
@@ -116,6 +116,10 @@ class MoveBandState:
 
 _FINE_NS = 60 * NS
 _COARSE_NS = 900 * NS
+RANGE_PER_SIGMA = 1.355
+"""A random walk's root mean square day-range reading (the larger of the fall from the
+window's high and the rise from its low), in its standard deviations over the window:
+the stand-in for a key's typical day range while it learns its own."""
 
 
 def _level(share: float, falling: bool) -> float:
@@ -295,7 +299,8 @@ class MoveBands:
         dd, ru = log_ratio(low, hi), log_ratio(high, lo)
         move, name = (dd, self._dd_names[0]) if -dd >= ru else (ru, self._dd_names[1])
         self._returns.append((-h, move))
-        scale = self._scale(-h, self.sigma_per_sqrt_ns, h)
+        sigma = self.sigma_per_sqrt_ns
+        scale = self._scale(-h, None if sigma is None else sigma * RANGE_PER_SIGMA, h)
         band = self._band(k, floor, cap, scale)
         learned = band if scale is None else max(floor, k * scale)
         return Reading(abs(move) / band, move, name, cap, -1.0 if scale is None else scale, h,
