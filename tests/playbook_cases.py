@@ -97,7 +97,7 @@ HB = Rule(name="hb", signal="heartbeat_loss", scope="venue:*", target="venue", q
                                                                after_s=60)))
 
 
-def _stream(source: str, signals: list[Any], until_s: int, of: int = 2) -> list[Any]:
+def worker_input(source: str, signals: list[Any], until_s: int, of: int = 2) -> list[Any]:
     """One guard worker's playbook input: a tick at each second it reaches, then its
     signals of that second."""
     out: list[Any] = []
@@ -107,7 +107,7 @@ def _stream(source: str, signals: list[Any], until_s: int, of: int = 2) -> list[
     return out
 
 
-def _two_incidents(of: int = 2) -> tuple[list[Any], list[Any]]:
+def two_incidents(of: int = 2) -> tuple[list[Any], list[Any]]:
     """binance's heartbeats (worker 1) fail twice; okx flash-crashes in between (worker 2)."""
     hb = [alert("heartbeat_loss", venue("binance"), 10, Severity.CRITICAL),
           alert("heartbeat_restored", venue("binance"), 25),
@@ -116,4 +116,4 @@ def _two_incidents(of: int = 2) -> tuple[list[Any], list[Any]]:
     crash = [anomaly(40), anomaly(41, phase="escalate", sev=Severity.CRITICAL),
              anomaly(45, phase="close"), anomaly(150, v="binance"),
              anomaly(152, v="binance", phase="close")]
-    return _stream("p1", hb, 260, of), _stream("p2", crash, 260, of)
+    return worker_input("p1", hb, 260, of), worker_input("p2", crash, 260, of)

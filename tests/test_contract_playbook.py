@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 from contract import CHECKS, Case
-from playbook_cases import FLASH, HB, _two_incidents, alert, anomaly, breach, cp, resume, venue
+from playbook_cases import FLASH, HB, alert, anomaly, breach, cp, resume, two_incidents, venue
 from riskguard.operators.core.clock import step_event_time
 from riskguard.operators.mitigation.playbook import (
     PlaybookConfig,
@@ -59,7 +59,7 @@ def _event_clock() -> int:
 # Two guard processes; once the first has ticked, the second runs a whole incident ahead:
 # its signals wait for the watermark (state a snapshot must keep). Expected-source counts
 # are left out: a resumed logic meets the same source names here, not new ones.
-P1, P2 = _two_incidents(of=0)
+P1, P2 = two_incidents(of=0)
 CASES = [Case("playbook", playbook_builder(CFG, lambda: 42), EVENTS, splits=(3, 14, 20)),
          Case("playbook_two_processes", playbook_builder(CFG, lambda: 42),
               P1[:1] + P2[:300] + P1[1:],

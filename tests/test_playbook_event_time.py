@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from playbook_cases import FLASH, HB, _stream, _two_incidents, acts, alert, feed, make, venue
+from playbook_cases import FLASH, HB, acts, alert, feed, make, two_incidents, venue, worker_input
 from riskguard.operators.core.clock import ManualClock
 from riskguard.operators.mitigation.playbook import PlaybookLogic, Rule, Rung, S, Tick
 from riskguard.schemas import Action, Severity
@@ -50,7 +50,7 @@ def test_a_process_far_ahead_waits_so_two_processes_plan_what_one_worker_does() 
     interleaving of the two processes' inputs plans exactly the one-worker commands."""
     import random
 
-    p1, p2 = _two_incidents()
+    p1, p2 = two_incidents()
     rules = (FLASH, HB)
     reference = _planned(make(*rules), _one_worker(p1, p2))
     assert ("cancel_all", "venue:binance") in [c[:2] for c in reference]
@@ -149,7 +149,7 @@ def test_at_end_of_input_a_source_that_finished_early_does_not_hold_the_clock() 
           alert("heartbeat_restored", venue("binance"), 25),
           alert("heartbeat_loss", venue("binance"), 110, Severity.CRITICAL),
           alert("heartbeat_restored", venue("binance"), 200)]
-    early, late = _stream("p1", [], 5), _stream("p2", hb, 260)
+    early, late = worker_input("p1", [], 5), worker_input("p2", hb, 260)
     reference = _planned(make(HB), _one_worker(early, late))
     assert [c[:2] for c in reference].count(("resume", "venue:binance")) == 2
     for events in (early + late, late + early):
