@@ -211,3 +211,49 @@ def test_a_guard_resumed_inside_a_bucket_raises_the_dislocations_of_an_unbroken_
     if new_host:
         monkeypatch.setattr(socket, "gethostname", lambda: "restarted-host")
     assert _dislocations(stopped + _run_guard_signals(items, rc)) == want
+
+
+class _CheckTicks:
+    """A readiness watch that keeps the time of every tick the cross-market check reads."""
+
+    def __init__(self) -> None:
+        self.ticks: list[int] = []
+
+    def vector(self, _fv: Any) -> None:
+        pass
+
+    def market(self, rec: Any) -> None:
+        if type(rec) is Tick:
+            self.ticks.append(rec.ts)
+
+
+def _check_ticks(items: list[Any], rc: RecoveryConfig | None = None) -> list[int]:
+    flow = Dataflow("guard_check_ticks")
+    seen = _CheckTicks()
+    out = guard_core("guard", op.input("in", flow, TestingSource(items, batch_size=3)),
+                     cfg=GUARD_CFG, cfg_hash="0" * 64, clock=lambda: 0, signer=ENGINE,
+                     trust=trust_store(), tick_sources=1, watch=seen)
+    op.output("signals", out.signals, TestingSink([]))
+    run_main(flow, epoch_interval=timedelta(seconds=0), recovery_config=rc)
+    return seen.ticks
+
+
+def test_the_cross_market_check_hears_after_a_resume_only_ticks_an_unbroken_run_made(
+        tmp_path: Path) -> None:
+    """Resumed inside a bucket the stopped run ticked, under the same process name, the
+    check is told that bucket's tick again at its own time (the gate's snapshot holds
+    it), never at a later record's time, and every later tick where the unbroken run's
+    was (a check making its own ticks from what it reads would tick the bucket again)."""
+    quotes = four_btc_markets(range(1, 40))
+    unbroken = _check_ticks(quotes)
+    init_db_dir(tmp_path, 1)
+    rc = RecoveryConfig(str(tmp_path))
+    cut = 4 * 15 + 2  # inside the 15th second's bucket, after the record that ticked it
+    items = [*quotes[:cut], TestingSource.ABORT(), *quotes[cut:]]
+    stopped = _check_ticks(items, rc)
+    resumed = _check_ticks(items, rc)
+    assert stopped == unbroken[: len(stopped)]
+    assert resumed[0] == stopped[-1] == 16 * S + 7_000_000
+    assert set(resumed) <= set(unbroken)
+    assert resumed[-1] == unbroken[-1]
+    assert sorted(set(stopped) | set(resumed)) == sorted(set(unbroken))
