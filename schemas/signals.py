@@ -105,11 +105,13 @@ class AnomalySignal(Record, frozen=True, kw_only=True, tag="anomaly"):
     ``kind == "regime_change"`` and ``phase == "open"``. ``kind == "price_move"``
     comes from the move bands (:mod:`riskguard.operators.detection.move_bands`),
     ``kind == "dislocation"`` from the cross-market check
-    (:mod:`riskguard.operators.detection.cross_rates`).
+    (:mod:`riskguard.operators.detection.cross_rates`), ``kind == "stale_feed"`` from
+    the stale book-side check (:mod:`riskguard.operators.detection.stale_book`).
     """
 
     id: RecordId
-    kind: Literal["anomaly", "regime_change", "price_move", "dislocation"] = "anomaly"
+    kind: Literal["anomaly", "regime_change", "price_move", "dislocation",
+                  "stale_feed"] = "anomaly"
     phase: Literal["open", "escalate", "deescalate", "close"] = "open"
     key: Name
     scope: Scope
@@ -328,7 +330,7 @@ def parse_limit_path(path: str) -> tuple[str, str, str]:
     raise ValueError(msg)
 
 
-ANOMALY_KINDS = ("anomaly", "regime_change", "price_move", "dislocation")
+ANOMALY_KINDS = ("anomaly", "regime_change", "price_move", "dislocation", "stale_feed")
 """``AnomalySignal.kind`` values."""
 ALERT_KINDS = (
     "stale_mark", "mark_restored", "reconciliation_break", "heartbeat_loss", "heartbeat_restored",

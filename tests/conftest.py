@@ -1,15 +1,22 @@
-"""Shared fixtures: the real dev broker (or $RISKGUARD_KAFKA_BOOTSTRAP) and fresh topics."""
+"""Shared fixtures: the real dev broker (or $RISKGUARD_KAFKA_BOOTSTRAP), fresh topics, and
+the default guard config for backtests."""
 
 from __future__ import annotations
 
 import os
+import tomllib
 import uuid
 from collections.abc import Callable, Iterator
+from importlib import resources
 from pathlib import Path
 
 import pytest
 from riskguard.connectors.broker import DevBroker
 from riskguard.connectors.topics import TopicSpec, create_topics
+from riskguard.dataflows.demo import init_keys
+from riskguard.dataflows.guard import load_guard_config
+
+from riskguard.toml_text import dump_toml
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +68,19 @@ def recovery_dir(tmp_path: Path) -> Callable[[int], Path]:
         return d
 
     return make
+
+
+@pytest.fixture(scope="module")
+def default_config(tmp_path_factory: pytest.TempPathFactory):
+    """The default guard config: keys and the bundled playbook, nothing else (no venues
+    listed: they come from the data)."""
+    work = tmp_path_factory.mktemp("default_config")
+    keys = init_keys(work)
+    playbook = tomllib.loads(resources.files("riskguard.dataflows").joinpath(
+        "playbook.toml").read_text())["playbook"]
+    doc = {"env": "bt", "playbook": playbook,
+           "keys": {"issuer": "riskguard-guard", "signing_key": keys.signing_key.name,
+                    "trust_file": keys.trust_file.name, "roots_file": keys.roots_file.name}}
+    path = Path(work) / "guard.toml"
+    path.write_text(dump_toml(doc))
+    return load_guard_config(path)

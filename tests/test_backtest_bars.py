@@ -21,22 +21,6 @@ NS = 1_000_000_000
 MIN = 60 * NS
 
 
-@pytest.fixture(scope="module")
-def default_config(tmp_path_factory: pytest.TempPathFactory):
-    """The default guard config: keys and the bundled playbook, nothing else (no venues
-    listed: they come from the data)."""
-    work = tmp_path_factory.mktemp("bars")
-    keys = init_keys(work)
-    playbook = tomllib.loads(resources.files("riskguard.dataflows").joinpath(
-        "playbook.toml").read_text())["playbook"]
-    doc = {"env": "bt", "playbook": playbook,
-           "keys": {"issuer": "riskguard-guard", "signing_key": keys.signing_key.name,
-                    "trust_file": keys.trust_file.name, "roots_file": keys.roots_file.name}}
-    path = Path(work) / "guard.toml"
-    path.write_text(dump_toml(doc))
-    return load_guard_config(path)
-
-
 def bars(n_calm: int = 900, crash_at: int | None = 800, seed: int = 7) -> list[Bar]:
     """1-minute price-only bars: a calm random walk, then a fall of about 1.6 % a bar for
     6 bars from ``crash_at``."""

@@ -53,6 +53,7 @@ from riskguard.operators.detection.ops import (
 )
 from riskguard.operators.detection.range_scorer import RangeScorer
 from riskguard.operators.detection.score_quantile import ScoreQuantile
+from riskguard.operators.detection.stale_book import StaleBook, StaleBookConfig, StaleBookState
 from riskguard.operators.detection.venue_confirm import (
     MarketProgress,
     VenueConfirmConfig,
@@ -85,6 +86,9 @@ __all__ = [
     "Scenario",
     "ScoreQuantile",
     "SimConfig",
+    "StaleBook",
+    "StaleBookConfig",
+    "StaleBookState",
     "VenueConfirmConfig",
     "VenueConfirmLogic",
     "VenueConfirmState",

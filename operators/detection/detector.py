@@ -46,6 +46,7 @@ from riskguard.operators.detection.models import (
 from riskguard.operators.detection.move_bands import MoveBands, MoveBandState
 from riskguard.operators.detection.range_scorer import RangeState
 from riskguard.operators.detection.score_quantile import ScoreQuantile
+from riskguard.operators.detection.stale_book import StaleBook, StaleBookState
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import encode
 from riskguard.schemas.signals import (
@@ -141,6 +142,7 @@ class DetectorState:
     ep_warming: bool = False
     ep_points: int = 0
     bands: MoveBandState | None = None
+    stale: StaleBookState | None = None
     measure: str = "price"  # what the key's prices are (its bands' levels follow)
     ranges: RangeState | None = None
     fresh_range: RangeState | None = None
@@ -184,6 +186,7 @@ class DetectorLogic:
         self._down = 1.0 - config.tail_step * (1.0 - config.tail_quantile) / config.tail_quantile
         self.bands: MoveBands | None = None
         self._bands_set = False
+        self.stale: StaleBook | None = None
         if s.key:
             self._key_bands(s.key, s.measure)
         self._quiet_points = config.close_quiet_points
@@ -272,6 +275,7 @@ class DetectorLogic:
         snap.drift = self._pickled[2]
         snap.quantile = self.quantile.state()
         snap.bands = self.bands.snapshot() if self.bands is not None else None
+        snap.stale = self.stale.snapshot() if self.stale is not None else s.stale
         snap.mean = list(s.mean)
         snap.var = list(s.var)
         snap.peak = list(s.peak)
@@ -317,6 +321,8 @@ class DetectorLogic:
         if fv.price and (not self._bands_set or fv.measure != s.measure):
             bands = self._key_bands(fv.key, fv.measure)  # its first price, or a new measure
         moves = bands.on_vector(fv) if bands is not None and fv.price else ()
+        if "bid_stale_s" in values:  # a book-depth key
+            moves = [*moves, *self._stale_sides(fv)]
         if self._bands_only:
             return list(moves)
         x = self._vector(fv)
@@ -512,6 +518,15 @@ class DetectorLogic:
         out: list[AnomalySignal | DeadLetter] = list(moves)
         out.extend(self._episode(fv, score, thr, anomalous, warming, contributions))
         return out
+
+    def _stale_sides(self, fv: FeatureVector) -> list[AnomalySignal]:
+        """The stale book-side check on a depth key's vector."""
+        check = self.stale
+        if check is None:
+            if not self.config.stale_book.enabled:
+                return []
+            check = self.stale = StaleBook(self.config.stale_book, fv.key, self.s.stale)
+        return check.on_vector(fv, self.s.gap_s)
 
     def _key_bands(self, key: str, measure: str) -> MoveBands | None:
         """The key's move bands with the settings of its measure and product (None when

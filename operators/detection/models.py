@@ -20,6 +20,7 @@ from riskguard.operators.detection.band_levels import MoveBandConfig
 from riskguard.operators.detection.cross_rates import CrossRateConfig
 from riskguard.operators.detection.hst import ArrayHST, hst_shape
 from riskguard.operators.detection.range_scorer import RangeScorer, RangeState
+from riskguard.operators.detection.stale_book import StaleBookConfig
 from riskguard.operators.detection.venue_confirm import VenueConfirmConfig
 from riskguard.schemas.types import Finite
 
@@ -136,6 +137,7 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     bands: MoveBandConfig = MoveBandConfig()
     cross: CrossRateConfig = CrossRateConfig()
     confirm: VenueConfirmConfig = VenueConfirmConfig()
+    stale_book: StaleBookConfig = StaleBookConfig()
     topic: str = "features"  # the topic a dead letter of this step names
     step: str = "detect"  # the step a dead letter of this step names
 

@@ -45,7 +45,8 @@ CLOSERS = {"heartbeat_restored": "heartbeat_loss", "feed_restored": "feed_failov
 #: Signal kinds whose incidents stay open until an explicit close arrives.
 #: Every other kind is momentary: its incident counts as closed right after
 #: each signal, so the quiet period starts at once and a repeat reopens it.
-OPENERS = frozenset({"anomaly", "price_move", "dislocation", "breach", "heartbeat_loss",
+OPENERS = frozenset({"anomaly", "price_move", "dislocation", "stale_feed", "breach",
+                     "heartbeat_loss",
                      "feed_failover", "withdrawals_halted", "depeg", "market_process_silent",
                      "stale_mark",
                      UNACKNOWLEDGED})
