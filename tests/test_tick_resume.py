@@ -90,12 +90,13 @@ GUARD_CFG = msgspec.convert({
 
 
 def _run_guard(items: list[Any], rc: RecoveryConfig | None = None, *,
-               output: str = "exposures", batch_size: int = 1) -> list[Any]:
+               output: str = "exposures", batch_size: int = 1, watch: Any = None
+               ) -> list[Any]:
     """The guard's ``output`` stream (a :class:`GuardOut` field) over ``items``."""
     flow = Dataflow("guard_ticks_resume")
     out = guard_core("guard", op.input("in", flow, TestingSource(items, batch_size=batch_size)),
                      cfg=GUARD_CFG, cfg_hash="0" * 64, clock=lambda: 0, signer=ENGINE,
-                     trust=trust_store(), tick_sources=1)
+                     trust=trust_store(), tick_sources=1, watch=watch)
     got: list[Any] = []
     op.output(output, getattr(out, output), TestingSink(got))
     run_main(flow, epoch_interval=timedelta(seconds=0), recovery_config=rc)
@@ -228,13 +229,8 @@ class _CheckTicks:
 
 
 def _check_ticks(items: list[Any], rc: RecoveryConfig | None = None) -> list[int]:
-    flow = Dataflow("guard_check_ticks")
     seen = _CheckTicks()
-    out = guard_core("guard", op.input("in", flow, TestingSource(items, batch_size=3)),
-                     cfg=GUARD_CFG, cfg_hash="0" * 64, clock=lambda: 0, signer=ENGINE,
-                     trust=trust_store(), tick_sources=1, watch=seen)
-    op.output("signals", out.signals, TestingSink([]))
-    run_main(flow, epoch_interval=timedelta(seconds=0), recovery_config=rc)
+    _run_guard(items, rc, output="signals", batch_size=3, watch=seen)
     return seen.ticks
 
 

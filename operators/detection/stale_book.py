@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import msgspec
+from riskguard.operators.core.base import copy_fields
 from riskguard.operators.core.snapshot import persisted
 from riskguard.schemas import AnomalySignal, Contribution, FeatureVector, Severity
 
@@ -72,9 +73,7 @@ class StaleBook:
         self.s = state if state is not None else StaleBookState()
 
     def snapshot(self) -> StaleBookState:
-        s = self.s
-        return StaleBookState(version=s.version, episodes=s.episodes, open=s.open,
-                              side=s.side)
+        return copy_fields(self.s)
 
     def on_vector(self, fv: FeatureVector, gap_s: float) -> list[AnomalySignal]:
         """A vector with both sides' staleness (``gap_s``: the key's typical seconds
