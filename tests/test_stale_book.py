@@ -67,17 +67,18 @@ def test_a_side_that_stays_frozen_while_the_other_freezes_too_closes_the_episode
     assert phases(check, [sides(630, 630, 330)]) == [(630.0, "close")]
 
 
-def depth(i: int, bid: float, ask: float) -> BookDepth:
-    return BookDepth(id=f"d{i}", venue="binance_um", instrument="BTCUSDT", ts=i * 30 * NS,
+def depth(i: int, bid: float, ask: float, every_s: int = 30) -> BookDepth:
+    return BookDepth(id=f"d{i}", venue="binance_um", instrument="BTCUSDT", ts=i * every_s * NS,
                      bands_pct=[1.0, 5.0], bid_depth=[bid, 5 * bid],
                      ask_depth=[ask, 5 * ask], mid=100_000.0 + (i % 7))
 
 
-def frozen_bid_book(n: int, freeze_from: int, thaw_at: int) -> list[BookDepth]:
-    """30-second snapshots whose bid side repeats one value from ``freeze_from`` until
-    ``thaw_at`` while the ask side keeps changing."""
+def frozen_bid_book(n: int, freeze_from: int, thaw_at: int, every_s: int = 30
+                    ) -> list[BookDepth]:
+    """Snapshots every ``every_s`` whose bid side repeats one value from ``freeze_from``
+    until ``thaw_at`` while the ask side keeps changing."""
     return [depth(i, 17.654 if freeze_from <= i < thaw_at else 2000.0 + 40 * (i % 5),
-                  1900.0 + 37 * (i % 6)) for i in range(n)]
+                  1900.0 + 37 * (i % 6), every_s) for i in range(n)]
 
 
 def stale_signals(records: list[BookDepth], detector: DetectorLogic | None = None,
@@ -106,6 +107,15 @@ def test_the_detector_holds_a_frozen_bid_side_critical_and_resumes_where_it_stoo
     restored = DetectorLogic(DetectorConfig(), lambda: 0,
                              decode_snapshot(encode_snapshot(detector.snapshot())))
     assert first + stale_signals(book[200:], restored, features) == want
+
+
+def test_without_the_learned_path_a_slow_feed_is_stale_after_ten_snapshots_too() -> None:
+    """With the move bands alone (``model = "none"``) the check still learns the key's
+    typical time between snapshots: a five-minute feed whose bid side freezes from its
+    20th snapshot is stale at its 30th, not its 21st."""
+    bands_only = DetectorLogic(DetectorConfig(model="none"), lambda: 0)
+    got = stale_signals(frozen_bid_book(60, 20, 60, every_s=300), bands_only)
+    assert got == [(30 * 300.0, "open")]
 
 
 def test_switched_off_there_is_no_stale_feed_signal() -> None:

@@ -526,7 +526,10 @@ class DetectorLogic:
             if not self.config.stale_book.enabled:
                 return []
             check = self.stale = StaleBook(self.config.stale_book, fv.key, self.s.stale)
-        return check.on_vector(fv, self.s.gap_s)
+        got = check.on_vector(fv, self.s.gap_s)
+        if self._bands_only:  # else the learned path learns the gaps, after scoring
+            self._learn_gap(fv.ts)
+        return got
 
     def _key_bands(self, key: str, measure: str) -> MoveBands | None:
         """The key's move bands with the settings of its measure and product (None when
