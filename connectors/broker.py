@@ -110,7 +110,7 @@ def process_identity(pid: int) -> tuple[int, str] | None:
     return uid, fields[19] if len(fields) > 19 else ""
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -135,7 +135,7 @@ class DevBroker:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        if pid != info.get("pid") or not _pid_alive(pid) or not self._same_process(info):
+        if pid != info.get("pid") or not pid_alive(pid) or not self._same_process(info):
             return None
         return BrokerInfo(pid=pid, bootstrap=info["bootstrap"], log=info["log"])
 
@@ -204,11 +204,11 @@ class DevBroker:
             return False
         os.kill(info.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while _pid_alive(info.pid) and time.monotonic() < deadline:
+        while pid_alive(info.pid) and time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(info.pid, os.WNOHANG)
             time.sleep(0.05)
-        if _pid_alive(info.pid):
+        if pid_alive(info.pid):
             os.kill(info.pid, signal.SIGKILL)
         return True
 

@@ -144,14 +144,14 @@ def _read(consumer: Consumer, topic: str, windows: dict[int, tuple[int, int | No
             continue
         quiet_since = time.monotonic()
         done.discard(p)
-        best[p] = best[p].joined(_signed_of(m.value(), key, issuer))
+        best[p] = best[p].joined(signed_of(m.value(), key, issuer))
 
 
-def _signed_of(raw: bytes | None, key: VerifyKey, issuer: str) -> Signed:
+def signed_of(raw: bytes | None, key: VerifyKey, issuer: str) -> Signed:
     """The ``seq`` and trust serial of a command ``issuer`` signed with ``key``; zeros for
     anything else.
 
-    >>> _signed_of(b"[" * 2000 + b"]" * 2000, VerifyKey(bytes(32)), "engine-1")
+    >>> signed_of(b"[" * 2000 + b"]" * 2000, VerifyKey(bytes(32)), "engine-1")
     Signed(seq=0, trust_serial=0)
     """
     if not raw:

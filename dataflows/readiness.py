@@ -27,6 +27,7 @@ import msgspec
 from riskguard.operators.detection.cross_rates import market_group
 from riskguard.operators.detection.detector import DetectorLogic
 from riskguard.operators.detection.models import DetectorConfig
+from riskguard.operators.detection.stale_book import SIDES, StaleBookConfig
 from riskguard.operators.detection.venue_confirm import confirm_key
 from riskguard.schemas import AnomalySignal, FeatureVector, Scope, ScopeKind
 
@@ -132,6 +133,8 @@ class KeyProgress:
     warmup_returns: int = 0  # the key's own (its product's or measure's levels)
     interval_ns: int = 0
     measure: str = "price"
+    depth_ts: int = -1  # the first vector with both book sides' staleness (a depth feed)
+    depth_span: tuple[int, int] = (0, 0)  # its vectors, and the time from the first to the last
     times: list[int] = field(default_factory=list)  # every vector's ts (when kept) ...
     priced_times: list[int] = field(default_factory=list)  # ... and every priced one's
 
@@ -152,7 +155,9 @@ class KeyProgress:
             warm_vector_ts=self.times[self.needed] if self.needed and n > self.needed else None,
             priced=m, first_priced_ts=self.priced_times[0] if m else -1,
             returns_ts=(self.priced_times[warmup_returns] if m > warmup_returns else None),
-            warmup_returns=warmup_returns, interval_ns=self.interval_ns, measure=self.measure)
+            warmup_returns=warmup_returns, interval_ns=self.interval_ns, measure=self.measure,
+            depth_ts=self.depth_ts if 0 <= self.depth_ts <= ts else -1,
+            depth_span=self.depth_span)  # its typical gap, not the count up to ts
 
 
 class DetectorWatch:
@@ -182,6 +187,10 @@ class DetectorWatch:
                 p.times.append(fv.ts)
                 if fv.price:
                     p.priced_times.append(fv.ts)
+            if SIDES[0] in fv.values:
+                if p.depth_ts < 0:
+                    p.depth_ts = fv.ts
+                p.depth_span = (p.depth_span[0] + 1, fv.ts - p.depth_ts)
             if p.needed and p.vectors == p.needed + 1:  # the first scored once it has them
                 p.warm_vector_ts = fv.ts
             if fv.price:
@@ -226,15 +235,19 @@ class Part:
 
 
 PARTS = ("learned detector", "move bands, static levels", "move bands, learned bands",
-         "daily price limits", "cross-market check", "cross-venue confirmation")
+         "daily price limits", "cross-market check", "cross-venue confirmation",
+         "stale book sides")
 SIGNALS = {PARTS[0]: "anomaly", PARTS[1]: "price_move", PARTS[2]: "price_move",
-           PARTS[3]: "price_move", PARTS[4]: "dislocation", PARTS[5]: "price_move"}
+           PARTS[3]: "price_move", PARTS[4]: "dislocation", PARTS[5]: "price_move",
+           PARTS[6]: "stale_feed"}
 
 
 def key_parts(watch: DetectorWatch, key: str, cfg: Any) -> list[Part]:
     """Each part of the detection on ``key`` (``cfg`` the guard config)."""
     p = watch.keys[key]
     parts = [_learned(p, cfg.detector)]
+    if p.depth_ts >= 0:
+        parts.append(_stale(p, cfg.detector.stale_book))
     if p.venue_key or p.first_priced_ts < 0:
         return parts
     bands = cfg.detector.bands.for_key(key, p.measure)
@@ -264,6 +277,24 @@ def _learned(p: KeyProgress, c: DetectorConfig) -> Part:
     return Part(PARTS[0], None, needs,
                 f"{' and '.join(why)}: {p.vectors:,} vectors over "
                 f"{duration(p.last_ts - p.first_ts)}", fires)
+
+
+def _stale(p: KeyProgress, c: StaleBookConfig) -> Part:
+    """The stale book-side check on a depth feed: a side can be stale once the feed has
+    run ``stale_s`` and ``updates`` of its typical times between snapshots."""
+    if not c.enabled:
+        return Part(PARTS[6], None, "detector.stale_book.enabled", "turned off")
+    n, span = p.depth_span
+    gap = span // (n - 1) if n > 1 else 0
+    needs = (f"book-depth snapshots over {duration(int(c.stale_s * NS))} and {c.updates} "
+             "of the key's typical times between them")
+    fires = ("one side unchanged that long while the other changed: critical until the "
+             "side changes")
+    live = p.depth_ts + max(int(c.stale_s * NS), c.updates * gap)
+    if live <= p.last_ts:
+        return Part(PARTS[6], live, needs, fires=fires)
+    return Part(PARTS[6], None, needs, f"the depth feed spans "
+                f"{duration(p.last_ts - p.depth_ts)}", fires)
 
 
 def _static(p: KeyProgress, bands: Any) -> Part:

@@ -70,13 +70,13 @@ def run_zone_loss(sc: Scenario, loss: ZoneLoss, workdir: str | Path, *,
     base, digest = runs[survivor]
     merged = replace(base, commands=executed)
     checks = check_run(sc, merged, start_ns)
-    checks.extend(_replica_checks(executed, dropped, base.commands, loss))
+    checks.extend(replica_checks(executed, dropped, base.commands, loss))
     return scenario_outcome(sc, merged, checks, digest, start_ns, out_dir, zone_loss={
         "lost": loss.lost, "lost_at_s": loss.lost_at_s, "executed": len(executed),
         "duplicates": dropped})
 
 
-def _replica_checks(executed: list[MitigationCommand], dropped: int,
+def replica_checks(executed: list[MitigationCommand], dropped: int,
                     survivor: list[MitigationCommand], loss: ZoneLoss) -> list[Check]:
     """Each decision executed once; every decision of the surviving replica executed, and
     none later than that replica issued it (the time to protection did not grow)."""

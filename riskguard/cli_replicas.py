@@ -36,7 +36,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     from riskguard.operators.core.metrics import start_metrics_server_from_env  # noqa: PLC0415
 
-    settings, topic, peers = _where(args)
+    settings, topic, peers = watch_settings(args)
     origin, partitions, issuers = _chains(args)
     config = ReplicaWatchConfig(peers=peers, tolerance_s=args.tolerance, silent_s=args.silent,
                                 origin=origin, partitions=partitions, issuers=issuers)
@@ -177,7 +177,7 @@ def _trust(args: argparse.Namespace) -> Any:
     return TrustStore.load(trust, RootSet.load(roots))
 
 
-def _where(args: argparse.Namespace) -> tuple[Any, str, tuple[str, ...]]:
+def watch_settings(args: argparse.Namespace) -> tuple[Any, str, tuple[str, ...]]:
     """Kafka settings, the audit topic and the peers: from the flags, or from a replica's
     guard config (its ``[kafka]`` with TLS/SASL, its env's audit topic, ``[replica]
     peers``), flags winning."""

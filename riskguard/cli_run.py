@@ -193,7 +193,7 @@ class Stopped(KeyboardInterrupt):
 
 
 @contextmanager
-def _stop_signals(received: list[int]) -> Iterator[None]:
+def stop_signals(received: list[int]) -> Iterator[None]:
     """SIGINT and SIGTERM interrupt the run, each noted in ``received``: an interrupt
     inside a C extension can come out as another exception (confluent-kafka turns one
     into a TypeError), and the run still ended because it was told to."""
@@ -486,7 +486,7 @@ def _serve(flow: Any, bw: Any, started: Callable[[], Any]) -> tuple[str, int]:
     debug = debug_logging()
     received: list[int] = []
     try:
-        with _stop_signals(received), without_panic_reports(not debug):
+        with stop_signals(received), without_panic_reports(not debug):
             started()
             cli_main(flow, workers_per_process=1, process_id=None, addresses=None,
                      epoch_interval=epoch, recovery_config=recovery)
@@ -617,7 +617,7 @@ def _run_on_flink(python: str, config: Path, job_args: list[str], cfg: Any, dige
     received: list[int] = []
     job: subprocess.Popen[bytes] | None = None
     try:
-        with _stop_signals(received):
+        with stop_signals(received):
             out.write(f"riskguard run: config {config} (sha256 {digest[:12]}), env {cfg.env}, "
                       f"Kafka {cfg.kafka.bootstrap}, on Flink ({python} -m "
                       f"riskguard.flink.guard {' '.join(job_args)}), signing key {key_id} "

@@ -121,7 +121,7 @@ class Valuation(Record, frozen=True, kw_only=True, tag="valuation"):
                                  f"mark_ts ({len(p.mark_ts)} bytes) must be aligned")
 
 
-class _Packed(Record, frozen=True, kw_only=True, tag="valuation"):
+class PackedValuation(Record, frozen=True, kw_only=True, tag="valuation"):
     """:class:`Valuation`'s wire form around items already encoded (the encode side of
     :func:`encode_valuations`): the same tag and fields, in the same order."""
 
@@ -165,17 +165,20 @@ def encode_valuations(source: str, alerts: list[RiskAlert], parts: list[Part],
             raw = _json.encode(x)
             n = len(raw) + 1  # and its comma
             if size and size + n > budget:
-                out.append(_json.encode(_Packed(source=source, ts=ts, alerts=lists[0],
-                                                parts=lists[1], progress=lists[2])))
+                out.append(_pack(source, ts, lists))
                 lists = ([], [], [])
                 ts = size = 0
             lists[kind].append(msgspec.Raw(raw))
             ts = max(ts, x.ts)
             size += n
     if size:
-        out.append(_json.encode(_Packed(source=source, ts=ts, alerts=lists[0], parts=lists[1],
-                                        progress=lists[2])))
+        out.append(_pack(source, ts, lists))
     return out
+
+
+def _pack(source: str, ts: int, lists: tuple[list[msgspec.Raw], ...]) -> bytes:
+    return _json.encode(PackedValuation(source=source, ts=ts, alerts=lists[0],
+                                        parts=lists[1], progress=lists[2]))
 
 
 VALUATION_TYPES = (Valuation,)

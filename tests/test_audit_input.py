@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from audit_fixtures import audited_command
 from confluent_kafka import Producer
 from contract import CHECKS, Case
 from riskguard.operators.audit import (
@@ -18,7 +19,6 @@ from riskguard.operators.audit import (
     ReplicaWatchLogic,
 )
 from riskguard.operators.audit.attest import Attestor
-from riskguard.operators.audit.replica_watch import _record
 from riskguard.operators.signing.crypto import Signer
 from riskguard.schemas import AuditCheckpoint, AuditRecord
 from riskguard.schemas.audit import GENESIS_LEAF
@@ -52,7 +52,7 @@ def forged_record(chain: str, index: int, decision: str, config_hash: str = "0" 
     """A record anyone who may write the topic can make: its own hash is right."""
     from riskguard.operators.audit.chain import record_leaf
 
-    rec = msgspec.structs.replace(_record(chain, index, decision, config_hash),
+    rec = msgspec.structs.replace(audited_command(chain, index, decision, config_hash),
                                   prev_leaf=GENESIS_LEAF)  # linked as record 0 is
     return msgspec.structs.replace(rec, leaf_hash=record_leaf(rec).hex())
 

@@ -54,13 +54,14 @@ def layer(module: str) -> int:
 
 
 @functools.cache
-def imports() -> list[tuple[str, int, str, list[str]]]:
-    """(file, line, imported module, names taken from it) for every riskguard import."""
+def imports(tops: frozenset[str] = frozenset(PACKAGES)) -> list[tuple[str, int, str, list[str]]]:
+    """(file, line, imported module, names taken from it) for every riskguard import in
+    the files under the top-level folders ``tops``."""
     files = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
     out = []
     for path in files:
-        if path.split("/")[0] not in PACKAGES:
+        if path.split("/")[0] not in tops:
             continue
         tree = ast.parse((ROOT / path).read_text())
         for node in ast.walk(tree):
@@ -78,6 +79,15 @@ def test_no_module_imports_another_modules_underscore_names() -> None:
              for path, line, module, names in imports()
              for name in names
              if name.startswith("_") and module != module_name(path)]
+    assert found == []
+
+
+def test_tests_and_benches_use_only_public_names() -> None:
+    """What a test or a bench needs from riskguard is public too: it reads the product
+    as its users do."""
+    found = [f"{path}:{line}: {name} from {module}"
+             for path, line, module, names in imports(frozenset({"tests", "bench"}))
+             for name in names if name.startswith("_") and not name.endswith("__")]
     assert found == []
 
 

@@ -374,10 +374,10 @@ def test_an_interrupt_a_c_extension_turned_into_another_error_is_still_noted() -
     not as stopped on an error."""
     import os
 
-    from riskguard.cli_run import _stop_signals
+    from riskguard.cli_run import stop_signals
 
     received: list[int] = []
-    with pytest.raises(TypeError), _stop_signals(received):
+    with pytest.raises(TypeError), stop_signals(received):
         try:
             os.kill(os.getpid(), signal.SIGINT)
             signal.sigtimedwait([], 0.1)  # let the handler run

@@ -19,11 +19,11 @@ from contract import CHECKS, At, Batch, Case, Deadline, Eof, engine_feed
 from riskguard.connectors.feeds.health import ConnectionSeen, VenueHealth
 from riskguard.connectors.kafka.admit import PartitionAdmission
 from riskguard.dataflows.guard.market_watch import MarketWatchLogic
-from riskguard.dataflows.guard.steps import _bind_venue, monitor_builder
+from riskguard.dataflows.guard.steps import bind_venue, monitor_builder
 from riskguard.operators.audit import AuditConfig, ReplicaWatchConfig, ReplicaWatchLogic
 from riskguard.operators.audit.attest import Attestor, replica_chains
 from riskguard.operators.audit.chain import AuditLogic, AuditState
-from riskguard.operators.audit.ops import _ChainAudit
+from riskguard.operators.audit.ops import ChainAudit
 from riskguard.operators.audit.resume import ChainResume
 from riskguard.operators.core.admission import AdmissionConfig, KeyAdmission, Known
 from riskguard.operators.core.clock import ManualClock, Tick
@@ -589,7 +589,7 @@ def _mark_events() -> list[Any]:
 CASES: list[Any] = [
     Case("mark_filter.instrument", lambda s: MarkFilter(250 * MS, 5.0, s), _mark_events(),
          feed=engine_feed),
-    Case("feed_select.per_venue", _bind_venue(FEEDS), SELECT, feed=engine_feed),
+    Case("feed_select.per_venue", bind_venue(FEEDS), SELECT, feed=engine_feed),
     Case("feed_monitor.per_venue.two_workers", monitor_builder(FEEDS, lambda: 0), MONITOR,
          splits=(5, 8, 12), feed=engine_feed),
     Case("market_watch.deadlines", _watch_builder, WATCH, splits=(5, 9, 10, 100, 250),
@@ -605,9 +605,9 @@ CASES: list[Any] = [
          feed=engine_feed),
     Case("attestor", _attestor, ATTEST, feed=_attest_feed),
     Case("replica_watch.attested", _replica_watch, _replica_events(), feed=timed),
-    Case("audit.chain.continued", lambda s: _ChainAudit(_SIGNER, _AUDIT, s, _audit_found()),
+    Case("audit.chain.continued", lambda s: ChainAudit(_SIGNER, _AUDIT, s, _audit_found()),
          _audit_events("riskguard/p1"), feed=engine_feed),
-    Case("audit.chain.new", lambda s: _ChainAudit(_SIGNER, _AUDIT, s, _audit_found()),
+    Case("audit.chain.new", lambda s: ChainAudit(_SIGNER, _AUDIT, s, _audit_found()),
          _audit_events("riskguard/p0"), feed=engine_feed),
     Case("partition_admission", _partition_admission, _messages()),
     Case("operator_commands.expiring", _operator_logic, _operator_events(), feed=timed),

@@ -451,10 +451,10 @@ def test_a_row_revalued_beside_a_later_row_without_positions_sums_all_its_positi
        st.booleans())
 def test_the_firms_dict_sums_equal_a_plain_loop_bit_for_bit(
         ds: list[dict[str, float]], same_keys: bool) -> None:
-    """_sum_dicts (the firm's delta and by-asset rollups, with a fast path when every dict
+    """sum_dicts (the firm's delta and by-asset rollups, with a fast path when every dict
     holds every key, in any order) equals a plain loop: keys in first-seen order, each
     summed from 0 in list order, a missing key adding nothing."""
-    from riskguard.operators.exposure.rollup import _sum_dicts
+    from riskguard.operators.exposure.rollup import sum_dicts
 
     if same_keys:  # every dict holding every key, in its own order
         keys = sorted(set().union(*ds))
@@ -470,7 +470,7 @@ def test_the_firms_dict_sums_equal_a_plain_loop_bit_for_bit(
             if k in d:
                 total += d[k]
         want[k] = total
-    got = _sum_dicts(ds)
+    got = sum_dicts(ds)
     assert list(got) == list(want)
     assert [math.copysign(1, v) for v in got.values()] == [math.copysign(1, v)
                                                             for v in want.values()]

@@ -322,10 +322,10 @@ def test_a_breach_is_never_cleared_by_what_cannot_be_counted() -> None:
 
 def test_a_nan_among_the_deltas_makes_the_delta_limit_unvalued() -> None:
     """max() passes over a NaN that is not first: the largest delta is still no amount."""
-    from riskguard.operators.exposure.limits import _max_abs
+    from riskguard.operators.exposure.limits import max_abs
 
-    assert math.isnan(_max_abs({"ETH": 5.0, "BTC": math.nan}))
-    assert math.isnan(_max_abs({"BTC": math.nan, "ETH": 5.0}))
+    assert math.isnan(max_abs({"ETH": 5.0, "BTC": math.nan}))
+    assert math.isnan(max_abs({"BTC": math.nan, "ETH": 5.0}))
 
 
 def test_a_basis_that_is_no_number_never_makes_a_share_a_finite_zero() -> None:

@@ -303,10 +303,10 @@ def test_the_connection_probe_keeps_only_the_live_connections_across_restarts() 
     import gc
     import weakref
 
-    from riskguard.connectors.feeds.bridge import _ConnectionProbe, forget_connections
+    from riskguard.connectors.feeds.bridge import ConnectionProbe, forget_connections
     from websockets.protocol import State
 
-    probe = _ConnectionProbe()
+    probe = ConnectionProbe()
     backup = _fresh_feed(1)
     old_ws = []
     for restart in range(500):  # a long outage with --restart-after 1

@@ -172,7 +172,7 @@ def test_feed_selection_by_batch_equals_one_event_at_a_time(events: list[object]
     ends in the same state as the rule applied one event at a time through
     ``FeedState.step`` (the reference below), however the events are cut into batches;
     so does the guard's per-venue wrapper, for selection and for the monitor."""
-    from riskguard.dataflows.guard.steps import _PerVenue
+    from riskguard.dataflows.guard.steps import PerVenueLogic
     from riskguard.operators.mitigation.feeds import FeedState
 
     vf = CFG.venues["okx"]
@@ -196,7 +196,7 @@ def test_feed_selection_by_batch_equals_one_event_at_a_time(events: list[object]
     assert many.state == ref_state
     for cls in (FeedSelectLogic, lambda cfg, venue, state=None: FeedMonitorLogic(
             cfg, venue, state, clock=ManualClock(0))):
-        ref, wrapped = _PerVenue(cls, CFG, None), _PerVenue(cls, CFG, None)
+        ref, wrapped = PerVenueLogic(cls, CFG, None), PerVenueLogic(cls, CFG, None)
         expect = [r for e in events for r in ref.on_event(e)]
         assert [r for b in batches for r in wrapped.on_batch(b)] == expect
 

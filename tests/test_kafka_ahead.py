@@ -261,13 +261,13 @@ def test_a_far_future_record_on_the_broker_is_one_ahead_dead_letter(kafka_bootst
 
 
 def test_the_lead_is_configured_under_input_zero_or_at_least_the_lateness() -> None:
-    from riskguard.dataflows.guard.config import InputConfig, _check_lead
+    from riskguard.dataflows.guard.config import InputConfig, check_lead
 
     from riskguard.errors import ConfigError
 
     assert InputConfig().max_lead_ns == 60 * NS
-    _check_lead(InputConfig(max_lead_ns=0))
-    _check_lead(InputConfig(max_lead_ns=10 * NS, max_lateness_ns=10 * NS))
+    check_lead(InputConfig(max_lead_ns=0))
+    check_lead(InputConfig(max_lead_ns=10 * NS, max_lateness_ns=10 * NS))
     with pytest.raises(ConfigError) as err:
-        _check_lead(InputConfig(max_lead_ns=NS, max_lateness_ns=10 * NS))
+        check_lead(InputConfig(max_lead_ns=NS, max_lateness_ns=10 * NS))
     assert err.value.path == "input.max_lead_ns"

@@ -92,11 +92,11 @@ def test_an_idle_end_the_broker_cannot_confirm_stops_the_flow_loudly() -> None:
     """A broker that stops answering cannot say the input is complete: the partition does
     not end as if it were. After 5 idle periods unanswered, a ``BrokerError`` names the
     topic, the partition and the cluster."""
-    from riskguard.connectors.kafka.partition import _END_UNANSWERED, SourcePartition
+    from riskguard.connectors.kafka.partition import END_UNANSWERED, SourcePartition
 
     from riskguard.errors import BrokerError
 
-    _END_UNANSWERED.clear()
+    END_UNANSWERED.clear()
     t = iter(range(0, 10**12, 10**8))  # 0.1 s per clock reading
     shared = _Unanswering([[ServedMessage(0, trade_json(id="r0", ts=0))]], answered=0)
     part = SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
@@ -107,25 +107,25 @@ def test_an_idle_end_the_broker_cannot_confirm_stops_the_flow_loudly() -> None:
             got.extend(part.next_batch())
     assert [r.id for r in got] == ["r0"]
     assert shared.asked >= 5
-    _END_UNANSWERED.clear()
+    END_UNANSWERED.clear()
 
 
 def test_a_broker_that_answers_again_lets_the_idle_end_complete() -> None:
     """Unanswered questions followed by an answer: the partition ends normally, and the
     cluster's unanswered time starts again from zero."""
-    from riskguard.connectors.kafka.partition import _END_UNANSWERED, SourcePartition
+    from riskguard.connectors.kafka.partition import END_UNANSWERED, SourcePartition
 
-    _END_UNANSWERED.clear()
+    END_UNANSWERED.clear()
     t = iter(range(0, 10**12, 10**8))
     shared = _Unanswering([[ServedMessage(0, trade_json(id="r0", ts=0))]], answered=0)
     part = SourcePartition(cast(Any, shared), "t", 0, -2, Codec(), 100, 10**9, None,
                             lambda: next(t))
     for _ in range(25):  # idle past 1 s, then 2 unanswered rechecks 0.25 s apart
         part.next_batch()
-    assert shared.asked >= 1 and [k for k, _c in _END_UNANSWERED] == ["served:9092"]
+    assert shared.asked >= 1 and [k for k, _c in END_UNANSWERED] == ["served:9092"]
     shared.answered = 10**9
     assert [r.id for r in _read_until_end(part)] == []
-    assert not _END_UNANSWERED
+    assert not END_UNANSWERED
 
 
 def test_the_broker_says_what_an_idle_partition_has_left_to_read(kafka_bootstrap,

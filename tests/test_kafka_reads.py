@@ -72,9 +72,9 @@ class _FakePart:
 
 
 def _bundle(parts: dict[str, _FakePart], cap: int, one_round: bool = False) -> Any:
-    from riskguard.connectors.kafka.source import _Bundle
+    from riskguard.connectors.kafka.source import BundledPartitions
 
-    return _Bundle(cast(Any, parts), cap, one_round=one_round)
+    return BundledPartitions(cast(Any, parts), cap, one_round=one_round)
 
 
 def test_a_bundle_gathers_rounds_of_small_reads_into_one_batch() -> None:

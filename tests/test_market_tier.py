@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from risk_flow_app import make_events
 from riskguard.connectors.kafka import KeySplit, key_split
 from riskguard.dataflows.guard import GuardConfig
-from riskguard.dataflows.guard.config import _check_tier
+from riskguard.dataflows.guard.config import check_tier
 from riskguard.dataflows.guard.market import (
     MarketOwners,
-    _owned_records,
-    _valuation_records,
+    owned_records,
+    valuation_records,
 )
 from riskguard.operators.exposure import (
     CounterpartyLogic,
@@ -118,7 +118,7 @@ def test_a_market_record_its_key_misplaced_is_a_dead_letter_not_lost() -> None:
     where it was read."""
     from riskguard.schemas.base import stamp_source
 
-    own = _owned_records(_owners(worked_config(), 0), "market")
+    own = owned_records(_owners(worked_config(), 0), "market")
     eth = Trade(id="t", venue="okx", instrument="ETH-PERP", ts=5, price=1.0, qty=1.0,
                 side="buy")
     btc = msgspec.structs.replace(eth, id="u", instrument="BTC-PERP")
@@ -237,7 +237,7 @@ def _two_market_processes(cfg: ExposureConfig) -> list[tuple[Any, ...]]:
     for i in (0, 1):
         owners = _owners(cfg, i)
         place = ShardPlace(f"m{i}.", owners.owns, 2)
-        procs.append((i, owners, _owned_records(owners, "market"),
+        procs.append((i, owners, owned_records(owners, "market"),
                       Router(reg, cfg, place=place), place, {}))
     return procs
 
@@ -271,7 +271,7 @@ def _stage2_exposures(events: list[Any], cfg: ExposureConfig, *,
 
 def _over_the_wire(made: list[Any], index: int) -> list[Any]:
     """A market process's stage-1 output as the firm process decodes it."""
-    records = _valuation_records(f"market/{index}")(made)
+    records = valuation_records(f"market/{index}")(made)
     decoded = [Codec().decode("detections", r) for r in records]
     assert all(isinstance(v, Valuation) for v in decoded), decoded
     return [x for v in decoded for x in (*v.alerts, *v.parts, *v.progress)]
@@ -328,7 +328,7 @@ def test_valuation_records_are_cut_to_size_and_keep_the_order() -> None:
     progress = [Progress(counterparty=f"cp{k}", ts=5, source="market/0@m0.s0")
                 for k in range(400)]
     made = [progress[0], parts[0], alert, *parts[1:], *progress[1:]]
-    records = _valuation_records("market/0")(made)
+    records = valuation_records("market/0")(made)
     assert len(records) > 2
     assert all(len(r) <= VALUATION_CHUNK_BYTES for r in records)
     decoded = [Codec().decode("detections", r) for r in records]
@@ -337,25 +337,25 @@ def test_valuation_records_are_cut_to_size_and_keep_the_order() -> None:
     flat = [x for v in decoded for x in (*v.alerts, *v.parts, *v.progress)]
     assert flat == [alert, *parts, *progress]
     big = _part("big", 3000)
-    (alone,) = _valuation_records("market/0")([big])
+    (alone,) = valuation_records("market/0")([big])
     assert len(alone) > VALUATION_CHUNK_BYTES
     assert Codec(topic_max_bytes={"detections": 1 << 20}).decode("detections", alone).parts == [
         big]
-    assert _valuation_records("market/0")([]) == []
+    assert valuation_records("market/0")([]) == []
     with pytest.raises(KeyError):  # stage 1 makes nothing else: a bug, never dropped
-        _valuation_records("market/0")([alert, "stray"])
+        valuation_records("market/0")([alert, "stray"])
 
 
 def test_the_encode_side_valuation_form_mirrors_the_schema() -> None:
     """``encode_valuations`` wraps items encoded once in a twin of Valuation: the same tag
     and fields in the same order, so what it writes is what Valuation decodes."""
-    from riskguard.schemas.valuation import _Packed
+    from riskguard.schemas.valuation import PackedValuation
 
     def shape(t: type) -> tuple[Any, ...]:
         return (t.__struct_config__.tag, t.__struct_config__.tag_field,
                 [f.encode_name for f in msgspec.structs.fields(t)])
 
-    assert shape(_Packed) == shape(Valuation)
+    assert shape(PackedValuation) == shape(Valuation)
 
 
 def test_a_key_split_answers_the_same_from_its_memo_and_past_the_memo_cap(
@@ -391,7 +391,7 @@ def test_a_market_process_that_names_no_real_process_stops_start_up(
 ) -> None:
     """An index or an owner outside the market processes is a config error naming it."""
     with pytest.raises(ConfigError) as err:
-        _check_tier(_guard_config(**tier))
+        check_tier(_guard_config(**tier))
     assert err.value.path == where
 
 
@@ -399,11 +399,11 @@ def test_the_firm_process_needs_input_alignment() -> None:
     """It reads the market processes' valuations in step (event-time alignment): without
     it, one process's parts could be summed with another's from minutes before."""
     cfg = _guard_config(role="firm", market_processes=2)
-    _check_tier(cfg)
+    check_tier(cfg)
     off = msgspec.structs.replace(cfg, input=msgspec.structs.replace(cfg.input,
                                                                      align_skew_s=None))
     with pytest.raises(ConfigError) as err:
-        _check_tier(off)
+        check_tier(off)
     assert err.value.path == "input.align_skew_s"
 
 
@@ -416,7 +416,7 @@ def _final_inputs() -> list[Any]:
     for k in range(30):
         out.append(DetectProgress(ts=10 * k, source="market/1"))
         if k % 4 == 0:
-            out.append(_valuation_records("market/1")([_part(f"cp{k}", 2)])[0])
+            out.append(valuation_records("market/1")([_part(f"cp{k}", 2)])[0])
     return out
 
 

@@ -19,7 +19,7 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from riskguard.connectors.command_log import _signed_of, last_signed_seq
+from riskguard.connectors.command_log import last_signed_seq, signed_of
 from riskguard.connectors.settings import KafkaSettings
 from riskguard.connectors.subscriber import CommandSubscriber, Rejection
 from riskguard.operators.core.clock import ManualClock
@@ -349,14 +349,14 @@ def _envelopes(first_seq: int, n: int) -> list[bytes]:
 
 @pytest.mark.parametrize("label", sorted(DEEP))
 def test_the_seq_scan_ignores_a_deeply_nested_message(label: str) -> None:
-    assert _signed_of(DEEP[label], ENGINE.public_key, ENGINE.issuer).seq == 0
+    assert signed_of(DEEP[label], ENGINE.public_key, ENGINE.issuer).seq == 0
 
 
 def test_the_seq_scan_ignores_a_signed_command_whose_payload_nests_too_deep() -> None:
     """Even under our own key, a payload the scan cannot read counts as nothing."""
     payload = b'{"issuer":"engine-1","seq":9,"x":' + b"[" * 2000 + b"]" * 2000 + b"}"
     env = encode_envelope(sign_envelope(PAYLOAD_COMMAND, payload, [ENGINE]))
-    assert _signed_of(env, ENGINE.public_key, ENGINE.issuer).seq == 0
+    assert signed_of(env, ENGINE.public_key, ENGINE.issuer).seq == 0
 
 
 @pytest.mark.kafka

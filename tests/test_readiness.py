@@ -131,3 +131,54 @@ def test_only_a_part_live_from_each_keys_first_event_is_live_for_the_whole_run()
     assert lines[2] == ("  live for part of it: move bands, learned bands (every key, from 0 s "
                         "to 30 s in); move bands, static levels (every key, from 1 min to "
                         "1 min 30 s in)")
+
+
+def _depth(t_s: int, bid_frozen_since_s: int | None) -> FeatureVector:
+    """A depth feed's vector: the ask changes with every snapshot; the bid has not since
+    ``bid_frozen_since_s`` (None: it changes too)."""
+    bid = 0.0 if bid_frozen_since_s is None else float(t_s - bid_frozen_since_s)
+    return FeatureVector(key="binance/BTCUSDT", scope=SCOPE, ts=t_s * NS,
+                         values={"bid_stale_s": bid, "ask_stale_s": 0.0},
+                         evidence_ids=[f"d{t_s}"])
+
+
+@pytest.mark.parametrize("every_s", [30, 60])
+def test_the_stale_side_check_is_live_when_the_detector_could_first_open_it(
+        every_s: int) -> None:
+    """A depth feed whose bid froze at its first snapshot: the watch says the stale
+    book-side check is live from the moment the detector opens its episode (300 s at a
+    snapshot every 30 s; ten snapshots, 600 s, at one a minute)."""
+    config = DetectorConfig(warmup_ns=0)
+    logic, watch = DetectorLogic(config, clock=lambda: 0), DetectorWatch(config)
+    opened = None
+    for t in range(0, 1200, every_s):
+        fv = _depth(t, 0)
+        watch.vector(fv)
+        for s in logic.on_event(fv):
+            if s.kind == "stale_feed" and s.phase == "open" and opened is None:
+                opened = s.ts
+    (stale,) = [p for p in key_parts(watch, "binance/BTCUSDT", _guard_config(config))
+                if p.name == "stale book sides"]
+    assert opened == stale.live_from == max(300, 10 * every_s) * NS
+    off = msgspec.structs.replace(config, stale_book=msgspec.structs.replace(
+        config.stale_book, enabled=False))
+    (stale,) = [p for p in key_parts(watch, "binance/BTCUSDT", _guard_config(off))
+                if p.name == "stale book sides"]
+    assert (stale.live_from, stale.why) == (None, "turned off")
+
+
+def test_a_key_with_no_depth_feed_has_no_stale_side_part_and_a_short_one_is_not_live() -> None:
+    """The check is a depth feed's part only; one shorter than its level is not live, and
+    says how long it ran."""
+    config = DetectorConfig(warmup_ns=0)
+    rng = random.Random(5)
+    quotes, short = DetectorWatch(config), DetectorWatch(config)
+    for i in range(50):
+        quotes.vector(_vector(i, 3, rng, price=100.0))
+    for t in range(0, 240, 30):
+        short.vector(_depth(t, None))
+    cfg = _guard_config(config)
+    assert "stale book sides" not in [p.name for p in key_parts(quotes, "binance/BTCUSDT", cfg)]
+    (stale,) = [p for p in key_parts(short, "binance/BTCUSDT", cfg)
+                if p.name == "stale book sides"]
+    assert (stale.live_from, stale.why) == (None, "the depth feed spans 3 min 30 s")

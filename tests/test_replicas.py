@@ -11,13 +11,13 @@ from typing import Any
 
 import msgspec
 import pytest
+from audit_fixtures import audited_command
 from contract import CHECKS, Case
 from playbook_cases import FLASH, VENUES, anomaly, feed
 from riskguard.connectors.subscriber import CommandSubscriber, Duplicate, Rejection
 from riskguard.dataflows.guard import load_guard_config
 from riskguard.dataflows.guard.recovery_marks import claim_recovery_store
 from riskguard.operators.audit import ReplicaWatchConfig, ReplicaWatchLogic, ReplicaWatchState
-from riskguard.operators.audit.replica_watch import _record
 from riskguard.operators.core.clock import ManualClock, Tick
 from riskguard.operators.mitigation.playbook import PlaybookConfig, PlaybookLogic
 from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, encode_envelope, sign_envelope
@@ -305,13 +305,14 @@ def _checkpoint(origin: str, size: int) -> AuditCheckpoint:
 
 H2 = "2" * 64
 WATCH_EVENTS: list[tuple[float, Any]] = [
-    (0, _record("riskguard@a/p0", 0, "d1")), (1, _record("riskguard@b/p0", 0, "d1")),
-    (2, _record("riskguard@a/p0", 1, "d2")), (20, None),            # b never makes d2
-    (21, _record("riskguard@b/p0", 1, "d2")),                       # late: no new alert
+    (0, audited_command("riskguard@a/p0", 0, "d1")),
+    (1, audited_command("riskguard@b/p0", 0, "d1")),
+    (2, audited_command("riskguard@a/p0", 1, "d2")), (20, None),  # b never makes d2
+    (21, audited_command("riskguard@b/p0", 1, "d2")),  # late: no new alert
     (22, _checkpoint("riskguard@a/p0", 2)), (50, _checkpoint("riskguard@a/p0", 3)),
-    (90, _checkpoint("riskguard@a/p0", 4)),                         # b silent since 21
-    (95, _record("riskguard@b/p0", 2, "d3", config_hash=H2)),       # back, on other config
-    (96, _record("riskguard@a/p0", 5, "d3")), (97, None),
+    (90, _checkpoint("riskguard@a/p0", 4)),  # b silent since 21
+    (95, audited_command("riskguard@b/p0", 2, "d3", config_hash=H2)),  # back, other config
+    (96, audited_command("riskguard@a/p0", 5, "d3")), (97, None),
 ]
 
 
@@ -338,8 +339,8 @@ def test_a_divergence_alert_names_both_sides_and_the_decision() -> None:
 
 def test_chains_of_no_watched_replica_are_ignored() -> None:
     logic = _Timed()
-    assert logic.on_event((0, _record("riskguard/p0", 0, "d1"))) == []
-    assert logic.on_event((0, _record("riskguard@c/p0", 0, "d1"))) == []
+    assert logic.on_event((0, audited_command("riskguard/p0", 0, "d1"))) == []
+    assert logic.on_event((0, audited_command("riskguard@c/p0", 0, "d1"))) == []
     assert logic.on_event((60, None)) == []
 
 
@@ -353,22 +354,22 @@ def test_the_watch_takes_kafka_topic_and_peers_from_a_replicas_config(tmp_path: 
     and [replica] peers; flags win."""
     import argparse
 
-    from riskguard.cli_replicas import _where
+    from riskguard.cli_replicas import watch_settings
 
     path = tmp_path / "guard.toml"
     path.write_text('env = "prod"\n[kafka]\nbootstrap = "k:9093"\nsecurity_protocol = "SSL"\n'
                     '[replica]\nid = "a"\npeers = ["a", "b"]\n')
     ns = argparse.Namespace(config=str(path), brokers=None, topic=None, peers=None)
-    settings, topic, peers = _where(ns)
+    settings, topic, peers = watch_settings(ns)
     assert (settings.bootstrap, settings.security_protocol, topic, peers) == (
         "k:9093", "SSL", "prod.riskguard.audit.v1", ("a", "b"))
     ns = argparse.Namespace(config=str(path), brokers="x:1", topic="t", peers="a,b,c")
-    settings, topic, peers = _where(ns)
+    settings, topic, peers = watch_settings(ns)
     # --brokers changes the address only: the config's TLS settings still apply
     assert (settings.bootstrap, settings.security_protocol, topic, peers) == (
         "x:1", "SSL", "t", ("a", "b", "c"))
     with pytest.raises(ConfigError, match="--topic"):
-        _where(argparse.Namespace(config=None, brokers=None, topic=None, peers=None))
+        watch_settings(argparse.Namespace(config=None, brokers=None, topic=None, peers=None))
 
 
 def test_the_watch_tells_each_message_that_is_no_audit_item(

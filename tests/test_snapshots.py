@@ -17,12 +17,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 from riskguard.operators.core.base import stateful_logic
-from riskguard.operators.core.snapshot import (
-    _BY_CLASS,
-    _BY_NAME,
-    decode_snapshot,
-    encode_snapshot,
-)
+from riskguard.operators.core.snapshot import decode_snapshot, encode_snapshot, forget_persisted
 from riskguard.operators.mitigation import PlaybookState
 
 from riskguard.errors import SnapshotError
@@ -69,8 +64,7 @@ def _define(module_name: str) -> types.ModuleType:
 def _forget(module: types.ModuleType) -> None:
     """The module is gone, as after a move: its name no longer imports."""
     del sys.modules[module.__name__]
-    _BY_CLASS.pop(module.TotalState, None)
-    _BY_NAME.pop("tests.running_total", None)
+    forget_persisted("tests.running_total")
 
 
 def _flow(module: types.ModuleType, events: list[Any], out: list[Any]) -> Dataflow:

@@ -14,7 +14,7 @@ from riskguard.dataflows.stress import (
     run_scenario,
     scenario_path,
 )
-from riskguard.dataflows.zone_loss import _replica_checks, executed_once
+from riskguard.dataflows.zone_loss import executed_once, replica_checks
 from riskguard.schemas import Action, Audience, MitigationCommand, Scope, ScopeKind
 
 from riskguard.config import decode_section
@@ -47,13 +47,13 @@ def _cmd(replica: str, at: int, decision: str) -> MitigationCommand:
 def test_a_decision_executed_later_than_the_survivor_issued_it_fails() -> None:
     survivor = [_cmd("a", 5, "1")]
     late = [msgspec.structs.replace(survivor[0], issued_at=9)]
-    checks = _replica_checks(late, 0, survivor, ZoneLoss())
+    checks = replica_checks(late, 0, survivor, ZoneLoss())
     assert [c.result for c in checks] == ["PASS", "FAIL"]
     assert "executed later" in checks[1].detail
 
 
 def test_a_decision_of_the_survivor_never_executed_fails() -> None:
-    checks = _replica_checks([], 0, [_cmd("a", 5, "1")], ZoneLoss())
+    checks = replica_checks([], 0, [_cmd("a", 5, "1")], ZoneLoss())
     assert checks[1].result == "FAIL" and "not executed" in checks[1].detail
 
 

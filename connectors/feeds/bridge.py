@@ -107,7 +107,7 @@ class BridgeStats:
     unfinished: int = 0  # candles still in progress, passed over
 
 
-class _ConnectionProbe:
+class ConnectionProbe:
     """What cryptofeed's websocket connections of one feed are doing, as
     :class:`ConnectionSeen` (its connection handlers expose the connection objects;
     each reconnect makes a new websocket, which is how a reconnect is told). What it
@@ -248,7 +248,7 @@ class FeedBridge:
         for name in self.config.feeds:
             self.feeds[name] = self._make_feed(name)
 
-    def _heartbeat(self, probe: _ConnectionProbe, health: dict[str, VenueHealth],
+    def _heartbeat(self, probe: ConnectionProbe, health: dict[str, VenueHealth],
                    final: bool = False) -> None:
         now = self.clock()
         for name, feed in self.feeds.items():
@@ -302,7 +302,7 @@ class FeedBridge:
         self._stop = stop
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._make_feeds)  # reads symbols over REST
-        probe = _ConnectionProbe()
+        probe = ConnectionProbe()
         health = self._health = {name: VenueHealth(self.config.spec.venue, name,
                                                    silence_ns=int(self.config.silence_s * NS))
                                  for name in self.feeds}
@@ -336,7 +336,7 @@ class FeedBridge:
                 loop.set_exception_handler(handler_before)
         return self.stats
 
-    async def _shutdown(self, probe: _ConnectionProbe, health: dict[str, VenueHealth]) -> None:
+    async def _shutdown(self, probe: ConnectionProbe, health: dict[str, VenueHealth]) -> None:
         for feed in self.feeds.values():
             feed.stop()
         for feed in self.feeds.values():

@@ -53,7 +53,7 @@ _log = logging.getLogger("riskguard.connectors.kafka")
 # per cluster (bootstrap servers) and clock: since when no end-of-input question was
 # answered. Shared by every partition of the process, so a broker that is gone stops a
 # bounded run after one patience, not one timeout per partition.
-_END_UNANSWERED: dict[tuple[str, Clock], int] = {}
+END_UNANSWERED: dict[tuple[str, Clock], int] = {}
 
 Placed = tuple[bool, bool, bytes | None, bytes | None]
 """Where a message's key places it (owned, shared), its key and its value."""
@@ -133,7 +133,7 @@ class SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
         ends = self.shared.end_offsets(self._topic, self._idx)
         bootstrap = self.shared.bootstrap
         if ends is None:
-            since = _END_UNANSWERED.setdefault((bootstrap, self._clock), now)
+            since = END_UNANSWERED.setdefault((bootstrap, self._clock), now)
             if now - since >= IDLE_PATIENCE * idle_eof:
                 flow_failing(f"{self._topic}[{self._idx}]")
                 raise BrokerError(
@@ -142,7 +142,7 @@ class SourcePartition(StatefulSourcePartition[Any, tuple[int, int]]):
                     f"{(now - since) / 1e9:.0f} s")
             self._recheck_at = now + min(idle_eof, RECHECK_NS)
             return True
-        _END_UNANSWERED.pop((bootstrap, self._clock), None)
+        END_UNANSWERED.pop((bootstrap, self._clock), None)
         lo, hi = ends
         pos = lo if self._offset == OFFSET_BEGINNING else self._offset
         if pos < 0 or hi <= pos:

@@ -43,7 +43,7 @@ from riskguard.schemas.time_policy import EventTimePolicy
 from riskguard.errors import ConfigError
 
 
-class _Bundle(StatefulSourcePartition[Any, dict[str, tuple[int, int]]]):
+class BundledPartitions(StatefulSourcePartition[Any, dict[str, tuple[int, int]]]):
     """All of the source's Kafka partitions as one bytewax partition: every step pays per
     batch, and alignment cuts each partition's read short on a backlog.
 
@@ -157,7 +157,7 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
     """Typed records (or dead letters) from Kafka topics, read by one worker.
 
     Every Kafka partition of ``topics`` is read through one consumer into one bytewax
-    source partition (:class:`_Bundle`), in rounds, into batches of up to
+    source partition (:class:`BundledPartitions`), in rounds, into batches of up to
     ``fetch.batch_size`` per partition: every step downstream pays per batch once. Its
     recovery state is each Kafka partition's offset and watermark, by name
     (``<partition>-<topic>``). Both layouts of the guard are one-worker dataflows
@@ -247,12 +247,12 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
                 for name, (topic, idx) in read.items()}
 
     def build_part(self, step_id: str, for_part: str,
-                   resume_state: dict[str, tuple[int, int]] | None) -> _Bundle:
+                   resume_state: dict[str, tuple[int, int]] | None) -> BundledPartitions:
         parts = self.partitions(resume_state)
         fetch = self.fetch
         # an idle read waits in the consumer unless latency comes first (fair: polling)
         consumer = next(iter(parts.values())).shared if parts else None
-        return _Bundle(parts, fetch.batch_size * max(1, len(parts)), one_round=fetch.fair,
+        return BundledPartitions(parts, fetch.batch_size * max(1, len(parts)), one_round=fetch.fair,
                        wait_on=None if fetch.fair else consumer)
 
     def _build_one(self, consumer: SharedConsumer, topic: str, idx: int,

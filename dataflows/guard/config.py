@@ -287,12 +287,12 @@ def _load(data: dict[str, object], base: Path) -> tuple[GuardConfig, str]:
     cfg.limits.validate("limits")
     cfg.limits.check_names(cfg.exposure.instruments, "limits")
     cfg.feeds.validate("feeds")
-    _check_lead(cfg.input)
-    _check_tier(cfg)
+    check_lead(cfg.input)
+    check_tier(cfg)
     return cfg, config_hash({k: v for k, v in data.items() if k not in _NOT_DECIDING})
 
 
-def _check_lead(inp: InputConfig) -> None:
+def check_lead(inp: InputConfig) -> None:
     """A record the next one is more than ``max_lead_ns`` behind is refused as ahead: a
     lead shorter than the lateness would refuse one a later record is not late after."""
     if 0 < inp.max_lead_ns < inp.max_lateness_ns:
@@ -300,7 +300,7 @@ def _check_lead(inp: InputConfig) -> None:
                           f"({inp.max_lateness_ns})", inp.max_lead_ns)
 
 
-def _check_tier(cfg: GuardConfig) -> None:
+def check_tier(cfg: GuardConfig) -> None:
     """Tier checks: market indexes exist, index sources have no failover pair, the firm
     aligns its input."""
     tier = cfg.tier

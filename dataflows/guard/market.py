@@ -176,7 +176,7 @@ def market_owners(cfg: GuardConfig) -> MarketOwners:
 _KEYED = tuple(t for t in MARKET if t is not IndexPrice)
 
 
-def _owned_records(owners: MarketOwners, market_topic: str) -> Callable[[list[Any]], list[Any]]:
+def owned_records(owners: MarketOwners, market_topic: str) -> Callable[[list[Any]], list[Any]]:
     """A market process's share of what it read: its own underlyings' records, every
     index price and heartbeat. A market record whose key brought it here but whose
     instrument another process owns was mis-keyed: no other process has it, so it becomes
@@ -206,7 +206,7 @@ def _owned_records(owners: MarketOwners, market_topic: str) -> Callable[[list[An
     return own
 
 
-def _valuation_records(source: str) -> Callable[[list[Any]], list[bytes]]:
+def valuation_records(source: str) -> Callable[[list[Any]], list[bytes]]:
     """A market process's stage-1 output as encoded :class:`~riskguard.schemas.Valuation`
     records from ``source`` (:func:`~riskguard.schemas.valuation.encode_valuations`)."""
 
@@ -263,7 +263,7 @@ def market_core(
                              marks=mark_filter(cfg))
     # the gate's alerts travel as stage-1 alerts do, inside valuations
     valuations = op.flat_map_batch("valuations", op.merge(
-        "made", valued.made, admitted.alerts), _valuation_records(name))
+        "made", valued.made, admitted.alerts), valuation_records(name))
     # the signals first: a batch's progress goes out behind its signals
     progress = op.flat_map_batch("progress", ticks, lambda ts: progress_records(ts, name))
     detections = op.merge("detections", anomalies, valuations, progress)
@@ -294,7 +294,7 @@ def market_flow(cfg: GuardConfig, clock: Clock) -> Dataflow:
                      counts_dead=writes)
     src = guard_input(flow, cfg, MARKET_STREAMS, clock, split=split)
     mine = split_dead_letters("owned", op.flat_map_batch(
-        "own", src.oks, _owned_records(owners, cfg.topic("market"))))
+        "own", src.oks, owned_records(owners, cfg.topic("market"))))
     out = market_core("market_tier", mine.oks, cfg=cfg, clock=clock, owners=owners,
                       wall_clock=clock)
     timeout = cfg.sink_delivery_timeout_s

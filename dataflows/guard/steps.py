@@ -137,7 +137,7 @@ def select_feeds(market: Stream[MarketEvent], status: Stream[VenueStatus], cfg: 
     keyed = op.flat_map_batch("feed_key", op.merge("feed_in", market, status), feed_keys)
     return op.flat_map_batch(
         "feed_unkey",
-        stateful_logic("feed_select", keyed, _bind_venue(fcfg), order=event_order),
+        stateful_logic("feed_select", keyed, bind_venue(fcfg), order=event_order),
         values_of,
     )
 
@@ -358,16 +358,16 @@ def progress_records(ticks: list[Tick], name: str) -> list[DetectProgress]:
     return [DetectProgress(ts=t.ts, source=name) for t in ticks]
 
 
-def _bind_venue(fcfg: FeedConfig) -> Any:
-    return lambda state: _PerVenue(FeedSelectLogic, fcfg, state)
+def bind_venue(fcfg: FeedConfig) -> Any:
+    return lambda state: PerVenueLogic(FeedSelectLogic, fcfg, state)
 
 
 def monitor_builder(fcfg: FeedConfig, clock: Clock) -> Any:
     monitor = functools.partial(FeedMonitorLogic, clock=clock)
-    return lambda state: _PerVenue(monitor, fcfg, state)
+    return lambda state: PerVenueLogic(monitor, fcfg, state)
 
 
-class _PerVenue:
+class PerVenueLogic:
     """Builds a feed logic for its key's venue, learned from the first record (bytewax
     builders do not see the key); ticks before it are dropped."""
 

@@ -44,7 +44,7 @@ from riskguard.schemas.signals import RiskAlert
 _enc = msgspec.json.Encoder()
 
 
-class _ChainAudit:
+class ChainAudit:
     """Builds the chain's :class:`AuditLogic` from the key carried with the first event
     (or from the restored state), continuing the chain as :func:`continue_chain` says."""
 
@@ -106,8 +106,8 @@ def audit_log(
 
     keyed = op.map("key", decisions, lambda item: (chain_of(item), (chain_of(item), item)))
 
-    def build(state: AuditState | None) -> _ChainAudit:
-        return _ChainAudit(signer, cfg, state, found)
+    def build(state: AuditState | None) -> ChainAudit:
+        return ChainAudit(signer, cfg, state, found)
 
     out = stateful_logic("stateful", keyed, build)
     return op.key_rm("unkey", out)

@@ -17,7 +17,12 @@ whether the other copy arrived in time. Any other event (a
 >>> from riskguard.operators.core.clock import ManualClock
 >>> clock = ManualClock(0)
 >>> logic = ReplicaWatchLogic(ReplicaWatchConfig(peers=("a", "b"), tolerance_s=5), clock)
->>> logic.on_event(_record("riskguard@a/p0", 0, "d1"))
+>>> from riskguard.schemas.audit import AuditRecord
+>>> made = AuditRecord(
+...     record_id="riskguard@a/p0:0", chain="riskguard@a/p0", index=0, ts=0,
+...     kind="command", operator="mitigation", operator_version="1", config_hash="0" * 64,
+...     input_digest="0" * 64, body={"decision_id": "d1", "action": "reduce_only"})
+>>> logic.on_event(made)
 []
 >>> clock.advance(6 * 10**9)
 >>> [(a.kind, a.details["made_by"], a.details["missing_from"]) for a in logic.on_event(None)]
@@ -277,17 +282,6 @@ class ReplicaWatchLogic:
         key = f"{kind}|{now}|{msgspec.json.encode(details, order='sorted').decode()}"
         return RiskAlert(id=str(uuid.uuid5(_ALERT_NS, key)), kind=kind, scope=FIRM, ts=now,
                          severity=severity, reason=reason, details=details)
-
-
-def _record(chain: str, index: int, decision_id: str, config_hash: str = "0" * 64,
-            ) -> AuditRecord:
-    """An audited command of ``chain`` (for the examples and tests)."""
-    return AuditRecord(
-        record_id=f"{chain}:{index}", chain=chain, index=index, ts=index, kind="command",
-        operator="mitigation", operator_version="test", config_hash=config_hash,
-        input_digest="0" * 64,
-        body={"decision_id": decision_id, "action": "reduce_only",
-              "scope": {"kind": "venue", "value": "okx"}, "evidence_hashes": ["e1"]})
 
 
 def _oldest_until(items: dict[str, Any], due: Callable[[Any], bool]) -> list[str]:

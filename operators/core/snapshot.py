@@ -114,6 +114,14 @@ def persisted(name: str) -> Callable[[type[T]], type[T]]:
     return register
 
 
+def forget_persisted(name: str) -> None:
+    """Forget the state declared under ``name``: its snapshots no longer restore (a
+    plugin unloaded, or a test's module removed)."""
+    codec = _BY_NAME.pop(name, None)
+    if codec is not None:
+        _BY_CLASS.pop(codec.cls, None)
+
+
 def _default_version(cls: type) -> int:
     if dataclasses.is_dataclass(cls):
         found = {f.name: f.default for f in dataclasses.fields(cls)}

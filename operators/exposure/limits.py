@@ -292,14 +292,14 @@ def _scope_of(key: str, level: str, name: str) -> Scope:
     return Scope(kind=ScopeKind.COUNTERPARTY, value=key)
 
 
-def _max_abs(d: dict[str, float]) -> float:
+def max_abs(d: dict[str, float]) -> float:
     """The largest magnitude among ``d``'s values (0.0 when empty), without a call per value.
 
     A NaN anywhere makes it NaN (max() would pass over one not first): no amount.
 
-    >>> _max_abs({"BTC": -3.0, "ETH": 2.0}), _max_abs({}), _max_abs({"BTC": -0.0})
+    >>> max_abs({"BTC": -3.0, "ETH": 2.0}), max_abs({}), max_abs({"BTC": -0.0})
     (3.0, 0.0, 0.0)
-    >>> _max_abs({"ETH": 5.0, "BTC": float("nan")})
+    >>> max_abs({"ETH": 5.0, "BTC": float("nan")})
     nan
     """
     if not d:
@@ -325,7 +325,7 @@ def _measure(level: str, name: str, kind: str) -> Measure:
             return lambda e: e.concentration
         if kind == "open_order_notional":
             return lambda e: e.open_order_notional
-        return lambda e: _max_abs(e.delta_by_underlying)
+        return lambda e: max_abs(e.delta_by_underlying)
     if level == "asset" and kind == "delta":
         return lambda e: abs(e.delta_by_underlying.get(name, 0.0))
     if level == "asset" and kind == "net_notional":

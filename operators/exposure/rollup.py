@@ -434,14 +434,14 @@ def _per_tick(batch: Any, items: list[Any]) -> list[Any]:
 # --------------------------------------------------------------------- stage 3
 
 
-def _sum_dicts(ds: list[dict[str, float]]) -> dict[str, float]:
+def sum_dicts(ds: list[dict[str, float]]) -> dict[str, float]:
     """Key-wise sums, keys in first-seen order, each summed in list order (C-level loops).
 
-    >>> _sum_dicts([{"a": 1.0, "b": 2.0}, {"b": 0.5, "c": 4.0}])
+    >>> sum_dicts([{"a": 1.0, "b": 2.0}, {"b": 0.5, "c": 4.0}])
     {'a': 1.0, 'b': 2.5, 'c': 4.0}
-    >>> _sum_dicts([{"b": 1.0}, {"a": 2.0, "b": 0.5}])
+    >>> sum_dicts([{"b": 1.0}, {"a": 2.0, "b": 0.5}])
     {'b': 1.5, 'a': 2.0}
-    >>> _sum_dicts([{"a": 1.0, "b": 2.0}, {"b": 0.5, "a": 4.0}])  # every key in each
+    >>> sum_dicts([{"a": 1.0, "b": 2.0}, {"b": 0.5, "a": 4.0}])  # every key in each
     {'a': 5.0, 'b': 2.5}
     """
     if ds and min(map(len, ds)) == len(set().union(*ds)):  # every dict holds every key
@@ -764,8 +764,8 @@ class FirmLogic:
         # every by-asset dict is its delta dict (linear books): the same sums, done once
         deltas = list(map(attrgetter("delta_by_underlying"), summed))
         assets = list(map(attrgetter("notional_by_asset"), summed))
-        delta = _sum_dicts(deltas)
-        by_asset = dict(delta) if all(map(is_, assets, deltas)) else _sum_dicts(assets)
+        delta = sum_dicts(deltas)
+        by_asset = dict(delta) if all(map(is_, assets, deltas)) else sum_dicts(assets)
         stale = union("stale_instruments")
         evidence = [rid for cp in updated for rid in st.latest[cp].evidence_ids]
         st.seq += 1

@@ -58,7 +58,7 @@ import seeds
 import signing_fixtures as fx
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from riskguard.connectors.broker import _pid_alive
+from riskguard.connectors.broker import pid_alive
 from riskguard.connectors.formats import FORMATS, core
 from riskguard.connectors.replay import ReplayFile
 from riskguard.operators.audit import (
@@ -304,7 +304,7 @@ def _config_dir() -> Path:
     parent = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
     for old in parent.glob("riskguard-fuzz-*"):
         pid = old.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     folder = parent / f"riskguard-fuzz-{os.getpid()}"
     folder.mkdir(exist_ok=True)
