@@ -182,3 +182,13 @@ def test_a_key_with_no_depth_feed_has_no_stale_side_part_and_a_short_one_is_not_
     (stale,) = [p for p in key_parts(short, "binance/BTCUSDT", cfg)
                 if p.name == "stale book sides"]
     assert (stale.live_from, stale.why) == (None, "the depth feed spans 3 min 30 s")
+
+
+def test_every_kind_of_signal_that_can_open_an_episode_has_a_readiness_part() -> None:
+    """A run that says why nothing fired names every part that could have: each anomaly
+    kind but the learned path's regime change (information, no episode) is some part's."""
+    from riskguard.dataflows.readiness import SIGNALS
+    from riskguard.schemas.signals import ANOMALY_KINDS
+
+    assert set(ANOMALY_KINDS) - {"regime_change"} == set(SIGNALS.values())
+    assert set(SIGNALS) == set(PARTS)
