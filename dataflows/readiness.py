@@ -247,7 +247,7 @@ def key_parts(watch: DetectorWatch, key: str, cfg: Any) -> list[Part]:
     p = watch.keys[key]
     parts = [_learned(p, cfg.detector)]
     if p.depth_ts >= 0:
-        parts.append(_stale(p, cfg.detector.stale_book))
+        parts.append(_stale(p, cfg.detector.stale_book.for_key(key)))
     if p.venue_key or p.first_priced_ts < 0:
         return parts
     bands = cfg.detector.bands.for_key(key, p.measure)

@@ -4,6 +4,11 @@ whole frozen feed and a slow feed are not."""
 
 from __future__ import annotations
 
+from importlib import resources
+from pathlib import Path
+
+import msgspec
+import pytest
 from riskguard.dataflows.backtest import run_backtest
 from riskguard.operators.core.snapshot import decode_snapshot, encode_snapshot
 from riskguard.operators.detection import (
@@ -13,6 +18,7 @@ from riskguard.operators.detection import (
     FeatureLogic,
     StaleBook,
     StaleBookConfig,
+    StaleBookProduct,
 )
 from riskguard.schemas import AnomalySignal, BookDepth, FeatureVector, Scope, ScopeKind
 
@@ -121,6 +127,50 @@ def test_without_the_learned_path_a_slow_feed_is_stale_after_ten_snapshots_too()
 def test_switched_off_there_is_no_stale_feed_signal() -> None:
     off = DetectorLogic(DetectorConfig(stale_book=StaleBookConfig(enabled=False)), lambda: 0)
     assert stale_signals(frozen_bid_book(500, 100, 400), off) == []
+
+
+def test_a_books_own_settings_take_the_first_product_it_matches() -> None:
+    """A thin book given ``stale_s = 1800`` (its innermost band rests for minutes) is not
+    stale after 300 s of a frozen bid side but after 1,800; a book the products switch
+    off raises nothing; another book keeps the defaults."""
+    thin = StaleBookProduct(match="*/THINUSDT", stale_s=1800.0)
+    cfg = DetectorConfig(stale_book=StaleBookConfig(products=(
+        thin, StaleBookProduct(match="binance_um/*", enabled=False),
+        StaleBookProduct(match="*/THINUSDT", stale_s=60.0))))  # not the first match
+    book = frozen_bid_book(500, 100, 400)
+    assert stale_signals(book, DetectorLogic(cfg, lambda: 0)) == []  # binance_um/BTCUSDT
+    thin_book = [msgspec.structs.replace(r, venue="okx", instrument="THINUSDT") for r in book]
+    assert stale_signals(thin_book, DetectorLogic(cfg, lambda: 0)) == [
+        (160 * 30.0, "open"), (400 * 30.0, "close")]
+    other = [msgspec.structs.replace(r, venue="okx") for r in book]
+    assert stale_signals(other, DetectorLogic(cfg, lambda: 0)) == [
+        (110 * 30.0, "open"), (400 * 30.0, "close")]
+
+
+def test_products_come_from_the_config_file_and_an_unknown_setting_stops_it(
+        tmp_path: Path) -> None:
+    """``[[detector.stale_book.products]]`` in a guard config; a misspelt setting in one
+    stops start-up and names it."""
+    from riskguard.dataflows.guard import load_guard_config
+
+    from riskguard.config import read_toml
+    from riskguard.errors import ConfigError
+    from riskguard.toml_text import dump_toml
+
+    example = resources.files("riskguard.dataflows").joinpath("guard.example.toml")
+    products = read_toml(Path(str(example)))["detector"]["stale_book"]["products"]
+    assert products == [{"match": "*/PEPEUSDT", "stale_s": 1800.0}]
+    doc = {"keys": {"signing_key": "k", "trust_file": "t", "roots_file": "r"},
+           "detector": {"stale_book": {"products": products}}}
+    path = tmp_path / "guard.toml"
+    path.write_text(dump_toml(doc))
+    cfg, _ = load_guard_config(path)
+    assert cfg.detector.stale_book.for_key("binance/PEPEUSDT").stale_s == 1800.0
+    assert cfg.detector.stale_book.for_key("binance/BTCUSDT").stale_s == 300.0
+    doc["detector"]["stale_book"]["products"][0]["stale_ss"] = 60.0
+    path.write_text(dump_toml(doc))
+    with pytest.raises(ConfigError, match="stale_ss"):
+        load_guard_config(path)
 
 
 def test_the_guard_goes_reduce_only_on_a_frozen_bid_side_and_resumes_after_it_thaws(

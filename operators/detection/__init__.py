@@ -53,7 +53,12 @@ from riskguard.operators.detection.ops import (
 )
 from riskguard.operators.detection.range_scorer import RangeScorer
 from riskguard.operators.detection.score_quantile import ScoreQuantile
-from riskguard.operators.detection.stale_book import StaleBook, StaleBookConfig, StaleBookState
+from riskguard.operators.detection.stale_book import (
+    StaleBook,
+    StaleBookConfig,
+    StaleBookProduct,
+    StaleBookState,
+)
 from riskguard.operators.detection.venue_confirm import (
     MarketProgress,
     VenueConfirmConfig,
@@ -88,6 +93,7 @@ __all__ = [
     "SimConfig",
     "StaleBook",
     "StaleBookConfig",
+    "StaleBookProduct",
     "StaleBookState",
     "VenueConfirmConfig",
     "VenueConfirmLogic",

@@ -523,9 +523,8 @@ class DetectorLogic:
         """The stale book-side check on a depth key's vector."""
         check = self.stale
         if check is None:
-            if not self.config.stale_book.enabled:
-                return []
-            check = self.stale = StaleBook(self.config.stale_book, fv.key, self.s.stale)
+            check = self.stale = StaleBook(self.config.stale_book.for_key(fv.key), fv.key,
+                                           self.s.stale)
         got = check.on_vector(fv, self.s.gap_s)
         if self._bands_only:  # else the learned path learns the gaps, after scoring
             self._learn_gap(fv.ts)

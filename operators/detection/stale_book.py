@@ -26,9 +26,10 @@ feed, which the venue's heartbeats and the price age judge.
 
 from __future__ import annotations
 
+import fnmatch
 import uuid
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 from riskguard.operators.core.base import copy_fields
@@ -41,8 +42,26 @@ _NAMESPACE = uuid.UUID("2d0c9a8e-3b5f-5e61-8c1d-6f4e2a7b9c30")
 SIDES = ("bid_stale_s", "ask_stale_s")
 
 
+class StaleBookProduct(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The stale check's own settings for the keys ``match`` names
+    (``detector.stale_book.products``): a thin book whose innermost band rests for
+    minutes needs a longer ``stale_s`` than bitcoin's."""
+
+    # the keys these settings are for: a glob on venue/instrument ("*/PEPEUSDT"); a key
+    # takes the first product it matches
+    match: Annotated[str, msgspec.Meta(min_length=1)]
+    enabled: bool | None = None  # unset: detector.stale_book.enabled
+    stale_s: PositiveSeconds | None = None  # unset: detector.stale_book.stale_s
+    updates: PositiveInt | None = None  # unset: detector.stale_book.updates
+
+
 class StaleBookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Settings of the stale book-side check (``[detector.stale_book]``)."""
+    """Settings of the stale book-side check (``[detector.stale_book]``).
+
+    >>> cfg = StaleBookConfig(products=(StaleBookProduct(match="*/PEPEUSDT", stale_s=1800),))
+    >>> cfg.for_key("binance/PEPEUSDT").stale_s, cfg.for_key("binance/BTCUSDT").stale_s
+    (1800, 300.0)
+    """
 
     enabled: bool = True  # false: no stale_feed signals
     # a side is stale once unchanged this long ...
@@ -50,6 +69,18 @@ class StaleBookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # ... and for this many of the key's typical times between vectors (a feed that
     # snapshots every five minutes is not stale after one)
     updates: PositiveInt = 10
+    # keys with settings of their own; a key takes the first product it matches
+    products: tuple[StaleBookProduct, ...] = ()
+
+    def for_key(self, key: str) -> StaleBookConfig:
+        """The settings ``key`` runs with: these, with the values of the first product
+        whose ``match`` it fits."""
+        for product in self.products:
+            if fnmatch.fnmatchcase(key, product.match):
+                changes = {name: value for name in ("enabled", "stale_s", "updates")
+                           if (value := getattr(product, name)) is not None}
+                return msgspec.structs.replace(self, products=(), **changes)
+        return self
 
 
 @persisted("riskguard.stale_book")
@@ -80,7 +111,7 @@ class StaleBook:
         between vectors, 0 while unknown)."""
         values = fv.values
         bid, ask = values.get(SIDES[0]), values.get(SIDES[1])
-        if bid is None or ask is None:
+        if bid is None or ask is None or not self.config.enabled:
             return []
         limit = max(self.config.stale_s, self.config.updates * gap_s)
         s = self.s
