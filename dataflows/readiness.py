@@ -135,6 +135,8 @@ class KeyProgress:
     measure: str = "price"
     depth_ts: int = -1  # the first vector with both book sides' staleness (a depth feed)
     depth_span: tuple[int, int] = (0, 0)  # its vectors, and the time from the first to the last
+    # the longest one side rested while the other changed more recently: (seconds, side)
+    depth_rest: tuple[float, str] = (0.0, "")
     times: list[int] = field(default_factory=list)  # every vector's ts (when kept) ...
     priced_times: list[int] = field(default_factory=list)  # ... and every priced one's
 
@@ -157,7 +159,8 @@ class KeyProgress:
             returns_ts=(self.priced_times[warmup_returns] if m > warmup_returns else None),
             warmup_returns=warmup_returns, interval_ns=self.interval_ns, measure=self.measure,
             depth_ts=self.depth_ts if 0 <= self.depth_ts <= ts else -1,
-            depth_span=self.depth_span)  # its typical gap, not the count up to ts
+            depth_span=self.depth_span,  # its typical gap, not the count up to ts
+            depth_rest=self.depth_rest)  # the run's, not the rest up to ts
 
 
 class DetectorWatch:
@@ -191,6 +194,9 @@ class DetectorWatch:
                 if p.depth_ts < 0:
                     p.depth_ts = fv.ts
                 p.depth_span = (p.depth_span[0] + 1, fv.ts - p.depth_ts)
+                bid, ask = fv.values[SIDES[0]], fv.values.get(SIDES[1], 0.0)
+                if max(bid, ask) > p.depth_rest[0] and bid != ask:
+                    p.depth_rest = (max(bid, ask), "bid" if bid > ask else "ask")
             if p.needed and p.vectors == p.needed + 1:  # the first scored once it has them
                 p.warm_vector_ts = fv.ts
             if fv.price:
@@ -290,6 +296,9 @@ def _stale(p: KeyProgress, c: StaleBookConfig) -> Part:
              "of the key's typical times between them")
     fires = ("one side unchanged that long while the other changed: critical until the "
              "side changes")
+    if p.depth_rest[0] > 0.0:
+        fires += (f"; the longest a side rested here while the other changed: "
+                  f"{duration(int(p.depth_rest[0] * NS))} ({p.depth_rest[1]})")
     live = p.depth_ts + max(int(c.stale_s * NS), c.updates * gap)
     if live <= p.last_ts:
         return Part(PARTS[6], live, needs, fires=fires)
@@ -492,6 +501,13 @@ def summary_lines(r: Readiness, most: int = 4) -> list[str]:
         key = groups[name][2][0]
         part = next(x for x in r.keys[key] if x.name == name)
         out.append(f"  never live: {name} (needs {part.needs}; {part.why})")
+    rests = sorted(((p.depth_rest[0], k, p.depth_rest[1]) for k, p in r.watch.keys.items()
+                    if p.depth_ts >= 0), reverse=True)
+    if rests:  # what a calm day of a book says its stale_s must be above
+        out.append("  book sides at rest, the longest one side rested while the other "
+                   "changed: " + "; ".join(f"{k} {duration(int(s * NS))} ({side or '-'})"
+                                           for s, k, side in rests[:most])
+                   + (f" and {len(rests) - most} more" if len(rests) > most else ""))
     cold = r.never_warm()
     if cold:
         by_why: dict[str, list[str]] = {}

@@ -192,3 +192,21 @@ def test_every_kind_of_signal_that_can_open_an_episode_has_a_readiness_part() ->
 
     assert set(ANOMALY_KINDS) - {"regime_change"} == set(SIGNALS.values())
     assert set(SIGNALS) == set(PARTS)
+
+
+def test_a_calm_books_longest_resting_side_is_said_at_the_runs_end() -> None:
+    """A book whose bid side changes every two minutes (a snapshot every 30 s) and whose
+    ask changes with every snapshot: the run says its bid rested 1 min 30 s at most, the
+    figure a thin book's ``stale_s`` must be above, and the part says it too."""
+    config = DetectorConfig(warmup_ns=0)
+    watch = DetectorWatch(config)
+    for t in range(0, 3600, 30):
+        watch.vector(_depth(t, t - t % 120))
+    r = Readiness({"binance/BTCUSDT": key_parts(watch, "binance/BTCUSDT",
+                                                _guard_config(config))}, watch)
+    lines = summary_lines(r)
+    assert ("  book sides at rest, the longest one side rested while the other changed: "
+            "binance/BTCUSDT 1 min 30 s (bid)") in lines
+    (stale,) = [p for p in r.keys["binance/BTCUSDT"] if p.name == "stale book sides"]
+    assert stale.fires.endswith("the longest a side rested here while the other changed: "
+                                "1 min 30 s (bid)")
