@@ -137,8 +137,11 @@ class KeyProgress:
     depth_span: tuple[int, int] = (0, 0)  # its vectors, and the time from the first to the last
     # the longest one side rested while the other changed more recently: (seconds, side)
     depth_rest: tuple[float, str] = (0.0, "")
+    # at a moment (``at``): each side's seconds unchanged there, and the level then
+    depth_now: tuple[float, float] | None = None
     times: list[int] = field(default_factory=list)  # every vector's ts (when kept) ...
     priced_times: list[int] = field(default_factory=list)  # ... and every priced one's
+    depth_sides: list[tuple[int, float, float]] = field(default_factory=list)  # ... sides
 
     @property
     def venue_key(self) -> bool:
@@ -160,7 +163,16 @@ class KeyProgress:
             warmup_returns=warmup_returns, interval_ns=self.interval_ns, measure=self.measure,
             depth_ts=self.depth_ts if 0 <= self.depth_ts <= ts else -1,
             depth_span=self.depth_span,  # its typical gap, not the count up to ts
-            depth_rest=self.depth_rest)  # the run's, not the rest up to ts
+            **self._depth_at(ts))
+
+    def _depth_at(self, ts: int) -> dict[str, Any]:
+        """The longest rest up to ``ts`` and the sides there, from the kept sides."""
+        sides = self.depth_sides[:bisect.bisect_right(self.depth_sides, (ts, math.inf))]
+        rest = (0.0, "")
+        for _t, bid, ask in sides:
+            if max(bid, ask) > rest[0] and bid != ask:
+                rest = (max(bid, ask), "bid" if bid > ask else "ask")
+        return {"depth_rest": rest, "depth_now": sides[-1][1:] if sides else None}
 
 
 class DetectorWatch:
@@ -197,6 +209,8 @@ class DetectorWatch:
                 bid, ask = fv.values[SIDES[0]], fv.values.get(SIDES[1], 0.0)
                 if max(bid, ask) > p.depth_rest[0] and bid != ask:
                     p.depth_rest = (max(bid, ask), "bid" if bid > ask else "ask")
+                if self.keep_times:
+                    p.depth_sides.append((fv.ts, bid, ask))
             if p.needed and p.vectors == p.needed + 1:  # the first scored once it has them
                 p.warm_vector_ts = fv.ts
             if fv.price:
@@ -294,12 +308,16 @@ def _stale(p: KeyProgress, c: StaleBookConfig) -> Part:
     gap = span // (n - 1) if n > 1 else 0
     needs = (f"book-depth snapshots over {duration(int(c.stale_s * NS))} and {c.updates} "
              "of the key's typical times between them")
-    fires = ("one side unchanged that long while the other changed: critical until the "
-             "side changes")
+    level = max(int(c.stale_s * NS), c.updates * gap)
+    fires = (f"one side unchanged that long ({duration(level)} on this feed) while the "
+             "other changed: critical until the side changes")
     if p.depth_rest[0] > 0.0:
-        fires += (f"; the longest a side rested here while the other changed: "
+        fires += (f"; the longest a side rested while the other changed: "
                   f"{duration(int(p.depth_rest[0] * NS))} ({p.depth_rest[1]})")
-    live = p.depth_ts + max(int(c.stale_s * NS), c.updates * gap)
+    if p.depth_now is not None:
+        fires += (f"; here the bid side unchanged {duration(int(p.depth_now[0] * NS))}, "
+                  f"the ask {duration(int(p.depth_now[1] * NS))}")
+    live = p.depth_ts + level
     if live <= p.last_ts:
         return Part(PARTS[6], live, needs, fires=fires)
     return Part(PARTS[6], None, needs, f"the depth feed spans "

@@ -208,5 +208,24 @@ def test_a_calm_books_longest_resting_side_is_said_at_the_runs_end() -> None:
     assert ("  book sides at rest, the longest one side rested while the other changed: "
             "binance/BTCUSDT 1 min 30 s (bid)") in lines
     (stale,) = [p for p in r.keys["binance/BTCUSDT"] if p.name == "stale book sides"]
-    assert stale.fires.endswith("the longest a side rested here while the other changed: "
+    assert stale.fires.endswith("the longest a side rested while the other changed: "
                                 "1 min 30 s (bid)")
+    assert "(5 min on this feed)" in stale.fires
+
+
+def test_at_a_moment_the_stale_part_says_the_sides_there_and_the_rest_up_to_it() -> None:
+    """``explain`` reads the watch at a moment: a bid frozen from 600 s, read at 1,500 s,
+    has rested 15 min there (the longest so far), not the run's 50 min."""
+    config = DetectorConfig(warmup_ns=0)
+    watch = DetectorWatch(config, keep_times=True)
+    for t in range(0, 3600, 30):
+        watch.vector(_depth(t, 600 if t >= 600 else t))
+    cfg = _guard_config(config)
+    (run,) = [p for p in key_parts(watch, "binance/BTCUSDT", cfg)
+              if p.name == "stale book sides"]
+    assert "rested while the other changed: 49 min 30 s (bid)" in run.fires
+    assert "here the bid" not in run.fires
+    (then,) = [p for p in key_parts(watch.at(1500 * NS), "binance/BTCUSDT", cfg)
+               if p.name == "stale book sides"]
+    assert then.fires.endswith("the longest a side rested while the other changed: "
+                               "15 min (bid); here the bid side unchanged 15 min, the ask 0 s")
