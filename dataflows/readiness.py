@@ -137,7 +137,7 @@ class KeyProgress:
     depth_span: tuple[int, int] = (0, 0)  # its vectors, and the time from the first to the last
     # the longest one side rested while the other changed more recently: (seconds, side)
     depth_rest: tuple[float, str] = (0.0, "")
-    # at a moment (``at``): each side's seconds unchanged there, and the level then
+    # at a moment (``at``): the bid and ask sides' seconds unchanged there
     depth_now: tuple[float, float] | None = None
     times: list[int] = field(default_factory=list)  # every vector's ts (when kept) ...
     priced_times: list[int] = field(default_factory=list)  # ... and every priced one's
