@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
+import statistics
 import sys
 import tempfile
 import time
@@ -266,6 +268,8 @@ def incident_lines(fig: Figures) -> list[str]:
     lines = [f"{'incident':<28} {'series':<22} {'bar':>4} {'guard':>7} {'command':>8} "
              f"{'zscore':>7} {'hst':>7}   (minutes from onset)"]
     met = earlier = not_later = critical_met = 0
+    # (bar in ns, its name) -> (guard, z-score) minutes from onset per incident
+    versus: dict[tuple[int, str], list[tuple[float, float]]] = {}
     for lb in fig.labels:
         key = inc.label_key(lb)
         detect = spans_delay(lb, fig.guard.spans.get(lb.file, []), key)
@@ -280,6 +284,8 @@ def incident_lines(fig: Figures) -> list[str]:
         met += ok
         earlier += detect is not None and (z is None or detect < z)
         not_later += detect is not None and (z is None or detect <= z)
+        versus.setdefault((lb.resolution_ns, lb.resolution), []).append(
+            (math.inf if detect is None else detect, math.inf if z is None else z))
         lines.append(f"{lb.name:<28} {lb.series:<22} {lb.resolution:>4} "
                      f"{fmt(detect):>7} {fmt(mitigate):>8} {fmt(z):>7} "
                      f"{fmt(h):>7} {'' if ok else ' <- goal missed'}")
@@ -289,6 +295,24 @@ def incident_lines(fig: Figures) -> list[str]:
     lines.append(f"incidents within goal (critical <= max(10 min, 1 bar), command <= "
                  f"max(15 min, 2 bars)): {met} of {n}; guard earlier than the "
                  f"z-score on {earlier} of {n}, not later on {not_later}")
+    return lines + versus_lines(versus)
+
+
+def versus_lines(versus: dict[tuple[int, str], list[tuple[float, float]]]) -> list[str]:
+    """Against the z-score at each bar resolution: incidents where the guard is critical
+    sooner, at the same bar or later (a missed incident is later than any time), and
+    the median minutes from onset of each."""
+    lines = ["against the z-score at each bar resolution (minutes from onset; a missed "
+             "incident is later than any time):"]
+    for (_ns, res), pairs in sorted(versus.items()):
+        sooner = sum(g < z for g, z in pairs)
+        same = sum(g == z for g, z in pairs)
+        guard, zscore = (statistics.median_low(x) + 0.0  # no "-0"
+                         for x in zip(*pairs, strict=True))
+        lines.append(f"  {res:>4}: guard sooner on {sooner}, the same on {same}, later on "
+                     f"{len(pairs) - sooner - same}; median guard "
+                     f"{'missed' if math.isinf(guard) else f'{guard:.0f}'}, z-score "
+                     f"{'missed' if math.isinf(zscore) else f'{zscore:.0f}'}")
     return lines
 
 

@@ -525,6 +525,8 @@ def test_the_real_data_bench_reads_a_desks_own_labelled_folder(tmp_path: Path) -
     row = next(line for line in lines if line.startswith("my_crash"))
     assert row.split()[3:5] == ["5", "5"], row  # critical and reduce-only on the first bar
     assert any("within goal" in line and "1 of 1" in line for line in lines)
+    versus = next(i for i, line in enumerate(lines) if "against the z-score at each" in line)
+    assert lines[versus + 1].startswith("    5m: guard sooner on "), lines[versus + 1]
     header = next(i for i, line in enumerate(lines) if "by bar resolution" in line)
     assert lines[header + 1].split()[:3] == ["bar", "days", "guard"]
     assert "onset rule" in lines[header + 1] and "zscore" in lines[header + 1]
