@@ -14,7 +14,9 @@ files run side by side. It reads the development data beside the clone
   first moment the key is critical (an episode already critical one bar before
   onset counts from there), and to the first mitigation command (reduce_only or
   stronger) that covers the key (one already in force at onset, not lifted by a
-  resume, counts as 0). Then false critical episodes per calm instrument-day at
+  resume, counts as 0); then, at each bar resolution, on how many incidents the guard
+  is critical sooner than the z-score baseline, at the same bar or later, and each
+  one's median delay. Then false critical episodes per calm instrument-day at
   each bar resolution measured alone, split by the detector that made each
   episode critical (``price_move``, ``confirmation``, ``anomaly``,
   ``dislocation``), beside the labels' own onset rule and two baselines on the
