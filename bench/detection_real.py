@@ -56,6 +56,7 @@ import incidents as inc
 from riskguard.dataflows.backtest import deep_merge, run_backtest
 from riskguard.dataflows.demo import init_keys
 from riskguard.dataflows.guard import GuardConfig, load_guard_config
+from riskguard.operators.detection.band_levels import CRITICAL_RULES
 from riskguard.schemas import AnomalySignal, MitigationCommand
 from shared_data import incidents_dir, missing_reason, nab_dir
 
@@ -117,17 +118,18 @@ def signal_kind(signal: AnomalySignal) -> str:
 def critical_episodes(signals: Sequence[Any]) -> list[Episode]:
     """``(key, ts, "critical")`` per episode, when it first turned critical: an episode
     that de-escalates and rises again counts once."""
-    return [(key, ts, "critical") for key, ts, _kind in critical_episode_kinds(signals)]
+    return [(key, ts, "critical") for key, ts, _kind, _rule in critical_episode_kinds(signals)]
 
 
-def critical_episode_kinds(signals: Sequence[Any]) -> list[tuple[str, int, str]]:
-    """``(key, ts, kind)`` per episode, when it first turned critical, with the
-    :func:`signal_kind` of the signal that made it critical."""
-    first: dict[str, tuple[str, int, str]] = {}
+def critical_episode_kinds(signals: Sequence[Any]) -> list[tuple[str, int, str, str]]:
+    """``(key, ts, kind, rule)`` per episode, when it first turned critical, with the
+    :func:`signal_kind` of the signal that made it critical and its ``rule`` (the move
+    bands' critical rule; "" for other detectors)."""
+    first: dict[str, tuple[str, int, str, str]] = {}
     for s in signals:
         if (isinstance(s, AnomalySignal) and not s.warming_up
                 and s.severity.value == "critical" and s.phase != "close"):
-            first.setdefault(s.episode, (s.key, s.ts, signal_kind(s)))
+            first.setdefault(s.episode, (s.key, s.ts, signal_kind(s), s.rule or ""))
     return list(first.values())
 
 
@@ -164,7 +166,7 @@ class GuardRun:
     (:func:`critical_episode_kinds`), its commands and its wall time."""
 
     spans: dict[str, list[tuple[str, int, int | None]]] = field(default_factory=dict)
-    episodes: dict[str, list[tuple[str, int, str]]] = field(default_factory=dict)
+    episodes: dict[str, list[tuple[str, int, str, str]]] = field(default_factory=dict)
     commands: dict[str, list[MitigationCommand]] = field(default_factory=dict)
     wall: dict[str, float] = field(default_factory=dict)
 
@@ -255,11 +257,14 @@ class Figures:
     baselines: dict[str, list[Episode]]
     onset_rule: list[Episode]
 
-    def guard_episodes(self, kind: str | None = None) -> list[Episode]:
-        """The guard's critical episodes over every file (of one kind, if given)."""
+    def guard_episodes(self, kind: str | None = None, rule: str | None = None
+                       ) -> list[Episode]:
+        """The guard's critical episodes over every file (of one kind, or made critical
+        by one rule of the move bands, if given)."""
         return [(k, ts, "critical") for eps in self.guard.episodes.values()
-                for k, ts, got in eps
-                if kind is None or got == kind or (kind == "other" and got not in KINDS)]
+                for k, ts, got, made_by in eps
+                if (kind is None or got == kind or (kind == "other" and got not in KINDS))
+                and (rule is None or made_by == rule)]
 
 
 def incident_lines(fig: Figures) -> list[str]:
@@ -339,6 +344,18 @@ def resolution_lines(fig: Figures) -> list[str]:
             continue
         lines.append(f"  {res:<4} {fas[0].days:7.1f}  "
                      + "  ".join(f"{_rate(fa):>13}" for fa in fas))
+    return lines + rule_lines(fig)
+
+
+def rule_lines(fig: Figures) -> list[str]:
+    """The move bands' false critical episodes at each bar resolution, by the critical
+    rule that made each critical (the signal's ``rule``)."""
+    lines = ["price_move's false critical episodes by the rule that made them critical:"]
+    for res, group in _by_resolution(fig.loaded.series).items():
+        counts = [(rule, inc.false_alarms(group, fig.labels,
+                                          fig.guard_episodes("price_move", rule)).episodes)
+                  for rule in CRITICAL_RULES]
+        lines.append(f"  {res:<4} " + ", ".join(f"{rule} {n}" for rule, n in counts))
     return lines
 
 

@@ -107,6 +107,11 @@ class AnomalySignal(Record, frozen=True, kw_only=True, tag="anomaly"):
     ``kind == "dislocation"`` from the cross-market check
     (:mod:`riskguard.operators.detection.cross_rates`), ``kind == "stale_feed"`` from
     the stale book-side check (:mod:`riskguard.operators.detection.stale_book`).
+    ``rule`` names what made a price move critical, on the ``open`` or ``escalate``
+    that made it so: one of the move bands' critical rules (``detector.bands.
+    critical_rules``: ``fast_fall``, ``slide``, ``limit``, ``static``, ``ratio``,
+    ``horizons``; docs/detectors.md) or ``confirmation`` (another venue's trip); None on
+    every other signal.
     """
 
     id: RecordId
@@ -126,6 +131,7 @@ class AnomalySignal(Record, frozen=True, kw_only=True, tag="anomaly"):
     model: Label
     model_version: Label
     evidence_ids: list[RecordId] = []
+    rule: Label | None = None
 
     @property
     def episode(self) -> str:

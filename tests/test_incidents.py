@@ -531,4 +531,6 @@ def test_the_real_data_bench_reads_a_desks_own_labelled_folder(tmp_path: Path) -
     assert lines[header + 1].split()[:3] == ["bar", "days", "guard"]
     assert "onset rule" in lines[header + 1] and "zscore" in lines[header + 1]
     assert lines[header + 2].split()[0] == "5m"
-    assert lines[header + 3].startswith("false critical episodes per calm instrument-day, by")
+    assert lines[header + 3].startswith("price_move's false critical episodes by the rule")
+    assert lines[header + 4].split()[:3] == ["5m", "fast_fall", "0,"], lines[header + 4]
+    assert lines[header + 5].startswith("false critical episodes per calm instrument-day, by")

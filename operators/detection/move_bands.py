@@ -601,4 +601,6 @@ class MoveBands:
             threshold=1.0, severity=severity, warming_up=False,
             top_features=contributions, model="MoveBands",
             model_version=self.config.model_version, evidence_ids=list(fv.evidence_ids),
+            rule=(self.rule if severity is Severity.CRITICAL and phase in ("open", "escalate")
+                  else None),
         )

@@ -269,7 +269,9 @@ class VenueConfirmLogic:
         return msgspec.structs.replace(
             own, id=str(uuid.uuid5(_NAMESPACE, f"{eid}:{phase}:{ts}")), phase=phase, ts=ts,
             severity=severity, model=MODEL, model_version=self.config.model_version,
-            top_features=top[:4], recv_ts=None)
+            top_features=top[:4], recv_ts=None,
+            rule="confirmation" if severity is Severity.CRITICAL and phase == "escalate"
+            else None)
 
 
 def venue_confirm_builder(config: VenueConfirmConfig, clock: Callable[[], int],

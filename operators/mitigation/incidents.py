@@ -127,7 +127,8 @@ def describe(sig: Any) -> str:
     if isinstance(sig, AnomalySignal):
         ratio = sig.score / sig.threshold if sig.threshold > 0 else math.inf
         feats = ", ".join(f"{c.feature} z={c.zscore:.1f}" for c in sig.top_features[:3])
-        return (f"{head} ({sig.phase}): score {sig.score:.3g} / threshold {sig.threshold:.3g}"
+        phase = f"{sig.phase}, {sig.rule}" if sig.rule else sig.phase
+        return (f"{head} ({phase}): score {sig.score:.3g} / threshold {sig.threshold:.3g}"
                 f" = {ratio:.2f}x" + (f"; top {feats}" if feats else ""))
     if isinstance(sig, LimitBreach):
         return (f"{head}: {sig.kind} {sig.limit_path} at {sig.utilization:.0%} of limit "
