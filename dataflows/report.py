@@ -481,7 +481,8 @@ def events_of(signals: Iterable[Any]) -> list[dict[str, Any]]:
             top = ", ".join(f"{c.feature} z={c.zscore:+.1f}" for c in s.top_features[:2])
             event = {"t": s.ts, "what": f"{s.kind} {s.phase}", "scope": s.scope.label(),
                      "severity": s.severity.value,
-                     "detail": f"{score_text(s)}" + (f" [{top}]" if top else "")}
+                     "detail": f"{score_text(s)}" + (f" by {s.rule}" if s.rule else "")
+                     + (f" [{top}]" if top else "")}
             if s.warming_up:
                 event["warming_up"] = True
         elif isinstance(s, RiskAlert):
