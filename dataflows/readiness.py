@@ -170,9 +170,16 @@ class KeyProgress:
         sides = self.depth_sides[:bisect.bisect_right(self.depth_sides, (ts, math.inf))]
         rest = (0.0, "")
         for _t, bid, ask in sides:
-            if max(bid, ask) > rest[0] and bid != ask:
-                rest = (max(bid, ask), "bid" if bid > ask else "ask")
+            rest = _longer_rest(rest, bid, ask)
         return {"depth_rest": rest, "depth_now": sides[-1][1:] if sides else None}
+
+
+def _longer_rest(rest: tuple[float, str], bid: float, ask: float) -> tuple[float, str]:
+    """``rest`` (the longest one side rested while the other changed more recently, and
+    which side), or this snapshot's if it is longer."""
+    if max(bid, ask) > rest[0] and bid != ask:
+        return max(bid, ask), "bid" if bid > ask else "ask"
+    return rest
 
 
 class DetectorWatch:
@@ -207,8 +214,7 @@ class DetectorWatch:
                     p.depth_ts = fv.ts
                 p.depth_span = (p.depth_span[0] + 1, fv.ts - p.depth_ts)
                 bid, ask = fv.values[SIDES[0]], fv.values.get(SIDES[1], 0.0)
-                if max(bid, ask) > p.depth_rest[0] and bid != ask:
-                    p.depth_rest = (max(bid, ask), "bid" if bid > ask else "ask")
+                p.depth_rest = _longer_rest(p.depth_rest, bid, ask)
                 if self.keep_times:
                     p.depth_sides.append((fv.ts, bid, ask))
             if p.needed and p.vectors == p.needed + 1:  # the first scored once it has them
@@ -308,7 +314,7 @@ def _stale(p: KeyProgress, c: StaleBookConfig) -> Part:
     gap = span // (n - 1) if n > 1 else 0
     needs = (f"book-depth snapshots over {duration(int(c.stale_s * NS))} and {c.updates} "
              "of the key's typical times between them")
-    level = max(int(c.stale_s * NS), c.updates * gap)
+    level = int(c.level_s(gap / NS) * NS)
     fires = (f"one side unchanged that long ({duration(level)} on this feed) while the "
              "other changed: critical until the side changes")
     if p.depth_rest[0] > 0.0:

@@ -46,7 +46,7 @@ from riskguard.operators.detection.models import (
 from riskguard.operators.detection.move_bands import MoveBands, MoveBandState
 from riskguard.operators.detection.range_scorer import RangeState
 from riskguard.operators.detection.score_quantile import ScoreQuantile
-from riskguard.operators.detection.stale_book import StaleBook, StaleBookState
+from riskguard.operators.detection.stale_book import SIDES, StaleBook, StaleBookState
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import encode
 from riskguard.schemas.signals import (
@@ -321,7 +321,7 @@ class DetectorLogic:
         if fv.price and (not self._bands_set or fv.measure != s.measure):
             bands = self._key_bands(fv.key, fv.measure)  # its first price, or a new measure
         moves = bands.on_vector(fv) if bands is not None and fv.price else ()
-        if "bid_stale_s" in values:  # a book-depth key
+        if SIDES[0] in values:  # a book-depth key
             moves = [*moves, *self._stale_sides(fv)]
         if self._bands_only:
             return list(moves)

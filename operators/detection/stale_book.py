@@ -72,6 +72,11 @@ class StaleBookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # keys with settings of their own; a key takes the first product it matches
     products: tuple[StaleBookProduct, ...] = ()
 
+    def level_s(self, gap_s: float) -> float:
+        """How long a side must be unchanged to be stale, for a key whose typical time
+        between vectors is ``gap_s`` (0 while unknown)."""
+        return max(self.stale_s, self.updates * gap_s)
+
     def for_key(self, key: str) -> StaleBookConfig:
         """The settings ``key`` runs with: these, with the values of the first product
         whose ``match`` it fits."""
@@ -113,7 +118,7 @@ class StaleBook:
         bid, ask = values.get(SIDES[0]), values.get(SIDES[1])
         if bid is None or ask is None or not self.config.enabled:
             return []
-        limit = max(self.config.stale_s, self.config.updates * gap_s)
+        limit = self.config.level_s(gap_s)
         s = self.s
         if s.open:
             if values[s.side] < limit or min(bid, ask) >= limit:
