@@ -29,7 +29,7 @@ import pickle
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import msgspec
 from riskguard.operators.core.snapshot import persisted
@@ -309,25 +309,38 @@ class DetectorLogic:
 
     def on_event(self, fv: FeatureVector) -> list[AnomalySignal | DeadLetter]:
         """One feature vector: the move bands' signals, then the learned path's."""
-        s = self.s
-        c = self.config
         values = fv.values
         if not math.isfinite(sum(values.values())):  # NaN/inf anywhere (or an overflow)
             for name, val in values.items():
                 if not math.isfinite(val):
                     return [self._dead(fv, name, val)]
+        moves = self.moves(fv)
+        return moves if self._bands_only else self.learned(fv, moves)
+
+    def moves(self, fv: FeatureVector) -> list[AnomalySignal | DeadLetter]:
+        """A finite vector's price-move and stale book-side signals (the first stage of
+        :meth:`on_event`: it reads nothing the learned path writes but the ordinary gap,
+        which the learned path learns after it)."""
         self._dirty = True
         bands = self.bands
-        if fv.price and (not self._bands_set or fv.measure != s.measure):
+        if fv.price and (not self._bands_set or fv.measure != self.s.measure):
             bands = self._key_bands(fv.key, fv.measure)  # its first price, or a new measure
-        moves = bands.on_vector(fv) if bands is not None and fv.price else ()
-        if SIDES[0] in values:  # a book-depth key
-            moves = [*moves, *self._stale_sides(fv)]
-        if self._bands_only:
-            return list(moves)
+        # the bands make a fresh list: the stale check and the learned path add to it
+        moves = cast("list[AnomalySignal | DeadLetter]",
+                     bands.on_vector(fv) if bands is not None and fv.price else [])
+        if SIDES[0] in fv.values:  # a book-depth key
+            moves.extend(self._stale_sides(fv))
+        return moves
+
+    def learned(self, fv: FeatureVector, out: list[AnomalySignal | DeadLetter]
+                ) -> list[AnomalySignal | DeadLetter]:
+        """The learned path on a finite vector after :meth:`moves`: its signals are
+        appended to ``out`` (that vector's moves), which is returned."""
+        s = self.s
+        c = self.config
         x = self._vector(fv)
         if self.kind == "range":
-            return self._on_range(fv, x[0], moves)
+            return self._on_range(fv, x[0], out)
         z, sd = self._zscores(x)
         self._learn_gap(fv.ts)  # after scoring: a vector is measured by the gaps before it
         score, leaves, xm = self._model_score(x, z)
@@ -343,7 +356,6 @@ class DetectorLogic:
         contributions = self._explain(x, z) if anomalous or s.ep_open else []
         self._learn(_Scored(x, xm, z, sd, leaves, model_score), anomalous=anomalous,
                     warming=warming, ready=ready)
-        out: list[AnomalySignal | DeadLetter] = list(moves)
         out.extend(self._episode(fv, score, thr, anomalous, warming, contributions))
         if self.drift is not None and ready:
             out.extend(self._drift_step(fv, model_score, score, thr, warming, contributions))
@@ -498,7 +510,8 @@ class DetectorLogic:
         self._adapt(fv.ts)
         return [signal]
 
-    def _on_range(self, fv: FeatureVector, x: float, moves: Sequence[AnomalySignal]
+    def _on_range(self, fv: FeatureVector, x: float,
+                  moves: Sequence[AnomalySignal | DeadLetter]
                   ) -> list[AnomalySignal | DeadLetter]:
         """One feature, :class:`RangeScorer`: a fixed threshold in recent ranges, and the
         scorer protects itself (an anomalous value is learned clipped)."""
