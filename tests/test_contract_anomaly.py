@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
+import msgspec
 import pytest
 from riskguard.operators.core.clock import Tick
 from riskguard.operators.detection.cross_rates import CrossRateConfig
@@ -15,10 +17,11 @@ from riskguard.operators.detection.features import (
     feature_builder,
     route,
 )
+from riskguard.operators.detection.market_detectors import market_detectors_builder
 from riskguard.operators.detection.market_sim import SimConfig, generate
 from riskguard.operators.detection.venue_confirm import VenueConfirmConfig, venue_confirm_builder
 
-from tests.contract import CHECKS, Case
+from tests.contract import CHECKS, Batch, Case, engine_feed
 
 SC = generate(SimConfig(duration_s=120, seed=3, incidents_per_kind=0, warmup_s=0))
 FCFG = FeatureConfig(venues=SC.venues)
@@ -32,6 +35,35 @@ def _vectors() -> list:
 
 
 VECTORS = _vectors()[:700]
+GROUP = ("okx/BTC-USDT", "binance/BTC-USDT", "deribit/BTC-USDT")
+
+
+def _group_batches() -> list[Batch]:
+    """One asset's vectors on three venues, as the group's step gets them: the venues'
+    vectors of each second in one batch, every fifth batch also a venue's next vector
+    (a market twice in a batch), and one vector whose value is not finite."""
+    config = FeatureConfig(venues=SC.venues, cadence="event")
+    logic = {key: FeatureLogic(config, lambda: 2**62) for key in GROUP}
+    made = sorted((o.ts, i, key, o) for i, rec in enumerate(SC.events)
+                  for key, r in route(rec, FCFG) if key in logic
+                  for o in logic[key].on_event(r))
+    items = [(key, fv) for _ts, _i, key, fv in made][:900]
+    key, fv = items[400]
+    items[400] = (key, msgspec.structs.replace(fv, values={**fv.values, "spread_bps": math.nan}))
+    batches: list[Batch] = []
+    at = 0
+    while at < len(items):
+        take = 4 if len(batches) % 5 == 4 else 3
+        batches.append(Batch(tuple(items[at:at + take])))
+        at += take
+    return batches
+
+
+GROUP_BATCHES = _group_batches()
+# an alarm rate far above the default's, so the calm market's vectors open episodes
+GROUP_CONFIG = DetectorConfig(warmup_events=100, warmup_ns=0, hst_window=50, blend_points=50,
+                              drift_cooldown_points=20, target_alarm_rate=0.2,
+                              threshold_margin=0.0, close_quiet_points=1, close_quiet_ns=0)
 
 
 def _cross_items(gone_at_ns: int | None = None) -> list:
@@ -89,6 +121,8 @@ CASES = [
         DetectorConfig(features=("spread_bps",), warmup_events=50, warmup_ns=0,
                        range_block=8, range_blocks=6), lambda: 0), VECTORS,
          splits=(49, 50, 51, 97, 98)),
+    Case("market-detectors", market_detectors_builder(GROUP_CONFIG, lambda: 0, progress=True),
+         GROUP_BATCHES, splits=(33, 100), feed=engine_feed),
     Case("detector-gaussian", detector_builder(
         DetectorConfig(model="gaussian", features=("spread_bps",), warmup_events=50,
                        warmup_ns=0), lambda: 0), VECTORS),

@@ -6,8 +6,10 @@
 - :mod:`~riskguard.operators.detection.features`: per-key feature vectors (bars,
   spreads, staleness, venue health);
 - :mod:`~riskguard.operators.detection.detector`: the online detector, one model per
-  key (its settings and model choice in :mod:`~riskguard.operators.detection.models`),
-  with its scorers :mod:`~riskguard.operators.detection.hst` (Half-Space Trees),
+  key, a group of keys run together by
+  :mod:`~riskguard.operators.detection.market_detectors` (its settings and model choice
+  in :mod:`~riskguard.operators.detection.models`), with its scorers
+  :mod:`~riskguard.operators.detection.hst` (Half-Space Trees),
   :mod:`~riskguard.operators.detection.range_scorer`, the threshold
   :mod:`~riskguard.operators.detection.score_quantile` and the deterministic
   :mod:`~riskguard.operators.detection.move_bands`;
@@ -40,6 +42,12 @@ from riskguard.operators.detection.features import (
     feature_builder,
 )
 from riskguard.operators.detection.hst import ArrayHST, HSTShape, hst_shape
+from riskguard.operators.detection.market_detectors import (
+    MarketDetectors,
+    MarketDetectorsState,
+    detector_group,
+    market_detectors_builder,
+)
 from riskguard.operators.detection.market_sim import Scenario, SimConfig, generate
 from riskguard.operators.detection.models import DetectorConfig, prepare_models
 from riskguard.operators.detection.move_bands import MoveBands, MoveBandState
@@ -82,6 +90,8 @@ __all__ = [
     "FeatureState",
     "FeaturesOut",
     "HSTShape",
+    "MarketDetectors",
+    "MarketDetectorsState",
     "MarketProgress",
     "MoveBandConfig",
     "MoveBandState",
@@ -104,10 +114,12 @@ __all__ = [
     "detect_anomalies",
     "detect_dislocations",
     "detector_builder",
+    "detector_group",
     "extract_features",
     "feature_builder",
     "generate",
     "hst_shape",
+    "market_detectors_builder",
     "market_group",
     "prepare_models",
 ]

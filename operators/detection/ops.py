@@ -46,12 +46,15 @@ from riskguard.operators.core.clock import Tick
 from riskguard.operators.core.metrics import reorder_counter
 from riskguard.operators.detection.cross_rates import CrossRateConfig
 from riskguard.operators.detection.cross_shard import cross_points, cross_shard_builder
-from riskguard.operators.detection.detector import DetectorConfig, detector_builder
+from riskguard.operators.detection.detector import DetectorConfig
 from riskguard.operators.detection.features import FeatureConfig, feature_builder, route_batch
 from riskguard.operators.detection.index_routes import ROUTES_KEY, IndexRoutesLogic
+from riskguard.operators.detection.market_detectors import (
+    detector_group,
+    market_detectors_builder,
+)
 from riskguard.operators.detection.venue_confirm import (
     MarketProgress,
-    ProgressAfterSignals,
     VenueConfirmConfig,
     confirm_key,
     venue_confirm_builder,
@@ -117,22 +120,27 @@ def detect_anomalies(step_id: str, up: KeyedStream[FeatureVector], *, config: De
     ``up`` is ``extract_features(...).oks``. Signals are ``open``, ``escalate`` and
     ``close`` episode events and ``regime_change`` drift events. With ``config.confirm``
     on (the default), :func:`confirm_across_venues` adds its escalations to ``oks``.
+    Each key has a detector of its own; the step runs a group's keys (one asset on its
+    venues: :func:`~riskguard.operators.detection.market_detectors.detector_group`)
+    together, a stage at a time, and ``oks`` is keyed by each signal's key again.
     """
     config.validate(f"step {step_id!r}: detector")
-    detect_one = detector_builder(config, clock)
     confirm = config.confirm.enabled
-
-    def with_progress(state: Any) -> ProgressAfterSignals:
-        return ProgressAfterSignals(detect_one(state))
-
-    split = split_dead_letters("split", stateful_logic(
-        "detect", up, with_progress if confirm else detect_one))
+    grouped = op.flat_map_batch("by_group", up, _by_group)
+    made = stateful_logic("detect", grouped, market_detectors_builder(config, clock, confirm))
+    split = split_dead_letters("split", op.flat_map_batch("by_key", made, values_of))
     oks = split.oks
     if confirm:
         confirmed = confirm_across_venues("confirm", oks, config=config.confirm, clock=clock)
         oks = op.merge("with_confirmations", op.flat_map_batch("signals", oks, _signals),
                        op.flat_map_batch("key_confirmed", confirmed, _by_key))
     return DetectOut(oks=oks, errs=split.errs)
+
+
+def _by_group(kvs: list[tuple[str, FeatureVector]]
+              ) -> list[tuple[str, tuple[str, FeatureVector]]]:
+    group = detector_group
+    return [(group(kv[0]), kv) for kv in kvs]
 
 
 def _signals(kvs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:

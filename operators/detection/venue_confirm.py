@@ -284,27 +284,3 @@ def venue_confirm_builder(config: VenueConfirmConfig, clock: Callable[[], int],
         return VenueConfirmLogic(config, clock, state, on_reorder)
 
     return build
-
-
-class ProgressAfterSignals:
-    """A detector's logic for one market that sends, after each batch's signals, the
-    market's :class:`MarketProgress` (markets no group takes send none): what
-    :class:`VenueConfirmLogic` waits for."""
-
-    def __init__(self, logic: Any) -> None:
-        self.logic = logic
-
-    def on_batch(self, vectors: list[Any]) -> list[Any]:
-        on_event = self.logic.on_event
-        out: list[Any] = []
-        for v in vectors:
-            out.extend(on_event(v))
-        if vectors and confirm_key(market := vectors[0].key) is not None:
-            out.append(MarketProgress(ts=max(v.ts for v in vectors), market=market))
-        return out
-
-    def on_event(self, vector: Any) -> list[Any]:
-        return self.on_batch([vector])
-
-    def snapshot(self) -> Any:
-        return self.logic.snapshot()

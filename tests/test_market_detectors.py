@@ -1,0 +1,68 @@
+"""A group's detectors worked a stage at a time say what each market's detector says."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+from riskguard.operators.detection.detector import DetectorLogic
+from riskguard.operators.detection.market_detectors import (
+    MarketDetectors,
+    detector_group,
+    market_detectors_builder,
+)
+from riskguard.operators.detection.venue_confirm import MarketProgress
+from riskguard.schemas import AnomalySignal, DeadLetter
+
+from riskguard.errors import SnapshotError
+from tests.test_contract_anomaly import GROUP, GROUP_BATCHES, GROUP_CONFIG
+
+
+def _alone() -> dict[str, list]:
+    """Each market's vectors through a detector of its own, one at a time."""
+    detectors = {key: DetectorLogic(GROUP_CONFIG, lambda: 0) for key in GROUP}
+    out: dict[str, list] = defaultdict(list)
+    for batch in GROUP_BATCHES:
+        for key, fv in batch.items:
+            out[key].extend(detectors[key].on_event(fv))
+    return out
+
+
+def test_the_group_makes_each_markets_own_signals_in_its_order() -> None:
+    group = MarketDetectors(GROUP_CONFIG, lambda: 0, progress=True)
+    got: dict[str, list] = defaultdict(list)
+    progress: list[MarketProgress] = []
+    for batch in GROUP_BATCHES:
+        for key, item in group.on_batch(list(batch.items)):
+            if type(item) is MarketProgress:
+                progress.append(item)
+            else:
+                got[key].append(item)
+    alone = _alone()
+    assert got == {key: made for key, made in alone.items() if made}
+    made = [x for xs in alone.values() for x in xs]
+    assert sum(type(x) is DeadLetter for x in made) == 1  # the vector that is not finite
+    assert all(got.get(key) for key in GROUP)  # every market's episodes
+    assert sum(type(x) is AnomalySignal for x in made) > 50
+    # after each batch, each market in it once, at its newest vector's time
+    assert len(progress) == sum(len({k for k, _ in b.items}) for b in GROUP_BATCHES)
+
+
+def test_the_group_step_runs_a_market_seen_twice_in_a_batch_in_its_order() -> None:
+    twice = [b for b in GROUP_BATCHES if len({k for k, _ in b.items}) < len(b.items)]
+    assert twice  # the batches hold such a market
+    group = MarketDetectors(GROUP_CONFIG, lambda: 0)
+    got = [item for b in GROUP_BATCHES for item in group.on_batch(list(b.items))]
+    assert not any(type(item) is MarketProgress for _key, item in got)  # progress off
+
+
+def test_a_venue_s_markets_of_one_asset_share_a_group() -> None:
+    assert {detector_group(k) for k in GROUP} == {"BTC/USD"}
+    assert detector_group("okx/ETH-USDT") == "ETH/USD"
+    assert detector_group("v1/I3") == detector_group("v2/I3") == "I3"
+
+
+def test_a_snapshot_of_one_key_s_detector_is_refused_by_name() -> None:
+    one_key = DetectorLogic(GROUP_CONFIG, lambda: 0).snapshot()
+    with pytest.raises(SnapshotError, match="got DetectorState"):
+        market_detectors_builder(GROUP_CONFIG, lambda: 0)(one_key)
