@@ -299,7 +299,7 @@ def test_a_backtest_whose_dataflow_fails_says_so_in_one_line(files, capfd, monke
 
     monkeypatch.delenv("RISKGUARD_LOG", raising=False)
     monkeypatch.delenv("RUST_BACKTRACE", raising=False)
-    monkeypatch.setattr(DetectorLogic, "on_event", fail)
+    monkeypatch.setattr(DetectorLogic, "moves", fail)
     capfd.readouterr()
     code = main(["backtest", "--config", files["config"], "--sample",
                  "--out", str(tmp_path / "bt")])

@@ -17,7 +17,10 @@ from riskguard.operators.detection.features import (
     feature_builder,
     route,
 )
-from riskguard.operators.detection.market_detectors import market_detectors_builder
+from riskguard.operators.detection.market_groups import (
+    market_detectors_builder,
+    market_features_builder,
+)
 from riskguard.operators.detection.market_sim import SimConfig, generate
 from riskguard.operators.detection.venue_confirm import VenueConfirmConfig, venue_confirm_builder
 
@@ -60,6 +63,10 @@ def _group_batches() -> list[Batch]:
 
 
 GROUP_BATCHES = _group_batches()
+# the records of one asset on three venues as the group's features step gets them, in
+# batches of 40 (an engine's batches hold several records of a market)
+_GROUP_ITEMS = [(key, r) for rec in SC.events for key, r in route(rec, FCFG) if key in GROUP]
+GROUP_RECORDS = [Batch(tuple(_GROUP_ITEMS[i:i + 40])) for i in range(0, 1800, 40)]
 # an alarm rate far above the default's, so the calm market's vectors open episodes
 GROUP_CONFIG = DetectorConfig(warmup_events=100, warmup_ns=0, hst_window=50, blend_points=50,
                               drift_cooldown_points=20, target_alarm_rate=0.2,
@@ -111,6 +118,8 @@ CASES = [
                                                        bar_ns=10**9), CROSS_GONE),
     Case("venue-confirm", venue_confirm_builder(VenueConfirmConfig(join_s=0), lambda: 0), BANDS),
     Case("features-bar", feature_builder(FCFG, lambda: 2**62), MARKET),
+    Case("market-features", market_features_builder(FCFG, lambda: 2**62), GROUP_RECORDS,
+         feed=engine_feed),
     Case("features-event", feature_builder(FeatureConfig(venues=SC.venues, cadence="event"),
                                            lambda: 2**62), MARKET[:400]),
     Case("detector-hst", detector_builder(DetectorConfig(warmup_events=100, warmup_ns=0,

@@ -7,7 +7,7 @@
   spreads, staleness, venue health);
 - :mod:`~riskguard.operators.detection.detector`: the online detector, one model per
   key, a group of keys run together by
-  :mod:`~riskguard.operators.detection.market_detectors` (its settings and model choice
+  :mod:`~riskguard.operators.detection.market_groups` (its settings and model choice
   in :mod:`~riskguard.operators.detection.models`), with its scorers
   :mod:`~riskguard.operators.detection.hst` (Half-Space Trees),
   :mod:`~riskguard.operators.detection.range_scorer`, the threshold
@@ -42,11 +42,15 @@ from riskguard.operators.detection.features import (
     feature_builder,
 )
 from riskguard.operators.detection.hst import ArrayHST, HSTShape, hst_shape
-from riskguard.operators.detection.market_detectors import (
+from riskguard.operators.detection.market_groups import (
     MarketDetectors,
     MarketDetectorsState,
-    detector_group,
+    MarketFeatures,
+    MarketFeaturesState,
+    group_event_order,
+    key_group,
     market_detectors_builder,
+    market_features_builder,
 )
 from riskguard.operators.detection.market_sim import Scenario, SimConfig, generate
 from riskguard.operators.detection.models import DetectorConfig, prepare_models
@@ -92,6 +96,8 @@ __all__ = [
     "HSTShape",
     "MarketDetectors",
     "MarketDetectorsState",
+    "MarketFeatures",
+    "MarketFeaturesState",
     "MarketProgress",
     "MoveBandConfig",
     "MoveBandState",
@@ -114,12 +120,14 @@ __all__ = [
     "detect_anomalies",
     "detect_dislocations",
     "detector_builder",
-    "detector_group",
     "extract_features",
     "feature_builder",
     "generate",
+    "group_event_order",
     "hst_shape",
+    "key_group",
     "market_detectors_builder",
+    "market_features_builder",
     "market_group",
     "prepare_models",
 ]

@@ -41,17 +41,19 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
-from riskguard.operators.core.base import event_order, split_dead_letters, stateful_logic, values_of
+from riskguard.operators.core.base import split_dead_letters, stateful_logic, values_of
 from riskguard.operators.core.clock import Tick
 from riskguard.operators.core.metrics import reorder_counter
 from riskguard.operators.detection.cross_rates import CrossRateConfig
 from riskguard.operators.detection.cross_shard import cross_points, cross_shard_builder
 from riskguard.operators.detection.detector import DetectorConfig
-from riskguard.operators.detection.features import FeatureConfig, feature_builder, route_batch
+from riskguard.operators.detection.features import FeatureConfig, route_batch
 from riskguard.operators.detection.index_routes import ROUTES_KEY, IndexRoutesLogic
-from riskguard.operators.detection.market_detectors import (
-    detector_group,
+from riskguard.operators.detection.market_groups import (
+    group_event_order,
+    key_group,
     market_detectors_builder,
+    market_features_builder,
 )
 from riskguard.operators.detection.venue_confirm import (
     MarketProgress,
@@ -94,7 +96,10 @@ def extract_features(step_id: str, up: Stream[MarketEvent | VenueStatus], *,
 
     ``up`` carries unkeyed market and ``VenueStatus`` records. ``local_keys``: with a
     broadcast source of index prices and heartbeats, each process routes its copy to its
-    own keys only (:func:`riskguard.operators.detection.features.route`).
+    own keys only (:func:`riskguard.operators.detection.features.route`). Each key has
+    its features of its own; the step runs a group's keys together
+    (:class:`~riskguard.operators.detection.market_groups.MarketFeatures`), and ``oks``
+    is keyed by each vector's key.
     """
     config.validate(f"step {step_id!r}: features")
     if config.venues:
@@ -107,8 +112,10 @@ def extract_features(step_id: str, up: Stream[MarketEvent | VenueStatus], *,
             "route_key", up, lambda recs: [(ROUTES_KEY, r) for r in recs]),
             lambda state: IndexRoutesLogic(config, local_keys, state))
         keyed = op.flat_map_batch("route", routed, values_of)
-    out = stateful_logic("features", keyed, feature_builder(config, clock), order=event_order)
-    split = split_dead_letters("split", out)
+    grouped = op.flat_map_batch("by_group", keyed, _by_group)
+    made = stateful_logic("features", grouped, market_features_builder(config, clock),
+                          order=group_event_order)
+    split = split_dead_letters("split", op.flat_map_batch("by_key", made, values_of))
     return FeaturesOut(oks=split.oks, errs=split.errs)
 
 
@@ -121,8 +128,8 @@ def detect_anomalies(step_id: str, up: KeyedStream[FeatureVector], *, config: De
     ``close`` episode events and ``regime_change`` drift events. With ``config.confirm``
     on (the default), :func:`confirm_across_venues` adds its escalations to ``oks``.
     Each key has a detector of its own; the step runs a group's keys (one asset on its
-    venues: :func:`~riskguard.operators.detection.market_detectors.detector_group`)
-    together, a stage at a time, and ``oks`` is keyed by each signal's key again.
+    venues: :func:`~riskguard.operators.detection.market_groups.key_group`) together, a
+    stage at a time, and ``oks`` is keyed by each signal's key again.
     """
     config.validate(f"step {step_id!r}: detector")
     confirm = config.confirm.enabled
@@ -137,9 +144,9 @@ def detect_anomalies(step_id: str, up: KeyedStream[FeatureVector], *, config: De
     return DetectOut(oks=oks, errs=split.errs)
 
 
-def _by_group(kvs: list[tuple[str, FeatureVector]]
-              ) -> list[tuple[str, tuple[str, FeatureVector]]]:
-    group = detector_group
+def _by_group(kvs: list[tuple[str, Any]]) -> list[tuple[str, tuple[str, Any]]]:
+    """Each ``(key, item)`` keyed by its key's group, whole."""
+    group = key_group
     return [(group(kv[0]), kv) for kv in kvs]
 
 

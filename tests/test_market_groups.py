@@ -1,4 +1,5 @@
-"""A group's detectors worked a stage at a time say what each market's detector says."""
+"""A group's features and detectors, in one step call each, say what each market's own
+logic says; the detectors worked a stage at a time."""
 
 from __future__ import annotations
 
@@ -6,16 +7,19 @@ from collections import defaultdict
 
 import pytest
 from riskguard.operators.detection.detector import DetectorLogic
-from riskguard.operators.detection.market_detectors import (
+from riskguard.operators.detection.features import FeatureLogic
+from riskguard.operators.detection.market_groups import (
     MarketDetectors,
-    detector_group,
+    MarketFeatures,
+    key_group,
     market_detectors_builder,
+    market_features_builder,
 )
 from riskguard.operators.detection.venue_confirm import MarketProgress
 from riskguard.schemas import AnomalySignal, DeadLetter
 
 from riskguard.errors import SnapshotError
-from tests.test_contract_anomaly import GROUP, GROUP_BATCHES, GROUP_CONFIG
+from tests.test_contract_anomaly import FCFG, GROUP, GROUP_BATCHES, GROUP_CONFIG, GROUP_RECORDS
 
 
 def _alone() -> dict[str, list]:
@@ -57,12 +61,39 @@ def test_the_group_step_runs_a_market_seen_twice_in_a_batch_in_its_order() -> No
 
 
 def test_a_venue_s_markets_of_one_asset_share_a_group() -> None:
-    assert {detector_group(k) for k in GROUP} == {"BTC/USD"}
-    assert detector_group("okx/ETH-USDT") == "ETH/USD"
-    assert detector_group("v1/I3") == detector_group("v2/I3") == "I3"
+    assert {key_group(k) for k in GROUP} == {"BTC/USD"}
+    assert key_group("okx/ETH-USDT") == "ETH/USD"
+    assert key_group("v1/I3") == key_group("v2/I3") == "I3"
+    assert key_group("okx") == "okx"  # a venue's own key (its heartbeats)
 
 
 def test_a_snapshot_of_one_key_s_detector_is_refused_by_name() -> None:
     one_key = DetectorLogic(GROUP_CONFIG, lambda: 0).snapshot()
     with pytest.raises(SnapshotError, match="got DetectorState"):
         market_detectors_builder(GROUP_CONFIG, lambda: 0)(one_key)
+
+
+def test_the_group_makes_each_markets_own_features_in_its_order() -> None:
+    group = MarketFeatures(FCFG, lambda: 2**62)
+    got: dict[str, list] = defaultdict(list)
+    for batch in GROUP_RECORDS:
+        for key, item in group.on_batch(list(batch.items)):
+            got[key].append(item)
+    for key, item in group.on_eof():
+        got[key].append(item)
+    alone: dict[str, list] = defaultdict(list)
+    for key in GROUP:
+        logic = FeatureLogic(FCFG, lambda: 2**62)
+        for batch in GROUP_RECORDS:
+            for k, rec in batch.items:
+                if k == key:
+                    alone[key].extend(logic.on_event(rec))
+        alone[key].extend(logic.on_eof())
+    assert got == alone
+    assert all(len(got[key]) > 50 for key in GROUP)
+
+
+def test_a_snapshot_of_one_key_s_features_is_refused_by_name() -> None:
+    one_key = FeatureLogic(FCFG, lambda: 2**62).snapshot()
+    with pytest.raises(SnapshotError, match=r"riskguard\.market_features.*got FeatureState"):
+        market_features_builder(FCFG, lambda: 2**62)(one_key)

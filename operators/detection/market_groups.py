@@ -1,0 +1,211 @@
+"""The features and the detectors of one group of markets, in one step call each.
+
+:func:`~riskguard.operators.detection.ops.extract_features` and
+:func:`~riskguard.operators.detection.ops.detect_anomalies` key their steps by a
+market's group (:func:`key_group`: the same asset on every venue, else the instrument),
+not by the market: :class:`MarketFeatures` and :class:`MarketDetectors` hold each of a
+group's markets' own logic and get a batch's records of all of them at once, so the
+engine calls a step once a group, not once a market. :class:`MarketDetectors` runs the
+move bands over the distinct markets' vectors first, then the learned path over the
+same vectors (:meth:`DetectorLogic.moves`, :meth:`DetectorLogic.learned`): the
+interpreter runs one part's code many times in a row instead of alternating between two
+large bodies of code (``bench/detector_parts.py`` and ``bench/anomaly_speed.py`` measure
+the difference). Each market's outputs and state are exactly those of its own logic run
+alone, in its own order.
+
+>>> key_group("binance/BTCUSDT"), key_group("kraken/XBTUSD")
+('BTC/USD', 'BTC/USD')
+>>> key_group("v3/I7"), key_group("okx")
+('I7', 'okx')
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from riskguard.operators.core.snapshot import persisted
+from riskguard.operators.detection.cross_rates import market_group
+from riskguard.operators.detection.detector import (
+    DetectorConfig,
+    DetectorLogic,
+    DetectorState,
+)
+from riskguard.operators.detection.features import FeatureConfig, FeatureLogic, FeatureState
+from riskguard.operators.detection.venue_confirm import MarketProgress, confirm_key
+from riskguard.schemas import AnomalySignal, DeadLetter, FeatureVector
+
+from riskguard.errors import SnapshotError
+
+MarketItem = tuple[str, FeatureVector]
+"""A vector as the group's detect step gets it: the market's key, and the vector."""
+
+MarketOut = tuple[str, AnomalySignal | DeadLetter | MarketProgress]
+"""What the group's detect step makes: the market's key, and its signal, dead letter or
+progress."""
+
+FeaturesOut = tuple[str, FeatureVector | DeadLetter]
+"""What the group's features step makes: the market's key, and its vector or dead
+letter."""
+
+
+@functools.lru_cache(maxsize=65_536)
+def key_group(market: str) -> str:
+    """The key a market's features and detector run under: its asset's group, where one
+    takes it (every venue's BTC against the dollar), else the instrument part of
+    ``venue/instrument`` (the whole key, a venue's, when it has none)."""
+    return market_group(market) or market.partition("/")[2] or market
+
+
+def group_event_order(item: tuple[str, Any]) -> tuple[int, int]:
+    """:data:`~riskguard.operators.core.base.event_order` of a ``(key, record)`` pair:
+    a group's batch sorted by it holds each market's records in that market's order."""
+    rec = item[1]
+    return rec.ts, rec.input_pos
+
+
+@persisted("riskguard.market_features")
+@dataclass
+class MarketFeaturesState:
+    """Each market's feature state, by the market's key."""
+
+    markets: dict[str, FeatureState] = field(default_factory=dict)
+    version: int = 1
+
+
+class MarketFeatures:
+    """The feature logic of one group's markets (see the module's text); its input is
+    ``(key, record)`` pairs, sorted by :func:`group_event_order`."""
+
+    def __init__(self, config: FeatureConfig, clock: Callable[[], int],
+                 state: MarketFeaturesState | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.features = {key: FeatureLogic(config, clock, st)
+                         for key, st in (state.markets.items() if state else ())}
+
+    def on_batch(self, items: list[tuple[str, Any]]) -> list[FeaturesOut]:
+        out: list[FeaturesOut] = []
+        features = self.features
+        for key, rec in items:
+            logic = features.get(key)
+            if logic is None:
+                logic = features[key] = FeatureLogic(self.config, self.clock)
+            made = logic.on_event(rec)
+            if made:
+                out.extend((key, x) for x in made)
+        return out
+
+    def on_event(self, item: tuple[str, Any]) -> list[FeaturesOut]:
+        return self.on_batch([item])
+
+    def on_eof(self) -> list[FeaturesOut]:
+        """End of input: each market's open bar."""
+        return [(key, x) for key, logic in self.features.items() for x in logic.on_eof()]
+
+    def snapshot(self) -> MarketFeaturesState:
+        return MarketFeaturesState({key: f.snapshot() for key, f in self.features.items()})
+
+
+@persisted("riskguard.market_detectors")
+@dataclass
+class MarketDetectorsState:
+    """Each market's detector state, by the market's key."""
+
+    markets: dict[str, DetectorState] = field(default_factory=dict)
+    version: int = 1
+
+
+class MarketDetectors:
+    """The detectors of one group's markets (see the module's text). With
+    ``progress``, each batch ends with a :class:`MarketProgress` for every market in it
+    that a confirmation group takes: what the cross-venue confirmation waits for."""
+
+    def __init__(self, config: DetectorConfig, clock: Callable[[], int],
+                 state: MarketDetectorsState | None = None, progress: bool = False) -> None:
+        self.config = config
+        self.clock = clock
+        self.progress = progress
+        self.detectors = {key: DetectorLogic(config, clock, st)
+                          for key, st in (state.markets.items() if state else ())}
+
+    def on_batch(self, items: list[MarketItem]) -> list[MarketOut]:
+        out: list[MarketOut] = []
+        run: dict[str, FeatureVector] = {}  # one vector a market, in arrival order
+        newest: dict[str, int] = {}
+        for key, fv in items:
+            if key in run:  # a market's second vector: what came before goes first
+                self._run(run, out)
+                run = {}
+            run[key] = fv
+            if newest.get(fv.key, -1) < fv.ts:
+                newest[fv.key] = fv.ts
+        self._run(run, out)
+        if self.progress:
+            out.extend((m, MarketProgress(ts=ts, market=m)) for m, ts in newest.items()
+                       if confirm_key(m) is not None)
+        return out
+
+    def on_event(self, item: MarketItem) -> list[MarketOut]:
+        return self.on_batch([item])
+
+    def snapshot(self) -> MarketDetectorsState:
+        return MarketDetectorsState({key: d.snapshot() for key, d in self.detectors.items()})
+
+    def _detector(self, key: str) -> DetectorLogic:
+        d = self.detectors.get(key)
+        if d is None:
+            d = self.detectors[key] = DetectorLogic(self.config, self.clock)
+        return d
+
+    def _run(self, run: dict[str, FeatureVector], out: list[MarketOut]) -> None:
+        """One vector of each of some markets: the bands on each, then the learned path
+        on each (a vector with a value that is not finite is a dead letter)."""
+        staged = []
+        for key, fv in run.items():
+            d = self._detector(key)
+            if math.isfinite(sum(fv.values.values())):
+                staged.append((key, d, fv, d.moves(fv)))
+            else:
+                out.extend((key, x) for x in d.on_event(fv))  # the dead letter
+        if self.config.model == "none":  # no learned path
+            out.extend((key, m) for key, _d, _fv, moves in staged for m in moves)
+            return
+        for key, d, fv, moves in staged:
+            out.extend((key, x) for x in d.learned(fv, moves))
+
+
+def _refuse_one_key(state: Any, expected: type, name: str) -> None:
+    """A step's snapshot of one market's logic, from before its markets were grouped,
+    is refused by name."""
+    if state is not None and not isinstance(state, expected):
+        raise SnapshotError(name, f"a group of markets' {expected.__name__} only",
+                            type(state).__name__)
+
+
+def market_features_builder(config: FeatureConfig, clock: Callable[[], int]
+                            ) -> Callable[[MarketFeaturesState | None], MarketFeatures]:
+    """``builder(state_or_None) -> MarketFeatures`` for ``stateful_logic``."""
+    config.validate()
+
+    def build(state: MarketFeaturesState | None) -> MarketFeatures:
+        _refuse_one_key(state, MarketFeaturesState, "riskguard.market_features")
+        return MarketFeatures(config, clock, state)
+
+    return build
+
+
+def market_detectors_builder(config: DetectorConfig, clock: Callable[[], int],
+                             progress: bool = False
+                             ) -> Callable[[MarketDetectorsState | None], MarketDetectors]:
+    """``builder(state_or_None) -> MarketDetectors`` for ``stateful_logic``."""
+    config.validate()
+
+    def build(state: MarketDetectorsState | None) -> MarketDetectors:
+        _refuse_one_key(state, MarketDetectorsState, "riskguard.market_detectors")
+        return MarketDetectors(config, clock, state, progress)
+
+    return build
