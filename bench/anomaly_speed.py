@@ -6,7 +6,9 @@ bytewax's default 10 s epoch interval) with the default model and 1 s bar cadenc
 the same with the cross-venue confirmation off, the same in per-event mode, each as
 a ratio to bytewax's keyed ``stateful_map`` pass-through measured in the same run,
 at each per-key event rate (the detector runs once per key per bar, so its cost per
-raw event falls as keys get busier), and memory and snapshot size per key. Model
+raw event falls as keys get busier), and memory and snapshot size per key. With
+``--per-key``, also the same features and detectors with each step keyed by market (one
+logic a key, as before they ran a group's markets together): what the grouping saves. Model
 construction is included (it is cheap now: the tree shape is drawn once per feature
 set). River itself is imported before timing, like bytewax: the detector imports it
 lazily on its first key, a one-off ~0.6 s per process that would otherwise land in
@@ -37,16 +39,24 @@ import bytewax.operators as op
 import river.drift  # noqa: F401  # one-off import outside the timed runs (see above)
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
+from riskguard.operators.core.base import (
+    event_order,
+    split_dead_letters,
+    stateful_logic,
+    values_of,
+)
 from riskguard.operators.detection.detector import DetectorLogic
-from riskguard.operators.detection.features import FeatureLogic
+from riskguard.operators.detection.features import FeatureLogic, feature_builder, route_batch
 from riskguard.operators.detection.ops import (
     DetectorConfig,
     FeatureConfig,
     VenueConfirmConfig,
+    confirm_across_venues,
     detect_anomalies,
     extract_features,
 )
-from riskguard.schemas import Quote
+from riskguard.operators.detection.venue_confirm import MarketProgress, confirm_key
+from riskguard.schemas import AnomalySignal, Quote
 
 NS = 1_000_000_000
 EPOCH = timedelta(seconds=10)  # bytewax's default epoch interval
@@ -99,6 +109,45 @@ def run_guard(events: list[Quote], cadence: str, confirm: bool = True) -> float:
     return len(events) / (timer() - t)
 
 
+class _OneMarket:
+    """One market's detector as its own keyed step's logic, its progress after its
+    signals (what the grouped step does for a group)."""
+
+    def __init__(self, logic: DetectorLogic) -> None:
+        self.logic = logic
+
+    def on_batch(self, vectors: list) -> list:
+        out = [x for v in vectors for x in self.logic.on_event(v)]
+        if confirm_key(market := vectors[0].key) is not None:
+            out.append(MarketProgress(ts=max(v.ts for v in vectors), market=market))
+        return out
+
+    def snapshot(self) -> object:
+        return self.logic.snapshot()
+
+
+def run_per_key(events: list[Quote]) -> float:
+    """The features and detectors of :func:`run_guard` (1 s bars, confirmation on), each
+    step keyed by market."""
+    fcfg = FeatureConfig(venues=tuple(f"v{i}" for i in range(10)), cadence="bar")
+    dcfg = DetectorConfig()
+    flow = Dataflow("anomaly_per_key")
+    s = op.input("in", flow, TestingSource(events, batch_size=1000))
+    keyed = op.flat_map_batch("route", s, lambda recs: route_batch(recs, fcfg))
+    feats = split_dead_letters("f", stateful_logic(
+        "features", keyed, feature_builder(fcfg, lambda: 2**62), order=event_order))
+    made = split_dead_letters("d", stateful_logic(
+        "detect", feats.oks, lambda st: _OneMarket(DetectorLogic(dcfg, lambda: 0, st))))
+    confirmed = confirm_across_venues("confirm", made.oks, config=dcfg.confirm,
+                                      clock=lambda: 0)
+    signals = op.flat_map_batch("signals", made.oks, lambda kvs: [
+        v for v in values_of(kvs) if type(v) is AnomalySignal])
+    op.output("out", op.merge("all", signals, confirmed), TestingSink([]))
+    t = timer()
+    run_main(flow, epoch_interval=EPOCH)
+    return len(events) / (timer() - t)
+
+
 def per_key_costs(events: list[Quote], keys: int) -> tuple[float, float, float]:
     """Python heap bytes per key, and feature + detector snapshot bytes per key."""
     fcfg = FeatureConfig(venues=tuple(f"v{i}" for i in range(10)), cadence="event")
@@ -132,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="name the keys as markets (one asset on ten venues per ten keys)")
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
                     help="time runs by this process's CPU time (default) or wall time")
+    ap.add_argument("--per-key", action="store_true",
+                    help="also time the steps keyed by market, one logic a key")
     args = ap.parse_args(argv)
     global timer  # noqa: PLW0603  # a script-level setting, read by the run helpers
     timer = CLOCKS[args.clock]
@@ -142,10 +193,12 @@ def main(argv: list[str] | None = None) -> int:
           "(machine shared: numbers are noisy)")
     for rate in rates:
         events = make_events(args.events, args.keys, rate, args.markets)
-        base = bar = alone = per_event = 0.0
+        base = bar = alone = per_event = per_key = 0.0
         for _ in range(args.repeat):
             base = max(base, run_passthrough(events))
             bar = max(bar, run_guard(events, "bar"))
+            if args.per_key:
+                per_key = max(per_key, run_per_key(events))
             alone = max(alone, run_guard(events, "bar", confirm=False))
             per_event = max(per_event, run_guard(events[: args.events // 4], "event"))
         print(f"\n{rate:g} events/s per key ({rate:g} raw events per 1 s bar per key)")
@@ -154,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
               f"(ratio {bar / base:.3f}; goal >= 0.25)")
         print(f"  the same, cross-venue confirmation off: {alone:,.0f} events/s "
               f"(ratio {alone / base:.3f})")
+        if args.per_key:
+            print(f"  the same (confirmation on), each step keyed by market: {per_key:,.0f} "
+                  f"events/s (ratio {per_key / base:.3f}; grouped {bar / per_key:.2f}x it)")
         print(f"  features + detect_anomalies, per event: {per_event:,.0f} events/s "
               f"(ratio {per_event / base:.3f})")
     # memory and snapshots of keys past their first HST window (the score table exists
