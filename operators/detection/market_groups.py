@@ -25,7 +25,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.detection.cross_rates import market_group
@@ -39,6 +39,8 @@ from riskguard.operators.detection.venue_confirm import MarketProgress, confirm_
 from riskguard.schemas import AnomalySignal, DeadLetter, FeatureVector
 
 from riskguard.errors import SnapshotError
+
+L = TypeVar("L", FeatureLogic, DetectorLogic)
 
 MarketItem = tuple[str, FeatureVector]
 """A vector as the group's detect step gets it: the market's key, and the vector."""
@@ -67,6 +69,33 @@ def group_event_order(item: tuple[str, Any]) -> tuple[int, int]:
     return rec.ts, rec.input_pos
 
 
+class Markets(Generic[L]):
+    """Each of a group's markets' own logic, by the market's key: restored from a
+    snapshot's, or made when the market first comes."""
+
+    def __init__(self, make: Callable[[Any], L], saved: dict[str, Any]) -> None:
+        self.make: Callable[[Any], L] = make
+        self.logic: dict[str, L] = {key: make(st) for key, st in saved.items()}
+
+    def of(self, key: str) -> L:
+        logic = self.logic.get(key)
+        if logic is None:
+            logic = self.logic[key] = self.make(None)
+        return logic
+
+    def snapshots(self) -> dict[str, Any]:
+        return {key: logic.snapshot() for key, logic in self.logic.items()}
+
+
+@persisted("riskguard.market_detectors")
+@dataclass
+class MarketDetectorsState:
+    """Each market's detector state, by the market's key."""
+
+    markets: dict[str, DetectorState] = field(default_factory=dict)
+    version: int = 1
+
+
 @persisted("riskguard.market_features")
 @dataclass
 class MarketFeaturesState:
@@ -82,19 +111,14 @@ class MarketFeatures:
 
     def __init__(self, config: FeatureConfig, clock: Callable[[], int],
                  state: MarketFeaturesState | None = None) -> None:
-        self.config = config
-        self.clock = clock
-        self.features = {key: FeatureLogic(config, clock, st)
-                         for key, st in (state.markets.items() if state else ())}
+        self.markets = Markets(lambda st: FeatureLogic(config, clock, st),
+                               state.markets if state else {})
 
     def on_batch(self, items: list[tuple[str, Any]]) -> list[FeaturesOut]:
         out: list[FeaturesOut] = []
-        features = self.features
+        logic_of, new = self.markets.logic.get, self.markets.of  # a call saved a record
         for key, rec in items:
-            logic = features.get(key)
-            if logic is None:
-                logic = features[key] = FeatureLogic(self.config, self.clock)
-            made = logic.on_event(rec)
+            made = (logic_of(key) or new(key)).on_event(rec)
             if made:
                 out.extend((key, x) for x in made)
         return out
@@ -104,19 +128,10 @@ class MarketFeatures:
 
     def on_eof(self) -> list[FeaturesOut]:
         """End of input: each market's open bar."""
-        return [(key, x) for key, logic in self.features.items() for x in logic.on_eof()]
+        return [(key, x) for key, logic in self.markets.logic.items() for x in logic.on_eof()]
 
     def snapshot(self) -> MarketFeaturesState:
-        return MarketFeaturesState({key: f.snapshot() for key, f in self.features.items()})
-
-
-@persisted("riskguard.market_detectors")
-@dataclass
-class MarketDetectorsState:
-    """Each market's detector state, by the market's key."""
-
-    markets: dict[str, DetectorState] = field(default_factory=dict)
-    version: int = 1
+        return MarketFeaturesState(self.markets.snapshots())
 
 
 class MarketDetectors:
@@ -126,11 +141,10 @@ class MarketDetectors:
 
     def __init__(self, config: DetectorConfig, clock: Callable[[], int],
                  state: MarketDetectorsState | None = None, progress: bool = False) -> None:
-        self.config = config
-        self.clock = clock
+        self.bands_only = config.model == "none"  # no learned path
         self.progress = progress
-        self.detectors = {key: DetectorLogic(config, clock, st)
-                          for key, st in (state.markets.items() if state else ())}
+        self.markets = Markets(lambda st: DetectorLogic(config, clock, st),
+                               state.markets if state else {})
 
     def on_batch(self, items: list[MarketItem]) -> list[MarketOut]:
         out: list[MarketOut] = []
@@ -153,25 +167,20 @@ class MarketDetectors:
         return self.on_batch([item])
 
     def snapshot(self) -> MarketDetectorsState:
-        return MarketDetectorsState({key: d.snapshot() for key, d in self.detectors.items()})
-
-    def _detector(self, key: str) -> DetectorLogic:
-        d = self.detectors.get(key)
-        if d is None:
-            d = self.detectors[key] = DetectorLogic(self.config, self.clock)
-        return d
+        return MarketDetectorsState(self.markets.snapshots())
 
     def _run(self, run: dict[str, FeatureVector], out: list[MarketOut]) -> None:
         """One vector of each of some markets: the bands on each, then the learned path
         on each (a vector with a value that is not finite is a dead letter)."""
         staged = []
+        of = self.markets.of
         for key, fv in run.items():
-            d = self._detector(key)
+            d = of(key)
             if math.isfinite(sum(fv.values.values())):
                 staged.append((key, d, fv, d.moves(fv)))
             else:
                 out.extend((key, x) for x in d.on_event(fv))  # the dead letter
-        if self.config.model == "none":  # no learned path
+        if self.bands_only:
             out.extend((key, m) for key, _d, _fv, moves in staged for m in moves)
             return
         for key, d, fv, moves in staged:
