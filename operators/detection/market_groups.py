@@ -69,7 +69,7 @@ def group_event_order(item: tuple[str, Any]) -> tuple[int, int]:
     return rec.ts, rec.input_pos
 
 
-class Markets(Generic[L]):
+class _Markets(Generic[L]):
     """Each of a group's markets' own logic, by the market's key: restored from a
     snapshot's, or made when the market first comes."""
 
@@ -111,7 +111,7 @@ class MarketFeatures:
 
     def __init__(self, config: FeatureConfig, clock: Callable[[], int],
                  state: MarketFeaturesState | None = None) -> None:
-        self.markets = Markets(lambda st: FeatureLogic(config, clock, st),
+        self.markets = _Markets(lambda st: FeatureLogic(config, clock, st),
                                state.markets if state else {})
 
     def on_batch(self, items: list[tuple[str, Any]]) -> list[FeaturesOut]:
@@ -143,7 +143,7 @@ class MarketDetectors:
                  state: MarketDetectorsState | None = None, progress: bool = False) -> None:
         self.bands_only = config.model == "none"  # no learned path
         self.progress = progress
-        self.markets = Markets(lambda st: DetectorLogic(config, clock, st),
+        self.markets = _Markets(lambda st: DetectorLogic(config, clock, st),
                                state.markets if state else {})
 
     def on_batch(self, items: list[MarketItem]) -> list[MarketOut]:
