@@ -45,11 +45,11 @@ L = TypeVar("L", FeatureLogic, DetectorLogic)
 MarketItem = tuple[str, FeatureVector]
 """A vector as the group's detect step gets it: the market's key, and the vector."""
 
-MarketOut = tuple[str, AnomalySignal | DeadLetter | MarketProgress]
+SignalOut = tuple[str, AnomalySignal | DeadLetter | MarketProgress]
 """What the group's detect step makes: the market's key, and its signal, dead letter or
 progress."""
 
-FeaturesOut = tuple[str, FeatureVector | DeadLetter]
+VectorOut = tuple[str, FeatureVector | DeadLetter]
 """What the group's features step makes: the market's key, and its vector or dead
 letter."""
 
@@ -114,8 +114,8 @@ class MarketFeatures:
         self.markets = _Markets(lambda st: FeatureLogic(config, clock, st),
                                state.markets if state else {})
 
-    def on_batch(self, items: list[tuple[str, Any]]) -> list[FeaturesOut]:
-        out: list[FeaturesOut] = []
+    def on_batch(self, items: list[tuple[str, Any]]) -> list[VectorOut]:
+        out: list[VectorOut] = []
         logic_of, new = self.markets.logic.get, self.markets.of  # a call saved a record
         for key, rec in items:
             made = (logic_of(key) or new(key)).on_event(rec)
@@ -123,10 +123,10 @@ class MarketFeatures:
                 out.extend((key, x) for x in made)
         return out
 
-    def on_event(self, item: tuple[str, Any]) -> list[FeaturesOut]:
+    def on_event(self, item: tuple[str, Any]) -> list[VectorOut]:
         return self.on_batch([item])
 
-    def on_eof(self) -> list[FeaturesOut]:
+    def on_eof(self) -> list[VectorOut]:
         """End of input: each market's open bar."""
         return [(key, x) for key, logic in self.markets.logic.items() for x in logic.on_eof()]
 
@@ -146,8 +146,8 @@ class MarketDetectors:
         self.markets = _Markets(lambda st: DetectorLogic(config, clock, st),
                                state.markets if state else {})
 
-    def on_batch(self, items: list[MarketItem]) -> list[MarketOut]:
-        out: list[MarketOut] = []
+    def on_batch(self, items: list[MarketItem]) -> list[SignalOut]:
+        out: list[SignalOut] = []
         run: dict[str, FeatureVector] = {}  # one vector a market, in arrival order
         newest: dict[str, int] = {}
         for key, fv in items:
@@ -163,13 +163,13 @@ class MarketDetectors:
                        if confirm_key(m) is not None)
         return out
 
-    def on_event(self, item: MarketItem) -> list[MarketOut]:
+    def on_event(self, item: MarketItem) -> list[SignalOut]:
         return self.on_batch([item])
 
     def snapshot(self) -> MarketDetectorsState:
         return MarketDetectorsState(self.markets.snapshots())
 
-    def _run(self, run: dict[str, FeatureVector], out: list[MarketOut]) -> None:
+    def _run(self, run: dict[str, FeatureVector], out: list[SignalOut]) -> None:
         """One vector of each of some markets: the bands on each, then the learned path
         on each (a vector with a value that is not finite is a dead letter)."""
         staged = []
