@@ -309,13 +309,21 @@ class DetectorLogic:
 
     def on_event(self, fv: FeatureVector) -> list[AnomalySignal | DeadLetter]:
         """One feature vector: the move bands' signals, then the learned path's."""
+        bad = self.dead_letter(fv)
+        if bad is not None:
+            return [bad]
+        return self.learned(fv, self.moves(fv))
+
+    def dead_letter(self, fv: FeatureVector) -> DeadLetter | None:
+        """The dead letter of a vector with a value that is not finite, else None (the
+        check before :meth:`moves` and :meth:`learned`)."""
         values = fv.values
-        if not math.isfinite(sum(values.values())):  # NaN/inf anywhere (or an overflow)
-            for name, val in values.items():
-                if not math.isfinite(val):
-                    return [self._dead(fv, name, val)]
-        moves = self.moves(fv)
-        return moves if self._bands_only else self.learned(fv, moves)
+        if math.isfinite(sum(values.values())):  # NaN/inf anywhere (or an overflow)
+            return None
+        for name, val in values.items():
+            if not math.isfinite(val):
+                return self._dead(fv, name, val)
+        return None
 
     def moves(self, fv: FeatureVector) -> list[AnomalySignal | DeadLetter]:
         """A finite vector's price-move and stale book-side signals (the first stage of
@@ -335,7 +343,10 @@ class DetectorLogic:
     def learned(self, fv: FeatureVector, out: list[AnomalySignal | DeadLetter]
                 ) -> list[AnomalySignal | DeadLetter]:
         """The learned path on a finite vector after :meth:`moves`: its signals are
-        appended to ``out`` (that vector's moves), which is returned."""
+        appended to ``out`` (that vector's moves), which is returned (as it is with
+        ``model = "none"``)."""
+        if self._bands_only:
+            return out
         s = self.s
         c = self.config
         x = self._vector(fv)

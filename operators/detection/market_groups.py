@@ -22,11 +22,11 @@ alone, in its own order.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from riskguard.operators.core.base import event_order
 from riskguard.operators.core.snapshot import persisted
 from riskguard.operators.detection.cross_rates import market_group
 from riskguard.operators.detection.detector import (
@@ -65,8 +65,7 @@ def key_group(market: str) -> str:
 def group_event_order(item: tuple[str, Any]) -> tuple[int, int]:
     """:data:`~riskguard.operators.core.base.event_order` of a ``(key, record)`` pair:
     a group's batch sorted by it holds each market's records in that market's order."""
-    rec = item[1]
-    return rec.ts, rec.input_pos
+    return event_order(item[1])
 
 
 class _Markets(Generic[L]):
@@ -116,7 +115,8 @@ class MarketFeatures:
 
     def on_batch(self, items: list[tuple[str, Any]]) -> list[VectorOut]:
         out: list[VectorOut] = []
-        logic_of, new = self.markets.logic.get, self.markets.of  # a call saved a record
+        # per record a dict lookup; a method call only for a market not seen before
+        logic_of, new = self.markets.logic.get, self.markets.of
         for key, rec in items:
             made = (logic_of(key) or new(key)).on_event(rec)
             if made:
@@ -141,7 +141,6 @@ class MarketDetectors:
 
     def __init__(self, config: DetectorConfig, clock: Callable[[], int],
                  state: MarketDetectorsState | None = None, progress: bool = False) -> None:
-        self.bands_only = config.model == "none"  # no learned path
         self.progress = progress
         self.markets = _Markets(lambda st: DetectorLogic(config, clock, st),
                                state.markets if state else {})
@@ -176,13 +175,11 @@ class MarketDetectors:
         of = self.markets.of
         for key, fv in run.items():
             d = of(key)
-            if math.isfinite(sum(fv.values.values())):
+            bad = d.dead_letter(fv)
+            if bad is None:
                 staged.append((key, d, fv, d.moves(fv)))
             else:
-                out.extend((key, x) for x in d.on_event(fv))  # the dead letter
-        if self.bands_only:
-            out.extend((key, m) for key, _d, _fv, moves in staged for m in moves)
-            return
+                out.append((key, bad))
         for key, d, fv, moves in staged:
             out.extend((key, x) for x in d.learned(fv, moves))
 
