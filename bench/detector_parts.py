@@ -9,11 +9,10 @@ process's CPU time, the best of ``--repeat`` interleaved runs. It prints µs a v
 each, and the whole against the sum of the two parts: what one part's removal would
 save is not its cost alone.
 
-Last, the whole detector a stage at a time: the move bands (``DetectorLogic.moves``)
-over ``--chunk`` vectors of different keys, then the learned path
-(``DetectorLogic.learned``) over the same vectors, with the same signals. A dataflow
-hands a keyed step one key's vectors at a time, so this is what a step that worked a
-batch's keys together (one logic for many keys) would gain with no other change.
+Last, the whole detector a stage at a time, as the grouped detect step runs it
+(``MarketDetectors``): the move bands (``DetectorLogic.moves``) over the distinct keys'
+vectors of ``--chunk`` at a time, then the learned path (``DetectorLogic.learned``) over
+the same vectors, checked to give each key the same signals as one vector at a time.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ import river.drift  # noqa: F401  # one-off import outside the timed runs
 from anomaly_speed import make_events
 from riskguard.operators.detection.detector import DetectorLogic
 from riskguard.operators.detection.features import FeatureLogic
+from riskguard.operators.detection.market_groups import MarketDetectors
 from riskguard.operators.detection.ops import DetectorConfig, FeatureConfig
 from riskguard.schemas import FeatureVector
 
@@ -59,28 +59,20 @@ def us_a_vector(config: DetectorConfig, vecs: list[FeatureVector]) -> float:
 
 
 def us_a_vector_by_stage(config: DetectorConfig, vecs: list[FeatureVector], chunk: int
-                          ) -> tuple[float, list[list]]:
-    """The whole detector over runs of up to ``chunk`` vectors of different keys: the
-    bands on each vector of a run, then the learned path on each; and the signals."""
-    detectors: dict[str, DetectorLogic] = {}
-    runs: list[list[FeatureVector]] = [[]]
-    for fv in vecs:  # a key seen twice starts a new run (its vectors stay in order)
-        run = runs[-1]
-        if len(run) >= chunk or any(v.key == fv.key for v in run):
-            runs.append(run := [])
-        run.append(fv)
-    signals: list[list] = []
+                          ) -> tuple[float, dict[str, list]]:
+    """The whole detector as the grouped detect step runs it (:class:`MarketDetectors`,
+    one group of every key), handed ``chunk`` vectors a call; and each key's signals."""
+    group = MarketDetectors(config, lambda: 0)
+    items = [(fv.key, fv) for fv in vecs]
+    made: list = []
     t = time.process_time()
-    for run in runs:
-        logic = []
-        for fv in run:
-            d = detectors.get(fv.key)
-            if d is None:
-                d = detectors[fv.key] = DetectorLogic(config, lambda: 0)
-            logic.append(d)
-        moves = [d.moves(fv) for d, fv in zip(logic, run, strict=True)]
-        signals.extend(d.learned(fv, m) for d, fv, m in zip(logic, run, moves, strict=True))
-    return 1e6 * (time.process_time() - t) / len(vecs), signals
+    for i in range(0, len(items), chunk):
+        made.extend(group.on_batch(items[i:i + chunk]))
+    us = 1e6 * (time.process_time() - t) / len(vecs)
+    signals: dict[str, list] = {}
+    for key, x in made:
+        signals.setdefault(key, []).append(x)
+    return us, signals
 
 
 def main() -> int:
@@ -88,7 +80,7 @@ def main() -> int:
     ap.add_argument("--keys", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--chunk", type=int, default=100,
-                    help="vectors of different keys worked a stage at a time")
+                    help="vectors handed to the grouped detectors a call")
     args = ap.parse_args()
     vecs = vectors(args.keys)
     base = DetectorConfig()
@@ -113,10 +105,13 @@ def main() -> int:
     print(f"  the two parts alone add to {parts:.1f} us/vector: the whole is "
           f"{best['whole detector'] / parts:.2f}x their sum")
     detectors: dict[str, DetectorLogic] = {}
-    one_at_a_time = [(detectors.get(fv.key) or detectors.setdefault(
-        fv.key, DetectorLogic(base, lambda: 0))).on_event(fv) for fv in vecs]
+    one_at_a_time: dict[str, list] = {}
+    for fv in vecs:
+        d = detectors.get(fv.key) or detectors.setdefault(fv.key, DetectorLogic(base, lambda: 0))
+        if made := d.on_event(fv):
+            one_at_a_time.setdefault(fv.key, []).extend(made)
     same = "the same signals" if signals == one_at_a_time else "OTHER SIGNALS"
-    print(f"  whole detector, a stage at a time over {args.chunk} keys' vectors: "
+    print(f"  whole detector, a stage at a time, {args.chunk} vectors a call: "
           f"{staged:5.1f} us/vector ({staged / best['whole detector']:.2f}x one vector at "
           f"a time; {same})")
     return 0
