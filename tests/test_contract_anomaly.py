@@ -42,9 +42,9 @@ GROUP = ("okx/BTC-USDT", "binance/BTC-USDT", "deribit/BTC-USDT")
 
 
 def _group_batches() -> list[Batch]:
-    """One asset's vectors on three venues, as the group's step gets them: the venues'
-    vectors of each second in one batch, every fifth batch also a venue's next vector
-    (a market twice in a batch), and one vector whose value is not finite."""
+    """One asset's vectors on three venues in time order, as the group's step gets
+    them: three a batch, every fifth batch four (so some hold a market twice), and one
+    vector whose value is not finite."""
     config = FeatureConfig(venues=SC.venues, cadence="event")
     logic = {key: FeatureLogic(config, lambda: 2**62) for key in GROUP}
     made = sorted((o.ts, i, key, o) for i, rec in enumerate(SC.events)
