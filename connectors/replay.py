@@ -401,7 +401,7 @@ class ReplaySource(FixedPartitionedSource[Any, list[int]]):
         if max_lead_ns < 0:
             raise ConfigError("replay.max_lead_ns", "ns >= 0 (0: no limit)", max_lead_ns)
         self.max_lead_ns = max_lead_ns
-        # only JSONL needs a codec, and making one costs milliseconds: CSVs alone skip it
+        # only JSONL needs a codec, slow to make beside a CSV's reading: CSVs alone skip it
         self.codec = codec or (Codec(clock=lambda: 0) if "jsonl" in formats else None)
         self.batch_size = batch_size
         self.speed = speed

@@ -203,14 +203,14 @@ interleaved, each heard within the first round, where at Kafka's default of 1 Mi
 partition's whole backlog can come before the next one's first record, which the quiet
 rule would have passed over by then. This also keeps how far one partition reads ahead
 of the others, and so the rows the tick windows hold, small. Flink's watermark alignment
-would bound it outright, but it pauses the source so often that a backlog is read at
-half the rate (docs/engines.md)."""
+would bound it outright, but it pauses the source so often that a backlog is read far more
+slowly (docs/engines.md)."""
 
 
 FETCH_WAIT_MS = 100
 """The longest the broker may hold a fetch that finds no data. The consumer sends one
 fetch at a time to a broker, and a partition whose fetched records are all handed on
-is fetched again only in the next: held for Kafka's default of 500 ms, that fetch kept
+is fetched again only in the next: held for Kafka's default of 500 ms, that fetch keeps
 the worker waiting for its next tick. Too short a hold re-sends every empty partition's
 fetch back to back and loads the broker, until a round of fetches takes so long that
 the quiet rule passes over partitions with a backlog (both measured in

@@ -28,8 +28,7 @@ class Sourced(Record, frozen=True, kw_only=True, dict=True):
     (not encoded, not compared), but it survives pickling between workers, so a step
     that refuses the record later names the exact input in its dead letter. Inputs a
     later step may refuse are ``Sourced``: signed envelopes, our own trading records, and
-    market events (the admission gate refuses names past its caps); stamping costs about
-    half a microsecond a record.
+    market events (the admission gate refuses names past its caps).
 
     ``input_pos`` is where the record came in a replay's input, counted from 0
     (:func:`stamp_position`); -1 where nothing numbered it (a live run). Keyed steps

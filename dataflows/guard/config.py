@@ -377,7 +377,7 @@ def apply_gc_policy(cfg: GuardConfig) -> None:
     """Tune Python's cyclic garbage collector for the guard process.
 
     At Python's default threshold (700) in-flight records survive into the oldest
-    generation, causing full-heap collections about once a second that pause the guard
+    generation, causing frequent full-heap collections that pause the guard
     (``bench/guard_latency.py``). A gen-0 collection every ``gc_gen0_threshold``
     allocations lets them die young. What exists at start-up is frozen out of every
     collection.

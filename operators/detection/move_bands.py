@@ -80,7 +80,7 @@ class MoveBandState:
     """One key's move-band state: price history in two tiers, volatility, episode."""
 
     version: int = 1
-    # fine tier: one (slot id, close, low, high) per ``fine_ns``; coarse: per ``coarse_ns``
+    # fine tier: one (slot id, close, low, high) per ``_FINE_NS``; coarse: per ``_COARSE_NS``
     fine: list[tuple[int, float, float, float]] = field(default_factory=list)
     coarse: list[tuple[int, float, float, float]] = field(default_factory=list)
     interval_ns: int = 0
