@@ -93,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # argparse private gener
     p.add_argument("files", nargs="+", metavar="FILE", help="files to publish")
     p.add_argument("--topic", required=True, metavar="STREAM",
                    help="the input stream (market, venue_status, fills, positions, balances, "
-                   "limit_updates), or auto: each record to the stream of its type")
+                   "limit_updates, acks), or auto: each record to the stream of its type")
     p.add_argument("--config", help="TOML config: its env and [kafka] (e.g. guard.toml)")
     p.add_argument("--brokers", "--bootstrap", dest="brokers",
                    help="Kafka bootstrap HOST:PORT (overrides [kafka] bootstrap; default "
