@@ -98,3 +98,22 @@ def test_synthetic_calm_markets_load_as_calm_series_of_each_kind(tmp_path: Path)
         return sum(abs(closes[i] / closes[i - 1] - 1.0) for i in range(1, len(closes)))
 
     assert day_moves("VOLATILEUSD") > 1.5 * day_moves("LIQUIDUSD")
+
+
+def test_versus_revision_reads_a_runs_figure_and_names_a_missing_one(tmp_path: Path) -> None:
+    """The figure is the first match's group, thousands separators dropped; a run whose
+    output has none stops the comparison, showing what the script printed."""
+    import re
+
+    versus = _bench_module("versus_revision")
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "fake.py").write_text(
+        "import sys\nprint('pass-through: 1,250 events/s')\n"
+        "print(f'guard: 300 events/s (ratio 0.24{sys.argv[1]})')\n")
+    python = Path(sys.executable)
+    pattern = re.compile(r"\(ratio ([0-9.]+)")
+    assert versus.figure(python, tmp_path, ["fake.py", "7"], pattern) == 0.247
+    assert versus.figure(python, tmp_path, ["fake.py", "0"], re.compile(r"([0-9,]+) events/s")
+                         ) == 1250.0
+    with pytest.raises(SystemExit, match=re.escape("no match for 'nothing ([0-9]+)'")):
+        versus.figure(python, tmp_path, ["fake.py", "0"], re.compile(r"nothing ([0-9]+)"))
