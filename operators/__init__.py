@@ -44,9 +44,13 @@ from riskguard.operators.audit import (
     watch_replicas,
 )
 from riskguard.operators.core import (
+    AdmissionConfig,
+    AdmitOut,
     Clock,
+    Known,
     SplitOut,
     Tick,
+    admit_keys,
     split_dead_letters,
     stateful_logic,
     step_cpu,
@@ -103,6 +107,8 @@ from riskguard.operators.mitigation import (
 from riskguard.operators.signing import SignConfig, Signer, sign_commands
 
 __all__ = [
+    "AdmissionConfig",
+    "AdmitOut",
     "Approved",
     "AuditConfig",
     "BandLevels",
@@ -118,6 +124,7 @@ __all__ = [
     "FeedConfig",
     "InstrumentSpec",
     "InstrumentsConfig",
+    "Known",
     "LimitSpec",
     "LimitsConfig",
     "LimitsOut",
@@ -142,6 +149,7 @@ __all__ = [
     "Verifier",
     "VolScaling",
     "VolatilityLevels",
+    "admit_keys",
     "aggregate_exposure",
     "audit_log",
     "confirm_across_venues",

@@ -280,3 +280,45 @@ def test_a_window_roll_does_not_read_every_incidents_repeat_history() -> None:
     assert len(logic.state.history) == 5_000  # repeat_window_s: trips of second 1 count
     feed(logic, [Tick(ts=(1 + int(PER_INSTRUMENT.repeat_window_s) + 1) * S)])
     assert logic.state.history == {}
+
+
+def test_a_flow_of_ones_own_bounds_its_feature_keys_with_admit_keys() -> None:
+    """admit_keys before extract_features (no guard): 40 made-up instruments on okx after
+    the known BTC-USDT, 5 admitted beyond it; the other 35 are dead letters naming their
+    source and input, one admission_cap alert says so, and the features step keeps state
+    for the 6 admitted markets only."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink, TestingSource, run_main
+    from riskguard.operators import FeatureConfig, admit_keys, extract_features
+
+    trades = [Trade(id="t-btc", venue="okx", instrument="BTC-USDT", ts=S, price=100.0,
+                    qty=1.0, side="buy")]
+    for i in range(40):
+        junk = Trade(id=f"t{i}", venue="okx", instrument=f"JUNK-{i}", ts=S + i, price=1.0,
+                     qty=1.0, side="buy")
+        stamp_source(junk, "t.riskguard.market.v1", 0, 100 + i)
+        trades.append(junk)
+    flow = Dataflow("own_flow")
+    gate = admit_keys("admit", op.input("in", flow, TestingSource(trades)),
+                      config=AdmissionConfig(max_instruments_per_venue=5, max_market_keys=5),
+                      known=Known(venues=frozenset({"okx"}),
+                                  instruments=frozenset({"BTC-USDT"})),
+                      clock=lambda: S)
+    feats = extract_features("features", gate.oks,
+                             config=FeatureConfig(venues=("okx",), cadence="event"),
+                             clock=lambda: 10**19)
+    vectors: list[Any] = []
+    refused: list[DeadLetter] = []
+    alerts: list[RiskAlert] = []
+    op.output("vectors", feats.oks, TestingSink(vectors))
+    op.output("refused", gate.errs, TestingSink(refused))
+    op.output("alerts", gate.alerts, TestingSink(alerts))
+    run_main(flow)
+    assert {key for key, _ in vectors} == {"okx/BTC-USDT", *(f"okx/JUNK-{i}" for i in range(5))}
+    assert [(d.reason, d.found, d.topic, d.offset) for d in refused] == [
+        ("too_many_instruments", f"JUNK-{i}", "t.riskguard.market.v1", 100 + i)
+        for i in range(5, 40)]
+    assert all(msgspec.json.decode(d.raw)["instrument"] == d.found for d in refused)
+    assert [(a.kind, a.details["first_refused"]) for a in alerts] == [
+        ("admission_cap", "JUNK-5")]

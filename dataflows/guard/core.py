@@ -30,8 +30,8 @@ from riskguard.connectors.topics import (
     Detection,
     TradingRecord,
 )
-from riskguard.dataflows.guard.admit import TickSpec, admit_keys
-from riskguard.dataflows.guard.config import GuardConfig
+from riskguard.dataflows.guard.admit import TickSpec
+from riskguard.dataflows.guard.config import GuardConfig, known_names
 from riskguard.dataflows.guard.market import market_source
 from riskguard.dataflows.guard.market_watch import watch_market_processes
 from riskguard.dataflows.guard.steps import (
@@ -50,6 +50,7 @@ from riskguard.operators.audit import AuditState
 from riskguard.operators.audit.ops import audit_log
 from riskguard.operators.core.base import (
     SplitOut,
+    admit_keys,
     event_order,
     split_dead_letters,
     stateful_logic,
@@ -254,8 +255,8 @@ def guard_core(
     ``input_errs``: the source's dead letters, audited and passed on. ``watch``
     (:class:`~riskguard.dataflows.readiness.DetectorWatch`) sees what the detectors get.
     """
-    admitted = admit_keys("admit", records, cfg=cfg, clock=clock,
-                          ticking=_own_ticks(cfg, tick_sources))
+    admitted = admit_keys("admit", records, config=cfg.admission, known=known_names(cfg),
+                          clock=clock, make_ticks=_own_ticks(cfg, tick_sources).maker)
     records, detected_in, ticks, own_ticks = _clock_of(admitted.oks, admitted.ticks, cfg,
                                                        clock)
     market, records, status, trading = split_inputs(records)

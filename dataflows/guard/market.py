@@ -19,8 +19,8 @@ from bytewax.dataflow import Dataflow, Stream, operator
 from riskguard.connectors.kafka import KeySplit, StartSignal, kafka_output
 from riskguard.connectors.kafka.key_split import MEMO_MAX
 from riskguard.connectors.topics import DETECTIONS, MARKET, MARKET_STREAMS
-from riskguard.dataflows.guard.admit import TickSpec, admit_keys
-from riskguard.dataflows.guard.config import GuardConfig, price_key_prefixes
+from riskguard.dataflows.guard.admit import TickSpec
+from riskguard.dataflows.guard.config import GuardConfig, known_names, price_key_prefixes
 from riskguard.dataflows.guard.kafka_io import guard_input
 from riskguard.dataflows.guard.steps import (
     detect_on,
@@ -32,6 +32,7 @@ from riskguard.dataflows.guard.steps import (
     with_own_index,
 )
 from riskguard.operators.core.base import (
+    admit_keys,
     split_dead_letters,
     stateful_logic,
     values_of,
@@ -248,8 +249,8 @@ def market_core(
     detection on its own keys, and stage-1 valuation of its own underlyings' positions;
     its progress goes out behind the signals and valuations made before it."""
     name = market_source(owners.index)
-    admitted = admit_keys("admit", records, cfg=cfg, clock=clock,
-                          ticking=TickSpec(cfg.tick_ns, source=name, of=1))
+    admitted = admit_keys("admit", records, config=cfg.admission, known=known_names(cfg),
+                          clock=clock, make_ticks=TickSpec(cfg.tick_ns, source=name, of=1).maker)
     records, ticks = admitted.oks, admitted.ticks
     market, _rest, status, trading = split_inputs(records)
     market_ok = select_feeds(market, status, cfg, owners.local)

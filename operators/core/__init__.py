@@ -2,7 +2,9 @@
 and watermarks, de-duplication, end of input, and the Prometheus metrics.
 
 - :mod:`~riskguard.operators.core.base`: :func:`stateful_logic` (the one bridge from an
-  engine-neutral logic class to bytewax) and :func:`split_dead_letters`;
+  engine-neutral logic class to bytewax), :func:`split_dead_letters` and
+  :func:`admit_keys` (bounded keys: names past the caps of
+  :mod:`~riskguard.operators.core.admission` become dead letters);
 - :mod:`~riskguard.operators.core.clock`: injected clocks, :class:`Tick` and the
   :class:`Watermark` over several tick sources;
 - :mod:`~riskguard.operators.core.dedup`: drop records whose id was already seen;
@@ -14,9 +16,12 @@ and watermarks, de-duplication, end of input, and the Prometheus metrics.
   function ``observe.observe`` is not re-exported here: it would hide its module).
 """
 
+from riskguard.operators.core.admission import AdmissionConfig, KeyAdmission, Known
 from riskguard.operators.core.base import (
+    AdmitOut,
     Logic,
     SplitOut,
+    admit_keys,
     copy_fields,
     copy_state,
     event_order,
@@ -59,10 +64,14 @@ from riskguard.operators.core.snapshot import (
 __all__ = [
     "NS_PER_S",
     "TICK_IDLE_NS",
+    "AdmissionConfig",
+    "AdmitOut",
     "Clock",
     "FinalProgressLogic",
     "FinalProgressState",
     "IdWindow",
+    "KeyAdmission",
+    "Known",
     "Logic",
     "ManualClock",
     "ObserveConfig",
@@ -74,6 +83,7 @@ __all__ = [
     "SplitOut",
     "Tick",
     "Watermark",
+    "admit_keys",
     "configure",
     "copy_fields",
     "copy_state",

@@ -1,7 +1,9 @@
 """Bounded keys: the venues, instruments and counterparties the guard keeps state for.
 
 Every market key and counterparty becomes state in several steps, so made-up names from
-a feed or trading system would grow it without end. :class:`KeyAdmission` admits the
+a feed or trading system would grow it without end. The operator
+:func:`~riskguard.operators.core.base.admit_keys`, before the keyed steps of a flow (the
+guard's, or one's own), holds them back with :class:`KeyAdmission`: it admits the
 names the config lists, and others first come, first admitted, up to ``max_venues``,
 ``max_instruments_per_venue``, ``max_market_keys`` and ``max_counterparties``. A record
 past a cap is a dead letter (``too_many_venues``, ``too_many_instruments``,

@@ -25,9 +25,12 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
+from riskguard.operators.core.admission import AdmissionConfig, KeyAdmission, Known
+from riskguard.operators.core.clock import Clock, EventTicks, Tick
 from riskguard.operators.core.metrics import measured_snapshot
 from riskguard.operators.core.snapshot import decode_snapshot, encode_snapshot
 from riskguard.schemas.audit import DeadLetter
+from riskguard.schemas.signals import RiskAlert
 
 V = TypeVar("V")
 W = TypeVar("W")
@@ -290,3 +293,70 @@ def split_dead_letters(step_id: str, up: Stream[Any]) -> SplitOut[Any]:
     oks = op.flat_map_batch("oks", up, _live)
     errs = op.flat_map_batch("errs", up, _dead_letters)
     return SplitOut(oks=oks, errs=errs)
+
+
+ADMIT_KEY = "admit"
+"""The one key the gate runs under: its caps count over every record the flow reads (on
+several workers, the gate runs on one of them)."""
+
+
+@dataclass(frozen=True)
+class AdmitOut:
+    """What passed the gate, the dead letters of what did not, the ``admission_cap``
+    alerts (a cap's first refusal), the ticks (none without ``make_ticks``), and what passed
+    with the ticks in their places (``timed``)."""
+
+    oks: Stream[Any]
+    errs: Stream[DeadLetter]
+    alerts: Stream[RiskAlert]
+    ticks: Stream[Tick]
+    timed: Stream[Any]
+
+
+@operator
+def admit_keys(step_id: str, records: Stream[Any], *, config: AdmissionConfig,
+               known: Known | None = None, clock: Clock,
+               make_ticks: Callable[[], EventTicks] | None = None) -> AdmitOut:
+    """``records`` with every market and trading record past a cap of ``config`` turned
+    into a dead letter (``errs``: ``too_many_venues``, ``too_many_instruments``,
+    ``too_many_counterparties``) and a cap's first refusal into an alert (``alerts``);
+    the names in ``known`` (none by default) always pass, and so does every other
+    record, in order. Put it before a flow's keyed steps (``extract_features``,
+    ``aggregate_exposure``) so that made-up names never become their state. With
+    ``make_ticks`` (a maker of the :class:`~riskguard.operators.core.clock.EventTicks`
+    to run), the event-time ticks of what passes (``ticks``), kept in the gate's
+    snapshot.
+
+    >>> import bytewax.operators as op
+    >>> from bytewax.dataflow import Dataflow
+    >>> from bytewax.testing import TestingSink, TestingSource, run_main
+    >>> from riskguard.operators.core.admission import AdmissionConfig
+    >>> from riskguard.schemas import Trade
+    >>> trades = [Trade(id=f"t{i}", venue="okx", instrument=name, ts=i, price=1.0, qty=1.0,
+    ...                 side="buy") for i, name in enumerate(["BTC-USDT", "JUNK-1", "JUNK-2"])]
+    >>> flow = Dataflow("admit_eg")
+    >>> gate = admit_keys("admit", op.input("in", flow, TestingSource(trades)),
+    ...                   config=AdmissionConfig(max_instruments_per_venue=2), clock=lambda: 0)
+    >>> passed, refused = [], []
+    >>> op.output("oks", gate.oks, TestingSink(passed))
+    >>> op.output("errs", gate.errs, TestingSink(refused))
+    >>> run_main(flow)
+    >>> [t.instrument for t in passed], [(d.reason, d.found) for d in refused]
+    (['BTC-USDT', 'JUNK-1'], [('too_many_instruments', 'JUNK-2')])
+    """
+    keyed = op.flat_map_batch("key", records, lambda rs: [(ADMIT_KEY, r) for r in rs])
+    gated = stateful_logic("gate", keyed, lambda state: KeyAdmission(
+        config, known if known is not None else Known(), state=state, clock=clock,
+        ticks=make_ticks() if make_ticks is not None else None))
+    split = split_dead_letters("split", op.flat_map_batch("unkey", gated, values_of))
+    # alerts and ticks are few: one pass over the records sets them aside
+    made = op.flat_map_batch("made", split.oks, lambda rs: [
+        r for r in rs if type(r) is RiskAlert or type(r) is Tick])
+    alerts = op.flat_map_batch("alerts", made,
+                               lambda rs: [r for r in rs if type(r) is RiskAlert])
+    made_ticks = op.flat_map_batch("ticks", made,
+                                   lambda rs: [r for r in rs if type(r) is Tick])
+    oks = op.flat_map_batch("records", split.oks, lambda rs: [
+        r for r in rs if type(r) is not RiskAlert and type(r) is not Tick])
+    return AdmitOut(oks=oks, errs=split.errs, alerts=alerts, ticks=made_ticks,
+                    timed=split.oks)
