@@ -32,8 +32,11 @@ def move(bps: float, ratio: float, minutes: int = 5, scale: float = 0.002) -> Re
     return Reading(ratio, bps * 1e-4, f"move_{minutes}m", 0.05, scale, minutes * MINUTE, MOVE)
 
 
-def day_range(bps: float, scale: float = 0.03) -> Reading:
-    return Reading(abs(bps) / 700.0, bps * 1e-4, "drawdown_1d", 0.07, scale, DAY, RANGE)
+def day_range(bps: float, scale: float = 0.03, close_bps: float | None = None) -> Reading:
+    """The day's range, its close as deep unless ``close_bps`` says otherwise."""
+    close = (bps if close_bps is None else close_bps) * 1e-4
+    return Reading(abs(bps) / 700.0, bps * 1e-4, "drawdown_1d", 0.07, scale, DAY, RANGE,
+                   close=close)
 
 
 def settlement(bps: float, kind: int = SETTLEMENT) -> Reading:
@@ -97,6 +100,14 @@ def test_a_slide_needs_a_daily_limit_and_a_fall_unusual_for_the_market() -> None
     assert "slide" in fired(FALLS, settlement(-550), day_range(-800, scale=0.04))
     assert "slide" not in fired(FALLS, settlement(-550), day_range(-800, scale=0.07))
     assert "slide" not in fired(FALLS, settlement(-450), day_range(-800, scale=0.04))
+
+
+def test_a_slide_is_judged_where_the_market_closes_not_on_a_wick() -> None:
+    """The day's low 2 typical day ranges deep, but the close back at 1.5 of them: a
+    warning; closing at 1.75 or deeper, a slide."""
+    assert "slide" not in fired(FALLS, settlement(-550),
+                                day_range(-800, scale=0.04, close_bps=-600))
+    assert "slide" in fired(FALLS, settlement(-550), day_range(-800, scale=0.04, close_bps=-700))
 
 
 def test_a_limit_is_critical_on_the_reading_that_first_reaches_its_tier() -> None:

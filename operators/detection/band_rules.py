@@ -53,6 +53,10 @@ class Reading(NamedTuple):
     """``|move|`` over the band the key's typical move sets, without the static level
     (a small coin's ordinary move passes a level set for bitcoin); -1: the same as
     ``ratio`` (nothing learned, or no band of its own)."""
+    close: float = 0.0
+    """For a :data:`RANGE` reading, the same range measured to the vector's close, not
+    to its low or high, in the direction of ``move``; 0 for the other kinds. A slide is
+    critical only when the market closes that deep, not on a wick."""
 
     @property
     def out_of_band(self) -> float:
@@ -125,6 +129,7 @@ class CriticalRules:
                              for r in readings)
             if past_limit and any(r.kind == RANGE and r.scale >= 0.0 and r.move * sign > 0.0
                                   and abs(r.move) >= self.slide_z * r.scale
+                                  and r.close * sign >= self.slide_z * r.scale
                                   for r in readings):
                 return True
         return False

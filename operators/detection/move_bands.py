@@ -208,9 +208,9 @@ class MoveBands:
             s.since_ts = ts
         self._rules.young = ts - s.since_ts < self._dd_ns
         # measured last, the full look-back's returns are what is learned
-        since = (self._measure(ts, low, high, s.reset_ts)
+        since = (self._measure(ts, low, high, price, s.reset_ts)
                  if s.ep_open and s.reset_ts >= 0 else None)
-        ratios = self._measure(ts, low, high)
+        ratios = self._measure(ts, low, high, price)
         if self._limits:
             self._daily_limits(ts, low, high, ratios, since)
         out = self._episode(fv, low, high, ratios, since)
@@ -221,7 +221,8 @@ class MoveBands:
         s.last_close = price
         return out
 
-    def _measure(self, ts: int, low: float, high: float, since: int | None = None) -> list[Reading]:
+    def _measure(self, ts: int, low: float, high: float, close: float,
+                 since: int | None = None) -> list[Reading]:
         """A :class:`~riskguard.operators.detection.band_rules.Reading` per horizon and
         for the drawdown/rally. With ``since`` (a trip's time), no move reaches back
         before it: such a horizon, and the drawdown, are measured from the trip's price."""
@@ -269,7 +270,7 @@ class MoveBands:
                 out.append(Reading(abs(move) / min(cap, learned), move, name, cap, scale, h,
                                    MOVE, abs(move) / learned))
         if coarse:
-            out.append(self._range_reading(ts, low, high, since))
+            out.append(self._range_reading(ts, low, high, close, since))
         return out
 
     def _reference(self, tier: list[tuple[int, float, float, float]], slot_ns: int,
@@ -289,22 +290,26 @@ class MoveBands:
         return self.s.reset_price if since is not None and slot[0] * slot_ns < since \
             else slot[1]
 
-    def _range_reading(self, ts: int, low: float, high: float, since: int | None) -> Reading:
+    def _range_reading(self, ts: int, low: float, high: float, close: float,
+                       since: int | None) -> Reading:
         """The drawdown or rally from the day's extremes (since a trip: from the trip's),
-        with its own scale: a drawdown is no close-to-close move."""
+        with its own scale: a drawdown is no close-to-close move. Its ``close`` is the
+        same range to ``close``."""
         hi, lo = self._day_range(ts) if since is None else self._range_since(since)
         hi, lo = max(hi, high), min(lo, low)
         h = max(self._dd_ns, self.s.interval_ns)
         k, floor, cap = self._params(h)
         dd, ru = log_ratio(low, hi), log_ratio(high, lo)
-        move, name = (dd, self._dd_names[0]) if -dd >= ru else (ru, self._dd_names[1])
+        falling = -dd >= ru
+        move, name = (dd, self._dd_names[0]) if falling else (ru, self._dd_names[1])
         self._returns.append((-h, move))
         sigma = self.sigma_per_sqrt_ns
         scale = self._scale(-h, None if sigma is None else sigma * RANGE_PER_SIGMA, h)
         band = self._band(k, floor, cap, scale)
         learned = band if scale is None else max(floor, k * scale)
         return Reading(abs(move) / band, move, name, cap, -1.0 if scale is None else scale, h,
-                       RANGE, abs(move) / learned)
+                       RANGE, abs(move) / learned,
+                       log_ratio(close, hi) if falling else log_ratio(close, lo))
 
     def _daily_limits(self, ts: int, low: float, high: float, ratios: list[Reading],
                       since: list[Reading] | None) -> None:
@@ -589,7 +594,7 @@ class MoveBands:
         contributions = [
             Contribution(feature=name, value=max(-_MAX_FINITE, min(_MAX_FINITE, move * 1e4)),
                          zscore=max(-1e12, min(1e12, move / scale)) if scale > 0 else 0.0)
-            for _ratio, move, name, _cap, scale, _h, _kind, _learned in sorted(
+            for _ratio, move, name, _cap, scale, *_rest in sorted(
                     ratios, key=lambda r: (-r[0], r[2]))[
                 : self.config.top_k]]
         key = self.key or fv.key
