@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{rate:g} events/s per key ({rate:g} raw events per 1 s bar per key)")
         print(f"  keyed stateful_map pass-through: {base:,.0f} events/s")
         print(f"  features + detect_anomalies, 1 s bars: {bar:,.0f} events/s "
-              f"(ratio {bar / base:.3f}; goal >= 0.25)")
+              f"(ratio {bar / base:.3f}; goal: no lower than the 2026-11-27 code's in "
+              "alternating runs, bench/versus_revision.py --rev fa82af5)")
         print(f"  the same, cross-venue confirmation off: {alone:,.0f} events/s "
               f"(ratio {alone / base:.3f})")
         if args.per_key:
