@@ -148,16 +148,17 @@ class MarketDetectors:
     def on_batch(self, items: list[MarketItem]) -> list[SignalOut]:
         out: list[SignalOut] = []
         run: dict[str, FeatureVector] = {}  # one vector a market, in arrival order
-        newest: dict[str, int] = {}
         for key, fv in items:
             if key in run:  # a market's second vector: what came before goes first
                 self._run(run, out)
                 run = {}
             run[key] = fv
-            if newest.get(fv.key, -1) < fv.ts:
-                newest[fv.key] = fv.ts
         self._run(run, out)
         if self.progress:
+            newest: dict[str, int] = {}
+            for key, fv in items:
+                if newest.get(key, -1) < fv.ts:
+                    newest[key] = fv.ts
             out.extend((m, MarketProgress(ts=ts, market=m)) for m, ts in newest.items()
                        if confirm_key(m) is not None)
         return out
