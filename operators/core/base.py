@@ -344,9 +344,10 @@ def admit_keys(step_id: str, records: Stream[Any], *, config: AdmissionConfig,
     >>> [t.instrument for t in passed], [(d.reason, d.found) for d in refused]
     (['BTC-USDT', 'JUNK-1'], [('too_many_instruments', 'JUNK-2')])
     """
+    names = known if known is not None else Known()
     keyed = op.flat_map_batch("key", records, lambda rs: [(ADMIT_KEY, r) for r in rs])
     gated = stateful_logic("gate", keyed, lambda state: KeyAdmission(
-        config, known if known is not None else Known(), state=state, clock=clock,
+        config, names, state=state, clock=clock,
         ticks=make_ticks() if make_ticks is not None else None))
     split = split_dead_letters("split", op.flat_map_batch("unkey", gated, values_of))
     # alerts and ticks are few: one pass over the records sets them aside
