@@ -27,7 +27,8 @@ def _bench_module(name: str) -> ModuleType:
 
 
 @pytest.mark.parametrize("name", ["exposure_speed", "exposure_stages", "guard_throughput",
-                                  "guard_workload", "shared_data", "incidents", "guard_engines"])
+                                  "guard_workload", "shared_data", "incidents", "guard_engines",
+                                  "code_size"])
 def test_bench_docstring_examples_run(name: str) -> None:
     """Each bench module's >>> examples produce the output they show."""
     module = _bench_module(name)
@@ -117,3 +118,11 @@ def test_versus_revision_reads_a_runs_figure_and_names_a_missing_one(tmp_path: P
                          ) == 1250.0
     with pytest.raises(SystemExit, match=re.escape("no match for 'nothing ([0-9]+)'")):
         versus.figure(python, tmp_path, ["fake.py", "0"], re.compile(r"nothing ([0-9]+)"))
+
+
+def test_code_size_leaves_docstrings_and_comments_out_of_code() -> None:
+    """A docstring of any length and a comment line count as lines, never as code."""
+    measure = _bench_module("code_size").measure
+    source = ('"""Module.\n\nMore."""\n\n\nclass A:\n    """One\n    two."""\n\n'
+              '    # why\n    x = 1  # and why\n')
+    assert dict(measure(source)) == {"lines": 11, "non-blank": 7, "code": 2}
