@@ -28,6 +28,7 @@ from typing import Any
 import msgspec
 from confluent_kafka import Consumer, Producer, TopicPartition
 from riskguard.connectors.broker import DevBroker
+from riskguard.connectors.kafka.producer import CheckedProducer
 from riskguard.connectors.settings import KafkaSettings
 from riskguard.connectors.topics import (
     INPUT_STREAMS,
@@ -133,17 +134,14 @@ def producer(bootstrap: str, linger_ms: int = 20) -> Producer:
 
 
 def publish(bench: BenchEnv, records: list[Any]) -> int:
-    """Produce ``records`` to the env's input topics; returns how many."""
-    p = producer(bench.bootstrap)
+    """Produce ``records`` to the env's input topics, every delivery checked; returns how
+    many."""
+    p = CheckedProducer(KafkaSettings(bootstrap=bench.bootstrap), what="the bench workload",
+                        delivery_timeout_s=115, linger_ms=20, errors_only=True)
     topics = {s: bench.topic(s) for s in INPUT_STREAMS}
     for rec in records:
-        topic = topics[stream_of(rec)]
-        data, key = encode(rec), _key(rec)
-        _produce(p, topic, data, key, _BY_KEY, backoff_s=0.05)
-    left = p.flush(120)
-    if left:
-        msg = f"could not publish {left} records"
-        raise RuntimeError(msg)
+        p.produce(topics[stream_of(rec)], encode(rec), _key(rec))
+    p.flush()
     return len(records)
 
 

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 import msgspec
-from riskguard.connectors.settings import KafkaSettings, with_logger
+from riskguard.connectors.kafka.producer import CheckedProducer
+from riskguard.connectors.settings import KafkaSettings
 from riskguard.connectors.topics import topic_name
 from riskguard.operators.core.clock import Clock, system_clock
 from riskguard.operators.signing.crypto import (
@@ -42,8 +43,6 @@ from riskguard.operators.signing.crypto import (
     sign_envelope,
 )
 from riskguard.schemas.commands import AckOutcome, Audience, ExecutionAck, MitigationCommand
-
-from riskguard.errors import DeliveryError
 
 log = logging.getLogger(__name__)
 
@@ -180,26 +179,15 @@ class KafkaAckSender:
 
     def __init__(self, settings: KafkaSettings, env: str, *,
                  delivery_timeout_s: float = 30.0) -> None:
-        from confluent_kafka import Producer  # noqa: PLC0415
-
-        config = settings.client_config()
-        config.update({"enable.idempotence": True, "acks": "all",
-                       "message.timeout.ms": int(delivery_timeout_s * 1000), "linger.ms": 0})
         self.topic = topic_name(env, ACKS_STREAM)
-        self._producer = Producer(with_logger(config))
-        self._timeout = delivery_timeout_s + 5.0
-        self.delivered = 0
+        self._producer = CheckedProducer(settings, what=f"ack to {self.topic}",
+                                         delivery_timeout_s=delivery_timeout_s, linger_ms=0)
+
+    @property
+    def delivered(self) -> int:
+        """Acks Kafka acknowledged so far."""
+        return self._producer.acked
 
     def __call__(self, data: bytes) -> None:
-        errors: list[str] = []
-
-        def done(err: Any, _msg: Any) -> None:
-            if err is not None:
-                errors.append(err.str())
-
-        self._producer.produce(self.topic, data, on_delivery=done)
-        left = self._producer.flush(self._timeout)
-        if errors or left:
-            msg = f"ack not acknowledged by Kafka on {self.topic}: {errors or ['flush timeout']}"
-            raise DeliveryError(msg, undelivered=1, reasons=errors)
-        self.delivered += 1
+        self._producer.produce(self.topic, data)
+        self._producer.flush()

@@ -23,14 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from riskguard.connectors.formats.core import is_compressed
+from riskguard.connectors.kafka.producer import CheckedProducer
 from riskguard.connectors.replay import ReplayFile, ReplaySource
-from riskguard.connectors.settings import KafkaSettings, with_logger
+from riskguard.connectors.settings import KafkaSettings
 from riskguard.connectors.topics import INPUT_STREAMS, STREAM_TYPES, topic_name
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import Codec, encode, tag_of
 from riskguard.schemas.market import Side, Trade  # noqa: F401  (doctest)
 
-from riskguard.errors import BrokerError, ConfigError, DeliveryError
+from riskguard.errors import BrokerError, ConfigError
 
 AUTO = "auto"
 STREAMS = INPUT_STREAMS  # what a user may publish to: the topics the guard reads
@@ -130,21 +131,18 @@ class Publisher:
         """``create(topic)`` makes a topic that does not exist yet; without it a missing
         topic is a :class:`~riskguard.errors.BrokerError` before anything goes to it (a
         misspelt env would otherwise create topics the guard never reads)."""
-        from confluent_kafka import Producer  # noqa: PLC0415  (keep CLI start-up light)
-
-        config = settings.client_config()
-        config.update({
-            "enable.idempotence": True, "acks": "all",
-            "message.timeout.ms": int(delivery_timeout_s * 1000), "linger.ms": linger_ms,
-        })
-        self._producer = Producer(with_logger(config))
-        self._timeout = delivery_timeout_s + 5.0
+        self._producer = CheckedProducer(settings, what=f"the {env} input topics",
+                                         delivery_timeout_s=delivery_timeout_s,
+                                         linger_ms=linger_ms)
         self.env = env
-        self.acked = 0
-        self._errors: list[str] = []
         self._topics: dict[str, str] = {}
         self._settings = settings
         self._create = create
+
+    @property
+    def acked(self) -> int:
+        """Records Kafka acknowledged so far."""
+        return self._producer.acked
 
     def topic(self, stream: str) -> str:
         if stream not in self._topics:
@@ -158,7 +156,7 @@ class Publisher:
 
         # the whole topic list: asking for one topic by name may create it
         try:
-            md = AdminClient(with_logger(self._settings.client_config())).list_topics(
+            md = AdminClient(self._settings.client_config()).list_topics(
                 timeout=5)
         except Exception:  # unreachable: the first delivery says so (DeliveryError)
             return
@@ -171,38 +169,13 @@ class Publisher:
             raise BrokerError(msg)
         self._create(name)
 
-    def _delivered(self, err: Any, msg: Any) -> None:
-        if err is None:
-            self.acked += 1
-        else:
-            self._errors.append(f"{msg.topic()}: {err.str()}")
-
     def produce(self, stream: str, rec: Any) -> None:
-        topic, value, key = self.topic(stream), encode(rec), key_of(rec)
-        while True:
-            try:
-                self._producer.produce(topic, value, key, on_delivery=self._delivered)
-                break
-            except BufferError:  # the local queue is full: let deliveries drain
-                self._producer.poll(0.05)
-                self._raise_if_failed()
-        self._producer.poll(0)
-        self._raise_if_failed()
-
-    def _raise_if_failed(self, undelivered: int = 0) -> None:
-        if self._errors or undelivered:
-            reasons = sorted(set(self._errors))[:5]
-            total = len(self._errors) + undelivered
-            msg = (f"{total} record(s) not acknowledged by Kafka ({len(self._errors)} "
-                   f"failed, {undelivered} still queued after {self._timeout:.0f} s; "
-                   f"{self.acked} acknowledged); reasons: {reasons or ['flush timeout']}")
-            self._producer.purge()
-            raise DeliveryError(msg, undelivered=total, reasons=reasons)
+        self._producer.produce(self.topic(stream), encode(rec), key_of(rec))
+        self._producer.check()
 
     def flush(self) -> None:
         """Wait for every delivery; raises DeliveryError if any was not acknowledged."""
-        left = self._producer.flush(self._timeout)
-        self._raise_if_failed(left)
+        self._producer.flush()
 
 
 def publish(

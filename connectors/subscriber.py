@@ -50,8 +50,9 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import msgspec
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
+from riskguard.connectors.kafka.producer import CheckedProducer
 from riskguard.connectors.settings import KafkaSettings, as_settings
 from riskguard.connectors.subscriber_state import (
     MAX_HOLDS,
@@ -78,7 +79,6 @@ from riskguard.schemas.signals import ScopeKind
 
 from riskguard.errors import (
     BrokerError,
-    DeliveryError,
     StateError,
     TrustError,
     VerificationError,
@@ -539,12 +539,7 @@ class CommandSubscriber:
                 self._log_fh = self.rejection_log.open("ab")
             self._log_fh.write(line + b"\n")
         if self._producer is not None and self.rejections_topic:
-            key = issuer.encode() or None
-            try:
-                self._producer.produce(self.rejections_topic, value=line, key=key)
-            except BufferError:  # a flood filled the local queue: let it drain
-                self._producer.flush(10)
-                self._producer.produce(self.rejections_topic, value=line, key=key)
+            self._producer.produce(self.rejections_topic, line, issuer.encode() or None)
 
     def _reject(self, reason: str, detail: str, partition: int, offset: int,
                 cmd: MitigationCommand | None = None, *, record: bool = False,
@@ -604,7 +599,9 @@ class CommandSubscriber:
                        f"exist at {where}; create it (riskguard topics create) or "
                        "check --rejections-topic")
                 raise BrokerError(msg)
-            self._producer = Producer({**conf, "enable.idempotence": True, "acks": "all"})
+            self._producer = CheckedProducer(
+                settings, what=f"subscriber rejections to {self.rejections_topic}",
+                delivery_timeout_s=5, errors_only=True)
 
     def poll(self, *, max_messages: int | None = None, idle_timeout_s: float = 2.0,
              poll_timeout_s: float = 0.2) -> int:
@@ -695,10 +692,7 @@ class CommandSubscriber:
 
     def _flush_rejections(self) -> None:
         if self._producer is not None:
-            left = self._producer.flush(10)
-            if left:
-                msg = f"subscriber: {left} rejection record(s) not delivered"
-                raise DeliveryError(msg, undelivered=left, reasons=["flush timeout"])
+            self._producer.flush()
 
     def summary(self) -> dict[str, int]:
         """Counters: accepted, rejected, rejected.<reason>, duplicates, conflicts, gaps,

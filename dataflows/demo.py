@@ -26,8 +26,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from riskguard.connectors.broker import DevBroker
+from riskguard.connectors.kafka.producer import CheckedProducer
 from riskguard.connectors.settings import KafkaSettings, with_logger
 from riskguard.connectors.subscriber import CommandSubscriber, GapAlert, Rejection, TrustBehind
 from riskguard.connectors.topics import TopicsConfig, create_topics, topic_name, topic_specs
@@ -203,21 +204,13 @@ def publish_scenario(bootstrap: str, start_ns: int, env: str = ENV, *,
         at = [getattr(r, "ts", start_ns) for r in events]  # every scenario record has one
         events = [r for r, ts in zip(events, at, strict=True)
                   if (lo is None or ts >= lo) and (hi is None or ts < hi)]
-    p = Producer(with_logger({"bootstrap.servers": bootstrap, "linger.ms": 20,
-                              "enable.idempotence": True}))
+    producer = CheckedProducer(KafkaSettings(bootstrap=bootstrap),
+                               what="the demo scenario", linger_ms=20,
+                               delivery_timeout_s=55, errors_only=True)
     for rec in events:
         key = f"{getattr(rec, 'venue', '')}/{getattr(rec, 'instrument', '')}".encode()
-        topic = topic_name(env, stream_of(rec))
-        while True:
-            try:
-                p.produce(topic, encode(rec), key)
-                break
-            except BufferError:
-                p.poll(0.05)
-    left = p.flush(60)
-    if left:
-        msg = f"could not publish {left} scenario records"
-        raise RuntimeError(msg)
+        producer.produce(topic_name(env, stream_of(rec)), encode(rec), key)
+    producer.flush()
     return len(events)
 
 
@@ -520,9 +513,10 @@ def _inject_forged(bootstrap: str, topic: str) -> None:
         scope=Scope(kind=ScopeKind.FIRM, value="*"), reason="not from riskguard",
     )
     env = sign_envelope(PAYLOAD_COMMAND, encode(cmd), [forger])
-    p = Producer(with_logger({"bootstrap.servers": bootstrap}))
-    p.produce(topic, encode_envelope(env), ISSUER.encode())
-    p.flush(10)
+    producer = CheckedProducer(KafkaSettings(bootstrap=bootstrap), what="the forged command",
+                               delivery_timeout_s=5)
+    producer.produce(topic, encode_envelope(env), ISSUER.encode())
+    producer.flush()
 
 
 def _summary(t: Tally, say: Callable[[str], Any]) -> None:

@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from confluent_kafka import KafkaError, Producer
 
 from riskguard.cli_args import seconds
 from riskguard.config import common_config
 from riskguard.connectors.command_log import last_signed_seq
+from riskguard.connectors.kafka.producer import CheckedProducer
 from riskguard.connectors.settings import KafkaSettings
-from riskguard.errors import ConfigError, VerificationError
+from riskguard.errors import ConfigError, DeliveryError, VerificationError
 from riskguard.operators.signing.crypto import (
     PAYLOAD_COMMAND,
     Signer,
@@ -207,19 +207,13 @@ def _publish(args: argparse.Namespace) -> int:
                           "[kafka])", None)
     settings = common_config(args.config, brokers=args.brokers).kafka
     _reach(settings)
-    producer = Producer({**settings.client_config(), "enable.idempotence": True, "acks": "all"})
-    failed: list[str] = []
-
-    def delivered(err: KafkaError | None, msg: Any) -> None:
-        if err is not None:
-            failed.append(f"{msg.topic()}: {err.str()}")
-
-    for topic in args.topic:
-        producer.produce(topic, data, key=cmd.issuer.encode(), on_delivery=delivered)
-    left = producer.flush(30)
-    if left or failed:
-        sys.stderr.write(f"riskguard command publish: NOT delivered ({left} pending): "
-                         f"{'; '.join(failed)}\n")
+    producer = CheckedProducer(settings, what="riskguard command publish", linger_ms=0)
+    try:
+        for topic in args.topic:
+            producer.produce(topic, data, cmd.issuer.encode())
+        producer.flush()
+    except DeliveryError as err:
+        sys.stderr.write(f"riskguard command publish: NOT delivered: {err}\n")
         return 1
     sys.stdout.write(f"published {cmd.command_id} to {', '.join(args.topic)}\n")
     return 0

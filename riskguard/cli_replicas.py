@@ -15,7 +15,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from riskguard.errors import BrokerError, ConfigError
+from riskguard.errors import ConfigError
 
 _TICK_S = 1.0
 
@@ -24,12 +24,12 @@ def _run(args: argparse.Namespace) -> int:
     from confluent_kafka import (  # noqa: PLC0415
         OFFSET_BEGINNING,
         Consumer,
-        Producer,
         TopicPartition,
     )
 
     from riskguard.cli import reach_kafka  # noqa: PLC0415  (the CLI module imports this one)
     from riskguard.connectors.audit_tail import topic_partitions  # noqa: PLC0415
+    from riskguard.connectors.kafka.producer import CheckedProducer  # noqa: PLC0415
     from riskguard.operators.audit import (  # noqa: PLC0415
         ReplicaWatchConfig,
         ReplicaWatchLogic,
@@ -53,8 +53,9 @@ def _run(args: argparse.Namespace) -> int:
     ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
             for p in parts}
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-    alerts = _Alerts(Producer(settings.client_config()) if args.alerts_topic else None,
-                     args.alerts_topic)
+    alerts = _Alerts(CheckedProducer(settings, what=f"replica watch alerts to "
+                                     f"{args.alerts_topic}", delivery_timeout_s=5)
+                     if args.alerts_topic else None, args.alerts_topic)
     logic = ReplicaWatchLogic(config, keys=trust.checkpoint_key, signer_of=trust.name_of)
     try:
         unreadable = _watch(consumer, logic, alerts, args, topic, ends)
@@ -118,12 +119,7 @@ class _Alerts:
 
     def __init__(self, producer: Any, topic: str | None) -> None:
         self.producer, self.topic = producer, topic
-        self.failed: list[str] = []
         self.kinds: Counter[str] = Counter()
-
-    def _delivered(self, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self.failed.append(str(err))
 
     def emit(self, alerts: list[Any]) -> None:
         from riskguard.operators.core.observe import observe  # noqa: PLC0415
@@ -135,28 +131,18 @@ class _Alerts:
             body = encode(a)
             sys.stdout.write("ALERT " + body.decode() + "\n")
             if self.producer is not None:
-                self.producer.produce(self.topic, value=body, key=a.kind.encode(),
-                                      on_delivery=self._delivered)
+                self.producer.produce(self.topic, body, a.kind.encode())
         sys.stdout.flush()
 
     def check(self) -> None:
-        """Serve the producer's delivery reports; BrokerError on a failed one."""
-        if self.producer is None:
-            return
-        self.producer.poll(0)
-        if self.failed:
-            raise BrokerError(f"an alert could not be delivered to {self.topic}: "
-                              f"{self.failed[0]}")
+        """Serve the producer's delivery reports; DeliveryError on a failed one."""
+        if self.producer is not None:
+            self.producer.check()
 
     def close(self) -> None:
-        """Flush the alerts still on their way; BrokerError if any is not delivered."""
-        if self.producer is None:
-            return
-        left = self.producer.flush(10)
-        if left or self.failed:
-            msg = (f"{left or len(self.failed)} alert(s) not delivered to {self.topic}"
-                   f"{': ' + self.failed[0] if self.failed else ''}")
-            raise BrokerError(msg)
+        """Flush the alerts still on their way; DeliveryError if any is not delivered."""
+        if self.producer is not None:
+            self.producer.flush()
 
 
 def _trust(args: argparse.Namespace) -> Any:

@@ -1,29 +1,28 @@
 """The Kafka sink (:func:`kafka_output`): our own, because bytewax's ``KafkaSink``
 ignores delivery failures.
 
-It produces with ``enable.idempotence=true`` and ``acks=all``, asks librdkafka for
+It writes through a :class:`~riskguard.connectors.kafka.producer.CheckedProducer` with
 error-only delivery reports, and flushes at every epoch boundary (the sink partition's
 snapshot, i.e. before bytewax commits the epoch) and on close. Any unacknowledged
 message raises :class:`~riskguard.errors.DeliveryError`, failing the flow loudly."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
-from confluent_kafka import Producer
 from riskguard.connectors.kafka.consumer import list_partitions
+from riskguard.connectors.kafka.producer import CheckedProducer
 from riskguard.connectors.settings import KafkaSettings, as_settings
 from riskguard.operators.core.metrics import (
     DELIVERY_ERRORS,
     EVENTS_OUT,
 )
 from riskguard.schemas.codec import encode
-
-from riskguard.errors import DeliveryError
 
 _FAILING: set[str] = set()  # what has raised in this process: the flow is failing
 
@@ -37,69 +36,38 @@ def flow_failing(what: str) -> None:
 
 
 class _SinkPartition(StatefulSinkPartition[tuple[bytes | None, bytes], None]):
-    def __init__(
-        self, config: dict[str, Any], topic: str, idx: int, flush_timeout_s: float
-    ) -> None:
-        self._errors: list[str] = []
+    def __init__(self, producer_of: Callable[..., CheckedProducer], topic: str,
+                 idx: int) -> None:
         self._failed = False
-        config = dict(config)
-        config["on_delivery"] = self._on_delivery
-        self._producer = Producer(config)
-        self._topic = topic
-        self._idx = idx
-        self._flush_timeout_s = flush_timeout_s
+        self._topic, self._idx = topic, idx
         self._out = EVENTS_OUT.labels(topic)
-        self._delivery_errors = DELIVERY_ERRORS.labels(topic)
+        self._producer = producer_of(
+            what=f"Kafka sink for topic {topic!r} partition {idx} (-1: by key)",
+            errors_only=True, on_failed=DELIVERY_ERRORS.labels(topic).inc,
+            on_raise=self._failing)
 
-    def _on_delivery(self, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self._errors.append(err.str())
-            self._delivery_errors.inc()
+    def _failing(self) -> None:
+        self._failed = True
+        flow_failing(self._topic)
 
     def write_batch(self, values: list[tuple[bytes | None, bytes]]) -> None:
         produce = self._producer.produce
         topic, idx = self._topic, self._idx  # idx -1: librdkafka's partitioner picks
         for key, value in values:
-            while True:
-                try:
-                    produce(topic, value, key, partition=idx)
-                    break
-                except BufferError:
-                    self._producer.poll(0.05)
-                    self._raise_if_failed()
-        self._producer.poll(0)
+            produce(topic, value, key, idx)
         self._out.inc(len(values))
-        self._raise_if_failed()
-
-    def _raise_if_failed(self, undelivered: int = 0) -> None:
-        if self._errors or undelivered:
-            reasons = sorted(set(self._errors))[:5]
-            total = len(self._errors) + undelivered
-            msg = (
-                f"Kafka sink for topic {self._topic!r} partition {self._idx} (-1: by key): "
-                f"{total} message(s) not acknowledged ({len(self._errors)} failed, "
-                f"{undelivered} still queued after {self._flush_timeout_s:.0f} s); "
-                f"reasons: {reasons or ['flush timeout']}"
-            )
-            self._failed = True
-            flow_failing(self._topic)
-            raise DeliveryError(msg, undelivered=total, reasons=reasons)
-
-    def _flush(self) -> None:
-        remaining = self._producer.flush(self._flush_timeout_s)
-        self._raise_if_failed(remaining)
+        self._producer.check()
 
     def snapshot(self) -> None:
-        self._flush()
+        self._producer.flush()
 
     def close(self) -> None:
         # after a failure anywhere, raising again while bytewax unwinds would abort the
         # process before the first error is reported (see flow_failing)
         if self._failed or _FAILING:
-            self._producer.purge()
-            self._producer.flush(0)
+            self._producer.drop()
             return
-        self._flush()
+        self._producer.flush()
 
 
 class KafkaOutput(FixedPartitionedSink[tuple[bytes | None, bytes], None]):
@@ -137,18 +105,12 @@ class KafkaOutput(FixedPartitionedSink[tuple[bytes | None, bytes], None]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _SinkPartition:
         _FAILING.clear()  # a new execution starts healthy
-        config = self.settings.client_config()
-        config.update({
-            "enable.idempotence": True,
-            "acks": "all",
-            "delivery.report.only.error": True,
-            "message.timeout.ms": int(self.delivery_timeout_s * 1000),
-            "linger.ms": self.linger_ms,
-        })
         idx = -1  # librdkafka's partitioner picks by key
         if self.partition is not None:
             idx = self.partition % len(list_partitions(self.settings, self.topic))
-        return _SinkPartition(config, self.topic, idx, self.flush_timeout_s)
+        return _SinkPartition(functools.partial(
+            CheckedProducer, self.settings, delivery_timeout_s=self.delivery_timeout_s,
+            linger_ms=self.linger_ms, flush_timeout_s=self.flush_timeout_s), self.topic, idx)
 
 
 def _route_key(record: Any) -> str:

@@ -19,6 +19,7 @@ from bytewax.dataflow import Dataflow
 from riskguard.connectors.audit_tail import AuditTail, read_audit_tail
 from riskguard.connectors.command_log import last_signed_seq
 from riskguard.connectors.kafka import kafka_output
+from riskguard.connectors.kafka.producer import CheckedProducer
 from riskguard.connectors.topics import FIRM_STREAMS, INPUT_STREAMS
 from riskguard.dataflows.guard.config import (
     GuardConfig,
@@ -50,7 +51,7 @@ from riskguard.operators.signing.trust import TrustStore, check_trust_serial
 from riskguard.schemas import FIRM, RiskAlert, Severity, encode
 
 from riskguard.environment import CONFIG, NEW_CONFIG
-from riskguard.errors import ConfigError, DeliveryError
+from riskguard.errors import ConfigError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -156,15 +157,12 @@ def report_audit_tail(cfg: GuardConfig, tail: AuditTail, now: int,
         if on_note is not None:
             on_note(note)
     if alerts:
-        from confluent_kafka import Producer  # noqa: PLC0415
-
-        producer = Producer(cfg.kafka.client_config())
+        producer = CheckedProducer(cfg.kafka, what="replica_unverified alerts",
+                                   delivery_timeout_s=cfg.sink_delivery_timeout_s)
         for a in alerts:
             observe(a)
-            producer.produce(cfg.topic("signals"), encode(a), key=a.kind.encode())
-        if producer.flush(cfg.sink_delivery_timeout_s):
-            msg = f"a replica_unverified alert was not delivered to {cfg.topic('signals')}"
-            raise DeliveryError(msg, undelivered=len(alerts), reasons=["flush timeout"])
+            producer.produce(cfg.topic("signals"), encode(a), a.kind.encode())
+        producer.flush()
 
 
 def new_config_asked() -> bool:
