@@ -18,13 +18,10 @@ checked from the cluster's topic list, so reading never creates it.
 
 from __future__ import annotations
 
-import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-from confluent_kafka.admin import AdminClient
+from riskguard.connectors.kafka.consumer import scan_topic
 from riskguard.connectors.settings import KafkaSettings
 from riskguard.operators.audit import (
     AuditItem,
@@ -39,71 +36,7 @@ from riskguard.operators.audit.verify import key_lookup
 from riskguard.operators.signing.crypto import VerifyKey
 from riskguard.schemas.audit import AuditRecord
 
-from riskguard.errors import AuditError, BrokerError, VerificationError
-
-
-def topic_partitions(settings: KafkaSettings, topic: str, *, timeout_s: float = 10.0) -> list[int]:
-    """Partition ids of an existing ``topic``; ``BrokerError`` if it is missing or the
-    cluster cannot be reached. Asks for the whole topic list, which never creates it."""
-    admin = AdminClient(settings.client_config())
-    try:
-        md = admin.list_topics(timeout=timeout_s)
-    except Exception as err:
-        msg = f"cannot reach Kafka at {settings.bootstrap} to find topic {topic!r}: {err}"
-        raise BrokerError(msg) from None
-    tmd = md.topics.get(topic)
-    if tmd is None:
-        msg = f"topic {topic!r} does not exist at {settings.bootstrap}"
-        raise BrokerError(msg)
-    if tmd.error is not None or not tmd.partitions:
-        why = tmd.error.str() if tmd.error is not None else "no partitions"
-        msg = f"topic {topic!r} is not usable: {why}"
-        raise BrokerError(msg)
-    return sorted(tmd.partitions)
-
-
-def scan_topic(settings: KafkaSettings, topic: str, *, idle_s: float = 0.5,
-               stall_s: float = 30.0) -> Iterator[tuple[int, int, bytes]]:
-    """Every message of ``topic`` from the beginning as ``(partition, offset, value)``,
-    each partition in order, until all partitions are read to their end and the topic
-    was quiet for ``idle_s``; ``BrokerError`` if it is missing, unreadable, or no
-    message or end of partition arrives for ``stall_s``."""
-    parts = topic_partitions(settings, topic, timeout_s=min(10.0, stall_s))
-    consumer = Consumer({
-        **settings.client_config(),
-        "group.id": f"riskguard-audit-scan-{uuid.uuid4().hex[:8]}",
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-        "fetch.wait.max.ms": 50,
-    })
-    try:
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        done: set[int] = set()  # partitions read to their (reported) end
-        progress = quiet_since = time.monotonic()
-        while True:
-            now = time.monotonic()
-            if len(done) == len(parts) and now - quiet_since >= idle_s:
-                return
-            if now - progress > stall_s:
-                msg = f"reading {topic} made no progress for {stall_s:g} s"
-                raise BrokerError(msg)
-            m = consumer.poll(0.05)
-            if m is None:
-                continue
-            progress = time.monotonic()
-            p = m.partition() or 0
-            err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    done.add(p)
-                    continue
-                msg = f"reading {topic}[{p}]: {err.str()}"
-                raise BrokerError(msg)
-            quiet_since = progress
-            done.discard(p)
-            yield p, m.offset() or 0, m.value() or b""
-    finally:
-        consumer.close()
+from riskguard.errors import AuditError, VerificationError
 
 
 def read_items(settings: KafkaSettings, topic: str, *, idle_s: float = 0.5,

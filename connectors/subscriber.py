@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import msgspec
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from riskguard.connectors.kafka.producer import CheckedProducer
 from riskguard.connectors.settings import KafkaSettings, as_settings
@@ -84,9 +84,9 @@ from riskguard.errors import (
     VerificationError,
 )
 
-__all__ = ["CONNECT_S", "DEFAULT_DECISION_WINDOW_S", "Alert", "CommandSubscriber",
+__all__ = ["DEFAULT_DECISION_WINDOW_S", "Alert", "CommandSubscriber",
            "DecisionConflict", "Duplicate", "GapAlert", "Outcome", "Rejection",
-           "SubscriberState", "TrustBehind", "read_topic_bytes"]
+           "SubscriberState", "TrustBehind"]
 
 _logger = logging.getLogger("riskguard.subscriber")
 
@@ -736,48 +736,3 @@ def _decoded(data: bytes) -> SignedEnvelope | Exception:
         return decode_envelope(data)
     except Exception as err:  # a refusal with its reason, or one unforeseen (verify_error)
         return err.with_traceback(None)  # held until handled: not its frames
-
-
-CONNECT_S = 10.0
-"""How long :func:`read_topic_bytes` waits for a topic's first message or end event."""
-
-
-def read_topic_bytes(brokers: str | KafkaSettings, topic: str, *,
-                     idle_timeout_s: float = 3.0) -> list[bytes]:
-    """Every message value of ``topic`` from the beginning (assign, no group), in order
-    within each partition.
-
-    Done once every partition has reported its end (librdkafka's end-of-partition event),
-    or once ``idle_timeout_s`` passes with neither a message nor an end event; the first
-    wait allows at least ``CONNECT_S``, so a slow start does not read as an empty topic."""
-    settings = as_settings(brokers)
-    conf: dict[str, Any] = settings.client_config()
-    md = AdminClient(conf).list_topics(topic, timeout=10)
-    tmd = md.topics.get(topic)
-    if tmd is None or tmd.error is not None:
-        msg = f"topic {topic!r} does not exist at {settings.bootstrap}"
-        raise BrokerError(msg)
-    consumer = Consumer({**conf, "group.id": f"riskguard-reader-{id(conf)}",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
-    parts = sorted(tmd.partitions)
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-    out: list[bytes] = []
-    at_end: set[int] = set()
-    quiet_s = max(idle_timeout_s, CONNECT_S)
-    last = time.monotonic()
-    try:
-        while len(at_end) < len(parts) and time.monotonic() - last < quiet_s:
-            m = consumer.poll(0.2)
-            if m is None:
-                continue
-            last = time.monotonic()
-            quiet_s = idle_timeout_s
-            err, part = m.error(), m.partition()
-            if err is None:
-                at_end.discard(part)
-                out.append(m.value() or b"")
-            elif err.code() == KafkaError._PARTITION_EOF and part is not None:
-                at_end.add(part)
-    finally:
-        consumer.close()
-    return out

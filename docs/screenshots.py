@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from riskguard.connectors.broker import DevBroker
+from riskguard.connectors.kafka.consumer import scan_topic
+from riskguard.connectors.settings import KafkaSettings
 from riskguard.connectors.status import StatusPoller, StatusServer, page, scrape, summarize
-from riskguard.connectors.subscriber import read_topic_bytes
 from riskguard.dataflows.backtest import backtest_files
 from riskguard.dataflows.demo import init_keys, prepare_run, start_guard, write_config
 from riskguard.dataflows.guard import load_guard_config
@@ -187,7 +188,7 @@ def _served(metrics: str) -> dict[str, Any]:
 def _commands(bootstrap: str, topic: str, key: Any) -> list[Any]:
     """The commands on ``topic``, each verified under ``key``."""
     commands = []
-    for raw in read_topic_bytes(bootstrap, topic):
+    for _part, _offset, raw in scan_topic(KafkaSettings(bootstrap=bootstrap), topic):
         env = decode_envelope(raw)
         if env.payload_type == PAYLOAD_COMMAND:
             key.verify(PAYLOAD_COMMAND, env.payload, env.signatures[0].sig)

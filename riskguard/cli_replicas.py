@@ -28,7 +28,7 @@ def _run(args: argparse.Namespace) -> int:
     )
 
     from riskguard.cli import reach_kafka  # noqa: PLC0415  (the CLI module imports this one)
-    from riskguard.connectors.audit_tail import topic_partitions  # noqa: PLC0415
+    from riskguard.connectors.kafka import list_partitions  # noqa: PLC0415
     from riskguard.connectors.kafka.producer import CheckedProducer  # noqa: PLC0415
     from riskguard.operators.audit import (  # noqa: PLC0415
         ReplicaWatchConfig,
@@ -43,7 +43,7 @@ def _run(args: argparse.Namespace) -> int:
     trust = _trust(args)
     reach_kafka(settings, "--brokers HOST:PORT, or [kafka] in --config")
     start_metrics_server_from_env()  # RISKGUARD_METRICS_PORT: riskguard_risk_alerts_total
-    parts = topic_partitions(settings, topic)
+    parts = list_partitions(settings, topic)
     consumer = Consumer({**settings.client_config(),
                          "group.id": f"riskguard-replicas-{uuid.uuid4().hex[:8]}",
                          "enable.auto.commit": False, "fetch.wait.max.ms": 100})

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from riskguard.connectors.kafka import list_partitions
+from riskguard.connectors.kafka.consumer import scan_topic
 from riskguard.connectors.settings import KafkaSettings
 
 if TYPE_CHECKING:
@@ -39,6 +40,12 @@ def produce(
         n += 1
     assert p.flush(30) == 0, "test producer could not deliver"
     return n
+
+
+def topic_values(bootstrap: str, topic: str, idle_s: float = 0.5) -> list[bytes]:
+    """Every message value of ``topic``, each partition's in order, read to its end."""
+    return [v for _p, _o, v in scan_topic(KafkaSettings(bootstrap=bootstrap), topic,
+                                          idle_s=idle_s)]
 
 
 def consume_all(bootstrap: str, topic: str, expect: int | None = None, idle_s: float = 1.5,

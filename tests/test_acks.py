@@ -6,6 +6,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from kafka_helpers import topic_values
 from riskguard.connectors.acks import (
     AckingExecutor,
     AckSigner,
@@ -14,7 +15,7 @@ from riskguard.connectors.acks import (
     verify_ack_bytes,
 )
 from riskguard.connectors.settings import KafkaSettings
-from riskguard.connectors.subscriber import CommandSubscriber, Duplicate, read_topic_bytes
+from riskguard.connectors.subscriber import CommandSubscriber, Duplicate
 from riskguard.connectors.topics import TopicSpec, create_topics, topic_name
 from riskguard.operators.signing.crypto import (
     PAYLOAD_ACK,
@@ -214,7 +215,7 @@ def test_the_ack_sender_delivers_to_the_acks_topic(kafka_bootstrap: str) -> None
     for data in sent:
         send(data)
     assert send.delivered == 3
-    got = read_topic_bytes(kafka_bootstrap, topic_name(env, "acks"))
+    got = topic_values(kafka_bootstrap, topic_name(env, "acks"))
     assert got == sent
     assert decode_envelope(got[0]).payload_type == PAYLOAD_ACK
 

@@ -288,7 +288,7 @@ def test_verify_of_an_empty_or_missing_topic_fails_and_a_written_one_passes(
     """On the real broker: an empty topic fails (passes with --allow-empty), a topic that
     does not exist fails either way and is not created by looking, a topic holding a log
     passes."""
-    from riskguard.connectors.audit_tail import topic_partitions
+    from riskguard.connectors.kafka import list_partitions
     from riskguard.connectors.settings import KafkaSettings
 
     from riskguard.errors import BrokerError
@@ -306,7 +306,7 @@ def test_verify_of_an_empty_or_missing_topic_fails_and_a_written_one_passes(
         rc, lines = _cli_verify(capsys, "--topic", missing, *at, *extra, pub=pub)
         assert (rc, len(lines)) == (1, 1) and "does not exist" in lines[0], lines
     with pytest.raises(BrokerError, match="does not exist"):
-        topic_partitions(KafkaSettings(bootstrap=kafka_bootstrap), missing)
+        list_partitions(KafkaSettings(bootstrap=kafka_bootstrap), missing)
 
     written = new_topic()
     produce(kafka_bootstrap, written, [msgspec.json.encode(x) for x in run_log(10)])

@@ -88,12 +88,15 @@ def test_verbose_logging_shows_librdkafka_lines_as_log_lines(capfd) -> None:
 
 
 def test_subscriber_clients_log_through_the_riskguard_kafka_logger(capfd) -> None:
-    """The command subscriber's own clients too: a topic read on a closed port fails with
-    an exception and no librdkafka line on stderr."""
-    from riskguard.connectors.subscriber import read_topic_bytes
+    """Reading a topic through: one on a closed port fails with an exception and no
+    librdkafka line on stderr."""
+    from riskguard.connectors.kafka.consumer import scan_topic
+    from riskguard.connectors.settings import KafkaSettings
 
-    with pytest.raises(KafkaException):
-        read_topic_bytes(f"127.0.0.1:{_closed_port()}", "t")
+    from riskguard.errors import BrokerError
+
+    with pytest.raises(BrokerError):
+        list(scan_topic(KafkaSettings(bootstrap=f"127.0.0.1:{_closed_port()}"), "t"))
     _, err = capfd.readouterr()
     assert "%3|" not in err and "Connection refused" not in err, err
 

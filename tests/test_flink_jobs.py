@@ -24,7 +24,6 @@ from flink_cases import (
     signal_identity,
 )
 from flink_env import flink_command, java_missing, kafka_jars
-from riskguard.connectors.subscriber import read_topic_bytes
 from riskguard.dataflows.backtest import run_backtest
 from riskguard.dataflows.demo import init_keys, write_config
 from riskguard.dataflows.demo_scenario import build_scenario
@@ -34,7 +33,7 @@ from riskguard.operators.signing import decode_command
 from riskguard.schemas import Codec
 
 from riskguard.cli import main
-from tests.kafka_helpers import hold_for_replay
+from tests.kafka_helpers import hold_for_replay, topic_values
 
 
 @pytest.mark.slow
@@ -550,13 +549,13 @@ def test_a_row_without_event_time_after_a_restore_takes_the_latest_before_the_ch
 
 
 def _topic_count(run: Any, stream: str) -> int:
-    return len(read_topic_bytes(run.bootstrap, run.topic(stream), idle_timeout_s=1.0))
+    return len(topic_values(run.bootstrap, run.topic(stream), idle_s=1.0))
 
 
 def _commands_on(run: Any) -> list[Any]:
     topic = run.topic("commands")
     return [decode_command(Codec().decode(topic, raw))
-            for raw in read_topic_bytes(run.bootstrap, topic, idle_timeout_s=1.0)]
+            for raw in topic_values(run.bootstrap, topic, idle_s=1.0)]
 
 
 def _distinct_commands(run: Any) -> int:
@@ -697,7 +696,7 @@ def test_the_live_flink_guard_killed_and_rescaled_executes_bytewaxs_commands_onc
                  str(run.keys.roots_file), "--allow-tail"]) == 0  # a live log
     topic = run.topic("signals")
     signals = {signal_identity(Codec().decode(topic, raw))
-               for raw in read_topic_bytes(run.bootstrap, topic, idle_timeout_s=1.0)}
+               for raw in topic_values(run.bootstrap, topic, idle_s=1.0)}
     assert signals == set(map(signal_identity, want.signals))
     assert _topic_count(run, "dead_letters") == 0
     # each run's client and segment operators traced their start-up, once each a process
@@ -734,11 +733,11 @@ def _outcome(run: Any) -> dict[str, Any]:
     streams = {run.topic(s): s for s in INPUT_STREAMS}
     topic = run.topic("dead_letters")
     letters = sorted((streams.get(d.topic, d.topic), *letter_identity(d)[1:])
-                     for d in (Codec().decode(topic, raw) for raw in read_topic_bytes(
-                         run.bootstrap, topic, idle_timeout_s=1.0)))
+                     for d in (Codec().decode(topic, raw) for raw in topic_values(
+                         run.bootstrap, topic, idle_s=1.0)))
     topic = run.topic("signals")
     signals = sorted(signal_identity(Codec().decode(topic, raw))
-                     for raw in read_topic_bytes(run.bootstrap, topic, idle_timeout_s=1.0))
+                     for raw in topic_values(run.bootstrap, topic, idle_s=1.0))
     return {"dead_letters": letters, "signals": signals,
             "commands": sorted(map(command_identity, _commands_on(run)))}
 

@@ -290,19 +290,19 @@ def test_a_sink_with_a_fixed_partition_writes_there(kafka_bootstrap: str, new_to
 
 def test_reading_a_topic_whole_waits_for_every_partitions_end(kafka_bootstrap: str,
                                                               new_topic) -> None:
-    """``read_topic_bytes`` returns every message of every partition, each partition in
+    """``scan_topic`` returns every message of every partition, each partition in
     order, finishing on the partitions' end events; an empty topic reads as empty."""
     from confluent_kafka import Producer
-    from riskguard.connectors.subscriber import read_topic_bytes
+    from kafka_helpers import topic_values
 
     topic = new_topic(partitions=3)
     producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 5})
     for i in range(6000):
         producer.produce(topic, f"{i % 3}:{i:05d}".encode(), partition=i % 3)
     assert producer.flush(30) == 0
-    got = read_topic_bytes(kafka_bootstrap, topic, idle_timeout_s=0.5)
+    got = topic_values(kafka_bootstrap, topic)
     assert sorted(got) == sorted(f"{i % 3}:{i:05d}".encode() for i in range(6000))
     for part in "012":
         mine = [v for v in got if v.startswith(part.encode())]
         assert mine == sorted(mine)
-    assert read_topic_bytes(kafka_bootstrap, new_topic(partitions=2), idle_timeout_s=0.5) == []
+    assert topic_values(kafka_bootstrap, new_topic(partitions=2)) == []

@@ -1,16 +1,21 @@
 """What a Kafka source's partitions share: the consumer one worker's partitions read
-through, the event-time alignment across them, consumer lag, and partition listing."""
+through, the event-time alignment across them and consumer lag; and the two ways
+anything in riskguard looks at a topic: its partitions (:func:`list_partitions`) and its
+messages from the beginning to the end (:func:`scan_topic`). Neither creates a topic."""
 
 from __future__ import annotations
 
 import heapq
 import itertools
 import threading
+import time
+import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import msgspec
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 from riskguard.connectors.settings import KafkaSettings
 from riskguard.schemas.audit import DeadLetter
@@ -67,19 +72,67 @@ def stamp_of(value: bytes | None) -> int:
 
 
 def list_partitions(settings: KafkaSettings, topic: str, timeout_s: float = 10.0) -> list[int]:
-    """Partition ids of ``topic``; raises BrokerError if it is missing or unreachable."""
+    """Partition ids of an existing ``topic``; ``BrokerError`` if it is missing or the
+    cluster cannot be reached. Asks for the whole topic list, which never creates it."""
     admin = AdminClient(settings.client_config())
     try:
-        md = admin.list_topics(topic, timeout=timeout_s)
+        md = admin.list_topics(timeout=timeout_s)
     except Exception as err:
-        msg = f"cannot reach Kafka at {settings.bootstrap} to list topic {topic!r}: {err}"
+        msg = f"cannot reach Kafka at {settings.bootstrap} to find topic {topic!r}: {err}"
         raise BrokerError(msg) from None
     tmd = md.topics.get(topic)
-    if tmd is None or tmd.error is not None or not tmd.partitions:
-        why = tmd.error.str() if tmd is not None and tmd.error is not None else "no partitions"
-        msg = f"Kafka topic {topic!r} is not usable: {why}"
+    if tmd is None:
+        msg = f"topic {topic!r} does not exist at {settings.bootstrap}"
+        raise BrokerError(msg)
+    if tmd.error is not None or not tmd.partitions:
+        why = tmd.error.str() if tmd.error is not None else "no partitions"
+        msg = f"topic {topic!r} is not usable: {why}"
         raise BrokerError(msg)
     return sorted(tmd.partitions)
+
+
+def scan_topic(settings: KafkaSettings, topic: str, *, idle_s: float = 0.5,
+               stall_s: float = 30.0) -> Iterator[tuple[int, int, bytes]]:
+    """Every message of ``topic`` from the beginning as ``(partition, offset, value)``,
+    each partition in order, until all partitions are read to their end and the topic
+    was quiet for ``idle_s``; ``BrokerError`` if it is missing, unreadable, or no
+    message or end of partition arrives for ``stall_s``."""
+    parts = list_partitions(settings, topic, timeout_s=min(10.0, stall_s))
+    consumer = Consumer({
+        **settings.client_config(),
+        "group.id": f"riskguard-scan-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "fetch.wait.max.ms": 50,
+    })
+    try:
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        done: set[int] = set()  # partitions read to their (reported) end
+        progress = quiet_since = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if len(done) == len(parts) and now - quiet_since >= idle_s:
+                return
+            if now - progress > stall_s:
+                msg = f"reading {topic} made no progress for {stall_s:g} s"
+                raise BrokerError(msg)
+            m = consumer.poll(0.05)
+            if m is None:
+                continue
+            progress = time.monotonic()
+            p = m.partition() or 0
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    done.add(p)
+                    continue
+                msg = f"reading {topic}[{p}]: {err.str()}"
+                raise BrokerError(msg)
+            quiet_since = progress
+            done.discard(p)
+            yield p, m.offset() or 0, m.value() or b""
+    finally:
+        consumer.close()
 
 
 class EventTimeAlignment:
