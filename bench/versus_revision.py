@@ -10,9 +10,10 @@ The machine the figures in ``docs/`` come from is shared, and its speed moves by
 and more within an hour, so a figure measured on another day is no baseline for today's:
 whether a change made a bench slower is answered by running both versions side by side.
 This checks REV out into a git worktree with a venv of its own (the project installed
-editable, without extras; about a minute, kept for the next call under ``--keep DIR``),
-then runs ``bench/SCRIPT ARGS`` in REV's checkout and in this one, alternately, in a
-fresh process each, ``--rounds`` times. From each run's output it reads the first match
+editable with the ``demo`` extra, so the benches that start a dev broker run; about a
+minute, kept for the next call under ``--keep DIR``), then runs ``bench/SCRIPT ARGS``
+in REV's checkout and in this one, alternately, in a fresh process each, ``--rounds``
+times. From each run's output it reads the first match
 of ``--figure`` (its first group is the number). It prints each round's two figures and
 their ratio (this checkout over REV) and the median ratio: above 1, this checkout's
 figure is the larger. Each checkout runs its own copy of the script; when the two
@@ -42,7 +43,7 @@ def checkout(rev: str, where: Path) -> Path:
                         str(src), rev], check=True, capture_output=True)
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "-e", str(src)],
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "-e", f"{src}[demo]"],
                        check=True, capture_output=True)
     return python
 

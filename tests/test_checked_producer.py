@@ -25,8 +25,8 @@ def _topic(bootstrap: str) -> str:
 def test_acknowledged_messages_are_counted_and_on_the_topic(kafka_bootstrap: str) -> None:
     topic = _topic(kafka_bootstrap)
     producer = CheckedProducer(KafkaSettings(bootstrap=kafka_bootstrap), what="test writer")
-    for i in range(3):
-        producer.produce(topic, f"m{i}".encode(), b"k")
+    producer.produce(topic, b"m0", b"k")
+    producer.produce_all(topic, [(b"k", b"m1"), (None, b"m2")])
     producer.flush()
     assert producer.acked == 3
     assert [v for _p, _o, v in consume_all(kafka_bootstrap, topic, expect=3)] == [

@@ -10,7 +10,7 @@ None is dropped silently."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from confluent_kafka import Producer
@@ -71,6 +71,16 @@ class CheckedProducer:
             except BufferError:
                 self._producer.poll(0.05)
                 self._raise_if_failed()
+
+    def produce_all(self, topic: str, messages: Iterable[tuple[bytes | None, bytes]],
+                    partition: int = -1) -> None:
+        """:meth:`produce` each ``(key, value)`` of a batch (one Python call a batch)."""
+        produce = self._producer.produce
+        for key, value in messages:
+            try:
+                produce(topic, value, key, partition=partition)
+            except BufferError:
+                self.produce(topic, value, key, partition)
 
     def check(self) -> None:
         """Serve the delivery reports that have come; raises if any failed."""

@@ -51,10 +51,8 @@ class _SinkPartition(StatefulSinkPartition[tuple[bytes | None, bytes], None]):
         flow_failing(self._topic)
 
     def write_batch(self, values: list[tuple[bytes | None, bytes]]) -> None:
-        produce = self._producer.produce
-        topic, idx = self._topic, self._idx  # idx -1: librdkafka's partitioner picks
-        for key, value in values:
-            produce(topic, value, key, idx)
+        # idx -1: librdkafka's partitioner picks
+        self._producer.produce_all(self._topic, values, self._idx)
         self._out.inc(len(values))
         self._producer.check()
 
