@@ -39,7 +39,7 @@ from riskguard.dataflows.guard.config import (
     load_keys,
 )
 from riskguard.dataflows.guard.core import guard_core
-from riskguard.dataflows.guard.kafka_io import audit_key, exposures_key
+from riskguard.dataflows.guard.kafka_io import OUTPUT_STREAMS, output_keys
 from riskguard.dataflows.guard.live import (
     check_peer_configs,
     read_guard_audit,
@@ -56,8 +56,6 @@ from riskguard.schemas.time_policy import EventTimePolicy
 
 from riskguard.environment import FLINK_JARS, FLINK_TRACE, check_environment
 from riskguard.errors import ConfigError
-
-OUTPUT_STREAMS = ("commands", "dead_letters", "signals", "exposures", "audit")
 
 
 def _admission(cfg: GuardConfig) -> Callable[[Any], PartitionAdmission]:
@@ -134,21 +132,12 @@ def worker_flow(config: str) -> Dataflow:
     return flow
 
 
-def _keyer(name: str, issuer: str) -> Callable[[Any], str | None]:
-    if name == "commands":
-        return lambda _env: issuer
-    if name == "exposures":
-        return exposures_key
-    if name == "audit":
-        return audit_key
-    return lambda _rec: None
-
-
-def sink_keys(config: str) -> dict[str, Callable[[Any], str | None]]:
-    """The Kafka key of each output topic's records (the segment's sink rows carry it)."""
+def sink_keys(config: str) -> dict[str, Callable[[Any], str]]:
+    """The Kafka key of each output topic's records (the segment's sink rows carry it):
+    :func:`~riskguard.dataflows.guard.kafka_io.output_keys`, as the bytewax guard's."""
     cfg, _digest = load_guard_config(config)
     issuer = cfg.sign.issuer or load_keys(cfg)[0].issuer
-    return {name: _keyer(name, issuer) for name in OUTPUT_STREAMS}
+    return output_keys(issuer)
 
 
 def latest_checkpoint(checkpoints: str) -> str | None:

@@ -228,7 +228,8 @@ def _ts(item: Any) -> int:
 
 def _to_sink(row: Any, key: Callable[[Any], str | None] | None) -> Encoder:
     def rows(name: str, item: Any, n: int, _at_ns: int) -> Iterator[Any]:
-        yield row(SINK, name, _ts(item), None if key is None else key(item), n, encode(item))
+        yield row(SINK, name, _ts(item), None if key is None else key(item) or None, n,
+                  encode(item))
 
     return rows
 

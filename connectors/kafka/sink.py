@@ -111,7 +111,8 @@ class KafkaOutput(FixedPartitionedSink[tuple[bytes | None, bytes], None]):
             linger_ms=self.linger_ms, flush_timeout_s=self.flush_timeout_s), self.topic, idx)
 
 
-def _route_key(record: Any) -> str:
+def route_key(record: Any) -> str:
+    """A record's own Kafka key: its ``key``, or else its id ('' when it has neither)."""
     for attr in ("key", "id", "command_id", "record_id", "update_id"):
         value = getattr(record, attr, None)
         if isinstance(value, str):
@@ -125,7 +126,7 @@ def kafka_message(item: Any) -> tuple[str, tuple[bytes | None, bytes]]:
     if isinstance(item, tuple):
         key, value = item
     else:
-        key, value = _route_key(item), item
+        key, value = route_key(item), item
     data = value if isinstance(value, bytes) else encode(value)
     return key, (key.encode() if key else None, data)
 

@@ -1,7 +1,8 @@
-"""The guard's Kafka source for each process, and its output topics' keys."""
+"""The guard's Kafka source for each process, and its output topics and their keys."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import bytewax.operators as op
@@ -14,6 +15,7 @@ from riskguard.connectors.kafka import (
     RecordChecks,
     kafka_input,
 )
+from riskguard.connectors.kafka.sink import route_key
 from riskguard.connectors.topics import DETECTIONS, STREAM_TYPES
 from riskguard.dataflows.guard.config import GuardConfig
 from riskguard.operators.core.base import SplitOut, split_dead_letters
@@ -94,3 +96,20 @@ def exposures_key(rec: Any) -> str:
 def audit_key(rec: Any) -> str:
     """Audit records and checkpoints of one chain share a Kafka partition, in order."""
     return str(getattr(rec, "chain", None) or getattr(rec, "origin", ""))
+
+
+OUTPUT_STREAMS = ("commands", "dead_letters", "signals", "exposures", "audit")
+"""The guard's output topics, each one of :class:`~riskguard.dataflows.guard.core.GuardOut`'s
+streams."""
+
+
+def output_keys(issuer: str) -> dict[str, Callable[[Any], str]]:
+    """The Kafka key of each output topic's records, the same on both engines: commands
+    by their signer (one partition keeps its ``seq`` order), exposures and audit records
+    as above, signals and dead letters by their own key or id ('': none).
+
+    >>> output_keys("guard-1")["commands"](None), output_keys("g")["signals"](None)
+    ('guard-1', '')
+    """
+    return {"commands": lambda _env: issuer, "dead_letters": route_key,
+            "signals": route_key, "exposures": exposures_key, "audit": audit_key}

@@ -29,7 +29,7 @@ from riskguard.dataflows.guard.config import (
     load_keys,
 )
 from riskguard.dataflows.guard.core import guard_core
-from riskguard.dataflows.guard.kafka_io import audit_key, exposures_key, guard_input
+from riskguard.dataflows.guard.kafka_io import OUTPUT_STREAMS, guard_input, output_keys
 from riskguard.dataflows.guard.market import market_flow
 from riskguard.dataflows.guard.recovery_marks import (
     claim_recovery_store,
@@ -80,7 +80,6 @@ def build_flow(
         return market_flow(cfg, clock)
     if signer is None or trust is None:
         signer, trust = load_keys(cfg)
-    brokers = cfg.kafka
     flow = Dataflow("riskguard_guard")
     src = guard_input(flow, cfg, FIRM_STREAMS if role == "firm" else INPUT_STREAMS, clock)
     issuer = cfg.sign.issuer or signer.issuer
@@ -101,17 +100,10 @@ def build_flow(
     out = guard_core("guard", src.oks, cfg=cfg, cfg_hash=cfg_hash, clock=clock, signer=signer,
                      trust=trust, seq_floor=delivered, audit_resume=chains, wall_clock=clock,
                      input_errs=src.errs, tick_sources=1, watch=watch)
-    timeout = cfg.sink_delivery_timeout_s
-    kafka_output("commands", out.commands, brokers=brokers, topic=cfg.topic("commands"),
-                 delivery_timeout_s=timeout, key=lambda _env: issuer)
-    kafka_output("dead_letters", out.dead_letters, brokers=brokers, topic=cfg.topic("dead_letters"),
-                 delivery_timeout_s=timeout)
-    kafka_output("signals", out.signals, brokers=brokers, topic=cfg.topic("signals"),
-                 delivery_timeout_s=timeout)
-    kafka_output("exposures", out.exposures, brokers=brokers, topic=cfg.topic("exposures"),
-                 delivery_timeout_s=timeout, key=exposures_key)
-    kafka_output("audit", out.audit, brokers=brokers, topic=cfg.topic("audit"),
-                 delivery_timeout_s=timeout, key=audit_key)
+    keys = output_keys(issuer)
+    for name in OUTPUT_STREAMS:
+        kafka_output(name, getattr(out, name), brokers=cfg.kafka, topic=cfg.topic(name),
+                     delivery_timeout_s=cfg.sink_delivery_timeout_s, key=keys[name])
     return flow
 
 
