@@ -17,12 +17,12 @@ windows (one issuer's commands are produced in ``seq`` order).
 from __future__ import annotations
 
 import time
-import uuid
 from typing import NamedTuple
 
 import msgspec
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from riskguard.connectors.kafka import list_partitions
+from riskguard.connectors.kafka.consumer import reading_consumer
 from riskguard.connectors.settings import KafkaSettings
 from riskguard.operators.signing.crypto import PAYLOAD_COMMAND, VerifyKey, decode_envelope
 from riskguard.schemas.json_limits import check_json_depth
@@ -72,13 +72,7 @@ def last_signed_seq(
     must not start.
     """
     parts = list_partitions(settings, topic, timeout_s=min(10.0, timeout_s))
-    consumer = Consumer({
-        **settings.client_config(),
-        "group.id": f"riskguard-seq-scan-{uuid.uuid4().hex[:8]}",
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-        "fetch.wait.max.ms": 50,
-    })
+    consumer = reading_consumer(settings, "seq-scan")
     deadline = time.monotonic() + timeout_s
     try:
         starts: dict[int, tuple[int, int]] = {}  # partition -> (low, first window's start)

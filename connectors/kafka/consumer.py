@@ -91,6 +91,18 @@ def list_partitions(settings: KafkaSettings, topic: str, timeout_s: float = 10.0
     return sorted(tmd.partitions)
 
 
+def reading_consumer(settings: KafkaSettings, purpose: str) -> Consumer:
+    """A consumer that reads what it is assigned through, in no group's name (a group id
+    of its own, nothing committed), telling each partition's end."""
+    return Consumer({
+        **settings.client_config(),
+        "group.id": f"riskguard-{purpose}-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "fetch.wait.max.ms": 50,
+    })
+
+
 def scan_topic(settings: KafkaSettings, topic: str, *, idle_s: float = 0.5,
                stall_s: float = 30.0) -> Iterator[tuple[int, int, bytes]]:
     """Every message of ``topic`` from the beginning as ``(partition, offset, value)``,
@@ -98,13 +110,7 @@ def scan_topic(settings: KafkaSettings, topic: str, *, idle_s: float = 0.5,
     was quiet for ``idle_s``; ``BrokerError`` if it is missing, unreadable, or no
     message or end of partition arrives for ``stall_s``."""
     parts = list_partitions(settings, topic, timeout_s=min(10.0, stall_s))
-    consumer = Consumer({
-        **settings.client_config(),
-        "group.id": f"riskguard-scan-{uuid.uuid4().hex[:8]}",
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-        "fetch.wait.max.ms": 50,
-    })
+    consumer = reading_consumer(settings, "scan")
     try:
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
         done: set[int] = set()  # partitions read to their (reported) end
