@@ -162,7 +162,7 @@ class SegmentPlan:
         routes = dict(self.routes)
         keys: dict[str, Callable[[Any], str | None]] = (
             {} if self.sink_keys is None else _call(*self.sink_keys))
-        return {name: _to_sink(Row, keys.get(name)) for _sid, name in self.outputs
+        return {name: sink_rows(Row, keys.get(name)) for _sid, name in self.outputs
                 if name not in routes}
 
 
@@ -226,7 +226,10 @@ def _ts(item: Any) -> int:
     return ts if type(ts) is int else 0
 
 
-def _to_sink(row: Any, key: Callable[[Any], str | None] | None) -> Encoder:
+def sink_rows(row: Any, key: Callable[[Any], str | None] | None) -> Encoder:
+    """An output's items as sink rows (made by ``row``), each under ``key(item)`` ('' or
+    no ``key``: no Kafka key), with its event time and encoded value."""
+
     def rows(name: str, item: Any, n: int, _at_ns: int) -> Iterator[Any]:
         yield row(SINK, name, _ts(item), None if key is None else key(item) or None, n,
                   encode(item))

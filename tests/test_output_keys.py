@@ -8,7 +8,7 @@ from audit_fixtures import audited_command
 from playbook_cases import anomaly
 from riskguard.connectors.kafka.sink import kafka_message
 from riskguard.dataflows.guard.kafka_io import OUTPUT_STREAMS, output_keys
-from riskguard.flink.plan import _to_sink
+from riskguard.flink.plan import sink_rows
 from riskguard.schemas import DeadLetter, Exposure
 
 
@@ -24,7 +24,7 @@ def test_each_output_topic_is_keyed_alike_on_both_engines() -> None:
     assert set(keys) == set(OUTPUT_STREAMS)
     for name, rec in samples.items():
         _route, (bytewax_key, _value) = kafka_message((keys[name](rec), rec))
-        flink_key = next(_to_sink(lambda *fields: fields, keys[name])(name, rec, 1, 0))[3]
+        flink_key = next(sink_rows(lambda *fields: fields, keys[name])(name, rec, 1, 0))[3]
         assert (flink_key.encode() if flink_key else None) == bytewax_key, name
     assert keys["signals"](samples["signals"]) == "okx/BTC-USDT"
     assert keys["exposures"](samples["exposures"]) == "okx"
