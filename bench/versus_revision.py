@@ -13,12 +13,11 @@ This checks REV out into a git worktree with a venv of its own (the project inst
 editable with the ``demo`` extra, so the benches that start a dev broker run; about a
 minute, kept for the next call under ``--keep DIR``), then runs ``bench/SCRIPT ARGS``
 in REV's checkout and in this one, alternately, in a fresh process each, ``--rounds``
-times. From each run's output it reads the first match
-of ``--figure`` (its first group is the number). It prints each round's two figures and
-their ratio (this checkout over REV) and the median ratio: above 1, this checkout's
-figure is the larger. Each checkout runs its own copy of the script; when the two
-differ, their diff's size is printed, and the figure means the same only if the
-difference leaves it alone.
+times. From each run's output it reads the first match of ``--figure`` (its first
+group is the number). It prints each round's two figures and their ratio (this
+checkout over REV) and the median ratio: above 1, this checkout's figure is the larger.
+Each checkout runs its own copy of the script; when the two differ, their diff's size
+is printed, and the figure means the same only if the difference leaves it alone.
 """
 
 from __future__ import annotations

@@ -34,10 +34,10 @@ def test_acknowledged_messages_are_counted_and_on_the_topic(kafka_bootstrap: str
 
 
 @pytest.mark.parametrize("errors_only", [False, True])
-def test_a_refused_delivery_raises_naming_writer_topic_and_reason(
+def test_a_refused_message_raises_naming_writer_topic_and_reason(
         kafka_bootstrap: str, errors_only: bool) -> None:
-    """A message to a partition the topic does not have is refused by Kafka, not left
-    queued: the flush raises, and each failure is counted as it is reported."""
+    """Once the producer knows the topic, a message to a partition it does not have is
+    refused as it is queued: that raises at once, counted as a failed delivery."""
     topic = _topic(kafka_bootstrap)
     failed: list[int] = []
     raised: list[bool] = []
@@ -46,17 +46,19 @@ def test_a_refused_delivery_raises_naming_writer_topic_and_reason(
         errors_only=errors_only, on_failed=lambda: failed.append(1),
         on_raise=lambda: raised.append(True))
     producer.produce(topic, b"fine", b"k", 0)
-    producer.produce(topic, b"nowhere", b"k", 7)
+    producer.flush()
+    assert producer.acked == (0 if errors_only else 1)
     with pytest.raises(DeliveryError) as err:
-        producer.flush()
+        producer.produce_all(topic, [(b"k", b"nowhere")], 7)
     assert str(err.value).startswith("test writer: 1 record(s) not acknowledged by Kafka")
     assert err.value.reasons[0].startswith(f"{topic}: ")
     assert "partition" in err.value.reasons[0].lower()
     assert failed == [1] and raised == [True]
-    assert producer.acked == (0 if errors_only else 1)
 
 
 def test_a_later_check_raises_once_a_delivery_failed(kafka_bootstrap: str) -> None:
+    """Before the producer knows the topic, the same message fails on its way: a later
+    ``check`` (or the ``produce`` after it) raises."""
     topic = _topic(kafka_bootstrap)
     producer = CheckedProducer(KafkaSettings(bootstrap=kafka_bootstrap), what="test writer",
                                delivery_timeout_s=1, linger_ms=0)

@@ -6,6 +6,8 @@ here starts a JVM; the jobs on Flink mini-clusters are ``tests/test_flink_jobs.p
 from __future__ import annotations
 
 import functools
+import random
+import socket
 import subprocess
 import sys
 import uuid
@@ -208,6 +210,24 @@ print(wm.served.port - base, [ln for ln in page.decode().splitlines()
 """
 
 
+def _free_run(n: int) -> int:
+    """A port that is free with the ``n - 1`` after it, below the range the OS gives
+    client connections, so another test's Kafka client cannot take one meanwhile."""
+    for base in random.sample(range(20_000, 32_000), 200):
+        socks: list[socket.socket] = []
+        try:
+            for port in range(base, base + n):
+                socks.append(socket.socket())
+                socks[-1].bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+        return base
+    raise AssertionError("no run of free ports found")
+
+
 def test_each_flink_python_worker_serves_the_guards_metrics_on_a_port_of_its_hosts_range(
         ) -> None:
     """:func:`~riskguard.flink.worker_metrics.serve_worker_metrics`, which each segment
@@ -216,7 +236,6 @@ def test_each_flink_python_worker_serves_the_guards_metrics_on_a_port_of_its_hos
     where another worker of the host holds that port, on the next one (with
     ``$RISKGUARD_METRICS_PORTS=1``, on that port once it is free); once a process.
     Without the variable it serves nothing; a value that is not a port is refused."""
-    from kafka_helpers import free_ports
     from riskguard.flink.worker_metrics import serve_worker_metrics
 
     assert serve_worker_metrics({}) is None
@@ -226,7 +245,7 @@ def test_each_flink_python_worker_serves_the_guards_metrics_on_a_port_of_its_hos
         with pytest.raises(ConfigError, match="RISKGUARD_METRICS_PORTS"):
             serve_worker_metrics({"RISKGUARD_METRICS_PORT": "9250",
                                   "RISKGUARD_METRICS_PORTS": ports})
-    (base,) = free_ports(1)
+    base = _free_run(2)
     for how, offset in (("free", 0), ("hold", 1), ("one-port", 0)):
         done = subprocess.run([sys.executable, "-c", _WORKER_PROBE, str(base), how],
                               capture_output=True, text=True, timeout=60, check=False)

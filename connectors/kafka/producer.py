@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 from riskguard.connectors.settings import KafkaSettings
 
 from riskguard.errors import DeliveryError
@@ -26,8 +26,8 @@ class CheckedProducer:
     failed deliveries (no Python call per message; :attr:`acked` stays 0).
     ``on_failed`` is called for each failed delivery, ``on_raise`` just before a
     :class:`~riskguard.errors.DeliveryError` is raised (what was still queued is dropped
-    by then). ``flush_timeout_s`` (default
-    ``delivery_timeout_s`` + 5) bounds a :meth:`flush`.
+    by then). ``flush_timeout_s`` (default ``delivery_timeout_s`` + 5) bounds a
+    :meth:`flush`.
     """
 
     def __init__(self, settings: KafkaSettings, *, what: str,
@@ -63,7 +63,8 @@ class CheckedProducer:
                 partition: int = -1) -> None:
         """Queue one message (``partition`` -1: librdkafka's partitioner picks by key);
         a full local queue waits for deliveries to drain. Raises once any delivery
-        failed."""
+        failed, and at once for a message librdkafka refuses to queue (a partition the
+        topic does not have, a message over its size limit)."""
         while True:
             try:
                 self._producer.produce(topic, value, key, partition=partition)
@@ -71,6 +72,8 @@ class CheckedProducer:
             except BufferError:
                 self._producer.poll(0.05)
                 self._raise_if_failed()
+            except KafkaException as err:
+                self._refused(topic, err)
 
     def produce_all(self, topic: str, messages: Iterable[tuple[bytes | None, bytes]],
                     partition: int = -1) -> None:
@@ -79,8 +82,15 @@ class CheckedProducer:
         for key, value in messages:
             try:
                 produce(topic, value, key, partition=partition)
-            except BufferError:
+            except (BufferError, KafkaException):
                 self.produce(topic, value, key, partition)
+
+    def _refused(self, topic: str, err: KafkaException) -> None:
+        """A message librdkafka would not queue: a failed delivery, raised now."""
+        self.errors.append(f"{topic}: {err.args[0].str() if err.args else err}")
+        if self._on_failed is not None:
+            self._on_failed()
+        self._raise_if_failed()
 
     def check(self) -> None:
         """Serve the delivery reports that have come; raises if any failed."""
