@@ -306,3 +306,21 @@ def test_reading_a_topic_whole_waits_for_every_partitions_end(kafka_bootstrap: s
         mine = [v for v in got if v.startswith(part.encode())]
         assert mine == sorted(mine)
     assert topic_values(kafka_bootstrap, new_topic(partitions=2)) == []
+
+
+def test_the_partitions_of_several_topics_come_from_one_look_and_a_missing_one_is_named(
+        kafka_bootstrap: str, new_topic) -> None:
+    """``partitions_of`` answers for every topic a source reads; a topic that is not
+    there stops it, named, and is not created by looking."""
+    from riskguard.connectors.kafka.consumer import partitions_of
+    from riskguard.connectors.settings import KafkaSettings
+
+    from riskguard.errors import BrokerError
+
+    settings = KafkaSettings(bootstrap=kafka_bootstrap)
+    two, three = new_topic(partitions=2), new_topic(partitions=3)
+    assert partitions_of(settings, [two, three]) == {two: [0, 1], three: [0, 1, 2]}
+    missing = f"{two}-missing"
+    for _ in range(2):
+        with pytest.raises(BrokerError, match=f"topic '{missing}' does not exist"):
+            partitions_of(settings, [two, missing])

@@ -10,7 +10,7 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -71,24 +71,35 @@ def stamp_of(value: bytes | None) -> int:
         return -1
 
 
-def list_partitions(settings: KafkaSettings, topic: str, timeout_s: float = 10.0) -> list[int]:
-    """Partition ids of an existing ``topic``; ``BrokerError`` if it is missing or the
-    cluster cannot be reached. Asks for the whole topic list, which never creates it."""
+def partitions_of(settings: KafkaSettings, topics: Sequence[str],
+                  timeout_s: float = 10.0) -> dict[str, list[int]]:
+    """Each of ``topics``' partition ids, from one look at the cluster's whole topic
+    list, which never creates a topic; ``BrokerError`` if one is missing or unusable,
+    or the cluster cannot be reached."""
     admin = AdminClient(settings.client_config())
     try:
         md = admin.list_topics(timeout=timeout_s)
     except Exception as err:
-        msg = f"cannot reach Kafka at {settings.bootstrap} to find topic {topic!r}: {err}"
+        msg = (f"cannot reach Kafka at {settings.bootstrap} to find topic "
+               f"{', '.join(map(repr, topics))}: {err}")
         raise BrokerError(msg) from None
-    tmd = md.topics.get(topic)
-    if tmd is None:
-        msg = f"topic {topic!r} does not exist at {settings.bootstrap}"
-        raise BrokerError(msg)
-    if tmd.error is not None or not tmd.partitions:
-        why = tmd.error.str() if tmd.error is not None else "no partitions"
-        msg = f"topic {topic!r} is not usable: {why}"
-        raise BrokerError(msg)
-    return sorted(tmd.partitions)
+    out: dict[str, list[int]] = {}
+    for topic in topics:
+        tmd = md.topics.get(topic)
+        if tmd is None:
+            msg = f"topic {topic!r} does not exist at {settings.bootstrap}"
+            raise BrokerError(msg)
+        if tmd.error is not None or not tmd.partitions:
+            why = tmd.error.str() if tmd.error is not None else "no partitions"
+            msg = f"topic {topic!r} is not usable: {why}"
+            raise BrokerError(msg)
+        out[topic] = sorted(tmd.partitions)
+    return out
+
+
+def list_partitions(settings: KafkaSettings, topic: str, timeout_s: float = 10.0) -> list[int]:
+    """Partition ids of an existing ``topic`` (:func:`partitions_of` one topic)."""
+    return partitions_of(settings, [topic], timeout_s)[topic]
 
 
 def reading_consumer(settings: KafkaSettings, purpose: str) -> Consumer:

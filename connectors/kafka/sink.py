@@ -8,7 +8,6 @@ message raises :class:`~riskguard.errors.DeliveryError`, failing the flow loudly
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -36,14 +35,15 @@ def flow_failing(what: str) -> None:
 
 
 class _SinkPartition(StatefulSinkPartition[tuple[bytes | None, bytes], None]):
-    def __init__(self, producer_of: Callable[..., CheckedProducer], topic: str,
-                 idx: int) -> None:
+    def __init__(self, sink: KafkaOutput, idx: int) -> None:
         self._failed = False
-        self._topic, self._idx = topic, idx
-        self._out = EVENTS_OUT.labels(topic)
-        self._producer = producer_of(
-            what=f"Kafka sink for topic {topic!r} partition {idx} (-1: by key)",
-            errors_only=True, on_failed=DELIVERY_ERRORS.labels(topic).inc,
+        self._topic, self._idx = sink.topic, idx
+        self._out = EVENTS_OUT.labels(sink.topic)
+        self._producer = CheckedProducer(
+            sink.settings, what=f"Kafka sink for topic {sink.topic!r} partition {idx} "
+            "(-1: by key)", delivery_timeout_s=sink.delivery_timeout_s,
+            linger_ms=sink.linger_ms, flush_timeout_s=sink.flush_timeout_s,
+            errors_only=True, on_failed=DELIVERY_ERRORS.labels(sink.topic).inc,
             on_raise=self._failing)
 
     def _failing(self) -> None:
@@ -106,9 +106,7 @@ class KafkaOutput(FixedPartitionedSink[tuple[bytes | None, bytes], None]):
         idx = -1  # librdkafka's partitioner picks by key
         if self.partition is not None:
             idx = self.partition % len(list_partitions(self.settings, self.topic))
-        return _SinkPartition(functools.partial(
-            CheckedProducer, self.settings, delivery_timeout_s=self.delivery_timeout_s,
-            linger_ms=self.linger_ms, flush_timeout_s=self.flush_timeout_s), self.topic, idx)
+        return _SinkPartition(self, idx)
 
 
 def route_key(record: Any) -> str:

@@ -31,6 +31,7 @@ from riskguard.connectors.kafka.consumer import (
     EventTimeAlignment,
     SharedConsumer,
     list_partitions,
+    partitions_of,
 )
 from riskguard.connectors.kafka.key_split import KeySplit
 from riskguard.connectors.kafka.partition import SourcePartition
@@ -214,7 +215,8 @@ class KafkaInput(FixedPartitionedSource[Any, Any]):
 
     def kafka_parts(self) -> list[tuple[str, int]]:
         """Every ``(topic, partition)`` the source reads."""
-        return [(t, i) for t in self.topics for i in list_partitions(self.settings, t)]
+        parts = partitions_of(self.settings, self.topics)
+        return [(t, i) for t in self.topics for i in parts[t]]
 
     def consumer_config(self) -> dict[str, Any]:
         """The librdkafka config of this process's consumer: ``auto.offset.reset=error``,
