@@ -42,7 +42,7 @@ def test_a_refused_message_raises_naming_writer_topic_and_reason(
     failed: list[int] = []
     raised: list[bool] = []
     producer = CheckedProducer(
-        KafkaSettings(bootstrap=kafka_bootstrap), what="test writer", delivery_timeout_s=1,
+        KafkaSettings(bootstrap=kafka_bootstrap), what="test writer",
         errors_only=errors_only, on_failed=lambda: failed.append(1),
         on_raise=lambda: raised.append(True))
     producer.produce(topic, b"fine", b"k", 0)
