@@ -700,19 +700,23 @@ class CommandSubscriber:
         return dict(sorted(self.stats.items()))
 
     def close(self) -> None:
+        """Close the consumer, flush the rejections and close the state and log files;
+        a rejection that Kafka refused raises after everything is closed."""
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
-        self._flush_rejections()
-        self._producer = None
-        self.flush()
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-        if self._log_fh is not None:
-            self._log_fh.close()
-            self._log_fh = None
-        self.state.close()
+        try:
+            self._flush_rejections()
+        finally:
+            self._producer = None
+            self.flush()
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
+            if self._log_fh is not None:
+                self._log_fh.close()
+                self._log_fh = None
+            self.state.close()
 
     def __enter__(self) -> CommandSubscriber:
         return self

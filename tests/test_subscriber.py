@@ -588,3 +588,34 @@ def test_another_signer_reusing_the_guard_s_command_id_holds_beside_it_never_ove
                           {"op-alice"}) == cut.command_id
     assert len(state.held()) == 2
 
+
+
+@pytest.mark.kafka
+def test_a_refused_rejection_raises_at_close_after_the_state_is_closed(tmp_path: Path) -> None:
+    """A rejection Kafka never acknowledges (its broker gone) raises DeliveryError at
+    close, and the state file is closed all the same."""
+    import sqlite3
+
+    from riskguard.connectors.broker import DevBroker
+    from riskguard.connectors.topics import TopicSpec, create_topics
+
+    from riskguard.errors import DeliveryError
+
+    broker = DevBroker(tmp_path / "own-broker")
+    bootstrap = broker.start().bootstrap
+    try:
+        create_topics({"bootstrap.servers": bootstrap},
+                      [TopicSpec("commands", partitions=1), TopicSpec("rejected", partitions=1)])
+        sub = CommandSubscriber(
+            trust=trust_store(), audience=AUD, state_path=tmp_path / "s.sqlite",
+            on_command=lambda c: None, brokers=bootstrap, topic="commands",
+            rejections_topic="rejected", clock=ManualClock(T0))
+        sub.connect()
+        broker.stop()
+        sub.handle(b"not an envelope", partition=0, offset=0)
+        with pytest.raises(DeliveryError, match="subscriber rejections to rejected"):
+            sub.close()
+        with pytest.raises(sqlite3.ProgrammingError):
+            sub.state.db.execute("SELECT 1")
+    finally:
+        broker.stop()
