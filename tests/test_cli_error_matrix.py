@@ -114,7 +114,9 @@ CASES = [
     Case("run on a closed port", "run --config {down}", says=(CLOSED, "[kafka] bootstrap")),
     Case("run with a bad bytewax argument", "run --config {config} -- -x", says=("-x",)),
     Case("run with a missing recovery dir", "run --config {config} -- -r {tmp}/nope -s 5 -b 5",
-         says=("-r", "recovery directory")),
+         says=("-r", "no such folder", "mkdir -p {tmp}/nope && python -m bytewax.recovery")),
+    Case("run with an empty recovery dir", "run --config {config} -- -r {tmp} -s 5 -b 5",
+         says=("-r", "no recovery partition", "python -m bytewax.recovery {tmp} 1")),
     Case("run with a negative status interval", "run --config {config} --status-every -1",
          says=("--status-every",)),
     # -- the rest

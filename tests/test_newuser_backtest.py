@@ -18,6 +18,7 @@ import pytest
 from riskguard.dataflows.demo import init_keys
 
 from riskguard.cli import main
+from tests.docs_helpers import DOCS, blocks, unmatched
 from tests.newuser_files import binance_klines_zip, cryptodatadownload_csv, tardis_trades_csv
 
 
@@ -134,6 +135,10 @@ def test_explain_says_what_could_fire_at_the_crash_and_what_could_not(
     cannot = out[out.index("could not:"):]
     assert "learned detector" in cannot and "needs 400 vectors over 5 min" in cannot
     assert "price_move open" in out and "(critical)" in out
+    page = (DOCS / "backtests.md").read_text()
+    shown_out = blocks(page[page.index("```\nexplain: "):])[0][1]
+    assert unmatched(shown_out.splitlines()[1:], out.splitlines()[1:]) == [], (
+        "docs/backtests.md shows explain's output otherwise")
     assert main(["explain", "--config", str(guard_toml), "--data", str(data),
                  "--at", "2024-01-01T00:00:30Z"]) == 0
     early = capsys.readouterr().out
