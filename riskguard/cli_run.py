@@ -343,7 +343,7 @@ def new_origin_note(config: Path, origin: str, today: str | None = None) -> str:
             f"--audit-origin {base}-{day} (or set [audit] origin)")
 
 
-def _start_line(cfg: Any, digest: str, config: Path, key_id: str, bw: BytewaxArgs,
+def _start_line(cfg: Any, digest: str, config: Path, key_id: str | None, bw: BytewaxArgs,
                 every_s: float) -> str:
     env = cfg.env
     topics = (f"reads {env}.riskguard.{{{','.join(INPUT_STREAMS)}}}.v1, writes "
@@ -352,9 +352,10 @@ def _start_line(cfg: Any, digest: str, config: Path, key_id: str, bw: BytewaxArg
     recovery = (f"recovery dir {bw.recovery_directory}" if bw.recovery_directory else
                 "no recovery dir (state starts empty on restart)")
     status = f"status every {every_s:g} s" if every_s > 0 else "no status lines"
+    signing = (f"signing key {key_id} (issuer {cfg.keys.issuer})" if key_id else
+               "signs nothing")
     return (f"riskguard run: config {config} (sha256 {digest[:12]}), env {env}, Kafka "
-            f"{cfg.kafka.bootstrap}, {topics}, signing key {key_id} (issuer "
-            f"{cfg.keys.issuer}), {recovery}, 1 worker(s), {status}")
+            f"{cfg.kafka.bootstrap}, {topics}, {signing}, {recovery}, 1 worker(s), {status}")
 
 
 class FirstLast:
@@ -438,9 +439,12 @@ def _run(args: argparse.Namespace) -> int:
     bw = parse_bytewax_args([] if flink else list(args.bytewax))
     python = flink_python() if flink else None
     cfg, digest, signer, trust, notes = _load(config, args.audit_origin)
+    if flink and cfg.tier.role != "whole":
+        raise ConfigError("tier.role", "'whole' (the tiers run on bytewax)", cfg.tier.role)
     if bw.recovery_directory is not None:
         claim_recovery_store(bw.recovery_directory, cfg.replica.id)
-        claim_trust_serial(bw.recovery_directory, trust.serial)
+        if trust is not None:
+            claim_trust_serial(bw.recovery_directory, trust.serial)
     reach_kafka(cfg.kafka, f"[kafka] bootstrap in {config}")
     if python is not None:
         # the guard's metrics are the job's Python workers' to serve, on the port
@@ -462,7 +466,7 @@ def _run(args: argparse.Namespace) -> int:
     first_last = FirstLast(events_in_total).start()  # polled every 0.1 s: one metric
 
     def started() -> None:
-        _starting(out, _start_line(cfg, digest, config, signer.key_id, bw,
+        _starting(out, _start_line(cfg, digest, config, signer and signer.key_id, bw,
                                    args.status_every), cfg, notes)
         reporter.start()
 
@@ -525,7 +529,8 @@ def _starting(out: TextIO, start_line: str, cfg: Any, notes: list[str]) -> None:
 def _load(config: Path, audit_origin: str | None = None
           ) -> tuple[Any, str, Any, Any, list[str]]:
     """The guard config, its hash, signing key, trust store and the notes of
-    :func:`check_grants`; an error names what to fix in ``config``. ``audit_origin``:
+    :func:`check_grants` (no key, trust store or notes for a market process); an error
+    names what to fix in ``config``. ``audit_origin``:
     write the audit chains under this origin."""
     from riskguard.dataflows.guard import (  # noqa: PLC0415
         check_grants,
@@ -540,13 +545,16 @@ def _load(config: Path, audit_origin: str | None = None
             err.add_note(f"fix it in {err.file or config} (dataflows/guard.example.toml "
                          "describes every setting)")
         raise
-    try:
-        signer, trust = load_keys(cfg)
-    except RiskguardError as err:
-        err.add_note(f"check [keys] in {config} (relative paths are relative to the config "
-                     "file's folder)")
-        raise
-    notes = check_grants(cfg, signer, trust, time.time_ns())  # before a record is read
+    signer = trust = None
+    notes: list[str] = []
+    if cfg.tier.role != "market":  # a market process signs and verifies nothing
+        try:
+            signer, trust = load_keys(cfg)
+        except RiskguardError as err:
+            err.add_note(f"check [keys] in {config} (relative paths are relative to the "
+                         "config file's folder)")
+            raise
+        notes = check_grants(cfg, signer, trust, time.time_ns())  # before a record is read
     if audit_origin:
         cfg = with_audit_origin(cfg, audit_origin)
     return cfg, digest, signer, trust, notes

@@ -112,6 +112,8 @@ CASES = [
     Case("run with a missing signing key", "run --config {nokey}",
          says=("signing key", "cannot be read", "check [keys] in")),
     Case("run on a closed port", "run --config {down}", says=(CLOSED, "[kafka] bootstrap")),
+    Case("run a market process without its key", "run --config {marketnokey}",
+         says=(CLOSED, "[kafka] bootstrap")),
     Case("run with a bad bytewax argument", "run --config {config} -- -x", says=("-x",)),
     Case("run with a missing recovery dir", "run --config {config} -- -r {tmp}/nope -s 5 -b 5",
          says=("-r", "no such folder", "mkdir -p {tmp}/nope && python -m bytewax.recovery")),
@@ -162,9 +164,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     save_public_key(pub, generate_key_file(tmp / "other.key").public_key)
     config = write_config(tmp, f"127.0.0.1:{port}", keys)
     text = config.read_text()
-    variants = {"down": text,
-                "nokey": text.replace('signing_key = "engine.key"', 'signing_key = "gone.key"'),
-                "nokeys": text[:text.index("[keys]")]}
+    nokey = text.replace('signing_key = "engine.key"', 'signing_key = "gone.key"')
+    variants = {"down": text, "nokey": nokey, "nokeys": text[:text.index("[keys]")],
+                # a market process signs nothing: a key it does not have does not stop it
+                "marketnokey": nokey + '[tier]\nrole = "market"\nindex = 0\n'}
     for name, body in variants.items():
         (tmp / f"{name}.toml").write_text(body)
     cmd = tmp / "cmd.json"

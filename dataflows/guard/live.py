@@ -227,12 +227,15 @@ def from_env() -> Dataflow:
     if not path:
         raise ConfigError(CONFIG, "the path of a guard TOML config", None)
     cfg, digest = load_guard_config(path)
-    signer, trust = load_keys(cfg)
-    check_grants(cfg, signer, trust, system_clock())  # before a record is read
+    signer = trust = None
+    if cfg.tier.role != "market":  # a market process signs and verifies nothing
+        signer, trust = load_keys(cfg)
+        check_grants(cfg, signer, trust, system_clock())  # before a record is read
     recovery = recovery_dir_of_run(sys.argv, os.environ)  # bytewax.run's -r, as it took it
     if recovery is not None:
         claim_recovery_store(recovery, cfg.replica.id)
-        claim_trust_serial(recovery, trust.serial)
+        if trust is not None:
+            claim_trust_serial(recovery, trust.serial)
     start_metrics_server_from_env()
     flow = build_flow(cfg, digest, signer=signer, trust=trust)
     apply_gc_policy(cfg)
