@@ -56,7 +56,9 @@ def test_grafana_dashboard_is_json_and_every_panel_queries_riskguard_metrics() -
 
 
 def test_dashboard_and_alerts_only_use_metrics_riskguard_defines() -> None:
-    """Every riskguard_* name in ops/ is registered in operators/core/metrics.py (no typos)."""
+    """Every riskguard_* name in ops/ is registered in operators/core/metrics.py (no
+    typos), and no bytewax_* name is used: riskguard's own connectors count what
+    bytewax's would (bytewax's Kafka connector's lag is riskguard_kafka_consumer_lag)."""
     import re
 
     import riskguard.operators.core.metrics  # noqa: F401  # registers the metrics
@@ -66,6 +68,8 @@ def test_dashboard_and_alerts_only_use_metrics_riskguard_defines() -> None:
     known |= {m.name for m in REGISTRY.collect()}
     text = (OPS / "grafana" / "riskguard.json").read_text()
     text += (OPS / "prometheus" / "alerts.yml").read_text()
+    runbooks = "".join(p.read_text() for p in (OPS / "runbooks").glob("*.md"))
+    assert re.findall(r"bytewax_[a-z_]+", text + runbooks) == []
     used = set(re.findall(r"riskguard_[a-z_]+", text))
     families = {n for n in known if n.startswith("riskguard_")}
     missing = {u for u in used if u not in families and not any(
