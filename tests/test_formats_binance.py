@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 from riskguard.connectors.formats import open_reader
+from riskguard.connectors.formats.binance import MAX_SNAPSHOT_ROWS
+from riskguard.connectors.formats.core import MAX_REFUSED_IN_GROUP
 from riskguard.connectors.formats.detect import detect
 from riskguard.connectors.replay import ReplayFile, ReplaySource, read_all
 from riskguard.operators.detection.features import FeatureConfig, FeatureLogic
@@ -214,6 +216,31 @@ def test_book_depth_rows_of_one_timestamp_make_one_snapshot(tmp_path: Path) -> N
     list(reader.lines())
     reader.close()
     assert (reader.stats.records, sum(reader.stats.dead_letters.values())) == (2, 3)
+
+
+@pytest.mark.parametrize("flood", ["rows", "refused"])
+def test_a_snapshot_too_large_to_hold_is_refused_whole_and_the_next_one_reads(
+        tmp_path: Path, flood: str) -> None:
+    """What a gathering bookDepth snapshot holds is bounded: past MAX_SNAPSHOT_ROWS rows
+    of one time, or MAX_REFUSED_IN_GROUP refused rows among them, the snapshot is
+    refused whole, every row of its time a dead letter (none vanishes), and the next
+    snapshot reads as usual."""
+    n = MAX_SNAPSHOT_ROWS * 3 if flood == "rows" else MAX_REFUSED_IN_GROUP * 3
+    junk = ("2024-01-01 00:00:07,1,10,1010\n" if flood == "rows"
+            else "2024-01-01 00:00:07,1,-10,1010\n")  # a negative depth: refused
+    p = write(tmp_path, "BTCUSDT-bookDepth-2024-01-01.csv",
+              "timestamp,percentage,depth,notional\n" + _depth_rows("2024-01-01 00:00:07")
+              + junk * n + _depth_rows("2024-01-01 00:00:37"))
+    *dead, last = read(p)
+    assert all(type(d) is DeadLetter for d in dead)
+    assert sorted(int(d.detail.split(":")[0].split()[-1]) for d in dead) == list(
+        range(2, 2 + 4 + n))
+    assert any("refused" in d.detail for d in dead)
+    assert type(last) is BookDepth and last.ts == (T + 37_000) * MS
+    reader = open_reader(p)
+    first_line_no = next(line_no for line_no, _off, _item in reader.lines())
+    reader.close()
+    assert first_line_no <= 2 + 4 + max(MAX_SNAPSHOT_ROWS, MAX_REFUSED_IN_GROUP)  # not held
 
 
 def test_coin_m_book_depth_reads_the_base_coin_from_notional(tmp_path: Path) -> None:

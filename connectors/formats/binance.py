@@ -333,10 +333,16 @@ class BookTickerParser(_BinanceParser):
                      ask=ask, ask_size=ask_size)
 
 
+MAX_SNAPSHOT_ROWS = 64
+"""The rows one ``bookDepth`` snapshot may have (Binance's have 10: -5 % to 5 %)."""
+
+
 class BookDepthParser(_BinanceParser):
     """``bookDepth``: the rows of one timestamp make one :class:`BookDepth`
     (docs/formats.md); a snapshot whose sides do not have the same bands is skipped,
-    each of its rows a dead letter.
+    each of its rows a dead letter, and so is one of more than :data:`MAX_SNAPSHOT_ROWS`
+    rows or with :data:`~riskguard.connectors.formats.core.MAX_REFUSED_IN_GROUP` refused
+    rows among them (what a snapshot holds while it gathers is bounded).
     """
 
     grouped = True
@@ -352,6 +358,7 @@ class BookDepthParser(_BinanceParser):
         self.ts = -1
         self.rows: list[tuple[bytes, int, int, float, float, float]] = []
         self.start: int | None = None
+        self.refused_ts = -1  # the time of a snapshot refused whole
 
     def pending(self) -> int | None:
         return self.start
@@ -360,6 +367,10 @@ class BookDepthParser(_BinanceParser):
         c = split_row(line, self.width)
         ix = self.cols
         ts = datetime_ns(c[ix["timestamp"]], "timestamp")
+        if ts == self.refused_ts:
+            raise RowError(f"snapshot {ts} was refused", path="$.timestamp",
+                           expected=f"at most {MAX_SNAPSHOT_ROWS} rows a snapshot",
+                           found="a row of a snapshot refused whole")
         pct = number(c[ix["percentage"]], "percentage")
         if pct == 0:
             raise RowError("percentage 0 is neither side", path="$.percentage",
@@ -378,10 +389,21 @@ class BookDepthParser(_BinanceParser):
         if ts != self.ts:
             self.ts, self.start = ts, offset
         self.rows.append((line, line_no, offset, pct, depth, wap))
+        if len(self.rows) > MAX_SNAPSHOT_ROWS:
+            return self.abandon(f"more than {MAX_SNAPSHOT_ROWS} rows")
         return out
 
     def end(self) -> Any:
         return self._close() if self.rows else None
+
+    def abandon(self, why: str) -> list[RowFailure]:
+        """The open snapshot refused whole (its rows, and the later rows of its time,
+        dead letters)."""
+        rows, self.rows = self.rows, []
+        self.start, self.refused_ts = None, self.ts
+        err = RowError(f"snapshot {self.ts} refused: {why}", path="$.timestamp",
+                       expected=f"at most {MAX_SNAPSHOT_ROWS} rows a snapshot", found=why)
+        return [RowFailure(line, n, off, err) for line, n, off, *_ in rows]
 
     def _close(self) -> Any:
         rows, self.rows = self.rows, []

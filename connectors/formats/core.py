@@ -56,6 +56,9 @@ MAX_DECOMPRESSED_BYTES = 64 << 30
 MAX_TEMP_BYTES = 8 << 30
 """The most temporary disk a compressed file read out of order may take (its
 decompressed copy); more, or more than the temporary directory has free, is refused."""
+MAX_REFUSED_IN_GROUP = 64
+"""Refused rows a grouped format's open group may meet before it is refused whole: they
+wait for the group (its start is the resume point), so their count is bounded."""
 _NAME = re.compile(NAME_PATTERN)
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -101,6 +104,16 @@ class RowFailure:
         self.line, self.line_no, self.offset, self.error = line, line_no, offset, error
 
 
+def _wait(parser: RowParser, deferred: list[Any], dead: DeadLetter) -> list[Any] | None:
+    """A refused row inside a group still gathering waits for it in ``deferred`` (the
+    group's start stays the resume point); the :data:`MAX_REFUSED_IN_GROUP`-th refuses
+    the group whole."""
+    deferred.append(dead)
+    if len(deferred) < MAX_REFUSED_IN_GROUP:
+        return None
+    return parser.abandon(f"{len(deferred)} refused rows among its own")
+
+
 class RowParser:
     """Turns lines of one file into emissions; one instance per file read.
 
@@ -121,6 +134,10 @@ class RowParser:
     def end(self) -> Any:
         """The last emission at the end of the file (grouped formats)."""
         return None
+
+    def abandon(self, why: str) -> list[RowFailure]:
+        """Refuse the group gathering now, each of its rows (grouped formats)."""
+        return []
 
 
 ParserFactory = Callable[[list[str] | None, Source], RowParser]
@@ -439,10 +456,7 @@ class FileReader:
                     yield line_no, off, self._resolve([*deferred, dead]) if deferred else dead
                     deferred.clear()
                     break
-                if parser.pending() is not None:
-                    deferred.append(dead)  # the group's start stays the resume point
-                    continue
-                item = dead
+                item = dead if parser.pending() is None else _wait(parser, deferred, dead)
             else:
                 if item.__class__ is DeadLetter:  # refused by the parser's own decoder
                     self._count(item, line_no)
