@@ -325,6 +325,23 @@ def test_the_watch_alerts_divergence_silence_and_config_mismatch_once_each() -> 
     assert logic.logic.state.counts == {"matched": 2, "diverged": 1, "late_copies": 1}
 
 
+def test_a_config_mismatch_is_alerted_again_after_it_ended_and_its_memory_is_bounded() -> None:
+    """b flips between two configs 200 times: each time it differs from a's again that is
+    a new mismatch alert; while it agrees none; and the pairs remembered stay those of
+    the configs in force."""
+    logic = _Timed()
+    kinds = []
+    for i in range(400):
+        digest = H2 if i % 2 else "0" * 64
+        logic.on_event((i, audited_command("riskguard@a/p0", i, f"a{i}")))
+        for a in logic.on_event((i, audited_command("riskguard@b/p0", i, f"a{i}",
+                                                    config_hash=digest))):
+            kinds.append((i, a.kind))
+    assert [k for k in kinds if k[1] == "replica_config_mismatch"] == [
+        (i, "replica_config_mismatch") for i in range(1, 400, 2)]
+    assert len(logic.logic.state.mismatched) <= 1
+
+
 def test_a_divergence_alert_names_both_sides_and_the_decision() -> None:
     logic = _Timed()
     for ev in WATCH_EVENTS[:4]:
@@ -443,6 +460,7 @@ def test_a_recovery_store_refuses_a_trust_file_older_than_the_one_it_ran_on(
     """``riskguard run -r DIR`` remembers the trust file's serial in its recovery store;
     a start on an older, still root-signed trust file (one that may list keys since
     revoked) stops before anything is read, naming both serials."""
+    from bytewax.recovery import init_db_dir
     from riskguard.dataflows.demo import init_keys, write_config
     from riskguard.dataflows.guard.recovery_marks import TRUST_MARK
 
@@ -452,6 +470,7 @@ def test_a_recovery_store_refuses_a_trust_file_older_than_the_one_it_ran_on(
     config = write_config(tmp_path, "127.0.0.1:1", keys, "dev", "")
     store = tmp_path / "recovery"
     store.mkdir()
+    init_db_dir(store, 1)
     (store / TRUST_MARK).write_text("99\n")
     assert main(["run", "--config", str(config), "--", "-r", str(store), "-s", "5",
                  "-b", "10"]) == 2

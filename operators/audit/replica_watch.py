@@ -169,9 +169,13 @@ class ReplicaWatchLogic:
         """One alert per chain the attestor could not verify."""
         st = self.state
         assert st.attest is not None  # a watch with keys
+        broken = st.attest.broken
+        if len(broken) <= len(st.unverified):  # none new: a broken chain stays broken
+            return []
         out = []
-        for chain, why in sorted(st.attest.broken.items()):
-            if chain in st.unverified:
+        alerted = set(st.unverified)
+        for chain, why in sorted(broken.items()):
+            if chain in alerted:
                 continue
             st.unverified.append(chain)
             out.append(self._alert(
@@ -193,7 +197,13 @@ class ReplicaWatchLogic:
 
     def _config(self, replica: str, digest: str, now: int) -> list[RiskAlert]:
         st = self.state
+        before = st.config.get(replica)
+        if before == digest:  # each pair was judged when its newer side came
+            return []
         st.config[replica] = digest
+        if before is not None:  # its old config's mismatches are over: forget them
+            gone = f"{replica}:{before}"
+            st.mismatched = [p for p in st.mismatched if gone not in p.split("|")]
         out = []
         for other, theirs in sorted(st.config.items()):
             if other == replica or theirs == digest:
