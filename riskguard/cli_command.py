@@ -38,7 +38,13 @@ from riskguard.operators.signing.crypto import (
 )
 from riskguard.operators.signing.trust import RootSet, TrustStore
 from riskguard.schemas.action_params import check_params, param_kind
-from riskguard.schemas.commands import Action, Audience, MitigationCommand, SignedEnvelope
+from riskguard.schemas.commands import (
+    PROTECTIVE,
+    Action,
+    Audience,
+    MitigationCommand,
+    SignedEnvelope,
+)
 from riskguard.schemas.signals import Scope, ScopeKind
 
 _cmd_decoder = msgspec.json.Decoder(MitigationCommand)
@@ -114,7 +120,7 @@ def _new(args: argparse.Namespace) -> int:
         command_id=str(uuid.uuid4()), issuer=args.issuer, seq=seq, issued_at=now,
         expires_at=now + int(args.ttl * 1e9), audience=Audience(env=args.env, topic=args.topic),
         action=Action(args.action), scope=parse_scope(args.scope), params=params,
-        reason=args.reason,
+        reason=args.reason, protective_orders_allowed=Action(args.action) in PROTECTIVE,
     )
     env = sign_envelope(PAYLOAD_COMMAND, msgspec.json.encode(cmd), [signer])
     _write(args.out, env)

@@ -29,6 +29,11 @@ class Action(StrEnum):
     RESUME = "resume"
 
 
+PROTECTIVE = frozenset({Action.REDUCE_ONLY, Action.HALT_TRADING})
+"""The actions whose commands carry ``protective_orders_allowed = true``: risk-reducing
+orders stay allowed under them."""
+
+
 class Audience(msgspec.Struct, frozen=True, kw_only=True):
     """Who a signed message is for: an environment and a topic."""
 

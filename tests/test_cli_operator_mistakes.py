@@ -85,6 +85,18 @@ def test_command_new_types_params_by_the_action(tmp_path, capsys) -> None:
     assert "invalid" not in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(("action", "protective"), [
+    ("halt_trading", True), ("reduce_only", True), ("cancel_all", False)])
+def test_an_operators_halt_keeps_protective_orders_allowed_as_the_guard_s_does(
+        tmp_path, action, protective) -> None:
+    """A halt or reduce-only signed by hand carries protective_orders_allowed = true, as
+    the playbook's do (the wire contract's rule)."""
+    assert main(_new(tmp_path, action)) == 0
+    cmd = msgspec.json.decode(decode_envelope((tmp_path / "cmd.json").read_bytes()).payload,
+                              type=MitigationCommand)
+    assert cmd.protective_orders_allowed is protective
+
+
 def _signed_file(tmp: Path, cmd: MitigationCommand) -> Path:
     path = tmp / "old.json"
     env = sign_envelope(PAYLOAD_COMMAND, msgspec.json.encode(cmd), [OP1])

@@ -32,7 +32,7 @@ from typing import Any, TypeAlias
 
 from riskguard.operators.mitigation.acks import AckTracker
 from riskguard.operators.mitigation.rate_cap import HeldBack, RateCap
-from riskguard.operators.mitigation.rules import COMMAND_NAMESPACE, PROTECTIVE, PlaybookConfig, S
+from riskguard.operators.mitigation.rules import COMMAND_NAMESPACE, PlaybookConfig, S
 from riskguard.schemas import (
     FIRM,
     Action,
@@ -42,6 +42,7 @@ from riskguard.schemas import (
     Scope,
     decision_digest,
 )
+from riskguard.schemas.commands import PROTECTIVE
 
 Output: TypeAlias = MitigationCommand | DeadLetter
 

@@ -51,7 +51,6 @@ OPENERS = frozenset({"anomaly", "price_move", "dislocation", "stale_feed", "brea
                      "stale_mark",
                      UNACKNOWLEDGED})
 TARGETS = ("same", "venue", "counterparty", "underlying", "firm")
-PROTECTIVE = frozenset({Action.REDUCE_ONLY, Action.HALT_TRADING})
 Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:/@+-]{1,64}$")]
 
 ParamValue = float | str | list[str]
