@@ -363,7 +363,8 @@ class CommandSubscriber:
                                          audience=self.audience, now_ns=now,
                                          leeway_ns=self.leeway_ns)
         except VerificationError as err:
-            return self._reject(err.reason, err.detail, partition, offset, data=data)
+            claimed = err.message if isinstance(err.message, MitigationCommand) else None
+            return self._reject(err.reason, err.detail, partition, offset, claimed, data=data)
         except Exception as err:  # a check failing unforeseen refuses; the offset moves on
             return self._reject("verify_error", f"{type(err).__name__}: {err}", partition, offset,
                                 data=data)

@@ -77,12 +77,15 @@ class SigningError(RiskguardError, RuntimeError):
 class VerificationError(RiskguardError, ValueError):
     """A signed message failed verification.
 
-    ``reason`` is a short machine-readable code such as ``bad_signature``.
+    ``reason`` is a short machine-readable code such as ``bad_signature``; ``message``
+    the decoded message when verification got as far as decoding it (what it claims:
+    its issuer, id and seq name the refusal), else None.
     """
 
     def __init__(self, reason: str, detail: str = "") -> None:
         self.reason = reason
         self.detail = detail
+        self.message: object = None
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 

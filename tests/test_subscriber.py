@@ -169,11 +169,16 @@ def test_rejections_have_reasons_are_counted_and_logged(tmp_path: Path) -> None:
 def test_unauthorized_and_wrong_audience_are_rejected_before_the_callback(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     from riskguard.schemas.commands import Action, Audience
-    h.sub.handle(env_bytes(command(1, action=Action.RESUME), ENGINE))
-    h.sub.handle(env_bytes(command(2, audience=Audience(env="dev", topic=AUD.topic))))
-    h.sub.handle(env_bytes(command(3, issuer="op-alice", action=Action.RESUME), OP1))
+    sent = [(command(1, action=Action.RESUME), ENGINE),
+            (command(2, audience=Audience(env="dev", topic=AUD.topic)), ENGINE),
+            (command(3, issuer="op-alice", action=Action.RESUME), OP1)]
+    for cmd, signer in sent:
+        h.sub.handle(env_bytes(cmd, signer))
     assert [r.reason for r in h.rejected] == [
         "action_not_authorized", "wrong_audience", "two_person_required"]
+    # each names what the message claims: its issuer, id and seq
+    assert [(r.issuer, r.command_id, r.seq) for r in h.rejected] == [
+        (c.issuer, c.command_id, c.seq) for c, _ in sent]
     assert h.executed == []
 
 

@@ -639,6 +639,17 @@ class TrustStore:
         payload: bytes = envelope.payload
         signers = self.signing_keys(expected_payload_type, payload, envelope.signatures, now_ns)
         msg = _decode_payload(expected_payload_type, payload)
+        try:
+            return self._verify_message(msg, signers, expected_payload_type, payload,
+                                        audience, now_ns, leeway_ns)
+        except VerificationError as err:
+            err.message = msg  # what it claims names the refusal
+            raise
+
+    def _verify_message(self, msg: MitigationCommand | LimitUpdate | ExecutionAck,
+                        signers: list[TrustedKey], expected_payload_type: str, payload: bytes,
+                        audience: Audience, now_ns: int, leeway_ns: int) -> VerifiedMessage:
+        """The checks of a decoded message, from its issuer binding on."""
         if not any(k.name == msg.issuer for k in signers):
             raise rejection(Reason.ISSUER_MISMATCH,
                    f"issuer {msg.issuer!r} is not bound to any signing key "
