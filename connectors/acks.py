@@ -31,7 +31,7 @@ from typing import Any, TypedDict
 
 import msgspec
 from riskguard.connectors.kafka.producer import CheckedProducer
-from riskguard.connectors.settings import KafkaSettings
+from riskguard.connectors.settings import KafkaSettings, as_settings
 from riskguard.connectors.topics import topic_name
 from riskguard.operators.core.clock import Clock, system_clock
 from riskguard.operators.signing.crypto import (
@@ -171,16 +171,18 @@ class AckingExecutor:
 
 class KafkaAckSender:
     """Delivers signed acks to ``<env>.riskguard.acks.v1`` and waits for each delivery.
+    ``settings``: a bootstrap address (``host:port``) or full
+    :class:`~riskguard.connectors.settings.KafkaSettings` (TLS, SASL).
 
     A call returns only once Kafka acknowledged the ack, and raises
     :class:`~riskguard.errors.DeliveryError` otherwise: an executor's report is
     never dropped silently.
     """
 
-    def __init__(self, settings: KafkaSettings, env: str, *,
+    def __init__(self, settings: KafkaSettings | str, env: str, *,
                  delivery_timeout_s: float = 30.0) -> None:
         self.topic = topic_name(env, ACKS_STREAM)
-        self._producer = CheckedProducer(settings, what=f"ack to {self.topic}",
+        self._producer = CheckedProducer(as_settings(settings), what=f"ack to {self.topic}",
                                          delivery_timeout_s=delivery_timeout_s, linger_ms=0)
 
     @property

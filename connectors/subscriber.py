@@ -45,7 +45,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -120,7 +120,7 @@ class Rejection:
     issuer: str = ""
     command_id: str = ""
     seq: int = -1
-    raw: bytes = b""
+    raw: bytes = field(default=b"", repr=False)  # a log line shows its length and digest
     raw_len: int = 0
     raw_sha256: str = ""
 

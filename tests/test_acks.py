@@ -14,7 +14,6 @@ from riskguard.connectors.acks import (
     KafkaAckSender,
     verify_ack_bytes,
 )
-from riskguard.connectors.settings import KafkaSettings
 from riskguard.connectors.subscriber import CommandSubscriber, Duplicate
 from riskguard.connectors.topics import TopicSpec, create_topics, topic_name
 from riskguard.operators.signing.crypto import (
@@ -210,7 +209,7 @@ def test_the_ack_sender_delivers_to_the_acks_topic(kafka_bootstrap: str) -> None
     env = "acktest"
     create_topics({"bootstrap.servers": kafka_bootstrap}, [TopicSpec(topic_name(env, "acks"))])
     s = AckSigner(EXECUTOR, env=env, clock=lambda: T0 + S)
-    send = KafkaAckSender(KafkaSettings(bootstrap=kafka_bootstrap), env)
+    send = KafkaAckSender(kafka_bootstrap, env)  # an address, as the subscriber takes
     sent = [s.sign(s.ack(command(f"c{i}"), Applied(AckOutcome.APPLIED))) for i in range(3)]
     for data in sent:
         send(data)

@@ -164,6 +164,7 @@ def test_rejections_have_reasons_are_counted_and_logged(tmp_path: Path) -> None:
     big = h.sub.handle(b"x" * 100_000, partition=0, offset=9)
     assert isinstance(big, Rejection)
     assert (len(big.raw), big.raw_len) == (REJECTED_RAW_BYTES, 100_000)
+    assert "xxx" not in repr(big) and "raw_len=100000" in repr(big)  # a log line's size
 
 
 def test_unauthorized_and_wrong_audience_are_rejected_before_the_callback(tmp_path: Path) -> None:
