@@ -318,7 +318,9 @@ class CommandSubscriber:
         old = self.state.trust_serial()
         if old is not None and self.trust.serial < old:
             msg = (f"trust file serial {self.trust.serial} is older than serial {old} already "
-                   "accepted by this subscriber (rollback refused)")
+                   "accepted by this subscriber (rollback refused): load the newer trust file, "
+                   f"or, to go back to this one's keys, give it serial {old + 1} or more and "
+                   "have the roots sign it again")
             raise TrustError(msg)
         self.state.set_trust_serial(self.trust.serial)
         self.state.flush()
