@@ -147,8 +147,13 @@ def parse_bytewax_args(argv: list[str], env: dict[str, str] | None = None) -> By
     variables); ``ConfigError`` names anything else, more workers (``-w``, ``-i/-a``)
     included.
 
-    >>> parse_bytewax_args(["--", "-r", "/", "-s", "5", "-b", "30"]).snapshot_interval
+    >>> parse_bytewax_args(["--", "-s", "5", "-b", "30"]).snapshot_interval
     datetime.timedelta(seconds=5)
+    >>> try:
+    ...     parse_bytewax_args(["--", "-r", "/", "-s", "5", "-b", "30"])
+    ... except ConfigError as err:
+    ...     print(err.found)
+    /: no recovery partition in it
     >>> try:
     ...     parse_bytewax_args(["--", "-w", "2"])
     ... except ConfigError as err:

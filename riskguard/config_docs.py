@@ -385,7 +385,8 @@ ERRORS = """
 `riskguard run --config /etc/riskguard/guard.toml` checks the whole file before the
 dataflow starts. A misspelt key stops it with the full key path and the key meant, and
 a bad value with what was expected and what was found, on one line of stderr (exit code
-2). Made in a copy of [`dataflows/guard.example.toml`](../dataflows/guard.example.toml):
+2). Made in a copy of [`dataflows/guard.example.toml`](../dataflows/guard.example.toml),
+with the bundled [`playbook.toml`](../dataflows/playbook.toml) beside it:
 """
 
 

@@ -201,7 +201,7 @@ def test_state_survives_a_restart_and_is_checked_even_when_old(tmp_path: Path) -
 def test_trust_file_rollback_to_an_older_serial_is_refused(tmp_path: Path) -> None:
     from signing_fixtures import trust_text
     Harness(tmp_path, trust=TrustStore(parse_trust(trust_text(serial=5)))).sub.close()
-    with pytest.raises(TrustError, match="rollback refused.*give it serial 6 or more"):
+    with pytest.raises(TrustError, match=r"rollback refused.*give it serial 6 or more"):
         Harness(tmp_path, trust=TrustStore(parse_trust(trust_text(serial=4))))
 
 
