@@ -287,6 +287,63 @@ def test_past_the_cap_the_oldest_raised_command_is_forgotten_and_its_ack_still_c
         assert not t.state.forgotten and not t.state.awaited
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_the_tracker_s_indexes_agree_with_its_state_and_a_restore(
+        monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """Random sends (new and again), confirmations, refusals and looks for overdue
+    commands past a small MAX_AWAITED: the command forgotten is always the first raised
+    one in the order sent, an alert closes exactly when nothing on its scope is still
+    raised, and a tracker restored from a copy midway says what the live one says."""
+    import random
+
+    from riskguard.operators.mitigation import acks as acks_module
+
+    monkeypatch.setattr(acks_module, "MAX_AWAITED", 6)
+    rng = random.Random(seed)
+    live = AckTracker(AckConfig(executors=("oms",), timeout_s=30))
+    restored: AckTracker | None = None
+    cmds: list[MitigationCommand] = []
+    now = 0
+    for step in range(600):
+        now += rng.randint(0, 8) * S
+        if step == 300:
+            restored = AckTracker(AckConfig(executors=("oms",), timeout_s=30),
+                                  live.state.copy())
+        roll = rng.random()
+        awaited = live.state.awaited
+        if roll < 0.45 or not cmds:
+            old = roll < 0.1 and cmds
+            cmd = rng.choice(cmds) if old else _halt(len(cmds), now)
+            cmd = msgspec.structs.replace(cmd, issued_at=now)
+            first = next((k for k, a in awaited.items() if a.raised), None)
+            new = cmd.command_id not in awaited and len(awaited) >= 6
+            for t in filter(None, (live, restored)):
+                t.sent(cmd)
+            if new and first is not None:
+                assert first in live.state.forgotten and first not in awaited
+            if not old:
+                cmds.append(cmd)
+            continue
+        if roll < 0.8:
+            cmd = rng.choice(cmds)
+            outcome = AckOutcome.APPLIED if rng.random() < 0.8 else AckOutcome.REFUSED
+            was = live.state.awaited.get(cmd.command_id) or live.state.forgotten.get(
+                cmd.command_id)
+            outs = [t.on_ack(ack(cmd, outcome), now) for t in filter(None, (live, restored))]
+            closed = [a for a in outs[0] if a.kind == ACKNOWLEDGED]
+            if closed:
+                assert was is not None and was.raised
+                assert not any(a.raised and a.scope == cmd.scope
+                               for a in live.state.awaited.values())
+                assert not any(a.scope == cmd.scope for a in live.state.forgotten.values())
+        else:
+            outs = [t.overdue(now, now) for t in filter(None, (live, restored))]
+        assert all(o == outs[0] for o in outs)
+        if restored is not None:
+            assert restored.state.awaited == live.state.awaited
+            assert restored.state.forgotten == live.state.forgotten
+
+
 def test_forgotten_commands_are_capped_and_the_oldest_dropped(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Past MAX_FORGOTTEN the oldest forgotten command is dropped for good (counted): its

@@ -131,6 +131,17 @@ class AckTracker:
         self._due = [(a.due, next(self._order), k) for k, a in self.state.awaited.items()
                      if not a.raised]
         heapq.heapify(self._due)
+        # each awaited command's place in ``awaited``, and the raised ones by it (oldest
+        # first) with their count per scope: making room and closing an alert cost no scan
+        self._place = {k: i for i, k in enumerate(self.state.awaited)}
+        self._places = itertools.count(len(self._place))
+        self._raised = [(self._place[k], k) for k, a in self.state.awaited.items()
+                        if a.raised]
+        heapq.heapify(self._raised)
+        self._raised_on: dict[Scope, int] = {}
+        for a in self.state.awaited.values():
+            if a.raised:
+                self._raised_on[a.scope] = self._raised_on.get(a.scope, 0) + 1
 
     def _count(self, what: str) -> None:
         self.state.counts[what] = self.state.counts.get(what, 0) + 1
@@ -145,8 +156,13 @@ class AckTracker:
         start = cmd.issued_at if leaves_at is None else max(cmd.issued_at, leaves_at)
         awaited = self.state.awaited
         self._unforget(cmd.command_id)  # sent again: awaited afresh
-        if cmd.command_id not in awaited and len(awaited) >= MAX_AWAITED:
-            self._forget_one()
+        before = awaited.get(cmd.command_id)
+        if before is None:
+            if len(awaited) >= MAX_AWAITED:
+                self._forget_one()
+            self._place[cmd.command_id] = next(self._places)
+        elif before.raised:
+            self._unraised(before)
         awaited[cmd.command_id] = item = Awaited(
             cmd.command_id, cmd.decision_id, cmd.action, cmd.scope,
             start + self._timeout, list(self.config.executors))
@@ -158,14 +174,43 @@ class AckTracker:
         if cmd.decision_id:
             self._by_decision[cmd.decision_id] = cmd.command_id
 
+    def _raise(self, item: Awaited, why: str) -> None:
+        item.raised = why
+        self._raised_on[item.scope] = self._raised_on.get(item.scope, 0) + 1
+        heapq.heappush(self._raised, (self._place[item.command_id], item.command_id))
+        if len(self._raised) > 2 * sum(self._raised_on.values()) + 64:  # settled since
+            self._raised = [(self._place[k], k) for k, a in self.state.awaited.items()
+                            if a.raised]
+            heapq.heapify(self._raised)
+
+    def _unraised(self, item: Awaited) -> None:
+        """A raised command leaves ``awaited`` (or is sent again)."""
+        left = self._raised_on[item.scope] - 1
+        if left:
+            self._raised_on[item.scope] = left
+        else:
+            del self._raised_on[item.scope]
+
+    def _oldest_raised(self) -> str | None:
+        awaited, heap = self.state.awaited, self._raised
+        while heap:
+            place, key = heap[0]
+            item = awaited.get(key)
+            if item is not None and item.raised and self._place[key] == place:
+                return key
+            heapq.heappop(heap)  # settled, forgotten or sent again since
+        return None
+
     def _forget_one(self) -> None:
         """Make room: the oldest command already raised as unconfirmed moves to
         ``forgotten`` (none raised: nothing moves)."""
         awaited = self.state.awaited
-        key = next((k for k, a in awaited.items() if a.raised), None)
+        key = self._oldest_raised()
         if key is None:
             return
         item = awaited.pop(key)
+        del self._place[key]
+        self._unraised(item)
         if item.decision_id:
             self._by_decision.pop(item.decision_id, None)
         self._count("forgotten")
@@ -223,7 +268,7 @@ class AckTracker:
         why = f"{ack.issuer} {ack.outcome.value} it: {ack.reason}"
         if item.raised or ack.issuer not in item.waiting:
             return []  # raised already, or from an executor this command does not await
-        item.raised = ack.outcome.value
+        self._raise(item, ack.outcome.value)
         return [self._alert(UNACKNOWLEDGED, Severity.CRITICAL, item.scope, now,
                             item.command_id, f"{item.action.value} on {item.scope.label()} "
                             f"not applied: {why}", ack)]
@@ -241,8 +286,9 @@ class AckTracker:
         if not due:
             return []
         out = []
-        for item in [a for k, a in awaited.items() if k in due]:  # in the order sent
-            item.raised = "silent"
+        for key in sorted(due, key=self._place.__getitem__):  # in the order sent
+            item = awaited[key]
+            self._raise(item, "silent")
             self._count("unacknowledged")
             out.append(self._alert(
                 UNACKNOWLEDGED, Severity.CRITICAL, item.scope, at, item.command_id,
@@ -264,6 +310,9 @@ class AckTracker:
     def _settle(self, item: Awaited, now: int, ack: ExecutionAck) -> list[RiskAlert]:
         if self.state.awaited.get(item.command_id) is item:
             del self.state.awaited[item.command_id]
+            del self._place[item.command_id]
+            if item.raised:
+                self._unraised(item)
             if item.decision_id:
                 self._by_decision.pop(item.decision_id, None)
         else:
@@ -271,8 +320,7 @@ class AckTracker:
         if not item.raised:
             return []
         # close the scope's alert once nothing on it is still unconfirmed
-        if item.scope in self._forgotten_on or any(
-                a.raised and a.scope == item.scope for a in self.state.awaited.values()):
+        if item.scope in self._forgotten_on or item.scope in self._raised_on:
             return []
         return [self._alert(ACKNOWLEDGED, Severity.INFO, item.scope, now, item.command_id,
                             f"{item.action.value} on {item.scope.label()} confirmed", ack)]
