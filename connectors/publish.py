@@ -16,12 +16,14 @@ never produced). Good records are produced idempotent with ``acks=all``, keyed
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from riskguard.connectors.formats.core import is_compressed
 from riskguard.connectors.kafka.producer import CheckedProducer
 from riskguard.connectors.replay import ReplayFile, ReplaySource
@@ -29,6 +31,7 @@ from riskguard.connectors.settings import KafkaSettings
 from riskguard.connectors.topics import INPUT_STREAMS, STREAM_TYPES, topic_name
 from riskguard.schemas.audit import DeadLetter
 from riskguard.schemas.codec import Codec, encode, tag_of
+from riskguard.schemas.commands import SignedEnvelope
 from riskguard.schemas.market import Side, Trade  # noqa: F401  (doctest)
 
 from riskguard.errors import BrokerError, ConfigError
@@ -70,8 +73,44 @@ def _source(rec: Any) -> tuple[str, int]:
     return (src[0], src[2]) if src else ("publish", -1)
 
 
+class _Claims(msgspec.Struct):
+    """What a signed payload names that keys it (a limit update's limit, a command's id)."""
+
+    limit_path: str = ""
+    kind: str = ""
+    command_id: str = ""
+
+
+_claims = msgspec.json.Decoder(_Claims)
+
+
+def envelope_key(env: SignedEnvelope) -> bytes:
+    """A signed envelope's Kafka key: a limit update's ``limit_path/kind`` (the
+    compacted ``limit_updates`` topic keeps the newest update of each limit), a
+    command's id, else its payload's SHA-256: never none, which a compacted topic
+    refuses.
+
+    >>> env = SignedEnvelope(payload_type="x", signatures=[], payload=(
+    ...     b'{"limit_path":"counterparty.okx","kind":"gross_notional","limit":5}'))
+    >>> envelope_key(env)
+    b'counterparty.okx/gross_notional'
+    """
+    try:
+        claims = _claims.decode(env.payload)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        claims = _Claims()
+    if claims.limit_path:
+        return f"{claims.limit_path}/{claims.kind}".encode()
+    if claims.command_id:
+        return claims.command_id.encode()
+    return hashlib.sha256(env.payload).hexdigest().encode()
+
+
 def key_of(rec: Any) -> bytes | None:
-    """``venue/instrument`` (as the demo publishes), else the record's own id, else none."""
+    """``venue/instrument`` (as the demo publishes), a signed envelope's
+    :func:`envelope_key`, else the record's own id, else none."""
+    if isinstance(rec, SignedEnvelope):
+        return envelope_key(rec)
     venue = getattr(rec, "venue", None)
     if isinstance(venue, str):
         return f"{venue}/{getattr(rec, 'instrument', '') or ''}".encode()
