@@ -181,11 +181,11 @@ def parse_bytewax_args(argv: list[str], env: dict[str, str] | None = None) -> By
         if ns.snapshot_interval is None or ns.backup_interval is None:
             raise ConfigError("-r", "-s SECONDS and -b SECONDS with a recovery directory",
                               None)
-        if not any(Path(rec).glob("part-*.sqlite3")):
-            found = "no recovery partition in it" if Path(rec).is_dir() else "no such folder"
-            raise ConfigError("-r", f"a recovery directory bytewax has initialised (mkdir -p "
-                              f"{rec} && python -m bytewax.recovery {rec} 1)",
-                              f"{rec}: {found}")
+        from riskguard.dataflows.guard.recovery_marks import (  # noqa: PLC0415
+            check_recovery_store,
+        )
+
+        check_recovery_store(rec)
     return BytewaxArgs(
         recovery_directory=Path(rec) if rec is not None else None,
         snapshot_interval=(timedelta(seconds=int(ns.snapshot_interval))

@@ -425,6 +425,7 @@ def test_bytewax_run_claims_its_recovery_directory_as_riskguard_run_does(
     """``python -m bytewax.run riskguard.dataflows.guard -r DIR`` (the Kubernetes
     entrypoint) marks DIR with its trust serial and refuses a store that ran on a newer
     trust file, before the flow is built (before anything is read)."""
+    from bytewax.recovery import init_db_dir
     from riskguard.dataflows.demo import init_keys, write_config
     from riskguard.dataflows.guard import live
     from riskguard.dataflows.guard.recovery_marks import REPLICA_MARK, TRUST_MARK
@@ -445,6 +446,10 @@ def test_bytewax_run_claims_its_recovery_directory_as_riskguard_run_does(
     store.mkdir()
     monkeypatch.setattr(sys, "argv", ["bytewax.run", "riskguard.dataflows.guard", "-r",
                                       str(store), "-s", "5", "-b", "10"])
+    with pytest.raises(ConfigError, match="python -m bytewax.recovery"):
+        live.from_env()  # a folder bytewax has not initialised, named with the command
+    assert built == []
+    init_db_dir(store, 1)
     live.from_env()
     assert built == [1]
     assert (store / TRUST_MARK).read_text().strip().isdigit()

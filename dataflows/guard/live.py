@@ -32,6 +32,7 @@ from riskguard.dataflows.guard.core import guard_core
 from riskguard.dataflows.guard.kafka_io import OUTPUT_STREAMS, guard_input, output_keys
 from riskguard.dataflows.guard.market import market_flow
 from riskguard.dataflows.guard.recovery_marks import (
+    check_recovery_store,
     claim_recovery_store,
     claim_trust_serial,
     recovery_dir_of_run,
@@ -233,6 +234,7 @@ def from_env() -> Dataflow:
         check_grants(cfg, signer, trust, system_clock())  # before a record is read
     recovery = recovery_dir_of_run(sys.argv, os.environ)  # bytewax.run's -r, as it took it
     if recovery is not None:
+        check_recovery_store(recovery)
         claim_recovery_store(recovery, cfg.replica.id)
         if trust is not None:
             claim_trust_serial(recovery, trust.serial)

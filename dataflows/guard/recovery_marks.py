@@ -20,6 +20,17 @@ from riskguard.errors import ConfigError
 REPLICA_MARK = "riskguard-replica"
 
 
+def check_recovery_store(folder: Path | str) -> None:
+    """Raise ``ConfigError`` (naming the command that makes one) unless ``folder`` is a
+    recovery store bytewax has initialised: a missing or empty folder stops start-up
+    here, not with bytewax's ``NoPartitionsError`` once the flow runs."""
+    if not any(Path(folder).glob("part-*.sqlite3")):
+        found = "no recovery partition in it" if Path(folder).is_dir() else "no such folder"
+        raise ConfigError("-r", f"a recovery directory bytewax has initialised (mkdir -p "
+                          f"{folder} && python -m bytewax.recovery {folder} 1)",
+                          f"{folder}: {found}")
+
+
 def claim_recovery_store(folder: Path, replica: str) -> None:
     """Mark ``folder`` as ``replica``'s recovery store (empty name: a single guard), or
     refuse it if another replica's mark is there: replicas never share one store.
