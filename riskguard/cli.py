@@ -34,6 +34,7 @@ STARTED = time.perf_counter()
 AREAS = (
     "broker", "topics", "keys", "audit", "subscribe", "command", "run", "demo",
     "backtest", "calibrate", "explain", "stress", "status", "publish", "replicas", "feed",
+    "limit",
 )
 MAX_MESSAGE = 600  # characters of an error message shown (one line, whatever it holds)
 VERBOSITY = ("off", "warning", "info", "debug")

@@ -89,7 +89,9 @@ def _param(action: str, text: str) -> tuple[str, Any]:
 def _read(path: str) -> SignedEnvelope:
     env = decode_envelope(Path(path).read_bytes())
     if env.payload_type != PAYLOAD_COMMAND:
-        raise VerificationError("wrong_payload_type", f"{path} holds {env.payload_type!r}")
+        raise VerificationError("wrong_payload_type", f"{path} holds {env.payload_type!r}, "
+                                "not a command (a limit update: riskguard limit show; "
+                                "riskguard publish FILE --topic limit_updates)")
     return env
 
 

@@ -446,7 +446,7 @@ def test_bytewax_run_claims_its_recovery_directory_as_riskguard_run_does(
     store.mkdir()
     monkeypatch.setattr(sys, "argv", ["bytewax.run", "riskguard.dataflows.guard", "-r",
                                       str(store), "-s", "5", "-b", "10"])
-    with pytest.raises(ConfigError, match="python -m bytewax.recovery"):
+    with pytest.raises(ConfigError, match=r"python -m bytewax\.recovery"):
         live.from_env()  # a folder bytewax has not initialised, named with the command
     assert built == []
     init_db_dir(store, 1)
