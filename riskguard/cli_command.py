@@ -42,6 +42,7 @@ from riskguard.schemas.commands import (
     PROTECTIVE,
     Action,
     Audience,
+    LimitUpdate,
     MitigationCommand,
     SignedEnvelope,
 )
@@ -154,10 +155,14 @@ def _decode(env: SignedEnvelope) -> MitigationCommand:
 
 
 def _describe(env: SignedEnvelope) -> str:
-    cmd = _decode(env)
-    body = json.dumps(msgspec.to_builtins(cmd), indent=2, sort_keys=True)
+    return describe(env, _decode(env))
+
+
+def describe(env: SignedEnvelope, message: MitigationCommand | LimitUpdate) -> str:
+    """What an operator reviews: the message's JSON, who signed it, when it expires."""
+    body = json.dumps(msgspec.to_builtins(message), indent=2, sort_keys=True)
     sigs = ", ".join(s.key_id for s in env.signatures)
-    left = (cmd.expires_at - time.time_ns()) / 1e9
+    left = (message.expires_at - time.time_ns()) / 1e9
     return f"{body}\nsignatures: {sigs}\nexpires in: {left:.0f}s\n"
 
 
@@ -170,9 +175,7 @@ def _show(args: argparse.Namespace) -> int:
         sys.stdout.write(f"invalid: {problem}\n")
         return 1
     if args.trust:
-        if not args.roots:
-            raise ConfigError("--roots", "the pinned roots file, to check --trust", None)
-        trust = TrustStore.load(args.trust, RootSet.load(args.roots))
+        trust = trust_of(args.trust, args.roots)
         try:
             v = trust.verify(env, expected_payload_type=PAYLOAD_COMMAND, audience=cmd.audience,
                              now_ns=time.time_ns())
@@ -191,16 +194,30 @@ def _cosign(args: argparse.Namespace) -> int:
     problem = check_params(cmd.action.value, cmd.params)
     if problem is not None:  # never add a signature to a command no executor may act on
         raise _bad_params(problem)
-    signer = Signer.from_file(args.key)
-    if any(s.key_id == signer.key_id for s in env.signatures):
-        raise ConfigError("--key", "a key that has not signed this command yet", signer.key_id)
     sys.stdout.write(_describe(env))  # what is being approved, byte for byte
-    sig = signer.sign(PAYLOAD_COMMAND, env.payload)
-    _write(args.out or args.file, msgspec.structs.replace(
-        env, signatures=[*env.signatures, sig]))
-    sys.stdout.write(f"added signature {signer.key_id}; "
-                     f"{len(env.signatures) + 1} signature(s) now\n")
+    add_signature(env, args.key, args.out or args.file)
     return 0
+
+
+def trust_of(trust: str, roots: str | None) -> TrustStore:
+    """The trust file ``--trust`` checked against ``--roots`` (which it needs)."""
+    if not roots:
+        raise ConfigError("--roots", "the pinned roots file, to check --trust", None)
+    return TrustStore.load(trust, RootSet.load(roots))
+
+
+def add_signature(env: SignedEnvelope, key: str, out: str) -> SignedEnvelope:
+    """``env`` with the signature of ``key`` (``--key``) over the same payload bytes,
+    written to ``out``; a key that signed it already is refused."""
+    signer = Signer.from_file(key)
+    if any(s.key_id == signer.key_id for s in env.signatures):
+        raise ConfigError("--key", "a key that has not signed this yet", signer.key_id)
+    signed = msgspec.structs.replace(
+        env, signatures=[*env.signatures, signer.sign(env.payload_type, env.payload)])
+    _write(out, signed)
+    sys.stdout.write(f"added signature {signer.key_id}; "
+                     f"{len(signed.signatures)} signature(s) now\n")
+    return signed
 
 
 def _publish(args: argparse.Namespace) -> int:

@@ -11,7 +11,6 @@ must allow limit updates) and applies it from then on (docs/exposure.md).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import uuid
@@ -20,6 +19,7 @@ from pathlib import Path
 import msgspec
 
 from riskguard.cli_args import seconds
+from riskguard.cli_command import add_signature, describe, trust_of
 from riskguard.connectors.topics import topic_name
 from riskguard.errors import ConfigError, VerificationError
 from riskguard.operators.exposure.limit_specs import KINDS
@@ -31,7 +31,6 @@ from riskguard.operators.signing.crypto import (
     encode_envelope,
     sign_envelope,
 )
-from riskguard.operators.signing.trust import RootSet, TrustStore
 from riskguard.schemas import RiskAlert
 from riskguard.schemas.commands import Audience, LimitUpdate, SignedEnvelope
 
@@ -85,15 +84,10 @@ def _read(path: str) -> tuple[SignedEnvelope, LimitUpdate]:
 
 def _show(args: argparse.Namespace) -> int:
     env, upd = _read(args.file)
-    body = json.dumps(msgspec.to_builtins(upd), indent=2, sort_keys=True)
-    left = (upd.expires_at - time.time_ns()) / 1e9
-    sys.stdout.write(f"{body}\nsignatures: {', '.join(s.key_id for s in env.signatures)}\n"
-                     f"expires in: {left:.0f}s\n")
+    sys.stdout.write(describe(env, upd))
     if not args.trust:
         return 0
-    if not args.roots:
-        raise ConfigError("--roots", "the pinned roots file, to check --trust", None)
-    trust = TrustStore.load(args.trust, RootSet.load(args.roots))
+    trust = trust_of(args.trust, args.roots)
     try:
         trust.verify(env, expected_payload_type=PAYLOAD_LIMIT_UPDATE, audience=upd.audience,
                      now_ns=time.time_ns())
@@ -108,15 +102,8 @@ def _show(args: argparse.Namespace) -> int:
 def _cosign(args: argparse.Namespace) -> int:
     env, upd = _read(args.file)
     _checked(upd)  # never add a signature to an update the guard would refuse
-    signer = Signer.from_file(args.key)
-    if any(s.key_id == signer.key_id for s in env.signatures):
-        raise ConfigError("--key", "a key that has not signed this update yet", signer.key_id)
-    sys.stdout.write(json.dumps(msgspec.to_builtins(upd), indent=2, sort_keys=True) + "\n")
-    sig = signer.sign(PAYLOAD_LIMIT_UPDATE, env.payload)  # the same bytes, reviewed above
-    signed = msgspec.structs.replace(env, signatures=[*env.signatures, sig])
-    Path(args.out or args.file).write_bytes(encode_envelope(signed) + b"\n")
-    sys.stdout.write(f"added signature {signer.key_id}; {len(signed.signatures)} "
-                     "signature(s) now\n")
+    sys.stdout.write(describe(env, upd))
+    add_signature(env, args.key, args.out or args.file)  # the bytes reviewed above
     return 0
 
 

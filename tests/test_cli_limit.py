@@ -99,7 +99,7 @@ def test_cosign_adds_a_second_signature_over_the_same_bytes_once(
     assert main(_new(keys, out, "--limit", "900000")) == 0
     payload = decode_envelope(out.read_bytes()).payload
     assert main(["limit", "cosign", str(out), "--key", str(keys.admin_key)]) == 2
-    assert "has not signed this update yet" in capsys.readouterr().err
+    assert "has not signed this yet" in capsys.readouterr().err
     assert main(["limit", "cosign", str(out), "--key", str(keys.signing_key)]) == 0
     env = decode_envelope(out.read_bytes())
     assert env.payload == payload and len(env.signatures) == 2
