@@ -147,13 +147,8 @@ def parse_bytewax_args(argv: list[str], env: dict[str, str] | None = None) -> By
     variables); ``ConfigError`` names anything else, more workers (``-w``, ``-i/-a``)
     included.
 
-    >>> parse_bytewax_args(["--", "-s", "5", "-b", "30"]).snapshot_interval
+    >>> parse_bytewax_args(["--", "-r", "/", "-s", "5", "-b", "30"]).snapshot_interval
     datetime.timedelta(seconds=5)
-    >>> try:
-    ...     parse_bytewax_args(["--", "-r", "/", "-s", "5", "-b", "30"])
-    ... except ConfigError as err:
-    ...     print(err.found)
-    /: no recovery partition in it
     >>> try:
     ...     parse_bytewax_args(["--", "-w", "2"])
     ... except ConfigError as err:
@@ -177,15 +172,8 @@ def parse_bytewax_args(argv: list[str], env: dict[str, str] | None = None) -> By
         raise ConfigError("bytewax arguments", "-r DIR -s S -b S (after --; the guard runs "
                           "one worker)", " ".join(rest))
     rec = ns.recovery_directory
-    if rec is not None:
-        if ns.snapshot_interval is None or ns.backup_interval is None:
-            raise ConfigError("-r", "-s SECONDS and -b SECONDS with a recovery directory",
-                              None)
-        from riskguard.dataflows.guard.recovery_marks import (  # noqa: PLC0415
-            check_recovery_store,
-        )
-
-        check_recovery_store(rec)
+    if rec is not None and (ns.snapshot_interval is None or ns.backup_interval is None):
+        raise ConfigError("-r", "-s SECONDS and -b SECONDS with a recovery directory", None)
     return BytewaxArgs(
         recovery_directory=Path(rec) if rec is not None else None,
         snapshot_interval=(timedelta(seconds=int(ns.snapshot_interval))
@@ -425,10 +413,7 @@ def _summary(c: Counts, elapsed_s: float, how: str, spent: str = "") -> str:
 def _run(args: argparse.Namespace) -> int:
     from riskguard.cli import STARTED, reach_kafka  # noqa: PLC0415  (imports this module)
     from riskguard.dataflows.guard import apply_gc_policy  # noqa: PLC0415  (heavy imports)
-    from riskguard.dataflows.guard.recovery_marks import (  # noqa: PLC0415
-        claim_recovery_store,
-        claim_trust_serial,
-    )
+    from riskguard.dataflows.guard.recovery_marks import claim_recovery  # noqa: PLC0415
     from riskguard.dataflows.readiness import (  # noqa: PLC0415
         DetectorWatch,
         readiness,
@@ -447,9 +432,8 @@ def _run(args: argparse.Namespace) -> int:
     if flink and cfg.tier.role != "whole":
         raise ConfigError("tier.role", "'whole' (the tiers run on bytewax)", cfg.tier.role)
     if bw.recovery_directory is not None:
-        claim_recovery_store(bw.recovery_directory, cfg.replica.id)
-        if trust is not None:
-            claim_trust_serial(bw.recovery_directory, trust.serial)
+        claim_recovery(bw.recovery_directory, cfg.replica.id,
+                       None if trust is None else trust.serial)
     reach_kafka(cfg.kafka, f"[kafka] bootstrap in {config}")
     if python is not None:
         # the guard's metrics are the job's Python workers' to serve, on the port
@@ -540,7 +524,7 @@ def _load(config: Path, audit_origin: str | None = None
     from riskguard.dataflows.guard import (  # noqa: PLC0415
         check_grants,
         load_guard_config,
-        load_keys,
+        process_keys,
     )
 
     try:
@@ -550,16 +534,13 @@ def _load(config: Path, audit_origin: str | None = None
             err.add_note(f"fix it in {err.file or config} (dataflows/guard.example.toml "
                          "describes every setting)")
         raise
-    signer = trust = None
-    notes: list[str] = []
-    if cfg.tier.role != "market":  # a market process signs and verifies nothing
-        try:
-            signer, trust = load_keys(cfg)
-        except RiskguardError as err:
-            err.add_note(f"check [keys] in {config} (relative paths are relative to the "
-                         "config file's folder)")
-            raise
-        notes = check_grants(cfg, signer, trust, time.time_ns())  # before a record is read
+    try:
+        signer, trust = process_keys(cfg)
+    except RiskguardError as err:
+        err.add_note(f"check [keys] in {config} (relative paths are relative to the config "
+                     "file's folder)")
+        raise
+    notes = check_grants(cfg, signer, trust, time.time_ns())  # before a record is read
     if audit_origin:
         cfg = with_audit_origin(cfg, audit_origin)
     return cfg, digest, signer, trust, notes

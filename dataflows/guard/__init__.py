@@ -42,6 +42,7 @@ from riskguard.dataflows.guard.config import (
     load_guard_config,
     load_keys,
     price_key_prefixes,
+    process_keys,
 )
 from riskguard.dataflows.guard.core import (
     GuardOut,
@@ -109,4 +110,5 @@ __all__ = [
     "market_owners",
     "market_source",
     "price_key_prefixes",
+    "process_keys",
 ]

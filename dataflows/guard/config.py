@@ -355,13 +355,21 @@ def load_keys(cfg: GuardConfig) -> tuple[Signer, TrustStore]:
     return signer, trust
 
 
-def check_grants(cfg: GuardConfig, signer: Signer, trust: TrustStore,
+def process_keys(cfg: GuardConfig) -> tuple[Signer | None, TrustStore | None]:
+    """:func:`load_keys` for the process ``cfg`` runs; a market process signs and
+    verifies nothing, so it reads no key (its host need not have one): ``(None, None)``."""
+    if cfg.tier.role == "market":
+        return None, None
+    return load_keys(cfg)
+
+
+def check_grants(cfg: GuardConfig, signer: Signer | None, trust: TrustStore | None,
                  now_ns: int) -> list[str]:
     """Raise ``TrustError`` when the trust file does not let the guard's key sign what its
     playbook issues (:func:`~riskguard.operators.mitigation.preflight.preflight`); return
-    warnings, one line each, for what only fails closed. Market processes sign nothing
-    and are not checked."""
-    if cfg.tier.role not in ("whole", "firm"):
+    warnings, one line each, for what only fails closed. A process without a key (a
+    market process, :func:`process_keys`) signs nothing and is not checked."""
+    if signer is None or trust is None:
         return []
     problem = preflight(trust, signer.key_id, cfg.playbook, now_ns=now_ns)
     if problem is not None:

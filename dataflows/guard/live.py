@@ -27,14 +27,13 @@ from riskguard.dataflows.guard.config import (
     check_grants,
     load_guard_config,
     load_keys,
+    process_keys,
 )
 from riskguard.dataflows.guard.core import guard_core
 from riskguard.dataflows.guard.kafka_io import OUTPUT_STREAMS, guard_input, output_keys
 from riskguard.dataflows.guard.market import market_flow
 from riskguard.dataflows.guard.recovery_marks import (
-    check_recovery_store,
-    claim_recovery_store,
-    claim_trust_serial,
+    claim_recovery,
     recovery_dir_of_run,
 )
 from riskguard.operators.audit import replica_of
@@ -228,16 +227,11 @@ def from_env() -> Dataflow:
     if not path:
         raise ConfigError(CONFIG, "the path of a guard TOML config", None)
     cfg, digest = load_guard_config(path)
-    signer = trust = None
-    if cfg.tier.role != "market":  # a market process signs and verifies nothing
-        signer, trust = load_keys(cfg)
-        check_grants(cfg, signer, trust, system_clock())  # before a record is read
+    signer, trust = process_keys(cfg)
+    check_grants(cfg, signer, trust, system_clock())  # before a record is read
     recovery = recovery_dir_of_run(sys.argv, os.environ)  # bytewax.run's -r, as it took it
     if recovery is not None:
-        check_recovery_store(recovery)
-        claim_recovery_store(recovery, cfg.replica.id)
-        if trust is not None:
-            claim_trust_serial(recovery, trust.serial)
+        claim_recovery(recovery, cfg.replica.id, None if trust is None else trust.serial)
     start_metrics_server_from_env()
     flow = build_flow(cfg, digest, signer=signer, trust=trust)
     apply_gc_policy(cfg)

@@ -20,10 +20,28 @@ from riskguard.errors import ConfigError
 REPLICA_MARK = "riskguard-replica"
 
 
+def claim_recovery(folder: Path, replica: str, trust_serial: int | None) -> None:
+    """What a guard process checks of its recovery store before it reads a record: that
+    bytewax initialised it (:func:`check_recovery_store`), that it is ``replica``'s
+    (:func:`claim_recovery_store`) and, for a process with a trust file, that its serial
+    is not older than the store ran on (:func:`claim_trust_serial`)."""
+    check_recovery_store(folder)
+    claim_recovery_store(folder, replica)
+    if trust_serial is not None:
+        claim_trust_serial(folder, trust_serial)
+
+
 def check_recovery_store(folder: Path | str) -> None:
     """Raise ``ConfigError`` (naming the command that makes one) unless ``folder`` is a
     recovery store bytewax has initialised: a missing or empty folder stops start-up
-    here, not with bytewax's ``NoPartitionsError`` once the flow runs."""
+    here, not with bytewax's ``NoPartitionsError`` once the flow runs.
+
+    >>> try:
+    ...     check_recovery_store("/")
+    ... except ConfigError as err:
+    ...     print(err.found)
+    /: no recovery partition in it
+    """
     if not any(Path(folder).glob("part-*.sqlite3")):
         found = "no recovery partition in it" if Path(folder).is_dir() else "no such folder"
         raise ConfigError("-r", f"a recovery directory bytewax has initialised (mkdir -p "
