@@ -31,7 +31,7 @@ from typing import Any, TypedDict
 
 import msgspec
 from riskguard.connectors.kafka.producer import CheckedProducer
-from riskguard.connectors.settings import KafkaSettings, as_settings
+from riskguard.connectors.settings import KafkaSettings
 from riskguard.connectors.topics import topic_name
 from riskguard.operators.core.clock import Clock, system_clock
 from riskguard.operators.signing.crypto import (
@@ -182,7 +182,7 @@ class KafkaAckSender:
     def __init__(self, settings: KafkaSettings | str, env: str, *,
                  delivery_timeout_s: float = 30.0) -> None:
         self.topic = topic_name(env, ACKS_STREAM)
-        self._producer = CheckedProducer(as_settings(settings), what=f"ack to {self.topic}",
+        self._producer = CheckedProducer(settings, what=f"ack to {self.topic}",
                                          delivery_timeout_s=delivery_timeout_s, linger_ms=0)
 
     @property

@@ -74,11 +74,11 @@ def _source(rec: Any) -> tuple[str, int]:
 
 
 class _Claims(msgspec.Struct):
-    """What a signed payload names that keys it (a limit update's limit, a command's id)."""
+    """What a signed payload names that keys it (a limit update's limit, its issuer)."""
 
     limit_path: str = ""
     kind: str = ""
-    command_id: str = ""
+    issuer: str = ""
 
 
 _claims = msgspec.json.Decoder(_Claims)
@@ -86,14 +86,16 @@ _claims = msgspec.json.Decoder(_Claims)
 
 def envelope_key(env: SignedEnvelope) -> bytes:
     """A signed envelope's Kafka key: a limit update's ``limit_path/kind`` (the
-    compacted ``limit_updates`` topic keeps the newest update of each limit), a
-    command's id, else its payload's SHA-256: never none, which a compacted topic
-    refuses.
+    compacted ``limit_updates`` topic keeps the newest update of each limit), else its
+    issuer (a command: one issuer's commands keep one partition, in ``seq`` order), else
+    its payload's SHA-256: never none, which a compacted topic refuses.
 
-    >>> env = SignedEnvelope(payload_type="x", signatures=[], payload=(
-    ...     b'{"limit_path":"counterparty.okx","kind":"gross_notional","limit":5}'))
-    >>> envelope_key(env)
+    >>> def env(payload):
+    ...     return SignedEnvelope(payload_type="x", signatures=[], payload=payload)
+    >>> envelope_key(env(b'{"limit_path":"counterparty.okx","kind":"gross_notional"}'))
     b'counterparty.okx/gross_notional'
+    >>> envelope_key(env(b'{"issuer":"op-alice","command_id":"c1"}'))
+    b'op-alice'
     """
     try:
         claims = _claims.decode(env.payload)
@@ -101,8 +103,8 @@ def envelope_key(env: SignedEnvelope) -> bytes:
         claims = _Claims()
     if claims.limit_path:
         return f"{claims.limit_path}/{claims.kind}".encode()
-    if claims.command_id:
-        return claims.command_id.encode()
+    if claims.issuer:
+        return claims.issuer.encode()
     return hashlib.sha256(env.payload).hexdigest().encode()
 
 

@@ -27,6 +27,7 @@ from riskguard.cli_args import seconds
 from riskguard.config import common_config
 from riskguard.connectors.command_log import last_signed_seq
 from riskguard.connectors.kafka.producer import CheckedProducer
+from riskguard.connectors.publish import envelope_key
 from riskguard.connectors.settings import KafkaSettings
 from riskguard.errors import ConfigError, DeliveryError, VerificationError
 from riskguard.operators.signing.crypto import (
@@ -235,7 +236,7 @@ def _publish(args: argparse.Namespace) -> int:
     producer = CheckedProducer(settings, what="riskguard command publish", linger_ms=0)
     try:
         for topic in args.topic:
-            producer.produce(topic, data, cmd.issuer.encode())
+            producer.produce(topic, data, envelope_key(env))
         producer.flush()
     except DeliveryError as err:
         sys.stderr.write(f"riskguard command publish: NOT delivered: {err}\n")

@@ -14,13 +14,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer
-from riskguard.connectors.settings import KafkaSettings
+from riskguard.connectors.settings import KafkaSettings, as_settings
 
 from riskguard.errors import DeliveryError
 
 
 class CheckedProducer:
-    """Produces to Kafka and checks every delivery.
+    """Produces to Kafka (``settings``: an address or :class:`KafkaSettings`) and checks
+    every delivery.
 
     ``what`` names the writer in its errors. ``errors_only``: librdkafka reports only the
     failed deliveries (no Python call per message; :attr:`acked` stays 0).
@@ -30,12 +31,12 @@ class CheckedProducer:
     :meth:`flush`.
     """
 
-    def __init__(self, settings: KafkaSettings, *, what: str,
+    def __init__(self, settings: KafkaSettings | str, *, what: str,
                  delivery_timeout_s: float = 30.0, linger_ms: int = 5,
                  flush_timeout_s: float | None = None, errors_only: bool = False,
                  on_failed: Callable[[], Any] | None = None,
                  on_raise: Callable[[], Any] | None = None) -> None:
-        config = settings.client_config()
+        config = as_settings(settings).client_config()
         config.update({
             "enable.idempotence": True, "acks": "all",
             "message.timeout.ms": int(delivery_timeout_s * 1000), "linger.ms": linger_ms,
